@@ -1,0 +1,27 @@
+"""convex-attention: consistent multi-level attention from convex optimisation layers.
+
+    import convex_attention as ca
+    h = ca.Hierarchy.grid([(64, 64), (32, 32)])
+    sol = ca.solve([theta0, theta1], h, method="exact")
+    sol.probs, sol.duals, sol.violation, sol.objective, sol.dual_objective
+
+See DESIGN.md (§4) for the public API and docs/math.md for the mathematics.
+"""
+from .dual import ConvergenceError
+from .hierarchy import Hierarchy
+from .nn import ConsistentAttention, LearnedDuals, ScoreHead
+from .solve import METHODS, Solution, consistency_loss, solve
+
+__version__ = "0.1.0"
+
+__all__ = ["Hierarchy", "solve", "Solution", "consistency_loss", "METHODS", "LearnedDuals",
+           "ConsistentAttention", "ScoreHead", "ConvergenceError", "SolverFailure", "__version__"]
+
+
+def __getattr__(name):
+    # SolverFailure lives with the (lazily imported) cvxpylayers wrapper.
+    if name == "SolverFailure":
+        from .cvx import SolverFailure
+
+        return SolverFailure
+    raise AttributeError(f"module 'convex_attention' has no attribute {name!r}")

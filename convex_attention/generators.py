@@ -1,0 +1,69 @@
+"""Named, seeded generators of attention scores for benchmarks and verification.
+
+* ``gaussian``: every level i.i.d. ``N(0, scale²)``.
+* ``lesion``: "lesion-like" peaked maps: a few smooth blobs of random position, width
+  and height on the finest level plus noise; every coarser level sees the pooled blob
+  map plus its own noise, so the levels agree roughly, as trained attention heads do.
+* ``model``: scores of a trained attention CNN on synthetic images (needs a checkpoint;
+  see :mod:`convex_attention.models`).
+
+``generate(name, h, batch, seed, scale)`` returns ``L`` float64 tensors ``(B, *h.shapes[k])``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .hierarchy import Hierarchy
+
+__all__ = ["GENERATORS", "generate", "gaussian_scores", "lesion_scores"]
+
+
+def gaussian_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0) -> list[Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [scale * torch.randn((batch,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+
+
+def _blob_map(shape: tuple[int, ...], batch: int, g: torch.Generator, max_blobs: int = 3) -> Tensor:
+    """Sum of 1–max_blobs anisotropic Gaussian bumps on a grid of ``shape``, values in [0, 1]."""
+    coords = torch.meshgrid(*[torch.linspace(0, 1, n, dtype=torch.float64) for n in shape], indexing="ij")
+    out = torch.zeros((batch,) + shape, dtype=torch.float64)
+    for b in range(batch):
+        n_blobs = int(torch.randint(1, max_blobs + 1, (1,), generator=g))
+        for _ in range(n_blobs):
+            centre = torch.rand(len(shape), generator=g, dtype=torch.float64)
+            width = 0.03 + 0.12 * torch.rand(len(shape), generator=g, dtype=torch.float64)
+            height = 0.5 + 0.5 * float(torch.rand(1, generator=g, dtype=torch.float64))
+            d2 = sum(((c - centre[i]) / width[i]) ** 2 for i, c in enumerate(coords))
+            out[b] += height * torch.exp(-0.5 * d2)
+    return out.clamp(max=1.0)
+
+
+def lesion_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, noise: float = 0.3) -> list[Tensor]:
+    """Peaked maps: ``scale · (4·blobs + noise)`` with blobs shared across levels."""
+    g = torch.Generator().manual_seed(seed)
+    if not h.is_grid:
+        return gaussian_scores(h, batch, seed, scale)
+    blobs = _blob_map(h.shapes[0], batch, g)
+    scores = []
+    for k, shape in enumerate(h.shapes):
+        if k > 0:
+            blobs = h.aggregate(blobs, k - 1) / math.prod(h.factors[k - 1])
+        scores.append(scale * (4.0 * blobs + noise * torch.randn((batch,) + shape, generator=g, dtype=torch.float64)))
+    return scores
+
+
+GENERATORS = {"gaussian": gaussian_scores, "lesion": lesion_scores}
+
+
+def generate(name: str, h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, **kwargs) -> list[Tensor]:
+    """Scores from a named generator (``gaussian``, ``lesion`` or ``model``)."""
+    if name == "model":
+        from .models.scores import model_scores
+
+        return model_scores(h, batch, seed=seed, scale=scale, **kwargs)
+    if name not in GENERATORS:
+        raise ValueError(f"unknown score generator {name!r}; choose one of {', '.join(list(GENERATORS) + ['model'])}")
+    return GENERATORS[name](h, batch, seed, scale)

@@ -1,0 +1,76 @@
+"""The measures of DESIGN.md §6, under the same names everywhere (CSV columns, plots, docs).
+
+Per-sample measures return ``(B,)`` tensors and are differentiable where that makes sense.
+Explanation metrics (``ap``, ``qiou@q``, ``pointing``, ``mass``) live in
+:mod:`convex_attention.explain_metrics`.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from .hierarchy import Hierarchy
+
+__all__ = ["violation", "objective", "dual_objective", "primal_gap", "dual_gap", "max_abs_err",
+           "consistency_residuals"]
+
+
+def _flat_sum(x: Tensor) -> Tensor:
+    return x.flatten(1).sum(1)
+
+
+def consistency_residuals(probs: Sequence[Tensor], h: Hierarchy) -> list[Tensor]:
+    """``‖P_k p_k − p_{k+1}‖₁`` per constraint: ``L-1`` tensors ``(B,)``."""
+    return [_flat_sum((h.aggregate(_upcast(probs[k]), k) - _upcast(probs[k + 1])).abs())
+            for k in range(h.num_levels - 1)]
+
+
+def violation(probs: Sequence[Tensor], h: Hierarchy) -> Tensor:
+    """``max_k ‖P_k p_k − p_{k+1}‖₁`` per sample: ``(B,)`` (half inputs measured in float32)."""
+    return torch.stack(consistency_residuals(probs, h)).amax(0)
+
+
+def objective(scores: Sequence[Tensor], probs: Sequence[Tensor], temps: Sequence[float]) -> Tensor:
+    """``f(p) = Σ_k <θ_k, p_k> + τ_k H(p_k)`` per sample: ``(B,)``.
+
+    ``H(p) = −Σ p log p`` with ``0 log 0 = 0``; negative entries (solver round-off) are
+    clamped to zero inside the entropy.
+    """
+    total = 0.0
+    for s, p, t in zip(scores, probs, temps):
+        s, p = _upcast(s), _upcast(p)
+        pc = p.clamp(min=0)
+        total = total + _flat_sum(s * p) - t * _flat_sum(torch.xlogy(pc, pc))
+    return total
+
+
+def dual_objective(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
+                   temps: Sequence[float]) -> Tensor:
+    """``g(λ) = Σ_k τ_k logsumexp(η_k / τ_k)`` per sample: ``(B,)``."""
+    from .dual import dual_function
+
+    return dual_function([_upcast(s) for s in scores], [_upcast(d) for d in duals], h, temps)
+
+
+def primal_gap(optimal_value: Tensor, scores: Sequence[Tensor], probs: Sequence[Tensor],
+               temps: Sequence[float]) -> Tensor:
+    """``f* − f(p)`` (meaningful for feasible ``p``): ``(B,)``."""
+    return optimal_value - objective(scores, probs, temps)
+
+
+def dual_gap(optimal_value: Tensor, scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
+             temps: Sequence[float]) -> Tensor:
+    """``g(λ) − f* ≥ 0``, zero exactly when ``λ`` is optimal: ``(B,)``."""
+    return dual_objective(scores, duals, h, temps) - optimal_value
+
+
+def max_abs_err(probs: Sequence[Tensor], reference: Sequence[Tensor]) -> Tensor:
+    """``max |p − p_ref|`` over all cells and levels, per sample: ``(B,)``."""
+    return torch.stack([(_upcast(p) - _upcast(r)).abs().flatten(1).amax(1)
+                        for p, r in zip(probs, reference)]).amax(0)
+
+
+def _upcast(x: Tensor) -> Tensor:
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -1,0 +1,221 @@
+r"""``solve()``: one dispatch point over the methods, and the ``Solution`` it returns.
+
+Problem (DESIGN.md §1), for every sample of the batch::
+
+    maximise   Σ_k <θ_k, p_k> + τ_k H(p_k)
+    subject to p_k ∈ Δ_{n_k},   P_k p_k = p_{k+1}    (k = 0 … L-2)
+
+Methods:
+
+========================  ===============================================================
+``"softmax"``             every level on its own, ``p_k = softmax(θ_k / τ_k)`` (no consistency)
+``"exact"``               the closed form of §3; analytic backward
+``"cvxpylayers"``         the CVXPY problem inside a ``CvxpyLayer`` (CPU, float64; slow)
+``"dual"``                per-sample minimisation of the dual ``g(λ)`` to ``tol``
+``"learned_dual"``        the reparameterisation ``p(λ)`` at given ``duals``
+========================  ===============================================================
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from . import metrics
+from ._validation import check_duals, check_scores, check_temperatures, compute_dtype
+from .dual import DualSolveFunction, consistency_loss_unchecked, reparameterized_probs
+from .exact import centre, exact_attention, exact_duals
+from .hierarchy import Hierarchy
+
+__all__ = ["solve", "Solution", "consistency_loss", "METHODS"]
+
+METHODS = ("softmax", "exact", "cvxpylayers", "dual", "learned_dual")
+
+_OPTIONS = {
+    "softmax": set(),
+    "exact": set(),
+    "learned_dual": set(),
+    "dual": {"tol", "max_iter", "strict", "record_history", "init", "dtype"},
+    "cvxpylayers": None,  # passed through to the solver
+}
+
+
+class Solution:
+    """The result of :func:`solve`.
+
+    Attributes:
+        probs: list of ``L`` tensors ``(B, *h.shapes[k])``, each summing to one per sample.
+        duals: list of ``L-1`` tensors ``(B, *h.shapes[k+1])``, mean-zero per sample
+            (``None`` for ``"softmax"``).
+        violation: ``(B,)``, ``max_k ‖P_k p_k − p_{k+1}‖₁``.
+        objective: ``(B,)``, ``Σ_k <θ_k, p_k> + τ_k H(p_k)`` at ``probs``.
+        dual_objective: ``(B,)``, ``g(λ)`` at ``duals`` (``None`` for ``"softmax"``).
+        method, temperature: what was solved; ``info``: solver report (``"dual"``:
+            ``iterations``, ``converged``, and ``history`` if asked).
+
+    ``duals``, ``violation``, ``objective`` and ``dual_objective`` are computed on first
+    access (then cached), so a training loop that only reads ``probs`` pays nothing for
+    them.  They are differentiable functions of the scores wherever the method is.
+    """
+
+    def __init__(self, probs: list[Tensor], scores: list[Tensor], h: Hierarchy, temperature: list[float],
+                 method: str, duals: list[Tensor] | Callable[[], list[Tensor]] | None = None,
+                 info: dict | None = None):
+        self.probs = probs
+        self.method = method
+        self.temperature = temperature
+        self.info = info or {}
+        self._scores, self._h = scores, h
+        self._duals = duals
+        self._cache: dict = {}
+
+    @property
+    def duals(self) -> list[Tensor] | None:
+        if callable(self._duals):
+            self._duals = self._duals()
+        return self._duals
+
+    def _cached(self, name: str, fn):
+        if name not in self._cache:
+            self._cache[name] = fn()
+        return self._cache[name]
+
+    @property
+    def violation(self) -> Tensor:
+        return self._cached("violation", lambda: metrics.violation(self.probs, self._h))
+
+    @property
+    def objective(self) -> Tensor:
+        return self._cached("objective", lambda: metrics.objective(self._scores, self.probs, self.temperature))
+
+    @property
+    def dual_objective(self) -> Tensor | None:
+        if self.duals is None:
+            return None
+        return self._cached("dual_objective",
+                            lambda: metrics.dual_objective(self._scores, self.duals, self._h, self.temperature))
+
+    def __iter__(self):
+        return iter(self.probs)
+
+    def __repr__(self) -> str:
+        B = self.probs[0].shape[0]
+        return (f"Solution(method={self.method!r}, batch={B}, shapes={[tuple(p.shape[1:]) for p in self.probs]}, "
+                f"dtype={self.probs[0].dtype})")
+
+
+def _softmax(scores, h, temps, duals, options):
+    probs = [torch.softmax((s / t if t != 1.0 else s).flatten(1), dim=1).view(s.shape)
+             for s, t in zip(scores, temps)]
+    return probs, None, {}
+
+
+def _exact(scores, h, temps, duals, options):
+    probs = exact_attention(scores, h, temps)
+    work = compute_dtype(scores[0].dtype)
+
+    def duals_fn():
+        return [d.to(scores[0].dtype) for d in exact_duals([s.to(work) for s in scores], h, temps)]
+
+    return probs, duals_fn, {}
+
+
+def _learned_dual(scores, h, temps, duals, options):
+    dtype = scores[0].dtype
+    work = compute_dtype(dtype)
+    lam = check_duals(duals, h, scores[0].shape[0], work, scores[0].device)
+    probs = reparameterized_probs([s.to(work) for s in scores], lam, h, temps)
+    B = scores[0].shape[0]
+
+    def duals_fn():
+        return [centre(l.expand((B,) + h.shapes[k + 1])).to(dtype) for k, l in enumerate(lam)]
+
+    return [p.to(dtype) for p in probs], duals_fn, {}
+
+
+def _dual(scores, h, temps, duals, options):
+    dtype = scores[0].dtype
+    # The dual iterates in float64 by default: the stopping test compares an L1 norm
+    # of differences of probabilities with tol=1e-6, which float32 rounding can reach.
+    work = options.pop("dtype", torch.float64)
+    info: dict = {}
+    probs = DualSolveFunction.apply(h, tuple(temps), options, info, *[s.to(work) for s in scores])
+    lam = [d.to(dtype) for d in info.pop("duals")]
+    return [p.to(dtype) for p in probs], lam, info
+
+
+def _cvxpylayers(scores, h, temps, duals, options):
+    from .cvx import solve_cvxpylayers
+
+    probs, lam = solve_cvxpylayers(scores, h, temps, **options)
+    return probs, lam, {"solver_options": dict(options)}
+
+
+_DISPATCH = {"softmax": _softmax, "exact": _exact, "learned_dual": _learned_dual, "dual": _dual,
+             "cvxpylayers": _cvxpylayers}
+
+
+def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", temperature=1.0,
+          duals: Sequence[Tensor] | None = None, check_finite: bool = True, **options) -> Solution:
+    """Consistent multi-level attention.
+
+    Args:
+        scores: ``L`` tensors, ``scores[k]``: ``(B, *h.shapes[k])``, one floating dtype,
+            one device.
+        h: the :class:`Hierarchy`.
+        method: ``"softmax"``, ``"exact"``, ``"cvxpylayers"``, ``"dual"`` or ``"learned_dual"``.
+        temperature: a positive float, or one per level.
+        duals: for ``"learned_dual"``: ``L-1`` tensors, ``duals[k]`` shaped
+            ``h.shapes[k+1]``, ``(1, *h.shapes[k+1])`` or ``(B, *h.shapes[k+1])``.
+        check_finite: reject NaN/Inf scores (reads the scores once; on CUDA one host
+            synchronisation; turn off in a training hot path).
+        **options: ``"dual"``: ``tol`` (1e-6), ``max_iter`` (1000), ``strict`` (True),
+            ``record_history``, ``init``, ``dtype`` (float64); ``"cvxpylayers"``:
+            ``solve_method``, ``eps``, ``max_iters``, ``accept_tol`` and solver settings.
+
+    Returns:
+        :class:`Solution`. ``probs`` keep the dtype and device of ``scores`` (half
+        precision is computed in float32).  Every method is differentiable with respect
+        to ``scores`` (and ``duals`` for ``"learned_dual"``).
+
+    Raises:
+        TypeError / ValueError: malformed input (shapes, level count, dtype, NaN/Inf,
+            temperatures, unknown method or option, missing duals).
+        convex_attention.dual.ConvergenceError: ``"dual"`` missed ``tol`` (``strict``).
+        convex_attention.cvx.SolverFailure: ``"cvxpylayers"`` failed or was inaccurate.
+    """
+    if not isinstance(method, str) or method not in _DISPATCH:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    scores = check_scores(scores, h, check_finite=check_finite)
+    temps = check_temperatures(temperature, h.num_levels)
+    allowed = _OPTIONS[method]
+    if allowed is not None:
+        unknown = set(options) - allowed
+        if unknown:
+            raise TypeError(f"method {method!r} takes no option(s) {sorted(unknown)}"
+                            + (f"; it accepts {sorted(allowed)}" if allowed else ""))
+    if duals is not None and method != "learned_dual":
+        raise ValueError(f"duals are only used by method 'learned_dual', not {method!r}")
+    probs, lam, info = _DISPATCH[method](scores, h, temps, duals, dict(options))
+    return Solution(probs, scores, h, temps, method, lam, info)
+
+
+def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy, temperature=1.0,
+                     detach_target: bool = False, check_finite: bool = True) -> Tensor:
+    """The paper's consistency loss (DESIGN.md §2), a scalar tensor.
+
+    ``Σ_k KL(b_k ‖ a_k)`` with ``a_k = P_k p_k(λ)``, ``b_k = p_{k+1}(λ)`` and
+    ``p_k(λ) = softmax(η_k / τ_k)``, each normalised per sample, averaged over the batch.
+    For two levels and τ = 1: ``a ∝ SumPool(softmax θ_0) ⊙ e^{−λ}``, ``b ∝ softmax(θ_1) ⊙ e^{+λ}``.
+
+    Args:
+        scores: ``L`` tensors ``(B, *h.shapes[k])``.
+        duals: ``L-1`` tensors shaped ``h.shapes[k+1]``, ``(1, …)`` or ``(B, …)``.
+        detach_target: stop the gradient through ``b_k`` (the coarse side).
+    """
+    scores = check_scores(scores, h, check_finite=check_finite)
+    temps = check_temperatures(temperature, h.num_levels)
+    work = compute_dtype(scores[0].dtype)
+    lam = check_duals(duals, h, scores[0].shape[0], work, scores[0].device, check_finite=check_finite)
+    return consistency_loss_unchecked([s.to(work) for s in scores], lam, h, temps, detach_target)

@@ -1,0 +1,141 @@
+"""Wall-clock and memory measurement of forward and backward passes.
+
+This machine class (small shared VMs) is noisy, so methods are measured *interleaved*:
+every repetition runs each method once, in rotating order, and the figures are medians.
+Ratios of two methods measured this way share their noise.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+__all__ = ["Measurement", "measure_interleaved", "peak_memory_mb", "synchronize"]
+
+# A case returns a fresh closure pair: forward() -> loss tensor; the harness calls
+# loss.backward() itself so that the two passes are timed separately.
+ForwardFn = Callable[[], torch.Tensor]
+
+
+@dataclass
+class Measurement:
+    fwd_ms: list[float] = field(default_factory=list)
+    bwd_ms: list[float] = field(default_factory=list)
+
+    @property
+    def fwd_median(self) -> float:
+        return statistics.median(self.fwd_ms)
+
+    @property
+    def bwd_median(self) -> float:
+        return statistics.median(self.bwd_ms) if self.bwd_ms else float("nan")
+
+    @property
+    def total_median(self) -> float:
+        """Median of per-repetition forward+backward times."""
+        if not self.bwd_ms:
+            return self.fwd_median
+        return statistics.median(f + b for f, b in zip(self.fwd_ms, self.bwd_ms))
+
+
+def synchronize(device: torch.device | str) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _once(forward: ForwardFn, device, backward: bool) -> tuple[float, float]:
+    synchronize(device)
+    t0 = time.perf_counter()
+    loss = forward()
+    synchronize(device)
+    t1 = time.perf_counter()
+    if not backward:
+        return (t1 - t0) * 1e3, float("nan")
+    loss.backward()
+    synchronize(device)
+    t2 = time.perf_counter()
+    return (t1 - t0) * 1e3, (t2 - t1) * 1e3
+
+
+def measure_interleaved(cases: dict[str, ForwardFn], device="cpu", repeats: int = 30, warmup: int = 5,
+                        backward: bool = True, budget_s: float | None = None) -> dict[str, Measurement]:
+    """Time ``forward`` and ``loss.backward()`` of every case, interleaved.
+
+    Args:
+        cases: name -> forward closure returning a scalar loss (inputs must require grad
+            if ``backward``).
+        repeats, warmup: timed and untimed repetitions per case.
+        budget_s: stop adding repetitions once this much wall time has been spent
+            (at least 3 timed repetitions are kept).
+
+    Returns:
+        name -> :class:`Measurement` with every repetition's milliseconds.
+    """
+    names = list(cases)
+    for _ in range(warmup):
+        for name in names:
+            _once(cases[name], device, backward)
+    out = {name: Measurement() for name in names}
+    start = time.perf_counter()
+    for r in range(repeats):
+        order = names[r % len(names):] + names[: r % len(names)]
+        for name in order:
+            f, b = _once(cases[name], device, backward)
+            out[name].fwd_ms.append(f)
+            if backward:
+                out[name].bwd_ms.append(b)
+        if budget_s is not None and r >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return out
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the profiler's C++ start/stop lines (written straight to file descriptor 2)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def peak_memory_mb(forward: ForwardFn, device="cpu", backward: bool = True) -> float:
+    """Peak memory allocated *during* one forward(+backward), in MiB.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` above the starting level.  CPU: the
+    largest running sum of allocations minus frees recorded by the PyTorch profiler.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        loss = forward()
+        if backward:
+            loss.backward()
+        synchronize(device)
+        return (torch.cuda.max_memory_allocated(device) - base) / 2**20
+    from torch.profiler import ProfilerActivity, profile
+
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        loss = forward()
+        if backward:
+            loss.backward()
+        del loss
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
+    running = peak = 0
+    for _, nbytes in events:
+        running += nbytes
+        peak = max(peak, running)
+    return peak / 2**20

@@ -1,0 +1,204 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import convex_attention as ca
+from convex_attention.exact import ExactAttentionFunction, exact_attention, exact_duals, exact_log_probs
+from helpers import ALL_CASES, flat_np, make_hierarchy, random_feasible_point, random_instance, reference_solve
+
+
+@pytest.mark.parametrize("case", ALL_CASES)
+@pytest.mark.parametrize("batch", [1, 4])
+def test_exact_matches_reference(case, batch):
+    inst = random_instance(case, batch=batch, seed=batch)
+    sol = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    ref_p, ref_d, ref_v = reference_solve(inst.h, inst.scores, inst.temps)
+    for got, want in zip(flat_np(sol.probs), ref_p):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    for got, want in zip(flat_np(sol.duals), ref_d):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(sol.objective.numpy(), ref_v, atol=1e-7, rtol=1e-9)
+    # strong duality at the optimum: f(p*) = g(λ*)
+    np.testing.assert_allclose(sol.dual_objective.numpy(), sol.objective.numpy(), atol=1e-10, rtol=1e-12)
+    assert sol.violation.max() < 1e-12
+
+
+@pytest.mark.parametrize("case", ["2d-2lvl", "2d-3lvl-unequal", "3d-3lvl", "irregular-3lvl", "1d-3lvl"])
+def test_gradcheck(case):
+    inst = random_instance(case, batch=2)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    assert torch.autograd.gradcheck(lambda *s: ExactAttentionFunction.apply(inst.h, tuple(inst.temps), *s), scores)
+
+
+def test_backward_is_analytic_not_autograd_through_forward():
+    inst = random_instance("2d-3lvl-unequal", batch=2)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    probs = exact_attention(scores, inst.h, inst.temps)
+    assert type(probs[0].grad_fn).__name__ == "ExactAttentionFunctionBackward"
+    # matches autograd through an independent log-space formulation
+    weights = [torch.randn_like(p) for p in probs]
+    g_analytic = torch.autograd.grad(sum((p * w).sum() for p, w in zip(probs, weights)), scores)
+    logp = exact_log_probs(scores, inst.h, inst.temps)
+    g_autograd = torch.autograd.grad(sum((lp.exp() * w).sum() for lp, w in zip(logp, weights)), scores)
+    for a, b in zip(g_analytic, g_autograd):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+    # each level's gradient sums to zero: a constant per level does not move the solution
+    for g in g_analytic:
+        torch.testing.assert_close(g.flatten(1).sum(1), torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_double_backward_is_refused_clearly():
+    inst = random_instance("2d-2lvl", batch=1)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    probs = exact_attention(scores, inst.h, inst.temps)
+    v = torch.randn_like(probs[0]).requires_grad_()
+    (g,) = torch.autograd.grad(probs[0], scores[0], grad_outputs=v, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
+        g.sum().backward()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_extreme_scores_and_half_precision_give_no_nan(dtype):
+    h = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    for scale in [1e4, -1e4]:
+        scores = [(scale * torch.randn((3,) + s, generator=g)).to(dtype).requires_grad_() for s in h.shapes]
+        sol = ca.solve(scores, h, "exact", temperature=[0.3, 1.0, 3.0])
+        assert all(p.dtype == dtype for p in sol.probs)
+        assert all(torch.isfinite(p).all() for p in sol.probs)
+        sum(p.float().square().sum() for p in sol.probs).backward()
+        assert all(torch.isfinite(s.grad).all() for s in scores)
+        assert all(torch.isfinite(d).all() for d in sol.duals)
+        assert torch.isfinite(sol.objective).all() and torch.isfinite(sol.dual_objective).all()
+        for p in sol.probs:
+            torch.testing.assert_close(p.float().flatten(1).sum(1), torch.ones(3), atol=2e-2, rtol=0)
+
+
+def test_half_precision_matches_float32():
+    inst = random_instance("2d-3lvl-unequal", batch=4, dtype=torch.float32)
+    ref = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps).probs
+    for dtype, atol in [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)]:
+        got = ca.solve([s.to(dtype) for s in inst.scores], inst.h, "exact", temperature=inst.temps).probs
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a.float(), b, atol=atol, rtol=0.05)
+
+
+def test_grid_path_equals_flat_path():
+    inst = random_instance("3d-3lvl", batch=3)
+    grid = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    flat = ca.solve([s.flatten(1) for s in inst.scores], inst.h.flat(), "exact", temperature=inst.temps)
+    for a, b in zip(grid.probs, flat.probs):
+        torch.testing.assert_close(a.flatten(1), b, atol=1e-14, rtol=0)
+    for a, b in zip(grid.duals, flat.duals):
+        torch.testing.assert_close(a.flatten(1), b, atol=1e-12, rtol=0)
+
+
+def test_duals_satisfy_stationarity():
+    """KKT: p_k ∝ exp(η_k / τ_k) with η_k = θ_k + λ_{k-1} − P_kᵀ λ_k, at every level."""
+    inst = random_instance("irregular-3lvl", batch=2)
+    sol = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    from convex_attention.dual import reparameterized_probs
+
+    probs = reparameterized_probs(inst.scores, sol.duals, inst.h, inst.temps)
+    for a, b in zip(probs, sol.probs):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_single_top_cell_gives_softmax_of_finest_level():
+    h = ca.Hierarchy.grid([(4, 6), (1, 1)])
+    scores = [torch.randn(3, 4, 6, dtype=torch.float64), torch.randn(3, 1, 1, dtype=torch.float64)]
+    sol = ca.solve(scores, h, "exact", temperature=[0.7, 2.0])
+    torch.testing.assert_close(sol.probs[0].flatten(1), torch.softmax(scores[0].flatten(1) / 0.7, 1))
+    torch.testing.assert_close(sol.probs[1], torch.ones(3, 1, 1, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------- hypothesis properties
+
+@st.composite
+def tiny_instances(draw):
+    L = draw(st.integers(2, 3))
+    sizes = [draw(st.integers(1, 3))]
+    for _ in range(L - 1):
+        sizes.insert(0, sizes[0] * draw(st.integers(1, 3)))
+    shape_kind = draw(st.sampled_from(["grid1d", "irregular"]))
+    if shape_kind == "grid1d":
+        h = ca.Hierarchy.grid([(n,) for n in sizes])
+    else:
+        parents = []
+        for k in range(L - 1):
+            base = list(range(sizes[k + 1]))
+            extra = draw(st.lists(st.integers(0, sizes[k + 1] - 1), min_size=sizes[k] - sizes[k + 1],
+                                  max_size=sizes[k] - sizes[k + 1]))
+            perm = draw(st.permutations(base + extra))
+            parents.append(torch.tensor(perm))
+        h = ca.Hierarchy.from_parents(sizes, parents)
+    batch = draw(st.integers(1, 3))
+    values = st.floats(-20, 20, allow_nan=False, allow_infinity=False)
+    scores = [torch.tensor(draw(st.lists(values, min_size=batch * n, max_size=batch * n)),
+                           dtype=torch.float64).reshape(batch, n) for n in sizes]
+    temps = [draw(st.floats(0.3, 3.0)) for _ in range(L)]
+    return h, scores, temps
+
+
+@given(tiny_instances())
+def test_property_feasible(inst):
+    h, scores, temps = inst
+    sol = ca.solve(scores, h, "exact", temperature=temps)
+    for p in sol.probs:
+        assert (p >= 0).all()
+        torch.testing.assert_close(p.sum(1), torch.ones(p.shape[0], dtype=torch.float64))
+    assert sol.violation.max() < 1e-12
+
+
+@given(tiny_instances(), st.integers(0, 2**31 - 1))
+def test_property_optimal_against_random_feasible_points(inst, seed):
+    h, scores, temps = inst
+    sol = ca.solve(scores, h, "exact", temperature=temps)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(5):
+        other = random_feasible_point(h, scores[0].shape[0], g)
+        assert (ca.metrics.objective(scores, other, temps) <= sol.objective + 1e-9).all()
+
+
+@given(tiny_instances(), st.lists(st.floats(-50, 50), min_size=3, max_size=3))
+def test_property_constant_per_level_changes_nothing(inst, shifts):
+    h, scores, temps = inst
+    sol = ca.solve(scores, h, "exact", temperature=temps)
+    shifted = ca.solve([s + c for s, c in zip(scores, shifts)], h, "exact", temperature=temps)
+    for a, b in zip(sol.probs, shifted.probs):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
+
+
+@given(tiny_instances())
+def test_property_batched_equals_looped(inst):
+    h, scores, temps = inst
+    batched = ca.solve(scores, h, "exact", temperature=temps)
+    for b in range(scores[0].shape[0]):
+        single = ca.solve([s[b:b + 1] for s in scores], h, "exact", temperature=temps)
+        for a, c in zip(batched.probs, single.probs):
+            torch.testing.assert_close(a[b:b + 1], c, atol=1e-14, rtol=0)
+        for a, c in zip(batched.duals, single.duals):
+            torch.testing.assert_close(a[b:b + 1], c, atol=1e-10, rtol=0)
+
+
+@given(st.integers(1, 6), st.integers(1, 4), st.floats(0.3, 3.0), st.floats(0.3, 3.0), st.integers(0, 1000))
+def test_property_single_coarse_cell_is_softmax(n0, batch, tau0, tau1, seed):
+    h = ca.Hierarchy.grid([(n0,), (1,)])
+    g = torch.Generator().manual_seed(seed)
+    scores = [5 * torch.randn(batch, n0, generator=g, dtype=torch.float64),
+              5 * torch.randn(batch, 1, generator=g, dtype=torch.float64)]
+    sol = ca.solve(scores, h, "exact", temperature=[tau0, tau1])
+    torch.testing.assert_close(sol.probs[0], torch.softmax(scores[0] / tau0, dim=1))
+
+
+def test_duals_of_hand_example():
+    """Two cells under one parent, τ=1: p_0 = softmax(θ_0); the dual is the only consistent one."""
+    h = ca.Hierarchy.grid([(2,), (1,)])
+    theta0 = torch.tensor([[0.0, np.log(3.0)]], dtype=torch.float64)
+    sol = ca.solve([theta0, torch.zeros(1, 1, dtype=torch.float64)], h, "exact")
+    torch.testing.assert_close(sol.probs[0], torch.tensor([[0.25, 0.75]], dtype=torch.float64))
+    # value = log(1 + 3) + 0 (top) by the closed form: T_1 · lse(m_1 / T_1), m_1 = 0 + log 4, T_1 = 2
+    torch.testing.assert_close(sol.objective, torch.tensor([np.log(4.0)], dtype=torch.float64))
+    assert exact_duals([theta0, torch.zeros(1, 1, dtype=torch.float64)], h, [1.0, 1.0])[0].abs().max() < 1e-15

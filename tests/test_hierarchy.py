@@ -1,0 +1,149 @@
+import numpy as np
+import pytest
+import torch
+
+import convex_attention as ca
+from helpers import GRID_CASES, aggregation_matrix, make_hierarchy, random_parents
+
+
+@pytest.mark.parametrize("case", sorted(GRID_CASES))
+def test_grid_parents_match_block_structure(case):
+    h = ca.Hierarchy.grid(GRID_CASES[case])
+    for k in range(h.num_levels - 1):
+        fine, coarse = h.shapes[k], h.shapes[k + 1]
+        idx = torch.arange(h.sizes[k]).reshape(fine)
+        coords = torch.unravel_index(idx.flatten(), fine)
+        factors = [f // c for f, c in zip(fine, coarse)]
+        expected = torch.zeros(h.sizes[k], dtype=torch.long)
+        for d, c in enumerate(coords):
+            expected = expected * coarse[d] + c // factors[d]
+        assert torch.equal(h.parents(k), expected)
+
+
+@pytest.mark.parametrize("case", sorted(GRID_CASES))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_grid_fast_path_equals_scatter_path(case, dtype):
+    h = ca.Hierarchy.grid(GRID_CASES[case])
+    flat = h.flat()
+    assert not flat.is_grid and h.is_grid
+    for k in range(h.num_levels - 1):
+        x = torch.randn((3,) + h.shapes[k], dtype=dtype)
+        y = torch.randn((3,) + h.shapes[k + 1], dtype=dtype)
+        xf, yf = x.flatten(1), y.flatten(1)
+        torch.testing.assert_close(h.aggregate(x, k).flatten(1), flat.aggregate(xf, k))
+        assert torch.equal(h.block_max(x, k).flatten(1), flat.block_max(xf, k))
+        assert torch.equal(h.broadcast(y, k).flatten(1), flat.broadcast(yf, k))
+        torch.testing.assert_close(h.block_logsumexp(x, k).flatten(1), flat.block_logsumexp(xf, k))
+        assert torch.equal(h.combine_broadcast(x, y, k, torch.mul).flatten(1),
+                           flat.combine_broadcast(xf, yf, k, torch.mul))
+        # leading dimensions broadcast (shared coarse tensor)
+        assert torch.equal(h.combine_broadcast(x, y[:1], k, torch.sub).flatten(1),
+                           flat.combine_broadcast(xf, yf[:1], k, torch.sub))
+
+
+@pytest.mark.parametrize("case", sorted(GRID_CASES) + ["irregular-2lvl", "irregular-3lvl"])
+def test_operators_match_explicit_matrices(case):
+    h = make_hierarchy(case, seed=3)
+    for k in range(h.num_levels - 1):
+        P = torch.from_numpy(aggregation_matrix(h, k))
+        x = torch.randn((2,) + h.shapes[k], dtype=torch.float64)
+        y = torch.randn((2,) + h.shapes[k + 1], dtype=torch.float64)
+        torch.testing.assert_close(h.aggregate(x, k).flatten(1), x.flatten(1) @ P.T)
+        torch.testing.assert_close(h.broadcast(y, k).flatten(1), y.flatten(1) @ P)
+        # adjointness: <P x, y> = <x, Pᵀ y>
+        torch.testing.assert_close((h.aggregate(x, k) * y).sum(), (x * h.broadcast(y, k)).sum())
+
+
+def test_block_softmax_sums_to_one_per_block_and_is_stable():
+    h = ca.Hierarchy.grid([(8, 8), (2, 4)])
+    z = torch.randn(3, 8, 8) * 1e4
+    q, lse = h.block_softmax(z, 0)
+    assert torch.isfinite(q).all() and torch.isfinite(lse).all()
+    torch.testing.assert_close(h.aggregate(q, 0), torch.ones(3, 2, 4))
+    torch.testing.assert_close(lse, h.block_logsumexp(z.double(), 0).float(), rtol=1e-6, atol=1e-3)
+
+
+def test_irregular_reductions_and_gradients():
+    parents = [torch.tensor([0, 1, 0, 2, 2, 1, 0])]
+    h = ca.Hierarchy.from_parents([7, 3], parents)
+    x = torch.arange(7.0).unsqueeze(0)
+    assert torch.equal(h.aggregate(x, 0), torch.tensor([[0 + 2 + 6.0, 1 + 5.0, 3 + 4.0]]))
+    assert torch.equal(h.block_max(x, 0), torch.tensor([[6.0, 5.0, 4.0]]))
+    y = torch.tensor([[10.0, 20.0, 30.0]])
+    assert torch.equal(h.broadcast(y, 0), torch.tensor([[10.0, 20.0, 10.0, 30.0, 30.0, 20.0, 10.0]]))
+    xg = torch.randn(2, 7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: h.aggregate(t, 0), (xg,))
+    assert torch.autograd.gradcheck(lambda t: h.block_logsumexp(t, 0), (xg,))
+
+
+def test_grid_gradients():
+    h = ca.Hierarchy.grid([(4, 6), (2, 3)])
+    x = torch.randn(2, 4, 6, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: h.aggregate(t, 0), (x,))
+    assert torch.autograd.gradcheck(lambda t: h.broadcast(t, 0), (y,))
+    assert torch.autograd.gradcheck(lambda a, b: h.combine_broadcast(a, b, 0, torch.mul), (x, y))
+
+
+def test_attributes_and_equality():
+    h = ca.Hierarchy.grid([(64, 64), (32, 32)])
+    assert h.num_levels == 2 and h.shapes == [(64, 64), (32, 32)] and h.sizes == [4096, 1024]
+    assert h.factors == [(2, 2)]
+    assert h == ca.Hierarchy.grid([(64, 64), (32, 32)]) and hash(h) == hash(ca.Hierarchy.grid([(64, 64), (32, 32)]))
+    assert h != ca.Hierarchy.grid([(64, 64), (16, 16)])
+    h1 = ca.Hierarchy.grid([12, 4])  # 1-D levels given as ints
+    assert h1.shapes == [(12,), (4,)]
+    p = ca.Hierarchy.from_parents([12, 5], [torch.tensor([0, 1, 2, 3, 4] * 2 + [0, 1])])
+    assert p.shapes == [(12,), (5,)] and p.num_levels == 2 and not p.is_grid
+
+
+def test_random_partitions_have_no_empty_cells():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        parents = random_parents([30, 7, 2], g)
+        h = ca.Hierarchy.from_parents([30, 7, 2], parents)
+        for k in range(2):
+            assert (torch.bincount(h.parents(k), minlength=h.sizes[k + 1]) > 0).all()
+
+
+@pytest.mark.parametrize("shapes, message", [
+    ([(8, 8)], "at least 2 levels"),
+    ([(8, 8), (3, 4)], "does not divide"),
+    ([(9,), (2,)], "does not divide"),
+    ([(8, 8), (4,)], "same number of dimensions"),
+    ([(8, 0), (4, 4)], "positive"),
+])
+def test_grid_errors(shapes, message):
+    with pytest.raises(ValueError, match=message):
+        ca.Hierarchy.grid(shapes)
+
+
+def test_grid_type_errors():
+    with pytest.raises(TypeError):
+        ca.Hierarchy.grid("64x64")
+    with pytest.raises(TypeError):
+        ca.Hierarchy.grid([(8.0, 8), (4, 4)])
+
+
+@pytest.mark.parametrize("sizes, parents, exc, message", [
+    ([4, 2], [torch.tensor([0, 1, 2, 0])], ValueError, "out of range"),
+    ([4, 2], [torch.tensor([0, -1, 1, 0])], ValueError, "out of range"),
+    ([4, 3], [torch.tensor([0, 1, 1, 0])], ValueError, "empty"),
+    ([4, 2], [torch.tensor([0, 1, 1])], ValueError, r"shape \(4,\)"),
+    ([4, 2], [torch.tensor([0.0, 1.0, 1.0, 0.0])], TypeError, "integers"),
+    ([4, 2, 1], [torch.tensor([0, 1, 1, 0])], ValueError, "expected 2 parent maps"),
+    ([4], [], ValueError, "at least 2 levels"),
+])
+def test_from_parents_errors(sizes, parents, exc, message):
+    with pytest.raises(exc, match=message):
+        ca.Hierarchy.from_parents(sizes, parents)
+
+
+def test_operator_shape_errors():
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    with pytest.raises(ValueError, match="shape"):
+        h.aggregate(torch.zeros(2, 4, 5), 0)
+    with pytest.raises(ValueError, match="constraint index"):
+        h.aggregate(torch.zeros(2, 4, 4), 1)
+    with pytest.raises(ValueError, match="shape"):
+        h.broadcast(torch.zeros(2, 4, 4), 0)

@@ -1,0 +1,60 @@
+import math
+
+import torch
+
+import convex_attention as ca
+from convex_attention import metrics
+from helpers import random_instance
+
+
+H = ca.Hierarchy.grid([(2,), (1,)])
+
+
+def test_violation_by_hand():
+    p0 = torch.tensor([[0.2, 0.3], [0.5, 0.5]], dtype=torch.float64)
+    p1 = torch.tensor([[0.4], [1.0]], dtype=torch.float64)
+    torch.testing.assert_close(metrics.violation([p0, p1], H), torch.tensor([0.1, 0.0], dtype=torch.float64))
+
+
+def test_violation_is_max_over_constraints():
+    h = ca.Hierarchy.grid([(4,), (2,), (1,)])
+    p0 = torch.tensor([[0.25, 0.25, 0.25, 0.25]])
+    p1 = torch.tensor([[0.7, 0.3]])  # |0.5-0.7| + |0.5-0.3| = 0.4
+    p2 = torch.tensor([[0.9]])       # |1.0-0.9| = 0.1
+    torch.testing.assert_close(metrics.violation([p0, p1, p2], h), torch.tensor([0.4]))
+    torch.testing.assert_close(torch.stack(metrics.consistency_residuals([p0, p1, p2], h)).squeeze(1),
+                               torch.tensor([0.4, 0.1]))
+
+
+def test_objective_by_hand_with_zero_probability():
+    theta = [torch.tensor([[1.0, 2.0]], dtype=torch.float64), torch.tensor([[3.0]], dtype=torch.float64)]
+    probs = [torch.tensor([[0.0, 1.0]], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64)]
+    torch.testing.assert_close(metrics.objective(theta, probs, [1.0, 2.0]), torch.tensor([5.0], dtype=torch.float64))
+    probs = [torch.tensor([[0.5, 0.5]], dtype=torch.float64), probs[1]]
+    want = 1.5 + 1.0 * math.log(2) + 3.0
+    torch.testing.assert_close(metrics.objective(theta, probs, [1.0, 2.0]), torch.tensor([want], dtype=torch.float64))
+
+
+def test_gaps_are_zero_at_the_optimum_and_positive_elsewhere():
+    inst = random_instance("2d-3lvl-unequal", batch=3)
+    exact = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    f_star = exact.objective
+    torch.testing.assert_close(metrics.primal_gap(f_star, inst.scores, exact.probs, inst.temps),
+                               torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    torch.testing.assert_close(metrics.dual_gap(f_star, inst.scores, exact.duals, inst.h, inst.temps),
+                               torch.zeros(3, dtype=torch.float64), atol=1e-12, rtol=0)
+    zeros = [torch.zeros_like(d) for d in exact.duals]
+    assert (metrics.dual_gap(f_star, inst.scores, zeros, inst.h, inst.temps) > 0).all()
+
+
+def test_max_abs_err():
+    a = [torch.tensor([[0.1, 0.9]]), torch.tensor([[1.0]])]
+    b = [torch.tensor([[0.3, 0.7]]), torch.tensor([[1.0]])]
+    torch.testing.assert_close(metrics.max_abs_err(a, b), torch.tensor([0.2]))
+
+
+def test_half_precision_measures_in_float32():
+    inst = random_instance("2d-2lvl", batch=2, dtype=torch.float16)
+    sol = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    assert sol.violation.dtype == torch.float32 and sol.objective.dtype == torch.float32
+    assert sol.violation.max() < 1e-2
