@@ -88,8 +88,9 @@ class ScoreHead(nn.Module):
         super().__init__()
         conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[ndim]
         self.embed = conv(in_channels, embed_channels, kernel_size=1)
+        self.relu = nn.ReLU()  # a module, so that attribution methods (DeepLIFT, LRP) see it
         self.score = conv(embed_channels, 1, kernel_size=1)
 
     def forward(self, features: Tensor) -> Tensor:
         x = F.normalize(self.embed(features), dim=1)
-        return self.score(F.relu(x)).squeeze(1)
+        return self.score(self.relu(x)).squeeze(1)

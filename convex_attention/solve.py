@@ -121,10 +121,9 @@ def _exact(scores, h, temps, duals, options):
     return probs, duals_fn, {}
 
 
-def _learned_dual(scores, h, temps, duals, options):
+def _learned_dual(scores, h, temps, lam, options):
     dtype = scores[0].dtype
     work = compute_dtype(dtype)
-    lam = check_duals(duals, h, scores[0].shape[0], work, scores[0].device)
     probs = reparameterized_probs([s.to(work) for s in scores], lam, h, temps)
     B = scores[0].shape[0]
 
@@ -197,6 +196,9 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
                             + (f"; it accepts {sorted(allowed)}" if allowed else ""))
     if duals is not None and method != "learned_dual":
         raise ValueError(f"duals are only used by method 'learned_dual', not {method!r}")
+    if method == "learned_dual":
+        duals = check_duals(duals, h, scores[0].shape[0], compute_dtype(scores[0].dtype), scores[0].device,
+                            check_finite=check_finite)
     probs, lam, info = _DISPATCH[method](scores, h, temps, duals, dict(options))
     return Solution(probs, scores, h, temps, method, lam, info)
 

@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""GPU check of the fast methods (softmax, exact, dual, learned_dual): correctness on the
+device, no host synchronisation in the hot path, and speed.
+
+    python benchmarks/gpu_check.py --out results/gpu       # needs a CUDA device
+
+1. Correctness: on random 2-D/3-D/irregular instances with 2-3 levels and unequal
+   temperatures, CUDA results equal the CPU float64 closed form; the dual method agrees;
+   float64 gradcheck of exact and learned_dual on the device; ±1e4 scores in
+   float16/bfloat16 give no NaN.
+2. No host synchronisation: forward + backward of solve(..., check_finite=False) for
+   softmax, exact and learned_dual (+ consistency_loss) under
+   torch.cuda.set_sync_debug_mode("error").
+3. Speed: forward and backward medians (methods interleaved, CUDA-synchronised), the
+   ratios of the core benchmark, and peak memory, at several sizes.
+
+Writes gpu_check.json.  Exit status 1 if a correctness or synchronisation check fails.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+import convex_attention as ca
+from convex_attention.bench import environment, make_case
+from convex_attention.timing import measure_interleaved, peak_memory_mb
+
+
+def correctness(device) -> list[dict]:
+    results = []
+    g = torch.Generator().manual_seed(0)
+    cases = {
+        "2d-2lvl": ca.Hierarchy.grid([(16, 16), (8, 8)]),
+        "2d-3lvl": ca.Hierarchy.grid([(24, 16), (12, 8), (3, 2)]),
+        "3d-3lvl": ca.Hierarchy.grid([(8, 8, 4), (4, 4, 2), (2, 2, 1)]),
+        "irregular-3lvl": ca.Hierarchy.from_parents(
+            [30, 7, 2], [torch.cat([torch.arange(7), torch.randint(0, 7, (23,), generator=g)]),
+                         torch.tensor([0, 1, 0, 1, 0, 1, 1])]),
+    }
+    for name, h in cases.items():
+        temps = (0.3 + 2.7 * torch.rand(h.num_levels, generator=g, dtype=torch.float64)).tolist()
+        scores = [3 * torch.randn((4,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+        ref = ca.solve(scores, h, "exact", temperature=temps)
+        dev = [s.to(device) for s in scores]
+        for method, kw, tol in (("exact", {}, 1e-12), ("dual", {"tol": 1e-11, "max_iter": 20000}, 1e-6)):
+            sol = ca.solve(dev, h, method, temperature=temps, **kw)
+            err = float(ca.metrics.max_abs_err([p.cpu() for p in sol.probs], ref.probs).max())
+            results.append({"check": f"{method} cuda float64 vs cpu exact", "case": name, "error": err, "tol": tol,
+                            "passed": err <= tol})
+        sol32 = ca.solve([s.float() for s in dev], h, "exact", temperature=temps)
+        err = float(ca.metrics.max_abs_err([p.cpu().double() for p in sol32.probs], ref.probs).max())
+        results.append({"check": "exact cuda float32 vs cpu float64", "case": name, "error": err, "tol": 1e-5,
+                        "passed": err <= 1e-5})
+        viol = float(sol32.violation.max())
+        results.append({"check": "exact cuda float32 violation", "case": name, "error": viol, "tol": 1e-5,
+                        "passed": viol <= 1e-5})
+        sc = [s[:2].clone().requires_grad_() for s in dev]
+        ok = torch.autograd.gradcheck(lambda *x: tuple(ca.solve(list(x), h, "exact", temperature=temps).probs), sc)
+        results.append({"check": "exact gradcheck on cuda (float64)", "case": name, "error": 0.0, "tol": 0.0,
+                        "passed": bool(ok)})
+        lam = [torch.randn((1,) + s, dtype=torch.float64, device=device, requires_grad=True) for s in h.shapes[1:]]
+        ok = torch.autograd.gradcheck(
+            lambda *x: tuple(ca.solve(list(x[:len(sc)]), h, "learned_dual", temperature=temps,
+                                      duals=list(x[len(sc):])).probs), (*sc, *lam))
+        results.append({"check": "learned_dual gradcheck on cuda (float64)", "case": name, "error": 0.0,
+                        "tol": 0.0, "passed": bool(ok)})
+    h = ca.Hierarchy.grid([(32, 32), (16, 16), (8, 8)])
+    for dtype in (torch.float16, torch.bfloat16):
+        for scale in (1e4, -1e4):
+            scores = [(scale * torch.randn((4,) + s, generator=g)).to(device, dtype).requires_grad_()
+                      for s in h.shapes]
+            sol = ca.solve(scores, h, "exact", temperature=[0.3, 1.0, 3.0])
+            sum(p.float().square().sum() for p in sol.probs).backward()
+            finite = all(torch.isfinite(p).all() for p in sol.probs) and all(torch.isfinite(s.grad).all()
+                                                                             for s in scores)
+            results.append({"check": f"exact {str(dtype)[6:]} scores {scale:+g}: no NaN", "case": "2d-3lvl",
+                            "error": 0.0, "tol": 0.0, "passed": bool(finite)})
+    return results
+
+
+def no_sync(device) -> list[dict]:
+    results = []
+    h = ca.Hierarchy.grid([(64, 64), (32, 32), (16, 16)])
+    scores = [torch.randn((8,) + s, device=device, requires_grad=True) for s in h.shapes]
+    weights = [torch.randn_like(s) for s in scores]
+    lam = [torch.zeros((1,) + s, device=device, requires_grad=True) for s in h.shapes[1:]]
+    for method in ("softmax", "exact", "learned_dual"):
+        kw = {"duals": lam} if method == "learned_dual" else {}
+        for _ in range(2):  # warm-up outside the check (first calls may allocate)
+            sol = ca.solve(scores, h, method, check_finite=False, **kw)
+            sum((p * w).sum() for p, w in zip(sol.probs, weights)).backward()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            sol = ca.solve(scores, h, method, check_finite=False, **kw)
+            loss = sum((p * w).sum() for p, w in zip(sol.probs, weights))
+            if method == "learned_dual":
+                loss = loss + ca.consistency_loss(scores, lam, h, check_finite=False)
+            loss.backward()
+            passed, error = True, ""
+        except RuntimeError as err:
+            passed, error = False, str(err)[:300]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        results.append({"check": f"{method}: forward+backward without host synchronisation", "case": "64x64+32x32+16x16",
+                        "error": 0.0 if passed else 1.0, "tol": 0.0, "passed": passed, "detail": error})
+    return results
+
+
+def speed(device, repeats: int) -> list[dict]:
+    rows = []
+    settings = [(64, [(64, 64), (32, 32)]), (64, [(128, 128), (64, 64)]), (64, [(256, 256), (128, 128), (64, 64)]),
+                (16, [(64, 64, 64), (32, 32, 32)])]
+    for batch, shapes in settings:
+        h = ca.Hierarchy.grid(shapes)
+        cases = {m: make_case(m, h, batch, torch.float32, device) for m in ("softmax", "exact", "learned_dual")}
+        cases["dual"] = make_case("dual", h, batch, torch.float32, device, options={"tol": 1e-6})
+        res = measure_interleaved(cases, device=device, repeats=repeats, warmup=5)
+        for m, meas in res.items():
+            rows.append({"shapes": "+".join("x".join(map(str, s)) for s in shapes), "batch": batch,
+                         "method": m if m != "learned_dual" else "learned_dual+loss", "fwd_ms": meas.fwd_median,
+                         "bwd_ms": meas.bwd_median, "total_ms": meas.total_median,
+                         "peak_mem_mb": peak_memory_mb(cases[m], device)})
+    return rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="results/gpu")
+    parser.add_argument("--repeats", type=int, default=50)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA device", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    start = time.perf_counter()
+    checks = correctness(device) + no_sync(device)
+    for c in checks:
+        print(f"{'pass' if c['passed'] else 'FAIL'}  {c['check']:<55} {c['case']:<18} {c['error']:.2e}")
+    rows = speed(device, args.repeats)
+    print(f"\n{'shapes':<26}{'B':>4}  {'method':<20}{'fwd_ms':>9}{'bwd_ms':>9}{'total_ms':>10}{'peak_MiB':>10}")
+    for r in rows:
+        print(f"{r['shapes']:<26}{r['batch']:>4}  {r['method']:<20}{r['fwd_ms']:>9.3f}{r['bwd_ms']:>9.3f}"
+              f"{r['total_ms']:>10.3f}{r['peak_mem_mb']:>10.1f}")
+    ratios = {}
+    for shapes in dict.fromkeys(r["shapes"] for r in rows):
+        by = {r["method"]: r["total_ms"] for r in rows if r["shapes"] == shapes}
+        ratios[shapes] = {"exact/softmax": by["exact"] / by["softmax"],
+                          "exact/learned_dual+loss": by["exact"] / by["learned_dual+loss"]}
+        print(f"{shapes:<26} exact/softmax {ratios[shapes]['exact/softmax']:.2f}   "
+              f"exact/(learned_dual+loss) {ratios[shapes]['exact/learned_dual+loss']:.2f}")
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
+        json.dump({"environment": environment(device), "checks": checks, "speed": rows, "ratios": ratios,
+                   "wall_s": time.perf_counter() - start}, f, indent=1)
+    print(f"gpu_check: {time.perf_counter() - start:.0f} s")
+    return 0 if all(c["passed"] for c in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

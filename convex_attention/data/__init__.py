@@ -1,0 +1,54 @@
+"""Data sources for the experiment: synthetic lesions (default, offline), BraTS 2018,
+and a folder of your own images.  No data is ever downloaded."""
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+from .brats import BraTSSlices
+from .folder import FolderDataset
+from .synthetic import SyntheticLesions, labels_only
+
+__all__ = ["SyntheticLesions", "BraTSSlices", "FolderDataset", "labels_only", "build_datasets", "InMemory"]
+
+
+class InMemory(Dataset):
+    """All items of a dataset materialised once (synthetic images are otherwise rendered
+    again in every epoch)."""
+
+    def __init__(self, dataset: Dataset):
+        import torch
+
+        items = [dataset[i] for i in range(len(dataset))]
+        self.images = torch.stack([it[0] for it in items])
+        self.labels = torch.stack([torch.as_tensor(it[1]) for it in items])
+        self.masks = torch.stack([it[2] for it in items])
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.labels[index], self.masks[index]
+
+
+def build_datasets(source: str = "synthetic", root: str | None = None, image_size: int = 128, channels: int = 4,
+                   n_train: int = 2000, n_val: int = 500, difficulty: float = 0.5, seed: int = 0,
+                   val_fraction: float = 0.2) -> tuple[Dataset, Dataset]:
+    """``(train, val)`` datasets of ``(image, label, mask)`` items.
+
+    ``synthetic``: train and validation images come from different seeds (disjoint).
+    ``brats``: split by patient (``val_fraction``, ``seed``).  ``folder``: ``root/train``
+    and ``root/val``, each a :class:`FolderDataset`.
+    """
+    if source == "synthetic":
+        return (SyntheticLesions(n_train, image_size, channels, difficulty, seed=seed),
+                SyntheticLesions(n_val, image_size, channels, difficulty, seed=seed + 10_000))
+    if root is None:
+        raise ValueError(f"data source {source!r} needs --data-root")
+    if source == "brats":
+        return (BraTSSlices(root, "train", val_fraction, seed, image_size=image_size),
+                BraTSSlices(root, "val", val_fraction, seed, image_size=image_size))
+    if source == "folder":
+        import os
+
+        return FolderDataset(os.path.join(root, "train")), FolderDataset(os.path.join(root, "val"))
+    raise ValueError(f"unknown data source {source!r}; choose synthetic, brats or folder")

@@ -1,0 +1,104 @@
+import pytest
+import torch
+
+import convex_attention as ca
+from convex_attention.models import AttentionUNet, load_checkpoint, load_model, save_checkpoint
+
+SMALL = dict(in_channels=4, width=4, image_size=32, embed_channels=8)
+
+
+@pytest.mark.parametrize("method", ["softmax", "learned_dual", "exact", "dual", "cvxpylayers"])
+def test_shapes_and_gradients_flow_for_every_method(method):
+    torch.manual_seed(0)
+    model = AttentionUNet(method=method, **SMALL)
+    images = torch.randn(2, 4, 32, 32, requires_grad=True)
+    out = model(images)
+    assert out.logits.shape == (2, 2)
+    assert [tuple(m.shape) for m in out.maps] == [(2, 8, 8), (2, 4, 4)]
+    assert isinstance(out.solution, ca.Solution)
+    for m in out.maps:
+        torch.testing.assert_close(m.sum((1, 2)), torch.ones(2), atol=1e-5, rtol=0)
+    model.loss(out, torch.tensor([0, 1])).backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all()
+    for name, p in model.named_parameters():
+        assert p.grad is not None, name
+    if method == "learned_dual":
+        assert out.aux_loss > 0
+        assert out.solution.method == "softmax"  # the paper: softmax maps forward, consistency in the loss
+    else:
+        assert out.aux_loss == 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_exact_model_is_consistent_for_any_weights(seed):
+    torch.manual_seed(seed)
+    model = AttentionUNet(method="exact", **SMALL)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 3)  # far from any trained state
+    out = model(torch.randn(4, 4, 32, 32) * 10)
+    assert out.solution.violation.max() <= 1e-5
+
+
+def test_three_level_attention_and_bottleneck_in_classifier():
+    model = AttentionUNet(attention_blocks=(3, 4, 5), bottleneck_in_classifier=True, method="exact", **SMALL)
+    out = model(torch.randn(2, 4, 32, 32))
+    assert [tuple(m.shape[1:]) for m in out.maps] == [(8, 8), (4, 4), (2, 2)]
+    assert out.solution.violation.max() < 1e-5
+
+
+def test_learned_dual_lambda_changes_during_training():
+    torch.manual_seed(0)
+    model = AttentionUNet(method="learned_dual", **SMALL)
+    before = [d.detach().clone() for d in model.attention.learned_duals()]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    images, labels = torch.randn(8, 4, 32, 32), torch.tensor([0, 1] * 4)
+    for _ in range(5):
+        opt.zero_grad()
+        model.loss(model(images), labels).backward()
+        opt.step()
+    after = model.attention.learned_duals()
+    assert any((a - b).abs().max() > 1e-4 for a, b in zip(after, before))
+
+
+def test_checkpoint_round_trip_gives_the_same_logits(tmp_path):
+    torch.manual_seed(0)
+    model = AttentionUNet(method="learned_dual", **SMALL).eval()
+    opt = torch.optim.Adam(model.parameters())
+    images = torch.randn(3, 4, 32, 32)
+    path = save_checkpoint(str(tmp_path / "m.pt"), model, opt, epoch=3, metrics=[{"epoch": 3}])
+    loaded, state = load_model(path)
+    loaded.eval()
+    assert state["epoch"] == 3
+    torch.testing.assert_close(loaded(images).logits, model(images).logits, atol=0, rtol=0)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = save_checkpoint(str(tmp_path / "m.pt"), AttentionUNet(method="exact", **SMALL))
+    other = AttentionUNet(method="exact", **{**SMALL, "width": 8})
+    with pytest.raises(ValueError, match="another architecture.*width"):
+        load_checkpoint(path, other)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(Exception):
+        load_model(str(tmp_path / "junk.pt"))
+    torch.save({"weights": 1}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
+        load_model(str(tmp_path / "plain.pt"))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model(str(tmp_path / "missing.pt"))
+
+
+def test_bad_input_and_configuration():
+    model = AttentionUNet(method="exact", **SMALL)
+    with pytest.raises(ValueError, match="expects 4 input channels, got 3"):
+        model(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="built for 32x32"):
+        model(torch.randn(2, 4, 48, 48))
+    with pytest.raises(ValueError, match="not divisible through the pooling stack"):
+        AttentionUNet(image_size=40)
+    with pytest.raises(ValueError, match="consecutive"):
+        AttentionUNet(attention_blocks=(2, 4), **{k: v for k, v in SMALL.items()})
+    with pytest.raises(ValueError, match="unknown method"):
+        AttentionUNet(method="sparsemax")
+    with pytest.raises(ValueError, match=r"refused .* estimated .* s per image"):
+        AttentionUNet(method="cvxpylayers", image_size=512)
