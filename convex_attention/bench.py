@@ -253,8 +253,16 @@ def check_sweep(config: SweepConfig) -> None:
     for t in config.temperatures:
         if not t > 0:
             raise ValueError(f"temperatures must be positive, got {t}")
-    if config.generator == "model" and not config.checkpoint:
-        raise ValueError("--generator model needs --checkpoint (a model trained by `convex-attention train`)")
+    if config.generator == "model":
+        if not config.checkpoint:
+            raise ValueError("--generator model needs --checkpoint (a model trained by `convex-attention train`)")
+        from .models.scores import checkpoint_shapes
+
+        shapes = checkpoint_shapes(config.checkpoint)
+        wanted = {"sizes": [shapes[0][0]], "levels": [len(shapes)], "dims": [2], "factor": 2}
+        if (config.sizes, config.levels, config.dims, config.factor) != tuple(wanted.values()):
+            raise ValueError(f"the checkpoint's attention levels are {shapes}: run the model generator with "
+                             f"--sizes {shapes[0][0]} --levels {len(shapes)} --dims 2 --factor 2")
 
 
 def hierarchy_for(cell: dict, factor: int) -> Hierarchy:
@@ -448,7 +456,7 @@ def _run_cell(config: SweepConfig, cell: dict, index: int, wanted: list[dict], d
     exact64 = solve(scores64, h, "exact", temperature=temps)
     g = torch.Generator().manual_seed(config.seed + 7)
     weights = [torch.randn(s.shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype) for s in scores64]
-    scores = [s.to(device=device, dtype=dtype).requires_grad_() for s in scores64]
+    scores = [s.to(device=device, dtype=dtype, copy=True).requires_grad_() for s in scores64]  # never alias scores64
 
     # λ for the three learned-dual rows; the timed learned_dual case uses the fitted one.
     duals_by_kind = {}

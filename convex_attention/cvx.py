@@ -199,6 +199,9 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[fl
         warnings.filterwarnings("ignore", message="Solved/Inaccurate")
         try:
             probs, duals = layer(flat, args)
+        except (AttributeError, TypeError) as err:
+            passed = sorted(set(options) - {"solve_method", "eps", "max_iters", "accept_tol"})
+            raise TypeError(f"solver {args['solve_method']} rejected the option(s) {passed}: {err}") from err
         except diffcp.cone_program.SolverError as err:
             _raise_failure(layer, flat, args, list(range(flat[0].shape[0])), accept_tol, str(err))
     certificate = _certificate(h, temps, flat, probs, duals)

@@ -65,7 +65,7 @@ import math  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-DUAL_KIND_LABEL = {"zero": "λ=0", "fitted": "λ fitted (held-out)", "per_sample": "λ per-sample optimum"}
+DUAL_KIND_LABEL = {"zero": "λ=0", "fitted": "λ fitted, held-out", "per_sample": "λ per-sample opt."}
 
 
 def read_rows(path: str) -> list[dict]:
@@ -145,8 +145,8 @@ def plot_violation(rows, path, env=None) -> str:
     groups: dict[str, list[float]] = {}
     for r in ok:
         groups.setdefault(_label(r), []).append(max(_num(r["violation_mean"]), floor))
-    order = [g for g in ["softmax", "learned_dual (λ=0)", "learned_dual (λ fitted (held-out))",
-                         "learned_dual (λ per-sample optimum)", "dual", "exact", "cvxpylayers"] if g in groups]
+    order = [g for g in ["softmax"] + [f"learned_dual ({v})" for v in DUAL_KIND_LABEL.values()]
+             + ["dual", "exact", "cvxpylayers"] if g in groups]
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(7.5, 3.8))
         data = [groups[g] for g in order]
@@ -156,7 +156,8 @@ def plot_violation(rows, path, env=None) -> str:
             ax.scatter(i + rng.uniform(-0.15, 0.15, len(values)), values, s=10, alpha=0.6,
                        color=METHOD_COLORS.get(order[i - 1].split(" ")[0], "#333333"))
         ax.set_yscale("log")
-        ax.set_xticks(range(1, len(order) + 1), [o.replace(" (", "\n(") for o in order], fontsize=7)
+        ax.set_xticks(range(1, len(order) + 1), [o.replace(" (", "\n(").replace(", ", ",\n") for o in order],
+                      fontsize=7)
         ax.set_ylabel("violation  max_k ‖P_k p_k − p_{k+1}‖₁\n(batch mean; floor 1e-17)")
         ax.set_title("Consistency violation per method (one point per sweep cell)")
         ax.grid(True, axis="y", which="both", alpha=0.25)
@@ -168,20 +169,24 @@ def plot_convergence(conv_rows, path, env=None) -> str:
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), gridspec_kw={"wspace": 0.35})
         cells = sorted({r["cell"] for r in conv_rows}, key=int)
-        cmap = plt.get_cmap("viridis", max(len(cells), 2))
-        for j, cell in enumerate(cells):
+        level_counts = sorted({int(r["levels"]) for r in conv_rows})
+        colors = {L: plt.get_cmap("tab10")(i) for i, L in enumerate(level_counts)}
+        labelled = set()
+        for cell in cells:
             rs = sorted((r for r in conv_rows if r["cell"] == cell), key=lambda r: int(r["iteration"]))
             it = [int(r["iteration"]) for r in rs]
-            label = f"{rs[0]['dims']}-D {rs[0]['size']}, L={rs[0]['levels']}, τ={_num(rs[0]['temperature']):g}"
-            axes[0].semilogy(it, [max(_num(r["violation_max"]), 1e-17) for r in rs], color=cmap(j), label=label)
-            axes[1].semilogy(it, [max(_num(r["dual_gap_max"]), 1e-17) for r in rs], color=cmap(j))
+            L = int(rs[0]["levels"])
+            label = f"{L} levels" if L not in labelled else None
+            labelled.add(L)
+            axes[0].semilogy(it, [max(_num(r["violation_max"]), 1e-17) for r in rs], color=colors[L], label=label,
+                             lw=1, alpha=0.8)
+            axes[1].semilogy(it, [max(_num(r["dual_gap_max"]), 1e-17) for r in rs], color=colors[L], lw=1, alpha=0.8)
+        axes[0].legend(frameon=False)
         axes[0].set_ylabel("violation (max over batch)")
         axes[1].set_ylabel("dual gap g(λ) − f* (max over batch)")
         for ax in axes:
             ax.set_xlabel("sweep (one exact block step per constraint)")
             ax.grid(True, which="both", alpha=0.25)
-        if len(cells) <= 12:
-            axes[0].legend(frameon=False, fontsize=6)
         fig.suptitle("Per-sample dual solver (block-coordinate, exact block steps): convergence")
         return save(fig, path, env)
 

@@ -157,3 +157,17 @@ def test_console_script_help_teaches():
         assert word in out
     out = subprocess.run(cmd + ["bench", "--help"], capture_output=True, text=True, check=True).stdout
     assert "--resume" in out and "--budget" in out and "held-out" in out
+
+
+def test_bench_with_scores_from_a_trained_model(tmp_path):
+    from convex_attention.models import AttentionUNet, save_checkpoint
+
+    ckpt = save_checkpoint(str(tmp_path / "m" / "best.pt"),
+                           AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8))
+    out = str(tmp_path / "r")
+    assert run(["bench", "--generator", "model", "--checkpoint", ckpt, "--sizes", "8", "--levels", "2", "--batch", "2",
+                "--methods", "exact", "softmax", "--repeats", "1", "--warmup", "0", "--no-progress", "--device", "cpu",
+                "--out", out]) == 0
+    rows = read(os.path.join(out, "bench.csv"))
+    assert {r["generator"] for r in rows} == {"model"} and len(rows) == 2
+    assert run(["bench", "--generator", "model", "--checkpoint", ckpt, "--sizes", "16", "--out", out]) == 2

@@ -107,3 +107,10 @@ def test_cvxpy_is_imported_lazily():
             "ca.solve([torch.randn(1, 4, 4), torch.randn(1, 2, 2)], h, 'cvxpylayers'); "
             "assert 'cvxpylayers' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("method", ["Clarabel", "SCS"])
+def test_unknown_solver_option_is_a_clear_type_error(method):
+    inst = random_instance("2d-2lvl", batch=1)
+    with pytest.raises(TypeError, match=r"rejected the option\(s\) \['tolerance_typo'\]"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", solve_method=method, tolerance_typo=1e-3)

@@ -102,3 +102,16 @@ def test_bad_input_and_configuration():
         AttentionUNet(method="sparsemax")
     with pytest.raises(ValueError, match=r"refused .* estimated .* s per image"):
         AttentionUNet(method="cvxpylayers", image_size=512)
+
+
+def test_model_scores_generator_for_the_benchmarks(tmp_path):
+    from convex_attention.generators import generate
+    from convex_attention.models.scores import checkpoint_shapes
+
+    path = save_checkpoint(str(tmp_path / "m.pt"), AttentionUNet(method="exact", **SMALL))
+    assert checkpoint_shapes(path) == [(8, 8), (4, 4)]
+    h = ca.Hierarchy.grid([(8, 8), (4, 4)])
+    scores = generate("model", h, 3, seed=1, checkpoint=path)
+    assert [tuple(s.shape) for s in scores] == [(3, 8, 8), (3, 4, 4)] and scores[0].dtype == torch.float64
+    with pytest.raises(ValueError, match="--sizes 8 --levels 2"):
+        generate("model", ca.Hierarchy.grid([(16, 16), (8, 8)]), 3, checkpoint=path)
