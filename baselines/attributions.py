@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import warnings
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["LogitsOnly", "gradcam", "deeplift", "lrp", "input_x_gradient", "integrated_gradients", "BASELINES"]

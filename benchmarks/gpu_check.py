@@ -105,7 +105,8 @@ def no_sync(device) -> list[dict]:
             passed, error = False, str(err)[:300]
         finally:
             torch.cuda.set_sync_debug_mode("default")
-        results.append({"check": f"{method}: forward+backward without host synchronisation", "case": "64x64+32x32+16x16",
+        results.append({"check": f"{method}: forward+backward without host synchronisation",
+                        "case": "64x64+32x32+16x16",
                         "error": 0.0 if passed else 1.0, "tol": 0.0, "passed": passed, "detail": error})
     return results
 

@@ -12,17 +12,26 @@ other cases of the same cell so that ratios share the machine's noise.
 from __future__ import annotations
 
 import csv
+import itertools
+import json
+import math
 import os
 import platform
+from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+import numpy as np
 import torch
 
-from .solve import consistency_loss, solve
+from . import metrics
+from .generators import generate
 from .hierarchy import Hierarchy
+from .nn import LearnedDuals
+from .solve import consistency_loss, solve
 from .timing import measure_interleaved, peak_memory_mb
 
-__all__ = ["make_case", "core_benchmark", "environment"]
+__all__ = ["make_case", "core_benchmark", "environment", "SweepConfig", "run_sweep", "check_sweep",
+           "fit_shared_duals", "save_example"]
 
 
 def environment(device="cpu") -> dict:
@@ -147,8 +156,6 @@ def _format(rows, ratios, targets) -> str:
 
 
 def _write(rows, ratios, targets, out_dir, device) -> None:
-    import json
-
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "bench_core.csv"), "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -163,18 +170,6 @@ def _write(rows, ratios, targets, out_dir, device) -> None:
 
 
 # ====================================================================== the sweep harness
-
-import itertools  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import time  # noqa: E402
-from dataclasses import asdict, dataclass, field  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-from . import metrics  # noqa: E402
-from .generators import generate  # noqa: E402
-from .nn import LearnedDuals  # noqa: E402
 
 DUAL_KINDS = ("zero", "fitted", "per_sample")
 KEY_FIELDS = ("method", "dual_kind", "generator", "scale", "dims", "size", "levels", "batch", "temperature",

@@ -20,7 +20,6 @@ the device: this method is a reference, not a hot path.
 """
 from __future__ import annotations
 
-import math
 import threading
 import warnings
 from typing import Sequence

@@ -29,7 +29,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .exact import centre, cumulative_temperatures, tree_backward
+from .exact import centre, tree_backward
 from .hierarchy import Hierarchy
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
@@ -139,8 +139,8 @@ def solve_dual(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], t
     if init is None:
         lam = [scores[0].new_zeros((B,) + h.shapes[k + 1]) for k in range(L - 1)]
     else:
-        lam = [centre(l.detach().to(scores[0].dtype).expand((B,) + h.shapes[k + 1]).clone())
-               for k, l in enumerate(init)]
+        lam = [centre(start.detach().to(scores[0].dtype).expand((B,) + h.shapes[k + 1]).clone())
+               for k, start in enumerate(init)]
     etas = reparameterized_logits(scores, lam, h)
     step = [temps[k] * temps[k + 1] / (temps[k] + temps[k + 1]) for k in range(L - 1)]
     iterations = torch.zeros(B, dtype=torch.long, device=scores[0].device)
@@ -181,7 +181,7 @@ def solve_dual(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], t
         if strict:
             raise ConvergenceError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    out = {"duals": [centre(l) for l in lam], "iterations": iterations, "converged": converged,
+    out = {"duals": [centre(dual) for dual in lam], "iterations": iterations, "converged": converged,
            "violation": viol}
     if record_history:
         out["history"] = {"violation": torch.stack(history_v), "dual_objective": torch.stack(history_g)}

@@ -72,7 +72,7 @@ def _device(name: str) -> str:
 def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, log=print) -> dict:
     """Train every (method, seed), explain each seed's models, and write the report."""
     from .data import InMemory, build_datasets
-    from .explain import explain_models, summarise, write_outputs
+    from .explain import explain_models, write_outputs
     from .models import load_model
     from .train import TrainConfig, train
 

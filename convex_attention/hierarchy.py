@@ -234,7 +234,7 @@ class Hierarchy:
     def block_logsumexp(self, x: Tensor, k: int) -> Tensor:
         """``log Σ_{children} exp(x)``, stabilised by the block maxima; differentiable."""
         m = self.block_max(x, k).detach()
-        return m + self.aggregate(torch.exp(x - self.broadcast(m, k)), k).log()
+        return m + self.aggregate(torch.exp(self.combine_broadcast(x, m, k, torch.sub)), k).log()
 
     def block_softmax(self, z: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Softmax of ``z`` ``(..., *shapes[k])`` within every level-(k+1) block.

@@ -96,9 +96,6 @@ class Solution:
         return self._cached("dual_objective",
                             lambda: metrics.dual_objective(self._scores, self.duals, self._h, self.temperature))
 
-    def __iter__(self):
-        return iter(self.probs)
-
     def __repr__(self) -> str:
         B = self.probs[0].shape[0]
         return (f"Solution(method={self.method!r}, batch={B}, shapes={[tuple(p.shape[1:]) for p in self.probs]}, "
@@ -128,7 +125,7 @@ def _learned_dual(scores, h, temps, lam, options):
     B = scores[0].shape[0]
 
     def duals_fn():
-        return [centre(l.expand((B,) + h.shapes[k + 1])).to(dtype) for k, l in enumerate(lam)]
+        return [centre(dual.expand((B,) + h.shapes[k + 1])).to(dtype) for k, dual in enumerate(lam)]
 
     return [p.to(dtype) for p in probs], duals_fn, {}
 

@@ -180,7 +180,8 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None) 
                          f"(--channels)")
     model = build_model(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    os.makedirs(config.out, exist_ok=True) if main else None
+    if main:
+        os.makedirs(config.out, exist_ok=True)
     metrics: list[dict] = []
     start_epoch, best = 1, -1.0
     if config.resume:
@@ -210,8 +211,8 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None) 
         model.train()
         t0 = time.perf_counter()
         total, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(loader, desc=f"{config.method} epoch {epoch}/{config.epochs}", disable=not (main and config.progress),
-                   leave=False, dynamic_ncols=True)
+        bar = tqdm(loader, desc=f"{config.method} epoch {epoch}/{config.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not (main and config.progress))
         for images, labels in bar:
             images, labels = images.to(device), labels.to(device)
             if config.augment:

@@ -147,3 +147,10 @@ def random_feasible_point(h: ca.Hierarchy, batch: int, generator: torch.Generato
 def pool_sum(x: torch.Tensor, factor) -> torch.Tensor:
     """Sum-pooling written independently (avg_pool × block size) for 2-D maps (B, H, W)."""
     return torch.nn.functional.avg_pool2d(x.unsqueeze(1), factor).squeeze(1) * math.prod(factor)
+
+
+def linear_loss_gradient(inst: Instance, method: str, weights, **options):
+    """∂/∂θ of Σ_k <p_k, w_k> for ``method`` at ``inst`` (one gradient per level)."""
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    sol = ca.solve(scores, inst.h, method, temperature=inst.temps, **options)
+    return torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), scores)

@@ -7,7 +7,7 @@ import torch
 
 import convex_attention as ca
 from convex_attention.cvx import CvxpyAttentionLayer, SolverFailure, get_layer, solve_cvxpylayers
-from helpers import ALL_CASES, flat_np, random_instance, reference_solve
+from helpers import ALL_CASES, flat_np, linear_loss_gradient, random_instance, reference_solve
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
@@ -47,13 +47,9 @@ def test_layer_is_built_once_per_hierarchy_and_temperatures():
 @pytest.mark.parametrize("case", ["2d-2lvl", "irregular-3lvl", "1d-3lvl"])
 def test_gradient_matches_exact_with_tight_scs(case):
     inst = random_instance(case, batch=2, seed=3)
-    s1 = [s.clone().requires_grad_() for s in inst.scores]
-    s2 = [s.clone().requires_grad_() for s in inst.scores]
     w = [torch.randn_like(s) for s in inst.scores]
-    cvx = ca.solve(s1, inst.h, "cvxpylayers", temperature=inst.temps, solve_method="SCS", eps=1e-11)
-    exact = ca.solve(s2, inst.h, "exact", temperature=inst.temps)
-    g1 = torch.autograd.grad(sum((p * x).sum() for p, x in zip(cvx.probs, w)), s1)
-    g2 = torch.autograd.grad(sum((p * x).sum() for p, x in zip(exact.probs, w)), s2)
+    g1 = linear_loss_gradient(inst, "cvxpylayers", w, solve_method="SCS", eps=1e-11)
+    g2 = linear_loss_gradient(inst, "exact", w)
     for a, b in zip(g1, g2):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 

@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 import convex_attention as ca
 from convex_attention.exact import ExactAttentionFunction, exact_attention, exact_duals, exact_log_probs
-from helpers import ALL_CASES, flat_np, make_hierarchy, random_feasible_point, random_instance, reference_solve
+from helpers import ALL_CASES, flat_np, random_feasible_point, random_instance, reference_solve
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

@@ -100,7 +100,8 @@ def render_image(seed: int, index: int, image_size: int = 128, channels: int = 4
         rho, phi = 0.7 * float(torch.rand(1, generator=g)) ** 0.5, 2 * math.pi * float(torch.rand(1, generator=g))
         cx, cy = rho * math.cos(phi), rho * math.sin(phi)
         if kind == 0:  # round spot, bright in T1ce only
-            spot = torch.exp(-0.5 * ((xx - cx) ** 2 + (yy - cy) ** 2) / (0.03 + 0.03 * float(torch.rand(1, generator=g))) ** 2)
+            sigma = 0.03 + 0.03 * float(torch.rand(1, generator=g))
+            spot = torch.exp(-0.5 * ((xx - cx) ** 2 + (yy - cy) ** 2) / sigma ** 2)
             gain = torch.zeros(channels)
             gain[2 % channels] = 0.9
         elif kind == 1:  # vessel-like curve, bright in FLAIR and T1ce
