@@ -67,12 +67,11 @@ def _cpu_name() -> str:
 
 
 def make_case(method: str, h: Hierarchy, batch: int, dtype=torch.float32, device="cpu", temperature=1.0,
-              seed: int = 0, with_loss: bool = True, scores: Sequence[torch.Tensor] | None = None,
-              options: dict | None = None):
-    """A forward closure for :func:`measure_interleaved`.
+              seed: int = 0, scores: Sequence[torch.Tensor] | None = None, options: dict | None = None):
+    """A forward closure for :func:`measure_interleaved` on seeded random scores.
 
-    ``learned_dual`` adds the paper's ``consistency_loss`` (as its training does) when
-    ``with_loss``; its duals are learnable parameters shared over the batch.
+    ``learned_dual`` adds the paper's ``consistency_loss`` (as its training does); its
+    duals are learnable parameters shared over the batch.
     """
     g = torch.Generator().manual_seed(seed)
     if scores is None:
@@ -83,16 +82,7 @@ def make_case(method: str, h: Hierarchy, batch: int, dtype=torch.float32, device
     if method == "learned_dual":
         duals = [(0.1 * torch.randn((1,) + s, generator=g)).to(device=device, dtype=dtype).requires_grad_()
                  for s in h.shapes[1:]]
-    options = options or {}
-
-    def forward():
-        sol = solve(scores, h, method, temperature=temperature, duals=duals, **options)
-        loss = sum((p * w).sum() for p, w in zip(sol.probs, weights))
-        if method == "learned_dual" and with_loss:
-            loss = loss + consistency_loss(scores, duals, h, temperature)
-        return loss
-
-    return forward
+    return _timed_case(method, h, scores, weights, temperature, duals, options or {})
 
 
 def core_benchmark(batch: int = 64, shapes=((64, 64), (32, 32)), cvx_shapes=((32, 32), (16, 16)),

@@ -216,13 +216,13 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[fl
 
 def primal_residual(h: Hierarchy, probs: Sequence[Tensor]) -> Tensor:
     """Max-abs primal residual per sample of flat probabilities ``(B, n_k)``: ``(B,)``."""
+    flat_h = h.flat()
     with torch.no_grad():
         res = (probs[-1].sum(1) - 1).abs()
         for k, p in enumerate(probs):
             res = torch.maximum(res, (-p).clamp(min=0).amax(1))
             if k < h.num_levels - 1:
-                pooled = p.new_zeros(probs[k + 1].shape).index_add_(1, h.parents(k), p)
-                res = torch.maximum(res, (pooled - probs[k + 1]).abs().amax(1))
+                res = torch.maximum(res, (flat_h.aggregate(p, k) - probs[k + 1]).abs().amax(1))
         return res
 
 

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from .exact import centre, tree_backward
 from .hierarchy import Hierarchy
+from .metrics import violation
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
@@ -105,11 +106,6 @@ def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy, 
     return probs, cond
 
 
-def _violation(probs: Sequence[Tensor], h: Hierarchy) -> Tensor:
-    return torch.stack([(h.aggregate(probs[k], k) - probs[k + 1]).abs().flatten(1).sum(1)
-                        for k in range(h.num_levels - 1)]).amax(0)
-
-
 @torch.no_grad()
 def solve_dual(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], tol: float = 1e-6,
                max_iter: int = 1000, strict: bool = True, record_history: bool = False,
@@ -147,7 +143,7 @@ def solve_dual(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], t
 
     def measure():
         probs = [_level_softmax(e, t) for e, t in zip(etas, temps)]
-        return _violation(probs, h)
+        return violation(probs, h)
 
     viol = measure()
     history_v, history_g = [], []

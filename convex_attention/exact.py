@@ -69,9 +69,7 @@ def exact_forward(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float]
     m = scores[0]
     for k in range(L - 1):
         z = m / T[k] if T[k] != 1.0 else m
-        zmax = h.block_max(z, k)
-        e = h.combine_broadcast(z, zmax, k, torch.sub).exp_()
-        s = h.aggregate(e, k)
+        e, s, zmax = h.block_exp(z, k)
         cond.append(e)
         blocksum.append(s)
         m = scores[k + 1] + T[k] * (zmax + s.log())

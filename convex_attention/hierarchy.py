@@ -236,16 +236,25 @@ class Hierarchy:
         m = self.block_max(x, k).detach()
         return m + self.aggregate(torch.exp(self.combine_broadcast(x, m, k, torch.sub)), k).log()
 
+    def block_exp(self, z: Tensor, k: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``e = exp(z − P_kᵀ blockmax(z))`` and its block sums: the stable core of a block softmax.
+
+        Returns ``(e, blocksum, blockmax)``: ``e`` shaped like ``z`` (its largest entry in
+        every block is 1, so nothing overflows), ``blocksum`` and ``blockmax`` shaped
+        ``(..., *shapes[k+1])``; the block log-sum-exp is ``blockmax + log(blocksum)``.
+        Not differentiable (a kernel for the solvers).
+        """
+        zmax = self.block_max(z, k)
+        e = self.combine_broadcast(z, zmax, k, torch.sub).exp_()
+        return e, self.aggregate(e, k), zmax
+
     def block_softmax(self, z: Tensor, k: int) -> tuple[Tensor, Tensor]:
         """Softmax of ``z`` ``(..., *shapes[k])`` within every level-(k+1) block.
 
         Returns ``(q, lse)``: ``q`` shaped like ``z`` (sums to one per block) and the block
-        log-sum-exps ``(..., *shapes[k+1])``.  Block maxima are subtracted before ``exp``.
-        Not differentiable (a kernel for the solvers).
+        log-sum-exps ``(..., *shapes[k+1])``.  Not differentiable (a kernel for the solvers).
         """
-        zmax = self.block_max(z, k)
-        q = self.combine_broadcast(z, zmax, k, torch.sub).exp_()
-        s = self.aggregate(q, k)
+        q, s, zmax = self.block_exp(z, k)
         self.combine_broadcast(q, s.reciprocal(), k, Tensor.mul_)
         return q, zmax + s.log()
 
