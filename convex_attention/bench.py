@@ -67,7 +67,8 @@ def _cpu_name() -> str:
 
 
 def make_case(method: str, h: Hierarchy, batch: int, dtype=torch.float32, device="cpu", temperature=1.0,
-              seed: int = 0, scores: Sequence[torch.Tensor] | None = None, options: dict | None = None):
+              seed: int = 0, scores: Sequence[torch.Tensor] | None = None, options: dict | None = None,
+              last: dict | None = None):
     """A forward closure for :func:`measure_interleaved` on seeded random scores.
 
     ``learned_dual`` adds the paper's ``consistency_loss`` (as its training does); its
@@ -82,7 +83,7 @@ def make_case(method: str, h: Hierarchy, batch: int, dtype=torch.float32, device
     if method == "learned_dual":
         duals = [(0.1 * torch.randn((1,) + s, generator=g)).to(device=device, dtype=dtype).requires_grad_()
                  for s in h.shapes[1:]]
-    return _timed_case(method, h, scores, weights, temperature, duals, options or {})
+    return _timed_case(method, h, scores, weights, temperature, duals, options or {}, last)
 
 
 def core_benchmark(batch: int = 64, shapes=((64, 64), (32, 32)), cvx_shapes=((32, 32), (16, 16)),
@@ -374,9 +375,13 @@ def _accuracy(sol, scores64, h, temps, exact64) -> dict:
     return out
 
 
-def _timed_case(method, h, scores, weights, temps, duals, options):
+def _timed_case(method, h, scores, weights, temps, duals, options, last: dict | None = None):
+    """The forward closure of one timed method; ``last["solution"]`` keeps the latest
+    Solution when ``last`` is given (so a slow solver is not run again for its accuracy)."""
     def forward():
         sol = solve(scores, h, method, temperature=temps, duals=duals, **options)
+        if last is not None:
+            last["solution"] = sol
         loss = sum((p * w).sum() for p, w in zip(sol.probs, weights))
         if method == "learned_dual":
             loss = loss + consistency_loss(scores, duals, h, temps)
@@ -451,7 +456,7 @@ def _run_cell(config: SweepConfig, cell: dict, index: int, wanted: list[dict], d
         duals_by_kind["fitted"] = fit_shared_duals(h, train, temps, config.fit_steps, torch.float32 if
                                                    dtype in (torch.float16, torch.bfloat16) else dtype, device)
         duals_by_kind["zero"] = [torch.zeros_like(d) for d in duals_by_kind["fitted"]]
-        duals_by_kind["per_sample"] = [d.to(device=device, dtype=dtype) for d in exact64.duals]
+        duals_by_kind["per_sample"] = exact64.duals
         duals_by_kind = {k: [d.to(device=device, dtype=dtype) for d in v] for k, v in duals_by_kind.items()}
         if dtype not in (torch.float16, torch.bfloat16):
             for d in duals_by_kind["fitted"]:
@@ -516,10 +521,10 @@ def _cvx_row(config, cell, r, h, n_cells, scores64, temps, exact64, rows) -> dic
         return {**r, "status": "skipped",
                 "reason": f"estimated {estimate:.0f} s > budget --budget {config.budget:g} s"}
     sub = [s[:batch] for s in scores64]
-    case = make_case("cvxpylayers", h, batch, torch.float64, "cpu", temperature=temps, scores=sub)
+    last: dict = {}
+    case = make_case("cvxpylayers", h, batch, torch.float64, "cpu", temperature=temps, scores=sub, last=last)
     try:
         meas = measure_interleaved({"cvx": case}, repeats=config.cvx_repeats, warmup=1)["cvx"]
-        sol = solve(sub, h, "cvxpylayers", temperature=temps)
     except RuntimeError as err:  # SolverFailure names the sample and status
         return {**r, "status": "error", "reason": str(err)[:300]}
     sub_exact = solve(sub, h, "exact", temperature=temps)
@@ -527,7 +532,7 @@ def _cvx_row(config, cell, r, h, n_cells, scores64, temps, exact64, rows) -> dic
             "timed_batch": batch, "repeats": len(meas.fwd_ms), "fwd_ms": meas.fwd_median,
             "bwd_ms": meas.bwd_median, "total_ms": meas.total_median,
             "per_sample_ms": meas.total_median / batch, "peak_mem_mb": float("nan"),
-            **_accuracy(sol, sub, h, temps, sub_exact)}
+            **_accuracy(last["solution"], sub, h, temps, sub_exact)}
 
 
 def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels: int = 2, scale: float = 1.0,

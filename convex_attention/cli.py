@@ -170,7 +170,10 @@ def cmd_bench(args) -> int:
                              cvx_batch=args.cvx_batch, fit_instances=args.fit_instances, fit_steps=args.fit_steps,
                              seed=args.seed, checkpoint=args.checkpoint)
     config.max_cells = args.max_cells
-    check_sweep(config)
+    try:
+        check_sweep(config)  # before anything is measured or written
+    except ValueError as err:
+        raise UsageError(str(err)) from err
     start = time.perf_counter()
     rows = run_sweep(config, args.out, resume=args.resume, progress=not args.no_progress)
     if not os.path.exists(os.path.join(args.out, "example.npz")):
@@ -204,7 +207,10 @@ def _print_bench_summary(rows) -> None:
 def cmd_verify(args) -> int:
     from .verify import format_table, load_solver, random_instances, verify_instances, write_csv
 
-    solver = load_solver(args.dual_solver) if args.dual_solver else None
+    try:
+        solver = load_solver(args.dual_solver) if args.dual_solver else None
+    except (ValueError, ImportError) as err:
+        raise UsageError(str(err)) from err
     n = 6 if args.quick else args.n
     results = verify_instances(random_instances(n, args.seed, quick=args.quick), dual_solver=solver,
                                progress=not args.no_progress)
@@ -243,28 +249,6 @@ def main(argv=None) -> int:
     if args.command == "plot" and not os.path.isdir(args.results):
         parser.error(f"results folder {args.results!r} does not exist (run `convex-attention bench --out "
                      f"{args.results}` first)")
-    if args.command == "bench":
-        from .bench import SweepConfig, check_sweep
-        from .solve import METHODS
-
-        unknown = [m for m in args.methods if m not in METHODS]
-        if unknown:
-            parser.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-        if not args.quick:
-            try:
-                check_sweep(SweepConfig(methods=args.methods, sizes=args.sizes, levels=args.levels,
-                                        dims=args.dims, factor=args.factor, temperatures=args.temperature,
-                                        devices=args.device or ["cpu"], generator=args.generator,
-                                        checkpoint=args.checkpoint))
-            except ValueError as err:
-                parser.error(str(err))
-    if args.command == "verify" and args.dual_solver:
-        from .verify import load_solver
-
-        try:
-            load_solver(args.dual_solver)
-        except (ValueError, ImportError) as err:
-            parser.error(str(err))
     handlers = {"bench": cmd_bench, "verify": cmd_verify, "plot": cmd_plot, "demo": cmd_demo}
     from .experiment_cli import EXPERIMENT_HANDLERS
 

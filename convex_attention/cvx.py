@@ -200,6 +200,8 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[fl
             probs, duals = layer(flat, args)
         except (AttributeError, TypeError) as err:
             passed = sorted(set(options) - {"solve_method", "eps", "max_iters", "accept_tol"})
+            if not passed:  # not a rejected pass-through option: a genuine error
+                raise
             raise TypeError(f"solver {args['solve_method']} rejected the option(s) {passed}: {err}") from err
         except diffcp.cone_program.SolverError as err:
             _raise_failure(layer, flat, args, list(range(flat[0].shape[0])), accept_tol, str(err))

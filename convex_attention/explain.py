@@ -44,13 +44,19 @@ def lesion_indices(dataset: Dataset, n: int) -> list[int]:
     return out
 
 
-def _maps_for(model, images, targets, baselines: bool, levels: int) -> dict[tuple[str, int], torch.Tensor]:
-    """``{(method, level): maps (B, ...)}`` for one batch; level -1 = input attribution."""
+def _maps_for(model, images, target: str, baselines: bool, levels: int) -> dict[tuple[str, int], torch.Tensor]:
+    """``{(method, level): maps (B, ...)}`` for one batch; level -1 = input attribution.
+
+    The baselines explain the lesion class (``target="true"``) or the model's prediction."""
     from baselines.attributions import BASELINES, gradcam
 
     model.eval()
     with torch.no_grad():
         out = model(images)
+    if target == "true":
+        targets = torch.ones(len(images), dtype=torch.long, device=images.device)
+    else:
+        targets = out.logits.argmax(1)
     maps = {("attention", k): p.detach() for k, p in enumerate(out.maps)}
     if baselines:
         for k in range(levels):
@@ -80,12 +86,7 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
         size = tuple(masks.shape[1:])
         for name, model in models.items():
             model.to(device)
-            if target == "true":
-                targets = torch.ones(len(batch), dtype=torch.long, device=device)
-            else:
-                with torch.no_grad():
-                    targets = model(images).logits.argmax(1)
-            maps = _maps_for(model, images, targets, name == baseline_model,
+            maps = _maps_for(model, images, target, name == baseline_model,
                              len(model.config.attention_blocks))
             for (method, level), m in maps.items():
                 for j in range(len(batch)):

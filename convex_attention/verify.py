@@ -137,7 +137,7 @@ def verify_instances(instances, dual_solver: Callable | None = None, tolerances:
     """Run every check on every instance; returns one :class:`CheckResult` per check."""
     from tqdm.auto import tqdm
 
-    from .cvx import get_layer
+    from .cvx import get_layer, primal_residual
 
     tol = {**TOLERANCES, **(tolerances or {})}
     dual_solver = dual_solver or _default_dual_solver
@@ -161,8 +161,6 @@ def verify_instances(instances, dual_solver: Callable | None = None, tolerances:
             results.append(CheckResult(i, name, check, err, t, bool(err <= t)))  # NaN fails
 
         # the reference earns trust by its own certificate, whatever Clarabel's status label
-        from .cvx import primal_residual
-
         ref_gap = (metrics.dual_objective([s.reshape(B, -1) for s in scores], ref_d, h.flat(), temps)
                    - metrics.objective([s.reshape(B, -1) for s in scores], ref_p, temps)).abs()
         add("reference.certificate", float(torch.maximum(primal_residual(h, ref_p), ref_gap).max()),
