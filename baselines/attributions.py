@@ -1,7 +1,7 @@
 """Post-hoc explanation baselines (captum) for an attention model's classifier.
 
 All take a model whose ``forward`` returns an object with ``.logits`` (as
-:class:`convex_attention.models.AttentionUNet` does), images ``(B, C, H, W)`` and targets
+:class:`convex_attention.paper.models.AttentionUNet` does), images ``(B, C, H, W)`` and targets
 ``(B,)``, and return maps:
 
 * ``gradcam``: GradCAM on the block whose output has the resolution of attention level
@@ -61,7 +61,10 @@ def deeplift(model, images: Tensor, targets: Tensor) -> Tensor:
 
 def lrp(model, images: Tensor, targets: Tensor) -> Tensor:
     from captum.attr import LRP
-    from captum.attr._core.lrp import SUPPORTED_LAYERS_WITH_RULES, SUPPORTED_NON_LINEAR_LAYERS
+    from captum.attr._core.lrp import (
+        SUPPORTED_LAYERS_WITH_RULES,
+        SUPPORTED_NON_LINEAR_LAYERS,
+    )
 
     supported = tuple(SUPPORTED_LAYERS_WITH_RULES) + tuple(SUPPORTED_NON_LINEAR_LAYERS)
 

@@ -13,7 +13,7 @@ import argparse
 
 import torch
 
-from convex_attention.bench import core_benchmark
+from convex_attention.bench.targets import core_benchmark
 
 
 def main(argv=None):

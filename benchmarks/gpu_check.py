@@ -25,8 +25,12 @@ import time
 import torch
 
 import convex_attention as ca
-from convex_attention.bench import environment, make_case
-from convex_attention.timing import measure_interleaved, peak_memory_mb
+from convex_attention.bench.cases import make_case
+from convex_attention.bench.timing import (
+    environment,
+    measure_interleaved,
+    peak_memory_mb,
+)
 
 
 def correctness(device) -> list[dict]:

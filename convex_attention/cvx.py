@@ -31,12 +31,25 @@ from torch import Tensor
 from .hierarchy import Hierarchy
 
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure",
-           "DEFAULT_SOLVER_OPTIONS"]
+           "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "prior_seconds_per_sample"]
 
 # Clarabel (interior point) reaches ~1e-10 on the probabilities at eps=1e-12 in a few
 # dozen iterations; SCS stalls near 1e-5 on problems of a few thousand cells whatever its
 # eps (measured: docs/performance.md).  SCS stays available through solve_method.
 DEFAULT_SOLVER_OPTIONS = {"solve_method": "Clarabel", "eps": 1e-12, "max_iters": None}
+
+# Cost model of one sample (forward + backward, Clarabel through diffcp, float64 on the CPU):
+# (reference cells n0, seconds t0 at n0, exponent): t(n) = t0 · (n / n0)^exponent.
+# Measured on a 2-core x86-64 CPU (docs/performance.md); the benchmark harness replaces
+# it by a fit to the cells it has measured once their sizes spread enough.
+CVX_PRIOR = (1280, 0.25, 1.3)
+
+
+def prior_seconds_per_sample(n_cells: int, prior: tuple = CVX_PRIOR) -> float:
+    """The cost model's estimate of one sample's forward + backward time, in seconds."""
+    n0, t0, exponent = prior
+    return t0 * (n_cells / n0) ** exponent
+
 
 _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()

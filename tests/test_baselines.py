@@ -3,7 +3,7 @@ import torch
 import convex_attention as ca
 from baselines.attributions import BASELINES, gradcam
 from baselines.paper_loss import paper_code_consistency_loss
-from convex_attention.models import AttentionUNet
+from convex_attention.paper.models import AttentionUNet
 
 
 def test_every_attribution_has_the_expected_shape_and_is_finite():

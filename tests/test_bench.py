@@ -1,10 +1,11 @@
+import pytest
 import torch
 
 import convex_attention as ca
-from convex_attention.bench import SweepConfig, _cvx_estimate_s, check_sweep, core_benchmark, fit_shared_duals
-from convex_attention.generators import generate
-
-import pytest
+from convex_attention.bench.duals import fit_shared_duals
+from convex_attention.bench.generators import generate
+from convex_attention.bench.sweep import SweepConfig, _cvx_estimate_s, check_sweep
+from convex_attention.bench.targets import core_benchmark
 
 
 def test_core_benchmark_tiny_prints_the_three_ratios(tmp_path):

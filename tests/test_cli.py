@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from convex_attention import cli
-from convex_attention.bench import COLUMNS, CONVERGENCE_COLUMNS
+from convex_attention.bench.results import COLUMNS, CONVERGENCE_COLUMNS
 
 TINY = ["--sizes", "4", "8", "--levels", "2", "--batch", "2", "--dims", "2", "--repeats", "2", "--warmup", "1",
         "--fit-instances", "8", "--fit-steps", "5", "--no-progress", "--device", "cpu"]
@@ -160,7 +160,7 @@ def test_console_script_help_teaches():
 
 
 def test_bench_with_scores_from_a_trained_model(tmp_path):
-    from convex_attention.models import AttentionUNet, save_checkpoint
+    from convex_attention.paper.models import AttentionUNet, save_checkpoint
 
     ckpt = save_checkpoint(str(tmp_path / "m" / "best.pt"),
                            AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8))

@@ -4,10 +4,21 @@ import sys
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    ALL_CASES,
+    flat_np,
+    linear_loss_gradient,
+    random_instance,
+    reference_solve,
+)
 
 import convex_attention as ca
-from convex_attention.cvx import CvxpyAttentionLayer, SolverFailure, get_layer, solve_cvxpylayers
-from helpers import ALL_CASES, flat_np, linear_loss_gradient, random_instance, reference_solve
+from convex_attention.cvx import (
+    CvxpyAttentionLayer,
+    SolverFailure,
+    get_layer,
+    solve_cvxpylayers,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from convex_attention.data import BraTSSlices, FolderDataset, InMemory, SyntheticLesions, build_datasets, labels_only
-from convex_attention.data.brats import find_patients, split_patients
+from convex_attention.paper.data import (
+    BraTSSlices,
+    FolderDataset,
+    InMemory,
+    SyntheticLesions,
+    build_datasets,
+    labels_only,
+)
+from convex_attention.paper.data.brats import find_patients, split_patients
 
 
 def test_synthetic_is_deterministic_and_labelled():

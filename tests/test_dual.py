@@ -2,10 +2,22 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import (
+    ALL_CASES,
+    flat_np,
+    linear_loss_gradient,
+    pool_sum,
+    random_instance,
+    reference_solve,
+)
 
 import convex_attention as ca
-from convex_attention.dual import ConvergenceError, dual_function, reparameterized_probs, solve_dual
-from helpers import ALL_CASES, flat_np, linear_loss_gradient, pool_sum, random_instance, reference_solve
+from convex_attention.dual import (
+    ConvergenceError,
+    dual_function,
+    reparameterized_probs,
+    solve_dual,
+)
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

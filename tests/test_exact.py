@@ -1,12 +1,23 @@
 import numpy as np
 import pytest
 import torch
+from helpers import (
+    ALL_CASES,
+    flat_np,
+    random_feasible_point,
+    random_instance,
+    reference_solve,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
 import convex_attention as ca
-from convex_attention.exact import ExactAttentionFunction, exact_attention, exact_duals, exact_log_probs
-from helpers import ALL_CASES, flat_np, random_feasible_point, random_instance, reference_solve
+from convex_attention.exact import (
+    ExactAttentionFunction,
+    exact_attention,
+    exact_duals,
+    exact_log_probs,
+)
 
 
 @pytest.mark.parametrize("case", ALL_CASES)

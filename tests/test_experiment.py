@@ -3,7 +3,7 @@ import os
 from dataclasses import replace
 
 from convex_attention import cli
-from convex_attention.experiment import QUICK, run_experiment
+from convex_attention.paper.experiment import QUICK, run_experiment
 
 
 def test_tiny_experiment_end_to_end(tmp_path):

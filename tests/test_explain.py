@@ -4,10 +4,15 @@ import os
 import pytest
 import torch
 
-from convex_attention.data import SyntheticLesions
-from convex_attention.explain import explain_models, lesion_indices, summarise, write_outputs
-from convex_attention.explain_metrics import METRIC_NAMES
-from convex_attention.models import AttentionUNet
+from convex_attention.paper.data import SyntheticLesions
+from convex_attention.paper.explain import (
+    explain_models,
+    lesion_indices,
+    summarise,
+    write_outputs,
+)
+from convex_attention.paper.explain_metrics import METRIC_NAMES
+from convex_attention.paper.models import AttentionUNet
 
 
 def test_explain_scores_attention_and_baselines_and_writes_outputs(tmp_path):

@@ -3,8 +3,14 @@ import math
 import pytest
 import torch
 
-from convex_attention.explain_metrics import (average_precision, mass, pointing, quantile_iou, score_map,
-                                              to_common_form)
+from convex_attention.paper.explain_metrics import (
+    average_precision,
+    mass,
+    pointing,
+    quantile_iou,
+    score_map,
+    to_common_form,
+)
 
 # a 4x5 image (20 pixels); the mask covers the 4 pixels of the top-left 2x2 square
 MASK = torch.zeros(4, 5, dtype=torch.bool)

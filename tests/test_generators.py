@@ -2,7 +2,7 @@ import pytest
 import torch
 
 import convex_attention as ca
-from convex_attention.generators import generate
+from convex_attention.bench.generators import generate
 
 
 @pytest.mark.parametrize("name", ["gaussian", "lesion"])

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from helpers import GRID_CASES, aggregation_matrix, make_hierarchy, random_parents
 
 import convex_attention as ca
-from helpers import GRID_CASES, aggregation_matrix, make_hierarchy, random_parents
 
 
 @pytest.mark.parametrize("case", sorted(GRID_CASES))

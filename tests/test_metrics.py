@@ -1,11 +1,10 @@
 import math
 
 import torch
+from helpers import random_instance
 
 import convex_attention as ca
 from convex_attention import metrics
-from helpers import random_instance
-
 
 H = ca.Hierarchy.grid([(2,), (1,)])
 

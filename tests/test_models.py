@@ -2,7 +2,12 @@ import pytest
 import torch
 
 import convex_attention as ca
-from convex_attention.models import AttentionUNet, load_checkpoint, load_model, save_checkpoint
+from convex_attention.paper.models import (
+    AttentionUNet,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 
 SMALL = dict(in_channels=4, width=4, image_size=32, embed_channels=8)
 
@@ -105,8 +110,8 @@ def test_bad_input_and_configuration():
 
 
 def test_model_scores_generator_for_the_benchmarks(tmp_path):
-    from convex_attention.generators import generate
-    from convex_attention.models.scores import checkpoint_shapes
+    from convex_attention.bench.generators import generate
+    from convex_attention.paper.model_scores import checkpoint_shapes
 
     path = save_checkpoint(str(tmp_path / "m.pt"), AttentionUNet(method="exact", **SMALL))
     assert checkpoint_shapes(path) == [(8, 8), (4, 4)]

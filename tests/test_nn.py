@@ -3,7 +3,6 @@ import torch
 
 import convex_attention as ca
 
-
 H = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])
 
 

@@ -1,6 +1,6 @@
 import os
 
-from convex_attention.plots import env_line, plot_core_benchmark
+from convex_attention.bench.plots import env_line, plot_core_benchmark
 
 
 def test_core_benchmark_figure(tmp_path):

@@ -2,9 +2,9 @@ import math
 
 import pytest
 import torch
+from helpers import random_instance
 
 import convex_attention as ca
-from helpers import random_instance
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

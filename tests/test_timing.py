@@ -1,6 +1,6 @@
 import torch
 
-from convex_attention.timing import measure_interleaved, peak_memory_mb
+from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
 
 
 def test_measure_interleaved_times_forward_and_backward_separately():

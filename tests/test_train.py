@@ -7,8 +7,14 @@ import sys
 import pytest
 import torch
 
-from convex_attention.data import SyntheticLesions
-from convex_attention.train import METRIC_COLUMNS, TrainConfig, augment, balanced_accuracy, train
+from convex_attention.paper.data import SyntheticLesions
+from convex_attention.paper.train import (
+    METRIC_COLUMNS,
+    TrainConfig,
+    augment,
+    balanced_accuracy,
+    train,
+)
 
 TINY = dict(image_size=32, width=4, n_train=48, n_val=24, batch_size=8, difficulty=0.0, progress=False,
             device="cpu")

@@ -1,7 +1,12 @@
 import torch
 
 import convex_attention as ca
-from convex_attention.verify import kkt_residual, load_solver, random_instances, verify_instances
+from convex_attention.bench.verify import (
+    kkt_residual,
+    load_solver,
+    random_instances,
+    verify_instances,
+)
 
 
 def test_random_instances_cover_the_kinds():
@@ -34,5 +39,5 @@ def test_kkt_residual_is_zero_at_the_exact_pair_only():
 
 
 def test_load_solver_by_module_name():
-    fn = load_solver("convex_attention.verify:kkt_residual")
+    fn = load_solver("convex_attention.bench.verify:kkt_residual")
     assert fn is kkt_residual

@@ -230,8 +230,8 @@ def plot_attention_maps(example_path: str, path: str, env=None) -> str:
     level's pooled-vs-coarse difference map."""
     import torch
 
-    from .hierarchy import Hierarchy
-    from .solve import solve
+    from ..hierarchy import Hierarchy
+    from ..solve import solve
 
     data = np.load(example_path)
     L = int(data["levels"])

@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from ..hierarchy import Hierarchy
-from ..nn import ConsistentAttention, ScoreHead
-from ..solve import METHODS, Solution
+from ...hierarchy import Hierarchy
+from ...nn import ConsistentAttention, ScoreHead
+from ...solve import METHODS, Solution
 
 __all__ = ["AttentionUNet", "AttentionOutput", "ModelConfig"]
 
@@ -141,7 +141,7 @@ class AttentionUNet(nn.Module):
         return AttentionOutput(logits, list(maps), solution, scores, aux)
 
     def _solve_softmax(self, scores) -> Solution:
-        from ..solve import solve
+        from ...solve import solve
 
         return solve(scores, self.hierarchy, "softmax", temperature=self.attention.temperature, check_finite=False)
 
@@ -180,11 +180,10 @@ def _check_config(cfg: ModelConfig) -> None:
         raise ValueError(f"attention_blocks must be 2 or 3 consecutive blocks among 1..5 (5 = bottleneck), "
                          f"got {tuple(blocks)}")
     if cfg.method == "cvxpylayers":
-        from ..bench import CVX_PRIOR
+        from ...cvx import prior_seconds_per_sample
 
         cells = sum((cfg.image_size // 2 ** (k - 1)) ** 2 for k in blocks)
-        n0, t0, expo = CVX_PRIOR
-        per_image = t0 * (cells / n0) ** expo
+        per_image = prior_seconds_per_sample(cells)
         if per_image * 1000 > CVX_REFUSE_S_PER_1000:
             raise ValueError(
                 f"method 'cvxpylayers' refused for {cfg.image_size}x{cfg.image_size} images: the attention problem "

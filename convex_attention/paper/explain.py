@@ -144,7 +144,7 @@ def write_outputs(rows, examples, out_dir: str, env: dict | None = None) -> dict
         f.write("Explanation metrics on lesion images (mean ± standard error over images; level 'input' = "
                 "input attribution; GradCAM level k = the block of attention level k).\n\n")
         f.write(markdown_table(summary) + "\n")
-    from .plots import plot_explanations
+    from ..bench.plots import plot_explanations
 
     plot_explanations(examples, paths["figure"], env)
     return paths

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import statistics
 import sys
 import time
@@ -139,3 +140,35 @@ def peak_memory_mb(forward: ForwardFn, device="cpu", backward: bool = True) -> f
         running += nbytes
         peak = max(peak, running)
     return peak / 2**20
+
+
+def environment(device="cpu") -> dict:
+    """Versions, CPU, threads and device: stored with every result file."""
+    import numpy
+
+    env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+           "platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
+           "torch_threads": torch.get_num_threads(), "device": str(device)}
+    try:
+        import cvxpy
+        import cvxpylayers
+        import diffcp
+
+        env.update(cvxpy=cvxpy.__version__, cvxpylayers=cvxpylayers.__version__, diffcp=diffcp.__version__)
+    except ImportError:  # pragma: no cover
+        pass
+    if torch.device(device).type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"

@@ -15,7 +15,7 @@ __all__ = ["model_scores", "checkpoint_shapes"]
 
 def checkpoint_shapes(checkpoint: str) -> list[tuple[int, ...]]:
     """The attention levels' grid shapes of a checkpoint (without building the model)."""
-    from .checkpoint import _read
+    from .models.checkpoint import _read
 
     cfg = _read(checkpoint)["config"]
     return [(cfg["image_size"] // 2 ** (k - 1),) * 2 for k in cfg["attention_blocks"]]
@@ -29,8 +29,8 @@ def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, ch
     trained with (its ``config.json``), at a seed disjoint from training and validation.
     Returns ``L`` float64 tensors ``(B, *h.shapes[k])``; ``h`` must match the model's levels.
     """
-    from ..data import SyntheticLesions
-    from .checkpoint import load_model
+    from .data import SyntheticLesions
+    from .models.checkpoint import load_model
 
     if checkpoint is None:
         raise ValueError("the model score generator needs a checkpoint")
@@ -50,3 +50,18 @@ def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, ch
     with torch.no_grad():
         scores = model(images).scores
     return [scale * s.to(torch.float64) for s in scores]
+
+
+def check_model_sweep(checkpoint: str, sizes, levels, dims, factor) -> None:
+    """Refuse a sweep whose grids differ from the checkpoint's attention levels (ValueError)."""
+    shapes = checkpoint_shapes(checkpoint)
+    if (list(sizes), list(levels), list(dims), factor) != ([shapes[0][0]], [len(shapes)], [2], 2):
+        raise ValueError(f"the checkpoint's attention levels are {shapes}: run the model generator with "
+                         f"--sizes {shapes[0][0]} --levels {len(shapes)} --dims 2 --factor 2")
+
+
+def register() -> None:
+    """Make ``model`` a score generator of the benchmark harness."""
+    from ..bench.generators import register_generator
+
+    register_generator("model", model_scores)

@@ -9,7 +9,7 @@ __all__ = ["add_experiment_commands", "EXPERIMENT_HANDLERS"]
 
 
 def add_experiment_commands(sub) -> None:
-    from .solve import METHODS
+    from ..solve import METHODS
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     t = sub.add_parser(
@@ -80,7 +80,7 @@ def add_experiment_commands(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    from .train import TrainConfig, train
+    from ..paper.train import TrainConfig, train
 
     if args.image_size % 16:
         raise _usage(f"--image-size {args.image_size} is not divisible through the pooling stack (a multiple of 16)")
@@ -100,15 +100,15 @@ def cmd_train(args) -> int:
 
 
 def _usage(message: str):
-    from .cli import UsageError
+    from ._common import UsageError
 
     return UsageError(message)
 
 
 def cmd_explain(args) -> int:
-    from .data import build_datasets
-    from .explain import explain_models, write_outputs
-    from .models import load_model
+    from ..paper.data import build_datasets
+    from ..paper.explain import explain_models, write_outputs
+    from ..paper.models import load_model
 
     models, run_config = {}, None
     for spec in args.checkpoints:
@@ -141,7 +141,7 @@ def cmd_explain(args) -> int:
 def cmd_experiment(args) -> int:
     from dataclasses import replace
 
-    from .experiment import FULL, QUICK, run_experiment
+    from ..paper.experiment import FULL, QUICK, run_experiment
 
     config = QUICK if args.quick else FULL
     overrides = {k: v for k, v in {"seeds": tuple(args.seeds) if args.seeds else None, "epochs": args.epochs,

@@ -4,8 +4,9 @@
 * ``lesion``: "lesion-like" peaked maps: a few smooth blobs of random position, width
   and height on the finest level plus noise; every coarser level sees the pooled blob
   map plus its own noise, so the levels agree roughly, as trained attention heads do.
-* ``model``: scores of a trained attention CNN on synthetic images (needs a checkpoint;
-  see :mod:`convex_attention.models`).
+* ``model``: scores of a trained attention CNN (needs a checkpoint). The experiment wing
+  registers it (:func:`register_generator`; :mod:`convex_attention.paper.model_scores`),
+  so the harness never imports the experiment.
 
 ``generate(name, h, batch, seed, scale)`` returns ``L`` float64 tensors ``(B, *h.shapes[k])``.
 """
@@ -16,12 +17,12 @@ import math
 import torch
 from torch import Tensor
 
-from .hierarchy import Hierarchy
+from ..hierarchy import Hierarchy
 
-__all__ = ["GENERATORS", "generate", "gaussian_scores", "lesion_scores"]
+__all__ = ["GENERATORS", "generate", "gaussian_scores", "lesion_scores", "register_generator"]
 
 
-def gaussian_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0) -> list[Tensor]:
+def gaussian_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, **_) -> list[Tensor]:
     g = torch.Generator().manual_seed(seed)
     return [scale * torch.randn((batch,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
 
@@ -41,7 +42,8 @@ def _blob_map(shape: tuple[int, ...], batch: int, g: torch.Generator, max_blobs:
     return out.clamp(max=1.0)
 
 
-def lesion_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, noise: float = 0.3) -> list[Tensor]:
+def lesion_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, noise: float = 0.3,
+                  **_) -> list[Tensor]:
     """Peaked maps: ``scale · (4·blobs + noise)`` with blobs shared across levels."""
     g = torch.Generator().manual_seed(seed)
     if not h.is_grid:
@@ -58,12 +60,13 @@ def lesion_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, n
 GENERATORS = {"gaussian": gaussian_scores, "lesion": lesion_scores}
 
 
-def generate(name: str, h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, **kwargs) -> list[Tensor]:
-    """Scores from a named generator (``gaussian``, ``lesion`` or ``model``)."""
-    if name == "model":
-        from .models.scores import model_scores
+def register_generator(name: str, fn) -> None:
+    """Add a score generator ``fn(h, batch, seed, scale, **kwargs) -> L tensors``."""
+    GENERATORS[name] = fn
 
-        return model_scores(h, batch, seed=seed, scale=scale, **kwargs)
+
+def generate(name: str, h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, **kwargs) -> list[Tensor]:
+    """Scores from a named generator (``gaussian``, ``lesion``, or a registered one)."""
     if name not in GENERATORS:
-        raise ValueError(f"unknown score generator {name!r}; choose one of {', '.join(list(GENERATORS) + ['model'])}")
-    return GENERATORS[name](h, batch, seed, scale)
+        raise ValueError(f"unknown score generator {name!r}; choose one of {', '.join(GENERATORS)}")
+    return GENERATORS[name](h, batch, seed, scale, **kwargs)

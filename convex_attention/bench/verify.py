@@ -26,11 +26,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import metrics
-from .dual import reparameterized_probs
+from .. import metrics
+from ..dual import reparameterized_probs
+from ..hierarchy import Hierarchy
+from ..solve import solve
 from .generators import generate
-from .hierarchy import Hierarchy
-from .solve import solve
 
 __all__ = ["TOLERANCES", "CheckResult", "verify_instances", "random_instances", "load_solver", "write_csv",
            "format_table"]
@@ -116,7 +116,7 @@ def kkt_residual(probs, duals, scores, h: Hierarchy, temps) -> float:
     the cells of each level.  Returns ``max_k max_i p_k(i) |r_k(i) − Σ_j p_k(j) r_k(j)|``
     (weighted by ``p`` so that vanishing probabilities, whose logarithm is ill-determined,
     do not dominate)."""
-    from .dual import reparameterized_logits
+    from ..dual import reparameterized_logits
 
     etas = reparameterized_logits(scores, duals, h)
     worst = 0.0
@@ -137,7 +137,7 @@ def verify_instances(instances, dual_solver: Callable | None = None, tolerances:
     """Run every check on every instance; returns one :class:`CheckResult` per check."""
     from tqdm.auto import tqdm
 
-    from .cvx import get_layer, primal_residual
+    from ..cvx import get_layer, primal_residual
 
     tol = {**TOLERANCES, **(tolerances or {})}
     dual_solver = dual_solver or _default_dual_solver

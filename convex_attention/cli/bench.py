@@ -1,4 +1,4 @@
-"""The ``convex-attention`` command.
+"""Subcommands of the benchmark harness: ``bench``, ``verify``, ``plot`` and ``demo``.
 
 Subcommands share one results format (a folder with ``bench.csv``/``bench.json``,
 ``convergence.csv``, ``verify.csv``, ``example.npz`` and ``figures/``).
@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
+
+from ._common import UsageError, positive_float, positive_int
+
+__all__ = ["add_bench_commands", "BENCH_HANDLERS", "EXAMPLES"]
 
 EXAMPLES = """
 examples:
@@ -23,35 +26,9 @@ examples:
 """
 
 
-class UsageError(ValueError):
-    """Bad arguments found after parsing: reported like argparse's own errors (exit 2)."""
+def add_bench_commands(sub) -> None:
+    from ..solve import METHODS
 
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from .solve import METHODS
-
-    parser = argparse.ArgumentParser(
-        prog="convex-attention",
-        description="Consistent multi-level attention: benchmark the exact closed form, the cvxpylayers "
-                    "reference and the dual decomposition; verify dual solutions; plot comparisons; "
-                    "train and explain the paper's attention CNN.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
 
     # ------------------------------------------------------------------ bench
     b = sub.add_parser(
@@ -65,37 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
                     "Rows are written one by one (atomically) to OUT/bench.csv and OUT/bench.json.")
     b.add_argument("--methods", nargs="+", default=list(METHODS), metavar="M",
                    help=f"methods to run, from: {', '.join(METHODS)}")
-    b.add_argument("--sizes", nargs="+", type=_positive_int, default=[8, 16, 32, 64, 128, 256], metavar="N",
+    b.add_argument("--sizes", nargs="+", type=positive_int, default=[8, 16, 32, 64, 128, 256], metavar="N",
                    help="finest grid side; level k has side N / factor^k")
-    b.add_argument("--levels", nargs="+", type=_positive_int, default=[2, 3], metavar="L")
-    b.add_argument("--batch", nargs="+", type=_positive_int, default=[16], metavar="B")
+    b.add_argument("--levels", nargs="+", type=positive_int, default=[2, 3], metavar="L")
+    b.add_argument("--batch", nargs="+", type=positive_int, default=[16], metavar="B")
     b.add_argument("--dims", nargs="+", type=int, default=[2], choices=[1, 2, 3], metavar="D",
                    help="grid dimensionality (1, 2 or 3)")
-    b.add_argument("--temperature", nargs="+", type=_positive_float, default=[1.0], metavar="T",
+    b.add_argument("--temperature", nargs="+", type=positive_float, default=[1.0], metavar="T",
                    help="one temperature shared by all levels, per sweep value")
     b.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64", "float16", "bfloat16"])
     b.add_argument("--device", nargs="+", default=None, metavar="DEV",
                    help="cpu, cuda (default: cpu, plus cuda when present)")
     b.add_argument("--generator", default="lesion", choices=["gaussian", "lesion", "model"],
                    help="score generator: i.i.d. Gaussian, lesion-like blobs, or a trained model's scores")
-    b.add_argument("--scale", type=_positive_float, default=1.0, help="score scale of the generator")
+    b.add_argument("--scale", type=positive_float, default=1.0, help="score scale of the generator")
     b.add_argument("--checkpoint", default=None, help="model checkpoint for --generator model")
     b.add_argument("--factor", type=int, default=2, help="pooling factor per dimension between levels")
-    b.add_argument("--repeats", type=_positive_int, default=10, help="timed repetitions per method and cell")
+    b.add_argument("--repeats", type=positive_int, default=10, help="timed repetitions per method and cell")
     b.add_argument("--warmup", type=int, default=3, help="untimed repetitions first")
-    b.add_argument("--budget", type=_positive_float, default=60.0,
+    b.add_argument("--budget", type=positive_float, default=60.0,
                    help="seconds a cvxpylayers cell may take (estimated from the cells measured so far); "
                         "cells over it are recorded as skipped with the estimate")
-    b.add_argument("--cvx-max-cells", type=_positive_int, default=6000,
+    b.add_argument("--cvx-max-cells", type=positive_int, default=6000,
                    help="cap on problem size (total cells) for cvxpylayers")
-    b.add_argument("--cvx-batch", type=_positive_int, default=2, help="samples timed per cvxpylayers cell")
-    b.add_argument("--fit-instances", type=_positive_int, default=128,
+    b.add_argument("--cvx-batch", type=positive_int, default=2, help="samples timed per cvxpylayers cell")
+    b.add_argument("--fit-instances", type=positive_int, default=128,
                    help="training instances for the fitted shared λ of learned_dual")
-    b.add_argument("--fit-steps", type=_positive_int, default=150, help="Adam steps fitting the shared λ")
+    b.add_argument("--fit-steps", type=positive_int, default=150, help="Adam steps fitting the shared λ")
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", default="results", help="results folder")
     b.add_argument("--resume", action="store_true", help="keep OUT's finished rows and skip their cells")
-    b.add_argument("--max-cells", type=_positive_int, default=None,
+    b.add_argument("--max-cells", type=positive_int, default=None,
                    help="stop after this many new cells (resume later with --resume)")
     b.add_argument("--quick", action="store_true",
                    help="a small sweep that finishes in under 2 minutes on a 2-core CPU "
@@ -111,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "tolerance 1e-12) and with the cvxpylayers layer; compare the closed form with both; check "
                     "the duality gap, KKT stationarity and feasibility. Prints pass/fail per check with the "
                     "measured error and writes OUT/verify.csv. Exit status 1 if any check fails.")
-    v.add_argument("--n", type=_positive_int, default=24, help="number of random instances")
+    v.add_argument("--n", type=positive_int, default=24, help="number of random instances")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--quick", action="store_true", help="6 small instances")
     v.add_argument("--dual-solver", default=None, metavar="SPEC",
@@ -139,14 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="results")
     d.add_argument("--no-progress", action="store_true")
 
-    from .experiment_cli import add_experiment_commands
-
-    add_experiment_commands(sub)
-    return parser
-
 
 def quick_sweep():
-    from .bench import SweepConfig
+    from ..bench.sweep import SweepConfig
 
     return SweepConfig(sizes=[4, 8, 16, 32], levels=[2, 3], batches=[8], dims=[2, 3], temperatures=[1.0],
                        dtypes=["float32"], repeats=5, warmup=2, budget=15.0, cvx_max_cells=1500, cvx_batch=2,
@@ -156,7 +128,8 @@ def quick_sweep():
 def cmd_bench(args) -> int:
     import torch
 
-    from .bench import SweepConfig, check_sweep, run_sweep, save_example
+    from ..bench.examples import save_example
+    from ..bench.sweep import SweepConfig, check_sweep, run_sweep
 
     devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
     if args.quick:
@@ -171,6 +144,15 @@ def cmd_bench(args) -> int:
                              seed=args.seed, checkpoint=args.checkpoint)
     config.max_cells = args.max_cells
     try:
+        if config.generator == "model":
+            from ..paper import (
+                model_scores,  # the experiment wing supplies this generator
+            )
+
+            model_scores.register()
+            if config.checkpoint:
+                model_scores.check_model_sweep(config.checkpoint, config.sizes, config.levels, config.dims,
+                                               config.factor)
         check_sweep(config)  # before anything is measured or written
     except ValueError as err:
         raise UsageError(str(err)) from err
@@ -205,7 +187,13 @@ def _print_bench_summary(rows) -> None:
 
 
 def cmd_verify(args) -> int:
-    from .verify import format_table, load_solver, random_instances, verify_instances, write_csv
+    from ..bench.verify import (
+        format_table,
+        load_solver,
+        random_instances,
+        verify_instances,
+        write_csv,
+    )
 
     try:
         solver = load_solver(args.dual_solver) if args.dual_solver else None
@@ -222,8 +210,11 @@ def cmd_verify(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from .plots import plot_results
+    from ..bench.plots import plot_results
 
+    if not os.path.isdir(args.results):
+        raise UsageError(f"results folder {args.results!r} does not exist (run `convex-attention bench --out "
+                         f"{args.results}` first)")
     written = plot_results(args.results, args.out)
     if not written:
         raise UsageError(f"{args.results} holds no bench.csv, convergence.csv or example.npz to plot")
@@ -233,6 +224,8 @@ def cmd_plot(args) -> int:
 
 
 def cmd_demo(args) -> int:
+    from . import build_parser
+
     ns = build_parser().parse_args(["bench", "--quick", "--out", args.out] +
                                    (["--no-progress"] if args.no_progress else []))
     ns.resume = False
@@ -243,24 +236,4 @@ def cmd_demo(args) -> int:
     return status
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command == "plot" and not os.path.isdir(args.results):
-        parser.error(f"results folder {args.results!r} does not exist (run `convex-attention bench --out "
-                     f"{args.results}` first)")
-    handlers = {"bench": cmd_bench, "verify": cmd_verify, "plot": cmd_plot, "demo": cmd_demo}
-    from .experiment_cli import EXPERIMENT_HANDLERS
-
-    handlers.update(EXPERIMENT_HANDLERS)
-    try:
-        return handlers[args.command](args)
-    except UsageError as err:
-        parser.error(str(err))
-    except KeyboardInterrupt:
-        print("interrupted; finished rows are kept (rerun with --resume)", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+BENCH_HANDLERS = {"bench": cmd_bench, "verify": cmd_verify, "plot": cmd_plot, "demo": cmd_demo}

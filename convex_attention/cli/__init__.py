@@ -1,0 +1,55 @@
+"""The ``convex-attention`` command: one module per subcommand group.
+
+* :mod:`.bench`: ``bench``, ``verify``, ``plot``, ``demo`` (the benchmark harness);
+* :mod:`.paper`: ``train``, ``explain``, ``experiment`` (the paper's experiment);
+* :mod:`._common`: usage errors and argument types.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._common import UsageError
+
+__all__ = ["main", "build_parser", "UsageError"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    from .bench import EXAMPLES
+
+    parser = argparse.ArgumentParser(
+        prog="convex-attention",
+        description="Consistent multi-level attention: benchmark the exact closed form, the cvxpylayers "
+                    "reference and the dual decomposition; verify dual solutions; plot comparisons; "
+                    "train and explain the paper's attention CNN.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    from .bench import add_bench_commands
+    from .paper import add_experiment_commands
+
+    add_bench_commands(sub)
+    add_experiment_commands(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .bench import BENCH_HANDLERS
+    from .paper import EXPERIMENT_HANDLERS
+
+    handlers = {**BENCH_HANDLERS, **EXPERIMENT_HANDLERS}
+    try:
+        return handlers[args.command](args)
+    except UsageError as err:
+        parser.error(str(err))
+    except KeyboardInterrupt:
+        print("interrupted; finished rows are kept (rerun with --resume)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
