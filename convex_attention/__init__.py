@@ -9,13 +9,15 @@ See DESIGN.md (§4) for the public API and docs/math.md for the mathematics.
 """
 from .dual import ConvergenceError
 from .hierarchy import Hierarchy
+from .methods import METHODS, REGISTRY, Method, get_method, register_method
 from .nn import ConsistentAttention, LearnedDuals, ScoreHead
-from .solve import METHODS, Solution, consistency_loss, solve
+from .solve import Solution, consistency_loss, solve
 
 __version__ = "0.1.0"
 
 __all__ = ["Hierarchy", "solve", "Solution", "consistency_loss", "METHODS", "LearnedDuals",
-           "ConsistentAttention", "ScoreHead", "ConvergenceError", "SolverFailure", "__version__"]
+           "ConsistentAttention", "ScoreHead", "ConvergenceError", "SolverFailure", "__version__",
+           "Method", "REGISTRY", "get_method", "register_method"]
 
 
 def __getattr__(name):

@@ -118,8 +118,3 @@ def check_duals(duals, h: Hierarchy, batch: int, dtype, device, check_finite: bo
             raise ValueError(f"duals[{k}] contains NaN or Inf values")
         out.append(lam.to(dtype))
     return out
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Half precision is computed in float32 (and returned in the input dtype)."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype

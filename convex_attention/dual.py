@@ -29,9 +29,9 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from .exact import centre, tree_backward
+from ._ops import centre, compute_dtype, level_softmax
+from .exact import tree_backward
 from .hierarchy import Hierarchy
-from .metrics import violation
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
@@ -40,10 +40,6 @@ __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
 
 class ConvergenceError(RuntimeError):
     """The per-sample dual solver did not reach its tolerance."""
-
-
-def _sample_dims(x: Tensor) -> tuple[int, ...]:
-    return tuple(range(1, x.dim()))
 
 
 def reparameterized_logits(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy) -> list[Tensor]:
@@ -60,17 +56,11 @@ def reparameterized_logits(scores: Sequence[Tensor], duals: Sequence[Tensor], h:
     return etas
 
 
-def _level_softmax(x: Tensor, tau: float, log: bool = False) -> Tensor:
-    flat = (x / tau if tau != 1.0 else x).flatten(1)
-    out = torch.log_softmax(flat, dim=1) if log else torch.softmax(flat, dim=1)
-    return out.view(x.shape)
-
-
 def reparameterized_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
                           temps: Sequence[float]) -> list[Tensor]:
     """``p_k(λ) = softmax(η_k / τ_k)`` for every level; each ``(B, *shapes[k])``."""
     etas = reparameterized_logits(scores, duals, h)
-    return [_level_softmax(e, t) for e, t in zip(etas, temps)]
+    return [level_softmax(e, t) for e, t in zip(etas, temps)]
 
 
 def dual_function(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
@@ -88,7 +78,7 @@ def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor]
     finite for any finite input.  ``detach_target`` stops the gradient through ``b_k``.
     """
     etas = reparameterized_logits(scores, duals, h)
-    logp = [_level_softmax(e, t, log=True) for e, t in zip(etas, temps)]
+    logp = [level_softmax(e, t, log=True) for e, t in zip(etas, temps)]
     total = 0.0
     for k in range(h.num_levels - 1):
         log_a = h.block_logsumexp(logp[k], k)
@@ -101,9 +91,41 @@ def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor]
 def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy, temps: Sequence[float]):
     """``p(λ)`` and the within-block conditionals ``q_k`` at ``λ`` (for the tree VJP)."""
     etas = reparameterized_logits(scores, duals, h)
-    probs = [_level_softmax(e, t) for e, t in zip(etas, temps)]
+    probs = [level_softmax(e, t) for e, t in zip(etas, temps)]
     cond = [h.block_softmax(etas[k] / temps[k], k)[0] for k in range(h.num_levels - 1)]
     return probs, cond
+
+
+def _violation(probs: Sequence[Tensor], h: Hierarchy) -> Tensor:
+    """``max_k ‖P_k p_k − p_{k+1}‖₁`` per sample (the measure of :mod:`.metrics`, inlined
+    here so that the solvers never import the measures)."""
+    return torch.stack([(h.aggregate(probs[k], k) - probs[k + 1]).abs().flatten(1).sum(1)
+                        for k in range(h.num_levels - 1)]).amax(0)
+
+
+def solve_learned_dual(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], lam: Sequence[Tensor]):
+    """The ``"learned_dual"`` method of the registry: ``p(λ)`` at the given duals."""
+    dtype = scores[0].dtype
+    work = compute_dtype(dtype)
+    probs = reparameterized_probs([s.to(work) for s in scores], lam, h, temps)
+    B = scores[0].shape[0]
+
+    def duals_fn():
+        return [centre(dual.expand((B,) + h.shapes[k + 1])).to(dtype) for k, dual in enumerate(lam)]
+
+    return [p.to(dtype) for p in probs], duals_fn, {}
+
+
+def solve_dual_method(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], options: dict):
+    """The ``"dual"`` method of the registry: per-sample dual solve, implicit gradient."""
+    dtype = scores[0].dtype
+    # The dual iterates in float64 by default: the stopping test compares an L1 norm
+    # of differences of probabilities with tol=1e-6, which float32 rounding can reach.
+    work = options.pop("dtype", torch.float64)
+    info: dict = {}
+    probs = DualSolveFunction.apply(h, tuple(temps), options, info, *[s.to(work) for s in scores])
+    lam = [d.to(dtype) for d in info.pop("duals")]
+    return [p.to(dtype) for p in probs], lam, info
 
 
 @torch.no_grad()
@@ -142,8 +164,7 @@ def solve_dual(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], t
     iterations = torch.zeros(B, dtype=torch.long, device=scores[0].device)
 
     def measure():
-        probs = [_level_softmax(e, t) for e, t in zip(etas, temps)]
-        return violation(probs, h)
+        return _violation([level_softmax(e, t) for e, t in zip(etas, temps)], h)
 
     viol = measure()
     history_v, history_g = [], []

@@ -29,10 +29,11 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ._ops import centre, compute_dtype, sample_dims
 from .hierarchy import Hierarchy
 
 __all__ = ["exact_forward", "tree_backward", "ExactAttentionFunction", "exact_attention",
-           "exact_log_probs", "exact_duals", "cumulative_temperatures"]
+           "exact_log_probs", "exact_duals", "cumulative_temperatures", "solve_exact"]
 
 
 def cumulative_temperatures(temps: Sequence[float]) -> list[float]:
@@ -42,10 +43,6 @@ def cumulative_temperatures(temps: Sequence[float]) -> list[float]:
         acc += t
         out.append(acc)
     return out
-
-
-def _sample_dims(x: Tensor) -> tuple[int, ...]:
-    return tuple(range(1, x.dim()))
 
 
 def exact_forward(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float]):
@@ -108,7 +105,7 @@ def tree_backward(h: Hierarchy, probs: Sequence[Tensor], cond: Sequence[Tensor],
         if k < L - 1:
             pooled.append(h.aggregate(g, k))
     top = G[-1]
-    mbar = (top - probs[-1] * top.sum(_sample_dims(top), keepdim=True)) / T[-1]
+    mbar = (top - probs[-1] * top.sum(sample_dims(top), keepdim=True)) / T[-1]
     out = [mbar]
     for k in reversed(range(L - 1)):
         abar = mbar - pooled[k] / T[k]
@@ -157,7 +154,7 @@ def exact_attention(scores: Sequence[Tensor], h: Hierarchy, temperature: Sequenc
         sample and exactly consistent (``P_k p_k = p_{k+1}`` up to rounding).
     """
     dtype = scores[0].dtype
-    work = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+    work = compute_dtype(dtype)
     probs = ExactAttentionFunction.apply(h, tuple(temperature), *[s.to(work) for s in scores])
     return [p.to(dtype) for p in probs]
 
@@ -197,6 +194,12 @@ def exact_duals(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float]) 
     return [centre(d) for d in duals]
 
 
-def centre(x: Tensor) -> Tensor:
-    """Remove the per-sample mean (the gauge of a dual variable)."""
-    return x - x.mean(_sample_dims(x), keepdim=True)
+def solve_exact(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float]):
+    """The ``"exact"`` method of the registry: probabilities now, duals when first read."""
+    probs = exact_attention(scores, h, temps)
+    work = compute_dtype(scores[0].dtype)
+
+    def duals_fn():
+        return [d.to(scores[0].dtype) for d in exact_duals([s.to(work) for s in scores], h, temps)]
+
+    return probs, duals_fn, {}

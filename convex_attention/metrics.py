@@ -11,6 +11,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ._ops import upcast
 from .hierarchy import Hierarchy
 
 __all__ = ["violation", "objective", "dual_objective", "primal_gap", "dual_gap", "max_abs_err",
@@ -23,7 +24,7 @@ def _flat_sum(x: Tensor) -> Tensor:
 
 def consistency_residuals(probs: Sequence[Tensor], h: Hierarchy) -> list[Tensor]:
     """``‖P_k p_k − p_{k+1}‖₁`` per constraint: ``L-1`` tensors ``(B,)``."""
-    return [_flat_sum((h.aggregate(_upcast(probs[k]), k) - _upcast(probs[k + 1])).abs())
+    return [_flat_sum((h.aggregate(upcast(probs[k]), k) - upcast(probs[k + 1])).abs())
             for k in range(h.num_levels - 1)]
 
 
@@ -40,7 +41,7 @@ def objective(scores: Sequence[Tensor], probs: Sequence[Tensor], temps: Sequence
     """
     total = 0.0
     for s, p, t in zip(scores, probs, temps):
-        s, p = _upcast(s), _upcast(p)
+        s, p = upcast(s), upcast(p)
         pc = p.clamp(min=0)
         total = total + _flat_sum(s * p) - t * _flat_sum(torch.xlogy(pc, pc))
     return total
@@ -49,9 +50,11 @@ def objective(scores: Sequence[Tensor], probs: Sequence[Tensor], temps: Sequence
 def dual_objective(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
                    temps: Sequence[float]) -> Tensor:
     """``g(λ) = Σ_k τ_k logsumexp(η_k / τ_k)`` per sample: ``(B,)``."""
-    from .dual import dual_function
+    from .dual import (
+        dual_function,  # metrics -> dual only (the solvers never import the measures)
+    )
 
-    return dual_function([_upcast(s) for s in scores], [_upcast(d) for d in duals], h, temps)
+    return dual_function([upcast(s) for s in scores], [upcast(d) for d in duals], h, temps)
 
 
 def primal_gap(optimal_value: Tensor, scores: Sequence[Tensor], probs: Sequence[Tensor],
@@ -68,9 +71,5 @@ def dual_gap(optimal_value: Tensor, scores: Sequence[Tensor], duals: Sequence[Te
 
 def max_abs_err(probs: Sequence[Tensor], reference: Sequence[Tensor]) -> Tensor:
     """``max |p − p_ref|`` over all cells and levels, per sample: ``(B,)``."""
-    return torch.stack([(_upcast(p) - _upcast(r)).abs().flatten(1).amax(1)
+    return torch.stack([(upcast(p) - upcast(r)).abs().flatten(1).amax(1)
                         for p, r in zip(probs, reference)]).amax(0)
-
-
-def _upcast(x: Tensor) -> Tensor:
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -9,7 +9,8 @@ from torch import Tensor, nn
 
 from ._validation import check_hierarchy, check_temperatures
 from .hierarchy import Hierarchy
-from .solve import METHODS, Solution, consistency_loss, solve
+from .methods import METHODS
+from .solve import Solution, consistency_loss, solve
 
 __all__ = ["LearnedDuals", "ConsistentAttention", "ScoreHead"]
 

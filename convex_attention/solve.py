@@ -19,27 +19,16 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import torch
 from torch import Tensor
 
 from . import metrics
-from ._validation import check_duals, check_scores, check_temperatures, compute_dtype
-from .dual import DualSolveFunction, consistency_loss_unchecked, reparameterized_probs
-from .exact import centre, exact_attention, exact_duals
+from ._ops import compute_dtype
+from ._validation import check_duals, check_scores, check_temperatures
+from .dual import consistency_loss_unchecked
 from .hierarchy import Hierarchy
+from .methods import METHODS, REGISTRY, get_method
 
 __all__ = ["solve", "Solution", "consistency_loss", "METHODS"]
-
-METHODS = ("softmax", "exact", "cvxpylayers", "dual", "learned_dual")
-
-_OPTIONS = {
-    "softmax": set(),
-    "exact": set(),
-    "learned_dual": set(),
-    "dual": {"tol", "max_iter", "strict", "record_history", "init", "dtype"},
-    "cvxpylayers": None,  # passed through to the solver
-}
-
 
 class Solution:
     """The result of :func:`solve`.
@@ -102,56 +91,6 @@ class Solution:
                 f"dtype={self.probs[0].dtype})")
 
 
-def _softmax(scores, h, temps, duals, options):
-    probs = [torch.softmax((s / t if t != 1.0 else s).flatten(1), dim=1).view(s.shape)
-             for s, t in zip(scores, temps)]
-    return probs, None, {}
-
-
-def _exact(scores, h, temps, duals, options):
-    probs = exact_attention(scores, h, temps)
-    work = compute_dtype(scores[0].dtype)
-
-    def duals_fn():
-        return [d.to(scores[0].dtype) for d in exact_duals([s.to(work) for s in scores], h, temps)]
-
-    return probs, duals_fn, {}
-
-
-def _learned_dual(scores, h, temps, lam, options):
-    dtype = scores[0].dtype
-    work = compute_dtype(dtype)
-    probs = reparameterized_probs([s.to(work) for s in scores], lam, h, temps)
-    B = scores[0].shape[0]
-
-    def duals_fn():
-        return [centre(dual.expand((B,) + h.shapes[k + 1])).to(dtype) for k, dual in enumerate(lam)]
-
-    return [p.to(dtype) for p in probs], duals_fn, {}
-
-
-def _dual(scores, h, temps, duals, options):
-    dtype = scores[0].dtype
-    # The dual iterates in float64 by default: the stopping test compares an L1 norm
-    # of differences of probabilities with tol=1e-6, which float32 rounding can reach.
-    work = options.pop("dtype", torch.float64)
-    info: dict = {}
-    probs = DualSolveFunction.apply(h, tuple(temps), options, info, *[s.to(work) for s in scores])
-    lam = [d.to(dtype) for d in info.pop("duals")]
-    return [p.to(dtype) for p in probs], lam, info
-
-
-def _cvxpylayers(scores, h, temps, duals, options):
-    from .cvx import solve_cvxpylayers
-
-    probs, lam = solve_cvxpylayers(scores, h, temps, **options)
-    return probs, lam, {"solver_options": dict(options)}
-
-
-_DISPATCH = {"softmax": _softmax, "exact": _exact, "learned_dual": _learned_dual, "dual": _dual,
-             "cvxpylayers": _cvxpylayers}
-
-
 def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", temperature=1.0,
           duals: Sequence[Tensor] | None = None, check_finite: bool = True, **options) -> Solution:
     """Consistent multi-level attention.
@@ -181,23 +120,23 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
         convex_attention.dual.ConvergenceError: ``"dual"`` missed ``tol`` (``strict``).
         convex_attention.cvx.SolverFailure: ``"cvxpylayers"`` failed or was inaccurate.
     """
-    if not isinstance(method, str) or method not in _DISPATCH:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    record = get_method(method)
     scores = check_scores(scores, h, check_finite=check_finite)
     temps = check_temperatures(temperature, h.num_levels)
-    allowed = _OPTIONS[method]
+    allowed = record.options
     if allowed is not None:
         unknown = set(options) - allowed
         if unknown:
-            raise TypeError(f"method {method!r} takes no option(s) {sorted(unknown)}"
+            raise TypeError(f"method {record.name!r} takes no option(s) {sorted(unknown)}"
                             + (f"; it accepts {sorted(allowed)}" if allowed else ""))
-    if duals is not None and method != "learned_dual":
-        raise ValueError(f"duals are only used by method 'learned_dual', not {method!r}")
-    if method == "learned_dual":
+    if duals is not None and not record.needs_duals:
+        users = " or ".join(repr(m.name) for m in REGISTRY.values() if m.needs_duals)
+        raise ValueError(f"duals are only used by method {users}, not {record.name!r}")
+    if record.needs_duals:
         duals = check_duals(duals, h, scores[0].shape[0], compute_dtype(scores[0].dtype), scores[0].device,
                             check_finite=check_finite)
-    probs, lam, info = _DISPATCH[method](scores, h, temps, duals, dict(options))
-    return Solution(probs, scores, h, temps, method, lam, info)
+    probs, lam, info = record.function(scores, h, temps, duals, dict(options))
+    return Solution(probs, scores, h, temps, record.name, lam, info)
 
 
 def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy, temperature=1.0,

@@ -71,7 +71,7 @@ class SweepConfig:
 
 def check_sweep(config: SweepConfig) -> None:
     """Reject a sweep that cannot run, before anything is measured (ValueError)."""
-    from ..solve import METHODS
+    from ..methods import METHODS
 
     for m in config.methods:
         if m not in METHODS:

@@ -27,7 +27,7 @@ examples:
 
 
 def add_bench_commands(sub) -> None:
-    from ..solve import METHODS
+    from ..methods import METHODS
 
 
     # ------------------------------------------------------------------ bench

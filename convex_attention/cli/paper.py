@@ -9,7 +9,7 @@ __all__ = ["add_experiment_commands", "EXPERIMENT_HANDLERS"]
 
 
 def add_experiment_commands(sub) -> None:
-    from ..solve import METHODS
+    from ..methods import METHODS
 
     fmt = argparse.ArgumentDefaultsHelpFormatter
     t = sub.add_parser(

@@ -32,8 +32,9 @@ import torch
 from torch import Tensor, nn
 
 from ...hierarchy import Hierarchy
+from ...methods import METHODS
 from ...nn import ConsistentAttention, ScoreHead
-from ...solve import METHODS, Solution
+from ...solve import Solution
 
 __all__ = ["AttentionUNet", "AttentionOutput", "ModelConfig"]
 
