@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["UsageError", "positive_float", "positive_int"]
+__all__ = ["UsageError", "positive_float", "positive_int", "add_output_options", "info"]
 
 
 class UsageError(ValueError):
@@ -22,3 +22,20 @@ def positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` and ``--quiet``, the same on every subcommand."""
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (info lines stay)")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars and no info lines; errors still go to stderr")
+
+
+def show_progress(args) -> bool:
+    return not (getattr(args, "no_progress", False) or getattr(args, "quiet", False))
+
+
+def info(args, *message) -> None:
+    """An info line on stdout, unless ``--quiet``."""
+    if not getattr(args, "quiet", False):
+        print(*message)

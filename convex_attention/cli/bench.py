@@ -9,7 +9,7 @@ import argparse
 import os
 import time
 
-from ._common import UsageError, positive_float, positive_int
+from ._common import UsageError, add_output_options, info, positive_float, positive_int, show_progress
 
 __all__ = ["add_bench_commands", "BENCH_HANDLERS", "EXAMPLES"]
 
@@ -77,7 +77,7 @@ def add_bench_commands(sub) -> None:
     b.add_argument("--quick", action="store_true",
                    help="a small sweep that finishes in under 2 minutes on a 2-core CPU "
                         "(overrides the sweep axes)")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_output_options(b)
 
     # ------------------------------------------------------------------ verify
     v = sub.add_parser(
@@ -95,7 +95,7 @@ def add_bench_commands(sub) -> None:
                    help="verify your own dual solver: module:function or file.py:function, called as "
                         "f(scores, h, temperatures) -> list of L-1 dual tensors (B, *h.shapes[k+1])")
     v.add_argument("--out", default="results", help="results folder (verify.csv)")
-    v.add_argument("--no-progress", action="store_true")
+    add_output_options(v)
 
     # ------------------------------------------------------------------ plot
     p = sub.add_parser(
@@ -114,7 +114,7 @@ def add_bench_commands(sub) -> None:
                        description="The main job on a fresh machine: a quick benchmark sweep, a quick "
                                    "verification and every figure, in a few minutes on a 2-core CPU.")
     d.add_argument("--out", default="results")
-    d.add_argument("--no-progress", action="store_true")
+    add_output_options(d)
 
 
 def quick_sweep():
@@ -157,7 +157,7 @@ def cmd_bench(args) -> int:
     except ValueError as err:
         raise UsageError(str(err)) from err
     start = time.perf_counter()
-    rows = run_sweep(config, args.out, resume=args.resume, progress=not args.no_progress)
+    rows = run_sweep(config, args.out, resume=args.resume, progress=show_progress(args))
     if not os.path.exists(os.path.join(args.out, "example.npz")):
         save_example(args.out, generator="lesion" if config.generator == "model" else config.generator,
                      fit_instances=config.fit_instances, fit_steps=config.fit_steps)
@@ -201,7 +201,7 @@ def cmd_verify(args) -> int:
         raise UsageError(str(err)) from err
     n = 6 if args.quick else args.n
     results = verify_instances(random_instances(n, args.seed, quick=args.quick), dual_solver=solver,
-                               progress=not args.no_progress)
+                               progress=show_progress(args))
     print(format_table(results))
     path = os.path.join(args.out, "verify.csv")
     write_csv(results, path)
@@ -227,11 +227,11 @@ def cmd_demo(args) -> int:
     from . import build_parser
 
     ns = build_parser().parse_args(["bench", "--quick", "--out", args.out] +
-                                   (["--no-progress"] if args.no_progress else []))
+                                   (["--no-progress"] if args.no_progress else []) + (["--quiet"] if args.quiet else []))
     ns.resume = False
     cmd_bench(ns)
     status = cmd_verify(build_parser().parse_args(["verify", "--quick", "--out", args.out] +
-                                                  (["--no-progress"] if args.no_progress else [])))
+                                                  (["--no-progress"] if args.no_progress else []) + (["--quiet"] if args.quiet else [])))
     cmd_plot(build_parser().parse_args(["plot", args.out]))
     return status
 

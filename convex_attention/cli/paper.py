@@ -5,6 +5,8 @@ import argparse
 import json
 import os
 
+from ._common import add_output_options, info, show_progress
+
 __all__ = ["add_experiment_commands", "EXPERIMENT_HANDLERS"]
 
 
@@ -41,7 +43,7 @@ def add_experiment_commands(sub) -> None:
     t.add_argument("--device", default="auto", help="auto, cpu or cuda")
     t.add_argument("--resume", default=None, help="checkpoint to continue from (e.g. OUT/last.pt)")
     t.add_argument("--out", default="runs/model")
-    t.add_argument("--no-progress", action="store_true")
+    add_output_options(t)
 
     e = sub.add_parser(
         "explain", help="score attention maps and post-hoc baselines against lesion masks", formatter_class=fmt,
@@ -59,7 +61,7 @@ def add_experiment_commands(sub) -> None:
     e.add_argument("--batch-size", type=int, default=16)
     e.add_argument("--device", default="cpu")
     e.add_argument("--out", default="results/explain")
-    e.add_argument("--no-progress", action="store_true")
+    add_output_options(e)
 
     x = sub.add_parser(
         "experiment", help="the paper's experiment: train softmax/learned_dual/exact x 3 seeds, then explain",
@@ -76,7 +78,7 @@ def add_experiment_commands(sub) -> None:
     x.add_argument("--n-train", type=int, default=None)
     x.add_argument("--device", default="auto")
     x.add_argument("--out", default="results/experiment")
-    x.add_argument("--no-progress", action="store_true")
+    add_output_options(x)
 
 
 def cmd_train(args) -> int:
@@ -90,7 +92,7 @@ def cmd_train(args) -> int:
                          temperature=args.temperature, alpha=args.alpha, epochs=args.epochs,
                          batch_size=args.batch_size, lr=args.lr, augment=not args.no_augment, seed=args.seed,
                          workers=args.workers, device=args.device, resume=args.resume,
-                         progress=not args.no_progress)
+                         progress=show_progress(args))
     result = train(config)
     if result["metrics"]:
         last = result["metrics"][-1]
@@ -130,7 +132,7 @@ def cmd_explain(args) -> int:
     rows, examples = explain_models(models, val, n_images=args.n_images,
                                     baseline_model=args.baseline_model if args.baseline_model in models else None,
                                     target=args.target, batch_size=args.batch_size, device=args.device,
-                                    progress=not args.no_progress)
+                                    progress=show_progress(args))
     paths = write_outputs(rows, examples, args.out)
     with open(paths["markdown"]) as f:
         print(f.read())
@@ -150,7 +152,7 @@ def cmd_experiment(args) -> int:
     config = replace(config, **overrides)
     if config.image_size % 16:
         raise _usage(f"--image-size {config.image_size} is not divisible through the pooling stack")
-    result = run_experiment(config, args.out, progress=not args.no_progress)
+    result = run_experiment(config, args.out, progress=show_progress(args))
     print(result["report"])
     print(f"experiment: {args.out}/experiment.md")
     return 0
