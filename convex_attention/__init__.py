@@ -5,19 +5,27 @@
     sol = ca.solve([theta0, theta1], h, method="exact")
     sol.probs, sol.duals, sol.violation, sol.objective, sol.dual_objective
 
-See DESIGN.md (§4) for the public API and docs/math.md for the mathematics.
+See docs/design.md (§4) for the public API and docs/math.md for the mathematics.
 """
 from .dual import ConvergenceError
 from .hierarchy import Hierarchy
 from .methods import METHODS, REGISTRY, Method, get_method, register_method
-from .nn import ConsistentAttention, LearnedDuals, ScoreHead
+from .nn import (
+    AmortisedDuals,
+    Attended,
+    ConsistentAttention,
+    LearnedDuals,
+    ScoreHead,
+    fit_amortised_duals,
+)
 from .solve import Solution, consistency_loss, solve
 
 __version__ = "0.1.0"
 
 __all__ = ["Hierarchy", "solve", "Solution", "consistency_loss", "METHODS", "LearnedDuals",
            "ConsistentAttention", "ScoreHead", "ConvergenceError", "SolverFailure", "__version__",
-           "Method", "REGISTRY", "get_method", "register_method"]
+           "Method", "REGISTRY", "get_method", "register_method", "AmortisedDuals", "Attended",
+           "fit_amortised_duals"]
 
 
 def __getattr__(name):

@@ -30,13 +30,19 @@ def upcast(x: Tensor) -> Tensor:
 def level_softmax(x: Tensor, tau, log: bool = False) -> Tensor:
     """Softmax (or log-softmax) of ``x / tau`` over all cells of one level, per sample.
 
-    ``x``: ``(B, *shape)``; ``tau``: a positive float or a 0-d tensor.  Half precision is
-    computed in float32 and returned in the input dtype, so ±1e4 scores at small ``tau``
-    cannot overflow.
+    ``x``: ``(B, *shape)``; ``tau``: a positive float or a 0-d tensor (differentiated
+    through when it requires grad).  Half precision is computed in float32 and returned in
+    the input dtype, so ±1e4 scores at small ``tau`` cannot overflow.  For ``tau < 1`` (or
+    a tensor) the per-sample maximum is subtracted *before* dividing, so ``x / tau``
+    cannot overflow to ±inf either: the result is finite for every temperature that
+    ``_validation.temperature_range`` accepts.
     """
-    work = upcast(x)
-    if isinstance(tau, Tensor) or tau != 1.0:
-        work = work / tau
-    flat = work.flatten(1)
+    flat = upcast(x).flatten(1)
+    if isinstance(tau, Tensor) or tau < 1.0:
+        # the shift does not change the softmax, so it needs no gradient
+        shifted = torch.sub(flat, flat.detach().amax(1, keepdim=True))
+        flat = shifted.div(tau) if isinstance(tau, Tensor) else shifted.div_(tau)
+    elif tau != 1.0:
+        flat = flat / tau
     out = torch.log_softmax(flat, dim=1) if log else torch.softmax(flat, dim=1)
     return out.view(x.shape).to(x.dtype)

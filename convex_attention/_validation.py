@@ -7,6 +7,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from ._ops import compute_dtype
 from .hierarchy import Hierarchy
 
 
@@ -65,10 +66,88 @@ def all_finite(x: Tensor) -> bool:
     return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
 
 
-def check_temperatures(temperature, num_levels: int) -> list[float]:
-    """A positive float, or one positive float per level -> list of floats."""
+def temperature_range(dtype: torch.dtype | None = None) -> tuple[float, float]:
+    """The accepted temperatures for scores of ``dtype``: ``(tau_min, total_max)``.
+
+    Every ``τ_k`` must be at least ``tau_min`` and their sum ``τ_0 + … + τ_{L-1}`` (the
+    closed form's root temperature) at most ``total_max``.  Both are properties of the
+    compute dtype (half precision is computed in float32; ``None``: float64, the widest):
+
+    * ``tau_min`` is the smallest *normal* number of the compute dtype (1.2e-38 in
+      float32, 2.2e-308 in float64): below it ``1 / τ`` is not finite, and GPU kernels
+      divide by multiplying with the reciprocal, so no arithmetic can help;
+    * ``total_max`` is the square root of its largest number (1.8e19 in float32, 1.3e154
+      in float64), which keeps ``T · log n`` and ``τ · H(p)`` finite for any size.
+
+    Within this range every method gives finite probabilities, duals and objectives for
+    any finite scores (docs/design.md §1); outside it :func:`check_temperatures` refuses.
+    """
+    info = torch.finfo(compute_dtype(dtype) if dtype is not None else torch.float64)
+    return float(info.tiny), math.sqrt(float(info.max))
+
+
+def is_grad_temperature(temperature) -> bool:
+    """True iff ``temperature`` is a tensor that gradients will flow into (now)."""
+    return isinstance(temperature, Tensor) and temperature.requires_grad and torch.is_grad_enabled()
+
+
+def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None = None,
+                       allow_grad: bool = False, method: str | None = None) -> list:
+    """Validate temperatures: one per level, never one per sample.
+
+    Accepted: a positive number, a sequence of ``num_levels`` positive numbers (or 0-d
+    tensors), or a real tensor of shape ``()`` (shared by the levels) or ``(num_levels,)``
+    (one per level); any other tensor shape is refused (a ``(B,)`` tensor is not per-sample
+    temperatures).  The values must lie in :func:`temperature_range` of ``dtype``.
+
+    Returns a list of ``num_levels`` floats; but a tensor that requires grad (with grad
+    mode on) gives 0-d tensors in the list (views of it, so gradients flow back) when
+    ``allow_grad``, and a TypeError naming ``method`` otherwise.
+    """
+    grad = is_grad_temperature(temperature)
     if isinstance(temperature, Tensor):
-        temperature = temperature.detach().cpu().tolist()
+        if not (temperature.dtype.is_floating_point or temperature.dtype in _INT_DTYPES):
+            raise TypeError(f"temperature must be a real tensor, got dtype {temperature.dtype}")
+        if temperature.dim() > 1 or (temperature.dim() == 1 and temperature.shape[0] != num_levels):
+            raise ValueError(
+                f"temperature tensor must have shape () (one for every level) or ({num_levels},) (one per "
+                f"level), got {tuple(temperature.shape)}; temperatures are per level, never per sample")
+        if grad and not allow_grad:
+            who = f"method {method!r}" if method else "this method"
+            raise TypeError(f"{who} cannot differentiate through the temperature: pass a float or a tensor "
+                            f"that does not require grad (temperature.detach()); 'softmax', 'exact' and "
+                            f"'learned_dual' differentiate through a tensor temperature")
+        values = temperature.detach().cpu().tolist()
+        temps = _check_temperature_values(values if isinstance(values, list) else float(values), num_levels, dtype)
+        if not grad:
+            return temps
+        if temperature.dim() == 0:
+            return [temperature] * num_levels
+        return [temperature[k] for k in range(num_levels)]
+    if isinstance(temperature, Sequence) and not isinstance(temperature, (str, bytes)) \
+            and any(isinstance(t, Tensor) for t in temperature):
+        # one 0-d tensor (or number) per level, e.g. one learnable temperature per level
+        for k, t in enumerate(temperature):
+            if isinstance(t, Tensor) and (t.dim() != 0 or not t.dtype.is_floating_point):
+                raise ValueError(f"temperature[{k}] must be a number or a 0-d floating tensor (one temperature per "
+                                 f"level), got a tensor of shape {tuple(t.shape)} and dtype {t.dtype}")
+        values = [float(t.detach()) if isinstance(t, Tensor) else t for t in temperature]
+        temps = _check_temperature_values(values, num_levels, dtype)
+        grads = [is_grad_temperature(t) for t in temperature]
+        if not any(grads):
+            return temps
+        if not allow_grad:
+            who = f"method {method!r}" if method else "this method"
+            raise TypeError(f"{who} cannot differentiate through the temperature: pass floats or tensors that do "
+                            f"not require grad; 'softmax', 'exact' and 'learned_dual' differentiate through them")
+        return [t if g else v for t, g, v in zip(temperature, grads, temps)]
+    return _check_temperature_values(temperature, num_levels, dtype)
+
+
+_INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def _check_temperature_values(temperature, num_levels: int, dtype) -> list[float]:
     if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         temps = [float(temperature)] * num_levels
     elif isinstance(temperature, Sequence) and not isinstance(temperature, (str, bytes)):
@@ -81,10 +160,23 @@ def check_temperatures(temperature, num_levels: int) -> list[float]:
                 raise TypeError(f"temperatures must be numbers, got {t!r}")
             temps.append(float(t))
     else:
-        raise TypeError(f"temperature must be a positive float or a list of them, got {temperature!r}")
+        raise TypeError(f"temperature must be a positive float, a list of them (one per level) or a tensor of "
+                        f"shape () or ({num_levels},), got {temperature!r}")
     for k, t in enumerate(temps):
         if not math.isfinite(t) or t <= 0:
             raise ValueError(f"temperature of level {k} must be positive and finite, got {t}")
+    low, high = temperature_range(dtype)
+    work = compute_dtype(dtype) if dtype is not None else torch.float64
+    for k, t in enumerate(temps):
+        if t < low:
+            raise ValueError(f"temperature of level {k} is {t:g}, below the smallest accepted for {_name(work)} "
+                             f"computation ({low:.3g}, where 1/τ stops being finite); use a larger temperature"
+                             + ("" if work == torch.float64 else " or float64 scores"))
+    total = math.fsum(temps)
+    if total > high:
+        raise ValueError(f"the temperatures sum to {total:g}, above the largest accepted for {_name(work)} computation "
+                         f"({high:.3g}); at such temperatures every level is uniform to {_name(work)} precision: use "
+                         f"smaller temperatures" + ("" if work == torch.float64 else " or float64 scores"))
     return temps
 
 
@@ -118,3 +210,7 @@ def check_duals(duals, h: Hierarchy, batch: int, dtype, device, check_finite: bo
             raise ValueError(f"duals[{k}] contains NaN or Inf values")
         out.append(lam.to(dtype))
     return out
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")

@@ -8,20 +8,47 @@ For every sample::
 
 (``entr`` keeps ``p_k >= 0``; the consistency constraints carry the simplex constraint of
 the top level down to every other level.)  The problem is DPP in the parameters ``θ_k``,
-so it is canonicalised once per ``(hierarchy, temperatures)`` and cached.  The layer
-returns the probabilities and the consistency-constraint duals, which in CVXPY's sign
-convention are exactly the ``λ_k`` of DESIGN.md §2; they are centred per sample.
+so it is canonicalised once per ``(hierarchy, temperatures, backend)`` and kept in a
+bounded (LRU) cache.  The layer returns the probabilities and the consistency-constraint
+duals, which in CVXPY's sign convention are exactly the ``λ_k`` of docs/design.md §2;
+they are centred per sample.
 
-``cvxpy``, ``cvxpylayers`` and ``diffcp`` are imported lazily, on first use.
+**Backends** (option ``backend``; :data:`BACKENDS`, :func:`available_backends`): the
+``cvxpylayers`` interface and its conic solver.
 
-Data movement: the layer solves on the CPU in float64 (diffcp's conic solvers).  Inputs
-on another device are copied to the CPU and the results copied back, which synchronises
-the device: this method is a reference, not a hot path.
+=================  ==============  =========================================================
+``backend``        interface       solver, device
+=================  ==============  =========================================================
+diffcp-clarabel    DIFFCP          Clarabel (interior point), CPU; the default
+diffcp-scs         DIFFCP          SCS (first order), CPU
+moreau             MOREAU          Moreau (batched interior point), CPU; CUDA when the
+                                   installed ``moreau`` build has it and the scores are there
+cuclarabel         CUCLARABEL      CuClarabel through Julia and JAX, CUDA only
+mpax               MPAX            named for completeness: MPAX solves LPs and QPs only and
+                                   this problem needs exponential cones, so it is refused
+=================  ==============  =========================================================
+
+Whatever the backend, a solution is accepted only on its own certificate (primal residual
+and relative duality gap: :func:`certificate`), never on a solver's
+status label; a failure raises :class:`SolverFailure` naming the backend, the sample and
+the solver's status.
+
+``cvxpy``, ``cvxpylayers`` and the solvers are imported lazily, on first use.
+
+Data movement: the layer solves in float64 on the CPU (on CUDA for ``moreau`` with CUDA
+scores and a CUDA build; ``cuclarabel`` always on CUDA).  Inputs elsewhere are copied and
+the results copied back, which synchronises the device: this method is a reference, not a
+hot path.
 """
 from __future__ import annotations
 
+import importlib.util
+import math
+import operator
 import threading
 import warnings
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -30,19 +57,81 @@ from torch import Tensor
 
 from .hierarchy import Hierarchy
 
-__all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure",
-           "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "prior_seconds_per_sample"]
+__all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
+           "certificate", "primal_residual", "Backend", "BACKENDS", "DEFAULT_BACKEND", "available_backends",
+           "backend_unavailable_reason", "get_backend", "check_options", "CACHE_SIZE", "clear_cache",
+           "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "CVX_PRIORS", "prior_seconds_per_sample"]
 
-# Clarabel (interior point) reaches ~1e-10 on the probabilities at eps=1e-12 in a few
-# dozen iterations; SCS stalls near 1e-5 on problems of a few thousand cells whatever its
-# eps (measured: docs/performance.md).  SCS stays available through solve_method.
-DEFAULT_SOLVER_OPTIONS = {"solve_method": "Clarabel", "eps": 1e-12, "max_iters": None}
+
+@dataclass(frozen=True)
+class Backend:
+    """One way of solving the CVXPY layer: a ``cvxpylayers`` interface and its solver.
+
+    ``modules`` must be importable for the backend to run (looked up without importing
+    them); ``pip`` is what installs them.  ``default_eps`` is the solver tolerance used
+    when the caller gives none: about the tightest at which the solver still converges on
+    this problem (measured: docs/performance.md).  ``default_accept_tol`` is the
+    certificate's threshold when the caller gives neither ``eps`` nor ``accept_tol``
+    (``None``: ``max(1e3·eps, 1e-9)``, as for an explicit ``eps``).
+    """
+
+    name: str
+    interface: str
+    solve_method: str | None
+    modules: tuple
+    pip: str
+    default_eps: float
+    devices: tuple = ("cpu",)
+    exp_cones: bool = True  # can it solve the entropy's exponential cones at all?
+    default_accept_tol: float | None = None
+
+
+# Defaults, measured on this problem (docs/performance.md).  Clarabel (interior point)
+# reaches a certificate ~1e-13 at eps=1e-12 in a few dozen iterations.  Moreau (interior
+# point) reaches ~1e-12 at eps=1e-11, but stalls near 1e-9 on some 16²+8² instances, so
+# its default eps 1e-11 gives the threshold 1e-8; it reported false infeasibility at eps
+# <= 1e-10 until its infeasibility tolerances were tightened too (_moreau_settings).
+# SCS (first order) stalls with certificates 1e-6 to 4e-5 at score scale 2-5 whatever
+# its eps; below eps=1e-9 it runs to its iteration limit (15x slower at 1e-12) and at
+# 1e-10 it returned a point with certificate 0.85 on a verify instance where 1e-9 gave
+# 2e-9.  So eps=1e-9, accepted at 1e-4 unless told otherwise: its rows are that accurate.
+_BACKENDS = {
+    "diffcp-clarabel": Backend("diffcp-clarabel", "DIFFCP", "Clarabel", ("cvxpylayers", "diffcp", "clarabel"),
+                               "cvxpylayers diffcp clarabel", 1e-12),
+    "diffcp-scs": Backend("diffcp-scs", "DIFFCP", "SCS", ("cvxpylayers", "diffcp", "scs"),
+                          "cvxpylayers diffcp scs", 1e-9, default_accept_tol=1e-4),
+    "moreau": Backend("moreau", "MOREAU", None, ("cvxpylayers", "moreau"), "cvxpylayers moreau", 1e-11,
+                      devices=("cpu", "cuda")),
+    "cuclarabel": Backend("cuclarabel", "CUCLARABEL", None, ("cvxpylayers", "cupy", "juliacall", "jax", "diffqcp"),
+                          "cvxpylayers cupy juliacall jax diffqcp (and the Julia package CuClarabel)", 1e-10,
+                          devices=("cuda",)),
+    "mpax": Backend("mpax", "MPAX", None, ("cvxpylayers", "jax", "mpax"), "cvxpylayers jax mpax", 1e-8,
+                    exp_cones=False),
+}
+BACKENDS: tuple = tuple(_BACKENDS)
+DEFAULT_BACKEND = "diffcp-clarabel"
+
+# Clarabel settings retried, in order, when the reference solve ends "optimal_inaccurate".
+_REFERENCE_RETRIES = ({"static_regularization_constant": 1e-10}, {"static_regularization_constant": 1e-12},
+                      {"static_regularization_constant": 1e-9, "iterative_refinement_reltol": 1e-16,
+                       "iterative_refinement_abstol": 1e-16})
+
+# Kept for callers of the old name: the default backend and its tolerance.
+DEFAULT_SOLVER_OPTIONS = {"backend": DEFAULT_BACKEND, "eps": _BACKENDS[DEFAULT_BACKEND].default_eps,
+                          "max_iters": None}
 
 # Cost model of one sample (forward + backward, Clarabel through diffcp, float64 on the CPU):
 # (reference cells n0, seconds t0 at n0, exponent): t(n) = t0 · (n / n0)^exponent.
-# Measured on a 2-core x86-64 CPU (docs/performance.md); the benchmark harness replaces
+# Measured (docs/performance.md); the benchmark harness replaces
 # it by a fit to the cells it has measured once their sizes spread enough.
 CVX_PRIOR = (1280, 0.25, 1.3)
+
+# The same per backend: Clarabel's prior with its time scaled by the backend's measured
+# ratio to Clarabel at 32²+16² (batch 16, forward + backward: Moreau ~0.2-0.25x, SCS ~1.4x)
+# and the exponent of its own growth from 16²+8² to 32²+16² (docs/performance.md).  The
+# GPU backends were not measured: Clarabel's prior stands in.
+CVX_PRIORS = {"diffcp-clarabel": CVX_PRIOR, "diffcp-scs": (1280, 0.35, 1.1), "moreau": (1280, 0.06, 1.0),
+              "cuclarabel": CVX_PRIOR, "mpax": CVX_PRIOR}
 
 
 def prior_seconds_per_sample(n_cells: int, prior: tuple = CVX_PRIOR) -> float:
@@ -51,12 +140,78 @@ def prior_seconds_per_sample(n_cells: int, prior: tuple = CVX_PRIOR) -> float:
     return t0 * (n_cells / n0) ** exponent
 
 
-_CACHE: dict = {}
+class BackendUnavailable(ImportError, ValueError):
+    """The backend's packages are not installed, or it cannot solve this problem here.
+
+    An ``ImportError`` (a package is missing) and a ``ValueError`` (a bad option value),
+    so that either kind of handler catches it.
+    """
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or half-installed package
+        return False
+
+
+def backend_unavailable_reason(name: str) -> str | None:
+    """Why backend ``name`` cannot run here, or ``None`` when it can.
+
+    Checked without importing the solvers (``importlib.util.find_spec``), except that a
+    CUDA-only backend asks ``torch.cuda.is_available()``.
+    """
+    backend = get_backend(name, check_installed=False)
+    if not backend.exp_cones:
+        return (f"{backend.interface} solves LPs and QPs only, and this problem's entropy needs exponential "
+                f"cones; choose one of {', '.join(b for b in BACKENDS if _BACKENDS[b].exp_cones)}")
+    missing = [m for m in backend.modules if not _installed(m)]
+    if missing:
+        return f"not installed (missing {', '.join(missing)}): pip install {backend.pip}"
+    if "cpu" not in backend.devices and not torch.cuda.is_available():
+        return f"needs a CUDA GPU ({', '.join(backend.devices)} only) and none is available"
+    return None
+
+
+def available_backends() -> list[str]:
+    """The backends that can run here (installed, and able to solve this problem), in
+    :data:`BACKENDS` order."""
+    return [name for name in BACKENDS if backend_unavailable_reason(name) is None]
+
+
+def get_backend(name, check_installed: bool = True) -> Backend:
+    """The record of backend ``name``.
+
+    Raises:
+        ValueError: an unknown name (the message lists :data:`BACKENDS`).
+        BackendUnavailable: with ``check_installed``, a backend that cannot run here; the
+            message names what to ``pip install``.
+    """
+    if not isinstance(name, str) or name not in _BACKENDS:
+        raise ValueError(f"option backend must be one of {', '.join(BACKENDS)}; got {name!r}")
+    if check_installed:
+        reason = backend_unavailable_reason(name)
+        if reason is not None:
+            raise BackendUnavailable(f"cvxpylayers backend {name!r} cannot run: {reason}")
+    return _BACKENDS[name]
+
+
+_CACHE: OrderedDict = OrderedDict()
 _CACHE_LOCK = threading.Lock()
+# Layers kept at once (least recently used evicted first).  One layer holds its CVXPY
+# problem and canonicalised matrices: memory grows with the problem size.
+CACHE_SIZE = 16
+
+
+def clear_cache() -> None:
+    """Drop every cached layer."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
 
 
 class SolverFailure(RuntimeError):
-    """A conic solve failed or returned an inaccurate point; the message names the sample."""
+    """A conic solve failed or returned an inaccurate point; the message names the backend,
+    the sample and the solver's status."""
 
 
 def aggregation_matrix(h: Hierarchy, k: int):
@@ -69,16 +224,18 @@ def aggregation_matrix(h: Hierarchy, k: int):
 
 
 class CvxpyAttentionLayer:
-    """The CVXPY problem of one ``(hierarchy, temperatures)`` and its ``CvxpyLayer``.
+    """The CVXPY problem of one ``(hierarchy, temperatures)`` and its ``CvxpyLayer`` on one
+    backend (a name of :data:`BACKENDS`).
 
     Build it once (or take it from :func:`get_layer`, which caches) and call it on
-    batches of flattened scores.
+    batches of flattened scores.  Not thread-safe: one solve at a time per layer.
     """
 
-    def __init__(self, h: Hierarchy, temps: Sequence[float]):
+    def __init__(self, h: Hierarchy, temps: Sequence[float], backend: str = DEFAULT_BACKEND):
         import cvxpy as cp
         from cvxpylayers.torch import CvxpyLayer
 
+        self.backend = get_backend(backend)
         self.h, self.temps = h, tuple(float(t) for t in temps)
         L = h.num_levels
         self.thetas = [cp.Parameter(n, name=f"theta{k}") for k, n in enumerate(h.sizes)]
@@ -92,136 +249,349 @@ class CvxpyAttentionLayer:
         if not self.problem.is_dpp():  # pragma: no cover - a guard on the formulation
             raise RuntimeError("the attention problem must be DPP for cvxpylayers")
         self.layer = CvxpyLayer(self.problem, parameters=self.thetas,
-                                variables=self.probs + [c.dual_variables[0] for c in self.consistency])
+                                variables=self.probs + [c.dual_variables[0] for c in self.consistency],
+                                solver=self.backend.interface)
+        # Per-sample status labels of the last solve, where the backend reports them.
+        self.last_status: list[str] | None = None
+        self._moreau_options: dict | None = None
 
     def __call__(self, flat_scores: Sequence[Tensor], solver_args: dict) -> tuple[list[Tensor], list[Tensor]]:
-        """Solve a batch. ``flat_scores[k]``: ``(B, n_k)`` float64 CPU tensors.
+        """Solve a batch. ``flat_scores[k]``: ``(B, n_k)`` float64 tensors (CPU, or CUDA
+        where the backend runs there).
 
         Returns ``(probs, duals)`` as lists of ``(B, n_k)`` / ``(B, n_{k+1})`` tensors.
         """
-        out = self.layer(*flat_scores, solver_args=solver_args)
+        self.last_status = None
+        if self.backend.interface == "MOREAU":
+            out = self._moreau_solve(flat_scores, solver_args)
+        else:
+            out = self.layer(*flat_scores, solver_args=solver_args)
         L = self.h.num_levels
         return list(out[:L]), list(out[L:])
+
+    def _moreau_solve(self, flat_scores, settings: dict):
+        # cvxpylayers 1.2 creates Moreau's solver once, from the options held by the layer's
+        # solver context, and per-call settings do not reach it (measured: max_iter=1 per
+        # call still solved).  So the options are set on the context and its solvers are
+        # rebuilt whenever they change.
+        ctx = self.layer.ctx.solver_ctx
+        if settings != self._moreau_options:
+            if not all(hasattr(ctx, a) for a in ("options", "_torch_solver_cpu", "_torch_solver_cuda")):
+                raise RuntimeError("this cvxpylayers version's Moreau interface is not the one this module "
+                                   "was written for (1.2); pin cvxpylayers==1.2.* or use another backend")
+            ctx.options = dict(settings)
+            ctx._torch_solver_cpu = ctx._torch_solver_cuda = None
+            self._moreau_options = dict(settings)
+        out = self.layer(*flat_scores)
+        device = "cuda" if flat_scores[0].device.type == "cuda" else "cpu"
+        status = ctx.get_torch_solver(device).info.status
+        status = status if isinstance(status, (list, tuple)) else [status]
+        self.last_status = [getattr(st, "name", str(st)) for st in status]
+        return out
 
     def reference_solve(self, flat_scores: Sequence[np.ndarray], eps: float = 1e-12):
         """A plain CVXPY solve of one sample (no cvxpylayers, no diffcp): Clarabel at ``eps``.
 
         Returns ``(probs, duals, value, status)`` with numpy arrays (duals centred).
-        Clarabel's reduced-accuracy exit ("optimal_inaccurate") is reported in ``status``;
-        callers check the certificate.
+        Clarabel's reduced-accuracy exit ("optimal_inaccurate") comes from its static
+        regularisation (1e-8) on some instances: it is retried with smaller ones
+        (:data:`_REFERENCE_RETRIES`), which reached certificates ~1e-13 where the first
+        solve stopped at ~4e-10 (measured), and the attempt with the best certificate is
+        returned.  A status that stays inaccurate is reported in ``status``: callers check
+        the certificate.  ``value`` is CVXPY's, which is ``-inf`` when a probability ends a
+        hair below zero: callers that need ``f*`` evaluate the objective at ``probs``.
         """
         import cvxpy as cp
 
-        for param, value in zip(self.thetas, flat_scores):
-            param.value = np.asarray(value, dtype=np.float64)
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Solution may be inaccurate")
-            self.problem.solve(solver=cp.CLARABEL, tol_gap_abs=eps, tol_gap_rel=eps, tol_feas=eps, tol_ktratio=eps)
+        values = [np.asarray(v, dtype=np.float64) for v in flat_scores]
+        for param, value in zip(self.thetas, values):
+            param.value = value
+        flat = [torch.from_numpy(v)[None] for v in values]
+        tolerances = {"tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps, "tol_ktratio": eps}
+        best, best_cert = None, math.inf
+        for extra in ({},) + _REFERENCE_RETRIES:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+                try:
+                    self.problem.solve(solver=cp.CLARABEL, **tolerances, **extra)
+                except cp.error.SolverError:
+                    continue
+            if self.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
+                continue
+            result = self._reference_values()
+            cert = float(certificate(self.h, self.temps, flat, [torch.from_numpy(p)[None] for p in result[0]],
+                                     [torch.from_numpy(d)[None] for d in result[1]])[0])
+            if best is None or cert < best_cert:  # NaN never replaces a finite certificate
+                best, best_cert = result, cert
+            if result[-1] == cp.OPTIMAL:
+                break
+        if best is None:
+            raise SolverFailure(f"the CVXPY reference (Clarabel) failed: status '{self.problem.status}'")
+        return best
+
+    def _reference_values(self):
         probs = [np.asarray(p.value, dtype=np.float64) for p in self.probs]
         duals = [np.asarray(c.dual_value, dtype=np.float64) for c in self.consistency]
         return probs, [d - d.mean() for d in duals], float(self.problem.value), str(self.problem.status)
 
+    def sample_status(self, i: int, flat_scores: Sequence[np.ndarray], solver_args: dict) -> str:
+        """The solver's status label for sample ``i`` of the last batch: reported by the
+        backend where it reports one (Moreau), else found by :meth:`diagnose`."""
+        if self.last_status is not None and i < len(self.last_status):
+            return self.last_status[i]
+        if self.backend.interface != "DIFFCP":
+            return "unknown (the backend reports none)"
+        return self.diagnose(flat_scores, solver_args)
+
     def diagnose(self, flat_scores: Sequence[np.ndarray], solver_args: dict) -> str:
-        """Re-solve one sample with CVXPY and the same solver; returns its status."""
+        """Re-solve one sample with CVXPY and the same diffcp solver; returns its status."""
         import cvxpy as cp
 
         for param, value in zip(self.thetas, flat_scores):
             param.value = value
         args = dict(solver_args)
         method = str(args.pop("solve_method", "SCS")).upper()
+        if method == "SCS":
+            eps = args.pop("eps", None)
+            if eps is not None:
+                args.setdefault("eps_abs", eps)
+                args.setdefault("eps_rel", eps)
         try:
-            if method == "SCS":
-                eps = args.pop("eps", None)
-                if eps is not None:
-                    args.setdefault("eps_abs", eps)
-                    args.setdefault("eps_rel", eps)
-                self.problem.solve(solver=cp.SCS, **args)
-            else:
-                self.problem.solve(solver=cp.CLARABEL, **args)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Solution may be inaccurate")
+                self.problem.solve(solver=cp.SCS if method == "SCS" else cp.CLARABEL, **args)
         except cp.error.SolverError as err:
             return f"solver error: {err}"
         return str(self.problem.status)
 
 
-def get_layer(h: Hierarchy, temps: Sequence[float]) -> CvxpyAttentionLayer:
-    """The cached layer of ``(h, temps)``: the CVXPY problem is built once per key."""
-    key = (h, tuple(float(t) for t in temps))
+def get_layer(h: Hierarchy, temps: Sequence[float], backend: str = DEFAULT_BACKEND) -> CvxpyAttentionLayer:
+    """The cached layer of ``(h, temps, backend)``: the CVXPY problem is built once per key.
+
+    The cache keeps the :data:`CACHE_SIZE` most recently used layers (a sweep over many
+    temperatures or sizes does not grow it without bound).
+    """
+    name = get_backend(backend).name
+    key = (h, tuple(float(t) for t in temps), name)
     with _CACHE_LOCK:
         layer = _CACHE.get(key)
-        if layer is None:
-            layer = _CACHE[key] = CvxpyAttentionLayer(h, temps)
+        if layer is not None:
+            _CACHE.move_to_end(key)
+            return layer
+        layer = _CACHE[key] = CvxpyAttentionLayer(h, temps, name)
+        while len(_CACHE) > max(1, int(CACHE_SIZE)):
+            _CACHE.popitem(last=False)
     return layer
 
 
-def _solver_args(options: dict) -> tuple[dict, float]:
-    """Translate this project's options to diffcp keyword arguments, and the tolerance
-    used to accept a solution."""
-    opts = {**DEFAULT_SOLVER_OPTIONS, **options}
+def _real(name: str, value, rule: str) -> float:
+    """``value`` as a float, or TypeError naming the option and ``rule``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"option {name} must be {rule}; got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
+def _positive_finite(name: str, value, example: str) -> float:
+    rule = f"a finite number > 0 (e.g. {example})"
+    x = _real(name, value, rule)
+    if not (math.isfinite(x) and x > 0):
+        raise ValueError(f"option {name} must be {rule}; got {value!r}")
+    return x
+
+
+def check_options(options: dict) -> dict:
+    """Validate the options of method ``"cvxpylayers"`` before any work.
+
+    Returns ``{"backend": Backend, "eps": float, "max_iters": int | None,
+    "accept_tol": float, "extra": dict}``, ``extra`` holding the options passed to the
+    solver unchanged.
+
+    Raises:
+        ValueError / TypeError: a bad value or type; the message names the option and its
+            accepted range.
+        BackendUnavailable: the backend cannot run here (names what to install).
+    """
+    opts = dict(options)
+    backend = opts.pop("backend", None)
+    method = opts.pop("solve_method", None)
+    if backend is not None and (not isinstance(backend, str) or backend not in _BACKENDS):
+        raise ValueError(f"option backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if method is not None:
+        # solve_method is diffcp's own choice of conic solver, kept from before backends.
+        if not isinstance(method, str) or method.upper() not in ("SCS", "CLARABEL"):
+            raise ValueError(f"option solve_method must be 'SCS' or 'Clarabel' (diffcp's solvers), got {method!r}; "
+                             f"other solvers are chosen with backend= ({', '.join(BACKENDS)})")
+        implied = "diffcp-" + method.lower()
+        if backend is not None and backend != implied:
+            raise ValueError(f"option solve_method={method!r} contradicts backend={backend!r} (solve_method "
+                             f"{method!r} is backend {implied!r}); give only backend")
+        backend = implied
+    backend = get_backend(backend or DEFAULT_BACKEND, check_installed=False)
+    eps = opts.pop("eps", None)
+    default_eps = eps is None
+    eps = backend.default_eps if default_eps else _positive_finite("eps", eps, "1e-10")
+    max_iters = opts.pop("max_iters", None)
+    if max_iters is not None:
+        rule = "an integer >= 1, or None for the solver's default"
+        if isinstance(max_iters, bool):
+            raise TypeError(f"option max_iters must be {rule}; got {max_iters!r}")
+        try:
+            max_iters = operator.index(max_iters)
+        except TypeError:
+            raise TypeError(f"option max_iters must be {rule}; got {max_iters!r} ({type(max_iters).__name__})") \
+                from None
+        if max_iters < 1:
+            raise ValueError(f"option max_iters must be {rule}; got {max_iters}")
     accept_tol = opts.pop("accept_tol", None)
-    method = str(opts.pop("solve_method"))
-    eps = float(opts.pop("eps"))
-    max_iters = opts.pop("max_iters")
-    if method.upper() == "SCS":
-        args = {"solve_method": "SCS", "eps": eps, **opts}
-        if max_iters is not None:
-            args["max_iters"] = int(max_iters)
-    elif method.upper() == "CLARABEL":
-        args = {"solve_method": "Clarabel", "tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps,
-                "tol_ktratio": eps, **opts}
-        if max_iters is not None:
-            args["max_iter"] = int(max_iters)
+    if accept_tol is not None:
+        accept_tol = _positive_finite("accept_tol", accept_tol, "1e-7")
+    elif default_eps and backend.default_accept_tol is not None:
+        accept_tol = backend.default_accept_tol
     else:
-        raise ValueError(f"solve_method must be 'SCS' or 'Clarabel', got {method!r}")
-    if accept_tol is None:
         accept_tol = max(1e3 * eps, 1e-9)
-    return args, float(accept_tol)
+    get_backend(backend.name)  # installed? (after the values: a typo is reported first)
+    return {"backend": backend, "eps": eps, "max_iters": max_iters, "accept_tol": accept_tol, "extra": opts}
+
+
+def _solver_args(backend: Backend, eps: float, max_iters: int | None, extra: dict) -> dict:
+    """This project's options as the keyword arguments of the backend's solver."""
+    if backend.solve_method == "SCS":
+        args = {"solve_method": "SCS", "eps": eps, **extra}
+        if max_iters is not None:
+            args["max_iters"] = max_iters
+        return args
+    if backend.interface == "MOREAU":
+        return _moreau_settings(eps, max_iters, extra)
+    # Clarabel, through diffcp or CuClarabel: the same settings.
+    args = {"tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps, "tol_ktratio": eps, **extra}
+    if backend.solve_method is not None:
+        args["solve_method"] = backend.solve_method
+    if max_iters is not None:
+        args["max_iter"] = max_iters
+    return args
+
+
+def _moreau_settings(eps: float, max_iters: int | None, extra: dict) -> dict:
+    """``moreau.Settings`` fields (with ``ipm_settings`` as a dict).  Moreau ignores
+    unknown fields silently, so they are rejected here."""
+    import moreau
+
+    top, ipm_fields = set(moreau.Settings.model_fields), set(moreau.IPMSettings.model_fields)
+    # Tight infeasibility tolerances: with the defaults (1e-8) Moreau declared this always
+    # feasible, bounded problem infeasible at eps <= 1e-10 (measured).
+    tight = min(eps, 1e-8) * 1e-2
+    ipm = {"tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps, "tol_infeas_abs": tight,
+           "tol_infeas_rel": tight, "tol_ktratio": min(1e-6, 1e2 * eps)}
+    args = {} if max_iters is None else {"max_iter": max_iters}
+    rejected = []
+    for key, value in extra.items():
+        if key == "ipm_settings" and isinstance(value, dict):
+            rejected += [f"ipm_settings.{k}" for k in value if k not in ipm_fields]
+            ipm.update(value)
+        elif key in ipm_fields:
+            ipm[key] = value
+        elif key in top and key != "ipm_settings":
+            args[key] = value
+        else:
+            rejected.append(key)
+    if rejected:
+        raise TypeError(f"solver moreau rejected the option(s) {sorted(rejected)}: moreau.Settings and "
+                        f"moreau.IPMSettings have no such field")
+    return {**args, "ipm_settings": ipm}
+
+
+def _solve_device(backend: Backend, device: torch.device) -> torch.device:
+    """Where the backend solves inputs that live on ``device``."""
+    if "cpu" not in backend.devices:
+        return torch.device("cuda")
+    if device.type == "cuda" and "cuda" in backend.devices:
+        import moreau
+
+        if moreau.device_available("cuda"):
+            return device
+    return torch.device("cpu")
+
+
+def _float_temperatures(temps) -> list[float]:
+    if isinstance(temps, Tensor):
+        temps = temps.reshape(-1) if temps.dim() else [temps]
+    out = []
+    for t in temps:
+        if isinstance(t, Tensor):
+            if t.requires_grad:
+                raise ValueError("method 'cvxpylayers' does not differentiate through the temperature; pass "
+                                 "floats, or detach the temperature tensor")
+            t = t.item()
+        out.append(float(t))
+    return out
 
 
 def solve_cvxpylayers(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], **options):
-    """Solve with the cached CVXPY layer. Differentiable through the layer (diffcp).
+    """Solve with the cached CVXPY layer. Differentiable through the layer.
 
     Args:
         scores: ``L`` tensors ``(B, *h.shapes[k])`` on any device.
-        temps: ``L`` positive floats.
-        **options: ``solve_method`` (``"Clarabel"``, the default, or ``"SCS"``),
-            ``eps`` (solver tolerance, default 1e-12), ``max_iters`` (default: the
-            solver's), ``accept_tol`` (largest accepted primal residual and relative
-            duality gap, default ``max(1e3·eps, 1e-9)``); other keys go to the solver
-            unchanged (diffcp passes them to SCS or to Clarabel's settings).
+        temps: ``L`` positive floats (tensors that do not require grad are read as floats).
+        **options: ``backend`` (one of :data:`BACKENDS`, default ``"diffcp-clarabel"``);
+            ``solve_method`` (``"Clarabel"`` or ``"SCS"``: the same as backend
+            ``"diffcp-clarabel"`` / ``"diffcp-scs"``); ``eps`` (solver tolerance, finite
+            > 0, default the backend's ``default_eps``: Clarabel 1e-12, Moreau 1e-11,
+            SCS 1e-9); ``max_iters`` (an integer >= 1, default: the solver's);
+            ``accept_tol`` (largest accepted primal residual and relative duality gap,
+            finite > 0, default ``max(1e3·eps, 1e-9)``, or the backend's
+            ``default_accept_tol`` when ``eps`` is not given: 1e-4 for SCS, which
+            stalls near 1e-5 on this problem); other keys go to the solver
+            unchanged (diffcp passes them to SCS or to Clarabel's settings; Moreau takes
+            ``moreau.Settings`` and ``moreau.IPMSettings`` fields), and one the solver
+            rejects is a TypeError.
 
     Returns:
         ``(probs, duals)``: ``probs[k]`` ``(B, *shapes[k])``, ``duals[k]``
         ``(B, *shapes[k+1])`` centred, both in the dtype and on the device of ``scores``.
 
     Raises:
+        ValueError / TypeError: a bad option (validated before any work).
+        BackendUnavailable: the backend is not installed (the message names the package).
         SolverFailure: when the solver fails, or when a sample's primal residual
         (simplex, sign or consistency; max-abs) or its duality gap ``g(λ) − f(p)``
         (relative to ``max(1, |f(p)|)``) exceeds ``accept_tol``: diffcp's Clarabel path
-        never raises and its SCS path only warns, so the certificate is checked here.
-        The message names the sample index and the solver status.
+        never raises, its SCS path only warns and Moreau returns whatever it reached, so
+        the certificate is checked here.  The message names the backend, the sample
+        index and the solver status.
     """
-    import diffcp
-
-    args, accept_tol = _solver_args(options)
-    layer = get_layer(h, temps)
+    opts = check_options(options)
+    temps = _float_temperatures(temps)
+    backend, accept_tol = opts["backend"], opts["accept_tol"]
+    args = _solver_args(backend, opts["eps"], opts["max_iters"], opts["extra"])
+    layer = get_layer(h, temps, backend.name)
     dtype, device = scores[0].dtype, scores[0].device
-    flat = [s.to(device="cpu", dtype=torch.float64).reshape(s.shape[0], -1) for s in scores]
+    solve_device = _solve_device(backend, device)
+    flat = [s.to(device=solve_device, dtype=torch.float64).reshape(s.shape[0], -1) for s in scores]
+    # The certificate and any diagnosis read detached CPU copies (inputs may require grad).
+    flat_cpu = [f.detach().cpu() for f in flat]
+    solver_errors: tuple = ()
+    if backend.interface == "DIFFCP":
+        import diffcp
+
+        solver_errors = (diffcp.cone_program.SolverError,)
     with warnings.catch_warnings():
         # diffcp only warns on inaccurate solves; the residual check below decides.
         warnings.filterwarnings("ignore", message="Solved/Inaccurate")
         try:
             probs, duals = layer(flat, args)
+        except solver_errors as err:
+            _raise_failure(layer, flat_cpu, args, list(range(flat[0].shape[0])), accept_tol, str(err),
+                           max_iters=opts["max_iters"])
         except (AttributeError, TypeError) as err:
-            passed = sorted(set(options) - {"solve_method", "eps", "max_iters", "accept_tol"})
+            passed = sorted(opts["extra"])
             if not passed:  # not a rejected pass-through option: a genuine error
                 raise
-            raise TypeError(f"solver {args['solve_method']} rejected the option(s) {passed}: {err}") from err
-        except diffcp.cone_program.SolverError as err:
-            _raise_failure(layer, flat, args, list(range(flat[0].shape[0])), accept_tol, str(err))
-    certificate = _certificate(h, temps, flat, probs, duals)
-    bad = (~(certificate <= accept_tol)).nonzero().flatten().tolist()  # NaN counts as bad
+            raise TypeError(f"solver {backend.solve_method or backend.name} rejected the option(s) {passed}: "
+                            f"{err}") from err
+    cert = certificate(h, temps, flat_cpu, [p.detach().cpu() for p in probs], [d.detach().cpu() for d in duals])
+    bad = (~(cert <= accept_tol)).nonzero().flatten().tolist()  # NaN counts as bad
     if bad:
-        _raise_failure(layer, flat, args, bad, accept_tol, None, certificate)
+        _raise_failure(layer, flat_cpu, args, bad, accept_tol, None, cert, max_iters=opts["max_iters"])
     B = scores[0].shape[0]
     probs = [p.reshape((B,) + h.shapes[k]).to(device=device, dtype=dtype) for k, p in enumerate(probs)]
     duals = [d.reshape((B,) + h.shapes[k + 1]) for k, d in enumerate(duals)]
@@ -241,8 +611,15 @@ def primal_residual(h: Hierarchy, probs: Sequence[Tensor]) -> Tensor:
         return res
 
 
-def _certificate(h: Hierarchy, temps, flat_scores, probs, duals) -> Tensor:
-    """Per sample: the larger of the primal residual and the relative duality gap."""
+def certificate(h: Hierarchy, temps, flat_scores, probs, duals) -> Tensor:
+    """Per sample: the larger of the primal residual (:func:`primal_residual`) and the
+    relative duality gap ``|g(λ) − f(p)| / max(1, |f(p)|)``: ``(B,)``.
+
+    ``flat_scores[k]``, ``probs[k]``: ``(B, n_k)``; ``duals[k]``: ``(B, n_{k+1})``.
+    A solution is accepted when this is at most ``accept_tol``; then, by the strong
+    concavity of ``τ_k H`` on the simplex, ``‖p_k − p*_k‖₁ <= sqrt(2·gap/τ_k)`` for a
+    feasible ``p`` (what ``verify`` holds each backend to).
+    """
     from .metrics import dual_objective, objective
 
     with torch.no_grad():
@@ -252,18 +629,33 @@ def _certificate(h: Hierarchy, temps, flat_scores, probs, duals) -> Tensor:
         return torch.maximum(primal_residual(h, probs), gap)
 
 
-def _raise_failure(layer, flat, args, samples, accept_tol, error, certificate=None):
+_certificate = certificate
+
+
+def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, error, certificate=None,
+                   max_iters=None):
+    """Raise :class:`SolverFailure` naming the backend, the first failing samples and
+    their statuses.  ``flat``: detached CPU float64 scores ``(B, n_k)``."""
+    backend = layer.backend
+    solver = backend.solve_method or backend.name
     lines = []
     for i in samples:
-        status = layer.diagnose([f[i].numpy() for f in flat], args)
+        status = layer.sample_status(i, [f[i].numpy() for f in flat], args)
         if certificate is not None:
             lines.append(f"sample {i}: primal residual or duality gap {float(certificate[i]):.2e} > "
-                         f"accept_tol {accept_tol:.1e}; solver {args['solve_method']} status '{status}'")
+                         f"accept_tol {accept_tol:.1e}; solver {solver} status '{status}'")
         elif status != "optimal":  # the batch failed as a whole: find the culprits
-            lines.append(f"sample {i}: solver {args['solve_method']} status '{status}'")
+            lines.append(f"sample {i}: solver {solver} status '{status}'")
         if len(lines) == 5:
             break
     if not lines:
-        lines = [f"the batch: diffcp raised '{error}'"]
-    raise SolverFailure("cvxpylayers solve failed for " + "; ".join(lines) +
-                        ". Tighten eps, raise max_iters or try solve_method='Clarabel'.")
+        lines = [f"the batch: the solver raised '{error}'"]
+    # advice: the most accurate other backend that can run here
+    others = [b for b in ("diffcp-clarabel", "moreau", "diffcp-scs", "cuclarabel")
+              if b != backend.name and b in available_backends()]
+    advice = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
+        [f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] + \
+        ([f"try backend={others[0]!r}"] if others else [])
+    advice = ", ".join(advice[:-1]) + ", or " + advice[-1] if len(advice) > 1 else advice[0]
+    raise SolverFailure(f"cvxpylayers[{backend.name}] solve failed for " + "; ".join(lines) + ". "
+                        + advice[0].upper() + advice[1:] + ".")

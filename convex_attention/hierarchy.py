@@ -18,32 +18,147 @@ device of their input, and are differentiable.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["Hierarchy"]
+__all__ = ["Hierarchy", "MAX_CELLS"]
 
 # Above this block factor a single strided reduction beats a chain of slice combinations.
 _CHAIN_LIMIT = 8
 
+# The most cells one level may have: 2**36 ≈ 6.9e10, a float32 level of 275 GB, beyond any
+# single accelerator's memory.  Checked on the sizes alone, before anything is allocated.
+MAX_CELLS = 2 ** 36
 
-def _as_shape(shape, level: int) -> tuple[int, ...]:
-    if isinstance(shape, int):
+
+def _as_shape(shape, level: int, what: str = "shape") -> tuple[int, ...]:
+    """A level's grid shape as a tuple of positive ints, at most ``MAX_CELLS`` cells."""
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
         shape = (shape,)
+    if isinstance(shape, (str, bytes, Tensor)) or shape is None:
+        raise TypeError(f"{what} of level {level} must be an int or a tuple of ints, got {shape!r}")
     try:
         shape = tuple(shape)
     except TypeError:
-        raise TypeError(f"shape of level {level} must be an int or a tuple of ints, got {shape!r}") from None
+        raise TypeError(f"{what} of level {level} must be an int or a tuple of ints, got {shape!r}") from None
     if len(shape) == 0:
-        raise ValueError(f"shape of level {level} is empty")
+        raise ValueError(f"{what} of level {level} is empty; give at least one dimension, e.g. (8, 8)")
     for s in shape:
-        if isinstance(s, bool) or not isinstance(s, int):
-            raise TypeError(f"shape of level {level} must contain ints, got {shape!r}")
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise TypeError(f"{what} of level {level} must contain ints, got {shape!r}")
         if s <= 0:
-            raise ValueError(f"shape of level {level} must be positive, got {shape!r}")
+            raise ValueError(f"{what} of level {level} must be positive in every dimension, got {shape!r}")
+    shape = tuple(int(s) for s in shape)
+    cells = math.prod(shape)
+    if cells > MAX_CELLS:
+        raise ValueError(f"level {level} has {cells} cells ({what} {shape}), above the limit of {MAX_CELLS} "
+                         f"(2**36, convex_attention.hierarchy.MAX_CELLS) cells per level")
     return shape
+
+
+def _level_list(shapes, what: str) -> list:
+    if isinstance(shapes, (str, bytes, Tensor)) or not isinstance(shapes, Sequence):
+        raise TypeError(f"{what} must be a list of level {'shapes' if what == 'shapes' else 'sizes'}, finest "
+                        f"first, got {type(shapes).__name__}")
+    if len(shapes) < 2:
+        raise ValueError(f"a hierarchy needs at least 2 levels, got {len(shapes)}")
+    return list(shapes)
+
+
+def _check_grid(shapes) -> tuple[list[tuple[int, ...]], list[tuple[int, ...]]]:
+    """Validated grid shapes (finest first) and the per-dimension factors between levels."""
+    shapes = [_as_shape(s, k) for k, s in enumerate(_level_list(shapes, "shapes"))]
+    ndim = len(shapes[0])
+    factors = []
+    for k in range(len(shapes) - 1):
+        fine, coarse = shapes[k], shapes[k + 1]
+        if len(coarse) != ndim:
+            raise ValueError(
+                f"all levels must have the same number of dimensions: level 0 is {ndim}-D "
+                f"{shapes[0]}, level {k + 1} is {len(coarse)}-D {coarse}")
+        for d, (nf, nc) in enumerate(zip(fine, coarse)):
+            if nf % nc != 0:
+                raise ValueError(
+                    f"grid does not divide: dimension {d} of level {k + 1} ({nc}) does not "
+                    f"divide dimension {d} of level {k} ({nf}); shapes {fine} -> {coarse}")
+        factors.append(tuple(nf // nc for nf, nc in zip(fine, coarse)))
+    return shapes, factors
+
+
+def _check_sizes(sizes) -> list[int]:
+    """Validated flat level sizes: positive ints, at most ``MAX_CELLS``, never growing."""
+    shapes = [_as_shape(n, k, "size") for k, n in enumerate(_level_list(sizes, "sizes"))]
+    if any(len(s) != 1 for s in shapes):
+        raise ValueError(f"a partition given by parent maps has flat levels: give the sizes as ints "
+                         f"(cells per level), got {[s if len(s) > 1 else s[0] for s in shapes]}")
+    sizes = [s[0] for s in shapes]
+    for k in range(len(sizes) - 1):
+        if sizes[k + 1] > sizes[k]:
+            raise ValueError(f"level {k + 1} has more cells ({sizes[k + 1]}) than level {k} ({sizes[k]}); "
+                             f"every coarse cell needs at least one child, so sizes must not grow")
+    return sizes
+
+
+def _as_parent_map(par, k: int, n_fine: int, n_coarse: int) -> Tensor:
+    """``parents[k]`` as a validated LongTensor ``(n_fine,)`` with values in ``[0, n_coarse)``."""
+    expected = (f"parents[{k}] must be a 1-D integer tensor (or sequence of ints) of shape ({n_fine},), "
+                f"one level-{k + 1} cell id in [0, {n_coarse}) per level-{k} cell")
+    if isinstance(par, Tensor):
+        par = par.detach().cpu()
+    else:
+        if par is None or isinstance(par, (str, bytes, numbers.Number)):
+            raise TypeError(f"{expected}; got {type(par).__name__}")
+        try:
+            par = torch.as_tensor(par)
+        except (OverflowError, RuntimeError, TypeError, ValueError) as err:
+            if "overflow" in str(err).lower():
+                raise ValueError(f"parents[{k}] out of range: an id does not fit a 64-bit integer; "
+                                 f"ids must be in [0, {n_coarse})") from None
+            raise TypeError(f"{expected}; could not read it ({err})") from None
+    if par.dim() != 1 or par.numel() != n_fine:
+        raise ValueError(f"{expected}; got shape {tuple(par.shape)}")
+    if par.dtype.is_floating_point or par.dtype.is_complex or par.dtype == torch.bool:
+        raise TypeError(f"parents[{k}] must hold integers, got dtype {par.dtype}")
+    par = par.to(torch.long)
+    lo, hi = int(par.min()), int(par.max())
+    if lo < 0 or hi >= n_coarse:
+        bad = par[(par < 0) | (par >= n_coarse)]
+        raise ValueError(
+            f"parents[{k}] out of range: level {k + 1} has {n_coarse} cells, "
+            f"got parent index {int(bad[0])}")
+    counts = torch.bincount(par, minlength=n_coarse)
+    empty = torch.nonzero(counts == 0).flatten()
+    if empty.numel() > 0:
+        raise ValueError(
+            f"parents[{k}] leaves {empty.numel()} cell(s) of level {k + 1} empty "
+            f"(first: cell {int(empty[0])}); every coarse cell needs at least one child")
+    return par.contiguous()
+
+
+def _check_parents(sizes: list[int], parents) -> list[Tensor]:
+    if isinstance(parents, (Tensor, str, bytes)) or not isinstance(parents, Sequence):
+        raise TypeError(f"parents must be a list of {len(sizes) - 1} integer tensors, one per level but the "
+                        f"last, got {type(parents).__name__}")
+    if len(parents) != len(sizes) - 1:
+        flat = len(parents) > 0 and all(isinstance(p, (numbers.Number, str, bytes)) for p in parents)
+        raise ValueError(f"expected {len(sizes) - 1} parent maps for {len(sizes)} levels, got {len(parents)}"
+                         + ("; parents is a list of maps, one per level but the last: wrap a single map "
+                            "in a list, e.g. [torch.tensor([...])]" if flat else ""))
+    return [_as_parent_map(par, k, sizes[k], sizes[k + 1]) for k, par in enumerate(parents)]
+
+
+def _check_factors(factors, shapes, derived) -> None:
+    """``factors`` given to the constructor must be the ones the grid shapes imply."""
+    try:
+        given = [tuple(int(x) for x in ((f,) if isinstance(f, numbers.Integral) else f)) for f in factors]
+    except (TypeError, ValueError):
+        raise TypeError(f"factors must be a list of {len(derived)} tuples of ints, got {factors!r}") from None
+    if given != derived:
+        raise ValueError(f"factors {given} do not match the shapes {shapes} (which give {derived}); "
+                         f"leave factors out: they follow from the shapes")
 
 
 class Hierarchy:
@@ -51,6 +166,12 @@ class Hierarchy:
 
     Build one with :meth:`grid` (regular 1-D/2-D/3-D grids, any integer factor per
     dimension) or :meth:`from_parents` (irregular partitions: superpixels, regions).
+    The constructor validates exactly as they do: ``Hierarchy(shapes)`` is
+    ``Hierarchy.grid(shapes)`` and ``Hierarchy(sizes, parents)`` is
+    ``Hierarchy.from_parents(sizes, parents)`` (``factors``, if given, must match the
+    shapes).  Sizes are checked (at most :data:`MAX_CELLS` cells per level) before
+    anything is allocated, and a grid builds its parent maps only when :meth:`parents`
+    or :meth:`flat` asks for them: its operators use strided views.
 
     Attributes:
         num_levels: ``L``.
@@ -61,19 +182,44 @@ class Hierarchy:
             ``k+1`` (list of ``L-1`` tuples); ``None`` for irregular partitions.
     """
 
-    def __init__(self, shapes, parents: list[Tensor], factors=None):
-        # Use Hierarchy.grid or Hierarchy.from_parents; they validate their input.
+    def __init__(self, shapes, parents: Sequence | None = None, factors: Sequence | None = None):
+        if parents is None or factors is not None:
+            shapes, derived = _check_grid(shapes)
+            if factors is not None:
+                _check_factors(factors, shapes, derived)
+            checked = [None] * (len(shapes) - 1)
+            if parents is not None:
+                checked = _check_parents([math.prod(s) for s in shapes], parents)
+                for k, par in enumerate(checked):
+                    if not torch.equal(par, self._grid_parents(shapes[k], derived[k])):
+                        raise ValueError(f"parents[{k}] is not the parent map of the grid {shapes[k]} -> "
+                                         f"{shapes[k + 1]}; leave parents out for a grid (Hierarchy.grid)")
+            self._setup(shapes, checked, derived)
+        else:
+            sizes = _check_sizes(shapes)
+            self._setup([(n,) for n in sizes], _check_parents(sizes, parents), None)
+
+    def _setup(self, shapes: list[tuple[int, ...]], parents: list[Tensor | None], factors) -> None:
         self.shapes: list[tuple[int, ...]] = [tuple(s) for s in shapes]
         self.sizes: list[int] = [math.prod(s) for s in self.shapes]
         self.num_levels: int = len(self.shapes)
         self.factors: list[tuple[int, ...]] | None = factors
-        self._parents: list[Tensor] = [p.to(torch.long).contiguous() for p in parents]
-        self._parents_on: dict[torch.device, list[Tensor]] = {torch.device("cpu"): self._parents}
+        # CPU parent maps; for grids None until first asked for (lazy).
+        self._parents: list[Tensor | None] = list(parents)
+        self._parents_on: dict[torch.device, dict[int, Tensor]] = {}
+        self._flat: Hierarchy | None = None
         if factors is None:
             self._key = ("parents", tuple(self.sizes),
                          tuple(hash(p.numpy().tobytes()) for p in self._parents))
         else:
             self._key = ("grid", tuple(self.shapes))
+
+    @classmethod
+    def _trusted(cls, shapes, parents: list[Tensor | None], factors) -> "Hierarchy":
+        # Internal: structures this module built itself (no second validation pass).
+        h = cls.__new__(cls)
+        h._setup(shapes, parents, factors)
+        return h
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -83,74 +229,25 @@ class Hierarchy:
         Every level has the same number of dimensions (1-D levels may be given as ints)
         and every dimension of level ``k+1`` must divide the same dimension of level
         ``k``.  The factors may differ per dimension and per level (2×2, 4×4, 2×2×2, 3…).
+        No parent map is built (the operators use strided views), so large grids cost
+        nothing to describe.
         """
-        if isinstance(shapes, (str, bytes)) or not isinstance(shapes, Sequence):
-            raise TypeError(f"shapes must be a sequence of level shapes, got {type(shapes).__name__}")
-        shapes = [_as_shape(s, k) for k, s in enumerate(shapes)]
-        if len(shapes) < 2:
-            raise ValueError(f"a hierarchy needs at least 2 levels, got {len(shapes)}")
-        ndim = len(shapes[0])
-        factors = []
-        for k in range(len(shapes) - 1):
-            fine, coarse = shapes[k], shapes[k + 1]
-            if len(coarse) != ndim:
-                raise ValueError(
-                    f"all levels must have the same number of dimensions: level 0 is {ndim}-D "
-                    f"{shapes[0]}, level {k + 1} is {len(coarse)}-D {coarse}")
-            for d, (nf, nc) in enumerate(zip(fine, coarse)):
-                if nf % nc != 0:
-                    raise ValueError(
-                        f"grid does not divide: dimension {d} of level {k + 1} ({nc}) does not "
-                        f"divide dimension {d} of level {k} ({nf}); shapes {fine} -> {coarse}")
-            factors.append(tuple(nf // nc for nf, nc in zip(fine, coarse)))
-        parents = [cls._grid_parents(shapes[k], factors[k]) for k in range(len(shapes) - 1)]
-        return cls(shapes, parents, factors)
+        shapes, factors = _check_grid(shapes)
+        return cls._trusted(shapes, [None] * (len(shapes) - 1), factors)
 
     @classmethod
     def from_parents(cls, sizes: Sequence[int], parents: Sequence) -> "Hierarchy":
         """Irregular nested partitions given by parent maps.
 
         Args:
-            sizes: ``[n_0, …, n_{L-1}]``, the number of cells per level.
+            sizes: ``[n_0, …, n_{L-1}]``, the number of cells per level (positive ints,
+                non-increasing, at most :data:`MAX_CELLS`).
             parents: ``L-1`` integer tensors (or sequences); ``parents[k]`` has shape
                 ``(n_k,)`` and gives, for each level-k cell, its level-(k+1) cell.  Every
                 level-(k+1) cell must receive at least one child.
         """
-        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
-            raise TypeError(f"sizes must be a sequence of ints, got {type(sizes).__name__}")
-        sizes = [_as_shape(n, k) for k, n in enumerate(sizes)]
-        if any(len(s) != 1 for s in sizes):
-            raise ValueError(f"from_parents takes flat level sizes (ints), got {sizes}")
-        sizes = [s[0] for s in sizes]
-        if len(sizes) < 2:
-            raise ValueError(f"a hierarchy needs at least 2 levels, got {len(sizes)}")
-        if isinstance(parents, Tensor) or not isinstance(parents, Sequence):
-            raise TypeError("parents must be a list of L-1 integer tensors, one per level but the last")
-        if len(parents) != len(sizes) - 1:
-            raise ValueError(f"expected {len(sizes) - 1} parent maps for {len(sizes)} levels, got {len(parents)}")
-        checked = []
-        for k, par in enumerate(parents):
-            par = torch.as_tensor(par).detach().cpu()
-            if par.dtype.is_floating_point or par.dtype.is_complex or par.dtype == torch.bool:
-                raise TypeError(f"parents[{k}] must hold integers, got dtype {par.dtype}")
-            if par.dim() != 1 or par.numel() != sizes[k]:
-                raise ValueError(
-                    f"parents[{k}] must have shape ({sizes[k]},) (one entry per level-{k} cell), "
-                    f"got {tuple(par.shape)}")
-            lo, hi = int(par.min()), int(par.max())
-            if lo < 0 or hi >= sizes[k + 1]:
-                bad = par[(par < 0) | (par >= sizes[k + 1])]
-                raise ValueError(
-                    f"parents[{k}] out of range: level {k + 1} has {sizes[k + 1]} cells, "
-                    f"got parent index {int(bad[0])}")
-            counts = torch.bincount(par, minlength=sizes[k + 1])
-            empty = torch.nonzero(counts == 0).flatten()
-            if empty.numel() > 0:
-                raise ValueError(
-                    f"parents[{k}] leaves {empty.numel()} cell(s) of level {k + 1} empty "
-                    f"(first: cell {int(empty[0])}); every coarse cell needs at least one child")
-            checked.append(par.to(torch.long))
-        return cls([(n,) for n in sizes], checked, None)
+        sizes = _check_sizes(sizes)
+        return cls._trusted([(n,) for n in sizes], _check_parents(sizes, parents), None)
 
     @staticmethod
     def _grid_parents(fine: tuple[int, ...], factor: tuple[int, ...]) -> Tensor:
@@ -166,18 +263,35 @@ class Hierarchy:
     def is_grid(self) -> bool:
         return self.factors is not None
 
+    def _cpu_parents(self, k: int) -> Tensor:
+        if self._parents[k] is None:
+            self._parents[k] = self._grid_parents(self.shapes[k], self.factors[k])
+        return self._parents[k]
+
     def parents(self, k: int, device=None) -> Tensor:
-        """The flat parent map of level ``k``: LongTensor ``(n_k,)`` with values in ``[0, n_{k+1})``."""
+        """The flat parent map of level ``k``: LongTensor ``(n_k,)`` with values in ``[0, n_{k+1})``.
+
+        Built on first use for grids (``8·n_k`` bytes), then kept, once per device.
+        """
         self._check_k(k)
         device = torch.device("cpu") if device is None else torch.device(device)
-        if device not in self._parents_on:
+        cpu = self._cpu_parents(k)
+        if device.type == "cpu":
+            return cpu
+        on = self._parents_on.setdefault(device, {})
+        if k not in on:
             # One copy per device, made once: no transfer on later calls.
-            self._parents_on[device] = [p.to(device) for p in self._parents]
-        return self._parents_on[device][k]
+            on[k] = cpu.to(device)
+        return on[k]
 
     def flat(self) -> "Hierarchy":
         """The same partition as flat levels with parent maps (the scatter/gather path)."""
-        return Hierarchy([(n,) for n in self.sizes], self._parents, None)
+        if not self.is_grid:
+            return self
+        if self._flat is None:
+            self._flat = Hierarchy._trusted([(n,) for n in self.sizes],
+                                            [self._cpu_parents(k) for k in range(self.num_levels - 1)], None)
+        return self._flat
 
     def __eq__(self, other) -> bool:
         return isinstance(other, Hierarchy) and self._key == other._key and (

@@ -14,6 +14,9 @@ method names.  A record holds the method's function and its facts:
 ``consistent``            the result satisfies ``P_k p_k = p_{k+1}`` (to a tolerance)
 ``tensor_temperature``    a temperature tensor that requires grad is differentiated through
 ``cpu_only``              solves on the CPU in float64 whatever the input's device
+``check_options``         ``fn(options, h)`` that validates option values before any work
+                          (``None``: only the names are checked); the modules call it at
+                          construction
 ========================  =================================================================
 
 A method function has the signature
@@ -43,6 +46,7 @@ class Method:
     consistent: bool = False
     tensor_temperature: bool = False
     cpu_only: bool = False
+    check_options: Callable | None = None
 
 
 REGISTRY: dict[str, Method] = {}
@@ -89,11 +93,27 @@ def _dual(scores, h, temps, duals, options):
     return solve_dual_method(scores, h, temps, options)
 
 
-def _cvxpylayers(scores, h, temps, duals, options):
-    from .cvx import solve_cvxpylayers
+def _check_dual_options(options, h):
+    from .dual import check_dual_options
 
+    # init depends on the batch: solve checks it with the scores
+    static = {k: v for k, v in options.items() if k != "init"}
+    check_dual_options(static, h, 1, None)
+
+
+def _check_cvxpylayers_options(options, h):
+    from .cvx import check_options
+
+    check_options(options)
+
+
+def _cvxpylayers(scores, h, temps, duals, options):
+    from .cvx import check_options, solve_cvxpylayers
+
+    resolved = check_options(options)  # before any work; also names what was used
     probs, lam = solve_cvxpylayers(scores, h, temps, **options)
-    return probs, lam, {"solver_options": dict(options)}
+    return probs, lam, {"solver_options": dict(options), "backend": resolved["backend"].name,
+                        "eps": resolved["eps"], "accept_tol": resolved["accept_tol"]}
 
 
 for _record in (
@@ -102,10 +122,10 @@ for _record in (
     Method("exact", _exact, "the closed form of the tree problem; analytic backward",
            exact=True, consistent=True, tensor_temperature=True),
     Method("cvxpylayers", _cvxpylayers, "the CVXPY problem in a cvxpylayers layer (the slow reference)",
-           options=None, exact=True, consistent=True, cpu_only=True),
+           options=None, exact=True, consistent=True, cpu_only=True, check_options=_check_cvxpylayers_options),
     Method("dual", _dual, "per-sample minimisation of the dual function to a tolerance",
            options=frozenset({"tol", "max_iter", "strict", "record_history", "init", "dtype"}),
-           exact=True, consistent=True),
+           exact=True, consistent=True, check_options=_check_dual_options),
     Method("learned_dual", _learned_dual, "the paper's reparameterisation p(λ) at given duals",
            needs_duals=True, tensor_temperature=True),
 ):

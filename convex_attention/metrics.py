@@ -1,4 +1,4 @@
-"""The measures of DESIGN.md §6, under the same names everywhere (CSV columns, plots, docs).
+"""The measures of docs/design.md §6, under the same names everywhere (CSV columns, plots, docs).
 
 Per-sample measures return ``(B,)`` tensors and are differentiable where that makes sense.
 Explanation metrics (``ap``, ``qiou@q``, ``pointing``, ``mass``) live in

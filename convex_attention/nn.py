@@ -1,18 +1,47 @@
-"""Thin ``nn.Module`` wrappers: learned duals, consistent attention, score heads."""
+r"""``nn.Module`` wrappers: learned and amortised duals, consistent attention, score heads.
+
+* :class:`LearnedDuals`: the paper's dual witness, one learnable ``λ_k`` shared by the batch;
+* :class:`AmortisedDuals`: ``λ_k`` predicted per sample from its scores by a small network,
+  trained with :func:`fit_amortised_duals`;
+* :class:`ConsistentAttention`: the attention layer with a switchable method
+  (:meth:`ConsistentAttention.attend` gives what a model attends with: maps and the
+  auxiliary loss, as an :class:`Attended`);
+* :class:`ScoreHead`: attention scores from a feature map (the paper's bounded head, or one
+  with a learnable gain that can sharpen).
+
+The mathematics is docs/design.md §1–2; the public API §4.
+"""
 from __future__ import annotations
 
+import copy
+import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._validation import check_hierarchy, check_temperatures
+from ._ops import centre, compute_dtype
+from ._validation import (
+    check_hierarchy,
+    check_scores,
+    check_temperatures,
+    is_grad_temperature,
+)
+from .exact import cumulative_temperatures
 from .hierarchy import Hierarchy
-from .methods import METHODS
+from .methods import get_method
 from .solve import Solution, consistency_loss, solve
 
-__all__ = ["LearnedDuals", "ConsistentAttention", "ScoreHead"]
+__all__ = ["LearnedDuals", "AmortisedDuals", "fit_amortised_duals", "ConsistentAttention", "Attended",
+           "ScoreHead"]
+
+
+def _check_positive_int(value, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 class LearnedDuals(nn.Module):
@@ -33,49 +62,383 @@ class LearnedDuals(nn.Module):
         return list(self.duals)
 
 
+def _block_lse(h: Hierarchy, x: Tensor, k: int, t) -> Tensor:
+    """``t · blocklogsumexp_k(x / t)``, ``(B, *shapes[k]) -> (B, *shapes[k+1])``; the block
+    maxima are subtracted before dividing (finite at every accepted temperature)."""
+    m = h.block_max(x, k).detach()
+    d = h.combine_broadcast(x, m, k, torch.sub)
+    return m + t * h.aggregate(torch.exp(d / t), k).log()
+
+
+class AmortisedDuals(nn.Module):
+    r"""Amortised duals: ``λ_k`` predicted for every sample from its own scores.
+
+    ``AmortisedDuals(h, temperature)(scores)`` returns ``L-1`` tensors
+    ``(B, *h.shapes[k+1])``, mean-zero per sample, for ``scores[k]``: ``(B, *h.shapes[k])``.
+    Use them with ``solve(..., "learned_dual", duals=...)`` or
+    ``ConsistentAttention(h, "learned_dual", duals="amortised")``; train them with
+    :func:`fit_amortised_duals` (the paper's consistency loss on training instances).
+
+    **Inputs** (per constraint ``k``, on the grid of level ``k+1``, in score units).  With
+    ``T_k = τ_0 + … + τ_k`` and the closed form's upward message ``m_0 = θ_0``,
+    ``m_{k+1} = θ_{k+1} + A_k`` (docs/design.md §3), where
+    ``A_k = T_k · blocklogsumexp_k(m_k / T_k)`` (for ``k = 0``: ``τ_0 · blocklogsumexp(θ_0/τ_0)``,
+    the block log-sum-exp of the finer constraint's scores carried up the tree)::
+
+        u_k = τ_{k+1} / T_{k+1} · A_k        v_k = T_k / T_{k+1} · θ_{k+1}
+        d_k = u_k − v_k                      s_k = u_k + v_k
+
+    Constraint ``k`` sees ``(d_k, s_k)`` and the ``(d_j, s_j)`` of every coarser constraint
+    ``j > k`` broadcast to its grid: ``C_k = 2 + 2 (L − 2 − k)`` channels, each centred per
+    sample (a constant per level moves no dual).  For two levels
+    ``d_0 = τ_0τ_1/(τ_0+τ_1) · (blocklogsumexp(θ_0/τ_0) − θ_1/τ_1)`` *is* the optimal dual
+    ``λ*`` up to its constant, and for any depth the optimum is a fixed linear combination of
+    ``d_k`` and the broadcast ``d_j`` (weights set by the temperatures), so the linear path
+    can express it exactly; the residual net is capacity for whatever it misses.
+
+    **Network** (per constraint): ``λ_k = centre(linear(F_k) + residual(F_k))`` with
+    ``linear`` a bias-free 1×1 convolution ``C_k → 1`` (the "formula" path, random
+    initialisation) and ``residual`` ``layers`` convolutions ``C_k → hidden → … → 1`` with
+    GELU between them, kernel 3 (``Conv1d/2d/3d`` on grids, ``padding=1``) or kernel 1 (a
+    pointwise MLP on irregular partitions); its last layer starts at zero, so an untrained
+    residual adds nothing.  ``layers=0``: no residual.
+
+    **Cost** (:meth:`cost` gives the exact numbers): parameters per constraint
+    ``C_k + C_k·h·K + h + (layers−2)(h²K + h) + h·K + 1`` for ``layers >= 2`` (``h`` hidden
+    channels, ``K = 3^ndim`` kernel taps on grids, 1 on irregular partitions), e.g. 2-D, two
+    levels, ``h = 16``: 451.  FLOPs: about ``2 × parameters`` per level-``k+1`` cell for the
+    network, plus ~6 per level-``k`` cell for the features (one block log-sum-exp pass, as
+    in the closed form).  Memory: ``C_k + layers·h`` values per level-``k+1`` cell.
+
+    Args:
+        h: the hierarchy.
+        temperature: a positive float or one per level (the features depend on it).
+        hidden: hidden channels of the residual net (>= 1).
+        layers: convolutions in the residual net (>= 0; 0 disables it).
+    """
+
+    def __init__(self, h: Hierarchy, temperature=1.0, hidden: int = 16, layers: int = 2):
+        super().__init__()
+        check_hierarchy(h)
+        self.h = h
+        self.temperature = check_temperatures(temperature, h.num_levels)
+        self.hidden = _check_positive_int(hidden, "hidden")
+        self.layers = _check_positive_int(layers, "layers", minimum=0)
+        L = h.num_levels
+        ndim = len(h.shapes[0]) if h.is_grid else 1
+        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[ndim]
+        kernel = 3 if h.is_grid else 1
+        self.channels = [2 + 2 * (L - 2 - k) for k in range(L - 1)]
+        self.linear = nn.ModuleList(conv(c, 1, kernel_size=1, bias=False) for c in self.channels)
+        residual = []
+        for c in self.channels:
+            mods: list[nn.Module] = []
+            widths = [c] + [self.hidden] * (self.layers - 1) + [1]
+            for i in range(self.layers):
+                mods.append(conv(widths[i], widths[i + 1], kernel_size=kernel, padding=kernel // 2))
+                if i < self.layers - 1:
+                    mods.append(nn.GELU())
+            if mods:
+                nn.init.zeros_(mods[-1].weight)
+                nn.init.zeros_(mods[-1].bias)
+            residual.append(nn.Sequential(*mods))
+        self.residual = nn.ModuleList(residual) if self.layers > 0 else None
+
+    def features(self, scores: Sequence[Tensor], temps=None) -> list[Tensor]:
+        """The network's inputs: ``L-1`` tensors ``(B, C_k, *h.shapes[k+1])`` (see the class
+        docstring), in the compute dtype of the scores; differentiable in the scores and in
+        tensor temperatures."""
+        h, L = self.h, self.h.num_levels
+        temps = self.temperature if temps is None else temps
+        T = cumulative_temperatures(temps)
+        work = compute_dtype(scores[0].dtype)
+        m = scores[0].to(work)
+        own = []
+        for k in range(L - 1):
+            nxt = scores[k + 1].to(work)
+            a = _block_lse(h, m, k, T[k])
+            u = a * (temps[k + 1] / T[k + 1])
+            v = nxt * (T[k] / T[k + 1])
+            own.append((centre(u - v), centre(u + v)))
+            m = nxt + a
+        feats = []
+        for k in range(L - 1):
+            chans = list(own[k])
+            for j in range(k + 1, L - 1):
+                for x in own[j]:
+                    for i in range(j, k, -1):
+                        x = h.broadcast(x, i)
+                    chans.append(x)
+            feats.append(torch.stack(chans, 1))
+        return feats
+
+    def forward(self, scores: Sequence[Tensor], temperature=None) -> list[Tensor]:
+        """``L-1`` duals ``(B, *h.shapes[k+1])``, mean-zero per sample, in the compute dtype
+        of the scores.  ``temperature`` (optional) replaces the module's for this call, e.g. a
+        learnable tensor shared with the attention layer."""
+        scores = check_scores(scores, self.h, check_finite=False)
+        temps = None if temperature is None else check_temperatures(
+            temperature, self.h.num_levels, dtype=scores[0].dtype, allow_grad=True)
+        work = compute_dtype(scores[0].dtype)
+        pdtype = self.linear[0].weight.dtype
+        out = []
+        for k, feat in enumerate(self.features(scores, temps)):
+            feat = feat.to(pdtype)
+            lam = self.linear[k](feat)
+            if self.residual is not None:
+                lam = lam + self.residual[k](feat)
+            out.append(centre(lam.squeeze(1)).to(work))
+        return out
+
+    def cost(self) -> dict:
+        """``{"parameters": int, "flops_per_cell": [L-1 ints]}``: the parameter count and, per
+        constraint ``k``, the network's floating-point operations per level-``k+1`` cell
+        (2 per multiply-add, plus the biases; the features cost ~6 more per level-``k`` cell)."""
+        flops = []
+        for k in range(self.h.num_levels - 1):
+            convs = [self.linear[k]] + ([m for m in self.residual[k] if isinstance(m, nn.modules.conv._ConvNd)]
+                                         if self.residual is not None else [])
+            total = 0
+            for c in convs:
+                taps = math.prod(c.kernel_size)
+                total += 2 * c.in_channels * c.out_channels * taps + (c.out_channels if c.bias is not None else 0)
+            flops.append(total)
+        return {"parameters": sum(p.numel() for p in self.parameters()), "flops_per_cell": flops}
+
+    def extra_repr(self) -> str:
+        return f"{self.h}, temperature={self.temperature}, hidden={self.hidden}, layers={self.layers}"
+
+
+_FIT_LOSSES = ("consistency", "dual")
+
+
+def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], steps: int = 300,
+                        lr: float = 0.3, loss: str = "consistency", residual_lr: float = 1e-3) -> list[float]:
+    """Train an :class:`AmortisedDuals` on training instances (full batch, Adam).
+
+    The loss is the paper's consistency loss ``Σ_k KL(b_k ‖ a_k)`` at the predicted duals
+    (``loss="consistency"``, docs/design.md §2) or the dual function ``g(λ)``
+    (``loss="dual"``, convex in the linear path).  Schedule: the first two thirds of the
+    steps train the linear path alone (Adam, ``lr``, 10 % linear warm-up then cosine decay);
+    the rest train the residual net alone (``residual_lr``, same schedule), so it can only
+    refine what the linear path reached.  Adam moves every weight by about its learning rate
+    whatever the gradient's size, so training both at once lets the residual's first steps
+    swamp an already accurate formula path.  The module ends with the parameters of the
+    lowest training loss seen.
+
+    Args:
+        module: the network (trained in place, on its own device and dtype).
+        train_scores: ``L`` tensors ``(N, *module.h.shapes[k])``, instances disjoint from
+            the ones it will be evaluated on.
+        steps: Adam steps in all (>= 1).
+        lr: learning rate of the linear path (> 0).
+        loss: ``"consistency"`` or ``"dual"``.
+        residual_lr: learning rate of the residual net (>= 0; 0 leaves it at zero).
+
+    Returns:
+        The training loss before every step (``steps`` floats).
+    """
+    if not isinstance(module, AmortisedDuals):
+        raise TypeError(f"module must be an AmortisedDuals, got {type(module).__name__}")
+    steps = _check_positive_int(steps, "steps")
+    for name, value, low in (("lr", lr, 0.0), ("residual_lr", residual_lr, None)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or (value <= 0 if low is not None else value < 0):
+            raise ValueError(f"{name} must be a finite number {'> 0' if low is not None else '>= 0'}, got {value!r}")
+    if loss not in _FIT_LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(_FIT_LOSSES)}, got {loss!r}")
+    h = module.h
+    train = check_scores(train_scores, h)
+    temps = module.temperature
+
+    def objective() -> Tensor:
+        duals = module(train)
+        if loss == "consistency":
+            return consistency_loss(train, duals, h, temps, check_finite=False)
+        from .dual import dual_function
+
+        return dual_function([s.to(duals[0].dtype) for s in train], duals, h, temps).mean()
+
+    n_linear = steps if module.residual is None or residual_lr == 0 else max(1, round(steps * 2 / 3))
+    phases = [(list(module.linear.parameters()), n_linear, lr)]
+    if steps > n_linear:
+        phases.append((list(module.residual.parameters()), steps - n_linear, residual_lr))
+    history: list[float] = []
+    best = (math.inf, None)
+    module.train()
+    trainable = {p: p.requires_grad for p in module.parameters()}
+    try:
+        for params, n, rate in phases:
+            # only this phase's parameters get gradients (no backward through the other part)
+            chosen = {id(p) for p in params}
+            for p in module.parameters():
+                p.requires_grad_(trainable[p] and id(p) in chosen)
+            opt = torch.optim.Adam(params, lr=rate)
+            warm = max(1, n // 10)
+            sched = torch.optim.lr_scheduler.LambdaLR(
+                opt, lambda i, n=n, warm=warm: min(1.0, (i + 1) / warm) * 0.5 * (1 + math.cos(math.pi * i / n)))
+            for _ in range(n):
+                opt.zero_grad()
+                value = objective()
+                current = float(value.detach())
+                history.append(current)
+                if not math.isfinite(current):
+                    raise FloatingPointError(f"fit_amortised_duals: the training loss became {current} at step "
+                                             f"{len(history)}; lower lr ({lr}) or check the training scores")
+                if current < best[0]:
+                    best = (current, copy.deepcopy(module.state_dict()))
+                value.backward()
+                opt.step()
+                sched.step()
+    finally:
+        for p, flag in trainable.items():
+            p.requires_grad_(flag)
+    with torch.no_grad():
+        final = float(objective())
+    if best[1] is not None and not final <= best[0]:
+        module.load_state_dict(best[1])
+    return history
+
+
+@dataclass
+class Attended:
+    """What a model attends with: the output of :meth:`ConsistentAttention.attend`.
+
+    Attributes:
+        maps: ``L`` tensors ``(B, *h.shapes[k])``, each summing to one per sample: the
+            attention maps the model pools its features with.
+        solution: the :class:`~convex_attention.Solution` whose ``probs`` are ``maps``
+            (its ``violation`` is the maps' violation).
+        aux_loss: 0-d tensor, the unweighted auxiliary loss to add to the task loss (the
+            model weighs it): the consistency loss for methods that need duals, else 0.
+    """
+
+    maps: list
+    solution: Solution
+    aux_loss: Tensor
+
+
+_DUAL_KINDS = ("shared", "amortised")
+
+
 class ConsistentAttention(nn.Module):
     """Multi-level attention with a switchable consistency method.
 
-    ``forward(scores) -> Solution`` with ``scores[k]``: ``(B, *h.shapes[k])``.
+    ``forward(scores) -> Solution`` and ``attend(scores) -> Attended``, with
+    ``scores[k]``: ``(B, *h.shapes[k])``.
 
     Args:
         h: the hierarchy of attention levels (finest first).
-        method: one of ``"softmax"``, ``"exact"``, ``"dual"``, ``"learned_dual"``,
-            ``"cvxpylayers"``.
-        temperature: a positive float or one per level.
+        method: a method of the registry (:data:`convex_attention.METHODS`: ``"softmax"``,
+            ``"exact"``, ``"dual"``, ``"learned_dual"``, ``"cvxpylayers"``).
+        temperature: a positive float or one per level; or a tensor of shape ``()`` or
+            ``(L,)`` (per level, never per sample).  A leaf tensor that requires grad (an
+            ``nn.Parameter``) is learned with the model for the methods that differentiate
+            through it (``softmax``, ``exact``, ``learned_dual``).
         check_finite: reject NaN/Inf scores (one host synchronisation on CUDA).
+        duals: for methods that need duals (``"learned_dual"``): ``"shared"`` (default, the
+            paper's :class:`LearnedDuals`), ``"amortised"`` (an :class:`AmortisedDuals`
+            with default size), or a :class:`LearnedDuals` / :class:`AmortisedDuals` for
+            ``h``.  Refused for other methods.
         **options: passed to :func:`convex_attention.solve`.
 
-    With ``method="learned_dual"`` the module owns a :class:`LearnedDuals`; the forward
-    pass returns ``p(λ)`` and :meth:`consistency_loss` gives the paper's loss for the
-    same scores.
+    Every argument is checked here, before any forward pass: an unknown method or option
+    is a ValueError / TypeError at construction, as are option values the method's
+    registry record can check in advance.
     """
 
     def __init__(self, h: Hierarchy, method: str = "exact", temperature=1.0, check_finite: bool = True,
-                 **options):
+                 duals="shared", **options):
         super().__init__()
         check_hierarchy(h)
-        if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        self.h, self.method = h, method
-        self.temperature = check_temperatures(temperature, h.num_levels)
-        self.check_finite, self.options = check_finite, options
-        self.learned_duals = LearnedDuals(h) if method == "learned_dual" else None
+        record = get_method(method)
+        self.h, self.method = h, record.name
+        temps = check_temperatures(temperature, h.num_levels, allow_grad=record.tensor_temperature,
+                                   method=record.name)
+        if is_grad_temperature(temperature):
+            if not temperature.is_leaf:
+                raise ValueError("a temperature tensor that requires grad must be a leaf (e.g. an nn.Parameter), "
+                                 "or the module would keep a stale graph; for a computed temperature call "
+                                 "solve(..., temperature=...) per forward pass")
+            self.temperature = temperature
+        else:
+            self.temperature = temps
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
+        self.check_finite = check_finite
+        allowed = record.options
+        if allowed is not None:
+            unknown = set(options) - allowed
+            if unknown:
+                raise TypeError(f"method {record.name!r} takes no option(s) {sorted(unknown)}"
+                                + (f"; it accepts {sorted(allowed)}" if allowed else ""))
+        if record.check_options is not None:
+            record.check_options(dict(options), h)
+        self.options = options
+        self.learned_duals = self._make_duals(record, duals, temps)
+
+    def _make_duals(self, record, duals, temps):
+        if isinstance(duals, (LearnedDuals, AmortisedDuals)):
+            if not record.needs_duals:
+                raise ValueError(f"duals are only used by methods that need them, not {record.name!r}")
+            if duals.h != self.h:
+                raise ValueError(f"duals were built for {duals.h}, the module for {self.h}")
+            return duals
+        if not isinstance(duals, str) or duals not in _DUAL_KINDS:
+            raise ValueError(f"duals must be one of {', '.join(map(repr, _DUAL_KINDS))} or a LearnedDuals / "
+                             f"AmortisedDuals module, got {duals!r}")
+        if not record.needs_duals:
+            if duals != "shared":
+                raise ValueError(f"duals={duals!r} is only used by methods that need duals, not {record.name!r}")
+            return None
+        if duals == "amortised":
+            return AmortisedDuals(self.h, [float(t.detach()) if isinstance(t, Tensor) else t for t in temps])
+        return LearnedDuals(self.h)
+
+    def _duals(self, scores: Sequence[Tensor]) -> list[Tensor] | None:
+        if self.learned_duals is None:
+            return None
+        if isinstance(self.learned_duals, AmortisedDuals):
+            return self.learned_duals(scores, temperature=self.temperature)
+        return self.learned_duals()
 
     def forward(self, scores: Sequence[Tensor]) -> Solution:
-        duals = self.learned_duals() if self.learned_duals is not None else None
-        return solve(scores, self.h, self.method, self.temperature, duals=duals,
+        return solve(scores, self.h, self.method, self.temperature, duals=self._duals(scores),
                      check_finite=self.check_finite, **self.options)
 
     def consistency_loss(self, scores: Sequence[Tensor], detach_target: bool = False) -> Tensor:
-        """The paper's loss at the module's learned duals (zeros if it has none)."""
-        duals = (self.learned_duals() if self.learned_duals is not None
-                 else [torch.zeros((1,) + s, device=scores[0].device) for s in self.h.shapes[1:]])
+        """The paper's loss at the module's duals (zeros if it has none)."""
+        duals = self._duals(scores)
+        if duals is None:
+            duals = [torch.zeros((1,) + s, device=scores[0].device) for s in self.h.shapes[1:]]
         return consistency_loss(scores, duals, self.h, self.temperature, detach_target=detach_target,
                                 check_finite=self.check_finite)
 
+    def attend(self, scores: Sequence[Tensor]) -> Attended:
+        """The layer as a model uses it: maps to pool with, and the loss to add.
+
+        For a method that needs duals (``"learned_dual"``, the paper) the maps are the
+        per-level softmax of the scores (the paper's forward pass) and ``aux_loss`` is the
+        consistency loss at the module's duals (shared or amortised), which trains the
+        scores (and the duals) towards consistent maps.  For every other method the maps are
+        the method's probabilities and ``aux_loss`` is zero.  ``aux_loss`` is unweighted.
+        """
+        record = get_method(self.method)
+        if record.needs_duals:
+            solution = solve(scores, self.h, "softmax", self.temperature, check_finite=self.check_finite)
+            # the scores were checked by the solve above
+            aux = consistency_loss(scores, self._duals(scores), self.h, self.temperature, check_finite=False)
+        else:
+            solution = self(scores)
+            aux = torch.zeros((), dtype=compute_dtype(scores[0].dtype), device=scores[0].device)
+        return Attended(list(solution.probs), solution, aux)
+
     def extra_repr(self) -> str:
-        return f"{self.h}, method={self.method!r}, temperature={self.temperature}"
+        temperature = self.temperature if isinstance(self.temperature, list) else "tensor"
+        return f"{self.h}, method={self.method!r}, temperature={temperature}"
+
+
+_SCALES = ("bounded", "learned")
 
 
 class ScoreHead(nn.Module):
@@ -83,15 +446,50 @@ class ScoreHead(nn.Module):
 
     ``(B, C, *spatial) -> (B, *spatial)``: a 1×1 convolution to an embedding, L2
     normalisation over channels, ReLU, and a 1×1 convolution to one channel.
+
+    With ``scale="bounded"`` (the paper's head, the default) the normalisation bounds the
+    scores: ``|θ − b| ≤ ‖w‖`` (``w``, ``b``: the last convolution), so a map can be only as
+    peaked as ``‖w‖`` allows (``N · max p ≤ N e^{2‖w‖} / (e^{2‖w‖} + N − 1)`` over ``N``
+    cells).  ``scale="learned"`` multiplies the normalised embedding by a learnable gain
+    ``g = exp(log_gain)`` (positive, initialised to 1, so the two heads agree at
+    initialisation): ``|θ − b| ≤ g ‖w‖``, and the head can sharpen its maps as far as the
+    task needs.
+
+    Args:
+        in_channels: channels ``C`` of the features (>= 1).
+        embed_channels: channels of the embedding (>= 1).
+        ndim: spatial dimensions, 1, 2 or 3.
+        scale: ``"bounded"`` or ``"learned"``.
     """
 
-    def __init__(self, in_channels: int, embed_channels: int = 64, ndim: int = 2):
+    def __init__(self, in_channels: int, embed_channels: int = 64, ndim: int = 2, scale: str = "bounded"):
         super().__init__()
+        _check_positive_int(in_channels, "in_channels")
+        _check_positive_int(embed_channels, "embed_channels")
+        if isinstance(ndim, bool) or ndim not in (1, 2, 3):
+            raise ValueError(f"ndim must be 1, 2 or 3 (spatial dimensions of the features), got {ndim!r}")
+        if scale not in _SCALES:
+            raise ValueError(f"scale must be one of {', '.join(map(repr, _SCALES))}, got {scale!r}")
         conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[ndim]
+        self.ndim, self.scale = ndim, scale
         self.embed = conv(in_channels, embed_channels, kernel_size=1)
         self.relu = nn.ReLU()  # a module, so that attribution methods (DeepLIFT, LRP) see it
         self.score = conv(embed_channels, 1, kernel_size=1)
+        if scale == "learned":
+            self.log_gain = nn.Parameter(torch.zeros(()))
+
+    def gain(self) -> Tensor | float:
+        """The factor after the L2 normalisation: ``exp(log_gain)``, or 1 for the bounded head."""
+        return self.log_gain.exp() if self.scale == "learned" else 1.0
 
     def forward(self, features: Tensor) -> Tensor:
+        if not isinstance(features, Tensor) or features.dim() != self.ndim + 2:
+            raise ValueError(f"features must be a (B, C, *spatial) tensor with {self.ndim} spatial dimension(s) "
+                             f"for this score head, got {tuple(getattr(features, 'shape', ())) or type(features).__name__}")
         x = F.normalize(self.embed(features), dim=1)
+        if self.scale == "learned":
+            x = x * self.log_gain.exp()
         return self.score(self.relu(x)).squeeze(1)
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale!r}"

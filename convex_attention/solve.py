@@ -1,6 +1,6 @@
 r"""``solve()``: one dispatch point over the methods, and the ``Solution`` it returns.
 
-Problem (DESIGN.md §1), for every sample of the batch::
+Problem (docs/design.md §1), for every sample of the batch::
 
     maximise   Σ_k <θ_k, p_k> + τ_k H(p_k)
     subject to p_k ∈ Δ_{n_k},   P_k p_k = p_{k+1}    (k = 0 … L-2)
@@ -14,6 +14,14 @@ Methods:
 ``"dual"``                per-sample minimisation of the dual ``g(λ)`` to ``tol``
 ``"learned_dual"``        the reparameterisation ``p(λ)`` at given ``duals``
 ========================  ===============================================================
+
+Temperatures are per level, never per sample: a positive float, one per level, or a tensor
+of shape ``()`` or ``(L,)``.  A tensor that requires grad is differentiated through by the
+methods whose registry record says ``tensor_temperature`` (softmax, exact, learned_dual);
+the others refuse it.  The accepted range depends on the compute dtype
+(``_validation.temperature_range``: every ``τ_k`` at least the smallest normal number,
+``Σ_k τ_k`` at most the square root of the largest; float32: [1.2e-38, 1.8e19]); within it
+every method returns finite probabilities, duals and objectives for finite scores.
 """
 from __future__ import annotations
 
@@ -36,11 +44,16 @@ class Solution:
     Attributes:
         probs: list of ``L`` tensors ``(B, *h.shapes[k])``, each summing to one per sample.
         duals: list of ``L-1`` tensors ``(B, *h.shapes[k+1])``, mean-zero per sample
-            (``None`` for ``"softmax"``).
+            (``None`` for ``"softmax"``), in the compute dtype (float32 for half-precision
+            scores, whose range duals can exceed; otherwise the scores' dtype).
         violation: ``(B,)``, ``max_k ‖P_k p_k − p_{k+1}‖₁``.
         objective: ``(B,)``, ``Σ_k <θ_k, p_k> + τ_k H(p_k)`` at ``probs``.
         dual_objective: ``(B,)``, ``g(λ)`` at ``duals`` (``None`` for ``"softmax"``).
-        method, temperature: what was solved; ``info``: solver report (``"dual"``:
+        method: the method's name.
+        temperature: ``L`` floats, or ``L`` 0-d tensors when a temperature that requires
+            grad was differentiated through (then ``objective`` and ``dual_objective``
+            are differentiable in it too).
+        info: solver report (``"dual"``:
             ``iterations``, ``converged``, and ``history`` if asked).
 
     ``duals``, ``violation``, ``objective`` and ``dual_objective`` are computed on first
@@ -48,7 +61,7 @@ class Solution:
     them.  They are differentiable functions of the scores wherever the method is.
     """
 
-    def __init__(self, probs: list[Tensor], scores: list[Tensor], h: Hierarchy, temperature: list[float],
+    def __init__(self, probs: list[Tensor], scores: list[Tensor], h: Hierarchy, temperature: list,
                  method: str, duals: list[Tensor] | Callable[[], list[Tensor]] | None = None,
                  info: dict | None = None):
         self.probs = probs
@@ -100,7 +113,12 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
             one device.
         h: the :class:`Hierarchy`.
         method: ``"softmax"``, ``"exact"``, ``"cvxpylayers"``, ``"dual"`` or ``"learned_dual"``.
-        temperature: a positive float, or one per level.
+        temperature: a positive float, or one per level (a sequence of ``L``); or a tensor
+            of shape ``()`` or ``(L,)`` — temperatures are per level, never per sample.
+            A tensor that requires grad is differentiated through by ``"softmax"``,
+            ``"exact"`` and ``"learned_dual"``; ``"dual"`` and ``"cvxpylayers"`` raise
+            TypeError (pass ``temperature.detach()``).  Accepted range: see the module
+            docstring (ValueError outside it).
         duals: for ``"learned_dual"``: ``L-1`` tensors, ``duals[k]`` shaped
             ``h.shapes[k+1]``, ``(1, *h.shapes[k+1])`` or ``(B, *h.shapes[k+1])``.
         check_finite: reject NaN/Inf scores (reads the scores once; on CUDA one host
@@ -112,7 +130,8 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
     Returns:
         :class:`Solution`. ``probs`` keep the dtype and device of ``scores`` (half
         precision is computed in float32).  Every method is differentiable with respect
-        to ``scores`` (and ``duals`` for ``"learned_dual"``).
+        to ``scores`` (and ``duals`` for ``"learned_dual"``, and a temperature tensor
+        for the methods above).
 
     Raises:
         TypeError / ValueError: malformed input (shapes, level count, dtype, NaN/Inf,
@@ -122,7 +141,8 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
     """
     record = get_method(method)
     scores = check_scores(scores, h, check_finite=check_finite)
-    temps = check_temperatures(temperature, h.num_levels)
+    temps = check_temperatures(temperature, h.num_levels, dtype=scores[0].dtype,
+                               allow_grad=record.tensor_temperature, method=record.name)
     allowed = record.options
     if allowed is not None:
         unknown = set(options) - allowed
@@ -141,7 +161,7 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
 
 def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy, temperature=1.0,
                      detach_target: bool = False, check_finite: bool = True) -> Tensor:
-    """The paper's consistency loss (DESIGN.md §2), a scalar tensor.
+    """The paper's consistency loss (docs/design.md §2), a scalar tensor.
 
     ``Σ_k KL(b_k ‖ a_k)`` with ``a_k = P_k p_k(λ)``, ``b_k = p_{k+1}(λ)`` and
     ``p_k(λ) = softmax(η_k / τ_k)``, each normalised per sample, averaged over the batch.
@@ -150,10 +170,15 @@ def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hiera
     Args:
         scores: ``L`` tensors ``(B, *h.shapes[k])``.
         duals: ``L-1`` tensors shaped ``h.shapes[k+1]``, ``(1, …)`` or ``(B, …)``.
+        temperature: as for :func:`solve`; a tensor that requires grad is differentiated
+            through.
         detach_target: stop the gradient through ``b_k`` (the coarse side).
+
+    Where the two sides' supports differ beyond the dtype's range (a temperature near the
+    smallest accepted), the loss is ``+inf`` (the KL divergence is), never NaN.
     """
     scores = check_scores(scores, h, check_finite=check_finite)
-    temps = check_temperatures(temperature, h.num_levels)
+    temps = check_temperatures(temperature, h.num_levels, dtype=scores[0].dtype, allow_grad=True)
     work = compute_dtype(scores[0].dtype)
     lam = check_duals(duals, h, scores[0].shape[0], work, scores[0].device, check_finite=check_finite)
     return consistency_loss_unchecked([s.to(work) for s in scores], lam, h, temps, detach_target)

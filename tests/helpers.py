@@ -1,7 +1,7 @@
 """Shared test helpers: an independent reference solver, random instances, tolerances.
 
 The reference is a plain CVXPY problem written out here (not the package's cvx.py):
-simplex constraints on every level (DESIGN.md §1 literally), explicit aggregation
+simplex constraints on every level (docs/design.md §1 literally), explicit aggregation
 matrices, Clarabel at 1e-12.  Clarabel sometimes labels such a solve "optimal_inaccurate"
 (its reduced-tolerance exit); the reference is therefore accepted on its own certificate,
 computed here in numpy: primal residual and duality gap both below 1e-9.
@@ -79,7 +79,7 @@ def reference_solve(h: ca.Hierarchy, scores, temps):
 
     Returns ``(probs, duals, value)``: lists of ``(B, n_k)`` / ``(B, n_{k+1})`` float64
     arrays (duals centred; the sign convention of CVXPY for ``P p_k == p_{k+1}`` in a
-    maximisation, which is DESIGN.md's λ) and ``(B,)`` optimal values.
+    maximisation, which is docs/design.md's λ) and ``(B,)`` optimal values.
     """
     import cvxpy as cp
 

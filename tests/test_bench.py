@@ -1,3 +1,6 @@
+import json
+import math
+
 import pytest
 import torch
 
@@ -9,14 +12,35 @@ from convex_attention.bench.targets import core_benchmark
 
 
 def test_core_benchmark_tiny_prints_the_three_ratios(tmp_path):
+    import json
+
+    from convex_attention.cvx import available_backends
+
     lines = []
-    out = core_benchmark(batch=2, shapes=((4, 4), (2, 2)), cvx_shapes=((4, 4), (2, 2)), cvx_batch=1, repeats=2,
+    out = core_benchmark(batch=2, shapes=((8, 8), (4, 4)), cvx_shapes=((4, 4), (2, 2)), cvx_batch=1, repeats=3,
                          cvx_repeats=1, out_dir=str(tmp_path), log=lines.append)
     assert set(out["ratios"]) == {"exact/softmax", "exact/learned_dual+loss", "cvxpylayers/exact per sample"}
     assert all(v > 0 for v in out["ratios"].values())
     assert "target" in lines[0]
     for name in ("bench_core.csv", "bench_core.json", "bench_core.png", "bench_core.pdf"):
         assert (tmp_path / name).stat().st_size > 0
+    # every installed backend is timed and reported; the headline speed-up is the fastest's
+    assert set(out["backend_ratios"]) == set(available_backends())
+    assert out["ratios"]["cvxpylayers/exact per sample"] == min(out["backend_ratios"].values())
+    assert out["backend_ratios"][out["fastest_backend"]] == min(out["backend_ratios"].values())
+    for backend in available_backends():
+        assert f"cvxpylayers[{backend}]/exact per sample" in lines[0]
+    # the ratios are ratios of the rows' medians of forward+backward (one statistic), with spread
+    by = {(r["method"], r["shapes"]): r for r in out["rows"]}
+    assert out["ratios"]["exact/softmax"] == by[("exact", "8x8+4x4")]["total_ms"] / by[("softmax", "8x8+4x4")]["total_ms"]
+    for r in out["rows"]:
+        assert r["total_ms_q1"] <= r["total_ms"] <= r["total_ms_q3"]
+
+    def refuse(token):
+        raise ValueError(token)
+
+    data = json.load(open(tmp_path / "bench_core.json"), parse_constant=refuse)  # strict JSON
+    assert data["fastest_backend"] == out["fastest_backend"] and "median" in data["statistic"]
 
 
 def test_fitted_shared_duals_lower_the_training_consistency_loss():
@@ -46,3 +70,228 @@ def test_cvx_time_estimate_uses_measured_cells():
 def test_check_sweep_rejects_bad_sweeps(kwargs, message):
     with pytest.raises(ValueError, match=message):
         check_sweep(SweepConfig(**kwargs))
+
+
+# ----------------------------------------------------------------------------- the cvxpylayers budget
+
+def cvx_rows(points, backend=""):
+    return [{"method": "cvxpylayers", "backend": backend, "status": "ok", "n_cells": n, "per_sample_ms": ms}
+            for n, ms in points]
+
+
+def test_cvx_budget_ignores_a_fit_over_nearly_equal_sizes():
+    from convex_attention.bench.sweep import cvx_estimate
+    from convex_attention.cvx import prior_seconds_per_sample
+
+    # two cells of 20 and 21 cells timed under load: a log-log slope of about 12
+    rows = cvx_rows([(20, 10.0), (21, 10.0 * (21 / 20) ** 12)])
+    seconds, basis = cvx_estimate(rows, 5440, batch=2, calls=2)
+    assert seconds == pytest.approx(prior_seconds_per_sample(5440) * 4)
+    assert "prior" in basis and "spread" in basis
+    assert seconds < 60, "the cell is not skipped on a wild extrapolation"
+    # each backend's own prior where the core has one
+    from convex_attention.cvx import CVX_PRIORS
+
+    seconds, _ = cvx_estimate(cvx_rows([(20, 10.0)], "moreau"), 5440, batch=2, calls=2, backend="moreau")
+    assert seconds == pytest.approx(prior_seconds_per_sample(5440, CVX_PRIORS["moreau"]) * 4)
+
+
+def test_cvx_budget_clamps_the_slope_to_a_plausible_range():
+    from convex_attention.bench.sweep import SLOPE_RANGE, cvx_estimate
+
+    rows = cvx_rows([(100, 1.0), (400, 1.0 * 4 ** 12)])  # spread 4, slope 12
+    seconds, basis = cvx_estimate(rows, 1600, batch=1, calls=1)
+    lo, hi = SLOPE_RANGE
+    # the line through the points' centre at the largest plausible slope
+    centre_x = (math.log(100) + math.log(400)) / 2
+    centre_y = (math.log(1e-3) + math.log(1e-3 * 4 ** 12)) / 2
+    assert seconds == pytest.approx(math.exp(centre_y + hi * (math.log(1600) - centre_x)))
+    assert "clamped" in basis
+    rows = cvx_rows([(100, 1.0), (400, 1.0 * 4 ** 0.1)])  # slope 0.1, too flat
+    seconds, basis = cvx_estimate(rows, 1600, batch=1, calls=1)
+    assert seconds > 1e-3 * 4 ** lo and "clamped" in basis
+
+
+def test_cvx_budget_fits_each_backend_on_its_own_cells():
+    from convex_attention.bench.sweep import cvx_estimate
+
+    rows = cvx_rows([(100, 1.0), (1000, 10.0)], "moreau") + cvx_rows([(100, 100.0), (1000, 1000.0)], "diffcp-scs")
+    fast, _ = cvx_estimate(rows, 10000, 1, 1, backend="moreau")
+    slow, _ = cvx_estimate(rows, 10000, 1, 1, backend="diffcp-scs")
+    assert fast == pytest.approx(0.1) and slow == pytest.approx(10.0)
+
+
+# ----------------------------------------------------------------------------- sweep checks
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"scale": math.inf}, "--scale"),
+    ({"scale": 1e300}, "--scale"),
+    ({"scale": -1.0}, "--scale"),
+    ({"temperatures": [math.inf]}, "temperatures must be positive and finite"),
+    ({"temperatures": [-1.0]}, "temperatures must be positive and finite"),
+    ({"temperatures": [1e-39]}, "--temperature 1e-39 with 2 levels in float32"),  # NaN in float32 otherwise
+    ({"warmup": 0}, "--warmup"),
+    ({"repeats": 0}, "--repeats"),
+    ({"batches": [0]}, "--batch"),
+    ({"devices": ["cuda:0"] if not torch.cuda.is_available() else ["cuda:99"]}, "--device"),
+    ({"devices": ["mps"]}, "unknown device"),
+    ({"cvx_backends": ["gurobi"]}, "unknown cvxpylayers backend"),
+])
+def test_check_sweep_names_the_option_and_the_range(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        check_sweep(SweepConfig(**kwargs))
+
+
+def test_backends_default_to_every_installed_one():
+    from convex_attention.bench.sweep import resolve_backends
+    from convex_attention.cvx import available_backends
+
+    assert resolve_backends(SweepConfig()) == available_backends()
+    assert resolve_backends(SweepConfig(cvx_backends=["diffcp-scs", "diffcp-scs"])) == ["diffcp-scs"]
+
+
+# ----------------------------------------------------------------------------- targets
+
+def learned_row(kind, violation, levels=2, size=8, generator="lesion", status="ok", per_sample_ms=1.0):
+    return {"method": "learned_dual", "dual_kind": kind, "backend": "", "status": status, "generator": generator,
+            "scale": 1.0, "dims": 2, "size": size, "levels": levels, "batch": 8, "temperature": 1.0,
+            "dtype": "float32", "device": "cpu", "seed": 0, "violation_mean": violation,
+            "per_sample_ms": per_sample_ms}
+
+
+def test_amortised_targets_judge_the_worst_cell_per_generator_and_level():
+    from convex_attention.bench.targets import amortised_targets, format_targets
+
+    rows = [learned_row("zero", 0.3, size=8), learned_row("amortised", 0.0015, size=8),
+            learned_row("zero", 0.3, size=16), learned_row("amortised", 0.006, size=16),  # 2 %: a miss
+            learned_row("zero", 0.3, levels=3, size=8), learned_row("amortised", 0.006, levels=3, size=8),
+            learned_row("zero", 0.3, generator="gaussian"), learned_row("amortised", float("nan"), generator="gaussian"),
+            {**learned_row("exact", 0.0, size=8), "method": "exact", "dual_kind": "", "per_sample_ms": 0.5}]
+    by = {(t["generator"], t["levels"]): t for t in amortised_targets(rows)}
+    assert by[("lesion", 2)]["worst_ratio"] == pytest.approx(0.02) and by[("lesion", 2)]["met"] is False
+    assert by[("lesion", 2)]["cells"] == 2 and by[("lesion", 2)]["time_vs_exact"] == pytest.approx(2.0)
+    assert by[("lesion", 3)]["met"] is True and by[("lesion", 3)]["threshold"] == 0.10
+    assert by[("gaussian", 2)]["met"] is False, "NaN never meets a target"
+    text = format_targets(list(by.values()))
+    assert "NOT met" in text and " met" in text
+
+
+def test_amortised_targets_not_measured_never_pass():
+    from convex_attention.bench.targets import amortised_targets, format_targets
+
+    rows = [learned_row("zero", 0.3), learned_row("amortised", 0.0, status="skipped")]
+    (t,) = amortised_targets(rows)
+    assert t["met"] is None and "not measured" in format_targets([t]) and "NOT met" in format_targets([t])
+
+
+# ----------------------------------------------------------------------------- the amortised dual in the sweep
+
+class OracleAmortiser(torch.nn.Module):
+    """A stand-in for nn.AmortisedDuals with a known answer: the per-sample optimal duals
+    (scaled by a learnable weight that stays 1), so the harness's plumbing is what is tested."""
+
+    calls = 0
+
+    def __init__(self, h, temperature, **kwargs):
+        super().__init__()
+        self.h, self.temperature = h, temperature
+        self.weight = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, scores):
+        OracleAmortiser.calls += 1
+        duals = ca.solve([s.detach() for s in scores], self.h, "exact", temperature=self.temperature).duals
+        return [self.weight * d for d in duals]
+
+
+@pytest.mark.slow
+def test_sweep_trains_the_amortised_dual_on_training_instances_and_times_the_network(tmp_path, monkeypatch):
+    import convex_attention.nn as ca_nn
+    from convex_attention.bench.results import read_csv
+    from convex_attention.bench.sweep import hierarchy_for, run_sweep
+
+    seen = []
+    monkeypatch.setattr(ca_nn, "AmortisedDuals", OracleAmortiser, raising=False)
+    monkeypatch.setattr(ca_nn, "fit_amortised_duals", lambda module, train, steps, **kw: seen.append(train),
+                        raising=False)
+    config = SweepConfig(methods=["exact", "learned_dual"], sizes=[8], levels=[2], batches=[4], repeats=3, warmup=1,
+                         fit_instances=6, fit_steps=2, amortised_steps=2, generator="gaussian")
+    OracleAmortiser.calls = 0
+    rows = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    by = {r["dual_kind"]: r for r in rows if r["method"] == "learned_dual"}
+    assert set(by) == {"zero", "fitted", "amortised", "per_sample"}
+    amortised = by["amortised"]
+    assert amortised["status"] == "ok" and amortised["total_ms"] > 0 and amortised["repeats"] == 3
+    assert OracleAmortiser.calls >= 3 + 1, "the timed case runs the network"
+    # trained on training instances, never on the evaluated (held-out) ones
+    (train,) = seen
+    evaluated = generate("gaussian", hierarchy_for(next(config.cells()), config.factor), 4, seed=config.seed)
+    assert train[0].shape[0] == 6
+    assert not any(torch.allclose(t.double(), e, atol=1e-5) for t in train[0] for e in evaluated[0])
+    assert amortised["violation_mean"] < 1e-5 < by["zero"]["violation_mean"]
+    # its target is judged, stored in bench.json and met by the oracle
+    data = json.load(open(tmp_path / "bench.json"))
+    (target,) = data["targets"]
+    assert target["generator"] == "gaussian" and target["levels"] == 2 and target["met"] is True
+    assert len(read_csv(str(tmp_path / "bench.csv"))) == 5
+
+
+@pytest.mark.slow
+def test_one_global_warmup_runs_before_the_first_cell(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep
+
+    calls = []
+    real = sweep.measure_interleaved
+
+    def spy(cases, **kwargs):
+        calls.append((sorted(cases), kwargs.get("repeats"), kwargs.get("warmup")))
+        return real(cases, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure_interleaved", spy)
+    config = SweepConfig(methods=["exact", "softmax"], sizes=[4, 8], levels=[2], batches=[2], repeats=2, warmup=1)
+    sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    assert calls[0] == (["exact", "softmax"], 0, 2), "an untimed warm-up first"
+    assert [c[1] for c in calls[1:]] == [2, 2], "then one timed call per cell, no other warm-up"
+
+
+@pytest.mark.slow
+def test_a_failing_method_becomes_error_rows_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(sweep, "_measure_fast", fail)
+    config = SweepConfig(methods=["exact", "softmax"], sizes=[4, 8], levels=[2], batches=[2], repeats=1, warmup=1)
+    rows = sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"error"}
+    assert all("out of memory" in r["reason"] for r in rows)
+
+
+def test_fit_max_values_shrinks_the_training_set_of_large_cells_only():
+    from convex_attention.bench.sweep import MIN_FIT_INSTANCES, fit_instances
+
+    config = SweepConfig(fit_instances=64, fit_max_values=2 ** 16)
+    assert fit_instances(config, 320) == 64
+    assert fit_instances(config, 4608) == 2 ** 16 // 4608
+    assert fit_instances(config, 37376) == MIN_FIT_INSTANCES
+    assert fit_instances(SweepConfig(fit_instances=64), 10 ** 6) == 64  # no cap by default
+    with pytest.raises(ValueError, match="--fit-max-values"):
+        check_sweep(SweepConfig(fit_max_values=0))
+
+
+def test_cvx_budget_prefers_cells_of_the_same_depth():
+    from convex_attention.bench.sweep import cvx_estimate
+
+    def rows_at(levels, points):
+        return [{**r, "levels": levels} for r in cvx_rows(points, "diffcp-scs")]
+
+    # measured (quick sweep, SCS): 3 levels get much slower with size than 2 levels
+    rows = rows_at(2, [(20, 46), (80, 138), (320, 586)]) + rows_at(3, [(21, 63), (84, 170), (336, 3031)])
+    deep, basis = cvx_estimate(rows, 1344, batch=2, calls=2, backend="diffcp-scs", levels=3)
+    assert deep > 15 and "3-level" in basis, "skipped at --budget 15 (it took 290 s when run)"
+    shallow, _ = cvx_estimate(rows, 1280, batch=2, calls=2, backend="diffcp-scs", levels=2)
+    assert shallow < 15
+    # too little spread at this depth: every depth of the backend
+    lone, basis = cvx_estimate(rows_at(2, [(20, 46), (320, 586)]) + rows_at(3, [(21, 63)]), 1344, 2, 2,
+                               backend="diffcp-scs", levels=3)
+    assert "fit over 3 measured cells" in basis and lone > 0

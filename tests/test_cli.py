@@ -9,11 +9,13 @@ import sys
 import pytest
 
 from convex_attention import cli
-from convex_attention.bench.results import COLUMNS, CONVERGENCE_COLUMNS
+from convex_attention.bench.results import COLUMNS, CONVERGENCE_COLUMNS, DUAL_KINDS
+from convex_attention.cvx import available_backends
 
 TINY = ["--sizes", "4", "8", "--levels", "2", "--batch", "2", "--dims", "2", "--repeats", "2", "--warmup", "1",
-        "--fit-instances", "8", "--fit-steps", "5", "--no-progress", "--device", "cpu"]
-ROWS_PER_CELL = 7  # softmax, exact, dual, learned_dual x3 (zero, fitted, per_sample), cvxpylayers
+        "--fit-instances", "8", "--fit-steps", "5", "--amortised-steps", "5", "--no-progress", "--device", "cpu"]
+# softmax, exact, dual, learned_dual per kind (zero, fitted, amortised, per_sample), cvxpylayers per backend
+ROWS_PER_CELL = 3 + len(DUAL_KINDS) + len(available_backends())
 DETERMINISTIC = ("status", "method", "dual_kind", "generator", "scale", "dims", "size", "levels", "batch",
                  "temperature", "dtype", "device", "seed", "shapes", "n_cells", "timed_batch", "violation_max",
                  "violation_mean", "max_abs_err", "primal_gap", "dual_gap", "iterations_mean", "iterations_max")
@@ -31,7 +33,8 @@ def run(argv):
         return exc.code
 
 
-def test_bench_tiny_sweep_columns_and_rows(tmp_path):
+@pytest.mark.slow
+def test_bench_tiny_sweep_columns_and_rows(tmp_path, capsys):
     out = str(tmp_path / "r")
     assert run(["bench", *TINY, "--out", out]) == 0
     rows = read(os.path.join(out, "bench.csv"))
@@ -39,7 +42,13 @@ def test_bench_tiny_sweep_columns_and_rows(tmp_path):
     assert len(rows) == 2 * ROWS_PER_CELL
     assert {r["status"] for r in rows} == {"ok"}
     kinds = sorted(r["dual_kind"] for r in rows if r["method"] == "learned_dual")
-    assert kinds == ["fitted", "fitted", "per_sample", "per_sample", "zero", "zero"]
+    assert kinds == sorted(2 * DUAL_KINDS)
+    assert sorted(r["backend"] for r in rows if r["method"] == "cvxpylayers") == sorted(2 * available_backends())
+    assert {r["backend"] for r in rows if r["method"] != "cvxpylayers"} == {""}
+    for r in rows:  # every timed row carries its spread
+        if r["fwd_ms"]:
+            for name in ("fwd_ms", "bwd_ms", "total_ms"):
+                assert float(r[f"{name}_q1"]) <= float(r[name]) <= float(r[f"{name}_q3"]), name
     for r in rows:
         if r["method"] in ("exact", "cvxpylayers", "dual"):
             assert float(r["violation_max"]) < 1e-6
@@ -54,8 +63,15 @@ def test_bench_tiny_sweep_columns_and_rows(tmp_path):
     conv = read(os.path.join(out, "convergence.csv"))
     assert tuple(conv[0].keys()) == CONVERGENCE_COLUMNS and len(conv) >= 2
     assert os.path.exists(os.path.join(out, "example.npz"))
+    # strict JSON, the amortised dual's targets stored and printed, one global warm-up
+    json.load(open(os.path.join(out, "bench.json")), parse_constant=lambda token: pytest.fail(token))
+    assert [(t["generator"], t["levels"]) for t in data["targets"]] == [("lesion", 2)]
+    assert data["warmup_s"] > 0
+    assert "amortised dual, lesion, 2 levels" in capsys.readouterr().out
+    assert [n for n in os.listdir(out) if n.endswith((".tmp", ".lock"))] == []
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
     assert run(["bench", *TINY, "--out", full]) == 0
@@ -79,11 +95,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
     assert len(read(os.path.join(part, "bench.csv"))) == 2 * ROWS_PER_CELL
 
 
+@pytest.mark.slow
 def test_cvxpylayers_cells_over_budget_or_cap_are_recorded_as_skipped(tmp_path):
     out = str(tmp_path / "r")
     args = ["bench", "--methods", "exact", "cvxpylayers", "--sizes", "4", "8", "16", "--levels", "2", "--batch", "2",
-            "--repeats", "1", "--warmup", "0", "--no-progress", "--device", "cpu", "--out", out,
-            "--cvx-max-cells", "100", "--budget", "0.01"]
+            "--repeats", "1", "--warmup", "1", "--no-progress", "--device", "cpu", "--out", out,
+            "--cvx-max-cells", "100", "--budget", "0.01", "--cvx-backends", "diffcp-clarabel"]
     assert run(args) == 0
     rows = [r for r in read(os.path.join(out, "bench.csv")) if r["method"] == "cvxpylayers"]
     assert len(rows) == 3, "no cvxpylayers cell is left out silently"
@@ -91,6 +108,9 @@ def test_cvxpylayers_cells_over_budget_or_cap_are_recorded_as_skipped(tmp_path):
     assert by_size["16"]["status"] == "skipped" and "cap" in by_size["16"]["reason"]
     assert by_size["8"]["status"] == "skipped" and "budget" in by_size["8"]["reason"]
     assert by_size["4"]["status"] == "ok"
+    # a skipped cell records its estimate and what it is based on
+    assert float(by_size["8"]["estimate_s"]) > 0.01 and "prior cost model" in by_size["8"]["reason"]
+    assert {r["backend"] for r in rows} == {"diffcp-clarabel"}
 
 
 def test_verify_passes_and_writes_csv(tmp_path):
@@ -114,12 +134,14 @@ def test_verify_fails_with_a_wrong_dual_solver(tmp_path, capsys):
     out = str(tmp_path / "v")
     assert run(["verify", "--quick", "--no-progress", "--out", out, "--dual-solver", f"{solver}:perturbed"]) == 1
     text = capsys.readouterr().out
-    assert "FAIL" in text and "dual.duals_vs_cvxpy" in text
+    # a custom solver's rows carry its name (they used to be labelled dual.*)
+    assert "FAIL" in text and "perturbed.duals_vs_cvxpy" in text and "dual.duals_vs_cvxpy" not in text
     rows = read(os.path.join(out, "verify.csv"))
     assert any(r["passed"] == "False" for r in rows)
     assert all(r["passed"] == "True" for r in rows if r["check"].startswith("exact."))
 
 
+@pytest.mark.slow
 def test_plot_writes_every_figure(tmp_path):
     out = str(tmp_path / "r")
     assert run(["bench", *TINY, "--out", out]) == 0
@@ -159,6 +181,7 @@ def test_console_script_help_teaches():
     assert "--resume" in out and "--budget" in out and "held-out" in out
 
 
+@pytest.mark.slow
 def test_bench_with_scores_from_a_trained_model(tmp_path):
     from convex_attention.paper.models import AttentionUNet, save_checkpoint
 
@@ -166,8 +189,144 @@ def test_bench_with_scores_from_a_trained_model(tmp_path):
                            AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8))
     out = str(tmp_path / "r")
     assert run(["bench", "--generator", "model", "--checkpoint", ckpt, "--sizes", "8", "--levels", "2", "--batch", "2",
-                "--methods", "exact", "softmax", "--repeats", "1", "--warmup", "0", "--no-progress", "--device", "cpu",
+                "--methods", "exact", "softmax", "--repeats", "1", "--warmup", "1", "--no-progress", "--device", "cpu",
                 "--out", out]) == 0
     rows = read(os.path.join(out, "bench.csv"))
     assert {r["generator"] for r in rows} == {"model"} and len(rows) == 2
     assert run(["bench", "--generator", "model", "--checkpoint", ckpt, "--sizes", "16", "--out", out]) == 2
+
+
+# ----------------------------------------------------------------------------- bench: usage errors, results folder
+
+FAST = ["--methods", "exact", "softmax", "--sizes", "4", "--levels", "2", "--batch", "2", "--repeats", "2",
+        "--warmup", "1", "--no-progress", "--device", "cpu"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--scale", "inf"], "must be a positive finite number"),
+    (["--scale", "1e300"], "--scale must be in (0, 1000]"),
+    (["--scale", "0"], "must be positive"),
+    (["--temperature", "inf"], "must be a positive finite number"),
+    (["--temperature", "nan"], "must be positive"),
+    (["--temperature", "1e-39"], "below the smallest accepted"),
+    (["--warmup", "0"], "must be a positive integer"),
+    (["--warmup", "-2"], "must be a positive integer"),
+    (["--batch", "0"], "must be a positive integer"),
+    (["--repeats", "-1"], "must be a positive integer"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--cvx-backends", "gurobi"], "unknown cvxpylayers backend"),
+])
+def test_bench_usage_errors_exit_2_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "r"
+    assert run(["bench", "--out", str(out), "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists(), "nothing is written before the checks"
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_bench_on_cuda_without_cuda_is_a_usage_error(tmp_path, capsys):
+    assert run(["bench", "--out", str(tmp_path / "r"), "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_bench_out_that_is_a_file_or_unwritable_is_a_usage_error(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert run(["bench", *FAST, "--out", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert run(["bench", *FAST, "--out", str(f / "sub")]) == 2
+    assert "not a writable folder" in capsys.readouterr().err
+
+
+def test_a_second_bench_into_a_busy_folder_exits_2_naming_the_owner(tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    # another writer as the lock protocol sees it: an OS lock on results.lock, its owner recorded there
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, json, os, socket, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time(),"
+        " 'command': 'bench'}).encode())\n"
+        "print('locked', flush=True); time.sleep(60)\n"), str(out / "results.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run(["bench", *FAST, "--out", str(out)]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert f"in use by pid {holder.pid}" in err and "--wait" in err and "Traceback" not in err
+    assert not (out / "bench.csv").exists()
+
+
+@pytest.mark.slow
+def test_resume_recomputes_truncated_and_error_rows_without_duplicates(tmp_path, capsys):
+    from convex_attention.bench import results as R
+
+    out = str(tmp_path / "r")
+    assert run(["bench", *FAST, "--out", out]) == 0
+    path = os.path.join(out, "bench.csv")
+    rows, problems = R.read_rows(path, R.BENCH_SCHEMA)
+    assert problems == [] and len(rows) == 2
+    exact_err = next(r for r in rows if r["method"] == "exact")["max_abs_err"]
+    # 1. a value cut off (as a killed non-atomic writer or a bad copy leaves it)
+    text = open(path).read()
+    cut = repr(exact_err)
+    assert cut in text
+    with open(path, "w") as f:
+        f.write(text.replace(cut, cut[:6]))
+    (tmp_path / "r" / "bench.csv.tmp").write_text("half a file")  # and a stale temporary
+    assert run(["bench", *FAST, "--out", out, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "checksum mismatch" in err and "recomputed" in err
+    rows, problems = R.read_rows(path, R.BENCH_SCHEMA)
+    assert problems == [] and len(rows) == 2
+    assert next(r for r in rows if r["method"] == "exact")["max_abs_err"] == exact_err
+    assert [n for n in os.listdir(out) if n.endswith(".tmp")] == []
+    # 2. an error row is retried and replaced
+    rows = [{**r, "status": "error", "reason": "SolverFailure: test"} if r["method"] == "softmax" else r
+            for r in rows]
+    R.atomic_csv(path, R.COLUMNS, rows, checksum=True)
+    assert run(["bench", *FAST, "--out", out, "--resume"]) == 0
+    rows, _ = R.read_rows(path, R.BENCH_SCHEMA)
+    assert sorted((r["method"], r["status"]) for r in rows) == [("exact", "ok"), ("softmax", "ok")]
+
+
+@pytest.mark.slow
+def test_bench_cvx_backends_option_picks_the_rows(tmp_path):
+    out = str(tmp_path / "r")
+    assert run(["bench", "--methods", "exact", "cvxpylayers", "--cvx-backends", "diffcp-scs", "--sizes", "4",
+                "--levels", "2", "--batch", "2", "--repeats", "1", "--warmup", "1", "--no-progress", "--device",
+                "cpu", "--out", out]) == 0
+    rows = read(os.path.join(out, "bench.csv"))
+    assert sorted((r["method"], r["backend"], r["status"]) for r in rows) == [
+        ("cvxpylayers", "diffcp-scs", "ok"), ("exact", "", "ok")]
+
+
+def test_demo_holds_the_folder_lock_for_its_three_steps(tmp_path, monkeypatch):
+    from convex_attention.cli import bench as cli_bench
+
+    out = tmp_path / "r"
+    owners = []
+
+    def step(name, status=0):
+        def fn(args):
+            owners.append((name, json.loads((out / "results.lock").read_text())["command"]))
+            return status
+        return fn
+
+    monkeypatch.setattr(cli_bench, "cmd_bench", step("bench"))
+    monkeypatch.setattr(cli_bench, "cmd_verify", step("verify", 1))
+    monkeypatch.setattr(cli_bench, "cmd_plot", step("plot"))
+    assert run(["demo", "--out", str(out), "--no-progress"]) == 1  # verify's status
+    assert owners == [("bench", "demo"), ("verify", "demo"), ("plot", "demo")]
+    assert not (out / "results.lock").exists()
+
+
+def test_demo_into_a_file_is_a_usage_error(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert run(["demo", "--out", str(f)]) == 2
+    assert "is a file" in capsys.readouterr().err

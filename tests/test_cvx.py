@@ -13,6 +13,7 @@ from helpers import (
 )
 
 import convex_attention as ca
+from convex_attention import cvx
 from convex_attention.cvx import (
     CvxpyAttentionLayer,
     SolverFailure,
@@ -121,3 +122,182 @@ def test_unknown_solver_option_is_a_clear_type_error(method):
     inst = random_instance("2d-2lvl", batch=1)
     with pytest.raises(TypeError, match=r"rejected the option\(s\) \['tolerance_typo'\]"):
         ca.solve(inst.scores, inst.h, "cvxpylayers", solve_method=method, tolerance_typo=1e-3)
+
+
+# ---------------------------------------------------------------- backends (docs/design.md §4)
+AVAILABLE = cvx.available_backends()
+
+
+def _needs(backend):
+    reason = cvx.backend_unavailable_reason(backend)
+    if reason is not None:
+        pytest.skip(f"backend {backend}: {reason}")
+
+
+def test_backend_names_and_availability():
+    assert cvx.BACKENDS == ("diffcp-clarabel", "diffcp-scs", "moreau", "cuclarabel", "mpax")
+    assert cvx.DEFAULT_BACKEND == "diffcp-clarabel" and "diffcp-clarabel" in AVAILABLE
+    assert set(AVAILABLE) <= set(cvx.BACKENDS) and AVAILABLE == [b for b in cvx.BACKENDS if b in AVAILABLE]
+    # MPAX solves LPs/QPs only: never offered, whatever is installed
+    assert "mpax" not in AVAILABLE and "exponential cones" in cvx.backend_unavailable_reason("mpax")
+
+
+def test_availability_is_checked_without_importing_the_solvers():
+    code = ("import sys, convex_attention.cvx as c; c.available_backends(); "
+            "assert not {'moreau', 'diffcp', 'cvxpy', 'cvxpylayers', 'scs', 'clarabel'} & set(sys.modules), "
+            "sorted({'moreau', 'diffcp', 'cvxpy', 'cvxpylayers', 'scs', 'clarabel'} & set(sys.modules))")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("backend", ["gurobi", "MOREAU", 3])
+def test_unknown_backend_names_the_choices(backend):
+    inst = random_instance("2d-2lvl", batch=1)
+    with pytest.raises(ValueError, match=r"option backend must be one of diffcp-clarabel, diffcp-scs, moreau"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", backend=backend)
+
+
+def test_uninstalled_backend_names_the_package_to_install(monkeypatch):
+    monkeypatch.setattr(cvx, "_installed", lambda module: module != "moreau")
+    assert "moreau" not in cvx.available_backends()
+    inst = random_instance("2d-2lvl", batch=1)
+    with pytest.raises(cvx.BackendUnavailable, match=r"'moreau' cannot run: not installed .*pip install .*moreau"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", backend="moreau")
+    with pytest.raises(ImportError):  # either handler catches it
+        cvx.get_backend("moreau")
+
+
+def test_mpax_is_refused_with_the_reason():
+    with pytest.raises(cvx.BackendUnavailable, match="exponential cones"):
+        cvx.get_backend("mpax")
+
+
+@pytest.mark.parametrize("backend", cvx.BACKENDS)
+def test_every_backend_passes_the_certificate_and_matches_exact(backend):
+    _needs(backend)
+    inst = random_instance("2d-3lvl-unequal", batch=3, seed=5)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    sol = ca.solve(scores, inst.h, "cvxpylayers", temperature=inst.temps, backend=backend)
+    assert sol.info["backend"] == backend
+    exact = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    accept = sol.info["accept_tol"]
+    # the certificate bounds the distance to the optimum: ‖p_k − p*_k‖₁ ≤ sqrt(2·gap/τ_k)
+    bound = (2 * accept * max(1.0, float(exact.objective.abs().max())) / min(inst.temps)) ** 0.5 + accept
+    assert float(ca.metrics.max_abs_err([p.detach() for p in sol.probs], exact.probs).max()) <= bound
+    assert float(sol.violation.max()) <= 2 * accept
+    w = [torch.randn_like(p) for p in sol.probs]
+    sum((a * b).sum() for a, b in zip(sol.probs, w)).backward()
+    assert all(torch.isfinite(s.grad).all() for s in scores)
+
+
+@pytest.mark.parametrize("backend", cvx.BACKENDS)
+def test_failure_with_inputs_that_require_grad_names_backend_sample_and_status(backend):
+    """The failure path used to call .numpy() on inputs requiring grad (RuntimeError)."""
+    _needs(backend)
+    inst = random_instance("2d-2lvl", batch=2, seed=4)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    with pytest.raises(SolverFailure, match=rf"cvxpylayers\[{backend}\] solve failed for sample 0: .*status '[^']+'"
+                                            r".*max_iters \(it was 1\)"):
+        ca.solve(scores, inst.h, "cvxpylayers", temperature=inst.temps, backend=backend, max_iters=1)
+
+
+def test_moreau_settings_reach_the_solver_and_change_between_calls():
+    """cvxpylayers 1.2 ignores per-call Moreau settings; the layer rebuilds its solver."""
+    _needs("moreau")
+    inst = random_instance("2d-2lvl", batch=2, seed=4)
+    ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend="moreau")
+    with pytest.raises(SolverFailure, match="status 'MaxIterations'"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend="moreau", max_iters=1)
+    ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend="moreau")  # defaults again
+
+
+def test_moreau_rejects_an_unknown_setting_with_a_type_error():
+    _needs("moreau")
+    inst = random_instance("2d-2lvl", batch=1)
+    with pytest.raises(TypeError, match=r"moreau rejected the option\(s\) \['tolerance_typo'\]"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", backend="moreau", tolerance_typo=1e-3)
+    with pytest.raises(TypeError, match=r"\['ipm_settings.tol_typo'\]"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", backend="moreau", ipm_settings={"tol_typo": 1.0})
+    # a real field passes through
+    ca.solve(inst.scores, inst.h, "cvxpylayers", backend="moreau", max_iter=300)
+
+
+def test_solve_method_and_backend_agree():
+    inst = random_instance("2d-2lvl", batch=1)
+    sol = ca.solve(inst.scores, inst.h, "cvxpylayers", solve_method="SCS", eps=1e-10)
+    assert sol.info["backend"] == "diffcp-scs"
+    with pytest.raises(ValueError, match="solve_method='SCS' contradicts backend='diffcp-clarabel'"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", solve_method="SCS", backend="diffcp-clarabel")
+
+
+@pytest.mark.parametrize("option, value, error, message", [
+    ("eps", -1.0, ValueError, r"option eps must be a finite number > 0"),
+    ("eps", 0.0, ValueError, r"option eps must be a finite number > 0"),
+    ("eps", float("nan"), ValueError, r"option eps must be a finite number > 0"),
+    ("eps", float("inf"), ValueError, r"option eps must be a finite number > 0"),
+    ("eps", "1e-3", TypeError, r"option eps must be a finite number > 0"),
+    ("eps", True, TypeError, r"option eps must be a finite number > 0"),
+    ("max_iters", -1, ValueError, r"option max_iters must be an integer >= 1"),
+    ("max_iters", 0, ValueError, r"option max_iters must be an integer >= 1"),
+    ("max_iters", 2.5, TypeError, r"option max_iters must be an integer >= 1"),
+    ("max_iters", "10", TypeError, r"option max_iters must be an integer >= 1"),
+    ("max_iters", True, TypeError, r"option max_iters must be an integer >= 1"),
+    ("accept_tol", float("nan"), ValueError, r"option accept_tol must be a finite number > 0"),
+    ("accept_tol", -1e-3, ValueError, r"option accept_tol must be a finite number > 0"),
+    ("accept_tol", float("inf"), ValueError, r"option accept_tol must be a finite number > 0"),
+    ("solve_method", "ECOS", ValueError, r"option solve_method must be 'SCS' or 'Clarabel'"),
+    ("solve_method", 1, ValueError, r"option solve_method must be 'SCS' or 'Clarabel'"),
+])
+def test_every_option_is_validated_before_any_work(option, value, error, message, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("a layer was built before the options were checked")
+
+    monkeypatch.setattr(cvx, "get_layer", no_work)
+    inst = random_instance("2d-2lvl", batch=1)
+    with pytest.raises(error, match=message):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", **{option: value})
+
+
+def test_valid_option_types_are_accepted():
+    inst = random_instance("2d-2lvl", batch=1)
+    sol = ca.solve(inst.scores, inst.h, "cvxpylayers", eps=np.float64(1e-12), max_iters=np.int64(200),
+                   accept_tol=1e-8)
+    assert sol.info["accept_tol"] == 1e-8 and sol.info["eps"] == 1e-12
+
+
+def test_default_accept_tol_follows_eps_and_the_backend():
+    assert cvx.check_options({})["accept_tol"] == 1e-9
+    assert cvx.check_options({"eps": 1e-6})["accept_tol"] == pytest.approx(1e-3)
+    if "diffcp-scs" in AVAILABLE:  # SCS stalls near 1e-5: its default threshold says so
+        assert cvx.check_options({"backend": "diffcp-scs"})["accept_tol"] == 1e-4
+        assert cvx.check_options({"backend": "diffcp-scs", "eps": 1e-10})["accept_tol"] == pytest.approx(1e-7)
+
+
+def test_layer_cache_is_keyed_by_backend_and_bounded_lru(monkeypatch):
+    assert cvx.CACHE_SIZE == 16
+    h = ca.Hierarchy.grid([(2,), (1,)])
+    cvx.clear_cache()
+    first = get_layer(h, [1.0, 1.0])
+    if "diffcp-scs" in AVAILABLE:
+        other = get_layer(h, [1.0, 1.0], "diffcp-scs")
+        assert other is not first and other.backend.name == "diffcp-scs"
+    for i in range(40):  # one problem per distinct temperature used to pile up without bound
+        get_layer(h, [1.0, 1.0 + i / 10])
+    assert len(cvx._CACHE) == 16
+    monkeypatch.setattr(cvx, "CACHE_SIZE", 3)
+    cvx.clear_cache()
+    a, b, c = (get_layer(h, [1.0, t]) for t in (1.0, 2.0, 3.0))
+    assert get_layer(h, [1.0, 1.0]) is a  # a is now the most recently used
+    get_layer(h, [1.0, 4.0])  # evicts b, the least recently used
+    assert len(cvx._CACHE) == 3
+    assert get_layer(h, [1.0, 1.0]) is a and get_layer(h, [1.0, 3.0]) is c
+    assert get_layer(h, [1.0, 2.0]) is not b
+    cvx.clear_cache()
+
+
+def test_float_temperatures_and_tensors_without_grad_work_one_with_grad_is_refused():
+    inst = random_instance("2d-2lvl", batch=1)
+    p1, _ = solve_cvxpylayers(inst.scores, inst.h, [1.0, 2.0])
+    p2, _ = solve_cvxpylayers(inst.scores, inst.h, torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(p1[0], p2[0])
+    with pytest.raises(ValueError, match="does not differentiate through the temperature"):
+        solve_cvxpylayers(inst.scores, inst.h, torch.tensor([1.0, 2.0], requires_grad=True))

@@ -13,7 +13,20 @@ from convex_attention.paper.data import (
     build_datasets,
     labels_only,
 )
-from convex_attention.paper.data.brats import find_patients, split_patients
+from convex_attention.paper.data.brats import (
+    find_patients,
+    preprocess_patient,
+    resize_slice,
+    split_patients,
+    split_slice,
+)
+from convex_attention.paper.data.synthetic import (
+    MIMIC_TYPES,
+    SyntheticRimLesions,
+    min_lesion_area,
+    render_rim_image,
+    synthetic_dataset,
+)
 
 
 def test_synthetic_is_deterministic_and_labelled():
@@ -60,6 +73,132 @@ def test_synthetic_bad_arguments():
         SyntheticLesions(5, difficulty=2.0)
 
 
+# ---------------------------------------------------------------- rim lesions among mimics (the default)
+
+def _boundary(region: np.ndarray) -> np.ndarray:
+    """Pixels of ``region`` with a 4-neighbour outside it."""
+    p = np.pad(region, 1)
+    return region & ~(p[:-2, 1:-1] & p[2:, 1:-1] & p[1:-1, :-2] & p[1:-1, 2:])
+
+
+def test_rim_is_deterministic_labelled_and_masks_only_lesions():
+    a = SyntheticRimLesions(16, image_size=48, seed=3)
+    b = SyntheticRimLesions(16, image_size=48, seed=3)
+    for i in (0, 7, 15):
+        for x, y in zip(a[i], b[i]):
+            assert torch.equal(x, y)
+    assert not torch.equal(a[0][0], SyntheticRimLesions(16, image_size=48, seed=4)[0][0])
+    labels = []
+    for i in range(16):
+        img, label, mask = a[i]
+        assert img.shape == (4, 48, 48) and img.dtype == torch.float32 and mask.dtype == torch.bool
+        assert label.dtype == torch.int64 and bool(torch.isfinite(img).all())
+        r = a.render(i)
+        assert torch.equal(r["image"], img) and torch.equal(r["mask"], mask)
+        lesions = [j for j, k in enumerate(r["kinds"]) if k == "lesion"]
+        assert len(lesions) == int(label)  # one lesion in a lesion image, none in a normal one
+        expected = (r["structure"] == lesions[0]) if lesions else torch.zeros_like(mask)
+        assert torch.equal(mask, expected)  # the mask marks the lesion only, never a mimic
+        labels.append(int(label))
+    assert 0 < sum(labels) < 16
+    assert synthetic_dataset("rim", 2, 48).__class__ is SyntheticRimLesions
+    assert synthetic_dataset("blobs", 2, 48).__class__ is SyntheticLesions
+
+
+def test_rim_sizes_follow_the_papers_area_rule():
+    assert (min_lesion_area(240), min_lesion_area(128), min_lesion_area(48)) == (1000, 285, 40)
+    for S, d in ((48, 0.0), (96, 1.0)):
+        ds = SyntheticRimLesions(12, image_size=S, difficulty=d, seed=1, lesion_fraction=1.0)
+        for i in range(len(ds)):
+            r = ds.render(i)
+            assert r["dropped"] == 0
+            for j, area in enumerate(r["areas"]):
+                assert area >= min_lesion_area(S)
+                assert int((r["structure"] == j).sum()) == area  # exact areas, no overlap
+            assert int(r["mask"].sum()) >= min_lesion_area(S)
+
+
+def test_rim_both_classes_carry_the_same_structures():
+    ds = SyntheticRimLesions(30, image_size=64, seed=2)
+    for i in range(len(ds)):
+        r = ds.render(i)
+        assert len(r["kinds"]) == 4 and r["dropped"] == 0  # 1 + mimic_rate (3), lesion image or not
+        assert set(r["kinds"]) <= set(MIMIC_TYPES) | {"lesion"}
+    only_split = SyntheticRimLesions(10, image_size=64, seed=2, mimic_types=("split",))
+    assert {k for i in range(10) for k in only_split.render(i)["kinds"]} <= {"split", "lesion"}
+    counts = {len(SyntheticRimLesions(20, 64, seed=2, mimic_rate=2.5).render(i)["kinds"]) for i in range(20)}
+    assert counts == {3, 4}  # 1 + 2 + Bernoulli(0.5)
+    none = SyntheticRimLesions(6, 64, seed=2, mimic_rate=0.0)
+    assert all(len(none.render(i)["kinds"]) == 1 for i in range(6))  # a normal image holds one mimic
+
+
+def test_rim_label_rests_on_the_arrangement():
+    """Lesions: core enclosed by rim; inverted mimics: the reverse; split: both touch the outline."""
+    ds = SyntheticRimLesions(10, image_size=96, seed=5)
+    seen = set()
+    for i in range(len(ds)):
+        r = ds.render(i)
+        structure, compartment = r["structure"].numpy(), r["compartment"].numpy()
+        assert _boundary(structure >= 0).sum() == sum(_boundary(structure == j).sum() for j in range(len(r["kinds"])))
+        for j, kind in enumerate(r["kinds"]):
+            region = structure == j
+            edge = compartment[_boundary(region)]
+            inner = compartment[region & ~_boundary(region)]
+            assert {1, 2} <= set(compartment[region].tolist())  # both compartments, in every kind
+            if kind == "lesion":
+                assert (edge == 2).all() and (inner == 1).any()  # the rim encloses the core
+            elif kind == "inverted":
+                assert (edge == 1).all() and (inner == 2).any()
+            elif kind == "split":
+                assert {1, 2} <= set(edge.tolist())
+            seen.add(kind)
+    assert seen == {"lesion", *MIMIC_TYPES}
+
+
+def test_rim_lesion_intensities_vary_and_difficulty_lowers_contrast():
+    def lesion_stats(difficulty):
+        ds = SyntheticRimLesions(16, image_size=64, difficulty=difficulty, seed=0, lesion_fraction=1.0)
+        rims, ratios, contrast = [], [], []
+        for i in range(len(ds)):
+            r = ds.render(i)
+            img, comp, mask = r["image"], r["compartment"], r["mask"]
+            rim, core = mask & (comp == 2), mask & (comp == 1)
+            tissue = (r["structure"] < 0) & (img[2] != 0)
+            rims.append(float(img[2][rim].mean()))
+            ratios.append(float(img[0][core].mean() / img[3][core].mean()))
+            contrast.append(float(img[2][rim].mean() - img[2][tissue].median()))
+        return np.array(rims), np.array(ratios), float(np.mean(contrast))
+
+    rims, ratios, easy = lesion_stats(0.0)
+    assert rims.std() / rims.mean() > 0.05  # amplitudes vary from lesion to lesion
+    assert ratios.std() / abs(ratios.mean()) > 0.05  # and so does the channel signature
+    hard = lesion_stats(1.0)[2]
+    assert easy > hard > 0
+
+
+def test_rim_bad_arguments():
+    for kwargs, match in ((dict(n=0), "at least one image"), (dict(difficulty=1.5), "difficulty"),
+                          (dict(image_size=24), "image_size"), (dict(mimic_rate=-1.0), "mimic_rate"),
+                          (dict(mimic_rate=float("nan")), "mimic_rate"), (dict(mimic_types=()), "mimic_types"),
+                          (dict(mimic_types=("ring",)), "mimic_types"), (dict(channels=0), "channels"),
+                          (dict(lesion_fraction=2.0), "lesion_fraction")):
+        with pytest.raises(ValueError, match=match):
+            SyntheticRimLesions(**{"n": 4, **kwargs})
+    with pytest.raises(IndexError):
+        SyntheticRimLesions(4, 48)[4]
+    with pytest.raises(ValueError, match="unknown synthetic generator"):
+        synthetic_dataset("spots", 4)
+    assert render_rim_image(0, 0, 48, channels=6)[0].shape == (6, 48, 48)
+
+
+def test_blobs_generator_is_unchanged():
+    """The previous generator stays available under its name and renders what it rendered."""
+    img, label, mask = SyntheticLesions(8, image_size=32, seed=7)[0]
+    assert int(label) == 1 and int(mask.sum()) == 13
+    assert float(img.double().abs().sum()) == pytest.approx(1674.41195585, abs=1e-3)
+    assert img[0, 16, 10:14].tolist() == pytest.approx([-0.58911288, -0.65152371, -0.13997692, 0.19069003], abs=1e-5)
+
+
 # ---------------------------------------------------------------- BraTS, on a fake folder
 
 def _write_fake_brats(root, patients, shape=(48, 48, 6), tumour_slices=(2, 3), seed=0):
@@ -88,15 +227,19 @@ def test_brats_loader_reproduces_the_preprocessing(tmp_path):
     assert len(ds) == 3 * 2 * 2  # 3 patients x 2 kept slices x (tumour half, healthy half)
     labels = [int(ds[i][1]) for i in range(len(ds))]
     assert labels.count(1) == labels.count(0) == 6
+    # the tumour covers array axis 0 (left-right) 10..29 and axis 1 (anterior-posterior) 26..39;
+    # images have left-right columns: the tumour spans columns 10..29, left of the middle, so
+    # the tumour image holds columns 0..29 and the healthy image columns 30..47
     for i in range(len(ds)):
         img, label, mask = ds[i]
         assert img.shape == (4, 48, 48) and mask.shape == (48, 48)
         if label == 1:
-            assert mask.sum() == 280 and bool((img[:, :, 26:40] != 0).any())
-            assert (img[:, :, :26] == 0).all()  # the healthy side is zero-filled
+            assert mask.sum() == 280 and bool(mask[26:40, 10:30].all())
+            assert bool((img[:, :, 4:30] != 0).any())
+            assert (img[:, :, 30:] == 0).all()  # the healthy side is zero-filled
         else:
             assert not mask.any()
-            assert (img[:, :, 26:] == 0).all() and bool((img[:, :, 4:26] != 0).any())
+            assert (img[:, :, :30] == 0).all() and bool((img[:, :, 30:44] != 0).any())
     # per-modality normalisation over the brain of the volume
     img = ds[1][0]
     assert abs(float(img[0][img[0] != 0].mean())) < 0.5
@@ -143,6 +286,266 @@ def test_brats_errors(tmp_path):
     _write_fake_brats(root, ["Brats18_A_1"])
     with pytest.raises(ValueError, match="empty dataset"):  # default 1000-pixel rule drops every slice
         BraTSSlices(root, "all", image_size=48, cache_dir=str(tmp_path / "c"))
+
+
+def _write_patient(root, pid, vols, seg, signs=(1, 1, 1), perm=(0, 1, 2), group="HGG"):
+    """Save canonical ``(LR, AP, SI)`` arrays as NIfTI files whose array axes are ``perm`` of
+    the canonical ones (stored axis i = canonical axis perm[i]) with the matching affine;
+    ``signs`` (+1: index grows towards R, A, S) flips the axis directions in the affine only."""
+    import nibabel as nib
+
+    folder = os.path.join(root, group, pid)
+    os.makedirs(folder, exist_ok=True)
+    base = np.diag(list(signs) + [1]).astype(float)
+    affine = np.eye(4)
+    affine[:3, :3] = base[:3, list(perm)]
+    for name, arr in {**vols, "seg": seg}.items():
+        stored = np.ascontiguousarray(np.transpose(arr, perm))
+        nib.save(nib.Nifti1Image(stored.astype(np.int16 if name == "seg" else np.float32), affine),
+                 os.path.join(folder, f"{pid}_{name}.nii.gz"))
+    return folder
+
+
+def _anatomy(shape=(40, 40, 4), seed=0):
+    """Canonical (LR, AP, SI) volumes: a brain box whose FLAIR grows with the left-right index
+    and T1 with the anterior-posterior index (so a piece shows which axis it was cut along)."""
+    rng = np.random.default_rng(seed)
+    LR, AP, _ = shape
+    brain = np.zeros(shape, bool)
+    brain[2:LR - 2, 3:AP - 3, :] = True
+    lr = np.arange(LR, dtype=np.float32)[:, None, None]
+    ap = np.arange(AP, dtype=np.float32)[None, :, None]
+    vols = {"flair": (100 + lr + 0 * ap) * brain, "t1": (100 + ap + 0 * lr) * brain,
+            "t1ce": rng.normal(100, 10, shape) * brain, "t2": rng.normal(200, 10, shape) * brain}
+    return {k: np.broadcast_to(v, shape).astype(np.float32) for k, v in vols.items()}, np.zeros(shape, np.int16)
+
+
+def _authors_pieces(vols, seg, z):
+    """The authors' preprocessing of slice ``z`` (their create_dataset.py, rot90 and split):
+    ``(tumour image, healthy image, tumour mask)`` on raw intensities."""
+    x = np.stack([np.rot90(vols[m], 1, axes=(0, 2)) for m in ("flair", "t1", "t1ce", "t2")])
+    mask = np.rot90(seg > 0, 1, axes=(0, 2)).astype(np.uint8)
+    i = seg.shape[2] - 1 - z
+    cols = np.where(mask[i].sum(axis=0))[0]
+    x_min, x_max, W = cols.min(), cols.max(), mask.shape[2]
+    left, right = np.zeros_like(x[:, i]), np.zeros_like(x[:, i])
+    cut = x_max if (x_min + x_max) / 2 < W / 2 else x_min
+    left[:, :, :cut], right[:, :, cut:] = x[:, i, :, :cut], x[:, i, :, cut:]
+    tumour_left = (x_min + x_max) / 2 < W / 2
+    return (left, right, mask[i]) if tumour_left else (right, left, mask[i])
+
+
+def test_brats_slices_are_the_authors_rot90_and_split():
+    vols, seg = _anatomy()
+    seg[5:15, 10:30, 1] = 1  # left of the middle (left-right index < 20)
+    seg[25:36, 8:20, 2] = 2  # right of it
+    seg[0:40, 10:12, 3] = 4  # spans every column: no healthy side, dropped
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        folder = _write_patient(root, "P", vols, seg, signs=(-1, -1, 1))  # BraTS: affine diag(-1, -1, 1)
+        out = preprocess_patient(folder, "P", min_tumour_area=50, image_size=40, normalisation="dataset")
+    assert out["slices"].tolist() == [1, 1, 2, 2] and out["labels"].tolist() == [1, 0, 1, 0]
+    for k, z in ((0, 1), (2, 2)):
+        theirs_tumour, theirs_healthy, their_mask = _authors_pieces(vols, seg, z)
+        tumour, healthy, mask = out["images"][k], out["images"][k + 1], out["masks"][k]
+        assert np.array_equal(mask, their_mask > 0) and not out["masks"][k + 1].any()
+        cols = np.nonzero(mask.any(0))[0]
+        if z == 1:  # tumour on the left: the authors give column x_max to the healthy side; here the tumour keeps it
+            x_max = cols.max()
+            assert np.array_equal(tumour[:, :, :x_max], theirs_tumour[:, :, :x_max])
+            assert np.array_equal(healthy[:, :, x_max + 1:], theirs_healthy[:, :, x_max + 1:])
+            assert (healthy[:, :, :x_max + 1] == 0).all() and (tumour[:, :, x_max + 1:] == 0).all()
+        else:
+            assert np.array_equal(tumour, theirs_tumour) and np.array_equal(healthy, theirs_healthy)
+    moments = out["moments"]
+    for c, m in enumerate(("flair", "t1", "t1ce", "t2")):
+        assert moments[c].tolist() == pytest.approx([vols[m].size, vols[m].sum(), (vols[m].astype(float) ** 2).sum()],
+                                                    rel=1e-6)
+
+
+def test_brats_splits_left_right_whatever_the_array_layout(tmp_path):
+    """A lesion in the left hemisphere ends up in the left piece, along the left-right axis the
+    affine names, however the volume's axes are stored."""
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1:3] = 1  # left-right index 4..15: left of the middle only
+    pieces = {}
+    for name, perm in (("canonical", (0, 1, 2)), ("permuted", (2, 1, 0)), ("rolled", (1, 2, 0))):
+        root = str(tmp_path / name)
+        _write_patient(root, "P", vols, seg, perm=perm)
+        ds = BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=str(tmp_path / f"c-{name}"),
+                         normalisation="dataset")
+        pieces[name] = [ds[i] for i in range(len(ds))]
+        assert len(ds) == 4
+        for i, (img, label, mask) in enumerate(pieces[name]):
+            brain = ds.brain_mask(i)
+            # raw FLAIR is 100 + the left-right index: read it back in every brain pixel
+            lr = torch.full(img.shape[1:], float("nan"))
+            lr[brain] = img[0][brain] * float(ds.stats[0, 1]) + float(ds.stats[0, 0]) - 100
+            if label == 1:
+                assert bool(mask.any()) and int(mask.any(0).nonzero().max()) == 15
+                assert float(lr[brain].max()) == pytest.approx(15, abs=1e-3)  # the left piece: left-right 0..15
+            else:
+                assert not mask.any() and float(lr[brain].min()) == pytest.approx(16, abs=1e-3)  # the right piece
+            # columns run left-right: each column holds one left-right index
+            col_means = lr.nanmean(0)
+            finite = ~torch.isnan(col_means)
+            assert bool(finite.any()) and torch.allclose(col_means[finite], torch.arange(40.0)[finite], atol=1e-3)
+    for name in ("permuted", "rolled"):
+        for (a, la, ma), (b, lb, mb) in zip(pieces["canonical"], pieces[name]):
+            assert torch.allclose(a, b, atol=1e-5) and la == lb and torch.equal(ma, mb)
+
+
+def test_brats_split_slice_rule():
+    t = np.zeros((6, 10), bool)
+    t[2, 1:4] = True  # centre 2 < 5: columns 0..3 are the tumour image
+    assert split_slice(t).tolist() == [True] * 4 + [False] * 6
+    t[:] = False
+    t[2, 5:8] = True  # centre 6 >= 5: columns 5.. are the tumour image
+    assert split_slice(t).tolist() == [False] * 5 + [True] * 5
+    t[:] = False
+    t[2, 3:7] = True  # centre 4.5 < 5
+    assert split_slice(t).tolist() == [True] * 7 + [False] * 3
+    t[:] = False
+    t[2, 1:10] = True  # centre 5 >= 5: columns 1.. are the tumour image
+    assert split_slice(t).tolist() == [False] + [True] * 9
+    t[2, 0] = True  # centre 4.5 < 5 and the tumour reaches the far edge: no healthy side
+    assert split_slice(t) is None
+
+
+def test_brats_resizes_and_never_crops(tmp_path):
+    vols, seg = _anatomy((48, 40, 3))  # non-square slices: 40 rows (anterior-posterior) x 48 columns
+    seg[0:8, 10:30, 1] = 1  # at the left edge: a centre crop to 32 would cut it away
+    root = str(tmp_path / "b")
+    _write_patient(root, "P", vols, seg)
+    for size in (32, 256):
+        ds = BraTSSlices(root, "all", min_tumour_area=50, image_size=size, cache_dir=str(tmp_path / f"c{size}"))
+        (img, label, mask), label0 = ds[0], ds[1][1]
+        assert img.shape == (4, size, size) and int(label) == 1 and int(label0) == 0
+        scale = size / 48  # padded to 48 x 48, then resized
+        assert int(mask.sum()) == pytest.approx(160 * scale ** 2, rel=0.15)
+        brain = ds.brain_mask(0) | ds.brain_mask(1)
+        rows, cols = brain.any(1).nonzero(), brain.any(0).nonzero()
+        # the whole brain box (rows 3..36 of 40, padded by 4; columns 2..45 of 48) is still there
+        assert int(rows.min()) <= round(7 * scale) and int(rows.max()) >= int(40 * scale) - 1
+        assert int(cols.min()) <= round(2 * scale) and int(cols.max()) >= int(45 * scale)
+    square = np.ones((2, 40, 40), np.float32)
+    assert resize_slice(square, 256).shape == (2, 256, 256) and np.allclose(resize_slice(square, 256), 1)
+    assert np.allclose(resize_slice(square, 20), 1)
+    m = np.zeros((1, 40, 40), np.float32)
+    m[0, 10:20, 10:20] = 1
+    assert resize_slice(m, 80, mask=True).dtype == bool and int(resize_slice(m, 80, mask=True).sum()) == 400
+
+
+def test_brats_normalisation_volume_and_dataset(tmp_path):
+    root = str(tmp_path / "b")
+    raw = {}
+    for k, pid in enumerate(["Brats18_A_1", "Brats18_B_2", "Brats18_C_3", "Brats18_D_4"]):
+        vols, seg = _anatomy(seed=k)
+        vols = {m: v * (1 + k) for m, v in vols.items()}  # patients differ in scale
+        seg[4:16, 12:30, 1] = 1
+        _write_patient(root, pid, vols, seg)
+        raw[pid] = vols
+    kw = dict(val_fraction=0.25, seed=0, min_tumour_area=50, image_size=40, cache_dir=str(tmp_path / "c"))
+    train = BraTSSlices(root, "train", normalisation="dataset", **kw)
+    val = BraTSSlices(root, "val", normalisation="dataset", **kw)
+    assert np.array_equal(train.stats, val.stats)  # the validation set uses the training patients' statistics
+    for c, m in enumerate(("flair", "t1", "t1ce", "t2")):
+        voxels = np.concatenate([raw[p][m].ravel() for p in train.patients]).astype(np.float64)
+        assert train.stats[c].tolist() == pytest.approx([voxels.mean(), voxels.std()], rel=1e-5)
+    img = val[0][0]
+    background = -train.stats[:, 0] / train.stats[:, 1]  # every pixel is normalised, background included
+    assert torch.allclose(img[:, 0, 0], torch.from_numpy(background), atol=1e-5)
+    per_volume = BraTSSlices(root, "val", normalisation="volume", **kw)
+    img = per_volume[0][0]
+    assert (img[:, 0, 0] == 0).all()
+    assert not np.array_equal(per_volume[0][0].numpy(), val[0][0].numpy())
+    with pytest.raises(ValueError, match="normalisation"):
+        BraTSSlices(root, "val", normalisation="global", **kw)
+
+
+def test_brats_data_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
+    os.makedirs(tmp_path / "empty")
+    with pytest.raises(ValueError, match=r"empty dataset: .*'.*empty'.*--data-root"):
+        BraTSSlices(str(tmp_path / "empty"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        BraTSSlices(str(tmp_path / "file"))
+
+    def patient(name, **edit):
+        vols, seg = _anatomy()
+        seg[4:16, 12:30, 1] = 1
+        root = str(tmp_path / name)
+        folder = _write_patient(root, "Brats18_X_1", vols, seg)
+        return root, folder
+
+    root, folder = patient("missing")
+    os.remove(os.path.join(folder, "Brats18_X_1_t1ce.nii.gz"))
+    missing = r"patient 'Brats18_X_1': missing t1ce volume .*Brats18_X_1_t1ce\.nii\.gz.*restore"
+    with pytest.raises(ValueError, match=missing):
+        BraTSSlices(root, "all", cache_dir=str(tmp_path / "c1"))
+
+    import nibabel as nib
+
+    root, folder = patient("shapes")
+    nib.save(nib.Nifti1Image(np.zeros((40, 40, 5), np.float32), np.eye(4)),
+             os.path.join(folder, "Brats18_X_1_t2.nii.gz"))
+    with pytest.raises(ValueError, match=r"patient 'Brats18_X_1': volumes differ in shape .*t2 \(40, 40, 5\)"):
+        BraTSSlices(root, "all", cache_dir=str(tmp_path / "c2"))
+
+    root, folder = patient("axes")
+    swapped = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
+    nib.save(nib.Nifti1Image(np.zeros((40, 40, 4), np.float32), swapped), os.path.join(folder, "Brats18_X_1_t2.nii.gz"))
+    with pytest.raises(ValueError, match=r"patient 'Brats18_X_1': the files' NIfTI affines order the axes differently"):
+        BraTSSlices(root, "all", cache_dir=str(tmp_path / "c3"))
+
+    root, folder = patient("nan")
+    bad = np.full((40, 40, 4), np.nan, np.float32)
+    nib.save(nib.Nifti1Image(bad, np.eye(4)), os.path.join(folder, "Brats18_X_1_flair.nii.gz"))
+    with pytest.raises(ValueError, match=r"Brats18_X_1_flair\.nii\.gz' holds NaN"):
+        BraTSSlices(root, "all", cache_dir=str(tmp_path / "c4"))
+
+    root, folder = patient("garbage")
+    with open(os.path.join(folder, "Brats18_X_1_t1.nii.gz"), "wb") as f:
+        f.write(b"not a nifti file")
+    with pytest.raises(ValueError, match=r"cannot read .*Brats18_X_1_t1\.nii\.gz.*re-extract"):
+        BraTSSlices(root, "all", cache_dir=str(tmp_path / "c5"))
+
+    root, _ = patient("twice")
+    vols, seg = _anatomy()
+    _write_patient(root, "Brats18_X_1", vols, seg, group="LGG")
+    with pytest.raises(ValueError, match="appears twice"):
+        BraTSSlices(root, "all", cache_dir=str(tmp_path / "c6"))
+
+
+def test_brats_read_only_cache(tmp_path, monkeypatch):
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    root = str(tmp_path / "b")
+    _write_patient(root, "Brats18_X_1", vols, seg)
+    from convex_attention.paper.data import brats
+
+    real_makedirs = os.makedirs
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(root):
+            raise PermissionError(13, "Permission denied", path)
+        return real_makedirs(path, *args, **kwargs)
+
+    monkeypatch.setattr(brats.os, "makedirs", read_only)
+    with pytest.raises(ValueError, match=r"cache folder '.*convex_attention_cache' is not writable .*--cache-dir"):
+        BraTSSlices(root, "all", min_tumour_area=50, image_size=40)  # the default cache sits in the data folder
+    moved = str(tmp_path / "elsewhere")
+    ds = BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=moved)  # the fix works
+    assert len(ds) == 2
+    # a complete cache is read without writing anything, even from a read-only folder
+    monkeypatch.setattr(brats.os, "makedirs", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "no")))
+    monkeypatch.setattr(brats, "preprocess_patient", lambda *a, **k: (_ for _ in ()).throw(AssertionError("redone")))
+    again = BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=moved)
+    assert torch.equal(again[0][0], ds[0][0])
+    a_file = os.path.join(moved, sorted(os.listdir(moved))[0])
+    with pytest.raises(ValueError, match="is a file"):
+        BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=a_file)
 
 
 # ---------------------------------------------------------------- folder dataset
@@ -200,6 +603,9 @@ def test_folder_dataset_errors(tmp_path):
 def test_build_datasets_sources(tmp_path):
     train, val = build_datasets("synthetic", image_size=32, n_train=4, n_val=2, seed=5)
     assert len(train) == 4 and len(val) == 2 and not torch.equal(train[0][0], val[0][0])
+    assert isinstance(train, SyntheticRimLesions) and isinstance(val, SyntheticRimLesions)  # the new default
+    old, _ = build_datasets("synthetic-blobs", image_size=32, n_train=4, n_val=2, seed=5)
+    assert isinstance(old, SyntheticLesions) and torch.equal(old[1][0], SyntheticLesions(4, 32, seed=5)[1][0])
     with pytest.raises(ValueError, match="needs --data-root"):
         build_datasets("brats")
     with pytest.raises(ValueError, match="unknown data source"):

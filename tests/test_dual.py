@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from helpers import (
     ALL_CASES,
+    Instance,
     flat_np,
     linear_loss_gradient,
     pool_sum,
@@ -53,7 +54,12 @@ def test_two_levels_converge_in_one_sweep():
 
 
 def test_stops_at_tolerance_and_reports_iterations_and_history():
-    inst = random_instance("2d-3lvl-unequal", batch=3, seed=1)
+    # Four levels: three-level problems reach rounding in three accelerated sweeps, so
+    # that both tolerances would stop at the same sweep.
+    h = ca.Hierarchy.grid([(16, 16), (8, 8), (4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(1)
+    inst = Instance(h, [2.0 * torch.randn((3,) + s, generator=g, dtype=torch.float64) for s in h.shapes],
+                    [0.5, 2.0, 0.3, 1.5])
     loose = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-3, record_history=True)
     tight = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-10, record_history=True)
     assert (loose.info["iterations"] <= tight.info["iterations"]).all()
@@ -203,3 +209,223 @@ def test_solve_dual_init_warm_start_converges_immediately():
     first = solve_dual(inst.scores, inst.h, inst.temps, tol=1e-10)
     again = solve_dual(inst.scores, inst.h, inst.temps, tol=1e-10, init=first["duals"])
     assert again["iterations"].max() <= 1
+
+
+# ------------------------------------------------------------------ trust: options and NaN
+
+def _three_level(batch=2, seed=0, scale=2.0):
+    inst = random_instance("2d-3lvl-unequal", batch=batch, seed=seed, scale=scale)
+    return inst.scores, inst.h, inst.temps
+
+
+@pytest.mark.parametrize("options, exc, message", [
+    ({"tol": float("nan")}, ValueError, r"tol must be a positive finite number"),
+    ({"tol": float("inf")}, ValueError, r"tol must be a positive finite number"),
+    ({"tol": 0.0}, ValueError, r"tol must be a positive finite number"),
+    ({"tol": -1e-6}, ValueError, r"tol must be a positive finite number"),
+    ({"tol": "1e-6"}, TypeError, r"tol must be a positive finite number"),
+    ({"tol": True}, TypeError, r"tol must be"),
+    ({"max_iter": 0}, ValueError, r"max_iter must be an int >= 1"),
+    ({"max_iter": -5}, ValueError, r"max_iter must be an int >= 1"),
+    ({"max_iter": 2.5}, TypeError, r"max_iter must be an int >= 1"),
+    ({"max_iter": True}, TypeError, r"max_iter must be an int >= 1"),
+    ({"strict": 1}, TypeError, r"strict must be True or False"),
+    ({"strict": None}, TypeError, r"strict must be True or False"),
+    ({"record_history": "yes"}, TypeError, r"record_history must be True or False"),
+    ({"dtype": torch.float16}, ValueError, r"dtype must be torch.float32 or torch.float64"),
+    ({"dtype": torch.int64}, ValueError, r"dtype must be torch.float32 or torch.float64"),
+    ({"dtype": "float64"}, ValueError, r"dtype must be torch.float32 or torch.float64"),
+    ({"init": torch.zeros(2, 3, 2)}, TypeError, r"init must be None or a list of 2 tensors"),
+    ({"init": [torch.zeros(3, 2)]}, ValueError, r"init must hold one tensor per constraint \(2\)"),
+    ({"init": [torch.zeros(3, 2), torch.zeros(2, 2)]}, ValueError, r"init\[1\] must have shape \(1, 2\)"),
+    ({"init": [torch.zeros(5, 3, 2), torch.zeros(1, 2)]}, ValueError, r"init\[0\] must have shape"),
+    ({"init": [torch.full((3, 2), float("nan")), torch.zeros(1, 2)]}, ValueError, r"init\[0\] contains NaN"),
+    ({"init": [torch.zeros(3, 2), torch.tensor([[float("inf"), 0.0]])]}, ValueError, r"init\[1\] contains NaN or Inf"),
+    ({"init": [torch.zeros(3, 2, dtype=torch.long), torch.zeros(1, 2)]}, TypeError, r"init\[0\] must be a floating"),
+    ({"init": [[0.0] * 6, torch.zeros(1, 2)]}, TypeError, r"init\[0\] must be a torch.Tensor"),
+])
+def test_every_dual_option_is_validated_before_any_work(options, exc, message, monkeypatch):
+    """Through ``ca.solve`` (the registry entry) and the kernel ``solve_dual``: a clear
+    error naming the option and its range, raised before the solver starts."""
+    import convex_attention.dual as dual_module
+
+    scores, h, temps = _three_level()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the solver started before its options were checked")
+
+    monkeypatch.setattr(dual_module, "_evaluate", no_work)
+    monkeypatch.setattr(dual_module.DualSolveFunction, "apply", no_work)
+    with pytest.raises(exc, match=message):
+        ca.solve(scores, h, "dual", temperature=temps, **options)
+    kernel_options = {k: v for k, v in options.items() if k != "dtype"}
+    if kernel_options:
+        with pytest.raises(exc, match=message):
+            solve_dual(scores, h, temps, **kernel_options)
+
+
+def test_valid_init_shapes_are_accepted():
+    scores, h, temps = _three_level(batch=2)
+    first = solve_dual(scores, h, temps, tol=1e-10)
+    for init in (first["duals"], [d[:1] for d in first["duals"]], [d[0] for d in first["duals"]]):
+        sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-10, init=init)
+        assert sol.info["converged"].all()
+
+
+def test_nan_tol_and_nan_init_never_report_converged():
+    """Once ``tol=nan`` or a NaN ``init`` gave NaN probabilities with converged=True."""
+    scores, h, temps = _three_level()
+    with pytest.raises(ValueError, match="tol"):
+        ca.solve(scores, h, "dual", temperature=temps, tol=float("nan"), strict=False)
+    bad_init = [torch.full((2,) + s, float("nan"), dtype=torch.float64) for s in h.shapes[1:]]
+    with pytest.raises(ValueError, match=r"init\[0\] contains NaN"):
+        ca.solve(scores, h, "dual", temperature=temps, init=bad_init, strict=False)
+
+
+def test_huge_scores_at_tiny_temperature_are_solved_never_nan():
+    """Finite float64 scores × 1e10 at τ = 1e-300: ``θ/τ`` overflows float64, which once gave
+    NaN probabilities with converged=True.  The steps are formed from max-shifted logits,
+    so the solve is finite and is the exact solution."""
+    scores, h, _ = _three_level(scale=1e10)
+    temps = [1e-300] * h.num_levels
+    sol = ca.solve(scores, h, "dual", temperature=temps)
+    exact = ca.solve(scores, h, "exact", temperature=temps)
+    assert sol.info["converged"].all() and (sol.violation <= 1e-6).all()
+    assert all(torch.isfinite(p).all() for p in sol.probs) and all(torch.isfinite(d).all() for d in sol.duals)
+    assert ca.metrics.max_abs_err(sol.probs, exact.probs).max() < 1e-6
+
+
+def test_unresolvable_temperatures_fail_with_the_reason():
+    """τ = [1e-300, 1, 1]: the optimum needs logits resolved to ~1e-300, beyond float64, so
+    the dual cannot converge; it says so (no 'raise max_iter') and returns finite output."""
+    scores, h, _ = _three_level()
+    temps = [1e-300, 1.0, 1.0]
+    with pytest.raises(ConvergenceError,
+                       match=r"stalled.*cannot resolve the optimum in float64.*method='exact'") as err:
+        solve_dual(scores, h, temps, max_iter=30)
+    assert "raise max_iter" not in str(err.value)
+    with pytest.warns(RuntimeWarning, match="cannot resolve"):
+        sol = ca.solve(scores, h, "dual", temperature=temps, max_iter=30, strict=False)
+    assert not sol.info["converged"].any() and all(torch.isfinite(p).all() for p in sol.probs)
+
+
+def test_float32_working_dtype_checks_the_temperature_range_first():
+    scores, h, _ = _three_level()
+    with pytest.raises(ValueError, match=r"dtype=torch.float32: temperature of level 0 is 1e-300"):
+        ca.solve(scores, h, "dual", temperature=[1e-300, 1.0, 1.0], dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"dtype=torch.float32: the temperatures sum to"):
+        ca.solve(scores, h, "dual", temperature=1e25, dtype=torch.float32)
+
+
+def test_nan_scores_given_to_the_kernel_are_a_failure_not_converged():
+    """``solve_dual`` does not re-check finiteness (``solve`` does); NaN in its state still
+    ends as not converged, strict or not."""
+    scores, h, temps = _three_level(batch=3)
+    scores = [s.clone() for s in scores]
+    scores[1][2, 0, 0] = float("nan")
+    with pytest.raises(ConvergenceError,
+                       match=r"sample\(s\) \[2\]: the solver state became NaN/Inf \(the scores contain NaN"):
+        solve_dual(scores, h, temps)
+    with pytest.warns(RuntimeWarning, match="NaN/Inf"):
+        res = solve_dual(scores, h, temps, strict=False)
+    assert res["converged"].tolist() == [True, True, False]
+
+
+def test_nan_in_the_solver_state_mid_solve_is_a_failure(monkeypatch):
+    """A NaN produced by a sweep (not in the input) ends that sample as not converged;
+    the other samples are unaffected."""
+    import convex_attention.dual as dual_module
+
+    scores, h, temps = _three_level(batch=3)
+    clean = solve_dual(scores, h, temps, tol=1e-10)
+    real_sweep, calls = dual_module._sweep, []
+
+    def poisoned(h_, temps_, lam, etas, mask):
+        lam, etas = real_sweep(h_, temps_, lam, etas, mask)
+        calls.append(1)
+        if len(calls) == 2:  # the second sweep corrupts sample 1
+            lam[0] = lam[0].clone()
+            lam[0][1] = float("nan")
+        return lam, etas
+
+    monkeypatch.setattr(dual_module, "_sweep", poisoned)
+    with pytest.raises(ConvergenceError, match=r"sample\(s\) \[1\]; sample\(s\) \[1\]: the solver state became NaN"):
+        solve_dual(scores, h, temps, tol=1e-10)
+    with pytest.warns(RuntimeWarning):
+        calls.clear()
+        res = solve_dual(scores, h, temps, tol=1e-10, strict=False)
+    assert res["converged"].tolist() == [True, False, True]
+    for k in range(h.num_levels - 1):
+        torch.testing.assert_close(res["duals"][k][[0, 2]], clean["duals"][k][[0, 2]], atol=1e-9, rtol=0)
+
+
+def test_the_safeguard_rejects_a_bad_extrapolation(monkeypatch):
+    """A garbage Anderson point (NaN, or one that raises g) is never taken: the solver still
+    converges, and g never increases."""
+    import convex_attention.dual as dual_module
+
+    for garbage in (lambda xs, gxs: torch.full_like(xs[-1], float("nan")),
+                    lambda xs, gxs: xs[-1] + 50.0 * torch.randn_like(xs[-1])):
+        monkeypatch.setattr(dual_module, "_anderson", garbage)
+        scores, h, temps = _three_level(batch=2)
+        res = solve_dual(scores, h, temps, tol=1e-8, record_history=True)
+        assert res["converged"].all()
+        g = res["history"]["dual_objective"]
+        assert (g[1:] <= g[:-1] + 1e-12).all()
+
+
+# ------------------------------------------------------------------ convergence speed
+
+def test_dual_reaches_1e6_within_50_sweeps_on_verify_random_set():
+    from convex_attention.bench.verify import random_instances
+
+    for seed in (0, 1):
+        for name, h, scores, temps in random_instances(24, seed):
+            res = solve_dual([s.double() for s in scores], h, temps, tol=1e-6, max_iter=50)
+            assert res["converged"].all() and int(res["iterations"].max()) <= 50, name
+
+
+@pytest.mark.parametrize("temps", [
+    [1e3, 1e-3, 1e3],      # plain sweeps sat at violation 1.2e-3 from sweep 10 to 1000
+    [1e-3, 1e3, 1e-3],
+    [1e6, 1.0, 1e6],
+    [1.0, 1e-6, 1.0],
+    [1.0, 1e-6, 1e-6],
+    [1e-3, 1e-3, 1e3],
+])
+def test_dual_converges_at_temperature_ratios_up_to_1e6(temps):
+    from convex_attention.bench.generators import generate
+
+    h = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])
+    for gen in ("gaussian", "lesion"):
+        scores = generate(gen, h, 4, seed=0, scale=2.0)
+        sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-6, max_iter=50)
+        assert sol.info["converged"].all() and int(sol.info["iterations"].max()) <= 50
+        exact = ca.solve(scores, h, "exact", temperature=temps)
+        assert ca.metrics.max_abs_err(sol.probs, exact.probs).max() < 1e-5
+
+
+def test_dual_converges_on_deep_hierarchies_with_extreme_temperatures():
+    h = ca.Hierarchy.grid([(32, 32), (16, 16), (8, 8), (4, 4), (2, 2), (1, 1)])
+    g = torch.Generator().manual_seed(0)
+    scores = [15.0 * torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    temps = [0.3, 20.0, 1e-3, 3e-2, 1e-2, 9e-3]
+    sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-6, max_iter=50, record_history=True)
+    assert sol.info["converged"].all()
+    hist = sol.info["history"]["dual_objective"]
+    assert (hist[1:] <= hist[:-1] + 1e-9 * hist[0].abs()).all()
+
+
+def test_failure_advice_is_true():
+    """'raise max_iter' only while the violation is still falling; at a rounding floor the
+    message says that more sweeps will not help and what will."""
+    scores, h, temps = _three_level(batch=2, seed=1, scale=5.0)
+    with pytest.raises(ConvergenceError, match=r"still converging after max_iter=1 sweeps.*raise max_iter"):
+        ca.solve(scores, h, "dual", temperature=temps, tol=1e-14, max_iter=1)
+    with pytest.raises(ConvergenceError) as err:
+        ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, max_iter=40, dtype=torch.float32)
+    msg = str(err.value)
+    assert "stalled" in msg and "unlikely to help" in msg and "dtype=torch.float64" in msg
+    assert "raise max_iter" not in msg
+    with pytest.raises(ConvergenceError, match=r"stalled.*method='exact'"):
+        ca.solve(scores, h, "dual", temperature=temps, tol=1e-19, max_iter=40)

@@ -213,3 +213,81 @@ def test_duals_of_hand_example():
     # value = log(1 + 3) + 0 (top) by the closed form: T_1 · lse(m_1 / T_1), m_1 = 0 + log 4, T_1 = 2
     torch.testing.assert_close(sol.objective, torch.tensor([np.log(4.0)], dtype=torch.float64))
     assert exact_duals([theta0, torch.zeros(1, 1, dtype=torch.float64)], h, [1.0, 1.0])[0].abs().max() < 1e-15
+
+
+# ---------------------------------------------------------------- differentiable temperature
+
+@pytest.mark.parametrize("case", ALL_CASES)
+def test_gradcheck_scores_and_temperatures(case):
+    """The analytic backward returns ∂L/∂τ_k = −Σ θ̄_k log p_k (implicit function theorem),
+    checked against finite differences for 2 and 3 levels, unequal τ, grids and irregular."""
+    inst = random_instance(case, batch=2)
+    assert len(set(inst.temps)) == len(inst.temps)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, *s: ExactAttentionFunction.apply(inst.h, t, *s), (tau, *scores))
+
+
+def test_temperature_gradient_matches_autograd_through_the_log_space_form():
+    inst = random_instance("3d-3lvl", batch=3)
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+    weights = [torch.randn_like(s) for s in inst.scores]
+    probs = exact_attention(inst.scores, inst.h, tau)
+    assert type(probs[0].grad_fn).__name__ == "ExactAttentionFunctionBackward"
+    (g_analytic,) = torch.autograd.grad(sum((p * w).sum() for p, w in zip(probs, weights)), tau)
+    logp = exact_log_probs(inst.scores, inst.h, list(tau.unbind()))
+    (g_autograd,) = torch.autograd.grad(sum((lp.exp() * w).sum() for lp, w in zip(logp, weights)), tau)
+    torch.testing.assert_close(g_analytic, g_autograd, atol=1e-11, rtol=1e-9)
+
+
+def test_a_shared_scalar_temperature_gets_the_sum_of_the_level_gradients():
+    inst = random_instance("2d-3lvl-unequal", batch=2)
+    scalar = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    levels = torch.full((3,), 0.9, dtype=torch.float64, requires_grad=True)
+    w = [torch.randn_like(s) for s in inst.scores]
+    for t in (scalar, levels):
+        sol = ca.solve(inst.scores, inst.h, "exact", temperature=t)
+        sum((p * x).sum() for p, x in zip(sol.probs, w)).backward()
+    torch.testing.assert_close(scalar.grad, levels.grad.sum())
+
+
+def test_duals_are_differentiable_in_the_temperature():
+    inst = random_instance("irregular-3lvl", batch=2)
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+
+    def fn(t):
+        sol = ca.solve(inst.scores, inst.h, "exact", temperature=t)
+        return tuple(sol.duals) + (sol.objective, sol.dual_objective)
+
+    assert torch.autograd.gradcheck(fn, (tau,))
+
+
+# ---------------------------------------------------------------- extreme temperatures
+
+@pytest.mark.parametrize("temps", [[1.2e-38] * 3, [1e-30, 1e-35, 1e-20], [6e18] * 3, [1e18, 1e-37, 1.0]])
+def test_float32_at_extreme_temperatures_agrees_with_float64(temps):
+    """Before: τ ≤ 1e-39 and τ ≥ 1e39 gave NaN; now the whole accepted range is finite and
+    agrees with float64 at the same temperatures."""
+    h = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(1)
+    scores = [1e3 * torch.randn((2,) + s, generator=g) for s in h.shapes]
+    f32 = ca.solve(scores, h, "exact", temperature=temps)
+    f64 = ca.solve([s.double() for s in scores], h, "exact", temperature=temps)
+    for a, b in zip(f32.probs, f64.probs):
+        torch.testing.assert_close(a.double(), b, atol=1e-5, rtol=0)
+    for a, b in zip(f32.duals, f64.duals):
+        assert torch.isfinite(a).all()
+        if max(temps) < 1e6:  # above, τ log p ≫ the duals: float32 keeps them finite, not accurate
+            torch.testing.assert_close(a.double(), b, atol=1e-3 * (1 + float(b.abs().max())), rtol=1e-4)
+    assert torch.isfinite(f32.objective).all() and torch.isfinite(f32.dual_objective).all()
+    assert float(f32.violation.max()) < 1e-5
+
+
+def test_tiny_temperature_is_the_hard_tree_argmax_and_huge_is_uniform():
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.tensor([[0.0, 3.0, 1.0, 2.0]]), torch.tensor([[0.0, 1.5]])]
+    # the best leaf-to-root path: cell 1 (3 + 0) vs cell 3 (2 + 1.5)
+    tiny = ca.solve(scores, h, "exact", temperature=torch.finfo(torch.float32).tiny)
+    torch.testing.assert_close(tiny.probs[0], torch.tensor([[0.0, 0.0, 0.0, 1.0]]))
+    huge = ca.solve(scores, h, "exact", temperature=1e18)
+    torch.testing.assert_close(huge.probs[0], torch.full((1, 4), 0.25))

@@ -1,28 +1,173 @@
 import csv
+import json
 import os
-from dataclasses import replace
+import subprocess
+
+import pytest
+import torch
 
 from convex_attention import cli
-from convex_attention.paper.experiment import QUICK, run_experiment
+from convex_attention.paper.experiment import FULL, QUICK, ExperimentConfig, run_experiment
+from convex_attention.paper.models import AttentionUNet, ConfigError, ModelConfig, load_model, save_checkpoint
+
+SMALL = dict(width=4, image_size=32, embed_channels=8)
 
 
-def test_tiny_experiment_end_to_end(tmp_path):
-    config = replace(QUICK, seeds=(0, 1), image_size=32, width=4, n_train=32, n_val=16, epochs=1, n_explain=2,
-                     batch_size=8)
-    out = str(tmp_path / "exp")
-    result = run_experiment(config, out, progress=False, log=lambda *a: None)
-    runs = list(csv.DictReader(open(os.path.join(out, "experiment.csv"))))
-    assert len(runs) == 3 * 2
-    assert {r["method"] for r in runs} == {"softmax", "learned_dual", "exact"}
-    for r in runs:
-        assert 0 <= float(r["val_balanced_acc"]) <= 1 and float(r["epoch_time_s"]) > 0
-        if r["method"] == "exact":
-            assert float(r["val_violation"]) <= 1e-5
-    report = open(os.path.join(out, "experiment.md")).read()
-    for word in ("val balanced acc", "violation", "time/epoch", "gradcam", "deeplift", "lrp",
-                 "integrated_gradients", "input_x_gradient"):
-        assert word in report
-    assert len(result["summary"]) == 3
+def run(argv, capsys):
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+# ----------------------------------------------------------------------------- model variants
+
+
+@pytest.mark.parametrize("fields,name,words", [
+    ({"head": "wide"}, "head", "head must be one of bounded, learned"),
+    ({"learn_temperature": "yes"}, "learn_temperature", "True or False"),
+    ({"learn_temperature": True, "method": "dual"}, "learn_temperature", "cannot differentiate"),
+    ({"duals": "fitted"}, "duals", "duals must be one of shared, amortised"),
+    ({"duals": "amortised", "method": "exact"}, "duals", "methods that need duals"),
+])
+def test_variant_fields_are_validated(fields, name, words):
+    with pytest.raises(ConfigError, match=words) as err:
+        ModelConfig(**fields).validate()
+    assert err.value.field == name
+    with pytest.raises(ValueError, match=words):
+        AttentionUNet(**SMALL, **fields)
+
+
+def test_the_learned_head_and_the_learned_temperature():
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", head="learned", learn_temperature=True, temperature=(1.0, 2.0), **SMALL)
+    assert all(head.scale == "learned" for head in model.heads.values())
+    assert torch.allclose(model.temperatures(), torch.tensor([1.0, 2.0]))
+    images = torch.randn(2, 4, 32, 32)
+    out = model(images)
+    model.loss(out, torch.tensor([0, 1])).backward()
+    assert model.log_temperature.grad is not None and model.log_temperature.grad != 0
+    assert all(h.log_gain.grad is not None for h in model.heads.values())
+    assert model.attention.temperature == [1.0, 2.0]  # restored: no graph kept between passes
+    model.eval()
+    with torch.no_grad():
+        before = model(images).maps[0]
+        model.log_temperature.fill_(-2.0)  # a colder layer: sharper maps
+        assert torch.allclose(model.temperatures(), torch.tensor([1.0, 2.0]) * torch.exp(torch.tensor(-2.0)))
+        after = model(images).maps[0]
+        model.log_temperature.fill_(50.0)  # bounded: e^7 at most
+        assert torch.allclose(model.temperatures(), torch.tensor([1.0, 2.0]) * torch.exp(torch.tensor(7.0)))
+    assert after.flatten(1).max(1).values.min() > before.flatten(1).max(1).values.max()
+    fixed = AttentionUNet(method="exact", **SMALL)
+    assert fixed.log_temperature is None and all(h.scale == "bounded" for h in fixed.heads.values())
+
+
+def test_the_dual_source_of_learned_dual():
+    from convex_attention.nn import AmortisedDuals, LearnedDuals
+
+    amortised = AttentionUNet(method="learned_dual", duals="amortised", learn_temperature=True, **SMALL)
+    assert isinstance(amortised.attention.learned_duals, AmortisedDuals)
+    assert isinstance(AttentionUNet(method="learned_dual", **SMALL).attention.learned_duals, LearnedDuals)
+    out = amortised(torch.randn(2, 4, 32, 32))
+    out.aux_loss.backward()
+    assert amortised.log_temperature.grad is not None
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in amortised.attention.learned_duals.parameters())
+
+
+def test_old_checkpoints_load_with_the_old_defaults(tmp_path):
+    from convex_attention.paper.train import TrainConfig
+
+    path = str(tmp_path / "old.pt")
+    torch.manual_seed(0)
+    model = AttentionUNet(method="learned_dual", **SMALL)
+    config = TrainConfig.build(method="learned_dual", **SMALL)
+    save_checkpoint(path, model, extra={"train_config": config.to_dict()})
+    state = torch.load(path, weights_only=True)
+    for key in ("head", "learn_temperature", "duals"):  # a checkpoint from before these fields existed
+        del state["config"][key]
+        del state["train_config"]["model"][key]
+    torch.save(state, path)
+    loaded, state = load_model(path)
+    assert loaded.config.head == "bounded" and loaded.config.learn_temperature is False
+    assert loaded.config.duals == "shared"
+    x = torch.randn(2, 4, 32, 32)
+    model.eval()
+    loaded.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x).logits, loaded(x).logits)
+    new = AttentionUNet(method="learned_dual", head="learned", learn_temperature=True, duals="amortised", **SMALL)
+    save_checkpoint(str(tmp_path / "new.pt"), new)
+    again, _ = load_model(str(tmp_path / "new.pt"))
+    assert again.config == new.config and "log_temperature" in again.state_dict()
+    with pytest.raises(ValueError, match="another architecture"):
+        from convex_attention.paper.models import load_checkpoint
+
+        load_checkpoint(str(tmp_path / "new.pt"), AttentionUNet(method="learned_dual", **SMALL))
+
+
+# ----------------------------------------------------------------------------- the plain CNN
+
+
+def test_the_plain_cnn_is_the_encoder_with_uniform_pooling_and_trains_by_the_same_loop(tmp_path):
+    from baselines.plain_cnn import PlainCNN, is_plain_cnn_checkpoint, load_any_model
+
+    from convex_attention.paper.data import InMemory
+    from convex_attention.paper.data.synthetic import SyntheticRimLesions
+    from convex_attention.paper.models import read_checkpoint
+    from convex_attention.paper.train import TrainConfig, train
+
+    torch.manual_seed(0)
+    plain = PlainCNN(**SMALL)
+    assert not plain.has_attention and not any(n.startswith("heads") for n, _ in plain.named_parameters())
+    out = plain(torch.randn(3, 4, 32, 32))
+    assert out.logits.shape == (3, 2) and [tuple(m.shape) for m in out.maps] == [(3, 8, 8), (3, 4, 4)]
+    assert float(out.solution.violation.max()) < 1e-6 and float(out.aux_loss) == 0.0
+    data = (InMemory(SyntheticRimLesions(16, image_size=32, seed=0)), InMemory(SyntheticRimLesions(8, image_size=32,
+                                                                                                   seed=1)))
+    config = TrainConfig.build(out=str(tmp_path / "plain"), epochs=1, batch_size=8, device="cpu", progress=False,
+                               method="softmax", **SMALL)
+    result = train(config, datasets=data, model_class=PlainCNN)
+    assert is_plain_cnn_checkpoint(read_checkpoint(result["best"]))
+    model, _ = load_any_model(result["best"])
+    assert isinstance(model, PlainCNN)
+    attention = save_checkpoint(str(tmp_path / "att.pt"), AttentionUNet(method="exact", **SMALL))
+    assert isinstance(load_any_model(attention)[0], AttentionUNet)
+
+
+# ----------------------------------------------------------------------------- the configuration
+
+
+def test_presets_and_new_fields():
+    assert len(FULL.seeds) >= 5 and len(FULL.variants()) == 8 and FULL.baseline_model == "all"
+    assert len(QUICK.variants()) == 1 and QUICK.plain_cnn
+    for field, value, words in (("difficulties", (0.5, 0.5), "distinct"), ("difficulties", (), "difficulties"),
+                                ("held_out_mimic", "round", "held_out_mimic"), ("n_sanity", 0, "n_sanity"),
+                                ("grid_upsampling", ("cubic",), "grid_upsampling"), ("grid_head", (), "grid_head"),
+                                ("dev_seeds", (1, 1), "twice"), ("data", "brats", "synthetic"),
+                                ("baseline_model", "plain_cnn", None)):
+        if words is None:
+            QUICK.override(**{field: value}).validate()
+            continue
+        with pytest.raises(ConfigError, match=words):
+            QUICK.override(**{field: value}).validate()
+    with pytest.raises(ConfigError, match="grid_learn_temperature") as err:
+        QUICK.override(methods=("dual",), grid_learn_temperature=(True,)).validate()
+    assert err.value.field == "grid_learn_temperature"
+    with pytest.raises(ConfigError, match="held_out_mimic"):
+        QUICK.override(data="synthetic-blobs").validate()
+    QUICK.override(data="synthetic-blobs", held_out_mimic=None).validate()
+
+
+def test_the_test_stage_takes_its_variant_from_the_file():
+    from convex_attention.paper.protocol import Variant, Variants
+
+    v = Variants(Variant(temperature=0.3, head="learned", upsampling="bilinear"), (0.1, 0.9), "split")
+    c = FULL.with_variants(v).validate()
+    assert c.difficulties == (0.1, 0.9) and c.held_out_mimic == "split" and c.grid_upsampling == ("bilinear",)
+    assert c.variants() == [Variant(temperature=0.3, head="learned")]
+    assert ExperimentConfig().to_dict()["grid_learn_temperature"] == [False]
 
 
 def test_experiment_command_rejects_bad_sizes(capsys):
@@ -31,3 +176,105 @@ def test_experiment_command_rejects_bad_sizes(capsys):
     except SystemExit as exc:
         code = exc.code
     assert code == 2 and "pooling stack" in capsys.readouterr().err
+
+
+def test_experiment_options_reach_the_configuration():
+    from convex_attention.cli.paper import experiment_config_from_args
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["experiment", "--quick", "--grid-learn-temperature", "off", "on", "--grid-head",
+                              "bounded", "learned", "--held-out-mimic", "none", "--difficulties", "0.2", "0.5",
+                              "--n-dev", "40", "--dev-seeds", "3"])
+    c = experiment_config_from_args(args)
+    assert c.grid_learn_temperature == (False, True) and c.grid_head == ("bounded", "learned")
+    assert c.held_out_mimic is None and c.difficulties == (0.2, 0.5) and c.n_dev == 40 and c.dev_seeds == (3,)
+
+
+def test_test_stage_refusals_are_usage_errors_before_work(tmp_path, capsys, monkeypatch):
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.protocol import Variants
+
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: pytest.fail("work started"))
+    out = str(tmp_path / "exp")
+    loose = tmp_path / "v.json"
+    loose.write_text(json.dumps(Variants().to_dict()))
+    for argv, words in ((["--variants", str(loose)], "--variants"), (["--grid-head", "learned"], "--grid-head"),
+                        (["--difficulties", "0.4"], "--difficulties"),
+                        (["--variants", str(tmp_path / "none.json")], "does not exist")):
+        code, _, err = run(["experiment", "--quick", "--stage", "test", *argv, "--out", out], capsys)
+        assert code == 2 and words in err and "Traceback" not in err, err
+        assert not os.path.exists(out)
+    code, _, err = run(["experiment", "--quick", "--force", "--out", out], capsys)
+    assert code == 2 and "--force" in err
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def _tiny_config(**over):
+    return QUICK.override(**{**dict(seeds=(0, 1), image_size=32, width=4, embed_channels=8, n_train=32, n_val=16,
+                                    n_dev=16, n_test=16, epochs=1, n_explain=2, n_sanity=2, batch_size=8,
+                                    validity_images=16, dev_seeds=(0,)), **over})
+
+
+def _commit(repo, source):
+    (repo / "configs").mkdir(parents=True)
+    target = repo / "configs" / "experiment_variants.json"
+    target.write_bytes(open(source, "rb").read())
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "variants"]):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo), *args], check=True)
+    return str(target)
+
+
+@pytest.mark.slow
+def test_tiny_experiment_end_to_end(tmp_path):
+    out = str(tmp_path / "exp")
+    config = _tiny_config(grid_head=("bounded", "learned"), grid_upsampling=("nearest", "bilinear"))
+    dev = run_experiment(config, out, progress=False, log=lambda *a: None)
+    summary = list(csv.DictReader(open(os.path.join(out, "dev", "dev_summary.csv"))))
+    assert len(summary) == 4  # 2 heads x 2 upsamplings, best first
+    assert float(summary[0]["attention_ap_mean"]) >= max(float(s["attention_ap_mean"]) for s in summary)
+    proposal = json.load(open(os.path.join(out, "dev", "proposed_variants.json")))
+    assert proposal["format"] == "convex-attention-variants/1" and dev["proposal"].variant.head in ("bounded", "learned")
+    assert "Validity checks" in dev["report"]
+    runs = os.listdir(os.path.join(out, "dev", "runs"))
+    assert len(runs) == 6  # 3 methods x 2 heads x 1 seed: upsampling needs no training
+    variants = _commit(tmp_path / "repo", os.path.join(out, "dev", "proposed_variants.json"))
+    result = run_experiment(config, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants)
+    folder = os.path.join(out, "test")
+    runs = list(csv.DictReader(open(os.path.join(folder, "runs.csv"))))
+    # 2 difficulties x 2 test sets x 4 models x 2 seeds
+    assert len(runs) == 2 * 2 * 4 * 2 and {r["model"] for r in runs} == {"softmax", "learned_dual", "exact",
+                                                                          "plain_cnn"}
+    assert {r["test_set"] for r in runs} == {"test", "heldout_mottled"}
+    for r in runs:
+        assert 0 <= float(r["bacc"]) <= 1
+        if r["model"] == "exact":
+            assert float(r["violation"]) <= 1e-5
+        if r["model"] != "plain_cnn":
+            assert r["delta_bacc_uniform"] != "" and r["n_max_p_L0"] != ""
+    explained = list(csv.DictReader(open(os.path.join(folder, "explain_summary.csv"))))
+    kinds = {(e["model"], e["method"]) for e in explained}
+    for model in ("softmax", "learned_dual", "exact", "plain_cnn"):
+        for method in ("gradcam", "deeplift", "lrp", "input_x_gradient", "integrated_gradients"):
+            assert (model, method) in kinds
+    assert ("reference", "block_map") in kinds and ("reference", "model_free") in kinds
+    assert {e["resolution"] for e in explained} == {"pixel", "8x8", "4x4"}
+    assert all(e["seeds"] == "2" for e in explained)
+    rand = list(csv.DictReader(open(os.path.join(folder, "randomisation_summary.csv"))))
+    assert {(r["model"], r["method"]) for r in rand} >= {("exact", "attention"), ("plain_cnn", "lrp")}
+    report = result["report"]
+    order = [report.index(h) for h in ("## Validity checks", "## Accuracy", "## Explanation metrics",
+                                       "## Sanity checks")]
+    assert order == sorted(order)
+    for words in ("first 2 lesion images", "95 % confidence interval", "qiou_strict@0.95", "pointing_tol",
+                  "2.0 px", "heldout_mottled", "Δ bacc uniform", "Spearman", "FEWER"):
+        assert words in report, words
+    saved = json.loads(open(os.path.join(folder, "experiment.json")).read())  # strict JSON
+    assert saved["variants_file"]["sha256"] and saved["variants_file"]["file_commit"]
+    assert json.load(open(os.path.join(folder, "test_stage.json")))["status"] == "complete"
+    assert os.path.exists(os.path.join(folder, "explain_examples_difficulty0.3.png"))
+    from convex_attention.paper.protocol import TestFolderExists
+
+    with pytest.raises(TestFolderExists, match="--force"):
+        run_experiment(config, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants)

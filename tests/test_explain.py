@@ -50,8 +50,137 @@ def test_predicted_target_and_lesion_selection():
         lesion_indices(SyntheticLesions(5, image_size=32, lesion_fraction=0.0), 3)
 
 
+def test_zero_images_is_an_error_not_all_images_and_the_baseline_model_must_exist():
+    data = SyntheticLesions(30, image_size=32, seed=1)
+    for n in (0, -1, 2.5):
+        with pytest.raises(ValueError, match="positive integer"):
+            lesion_indices(data, n)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    with pytest.raises(ValueError, match="baseline model 'softmax' is not among the models"):
+        explain_models({"exact": model}, data, n_images=1, progress=False)
+    rows, _ = explain_models({"exact": model}, data, n_images=1, baseline_model=None, progress=False)
+    assert {r["method"] for r in rows} == {"attention"}
+
+
+def test_mean_and_standard_error_skip_nan():
+    from convex_attention.paper.explain import mean_se
+
+    assert mean_se([1.0, float("nan"), 3.0]) == (2.0, 1.0)
+    m, se = mean_se([0.5])
+    assert m == 0.5 and se != se
+    m, se = mean_se([])
+    assert m != m and se != se
+
+
 def test_summary_mean_and_standard_error():
     rows = [{"model": "m", "method": "attention", "level": 0, "image": i, **{k: v for k in METRIC_NAMES}}
             for i, v in enumerate([0.0, 1.0, 0.5])]
     (s,) = summarise(rows)
     assert s["ap_mean"] == 0.5 and abs(s["ap_se"] - 0.5 / 3 ** 0.5) < 1e-12 and s["n"] == 3
+
+
+# ----------------------------------------------------------------------------- the protocol's explanations
+
+
+def test_mean_and_95_percent_confidence_interval():
+    from scipy.stats import t
+
+    from convex_attention.paper.explain import format_ci, mean_ci
+
+    m, half = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and abs(half - t.ppf(0.975, 2) / 3 ** 0.5) < 1e-12  # std(ddof=1) = 1
+    assert abs(half - 2.4841) < 1e-4
+    m, half = mean_ci([1.0, float("nan"), 3.0, 5.0], confidence=0.9)
+    assert m == 3.0 and abs(half - t.ppf(0.95, 2) * 2 / 3 ** 0.5) < 1e-12
+    m, half = mean_ci([0.5])
+    assert m == 0.5 and half != half
+    m, half = mean_ci([])
+    assert m != m and half != half
+    with pytest.raises(ValueError, match="confidence"):
+        mean_ci([1.0, 2.0], confidence=1.0)
+    assert format_ci(0.5, 0.0341) == "0.500 ± 0.034" and format_ci(0.5, float("nan")) == "0.500"
+    assert format_ci(float("nan"), 0.1) == "–"
+
+
+def test_summary_reports_the_confidence_interval():
+    rows = [{"model": "m", "method": "attention", "level": 0, "image": i, **{k: v for k in METRIC_NAMES}}
+            for i, v in enumerate([0.0, 1.0, 0.5])]
+    (s,) = summarise(rows)
+    from convex_attention.paper.explain import mean_ci
+
+    assert s["ap_ci95"] == mean_ci([0.0, 1.0, 0.5])[1] and s["resolution"] == "pixel"
+
+
+def _tiny_models():
+    from baselines.plain_cnn import PlainCNN
+
+    torch.manual_seed(0)
+    return {"exact": AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8),
+            "plain_cnn": PlainCNN(width=4, image_size=32)}
+
+
+def test_every_model_by_every_method_with_references_and_both_protocols():
+    from convex_attention.paper.data.synthetic import SyntheticRimLesions
+
+    data = SyntheticRimLesions(20, image_size=32, seed=3)
+    models = _tiny_models()
+    rows, examples = explain_models(models, data, n_images=2, baseline_model="all", progress=False, pooled=True,
+                                    references=True, model_free_weights=[1.0, -1.0, 0.0, 1.0], n_examples=1)
+    kinds = {(r["model"], r["method"], r["level"], r["resolution"]) for r in rows}
+    for model in ("exact", "plain_cnn"):
+        for method in ("deeplift", "lrp", "input_x_gradient", "integrated_gradients"):
+            assert (model, method, -1, "pixel") in kinds and (model, method, -1, "8x8") in kinds
+            assert (model, method, -1, "4x4") in kinds
+        assert (model, "gradcam", 0, "8x8") in kinds and (model, "gradcam", 0, "4x4") in kinds
+        assert (model, "gradcam", 1, "4x4") in kinds and (model, "gradcam", 1, "8x8") not in kinds  # never finer
+    assert ("exact", "attention", 0, "8x8") in kinds and not any(k[0] == "plain_cnn" and k[1] == "attention"
+                                                                 for k in kinds)
+    for ref in (("reference", "block_map", 0, "pixel"), ("reference", "block_map", 1, "4x4"),
+                ("reference", "model_free", -1, "pixel"), ("reference", "model_free", -1, "8x8")):
+        assert ref in kinds
+    assert {r["upsampling"] for r in rows if r["resolution"] != "pixel"} == {"nearest"}
+    assert len({r["image"] for r in rows}) == 2 and {e[0] for e in examples} == {rows[0]["image"]}
+    # on its own grid the block map beats every map constant on that grid (every map, pooled to it)
+    for image in {r["image"] for r in rows}:
+        at = [r for r in rows if r["image"] == image and r["resolution"] == "8x8"]
+        best = next(r["ap"] for r in at if r["method"] == "block_map" and r["level"] == 0)
+        assert all(r["ap"] <= best + 1e-12 for r in at)
+
+
+def test_baseline_model_names_and_plain_cnn_pixel_only_default():
+    from convex_attention.paper.data.synthetic import SyntheticRimLesions
+
+    data = SyntheticRimLesions(20, image_size=32, seed=3)
+    models = _tiny_models()
+    rows, _ = explain_models(models, data, n_images=1, baseline_model=["plain_cnn"], progress=False,
+                             upsampling="bilinear")
+    assert {r["model"] for r in rows if r["method"] != "attention"} == {"plain_cnn"}
+    assert {r["resolution"] for r in rows} == {"pixel"} and {r["upsampling"] for r in rows} == {"bilinear"}
+    with pytest.raises(ValueError, match="baseline model"):
+        explain_models(models, data, n_images=1, baseline_model=["softmax"], progress=False)
+    with pytest.raises(ValueError, match="upsampling"):
+        explain_models(models, data, n_images=1, upsampling="cubic", progress=False)
+
+
+def test_figures_share_one_colour_scale(tmp_path, monkeypatch):
+    import convex_attention.bench.plots as plots
+    from convex_attention.paper.explain import plot_examples
+
+    seen = {}
+
+    def capture(fig, path, env=None):
+        seen["fig"] = fig
+        return path
+
+    monkeypatch.setattr(plots, "save", capture)
+    image, mask = torch.zeros(8, 8), torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:4, 2:4] = True
+    maps = [torch.rand(8, 8) * 1000, torch.rand(8, 8) * 1e-3, torch.zeros(8, 8)]  # very different units
+    examples = [(0, "m", name, 0, image, mask, m) for name, m in zip(("attention", "gradcam", "lrp"), maps)]
+    plot_examples(examples, str(tmp_path / "f.png"))
+    shown = [im for ax in seen["fig"].axes for im in ax.get_images()]
+    map_images = [im for im in shown if im.get_cmap().name == "inferno"]
+    assert len(map_images) == 3
+    for im in map_images:
+        assert im.get_clim() == (0.0, 1.0) and float(im.get_array().max()) <= 1.0
+    assert float(map_images[0].get_array().max()) == 1.0 and float(map_images[1].get_array().max()) == 1.0

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -68,3 +69,95 @@ def test_pointing_miss_and_degenerate_maps():
     assert math.isnan(average_precision(m, torch.zeros(4, 5, dtype=torch.bool)))
     with pytest.raises(ValueError, match="differ in shape"):
         mass(torch.zeros(2, 2), MASK)
+
+
+# ----------------------------------------------------------------------------- protocol variants
+
+
+def test_every_metric_is_scored_and_named():
+    from convex_attention.paper.explain_metrics import METRIC_NAMES
+
+    s = score_map(MASK.double(), MASK)
+    assert list(s) == list(METRIC_NAMES)
+    assert {"qiou_strict@0.9", "qiou_strict@0.95", "qiou_strict@0.975", "pointing_tol"} <= set(s)
+
+
+def test_strict_quantile_iou_is_the_authors_variant():
+    from convex_attention.paper.explain_metrics import quantile_iou_strict
+
+    # a constant map: every pixel ties with np.quantile, so '>' selects nothing (ties-included selects all)
+    zero = torch.zeros(4, 5, dtype=torch.float64)
+    assert quantile_iou_strict(zero, MASK, 0.9) == 0.0 and math.isclose(quantile_iou(zero, MASK, 0.9), 4 / 20)
+    m = torch.arange(20, dtype=torch.float64).reshape(4, 5)
+    m[0, 0], m[0, 1] = 100.0, 99.0  # two mask pixels on top
+    # np.quantile(values, 0.9) interpolates between the 18th and 19th of 20 sorted values: '>' keeps the top 2
+    values = m.numpy().ravel()
+    assert (values > np.quantile(values, 0.9)).sum() == 2
+    assert math.isclose(quantile_iou_strict(m, MASK, 0.9), 2 / 4)
+    assert math.isclose(quantile_iou_strict(m, MASK, 0.975), 1 / 4)
+
+
+def test_pointing_with_tolerance():
+    from convex_attention.paper.explain_metrics import pointing_tolerance, pointing_tolerance_px
+
+    assert pointing_tolerance_px((240, 240)) == 15.0 and pointing_tolerance_px((128, 128)) == 8.0
+    assert pointing_tolerance_px((64, 32)) == 4.0
+    m = torch.zeros(4, 5, dtype=torch.float64)
+    m[1, 4] = 1.0  # three columns right of the mask pixel (1, 1)
+    assert pointing(m, MASK) == 0.0
+    assert pointing_tolerance(m, MASK, 3.0) == 1.0 and pointing_tolerance(m, MASK, 2.9) == 0.0
+    m[3, 4] = 2.0  # distance to (1, 1): sqrt(4 + 9) = 3.606
+    assert pointing_tolerance(m, MASK, 3.61) == 1.0 and pointing_tolerance(m, MASK, 3.6) == 0.0
+    assert pointing_tolerance(MASK.double(), MASK, 0.0) == 1.0
+    assert math.isnan(pointing_tolerance(m, torch.zeros(4, 5, dtype=torch.bool), 1.0))
+    # the default tolerance scales with the image: 15 px at 240, so 0.25 px on this 4x5 image
+    assert pointing_tolerance(m, MASK) == 0.0
+
+
+def test_bilinear_upsampling_and_its_check():
+    coarse = torch.tensor([[0.0, 4.0]])
+    near = to_common_form(coarse, (1, 4), "nearest")
+    bil = to_common_form(coarse, (1, 4), "bilinear")
+    assert torch.equal(near, torch.tensor([[0.0, 0.0, 4.0, 4.0]], dtype=torch.float64))
+    assert torch.allclose(bil, torch.tensor([[0.0, 1.0, 3.0, 4.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match="upsampling must be one of nearest, bilinear"):
+        to_common_form(coarse, (1, 4), "bicubic")
+
+
+def test_pooled_protocol_by_hand():
+    from convex_attention.paper.explain_metrics import pooled_form
+
+    attr = torch.zeros(2, 4, 4, dtype=torch.float64)
+    attr[0, 0, 0] = 5.0   # channel 0: min 0, max 5 -> 1 at (0, 0)
+    attr[1] = -2.0
+    attr[1, 3, 3] = 2.0   # channel 1: min -2, max 2 -> 1 at (3, 3), 0 elsewhere
+    pooled = pooled_form(attr, (2, 2), normalise=True)
+    e = math.e
+    total = 14 + 2 * e
+    expected = torch.tensor([[(3 + e) / total, 4 / total], [4 / total, (3 + e) / total]], dtype=torch.float64)
+    assert torch.allclose(pooled, expected) and math.isclose(float(pooled.sum()), 1.0)
+    # attention maps are used as they are: sum-pooling only (their mass is kept)
+    p = torch.full((4, 4), 1 / 16, dtype=torch.float64)
+    p[0, 0] += 0.5
+    assert torch.allclose(pooled_form(p, (2, 2), normalise=False),
+                          torch.tensor([[0.75, 0.25], [0.25, 0.25]], dtype=torch.float64))
+    assert torch.equal(pooled_form(p, (4, 4), normalise=False), p)
+    with pytest.raises(ValueError, match="cannot be sum-pooled"):
+        pooled_form(p, (8, 8), normalise=False)
+    with pytest.raises(ValueError, match="cannot be sum-pooled"):
+        pooled_form(p, (3, 3), normalise=False)
+
+
+def test_the_block_map_is_the_best_map_on_its_grid():
+    from convex_attention.paper.explain_metrics import block_map
+
+    g = torch.Generator().manual_seed(0)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[1:4, 2:7] = True
+    best = block_map(mask, (4, 4))
+    assert float(best.sum()) == mask.sum() and best[0, 1] == 2 and best[0, 0] == 0
+    best_ap = average_precision(to_common_form(best, (8, 8)), mask)
+    for _ in range(20):  # no other map constant on the 4x4 cells ranks the pixels better
+        other = torch.rand(4, 4, generator=g, dtype=torch.float64)
+        assert average_precision(to_common_form(other, (8, 8)), mask) <= best_ap + 1e-12
+    assert average_precision(to_common_form(mask.double(), (8, 8)), mask) == 1.0

@@ -36,3 +36,14 @@ def test_lesion_generator_on_3d_grids():
 def test_unknown_generator():
     with pytest.raises(ValueError, match="unknown score generator"):
         generate("uniform", ca.Hierarchy.grid([(4,), (2,)]), 1)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch": 0}, "batch must be a positive integer"),
+    ({"batch": 2, "scale": float("inf")}, "scale must be positive and finite"),
+    ({"batch": 2, "scale": float("nan")}, "scale must be positive and finite"),
+    ({"batch": 2, "scale": -1.0}, "scale must be positive and finite"),
+])
+def test_generate_rejects_bad_batch_and_scale(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate("gaussian", ca.Hierarchy.grid([(4,), (2,)]), **kwargs)

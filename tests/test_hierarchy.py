@@ -146,3 +146,118 @@ def test_operator_shape_errors():
         h.aggregate(torch.zeros(2, 4, 4), 1)
     with pytest.raises(ValueError, match="shape"):
         h.broadcast(torch.zeros(2, 4, 4), 0)
+
+
+# ------------------------------------------------------------------ every bad partition, a clear message
+
+@pytest.mark.parametrize("sizes, parents, exc, message", [
+    ([4, 2], ["0", "1", "1", "0"], ValueError, r"expected 1 parent maps.*wrap a single map in a list"),
+    ([4, 2], [0, 1, 1, 0], ValueError, r"expected 1 parent maps.*wrap a single map in a list"),
+    ([4, 2], [["0", "1", "1", "0"]], TypeError, r"parents\[0\] must be a 1-D integer tensor.*could not read it"),
+    ([4, 2], ["0110"], TypeError, r"parents\[0\] must be a 1-D integer tensor.*got str"),
+    ([4, 2], None, TypeError, r"parents must be a list of 1 integer tensors"),
+    ([4, 2], [None], TypeError, r"parents\[0\] must be a 1-D integer tensor.*got NoneType"),
+    ([4, 2], [3], TypeError, r"parents\[0\] must be a 1-D integer tensor.*got int"),
+    ([4, 2], [[0, 1, 10 ** 30, 0]], ValueError, r"parents\[0\] out of range: an id does not fit a 64-bit integer"),
+    ([4, 2], [torch.tensor([0, 1, 2 ** 62, 0])], ValueError, r"out of range: level 1 has 2 cells"),
+    ([4, 2], [[]], ValueError, r"parents\[0\] must be .* of shape \(4,\).*got shape \(0,\)"),
+    ([4, 2], [], ValueError, r"expected 1 parent maps for 2 levels, got 0"),
+    ([], [], ValueError, r"at least 2 levels, got 0"),
+    ([4, 2], [[[0, 1], [1, 0]]], ValueError, r"parents\[0\] must be .* of shape \(4,\).*got shape \(2, 2\)"),
+    ([4, 2], [[0, [1], 1, 0]], TypeError, r"parents\[0\] must be a 1-D integer tensor.*could not read it"),
+    ([-4, 2], [[0, 1, 1, 0]], ValueError, r"size of level 0 must be positive"),
+    ([4, 0], [[0, 0, 0, 0]], ValueError, r"size of level 1 must be positive"),
+    ([10 ** 30, 2], [[0, 1, 1, 0]], ValueError, r"above the limit of 68719476736 \(2\*\*36"),
+    ([2, 10 ** 9], [[0, 1]], ValueError, r"level 1 has more cells \(1000000000\) than level 0 \(2\)"),
+    ("42", [[0, 1, 1, 0]], TypeError, r"sizes must be a list of level sizes"),
+    (None, [[0, 1, 1, 0]], TypeError, r"sizes must be a list of level sizes"),
+    ([4.0, 2], [[0, 1, 1, 0]], TypeError, r"size of level 0 must be an int"),
+    ([(2, 2), 2], [[0, 1, 1, 0]], ValueError, r"give the sizes as ints"),
+])
+def test_from_parents_bad_partitions_get_clear_messages(sizes, parents, exc, message):
+    with pytest.raises(exc, match=message):
+        ca.Hierarchy.from_parents(sizes, parents)
+    if parents is not None:  # (Hierarchy(sizes) without parents is a 1-D grid)
+        with pytest.raises(exc, match=message):  # the bare constructor validates the same way
+            ca.Hierarchy(sizes, parents)
+
+
+@pytest.mark.parametrize("shapes, exc, message", [
+    ([(8, 8.5), (4, 4)], TypeError, r"shape of level 0 must contain ints"),
+    ([(8, 8), ("4", 4)], TypeError, r"shape of level 1 must contain ints"),
+    ([(), ()], ValueError, r"shape of level 0 is empty"),
+    ([], ValueError, r"at least 2 levels, got 0"),
+    ([(8, 0), (4, 1)], ValueError, r"shape of level 0 must be positive"),
+    ([(8, 8), (0, 4)], ValueError, r"shape of level 1 must be positive"),
+    (None, TypeError, r"shapes must be a list of level shapes"),
+    ([None, None], TypeError, r"shape of level 0 must be an int or a tuple of ints"),
+    ([(10 ** 6, 10 ** 6), (1, 1)], ValueError, r"level 0 has 1000000000000 cells .* above the limit"),
+    ([(8, 8)], ValueError, r"at least 2 levels"),
+    ([(8, 8), (3, 3)], ValueError, r"does not divide"),
+])
+def test_grid_bad_shapes_get_clear_messages(shapes, exc, message):
+    with pytest.raises(exc, match=message):
+        ca.Hierarchy.grid(shapes)
+    with pytest.raises(exc, match=message):
+        ca.Hierarchy(shapes)
+
+
+def test_huge_grid_is_rejected_before_any_allocation(monkeypatch):
+    """``grid([(10**6, 10**6), (1, 1)])`` once tried to allocate an 8 TB parent map."""
+    def no_alloc(*args, **kwargs):
+        raise AssertionError("allocated before checking the sizes")
+
+    monkeypatch.setattr(torch, "arange", no_alloc)
+    monkeypatch.setattr(torch, "zeros", no_alloc)
+    with pytest.raises(ValueError, match=r"MAX_CELLS"):
+        ca.Hierarchy.grid([(10 ** 6, 10 ** 6), (1, 1)])
+    with pytest.raises(ValueError, match=r"MAX_CELLS"):
+        ca.Hierarchy.from_parents([10 ** 12, 1], [torch.empty(0, dtype=torch.long)])
+
+
+def test_grid_operators_never_build_parent_maps(monkeypatch):
+    """A grid's parent maps are lazy: the strided operators (and the exact solver) never
+    need them, so large grids cost nothing to describe; ``parents()`` builds them on demand."""
+    h = ca.Hierarchy.grid([(512, 512), (256, 256), (64, 64)])
+    assert h.sizes == [512 * 512, 256 * 256, 64 * 64]
+
+    def no_maps(*args, **kwargs):
+        raise AssertionError("a parent map was built")
+
+    monkeypatch.setattr(ca.Hierarchy, "_grid_parents", staticmethod(no_maps))
+    x = torch.rand(1, 512, 512)
+    y = h.aggregate(x, 0)
+    torch.testing.assert_close(y.sum(), x.sum())
+    h.broadcast(y, 0)
+    h.block_logsumexp(y, 1)
+    sol = ca.solve([torch.randn((1,) + s) for s in h.shapes], h, "exact")
+    assert torch.isfinite(sol.probs[0]).all()
+    monkeypatch.undo()
+    small = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    assert torch.equal(small.parents(0), small.flat().parents(0))
+    assert small.flat() is small.flat()  # made once
+
+
+def test_bare_constructor_validates_like_the_factories():
+    assert ca.Hierarchy([(8, 8), (4, 4)]) == ca.Hierarchy.grid([(8, 8), (4, 4)])
+    assert ca.Hierarchy([(8, 8), (4, 4)], factors=[(2, 2)]) == ca.Hierarchy.grid([(8, 8), (4, 4)])
+    p = [torch.tensor([0, 1, 1, 0])]
+    assert ca.Hierarchy([4, 2], p) == ca.Hierarchy.from_parents([4, 2], p)
+    g = ca.Hierarchy.grid([(4,), (2,)])
+    assert ca.Hierarchy([(4,), (2,)], [g.parents(0)], [(2,)]) == g  # the old internal form
+    with pytest.raises(ValueError, match=r"factors \[\(4, 4\)\] do not match the shapes"):
+        ca.Hierarchy([(8, 8), (4, 4)], None, [(4, 4)])
+    with pytest.raises(ValueError, match=r"is not the parent map of the grid"):
+        ca.Hierarchy([(4,), (2,)], [torch.tensor([0, 1, 0, 1])], [(2,)])
+    with pytest.raises(ValueError, match="empty"):
+        ca.Hierarchy([4, 2], [torch.tensor([0, 0, 0, 0])])
+    with pytest.raises(ValueError, match="out of range"):
+        ca.Hierarchy([(4,), (2,)], [torch.tensor([0, 1, 2, 3])])
+
+
+def test_integer_like_sizes_and_numpy_parent_maps_are_accepted():
+    import numpy as np
+
+    h = ca.Hierarchy.from_parents([np.int64(4), 2], [np.array([0, 1, 1, 0])])
+    assert h.sizes == [4, 2] and all(isinstance(n, int) for n in h.sizes)
+    assert ca.Hierarchy.grid([(np.int64(8), 8), (4, 4)]).shapes == [(8, 8), (4, 4)]

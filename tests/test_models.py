@@ -84,7 +84,7 @@ def test_checkpoint_of_another_architecture_is_refused(tmp_path):
     with pytest.raises(ValueError, match="another architecture.*width"):
         load_checkpoint(path, other)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
         load_model(str(tmp_path / "junk.pt"))
     torch.save({"weights": 1}, tmp_path / "plain.pt")
     with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
@@ -111,8 +111,9 @@ def test_bad_input_and_configuration():
 
 def test_model_scores_generator_for_the_benchmarks(tmp_path):
     from convex_attention.bench.generators import generate
-    from convex_attention.paper.model_scores import checkpoint_shapes
+    from convex_attention.paper.model_scores import checkpoint_shapes, register
 
+    register()  # the experiment wing supplies the generator (the bench command registers it likewise)
     path = save_checkpoint(str(tmp_path / "m.pt"), AttentionUNet(method="exact", **SMALL))
     assert checkpoint_shapes(path) == [(8, 8), (4, 4)]
     h = ca.Hierarchy.grid([(8, 8), (4, 4)])
@@ -120,3 +121,57 @@ def test_model_scores_generator_for_the_benchmarks(tmp_path):
     assert [tuple(s.shape) for s in scores] == [(3, 8, 8), (3, 4, 4)] and scores[0].dtype == torch.float64
     with pytest.raises(ValueError, match="--sizes 8 --levels 2"):
         generate("model", ca.Hierarchy.grid([(16, 16), (8, 8)]), 3, checkpoint=path)
+
+
+def test_the_model_uses_the_attention_module_for_maps_and_loss(monkeypatch):
+    """forward takes its maps, solution and auxiliary loss from ConsistentAttention.attend
+    (weighted by alpha), for every method alike."""
+    torch.manual_seed(0)
+    model = AttentionUNet(method="learned_dual", alpha=3.0, **SMALL)
+    images = torch.randn(2, 4, 32, 32)
+    seen = {}
+    real = type(model.attention).attend
+
+    def spy(self, scores):
+        out = real(self, scores)
+        seen["out"] = out
+        return out
+
+    monkeypatch.setattr(type(model.attention), "attend", spy)
+    out = model(images)
+    attended = seen["out"]
+    assert out.solution is attended.solution and all(a is b for a, b in zip(out.maps, attended.maps))
+    torch.testing.assert_close(out.aux_loss, 3.0 * attended.aux_loss)
+    torch.testing.assert_close(attended.aux_loss, model.attention.consistency_loss(out.scores))
+    assert not hasattr(model, "_solve_softmax")
+
+
+def test_group_norm_model_has_no_batch_statistics():
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", norm="group", **SMALL)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    images = torch.randn(3, 4, 32, 32)
+    model.eval()
+    alone = model(images[:1]).logits
+    together = model(images).logits[:1]
+    torch.testing.assert_close(alone, together, atol=1e-5, rtol=1e-5)  # no dependence on the batch
+    model.train()
+    torch.testing.assert_close(model(images[:1]).logits, model(images).logits[:1], atol=1e-5, rtol=1e-5)
+
+
+def test_checkpoints_load_without_running_code_and_refuse_damage(tmp_path):
+    model = AttentionUNet(method="exact", norm="group", **SMALL)
+    path = save_checkpoint(str(tmp_path / "m.pt"), model, extra={"train_config": {"epochs": 2}})
+    state = torch.load(path, weights_only=True)  # only tensors and plain containers inside
+    assert state["config"]["norm"] == "group" and state["config"]["attention_blocks"] == [3, 4]
+    loaded, _ = load_model(path)
+    assert loaded.config == model.config
+    (tmp_path / "legacy.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
+        load_model(str(tmp_path / "legacy.pt"))
+    # weights of another configuration than the one stored
+    other = AttentionUNet(method="exact", **SMALL).state_dict()
+    torch.save({**state, "model": other}, tmp_path / "mixed.pt")
+    with pytest.raises(ValueError, match="weights do not fit its own configuration"):
+        load_model(str(tmp_path / "mixed.pt"))

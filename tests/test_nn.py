@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -59,3 +61,120 @@ def test_score_head_shapes(ndim, spatial):
     head = ca.ScoreHead(in_channels=7, embed_channels=5, ndim=ndim)
     out = head(torch.randn((2, 7) + spatial))
     assert out.shape == (2,) + spatial
+
+
+# ------------------------------------------------------------------ attend: the layer a model uses
+
+@pytest.mark.parametrize("method", ["softmax", "exact", "dual", "learned_dual"])
+def test_attend_gives_maps_solution_and_aux_loss(method):
+    module = ca.ConsistentAttention(H, method=method, temperature=[0.5, 1.0, 2.0])
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_()
+    scores = [torch.randn((3,) + s, requires_grad=True) for s in H.shapes]
+    out = module.attend(scores)
+    assert isinstance(out, ca.Attended)
+    assert len(out.maps) == 3 and all(m is p for m, p in zip(out.maps, out.solution.probs))
+    assert out.aux_loss.dim() == 0
+    if method == "learned_dual":
+        # the paper's forward pass: per-level softmax maps, consistency through the loss
+        soft = ca.solve(scores, H, "softmax", temperature=[0.5, 1.0, 2.0])
+        for m, p in zip(out.maps, soft.probs):
+            torch.testing.assert_close(m, p)
+        torch.testing.assert_close(out.aux_loss, module.consistency_loss(scores))
+        assert float(out.aux_loss.detach()) > 0
+        (sum(m.square().sum() for m in out.maps) + out.aux_loss).backward()
+        assert all(p.grad is not None for p in module.learned_duals.parameters())
+    else:
+        for m, p in zip(out.maps, module(scores).probs):
+            torch.testing.assert_close(m, p)
+        assert float(out.aux_loss.detach()) == 0.0
+
+
+def test_forward_still_returns_a_solution_of_the_method():
+    module = ca.ConsistentAttention(H, method="learned_dual")
+    sol = module([torch.randn((2,) + s) for s in H.shapes])
+    assert isinstance(sol, ca.Solution) and sol.method == "learned_dual"
+
+
+# ------------------------------------------------------------------ checks at construction
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    ({"method": "exact", "tol": 1e-3}, TypeError, "takes no option"),
+    ({"method": "dual", "eps": 1e-3}, TypeError, "accepts"),
+    ({"method": "dual", "tol": -1.0}, ValueError, "tol"),
+    ({"method": "dual", "max_iter": 0}, ValueError, "max_iter"),
+    ({"method": "cvxpylayers", "eps": -1.0}, ValueError, "eps"),
+    ({"method": "exact", "temperature": -2.0}, ValueError, "positive"),
+    ({"method": "exact", "temperature": torch.ones(5)}, ValueError, "per level, never per sample"),
+    ({"method": "dual", "temperature": torch.nn.Parameter(torch.tensor(1.0))}, TypeError, "cannot differentiate"),
+    ({"method": "exact", "check_finite": "yes"}, TypeError, "check_finite"),
+    ({"method": "exact", "duals": "amortised"}, ValueError, "only used by methods that need duals"),
+    ({"method": "learned_dual", "duals": "per_sample"}, ValueError, "duals must be one of"),
+    ({"method": "exact", "duals": ca.LearnedDuals(H)}, ValueError, "only used by methods that need them"),
+])
+def test_construction_checks_everything(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        ca.ConsistentAttention(H, **kwargs)
+
+
+def test_a_parameter_temperature_is_learned_with_the_module():
+    tau = torch.nn.Parameter(torch.tensor([0.5, 1.0, 2.0]))
+    module = ca.ConsistentAttention(H, method="exact", temperature=tau)
+    assert any(p is tau for p in module.parameters())
+    scores = [torch.randn((2,) + s) for s in H.shapes]
+    sum((p * torch.randn_like(p)).sum() for p in module(scores).probs).backward()
+    assert tau.grad is not None and tau.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="leaf"):
+        ca.ConsistentAttention(H, method="exact", temperature=tau * 2)
+
+
+# ------------------------------------------------------------------ score heads
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"in_channels": 4, "ndim": 4}, "ndim must be 1, 2 or 3"),
+    ({"in_channels": 4, "ndim": 0}, "ndim must be 1, 2 or 3"),
+    ({"in_channels": 0}, "in_channels"),
+    ({"in_channels": 2.0}, "in_channels"),
+    ({"in_channels": 4, "embed_channels": -1}, "embed_channels"),
+    ({"in_channels": 4, "scale": "free"}, "scale must be one of"),
+])
+def test_score_head_checks_its_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ca.ScoreHead(**kwargs)
+
+
+def test_score_head_checks_its_input():
+    with pytest.raises(ValueError, match="spatial dimension"):
+        ca.ScoreHead(3)(torch.randn(2, 3, 4))
+
+
+def _peak(scores):
+    p = torch.softmax(scores.flatten(1), dim=1)
+    return p.shape[1] * p.amax(1)
+
+
+def test_learned_gain_head_starts_as_the_bounded_head_and_can_sharpen_beyond_its_bound():
+    torch.manual_seed(0)
+    bounded = ca.ScoreHead(6, embed_channels=8, scale="bounded")
+    learned = ca.ScoreHead(6, embed_channels=8, scale="learned")
+    learned.load_state_dict(bounded.state_dict(), strict=False)
+    assert float(learned.gain().detach()) == 1.0 and bounded.gain() == 1.0
+    features = torch.randn(4, 6, 8, 8)
+    torch.testing.assert_close(learned(features), bounded(features))
+    # the bounded head: |θ − b| ≤ ‖w‖, so N·max p ≤ N e^{2‖w‖} / (e^{2‖w‖} + N − 1)
+    w = float(bounded.score.weight.detach().norm())
+    N = 64
+    bound = N * math.exp(2 * w) / (math.exp(2 * w) + N - 1)
+    assert float(_peak(bounded(features).detach()).max()) <= bound + 1e-6
+    # training only the gain (the rest frozen) to concentrate the map on each image's top cell
+    for p in learned.parameters():
+        p.requires_grad_(p is learned.log_gain)
+    target = bounded(features).detach().flatten(1).argmax(1)
+    opt = torch.optim.Adam([learned.log_gain], lr=0.2)
+    for _ in range(60):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(learned(features).flatten(1), target).backward()
+        opt.step()
+    assert float(learned.gain().detach()) > 5.0
+    assert float(_peak(learned(features).detach()).min()) > 5 * bound

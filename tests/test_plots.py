@@ -1,7 +1,150 @@
+"""Figures: what they draw is what was measured (docs/design.md §6), and `plot` never
+tracebacks on damaged results."""
+import csv
+import math
 import os
+import struct
 
-from convex_attention.bench.plots import env_line, plot_core_benchmark
+import numpy as np
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
+from convex_attention import cli
+from convex_attention.bench import plots
+from convex_attention.bench.plots import (
+    DTYPE_EPS,
+    core_ratios,
+    env_line,
+    plot_core_benchmark,
+    plot_results,
+    read_results,
+)
+from convex_attention.bench.results import COLUMNS, atomic_csv
+
+ENV = {"torch": "2.13.0", "processor": "cpu", "torch_threads": 2}
+# the columns of bench.csv before backends, spreads and checksums (older results folders)
+OLD_COLUMNS = ("cell", "status", "reason", "method", "dual_kind", "generator", "scale", "dims", "size", "levels",
+               "batch", "temperature", "dtype", "device", "seed", "shapes", "n_cells", "timed_batch", "repeats",
+               "fwd_ms", "bwd_ms", "total_ms", "per_sample_ms", "peak_mem_mb", "violation_max", "violation_mean",
+               "max_abs_err", "primal_gap", "dual_gap", "iterations_mean", "iterations_max")
+# per-sample time = COST[series] · n^SLOPE[series] (ms), so fitted slopes are known
+COST = {"softmax": 1e-4, "exact": 2e-4, "dual": 1e-3, "learned_dual": 3e-4, "diffcp-clarabel": 0.2, "moreau": 0.02}
+SLOPE = {"softmax": 1.0, "exact": 1.0, "dual": 1.2, "learned_dual": 1.0, "diffcp-clarabel": 1.5, "moreau": 1.3}
+VIOL = {"softmax": 0.3, "exact": 3e-8, "dual": 2e-8, "zero": 0.3, "fitted": 0.28, "amortised": 1e-3,
+        "per_sample": 1e-7, "diffcp-clarabel": 1e-13, "moreau": 1e-11}
+
+
+def bench_row(method, *, kind="", backend="", dims=2, size=8, levels=2, dtype="float32", batch=4, cell=0,
+              violation=None, timed=True):
+    n = sum((size // 2 ** k) ** dims for k in range(levels))
+    key = backend or method
+    tb = 2 if backend else batch
+    row = {"cell": cell, "status": "ok", "reason": "", "method": method, "backend": backend, "dual_kind": kind,
+           "generator": "lesion", "scale": 1.0, "dims": dims, "size": size, "levels": levels, "batch": batch,
+           "temperature": 1.0, "dtype": dtype, "device": "cpu", "seed": 0,
+           "shapes": "+".join("x".join([str(size // 2 ** k)] * dims) for k in range(levels)), "n_cells": n,
+           "timed_batch": tb, "repeats": 5,
+           "violation_mean": VIOL[kind or key] if violation is None else violation}
+    row["violation_max"] = row["violation_mean"]
+    if timed:
+        per_sample = COST[key] * n ** SLOPE[key] * (1.5 if kind == "amortised" else 1.0)
+        total = per_sample * tb
+        for col, share in (("fwd_ms", 0.4), ("bwd_ms", 0.6), ("total_ms", 1.0)):
+            row[col], row[col + "_q1"], row[col + "_q3"] = share * total, 0.9 * share * total, 1.2 * share * total
+        row["per_sample_ms"] = per_sample
+    else:
+        row["reason"] = "timed once, in the 'fitted' row"
+    return row
+
+
+def cell_rows(dims=2, size=8, levels=2, dtype="float32", cell=0, backends=("diffcp-clarabel", "moreau")):
+    kw = {"dims": dims, "size": size, "levels": levels, "dtype": dtype, "cell": cell}
+    rows = [bench_row(m, **kw) for m in ("softmax", "exact", "dual")]
+    rows += [bench_row("learned_dual", kind=k, timed=k in ("fitted", "amortised"), **kw)
+             for k in ("zero", "fitted", "amortised", "per_sample")]
+    rows += [bench_row("cvxpylayers", backend=b, **kw) for b in backends]
+    return rows
+
+
+def sweep_rows():
+    rows, cell = [], 0
+    for dims in (2, 3):
+        for size in (4, 8, 16):
+            rows += cell_rows(dims=dims, size=size, cell=cell)
+            cell += 1
+    return rows
+
+
+def write_bench(folder, rows, columns=COLUMNS):
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "bench.csv")
+    if "checksum" in columns:
+        atomic_csv(path, columns, rows, checksum=True)
+    else:
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+            w.writeheader()
+            w.writerows(rows)
+    return path
+
+
+def write_example(folder, size=8):
+    rng = np.random.default_rng(0)
+    arrays = {"scores0": rng.normal(size=(size, size)), "scores1": rng.normal(size=(size // 2, size // 2)),
+              "fitted_dual0": 0.1 * rng.normal(size=(size // 2, size // 2)),
+              "amortised_dual0": 0.1 * rng.normal(size=(size // 2, size // 2))}
+    np.savez(os.path.join(folder, "example.npz"), levels=np.array(2), temperature=np.array([1.0, 1.0]), **arrays)
+
+
+def write_convergence(folder):
+    rows = [{"cell": c, "dims": 2, "size": 8, "levels": 2, "temperature": 1.0, "iteration": i,
+             "violation_mean": 10.0 ** -i, "violation_max": 10.0 ** -i, "dual_gap_mean": 10.0 ** (-2 * i),
+             "dual_gap_max": 10.0 ** (-2 * i)} for c in (0, 1) for i in range(5)]
+    with open(os.path.join(folder, "convergence.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+@pytest.fixture
+def figs(monkeypatch):
+    """Every figure a plot function finishes, by file name; rendering (slow) is replaced by
+    placeholder files, so what is written and removed can still be checked."""
+    seen = {}
+
+    def spy(fig, path, env=None):
+        seen[os.path.splitext(os.path.basename(path))[0]] = fig
+        plots.plt.close(fig)
+        if os.path.dirname(path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            for ext in (".png", ".pdf"):
+                with open(os.path.splitext(path)[0] + ext, "wb") as f:
+                    f.write(b"placeholder")
+        return path
+
+    monkeypatch.setattr(plots, "save", spy)
+    return seen
+
+
+def run(argv):
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:  # argparse errors (UsageError goes through parser.error)
+        return exc.code
+
+
+def png_size(path):
+    with open(path, "rb") as f:
+        head = f.read(24)
+    return struct.unpack(">II", head[16:24])
+
+
+def all_texts(fig):
+    out = [t.get_text() for t in fig.findobj(plots.matplotlib.text.Text)]
+    return "\n".join(out)
+
+
+# ---------------------------------------------------------------------------- basics
 
 def test_core_benchmark_figure(tmp_path):
     rows = [{"method": m, "shapes": "8x8+4x4", "batch": 4, "dtype": "float32", "fwd_ms": 1.0 + i, "bwd_ms": 0.5}
@@ -14,3 +157,362 @@ def test_core_benchmark_figure(tmp_path):
 def test_env_line():
     assert "torch 2.13.0" in env_line({"torch": "2.13.0", "processor": "AMD", "torch_threads": 2})
     assert env_line(None) == ""
+    assert "$" not in env_line({"torch": "$x$", "processor": "a"}).replace(r"\$", "")  # no mathtext from a file
+
+
+@pytest.mark.slow  # renders six figures at 300 dpi and as PDF
+def test_every_figure_renders_as_png_and_pdf_for_a_paper_with_the_environment_footer_below_it(tmp_path,
+                                                                                             monkeypatch):
+    folder = str(tmp_path / "r")
+    write_bench(folder, sweep_rows())
+    write_convergence(folder)
+    write_example(folder)
+    with open(os.path.join(folder, "bench.json"), "w") as f:
+        f.write('{"environment": {"torch": "2.13.0", "processor": "cpu", "torch_threads": 2}}')
+    real, rendered = plots.save, {}
+
+    def keep(fig, path, env=None):
+        rendered[os.path.splitext(os.path.basename(path))[0]] = fig
+        return real(fig, path, env)
+
+    monkeypatch.setattr(plots, "save", keep)
+    notes = []
+    written = plot_results(folder, log=notes.append)
+    assert notes == []
+    assert {os.path.splitext(os.path.basename(p))[0] for p in written} == set(plots.FIGURES)
+    for name, fig in rendered.items():
+        png = os.path.join(folder, "figures", name + ".png")
+        assert os.path.getsize(png) > 1000 and os.path.getsize(png[:-4] + ".pdf") > 1000
+        width, _ = png_size(png)
+        assert width <= 7.6 * 300, (name, width / 300)  # at most a two-column width at 300 dpi
+        renderer = FigureCanvasAgg(fig).get_renderer()  # a closed figure has lost its canvas
+        footer = [t for t in fig.texts if t.get_text() == env_line(ENV)]
+        assert len(footer) == 1, name
+        top = footer[0].get_window_extent(renderer).y1
+        drawn = [ax.get_tightbbox(renderer).y0 for ax in fig.axes if ax.get_visible()] + \
+                [leg.get_window_extent(renderer).y0 for leg in fig.legends]
+        assert top < min(drawn), name  # the footer covers nothing
+
+
+# ---------------------------------------------------------------------------- figures that tell the truth
+
+def test_core_benchmark_ratio_is_computed_from_the_bars_it_draws(figs):
+    rows = [
+        {"method": "softmax", "backend": "", "shapes": "8x8+4x4", "batch": 4, "dtype": "float32", "fwd_ms": 1.0,
+         "bwd_ms": 1.0, "total_ms": 1.5},
+        {"method": "exact", "backend": "", "shapes": "8x8+4x4", "batch": 4, "dtype": "float32", "fwd_ms": 1.0,
+         "bwd_ms": 1.0, "total_ms": 3.0},
+        {"method": "exact", "backend": "", "shapes": "4x4+2x2", "batch": 4, "dtype": "float32", "fwd_ms": 0.1,
+         "bwd_ms": 0.1, "total_ms": 0.2},
+        {"method": "cvxpylayers", "backend": "slow", "shapes": "4x4+2x2", "batch": 2, "dtype": "float64",
+         "fwd_ms": 50.0, "bwd_ms": 50.0, "total_ms": 100.0},
+        {"method": "cvxpylayers", "backend": "fast", "shapes": "4x4+2x2", "batch": 2, "dtype": "float64",
+         "fwd_ms": 5.0, "bwd_ms": 5.0, "total_ms": 10.0},
+    ]
+    # the caller's numbers disagree with the bars: the figure prints the bars' ratio
+    plot_core_benchmark(rows, {"exact/softmax": 99.0, "cvxpylayers/exact per sample": 99.0}, "core.png")
+    fig = figs["core"]
+    heights = [[p.get_height() for p in ax.patches] for ax in fig.axes[:2]]
+    assert heights[0][:2] == pytest.approx([1e3 * 1.5 / 4, 1e3 * 3.0 / 4])  # the totals, per sample (µs)
+    ratio = heights[0][1] / heights[0][0]
+    text = all_texts(fig)
+    assert f"exact/softmax = {ratio:.3g}" in text and "99" not in text
+    cvx = (1e3 * 10.0 / 2) / (1e3 * 0.2 / 4)  # the fastest backend's bar over exact's, per sample
+    assert f"cvxpylayers/exact per sample = {cvx:.3g} (fastest: fast)" in text
+    assert core_ratios(rows, ["exact/softmax"])["exact/softmax"][0] == pytest.approx(2.0)
+
+
+def test_attention_maps_share_one_colour_scale_per_level_and_state_n_max_p(tmp_path, figs):
+    write_example(str(tmp_path))
+    plots.plot_attention_maps(str(tmp_path / "example.npz"), "maps.png", log=pytest.fail)
+    fig = figs["maps"]
+    grid = [ax for ax in fig.axes if ax.images]
+    rows = [grid[i:i + 3] for i in range(0, len(grid), 3)]  # 2 levels + 1 residual per method
+    names = [r[0].get_ylabel().replace("\n", " ") for r in rows]
+    assert names == ["softmax", "learned_dual (fitted λ)", "learned_dual (amortised λ)", "dual", "exact"]
+    for col in range(3):
+        clims = {r[col].images[0].get_clim() for r in rows}
+        assert len(clims) == 1  # one colour scale across methods
+    for col in range(2):
+        vmax = rows[0][col].images[0].get_clim()[1]
+        assert vmax == pytest.approx(max(float(r[col].images[0].get_array().max()) for r in rows))
+        assert rows[0][col].images[0].get_clim()[0] == 0.0
+        for r in rows:
+            p = np.asarray(r[col].images[0].get_array())
+            assert f"= {p.size * p.max():.3g}$" in r[col].get_xlabel()  # N·max p, below the panel
+    for r in rows:  # residual annotation off the data: below the axes, nothing written inside
+        assert len(r[2].texts) == 0 and r"\|\cdot\|_1" in r[2].get_xlabel()
+
+
+def test_violation_keeps_dtypes_apart_and_marks_their_rounding_floors(figs):
+    rows = cell_rows(dtype="float32", cell=0) + cell_rows(dtype="float64", cell=1)
+    for r in rows:
+        if r["method"] == "exact" and r["dtype"] == "float64":
+            r["violation_mean"] = 0.0  # exact in float64 can be exactly consistent
+    notes = []
+    plots.plot_violation(rows, "v.png", log=notes.append)
+    ax = figs["v"].axes[0]
+    colours = {d: plots.matplotlib.colors.to_rgba(c) for d, c in plots.DTYPE_COLORS.items()}
+    by_dtype = {d: [c for c in ax.collections if tuple(c.get_facecolor()[0][:3]) == colours[d][:3]]
+                for d in ("float32", "float64")}
+    # cvxpylayers solves in float64 whatever the cell's dtype: none of its points are float32
+    n_series = 9  # softmax, 4 learned-dual kinds, dual, exact, 2 backends
+    assert len(by_dtype["float32"]) == n_series - 2 and len(by_dtype["float64"]) == n_series
+    floors = {round(math.log10(line.get_ydata()[0]), 6) for line in ax.lines if line.get_linestyle() == "--"}
+    assert floors == {round(math.log10(DTYPE_EPS["float32"]), 6), round(math.log10(DTYPE_EPS["float64"]), 6)}
+    labels = [t.get_text() for t in figs["v"].legends[0].get_texts()]
+    assert any("float32 rounding floor" in t for t in labels) and any("float64 rounding floor" in t for t in labels)
+    assert any("exactly 0" in t for t in labels)
+    assert notes == []
+
+
+def test_time_vs_size_separates_dimensions_shows_spread_and_puts_slopes_in_the_legend(figs):
+    rows = sweep_rows()
+    plots.plot_time_vs_size(rows, "t.png", log=pytest.fail)
+    fig = figs["t"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["2-D grids: forward pass", "2-D grids: backward pass", "3-D grids: forward pass",
+                      "3-D grids: backward pass"]
+    n2 = {r["n_cells"] for r in rows if r["dims"] == 2}
+    n3 = {r["n_cells"] for r in rows if r["dims"] == 3}
+    for ax, sizes in zip(fig.axes, (n2, n2, n3, n3)):
+        assert len(ax.texts) == 0  # no slope labels on the data
+        for line in ax.lines:
+            if line.get_marker() not in ("None", None, "") and len(line.get_xdata()) > 1:
+                assert set(line.get_xdata()) <= sizes  # never a line across 2-D and 3-D
+    exact_fwd = [c for c in fig.axes[0].containers if c.lines[0].get_color() == plots.METHOD_COLORS["exact"]]
+    seg = exact_fwd[0].lines[2][0].get_segments()[0]  # the first size's error bar: q1..q3 per sample
+    r0 = next(r for r in rows if r["method"] == "exact" and r["dims"] == 2 and r["size"] == 4)
+    assert sorted(y for _, y in seg) == pytest.approx([r0["fwd_ms_q1"] / 4, r0["fwd_ms_q3"] / 4])
+    legend = "\n".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "exact, 2 levels: 2-D $n^{1.00}$ / $n^{1.00}$, 3-D $n^{1.00}$ / $n^{1.00}$" in legend
+    # cvxpylayers solves in float64 in a float32 sweep: its entries say so
+    assert "cvxpylayers (diffcp-clarabel), 2 levels, float64: 2-D $n^{1.50}$" in legend
+    assert "$" in fig.axes[0].get_xlabel()  # mathtext
+
+
+def test_speedup_draws_one_line_per_backend_and_nothing_without_measurements(figs):
+    notes = []
+    assert plots.plot_speedup(sweep_rows(), "s.png", log=notes.append) == "s.png"
+    labels = [t.get_text() for t in figs["s"].axes[-1].get_legend().get_texts()]
+    assert "cvxpylayers (diffcp-clarabel)" in labels and "cvxpylayers (moreau)" in labels
+    ax = figs["s"].axes[0]
+    drawn = [line for line in ax.lines if len(line.get_xdata()) > 1 and line.get_marker() not in ("None", "")]
+    assert len(drawn) == 2  # one per backend (one level count)
+    no_cvx = [r for r in sweep_rows() if r["method"] != "cvxpylayers"]
+    assert plots.plot_speedup(no_cvx, "s2.png", log=notes.append) is None and "s2" not in figs
+    assert "no sweep cell with both exact and cvxpylayers" in notes[-1]
+
+
+def test_tradeoff_places_every_series_marks_the_pareto_front_and_the_zero_floor(figs):
+    rows = cell_rows(size=16, dtype="float64")
+    next(r for r in rows if r["method"] == "exact")["violation_mean"] = 0.0
+    notes = []
+    plots.plot_tradeoff(rows, "to.png", log=notes.append)
+    fig = figs["to"]
+    ax = fig.axes[0]
+    pts = {}
+    for c in ax.containers:
+        line = c.lines[0]
+        pts[(line.get_color(), line.get_marker())] = (line.get_xdata()[0], line.get_ydata()[0],
+                                                      line.get_markerfacecolor())
+    assert len(pts) == 9  # softmax, 4 learned-dual kinds, dual, exact, 2 backends
+    styles = plots._styles({plots.Series(r["method"], r["dual_kind"], r["backend"]) for r in rows})
+    fitted = pts[styles[plots.Series("learned_dual", "fitted")]]
+    for kind in ("zero", "per_sample"):  # no time of their own: the fitted row's, drawn hollow
+        x, _, face = pts[styles[plots.Series("learned_dual", kind)]]
+        assert x == fitted[0] and face == "none"
+    floor = min(line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == ":")
+    assert pts[styles[plots.Series("exact")]][1] == floor < 1e-13  # 0 drawn at the floor
+    labels = "\n".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "exactly 0" in labels and "Pareto front" in labels and "fitted-λ row" in labels
+    # the front: softmax (fastest), exact (violation 0, next fastest); nothing else is both faster and better
+    front = ax.collections[-1].get_offsets()
+    assert [tuple(p) for p in front] == [(pts[styles[plots.Series("softmax")]][0], 0.3),
+                                          (pts[styles[plots.Series("exact")]][0], floor)]
+    assert notes == []
+
+
+# ---------------------------------------------------------------------------- damaged results
+
+
+def plot_cli(folder, capsys, *extra):
+    code = run(["plot", str(folder), *extra])
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return code, err
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty file"),
+    (b"   \n\n", "empty file"),
+    (",".join(COLUMNS).encode() + b"\n", "a header and no rows"),
+    (b"a,b,c\n1,2,3\n", "missing column(s) status, method"),
+    (b"\x00\x01\x02garbage\xff\xfe", "not a text file"),
+    (b"status,method\x00\nok,exact\n", "NUL"),
+    (b"lorem ipsum dolor\nsit amet\n", "missing column"),
+])
+def test_plot_refuses_an_unusable_bench_csv_with_one_line_and_writes_nothing(tmp_path, capsys, content, message, figs):
+    (tmp_path / "bench.csv").write_bytes(content)
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 2
+    error = [line for line in err.splitlines() if "error:" in line]
+    assert len(error) == 1 and message in error[0] and "nothing to plot" in error[0]
+    assert not os.path.exists(tmp_path / "figures") or os.listdir(tmp_path / "figures") == []
+
+
+def test_a_row_cut_off_mid_write_is_named_and_never_plotted(tmp_path, capsys, figs):
+    rows = sweep_rows()
+    path = write_bench(str(tmp_path), rows)
+    with open(path) as f:
+        text = f.read().rstrip("\n")
+    last = text.rsplit("\n", 1)[1]
+    value = repr(float(rows[-1]["violation_mean"]))
+    assert value in last
+    # the last row is cut inside a number: what remains parses, but must not be believed
+    cut = text[:text.rindex(value) + 4]
+    with open(path, "w") as f:
+        f.write(cut)
+    kept = read_results(path, log=lambda m: None)
+    assert len(kept) == len(rows) - 1
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 0
+    n = len(rows) + 1  # the cut row's line number
+    assert f"line {n} (no line end: cut off)" in err
+
+
+def test_a_value_cut_short_inside_the_file_fails_its_checksum_and_is_named(tmp_path, capsys, figs):
+    rows = sweep_rows()
+    rows[3]["violation_mean"] = 1.9665132189317092e-07
+    path = write_bench(str(tmp_path), rows)
+    with open(path) as f:
+        text = f.read().replace("1.9665132189317092e-07", "1.9665132", 1)
+    with open(path, "w") as f:
+        f.write(text)
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 0
+    assert "line 5 (checksum mismatch" in err
+
+
+def test_rows_with_unusable_numbers_are_skipped_and_named_the_rest_is_plotted(tmp_path, capsys, figs):
+    rows = sweep_rows()
+    bad = {2: ("fwd_ms", "abc"), 5: ("violation_mean", "nan"), 8: ("n_cells", "inf"), 11: ("per_sample_ms", "-1"),
+           14: ("method", "sinkhorn"), 17: ("status", "okay"), 20: ("fwd_ms_q1", "99999")}
+    for i, (col, value) in bad.items():
+        rows[i][col] = value
+    write_bench(str(tmp_path), rows, columns=[c for c in COLUMNS if c != "checksum"])
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 0
+    for i, (col, value) in bad.items():
+        assert f"line {i + 2} (" in err, (col, err)
+    assert "fwd_ms='abc' is not a number" in err and "violation_mean='nan' is not finite" in err
+    assert "method='sinkhorn' is not a known method" in err and "outside its quartiles" in err
+    assert set(figs) >= {"time_vs_size", "violation", "tradeoff", "speedup_exact_vs_cvxpylayers"}
+
+
+def test_nan_tokens_in_bench_json_are_read_as_null_with_a_warning(tmp_path, capsys, figs):
+    write_bench(str(tmp_path), sweep_rows())
+    (tmp_path / "bench.json").write_text('{"environment": {"torch": "2", "gpu": NaN}, "rows": [{"x": Infinity}]}')
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 0 and "bench.json: not strict JSON (2 NaN/Infinity token(s)" in err
+    (tmp_path / "bench.json").write_text("{not json")
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 0 and "bench.json: not readable JSON" in err
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: p.write_bytes(b""), "not a readable .npz"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 garbage"), "not a readable .npz"),
+    (lambda p: np.savez(str(p), levels=np.array(2), temperature=np.array([1.0, np.nan]),
+                        scores0=np.zeros((4, 4)), scores1=np.zeros((2, 2))), "'temperature'"),
+    (lambda p: np.savez(str(p), levels=np.array(2), temperature=np.array([1.0, 1.0]),
+                        scores0=np.zeros((4, 4)), scores1=np.full((2, 2), np.inf)), "NaN or Inf"),
+    (lambda p: np.savez(str(p), levels=np.array(2), temperature=np.array([1.0, 1.0]),
+                        scores0=np.zeros((4, 4)), scores1=np.zeros((3, 3))), "do not nest"),
+    (lambda p: np.savez(str(p), levels=np.array(2), temperature=np.array([1.0, 1.0]),
+                        scores0=np.zeros((4, 4)), scores1=np.zeros((2, 2)), fitted_dual0=np.zeros((3, 3))),
+     "'fitted_dual0'"),
+])
+def test_an_unusable_example_is_reported_and_no_map_is_drawn(tmp_path, capsys, make, message, figs):
+    make(tmp_path / "example.npz")
+    write_bench(str(tmp_path), sweep_rows())
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 0 and message in err and "attention_maps not written" in err
+    assert not os.path.exists(tmp_path / "figures" / "attention_maps.png")
+
+
+def test_a_pickled_example_runs_no_code(tmp_path, capsys, figs):
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    np.savez(str(tmp_path / "example.npz"), levels=np.array(2), temperature=np.array([1.0, 1.0]),
+             scores0=np.array([Evil()], dtype=object), scores1=np.zeros((2, 2)))
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 2 and "example.npz" in err and not marker.exists()
+
+
+def test_convergence_rows_with_unusable_values_are_named(tmp_path, capsys, figs):
+    write_convergence(str(tmp_path))
+    path = tmp_path / "convergence.csv"
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[2]["levels"] = "two"  # line 4
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 0 and "dual_convergence: skipped 1 row(s) of convergence.csv" in err and "line 4" in err
+
+
+def test_no_figure_is_written_without_data_and_a_stale_one_is_removed(tmp_path, capsys, figs):
+    rows = sweep_rows()
+    write_bench(str(tmp_path), rows)
+    assert plot_cli(tmp_path, capsys)[0] == 0
+    assert os.path.exists(tmp_path / "figures" / "speedup_exact_vs_cvxpylayers.png")
+    for r in rows:
+        if r["method"] == "cvxpylayers":
+            r["status"], r["reason"] = "skipped", "over budget"
+    write_bench(str(tmp_path), rows)
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 0 and "speedup_exact_vs_cvxpylayers: no sweep cell" in err and "removed" in err
+    assert not os.path.exists(tmp_path / "figures" / "speedup_exact_vs_cvxpylayers.png")
+    assert not os.path.exists(tmp_path / "figures" / "speedup_exact_vs_cvxpylayers.pdf")
+    for r in rows:
+        r["status"] = "skipped"
+    write_bench(str(tmp_path), rows)
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 2 and "nothing to plot" in err
+    assert os.listdir(tmp_path / "figures") == []
+
+
+def test_an_older_results_file_without_backends_spreads_or_checksums_still_plots(tmp_path, figs):
+    rows = [r for r in sweep_rows() if r["backend"] in ("", "diffcp-clarabel")]
+    write_bench(str(tmp_path), rows, columns=OLD_COLUMNS)
+    notes = []
+    written = plot_results(str(tmp_path), log=notes.append)
+    assert len(written) == 4 and notes == []
+    labels = [t.get_text() for t in figs["speedup_exact_vs_cvxpylayers"].axes[-1].get_legend().get_texts()]
+    assert "cvxpylayers" in labels  # no backend column: the method's own name
+    assert not any(c.has_yerr for ax in figs["time_vs_size"].axes for c in ax.containers)  # no spread recorded
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.write_text("x"), "is a file"),
+])
+def test_plot_usage_errors_for_the_results_argument(tmp_path, capsys, setup, message, figs):
+    target = tmp_path / "res"
+    setup(target)
+    code, err = plot_cli(target, capsys)
+    assert code == 2 and message in err
+
+
+def test_plot_refuses_an_out_that_is_a_file(tmp_path, capsys, figs):
+    write_bench(str(tmp_path), sweep_rows())
+    (tmp_path / "out").write_text("x")
+    code, err = plot_cli(tmp_path, capsys, "--out", str(tmp_path / "out"))
+    assert code == 2 and "is a file" in err

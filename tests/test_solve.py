@@ -3,6 +3,8 @@ import math
 import pytest
 import torch
 from helpers import random_instance
+from hypothesis import given
+from hypothesis import strategies as st
 
 import convex_attention as ca
 
@@ -147,3 +149,199 @@ def test_check_finite_can_be_turned_off_for_hot_paths():
     bad = [GOOD[0].clone().fill_(float("nan")), GOOD[1]]
     sol = ca.solve(bad, H, "softmax", check_finite=False)
     assert torch.isnan(sol.probs[0]).all()
+
+
+# ------------------------------------------------------------------ differentiable temperature
+
+def _learned_duals(inst):
+    g = torch.Generator().manual_seed(5)
+    return [torch.randn(s, generator=g, dtype=torch.float64) for s in inst.h.shapes[1:]]
+
+
+@pytest.mark.parametrize("method", ["softmax", "exact", "learned_dual"])
+@pytest.mark.parametrize("per_level", [True, False])
+def test_gradcheck_through_a_temperature_tensor(method, per_level):
+    inst = random_instance("2d-3lvl-unequal", batch=2)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    tau = torch.tensor(inst.temps if per_level else 0.8, dtype=torch.float64, requires_grad=True)
+    kw = {"duals": _learned_duals(inst)} if method == "learned_dual" else {}
+
+    def fn(t, *s):
+        sol = ca.solve(list(s), inst.h, method, temperature=t, **kw)
+        return tuple(sol.probs) + (sol.objective,)
+
+    assert torch.autograd.gradcheck(fn, (tau, *scores))
+
+
+def test_temperature_tensor_gets_a_gradient_that_a_float_would_not():
+    """Before: a tensor temperature was silently detached (tau.grad stayed None)."""
+    inst = random_instance("2d-2lvl", batch=2)
+    for method in ("softmax", "exact", "learned_dual"):
+        tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+        kw = {"duals": _learned_duals(inst)} if method == "learned_dual" else {}
+        sol = ca.solve(inst.scores, inst.h, method, temperature=tau, **kw)
+        sum((p * torch.arange(p.numel(), dtype=p.dtype).view_as(p)).sum() for p in sol.probs).backward()
+        assert tau.grad is not None and tau.grad.abs().sum() > 0, method
+        # the same numbers as the float path
+        ref = ca.solve(inst.scores, inst.h, method, temperature=inst.temps, **kw)
+        for a, b in zip(sol.probs, ref.probs):
+            torch.testing.assert_close(a, b, atol=1e-15, rtol=0)
+        for a, b in zip(sol.duals or [], ref.duals or []):
+            torch.testing.assert_close(a, b, atol=1e-13, rtol=0)
+        torch.testing.assert_close(sol.objective, ref.objective, atol=1e-13, rtol=0)
+        if ref.dual_objective is not None:
+            torch.testing.assert_close(sol.dual_objective, ref.dual_objective, atol=1e-13, rtol=0)
+        assert all(isinstance(t, float) for t in ref.temperature)
+
+
+def test_consistency_loss_differentiates_through_the_temperature():
+    inst = random_instance("irregular-3lvl", batch=2)
+    duals = [d.requires_grad_() for d in _learned_duals(inst)]
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: ca.consistency_loss(inst.scores, duals, inst.h, temperature=t), (tau,))
+
+
+@pytest.mark.parametrize("method", ["dual", "cvxpylayers"])
+def test_methods_without_tensor_temperature_refuse_one_that_requires_grad(method):
+    inst = random_instance("1d-2lvl", batch=1)
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(TypeError, match=f"method '{method}' cannot differentiate through the temperature"):
+        ca.solve(inst.scores, inst.h, method, temperature=tau)
+    # a tensor without grad (or under no_grad) is read as floats
+    plain = ca.solve(inst.scores, inst.h, method, temperature=tau.detach())
+    with torch.no_grad():
+        quiet = ca.solve(inst.scores, inst.h, method, temperature=tau)
+    ref = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    for a, b, c in zip(plain.probs, quiet.probs, ref.probs):
+        torch.testing.assert_close(a, c, atol=1e-5, rtol=0)
+        torch.testing.assert_close(b, c, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature, message", [
+    (torch.ones(4), r"shape \(\) .* or \(2,\) .*got \(4,\); temperatures are per level, never per sample"),
+    (torch.ones(1), r"got \(1,\)"),
+    (torch.ones(2, 1), r"got \(2, 1\)"),
+    (torch.ones(2, 2), r"got \(2, 2\)"),
+])
+def test_temperature_tensors_of_other_shapes_are_refused(temperature, message):
+    with pytest.raises(ValueError, match=message):
+        ca.solve(GOOD, H, "exact", temperature=temperature)
+    with pytest.raises(ValueError, match=message):
+        ca.consistency_loss(GOOD, [torch.zeros(2, 2)], H, temperature=temperature)
+
+
+def test_complex_or_bool_temperature_tensors_are_refused():
+    with pytest.raises(TypeError, match="real tensor"):
+        ca.solve(GOOD, H, "exact", temperature=torch.ones(2, dtype=torch.complex64))
+    with pytest.raises(TypeError, match="real tensor"):
+        ca.solve(GOOD, H, "exact", temperature=torch.ones(2, dtype=torch.bool))
+
+
+# ------------------------------------------------------------------ temperature range, NaN safety
+
+F32_MIN, F32_MAX = ca._validation.temperature_range(torch.float32)
+
+
+def test_accepted_range_is_documented_per_compute_dtype():
+    assert F32_MIN == torch.finfo(torch.float32).tiny and F32_MAX == math.sqrt(torch.finfo(torch.float32).max)
+    assert ca._validation.temperature_range(torch.float16) == (F32_MIN, F32_MAX)  # computed in float32
+    lo64, hi64 = ca._validation.temperature_range(torch.float64)
+    assert lo64 == torch.finfo(torch.float64).tiny and hi64 > 1e153
+
+
+@pytest.mark.parametrize("temperature, message", [
+    (1e-39, "below the smallest accepted for float32 computation"),
+    (1e-45, "below the smallest accepted"),
+    (1e39, "above the largest accepted for float32 computation"),
+    ([1e19, 1e19], "temperatures sum to 2e"),
+])
+def test_temperatures_outside_the_float32_range_are_refused(temperature, message):
+    """Before: τ = 1e-39 gave NaN (softmax, exact, learned_dual) and τ = 1e39 NaN (exact)."""
+    for method in ("softmax", "exact", "learned_dual", "dual"):
+        kw = {"duals": [torch.zeros(2, 2)]} if method == "learned_dual" else {}
+        with pytest.raises(ValueError, match=message):
+            ca.solve(GOOD, H, method, temperature=temperature, **kw)
+
+
+def test_float64_accepts_what_float32_cannot():
+    scores = [1e4 * s.double() for s in GOOD]
+    for tau in (1e-39, 1e-300, 1e39, 1e150):
+        for method in ("softmax", "exact", "learned_dual"):
+            kw = {"duals": [torch.zeros(2, 2, dtype=torch.float64)]} if method == "learned_dual" else {}
+            sol = ca.solve(scores, H, method, temperature=tau, **kw)
+            assert all(torch.isfinite(p).all() for p in sol.probs), (tau, method)
+            assert torch.isfinite(sol.objective).all()
+
+
+def _all_outputs(sol):
+    out = list(sol.probs) + [sol.violation, sol.objective]
+    if sol.duals is not None:
+        out += list(sol.duals) + [sol.dual_objective]
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [F32_MIN, [F32_MIN, 1.0, F32_MIN], 0.1, [1e3, 1e-3, 1e3], F32_MAX / 3.0001,
+                                         [F32_MAX / 2, F32_MIN, 1.0]])
+@pytest.mark.parametrize("method", ["softmax", "exact", "learned_dual"])
+def test_extremes_of_the_accepted_range_give_finite_consistent_output(dtype, temperature, method):
+    """±1e4 scores at both ends of the range, in float32 and half precision: every field
+    finite, probabilities on the simplex, exact consistent, and half precision agrees with
+    float32 (fp16 softmax with ±1e4 scores and τ = 0.1 once gave NaN)."""
+    h = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    base = [1e4 * torch.randn((3,) + s, generator=g) for s in h.shapes]
+    kw = {"duals": [torch.randn(s, generator=g) for s in h.shapes[1:]]} if method == "learned_dual" else {}
+    scores = [s.to(dtype).requires_grad_() for s in base]
+    sol = ca.solve(scores, h, method, temperature=temperature, **kw)
+    assert all(bool(torch.isfinite(x).all()) for x in _all_outputs(sol))
+    for p in sol.probs:
+        assert p.dtype == dtype and (p >= 0).all()
+        torch.testing.assert_close(p.float().flatten(1).sum(1), torch.ones(3), atol=2e-2, rtol=0)
+    if method == "exact":
+        assert float(sol.violation.max()) < 1e-2
+    sum(p.float().square().sum() for p in sol.probs).backward()
+    assert all(bool(torch.isfinite(s.grad).all()) for s in scores)
+    ref = ca.solve([s.to(dtype).float() for s in base], h, method, temperature=temperature, **kw)
+    for a, b in zip(sol.probs, ref.probs):
+        torch.testing.assert_close(a.float(), b, atol=2e-2, rtol=0)
+    if method == "learned_dual":
+        loss = ca.consistency_loss(scores, kw["duals"], h, temperature=temperature)
+        assert not bool(torch.isnan(loss))  # +inf where the KL is beyond the dtype, never NaN
+
+
+@given(st.floats(0.0, 1.0), st.floats(-1e4, 1e4), st.integers(0, 2 ** 16),
+       st.sampled_from(["softmax", "exact", "learned_dual"]),
+       st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]))
+def test_property_no_nan_over_the_accepted_range(where, spread, seed, method, dtype):
+    """τ log-uniform over the whole accepted range of the dtype, scores up to ±1e4."""
+    lo, hi = ca._validation.temperature_range(dtype)
+    log_tau = math.log(lo) + where * (math.log(hi / 4) - math.log(lo))
+    h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 2)])
+    g = torch.Generator().manual_seed(seed)
+    tau = [math.exp(log_tau) * float(f) for f in (1.0, 1.0 + torch.rand(1, generator=g), 1.0)]
+    scores = [(spread * torch.randn((2,) + s, generator=g)).clamp(-6e4, 6e4).to(dtype) for s in h.shapes]
+    kw = {"duals": [spread * torch.randn(s, generator=g) for s in h.shapes[1:]]} if method == "learned_dual" else {}
+    sol = ca.solve(scores, h, method, temperature=tau, **kw)
+    assert all(bool(torch.isfinite(x).all()) for x in _all_outputs(sol))
+    for p in sol.probs:
+        assert abs(float(p.float().flatten(1).sum(1).sub(1).abs().max())) < 2e-2
+    if method == "exact":
+        assert float(sol.violation.max()) < 1e-2
+    if method == "learned_dual":
+        assert not bool(torch.isnan(ca.consistency_loss(scores, kw["duals"], h, temperature=tau)))
+
+
+def test_one_zero_d_tensor_per_level_is_accepted_and_differentiated():
+    inst = random_instance("2d-2lvl", batch=2)
+    t0 = torch.tensor(inst.temps[0], dtype=torch.float64, requires_grad=True)
+    sol = ca.solve(inst.scores, inst.h, "exact", temperature=[t0, inst.temps[1]])
+    ref = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    for a, b in zip(sol.probs, ref.probs):
+        torch.testing.assert_close(a, b, atol=1e-15, rtol=0)
+    sum((p * torch.randn_like(p)).sum() for p in sol.probs).backward()
+    assert t0.grad is not None
+    with pytest.raises(ValueError, match=r"temperature\[1\] must be a number or a 0-d floating tensor"):
+        ca.solve(inst.scores, inst.h, "exact", temperature=[t0, torch.ones(2)])
+    with pytest.raises(TypeError, match="method 'dual' cannot differentiate"):
+        ca.solve(inst.scores, inst.h, "dual", temperature=[t0, 1.0])

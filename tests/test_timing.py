@@ -33,3 +33,17 @@ def test_peak_memory_counts_allocations_during_the_call():
 
     peak = peak_memory_mb(forward)
     assert 1.9 < peak < 8
+
+
+def test_measurement_summary_gives_each_median_with_its_quartiles():
+    from convex_attention.bench.timing import Measurement, quartiles
+
+    m = Measurement(fwd_ms=[1.0, 2.0, 3.0, 4.0, 100.0], bwd_ms=[10.0, 10.0, 10.0, 10.0, 10.0])
+    s = m.summary()
+    assert s["fwd_ms"] == 3.0 and s["fwd_ms_q1"] == 2.0 and s["fwd_ms_q3"] == 4.0
+    assert s["bwd_ms"] == s["bwd_ms_q1"] == s["bwd_ms_q3"] == 10.0
+    assert s["total_ms"] == m.total_median == 13.0 and s["total_ms_q1"] == 12.0 and s["total_ms_q3"] == 14.0
+    forward_only = Measurement(fwd_ms=[2.0]).summary()
+    assert forward_only["fwd_ms_q1"] == forward_only["fwd_ms_q3"] == 2.0
+    assert all(v != v for k, v in forward_only.items() if k.startswith("bwd"))  # NaN: nothing went backward
+    assert all(v != v for v in quartiles([]))

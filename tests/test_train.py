@@ -8,11 +8,14 @@ import pytest
 import torch
 
 from convex_attention.paper.data import SyntheticLesions
+from convex_attention.paper.models import AttentionUNet, read_checkpoint
 from convex_attention.paper.train import (
     METRIC_COLUMNS,
     TrainConfig,
     augment,
     balanced_accuracy,
+    classification_metrics,
+    recompute_batchnorm,
     train,
 )
 
@@ -25,9 +28,10 @@ def read(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_writes_metrics_and_checkpoints(tmp_path):
     out = str(tmp_path / "run")
-    result = train(TrainConfig(out=out, method="learned_dual", epochs=4, lr=3e-3, augment=False, **TINY))
+    result = train(TrainConfig.build(out=out, method="learned_dual", epochs=4, lr=3e-3, augment=False, **TINY))
     rows = read(os.path.join(out, "metrics.csv"))
     assert tuple(rows[0]) == METRIC_COLUMNS and len(rows) == 4
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
@@ -37,10 +41,11 @@ def test_training_lowers_the_loss_and_writes_metrics_and_checkpoints(tmp_path):
     assert result["model"].config.method == "learned_dual"
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     out = str(tmp_path / "run")
-    train(TrainConfig(out=out, method="exact", epochs=1, **TINY))
-    train(TrainConfig(out=out, method="exact", epochs=3, resume=os.path.join(out, "last.pt"), **TINY))
+    train(TrainConfig.build(out=out, method="exact", epochs=1, **TINY))
+    train(TrainConfig.build(out=out, method="exact", epochs=3, resume=os.path.join(out, "last.pt"), **TINY))
     rows = read(os.path.join(out, "metrics.csv"))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert all(float(r["val_violation"]) <= 1e-5 for r in rows)
@@ -49,9 +54,13 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path):
 def test_wrong_channel_count_and_empty_dataset(tmp_path):
     data = (SyntheticLesions(8, 32, channels=3), SyntheticLesions(4, 32, channels=3))
     with pytest.raises(ValueError, match="3 channels but the model expects 4"):
-        train(TrainConfig(out=str(tmp_path / "a"), epochs=1, **TINY), datasets=data)
+        train(TrainConfig.build(out=str(tmp_path / "a"), epochs=1, **TINY), datasets=data)
     with pytest.raises(ValueError, match="at least one image"):
-        train(TrainConfig(out=str(tmp_path / "b"), epochs=1, **{**TINY, "n_train": 0}))
+        train(TrainConfig.build(out=str(tmp_path / "b"), epochs=1, **{**TINY, "n_train": 0}))
+    data = (SyntheticLesions(8, 64), SyntheticLesions(4, 64))
+    with pytest.raises(ValueError, match="64x64 but the model is built for 32x32"):
+        train(TrainConfig.build(out=str(tmp_path / "c"), epochs=1, **TINY), datasets=data)
+    assert not any(os.listdir(tmp_path))  # refused before anything was written
 
 
 def test_augment_keeps_shapes_and_is_seeded():
@@ -67,6 +76,7 @@ def test_balanced_accuracy():
     assert balanced_accuracy(pred, target, 2) == 0.75
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     out = str(tmp_path / "ddp")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
@@ -82,3 +92,64 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     assert check["parameter_digests"][0] == check["parameter_digests"][1]
     rows = read(os.path.join(out, "metrics.csv"))
     assert len(rows) == 2  # rank 0 alone logs
+
+
+def test_classification_metrics_auc_and_threshold_chosen_on_validation():
+    # p(class 1) = 0.1, 0.4, 0.35, 0.8 for labels 0, 0, 1, 1: AUC 0.75; argmax misses the 0.35 positive
+    p1 = torch.tensor([0.1, 0.4, 0.35, 0.8], dtype=torch.float64)
+    logits = torch.stack([torch.zeros(4), torch.log(p1 / (1 - p1))], 1)
+    target = torch.tensor([0, 0, 1, 1])
+    m = classification_metrics(logits, target)
+    assert m["val_auc"] == pytest.approx(0.75) and m["val_balanced_acc"] == pytest.approx(0.75)
+    # the best threshold on this set: 0.8 (bal. acc 0.75) or 0.35 (0.75); Youden's J picks the first maximum
+    assert m["val_threshold"] in (pytest.approx(0.8), pytest.approx(0.35))
+    assert m["val_balanced_acc_at_threshold"] == pytest.approx(0.75)
+    perfect = classification_metrics(torch.stack([torch.zeros(4), torch.tensor([-1.0, -0.5, -0.2, 2.0])], 1),
+                                     torch.tensor([0, 0, 1, 1]))
+    # argmax predicts only the last image as lesion; a threshold chosen on validation separates them all
+    assert perfect["val_balanced_acc"] == 0.75 and perfect["val_balanced_acc_at_threshold"] == 1.0
+    assert perfect["val_auc"] == 1.0 and 0 < perfect["val_threshold"] < 1
+    one_class = classification_metrics(torch.randn(3, 2), torch.tensor([1, 1, 1]))
+    assert one_class["val_auc"] != one_class["val_auc"]  # NaN: undefined with one class
+
+
+def test_recomputed_batchnorm_statistics_are_those_of_the_final_weights():
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    data = SyntheticLesions(8, 32, seed=3)
+    images = torch.stack([data[i][0] for i in range(8)])
+    with torch.no_grad():
+        for m in model.modules():  # running averages far from the data's statistics
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.fill_(5.0)
+                m.running_var.fill_(9.0)
+        model.train()
+        batch_stats = model(images).logits
+        model.eval()
+        stale = model(images).logits
+    assert recompute_batchnorm(model, data, batch_size=8, device="cpu")
+    model.eval()
+    with torch.no_grad():
+        fresh = model(images).logits
+    # one batch holding every image: evaluation mode now reproduces the batch statistics
+    # (up to the unbiased variance BatchNorm keeps: a factor n / (n - 1), n = 128 pixels at block 4)
+    torch.testing.assert_close(fresh, batch_stats, atol=1e-2, rtol=1e-2)
+    assert (stale - batch_stats).abs().max() > 10 * (fresh - batch_stats).abs().max()
+    group = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8, norm="group")
+    assert not recompute_batchnorm(group, data, batch_size=8, device="cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in group.modules())
+
+
+@pytest.mark.slow
+def test_best_checkpoint_is_the_epoch_of_highest_validation_auc(tmp_path):
+    out = str(tmp_path / "run")
+    result = train(TrainConfig.build(out=out, method="softmax", epochs=3, lr=3e-3, **TINY))
+    rows = read(os.path.join(out, "metrics.csv"))
+    assert tuple(rows[0])[:9] == METRIC_COLUMNS[:9]  # old columns first, unchanged; new ones appended
+    aucs = [float(r["val_auc"]) for r in rows]
+    best = read_checkpoint(os.path.join(out, "best.pt"))
+    assert best["epoch"] == result["best_epoch"] == 1 + aucs.index(max(aucs))
+    assert best["train_config"]["model"]["method"] == "softmax" and 0 <= best["threshold"] <= 1
+    for r in rows:
+        assert 0 <= float(r["val_balanced_acc_at_threshold"]) <= 1 and 0 <= float(r["val_auc"]) <= 1
+    assert json.load(open(os.path.join(out, "config.json")))["epochs"] == 3

@@ -1,11 +1,26 @@
+import csv
+import math
+import os
+import sys
+
+import pytest
 import torch
 
 import convex_attention as ca
+from convex_attention import cli, cvx
+from convex_attention.bench import verify as verify_mod
 from convex_attention.bench.verify import (
+    COLUMNS,
+    CheckResult,
+    all_passed,
+    backend_skips,
+    format_table,
     kkt_residual,
     load_solver,
     random_instances,
+    solver_label,
     verify_instances,
+    write_csv,
 )
 
 
@@ -25,7 +40,8 @@ def test_every_check_passes_for_the_builtin_dual_solver():
 def test_zero_duals_fail_stationarity_and_the_gap():
     bad = lambda scores, h, temps: [torch.zeros((scores[0].shape[0],) + s, dtype=torch.float64)  # noqa: E731
                                     for s in h.shapes[1:]]
-    results = verify_instances(random_instances(2, seed=0, quick=True), dual_solver=bad, progress=False)
+    results = verify_instances(random_instances(2, seed=0, quick=True), dual_solver=bad, progress=False,
+                               solver_name="dual", backends=["diffcp-clarabel"])
     failed = {r.check for r in results if not r.passed}
     assert {"dual.kkt_stationarity", "dual.duality_gap", "dual.feasibility", "dual.primal_vs_cvxpy"} <= failed
 
@@ -41,3 +57,222 @@ def test_kkt_residual_is_zero_at_the_exact_pair_only():
 def test_load_solver_by_module_name():
     fn = load_solver("convex_attention.bench.verify:kkt_residual")
     assert fn is kkt_residual
+
+
+# ------------------------------------------------------------- trust: exit codes, names, backends
+ONE = ["diffcp-clarabel"]  # one backend where backends are not the point: keeps the tests fast
+
+
+def _instances(n=1):
+    return random_instances(n, seed=0, quick=True)
+
+
+def _run(argv):
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:  # argparse and UsageError exit 2 this way
+        return exc.code
+
+
+def _builtin_duals(scores, h, temps):
+    return ca.solve(scores, h, "dual", temperature=temps, tol=1e-11).duals
+
+
+def test_custom_solver_rows_carry_its_name():
+    def my_duals(scores, h, temps):
+        return _builtin_duals(scores, h, temps)
+
+    results = verify_instances(_instances(), dual_solver=my_duals, progress=False, backends=ONE)
+    checks = {r.check for r in results}
+    assert "my_duals.duals_vs_cvxpy" in checks and not any(c.startswith("dual.") for c in checks)
+    assert all_passed(results)
+
+
+def test_solver_labels_never_clash_with_builtin_parts():
+    def exact(*args):
+        pass
+
+    def cvxpylayers_mine(*args):
+        pass
+
+    assert solver_label(None) == "dual"
+    assert solver_label(exact) == "user:exact" and solver_label(cvxpylayers_mine) == "user:cvxpylayers_mine"
+    assert solver_label(lambda *a: None) == "lambda"
+
+
+@pytest.mark.parametrize("body, message", [
+    ("raise ZeroDivisionError('boom')", "raised ZeroDivisionError: boom"),
+    ("sys.exit(0)", "called sys.exit(0)"),
+    ("return None", "raised TypeError"),
+    ("return [torch.zeros(3)] * 5", "raised ValueError: returned 5 dual tensors"),
+])
+def test_a_crashing_solver_is_a_failed_check_and_its_checks_did_not_run(body, message):
+    namespace = {"sys": sys, "torch": torch}
+    exec(f"def broken(scores, h, temps):\n    {body}\n", namespace)
+    results = verify_instances(_instances(), dual_solver=namespace["broken"], progress=False, backends=ONE)
+    run = [r for r in results if r.check == "broken.run"]
+    assert len(run) == 1 and run[0].status == "error" and message in run[0].message
+    assert "\n" not in run[0].message and "Traceback" not in run[0].message
+    skipped = [r for r in results if r.check.startswith("broken.") and r.check != "broken.run"]
+    assert len(skipped) == 7 and all(r.status == "skipped" and not r.passed for r in skipped)
+    assert all(r.passed for r in results if r.check.startswith(("exact.", "reference.", "cvxpylayers")))
+    assert not all_passed(results)
+
+
+def test_a_check_that_did_not_run_never_passes():
+    assert CheckResult(0, "c", "x.y", math.nan, 1e-6, True, "skipped").passed is False
+    assert CheckResult(0, "c", "x.y", math.nan, 1e-6, False).status == "fail"
+    assert CheckResult(0, "c", "x.y", 1e-9, 1e-6, True).status == "pass"
+    assert not all_passed([]) and not all_passed([CheckResult(0, "c", "x.y", math.nan, math.nan, False, "skipped")])
+
+
+def test_every_installed_backend_is_checked_against_the_reference():
+    results = verify_instances(_instances(), progress=False)
+    for backend in cvx.available_backends():
+        rows = {r.check: r for r in results if r.check.startswith(f"cvxpylayers[{backend}].")}
+        assert set(rows) == {f"cvxpylayers[{backend}].{c}" for c in ("certificate", "primal_vs_cvxpy",
+                                                                      "dual_gap_vs_cvxpy")}
+        assert all(r.passed for r in rows.values()), rows
+    assert not any("[mpax]" in r.check for r in results)
+    assert all_passed(results)
+
+
+def test_backends_that_cannot_run_are_reported_as_skipped_lines_not_rows(monkeypatch):
+    monkeypatch.setattr(cvx, "_installed", lambda module: module != "moreau")
+    lines = backend_skips(None)
+    assert any(line.startswith("skipped cvxpylayers[moreau]: not installed") and "pip install" in line
+               for line in lines)
+    assert any("cvxpylayers[mpax]" in line for line in lines)
+    assert backend_skips(["diffcp-clarabel"]) == []  # asked for by name: nothing skipped silently
+    assert "skipped cvxpylayers[moreau]" in format_table([], lines)
+
+
+def test_a_backend_that_fails_is_a_failed_check_and_the_rest_goes_on(monkeypatch):
+    real_solve = verify_mod.solve
+
+    def failing(scores, h, method, **kwargs):
+        if method == "cvxpylayers":
+            raise cvx.SolverFailure("cvxpylayers[diffcp-clarabel] solve failed for sample 0: status 'x'")
+        return real_solve(scores, h, method, **kwargs)
+
+    monkeypatch.setattr(verify_mod, "solve", failing)
+    results = verify_instances(_instances(), progress=False, backends=ONE)
+    by = {r.check: r for r in results}
+    assert by["cvxpylayers[diffcp-clarabel].run"].status == "error"
+    assert "SolverFailure" in by["cvxpylayers[diffcp-clarabel].run"].message
+    assert by["cvxpylayers[diffcp-clarabel].certificate"].status == "skipped"
+    # the comparisons with the layer could not run: listed, not passed
+    assert by["exact.primal_vs_layer"].status == "skipped" and by["dual.duals_vs_layer"].status == "skipped"
+    assert by["exact.primal_vs_cvxpy"].passed and by["dual.kkt_stationarity"].passed
+    assert not all_passed(results)
+
+
+def test_write_csv_is_atomic_and_has_the_status_columns(tmp_path, monkeypatch):
+    from convex_attention.bench import results as results_mod
+
+    calls = []
+    real = results_mod.atomic_csv
+    monkeypatch.setattr(results_mod, "atomic_csv", lambda *a, **k: (calls.append(a[0]), real(*a, **k)))
+    rows = [CheckResult(0, "c", "x.run", math.nan, math.nan, False, "error", "raised ValueError: bad, \"quoted\""),
+            CheckResult(0, "c", "x.y", 1e-9, 1e-6, True)]
+    path = str(tmp_path / "verify.csv")
+    write_csv(rows, path)
+    assert calls == [path] and os.listdir(tmp_path) == ["verify.csv"]
+    with open(path, newline="") as f:
+        back = list(csv.DictReader(f))
+    assert tuple(back[0]) == COLUMNS
+    assert back[0]["status"] == "error" and back[0]["passed"] == "False" and back[0]["error"] == ""
+    assert back[0]["message"] == "raised ValueError: bad, \"quoted\"" and back[1]["passed"] == "True"
+
+
+# ---- the command: exit 0 only when every check ran and passed; 1 failed or not run; 2 usage
+
+
+@pytest.mark.parametrize("body, message", [
+    ("sys.exit(0)", "called sys.exit(0)"),
+    ("raise RuntimeError('solver exploded')", "raised RuntimeError: solver exploded"),
+])
+def test_cli_solver_that_exits_or_crashes_exits_1_with_one_line_and_writes_the_csv(tmp_path, capsys, body,
+                                                                                      message, monkeypatch):
+    monkeypatch.setattr(verify_mod, "random_instances", lambda n, seed, quick: _instances(1))
+    solver = tmp_path / "bad_solver.py"
+    solver.write_text(f"import sys\ndef bad(scores, h, temps):\n    {body}\n")
+    out = str(tmp_path / "v")
+    code = _run(["verify", "--quick", "--no-progress", "--out", out, "--dual-solver", f"{solver}:bad",
+                 "--backends", "diffcp-clarabel"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "Traceback" not in captured.out + captured.err
+    assert [line for line in captured.out.splitlines() if "bad.run" in line][0].endswith(message)
+    rows = read_rows(os.path.join(out, "verify.csv"))
+    assert {r["check"]: r["status"] for r in rows}["bad.run"] == "error"
+
+
+def read_rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("make_argv, message", [
+    (lambda d: ["--out", str(d / "afile")], "is a file"),
+    (lambda d: ["--out", str(d / "afile" / "sub")], "not a writable folder"),
+    (lambda d: ["--dual-solver", str(d / "missing.py") + ":f"], "does not exist"),
+    (lambda d: ["--dual-solver", str(d / "s.py") + ":nothere"], "has no function 'nothere'"),
+    (lambda d: ["--dual-solver", str(d / "s.py") + ":VALUE"], "is a int, not a function"),
+    (lambda d: ["--dual-solver", str(d / "raises.py") + ":f"], "importing"),
+    (lambda d: ["--dual-solver", str(d / "exits.py") + ":f"], "called sys.exit(3)"),
+    (lambda d: ["--dual-solver", "no_such_module_xyz:f"], "No module named"),
+    (lambda d: ["--dual-solver", ":f"], "module:function"),
+    (lambda d: ["--backends", "gurobi"], "option backend must be one of"),
+    (lambda d: ["--backends", "mpax"], "exponential cones"),
+])
+def test_cli_usage_errors_exit_2_before_any_work(tmp_path, capsys, make_argv, message, monkeypatch):
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(verify_mod, "verify_instances", no_work)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "s.py").write_text("VALUE = 3\ndef f(*a):\n    pass\n")
+    (tmp_path / "raises.py").write_text("1 / 0\n")
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    argv = ["verify", "--quick", "--no-progress", "--out", str(tmp_path / "ok")] + make_argv(tmp_path)
+    assert _run(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_cli_named_backend_that_is_not_installed_is_a_usage_error(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(cvx, "_installed", lambda module: module != "moreau")
+    assert _run(["verify", "--quick", "--no-progress", "--out", str(tmp_path), "--backends", "moreau"]) == 2
+    assert "pip install" in capsys.readouterr().err
+
+
+def _pick(seed, index):
+    return list(random_instances(index + 1, seed=seed))[index]
+
+
+def test_hard_instances_of_the_random_set_pass():
+    """Instances of verify's own set that used to fail it on a correct solver:
+    seed 3 #14 (CVXPY's value is -inf: a probability a hair below 0, so f* was NaN),
+    seed 2 #12 and seed 1 #3 (Clarabel stops "optimal_inaccurate" at a certificate ~4e-10:
+    the reference now retries with a smaller regularisation, its certificate is relative
+    like every other, and the layer is held to what its own certificate promises)."""
+    instances = [_pick(3, 14), _pick(2, 12), _pick(1, 3)]
+    results = verify_instances(instances, progress=False, backends=ONE)
+    assert all_passed(results), [(r.case, r.check, r.error, r.tol) for r in results if not r.passed]
+
+
+def test_reference_retries_an_inaccurate_clarabel_solve():
+    name, h, scores, temps = _pick(2, 12)
+    layer = cvx.get_layer(h, temps)
+    probs, duals, _, status = layer.reference_solve([s[1].reshape(-1).numpy() for s in scores])
+    exact = ca.solve([s[1:2] for s in scores], h, "exact", temperature=temps)
+    assert status == "optimal"  # the first attempt ends optimal_inaccurate with errors ~3e-6
+    assert max(float(abs(p - e.reshape(-1).numpy()).max()) for p, e in zip(probs, exact.probs)) < 1e-8
+
+
+def test_scs_default_tolerance_does_not_blow_up_on_the_random_set():
+    if "diffcp-scs" not in cvx.available_backends():
+        pytest.skip("diffcp-scs cannot run here")
+    results = verify_instances([_pick(1, 2)], progress=False, backends=["diffcp-scs"])  # eps=1e-10: cert 0.85
+    assert all_passed(results), [(r.check, r.error, r.tol, r.message) for r in results if not r.passed]

@@ -1,5 +1,6 @@
-"""The λ of the learned-dual rows: zero, fitted on training instances (the paper's shared λ)
-and the per-sample optimum."""
+"""The λ of the learned-dual rows: zero, fitted on training instances (the paper's shared λ),
+amortised (predicted per input by a small network trained on training instances) and the
+per-sample optimum."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,7 @@ from ..hierarchy import Hierarchy
 from ..nn import LearnedDuals
 from ..solve import consistency_loss
 
-__all__ = ["fit_shared_duals"]
+__all__ = ["fit_shared_duals", "fit_amortiser", "amortised_available"]
 
 
 def fit_shared_duals(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.float32, device="cpu",
@@ -24,3 +25,34 @@ def fit_shared_duals(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.
         loss.backward()
         opt.step()
     return [d.detach() for d in duals()]
+
+
+def amortised_available() -> bool:
+    """True when the core provides the amortised dual (``convex_attention.nn.AmortisedDuals``)."""
+    from .. import nn as ca_nn
+
+    return hasattr(ca_nn, "AmortisedDuals") and hasattr(ca_nn, "fit_amortised_duals")
+
+
+def fit_amortiser(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.float32, device="cpu", seed: int = 0,
+                  **kwargs):
+    """The amortised dual: a :class:`convex_attention.nn.AmortisedDuals` network mapping a
+    sample's scores to its duals, trained on ``train_scores`` (``L`` tensors
+    ``(N, *h.shapes[k])``, instances disjoint from the evaluated ones) with the paper's
+    consistency loss (:func:`convex_attention.nn.fit_amortised_duals`).
+
+    Returns the trained module in ``dtype`` on ``device``, in eval mode;
+    ``module(scores)`` gives ``L-1`` tensors ``(B, *h.shapes[k+1])``.  The initialisation
+    is drawn from ``seed`` (not from the global generator), so a cell gives the same
+    network whether or not other cells ran first (``--resume``).  ``kwargs`` go to the
+    module (``hidden``, ``layers``).
+    """
+    from ..nn import AmortisedDuals, fit_amortised_duals
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = AmortisedDuals(h, temps, **kwargs)
+    module = module.to(device=device, dtype=dtype)
+    train = [s.to(device=device, dtype=dtype) for s in train_scores]
+    fit_amortised_duals(module, train, steps)
+    return module.eval()

@@ -1,28 +1,43 @@
-"""One saved instance for the attention-map figure (``example.npz``: arrays only)."""
+"""One saved instance for the attention-map figure (``example.npz``: arrays only, written
+atomically; read it with ``numpy.load(..., allow_pickle=False)``)."""
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
 import torch
 
 from ..hierarchy import Hierarchy
-from .duals import fit_shared_duals
+from .duals import amortised_available, fit_amortiser, fit_shared_duals
 from .generators import generate
+from .results import atomic_write_bytes
 
 __all__ = ["save_example"]
 
 
 def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels: int = 2, scale: float = 1.0,
-                 seed: int = 0, fit_instances: int = 128, fit_steps: int = 150) -> str:
-    """One 2-D instance (scores and the fitted shared λ) for the attention-map figure."""
+                 seed: int = 0, fit_instances: int = 128, fit_steps: int = 150, amortised_steps: int = 0) -> str:
+    """One 2-D instance for the attention-map figure: ``scores{k}`` ``(size/2^k, size/2^k)``,
+    the fitted shared λ ``fitted_dual{k}`` ``(size/2^(k+1), …)``, and, with
+    ``amortised_steps > 0`` and the amortised dual available, its prediction for this
+    instance ``amortised_dual{k}`` (same shapes); ``levels`` and ``temperature`` (L,).
+
+    The instance (seed ``seed + 100``) is held out from the training instances (``seed + 1``).
+    """
     h = Hierarchy.grid([(size // 2 ** k,) * 2 for k in range(levels)])
     temps = [1.0] * levels
     scores = generate(generator, h, 1, seed=seed + 100, scale=scale)
     train = generate(generator, h, fit_instances, seed=seed + 1, scale=scale)
     fitted = fit_shared_duals(h, train, temps, fit_steps, torch.float64)
-    path = os.path.join(out_dir, "example.npz")
     arrays = {f"scores{k}": s[0].numpy() for k, s in enumerate(scores)}
     arrays.update({f"fitted_dual{k}": d[0].numpy() for k, d in enumerate(fitted)})
-    np.savez(path, levels=levels, temperature=np.array(temps), **arrays)
+    if amortised_steps > 0 and amortised_available():
+        net = fit_amortiser(h, train, temps, amortised_steps, torch.float64, seed=seed + 2)
+        with torch.no_grad():
+            arrays.update({f"amortised_dual{k}": d[0].numpy() for k, d in enumerate(net(scores))})
+    buf = io.BytesIO()
+    np.savez(buf, levels=np.array(levels), temperature=np.array(temps), **arrays)
+    path = os.path.join(out_dir, "example.npz")
+    atomic_write_bytes(path, buf.getvalue())
     return path

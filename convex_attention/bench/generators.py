@@ -66,7 +66,17 @@ def register_generator(name: str, fn) -> None:
 
 
 def generate(name: str, h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, **kwargs) -> list[Tensor]:
-    """Scores from a named generator (``gaussian``, ``lesion``, or a registered one)."""
+    """Scores from a named generator (``gaussian``, ``lesion``, or a registered one):
+    ``L`` float64 tensors ``(batch, *h.shapes[k])``.
+
+    Raises:
+        ValueError: an unknown name, a batch that is not a positive integer, or a scale
+            that is not positive and finite.
+    """
     if name not in GENERATORS:
         raise ValueError(f"unknown score generator {name!r}; choose one of {', '.join(GENERATORS)}")
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
+        raise ValueError(f"scale must be positive and finite, got {scale!r}")
     return GENERATORS[name](h, batch, seed, scale, **kwargs)

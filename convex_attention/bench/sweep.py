@@ -1,25 +1,28 @@
 """The ``convex-attention bench`` sweep: grid sizes, levels, batch sizes, dimensionality,
-temperatures, dtypes and devices; every measure of docs/design.md §6 per method, written
-row by row to ``bench.csv``/``bench.json`` by :class:`~.results.ResultsWriter`.
+temperatures, dtypes and devices; every measure of docs/design.md §6 per method (and per
+cvxpylayers backend, and per learned-dual kind), committed row by row to
+``bench.csv``/``bench.json`` by :class:`~.results.ResultsWriter`.
 
 Timed cases (:mod:`.cases`) run forward and backward separately, interleaved with the other
-cases of the same cell so that ratios share the machine's noise.
+cases of the same cell so that ratios share the machine's noise; one global warm-up runs
+before the first cell.  The file format is documented in docs/results_format.md.
 """
 from __future__ import annotations
 
 import itertools
 import math
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from .. import metrics
-from ..cvx import prior_seconds_per_sample
 from ..hierarchy import Hierarchy
+from ..methods import METHODS, get_method
 from ..solve import solve
-from .cases import make_case, shape_str, timed_case
-from .duals import fit_shared_duals
+from .cases import amortised_case, make_case, shape_str, timed_case
+from .duals import amortised_available, fit_amortiser, fit_shared_duals
 from .generators import generate
 from .results import (
     COLUMNS,
@@ -27,17 +30,41 @@ from .results import (
     DUAL_KINDS,
     KEY_FIELDS,
     ResultsWriter,
+    results_lock,
     row_key,
 )
 from .timing import measure_interleaved, peak_memory_mb
 
 __all__ = ["SweepConfig", "run_sweep", "check_sweep", "COLUMNS", "CONVERGENCE_COLUMNS", "DUAL_KINDS",
-           "KEY_FIELDS", "hierarchy_for", "row_key"]
+           "KEY_FIELDS", "hierarchy_for", "row_key", "cvx_estimate", "SLOPE_RANGE", "MIN_SIZE_SPREAD",
+           "SCALE_MAX", "resolve_backends", "fit_instances", "MIN_FIT_INSTANCES"]
+
+# The budget's cost model: a log-log fit of the measured cells of one backend is trusted
+# only over a spread of sizes (largest / smallest problem) of at least MIN_SIZE_SPREAD, and
+# its slope is kept within SLOPE_RANGE (interior-point solvers on this sparse problem scale
+# between linearly and quadratically; two nearly equal sizes timed under load gave 12).
+MIN_SIZE_SPREAD = 2.0
+SLOPE_RANGE = (0.8, 2.5)
+# Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
+# float16 (largest finite value 65504) included, far from overflow.
+SCALE_MAX = 1e3
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+MIN_FIT_INSTANCES = 4
 
 
 @dataclass
 class SweepConfig:
-    methods: list = field(default_factory=lambda: ["softmax", "exact", "dual", "learned_dual", "cvxpylayers"])
+    """One sweep: its axes (lists), the score generator and the measurement settings.
+
+    ``cvx_backends``: the cvxpylayers backends to time, each its own row (``None``: every
+    installed one, :func:`convex_attention.cvx.available_backends`).  ``amortised_steps``:
+    Adam steps training the amortised dual on ``fit_instances`` training instances.
+    ``fit_max_values``: a cap on training instances × cells per cell (the training set of
+    large cells shrinks to fit, to at least :data:`MIN_FIT_INSTANCES` instances); ``None``:
+    no cap.
+    """
+
+    methods: list = field(default_factory=lambda: list(METHODS))
     sizes: list = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])
     levels: list = field(default_factory=lambda: [2, 3])
     batches: list = field(default_factory=lambda: [16])
@@ -54,8 +81,11 @@ class SweepConfig:
     cvx_max_cells: int = 6000
     cvx_batch: int = 2
     cvx_repeats: int = 2
+    cvx_backends: list | None = None
     fit_instances: int = 128
+    fit_max_values: int | None = None
     fit_steps: int = 150
+    amortised_steps: int = 300
     dual_tol: float = 1e-6
     seed: int = 0
     checkpoint: str | None = None
@@ -69,36 +99,103 @@ class SweepConfig:
                    "device": device, "seed": int(self.seed)}
 
 
+# ----------------------------------------------------------------------------- validation
+
+def _has_backends(method) -> bool:
+    """Methods whose solves go through a choice of backend (the cvxpylayers reference)."""
+    return bool(getattr(method, "backends", False)) or method.cpu_only
+
+
+def resolve_backends(config: SweepConfig) -> list[str]:
+    """The cvxpylayers backends of the sweep: ``config.cvx_backends`` or every installed one."""
+    from ..cvx import BACKENDS, available_backends
+
+    if config.cvx_backends is None:
+        return list(available_backends())
+    unknown = [b for b in config.cvx_backends if b not in BACKENDS]
+    if unknown:
+        raise ValueError(f"unknown cvxpylayers backend(s) {', '.join(map(repr, unknown))} for --cvx-backends; "
+                         f"choose from {', '.join(BACKENDS)}")
+    return list(dict.fromkeys(config.cvx_backends))
+
+
+def _check_device(dev) -> None:
+    try:
+        device = torch.device(dev)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {dev}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+
+
+def _check_positive_int(name: str, value, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 def check_sweep(config: SweepConfig) -> None:
-    """Reject a sweep that cannot run, before anything is measured (ValueError)."""
-    from ..methods import METHODS
+    """Reject a sweep that cannot run, before anything is measured (ValueError naming the
+    option, the accepted range and the fix)."""
+    from .._validation import check_temperatures
+    from .generators import GENERATORS
 
     for m in config.methods:
-        if m not in METHODS:
-            raise ValueError(f"unknown method {m!r}; choose from {', '.join(METHODS)}")
+        get_method(m)  # ValueError naming the registered methods
     if config.factor < 2:
         raise ValueError(f"--factor must be at least 2, got {config.factor}")
     for size in config.sizes:
+        _check_positive_int("--sizes", size)
+    for levels in config.levels:
+        if levels < 2:
+            raise ValueError(f"a hierarchy needs at least 2 levels, got {levels}")
+    for size in config.sizes:
         for levels in config.levels:
-            if levels < 2:
-                raise ValueError(f"a hierarchy needs at least 2 levels, got {levels}")
-            if size <= 0 or size % config.factor ** (levels - 1) != 0:
+            if size % config.factor ** (levels - 1) != 0:
                 raise ValueError(f"size {size} does not divide: {levels} levels with factor {config.factor} "
                                  f"need a multiple of {config.factor ** (levels - 1)}")
     for d in config.dims:
         if d not in (1, 2, 3):
             raise ValueError(f"--dims takes 1, 2 or 3, got {d}")
+    for b in config.batches:
+        _check_positive_int("--batch", b)
+    for name, value in (("--repeats", config.repeats), ("--warmup", config.warmup),
+                        ("--cvx-batch", config.cvx_batch), ("--cvx-repeats", config.cvx_repeats),
+                        ("--fit-instances", config.fit_instances), ("--fit-steps", config.fit_steps),
+                        ("--amortised-steps", config.amortised_steps), ("--cvx-max-cells", config.cvx_max_cells)):
+        _check_positive_int(name, value)
+    if config.max_cells is not None:
+        _check_positive_int("--max-cells", config.max_cells)
+    if config.fit_max_values is not None:
+        _check_positive_int("--fit-max-values", config.fit_max_values)
     for dt in config.dtypes:
-        if dt not in ("float32", "float64", "float16", "bfloat16"):
-            raise ValueError(f"unknown dtype {dt!r}")
+        if dt not in DTYPES:
+            raise ValueError(f"unknown dtype {dt!r}; choose from {', '.join(DTYPES)}")
     for dev in config.devices:
-        if dev not in ("cpu", "cuda") and not dev.startswith("cuda:"):
-            raise ValueError(f"unknown device {dev!r}; use cpu or cuda")
+        _check_device(dev)
     for t in config.temperatures:
-        if not t > 0:
-            raise ValueError(f"temperatures must be positive, got {t}")
-    from .generators import GENERATORS
-
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t):
+            raise ValueError(f"temperatures must be positive and finite, got {t}; e.g. --temperature 1")
+        for levels, dt in itertools.product(config.levels, config.dtypes):
+            try:  # the core's accepted range for this dtype and number of levels
+                check_temperatures([float(t)] * levels, levels, dtype=_dtype(dt))
+            except ValueError as err:
+                raise ValueError(f"--temperature {t:g} with {levels} levels in {dt}: {err}") from err
+    scale = config.scale
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= SCALE_MAX:
+        raise ValueError(f"--scale must be in (0, {SCALE_MAX:g}] (scores reach about 6 × scale and must stay "
+                         f"finite in every dtype), got {scale}")
+    if not (isinstance(config.budget, (int, float)) and config.budget > 0 and math.isfinite(config.budget)):
+        raise ValueError(f"--budget must be a positive number of seconds, got {config.budget}")
+    if not (isinstance(config.dual_tol, (int, float)) and config.dual_tol > 0 and math.isfinite(config.dual_tol)):
+        raise ValueError(f"the dual tolerance must be positive and finite, got {config.dual_tol}")
+    if any(_has_backends(get_method(m)) for m in config.methods):
+        resolve_backends(config)
     if config.generator not in GENERATORS:
         raise ValueError(f"unknown score generator {config.generator!r}; choose one of {', '.join(GENERATORS)}")
     if config.generator == "model" and not config.checkpoint:
@@ -113,28 +210,314 @@ def _dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def _cvx_estimate_s(rows: list[dict], n_cells: int, batch: int, calls: int) -> float:
-    """Estimated wall time of a cvxpylayers cell from the measured ones (log-log fit)."""
-    pts = [(float(r["n_cells"]), float(r["per_sample_ms"]) / 1e3) for r in rows
-           if r.get("method") == "cvxpylayers" and r.get("status") == "ok" and r.get("per_sample_ms") not in ("", None)]
-    if len(pts) >= 2 and len({p[0] for p in pts}) >= 2:
-        x = np.log([p[0] for p in pts])
-        y = np.log([p[1] for p in pts])
-        slope, intercept = np.polyfit(x, y, 1)
-        per_sample = float(np.exp(intercept + slope * math.log(n_cells)))
+def _half(dtype: torch.dtype) -> bool:
+    return dtype in (torch.float16, torch.bfloat16)
+
+
+# ----------------------------------------------------------------------------- the cost model
+
+def _measured_points(rows, backend, levels) -> list[tuple[float, float]]:
+    """(cells, seconds per sample) of the measured reference rows of ``backend`` (``None``:
+    any) with ``levels`` levels (``None``: any)."""
+    pts = []
+    for r in rows:
+        if not (_is_reference(r.get("method")) and r.get("status") == "ok"):
+            continue
+        if backend is not None and (r.get("backend") or "") != backend:
+            continue
+        try:
+            if levels is not None and int(r["levels"]) != int(levels):
+                continue
+            n, t = float(r["n_cells"]), float(r["per_sample_ms"]) / 1e3
+        except (KeyError, TypeError, ValueError):
+            continue
+        if n > 0 and t > 0 and math.isfinite(n) and math.isfinite(t):
+            pts.append((n, t))
+    return pts
+
+
+def _spread(pts) -> bool:
+    return len(pts) >= 2 and max(p[0] for p in pts) / min(p[0] for p in pts) >= MIN_SIZE_SPREAD
+
+
+def cvx_estimate(rows: list[dict], n_cells: int, batch: int, calls: int, backend: str | None = None,
+                 levels: int | None = None) -> tuple[float, str]:
+    """Estimated wall time (s) of a cvxpylayers cell, and the basis of the estimate.
+
+    A log-log line through the measured cells of ``backend`` (``None``: any backend) is
+    used only when their sizes spread by at least :data:`MIN_SIZE_SPREAD`; the cells with
+    the same number of ``levels`` are preferred (a conic solver's iterations grow with the
+    depth of the tree, not only with its size), then every level count.  The fitted slope
+    is clamped to :data:`SLOPE_RANGE` and the line refitted through the points at that
+    slope.  Otherwise the backend's prior cost model
+    (:func:`convex_attention.cvx.prior_seconds_per_sample` with ``CVX_PRIORS[backend]``,
+    where the core has one).
+    """
+    from .. import cvx
+
+    same_depth = _measured_points(rows, backend, levels) if levels is not None else []
+    pts = same_depth if _spread(same_depth) else _measured_points(rows, backend, None)
+    sizes = [p[0] for p in pts]
+    if _spread(pts):
+        x, y = np.log(sizes), np.log([p[1] for p in pts])
+        slope = float(np.polyfit(x, y, 1)[0])
+        clamped = min(max(slope, SLOPE_RANGE[0]), SLOPE_RANGE[1])
+        intercept = float(np.mean(y - clamped * x))
+        per_sample = math.exp(intercept + clamped * math.log(n_cells))
+        which = f"{levels}-level " if pts is same_depth else ""
+        basis = (f"fit over {len(pts)} measured {which}cells of {min(sizes):.0f}-{max(sizes):.0f} cells, slope "
+                 f"{clamped:.2f}" + (f" (fitted {slope:.3g}, clamped to {SLOPE_RANGE[0]:g}-{SLOPE_RANGE[1]:g})"
+                                     if clamped != slope else ""))
     else:
-        per_sample = prior_seconds_per_sample(n_cells)
-    return per_sample * batch * calls
+        prior = getattr(cvx, "CVX_PRIORS", {}).get(backend, cvx.CVX_PRIOR)
+        per_sample = cvx.prior_seconds_per_sample(n_cells, prior)
+        basis = ("prior cost model" + (f" (measured sizes {min(sizes):.0f}-{max(sizes):.0f} cells spread less than "
+                                       f"{MIN_SIZE_SPREAD:g}x)" if pts else " (no cell measured yet)"))
+    return per_sample * batch * calls, basis
+
+
+def _cvx_estimate_s(rows: list[dict], n_cells: int, batch: int, calls: int, backend: str | None = None) -> float:
+    """The estimate of :func:`cvx_estimate` alone, in seconds."""
+    return cvx_estimate(rows, n_cells, batch, calls, backend)[0]
+
+
+def _is_reference(name) -> bool:
+    try:
+        return _has_backends(get_method(name))
+    except ValueError:
+        return False
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+def run_sweep(config: SweepConfig, out_dir: str, resume: bool = False, progress: bool = True, log=print,
+              wait: bool = False) -> list[dict]:
+    """Run the sweep into ``out_dir``; returns every row (finished earlier ones included
+    when resuming).
+
+    Holds the folder's lock (:func:`~.results.results_lock`) throughout: a second run into
+    the same folder raises :class:`~.results.ResultsLocked`, or waits with ``wait``.
+    """
+    from tqdm.auto import tqdm
+
+    check_sweep(config)
+    backends = resolve_backends(config) if any(_has_backends(get_method(m)) for m in config.methods) else []
+    with results_lock(out_dir, command="bench", wait=wait, log=log):
+        writer = ResultsWriter(out_dir, config, config.devices[0], resume, log=log)
+        done = writer.done()
+        pending = []
+        for index, cell in enumerate(config.cells()):
+            todo = [r for r in _wanted_rows(config, cell, backends) if row_key(r) not in done]
+            if todo:
+                pending.append((index, cell, todo))
+        if config.max_cells is not None and len(pending) > config.max_cells:
+            pending, stopped = pending[:config.max_cells], True
+        else:
+            stopped = False
+        if pending:
+            writer.set_extra(warmup_s=_global_warmup(config, pending))
+        bar = tqdm(pending, desc="bench", unit="cell", disable=not progress, dynamic_ncols=True)
+        for index, cell, todo in bar:
+            bar.set_postfix_str(f"{cell['dims']}-D {cell['size']}^{cell['dims']} L={cell['levels']} "
+                                f"B={cell['batch']} τ={cell['temperature']:g} {cell['dtype']} {cell['device']}")
+            _run_cell(config, cell, index, todo, writer)
+        bar.close()
+        if stopped:
+            log(f"stopped after {config.max_cells} new cell(s) (--max-cells); rerun with --resume to continue")
+        from .targets import amortised_targets
+
+        writer.set_extra(targets=amortised_targets(writer.rows), cvx_backends=backends)
+        return writer.rows
+
+
+def _wanted_rows(config: SweepConfig, cell: dict, backends: list[str]) -> list[dict]:
+    rows = []
+    for m in config.methods:
+        method = get_method(m)
+        kinds = DUAL_KINDS if method.needs_duals else ("",)
+        for backend in (backends if _has_backends(method) else [""]):
+            for kind in kinds:
+                rows.append({**cell, "method": m, "backend": backend, "dual_kind": kind})
+    return rows
+
+
+@dataclass
+class _Cell:
+    """One cell's instance: the hierarchy, the evaluated scores and the exact reference."""
+
+    index: int
+    spec: dict
+    h: Hierarchy
+    base: dict  # the columns every row of the cell shares
+    device: str
+    dtype: torch.dtype
+    temps: list
+    scores64: list  # L float64 CPU tensors (B, *shapes[k]): the evaluated (held-out) instances
+    exact64: object  # the exact Solution of scores64
+    scores: list  # scores64 in the cell's dtype and device, requiring grad
+    weights: list  # the linear loss's weights, like scores
+
+
+def _run_cell(config: SweepConfig, cell: dict, index: int, todo: list[dict], writer: ResultsWriter) -> None:
+    """Measure the pending rows of one cell: the fast methods timed together, then the
+    reference solver per backend under the time budget."""
+    c = _prepare_cell(config, cell, index)
+    fast = [r for r in todo if not _has_backends(get_method(r["method"]))]
+    if fast:
+        try:
+            _measure_fast(config, c, fast, writer)
+        except (RuntimeError, ValueError, ArithmeticError) as err:  # out of memory, a solver's refusal
+            done = writer.done()
+            for r in fast:  # the cell's other rows still run; --resume retries these
+                if row_key(r) not in done:
+                    writer.commit({**c.base, **r, "status": "error", "reason": f"{type(err).__name__}: {err}"[:300]})
+    for r in todo:
+        if _has_backends(get_method(r["method"])):
+            writer.commit({**c.base, **_reference_row(config, c, r, writer.rows)})
+
+
+def _prepare_cell(config: SweepConfig, cell: dict, index: int) -> _Cell:
+    h = hierarchy_for(cell, config.factor)
+    device, dtype = cell["device"], _dtype(cell["dtype"])
+    scores64 = generate(config.generator, h, cell["batch"], seed=config.seed, scale=config.scale,
+                        **_generator_kwargs(config))
+    temps = [cell["temperature"]] * h.num_levels
+    exact64 = solve(scores64, h, "exact", temperature=temps)
+    g = torch.Generator().manual_seed(config.seed + 7)
+    weights = [torch.randn(s.shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype) for s in scores64]
+    scores = [s.to(device=device, dtype=dtype, copy=True).requires_grad_() for s in scores64]  # never alias scores64
+    base = {**cell, "cell": index, "shapes": shape_str(h), "n_cells": sum(h.sizes)}
+    return _Cell(index, cell, h, base, device, dtype, temps, scores64, exact64, scores, weights)
+
+
+def _generator_kwargs(config: SweepConfig) -> dict:
+    return {"checkpoint": config.checkpoint} if config.generator == "model" else {}
+
+
+def fit_instances(config: SweepConfig, n_cells: int) -> int:
+    """Training instances of a cell of ``n_cells`` cells: ``fit_instances``, fewer where
+    ``fit_max_values`` caps instances × cells (never fewer than :data:`MIN_FIT_INSTANCES`)."""
+    if config.fit_max_values is None:
+        return config.fit_instances
+    return max(min(config.fit_instances, config.fit_max_values // n_cells), min(MIN_FIT_INSTANCES,
+                                                                                  config.fit_instances))
+
+
+def _training_scores(config: SweepConfig, h: Hierarchy) -> list[torch.Tensor]:
+    """Training instances for the learned duals: seed ``seed + 1``, disjoint from the
+    evaluated instances (seed ``seed``)."""
+    return generate(config.generator, h, fit_instances(config, sum(h.sizes)), seed=config.seed + 1,
+                    scale=config.scale, **_generator_kwargs(config))
+
+
+def _learned_duals(config: SweepConfig, c: _Cell, kinds: set) -> tuple[dict, object, str]:
+    """λ of each learned-dual kind, the amortised network (or None) and why it is missing.
+
+    ``fitted`` (the paper's shared λ) and ``amortised`` are trained on training instances;
+    ``fitted`` requires grad, as a learned parameter does in training.
+    """
+    fit_dtype = torch.float32 if _half(c.dtype) else c.dtype
+    duals: dict = {}
+    amortiser, why = None, ""
+    train = _training_scores(config, c.h) if kinds & {"fitted", "amortised"} else None
+    fitted = fit_shared_duals(c.h, train, c.temps, config.fit_steps, fit_dtype, c.device) if train else None
+    if fitted is None:
+        fitted = [torch.zeros((1,) + s) for s in c.h.shapes[1:]]
+    duals["fitted"] = fitted
+    duals["zero"] = [torch.zeros_like(d) for d in fitted]
+    duals["per_sample"] = c.exact64.duals
+    duals = {k: [d.to(device=c.device, dtype=c.dtype) for d in v] for k, v in duals.items()}
+    if not _half(c.dtype):
+        for d in duals["fitted"]:
+            d.requires_grad_()
+    if "amortised" in kinds:
+        if amortised_available():
+            amortiser = fit_amortiser(c.h, train, c.temps, config.amortised_steps, fit_dtype, c.device,
+                                      seed=config.seed + 2)
+        else:
+            why = "convex_attention.nn provides no AmortisedDuals in this version"
+    return duals, amortiser, why
+
+
+def _measure_fast(config: SweepConfig, c: _Cell, todo: list[dict], writer: ResultsWriter) -> None:
+    """Time the fast methods interleaved, then commit each row with its accuracy."""
+    kinds = {r["dual_kind"] for r in todo if get_method(r["method"]).needs_duals}
+    duals, amortiser, why_no_amortiser = _learned_duals(config, c, kinds) if kinds else ({}, None, "")
+    cases = {}
+    for m in dict.fromkeys(r["method"] for r in todo):
+        method = get_method(m)
+        cases[m] = timed_case(m, c.h, c.scores, c.weights, c.temps, duals.get("fitted") if method.needs_duals
+                              else None, _options(config, method))
+        if method.needs_duals and amortiser is not None and "amortised" in kinds:
+            cases[_amortised_name(m)] = amortised_case(m, c.h, c.scores, c.weights, c.temps, amortiser)
+    timings = measure_interleaved(cases, device=c.device, repeats=config.repeats, warmup=config.warmup)
+    for r in todo:
+        method = get_method(r["method"])
+        kind = r["dual_kind"]
+        if method.needs_duals and kind == "amortised" and amortiser is None:
+            writer.commit({**c.base, **r, "status": "skipped", "reason": why_no_amortiser})
+            continue
+        name = _amortised_name(r["method"]) if kind == "amortised" else r["method"]
+        row = {**c.base, **r, "status": "ok", "reason": ""}
+        if method.needs_duals and kind not in ("fitted", "amortised"):
+            row["reason"] = "timed once, in the 'fitted' row"
+        else:
+            if method.needs_duals:
+                row["reason"] = f"trained on {fit_instances(config, c.base['n_cells'])} training instances"
+            row.update(_timing_fields(timings[name], c.spec["batch"]), peak_mem_mb=peak_memory_mb(cases[name], c.device))
+        sol = _solution(config, c, method, kind, duals, amortiser)
+        row.update(_accuracy(sol, c.scores64, c.h, c.temps, c.exact64))
+        convergence = None
+        if "iterations" in sol.info:
+            it = sol.info["iterations"].float()
+            row.update(iterations_mean=float(it.mean()), iterations_max=int(it.max()))
+        if _records_history(method):
+            convergence = _convergence_rows(config, c)
+        writer.commit(row, convergence)
+
+
+def _amortised_name(method: str) -> str:
+    return f"{method}:amortised"
+
+
+def _options(config: SweepConfig, method) -> dict:
+    """Solver options of a timed method: the dual solver's tolerance (non-strict: a cell
+    that does not converge is reported through its violation, not an exception)."""
+    if method.options is not None and "tol" in method.options:
+        return {"tol": config.dual_tol, "strict": False, "max_iter": 5000}
+    return {}
+
+
+def _records_history(method) -> bool:
+    return method.options is not None and "record_history" in method.options
+
+
+def _solution(config: SweepConfig, c: _Cell, method, kind: str, duals: dict, amortiser):
+    """The solution whose accuracy a row reports (evaluated instances only)."""
+    if not method.needs_duals:
+        return solve(c.scores, c.h, method.name, temperature=c.temps, **_options(config, method))
+    if kind == "amortised":
+        with torch.no_grad():
+            lam = amortiser([s.detach().to(next(amortiser.parameters()).dtype) for s in c.scores])
+        lam = [d.to(c.dtype) for d in lam]
+    else:
+        lam = duals[kind]
+    return solve(c.scores, c.h, method.name, temperature=c.temps, duals=lam)
+
+
+def _timing_fields(meas, batch: int) -> dict:
+    return {"timed_batch": batch, "repeats": len(meas.fwd_ms), **meas.summary(),
+            "per_sample_ms": meas.total_median / batch}
 
 
 def _accuracy(sol, scores64, h, temps, exact64) -> dict:
     probs = [p.detach().to(torch.float64).cpu() for p in sol.probs]
     f_star = exact64.objective
-    out = {"violation_max": float(metrics.violation(probs, h).max()),
-           "violation_mean": float(metrics.violation(probs, h).mean()),
+    violation = metrics.violation(probs, h)
+    out = {"violation_max": float(violation.max()), "violation_mean": float(violation.mean()),
            "max_abs_err": float(metrics.max_abs_err(probs, exact64.probs).max()),
            "primal_gap": float("nan"), "dual_gap": float("nan")}
-    if sol.method in ("exact", "dual", "cvxpylayers"):
+    if get_method(sol.method).consistent:  # the primal gap is defined for feasible p
         out["primal_gap"] = float(metrics.primal_gap(f_star, scores64, probs, temps).max())
     if sol.duals is not None:
         duals = [d.detach().to(torch.float64).cpu() for d in sol.duals]
@@ -142,148 +525,89 @@ def _accuracy(sol, scores64, h, temps, exact64) -> dict:
     return out
 
 
-def run_sweep(config: SweepConfig, out_dir: str, resume: bool = False, progress: bool = True, log=print) -> list[dict]:
-    """Run the sweep; returns every row (finished earlier ones included when resuming)."""
-    from tqdm.auto import tqdm
-
-    check_sweep(config)
-    writer = ResultsWriter(out_dir, config, config.devices[0], resume)
-    done = writer.done()
-    cells = list(config.cells())
-    new_cells = 0
-    bar = tqdm(cells, desc="bench", unit="cell", disable=not progress, dynamic_ncols=True)
-    for index, cell in enumerate(bar):
-        label = (f"{cell['dims']}-D {cell['size']}^{cell['dims']} L={cell['levels']} B={cell['batch']} "
-                 f"τ={cell['temperature']:g} {cell['dtype']} {cell['device']}")
-        bar.set_postfix_str(label)
-        wanted = _wanted_rows(config, cell)
-        if all(row_key(r) in done for r in wanted):
-            continue
-        if config.max_cells is not None and new_cells >= config.max_cells:
-            log(f"stopped after {new_cells} new cell(s) (--max-cells); rerun with --resume to continue")
-            break
-        _run_cell(config, cell, index, wanted, done, writer)
-        new_cells += 1
-    bar.close()
-    return writer.rows
-
-
-def _wanted_rows(config: SweepConfig, cell: dict) -> list[dict]:
-    rows = []
-    for m in config.methods:
-        kinds = DUAL_KINDS if m == "learned_dual" else ("",)
-        for kind in kinds:
-            rows.append({**cell, "method": m, "dual_kind": kind})
-    return rows
-
-
-def _run_cell(config: SweepConfig, cell: dict, index: int, wanted: list[dict], done: set,
-              writer: ResultsWriter) -> None:
-    h = hierarchy_for(cell, config.factor)
-    n_cells = sum(h.sizes)
-    base = {**cell, "cell": index, "shapes": shape_str(h), "n_cells": n_cells}
-    device, dtype = cell["device"], _dtype(cell["dtype"])
-    temps = [cell["temperature"]] * h.num_levels
-    todo = [r for r in wanted if row_key(r) not in done]
-
-    def emit(row):
-        writer.add({**base, **row})
-
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        for r in todo:
-            emit({**r, "status": "skipped", "reason": "CUDA not available on this machine"})
-        return
-    gen_kwargs = {"checkpoint": config.checkpoint} if config.generator == "model" else {}
-    scores64 = generate(config.generator, h, cell["batch"], seed=config.seed, scale=config.scale, **gen_kwargs)
-    exact64 = solve(scores64, h, "exact", temperature=temps)
-    g = torch.Generator().manual_seed(config.seed + 7)
-    weights = [torch.randn(s.shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype) for s in scores64]
-    scores = [s.to(device=device, dtype=dtype, copy=True).requires_grad_() for s in scores64]  # never alias scores64
-
-    # λ for the three learned-dual rows; the timed learned_dual case uses the fitted one.
-    duals_by_kind = {}
-    if "learned_dual" in config.methods:
-        train = generate(config.generator, h, config.fit_instances, seed=config.seed + 1, scale=config.scale,
-                         **gen_kwargs)
-        duals_by_kind["fitted"] = fit_shared_duals(h, train, temps, config.fit_steps, torch.float32 if
-                                                   dtype in (torch.float16, torch.bfloat16) else dtype, device)
-        duals_by_kind["zero"] = [torch.zeros_like(d) for d in duals_by_kind["fitted"]]
-        duals_by_kind["per_sample"] = exact64.duals
-        duals_by_kind = {k: [d.to(device=device, dtype=dtype) for d in v] for k, v in duals_by_kind.items()}
-        if dtype not in (torch.float16, torch.bfloat16):
-            for d in duals_by_kind["fitted"]:
-                d.requires_grad_()
-
-    fast = [m for m in ("softmax", "exact", "dual", "learned_dual") if any(r["method"] == m for r in todo)]
-    options = {"dual": {"tol": config.dual_tol, "strict": False, "max_iter": 5000}}
-    cases = {m: timed_case(m, h, scores, weights, temps, duals_by_kind.get("fitted") if m == "learned_dual"
-                            else None, options.get(m, {})) for m in fast}
-    timings = measure_interleaved(cases, device=device, repeats=config.repeats, warmup=config.warmup) if cases else {}
-    for r in todo:
-        m = r["method"]
-        if m == "cvxpylayers":
-            continue
-        meas = timings[m]
-        row = {**r, "status": "ok", "reason": "", "timed_batch": cell["batch"], "repeats": len(meas.fwd_ms),
-               "fwd_ms": meas.fwd_median, "bwd_ms": meas.bwd_median, "total_ms": meas.total_median,
-               "per_sample_ms": meas.total_median / cell["batch"], "peak_mem_mb": peak_memory_mb(cases[m], device)}
-        if m == "learned_dual":
-            if r["dual_kind"] != "fitted":
-                row.update(fwd_ms=float("nan"), bwd_ms=float("nan"), total_ms=float("nan"),
-                           per_sample_ms=float("nan"), peak_mem_mb=float("nan"),
-                           reason="timed once, in the 'fitted' row")
-            sol = solve(scores, h, m, temperature=temps, duals=duals_by_kind[r["dual_kind"]])
-        else:
-            sol = solve(scores, h, m, temperature=temps, **options.get(m, {}))
-        row.update(_accuracy(sol, scores64, h, temps, exact64))
-        if m == "dual":
-            it = sol.info["iterations"].float()
-            row.update(iterations_mean=float(it.mean()), iterations_max=int(it.max()))
-            _record_convergence(writer, base, scores64, h, temps, exact64, config)
-        emit(row)
-    for r in todo:
-        if r["method"] == "cvxpylayers":
-            emit(_cvx_row(config, cell, r, h, n_cells, scores64, temps, exact64, writer.rows))
-
-
-def _record_convergence(writer, base, scores64, h, temps, exact64, config) -> None:
+def _convergence_rows(config: SweepConfig, c: _Cell) -> list[dict]:
+    """The dual solver's history on the cell's instances (float64): violation and dual gap
+    per sweep."""
     from ..dual import solve_dual
 
-    res = solve_dual(scores64, h, temps, tol=min(config.dual_tol, 1e-10),
-                     max_iter=5000, strict=False, record_history=True)
+    res = solve_dual(c.scores64, c.h, c.temps, tol=min(config.dual_tol, 1e-10), max_iter=5000, strict=False,
+                     record_history=True)
     hist = res["history"]
-    gaps = hist["dual_objective"] - exact64.objective
-    rows = [{"cell": base["cell"], "dims": base["dims"], "size": base["size"], "levels": base["levels"],
-             "temperature": base["temperature"], "iteration": i, "violation_mean": float(v.mean()),
+    gaps = hist["dual_objective"] - c.exact64.objective
+    b = c.base
+    return [{"cell": b["cell"], "dims": b["dims"], "size": b["size"], "levels": b["levels"],
+             "temperature": b["temperature"], "iteration": i, "violation_mean": float(v.mean()),
              "violation_max": float(v.max()), "dual_gap_mean": float(gp.mean()), "dual_gap_max": float(gp.max())}
             for i, (v, gp) in enumerate(zip(hist["violation"], gaps))]
-    writer.add_convergence(rows)
 
 
-def _cvx_row(config, cell, r, h, n_cells, scores64, temps, exact64, rows) -> dict:
-    batch = min(cell["batch"], config.cvx_batch)
+# ----------------------------------------------------------------------------- the reference solver
+
+def _reference_row(config: SweepConfig, c: _Cell, r: dict, rows: list[dict]) -> dict:
+    """One backend's row of the reference solver: skipped (with the reason and the
+    estimate), an error (with the solver's message), or measured on ``--cvx-batch``
+    samples of the cell."""
+    from ..cvx import backend_unavailable_reason, get_backend
+
+    backend = r["backend"]
+    batch = min(c.spec["batch"], config.cvx_batch)
     calls = 1 + config.cvx_repeats
-    if cell["device"] != "cpu":
-        return {**r, "status": "skipped", "reason": "cvxpylayers solves on the CPU; see the cpu cells"}
+    n_cells = c.base["n_cells"]
+    if backend:
+        reason = backend_unavailable_reason(backend)
+        if reason:
+            return {**r, "status": "skipped", "reason": f"backend {backend} {reason}"}
+        devices = get_backend(backend, check_installed=False).devices
+    else:
+        devices = ("cpu",)
+    device = torch.device(c.device).type
+    if device not in devices:
+        where = "the cpu cells" if "cpu" in devices else "the cuda cells"
+        return {**r, "status": "skipped", "reason": f"{backend or r['method']} solves on {'/'.join(devices)}; "
+                                                     f"see {where}"}
     if n_cells > config.cvx_max_cells:
         return {**r, "status": "skipped",
                 "reason": f"problem size {n_cells} cells > cap --cvx-max-cells {config.cvx_max_cells}"}
-    estimate = _cvx_estimate_s(rows, n_cells, batch, calls)
+    estimate, basis = cvx_estimate(rows, n_cells, batch, calls, backend, levels=c.spec["levels"])
     if estimate > config.budget:
-        return {**r, "status": "skipped",
-                "reason": f"estimated {estimate:.0f} s > budget --budget {config.budget:g} s"}
-    sub = [s[:batch] for s in scores64]
+        return {**r, "status": "skipped", "estimate_s": estimate,
+                "reason": f"estimated {estimate:.3g} s ({basis}) > budget --budget {config.budget:g} s"}
+    sub = [s[:batch] for s in c.scores64]
     last: dict = {}
-    case = make_case("cvxpylayers", h, batch, torch.float64, "cpu", temperature=temps, scores=sub, last=last)
+    options = {"backend": backend} if backend else {}
+    run_device = c.device if device != "cpu" else "cpu"
+    case = make_case(r["method"], c.h, batch, torch.float64, run_device, temperature=c.temps, scores=sub,
+                     options=options, last=last)
     try:
-        meas = measure_interleaved({"cvx": case}, repeats=config.cvx_repeats, warmup=1)["cvx"]
-    except RuntimeError as err:  # SolverFailure names the sample and status
-        return {**r, "status": "error", "reason": str(err)[:300]}
-    sub_exact = solve(sub, h, "exact", temperature=temps)
-    return {**r, "status": "ok", "reason": f"timed on {batch} of {cell['batch']} samples",
-            "timed_batch": batch, "repeats": len(meas.fwd_ms), "fwd_ms": meas.fwd_median,
-            "bwd_ms": meas.bwd_median, "total_ms": meas.total_median,
-            "per_sample_ms": meas.total_median / batch, "peak_mem_mb": float("nan"),
-            **_accuracy(last["solution"], sub, h, temps, sub_exact)}
+        meas = measure_interleaved({"ref": case}, device=run_device, repeats=config.cvx_repeats, warmup=1)["ref"]
+    except Exception as err:  # SolverFailure names the backend, the sample and the status
+        return {**r, "status": "error", "estimate_s": estimate,
+                "reason": f"{type(err).__name__}: {err}"[:300]}
+    sub_exact = solve(sub, c.h, "exact", temperature=c.temps)
+    return {**r, "status": "ok", "reason": f"timed on {batch} of {c.spec['batch']} samples", "estimate_s": estimate,
+            **_timing_fields(meas, batch), "peak_mem_mb": float("nan"),
+            **_accuracy(last["solution"], sub, c.h, c.temps, sub_exact)}
 
 
+# ----------------------------------------------------------------------------- the global warm-up
+
+def _global_warmup(config: SweepConfig, pending: list) -> float:
+    """One warm-up before the first cell: every fast method runs a few times on the first
+    pending cell of each (device, dtype), so that lazy imports, kernel selection and the
+    allocator's first growth are not charged to the first cell measured.  Returns its
+    wall time in seconds."""
+    start = time.perf_counter()
+    seen = set()
+    for _, cell, todo in pending:
+        key = (cell["device"], cell["dtype"])
+        fast = [m for m in dict.fromkeys(r["method"] for r in todo) if not _has_backends(get_method(m))]
+        if key in seen or not fast:
+            continue
+        seen.add(key)
+        h = hierarchy_for(cell, config.factor)
+        dtype = _dtype(cell["dtype"])
+        temps = [cell["temperature"]] * h.num_levels
+        cases = {m: make_case(m, h, cell["batch"], dtype, cell["device"], temperature=temps, seed=config.seed + 11,
+                              options=_options(config, get_method(m))) for m in fast}
+        measure_interleaved(cases, device=cell["device"], repeats=0, warmup=max(config.warmup, 2))
+    return time.perf_counter() - start

@@ -1,12 +1,13 @@
 """Wall-clock and memory measurement of forward and backward passes.
 
-This machine class (small shared VMs) is noisy, so methods are measured *interleaved*:
-every repetition runs each method once, in rotating order, and the figures are medians.
-Ratios of two methods measured this way share their noise.
+Shared machines are noisy, so methods are measured *interleaved*: every repetition runs
+each method once, in rotating order; the figures are medians with their quartiles (the
+spread).  Ratios of two methods measured this way share their noise.
 """
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import statistics
@@ -17,7 +18,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["Measurement", "measure_interleaved", "peak_memory_mb", "synchronize"]
+__all__ = ["Measurement", "measure_interleaved", "peak_memory_mb", "synchronize", "quartiles", "environment"]
 
 # A case returns a fresh closure pair: forward() -> loss tensor; the harness calls
 # loss.backward() itself so that the two passes are timed separately.
@@ -43,6 +44,34 @@ class Measurement:
         if not self.bwd_ms:
             return self.fwd_median
         return statistics.median(f + b for f, b in zip(self.fwd_ms, self.bwd_ms))
+
+    @property
+    def total_ms(self) -> list[float]:
+        """Per-repetition forward+backward times (forward only when nothing went backward)."""
+        if not self.bwd_ms:
+            return list(self.fwd_ms)
+        return [f + b for f, b in zip(self.fwd_ms, self.bwd_ms)]
+
+    def summary(self) -> dict:
+        """Median and quartiles of each pass, in ms: ``fwd_ms``, ``fwd_ms_q1``, ``fwd_ms_q3``,
+        the same for ``bwd_ms`` and ``total_ms`` (forward+backward per repetition): the
+        columns of ``bench.csv``.  Backward entries are NaN when nothing went backward."""
+        out = {}
+        for name, samples in (("fwd_ms", self.fwd_ms), ("bwd_ms", self.bwd_ms), ("total_ms", self.total_ms)):
+            q1, med, q3 = quartiles(samples)
+            out.update({name: med, f"{name}_q1": q1, f"{name}_q3": q3})
+        return out
+
+
+def quartiles(samples) -> tuple[float, float, float]:
+    """``(q1, median, q3)`` of ``samples`` (inclusive quartiles; NaN for no samples)."""
+    samples = list(samples)
+    if not samples:
+        return math.nan, math.nan, math.nan
+    if len(samples) == 1:
+        return samples[0], samples[0], samples[0]
+    q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+    return q1, statistics.median(samples), q3
 
 
 def synchronize(device: torch.device | str) -> None:
@@ -149,14 +178,13 @@ def environment(device="cpu") -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
            "platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "device": str(device)}
-    try:
-        import cvxpy
-        import cvxpylayers
-        import diffcp
+    from importlib import metadata
 
-        env.update(cvxpy=cvxpy.__version__, cvxpylayers=cvxpylayers.__version__, diffcp=diffcp.__version__)
-    except ImportError:  # pragma: no cover
-        pass
+    for package in ("cvxpy", "cvxpylayers", "diffcp", "clarabel", "scs", "moreau"):
+        try:  # the installed version, without importing the (slow to import) package
+            env[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
     if torch.device(device).type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda

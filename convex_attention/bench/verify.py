@@ -4,23 +4,38 @@ On random instances (2-D/3-D grids, irregular partitions, 2–3 levels, temperat
 [0.3, 3] that differ per level) the dual solver's ``λ`` and ``p(λ)`` are compared with
 
 * a plain CVXPY solve (Clarabel, tolerances 1e-12; no cvxpylayers involved),
-* the ``cvxpylayers`` layer,
+* the ``cvxpylayers`` layer (default backend; probabilities to the larger of the primal
+  tolerance and the distance the layer's own certificate allows, see below),
 
 and the closed form is compared with both.  Optimality is checked directly too: the
 duality gap ``g(λ) − f*``, KKT stationarity (``p_k ∝ exp(η_k/τ_k)``, i.e. the reference
 primal equals ``p(λ)``) and feasibility (``violation``).  Each check has its tolerance.
 
+Every requested ``cvxpylayers`` backend (default: every one that can run here) is checked
+against the plain CVXPY reference at its default options: its own certificate
+(``cvxpylayers[<backend>].certificate`` <= its ``accept_tol``), its probabilities
+(``.primal_vs_cvxpy`` within ``sqrt(2·accept_tol·max(1, |f*|) / min τ) + accept_tol``, the
+distance its certificate allows) and its duals' objective (``.dual_gap_vs_cvxpy``:
+``(g(λ) − f*) / max(1, |f*|)`` <= ``accept_tol`` + the reference's own tolerance).
+
 A user's own dual solver can be verified with ``dual_solver``: a callable
-``(scores, h, temperatures) -> duals`` (``L-1`` tensors ``(B, *h.shapes[k+1])``).
+``(scores, h, temperatures) -> duals`` (``L-1`` tensors ``(B, *h.shapes[k+1])``); its rows
+carry its name (:func:`solver_label`).
+
+Every requested check gets a row (:class:`CheckResult`) with a ``status``: ``pass``,
+``fail`` (ran, error above tolerance or NaN), ``error`` (the part it belongs to raised or
+called ``sys.exit``: one ``<part>.run`` row with the exception in one line) or
+``skipped`` (requested but not run, because a part it needs failed).  Only ``pass`` counts
+as passed, so a check that did not run never passes.  Backends that cannot run here (not
+installed) are not requested by default; :func:`backend_skips` says why, in one line each.
 """
 from __future__ import annotations
 
-import csv
 import importlib
 import importlib.util
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Callable
 
 import numpy as np
@@ -29,26 +44,46 @@ import torch
 from .. import metrics
 from ..dual import reparameterized_probs
 from ..hierarchy import Hierarchy
+from ..methods import get_method
 from ..solve import solve
 from .generators import generate
 
-__all__ = ["TOLERANCES", "CheckResult", "verify_instances", "random_instances", "load_solver", "write_csv",
-           "format_table"]
+__all__ = ["TOLERANCES", "CheckResult", "COLUMNS", "verify_instances", "random_instances", "load_solver",
+           "solver_label", "backend_skips", "check_backends", "write_csv", "format_table", "all_passed"]
 
 # Probabilities in float64 to 1e-6 (the reference's own accuracy is ~1e-9); duals are
 # less well conditioned (small probabilities), 1e-4; objectives to 1e-8 (relative).
 TOLERANCES = {"primal": 1e-6, "duals": 1e-4, "gap": 1e-8, "kkt": 1e-6, "feasibility": 1e-6,
               "exact_kkt": 1e-9, "exact_feasibility": 1e-9, "reference": 1e-9}
 
+# The rows of each part, so that a part that cannot run still lists what it did not check.
+_SOLVER_CHECKS = ("primal_vs_cvxpy", "duals_vs_cvxpy", "primal_vs_layer", "duals_vs_layer", "duality_gap",
+                  "kkt_stationarity", "feasibility")
+_EXACT_CHECKS = ("primal_vs_cvxpy", "duals_vs_cvxpy", "primal_vs_layer", "duals_vs_layer", "kkt_stationarity",
+                 "duality_gap", "feasibility")
+_BACKEND_CHECKS = ("certificate", "primal_vs_cvxpy", "dual_gap_vs_cvxpy")
+
 
 @dataclass
 class CheckResult:
+    """One check on one instance.  ``passed`` is ``status == "pass"``."""
+
     instance: int
     case: str
     check: str
     error: float
     tol: float
     passed: bool
+    status: str = ""
+    message: str = ""
+
+    def __post_init__(self):
+        if not self.status:
+            self.status = "pass" if self.passed else "fail"
+        self.passed = self.status == "pass"
+
+
+COLUMNS = tuple(f.name for f in fields(CheckResult))
 
 
 def random_instances(n: int, seed: int = 0, quick: bool = False):
@@ -90,21 +125,85 @@ def _irregular(kind: str, g: torch.Generator, quick: bool) -> Hierarchy:
 
 
 def load_solver(spec: str) -> Callable:
-    """``module:function`` or ``path/to/file.py:function`` -> the callable."""
-    if ":" not in spec:
+    """``module:function`` or ``path/to/file.py:function`` -> the callable.
+
+    Raises ValueError (a usage error) for a malformed spec, a missing file or function,
+    something not callable, or a module that fails to import (whatever it raises,
+    ``sys.exit`` included): no check has run yet.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
         raise ValueError(f"--dual-solver must look like module:function or file.py:function, got {spec!r}")
     target, name = spec.rsplit(":", 1)
-    if target.endswith(".py"):
-        if not os.path.exists(target):
-            raise ValueError(f"--dual-solver file {target!r} does not exist")
-        module_spec = importlib.util.spec_from_file_location("user_dual_solver", target)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
+    if not target or not name:
+        raise ValueError(f"--dual-solver must look like module:function or file.py:function, got {spec!r}")
+    try:
+        if target.endswith(".py"):
+            if not os.path.isfile(target):
+                raise ValueError(f"--dual-solver file {target!r} does not exist")
+            module_spec = importlib.util.spec_from_file_location("user_dual_solver", target)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ValueError:
+        raise
+    except (SystemExit, Exception) as exc:  # the user's code: anything may come out of it
+        raise ValueError(f"--dual-solver: importing {target!r} failed: {_describe(exc)}") from None
     if not hasattr(module, name):
         raise ValueError(f"{target} has no function {name!r}")
-    return getattr(module, name)
+    fn = getattr(module, name)
+    if not callable(fn):
+        raise ValueError(f"--dual-solver {spec!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+# Row prefixes the built-in parts use; a user's solver with one of these names is renamed.
+_RESERVED = ("dual", "exact", "reference", "cvxpylayers")
+
+
+def solver_label(fn: Callable | None) -> str:
+    """The row prefix of a dual solver: ``"dual"`` for the built-in one, else the
+    function's name (``"user:<name>"`` where it would clash with a built-in part)."""
+    if fn is None:
+        return "dual"
+    name = str(getattr(fn, "__name__", "") or type(fn).__name__).strip("<>")  # "<lambda>" -> "lambda"
+    name = "".join(c if c.isalnum() or c in "_-" else "_" for c in name) or "custom"
+    return f"user:{name}" if name in _RESERVED or name.startswith("cvxpylayers") else name
+
+
+def check_backends(backends=None) -> list[str]:
+    """The backends to verify: ``None`` -> every one that can run here; else each name is
+    checked (ValueError for an unknown one, ``BackendUnavailable`` with what to install
+    for one that cannot run)."""
+    from ..cvx import available_backends, get_backend
+
+    if backends is None:
+        return available_backends()
+    return [get_backend(b).name for b in dict.fromkeys(backends)]
+
+
+def backend_skips(backends=None) -> list[str]:
+    """One line per backend that is not verified because it cannot run here (only when
+    ``backends`` is ``None``, i.e. every installed one was asked for)."""
+    from ..cvx import BACKENDS, backend_unavailable_reason
+
+    if backends is not None:
+        return []
+    lines = []
+    for name in BACKENDS:
+        reason = backend_unavailable_reason(name)
+        if reason is not None:
+            lines.append(f"skipped cvxpylayers[{name}]: {reason} (not a failure; no check of it ran)")
+    return lines
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception in one line, no traceback."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"raised {type(exc).__name__}" + (f": {text}" if text else "")
 
 
 def _default_dual_solver(scores, h, temps):
@@ -129,76 +228,187 @@ def kkt_residual(probs, duals, scores, h: Hierarchy, temps) -> float:
 
 
 def _max_abs(a, b) -> float:
-    return max(float((x.reshape(x.shape[0], -1) - y.reshape(y.shape[0], -1)).abs().max()) for x, y in zip(a, b))
+    return max(float((x.detach().reshape(x.shape[0], -1) - y.detach().reshape(y.shape[0], -1)).abs().max())
+               for x, y in zip(a, b))
 
 
 def verify_instances(instances, dual_solver: Callable | None = None, tolerances: dict | None = None,
-                     progress: bool = True) -> list[CheckResult]:
-    """Run every check on every instance; returns one :class:`CheckResult` per check."""
+                     progress: bool = True, backends=None, solver_name: str | None = None) -> list[CheckResult]:
+    """Run every check on every instance; returns one :class:`CheckResult` per check.
+
+    Args:
+        instances: ``(name, h, scores, temps)`` tuples (:func:`random_instances`).
+        dual_solver: ``(scores, h, temps) -> duals``; default: the built-in ``"dual"``
+            method at ``tol=1e-11``.  Whatever it raises (or a ``sys.exit``) becomes a
+            failed ``<label>.run`` row, and its checks are listed as skipped.
+        backends: the ``cvxpylayers`` backends to check (:func:`check_backends`).
+        solver_name: the rows' prefix for ``dual_solver`` (default :func:`solver_label`).
+    """
     from tqdm.auto import tqdm
 
-    from ..cvx import get_layer, primal_residual
+    from ..cvx import DEFAULT_BACKEND, certificate, get_layer
 
     tol = {**TOLERANCES, **(tolerances or {})}
+    backends = check_backends(backends)  # before any work
+    label = solver_name or solver_label(dual_solver)
     dual_solver = dual_solver or _default_dual_solver
+    cvx_method = get_method("cvxpylayers").name
     results: list[CheckResult] = []
     instances = list(instances)
     for i, (name, h, scores, temps) in enumerate(tqdm(instances, desc="verify", disable=not progress)):
         B = scores[0].shape[0]
-        layer = get_layer(h, temps)
-        refs = [layer.reference_solve([s[b].reshape(-1).numpy() for s in scores]) for b in range(B)]
-        ref_p = [torch.from_numpy(np.stack([r[0][k] for r in refs])) for k in range(h.num_levels)]
-        ref_d = [torch.from_numpy(np.stack([r[1][k] for r in refs])) for k in range(h.num_levels - 1)]
-        f_star = torch.tensor([r[2] for r in refs], dtype=torch.float64)
-        lay = solve(scores, h, "cvxpylayers", temperature=temps)
-        ex = solve(scores, h, "exact", temperature=temps)
-        lam = [torch.as_tensor(d, dtype=torch.float64).reshape((B,) + h.shapes[k + 1])
-               for k, d in enumerate(dual_solver(scores, h, temps))]
-        lam = [d - d.reshape(B, -1).mean(1).view((B,) + (1,) * (d.dim() - 1)) for d in lam]
-        p_dual = reparameterized_probs(scores, lam, h, temps)
+        flat = [s.reshape(B, -1) for s in scores]
 
-        def add(check, err, t):
-            results.append(CheckResult(i, name, check, err, t, bool(err <= t)))  # NaN fails
+        def add(check, err, t, status="", message=""):
+            # a NaN error fails (NaN <= t is False)
+            results.append(CheckResult(i, name, check, float(err), float(t), bool(err <= t), status, message))
 
-        # the reference earns trust by its own certificate, whatever Clarabel's status label
-        ref_gap = (metrics.dual_objective([s.reshape(B, -1) for s in scores], ref_d, h.flat(), temps)
-                   - metrics.objective([s.reshape(B, -1) for s in scores], ref_p, temps)).abs()
-        add("reference.certificate", float(torch.maximum(primal_residual(h, ref_p), ref_gap).max()),
-            tol["reference"])
-        add("dual.primal_vs_cvxpy", _max_abs(p_dual, ref_p), tol["primal"])
-        add("dual.duals_vs_cvxpy", _max_abs(lam, ref_d), tol["duals"])
-        add("dual.primal_vs_layer", _max_abs(p_dual, lay.probs), tol["primal"])
-        add("dual.duals_vs_layer", _max_abs(lam, lay.duals), tol["duals"])
-        gap = (metrics.dual_objective(scores, lam, h, temps) - f_star) / f_star.abs().clamp(min=1)
-        add("dual.duality_gap", float(gap.abs().max()), tol["gap"])
-        add("dual.kkt_stationarity", kkt_residual(ref_p, lam, scores, h, temps), tol["kkt"])
-        add("dual.feasibility", float(metrics.violation(p_dual, h).max()), tol["feasibility"])
-        add("exact.primal_vs_cvxpy", _max_abs(ex.probs, ref_p), tol["primal"])
-        add("exact.duals_vs_cvxpy", _max_abs(ex.duals, ref_d), tol["duals"])
-        add("exact.primal_vs_layer", _max_abs(ex.probs, lay.probs), tol["primal"])
-        add("exact.duals_vs_layer", _max_abs(ex.duals, lay.duals), tol["duals"])
-        add("exact.kkt_stationarity", kkt_residual(ex.probs, ex.duals, scores, h, temps), tol["exact_kkt"])
-        add("exact.duality_gap", float(((ex.dual_objective - ex.objective) / ex.objective.abs().clamp(min=1))
-                                       .abs().max()), tol["gap"])
-        add("exact.feasibility", float(ex.violation.max()), tol["exact_feasibility"])
+        def broke(part, checks, exc, tols=None):
+            """``part`` raised: one error row, and its checks listed as not run."""
+            why = _describe(exc)
+            add(f"{part}.run", math.nan, math.nan, "error", why)
+            for c in checks:
+                add(f"{part}.{c}", math.nan, (tols or {}).get(c, math.nan), "skipped", f"not run: {part} {why}")
+
+        # -- the plain CVXPY reference: every comparison needs it
+        try:
+            layer = get_layer(h, temps)
+            refs = [layer.reference_solve([s[b].reshape(-1).numpy() for s in scores]) for b in range(B)]
+            ref_p = [torch.from_numpy(np.stack([r[0][k] for r in refs])) for k in range(h.num_levels)]
+            ref_d = [torch.from_numpy(np.stack([r[1][k] for r in refs])) for k in range(h.num_levels - 1)]
+            # f* evaluated here: CVXPY's value is -inf when a probability ends a hair below 0
+            f_star = metrics.objective(flat, ref_p, temps)
+        except (SystemExit, Exception) as exc:
+            broke("reference", ("certificate",), exc)
+            for part, checks in [(label, _SOLVER_CHECKS), ("exact", _EXACT_CHECKS)] + \
+                    [(f"{cvx_method}[{b}]", _BACKEND_CHECKS) for b in backends]:
+                for c in checks:
+                    add(f"{part}.{c}", math.nan, math.nan, "skipped", "not run: the CVXPY reference failed")
+            continue
+        # the reference earns trust by its own certificate (primal residual, relative duality
+        # gap: the test every backend passes), whatever Clarabel's status label
+        add("reference.certificate", float(certificate(h, temps, flat, ref_p, ref_d).max()), tol["reference"])
+        scale = float(f_star.abs().clamp(min=1).max())
+
+        # -- every backend against the reference; the default one is also "the layer"
+        lay = None
+        for backend in backends:
+            part = f"{cvx_method}[{backend}]"
+            try:
+                with torch.no_grad():  # values only (Moreau builds a graph otherwise)
+                    sol = solve(scores, h, cvx_method, temperature=temps, backend=backend)
+                accept = float(sol.info["accept_tol"])
+                cert = _backend_certificate(h, temps, flat, sol)
+                bound = math.sqrt(2 * accept * scale / min(temps)) + accept
+                gap = (metrics.dual_objective(scores, sol.duals, h, temps) - f_star) / f_star.abs().clamp(min=1)
+                rows = [("certificate", cert, accept), ("primal_vs_cvxpy", _max_abs(sol.probs, ref_p), bound),
+                        ("dual_gap_vs_cvxpy", float(gap.abs().max()), accept + tol["reference"])]
+            except (SystemExit, Exception) as exc:
+                broke(part, _BACKEND_CHECKS, exc)
+                continue
+            for check, err, t in rows:
+                add(f"{part}.{check}", err, t)
+            if backend == DEFAULT_BACKEND:
+                lay = sol
+        layer_error = None
+        if lay is None:
+            try:
+                with torch.no_grad():
+                    lay = solve(scores, h, cvx_method, temperature=temps)
+            except (SystemExit, Exception) as exc:
+                layer_error = f"not run: {cvx_method}[{DEFAULT_BACKEND}] {_describe(exc)}"
+
+        # The layer is certified to its own certificate, which on some instances allows a few
+        # 1e-6 in probabilities (Clarabel's regularisation): held to what it promises.
+        layer_tol = tol["primal"]
+        if lay is not None:
+            lay_cert = _backend_certificate(h, temps, flat, lay)
+            layer_tol = max(layer_tol, math.sqrt(2 * lay_cert * scale / min(temps)) + lay_cert)
+
+        def compare(part, probs, duals):
+            """The rows shared by the dual solver and the closed form."""
+            add(f"{part}.primal_vs_cvxpy", _max_abs(probs, ref_p), tol["primal"])
+            add(f"{part}.duals_vs_cvxpy", _max_abs(duals, ref_d), tol["duals"])
+            if lay is None:
+                add(f"{part}.primal_vs_layer", math.nan, tol["primal"], "skipped", layer_error)
+                add(f"{part}.duals_vs_layer", math.nan, tol["duals"], "skipped", layer_error)
+            else:
+                add(f"{part}.primal_vs_layer", _max_abs(probs, lay.probs), layer_tol)
+                add(f"{part}.duals_vs_layer", _max_abs(duals, lay.duals), tol["duals"])
+
+        # -- the dual solver under test (the user's code: anything may come out of it)
+        try:
+            raw = list(dual_solver(scores, h, temps))
+            if len(raw) != h.num_levels - 1:
+                raise ValueError(f"returned {len(raw)} dual tensors, expected {h.num_levels - 1} "
+                                 f"(shapes {[(B,) + s for s in h.shapes[1:]]})")
+            lam = [torch.as_tensor(d, dtype=torch.float64).reshape((B,) + h.shapes[k + 1]) for k, d in enumerate(raw)]
+            lam = [d - d.reshape(B, -1).mean(1).view((B,) + (1,) * (d.dim() - 1)) for d in lam]
+            p_dual = reparameterized_probs(scores, lam, h, temps)
+        except (SystemExit, Exception) as exc:
+            broke(label, _SOLVER_CHECKS, exc, {"primal_vs_cvxpy": tol["primal"], "duals_vs_cvxpy": tol["duals"],
+                                               "primal_vs_layer": tol["primal"], "duals_vs_layer": tol["duals"],
+                                               "duality_gap": tol["gap"], "kkt_stationarity": tol["kkt"],
+                                               "feasibility": tol["feasibility"]})
+        else:
+            compare(label, p_dual, lam)
+            gap = (metrics.dual_objective(scores, lam, h, temps) - f_star) / f_star.abs().clamp(min=1)
+            add(f"{label}.duality_gap", float(gap.abs().max()), tol["gap"])
+            add(f"{label}.kkt_stationarity", kkt_residual(ref_p, lam, scores, h, temps), tol["kkt"])
+            add(f"{label}.feasibility", float(metrics.violation(p_dual, h).max()), tol["feasibility"])
+
+        # -- the closed form
+        try:
+            ex = solve(scores, h, "exact", temperature=temps)
+        except (SystemExit, Exception) as exc:
+            broke("exact", _EXACT_CHECKS, exc)
+        else:
+            compare("exact", ex.probs, ex.duals)
+            add("exact.kkt_stationarity", kkt_residual(ex.probs, ex.duals, scores, h, temps), tol["exact_kkt"])
+            add("exact.duality_gap", float(((ex.dual_objective - ex.objective) / ex.objective.abs().clamp(min=1))
+                                           .abs().max()), tol["gap"])
+            add("exact.feasibility", float(ex.violation.max()), tol["exact_feasibility"])
     return results
 
 
-def format_table(results: list[CheckResult]) -> str:
-    lines = [f"{'#':>3}  {'instance':<28}{'check':<26}{'error':>11}{'tol':>9}  result"]
+def _backend_certificate(h: Hierarchy, temps, flat_scores, sol) -> float:
+    from ..cvx import certificate
+
+    B = flat_scores[0].shape[0]
+    probs = [p.detach().reshape(B, -1).to(torch.float64) for p in sol.probs]
+    duals = [d.detach().reshape(B, -1).to(torch.float64) for d in sol.duals]
+    return float(certificate(h, temps, flat_scores, probs, duals).max())
+
+
+def all_passed(results: list[CheckResult]) -> bool:
+    """True only when there are results and every one ran and passed."""
+    return bool(results) and all(r.status == "pass" for r in results)
+
+
+def format_table(results: list[CheckResult], skipped: list[str] = ()) -> str:
+    """The results as a text table, one row per check, then the skipped backends and a
+    summary line."""
+    width = max([len("check")] + [len(r.check) for r in results]) + 2
+    case_width = max([len("instance")] + [len(r.case) for r in results]) + 2
+    word = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "skipped": "SKIPPED (not run)"}
+    lines = [f"{'#':>3}  {'instance':<{case_width}}{'check':<{width}}{'error':>11}{'tol':>9}  result"]
     for r in results:
         err = "nan" if math.isnan(r.error) else f"{r.error:.2e}"
-        lines.append(f"{r.instance:>3}  {r.case:<28}{r.check:<26}{err:>11}{r.tol:>9.0e}  "
-                     f"{'pass' if r.passed else 'FAIL'}")
-    failed = sum(not r.passed for r in results)
-    lines.append(f"{len(results) - failed}/{len(results)} checks passed" + (f", {failed} FAILED" if failed else ""))
+        t = "-" if math.isnan(r.tol) else f"{r.tol:.0e}"
+        lines.append(f"{r.instance:>3}  {r.case:<{case_width}}{r.check:<{width}}{err:>11}{t:>9}  "
+                     f"{word.get(r.status, r.status)}" + (f": {r.message}" if r.message else ""))
+    lines += [f"verify: {line}" for line in skipped]
+    counts = {s: sum(r.status == s for r in results) for s in ("fail", "error", "skipped")}
+    passed = sum(r.status == "pass" for r in results)
+    summary = f"{passed}/{len(results)} checks passed"
+    extra = [f"{n} {'FAILED' if s == 'fail' else s.upper() if s == 'error' else 'not run'}"
+             for s, n in counts.items() if n]
+    lines.append(summary + (", " + ", ".join(extra) if extra else ""))
     return "\n".join(lines)
 
 
 def write_csv(results: list[CheckResult], path: str) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(asdict(results[0])))
-        writer.writeheader()
-        for r in results:
-            writer.writerow(asdict(r))
+    """``verify.csv``: one row per check (:data:`COLUMNS`), written atomically."""
+    from .results import atomic_csv
+
+    atomic_csv(path, COLUMNS, [asdict(r) for r in results])

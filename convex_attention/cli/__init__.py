@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import UsageError
+from ._common import CommandParser, UsageError
 
 __all__ = ["main", "build_parser", "UsageError"]
 
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .. import __version__
     from .bench import EXAMPLES
 
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="convex-attention",
         description="Consistent multi-level attention: benchmark the exact closed form, the cvxpylayers "
                     "reference and the dual decomposition; verify dual solutions; plot comparisons; "
@@ -28,10 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     from .bench import add_bench_commands
+    from .data import add_data_commands
     from .paper import add_experiment_commands
 
     add_bench_commands(sub)
     add_experiment_commands(sub)
+    add_data_commands(sub)
     return parser
 
 
@@ -39,13 +41,16 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     from .bench import BENCH_HANDLERS
+    from .data import DATA_HANDLERS
     from .paper import EXPERIMENT_HANDLERS
 
-    handlers = {**BENCH_HANDLERS, **EXPERIMENT_HANDLERS}
+    handlers = {**BENCH_HANDLERS, **EXPERIMENT_HANDLERS, **DATA_HANDLERS}
     try:
         return handlers[args.command](args)
     except UsageError as err:
-        parser.error(str(err))
+        message = " ".join(str(err).split())  # one line, whatever the message
+        print(f"convex-attention {args.command}: error: {message}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; finished rows are kept (rerun with --resume)", file=sys.stderr)
         return 130

@@ -2,23 +2,37 @@
 from __future__ import annotations
 
 import argparse
+import math
 
-__all__ = ["UsageError", "positive_float", "positive_int", "add_output_options", "info"]
+__all__ = ["CommandParser", "UsageError", "positive_float", "positive_int", "add_output_options", "info"]
 
 
 class UsageError(ValueError):
     """Bad arguments found after parsing: reported like argparse's own errors (exit 2)."""
 
 
+class CommandParser(argparse.ArgumentParser):
+    """argparse, failing like a command: one line on stderr (no usage block), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
     return value
 
 
 def positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
     return value

@@ -1,20 +1,32 @@
-"""``convex-attention explain``: attention maps and post-hoc baselines scored against masks.
+"""``convex-attention explain``: attention maps and post-hoc explanations scored against masks.
 
-On validation images that contain a lesion, for every trained model its attention maps at
-every level, and on the ``softmax`` model the post-hoc baselines (GradCAM at each attention
-level's resolution, DeepLIFT, LRP, Input×Gradient, Integrated Gradients).  Every map is
-brought to the common form of :mod:`convex_attention.explain_metrics` and scored.
+On images that contain a lesion, for every trained model: its attention maps at every
+level (attention models), and, on the models named by ``baseline_model`` (one name, a
+list of names, ``"all"`` or ``None``), the post-hoc methods (GradCAM at each attention
+level's resolution, DeepLIFT, LRP, Input×Gradient, Integrated Gradients; see
+``baselines/attributions.py``).  Reference rows (model ``"reference"``) can be added: the
+model-free map (a fixed per-pixel channel combination ``w · x``) and the best possible
+block map at each attention grid (:func:`convex_attention.paper.explain_metrics.block_map`).
 
-The baselines explain ``target``: ``"true"`` (default; the lesion class, 1, since only
-lesion images are explained) or ``"predicted"`` (the model's argmax).
+Every map is scored by :func:`convex_attention.paper.explain_metrics.score_map` under the
+pixel protocol (``resolution`` ``"pixel"``, with the stated ``upsampling``) and, with
+``pooled=True``, under the authors' pooled protocol at every attention grid at most as
+fine as the map (``resolution`` ``"32x32"`` etc., upsampling always ``nearest``).
 
-Outputs in ``out``: ``explain.csv`` (one row per image, model, method and level),
-``explain_summary.csv`` and ``explain.md`` (mean ± standard error per model, method and
-level) and ``explain_examples.png``/``.pdf`` (one row per example: image, mask, maps).
+The post-hoc methods explain ``target``: ``"true"`` (default; the lesion class, 1, since
+only lesion images are explained) or ``"predicted"`` (the model's argmax).
+
+Statistics: :func:`mean_ci` (mean and the half-width of its 95 % confidence interval,
+Student t) is the one summary used by ``explain`` (over images) and ``experiment`` (over
+seeds).
+
+Outputs in ``out``: ``explain.csv`` (one row per image, model, method, level, resolution
+and upsampling), ``explain_summary.csv`` and ``explain.md`` (mean ± 95 % CI per group) and
+``explain_examples.png``/``.pdf`` (one row per example: image, mask, maps, all on one
+colour scale).
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections import defaultdict
@@ -23,15 +35,34 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .explain_metrics import METRIC_NAMES, score_map, to_common_form
+from .explain_metrics import (
+    METRIC_NAMES,
+    UPSAMPLINGS,
+    block_map,
+    pointing_tolerance_px,
+    pooled_form,
+    score_map,
+    to_common_form,
+)
 
-__all__ = ["lesion_indices", "explain_models", "summarise", "write_outputs", "EXPLAIN_COLUMNS"]
+__all__ = ["lesion_indices", "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of",
+           "summarise", "write_outputs", "mean_ci", "mean_se", "format_ci", "markdown_table", "plot_examples",
+           "EXPLAIN_COLUMNS", "POSTHOC", "GROUP_KEYS"]
 
-EXPLAIN_COLUMNS = ("model", "method", "level", "image") + METRIC_NAMES
+GROUP_KEYS = ("model", "method", "level", "resolution", "upsampling")
+EXPLAIN_COLUMNS = GROUP_KEYS + ("image",) + METRIC_NAMES
+#: The post-hoc methods, in report order (GradCAM has one map per attention level; the others are input attributions).
+POSTHOC = ("gradcam", "deeplift", "lrp", "input_x_gradient", "integrated_gradients")
+_SHORT = {"gradcam": "GradCAM", "deeplift": "DeepLIFT", "lrp": "LRP", "input_x_gradient": "IxG",
+          "integrated_gradients": "IG", "block_map": "best block", "model_free": "model-free"}
+# maps normalised by the pooled protocol (min-max, channel sum, softmax); attention and block maps are used as they are
+_NORMALISED = set(POSTHOC) | {"model_free"}
 
 
 def lesion_indices(dataset: Dataset, n: int) -> list[int]:
-    """The first ``n`` images with label 1 and a non-empty mask."""
+    """The first ``n`` images with label 1 and a non-empty mask (``n`` >= 1)."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of images to explain must be a positive integer, got {n!r}")
     out = []
     for i in range(len(dataset)):
         _, label, mask = dataset[i]
@@ -44,10 +75,18 @@ def lesion_indices(dataset: Dataset, n: int) -> list[int]:
     return out
 
 
-def _maps_for(model, images, target: str, baselines: bool, levels: int) -> dict[tuple[str, int], torch.Tensor]:
-    """``{(method, level): maps (B, ...)}`` for one batch; level -1 = input attribution.
+def grids_of(model) -> list[tuple[int, int]]:
+    """The attention grids of a model (finest first): ``[(32, 32), (16, 16)]`` for blocks 3, 4 at 128 x 128."""
+    return [tuple(s) for s in model.hierarchy.shapes]
 
-    The baselines explain the lesion class (``target="true"``) or the model's prediction."""
+
+def explanations(model, images: torch.Tensor, target: str = "true", posthoc: bool = True) -> dict:
+    """``{(method, level): maps}`` of one batch ``images`` ``(B, C, H, W)``.
+
+    ``("attention", k)``: ``(B, h_k, w_k)``, the model's attention at level ``k`` (models
+    with attention); with ``posthoc``: ``("gradcam", k)`` ``(B, h_k, w_k)`` and
+    ``(name, -1)`` ``(B, C, H, W)`` for the input attributions.  The post-hoc methods
+    explain the lesion class (``target="true"``) or the model's prediction."""
     from baselines.attributions import BASELINES, gradcam
 
     model.eval()
@@ -57,94 +96,290 @@ def _maps_for(model, images, target: str, baselines: bool, levels: int) -> dict[
         targets = torch.ones(len(images), dtype=torch.long, device=images.device)
     else:
         targets = out.logits.argmax(1)
-    maps = {("attention", k): p.detach() for k, p in enumerate(out.maps)}
-    if baselines:
-        for k in range(levels):
+    maps = {}
+    if getattr(model, "has_attention", True):
+        maps = {("attention", k): p.detach() for k, p in enumerate(out.maps)}
+    if posthoc:
+        for k in range(len(model.config.attention_blocks)):
             maps[("gradcam", k)] = gradcam(model, images, targets, level=k)
         for name, fn in BASELINES.items():
             maps[(name, -1)] = fn(model, images.clone().requires_grad_(), targets)
     return maps
 
 
-def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_model: str | None = "softmax",
-                   target: str = "true", batch_size: int = 16, device="cpu", progress: bool = True):
-    """Score every model's attention and the baselines on lesion images.
+_maps_for = explanations  # the earlier name
 
-    Returns ``(rows, examples)``: ``rows`` as in ``explain.csv``; ``examples`` the first few
-    images with their masks and common-form maps (for the figure).
+
+def reference_maps(images: torch.Tensor, masks: torch.Tensor, grids, model_free_weights=None) -> dict:
+    """Reference maps of a batch: ``("block_map", k)``: the mask sum-pooled to grid ``k``
+    ``(B, *grids[k])`` (the best possible map on that grid); ``("model_free", -1)``: the
+    per-pixel channel combination ``w · x`` ``(B, H, W)``, shifted to start at 0 (a
+    monotone shift: its ranking is the combination's) when ``model_free_weights`` ``(C,)``
+    is given."""
+    maps = {("block_map", k): torch.stack([block_map(m, g) for m in masks]) for k, g in enumerate(grids)}
+    if model_free_weights is not None:
+        w = torch.as_tensor(np.asarray(model_free_weights, dtype=np.float64))
+        if w.shape != (images.shape[1],):
+            raise ValueError(f"model-free weights must be ({images.shape[1]},), one per channel, got {tuple(w.shape)}")
+        m = torch.einsum("c,bchw->bhw", w, images.detach().cpu().to(torch.float64))
+        maps[("model_free", -1)] = m - m.flatten(1).min(1).values.view(-1, 1, 1)
+    return maps
+
+
+def _spatial(m: torch.Tensor) -> tuple[int, int]:
+    return tuple(m.shape[-2:])
+
+
+def score_explanations(maps: dict, masks: torch.Tensor, grids=(), upsampling: str = "nearest",
+                       pooled: bool = False, tolerance: float | None = None) -> list[dict]:
+    """Rows ``{method, level, resolution, upsampling, position, **metrics}`` for every map
+    of ``maps`` (as :func:`explanations` gives, batch ``B``) and image ``position`` in
+    ``0 .. B-1``, against ``masks`` ``(B, H, W)``.
+
+    Pixel protocol always; with ``pooled``, the pooled protocol at every grid of
+    ``grids`` at most as fine as the map and dividing it."""
+    if upsampling not in UPSAMPLINGS:
+        raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLINGS)}, got {upsampling!r}")
+    size = tuple(masks.shape[1:])
+    rows = []
+    for (method, level), m in maps.items():
+        m = m.detach().cpu()
+        h, w = _spatial(m)
+        usable = [g for g in grids if g[0] <= h and g[1] <= w and h % g[0] == 0 and w % g[1] == 0] if pooled else []
+        for j in range(len(masks)):
+            mask = masks[j]
+            rows.append({"method": method, "level": level, "resolution": "pixel", "upsampling": upsampling,
+                         "position": j, **score_map(to_common_form(m[j], size, upsampling), mask, tolerance)})
+            for g in usable:
+                grid_map = pooled_form(m[j], g, normalise=method in _NORMALISED)
+                rows.append({"method": method, "level": level, "resolution": f"{g[0]}x{g[1]}", "upsampling": "nearest",
+                             "position": j, **score_map(to_common_form(grid_map, size, "nearest"), mask, tolerance)})
+    return rows
+
+
+def _posthoc_models(models: dict, baseline_model) -> set:
+    if baseline_model is None:
+        return set()
+    if baseline_model == "all":
+        return set(models)
+    names = [baseline_model] if isinstance(baseline_model, str) else list(baseline_model)
+    missing = [n for n in names if n not in models]
+    if missing:
+        label = repr(missing[0]) if len(missing) == 1 else str(missing)
+        raise ValueError(f"the baseline model {label} is not among the models {sorted(models)}")
+    return set(names)
+
+
+def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_model="softmax",
+                   target: str = "true", batch_size: int = 16, device="cpu", progress: bool = True,
+                   indices: list[int] | None = None, upsampling: str = "nearest", pooled: bool = False,
+                   references: bool = False, model_free_weights=None, n_examples: int = 4):
+    """Score every model's attention and the post-hoc methods on lesion images (``indices``,
+    by default :func:`lesion_indices` ``(dataset, n_images)``).
+
+    ``baseline_model``: the models the post-hoc methods explain (a name, a list of names,
+    ``"all"`` or ``None``).  ``upsampling``: of the pixel protocol; ``pooled``: also score
+    under the pooled protocol at every attention grid; ``references``: add the reference
+    rows (model ``"reference"``: block maps, and the model-free map when
+    ``model_free_weights`` is given).  Returns ``(rows, examples)``: ``rows`` as in
+    ``explain.csv``; ``examples`` the first ``n_examples`` images with their masks and
+    pixel-protocol maps (for the figure).
     """
     from tqdm.auto import tqdm
 
     if target not in ("true", "predicted"):
         raise ValueError(f"target must be 'true' or 'predicted', got {target!r}")
-    indices = lesion_indices(dataset, n_images)
+    if not models:
+        raise ValueError("no model to explain")
+    if upsampling not in UPSAMPLINGS:
+        raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLINGS)}, got {upsampling!r}")
+    posthoc = _posthoc_models(models, baseline_model)
+    if indices is None:
+        indices = lesion_indices(dataset, n_images)
+    grids = grids_of(next(iter(models.values())))
     rows, examples = [], []
     for start in tqdm(range(0, len(indices), batch_size), desc="explain", disable=not progress):
         batch = [dataset[i] for i in indices[start:start + batch_size]]
         images = torch.stack([b[0] for b in batch]).to(device)
         masks = torch.stack([b[2] for b in batch])
         size = tuple(masks.shape[1:])
+        sources = []
         for name, model in models.items():
             model.to(device)
-            maps = _maps_for(model, images, target, name == baseline_model,
-                             len(model.config.attention_blocks))
+            sources.append((name, explanations(model, images, target, name in posthoc)))
+        if references:
+            sources.append(("reference", reference_maps(images, masks, grids, model_free_weights)))
+        for name, maps in sources:
+            for r in score_explanations(maps, masks, grids, upsampling, pooled):
+                j = r.pop("position")
+                rows.append({"model": name, **r, "image": indices[start + j]})
             for (method, level), m in maps.items():
                 for j in range(len(batch)):
-                    common = to_common_form(m[j].cpu(), size)
-                    scores = score_map(common, masks[j])
-                    rows.append({"model": name, "method": method, "level": level, "image": indices[start + j],
-                                 **scores})
-                    if start + j < 4:
+                    if start + j < n_examples:
                         examples.append((indices[start + j], name, method, level, images[j, 0].cpu(), masks[j],
-                                         common))
+                                         to_common_form(m[j].cpu(), size, upsampling)))
     return rows, examples
 
 
+# ----------------------------------------------------------------------------- statistics
+
+def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Mean and the half-width of its ``confidence`` interval (Student t with ``n − 1``
+    degrees of freedom: ``t · std(ddof=1) / sqrt(n)``) of the non-NaN ``values``; NaN
+    where undefined (no value; one value for the half-width)."""
+    from scipy.stats import t
+
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    v = np.array([float(x) for x in values], dtype=float)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    if v.size == 1:
+        return float(v[0]), math.nan
+    half = float(t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return float(v.mean()), half
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error (``std(ddof=1) / sqrt(n)``) of the non-NaN ``values``; NaN
+    where undefined (no value; one value for the error)."""
+    v = np.array([float(x) for x in values], dtype=float)
+    v = v[~np.isnan(v)]
+    if v.size == 0:
+        return math.nan, math.nan
+    return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan)
+
+
+def format_ci(mean: float, half: float, digits: int = 3) -> str:
+    """``"0.512 ± 0.034"``; ``"0.512"`` without a half-width; ``"–"`` without a mean."""
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    if half is None or not math.isfinite(half):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {half:.{digits}f}"
+
+
+def _group(r: dict) -> tuple:
+    return (r["model"], r["method"], int(r["level"]), r.get("resolution", "pixel"), r.get("upsampling", "nearest"))
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and standard error of every metric per (model, method, level)."""
+    """Per (model, method, level, resolution, upsampling): ``n`` and, for every metric,
+    ``{metric}_mean``, ``{metric}_ci95`` (half-width, Student t over the rows) and
+    ``{metric}_se``."""
     groups = defaultdict(list)
     for r in rows:
-        groups[(r["model"], r["method"], int(r["level"]))].append(r)
+        groups[_group(r)].append(r)
     out = []
-    for (model, method, level), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], kv[0][2])):
-        entry = {"model": model, "method": method, "level": level, "n": len(rs)}
+    for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) if i != 2 else f"{x:+03d}"
+                                                                for i, x in enumerate(kv[0]))):
+        entry = dict(zip(GROUP_KEYS, key))
+        entry["n"] = len(rs)
         for metric in METRIC_NAMES:
-            values = np.array([float(r[metric]) for r in rs if not math.isnan(float(r[metric]))])
-            entry[f"{metric}_mean"] = float(values.mean()) if values.size else math.nan
-            entry[f"{metric}_se"] = float(values.std(ddof=1) / math.sqrt(values.size)) if values.size > 1 else math.nan
+            values = [r[metric] for r in rs if metric in r]
+            entry[f"{metric}_mean"], entry[f"{metric}_ci95"] = mean_ci(values)
+            entry[f"{metric}_se"] = mean_se(values)[1]
         out.append(entry)
     return out
 
 
-def markdown_table(summary: list[dict]) -> str:
-    head = "| model | method | level | n | " + " | ".join(METRIC_NAMES) + " |"
-    sep = "|" + "---|" * (4 + len(METRIC_NAMES))
+def _level(level: int) -> str:
+    return "input" if int(level) == -1 else str(level)
+
+
+def markdown_table(summary: list[dict], metrics=METRIC_NAMES) -> str:
+    """One row per group of :func:`summarise`, every metric as mean ± 95 % CI half-width."""
+    head = "| model | method | level | resolution | upsampling | n | " + " | ".join(metrics) + " |"
+    sep = "|" + "---|" * (6 + len(metrics))
     lines = [head, sep]
     for s in summary:
-        level = "input" if s["level"] == -1 else str(s["level"])
-        cells = [f"{s[f'{m}_mean']:.3f} ± {s[f'{m}_se']:.3f}" for m in METRIC_NAMES]
-        lines.append(f"| {s['model']} | {s['method']} | {level} | {s['n']} | " + " | ".join(cells) + " |")
+        cells = [format_ci(s[f"{m}_mean"], s[f"{m}_ci95"]) for m in metrics]
+        lines.append(f"| {s['model']} | {s['method']} | {_level(s['level'])} | {s.get('resolution', 'pixel')} | "
+                     f"{s.get('upsampling', 'nearest')} | {s['n']} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- outputs
+
+def plot_examples(examples, path: str, env=None, max_rows: int = 4, max_maps: int = 18,
+                  title: str = "Explanations of lesion images") -> str:
+    """One row per example image: the image (first channel), the mask, then every map.
+
+    All maps share one colour scale: each is divided by its maximum (a map's units are
+    its method's own, so only its shape is comparable) and drawn on [0, 1], with one
+    colour bar; the mask's outline is drawn on every map."""
+    import matplotlib.pyplot as plt
+
+    from ..bench.plots import FULL_WIDTH, STYLE, save
+
+    by_image: dict = {}
+    for idx, model, method, level, image, mask, m in examples:
+        entry = by_image.setdefault(idx, {"image": image, "mask": mask, "maps": []})
+        if len(entry["maps"]) >= max_maps:
+            continue
+        where = "" if int(level) == -1 else f" L{level}"
+        shown = _SHORT.get(method, method)
+        label = f"{model}\n{shown}{where}" if method == "attention" else f"{shown}{where}\n({model})"
+        entry["maps"].append((label, m))
+    images = list(by_image.items())[:max_rows]
+    if not images:
+        raise ValueError("no example to plot")
+    ncols = 2 + max(len(e["maps"]) for _, e in images)
+    side = min(1.45, FULL_WIDTH / ncols)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(images), ncols, figsize=(side * ncols + 0.6, side * 1.15 * len(images) + 0.55),
+                                 squeeze=False, gridspec_kw={"wspace": 0.06, "hspace": 0.12})
+        shown = None
+        for row, (idx, e) in enumerate(images):
+            axes[row, 0].imshow(e["image"].numpy(), cmap="gray")
+            axes[row, 0].set_ylabel(f"image {idx}", fontsize=6)
+            axes[row, 1].imshow(e["mask"].numpy(), cmap="gray", vmin=0, vmax=1)
+            for col, (label, m) in enumerate(e["maps"], start=2):
+                top = float(m.max())
+                scaled = (m / top if top > 0 else m).numpy()
+                shown = axes[row, col].imshow(scaled, cmap="inferno", vmin=0.0, vmax=1.0)
+                axes[row, col].contour(e["mask"].numpy().astype(float), levels=[0.5], colors="cyan", linewidths=0.4)
+                if row == 0:
+                    axes[row, col].set_title(label, fontsize=4.5)
+            if row == 0:
+                axes[row, 0].set_title("image (ch. 0)", fontsize=5)
+                axes[row, 1].set_title("lesion mask", fontsize=5)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if shown is not None:
+            bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01)
+            bar.set_label("map / its maximum (one scale for all maps)", fontsize=6)
+        fig.suptitle(f"{title} (cyan: mask outline)", fontsize=8, y=1.04)
+        return save(fig, path, env)
+
+
 def write_outputs(rows, examples, out_dir: str, env: dict | None = None) -> dict:
+    """``explain.csv``, ``explain_summary.csv``, ``explain.md`` and the examples figure in
+    ``out_dir``, each written atomically; returns their paths."""
+    from ..bench.results import atomic_csv, atomic_write_text
+
+    if not rows:
+        raise ValueError("nothing was explained: no rows to write")
     os.makedirs(out_dir, exist_ok=True)
     paths = {"csv": os.path.join(out_dir, "explain.csv"), "summary": os.path.join(out_dir, "explain_summary.csv"),
              "markdown": os.path.join(out_dir, "explain.md"), "figure": os.path.join(out_dir, "explain_examples.png")}
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(EXPLAIN_COLUMNS))
-        writer.writeheader()
-        writer.writerows(rows)
+    atomic_csv(paths["csv"], EXPLAIN_COLUMNS, rows)
     summary = summarise(rows)
-    with open(paths["summary"], "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(summary[0]))
-        writer.writeheader()
-        writer.writerows(summary)
-    with open(paths["markdown"], "w") as f:
-        f.write("Explanation metrics on lesion images (mean ± standard error over images; level 'input' = "
-                "input attribution; GradCAM level k = the block of attention level k).\n\n")
-        f.write(markdown_table(summary) + "\n")
-    from ..bench.plots import plot_explanations
-
-    plot_explanations(examples, paths["figure"], env)
+    atomic_csv(paths["summary"], list(summary[0]), summary)
+    n_images = len({r["image"] for r in rows})
+    size = tuple(examples[0][5].shape) if examples else None
+    tol = f"{pointing_tolerance_px(size):.1f} px at {size[0]}x{size[1]}" if size else "15 px at 240x240, scaled"
+    atomic_write_text(paths["markdown"],
+                      f"Explanation metrics on {n_images} lesion images (mean ± half-width of the 95 % confidence "
+                      f"interval over images, Student t; level 'input' = input attribution; GradCAM level k = the "
+                      f"block of attention level k). Resolution 'pixel': the pixel protocol, coarse maps upsampled as "
+                      f"the 'upsampling' column says; 'HxW': the authors' pooled protocol at that attention grid "
+                      f"(grid maps upsampled by nearest neighbour). pointing_tol: a hit within {tol} of the mask "
+                      f"(15 px at 240x240, scaled with the image).\n\n" + markdown_table(summary) + "\n")
+    if examples:
+        plot_examples(examples, paths["figure"], env)
+    else:
+        paths.pop("figure")
     return paths

@@ -1,24 +1,24 @@
 """Attention scores of a trained model, as a score generator for the benchmarks
-(``convex-attention bench --generator model --checkpoint PATH``)."""
-from __future__ import annotations
+(``convex-attention bench --generator model --checkpoint PATH``).
 
-import json
-import os
+The checkpoint is read like every checkpoint (:func:`~convex_attention.paper.models.read_checkpoint`:
+tensors and plain containers only, nothing in it can run code)."""
+from __future__ import annotations
 
 import torch
 from torch import Tensor
 
 from ..hierarchy import Hierarchy
 
-__all__ = ["model_scores", "checkpoint_shapes"]
+__all__ = ["model_scores", "checkpoint_shapes", "check_model_sweep", "register"]
 
 
 def checkpoint_shapes(checkpoint: str) -> list[tuple[int, ...]]:
     """The attention levels' grid shapes of a checkpoint (without building the model)."""
-    from .models.checkpoint import _read
+    from .models import ModelConfig, read_checkpoint
 
-    cfg = _read(checkpoint)["config"]
-    return [(cfg["image_size"] // 2 ** (k - 1),) * 2 for k in cfg["attention_blocks"]]
+    cfg = ModelConfig.from_dict(read_checkpoint(checkpoint)["config"])
+    return [(cfg.image_size // 2 ** (k - 1),) * 2 for k in cfg.attention_blocks]
 
 
 def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, checkpoint: str | None = None,
@@ -26,11 +26,13 @@ def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, ch
     """The heads' scores of ``checkpoint``'s model on ``batch`` synthetic images.
 
     The images come from the synthetic dataset with the difficulty and size the model was
-    trained with (its ``config.json``), at a seed disjoint from training and validation.
-    Returns ``L`` float64 tensors ``(B, *h.shapes[k])``; ``h`` must match the model's levels.
+    trained with (its stored training configuration, else the defaults), at a seed
+    disjoint from training and validation.  Returns ``L`` float64 tensors
+    ``(B, *h.shapes[k])``; ``h`` must match the model's levels.
     """
-    from .data import SyntheticLesions
-    from .models.checkpoint import load_model
+    from .data import build_datasets
+    from .models import load_model
+    from .train import TrainConfig, stored_train_config
 
     if checkpoint is None:
         raise ValueError("the model score generator needs a checkpoint")
@@ -38,14 +40,13 @@ def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, ch
     if [tuple(s) for s in h.shapes] != shapes:
         raise ValueError(f"the checkpoint's attention levels are {shapes}, the sweep asks for {h.shapes}: use "
                          f"--dims 2 --factor 2 --sizes {shapes[0][0]} --levels {len(shapes)}")
-    model, _ = load_model(checkpoint)
+    model, state = load_model(checkpoint)
     model.eval()
-    difficulty = 0.5
-    cfg_path = os.path.join(os.path.dirname(checkpoint), "config.json")
-    if os.path.exists(cfg_path):
-        with open(cfg_path) as f:
-            difficulty = float(json.load(f).get("difficulty", difficulty))
-    data = SyntheticLesions(batch, model.config.image_size, model.config.in_channels, difficulty, seed=20_000 + seed)
+    stored = stored_train_config(checkpoint, state) or TrainConfig()
+    # images of the synthetic source the model was trained on (any other source needs files)
+    source = stored.data if stored.data_root is None else TrainConfig().data
+    data, _ = build_datasets(source, None, model.config.image_size, model.config.in_channels, batch, 1,
+                             stored.difficulty, 20_000 + seed)
     images = torch.stack([data[i][0] for i in range(batch)])
     with torch.no_grad():
         scores = model(images).scores

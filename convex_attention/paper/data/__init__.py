@@ -8,7 +8,11 @@ from .brats import BraTSSlices
 from .folder import FolderDataset
 from .synthetic import SyntheticLesions, labels_only
 
-__all__ = ["SyntheticLesions", "BraTSSlices", "FolderDataset", "labels_only", "build_datasets", "InMemory"]
+__all__ = ["SyntheticLesions", "BraTSSlices", "FolderDataset", "labels_only", "build_datasets", "InMemory",
+           "DATA_SOURCES"]
+
+# The sources build_datasets knows (the ``--data`` choices of ``train``).
+DATA_SOURCES = ("synthetic", "synthetic-blobs", "brats", "folder")
 
 
 class InMemory(Dataset):
@@ -39,9 +43,12 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
     ``brats``: split by patient (``val_fraction``, ``seed``).  ``folder``: ``root/train``
     and ``root/val``, each a :class:`FolderDataset`.
     """
-    if source == "synthetic":
-        return (SyntheticLesions(n_train, image_size, channels, difficulty, seed=seed),
-                SyntheticLesions(n_val, image_size, channels, difficulty, seed=seed + 10_000))
+    if source in ("synthetic", "synthetic-blobs"):  # rim lesions among mimics (default), or the previous blobs
+        from .synthetic import synthetic_dataset
+
+        kind = "blobs" if source == "synthetic-blobs" else "rim"
+        return (synthetic_dataset(kind, n_train, image_size, channels, difficulty, seed=seed),
+                synthetic_dataset(kind, n_val, image_size, channels, difficulty, seed=seed + 10_000))
     if root is None:
         raise ValueError(f"data source {source!r} needs --data-root")
     if source == "brats":
@@ -51,4 +58,4 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
         import os
 
         return FolderDataset(os.path.join(root, "train")), FolderDataset(os.path.join(root, "val"))
-    raise ValueError(f"unknown data source {source!r}; choose synthetic, brats or folder")
+    raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(DATA_SOURCES)}")

@@ -1,27 +1,59 @@
 """BraTS 2018 with the paper's weak-label preprocessing, for users who have the data.
 
 Nothing is downloaded: point ``root`` at the unpacked training data (any folder tree
-holding ``<patient>/<patient>_{flair,t1,t1ce,t2,seg}.nii[.gz]``).
+holding ``<patient>/<patient>_{flair,t1,t1ce,t2,seg}.nii[.gz]``; the patient id is the
+part of the segmentation's file name before ``_seg``).
 
-Preprocessing, per patient:
+Preprocessing, per patient, as in the authors' public code (``dataio/create_dataset.py``
+of the paper's repository) unless said otherwise:
 
-1. the four modalities are read with nibabel and normalised per modality (z-score over
-   the brain, i.e. the non-zero voxels; the background stays 0);
-2. axial slices (the last volume axis) whose whole-tumour area (``seg > 0``) exceeds
-   ``min_tumour_area`` pixels (1000) are kept;
-3. each kept slice is split at the tumour's column extent ``[c0, c1]`` (columns = the
-   second in-plane axis): the wider tumour-free side (``[0, c0)`` or ``(c1, W)``) becomes
-   the *healthy* image (label 0), the rest, holding the whole tumour, the *tumour* image
-   (label 1); the columns that do not belong to a piece are zero-filled, so both keep the
-   slice's size; slices whose tumour spans every column are dropped;
-4. images are zero-padded (or centre-cropped) to ``image_size`` (256: the encoder halves
-   its input four times).
+1. **Orientation.**  The four modalities and the segmentation are read with nibabel.
+   Their axes are *permuted* (never flipped) to (left-right, anterior-posterior,
+   inferior-superior), reading which array axis is which from each file's NIfTI affine
+   (``nibabel.aff2axcodes``: the axis whose code is L or R is left-right, and so on).
+   BraTS volumes are co-registered to the SRI24 atlas (240 x 240 x 155, 1 mm) and stored
+   with the affine ``diag(-1, -1, 1)`` plus an offset (axis codes L, P, S): array axis 0
+   is left-right and axis 2 axial, so the permutation is the identity.
+   Files of one patient must agree on their axes and their shape.  A slice ``z`` becomes
+   the image ``volume[:, :, z].T``: rows run anterior-posterior, *columns left-right*.
+   This is the authors' slice: they ``np.rot90(volume, 1, axes=(0, 2))``, which makes
+   axis 0 the slice index and keeps the original axis 0 (left-right) as the columns.
+2. **Normalisation** (``normalisation``):
 
-The whole-tumour mask (``seg > 0``) goes with the tumour image (the healthy image's
-mask is empty); it is for evaluation only.  The train/validation split is by patient:
-patient ids are sorted, then shuffled with ``seed``, so it does not depend on the order
-in which the file system lists folders.  Preprocessed slices are cached as ``.npy`` files
-in ``cache_dir`` and memory-mapped on later runs.
+   - ``"volume"`` (default): per patient and modality, a z-score over the brain (the
+     non-zero voxels); the background stays 0;
+   - ``"dataset"``: the authors' scheme: one mean and standard deviation per modality
+     for the whole dataset, applied to every pixel (background and zero-filled half
+     included, as their ``Normalize`` transform does).  We compute them over all voxels
+     (background included) of the *training* patients of the split, so the validation
+     patients never inform them; the authors used fixed constants.
+
+3. **Slices.**  Axial slices whose whole-tumour area (``seg > 0``) exceeds
+   ``min_tumour_area`` pixels (1000, the authors' ``area > 1000``) are kept.
+4. **Left-right split.**  With ``[c0, c1]`` the tumour's column extent and ``W`` the
+   width: if the tumour's centre ``(c0 + c1) / 2`` lies left of ``W / 2``, columns
+   ``[0, c1]`` form the *tumour* image (label 1) and ``(c1, W)`` the *healthy* image
+   (label 0); otherwise ``[c0, W)`` is the tumour image and ``[0, c0)`` the healthy one.
+   The other columns are zero-filled, so both keep the slice's size.  (The authors' code
+   gives column ``c1`` itself to the healthy side, with its tumour pixels; here the
+   tumour image holds the whole tumour.)  Slices whose healthy side would be empty are
+   dropped.
+5. **Size.**  Images are resized to ``image_size`` (256, as the authors: 240 -> 256):
+   bilinear for the image (antialiased when shrinking), bilinear-then-threshold at 0.5
+   for the mask.  Nothing is ever cropped; a non-square slice is first zero-padded to a
+   square.
+
+The whole-tumour mask goes with the tumour image (the healthy image's mask is empty); it
+is for evaluation only.  The train/validation split is by patient: patient ids are
+sorted, then shuffled with ``seed``, so it does not depend on the order in which the file
+system lists folders.  Preprocessed slices are cached as ``.npy`` files in ``cache_dir``
+(default ``root/.convex_attention_cache``; pass another folder when ``root`` is
+read-only) and memory-mapped on later runs; a complete cache is read even from a
+read-only folder.
+
+Errors name the file or patient and the fix: an empty or missing root, a missing or
+unreadable modality, volumes of one patient that differ in shape or axes, NaN voxels, a
+patient id found twice, and a cache folder that cannot be written.
 """
 from __future__ import annotations
 
@@ -34,22 +66,36 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["BraTSSlices", "find_patients", "split_patients", "MODALITIES"]
+__all__ = ["BraTSSlices", "find_patients", "split_patients", "load_patient", "split_slice", "resize_slice",
+           "preprocess_patient", "MODALITIES", "NORMALISATIONS"]
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-CACHE_VERSION = 1
+NORMALISATIONS = ("volume", "dataset")
+CACHE_VERSION = 2
+_AXES = ("LR", "AP", "SI")  # canonical order: left-right, anterior-posterior, inferior-superior
+_FIX_ROOT = ("point root (--data-root) at the unpacked BraTS training folder, the one holding the patient "
+             "folders (e.g. MICCAI_BraTS_2018_Data_Training with HGG/ and LGG/)")
 
 
 def find_patients(root: str) -> dict[str, str]:
-    """``{patient_id: folder}`` for every folder under ``root`` that holds a segmentation."""
+    """``{patient_id: folder}`` for every ``<patient>_seg.nii[.gz]`` under ``root``, sorted by id."""
+    if not os.path.exists(root):
+        raise ValueError(f"BraTS root {root!r} does not exist; {_FIX_ROOT}")
     if not os.path.isdir(root):
-        raise ValueError(f"BraTS root {root!r} does not exist")
-    found = {}
-    for seg in glob.glob(os.path.join(root, "**", "*_seg.nii*"), recursive=True):
+        raise ValueError(f"BraTS root {root!r} is a file, not a folder; {_FIX_ROOT}")
+    found: dict[str, str] = {}
+    for seg in sorted(glob.glob(os.path.join(root, "**", "*_seg.nii*"), recursive=True)):
+        name = os.path.basename(seg)
+        if not name.endswith(("_seg.nii", "_seg.nii.gz")):
+            continue
+        pid = name[: name.rindex("_seg.nii")]
         folder = os.path.dirname(seg)
-        found[os.path.basename(folder)] = folder
+        if pid in found and found[pid] != folder:
+            raise ValueError(f"patient {pid!r} appears twice: in {found[pid]!r} and {folder!r}; "
+                             f"remove one copy")
+        found[pid] = folder
     if not found:
-        raise ValueError(f"empty dataset: no <patient>/<patient>_seg.nii[.gz] under {root!r}")
+        raise ValueError(f"empty dataset: no <patient>/<patient>_seg.nii[.gz] under {root!r}; {_FIX_ROOT}")
     return dict(sorted(found.items()))
 
 
@@ -65,17 +111,65 @@ def split_patients(ids, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[
     return train, val
 
 
-def _volume(folder: str, patient: str, name: str) -> np.ndarray:
+def _orientation(affine: np.ndarray, path: str) -> tuple[int, int, int]:
+    """The array axes that run (left-right, anterior-posterior, inferior-superior)."""
     import nibabel as nib
 
-    for ext in (".nii.gz", ".nii"):
-        path = os.path.join(folder, f"{patient}_{name}{ext}")
-        if os.path.exists(path):
-            return np.asarray(nib.load(path).get_fdata(dtype=np.float32))
-    raise ValueError(f"patient {patient!r}: missing {name} volume in {folder!r}")
+    codes = nib.aff2axcodes(affine)
+    pairs = {"L": 0, "R": 0, "P": 1, "A": 1, "I": 2, "S": 2}
+    axes = [None, None, None]
+    for axis, code in enumerate(codes):
+        if code in pairs:
+            axes[pairs[code]] = axis
+    if None in axes:
+        raise ValueError(f"{path!r}: its NIfTI affine gives no orientation (axis codes {codes}); "
+                         f"re-export the volume with its affine")
+    return tuple(axes)
+
+
+def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple[int, int, int], str]:
+    """``(volume permuted to (LR, AP, SI), the original axes of (LR, AP, SI), path)``."""
+    import nibabel as nib
+
+    candidates = [os.path.join(folder, f"{patient}_{name}{ext}") for ext in (".nii.gz", ".nii")]
+    path = next((p for p in candidates if os.path.exists(p)), None)
+    if path is None:
+        raise ValueError(f"patient {patient!r}: missing {name} volume {candidates[0]!r} (or .nii); restore it, "
+                         f"or remove the patient's folder {folder!r}")
+    try:
+        image = nib.load(path)
+        data = np.asarray(image.get_fdata(dtype=np.float32))
+    except Exception as err:  # nibabel raises many kinds on a damaged file
+        raise ValueError(f"patient {patient!r}: cannot read {path!r} ({type(err).__name__}: {err}); "
+                         f"re-extract the file") from None
+    if data.ndim != 3:
+        raise ValueError(f"patient {patient!r}: {path!r} has shape {data.shape}, expected a 3-D volume")
+    if not np.isfinite(data).all():
+        raise ValueError(f"patient {patient!r}: {path!r} holds NaN or Inf voxels; re-extract the file")
+    axes = _orientation(image.affine, path)
+    return np.transpose(data, axes), axes, path
+
+
+def load_patient(folder: str, patient: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(volumes (4, LR, AP, SI) float32 in MODALITIES order, seg (LR, AP, SI) bool)``."""
+    loaded = {name: _volume(folder, patient, name) for name in MODALITIES + ("seg",)}
+    shapes = {name: v.shape for name, (v, _, _) in loaded.items()}
+    axes = {name: a for name, (_, a, _) in loaded.items()}
+    if len(set(axes.values())) > 1:
+        raise ValueError(f"patient {patient!r}: the files' NIfTI affines order the axes differently "
+                         f"({', '.join(f'{n} {a}' for n, a in axes.items())}); re-export them on one grid, "
+                         f"or remove the patient's folder {folder!r}")
+    if len(set(shapes.values())) > 1:
+        raise ValueError(f"patient {patient!r}: volumes differ in shape "
+                         f"({', '.join(f'{n} {s}' for n, s in shapes.items())}); every modality and the "
+                         f"segmentation must share one grid: re-extract them, or remove the patient's folder "
+                         f"{folder!r}")
+    vols = np.stack([loaded[m][0] for m in MODALITIES]).astype(np.float32)
+    return vols, loaded["seg"][0] > 0
 
 
 def _normalise(volume: np.ndarray) -> np.ndarray:
+    """z-score over the non-zero voxels (the brain); the background stays 0."""
     brain = volume != 0
     if not brain.any():
         return volume
@@ -85,53 +179,71 @@ def _normalise(volume: np.ndarray) -> np.ndarray:
     return out
 
 
-def _fit(image: np.ndarray, size: int) -> np.ndarray:
-    """Zero-pad or centre-crop the last two axes to ``size``."""
-    out = image
-    for axis in (-2, -1):
-        n = out.shape[axis]
-        if n < size:
-            before = (size - n) // 2
-            pad = [(0, 0)] * out.ndim
-            pad[axis] = (before, size - n - before)
-            out = np.pad(out, pad)
-        elif n > size:
-            start = (n - size) // 2
-            out = np.take(out, range(start, start + size), axis=axis)
-    return out
+def split_slice(tumour: np.ndarray) -> np.ndarray | None:
+    """Step 4 of the module docstring: ``(W,)`` bool, True for the tumour image's columns,
+    or None when the healthy side would be empty.  ``tumour``: ``(H, W)`` bool, columns
+    left-right."""
+    width = tumour.shape[1]
+    cols = np.nonzero(tumour.any(0))[0]
+    c0, c1 = int(cols.min()), int(cols.max())
+    in_tumour = np.zeros(width, dtype=bool)
+    if (c0 + c1) / 2 < width / 2:
+        in_tumour[: c1 + 1] = True
+    else:
+        in_tumour[c0:] = True
+    return None if in_tumour.all() else in_tumour
 
 
-def preprocess_patient(folder: str, patient: str, min_tumour_area: int = 1000, image_size: int = 256):
-    """``(images (N, 4, S, S) float32, labels (N,), masks (N, S, S) bool, slices (N,))``."""
-    vols = np.stack([_normalise(_volume(folder, patient, m)) for m in MODALITIES])  # (4, X, Y, Z)
-    seg = _volume(folder, patient, "seg") > 0
+def resize_slice(image: np.ndarray, size: int, mask: bool = False) -> np.ndarray:
+    """``(C, H, W)`` -> ``(C, size, size)``: zero-pad to a square (never crop), then resize
+    (bilinear, antialiased when shrinking; a mask is thresholded at 0.5 after)."""
+    import torch.nn.functional as F
+
+    _, H, W = image.shape
+    side = max(H, W)
+    if H != W:
+        top, left = (side - H) // 2, (side - W) // 2
+        image = np.pad(image, ((0, 0), (top, side - H - top), (left, side - W - left)))
+    if side == size:
+        return image >= 0.5 if mask else image
+    t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+    out = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=size < side)[0]
+    return (out >= 0.5).numpy() if mask else out.numpy()
+
+
+def preprocess_patient(folder: str, patient: str, min_tumour_area: int = 1000, image_size: int = 256,
+                       normalisation: str = "volume") -> dict:
+    """One patient's pieces (module docstring): a dict of ``images (N, 4, S, S) float32``,
+    ``labels (N,) int64``, ``masks (N, S, S) bool``, ``slices (N,) int64`` and ``moments``
+    ``(4, 3) float64`` (voxel count, sum and sum of squares of each raw modality, for the
+    dataset-wide normalisation).  With ``normalisation="dataset"`` the images are raw."""
+    if normalisation not in NORMALISATIONS:
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+    vols, seg = load_patient(folder, patient)
+    flat = vols.reshape(4, -1).astype(np.float64)
+    moments = np.stack([np.full(4, flat.shape[1], np.float64), flat.sum(1), (flat ** 2).sum(1)], 1)
+    if normalisation == "volume":
+        vols = np.stack([_normalise(v) for v in vols])
+    S = image_size
     images, labels, masks, slices = [], [], [], []
-    for z in range(seg.shape[-1]):
-        tumour = seg[:, :, z]
+    for z in range(seg.shape[2]):
+        tumour = seg[:, :, z].T  # rows anterior-posterior, columns left-right
         if tumour.sum() <= min_tumour_area:
             continue
-        cols = np.nonzero(tumour.any(0))[0]
-        c0, c1 = int(cols.min()), int(cols.max())
-        width = tumour.shape[1]
-        left, right = c0, width - c1 - 1
-        if max(left, right) == 0:
+        in_tumour = split_slice(tumour)
+        if in_tumour is None:
             continue
-        healthy_cols = np.arange(0, c0) if left >= right else np.arange(c1 + 1, width)
-        in_healthy = np.zeros(width, dtype=bool)
-        in_healthy[healthy_cols] = True
-        piece = vols[:, :, :, z]
-        healthy = np.where(in_healthy[None, None, :], piece, 0.0)
-        sick = np.where(~in_healthy[None, None, :], piece, 0.0)
-        for img, label, mask in ((sick, 1, tumour), (healthy, 0, np.zeros_like(tumour))):
-            images.append(_fit(img.astype(np.float32), image_size))
+        piece = np.transpose(vols[:, :, :, z], (0, 2, 1))
+        for cols, label, mask in ((in_tumour, 1, tumour), (~in_tumour, 0, np.zeros_like(tumour))):
+            images.append(resize_slice(np.where(cols[None, None, :], piece, 0.0).astype(np.float32), S))
             labels.append(label)
-            masks.append(_fit(mask, image_size))
+            masks.append(resize_slice(mask[None].astype(np.float32), S, mask=True)[0])
             slices.append(z)
-    S = image_size
     if not images:
-        return (np.zeros((0, 4, S, S), np.float32), np.zeros(0, np.int64), np.zeros((0, S, S), bool),
-                np.zeros(0, np.int64))
-    return np.stack(images), np.array(labels, np.int64), np.stack(masks), np.array(slices, np.int64)
+        return {"images": np.zeros((0, 4, S, S), np.float32), "labels": np.zeros(0, np.int64),
+                "masks": np.zeros((0, S, S), bool), "slices": np.zeros(0, np.int64), "moments": moments}
+    return {"images": np.stack(images), "labels": np.array(labels, np.int64), "masks": np.stack(masks),
+            "slices": np.array(slices, np.int64), "moments": moments}
 
 
 class BraTSSlices(Dataset):
@@ -142,62 +254,129 @@ class BraTSSlices(Dataset):
         split: ``"train"``, ``"val"`` or ``"all"``.
         val_fraction, seed: the patient split.
         min_tumour_area: slices with at most this many tumour pixels are dropped (1000).
-        image_size: output side (256).
+        image_size: output side ``S`` (256; any other size is a resize, never a crop).
         cache_dir: where preprocessed slices are kept (default ``root/.convex_attention_cache``).
+        normalisation: ``"volume"`` (per patient, default) or ``"dataset"`` (the authors':
+            one mean and std per modality, from the training patients).
+
+    ``brain_mask(i)`` gives image ``i``'s non-background pixels and ``patient_of(i)`` its
+    patient; with ``"dataset"``, ``stats`` is the ``(4, 2)`` array of means and stds used.
     """
 
     def __init__(self, root: str, split: str = "train", val_fraction: float = 0.2, seed: int = 0,
-                 min_tumour_area: int = 1000, image_size: int = 256, cache_dir: str | None = None):
+                 min_tumour_area: int = 1000, image_size: int = 256, cache_dir: str | None = None,
+                 normalisation: str = "volume"):
         if split not in ("train", "val", "all"):
             raise ValueError(f"split must be train, val or all, got {split!r}")
+        if normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        if not isinstance(image_size, int) or image_size < 16:
+            raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
         patients = find_patients(root)
         train, val = split_patients(patients, val_fraction, seed)
         chosen = {"train": train, "val": val, "all": sorted(patients)}[split]
         self.cache_dir = cache_dir or os.path.join(root, ".convex_attention_cache")
+        self.normalisation = normalisation
         self.params = {"min_tumour_area": int(min_tumour_area), "image_size": int(image_size),
-                       "version": CACHE_VERSION}
+                       "normalisation": normalisation, "version": CACHE_VERSION}
         self.patients = chosen
+        self._writable = False
         self.index: list[tuple[str, int]] = []
         self._arrays: dict[str, tuple] = {}
+        counts = {pid: self._ensure_cached(pid, patients[pid]) for pid in chosen}
         for pid in chosen:
-            n = self._ensure_cached(pid, patients[pid])
-            self.index.extend((pid, i) for i in range(n))
+            self.index.extend((pid, i) for i in range(counts[pid][0]))
+        self.stats = None
+        if normalisation == "dataset":
+            reference = sorted(patients) if split == "all" else train
+            total = sum(np.asarray(self._ensure_cached(pid, patients[pid])[1]) for pid in reference)
+            mean = total[:, 1] / total[:, 0]
+            std = np.sqrt(np.maximum(total[:, 2] / total[:, 0] - mean ** 2, 0.0))
+            self.stats = np.stack([mean, np.maximum(std, 1e-6)], 1).astype(np.float32)
         if not self.index:
             raise ValueError(f"empty dataset: no slice of the {split} split has more than {min_tumour_area} "
-                             f"tumour pixels")
+                             f"tumour pixels (and a non-empty healthy side)")
 
     def _cache_prefix(self, pid: str) -> str:
         key = hashlib.sha1(json.dumps({"patient": pid, **self.params}, sort_keys=True).encode()).hexdigest()[:16]
         return os.path.join(self.cache_dir, f"{pid}-{key}")
 
-    def _ensure_cached(self, pid: str, folder: str) -> int:
+    def _check_writable(self) -> None:
+        """Before any preprocessing: the cache folder can be created and written to."""
+        if self._writable:
+            return
+        fix = "pass cache_dir (--cache-dir) pointing to a folder you can write to"
+        if os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
+            raise ValueError(f"cache folder {self.cache_dir!r} is a file; {fix}")
+        probe = os.path.join(self.cache_dir, f".write-probe-{os.getpid()}")
+        try:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            with open(probe, "w"):
+                pass
+            os.remove(probe)
+        except OSError as err:
+            raise ValueError(f"cache folder {self.cache_dir!r} is not writable ({err.strerror or err}); {fix}") \
+                from None
+        self._writable = True
+
+    def _ensure_cached(self, pid: str, folder: str) -> tuple[int, list]:
+        """``(number of images, moments (4, 3))`` of patient ``pid``, preprocessing it if needed."""
         prefix = self._cache_prefix(pid)
         meta = prefix + ".json"
         if os.path.exists(meta):
-            with open(meta) as f:
-                return json.load(f)["count"]
-        images, labels, masks, slices = preprocess_patient(folder, pid, self.params["min_tumour_area"],
-                                                           self.params["image_size"])
-        os.makedirs(self.cache_dir, exist_ok=True)
-        for name, arr in (("images", images), ("labels", labels), ("masks", masks), ("slices", slices)):
-            np.save(f"{prefix}.{name}.npy", arr)
-        with open(meta + ".tmp", "w") as f:
-            json.dump({"count": int(len(labels)), **self.params}, f)
-        os.replace(meta + ".tmp", meta)  # the metadata last: a half-written cache is redone
-        return int(len(labels))
+            try:
+                with open(meta) as f:
+                    info = json.load(f)
+                return int(info["count"]), info["moments"]
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # a damaged metadata file: the patient is preprocessed again
+        self._check_writable()
+        out = preprocess_patient(folder, pid, self.params["min_tumour_area"], self.params["image_size"],
+                                 self.normalisation)
+        try:
+            for name in ("images", "labels", "masks", "slices"):
+                np.save(f"{prefix}.{name}.npy", out[name])
+            info = {"count": int(len(out["labels"])), "moments": out["moments"].tolist(), **self.params}
+            with open(meta + ".tmp", "w") as f:
+                json.dump(info, f)
+            os.replace(meta + ".tmp", meta)  # the metadata last: a half-written cache is redone
+        except OSError as err:
+            raise ValueError(f"cannot write the cache of patient {pid!r} to {self.cache_dir!r} "
+                             f"({err.strerror or err}); pass cache_dir (--cache-dir) pointing to a folder "
+                             f"you can write to") from None
+        return info["count"], info["moments"]
 
     def _load(self, pid: str):
         if pid not in self._arrays:
             prefix = self._cache_prefix(pid)
-            self._arrays[pid] = tuple(np.load(f"{prefix}.{name}.npy", mmap_mode="r")
-                                      for name in ("images", "labels", "masks"))
+            arrays = []
+            for name in ("images", "labels", "masks"):
+                path = f"{prefix}.{name}.npy"
+                try:
+                    arrays.append(np.load(path, mmap_mode="r", allow_pickle=False))
+                except (OSError, ValueError) as err:
+                    raise ValueError(f"damaged cache file {path!r} ({err}); delete {prefix}.* (or the cache "
+                                     f"folder) and run again") from None
+            self._arrays[pid] = tuple(arrays)
         return self._arrays[pid]
 
     def __len__(self) -> int:
         return len(self.index)
 
+    def patient_of(self, index: int) -> str:
+        return self.index[index][0]
+
+    def brain_mask(self, index: int) -> torch.Tensor:
+        """``(S, S)`` bool: the pixels of image ``index`` that are not background (nor zero-filled)."""
+        pid, i = self.index[index]
+        return torch.from_numpy(np.array(self._load(pid)[0][i]) != 0).any(0)
+
     def __getitem__(self, index: int):
         pid, i = self.index[index]
         images, labels, masks = self._load(pid)
-        return (torch.from_numpy(np.array(images[i])), torch.tensor(int(labels[i])),
-                torch.from_numpy(np.array(masks[i])))
+        image = np.array(images[i], dtype=np.float32)
+        if self.stats is not None:
+            image = (image - self.stats[:, 0, None, None]) / self.stats[:, 1, None, None]
+        return (torch.from_numpy(image), torch.tensor(int(labels[i])), torch.from_numpy(np.array(masks[i])))

@@ -9,6 +9,13 @@ Layout::
 Items are ``(image (C, H, W) float32, label int64, mask (H, W) bool)``; without masks
 the mask is all False and ``has_masks`` is False.  Images are normalised per channel
 (zero mean, unit variance).
+
+Every image is checked when the dataset is built (``scan=True``), before any training:
+it must be readable as an image (NPY files are read with ``allow_pickle=False``: a file
+holding Python objects is refused, never unpickled), hold only finite values, and share
+one size and channel count with the others; labels must be integers in
+``0 .. num_classes - 1``.  Each error names the file and the fix.  Masks are checked
+when an item is read.
 """
 from __future__ import annotations
 
@@ -25,12 +32,46 @@ _EXTENSIONS = (".png", ".npy")
 
 
 def _read_array(path: str) -> np.ndarray:
+    """The file's pixels as an array (PNG: ``(H, W)`` or ``(H, W, C)``; NPY: as stored);
+    ValueError naming the file when it is not a readable image of numbers."""
     if path.lower().endswith(".npy"):
-        return np.load(path)
-    from PIL import Image
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as err:
+            raise ValueError(f"{path!r} is not a NumPy array of numbers ({err}); Python objects are never loaded: "
+                             f"save a plain numeric array with numpy.save") from None
+        except (OSError, EOFError) as err:
+            raise ValueError(f"{path!r} cannot be read as a .npy array ({err}); save it again with numpy.save") \
+                from None
+        if not isinstance(arr, np.ndarray) or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
+                or np.iscomplexobj(arr):
+            raise ValueError(f"{path!r} holds {getattr(arr, 'dtype', type(arr))} data, not real numbers; save a "
+                             f"real numeric array")
+        return arr
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:
-        return np.asarray(im, dtype=np.float32)
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im, dtype=np.float32)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{path!r} is not a readable PNG image ({err}); convert it to PNG or NPY") from None
+    if arr.ndim == 3:
+        arr = np.moveaxis(arr, -1, 0)  # PNG: (H, W, C) -> (C, H, W)
+    return arr
+
+
+def _as_chw(arr: np.ndarray, path: str) -> np.ndarray:
+    arr = arr.astype(np.float32)
+    if arr.ndim == 2:
+        arr = arr[None]
+    elif arr.ndim == 3 and path.lower().endswith(".npy") and arr.shape[-1] in (3, 4) and arr.shape[0] not in (3, 4):
+        arr = np.moveaxis(arr, -1, 0)  # an (H, W, C) array
+    if arr.ndim != 3 or 0 in arr.shape:
+        raise ValueError(f"{path!r}: expected a (H, W) or (C, H, W) image, got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path!r} contains NaN or Inf values; replace them (e.g. numpy.nan_to_num) or drop the "
+                         f"image from the label file")
+    return arr
 
 
 class FolderDataset(Dataset):
@@ -40,37 +81,56 @@ class FolderDataset(Dataset):
         root: the folder.
         labels_csv: CSV file name inside ``root`` (columns ``filename``, ``label``).
         image_dir, mask_dir: sub-folders; ``mask_dir=None`` disables masks even if present.
+        num_classes: labels must lie in ``0 .. num_classes - 1``.
+        scan: read every image once now and check it (see the module docstring).
     """
 
     def __init__(self, root: str, labels_csv: str = "labels.csv", image_dir: str = "images",
-                 mask_dir: str | None = "masks"):
+                 mask_dir: str | None = "masks", num_classes: int = 2, scan: bool = True):
         self.root = root
         csv_path = os.path.join(root, labels_csv)
         if not os.path.exists(csv_path):
             raise ValueError(f"label file {csv_path!r} does not exist (columns: filename,label)")
-        with open(csv_path, newline="") as f:
-            reader = csv.DictReader(f)
-            missing = {"filename", "label"} - set(reader.fieldnames or [])
-            if missing:
-                raise ValueError(f"{csv_path!r} lacks column(s) {sorted(missing)}; expected filename,label")
-            rows = list(reader)
+        try:
+            with open(csv_path, newline="") as f:
+                reader = csv.DictReader(f)
+                missing = {"filename", "label"} - set(reader.fieldnames or [])
+                if missing:
+                    raise ValueError(f"{csv_path!r} lacks column(s) {sorted(missing)}; expected filename,label")
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as err:
+            raise ValueError(f"{csv_path!r} is not a readable CSV file ({err}); expected columns filename,label") \
+                from None
         if not rows:
             raise ValueError(f"empty dataset: {csv_path!r} lists no images")
-        self.items = []
-        for row in rows:
-            name = row["filename"]
+        self.items, seen = [], set()
+        for line, row in enumerate(rows, start=2):
+            name = (row.get("filename") or "").strip()
+            where = f"{labels_csv} line {line}"
             if not name.lower().endswith(_EXTENSIONS):
-                raise ValueError(f"{name!r}: images must be PNG or NPY")
+                raise ValueError(f"{name!r} ({where}): images must be PNG or NPY")
+            if name in seen:
+                raise ValueError(f"{name!r} is listed twice in {labels_csv} (line {line}); list every image once")
+            seen.add(name)
             path = os.path.join(root, image_dir, name)
-            if not os.path.exists(path):
+            if not os.path.isfile(path):
                 raise ValueError(f"image file {path!r} listed in {labels_csv} does not exist")
+            text = (row.get("label") or "").strip()
             try:
-                label = int(row["label"])
+                label = int(text)
             except ValueError:
-                raise ValueError(f"label of {name!r} must be an integer, got {row['label']!r}") from None
+                raise ValueError(f"label of {name!r} must be an integer, got {row.get('label')!r} ({where}); "
+                                 f"use 0 .. {num_classes - 1}") from None
+            if not 0 <= label < num_classes:
+                raise ValueError(f"label of {name!r} is {label} ({where}); labels must be 0 .. {num_classes - 1} "
+                                 f"for {num_classes} classes")
             self.items.append((path, label, name))
         self.mask_root = os.path.join(root, mask_dir) if mask_dir else None
         self.has_masks = bool(self.mask_root and os.path.isdir(self.mask_root))
+        self.image_shape = None
+        if scan:
+            for path, _, _ in self.items:
+                self._load_image(path)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -83,25 +143,36 @@ class FolderDataset(Dataset):
                 return path
         raise ValueError(f"mask file for {name!r} is missing in {self.mask_root!r} (looked for {stem}.png/.npy)")
 
+    def _load_image(self, path: str) -> np.ndarray:
+        """``(C, H, W)`` float32 of one image, checked; the first image fixes the shape."""
+        arr = _as_chw(_read_array(path), path)
+        if self.image_shape is None:
+            self.image_shape, self._first = arr.shape, path
+        elif arr.shape != self.image_shape:
+            c, h, w = arr.shape
+            c0, h0, w0 = self.image_shape
+            raise ValueError(f"{path!r} is {c}x{h}x{w} (channels x height x width) but {self._first!r} is "
+                             f"{c0}x{h0}x{w0}: every image must have one size and channel count; resize or convert "
+                             f"the images to one shape")
+        return arr
+
     def __getitem__(self, index: int):
         path, label, name = self.items[index]
-        arr = _read_array(path).astype(np.float32)
-        if arr.ndim == 2:
-            arr = arr[None]
-        elif arr.ndim == 3 and arr.shape[-1] in (3, 4) and arr.shape[0] not in (3, 4):
-            arr = np.moveaxis(arr, -1, 0)  # PNG: (H, W, C) -> (C, H, W)
-        if arr.ndim != 3:
-            raise ValueError(f"{path!r}: expected a (H, W) or (C, H, W) image, got shape {arr.shape}")
-        image = torch.from_numpy(arr)
+        image = torch.from_numpy(self._load_image(path))
         mean = image.flatten(1).mean(1).view(-1, 1, 1)
         std = image.flatten(1).std(1).clamp(min=1e-6).view(-1, 1, 1)
         image = (image - mean) / std
         if self.has_masks:
-            mask = torch.from_numpy(np.asarray(_read_array(self._mask_path(name))) > 0)
+            mask_path = self._mask_path(name)
+            raw = np.asarray(_read_array(mask_path))
+            mask = torch.from_numpy(np.nan_to_num(raw.astype(np.float64)) > 0)
             if mask.ndim == 3:
-                mask = mask.any(-1) if mask.shape[-1] in (3, 4) else mask.any(0)
+                # PNG masks arrive channel-first; an NPY mask may be (H, W, C) or (C, H, W)
+                mask = mask.any(-1) if mask_path.lower().endswith(".npy") and mask.shape[-1] in (3, 4) \
+                    else mask.any(0)
             if tuple(mask.shape) != tuple(image.shape[1:]):
-                raise ValueError(f"mask of {name!r} has shape {tuple(mask.shape)}, image {tuple(image.shape[1:])}")
+                raise ValueError(f"mask of {name!r} ({mask_path!r}) has shape {tuple(mask.shape)}, the image "
+                                 f"{tuple(image.shape[1:])}; masks must have the image's height and width")
         else:
             mask = torch.zeros(image.shape[1:], dtype=torch.bool)
         return image, torch.tensor(label), mask

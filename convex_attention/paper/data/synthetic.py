@@ -1,19 +1,83 @@
-"""A seeded synthetic weakly-annotated lesion dataset ("MRI-like", offline, fast).
+"""Seeded synthetic weakly-annotated lesion datasets ("MRI-like", offline, fast).
 
-Each image has ``channels`` modalities (default 4, think FLAIR, T1, T1ce, T2) of an
-elliptical head: textured tissue, a bright skull ring and a smooth multiplicative
-intensity bias.  Positive images (label 1) carry 1–3 lesions: smooth irregular blobs,
-bright in FLAIR and T2 and dark in T1.  Every image, positive or not, carries
-*distractors*: bright structures that are not lesions (round T1ce-bright spots,
-vessel-like curves, and from medium difficulty on, FLAIR-bright blobs that are normal in
-T2), so that "a bright spot" does not decide the label.
+Two generators share one head model: ``channels`` modalities (default 4, think FLAIR,
+T1, T1ce, T2) of an elliptical head, textured tissue, a bright skull ring, a smooth
+multiplicative bias field, noise, and a per-image per-modality normalisation over the
+head.  Image ``i`` depends only on ``(seed, i)``: a dataset is deterministic and lazy.
+Items are ``(image (C, H, W) float32, label int64, mask (H, W) bool)``; the mask marks
+lesion pixels only and is for evaluation: training uses :func:`labels_only`.
 
-``difficulty`` in [0, 1] lowers the lesion contrast and size and raises the noise and the
-number of distractors.  Image ``i`` depends only on ``(seed, i)``: the dataset is
-deterministic and can be generated lazily, thousands of 128×128 images per minute.
+``"rim"``: rim-enhancing lesions among lesion mimics (:class:`SyntheticRimLesions`, the default)
+--------------------------------------------------------------------------------------------------
 
-Items are ``(image (C, H, W) float32, label int64, mask (H, W) bool)``.  The mask is for
-evaluation only; training uses :func:`labels_only`.
+A benchmark where a classifier *must* look at spatial arrangement, so that attention is
+necessary and a model-free map cannot localise the lesions.
+
+* **Structures.**  Every image holds the same number ``N = 1 + M`` of lesion-like
+  structures, in both classes.  A lesion image (label 1) holds one lesion and ``M``
+  mimics; a normal image holds ``N`` mimics.  ``M = floor(mimic_rate)``, plus one with
+  probability ``frac(mimic_rate)``.  The lesion is a random one of the placed structures
+  (so its position has the mimics' distribution).
+* **One intensity signature for all.**  A structure has two compartments: a *core*
+  (gains ``+0.5 / -0.8 / -0.3 / +1.2`` in FLAIR / T1 / T1ce / T2: necrosis with oedema)
+  and a *rim* (``+0.7 / -0.2 / +1.3 / +0.5``: contrast enhancement).  Its pixels replace
+  the tissue: the brain's mean level per modality plus the compartment's gains, times a
+  per-pixel factor ``1 + 0.3 eps`` (heterogeneity, i.i.d. per pixel).  Lesions and
+  mimics draw outline, area, core share (35-55 %), amplitude and gains from one
+  distribution, and nothing spatially correlated (texture, bias field) is left inside a
+  structure, so the values of its pixels, as a multiset, have the same distribution
+  whatever its kind: intensity statistics (extremes included) and any per-pixel channel
+  combination see lesions and mimics alike.  Noise is added to the whole image after.
+* **The label is spatial.**  The kinds differ only in *where* the core and rim pixels
+  go inside the structure's outline (pixels are ranked by a key and the first
+  ``core share x area`` become core):
+
+  - ``lesion``: by depth: a necrotic core enclosed by an enhancing rim (the radiological
+    hallmark of a high-grade glioma);
+  - mimic ``inverted``: by reversed depth: an enhancing centre with a core-signature
+    halo (the enclosure is inverted: core pixels touch the tissue);
+  - mimic ``split``: along a random line: the two compartments side by side;
+  - mimic ``mottled``: by a smooth random field: the compartments interleaved in patches.
+
+  Telling them apart needs context at the scale of the structure (``inverted`` is the
+  most local: a few pixels show which compartment touches the tissue; ``split`` and
+  ``mottled`` need the outline as a whole).  A 1x1 convolution cannot.
+* **Lesion-to-lesion variation.**  Each structure's amplitude is drawn from
+  ``(1 - 0.55 * difficulty) * U[0.8, 1.0]`` and each compartment's channel gains are
+  multiplied by ``exp(N(0, 0.2^2))`` independently per channel, so both the brightness
+  and the channel signature vary from lesion to lesion.
+* **Sizes follow the paper's area rule.**  BraTS slices are kept when the tumour covers
+  more than 1000 px of 240 x 240, so every structure (lesion or mimic) covers
+  ``A_min = ceil(1000 * (S / 240)^2)`` pixels or more (285 px at S = 128, 40 px at
+  S = 48), drawn from ``A_min * U[1, 2 - 0.8 * difficulty]``.  The outline is a lobulated
+  disc (radius ``1 + sum_k a_k cos(k theta + phi_k)``, k = 2..4, ``a_k <= 0.08``); the
+  area is exact (the ``area`` pixels of lowest normalised radius).  Structures neither
+  overlap nor touch; a structure that finds no room inside the brain is dropped,
+  whatever its kind (``dropped`` in ``render``; none at S >= 48 with the defaults, a few
+  per hundred images at S = 32).
+
+Knobs: ``difficulty`` in [0, 1] (amplitude ``1 - 0.55 d``, noise ``0.03 + 0.12 d``,
+sizes closer to the minimum), ``mimic_rate`` in [0, 8] (mimics per lesion image; default
+3), ``mimic_types`` (a subset of ``MIMIC_TYPES``; hold one out by training without it and
+evaluating on ``SyntheticRimLesions(..., mimic_types=("mottled",))``) and
+``lesion_fraction`` (share of lesion images).  ``render(index)`` also returns each
+pixel's compartment and structure, and each structure's kind.  With ``mimic_rate = 0``
+a lesion image holds its lesion alone: intensity statistics still cannot tell the
+classes apart, but a per-pixel map finds the lesion (check (b) below fails).
+
+The validity checks of :mod:`convex_attention.paper.validity` (``convex-attention data
+check``) measure what this design promises: location-free statistics near chance, and
+no per-pixel map that singles the lesions out among the mimics.
+
+``"blobs"``: the previous generator (:class:`SyntheticLesions`), kept for comparison
+-------------------------------------------------------------------------------------
+
+Positive images carry 1-3 lesions: smooth irregular blobs with one fixed channel
+signature (``1.0 / -0.6 / 0.3 / 0.9``), bright in FLAIR and T2 and dark in T1; every image
+carries distractors bright in one or two channels only.  ``difficulty`` lowers the lesion
+contrast and size and adds noise and distractors.  Its labels can be read from
+location-free intensity statistics (the validity check fails on it), and many of its
+lesions are smaller than the area rule allows.
 """
 from __future__ import annotations
 
@@ -24,7 +88,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["SyntheticLesions", "render_image", "labels_only"]
+__all__ = ["SyntheticLesions", "SyntheticRimLesions", "render_image", "render_rim_image", "synthetic_dataset",
+           "labels_only", "min_lesion_area", "GENERATORS", "MIMIC_TYPES"]
 
 
 @lru_cache(maxsize=32)
@@ -55,12 +120,18 @@ def _blob(g: torch.Generator, xx: Tensor, yy: Tensor, cx: float, cy: float, radi
     return out
 
 
-def render_image(seed: int, index: int, image_size: int = 128, channels: int = 4, difficulty: float = 0.5,
-                 lesion_fraction: float = 0.5) -> tuple[Tensor, int, Tensor]:
-    """The ``index``-th image of the dataset with this ``seed``: ``(image, label, mask)``."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
-    S = image_size
-    label = int(torch.rand(1, generator=g) < lesion_fraction)
+def _tile(values, channels: int) -> Tensor:
+    """A per-modality constant for 4 modalities, repeated to ``channels``: ``(channels,)``."""
+    return torch.tensor(list(values) * ((channels + 3) // 4))[:channels]
+
+
+def _head(g: torch.Generator, S: int, channels: int):
+    """The head without lesions: ``(xx, yy, img (C, S, S), brain (S, S), skull (S, S), ellipse)``.
+
+    ``xx, yy`` are coordinates in [-1, 1]; ``brain`` and ``skull`` are soft masks in
+    [0, 1]; ``ellipse`` is ``(ax, ay, angle)``, the brain's semi-axes (times 0.93) and
+    rotation.
+    """
     lin = torch.linspace(-1, 1, S)
     yy, xx = torch.meshgrid(lin, lin, indexing="ij")
 
@@ -77,13 +148,42 @@ def render_image(seed: int, index: int, image_size: int = 128, channels: int = 4
     coarse = _smooth_noise(g, 2, S, sigma=S / 16)
     fine = _smooth_noise(g, channels, S, sigma=1.2)
     matter = torch.sigmoid(2.5 * coarse[0])
-    base = torch.tensor([0.55, 0.7, 0.5, 0.6] * ((channels + 3) // 4))[:channels]
-    contrast = torch.tensor([0.25, -0.3, 0.15, 0.3] * ((channels + 3) // 4))[:channels]
+    base = _tile([0.55, 0.7, 0.5, 0.6], channels)
+    contrast = _tile([0.25, -0.3, 0.15, 0.3], channels)
     img = base.view(-1, 1, 1) + contrast.view(-1, 1, 1) * matter + 0.08 * fine
-    img = img * brain + torch.tensor([0.3, 1.0, 0.4, 0.2] * ((channels + 3) // 4))[:channels].view(-1, 1, 1) * skull
+    img = img * brain + _tile([0.3, 1.0, 0.4, 0.2], channels).view(-1, 1, 1) * skull
+    return xx, yy, img, brain, skull, (float(ax), float(ay), angle)
+
+
+def _bias(g: torch.Generator, S: int) -> Tensor:
+    """A smooth multiplicative bias field (coil inhomogeneity): ``(S, S)``, around 1."""
+    return torch.exp(0.25 * _smooth_noise(g, 1, S, sigma=S / 5)[0])
+
+
+def _finish(g: torch.Generator, img: Tensor, brain: Tensor, skull: Tensor, difficulty: float,
+            bias: Tensor | None = None) -> Tensor:
+    """Bias field (unless ``bias`` is given: already applied), noise and the per-modality
+    normalisation over the head: ``(C, S, S)`` float32."""
+    channels, S = img.shape[0], img.shape[-1]
+    if bias is None:
+        img = img * _bias(g, S)
+    img = img + (0.03 + 0.12 * difficulty) * torch.randn(channels, S, S, generator=g)
+    head = (brain + skull) > 0.5
+    mean = img[:, head].mean(1).view(-1, 1, 1)
+    std = img[:, head].std(1).clamp(min=1e-6).view(-1, 1, 1)
+    return (((img - mean) / std) * head).float()
+
+
+def render_image(seed: int, index: int, image_size: int = 128, channels: int = 4, difficulty: float = 0.5,
+                 lesion_fraction: float = 0.5) -> tuple[Tensor, int, Tensor]:
+    """The ``index``-th image of the dataset with this ``seed``: ``(image, label, mask)``."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    S = image_size
+    label = int(torch.rand(1, generator=g) < lesion_fraction)
+    xx, yy, img, brain, skull, _ = _head(g, S, channels)
 
     mask = torch.zeros(S, S, dtype=torch.bool)
-    lesion_gain = torch.tensor([1.0, -0.6, 0.3, 0.9] * ((channels + 3) // 4))[:channels].view(-1, 1, 1)
+    lesion_gain = _tile([1.0, -0.6, 0.3, 0.9], channels).view(-1, 1, 1)
     strength = 1.0 - 0.65 * difficulty
     if label:
         for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
@@ -118,14 +218,8 @@ def render_image(seed: int, index: int, image_size: int = 128, channels: int = 4
             gain[0] = strength * 0.9
         img = img + gain.view(-1, 1, 1) * spot * brain
 
-    bias = torch.exp(0.25 * _smooth_noise(g, 1, S, sigma=S / 5)[0])
-    img = img * bias + (0.03 + 0.12 * difficulty) * torch.randn(channels, S, S, generator=g)
-    # per-modality normalisation over the head
-    head = (brain + skull) > 0.5
-    mean = img[:, head].mean(1).view(-1, 1, 1)
-    std = img[:, head].std(1).clamp(min=1e-6).view(-1, 1, 1)
-    img = ((img - mean) / std) * head
-    return img.float(), label, mask & (brain > 0.5)
+    img = _finish(g, img, brain, skull, difficulty)
+    return img, label, mask & (brain > 0.5)
 
 
 class SyntheticLesions(Dataset):
@@ -160,6 +254,228 @@ class SyntheticLesions(Dataset):
         img, label, mask = render_image(self.seed, index, self.image_size, self.channels, self.difficulty,
                                         self.lesion_fraction)
         return img, torch.tensor(label), mask
+
+
+MIMIC_TYPES = ("inverted", "split", "mottled")
+#: Channel gains of the two compartments (FLAIR, T1, T1ce, T2), in raw tissue units.
+CORE_SIGNATURE = (0.5, -0.8, -0.3, 1.2)
+RIM_SIGNATURE = (0.7, -0.2, 1.3, 0.5)
+HETEROGENEITY = 0.3  # per-pixel relative spread of a structure's gains
+_LOBE_MAX = 0.08  # each of the 3 lobulation harmonics: at most 8 % of the radius
+
+
+def min_lesion_area(image_size: int) -> int:
+    """The paper's area rule at this image size: ``ceil(1000 * (S / 240)^2)`` pixels.
+
+    The paper keeps BraTS slices (240 x 240) whose tumour covers more than 1000 pixels; a
+    lesion in an ``S x S`` image covers at least that share of the image.
+    """
+    return int(math.ceil(1000.0 * (image_size / 240.0) ** 2 - 1e-9))
+
+
+def _check_rim_options(image_size: int, channels: int, difficulty: float, lesion_fraction: float,
+                       mimic_rate: float, mimic_types) -> tuple[str, ...]:
+    if not isinstance(image_size, int) or image_size < 32:
+        raise ValueError(f"image_size must be an integer >= 32 (lesions of the area rule need room), "
+                         f"got {image_size!r}")
+    if not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    if not 0.0 <= difficulty <= 1.0:
+        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
+    if not 0.0 <= lesion_fraction <= 1.0:
+        raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
+    if not (math.isfinite(mimic_rate) and 0.0 <= mimic_rate <= 8.0):
+        raise ValueError(f"mimic_rate must be in [0, 8] (mimics per lesion image), got {mimic_rate}")
+    if isinstance(mimic_types, str):
+        mimic_types = (mimic_types,)
+    types = tuple(mimic_types)
+    unknown = [t for t in types if t not in MIMIC_TYPES]
+    if unknown or not types:
+        raise ValueError(f"mimic_types must be a non-empty subset of {MIMIC_TYPES}, got {types!r}")
+    return tuple(dict.fromkeys(types))
+
+
+def _place(g: torch.Generator, extents: list[float], ax: float, ay: float, cos_a: float, sin_a: float,
+           h: float, tries: int = 200, restarts: int = 25) -> list:
+    """Centres ``(cx, cy)`` (or ``None``: no room) for discs of radius ``extents`` (pixels)
+    inside the brain ellipse, at least one pixel apart.  Random sequential placement (the
+    first of ``tries`` uniform candidates that fits), restarted from scratch when a disc
+    finds no room (small images are crowded); the best attempt is kept."""
+    best: list = []
+    for _ in range(restarts):
+        centres: list = []
+        for extent in extents:
+            cand = 2 * torch.rand(tries, 2, generator=g, dtype=torch.float64) - 1
+            u = cos_a * cand[:, 0] + sin_a * cand[:, 1]
+            v = -sin_a * cand[:, 0] + cos_a * cand[:, 1]
+            room = (0.93 - torch.sqrt((u / ax) ** 2 + (v / ay) ** 2)) * min(ax, ay) / h  # pixels to the edge
+            ok = room >= extent + 0.5
+            for c, e in zip(centres, extents):
+                if c is not None:
+                    gap = torch.sqrt(((cand - torch.tensor(c, dtype=torch.float64)) ** 2).sum(1)) / h
+                    ok &= gap >= extent + e + 1.0
+            hits = torch.nonzero(ok)
+            centres.append(tuple(cand[int(hits[0])].tolist()) if len(hits) else None)
+        if all(c is not None for c in centres):
+            return centres
+        if sum(c is not None for c in centres) > sum(c is not None for c in best):
+            best = centres
+    return best or [None] * len(extents)
+
+
+def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int = 4, difficulty: float = 0.5,
+                     lesion_fraction: float = 0.5, mimic_rate: float = 3.0, mimic_types=MIMIC_TYPES,
+                     details: bool = False):
+    """The ``index``-th image of the ``"rim"`` dataset with this ``seed`` (module docstring).
+
+    Returns ``(image (C, S, S) float32, label, mask (S, S) bool)``, or with
+    ``details=True`` a dict with those under ``image``, ``label``, ``mask`` and also
+    ``compartment`` ((S, S) int8: 0 tissue, 1 core signature, 2 rim signature),
+    ``structure`` ((S, S) int16: the structure's number, -1 for tissue), ``kinds``
+    (each structure's kind: ``"lesion"`` or a mimic type), ``areas`` (pixels) and
+    ``dropped`` (structures that found no room; 0 in practice from S = 48 on).
+    """
+    types = _check_rim_options(image_size, channels, difficulty, lesion_fraction, mimic_rate, mimic_types)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    S = image_size
+    label = int(torch.rand(1, generator=g) < lesion_fraction)
+    xx, yy, img, brain, skull, (ax, ay, angle) = _head(g, S, channels)
+    inside = brain > 0.5
+    bias = _bias(g, S)
+    img = img * bias
+    level = img[:, inside].mean(1, keepdim=True)  # (C, 1): the brain's mean level per modality
+    h = 2.0 / (S - 1)  # pixel pitch in [-1, 1] coordinates
+    cos_a, sin_a = math.cos(angle), math.sin(angle)
+
+    whole, frac = divmod(float(mimic_rate), 1.0)
+    n_structures = 1 + int(whole) + int(float(torch.rand(1, generator=g)) < frac)
+    a_min = min_lesion_area(S)
+    max_factor = 2.0 - 0.8 * difficulty
+    strength = 1.0 - 0.55 * difficulty
+    core_sig, rim_sig = _tile(CORE_SIGNATURE, channels), _tile(RIM_SIGNATURE, channels)
+
+    flat = img.reshape(channels, -1)  # a view: structures are written in place
+    mask = torch.zeros(S * S, dtype=torch.bool)
+    compartment = torch.zeros(S * S, dtype=torch.int8)
+    structure = torch.full((S * S,), -1, dtype=torch.int16)
+    # geometry first, kinds after placement: a structure that finds no room is dropped
+    # whatever its kind, and the lesion is one of the placed structures
+    slots = []
+    for _ in range(n_structures):
+        area = int(math.ceil(a_min * (1.0 + (max_factor - 1.0) * float(torch.rand(1, generator=g)))))
+        lobes = _LOBE_MAX * torch.rand(3, generator=g)
+        slots.append((area, lobes, math.sqrt(area / math.pi) * (1.0 + float(lobes.sum())) + 0.5))
+    centres = _place(g, [extent for *_, extent in slots], ax, ay, cos_a, sin_a, h)
+    placed = [(area, lobes, c) for (area, lobes, _), c in zip(slots, centres) if c is not None]
+    dropped = n_structures - len(placed)
+    if not placed:  # unreachable from S = 32 on: the first structure always fits
+        raise RuntimeError(f"image {index} of seed {seed}: no room for a structure at image_size {S}")
+    lesion_slot = int(torch.randint(len(placed), (1,), generator=g)) if label else -1
+
+    kinds, areas = [], []
+    for slot, (area, lobes, (cx, cy)) in enumerate(placed):
+        kind = "lesion" if slot == lesion_slot else types[int(torch.randint(len(types), (1,), generator=g))]
+        radius = math.sqrt(area / math.pi)  # pixels
+        phases = 2 * math.pi * torch.rand(3, generator=g)
+        dx, dy = (xx - cx) / h, (yy - cy) / h
+        theta = torch.atan2(dy, dx)
+        k = torch.arange(2, 5, dtype=theta.dtype).view(-1, 1, 1)
+        outline = 1.0 + (lobes.view(-1, 1, 1) * torch.cos(k * theta + phases.view(-1, 1, 1))).sum(0)
+        depth = (torch.sqrt(dx ** 2 + dy ** 2) / (radius * outline)).reshape(-1)
+        depth = depth.masked_fill(~inside.reshape(-1) | (structure >= 0), math.inf)
+        pixels = torch.topk(depth, area, largest=False).indices  # the outline: exactly `area` pixels
+        core_share = 0.35 + 0.2 * float(torch.rand(1, generator=g))
+        amp = strength * (0.8 + 0.2 * float(torch.rand(1, generator=g)))
+        core_gain = amp * core_sig * torch.exp(0.2 * torch.randn(channels, generator=g))
+        rim_gain = amp * rim_sig * torch.exp(0.2 * torch.randn(channels, generator=g))
+        # the kinds differ only in which pixels of the outline become core
+        if kind == "lesion":
+            key = depth[pixels]
+        elif kind == "inverted":
+            key = -depth[pixels]
+        elif kind == "split":
+            psi = 2 * math.pi * float(torch.rand(1, generator=g))
+            key = (math.cos(psi) * dx + math.sin(psi) * dy).reshape(-1)[pixels]
+        else:  # mottled
+            key = _smooth_noise(g, 1, S, sigma=max(1.0, 0.4 * radius)).reshape(-1)[pixels]
+        order = torch.argsort(key, stable=True)
+        n_core = int(round(core_share * area))
+        core, rim = pixels[order[:n_core]], pixels[order[n_core:]]
+        # The structure replaces the tissue: the brain's mean level plus the compartment's
+        # gains, with i.i.d. per-pixel heterogeneity.  Nothing spatially correlated is left
+        # inside (no texture, no bias field), so every arrangement of core and rim pixels
+        # yields the same distribution of pixel values, extremes included.
+        gain = 1.0 + HETEROGENEITY * torch.randn(area, generator=g)
+        flat[:, core] = level + core_gain.view(-1, 1) * gain[order[:n_core]]
+        flat[:, rim] = level + rim_gain.view(-1, 1) * gain[order[n_core:]]
+        compartment[core], compartment[rim] = 1, 2
+        structure[pixels] = len(kinds)
+        if kind == "lesion":
+            mask[pixels] = True
+        kinds.append(kind)
+        areas.append(area)
+
+    img = _finish(g, img, brain, skull, difficulty, bias=bias)
+    mask = mask.view(S, S)
+    if not details:
+        return img, label, mask
+    return {"image": img, "label": label, "mask": mask, "compartment": compartment.view(S, S),
+            "structure": structure.view(S, S), "kinds": kinds, "areas": areas, "dropped": dropped}
+
+
+class SyntheticRimLesions(Dataset):
+    """Rim-enhancing lesions among lesion mimics (``"rim"``, the default benchmark).
+
+    ``n`` images ``(image (C, S, S), label, mask (S, S))``; see the module docstring.
+
+    Args:
+        n: number of images.
+        image_size: side ``S`` of the square images (default 128; at least 32).
+        channels: modalities (default 4; the signatures repeat beyond 4).
+        difficulty: 0 (easy) ... 1 (hard): amplitude, noise and size.
+        lesion_fraction: probability that an image holds a lesion (label 1).
+        seed: the dataset's seed; image ``i`` depends on ``(seed, i)`` only.
+        mimic_rate: mimics per lesion image (0 ... 8; default 3); a normal image holds one more.
+        mimic_types: the mimic kinds drawn from (a subset of ``MIMIC_TYPES``).
+    """
+
+    def __init__(self, n: int, image_size: int = 128, channels: int = 4, difficulty: float = 0.5,
+                 lesion_fraction: float = 0.5, seed: int = 0, mimic_rate: float = 3.0,
+                 mimic_types=MIMIC_TYPES):
+        if not isinstance(n, int) or n <= 0:
+            raise ValueError(f"a dataset needs at least one image, got n={n}")
+        self.mimic_types = _check_rim_options(image_size, channels, difficulty, lesion_fraction, mimic_rate,
+                                              mimic_types)
+        self.n, self.image_size, self.channels = n, image_size, channels
+        self.difficulty, self.lesion_fraction, self.seed = difficulty, lesion_fraction, seed
+        self.mimic_rate = float(mimic_rate)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _render(self, index: int, details: bool):
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        return render_rim_image(self.seed, index, self.image_size, self.channels, self.difficulty,
+                                self.lesion_fraction, self.mimic_rate, self.mimic_types, details=details)
+
+    def __getitem__(self, index: int):
+        img, label, mask = self._render(index, False)
+        return img, torch.tensor(label), mask
+
+    def render(self, index: int) -> dict:
+        """Image ``index`` with its structures: see :func:`render_rim_image` (``details=True``)."""
+        return self._render(index, True)
+
+
+GENERATORS = {"rim": SyntheticRimLesions, "blobs": SyntheticLesions}
+
+
+def synthetic_dataset(generator: str = "rim", *args, **kwargs) -> Dataset:
+    """A synthetic dataset by generator name: ``"rim"`` (default) or ``"blobs"`` (the previous one)."""
+    if generator not in GENERATORS:
+        raise ValueError(f"unknown synthetic generator {generator!r}; choose one of {sorted(GENERATORS)}")
+    return GENERATORS[generator](*args, **kwargs)
 
 
 class labels_only(Dataset):  # noqa: N801 - reads as a function at the call site

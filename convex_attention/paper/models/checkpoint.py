@@ -1,15 +1,23 @@
-"""Checkpoints of attention models: weights, optimiser, epoch, metrics and the
-architecture they belong to (a checkpoint of another architecture is refused clearly)."""
+"""Checkpoints of attention models: weights, optimiser, epoch, metrics, the model's
+configuration and (when saved by training) the full training configuration.
+
+A checkpoint holds only tensors and plain containers (dicts, lists, strings, numbers,
+``None``): it is written by :func:`torch.save` and read with ``torch.load(...,
+weights_only=True)``, which refuses any other object, so loading a file can never run
+code.  The file type is checked before anything is unpickled, and the structure after:
+a tampered, corrupt or foreign file gets a ValueError saying what is wrong.  A
+checkpoint of another architecture is refused, naming the differing fields.
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+import zipfile
 
 import torch
 
-from .unet import AttentionUNet, ModelConfig
+from .unet import AttentionUNet, ConfigError, ModelConfig
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "read_checkpoint", "FORMAT"]
 
 FORMAT = "convex-attention-checkpoint/1"
 
@@ -18,53 +26,117 @@ def _unwrap(model):
     return model.module if hasattr(model, "module") else model
 
 
+def _plain(value, where: str = "checkpoint"):
+    """``value`` with numpy scalars made Python numbers; TypeError for anything that is not a
+    tensor or a plain container (``weights_only`` loading would refuse it)."""
+    if value is None or type(value) in (bool, int, float, str):
+        return value
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, dict):
+        return {_plain(k, where): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hasattr(value, "item") and getattr(value, "shape", None) == ():  # numpy scalar
+        return value.item()
+    raise TypeError(f"{where} holds a {type(value).__name__}: checkpoints hold only tensors and plain containers")
+
+
 def save_checkpoint(path: str, model, optimizer=None, epoch: int = 0, metrics: list | None = None,
                     extra: dict | None = None) -> str:
-    """Write atomically (temporary file, then rename): a crash never leaves half a file."""
+    """Write ``model``'s checkpoint atomically (temporary file, then rename): a crash never
+    leaves half a file.  ``extra``: more plain entries (training stores ``train_config``)."""
     model = _unwrap(model)
-    state = {"format": FORMAT, "config": asdict(model.config), "model": model.state_dict(), "epoch": epoch,
-             "metrics": metrics or [], "optimizer": optimizer.state_dict() if optimizer is not None else None,
-             **(extra or {})}
+    state = _plain({"format": FORMAT, "config": model.config.to_dict(), "model": model.state_dict(),
+                    "epoch": int(epoch), "metrics": list(metrics or []),
+                    "optimizer": optimizer.state_dict() if optimizer is not None else None, **(extra or {})})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
 
 
-def _read(path: str, map_location="cpu") -> dict:
-    if not os.path.exists(path):
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def read_checkpoint(path: str, map_location="cpu") -> dict:
+    """The checkpoint dict, checked: file type first, then a ``weights_only`` load (no
+    code can run), then the structure.  ValueError, one line, for anything else."""
+    if not isinstance(path, (str, os.PathLike)) or not os.path.exists(path):
         raise ValueError(f"checkpoint {path!r} does not exist")
-    state = torch.load(path, map_location=map_location, weights_only=False)
+    if not os.path.isfile(path):
+        raise ValueError(f"checkpoint {path!r} is not a file")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{path!r} is not a convex-attention checkpoint (format {FORMAT}): not a torch.save "
+                         f"archive; it is corrupt or another kind of file")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any failure of an untrusted file is reported, never raised raw
+        raise ValueError(f"{path!r} is not a convex-attention checkpoint (format {FORMAT}): refused to load it "
+                         f"({_first_line(err)[:300]}). Checkpoints hold only tensors and plain containers; "
+                         f"other objects are never loaded because unpickling them can run code") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a convex-attention checkpoint (format {FORMAT})")
+    problems = []
+    if not isinstance(state.get("config"), dict):
+        problems.append("no model configuration")
+    weights = state.get("model")
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        problems.append("no weights (a dict of tensors)")
+    epoch = state.get("epoch")
+    if type(epoch) is not int or epoch < 0:
+        problems.append(f"epoch {epoch!r} is not a non-negative integer")
+    if not isinstance(state.get("metrics", []), list) or not all(isinstance(m, dict) for m in state.get("metrics", [])):
+        problems.append("metrics are not a list of rows")
+    if state.get("train_config") is not None and not isinstance(state["train_config"], dict):
+        problems.append("train_config is not a dict")
+    if problems:
+        raise ValueError(f"{path!r} is a damaged convex-attention checkpoint: {'; '.join(problems)}")
+    try:
+        ModelConfig.from_dict(state["config"]).validate()
+    except (ConfigError, TypeError, ValueError) as err:
+        raise ValueError(f"{path!r} holds an invalid model configuration: {_first_line(err)}") from None
     return state
 
 
-def load_checkpoint(path: str, model, optimizer=None, map_location="cpu") -> dict:
-    """Load weights (and optimiser state) into ``model``; returns the checkpoint dict.
+def _model_config(state: dict) -> ModelConfig:
+    return ModelConfig.from_dict(state["config"])
+
+
+def load_checkpoint(path: str, model, optimizer=None, map_location="cpu", state: dict | None = None) -> dict:
+    """Load weights (and optimiser state) into ``model``; returns the checkpoint dict
+    (``state``: one already read by :func:`read_checkpoint`).
 
     Raises ValueError naming the differing fields when the checkpoint belongs to another
     architecture."""
-    state = _read(path, map_location)
+    state = state if state is not None else read_checkpoint(path, map_location)
     model = _unwrap(model)
-    saved = ModelConfig(**{**state["config"], "attention_blocks": tuple(state["config"]["attention_blocks"])})
-    mine, theirs = model.config.architecture(), saved.architecture()
+    mine, theirs = model.config.architecture(), _model_config(state).architecture()
     diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"checkpoint {path!r} is of another architecture ({detail})")
-    model.load_state_dict(state["model"])
-    if optimizer is not None and state.get("optimizer") is not None:
-        optimizer.load_state_dict(state["optimizer"])
+    try:
+        model.load_state_dict(state["model"])
+        if optimizer is not None and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        raise ValueError(f"{path!r}: its weights do not fit its own configuration ({_first_line(err)[:300]})") \
+            from None
     return state
 
 
 def load_model(path: str, map_location="cpu") -> tuple[AttentionUNet, dict]:
-    """Rebuild the model a checkpoint was saved from and load its weights."""
-    state = _read(path, map_location)
-    cfg = dict(state["config"])
-    options = cfg.pop("solver_options", {}) or {}
-    model = AttentionUNet(**cfg, **options)
-    load_checkpoint(path, model, map_location=map_location)
+    """Rebuild the model a checkpoint was saved from and load its weights: ``(model, state)``."""
+    state = read_checkpoint(path, map_location)
+    model = AttentionUNet(config=_model_config(state))
+    load_checkpoint(path, model, map_location=map_location, state=state)
     return model, state

@@ -1,0 +1,202 @@
+"""The ``data`` subcommand group: ``data check``, the validity checks of a benchmark.
+
+``convex-attention data check`` builds a training and a held-out set of the chosen
+dataset, runs the checks of :mod:`convex_attention.paper.validity` and prints each
+number with its threshold.  Exit 0 when the benchmark is accepted (every check that ran
+holds and every required check ran), 1 when it is not, 2 for usage and data errors.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+from ._common import UsageError, add_output_options, info, positive_int
+
+__all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS"]
+
+DATASETS = ("synthetic", "synthetic-blobs", "brats")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def add_data_commands(sub) -> None:
+    from ..paper.data.brats import NORMALISATIONS
+    from ..paper.data.synthetic import MIMIC_TYPES
+    from ..paper.validity import THRESHOLDS
+
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    d = sub.add_parser("data", help="dataset tools: the validity checks of a benchmark (data check)",
+                       description="Dataset tools. 'data check' tests whether a benchmark needs attention.")
+    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    dsub.required = True
+    c = dsub.add_parser(
+        "check", help="validity checks: is the label unreadable without localising the lesion?", formatter_class=fmt,
+        description="Builds a training and a held-out set and runs the benchmark's validity checks, printing each "
+                    "number: (a) location_free: a logistic regression on per-channel and channel-pair intensity "
+                    f"quantiles, held-out balanced accuracy <= {THRESHOLDS['location_free']:.2f}; (b) pixel_map: the "
+                    "best per-pixel linear channel combination fitted on the training masks, held-out pixel AP "
+                    f"(per lesion image, as the explanation metrics) <= {THRESHOLDS['pixel_map']:.2f}; "
+                    "(c) uniform_attention: attention minus uniform pooling balanced accuracy >= "
+                    f"{THRESHOLDS['uniform_attention']:.2f}, from trained models' numbers (--attention-bacc, "
+                    "--uniform-bacc; not run without them); (d) brain_mask (brats): a classifier on the binary brain "
+                    f"mask alone, held-out balanced accuracy <= {THRESHOLDS['brain_mask']:.2f}. Exit 0 when accepted, "
+                    "1 when a check fails or a required check could not run. Writes OUT/data_check.json with --out.")
+    c.add_argument("--dataset", default="synthetic", choices=DATASETS,
+                   help="synthetic: rim lesions among mimics (the default benchmark); synthetic-blobs: the previous "
+                        "generator; brats: BraTS 2018 slices (--data-root)")
+    c.add_argument("--n", type=positive_int, default=400,
+                   help="images in each of the training and held-out sets (brats: at most this many slices of each "
+                        "split, drawn at random)")
+    c.add_argument("--image-size", type=positive_int, default=64, help="image side (brats: the resize target)")
+    c.add_argument("--seed", type=int, default=0, help="the data's seed (held-out: seed + 10000; brats: the split)")
+    c.add_argument("--difficulty", type=_float, default=0.5, help="synthetic difficulty in [0, 1]")
+    c.add_argument("--mimic-rate", type=_float, default=3.0, help="synthetic: mimics per lesion image, in [0, 8]")
+    c.add_argument("--mimic-types", nargs="+", default=list(MIMIC_TYPES), choices=MIMIC_TYPES,
+                   help="synthetic: the mimic kinds drawn from")
+    c.add_argument("--data-root", default=None, help="brats: the unpacked BraTS training folder")
+    c.add_argument("--cache-dir", default=None,
+                   help="brats: where preprocessed slices are cached (default DATA_ROOT/.convex_attention_cache)")
+    c.add_argument("--normalisation", default=None, choices=NORMALISATIONS,
+                   help="brats: per patient (volume, the default) or the authors' dataset-wide per-modality scheme")
+    c.add_argument("--val-fraction", type=_float, default=0.2, help="brats: share of patients held out")
+    c.add_argument("--min-tumour-area", type=positive_int, default=None,
+                   help="brats: slices with at most this many tumour pixels are dropped (default 1000, the paper's)")
+    c.add_argument("--attention-bacc", type=_float, default=None,
+                   help="check (c): held-out balanced accuracy of the attention model")
+    c.add_argument("--uniform-bacc", type=_float, default=None,
+                   help="check (c): held-out balanced accuracy of the same model pooling uniformly")
+    c.add_argument("--out", default=None, help="folder for data_check.json (nothing is written without it)")
+    add_output_options(c)
+
+
+def _validate(args) -> None:
+    if args.n < 20:
+        raise UsageError(f"--n {args.n} is too small: the checks need at least 20 images per set")
+    if args.dataset == "brats":
+        if args.data_root is None:
+            raise UsageError("--dataset brats needs --data-root (the unpacked BraTS training folder)")
+        if args.image_size < 16:
+            raise UsageError(f"--image-size {args.image_size} is too small for brats (at least 16)")
+        if not 0.0 < args.val_fraction < 1.0:
+            raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    else:
+        for flag, value in (("--data-root", args.data_root), ("--cache-dir", args.cache_dir),
+                            ("--normalisation", args.normalisation), ("--min-tumour-area", args.min_tumour_area)):
+            if value is not None:
+                raise UsageError(f"{flag} applies to --dataset brats only")
+        if args.dataset == "synthetic" and args.image_size < 32:
+            raise UsageError(f"--image-size {args.image_size} is too small for the synthetic benchmark "
+                             f"(at least 32: lesions follow the area rule)")
+        if args.dataset == "synthetic-blobs" and args.image_size < 16:
+            raise UsageError(f"--image-size {args.image_size} is too small (at least 16)")
+        if not 0.0 <= args.difficulty <= 1.0:
+            raise UsageError(f"--difficulty must be in [0, 1], got {args.difficulty}")
+        if not 0.0 <= args.mimic_rate <= 8.0:
+            raise UsageError(f"--mimic-rate must be in [0, 8] (mimics per lesion image), got {args.mimic_rate}")
+    if (args.attention_bacc is None) != (args.uniform_bacc is None):
+        raise UsageError("check (c) needs both --attention-bacc and --uniform-bacc")
+    for flag, value in (("--attention-bacc", args.attention_bacc), ("--uniform-bacc", args.uniform_bacc)):
+        if value is not None and not 0.0 <= value <= 1.0:
+            raise UsageError(f"{flag} must be a balanced accuracy in [0, 1], got {value}")
+    if args.out is not None:
+        from ..bench.results import check_out_dir
+
+        try:
+            check_out_dir(args.out)
+        except ValueError as err:
+            raise UsageError(str(err)) from None
+
+
+class _Sample:
+    """A seeded random sample of at most ``n`` items of ``dataset``, keeping its ``brain_mask``."""
+
+    def __init__(self, dataset, n: int, seed: int):
+        import numpy as np
+
+        order = np.random.default_rng(seed).permutation(len(dataset))[:n]
+        self.dataset, self.order = dataset, sorted(int(i) for i in order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, index: int):
+        return self.dataset[self.order[index]]
+
+    def brain_mask(self, index: int):
+        return self.dataset.brain_mask(self.order[index])
+
+
+def _datasets(args):
+    """``(training set, held-out set, a one-line description)``."""
+    if args.dataset == "brats":
+        from ..paper.data.brats import BraTSSlices
+
+        kw = dict(val_fraction=args.val_fraction, seed=args.seed, image_size=args.image_size,
+                  cache_dir=args.cache_dir, normalisation=args.normalisation or "volume",
+                  min_tumour_area=args.min_tumour_area or 1000)
+        train, val = BraTSSlices(args.data_root, "train", **kw), BraTSSlices(args.data_root, "val", **kw)
+        text = (f"brats ({len(train.patients)} training and {len(val.patients)} held-out patients, "
+                f"{kw['normalisation']} normalisation), {args.image_size} x {args.image_size}")
+        return _Sample(train, args.n, args.seed), _Sample(val, args.n, args.seed + 1), text
+    from ..paper.data.synthetic import SyntheticLesions, SyntheticRimLesions
+
+    if args.dataset == "synthetic":
+        kw = dict(mimic_rate=args.mimic_rate, mimic_types=tuple(args.mimic_types))
+        make = SyntheticRimLesions
+        text = (f"synthetic (rim lesions among mimics: mimic rate {args.mimic_rate:g}, "
+                f"mimic types {' '.join(kw['mimic_types'])}, difficulty {args.difficulty:g})")
+    else:
+        kw, make = {}, SyntheticLesions
+        text = f"synthetic-blobs (the previous generator, difficulty {args.difficulty:g})"
+    train = make(args.n, args.image_size, 4, args.difficulty, seed=args.seed, **kw)
+    held = make(args.n, args.image_size, 4, args.difficulty, seed=args.seed + 10_000, **kw)
+    return train, held, f"{text}, {args.image_size} x {args.image_size}"
+
+
+def cmd_data_check(args) -> int:
+    from ..paper.validity import accepted, run_checks
+
+    _validate(args)
+    try:
+        train, held, text = _datasets(args)
+    except ValueError as err:  # data errors (BraTS folders): they name the file and the fix
+        raise UsageError(str(err)) from None
+    info(args, f"data check: {text}; {len(train)} training and {len(held)} held-out images, seed {args.seed}")
+    results = run_checks(train, held, seed=args.seed, attention_bacc=args.attention_bacc,
+                         uniform_bacc=args.uniform_bacc)
+    for r in results:
+        print(r.line())
+    ok = accepted(results)
+    failed = [r.name for r in results if r.ran and not r.passed]
+    missing = [r.name for r in results if not r.ran]
+    if ok:
+        note = f" ({', '.join(missing)} not run)" if missing else ""
+        print(f"benchmark accepted: every check that ran holds{note}")
+    else:
+        why = [f"failed: {', '.join(failed)}"] if failed else []
+        why += [f"did not run: {', '.join(m for m in missing if m != 'uniform_attention')}"] \
+            if any(m != "uniform_attention" for m in missing) else []
+        print(f"benchmark rejected ({'; '.join(why)})")
+    if args.out is not None:
+        import os
+
+        from ..bench.results import write_json
+
+        path = os.path.join(args.out, "data_check.json")
+        write_json(path, {"dataset": args.dataset, "description": text, "seed": args.seed,
+                          "n_train": len(train), "n_test": len(held), "image_size": args.image_size,
+                          "accepted": ok, "checks": [r.to_dict() for r in results]})
+        info(args, f"data check: {path}")
+    return 0 if ok else 1
+
+
+def cmd_data(args) -> int:
+    return {"check": cmd_data_check}[args.data_command](args)
+
+
+DATA_HANDLERS = {"data": cmd_data}

@@ -1,0 +1,416 @@
+"""The experiment's protocol: splits, variants fixed in advance, a test split touched once.
+
+**Splits** (:func:`split_specs`).  Five disjoint image sets of the synthetic data, each its
+own data seed (``data_seed + offset``; image ``i`` of seed ``s`` is rendered from
+``s · 1000003 + i``, so sets of different seeds never share an image):
+
+* ``train`` (offset 0): training, labels only;
+* ``val`` (10 000): **labels only**, from the training distribution: checkpoint selection
+  (validation ROC AUC) and the decision threshold (Youden's J) are chosen here, so masks
+  never enter training or checkpoint selection;
+* ``dev`` (20 000), with masks: the development split where the variants (τ, α, the head,
+  the learned temperature, the dual source, the upsampling) are compared
+  (``experiment --stage dev``), and the model-free reference map is fitted;
+* ``test`` (30 000), with masks: touched once, by ``experiment --stage test``;
+* ``test_heldout`` (40 000): the final test condition, with a mimic type that no other
+  split contains (``held_out_mimic``: train, val, dev and test draw their mimics from the
+  other types).
+
+**Variants fixed in advance** (:class:`Variants`, :func:`read_variants`): one model variant
+for every method, the upsampling, the test difficulties and the held-out mimic type live
+in ``configs/experiment_variants.json`` (format :data:`VARIANTS_FORMAT`).  The test stage
+refuses to run unless that file is committed: tracked by git and without uncommitted
+changes (:func:`commit_state`); its SHA-256 and the commit go into the results.
+
+**A test folder written once** (:func:`claim_test_folder`): the test stage refuses an
+existing result folder unless forced, and even then only one that it wrote itself.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+__all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS_FORMAT", "DEFAULT_VARIANTS_PATH",
+           "SPLIT_OFFSETS", "SplitSpec", "split_specs", "build_split", "image_keys", "check_disjoint",
+           "read_variants", "variants_digest", "commit_state", "check_test_folder", "claim_test_folder",
+           "finish_test_folder",
+           "fit_model_free", "variant_grid", "MANIFEST", "SYNTHETIC_SOURCES"]
+
+VARIANTS_FORMAT = "convex-attention-variants/1"
+#: The committed variants file the test stage reads (relative to the repository root).
+DEFAULT_VARIANTS_PATH = str(Path(__file__).resolve().parents[2] / "configs" / "experiment_variants.json")
+SPLIT_OFFSETS = {"train": 0, "val": 10_000, "dev": 20_000, "test": 30_000, "test_heldout": 40_000}
+SYNTHETIC_SOURCES = ("synthetic", "synthetic-blobs")
+MANIFEST = "test_stage.json"
+_KEY_STRIDE = 1_000_003  # the synthetic generators' image key: seed * stride + index
+
+
+class VariantsError(ValueError):
+    """The variants file is missing, malformed, or not committed."""
+
+
+class TestFolderExists(ValueError):
+    """The test stage's result folder exists: results are written once."""
+
+    __test__ = False  # not a pytest test class
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One model variant, the same for every method: the fields of
+    :class:`~convex_attention.paper.models.ModelConfig` it sets (``duals`` only for the
+    methods that need duals; ``alpha`` only changes those methods' loss) and the pixel
+    protocol's ``upsampling``."""
+
+    temperature: float | tuple = 1.0
+    alpha: float = 10.0
+    head: str = "bounded"
+    learn_temperature: bool = False
+    duals: str = "shared"
+    upsampling: str = "nearest"
+
+    MODEL_FIELDS = ("temperature", "alpha", "head", "learn_temperature", "duals")
+
+    def model_fields(self, method: str) -> dict:
+        """The ModelConfig fields this variant sets for ``method``."""
+        from ..methods import get_method
+
+        out = {k: getattr(self, k) for k in self.MODEL_FIELDS}
+        if isinstance(out["temperature"], list):
+            out["temperature"] = tuple(out["temperature"])
+        if not get_method(method).needs_duals:
+            out["duals"] = "shared"
+        return out
+
+    def effective(self, method: str) -> tuple:
+        """What decides ``method``'s model under this variant (variants that differ only in
+        fields the method ignores train the same model)."""
+        from ..methods import get_method
+
+        fields_ = self.model_fields(method)
+        if not get_method(method).needs_duals:
+            fields_.pop("alpha")
+        return (method,) + tuple(sorted(fields_.items()))
+
+    def label(self) -> str:
+        t = self.temperature if not isinstance(self.temperature, (list, tuple)) else "/".join(map(str, self.temperature))
+        return (f"tau={t}{' (learned)' if self.learn_temperature else ''}, alpha={self.alpha:g}, head={self.head}, "
+                f"duals={self.duals}, upsampling={self.upsampling}")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        if isinstance(out["temperature"], tuple):
+            out["temperature"] = list(out["temperature"])
+        return out
+
+
+@dataclass(frozen=True)
+class Variants:
+    """The contents of the variants file: ``variant``, the test ``difficulties`` (the first
+    is the development difficulty), ``held_out_mimic`` (``None``: no held-out condition)
+    and a free-text ``note`` (how they were chosen)."""
+
+    variant: Variant = field(default_factory=Variant)
+    difficulties: tuple = (0.3, 0.6)
+    held_out_mimic: str | None = "mottled"
+    note: str = ""
+
+    def to_dict(self) -> dict:
+        v = self.variant.to_dict()
+        return {"format": VARIANTS_FORMAT, "note": self.note,
+                "model": {k: v[k] for k in Variant.MODEL_FIELDS}, "upsampling": v["upsampling"],
+                "difficulties": list(self.difficulties), "held_out_mimic": self.held_out_mimic}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "variants") -> "Variants":
+        """Inverse of :meth:`to_dict`, checked: VariantsError naming the field."""
+        if not isinstance(data, dict):
+            raise VariantsError(f"{where}: must be a JSON object, got {type(data).__name__}")
+        if data.get("format") != VARIANTS_FORMAT:
+            raise VariantsError(f"{where}: 'format' must be {VARIANTS_FORMAT!r}, got {data.get('format')!r}")
+        known = {"format", "note", "model", "upsampling", "difficulties", "held_out_mimic"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise VariantsError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
+        model = data.get("model", {})
+        if not isinstance(model, dict):
+            raise VariantsError(f"{where}: 'model' must be an object of {list(Variant.MODEL_FIELDS)}")
+        bad = sorted(set(model) - set(Variant.MODEL_FIELDS))
+        if bad:
+            raise VariantsError(f"{where}: unknown model field(s) {bad}; known: {list(Variant.MODEL_FIELDS)}")
+        missing = sorted(set(Variant.MODEL_FIELDS) - set(model))
+        if missing or "upsampling" not in data or "difficulties" not in data or "held_out_mimic" not in data:
+            raise VariantsError(f"{where}: every field must be given (nothing is left to defaults in a file fixed "
+                                f"in advance); missing: {missing + [k for k in ('upsampling', 'difficulties', 'held_out_mimic') if k not in data]}")
+        temperature = model["temperature"]
+        if isinstance(temperature, list):
+            temperature = tuple(temperature)
+        difficulties = data["difficulties"]
+        if not isinstance(difficulties, list):
+            raise VariantsError(f"{where}: 'difficulties' must be a list of numbers in [0, 1]")
+        note = data.get("note", "")
+        if not isinstance(note, str):
+            raise VariantsError(f"{where}: 'note' must be a string")
+        out = cls(Variant(temperature=temperature, alpha=model["alpha"], head=model["head"],
+                          learn_temperature=model["learn_temperature"], duals=model["duals"],
+                          upsampling=data["upsampling"]),
+                  tuple(difficulties), data["held_out_mimic"], note)
+        out.validate(where=where)
+        return out
+
+    def validate(self, methods=("softmax", "learned_dual", "exact"), where: str = "variants") -> "Variants":
+        """Every field, and the variant for every one of ``methods`` (VariantsError)."""
+        from ..methods import get_method
+        from .data.synthetic import MIMIC_TYPES
+        from .explain_metrics import UPSAMPLINGS
+        from .models import ConfigError, ModelConfig
+
+        v = self.variant
+        if v.upsampling not in UPSAMPLINGS:
+            raise VariantsError(f"{where}: upsampling must be one of {', '.join(UPSAMPLINGS)}, got {v.upsampling!r}")
+        ds = self.difficulties
+        if not isinstance(ds, tuple) or not 1 <= len(ds) <= 4 or not all(
+                isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and 0 <= d <= 1
+                for d in ds) or len(set(ds)) != len(ds):
+            raise VariantsError(f"{where}: difficulties must be 1 to 4 distinct numbers in [0, 1] (the protocol "
+                                f"checks the conclusion at two), got {list(ds) if isinstance(ds, tuple) else ds!r}")
+        if self.held_out_mimic is not None and self.held_out_mimic not in MIMIC_TYPES:
+            raise VariantsError(f"{where}: held_out_mimic must be one of {', '.join(MIMIC_TYPES)} or null, got "
+                                f"{self.held_out_mimic!r}")
+        for method in methods:
+            get_method(method)
+            try:
+                ModelConfig(method=method, **v.model_fields(method)).validate()
+            except ConfigError as err:
+                raise VariantsError(f"{where}: model.{err.field}: {err}") from None
+        return self
+
+
+def _strict_constant(token: str):
+    raise ValueError(f"{token} is not a number in strict JSON")
+
+
+def read_variants(path: str) -> Variants:
+    """The checked :class:`Variants` of the file at ``path`` (strict JSON; VariantsError)."""
+    if not os.path.isfile(path):
+        raise VariantsError(f"the variants file {path} does not exist; write it from the dev stage's "
+                            f"proposed_variants.json and commit it before the test stage")
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f, parse_constant=_strict_constant)
+    except (OSError, ValueError) as err:
+        raise VariantsError(f"the variants file {path} is not readable strict JSON ({err})") from None
+    return Variants.from_dict(data, where=path)
+
+
+def variants_digest(path: str) -> str:
+    """SHA-256 of the file's bytes (recorded in the results)."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _git(args: list[str], cwd: str) -> subprocess.CompletedProcess:
+    # --no-optional-locks: read-only, never refreshes the index of a shared working tree
+    return subprocess.run(["git", "--no-optional-locks", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=60)
+
+
+def commit_state(path: str) -> dict:
+    """``{"repository", "path_in_repository", "head", "file_commit"}`` when ``path`` is tracked by git and
+    has no uncommitted changes; VariantsError otherwise ("committed-looking": a test run
+    must read a file that was fixed, in the repository's history, before it ran)."""
+    path = os.path.abspath(path)
+    if not os.path.isfile(path):
+        raise VariantsError(f"the variants file {path} does not exist")
+    if shutil.which("git") is None:
+        raise VariantsError("git is not available, so the variants file cannot be shown to be committed; the test "
+                            "stage runs only from a git checkout")
+    folder = os.path.dirname(path)
+    top = _git(["rev-parse", "--show-toplevel"], folder)
+    if top.returncode != 0:
+        raise VariantsError(f"the variants file {path} is not inside a git repository, so it cannot be shown to be "
+                            f"committed; the test stage runs only from a git checkout")
+    root = top.stdout.strip()
+    rel = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
+    if _git(["ls-files", "--error-unmatch", "--", rel], root).returncode != 0:
+        raise VariantsError(f"the variants file {rel} is not committed (git does not track it): commit it before "
+                            f"the test stage (git add {rel} && git commit)")
+    head = _git(["rev-parse", "--verify", "HEAD"], root)
+    if head.returncode != 0:
+        raise VariantsError(f"the repository at {root} has no commit yet: commit the variants file first")
+    changed = _git(["diff", "--quiet", "HEAD", "--", rel], root)
+    if changed.returncode != 0:
+        raise VariantsError(f"the variants file {rel} has uncommitted changes: commit them (or restore the file) "
+                            f"before the test stage")
+    file_commit = _git(["log", "-1", "--format=%H", "--", rel], root).stdout.strip()
+    return {"repository": root, "path_in_repository": rel, "head": head.stdout.strip(), "file_commit": file_commit}
+
+
+# ----------------------------------------------------------------------------- the test folder
+
+
+def check_test_folder(folder: str, force: bool = False) -> bool:
+    """Whether ``folder`` may become the test stage's result folder, without touching it:
+    False if absent or empty, True if it is an earlier test result that ``force`` allows
+    to replace; TestFolderExists otherwise (see :func:`claim_test_folder`)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise TestFolderExists(f"{folder} is a file, not a folder; choose another --out")
+    if not (os.path.isdir(folder) and os.listdir(folder)):
+        return False
+    if not force:
+        raise TestFolderExists(f"{folder} already holds test-stage results: the test split is touched once and its "
+                               f"results are written once; pass --force to replace them, or choose another --out")
+    if not os.path.isfile(os.path.join(folder, MANIFEST)):
+        raise TestFolderExists(f"{folder} is not empty and is not a test-stage result folder (no {MANIFEST}); "
+                               f"refusing to replace it even with --force; choose another --out")
+    return True
+
+
+def claim_test_folder(folder: str, force: bool = False, record: dict | None = None) -> None:
+    """Make ``folder`` the test stage's result folder, or refuse (TestFolderExists).
+
+    An absent or empty folder is claimed.  An existing one is refused unless ``force``;
+    with ``force`` it is removed first, but only if it holds the test stage's manifest
+    (:data:`MANIFEST`): another folder is never removed.  The manifest (``record`` plus
+    ``"status": "running"``) is written at once, so a run that dies half-way leaves a
+    folder that only ``--force`` replaces."""
+    from ..bench.results import write_json
+
+    if check_test_folder(folder, force):
+        shutil.rmtree(folder)
+    os.makedirs(folder, exist_ok=True)
+    write_json(os.path.join(folder, MANIFEST), {**(record or {}), "status": "running"})
+
+
+def finish_test_folder(folder: str, record: dict) -> None:
+    """Mark the test stage's results complete (the manifest's ``status``)."""
+    from ..bench.results import write_json
+
+    write_json(os.path.join(folder, MANIFEST), {**record, "status": "complete"})
+
+
+# ----------------------------------------------------------------------------- splits
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """One image set: ``name``, its data ``seed``, ``n`` images, ``difficulty`` and
+    ``mimic_types`` (``None``: the generator has none, or all of them)."""
+
+    name: str
+    seed: int
+    n: int
+    difficulty: float
+    mimic_types: tuple | None = None
+
+
+def split_specs(data: str, data_seed: int, sizes: dict, difficulty: float,
+                held_out_mimic: str | None = None) -> dict[str, SplitSpec]:
+    """The specs of the splits named in ``sizes`` (``{name: n}``, names of
+    :data:`SPLIT_OFFSETS`).  With ``held_out_mimic`` (``"synthetic"`` data only), every
+    split but ``test_heldout`` draws mimics from the other types and ``test_heldout``
+    from that one alone; without it ``test_heldout`` is refused."""
+    from .data.synthetic import MIMIC_TYPES
+
+    if data not in SYNTHETIC_SOURCES:
+        raise ValueError(f"the protocol's disjoint splits are built for the synthetic sources "
+                         f"({', '.join(SYNTHETIC_SOURCES)}), not {data!r}")
+    if held_out_mimic is not None:
+        if data != "synthetic":
+            raise ValueError(f"held_out_mimic needs mimic types: the 'synthetic' (rim) data, not {data!r}")
+        if held_out_mimic not in MIMIC_TYPES:
+            raise ValueError(f"held_out_mimic must be one of {MIMIC_TYPES}, got {held_out_mimic!r}")
+    specs = {}
+    for name, n in sizes.items():
+        if name not in SPLIT_OFFSETS:
+            raise ValueError(f"unknown split {name!r}; the splits are {', '.join(SPLIT_OFFSETS)}")
+        if name == "test_heldout" and held_out_mimic is None:
+            raise ValueError("the held-out test split needs a held-out mimic type")
+        types = None
+        if data == "synthetic":
+            if held_out_mimic is None:
+                types = tuple(MIMIC_TYPES)
+            elif name == "test_heldout":
+                types = (held_out_mimic,)
+            else:
+                types = tuple(t for t in MIMIC_TYPES if t != held_out_mimic)
+        specs[name] = SplitSpec(name, data_seed + SPLIT_OFFSETS[name], int(n), float(difficulty), types)
+    return specs
+
+
+def build_split(spec: SplitSpec, data: str, image_size: int, channels: int, in_memory: bool = True):
+    """The dataset of ``spec`` (materialised once with ``in_memory``)."""
+    from .data import InMemory
+    from .data.synthetic import SyntheticLesions, SyntheticRimLesions
+
+    if data == "synthetic":
+        ds = SyntheticRimLesions(spec.n, image_size, channels, spec.difficulty, seed=spec.seed,
+                                 mimic_types=spec.mimic_types)
+    elif data == "synthetic-blobs":
+        ds = SyntheticLesions(spec.n, image_size, channels, spec.difficulty, seed=spec.seed)
+    else:
+        raise ValueError(f"the protocol's splits are built for {SYNTHETIC_SOURCES}, not {data!r}")
+    return InMemory(ds) if in_memory else ds
+
+
+def image_keys(spec: SplitSpec) -> range:
+    """The generator keys of the split's images (``seed · 1000003 + i``)."""
+    return range(spec.seed * _KEY_STRIDE, spec.seed * _KEY_STRIDE + spec.n)
+
+
+def check_disjoint(specs: dict[str, SplitSpec]) -> None:
+    """ValueError unless no two splits share an image key (so no image)."""
+    items = sorted(specs.values(), key=lambda s: s.seed)
+    for a, b in zip(items, items[1:]):
+        ka, kb = image_keys(a), image_keys(b)
+        if a.seed == b.seed or ka.stop > kb.start:
+            raise ValueError(f"splits {a.name!r} and {b.name!r} overlap (seeds {a.seed} and {b.seed}, "
+                             f"{a.n} and {b.n} images)")
+    if any(s.n >= _KEY_STRIDE for s in items):
+        raise ValueError(f"a split of {_KEY_STRIDE} images or more would reach the next seed's images")
+
+
+# ----------------------------------------------------------------------------- the model-free reference
+
+
+def fit_model_free(dataset, seed: int = 0, limit: int | None = None) -> dict:
+    """The model-free reference map, chosen on ``dataset`` (the dev split, with masks):
+    :func:`convex_attention.paper.validity.check_pixel_map` between its two halves picks
+    the best per-pixel linear channel combination (fitted or fixed) by cross-fitted pixel
+    AP.  Returns ``{"name", "weights" (C floats), "dev_ap", "check"}``; the weights of a
+    fitted candidate are those fitted on the first half."""
+    from .validity import _fixed_maps, check_pixel_map, collect
+
+    images, _, masks, _ = collect(dataset, limit)
+    half = len(images) // 2
+    if half < 2:
+        raise ValueError(f"the model-free map needs at least 4 development images, got {len(images)}")
+    check = check_pixel_map(images[:half], masks[:half], images[half:], masks[half:], seed=seed)
+    if not check.ran:
+        return {"name": None, "weights": None, "dev_ap": math.nan, "check": check.to_dict()}
+    best = check.detail["best"]
+    fitted = check.detail["weights_fitted_on_training_set"]
+    weights = fitted[best] if best in fitted else _fixed_maps(images.shape[1])[best].tolist()
+    return {"name": best, "weights": [float(w) for w in weights], "dev_ap": check.value, "check": check.to_dict()}
+
+
+def variant_grid(grid: dict) -> list[Variant]:
+    """Every combination of the candidate values ``grid`` ``{field: values}`` of
+    :class:`Variant`'s model fields (the upsampling is compared on each trained model)."""
+    import itertools
+
+    names = list(Variant.MODEL_FIELDS)
+    unknown = sorted(set(grid) - set(names))
+    if unknown:
+        raise ValueError(f"unknown variant field(s) {unknown}; known: {names}")
+    values = [tuple(grid.get(n, (getattr(Variant(), n),))) for n in names]
+    return [Variant(**dict(zip(names, combo))) for combo in itertools.product(*values)]

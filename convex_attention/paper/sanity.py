@@ -1,0 +1,234 @@
+"""Checks that an explanation depends on the model, and that the model uses its maps.
+
+* **Map ablation** (:func:`map_ablation`): at test time each attention map the classifier
+  pools with is replaced by a uniform map (every cell ``1/n_k``) or by the same map with
+  its cells spatially shuffled (an independent random permutation of the cells of every
+  level and image, seeded); the change in balanced accuracy (at the decision threshold
+  chosen on validation) and in ROC AUC says whether the maps drive the decision.  A map
+  the classifier ignores changes nothing.
+* **Model-parameter randomisation** (Adebayo et al., "Sanity checks for saliency maps",
+  NeurIPS 2018; :func:`randomisation_check`): the model's weights are re-initialised (a
+  fresh model of the same configuration, seeded: every layer at once, BatchNorm
+  statistics included), every explanation is recomputed on the same images, and the
+  Spearman rank correlation between the original and the randomised map is reported per
+  image and method (attention maps included).  A map that hardly changes when the model
+  is destroyed does not explain the model.  Maps are compared at their own resolution
+  (input attributions summed over channels in absolute value, as the pixel protocol
+  scores them).
+* **Map statistics** (:func:`map_statistics`): per level, ``N · max p`` (1 for a uniform
+  map, ``N`` for a one-hot map), the entropy ``H(p)`` in nats and as a share of
+  ``log N``, and the per-image score range ``max θ − min θ``.
+
+Balanced accuracy at a given threshold and the test-set classification metrics are here
+too (:func:`classification`), because the ablation is measured with them.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["predict", "balanced_accuracy_at", "classification", "map_statistics", "uniform_maps", "shuffled_maps",
+           "maps_replaced", "map_ablation", "randomised_copy", "rank_correlation", "native_form",
+           "randomisation_check", "ABLATIONS"]
+
+ABLATIONS = ("uniform", "shuffled")
+
+
+def _labels_only(dataset: Dataset):
+    from .data import labels_only
+
+    return labels_only(dataset)
+
+
+@torch.no_grad()
+def predict(model, dataset: Dataset, batch_size: int = 64, device="cpu", keep_maps: bool = False) -> dict:
+    """The model on every image of ``dataset``, in evaluation mode: ``logits`` ``(N, K)``
+    float64 and ``labels`` ``(N,)`` on the CPU; with ``keep_maps`` also ``maps`` and
+    ``scores``, ``L`` tensors ``(N, h_k, w_k)`` each, and ``violation`` ``(N,)``."""
+    model.eval()
+    model.to(device)
+    loader = DataLoader(_labels_only(dataset), batch_size=batch_size, shuffle=False)
+    logits, labels, maps, scores, violation = [], [], [], [], []
+    for images, y in loader:
+        out = model(images.to(device))
+        logits.append(out.logits.detach().double().cpu())
+        labels.append(torch.as_tensor(y).cpu())
+        if keep_maps:
+            maps.append([m.detach().double().cpu() for m in out.maps])
+            scores.append([s.detach().double().cpu() for s in out.scores])
+            violation.append(out.solution.violation.detach().double().cpu())
+    result = {"logits": torch.cat(logits), "labels": torch.cat(labels)}
+    if keep_maps:
+        result["maps"] = [torch.cat(level) for level in zip(*maps)]
+        result["scores"] = [torch.cat(level) for level in zip(*scores)] if scores and scores[0] else []
+        result["violation"] = torch.cat(violation)
+    return result
+
+
+def balanced_accuracy_at(p1, labels, threshold: float) -> float:
+    """Balanced accuracy of predicting class 1 where ``p1 >= threshold`` (``p1``: ``(N,)``
+    probabilities of class 1, ``labels`` ``(N,)`` in {0, 1}): the mean of the recalls of the
+    classes present; NaN for a NaN threshold or no labels."""
+    p1, labels = np.asarray(p1, dtype=float), np.asarray(labels).astype(int)
+    if threshold is None or not math.isfinite(threshold) or labels.size == 0:
+        return math.nan
+    pred = (p1 >= threshold).astype(int)
+    recalls = [float((pred[labels == c] == c).mean()) for c in (0, 1) if (labels == c).any()]
+    return float(np.mean(recalls))
+
+
+def classification(logits: Tensor, labels: Tensor, threshold: float) -> dict:
+    """Test metrics of two-class ``logits`` ``(N, 2)``: ``auc`` (ROC AUC of p(class 1);
+    NaN with one class present), ``bacc`` (balanced accuracy at ``threshold``, the one
+    chosen on validation), ``bacc_argmax`` and ``acc`` (argmax)."""
+    from sklearn.metrics import roc_auc_score
+
+    if logits.dim() != 2 or logits.shape[1] != 2:
+        raise ValueError(f"classification needs two-class logits (N, 2), got {tuple(logits.shape)}")
+    probs = torch.softmax(logits.double(), 1).numpy()
+    y = labels.numpy().astype(int)
+    pred = probs.argmax(1)
+    auc = float(roc_auc_score(y, probs[:, 1])) if len(np.unique(y)) == 2 else math.nan
+    return {"auc": auc, "bacc": balanced_accuracy_at(probs[:, 1], y, threshold),
+            "bacc_argmax": _bacc_pred(pred, y),
+            "acc": float((pred == y).mean())}
+
+
+def _bacc_pred(pred: np.ndarray, y: np.ndarray) -> float:
+    recalls = [float((pred[y == c] == c).mean()) for c in (0, 1) if (y == c).any()]
+    return float(np.mean(recalls)) if recalls else math.nan
+
+
+def map_statistics(maps, scores=None) -> list[dict]:
+    """Per level ``k``, means over images of: ``n_max_p`` = ``N_k · max p``, ``entropy``
+    ``H(p)`` in nats, ``entropy_ratio`` = ``H(p) / log N_k`` (1 for a uniform map), and
+    ``score_range`` = ``max θ − min θ`` (NaN without ``scores``).  ``maps[k]``, ``scores[k]``:
+    ``(N, h_k, w_k)``."""
+    out = []
+    for k, p in enumerate(maps):
+        flat = p.detach().double().flatten(1)
+        n = flat.shape[1]
+        entropy = -(flat * torch.log(flat.clamp(min=1e-300))).sum(1)
+        entry = {"level": k, "cells": n, "n_max_p": float((n * flat.max(1).values).mean()),
+                 "entropy": float(entropy.mean()), "entropy_ratio": float((entropy / math.log(n)).mean()),
+                 "score_range": math.nan}
+        if scores:
+            s = scores[k].detach().double().flatten(1)
+            entry["score_range"] = float((s.max(1).values - s.min(1).values).mean())
+        out.append(entry)
+    return out
+
+
+def uniform_maps(maps) -> list[Tensor]:
+    """Every map replaced by the uniform distribution over its cells (same shapes)."""
+    return [torch.full_like(p, 1.0 / p[0].numel()) for p in maps]
+
+
+def shuffled_maps(maps, generator: torch.Generator) -> list[Tensor]:
+    """Every map with its cells permuted at random, independently per level and image:
+    the same values (so the same sharpness and total mass), at random places."""
+    out = []
+    for p in maps:
+        flat = p.flatten(1)
+        order = torch.argsort(torch.rand(flat.shape, generator=generator), dim=1).to(flat.device)
+        out.append(torch.gather(flat, 1, order).view_as(p))
+    return out
+
+
+@contextlib.contextmanager
+def maps_replaced(model, transform):
+    """Within the block, ``model``'s attention layer hands the classifier ``transform(maps)``
+    instead of its maps (the model's own forward pass runs otherwise unchanged)."""
+    from ..nn import Attended
+
+    layer = model.attention
+    original = layer.attend
+
+    def attend(scores):
+        attended = original(scores)
+        return Attended(list(transform(list(attended.maps))), attended.solution, attended.aux_loss)
+
+    layer.attend = attend
+    try:
+        yield model
+    finally:
+        del layer.attend
+
+
+def map_ablation(model, dataset: Dataset, threshold: float, batch_size: int = 64, device="cpu",
+                 seed: int = 0) -> dict:
+    """Balanced accuracy (at ``threshold``) and AUC of ``model`` on ``dataset`` with its own
+    maps, with uniform maps and with shuffled maps, and the changes
+    (``delta_bacc_uniform`` = uniform − own, etc.)."""
+    if not getattr(model, "has_attention", True):
+        raise ValueError("the map ablation needs a model with attention maps")
+    own = predict(model, dataset, batch_size, device)
+    result = {f"{k}": v for k, v in classification(own["logits"], own["labels"], threshold).items()}
+    generator = torch.Generator().manual_seed(seed)
+    for name, transform in (("uniform", uniform_maps), ("shuffled", lambda m: shuffled_maps(m, generator))):
+        with maps_replaced(model, transform):
+            changed = predict(model, dataset, batch_size, device)
+        metrics = classification(changed["logits"], changed["labels"], threshold)
+        result[f"bacc_{name}"], result[f"auc_{name}"] = metrics["bacc"], metrics["auc"]
+        result[f"delta_bacc_{name}"] = metrics["bacc"] - result["bacc"]
+        result[f"delta_auc_{name}"] = metrics["auc"] - result["auc"]
+    return result
+
+
+def randomised_copy(model, seed: int = 0):
+    """A freshly initialised model of the same class and configuration (every weight and
+    BatchNorm statistic re-initialised; the global RNG state is left as it was), in
+    evaluation mode, on the model's device."""
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(model)(config=model.config)
+    return fresh.to(device).eval()
+
+
+def rank_correlation(a, b) -> float:
+    """Spearman's rank correlation of two maps of one shape (ties share their mean rank);
+    NaN when either is constant (no ranking to compare)."""
+    from scipy.stats import rankdata
+
+    x = np.asarray(a, dtype=float).ravel()
+    y = np.asarray(b, dtype=float).ravel()
+    if x.shape != y.shape:
+        raise ValueError(f"maps of different sizes: {x.size} and {y.size} cells")
+    rx, ry = rankdata(x), rankdata(y)
+    sx, sy = rx.std(), ry.std()
+    if sx == 0 or sy == 0:
+        return math.nan
+    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+
+
+def native_form(m: Tensor) -> Tensor:
+    """A map at its own resolution as the pixel protocol scores it: ``(C, H, W)`` summed
+    over channels in absolute value, ``(h, w)`` clipped at zero."""
+    m = m.detach().double().cpu()
+    return m.abs().sum(0) if m.dim() == 3 else m.clamp(min=0)
+
+
+def randomisation_check(model, images: Tensor, target: str = "true", seed: int = 0, posthoc: bool = True,
+                        original: dict | None = None) -> list[dict]:
+    """Rows ``{method, level, position, spearman}``: for every explanation of ``model`` on
+    ``images`` ``(B, C, H, W)`` (:func:`convex_attention.paper.explain.explanations`;
+    ``original``: those maps if already computed), the rank correlation with the same
+    explanation of :func:`randomised_copy` ``(model, seed)``, per image."""
+    from .explain import explanations
+
+    if original is None:
+        original = explanations(model, images, target, posthoc)
+    randomised = explanations(randomised_copy(model, seed), images, target, posthoc)
+    rows = []
+    for key, m in original.items():
+        r = randomised[key]
+        for j in range(len(images)):
+            rows.append({"method": key[0], "level": key[1], "position": j,
+                         "spearman": rank_correlation(native_form(m[j]), native_form(r[j]))})
+    return rows

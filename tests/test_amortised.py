@@ -1,0 +1,197 @@
+"""The amortised dual (nn.AmortisedDuals, nn.fit_amortised_duals): per-sample duals from a
+small network on the scores, trained with the paper's consistency loss."""
+import math
+
+import pytest
+import torch
+from helpers import make_hierarchy, random_instance
+
+import convex_attention as ca
+from convex_attention.bench.generators import generate
+
+
+def _exact_duals(scores, h, temps):
+    return ca.solve(scores, h, "exact", temperature=temps).duals
+
+
+def _relative_error(got, want):
+    num = sum(float((g.detach() - w).square().sum()) for g, w in zip(got, want))
+    den = sum(float(w.square().sum()) for w in want)
+    return math.sqrt(num / den)
+
+
+@pytest.mark.parametrize("case", ["1d-2lvl", "1d-3lvl", "2d-2lvl", "2d-3lvl-unequal", "3d-3lvl", "irregular-2lvl",
+                                  "irregular-3lvl"])
+def test_shapes_dtype_and_mean_zero(case):
+    inst = random_instance(case, batch=3, dtype=torch.float32)
+    module = ca.AmortisedDuals(inst.h, inst.temps)
+    with torch.no_grad():
+        for p in module.parameters():  # an untrained residual adds nothing: make it count
+            p.normal_()
+    duals = module(inst.scores)
+    assert len(duals) == inst.h.num_levels - 1
+    for k, d in enumerate(duals):
+        assert d.shape == (3,) + inst.h.shapes[k + 1] and d.dtype == torch.float32
+        torch.testing.assert_close(d.flatten(1).mean(1), torch.zeros(3), atol=1e-5, rtol=0)
+    sol = ca.solve(inst.scores, inst.h, "learned_dual", temperature=inst.temps, duals=duals)
+    assert all(torch.isfinite(p).all() for p in sol.probs)
+
+
+def test_two_level_formula_is_the_first_feature():
+    """d_0 = τ0τ1/(τ0+τ1)·(blockLSE(θ0/τ0) − θ1/τ1), centred: the optimal dual itself."""
+    inst = random_instance("2d-2lvl", batch=4, scale=3.0)
+    module = ca.AmortisedDuals(inst.h, inst.temps)
+    feats = module.features(inst.scores)
+    t0, t1 = inst.temps
+    lse = inst.h.block_logsumexp(inst.scores[0] / t0, 0)
+    formula = t0 * t1 / (t0 + t1) * (lse - inst.scores[1] / t1)
+    formula = formula - formula.flatten(1).mean(1).view(-1, 1, 1)
+    torch.testing.assert_close(feats[0][:, 0], formula, atol=1e-12, rtol=0)
+    torch.testing.assert_close(feats[0][:, 0], _exact_duals(inst.scores, inst.h, inst.temps)[0], atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("shapes", [[(8, 8), (4, 4), (2, 2)], [(16,), (8,), (4,), (2,)], [(4, 4, 4), (2, 2, 2), (1, 1, 1)]])
+def test_linear_path_can_express_the_optimum_at_any_depth(shapes):
+    """Least squares of the exact duals on the features: a fixed linear map, zero residual."""
+    h = ca.Hierarchy.grid(shapes)
+    temps = [0.6, 1.7, 0.9, 1.3][: h.num_levels]
+    g = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((32,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    module = ca.AmortisedDuals(h, temps).double()
+    feats = module.features(scores)
+    exact = _exact_duals(scores, h, temps)
+    for k in range(h.num_levels - 1):
+        X = feats[k].movedim(1, -1).reshape(-1, feats[k].shape[1])
+        y = exact[k].reshape(-1, 1)
+        w = torch.linalg.lstsq(X, y).solution
+        assert float((X @ w - y).abs().max()) < 1e-9
+        if h.sizes[k + 1] > 1:  # (one cell: every centred feature and dual is zero)
+            assert abs(float(w[0]) - 1.0) < 1e-9  # the own formula enters with weight one
+
+
+@pytest.mark.parametrize("case", ["2d-2lvl", "irregular-2lvl"])
+def test_learns_the_two_level_formula_from_random_init(case):
+    h = make_hierarchy(case) if case != "2d-2lvl" else ca.Hierarchy.grid([(8, 8), (4, 4)])
+    temps = [0.7, 1.6]
+    g = torch.Generator().manual_seed(3)
+    train = [torch.randn((64,) + s, generator=g) for s in h.shapes]
+    held_out = [torch.randn((16,) + s, generator=g) for s in h.shapes]
+    torch.manual_seed(1)
+    module = ca.AmortisedDuals(h, temps)
+    before = _relative_error(module(held_out), _exact_duals(held_out, h, temps))
+    history = ca.fit_amortised_duals(module, train, steps=150)
+    assert len(history) == 150
+    with torch.no_grad():
+        error = _relative_error(module(held_out), _exact_duals(held_out, h, temps))
+    assert before > 0.1 and error < 1e-2, (before, error)
+
+
+@pytest.mark.parametrize("generator, levels, target", [("gaussian", 2, 0.01), ("lesion", 2, 0.01),
+                                                       ("gaussian", 3, 0.10), ("lesion", 3, 0.10)])
+def test_held_out_violation_meets_the_bench_targets(generator, levels, target):
+    """The bench's quick protocol at one size: 64 training instances, 150 steps, float32."""
+    h = ca.Hierarchy.grid([(8 // 2 ** k,) * 2 for k in range(levels)])
+    train = [s.float() for s in generate(generator, h, 64, seed=1)]
+    test = [s.float() for s in generate(generator, h, 8, seed=0)]
+    torch.manual_seed(0)
+    module = ca.AmortisedDuals(h)
+    ca.fit_amortised_duals(module, train, 150)
+    with torch.no_grad():
+        amortised = ca.solve(test, h, "learned_dual", duals=module(test)).violation.mean()
+    zero = ca.solve(test, h, "softmax").violation.mean()
+    assert float(amortised) <= target * float(zero), float(amortised / zero)
+
+
+def test_fit_ends_at_the_best_training_loss_and_dual_loss_works():
+    h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)])
+    train = [torch.randn((16,) + s) for s in h.shapes]
+    module = ca.AmortisedDuals(h)
+    history = ca.fit_amortised_duals(module, train, steps=30, lr=0.3)
+    with torch.no_grad():
+        final = float(ca.consistency_loss(train, module(train), h))
+    assert final <= min(history) + 1e-6
+    module2 = ca.AmortisedDuals(h, layers=0)
+    history2 = ca.fit_amortised_duals(module2, train, steps=30, loss="dual")
+    assert len(history2) == 30 and module2.residual is None
+    # dual function at the duals never below the optimum (weak duality)
+    from convex_attention.dual import dual_function
+    assert (dual_function(train, module2(train), h, [1.0] * 3)
+            >= ca.solve(train, h, "exact").objective - 1e-4).all()
+
+
+def test_cost_is_documented_and_matches_the_module():
+    h = ca.Hierarchy.grid([(8, 8), (4, 4)])
+    module = ca.AmortisedDuals(h, hidden=16, layers=2)
+    cost = module.cost()
+    assert cost["parameters"] == sum(p.numel() for p in module.parameters()) == 451
+    # linear 2·2 + conv 2·2·16·9 + 16 + conv 2·16·9 + 1
+    assert cost["flops_per_cell"] == [4 + 592 + 289]
+    deep = ca.AmortisedDuals(ca.Hierarchy.grid([(8,), (4,), (2,)]), hidden=4, layers=3)
+    c = deep.channels
+    assert c == [4, 2]
+    expected = sum(ch + ch * 4 * 3 + 4 + (4 * 4 * 3 + 4) + 4 * 3 + 1 for ch in c)
+    assert deep.cost()["parameters"] == expected
+
+
+def test_temperature_override_is_differentiable_and_half_precision_works():
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    module = ca.AmortisedDuals(h)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_()
+    tau = torch.tensor([0.5, 2.0], requires_grad=True)
+    scores = [torch.randn((2,) + s) for s in h.shapes]
+    sum(d.square().sum() for d in module(scores, temperature=tau)).backward()
+    assert tau.grad is not None and torch.isfinite(tau.grad).all() and tau.grad.abs().sum() > 0
+    half = module([(1e4 * s).half() for s in scores])
+    assert all(d.dtype == torch.float32 and torch.isfinite(d).all() for d in half)
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    ({"hidden": 0}, ValueError, "hidden"),
+    ({"layers": -1}, ValueError, "layers"),
+    ({"hidden": 2.5}, ValueError, "hidden"),
+    ({"temperature": -1.0}, ValueError, "positive"),
+])
+def test_module_arguments_are_checked(kwargs, exc, message):
+    with pytest.raises(exc, match=message):
+        ca.AmortisedDuals(ca.Hierarchy.grid([(4,), (2,)]), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, exc, message", [
+    ({"steps": 0}, ValueError, "steps"),
+    ({"lr": 0.0}, ValueError, "lr"),
+    ({"lr": math.nan}, ValueError, "lr"),
+    ({"residual_lr": -1.0}, ValueError, "residual_lr"),
+    ({"loss": "mse"}, ValueError, "loss must be one of consistency, dual"),
+])
+def test_fit_arguments_are_checked(kwargs, exc, message):
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    with pytest.raises(exc, match=message):
+        ca.fit_amortised_duals(ca.AmortisedDuals(h), [torch.randn(2, 4), torch.randn(2, 2)], **{"steps": 1, **kwargs})
+    with pytest.raises(TypeError, match="AmortisedDuals"):
+        ca.fit_amortised_duals(ca.LearnedDuals(h), [torch.randn(2, 4), torch.randn(2, 2)], 1)
+    with pytest.raises(ValueError, match="contains NaN"):
+        ca.fit_amortised_duals(ca.AmortisedDuals(h), [torch.full((2, 4), math.nan), torch.randn(2, 2)], 1)
+
+
+def test_consistent_attention_with_amortised_duals():
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    layer = ca.ConsistentAttention(h, "learned_dual", temperature=[0.5, 1.0], duals="amortised")
+    assert isinstance(layer.learned_duals, ca.AmortisedDuals) and layer.learned_duals.temperature == [0.5, 1.0]
+    scores = [torch.randn((3,) + s, requires_grad=True) for s in h.shapes]
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    sol = layer(scores)
+    expected = ca.solve(scores, h, "learned_dual", temperature=[0.5, 1.0], duals=layer.learned_duals(scores))
+    for a, b in zip(sol.probs, expected.probs):
+        torch.testing.assert_close(a, b)
+    out = layer.attend(scores)
+    out.aux_loss.backward()
+    assert all(p.grad is not None for p in layer.learned_duals.parameters())
+    assert all(s.grad is not None for s in scores)
+    own = ca.AmortisedDuals(h, hidden=4)
+    assert ca.ConsistentAttention(h, "learned_dual", duals=own).learned_duals is own
+    with pytest.raises(ValueError, match="built for"):
+        ca.ConsistentAttention(ca.Hierarchy.grid([(8, 8), (4, 4)]), "learned_dual", duals=own)

@@ -1,0 +1,81 @@
+"""The method registry (convex_attention.methods): one record per method, asked by solve
+and the modules instead of comparing method names."""
+import dataclasses
+
+import pytest
+import torch
+from helpers import random_instance
+
+import convex_attention as ca
+from convex_attention.methods import REGISTRY, Method, get_method, register_method
+
+
+def test_built_in_records_state_what_each_method_can_do():
+    facts = {name: (m.needs_duals, m.has_duals, m.exact, m.consistent, m.tensor_temperature, m.cpu_only)
+             for name, m in REGISTRY.items() if name in ca.METHODS}
+    assert facts == {
+        "softmax": (False, False, False, False, True, False),
+        "exact": (False, True, True, True, True, False),
+        "cvxpylayers": (False, True, True, True, False, True),
+        "dual": (False, True, True, True, False, False),
+        "learned_dual": (True, True, False, False, True, False),
+    }
+    assert all(m.differentiable for m in REGISTRY.values() if m.name in ca.METHODS)
+    assert get_method("dual").check_options is not None and get_method("cvxpylayers").check_options is not None
+
+
+def test_get_method_returns_records_and_names_the_choices():
+    record = get_method("exact")
+    assert isinstance(record, Method) and get_method(record) is record
+    for bad in ("sinkhorn", 3, None):
+        with pytest.raises(ValueError, match="unknown method .* choose one of softmax, exact"):
+            get_method(bad)
+    with pytest.raises(TypeError, match="Method record"):
+        register_method("exact")
+
+
+def test_option_checks_of_the_records_run_before_any_work():
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    get_method("dual").check_options({"tol": 1e-3, "max_iter": 5}, h)
+    with pytest.raises(ValueError, match="tol"):
+        get_method("dual").check_options({"tol": float("nan")}, h)
+    with pytest.raises(ValueError, match="eps"):
+        get_method("cvxpylayers").check_options({"eps": 0.0}, h)
+
+
+@pytest.fixture
+def custom_method():
+    calls = []
+
+    def fn(scores, h, temps, duals, options):
+        calls.append((temps, dict(options)))
+        return ca.solve(scores, h, "exact", temperature=temps).probs, None, {"custom": True}
+
+    record = register_method(Method("tree_copy", fn, "exact under another name", options=frozenset({"knob"}),
+                                    has_duals=False, tensor_temperature=False))
+    yield record, calls
+    del REGISTRY["tree_copy"]
+
+
+def test_a_registered_method_is_seen_by_solve_and_the_module(custom_method):
+    _, calls = custom_method
+    inst = random_instance("2d-2lvl", batch=2)
+    sol = ca.solve(inst.scores, inst.h, "tree_copy", temperature=inst.temps, knob=1)
+    assert sol.method == "tree_copy" and sol.info == {"custom": True} and calls[-1][1] == {"knob": 1}
+    with pytest.raises(TypeError, match="takes no option"):
+        ca.solve(inst.scores, inst.h, "tree_copy", other=1)
+    with pytest.raises(TypeError, match="takes no option"):
+        ca.ConsistentAttention(inst.h, "tree_copy", other=1)
+    layer = ca.ConsistentAttention(inst.h, "tree_copy", knob=2)
+    assert layer.attend(inst.scores).solution.method == "tree_copy"
+
+
+def test_the_tensor_temperature_flag_decides_who_may_differentiate_through_it(custom_method):
+    record, calls = custom_method
+    inst = random_instance("1d-2lvl", batch=1)
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(TypeError, match="method 'tree_copy' cannot differentiate through the temperature"):
+        ca.solve(inst.scores, inst.h, "tree_copy", temperature=tau)
+    register_method(dataclasses.replace(record, tensor_temperature=True))
+    ca.solve(inst.scores, inst.h, "tree_copy", temperature=tau)
+    assert all(isinstance(t, torch.Tensor) and t.requires_grad for t in calls[-1][0])

@@ -1,0 +1,461 @@
+"""The paper's commands (train, explain, experiment) fail like commands: every bad input is
+a usage error (exit 2, no traceback) raised before any work, with a message naming the
+option; nothing they load can run code; ``train --resume`` restores the stored settings."""
+import argparse
+import csv
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from convex_attention import cli
+from convex_attention.paper.models import AttentionUNet, load_model, read_checkpoint, save_checkpoint
+from convex_attention.paper.models.checkpoint import FORMAT
+from convex_attention.paper.train import TrainConfig
+
+TINY = dict(image_size=32, width=4, embed_channels=8, n_train=16, n_val=8, batch_size=8, device="cpu",
+            progress=False)
+
+
+def run(argv, capsys):
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_usage_error(code, err, *words):
+    assert code == 2, err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert "error:" in last, err
+    for w in words:
+        assert w in last, (w, last)
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Fail the test if training, explaining or the experiment starts."""
+    import convex_attention.paper.experiment as experiment
+    import convex_attention.paper.explain as explain
+    import convex_attention.paper.train as train
+
+    def refuse(*a, **k):
+        raise AssertionError("work started before the inputs were checked")
+
+    monkeypatch.setattr(train, "train", refuse)
+    monkeypatch.setattr(explain, "explain_models", refuse)
+    monkeypatch.setattr(experiment, "run_experiment", refuse)
+
+
+def tiny_checkpoint(path, epoch=1, epochs=1, **fields):
+    """A checkpoint as training writes it (weights, optimiser, the whole TrainConfig)."""
+    config = TrainConfig.build(**{**TINY, "epochs": epochs, "out": os.path.dirname(path), **fields})
+    model = AttentionUNet(config=config.model)
+    opt = torch.optim.Adam(model.parameters())
+    return save_checkpoint(str(path), model, opt, epoch=epoch, metrics=[],
+                           extra={"train_config": config.to_dict()})
+
+
+# ----------------------------------------------------------------------------- help
+
+
+def _subparsers():
+    parser = cli.build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return {name: action.choices[name] for name in ("train", "explain", "experiment")}
+
+
+def test_every_option_has_help_and_shows_its_default():
+    for name, sub in _subparsers().items():
+        assert sub.formatter_class is argparse.ArgumentDefaultsHelpFormatter, name
+        text = sub.format_help()
+        formatter = sub._get_formatter()
+        for action in sub._actions:
+            assert action.help, (name, action.option_strings)
+            if action.dest != "help" and not action.required:
+                assert "%(default)" in formatter._get_help_string(action), (name, action.dest)
+        assert "--out" in text and "Traceback" not in text
+
+
+def test_help_shows_the_dataclass_defaults():
+    text = _subparsers()["train"].format_help()
+    assert "(default: 128)" in text and "(default: 0.001)" in text and "(default: 32)" in text
+
+
+# ----------------------------------------------------------------------------- train
+
+
+TRAIN_BAD = [
+    (["--epochs", "0"], "--epochs"), (["--epochs", "-1"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
+    (["--n-train", "0"], "--n-train"), (["--n-val", "0"], "--n-val"), (["--channels", "0"], "--channels"),
+    (["--width", "0"], "--width"), (["--image-size", "40"], "pooling stack"), (["--image-size", "0"], "--image-size"),
+    (["--temperature", "0"], "--temperature"), (["--temperature", "-1"], "--temperature"),
+    (["--temperature", "inf"], "--temperature"), (["--temperature", "nan"], "--temperature"),
+    (["--alpha", "-1"], "--alpha"), (["--alpha", "inf"], "--alpha"), (["--lr", "0"], "--lr"),
+    (["--lr", "nan"], "--lr"), (["--weight-decay", "-1"], "--weight-decay"), (["--difficulty", "2"], "--difficulty"),
+    (["--attention-blocks", "2", "4"], "--attention-blocks"), (["--seed", "-1"], "--seed"),
+    (["--workers", "-1"], "--workers"), (["--device", "tpu"], "--device"), (["--device", "cuda:x"], "--device"),
+    (["--data-seed", "-5"], "--data-seed"),
+]
+
+
+@pytest.mark.parametrize("argv,words", TRAIN_BAD)
+def test_train_usage_errors_before_work(argv, words, tmp_path, capsys, no_work):
+    out = str(tmp_path / "run")
+    code, _, err = run(["train", *argv, "--out", out], capsys)
+    assert_usage_error(code, err, words)
+    assert not os.path.exists(out)
+
+
+def test_cuda_without_cuda_is_a_usage_error(tmp_path, capsys, monkeypatch, no_work):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["train", "--device", "cuda"], ["train", "--device", "cuda:0"], ["experiment", "--device", "cuda"],
+                 ["explain", "--checkpoints", "a=x.pt", "--device", "cuda"]):
+        code, _, err = run([*argv, "--out", str(tmp_path / "o")], capsys)
+        assert_usage_error(code, err, "--device", "CUDA is not available")
+
+
+def _unwritable(tmp_path) -> str:
+    if os.geteuid() == 0:  # root writes anywhere a permission allows nothing: use a path no one can create
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("needs /proc to make an unwritable path as root")
+        return "/proc/convex-attention-no-such-folder/out"
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    return str(ro / "out")
+
+
+@pytest.mark.parametrize("command", [["train"], ["experiment", "--quick"], ["explain", "--checkpoints", "a=x.pt"]])
+def test_out_that_is_a_file_or_unwritable(command, tmp_path, capsys, no_work):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    code, _, err = run([*command, "--out", str(a_file)], capsys)
+    assert_usage_error(code, err, "--out", "is a file")
+    code, _, err = run([*command, "--out", _unwritable(tmp_path)], capsys)
+    assert_usage_error(code, err, "--out", "not a writable folder")
+
+
+def test_resume_from_a_missing_corrupt_or_foreign_checkpoint(tmp_path, capsys, no_work):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    good = tiny_checkpoint(tmp_path / "good" / "last.pt")
+    (tmp_path / "trunc.pt").write_bytes(open(good, "rb").read()[:2000])
+    for path, words in ((tmp_path / "missing.pt", "does not exist"), (junk, "not a convex-attention checkpoint"),
+                        (tmp_path / "foreign.pt", "not a convex-attention checkpoint"),
+                        (tmp_path / "trunc.pt", "not a convex-attention checkpoint"), (tmp_path, "not a file")):
+        code, _, err = run(["train", "--resume", str(path)], capsys)
+        assert_usage_error(code, err, "--resume", words)
+
+
+def test_a_damaged_checkpoint_is_refused_clearly(tmp_path):
+    good = read_checkpoint(tiny_checkpoint(tmp_path / "a" / "last.pt"))
+    for damage, words in (({"model": {"w": "text"}}, "no weights"), ({"epoch": -1}, "epoch"),
+                          ({"config": {**good["config"], "width": 0}}, "invalid model configuration"),
+                          ({"config": {**good["config"], "depth": 3}}, "invalid model configuration"),
+                          ({"metrics": "x"}, "metrics")):
+        torch.save({**good, **damage}, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=words):
+            load_model(str(tmp_path / "bad.pt"))
+
+
+def test_resume_restores_the_stored_settings_and_applies_explicit_options(tmp_path):
+    from convex_attention.cli.paper import train_config_from_args
+
+    path = tiny_checkpoint(tmp_path / "runs" / "x" / "last.pt", epoch=1, epochs=2, method="exact", lr=3e-3)
+    parser = cli.build_parser()
+    config, state = train_config_from_args(parser.parse_args(["train", "--resume", path]))
+    assert config.model.method == "exact" and config.model.width == 4 and config.lr == 3e-3 and config.epochs == 2
+    assert config.n_train == 16 and config.out == os.path.dirname(os.path.abspath(path)) and state["epoch"] == 1
+    config, _ = train_config_from_args(parser.parse_args(["train", "--resume", path, "--epochs", "5", "--lr", "0.01",
+                                                          "--width", "4", "--out", str(tmp_path / "y")]))
+    assert config.epochs == 5 and config.lr == 0.01 and config.model.width == 4 and config.out == str(tmp_path / "y")
+    assert config.model.method == "exact"
+
+
+@pytest.mark.parametrize("argv,words", [(["--width", "8"], "--width"), (["--method", "softmax"], "--method"),
+                                        (["--norm", "group"], "--norm"), (["--image-size", "64"], "--image-size"),
+                                        (["--attention-blocks", "2", "3"], "--attention-blocks"),
+                                        (["--channels", "3"], "--channels")])
+def test_resume_refuses_another_architecture(argv, words, tmp_path, capsys, no_work):
+    path = tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=1, epochs=2)
+    code, _, err = run(["train", "--resume", path, *argv], capsys)
+    assert_usage_error(code, err, words, "differs from the checkpoint", "keeps its architecture")
+
+
+def test_resume_of_a_finished_run_says_what_to_do(tmp_path, capsys, no_work):
+    path = tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=2, epochs=2)
+    code, _, err = run(["train", "--resume", path], capsys)
+    assert_usage_error(code, err, "--resume", "nothing to do", "--epochs greater than 2")
+
+
+@pytest.mark.slow
+def test_train_resume_with_no_other_flag_continues_the_run(tmp_path, capsys):
+    path = tiny_checkpoint(tmp_path / "runs" / "x" / "last.pt", epoch=1, epochs=2, method="exact", difficulty=0.0)
+    code, out, err = run(["train", "--resume", path], capsys)
+    assert code == 0, err
+    state = read_checkpoint(path)
+    assert state["epoch"] == 2 and state["train_config"]["model"]["method"] == "exact"
+    with open(tmp_path / "runs" / "x" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["2"]
+    assert "train:" in out
+    code, _, err = run(["train", "--resume", path], capsys)  # now finished
+    assert code == 2 and "nothing to do" in err
+
+
+def test_quiet_silences_info_lines(tmp_path, capsys, monkeypatch):
+    import convex_attention.paper.train as train_module
+
+    def fake_train(config, datasets=None, log=print):
+        log("[exact] epoch 1: an info line")
+        return {"metrics": [{"val_auc": 0.5, "val_balanced_acc": 0.5}], "best_epoch": 1}
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(train_module, "build_checked_datasets", lambda config: (None, None))
+    args = ["train", "--out", str(tmp_path / "o"), "--device", "cpu"]
+    code, out, _ = run(args, capsys)
+    assert code == 0 and "an info line" in out and "train:" in out
+    code, out, _ = run(args + ["--quiet"], capsys)
+    assert code == 0 and out == ""
+
+
+# ----------------------------------------------------------------------------- explain
+
+
+def test_explain_refuses_duplicate_names_and_bad_specs(tmp_path, capsys, no_work):
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt")
+    b = tiny_checkpoint(tmp_path / "b" / "best.pt", method="exact")
+    for specs, words in (([f"softmax={a}", f"softmax={b}"], "given twice"), ([a], "NAME=PATH"),
+                         ([f"={a}"], "NAME=PATH"), (["x="], "NAME=PATH")):
+        code, _, err = run(["explain", "--checkpoints", *specs, "--out", str(tmp_path / "o")], capsys)
+        assert_usage_error(code, err, "--checkpoints", words)
+
+
+@pytest.mark.parametrize("argv,words", [(["--n-images", "0"], "--n-images"), (["--n-images", "-2"], "--n-images"),
+                                        (["--batch-size", "0"], "--batch-size"), (["--device", "tpu"], "--device"),
+                                        (["--baseline-model", "plain"], "--baseline-model")])
+def test_explain_usage_errors(argv, words, tmp_path, capsys, no_work):
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt")
+    code, _, err = run(["explain", "--checkpoints", f"softmax={a}", *argv, "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, words)
+
+
+def test_explain_refuses_checkpoints_trained_on_other_data(tmp_path, capsys, no_work):
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt", difficulty=0.5)
+    b = tiny_checkpoint(tmp_path / "b" / "best.pt", difficulty=0.3, method="exact")
+    c = tiny_checkpoint(tmp_path / "c" / "best.pt", data_seed=7, method="exact")
+    for other, words in ((b, "difficulty 0.3 vs 0.5"), (c, "data_seed 7 vs 0")):
+        code, _, err = run(["explain", "--checkpoints", f"softmax={a}", f"exact={other}", "--out",
+                            str(tmp_path / "o")], capsys)
+        assert_usage_error(code, err, "trained on other data", words)
+
+
+def test_explain_refuses_corrupt_foreign_and_unconfigured_checkpoints(tmp_path, capsys, no_work):
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    bare = save_checkpoint(str(tmp_path / "bare" / "m.pt"), AttentionUNet(method="exact", width=4, image_size=32))
+    for path, words in ((tmp_path / "junk.pt", "not a convex-attention checkpoint"),
+                        (tmp_path / "none.pt", "does not exist"), (bare, "no training configuration")):
+        code, _, err = run(["explain", "--checkpoints", f"m={path}", "--out", str(tmp_path / "o")], capsys)
+        assert_usage_error(code, err, "--checkpoints", words)
+
+
+def test_explain_without_lesion_images_is_a_usage_error(tmp_path, capsys, no_work):
+    root = tmp_path / "data"
+    write_folder(str(root / "train"), fmt="npy")
+    write_folder(str(root / "val"), fmt="npy")  # no masks: nothing to score against
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt", image_size=16, data="folder", data_root=str(root))
+    code, _, err = run(["explain", "--checkpoints", f"softmax={a}", "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "no validation image with a lesion")
+
+
+@pytest.mark.slow
+def test_explain_command_end_to_end_and_quiet(tmp_path, capsys):
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt")
+    b = tiny_checkpoint(tmp_path / "b" / "best.pt", method="exact")
+    out = tmp_path / "o"
+    code, stdout, err = run(["explain", "--checkpoints", f"softmax={a}", f"exact={b}", "--n-images", "2",
+                             "--out", str(out), "--quiet"], capsys)
+    assert code == 0, err
+    assert stdout == ""
+    rows = list(csv.DictReader(open(out / "explain.csv")))
+    assert {r["model"] for r in rows} == {"softmax", "exact"} and len({r["image"] for r in rows}) == 2
+    assert any(r["method"] == "deeplift" for r in rows)  # the baselines explain the model named softmax
+
+
+# ----------------------------------------------------------------------------- experiment
+
+
+@pytest.mark.parametrize("argv,words", [(["--epochs", "0"], "--epochs"), (["--seeds", "0", "0"], "--seeds"),
+                                        (["--seeds", "-1"], "--seeds"), (["--n-explain", "0"], "--n-explain"),
+                                        (["--batch-size", "0"], "--batch-size"), (["--n-train", "0"], "--n-train"),
+                                        (["--width", "0"], "--width"), (["--image-size", "40"], "pooling stack"),
+                                        (["--device", "tpu"], "--device")])
+def test_experiment_usage_errors_before_work(argv, words, tmp_path, capsys, no_work):
+    out = str(tmp_path / "exp")
+    code, _, err = run(["experiment", "--quick", *argv, "--out", out], capsys)
+    assert_usage_error(code, err, words)
+    assert not os.path.exists(out)
+
+
+# ----------------------------------------------------------------------------- nothing loaded runs code
+
+
+class Planted:
+    """Unpickling this object creates a folder: the stand-in for arbitrary code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def _planted_files(tmp_path, marker):
+    """A raw pickle and a torch.save archive whose unpickling would create ``marker``."""
+    good = read_checkpoint(tiny_checkpoint(tmp_path / "good" / "best.pt"))
+    raw = tmp_path / "raw" / "best.pt"
+    raw.parent.mkdir()
+    raw.write_bytes(pickle.dumps({"format": FORMAT, "config": Planted(marker)}))
+    archive = tmp_path / "archive" / "best.pt"
+    archive.parent.mkdir()
+    torch.save({**good, "metrics": [Planted(marker)]}, archive)
+    # the files are live: an unsafe load would run the planted call
+    pickle.loads(raw.read_bytes())
+    assert marker.exists()
+    marker.rmdir()
+    torch.load(archive, weights_only=False)
+    assert marker.exists()
+    marker.rmdir()
+    return [str(raw), str(archive)]
+
+
+def test_a_planted_pickle_never_runs(tmp_path, capsys, no_work):
+    from convex_attention.bench.generators import generate
+    from convex_attention.hierarchy import Hierarchy
+    from convex_attention.paper import model_scores
+
+    marker = tmp_path / "PWNED"
+    for path in _planted_files(tmp_path, marker):
+        with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
+            load_model(path)
+        code, _, err = run(["train", "--resume", path], capsys)
+        assert_usage_error(code, err, "--resume", "not a convex-attention checkpoint")
+        code, _, err = run(["explain", "--checkpoints", f"m={path}", "--out", str(tmp_path / "o")], capsys)
+        assert_usage_error(code, err, "--checkpoints", "not a convex-attention checkpoint")
+        model_scores.register()
+        with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
+            generate("model", Hierarchy.grid([(8, 8), (4, 4)]), 2, checkpoint=path)
+        code, _, err = run(["bench", "--generator", "model", "--checkpoint", path, "--sizes", "8", "--levels", "2",
+                            "--out", str(tmp_path / "bench")], capsys)
+        assert code == 2 and "not a convex-attention checkpoint" in err and "Traceback" not in err
+        assert not marker.exists()
+
+
+def test_checkpoints_hold_only_plain_data(tmp_path):
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    path = save_checkpoint(str(tmp_path / "m.pt"), model, extra={"score": np.float64(0.5), "n": np.int64(3)})
+    state = torch.load(path, weights_only=True)  # loads without any allowed extra global
+    assert type(state["score"]) is float and type(state["n"]) is int
+    with pytest.raises(TypeError, match="plain containers"):
+        save_checkpoint(str(tmp_path / "x.pt"), model, extra={"obj": object()})
+    assert not os.path.exists(tmp_path / "x.pt") and not os.path.exists(tmp_path / "x.pt.tmp")
+
+
+# ----------------------------------------------------------------------------- folder data
+
+
+def write_folder(root, n=4, size=16, fmt="png", labels=None, shapes=None, nan_at=None, garbage_at=None):
+    from PIL import Image
+
+    os.makedirs(os.path.join(root, "images"))
+    rows = []
+    for i in range(n):
+        name = f"img{i}.{fmt}"
+        s = (shapes or {}).get(i, size)
+        arr = (np.random.default_rng(i).random((s, s)) * 255).astype(np.uint8)
+        path = os.path.join(root, "images", name)
+        if i == garbage_at:
+            with open(path, "wb") as f:
+                f.write(b"this is not an image")
+        elif fmt == "png":
+            Image.fromarray(arr).save(path)
+        else:
+            a = np.stack([arr] * 4).astype(np.float32)
+            if i == nan_at:
+                a[0, 1, 1] = np.nan
+            np.save(path, a)
+        rows.append({"filename": name, "label": (labels or {}).get(i, i % 2)})
+    with open(os.path.join(root, "labels.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["filename", "label"])
+        w.writeheader()
+        w.writerows(rows)
+    return root
+
+
+FOLDER_BAD = [
+    (dict(shapes={2: 24}), "img2.png", "one size"),
+    (dict(garbage_at=1), "img1.png", "not a readable PNG image"),
+    (dict(garbage_at=1, fmt="npy"), "img1.npy", "NumPy"),
+    (dict(fmt="npy", nan_at=3), "img3.npy", "NaN or Inf"),
+    (dict(labels={1: "lesion"}), "img1.png", "must be an integer"),
+    (dict(labels={2: 5}), "img2.png", "labels must be 0 .. 1"),
+    (dict(labels={0: -1}), "img0.png", "labels must be 0 .. 1"),
+]
+
+
+@pytest.mark.parametrize("kwargs,name,words", FOLDER_BAD)
+def test_folder_data_errors_name_the_file_and_the_fix(kwargs, name, words, tmp_path):
+    from convex_attention.paper.data import FolderDataset
+
+    root = write_folder(str(tmp_path / "d"), **kwargs)
+    with pytest.raises(ValueError, match=words) as err:
+        FolderDataset(root)
+    assert name in str(err.value)
+
+
+def test_folder_npy_holding_python_objects_is_never_unpickled(tmp_path):
+    from convex_attention.paper.data import FolderDataset
+
+    root = write_folder(str(tmp_path / "d"), fmt="npy")
+    marker = tmp_path / "PWNED"
+    arr = np.empty(1, dtype=object)
+    arr[0] = Planted(marker)
+    np.save(os.path.join(root, "images", "img0.npy"), arr, allow_pickle=True)
+    with pytest.raises(ValueError, match="img0.npy.*Python objects are never loaded"):
+        FolderDataset(root)
+    assert not marker.exists()
+
+
+def test_folder_duplicates_and_a_good_folder(tmp_path):
+    from convex_attention.paper.data import FolderDataset
+
+    good = FolderDataset(write_folder(str(tmp_path / "ok"), fmt="npy"))
+    assert len(good) == 4 and good.image_shape == (4, 16, 16) and good[0][0].shape == (4, 16, 16)
+    root = write_folder(str(tmp_path / "dup"))
+    with open(os.path.join(root, "labels.csv"), "a") as f:
+        f.write("img0.png,1\n")
+    with pytest.raises(ValueError, match="listed twice"):
+        FolderDataset(root)
+
+
+def test_train_on_a_bad_folder_is_a_usage_error_naming_the_file(tmp_path, capsys, no_work):
+    root = tmp_path / "data"
+    write_folder(str(root / "train"), fmt="npy", nan_at=2)
+    write_folder(str(root / "val"), fmt="npy")
+    code, _, err = run(["train", "--data", "folder", "--data-root", str(root), "--image-size", "16",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "img2.npy", "NaN")
+    write_folder(str(tmp_path / "d2" / "train"), fmt="npy")
+    write_folder(str(tmp_path / "d2" / "val"), fmt="npy")
+    code, _, err = run(["train", "--data", "folder", "--data-root", str(tmp_path / "d2"), "--image-size", "32",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "16x16", "--image-size")
+    code, _, err = run(["train", "--data", "folder", "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "--data-root")

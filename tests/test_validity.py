@@ -1,0 +1,233 @@
+"""The benchmark's validity checks (paper/validity.py) and ``convex-attention data check``."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from convex_attention import cli
+from convex_attention.paper.data.synthetic import SyntheticLesions, SyntheticRimLesions
+from convex_attention.paper.validity import (
+    QUANTILES,
+    CheckResult,
+    accepted,
+    brain_mask_features,
+    check_brain_mask,
+    check_location_free,
+    check_pixel_map,
+    check_uniform_attention,
+    collect,
+    location_free_features,
+    run_checks,
+)
+
+N, SIZE = 160, 48  # a small instance: 160 training and 160 held-out images of 48 x 48
+
+
+@pytest.fixture(scope="module")
+def rim():
+    return collect(SyntheticRimLesions(N, SIZE, seed=0)), collect(SyntheticRimLesions(N, SIZE, seed=10_000))
+
+
+@pytest.fixture(scope="module")
+def blobs():
+    return collect(SyntheticLesions(N, SIZE, seed=0)), collect(SyntheticLesions(N, SIZE, seed=10_000))
+
+
+def test_the_new_generator_passes_the_checks(rim):
+    (tr_img, tr_lab, tr_mask, _), (te_img, te_lab, te_mask, _) = rim
+    a = check_location_free(tr_img, tr_lab, te_img, te_lab)
+    b = check_pixel_map(tr_img, tr_mask, te_img, te_mask)
+    assert a.ran and a.passed and a.value <= 0.60, a.line()
+    assert b.ran and b.passed and b.value <= 0.30, b.line()
+    assert b.detail["prevalence"] < b.value  # the map finds the signature, just not the lesion among the mimics
+
+
+def test_the_old_generator_fails_the_location_free_check(blobs):
+    """The point of check (a): the previous generator's label is readable from intensity statistics."""
+    (tr_img, tr_lab, tr_mask, _), (te_img, te_lab, te_mask, _) = blobs
+    a = check_location_free(tr_img, tr_lab, te_img, te_lab)
+    assert a.ran and not a.passed and a.value > 0.70, a.line()
+    b = check_pixel_map(tr_img, tr_mask, te_img, te_mask)
+    assert not b.passed and b.value > 0.40, b.line()  # and one fixed map localises its lesions
+
+
+def test_the_pixel_map_check_fails_without_mimics():
+    """With no mimic in lesion images, a per-pixel map finds the lesion: check (b) must say so."""
+    train = collect(SyntheticRimLesions(100, SIZE, seed=0, mimic_rate=0.0))
+    test = collect(SyntheticRimLesions(100, SIZE, seed=10_000, mimic_rate=0.0))
+    b = check_pixel_map(train[0], train[2], test[0], test[2])
+    assert b.ran and not b.passed and b.value > 0.5, b.line()
+
+
+def test_location_free_features_ignore_where_pixels_are():
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(3, 4, 12, 12)).astype(np.float32)
+    images[:, :, :2] = 0  # background rows: left out of the statistics
+    shuffled = images.reshape(3, 4, -1)[:, :, rng.permutation(144)].reshape(3, 4, 12, 12)
+    features = location_free_features(images)
+    assert features.shape == (3, len(QUANTILES) * 16)
+    assert np.allclose(features, location_free_features(shuffled))
+    head = images[0, 0, 2:].ravel()
+    assert features[0, :len(QUANTILES)] == pytest.approx(np.quantile(head, QUANTILES))
+
+
+def test_pixel_ap_is_the_explanations_ap():
+    import torch
+
+    from convex_attention.paper.explain_metrics import average_precision
+    from convex_attention.paper.validity import _average_precision
+
+    rng = np.random.default_rng(1)
+    for scores in (rng.normal(size=400), rng.integers(0, 4, 400).astype(float), np.zeros(400)):
+        truth = rng.random(400) < 0.1
+        expected = average_precision(torch.from_numpy(scores), torch.from_numpy(truth))
+        assert _average_precision(scores, truth) == pytest.approx(expected, abs=1e-12)
+    assert math.isnan(_average_precision(scores, np.zeros(400, bool)))
+
+
+def test_a_check_that_did_not_run_never_passes():
+    images = np.zeros((12, 4, 8, 8), np.float32)
+    one_class = np.ones(12, np.int64)
+    a = check_location_free(images, one_class, images, one_class)
+    assert not a.ran and not a.passed and a.status == "NOT RUN" and "both labels" in a.reason
+    b = check_pixel_map(images, np.zeros((12, 8, 8), bool), images, np.zeros((12, 8, 8), bool))
+    assert not b.ran and not b.passed
+    nan = CheckResult("x", "t", "m", math.nan, 0.6)
+    assert not nan.passed and nan.status == "FAIL"
+    good = CheckResult("x", "t", "m", 0.5, 0.6)
+    not_run_c = check_uniform_attention(None, None)
+    assert not not_run_c.passed and not not_run_c.ran
+    assert accepted([good, not_run_c])  # (c) is optional: reported as not run
+    assert not accepted([good, a])  # (a) is required
+    assert not accepted([good, nan]) and not accepted([])
+    with pytest.raises(ValueError, match="NaN"):
+        check_location_free(np.full((12, 4, 8, 8), np.nan, np.float32), one_class, images, one_class)
+
+
+def test_uniform_attention_check():
+    assert check_uniform_attention(0.90, 0.75).passed
+    fail = check_uniform_attention(0.90, 0.85)
+    assert fail.ran and not fail.passed and fail.value == pytest.approx(0.05)
+    for bad in (1.5, math.nan, -0.1):
+        with pytest.raises(ValueError, match="balanced accuracy"):
+            check_uniform_attention(bad, 0.5)
+
+
+def test_brain_mask_check_detects_an_outline_shortcut():
+    rng = np.random.default_rng(0)
+
+    def masks(n, shortcut):
+        labels = np.arange(n) % 2
+        brain = np.zeros((n, 32, 32), bool)
+        for i, y in enumerate(labels):
+            width = 12 + int(rng.integers(0, 6)) + (8 if shortcut and y else 0)
+            brain[i, 4:28, 2:2 + width] = True
+        return brain, labels
+
+    features = brain_mask_features(masks(4, False)[0])
+    assert features.shape == (4, 16 * 16 + 5)
+    shortcut = check_brain_mask(*masks(80, True), *masks(80, True))
+    assert shortcut.ran and not shortcut.passed and shortcut.value > 0.9
+    fair = check_brain_mask(*masks(80, False), *masks(80, False))
+    assert fair.ran and fair.passed, fair.line()
+
+
+# ---------------------------------------------------------------- the command
+
+def run(argv):
+    try:
+        return cli.main(argv)
+    except SystemExit as exc:  # argparse errors
+        return exc.code
+
+
+def _canned(monkeypatch, values):
+    from convex_attention.cli import data as data_cli
+
+    results = [CheckResult("location_free", "t", "held-out balanced accuracy", values[0], 0.6),
+               CheckResult("pixel_map", "t", "held-out pixel AP", values[1], 0.3),
+               check_uniform_attention(None, None)]
+    monkeypatch.setattr(data_cli, "_datasets", lambda args: (list(range(20)), list(range(20)), "canned"))
+    monkeypatch.setattr("convex_attention.paper.validity.run_checks", lambda *a, **k: results)
+
+
+def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
+    _canned(monkeypatch, (0.52, math.nan))
+    out = str(tmp_path / "out")
+    assert run(["data", "check", "--out", out]) == 1
+    text = capsys.readouterr().out
+    assert "location_free: held-out balanced accuracy 0.520 (passes if <= 0.60): PASS" in text
+    assert "pixel_map: held-out pixel AP nan (passes if <= 0.30): FAIL" in text
+    assert "uniform_attention: NOT RUN" in text and "benchmark rejected (failed: pixel_map)" in text
+    with open(os.path.join(out, "data_check.json")) as f:
+        report = json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"non-strict JSON token {c}"))
+    assert report["accepted"] is False and report["checks"][1]["value"] is None
+    assert [c["status"] for c in report["checks"]] == ["PASS", "FAIL", "NOT RUN"]
+    _canned(monkeypatch, (0.52, 0.21))
+    assert run(["data", "check", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "benchmark accepted: every check that ran holds (uniform_attention not run)" in text
+    assert "data check:" not in text  # --quiet drops the info lines, never the numbers
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dataset", "brats"], "needs --data-root"),
+    (["--difficulty", "2"], "--difficulty must be in"),
+    (["--mimic-rate", "-1"], "--mimic-rate must be in"),
+    (["--image-size", "16"], "too small for the synthetic benchmark"),
+    (["--n", "5"], "at least 20 images"),
+    (["--attention-bacc", "0.9"], "needs both --attention-bacc and --uniform-bacc"),
+    (["--attention-bacc", "1.9", "--uniform-bacc", "0.5"], "--attention-bacc must be a balanced accuracy"),
+    (["--cache-dir", "x"], "--cache-dir applies to --dataset brats only"),
+    (["--mimic-types", "ring"], "invalid choice"),
+    (["--difficulty", "nan"], "finite"),
+])
+def test_data_check_usage_errors(argv, message, capsys):
+    assert run(["data", "check", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_data_check_out_and_data_errors(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    assert run(["data", "check", "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    os.makedirs(tmp_path / "empty")
+    assert run(["data", "check", "--dataset", "brats", "--data-root", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert "empty dataset" in err and "--data-root" in err and "Traceback" not in err
+
+
+def test_data_check_on_brats_reports_the_brain_mask_control(tmp_path, capsys):
+    from test_data import _write_fake_brats
+
+    root = str(tmp_path / "brats")
+    _write_fake_brats(root, [f"Brats18_P_{i}" for i in range(10)], tumour_slices=(1, 2, 3))
+    code = run(["data", "check", "--dataset", "brats", "--data-root", root, "--image-size", "48",
+                "--val-fraction", "0.5", "--min-tumour-area", "100", "--cache-dir", str(tmp_path / "c")])
+    text = capsys.readouterr().out
+    assert code == 1  # the fake pieces differ in width: the outline alone gives the label away
+    assert "brain_mask: held-out balanced accuracy 1.000 (passes if <= 0.60): FAIL" in text
+    assert "location_free:" in text and "pixel_map:" in text
+
+
+def test_run_checks_includes_the_brain_mask_check_only_with_brain_masks(rim):
+    class Arrays:
+        def __init__(self, arrays, brain=False):
+            self.images, self.labels, self.masks, _ = arrays
+            if brain:
+                self.brain_mask = lambda i: self.images[i].any(0)
+
+        def __len__(self):
+            return 40
+
+        def __getitem__(self, i):
+            return self.images[i], self.labels[i], self.masks[i]
+
+    train, test = rim
+    assert collect(Arrays(train))[3] is None  # no brain masks: no check (d)
+    with_brain = run_checks(Arrays(train, True), Arrays(test, True), attention_bacc=0.9, uniform_bacc=0.6)
+    assert [r.name for r in with_brain] == ["location_free", "pixel_map", "uniform_attention", "brain_mask"]
+    assert with_brain[2].passed and with_brain[3].ran
