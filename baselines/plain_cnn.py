@@ -109,7 +109,10 @@ def is_plain_cnn_checkpoint(state: dict) -> bool:
 
 def load_plain_cnn(path: str, map_location="cpu") -> tuple[PlainCNN, dict]:
     """``(model, state)`` from a checkpoint of a :class:`PlainCNN` (checked like every checkpoint)."""
-    from convex_attention.paper.models.checkpoint import load_checkpoint, read_checkpoint
+    from convex_attention.paper.models.checkpoint import (
+        load_checkpoint,
+        read_checkpoint,
+    )
 
     state = read_checkpoint(path, map_location)
     if not is_plain_cnn_checkpoint(state):

@@ -1,4 +1,5 @@
 import json
+import os
 import math
 
 import pytest
@@ -32,7 +33,8 @@ def test_core_benchmark_tiny_prints_the_three_ratios(tmp_path):
         assert f"cvxpylayers[{backend}]/exact per sample" in lines[0]
     # the ratios are ratios of the rows' medians of forward+backward (one statistic), with spread
     by = {(r["method"], r["shapes"]): r for r in out["rows"]}
-    assert out["ratios"]["exact/softmax"] == by[("exact", "8x8+4x4")]["total_ms"] / by[("softmax", "8x8+4x4")]["total_ms"]
+    exact, softmax = by[("exact", "8x8+4x4")], by[("softmax", "8x8+4x4")]
+    assert out["ratios"]["exact/softmax"] == exact["total_ms"] / softmax["total_ms"]
     for r in out["rows"]:
         assert r["total_ms_q1"] <= r["total_ms"] <= r["total_ms_q3"]
 
@@ -165,7 +167,8 @@ def test_amortised_targets_judge_the_worst_cell_per_generator_and_level():
     rows = [learned_row("zero", 0.3, size=8), learned_row("amortised", 0.0015, size=8),
             learned_row("zero", 0.3, size=16), learned_row("amortised", 0.006, size=16),  # 2 %: a miss
             learned_row("zero", 0.3, levels=3, size=8), learned_row("amortised", 0.006, levels=3, size=8),
-            learned_row("zero", 0.3, generator="gaussian"), learned_row("amortised", float("nan"), generator="gaussian"),
+            learned_row("zero", 0.3, generator="gaussian"),
+            learned_row("amortised", float("nan"), generator="gaussian"),
             {**learned_row("exact", 0.0, size=8), "method": "exact", "dual_kind": "", "per_sample_ms": 0.5}]
     by = {(t["generator"], t["levels"]): t for t in amortised_targets(rows)}
     assert by[("lesion", 2)]["worst_ratio"] == pytest.approx(0.02) and by[("lesion", 2)]["met"] is False
@@ -295,3 +298,18 @@ def test_cvx_budget_prefers_cells_of_the_same_depth():
     lone, basis = cvx_estimate(rows_at(2, [(20, 46), (320, 586)]) + rows_at(3, [(21, 63)]), 1344, 2, 2,
                                backend="diffcp-scs", levels=3)
     assert "fit over 3 measured cells" in basis and lone > 0
+
+
+def test_save_example_writes_arrays_only_and_the_lambdas_asked_for(tmp_path):
+    import numpy as np
+
+    from convex_attention.bench.examples import save_example
+
+    path = save_example(str(tmp_path), size=8, fit_instances=4, fit_steps=0, amortised_steps=0)
+    with np.load(path, allow_pickle=False) as data:  # data only, nothing to unpickle
+        assert sorted(data.files) == ["levels", "scores0", "scores1", "temperature"]
+    save_example(str(tmp_path), size=8, fit_instances=4, fit_steps=3, amortised_steps=3)
+    with np.load(path, allow_pickle=False) as data:
+        assert data["fitted_dual0"].shape == data["amortised_dual0"].shape == data["scores1"].shape == (4, 4)
+        assert np.isfinite(data["amortised_dual0"]).all()
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []

@@ -203,10 +203,10 @@ FAST = ["--methods", "exact", "softmax", "--sizes", "4", "--levels", "2", "--bat
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--scale", "inf"], "must be a positive finite number"),
+    (["--scale", "inf"], "finite"),
     (["--scale", "1e300"], "--scale must be in (0, 1000]"),
     (["--scale", "0"], "must be positive"),
-    (["--temperature", "inf"], "must be a positive finite number"),
+    (["--temperature", "inf"], "finite"),
     (["--temperature", "nan"], "must be positive"),
     (["--temperature", "1e-39"], "below the smallest accepted"),
     (["--warmup", "0"], "must be a positive integer"),

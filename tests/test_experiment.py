@@ -7,8 +7,19 @@ import pytest
 import torch
 
 from convex_attention import cli
-from convex_attention.paper.experiment import FULL, QUICK, ExperimentConfig, run_experiment
-from convex_attention.paper.models import AttentionUNet, ConfigError, ModelConfig, load_model, save_checkpoint
+from convex_attention.paper.experiment import (
+    FULL,
+    QUICK,
+    ExperimentConfig,
+    run_experiment,
+)
+from convex_attention.paper.models import (
+    AttentionUNet,
+    ConfigError,
+    ModelConfig,
+    load_model,
+    save_checkpoint,
+)
 
 SMALL = dict(width=4, image_size=32, embed_channels=8)
 
@@ -112,7 +123,6 @@ def test_old_checkpoints_load_with_the_old_defaults(tmp_path):
 
 def test_the_plain_cnn_is_the_encoder_with_uniform_pooling_and_trains_by_the_same_loop(tmp_path):
     from baselines.plain_cnn import PlainCNN, is_plain_cnn_checkpoint, load_any_model
-
     from convex_attention.paper.data import InMemory
     from convex_attention.paper.data.synthetic import SyntheticRimLesions
     from convex_attention.paper.models import read_checkpoint
@@ -235,7 +245,8 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert len(summary) == 4  # 2 heads x 2 upsamplings, best first
     assert float(summary[0]["attention_ap_mean"]) >= max(float(s["attention_ap_mean"]) for s in summary)
     proposal = json.load(open(os.path.join(out, "dev", "proposed_variants.json")))
-    assert proposal["format"] == "convex-attention-variants/1" and dev["proposal"].variant.head in ("bounded", "learned")
+    assert proposal["format"] == "convex-attention-variants/1"
+    assert dev["proposal"].variant.head in ("bounded", "learned")
     assert "Validity checks" in dev["report"]
     runs = os.listdir(os.path.join(out, "dev", "runs"))
     assert len(runs) == 6  # 3 methods x 2 heads x 1 seed: upsampling needs no training

@@ -98,7 +98,10 @@ def test_strict_quantile_iou_is_the_authors_variant():
 
 
 def test_pointing_with_tolerance():
-    from convex_attention.paper.explain_metrics import pointing_tolerance, pointing_tolerance_px
+    from convex_attention.paper.explain_metrics import (
+        pointing_tolerance,
+        pointing_tolerance_px,
+    )
 
     assert pointing_tolerance_px((240, 240)) == 15.0 and pointing_tolerance_px((128, 128)) == 8.0
     assert pointing_tolerance_px((64, 32)) == 4.0
@@ -161,3 +164,16 @@ def test_the_block_map_is_the_best_map_on_its_grid():
         other = torch.rand(4, 4, generator=g, dtype=torch.float64)
         assert average_precision(to_common_form(other, (8, 8)), mask) <= best_ap + 1e-12
     assert average_precision(to_common_form(mask.double(), (8, 8)), mask) == 1.0
+
+
+def test_average_precision_is_scikit_learns():
+    from sklearn.metrics import average_precision_score
+
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        m = torch.randint(0, 5 if trial % 2 else 1000, (12, 10), generator=g).double()  # heavy ties, then few
+        mask = torch.rand(12, 10, generator=g) < 0.2
+        if not mask.any():
+            continue
+        expected = average_precision_score(mask.numpy().ravel(), m.numpy().ravel())
+        assert math.isclose(average_precision(m, mask), expected, rel_tol=1e-12, abs_tol=1e-15)

@@ -72,7 +72,7 @@ def test_split_errors():
         check_disjoint({"a": SplitSpec("a", 5, 3, 0.5), "b": SplitSpec("b", 5, 3, 0.5)})
 
 
-def test_masks_never_reach_training_or_checkpoint_selection(monkeypatch):
+def test_masks_never_reach_training_or_checkpoint_selection(monkeypatch, tmp_path):
     """The dev stage hands training only the training and the label-only validation split."""
     import convex_attention.paper.train as train_module
     from convex_attention.paper.experiment import QUICK, run_experiment
@@ -90,7 +90,7 @@ def test_masks_never_reach_training_or_checkpoint_selection(monkeypatch):
     monkeypatch.setattr("convex_attention.paper.experiment._validity", lambda *a: [])
     config = QUICK.override(image_size=32, width=4, n_train=8, n_val=6, n_dev=6, n_explain=1)
     with pytest.raises(Stop):
-        run_experiment(config, "/tmp/never-written", progress=False, log=lambda *a: None)
+        run_experiment(config, str(tmp_path / "exp"), progress=False, log=lambda *a: None)
     train_set, val_set = seen["datasets"]
     specs = split_specs("synthetic", 0, {"train": 8, "val": 6}, config.difficulties[0], "mottled")
     for got, spec in ((train_set, specs["train"]), (val_set, specs["val"])):
@@ -263,7 +263,13 @@ def test_replaced_maps_drive_the_classifier_and_are_restored():
 
 
 def test_map_ablation_reports_the_changes():
-    from convex_attention.paper.sanity import classification, map_ablation, maps_replaced, predict, uniform_maps
+    from convex_attention.paper.sanity import (
+        classification,
+        map_ablation,
+        maps_replaced,
+        predict,
+        uniform_maps,
+    )
 
     model, data = _tiny("softmax"), _data(16)
     result = map_ablation(model, data, threshold=0.5)
@@ -357,3 +363,32 @@ def test_randomisation_check_compares_every_explanation(monkeypatch):
     same = sanity.randomisation_check(model, images, seed=1)
     assert all(r["spearman"] == pytest.approx(1.0) or math.isnan(r["spearman"]) for r in same)
     assert sum(not math.isnan(r["spearman"]) for r in same) >= len(same) - 4  # GradCAM of an untrained model may be 0
+
+
+def test_a_sha256_pin_stands_in_for_git_only_where_there_is_no_checkout(tmp_path):
+    from convex_attention.paper.protocol import verify_variants
+
+    loose = tmp_path / "copy" / "v.json"
+    loose.parent.mkdir()
+    loose.write_text(json.dumps(Variants().to_dict()))
+    digest = variants_digest(str(loose))
+    with pytest.raises(VariantsError, match="--variants-sha256"):
+        verify_variants(str(loose))
+    record = verify_variants(str(loose), digest.upper())
+    assert record["sha256"] == digest and record["verified_by"].startswith("sha256 pin")
+    with pytest.raises(VariantsError, match="not the pinned"):
+        verify_variants(str(loose), "0" * 64)
+    with pytest.raises(VariantsError, match="64 hexadecimal"):
+        verify_variants(str(loose), "abc")
+    # inside a checkout the pin does not replace the commit
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    inside = repo / "v.json"
+    inside.write_text(loose.read_text())
+    with pytest.raises(VariantsError, match="not committed"):
+        verify_variants(str(inside), digest)
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "v")
+    record = verify_variants(str(inside), digest)
+    assert record["verified_by"] == "git" and record["file_commit"]

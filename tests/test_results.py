@@ -171,14 +171,14 @@ def test_convergence_rows_replay_without_duplicates(tmp_path):
 def test_a_kill_between_the_two_renames_leaves_no_orphan_convergence_rows(tmp_path, monkeypatch):
     w = writer(tmp_path)
     w.commit(bench_row(method="exact"))
-    real = R.atomic_csv
+    real = R.atomic_write_text
 
-    def killed_at_bench_csv(path, columns, rows, checksum=False):
+    def killed_at_bench_csv(path, text):
         if path.endswith("bench.csv"):
             raise KeyboardInterrupt
-        return real(path, columns, rows, checksum)
+        return real(path, text)
 
-    monkeypatch.setattr(R, "atomic_csv", killed_at_bench_csv)
+    monkeypatch.setattr(R, "atomic_write_text", killed_at_bench_csv)
     with pytest.raises(KeyboardInterrupt):
         w.commit(bench_row(method="dual"), convergence=conv_rows(3))
     monkeypatch.undo()

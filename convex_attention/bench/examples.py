@@ -18,8 +18,8 @@ __all__ = ["save_example"]
 
 def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels: int = 2, scale: float = 1.0,
                  seed: int = 0, fit_instances: int = 128, fit_steps: int = 150, amortised_steps: int = 0) -> str:
-    """One 2-D instance for the attention-map figure: ``scores{k}`` ``(size/2^k, size/2^k)``,
-    the fitted shared λ ``fitted_dual{k}`` ``(size/2^(k+1), …)``, and, with
+    """One 2-D instance for the attention-map figure: ``scores{k}`` ``(size/2^k, size/2^k)``;
+    with ``fit_steps > 0`` the fitted shared λ ``fitted_dual{k}`` ``(size/2^(k+1), …)``; with
     ``amortised_steps > 0`` and the amortised dual available, its prediction for this
     instance ``amortised_dual{k}`` (same shapes); ``levels`` and ``temperature`` (L,).
 
@@ -28,14 +28,16 @@ def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels
     h = Hierarchy.grid([(size // 2 ** k,) * 2 for k in range(levels)])
     temps = [1.0] * levels
     scores = generate(generator, h, 1, seed=seed + 100, scale=scale)
-    train = generate(generator, h, fit_instances, seed=seed + 1, scale=scale)
-    fitted = fit_shared_duals(h, train, temps, fit_steps, torch.float64)
     arrays = {f"scores{k}": s[0].numpy() for k, s in enumerate(scores)}
-    arrays.update({f"fitted_dual{k}": d[0].numpy() for k, d in enumerate(fitted)})
+    train = generate(generator, h, fit_instances, seed=seed + 1, scale=scale) if fit_steps or amortised_steps else None
+    if fit_steps > 0:
+        fitted = fit_shared_duals(h, train, temps, fit_steps, torch.float64)
+        arrays.update({f"fitted_dual{k}": d[0].numpy() for k, d in enumerate(fitted)})
     if amortised_steps > 0 and amortised_available():
-        net = fit_amortiser(h, train, temps, amortised_steps, torch.float64, seed=seed + 2)
+        net = fit_amortiser(h, train, temps, amortised_steps, torch.float32, seed=seed + 2)
         with torch.no_grad():
-            arrays.update({f"amortised_dual{k}": d[0].numpy() for k, d in enumerate(net(scores))})
+            predicted = net([s.float() for s in scores])
+        arrays.update({f"amortised_dual{k}": d[0].double().numpy() for k, d in enumerate(predicted)})
     buf = io.BytesIO()
     np.savez(buf, levels=np.array(levels), temperature=np.array(temps), **arrays)
     path = os.path.join(out_dir, "example.npz")

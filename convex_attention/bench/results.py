@@ -33,7 +33,8 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, is_dataclass
 
-__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_csv", "write_json", "to_json_text", "json_safe", "read_csv",
+__all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_csv", "write_json", "to_json_text", "json_safe",
+           "read_csv",
            "read_rows", "Schema", "BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "ResultsLocked",
            "ResultsFormatError", "results_lock", "clean_stale_tmp", "check_out_dir", "COLUMNS",
            "CONVERGENCE_COLUMNS", "KEY_FIELDS", "DUAL_KINDS", "row_key", "row_id", "LOCK_NAME"]
@@ -462,6 +463,8 @@ class ResultsWriter:
         self.conv_path = os.path.join(out_dir, "convergence.csv")
         self.log = log
         self._rows: dict[tuple, dict] = {}
+        self._lines: dict[tuple, str] = {}  # the CSV line of each row
+        self._row_json: dict[tuple, str] = {}  # the JSON text of each row
         self._conv: dict[str, list[dict]] = {}
         self.problems: list[str] = []
         self.extra: dict = {}
@@ -482,7 +485,8 @@ class ResultsWriter:
             if key in self._rows:
                 problems.append(f"bench.csv: a duplicate row of {r['method']} {r.get('backend') or ''} "
                                 f"{r.get('dual_kind') or ''} cell {r['cell']}: the later one is kept")
-            self._rows[key] = r
+                del self._rows[key]  # the later row takes the later place
+            self._store(r)
         conv, conv_problems = read_rows(self.conv_path, CONVERGENCE_SCHEMA)
         ok_ids = {r["row_id"] for r in self._rows.values() if r["status"] == "ok"}
         orphans = 0
@@ -520,7 +524,7 @@ class ResultsWriter:
             stored[c] = stored[c] or ""
         stored["row_id"] = row_id(stored)
         stored["checksum"] = _checksum([_fmt(stored[c]) for c in COLUMNS if c != "checksum"])
-        self._rows[row_key(stored)] = stored
+        self._store(stored)
         changed = False
         if convergence is not None:
             self._conv[stored["row_id"]] = [{**{c: r.get(c) for c in CONVERGENCE_COLUMNS if c != "checksum"},
@@ -539,14 +543,32 @@ class ResultsWriter:
     def set_extra(self, **items) -> None:
         """Store more top-level entries in bench.json (targets, warm-up) and rewrite it."""
         self.extra.update(items)
-        write_json(self.json_path, self._json())
+        atomic_write_text(self.json_path, self._json_text())
+
+    def _store(self, row: dict) -> None:
+        """Keep a row and its CSV line and JSON text (a committed row never changes, so a
+        rewrite of the files formats only the new row)."""
+        key = row_key(row)
+        self._rows[key] = row
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\n").writerow([_fmt(row[c]) for c in COLUMNS])
+        self._lines[key] = buf.getvalue()
+        self._row_json[key] = json.dumps(json_safe(row), allow_nan=False)
 
     def _json(self) -> dict:
         return {"environment": self.env, "config": self.config, "columns": list(COLUMNS), "rows": self.rows,
                 **self.extra}
 
+    def _json_text(self) -> str:
+        """Strict JSON of :meth:`_json`, one row per line."""
+        meta = {"environment": self.env, "config": self.config, "columns": list(COLUMNS)}
+        parts = [f" {json.dumps(k)}: {json.dumps(json_safe(v), allow_nan=False)}" for k, v in meta.items()]
+        parts.append(' "rows": [' + ",".join("\n  " + self._row_json[k] for k in self._rows) + "\n ]")
+        parts += [f" {json.dumps(str(k))}: {json.dumps(json_safe(v), allow_nan=False)}" for k, v in self.extra.items()]
+        return "{\n" + ",\n".join(parts) + "\n}\n"
+
     def _flush(self, convergence: bool) -> None:
         if convergence:
             atomic_csv(self.conv_path, CONVERGENCE_COLUMNS, self.convergence, checksum=True)
-        atomic_csv(self.csv_path, COLUMNS, self.rows, checksum=True)
-        write_json(self.json_path, self._json())
+        atomic_write_text(self.csv_path, ",".join(COLUMNS) + "\n" + "".join(self._lines[k] for k in self._rows))
+        atomic_write_text(self.json_path, self._json_text())

@@ -464,7 +464,8 @@ def _measure_fast(config: SweepConfig, c: _Cell, todo: list[dict], writer: Resul
         else:
             if method.needs_duals:
                 row["reason"] = f"trained on {fit_instances(config, c.base['n_cells'])} training instances"
-            row.update(_timing_fields(timings[name], c.spec["batch"]), peak_mem_mb=peak_memory_mb(cases[name], c.device))
+            row.update(_timing_fields(timings[name], c.spec["batch"]),
+                       peak_mem_mb=peak_memory_mb(cases[name], c.device))
         sol = _solution(config, c, method, kind, duals, amortiser)
         row.update(_accuracy(sol, c.scores64, c.h, c.temps, c.exact64))
         convergence = None

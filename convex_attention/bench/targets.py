@@ -226,7 +226,8 @@ def format_targets(targets: list[dict]) -> str:
             lines.append(f"{head}: not measured (no cell with both rows)   target <= {t['threshold']:.0%}   "
                          f"NOT met")
             continue
-        cost = (f"; time {t['time_vs_exact']:.2g}x the fastest exact method's" if math.isfinite(t["time_vs_exact"]) else "")
+        cost = (f"; time {t['time_vs_exact']:.2g}x the fastest exact method's"
+                if math.isfinite(t["time_vs_exact"]) else "")
         lines.append(f"{head}: worst {t['worst_ratio']:.2%}, median {t['median_ratio']:.2%} over {t['cells']} "
                      f"cell(s){cost}   target <= {t['threshold']:.0%}   {'met' if t['met'] else 'NOT met'}")
     return "\n".join(lines)

@@ -169,7 +169,7 @@ def quick_sweep():
     from ..bench.sweep import SweepConfig
 
     return SweepConfig(sizes=[4, 8, 16, 32], levels=[2, 3], batches=[8], dims=[2, 3], temperatures=[1.0],
-                       dtypes=["float32"], repeats=5, warmup=2, budget=15.0, cvx_max_cells=1500, cvx_batch=2,
+                       dtypes=["float32"], repeats=5, warmup=2, budget=15.0, cvx_max_cells=1500, cvx_batch=1,
                        cvx_repeats=1, fit_instances=64, fit_max_values=2 ** 16, fit_steps=100, amortised_steps=150)
 
 
@@ -224,6 +224,7 @@ def cmd_bench(args) -> int:
     from ..bench.results import ResultsFormatError, ResultsLocked, results_lock
     from ..bench.sweep import run_sweep
     from ..bench.targets import amortised_targets, format_targets
+    from ..methods import get_method
 
     config = _sweep_config(args)
     _check_bench(config, args.out)
@@ -235,9 +236,10 @@ def cmd_bench(args) -> int:
         with results_lock(args.out, command="bench", wait=getattr(args, "wait", False), log=log):
             rows = run_sweep(config, args.out, resume=args.resume, progress=show_progress(args), log=log)
             if not args.resume or not os.path.exists(os.path.join(args.out, "example.npz")):
+                learned = any(get_method(m).needs_duals for m in config.methods)  # λ only where they are swept
                 save_example(args.out, generator="lesion" if config.generator == "model" else config.generator,
-                             fit_instances=config.fit_instances, fit_steps=config.fit_steps,
-                             amortised_steps=config.amortised_steps)
+                             fit_instances=config.fit_instances, fit_steps=config.fit_steps if learned else 0,
+                             amortised_steps=config.amortised_steps if learned else 0)
     except ResultsLocked as err:
         raise UsageError(str(err)) from err
     except ResultsFormatError as err:

@@ -198,6 +198,9 @@ def add_experiment_commands(sub) -> None:
                    help="dev: compare variants on the development split; test: the final run on the test split")
     x.add_argument("--variants", default=DEFAULT_VARIANTS_PATH,
                    help="the committed variants file the test stage reads")
+    x.add_argument("--variants-sha256", default=None, metavar="HEX",
+                   help="test stage without a git checkout (e.g. a copy of the working tree on another machine): the "
+                        "SHA-256 of the committed variants file, which the file must match")
     x.add_argument("--force", action="store_true", help="test stage: replace an existing OUT/test")
     x.add_argument("--quick", action="store_true",
                    help="small images and few epochs: a smoke test of the whole pipeline")
@@ -333,10 +336,10 @@ def _usage(message: str):
 
 
 def cmd_explain(args) -> int:
-    from ..paper.data import build_datasets
-    from ..paper.explain import explain_models, lesion_indices, write_outputs
     from baselines.plain_cnn import load_any_model
 
+    from ..paper.data import build_datasets
+    from ..paper.explain import explain_models, lesion_indices, write_outputs
     from ..paper.models import ConfigError
     from ..paper.train import check_device, stored_train_config
 
@@ -446,17 +449,25 @@ def experiment_config_from_args(args):
 
 def _experiment_preflight(args, config) -> None:
     """Everything the stage refuses, checked before any work (UsageError)."""
-    from ..paper.protocol import TestFolderExists, VariantsError, check_test_folder, commit_state, read_variants
+    from ..paper.protocol import (
+        TestFolderExists,
+        VariantsError,
+        check_test_folder,
+        read_variants,
+        verify_variants,
+    )
 
     if args.stage != "test":
         if args.force:
             raise UsageError("argument --force: only the test stage writes its results once; dev runs may be "
                              "repeated without it")
+        if args.variants_sha256 is not None:
+            raise UsageError("argument --variants-sha256: only the test stage reads the variants file")
         _check_out(args.out)
         return
     try:
         read_variants(args.variants).validate(config.methods, where=args.variants)
-        commit_state(args.variants)
+        verify_variants(args.variants, args.variants_sha256)
     except VariantsError as err:
         raise UsageError(f"argument --variants: {err}") from None
     try:
@@ -474,7 +485,8 @@ def cmd_experiment(args) -> int:
     _experiment_preflight(args, config)
     try:
         result = run_experiment(config, args.out, progress=show_progress(args), log=lambda *m, **_: info(args, *m),
-                                stage=args.stage, variants_path=args.variants, force=args.force)
+                                stage=args.stage, variants_path=args.variants, force=args.force,
+                                variants_sha256=args.variants_sha256)
     except (VariantsError, TestFolderExists) as err:
         raise UsageError(str(err)) from None
     info(args, result["report"])

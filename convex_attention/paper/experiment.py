@@ -34,7 +34,7 @@ Configuration: :class:`ExperimentConfig` holds one :class:`TrainConfig` (``train
 its ``ModelConfig``) that every run starts from; each run sets its method, variant,
 difficulty and seed.  ``train.difficulty`` is replaced by each condition's.  Two presets:
 ``FULL`` (width 16, 12 epochs, learning rate 2e-3, 5 seeds, a dev grid of 8 variants)
-and ``QUICK`` (a smoke test: 64 x 64 images, width 8, 768 training images, 6 epochs, 2
+and ``QUICK`` (a smoke test: 64 x 64 images, width 8, 512 training images, 4 epochs, 2
 seeds, one variant).
 """
 from __future__ import annotations
@@ -214,9 +214,9 @@ class ExperimentConfig:
         return out
 
 
-QUICK = ExperimentConfig(seeds=(0, 1), train=TrainConfig.build(image_size=64, width=8, n_train=768, n_val=256,
-                                                               difficulty=0.3, epochs=6, lr=3e-3, data_seed=0),
-                         n_explain=16, n_dev=128, n_test=128, n_sanity=4, validity_images=128, dev_seeds=(0,),
+QUICK = ExperimentConfig(seeds=(0, 1), train=TrainConfig.build(image_size=64, width=8, n_train=512, n_val=128,
+                                                               difficulty=0.3, epochs=4, lr=3e-3, data_seed=0),
+                         n_explain=8, n_dev=96, n_test=96, n_sanity=4, validity_images=96, dev_seeds=(0,),
                          grid_upsampling=("nearest",))
 FULL = ExperimentConfig(train=TrainConfig.build(width=16, epochs=12, lr=2e-3, data_seed=0),
                         grid_temperature=(1.0, 0.3), grid_alpha=(10.0, 1.0), grid_head=("bounded", "learned"))
@@ -232,24 +232,26 @@ _ABLATION = ("delta_bacc_uniform", "delta_bacc_shuffled", "delta_auc_uniform", "
 
 
 def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, log=print, stage: str = "dev",
-                   variants_path: str | None = None, force: bool = False) -> dict:
+                   variants_path: str | None = None, force: bool = False, variants_sha256: str | None = None) -> dict:
     """Run one stage of the protocol into ``out/dev`` or ``out/test`` (module docstring).
 
     The test stage reads ``variants_path`` (default: the committed
-    ``configs/experiment_variants.json``) and refuses it unless it is committed; it
-    refuses an existing ``out/test`` unless ``force``.  Returns the stage's results
-    (``{"report": markdown, ...}``)."""
+    ``configs/experiment_variants.json``) and refuses it unless it is committed (or, with
+    no git checkout, matches the pin ``variants_sha256``:
+    :func:`~convex_attention.paper.protocol.verify_variants`); it refuses an existing
+    ``out/test`` unless ``force``.  Returns the stage's results (``{"report": markdown,
+    ...}``)."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     config.validate()
     if stage == "dev":
         return run_dev(config, os.path.join(out, "dev"), progress=progress, log=log)
-    from .protocol import DEFAULT_VARIANTS_PATH, commit_state, read_variants, variants_digest
+    from .protocol import DEFAULT_VARIANTS_PATH, read_variants, verify_variants
 
     path = variants_path or DEFAULT_VARIANTS_PATH
     variants = read_variants(path)
     variants.validate(config.methods, where=path)
-    record = {"path": os.path.abspath(path), "sha256": variants_digest(path), **commit_state(path)}
+    record = verify_variants(path, variants_sha256)
     return run_test(config, os.path.join(out, "test"), variants, record, force=force, progress=progress, log=log)
 
 
@@ -433,7 +435,8 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
                     r = dict(trained[key])
                     levels = [v for k, v in r.items() if k.startswith(f"ap_{u}_L")]
                     rows.append({"variant": vi, **{f: getattr(variant, f) for f in variant.MODEL_FIELDS},
-                                 "upsampling": u, "method": method, "seed": seed, "attention_ap": float(np.mean(levels)),
+                                 "upsampling": u, "method": method, "seed": seed,
+                                 "attention_ap": float(np.mean(levels)),
                                  **{k: r[k] for k in ("auc", "bacc", "bacc_argmax", "violation", "best_epoch",
                                                       "threshold", "val_auc", "n_max_p_L0", "n_max_p_L1",
                                                       "entropy_ratio_L0", "score_range_L0") if k in r},
@@ -509,7 +512,13 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     import torch
 
     from ..bench.results import atomic_csv, write_json
-    from .explain import EXPLAIN_COLUMNS, explain_models, lesion_indices, plot_examples, summarise
+    from .explain import (
+        EXPLAIN_COLUMNS,
+        explain_models,
+        lesion_indices,
+        plot_examples,
+        summarise,
+    )
     from .protocol import claim_test_folder, finish_test_folder, fit_model_free
     from .sanity import randomisation_check
     from .validity import check_uniform_attention
@@ -583,7 +592,8 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
         uniform = check_uniform_attention(attention_bacc, bacc.get(PLAIN_CNN)) if config.plain_cnn else \
             check_uniform_attention(None, None)
         validity = [uniform if r.name == "uniform_attention" else r for r in validity]
-        conditions.append({"condition": cond, "difficulty": difficulty, "splits": {k: asdict(s) for k, s in specs.items()},
+        conditions.append({"condition": cond, "difficulty": difficulty,
+                           "splits": {k: asdict(s) for k, s in specs.items()},
                            "validity": validity, "model_free": model_free, "test_sets": list(test_sets),
                            "n_explained": {t: len(i) for t, i in indices.items()}})
     atomic_csv(os.path.join(folder, "runs.csv"), RUN_COLUMNS, runs)
@@ -670,20 +680,26 @@ def _test_report(config, variants, record, conditions, accuracy, explain_summary
     tc = config.train
     S = tc.model.image_size
     n_seeds = len(config.seeds)
+    short = sorted({f"{c['condition']} {t}: {n}" for c in conditions for t, n in c["n_explained"].items()
+                    if n < config.n_explain})
+    fewer = f" (fewer where a split has fewer: {'; '.join(short)})" if short else ""
     lines = ["# Experiment: test stage", "",
              f"Data {tc.data!r}, {S}x{S}, {tc.n_train} training images, {tc.n_val} label-only validation images "
              f"(checkpoint selection by ROC AUC and the decision threshold: masks never enter training or selection), "
              f"{config.n_dev} development images (the model-free reference map is fitted there; the variants were "
              f"chosen there), {config.n_test} test images per test set. Width {tc.model.width}, {tc.epochs} epochs, "
              f"batch {tc.batch_size}, lr {tc.lr:g}. Device: {device}.", "",
-             f"Variant (the same for every method), from `{record.get('path')}` (sha256 {record.get('sha256')}, "
-             f"commit {record.get('file_commit') or record.get('head')}): {variants.variant.label()}.",
+             f"Variant (the same for every method), from `{record.get('path')}` (sha256 {record.get('sha256')}; "
+             f"verified by {record.get('verified_by', 'git')}"
+             f"{', commit ' + str(record.get('file_commit')) if record.get('file_commit') else ''}): "
+             f"{variants.variant.label()}.",
              f"Seeds: {list(config.seeds)} ({n_seeds}; the protocol asks for at least 5"
              f"{'' if n_seeds >= 5 else ': FEWER, this is not the full setting'}). Every number is the mean over "
              f"seeds ± the half-width of its 95 % confidence interval (Student t, {n_seeds - 1} degrees of freedom); "
              f"explanation metrics are per-seed means over images first.",
              f"Evaluation: the explanation metrics use the first {config.n_explain} lesion images (label 1, "
-             f"non-empty mask) of each test split; the randomisation check the first {config.n_sanity} of them. "
+             f"non-empty mask) of each test split{fewer}; the randomisation check the first {config.n_sanity} of "
+             f"them. "
              f"Balanced accuracy (bacc) at the threshold chosen on validation. Pixel protocol: coarse maps upsampled "
              f"by {variants.variant.upsampling} (the variant's upsampling); pooled protocol (resolution HxW): the "
              f"authors' (input attributions per-channel min-max, summed, softmax, sum-pooled to the grid; grid maps "
@@ -703,7 +719,7 @@ def _test_report(config, variants, record, conditions, accuracy, explain_summary
               "|" + "---|" * 15]
     for s in accuracy:
         lines.append(f"| {s['condition']} | {s['test_set']} | {s['model']} | " + " | ".join(
-            _fmt(s, m, 2 if m in ("epoch_time_s", "best_epoch") else 3) for m in _ACCURACY[:3]) + " | " +
+            _fmt(s, m) for m in _ACCURACY[:3]) + " | " +
             _fmt(s, "violation", 4) + " | " + " | ".join(_fmt(s, m) for m in _ACCURACY[4:10]) + " | " +
             _fmt(s, "epoch_time_s", 2) + " | " + _fmt(s, "best_epoch", 1) + " |")
     lines += ["", "## Headline: best attention map against best post-hoc map (ap)", "",

@@ -20,7 +20,9 @@ own data seed (``data_seed + offset``; image ``i`` of seed ``s`` is rendered fro
 for every method, the upsampling, the test difficulties and the held-out mimic type live
 in ``configs/experiment_variants.json`` (format :data:`VARIANTS_FORMAT`).  The test stage
 refuses to run unless that file is committed: tracked by git and without uncommitted
-changes (:func:`commit_state`); its SHA-256 and the commit go into the results.
+changes (:func:`commit_state`); its SHA-256 and the commit go into the results.  Where
+the run has no git checkout (a copy of the working tree on another machine), the file
+must match a SHA-256 pin taken from the committed file (:func:`verify_variants`).
 
 **A test folder written once** (:func:`claim_test_folder`): the test stage refuses an
 existing result folder unless forced, and even then only one that it wrote itself.
@@ -38,8 +40,8 @@ from pathlib import Path
 
 __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS_FORMAT", "DEFAULT_VARIANTS_PATH",
            "SPLIT_OFFSETS", "SplitSpec", "split_specs", "build_split", "image_keys", "check_disjoint",
-           "read_variants", "variants_digest", "commit_state", "check_test_folder", "claim_test_folder",
-           "finish_test_folder",
+           "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
+           "claim_test_folder", "finish_test_folder",
            "fit_model_free", "variant_grid", "MANIFEST", "SYNTHETIC_SOURCES"]
 
 VARIANTS_FORMAT = "convex-attention-variants/1"
@@ -102,7 +104,9 @@ class Variant:
         return (method,) + tuple(sorted(fields_.items()))
 
     def label(self) -> str:
-        t = self.temperature if not isinstance(self.temperature, (list, tuple)) else "/".join(map(str, self.temperature))
+        t = self.temperature
+        if isinstance(t, (list, tuple)):
+            t = "/".join(map(str, t))
         return (f"tau={t}{' (learned)' if self.learn_temperature else ''}, alpha={self.alpha:g}, head={self.head}, "
                 f"duals={self.duals}, upsampling={self.upsampling}")
 
@@ -147,10 +151,11 @@ class Variants:
         bad = sorted(set(model) - set(Variant.MODEL_FIELDS))
         if bad:
             raise VariantsError(f"{where}: unknown model field(s) {bad}; known: {list(Variant.MODEL_FIELDS)}")
-        missing = sorted(set(Variant.MODEL_FIELDS) - set(model))
-        if missing or "upsampling" not in data or "difficulties" not in data or "held_out_mimic" not in data:
+        missing = sorted(set(Variant.MODEL_FIELDS) - set(model)) + [
+            k for k in ("upsampling", "difficulties", "held_out_mimic") if k not in data]
+        if missing:
             raise VariantsError(f"{where}: every field must be given (nothing is left to defaults in a file fixed "
-                                f"in advance); missing: {missing + [k for k in ('upsampling', 'difficulties', 'held_out_mimic') if k not in data]}")
+                                f"in advance); missing: {missing}")
         temperature = model["temperature"]
         if isinstance(temperature, list):
             temperature = tuple(temperature)
@@ -253,6 +258,39 @@ def commit_state(path: str) -> dict:
                             f"before the test stage")
     file_commit = _git(["log", "-1", "--format=%H", "--", rel], root).stdout.strip()
     return {"repository": root, "path_in_repository": rel, "head": head.stdout.strip(), "file_commit": file_commit}
+
+
+def verify_variants(path: str, sha256: str | None = None) -> dict:
+    """How the test stage knows the variants file was fixed in advance; VariantsError if it
+    does not.  Returns the record the results keep: ``path``, ``sha256`` and either the git
+    state (:func:`commit_state`) or, where the run has no git checkout (e.g. a copy of the
+    working tree on another machine), the SHA-256 pin.
+
+    ``sha256``: a pin, the SHA-256 of the committed file taken from the repository (e.g.
+    ``git show HEAD:configs/experiment_variants.json | sha256sum``); the file must match
+    it.  In a git checkout the file must be committed as well; outside one the pin is
+    required."""
+    digest = variants_digest(path) if os.path.isfile(path) else None
+    if digest is None:
+        raise VariantsError(f"the variants file {path} does not exist")
+    if sha256 is not None:
+        pin = str(sha256).strip().lower()
+        if len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin):
+            raise VariantsError(f"the SHA-256 pin must be 64 hexadecimal digits, got {sha256!r}")
+        if pin != digest:
+            raise VariantsError(f"the variants file {path} has SHA-256 {digest}, not the pinned {pin}: it is not the "
+                                f"committed file")
+    record = {"path": os.path.abspath(path), "sha256": digest}
+    try:
+        return {**record, "verified_by": "git", **commit_state(path)}
+    except VariantsError as err:
+        in_git = shutil.which("git") is not None and _git(["rev-parse", "--show-toplevel"],
+                                                          os.path.dirname(os.path.abspath(path))).returncode == 0
+        if sha256 is None or in_git:
+            hint = "" if in_git else ("; on a machine without the git checkout, pin the committed file's SHA-256 "
+                                      "(--variants-sha256)")
+            raise VariantsError(f"{err}{hint}") from None
+    return {**record, "verified_by": "sha256 pin (no git checkout here: compare the pin with the committed file)"}
 
 
 # ----------------------------------------------------------------------------- the test folder
