@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from convex_attention.hierarchy import Hierarchy
-from convex_attention.paper.models.unet import AttentionOutput, ModelConfig, _conv_block
+from convex_attention.paper.models.unet import AttentionOutput, ModelConfig, _conv_block, encoder_features
 from convex_attention.solve import Solution
 
 __all__ = ["PlainCNN", "load_plain_cnn", "is_plain_cnn_checkpoint", "load_any_model"]
@@ -69,11 +69,7 @@ class PlainCNN(nn.Module):
                 or tuple(images.shape[2:]) != (cfg.image_size, cfg.image_size):
             raise ValueError(f"images must be a (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) tensor, "
                              f"got {tuple(getattr(images, 'shape', ())) or type(images).__name__}")
-        out, x = {}, images
-        for k, block in enumerate(self.blocks, start=1):
-            x = block(x if k == 1 else self.pools[k - 2](x))
-            out[k] = x
-        return out
+        return encoder_features(self.blocks, self.pools, images)
 
     def forward(self, images: Tensor) -> AttentionOutput:
         feats = self.features(images)

@@ -238,6 +238,16 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels)
 
 
+def encoder_features(blocks: nn.ModuleList, pools: nn.ModuleList, images: Tensor) -> dict[int, Tensor]:
+    """Run the encoder: block ``k`` (1-based) sees the 2×2 max-pooled output of block ``k-1``.
+    Returns every block's output by index (shared by the attention model and the plain CNN)."""
+    out, x = {}, images
+    for k, block in enumerate(blocks, start=1):
+        x = block(x if k == 1 else pools[k - 2](x))
+        out[k] = x
+    return out
+
+
 def _conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(norm, cout), nn.ReLU(inplace=False),
@@ -295,11 +305,7 @@ class AttentionUNet(nn.Module):
         """The block outputs (before pooling), by 1-based block index, up to the last one used:
         block ``k`` gives ``(B, width·2^(k-1), S/2^(k-1), S/2^(k-1))``."""
         self._check_input(images)
-        out, x = {}, images
-        for k, block in enumerate(self.blocks, start=1):
-            x = block(x if k == 1 else self.pools[k - 2](x))
-            out[k] = x
-        return out
+        return encoder_features(self.blocks, self.pools, images)
 
     def forward(self, images: Tensor) -> AttentionOutput:
         feats = self.features(images)
