@@ -92,7 +92,7 @@ def no_sync(device) -> list[dict]:
     weights = [torch.randn_like(s) for s in scores]
     lam = [torch.zeros((1,) + s, device=device, requires_grad=True) for s in h.shapes[1:]]
     for method in ("softmax", "exact", "learned_dual"):
-        kw = {"duals": lam} if method == "learned_dual" else {}
+        kw = {"duals": lam} if ca.get_method(method).needs_duals else {}
         for _ in range(2):  # warm-up outside the check (first calls may allocate)
             sol = ca.solve(scores, h, method, check_finite=False, **kw)
             sum((p * w).sum() for p, w in zip(sol.probs, weights)).backward()
@@ -101,7 +101,7 @@ def no_sync(device) -> list[dict]:
         try:
             sol = ca.solve(scores, h, method, check_finite=False, **kw)
             loss = sum((p * w).sum() for p, w in zip(sol.probs, weights))
-            if method == "learned_dual":
+            if ca.get_method(method).needs_duals:
                 loss = loss + ca.consistency_loss(scores, lam, h, check_finite=False)
             loss.backward()
             passed, error = True, ""
@@ -126,7 +126,7 @@ def speed(device, repeats: int) -> list[dict]:
         res = measure_interleaved(cases, device=device, repeats=repeats, warmup=5)
         for m, meas in res.items():
             rows.append({"shapes": "+".join("x".join(map(str, s)) for s in shapes), "batch": batch,
-                         "method": m if m != "learned_dual" else "learned_dual+loss", "fwd_ms": meas.fwd_median,
+                         "method": m + ("+loss" if ca.get_method(m).needs_duals else ""), "fwd_ms": meas.fwd_median,
                          "bwd_ms": meas.bwd_median, "total_ms": meas.total_median,
                          "peak_mem_mb": peak_memory_mb(cases[m], device)})
     return rows

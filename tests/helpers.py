@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import convex_attention as ca
+from convex_attention.bench.generators import random_parents  # noqa: F401  (re-exported for the tests)
 
 # Tolerances by dtype for comparisons of probabilities with the reference.
 PROB_ATOL = {torch.float64: 1e-6, torch.float32: 2e-5, torch.float16: 5e-3, torch.bfloat16: 2e-2}
@@ -29,15 +30,6 @@ GRID_CASES = {
 }
 IRREGULAR_CASES = {"irregular-2lvl": [10, 4], "irregular-3lvl": [12, 5, 2]}
 ALL_CASES = sorted(GRID_CASES) + sorted(IRREGULAR_CASES)
-
-
-def random_parents(sizes, generator: torch.Generator) -> list[torch.Tensor]:
-    """Random nested partition: every coarse cell gets at least one child."""
-    parents = []
-    for n_fine, n_coarse in zip(sizes[:-1], sizes[1:]):
-        par = torch.cat([torch.arange(n_coarse), torch.randint(0, n_coarse, (n_fine - n_coarse,), generator=generator)])
-        parents.append(par[torch.randperm(n_fine, generator=generator)])
-    return parents
 
 
 def make_hierarchy(case: str, seed: int = 0) -> ca.Hierarchy:

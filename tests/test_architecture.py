@@ -102,6 +102,7 @@ def test_core_stays_small():
     assert len(core) <= 12, sorted(p.name for p in core)
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_import_loads_no_heavy_dependency():
     code = ("import sys, convex_attention, convex_attention.bench, convex_attention.cli\n"
             "heavy = ['cvxpy', 'cvxpylayers', 'diffcp', 'matplotlib', 'captum', 'sklearn', 'nibabel', 'PIL']\n"

@@ -12,6 +12,7 @@ from convex_attention.bench.sweep import SweepConfig, _cvx_estimate_s, check_swe
 from convex_attention.bench.targets import core_benchmark
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_core_benchmark_tiny_prints_the_three_ratios(tmp_path):
     import json
 

@@ -171,6 +171,7 @@ def test_plot_of_an_empty_folder_exits_2(tmp_path, capsys):
     assert "holds no bench.csv" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_console_script_help_teaches():
     exe = shutil.which("convex-attention")
     cmd = [exe] if exe else [sys.executable, "-m", "convex_attention.cli"]

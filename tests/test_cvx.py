@@ -83,6 +83,7 @@ def test_failed_solve_names_sample_and_status(method, options, status):
         ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, solve_method=method, **options)
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_inaccurate_scs_on_a_larger_problem_is_caught_by_the_duality_gap():
     """SCS reports success but stalls near 1e-5 on a few thousand cells: not silently accepted."""
     h = ca.Hierarchy.grid([(32, 32), (16, 16)])
@@ -107,6 +108,7 @@ def test_unknown_solve_method():
         ca.solve(inst.scores, inst.h, "cvxpylayers", solve_method="ECOS")
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_cvxpy_is_imported_lazily():
     code = ("import sys, torch, convex_attention as ca; "
             "h = ca.Hierarchy.grid([(4, 4), (2, 2)]); "
@@ -142,6 +144,7 @@ def test_backend_names_and_availability():
     assert "mpax" not in AVAILABLE and "exponential cones" in cvx.backend_unavailable_reason("mpax")
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_availability_is_checked_without_importing_the_solvers():
     code = ("import sys, convex_attention.cvx as c; c.available_backends(); "
             "assert not {'moreau', 'diffcp', 'cvxpy', 'cvxpylayers', 'scs', 'clarabel'} & set(sys.modules), "

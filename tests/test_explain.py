@@ -15,6 +15,7 @@ from convex_attention.paper.explain_metrics import METRIC_NAMES
 from convex_attention.paper.models import AttentionUNet
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_explain_scores_attention_and_baselines_and_writes_outputs(tmp_path):
     torch.manual_seed(0)
     data = SyntheticLesions(24, image_size=32, seed=0, lesion_fraction=0.7)

@@ -270,6 +270,7 @@ def test_a_second_writer_is_refused_with_the_owner_named(tmp_path):
     assert not (tmp_path / R.LOCK_NAME).exists()
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_wait_blocks_until_the_owner_finishes(tmp_path):
     proc = hold_lock(tmp_path, 1.5)
     start = time.monotonic()

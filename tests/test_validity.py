@@ -35,6 +35,7 @@ def blobs():
     return collect(SyntheticLesions(N, SIZE, seed=0)), collect(SyntheticLesions(N, SIZE, seed=10_000))
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_the_new_generator_passes_the_checks(rim):
     (tr_img, tr_lab, tr_mask, _), (te_img, te_lab, te_mask, _) = rim
     a = check_location_free(tr_img, tr_lab, te_img, te_lab)
@@ -44,6 +45,7 @@ def test_the_new_generator_passes_the_checks(rim):
     assert b.detail["prevalence"] < b.value  # the map finds the signature, just not the lesion among the mimics
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_the_old_generator_fails_the_location_free_check(blobs):
     """The point of check (a): the previous generator's label is readable from intensity statistics."""
     (tr_img, tr_lab, tr_mask, _), (te_img, te_lab, te_mask, _) = blobs
@@ -53,6 +55,7 @@ def test_the_old_generator_fails_the_location_free_check(blobs):
     assert not b.passed and b.value > 0.40, b.line()  # and one fixed map localises its lesions
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_the_pixel_map_check_fails_without_mimics():
     """With no mimic in lesion images, a per-pixel map finds the lesion: check (b) must say so."""
     train = collect(SyntheticRimLesions(100, SIZE, seed=0, mimic_rate=0.0))
@@ -115,6 +118,7 @@ def test_uniform_attention_check():
             check_uniform_attention(bad, 0.5)
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_brain_mask_check_detects_an_outline_shortcut():
     rng = np.random.default_rng(0)
 
@@ -200,6 +204,7 @@ def test_data_check_out_and_data_errors(tmp_path, capsys):
     assert "empty dataset" in err and "--data-root" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_data_check_on_brats_reports_the_brain_mask_control(tmp_path, capsys):
     from test_data import _write_fake_brats
 
@@ -213,6 +218,7 @@ def test_data_check_on_brats_reports_the_brain_mask_control(tmp_path, capsys):
     assert "location_free:" in text and "pixel_map:" in text
 
 
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_run_checks_includes_the_brain_mask_check_only_with_brain_masks(rim):
     class Arrays:
         def __init__(self, arrays, brain=False):

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..hierarchy import Hierarchy
 
-__all__ = ["GENERATORS", "generate", "gaussian_scores", "lesion_scores", "register_generator"]
+__all__ = ["GENERATORS", "generate", "gaussian_scores", "lesion_scores", "register_generator", "random_parents"]
 
 
 def gaussian_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, **_) -> list[Tensor]:
@@ -80,3 +80,14 @@ def generate(name: str, h: Hierarchy, batch: int, seed: int = 0, scale: float = 
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < math.inf:
         raise ValueError(f"scale must be positive and finite, got {scale!r}")
     return GENERATORS[name](h, batch, seed, scale, **kwargs)
+
+
+def random_parents(sizes, generator: torch.Generator) -> list[Tensor]:
+    """A random nested partition: ``L-1`` parent maps for level sizes ``sizes`` (finest first),
+    each coarse cell receiving at least one child (for irregular test and verification cases)."""
+    parents = []
+    for n_fine, n_coarse in zip(sizes[:-1], sizes[1:]):
+        par = torch.cat([torch.arange(n_coarse),
+                         torch.randint(0, n_coarse, (n_fine - n_coarse,), generator=generator)])
+        parents.append(par[torch.randperm(n_fine, generator=generator)])
+    return parents

@@ -46,7 +46,7 @@ from ..dual import reparameterized_probs
 from ..hierarchy import Hierarchy
 from ..methods import get_method
 from ..solve import solve
-from .generators import generate
+from .generators import generate, random_parents
 
 __all__ = ["TOLERANCES", "CheckResult", "COLUMNS", "verify_instances", "random_instances", "load_solver",
            "solver_label", "backend_skips", "check_backends", "write_csv", "format_table", "all_passed"]
@@ -117,11 +117,7 @@ def _grid(kind: str, pick, quick: bool) -> Hierarchy:
 def _irregular(kind: str, g: torch.Generator, quick: bool) -> Hierarchy:
     sizes = ([10, 4] if kind == "irregular-2lvl" else [14, 5, 2]) if quick else \
         ([40, 9] if kind == "irregular-2lvl" else [48, 12, 3])
-    parents = []
-    for n_fine, n_coarse in zip(sizes[:-1], sizes[1:]):
-        par = torch.cat([torch.arange(n_coarse), torch.randint(0, n_coarse, (n_fine - n_coarse,), generator=g)])
-        parents.append(par[torch.randperm(n_fine, generator=g)])
-    return Hierarchy.from_parents(sizes, parents)
+    return Hierarchy.from_parents(sizes, random_parents(sizes, g))
 
 
 def load_solver(spec: str) -> Callable:

@@ -60,13 +60,16 @@ def add_bench_commands(sub) -> None:
                    help=f"methods to run, from: {', '.join(METHODS)}")
     b.add_argument("--sizes", nargs="+", type=positive_int, default=[8, 16, 32, 64, 128, 256], metavar="N",
                    help="finest grid side; level k has side N / factor^k")
-    b.add_argument("--levels", nargs="+", type=positive_int, default=[2, 3], metavar="L")
-    b.add_argument("--batch", nargs="+", type=positive_int, default=[16], metavar="B")
+    b.add_argument("--levels", nargs="+", type=positive_int, default=[2, 3], metavar="L",
+                   help="numbers of levels L (each needs the finest side divisible by factor^(L-1))")
+    b.add_argument("--batch", nargs="+", type=positive_int, default=[16], metavar="B",
+                   help="batch sizes (samples per solve)")
     b.add_argument("--dims", nargs="+", type=int, default=[2], choices=[1, 2, 3], metavar="D",
                    help="grid dimensionality (1, 2 or 3)")
     b.add_argument("--temperature", nargs="+", type=_finite_positive, default=[1.0], metavar="T",
                    help="one temperature shared by all levels, per sweep value (positive, finite)")
-    b.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64", "float16", "bfloat16"])
+    b.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64", "float16", "bfloat16"],
+                   help="dtypes of the scores (half precision is computed in float32)")
     b.add_argument("--device", nargs="+", default=None, metavar="DEV",
                    help="cpu, cuda (default: cpu, plus cuda when present)")
     b.add_argument("--generator", default="lesion", choices=["gaussian", "lesion", "model"],
@@ -95,7 +98,7 @@ def add_bench_commands(sub) -> None:
     b.add_argument("--fit-steps", type=positive_int, default=150, help="Adam steps fitting the shared λ")
     b.add_argument("--amortised-steps", type=positive_int, default=300,
                    help="Adam steps training the amortised dual's network")
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=0, help="seed of the score generator (training instances use seed+1)")
     b.add_argument("--out", default="results", help="results folder")
     b.add_argument("--resume", action="store_true",
                    help="keep OUT's finished rows and measure only the rest (error rows and unreadable rows are "
@@ -123,7 +126,7 @@ def add_bench_commands(sub) -> None:
                     "called sys.exit: reported as a failed check, verify.csv still written); 2 for usage errors. "
                     "Backends that are not installed are skipped with a line saying so, and are not failures.")
     v.add_argument("--n", type=positive_int, default=24, help="number of random instances")
-    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--seed", type=int, default=0, help="seed of the random instances")
     v.add_argument("--quick", action="store_true", help="6 small instances")
     v.add_argument("--dual-solver", default=None, metavar="SPEC",
                    help="verify your own dual solver: module:function or file.py:function, called as "
