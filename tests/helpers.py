@@ -146,3 +146,15 @@ def linear_loss_gradient(inst: Instance, method: str, weights, **options):
     scores = [s.clone().requires_grad_() for s in inst.scores]
     sol = ca.solve(scores, inst.h, method, temperature=inst.temps, **options)
     return torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), scores)
+
+
+def run_cli(argv, capsys):
+    """``convex-attention ARGV`` in-process: ``(exit code, stdout, stderr)``."""
+    from convex_attention import cli
+
+    try:
+        code = cli.main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

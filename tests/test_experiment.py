@@ -20,17 +20,12 @@ from convex_attention.paper.models import (
     load_model,
     save_checkpoint,
 )
+from helpers import run_cli
 
 SMALL = dict(width=4, image_size=32, embed_channels=8)
 
 
-def run(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli  # (argv, capsys) -> (exit code, stdout, stderr)
 
 
 # ----------------------------------------------------------------------------- model variants

@@ -14,18 +14,13 @@ from convex_attention import cli
 from convex_attention.paper.models import AttentionUNet, load_model, read_checkpoint, save_checkpoint
 from convex_attention.paper.models.checkpoint import FORMAT
 from convex_attention.paper.train import TrainConfig
+from helpers import run_cli
 
 TINY = dict(image_size=32, width=4, embed_channels=8, n_train=16, n_val=8, batch_size=8, device="cpu",
             progress=False)
 
 
-def run(argv, capsys):
-    try:
-        code = cli.main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
+run = run_cli  # (argv, capsys) -> (exit code, stdout, stderr)
 
 
 def assert_usage_error(code, err, *words):

@@ -46,7 +46,7 @@ from .results import KEY_FIELDS, _checksum  # _checksum: the one definition of t
 
 __all__ = ["PlotWarning", "env_line", "save", "read_results", "plot_core_benchmark", "core_ratios",
            "plot_time_vs_size", "plot_violation", "plot_convergence", "plot_speedup", "plot_tradeoff",
-           "plot_attention_maps", "plot_results", "plot_explanations", "FIGURES"]
+           "plot_attention_maps", "plot_results", "FIGURES"]
 
 METHOD_COLORS = {"softmax": "#7f7f7f", "exact": "#1f77b4", "dual": "#2ca02c", "learned_dual": "#d62728",
                  "learned_dual+loss": "#d62728", "cvxpylayers": "#9467bd"}
@@ -1153,35 +1153,3 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None) ->
     return written
 
 
-def plot_explanations(examples, path: str, env=None, max_rows: int = 4) -> str:
-    """One row per example: the image (first channel), the mask, then every map."""
-    by_image: dict = {}
-    for idx, model, method, level, image, mask, m in examples:
-        entry = by_image.setdefault(idx, {"image": image, "mask": mask, "maps": []})
-        label = f"{model}\n{method}" + ("" if level == -1 else f" L{level}")
-        if method != "attention":
-            label = f"{method}" + ("" if level == -1 else f" L{level}") + f"\n(on {model})"
-        entry["maps"].append((label, m))
-    images = list(by_image.items())[:max_rows]
-    ncols = 2 + max(len(e["maps"]) for _, e in images)
-    side = min(1.45, FULL_WIDTH / ncols)  # never wider than a two-column figure
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(len(images), ncols, figsize=(side * ncols, (side + 0.15) * len(images) + 0.6),
-                                 squeeze=False)
-        for row, (idx, e) in enumerate(images):
-            axes[row, 0].imshow(e["image"].numpy(), cmap="gray")
-            axes[row, 0].set_ylabel(f"image {idx}", fontsize=7)
-            axes[row, 1].imshow(e["mask"].numpy(), cmap="gray")
-            for col, (label, m) in enumerate(e["maps"], start=2):
-                axes[row, col].imshow(m.numpy(), cmap="inferno")
-                axes[row, col].contour(e["mask"].numpy().astype(float), levels=[0.5], colors="cyan", linewidths=0.4)
-                if row == 0:
-                    axes[row, col].set_title(label, fontsize=5.5)
-            if row == 0:
-                axes[row, 0].set_title("image (ch. 0)", fontsize=6)
-                axes[row, 1].set_title("lesion mask", fontsize=6)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.suptitle("Explanations of lesion images (cyan: mask outline)", fontsize=9)
-        return save(fig, path, env)
