@@ -125,6 +125,8 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
             synchronisation; turn off in a training hot path).
         **options: ``"dual"``: ``tol`` (1e-6), ``max_iter`` (1000), ``strict`` (True),
             ``record_history``, ``init``, ``dtype`` (float64); ``"cvxpylayers"``:
+            ``backend`` (``"diffcp-clarabel"`` default, ``"diffcp-scs"``, ``"moreau"``,
+            ``"cuclarabel"``; :func:`convex_attention.cvx.available_backends`),
             ``solve_method``, ``eps``, ``max_iters``, ``accept_tol`` and solver settings.
 
     Returns:
