@@ -22,7 +22,8 @@ import torch
 from torch import Tensor, nn
 
 from convex_attention.hierarchy import Hierarchy
-from convex_attention.paper.models.unet import AttentionOutput, ModelConfig, _conv_block, encoder_features
+from convex_attention.paper.models.unet import (AttentionOutput, ModelConfig, build_encoder, check_images,
+                                                classifier_features, encoder_features)
 from convex_attention.solve import Solution
 
 __all__ = ["PlainCNN", "load_plain_cnn", "is_plain_cnn_checkpoint", "load_any_model"]
@@ -46,17 +47,9 @@ class PlainCNN(nn.Module):
         self.config = ModelConfig.from_dict({**(config or ModelConfig()).to_dict(), **fields_}).validate()
         cfg = self.config
         blocks = list(cfg.attention_blocks)
-        self.last_block = max(blocks + ([5] if cfg.bottleneck_in_classifier else []))
-        channels = [cfg.width * 2 ** i for i in range(5)]
-        self.blocks = nn.ModuleList()
-        cin = cfg.in_channels
-        for k in range(self.last_block):
-            self.blocks.append(_conv_block(cin, channels[k], cfg.norm))
-            cin = channels[k]
-        self.pools = nn.ModuleList(nn.MaxPool2d(2) for _ in range(self.last_block - 1))
+        channels, self.last_block, self.blocks, self.pools = build_encoder(cfg)
         self.hierarchy = Hierarchy.grid([(cfg.image_size // 2 ** (k - 1),) * 2 for k in blocks])
-        features = sum(channels[k - 1] for k in blocks) + (channels[4] if cfg.bottleneck_in_classifier else 0)
-        self.classifier = nn.Linear(features, cfg.num_classes)
+        self.classifier = nn.Linear(classifier_features(cfg, channels), cfg.num_classes)
 
     @property
     def method(self) -> str:
@@ -64,11 +57,7 @@ class PlainCNN(nn.Module):
 
     def features(self, images: Tensor) -> dict[int, Tensor]:
         """The block outputs by 1-based block index (as the attention model's)."""
-        cfg = self.config
-        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != cfg.in_channels \
-                or tuple(images.shape[2:]) != (cfg.image_size, cfg.image_size):
-            raise ValueError(f"images must be a (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) tensor, "
-                             f"got {tuple(getattr(images, 'shape', ())) or type(images).__name__}")
+        check_images(self.config, images)
         return encoder_features(self.blocks, self.pools, images)
 
     def forward(self, images: Tensor) -> AttentionOutput:

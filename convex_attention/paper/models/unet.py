@@ -238,6 +238,27 @@ def _norm(kind: str, channels: int) -> nn.Module:
     return nn.BatchNorm2d(channels)
 
 
+def build_encoder(cfg: ModelConfig) -> tuple[list[int], int, nn.ModuleList, nn.ModuleList]:
+    """The encoder of ``cfg``: ``(channels, last_block, blocks, pools)``, where ``channels[k-1]``
+    is block ``k``'s width (blocks 1..4 and the bottleneck) and ``last_block`` the deepest block
+    used.  Shared by the attention model and the plain CNN, so the two trunks are identical."""
+    used = list(cfg.attention_blocks) + ([5] if cfg.bottleneck_in_classifier else [])
+    last_block = max(used)
+    channels = [cfg.width * 2 ** i for i in range(5)]
+    blocks, cin = nn.ModuleList(), cfg.in_channels
+    for k in range(last_block):
+        blocks.append(_conv_block(cin, channels[k], cfg.norm))
+        cin = channels[k]
+    # one pooling module per use: attribution hooks (DeepLIFT, LRP) need unshared modules
+    pools = nn.ModuleList(nn.MaxPool2d(2) for _ in range(last_block - 1))
+    return channels, last_block, blocks, pools
+
+
+def classifier_features(cfg: ModelConfig, channels: list[int]) -> int:
+    """Width of the classifier's input: the pooled attention blocks (+ the bottleneck)."""
+    return sum(channels[k - 1] for k in cfg.attention_blocks) + (channels[4] if cfg.bottleneck_in_classifier else 0)
+
+
 def encoder_features(blocks: nn.ModuleList, pools: nn.ModuleList, images: Tensor) -> dict[int, Tensor]:
     """Run the encoder: block ``k`` (1-based) sees the 2×2 max-pooled output of block ``k-1``.
     Returns every block's output by index (shared by the attention model and the plain CNN)."""
@@ -274,15 +295,7 @@ class AttentionUNet(nn.Module):
         self.config = ModelConfig.from_dict({**base, **fields_}).validate()
         cfg = self.config
         blocks = list(cfg.attention_blocks)
-        self.last_block = max(blocks + ([5] if cfg.bottleneck_in_classifier else []))
-        channels = [cfg.width * 2 ** i for i in range(5)]  # blocks 1..4 and the bottleneck
-        self.blocks = nn.ModuleList()
-        cin = cfg.in_channels
-        for k in range(self.last_block):
-            self.blocks.append(_conv_block(cin, channels[k], cfg.norm))
-            cin = channels[k]
-        # one pooling module per use: attribution hooks (DeepLIFT, LRP) need unshared modules
-        self.pools = nn.ModuleList(nn.MaxPool2d(2) for _ in range(self.last_block - 1))
+        channels, self.last_block, self.blocks, self.pools = build_encoder(cfg)
         self.heads = nn.ModuleDict({str(k): ScoreHead(channels[k - 1], cfg.embed_channels, scale=cfg.head)
                                     for k in blocks})
         self.hierarchy = Hierarchy.grid([(cfg.image_size // 2 ** (k - 1),) * 2 for k in blocks])
@@ -294,8 +307,7 @@ class AttentionUNet(nn.Module):
         self.register_buffer("base_temperature", torch.tensor(check_temperatures(cfg.temperature, len(blocks)),
                                                                dtype=torch.float32), persistent=False)
         self.log_temperature = nn.Parameter(torch.zeros(())) if cfg.learn_temperature else None
-        features = sum(channels[k - 1] for k in blocks) + (channels[4] if cfg.bottleneck_in_classifier else 0)
-        self.classifier = nn.Linear(features, cfg.num_classes)
+        self.classifier = nn.Linear(classifier_features(cfg, channels), cfg.num_classes)
 
     @property
     def method(self) -> str:
@@ -350,17 +362,21 @@ class AttentionUNet(nn.Module):
         return nn.functional.cross_entropy(output.logits, labels) + output.aux_loss
 
     def _check_input(self, images: Tensor) -> None:
-        cfg = self.config
-        if not isinstance(images, Tensor) or images.dim() != 4:
-            raise ValueError(f"images must be a (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) tensor, "
-                             f"got {getattr(images, 'shape', type(images))}")
-        if images.shape[1] != cfg.in_channels:
-            raise ValueError(f"the model expects {cfg.in_channels} input channels, got {images.shape[1]} "
-                             f"(images of shape {tuple(images.shape)})")
-        if tuple(images.shape[2:]) != (cfg.image_size, cfg.image_size):
-            raise ValueError(f"the model was built for {cfg.image_size}x{cfg.image_size} images, got "
-                             f"{images.shape[2]}x{images.shape[3]}")
+        check_images(self.config, images)
 
     def attention_layer(self, level: int) -> nn.Module:
         """The last ReLU of the block behind attention level ``level`` (for GradCAM)."""
         return self.blocks[self.config.attention_blocks[level] - 1][-1]
+
+
+def check_images(cfg: ModelConfig, images: Tensor) -> None:
+    """``images`` must be ``(B, in_channels, image_size, image_size)``; ValueError naming the mismatch."""
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise ValueError(f"images must be a (B, {cfg.in_channels}, {cfg.image_size}, {cfg.image_size}) tensor, "
+                         f"got {getattr(images, 'shape', type(images))}")
+    if images.shape[1] != cfg.in_channels:
+        raise ValueError(f"the model expects {cfg.in_channels} input channels, got {images.shape[1]} "
+                         f"(images of shape {tuple(images.shape)})")
+    if tuple(images.shape[2:]) != (cfg.image_size, cfg.image_size):
+        raise ValueError(f"the model was built for {cfg.image_size}x{cfg.image_size} images, got "
+                         f"{images.shape[2]}x{images.shape[3]}")
