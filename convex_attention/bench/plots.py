@@ -1118,21 +1118,23 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None) ->
         attempted.add(name)
         return os.path.join(out, f"{name}.png")
 
-    bench = os.path.join(folder, "bench.csv")
-    if os.path.exists(bench):
-        rows = read_results(bench, ("status", "method"), log)
+    def rows_of(name, required):
+        """The usable rows of ``folder/name``, or None (missing, unreadable or empty: said)."""
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            return None
+        rows = read_results(path, required, log)
         if rows == []:
-            log("bench.csv: a header and no rows; nothing to plot from it")
-        elif rows:
-            for name, fn in _BENCH_FIGURES.items():
-                written.append(fn(rows, figure_path(name), env, log))
-    conv = os.path.join(folder, "convergence.csv")
-    if os.path.exists(conv):
-        conv_rows = read_results(conv, ("cell", "iteration"), log)
-        if conv_rows == []:
-            log("convergence.csv: a header and no rows; nothing to plot from it")
-        elif conv_rows:
-            written.append(plot_convergence(conv_rows, figure_path("dual_convergence"), env, log))
+            log(f"{name}: a header and no rows; nothing to plot from it")
+        return rows or None
+
+    rows = rows_of("bench.csv", ("status", "method"))
+    if rows:
+        for name, fn in _BENCH_FIGURES.items():
+            written.append(fn(rows, figure_path(name), env, log))
+    conv_rows = rows_of("convergence.csv", ("cell", "iteration"))
+    if conv_rows:
+        written.append(plot_convergence(conv_rows, figure_path("dual_convergence"), env, log))
     example = os.path.join(folder, "example.npz")
     if os.path.exists(example):
         try:
