@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["CommandParser", "UsageError", "positive_float", "positive_int", "add_output_options", "info"]
+__all__ = ["CommandParser", "UsageError", "finite_float", "positive_float", "positive_int", "add_output_options", "info"]
 
 
 class UsageError(ValueError):
@@ -16,6 +16,17 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def finite_float(text: str) -> float:
+    """Any finite number (``inf`` and ``nan`` are refused); ranges are checked by the configs."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
 
 
 def positive_float(text: str) -> float:

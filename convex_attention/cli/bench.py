@@ -27,16 +27,6 @@ examples:
 """
 
 
-def _finite_positive(text: str) -> float:
-    """A positive, finite float (``inf`` and ``nan`` are refused)."""
-    import math
-
-    value = positive_float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
-    return value
-
-
 def add_bench_commands(sub) -> None:
     from ..bench.sweep import SCALE_MAX
     from ..cvx import BACKENDS
@@ -66,7 +56,7 @@ def add_bench_commands(sub) -> None:
                    help="batch sizes (samples per solve)")
     b.add_argument("--dims", nargs="+", type=int, default=[2], choices=[1, 2, 3], metavar="D",
                    help="grid dimensionality (1, 2 or 3)")
-    b.add_argument("--temperature", nargs="+", type=_finite_positive, default=[1.0], metavar="T",
+    b.add_argument("--temperature", nargs="+", type=positive_float, default=[1.0], metavar="T",
                    help="one temperature shared by all levels, per sweep value (positive, finite)")
     b.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64", "float16", "bfloat16"],
                    help="dtypes of the scores (half precision is computed in float32)")
@@ -74,7 +64,7 @@ def add_bench_commands(sub) -> None:
                    help="cpu, cuda (default: cpu, plus cuda when present)")
     b.add_argument("--generator", default="lesion", choices=["gaussian", "lesion", "model"],
                    help="score generator: i.i.d. Gaussian, lesion-like blobs, or a trained model's scores")
-    b.add_argument("--scale", type=_finite_positive, default=1.0,
+    b.add_argument("--scale", type=positive_float, default=1.0,
                    help=f"score scale of the generator, in (0, {SCALE_MAX:g}]")
     b.add_argument("--checkpoint", default=None, help="model checkpoint for --generator model")
     b.add_argument("--factor", type=int, default=2, help="pooling factor per dimension between levels")

@@ -8,20 +8,12 @@ holds and every required check ran), 1 when it is not, 2 for usage and data erro
 from __future__ import annotations
 
 import argparse
-import math
 
-from ._common import UsageError, add_output_options, info, positive_int
+from ._common import UsageError, add_output_options, finite_float, info, positive_int
 
 __all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS"]
 
 DATASETS = ("synthetic", "synthetic-blobs", "brats")
-
-
-def _float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
 
 
 def add_data_commands(sub) -> None:
@@ -54,8 +46,8 @@ def add_data_commands(sub) -> None:
                         "split, drawn at random)")
     c.add_argument("--image-size", type=positive_int, default=64, help="image side (brats: the resize target)")
     c.add_argument("--seed", type=int, default=0, help="the data's seed (held-out: seed + 10000; brats: the split)")
-    c.add_argument("--difficulty", type=_float, default=0.5, help="synthetic difficulty in [0, 1]")
-    c.add_argument("--mimic-rate", type=_float, default=3.0, help="synthetic: mimics per lesion image, in [0, 8]")
+    c.add_argument("--difficulty", type=finite_float, default=0.5, help="synthetic difficulty in [0, 1]")
+    c.add_argument("--mimic-rate", type=finite_float, default=3.0, help="synthetic: mimics per lesion image, in [0, 8]")
     c.add_argument("--mimic-types", nargs="+", default=list(MIMIC_TYPES), choices=MIMIC_TYPES,
                    help="synthetic: the mimic kinds drawn from")
     c.add_argument("--data-root", default=None, help="brats: the unpacked BraTS training folder")
@@ -63,12 +55,12 @@ def add_data_commands(sub) -> None:
                    help="brats: where preprocessed slices are cached (default DATA_ROOT/.convex_attention_cache)")
     c.add_argument("--normalisation", default=None, choices=NORMALISATIONS,
                    help="brats: per patient (volume, the default) or the authors' dataset-wide per-modality scheme")
-    c.add_argument("--val-fraction", type=_float, default=0.2, help="brats: share of patients held out")
+    c.add_argument("--val-fraction", type=finite_float, default=0.2, help="brats: share of patients held out")
     c.add_argument("--min-tumour-area", type=positive_int, default=None,
                    help="brats: slices with at most this many tumour pixels are dropped (default 1000, the paper's)")
-    c.add_argument("--attention-bacc", type=_float, default=None,
+    c.add_argument("--attention-bacc", type=finite_float, default=None,
                    help="check (c): held-out balanced accuracy of the attention model")
-    c.add_argument("--uniform-bacc", type=_float, default=None,
+    c.add_argument("--uniform-bacc", type=finite_float, default=None,
                    help="check (c): held-out balanced accuracy of the same model pooling uniformly")
     c.add_argument("--out", default=None, help="folder for data_check.json (nothing is written without it)")
     add_output_options(c)
