@@ -48,6 +48,16 @@ class Method:
     cpu_only: bool = False
     check_options: Callable | None = None
 
+    def check_option_names(self, options) -> None:
+        """TypeError naming any option this method does not take (``options`` None: passed
+        through to the solver, which checks them itself)."""
+        if self.options is None:
+            return
+        unknown = set(options) - self.options
+        if unknown:
+            raise TypeError(f"method {self.name!r} takes no option(s) {sorted(unknown)}"
+                            + (f"; it accepts {sorted(self.options)}" if self.options else ""))
+
 
 REGISTRY: dict[str, Method] = {}
 

@@ -366,12 +366,7 @@ class ConsistentAttention(nn.Module):
         if not isinstance(check_finite, bool):
             raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
         self.check_finite = check_finite
-        allowed = record.options
-        if allowed is not None:
-            unknown = set(options) - allowed
-            if unknown:
-                raise TypeError(f"method {record.name!r} takes no option(s) {sorted(unknown)}"
-                                + (f"; it accepts {sorted(allowed)}" if allowed else ""))
+        record.check_option_names(options)
         if record.check_options is not None:
             record.check_options(dict(options), h)
         self.options = options

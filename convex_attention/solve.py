@@ -145,12 +145,7 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
     scores = check_scores(scores, h, check_finite=check_finite)
     temps = check_temperatures(temperature, h.num_levels, dtype=scores[0].dtype,
                                allow_grad=record.tensor_temperature, method=record.name)
-    allowed = record.options
-    if allowed is not None:
-        unknown = set(options) - allowed
-        if unknown:
-            raise TypeError(f"method {record.name!r} takes no option(s) {sorted(unknown)}"
-                            + (f"; it accepts {sorted(allowed)}" if allowed else ""))
+    record.check_option_names(options)
     if duals is not None and not record.needs_duals:
         users = " or ".join(repr(m.name) for m in REGISTRY.values() if m.needs_duals)
         raise ValueError(f"duals are only used by method {users}, not {record.name!r}")
