@@ -42,7 +42,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from ..methods import get_method
-from .results import KEY_FIELDS, _checksum  # _checksum: the one definition of the row checksum
+from .results import KEY_FIELDS, row_checksum
 
 __all__ = ["PlotWarning", "env_line", "save", "read_results", "plot_core_benchmark", "core_ratios",
            "plot_time_vs_size", "plot_violation", "plot_convergence", "plot_speedup", "plot_tradeoff",
@@ -204,7 +204,7 @@ def read_results(path: str, required=(), log: Log | None = None) -> list[dict] |
         if len(fields) != len(header):
             cut.append(f"line {line} ({len(fields)} fields, the header has {len(header)})")
             continue
-        if check is not None and _checksum([f for i, f in enumerate(fields) if i != check]) != fields[check]:
+        if check is not None and row_checksum([f for i, f in enumerate(fields) if i != check]) != fields[check]:
             cut.append(f"line {line} (checksum mismatch: a value was cut off or edited)")
             continue
         row = dict(zip(header, fields))

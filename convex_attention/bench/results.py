@@ -34,7 +34,7 @@ import zlib
 from dataclasses import asdict, dataclass, is_dataclass
 
 __all__ = ["atomic_write_text", "atomic_write_bytes", "atomic_csv", "write_json", "to_json_text", "json_safe",
-           "read_csv",
+           "read_csv", "row_checksum",
            "read_rows", "Schema", "BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "ResultsLocked",
            "ResultsFormatError", "results_lock", "clean_stale_tmp", "check_out_dir", "COLUMNS",
            "CONVERGENCE_COLUMNS", "KEY_FIELDS", "DUAL_KINDS", "row_key", "row_id", "LOCK_NAME"]
@@ -100,7 +100,9 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def _checksum(values) -> str:
+def row_checksum(values) -> str:
+    """CRC-32 (8 hex digits) of a row's other fields as written, joined by the unit separator:
+    the ``checksum`` column, which catches a value cut off or edited (docs/results_format.md)."""
     return f"{zlib.crc32(chr(31).join(values).encode('utf-8')):08x}"
 
 
@@ -120,7 +122,7 @@ def atomic_csv(path: str, columns, rows, checksum: bool = False) -> None:
     for r in rows:
         values = [_fmt(r.get(c)) for c in data_columns]
         if checksum:
-            values.append(_checksum(values))
+            values.append(row_checksum(values))
         writer.writerow(values)
     atomic_write_text(path, buf.getvalue())
 
@@ -191,7 +193,7 @@ def _parse(schema: Schema, raw: dict, line: int) -> tuple[dict | None, str | Non
         return None, f"line {line}: missing field(s) {', '.join(missing[:3])}{'…' if len(missing) > 3 else ''}"
     if schema.checksum:
         values = [raw[c] for c in schema.columns if c != "checksum"]
-        if _checksum(values) != raw["checksum"]:
+        if row_checksum(values) != raw["checksum"]:
             return None, f"line {line}: checksum mismatch (a value was cut off or edited)"
     row: dict = {}
     for c in schema.columns:
@@ -523,7 +525,7 @@ class ResultsWriter:
         for c in ("backend", "dual_kind", "reason"):
             stored[c] = stored[c] or ""
         stored["row_id"] = row_id(stored)
-        stored["checksum"] = _checksum([_fmt(stored[c]) for c in COLUMNS if c != "checksum"])
+        stored["checksum"] = row_checksum([_fmt(stored[c]) for c in COLUMNS if c != "checksum"])
         self._store(stored)
         changed = False
         if convergence is not None:

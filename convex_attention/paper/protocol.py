@@ -426,7 +426,7 @@ def fit_model_free(dataset, seed: int = 0, limit: int | None = None) -> dict:
     the best per-pixel linear channel combination (fitted or fixed) by cross-fitted pixel
     AP.  Returns ``{"name", "weights" (C floats), "dev_ap", "check"}``; the weights of a
     fitted candidate are those fitted on the first half."""
-    from .validity import _fixed_maps, check_pixel_map, collect
+    from .validity import fixed_channel_maps, check_pixel_map, collect
 
     images, _, masks, _ = collect(dataset, limit)
     half = len(images) // 2
@@ -437,7 +437,7 @@ def fit_model_free(dataset, seed: int = 0, limit: int | None = None) -> dict:
         return {"name": None, "weights": None, "dev_ap": math.nan, "check": check.to_dict()}
     best = check.detail["best"]
     fitted = check.detail["weights_fitted_on_training_set"]
-    weights = fitted[best] if best in fitted else _fixed_maps(images.shape[1])[best].tolist()
+    weights = fitted[best] if best in fitted else fixed_channel_maps(images.shape[1])[best].tolist()
     return {"name": best, "weights": [float(w) for w in weights], "dev_ap": check.value, "check": check.to_dict()}
 
 

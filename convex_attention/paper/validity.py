@@ -270,7 +270,7 @@ def _pixel_fits(images: np.ndarray, masks: np.ndarray, seed: int, max_pixels: in
     return fits
 
 
-def _fixed_maps(C: int) -> dict[str, np.ndarray]:
+def fixed_channel_maps(C: int) -> dict[str, np.ndarray]:
     """Model-free maps that need no fit: each channel with either sign, and FLAIR + T2 - T1."""
     maps = {}
     for c in range(C):
@@ -303,7 +303,7 @@ def check_pixel_map(train_images, train_masks, test_images, test_masks, seed: in
                            reason="no lesion pixel in the training or the held-out images")
     C = train_images.shape[1]
     fits = [_pixel_fits(images, masks, seed, max_pixels) for images, masks, _ in sets]
-    fixed = _fixed_maps(C)
+    fixed = fixed_channel_maps(C)
     names = [*fits[0], *fixed]
     per_image: dict[str, list[float]] = {name: [] for name in names}
     pooled = []
