@@ -113,10 +113,8 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
                 f"temperature tensor must have shape () (one for every level) or ({num_levels},) (one per "
                 f"level), got {tuple(temperature.shape)}; temperatures are per level, never per sample")
         if grad and not allow_grad:
-            who = f"method {method!r}" if method else "this method"
-            raise TypeError(f"{who} cannot differentiate through the temperature: pass a float or a tensor "
-                            f"that does not require grad (temperature.detach()); 'softmax', 'exact' and "
-                            f"'learned_dual' differentiate through a tensor temperature")
+            _refuse_grad_temperature(method, "a float or a tensor that does not require grad "
+                                             "(temperature.detach())")
         values = temperature.detach().cpu().tolist()
         temps = _check_temperature_values(values if isinstance(values, list) else float(values), num_levels, dtype)
         if not grad:
@@ -137,11 +135,15 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
         if not any(grads):
             return temps
         if not allow_grad:
-            who = f"method {method!r}" if method else "this method"
-            raise TypeError(f"{who} cannot differentiate through the temperature: pass floats or tensors that do "
-                            f"not require grad; 'softmax', 'exact' and 'learned_dual' differentiate through them")
+            _refuse_grad_temperature(method, "floats or tensors that do not require grad")
         return [t if g else v for t, g, v in zip(temperature, grads, temps)]
     return _check_temperature_values(temperature, num_levels, dtype)
+
+
+def _refuse_grad_temperature(method: str | None, instead: str):
+    who = f"method {method!r}" if method else "this method"
+    raise TypeError(f"{who} cannot differentiate through the temperature: pass {instead}; 'softmax', 'exact' "
+                    f"and 'learned_dual' differentiate through a tensor temperature")
 
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
