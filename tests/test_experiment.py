@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import os
 import subprocess
 
@@ -137,6 +138,9 @@ def test_the_plain_cnn_is_the_encoder_with_uniform_pooling_and_trains_by_the_sam
     assert is_plain_cnn_checkpoint(read_checkpoint(result["best"]))
     model, _ = load_any_model(result["best"])
     assert isinstance(model, PlainCNN)
+    # no attention, so no consistency to report: NaN (an empty cell), never a perfect 0
+    assert all(math.isnan(m["val_violation"]) for m in result["metrics"])
+    assert {row["val_violation"] for row in csv.DictReader(open(tmp_path / "plain" / "metrics.csv"))} == {""}
     attention = save_checkpoint(str(tmp_path / "att.pt"), AttentionUNet(method="exact", **SMALL))
     assert isinstance(load_any_model(attention)[0], AttentionUNet)
 
@@ -259,6 +263,8 @@ def test_tiny_experiment_end_to_end(tmp_path):
             assert float(r["violation"]) <= 1e-5
         if r["model"] != "plain_cnn":
             assert r["delta_bacc_uniform"] != "" and r["n_max_p_L0"] != ""
+        else:
+            assert r["violation"] == ""  # no maps to be consistent
     explained = list(csv.DictReader(open(os.path.join(folder, "explain_summary.csv"))))
     kinds = {(e["model"], e["method"]) for e in explained}
     for model in ("softmax", "learned_dual", "exact", "plain_cnn"):
@@ -280,6 +286,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert saved["variants_file"]["sha256"] and saved["variants_file"]["file_commit"]
     assert json.load(open(os.path.join(folder, "test_stage.json")))["status"] == "complete"
     assert os.path.exists(os.path.join(folder, "explain_examples_difficulty0.3.png"))
+    assert os.path.exists(os.path.join(folder, "explain_ap.png"))
     from convex_attention.paper.protocol import TestFolderExists
 
     with pytest.raises(TestFolderExists, match="--force"):

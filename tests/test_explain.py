@@ -185,3 +185,37 @@ def test_figures_share_one_colour_scale(tmp_path, monkeypatch):
     for im in map_images:
         assert im.get_clim() == (0.0, 1.0) and float(im.get_array().max()) <= 1.0
     assert float(map_images[0].get_array().max()) == 1.0 and float(map_images[1].get_array().max()) == 1.0
+
+
+def test_metric_summary_figure_draws_every_finite_row_on_one_scale(tmp_path, monkeypatch):
+    import math
+
+    import convex_attention.bench.plots as plots
+    from convex_attention.paper.explain import plot_metric_summary
+
+    seen = {}
+
+    def capture(fig, path, env=None):
+        seen["fig"] = fig
+        return path
+
+    monkeypatch.setattr(plots, "save", capture)
+    rows = []
+    for cond, scale in (("difficulty0.3", 1.0), ("difficulty0.6", 0.5)):
+        for model, method, level, ap in (("exact", "attention", 0, 0.4), ("exact", "attention", 1, 0.5),
+                                         ("softmax", "lrp", -1, 0.7), ("reference", "block_map", 0, 0.9),
+                                         ("softmax", "gradcam", 1, math.nan)):
+            rows.append({"condition": cond, "test_set": "test", "model": model, "method": method, "level": level,
+                         "resolution": "pixel", "ap_mean": ap * scale, "ap_ci95": 0.05})
+        rows.append({"condition": cond, "test_set": "test", "model": "exact", "method": "attention", "level": 0,
+                     "resolution": "8x8", "ap_mean": 0.99, "ap_ci95": math.nan})  # another protocol: not drawn
+    plot_metric_summary(rows, str(tmp_path / "ap.png"))
+    axes = [ax for ax in seen["fig"].axes if ax.get_visible()]
+    assert len(axes) == 2
+    assert axes[0].get_xlim() == axes[1].get_xlim()  # one scale for every panel
+    for ax, scale in zip(axes, (1.0, 0.5)):
+        widths = sorted(round(p.get_width(), 6) for p in ax.patches)
+        assert widths == sorted(round(v * scale, 6) for v in (0.4, 0.5, 0.7, 0.9))
+        assert "1 without a value left out" in ax.get_title()
+    with pytest.raises(ValueError, match="no finite"):
+        plot_metric_summary(rows, str(tmp_path / "none.png"), resolution="2x2")

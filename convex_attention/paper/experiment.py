@@ -310,8 +310,9 @@ def _evaluate(model, dataset, threshold: float, device, ablation: bool, seed: in
 
     pred = predict(model, dataset, device=device, keep_maps=True)
     row = classification(pred["logits"], pred["labels"], threshold)
-    row["violation"] = float(pred["violation"].mean())
+    row["violation"] = math.nan  # a model without attention has no maps to be consistent
     if getattr(model, "has_attention", True):
+        row["violation"] = float(pred["violation"].mean())
         for s in map_statistics(pred["maps"], pred["scores"]):
             for key in ("n_max_p", "entropy_ratio", "score_range"):
                 row[f"{key}_L{s['level']}"] = s[key]
@@ -333,15 +334,9 @@ def _cond(difficulty: float) -> str:
 
 
 def _env(device: str) -> dict:
-    import platform
+    from ..bench.timing import environment
 
-    import torch
-
-    env = {"torch": torch.__version__, "python": platform.python_version(), "device": device,
-           "cpu_count": os.cpu_count()}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
-    return env
+    return environment(device)
 
 
 def _fmt(s: dict, metric: str, digits: int = 3) -> str:
@@ -517,6 +512,7 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
         explain_models,
         lesion_indices,
         plot_examples,
+        plot_metric_summary,
         summarise,
     )
     from .protocol import claim_test_folder, finish_test_folder, fit_model_free
@@ -630,6 +626,12 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     write_json(os.path.join(folder, "experiment_config.json"), {"config": config.to_dict(),
                                                                  "variants": variants.to_dict(),
                                                                  "variants_file": variants_record})
+    try:
+        plot_metric_summary(explain_summary, os.path.join(folder, "explain_ap.png"), env=result["environment"],
+                            title="Explanation AP on the test splits (pixel protocol; bars: mean over seeds, "
+                                  "95 % CI)")
+    except ValueError as exc:  # the numbers are written; a figure without data is only worth a warning
+        log(f"[test] no AP figure: {exc}")
     finish_test_folder(folder, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     return {**result, "runs": runs, "report": report}
 
@@ -766,5 +768,6 @@ def _test_report(config, variants, record, conditions, accuracy, explain_summary
     lines += ["", "Files: runs.csv (one row per condition, test set, model and seed), accuracy_summary.csv, "
                   "ablation_summary.csv, explain_per_seed.csv, explain_summary.csv, randomisation.csv, "
                   "randomisation_summary.csv, rows/ (every image's scores), experiment.json, "
-                  "explain_examples_*.png (one colour scale for all maps).", ""]
+                  "explain_examples_*.png (one colour scale for all maps), explain_ap.png (AP of every map with its 95 % CI, "
+                  "pixel protocol, one x scale for all panels).", ""]
     return "\n".join(lines)

@@ -47,6 +47,7 @@ from .explain_metrics import (
 
 __all__ = ["lesion_indices", "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of",
            "summarise", "write_outputs", "mean_ci", "mean_se", "format_ci", "markdown_table", "plot_examples",
+           "plot_metric_summary",
            "EXPLAIN_COLUMNS", "POSTHOC", "GROUP_KEYS"]
 
 GROUP_KEYS = ("model", "method", "level", "resolution", "upsampling")
@@ -352,6 +353,87 @@ def plot_examples(examples, path: str, env=None, max_rows: int = 4, max_maps: in
             bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01)
             bar.set_label("map / its maximum (one scale for all maps)", fontsize=6)
         fig.suptitle(f"{title} (cyan: mask outline)", fontsize=8, y=1.04)
+        return save(fig, path, env)
+
+
+_KIND_COLOURS = {"attention": "#1f77b4", "posthoc": "#d62728", "reference": "#7f7f7f"}
+
+
+def _kind(method: str) -> str:
+    return "attention" if method == "attention" else ("reference" if method in ("block_map", "model_free")
+                                                      else "posthoc")
+
+
+def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", resolution: str = "pixel",
+                        panel_keys=("condition", "test_set"), env=None, title: str | None = None) -> str:
+    """Bars of ``{metric}_mean`` with their 95 % intervals (``{metric}_ci95``), one panel per
+    value of ``panel_keys`` and one bar per (model, method, level) at ``resolution``;
+    attention, post-hoc and reference maps in three colours, every panel on one x scale.
+
+    ``summary``: rows as written to ``explain_summary.csv`` (by :func:`summarise` or the
+    experiment's per-seed summary).  Rows without a finite mean are left out and named in
+    the panel; a ValueError if no panel has a bar."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    from ..bench.plots import FULL_WIDTH, STYLE, save
+
+    def number(row, key):
+        try:
+            value = float(row.get(key, math.nan))
+        except (TypeError, ValueError):
+            return math.nan
+        return value if math.isfinite(value) else math.nan
+
+    rows = [r for r in summary if r.get("resolution", "pixel") == resolution]
+    panels: dict = defaultdict(list)
+    for r in rows:
+        panels[tuple(str(r.get(k, "")) for k in panel_keys)].append(r)
+    order = {"attention": 0, "posthoc": 1, "reference": 2}
+    drawn = {}
+    for key, group in panels.items():
+        bars, skipped = [], 0
+        for r in sorted(group, key=lambda r: (order[_kind(r["method"])], str(r["model"]),
+                                              POSTHOC.index(r["method"]) if r["method"] in POSTHOC else -1,
+                                              int(r["level"]))):
+            mean, half = number(r, f"{metric}_mean"), number(r, f"{metric}_ci95")
+            if math.isnan(mean):
+                skipped += 1
+                continue
+            where = "" if int(r["level"]) == -1 else f" L{r['level']}"
+            name = _SHORT.get(r["method"], r["method"])
+            label = f"{r['model']} attention{where}" if r["method"] == "attention" else (
+                f"{name}{where}" if r["model"] == "reference" else f"{name}{where} ({r['model']})")
+            bars.append((label, mean, 0.0 if math.isnan(half) else half, _kind(r["method"])))
+        if bars:
+            drawn[key] = (bars, skipped)
+    if not drawn:
+        raise ValueError(f"no finite {metric!r} at resolution {resolution!r} to plot")
+    tallest = max(len(b) for b, _ in drawn.values())
+    ncols = min(2, len(drawn))
+    nrows = math.ceil(len(drawn) / ncols)
+    top = max(m + h for b, _ in drawn.values() for _, m, h, _ in b)
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(FULL_WIDTH, 0.5 + nrows * (0.5 + 0.13 * tallest)),
+                                 squeeze=False, sharex=True)
+        for ax, (key, (bars, skipped)) in zip(axes.flat, drawn.items()):
+            y = np.arange(len(bars))[::-1]
+            ax.barh(y, [b[1] for b in bars], xerr=[b[2] for b in bars], color=[_KIND_COLOURS[b[3]] for b in bars],
+                    height=0.7, error_kw={"elinewidth": 0.6, "capsize": 1.5})
+            ax.set_yticks(y)
+            ax.set_yticklabels([b[0] for b in bars], fontsize=5)
+            ax.set_xlim(0, max(1.0, top * 1.05))
+            ax.set_title(", ".join(key) + (f" ({skipped} without a value left out)" if skipped else ""), fontsize=7)
+            ax.grid(axis="x", lw=0.3, alpha=0.5)
+        for ax in axes[-1]:
+            ax.set_xlabel(f"{metric} (mean, 95 % CI)")
+        for ax in list(axes.flat)[len(drawn):]:
+            ax.set_visible(False)
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+        fig.legend(handles=[Patch(color=c, label=k) for k, c in _KIND_COLOURS.items()], loc="lower center",
+                   ncol=3, bbox_to_anchor=(0.5, 1 - 0.3 / fig.get_figheight()), frameon=False)
+        fig.suptitle(title or f"{metric} by map ({resolution} protocol)", fontsize=8, y=1.0,
+                     va="bottom")
         return save(fig, path, env)
 
 
