@@ -51,11 +51,39 @@ def check_scores(scores, h: Hierarchy, check_finite: bool = True, name: str = "s
     if batch == 0:
         raise ValueError(f"{name} have batch size 0")
     if check_finite:
-        for k, s in enumerate(out):
-            if not all_finite(s):
+        peaks = score_peaks(out)
+        for k, (s, peak) in enumerate(zip(out, peaks)):
+            if not math.isfinite(peak):
                 kind = "NaN" if bool(torch.isnan(s).any()) else "Inf"
                 raise ValueError(f"{name}[{k}] contains {kind} values; scores must be finite")
+        limit = score_limit(out[0].dtype)
+        if sum(peaks) > limit:
+            raise ValueError(
+                f"{name} are too large for {out[0].dtype}: the largest |score| of each level sums to "
+                f"{sum(peaks):.3g}, above {limit:.3g} (a quarter of the largest {compute_dtype(out[0].dtype)} "
+                f"number; the closed form adds one score per level, and beyond this the sum can overflow); divide "
+                f"the scores and the temperature by the same factor (the solution does not change) or compute "
+                f"in float64")
     return out
+
+
+def score_limit(dtype: torch.dtype) -> float:
+    """The largest accepted ``Σ_k max |scores[k]|`` for scores of ``dtype``: a quarter of
+    the largest number of its compute dtype (8.5e37 in float32, 4.5e307 in float64).
+    The closed form's upward pass adds one score per level (plus a block log-sum-exp far
+    smaller than any score this large), so every running sum and every difference of two
+    stays finite below it."""
+    return float(torch.finfo(compute_dtype(dtype)).max) / 4
+
+
+def score_peaks(scores: Sequence[Tensor]) -> list[float]:
+    """``max |scores[k]|`` per level (NaN where a level holds NaN, inf where it holds
+    ±Inf): one read of every level and one host synchronisation for all of them."""
+    peaks = []
+    for s in scores:
+        low, high = torch.aminmax(s.detach())
+        peaks.append(torch.maximum(high, -low).to(torch.float64))
+    return torch.stack(peaks).tolist()
 
 
 def all_finite(x: Tensor) -> bool:
@@ -80,7 +108,8 @@ def temperature_range(dtype: torch.dtype | None = None) -> tuple[float, float]:
       in float64), which keeps ``T · log n`` and ``τ · H(p)`` finite for any size.
 
     Within this range every method gives finite probabilities, duals and objectives for
-    any finite scores (docs/design.md §1); outside it :func:`check_temperatures` refuses.
+    any finite scores within :func:`score_limit` (docs/design.md §1); outside it
+    :func:`check_temperatures` refuses.
     """
     info = torch.finfo(compute_dtype(dtype) if dtype is not None else torch.float64)
     return float(info.tiny), math.sqrt(float(info.max))

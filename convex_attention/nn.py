@@ -335,7 +335,8 @@ class ConsistentAttention(nn.Module):
             ``(L,)`` (per level, never per sample).  A leaf tensor that requires grad (an
             ``nn.Parameter``) is learned with the model for the methods that differentiate
             through it (``softmax``, ``exact``, ``learned_dual``).
-        check_finite: reject NaN/Inf scores (one host synchronisation on CUDA).
+        check_finite: reject NaN/Inf scores and scores beyond ``_validation.score_limit``
+            (one host synchronisation on CUDA).
         duals: for methods that need duals (``"learned_dual"``): ``"shared"`` (default, the
             paper's :class:`LearnedDuals`), ``"amortised"`` (an :class:`AmortisedDuals`
             with default size), or a :class:`LearnedDuals` / :class:`AmortisedDuals` for

@@ -21,7 +21,10 @@ methods whose registry record says ``tensor_temperature`` (softmax, exact, learn
 the others refuse it.  The accepted range depends on the compute dtype
 (``_validation.temperature_range``: every ``τ_k`` at least the smallest normal number,
 ``Σ_k τ_k`` at most the square root of the largest; float32: [1.2e-38, 1.8e19]); within it
-every method returns finite probabilities, duals and objectives for finite scores.
+every method returns finite probabilities, duals and objectives for finite scores whose
+per-level largest magnitudes sum to at most ``_validation.score_limit`` (a quarter of the
+dtype's largest number; larger scores are refused with the fix: rescale scores and
+temperatures together, or compute in float64).
 """
 from __future__ import annotations
 
@@ -121,8 +124,9 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
             docstring (ValueError outside it).
         duals: for ``"learned_dual"``: ``L-1`` tensors, ``duals[k]`` shaped
             ``h.shapes[k+1]``, ``(1, *h.shapes[k+1])`` or ``(B, *h.shapes[k+1])``.
-        check_finite: reject NaN/Inf scores (reads the scores once; on CUDA one host
-            synchronisation; turn off in a training hot path).
+        check_finite: reject NaN/Inf scores and scores beyond ``_validation.score_limit``
+            (reads the scores once; on CUDA one host synchronisation; turn off in a
+            training hot path).
         **options: ``"dual"``: ``tol`` (1e-6), ``max_iter`` (1000), ``strict`` (True),
             ``record_history``, ``init``, ``dtype`` (float64); ``"cvxpylayers"``:
             ``backend`` (``"diffcp-clarabel"`` default, ``"diffcp-scs"``, ``"moreau"``,

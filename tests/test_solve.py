@@ -332,6 +332,43 @@ def test_property_no_nan_over_the_accepted_range(where, spread, seed, method, dt
         assert not bool(torch.isnan(ca.consistency_loss(scores, kw["duals"], h, temperature=tau)))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("temperature", ["tiny", 1.0, "huge"])
+@pytest.mark.parametrize("method", ["softmax", "exact", "dual", "learned_dual"])
+def test_scores_up_to_the_score_limit_give_finite_output_and_beyond_it_a_clear_error(dtype, temperature, method):
+    """Before: exact turned float32 scores near ±3.4e38 into NaN (the upward pass adds a
+    parent score to a block log-sum-exp, and the sum overflowed), silently."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 2)])
+    limit = ca._validation.score_limit(dtype)
+    lo, hi = ca._validation.temperature_range(dtype)
+    tau = {"tiny": lo, "huge": hi / 4}.get(temperature, temperature)
+    g = torch.Generator().manual_seed(1)
+    scores = []
+    for k, shape in enumerate(h.shapes):  # every level reaches +peak and -peak; the peaks sum to the limit
+        s = 2 * torch.rand((2,) + shape, generator=g, dtype=torch.float64) - 1
+        s[0].view(-1)[0], s[1].view(-1)[-1] = 1.0, -1.0
+        scores.append((s * (0.9999 * limit / 3)).to(dtype))  # the sum rounds to just below the limit
+    assert sum(ca._validation.score_peaks(scores)) <= limit
+    kw = {"duals": [torch.zeros((2,) + s, dtype=dtype) for s in h.shapes[1:]]} if method == "learned_dual" else {}
+    sol = ca.solve(scores, h, method, temperature=tau, **kw)
+    assert all(bool(torch.isfinite(x).all()) for x in sol.probs), method
+    for p in sol.probs:
+        torch.testing.assert_close(p.flatten(1).sum(1), torch.ones(2, dtype=dtype))
+    if method in ("exact", "dual"):
+        assert float(sol.violation.max()) < 1e-4
+    too_large = [2 * s for s in scores]
+    with pytest.raises(ValueError, match=r"too large for .*divide the scores and the temperature by the same factor"):
+        ca.solve(too_large, h, method, temperature=tau, **kw)
+
+
+def test_the_score_limit_is_a_quarter_of_the_compute_dtypes_largest_number():
+    assert ca._validation.score_limit(torch.float32) == float(torch.finfo(torch.float32).max) / 4
+    assert ca._validation.score_limit(torch.float16) == ca._validation.score_limit(torch.float32)  # computed in float32
+    assert ca._validation.score_limit(torch.float64) == float(torch.finfo(torch.float64).max) / 4
+    peaks = ca._validation.score_peaks([torch.tensor([[1.0, -5.0]]), torch.tensor([[float("nan")]])])
+    assert peaks[0] == 5.0 and math.isnan(peaks[1])
+
+
 def test_one_zero_d_tensor_per_level_is_accepted_and_differentiated():
     inst = random_instance("2d-2lvl", batch=2)
     t0 = torch.tensor(inst.temps[0], dtype=torch.float64, requires_grad=True)
