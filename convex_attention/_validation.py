@@ -22,6 +22,13 @@ def check_scores(scores, h: Hierarchy, check_finite: bool = True, name: str = "s
 
     ``check_finite`` reads every value once; on CUDA that is one host synchronisation.
     """
+    return check_scores_and_peaks(scores, h, check_finite, name)[0]
+
+
+def check_scores_and_peaks(scores, h: Hierarchy, check_finite: bool = True,
+                           name: str = "scores") -> tuple[list[Tensor], float | None]:
+    """:func:`check_scores`, also returning ``Σ_k max |scores[k]|`` (``None`` without
+    ``check_finite``), for :func:`check_duals` to bound the logits ``θ + duals``."""
     check_hierarchy(h)
     if isinstance(scores, Tensor) or not isinstance(scores, Sequence):
         raise TypeError(f"{name} must be a list of {h.num_levels} tensors (one per level), "
@@ -50,21 +57,22 @@ def check_scores(scores, h: Hierarchy, check_finite: bool = True, name: str = "s
             raise ValueError(f"{name}[{k}] is on {s.device}, {name}[0] on {out[0].device}")
     if batch == 0:
         raise ValueError(f"{name} have batch size 0")
-    if check_finite:
-        peaks = score_peaks(out)
-        for k, (s, peak) in enumerate(zip(out, peaks)):
-            if not math.isfinite(peak):
-                kind = "NaN" if bool(torch.isnan(s).any()) else "Inf"
-                raise ValueError(f"{name}[{k}] contains {kind} values; scores must be finite")
-        limit = score_limit(out[0].dtype)
-        if sum(peaks) > limit:
-            raise ValueError(
-                f"{name} are too large for {out[0].dtype}: the largest |score| of each level sums to "
-                f"{sum(peaks):.3g}, above {limit:.3g} (a quarter of the largest {compute_dtype(out[0].dtype)} "
-                f"number; the closed form adds one score per level, and beyond this the sum can overflow); divide "
-                f"the scores and the temperature by the same factor (the solution does not change) or compute "
-                f"in float64")
-    return out
+    if not check_finite:
+        return out, None
+    peaks = score_peaks(out)
+    for k, (s, peak) in enumerate(zip(out, peaks)):
+        if not math.isfinite(peak):
+            kind = "NaN" if bool(torch.isnan(s).any()) else "Inf"
+            raise ValueError(f"{name}[{k}] contains {kind} values; scores must be finite")
+    limit = score_limit(out[0].dtype)
+    if math.fsum(peaks) > limit:
+        raise ValueError(
+            f"{name} are too large for {out[0].dtype}: the largest |score| of each level sums to "
+            f"{math.fsum(peaks):.3g}, above {limit:.3g} (a quarter of the largest {compute_dtype(out[0].dtype)} "
+            f"number; the closed form adds one score per level, and beyond this the sum can overflow); divide "
+            f"the scores and the temperature by the same factor (the solution does not change) or compute "
+            f"in float64")
+    return out, math.fsum(peaks)
 
 
 def score_limit(dtype: torch.dtype) -> float:
@@ -84,14 +92,6 @@ def score_peaks(scores: Sequence[Tensor]) -> list[float]:
         low, high = torch.aminmax(s.detach())
         peaks.append(torch.maximum(high, -low).to(torch.float64))
     return torch.stack(peaks).tolist()
-
-
-def all_finite(x: Tensor) -> bool:
-    """True iff every value is finite.  A sum is finite when all terms are (NaN and ±Inf
-    propagate), and it reads the data once without a boolean temporary; only if the sum
-    is not finite (or overflowed) is the elementwise test run."""
-    total = x.sum(dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
-    return bool(torch.isfinite(total)) or bool(torch.isfinite(x).all())
 
 
 def temperature_range(dtype: torch.dtype | None = None) -> tuple[float, float]:
@@ -211,10 +211,14 @@ def _check_temperature_values(temperature, num_levels: int, dtype) -> list[float
     return temps
 
 
-def check_duals(duals, h: Hierarchy, batch: int, dtype, device, check_finite: bool = True) -> list[Tensor]:
+def check_duals(duals, h: Hierarchy, batch: int, dtype, device, check_finite: bool = True,
+                score_peak_sum: float | None = None) -> list[Tensor]:
     """Duals for ``"learned_dual"``: ``L-1`` tensors shaped ``(*shapes[k+1])``, ``(1, …)`` or ``(B, …)``.
 
-    Returns them with a leading batch dimension (1 or B), cast to ``dtype``.
+    Returns them with a leading batch dimension (1 or B), cast to ``dtype``.  With
+    ``check_finite`` they must be finite and, given the scores' ``score_peak_sum``
+    (:func:`check_scores_and_peaks`), the logits ``θ_k + λ_{k-1} − P_kᵀ λ_k`` must stay
+    within :func:`score_limit`: ``score_peak_sum + 2 Σ_k max |λ_k|`` at most the limit.
     """
     if duals is None:
         raise ValueError(f"method 'learned_dual' needs duals: a list of {h.num_levels - 1} tensors, "
@@ -237,10 +241,20 @@ def check_duals(duals, h: Hierarchy, batch: int, dtype, device, check_finite: bo
                              f"for constraint {k}, got {tuple(lam.shape)}")
         if lam.device != device:
             raise ValueError(f"duals[{k}] is on {lam.device}, scores on {device}")
-        if check_finite and not all_finite(lam):
-            raise ValueError(f"duals[{k}] contains NaN or Inf values")
-        out.append(lam.to(dtype))
-    return out
+        out.append(lam)
+    if check_finite:
+        peaks = score_peaks(out)
+        for k, peak in enumerate(peaks):
+            if not math.isfinite(peak):
+                raise ValueError(f"duals[{k}] contains NaN or Inf values")
+        limit = score_limit(dtype)
+        if score_peak_sum is not None and score_peak_sum + 2 * math.fsum(peaks) > limit:
+            raise ValueError(
+                f"scores and duals are too large for {dtype}: the logits θ_k + λ_(k-1) − P_kᵀ λ_k can reach "
+                f"{score_peak_sum + 2 * math.fsum(peaks):.3g}, above {limit:.3g} (a quarter of the largest "
+                f"{dtype} number); divide the scores, the duals and the temperature by the same factor (the "
+                f"solution does not change) or compute in float64")
+    return [lam.to(dtype) for lam in out]
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -34,7 +34,7 @@ from torch import Tensor
 
 from . import metrics
 from ._ops import compute_dtype
-from ._validation import check_duals, check_scores, check_temperatures
+from ._validation import check_duals, check_scores_and_peaks, check_temperatures
 from .dual import consistency_loss_unchecked
 from .hierarchy import Hierarchy
 from .methods import METHODS, REGISTRY, get_method
@@ -146,7 +146,7 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
         convex_attention.cvx.SolverFailure: ``"cvxpylayers"`` failed or was inaccurate.
     """
     record = get_method(method)
-    scores = check_scores(scores, h, check_finite=check_finite)
+    scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
     temps = check_temperatures(temperature, h.num_levels, dtype=scores[0].dtype,
                                allow_grad=record.tensor_temperature, method=record.name)
     record.check_option_names(options)
@@ -155,7 +155,7 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
         raise ValueError(f"duals are only used by method {users}, not {record.name!r}")
     if record.needs_duals:
         duals = check_duals(duals, h, scores[0].shape[0], compute_dtype(scores[0].dtype), scores[0].device,
-                            check_finite=check_finite)
+                            check_finite=check_finite, score_peak_sum=peak_sum)
     probs, lam, info = record.function(scores, h, temps, duals, dict(options))
     return Solution(probs, scores, h, temps, record.name, lam, info)
 
@@ -178,8 +178,9 @@ def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hiera
     Where the two sides' supports differ beyond the dtype's range (a temperature near the
     smallest accepted), the loss is ``+inf`` (the KL divergence is), never NaN.
     """
-    scores = check_scores(scores, h, check_finite=check_finite)
+    scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
     temps = check_temperatures(temperature, h.num_levels, dtype=scores[0].dtype, allow_grad=True)
     work = compute_dtype(scores[0].dtype)
-    lam = check_duals(duals, h, scores[0].shape[0], work, scores[0].device, check_finite=check_finite)
+    lam = check_duals(duals, h, scores[0].shape[0], work, scores[0].device, check_finite=check_finite,
+                      score_peak_sum=peak_sum)
     return consistency_loss_unchecked([s.to(work) for s in scores], lam, h, temps, detach_target)

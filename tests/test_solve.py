@@ -361,6 +361,29 @@ def test_scores_up_to_the_score_limit_give_finite_output_and_beyond_it_a_clear_e
         ca.solve(too_large, h, method, temperature=tau, **kw)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_learned_duals_count_towards_the_limit_of_the_logits(dtype):
+    """The learned dual's logits are θ_k + λ_(k-1) − P_kᵀ λ_k: scores and duals that are
+    each fine but together overflow are refused by solve and consistency_loss alike."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    limit = ca._validation.score_limit(dtype)
+    g = torch.Generator().manual_seed(2)
+    scores = [(2 * torch.rand((2,) + s, generator=g, dtype=torch.float64) - 1).mul(0.3 * limit).to(dtype)
+              for s in h.shapes]
+    fine = [torch.full((1,) + h.shapes[1], 0.15 * limit, dtype=dtype)]  # 0.6 + 2 * 0.15 < 1 of the limit
+    sol = ca.solve(scores, h, "learned_dual", duals=fine)
+    assert all(bool(torch.isfinite(p).all()) for p in sol.probs)
+    assert not bool(torch.isnan(ca.consistency_loss(scores, fine, h)))
+    too_large = [torch.full((1,) + h.shapes[1], 0.3 * limit, dtype=dtype)]
+    with pytest.raises(ValueError, match="scores and duals are too large"):
+        ca.solve(scores, h, "learned_dual", duals=too_large)
+    with pytest.raises(ValueError, match="scores and duals are too large"):
+        ca.consistency_loss(scores, too_large, h)
+    with pytest.raises(ValueError, match=r"duals\[0\] contains NaN or Inf"):
+        ca.solve(scores, h, "learned_dual", duals=[torch.full((1,) + h.shapes[1], math.inf, dtype=dtype)])
+    ca.solve(scores, h, "learned_dual", duals=too_large, check_finite=False)  # the caller's choice on a hot path
+
+
 def test_the_score_limit_is_a_quarter_of_the_compute_dtypes_largest_number():
     assert ca._validation.score_limit(torch.float32) == float(torch.finfo(torch.float32).max) / 4
     assert ca._validation.score_limit(torch.float16) == ca._validation.score_limit(torch.float32)  # computed in float32
