@@ -64,15 +64,15 @@ def check_scores_and_peaks(scores, h: Hierarchy, check_finite: bool = True,
         if not math.isfinite(peak):
             kind = "NaN" if bool(torch.isnan(s).any()) else "Inf"
             raise ValueError(f"{name}[{k}] contains {kind} values; scores must be finite")
-    limit = score_limit(out[0].dtype)
-    if math.fsum(peaks) > limit:
+    total, limit = math.fsum(peaks), score_limit(out[0].dtype)
+    if total > limit:
         raise ValueError(
             f"{name} are too large for {out[0].dtype}: the largest |score| of each level sums to "
-            f"{math.fsum(peaks):.3g}, above {limit:.3g} (a quarter of the largest {compute_dtype(out[0].dtype)} "
+            f"{total:.3g}, above {limit:.3g} (a quarter of the largest {compute_dtype(out[0].dtype)} "
             f"number; the closed form adds one score per level, and beyond this the sum can overflow); divide "
             f"the scores and the temperature by the same factor (the solution does not change) or compute "
             f"in float64")
-    return out, math.fsum(peaks)
+    return out, total
 
 
 def score_limit(dtype: torch.dtype) -> float:
@@ -248,10 +248,11 @@ def check_duals(duals, h: Hierarchy, batch: int, dtype, device, check_finite: bo
             if not math.isfinite(peak):
                 raise ValueError(f"duals[{k}] contains NaN or Inf values")
         limit = score_limit(dtype)
-        if score_peak_sum is not None and score_peak_sum + 2 * math.fsum(peaks) > limit:
+        reach = None if score_peak_sum is None else score_peak_sum + 2 * math.fsum(peaks)
+        if reach is not None and reach > limit:
             raise ValueError(
                 f"scores and duals are too large for {dtype}: the logits θ_k + λ_(k-1) − P_kᵀ λ_k can reach "
-                f"{score_peak_sum + 2 * math.fsum(peaks):.3g}, above {limit:.3g} (a quarter of the largest "
+                f"{reach:.3g}, above {limit:.3g} (a quarter of the largest "
                 f"{dtype} number); divide the scores, the duals and the temperature by the same factor (the "
                 f"solution does not change) or compute in float64")
     return [lam.to(dtype) for lam in out]

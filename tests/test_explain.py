@@ -163,9 +163,10 @@ def test_baseline_model_names_and_plain_cnn_pixel_only_default():
         explain_models(models, data, n_images=1, upsampling="cubic", progress=False)
 
 
-def test_figures_share_one_colour_scale(tmp_path, monkeypatch):
+@pytest.fixture
+def saved_figure(monkeypatch):
+    """``{"fig": …}``: the figure a plot function would have saved (nothing is written)."""
     import convex_attention.bench.plots as plots
-    from convex_attention.paper.explain import plot_examples
 
     seen = {}
 
@@ -174,6 +175,13 @@ def test_figures_share_one_colour_scale(tmp_path, monkeypatch):
         return path
 
     monkeypatch.setattr(plots, "save", capture)
+    return seen
+
+
+def test_figures_share_one_colour_scale(tmp_path, saved_figure):
+    from convex_attention.paper.explain import plot_examples
+
+    seen = saved_figure
     image, mask = torch.zeros(8, 8), torch.zeros(8, 8, dtype=torch.bool)
     mask[2:4, 2:4] = True
     maps = [torch.rand(8, 8) * 1000, torch.rand(8, 8) * 1e-3, torch.zeros(8, 8)]  # very different units
@@ -187,19 +195,12 @@ def test_figures_share_one_colour_scale(tmp_path, monkeypatch):
     assert float(map_images[0].get_array().max()) == 1.0 and float(map_images[1].get_array().max()) == 1.0
 
 
-def test_metric_summary_figure_draws_every_finite_row_on_one_scale(tmp_path, monkeypatch):
+def test_metric_summary_figure_draws_every_finite_row_on_one_scale(tmp_path, saved_figure):
     import math
 
-    import convex_attention.bench.plots as plots
     from convex_attention.paper.explain import plot_metric_summary
 
-    seen = {}
-
-    def capture(fig, path, env=None):
-        seen["fig"] = fig
-        return path
-
-    monkeypatch.setattr(plots, "save", capture)
+    seen = saved_figure
     rows = []
     for cond, scale in (("difficulty0.3", 1.0), ("difficulty0.6", 0.5)):
         for model, method, level, ap in (("exact", "attention", 0, 0.4), ("exact", "attention", 1, 0.5),

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
+from ..bench.timing import environment
 from .explain_metrics import METRIC_NAMES, UPSAMPLINGS
 from .models import ConfigError
 from .models.unet import check_int
@@ -333,12 +334,6 @@ def _cond(difficulty: float) -> str:
     return f"difficulty{difficulty:g}"
 
 
-def _env(device: str) -> dict:
-    from ..bench.timing import environment
-
-    return environment(device)
-
-
 def _fmt(s: dict, metric: str, digits: int = 3) -> str:
     from .explain import format_ci
 
@@ -468,7 +463,7 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
     write_json(os.path.join(folder, "dev.json"), {"stage": "dev", "config": config.to_dict(),
                                                   "splits": {k: asdict(s) for k, s in specs.items()},
                                                   "validity": [r.to_dict() for r in validity], "summary": summary,
-                                                  "proposal": proposal.to_dict(), "environment": _env(device)})
+                                                  "proposal": proposal.to_dict(), "environment": environment(device)})
     return {"stage": "dev", "rows": rows, "summary": summary, "proposal": proposal, "report": report,
             "validity": validity}
 
@@ -618,7 +613,7 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
 
     atomic_write_text(os.path.join(folder, "experiment.md"), report)
     result = {"stage": "test", "config": config.to_dict(), "variants": variants.to_dict(),
-              "variants_file": variants_record, "environment": _env(device),
+              "variants_file": variants_record, "environment": environment(device),
               "conditions": [{**c, "validity": [r.to_dict() for r in c["validity"]]} for c in conditions],
               "accuracy": accuracy, "ablation": ablation, "explanations": explain_summary,
               "randomisation": rand_summary, "headline": headline}

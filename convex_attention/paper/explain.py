@@ -389,7 +389,7 @@ def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", reso
     panels: dict = defaultdict(list)
     for r in rows:
         panels[tuple(str(r.get(k, "")) for k in panel_keys)].append(r)
-    order = {"attention": 0, "posthoc": 1, "reference": 2}
+    order = {kind: i for i, kind in enumerate(_KIND_COLOURS)}  # attention, post-hoc, references
     drawn = {}
     for key, group in panels.items():
         bars, skipped = [], 0
