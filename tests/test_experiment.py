@@ -204,10 +204,22 @@ def test_test_stage_refusals_are_usage_errors_before_work(tmp_path, capsys, monk
     from convex_attention.paper.protocol import Variants
 
     monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: pytest.fail("work started"))
+    from convex_attention.paper.protocol import Variant, benchmark_record, variants_digest
+    from convex_attention.paper.validity import check_uniform_attention
+
     out = str(tmp_path / "exp")
     loose = tmp_path / "v.json"
     loose.write_text(json.dumps(Variants().to_dict()))
+    rejected = tmp_path / "rejected.json"
+    record = benchmark_record([check_uniform_attention(0.9, 0.89)], Variant(), 0.3, ("softmax",), (0,),
+                              {"image_size": 64, "width": 8, "epochs": 4, "n_train": 512})
+    rejected.write_text(json.dumps(Variants(benchmark=record).to_dict()))
+    pinned = ["--variants-sha256", variants_digest(str(rejected))]  # tmp_path is no git checkout: a pin stands in
     for argv, words in ((["--variants", str(loose)], "--variants"), (["--grid-head", "learned"], "--grid-head"),
+                        (["--variants", str(rejected), *pinned],
+                         "rejected this benchmark (failed: uniform_attention 0.010 (>= 0.10), location_free missing"),
+                        (["--variants", str(loose), "--variants-sha256", variants_digest(str(loose))],
+                         "records no dev-stage verdict"),
                         (["--difficulties", "0.4"], "--difficulties"),
                         (["--variants", str(tmp_path / "none.json")], "does not exist")):
         code, _, err = run(["experiment", "--quick", "--stage", "test", *argv, "--out", out], capsys)
@@ -215,6 +227,22 @@ def test_test_stage_refusals_are_usage_errors_before_work(tmp_path, capsys, monk
         assert not os.path.exists(out)
     code, _, err = run(["experiment", "--quick", "--force", "--out", out], capsys)
     assert code == 2 and "--force" in err
+    code, _, err = run(["experiment", "--quick", "--allow-rejected-benchmark", "--out", out], capsys)
+    assert code == 2 and "--allow-rejected-benchmark: only the test stage" in err
+
+
+def test_check_c_from_per_seed_balanced_accuracies():
+    from convex_attention.paper.experiment import _uniform_check
+
+    c = _uniform_check({"softmax": [0.9, 0.8], "exact": [0.95, 0.93]}, [0.80, 0.82], "dev")
+    assert c.ran and c.value == pytest.approx(0.94 - 0.81) and c.passed  # the best method's mean against the plain mean
+    assert not _uniform_check({"softmax": [0.9]}, [0.85], "dev").passed
+    off = _uniform_check({"softmax": [0.9]}, [], "dev")
+    assert not off.ran and not off.passed and "plain_cnn off" in off.reason
+    for attention, plain in (({"softmax": [0.9, math.nan], "exact": [0.95]}, [0.5]),
+                             ({"softmax": [0.9]}, [math.nan]), ({"softmax": []}, [0.5])):
+        nan = _uniform_check(attention, plain, "the development split")  # judged as not run, never a crash
+        assert not nan.ran and not nan.passed and "not finite (or missing) on the development split" in nan.reason
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -248,9 +276,31 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert dev["proposal"].variant.head in ("bounded", "learned")
     assert "Validity checks" in dev["report"]
     runs = os.listdir(os.path.join(out, "dev", "runs"))
-    assert len(runs) == 6  # 3 methods x 2 heads x 1 seed: upsampling needs no training
+    assert len(runs) == 7  # 3 methods x 2 heads x 1 seed (upsampling needs no training), and the plain CNN
+    # check (c) ran on the dev split, before the test split is touched, and its verdict is in the proposal
+    c = {r.name: r for r in dev["validity"]}["uniform_attention"]
+    plain = [r for r in csv.DictReader(open(os.path.join(out, "dev", "dev_runs.csv"))) if r["method"] == "plain_cnn"]
+    assert c.ran and len(plain) == 1
+    best = dev["summary"][0]
+    assert c.value == pytest.approx(max(best[f"{m}_bacc"] for m in config.methods) - float(plain[0]["bacc"]))
+    verdict = proposal["benchmark"]
+    assert verdict["checks"]["uniform_attention"]["value"] == pytest.approx(c.value)
+    assert verdict["checks"]["uniform_attention"]["passed"] == (c.value >= 0.10)
+    assert verdict["judged"]["variant"] == proposal["model"] | {"upsampling": proposal["upsampling"]}
+    assert verdict["judged"]["settings"] == {"image_size": 32, "width": 4, "epochs": 1, "n_train": 32}
+    if c.value < 0.10:
+        assert not verdict["accepted"]
+    assert f"Benchmark {'ACCEPTED' if verdict['accepted'] else 'REJECTED'}" in dev["report"]
     variants = _commit(tmp_path / "repo", os.path.join(out, "dev", "proposed_variants.json"))
-    result = run_experiment(config, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants)
+    from convex_attention.paper.protocol import VariantsError
+
+    if not verdict["accepted"]:  # the tiny setting cannot train a model worth accepting; refused before work
+        with pytest.raises(VariantsError, match="--allow-rejected-benchmark"):
+            run_experiment(config, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants)
+        assert not os.path.exists(os.path.join(out, "test"))
+    result = run_experiment(config, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants,
+                            allow_rejected_benchmark=True)
+    assert ("REJECTED this benchmark" in result["report"]) != verdict["accepted"]
     folder = os.path.join(out, "test")
     runs = list(csv.DictReader(open(os.path.join(folder, "runs.csv"))))
     # 2 difficulties x 2 test sets x 4 models x 2 seeds
@@ -290,4 +340,5 @@ def test_tiny_experiment_end_to_end(tmp_path):
     from convex_attention.paper.protocol import TestFolderExists
 
     with pytest.raises(TestFolderExists, match="--force"):
-        run_experiment(config, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants)
+        run_experiment(config, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants,
+                       allow_rejected_benchmark=True)

@@ -18,7 +18,9 @@ from convex_attention.paper.protocol import (
     Variant,
     Variants,
     VariantsError,
+    benchmark_record,
     build_split,
+    check_benchmark_verdict,
     check_disjoint,
     check_test_folder,
     claim_test_folder,
@@ -129,6 +131,83 @@ def test_variants_round_trip_and_are_checked(tmp_path):
         v.validate(methods=("dual",))
 
 
+def _record(c_bacc=(0.95, 0.80), variant=None, difficulty=0.3, checks=None):
+    from convex_attention.paper.validity import CheckResult, check_uniform_attention
+
+    if checks is None:
+        checks = [CheckResult("location_free", "t", "bacc", 0.52, 0.60), CheckResult("pixel_map", "t", "ap", 0.2, 0.30),
+                  check_uniform_attention(*c_bacc)]
+    return benchmark_record(checks, variant or Variant(), difficulty, ("softmax", "exact"), (0, 1),
+                            {"image_size": 64, "width": 8, "epochs": 8, "n_train": 1000})
+
+
+def test_the_dev_stage_verdict_travels_in_the_variants_file(tmp_path):
+    from convex_attention.paper.validity import CheckResult
+
+    accepted, rejected, not_run = _record(), _record((0.95, 0.94)), _record((None, None))
+    assert accepted["accepted"] and not rejected["accepted"] and not not_run["accepted"]
+    assert rejected["checks"]["uniform_attention"]["value"] == pytest.approx(0.01)
+    assert not_run["checks"]["uniform_attention"] == {"value": None, "threshold": 0.10, "passes_below": False,
+                                                      "ran": False, "passed": False}
+    assert accepted["judged"] == {"variant": Variant().to_dict(), "difficulty": 0.3, "methods": ["softmax", "exact"],
+                                  "dev_seeds": [0, 1],
+                                  "settings": {"image_size": 64, "width": 8, "epochs": 8, "n_train": 1000}}
+    # a verdict without check (c), or with a NaN number, is not an acceptance
+    assert not _record(checks=[CheckResult("location_free", "t", "bacc", 0.52, 0.60)])["accepted"]
+    nan = _record(checks=[CheckResult("location_free", "t", "bacc", 0.52, 0.60),
+                          CheckResult("pixel_map", "t", "ap", float("nan"), 0.30),
+                          CheckResult("uniform_attention", "t", "gap", 0.2, 0.10, passes_below=False)])
+    assert not nan["accepted"] and nan["checks"]["pixel_map"]["value"] is None
+    for record, verdict in ((accepted, "accepted"), (rejected, "rejected"), (not_run, "rejected"),
+                            (None, "not recorded")):
+        v = Variants(benchmark=record)
+        path = tmp_path / "v.json"
+        path.write_text(json.dumps(v.to_dict(), allow_nan=False))  # strict JSON: null for a check that did not run
+        back = read_variants(str(path))
+        assert back == v and back.verdict() == verdict
+        if verdict == "accepted":
+            assert check_benchmark_verdict(back) == "accepted"
+            continue
+        words = {"rejected": r"rejected this benchmark \(failed: uniform_attention (0\.010|did not run or is not a "
+                             r"number) \(>= 0\.10\)\)", "not recorded": "records no dev-stage verdict"}[verdict]
+        with pytest.raises(VariantsError, match=words + ".*--allow-rejected-benchmark"):
+            check_benchmark_verdict(back)
+        assert check_benchmark_verdict(back, allow_rejected=True) == verdict
+    assert "benchmark" not in Variants().to_dict()  # files written before the verdict existed still load
+
+
+def test_a_hand_edited_verdict_is_refused():
+    good = _record()
+    c = good["checks"]["uniform_attention"]
+
+    def edited(checks=None, **top):
+        return {**good, "checks": {**good["checks"], **(checks or {})}, **top}
+
+    for bad, words in (
+            ("yes", "must be an object"), ({"accepted": True, "checks": {}}, "must be an object"),
+            (edited(accepted="yes"), "must be an object"),
+            (edited({"uniform_attention": {**c, "ran": 1}}), "finite number or null"),
+            (edited({"uniform_attention": {**c, "threshold": "abc"}}), "finite number or null"),
+            (edited({"uniform_attention": {**c, "threshold": None}}), "finite number or null"),
+            (edited({"uniform_attention": {**c, "value": float("inf")}}), "finite number or null"),
+            (edited({"uniform_attention": {**c, "value": 0.01}}), "says passed=True, but its number 0.01"),
+            (edited({"uniform_attention": {**c, "value": 0.01, "threshold": 0.0}}), "the check's is >= 0.1"),
+            (edited({"uniform_attention": {**c, "passes_below": True}}), "the check's is >= 0.1"),
+            (edited({"uniform_attention": {**c, "ran": False}}), "says passed=True"),
+            (edited({"colour": c}), "unknown check"),
+            ({**good, "checks": {k: v for k, v in good["checks"].items() if k != "uniform_attention"}},
+             r"accepted is True, but its checks say False \(missing: uniform_attention\)"),
+            (edited(accepted=False), "accepted is False, but its checks say True"),
+            (edited(judged={**good["judged"], "difficulty": 0.6}), "judged another variant or difficulty"),
+            (edited(judged={**good["judged"], "variant": {**good["judged"]["variant"], "alpha": 1.0}}),
+             "judged another variant"),
+            (edited(judged={**good["judged"], "dev_seeds": [True]}), "benchmark.judged must be"),
+            ({k: v for k, v in good.items() if k != "judged"}, "must be an object")):
+        with pytest.raises(VariantsError, match=words):
+            Variants.from_dict(_variants_dict(benchmark=bad))
+    assert Variants.from_dict(_variants_dict(benchmark=good)).verdict() == "accepted"
+
+
 def test_the_repository_variants_file_is_valid():
     assert read_variants(DEFAULT_VARIANTS_PATH).validate() is not None
     assert DEFAULT_VARIANTS_PATH.endswith(os.path.join("configs", "experiment_variants.json"))
@@ -185,6 +264,25 @@ def test_the_test_stage_refuses_before_any_work(tmp_path, monkeypatch):
     assert not (tmp_path / "out" / "test").exists()
     with pytest.raises(ValueError, match="stage"):
         run_experiment(QUICK, str(tmp_path / "out"), stage="final")
+    # a benchmark the dev stage did not accept is refused before any work, unless allowed (pinned: no checkout here)
+    class Started(Exception):
+        pass
+
+    def started(*a, **k):
+        raise Started
+
+    monkeypatch.setattr(train_module, "train", started)
+    for name, record, words in (("old", None, "records no dev-stage verdict"),
+                                ("rejected", _record((0.9, 0.89)), "rejected this benchmark")):
+        path.write_text(json.dumps(Variants(benchmark=record).to_dict()))
+        pin = variants_digest(str(path))
+        with pytest.raises(VariantsError, match=words):
+            run_experiment(QUICK, str(tmp_path / name), stage="test", variants_path=str(path), progress=False,
+                           variants_sha256=pin)
+        assert not (tmp_path / name / "test").exists()
+        with pytest.raises(Started):  # allowed: the work starts
+            run_experiment(QUICK, str(tmp_path / name), stage="test", variants_path=str(path), progress=False,
+                           variants_sha256=pin, allow_rejected_benchmark=True)
 
 
 def test_the_test_folder_is_written_once(tmp_path):

@@ -179,9 +179,11 @@ def add_experiment_commands(sub) -> None:
         formatter_class=fmt,
         description="Stage 'dev' (may be repeated): trains every candidate variant (--grid-*) of the attention "
                     "models on the training split, selects checkpoints on a label-only validation split, scores the "
-                    "attention maps on the development split (with masks) and proposes the best variant in "
-                    "OUT/dev/proposed_variants.json. Stage 'test' (touched once): reads the committed variants "
-                    "file (--variants; refused unless git tracks it without changes), trains the attention models "
+                    "attention maps on the development split (with masks), runs the validity checks there (check (c) "
+                    "against a plain CNN trained with the same dev seeds) and proposes the best variant, with the "
+                    "benchmark's verdict, in OUT/dev/proposed_variants.json. Stage 'test' (touched once): reads the "
+                    "committed variants file (--variants; refused unless git tracks it without changes, and refused "
+                    "if the dev stage rejected the benchmark unless --allow-rejected-benchmark), trains the attention models "
                     "and a plain CNN with every seed at every difficulty the file fixes, and reports on the test "
                     "split and on a held-out mimic type: the validity checks, accuracy at the validation threshold, "
                     "map statistics, every explanation of every model (attention maps, GradCAM, DeepLIFT, LRP, "
@@ -202,6 +204,10 @@ def add_experiment_commands(sub) -> None:
                    help="test stage without a git checkout (e.g. a copy of the working tree on another machine): the "
                         "SHA-256 of the committed variants file, which the file must match")
     x.add_argument("--force", action="store_true", help="test stage: replace an existing OUT/test")
+    x.add_argument("--allow-rejected-benchmark", action="store_true",
+                   help="test stage: run although the dev stage did not accept the benchmark (a validity check "
+                        "failed or did not run on the development split, check (c) included, or the variants file "
+                        "records no verdict); the report says so. Without it such a file is refused before any work")
     x.add_argument("--quick", action="store_true",
                    help="small images and few epochs: a smoke test of the whole pipeline")
     x.add_argument("--methods", nargs="+", choices=list(REGISTRY), default=both(lambda c: c.methods),
@@ -452,6 +458,7 @@ def _experiment_preflight(args, config) -> None:
     from ..paper.protocol import (
         TestFolderExists,
         VariantsError,
+        check_benchmark_verdict,
         check_test_folder,
         read_variants,
         verify_variants,
@@ -463,11 +470,15 @@ def _experiment_preflight(args, config) -> None:
                              "repeated without it")
         if args.variants_sha256 is not None:
             raise UsageError("argument --variants-sha256: only the test stage reads the variants file")
+        if args.allow_rejected_benchmark:
+            raise UsageError("argument --allow-rejected-benchmark: only the test stage reads the dev stage's verdict; "
+                             "the dev stage records it")
         _check_out(args.out)
         return
     try:
-        read_variants(args.variants).validate(config.methods, where=args.variants)
+        variants = read_variants(args.variants).validate(config.methods, where=args.variants)
         verify_variants(args.variants, args.variants_sha256)
+        check_benchmark_verdict(variants, args.allow_rejected_benchmark, where=args.variants)
     except VariantsError as err:
         raise UsageError(f"argument --variants: {err}") from None
     try:
@@ -486,7 +497,8 @@ def cmd_experiment(args) -> int:
     try:
         result = run_experiment(config, args.out, progress=show_progress(args), log=lambda *m, **_: info(args, *m),
                                 stage=args.stage, variants_path=args.variants, force=args.force,
-                                variants_sha256=args.variants_sha256)
+                                variants_sha256=args.variants_sha256,
+                                allow_rejected_benchmark=args.allow_rejected_benchmark)
     except (VariantsError, TestFolderExists) as err:
         raise UsageError(str(err)) from None
     info(args, result["report"])

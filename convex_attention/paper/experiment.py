@@ -11,11 +11,15 @@ explanations are scored against the lesion masks.  The protocol
   first difficulty and scores the attention maps on the **development** split (with
   masks) under every candidate upsampling.  It proposes the variant with the highest
   mean attention ``ap`` (pixel protocol; mean over the attention methods, their levels
-  and the seeds; ties: higher balanced accuracy) in ``dev/proposed_variants.json``.  That
-  file, reviewed and committed as ``configs/experiment_variants.json``, fixes the test
-  run.
+  and the seeds; ties: higher balanced accuracy) in ``dev/proposed_variants.json``.  It
+  also runs the validity checks on the development split, check (c) included: a plain
+  CNN is trained with the dev seeds and compared with the proposed variant's best
+  attention method; the verdict (accepted only if every check ran and passed) goes into
+  the proposal.  That file, reviewed and committed as
+  ``configs/experiment_variants.json``, fixes the test run.
 * ``--stage test`` (touched once): reads the committed variants file (refuses an
-  uncommitted one), and at each difficulty it lists trains ``seeds`` x (methods + the
+  uncommitted one, and one whose benchmark the dev stage rejected unless
+  ``allow_rejected_benchmark``), and at each difficulty it lists trains ``seeds`` x (methods + the
   plain CNN); on the **test** split and on the held-out-mimic test split it reports
   accuracy, map statistics, every explanation of every model (attention maps; GradCAM,
   DeepLIFT, LRP, Input×Gradient, Integrated Gradients on every model), the reference rows
@@ -233,13 +237,16 @@ _ABLATION = ("delta_bacc_uniform", "delta_bacc_shuffled", "delta_auc_uniform", "
 
 
 def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, log=print, stage: str = "dev",
-                   variants_path: str | None = None, force: bool = False, variants_sha256: str | None = None) -> dict:
+                   variants_path: str | None = None, force: bool = False, variants_sha256: str | None = None,
+                   allow_rejected_benchmark: bool = False) -> dict:
     """Run one stage of the protocol into ``out/dev`` or ``out/test`` (module docstring).
 
     The test stage reads ``variants_path`` (default: the committed
     ``configs/experiment_variants.json``) and refuses it unless it is committed (or, with
     no git checkout, matches the pin ``variants_sha256``:
-    :func:`~convex_attention.paper.protocol.verify_variants`); it refuses an existing
+    :func:`~convex_attention.paper.protocol.verify_variants`); it refuses a file whose
+    benchmark the dev stage rejected unless ``allow_rejected_benchmark``
+    (:func:`~convex_attention.paper.protocol.check_benchmark_verdict`), and an existing
     ``out/test`` unless ``force``.  Returns the stage's results (``{"report": markdown,
     ...}``)."""
     if stage not in STAGES:
@@ -247,12 +254,16 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
     config.validate()
     if stage == "dev":
         return run_dev(config, os.path.join(out, "dev"), progress=progress, log=log)
-    from .protocol import DEFAULT_VARIANTS_PATH, read_variants, verify_variants
+    from .protocol import DEFAULT_VARIANTS_PATH, check_benchmark_verdict, read_variants, verify_variants
 
     path = variants_path or DEFAULT_VARIANTS_PATH
     variants = read_variants(path)
     variants.validate(config.methods, where=path)
     record = verify_variants(path, variants_sha256)
+    verdict = check_benchmark_verdict(variants, allow_rejected_benchmark, where=path)
+    if verdict != "accepted":
+        log(f"[test] WARNING: the dev stage's verdict on this benchmark: {verdict}; running anyway "
+            f"(--allow-rejected-benchmark)")
     return run_test(config, os.path.join(out, "test"), variants, record, force=force, progress=progress, log=log)
 
 
@@ -330,6 +341,27 @@ def _validity(train_set, held_out, config: ExperimentConfig) -> list:
     return run_checks(train_set, held_out, seed=config.train.data_seed, limit=config.validity_images)
 
 
+def _uniform_check(attention: dict, plain: list, where: str):
+    """Check (c) from per-seed balanced accuracies: the best attention method's mean
+    (``attention``: method -> values) against the plain CNN's mean (``plain``).  Not run,
+    with the reason, when the plain CNN was not trained or a value is not finite (a model
+    whose validation threshold is NaN): a check that cannot be judged never passes, and
+    never crashes a stage after its training."""
+    from .validity import check_uniform_attention
+
+    if not plain:
+        return replace(check_uniform_attention(None, None),
+                       reason="the plain CNN was not trained (plain_cnn off); the experiment trains it for check (c)")
+    values = {**{m: list(v) for m, v in attention.items()}, PLAIN_CNN: list(plain)}
+    bad = sorted(m for m, v in values.items() if not v or not all(math.isfinite(x) for x in v))
+    if bad:
+        return replace(check_uniform_attention(None, None),
+                       reason=f"balanced accuracy not finite (or missing) on {where} for {', '.join(bad)}: a model "
+                              f"failed to train or its validation threshold is NaN, so (c) cannot be judged")
+    means = {m: float(np.mean(v)) for m, v in values.items()}
+    return check_uniform_attention(max(means[m] for m in attention), means[PLAIN_CNN])
+
+
 def _cond(difficulty: float) -> str:
     return f"difficulty{difficulty:g}"
 
@@ -377,7 +409,7 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
 
     from ..bench.results import atomic_csv, atomic_write_text, write_json
     from .explain import explanations, lesion_indices, mean_ci, score_explanations
-    from .protocol import Variants
+    from .protocol import Variants, benchmark_record
 
     config.validate()
     os.makedirs(folder, exist_ok=True)
@@ -431,8 +463,20 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
                                                       "threshold", "val_auc", "n_max_p_L0", "n_max_p_L1",
                                                       "entropy_ratio_L0", "score_range_L0") if k in r},
                                  **{k: v for k, v in r.items() if k.startswith(f"ap_{u}_")}})
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    atomic_csv(os.path.join(folder, "dev_runs.csv"), columns, rows)
+    # check (c) before the test split is touched: the plain CNN (uniform pooling) with the same dev seeds
+    plain_rows = []
+    if config.plain_cnn:
+        for seed in config.dev_seeds:
+            got = _train_one(config, (sets["train"], sets["val"]),
+                             os.path.join(folder, "runs", f"{PLAIN_CNN}-seed{seed}"), PLAIN_CNN, seed, difficulty,
+                             None, progress, log)
+            result = _evaluate(got["model"], sets["dev"], got["threshold"], device, ablation=False, seed=seed)
+            plain_rows.append({"method": PLAIN_CNN, "seed": seed,
+                               **{k: got[k] for k in ("best_epoch", "threshold", "val_auc")},
+                               **{k: result[k] for k in ("auc", "bacc", "bacc_argmax")}})
+            log(f"[dev] {PLAIN_CNN} seed {seed}: dev auc {result['auc']:.3f}, balanced acc {result['bacc']:.3f}")
+    columns = list(dict.fromkeys(k for r in rows + plain_rows for k in r))
+    atomic_csv(os.path.join(folder, "dev_runs.csv"), columns, rows + plain_rows)
     # one score per (variant, upsampling): the mean over methods, seeds and levels of the attention ap
     summary = []
     for vi, variant in enumerate(variants):
@@ -451,18 +495,35 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
     atomic_csv(os.path.join(folder, "dev_summary.csv"), list(summary[0]), summary)
     best = summary[0]
     chosen = replace(variants[best["variant"]], upsampling=best["upsampling"])
+    # (c) for the proposed variant: its best attention method against the plain CNN, means over the dev seeds
+    chosen_rows = [r for r in rows if r["variant"] == best["variant"] and r["upsampling"] == best["upsampling"]]
+    uniform = _uniform_check({m: [r["bacc"] for r in chosen_rows if r["method"] == m] for m in config.methods},
+                             [r["bacc"] for r in plain_rows], "the development split")
+    validity = [uniform if r.name == "uniform_attention" else r for r in validity]
+    log(f"[dev] validity: {uniform.line()}")
+    tc = config.train
+    record = benchmark_record(validity, chosen, difficulty, config.methods, config.dev_seeds,
+                              {"image_size": tc.model.image_size, "width": tc.model.width, "epochs": tc.epochs,
+                               "n_train": tc.n_train})
+    failed = [n for n, c in record["checks"].items() if not c["passed"]]
+    log(f"[dev] benchmark {'accepted' if record['accepted'] else 'REJECTED'} on the development split" + (
+        "" if record["accepted"] else f" (failed or not run: {', '.join(failed)}); the test stage will refuse it "
+                                      f"unless --allow-rejected-benchmark"))
     proposal = Variants(chosen, tuple(config.difficulties), config.held_out_mimic,
                         note=f"Proposed by the dev stage: highest mean attention ap (pixel protocol) on the first "
                              f"{len(indices)} lesion images of the dev split ({specs['dev'].n} images, difficulty "
                              f"{difficulty:g}), mean over methods {', '.join(config.methods)}, their levels and dev "
                              f"seeds {list(config.dev_seeds)}: {best['attention_ap_mean']:.3f} (balanced accuracy "
-                             f"{best['bacc_mean']:.3f}), among {len(summary)} candidates.")
+                             f"{best['bacc_mean']:.3f}), among {len(summary)} candidates. Benchmark "
+                             f"{'accepted' if record['accepted'] else 'rejected'} by the validity checks on the dev "
+                             f"split.", benchmark=record)
     write_json(os.path.join(folder, "proposed_variants.json"), proposal.to_dict())
-    report = _dev_report(config, specs, validity, summary, proposal, len(indices))
+    report = _dev_report(config, specs, validity, summary, proposal, len(indices), plain_rows)
     atomic_write_text(os.path.join(folder, "dev.md"), report)
     write_json(os.path.join(folder, "dev.json"), {"stage": "dev", "config": config.to_dict(),
                                                   "splits": {k: asdict(s) for k, s in specs.items()},
                                                   "validity": [r.to_dict() for r in validity], "summary": summary,
+                                                  "plain_cnn": plain_rows,
                                                   "proposal": proposal.to_dict(), "environment": environment(device)})
     return {"stage": "dev", "rows": rows, "summary": summary, "proposal": proposal, "report": report,
             "validity": validity}
@@ -472,15 +533,23 @@ def _finite(x) -> float:
     return x if isinstance(x, float) and math.isfinite(x) else -math.inf
 
 
-def _dev_report(config, specs, validity, summary, proposal, n_images) -> str:
+def _dev_report(config, specs, validity, summary, proposal, n_images, plain_rows) -> str:
     lines = ["# Experiment: development stage", "",
              f"Development split: {specs['dev'].n} images (data seed {specs['dev'].seed}, difficulty "
              f"{specs['dev'].difficulty:g}, mimic types {', '.join(specs['dev'].mimic_types or ('-',))}); "
              f"attention maps scored on its first {n_images} lesion images. Training: {specs['train'].n} images; "
              f"checkpoint selection and threshold on the label-only validation split ({specs['val'].n} images). "
              f"Seeds {list(config.dev_seeds)}. Mean ± 95 % CI half-width (Student t over methods x seeds).", "",
-             "## Validity checks (training vs development images)", ""]
+             "## Validity checks (training vs development images)", "",
+             "Check (c) compares the proposed variant's best attention method with the plain CNN (uniform "
+             "pooling), mean balanced accuracy over the dev seeds on the development split"
+             + (": plain CNN " + ", ".join(f"seed {r['seed']} {r['bacc']:.3f}" for r in plain_rows) + "."
+                if plain_rows else "; the plain CNN was not trained (plain_cnn off), so (c) did not run."), ""]
     lines += _validity_lines(validity, "checks")
+    verdict = proposal.verdict()
+    lines += [f"**Benchmark {verdict.upper()} on the development split.**" + (
+        "" if verdict == "accepted" else " The test stage refuses this variants file unless "
+                                         "`--allow-rejected-benchmark` is given (and then says so in its report)."), ""]
     lines += ["## Candidates (best first)", "",
               "| variant | attention ap | balanced acc | " + " | ".join(f"{m} ap | {m} bacc" for m in config.methods)
               + " |", "|" + "---|" * (3 + 2 * len(config.methods))]
@@ -512,7 +581,6 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     )
     from .protocol import claim_test_folder, finish_test_folder, fit_model_free
     from .sanity import randomisation_check
-    from .validity import check_uniform_attention
 
     config = config.with_variants(variants).validate()
     variant = variants.variant
@@ -578,10 +646,8 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
                                                   "image": sanity_idx[r["position"]], "spearman": r["spearman"]})
         # check (c): the best attention model against the plain CNN (uniform pooling) on the test split
         main = [r for r in runs if r["condition"] == cond and r["test_set"] == "test"]
-        bacc = {m: float(np.nanmean([r["bacc"] for r in main if r["model"] == m])) for m in models_all}
-        attention_bacc = max((bacc[m] for m in config.methods), default=None)
-        uniform = check_uniform_attention(attention_bacc, bacc.get(PLAIN_CNN)) if config.plain_cnn else \
-            check_uniform_attention(None, None)
+        uniform = _uniform_check({m: [r["bacc"] for r in main if r["model"] == m] for m in config.methods},
+                                 [r["bacc"] for r in main if r["model"] == PLAIN_CNN], "the test split")
         validity = [uniform if r.name == "uniform_attention" else r for r in validity]
         conditions.append({"condition": cond, "difficulty": difficulty,
                            "splits": {k: asdict(s) for k, s in specs.items()},
@@ -670,6 +736,20 @@ def _where(level) -> str:
     return "(input)" if int(level) == -1 else f"L{level}"
 
 
+def _verdict_line(variants) -> str:
+    verdict = variants.verdict()
+    if verdict == "accepted":
+        return "The dev stage accepted the benchmark: every validity check ran and passed on the development split."
+    if verdict == "rejected":
+        failed = [n for n, c in variants.benchmark["checks"].items() if not c["passed"]]
+        return (f"**The dev stage REJECTED this benchmark** (failed or not run on the development split: "
+                f"{', '.join(failed)}); this test run was made anyway (--allow-rejected-benchmark), so it cannot "
+                f"test whether attention is necessary.")
+    return ("**The dev stage's verdict on the benchmark is not recorded** in the variants file (written before the dev "
+            "stage recorded one): the benchmark was never accepted before the test split was touched, and this run "
+            "was made anyway (--allow-rejected-benchmark).")
+
+
 def _test_report(config, variants, record, conditions, accuracy, explain_summary, ablation, rand_summary, headline,
                  device) -> str:
     from .explain_metrics import pointing_tolerance_px
@@ -690,6 +770,7 @@ def _test_report(config, variants, record, conditions, accuracy, explain_summary
              f"verified by {record.get('verified_by', 'git')}"
              f"{', commit ' + str(record.get('file_commit')) if record.get('file_commit') else ''}): "
              f"{variants.variant.label()}.",
+             _verdict_line(variants),
              f"Seeds: {list(config.seeds)} ({n_seeds}; the protocol asks for at least 5"
              f"{'' if n_seeds >= 5 else ': FEWER, this is not the full setting'}). Every number is the mean over "
              f"seeds ± the half-width of its 95 % confidence interval (Student t, {n_seeds - 1} degrees of freedom); "

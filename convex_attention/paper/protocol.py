@@ -24,6 +24,17 @@ changes (:func:`commit_state`); its SHA-256 and the commit go into the results. 
 the run has no git checkout (a copy of the working tree on another machine), the file
 must match a SHA-256 pin taken from the committed file (:func:`verify_variants`).
 
+**A benchmark accepted before the test split is touched** (:attr:`Variants.benchmark`,
+:func:`check_benchmark_verdict`).  The dev stage runs every validity check on the
+development split, check (c) included (the proposed variant's attention models against a
+plain CNN trained with the same dev seeds), and writes the verdict into the proposed
+variants file.  The test stage refuses a file whose verdict is "rejected", or that
+records none (written before the verdict existed: the benchmark was never accepted),
+unless told to run anyway (``allow_rejected``; the report then says so): a test split
+spent on a benchmark that cannot test the claim is spent for nothing.  The verdict names
+what it judged (the variant, the difficulty, the methods, the dev seeds and the setting)
+and is refused if the file's variant or difficulty differs from it.
+
 **A test folder written once** (:func:`claim_test_folder`): the test stage refuses an
 existing result folder unless forced, and even then only one that it wrote itself.
 """
@@ -41,7 +52,8 @@ from pathlib import Path
 __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS_FORMAT", "DEFAULT_VARIANTS_PATH",
            "SPLIT_OFFSETS", "SplitSpec", "split_specs", "build_split", "image_keys", "check_disjoint",
            "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
-           "claim_test_folder", "finish_test_folder",
+           "claim_test_folder", "finish_test_folder", "check_benchmark_verdict", "benchmark_record",
+           "REQUIRED_CHECKS",
            "fit_model_free", "variant_grid", "MANIFEST", "SYNTHETIC_SOURCES"]
 
 VARIANTS_FORMAT = "convex-attention-variants/1"
@@ -120,19 +132,32 @@ class Variant:
 @dataclass(frozen=True)
 class Variants:
     """The contents of the variants file: ``variant``, the test ``difficulties`` (the first
-    is the development difficulty), ``held_out_mimic`` (``None``: no held-out condition)
-    and a free-text ``note`` (how they were chosen)."""
+    is the development difficulty), ``held_out_mimic`` (``None``: no held-out condition),
+    a free-text ``note`` (how they were chosen) and ``benchmark``: the dev stage's
+    validity verdict (:func:`benchmark_record`; ``None`` in a file written before the dev
+    stage recorded one)."""
 
     variant: Variant = field(default_factory=Variant)
     difficulties: tuple = (0.3, 0.6)
     held_out_mimic: str | None = "mottled"
     note: str = ""
+    benchmark: dict | None = None
 
     def to_dict(self) -> dict:
         v = self.variant.to_dict()
-        return {"format": VARIANTS_FORMAT, "note": self.note,
-                "model": {k: v[k] for k in Variant.MODEL_FIELDS}, "upsampling": v["upsampling"],
-                "difficulties": list(self.difficulties), "held_out_mimic": self.held_out_mimic}
+        out = {"format": VARIANTS_FORMAT, "note": self.note,
+               "model": {k: v[k] for k in Variant.MODEL_FIELDS}, "upsampling": v["upsampling"],
+               "difficulties": list(self.difficulties), "held_out_mimic": self.held_out_mimic}
+        if self.benchmark is not None:
+            out["benchmark"] = self.benchmark
+        return out
+
+    def verdict(self) -> str:
+        """The dev stage's verdict on the benchmark: ``"accepted"``, ``"rejected"`` or
+        ``"not recorded"``."""
+        if self.benchmark is None:
+            return "not recorded"
+        return "accepted" if self.benchmark["accepted"] else "rejected"
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "variants") -> "Variants":
@@ -141,7 +166,7 @@ class Variants:
             raise VariantsError(f"{where}: must be a JSON object, got {type(data).__name__}")
         if data.get("format") != VARIANTS_FORMAT:
             raise VariantsError(f"{where}: 'format' must be {VARIANTS_FORMAT!r}, got {data.get('format')!r}")
-        known = {"format", "note", "model", "upsampling", "difficulties", "held_out_mimic"}
+        known = {"format", "note", "model", "upsampling", "difficulties", "held_out_mimic", "benchmark"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise VariantsError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
@@ -165,11 +190,14 @@ class Variants:
         note = data.get("note", "")
         if not isinstance(note, str):
             raise VariantsError(f"{where}: 'note' must be a string")
+        benchmark = data.get("benchmark")
         out = cls(Variant(temperature=temperature, alpha=model["alpha"], head=model["head"],
                           learn_temperature=model["learn_temperature"], duals=model["duals"],
                           upsampling=data["upsampling"]),
-                  tuple(difficulties), data["held_out_mimic"], note)
+                  tuple(difficulties), data["held_out_mimic"], note, benchmark)
         out.validate(where=where)
+        if benchmark is not None:
+            _check_benchmark_record(benchmark, out.variant, out.difficulties, where)
         return out
 
     def validate(self, methods=("softmax", "learned_dual", "exact"), where: str = "variants") -> "Variants":
@@ -198,6 +226,107 @@ class Variants:
             except ConfigError as err:
                 raise VariantsError(f"{where}: model.{err.field}: {err}") from None
         return self
+
+
+#: The checks a dev-stage verdict must hold (``brain_mask`` too where the data has brain masks).
+REQUIRED_CHECKS = ("location_free", "pixel_map", "uniform_attention")
+_JUDGED_SETTINGS = ("image_size", "width", "epochs", "n_train")
+
+
+def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_seeds, settings: dict) -> dict:
+    """The variants file's ``benchmark`` entry from the dev stage's validity checks
+    (:class:`~convex_attention.paper.validity.CheckResult` list), with what they judged:
+    ``{"accepted": bool, "checks": {name: {"value", "threshold", "passes_below", "ran",
+    "passed"}}, "judged": {"variant", "difficulty", "methods", "dev_seeds", "settings"}}``
+    (``settings``: image_size, width, epochs, n_train).  Accepted only if every check ran
+    and passed, the three of :data:`REQUIRED_CHECKS` among them: a dev stage without the
+    plain CNN cannot accept its benchmark.  A value that is not finite is stored as
+    ``None`` (strict JSON) and fails."""
+    checks = {}
+    for r in results:
+        value = float(r.value) if r.value is not None and math.isfinite(r.value) else None
+        checks[r.name] = {"value": value, "threshold": float(r.threshold), "passes_below": bool(r.passes_below),
+                          "ran": bool(r.ran), "passed": bool(r.passed and value is not None)}
+    accepted = all(n in checks for n in REQUIRED_CHECKS) and all(c["passed"] for c in checks.values())
+    judged = {"variant": variant.to_dict(), "difficulty": float(difficulty), "methods": list(methods),
+              "dev_seeds": [int(x) for x in dev_seeds], "settings": {k: settings[k] for k in _JUDGED_SETTINGS}}
+    return {"accepted": accepted, "checks": checks, "judged": judged}
+
+
+def _real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where: str) -> None:
+    """A ``benchmark`` entry must be what :func:`benchmark_record` writes, consistent with
+    itself (each ``passed`` recomputed from its number and the check's own threshold) and
+    with the file's variant and first difficulty (VariantsError otherwise)."""
+    from .validity import THRESHOLDS
+
+    shape = ("an object {\"accepted\", \"checks\", \"judged\"} as the dev stage writes it (run the dev stage "
+             "again rather than editing it)")
+    if not isinstance(record, dict) or set(record) != {"accepted", "checks", "judged"} \
+            or not isinstance(record["accepted"], bool) or not isinstance(record["checks"], dict) \
+            or not isinstance(record["judged"], dict):
+        raise VariantsError(f"{where}: 'benchmark' must be {shape}")
+    for name, c in record["checks"].items():
+        if name not in THRESHOLDS:
+            raise VariantsError(f"{where}: benchmark.checks.{name}: unknown check; known: {sorted(THRESHOLDS)}")
+        if not isinstance(c, dict) or set(c) != {"value", "threshold", "passes_below", "ran", "passed"} \
+                or not all(isinstance(c[k], bool) for k in ("passes_below", "ran", "passed")) \
+                or not (c["value"] is None or _real(c["value"])) or not _real(c["threshold"]):
+            raise VariantsError(f"{where}: benchmark.checks.{name} must be {{\"value\": a finite number or null, "
+                                f"\"threshold\": a number, \"passes_below\", \"ran\", \"passed\": true or false}}")
+        below = name != "uniform_attention"
+        if c["threshold"] != THRESHOLDS[name] or c["passes_below"] != below:
+            raise VariantsError(f"{where}: benchmark.checks.{name} has threshold {'<=' if c['passes_below'] else '>='} "
+                                f"{c['threshold']}, but the check's is {'<=' if below else '>='} {THRESHOLDS[name]}")
+        passed = c["ran"] and c["value"] is not None and (
+            c["value"] <= c["threshold"] if below else c["value"] >= c["threshold"])
+        if c["passed"] != passed:
+            raise VariantsError(f"{where}: benchmark.checks.{name} says passed={c['passed']}, but its number "
+                                f"{c['value']} (ran: {c['ran']}) says {passed}")
+    missing = [n for n in REQUIRED_CHECKS if n not in record["checks"]]
+    accepted = not missing and all(c["passed"] for c in record["checks"].values())
+    if record["accepted"] != accepted:
+        raise VariantsError(f"{where}: benchmark.accepted is {record['accepted']}, but its checks say {accepted}"
+                            + (f" (missing: {', '.join(missing)})" if missing else ""))
+    judged = record["judged"]
+    if set(judged) != {"variant", "difficulty", "methods", "dev_seeds", "settings"} \
+            or not _real(judged["difficulty"]) or not isinstance(judged["methods"], list) \
+            or not all(isinstance(m, str) for m in judged["methods"]) or not isinstance(judged["dev_seeds"], list) \
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in judged["dev_seeds"]) \
+            or not isinstance(judged["settings"], dict) or set(judged["settings"]) != set(_JUDGED_SETTINGS) \
+            or not all(_real(v) for v in judged["settings"].values()):
+        raise VariantsError(f"{where}: benchmark.judged must be {{\"variant\", \"difficulty\", \"methods\", "
+                            f"\"dev_seeds\", \"settings\": {{{', '.join(_JUDGED_SETTINGS)}}}}}")
+    if judged["variant"] != variant.to_dict() or judged["difficulty"] != difficulties[0]:
+        raise VariantsError(f"{where}: the benchmark verdict judged another variant or difficulty "
+                            f"({judged['variant']}, difficulty {judged['difficulty']}) than the file fixes "
+                            f"({variant.to_dict()}, difficulty {difficulties[0]}); run the dev stage again for this "
+                            f"variant rather than editing the file")
+
+
+def check_benchmark_verdict(variants: Variants, allow_rejected: bool = False, where: str = "variants") -> str:
+    """The verdict of :meth:`Variants.verdict`; VariantsError for ``"rejected"`` and for
+    ``"not recorded"`` (a benchmark never accepted) unless ``allow_rejected``: the test
+    split would be spent on a benchmark not shown able to test the claim."""
+    verdict = variants.verdict()
+    if verdict == "accepted" or allow_rejected:
+        return verdict
+    fix = ("run the dev stage again (it records the verdict), or pass --allow-rejected-benchmark to run anyway (the "
+           "report says so)")
+    if verdict == "not recorded":
+        raise VariantsError(f"{where}: the variants file records no dev-stage verdict on the benchmark (it was written "
+                            f"before the dev stage recorded one), so the benchmark was never accepted; {fix}")
+    failed = ", ".join(
+        f"{name} {format(c['value'], '.3f') if c['value'] is not None else 'did not run or is not a number'} "
+        f"({'<=' if c['passes_below'] else '>='} {c['threshold']:.2f})"
+        for name, c in variants.benchmark["checks"].items() if not c["passed"])
+    missing = [n for n in REQUIRED_CHECKS if n not in variants.benchmark["checks"]]
+    failed = ", ".join(x for x in (failed, ", ".join(f"{n} missing" for n in missing)) if x)
+    raise VariantsError(f"{where}: the dev stage rejected this benchmark (failed: {failed}), so a test run could not "
+                        f"test the claim and would spend the test split; fix the benchmark and {fix}")
 
 
 def _strict_constant(token: str):

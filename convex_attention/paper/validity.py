@@ -45,8 +45,14 @@ five standard errors; with ``n = 160`` (the tests) about 0.028.
     uniformly (average pooling) scores at least 0.10 lower balanced accuracy than the
     attention model, in the full setting.  This needs trained models: pass the two
     numbers (:func:`check_uniform_attention`, or ``--attention-bacc`` and
-    ``--uniform-bacc``); without them the check is reported as not run, and the
-    benchmark is judged on the other checks.
+    ``--uniform-bacc``); without them the check is reported as not run, and ``data check``
+    judges the benchmark on the other checks.  The experiment's
+    dev stage runs it on the development split (the proposed variant against a plain CNN
+    with the same seeds) and records the verdict in the variants file (there (c) must run:
+    a dev stage without the plain CNN cannot accept its benchmark), so a benchmark is
+    accepted or rejected before the test split is touched.  Why it is hard to pass when
+    the plain CNN shares the attention model's trunk (an attention classifier's decision
+    is a uniform pooling of gated features): docs/experiment.md §6.
 
 (d) ``brain_mask`` (BraTS, or any dataset with a ``brain_mask(index)`` method): **a
     shortcut control.**  The held-out logistic regression of (a) on the binary brain mask
