@@ -191,6 +191,36 @@ def test_rim_bad_arguments():
     assert render_rim_image(0, 0, 48, channels=6)[0].shape == (6, 48, 48)
 
 
+def test_brightest_the_lesion_decides_only_when_it_is_the_brightest():
+    from convex_attention.paper.data.synthetic import BRIGHTEST, SyntheticBrightestLesions, synthetic_dataset
+
+    ds = SyntheticBrightestLesions(40, image_size=64, difficulty=0.3, seed=4)
+    assert synthetic_dataset("brightest", 2, 64).__class__ is SyntheticBrightestLesions and ds.mimic_rate == 5.0
+    strength = 1 - 0.55 * 0.3
+    labels, offsets = [], []
+    for i in range(len(ds)):
+        r = ds.render(i)
+        kinds, amps = r["kinds"], r["amplitudes"]
+        assert kinds.count("lesion") == 1 and len(amps) == len(kinds)  # one lesion in every image: presence says nothing
+        lesion = kinds.index("lesion")
+        brightest = max(range(len(amps)), key=amps.__getitem__)
+        assert r["label"] == int(brightest == lesion)
+        # the decisive structure sits u = 1 above the shared offset, the others at most 0.8
+        assert amps[brightest] == pytest.approx(strength * (BRIGHTEST["base"] + r["offset"] + 1.0))
+        assert all(a <= strength * (BRIGHTEST["base"] + r["offset"] + 0.8) + 1e-9 for j, a in enumerate(amps)
+                   if j != brightest)
+        mask = r["mask"]
+        assert torch.equal(mask, (r["structure"] == lesion) & bool(r["label"]))  # marks the lesion in lesion images only
+        assert r["specks"] == BRIGHTEST["specks"]
+        labels.append(r["label"])
+        offsets.append(r["offset"])
+    assert 0.3 < sum(labels) / len(labels) < 0.7 and max(offsets) - min(offsets) > 1.0
+    item = ds[3]
+    assert torch.equal(item[0], ds[3][0]) and item[0].dtype == torch.float32 and torch.isfinite(item[0]).all()
+    with pytest.raises(ValueError, match="label_rule"):
+        render_rim_image(0, 0, 64, label_rule="largest")
+
+
 def test_blobs_generator_is_unchanged():
     """The previous generator stays available under its name and renders what it rendered."""
     img, label, mask = SyntheticLesions(8, image_size=32, seed=7)[0]

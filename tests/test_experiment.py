@@ -288,6 +288,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert verdict["checks"]["uniform_attention"]["passed"] == (c.value >= 0.10)
     assert verdict["judged"]["variant"] == proposal["model"] | {"upsampling": proposal["upsampling"]}
     assert verdict["judged"]["settings"] == {"image_size": 32, "width": 4, "epochs": 1, "n_train": 32}
+    assert verdict["judged"]["data"] == "synthetic" and verdict["judged"]["dev_seeds"] == [0]
     if c.value < 0.10:
         assert not verdict["accepted"]
     assert f"Benchmark {'ACCEPTED' if verdict['accepted'] else 'REJECTED'}" in dev["report"]

@@ -149,7 +149,8 @@ def test_the_dev_stage_verdict_travels_in_the_variants_file(tmp_path):
     assert rejected["checks"]["uniform_attention"]["value"] == pytest.approx(0.01)
     assert not_run["checks"]["uniform_attention"] == {"value": None, "threshold": 0.10, "passes_below": False,
                                                       "ran": False, "passed": False}
-    assert accepted["judged"] == {"variant": Variant().to_dict(), "difficulty": 0.3, "methods": ["softmax", "exact"],
+    assert accepted["judged"] == {"data": "synthetic", "variant": Variant().to_dict(), "difficulty": 0.3,
+                                  "methods": ["softmax", "exact"],
                                   "dev_seeds": [0, 1],
                                   "settings": {"image_size": 64, "width": 8, "epochs": 8, "n_train": 1000}}
     # a verdict without check (c), or with a NaN number, is not an acceptance
@@ -174,6 +175,10 @@ def test_the_dev_stage_verdict_travels_in_the_variants_file(tmp_path):
             check_benchmark_verdict(back)
         assert check_benchmark_verdict(back, allow_rejected=True) == verdict
     assert "benchmark" not in Variants().to_dict()  # files written before the verdict existed still load
+    # the verdict holds for the data it judged only
+    with pytest.raises(VariantsError, match="judged the data 'synthetic', but this run uses 'synthetic-brightest'"):
+        check_benchmark_verdict(Variants(benchmark=accepted), data="synthetic-brightest")
+    assert check_benchmark_verdict(Variants(benchmark=accepted), data="synthetic") == "accepted"
 
 
 def test_a_hand_edited_verdict_is_refused():
@@ -202,6 +207,7 @@ def test_a_hand_edited_verdict_is_refused():
             (edited(judged={**good["judged"], "variant": {**good["judged"]["variant"], "alpha": 1.0}}),
              "judged another variant"),
             (edited(judged={**good["judged"], "dev_seeds": [True]}), "benchmark.judged must be"),
+            (edited(judged={**good["judged"], "data": "brats"}), "benchmark.judged must be"),
             ({k: v for k, v in good.items() if k != "judged"}, "must be an object")):
         with pytest.raises(VariantsError, match=words):
             Variants.from_dict(_variants_dict(benchmark=bad))

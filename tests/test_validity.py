@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from convex_attention import cli
-from convex_attention.paper.data.synthetic import SyntheticLesions, SyntheticRimLesions
+from convex_attention.paper.data.synthetic import SyntheticBrightestLesions, SyntheticLesions, SyntheticRimLesions
 from convex_attention.paper.validity import (
     QUANTILES,
     CheckResult,
@@ -43,6 +43,17 @@ def test_the_new_generator_passes_the_checks(rim):
     assert a.ran and a.passed and a.value <= 0.60, a.line()
     assert b.ran and b.passed and b.value <= 0.30, b.line()
     assert b.detail["prevalence"] < b.value  # the map finds the signature, just not the lesion among the mimics
+
+
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
+def test_the_brightest_rule_passes_the_checks():
+    """Every image holds a lesion and bright specks share the signatures: (a) and (b) hold at 64 x 64."""
+    train = collect(SyntheticBrightestLesions(N, 64, difficulty=0.3, seed=0))
+    test = collect(SyntheticBrightestLesions(N, 64, difficulty=0.3, seed=10_000))
+    a = check_location_free(train[0], train[1], test[0], test[1])
+    b = check_pixel_map(train[0], train[2], test[0], test[2])
+    assert a.ran and a.passed, a.line()
+    assert b.ran and b.passed and b.detail["prevalence"] < b.value, b.line()
 
 
 @pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
@@ -180,6 +191,8 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
     (["--dataset", "brats"], "needs --data-root"),
     (["--difficulty", "2"], "--difficulty must be in"),
     (["--mimic-rate", "-1"], "--mimic-rate must be in"),
+    (["--dataset", "synthetic-blobs", "--mimic-rate", "2"], "--mimic-rate applies to --dataset synthetic"),
+    (["--dataset", "synthetic-brightest", "--image-size", "16"], "too small for the synthetic benchmark"),
     (["--image-size", "16"], "too small for the synthetic benchmark"),
     (["--n", "5"], "at least 20 images"),
     (["--attention-bacc", "0.9"], "needs both --attention-bacc and --uniform-bacc"),

@@ -13,7 +13,7 @@ from ._common import UsageError, add_output_options, finite_float, info, positiv
 
 __all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS"]
 
-DATASETS = ("synthetic", "synthetic-blobs", "brats")
+DATASETS = ("synthetic", "synthetic-blobs", "synthetic-brightest", "brats")
 
 
 def add_data_commands(sub) -> None:
@@ -40,14 +40,16 @@ def add_data_commands(sub) -> None:
                     "1 when a check fails or a required check could not run. Writes OUT/data_check.json with --out.")
     c.add_argument("--dataset", default="synthetic", choices=DATASETS,
                    help="synthetic: rim lesions among mimics (the default benchmark); synthetic-blobs: the previous "
-                        "generator; brats: BraTS 2018 slices (--data-root)")
+                        "generator; synthetic-brightest: one lesion per image, label 1 when it is the brightest "
+                        "structure (--mimic-rate defaults to 5 there); brats: BraTS 2018 slices (--data-root)")
     c.add_argument("--n", type=positive_int, default=400,
                    help="images in each of the training and held-out sets (brats: at most this many slices of each "
                         "split, drawn at random)")
     c.add_argument("--image-size", type=positive_int, default=64, help="image side (brats: the resize target)")
     c.add_argument("--seed", type=int, default=0, help="the data's seed (held-out: seed + 10000; brats: the split)")
     c.add_argument("--difficulty", type=finite_float, default=0.5, help="synthetic difficulty in [0, 1]")
-    c.add_argument("--mimic-rate", type=finite_float, default=3.0, help="synthetic: mimics per lesion image, in [0, 8]")
+    c.add_argument("--mimic-rate", type=finite_float, default=None,
+                   help="synthetic: mimics per lesion image, in [0, 8] (default 3; synthetic-brightest: 5)")
     c.add_argument("--mimic-types", nargs="+", default=list(MIMIC_TYPES), choices=MIMIC_TYPES,
                    help="synthetic: the mimic kinds drawn from")
     c.add_argument("--data-root", default=None, help="brats: the unpacked BraTS training folder")
@@ -81,14 +83,16 @@ def _validate(args) -> None:
                             ("--normalisation", args.normalisation), ("--min-tumour-area", args.min_tumour_area)):
             if value is not None:
                 raise UsageError(f"{flag} applies to --dataset brats only")
-        if args.dataset == "synthetic" and args.image_size < 32:
+        if args.dataset in ("synthetic", "synthetic-brightest") and args.image_size < 32:
             raise UsageError(f"--image-size {args.image_size} is too small for the synthetic benchmark "
                              f"(at least 32: lesions follow the area rule)")
         if args.dataset == "synthetic-blobs" and args.image_size < 16:
             raise UsageError(f"--image-size {args.image_size} is too small (at least 16)")
         if not 0.0 <= args.difficulty <= 1.0:
             raise UsageError(f"--difficulty must be in [0, 1], got {args.difficulty}")
-        if not 0.0 <= args.mimic_rate <= 8.0:
+        if args.mimic_rate is not None and args.dataset == "synthetic-blobs":
+            raise UsageError("--mimic-rate applies to --dataset synthetic and synthetic-brightest only")
+        if args.mimic_rate is not None and not 0.0 <= args.mimic_rate <= 8.0:
             raise UsageError(f"--mimic-rate must be in [0, 8] (mimics per lesion image), got {args.mimic_rate}")
     if (args.attention_bacc is None) != (args.uniform_bacc is None):
         raise UsageError("check (c) needs both --attention-bacc and --uniform-bacc")
@@ -135,13 +139,17 @@ def _datasets(args):
         text = (f"brats ({len(train.patients)} training and {len(val.patients)} held-out patients, "
                 f"{kw['normalisation']} normalisation), {args.image_size} x {args.image_size}")
         return _Sample(train, args.n, args.seed), _Sample(val, args.n, args.seed + 1), text
-    from ..paper.data.synthetic import SyntheticLesions, SyntheticRimLesions
+    from ..paper.data.synthetic import SyntheticBrightestLesions, SyntheticLesions, SyntheticRimLesions
 
-    if args.dataset == "synthetic":
-        kw = dict(mimic_rate=args.mimic_rate, mimic_types=tuple(args.mimic_types))
-        make = SyntheticRimLesions
-        text = (f"synthetic (rim lesions among mimics: mimic rate {args.mimic_rate:g}, "
-                f"mimic types {' '.join(kw['mimic_types'])}, difficulty {args.difficulty:g})")
+    if args.dataset in ("synthetic", "synthetic-brightest"):
+        brightest = args.dataset == "synthetic-brightest"
+        rate = args.mimic_rate if args.mimic_rate is not None else (5.0 if brightest else 3.0)
+        kw = dict(mimic_rate=rate, mimic_types=tuple(args.mimic_types))
+        make = SyntheticBrightestLesions if brightest else SyntheticRimLesions
+        what = "one lesion per image, label 1 when it is the brightest structure" if brightest else \
+            "rim lesions among mimics"
+        text = (f"{args.dataset} ({what}: mimic rate {rate:g}, mimic types {' '.join(kw['mimic_types'])}, "
+                f"difficulty {args.difficulty:g})")
     else:
         kw, make = {}, SyntheticLesions
         text = f"synthetic-blobs (the previous generator, difficulty {args.difficulty:g})"

@@ -80,6 +80,7 @@ def add_experiment_commands(sub) -> None:
     from ..methods import REGISTRY
     from ..paper.data import DATA_SOURCES
     from ..paper.data.synthetic import MIMIC_TYPES
+    from ..paper.protocol import SYNTHETIC_SOURCES
     from ..paper.experiment import FULL, QUICK
     from ..paper.explain_metrics import UPSAMPLINGS
     from ..paper.models.unet import DUAL_SOURCES, HEADS, NORMS
@@ -102,7 +103,9 @@ def add_experiment_commands(sub) -> None:
     t.add_argument("--method", default=_D(m.method), choices=list(REGISTRY),
                    help="how the attention levels are made consistent (the method registry)")
     t.add_argument("--data", default=_D(d.data), choices=list(DATA_SOURCES),
-                   help="synthetic lesions (offline), BraTS 2018 (--data-root), or a folder (--data-root)")
+                   help="synthetic: rim lesions among mimics (offline, the default); synthetic-blobs: the previous "
+                        "generator; synthetic-brightest: one lesion per image, label 1 when it is the brightest "
+                        "structure; brats: BraTS 2018 (--data-root); folder: your images (--data-root)")
     t.add_argument("--data-root", default=_D(d.data_root), help="the data folder (brats, folder)")
     t.add_argument("--image-size", type=int, default=_D(m.image_size),
                    help="image side in pixels, a multiple of 16 (the paper: 256 for BraTS)")
@@ -235,6 +238,10 @@ def add_experiment_commands(sub) -> None:
     x.add_argument("--difficulties", type=float, nargs="+", default=both(lambda c: c.difficulties),
                    help="dev stage: the difficulties (the first is the development one; the test stage reads them "
                         "from the variants file)")
+    x.add_argument("--data", choices=list(SYNTHETIC_SOURCES), default=both(lambda c: c.train.data),
+                   help="the synthetic data: synthetic (rim lesions among mimics), synthetic-blobs (the previous "
+                        "generator) or synthetic-brightest (one lesion per image, label 1 when it is the brightest "
+                        "structure); the test stage refuses data other than its dev-stage verdict judged")
     x.add_argument("--held-out-mimic", choices=list(MIMIC_TYPES) + ["none"],
                    default=both(lambda c: c.held_out_mimic),
                    help="dev stage: the mimic type kept out of training and development (the test stage reads it "
@@ -414,7 +421,7 @@ def cmd_explain(args) -> int:
     return 0
 
 
-_EXPERIMENT_DESTS = ("methods", "seeds", "dev_seeds", "epochs", "image_size", "width", "n_train", "n_val", "n_dev",
+_EXPERIMENT_DESTS = ("data", "methods", "seeds", "dev_seeds", "epochs", "image_size", "width", "n_train", "n_val", "n_dev",
                      "n_test", "batch_size", "n_explain", "n_sanity", "validity_images", "difficulties",
                      "held_out_mimic", "grid_temperature", "grid_alpha", "grid_head", "grid_learn_temperature",
                      "grid_duals", "grid_upsampling", "device")
@@ -478,7 +485,7 @@ def _experiment_preflight(args, config) -> None:
     try:
         variants = read_variants(args.variants).validate(config.methods, where=args.variants)
         verify_variants(args.variants, args.variants_sha256)
-        check_benchmark_verdict(variants, args.allow_rejected_benchmark, where=args.variants)
+        check_benchmark_verdict(variants, args.allow_rejected_benchmark, where=args.variants, data=config.train.data)
     except VariantsError as err:
         raise UsageError(f"argument --variants: {err}") from None
     try:

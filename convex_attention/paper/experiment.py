@@ -143,7 +143,7 @@ class ExperimentConfig:
         """Check every field of the chain (ConfigError naming the field)."""
         from ..methods import get_method
         from .data.synthetic import MIMIC_TYPES
-        from .protocol import SYNTHETIC_SOURCES
+        from .protocol import MIMIC_SOURCES, SYNTHETIC_SOURCES
 
         if not isinstance(self.methods, tuple) or not self.methods:
             raise ConfigError("methods", f"methods must name at least one method, got {self.methods!r}")
@@ -191,9 +191,10 @@ class ExperimentConfig:
             if self.held_out_mimic not in MIMIC_TYPES:
                 raise ConfigError("held_out_mimic", f"held_out_mimic must be one of {', '.join(MIMIC_TYPES)} or "
                                                     f"None, got {self.held_out_mimic!r}")
-            if self.train.data != "synthetic":
-                raise ConfigError("held_out_mimic", f"held_out_mimic needs the 'synthetic' data's mimic types, not "
-                                                    f"{self.train.data!r}; set it to None")
+            if self.train.data not in MIMIC_SOURCES:
+                raise ConfigError("held_out_mimic", f"held_out_mimic needs data with mimic types "
+                                                    f"({', '.join(MIMIC_SOURCES)}), not {self.train.data!r}; set it "
+                                                    f"to None")
         for grid in list(_GRID_FIELDS) + ["grid_upsampling"]:
             values = getattr(self, grid)
             if not isinstance(values, tuple) or not values or len(set(map(repr, values))) != len(values):
@@ -260,7 +261,7 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
     variants = read_variants(path)
     variants.validate(config.methods, where=path)
     record = verify_variants(path, variants_sha256)
-    verdict = check_benchmark_verdict(variants, allow_rejected_benchmark, where=path)
+    verdict = check_benchmark_verdict(variants, allow_rejected_benchmark, where=path, data=config.train.data)
     if verdict != "accepted":
         log(f"[test] WARNING: the dev stage's verdict on this benchmark: {verdict}; running anyway "
             f"(--allow-rejected-benchmark)")
@@ -504,7 +505,7 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
     tc = config.train
     record = benchmark_record(validity, chosen, difficulty, config.methods, config.dev_seeds,
                               {"image_size": tc.model.image_size, "width": tc.model.width, "epochs": tc.epochs,
-                               "n_train": tc.n_train})
+                               "n_train": tc.n_train}, data=tc.data)
     failed = [n for n, c in record["checks"].items() if not c["passed"]]
     log(f"[dev] benchmark {'accepted' if record['accepted'] else 'REJECTED'} on the development split" + (
         "" if record["accepted"] else f" (failed or not run: {', '.join(failed)}); the test stage will refuse it "

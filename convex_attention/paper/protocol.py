@@ -54,13 +54,15 @@ __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS
            "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
            "claim_test_folder", "finish_test_folder", "check_benchmark_verdict", "benchmark_record",
            "REQUIRED_CHECKS",
-           "fit_model_free", "variant_grid", "MANIFEST", "SYNTHETIC_SOURCES"]
+           "fit_model_free", "variant_grid", "MANIFEST", "SYNTHETIC_SOURCES", "MIMIC_SOURCES"]
 
 VARIANTS_FORMAT = "convex-attention-variants/1"
 #: The committed variants file the test stage reads (relative to the repository root).
 DEFAULT_VARIANTS_PATH = str(Path(__file__).resolve().parents[2] / "configs" / "experiment_variants.json")
 SPLIT_OFFSETS = {"train": 0, "val": 10_000, "dev": 20_000, "test": 30_000, "test_heldout": 40_000}
-SYNTHETIC_SOURCES = ("synthetic", "synthetic-blobs")
+SYNTHETIC_SOURCES = ("synthetic", "synthetic-blobs", "synthetic-brightest")
+#: The synthetic sources whose structures have mimic types (a mimic type can be held out).
+MIMIC_SOURCES = ("synthetic", "synthetic-brightest")
 MANIFEST = "test_stage.json"
 _KEY_STRIDE = 1_000_003  # the synthetic generators' image key: seed * stride + index
 
@@ -233,12 +235,14 @@ REQUIRED_CHECKS = ("location_free", "pixel_map", "uniform_attention")
 _JUDGED_SETTINGS = ("image_size", "width", "epochs", "n_train")
 
 
-def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_seeds, settings: dict) -> dict:
+def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_seeds, settings: dict,
+                     data: str = "synthetic") -> dict:
     """The variants file's ``benchmark`` entry from the dev stage's validity checks
     (:class:`~convex_attention.paper.validity.CheckResult` list), with what they judged:
     ``{"accepted": bool, "checks": {name: {"value", "threshold", "passes_below", "ran",
-    "passed"}}, "judged": {"variant", "difficulty", "methods", "dev_seeds", "settings"}}``
-    (``settings``: image_size, width, epochs, n_train).  Accepted only if every check ran
+    "passed"}}, "judged": {"data", "variant", "difficulty", "methods", "dev_seeds",
+    "settings"}}`` (``data``: the synthetic source; ``settings``: image_size, width,
+    epochs, n_train).  Accepted only if every check ran
     and passed, the three of :data:`REQUIRED_CHECKS` among them: a dev stage without the
     plain CNN cannot accept its benchmark.  A value that is not finite is stored as
     ``None`` (strict JSON) and fails."""
@@ -248,7 +252,7 @@ def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_
         checks[r.name] = {"value": value, "threshold": float(r.threshold), "passes_below": bool(r.passes_below),
                           "ran": bool(r.ran), "passed": bool(r.passed and value is not None)}
     accepted = all(n in checks for n in REQUIRED_CHECKS) and all(c["passed"] for c in checks.values())
-    judged = {"variant": variant.to_dict(), "difficulty": float(difficulty), "methods": list(methods),
+    judged = {"data": data, "variant": variant.to_dict(), "difficulty": float(difficulty), "methods": list(methods),
               "dev_seeds": [int(x) for x in dev_seeds], "settings": {k: settings[k] for k in _JUDGED_SETTINGS}}
     return {"accepted": accepted, "checks": checks, "judged": judged}
 
@@ -292,14 +296,15 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
         raise VariantsError(f"{where}: benchmark.accepted is {record['accepted']}, but its checks say {accepted}"
                             + (f" (missing: {', '.join(missing)})" if missing else ""))
     judged = record["judged"]
-    if set(judged) != {"variant", "difficulty", "methods", "dev_seeds", "settings"} \
-            or not _real(judged["difficulty"]) or not isinstance(judged["methods"], list) \
+    if set(judged) != {"data", "variant", "difficulty", "methods", "dev_seeds", "settings"} \
+            or judged["data"] not in SYNTHETIC_SOURCES or not _real(judged["difficulty"]) or not isinstance(judged["methods"], list) \
             or not all(isinstance(m, str) for m in judged["methods"]) or not isinstance(judged["dev_seeds"], list) \
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in judged["dev_seeds"]) \
             or not isinstance(judged["settings"], dict) or set(judged["settings"]) != set(_JUDGED_SETTINGS) \
             or not all(_real(v) for v in judged["settings"].values()):
-        raise VariantsError(f"{where}: benchmark.judged must be {{\"variant\", \"difficulty\", \"methods\", "
-                            f"\"dev_seeds\", \"settings\": {{{', '.join(_JUDGED_SETTINGS)}}}}}")
+        raise VariantsError(f"{where}: benchmark.judged must be {{\"data\": one of {', '.join(SYNTHETIC_SOURCES)}, "
+                            f"\"variant\", \"difficulty\", \"methods\", \"dev_seeds\", \"settings\": "
+                            f"{{{', '.join(_JUDGED_SETTINGS)}}}}}")
     if judged["variant"] != variant.to_dict() or judged["difficulty"] != difficulties[0]:
         raise VariantsError(f"{where}: the benchmark verdict judged another variant or difficulty "
                             f"({judged['variant']}, difficulty {judged['difficulty']}) than the file fixes "
@@ -307,11 +312,17 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
                             f"variant rather than editing the file")
 
 
-def check_benchmark_verdict(variants: Variants, allow_rejected: bool = False, where: str = "variants") -> str:
+def check_benchmark_verdict(variants: Variants, allow_rejected: bool = False, where: str = "variants",
+                            data: str | None = None) -> str:
     """The verdict of :meth:`Variants.verdict`; VariantsError for ``"rejected"`` and for
     ``"not recorded"`` (a benchmark never accepted) unless ``allow_rejected``: the test
-    split would be spent on a benchmark not shown able to test the claim."""
+    split would be spent on a benchmark not shown able to test the claim.  With ``data``,
+    a recorded verdict must have judged that data source (always refused otherwise)."""
     verdict = variants.verdict()
+    judged = variants.benchmark["judged"]["data"] if variants.benchmark is not None else None
+    if data is not None and judged is not None and judged != data:
+        raise VariantsError(f"{where}: the dev stage's verdict judged the data {judged!r}, but this run uses {data!r}; "
+                            f"pass --data {judged}, or run the dev stage on {data!r}")
     if verdict == "accepted" or allow_rejected:
         return verdict
     fix = ("run the dev stage again (it records the verdict), or pass --allow-rejected-benchmark to run anyway (the "
@@ -492,8 +503,8 @@ def split_specs(data: str, data_seed: int, sizes: dict, difficulty: float,
         raise ValueError(f"the protocol's disjoint splits are built for the synthetic sources "
                          f"({', '.join(SYNTHETIC_SOURCES)}), not {data!r}")
     if held_out_mimic is not None:
-        if data != "synthetic":
-            raise ValueError(f"held_out_mimic needs mimic types: the 'synthetic' (rim) data, not {data!r}")
+        if data not in MIMIC_SOURCES:
+            raise ValueError(f"held_out_mimic needs mimic types ({', '.join(MIMIC_SOURCES)}), not {data!r}")
         if held_out_mimic not in MIMIC_TYPES:
             raise ValueError(f"held_out_mimic must be one of {MIMIC_TYPES}, got {held_out_mimic!r}")
     specs = {}
@@ -503,7 +514,7 @@ def split_specs(data: str, data_seed: int, sizes: dict, difficulty: float,
         if name == "test_heldout" and held_out_mimic is None:
             raise ValueError("the held-out test split needs a held-out mimic type")
         types = None
-        if data == "synthetic":
+        if data in MIMIC_SOURCES:
             if held_out_mimic is None:
                 types = tuple(MIMIC_TYPES)
             elif name == "test_heldout":
@@ -517,11 +528,11 @@ def split_specs(data: str, data_seed: int, sizes: dict, difficulty: float,
 def build_split(spec: SplitSpec, data: str, image_size: int, channels: int, in_memory: bool = True):
     """The dataset of ``spec`` (materialised once with ``in_memory``)."""
     from .data import InMemory
-    from .data.synthetic import SyntheticLesions, SyntheticRimLesions
+    from .data.synthetic import SyntheticBrightestLesions, SyntheticLesions, SyntheticRimLesions
 
-    if data == "synthetic":
-        ds = SyntheticRimLesions(spec.n, image_size, channels, spec.difficulty, seed=spec.seed,
-                                 mimic_types=spec.mimic_types)
+    if data in MIMIC_SOURCES:
+        make = SyntheticRimLesions if data == "synthetic" else SyntheticBrightestLesions
+        ds = make(spec.n, image_size, channels, spec.difficulty, seed=spec.seed, mimic_types=spec.mimic_types)
     elif data == "synthetic-blobs":
         ds = SyntheticLesions(spec.n, image_size, channels, spec.difficulty, seed=spec.seed)
     else:

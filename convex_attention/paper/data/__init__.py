@@ -12,7 +12,9 @@ __all__ = ["SyntheticLesions", "BraTSSlices", "FolderDataset", "labels_only", "b
            "DATA_SOURCES"]
 
 # The sources build_datasets knows (the ``--data`` choices of ``train``).
-DATA_SOURCES = ("synthetic", "synthetic-blobs", "brats", "folder")
+DATA_SOURCES = ("synthetic", "synthetic-blobs", "synthetic-brightest", "brats", "folder")
+#: The synthetic sources and their generators (:data:`convex_attention.paper.data.synthetic.GENERATORS`).
+SYNTHETIC_GENERATORS = {"synthetic": "rim", "synthetic-blobs": "blobs", "synthetic-brightest": "brightest"}
 
 
 class InMemory(Dataset):
@@ -43,10 +45,10 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
     ``brats``: split by patient (``val_fraction``, ``seed``).  ``folder``: ``root/train``
     and ``root/val``, each a :class:`FolderDataset`.
     """
-    if source in ("synthetic", "synthetic-blobs"):  # rim lesions among mimics (default), or the previous blobs
+    if source in SYNTHETIC_GENERATORS:  # rim lesions among mimics (default), the previous blobs, the brightest rule
         from .synthetic import synthetic_dataset
 
-        kind = "blobs" if source == "synthetic-blobs" else "rim"
+        kind = SYNTHETIC_GENERATORS[source]
         return (synthetic_dataset(kind, n_train, image_size, channels, difficulty, seed=seed),
                 synthetic_dataset(kind, n_val, image_size, channels, difficulty, seed=seed + 10_000))
     if root is None:

@@ -69,6 +69,33 @@ The validity checks of :mod:`convex_attention.paper.validity` (``convex-attentio
 check``) measure what this design promises: location-free statistics near chance, and
 no per-pixel map that singles the lesions out among the mimics.
 
+``"brightest"``: the lesion decides only when it is the brightest structure (:class:`SyntheticBrightestLesions`)
+------------------------------------------------------------------------------------------------------------
+
+The ``"rim"`` structures with a relative label, built so that a uniform pool has to learn
+what softmax attention gets for free (docs/experiment.md §6):
+
+* **One lesion in every image**, among ``mimic_rate`` mimics (default 5), so presence says
+  nothing.  Label 1 when the lesion is the brightest structure; the mask marks it then,
+  and is empty in normal images.
+* **Amplitudes share a per-image offset** (:data:`BRIGHTEST`): structure ``j`` has
+  amplitude ``strength * (0.3 + o + u_j)``, ``o ~ U[0, 2]`` per image; the brightest has
+  ``u = 1``, the others ``u ~ U[0.4, 0.8]``; in a normal image a random mimic is the
+  brightest and the lesion has ``u ~ U[0.55, 0.8]``.  Scores linear in brightness give the
+  same softmax whatever ``o`` is; a uniform pool needs a gate that grows exponentially over
+  the offset's range.
+* **No per-pixel shortcut.**  Per-pixel noise is additive (std 1.0 per channel in raw
+  tissue units) rather than multiplicative, and 12 bright specks (a seventh of the
+  minimum area, amplitudes like the brightest structure's, one signature each) lie in the
+  tissue: a per-pixel channel combination ranks them with the lesion.  The channel gains
+  vary less between structures (``exp(N(0, 0.1^2))``) so that brightness is the
+  structure's own.  Images are normalised by median and IQR over the head, which the
+  structures barely move, so the offset stays.
+
+On the development split this rule came closest to check (c) of all the rules tried, but
+did not pass it (docs/experiment.md §6); it is offered so that the check can be repeated
+with more seeds and longer training, not as an accepted benchmark.
+
 ``"blobs"``: the previous generator (:class:`SyntheticLesions`), kept for comparison
 -------------------------------------------------------------------------------------
 
@@ -88,8 +115,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["SyntheticLesions", "SyntheticRimLesions", "render_image", "render_rim_image", "synthetic_dataset",
-           "labels_only", "min_lesion_area", "GENERATORS", "MIMIC_TYPES"]
+__all__ = ["SyntheticLesions", "SyntheticRimLesions", "SyntheticBrightestLesions", "render_image", "render_rim_image",
+           "synthetic_dataset", "labels_only", "min_lesion_area", "GENERATORS", "MIMIC_TYPES", "LABEL_RULES",
+           "BRIGHTEST"]
 
 
 @lru_cache(maxsize=32)
@@ -161,16 +189,21 @@ def _bias(g: torch.Generator, S: int) -> Tensor:
 
 
 def _finish(g: torch.Generator, img: Tensor, brain: Tensor, skull: Tensor, difficulty: float,
-            bias: Tensor | None = None) -> Tensor:
+            bias: Tensor | None = None, robust: bool = False) -> Tensor:
     """Bias field (unless ``bias`` is given: already applied), noise and the per-modality
-    normalisation over the head: ``(C, S, S)`` float32."""
+    normalisation over the head (mean and std; with ``robust``, median and IQR / 1.349, which
+    the structures barely move): ``(C, S, S)`` float32."""
     channels, S = img.shape[0], img.shape[-1]
     if bias is None:
         img = img * _bias(g, S)
     img = img + (0.03 + 0.12 * difficulty) * torch.randn(channels, S, S, generator=g)
     head = (brain + skull) > 0.5
-    mean = img[:, head].mean(1).view(-1, 1, 1)
-    std = img[:, head].std(1).clamp(min=1e-6).view(-1, 1, 1)
+    if robust:
+        q = torch.quantile(img[:, head], torch.tensor([0.25, 0.5, 0.75], dtype=img.dtype), dim=1)
+        mean, std = q[1].view(-1, 1, 1), ((q[2] - q[0]) / 1.349).clamp(min=1e-6).view(-1, 1, 1)
+    else:
+        mean = img[:, head].mean(1).view(-1, 1, 1)
+        std = img[:, head].std(1).clamp(min=1e-6).view(-1, 1, 1)
     return (((img - mean) / std) * head).float()
 
 
@@ -262,6 +295,14 @@ CORE_SIGNATURE = (0.5, -0.8, -0.3, 1.2)
 RIM_SIGNATURE = (0.7, -0.2, 1.3, 0.5)
 HETEROGENEITY = 0.3  # per-pixel relative spread of a structure's gains
 _LOBE_MAX = 0.08  # each of the 3 lobulation harmonics: at most 8 % of the radius
+LABEL_RULES = ("presence", "brightest")
+#: The "brightest" rule (:class:`SyntheticBrightestLesions`): amplitudes ``base + o + u``, with
+#: the per-image offset ``o ~ U[0, offset_max]``; the decisive structure has ``u = 1``, the
+#: others ``u ~ U[others]``, the lesion of a normal image ``u ~ U[lesion_in_normal]``;
+#: additive per-pixel noise (per channel, in raw tissue units) instead of the multiplicative
+#: heterogeneity; ``specks`` small bright structures of ``speck_area`` x the minimum area.
+BRIGHTEST = {"offset_max": 2.0, "base": 0.3, "others": (0.4, 0.8), "lesion_in_normal": (0.55, 0.8),
+             "gain_jitter": 0.1, "pixel_noise": 1.0, "specks": 12, "speck_area": 0.15, "speck_u": (0.6, 1.1)}
 
 
 def min_lesion_area(image_size: int) -> int:
@@ -325,7 +366,7 @@ def _place(g: torch.Generator, extents: list[float], ax: float, ay: float, cos_a
 
 def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int = 4, difficulty: float = 0.5,
                      lesion_fraction: float = 0.5, mimic_rate: float = 3.0, mimic_types=MIMIC_TYPES,
-                     details: bool = False):
+                     details: bool = False, label_rule: str = "presence"):
     """The ``index``-th image of the ``"rim"`` dataset with this ``seed`` (module docstring).
 
     Returns ``(image (C, S, S) float32, label, mask (S, S) bool)``, or with
@@ -334,8 +375,16 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
     ``structure`` ((S, S) int16: the structure's number, -1 for tissue), ``kinds``
     (each structure's kind: ``"lesion"`` or a mimic type), ``areas`` (pixels) and
     ``dropped`` (structures that found no room; 0 in practice from S = 48 on).
+
+    ``label_rule``: ``"presence"`` (the ``"rim"`` benchmark: label 1 when a lesion is
+    present) or ``"brightest"`` (:class:`SyntheticBrightestLesions`: every image holds one
+    lesion; label 1 when it is the brightest structure; ``details`` also gives each
+    structure's ``amplitudes``, the image's ``offset`` and its ``specks``).
     """
     types = _check_rim_options(image_size, channels, difficulty, lesion_fraction, mimic_rate, mimic_types)
+    if label_rule not in LABEL_RULES:
+        raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}")
+    brightest = label_rule == "brightest"
     g = torch.Generator().manual_seed(seed * 1_000_003 + index)
     S = image_size
     label = int(torch.rand(1, generator=g) < lesion_fraction)
@@ -370,7 +419,12 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
     dropped = n_structures - len(placed)
     if not placed:  # unreachable from S = 32 on: the first structure always fits
         raise RuntimeError(f"image {index} of seed {seed}: no room for a structure at image_size {S}")
-    lesion_slot = int(torch.randint(len(placed), (1,), generator=g)) if label else -1
+    lesion_slot = int(torch.randint(len(placed), (1,), generator=g)) if label or brightest else -1
+    if brightest:
+        amplitudes, offset = _brightest_amplitudes(g, len(placed), lesion_slot, label)
+        amplitudes = [strength * a for a in amplitudes]
+        # the rule defines the label: a lesion that is the only structure placed is the brightest
+        label = int(max(range(len(placed)), key=amplitudes.__getitem__) == lesion_slot)
 
     kinds, areas = [], []
     for slot, (area, lobes, (cx, cy)) in enumerate(placed):
@@ -385,9 +439,12 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
         depth = depth.masked_fill(~inside.reshape(-1) | (structure >= 0), math.inf)
         pixels = torch.topk(depth, area, largest=False).indices  # the outline: exactly `area` pixels
         core_share = 0.35 + 0.2 * float(torch.rand(1, generator=g))
-        amp = strength * (0.8 + 0.2 * float(torch.rand(1, generator=g)))
-        core_gain = amp * core_sig * torch.exp(0.2 * torch.randn(channels, generator=g))
-        rim_gain = amp * rim_sig * torch.exp(0.2 * torch.randn(channels, generator=g))
+        if brightest:
+            amp, jitter = amplitudes[slot], BRIGHTEST["gain_jitter"]
+        else:
+            amp, jitter = strength * (0.8 + 0.2 * float(torch.rand(1, generator=g))), 0.2
+        core_gain = amp * core_sig * torch.exp(jitter * torch.randn(channels, generator=g))
+        rim_gain = amp * rim_sig * torch.exp(jitter * torch.randn(channels, generator=g))
         # the kinds differ only in which pixels of the outline become core
         if kind == "lesion":
             key = depth[pixels]
@@ -405,22 +462,77 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
         # gains, with i.i.d. per-pixel heterogeneity.  Nothing spatially correlated is left
         # inside (no texture, no bias field), so every arrangement of core and rim pixels
         # yields the same distribution of pixel values, extremes included.
-        gain = 1.0 + HETEROGENEITY * torch.randn(area, generator=g)
-        flat[:, core] = level + core_gain.view(-1, 1) * gain[order[:n_core]]
-        flat[:, rim] = level + rim_gain.view(-1, 1) * gain[order[n_core:]]
+        if brightest:  # additive noise: the relative order of two structures is not read off one pixel
+            flat[:, core] = level + core_gain.view(-1, 1)
+            flat[:, rim] = level + rim_gain.view(-1, 1)
+            flat[:, pixels] += BRIGHTEST["pixel_noise"] * torch.randn(channels, area, generator=g)
+        else:
+            gain = 1.0 + HETEROGENEITY * torch.randn(area, generator=g)
+            flat[:, core] = level + core_gain.view(-1, 1) * gain[order[:n_core]]
+            flat[:, rim] = level + rim_gain.view(-1, 1) * gain[order[n_core:]]
         compartment[core], compartment[rim] = 1, 2
         structure[pixels] = len(kinds)
-        if kind == "lesion":
+        if kind == "lesion" and label:
             mask[pixels] = True
         kinds.append(kind)
         areas.append(area)
 
-    img = _finish(g, img, brain, skull, difficulty, bias=bias)
+    specks = _add_specks(g, flat, level, inside, structure, xx, yy, a_min, strength * offset, strength,
+                         (core_sig, rim_sig)) if brightest else 0
+    img = _finish(g, img, brain, skull, difficulty, bias=bias, robust=brightest)
     mask = mask.view(S, S)
     if not details:
         return img, label, mask
-    return {"image": img, "label": label, "mask": mask, "compartment": compartment.view(S, S),
-            "structure": structure.view(S, S), "kinds": kinds, "areas": areas, "dropped": dropped}
+    out = {"image": img, "label": label, "mask": mask, "compartment": compartment.view(S, S),
+           "structure": structure.view(S, S), "kinds": kinds, "areas": areas, "dropped": dropped}
+    if brightest:
+        out.update(amplitudes=amplitudes, offset=offset, specks=specks)
+    return out
+
+
+def _brightest_amplitudes(g: torch.Generator, n: int, lesion_slot: int, label: int) -> tuple[list, float]:
+    """The "brightest" rule's amplitudes (before ``strength``) of ``n`` structures and the
+    image's offset: the lesion is the brightest (``u = 1``) in a lesion image; in a normal
+    image a random mimic is, and the lesion is among the others (``BRIGHTEST``)."""
+    cfg = BRIGHTEST
+    offset = cfg["offset_max"] * float(torch.rand(1, generator=g))
+    lo, hi = cfg["others"]
+    u = (lo + (hi - lo) * torch.rand(n, generator=g)).tolist()
+    if label or n == 1:
+        u[lesion_slot] = 1.0
+    else:
+        top = [i for i in range(n) if i != lesion_slot][int(torch.randint(n - 1, (1,), generator=g))]
+        u[top] = 1.0
+        lo, hi = cfg["lesion_in_normal"]
+        u[lesion_slot] = lo + (hi - lo) * float(torch.rand(1, generator=g))
+    return [cfg["base"] + offset + x for x in u], offset
+
+
+def _add_specks(g, flat, level, inside, structure, xx, yy, a_min, offset, strength, signatures) -> int:
+    """``BRIGHTEST["specks"]`` small structures, as bright as the decisive one, one signature
+    each, written into ``flat`` where no structure is: a per-pixel map ranks them with the
+    lesion, a map that sees a structure's extent does not.  Returns how many found room."""
+    cfg = BRIGHTEST
+    channels = flat.shape[0]
+    free = inside.reshape(-1) & (structure < 0)
+    xs, ys = xx.reshape(-1), yy.reshape(-1)
+    area = max(3, int(a_min * cfg["speck_area"]))
+    placed = 0
+    for _ in range(cfg["specks"]):
+        candidates = torch.nonzero(free).squeeze(1)
+        if len(candidates) < area:
+            break
+        centre = candidates[int(torch.randint(len(candidates), (1,), generator=g))]
+        dist = ((xs - xs[centre]) ** 2 + (ys - ys[centre]) ** 2).masked_fill(~free, math.inf)
+        pixels = torch.topk(dist, area, largest=False).indices
+        signature = signatures[int(torch.randint(2, (1,), generator=g))]
+        lo, hi = cfg["speck_u"]
+        amp = offset + strength * (cfg["base"] + lo + (hi - lo) * float(torch.rand(1, generator=g)))
+        flat[:, pixels] = level + amp * signature.view(-1, 1) + \
+            cfg["pixel_noise"] * torch.randn(channels, area, generator=g)
+        free[pixels] = False
+        placed += 1
+    return placed
 
 
 class SyntheticRimLesions(Dataset):
@@ -438,6 +550,8 @@ class SyntheticRimLesions(Dataset):
         mimic_rate: mimics per lesion image (0 ... 8; default 3); a normal image holds one more.
         mimic_types: the mimic kinds drawn from (a subset of ``MIMIC_TYPES``).
     """
+
+    label_rule = "presence"  # label 1 when a lesion is present
 
     def __init__(self, n: int, image_size: int = 128, channels: int = 4, difficulty: float = 0.5,
                  lesion_fraction: float = 0.5, seed: int = 0, mimic_rate: float = 3.0,
@@ -457,7 +571,8 @@ class SyntheticRimLesions(Dataset):
         if not 0 <= index < self.n:
             raise IndexError(index)
         return render_rim_image(self.seed, index, self.image_size, self.channels, self.difficulty,
-                                self.lesion_fraction, self.mimic_rate, self.mimic_types, details=details)
+                                self.lesion_fraction, self.mimic_rate, self.mimic_types, details=details,
+                                label_rule=self.label_rule)
 
     def __getitem__(self, index: int):
         img, label, mask = self._render(index, False)
@@ -468,11 +583,34 @@ class SyntheticRimLesions(Dataset):
         return self._render(index, True)
 
 
-GENERATORS = {"rim": SyntheticRimLesions, "blobs": SyntheticLesions}
+class SyntheticBrightestLesions(SyntheticRimLesions):
+    """The lesion decides only when it is the brightest structure (``"brightest"``).
+
+    Like :class:`SyntheticRimLesions` (its arguments; ``mimic_rate`` defaults to 5: six
+    structures), but every image holds exactly one lesion, so presence says nothing: the
+    label is 1 when the lesion is the brightest structure of the image, and the mask marks
+    it then (an empty mask in normal images).  Structure amplitudes share a per-image
+    offset (``BRIGHTEST``), so no fixed threshold finds the brightest: a softmax over scores
+    linear in brightness is unchanged by the offset, a uniform pool must learn a gate that
+    grows exponentially over the offset's range (docs/experiment.md §6).  Per-pixel
+    noise is additive, the images are normalised by median and IQR (so the offset stays),
+    and small bright specks share the signatures, so no per-pixel map finds the lesion.
+    """
+
+    label_rule = "brightest"
+
+    def __init__(self, n: int, image_size: int = 128, channels: int = 4, difficulty: float = 0.5,
+                 lesion_fraction: float = 0.5, seed: int = 0, mimic_rate: float = 5.0,
+                 mimic_types=MIMIC_TYPES):
+        super().__init__(n, image_size, channels, difficulty, lesion_fraction, seed, mimic_rate, mimic_types)
+
+
+GENERATORS = {"rim": SyntheticRimLesions, "blobs": SyntheticLesions, "brightest": SyntheticBrightestLesions}
 
 
 def synthetic_dataset(generator: str = "rim", *args, **kwargs) -> Dataset:
-    """A synthetic dataset by generator name: ``"rim"`` (default) or ``"blobs"`` (the previous one)."""
+    """A synthetic dataset by generator name: ``"rim"`` (default), ``"blobs"`` (the previous
+    one) or ``"brightest"`` (the lesion decides only when it is the brightest structure)."""
     if generator not in GENERATORS:
         raise ValueError(f"unknown synthetic generator {generator!r}; choose one of {sorted(GENERATORS)}")
     return GENERATORS[generator](*args, **kwargs)
