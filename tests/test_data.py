@@ -221,6 +221,15 @@ def test_brightest_the_lesion_decides_only_when_it_is_the_brightest():
         render_rim_image(0, 0, 64, label_rule="largest")
 
 
+def test_rim_images_are_unchanged_by_the_brightest_rule():
+    """The default benchmark renders what it rendered before the "brightest" rule shared its code
+    (values taken from the module before that change)."""
+    img, label, mask = SyntheticRimLesions(8, image_size=48, seed=7)[0]
+    assert int(label) == 1 and int(mask.sum()) == 60
+    assert float(img.double().abs().sum()) == pytest.approx(3871.25214592, abs=1e-3)
+    assert img[2, 24, 20:24].tolist() == pytest.approx([-0.2387718, -0.20841557, 0.48519233, 0.21085125], abs=1e-5)
+
+
 def test_blobs_generator_is_unchanged():
     """The previous generator stays available under its name and renders what it rendered."""
     img, label, mask = SyntheticLesions(8, image_size=32, seed=7)[0]
