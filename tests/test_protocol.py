@@ -259,6 +259,7 @@ def test_the_test_stage_needs_a_committed_variants_file(tmp_path):
 
 
 def test_the_test_stage_refuses_before_any_work(tmp_path, monkeypatch):
+    import convex_attention.paper.experiment as experiment_module
     import convex_attention.paper.train as train_module
     from convex_attention.paper.experiment import QUICK, run_experiment
 
@@ -277,7 +278,7 @@ def test_the_test_stage_refuses_before_any_work(tmp_path, monkeypatch):
     def started(*a, **k):
         raise Started
 
-    monkeypatch.setattr(train_module, "train", started)
+    monkeypatch.setattr(experiment_module, "run_test", started)  # past every refusal, the stage itself begins
     for name, record, words in (("old", None, "records no dev-stage verdict"),
                                 ("rejected", _record((0.9, 0.89)), "rejected this benchmark")):
         path.write_text(json.dumps(Variants(benchmark=record).to_dict()))
@@ -286,7 +287,7 @@ def test_the_test_stage_refuses_before_any_work(tmp_path, monkeypatch):
             run_experiment(QUICK, str(tmp_path / name), stage="test", variants_path=str(path), progress=False,
                            variants_sha256=pin)
         assert not (tmp_path / name / "test").exists()
-        with pytest.raises(Started):  # allowed: the work starts
+        with pytest.raises(Started):  # allowed: the test stage runs
             run_experiment(QUICK, str(tmp_path / name), stage="test", variants_path=str(path), progress=False,
                            variants_sha256=pin, allow_rejected_benchmark=True)
 
