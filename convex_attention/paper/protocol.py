@@ -32,8 +32,9 @@ variants file.  The test stage refuses a file whose verdict is "rejected", or th
 records none (written before the verdict existed: the benchmark was never accepted),
 unless told to run anyway (``allow_rejected``; the report then says so): a test split
 spent on a benchmark that cannot test the claim is spent for nothing.  The verdict names
-what it judged (the variant, the difficulty, the methods, the dev seeds and the setting)
-and is refused if the file's variant or difficulty differs from it.
+what it judged (the data, the variant, the difficulty, the methods, the dev seeds and the
+setting) and is refused if the file's variant or difficulty differs from it; the test
+stage refuses other data than it judged.
 
 **A test folder written once** (:func:`claim_test_folder`): the test stage refuses an
 existing result folder unless forced, and even then only one that it wrote itself.
@@ -242,9 +243,9 @@ def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_
     ``{"accepted": bool, "checks": {name: {"value", "threshold", "passes_below", "ran",
     "passed"}}, "judged": {"data", "variant", "difficulty", "methods", "dev_seeds",
     "settings"}}`` (``data``: the synthetic source; ``settings``: image_size, width,
-    epochs, n_train).  Accepted only if every check ran
-    and passed, the three of :data:`REQUIRED_CHECKS` among them: a dev stage without the
-    plain CNN cannot accept its benchmark.  A value that is not finite is stored as
+    epochs, n_train).  Accepted only if every check ran and passed, the three of
+    :data:`REQUIRED_CHECKS` among them: a dev stage without the plain CNN cannot accept its
+    benchmark.  A value that is not finite is stored as
     ``None`` (strict JSON) and fails."""
     checks = {}
     for r in results:
@@ -297,8 +298,8 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
                             + (f" (missing: {', '.join(missing)})" if missing else ""))
     judged = record["judged"]
     if set(judged) != {"data", "variant", "difficulty", "methods", "dev_seeds", "settings"} \
-            or judged["data"] not in SYNTHETIC_SOURCES or not _real(judged["difficulty"]) or not isinstance(judged["methods"], list) \
-            or not all(isinstance(m, str) for m in judged["methods"]) or not isinstance(judged["dev_seeds"], list) \
+            or judged["data"] not in SYNTHETIC_SOURCES or not _real(judged["difficulty"]) \
+            or not isinstance(judged["methods"], list) or not all(isinstance(m, str) for m in judged["methods"]) or not isinstance(judged["dev_seeds"], list) \
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in judged["dev_seeds"]) \
             or not isinstance(judged["settings"], dict) or set(judged["settings"]) != set(_JUDGED_SETTINGS) \
             or not all(_real(v) for v in judged["settings"].values()):
