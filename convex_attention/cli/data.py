@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 
+from ..paper.data import MIMIC_SOURCES, SYNTHETIC_GENERATORS
 from ._common import UsageError, add_output_options, finite_float, info, positive_int
 
 __all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS"]
 
-DATASETS = ("synthetic", "synthetic-blobs", "synthetic-brightest", "brats")
+DATASETS = (*SYNTHETIC_GENERATORS, "brats")
 
 
 def add_data_commands(sub) -> None:
@@ -83,15 +84,15 @@ def _validate(args) -> None:
                             ("--normalisation", args.normalisation), ("--min-tumour-area", args.min_tumour_area)):
             if value is not None:
                 raise UsageError(f"{flag} applies to --dataset brats only")
-        if args.dataset in ("synthetic", "synthetic-brightest") and args.image_size < 32:
+        if args.dataset in MIMIC_SOURCES and args.image_size < 32:
             raise UsageError(f"--image-size {args.image_size} is too small for the synthetic benchmark "
                              f"(at least 32: lesions follow the area rule)")
         if args.dataset == "synthetic-blobs" and args.image_size < 16:
             raise UsageError(f"--image-size {args.image_size} is too small (at least 16)")
         if not 0.0 <= args.difficulty <= 1.0:
             raise UsageError(f"--difficulty must be in [0, 1], got {args.difficulty}")
-        if args.mimic_rate is not None and args.dataset == "synthetic-blobs":
-            raise UsageError("--mimic-rate applies to --dataset synthetic and synthetic-brightest only")
+        if args.mimic_rate is not None and args.dataset not in MIMIC_SOURCES:
+            raise UsageError(f"--mimic-rate applies to --dataset {' and '.join(MIMIC_SOURCES)} only")
         if args.mimic_rate is not None and not 0.0 <= args.mimic_rate <= 8.0:
             raise UsageError(f"--mimic-rate must be in [0, 8] (mimics per lesion image), got {args.mimic_rate}")
     if (args.attention_bacc is None) != (args.uniform_bacc is None):
@@ -139,22 +140,22 @@ def _datasets(args):
         text = (f"brats ({len(train.patients)} training and {len(val.patients)} held-out patients, "
                 f"{kw['normalisation']} normalisation), {args.image_size} x {args.image_size}")
         return _Sample(train, args.n, args.seed), _Sample(val, args.n, args.seed + 1), text
-    from ..paper.data.synthetic import SyntheticBrightestLesions, SyntheticLesions, SyntheticRimLesions
+    from ..paper.data.synthetic import synthetic_dataset
 
-    if args.dataset in ("synthetic", "synthetic-brightest"):
-        brightest = args.dataset == "synthetic-brightest"
-        rate = args.mimic_rate if args.mimic_rate is not None else (5.0 if brightest else 3.0)
-        kw = dict(mimic_rate=rate, mimic_types=tuple(args.mimic_types))
-        make = SyntheticBrightestLesions if brightest else SyntheticRimLesions
-        what = "one lesion per image, label 1 when it is the brightest structure" if brightest else \
-            "rim lesions among mimics"
-        text = (f"{args.dataset} ({what}: mimic rate {rate:g}, mimic types {' '.join(kw['mimic_types'])}, "
-                f"difficulty {args.difficulty:g})")
+    kw = {}
+    if args.dataset in MIMIC_SOURCES:  # the generator's own mimic rate unless one is given
+        kw = {"mimic_types": tuple(args.mimic_types),
+              **({"mimic_rate": args.mimic_rate} if args.mimic_rate is not None else {})}
+    kind = SYNTHETIC_GENERATORS[args.dataset]
+    train = synthetic_dataset(kind, args.n, args.image_size, 4, args.difficulty, seed=args.seed, **kw)
+    held = synthetic_dataset(kind, args.n, args.image_size, 4, args.difficulty, seed=args.seed + 10_000, **kw)
+    if args.dataset in MIMIC_SOURCES:
+        what = {"synthetic": "rim lesions among mimics",
+                "synthetic-brightest": "one lesion per image, label 1 when it is the brightest structure"}
+        text = (f"{args.dataset} ({what[args.dataset]}: mimic rate {train.mimic_rate:g}, mimic types "
+                f"{' '.join(train.mimic_types)}, difficulty {args.difficulty:g})")
     else:
-        kw, make = {}, SyntheticLesions
         text = f"synthetic-blobs (the previous generator, difficulty {args.difficulty:g})"
-    train = make(args.n, args.image_size, 4, args.difficulty, seed=args.seed, **kw)
-    held = make(args.n, args.image_size, 4, args.difficulty, seed=args.seed + 10_000, **kw)
     return train, held, f"{text}, {args.image_size} x {args.image_size}"
 
 

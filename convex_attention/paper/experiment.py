@@ -410,7 +410,7 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
 
     from ..bench.results import atomic_csv, atomic_write_text, write_json
     from .explain import explanations, lesion_indices, mean_ci, score_explanations
-    from .protocol import Variants, benchmark_record
+    from .protocol import Variants, benchmark_record, failed_checks
 
     config.validate()
     os.makedirs(folder, exist_ok=True)
@@ -507,7 +507,7 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
     record = benchmark_record(validity, chosen, difficulty, config.methods, config.dev_seeds,
                               {"image_size": tc.model.image_size, "width": tc.model.width, "epochs": tc.epochs,
                                "n_train": tc.n_train}, data=tc.data)
-    failed = [n for n, c in record["checks"].items() if not c["passed"]]
+    failed = failed_checks(record["checks"])
     log(f"[dev] benchmark {'accepted' if record['accepted'] else 'REJECTED'} on the development split" + (
         "" if record["accepted"] else f" (failed or not run: {', '.join(failed)}); the test stage will refuse it "
                                       f"unless --allow-rejected-benchmark"))
@@ -743,7 +743,9 @@ def _verdict_line(variants) -> str:
     if verdict == "accepted":
         return "The dev stage accepted the benchmark: every validity check ran and passed on the development split."
     if verdict == "rejected":
-        failed = [n for n, c in variants.benchmark["checks"].items() if not c["passed"]]
+        from .protocol import failed_checks
+
+        failed = failed_checks(variants.benchmark["checks"])
         return (f"**The dev stage REJECTED this benchmark** (failed or not run on the development split: "
                 f"{', '.join(failed)}); this test run was made anyway (--allow-rejected-benchmark), so it cannot "
                 f"test whether attention is necessary.")

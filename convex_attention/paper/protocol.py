@@ -50,10 +50,13 @@ import subprocess
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .data import MIMIC_SOURCES, SYNTHETIC_GENERATORS
+
 __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS_FORMAT", "DEFAULT_VARIANTS_PATH",
            "SPLIT_OFFSETS", "SplitSpec", "split_specs", "build_split", "image_keys", "check_disjoint",
            "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
            "claim_test_folder", "finish_test_folder", "check_benchmark_verdict", "benchmark_record",
+           "failed_checks",
            "REQUIRED_CHECKS",
            "fit_model_free", "variant_grid", "MANIFEST", "SYNTHETIC_SOURCES", "MIMIC_SOURCES"]
 
@@ -61,9 +64,7 @@ VARIANTS_FORMAT = "convex-attention-variants/1"
 #: The committed variants file the test stage reads (relative to the repository root).
 DEFAULT_VARIANTS_PATH = str(Path(__file__).resolve().parents[2] / "configs" / "experiment_variants.json")
 SPLIT_OFFSETS = {"train": 0, "val": 10_000, "dev": 20_000, "test": 30_000, "test_heldout": 40_000}
-SYNTHETIC_SOURCES = ("synthetic", "synthetic-blobs", "synthetic-brightest")
-#: The synthetic sources whose structures have mimic types (a mimic type can be held out).
-MIMIC_SOURCES = ("synthetic", "synthetic-brightest")
+SYNTHETIC_SOURCES = tuple(SYNTHETIC_GENERATORS)
 MANIFEST = "test_stage.json"
 _KEY_STRIDE = 1_000_003  # the synthetic generators' image key: seed * stride + index
 
@@ -251,11 +252,17 @@ def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_
     for r in results:
         value = float(r.value) if r.value is not None and math.isfinite(r.value) else None
         checks[r.name] = {"value": value, "threshold": float(r.threshold), "passes_below": bool(r.passes_below),
-                          "ran": bool(r.ran), "passed": bool(r.passed and value is not None)}
-    accepted = all(n in checks for n in REQUIRED_CHECKS) and all(c["passed"] for c in checks.values())
+                          "ran": bool(r.ran), "passed": r.passed}
+    accepted = not failed_checks(checks)
     judged = {"data": data, "variant": variant.to_dict(), "difficulty": float(difficulty), "methods": list(methods),
               "dev_seeds": [int(x) for x in dev_seeds], "settings": {k: settings[k] for k in _JUDGED_SETTINGS}}
     return {"accepted": accepted, "checks": checks, "judged": judged}
+
+
+def failed_checks(checks: dict) -> list[str]:
+    """The checks of a ``benchmark`` entry's ``checks`` that did not pass (failed, did not
+    run, or missing from :data:`REQUIRED_CHECKS`): empty exactly when it is accepted."""
+    return [n for n, c in checks.items() if not c["passed"]] + [n for n in REQUIRED_CHECKS if n not in checks]
 
 
 def _real(x) -> bool:
@@ -266,7 +273,7 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
     """A ``benchmark`` entry must be what :func:`benchmark_record` writes, consistent with
     itself (each ``passed`` recomputed from its number and the check's own threshold) and
     with the file's variant and first difficulty (VariantsError otherwise)."""
-    from .validity import THRESHOLDS
+    from .validity import PASSES_BELOW, THRESHOLDS, CheckResult
 
     shape = ("an object {\"accepted\", \"checks\", \"judged\"} as the dev stage writes it (run the dev stage "
              "again rather than editing it)")
@@ -282,17 +289,16 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
                 or not (c["value"] is None or _real(c["value"])) or not _real(c["threshold"]):
             raise VariantsError(f"{where}: benchmark.checks.{name} must be {{\"value\": a finite number or null, "
                                 f"\"threshold\": a number, \"passes_below\", \"ran\", \"passed\": true or false}}")
-        below = name != "uniform_attention"
+        below = PASSES_BELOW[name]
         if c["threshold"] != THRESHOLDS[name] or c["passes_below"] != below:
             raise VariantsError(f"{where}: benchmark.checks.{name} has threshold {'<=' if c['passes_below'] else '>='} "
                                 f"{c['threshold']}, but the check's is {'<=' if below else '>='} {THRESHOLDS[name]}")
-        passed = c["ran"] and c["value"] is not None and (
-            c["value"] <= c["threshold"] if below else c["value"] >= c["threshold"])
+        passed = CheckResult(name, "", "", c["value"], c["threshold"], below, c["ran"]).passed
         if c["passed"] != passed:
             raise VariantsError(f"{where}: benchmark.checks.{name} says passed={c['passed']}, but its number "
                                 f"{c['value']} (ran: {c['ran']}) says {passed}")
     missing = [n for n in REQUIRED_CHECKS if n not in record["checks"]]
-    accepted = not missing and all(c["passed"] for c in record["checks"].values())
+    accepted = not failed_checks(record["checks"])
     if record["accepted"] != accepted:
         raise VariantsError(f"{where}: benchmark.accepted is {record['accepted']}, but its checks say {accepted}"
                             + (f" (missing: {', '.join(missing)})" if missing else ""))
@@ -331,12 +337,16 @@ def check_benchmark_verdict(variants: Variants, allow_rejected: bool = False, wh
     if verdict == "not recorded":
         raise VariantsError(f"{where}: the variants file records no dev-stage verdict on the benchmark (it was written "
                             f"before the dev stage recorded one), so the benchmark was never accepted; {fix}")
-    failed = ", ".join(
-        f"{name} {format(c['value'], '.3f') if c['value'] is not None else 'did not run or is not a number'} "
-        f"({'<=' if c['passes_below'] else '>='} {c['threshold']:.2f})"
-        for name, c in variants.benchmark["checks"].items() if not c["passed"])
-    missing = [n for n in REQUIRED_CHECKS if n not in variants.benchmark["checks"]]
-    failed = ", ".join(x for x in (failed, ", ".join(f"{n} missing" for n in missing)) if x)
+    checks = variants.benchmark["checks"]
+
+    def why(name):
+        c = checks.get(name)
+        if c is None:
+            return f"{name} missing"
+        value = format(c["value"], ".3f") if c["value"] is not None else "did not run or is not a number"
+        return f"{name} {value} ({'<=' if c['passes_below'] else '>='} {c['threshold']:.2f})"
+
+    failed = ", ".join(why(name) for name in failed_checks(checks))
     raise VariantsError(f"{where}: the dev stage rejected this benchmark (failed: {failed}), so a test run could not "
                         f"test the claim and would spend the test split; fix the benchmark and {fix}")
 
@@ -529,15 +539,13 @@ def split_specs(data: str, data_seed: int, sizes: dict, difficulty: float,
 def build_split(spec: SplitSpec, data: str, image_size: int, channels: int, in_memory: bool = True):
     """The dataset of ``spec`` (materialised once with ``in_memory``)."""
     from .data import InMemory
-    from .data.synthetic import SyntheticBrightestLesions, SyntheticLesions, SyntheticRimLesions
+    from .data.synthetic import synthetic_dataset
 
-    if data in MIMIC_SOURCES:
-        make = SyntheticRimLesions if data == "synthetic" else SyntheticBrightestLesions
-        ds = make(spec.n, image_size, channels, spec.difficulty, seed=spec.seed, mimic_types=spec.mimic_types)
-    elif data == "synthetic-blobs":
-        ds = SyntheticLesions(spec.n, image_size, channels, spec.difficulty, seed=spec.seed)
-    else:
+    if data not in SYNTHETIC_GENERATORS:
         raise ValueError(f"the protocol's splits are built for {SYNTHETIC_SOURCES}, not {data!r}")
+    types = {"mimic_types": spec.mimic_types} if data in MIMIC_SOURCES else {}
+    ds = synthetic_dataset(SYNTHETIC_GENERATORS[data], spec.n, image_size, channels, spec.difficulty,
+                           seed=spec.seed, **types)
     return InMemory(ds) if in_memory else ds
 
 

@@ -71,13 +71,15 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["CheckResult", "QUANTILES", "THRESHOLDS", "collect", "location_free_features",
+__all__ = ["CheckResult", "QUANTILES", "THRESHOLDS", "PASSES_BELOW", "collect", "location_free_features",
            "check_location_free", "check_pixel_map", "check_uniform_attention", "check_brain_mask",
            "brain_mask_features", "run_checks", "accepted"]
 
 QUANTILES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
 #: Pass thresholds: (a) and (d) at most, (b) at most, (c) at least.
 THRESHOLDS = {"location_free": 0.60, "pixel_map": 0.30, "uniform_attention": 0.10, "brain_mask": 0.60}
+#: Which side of its threshold each check passes on (True: at most; (c) alone: at least).
+PASSES_BELOW = {name: name != "uniform_attention" for name in THRESHOLDS}
 
 
 @dataclass
@@ -342,15 +344,16 @@ def check_uniform_attention(attention_bacc: float | None, uniform_bacc: float | 
     """Check (c): ``attention_bacc - uniform_bacc >= min_gap`` (balanced accuracies of an
     attention model and of the same model pooling uniformly, on held-out data)."""
     title, metric = "uniform attention is clearly worse", "balanced-accuracy gap"
+    below = PASSES_BELOW["uniform_attention"]
     if attention_bacc is None or uniform_bacc is None:
-        return CheckResult("uniform_attention", title, metric, None, min_gap, passes_below=False, ran=False,
+        return CheckResult("uniform_attention", title, metric, None, min_gap, passes_below=below, ran=False,
                            reason="needs trained models: pass the attention and the uniform model's balanced "
                                   "accuracy (--attention-bacc, --uniform-bacc)")
     for name, v in (("attention_bacc", attention_bacc), ("uniform_bacc", uniform_bacc)):
         if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v <= 1.0):
             raise ValueError(f"{name} must be a balanced accuracy in [0, 1], got {v!r}")
     return CheckResult("uniform_attention", title, metric, float(attention_bacc - uniform_bacc), min_gap,
-                       passes_below=False, note=f"attention {attention_bacc:.3f}, uniform {uniform_bacc:.3f}",
+                       passes_below=below, note=f"attention {attention_bacc:.3f}, uniform {uniform_bacc:.3f}",
                        detail={"attention_bacc": float(attention_bacc), "uniform_bacc": float(uniform_bacc)})
 
 

@@ -9,12 +9,14 @@ from .folder import FolderDataset
 from .synthetic import SyntheticLesions, labels_only
 
 __all__ = ["SyntheticLesions", "BraTSSlices", "FolderDataset", "labels_only", "build_datasets", "InMemory",
-           "DATA_SOURCES"]
+           "DATA_SOURCES", "SYNTHETIC_GENERATORS", "MIMIC_SOURCES"]
 
 # The sources build_datasets knows (the ``--data`` choices of ``train``).
 DATA_SOURCES = ("synthetic", "synthetic-blobs", "synthetic-brightest", "brats", "folder")
 #: The synthetic sources and their generators (:data:`convex_attention.paper.data.synthetic.GENERATORS`).
 SYNTHETIC_GENERATORS = {"synthetic": "rim", "synthetic-blobs": "blobs", "synthetic-brightest": "brightest"}
+#: The synthetic sources whose structures have mimic types (a mimic type can be held out).
+MIMIC_SOURCES = ("synthetic", "synthetic-brightest")
 
 
 class InMemory(Dataset):

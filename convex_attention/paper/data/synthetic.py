@@ -477,7 +477,7 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
         kinds.append(kind)
         areas.append(area)
 
-    specks = _add_specks(g, flat, level, inside, structure, xx, yy, a_min, strength * offset, strength,
+    specks = _add_specks(g, flat, level, inside, structure, xx, yy, a_min, offset, strength,
                          (core_sig, rim_sig)) if brightest else 0
     img = _finish(g, img, brain, skull, difficulty, bias=bias, robust=brightest)
     mask = mask.view(S, S)
@@ -527,7 +527,7 @@ def _add_specks(g, flat, level, inside, structure, xx, yy, a_min, offset, streng
         pixels = torch.topk(dist, area, largest=False).indices
         signature = signatures[int(torch.randint(2, (1,), generator=g))]
         lo, hi = cfg["speck_u"]
-        amp = offset + strength * (cfg["base"] + lo + (hi - lo) * float(torch.rand(1, generator=g)))
+        amp = strength * (cfg["base"] + offset + lo + (hi - lo) * float(torch.rand(1, generator=g)))
         flat[:, pixels] = level + amp * signature.view(-1, 1) + \
             cfg["pixel_noise"] * torch.randn(channels, area, generator=g)
         free[pixels] = False
