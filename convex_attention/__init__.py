@@ -7,6 +7,7 @@
 
 See docs/design.md (§4) for the public API and docs/math.md for the mathematics.
 """
+from .cvx import SolverFailure
 from .dual import ConvergenceError
 from .hierarchy import Hierarchy
 from .methods import METHODS, REGISTRY, Method, get_method, register_method
@@ -27,11 +28,3 @@ __all__ = ["Hierarchy", "solve", "Solution", "consistency_loss", "METHODS", "Lea
            "Method", "REGISTRY", "get_method", "register_method", "AmortisedDuals", "Attended",
            "fit_amortised_duals"]
 
-
-def __getattr__(name):
-    # SolverFailure lives with the (lazily imported) cvxpylayers wrapper.
-    if name == "SolverFailure":
-        from .cvx import SolverFailure
-
-        return SolverFailure
-    raise AttributeError(f"module 'convex_attention' has no attribute {name!r}")

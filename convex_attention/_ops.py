@@ -35,7 +35,7 @@ def level_softmax(x: Tensor, tau, log: bool = False) -> Tensor:
     the input dtype, so ±1e4 scores at small ``tau`` cannot overflow.  For ``tau < 1`` (or
     a tensor) the per-sample maximum is subtracted *before* dividing, so ``x / tau``
     cannot overflow to ±inf either: the result is finite for every temperature that
-    ``_validation.temperature_range`` accepts.
+    ``validation.temperature_range`` accepts.
     """
     flat = upcast(x).flatten(1)
     if isinstance(tau, Tensor) or tau < 1.0:

@@ -56,6 +56,7 @@ import torch
 from torch import Tensor
 
 from .hierarchy import Hierarchy
+from .metrics import dual_objective, objective
 
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
            "certificate", "primal_residual", "Backend", "BACKENDS", "DEFAULT_BACKEND", "available_backends",
@@ -620,8 +621,6 @@ def certificate(h: Hierarchy, temps, flat_scores, probs, duals) -> Tensor:
     concavity of ``τ_k H`` on the simplex, ``‖p_k − p*_k‖₁ <= sqrt(2·gap/τ_k)`` for a
     feasible ``p`` (what ``verify`` holds each backend to).
     """
-    from .metrics import dual_objective, objective
-
     with torch.no_grad():
         flat_h = h.flat()
         f = objective(flat_scores, probs, temps)

@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ._ops import centre, compute_dtype, level_softmax
-from ._validation import temperature_range
+from .validation import temperature_range
 from .exact import tree_backward
 from .hierarchy import Hierarchy
 

@@ -33,7 +33,7 @@ Numerics: block maxima of ``m_k`` (and the top level's maximum) are subtracted *
 dividing by ``T_k``, so neither ±1e4 scores nor a tiny temperature overflow, and the upward
 pass carries ``m_k`` in score units (``A_k = blockmax + T_k log Σ e``), so a huge
 temperature does not either: the output is finite for every temperature that
-``_validation.temperature_range`` accepts.  Half-precision inputs are computed in float32.
+``validation.temperature_range`` accepts.  Half-precision inputs are computed in float32.
 """
 from __future__ import annotations
 

@@ -28,6 +28,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from . import cvx
+from ._ops import level_softmax
+from .dual import check_dual_options, solve_dual_method, solve_learned_dual
+from .exact import solve_exact
+
 __all__ = ["Method", "REGISTRY", "METHODS", "get_method", "register_method"]
 
 
@@ -80,48 +85,34 @@ def get_method(name) -> Method:
 
 
 def _softmax(scores, h, temps, duals, options):
-    from ._ops import level_softmax
-
     return [level_softmax(s, t) for s, t in zip(scores, temps)], None, {}
 
 
 def _exact(scores, h, temps, duals, options):
-    from .exact import solve_exact
-
     return solve_exact(scores, h, temps)
 
 
 def _learned_dual(scores, h, temps, duals, options):
-    from .dual import solve_learned_dual
-
     return solve_learned_dual(scores, h, temps, duals)
 
 
 def _dual(scores, h, temps, duals, options):
-    from .dual import solve_dual_method
-
     return solve_dual_method(scores, h, temps, options)
 
 
 def _check_dual_options(options, h):
-    from .dual import check_dual_options
-
     # init depends on the batch: solve checks it with the scores
     static = {k: v for k, v in options.items() if k != "init"}
     check_dual_options(static, h, 1, None)
 
 
 def _check_cvxpylayers_options(options, h):
-    from .cvx import check_options
-
-    check_options(options)
+    cvx.check_options(options)
 
 
 def _cvxpylayers(scores, h, temps, duals, options):
-    from .cvx import check_options, solve_cvxpylayers
-
-    resolved = check_options(options)  # before any work; also names what was used
-    probs, lam = solve_cvxpylayers(scores, h, temps, **options)
+    resolved = cvx.check_options(options)  # before any work; also names what was used
+    probs, lam = cvx.solve_cvxpylayers(scores, h, temps, **options)
     return probs, lam, {"solver_options": dict(options), "backend": resolved["backend"].name,
                         "eps": resolved["eps"], "accept_tol": resolved["accept_tol"]}
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from ._ops import upcast
+from .dual import dual_function
 from .hierarchy import Hierarchy
 
 __all__ = ["violation", "objective", "dual_objective", "primal_gap", "dual_gap", "max_abs_err",
@@ -50,10 +51,6 @@ def objective(scores: Sequence[Tensor], probs: Sequence[Tensor], temps: Sequence
 def dual_objective(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
                    temps: Sequence[float]) -> Tensor:
     """``g(λ) = Σ_k τ_k logsumexp(η_k / τ_k)`` per sample: ``(B,)``."""
-    from .dual import (
-        dual_function,  # metrics -> dual only (the solvers never import the measures)
-    )
-
     return dual_function([upcast(s) for s in scores], [upcast(d) for d in duals], h, temps)
 
 

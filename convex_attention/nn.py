@@ -22,10 +22,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._ops import centre, compute_dtype
-from ._validation import (
+from ._ops import centre, compute_dtype, level_softmax
+from .dual import consistency_loss_unchecked, dual_function
+from .validation import (
+    check_duals,
     check_hierarchy,
     check_scores,
+    check_scores_and_peaks,
     check_temperatures,
     is_grad_temperature,
 )
@@ -179,6 +182,11 @@ class AmortisedDuals(nn.Module):
         scores = check_scores(scores, self.h, check_finite=False)
         temps = None if temperature is None else check_temperatures(
             temperature, self.h.num_levels, dtype=scores[0].dtype, allow_grad=True)
+        return self.predict(scores, temps)
+
+    def predict(self, scores: Sequence[Tensor], temps=None) -> list[Tensor]:
+        """:meth:`forward` without its checks, for callers that validated ``scores`` and the
+        temperatures already (``temps``: ``L`` floats or 0-d tensors, ``None``: the module's)."""
         work = compute_dtype(scores[0].dtype)
         pdtype = self.linear[0].weight.dtype
         out = []
@@ -255,8 +263,6 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
         duals = module(train)
         if loss == "consistency":
             return consistency_loss(train, duals, h, temps, check_finite=False)
-        from .dual import dual_function
-
         return dual_function([s.to(duals[0].dtype) for s in train], duals, h, temps).mean()
 
     n_linear = steps if module.residual is None or residual_lr == 0 else max(1, round(steps * 2 / 3))
@@ -335,7 +341,7 @@ class ConsistentAttention(nn.Module):
             ``(L,)`` (per level, never per sample).  A leaf tensor that requires grad (an
             ``nn.Parameter``) is learned with the model for the methods that differentiate
             through it (``softmax``, ``exact``, ``learned_dual``).
-        check_finite: reject NaN/Inf scores and scores beyond ``_validation.score_limit``
+        check_finite: reject NaN/Inf scores and scores beyond ``validation.score_limit``
             (one host synchronisation on CUDA).
         duals: for methods that need duals (``"learned_dual"``): ``"shared"`` (default, the
             paper's :class:`LearnedDuals`), ``"amortised"`` (an :class:`AmortisedDuals`
@@ -391,26 +397,46 @@ class ConsistentAttention(nn.Module):
             return AmortisedDuals(self.h, [float(t.detach()) if isinstance(t, Tensor) else t for t in temps])
         return LearnedDuals(self.h)
 
-    def _duals(self, scores: Sequence[Tensor]) -> list[Tensor] | None:
+    def _duals(self, scores: Sequence[Tensor], temps) -> list[Tensor] | None:
+        """The module's duals for ``scores`` at the validated temperatures ``temps``."""
         if self.learned_duals is None:
             return None
         if isinstance(self.learned_duals, AmortisedDuals):
-            return self.learned_duals(scores, temperature=self.temperature)
+            return self.learned_duals.predict(scores, temps)
         return self.learned_duals()
 
-    def forward(self, scores: Sequence[Tensor]) -> Solution:
-        return solve(scores, self.h, self.method, self.temperature, duals=self._duals(scores),
-                     check_finite=self.check_finite, **self.options)
+    def _temperatures(self, temperature, dtype: torch.dtype) -> list:
+        """The temperatures of one pass, validated once: the module's, or ``temperature``
+        (a tensor that requires grad is differentiated through by the methods that can)."""
+        record = get_method(self.method)
+        return check_temperatures(self.temperature if temperature is None else temperature, self.h.num_levels,
+                                  dtype=dtype, allow_grad=record.tensor_temperature, method=record.name)
 
-    def consistency_loss(self, scores: Sequence[Tensor], detach_target: bool = False) -> Tensor:
+    def forward(self, scores: Sequence[Tensor], temperature=None) -> Solution:
+        """The method's :class:`~convex_attention.Solution`; ``temperature`` (optional)
+        replaces the module's for this pass (e.g. a temperature computed from a learned
+        parameter, which the module must not keep between passes)."""
+        temperature = self.temperature if temperature is None else temperature
+        record = get_method(self.method)
+        duals = None
+        if record.needs_duals:
+            scores = check_scores(scores, self.h, check_finite=False)
+            duals = self._duals(scores, self._temperatures(temperature, scores[0].dtype))
+        return solve(scores, self.h, self.method, temperature, duals=duals, check_finite=self.check_finite,
+                     **self.options)
+
+    def consistency_loss(self, scores: Sequence[Tensor], detach_target: bool = False, temperature=None) -> Tensor:
         """The paper's loss at the module's duals (zeros if it has none)."""
-        duals = self._duals(scores)
+        temperature = self.temperature if temperature is None else temperature
+        scores = check_scores(scores, self.h, check_finite=False)
+        duals = self._duals(scores, check_temperatures(temperature, self.h.num_levels, dtype=scores[0].dtype,
+                                                       allow_grad=True))
         if duals is None:
             duals = [torch.zeros((1,) + s, device=scores[0].device) for s in self.h.shapes[1:]]
-        return consistency_loss(scores, duals, self.h, self.temperature, detach_target=detach_target,
+        return consistency_loss(scores, duals, self.h, temperature, detach_target=detach_target,
                                 check_finite=self.check_finite)
 
-    def attend(self, scores: Sequence[Tensor]) -> Attended:
+    def attend(self, scores: Sequence[Tensor], temperature=None) -> Attended:
         """The layer as a model uses it: maps to pool with, and the loss to add.
 
         For a method that needs duals (``"learned_dual"``, the paper) the maps are the
@@ -418,16 +444,24 @@ class ConsistentAttention(nn.Module):
         consistency loss at the module's duals (shared or amortised), which trains the
         scores (and the duals) towards consistent maps.  For every other method the maps are
         the method's probabilities and ``aux_loss`` is zero.  ``aux_loss`` is unweighted.
+        ``temperature`` (optional) replaces the module's for this pass, as in :meth:`forward`.
+
+        Scores and temperatures are validated once per pass.
         """
         record = get_method(self.method)
-        if record.needs_duals:
-            solution = solve(scores, self.h, "softmax", self.temperature, check_finite=self.check_finite)
-            # the scores were checked by the solve above
-            aux = consistency_loss(scores, self._duals(scores), self.h, self.temperature, check_finite=False)
-        else:
-            solution = self(scores)
-            aux = torch.zeros((), dtype=compute_dtype(scores[0].dtype), device=scores[0].device)
-        return Attended(list(solution.probs), solution, aux)
+        if not record.needs_duals:
+            solution = self(scores, temperature)
+            aux = torch.zeros((), dtype=compute_dtype(solution.probs[0].dtype), device=solution.probs[0].device)
+            return Attended(list(solution.probs), solution, aux)
+        scores, peak_sum = check_scores_and_peaks(scores, self.h, check_finite=self.check_finite)
+        temps = self._temperatures(temperature, scores[0].dtype)
+        work = compute_dtype(scores[0].dtype)
+        maps = [level_softmax(s, t) for s, t in zip(scores, temps)]
+        solution = Solution(maps, scores, self.h, temps, "softmax")
+        duals = check_duals(self._duals(scores, temps), self.h, scores[0].shape[0], work, scores[0].device,
+                            check_finite=self.check_finite, score_peak_sum=peak_sum)
+        aux = consistency_loss_unchecked([s.to(work) for s in scores], duals, self.h, temps)
+        return Attended(maps, solution, aux)
 
     def extra_repr(self) -> str:
         temperature = self.temperature if isinstance(self.temperature, list) else "tensor"

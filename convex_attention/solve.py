@@ -19,10 +19,10 @@ Temperatures are per level, never per sample: a positive float, one per level, o
 of shape ``()`` or ``(L,)``.  A tensor that requires grad is differentiated through by the
 methods whose registry record says ``tensor_temperature`` (softmax, exact, learned_dual);
 the others refuse it.  The accepted range depends on the compute dtype
-(``_validation.temperature_range``: every ``τ_k`` at least the smallest normal number,
+(``validation.temperature_range``: every ``τ_k`` at least the smallest normal number,
 ``Σ_k τ_k`` at most the square root of the largest; float32: [1.2e-38, 1.8e19]); within it
 every method returns finite probabilities, duals and objectives for finite scores whose
-per-level largest magnitudes sum to at most ``_validation.score_limit`` (a quarter of the
+per-level largest magnitudes sum to at most ``validation.score_limit`` (a quarter of the
 dtype's largest number; larger scores are refused with the fix: rescale scores and
 temperatures together, or compute in float64).
 """
@@ -34,7 +34,7 @@ from torch import Tensor
 
 from . import metrics
 from ._ops import compute_dtype
-from ._validation import check_duals, check_scores_and_peaks, check_temperatures
+from .validation import check_duals, check_scores_and_peaks, check_temperatures
 from .dual import consistency_loss_unchecked
 from .hierarchy import Hierarchy
 from .methods import METHODS, REGISTRY, get_method
@@ -56,8 +56,11 @@ class Solution:
         temperature: ``L`` floats, or ``L`` 0-d tensors when a temperature that requires
             grad was differentiated through (then ``objective`` and ``dual_objective``
             are differentiable in it too).
-        info: solver report (``"dual"``:
-            ``iterations``, ``converged``, and ``history`` if asked).
+        info: the solver's report, empty for ``"softmax"``, ``"exact"`` and
+            ``"learned_dual"``; ``"dual"``: ``iterations`` ``(B,)`` (sweeps per sample),
+            ``converged`` ``(B,)``, ``violation`` ``(B,)`` and, if asked, ``history``;
+            ``"cvxpylayers"``: ``backend`` (its name), ``eps``, ``accept_tol`` and
+            ``solver_options`` (the options as given).
 
     ``duals``, ``violation``, ``objective`` and ``dual_objective`` are computed on first
     access (then cached), so a training loop that only reads ``probs`` pays nothing for
@@ -124,7 +127,7 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
             docstring (ValueError outside it).
         duals: for ``"learned_dual"``: ``L-1`` tensors, ``duals[k]`` shaped
             ``h.shapes[k+1]``, ``(1, *h.shapes[k+1])`` or ``(B, *h.shapes[k+1])``.
-        check_finite: reject NaN/Inf scores and scores beyond ``_validation.score_limit``
+        check_finite: reject NaN/Inf scores and scores beyond ``validation.score_limit``
             (reads the scores once; on CUDA one host synchronisation; turn off in a
             training hot path).
         **options: ``"dual"``: ``tol`` (1e-6), ``max_iter`` (1000), ``strict`` (True),

@@ -132,8 +132,8 @@ def test_the_model_uses_the_attention_module_for_maps_and_loss(monkeypatch):
     seen = {}
     real = type(model.attention).attend
 
-    def spy(self, scores):
-        out = real(self, scores)
+    def spy(self, scores, temperature=None):
+        out = real(self, scores, temperature)
         seen["out"] = out
         return out
 

@@ -239,13 +239,13 @@ def test_complex_or_bool_temperature_tensors_are_refused():
 
 # ------------------------------------------------------------------ temperature range, NaN safety
 
-F32_MIN, F32_MAX = ca._validation.temperature_range(torch.float32)
+F32_MIN, F32_MAX = ca.validation.temperature_range(torch.float32)
 
 
 def test_accepted_range_is_documented_per_compute_dtype():
     assert F32_MIN == torch.finfo(torch.float32).tiny and F32_MAX == math.sqrt(torch.finfo(torch.float32).max)
-    assert ca._validation.temperature_range(torch.float16) == (F32_MIN, F32_MAX)  # computed in float32
-    lo64, hi64 = ca._validation.temperature_range(torch.float64)
+    assert ca.validation.temperature_range(torch.float16) == (F32_MIN, F32_MAX)  # computed in float32
+    lo64, hi64 = ca.validation.temperature_range(torch.float64)
     assert lo64 == torch.finfo(torch.float64).tiny and hi64 > 1e153
 
 
@@ -315,7 +315,7 @@ def test_extremes_of_the_accepted_range_give_finite_consistent_output(dtype, tem
        st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]))
 def test_property_no_nan_over_the_accepted_range(where, spread, seed, method, dtype):
     """τ log-uniform over the whole accepted range of the dtype, scores up to ±1e4."""
-    lo, hi = ca._validation.temperature_range(dtype)
+    lo, hi = ca.validation.temperature_range(dtype)
     log_tau = math.log(lo) + where * (math.log(hi / 4) - math.log(lo))
     h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 2)])
     g = torch.Generator().manual_seed(seed)
@@ -339,8 +339,8 @@ def test_scores_up_to_the_score_limit_give_finite_output_and_beyond_it_a_clear_e
     """Before: exact turned float32 scores near ±3.4e38 into NaN (the upward pass adds a
     parent score to a block log-sum-exp, and the sum overflowed), silently."""
     h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 2)])
-    limit = ca._validation.score_limit(dtype)
-    lo, hi = ca._validation.temperature_range(dtype)
+    limit = ca.validation.score_limit(dtype)
+    lo, hi = ca.validation.temperature_range(dtype)
     tau = {"tiny": lo, "huge": hi / 4}.get(temperature, temperature)
     g = torch.Generator().manual_seed(1)
     scores = []
@@ -348,7 +348,7 @@ def test_scores_up_to_the_score_limit_give_finite_output_and_beyond_it_a_clear_e
         s = 2 * torch.rand((2,) + shape, generator=g, dtype=torch.float64) - 1
         s[0].view(-1)[0], s[1].view(-1)[-1] = 1.0, -1.0
         scores.append((s * (0.9999 * limit / 3)).to(dtype))  # the sum rounds to just below the limit
-    assert sum(ca._validation.score_peaks(scores)) <= limit
+    assert sum(ca.validation.score_peaks(scores)) <= limit
     kw = {"duals": [torch.zeros((2,) + s, dtype=dtype) for s in h.shapes[1:]]} if method == "learned_dual" else {}
     sol = ca.solve(scores, h, method, temperature=tau, **kw)
     assert all(bool(torch.isfinite(x).all()) for x in sol.probs), method
@@ -366,7 +366,7 @@ def test_learned_duals_count_towards_the_limit_of_the_logits(dtype):
     """The learned dual's logits are θ_k + λ_(k-1) − P_kᵀ λ_k: scores and duals that are
     each fine but together overflow are refused by solve and consistency_loss alike."""
     h = ca.Hierarchy.grid([(4, 4), (2, 2)])
-    limit = ca._validation.score_limit(dtype)
+    limit = ca.validation.score_limit(dtype)
     g = torch.Generator().manual_seed(2)
     scores = [(2 * torch.rand((2,) + s, generator=g, dtype=torch.float64) - 1).mul(0.3 * limit).to(dtype)
               for s in h.shapes]
@@ -385,10 +385,10 @@ def test_learned_duals_count_towards_the_limit_of_the_logits(dtype):
 
 
 def test_the_score_limit_is_a_quarter_of_the_compute_dtypes_largest_number():
-    assert ca._validation.score_limit(torch.float32) == float(torch.finfo(torch.float32).max) / 4
-    assert ca._validation.score_limit(torch.float16) == ca._validation.score_limit(torch.float32)  # computed in float32
-    assert ca._validation.score_limit(torch.float64) == float(torch.finfo(torch.float64).max) / 4
-    peaks = ca._validation.score_peaks([torch.tensor([[1.0, -5.0]]), torch.tensor([[float("nan")]])])
+    assert ca.validation.score_limit(torch.float32) == float(torch.finfo(torch.float32).max) / 4
+    assert ca.validation.score_limit(torch.float16) == ca.validation.score_limit(torch.float32)  # computed in float32
+    assert ca.validation.score_limit(torch.float64) == float(torch.finfo(torch.float64).max) / 4
+    peaks = ca.validation.score_peaks([torch.tensor([[1.0, -5.0]]), torch.tensor([[float("nan")]])])
     assert peaks[0] == 5.0 and math.isnan(peaks[1])
 
 

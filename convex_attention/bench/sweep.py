@@ -142,7 +142,7 @@ def _check_positive_int(name: str, value, minimum: int = 1) -> None:
 def check_sweep(config: SweepConfig) -> None:
     """Reject a sweep that cannot run, before anything is measured (ValueError naming the
     option, the accepted range and the fix)."""
-    from .._validation import check_temperatures
+    from ..validation import check_temperatures
     from .generators import GENERATORS
 
     for m in config.methods:

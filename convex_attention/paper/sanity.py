@@ -149,8 +149,8 @@ def maps_replaced(model, transform):
     layer = model.attention
     original = layer.attend
 
-    def attend(scores):
-        attended = original(scores)
+    def attend(scores, temperature=None):
+        attended = original(scores, temperature)
         return Attended(list(transform(list(attended.maps))), attended.solution, attended.aux_loss)
 
     layer.attend = attend

@@ -40,7 +40,6 @@ link of the chain ``ModelConfig`` ⊂ ``TrainConfig`` ⊂ ``ExperimentConfig``.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Sequence
@@ -48,7 +47,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..._validation import check_temperatures
+from ...validation import check_temperatures
 from ...hierarchy import Hierarchy
 from ...methods import REGISTRY, get_method
 from ...nn import ConsistentAttention, ScoreHead
@@ -323,8 +322,10 @@ class AttentionUNet(nn.Module):
         feats = self.features(images)
         blocks = self.config.attention_blocks
         scores = [self.heads[str(k)](feats[k]) for k in blocks]
-        with self._temperature_for_this_pass():
-            attended = self.attention.attend(scores)  # the maps the classifier uses and the method's own loss
+        # the maps the classifier uses and the method's own loss; a learned temperature is
+        # computed for this pass and given to the layer, which keeps only its fixed floats
+        temperature = None if self.log_temperature is None else self.temperatures()
+        attended = self.attention.attend(scores, temperature)
         maps = list(attended.maps)
         pooled = [(feats[k] * p.unsqueeze(1)).sum((2, 3)) for k, p in zip(blocks, maps)]
         if self.config.bottleneck_in_classifier:
@@ -339,23 +340,6 @@ class AttentionUNet(nn.Module):
             return self.base_temperature.clone()
         s = self.log_temperature.clamp(-LOG_TEMPERATURE_BOUND, LOG_TEMPERATURE_BOUND)
         return self.base_temperature.to(s.dtype) * s.exp()
-
-    @contextlib.contextmanager
-    def _temperature_for_this_pass(self):
-        """With a learned temperature, the layer attends at :meth:`temperatures` for one pass.
-
-        The layer keeps a temperature between passes only as floats or a leaf tensor (it
-        must not hold a stale graph), so the computed tensor is lent for the pass and the
-        floats restored after it."""
-        if self.log_temperature is None:
-            yield
-            return
-        kept = self.attention.temperature
-        self.attention.temperature = self.temperatures()
-        try:
-            yield
-        finally:
-            self.attention.temperature = kept
 
     def loss(self, output: AttentionOutput, labels: Tensor) -> Tensor:
         """Cross-entropy of ``logits`` against ``labels`` ``(B,)`` plus the method's auxiliary loss."""
