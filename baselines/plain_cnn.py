@@ -22,8 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from convex_attention.hierarchy import Hierarchy
-from convex_attention.paper.models.unet import (AttentionOutput, ModelConfig, build_encoder, check_images,
-                                                classifier_features, encoder_features)
+from convex_attention.paper.models.unet import (
+    AttentionOutput,
+    ModelConfig,
+    build_encoder,
+    check_images,
+    classifier_features,
+    encoder_features,
+)
 from convex_attention.solve import Solution
 
 __all__ = ["PlainCNN", "load_plain_cnn", "is_plain_cnn_checkpoint", "load_any_model"]

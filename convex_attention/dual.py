@@ -30,15 +30,15 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
 
 from ._ops import centre, compute_dtype, level_softmax
-from .validation import temperature_range
 from .exact import tree_backward
 from .hierarchy import Hierarchy
+from .validation import temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",

@@ -37,7 +37,7 @@ temperature does not either: the output is finite for every temperature that
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

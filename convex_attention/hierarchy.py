@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -215,7 +215,7 @@ class Hierarchy:
             self._key = ("grid", tuple(self.shapes))
 
     @classmethod
-    def _trusted(cls, shapes, parents: list[Tensor | None], factors) -> "Hierarchy":
+    def _trusted(cls, shapes, parents: list[Tensor | None], factors) -> Hierarchy:
         # Internal: structures this module built itself (no second validation pass).
         h = cls.__new__(cls)
         h._setup(shapes, parents, factors)
@@ -223,7 +223,7 @@ class Hierarchy:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def grid(cls, shapes: Sequence) -> "Hierarchy":
+    def grid(cls, shapes: Sequence) -> Hierarchy:
         """Regular grids, finest first: ``Hierarchy.grid([(64, 64), (32, 32)])``.
 
         Every level has the same number of dimensions (1-D levels may be given as ints)
@@ -236,7 +236,7 @@ class Hierarchy:
         return cls._trusted(shapes, [None] * (len(shapes) - 1), factors)
 
     @classmethod
-    def from_parents(cls, sizes: Sequence[int], parents: Sequence) -> "Hierarchy":
+    def from_parents(cls, sizes: Sequence[int], parents: Sequence) -> Hierarchy:
         """Irregular nested partitions given by parent maps.
 
         Args:
@@ -284,7 +284,7 @@ class Hierarchy:
             on[k] = cpu.to(device)
         return on[k]
 
-    def flat(self) -> "Hierarchy":
+    def flat(self) -> Hierarchy:
         """The same partition as flat levels with parent maps (the scatter/gather path)."""
         if not self.is_grid:
             return self

@@ -25,8 +25,8 @@ called by :func:`convex_attention.solve` after every input has been validated.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from . import cvx
 from ._ops import level_softmax

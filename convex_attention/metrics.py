@@ -6,7 +6,7 @@ Explanation metrics (``ap``, ``qiou@q``, ``pointing``, ``mass``) live in
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

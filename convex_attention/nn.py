@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +24,10 @@ from torch import Tensor, nn
 
 from ._ops import centre, compute_dtype, level_softmax
 from .dual import consistency_loss_unchecked, dual_function
+from .exact import cumulative_temperatures
+from .hierarchy import Hierarchy
+from .methods import get_method
+from .solve import Solution, consistency_loss, solve
 from .validation import (
     check_duals,
     check_hierarchy,
@@ -32,10 +36,6 @@ from .validation import (
     check_temperatures,
     is_grad_temperature,
 )
-from .exact import cumulative_temperatures
-from .hierarchy import Hierarchy
-from .methods import get_method
-from .solve import Solution, consistency_loss, solve
 
 __all__ = ["LearnedDuals", "AmortisedDuals", "fit_amortised_duals", "ConsistentAttention", "Attended",
            "ScoreHead"]
@@ -514,8 +514,9 @@ class ScoreHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         if not isinstance(features, Tensor) or features.dim() != self.ndim + 2:
+            got = tuple(getattr(features, "shape", ())) or type(features).__name__
             raise ValueError(f"features must be a (B, C, *spatial) tensor with {self.ndim} spatial dimension(s) "
-                             f"for this score head, got {tuple(getattr(features, 'shape', ())) or type(features).__name__}")
+                             f"for this score head, got {got}")
         x = F.normalize(self.embed(features), dim=1)
         if self.scale == "learned":
             x = x * self.log_gain.exp()

@@ -28,16 +28,16 @@ temperatures together, or compute in float64).
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from torch import Tensor
 
 from . import metrics
 from ._ops import compute_dtype
-from .validation import check_duals, check_scores_and_peaks, check_temperatures
 from .dual import consistency_loss_unchecked
 from .hierarchy import Hierarchy
 from .methods import METHODS, REGISTRY, get_method
+from .validation import check_duals, check_scores_and_peaks, check_temperatures
 
 __all__ = ["solve", "Solution", "consistency_loss", "METHODS"]
 

@@ -50,7 +50,8 @@ def test_two_level_formula_is_the_first_feature():
     torch.testing.assert_close(feats[0][:, 0], _exact_duals(inst.scores, inst.h, inst.temps)[0], atol=1e-12, rtol=0)
 
 
-@pytest.mark.parametrize("shapes", [[(8, 8), (4, 4), (2, 2)], [(16,), (8,), (4,), (2,)], [(4, 4, 4), (2, 2, 2), (1, 1, 1)]])
+@pytest.mark.parametrize("shapes", [[(8, 8), (4, 4), (2, 2)], [(16,), (8,), (4,), (2,)],
+                                    [(4, 4, 4), (2, 2, 2), (1, 1, 1)]])
 def test_linear_path_can_express_the_optimum_at_any_depth(shapes):
     """Least squares of the exact duals on the features: a fixed linear map, zero residual."""
     h = ca.Hierarchy.grid(shapes)

@@ -27,7 +27,8 @@ def test_attributions_work_on_a_learned_dual_model_too():
 
 def test_paper_code_loss_differs_from_per_sample_normalisation_except_for_one_sample():
     g = torch.Generator().manual_seed(0)
-    theta0, theta1 = torch.randn(4, 8, 8, generator=g, dtype=torch.float64), torch.randn(4, 4, 4, generator=g, dtype=torch.float64)
+    theta0 = torch.randn(4, 8, 8, generator=g, dtype=torch.float64)
+    theta1 = torch.randn(4, 4, 4, generator=g, dtype=torch.float64)
     lam = torch.randn(4, 4, generator=g, dtype=torch.float64)
     h = ca.Hierarchy.grid([(8, 8), (4, 4)])
     ours = ca.consistency_loss([theta0, theta1], [lam], h)

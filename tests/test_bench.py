@@ -1,6 +1,6 @@
 import json
-import os
 import math
+import os
 
 import pytest
 import torch

@@ -201,7 +201,8 @@ def test_brightest_the_lesion_decides_only_when_it_is_the_brightest():
     for i in range(len(ds)):
         r = ds.render(i)
         kinds, amps = r["kinds"], r["amplitudes"]
-        assert kinds.count("lesion") == 1 and len(amps) == len(kinds)  # one lesion in every image: presence says nothing
+        # one lesion in every image: presence says nothing
+        assert kinds.count("lesion") == 1 and len(amps) == len(kinds)
         lesion = kinds.index("lesion")
         brightest = max(range(len(amps)), key=amps.__getitem__)
         assert r["label"] == int(brightest == lesion)
@@ -210,7 +211,8 @@ def test_brightest_the_lesion_decides_only_when_it_is_the_brightest():
         assert all(a <= strength * (BRIGHTEST["base"] + r["offset"] + 0.8) + 1e-9 for j, a in enumerate(amps)
                    if j != brightest)
         mask = r["mask"]
-        assert torch.equal(mask, (r["structure"] == lesion) & bool(r["label"]))  # marks the lesion in lesion images only
+        # marks the lesion in lesion images only
+        assert torch.equal(mask, (r["structure"] == lesion) & bool(r["label"]))
         assert r["specks"] == BRIGHTEST["specks"]
         labels.append(r["label"])
         offsets.append(r["offset"])

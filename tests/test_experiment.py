@@ -6,6 +6,7 @@ import subprocess
 
 import pytest
 import torch
+from helpers import run_cli
 
 from convex_attention import cli
 from convex_attention.paper.experiment import (
@@ -21,7 +22,6 @@ from convex_attention.paper.models import (
     load_model,
     save_checkpoint,
 )
-from helpers import run_cli
 
 SMALL = dict(width=4, image_size=32, embed_channels=8)
 

@@ -24,7 +24,8 @@ def test_common_form_upsamples_by_nearest_neighbour_and_sums_channels():
     assert torch.equal(up, torch.tensor([[1, 1, 2, 2], [1, 1, 2, 2], [3, 3, 4, 4], [3, 3, 4, 4]], dtype=torch.float64))
     attr = torch.tensor([[[1.0, -2.0]], [[-3.0, 0.5]]])  # (C=2, 1, 2)
     assert torch.equal(to_common_form(attr, (1, 2)), torch.tensor([[4.0, 2.5]], dtype=torch.float64))
-    assert torch.equal(to_common_form(torch.tensor([[-1.0, 2.0]]), (1, 2)), torch.tensor([[0.0, 2.0]], dtype=torch.float64))
+    assert torch.equal(to_common_form(torch.tensor([[-1.0, 2.0]]), (1, 2)),
+                       torch.tensor([[0.0, 2.0]], dtype=torch.float64))
     with pytest.raises(ValueError):
         to_common_form(torch.zeros(1, 1, 2, 2), (2, 2))
 

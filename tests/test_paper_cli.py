@@ -9,12 +9,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
+from helpers import run_cli
 
 from convex_attention import cli
 from convex_attention.paper.models import AttentionUNet, load_model, read_checkpoint, save_checkpoint
 from convex_attention.paper.models.checkpoint import FORMAT
 from convex_attention.paper.train import TrainConfig
-from helpers import run_cli
 
 TINY = dict(image_size=32, width=4, embed_channels=8, n_train=16, n_val=8, batch_size=8, device="cpu",
             progress=False)

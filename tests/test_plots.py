@@ -403,7 +403,7 @@ def test_rows_with_unusable_numbers_are_skipped_and_named_the_rest_is_plotted(tm
     write_bench(str(tmp_path), rows, columns=[c for c in COLUMNS if c != "checksum"])
     code, err = plot_cli(tmp_path, capsys)
     assert code == 0
-    for i, (col, value) in bad.items():
+    for i, (col, _) in bad.items():
         assert f"line {i + 2} (" in err, (col, err)
     assert "fwd_ms='abc' is not a number" in err and "violation_mean='nan' is not finite" in err
     assert "method='sinkhorn' is not a known method" in err and "outside its quartiles" in err

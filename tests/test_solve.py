@@ -92,7 +92,8 @@ GOOD = [torch.randn(2, 4, 4), torch.randn(2, 2, 2)]
     ([torch.ones(2, 4, 4, dtype=torch.long), GOOD[1]], TypeError, "floating"),
     (torch.randn(2, 4, 4), TypeError, "list of 2 tensors"),
     ([GOOD[0], GOOD[1].numpy()], TypeError, "torch.Tensor"),
-    ([GOOD[0].clone().index_fill_(1, torch.tensor([1]), float("nan")), GOOD[1]], ValueError, r"scores\[0\] contains NaN"),
+    ([GOOD[0].clone().index_fill_(1, torch.tensor([1]), float("nan")), GOOD[1]], ValueError,
+     r"scores\[0\] contains NaN"),
     ([GOOD[0], GOOD[1].clone().fill_(float("inf"))], ValueError, r"scores\[1\] contains Inf"),
 ])
 def test_bad_scores(scores, exc, message):
@@ -344,7 +345,7 @@ def test_scores_up_to_the_score_limit_give_finite_output_and_beyond_it_a_clear_e
     tau = {"tiny": lo, "huge": hi / 4}.get(temperature, temperature)
     g = torch.Generator().manual_seed(1)
     scores = []
-    for k, shape in enumerate(h.shapes):  # every level reaches +peak and -peak; the peaks sum to the limit
+    for shape in h.shapes:  # every level reaches +peak and -peak; the peaks sum to the limit
         s = 2 * torch.rand((2,) + shape, generator=g, dtype=torch.float64) - 1
         s[0].view(-1)[0], s[1].view(-1)[-1] = 1.0, -1.0
         scores.append((s * (0.9999 * limit / 3)).to(dtype))  # the sum rounds to just below the limit

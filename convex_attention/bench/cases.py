@@ -7,7 +7,7 @@ that predicts the duals.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

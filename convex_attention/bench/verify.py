@@ -35,8 +35,8 @@ import importlib
 import importlib.util
 import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Callable
 
 import numpy as np
 import torch

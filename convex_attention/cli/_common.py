@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["CommandParser", "UsageError", "finite_float", "positive_float", "positive_int", "add_output_options", "info"]
+__all__ = ["CommandParser", "UsageError", "finite_float", "positive_float", "positive_int", "add_output_options",
+           "info"]
 
 
 class UsageError(ValueError):

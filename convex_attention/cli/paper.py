@@ -80,11 +80,10 @@ def add_experiment_commands(sub) -> None:
     from ..methods import REGISTRY
     from ..paper.data import DATA_SOURCES
     from ..paper.data.synthetic import MIMIC_TYPES
-    from ..paper.protocol import SYNTHETIC_SOURCES
     from ..paper.experiment import FULL, QUICK
     from ..paper.explain_metrics import UPSAMPLINGS
     from ..paper.models.unet import DUAL_SOURCES, HEADS, NORMS
-    from ..paper.protocol import DEFAULT_VARIANTS_PATH
+    from ..paper.protocol import DEFAULT_VARIANTS_PATH, SYNTHETIC_SOURCES
     from ..paper.train import TrainConfig
 
     fmt = argparse.ArgumentDefaultsHelpFormatter

@@ -113,7 +113,7 @@ class ExperimentConfig:
             if isinstance(getattr(self, name), list):
                 setattr(self, name, tuple(getattr(self, name)))
 
-    def override(self, **fields_) -> "ExperimentConfig":
+    def override(self, **fields_) -> ExperimentConfig:
         """A copy with fields replaced; fields of ``TrainConfig``/``ModelConfig`` go into ``train``."""
         mine = {f.name for f in fields(self)}
         own = {k: v for k, v in fields_.items() if k in mine}
@@ -129,7 +129,7 @@ class ExperimentConfig:
 
         return variant_grid({model: getattr(self, g) for g, model in _GRID_FIELDS.items()})
 
-    def with_variants(self, variants) -> "ExperimentConfig":
+    def with_variants(self, variants) -> ExperimentConfig:
         """The configuration the test stage runs: the variants file's difficulties, held-out
         mimic type, and its one variant as the only candidate."""
         v = variants.variant
@@ -139,7 +139,7 @@ class ExperimentConfig:
                        grid_learn_temperature=(v.learn_temperature,), grid_duals=(v.duals,),
                        grid_upsampling=(v.upsampling,))
 
-    def validate(self) -> "ExperimentConfig":
+    def validate(self) -> ExperimentConfig:
         """Check every field of the chain (ConfigError naming the field)."""
         from ..methods import get_method
         from .data.synthetic import MIMIC_TYPES

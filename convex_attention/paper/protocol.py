@@ -164,7 +164,7 @@ class Variants:
         return "accepted" if self.benchmark["accepted"] else "rejected"
 
     @classmethod
-    def from_dict(cls, data: dict, where: str = "variants") -> "Variants":
+    def from_dict(cls, data: dict, where: str = "variants") -> Variants:
         """Inverse of :meth:`to_dict`, checked: VariantsError naming the field."""
         if not isinstance(data, dict):
             raise VariantsError(f"{where}: must be a JSON object, got {type(data).__name__}")
@@ -204,7 +204,7 @@ class Variants:
             _check_benchmark_record(benchmark, out.variant, out.difficulties, where)
         return out
 
-    def validate(self, methods=("softmax", "learned_dual", "exact"), where: str = "variants") -> "Variants":
+    def validate(self, methods=("softmax", "learned_dual", "exact"), where: str = "variants") -> Variants:
         """Every field, and the variant for every one of ``methods`` (VariantsError)."""
         from ..methods import get_method
         from .data.synthetic import MIMIC_TYPES
@@ -575,7 +575,7 @@ def fit_model_free(dataset, seed: int = 0, limit: int | None = None) -> dict:
     the best per-pixel linear channel combination (fitted or fixed) by cross-fitted pixel
     AP.  Returns ``{"name", "weights" (C floats), "dev_ap", "check"}``; the weights of a
     fitted candidate are those fitted on the first half."""
-    from .validity import fixed_channel_maps, check_pixel_map, collect
+    from .validity import check_pixel_map, collect, fixed_channel_maps
 
     images, _, masks, _ = collect(dataset, limit)
     half = len(images) // 2

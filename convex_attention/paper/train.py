@@ -121,11 +121,11 @@ class TrainConfig:
 
     # ------------------------------------------------------------------ building
     @classmethod
-    def build(cls, **fields_) -> "TrainConfig":
+    def build(cls, **fields_) -> TrainConfig:
         """A config from the fields of ``TrainConfig`` and ``ModelConfig`` by name."""
         return cls().override(**fields_)
 
-    def override(self, **fields_) -> "TrainConfig":
+    def override(self, **fields_) -> TrainConfig:
         """A copy with fields replaced; model fields (and ``channels``) go into ``model``."""
         fields_ = {_ALIASES.get(k, k): v for k, v in fields_.items()}
         mine = {f.name for f in fields(self)}
@@ -170,7 +170,7 @@ class TrainConfig:
         return {**out.pop("model"), **out}
 
     @classmethod
-    def from_dict(cls, data: dict) -> "TrainConfig":
+    def from_dict(cls, data: dict) -> TrainConfig:
         """Inverse of :meth:`to_dict` and :meth:`flat` (and of older flat ``config.json`` files,
         with ``channels``); ConfigError for an unknown field."""
         if not isinstance(data, dict):
@@ -188,7 +188,7 @@ class TrainConfig:
         return cls(model=ModelConfig.from_dict(model), **data)
 
     # ------------------------------------------------------------------ checks
-    def validate(self) -> "TrainConfig":
+    def validate(self) -> TrainConfig:
         """Check every field of both levels (ConfigError, a ValueError, naming the field and
         the accepted values).  The device must exist on this machine."""
         if not isinstance(self.model, ModelConfig):

@@ -41,17 +41,17 @@ link of the chain ``ModelConfig`` ⊂ ``TrainConfig`` ⊂ ``ExperimentConfig``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, fields
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ...validation import check_temperatures
 from ...hierarchy import Hierarchy
 from ...methods import REGISTRY, get_method
 from ...nn import ConsistentAttention, ScoreHead
 from ...solve import Solution
+from ...validation import check_temperatures
 
 __all__ = ["AttentionUNet", "AttentionOutput", "ModelConfig", "ConfigError", "NORMS", "HEADS", "DUAL_SOURCES"]
 
@@ -131,7 +131,7 @@ class ModelConfig:
         if isinstance(self.temperature, list):
             self.temperature = tuple(self.temperature)
 
-    def validate(self) -> "ModelConfig":
+    def validate(self) -> ModelConfig:
         """Check every field; ConfigError (a ValueError) naming the field and the accepted values."""
         try:
             method = get_method(self.method)
@@ -206,7 +206,7 @@ class ModelConfig:
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ModelConfig":
+    def from_dict(cls, data: dict) -> ModelConfig:
         """Inverse of :meth:`to_dict`; ConfigError for a field this version does not know.
         Fields missing from ``data`` (older checkpoints) take their defaults."""
         if not isinstance(data, dict):
