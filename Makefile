@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: demo test test-fast bench clean
+.PHONY: demo test test-fast check bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: $(STAMP)          ## the main job: quick benchmark, verification and figur
 # pytest exits 5 when no test ran: that fails this target (and CI) like any failure.
 test: $(STAMP)          ## the whole test suite, slow end-to-end tests included (what CI runs)
 	$(BIN)/python -m pytest -q
+
+check: $(STAMP)         ## lint (ruff) and types (mypy on the core and the floor), as CI runs them
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
 
 test-fast: $(STAMP)     ## everything but the end-to-end runs (under a minute)
 	$(BIN)/python -m pytest -q -m "not slow"

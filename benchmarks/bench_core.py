@@ -15,14 +15,13 @@ import argparse
 
 import torch
 
-from convex_attention.bench.results import check_out_dir
 from convex_attention.bench.targets import core_benchmark
-from convex_attention.cli._common import positive_int
+from convex_attention.cvx import BACKENDS, available_backends
+from convex_attention.io.files import check_out_dir
+from convex_attention.io.settings import positive_int
 
 
 def main(argv=None):
-    from convex_attention.cvx import BACKENDS, available_backends
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=positive_int, default=64, help="samples per batch (default 64)")
     parser.add_argument("--repeats", type=positive_int, default=100,

@@ -1,14 +1,19 @@
 #!/usr/bin/env python
 """The paper's experiment (thin wrapper of `convex-attention experiment`).
 
-    python benchmarks/experiment.py --quick            # the smoke-test preset
-    python benchmarks/experiment.py --out results/exp  # the full setting (measured times: docs/experiment.md)
+    python benchmarks/experiment.py --quick                       # the smoke-test preset, dev stage
+    python benchmarks/experiment.py --out results/exp             # the full setting, dev stage
+    python benchmarks/experiment.py --stage test --out results/exp  # the test stage, once (docs/experiment.md)
 
-Trains softmax, learned_dual and exact attention CNNs on the synthetic weakly-annotated
-lesion dataset with 3 seeds each, explains them against the lesion masks (attention maps
-and GradCAM, DeepLIFT, LRP, Input x Gradient, Integrated Gradients on the softmax model),
-and writes experiment.md / experiment.csv / experiment_summary.csv.  Every option of
-``convex-attention experiment`` applies (``--help``); bad options exit with status 2.
+The dev stage trains every candidate variant of the softmax, learned_dual and exact
+attention CNNs with the dev seeds, and a plain CNN, scores the attention maps on the
+development split, runs the benchmark's validity checks and proposes a variant with the
+verdict (OUT/dev: dev.md, dev.json, dev_runs.csv, dev_summary.csv,
+proposed_variants.json).  The test stage, from the committed variants file, trains every
+model with every seed (5 in the full setting) at each difficulty and writes the report,
+its tables and figures into OUT/test (experiment.md, experiment.json, runs.csv, the
+summaries, rows/).  Every option of ``convex-attention experiment`` applies (``--help``);
+bad options exit with status 2.
 """
 import sys
 

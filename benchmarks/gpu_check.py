@@ -26,11 +26,8 @@ import torch
 
 import convex_attention as ca
 from convex_attention.bench.cases import make_case
-from convex_attention.bench.timing import (
-    environment,
-    measure_interleaved,
-    peak_memory_mb,
-)
+from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
+from convex_attention.io.environment import environment
 
 
 def correctness(device) -> list[dict]:
@@ -62,13 +59,15 @@ def correctness(device) -> list[dict]:
         results.append({"check": "exact cuda float32 violation", "case": name, "error": viol, "tol": 1e-5,
                         "passed": viol <= 1e-5})
         sc = [s[:2].clone().requires_grad_() for s in dev]
-        ok = torch.autograd.gradcheck(lambda *x: tuple(ca.solve(list(x), h, "exact", temperature=temps).probs), sc)
+        ok = torch.autograd.gradcheck(
+            lambda *x, h=h, temps=temps: tuple(ca.solve(list(x), h, "exact", temperature=temps).probs), sc)
         results.append({"check": "exact gradcheck on cuda (float64)", "case": name, "error": 0.0, "tol": 0.0,
                         "passed": bool(ok)})
         lam = [torch.randn((1,) + s, dtype=torch.float64, device=device, requires_grad=True) for s in h.shapes[1:]]
+        n = len(sc)
         ok = torch.autograd.gradcheck(
-            lambda *x: tuple(ca.solve(list(x[:len(sc)]), h, "learned_dual", temperature=temps,
-                                      duals=list(x[len(sc):])).probs), (*sc, *lam))
+            lambda *x, h=h, temps=temps, n=n: tuple(ca.solve(list(x[:n]), h, "learned_dual", temperature=temps,
+                                                          duals=list(x[n:])).probs), (*sc, *lam))
         results.append({"check": "learned_dual gradcheck on cuda (float64)", "case": name, "error": 0.0,
                         "tol": 0.0, "passed": bool(ok)})
     h = ca.Hierarchy.grid([(32, 32), (16, 16), (8, 8)])

@@ -158,3 +158,22 @@ def run_cli(argv, capsys):
         code = exc.code
     out, err = capsys.readouterr()
     return code, out, err
+
+
+# A training configuration small enough for tests (the paper's model at 32 x 32, width 4).
+TINY = dict(image_size=32, width=4, embed_channels=8, n_train=16, n_val=8, batch_size=8, device="cpu",
+            progress=False)
+
+
+def tiny_checkpoint(path, epoch=1, epochs=1, **fields):
+    """A checkpoint as training writes it (weights, optimiser, the whole TrainConfig)."""
+    import os
+
+    from convex_attention.paper.config import TrainConfig
+    from convex_attention.paper.models import AttentionUNet, save_checkpoint
+
+    config = TrainConfig.build(**{**TINY, "epochs": epochs, "out": os.path.dirname(path), **fields})
+    model = AttentionUNet(config=config.model)
+    opt = torch.optim.Adam(model.parameters())
+    return save_checkpoint(str(path), model, opt, epoch=epoch, metrics=[],
+                           extra={"train_config": config.to_dict()})

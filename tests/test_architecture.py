@@ -1,8 +1,12 @@
-"""The layout of docs/design.md §5, checked on the source: which part may import which,
-no import cycles (lazy imports inside functions included), and a light core import."""
+"""The layout of docs/design.md §5, checked on the whole tree (``convex_attention``, the
+``baselines`` folder installed as ``convex_attention.baselines``, and the ``benchmarks``
+scripts): which part may import which, no import cycles (imports inside functions
+included), no private module imported from outside its package, internal imports at the
+top of a module (each exception listed here with its reason), and a light core import."""
 from __future__ import annotations
 
 import ast
+import configparser
 import pathlib
 import subprocess
 import sys
@@ -11,62 +15,134 @@ import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "convex_attention"
-WINGS = ("bench", "paper", "cli")
-# Which part may import which (the package's own modules only).
-ALLOWED = {"core": {"core"}, "bench": {"core", "bench"}, "paper": {"core", "paper", "bench"},
-           "cli": {"core", "bench", "paper", "cli"}}
+# where each importable package lives (the installed layout: setup.cfg's package_dir)
+LOCATIONS = {"convex_attention": PACKAGE, "convex_attention.baselines": ROOT / "baselines"}
+
+# The parts of docs/design.md §5 and what each may import (the package's own modules).
+# core: the top of the package; io: the shared floor; bench and paper: the two wings;
+# baselines: what is compared against; cli: the command; benchmarks: scripts.
+ALLOWED = {
+    "core": {"core"},
+    "io": {"io"},
+    "bench": {"core", "io", "bench"},
+    "baselines": {"core", "io", "baselines"},
+    "paper": {"core", "io", "baselines", "paper"},
+    "cli": {"core", "io", "bench", "baselines", "paper", "cli"},
+    "benchmarks": {"core", "io", "bench", "baselines", "paper", "cli"},
+}
+
+# Imports of the package's own modules inside functions: each is an exception to "imports at
+# the top", kept for a reason.  (module, function) -> reason.  Heavy third-party libraries
+# (cvxpy, matplotlib, scipy, sklearn, captum, nibabel, PIL, tqdm, ...) may always be lazy.
+LAZY_EXCEPTIONS = {
+    ("convex_attention.bench.targets", "_write"):
+        "the core benchmark draws its figure only when asked: the figures bring matplotlib",
+    ("convex_attention.paper.config", "_check_with_the_core"):
+        "the declarations stay light for --help; the checks that need the core import it when they run",
+    ("convex_attention.bench.config", "_backends"):
+        "the backend names come from the cvxpylayers wrapper, imported when an option lists them",
+    ("convex_attention.bench.config", "_check_with_the_core"):
+        "the declarations stay light for --help; the checks that need the core import it when they run",
+}
+# The command layer: building its parser (and --help) reads only light declarations, and
+# the work of a subcommand imports its wing when the command runs.  So in these modules
+# every function but the parser builders may import lazily.
+LAZY_HANDLER_MODULES = ("convex_attention.cli",)
+PARSER_BUILDERS = ("build_parser", "main", "add_", "_add_")
 
 
 def module_name(path: pathlib.Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    for package, folder in sorted(LOCATIONS.items(), key=lambda kv: -len(kv[0])):
+        if folder in path.parents or path.parent == folder:
+            parts = [package] + list(path.relative_to(folder).with_suffix("").parts)
+            break
+    else:
+        parts = ["benchmarks", path.stem]
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
-def part_of(module: str) -> str:
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 and parts[1] in WINGS else "core"
-
-
-def imports_of(path: pathlib.Path) -> set[str]:
-    """Every convex_attention module imported anywhere in the file (functions included)."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            found |= {a.name for a in node.names if a.name.startswith("convex_attention")}
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
-            if not target.startswith("convex_attention"):
-                continue
-            for alias in node.names:  # `from . import metrics` imports a module
-                candidate = f"{target}.{alias.name}"
-                found.add(candidate if module_path(candidate) else target)
-    return {m for m in found if module_path(m)} - {name}
-
-
 def module_path(module: str) -> pathlib.Path | None:
-    base = ROOT.joinpath(*module.split("."))
-    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
-        if candidate.exists():
-            return candidate
+    for package, folder in sorted(LOCATIONS.items(), key=lambda kv: -len(kv[0])):
+        if module == package or module.startswith(package + "."):
+            base = folder.joinpath(*module[len(package):].strip(".").split(".")) if module != package else folder
+            for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+                if candidate.exists():
+                    return candidate
+            return None
     return None
 
 
-GRAPH = {module_name(p): imports_of(p) for p in PACKAGE.rglob("*.py")}
+def part_of(module: str) -> str:
+    if module.startswith("benchmarks."):
+        return "benchmarks"
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in ("io", "bench", "paper", "cli", "baselines"):
+        return parts[1]
+    return "core"
 
 
-def test_the_graph_was_read():
-    assert len(GRAPH) > 30
+class Imports(ast.NodeVisitor):
+    """Every import of the package's own modules in one file: ``(target, line, function)``
+    (``function`` None at module level)."""
+
+    def __init__(self, name: str, is_package: bool):
+        self.package = name if is_package else name.rsplit(".", 1)[0]
+        self.found: list[tuple[str, int, str | None]] = []
+        self.function: list[str] = []
+
+    def visit_FunctionDef(self, node):
+        self.function.append(node.name)
+        self.generic_visit(node)
+        self.function.pop()
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
+    def _add(self, target: str, line: int) -> None:
+        if module_path(target):
+            self.found.append((target, line, self.function[0] if self.function else None))
+
+    def visit_Import(self, node):
+        for alias in node.names:
+            if alias.name.startswith("convex_attention"):
+                self._add(alias.name, node.lineno)
+
+    def visit_ImportFrom(self, node):
+        if node.level:
+            base = self.package.split(".")
+            base = base[: len(base) - (node.level - 1)]
+            target = ".".join(base + ([node.module] if node.module else []))
+        else:
+            target = node.module or ""
+        if not target.startswith("convex_attention"):
+            return
+        for alias in node.names:  # `from . import metrics` imports a module
+            candidate = f"{target}.{alias.name}"
+            self._add(candidate if module_path(candidate) else target, node.lineno)
+
+
+def sources() -> list[pathlib.Path]:
+    return sorted([*PACKAGE.rglob("*.py"), *(ROOT / "baselines").rglob("*.py"), *(ROOT / "benchmarks").glob("*.py")])
+
+
+def read_imports(path: pathlib.Path) -> list[tuple[str, int, str | None]]:
+    name = module_name(path)
+    visitor = Imports(name, path.name == "__init__.py")
+    visitor.visit(ast.parse(path.read_text()))
+    return [(t, line, fn) for t, line, fn in visitor.found if t != name]
+
+
+IMPORTS = {module_name(p): read_imports(p) for p in sources()}
+GRAPH = {m: {t for t, _, _ in found} for m, found in IMPORTS.items()}
+
+
+def test_the_whole_tree_was_read():
+    parts = {part_of(m) for m in GRAPH}
+    assert parts == set(ALLOWED), parts
     assert "convex_attention.solve" in GRAPH["convex_attention.nn"]
-    assert "convex_attention.bench.plots" in GRAPH["convex_attention.paper.explain"]
+    assert "convex_attention.io.figures" in GRAPH["convex_attention.paper.explain"]
+    assert "convex_attention.baselines.attributions" in GRAPH["convex_attention.paper.explain"]
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH))
@@ -97,6 +173,59 @@ def test_no_import_cycles():
             visit(node)
 
 
+def _private_parent(target: str) -> str | None:
+    """The package a private module belongs to (``None`` if ``target`` is not private)."""
+    parts = target.split(".")
+    for i, part in enumerate(parts):
+        if part.startswith("_") and not part.startswith("__"):
+            return ".".join(parts[:i])
+    return None
+
+
+def _package_of(module: str) -> str:
+    path = module_path(module)
+    return module if path is not None and path.name == "__init__.py" else module.rsplit(".", 1)[0]
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_no_private_module_is_imported_from_outside_its_package(module):
+    """``a.b._c`` may be imported by the modules of package ``a.b`` (and from inside
+    ``a.b._c``), by no one else: not by a subpackage of ``a.b`` either."""
+    mine = _package_of(module)
+    bad = sorted(t for t in GRAPH[module] if (owner := _private_parent(t)) is not None
+                 and mine != owner and not (mine + ".").startswith(t + "."))
+    assert not bad, f"{module} imports the private module(s) {bad} from outside their package"
+
+
+def test_internal_imports_sit_at_the_top_of_a_module():
+    lazy = []
+    for module, found in IMPORTS.items():
+        for target, line, function in found:
+            if function is None:
+                continue
+            if module.startswith(LAZY_HANDLER_MODULES) and not function.startswith(PARSER_BUILDERS):
+                continue
+            if (module, function) in LAZY_EXCEPTIONS:
+                continue
+            lazy.append(f"{module}:{line} ({function}) imports {target}")
+    assert not lazy, "internal imports inside functions (move them to the top, or list the exception with " \
+                     "its reason in LAZY_EXCEPTIONS):\n" + "\n".join(lazy)
+
+
+def test_every_listed_exception_is_still_needed():
+    used = {(m, fn) for m, found in IMPORTS.items() for _, _, fn in found if fn is not None}
+    assert set(LAZY_EXCEPTIONS) <= used, sorted(set(LAZY_EXCEPTIONS) - used)
+
+
+def test_the_distribution_lists_every_package_and_no_generic_top_level_name():
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    listed = set(cfg["options"]["packages"].split())
+    on_disk = {module_name(p) for p in sources() if p.name == "__init__.py"}
+    assert listed == on_disk, (sorted(listed - on_disk), sorted(on_disk - listed))
+    assert all(p.split(".")[0] == "convex_attention" for p in listed)
+
+
 def test_core_stays_small():
     core = [p for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
     assert len(core) <= 12, sorted(p.name for p in core)
@@ -113,10 +242,47 @@ def test_import_loads_no_heavy_dependency():
 
 def test_docs_point_inside_the_repository():
     outside = []
-    for path in list(ROOT.glob("*.md")) + list((ROOT / "docs").rglob("*.md")) + list(PACKAGE.rglob("*.py")) \
-            + list((ROOT / "tests").glob("*.py")) + list((ROOT / "benchmarks").glob("*.py")):
+    for path in list(ROOT.glob("*.md")) + list((ROOT / "docs").rglob("*.md")) + sources() \
+            + list((ROOT / "tests").glob("*.py")):
         text = path.read_text(errors="replace")
         if "../shared" in text or "DESIGN.md" in text:
             if path.name != "test_architecture.py":
                 outside.append(str(path.relative_to(ROOT)))
     assert not outside, f"these files point outside the repository: {outside}"
+
+
+# Tests mirror modules: module m is tested in tests/test_<m>.py, or (small modules of one
+# package, and names two packages share) in the file listed here.
+SHARED_TEST_FILES = {
+    "convex_attention.paper.data.brats": "test_data.py",
+    "convex_attention.paper.data.folder": "test_data.py",
+    "convex_attention.paper.data.synthetic": "test_data.py",
+    "convex_attention.paper.models.unet": "test_models.py",
+    "convex_attention.paper.models.plain_cnn": "test_models.py",
+    "convex_attention.paper.model_scores": "test_models.py",
+    "convex_attention.bench.plots._common": "test_plots.py",
+    "convex_attention.bench.plots.consistency": "test_plots.py",
+    "convex_attention.bench.plots.maps": "test_plots.py",
+    "convex_attention.bench.plots.speed": "test_plots.py",
+    "convex_attention.bench.config": "test_sweep.py",  # paper.config has test_config.py
+    "convex_attention.cli.paper": "test_paper_cli.py",  # paper's modules have the plain names
+    "convex_attention.cli.bench": "test_cli.py",
+    "convex_attention.cli.data": "test_validity.py",
+    "convex_attention.cli._common": "test_cli_conventions.py",
+    "convex_attention.baselines.attributions": "test_baselines.py",
+    "convex_attention.baselines.paper_loss": "test_baselines.py",
+}
+
+
+def test_tests_mirror_modules():
+    tests = {p.name for p in (ROOT / "tests").glob("test_*.py")}
+    missing = []
+    for module in sorted(GRAPH):
+        path = module_path(module)
+        if module.startswith("benchmarks.") or path is None or path.name == "__init__.py" \
+                or module.endswith("__main__"):
+            continue
+        wanted = SHARED_TEST_FILES.get(module, f"test_{module.rsplit('.', 1)[-1].lstrip('_')}.py")
+        if wanted not in tests:
+            missing.append(f"{module}: {wanted}")
+    assert not missing, "modules without their test file: " + ", ".join(missing)

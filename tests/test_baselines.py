@@ -1,8 +1,8 @@
 import torch
 
 import convex_attention as ca
-from baselines.attributions import BASELINES, gradcam
-from baselines.paper_loss import paper_code_consistency_loss
+from convex_attention.baselines.attributions import BASELINES, gradcam
+from convex_attention.baselines.paper_loss import paper_code_consistency_loss
 from convex_attention.paper.models import AttentionUNet
 
 

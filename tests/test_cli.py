@@ -153,10 +153,12 @@ def test_plot_writes_every_figure(tmp_path):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["bench", "--methods", "exact", "sinkhorn"], "unknown method"),
+    (["bench", "--methods", "exact", "sinkhorn"], "argument --methods: must be one of softmax"),
     (["bench", "--sizes", "12", "--levels", "4"], "does not divide"),
-    (["bench", "--sizes", "8", "--dims", "4"], "invalid choice"),
-    (["bench", "--temperature", "-1"], "must be positive"),
+    (["bench", "--sizes", "8", "--dims", "4"], "argument --dims: must be an integer from 1 to 3"),
+    (["bench", "--temperature", "-1"], "argument --temperature: must be a finite number > 0"),
+    (["bench", "--seed", str(2 ** 64)], "argument --seed: must be an integer from 0 to 4294967295"),
+    (["bench", "--batch", "1000000000"], "argument --batch: must be an integer from 1 to"),
     (["plot", "/nonexistent/results"], "does not exist"),
     (["verify", "--dual-solver", "no_colon"], "module:function"),
     (["bench", "--generator", "model"], "needs --checkpoint"),
@@ -205,17 +207,17 @@ FAST = ["--methods", "exact", "softmax", "--sizes", "4", "--levels", "2", "--bat
 
 @pytest.mark.parametrize("argv, message", [
     (["--scale", "inf"], "finite"),
-    (["--scale", "1e300"], "--scale must be in (0, 1000]"),
-    (["--scale", "0"], "must be positive"),
+    (["--scale", "1e300"], "argument --scale: must be a finite number in (0, 1000]"),
+    (["--scale", "0"], "argument --scale: must be a finite number in (0, 1000]"),
     (["--temperature", "inf"], "finite"),
-    (["--temperature", "nan"], "must be positive"),
+    (["--temperature", "nan"], "argument --temperature: must be a finite number > 0"),
     (["--temperature", "1e-39"], "below the smallest accepted"),
-    (["--warmup", "0"], "must be a positive integer"),
-    (["--warmup", "-2"], "must be a positive integer"),
-    (["--batch", "0"], "must be a positive integer"),
-    (["--repeats", "-1"], "must be a positive integer"),
+    (["--warmup", "0"], "argument --warmup: must be an integer from 1"),
+    (["--warmup", "-2"], "argument --warmup: must be an integer from 1"),
+    (["--batch", "0"], "argument --batch: must be an integer from 1"),
+    (["--repeats", "-1"], "argument --repeats: must be an integer from 1"),
     (["--device", "tpu"], "unknown device 'tpu'"),
-    (["--cvx-backends", "gurobi"], "unknown cvxpylayers backend"),
+    (["--cvx-backends", "gurobi"], "argument --cvx-backends: must be one of diffcp-clarabel"),
 ])
 def test_bench_usage_errors_exit_2_before_any_work(tmp_path, capsys, argv, message):
     out = tmp_path / "r"
@@ -278,7 +280,7 @@ def test_resume_recomputes_truncated_and_error_rows_without_duplicates(tmp_path,
     assert cut in text
     with open(path, "w") as f:
         f.write(text.replace(cut, cut[:6]))
-    (tmp_path / "r" / "bench.csv.tmp").write_text("half a file")  # and a stale temporary
+    (tmp_path / "r" / "bench.csv.4242-0.tmp").write_text("half a file")  # and a stale temporary of ours
     assert run(["bench", *FAST, "--out", out, "--resume"]) == 0
     err = capsys.readouterr().err
     assert "checksum mismatch" in err and "recomputed" in err
@@ -313,14 +315,14 @@ def test_demo_holds_the_folder_lock_for_its_three_steps(tmp_path, monkeypatch):
     owners = []
 
     def step(name, status=0):
-        def fn(args):
+        def fn(*args):
             owners.append((name, json.loads((out / "results.lock").read_text())["command"]))
             return status
         return fn
 
-    monkeypatch.setattr(cli_bench, "cmd_bench", step("bench"))
-    monkeypatch.setattr(cli_bench, "cmd_verify", step("verify", 1))
-    monkeypatch.setattr(cli_bench, "cmd_plot", step("plot"))
+    monkeypatch.setattr(cli_bench, "_run_bench", step("bench"))
+    monkeypatch.setattr(cli_bench, "_run_verify", step("verify", 1))
+    monkeypatch.setattr(cli_bench, "_run_plot", step("plot"))
     assert run(["demo", "--out", str(out), "--no-progress"]) == 1  # verify's status
     assert owners == [("bench", "demo"), ("verify", "demo"), ("plot", "demo")]
     assert not (out / "results.lock").exists()

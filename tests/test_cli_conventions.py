@@ -33,15 +33,24 @@ def test_every_subcommand_is_found():
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
-def test_every_option_has_help_and_shows_its_default(name):
+def test_every_option_has_help_and_shows_its_default_once(name):
+    """An option that takes a value says its default, once (argparse's formatter that
+    appends "(default: ...)" would print it a second time, or print None)."""
     parser = COMMANDS[name]
+    assert not issubclass(parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter), name
     for action in parser._actions:
-        if isinstance(action, argparse._HelpAction) or not action.option_strings:
+        if isinstance(action, (argparse._HelpAction, argparse._VersionAction)) or not action.option_strings:
             continue
-        assert action.help and action.help.strip(), f"{name} {action.option_strings[0]} has no help text"
-        shows = "%(default)" in action.help or isinstance(parser.formatter_class, type) and issubclass(
-            parser.formatter_class, argparse.ArgumentDefaultsHelpFormatter)
-        assert shows, f"{name} {action.option_strings[0]} does not show its default"
+        option = action.option_strings[0]
+        assert action.help and action.help.strip(), f"{name} {option} has no help text"
+        shown = action.help.count("(default:")
+        if action.nargs == 0:  # a switch: its help says what it does
+            assert shown <= 1, f"{name} {option} shows its default {shown} times"
+        elif action.required:
+            assert shown == 0, f"{name} {option} is required and shows a default"
+        else:
+            assert shown == 1, f"{name} {option} shows its default {shown} times"
+    assert "(default: None)" not in parser.format_help()
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))

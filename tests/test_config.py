@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from convex_attention.paper.experiment import FULL, QUICK, ExperimentConfig
+from convex_attention.paper.config import FULL, QUICK, ExperimentConfig, check_device
 from convex_attention.paper.models import AttentionUNet, ConfigError, ModelConfig
-from convex_attention.paper.train import TrainConfig, check_device
+from convex_attention.paper.train import TrainConfig
 
 SMALL = dict(in_channels=4, width=4, image_size=32, embed_channels=8)
 
@@ -71,15 +71,17 @@ def test_round_trips_through_plain_dicts_including_legacy_flat_files():
 
 
 MODEL_BAD = [
-    ("image_size", 40, "pooling stack"), ("image_size", 0, "pooling stack"), ("image_size", 8, "pooling stack"),
-    ("width", 0, "width must be an integer >= 1"), ("in_channels", 0, "in_channels"),
+    ("image_size", 40, "pooling stack"), ("image_size", 0, "image_size must be an integer from 16"),
+    ("image_size", 8, "image_size must be an integer from 16"),
+    ("width", 0, "width must be an integer from 1"), ("in_channels", 0, "in_channels"),
     ("num_classes", 1, "num_classes"), ("embed_channels", -1, "embed_channels"),
     ("temperature", 0.0, "temperature"), ("temperature", -1.0, "temperature"), ("temperature", math.inf, "temperature"),
-    ("temperature", math.nan, "temperature"), ("temperature", (1.0,), "temperature"),
+    ("temperature", math.nan, "temperature"), ("temperature", (1.0, 2.0, 3.0), "one per level"),
     ("alpha", -1.0, "alpha"), ("alpha", math.inf, "alpha"), ("alpha", math.nan, "alpha"),
-    ("attention_blocks", (2, 4), "consecutive"), ("attention_blocks", (4, 5, 6), "consecutive"),
-    ("attention_blocks", (3,), "consecutive"), ("norm", "layer", "norm must be one of batch, group"),
-    ("method", "sparsemax", "unknown method"), ("solver_options", None, "solver_options"),
+    ("attention_blocks", (2, 4), "consecutive"), ("attention_blocks", (4, 5, 6), "attention_blocks must hold"),
+    ("attention_blocks", (3,), "attention_blocks must hold 2 to 3"),
+    ("norm", "layer", "norm must be one of batch, group"),
+    ("method", "sparsemax", "method must be one of softmax"), ("solver_options", None, "solver_options"),
 ]
 
 
@@ -107,7 +109,7 @@ def test_train_config_validate_names_the_field(field, value):
 
 
 def test_zero_training_images_is_an_error_not_all_images():
-    with pytest.raises(ValueError, match="at least one image"):
+    with pytest.raises(ValueError, match="n_train must be an integer from 1"):
         TrainConfig(n_train=0).validate()
 
 
@@ -129,7 +131,7 @@ def test_devices_are_checked(monkeypatch):
 
 
 EXPERIMENT_BAD = [
-    ("methods", (), "methods"), ("methods", ("softmax", "softmax"), "twice"), ("methods", ("nope",), "unknown"),
+    ("methods", (), "methods"), ("methods", ("softmax", "softmax"), "twice"), ("methods", ("nope",), "'nope' is not"),
     ("seeds", (), "seeds"), ("seeds", (0, 0), "twice"), ("seeds", (-1,), "seeds"), ("n_explain", 0, "n_explain"),
     ("target", "lesion", "target"), ("baseline_model", "plain", "baseline_model"),
 ]

@@ -118,10 +118,9 @@ def test_old_checkpoints_load_with_the_old_defaults(tmp_path):
 
 
 def test_the_plain_cnn_is_the_encoder_with_uniform_pooling_and_trains_by_the_same_loop(tmp_path):
-    from baselines.plain_cnn import PlainCNN, is_plain_cnn_checkpoint, load_any_model
     from convex_attention.paper.data import InMemory
     from convex_attention.paper.data.synthetic import SyntheticRimLesions
-    from convex_attention.paper.models import read_checkpoint
+    from convex_attention.paper.models import PlainCNN, is_plain_cnn_checkpoint, load_any_model, read_checkpoint
     from convex_attention.paper.train import TrainConfig, train
 
     torch.manual_seed(0)
@@ -153,7 +152,8 @@ def test_presets_and_new_fields():
     assert len(QUICK.variants()) == 1 and QUICK.plain_cnn
     for field, value, words in (("difficulties", (0.5, 0.5), "distinct"), ("difficulties", (), "difficulties"),
                                 ("held_out_mimic", "round", "held_out_mimic"), ("n_sanity", 0, "n_sanity"),
-                                ("grid_upsampling", ("cubic",), "grid_upsampling"), ("grid_head", (), "grid_head"),
+                                ("grid", {"upsampling": ("cubic",)}, "grid_upsampling"),
+                                ("grid", {"head": ()}, "grid_head"),
                                 ("dev_seeds", (1, 1), "twice"), ("data", "brats", "synthetic"),
                                 ("baseline_model", "plain_cnn", None)):
         if words is None:
@@ -162,7 +162,7 @@ def test_presets_and_new_fields():
         with pytest.raises(ConfigError, match=words):
             QUICK.override(**{field: value}).validate()
     with pytest.raises(ConfigError, match="grid_learn_temperature") as err:
-        QUICK.override(methods=("dual",), grid_learn_temperature=(True,)).validate()
+        QUICK.override(methods=("dual",), grid={"learn_temperature": (True,)}).validate()
     assert err.value.field == "grid_learn_temperature"
     with pytest.raises(ConfigError, match="held_out_mimic"):
         QUICK.override(data="synthetic-blobs").validate()
@@ -174,9 +174,11 @@ def test_the_test_stage_takes_its_variant_from_the_file():
 
     v = Variants(Variant(temperature=0.3, head="learned", upsampling="bilinear"), (0.1, 0.9), "split")
     c = FULL.with_variants(v).validate()
-    assert c.difficulties == (0.1, 0.9) and c.held_out_mimic == "split" and c.grid_upsampling == ("bilinear",)
-    assert c.variants() == [Variant(temperature=0.3, head="learned")]
-    assert ExperimentConfig().to_dict()["grid_learn_temperature"] == [False]
+    assert c.difficulties == (0.1, 0.9) and c.held_out_mimic == "split"
+    assert c.candidates()["upsampling"] == ("bilinear",)
+    assert c.variants() == [Variant(temperature=0.3, head="learned", upsampling="bilinear")]
+    assert c.train.model.temperature == (0.3,) and c.upsampling == "bilinear"
+    assert ExperimentConfig().to_dict()["grid"] == {"upsampling": ["nearest", "bilinear"]}
 
 
 def test_experiment_command_rejects_bad_sizes(capsys):
@@ -195,7 +197,7 @@ def test_experiment_options_reach_the_configuration():
                               "bounded", "learned", "--held-out-mimic", "none", "--difficulties", "0.2", "0.5",
                               "--n-dev", "40", "--dev-seeds", "3"])
     c = experiment_config_from_args(args)
-    assert c.grid_learn_temperature == (False, True) and c.grid_head == ("bounded", "learned")
+    assert c.grid["learn_temperature"] == (False, True) and c.grid["head"] == ("bounded", "learned")
     assert c.held_out_mimic is None and c.difficulties == (0.2, 0.5) and c.n_dev == 40 and c.dev_seeds == (3,)
 
 
@@ -266,7 +268,7 @@ def _commit(repo, source):
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end(tmp_path):
     out = str(tmp_path / "exp")
-    config = _tiny_config(grid_head=("bounded", "learned"), grid_upsampling=("nearest", "bilinear"))
+    config = _tiny_config(grid={"head": ("bounded", "learned"), "upsampling": ("nearest", "bilinear")})
     dev = run_experiment(config, out, progress=False, log=lambda *a: None)
     summary = list(csv.DictReader(open(os.path.join(out, "dev", "dev_summary.csv"))))
     assert len(summary) == 4  # 2 heads x 2 upsamplings, best first

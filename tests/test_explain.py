@@ -113,7 +113,7 @@ def test_summary_reports_the_confidence_interval():
 
 
 def _tiny_models():
-    from baselines.plain_cnn import PlainCNN
+    from convex_attention.paper.models import PlainCNN
 
     torch.manual_seed(0)
     return {"exact": AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8),
@@ -166,7 +166,7 @@ def test_baseline_model_names_and_plain_cnn_pixel_only_default():
 @pytest.fixture
 def saved_figure(monkeypatch):
     """``{"fig": …}``: the figure a plot function would have saved (nothing is written)."""
-    import convex_attention.bench.plots as plots
+    from convex_attention.io import figures
 
     seen = {}
 
@@ -174,7 +174,7 @@ def saved_figure(monkeypatch):
         seen["fig"] = fig
         return path
 
-    monkeypatch.setattr(plots, "save", capture)
+    monkeypatch.setattr(figures, "save", capture)
     return seen
 
 

@@ -9,16 +9,11 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli
+from helpers import run_cli, tiny_checkpoint
 
 from convex_attention import cli
 from convex_attention.paper.models import AttentionUNet, load_model, read_checkpoint, save_checkpoint
 from convex_attention.paper.models.checkpoint import FORMAT
-from convex_attention.paper.train import TrainConfig
-
-TINY = dict(image_size=32, width=4, embed_channels=8, n_train=16, n_val=8, batch_size=8, device="cpu",
-            progress=False)
-
 
 run = run_cli  # (argv, capsys) -> (exit code, stdout, stderr)
 
@@ -47,14 +42,6 @@ def no_work(monkeypatch):
     monkeypatch.setattr(experiment, "run_experiment", refuse)
 
 
-def tiny_checkpoint(path, epoch=1, epochs=1, **fields):
-    """A checkpoint as training writes it (weights, optimiser, the whole TrainConfig)."""
-    config = TrainConfig.build(**{**TINY, "epochs": epochs, "out": os.path.dirname(path), **fields})
-    model = AttentionUNet(config=config.model)
-    opt = torch.optim.Adam(model.parameters())
-    return save_checkpoint(str(path), model, opt, epoch=epoch, metrics=[],
-                           extra={"train_config": config.to_dict()})
-
 
 # ----------------------------------------------------------------------------- help
 
@@ -65,15 +52,11 @@ def _subparsers():
     return {name: action.choices[name] for name in ("train", "explain", "experiment")}
 
 
-def test_every_option_has_help_and_shows_its_default():
+def test_every_option_has_help():  # and its default, once: tests/test_cli_conventions.py
     for name, sub in _subparsers().items():
-        assert sub.formatter_class is argparse.ArgumentDefaultsHelpFormatter, name
         text = sub.format_help()
-        formatter = sub._get_formatter()
         for action in sub._actions:
             assert action.help, (name, action.option_strings)
-            if action.dest != "help" and not action.required:
-                assert "%(default)" in formatter._get_help_string(action), (name, action.dest)
         assert "--out" in text and "Traceback" not in text
 
 
@@ -149,17 +132,6 @@ def test_resume_from_a_missing_corrupt_or_foreign_checkpoint(tmp_path, capsys, n
         assert_usage_error(code, err, "--resume", words)
 
 
-def test_a_damaged_checkpoint_is_refused_clearly(tmp_path):
-    good = read_checkpoint(tiny_checkpoint(tmp_path / "a" / "last.pt"))
-    for damage, words in (({"model": {"w": "text"}}, "no weights"), ({"epoch": -1}, "epoch"),
-                          ({"config": {**good["config"], "width": 0}}, "invalid model configuration"),
-                          ({"config": {**good["config"], "depth": 3}}, "invalid model configuration"),
-                          ({"metrics": "x"}, "metrics")):
-        torch.save({**good, **damage}, tmp_path / "bad.pt")
-        with pytest.raises(ValueError, match=words):
-            load_model(str(tmp_path / "bad.pt"))
-
-
 def test_resume_restores_the_stored_settings_and_applies_explicit_options(tmp_path):
     from convex_attention.cli.paper import train_config_from_args
 
@@ -208,7 +180,7 @@ def test_train_resume_with_no_other_flag_continues_the_run(tmp_path, capsys):
 def test_quiet_silences_info_lines(tmp_path, capsys, monkeypatch):
     import convex_attention.paper.train as train_module
 
-    def fake_train(config, datasets=None, log=print):
+    def fake_train(config, datasets=None, log=print, **_):
         log("[exact] epoch 1: an info line")
         return {"metrics": [{"val_auc": 0.5, "val_balanced_acc": 0.5}], "best_epoch": 1}
 
@@ -332,7 +304,7 @@ def _planted_files(tmp_path, marker):
 
 
 def test_a_planted_pickle_never_runs(tmp_path, capsys, no_work):
-    from convex_attention.bench.generators import generate
+    from convex_attention.bench.generators import generate, register_generator
     from convex_attention.hierarchy import Hierarchy
     from convex_attention.paper import model_scores
 
@@ -344,23 +316,13 @@ def test_a_planted_pickle_never_runs(tmp_path, capsys, no_work):
         assert_usage_error(code, err, "--resume", "not a convex-attention checkpoint")
         code, _, err = run(["explain", "--checkpoints", f"m={path}", "--out", str(tmp_path / "o")], capsys)
         assert_usage_error(code, err, "--checkpoints", "not a convex-attention checkpoint")
-        model_scores.register()
+        register_generator("model", model_scores.model_scores)
         with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
             generate("model", Hierarchy.grid([(8, 8), (4, 4)]), 2, checkpoint=path)
         code, _, err = run(["bench", "--generator", "model", "--checkpoint", path, "--sizes", "8", "--levels", "2",
                             "--out", str(tmp_path / "bench")], capsys)
         assert code == 2 and "not a convex-attention checkpoint" in err and "Traceback" not in err
         assert not marker.exists()
-
-
-def test_checkpoints_hold_only_plain_data(tmp_path):
-    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
-    path = save_checkpoint(str(tmp_path / "m.pt"), model, extra={"score": np.float64(0.5), "n": np.int64(3)})
-    state = torch.load(path, weights_only=True)  # loads without any allowed extra global
-    assert type(state["score"]) is float and type(state["n"]) is int
-    with pytest.raises(TypeError, match="plain containers"):
-        save_checkpoint(str(tmp_path / "x.pt"), model, extra={"obj": object()})
-    assert not os.path.exists(tmp_path / "x.pt") and not os.path.exists(tmp_path / "x.pt.tmp")
 
 
 # ----------------------------------------------------------------------------- folder data

@@ -5,6 +5,8 @@ import math
 import os
 import struct
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -14,12 +16,14 @@ from convex_attention.bench import plots
 from convex_attention.bench.plots import (
     DTYPE_EPS,
     core_ratios,
-    env_line,
     plot_core_benchmark,
     plot_results,
     read_results,
 )
-from convex_attention.bench.results import COLUMNS, atomic_csv
+from convex_attention.bench.plots import _common as plot_common
+from convex_attention.bench.results import COLUMNS
+from convex_attention.io import figures
+from convex_attention.io.files import atomic_csv
 
 ENV = {"torch": "2.13.0", "processor": "cpu", "torch_threads": 2}
 # the columns of bench.csv before backends, spreads and checksums (older results folders)
@@ -114,7 +118,7 @@ def figs(monkeypatch):
 
     def spy(fig, path, env=None):
         seen[os.path.splitext(os.path.basename(path))[0]] = fig
-        plots.plt.close(fig)
+        plt.close(fig)
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
             for ext in (".png", ".pdf"):
@@ -122,7 +126,7 @@ def figs(monkeypatch):
                     f.write(b"placeholder")
         return path
 
-    monkeypatch.setattr(plots, "save", spy)
+    monkeypatch.setattr(figures, "save", spy)
     return seen
 
 
@@ -140,7 +144,7 @@ def png_size(path):
 
 
 def all_texts(fig):
-    out = [t.get_text() for t in fig.findobj(plots.matplotlib.text.Text)]
+    out = [t.get_text() for t in fig.findobj(matplotlib.text.Text)]
     return "\n".join(out)
 
 
@@ -154,12 +158,6 @@ def test_core_benchmark_figure(tmp_path):
     assert os.path.getsize(path) > 1000 and os.path.getsize(str(tmp_path / "core.pdf")) > 1000
 
 
-def test_env_line():
-    assert "torch 2.13.0" in env_line({"torch": "2.13.0", "processor": "AMD", "torch_threads": 2})
-    assert env_line(None) == ""
-    assert "$" not in env_line({"torch": "$x$", "processor": "a"}).replace(r"\$", "")  # no mathtext from a file
-
-
 @pytest.mark.slow  # renders six figures at 300 dpi and as PDF
 def test_every_figure_renders_as_png_and_pdf_for_a_paper_with_the_environment_footer_below_it(tmp_path,
                                                                                              monkeypatch):
@@ -169,13 +167,13 @@ def test_every_figure_renders_as_png_and_pdf_for_a_paper_with_the_environment_fo
     write_example(folder)
     with open(os.path.join(folder, "bench.json"), "w") as f:
         f.write('{"environment": {"torch": "2.13.0", "processor": "cpu", "torch_threads": 2}}')
-    real, rendered = plots.save, {}
+    real, rendered = figures.save, {}
 
     def keep(fig, path, env=None):
         rendered[os.path.splitext(os.path.basename(path))[0]] = fig
         return real(fig, path, env)
 
-    monkeypatch.setattr(plots, "save", keep)
+    monkeypatch.setattr(figures, "save", keep)
     notes = []
     written = plot_results(folder, log=notes.append)
     assert notes == []
@@ -186,7 +184,7 @@ def test_every_figure_renders_as_png_and_pdf_for_a_paper_with_the_environment_fo
         width, _ = png_size(png)
         assert width <= 7.6 * 300, (name, width / 300)  # at most a two-column width at 300 dpi
         renderer = FigureCanvasAgg(fig).get_renderer()  # a closed figure has lost its canvas
-        footer = [t for t in fig.texts if t.get_text() == env_line(ENV)]
+        footer = [t for t in fig.texts if t.get_text() == figures.env_line(ENV)]
         assert len(footer) == 1, name
         top = footer[0].get_window_extent(renderer).y1
         drawn = [ax.get_tightbbox(renderer).y0 for ax in fig.axes if ax.get_visible()] + \
@@ -252,7 +250,7 @@ def test_violation_keeps_dtypes_apart_and_marks_their_rounding_floors(figs):
     notes = []
     plots.plot_violation(rows, "v.png", log=notes.append)
     ax = figs["v"].axes[0]
-    colours = {d: plots.matplotlib.colors.to_rgba(c) for d, c in plots.DTYPE_COLORS.items()}
+    colours = {d: matplotlib.colors.to_rgba(c) for d, c in plots.DTYPE_COLORS.items()}
     by_dtype = {d: [c for c in ax.collections if tuple(c.get_facecolor()[0][:3]) == colours[d][:3]]
                 for d in ("float32", "float64")}
     # cvxpylayers solves in float64 whatever the cell's dtype: none of its points are float32
@@ -317,19 +315,19 @@ def test_tradeoff_places_every_series_marks_the_pareto_front_and_the_zero_floor(
         pts[(line.get_color(), line.get_marker())] = (line.get_xdata()[0], line.get_ydata()[0],
                                                       line.get_markerfacecolor())
     assert len(pts) == 9  # softmax, 4 learned-dual kinds, dual, exact, 2 backends
-    styles = plots._styles({plots.Series(r["method"], r["dual_kind"], r["backend"]) for r in rows})
-    fitted = pts[styles[plots.Series("learned_dual", "fitted")]]
+    styles = plot_common.styles_for({plot_common.Series(r["method"], r["dual_kind"], r["backend"]) for r in rows})
+    fitted = pts[styles[plot_common.Series("learned_dual", "fitted")]]
     for kind in ("zero", "per_sample"):  # no time of their own: the fitted row's, drawn hollow
-        x, _, face = pts[styles[plots.Series("learned_dual", kind)]]
+        x, _, face = pts[styles[plot_common.Series("learned_dual", kind)]]
         assert x == fitted[0] and face == "none"
     floor = min(line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == ":")
-    assert pts[styles[plots.Series("exact")]][1] == floor < 1e-13  # 0 drawn at the floor
+    assert pts[styles[plot_common.Series("exact")]][1] == floor < 1e-13  # 0 drawn at the floor
     labels = "\n".join(t.get_text() for t in fig.legends[0].get_texts())
     assert "exactly 0" in labels and "Pareto front" in labels and "fitted-λ row" in labels
     # the front: softmax (fastest), exact (violation 0, next fastest); nothing else is both faster and better
     front = ax.collections[-1].get_offsets()
-    assert [tuple(p) for p in front] == [(pts[styles[plots.Series("softmax")]][0], 0.3),
-                                          (pts[styles[plots.Series("exact")]][0], floor)]
+    assert [tuple(p) for p in front] == [(pts[styles[plot_common.Series("softmax")]][0], 0.3),
+                                          (pts[styles[plot_common.Series("exact")]][0], floor)]
     assert notes == []
 
 
@@ -348,7 +346,9 @@ def plot_cli(folder, capsys, *extra):
     (b"   \n\n", "empty file"),
     (",".join(COLUMNS).encode() + b"\n", "a header and no rows"),
     (b"a,b,c\n1,2,3\n", "missing column(s) status, method"),
-    (b"\x00\x01\x02garbage\xff\xfe", "not a text file"),
+    (b"\x00\x01\x02garbage\xff\xfe", "NUL bytes"),
+    (b"status,method\n\xe9,exact\n", "not UTF-8 text"),
+    (b"\xef\xbb\xbfstatus,method\nok,exact\n", "byte-order mark"),
     (b"status,method\x00\nok,exact\n", "NUL"),
     (b"lorem ipsum dolor\nsit amet\n", "missing column"),
 ])

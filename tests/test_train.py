@@ -55,7 +55,7 @@ def test_wrong_channel_count_and_empty_dataset(tmp_path):
     data = (SyntheticLesions(8, 32, channels=3), SyntheticLesions(4, 32, channels=3))
     with pytest.raises(ValueError, match="3 channels but the model expects 4"):
         train(TrainConfig.build(out=str(tmp_path / "a"), epochs=1, **TINY), datasets=data)
-    with pytest.raises(ValueError, match="at least one image"):
+    with pytest.raises(ValueError, match="n_train must be an integer from 1"):
         train(TrainConfig.build(out=str(tmp_path / "b"), epochs=1, **{**TINY, "n_train": 0}))
     data = (SyntheticLesions(8, 64), SyntheticLesions(4, 64))
     with pytest.raises(ValueError, match="64x64 but the model is built for 32x32"):

@@ -168,11 +168,11 @@ def test_a_backend_that_fails_is_a_failed_check_and_the_rest_goes_on(monkeypatch
 
 
 def test_write_csv_is_atomic_and_has_the_status_columns(tmp_path, monkeypatch):
-    from convex_attention.bench import results as results_mod
+    from convex_attention.bench import verify as verify_module
 
     calls = []
-    real = results_mod.atomic_csv
-    monkeypatch.setattr(results_mod, "atomic_csv", lambda *a, **k: (calls.append(a[0]), real(*a, **k)))
+    real = verify_module.atomic_csv
+    monkeypatch.setattr(verify_module, "atomic_csv", lambda *a, **k: (calls.append(a[0]), real(*a, **k)))
     rows = [CheckResult(0, "c", "x.run", math.nan, math.nan, False, "error", "raised ValueError: bad, \"quoted\""),
             CheckResult(0, "c", "x.y", 1e-9, 1e-6, True)]
     path = str(tmp_path / "verify.csv")

@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import torch
 
+from .. import nn
 from ..hierarchy import Hierarchy
-from ..nn import LearnedDuals
 from ..solve import consistency_loss
 
-__all__ = ["fit_shared_duals", "fit_amortiser", "amortised_available"]
+__all__ = ["fit_shared_duals", "fit_amortiser"]
 
 
 def fit_shared_duals(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.float32, device="cpu",
                      lr: float = 0.05) -> list[torch.Tensor]:
     """The paper's setting: one λ for all inputs, fitted by Adam on the consistency loss
     of training instances drawn from the same score distribution."""
-    duals = LearnedDuals(h).to(device=device, dtype=dtype)
+    duals = nn.LearnedDuals(h).to(device=device, dtype=dtype)
     train = [s.to(device=device, dtype=dtype) for s in train_scores]
     opt = torch.optim.Adam(duals.parameters(), lr=lr)
     for _ in range(steps):
@@ -25,13 +25,6 @@ def fit_shared_duals(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.
         loss.backward()
         opt.step()
     return [d.detach() for d in duals()]
-
-
-def amortised_available() -> bool:
-    """True when the core provides the amortised dual (``convex_attention.nn.AmortisedDuals``)."""
-    from .. import nn as ca_nn
-
-    return hasattr(ca_nn, "AmortisedDuals") and hasattr(ca_nn, "fit_amortised_duals")
 
 
 def fit_amortiser(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.float32, device="cpu", seed: int = 0,
@@ -47,12 +40,10 @@ def fit_amortiser(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.flo
     network whether or not other cells ran first (``--resume``).  ``kwargs`` go to the
     module (``hidden``, ``layers``).
     """
-    from ..nn import AmortisedDuals, fit_amortised_duals
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        module = AmortisedDuals(h, temps, **kwargs)
+        module = nn.AmortisedDuals(h, temps, **kwargs)
     module = module.to(device=device, dtype=dtype)
     train = [s.to(device=device, dtype=dtype) for s in train_scores]
-    fit_amortised_duals(module, train, steps)
+    nn.fit_amortised_duals(module, train, steps)
     return module.eval()

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 
 from ..hierarchy import Hierarchy
-from .duals import amortised_available, fit_amortiser, fit_shared_duals
+from ..io.files import atomic_write_bytes
+from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
-from .results import atomic_write_bytes
 
 __all__ = ["save_example"]
 
@@ -33,7 +33,7 @@ def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels
     if fit_steps > 0:
         fitted = fit_shared_duals(h, train, temps, fit_steps, torch.float64)
         arrays.update({f"fitted_dual{k}": d[0].numpy() for k, d in enumerate(fitted)})
-    if amortised_steps > 0 and amortised_available():
+    if amortised_steps > 0:
         net = fit_amortiser(h, train, temps, amortised_steps, torch.float32, seed=seed + 2)
         with torch.no_grad():
             predicted = net([s.float() for s in scores])

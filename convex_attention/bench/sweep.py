@@ -9,20 +9,23 @@ before the first cell.  The file format is documented in docs/results_format.md.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .. import metrics
+from .. import cvx, metrics
+from ..cvx import BACKENDS, available_backends, backend_unavailable_reason, get_backend
+from ..dual import solve_dual
 from ..hierarchy import Hierarchy
-from ..methods import METHODS, get_method
+from ..io.lock import results_lock
+from ..methods import get_method
 from ..solve import solve
 from .cases import amortised_case, make_case, shape_str, timed_case
-from .duals import amortised_available, fit_amortiser, fit_shared_duals
+from .config import MIN_FIT_INSTANCES, SweepConfig, check_sweep
+from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
 from .results import (
     COLUMNS,
@@ -30,14 +33,14 @@ from .results import (
     DUAL_KINDS,
     KEY_FIELDS,
     ResultsWriter,
-    results_lock,
     row_key,
 )
+from .targets import amortised_targets
 from .timing import measure_interleaved, peak_memory_mb
 
 __all__ = ["SweepConfig", "run_sweep", "check_sweep", "COLUMNS", "CONVERGENCE_COLUMNS", "DUAL_KINDS",
            "KEY_FIELDS", "hierarchy_for", "row_key", "cvx_estimate", "SLOPE_RANGE", "MIN_SIZE_SPREAD",
-           "SCALE_MAX", "resolve_backends", "fit_instances", "MIN_FIT_INSTANCES"]
+           "resolve_backends", "fit_instances"]
 
 # The budget's cost model: a log-log fit of the measured cells of one backend is trusted
 # only over a spread of sizes (largest / smallest problem) of at least MIN_SIZE_SPREAD, and
@@ -45,61 +48,7 @@ __all__ = ["SweepConfig", "run_sweep", "check_sweep", "COLUMNS", "CONVERGENCE_CO
 # between linearly and quadratically; two nearly equal sizes timed under load gave 12).
 MIN_SIZE_SPREAD = 2.0
 SLOPE_RANGE = (0.8, 2.5)
-# Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
-# float16 (largest finite value 65504) included, far from overflow.
-SCALE_MAX = 1e3
-DTYPES = ("float32", "float64", "float16", "bfloat16")
-MIN_FIT_INSTANCES = 4
 
-
-@dataclass
-class SweepConfig:
-    """One sweep: its axes (lists), the score generator and the measurement settings.
-
-    ``cvx_backends``: the cvxpylayers backends to time, each its own row (``None``: every
-    installed one, :func:`convex_attention.cvx.available_backends`).  ``amortised_steps``:
-    Adam steps training the amortised dual on ``fit_instances`` training instances.
-    ``fit_max_values``: a cap on training instances × cells per cell (the training set of
-    large cells shrinks to fit, to at least :data:`MIN_FIT_INSTANCES` instances); ``None``:
-    no cap.
-    """
-
-    methods: list = field(default_factory=lambda: list(METHODS))
-    sizes: list = field(default_factory=lambda: [8, 16, 32, 64, 128, 256])
-    levels: list = field(default_factory=lambda: [2, 3])
-    batches: list = field(default_factory=lambda: [16])
-    dims: list = field(default_factory=lambda: [2])
-    temperatures: list = field(default_factory=lambda: [1.0])
-    dtypes: list = field(default_factory=lambda: ["float32"])
-    devices: list = field(default_factory=lambda: ["cpu"])
-    generator: str = "lesion"
-    scale: float = 1.0
-    factor: int = 2
-    repeats: int = 10
-    warmup: int = 3
-    budget: float = 60.0
-    cvx_max_cells: int = 6000
-    cvx_batch: int = 2
-    cvx_repeats: int = 2
-    cvx_backends: list | None = None
-    fit_instances: int = 128
-    fit_max_values: int | None = None
-    fit_steps: int = 150
-    amortised_steps: int = 300
-    dual_tol: float = 1e-6
-    seed: int = 0
-    checkpoint: str | None = None
-    max_cells: int | None = None
-
-    def cells(self):
-        for dims, size, levels, batch, temp, dtype, device in itertools.product(
-                self.dims, self.sizes, self.levels, self.batches, self.temperatures, self.dtypes, self.devices):
-            yield {"generator": self.generator, "scale": float(self.scale), "dims": int(dims), "size": int(size),
-                   "levels": int(levels), "batch": int(batch), "temperature": float(temp), "dtype": dtype,
-                   "device": device, "seed": int(self.seed)}
-
-
-# ----------------------------------------------------------------------------- validation
 
 def _has_backends(method) -> bool:
     """Methods whose solves go through a choice of backend (the cvxpylayers reference)."""
@@ -108,8 +57,6 @@ def _has_backends(method) -> bool:
 
 def resolve_backends(config: SweepConfig) -> list[str]:
     """The cvxpylayers backends of the sweep: ``config.cvx_backends`` or every installed one."""
-    from ..cvx import BACKENDS, available_backends
-
     if config.cvx_backends is None:
         return list(available_backends())
     unknown = [b for b in config.cvx_backends if b not in BACKENDS]
@@ -117,89 +64,6 @@ def resolve_backends(config: SweepConfig) -> list[str]:
         raise ValueError(f"unknown cvxpylayers backend(s) {', '.join(map(repr, unknown))} for --cvx-backends; "
                          f"choose from {', '.join(BACKENDS)}")
     return list(dict.fromkeys(config.cvx_backends))
-
-
-def _check_device(dev) -> None:
-    try:
-        device = torch.device(dev)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N") from err
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {dev}: CUDA is not available on this machine; use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-
-
-def _check_positive_int(name: str, value, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_sweep(config: SweepConfig) -> None:
-    """Reject a sweep that cannot run, before anything is measured (ValueError naming the
-    option, the accepted range and the fix)."""
-    from ..validation import check_temperatures
-    from .generators import GENERATORS
-
-    for m in config.methods:
-        get_method(m)  # ValueError naming the registered methods
-    if config.factor < 2:
-        raise ValueError(f"--factor must be at least 2, got {config.factor}")
-    for size in config.sizes:
-        _check_positive_int("--sizes", size)
-    for levels in config.levels:
-        if levels < 2:
-            raise ValueError(f"a hierarchy needs at least 2 levels, got {levels}")
-    for size in config.sizes:
-        for levels in config.levels:
-            if size % config.factor ** (levels - 1) != 0:
-                raise ValueError(f"size {size} does not divide: {levels} levels with factor {config.factor} "
-                                 f"need a multiple of {config.factor ** (levels - 1)}")
-    for d in config.dims:
-        if d not in (1, 2, 3):
-            raise ValueError(f"--dims takes 1, 2 or 3, got {d}")
-    for b in config.batches:
-        _check_positive_int("--batch", b)
-    for name, value in (("--repeats", config.repeats), ("--warmup", config.warmup),
-                        ("--cvx-batch", config.cvx_batch), ("--cvx-repeats", config.cvx_repeats),
-                        ("--fit-instances", config.fit_instances), ("--fit-steps", config.fit_steps),
-                        ("--amortised-steps", config.amortised_steps), ("--cvx-max-cells", config.cvx_max_cells)):
-        _check_positive_int(name, value)
-    if config.max_cells is not None:
-        _check_positive_int("--max-cells", config.max_cells)
-    if config.fit_max_values is not None:
-        _check_positive_int("--fit-max-values", config.fit_max_values)
-    for dt in config.dtypes:
-        if dt not in DTYPES:
-            raise ValueError(f"unknown dtype {dt!r}; choose from {', '.join(DTYPES)}")
-    for dev in config.devices:
-        _check_device(dev)
-    for t in config.temperatures:
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t):
-            raise ValueError(f"temperatures must be positive and finite, got {t}; e.g. --temperature 1")
-        for levels, dt in itertools.product(config.levels, config.dtypes):
-            try:  # the core's accepted range for this dtype and number of levels
-                check_temperatures([float(t)] * levels, levels, dtype=_dtype(dt))
-            except ValueError as err:
-                raise ValueError(f"--temperature {t:g} with {levels} levels in {dt}: {err}") from err
-    scale = config.scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= SCALE_MAX:
-        raise ValueError(f"--scale must be in (0, {SCALE_MAX:g}] (scores reach about 6 × scale and must stay "
-                         f"finite in every dtype), got {scale}")
-    if not (isinstance(config.budget, (int, float)) and config.budget > 0 and math.isfinite(config.budget)):
-        raise ValueError(f"--budget must be a positive number of seconds, got {config.budget}")
-    if not (isinstance(config.dual_tol, (int, float)) and config.dual_tol > 0 and math.isfinite(config.dual_tol)):
-        raise ValueError(f"the dual tolerance must be positive and finite, got {config.dual_tol}")
-    if any(_has_backends(get_method(m)) for m in config.methods):
-        resolve_backends(config)
-    if config.generator not in GENERATORS:
-        raise ValueError(f"unknown score generator {config.generator!r}; choose one of {', '.join(GENERATORS)}")
-    if config.generator == "model" and not config.checkpoint:
-        raise ValueError("--generator model needs --checkpoint (a model trained by `convex-attention train`)")
 
 
 def hierarchy_for(cell: dict, factor: int) -> Hierarchy:
@@ -253,8 +117,6 @@ def cvx_estimate(rows: list[dict], n_cells: int, batch: int, calls: int, backend
     (:func:`convex_attention.cvx.prior_seconds_per_sample` with ``CVX_PRIORS[backend]``,
     where the core has one).
     """
-    from .. import cvx
-
     same_depth = _measured_points(rows, backend, levels) if levels is not None else []
     pts = same_depth if _spread(same_depth) else _measured_points(rows, backend, None)
     sizes = [p[0] for p in pts]
@@ -295,7 +157,7 @@ def run_sweep(config: SweepConfig, out_dir: str, resume: bool = False, progress:
     """Run the sweep into ``out_dir``; returns every row (finished earlier ones included
     when resuming).
 
-    Holds the folder's lock (:func:`~.results.results_lock`) throughout: a second run into
+    Holds the folder's lock (:func:`convex_attention.io.lock.results_lock`) throughout: a second run into
     the same folder raises :class:`~.results.ResultsLocked`, or waits with ``wait``.
     """
     from tqdm.auto import tqdm
@@ -324,7 +186,6 @@ def run_sweep(config: SweepConfig, out_dir: str, resume: bool = False, progress:
         bar.close()
         if stopped:
             log(f"stopped after {config.max_cells} new cell(s) (--max-cells); rerun with --resume to continue")
-        from .targets import amortised_targets
 
         writer.set_extra(targets=amortised_targets(writer.rows), cvx_backends=backends)
         return writer.rows
@@ -344,7 +205,6 @@ def _wanted_rows(config: SweepConfig, cell: dict, backends: list[str]) -> list[d
 @dataclass
 class _Cell:
     """One cell's instance: the hierarchy, the evaluated scores and the exact reference."""
-
     index: int
     spec: dict
     h: Hierarchy
@@ -410,15 +270,15 @@ def _training_scores(config: SweepConfig, h: Hierarchy) -> list[torch.Tensor]:
                     scale=config.scale, **_generator_kwargs(config))
 
 
-def _learned_duals(config: SweepConfig, c: _Cell, kinds: set) -> tuple[dict, object, str]:
-    """λ of each learned-dual kind, the amortised network (or None) and why it is missing.
+def _learned_duals(config: SweepConfig, c: _Cell, kinds: set) -> tuple[dict, object]:
+    """λ of each learned-dual kind and the amortised network (None unless asked for).
 
     ``fitted`` (the paper's shared λ) and ``amortised`` are trained on training instances;
     ``fitted`` requires grad, as a learned parameter does in training.
     """
     fit_dtype = torch.float32 if _half(c.dtype) else c.dtype
     duals: dict = {}
-    amortiser, why = None, ""
+    amortiser = None
     train = _training_scores(config, c.h) if kinds & {"fitted", "amortised"} else None
     fitted = fit_shared_duals(c.h, train, c.temps, config.fit_steps, fit_dtype, c.device) if train else None
     if fitted is None:
@@ -431,18 +291,15 @@ def _learned_duals(config: SweepConfig, c: _Cell, kinds: set) -> tuple[dict, obj
         for d in duals["fitted"]:
             d.requires_grad_()
     if "amortised" in kinds:
-        if amortised_available():
-            amortiser = fit_amortiser(c.h, train, c.temps, config.amortised_steps, fit_dtype, c.device,
-                                      seed=config.seed + 2)
-        else:
-            why = "convex_attention.nn provides no AmortisedDuals in this version"
-    return duals, amortiser, why
+        amortiser = fit_amortiser(c.h, train, c.temps, config.amortised_steps, fit_dtype, c.device,
+                                  seed=config.seed + 2)
+    return duals, amortiser
 
 
 def _measure_fast(config: SweepConfig, c: _Cell, todo: list[dict], writer: ResultsWriter) -> None:
     """Time the fast methods interleaved, then commit each row with its accuracy."""
     kinds = {r["dual_kind"] for r in todo if get_method(r["method"]).needs_duals}
-    duals, amortiser, why_no_amortiser = _learned_duals(config, c, kinds) if kinds else ({}, None, "")
+    duals, amortiser = _learned_duals(config, c, kinds) if kinds else ({}, None)
     cases = {}
     for m in dict.fromkeys(r["method"] for r in todo):
         method = get_method(m)
@@ -454,9 +311,6 @@ def _measure_fast(config: SweepConfig, c: _Cell, todo: list[dict], writer: Resul
     for r in todo:
         method = get_method(r["method"])
         kind = r["dual_kind"]
-        if method.needs_duals and kind == "amortised" and amortiser is None:
-            writer.commit({**c.base, **r, "status": "skipped", "reason": why_no_amortiser})
-            continue
         name = _amortised_name(r["method"]) if kind == "amortised" else r["method"]
         row = {**c.base, **r, "status": "ok", "reason": ""}
         if method.needs_duals and kind not in ("fitted", "amortised"):
@@ -529,8 +383,6 @@ def _accuracy(sol, scores64, h, temps, exact64) -> dict:
 def _convergence_rows(config: SweepConfig, c: _Cell) -> list[dict]:
     """The dual solver's history on the cell's instances (float64): violation and dual gap
     per sweep."""
-    from ..dual import solve_dual
-
     res = solve_dual(c.scores64, c.h, c.temps, tol=min(config.dual_tol, 1e-10), max_iter=5000, strict=False,
                      record_history=True)
     hist = res["history"]
@@ -548,8 +400,6 @@ def _reference_row(config: SweepConfig, c: _Cell, r: dict, rows: list[dict]) -> 
     """One backend's row of the reference solver: skipped (with the reason and the
     estimate), an error (with the solver's message), or measured on ``--cvx-batch``
     samples of the cell."""
-    from ..cvx import backend_unavailable_reason, get_backend
-
     backend = r["backend"]
     batch = min(c.spec["batch"], config.cvx_batch)
     calls = 1 + config.cvx_repeats

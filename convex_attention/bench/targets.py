@@ -16,11 +16,13 @@ import statistics
 
 import torch
 
+from ..cvx import available_backends
 from ..hierarchy import Hierarchy
+from ..io.environment import environment
+from ..io.files import atomic_csv, write_json
 from ..methods import get_method
 from .cases import make_case, shape_str
-from .results import atomic_csv, write_json
-from .timing import environment, measure_interleaved, peak_memory_mb
+from .timing import measure_interleaved, peak_memory_mb
 
 __all__ = ["core_benchmark", "amortised_targets", "format_targets", "AMORTISED_TARGETS", "CORE_COLUMNS",
            "RATIO_STATISTIC"]
@@ -60,8 +62,6 @@ def core_benchmark(batch: int = 64, shapes=((64, 64), (32, 32)), cvx_shapes=((32
         and cvxpylayers/exact per sample (against the fastest backend; NaN when no backend
         ran); ``backend_ratios`` the last ratio per backend.
     """
-    from ..cvx import available_backends
-
     backends = list(available_backends() if backends is None else backends)
     h = Hierarchy.grid([tuple(s) for s in shapes])
     main = ("softmax", "exact", "learned_dual")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import platform
 import statistics
 import sys
 import time
@@ -18,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Measurement", "measure_interleaved", "peak_memory_mb", "synchronize", "quartiles", "environment"]
+__all__ = ["Measurement", "measure_interleaved", "peak_memory_mb", "synchronize", "quartiles"]
 
 # A case returns a fresh closure pair: forward() -> loss tensor; the harness calls
 # loss.backward() itself so that the two passes are timed separately.
@@ -169,34 +168,3 @@ def peak_memory_mb(forward: ForwardFn, device="cpu", backward: bool = True) -> f
         running += nbytes
         peak = max(peak, running)
     return peak / 2**20
-
-
-def environment(device="cpu") -> dict:
-    """Versions, CPU, threads and device: stored with every result file."""
-    import numpy
-
-    env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
-           "platform": platform.platform(), "processor": _cpu_name(), "cpu_count": os.cpu_count(),
-           "torch_threads": torch.get_num_threads(), "device": str(device)}
-    from importlib import metadata
-
-    for package in ("cvxpy", "cvxpylayers", "diffcp", "clarabel", "scs", "moreau"):
-        try:  # the installed version, without importing the (slow to import) package
-            env[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            pass
-    if torch.device(device).type == "cuda":
-        env["gpu"] = torch.cuda.get_device_name(device)
-        env["cuda"] = torch.version.cuda
-    return env
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"

@@ -9,15 +9,16 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import __version__
 from ._common import CommandParser, UsageError
+from .bench import BENCH_HANDLERS, EXAMPLES, add_bench_commands
+from .data import DATA_HANDLERS, add_data_commands
+from .paper import EXPERIMENT_HANDLERS, add_experiment_commands
 
 __all__ = ["main", "build_parser", "UsageError"]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-    from .bench import EXAMPLES
-
     parser = CommandParser(
         prog="convex-attention",
         description="Consistent multi-level attention: benchmark the exact closed form, the cvxpylayers "
@@ -27,10 +28,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    from .bench import add_bench_commands
-    from .data import add_data_commands
-    from .paper import add_experiment_commands
-
     add_bench_commands(sub)
     add_experiment_commands(sub)
     add_data_commands(sub)
@@ -40,10 +37,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from .bench import BENCH_HANDLERS
-    from .data import DATA_HANDLERS
-    from .paper import EXPERIMENT_HANDLERS
-
     handlers = {**BENCH_HANDLERS, **EXPERIMENT_HANDLERS, **DATA_HANDLERS}
     try:
         return handlers[args.command](args)

@@ -1,11 +1,16 @@
-"""What every subcommand shares: usage errors and argument types."""
+"""What every subcommand shares: usage errors, the output options and the output folder check.
+
+The argument types (``positive_int`` and the others) are the settings' kinds
+(:mod:`convex_attention.io.settings`), so an option and a configuration field of the
+same setting accept the same values.
+"""
 from __future__ import annotations
 
 import argparse
-import math
 
-__all__ = ["CommandParser", "UsageError", "finite_float", "positive_float", "positive_int", "add_output_options",
-           "info"]
+from ..io.files import check_out_dir
+
+__all__ = ["CommandParser", "UsageError", "add_output_options", "show_progress", "info", "check_out"]
 
 
 class UsageError(ValueError):
@@ -17,37 +22,6 @@ class CommandParser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def finite_float(text: str) -> float:
-    """Any finite number (``inf`` and ``nan`` are refused); ranges are checked by the configs."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
-    return value
-
-
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be positive and finite, got {text}")
-    return value
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
 
 
 def add_output_options(parser: argparse.ArgumentParser) -> None:
@@ -65,3 +39,11 @@ def info(args, *message) -> None:
     """An info line on stdout, unless ``--quiet``."""
     if not getattr(args, "quiet", False):
         print(*message)
+
+
+def check_out(path: str) -> None:
+    """UsageError unless ``path`` is, or can be made, a writable folder."""
+    try:
+        check_out_dir(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None

@@ -6,11 +6,15 @@ Subcommands share one results format (a folder with ``bench.csv``/``bench.json``
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import statistics
 import sys
 import time
 
-from ._common import UsageError, add_output_options, info, positive_float, positive_int, show_progress
+from ..bench.config import SweepConfig, quick_sweep
+from ..io.settings import SEED, add_options, given_settings, positive_int
+from ._common import UsageError, add_output_options, check_out, info, show_progress
 
 __all__ = ["add_bench_commands", "BENCH_HANDLERS", "EXAMPLES"]
 
@@ -28,14 +32,15 @@ examples:
 
 
 def add_bench_commands(sub) -> None:
-    from ..bench.sweep import SCALE_MAX
-    from ..cvx import BACKENDS
-    from ..methods import METHODS
+    _add_bench(sub)
+    _add_verify(sub)
+    _add_plot(sub)
+    _add_demo(sub)
 
-    # ------------------------------------------------------------------ bench
+
+def _add_bench(sub) -> None:
     b = sub.add_parser(
         "bench", help="sweep sizes/levels/batch/dims/temperature/dtype/device and measure every method",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="For every cell of the sweep and every method, measure the median forward and backward "
                     "time (after warm-up, methods interleaved), peak memory, violation (max and mean), "
                     "max_abs_err against exact (float64), primal_gap and dual_gap; dual also records its "
@@ -46,66 +51,31 @@ def add_bench_commands(sub) -> None:
                     "Medians come with their quartiles. Rows are committed one by one (atomically) to "
                     "OUT/bench.csv and OUT/bench.json (format: docs/results_format.md); one run writes into a "
                     "folder at a time (OUT/results.lock).")
-    b.add_argument("--methods", nargs="+", default=list(METHODS), metavar="M",
-                   help=f"methods to run, from: {', '.join(METHODS)}")
-    b.add_argument("--sizes", nargs="+", type=positive_int, default=[8, 16, 32, 64, 128, 256], metavar="N",
-                   help="finest grid side; level k has side N / factor^k")
-    b.add_argument("--levels", nargs="+", type=positive_int, default=[2, 3], metavar="L",
-                   help="numbers of levels L (each needs the finest side divisible by factor^(L-1))")
-    b.add_argument("--batch", nargs="+", type=positive_int, default=[16], metavar="B",
-                   help="batch sizes (samples per solve)")
-    b.add_argument("--dims", nargs="+", type=int, default=[2], choices=[1, 2, 3], metavar="D",
-                   help="grid dimensionality (1, 2 or 3)")
-    b.add_argument("--temperature", nargs="+", type=positive_float, default=[1.0], metavar="T",
-                   help="one temperature shared by all levels, per sweep value (positive, finite)")
-    b.add_argument("--dtype", nargs="+", default=["float32"], choices=["float32", "float64", "float16", "bfloat16"],
-                   help="dtypes of the scores (half precision is computed in float32)")
-    b.add_argument("--device", nargs="+", default=None, metavar="DEV",
-                   help="cpu, cuda (default: cpu, plus cuda when present)")
-    b.add_argument("--generator", default="lesion", choices=["gaussian", "lesion", "model"],
-                   help="score generator: i.i.d. Gaussian, lesion-like blobs, or a trained model's scores")
-    b.add_argument("--scale", type=positive_float, default=1.0,
-                   help=f"score scale of the generator, in (0, {SCALE_MAX:g}]")
-    b.add_argument("--checkpoint", default=None, help="model checkpoint for --generator model")
-    b.add_argument("--factor", type=int, default=2, help="pooling factor per dimension between levels")
-    b.add_argument("--repeats", type=positive_int, default=10, help="timed repetitions per method and cell")
-    b.add_argument("--warmup", type=positive_int, default=3,
-                   help="untimed repetitions per cell (after one global warm-up before the first cell)")
-    b.add_argument("--budget", type=positive_float, default=60.0,
-                   help="seconds a cvxpylayers cell may take (estimated from the cells measured so far); "
-                        "cells over it are recorded as skipped with the estimate")
-    b.add_argument("--cvx-max-cells", type=positive_int, default=6000,
-                   help="cap on problem size (total cells) for cvxpylayers")
-    b.add_argument("--cvx-batch", type=positive_int, default=2, help="samples timed per cvxpylayers cell")
-    b.add_argument("--cvx-backends", nargs="+", default=None, metavar="NAME",
-                   help=f"cvxpylayers backends, each its own row, from: {', '.join(BACKENDS)} "
-                        f"(default: every installed one)")
-    b.add_argument("--fit-instances", type=positive_int, default=128,
-                   help="training instances for the fitted shared λ of learned_dual")
-    b.add_argument("--fit-max-values", type=positive_int, default=None, metavar="N",
-                   help="cap on training instances x cells per cell: large cells train the fitted and amortised λ "
-                        "on fewer instances (at least 4); default: no cap")
-    b.add_argument("--fit-steps", type=positive_int, default=150, help="Adam steps fitting the shared λ")
-    b.add_argument("--amortised-steps", type=positive_int, default=300,
-                   help="Adam steps training the amortised dual's network")
-    b.add_argument("--seed", type=int, default=0, help="seed of the score generator (training instances use seed+1)")
-    b.add_argument("--out", default="results", help="results folder")
+    add_options(b, SweepConfig)
+    b.add_argument("--out", default="results", help="results folder (default: results)")
     b.add_argument("--resume", action="store_true",
                    help="keep OUT's finished rows and measure only the rest (error rows and unreadable rows are "
                         "measured again and replaced)")
     b.add_argument("--wait", action="store_true",
                    help="if another run writes into OUT, wait for it instead of stopping")
-    b.add_argument("--max-cells", type=positive_int, default=None,
-                   help="stop after this many new cells (resume later with --resume)")
     b.add_argument("--quick", action="store_true",
-                   help="a small sweep (sizes 4-32, 2-D and 3-D, 2 and 3 levels; docs/benchmarks.md states its "
-                        "measured wall time); overrides the sweep axes and measurement settings")
+                   help="a small sweep (sizes 4-32, 2-D and 3-D, 2 and 3 levels, fewer repetitions; "
+                        "docs/benchmarks.md states its measured wall time); options given with it replace its "
+                        "settings")
     add_output_options(b)
 
-    # ------------------------------------------------------------------ verify
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed (an integer from 0 to 2**32 - 1)."""
+    try:
+        return SEED.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _add_verify(sub) -> None:
     v = sub.add_parser(
         "verify", help="check dual solutions against CVXPY, cvxpylayers and the closed form (exit 1 on failure)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="On random instances (2-D/3-D grids, irregular partitions, 2-3 levels, unequal "
                     "temperatures) compare the dual solver's λ and p(λ) with a plain CVXPY solve (Clarabel, "
                     "tolerance 1e-12) and with the cvxpylayers layer; compare the closed form with both; check "
@@ -115,23 +85,23 @@ def add_bench_commands(sub) -> None:
                     "ran and passed; 1 when a check failed or did not run (the solver under test raised or "
                     "called sys.exit: reported as a failed check, verify.csv still written); 2 for usage errors. "
                     "Backends that are not installed are skipped with a line saying so, and are not failures.")
-    v.add_argument("--n", type=positive_int, default=24, help="number of random instances")
-    v.add_argument("--seed", type=int, default=0, help="seed of the random instances")
+    v.add_argument("--n", type=positive_int, default=24, help="number of random instances (default: 24)")
+    v.add_argument("--seed", type=_seed, default=0, help="seed of the random instances (default: 0)")
     v.add_argument("--quick", action="store_true", help="6 small instances")
     v.add_argument("--dual-solver", default=None, metavar="SPEC",
                    help="verify your own dual solver: module:function or file.py:function, called as "
                         "f(scores, h, temperatures) -> list of L-1 dual tensors (B, *h.shapes[k+1]); its rows "
-                        "are named after the function")
+                        "are named after the function (default: none, the package's own dual solver)")
     v.add_argument("--backends", nargs="+", default=None, metavar="B",
                    help="cvxpylayers backends to check (default: every installed one); one named here that is "
                         "not installed is a usage error")
-    v.add_argument("--out", default="results", help="results folder (verify.csv)")
+    v.add_argument("--out", default="results", help="results folder, for verify.csv (default: results)")
     add_output_options(v)
 
-    # ------------------------------------------------------------------ plot
+
+def _add_plot(sub) -> None:
     p = sub.add_parser(
         "plot", help="figures (PNG and PDF) from a results folder",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Reads RESULTS/bench.csv, convergence.csv and example.npz and writes, as PNG and PDF: "
                     "time per sample vs problem size (log-log, 2-D and 3-D apart, forward and backward, "
                     "interquartile bars, fitted slopes in the legend); violation per method and compute dtype "
@@ -144,93 +114,74 @@ def add_bench_commands(sub) -> None:
     p.add_argument("--out", default=None, help="figure folder (default: RESULTS/figures)")
     add_output_options(p)
 
-    # ------------------------------------------------------------------ demo
+
+def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="bench --quick, verify --quick and plot, into one folder",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                       description="The main job on a fresh machine: a quick benchmark sweep, a quick "
+                                      description="The main job on a fresh machine: a quick benchmark sweep, a quick "
                                    "verification and every figure (docs/benchmarks.md states its measured "
                                    "wall time and machine).")
-    d.add_argument("--out", default="results", help="results folder")
+    d.add_argument("--out", default="results", help="results folder (default: results)")
     d.add_argument("--wait", action="store_true",
                    help="if another run writes into OUT, wait for it instead of stopping")
     add_output_options(d)
 
 
-def quick_sweep():
-    """The ``--quick`` sweep: small sizes, 2-D and 3-D, 2 and 3 levels (docs/benchmarks.md
-    gives its measured wall time)."""
-    from ..bench.sweep import SweepConfig
-
-    return SweepConfig(sizes=[4, 8, 16, 32], levels=[2, 3], batches=[8], dims=[2, 3], temperatures=[1.0],
-                       dtypes=["float32"], repeats=5, warmup=2, budget=15.0, cvx_max_cells=1500, cvx_batch=1,
-                       cvx_repeats=1, fit_instances=64, fit_max_values=2 ** 16, fit_steps=100, amortised_steps=150)
-
-
-def _sweep_config(args):
-    """The sweep the arguments ask for (``--quick`` keeps only the method, backend, device,
-    generator and seed choices)."""
+def _sweep_config(args) -> SweepConfig:
+    """The sweep the arguments ask for: the given settings over the defaults, or over the
+    ``--quick`` sweep's; devices not given: the CPU, plus CUDA when present."""
     import torch
 
-    from ..bench.sweep import SweepConfig
-
-    devices = args.device or (["cpu"] + (["cuda"] if torch.cuda.is_available() else []))
-    if args.quick:
-        config = quick_sweep()
-        config.methods, config.devices, config.seed = args.methods, devices, args.seed
-        config.generator, config.checkpoint, config.cvx_backends = args.generator, args.checkpoint, args.cvx_backends
-    else:
-        config = SweepConfig(methods=args.methods, sizes=args.sizes, levels=args.levels, batches=args.batch,
-                             dims=args.dims, temperatures=args.temperature, dtypes=args.dtype, devices=devices,
-                             generator=args.generator, scale=args.scale, factor=args.factor, repeats=args.repeats,
-                             warmup=args.warmup, budget=args.budget, cvx_max_cells=args.cvx_max_cells,
-                             cvx_batch=args.cvx_batch, cvx_backends=args.cvx_backends,
-                             fit_instances=args.fit_instances, fit_max_values=args.fit_max_values,
-                             fit_steps=args.fit_steps,
-                             amortised_steps=args.amortised_steps, seed=args.seed, checkpoint=args.checkpoint)
-    config.max_cells = args.max_cells
-    return config
+    given = given_settings(args, SweepConfig)
+    given.setdefault("devices", ("cpu",) + (("cuda",) if torch.cuda.is_available() else ()))
+    return quick_sweep(**given) if args.quick else SweepConfig(**given)
 
 
-def _check_bench(config, out: str) -> None:
-    """Every check that can fail, before anything is measured or written (UsageError)."""
-    from ..bench.results import check_out_dir
-    from ..bench.sweep import check_sweep
+def _check_sweep(config: SweepConfig) -> None:
+    """Every check of the sweep that can fail, before anything is measured (UsageError)."""
+    from ..bench.config import check_sweep
 
     try:
         if config.generator == "model":
-            from ..paper import (
-                model_scores,  # the experiment wing supplies this generator
-            )
+            # the experiment wing supplies this generator; the command layer, which sees
+            # both wings, hands it to the harness
+            from ..bench.generators import register_generator
+            from ..paper import model_scores
 
-            model_scores.register()
+            register_generator("model", model_scores.model_scores)
             if config.checkpoint:
                 model_scores.check_model_sweep(config.checkpoint, config.sizes, config.levels, config.dims,
                                                config.factor)
         check_sweep(config)
-        check_out_dir(out)
     except ValueError as err:
         raise UsageError(str(err)) from err
 
 
 def cmd_bench(args) -> int:
+    config = _sweep_config(args)
+    _check_sweep(config)
+    check_out(args.out)
+    return _run_bench(config, args, args.out)
+
+
+def _run_bench(config: SweepConfig, args, out: str) -> int:
+    """The checked sweep into ``out`` (under its lock), the example instance, the summary."""
     from ..bench.examples import save_example
-    from ..bench.results import ResultsFormatError, ResultsLocked, results_lock
     from ..bench.sweep import run_sweep
     from ..bench.targets import amortised_targets, format_targets
+    from ..io.lock import ResultsLocked, results_lock
+    from ..io.tables import ResultsFormatError
     from ..methods import get_method
 
-    config = _sweep_config(args)
-    _check_bench(config, args.out)
     start = time.perf_counter()
 
     def log(message):  # events worth seeing even with --quiet: a stale lock, rows left out, waiting
         print(f"bench: {message}", file=sys.stderr)
     try:
-        with results_lock(args.out, command="bench", wait=getattr(args, "wait", False), log=log):
-            rows = run_sweep(config, args.out, resume=args.resume, progress=show_progress(args), log=log)
-            if not args.resume or not os.path.exists(os.path.join(args.out, "example.npz")):
+        with results_lock(out, command="bench", wait=getattr(args, "wait", False), log=log):
+            rows = run_sweep(config, out, resume=args.resume, progress=show_progress(args), log=log)
+            if not args.resume or not os.path.exists(os.path.join(out, "example.npz")):
                 learned = any(get_method(m).needs_duals for m in config.methods)  # λ only where they are swept
-                save_example(args.out, generator="lesion" if config.generator == "model" else config.generator,
+                save_example(out, generator="lesion" if config.generator == "model" else config.generator,
                              fit_instances=config.fit_instances, fit_steps=config.fit_steps if learned else 0,
                              amortised_steps=config.amortised_steps if learned else 0)
     except ResultsLocked as err:
@@ -241,16 +192,12 @@ def cmd_bench(args) -> int:
     targets = amortised_targets(rows)
     if targets:
         print(format_targets(targets))
-    print(f"bench: {len(rows)} rows in {os.path.join(args.out, 'bench.csv')} "
-          f"({time.perf_counter() - start:.0f} s)")
+    print(f"bench: {len(rows)} rows in {os.path.join(out, 'bench.csv')} ({time.perf_counter() - start:.0f} s)")
     return 0
 
 
 def _print_bench_summary(rows) -> None:
-    import math
-    import statistics
-
-    by = {}
+    by: dict = {}
     for r in rows:
         label = (r["method"] + (f"[{r['backend']}]" if r.get("backend") else "")
                  + (f"/{r['dual_kind']}" if r.get("dual_kind") else ""))
@@ -268,28 +215,27 @@ def _print_bench_summary(rows) -> None:
         print(f"{label:<34}{e['ok']:>5}{e['skipped']:>9}{e['error']:>7}{med:>20.2e}")
 
 
-def cmd_verify(args) -> int:
-    import sys
+def _check_verify(args):
+    """Every usage error of ``verify`` before any work: ``(solver, backends)``."""
+    from ..bench.verify import check_backends, load_solver
 
-    from ..bench.results import check_out_dir
-    from ..bench.verify import (
-        all_passed,
-        backend_skips,
-        check_backends,
-        format_table,
-        load_solver,
-        random_instances,
-        verify_instances,
-        write_csv,
-    )
-
-    # every usage error before any work
     try:
         solver = load_solver(args.dual_solver) if args.dual_solver else None
         backends = check_backends(args.backends)
-        check_out_dir(args.out)
     except (ValueError, ImportError) as err:  # BackendUnavailable is both
         raise UsageError(str(err)) from err
+    return solver, backends
+
+
+def cmd_verify(args) -> int:
+    solver, backends = _check_verify(args)
+    check_out(args.out)
+    return _run_verify(args, solver, backends)
+
+
+def _run_verify(args, solver, backends) -> int:
+    from ..bench.verify import all_passed, backend_skips, format_table, random_instances, verify_instances, write_csv
+
     n = 6 if args.quick else args.n
     results = verify_instances(random_instances(n, args.seed, quick=args.quick), dual_solver=solver,
                                progress=show_progress(args), backends=backends)
@@ -305,10 +251,7 @@ def cmd_verify(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    import sys
-
-    from ..bench.plots import FIGURES, plot_results
-    from ..bench.results import check_out_dir
+    from ..bench.plots import FIGURES
 
     results = args.results
     if not os.path.exists(results):
@@ -321,10 +264,13 @@ def cmd_plot(args) -> int:
         raise UsageError(f"{results} holds no {', '.join(inputs)} to plot (run `convex-attention bench --out "
                          f"{results}` first)")
     out = args.out or os.path.join(results, "figures")
-    try:
-        check_out_dir(out)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
+    check_out(out)
+    return _run_plot(args, results, out)
+
+
+def _run_plot(args, results: str, out: str) -> int:
+    from ..bench.plots import plot_results
+
     notes: list = []
     try:
         written = plot_results(results, out, log=notes.append)
@@ -347,23 +293,24 @@ def _bench_parser() -> argparse.ArgumentParser:
 
 
 def cmd_demo(args) -> int:
-    """bench --quick, verify --quick and plot into one folder, holding its lock throughout."""
-    from ..bench.results import ResultsLocked, check_out_dir, results_lock
+    """bench --quick, verify --quick and plot into one folder: every check first (the folder
+    once), then the three steps' work, holding the folder's lock throughout."""
+    from ..io.lock import ResultsLocked, results_lock
 
     parser = _bench_parser()
     output = (["--no-progress"] if args.no_progress else []) + (["--quiet"] if args.quiet else [])
     bench_args = parser.parse_args(["bench", "--quick", "--out", args.out] + output)
-    _check_bench(_sweep_config(bench_args), args.out)
-    try:
-        check_out_dir(args.out)
-    except ValueError as err:
-        raise UsageError(str(err)) from err
+    verify_args = parser.parse_args(["verify", "--quick", "--out", args.out] + output)
+    config = _sweep_config(bench_args)
+    _check_sweep(config)
+    solver, backends = _check_verify(verify_args)
+    check_out(args.out)
     try:
         with results_lock(args.out, command="demo", wait=getattr(args, "wait", False),
                           log=lambda m: print(f"demo: {m}", file=sys.stderr)):
-            cmd_bench(bench_args)
-            status = cmd_verify(parser.parse_args(["verify", "--quick", "--out", args.out] + output))
-            cmd_plot(parser.parse_args(["plot", args.out]))
+            _run_bench(config, bench_args, args.out)
+            status = _run_verify(verify_args, solver, backends)
+            _run_plot(parser.parse_args(["plot", args.out]), args.out, os.path.join(args.out, "figures"))
     except ResultsLocked as err:
         raise UsageError(str(err)) from err
     return status

@@ -9,26 +9,31 @@ from __future__ import annotations
 
 import argparse
 
-from ..paper.data import MIMIC_SOURCES, SYNTHETIC_GENERATORS
-from ._common import UsageError, add_output_options, finite_float, info, positive_int
+from ..io.settings import SEED, finite_float, positive_int
+from ..paper.config import MIMIC_SOURCES, MIMIC_TYPES, SYNTHETIC_GENERATORS
+from ..paper.data.brats import NORMALISATIONS
+from ..paper.validity import THRESHOLDS
+from ._common import UsageError, add_output_options, check_out, info
 
 __all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS"]
 
 DATASETS = (*SYNTHETIC_GENERATORS, "brats")
 
 
-def add_data_commands(sub) -> None:
-    from ..paper.data.brats import NORMALISATIONS
-    from ..paper.data.synthetic import MIMIC_TYPES
-    from ..paper.validity import THRESHOLDS
+def _seed(text: str) -> int:
+    try:
+        return SEED.parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+
+def add_data_commands(sub) -> None:
     d = sub.add_parser("data", help="dataset tools: the validity checks of a benchmark (data check)",
                        description="Dataset tools. 'data check' tests whether a benchmark needs attention.")
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     dsub.required = True
     c = dsub.add_parser(
-        "check", help="validity checks: is the label unreadable without localising the lesion?", formatter_class=fmt,
+        "check", help="validity checks: is the label unreadable without localising the lesion?",
         description="Builds a training and a held-out set and runs the benchmark's validity checks, printing each "
                     "number: (a) location_free: a logistic regression on per-channel and channel-pair intensity "
                     f"quantiles, held-out balanced accuracy <= {THRESHOLDS['location_free']:.2f}; (b) pixel_map: the "
@@ -42,30 +47,35 @@ def add_data_commands(sub) -> None:
     c.add_argument("--dataset", default="synthetic", choices=DATASETS,
                    help="synthetic: rim lesions among mimics (the default benchmark); synthetic-blobs: the previous "
                         "generator; synthetic-brightest: one lesion per image, label 1 when it is the brightest "
-                        "structure (--mimic-rate defaults to 5 there); brats: BraTS 2018 slices (--data-root)")
+                        "structure (--mimic-rate defaults to 5 there); brats: BraTS 2018 slices (--data-root) "
+                        "(default: synthetic)")
     c.add_argument("--n", type=positive_int, default=400,
                    help="images in each of the training and held-out sets (brats: at most this many slices of each "
-                        "split, drawn at random)")
-    c.add_argument("--image-size", type=positive_int, default=64, help="image side (brats: the resize target)")
-    c.add_argument("--seed", type=int, default=0, help="the data's seed (held-out: seed + 10000; brats: the split)")
-    c.add_argument("--difficulty", type=finite_float, default=0.5, help="synthetic difficulty in [0, 1]")
+                        "split, drawn at random) (default: 400)")
+    c.add_argument("--image-size", type=positive_int, default=64,
+                   help="image side (brats: the resize target) (default: 64)")
+    c.add_argument("--seed", type=_seed, default=0,
+                   help="the data's seed (held-out: seed + 10000; brats: the split) (default: 0)")
+    c.add_argument("--difficulty", type=finite_float, default=0.5, help="synthetic difficulty in [0, 1] (default: 0.5)")
     c.add_argument("--mimic-rate", type=finite_float, default=None,
-                   help="synthetic: mimics per lesion image, in [0, 8] (default 3; synthetic-brightest: 5)")
+                   help="synthetic: mimics per lesion image, in [0, 8] (default: 3; synthetic-brightest: 5)")
     c.add_argument("--mimic-types", nargs="+", default=list(MIMIC_TYPES), choices=MIMIC_TYPES,
-                   help="synthetic: the mimic kinds drawn from")
-    c.add_argument("--data-root", default=None, help="brats: the unpacked BraTS training folder")
+                   help="synthetic: the mimic kinds drawn from (default: all of them)")
+    c.add_argument("--data-root", default=None, help="brats: the unpacked BraTS training folder (default: none)")
     c.add_argument("--cache-dir", default=None,
-                   help="brats: where preprocessed slices are cached (default DATA_ROOT/.convex_attention_cache)")
+                   help="brats: where preprocessed slices are cached (default: DATA_ROOT/.convex_attention_cache)")
     c.add_argument("--normalisation", default=None, choices=NORMALISATIONS,
-                   help="brats: per patient (volume, the default) or the authors' dataset-wide per-modality scheme")
-    c.add_argument("--val-fraction", type=finite_float, default=0.2, help="brats: share of patients held out")
+                   help="brats: per patient (volume) or the authors' dataset-wide per-modality scheme (dataset) "
+                        "(default: volume)")
+    c.add_argument("--val-fraction", type=finite_float, default=0.2,
+                   help="brats: share of patients held out (default: 0.2)")
     c.add_argument("--min-tumour-area", type=positive_int, default=None,
-                   help="brats: slices with at most this many tumour pixels are dropped (default 1000, the paper's)")
+                   help="brats: slices with at most this many tumour pixels are dropped (default: 1000, the paper's)")
     c.add_argument("--attention-bacc", type=finite_float, default=None,
-                   help="check (c): held-out balanced accuracy of the attention model")
+                   help="check (c): held-out balanced accuracy of the attention model (default: none, (c) not run)")
     c.add_argument("--uniform-bacc", type=finite_float, default=None,
-                   help="check (c): held-out balanced accuracy of the same model pooling uniformly")
-    c.add_argument("--out", default=None, help="folder for data_check.json (nothing is written without it)")
+                   help="check (c): held-out balanced accuracy of the same model pooling uniformly (default: none)")
+    c.add_argument("--out", default=None, help="folder for data_check.json (default: none, nothing is written)")
     add_output_options(c)
 
 
@@ -101,12 +111,7 @@ def _validate(args) -> None:
         if value is not None and not 0.0 <= value <= 1.0:
             raise UsageError(f"{flag} must be a balanced accuracy in [0, 1], got {value}")
     if args.out is not None:
-        from ..bench.results import check_out_dir
-
-        try:
-            check_out_dir(args.out)
-        except ValueError as err:
-            raise UsageError(str(err)) from None
+        check_out(args.out)
 
 
 class _Sample:
@@ -186,7 +191,7 @@ def cmd_data_check(args) -> int:
     if args.out is not None:
         import os
 
-        from ..bench.results import write_json
+        from ..io.files import write_json
 
         path = os.path.join(args.out, "data_check.json")
         write_json(path, {"dataset": args.dataset, "description": text, "seed": args.seed,

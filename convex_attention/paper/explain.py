@@ -35,6 +35,10 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..baselines.attributions import BASELINES, gradcam
+from ..io import figures
+from ..io.figures import FULL_WIDTH, STYLE
+from ..io.files import atomic_csv, atomic_write_text
 from .explain_metrics import (
     METRIC_NAMES,
     UPSAMPLINGS,
@@ -88,8 +92,6 @@ def explanations(model, images: torch.Tensor, target: str = "true", posthoc: boo
     with attention); with ``posthoc``: ``("gradcam", k)`` ``(B, h_k, w_k)`` and
     ``(name, -1)`` ``(B, C, H, W)`` for the input attributions.  The post-hoc methods
     explain the lesion class (``target="true"``) or the model's prediction."""
-    from baselines.attributions import BASELINES, gradcam
-
     model.eval()
     with torch.no_grad():
         out = model(images)
@@ -310,9 +312,7 @@ def plot_examples(examples, path: str, env=None, max_rows: int = 4, max_maps: in
     All maps share one colour scale: each is divided by its maximum (a map's units are
     its method's own, so only its shape is comparable) and drawn on [0, 1], with one
     colour bar; the mask's outline is drawn on every map."""
-    import matplotlib.pyplot as plt
-
-    from ..bench.plots import FULL_WIDTH, STYLE, save
+    import matplotlib.pyplot as plt  # io.figures chose the backend
 
     by_image: dict = {}
     for idx, model, method, level, image, mask, m in examples:
@@ -353,7 +353,7 @@ def plot_examples(examples, path: str, env=None, max_rows: int = 4, max_maps: in
             bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01)
             bar.set_label("map / its maximum (one scale for all maps)", fontsize=6)
         fig.suptitle(f"{title} (cyan: mask outline)", fontsize=8, y=1.04)
-        return save(fig, path, env)
+        return figures.save(fig, path, env)
 
 
 _KIND_COLOURS = {"attention": "#1f77b4", "posthoc": "#d62728", "reference": "#7f7f7f"}
@@ -375,8 +375,6 @@ def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", reso
     the panel; a ValueError if no panel has a bar."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
-
-    from ..bench.plots import FULL_WIDTH, STYLE, save
 
     def number(row, key):
         try:
@@ -434,13 +432,12 @@ def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", reso
                    ncol=3, bbox_to_anchor=(0.5, 1 - 0.3 / fig.get_figheight()), frameon=False)
         fig.suptitle(title or f"{metric} by map ({resolution} protocol)", fontsize=8, y=1.0,
                      va="bottom")
-        return save(fig, path, env)
+        return figures.save(fig, path, env)
 
 
 def write_outputs(rows, examples, out_dir: str, env: dict | None = None) -> dict:
     """``explain.csv``, ``explain_summary.csv``, ``explain.md`` and the examples figure in
     ``out_dir``, each written atomically; returns their paths."""
-    from ..bench.results import atomic_csv, atomic_write_text
 
     if not rows:
         raise ValueError("nothing was explained: no rows to write")

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import UPSAMPLINGS
+
 __all__ = ["to_common_form", "pooled_form", "block_map", "average_precision", "quantile_iou",
            "quantile_iou_strict", "pointing", "pointing_tolerance", "pointing_tolerance_px", "mass", "score_map",
            "QUANTILES", "METRIC_NAMES", "UPSAMPLINGS", "POINTING_TOLERANCE_PX", "POINTING_REFERENCE_SIZE"]
@@ -53,7 +55,6 @@ __all__ = ["to_common_form", "pooled_form", "block_map", "average_precision", "q
 QUANTILES = (0.90, 0.95, 0.975)
 METRIC_NAMES = ("ap",) + tuple(f"qiou@{q:g}" for q in QUANTILES) + tuple(f"qiou_strict@{q:g}" for q in QUANTILES) \
     + ("pointing", "pointing_tol", "mass")
-UPSAMPLINGS = ("nearest", "bilinear")
 #: The pointing game's tolerance (Zhang et al., 2016: 15 px), defined at 240 x 240 (BraTS slices).
 POINTING_TOLERANCE_PX = 15.0
 POINTING_REFERENCE_SIZE = 240

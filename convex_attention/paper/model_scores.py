@@ -1,5 +1,6 @@
 """Attention scores of a trained model, as a score generator for the benchmarks
-(``convex-attention bench --generator model --checkpoint PATH``).
+(``convex-attention bench --generator model --checkpoint PATH``; the command layer
+registers :func:`model_scores` with the harness, which never imports this wing).
 
 The checkpoint is read like every checkpoint (:func:`~convex_attention.paper.models.read_checkpoint`:
 tensors and plain containers only, nothing in it can run code)."""
@@ -9,14 +10,16 @@ import torch
 from torch import Tensor
 
 from ..hierarchy import Hierarchy
+from .config import ModelConfig, TrainConfig
+from .data import build_datasets
+from .models import load_model, read_checkpoint
+from .train import stored_train_config
 
-__all__ = ["model_scores", "checkpoint_shapes", "check_model_sweep", "register"]
+__all__ = ["model_scores", "checkpoint_shapes", "check_model_sweep"]
 
 
 def checkpoint_shapes(checkpoint: str) -> list[tuple[int, ...]]:
     """The attention levels' grid shapes of a checkpoint (without building the model)."""
-    from .models import ModelConfig, read_checkpoint
-
     cfg = ModelConfig.from_dict(read_checkpoint(checkpoint)["config"])
     return [(cfg.image_size // 2 ** (k - 1),) * 2 for k in cfg.attention_blocks]
 
@@ -30,10 +33,6 @@ def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, ch
     disjoint from training and validation.  Returns ``L`` float64 tensors
     ``(B, *h.shapes[k])``; ``h`` must match the model's levels.
     """
-    from .data import build_datasets
-    from .models import load_model
-    from .train import TrainConfig, stored_train_config
-
     if checkpoint is None:
         raise ValueError("the model score generator needs a checkpoint")
     shapes = checkpoint_shapes(checkpoint)
@@ -59,10 +58,3 @@ def check_model_sweep(checkpoint: str, sizes, levels, dims, factor) -> None:
     if (list(sizes), list(levels), list(dims), factor) != ([shapes[0][0]], [len(shapes)], [2], 2):
         raise ValueError(f"the checkpoint's attention levels are {shapes}: run the model generator with "
                          f"--sizes {shapes[0][0]} --levels {len(shapes)} --dims 2 --factor 2")
-
-
-def register() -> None:
-    """Make ``model`` a score generator of the benchmark harness."""
-    from ..bench.generators import register_generator
-
-    register_generator("model", model_scores)

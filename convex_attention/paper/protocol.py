@@ -47,24 +47,32 @@ import math
 import os
 import shutil
 import subprocess
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
-from .data import MIMIC_SOURCES, SYNTHETIC_GENERATORS
+from ..io.files import write_json
+from ..methods import get_method
+from .config import (
+    DEFAULT_VARIANTS_PATH,
+    MIMIC_SOURCES,
+    MIMIC_TYPES,
+    SYNTHETIC_GENERATORS,
+    SYNTHETIC_SOURCES,
+    ConfigError,
+    Variant,
+    variant_names,
+)
+from .data import InMemory
+from .data.synthetic import synthetic_dataset
+from .validity import PASSES_BELOW, THRESHOLDS, CheckResult, check_pixel_map, collect, fixed_channel_maps
 
 __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS_FORMAT", "DEFAULT_VARIANTS_PATH",
            "SPLIT_OFFSETS", "SplitSpec", "split_specs", "build_split", "image_keys", "check_disjoint",
            "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
            "claim_test_folder", "finish_test_folder", "check_benchmark_verdict", "benchmark_record",
-           "failed_checks",
-           "REQUIRED_CHECKS",
-           "fit_model_free", "variant_grid", "MANIFEST", "SYNTHETIC_SOURCES", "MIMIC_SOURCES"]
+           "failed_checks", "REQUIRED_CHECKS", "fit_model_free", "MANIFEST", "SYNTHETIC_SOURCES", "MIMIC_SOURCES"]
 
 VARIANTS_FORMAT = "convex-attention-variants/1"
-#: The committed variants file the test stage reads (relative to the repository root).
-DEFAULT_VARIANTS_PATH = str(Path(__file__).resolve().parents[2] / "configs" / "experiment_variants.json")
 SPLIT_OFFSETS = {"train": 0, "val": 10_000, "dev": 20_000, "test": 30_000, "test_heldout": 40_000}
-SYNTHETIC_SOURCES = tuple(SYNTHETIC_GENERATORS)
 MANIFEST = "test_stage.json"
 _KEY_STRIDE = 1_000_003  # the synthetic generators' image key: seed * stride + index
 
@@ -83,57 +91,6 @@ class TestFolderExists(ValueError):
 
 
 @dataclass(frozen=True)
-class Variant:
-    """One model variant, the same for every method: the fields of
-    :class:`~convex_attention.paper.models.ModelConfig` it sets (``duals`` only for the
-    methods that need duals; ``alpha`` only changes those methods' loss) and the pixel
-    protocol's ``upsampling``."""
-
-    temperature: float | tuple = 1.0
-    alpha: float = 10.0
-    head: str = "bounded"
-    learn_temperature: bool = False
-    duals: str = "shared"
-    upsampling: str = "nearest"
-
-    MODEL_FIELDS = ("temperature", "alpha", "head", "learn_temperature", "duals")
-
-    def model_fields(self, method: str) -> dict:
-        """The ModelConfig fields this variant sets for ``method``."""
-        from ..methods import get_method
-
-        out = {k: getattr(self, k) for k in self.MODEL_FIELDS}
-        if isinstance(out["temperature"], list):
-            out["temperature"] = tuple(out["temperature"])
-        if not get_method(method).needs_duals:
-            out["duals"] = "shared"
-        return out
-
-    def effective(self, method: str) -> tuple:
-        """What decides ``method``'s model under this variant (variants that differ only in
-        fields the method ignores train the same model)."""
-        from ..methods import get_method
-
-        fields_ = self.model_fields(method)
-        if not get_method(method).needs_duals:
-            fields_.pop("alpha")
-        return (method,) + tuple(sorted(fields_.items()))
-
-    def label(self) -> str:
-        t = self.temperature
-        if isinstance(t, (list, tuple)):
-            t = "/".join(map(str, t))
-        return (f"tau={t}{' (learned)' if self.learn_temperature else ''}, alpha={self.alpha:g}, head={self.head}, "
-                f"duals={self.duals}, upsampling={self.upsampling}")
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        if isinstance(out["temperature"], tuple):
-            out["temperature"] = list(out["temperature"])
-        return out
-
-
-@dataclass(frozen=True)
 class Variants:
     """The contents of the variants file: ``variant``, the test ``difficulties`` (the first
     is the development difficulty), ``held_out_mimic`` (``None``: no held-out condition),
@@ -149,8 +106,10 @@ class Variants:
 
     def to_dict(self) -> dict:
         v = self.variant.to_dict()
+        levels = variant_names()
         out = {"format": VARIANTS_FORMAT, "note": self.note,
-               "model": {k: v[k] for k in Variant.MODEL_FIELDS}, "upsampling": v["upsampling"],
+               "model": {n: v[n] for n, level in levels.items() if level == "model"},
+               **{n: v[n] for n, level in levels.items() if level == "experiment"},
                "difficulties": list(self.difficulties), "held_out_mimic": self.held_out_mimic}
         if self.benchmark is not None:
             out["benchmark"] = self.benchmark
@@ -165,29 +124,32 @@ class Variants:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "variants") -> Variants:
-        """Inverse of :meth:`to_dict`, checked: VariantsError naming the field."""
+        """Inverse of :meth:`to_dict`, checked: VariantsError naming the field.  Every
+        variant setting (:func:`~convex_attention.paper.config.variant_names`) must be
+        given: nothing is left to defaults in a file fixed in advance."""
         if not isinstance(data, dict):
             raise VariantsError(f"{where}: must be a JSON object, got {type(data).__name__}")
         if data.get("format") != VARIANTS_FORMAT:
             raise VariantsError(f"{where}: 'format' must be {VARIANTS_FORMAT!r}, got {data.get('format')!r}")
-        known = {"format", "note", "model", "upsampling", "difficulties", "held_out_mimic", "benchmark"}
+        levels = variant_names()
+        model_names = [n for n, level in levels.items() if level == "model"]
+        top_names = [n for n, level in levels.items() if level == "experiment"]
+        known = {"format", "note", "model", "difficulties", "held_out_mimic", "benchmark", *top_names}
         unknown = sorted(set(data) - known)
         if unknown:
             raise VariantsError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
         model = data.get("model", {})
         if not isinstance(model, dict):
-            raise VariantsError(f"{where}: 'model' must be an object of {list(Variant.MODEL_FIELDS)}")
-        bad = sorted(set(model) - set(Variant.MODEL_FIELDS))
+            raise VariantsError(f"{where}: 'model' must be an object of {model_names}")
+        bad = sorted(set(model) - set(model_names))
         if bad:
-            raise VariantsError(f"{where}: unknown model field(s) {bad}; known: {list(Variant.MODEL_FIELDS)}")
-        missing = sorted(set(Variant.MODEL_FIELDS) - set(model)) + [
-            k for k in ("upsampling", "difficulties", "held_out_mimic") if k not in data]
+            raise VariantsError(f"{where}: unknown model field(s) {bad}; known: {model_names}")
+        missing = sorted(set(model_names) - set(model)) + [
+            k for k in (*top_names, "difficulties", "held_out_mimic") if k not in data]
         if missing:
             raise VariantsError(f"{where}: every field must be given (nothing is left to defaults in a file fixed "
-                                f"in advance); missing: {missing}")
-        temperature = model["temperature"]
-        if isinstance(temperature, list):
-            temperature = tuple(temperature)
+                                f"in advance); missing: {missing}. A file written before a setting existed: add the "
+                                f"setting with the value that file's runs used (its default) and commit it")
         difficulties = data["difficulties"]
         if not isinstance(difficulties, list):
             raise VariantsError(f"{where}: 'difficulties' must be a list of numbers in [0, 1]")
@@ -195,10 +157,12 @@ class Variants:
         if not isinstance(note, str):
             raise VariantsError(f"{where}: 'note' must be a string")
         benchmark = data.get("benchmark")
-        out = cls(Variant(temperature=temperature, alpha=model["alpha"], head=model["head"],
-                          learn_temperature=model["learn_temperature"], duals=model["duals"],
-                          upsampling=data["upsampling"]),
-                  tuple(difficulties), data["held_out_mimic"], note, benchmark)
+        try:
+            variant = Variant.from_dict({**model, **{n: data[n] for n in top_names}})
+        except ConfigError as err:
+            prefix = "model." if levels.get(err.field) == "model" else ""
+            raise VariantsError(f"{where}: {prefix}{err}") from None
+        out = cls(variant, tuple(difficulties), data["held_out_mimic"], note, benchmark)
         out.validate(where=where)
         if benchmark is not None:
             _check_benchmark_record(benchmark, out.variant, out.difficulties, where)
@@ -206,14 +170,6 @@ class Variants:
 
     def validate(self, methods=("softmax", "learned_dual", "exact"), where: str = "variants") -> Variants:
         """Every field, and the variant for every one of ``methods`` (VariantsError)."""
-        from ..methods import get_method
-        from .data.synthetic import MIMIC_TYPES
-        from .explain_metrics import UPSAMPLINGS
-        from .models import ConfigError, ModelConfig
-
-        v = self.variant
-        if v.upsampling not in UPSAMPLINGS:
-            raise VariantsError(f"{where}: upsampling must be one of {', '.join(UPSAMPLINGS)}, got {v.upsampling!r}")
         ds = self.difficulties
         if not isinstance(ds, tuple) or not 1 <= len(ds) <= 4 or not all(
                 isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and 0 <= d <= 1
@@ -226,7 +182,7 @@ class Variants:
         for method in methods:
             get_method(method)
             try:
-                ModelConfig(method=method, **v.model_fields(method)).validate()
+                self.variant.check(method)
             except ConfigError as err:
                 raise VariantsError(f"{where}: model.{err.field}: {err}") from None
         return self
@@ -273,8 +229,6 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
     """A ``benchmark`` entry must be what :func:`benchmark_record` writes, consistent with
     itself (each ``passed`` recomputed from its number and the check's own threshold) and
     with the file's variant and first difficulty (VariantsError otherwise)."""
-    from .validity import PASSES_BELOW, THRESHOLDS, CheckResult
-
     shape = ("an object {\"accepted\", \"checks\", \"judged\"} as the dev stage writes it (run the dev stage "
              "again rather than editing it)")
     if not isinstance(record, dict) or set(record) != {"accepted", "checks", "judged"} \
@@ -305,14 +259,19 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
     judged = record["judged"]
     if set(judged) != {"data", "variant", "difficulty", "methods", "dev_seeds", "settings"} \
             or judged["data"] not in SYNTHETIC_SOURCES or not _real(judged["difficulty"]) \
-            or not isinstance(judged["methods"], list) or not all(isinstance(m, str) for m in judged["methods"]) or not isinstance(judged["dev_seeds"], list) \
+            or not isinstance(judged["methods"], list) or not all(isinstance(m, str) for m in judged["methods"]) \
+            or not isinstance(judged["dev_seeds"], list) \
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in judged["dev_seeds"]) \
             or not isinstance(judged["settings"], dict) or set(judged["settings"]) != set(_JUDGED_SETTINGS) \
             or not all(_real(v) for v in judged["settings"].values()):
         raise VariantsError(f"{where}: benchmark.judged must be {{\"data\": one of {', '.join(SYNTHETIC_SOURCES)}, "
                             f"\"variant\", \"difficulty\", \"methods\", \"dev_seeds\", \"settings\": "
                             f"{{{', '.join(_JUDGED_SETTINGS)}}}}}")
-    if judged["variant"] != variant.to_dict() or judged["difficulty"] != difficulties[0]:
+    try:
+        judged_variant = Variant.from_dict(judged["variant"]) if isinstance(judged["variant"], dict) else None
+    except (ConfigError, TypeError):
+        judged_variant = None
+    if judged_variant != variant or judged["difficulty"] != difficulties[0]:
         raise VariantsError(f"{where}: the benchmark verdict judged another variant or difficulty "
                             f"({judged['variant']}, difficulty {judged['difficulty']}) than the file fixes "
                             f"({variant.to_dict()}, difficulty {difficulties[0]}); run the dev stage again for this "
@@ -472,7 +431,6 @@ def claim_test_folder(folder: str, force: bool = False, record: dict | None = No
     (:data:`MANIFEST`): another folder is never removed.  The manifest (``record`` plus
     ``"status": "running"``) is written at once, so a run that dies half-way leaves a
     folder that only ``--force`` replaces."""
-    from ..bench.results import write_json
 
     if check_test_folder(folder, force):
         shutil.rmtree(folder)
@@ -482,7 +440,6 @@ def claim_test_folder(folder: str, force: bool = False, record: dict | None = No
 
 def finish_test_folder(folder: str, record: dict) -> None:
     """Mark the test stage's results complete (the manifest's ``status``)."""
-    from ..bench.results import write_json
 
     write_json(os.path.join(folder, MANIFEST), {**record, "status": "complete"})
 
@@ -508,8 +465,6 @@ def split_specs(data: str, data_seed: int, sizes: dict, difficulty: float,
     :data:`SPLIT_OFFSETS`).  With ``held_out_mimic`` (``"synthetic"`` data only), every
     split but ``test_heldout`` draws mimics from the other types and ``test_heldout``
     from that one alone; without it ``test_heldout`` is refused."""
-    from .data.synthetic import MIMIC_TYPES
-
     if data not in SYNTHETIC_SOURCES:
         raise ValueError(f"the protocol's disjoint splits are built for the synthetic sources "
                          f"({', '.join(SYNTHETIC_SOURCES)}), not {data!r}")
@@ -538,9 +493,6 @@ def split_specs(data: str, data_seed: int, sizes: dict, difficulty: float,
 
 def build_split(spec: SplitSpec, data: str, image_size: int, channels: int, in_memory: bool = True):
     """The dataset of ``spec`` (materialised once with ``in_memory``)."""
-    from .data import InMemory
-    from .data.synthetic import synthetic_dataset
-
     if data not in SYNTHETIC_GENERATORS:
         raise ValueError(f"the protocol's splits are built for {SYNTHETIC_SOURCES}, not {data!r}")
     types = {"mimic_types": spec.mimic_types} if data in MIMIC_SOURCES else {}
@@ -575,8 +527,6 @@ def fit_model_free(dataset, seed: int = 0, limit: int | None = None) -> dict:
     the best per-pixel linear channel combination (fitted or fixed) by cross-fitted pixel
     AP.  Returns ``{"name", "weights" (C floats), "dev_ap", "check"}``; the weights of a
     fitted candidate are those fitted on the first half."""
-    from .validity import check_pixel_map, collect, fixed_channel_maps
-
     images, _, masks, _ = collect(dataset, limit)
     half = len(images) // 2
     if half < 2:
@@ -588,16 +538,3 @@ def fit_model_free(dataset, seed: int = 0, limit: int | None = None) -> dict:
     fitted = check.detail["weights_fitted_on_training_set"]
     weights = fitted[best] if best in fitted else fixed_channel_maps(images.shape[1])[best].tolist()
     return {"name": best, "weights": [float(w) for w in weights], "dev_ap": check.value, "check": check.to_dict()}
-
-
-def variant_grid(grid: dict) -> list[Variant]:
-    """Every combination of the candidate values ``grid`` ``{field: values}`` of
-    :class:`Variant`'s model fields (the upsampling is compared on each trained model)."""
-    import itertools
-
-    names = list(Variant.MODEL_FIELDS)
-    unknown = sorted(set(grid) - set(names))
-    if unknown:
-        raise ValueError(f"unknown variant field(s) {unknown}; known: {names}")
-    values = [tuple(grid.get(n, (getattr(Variant(), n),))) for n in names]
-    return [Variant(**dict(zip(names, combo))) for combo in itertools.product(*values)]

@@ -32,17 +32,15 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..nn import Attended
+from .data import labels_only
+from .explain import explanations
+
 __all__ = ["predict", "balanced_accuracy_at", "classification", "map_statistics", "uniform_maps", "shuffled_maps",
            "maps_replaced", "map_ablation", "randomised_copy", "rank_correlation", "native_form",
            "randomisation_check", "ABLATIONS"]
 
 ABLATIONS = ("uniform", "shuffled")
-
-
-def _labels_only(dataset: Dataset):
-    from .data import labels_only
-
-    return labels_only(dataset)
 
 
 @torch.no_grad()
@@ -52,7 +50,7 @@ def predict(model, dataset: Dataset, batch_size: int = 64, device="cpu", keep_ma
     ``scores``, ``L`` tensors ``(N, h_k, w_k)`` each, and ``violation`` ``(N,)``."""
     model.eval()
     model.to(device)
-    loader = DataLoader(_labels_only(dataset), batch_size=batch_size, shuffle=False)
+    loader = DataLoader(labels_only(dataset), batch_size=batch_size, shuffle=False)
     logits, labels, maps, scores, violation = [], [], [], [], []
     for images, y in loader:
         out = model(images.to(device))
@@ -144,8 +142,6 @@ def shuffled_maps(maps, generator: torch.Generator) -> list[Tensor]:
 def maps_replaced(model, transform):
     """Within the block, ``model``'s attention layer hands the classifier ``transform(maps)``
     instead of its maps (the model's own forward pass runs otherwise unchanged)."""
-    from ..nn import Attended
-
     layer = model.attention
     original = layer.attend
 
@@ -220,8 +216,6 @@ def randomisation_check(model, images: Tensor, target: str = "true", seed: int =
     ``images`` ``(B, C, H, W)`` (:func:`convex_attention.paper.explain.explanations`;
     ``original``: those maps if already computed), the rank correlation with the same
     explanation of :func:`randomised_copy` ``(model, seed)``, per image."""
-    from .explain import explanations
-
     if original is None:
         original = explanations(model, images, target, posthoc)
     randomised = explanations(randomised_copy(model, seed), images, target, posthoc)

@@ -34,7 +34,8 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -42,182 +43,19 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..bench.results import atomic_csv, write_json
-from .data import DATA_SOURCES, build_datasets, labels_only
-from .models import AttentionUNet, ConfigError, ModelConfig, load_checkpoint, read_checkpoint, save_checkpoint
-from .models.unet import check_int, check_real
+from ..io.files import atomic_csv, write_json
+from .config import ModelConfig, TrainConfig, check_device
+from .data import build_datasets, labels_only
+from .models import AttentionUNet, load_checkpoint, read_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "train", "evaluate", "augment", "classification_metrics", "check_device",
            "recompute_batchnorm", "stored_train_config", "build_checked_datasets", "check_data", "check_resume",
+           "CheckedData",
            "TrainingDiverged", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_violation",
                   "epoch_time_s", "lr", "val_auc", "val_threshold", "val_balanced_acc_at_threshold")
 
-_MODEL_FIELDS = tuple(ModelConfig.__dataclass_fields__)
-_ALIASES = {"channels": "in_channels"}  # the data's word for the model's input channels
-
-
-def check_device(name) -> str:
-    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, available on this machine; ConfigError otherwise."""
-    accepted = "auto, cpu, cuda, cuda:N or mps"
-    if not isinstance(name, str) or not name:
-        raise ConfigError("device", f"device must be one of {accepted}, got {name!r}")
-    if name == "auto":
-        return name
-    try:
-        dev = torch.device(name)
-    except (RuntimeError, ValueError):
-        raise ConfigError("device", f"unknown device {name!r}; use {accepted}") from None
-    if dev.type == "cpu":
-        return name
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device", f"device {name!r} asked for, but CUDA is not available here (no GPU, or "
-                                        f"torch built without CUDA); use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError("device", f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA "
-                                        f"device(s) here (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-        return name
-    if dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise ConfigError("device", f"device {name!r} asked for, but MPS is not available here; use cpu or auto")
-        return name
-    raise ConfigError("device", f"unsupported device {name!r}; use {accepted}")
-
-
-@dataclass
-class TrainConfig:
-    """Everything a training run needs; ``model`` is the network's :class:`ModelConfig`.
-
-    Data: ``data`` (a source of :func:`convex_attention.paper.data.build_datasets`),
-    ``data_root``, ``n_train``/``n_val`` (synthetic images), ``difficulty``,
-    ``data_seed`` (the data's seed; ``None``: ``seed``).  The images' size and channels
-    are the model's (``model.image_size``, ``model.in_channels``).
-
-    ``TrainConfig.build(method="exact", width=16, epochs=3)`` takes the fields of both
-    levels by name (``channels`` is ``in_channels``).
-    """
-
-    model: ModelConfig = field(default_factory=ModelConfig)
-    out: str = "runs/model"
-    data: str = "synthetic"
-    data_root: str | None = None
-    n_train: int = 2000
-    n_val: int = 500
-    difficulty: float = 0.5
-    data_seed: int | None = None
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    augment: bool = True
-    recompute_bn: bool = True
-    seed: int = 0
-    workers: int = 0
-    device: str = "auto"
-    resume: str | None = None
-    progress: bool = True
-
-    # ------------------------------------------------------------------ building
-    @classmethod
-    def build(cls, **fields_) -> TrainConfig:
-        """A config from the fields of ``TrainConfig`` and ``ModelConfig`` by name."""
-        return cls().override(**fields_)
-
-    def override(self, **fields_) -> TrainConfig:
-        """A copy with fields replaced; model fields (and ``channels``) go into ``model``."""
-        fields_ = {_ALIASES.get(k, k): v for k, v in fields_.items()}
-        mine = {f.name for f in fields(self)}
-        model = {k: v for k, v in fields_.items() if k in _MODEL_FIELDS}
-        unknown = sorted(set(fields_) - mine - set(model))
-        if unknown:
-            raise TypeError(f"unknown configuration field(s) {unknown}")
-        rest = {k: v for k, v in fields_.items() if k not in model}
-        base = rest.pop("model", self.model)
-        return replace(self, model=replace(base, **model) if model else base, **rest)
-
-    # ------------------------------------------------------------------ views
-    @property
-    def method(self) -> str:
-        return self.model.method
-
-    @property
-    def image_size(self) -> int:
-        return self.model.image_size
-
-    @property
-    def channels(self) -> int:
-        return self.model.in_channels
-
-    def data_config(self) -> dict:
-        """What decides the validation images (what ``explain`` compares between checkpoints).
-        ``n_train`` is not part of it: every training set of one source and seed is disjoint
-        from its validation images."""
-        return {"data": self.data, "data_root": self.data_root, "image_size": self.model.image_size,
-                "channels": self.model.in_channels, "n_val": self.n_val, "difficulty": self.difficulty,
-                "data_seed": self.seed if self.data_seed is None else self.data_seed}
-
-    def to_dict(self) -> dict:
-        """Plain containers, the model's fields nested under ``model`` (what checkpoints store)."""
-        out = asdict(self)
-        out["model"] = self.model.to_dict()
-        return out
-
-    def flat(self) -> dict:
-        """One key per field of either level (what ``config.json`` holds: one key per option)."""
-        out = self.to_dict()
-        return {**out.pop("model"), **out}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> TrainConfig:
-        """Inverse of :meth:`to_dict` and :meth:`flat` (and of older flat ``config.json`` files,
-        with ``channels``); ConfigError for an unknown field."""
-        if not isinstance(data, dict):
-            raise ConfigError("train_config", f"a training configuration must be a dict, got {type(data).__name__}")
-        data = dict(data)
-        model = data.pop("model", None) or {}
-        if not isinstance(model, dict):
-            raise ConfigError("model", f"the model configuration must be a dict, got {type(model).__name__}")
-        data = {_ALIASES.get(k, k): v for k, v in data.items()}
-        model = {**model, **{k: data.pop(k) for k in list(data) if k in _MODEL_FIELDS}}
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown training configuration field(s) {unknown}")
-        return cls(model=ModelConfig.from_dict(model), **data)
-
-    # ------------------------------------------------------------------ checks
-    def validate(self) -> TrainConfig:
-        """Check every field of both levels (ConfigError, a ValueError, naming the field and
-        the accepted values).  The device must exist on this machine."""
-        if not isinstance(self.model, ModelConfig):
-            raise ConfigError("model", f"model must be a ModelConfig, got {type(self.model).__name__}")
-        self.model.validate()
-        if not isinstance(self.out, str) or not self.out:
-            raise ConfigError("out", f"out must be a folder name, got {self.out!r}")
-        if self.data not in DATA_SOURCES:
-            raise ConfigError("data", f"unknown data source {self.data!r}; choose one of {', '.join(DATA_SOURCES)}")
-        if self.data_root is not None and not isinstance(self.data_root, str):
-            raise ConfigError("data_root", f"data_root must be a folder name, got {self.data_root!r}")
-        check_int("n_train", self.n_train, 1, " (at least one image)")
-        check_int("n_val", self.n_val, 1, " (at least one image)")
-        check_real("difficulty", self.difficulty, 0.0, 1.0)
-        if self.data_seed is not None:
-            check_int("data_seed", self.data_seed, 0)
-        check_int("epochs", self.epochs, 1)
-        check_int("batch_size", self.batch_size, 1)
-        check_real("lr", self.lr, 0.0, low_open=True)
-        check_real("weight_decay", self.weight_decay, 0.0)
-        for name in ("augment", "recompute_bn", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(name, f"{name} must be True or False, got {getattr(self, name)!r}")
-        check_int("seed", self.seed, 0)
-        check_int("workers", self.workers, 0)
-        check_device(self.device)
-        if self.resume is not None and not isinstance(self.resume, str):
-            raise ConfigError("resume", f"resume must be a checkpoint path, got {self.resume!r}")
-        return self
 
 
 def stored_train_config(path: str, state: dict) -> TrainConfig | None:
@@ -368,7 +206,15 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite: training stopped (the last checkpoints stay)."""
 
 
-def build_checked_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
+class CheckedData(NamedTuple):
+    """Training and validation data checked against a configuration where they entered
+    (:func:`build_checked_datasets`): :func:`train` does not check them again."""
+
+    train: Dataset
+    val: Dataset
+
+
+def build_checked_datasets(config: TrainConfig) -> CheckedData:
     """``(train, val)`` of ``config``'s data, checked against the model (channels, size);
     ValueError naming the problem and the option to change."""
     data_seed = config.seed if config.data_seed is None else config.data_seed
@@ -376,7 +222,7 @@ def build_checked_datasets(config: TrainConfig) -> tuple[Dataset, Dataset]:
                                         config.model.in_channels, config.n_train, config.n_val, config.difficulty,
                                         data_seed)
     check_data(config, train_set, val_set)
-    return train_set, val_set
+    return CheckedData(train_set, val_set)
 
 
 def check_data(config: TrainConfig, train_set: Dataset, val_set: Dataset) -> None:
@@ -412,90 +258,116 @@ def check_resume(config: TrainConfig, state: dict) -> int:
 # ---------------------------------------------------------------------------- training
 
 def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, log=None,
-          model_class=None) -> dict:
+          model_class=None, resume_state: dict | None = None) -> dict:
     """Train; returns ``{"metrics": rows, "best": path, "last": path, "best_epoch": int, "model": model}``.
 
     The configuration (and a checkpoint to resume from) is checked before any work.
+    ``datasets``: ``(train, val)``, checked here unless they are :class:`CheckedData`
+    (checked where they entered); ``None`` builds the configuration's data.
+    ``resume_state``: the checkpoint ``config.resume`` names, already read
+    (:func:`~convex_attention.paper.models.read_checkpoint`: the command reads it once).
     ``log``: where the per-epoch lines go (default: ``print`` when ``config.progress``).
     ``model_class``: built as ``model_class(config=config.model)`` instead of
     :class:`AttentionUNet` (e.g. the plain CNN baseline, trained by the same loop).
     """
-    from tqdm.auto import tqdm
-
     config.validate()
-    if log is None:
-        log = print if config.progress else (lambda *a, **k: None)
-    resume_state = read_checkpoint(config.resume) if config.resume else None
+    if config.resume and resume_state is None:
+        resume_state = read_checkpoint(config.resume)
     start_epoch = check_resume(config, resume_state) if resume_state is not None else 1
-    world, rank, local_rank = _distributed()
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if (torch.cuda.is_available() and config.device != "cpu") else "gloo"
-        dist.init_process_group(backend=backend)
-    device = _device(config, local_rank)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    seed_everything(config.seed)
-    main = rank == 0
     if datasets is None:
-        train_set, val_set = build_checked_datasets(config)
-    else:
-        train_set, val_set = datasets
-        check_data(config, train_set, val_set)
-    model = (model_class or AttentionUNet)(config=config.model).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    if main:
-        os.makedirs(config.out, exist_ok=True)
-    metrics: list[dict] = []
-    best, best_epoch = None, None
+        datasets = build_checked_datasets(config)
+    elif not isinstance(datasets, CheckedData):
+        check_data(config, *datasets)
+    run = _Run(config, CheckedData(*datasets), model_class, log)
     if resume_state is not None:
-        load_checkpoint(config.resume, model, optimizer, map_location=device, state=resume_state)
-        for group in optimizer.param_groups:  # the learning rate asked now, not the checkpoint's
+        run.restore(resume_state)
+    for epoch in range(start_epoch, config.epochs + 1):
+        run.epoch(epoch)
+    run.finish()
+    return {"metrics": run.metrics, "best": run.best_path, "last": run.last_path, "best_epoch": run.best_epoch,
+            "model": run.model}
+
+
+class _Run:
+    """One training run on one rank: its model, optimiser, data loader and selection state."""
+
+    def __init__(self, config: TrainConfig, data: CheckedData, model_class, log):
+        self.config = config
+        self.log = log if log is not None else (print if config.progress else (lambda *a, **k: None))
+        self.world, self.rank, local_rank = _distributed()
+        if self.world > 1 and not dist.is_initialized():
+            backend = "nccl" if (torch.cuda.is_available() and config.device != "cpu") else "gloo"
+            dist.init_process_group(backend=backend)
+        self.device = _device(config, local_rank)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        seed_everything(config.seed)
+        self.main = self.rank == 0
+        self.val_set = data.val
+        self.model = (model_class or AttentionUNet)(config=config.model).to(self.device)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if self.main:
+            os.makedirs(config.out, exist_ok=True)
+        self.metrics: list[dict] = []
+        self.best, self.best_epoch = None, None
+        self.net = self.model
+        if self.world > 1:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.train_labels = labels_only(data.train)  # masks never reach training
+        self.sampler = torch.utils.data.DistributedSampler(self.train_labels, self.world, self.rank, shuffle=True,
+                                                           seed=config.seed) if self.world > 1 else None
+        loader_gen = torch.Generator().manual_seed(config.seed)
+        self.loader = DataLoader(self.train_labels, batch_size=config.batch_size, shuffle=self.sampler is None,
+                                 sampler=self.sampler, num_workers=config.workers,
+                                 drop_last=len(self.train_labels) > config.batch_size * self.world,
+                                 generator=loader_gen if self.sampler is None else None)
+        self.aug_gen = torch.Generator().manual_seed(config.seed * 7919 + self.rank)
+        if self.main:
+            write_json(os.path.join(config.out, "config.json"), config.flat())
+        self.best_path, self.last_path = os.path.join(config.out, "best.pt"), os.path.join(config.out, "last.pt")
+
+    def restore(self, state: dict) -> None:
+        """Continue from a checkpoint: its weights and optimiser, metrics and selection."""
+        config = self.config
+        load_checkpoint(config.resume, self.model, self.optimizer, map_location=self.device, state=state)
+        for group in self.optimizer.param_groups:  # the learning rate asked now, not the checkpoint's
             group["lr"] = config.lr
             group["weight_decay"] = config.weight_decay
-        metrics = list(resume_state.get("metrics", []))
+        self.metrics = list(state.get("metrics", []))
         # the selection goes on where it stopped: best.pt holds the epoch of highest AUC so far
-        aucs = {int(m["epoch"]): float(m["val_auc"]) for m in metrics
+        aucs = {int(m["epoch"]): float(m["val_auc"]) for m in self.metrics
                 if isinstance(m.get("val_auc"), float) and math.isfinite(m["val_auc"])}
-        best_epoch = resume_state.get("best_epoch")
-        if best_epoch not in aucs and aucs:
-            best_epoch = max(aucs, key=lambda e: (aucs[e], -e))
-        if best_epoch in aucs:
-            best = aucs[best_epoch]
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    train_labels = labels_only(train_set)  # masks never reach training
-    sampler = torch.utils.data.DistributedSampler(train_labels, world, rank, shuffle=True, seed=config.seed) \
-        if world > 1 else None
-    loader_gen = torch.Generator().manual_seed(config.seed)
-    loader = DataLoader(train_labels, batch_size=config.batch_size, shuffle=sampler is None, sampler=sampler,
-                        num_workers=config.workers, drop_last=len(train_labels) > config.batch_size * world,
-                        generator=loader_gen if sampler is None else None)
-    aug_gen = torch.Generator().manual_seed(config.seed * 7919 + rank)
-    if main:
-        write_json(os.path.join(config.out, "config.json"), config.flat())
-    best_path, last_path = os.path.join(config.out, "best.pt"), os.path.join(config.out, "last.pt")
-    for epoch in range(start_epoch, config.epochs + 1):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        self.best_epoch = state.get("best_epoch")
+        if self.best_epoch not in aucs and aucs:
+            self.best_epoch = max(aucs, key=lambda e: (aucs[e], -e))
+        if self.best_epoch in aucs:
+            self.best = aucs[self.best_epoch]
+
+    def epoch(self, epoch: int) -> None:
+        """Train one epoch, then (rank 0) recompute BatchNorm, evaluate, checkpoint and log."""
+        from tqdm.auto import tqdm
+
+        config, model = self.config, self.model
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
         model.train()
         t0 = time.perf_counter()
         total, correct, loss_sum = 0, 0, 0.0
-        bar = tqdm(loader, desc=f"{config.method} epoch {epoch}/{config.epochs}", leave=False, dynamic_ncols=True,
-                   disable=not (main and config.progress))
+        bar = tqdm(self.loader, desc=f"{config.method} epoch {epoch}/{config.epochs}", leave=False,
+                   dynamic_ncols=True, disable=not (self.main and config.progress))
         for images, labels in bar:
-            images, labels = images.to(device), labels.to(device)
+            images, labels = images.to(self.device), labels.to(self.device)
             if config.augment:
-                images = augment(images, aug_gen)
-            out = net(images)
+                images = augment(images, self.aug_gen)
+            out = self.net(images)
             loss = model.loss(out, labels)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(f"non-finite loss {float(loss)} at epoch {epoch} (method {config.method}); "
                                        f"lower --lr")
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
             n = len(labels)
             total += n
             loss_sum += float(loss.detach()) * n
@@ -503,40 +375,50 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
             bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
         bar.close()
         epoch_time = time.perf_counter() - t0
-        if main and config.recompute_bn:
-            recompute_batchnorm(model, train_labels, config.batch_size, device)
-        if world > 1:
+        if self.main and config.recompute_bn:
+            recompute_batchnorm(model, self.train_labels, config.batch_size, self.device)
+        if self.world > 1:
             # DDP keeps parameters in step through the gradient all-reduce; BatchNorm
             # statistics (recomputed on rank 0, or each rank's running average) are made
             # rank 0's on every rank, as DDP's own buffer broadcast would.
             for buffer in model.buffers():
                 dist.broadcast(buffer, src=0)
-        if main:
-            row = {"epoch": epoch, "train_loss": loss_sum / total, "train_acc": correct / total,
-                   **evaluate(model, val_set, device=device), "epoch_time_s": epoch_time, "lr": config.lr}
-            metrics.append(row)
-            atomic_csv(os.path.join(config.out, "metrics.csv"), METRIC_COLUMNS, metrics)
-            auc = row["val_auc"]
-            if best is None or (math.isfinite(auc) and auc > best):
-                best, best_epoch = (auc if math.isfinite(auc) else -math.inf), epoch
-                save_checkpoint(best_path, model, optimizer, epoch, metrics, extra=_extra(config, row, best_epoch))
-            save_checkpoint(last_path, model, optimizer, epoch, metrics, extra=_extra(config, row, best_epoch))
-            log(f"[{config.method}] epoch {epoch}: loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
-                f"val auc {auc:.3f} bal.acc {row['val_balanced_acc']:.3f} (at threshold "
-                f"{row['val_balanced_acc_at_threshold']:.3f}) violation {row['val_violation']:.2e} "
-                f"({epoch_time:.1f} s)")
-        if world > 1:
+        if self.main:
+            self._record(epoch, {"epoch": epoch, "train_loss": loss_sum / total, "train_acc": correct / total,
+                                 **evaluate(model, self.val_set, device=self.device), "epoch_time_s": epoch_time,
+                                 "lr": config.lr})
+        if self.world > 1:
             dist.barrier()
-    if world > 1:
-        digests = [None] * world
-        dist.all_gather_object(digests, (weights_digest(model), weights_digest(model, buffers=False)))
-        if main:
-            write_json(os.path.join(config.out, "ddp_check.json"),
-                       {"world_size": world, "digests": [d[0] for d in digests],
+
+    def _record(self, epoch: int, row: dict) -> None:
+        """metrics.csv, best.pt (by validation AUC) and last.pt, and the epoch's log line."""
+        config = self.config
+        self.metrics.append(row)
+        atomic_csv(os.path.join(config.out, "metrics.csv"), METRIC_COLUMNS, self.metrics)
+        auc = row["val_auc"]
+        if self.best is None or (math.isfinite(auc) and auc > self.best):
+            self.best, self.best_epoch = (auc if math.isfinite(auc) else -math.inf), epoch
+            save_checkpoint(self.best_path, self.model, self.optimizer, epoch, self.metrics,
+                            extra=_extra(config, row, self.best_epoch))
+        save_checkpoint(self.last_path, self.model, self.optimizer, epoch, self.metrics,
+                        extra=_extra(config, row, self.best_epoch))
+        self.log(f"[{config.method}] epoch {epoch}: loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
+                 f"val auc {auc:.3f} bal.acc {row['val_balanced_acc']:.3f} (at threshold "
+                 f"{row['val_balanced_acc_at_threshold']:.3f}) violation {row['val_violation']:.2e} "
+                 f"({row['epoch_time_s']:.1f} s)")
+
+    def finish(self) -> None:
+        """Under DDP: every rank's weight digest (``ddp_check.json``), then the group is closed."""
+        if self.world <= 1:
+            return
+        digests: list = [None] * self.world
+        dist.all_gather_object(digests, (weights_digest(self.model), weights_digest(self.model, buffers=False)))
+        if self.main:
+            write_json(os.path.join(self.config.out, "ddp_check.json"),
+                       {"world_size": self.world, "digests": [d[0] for d in digests],
                         "parameter_digests": [d[1] for d in digests], "identical": len({d[0] for d in digests}) == 1})
         dist.barrier()
         dist.destroy_process_group()
-    return {"metrics": metrics, "best": best_path, "last": last_path, "best_epoch": best_epoch, "model": model}
 
 
 def _extra(config: TrainConfig, row: dict, best_epoch) -> dict:

@@ -2,21 +2,21 @@
 and a folder of your own images.  No data is ever downloaded."""
 from __future__ import annotations
 
+import os
+
+import torch
 from torch.utils.data import Dataset
 
+from ..config import DATA_SOURCES, MIMIC_SOURCES, SYNTHETIC_GENERATORS
 from .brats import BraTSSlices
 from .folder import FolderDataset
-from .synthetic import SyntheticLesions, labels_only
+from .synthetic import SyntheticLesions, labels_only, synthetic_dataset
 
 __all__ = ["SyntheticLesions", "BraTSSlices", "FolderDataset", "labels_only", "build_datasets", "InMemory",
            "DATA_SOURCES", "SYNTHETIC_GENERATORS", "MIMIC_SOURCES"]
 
-# The sources build_datasets knows (the ``--data`` choices of ``train``).
-DATA_SOURCES = ("synthetic", "synthetic-blobs", "synthetic-brightest", "brats", "folder")
-#: The synthetic sources and their generators (:data:`convex_attention.paper.data.synthetic.GENERATORS`).
-SYNTHETIC_GENERATORS = {"synthetic": "rim", "synthetic-blobs": "blobs", "synthetic-brightest": "brightest"}
-#: The synthetic sources whose structures have mimic types (a mimic type can be held out).
-MIMIC_SOURCES = ("synthetic", "synthetic-brightest")
+# The sources (DATA_SOURCES, SYNTHETIC_GENERATORS, MIMIC_SOURCES) are declared with the
+# settings that choose them (convex_attention.paper.config).
 
 
 class InMemory(Dataset):
@@ -24,8 +24,6 @@ class InMemory(Dataset):
     again in every epoch)."""
 
     def __init__(self, dataset: Dataset):
-        import torch
-
         items = [dataset[i] for i in range(len(dataset))]
         self.images = torch.stack([it[0] for it in items])
         self.labels = torch.stack([torch.as_tensor(it[1]) for it in items])
@@ -48,8 +46,6 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
     and ``root/val``, each a :class:`FolderDataset`.
     """
     if source in SYNTHETIC_GENERATORS:  # rim lesions among mimics (default), the previous blobs, the brightest rule
-        from .synthetic import synthetic_dataset
-
         kind = SYNTHETIC_GENERATORS[source]
         return (synthetic_dataset(kind, n_train, image_size, channels, difficulty, seed=seed),
                 synthetic_dataset(kind, n_val, image_size, channels, difficulty, seed=seed + 10_000))
@@ -59,7 +55,5 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
         return (BraTSSlices(root, "train", val_fraction, seed, image_size=image_size),
                 BraTSSlices(root, "val", val_fraction, seed, image_size=image_size))
     if source == "folder":
-        import os
-
         return FolderDataset(os.path.join(root, "train")), FolderDataset(os.path.join(root, "val"))
     raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(DATA_SOURCES)}")

@@ -109,11 +109,14 @@ lesions are smaller than the area rule allows.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
+
+from ..config import MIMIC_TYPES
 
 __all__ = ["SyntheticLesions", "SyntheticRimLesions", "SyntheticBrightestLesions", "render_image", "render_rim_image",
            "synthetic_dataset", "labels_only", "min_lesion_area", "GENERATORS", "MIMIC_TYPES", "LABEL_RULES",
@@ -289,7 +292,6 @@ class SyntheticLesions(Dataset):
         return img, torch.tensor(label), mask
 
 
-MIMIC_TYPES = ("inverted", "split", "mottled")
 #: Channel gains of the two compartments (FLAIR, T1, T1ce, T2), in raw tissue units.
 CORE_SIGNATURE = (0.5, -0.8, -0.3, 1.2)
 RIM_SIGNATURE = (0.7, -0.2, 1.3, 0.5)
@@ -403,23 +405,14 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
     strength = 1.0 - 0.55 * difficulty
     core_sig, rim_sig = _tile(CORE_SIGNATURE, channels), _tile(RIM_SIGNATURE, channels)
 
-    flat = img.reshape(channels, -1)  # a view: structures are written in place
+    canvas = _Canvas(img.reshape(channels, -1), level, inside, xx, yy, h, S, core_sig, rim_sig)  # a view
     mask = torch.zeros(S * S, dtype=torch.bool)
-    compartment = torch.zeros(S * S, dtype=torch.int8)
-    structure = torch.full((S * S,), -1, dtype=torch.int16)
-    # geometry first, kinds after placement: a structure that finds no room is dropped
-    # whatever its kind, and the lesion is one of the placed structures
-    slots = []
-    for _ in range(n_structures):
-        area = int(math.ceil(a_min * (1.0 + (max_factor - 1.0) * float(torch.rand(1, generator=g)))))
-        lobes = _LOBE_MAX * torch.rand(3, generator=g)
-        slots.append((area, lobes, math.sqrt(area / math.pi) * (1.0 + float(lobes.sum())) + 0.5))
-    centres = _place(g, [extent for *_, extent in slots], ax, ay, cos_a, sin_a, h)
-    placed = [(area, lobes, c) for (area, lobes, _), c in zip(slots, centres) if c is not None]
+    placed = _place_structures(g, n_structures, a_min, max_factor, ax, ay, cos_a, sin_a, h)
     dropped = n_structures - len(placed)
     if not placed:  # unreachable from S = 32 on: the first structure always fits
         raise RuntimeError(f"image {index} of seed {seed}: no room for a structure at image_size {S}")
     lesion_slot = int(torch.randint(len(placed), (1,), generator=g)) if label or brightest else -1
+    amplitudes, offset = None, 0.0
     if brightest:
         amplitudes, offset = _brightest_amplitudes(g, len(placed), lesion_slot, label)
         amplitudes = [strength * a for a in amplitudes]
@@ -427,55 +420,15 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
         label = int(max(range(len(placed)), key=amplitudes.__getitem__) == lesion_slot)
 
     kinds, areas = [], []
-    for slot, (area, lobes, (cx, cy)) in enumerate(placed):
+    for slot, (area, lobes, centre) in enumerate(placed):
         kind = "lesion" if slot == lesion_slot else types[int(torch.randint(len(types), (1,), generator=g))]
-        radius = math.sqrt(area / math.pi)  # pixels
-        phases = 2 * math.pi * torch.rand(3, generator=g)
-        dx, dy = (xx - cx) / h, (yy - cy) / h
-        theta = torch.atan2(dy, dx)
-        k = torch.arange(2, 5, dtype=theta.dtype).view(-1, 1, 1)
-        outline = 1.0 + (lobes.view(-1, 1, 1) * torch.cos(k * theta + phases.view(-1, 1, 1))).sum(0)
-        depth = (torch.sqrt(dx ** 2 + dy ** 2) / (radius * outline)).reshape(-1)
-        depth = depth.masked_fill(~inside.reshape(-1) | (structure >= 0), math.inf)
-        pixels = torch.topk(depth, area, largest=False).indices  # the outline: exactly `area` pixels
-        core_share = 0.35 + 0.2 * float(torch.rand(1, generator=g))
-        if brightest:
-            amp, jitter = amplitudes[slot], BRIGHTEST["gain_jitter"]
-        else:
-            amp, jitter = strength * (0.8 + 0.2 * float(torch.rand(1, generator=g))), 0.2
-        core_gain = amp * core_sig * torch.exp(jitter * torch.randn(channels, generator=g))
-        rim_gain = amp * rim_sig * torch.exp(jitter * torch.randn(channels, generator=g))
-        # the kinds differ only in which pixels of the outline become core
-        if kind == "lesion":
-            key = depth[pixels]
-        elif kind == "inverted":
-            key = -depth[pixels]
-        elif kind == "split":
-            psi = 2 * math.pi * float(torch.rand(1, generator=g))
-            key = (math.cos(psi) * dx + math.sin(psi) * dy).reshape(-1)[pixels]
-        else:  # mottled
-            key = _smooth_noise(g, 1, S, sigma=max(1.0, 0.4 * radius)).reshape(-1)[pixels]
-        order = torch.argsort(key, stable=True)
-        n_core = int(round(core_share * area))
-        core, rim = pixels[order[:n_core]], pixels[order[n_core:]]
-        # The structure replaces the tissue: the brain's mean level plus the compartment's
-        # gains, with i.i.d. per-pixel heterogeneity.  Nothing spatially correlated is left
-        # inside (no texture, no bias field), so every arrangement of core and rim pixels
-        # yields the same distribution of pixel values, extremes included.
-        if brightest:  # additive noise: the relative order of two structures is not read off one pixel
-            flat[:, core] = level + core_gain.view(-1, 1)
-            flat[:, rim] = level + rim_gain.view(-1, 1)
-            flat[:, pixels] += BRIGHTEST["pixel_noise"] * torch.randn(channels, area, generator=g)
-        else:
-            gain = 1.0 + HETEROGENEITY * torch.randn(area, generator=g)
-            flat[:, core] = level + core_gain.view(-1, 1) * gain[order[:n_core]]
-            flat[:, rim] = level + rim_gain.view(-1, 1) * gain[order[n_core:]]
-        compartment[core], compartment[rim] = 1, 2
-        structure[pixels] = len(kinds)
+        pixels = _draw_structure(g, canvas, len(kinds), kind, area, lobes, centre, strength,
+                                 amplitudes[slot] if amplitudes is not None else None)
         if kind == "lesion" and label:
             mask[pixels] = True
         kinds.append(kind)
         areas.append(area)
+    flat, structure, compartment = canvas.flat, canvas.structure, canvas.compartment
 
     specks = _add_specks(g, flat, level, inside, structure, xx, yy, a_min, offset, strength,
                          (core_sig, rim_sig)) if brightest else 0
@@ -488,6 +441,99 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
     if brightest:
         out.update(amplitudes=amplitudes, offset=offset, specks=specks)
     return out
+
+
+@dataclass
+class _Canvas:
+    """What the structures of one image are drawn on: the image's pixels ``flat`` ``(C, S·S)``
+    (a view, written in place), the brain's mean ``level`` ``(C, 1)``, the brain mask, the
+    pixel coordinates and pitch, the compartments' signatures, and the per-pixel record of
+    which structure (``-1``: tissue) and compartment (0 tissue, 1 core, 2 rim) each pixel is."""
+
+    flat: Tensor
+    level: Tensor
+    inside: Tensor
+    xx: Tensor
+    yy: Tensor
+    h: float
+    S: int
+    core_sig: Tensor
+    rim_sig: Tensor
+    structure: Tensor = field(init=False)
+    compartment: Tensor = field(init=False)
+
+    def __post_init__(self):
+        self.structure = torch.full((self.S * self.S,), -1, dtype=torch.int16)
+        self.compartment = torch.zeros(self.S * self.S, dtype=torch.int8)
+
+
+def _place_structures(g: torch.Generator, n: int, a_min: int, max_factor: float, ax: float, ay: float,
+                      cos_a: float, sin_a: float, h: float) -> list:
+    """Geometry first, kinds after placement: a structure that finds no room is dropped
+    whatever its kind, and the lesion is one of the placed structures.  Returns
+    ``[(area, lobes, centre)]`` of the placed ones."""
+    slots = []
+    for _ in range(n):
+        area = int(math.ceil(a_min * (1.0 + (max_factor - 1.0) * float(torch.rand(1, generator=g)))))
+        lobes = _LOBE_MAX * torch.rand(3, generator=g)
+        slots.append((area, lobes, math.sqrt(area / math.pi) * (1.0 + float(lobes.sum())) + 0.5))
+    centres = _place(g, [extent for *_, extent in slots], ax, ay, cos_a, sin_a, h)
+    return [(area, lobes, c) for (area, lobes, _), c in zip(slots, centres) if c is not None]
+
+
+def _draw_structure(g: torch.Generator, canvas: _Canvas, number: int, kind: str, area: int, lobes: Tensor,
+                    centre: tuple, strength: float, amplitude: float | None) -> Tensor:
+    """Draw one structure (its outline of exactly ``area`` pixels, split into core and rim
+    by its ``kind``) and return its pixels.  ``amplitude``: the "brightest" rule's (with
+    additive per-pixel noise); ``None``: the presence rule's random amplitude with
+    multiplicative heterogeneity."""
+    c, h, S = canvas, canvas.h, canvas.S
+    channels = c.flat.shape[0]
+    cx, cy = centre
+    radius = math.sqrt(area / math.pi)  # pixels
+    phases = 2 * math.pi * torch.rand(3, generator=g)
+    dx, dy = (c.xx - cx) / h, (c.yy - cy) / h
+    theta = torch.atan2(dy, dx)
+    k = torch.arange(2, 5, dtype=theta.dtype).view(-1, 1, 1)
+    outline = 1.0 + (lobes.view(-1, 1, 1) * torch.cos(k * theta + phases.view(-1, 1, 1))).sum(0)
+    depth = (torch.sqrt(dx ** 2 + dy ** 2) / (radius * outline)).reshape(-1)
+    depth = depth.masked_fill(~c.inside.reshape(-1) | (c.structure >= 0), math.inf)
+    pixels = torch.topk(depth, area, largest=False).indices  # the outline: exactly `area` pixels
+    core_share = 0.35 + 0.2 * float(torch.rand(1, generator=g))
+    if amplitude is not None:
+        amp, jitter = amplitude, BRIGHTEST["gain_jitter"]
+    else:
+        amp, jitter = strength * (0.8 + 0.2 * float(torch.rand(1, generator=g))), 0.2
+    core_gain = amp * c.core_sig * torch.exp(jitter * torch.randn(channels, generator=g))
+    rim_gain = amp * c.rim_sig * torch.exp(jitter * torch.randn(channels, generator=g))
+    # the kinds differ only in which pixels of the outline become core
+    if kind == "lesion":
+        key = depth[pixels]
+    elif kind == "inverted":
+        key = -depth[pixels]
+    elif kind == "split":
+        psi = 2 * math.pi * float(torch.rand(1, generator=g))
+        key = (math.cos(psi) * dx + math.sin(psi) * dy).reshape(-1)[pixels]
+    else:  # mottled
+        key = _smooth_noise(g, 1, S, sigma=max(1.0, 0.4 * radius)).reshape(-1)[pixels]
+    order = torch.argsort(key, stable=True)
+    n_core = int(round(core_share * area))
+    core, rim = pixels[order[:n_core]], pixels[order[n_core:]]
+    # The structure replaces the tissue: the brain's mean level plus the compartment's
+    # gains, with i.i.d. per-pixel heterogeneity.  Nothing spatially correlated is left
+    # inside (no texture, no bias field), so every arrangement of core and rim pixels
+    # yields the same distribution of pixel values, extremes included.
+    if amplitude is not None:  # additive noise: the relative order of two structures is not read off one pixel
+        c.flat[:, core] = c.level + core_gain.view(-1, 1)
+        c.flat[:, rim] = c.level + rim_gain.view(-1, 1)
+        c.flat[:, pixels] += BRIGHTEST["pixel_noise"] * torch.randn(channels, area, generator=g)
+    else:
+        gain = 1.0 + HETEROGENEITY * torch.randn(area, generator=g)
+        c.flat[:, core] = c.level + core_gain.view(-1, 1) * gain[order[:n_core]]
+        c.flat[:, rim] = c.level + rim_gain.view(-1, 1) * gain[order[n_core:]]
+    c.compartment[core], c.compartment[rim] = 1, 2
+    c.structure[pixels] = number
+    return pixels
 
 
 def _brightest_amplitudes(g: torch.Generator, n: int, lesion_slot: int, label: int) -> tuple[list, float]:

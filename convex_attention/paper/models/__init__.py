@@ -1,6 +1,16 @@
-"""The paper's network: a U-Net encoder classifier with consistent multi-level attention."""
-from .checkpoint import load_checkpoint, load_model, read_checkpoint, save_checkpoint
+"""The paper's networks: the attention CNN (a U-Net encoder classifier with consistent
+multi-level attention) and the plain CNN without attention it is compared with, and their
+checkpoints."""
+from .checkpoint import (
+    load_any_model,
+    load_checkpoint,
+    load_model,
+    load_plain_cnn,
+    read_checkpoint,
+    save_checkpoint,
+)
+from .plain_cnn import PlainCNN, is_plain_cnn_checkpoint
 from .unet import AttentionOutput, AttentionUNet, ConfigError, ModelConfig
 
-__all__ = ["AttentionUNet", "AttentionOutput", "ModelConfig", "ConfigError", "save_checkpoint", "load_checkpoint",
-           "load_model", "read_checkpoint"]
+__all__ = ["AttentionUNet", "AttentionOutput", "ModelConfig", "ConfigError", "PlainCNN", "is_plain_cnn_checkpoint",
+           "save_checkpoint", "load_checkpoint", "load_model", "load_plain_cnn", "load_any_model", "read_checkpoint"]

@@ -15,9 +15,11 @@ import zipfile
 
 import torch
 
+from .plain_cnn import PlainCNN, is_plain_cnn_checkpoint
 from .unet import AttentionUNet, ConfigError, ModelConfig
 
-__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "read_checkpoint", "FORMAT"]
+__all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_plain_cnn", "load_any_model", "read_checkpoint",
+           "FORMAT"]
 
 FORMAT = "convex-attention-checkpoint/1"
 
@@ -134,9 +136,33 @@ def load_checkpoint(path: str, model, optimizer=None, map_location="cpu", state:
     return state
 
 
-def load_model(path: str, map_location="cpu") -> tuple[AttentionUNet, dict]:
-    """Rebuild the model a checkpoint was saved from and load its weights: ``(model, state)``."""
+def _load(path: str, map_location, kinds: tuple) -> tuple:
+    """Read the checkpoint once, build the model it holds (one of ``kinds``: the attention
+    model, the plain CNN) and load its weights: ``(model, state)``."""
     state = read_checkpoint(path, map_location)
-    model = AttentionUNet(config=_model_config(state))
+    plain = is_plain_cnn_checkpoint(state)
+    cls = PlainCNN if plain else AttentionUNet
+    if cls not in kinds:
+        what = "a plain CNN" if plain else "an attention model"
+        wanted = " or ".join("a plain CNN" if k is PlainCNN else "an attention model" for k in kinds)
+        raise ValueError(f"{path!r} is a checkpoint of {what}, not of {wanted}")
+    model = cls(config=_model_config(state))
     load_checkpoint(path, model, map_location=map_location, state=state)
     return model, state
+
+
+def load_model(path: str, map_location="cpu") -> tuple[AttentionUNet, dict]:
+    """Rebuild the attention model a checkpoint was saved from and load its weights:
+    ``(model, state)``; ValueError for a plain CNN's checkpoint."""
+    return _load(path, map_location, (AttentionUNet,))
+
+
+def load_plain_cnn(path: str, map_location="cpu") -> tuple[PlainCNN, dict]:
+    """``(model, state)`` from a checkpoint of a :class:`PlainCNN` (checked like every checkpoint)."""
+    return _load(path, map_location, (PlainCNN,))
+
+
+def load_any_model(path: str, map_location="cpu") -> tuple:
+    """``(model, state)``: an attention model or a plain CNN, whichever the checkpoint holds
+    (the file is read once)."""
+    return _load(path, map_location, (AttentionUNet, PlainCNN))

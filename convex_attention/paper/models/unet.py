@@ -35,187 +35,29 @@ per-level softmax maps and the consistency loss at the learned duals (weighted h
 that solve per sample on the CPU (cvxpylayers) are refused for sizes whose solves would
 take hours.
 
-Configuration: one :class:`ModelConfig` (keyword fields, one ``validate()``), the first
-link of the chain ``ModelConfig`` ⊂ ``TrainConfig`` ⊂ ``ExperimentConfig``.
+Configuration: one :class:`~convex_attention.paper.config.ModelConfig` (every setting
+declared once there), the first link of the chain ``ModelConfig`` ⊂ ``TrainConfig`` ⊂
+``ExperimentConfig``; it is validated once, when the model is built.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from ...hierarchy import Hierarchy
-from ...methods import REGISTRY, get_method
+from ...methods import get_method
 from ...nn import ConsistentAttention, ScoreHead
 from ...solve import Solution
-from ...validation import check_temperatures
+from ..config import DUAL_SOURCES, HEADS, NORMS, ConfigError, ModelConfig
 
-__all__ = ["AttentionUNet", "AttentionOutput", "ModelConfig", "ConfigError", "NORMS", "HEADS", "DUAL_SOURCES"]
+__all__ = ["AttentionUNet", "AttentionOutput", "ModelConfig", "ConfigError", "NORMS", "HEADS", "DUAL_SOURCES",
+           "LOG_TEMPERATURE_BOUND"]
 
-# A per-sample CPU solver is refused when one pass over 1000 images would exceed this (seconds).
-CVX_REFUSE_S_PER_1000 = 3600.0
-
-NORMS = ("batch", "group")
-HEADS = ("bounded", "learned")  # ScoreHead(scale=...): the paper's head, or one with a learnable gain
-DUAL_SOURCES = ("shared", "amortised")  # ConsistentAttention(duals=...), for methods that need duals
 # The learnable log-temperature's bound: the temperatures move by at most a factor e^7 ≈ 1100.
 LOG_TEMPERATURE_BOUND = 7.0
-
-
-class ConfigError(ValueError):
-    """An invalid configuration field; ``field`` names it (the command line maps it to its flag)."""
-
-    def __init__(self, field: str, message: str):
-        super().__init__(message)
-        self.field = field
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
-def check_int(name: str, value, minimum: int = 1, what: str = "") -> None:
-    """``value`` must be an integer >= ``minimum`` (ConfigError naming ``name`` otherwise)."""
-    if not _is_int(value) or value < minimum:
-        raise ConfigError(name, f"{name} must be an integer >= {minimum}{what}, got {value!r}")
-
-
-def check_real(name: str, value, low: float, high: float = math.inf, low_open: bool = False) -> None:
-    """``value`` must be a finite number in ``[low, high]`` (``(low, high]`` if ``low_open``)."""
-    ok = _is_real(value) and math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-    if not ok:
-        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]" if math.isfinite(high) else \
-            (f"> {low:g}" if low_open else f">= {low:g}")
-        raise ConfigError(name, f"{name} must be a finite number {interval}, got {value!r}")
-
-
-@dataclass
-class ModelConfig:
-    """The attention CNN's settings: what :class:`AttentionUNet` is built from.
-
-    Defaults follow the paper where it states them (width 32, two attention levels on
-    blocks 3 and 4, τ = 1, α = 10, BatchNorm); ``image_size`` 128 is the synthetic
-    data's size (the paper resizes BraTS slices to 256: pass 256 there).
-    """
-
-    in_channels: int = 4
-    num_classes: int = 2
-    width: int = 32
-    image_size: int = 128
-    attention_blocks: tuple = (3, 4)
-    method: str = "learned_dual"
-    temperature: float | tuple = 1.0
-    alpha: float = 10.0
-    embed_channels: int = 64
-    bottleneck_in_classifier: bool = False
-    norm: str = "batch"
-    solver_options: dict = field(default_factory=dict)
-    head: str = "bounded"
-    learn_temperature: bool = False
-    duals: str = "shared"
-
-    # the fields that decide the parameter shapes and the computation (what a checkpoint must match)
-    ARCHITECTURE = ("in_channels", "num_classes", "width", "image_size", "attention_blocks", "method",
-                    "embed_channels", "bottleneck_in_classifier", "norm", "head", "learn_temperature", "duals")
-
-    def __post_init__(self):
-        if isinstance(self.attention_blocks, list):
-            self.attention_blocks = tuple(self.attention_blocks)
-        if isinstance(self.temperature, list):
-            self.temperature = tuple(self.temperature)
-
-    def validate(self) -> ModelConfig:
-        """Check every field; ConfigError (a ValueError) naming the field and the accepted values."""
-        try:
-            method = get_method(self.method)
-        except ValueError as err:
-            raise ConfigError("method", str(err)) from None
-        check_int("in_channels", self.in_channels)
-        check_int("num_classes", self.num_classes, 2)
-        check_int("width", self.width)
-        check_int("embed_channels", self.embed_channels)
-        if not _is_int(self.image_size) or self.image_size < 16 or self.image_size % 16:
-            raise ConfigError("image_size", f"image size {self.image_size!r} is not divisible through the pooling "
-                                            f"stack: the encoder halves it four times, so it must be a positive "
-                                            f"multiple of 16 (e.g. 128 or 256)")
-        blocks = list(self.attention_blocks) if isinstance(self.attention_blocks, Sequence) else []
-        if not all(_is_int(b) for b in blocks) or not 2 <= len(blocks) <= 3 \
-                or blocks != list(range(blocks[0], blocks[0] + len(blocks))) or blocks[0] < 1 or blocks[-1] > 5:
-            raise ConfigError("attention_blocks", f"attention_blocks must be 2 or 3 consecutive blocks among 1..5 "
-                                                  f"(5 = bottleneck), got {self.attention_blocks!r}")
-        try:
-            check_temperatures(self.temperature, len(blocks))
-        except (TypeError, ValueError) as err:
-            raise ConfigError("temperature", str(err)) from None
-        check_real("alpha", self.alpha, 0.0)
-        if self.norm not in NORMS:
-            raise ConfigError("norm", f"norm must be one of {', '.join(NORMS)}, got {self.norm!r}")
-        if not isinstance(self.bottleneck_in_classifier, bool):
-            raise ConfigError("bottleneck_in_classifier",
-                              f"bottleneck_in_classifier must be True or False, got {self.bottleneck_in_classifier!r}")
-        if not isinstance(self.solver_options, dict):
-            raise ConfigError("solver_options", f"solver_options must be a dict, got {self.solver_options!r}")
-        if self.head not in HEADS:
-            raise ConfigError("head", f"head must be one of {', '.join(HEADS)} (the paper's bounded score head, or "
-                                      f"one with a learnable gain), got {self.head!r}")
-        if not isinstance(self.learn_temperature, bool):
-            raise ConfigError("learn_temperature", f"learn_temperature must be True or False, got "
-                                                   f"{self.learn_temperature!r}")
-        if self.learn_temperature and not method.tensor_temperature:
-            learnable = ", ".join(n for n, r in REGISTRY.items() if r.tensor_temperature)
-            raise ConfigError("learn_temperature", f"method {self.method!r} cannot differentiate through the "
-                                                   f"temperature, so it cannot learn one; use a fixed temperature, "
-                                                   f"or one of the methods {learnable}")
-        if self.duals not in DUAL_SOURCES:
-            raise ConfigError("duals", f"duals must be one of {', '.join(DUAL_SOURCES)}, got {self.duals!r}")
-        if self.duals != "shared" and not method.needs_duals:
-            raise ConfigError("duals", f"duals={self.duals!r} is the dual source of methods that need duals "
-                                       f"(learned_dual), not of {self.method!r}; leave it 'shared'")
-        if method.cpu_only:
-            # a per-sample CPU solver: its cost grows steeply with the number of cells
-            from ...cvx import prior_seconds_per_sample
-
-            cells = sum((self.image_size // 2 ** (k - 1)) ** 2 for k in blocks)
-            per_image = prior_seconds_per_sample(cells)
-            if per_image * 1000 > CVX_REFUSE_S_PER_1000:
-                raise ConfigError(
-                    "method",
-                    f"method {self.method!r} refused for {self.image_size}x{self.image_size} images: the attention "
-                    f"problem has {cells} cells, estimated {per_image:.1f} s per image forward+backward on a CPU, "
-                    f"about {per_image * 1000 / 3600:.1f} h per 1000 images. Use method 'exact' (the same solution "
-                    f"in closed form) or smaller images.")
-        return self
-
-    def architecture(self) -> dict:
-        """The fields that decide the parameter shapes and the computation (what a checkpoint must match)."""
-        return {k: getattr(self, k) for k in self.ARCHITECTURE}
-
-    def to_dict(self) -> dict:
-        """Plain containers only (what a checkpoint and ``config.json`` hold)."""
-        out = asdict(self)
-        out["attention_blocks"] = list(self.attention_blocks)
-        if isinstance(self.temperature, tuple):
-            out["temperature"] = list(self.temperature)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> ModelConfig:
-        """Inverse of :meth:`to_dict`; ConfigError for a field this version does not know.
-        Fields missing from ``data`` (older checkpoints) take their defaults."""
-        if not isinstance(data, dict):
-            raise ConfigError("model", f"a model configuration must be a dict, got {type(data).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(unknown[0], f"unknown model configuration field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
 
 
 @dataclass
@@ -290,8 +132,8 @@ class AttentionUNet(nn.Module):
         unknown = sorted(set(fields_) - known)
         if unknown:
             raise TypeError(f"unknown ModelConfig field(s) {unknown}; solver options go in solver_options={{...}}")
-        base = (config or ModelConfig()).to_dict()
-        self.config = ModelConfig.from_dict({**base, **fields_}).validate()
+        # the configuration's one check, here where it enters the model
+        self.config = replace(config or ModelConfig(), **fields_).validate()
         cfg = self.config
         blocks = list(cfg.attention_blocks)
         channels, self.last_block, self.blocks, self.pools = build_encoder(cfg)
@@ -299,12 +141,12 @@ class AttentionUNet(nn.Module):
                                     for k in blocks})
         self.hierarchy = Hierarchy.grid([(cfg.image_size // 2 ** (k - 1),) * 2 for k in blocks])
         record = get_method(cfg.method)
-        self.attention = ConsistentAttention(self.hierarchy, method=cfg.method, temperature=cfg.temperature,
+        temps = list(cfg.temperature_per_level())
+        self.attention = ConsistentAttention(self.hierarchy, method=cfg.method, temperature=temps,
                                              check_finite=False, duals=cfg.duals if record.needs_duals else "shared",
                                              **cfg.solver_options)
         # the fixed temperatures τ_k; with learn_temperature they are scaled by e^s, s learned
-        self.register_buffer("base_temperature", torch.tensor(check_temperatures(cfg.temperature, len(blocks)),
-                                                               dtype=torch.float32), persistent=False)
+        self.register_buffer("base_temperature", torch.tensor(temps, dtype=torch.float32), persistent=False)
         self.log_temperature = nn.Parameter(torch.zeros(())) if cfg.learn_temperature else None
         self.classifier = nn.Linear(classifier_features(cfg, channels), cfg.num_classes)
 

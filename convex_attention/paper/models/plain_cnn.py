@@ -13,26 +13,20 @@ fields, ``method``, ``temperature``, ``alpha``, ``head``, ... are ignored) and r
 same :class:`~convex_attention.paper.models.AttentionOutput` (``maps``: the uniform maps
 it pools with, which are consistent; ``aux_loss`` 0), so the training loop
 (``train(config, model_class=PlainCNN)``), checkpoints and evaluation are shared.
-:func:`load_plain_cnn` restores one from a checkpoint; :func:`is_plain_cnn_checkpoint`
-tells its checkpoints from attention models' (they have no score heads).
+:func:`convex_attention.paper.models.checkpoint.load_plain_cnn` restores one from a
+checkpoint; :func:`is_plain_cnn_checkpoint` tells its checkpoints from attention models'
+(they have no score heads).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
 
-from convex_attention.hierarchy import Hierarchy
-from convex_attention.paper.models.unet import (
-    AttentionOutput,
-    ModelConfig,
-    build_encoder,
-    check_images,
-    classifier_features,
-    encoder_features,
-)
-from convex_attention.solve import Solution
+from ...hierarchy import Hierarchy
+from ...solve import Solution
+from .unet import AttentionOutput, ModelConfig, build_encoder, check_images, classifier_features, encoder_features
 
-__all__ = ["PlainCNN", "load_plain_cnn", "is_plain_cnn_checkpoint", "load_any_model"]
+__all__ = ["PlainCNN", "is_plain_cnn_checkpoint"]
 
 
 class PlainCNN(nn.Module):
@@ -96,27 +90,3 @@ def is_plain_cnn_checkpoint(state: dict) -> bool:
     weights have a classifier and no score heads (every attention model has heads)."""
     keys = state.get("model", {}).keys()
     return any(k.startswith("classifier.") for k in keys) and not any(k.startswith("heads.") for k in keys)
-
-
-def load_plain_cnn(path: str, map_location="cpu") -> tuple[PlainCNN, dict]:
-    """``(model, state)`` from a checkpoint of a :class:`PlainCNN` (checked like every checkpoint)."""
-    from convex_attention.paper.models.checkpoint import (
-        load_checkpoint,
-        read_checkpoint,
-    )
-
-    state = read_checkpoint(path, map_location)
-    if not is_plain_cnn_checkpoint(state):
-        raise ValueError(f"{path!r} is a checkpoint of an attention model, not of a plain CNN")
-    model = PlainCNN(config=ModelConfig.from_dict(state["config"]))
-    load_checkpoint(path, model, map_location=map_location, state=state)
-    return model, state
-
-
-def load_any_model(path: str, map_location="cpu"):
-    """``(model, state)``: an attention model or a plain CNN, whichever the checkpoint holds."""
-    from convex_attention.paper.models.checkpoint import load_model, read_checkpoint
-
-    if is_plain_cnn_checkpoint(read_checkpoint(path, map_location)):
-        return load_plain_cnn(path, map_location)
-    return load_model(path, map_location)

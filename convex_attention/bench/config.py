@@ -1,0 +1,193 @@
+"""The benchmark sweep's settings, each declared once (:func:`convex_attention.io.settings.setting`).
+
+A :class:`SweepConfig` is one sweep: its axes (tuples: every combination is a cell), the
+score generator and the measurement settings.  The ``bench`` command's options, their
+ranges, defaults and help are derived from these declarations, and :func:`check_sweep`
+checks a sweep before anything is measured (each setting against its kind, then what
+depends on several: grid sizes that divide, temperatures the core accepts in each dtype,
+tensors that fit in memory, backends and devices that exist here).
+
+This module is light (no torch at import): building the command line's parser reads it.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+from ..io.settings import (
+    SEED,
+    Choice,
+    ConfigError,
+    Int,
+    Many,
+    Real,
+    Text,
+    check_settings,
+    declared,
+    normalise_settings,
+    setting,
+)
+from ..methods import METHODS, REGISTRY
+
+__all__ = ["SweepConfig", "check_sweep", "quick_sweep", "SCALE_MAX", "DTYPES", "GENERATOR_NAMES", "MAX_ELEMENTS",
+           "MIN_FIT_INSTANCES"]
+
+# Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
+# float16 (largest finite value 65504) included, far from overflow.
+SCALE_MAX = 1e3
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+#: The score generators a sweep may name (:data:`convex_attention.bench.generators.GENERATORS`
+#: holds their functions; ``model`` is supplied by the experiment wing when asked for).
+GENERATOR_NAMES = ("gaussian", "lesion", "model")
+#: The largest batch × cells of one cell's scores: 2**31 values (8 GiB in float32), beyond
+#: which no tensor of the cell could be allocated on the machines this runs on.
+MAX_ELEMENTS = 2 ** 31
+MIN_FIT_INSTANCES = 4
+
+_BACKEND_NAMES = Choice(lambda: _backends())
+
+
+def _backends() -> tuple:
+    from ..cvx import BACKENDS  # the backend table lives with the cvxpylayers wrapper
+
+    return BACKENDS
+
+
+def _check_cells(config: SweepConfig) -> None:
+    """Every size divides through its levels, and every cell's scores fit in memory."""
+    for size in config.sizes:
+        for levels in config.levels:
+            if size % config.factor ** (levels - 1) != 0:
+                raise ValueError(f"size {size} does not divide: {levels} levels with factor {config.factor} "
+                                 f"need a multiple of {config.factor ** (levels - 1)}")
+    for size, levels, dims, batch in itertools.product(config.sizes, config.levels, config.dims, config.batches):
+        cells = sum((size // config.factor ** k) ** dims for k in range(levels))
+        if batch * cells > MAX_ELEMENTS:
+            raise ValueError(f"batch {batch} x {cells} cells (size {size}, {dims}-D, {levels} levels) is "
+                             f"{batch * cells:.3g} values per tensor, above the {MAX_ELEMENTS:.3g} any cell may hold; "
+                             f"use smaller --sizes, --dims or --batch")
+
+
+@dataclass
+class SweepConfig:
+    """One sweep: its axes, the score generator and the measurement settings.
+
+    ``cvx_backends``: the cvxpylayers backends to time, each its own row (``None``: every
+    installed one, :func:`convex_attention.cvx.available_backends`).  ``amortised_steps``:
+    Adam steps training the amortised dual on ``fit_instances`` training instances.
+    ``fit_max_values``: a cap on training instances × cells per cell (the training set of
+    large cells shrinks to fit, to at least :data:`MIN_FIT_INSTANCES` instances); ``None``:
+    no cap.
+    """
+
+    methods: tuple = setting(METHODS, Many(Choice(lambda: tuple(REGISTRY)), distinct=True), "methods to run")
+    sizes: tuple = setting((8, 16, 32, 64, 128, 256), Many(Int(low=1, high=1 << 20)),
+                           "finest grid side; level k has side N / factor^k")
+    levels: tuple = setting((2, 3), Many(Int(low=2, high=16)),
+                            "numbers of levels L (each needs the finest side divisible by factor^(L-1))")
+    batches: tuple = setting((16,), Many(Int(low=1, high=1 << 20)), "batch sizes (samples per solve)",
+                             flag="--batch")
+    dims: tuple = setting((2,), Many(Int(low=1, high=3)), "grid dimensionality (1, 2 or 3)")
+    temperatures: tuple = setting((1.0,), Many(Real(low=0.0, low_open=True)),
+                                  "one temperature shared by all levels, per sweep value (positive, finite)",
+                                  flag="--temperature")
+    dtypes: tuple = setting(("float32",), Many(Choice(DTYPES)),
+                            "dtypes of the scores (half precision is computed in float32)", flag="--dtype")
+    devices: tuple = setting(("cpu",), Many(Text(what="cpu, cuda or cuda:N")), "devices (cpu, cuda, cuda:N)",
+                             flag="--device", shown="cpu, plus cuda when present")
+    generator: str = setting("lesion", Choice(GENERATOR_NAMES),
+                             "score generator: i.i.d. Gaussian, lesion-like blobs, or a trained model's scores")
+    scale: float = setting(1.0, Real(low=0.0, high=SCALE_MAX, low_open=True),
+                           "score scale of the generator (scores reach about 6 x scale)")
+    checkpoint: str | None = setting(None, Text(optional=True, what="a checkpoint path"),
+                                     "model checkpoint for --generator model")
+    factor: int = setting(2, Int(low=2, high=64), "pooling factor per dimension between levels")
+    repeats: int = setting(10, Int(low=1, high=100_000), "timed repetitions per method and cell")
+    warmup: int = setting(3, Int(low=1, high=100_000),
+                          "untimed repetitions per cell (after one global warm-up before the first cell)")
+    budget: float = setting(60.0, Real(low=0.0, high=1e7, low_open=True),
+                            "seconds a cvxpylayers cell may take (estimated from the cells measured so far); cells "
+                            "over it are recorded as skipped with the estimate")
+    cvx_max_cells: int = setting(6000, Int(low=1, high=1 << 30), "cap on problem size (total cells) for cvxpylayers")
+    cvx_batch: int = setting(2, Int(low=1, high=100_000), "samples timed per cvxpylayers cell")
+    cvx_repeats: int = setting(2, Int(low=1, high=100_000), "timed repetitions per cvxpylayers cell", flag="")
+    cvx_backends: tuple | None = setting(None, Many(_BACKEND_NAMES, optional=True),
+                                         "cvxpylayers backends, each its own row", shown="every installed one")
+    fit_instances: int = setting(128, Int(low=1, high=1 << 20),
+                                 "training instances for the fitted shared λ of learned_dual")
+    fit_max_values: int | None = setting(None, Int(low=1, high=1 << 40, optional=True),
+                                         "cap on training instances x cells per cell: large cells train the fitted "
+                                         "and amortised λ on fewer instances (at least 4)", shown="no cap")
+    fit_steps: int = setting(150, Int(low=1, high=1 << 20), "Adam steps fitting the shared λ")
+    amortised_steps: int = setting(300, Int(low=1, high=1 << 20), "Adam steps training the amortised dual's network")
+    dual_tol: float = setting(1e-6, Real(low=0.0, high=1.0, low_open=True), "tolerance of the dual solver", flag="")
+    seed: int = setting(0, SEED, "seed of the score generator (training instances use seed+1)")
+    max_cells: int | None = setting(None, Int(low=1, high=1 << 30, optional=True),
+                                    "stop after this many new cells (resume later with --resume)", shown="no limit")
+
+    def __post_init__(self):
+        normalise_settings(self)
+
+    def cells(self):
+        for dims, size, levels, batch, temp, dtype, device in itertools.product(
+                self.dims, self.sizes, self.levels, self.batches, self.temperatures, self.dtypes, self.devices):
+            yield {"generator": self.generator, "scale": float(self.scale), "dims": int(dims), "size": int(size),
+                   "levels": int(levels), "batch": int(batch), "temperature": float(temp), "dtype": dtype,
+                   "device": device, "seed": int(self.seed)}
+
+
+def quick_sweep(**given) -> SweepConfig:
+    """The ``--quick`` sweep: small sizes, 2-D and 3-D, 2 and 3 levels (docs/benchmarks.md
+    gives its measured wall time), with ``given`` settings replacing its own."""
+    return SweepConfig(**{**dict(sizes=(4, 8, 16, 32), levels=(2, 3), batches=(8,), dims=(2, 3),
+                                 temperatures=(1.0,), dtypes=("float32",), repeats=5, warmup=2, budget=15.0,
+                                 cvx_max_cells=1500, cvx_batch=1, cvx_repeats=1, fit_instances=64,
+                                 fit_max_values=2 ** 16, fit_steps=100, amortised_steps=150), **given})
+
+
+def check_sweep(config: SweepConfig) -> None:
+    """Reject a sweep that cannot run, before anything is measured (ValueError naming the
+    option, the accepted range and the fix): every setting against its kind, then the
+    cells (sizes that divide, tensors that fit), the temperatures the core accepts in each
+    swept dtype, the devices that exist here, and a checkpoint for the model generator."""
+    try:
+        check_settings(config)
+    except ConfigError as err:
+        option = next((s for s in _options() if s[0] == err.field), (err.field, f"--{err.field}"))[1]
+        raise ValueError(f"{option}: {err}") from None
+    _check_cells(config)
+    _check_with_the_core(config)
+    if config.generator == "model" and not config.checkpoint:
+        raise ValueError("--generator model needs --checkpoint (a model trained by `convex-attention train`)")
+
+
+def _options():
+    return [(n, s.option(n)) for n, s in declared(SweepConfig).items()]
+
+
+def _check_with_the_core(config: SweepConfig) -> None:
+    """The checks that need torch and the core: the temperatures each dtype accepts and the
+    devices (a backend that is not installed is a skipped row, not an error)."""
+    import torch
+
+    from ..validation import check_temperatures
+
+    for t in config.temperatures:
+        for levels, dt in itertools.product(config.levels, config.dtypes):
+            try:  # the core's accepted range for this dtype and number of levels
+                check_temperatures([float(t)] * levels, levels, dtype=getattr(torch, dt))
+            except ValueError as err:
+                raise ValueError(f"--temperature {t:g} with {levels} levels in {dt}: {err}") from err
+    for dev in config.devices:
+        try:
+            device = torch.device(dev)
+        except (RuntimeError, TypeError) as err:
+            raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N") from err
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N")
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ValueError(f"--device {dev}: CUDA is not available on this machine; use --device cpu")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise ValueError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                                 f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")

@@ -1,0 +1,95 @@
+"""Figures for papers, from a results folder (:func:`plot_results`) or from measured rows.
+
+Every figure is written as a PNG (300 dpi) and a PDF side by side by
+:func:`convex_attention.io.figures.save`, sized for a paper, with a footer naming the
+environment the numbers were measured in.  The figures:
+
+* :mod:`.speed`: the core benchmark's bars, time per sample against problem size, and the
+  speed-up of exact over cvxpylayers;
+* :mod:`.consistency`: the violation per method and dtype, the dual solver's convergence,
+  and the speed-consistency trade-off;
+* :mod:`.maps`: one instance's attention maps under each method.
+
+What they share (reading and validating results, series and styles) is in
+:mod:`._common`.  Reports of what was left out go to the ``log`` callable of
+:func:`plot_results` (default: a :class:`PlotWarning`); the ``plot`` command prints them
+on stderr.
+"""
+from __future__ import annotations
+
+import os
+
+from ._common import DTYPE_COLORS, DTYPE_EPS, METHOD_COLORS, Log, PlotWarning, load_env, read_results, warn
+from .consistency import plot_convergence, plot_tradeoff, plot_violation
+from .maps import plot_attention_maps
+from .speed import core_ratios, plot_core_benchmark, plot_speedup, plot_time_vs_size
+
+__all__ = ["PlotWarning", "read_results", "plot_core_benchmark", "core_ratios", "plot_time_vs_size",
+           "plot_violation", "plot_convergence", "plot_speedup", "plot_tradeoff", "plot_attention_maps",
+           "plot_results", "FIGURES", "DTYPE_EPS", "DTYPE_COLORS", "METHOD_COLORS"]
+
+# name -> (input file, what it shows); plot_results writes them in this order
+FIGURES = {
+    "time_vs_size": ("bench.csv", "time per sample vs problem size"),
+    "violation": ("bench.csv", "violation per method and dtype"),
+    "speedup_exact_vs_cvxpylayers": ("bench.csv", "speed-up of exact over each cvxpylayers backend"),
+    "tradeoff": ("bench.csv", "time per sample vs held-out violation, with the Pareto front"),
+    "dual_convergence": ("convergence.csv", "the dual solver's convergence"),
+    "attention_maps": ("example.npz", "one instance's maps under each method"),
+}
+_BENCH_FIGURES = {"time_vs_size": plot_time_vs_size, "violation": plot_violation,
+                  "speedup_exact_vs_cvxpylayers": plot_speedup, "tradeoff": plot_tradeoff}
+
+
+def plot_results(folder: str, out: str | None = None, log: Log | None = None) -> list[str]:
+    """Every figure the results folder has data for, into ``out`` (default:
+    ``folder/figures``); returns the PNG paths written.
+
+    Problems (an unusable file, skipped rows, a figure without data) go to ``log``, one
+    message each (default: a :class:`PlotWarning`).  A figure without data is not written,
+    and a copy left in ``out`` by an earlier run is removed, so the folder never shows a
+    figure the results do not support."""
+    log = log or warn
+    out = out or os.path.join(folder, "figures")
+    env = load_env(folder, log)
+    written, attempted = [], set()
+
+    def figure_path(name):
+        attempted.add(name)
+        return os.path.join(out, f"{name}.png")
+
+    def rows_of(name, required):
+        """The usable rows of ``folder/name``, or None (missing, unreadable or empty: said)."""
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            return None
+        rows = read_results(path, required, log)
+        if rows == []:
+            log(f"{name}: a header and no rows; nothing to plot from it")
+        return rows or None
+
+    rows = rows_of("bench.csv", ("status", "method"))
+    if rows:
+        for name, fn in _BENCH_FIGURES.items():
+            written.append(fn(rows, figure_path(name), env, log))
+    conv_rows = rows_of("convergence.csv", ("cell", "iteration"))
+    if conv_rows:
+        written.append(plot_convergence(conv_rows, figure_path("dual_convergence"), env, log))
+    example = os.path.join(folder, "example.npz")
+    if os.path.exists(example):
+        try:
+            written.append(plot_attention_maps(example, figure_path("attention_maps"), env, log))
+        except ValueError as err:
+            log(f"example.npz: {err}; attention_maps not written")
+            written.append(None)
+    written = [p for p in written if p]
+    done = {os.path.splitext(os.path.basename(p))[0] for p in written}
+    for name in FIGURES:
+        if name in done:
+            continue
+        for ext in (".png", ".pdf"):
+            stale = os.path.join(out, name + ext)
+            if os.path.exists(stale):
+                os.remove(stale)
+                log(f"removed {stale}: an earlier run's figure these results do not support")
+    return written

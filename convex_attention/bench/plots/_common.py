@@ -1,0 +1,315 @@
+"""What every figure of the harness shares: reading results, validating values, series and styles.
+
+Nothing is drawn that was not measured, and nothing is drawn from a value that was not
+read correctly:
+
+* a results file that cannot be used (empty, not text, not CSV, columns missing) is
+  reported and left out (:func:`read_results`, through the one table reader
+  :func:`convex_attention.io.tables.read_table`);
+* a damaged row (cut off, a checksum that does not match) is reported and left out;
+* every number a figure uses is validated (:func:`number`): a row whose value does not
+  parse as a finite float where one is needed is skipped, and the rows skipped are named
+  (:class:`Skips`);
+* a figure with no data is not written, and the caller is told why.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from ...io.figures import plain
+from ...io.tables import ResultsFormatError, read_table
+from ...methods import get_method
+from ..results import DUAL_KINDS, KEY_FIELDS, STATUSES
+
+METHOD_COLORS = {"softmax": "#7f7f7f", "exact": "#1f77b4", "dual": "#2ca02c", "learned_dual": "#d62728",
+                 "learned_dual+loss": "#d62728", "cvxpylayers": "#9467bd"}
+METHOD_MARKERS = {"softmax": "s", "exact": "o", "dual": "D", "learned_dual": "v", "cvxpylayers": "P"}
+# display order of the series (a choice of layout, not a fact about the methods)
+METHOD_ORDER = ("softmax", "learned_dual", "dual", "exact", "cvxpylayers")
+DUAL_KIND_LABEL = {"zero": "λ = 0", "fitted": "fitted λ", "amortised": "amortised λ",
+                   "per_sample": "per-sample λ*"}
+DUAL_KIND_ORDER = DUAL_KINDS
+KIND_COLORS = {"zero": "#f4a582", "fitted": "#d62728", "amortised": "#e377c2", "per_sample": "#8c564b"}
+KIND_MARKERS = {"zero": "v", "fitted": "^", "amortised": "<", "per_sample": ">"}
+BACKEND_COLORS = ("#9467bd", "#54278f", "#bcbddc", "#dd3497", "#3f007d")
+BACKEND_MARKERS = ("P", "X", "*", "h", "p")
+# The dual kind whose row carries the timing that the other kinds share (they evaluate the
+# same computation at other λ; the sweep times it once).
+TIMED_KIND = "fitted"
+# Machine epsilon of each dtype: the rounding floor of a violation computed in it.
+DTYPE_EPS = {"float64": float(np.finfo(np.float64).eps), "float32": float(np.finfo(np.float32).eps),
+             "float16": float(np.finfo(np.float16).eps), "bfloat16": 2.0 ** -7}
+DTYPE_COLORS = {"float64": "#3182bd", "float32": "#e6550d", "float16": "#31a354", "bfloat16": "#756bb1"}
+VIOLATION_TEX = r"$\mathrm{max}_k\,\|P_k p_k - p_{k+1}\|_1$"
+# the sweep cell a row belongs to: its key without the method's own fields
+CELL_FIELDS = tuple(k for k in KEY_FIELDS if k not in ("method", "dual_kind", "backend"))
+
+_TOKEN = re.compile(r"^[A-Za-z0-9_.+:\-]{1,40}$")
+
+Log = Callable[[str], None]
+
+
+class PlotWarning(UserWarning):
+    """A results file, row or value that a figure could not use (and left out)."""
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, PlotWarning, stacklevel=3)
+
+
+# ====================================================================== reading results files
+
+
+class BadValue(ValueError):
+    """A value a figure needs that does not parse as what it must be."""
+
+
+def read_results(path: str, required=(), log: Log | None = None) -> list[dict] | None:
+    """The rows of a results CSV (:func:`convex_attention.io.tables.read_table`), each a dict
+    of strings with its line number under ``"_line"``.
+
+    Returns None (and logs why) when the file cannot be used at all: unreadable, not UTF-8
+    text (or with a byte-order mark or NUL bytes), empty, not CSV, or missing a
+    ``required`` column.  Damaged rows (a field count other than the header's, a last line
+    without its line end, a checksum that does not match) are logged by line and left out.
+    Values stay strings: each figure validates the ones it uses.
+    """
+    log = log or warn
+    name = os.path.basename(path)
+    try:
+        table = read_table(path, required)
+    except OSError as err:
+        log(f"{name}: cannot be read ({err.strerror or err}); left out")
+        return None
+    except ResultsFormatError as err:
+        log(f"{err}; left out")
+        return None
+    if not table.header:
+        log(f"{name}: empty file; nothing to plot from it")
+        return None
+    if table.problems:
+        log(f"{name}: left out {len(table.problems)} damaged row(s): {listing(table.problems)}")
+    return table.rows
+
+
+def listing(items, limit: int = 5) -> str:
+    shown = "; ".join(items[:limit])
+    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def number(row: dict, col: str, *, empty_ok: bool = False, positive: bool = False, nonneg: bool = False,
+            integer: bool = False) -> float | None:
+    """The finite float in ``row[col]``; where ``empty_ok``, None for an empty value (not
+    measured) or a column the file does not have (an older file); BadValue otherwise."""
+    text = row.get(col)
+    if text is None:
+        if empty_ok:
+            return None
+        raise BadValue(f"{col} is missing")
+    if isinstance(text, float) and math.isnan(text):
+        text = ""  # rows held in memory carry NaN where the CSV has an empty field
+    text = str(text).strip()
+    if text == "":
+        if empty_ok:
+            return None
+        raise BadValue(f"{col} is empty")
+    try:
+        value = float(text)
+    except ValueError:
+        raise BadValue(f"{col}={plain(text, 30)!r} is not a number") from None
+    if not math.isfinite(value):
+        raise BadValue(f"{col}={plain(text, 30)!r} is not finite")
+    if positive and value <= 0:
+        raise BadValue(f"{col}={text!r} is not positive")
+    if nonneg and value < 0:
+        raise BadValue(f"{col}={text!r} is negative")
+    if integer and value != int(value):
+        raise BadValue(f"{col}={text!r} is not an integer")
+    return value
+
+
+def text_of(row: dict, col: str) -> str:
+    """A string field of a row read from CSV or held in memory ("" when absent)."""
+    v = row.get(col)
+    return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).strip()
+
+
+def token_of(row: dict, col: str) -> str:
+    text = text_of(row, col)
+    if text and not _TOKEN.match(text):
+        raise BadValue(f"{col}={plain(text, 30)!r} is not a name")
+    return text
+
+
+class Skips:
+    """The rows one figure left out, reported once, by line."""
+
+    def __init__(self, figure: str, source: str = "bench.csv"):
+        self.figure, self.source, self.items = figure, source, []
+
+    def add(self, row: dict, why: str) -> None:
+        what = "/".join(plain(row.get(k, ""), 20) for k in ("method", "dual_kind", "backend") if row.get(k))
+        self.items.append(f"line {row.get('_line', '?')} ({what or 'row'}): {why}")
+
+    def report(self, log: Log) -> None:
+        if self.items:
+            log(f"{self.figure}: skipped {len(self.items)} row(s) of {self.source} with unusable values: "
+                f"{listing(self.items)}")
+
+
+@dataclass(frozen=True)
+class Series:
+    """What one line or point stands for: a method, its learned-dual kind, its backend."""
+
+    method: str
+    kind: str = ""
+    backend: str = ""
+
+    @property
+    def label(self) -> str:
+        if self.kind:
+            return f"{self.method} ({DUAL_KIND_LABEL.get(self.kind, self.kind)})"
+        if self.backend:
+            return f"{self.method} ({self.backend})"
+        return self.method
+
+    def order(self) -> tuple:
+        m = METHOD_ORDER.index(self.method) if self.method in METHOD_ORDER else len(METHOD_ORDER)
+        k = DUAL_KIND_ORDER.index(self.kind) if self.kind in DUAL_KIND_ORDER else len(DUAL_KIND_ORDER)
+        return (m, self.method, k, self.kind, self.backend)
+
+
+def series_of(row: dict) -> tuple[Series, object]:
+    """The row's series and method record; BadValue for an unknown method or odd names."""
+    name = text_of(row, "method")
+    try:
+        record = get_method(name)
+    except ValueError:
+        raise BadValue(f"method={plain(name, 30)!r} is not a known method") from None
+    kind = token_of(row, "dual_kind") if record.needs_duals else ""
+    return Series(name, kind, token_of(row, "backend")), record
+
+
+def styles_for(series) -> dict:
+    """colour and marker per series; backends take the shades of their method in turn."""
+    out, backends = {}, sorted({s.backend for s in series if s.backend})
+    for s in series:
+        if s.kind:
+            out[s] = (KIND_COLORS.get(s.kind, METHOD_COLORS.get(s.method, "#333333")),
+                      KIND_MARKERS.get(s.kind, "v"))
+        elif s.backend:
+            i = backends.index(s.backend)
+            out[s] = (BACKEND_COLORS[i % len(BACKEND_COLORS)], BACKEND_MARKERS[i % len(BACKEND_MARKERS)])
+        else:
+            out[s] = (METHOD_COLORS.get(s.method, "#333333"), METHOD_MARKERS.get(s.method, "o"))
+    return out
+
+
+@dataclass
+class Point:
+    row: dict
+    series: Series
+    record: object
+    v: dict
+
+
+def ok_points(rows, figure: str, numbers: dict, log: Log, source: str = "bench.csv") -> list[Point]:
+    """The rows with status ``ok`` whose values in ``numbers`` (column -> number options)
+    all parse; the others are reported by line.  Rows skipped or failed by the sweep are
+    no data and are left out without a word; an unknown status is a bad row."""
+    skips, points = Skips(figure, source), []
+    for row in rows:
+        status = text_of(row, "status")
+        if status not in STATUSES:
+            skips.add(row, f"status={plain(status, 20)!r} is not one of {', '.join(STATUSES)}")
+            continue
+        if status != "ok":
+            continue
+        try:
+            series, record = series_of(row)
+            values = {col: number(row, col, **opts) for col, opts in numbers.items()}
+            for col in ("fwd_ms", "bwd_ms", "total_ms"):  # a median inside its own quartiles
+                q1, q3, med = values.get(col + "_q1"), values.get(col + "_q3"), values.get(col)
+                if med is not None and q1 is not None and q3 is not None and not (
+                        q1 <= med * (1 + 1e-9) and med <= q3 * (1 + 1e-9)):
+                    raise BadValue(f"{col}={med:g} lies outside its quartiles [{q1:g}, {q3:g}]")
+        except BadValue as err:
+            skips.add(row, str(err))
+            continue
+        points.append(Point(row, series, record, values))
+    skips.report(log)
+    return points
+
+
+def compute_dtype_of(p: Point) -> str:
+    """The dtype a row was computed in: the cell's, or float64 for a method that solves in
+    float64 whatever its input (the registry's ``cpu_only``)."""
+    return "float64" if p.record.cpu_only else text_of(p.row, "dtype")
+
+
+def missing_columns(rows, columns) -> list[str]:
+    return [c for c in columns if rows and c not in rows[0]]
+
+
+def cell_key(row: dict) -> tuple:
+    return tuple(text_of(row, k) for k in CELL_FIELDS)
+
+
+def quiet_minor_ticks(ax) -> None:
+    """Minor log ticks at 2 and 5 only, unlabelled: labels collide on short ranges, and
+    every tick costs drawing time."""
+    from matplotlib.ticker import LogLocator, NullFormatter
+
+    for axis in (ax.xaxis, ax.yaxis):
+        if axis.get_scale() == "log":
+            axis.set_minor_locator(LogLocator(base=10.0, subs=(2.0, 5.0)))
+            axis.set_minor_formatter(NullFormatter())
+
+
+def dims_title(dims: int) -> str:
+    return f"{dims}-D grids"
+
+
+SIZE_COLUMNS = {"dims": {"positive": True, "integer": True}, "levels": {"positive": True, "integer": True},
+         "n_cells": {"positive": True, "integer": True}}
+
+
+def spread_columns(col: str) -> dict:
+    return {col + "_q1": {"empty_ok": True, "positive": True}, col + "_q3": {"empty_ok": True, "positive": True}}
+
+
+# ====================================================================== results-folder figures
+
+
+def load_env(folder: str, log: Log) -> dict | None:
+    """The environment record of ``bench.json``; NaN/Infinity tokens (older files) read as null."""
+    path = os.path.join(folder, "bench.json")
+    if not os.path.exists(path):
+        return None
+    bad_tokens = []
+
+    def constant(token):  # NaN, Infinity, -Infinity
+        bad_tokens.append(token)
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f, parse_constant=constant)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        log(f"bench.json: not readable JSON ({plain(err, 80)}); figures carry no environment line")
+        return None
+    if bad_tokens:
+        log(f"bench.json: not strict JSON ({len(bad_tokens)} NaN/Infinity token(s), read as null)")
+    env = data.get("environment") if isinstance(data, dict) else None
+    if env is not None and not isinstance(env, dict):
+        log("bench.json: 'environment' is not an object; figures carry no environment line")
+        return None
+    return env
+

@@ -1,0 +1,151 @@
+"""The attention-map figure: one instance's levels under each method, with the residuals.
+"""
+from __future__ import annotations
+
+import re
+import zipfile
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ...hierarchy import Hierarchy
+from ...io import figures
+from ...io.figures import FULL_WIDTH, STYLE, plain, sci
+from ...methods import get_method
+from ...solve import solve
+from ._common import (
+    DUAL_KIND_ORDER,
+    Log,
+    Series,
+    warn,
+)
+
+# what the attention-map figure shows, in this order (a choice of content)
+ATTENTION_MAP_METHODS = ("softmax", "learned_dual", "dual", "exact")
+_DUAL_KEY = re.compile(r"^([a-z_]+)_dual(\d+)$")
+_MAX_EXAMPLE_CELLS = 1 << 20
+
+
+def _load_example(example_path: str):
+    """Scores, temperatures and λ per dual kind of ``example.npz``, validated; ValueError
+    naming the problem otherwise.  Nothing in the file can run code (no pickles)."""
+    try:
+        data = np.load(example_path, allow_pickle=False)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"not a readable .npz file ({plain(err, 80)})") from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError("not an .npz archive")
+    try:
+        with data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"an array cannot be read ({plain(err, 80)})") from None
+    if "levels" not in arrays or "temperature" not in arrays:
+        raise ValueError("lacks 'levels' or 'temperature'")
+    lv = arrays["levels"]
+    if lv.shape != () or lv.dtype.kind not in "iu" or not 2 <= int(lv) <= 8:
+        raise ValueError("'levels' must be an integer from 2 to 8")
+    L = int(lv)
+    temps = arrays["temperature"]
+    if temps.dtype.kind != "f" or temps.shape != (L,) or not np.all(np.isfinite(temps)) or not np.all(temps > 0):
+        raise ValueError(f"'temperature' must hold {L} positive finite numbers")
+    scores = []
+    for k in range(L):
+        s = arrays.get(f"scores{k}")
+        if s is None or s.dtype.kind != "f" or s.ndim != 2 or s.size == 0:
+            raise ValueError(f"'scores{k}' must be a 2-D float array (the figure shows 2-D grids)")
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"'scores{k}' holds NaN or Inf")
+        scores.append(s.astype(np.float64))
+    if sum(s.size for s in scores) > _MAX_EXAMPLE_CELLS:
+        raise ValueError(f"more than {_MAX_EXAMPLE_CELLS} cells: too large for a figure")
+    duals: dict = {}
+    for key, arr in arrays.items():
+        m = _DUAL_KEY.match(key)
+        if m:
+            duals.setdefault(m.group(1), {})[int(m.group(2))] = arr
+    kinds = {}
+    for kind, parts in sorted(duals.items(), key=lambda kv: DUAL_KIND_ORDER.index(kv[0])
+                              if kv[0] in DUAL_KIND_ORDER else 99):
+        if sorted(parts) != list(range(L - 1)):
+            raise ValueError(f"'{kind}_dual*' must hold one array per constraint (0 … {L - 2})")
+        for k, arr in parts.items():
+            if arr.dtype.kind != "f" or arr.shape != scores[k + 1].shape or not np.all(np.isfinite(arr)):
+                raise ValueError(f"'{kind}_dual{k}' must be finite floats shaped like 'scores{k + 1}'")
+        kinds[kind] = [parts[k].astype(np.float64) for k in range(L - 1)]
+    return scores, [float(t) for t in temps], kinds
+
+
+def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None = None) -> str:
+    """The levels of one instance under softmax, learned_dual (each λ the file holds),
+    dual and exact, with each constraint's residual P_k p_k − p_{k+1}.
+
+    Every panel of one level shares one colour scale (0 to the largest probability of
+    that level under any method), so a near-uniform map looks near-uniform; each panel
+    states N·max p (N: the level's cells; 1 for a uniform map).  The residual panels share
+    one symmetric scale per constraint and state ‖·‖₁ below the panel, off the data.
+    ValueError (naming the problem) for an unusable file."""
+    log = log or warn
+    scores_np, temps, kinds = _load_example(example_path)
+    L = len(scores_np)
+    scores = [torch.from_numpy(s).unsqueeze(0) for s in scores_np]
+    try:
+        h = Hierarchy.grid([tuple(s.shape) for s in scores_np])
+    except ValueError as err:
+        raise ValueError(f"the score grids do not nest ({plain(err, 80)})") from None
+    sols = {}
+    for name in ATTENTION_MAP_METHODS:
+        try:
+            if get_method(name).needs_duals:
+                for kind, lam in kinds.items():
+                    duals = [torch.from_numpy(d).unsqueeze(0) for d in lam]
+                    sols[Series(name, kind).label] = solve(scores, h, name, temperature=temps, duals=duals)
+            else:
+                sols[name] = solve(scores, h, name, temperature=temps)
+        except (ValueError, RuntimeError) as err:
+            log(f"attention_maps: {name} failed on the example ({plain(err, 80)}); its row is left out")
+    for name in [n for n, sol in sols.items() if not all(bool(torch.isfinite(p).all()) for p in sol.probs)]:
+        log(f"attention_maps: {name} gave NaN or Inf on the example; its row is left out")
+        del sols[name]
+    if not sols:
+        raise ValueError("no method solved the example")
+    probs = {name: [p[0].detach().numpy() for p in sol.probs] for name, sol in sols.items()}
+    resid = {name: [(h.aggregate(sol.probs[k], k) - sol.probs[k + 1])[0].detach().numpy() for k in range(L - 1)]
+             for name, sol in sols.items()}
+    vmax = [max(float(p[k].max()) for p in probs.values()) for k in range(L)]
+    dmax = [max(float(np.abs(r[k]).max()) for r in resid.values()) or 1e-300 for k in range(L - 1)]
+    ncols = 2 * L - 1
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(len(sols), ncols, figsize=(min(FULL_WIDTH, 1.45 * ncols + 0.9),
+                                                            1.45 * len(sols) + 1.2),
+                                 squeeze=False, layout="constrained")
+        for i, name in enumerate(sols):
+            for k in range(L):
+                ax = axes[i, k]
+                im = ax.imshow(probs[name][k], cmap="magma", vmin=0.0, vmax=vmax[k])
+                n = probs[name][k].size
+                ax.set_xlabel(rf"$N\,\max\,p = {n * float(probs[name][k].max()):.3g}$", fontsize=6.5, labelpad=1)
+                if i == 0:
+                    ax.set_title(f"level {k} ({'×'.join(map(str, h.shapes[k]))})\n$p_{k}$", fontsize=7)
+                if i == len(sols) - 1:
+                    fig.colorbar(im, ax=axes[:, k], location="bottom", fraction=0.04, pad=0.01,
+                                 shrink=0.9).ax.tick_params(labelsize=5.5, rotation=30)
+            for k in range(L - 1):
+                ax = axes[i, L + k]
+                r = resid[name][k]
+                im = ax.imshow(r, cmap="RdBu_r", vmin=-dmax[k], vmax=dmax[k])
+                ax.set_xlabel(rf"$\|\cdot\|_1 = {sci(float(np.abs(r).sum()))}$", fontsize=6.5, labelpad=1)
+                if i == 0:
+                    ax.set_title(f"residual of constraint {k}\n$P_{k}\\,p_{k} - p_{{{k + 1}}}$", fontsize=7)
+                if i == len(sols) - 1:
+                    fig.colorbar(im, ax=axes[:, L + k], location="bottom", fraction=0.04, pad=0.01,
+                                 shrink=0.9, format="%.0e").ax.tick_params(labelsize=5.5, rotation=30)
+            axes[i, 0].set_ylabel(name.replace(" (", "\n("), fontsize=7)
+        for ax in axes.flat:
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.spines[:].set_visible(True)  # an image is framed on all four sides
+        fig.suptitle("Attention maps of one instance: one colour scale per level (and per residual), "
+                     "shared by all methods", fontsize=8)
+        return figures.save(fig, path, env)

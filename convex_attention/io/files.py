@@ -1,0 +1,166 @@
+"""Atomic files, strict JSON, CSV fields that read back bit for bit, and row checksums.
+
+* :func:`atomic_write_bytes`, :func:`atomic_write_text`, :func:`atomic_csv`,
+  :func:`write_json`: a file is written to a temporary file in the same folder, flushed to
+  disk and renamed over the target, so a reader (or a run killed half-way) sees the old
+  file or the new one, never a mixture.  The temporary file is named
+  ``<target>.<pid>-<n>.tmp`` (:func:`temporary_name`), and :func:`clean_stale_tmp` removes
+  only files of exactly that form for the targets it is given: never a file of the user's.
+* JSON is strict: NaN and ±Inf become ``null`` (``json.dumps(..., allow_nan=False)``).
+* :func:`csv_field` writes floats with ``repr`` (they read back exactly) and NaN/None as an
+  empty field; :func:`row_checksum` is the CRC-32 a checked table ends each row with.
+* :func:`check_out_dir`: an output folder is, or can be made, a writable folder.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import itertools
+import json
+import math
+import os
+import re
+import zlib
+from dataclasses import asdict, is_dataclass
+
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json", "to_json_text", "json_safe",
+           "csv_field", "row_checksum", "temporary_name", "clean_stale_tmp", "check_out_dir"]
+
+_TMP_COUNTER = itertools.count()
+
+
+def temporary_name(path: str) -> str:
+    """The temporary file :func:`atomic_write_bytes` writes before renaming it to ``path``:
+    ``<path>.<pid>-<n>.tmp`` (one per write, unique within the process)."""
+    return f"{path}.{os.getpid()}-{next(_TMP_COUNTER)}.tmp"
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
+
+    The temporary file is removed if anything fails; the target is then unchanged.
+    """
+    tmp = temporary_name(os.path.abspath(path))
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically; see :func:`atomic_write_bytes`."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def clean_stale_tmp(folder: str, targets) -> list[str]:
+    """Remove the temporary files a killed writer of ``targets`` (file names in ``folder``)
+    left behind; returns their names.
+
+    Only names of exactly the form ``<target>.<pid>-<n>.tmp`` for one of ``targets`` are
+    touched: a file the user put there, whatever its name, is never removed.  Call it only
+    while holding the folder's lock (no other writer is alive then).
+    """
+    if not os.path.isdir(folder):
+        return []
+    pattern = re.compile("^(?:" + "|".join(re.escape(t) for t in targets) + r")\.\d+-\d+\.tmp$")
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if pattern.match(name) and os.path.isfile(path) and not os.path.islink(path):
+            with contextlib.suppress(OSError):
+                os.remove(path)
+                removed.append(name)
+    return removed
+
+
+def csv_field(v) -> str:
+    """One CSV field: floats round-trip exactly (``repr``), NaN and None are empty."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    if hasattr(v, "item") and callable(v.item):  # numpy / torch scalars
+        return csv_field(v.item())
+    return str(v)
+
+
+def row_checksum(values) -> str:
+    """CRC-32 (8 hex digits) of a row's other fields as written, joined by the unit separator:
+    the ``checksum`` column, which catches a value cut off or edited (docs/results_format.md)."""
+    return f"{zlib.crc32(chr(31).join(values).encode('utf-8')):08x}"
+
+
+def atomic_csv(path: str, columns, rows, checksum: bool = False) -> None:
+    """Write ``rows`` (dicts) under the header ``columns``, atomically.
+
+    Missing keys are empty, extra keys ignored; floats are written with ``repr`` (they
+    read back bit for bit) and NaN as an empty field.  With ``checksum=True`` the last
+    column, ``checksum``, holds the CRC-32 of the row's other fields, so a reader finds
+    a value that was cut off (:func:`convex_attention.io.tables.read_rows`).
+    """
+    columns = list(columns)
+    data_columns = [c for c in columns if c != "checksum"] if checksum else columns
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for r in rows:
+        values = [csv_field(r.get(c)) for c in data_columns]
+        if checksum:
+            values.append(row_checksum(values))
+        writer.writerow(values)
+    atomic_write_text(path, buf.getvalue())
+
+
+def json_safe(obj):
+    """``obj`` with NaN/±Inf floats as ``None``, tuples as lists, dataclasses as dicts,
+    numpy and torch scalars as Python numbers (small arrays as lists), anything else
+    unknown as its ``str``: what strict JSON can hold."""
+    if obj is None or isinstance(obj, (bool, str, int)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [json_safe(v) for v in obj]
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return json_safe(asdict(obj))
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars, tensors
+        return json_safe(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item):
+        return json_safe(obj.item())
+    return str(obj)
+
+
+def to_json_text(obj, indent: int | None = 1) -> str:
+    """Strict JSON text of ``obj`` (see :func:`json_safe`); never holds NaN or Infinity."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n"
+
+
+def write_json(path: str, obj, indent: int | None = 1) -> None:
+    """Write ``obj`` as strict JSON (NaN/Inf as ``null``), atomically."""
+    atomic_write_text(path, to_json_text(obj, indent))
+
+
+def check_out_dir(out_dir: str) -> None:
+    """Raise ValueError (naming the fix) unless ``out_dir`` is, or can be made, a writable folder."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder path")
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        probe = temporary_name(os.path.join(out_dir, ".write-probe"))
+        with open(probe, "w") as f:
+            f.write("")
+        os.remove(probe)
+    except OSError as err:
+        raise ValueError(f"--out {out_dir} is not a writable folder ({err.strerror or err}); "
+                         f"choose a folder you can write to") from err

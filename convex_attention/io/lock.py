@@ -1,0 +1,126 @@
+"""One writer per results folder.
+
+:func:`results_lock` holds ``OUT/results.lock``: an OS file lock (``flock``, Linux and
+macOS), which the system releases when its process dies, plus a record of the owner (pid,
+host, start, command) that names it to anyone refused.  A lock left by a dead process is
+taken over, and the log says whose it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import socket
+import time
+
+__all__ = ["results_lock", "ResultsLocked", "LOCK_NAME"]
+
+LOCK_NAME = "results.lock"
+_HELD: dict = {}  # realpath -> [fd, depth]: the lock is re-entrant within one process
+
+
+class ResultsLocked(RuntimeError):
+    """Another live process writes into this results folder."""
+
+
+def _describe(owner: dict) -> str:
+    started = owner.get("started")
+    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+    return (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} since {when}"
+            f" ({owner.get('command', '?')})")
+
+
+def _read_owner(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            owner = json.load(f)
+        return owner if isinstance(owner, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError, TypeError, OverflowError):
+        return True  # exists (another user's) or unknown: assume alive
+    return True
+
+
+def _try_lock(fd: int) -> bool:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return False
+        raise
+
+
+@contextlib.contextmanager
+def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=None, poll_s: float = 0.5):
+    """Hold the lock of a results folder: one writer at a time.
+
+    ``OUT/results.lock`` records the owner (pid, host, start time, command).  Exclusion is
+    an OS file lock (``flock``), which the system releases when its process dies, so a
+    lock left by a dead process is free: it is taken over, and ``log`` names the dead
+    owner.  A lock file whose recorded owner is a dead pid on this host is reported the
+    same way.  The lock is re-entrant within one process (``demo`` runs ``bench`` and
+    ``verify`` into one folder).
+
+    Raises:
+        ResultsLocked: another live process holds the folder and ``wait`` is False.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, LOCK_NAME)
+    real = os.path.realpath(path)
+    if real in _HELD:
+        _HELD[real][1] += 1
+        try:
+            yield path
+        finally:
+            _HELD[real][1] -= 1
+        return
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        if _try_lock(fd):
+            try:  # the file may have been unlinked by a releasing owner: lock the one at `path`
+                same = os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path))
+            except OSError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+            continue
+        owner = _read_owner(path)
+        os.close(fd)
+        if not wait:
+            raise ResultsLocked(f"results folder {out_dir} is in use by {_describe(owner)}; wait for it to "
+                                f"finish, pass --wait, or choose another --out")
+        if not waited and log:
+            log(f"waiting for results folder {out_dir}: in use by {_describe(owner)}")
+        waited = True
+        time.sleep(poll_s)
+    previous = _read_owner(path)
+    if previous and log and previous.get("pid") != os.getpid():
+        dead = previous.get("host") == socket.gethostname() and not _pid_alive(previous.get("pid"))
+        log(f"took over the lock of {out_dir} left by {_describe(previous)}"
+            f"{', a process that no longer runs' if dead else ''}")
+    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": command}
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(owner).encode("utf-8"), 0)
+    os.fsync(fd)
+    _HELD[real] = [fd, 1]
+    try:
+        yield path
+    finally:
+        del _HELD[real]
+        with contextlib.suppress(OSError):
+            os.remove(path)  # before unlocking: a waiter re-checks that it locked the live file
+        os.close(fd)

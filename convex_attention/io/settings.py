@@ -1,0 +1,564 @@
+"""Settings declared once: name, type, default, help and choices, in one dataclass field.
+
+A configuration (``ModelConfig``, ``TrainConfig``, ``ExperimentConfig``, ``SweepConfig``)
+declares each of its settings with :func:`setting`::
+
+    @dataclass
+    class ModelConfig:
+        width: int = setting(32, Int(low=1), "channels of the first block (32 in the paper)")
+        head: str = setting("bounded", Choice(HEADS), "score head", variant=True)
+
+and everything else is derived from that one declaration:
+
+* :func:`check_settings`: the value of every setting is checked against its kind (type,
+  range, choices) and normalised (lists become tuples); an invalid one is a
+  :class:`ConfigError` naming the setting;
+* :func:`to_plain` / :func:`from_plain`: the configuration as plain JSON containers (what
+  checkpoints, ``config.json`` and variants files hold), and back (a value in an older
+  form, e.g. a temperature stored as a number, is normalised by its kind);
+* :func:`add_options` / :func:`given_settings`: the command-line options, one per setting
+  (``--width``, type, range, choices, help with the default), and which of them the user
+  gave; :func:`add_grid_options`: ``--grid-<name>`` candidates for the settings declared
+  ``variant=True`` (the experiment's dev-stage grid and the variants file).
+
+A setting's :class:`Kind` parses one command-line word (:meth:`Kind.parse`), checks a
+value from code or a file (:meth:`Kind.check`) and says what it accepts
+(:meth:`Kind.describe`).  Every numeric kind has a range, so a value no tensor could
+hold is a usage error before any work.  This module imports nothing heavy: building a
+command's parser (and ``--help``) stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+__all__ = ["ConfigError", "Kind", "Int", "Real", "Choice", "Flag", "Text", "Many", "Mapping", "Setting", "setting",
+           "declared", "normalise_settings", "check_settings", "to_plain", "from_plain", "add_options",
+           "given_settings", "add_grid_options", "given_grid", "variant_settings", "SEED", "Unset", "show_value",
+           "positive_int", "positive_float", "finite_float"]
+
+# Seeds seed numpy too, whose generator takes 32-bit seeds.
+SEED_MAX = 2 ** 32 - 1
+
+
+class ConfigError(ValueError):
+    """An invalid setting; ``field`` names it (the command line maps it to its option)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+# ----------------------------------------------------------------------------- kinds
+
+class Kind:
+    """A setting's type: what one command-line word parses to, and what a value may be."""
+
+    metavar = "X"
+    optional = False
+
+    def parse(self, text: str) -> Any:
+        """One command-line word as a value; ValueError with the reason otherwise."""
+        raise NotImplementedError
+
+    def check(self, value) -> Any:
+        """``value`` (from code or a file) normalised; ValueError (the reason) otherwise."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """What the setting accepts, in words (for messages and help)."""
+        raise NotImplementedError
+
+    def plain(self, value) -> Any:
+        """``value`` as plain JSON containers."""
+        return value
+
+    def candidate(self, text: str) -> Any:
+        """One word of a ``--grid-<name>`` option as a candidate value."""
+        return self.parse(text)
+
+    def check_or_none(self, value):
+        if value is None:
+            if self.optional:
+                return None
+            raise ValueError("it is required")
+        return self.check(value)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_real(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Int(Kind):
+    """An integer in ``[low, high]`` (either end may be open-ended)."""
+
+    low: int | None = None
+    high: int | None = None
+    optional: bool = False
+    metavar = "N"
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"an integer from {self.low} to {self.high}"
+        if self.low is not None:
+            return f"an integer >= {self.low}"
+        return "an integer" if self.high is None else f"an integer <= {self.high}"
+
+    def check(self, value) -> int:
+        if not _is_int(value):
+            raise ValueError(f"must be {self.describe()}, got {value!r}")
+        if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
+            raise ValueError(f"must be {self.describe()}, got {value}")
+        return int(value)
+
+    def parse(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"must be {self.describe()}, got {text!r}") from None
+        return self.check(value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Real(Kind):
+    """A finite number in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    optional: bool = False
+    metavar = "X"
+
+    def describe(self) -> str:
+        if self.low is None and self.high is None:
+            return "a finite number"
+        if self.high is None:
+            return f"a finite number {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f"a finite number <= {self.high:g}"
+        return f"a finite number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
+
+    def check(self, value) -> float:
+        if not _is_real(value) or not math.isfinite(value):
+            raise ValueError(f"must be {self.describe()}, got {value!r}")
+        low_bad = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        if low_bad or (self.high is not None and value > self.high):
+            raise ValueError(f"must be {self.describe()}, got {value!r}")
+        return float(value)
+
+    def parse(self, text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(f"must be {self.describe()}, got {text!r}") from None
+        return self.check(value)
+
+
+class Choice(Kind):
+    """One of ``values`` (a tuple, or a function giving it when asked: a registry that may
+    grow).  ``optional``: ``None`` is accepted too, written ``none`` on the command line."""
+
+    metavar = "NAME"
+
+    def __init__(self, values: Iterable[str] | Callable[[], Iterable[str]], optional: bool = False):
+        self._values = values
+        self.optional = optional
+
+    @property
+    def values(self) -> tuple:
+        values = self._values() if callable(self._values) else self._values
+        return tuple(values)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(self.values) + (" or none" if self.optional else "")
+
+    def check(self, value):
+        if value not in self.values:
+            raise ValueError(f"must be {self.describe()}, got {value!r}")
+        return value
+
+    def parse(self, text: str):
+        if self.optional and text == "none":
+            return None
+        return self.check(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Flag(Kind):
+    """True or False.  On the command line a flag that is off by default is switched on by
+    ``--<name>``; one on by default is switched off by its ``--no-...`` option.  As a grid
+    candidate it is written ``on`` or ``off``."""
+
+    metavar = "on|off"
+
+    def describe(self) -> str:
+        return "True or False"
+
+    def check(self, value) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"must be True or False, got {value!r}")
+        return value
+
+    def parse(self, text: str) -> bool:
+        if text not in ("on", "off"):
+            raise ValueError(f"must be on or off, got {text!r}")
+        return text == "on"
+
+    def plain(self, value):
+        return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Text(Kind):
+    """A non-empty string (a path, a device name); ``check`` may refine it."""
+
+    optional: bool = False
+    what: str = "a non-empty string"
+    metavar = "TEXT"
+
+    def describe(self) -> str:
+        return self.what
+
+    def check(self, value) -> str:
+        if not isinstance(value, str) or not value:
+            raise ValueError(f"must be {self.describe()}, got {value!r}")
+        return value
+
+    def parse(self, text: str) -> str:
+        return self.check(text)
+
+
+@dataclasses.dataclass(frozen=True)
+class Many(Kind):
+    """A tuple of values of one kind (``nargs="+"`` on the command line), at least
+    ``at_least`` and at most ``at_most`` of them, each once if ``distinct``.  As a grid
+    candidate, one word is a tuple of one value."""
+
+    item: Kind = dataclasses.field(default_factory=Real)
+    at_least: int = 1
+    at_most: int | None = None
+    distinct: bool = False
+    optional: bool = False
+    scalar: bool = False  # one value stands for a tuple of one (a temperature shared by every level)
+
+    @property
+    def metavar(self):
+        return self.item.metavar
+
+    def describe(self) -> str:
+        count = (f"{self.at_least} to {self.at_most}" if self.at_most is not None
+                 else f"at least {self.at_least}")
+        return f"{count}{' distinct' if self.distinct else ''} values, each {self.item.describe()}"
+
+    def normalise(self, value):
+        """Lists as tuples, and one value as a tuple of one where ``scalar``."""
+        if isinstance(value, list):
+            return tuple(value)
+        if self.scalar and value is not None and not isinstance(value, (tuple, str, bytes, dict)):
+            return (value,)
+        return value
+
+    def check(self, value) -> tuple:
+        value = self.normalise(value)
+        if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
+            raise ValueError(f"must be a list of {self.describe()}, got {value!r}")
+        values = tuple(value)
+        if len(values) < self.at_least or (self.at_most is not None and len(values) > self.at_most):
+            raise ValueError(f"must hold {self.describe()}, got {list(values)!r}")
+        out = []
+        for v in values:
+            try:
+                out.append(self.item.check(v))
+            except ValueError:
+                raise ValueError(f"must hold values that are each {self.item.describe()}; {v!r} is not") from None
+        if self.distinct and len(set(map(repr, out))) != len(out):
+            twice = [v for i, v in enumerate(out) if repr(v) in map(repr, out[:i])]
+            raise ValueError(f"must hold distinct values, got {list(out)!r} ({twice[0]!r} is listed twice)")
+        return tuple(out)
+
+    def parse(self, text: str):
+        return self.item.parse(text)
+
+    def candidate(self, text: str) -> tuple:
+        return (self.item.parse(text),)
+
+    def plain(self, value):
+        return [self.item.plain(v) for v in value]
+
+
+@dataclasses.dataclass(frozen=True)
+class Mapping(Kind):
+    """A dict of options passed on unchanged (not a command-line setting)."""
+
+    metavar = "DICT"
+
+    def describe(self) -> str:
+        return "a dict"
+
+    def check(self, value) -> dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"must be a dict, got {value!r}")
+        return value
+
+    def parse(self, text: str):
+        raise ValueError("is not set on the command line")
+
+
+SEED = Int(low=0, high=SEED_MAX)
+
+
+# ----------------------------------------------------------------------------- declarations
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """What a configuration field declares beyond its name and default.
+
+    ``flag``: its command-line option (``None``: ``--<name with dashes>``; ``""``: not on
+    the command line).  ``variant``: one of the model variant's settings, which the
+    experiment's dev stage compares (``--grid-<name>``) and the variants file fixes.
+    ``shown``: the default as help shows it, where the value alone would mislead.
+    ``cross``: a check of this setting that needs the others (``fn(config) -> None``,
+    raising ValueError), run after every setting's own check.
+    """
+
+    kind: Kind
+    help: str
+    flag: str | None = None
+    variant: bool = False
+    shown: str | None = None
+    cross: Callable | None = None
+
+    def option(self, name: str, default=None) -> str:
+        """The command-line option: ``flag``, else ``--<name>`` (a flag on by default:
+        ``--no-<name>``, which switches it off)."""
+        if self.flag is not None:
+            return self.flag
+        negated = isinstance(self.kind, Flag) and default is True
+        return f"--{'no-' if negated else ''}{name.replace('_', '-')}"
+
+
+def setting(default, kind: Kind, help: str, **options) -> Any:
+    """A dataclass field declaring one setting (see the module docstring); mutable
+    defaults (tuples stay tuples, dicts are copied per instance)."""
+    meta = {"setting": Setting(kind, help, **options)}
+    if isinstance(default, (dict, list)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def declared(cls) -> dict[str, Setting]:
+    """``{name: Setting}`` of every declared setting of a configuration class or instance."""
+    return {f.name: f.metadata["setting"] for f in dataclasses.fields(cls) if "setting" in f.metadata}
+
+
+def variant_settings(*classes) -> dict[str, Setting]:
+    """The settings declared ``variant=True`` in ``classes``, in declaration order."""
+    out: dict[str, Setting] = {}
+    for cls in classes:
+        out.update({n: s for n, s in declared(cls).items() if s.variant})
+    return out
+
+
+def normalise_settings(config) -> None:
+    """Give every declared setting of ``config`` its one type, in place, without checking it
+    (lists become tuples; a temperature given as one number becomes a tuple of one):
+    configurations call it when they are made, so equal settings compare equal."""
+    for name, s in declared(config).items():
+        if isinstance(s.kind, Many):
+            setattr(config, name, s.kind.normalise(getattr(config, name)))
+
+
+def check_settings(config) -> None:
+    """Check every declared setting of ``config`` against its kind and normalise it in place
+    (then each declared cross-check); :class:`ConfigError` naming the first invalid one."""
+    settings = declared(config)
+    for name, s in settings.items():
+        try:
+            setattr(config, name, s.kind.check_or_none(getattr(config, name)))
+        except ValueError as err:
+            raise ConfigError(name, f"{name} {err}") from None
+    for name, s in settings.items():
+        if s.cross is not None:
+            try:
+                s.cross(config)
+            except ConfigError:
+                raise
+            except ValueError as err:
+                raise ConfigError(name, str(err)) from None
+
+
+def to_plain(config) -> dict:
+    """Every declared setting of ``config`` as plain JSON containers."""
+    return {name: (None if getattr(config, name) is None else s.kind.plain(getattr(config, name)))
+            for name, s in declared(config).items()}
+
+
+def from_plain(cls, data: dict, where: str = "configuration") -> dict:
+    """The declared settings of ``cls`` found in ``data``, each normalised by its kind (a
+    value stored in an older form is read as today's); ConfigError for a name ``cls`` does
+    not declare.  Returns keyword arguments for ``cls`` (settings missing from ``data``
+    take their defaults there)."""
+    settings = declared(cls)
+    unknown = sorted(set(data) - set(settings))
+    if unknown:
+        raise ConfigError(unknown[0], f"unknown {where} field(s) {unknown}; known: {sorted(settings)}")
+    out = {}
+    for name, value in data.items():
+        try:
+            out[name] = settings[name].kind.check_or_none(value)
+        except ValueError as err:
+            raise ConfigError(name, f"{where}: {name} {err}") from None
+    return out
+
+
+# ----------------------------------------------------------------------------- the command line
+
+class Unset:
+    """A default as argparse keeps it when the option is not given: help shows the value,
+    and :func:`given_settings` tells "not given" apart from "given the default value"."""
+
+    def __init__(self, value, shown: str | None = None):
+        self.value, self.shown = value, shown
+
+    def __str__(self) -> str:
+        if self.shown is not None:
+            return self.shown
+        return show_value(self.value)
+
+    __repr__ = __str__
+
+
+def show_value(value) -> str:
+    """A value as the command line writes it (tuples as words, flags as on/off, None as none)."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(show_value, value))
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return "none" if value is None else str(value)
+
+
+def _argument_type(kind: Kind, name: str):
+    def parse(text: str):
+        try:
+            return kind.parse(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    parse.__name__ = name  # argparse names the type in its messages
+    return parse
+
+
+def add_options(parser: argparse.ArgumentParser, cls, base=None, names=None, shown: dict | None = None) -> None:
+    """One option per declared setting of ``cls`` (or of ``names`` only, in that order),
+    with its type, range, choices and help; the default is ``base``'s value (or the
+    declaration's), shown in the help once.  ``shown``: ``{name: text}`` replacing a
+    default's display.  Settings declared with ``flag=""`` are left out."""
+    settings = declared(cls)
+    chosen = list(names) if names is not None else list(settings)
+    for name in chosen:
+        s = settings[name]
+        default = getattr(base, name) if base is not None else _field_default(cls, name)
+        option = s.option(name, default)
+        if option == "":
+            continue
+        display = (shown or {}).get(name, s.shown)
+        kind = s.kind
+        if isinstance(kind, Flag):
+            # an option that is on by default is switched off by its --no-... flag
+            store = "store_false" if default else "store_true"
+            parser.add_argument(option, dest=name, action=store, default=Unset(default, display),
+                                help=f"{s.help} (default: {display or show_value(default)})")
+            continue
+        kwargs: dict[str, Any] = {"dest": name, "default": Unset(default, display),
+                                  "type": _argument_type(kind, name), "metavar": kind.metavar}
+        if isinstance(kind, Many):
+            kwargs["nargs"] = "+"
+        choices = _choices_text(kind)
+        parser.add_argument(option, **kwargs,
+                            help=f"{s.help}{choices} (default: {display or show_value(default)})")
+
+
+def _choices_text(kind: Kind) -> str:
+    inner = kind.item if isinstance(kind, Many) else kind
+    if isinstance(inner, Choice):
+        return f"; one of {', '.join(inner.values)}" + (" or none" if inner.optional else "")
+    return ""
+
+
+def _field_default(cls, name: str):
+    f = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    factory: Callable = f.default_factory  # type: ignore[assignment]
+    return factory()
+
+
+def given_settings(args: argparse.Namespace, cls, names=None) -> dict:
+    """``{name: value}`` of the declared settings of ``cls`` (or ``names``) that were given
+    on the command line (lists as tuples)."""
+    chosen = list(names) if names is not None else list(declared(cls))
+    out = {}
+    for name in chosen:
+        value = getattr(args, name, None)
+        if value is None and not hasattr(args, name):
+            continue
+        if isinstance(value, Unset):
+            continue
+        out[name] = tuple(value) if isinstance(value, list) else value
+    return out
+
+
+def add_grid_options(parser: argparse.ArgumentParser, settings: dict[str, Setting], base: dict, what: str,
+                     shown: dict | None = None) -> None:
+    """``--grid-<name>`` for each setting of ``settings``: the candidate values of the
+    dev stage's grid (``base[name]``: the default candidates)."""
+    for name, s in settings.items():
+        kind = s.kind
+
+        def parse(text, kind=kind, name=name):
+            try:
+                return kind.candidate(text)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
+
+        parse.__name__ = name
+        display = (shown or {}).get(name) or " ".join(show_value(v) for v in base[name])
+        parser.add_argument(f"--grid-{name.replace('_', '-')}", dest=f"grid_{name}", nargs="+", type=parse,
+                            default=Unset(base[name], display), metavar=kind.metavar if not isinstance(kind, Flag)
+                            else "on|off",
+                            help=f"{what}: candidate values of {name} ({s.help}){_choices_text(kind)} "
+                                 f"(default: {display})")
+
+
+def given_grid(args: argparse.Namespace, settings: dict[str, Setting]) -> dict:
+    """``{name: candidates}`` of the ``--grid-<name>`` options given on the command line."""
+    out = {}
+    for name in settings:
+        value = getattr(args, f"grid_{name}", None)
+        if value is not None and not isinstance(value, Unset):
+            out[name] = tuple(value)
+    return out
+
+
+# ----------------------------------------------------------------------------- argument types
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    return _argument_type(Int(low=1), "positive_int")(text)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    return _argument_type(Real(low=0.0, low_open=True), "positive_float")(text)
+
+
+def finite_float(text: str) -> float:
+    """An argparse type: any finite number (``inf`` and ``nan`` are refused)."""
+    return _argument_type(Real(), "finite_float")(text)

@@ -1,0 +1,191 @@
+"""The one reader of results tables: CSV files that this toolkit wrote.
+
+:func:`read_table` reads a table as it is on disk: its header and its rows as strings,
+each with its line number.  A file that cannot be a table (not UTF-8 text, a byte-order
+mark, NUL bytes, not CSV, a required column missing) raises :class:`ResultsFormatError`
+naming the file and what is wrong; a row that is damaged (a field count other than the
+header's, the last line without its line end, a checksum that does not match) is left out
+and named in ``problems``.  :func:`read_rows` reads a table of a known :class:`Schema`:
+the header must be the schema's (the error says which columns differ) and every value is
+typed (a row with an unparsable number or a value outside its choices is left out and
+named).  Every figure and every ``--resume`` reads through these two functions.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+from dataclasses import dataclass
+
+from .files import row_checksum
+
+__all__ = ["Table", "Schema", "ResultsFormatError", "read_table", "read_rows"]
+
+
+class ResultsFormatError(ValueError):
+    """A results file cannot be read as a table (the message names the file and why)."""
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A results table: its columns (the last one ``checksum`` if ``checksum``) and the
+    columns read as integers and as floats (the rest are strings)."""
+
+    name: str
+    columns: tuple
+    ints: frozenset
+    floats: frozenset
+    checksum: bool = True
+    choices: tuple = ()  # (column, allowed values) pairs
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table as read: ``header``, ``rows`` (dicts of strings, each with its line number
+    under ``"_line"``) and ``problems`` (one per damaged row left out: ``"line N (why)"``)."""
+
+    header: tuple
+    rows: list
+    problems: list
+
+
+def _listing(items, limit: int = 5) -> str:
+    shown = "; ".join(items[:limit])
+    return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def _decode(path: str, raw: bytes) -> str:
+    name = os.path.basename(path)
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise ResultsFormatError(f"{path}: starts with a UTF-8 byte-order mark (an editor or spreadsheet saved it); "
+                                 f"this toolkit writes plain UTF-8: restore the file it wrote, or rerun")
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ResultsFormatError(f"{path}: is UTF-16 text (it starts with a byte-order mark), not the UTF-8 CSV "
+                                 f"this toolkit writes")
+    nul = raw.find(b"\x00")
+    if nul >= 0:
+        raise ResultsFormatError(f"{path}: holds NUL bytes (the first at offset {nul}): a binary file, not the CSV "
+                                 f"table {name} should be")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ResultsFormatError(f"{path}: is not UTF-8 text (invalid byte 0x{raw[err.start]:02x} at offset "
+                                 f"{err.start}): not the CSV table {name} should be") from None
+
+
+def read_table(path: str, required=(), checksum: bool | None = None) -> Table:
+    """The header and rows of the CSV table at ``path`` (see the module docstring).
+
+    ``required``: columns the header must hold.  ``checksum``: check the ``checksum``
+    column of every row (``None``: where the header has one).  An empty file gives an
+    empty table with one problem saying so.
+
+    Raises:
+        OSError: the file cannot be read.
+        ResultsFormatError: not a table (the message names the file and why).
+    """
+    with open(path, "rb") as f:
+        raw = f.read()
+    text = _decode(path, raw)
+    name = os.path.basename(path)
+    if not text.strip():
+        return Table((), [], ["the file is empty"])
+    records = []
+    try:
+        reader = csv.reader(io.StringIO(text, newline=""))
+        for fields in reader:
+            records.append((reader.line_num, fields))
+    except csv.Error as err:
+        raise ResultsFormatError(f"{path}: not a readable CSV file ({err})") from None
+    header = tuple(h.strip() for h in records[0][1])
+    missing = [c for c in required if c not in header]
+    if missing:
+        raise ResultsFormatError(f"{path}: missing column(s) {', '.join(missing)} (not a {name} this toolkit "
+                                 f"wrote?)")
+    body = [(n, f) for n, f in records[1:] if f]  # blank lines carry nothing
+    problems = []
+    if body and not text.endswith(("\n", "\r")):
+        # every complete row ends with a line end; a last row without one was cut off mid-write
+        problems.append(f"line {body[-1][0]} (no line end: cut off)")
+        body = body[:-1]
+    check = header.index("checksum") if "checksum" in header and checksum is not False else None
+    rows = []
+    for line, fields in body:
+        if len(fields) != len(header):
+            problems.append(f"line {line} ({len(fields)} fields, the header has {len(header)})")
+            continue
+        if check is not None and row_checksum([f for i, f in enumerate(fields) if i != check]) != fields[check]:
+            problems.append(f"line {line} (checksum mismatch: a value was cut off or edited)")
+            continue
+        row: dict = dict(zip(header, fields))
+        row["_line"] = line
+        rows.append(row)
+    return Table(header, rows, problems)
+
+
+def _header_difference(expected: tuple, got: tuple) -> str:
+    """What differs between two headers, in words."""
+    missing = [c for c in expected if c not in got]
+    extra = [c for c in got if c not in expected]
+    parts = []
+    if missing:
+        parts.append(f"missing {_listing(missing)}")
+    if extra:
+        parts.append(f"unexpected {_listing([repr(c) for c in extra])}")
+    if not parts:
+        first = next(i for i, (a, b) in enumerate(zip(expected, got)) if a != b)
+        parts.append(f"the same columns in another order (column {first + 1} is {got[first]!r}, expected "
+                     f"{expected[first]!r})")
+    return "; ".join(parts)
+
+
+def _typed(schema: Schema, raw: dict) -> tuple[dict | None, str | None]:
+    row: dict = {}
+    for c in schema.columns:
+        v = raw[c]
+        try:
+            if c in schema.ints:
+                row[c] = None if v == "" else int(v)
+            elif c in schema.floats:
+                row[c] = math.nan if v == "" else float(v)
+            else:
+                row[c] = v
+        except ValueError:
+            return None, f"column {c} holds {v!r}, not a number"
+    for c, allowed in schema.choices:
+        if row[c] not in allowed:
+            return None, f"column {c} holds {row[c]!r}, not one of {', '.join(allowed)}"
+    return row, None
+
+
+def read_rows(path: str, schema: Schema) -> tuple[list[dict], list[str]]:
+    """The rows of a results table of ``schema``, typed and checked.
+
+    Returns ``(rows, problems)``: ``rows`` are the rows that parse (ints, floats with NaN
+    for empty fields, strings); ``problems`` names every row left out and why (a damaged
+    row, an unparsable number, a value outside its choices).  A missing file gives
+    ``([], [])``.
+
+    Raises:
+        ResultsFormatError: not a table, or its header is not the schema's (another
+            table, or a file written by another version); the message says what differs.
+    """
+    if not os.path.exists(path):
+        return [], []
+    table = read_table(path, checksum=schema.checksum)
+    if not table.header:
+        return [], [f"{os.path.basename(path)}: {p}" for p in table.problems]
+    if table.header != schema.columns:
+        raise ResultsFormatError(f"{path} does not have the columns of a {schema.name} table written by this "
+                                 f"version: {_header_difference(schema.columns, table.header)}")
+    name = os.path.basename(path)
+    rows: list[dict] = []
+    problems = [f"{name} {p}" for p in table.problems]
+    for raw in table.rows:
+        row, problem = _typed(schema, raw)
+        if row is None:
+            problems.append(f"{name} line {raw['_line']} ({problem})")
+        else:
+            rows.append(row)
+    return rows, problems

@@ -1,0 +1,606 @@
+"""The experiment's settings, each declared once (:func:`convex_attention.io.settings.setting`).
+
+The configurations nest: :class:`ModelConfig` (the attention CNN) ⊂ :class:`TrainConfig`
+(a training run) ⊂ :class:`ExperimentConfig` (the protocol's runs).  Every setting is one
+field with its type, range, default, help and choices; from it come
+
+* the command-line options of ``train`` and ``experiment`` (:mod:`convex_attention.cli.paper`);
+* the checks of :meth:`ModelConfig.validate` and the others (a :class:`ConfigError` names
+  the setting, and the command line names its option);
+* the stored configuration of every checkpoint and ``config.json`` (:meth:`TrainConfig.to_dict`,
+  :meth:`TrainConfig.from_dict`, which reads older files too);
+* the model variant (the settings declared ``variant=True``): the experiment's dev-stage
+  grid (``--grid-<name>``, :attr:`ExperimentConfig.grid`), the :class:`Variant` the
+  variants file fixes, and its labels.
+
+So adding a setting is one declaration (and its test).  The temperature has one type: a
+tuple of floats, one shared by every level ``(τ,)`` or one per level.
+
+This module is light (no torch): building the command line's parser, and ``--help``,
+reads it.  The checks that need the core (the temperatures' range, a method's facts and
+cost) import it when they run (:func:`_check_with_the_core`).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..io.settings import (
+    SEED,
+    Choice,
+    ConfigError,
+    Flag,
+    Int,
+    Many,
+    Mapping,
+    Real,
+    Text,
+    check_settings,
+    declared,
+    from_plain,
+    normalise_settings,
+    setting,
+    to_plain,
+    variant_settings,
+)
+from ..methods import REGISTRY, get_method
+
+__all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "Variant", "ConfigError", "QUICK", "FULL", "NORMS",
+           "HEADS", "DUAL_SOURCES", "DATA_SOURCES", "SYNTHETIC_GENERATORS", "SYNTHETIC_SOURCES", "MIMIC_SOURCES",
+           "MIMIC_TYPES", "UPSAMPLINGS", "STAGES", "PLAIN_CNN", "DEFAULT_VARIANTS_PATH", "variant_names",
+           "check_device", "CVX_REFUSE_S_PER_1000"]
+
+# ----------------------------------------------------------------------------- the choices
+
+NORMS = ("batch", "group")
+HEADS = ("bounded", "learned")  # ScoreHead(scale=...): the paper's head, or one with a learnable gain
+DUAL_SOURCES = ("shared", "amortised")  # ConsistentAttention(duals=...), for methods that need duals
+#: The sources ``build_datasets`` knows (``--data``).
+DATA_SOURCES = ("synthetic", "synthetic-blobs", "synthetic-brightest", "brats", "folder")
+#: The synthetic sources and their generators (:data:`convex_attention.paper.data.synthetic.GENERATORS`).
+SYNTHETIC_GENERATORS = {"synthetic": "rim", "synthetic-blobs": "blobs", "synthetic-brightest": "brightest"}
+SYNTHETIC_SOURCES = tuple(SYNTHETIC_GENERATORS)
+#: The synthetic sources whose structures have mimic types (a mimic type can be held out).
+MIMIC_SOURCES = ("synthetic", "synthetic-brightest")
+MIMIC_TYPES = ("inverted", "split", "mottled")
+#: How the pixel protocol brings a coarse map to the image (:mod:`.explain_metrics`).
+UPSAMPLINGS = ("nearest", "bilinear")
+STAGES = ("dev", "test")
+#: The committed variants file the test stage reads (in the repository's configs/ folder).
+DEFAULT_VARIANTS_PATH = str(Path(__file__).resolve().parents[2] / "configs" / "experiment_variants.json")
+PLAIN_CNN = "plain_cnn"
+# A per-sample CPU solver is refused when one pass over 1000 images would exceed this (seconds).
+CVX_REFUSE_S_PER_1000 = 3600.0
+
+_METHODS = Choice(lambda: tuple(REGISTRY))
+_COUNT = Int(low=1, high=10_000_000)  # images: at least one, and a number that fits in memory
+
+
+def check_device(name) -> str:
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, available on this machine; ConfigError otherwise."""
+    import torch  # a device is checked when a run is configured, never for --help
+
+    accepted = "auto, cpu, cuda, cuda:N or mps"
+    if not isinstance(name, str) or not name:
+        raise ConfigError("device", f"device must be one of {accepted}, got {name!r}")
+    if name == "auto":
+        return name
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError("device", f"unknown device {name!r}; use {accepted}") from None
+    if dev.type == "cpu":
+        return name
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError("device", f"device {name!r} asked for, but CUDA is not available here (no GPU, or "
+                                        f"torch built without CUDA); use --device cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError("device", f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA "
+                                        f"device(s) here (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
+        return name
+    if dev.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError("device", f"device {name!r} asked for, but MPS is not available here; use cpu or auto")
+        return name
+    raise ConfigError("device", f"unsupported device {name!r}; use {accepted}")
+
+
+# ----------------------------------------------------------------------------- the model
+
+def _check_image_size(cfg: ModelConfig) -> None:
+    if cfg.image_size % 16:
+        raise ConfigError("image_size", f"image size {cfg.image_size!r} is not divisible through the pooling stack: "
+                                        f"the encoder halves it four times, so it must be a positive multiple of 16 "
+                                        f"(e.g. 128 or 256)")
+
+
+def _check_blocks(cfg: ModelConfig) -> None:
+    blocks = list(cfg.attention_blocks)
+    if blocks != list(range(blocks[0], blocks[0] + len(blocks))):
+        raise ConfigError("attention_blocks", f"attention_blocks must be 2 or 3 consecutive blocks among 1..5 "
+                                              f"(5 = bottleneck), got {cfg.attention_blocks!r}")
+
+
+def _check_with_the_core(cfg: ModelConfig) -> None:
+    """The checks that need the core: the temperatures' range (the one check of
+    :func:`convex_attention.validation.check_temperatures`), the method's facts and the
+    cost of a per-sample CPU solver."""
+    from ..cvx import prior_seconds_per_sample
+    from ..validation import check_temperatures
+
+    method = get_method(cfg.method)
+    levels = len(cfg.attention_blocks)
+    if len(cfg.temperature) not in (1, levels):
+        raise ConfigError("temperature", f"temperature must hold one value for every level or one per level "
+                                         f"({levels}), got {list(cfg.temperature)}")
+    try:
+        check_temperatures(list(cfg.temperature_per_level()), levels)
+    except (TypeError, ValueError) as err:
+        raise ConfigError("temperature", str(err)) from None
+    if cfg.learn_temperature and not method.tensor_temperature:
+        learnable = ", ".join(n for n, r in REGISTRY.items() if r.tensor_temperature)
+        raise ConfigError("learn_temperature", f"method {cfg.method!r} cannot differentiate through the "
+                                               f"temperature, so it cannot learn one; use a fixed temperature, or "
+                                               f"one of the methods {learnable}")
+    if cfg.duals != "shared" and not method.needs_duals:
+        raise ConfigError("duals", f"duals={cfg.duals!r} is the dual source of methods that need duals "
+                                   f"(learned_dual), not of {cfg.method!r}; leave it 'shared'")
+    if method.cpu_only:
+        # a per-sample CPU solver: its cost grows steeply with the number of cells
+        cells = sum((cfg.image_size // 2 ** (k - 1)) ** 2 for k in cfg.attention_blocks)
+        per_image = prior_seconds_per_sample(cells)
+        if per_image * 1000 > CVX_REFUSE_S_PER_1000:
+            raise ConfigError(
+                "method",
+                f"method {cfg.method!r} refused for {cfg.image_size}x{cfg.image_size} images: the attention "
+                f"problem has {cells} cells, estimated {per_image:.1f} s per image forward+backward on a CPU, "
+                f"about {per_image * 1000 / 3600:.1f} h per 1000 images. Use method 'exact' (the same solution "
+                f"in closed form) or smaller images.")
+
+
+@dataclass
+class ModelConfig:
+    """The attention CNN's settings: what :class:`~convex_attention.paper.models.AttentionUNet`
+    is built from.
+
+    Defaults follow the paper where it states them (width 32, two attention levels on
+    blocks 3 and 4, τ = 1, α = 10, BatchNorm); ``image_size`` 128 is the synthetic
+    data's size (the paper resizes BraTS slices to 256: pass 256 there).
+    """
+
+    in_channels: int = setting(4, Int(low=1, high=1024), "input channels (modalities)", flag="--channels")
+    num_classes: int = setting(2, Int(low=2, high=100_000), "classes of the classifier", flag="")
+    width: int = setting(32, Int(low=1, high=1024), "channels of the first block (32 in the paper)")
+    image_size: int = setting(128, Int(low=16, high=8192),
+                              "image side in pixels, a multiple of 16 (the paper: 256 for BraTS)",
+                              cross=_check_image_size)
+    attention_blocks: tuple = setting((3, 4), Many(Int(low=1, high=5), at_least=2, at_most=3),
+                                      "2 or 3 consecutive blocks (1-4, 5 = bottleneck)", cross=_check_blocks)
+    method: str = setting("learned_dual", _METHODS, "how the attention levels are made consistent (the method "
+                                                    "registry)", cross=_check_with_the_core)
+    temperature: tuple = setting((1.0,), Many(Real(low=0.0, low_open=True), scalar=True),
+                                 "attention temperature tau > 0: one for every level, or one per level", variant=True)
+    alpha: float = setting(10.0, Real(low=0.0, high=1e6), "weight of the consistency loss (learned_dual), >= 0",
+                           variant=True)
+    embed_channels: int = setting(64, Int(low=1, high=4096), "channels of the score heads' embedding", flag="")
+    bottleneck_in_classifier: bool = setting(False, Flag(), "add the bottleneck's global average to the "
+                                                            "classifier's input", flag="")
+    norm: str = setting("batch", Choice(NORMS), "BatchNorm (the paper) or GroupNorm (no batch statistics)")
+    solver_options: dict = setting({}, Mapping(), "options of the method's solver", flag="")
+    head: str = setting("bounded", Choice(HEADS), "score head: the paper's bounded head, or one with a learnable "
+                                                  "gain that can sharpen maps", variant=True)
+    learn_temperature: bool = setting(False, Flag(), "learn one log-temperature shared by the levels (softmax, "
+                                                     "exact, learned_dual)", variant=True)
+    duals: str = setting("shared", Choice(DUAL_SOURCES), "dual source of learned_dual: the paper's shared learned "
+                                                         "duals, or amortised per sample", variant=True)
+
+    # the fields that decide the parameter shapes and the computation (what a checkpoint must match)
+    ARCHITECTURE = ("in_channels", "num_classes", "width", "image_size", "attention_blocks", "method",
+                    "embed_channels", "bottleneck_in_classifier", "norm", "head", "learn_temperature", "duals")
+
+    def __post_init__(self):
+        normalise_settings(self)
+
+    def validate(self) -> ModelConfig:
+        """Check every setting; ConfigError (a ValueError) naming it and the accepted values."""
+        check_settings(self)
+        return self
+
+    def temperature_per_level(self) -> tuple:
+        """One temperature per attention level (a shared one repeated)."""
+        t = tuple(self.temperature)
+        return t * len(self.attention_blocks) if len(t) == 1 else t
+
+    def architecture(self) -> dict:
+        """The fields that decide the parameter shapes and the computation (what a checkpoint must match)."""
+        return {k: getattr(self, k) for k in self.ARCHITECTURE}
+
+    def to_dict(self) -> dict:
+        """Plain containers only (what a checkpoint and ``config.json`` hold)."""
+        return to_plain(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> ModelConfig:
+        """Inverse of :meth:`to_dict`; ConfigError for a field this version does not know.
+        Fields missing from ``data`` (older checkpoints) take their defaults, and a value in
+        an older form (a temperature stored as one number) is read as today's."""
+        if not isinstance(data, dict):
+            raise ConfigError("model", f"a model configuration must be a dict, got {type(data).__name__}")
+        return cls(**from_plain(cls, data, "model configuration"))
+
+
+# ----------------------------------------------------------------------------- training
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs; ``model`` is the network's :class:`ModelConfig`.
+
+    Data: ``data`` (a source of :func:`convex_attention.paper.data.build_datasets`),
+    ``data_root``, ``n_train``/``n_val`` (synthetic images), ``difficulty``,
+    ``data_seed`` (the data's seed; ``None``: ``seed``).  The images' size and channels
+    are the model's (``model.image_size``, ``model.in_channels``).
+
+    ``TrainConfig.build(method="exact", width=16, epochs=3)`` takes the settings of both
+    levels by name (``channels`` is ``in_channels``).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    out: str = setting("runs/model", Text(what="a folder name"), "output folder")
+    data: str = setting("synthetic", Choice(DATA_SOURCES),
+                        "synthetic: rim lesions among mimics (offline, the default); synthetic-blobs: the previous "
+                        "generator; synthetic-brightest: one lesion per image, label 1 when it is the brightest "
+                        "structure; brats: BraTS 2018 (--data-root); folder: your images (--data-root)")
+    data_root: str | None = setting(None, Text(optional=True, what="a folder name"),
+                                    "the data folder (brats, folder)")
+    n_train: int = setting(2000, _COUNT, "synthetic training images")
+    n_val: int = setting(500, _COUNT, "synthetic validation images")
+    difficulty: float = setting(0.5, Real(low=0.0, high=1.0), "synthetic difficulty in [0, 1]")
+    data_seed: int | None = setting(None, Int(low=0, high=SEED.high, optional=True),
+                                    "seed of the synthetic images / the BraTS split", shown="the --seed")
+    epochs: int = setting(10, Int(low=1, high=100_000),
+                          "epochs in all (a resumed run counts the epochs already done)")
+    batch_size: int = setting(32, Int(low=1, high=100_000), "images per step")
+    lr: float = setting(1e-3, Real(low=0.0, high=100.0, low_open=True), "Adam learning rate")
+    weight_decay: float = setting(0.0, Real(low=0.0, high=100.0), "Adam weight decay, >= 0")
+    augment: bool = setting(True, Flag(), "flips and small affine augmentation")
+    recompute_bn: bool = setting(True, Flag(), "recompute the BatchNorm statistics after each epoch (instead of "
+                                               "keeping the running averages)", flag="--no-bn-recompute")
+    seed: int = setting(0, SEED, "seed of the initialisation, batches, augmentation")
+    workers: int = setting(0, Int(low=0, high=256), "data loader workers")
+    device: str = setting("auto", Text(what="auto, cpu, cuda, cuda:N or mps"), "auto, cpu, cuda, cuda:N or mps",
+                          cross=lambda c: check_device(c.device))
+    resume: str | None = setting(None, Text(optional=True, what="a checkpoint path"), "checkpoint to continue "
+                                                                                      "from", flag="")
+    progress: bool = setting(True, Flag(), "progress bars", flag="")
+
+    def __post_init__(self):
+        normalise_settings(self)
+
+    # ------------------------------------------------------------------ building
+    @classmethod
+    def build(cls, **fields_) -> TrainConfig:
+        """A config from the fields of ``TrainConfig`` and ``ModelConfig`` by name."""
+        return cls().override(**fields_)
+
+    def override(self, **fields_) -> TrainConfig:
+        """A copy with fields replaced; model fields (and ``channels``) go into ``model``."""
+        fields_ = {_ALIASES.get(k, k): v for k, v in fields_.items()}
+        mine = {f.name for f in fields(self)}
+        model = {k: v for k, v in fields_.items() if k in declared(ModelConfig)}
+        unknown = sorted(set(fields_) - mine - set(model))
+        if unknown:
+            raise TypeError(f"unknown configuration field(s) {unknown}")
+        rest = {k: v for k, v in fields_.items() if k not in model}
+        base = rest.pop("model", self.model)
+        return replace(self, model=replace(base, **model) if model else base, **rest)
+
+    # ------------------------------------------------------------------ views
+    @property
+    def method(self) -> str:
+        return self.model.method
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    @property
+    def channels(self) -> int:
+        return self.model.in_channels
+
+    def data_config(self) -> dict:
+        """What decides the validation images (what ``explain`` compares between checkpoints).
+        ``n_train`` is not part of it: every training set of one source and seed is disjoint
+        from its validation images."""
+        return {"data": self.data, "data_root": self.data_root, "image_size": self.model.image_size,
+                "channels": self.model.in_channels, "n_val": self.n_val, "difficulty": self.difficulty,
+                "data_seed": self.seed if self.data_seed is None else self.data_seed}
+
+    def to_dict(self) -> dict:
+        """Plain containers, the model's settings nested under ``model`` (what checkpoints store)."""
+        return {"model": self.model.to_dict(), **to_plain(self)}
+
+    def flat(self) -> dict:
+        """One key per setting of either level (what ``config.json`` holds: one key per option)."""
+        out = self.to_dict()
+        return {**out.pop("model"), **out}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TrainConfig:
+        """Inverse of :meth:`to_dict` and :meth:`flat` (and of older flat ``config.json`` files,
+        with ``channels``); ConfigError for an unknown field."""
+        if not isinstance(data, dict):
+            raise ConfigError("train_config", f"a training configuration must be a dict, got {type(data).__name__}")
+        data = dict(data)
+        model = data.pop("model", None) or {}
+        if not isinstance(model, dict):
+            raise ConfigError("model", f"the model configuration must be a dict, got {type(model).__name__}")
+        data = {_ALIASES.get(k, k): v for k, v in data.items()}
+        model = {**model, **{k: data.pop(k) for k in list(data) if k in declared(ModelConfig)}}
+        return cls(model=ModelConfig.from_dict(model), **from_plain(cls, data, "training configuration"))
+
+    # ------------------------------------------------------------------ checks
+    def validate(self) -> TrainConfig:
+        """Check every setting of both levels (ConfigError, a ValueError, naming the setting
+        and the accepted values).  The device must exist on this machine."""
+        if not isinstance(self.model, ModelConfig):
+            raise ConfigError("model", f"model must be a ModelConfig, got {type(self.model).__name__}")
+        self.model.validate()
+        check_settings(self)
+        return self
+
+
+_ALIASES = {"channels": "in_channels"}  # the data's word for the model's input channels
+
+
+# ----------------------------------------------------------------------------- the variant
+
+def variant_names() -> dict[str, str]:
+    """``{name: level}`` of the variant's settings, in declaration order: ``"model"`` for
+    the settings of :class:`ModelConfig`, ``"experiment"`` for :class:`ExperimentConfig`'s."""
+    return {**{n: "model" for n in variant_settings(ModelConfig)},
+            **{n: "experiment" for n in variant_settings(ExperimentConfig)}}
+
+
+class Variant:
+    """One model variant, the same for every method: a value for every setting declared
+    ``variant=True`` (:func:`variant_names`: the model's temperature, alpha, head, learned
+    temperature and dual source, and the pixel protocol's upsampling).  Settings not
+    given take their declared defaults.  ``v.temperature`` reads a value; a variant is
+    hashable and compares by its values."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, **values):
+        names = variant_names()
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise TypeError(f"unknown variant setting(s) {unknown}; known: {list(names)}")
+        settings = {**variant_settings(ModelConfig), **variant_settings(ExperimentConfig)}
+        defaults = {**{n: getattr(ModelConfig(), n) for n in variant_settings(ModelConfig)},
+                    **{n: getattr(ExperimentConfig(), n) for n in variant_settings(ExperimentConfig)}}
+        out = {}
+        for name in names:
+            value = values.get(name, defaults[name])
+            try:
+                out[name] = settings[name].kind.check(value)
+            except ValueError as err:
+                raise ConfigError(name, f"{name} {err}") from None
+        object.__setattr__(self, "_values", out)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return object.__getattribute__(self, "_values")[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name, value):
+        raise AttributeError("a Variant is immutable")
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Variant) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._values.items()))
+
+    def __repr__(self) -> str:
+        return "Variant(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+    def values(self) -> dict:
+        return dict(self._values)
+
+    def replace(self, **changes) -> Variant:
+        """A copy with some settings changed."""
+        return Variant(**{**self._values, **changes})
+
+    def row(self) -> dict:
+        """The settings as table cells (a temperature tuple as ``1.0`` or ``1.0/0.5``)."""
+        return {n: "/".join(map(str, v)) if isinstance(v, tuple) else v for n, v in self._values.items()}
+
+    def model_fields(self, method: str) -> dict:
+        """The ModelConfig settings this variant sets for ``method`` (``duals`` only for the
+        methods that need duals)."""
+        out = {n: v for n, v in self._values.items() if variant_names()[n] == "model"}
+        if not get_method(method).needs_duals:
+            out["duals"] = "shared"
+        return out
+
+    def check(self, method: str) -> None:
+        """ConfigError unless a model of ``method`` can take this variant (the model's
+        settings checked as :meth:`ModelConfig.validate` does)."""
+        ModelConfig(method=method, **self.model_fields(method)).validate()
+
+    def effective(self, method: str) -> tuple:
+        """What decides ``method``'s model under this variant (variants that differ only in
+        settings the method ignores train the same model)."""
+        fields_ = self.model_fields(method)
+        if not get_method(method).needs_duals:
+            fields_.pop("alpha")
+        return (method, *sorted(fields_.items()))
+
+    def label(self) -> str:
+        parts = []
+        for name, value in self._values.items():
+            if name == "learn_temperature":
+                continue
+            shown = "/".join(map(str, value)) if name == "temperature" else \
+                (f"{value:g}" if isinstance(value, float) else value)
+            key = "tau" if name == "temperature" else name
+            parts.append(f"{key}={shown}" + (" (learned)" if name == "temperature" and self.learn_temperature
+                                             else ""))
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict:
+        """Plain JSON containers (the temperature as a list)."""
+        settings = {**variant_settings(ModelConfig), **variant_settings(ExperimentConfig)}
+        return {n: settings[n].kind.plain(v) for n, v in self._values.items()}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Variant:
+        """Inverse of :meth:`to_dict` (older files, with the temperature as a number, read too)."""
+        return cls(**data)
+
+
+# ----------------------------------------------------------------------------- the experiment
+
+def _default_train() -> TrainConfig:
+    return TrainConfig(data_seed=0)
+
+
+def _check_experiment(cfg: ExperimentConfig) -> None:
+    if cfg.train.data_seed is None:
+        raise ConfigError("data_seed", "the experiment's runs share one dataset: set train.data_seed")
+    if cfg.train.data not in SYNTHETIC_SOURCES:
+        raise ConfigError("data", f"the experiment's protocol builds five disjoint splits of the synthetic data "
+                                  f"({', '.join(SYNTHETIC_SOURCES)}), not {cfg.train.data!r}; train and explain "
+                                  f"other data with the train and explain commands")
+    if cfg.held_out_mimic is not None and cfg.train.data not in MIMIC_SOURCES:
+        raise ConfigError("held_out_mimic", f"held_out_mimic needs data with mimic types "
+                                            f"({', '.join(MIMIC_SOURCES)}), not {cfg.train.data!r}; set it to none")
+    names = tuple(cfg.methods) + ((PLAIN_CNN,) if cfg.plain_cnn else ())
+    if cfg.baseline_model not in (None, "all") and cfg.baseline_model not in names:
+        raise ConfigError("baseline_model", f"baseline_model must be 'all', None or one of the models {names}, "
+                                            f"got {cfg.baseline_model!r}")
+    settings = {**variant_settings(ModelConfig), **variant_settings(ExperimentConfig)}
+    unknown = sorted(set(cfg.grid) - set(settings))
+    if unknown:
+        raise ConfigError("grid", f"grid: unknown variant setting(s) {unknown}; known: {list(settings)}")
+    for name, values in cfg.grid.items():
+        try:
+            checked = Many(settings[name].kind, distinct=True).check(values)
+        except ValueError as err:
+            raise ConfigError(f"grid_{name}", f"grid_{name} {err}") from None
+        cfg.grid[name] = checked
+    for variant in cfg.variants():
+        for method in cfg.methods:
+            try:
+                replace(cfg.train.model, method=method, **variant.model_fields(method)).validate()
+            except ConfigError as err:
+                name = f"grid_{err.field}" if err.field in settings else err.field
+                raise ConfigError(name, f"{name} (variant {variant.label()}, method {method}): {err}") from None
+
+
+@dataclass
+class ExperimentConfig:
+    """Methods x seeds under the protocol of :mod:`convex_attention.paper.experiment`.
+
+    ``train``: the :class:`TrainConfig` every run starts from; ``grid``: the dev stage's
+    candidate values of the variant's settings (``{name: candidates}``; a setting not in
+    it keeps its base value, the model's or ``upsampling``).  The test stage takes the
+    difficulties, the held-out mimic type and the variant from the variants file.
+    """
+
+    methods: tuple = setting(("softmax", "learned_dual", "exact"), Many(_METHODS, distinct=True),
+                             "attention methods (every one gets the same variant)")
+    seeds: tuple = setting((0, 1, 2, 3, 4), Many(SEED, distinct=True), "training seeds (test stage)")
+    train: TrainConfig = field(default_factory=_default_train)
+    n_explain: int = setting(64, Int(low=1, high=100_000),
+                             "the first N lesion images of the test (dev) split are explained")
+    target: str = setting("true", Choice(("true", "predicted")), "the class the post-hoc methods explain",
+                          flag="")
+    baseline_model: str | None = setting("all", Text(optional=True), "the models the post-hoc methods explain "
+                                                                     "('all', one model, or None)", flag="")
+    plain_cnn: bool = setting(True, Flag(), "train the plain CNN too", flag="")
+    n_dev: int = setting(500, _COUNT, "development images")
+    n_test: int = setting(500, _COUNT, "test images per test set")
+    n_sanity: int = setting(16, Int(low=1, high=100_000),
+                            "images of the model-randomisation check (the first of the explained ones)")
+    validity_images: int = setting(400, _COUNT, "images per set given to the benchmark's validity checks")
+    dev_seeds: tuple = setting((0, 1), Many(SEED, distinct=True), "training seeds of the dev stage")
+    difficulties: tuple = setting((0.3, 0.6), Many(Real(low=0.0, high=1.0), at_most=4, distinct=True),
+                                  "dev stage: the difficulties (the first is the development one; the test stage "
+                                  "reads them from the variants file)")
+    held_out_mimic: str | None = setting("mottled", Choice(MIMIC_TYPES, optional=True),
+                                         "dev stage: the mimic type kept out of training and development (the test "
+                                         "stage reads it from the variants file)")
+    upsampling: str = setting("nearest", Choice(UPSAMPLINGS), "how the pixel protocol brings coarse maps to the "
+                                                             "image", variant=True, flag="")
+    grid: dict = field(default_factory=lambda: {"upsampling": UPSAMPLINGS})
+
+    def __post_init__(self):
+        normalise_settings(self)
+        settings = {**variant_settings(ModelConfig), **variant_settings(ExperimentConfig)}
+        self.grid = {n: tuple(settings[n].kind.normalise(v) if n in settings and isinstance(settings[n].kind, Many)
+                              else v for v in values) for n, values in dict(self.grid).items()}
+
+    def override(self, **fields_) -> ExperimentConfig:
+        """A copy with fields replaced; fields of ``TrainConfig``/``ModelConfig`` go into ``train``."""
+        mine = {f.name for f in fields(self)}
+        own = {k: v for k, v in fields_.items() if k in mine}
+        rest = {k: v for k, v in fields_.items() if k not in mine}
+        out = replace(self, **own)
+        return replace(out, train=out.train.override(**rest)) if rest else out
+
+    def base_variant(self) -> Variant:
+        """The variant of the base configuration (the model's settings and ``upsampling``)."""
+        values = {n: getattr(self.train.model if level == "model" else self, n)
+                  for n, level in variant_names().items()}
+        return Variant(**values)
+
+    def candidates(self) -> dict:
+        """``{name: candidates}`` of every variant setting: the grid's, else the base value."""
+        base = self.base_variant().values()
+        return {n: tuple(self.grid.get(n, (base[n],))) for n in variant_names()}
+
+    def variants(self) -> list[Variant]:
+        """The dev stage's candidates: every combination of the grid's values of the settings
+        that decide a model (the upsampling is compared on each trained model, at its base
+        value here)."""
+        cands = self.candidates()
+        trained = [n for n, level in variant_names().items() if level == "model"]
+        base = self.base_variant().values()
+        combos = itertools.product(*(cands[n] for n in trained))
+        return [Variant(**{**base, **dict(zip(trained, combo))}) for combo in combos]
+
+    def with_variants(self, variants) -> ExperimentConfig:
+        """The configuration the test stage runs: the variants file's difficulties, held-out
+        mimic type, and its one variant as the only candidate."""
+        v = variants.variant
+        model = replace(self.train.model, **{n: x for n, x in v.values().items() if variant_names()[n] == "model"})
+        rest = {n: x for n, x in v.values().items() if variant_names()[n] == "experiment"}
+        return replace(self, train=replace(self.train, model=model), difficulties=tuple(variants.difficulties),
+                       held_out_mimic=variants.held_out_mimic, grid={}, **rest)
+
+    def validate(self) -> ExperimentConfig:
+        """Check every setting of the chain (ConfigError naming the setting)."""
+        if not isinstance(self.train, TrainConfig):
+            raise ConfigError("train", f"train must be a TrainConfig, got {type(self.train).__name__}")
+        self.train.validate()
+        check_settings(self)
+        _check_experiment(self)
+        return self
+
+    def to_dict(self) -> dict:
+        settings = {**variant_settings(ModelConfig), **variant_settings(ExperimentConfig)}
+        return {**to_plain(self), "train": self.train.to_dict(),
+                "grid": {n: [settings[n].kind.plain(v) for v in vs] for n, vs in self.grid.items()}}
+
+
+QUICK = ExperimentConfig(seeds=(0, 1), train=TrainConfig.build(image_size=64, width=8, n_train=512, n_val=128,
+                                                               difficulty=0.3, epochs=4, lr=3e-3, data_seed=0),
+                         n_explain=8, n_dev=96, n_test=96, n_sanity=4, validity_images=96, dev_seeds=(0,), grid={})
+FULL = ExperimentConfig(train=TrainConfig.build(width=16, epochs=12, lr=2e-3, data_seed=0),
+                        grid={"temperature": ((1.0,), (0.3,)), "alpha": (10.0, 1.0), "head": ("bounded", "learned"),
+                              "upsampling": UPSAMPLINGS})

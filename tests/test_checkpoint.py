@@ -1,0 +1,83 @@
+"""convex_attention.paper.models.checkpoint: checkpoints hold plain data only, load without running code,
+and refuse damage and other architectures."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from helpers import tiny_checkpoint
+
+from convex_attention.paper.models import (
+    AttentionUNet,
+    load_checkpoint,
+    load_model,
+    read_checkpoint,
+    save_checkpoint,
+)
+
+SMALL = dict(in_channels=4, width=4, image_size=32, embed_channels=8)
+
+
+def test_checkpoint_round_trip_gives_the_same_logits(tmp_path):
+    torch.manual_seed(0)
+    model = AttentionUNet(method="learned_dual", **SMALL).eval()
+    opt = torch.optim.Adam(model.parameters())
+    images = torch.randn(3, 4, 32, 32)
+    path = save_checkpoint(str(tmp_path / "m.pt"), model, opt, epoch=3, metrics=[{"epoch": 3}])
+    loaded, state = load_model(path)
+    loaded.eval()
+    assert state["epoch"] == 3
+    torch.testing.assert_close(loaded(images).logits, model(images).logits, atol=0, rtol=0)
+
+
+def test_checkpoint_of_another_architecture_is_refused(tmp_path):
+    path = save_checkpoint(str(tmp_path / "m.pt"), AttentionUNet(method="exact", **SMALL))
+    other = AttentionUNet(method="exact", **{**SMALL, "width": 8})
+    with pytest.raises(ValueError, match="another architecture.*width"):
+        load_checkpoint(path, other)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
+        load_model(str(tmp_path / "junk.pt"))
+    torch.save({"weights": 1}, tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
+        load_model(str(tmp_path / "plain.pt"))
+    with pytest.raises(ValueError, match="does not exist"):
+        load_model(str(tmp_path / "missing.pt"))
+
+
+def test_checkpoints_load_without_running_code_and_refuse_damage(tmp_path):
+    model = AttentionUNet(method="exact", norm="group", **SMALL)
+    path = save_checkpoint(str(tmp_path / "m.pt"), model, extra={"train_config": {"epochs": 2}})
+    state = torch.load(path, weights_only=True)  # only tensors and plain containers inside
+    assert state["config"]["norm"] == "group" and state["config"]["attention_blocks"] == [3, 4]
+    loaded, _ = load_model(path)
+    assert loaded.config == model.config
+    (tmp_path / "legacy.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
+        load_model(str(tmp_path / "legacy.pt"))
+    # weights of another configuration than the one stored
+    other = AttentionUNet(method="exact", **SMALL).state_dict()
+    torch.save({**state, "model": other}, tmp_path / "mixed.pt")
+    with pytest.raises(ValueError, match="weights do not fit its own configuration"):
+        load_model(str(tmp_path / "mixed.pt"))
+
+
+def test_a_damaged_checkpoint_is_refused_clearly(tmp_path):
+    good = read_checkpoint(tiny_checkpoint(tmp_path / "a" / "last.pt"))
+    for damage, words in (({"model": {"w": "text"}}, "no weights"), ({"epoch": -1}, "epoch"),
+                          ({"config": {**good["config"], "width": 0}}, "invalid model configuration"),
+                          ({"config": {**good["config"], "depth": 3}}, "invalid model configuration"),
+                          ({"metrics": "x"}, "metrics")):
+        torch.save({**good, **damage}, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=words):
+            load_model(str(tmp_path / "bad.pt"))
+
+
+def test_checkpoints_hold_only_plain_data(tmp_path):
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    path = save_checkpoint(str(tmp_path / "m.pt"), model, extra={"score": np.float64(0.5), "n": np.int64(3)})
+    state = torch.load(path, weights_only=True)  # loads without any allowed extra global
+    assert type(state["score"]) is float and type(state["n"]) is int
+    with pytest.raises(TypeError, match="plain containers"):
+        save_checkpoint(str(tmp_path / "x.pt"), model, extra={"obj": object()})
+    assert not os.path.exists(tmp_path / "x.pt") and not os.path.exists(tmp_path / "x.pt.tmp")

@@ -1,0 +1,17 @@
+"""convex_attention.bench.examples: the example instance the attention-map figure shows."""
+import os
+
+
+def test_save_example_writes_arrays_only_and_the_lambdas_asked_for(tmp_path):
+    import numpy as np
+
+    from convex_attention.bench.examples import save_example
+
+    path = save_example(str(tmp_path), size=8, fit_instances=4, fit_steps=0, amortised_steps=0)
+    with np.load(path, allow_pickle=False) as data:  # data only, nothing to unpickle
+        assert sorted(data.files) == ["levels", "scores0", "scores1", "temperature"]
+    save_example(str(tmp_path), size=8, fit_instances=4, fit_steps=3, amortised_steps=3)
+    with np.load(path, allow_pickle=False) as data:
+        assert data["fitted_dual0"].shape == data["amortised_dual0"].shape == data["scores1"].shape == (4, 4)
+        assert np.isfinite(data["amortised_dual0"]).all()
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []

@@ -1,0 +1,70 @@
+"""convex_attention.io.files: atomic files, strict JSON, CSV fields that read back exactly,
+the output folder check."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from convex_attention.io import files
+from convex_attention.io.tables import read_table
+
+
+def strict_load(path):
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
+
+
+def tmp_files(folder):
+    return [n for n in os.listdir(folder) if n.endswith(".tmp")]
+
+
+def test_atomic_csv_round_trips_floats_exactly_and_leaves_no_tmp(tmp_path):
+    path = str(tmp_path / "t.csv")
+    rows = [{"a": 1.9665132189317092e-07, "b": float("nan"), "c": "x,y"}, {"a": 0.1 + 0.2, "b": 3, "c": None}]
+    files.atomic_csv(path, ["a", "b", "c"], rows)
+    back = read_table(path).rows
+    assert float(back[0]["a"]) == 1.9665132189317092e-07 and float(back[1]["a"]) == 0.1 + 0.2
+    assert back[0]["b"] == "" and back[0]["c"] == "x,y" and back[1]["c"] == ""
+    assert tmp_files(tmp_path) == []
+
+
+def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path, monkeypatch):
+    path = str(tmp_path / "t.txt")
+    files.atomic_write_text(path, "old")
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        files.atomic_write_text(path, "new")
+    monkeypatch.undo()
+    assert open(path).read() == "old"
+    assert tmp_files(tmp_path) == []
+
+
+def test_write_json_is_strict_json(tmp_path):
+    path = str(tmp_path / "x.json")
+    files.write_json(path, {"nan": float("nan"), "inf": float("inf"), "ninf": -math.inf, "ok": 1.5,
+                        "np": np.float32(2.5), "npnan": np.float64("nan"), "t": torch.tensor(3.0),
+                        "arr": np.array([1.0, np.nan]), "tuple": (1, 2), "nested": [{"v": float("nan")}]})
+    data = strict_load(path)  # no NaN / Infinity tokens
+    assert data == {"nan": None, "inf": None, "ninf": None, "ok": 1.5, "np": 2.5, "npnan": None, "t": 3.0,
+                    "arr": [1.0, None], "tuple": [1, 2], "nested": [{"v": None}]}
+
+
+def test_check_out_dir_refuses_files_and_unwritable_paths(tmp_path):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ValueError, match="is a file"):
+        files.check_out_dir(str(f))
+    with pytest.raises(ValueError, match="not a writable folder"):
+        files.check_out_dir(str(f / "sub"))
+    files.check_out_dir(str(tmp_path / "new" / "dir"))
+    assert (tmp_path / "new" / "dir").is_dir() and tmp_files(tmp_path / "new" / "dir") == []

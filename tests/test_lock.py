@@ -1,0 +1,77 @@
+"""convex_attention.io.lock: one writer per results folder."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from convex_attention.io.lock import LOCK_NAME, ResultsLocked, results_lock
+
+# Another writer, as the lock protocol sees it: flock on OUT/results.lock, owner recorded in
+# the file (plain Python, so that the test does not pay for a second torch import).
+HOLDER = textwrap.dedent("""
+    import fcntl, json, os, socket, sys, time
+    fd = os.open(os.path.join(sys.argv[1], "results.lock"), os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                             "command": "holder"}).encode())
+    print("locked", flush=True)
+    time.sleep(float(sys.argv[2]))
+    os.remove(os.path.join(sys.argv[1], "results.lock"))
+""")
+
+
+def hold_lock(folder, seconds):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(seconds)], stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "locked"
+    return proc
+
+
+def test_a_second_writer_is_refused_with_the_owner_named(tmp_path):
+    proc = hold_lock(tmp_path, 60)
+    try:
+        with pytest.raises(ResultsLocked, match=rf"pid {proc.pid} on host {socket.gethostname()}.*--wait"):
+            with results_lock(str(tmp_path)):
+                pass
+    finally:
+        proc.kill()
+        proc.wait()
+    with results_lock(str(tmp_path)):  # the dead holder's lock is free
+        pass
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+@pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
+def test_wait_blocks_until_the_owner_finishes(tmp_path):
+    proc = hold_lock(tmp_path, 1.5)
+    start = time.monotonic()
+    logged = []
+    with results_lock(str(tmp_path), wait=True, log=logged.append, poll_s=0.1):
+        assert time.monotonic() - start > 1.0, "entered while the owner held the lock"
+    proc.wait()
+    assert any("waiting" in m and str(proc.pid) in m for m in logged)
+
+
+def test_a_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(),
+                                                    "started": 0, "command": "bench"}))
+    logged = []
+    with results_lock(str(tmp_path), log=logged.append):
+        owner = json.loads((tmp_path / LOCK_NAME).read_text())
+        assert owner["pid"] == os.getpid()
+    assert any("took over" in m and str(dead.pid) in m and "no longer runs" in m for m in logged)
+
+
+def test_the_lock_is_reentrant_within_a_process(tmp_path):
+    with results_lock(str(tmp_path)):
+        with results_lock(str(tmp_path)):
+            pass
+        assert (tmp_path / LOCK_NAME).exists()
+    assert not (tmp_path / LOCK_NAME).exists()

@@ -1,0 +1,30 @@
+"""convex_attention._ops: the small tensor operations every solver shares."""
+import torch
+
+from convex_attention import _ops
+
+
+def test_centre_removes_the_per_sample_mean():
+    x = torch.randn(3, 4, 5, dtype=torch.float64)
+    c = _ops.centre(x)
+    assert torch.allclose(c.mean((1, 2)), torch.zeros(3, dtype=torch.float64), atol=1e-15)
+    assert torch.allclose(c - x, (c - x)[:, :1, :1].expand_as(x))  # one constant per sample
+    assert _ops.sample_dims(x) == (1, 2)
+
+
+def test_half_precision_is_computed_in_float32():
+    assert _ops.compute_dtype(torch.float16) == torch.float32 == _ops.compute_dtype(torch.bfloat16)
+    assert _ops.compute_dtype(torch.float64) == torch.float64
+    assert _ops.upcast(torch.ones(2, dtype=torch.bfloat16)).dtype == torch.float32
+
+
+def test_level_softmax_matches_torch_and_survives_extreme_temperatures():
+    x = torch.randn(2, 3, 4, dtype=torch.float64)
+    for tau in (1.0, 0.5, 3.0, torch.tensor(0.7, dtype=torch.float64)):
+        want = torch.softmax(x.flatten(1) / tau, 1).view_as(x)
+        assert torch.allclose(_ops.level_softmax(x, tau), want, atol=1e-14)
+    assert torch.allclose(_ops.level_softmax(x, 0.5, log=True).exp(), _ops.level_softmax(x, 0.5), atol=1e-14)
+    tiny = _ops.level_softmax(1e4 * x.float(), 1e-30)  # x / tau alone would overflow
+    assert bool(torch.isfinite(tiny).all()) and torch.allclose(tiny.flatten(1).sum(1), torch.ones(2))
+    half = _ops.level_softmax(x.half(), 1e-3)
+    assert half.dtype == torch.float16 and bool(torch.isfinite(half).all())

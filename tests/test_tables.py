@@ -1,0 +1,95 @@
+"""convex_attention.io.tables: the one reader of results tables."""
+import math
+
+import pytest
+
+from convex_attention.io.files import atomic_csv
+from convex_attention.io.tables import ResultsFormatError, Schema, read_rows, read_table
+
+SCHEMA = Schema("toy", ("name", "n", "x", "checksum"), ints=frozenset({"n"}), floats=frozenset({"x"}))
+
+
+def write_toy(path, rows):
+    atomic_csv(path, SCHEMA.columns, rows, checksum=True)
+
+
+def test_read_rows_types_values_and_checks_the_checksum(tmp_path):
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": 1, "x": 1.9665132189317092e-07}, {"name": "b", "n": 2, "x": float("nan")}])
+    rows, problems = read_rows(path, SCHEMA)
+    assert problems == []
+    assert rows[0]["n"] == 1 and rows[0]["x"] == 1.9665132189317092e-07 and math.isnan(rows[1]["x"])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda t: t.replace("1.9665132189317092e-07", "1.9665132"), "checksum mismatch"),  # a value cut off
+    (lambda t: t.rsplit(",", 2)[0] + "\n", "(2 fields, the header has 4)"),  # the last line cut short
+    (lambda t: t.replace(",2,", ",two,"), "checksum mismatch"),  # edited
+    (lambda t: t + "c,3,1.0,deadbeef,extra\n", "(5 fields, the header has 4)"),
+    (lambda t: t.rstrip("\n"), "(no line end: cut off)"),
+])
+def test_read_rows_reports_and_leaves_out_damaged_rows(tmp_path, damage, reason):
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": 1, "x": 1.9665132189317092e-07}, {"name": "b", "n": 2, "x": 0.5}])
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(damage(text))
+    rows, problems = read_rows(path, SCHEMA)
+    assert len(problems) == 1 and reason in problems[0], problems
+    assert all(r["x"] in (1.9665132189317092e-07, 0.5) for r in rows)  # never a misread value
+
+
+def test_number_garbage_is_caught_even_with_a_matching_checksum(tmp_path):
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": "two", "x": 1.0}])
+    rows, problems = read_rows(path, SCHEMA)
+    assert rows == [] and "not a number" in problems[0]
+
+
+def test_read_rows_refuses_a_foreign_header(tmp_path):
+    path = str(tmp_path / "toy.csv")
+    atomic_csv(path, ["name", "n"], [{"name": "a", "n": 1}])
+    with pytest.raises(ResultsFormatError, match="columns"):
+        read_rows(path, SCHEMA)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xef\xbb\xbfname,n,x,checksum\n", "byte-order mark"),
+    (b"\xff\xfen\x00a\x00", "UTF-16"),
+    (b"name,n\x00,x,checksum\n", "NUL bytes (the first at offset 6)"),
+    (b"name,n,x,checksum\nb\xe9,1,2,00000000\n", "not UTF-8 text (invalid byte 0xe9 at offset 19)"),
+])
+def test_an_undecodable_or_binary_file_is_one_error_naming_the_file_and_what_is_wrong(tmp_path, content, message):
+    path = tmp_path / "toy.csv"
+    path.write_bytes(content)
+    for read in (lambda: read_table(str(path)), lambda: read_rows(str(path), SCHEMA)):
+        with pytest.raises(ResultsFormatError) as info:
+            read()
+        text = str(info.value)
+        assert message in text and str(path) in text and "\n" not in text
+
+
+@pytest.mark.parametrize("header, message", [
+    (("name", "n", "checksum"), "missing x"),
+    (("name", "n", "x", "y", "checksum"), "unexpected 'y'"),
+    (("n", "name", "x", "checksum"), "another order (column 1 is 'n', expected 'name')"),
+])
+def test_a_foreign_header_is_refused_saying_what_differs(tmp_path, header, message):
+    path = str(tmp_path / "toy.csv")
+    atomic_csv(path, header, [])
+    with pytest.raises(ResultsFormatError, match="toy table") as info:
+        read_rows(path, SCHEMA)
+    assert message in str(info.value)
+
+
+def test_read_table_keeps_line_numbers_and_refuses_a_missing_required_column(tmp_path):
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": 1, "x": 0.5}, {"name": "b", "n": 2, "x": 0.25}])
+    table = read_table(path, required=("name", "x"))
+    assert [r["_line"] for r in table.rows] == [2, 3] and table.problems == []
+    assert table.rows[1]["x"] == "0.25"  # strings: each reader validates what it uses
+    with pytest.raises(ResultsFormatError, match="missing column"):
+        read_table(path, required=("status",))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("  \n")
+    assert read_table(str(empty)).problems == ["the file is empty"]

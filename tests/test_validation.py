@@ -1,0 +1,79 @@
+"""convex_attention.validation: the checks every entry point shares, and the ranges they enforce
+(the ranges themselves are exercised through solve in tests/test_solve.py)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import convex_attention as ca
+from convex_attention import validation as V
+
+H = ca.Hierarchy.grid([(4,), (2,)])
+GOOD = [torch.zeros(3, 4), torch.zeros(3, 2)]
+
+
+@pytest.mark.parametrize("scores, error, words", [
+    (torch.zeros(3, 4), TypeError, "list of 2 tensors"),
+    ([torch.zeros(3, 4)], ValueError, "one tensor per level"),
+    ([torch.zeros(3, 4), "x"], TypeError, r"scores\[1\] must be a torch.Tensor"),
+    ([torch.zeros(3, 4, dtype=torch.long), torch.zeros(3, 2)], TypeError, "floating"),
+    ([torch.zeros(3, 5), torch.zeros(3, 2)], ValueError, r"shape \(B, 4\)"),
+    ([torch.zeros(3, 4), torch.zeros(2, 2)], ValueError, "batch size 2"),
+    ([torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.float64)], TypeError, "one dtype"),
+    ([torch.zeros(0, 4), torch.zeros(0, 2)], ValueError, "batch size 0"),
+    ([torch.full((3, 4), math.inf), torch.zeros(3, 2)], ValueError, "Inf"),
+    ([torch.full((3, 4), 1e38), torch.full((3, 2), 1e38)], ValueError, "too large"),
+])
+def test_check_scores_names_what_is_wrong(scores, error, words):
+    with pytest.raises(error, match=words):
+        V.check_scores(scores, H)
+
+
+def test_check_scores_and_peaks_reads_the_peaks_once():
+    scores, peak = V.check_scores_and_peaks([torch.tensor([[1.0, -5.0, 0.0, 2.0]]), torch.tensor([[3.0, 0.0]])], H)
+    assert peak == 8.0 and len(scores) == 2
+    assert V.check_scores_and_peaks(GOOD, H, check_finite=False)[1] is None
+
+
+def test_temperatures_per_level_never_per_sample():
+    assert V.check_temperatures(2.0, 2) == [2.0, 2.0]
+    assert V.check_temperatures([1.0, 3.0], 2) == [1.0, 3.0]
+    assert V.check_temperatures(torch.tensor([1.0, 3.0]), 2) == [1.0, 3.0]
+    with pytest.raises(ValueError, match="per level, never per sample"):
+        V.check_temperatures(torch.ones(3), 2)
+    with pytest.raises(ValueError, match="one per level"):
+        V.check_temperatures([1.0, 2.0, 3.0], 2)
+    with pytest.raises(ValueError, match="positive"):
+        V.check_temperatures(0.0, 2)
+    with pytest.raises(TypeError, match="numbers"):
+        V.check_temperatures(["1", 2.0], 2)
+    tau = torch.tensor([1.0, 2.0], requires_grad=True)
+    with pytest.raises(TypeError, match="cannot differentiate through the temperature"):
+        V.check_temperatures(tau, 2, method="dual")
+    views = V.check_temperatures(tau, 2, allow_grad=True)
+    assert all(v.requires_grad for v in views)
+
+
+def test_the_accepted_ranges_follow_the_compute_dtype():
+    lo32, hi32 = V.temperature_range(torch.float32)
+    assert V.temperature_range(torch.bfloat16) == (lo32, hi32)
+    assert lo32 == float(np.finfo(np.float32).tiny) and hi32 == math.sqrt(float(np.finfo(np.float32).max))
+    assert V.score_limit(torch.float64) == float(np.finfo(np.float64).max) / 4
+
+
+def test_check_duals_shapes_device_and_reach():
+    out = V.check_duals([torch.zeros(2)], H, 3, torch.float64, torch.device("cpu"))
+    assert out[0].shape == (1, 2) and out[0].dtype == torch.float64
+    for duals, words in ((None, "needs duals"), (torch.zeros(2), "list of 1"), ([torch.zeros(3)], "must have shape"),
+                         ([torch.zeros(2, 2)], "must have shape"), ([torch.zeros(2, dtype=torch.long)], "floating"),
+                         ([torch.full((2,), math.nan)], "NaN")):
+        with pytest.raises((TypeError, ValueError), match=words):
+            V.check_duals(duals, H, 3, torch.float64, torch.device("cpu"))
+    with pytest.raises(ValueError, match="too large"):
+        V.check_duals([torch.full((2,), 1e38)], H, 3, torch.float32, torch.device("cpu"), score_peak_sum=1e38)
+
+
+def test_check_hierarchy():
+    with pytest.raises(TypeError, match="Hierarchy"):
+        V.check_hierarchy([(4,), (2,)])
