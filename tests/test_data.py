@@ -651,3 +651,33 @@ def test_build_datasets_sources(tmp_path):
         build_datasets("brats")
     with pytest.raises(ValueError, match="unknown data source"):
         build_datasets("imagenet", root="x")
+
+
+def test_the_decisive_mask_marks_the_structure_that_decides_the_label():
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+
+    bright = SyntheticBrightestLesions(24, image_size=48, difficulty=0.3, seed=5)
+    seen = set()
+    for i in range(len(bright)):
+        r = bright.render(i)
+        brightest = max(range(len(r["kinds"])), key=r["amplitudes"].__getitem__)
+        # the brightest structure, whatever it is: the lesion when the label is 1, a mimic when it is 0
+        assert torch.equal(r["decisive"], r["structure"] == brightest) and r["decisive"].any()
+        assert (r["kinds"][brightest] == "lesion") == bool(r["label"])
+        if r["label"]:
+            assert torch.equal(r["decisive"], r["mask"])
+        else:
+            assert not (r["decisive"] & (r["structure"] == r["kinds"].index("lesion"))).any()
+        assert torch.equal(bright.decisive_mask(i), r["decisive"])
+        seen.add(int(r["label"]))
+    assert seen == {0, 1}
+    # under the presence rule the lesion decides: the decisive mask is the lesion mask (empty without a lesion)
+    rim = SyntheticRimLesions(16, image_size=48, seed=2)
+    for i in range(len(rim)):
+        assert torch.equal(rim.decisive_mask(i), rim[i][2])
+    # materialised splits keep them; data that do not say which structure decides refuse to guess
+    kept = InMemory(bright)
+    assert all(torch.equal(kept.decisive_mask(i), bright.decisive_mask(i)) for i in range(len(bright)))
+    assert all(torch.equal(kept[i][0], bright[i][0]) for i in range(3))
+    with pytest.raises(ValueError, match="do not say which structure decides"):
+        InMemory(SyntheticLesions(4, image_size=32)).decisive_mask(0)

@@ -15,6 +15,7 @@ from convex_attention.paper.experiment import (
     ExperimentConfig,
     run_experiment,
 )
+from convex_attention.paper.explain import mean_ci
 from convex_attention.paper.models import (
     AttentionUNet,
     ConfigError,
@@ -219,7 +220,7 @@ def test_test_stage_refusals_are_usage_errors_before_work(tmp_path, capsys, monk
     pinned = ["--variants-sha256", variants_digest(str(rejected))]  # tmp_path is no git checkout: a pin stands in
     for argv, words in ((["--variants", str(loose)], "--variants"), (["--grid-head", "learned"], "--grid-head"),
                         (["--variants", str(rejected), *pinned],
-                         "rejected this benchmark (failed: uniform_attention 0.010 (>= 0.10), location_free missing"),
+                         "rejected this benchmark (failed: location_free missing"),
                         (["--variants", str(loose), "--variants-sha256", variants_digest(str(loose))],
                          "records no dev-stage verdict"),
                         (["--difficulties", "0.4"], "--difficulties"),
@@ -227,24 +228,100 @@ def test_test_stage_refusals_are_usage_errors_before_work(tmp_path, capsys, monk
         code, _, err = run(["experiment", "--quick", "--stage", "test", *argv, "--out", out], capsys)
         assert code == 2 and words in err and "Traceback" not in err, err
         assert not os.path.exists(out)
+    # an accepted verdict whose dev stage spent data seed 0: the test stage needs a fresh --data-seed
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
+
+    good = benchmark_record([CheckResult("location_free", "t", "b", 0.5, 0.6),
+                             CheckResult("pixel_map", "t", "a", 0.2, 0.3), check_maps_drive_ranking([0.1] * 5)],
+                            Variant(), 0.3, ("softmax",), (0, 1, 2, 3, 4),
+                            {"image_size": 64, "width": 8, "epochs": 4, "n_train": 512}, data_seed=0)
+    accepted = tmp_path / "accepted.json"
+    accepted.write_text(json.dumps(Variants(benchmark=good).to_dict()))
+    argv = ["experiment", "--quick", "--stage", "test", "--variants", str(accepted), "--variants-sha256",
+            variants_digest(str(accepted)), "--out", out]
+    code, _, err = run(argv, capsys)
+    assert code == 2 and "argument --data-seed:" in err and "would reuse images" in err and "dev run" in err, err
+    code, _, err = run([*argv, "--data-seed", "1000"], capsys)
+    assert code == 2 and "--data-seed" in err and "0 to 999" in err, err
+    assert not os.path.exists(out)
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: {"report": "ran"})
+    code, output, err = run([*argv, "--data-seed", "1"], capsys)  # a fresh seed passes the door
+    assert code == 0 and "ran" in output, err
+    out = str(tmp_path / "exp2")
     code, _, err = run(["experiment", "--quick", "--force", "--out", out], capsys)
     assert code == 2 and "--force" in err
     code, _, err = run(["experiment", "--quick", "--allow-rejected-benchmark", "--out", out], capsys)
     assert code == 2 and "--allow-rejected-benchmark: only the test stage" in err
 
 
-def test_check_c_from_per_seed_balanced_accuracies():
+def test_check_c_is_reported_with_a_paired_interval():
     from convex_attention.paper.experiment import _uniform_check
 
-    c = _uniform_check({"softmax": [0.9, 0.8], "exact": [0.95, 0.93]}, [0.80, 0.82], "dev")
-    assert c.ran and c.value == pytest.approx(0.94 - 0.81) and c.passed  # the best method's mean against the plain mean
-    assert not _uniform_check({"softmax": [0.9]}, [0.85], "dev").passed
-    off = _uniform_check({"softmax": [0.9]}, [], "dev")
+    c = _uniform_check({"softmax": {0: 0.9, 1: 0.8}, "exact": {0: 0.95, 1: 0.93}}, {0: 0.80, 1: 0.82}, "dev")
+    assert c.ran and c.value == pytest.approx(0.94 - 0.81)  # the best method's mean against the plain mean
+    # the interval is of the per-seed gaps (0.15, 0.11), paired by seed: t(0.975, 1) * 0.0283 / sqrt(2)
+    assert c.ci95 == pytest.approx(12.706 * 0.028284 / math.sqrt(2), rel=1e-3) and "exact" in c.note
+    assert not c.passed  # its interval includes 0; it is reported, never a gate
+    off = _uniform_check({"softmax": {0: 0.9}}, {}, "dev")
     assert not off.ran and not off.passed and "plain_cnn off" in off.reason
-    for attention, plain in (({"softmax": [0.9, math.nan], "exact": [0.95]}, [0.5]),
-                             ({"softmax": [0.9]}, [math.nan]), ({"softmax": []}, [0.5])):
+    for attention, plain in (({"softmax": {0: 0.9, 1: math.nan}, "exact": {0: 0.95}}, {0: 0.5}),
+                             ({"softmax": {0: 0.9}}, {0: math.nan}), ({"softmax": {}}, {0: 0.5})):
         nan = _uniform_check(attention, plain, "the development split")  # judged as not run, never a crash
         assert not nan.ran and not nan.passed and "not finite (or missing) on the development split" in nan.reason
+
+
+def test_check_c_prime_from_the_softmax_models():
+    from convex_attention.paper.experiment import _ranking_check
+
+    rows = [{"method": "softmax", "seed": s, "upsampling": "nearest", "delta_auc_shuffled": -d}
+            for s, d in enumerate((0.10, 0.12, 0.09, 0.11, 0.10))]
+    others = [{**r, "method": "exact", "delta_auc_shuffled": 0.0} for r in rows]  # methods on trial do not count
+    accepted = _ranking_check(rows + others)
+    assert accepted.passed and accepted.value == pytest.approx(0.104) and accepted.detail["drops"][1] == 0.12
+    flat = _ranking_check([{**r, "delta_auc_shuffled": -0.002} for r in rows])
+    assert flat.ran and not flat.passed
+    noisy = _ranking_check([{**r, "delta_auc_shuffled": d} for r, d in zip(rows, (-0.3, 0.2, -0.3, 0.2, -0.1))])
+    assert noisy.ran and not noisy.passed  # a mean drop of 0.06 whose interval includes 0
+    few = _ranking_check(rows[:4])
+    assert not few.ran and "at least 5 dev seeds" in few.reason
+    none = _ranking_check(others)
+    assert not none.ran and "softmax" in none.reason
+
+
+def test_compared_methods_need_dev_auc():
+    from convex_attention.paper.experiment import compared_methods
+
+    rows = [{"method": "softmax", "auc": 0.9}, {"method": "softmax", "auc": 0.8}, {"method": "exact", "auc": 0.82},
+            {"method": "exact", "auc": 0.76}, {"method": "learned_dual", "auc": math.nan}]
+    assert compared_methods(rows, ("softmax", "exact", "learned_dual", "plain_cnn")) == ["softmax"]
+
+
+def test_the_headline_pairs_attention_and_post_hoc_by_seed_among_compared_models():
+    from convex_attention.paper.experiment import _headline, _summary
+
+    def row(model, method, level, seed, ap):
+        return {"condition": "c", "test_set": "test", "model": model, "method": method, "level": level,
+                "resolution": "pixel", "upsampling": "nearest", "mask": "decisive", "seed": seed, "ap_mean": ap,
+                "ap": ap}
+
+    seed_means = []
+    for seed, shift in enumerate((0.0, 0.02, -0.01)):
+        seed_means += [row("exact", "attention", 0, seed, 0.30 + shift),
+                       row("exact", "attention", 1, seed, 0.50 + shift),
+                       row("exact", "gradcam", 0, seed, 0.40 + 2 * shift),
+                       row("softmax", "integrated_gradients", -1, seed, 0.45),
+                       row("learned_dual", "attention", 1, seed, 0.90),  # not compared: never the best
+                       row("reference", "block_map", 0, seed, 0.95)]
+    summary = _summary(seed_means, ("condition", "test_set", "model", "method", "level", "resolution", "upsampling",
+                                    "mask"), ("ap",))
+    [h] = _headline(summary, seed_means, {"c": ["exact", "softmax"]})
+    assert (h["attention"]["model"], h["attention"]["level"]) == ("exact", 1)
+    assert (h["posthoc"]["model"], h["posthoc"]["method"]) == ("softmax", "integrated_gradients")
+    assert h["block_map"]["ap_mean"] == pytest.approx(0.95)
+    # per seed 0.05, 0.07, 0.04: paired, so the interval is that of these three differences
+    assert h["difference"]["ap_mean"] == pytest.approx(0.05 + 1 / 300) and h["difference"]["seeds"] == 3
+    assert h["difference"]["ap_ci95"] == pytest.approx(mean_ci([0.05, 0.07, 0.04])[1])
+    assert set(h["by_model"]) == {"exact"} and h["by_model"]["exact"]["level"] == 1
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -268,42 +345,63 @@ def _commit(repo, source):
 @pytest.mark.slow
 def test_tiny_experiment_end_to_end(tmp_path):
     out = str(tmp_path / "exp")
-    config = _tiny_config(grid={"head": ("bounded", "learned"), "upsampling": ("nearest", "bilinear")})
+    config = _tiny_config(data="synthetic-brightest", held_out_mimic="mottled",
+                          grid={"head": ("bounded", "learned"), "upsampling": ("nearest", "bilinear")})
     dev = run_experiment(config, out, progress=False, log=lambda *a: None)
     summary = list(csv.DictReader(open(os.path.join(out, "dev", "dev_summary.csv"))))
     assert len(summary) == 4  # 2 heads x 2 upsamplings, best first
-    assert float(summary[0]["attention_ap_mean"]) >= max(float(s["attention_ap_mean"]) for s in summary)
+    finite = [float(s["attention_ap_mean"]) for s in summary if s["attention_ap_mean"] != ""]
+    assert summary[0]["attention_ap_mean"] == "" or float(summary[0]["attention_ap_mean"]) >= max(finite)
     proposal = json.load(open(os.path.join(out, "dev", "proposed_variants.json")))
     assert proposal["format"] == "convex-attention-variants/1"
     assert dev["proposal"].variant.head in ("bounded", "learned")
-    assert "Validity checks" in dev["report"]
+    assert "Validity checks" in dev["report"] and "decisive" in dev["report"]
     runs = os.listdir(os.path.join(out, "dev", "runs"))
     assert len(runs) == 7  # 3 methods x 2 heads x 1 seed (upsampling needs no training), and the plain CNN
-    # check (c) ran on the dev split, before the test split is touched, and its verdict is in the proposal
-    c = {r.name: r for r in dev["validity"]}["uniform_attention"]
-    plain = [r for r in csv.DictReader(open(os.path.join(out, "dev", "dev_runs.csv"))) if r["method"] == "plain_cnn"]
+    dev_rows = list(csv.DictReader(open(os.path.join(out, "dev", "dev_runs.csv"))))
+    # AP per level and per mask, and the ablation per level, for every model
+    for r in (r for r in dev_rows if r["method"] != "plain_cnn"):
+        for key in ("ap_lesion_L0", "ap_lesion_L1", "ap_decisive_L0", "ap_decisive_L1", "delta_auc_shuffled",
+                    "delta_auc_shuffled_L0", "delta_auc_uniform_L1", "attention_ap_decisive"):
+            assert r[key] != "", key
+        assert float(r["attention_ap"]) == pytest.approx(float(r["attention_ap_decisive"]))  # chosen on decisive
+    levels = list(csv.DictReader(open(os.path.join(out, "dev", "dev_levels.csv"))))
+    assert {(e["method"], e["level"]) for e in levels} == {(m, k) for m in config.methods for k in ("0", "1", "all")}
+    # (c′) needs 5 dev seeds: with one it did not run, so the benchmark is rejected; (c) ran and is reported
+    checks = {r.name: r for r in dev["validity"]}
+    assert not checks["maps_drive_ranking"].ran and "at least 5 dev seeds" in checks["maps_drive_ranking"].reason
+    c = checks["uniform_attention"]
+    plain = [r for r in dev_rows if r["method"] == "plain_cnn"]
     assert c.ran and len(plain) == 1
     best = dev["summary"][0]
     assert c.value == pytest.approx(max(best[f"{m}_bacc"] for m in config.methods) - float(plain[0]["bacc"]))
     verdict = proposal["benchmark"]
+    assert not verdict["accepted"] and verdict["checks"]["maps_drive_ranking"]["ran"] is False
     assert verdict["checks"]["uniform_attention"]["value"] == pytest.approx(c.value)
-    assert verdict["checks"]["uniform_attention"]["passed"] == (c.value >= 0.10)
     assert verdict["judged"]["variant"] == proposal["model"] | {"upsampling": proposal["upsampling"]}
     assert verdict["judged"]["settings"] == {"image_size": 32, "width": 4, "epochs": 1, "n_train": 32}
-    assert verdict["judged"]["data"] == "synthetic" and verdict["judged"]["dev_seeds"] == [0]
-    if c.value < 0.10:
-        assert not verdict["accepted"]
-    assert f"Benchmark {'ACCEPTED' if verdict['accepted'] else 'REJECTED'}" in dev["report"]
+    assert verdict["judged"]["data"] == "synthetic-brightest" and verdict["judged"]["dev_seeds"] == [0]
+    assert verdict["judged"]["data_seed"] == 0
+    assert "Benchmark REJECTED" in dev["report"]
     variants = _commit(tmp_path / "repo", os.path.join(out, "dev", "proposed_variants.json"))
     from convex_attention.paper.protocol import VariantsError
 
-    if not verdict["accepted"]:  # the tiny setting cannot train a model worth accepting; refused before work
-        with pytest.raises(VariantsError, match="--allow-rejected-benchmark"):
-            run_experiment(config, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants)
-        assert not os.path.exists(os.path.join(out, "test"))
-    result = run_experiment(config, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants,
-                            allow_rejected_benchmark=True)
-    assert ("REJECTED this benchmark" in result["report"]) != verdict["accepted"]
+    def test_stage(cfg, **kw):
+        return run_experiment(cfg, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants,
+                              **kw)
+
+    with pytest.raises(VariantsError, match="--allow-rejected-benchmark"):  # refused before any work
+        test_stage(config)
+    # the dev stage's data seed is spent: the test stage refuses it before any work
+    with pytest.raises(VariantsError, match="would reuse images.*data seed 0.*--data-seed"):
+        test_stage(config, allow_rejected_benchmark=True)
+    assert not os.path.exists(os.path.join(out, "test"))
+    fresh = config.override(data_seed=1)
+    result = test_stage(fresh, allow_rejected_benchmark=True)
+    assert "REJECTED this benchmark" in result["report"]
+    assert "first test run recorded in this results folder" in result["report"]
+    ledger = json.load(open(os.path.join(os.path.dirname(variants), "data_ledger.json")))
+    assert [(r["stage"], r["data_seed"]) for r in ledger["spent"]] == [("test", 1)]
     folder = os.path.join(out, "test")
     runs = list(csv.DictReader(open(os.path.join(folder, "runs.csv"))))
     # 2 difficulties x 2 test sets x 4 models x 2 seeds
@@ -311,37 +409,48 @@ def test_tiny_experiment_end_to_end(tmp_path):
                                                                           "plain_cnn"}
     assert {r["test_set"] for r in runs} == {"test", "heldout_mottled"}
     for r in runs:
-        assert 0 <= float(r["bacc"]) <= 1
+        assert 0 <= float(r["bacc"]) <= 1 and r["dev_auc"] != ""
         if r["model"] == "exact":
             assert float(r["violation"]) <= 1e-5
         if r["model"] != "plain_cnn":
-            assert r["delta_bacc_uniform"] != "" and r["n_max_p_L0"] != ""
+            assert r["delta_auc_shuffled"] != "" and r["delta_auc_shuffled_L1"] != "" and r["n_max_p_L0"] != ""
         else:
             assert r["violation"] == ""  # no maps to be consistent
     explained = list(csv.DictReader(open(os.path.join(folder, "explain_summary.csv"))))
-    kinds = {(e["model"], e["method"]) for e in explained}
+    kinds = {(e["model"], e["method"], e["mask"]) for e in explained}
     for model in ("softmax", "learned_dual", "exact", "plain_cnn"):
         for method in ("gradcam", "deeplift", "lrp", "input_x_gradient", "integrated_gradients"):
-            assert (model, method) in kinds
-    assert ("reference", "block_map") in kinds and ("reference", "model_free") in kinds
+            assert (model, method, "lesion") in kinds and (model, method, "decisive") in kinds
+    assert ("reference", "block_map", "decisive") in kinds and ("reference", "model_free", "lesion") in kinds
     assert {e["resolution"] for e in explained} == {"pixel", "8x8", "4x4"}
     assert all(e["seeds"] == "2" for e in explained)
     rand = list(csv.DictReader(open(os.path.join(folder, "randomisation_summary.csv"))))
     assert {(r["model"], r["method"]) for r in rand} >= {("exact", "attention"), ("plain_cnn", "lrp")}
+    assert [r["stage"] for r in rand if (r["model"], r["method"], r["level"]) == ("exact", "attention", "0")][:2] \
+        == ["classifier", "attention"]
     report = result["report"]
-    order = [report.index(h) for h in ("## Validity checks", "## Accuracy", "## Explanation metrics",
-                                       "## Sanity checks")]
+    order = [report.index(h) for h in ("## Validity checks", "## Compared models", "## Headline",
+                                       "## Attention against post-hoc maps, per level", "## Accuracy",
+                                       "## Explanation metrics", "## Sanity checks")]
     assert order == sorted(order)
-    for words in ("first 2 lesion images", "95 % confidence interval", "qiou_strict@0.95", "pointing_tol",
-                  "2.0 px", "heldout_mottled", "Δ bacc uniform", "Spearman", "FEWER"):
+    for words in ("first 2 images", "95 % confidence interval", "qiou_strict@0.95", "pointing_tol",
+                  "2.0 px", "heldout_mottled", "Δ AUC shuffled", "Spearman, abs maps", "Spearman, signed maps",
+                  "decisive masks", "FEWER", "data seed 1"):
         assert words in report, words
     saved = json.loads(open(os.path.join(folder, "experiment.json")).read())  # strict JSON
     assert saved["variants_file"]["sha256"] and saved["variants_file"]["file_commit"]
     assert json.load(open(os.path.join(folder, "test_stage.json")))["status"] == "complete"
     assert os.path.exists(os.path.join(folder, "explain_examples_difficulty0.3.png"))
-    assert os.path.exists(os.path.join(folder, "explain_ap.png"))
+    assert os.path.exists(os.path.join(folder, "explain_ap_lesion.png"))
+    assert os.path.exists(os.path.join(folder, "explain_ap_decisive.png"))
     from convex_attention.paper.protocol import TestFolderExists
 
     with pytest.raises(TestFolderExists, match="--force"):
-        run_experiment(config, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants,
-                       allow_rejected_benchmark=True)
+        test_stage(fresh, allow_rejected_benchmark=True)
+    # another folder may not spend the same data seed again; --force into the same folder may, and says so
+    with pytest.raises(VariantsError, match="would reuse images.*test run"):
+        run_experiment(fresh, str(tmp_path / "other"), progress=False, log=lambda *a: None, stage="test",
+                       variants_path=variants, allow_rejected_benchmark=True)
+    again = test_stage(fresh, allow_rejected_benchmark=True, force=True)
+    assert "run 2 recorded in this results folder" in again["report"] and "--force" in again["report"]
+    assert len(open(os.path.join(out, "test_runs.jsonl")).read().splitlines()) == 2

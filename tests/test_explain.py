@@ -220,3 +220,34 @@ def test_metric_summary_figure_draws_every_finite_row_on_one_scale(tmp_path, sav
         assert "1 without a value left out" in ax.get_title()
     with pytest.raises(ValueError, match="no finite"):
         plot_metric_summary(rows, str(tmp_path / "none.png"), resolution="2x2")
+
+
+def test_maps_are_scored_against_the_decisive_masks_too():
+    from convex_attention.paper.data import InMemory
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+    from convex_attention.paper.explain import explained_indices, has_decisive_masks, primary_mask
+    from convex_attention.paper.explain_metrics import score_map, to_common_form
+
+    data = InMemory(SyntheticBrightestLesions(20, image_size=32, difficulty=0.3, seed=1))
+    assert has_decisive_masks(data) and not has_decisive_masks(SyntheticLesions(4, image_size=32))
+    indices = explained_indices(data, 3)
+    assert primary_mask(indices) == "decisive" and primary_mask({"lesion": [0]}) == "lesion"
+    assert indices["decisive"] == [0, 1, 2]  # every image, either label, has a deciding structure
+    assert all(int(data[i][1]) == 1 for i in indices["lesion"])
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8).eval()
+    rows, _ = explain_models({"exact": model}, data, indices=indices["lesion"], decisive=indices["decisive"],
+                             baseline_model=None, progress=False)
+    by_mask = {m: [r for r in rows if r["mask"] == m] for m in ("lesion", "decisive")}
+    assert {r["image"] for r in by_mask["decisive"]} == set(indices["decisive"])
+    assert {r["image"] for r in by_mask["lesion"]} == set(indices["lesion"])
+    # a per-level row for each image and level, scored against that image's own mask of that kind
+    assert {(r["level"], r["image"]) for r in by_mask["decisive"]} == {(k, i) for k in (0, 1)
+                                                                      for i in indices["decisive"]}
+    from convex_attention.paper.explain import explanations
+
+    image = indices["decisive"][0]
+    maps = explanations(model, data[image][0][None], posthoc=False)
+    row = next(r for r in by_mask["decisive"] if r["image"] == image and r["level"] == 1)
+    expected = score_map(to_common_form(maps[("attention", 1)][0], (32, 32), "nearest"), data.decisive_mask(image))
+    assert row["ap"] == pytest.approx(expected["ap"])

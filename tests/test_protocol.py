@@ -8,8 +8,7 @@ import subprocess
 import pytest
 import torch
 
-from convex_attention.paper.config import QUICK, ConfigError
-from convex_attention.paper.models import AttentionUNet
+from convex_attention.paper.config import QUICK, SYNTHETIC_SOURCES, ConfigError
 from convex_attention.paper.protocol import (
     DEFAULT_VARIANTS_PATH,
     MANIFEST,
@@ -23,12 +22,18 @@ from convex_attention.paper.protocol import (
     check_benchmark_verdict,
     check_disjoint,
     check_test_folder,
+    check_unspent,
     claim_test_folder,
     commit_state,
+    default_ledger_path,
     finish_test_folder,
     fit_model_free,
     image_keys,
+    log_test_run,
+    read_ledger,
     read_variants,
+    spend,
+    split_seed,
     split_specs,
     variants_digest,
 )
@@ -43,7 +48,7 @@ def test_splits_are_disjoint_and_hold_one_mimic_type_out():
     check_disjoint(specs)
     keys = [set(image_keys(s)) for s in specs.values()]
     assert all(not (a & b) for i, a in enumerate(keys) for b in keys[i + 1:])
-    assert specs["val"].seed == 10_000  # the validation seed of build_datasets
+    assert len({s.seed for s in specs.values()}) == len(specs)
     for name in ("train", "val", "dev", "test"):
         assert specs[name].mimic_types == ("inverted", "split")
     assert specs["test_heldout"].mimic_types == ("mottled",)
@@ -71,6 +76,88 @@ def test_split_errors():
     assert blobs["train"].mimic_types is None and len(build_split(blobs["test"], "synthetic-blobs", 32, 4)) == 2
     with pytest.raises(ValueError, match="overlap"):
         check_disjoint({"a": SplitSpec("a", 5, 3, 0.5), "b": SplitSpec("b", 5, 3, 0.5)})
+    with pytest.raises(ValueError, match="data seed must be an integer from 0 to 999"):
+        split_specs("synthetic", 1000, {"train": 3}, 0.5)
+
+
+def test_every_source_difficulty_split_and_data_seed_has_its_own_stream():
+    """The brightest test split no longer shares its labels and heads with the rim test split,
+    nor difficulty 0.3 with 0.6: every stream is its own block of generator seeds."""
+    seeds = {(d, s, diff, split): split_seed(d, s, diff, split)
+             for d in SYNTHETIC_SOURCES for s in (0, 1, 999) for diff in (0.0, 0.3, 0.6, 1.0)
+             for split in ("train", "val", "dev", "test", "test_heldout")}
+    assert len(set(seeds.values())) == len(seeds)
+    assert min(seeds.values()) > 40_000 + 999  # above every seed the earlier scheme (data seed + offset) used
+    assert max(seeds.values()) * 1_000_003 < 2 ** 63
+    rim = build_split(split_specs("synthetic", 0, {"test": 12}, 0.3)["test"], "synthetic", 48, 4)
+    bright = build_split(split_specs("synthetic-brightest", 0, {"test": 12}, 0.3)["test"], "synthetic-brightest",
+                         48, 4)
+    harder = build_split(split_specs("synthetic", 0, {"test": 12}, 0.6)["test"], "synthetic", 48, 4)
+    assert not torch.equal(rim.labels, bright.labels) or not torch.equal(rim.labels, harder.labels)
+    assert not torch.equal(rim.masks, harder.masks)  # other heads and structures, not only other contrast
+
+
+def test_a_spent_data_seed_is_refused_and_the_ledger_records_runs(tmp_path):
+    ledger = str(tmp_path / "data_ledger.json")
+    assert read_ledger(ledger) == []
+    dev = split_specs("synthetic-brightest", 0, {"train": 8, "val": 4, "dev": 4}, 0.3)
+    spend(ledger, {"stage": "dev", "data": "synthetic-brightest", "data_seed": 0, "where": "x",
+                   "splits": [{"name": s.name, "seed": s.seed, "n": s.n} for s in dev.values()]})
+    spent = read_ledger(ledger)
+    assert len(spent) == 1 and json.load(open(ledger))["format"] == "convex-attention-data-ledger/1"
+    with pytest.raises(VariantsError, match="train split .* shares images .* recorded dev run .* --data-seed"):
+        check_unspent(split_specs("synthetic-brightest", 0, {"train": 8, "test": 4}, 0.3), spent)
+    check_unspent(split_specs("synthetic-brightest", 1, {"train": 8, "test": 4}, 0.3), spent)  # a fresh seed
+    check_unspent(split_specs("synthetic", 0, {"train": 8, "test": 4}, 0.3), spent)  # another benchmark's stream
+    (tmp_path / "bad.json").write_text('{"format": "other"}')
+    with pytest.raises(VariantsError, match="not a convex-attention-data-ledger/1 file"):
+        read_ledger(str(tmp_path / "bad.json"))
+
+
+def test_the_test_stage_spends_fresh_data_seeds_only(tmp_path):
+    from convex_attention.paper.protocol import check_test_data, ledger_entry, ledger_where, test_stage_specs
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4)
+    verdict = _record(data_seed=0, data="synthetic-brightest")
+    variants = Variants(difficulties=(0.3, 0.6), held_out_mimic="mottled", benchmark=verdict)
+    specs = test_stage_specs(config.with_variants(variants))
+    assert set(specs) == {f"difficulty{d}/{n}" for d in ("0.3", "0.6")
+                          for n in ("train", "val", "dev", "test", "test_heldout")}
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    where = ledger_where(str(tmp_path / "results" / "test"), ledger)
+    assert where == "results/test" and ledger_where("/elsewhere/test", ledger) == "/elsewhere/test"
+    # the verdict's own dev stage spent data seed 0: its train, val and dev splits
+    with pytest.raises(VariantsError, match="recorded dev run .*data seed 0, the verdict"):
+        check_test_data(config, variants, ledger, where)
+    fresh = config.override(data_seed=1)
+    assert check_test_data(fresh, variants, ledger, where) == []
+    spend(ledger, ledger_entry(fresh.with_variants(variants), where, "now"))
+    # a spent test seed is refused in any folder; --force into the same folder may replace that run
+    for folder, force in ((where, False), ("results/other", False), ("results/other", True)):
+        with pytest.raises(VariantsError, match="recorded test run .*data seed 1, results/test"):
+            check_test_data(fresh, variants, ledger, folder, force)
+    assert [r["where"] for r in check_test_data(fresh, variants, ledger, where, force=True)] == ["results/test"]
+    # the dev stage's data seed stays refused even with --force
+    with pytest.raises(VariantsError, match="dev run"):
+        check_test_data(config, variants, ledger, where, force=True)
+    # a verdict from before data seeds were recorded spends nothing the ledger does not hold
+    old = Variants(difficulties=(0.3, 0.6), held_out_mimic="mottled", benchmark=_record(data="synthetic-brightest"))
+    assert check_test_data(config, old, str(tmp_path / "none.json"), where) == []
+    with pytest.raises(ConfigError, match="data seed must be from 0 to 999"):
+        config.override(data_seed=1000).validate()
+
+
+def test_the_repository_ledger_holds_the_runs_the_repository_records():
+    spent = read_ledger(default_ledger_path(DEFAULT_VARIANTS_PATH))
+    where = {run["where"] for run in spent}
+    assert {"docs/results/experiment-test-cpu", "docs/results/brightest-dev5-cpu"} <= where
+    rim_test = next(r for r in spent if r["where"] == "docs/results/experiment-test-cpu")
+    assert rim_test["stage"] == "test" and {sp["name"] for sp in rim_test["splits"]} >= {"test", "test_heldout"}
+
+
+def test_the_test_run_log_is_appended_never_rewritten(tmp_path):
+    assert log_test_run(str(tmp_path), {"run": 1}) == [{"run": 1}]
+    assert log_test_run(str(tmp_path), {"run": 2, "forced": True}) == [{"run": 1}, {"run": 2, "forced": True}]
 
 
 def test_masks_never_reach_training_or_checkpoint_selection(monkeypatch, tmp_path):
@@ -129,33 +216,41 @@ def test_variants_round_trip_and_are_checked(tmp_path):
         v.validate(methods=("dual",))
 
 
-def _record(c_bacc=(0.95, 0.80), variant=None, difficulty=0.3, checks=None):
-    from convex_attention.paper.validity import CheckResult, check_uniform_attention
+_DRIVES = (0.10, 0.12, 0.09, 0.11, 0.10)  # AUC drops per dev seed: the maps drive the ranking
+
+
+def _record(drops=_DRIVES, variant=None, difficulty=0.3, checks=None, c_bacc=(0.95, 0.80), data_seed=None,
+            data="synthetic"):
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking, check_uniform_attention
 
     if checks is None:
         checks = [CheckResult("location_free", "t", "bacc", 0.52, 0.60), CheckResult("pixel_map", "t", "ap", 0.2, 0.30),
-                  check_uniform_attention(*c_bacc)]
-    return benchmark_record(checks, variant or Variant(), difficulty, ("softmax", "exact"), (0, 1),
-                            {"image_size": 64, "width": 8, "epochs": 8, "n_train": 1000})
+                  check_maps_drive_ranking(drops), check_uniform_attention(*c_bacc)]
+    return benchmark_record(checks, variant or Variant(), difficulty, ("softmax", "exact"), (0, 1, 2, 3, 4),
+                            {"image_size": 64, "width": 8, "epochs": 8, "n_train": 1000}, data=data,
+                            data_seed=data_seed)
 
 
 def test_the_dev_stage_verdict_travels_in_the_variants_file(tmp_path):
     from convex_attention.paper.validity import CheckResult
 
-    accepted, rejected, not_run = _record(), _record((0.95, 0.94)), _record((None, None))
+    accepted, rejected, not_run = _record(), _record((0.0, 0.01, -0.01, 0.02, 0.0)), _record(None)
     assert accepted["accepted"] and not rejected["accepted"] and not not_run["accepted"]
-    assert rejected["checks"]["uniform_attention"]["value"] == pytest.approx(0.01)
-    assert not_run["checks"]["uniform_attention"] == {"value": None, "threshold": 0.10, "passes_below": False,
-                                                      "ran": False, "passed": False}
+    assert rejected["checks"]["maps_drive_ranking"]["value"] == pytest.approx(0.004)
+    assert not_run["checks"]["maps_drive_ranking"] == {"value": None, "threshold": 0.05, "passes_below": False,
+                                                       "ran": False, "passed": False}
+    # the accuracy gap to uniform pooling is reported and never decides
+    assert _record(c_bacc=(0.95, 0.94))["accepted"] and _record(c_bacc=(None, None))["accepted"]
     assert accepted["judged"] == {"data": "synthetic", "variant": Variant().to_dict(), "difficulty": 0.3,
-                                  "methods": ["softmax", "exact"],
-                                  "dev_seeds": [0, 1],
+                                  "methods": ["softmax", "exact"], "dev_seeds": [0, 1, 2, 3, 4],
                                   "settings": {"image_size": 64, "width": 8, "epochs": 8, "n_train": 1000}}
-    # a verdict without check (c), or with a NaN number, is not an acceptance
-    assert not _record(checks=[CheckResult("location_free", "t", "bacc", 0.52, 0.60)])["accepted"]
+    assert _record(data_seed=7)["judged"]["data_seed"] == 7
+    # a verdict without check (c′), or with a NaN number, is not an acceptance
+    assert not _record(checks=[CheckResult("location_free", "t", "bacc", 0.52, 0.60),
+                               CheckResult("pixel_map", "t", "ap", 0.2, 0.30)])["accepted"]
     nan = _record(checks=[CheckResult("location_free", "t", "bacc", 0.52, 0.60),
                           CheckResult("pixel_map", "t", "ap", float("nan"), 0.30),
-                          CheckResult("uniform_attention", "t", "gap", 0.2, 0.10, passes_below=False)])
+                          CheckResult("maps_drive_ranking", "t", "drop", 0.2, 0.05, passes_below=False, ci95=0.01)])
     assert not nan["accepted"] and nan["checks"]["pixel_map"]["value"] is None
     for record, verdict in ((accepted, "accepted"), (rejected, "rejected"), (not_run, "rejected"),
                             (None, "not recorded")):
@@ -167,8 +262,8 @@ def test_the_dev_stage_verdict_travels_in_the_variants_file(tmp_path):
         if verdict == "accepted":
             assert check_benchmark_verdict(back) == "accepted"
             continue
-        words = {"rejected": r"rejected this benchmark \(failed: uniform_attention (0\.010|did not run or is not a "
-                             r"number) \(>= 0\.10\)\)", "not recorded": "records no dev-stage verdict"}[verdict]
+        words = {"rejected": r"rejected this benchmark \(failed: maps_drive_ranking (0\.004|did not run or is not a "
+                             r"number) \(>= 0\.05\)\)", "not recorded": "records no dev-stage verdict"}[verdict]
         with pytest.raises(VariantsError, match=words + ".*--allow-rejected-benchmark"):
             check_benchmark_verdict(back)
         assert check_benchmark_verdict(back, allow_rejected=True) == verdict
@@ -180,8 +275,8 @@ def test_the_dev_stage_verdict_travels_in_the_variants_file(tmp_path):
 
 
 def test_a_hand_edited_verdict_is_refused():
-    good = _record()
-    c = good["checks"]["uniform_attention"]
+    good = _record(data_seed=3)
+    c = good["checks"]["maps_drive_ranking"]
 
     def edited(checks=None, **top):
         return {**good, "checks": {**good["checks"], **(checks or {})}, **top}
@@ -189,27 +284,36 @@ def test_a_hand_edited_verdict_is_refused():
     for bad, words in (
             ("yes", "must be an object"), ({"accepted": True, "checks": {}}, "must be an object"),
             (edited(accepted="yes"), "must be an object"),
-            (edited({"uniform_attention": {**c, "ran": 1}}), "finite number or null"),
-            (edited({"uniform_attention": {**c, "threshold": "abc"}}), "finite number or null"),
-            (edited({"uniform_attention": {**c, "threshold": None}}), "finite number or null"),
-            (edited({"uniform_attention": {**c, "value": float("inf")}}), "finite number or null"),
-            (edited({"uniform_attention": {**c, "value": 0.01}}), "says passed=True, but its number 0.01"),
-            (edited({"uniform_attention": {**c, "value": 0.01, "threshold": 0.0}}), "the check's is >= 0.1"),
-            (edited({"uniform_attention": {**c, "passes_below": True}}), "the check's is >= 0.1"),
-            (edited({"uniform_attention": {**c, "ran": False}}), "says passed=True"),
+            (edited({"maps_drive_ranking": {**c, "ran": 1}}), "finite number or null"),
+            (edited({"maps_drive_ranking": {**c, "threshold": "abc"}}), "finite number or null"),
+            (edited({"maps_drive_ranking": {**c, "threshold": None}}), "finite number or null"),
+            (edited({"maps_drive_ranking": {**c, "value": float("inf")}}), "finite number or null"),
+            (edited({"maps_drive_ranking": {**c, "value": 0.01}}), "says passed=True, but its number 0.01"),
+            # the interval must exclude 0: a wide one fails however large the mean
+            (edited({"maps_drive_ranking": {**c, "ci95": 0.5}}), "says passed=True"),
+            (edited({"maps_drive_ranking": {**c, "ci95": None}}), "says passed=True"),
+            (edited({"maps_drive_ranking": {**c, "value": 0.01, "threshold": 0.0}}), "the check's is >= 0.05"),
+            (edited({"maps_drive_ranking": {**c, "passes_below": True}}), "the check's is >= 0.05"),
+            (edited({"maps_drive_ranking": {**c, "ran": False}}), "says passed=True"),
             (edited({"colour": c}), "unknown check"),
-            ({**good, "checks": {k: v for k, v in good["checks"].items() if k != "uniform_attention"}},
-             r"accepted is True, but its checks say False \(missing: uniform_attention\)"),
+            ({**good, "checks": {k: v for k, v in good["checks"].items() if k != "maps_drive_ranking"}},
+             r"accepted is True, but its checks say False \(missing: maps_drive_ranking\)"),
             (edited(accepted=False), "accepted is False, but its checks say True"),
             (edited(judged={**good["judged"], "difficulty": 0.6}), "judged another variant or difficulty"),
             (edited(judged={**good["judged"], "variant": {**good["judged"]["variant"], "alpha": 1.0}}),
              "judged another variant"),
             (edited(judged={**good["judged"], "dev_seeds": [True]}), "benchmark.judged must be"),
             (edited(judged={**good["judged"], "data": "brats"}), "benchmark.judged must be"),
+            (edited(judged={**good["judged"], "data_seed": 1000}), "benchmark.judged must be"),
+            (edited(judged={**good["judged"], "data_seed": "3"}), "benchmark.judged must be"),
             ({k: v for k, v in good.items() if k != "judged"}, "must be an object")):
         with pytest.raises(VariantsError, match=words):
             Variants.from_dict(_variants_dict(benchmark=bad))
     assert Variants.from_dict(_variants_dict(benchmark=good)).verdict() == "accepted"
+    # the reported (c) may say anything: it never decides
+    loose = edited({"uniform_attention": {**good["checks"]["uniform_attention"], "value": 0.01, "passed": False,
+                                          "ci95": None}})
+    assert Variants.from_dict(_variants_dict(benchmark=loose)).verdict() == "accepted"
 
 
 def test_the_repository_variants_file_is_valid():
@@ -322,18 +426,6 @@ def test_the_model_free_reference_is_fitted_on_the_dev_split():
     assert 0.0 <= ref["dev_ap"] <= 1.0 and ref["check"]["name"] == "pixel_map"
     with pytest.raises(ValueError, match="at least 4"):
         fit_model_free(dev, limit=3)
-
-
-# ----------------------------------------------------------------------------- sanity checks
-
-
-def _tiny(method="softmax", **kw):
-    torch.manual_seed(0)
-    return AttentionUNet(method=method, width=4, image_size=32, embed_channels=8, **kw).eval()
-
-
-def _data(n=12, seed=3):
-    return build_split(SplitSpec("test", seed, n, 0.3, ("inverted", "split", "mottled")), "synthetic", 32, 4)
 
 
 def test_a_sha256_pin_stands_in_for_git_only_where_there_is_no_checkout(tmp_path):

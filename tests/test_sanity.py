@@ -137,6 +137,49 @@ def test_randomised_copy_is_fresh_and_leaves_the_rng_alone():
     assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), again.state_dict().values()))
 
 
+def test_map_ablation_per_level():
+    from convex_attention.paper.sanity import classification, map_ablation, maps_replaced, predict, uniform_maps
+
+    model, data = _tiny("exact"), _data(16)
+    result = map_ablation(model, data, threshold=0.5, seed=4)
+    for k in (0, 1):
+        with maps_replaced(model, lambda maps, k=k: uniform_maps(maps, (k,))):
+            pred = predict(model, data)
+        expected = classification(pred["logits"], pred["labels"], 0.5)
+        assert result[f"auc_uniform_L{k}"] == expected["auc"]
+        assert result[f"delta_auc_uniform_L{k}"] == expected["auc"] - result["auc"]
+        assert f"delta_auc_shuffled_L{k}" in result and f"delta_bacc_shuffled_L{k}" in result
+    assert "delta_auc_uniform_L2" not in result
+    # the all-levels rows do not depend on whether the levels are ablated one by one too
+    alone = map_ablation(model, data, threshold=0.5, seed=4, per_level=False)
+    assert {k: v for k, v in result.items() if "_L" not in k} == alone
+
+
+def test_the_cascade_reinitialises_from_the_top():
+    from convex_attention.paper.sanity import cascade_stages, cascading_copies, randomised_copy
+
+    model = _tiny("learned_dual", learn_temperature=True)
+    stages = cascade_stages(model)
+    names = [name for name, _ in stages]
+    assert names == ["classifier", "attention"] + [f"block{k}" for k in range(len(model.blocks), 0, -1)]
+    prefixes = [p for _, ps in stages for p in ps]
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = randomised_copy(model, seed=2).state_dict()
+    # every parameter belongs to one stage, so the last copy is the fully randomised model
+    assert all(any(k.startswith(p) for p in prefixes) for k in original)
+    done: set = set()
+    for index, (stage, copy) in enumerate(cascading_copies(model, seed=2)):
+        assert stage == names[index]
+        done |= set(stages[index][1])
+        for key, value in copy.state_dict().items():
+            reinitialised = key.startswith(tuple(done))
+            assert torch.equal(value, fresh[key] if reinitialised else original[key]), (stage, key)
+    assert all(torch.equal(v, original[k]) for k, v in model.state_dict().items())  # the model is untouched
+    from convex_attention.paper.models import PlainCNN
+
+    assert "attention" not in [n for n, _ in cascade_stages(PlainCNN(width=4, image_size=32))]
+
+
 def test_randomisation_check_compares_every_explanation(monkeypatch):
     import convex_attention.paper.sanity as sanity
 
@@ -146,10 +189,18 @@ def test_randomisation_check_compares_every_explanation(monkeypatch):
     methods = {(r["method"], r["level"]) for r in rows}
     assert methods == {("attention", 0), ("attention", 1), ("gradcam", 0), ("gradcam", 1), ("deeplift", -1),
                        ("lrp", -1), ("input_x_gradient", -1), ("integrated_gradients", -1)}
-    assert len(rows) == 2 * len(methods)
-    assert all(math.isnan(r["spearman"]) or -1.0 <= r["spearman"] <= 1.0 for r in rows)
+    stages = sanity.cascade_stages(model)
+    assert len(rows) == len(stages) * 2 * len(methods)
+    assert [r["stage"] for r in rows if r["stage_index"] == 1][0] == "attention"
+    for key in ("spearman_abs", "spearman_signed"):
+        assert all(math.isnan(r[key]) or -1.0 <= r[key] <= 1.0 for r in rows)
+    # attention maps are non-negative: absolute and signed agree there
+    assert all(r["spearman_abs"] == r["spearman_signed"] or math.isnan(r["spearman_abs"])
+               for r in rows if r["method"] == "attention")
     # against the model itself every explanation correlates perfectly: the comparison pairs like with like
     monkeypatch.setattr(sanity, "randomised_copy", lambda m, seed=0: m)
     same = sanity.randomisation_check(model, images, seed=1)
-    assert all(r["spearman"] == pytest.approx(1.0) or math.isnan(r["spearman"]) for r in same)
-    assert sum(not math.isnan(r["spearman"]) for r in same) >= len(same) - 4  # GradCAM of an untrained model may be 0
+    for key in ("spearman_abs", "spearman_signed"):
+        assert all(r[key] == pytest.approx(1.0) or math.isnan(r[key]) for r in same)
+        # GradCAM of an untrained model may be 0
+        assert sum(not math.isnan(r[key]) for r in same) >= len(same) - 4 * len(stages)

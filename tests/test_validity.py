@@ -15,6 +15,7 @@ from convex_attention.paper.validity import (
     brain_mask_features,
     check_brain_mask,
     check_location_free,
+    check_maps_drive_ranking,
     check_pixel_map,
     check_uniform_attention,
     collect,
@@ -113,7 +114,12 @@ def test_a_check_that_did_not_run_never_passes():
     good = CheckResult("x", "t", "m", 0.5, 0.6)
     not_run_c = check_uniform_attention(None, None)
     assert not not_run_c.passed and not not_run_c.ran
-    assert accepted([good, not_run_c])  # (c) is optional: reported as not run
+    assert accepted([good, not_run_c])  # (c) is reported, never decides
+    assert accepted([good, check_uniform_attention(0.9, 0.89)])
+    not_run_ranking = check_maps_drive_ranking(None)
+    assert not not_run_ranking.passed and accepted([good, not_run_ranking])  # data check: no trained models
+    assert not accepted([good, not_run_ranking], optional=())  # the dev stage needs it
+    assert not accepted([good, check_maps_drive_ranking([0.0] * 5)])
     assert not accepted([good, a])  # (a) is required
     assert not accepted([good, nan]) and not accepted([])
     with pytest.raises(ValueError, match="NaN"):
@@ -127,6 +133,27 @@ def test_uniform_attention_check():
     for bad in (1.5, math.nan, -0.1):
         with pytest.raises(ValueError, match="balanced accuracy"):
             check_uniform_attention(bad, 0.5)
+
+
+def test_the_maps_drive_ranking_check():
+    """(c′): the mean AUC drop over at least 5 seeds is at least 0.05 and its 95 % t-interval excludes 0."""
+    from scipy.stats import t
+
+    drops = [0.08, 0.06, 0.07, 0.09, 0.05]
+    ok = check_maps_drive_ranking(drops)
+    half = t.ppf(0.975, 4) * np.std(drops, ddof=1) / math.sqrt(5)
+    assert ok.ran and ok.passed and ok.value == pytest.approx(0.07) and ok.ci95 == pytest.approx(half)
+    assert "[0.050, 0.090]" in ok.note and ok.passes_below is False
+    small = check_maps_drive_ranking([0.03, 0.04, 0.035, 0.045, 0.04])  # excludes 0, but below 0.05
+    assert small.ran and not small.passed
+    wide = check_maps_drive_ranking([0.4, -0.2, 0.3, -0.25, 0.1])  # mean 0.07, interval includes 0
+    assert wide.ran and not wide.passed and wide.value - wide.ci95 < 0
+    for few in ([0.1] * 4, None, []):
+        r = check_maps_drive_ranking(few)
+        assert not r.ran and not r.passed and "at least 5 dev seeds" in r.reason
+    nan = check_maps_drive_ranking([0.1, 0.1, math.nan, 0.1, 0.1])
+    assert not nan.ran and not nan.passed and "not finite" in nan.reason
+    assert check_maps_drive_ranking([0.1, 0.1, 0.1], min_seeds=3).ci95 == pytest.approx(0.0, abs=1e-12)  # no spread
 
 
 @pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
@@ -163,7 +190,7 @@ def _canned(monkeypatch, values):
 
     results = [CheckResult("location_free", "t", "held-out balanced accuracy", values[0], 0.6),
                CheckResult("pixel_map", "t", "held-out pixel AP", values[1], 0.3),
-               check_uniform_attention(None, None)]
+               check_maps_drive_ranking(None), check_uniform_attention(None, None)]
     monkeypatch.setattr(data_cli, "_datasets", lambda args: (list(range(20)), list(range(20)), "canned"))
     monkeypatch.setattr("convex_attention.paper.validity.run_checks", lambda *a, **k: results)
 
@@ -175,15 +202,17 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "location_free: held-out balanced accuracy 0.520 (passes if <= 0.60): PASS" in text
     assert "pixel_map: held-out pixel AP nan (passes if <= 0.30): FAIL" in text
-    assert "uniform_attention: NOT RUN" in text and "benchmark rejected (failed: pixel_map)" in text
+    assert "uniform_attention: NOT RUN" in text and "maps_drive_ranking: NOT RUN" in text
+    assert "benchmark rejected (failed: pixel_map)" in text
     with open(os.path.join(out, "data_check.json")) as f:
         report = json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"non-strict JSON token {c}"))
     assert report["accepted"] is False and report["checks"][1]["value"] is None
-    assert [c["status"] for c in report["checks"]] == ["PASS", "FAIL", "NOT RUN"]
+    assert [c["status"] for c in report["checks"]] == ["PASS", "FAIL", "NOT RUN", "NOT RUN"]
     _canned(monkeypatch, (0.52, 0.21))
     assert run(["data", "check", "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "benchmark accepted: every check that ran holds (uniform_attention not run)" in text
+    assert "benchmark accepted so far: every check that can run without trained models holds" in text
+    assert "(c') maps_drive_ranking is judged by the experiment's dev stage" in text
     assert "data check:" not in text  # --quiet drops the info lines, never the numbers
 
 
@@ -248,5 +277,6 @@ def test_run_checks_includes_the_brain_mask_check_only_with_brain_masks(rim):
     train, test = rim
     assert collect(Arrays(train))[3] is None  # no brain masks: no check (d)
     with_brain = run_checks(Arrays(train, True), Arrays(test, True), attention_bacc=0.9, uniform_bacc=0.6)
-    assert [r.name for r in with_brain] == ["location_free", "pixel_map", "uniform_attention", "brain_mask"]
-    assert with_brain[2].passed and with_brain[3].ran
+    assert [r.name for r in with_brain] == ["location_free", "pixel_map", "maps_drive_ranking", "uniform_attention",
+                                            "brain_mask"]
+    assert not with_brain[2].ran and with_brain[3].passed and with_brain[4].ran

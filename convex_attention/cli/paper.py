@@ -46,7 +46,7 @@ __all__ = ["add_experiment_commands", "EXPERIMENT_HANDLERS", "TRAIN_OPTIONS", "E
 TRAIN_OPTIONS = ((ModelConfig, None), (TrainConfig, None))
 # the experiment's own settings, and the training settings it lets the user change
 EXPERIMENT_OPTIONS = ((ExperimentConfig, None),
-                      (TrainConfig, ("data", "epochs", "n_train", "n_val", "batch_size", "device")),
+                      (TrainConfig, ("data", "data_seed", "epochs", "n_train", "n_val", "batch_size", "device")),
                       (ModelConfig, ("image_size", "width")))
 # what the test stage takes from the variants file, never from the command line
 _FIXED_BY_VARIANTS = ("difficulties", "held_out_mimic")
@@ -150,18 +150,24 @@ def _add_experiment(sub) -> None:
         "experiment", help="the paper's experiment under a protocol that cannot be tuned to (--stage dev|test)",
         description="Stage 'dev' (may be repeated): trains every candidate variant (--grid-*) of the attention "
                     "models on the training split, selects checkpoints on a label-only validation split, scores the "
-                    "attention maps on the development split (with masks), runs the validity checks there (check (c) "
-                    "against a plain CNN trained with the same dev seeds) and proposes the best variant, with the "
-                    "benchmark's verdict, in OUT/dev/proposed_variants.json. Stage 'test' (touched once): reads the "
-                    "committed variants file (--variants; refused unless git tracks it without changes, and refused "
-                    "if the dev stage rejected the benchmark unless --allow-rejected-benchmark), trains the attention "
-                    "models and a plain CNN with every seed at every difficulty the file fixes, and reports on the "
-                    "test split and on a held-out mimic type: the validity checks, accuracy at the validation "
-                    "threshold, map statistics, every explanation of every model (attention maps, GradCAM, DeepLIFT, "
-                    "LRP, Input x Gradient, Integrated Gradients) under the pixel and the pooled protocol, reference "
-                    "maps, the map ablation and the model-randomisation check, as mean with a 95 % confidence "
-                    "interval over seeds (OUT/test/experiment.md, .json, .csv). OUT/test is written once (--force "
-                    "replaces it). Defaults: the full setting; --quick: the smoke-test preset (shown after '/').")
+                    "attention maps per level on the development split against the lesion masks and the masks of "
+                    "the structure that decides the label, runs the validity checks there ((a), (b), and (c'): "
+                    "shuffling the softmax models' maps must lower their dev AUC by 0.05 or more, over 5 seeds or "
+                    "more, its 95 % interval excluding 0; the accuracy gap to a plain CNN is reported) and proposes "
+                    "the best variant, with the benchmark's verdict and its data seed, in "
+                    "OUT/dev/proposed_variants.json. Stage 'test' (touched once): reads the committed variants file "
+                    "(--variants; refused unless git tracks it without changes, refused if the dev stage rejected "
+                    "the benchmark unless --allow-rejected-benchmark, and refused on a data seed whose images the "
+                    "verdict's dev stage or a run in configs/data_ledger.json already used: pass a fresh "
+                    "--data-seed), records its splits in that ledger and its run in OUT/test_runs.jsonl, trains the "
+                    "attention models and a plain CNN with every seed at every difficulty the file fixes, and "
+                    "reports on the test split and on a held-out mimic type: the validity checks, accuracy at the "
+                    "validation threshold, map statistics, every explanation of every model (attention maps, "
+                    "GradCAM, DeepLIFT, LRP, Input x Gradient, Integrated Gradients) against both masks under the "
+                    "pixel and the pooled protocol, reference maps, the map ablation per level and the cascading "
+                    "model-randomisation check, as mean with a 95 % confidence interval over seeds "
+                    "(OUT/test/experiment.md, .json, .csv). OUT/test is written once (--force replaces it, and the "
+                    "report says so). Defaults: the full setting; --quick: the smoke-test preset (shown after '/').")
     x.add_argument("--stage", default="dev", choices=["dev", "test"],
                    help="dev: compare variants on the development split; test: the final run on the test split "
                         "(default: dev)")
@@ -380,7 +386,10 @@ def _experiment_preflight(args, config) -> None:
         TestFolderExists,
         VariantsError,
         check_benchmark_verdict,
+        check_test_data,
         check_test_folder,
+        default_ledger_path,
+        ledger_where,
         read_variants,
         verify_variants,
     )
@@ -406,6 +415,11 @@ def _experiment_preflight(args, config) -> None:
         check_test_folder(os.path.join(args.out, "test"), args.force)
     except TestFolderExists as err:
         raise UsageError(f"argument --out: {err}") from None
+    ledger = default_ledger_path(args.variants)
+    try:
+        check_test_data(config, variants, ledger, ledger_where(os.path.join(args.out, "test"), ledger), args.force)
+    except VariantsError as err:
+        raise UsageError(f"argument --data-seed: {err}") from None
     check_out(args.out)
 
 

@@ -49,8 +49,8 @@ from ..methods import REGISTRY, get_method
 
 __all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "Variant", "ConfigError", "QUICK", "FULL", "NORMS",
            "HEADS", "DUAL_SOURCES", "DATA_SOURCES", "SYNTHETIC_GENERATORS", "SYNTHETIC_SOURCES", "MIMIC_SOURCES",
-           "MIMIC_TYPES", "UPSAMPLINGS", "STAGES", "PLAIN_CNN", "DEFAULT_VARIANTS_PATH", "variant_names",
-           "check_device", "CVX_REFUSE_S_PER_1000"]
+           "MIMIC_TYPES", "UPSAMPLINGS", "STAGES", "DATA_SEED_MAX", "PLAIN_CNN", "DEFAULT_VARIANTS_PATH",
+           "variant_names", "check_device", "CVX_REFUSE_S_PER_1000"]
 
 # ----------------------------------------------------------------------------- the choices
 
@@ -68,6 +68,8 @@ MIMIC_TYPES = ("inverted", "split", "mottled")
 #: How the pixel protocol brings a coarse map to the image (:mod:`.explain_metrics`).
 UPSAMPLINGS = ("nearest", "bilinear")
 STAGES = ("dev", "test")
+#: The experiment's data seeds: each owns one block of generator seeds (:func:`.protocol.split_seed`).
+DATA_SEED_MAX = 999
 #: The committed variants file the test stage reads (in the repository's configs/ folder).
 DEFAULT_VARIANTS_PATH = str(Path(__file__).resolve().parents[2] / "configs" / "experiment_variants.json")
 PLAIN_CNN = "plain_cnn"
@@ -472,6 +474,9 @@ def _default_train() -> TrainConfig:
 def _check_experiment(cfg: ExperimentConfig) -> None:
     if cfg.train.data_seed is None:
         raise ConfigError("data_seed", "the experiment's runs share one dataset: set train.data_seed")
+    if cfg.train.data_seed > DATA_SEED_MAX:
+        raise ConfigError("data_seed", f"the experiment's data seed must be from 0 to {DATA_SEED_MAX} (each owns "
+                                       f"one block of generator seeds), got {cfg.train.data_seed}")
     if cfg.train.data not in SYNTHETIC_SOURCES:
         raise ConfigError("data", f"the experiment's protocol builds five disjoint splits of the synthetic data "
                                   f"({', '.join(SYNTHETIC_SOURCES)}), not {cfg.train.data!r}; train and explain "
@@ -525,10 +530,12 @@ class ExperimentConfig:
     plain_cnn: bool = setting(True, Flag(), "train the plain CNN too", flag="")
     n_dev: int = setting(500, _COUNT, "development images")
     n_test: int = setting(500, _COUNT, "test images per test set")
-    n_sanity: int = setting(16, Int(low=1, high=100_000),
-                            "images of the model-randomisation check (the first of the explained ones)")
+    n_sanity: int = setting(32, Int(low=1, high=100_000),
+                            "images per seed of the model-randomisation check (the first of the explained ones; "
+                            "the protocol asks for at least 32)")
     validity_images: int = setting(400, _COUNT, "images per set given to the benchmark's validity checks")
-    dev_seeds: tuple = setting((0, 1), Many(SEED, distinct=True), "training seeds of the dev stage")
+    dev_seeds: tuple = setting((0, 1, 2, 3, 4), Many(SEED, distinct=True),
+                               "training seeds of the dev stage (check (c') needs at least 5)")
     difficulties: tuple = setting((0.3, 0.6), Many(Real(low=0.0, high=1.0), at_most=4, distinct=True),
                                   "dev stage: the difficulties (the first is the development one; the test stage "
                                   "reads them from the variants file)")

@@ -8,36 +8,45 @@ their explanations are scored against the lesion masks.  The protocol
 
 * ``--stage dev`` (may be repeated): trains every candidate variant (the grid of τ, α,
   the score head, a learned temperature and the dual source) with ``dev_seeds`` at the
-  first difficulty and scores the attention maps on the **development** split (with
-  masks) under every candidate upsampling.  It proposes the variant with the highest
-  mean attention ``ap`` (pixel protocol; mean over the attention methods, their levels
-  and the seeds; ties: higher balanced accuracy) in ``dev/proposed_variants.json``.  It
-  also runs the validity checks on the development split, check (c) included: a plain
-  CNN is trained with the dev seeds and compared with the proposed variant's best
-  attention method; the verdict (accepted only if every check ran and passed) goes into
-  the proposal.  That file, reviewed and committed as
+  first difficulty, runs the map ablation (every level at once and each alone) and scores
+  the attention maps per level on the **development** split (with masks) under every
+  candidate upsampling, against the lesion masks and, where the data mark it, the mask of
+  the structure that decides the label (:func:`~convex_attention.paper.explain.primary_mask`).
+  It proposes the variant with the highest mean attention ``ap`` against that mask (pixel
+  protocol; mean over the *compared* methods, those whose mean dev AUC reaches
+  :data:`~convex_attention.paper.validity.MIN_COMPARED_AUC`, their levels and the seeds;
+  ties: higher balanced accuracy) in ``dev/proposed_variants.json``.  It also runs the
+  validity checks on the development split: (a), (b) and (c′) (the proposed variant's
+  ``softmax`` models, one per dev seed, lose dev AUC when their maps are shuffled); the
+  accuracy gap to a plain CNN trained with the dev seeds, (c), is reported with its
+  interval.  The verdict (accepted only if every deciding check ran and passed) and its
+  data seed go into the proposal.  That file, reviewed and committed as
   ``configs/experiment_variants.json``, fixes the test run.
-* ``--stage test`` (touched once): reads the committed variants file (refuses an
-  uncommitted one, and one whose benchmark the dev stage rejected unless
-  ``allow_rejected_benchmark``), and at each difficulty it lists trains ``seeds`` x (methods + the
-  plain CNN); on the **test** split and on the held-out-mimic test split it reports
-  accuracy, map statistics, every explanation of every model (attention maps; GradCAM,
-  DeepLIFT, LRP, Input×Gradient, Integrated Gradients on every model), the reference rows
-  (the model-free map fitted on the dev split, the best possible block map), the map
-  ablation and the model-parameter randomisation check.  It writes ``OUT/test`` once
-  (``--force`` replaces it).
+* ``--stage test`` (touched once per benchmark and data seed): reads the committed
+  variants file (refuses an uncommitted one, one whose benchmark the dev stage rejected
+  unless ``allow_rejected_benchmark``, and a data seed whose images the verdict's dev
+  stage or a run in the data ledger already used), records its splits in the ledger and
+  its run in ``OUT/test_runs.jsonl``, and at each difficulty it lists trains ``seeds`` x
+  (methods + the plain CNN); on the **test** split and on the held-out-mimic test split it
+  reports accuracy, map statistics, every explanation of every model (attention maps;
+  GradCAM, DeepLIFT, LRP, Input×Gradient, Integrated Gradients on every model) against
+  both masks, per level, the reference rows (the model-free map fitted on the dev split,
+  the best possible block map), the map ablation per level and the cascading
+  model-parameter randomisation check.  A model whose mean dev AUC is below the bar is
+  reported and its maps are not compared.  It writes ``OUT/test`` once (``--force``
+  replaces it, and the report says so).
 
 Checkpoints are selected on the label-only validation split (ROC AUC), where the decision
 threshold is chosen too; balanced accuracy on the test split is measured at that
-threshold.  Explanations use the first ``n_explain`` lesion images (label 1, non-empty
-mask) of the test split.  Every summary is the mean over seeds (of per-seed means over
-images) with the half-width of its 95 % confidence interval (Student t over seeds,
-:func:`convex_attention.paper.explain.mean_ci`).
+threshold.  Explanations use, per mask, the first ``n_explain`` images of the split with
+that mask non-empty (:func:`~convex_attention.paper.explain.explained_indices`).  Every
+summary is the mean over seeds (of per-seed means over images) with the half-width of its
+95 % confidence interval (Student t over seeds, :func:`convex_attention.paper.explain.mean_ci`).
 
 Configuration: :class:`~convex_attention.paper.config.ExperimentConfig` holds one
 ``TrainConfig`` (``train``, with its ``ModelConfig``) that every run starts from; each run
 sets its method, variant, difficulty and seed.  Two presets (:mod:`.config`): ``FULL``
-(width 16, 12 epochs, learning rate 2e-3, 5 seeds, a dev grid of 8 variants) and
+(width 16, 12 epochs, learning rate 2e-3, 5 seeds and 5 dev seeds, a dev grid of 8 variants) and
 ``QUICK`` (a smoke test: 64 x 64 images, width 8, 512 training images, 4 epochs, 2 seeds,
 one variant).  The reports are written by :mod:`.reports`.
 """
@@ -57,13 +66,16 @@ from ..io.files import atomic_csv, atomic_write_text, write_json
 from .config import FULL, PLAIN_CNN, QUICK, STAGES, ExperimentConfig, Variant
 from .explain import (
     EXPLAIN_COLUMNS,
+    MASKS,
     POSTHOC,
     explain_models,
+    explained_indices,
     explanations,
-    lesion_indices,
+    format_ci,
     mean_ci,
     plot_examples,
     plot_metric_summary,
+    primary_mask,
     score_explanations,
     summarise,
 )
@@ -76,34 +88,45 @@ from .protocol import (
     build_split,
     check_benchmark_verdict,
     check_disjoint,
+    check_test_data,
+    check_test_folder,
     claim_test_folder,
+    default_ledger_path,
     failed_checks,
     finish_test_folder,
     fit_model_free,
+    ledger_entry,
+    ledger_where,
+    log_test_run,
     read_variants,
+    spend,
+    split_sizes,
     split_specs,
     verify_variants,
 )
 from .reports import ABLATION, ACCURACY, dev_report, test_report
 from .sanity import classification, map_ablation, map_statistics, predict, randomisation_check
 from .train import train
-from .validity import check_uniform_attention, run_checks
+from .validity import MIN_COMPARED_AUC, check_maps_drive_ranking, check_uniform_attention, run_checks
 
 __all__ = ["ExperimentConfig", "QUICK", "FULL", "run_experiment", "run_dev", "run_test", "STAGES",
            "RUN_COLUMNS", "PLAIN_CNN"]
 
 RUN_COLUMNS = ("condition", "test_set", "model", "seed", "best_epoch", "epoch_time_s", "train_time_s", "val_auc",
-               "threshold", "auc", "bacc", "bacc_argmax", "acc", "violation", "n_max_p_L0", "n_max_p_L1",
+               "dev_auc", "threshold", "auc", "bacc", "bacc_argmax", "acc", "violation", "n_max_p_L0", "n_max_p_L1",
                "n_max_p_L2", "entropy_ratio_L0", "entropy_ratio_L1", "entropy_ratio_L2", "score_range_L0",
                "score_range_L1", "score_range_L2", "bacc_uniform", "bacc_shuffled", "delta_bacc_uniform",
-               "delta_bacc_shuffled", "auc_uniform", "auc_shuffled", "delta_auc_uniform", "delta_auc_shuffled")
+               "delta_bacc_shuffled", "auc_uniform", "auc_shuffled", "delta_auc_uniform", "delta_auc_shuffled") + tuple(
+    f"{c}_L{k}" for k in range(3) for c in ("bacc_uniform", "bacc_shuffled", "delta_bacc_uniform",
+                                            "delta_bacc_shuffled", "auc_uniform", "auc_shuffled", "delta_auc_uniform",
+                                            "delta_auc_shuffled"))
 # the dev stage's explanation batches
 _DEV_BATCH = 16
 
 
 def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, log=print, stage: str = "dev",
                    variants_path: str | None = None, force: bool = False, variants_sha256: str | None = None,
-                   allow_rejected_benchmark: bool = False) -> dict:
+                   allow_rejected_benchmark: bool = False, ledger_path: str | None = None) -> dict:
     """Run one stage of the protocol into ``out/dev`` or ``out/test`` (module docstring).
 
     The test stage reads ``variants_path`` (default: the committed
@@ -111,9 +134,11 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
     no git checkout, matches the pin ``variants_sha256``:
     :func:`~convex_attention.paper.protocol.verify_variants`); it refuses a file whose
     benchmark the dev stage rejected unless ``allow_rejected_benchmark``
-    (:func:`~convex_attention.paper.protocol.check_benchmark_verdict`), and an existing
-    ``out/test`` unless ``force``.  Returns the stage's results (``{"report": markdown,
-    ...}``)."""
+    (:func:`~convex_attention.paper.protocol.check_benchmark_verdict`), a data seed whose
+    images the verdict's dev stage or a run in the data ledger (``ledger_path``, default:
+    ``data_ledger.json`` beside the variants file) already used
+    (:func:`~convex_attention.paper.protocol.check_test_data`), and an existing ``out/test``
+    unless ``force``.  Returns the stage's results (``{"report": markdown, ...}``)."""
     if stage not in STAGES:
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     config.validate()
@@ -127,7 +152,11 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
     if verdict != "accepted":
         log(f"[test] WARNING: the dev stage's verdict on this benchmark: {verdict}; running anyway "
             f"(--allow-rejected-benchmark)")
-    return run_test(config, os.path.join(out, "test"), variants, record, force=force, progress=progress, log=log)
+    ledger = ledger_path or default_ledger_path(path)
+    folder = os.path.join(out, "test")
+    check_test_folder(folder, force)  # first: rerunning the same command is refused for its folder, not its seed
+    check_test_data(config, variants, ledger, ledger_where(folder, ledger), force)
+    return run_test(config, folder, variants, record, force=force, progress=progress, log=log, ledger_path=ledger)
 
 
 # ----------------------------------------------------------------------------- shared steps
@@ -143,8 +172,7 @@ def _device(config: ExperimentConfig) -> str:
 def _splits(config: ExperimentConfig, difficulty: float, names) -> tuple[dict, dict]:
     """``(specs, datasets)`` of the named splits at ``difficulty``, checked disjoint."""
     tc = config.train
-    n = {"train": tc.n_train, "val": tc.n_val, "dev": config.n_dev, "test": config.n_test,
-         "test_heldout": config.n_test}
+    n = split_sizes(config)
     specs = split_specs(tc.data, tc.data_seed, {k: n[k] for k in names}, difficulty, config.held_out_mimic)
     check_disjoint(specs)
     return specs, {k: build_split(s, tc.data, tc.model.image_size, tc.model.in_channels) for k, s in specs.items()}
@@ -191,23 +219,39 @@ def _validity(train_set, held_out, config: ExperimentConfig) -> list:
     return run_checks(train_set, held_out, seed=config.train.data_seed, limit=config.validity_images)
 
 
-def _uniform_check(attention: dict, plain: list, where: str):
-    """Check (c) from per-seed balanced accuracies: the best attention method's mean
-    (``attention``: method -> values) against the plain CNN's mean (``plain``).  Not run,
-    with the reason, when the plain CNN was not trained or a value is not finite (a model
-    whose validation threshold is NaN): a check that cannot be judged never passes, and
-    never crashes a stage after its training."""
+def _uniform_check(attention: dict, plain: dict, where: str):
+    """Check (c), reported and never a gate: the attention method with the highest mean
+    balanced accuracy (``attention``: method -> {seed: value}) against the plain CNN
+    (``plain``: {seed: value}), with the 95 % interval of the per-seed gap (paired by
+    seed).  Not run, with the reason, when the plain CNN was not trained or a value is not
+    finite (a model whose validation threshold is NaN)."""
     if not plain:
         return replace(check_uniform_attention(None, None),
                        reason="the plain CNN was not trained (plain_cnn off); the experiment trains it for check (c)")
-    values = {**{m: list(v) for m, v in attention.items()}, PLAIN_CNN: list(plain)}
-    bad = sorted(m for m, v in values.items() if not v or not all(math.isfinite(x) for x in v))
+    values = {**{m: dict(v) for m, v in attention.items()}, PLAIN_CNN: dict(plain)}
+    bad = sorted(m for m, v in values.items() if not v or not all(math.isfinite(x) for x in v.values()))
     if bad:
         return replace(check_uniform_attention(None, None),
                        reason=f"balanced accuracy not finite (or missing) on {where} for {', '.join(bad)}: a model "
                               f"failed to train or its validation threshold is NaN, so (c) cannot be judged")
-    means = {m: float(np.mean(v)) for m, v in values.items()}
-    return check_uniform_attention(max(means[m] for m in attention), means[PLAIN_CNN])
+    means = {m: float(np.mean(list(v.values()))) for m, v in values.items()}
+    best = max(attention, key=lambda m: means[m])
+    result = check_uniform_attention(means[best], means[PLAIN_CNN])
+    seeds = sorted(set(values[best]) & set(values[PLAIN_CNN]))
+    gap, half = mean_ci([values[best][s] - values[PLAIN_CNN][s] for s in seeds])
+    return replace(result, ci95=half, note=f"{result.note} ({best}, the attention method with the higher mean); "
+                                           f"per-seed gap {format_ci(gap, half)} (95 %, {len(seeds)} seeds, paired)")
+
+
+def _ranking_check(rows: list[dict], upsampling: str | None = None):
+    """Check (c′) from the ``softmax`` rows (one per dev seed): each seed's AUC drop when its
+    maps are shuffled (``-delta_auc_shuffled``).  Not run when no softmax model was trained."""
+    reference = {r["seed"]: r for r in rows if r["method"] == "softmax"
+                 and (upsampling is None or r["upsampling"] == upsampling)}
+    if not reference:
+        return replace(check_maps_drive_ranking(None),
+                       reason="the reference model (softmax) is not among the methods: add it to --methods")
+    return check_maps_drive_ranking([-reference[s]["delta_auc_shuffled"] for s in sorted(reference)])
 
 
 def _cond(difficulty: float) -> str:
@@ -238,26 +282,30 @@ def _finite(x) -> float:
 # the dev runs' columns copied from an evaluation (beside the variant, the method, the seed and the AP)
 _DEV_COLUMNS = ("auc", "bacc", "bacc_argmax", "violation", "best_epoch", "threshold", "val_auc", "n_max_p_L0",
                 "n_max_p_L1", "entropy_ratio_L0", "score_range_L0")
+# checks that need the trained models: judged and logged after them
+_NEEDS_MODELS = ("maps_drive_ranking", "uniform_attention")
 
 
 def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=print) -> dict:
     """The development stage (module docstring); writes ``folder`` (``dev_runs.csv``,
-    ``dev_summary.csv``, ``dev.md``, ``proposed_variants.json``, ``dev.json``)."""
+    ``dev_summary.csv``, ``dev_levels.csv``, ``dev.md``, ``proposed_variants.json``,
+    ``dev.json``)."""
     config.validate()
     os.makedirs(folder, exist_ok=True)
     device = _device(config)
     difficulty = config.difficulties[0]
     specs, sets = _splits(config, difficulty, ("train", "val", "dev"))
-    log(f"[dev] splits at difficulty {difficulty:g}: " + ", ".join(f"{k} {s.n} (seed {s.seed})"
-                                                                   for k, s in specs.items()))
+    log(f"[dev] data {config.train.data!r}, data seed {config.train.data_seed}; splits at difficulty "
+        f"{difficulty:g}: " + ", ".join(f"{k} {s.n} (seed {s.seed})" for k, s in specs.items()))
     validity = _validity(sets["train"], sets["dev"], config)
     for r in validity:
-        if r.name != "uniform_attention":  # (c) needs the trained models: judged and logged after them
+        if r.name not in _NEEDS_MODELS:
             log(f"[dev] validity: {r.line()}")
-    indices = lesion_indices(sets["dev"], config.n_explain)
+    indices = explained_indices(sets["dev"], config.n_explain)
+    mask = primary_mask(indices)
     variants = config.variants()
-    rows = _dev_candidates(config, variants, sets, indices, folder, device, progress, log)
-    # check (c) before the test split is touched: the plain CNN (uniform pooling) with the same dev seeds
+    rows = _dev_candidates(config, variants, sets, indices, mask, folder, device, progress, log)
+    # check (c), reported: the plain CNN (uniform pooling) with the same dev seeds
     plain_rows = _dev_plain_cnns(config, sets, folder, device, progress, log)
     columns = list(dict.fromkeys(k for r in rows + plain_rows for k in r))
     atomic_csv(os.path.join(folder, "dev_runs.csv"), columns, rows + plain_rows)
@@ -265,33 +313,43 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
     atomic_csv(os.path.join(folder, "dev_summary.csv"), list(summary[0]), summary)
     best = summary[0]
     chosen = variants[best["variant"]].replace(upsampling=best["upsampling"])
-    validity, record = _judge_benchmark(config, validity, rows, plain_rows, best, chosen, difficulty, log)
+    chosen_rows = [r for r in rows if r["variant"] == best["variant"] and r["upsampling"] == best["upsampling"]]
+    levels = _dev_levels(config, chosen_rows, indices)
+    atomic_csv(os.path.join(folder, "dev_levels.csv"), list(levels[0]), levels)
+    validity, record = _judge_benchmark(config, validity, chosen_rows, plain_rows, chosen, difficulty, log)
+    compared = best["compared"] or "none"
     proposal = Variants(chosen, tuple(config.difficulties), config.held_out_mimic,
-                        note=f"Proposed by the dev stage: highest mean attention ap (pixel protocol) on the first "
-                             f"{len(indices)} lesion images of the dev split ({specs['dev'].n} images, difficulty "
-                             f"{difficulty:g}), mean over methods {', '.join(config.methods)}, their levels and dev "
-                             f"seeds {list(config.dev_seeds)}: {best['attention_ap_mean']:.3f} (balanced accuracy "
-                             f"{best['bacc_mean']:.3f}), among {len(summary)} candidates. Benchmark "
-                             f"{'accepted' if record['accepted'] else 'rejected'} by the validity checks on the dev "
-                             f"split.", benchmark=record)
+                        note=f"Proposed by the dev stage: highest mean attention ap against the {mask} masks (pixel "
+                             f"protocol) on the dev split ({specs['dev'].n} images, data seed "
+                             f"{config.train.data_seed}, difficulty {difficulty:g}; the first {len(indices[mask])} "
+                             f"images with a {mask} mask), mean over the compared methods ({compared}: dev AUC >= "
+                             f"{MIN_COMPARED_AUC:.2f}), their levels and dev seeds {list(config.dev_seeds)}: "
+                             f"{best['attention_ap_mean']:.3f} (balanced accuracy {best['bacc_mean']:.3f}), among "
+                             f"{len(summary)} candidates. Benchmark {'accepted' if record['accepted'] else 'rejected'} "
+                             f"by the validity checks on the dev split.", benchmark=record)
     write_json(os.path.join(folder, "proposed_variants.json"), proposal.to_dict())
-    report = dev_report(config, specs, validity, summary, proposal, len(indices), plain_rows)
+    report = dev_report(config, specs, validity, summary, proposal, {k: len(v) for k, v in indices.items()},
+                        plain_rows, levels, mask)
     atomic_write_text(os.path.join(folder, "dev.md"), report)
     write_json(os.path.join(folder, "dev.json"), {"stage": "dev", "config": config.to_dict(),
                                                   "splits": {k: asdict(s) for k, s in specs.items()},
+                                                  "explained": {k: len(v) for k, v in indices.items()},
+                                                  "selection_mask": mask,
                                                   "validity": [r.to_dict() for r in validity], "summary": summary,
-                                                  "plain_cnn": plain_rows,
+                                                  "levels": levels, "plain_cnn": plain_rows,
                                                   "proposal": proposal.to_dict(), "environment": environment(device)})
-    return {"stage": "dev", "rows": rows, "summary": summary, "proposal": proposal, "report": report,
-            "validity": validity}
+    return {"stage": "dev", "rows": rows, "summary": summary, "levels": levels, "proposal": proposal,
+            "report": report, "validity": validity}
 
 
-def _dev_candidates(config: ExperimentConfig, variants: list[Variant], sets: dict, indices: list, folder: str,
-                    device, progress: bool, log) -> list[dict]:
+def _dev_candidates(config: ExperimentConfig, variants: list[Variant], sets: dict, indices: dict, mask: str,
+                    folder: str, device, progress: bool, log) -> list[dict]:
     """Train every candidate variant of every method with every dev seed (a model shared by
-    the variants that differ only in settings its method ignores) and score its maps on
-    the development split under every candidate upsampling: one row per variant,
-    upsampling, method and seed."""
+    the variants that differ only in settings its method ignores), run the map ablation
+    (every level and each alone) and score its maps on the development split against
+    every mask under every candidate upsampling: one row per variant, upsampling, method
+    and seed, with ``attention_ap`` (the mean over levels against ``mask``),
+    ``attention_ap_<mask>`` and ``ap_<mask>_L<level>``."""
     difficulty = config.difficulties[0]
     upsamplings = config.candidates()["upsampling"]
     trained: dict = {}
@@ -307,42 +365,48 @@ def _dev_candidates(config: ExperimentConfig, variants: list[Variant], sets: dic
                     got = _train_one(config, (sets["train"], sets["val"]), run_folder, method, seed, difficulty,
                                      variant.model_fields(method), progress, log)
                     result = {k: v for k, v in got.items() if k != "model"}
-                    result.update(_evaluate(got["model"], sets["dev"], got["threshold"], device, ablation=False,
+                    result.update(_evaluate(got["model"], sets["dev"], got["threshold"], device, ablation=True,
                                             seed=seed))
                     result.update(_dev_ap(config, got["model"], sets["dev"], indices, upsamplings, device))
                     trained[key] = result
                     log(f"[dev] {method} ({variant.label()}) seed {seed}: dev auc {result['auc']:.3f}, balanced acc "
-                        f"{result['bacc']:.3f}, attention ap " + ", ".join(
-                            f"{k[3:]} {v:.3f}" for k, v in result.items() if k.startswith("ap_")))
+                        f"{result['bacc']:.3f}, AUC change with shuffled maps {result['delta_auc_shuffled']:+.3f}; "
+                        f"attention ap ({mask}, {upsamplings[0]}) " + ", ".join(
+                            f"{k.rsplit('_', 1)[1]} {v:.3f}" for k, v in result.items()
+                            if k.startswith(f"ap_{mask}_{upsamplings[0]}_")))
                 model_row = {n: v for n, v in variant.row().items() if n != "upsampling"}
+                r = trained[key]
                 for u in upsamplings:
-                    r = trained[key]
-                    levels = [v for k, v in r.items() if k.startswith(f"ap_{u}_L")]
+                    per_mask = {m: [v for k, v in r.items() if k.startswith(f"ap_{m}_{u}_L")] for m in indices}
                     rows.append({"variant": vi, **model_row, "upsampling": u, "method": method, "seed": seed,
-                                 "attention_ap": float(np.mean(levels)),
+                                 "attention_ap": float(np.mean(per_mask[mask])),
+                                 **{f"attention_ap_{m}": float(np.mean(v)) for m, v in per_mask.items()},
                                  **{k: r[k] for k in _DEV_COLUMNS if k in r},
-                                 **{k: v for k, v in r.items() if k.startswith(f"ap_{u}_")}})
+                                 **{k: v for k, v in r.items() if k.startswith(("delta_auc_", "delta_bacc_"))},
+                                 **{k.replace(f"_{u}_", "_"): v for k, v in r.items()
+                                    if k.startswith("ap_") and f"_{u}_L" in k}})
     return rows
 
 
-def _dev_ap(config: ExperimentConfig, model, dataset, indices: list, upsamplings, device) -> dict:
-    """``{"ap_<upsampling>_L<level>": mean AP}`` of the model's attention maps on the
-    lesion images ``indices`` of ``dataset``."""
+def _dev_ap(config: ExperimentConfig, model, dataset, indices: dict, upsamplings, device) -> dict:
+    """``{"ap_<mask>_<upsampling>_L<level>": mean AP}`` of the model's attention maps on the
+    images ``indices[mask]`` of ``dataset``, against each mask."""
     ap = defaultdict(list)
-    for start in range(0, len(indices), _DEV_BATCH):
-        batch = [dataset[i] for i in indices[start:start + _DEV_BATCH]]
-        images = torch.stack([b[0] for b in batch]).to(device)
-        masks = torch.stack([b[2] for b in batch])
-        maps = explanations(model, images, config.target, posthoc=False)
-        for u in upsamplings:
-            for r in score_explanations(maps, masks, upsampling=u):
-                ap[(u, r["level"])].append(r["ap"])
-    return {f"ap_{u}_L{level}": float(np.nanmean(values)) for (u, level), values in ap.items()}
+    for mask, chosen in indices.items():
+        for start in range(0, len(chosen), _DEV_BATCH):
+            batch = chosen[start:start + _DEV_BATCH]
+            images = torch.stack([dataset[i][0] for i in batch]).to(device)
+            masks = torch.stack([dataset[i][2] if mask == "lesion" else dataset.decisive_mask(i) for i in batch])
+            maps = explanations(model, images, config.target, posthoc=False)
+            for u in upsamplings:
+                for r in score_explanations(maps, masks, upsampling=u):
+                    ap[(mask, u, r["level"])].append(r["ap"])
+    return {f"ap_{m}_{u}_L{level}": float(np.nanmean(values)) for (m, u, level), values in ap.items()}
 
 
 def _dev_plain_cnns(config: ExperimentConfig, sets: dict, folder: str, device, progress: bool, log) -> list[dict]:
     """The plain CNN (uniform pooling) with every dev seed, evaluated on the development
-    split (for check (c)); none when ``plain_cnn`` is off."""
+    split (for the reported check (c)); none when ``plain_cnn`` is off."""
     plain_rows = []
     if not config.plain_cnn:
         return plain_rows
@@ -357,38 +421,83 @@ def _dev_plain_cnns(config: ExperimentConfig, sets: dict, folder: str, device, p
     return plain_rows
 
 
+def compared_methods(rows: list[dict], methods) -> list[str]:
+    """The methods whose mean AUC over ``rows`` (one per seed) reaches
+    :data:`~convex_attention.paper.validity.MIN_COMPARED_AUC`: only their maps are
+    compared; the others are reported."""
+    out = []
+    for method in methods:
+        aucs = [r["auc"] for r in rows if r.get("method", r.get("model")) == method]
+        if aucs and all(math.isfinite(a) for a in aucs) and float(np.mean(aucs)) >= MIN_COMPARED_AUC:
+            out.append(method)
+    return out
+
+
 def _rank_candidates(config: ExperimentConfig, variants: list[Variant], rows: list[dict]) -> list[dict]:
-    """One entry per (variant, upsampling): the mean over methods, seeds and levels of the
-    attention ap (and of the balanced accuracy), best first."""
+    """One entry per (variant, upsampling): the mean over the compared methods
+    (:func:`compared_methods`), the seeds and the levels of the attention ap (NaN when no
+    method is compared), the mean balanced accuracy of every method, and each method's
+    dev AUC, ap and balanced accuracy; best ap first (ties: higher balanced accuracy)."""
     summary = []
     for vi, variant in enumerate(variants):
         for u in config.candidates()["upsampling"]:
             rs = [r for r in rows if r["variant"] == vi and r["upsampling"] == u]
-            ap, ap_ci = mean_ci([r["attention_ap"] for r in rs])
+            compared = compared_methods(rs, config.methods)
+            ap, ap_ci = mean_ci([r["attention_ap"] for r in rs if r["method"] in compared])
             bacc, bacc_ci = mean_ci([r["bacc"] for r in rs])
             entry = {"variant": vi, "upsampling": u, "label": variant.replace(upsampling=u).label(),
-                     "attention_ap_mean": ap, "attention_ap_ci95": ap_ci, "bacc_mean": bacc, "bacc_ci95": bacc_ci}
+                     "compared": " ".join(compared), "attention_ap_mean": ap, "attention_ap_ci95": ap_ci,
+                     "bacc_mean": bacc, "bacc_ci95": bacc_ci}
             for method in config.methods:
-                entry[f"{method}_ap"] = float(np.mean([r["attention_ap"] for r in rs if r["method"] == method]))
-                entry[f"{method}_bacc"] = float(np.mean([r["bacc"] for r in rs if r["method"] == method]))
+                mine = [r for r in rs if r["method"] == method]
+                for metric, key in (("auc", "auc"), ("ap", "attention_ap"), ("bacc", "bacc")):
+                    entry[f"{method}_{metric}"] = float(np.mean([r[key] for r in mine]))
             summary.append(entry)
     summary.sort(key=lambda e: (-_finite(e["attention_ap_mean"]), -_finite(e["bacc_mean"])))
     return summary
 
 
-def _judge_benchmark(config: ExperimentConfig, validity: list, rows: list[dict], plain_rows: list[dict], best: dict,
+def _dev_levels(config: ExperimentConfig, rows: list[dict], indices: dict) -> list[dict]:
+    """The proposed variant's results per method and level (mean ± 95 % CI over the dev
+    seeds): the AP against every mask and the AUC change when that level's maps alone are
+    made uniform or shuffled; level ``"all"``: every level at once."""
+    out = []
+    for method in config.methods:
+        mine = [r for r in rows if r["method"] == method]
+        n_levels = len({k for r in mine for k in r if k.startswith("ap_lesion_L")})
+        for level in [*range(n_levels), "all"]:
+            entry = {"method": method, "level": level, "seeds": len(mine)}
+            suffix = "" if level == "all" else f"_L{level}"
+            for mask in MASKS:
+                if mask not in indices:
+                    continue
+                values = ([r[f"attention_ap_{mask}"] for r in mine] if level == "all"
+                          else [r[f"ap_{mask}_L{level}"] for r in mine])
+                entry[f"ap_{mask}_mean"], entry[f"ap_{mask}_ci95"] = mean_ci(values)
+            for kind in ("shuffled", "uniform"):
+                entry[f"delta_auc_{kind}_mean"], entry[f"delta_auc_{kind}_ci95"] = mean_ci(
+                    [r[f"delta_auc_{kind}{suffix}"] for r in mine])
+            out.append(entry)
+    return out
+
+
+def _judge_benchmark(config: ExperimentConfig, validity: list, chosen_rows: list[dict], plain_rows: list[dict],
                      chosen: Variant, difficulty: float, log) -> tuple[list, dict]:
-    """Check (c) for the proposed variant (its best attention method against the plain CNN,
-    means over the dev seeds) and the verdict on the benchmark: ``(validity, record)``."""
-    chosen_rows = [r for r in rows if r["variant"] == best["variant"] and r["upsampling"] == best["upsampling"]]
-    uniform = _uniform_check({m: [r["bacc"] for r in chosen_rows if r["method"] == m] for m in config.methods},
-                             [r["bacc"] for r in plain_rows], "the development split")
-    validity = [uniform if r.name == "uniform_attention" else r for r in validity]
-    log(f"[dev] validity: {uniform.line()}")
+    """Check (c′) on the proposed variant's softmax models, the reported check (c) (its best
+    attention method against the plain CNN, over the dev seeds) and the verdict on the
+    benchmark: ``(validity, record)``."""
+    ranking = _ranking_check(chosen_rows)
+    uniform = _uniform_check({m: {r["seed"]: r["bacc"] for r in chosen_rows if r["method"] == m}
+                              for m in config.methods},
+                             {r["seed"]: r["bacc"] for r in plain_rows}, "the development split")
+    replaced = {"maps_drive_ranking": ranking, "uniform_attention": uniform}
+    validity = [replaced.get(r.name, r) for r in validity]
+    log(f"[dev] validity: {ranking.line()}")
+    log(f"[dev] reported: {uniform.line()}")
     tc = config.train
     record = benchmark_record(validity, chosen, difficulty, config.methods, config.dev_seeds,
                               {"image_size": tc.model.image_size, "width": tc.model.width, "epochs": tc.epochs,
-                               "n_train": tc.n_train}, data=tc.data)
+                               "n_train": tc.n_train}, data=tc.data, data_seed=tc.data_seed)
     failed = failed_checks(record["checks"])
     log(f"[dev] benchmark {'accepted' if record['accepted'] else 'REJECTED'} on the development split" + (
         "" if record["accepted"] else f" (failed or not run: {', '.join(failed)}); the test stage will refuse it "
@@ -410,18 +519,30 @@ class _TestResults:
 
 
 def run_test(config: ExperimentConfig, folder: str, variants, variants_record: dict, force: bool = False,
-             progress: bool = True, log=print) -> dict:
+             progress: bool = True, log=print, ledger_path: str | None = None) -> dict:
     """The test stage (module docstring) with the checked ``variants`` (whose file is
-    described by ``variants_record``: path, SHA-256, commit); writes ``folder`` once."""
+    described by ``variants_record``: path, SHA-256, commit); writes ``folder`` once.
+
+    Before any work its splits are added to the data ledger (``ledger_path``; default:
+    beside the variants file) and the run to ``test_runs.jsonl`` beside ``folder`` (a log
+    that ``force`` never rewrites); the report names earlier runs into the same folder."""
     config = config.with_variants(variants).validate()
     device = _device(config)
-    record = {"stage": "test", "variants": variants_record, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    ledger = ledger_path or default_ledger_path(variants_record.get("path") or DEFAULT_VARIANTS_PATH)
+    where = ledger_where(folder, ledger)
+    replaced = check_test_data(config, variants, ledger, where, force)
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    record = {"stage": "test", "variants": variants_record, "started": started, "data": config.train.data,
+              "data_seed": config.train.data_seed, "forced": bool(force)}
     claim_test_folder(folder, force, record)
+    spend(ledger, ledger_entry(config, where, started))
+    runs_here = log_test_run(os.path.dirname(os.path.abspath(folder)), {**record, "folder": where})
     os.makedirs(os.path.join(folder, "rows"), exist_ok=True)
     gathered = _TestResults()
     for difficulty in config.difficulties:
         _test_condition(config, variants.variant, difficulty, folder, device, gathered, progress, log)
-    result = _write_test(config, variants, variants_record, gathered, folder, device, log)
+    history = {"runs_in_folder": runs_here, "replaced_in_ledger": replaced, "ledger": ledger}
+    result = _write_test(config, variants, variants_record, gathered, folder, device, log, history)
     finish_test_folder(folder, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     return result
 
@@ -434,7 +555,7 @@ def _posthoc_models(config: ExperimentConfig) -> tuple:
 def _test_condition(config: ExperimentConfig, variant: Variant, difficulty: float, folder: str, device,
                     gathered: _TestResults, progress: bool, log) -> None:
     """One difficulty: its splits, validity checks and model-free map, then every seed
-    (:func:`_test_seed`), then check (c) on the test split."""
+    (:func:`_test_seed`), then the reported check (c) and (c′) on the test split."""
     cond = _cond(difficulty)
     names = ("train", "val", "dev", "test") + (("test_heldout",) if config.held_out_mimic else ())
     specs, sets = _splits(config, difficulty, names)
@@ -444,27 +565,31 @@ def _test_condition(config: ExperimentConfig, variant: Variant, difficulty: floa
     test_sets = {"test": sets["test"]}
     if config.held_out_mimic:
         test_sets[f"heldout_{config.held_out_mimic}"] = sets["test_heldout"]
-    indices = {t: lesion_indices(ds, config.n_explain) for t, ds in test_sets.items()}
+    indices = {t: explained_indices(ds, config.n_explain) for t, ds in test_sets.items()}
     for seed in config.seeds:
         _test_seed(config, variant, cond, difficulty, seed, sets, test_sets, indices, model_free, folder, device,
                    gathered, progress, log)
-    # check (c): the best attention model against the plain CNN (uniform pooling) on the test split
     main = [r for r in gathered.runs if r["condition"] == cond and r["test_set"] == "test"]
-    uniform = _uniform_check({m: [r["bacc"] for r in main if r["model"] == m] for m in config.methods},
-                             [r["bacc"] for r in main if r["model"] == PLAIN_CNN], "the test split")
-    validity = [uniform if r.name == "uniform_attention" else r for r in validity]
+    uniform = _uniform_check({m: {r["seed"]: r["bacc"] for r in main if r["model"] == m} for m in config.methods},
+                             {r["seed"]: r["bacc"] for r in main if r["model"] == PLAIN_CNN}, "the test split")
+    ranking = _ranking_check([{**r, "method": r["model"]} for r in main if r["model"] == "softmax"])
+    validity = [{"uniform_attention": uniform, "maps_drive_ranking": ranking}.get(r.name, r) for r in validity]
+    dev_rows = [{"model": r["model"], "auc": r["dev_auc"]} for r in main]
     gathered.conditions.append({"condition": cond, "difficulty": difficulty,
                                 "splits": {k: asdict(s) for k, s in specs.items()},
                                 "validity": validity, "model_free": model_free, "test_sets": list(test_sets),
-                                "n_explained": {t: len(i) for t, i in indices.items()}})
+                                "compared": compared_methods(dev_rows, [*config.methods, PLAIN_CNN]),
+                                "n_explained": {t: {m: len(i) for m, i in by_mask.items()}
+                                                for t, by_mask in indices.items()}})
 
 
 def _test_seed(config: ExperimentConfig, variant: Variant, cond: str, difficulty: float, seed: int, sets: dict,
                test_sets: dict, indices: dict, model_free: dict, folder: str, device, gathered: _TestResults,
                progress: bool, log) -> None:
     """Train every model with one seed, then on every test set: accuracy and the map
-    ablation, every explanation scored, the example figure (first seed) and the
-    randomisation check (the test split)."""
+    ablation (every level and each alone), every explanation scored against every mask, the
+    example figure (first seed) and the cascading randomisation check (the test split).
+    Each model's AUC on the dev split decides whether its maps are compared."""
     models_all = tuple(config.methods) + ((PLAIN_CNN,) if config.plain_cnn else ())
     posthoc = _posthoc_models(config)
     trained = {}
@@ -473,22 +598,27 @@ def _test_seed(config: ExperimentConfig, variant: Variant, cond: str, difficulty
         trained[name] = _train_one(config, (sets["train"], sets["val"]),
                                    os.path.join(folder, "runs", cond, f"{name}-seed{seed}"), name, seed,
                                    difficulty, fields_, progress, log)
+        trained[name]["dev_auc"] = _evaluate(trained[name]["model"], sets["dev"], trained[name]["threshold"],
+                                             device, ablation=False, seed=seed)["auc"]
     models = {n: t["model"] for n, t in trained.items()}
     for tname, tset in test_sets.items():
         for name, t in trained.items():
             row = {"condition": cond, "test_set": tname, "model": name, "seed": seed,
-                   **{k: t[k] for k in ("best_epoch", "epoch_time_s", "train_time_s", "val_auc", "threshold")},
+                   **{k: t[k] for k in ("best_epoch", "epoch_time_s", "train_time_s", "val_auc", "dev_auc",
+                                        "threshold")},
                    **_evaluate(t["model"], tset, t["threshold"], device, ablation=True, seed=seed)}
             gathered.runs.append(row)
-            ablated = (f" (uniform maps {row['delta_bacc_uniform']:+.3f}, shuffled "
-                       f"{row['delta_bacc_shuffled']:+.3f})") if "delta_bacc_uniform" in row else ""
-            log(f"[test] {cond} {tname} {name} seed {seed}: auc {row['auc']:.3f}, balanced acc "
-                f"{row['bacc']:.3f}{ablated}")
+            ablated = (f" (AUC change: uniform maps {row['delta_auc_uniform']:+.3f}, shuffled "
+                       f"{row['delta_auc_shuffled']:+.3f})") if "delta_auc_uniform" in row else ""
+            log(f"[test] {cond} {tname} {name} seed {seed}: dev auc {t['dev_auc']:.3f}; auc {row['auc']:.3f}, "
+                f"balanced acc {row['bacc']:.3f}{ablated}")
         first = seed == config.seeds[0] and tname == "test"
-        rows, examples = explain_models(models, tset, indices=indices[tname], baseline_model=list(posthoc),
-                                        target=config.target, device=device, progress=progress,
-                                        upsampling=variant.upsampling, pooled=True, references=True,
-                                        model_free_weights=model_free["weights"], n_examples=4 if first else 0)
+        by_mask = indices[tname]
+        rows, examples = explain_models(models, tset, indices=by_mask["lesion"], decisive=by_mask.get("decisive"),
+                                        baseline_model=list(posthoc), target=config.target, device=device,
+                                        progress=progress, upsampling=variant.upsampling, pooled=True,
+                                        references=True, model_free_weights=model_free["weights"],
+                                        n_examples=4 if first else 0)
         atomic_csv(os.path.join(folder, "rows", f"explain-{cond}-{tname}-seed{seed}.csv"), EXPLAIN_COLUMNS, rows)
         for s in summarise(rows):
             gathered.seed_means.append({"condition": cond, "test_set": tname, "seed": seed, **s})
@@ -498,36 +628,44 @@ def _test_seed(config: ExperimentConfig, variant: Variant, cond: str, difficulty
             plot_examples(keep, os.path.join(folder, f"explain_examples_{cond}.png"),
                           title=f"Test split, {cond}, seed {seed}")
         if tname == "test":
-            sanity_idx = indices[tname][:config.n_sanity]
+            sanity_idx = by_mask[primary_mask(by_mask)][:config.n_sanity]
             images = torch.stack([tset[i][0] for i in sanity_idx]).to(device)
             for name, model in models.items():
                 for r in randomisation_check(model, images, config.target, seed=10_000 + seed,
                                              posthoc=name in posthoc):
                     gathered.randomisation.append({"condition": cond, "test_set": tname, "model": name, "seed": seed,
+                                                   "stage": r["stage"], "stage_index": r["stage_index"],
                                                    "method": r["method"], "level": r["level"],
-                                                   "image": sanity_idx[r["position"]], "spearman": r["spearman"]})
+                                                   "image": sanity_idx[r["position"]],
+                                                   "spearman_abs": r["spearman_abs"],
+                                                   "spearman_signed": r["spearman_signed"]})
+
+
+_RANDOMISATION_KEYS = ("condition", "test_set", "model", "method", "level", "stage_index", "stage")
 
 
 def _write_test(config: ExperimentConfig, variants, variants_record: dict, gathered: _TestResults, folder: str,
-                device, log) -> dict:
+                device, log, history: dict) -> dict:
     """The test stage's files: per-run and per-seed tables, the summaries, the report, the
-    JSON record and the AP figure."""
+    JSON record and the AP figures (one per mask)."""
     runs, seed_means = gathered.runs, gathered.seed_means
     atomic_csv(os.path.join(folder, "runs.csv"), RUN_COLUMNS, runs)
     atomic_csv(os.path.join(folder, "randomisation.csv"),
-               ("condition", "test_set", "model", "seed", "method", "level", "image", "spearman"),
+               _RANDOMISATION_KEYS[:3] + ("seed",) + _RANDOMISATION_KEYS[3:] + ("image", "spearman_abs",
+                                                                                   "spearman_signed"),
                gathered.randomisation)
     per_seed_cols = ("condition", "test_set", "seed") + tuple(k for k in seed_means[0] if k not in
                                                                ("condition", "test_set", "seed"))
     atomic_csv(os.path.join(folder, "explain_per_seed.csv"), per_seed_cols, seed_means)
     accuracy = _summary(runs, ("condition", "test_set", "model"), ACCURACY)
-    ablation = _summary([r for r in runs if r["model"] != PLAIN_CNN], ("condition", "test_set", "model"), ABLATION)
+    ablation = _summary([r for r in runs if r["model"] != PLAIN_CNN], ("condition", "test_set", "model"),
+                        ablation_columns(config))
     explain_summary = _summary([{**s, **{m: s[f"{m}_mean"] for m in METRIC_NAMES}} for s in seed_means],
-                               ("condition", "test_set", "model", "method", "level", "resolution", "upsampling"),
-                               METRIC_NAMES)
-    rand_seed = _seed_means(gathered.randomisation, ("condition", "test_set", "model", "method", "level", "seed"),
-                            "spearman")
-    rand_summary = _summary(rand_seed, ("condition", "test_set", "model", "method", "level"), ("spearman",))
+                               ("condition", "test_set", "model", "method", "level", "resolution", "upsampling",
+                                "mask"), METRIC_NAMES)
+    rand_seed = [{**_seed_mean(rs, "spearman_abs"), **_seed_mean(rs, "spearman_signed")}
+                 for rs in _grouped(gathered.randomisation, _RANDOMISATION_KEYS + ("seed",))]
+    rand_summary = _summary(rand_seed, _RANDOMISATION_KEYS, ("spearman_abs", "spearman_signed"))
     atomic_csv(os.path.join(folder, "accuracy_summary.csv"), list(accuracy[0]), accuracy)
     atomic_csv(os.path.join(folder, "explain_summary.csv"), list(explain_summary[0]), explain_summary)
     if ablation:
@@ -535,12 +673,13 @@ def _write_test(config: ExperimentConfig, variants, variants_record: dict, gathe
     if rand_summary:
         atomic_csv(os.path.join(folder, "randomisation_summary.csv"), list(rand_summary[0]), rand_summary)
     conditions = gathered.conditions
-    headline = _headline(explain_summary)
+    compared = {c["condition"]: c["compared"] for c in conditions}
+    headline = _headline(explain_summary, seed_means, compared)
     report = test_report(config, variants, variants_record, conditions, accuracy, explain_summary, ablation,
-                         rand_summary, headline, device)
+                         rand_summary, headline, device, history)
     atomic_write_text(os.path.join(folder, "experiment.md"), report)
     result = {"stage": "test", "config": config.to_dict(), "variants": variants.to_dict(),
-              "variants_file": variants_record, "environment": environment(device),
+              "variants_file": variants_record, "environment": environment(device), "history": history,
               "conditions": [{**c, "validity": [r.to_dict() for r in c["validity"]]} for c in conditions],
               "accuracy": accuracy, "ablation": ablation, "explanations": explain_summary,
               "randomisation": rand_summary, "headline": headline}
@@ -548,39 +687,86 @@ def _write_test(config: ExperimentConfig, variants, variants_record: dict, gathe
     write_json(os.path.join(folder, "experiment_config.json"), {"config": config.to_dict(),
                                                                  "variants": variants.to_dict(),
                                                                  "variants_file": variants_record})
-    try:
-        plot_metric_summary(explain_summary, os.path.join(folder, "explain_ap.png"), env=result["environment"],
-                            title="Explanation AP on the test splits (pixel protocol; bars: mean over seeds, "
-                                  "95 % CI)")
-    except ValueError as exc:  # the numbers are written; a figure without data is only worth a warning
-        log(f"[test] no AP figure: {exc}")
+    for mask in sorted({s["mask"] for s in explain_summary}):
+        try:
+            plot_metric_summary([s for s in explain_summary if s["mask"] == mask],
+                                os.path.join(folder, f"explain_ap_{mask}.png"), env=result["environment"],
+                                title=f"Explanation AP against the {mask} masks on the test splits (pixel protocol; "
+                                      f"bars: mean over seeds, 95 % CI)")
+        except ValueError as exc:  # the numbers are written; a figure without data is only worth a warning
+            log(f"[test] no AP figure for the {mask} masks: {exc}")
     return {**result, "runs": runs, "report": report}
 
 
-def _seed_means(rows: list[dict], keys: tuple, metric: str) -> list[dict]:
+def ablation_columns(config: ExperimentConfig) -> tuple[str, ...]:
+    """The map-ablation columns of ``runs.csv``: every level at once, then each level alone."""
+    return ABLATION + tuple(f"{c}_L{k}" for k in range(len(config.train.model.attention_blocks)) for c in ABLATION)
+
+
+def _grouped(rows: list[dict], keys: tuple) -> list[list[dict]]:
     groups = defaultdict(list)
     for r in rows:
-        groups[tuple(r[k] for k in keys)].append(r[metric])
-    return [{**dict(zip(keys, k)), metric: float(np.nanmean(v)) if np.isfinite(v).any() else math.nan}
-            for k, v in groups.items()]
+        groups[tuple(r[k] for k in keys)].append(r)
+    return list(groups.values())
 
 
-def _headline(explain_summary: list[dict]) -> list[dict]:
-    """Per condition, test set and resolution: the best attention map and the best post-hoc
-    map by mean ``ap`` (and the references), with their CIs."""
+def _seed_mean(rows: list[dict], metric: str) -> dict:
+    """The group's keys (from its first row, minus the per-image ones) and the mean of
+    ``metric`` over its images (NaN where every value is NaN: a constant map)."""
+    values = np.array([r[metric] for r in rows], dtype=float)
+    keys = {k: v for k, v in rows[0].items() if k not in ("image", "spearman_abs", "spearman_signed")}
+    return {**keys, metric: float(np.nanmean(values)) if np.isfinite(values).any() else math.nan}
+
+
+def _paired_difference(seed_means: list[dict], a: dict, b: dict) -> tuple[float, float, int]:
+    """Mean ± 95 % CI half-width over seeds of ``ap(a) − ap(b)`` (two explanation groups of
+    one condition and test set, paired by seed), and the number of seeds."""
+    def per_seed(group):
+        return {s["seed"]: s["ap_mean"] for s in seed_means
+                if all(s.get(k) == group.get(k) for k in ("condition", "test_set", "model", "method", "level",
+                                                          "resolution", "upsampling", "mask"))}
+
+    x, y = per_seed(a), per_seed(b)
+    seeds = sorted(set(x) & set(y))
+    mean, half = mean_ci([x[s] - y[s] for s in seeds])
+    return mean, half, len(seeds)
+
+
+def _headline(explain_summary: list[dict], seed_means: list[dict], compared: dict) -> list[dict]:
+    """Per condition, test set, mask and resolution: the best attention map of a compared
+    model and the best post-hoc map of a compared model by mean ``ap`` (and the
+    references), with their CIs, and the attention-minus-post-hoc difference paired by
+    seed.  Choosing the best of each side on the test split flatters both sides alike; the
+    report's full tables show every map."""
     out = []
-    keys = sorted({(s["condition"], s["test_set"], s["resolution"]) for s in explain_summary})
-    for cond, tset, res in keys:
-        group = [s for s in explain_summary if (s["condition"], s["test_set"], s["resolution"]) == (cond, tset, res)]
-        entry = {"condition": cond, "test_set": tset, "resolution": res}
+    keys = sorted({(s["condition"], s["test_set"], s["mask"], s["resolution"]) for s in explain_summary})
+    for cond, tset, mask, res in keys:
+        group = [s for s in explain_summary
+                 if (s["condition"], s["test_set"], s["mask"], s["resolution"]) == (cond, tset, mask, res)]
+        ok = set(compared.get(cond, ())) | {"reference"}
+        entry: dict = {"condition": cond, "test_set": tset, "mask": mask, "resolution": res}
+        chosen = {}
         for kind, pick in (("attention", lambda s: s["method"] == "attention"),
                            ("posthoc", lambda s: s["method"] in POSTHOC),
                            ("block_map", lambda s: s["method"] == "block_map"),
                            ("model_free", lambda s: s["method"] == "model_free")):
-            cands = [s for s in group if pick(s)]
+            cands = [s for s in group if pick(s) and s["model"] in ok]
             if cands:
                 best = max(cands, key=lambda s: _finite(s["ap_mean"]))
+                chosen[kind] = best
                 entry[kind] = {"model": best["model"], "method": best["method"], "level": best["level"],
                                "ap_mean": best["ap_mean"], "ap_ci95": best["ap_ci95"]}
+        if "attention" in chosen and "posthoc" in chosen:
+            mean, half, n = _paired_difference(seed_means, chosen["attention"], chosen["posthoc"])
+            entry["difference"] = {"ap_mean": mean, "ap_ci95": half, "seeds": n}
+            # each compared attention model's best level against that same best post-hoc map
+            entry["by_model"] = {}
+            for model in sorted({s["model"] for s in group if s["method"] == "attention" and s["model"] in ok}):
+                best = max((s for s in group if s["method"] == "attention" and s["model"] == model),
+                           key=lambda s: _finite(s["ap_mean"]))
+                mean, half, n = _paired_difference(seed_means, best, chosen["posthoc"])
+                entry["by_model"][model] = {"level": best["level"], "ap_mean": best["ap_mean"],
+                                            "ap_ci95": best["ap_ci95"], "difference_mean": mean,
+                                            "difference_ci95": half, "seeds": n}
         out.append(entry)
     return out

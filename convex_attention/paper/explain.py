@@ -49,12 +49,15 @@ from .explain_metrics import (
     to_common_form,
 )
 
-__all__ = ["lesion_indices", "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of",
-           "summarise", "write_outputs", "mean_ci", "mean_se", "format_ci", "markdown_table", "plot_examples",
-           "plot_metric_summary",
-           "EXPLAIN_COLUMNS", "POSTHOC", "GROUP_KEYS"]
+__all__ = ["MASKS", "has_decisive_masks", "decisive_indices", "explained_indices", "primary_mask", "lesion_indices",
+           "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of", "summarise",
+           "write_outputs", "mean_ci", "mean_se", "format_ci", "markdown_table", "plot_examples",
+           "plot_metric_summary", "EXPLAIN_COLUMNS", "POSTHOC", "GROUP_KEYS"]
 
-GROUP_KEYS = ("model", "method", "level", "resolution", "upsampling")
+GROUP_KEYS = ("model", "method", "level", "resolution", "upsampling", "mask")
+#: The masks a map is scored against: the lesion (lesion images), and the structure that
+#: decides the label (every image whose data say which structure decides).
+MASKS = ("lesion", "decisive")
 EXPLAIN_COLUMNS = GROUP_KEYS + ("image",) + METRIC_NAMES
 #: The post-hoc methods, in report order (GradCAM has one map per attention level; the others are input attributions).
 POSTHOC = ("gradcam", "deeplift", "lrp", "input_x_gradient", "integrated_gradients")
@@ -62,6 +65,33 @@ _SHORT = {"gradcam": "GradCAM", "deeplift": "DeepLIFT", "lrp": "LRP", "input_x_g
           "integrated_gradients": "IG", "block_map": "best block", "model_free": "model-free"}
 # maps normalised by the pooled protocol (min-max, channel sum, softmax); attention and block maps are used as they are
 _NORMALISED = set(POSTHOC) | {"model_free"}
+
+
+def has_decisive_masks(dataset: Dataset) -> bool:
+    """Whether the data say which structure decides each label (:meth:`decisive_mask`)."""
+    if not hasattr(dataset, "decisive_mask"):
+        return False
+    try:
+        dataset.decisive_mask(0)
+    except ValueError:
+        return False
+    return True
+
+
+def decisive_indices(dataset: Dataset, n: int) -> list[int]:
+    """The first ``n`` images (either label) whose decisive mask (the structure that decides
+    the label) is non-empty."""
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of images to explain must be a positive integer, got {n!r}")
+    out = []
+    for i in range(len(dataset)):
+        if bool(dataset.decisive_mask(i).any()):
+            out.append(i)
+            if len(out) == n:
+                break
+    if not out:
+        raise ValueError("no image whose deciding structure is marked, to explain")
+    return out
 
 
 def lesion_indices(dataset: Dataset, n: int) -> list[int]:
@@ -78,6 +108,23 @@ def lesion_indices(dataset: Dataset, n: int) -> list[int]:
     if not out:
         raise ValueError("no validation image with a lesion (label 1 and a non-empty mask) to explain")
     return out
+
+
+def explained_indices(dataset: Dataset, n: int) -> dict[str, list[int]]:
+    """The images explained against each mask: ``{"lesion": lesion_indices(dataset, n)}``
+    and, where the data say which structure decides the label, ``"decisive":
+    decisive_indices(dataset, n)``."""
+    out = {"lesion": lesion_indices(dataset, n)}
+    if has_decisive_masks(dataset):
+        out["decisive"] = decisive_indices(dataset, n)
+    return out
+
+
+def primary_mask(indices: dict) -> str:
+    """The mask the maps are chosen and judged on: the structure that decides the label
+    where the data mark it (on ``synthetic-brightest`` every image holds a lesion, so a
+    lesion detector earns full lesion AP without reading the rule), else the lesion."""
+    return "decisive" if "decisive" in indices else "lesion"
 
 
 def grids_of(model) -> list[tuple[int, int]]:
@@ -176,17 +223,21 @@ def _posthoc_models(models: dict, baseline_model) -> set:
 def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_model="softmax",
                    target: str = "true", batch_size: int = 16, device="cpu", progress: bool = True,
                    indices: list[int] | None = None, upsampling: str = "nearest", pooled: bool = False,
-                   references: bool = False, model_free_weights=None, n_examples: int = 4):
-    """Score every model's attention and the post-hoc methods on lesion images (``indices``,
-    by default :func:`lesion_indices` ``(dataset, n_images)``).
+                   references: bool = False, model_free_weights=None, n_examples: int = 4,
+                   decisive: list[int] | None = None):
+    """Score every model's attention and the post-hoc methods against the lesion masks of
+    lesion images (``indices``, by default :func:`lesion_indices` ``(dataset, n_images)``)
+    and, given ``decisive`` (image indices, e.g. :func:`decisive_indices`), against the
+    masks of the structure that decides each label (``dataset.decisive_mask``); the rows'
+    ``mask`` column says which.  An image in both lists is explained once.
 
     ``baseline_model``: the models the post-hoc methods explain (a name, a list of names,
     ``"all"`` or ``None``).  ``upsampling``: of the pixel protocol; ``pooled``: also score
     under the pooled protocol at every attention grid; ``references``: add the reference
-    rows (model ``"reference"``: block maps, and the model-free map when
+    rows (model ``"reference"``: block maps of the mask scored, and the model-free map when
     ``model_free_weights`` is given).  Returns ``(rows, examples)``: ``rows`` as in
-    ``explain.csv``; ``examples`` the first ``n_examples`` images with their masks and
-    pixel-protocol maps (for the figure).
+    ``explain.csv``; ``examples`` the first ``n_examples`` lesion images with their masks
+    and pixel-protocol maps (for the figure).
     """
     from tqdm.auto import tqdm
 
@@ -199,28 +250,41 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
     posthoc = _posthoc_models(models, baseline_model)
     if indices is None:
         indices = lesion_indices(dataset, n_images)
+    wanted = {"lesion": set(indices), "decisive": set(decisive or ())}
+    order = list(dict.fromkeys([*indices, *(decisive or ())]))
     grids = grids_of(next(iter(models.values())))
     rows, examples = [], []
-    for start in tqdm(range(0, len(indices), batch_size), desc="explain", disable=not progress):
-        batch = [dataset[i] for i in indices[start:start + batch_size]]
+    for start in tqdm(range(0, len(order), batch_size), desc="explain", disable=not progress):
+        chosen = order[start:start + batch_size]
+        batch = [dataset[i] for i in chosen]
         images = torch.stack([b[0] for b in batch]).to(device)
-        masks = torch.stack([b[2] for b in batch])
-        size = tuple(masks.shape[1:])
-        sources = []
+        masks = {"lesion": torch.stack([b[2] for b in batch])}
+        if wanted["decisive"] & set(chosen):
+            masks["decisive"] = torch.stack([dataset.decisive_mask(i) for i in chosen])
+        size = tuple(masks["lesion"].shape[1:])
+        model_maps = []
         for name, model in models.items():
             model.to(device)
-            sources.append((name, explanations(model, images, target, name in posthoc)))
-        if references:
-            sources.append(("reference", reference_maps(images, masks, grids, model_free_weights)))
-        for name, maps in sources:
-            for r in score_explanations(maps, masks, grids, upsampling, pooled):
-                j = r.pop("position")
-                rows.append({"model": name, **r, "image": indices[start + j]})
-            for (method, level), m in maps.items():
-                for j in range(len(batch)):
-                    if start + j < n_examples:
-                        examples.append((indices[start + j], name, method, level, images[j, 0].cpu(), masks[j],
-                                         to_common_form(m[j].cpu(), size, upsampling)))
+            model_maps.append((name, explanations(model, images, target, name in posthoc)))
+        for kind, kind_masks in masks.items():
+            keep = [j for j, i in enumerate(chosen) if i in wanted[kind]]
+            if not keep:
+                continue
+            sources = list(model_maps)
+            if references:
+                sources.append(("reference", reference_maps(images, kind_masks, grids, model_free_weights)))
+            for name, maps in sources:
+                subset = {key: m[keep] for key, m in maps.items()}
+                for r in score_explanations(subset, kind_masks[keep], grids, upsampling, pooled):
+                    j = keep[r.pop("position")]
+                    rows.append({"model": name, **r, "mask": kind, "image": chosen[j]})
+                if kind != "lesion":
+                    continue
+                for (method, level), m in maps.items():
+                    for j in keep:
+                        if indices.index(chosen[j]) < n_examples:
+                            examples.append((chosen[j], name, method, level, images[j, 0].cpu(), kind_masks[j],
+                                             to_common_form(m[j].cpu(), size, upsampling)))
     return rows, examples
 
 
@@ -264,11 +328,12 @@ def format_ci(mean: float, half: float, digits: int = 3) -> str:
 
 
 def _group(r: dict) -> tuple:
-    return (r["model"], r["method"], int(r["level"]), r.get("resolution", "pixel"), r.get("upsampling", "nearest"))
+    return (r["model"], r["method"], int(r["level"]), r.get("resolution", "pixel"), r.get("upsampling", "nearest"),
+            r.get("mask", "lesion"))
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per (model, method, level, resolution, upsampling): ``n`` and, for every metric,
+    """Per (model, method, level, resolution, upsampling, mask): ``n`` and, for every metric,
     ``{metric}_mean``, ``{metric}_ci95`` (half-width, Student t over the rows) and
     ``{metric}_se``."""
     groups = defaultdict(list)

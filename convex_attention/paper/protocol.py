@@ -1,20 +1,29 @@
 """The experiment's protocol: splits, variants fixed in advance, a test split touched once.
 
 **Splits** (:func:`split_specs`).  Five disjoint image sets of the synthetic data, each its
-own data seed (``data_seed + offset``; image ``i`` of seed ``s`` is rendered from
-``s · 1000003 + i``, so sets of different seeds never share an image):
+own generator seed (:func:`split_seed`): one stream per data source, difficulty, split and
+data seed, so no two of them share an image, a label or a head (image ``i`` of seed ``s`` is
+rendered from ``s · 1000003 + i``):
 
-* ``train`` (offset 0): training, labels only;
-* ``val`` (10 000): **labels only**, from the training distribution: checkpoint selection
+* ``train``: training, labels only;
+* ``val``: **labels only**, from the training distribution: checkpoint selection
   (validation ROC AUC) and the decision threshold (Youden's J) are chosen here, so masks
   never enter training or checkpoint selection;
-* ``dev`` (20 000), with masks: the development split where the variants (τ, α, the head,
+* ``dev``, with masks: the development split where the variants (τ, α, the head,
   the learned temperature, the dual source, the upsampling) are compared
   (``experiment --stage dev``), and the model-free reference map is fitted;
-* ``test`` (30 000), with masks: touched once, by ``experiment --stage test``;
-* ``test_heldout`` (40 000): the final test condition, with a mimic type that no other
+* ``test``, with masks: touched once, by ``experiment --stage test``;
+* ``test_heldout``: the final test condition, with a mimic type that no other
   split contains (``held_out_mimic``: train, val, dev and test draw their mimics from the
   other types).
+
+**Data seeds spent once** (:func:`check_unspent`).  The test stage draws every split from a
+data seed that no recorded stage used: not the dev stage whose verdict it runs (the verdict
+records its data seed), not an earlier test run, not another benchmark's runs.  The record
+is the data ledger (``configs/data_ledger.json``, :func:`read_ledger`), which lists the
+splits (their generator seeds and sizes) of every run the repository holds; a test run is
+added to it before any work (:func:`spend`), and to the results folder's log of test runs
+(``test_runs.jsonl``).
 
 **Variants fixed in advance** (:class:`Variants`, :func:`read_variants`): one model variant
 for every method, the upsampling, the test difficulties and the held-out mimic type live
@@ -52,6 +61,7 @@ from dataclasses import dataclass, field
 from ..io.files import write_json
 from ..methods import get_method
 from .config import (
+    DATA_SEED_MAX,
     DEFAULT_VARIANTS_PATH,
     MIMIC_SOURCES,
     MIMIC_TYPES,
@@ -63,16 +73,33 @@ from .config import (
 )
 from .data import InMemory
 from .data.synthetic import synthetic_dataset
-from .validity import PASSES_BELOW, THRESHOLDS, CheckResult, check_pixel_map, collect, fixed_channel_maps
+from .validity import (
+    PASSES_BELOW,
+    REPORTED_ONLY,
+    THRESHOLDS,
+    CheckResult,
+    check_pixel_map,
+    collect,
+    fixed_channel_maps,
+)
 
 __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS_FORMAT", "DEFAULT_VARIANTS_PATH",
-           "SPLIT_OFFSETS", "SplitSpec", "split_specs", "build_split", "image_keys", "check_disjoint",
+           "SPLITS", "split_seed", "DATA_SEED_MAX", "SplitSpec", "split_specs", "read_ledger", "check_unspent",
+           "spend", "log_test_run", "split_sizes", "test_stage_specs", "ledger_where", "check_test_data",
+           "ledger_entry", "TEST_RUN_LOG", "LEDGER_FORMAT", "default_ledger_path", "spent_by_verdict",
+           "build_split", "image_keys", "check_disjoint",
            "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
            "claim_test_folder", "finish_test_folder", "check_benchmark_verdict", "benchmark_record",
            "failed_checks", "REQUIRED_CHECKS", "fit_model_free", "MANIFEST", "SYNTHETIC_SOURCES", "MIMIC_SOURCES"]
 
 VARIANTS_FORMAT = "convex-attention-variants/1"
-SPLIT_OFFSETS = {"train": 0, "val": 10_000, "dev": 20_000, "test": 30_000, "test_heldout": 40_000}
+SPLITS = ("train", "val", "dev", "test", "test_heldout")
+#: The data sources' streams (a source added later takes the next number).
+_SOURCE_STREAM = {"synthetic": 0, "synthetic-blobs": 1, "synthetic-brightest": 2}
+_STREAMS_PER_SEED = 16 * 1001 * len(SPLITS)  # sources x difficulties (in thousandths) x splits
+_FIRST_SEED = 1_000_000  # above every generator seed the earlier scheme (data seed + 0 .. 40 000) used
+LEDGER_FORMAT = "convex-attention-data-ledger/1"
+TEST_RUN_LOG = "test_runs.jsonl"
 MANIFEST = "test_stage.json"
 _KEY_STRIDE = 1_000_003  # the synthetic generators' image key: seed * stride + index
 
@@ -189,36 +216,41 @@ class Variants:
 
 
 #: The checks a dev-stage verdict must hold (``brain_mask`` too where the data has brain masks).
-REQUIRED_CHECKS = ("location_free", "pixel_map", "uniform_attention")
+REQUIRED_CHECKS = ("location_free", "pixel_map", "maps_drive_ranking")
 _JUDGED_SETTINGS = ("image_size", "width", "epochs", "n_train")
 
 
 def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_seeds, settings: dict,
-                     data: str = "synthetic") -> dict:
+                     data: str = "synthetic", data_seed: int | None = None) -> dict:
     """The variants file's ``benchmark`` entry from the dev stage's validity checks
     (:class:`~convex_attention.paper.validity.CheckResult` list), with what they judged:
     ``{"accepted": bool, "checks": {name: {"value", "threshold", "passes_below", "ran",
-    "passed"}}, "judged": {"data", "variant", "difficulty", "methods", "dev_seeds",
-    "settings"}}`` (``data``: the synthetic source; ``settings``: image_size, width,
-    epochs, n_train).  Accepted only if every check ran and passed, the three of
-    :data:`REQUIRED_CHECKS` among them: a dev stage without the plain CNN cannot accept its
-    benchmark.  A value that is not finite is stored as
-    ``None`` (strict JSON) and fails."""
+    "passed"[, "ci95"]}}, "judged": {"data", "data_seed", "variant", "difficulty", "methods",
+    "dev_seeds", "settings"}}`` (``data``: the synthetic source; ``settings``: image_size,
+    width, epochs, n_train).  Accepted only if every check that decides ran and passed, the
+    three of :data:`REQUIRED_CHECKS` among them (the reported-only ones,
+    :data:`~convex_attention.paper.validity.REPORTED_ONLY`, are kept but never decide).  A
+    value that is not finite is stored as ``None`` (strict JSON) and fails."""
     checks = {}
     for r in results:
         value = float(r.value) if r.value is not None and math.isfinite(r.value) else None
         checks[r.name] = {"value": value, "threshold": float(r.threshold), "passes_below": bool(r.passes_below),
                           "ran": bool(r.ran), "passed": r.passed}
+        if r.ci95 is not None:
+            checks[r.name]["ci95"] = float(r.ci95) if math.isfinite(r.ci95) else None
     accepted = not failed_checks(checks)
     judged = {"data": data, "variant": variant.to_dict(), "difficulty": float(difficulty), "methods": list(methods),
               "dev_seeds": [int(x) for x in dev_seeds], "settings": {k: settings[k] for k in _JUDGED_SETTINGS}}
+    if data_seed is not None:
+        judged["data_seed"] = int(data_seed)
     return {"accepted": accepted, "checks": checks, "judged": judged}
 
 
 def failed_checks(checks: dict) -> list[str]:
-    """The checks of a ``benchmark`` entry's ``checks`` that did not pass (failed, did not
-    run, or missing from :data:`REQUIRED_CHECKS`): empty exactly when it is accepted."""
-    return [n for n, c in checks.items() if not c["passed"]] + [n for n in REQUIRED_CHECKS if n not in checks]
+    """The checks of a ``benchmark`` entry's ``checks`` that decide and did not pass (failed,
+    did not run, or missing from :data:`REQUIRED_CHECKS`): empty exactly when it is accepted."""
+    return [n for n, c in checks.items() if n not in REPORTED_ONLY and not c["passed"]] + \
+        [n for n in REQUIRED_CHECKS if n not in checks]
 
 
 def _real(x) -> bool:
@@ -238,16 +270,22 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
     for name, c in record["checks"].items():
         if name not in THRESHOLDS:
             raise VariantsError(f"{where}: benchmark.checks.{name}: unknown check; known: {sorted(THRESHOLDS)}")
-        if not isinstance(c, dict) or set(c) != {"value", "threshold", "passes_below", "ran", "passed"} \
+        keys = {"value", "threshold", "passes_below", "ran", "passed"}
+        if not isinstance(c, dict) or set(c) not in (keys, keys | {"ci95"}) \
                 or not all(isinstance(c[k], bool) for k in ("passes_below", "ran", "passed")) \
-                or not (c["value"] is None or _real(c["value"])) or not _real(c["threshold"]):
+                or not (c["value"] is None or _real(c["value"])) or not _real(c["threshold"]) \
+                or not (c.get("ci95") is None or _real(c["ci95"])):
             raise VariantsError(f"{where}: benchmark.checks.{name} must be {{\"value\": a finite number or null, "
-                                f"\"threshold\": a number, \"passes_below\", \"ran\", \"passed\": true or false}}")
+                                f"\"threshold\": a number, \"passes_below\", \"ran\", \"passed\": true or false"
+                                f"[, \"ci95\": a number or null]}}")
         below = PASSES_BELOW[name]
         if c["threshold"] != THRESHOLDS[name] or c["passes_below"] != below:
             raise VariantsError(f"{where}: benchmark.checks.{name} has threshold {'<=' if c['passes_below'] else '>='} "
                                 f"{c['threshold']}, but the check's is {'<=' if below else '>='} {THRESHOLDS[name]}")
-        passed = CheckResult(name, "", "", c["value"], c["threshold"], below, c["ran"]).passed
+        ci95 = None
+        if "ci95" in c:  # a recorded null interval (not finite) passes nothing
+            ci95 = math.nan if c["ci95"] is None else c["ci95"]
+        passed = CheckResult(name, "", "", c["value"], c["threshold"], below, c["ran"], ci95=ci95).passed
         if c["passed"] != passed:
             raise VariantsError(f"{where}: benchmark.checks.{name} says passed={c['passed']}, but its number "
                                 f"{c['value']} (ran: {c['ran']}) says {passed}")
@@ -257,7 +295,10 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
         raise VariantsError(f"{where}: benchmark.accepted is {record['accepted']}, but its checks say {accepted}"
                             + (f" (missing: {', '.join(missing)})" if missing else ""))
     judged = record["judged"]
-    if set(judged) != {"data", "variant", "difficulty", "methods", "dev_seeds", "settings"} \
+    keys = {"data", "variant", "difficulty", "methods", "dev_seeds", "settings"}
+    seed = judged.get("data_seed", 0)
+    if set(judged) not in (keys, keys | {"data_seed"}) \
+            or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= DATA_SEED_MAX \
             or judged["data"] not in SYNTHETIC_SOURCES or not _real(judged["difficulty"]) \
             or not isinstance(judged["methods"], list) or not all(isinstance(m, str) for m in judged["methods"]) \
             or not isinstance(judged["dev_seeds"], list) \
@@ -265,8 +306,8 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
             or not isinstance(judged["settings"], dict) or set(judged["settings"]) != set(_JUDGED_SETTINGS) \
             or not all(_real(v) for v in judged["settings"].values()):
         raise VariantsError(f"{where}: benchmark.judged must be {{\"data\": one of {', '.join(SYNTHETIC_SOURCES)}, "
-                            f"\"variant\", \"difficulty\", \"methods\", \"dev_seeds\", \"settings\": "
-                            f"{{{', '.join(_JUDGED_SETTINGS)}}}}}")
+                            f"\"data_seed\": 0 .. {DATA_SEED_MAX}, \"variant\", \"difficulty\", \"methods\", "
+                            f"\"dev_seeds\", \"settings\": {{{', '.join(_JUDGED_SETTINGS)}}}}}")
     try:
         judged_variant = Variant.from_dict(judged["variant"]) if isinstance(judged["variant"], dict) else None
     except (ConfigError, TypeError):
@@ -447,6 +488,23 @@ def finish_test_folder(folder: str, record: dict) -> None:
 # ----------------------------------------------------------------------------- splits
 
 
+def split_seed(data: str, data_seed: int, difficulty: float, split: str) -> int:
+    """The generator seed of one split: a stream of its own for every data source,
+    difficulty (in thousandths), split and data seed (``0 .. DATA_SEED_MAX``), so that two
+    benchmarks, two difficulties or two splits never share an image, a label or a head."""
+    if isinstance(data_seed, bool) or not isinstance(data_seed, int) or not 0 <= data_seed <= DATA_SEED_MAX:
+        raise ValueError(f"the experiment's data seed must be an integer from 0 to {DATA_SEED_MAX}, got {data_seed!r}")
+    if data not in _SOURCE_STREAM:
+        raise ValueError(f"no seed stream for data {data!r}; the synthetic sources are {', '.join(_SOURCE_STREAM)}")
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; the splits are {', '.join(SPLITS)}")
+    thousandths = round(float(difficulty) * 1000)
+    if not 0 <= thousandths <= 1000:
+        raise ValueError(f"difficulty must be in [0, 1], got {difficulty!r}")
+    stream = (_SOURCE_STREAM[data] * 1001 + thousandths) * len(SPLITS) + SPLITS.index(split)
+    return _FIRST_SEED + data_seed * _STREAMS_PER_SEED + stream
+
+
 @dataclass(frozen=True)
 class SplitSpec:
     """One image set: ``name``, its data ``seed``, ``n`` images, ``difficulty`` and
@@ -461,10 +519,11 @@ class SplitSpec:
 
 def split_specs(data: str, data_seed: int, sizes: dict, difficulty: float,
                 held_out_mimic: str | None = None) -> dict[str, SplitSpec]:
-    """The specs of the splits named in ``sizes`` (``{name: n}``, names of
-    :data:`SPLIT_OFFSETS`).  With ``held_out_mimic`` (``"synthetic"`` data only), every
-    split but ``test_heldout`` draws mimics from the other types and ``test_heldout``
-    from that one alone; without it ``test_heldout`` is refused."""
+    """The specs of the splits named in ``sizes`` (``{name: n}``, names of :data:`SPLITS`),
+    each with its own generator seed (:func:`split_seed`).  With ``held_out_mimic``
+    (data with mimic types only), every split but ``test_heldout`` draws mimics from the
+    other types and ``test_heldout`` from that one alone; without it ``test_heldout`` is
+    refused."""
     if data not in SYNTHETIC_SOURCES:
         raise ValueError(f"the protocol's disjoint splits are built for the synthetic sources "
                          f"({', '.join(SYNTHETIC_SOURCES)}), not {data!r}")
@@ -475,8 +534,8 @@ def split_specs(data: str, data_seed: int, sizes: dict, difficulty: float,
             raise ValueError(f"held_out_mimic must be one of {MIMIC_TYPES}, got {held_out_mimic!r}")
     specs = {}
     for name, n in sizes.items():
-        if name not in SPLIT_OFFSETS:
-            raise ValueError(f"unknown split {name!r}; the splits are {', '.join(SPLIT_OFFSETS)}")
+        if name not in SPLITS:
+            raise ValueError(f"unknown split {name!r}; the splits are {', '.join(SPLITS)}")
         if name == "test_heldout" and held_out_mimic is None:
             raise ValueError("the held-out test split needs a held-out mimic type")
         types = None
@@ -487,7 +546,7 @@ def split_specs(data: str, data_seed: int, sizes: dict, difficulty: float,
                 types = (held_out_mimic,)
             else:
                 types = tuple(t for t in MIMIC_TYPES if t != held_out_mimic)
-        specs[name] = SplitSpec(name, data_seed + SPLIT_OFFSETS[name], int(n), float(difficulty), types)
+        specs[name] = SplitSpec(name, split_seed(data, data_seed, difficulty, name), int(n), float(difficulty), types)
     return specs
 
 
@@ -516,6 +575,148 @@ def check_disjoint(specs: dict[str, SplitSpec]) -> None:
                              f"{a.n} and {b.n} images)")
     if any(s.n >= _KEY_STRIDE for s in items):
         raise ValueError(f"a split of {_KEY_STRIDE} images or more would reach the next seed's images")
+
+
+# ----------------------------------------------------------------------------- data seeds spent once
+
+
+def default_ledger_path(variants_path: str) -> str:
+    """The data ledger beside a variants file (``configs/data_ledger.json`` for the committed one)."""
+    return os.path.join(os.path.dirname(os.path.abspath(variants_path)), "data_ledger.json")
+
+
+def read_ledger(path: str) -> list[dict]:
+    """The runs the data ledger at ``path`` records (``[]`` when there is none): each
+    ``{"stage", "data", "data_seed", "where", "splits": [{"name", "seed", "n", "difficulty"}]}``.
+    VariantsError for a file that is not a ledger."""
+    if not os.path.exists(path):
+        return []
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f, parse_constant=_strict_constant)
+    except (OSError, ValueError) as err:
+        raise VariantsError(f"the data ledger {path} is not readable strict JSON ({err})") from None
+    if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT or not isinstance(data.get("spent"), list):
+        raise VariantsError(f"the data ledger {path} is not a {LEDGER_FORMAT} file (an object with 'format' and "
+                            f"a list 'spent')")
+    for i, run in enumerate(data["spent"]):
+        splits = run.get("splits") if isinstance(run, dict) else None
+        if not isinstance(splits, list) or not all(
+                isinstance(sp, dict) and isinstance(sp.get("seed"), int) and isinstance(sp.get("n"), int)
+                for sp in splits):
+            raise VariantsError(f"the data ledger {path}: entry {i} must hold 'splits', each with an integer 'seed' "
+                                f"and 'n'")
+    return data["spent"]
+
+
+def _overlaps(spec: SplitSpec, seed: int, n: int) -> bool:
+    a = image_keys(spec)
+    b = range(seed * _KEY_STRIDE, seed * _KEY_STRIDE + n)
+    return a.start < b.stop and b.start < a.stop
+
+
+def check_unspent(specs: dict[str, SplitSpec], spent: list[dict], what: str = "the test stage") -> None:
+    """VariantsError unless no split of ``specs`` shares an image (a generator key) with a
+    split that a recorded run (``spent``: :func:`read_ledger`, plus the verdict's dev
+    stage) already used: one test run per benchmark and data seed."""
+    for name, spec in specs.items():
+        for run in spent:
+            for sp in run["splits"]:
+                if _overlaps(spec, sp["seed"], sp["n"]):
+                    raise VariantsError(
+                        f"{what} would reuse images: its {name} split (generator seed {spec.seed}) shares images "
+                        f"with the {sp.get('name', '?')} split of a recorded {run.get('stage', '?')} run "
+                        f"({run.get('data', '?')}, data seed {run.get('data_seed', '?')}, {run.get('where', '?')}); "
+                        f"every stage of the protocol spends its own data seed: pass an unspent --data-seed")
+
+
+def split_sizes(config) -> dict[str, int]:
+    """The number of images of every split of :data:`SPLITS` under an ``ExperimentConfig``."""
+    tc = config.train
+    return {"train": tc.n_train, "val": tc.n_val, "dev": config.n_dev, "test": config.n_test,
+            "test_heldout": config.n_test}
+
+
+def test_stage_specs(config) -> dict[str, SplitSpec]:
+    """Every split the test stage of an ``ExperimentConfig`` (its variants applied) builds,
+    keyed ``"difficulty<d>/<split>"``."""
+    names = ("train", "val", "dev", "test") + (("test_heldout",) if config.held_out_mimic else ())
+    sizes = split_sizes(config)
+    out = {}
+    for difficulty in config.difficulties:
+        specs = split_specs(config.train.data, config.train.data_seed, {k: sizes[k] for k in names}, difficulty,
+                            config.held_out_mimic)
+        out.update({f"difficulty{difficulty:g}/{name}": spec for name, spec in specs.items()})
+    return out
+
+
+def ledger_where(folder: str, ledger_path: str) -> str:
+    """How the ledger names a result folder: relative to the repository holding the ledger
+    (the folder above its ``configs/``), absolute when the folder lies outside it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(ledger_path)))
+    rel = os.path.relpath(os.path.abspath(folder), root)
+    return os.path.abspath(folder) if rel.startswith("..") else rel.replace(os.sep, "/")
+
+
+def check_test_data(config, variants, ledger_path: str, where: str, force: bool = False) -> list[dict]:
+    """Refuse (VariantsError) a test run whose splits (:func:`test_stage_specs` of
+    ``config`` with ``variants``) share an image with the dev stage behind the verdict or
+    with any run the data ledger at ``ledger_path`` records.  With ``force``, the earlier
+    test runs recorded for the same folder ``where`` are allowed (a run replaced by
+    ``--force``; its report says so).  Returns those replaced runs' ledger entries."""
+    config = config.with_variants(variants)
+    spent = read_ledger(ledger_path)
+    replaced = [r for r in spent if force and r.get("stage") == "test" and r.get("where") == where]
+    others = [r for r in spent if not any(r is x for x in replaced)]
+    check_unspent(test_stage_specs(config), others + spent_by_verdict(variants, split_sizes(config),
+                                                                       config.held_out_mimic))
+    return replaced
+
+
+def ledger_entry(config, where: str, started: str) -> dict:
+    """The data ledger's record of a test run of ``config`` (variants applied) written to ``where``."""
+    return {"stage": "test", "data": config.train.data, "data_seed": config.train.data_seed, "where": where,
+            "started": started,
+            "splits": [{"name": key, "seed": s.seed, "n": s.n, "difficulty": s.difficulty}
+                       for key, s in test_stage_specs(config).items()]}
+
+
+def spent_by_verdict(variants, sizes: dict, held_out_mimic: str | None) -> list[dict]:
+    """The dev stage's splits behind a recorded verdict (its data, data seed and first
+    difficulty), as ledger entries; none for a verdict that records no data seed."""
+    if variants.benchmark is None or "data_seed" not in variants.benchmark["judged"]:
+        return []
+    judged = variants.benchmark["judged"]
+    specs = split_specs(judged["data"], judged["data_seed"], {k: sizes[k] for k in ("train", "val", "dev")},
+                        judged["difficulty"], held_out_mimic)
+    return [{"stage": "dev", "data": judged["data"], "data_seed": judged["data_seed"], "where": "the verdict",
+             "splits": [{"name": s.name, "seed": s.seed, "n": s.n} for s in specs.values()]}]
+
+
+def spend(path: str, entry: dict) -> None:
+    """Add a run to the data ledger at ``path`` (created if absent), atomically."""
+    runs = read_ledger(path)
+    note = ("The splits every run of the experiment spent (generator seeds and sizes): the test stage refuses a "
+            "data seed whose images a recorded run already used. The test stage adds its run here before any "
+            "work; commit this file with the run's results.")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_json(path, {"format": LEDGER_FORMAT, "note": note, "spent": [*runs, entry]})
+
+
+def log_test_run(folder: str, record: dict) -> list[dict]:
+    """Append a test run to ``folder/test_runs.jsonl`` (never rewritten: ``--force``
+    replaces the results, not this log); returns every run it records, this one last."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, TEST_RUN_LOG)
+    previous = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            previous = [json.loads(line) for line in f if line.strip()]
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record, allow_nan=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return [*previous, record]
 
 
 # ----------------------------------------------------------------------------- the model-free reference

@@ -1,20 +1,22 @@
 """Checks that an explanation depends on the model, and that the model uses its maps.
 
-* **Map ablation** (:func:`map_ablation`): at test time each attention map the classifier
-  pools with is replaced by a uniform map (every cell ``1/n_k``) or by the same map with
-  its cells spatially shuffled (an independent random permutation of the cells of every
-  level and image, seeded); the change in balanced accuracy (at the decision threshold
-  chosen on validation) and in ROC AUC says whether the maps drive the decision.  A map
-  the classifier ignores changes nothing.
-* **Model-parameter randomisation** (Adebayo et al., "Sanity checks for saliency maps",
-  NeurIPS 2018; :func:`randomisation_check`): the model's weights are re-initialised (a
-  fresh model of the same configuration, seeded: every layer at once, BatchNorm
-  statistics included), every explanation is recomputed on the same images, and the
-  Spearman rank correlation between the original and the randomised map is reported per
-  image and method (attention maps included).  A map that hardly changes when the model
-  is destroyed does not explain the model.  Maps are compared at their own resolution
-  (input attributions summed over channels in absolute value, as the pixel protocol
-  scores them).
+* **Map ablation** (:func:`map_ablation`): at test time the attention maps the classifier
+  pools with (every level at once, and each level alone) are replaced by uniform maps
+  (every cell ``1/n_k``) or by the same maps with their cells spatially shuffled (an
+  independent random permutation of the cells of every level and image, seeded); the
+  change in ROC AUC (threshold-free: it says whether the maps drive the *ranking*) and in
+  balanced accuracy (at the decision threshold chosen on validation) says whether the
+  model uses its maps.  A map the classifier ignores changes nothing.  The benchmark's
+  check (c′) reads the AUC drop of the reference ``softmax`` model with every map shuffled.
+* **Model-parameter randomisation**, cascading (Adebayo et al., "Sanity checks for
+  saliency maps", NeurIPS 2018; :func:`randomisation_check`): the model's layers are
+  re-initialised one stage at a time from the top (the classifier, the attention, then
+  the blocks from the deepest; BatchNorm statistics included), every explanation is
+  recomputed on the same images after each stage, and the Spearman rank correlation with
+  the trained model's explanation is reported per image, method and stage, on absolute
+  and on signed maps.  A map that hardly changes when the model is destroyed does not
+  explain the model.  Maps are compared at their own resolution (input attributions
+  summed over channels).
 * **Map statistics** (:func:`map_statistics`): per level, ``N · max p`` (1 for a uniform
   map, ``N`` for a one-hot map), the entropy ``H(p)`` in nats and as a share of
   ``log N``, and the per-image score range ``max θ − min θ``.
@@ -25,6 +27,7 @@ too (:func:`classification`), because the ablation is measured with them.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import numpy as np
@@ -122,16 +125,22 @@ def map_statistics(maps, scores=None) -> list[dict]:
     return out
 
 
-def uniform_maps(maps) -> list[Tensor]:
-    """Every map replaced by the uniform distribution over its cells (same shapes)."""
-    return [torch.full_like(p, 1.0 / p[0].numel()) for p in maps]
+def uniform_maps(maps, levels=None) -> list[Tensor]:
+    """Every map (or the maps of ``levels`` only) replaced by the uniform distribution over
+    its cells (same shapes)."""
+    return [torch.full_like(p, 1.0 / p[0].numel()) if levels is None or k in levels else p
+            for k, p in enumerate(maps)]
 
 
-def shuffled_maps(maps, generator: torch.Generator) -> list[Tensor]:
-    """Every map with its cells permuted at random, independently per level and image:
-    the same values (so the same sharpness and total mass), at random places."""
+def shuffled_maps(maps, generator: torch.Generator, levels=None) -> list[Tensor]:
+    """Every map (or the maps of ``levels`` only) with its cells permuted at random,
+    independently per level and image: the same values (so the same sharpness and total
+    mass), at random places."""
     out = []
-    for p in maps:
+    for k, p in enumerate(maps):
+        if levels is not None and k not in levels:
+            out.append(p)
+            continue
         flat = p.flatten(1)
         order = torch.argsort(torch.rand(flat.shape, generator=generator), dim=1).to(flat.device)
         out.append(torch.gather(flat, 1, order).view_as(p))
@@ -157,22 +166,31 @@ def maps_replaced(model, transform):
 
 
 def map_ablation(model, dataset: Dataset, threshold: float, batch_size: int = 64, device="cpu",
-                 seed: int = 0) -> dict:
+                 seed: int = 0, per_level: bool = True) -> dict:
     """Balanced accuracy (at ``threshold``) and AUC of ``model`` on ``dataset`` with its own
-    maps, with uniform maps and with shuffled maps, and the changes
-    (``delta_bacc_uniform`` = uniform − own, etc.)."""
+    maps, with uniform maps and with shuffled maps, and the changes (``delta_bacc_uniform``
+    = uniform − own, ``delta_auc_shuffled``, etc.: every level replaced at once).  With
+    ``per_level``, also each level alone (``delta_auc_shuffled_L0``, ...).  Every shuffle
+    starts from ``seed``, so the all-levels rows are the same with or without the others."""
     if not getattr(model, "has_attention", True):
         raise ValueError("the map ablation needs a model with attention maps")
     own = predict(model, dataset, batch_size, device)
     result = {f"{k}": v for k, v in classification(own["logits"], own["labels"], threshold).items()}
-    generator = torch.Generator().manual_seed(seed)
-    for name, transform in (("uniform", uniform_maps), ("shuffled", lambda m: shuffled_maps(m, generator))):
-        with maps_replaced(model, transform):
-            changed = predict(model, dataset, batch_size, device)
-        metrics = classification(changed["logits"], changed["labels"], threshold)
-        result[f"bacc_{name}"], result[f"auc_{name}"] = metrics["bacc"], metrics["auc"]
-        result[f"delta_bacc_{name}"] = metrics["bacc"] - result["bacc"]
-        result[f"delta_auc_{name}"] = metrics["auc"] - result["auc"]
+    levels = len(model.config.attention_blocks)
+    scopes = [("", None)] + ([(f"_L{k}", (k,)) for k in range(levels)] if per_level else [])
+    for name in ABLATIONS:
+        for suffix, chosen in scopes:
+            generator = torch.Generator().manual_seed(seed)
+
+            def transform(maps, name=name, chosen=chosen, generator=generator):
+                return uniform_maps(maps, chosen) if name == "uniform" else shuffled_maps(maps, generator, chosen)
+
+            with maps_replaced(model, transform):
+                changed = predict(model, dataset, batch_size, device)
+            metrics = classification(changed["logits"], changed["labels"], threshold)
+            result[f"bacc_{name}{suffix}"], result[f"auc_{name}{suffix}"] = metrics["bacc"], metrics["auc"]
+            result[f"delta_bacc_{name}{suffix}"] = metrics["bacc"] - result["bacc"]
+            result[f"delta_auc_{name}{suffix}"] = metrics["auc"] - result["auc"]
     return result
 
 
@@ -185,6 +203,34 @@ def randomised_copy(model, seed: int = 0):
         torch.manual_seed(seed)
         fresh = type(model)(config=model.config)
     return fresh.to(device).eval()
+
+
+def cascade_stages(model) -> list[tuple[str, list[str]]]:
+    """The model's layers in the order the cascading randomisation re-initialises them, from
+    the top (Adebayo et al., 2018): ``[(stage, parameter-name prefixes)]``: the classifier,
+    then the attention (score heads, learned duals, learned temperature), then the encoder's
+    blocks from the deepest to the first."""
+    stages = [("classifier", ["classifier."])]
+    if getattr(model, "has_attention", True):
+        stages.append(("attention", ["heads.", "attention.", "log_temperature"]))
+    for k in reversed(range(len(model.blocks))):
+        stages.append((f"block{k + 1}", [f"blocks.{k}."]))
+    return stages
+
+
+def cascading_copies(model, seed: int = 0):
+    """Yield ``(stage, copy)``: a copy of ``model`` with every stage of
+    :func:`cascade_stages` up to this one re-initialised (each re-initialised layer's
+    values are those of :func:`randomised_copy` ``(model, seed)``)."""
+    fresh = randomised_copy(model, seed).state_dict()
+    current = copy.deepcopy(model).eval()
+    state = current.state_dict()
+    for stage, prefixes in cascade_stages(model):
+        for key in state:
+            if key.startswith(tuple(prefixes)):
+                state[key] = fresh[key].clone()
+        current.load_state_dict(state)
+        yield stage, current
 
 
 def rank_correlation(a, b) -> float:
@@ -203,26 +249,38 @@ def rank_correlation(a, b) -> float:
     return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
 
 
-def native_form(m: Tensor) -> Tensor:
-    """A map at its own resolution as the pixel protocol scores it: ``(C, H, W)`` summed
-    over channels in absolute value, ``(h, w)`` clipped at zero."""
+def native_form(m: Tensor, signed: bool = False) -> Tensor:
+    """A map at its own resolution: an input attribution ``(C, H, W)`` summed over channels
+    in absolute value (``signed``: with its signs), a grid map ``(h, w)`` in absolute value
+    (``signed``: as it is; attention maps are non-negative, so both agree there)."""
     m = m.detach().double().cpu()
-    return m.abs().sum(0) if m.dim() == 3 else m.clamp(min=0)
+    if m.dim() == 3:
+        return m.sum(0) if signed else m.abs().sum(0)
+    return m if signed else m.abs()
 
 
 def randomisation_check(model, images: Tensor, target: str = "true", seed: int = 0, posthoc: bool = True,
                         original: dict | None = None) -> list[dict]:
-    """Rows ``{method, level, position, spearman}``: for every explanation of ``model`` on
-    ``images`` ``(B, C, H, W)`` (:func:`convex_attention.paper.explain.explanations`;
-    ``original``: those maps if already computed), the rank correlation with the same
-    explanation of :func:`randomised_copy` ``(model, seed)``, per image."""
+    """The cascading model-parameter randomisation check (Adebayo et al., 2018).
+
+    The model's layers are re-initialised in turn from the top (:func:`cascade_stages`:
+    the classifier, the attention, then the blocks from the deepest), each stage keeping
+    the ones before re-initialised; after every stage each explanation of ``images``
+    ``(B, C, H, W)`` (:func:`convex_attention.paper.explain.explanations`; ``original``:
+    the trained model's, if already computed) is compared with the trained model's by
+    Spearman's rank correlation, on absolute and on signed maps.  Rows ``{stage,
+    stage_index, method, level, position, spearman_abs, spearman_signed}`` (near 0: the
+    explanation depends on those weights; near 1: it does not)."""
     if original is None:
         original = explanations(model, images, target, posthoc)
-    randomised = explanations(randomised_copy(model, seed), images, target, posthoc)
     rows = []
-    for key, m in original.items():
-        r = randomised[key]
-        for j in range(len(images)):
-            rows.append({"method": key[0], "level": key[1], "position": j,
-                         "spearman": rank_correlation(native_form(m[j]), native_form(r[j]))})
+    for index, (stage, randomised_model) in enumerate(cascading_copies(model, seed)):
+        randomised = explanations(randomised_model, images, target, posthoc)
+        for key, m in original.items():
+            r = randomised[key]
+            for j in range(len(images)):
+                rows.append({"stage": stage, "stage_index": index, "method": key[0], "level": key[1],
+                             "position": j, "spearman_abs": rank_correlation(native_form(m[j]), native_form(r[j])),
+                             "spearman_signed": rank_correlation(native_form(m[j], True),
+                                                                 native_form(r[j], True))})
     return rows

@@ -41,18 +41,27 @@ five standard errors; with ``n = 160`` (the tests) about 0.028.
     next to the attention rows.  The lesion pixel prevalence (the AP of a random map) is
     reported with it.
 
-(c) ``uniform_attention``: **uniform attention is clearly worse.**  A model that pools
-    uniformly (average pooling) scores at least 0.10 lower balanced accuracy than the
-    attention model, in the full setting.  This needs trained models: pass the two
-    numbers (:func:`check_uniform_attention`, or ``--attention-bacc`` and
-    ``--uniform-bacc``); without them the check is reported as not run, and ``data check``
-    judges the benchmark on the other checks.  The experiment's
-    dev stage runs it on the development split (the proposed variant against a plain CNN
-    with the same seeds) and records the verdict in the variants file (there (c) must run:
-    a dev stage without the plain CNN cannot accept its benchmark), so a benchmark is
-    accepted or rejected before the test split is touched.  Why it is hard to pass when
-    the plain CNN shares the attention model's trunk (an attention classifier's decision
-    is a uniform pooling of gated features): docs/experiment.md §6.
+(c′) ``maps_drive_ranking``: **the maps drive the model's ranking.**  On the development
+    split, the unconstrained ``softmax`` model (the reference, not a method on trial) with
+    every map's cells shuffled at test time (each map keeps its values, so its sharpness
+    and mass, and loses only its locations, which is what AP scores) ranks the images
+    worse: its ROC AUC drops by **at least 0.05**, as the mean over the dev seeds (at least
+    :data:`MIN_RANKING_SEEDS`), **and the 95 % t-interval of that mean excludes 0**
+    (:func:`check_maps_drive_ranking`).  AUC, not balanced accuracy: on the rim benchmark
+    the uniform ablation moved balanced accuracy by −0.16 while AUC moved by 0.000, the
+    maps only shifting the logits.  This needs trained models, so ``data check`` reports it
+    as not run; the experiment's dev stage runs it and records the verdict in the variants
+    file, and a benchmark is accepted or rejected before the test split is touched.
+
+(c) ``uniform_attention``: **the accuracy gap to uniform pooling**, reported, never a gate.
+    A model that pools uniformly (the plain CNN) against the attention model: the
+    difference of balanced accuracies (:func:`check_uniform_attention`; ``data check``
+    takes the two numbers with ``--attention-bacc`` and ``--uniform-bacc``).  The
+    benchmark's earlier rule asked it to be at least 0.10; it asks whether attention is
+    needed for *accuracy*, while the paper's claim is that attention maps *explain* better,
+    and an attention classifier's decision is a uniform pooling of gated features, so a
+    plain CNN sharing the trunk can make it (docs/experiment.md).  Its number and interval
+    stay in every report.
 
 (d) ``brain_mask`` (BraTS, or any dataset with a ``brain_mask(index)`` method): **a
     shortcut control.**  The held-out logistic regression of (a) on the binary brain mask
@@ -72,20 +81,28 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 __all__ = ["CheckResult", "QUANTILES", "THRESHOLDS", "PASSES_BELOW", "collect", "location_free_features",
-           "check_location_free", "check_pixel_map", "check_uniform_attention", "check_brain_mask",
+           "check_location_free", "check_pixel_map", "check_maps_drive_ranking", "check_uniform_attention",
+           "check_brain_mask", "REPORTED_ONLY", "MIN_RANKING_SEEDS", "MIN_COMPARED_AUC",
            "brain_mask_features", "run_checks", "accepted"]
 
 QUANTILES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
-#: Pass thresholds: (a) and (d) at most, (b) at most, (c) at least.
-THRESHOLDS = {"location_free": 0.60, "pixel_map": 0.30, "uniform_attention": 0.10, "brain_mask": 0.60}
-#: Which side of its threshold each check passes on (True: at most; (c) alone: at least).
-PASSES_BELOW = {name: name != "uniform_attention" for name in THRESHOLDS}
+#: Pass thresholds: (a), (b) and (d) at most; (c′) and the reported (c) at least.
+THRESHOLDS = {"location_free": 0.60, "pixel_map": 0.30, "maps_drive_ranking": 0.05, "uniform_attention": 0.10,
+              "brain_mask": 0.60}
+#: Which side of its threshold each check passes on (True: at most).
+PASSES_BELOW = {name: name not in ("maps_drive_ranking", "uniform_attention") for name in THRESHOLDS}
+#: (c′) is judged over at least this many dev seeds.
+MIN_RANKING_SEEDS = 5
+#: A model is compared (its maps scored against the others') only if its mean dev AUC reaches this.
+MIN_COMPARED_AUC = 0.80
 
 
 @dataclass
 class CheckResult:
     """One check: ``value`` against ``threshold`` (``passes_below``: pass if value <= threshold,
-    else pass if value >= threshold).  A check that did not run (``ran`` False) never passes."""
+    else pass if value >= threshold).  ``ci95``: the half-width of the 95 % interval of a
+    mean ``value``, where the check also asks the interval to exclude 0 (``value - ci95 >
+    0``).  A check that did not run (``ran`` False) never passes."""
 
     name: str
     title: str
@@ -97,12 +114,17 @@ class CheckResult:
     reason: str = ""
     note: str = ""
     detail: dict = field(default_factory=dict)
+    ci95: float | None = None
 
     @property
     def passed(self) -> bool:
         if not self.ran or self.value is None or not math.isfinite(self.value):
             return False
-        return self.value <= self.threshold if self.passes_below else self.value >= self.threshold
+        if self.passes_below:
+            return self.value <= self.threshold
+        if self.ci95 is not None and not (math.isfinite(self.ci95) and self.value - self.ci95 > 0):
+            return False
+        return self.value >= self.threshold
 
     @property
     def status(self) -> str:
@@ -121,9 +143,14 @@ class CheckResult:
         return {**asdict(self), "passed": self.passed, "status": self.status}
 
 
-def accepted(results: list[CheckResult], optional=("uniform_attention",)) -> bool:
-    """True when every check ran and passed, except ``optional`` checks that did not run."""
-    required = [r for r in results if r.ran or r.name not in optional]
+#: Checks that are reported but never decide the verdict.
+REPORTED_ONLY = ("uniform_attention",)
+
+
+def accepted(results: list[CheckResult], optional=("maps_drive_ranking",)) -> bool:
+    """True when every check that decides (all but :data:`REPORTED_ONLY`) ran and passed,
+    except ``optional`` checks that did not run (``data check`` has no trained models)."""
+    required = [r for r in results if r.name not in REPORTED_ONLY and (r.ran or r.name not in optional)]
     return bool(required) and all(r.passed for r in required)
 
 
@@ -339,11 +366,36 @@ def check_pixel_map(train_images, train_masks, test_images, test_masks, seed: in
                                "n_lesion_images": len(lesion_masks)})
 
 
+def check_maps_drive_ranking(drops, min_drop: float = THRESHOLDS["maps_drive_ranking"],
+                             min_seeds: int = MIN_RANKING_SEEDS) -> CheckResult:
+    """Check (c′): ``drops`` holds, per dev seed, the reference (softmax) model's dev AUC
+    minus its AUC with every map's cells shuffled; passes when their mean is at least
+    ``min_drop`` and its 95 % t-interval excludes 0, over at least ``min_seeds`` seeds.
+    Not run (never passed) with fewer seeds or a value that is not finite."""
+    from scipy.stats import t
+
+    title, metric = "the maps drive the ranking", "AUC drop when the maps are shuffled"
+    below = PASSES_BELOW["maps_drive_ranking"]
+    values = [] if drops is None else [float(d) for d in drops]
+    if len(values) < min_seeds or not all(math.isfinite(v) for v in values):
+        why = (f"needs the reference model's AUC drop on at least {min_seeds} dev seeds, got {len(values)}"
+               if len(values) < min_seeds else "an AUC drop is not finite (a model failed to train)")
+        return CheckResult("maps_drive_ranking", title, metric, None, min_drop, passes_below=below, ran=False,
+                           reason=why, detail={"drops": values})
+    mean = float(np.mean(values))
+    half = float(t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
+    return CheckResult("maps_drive_ranking", title, metric, mean, min_drop, passes_below=below, ci95=half,
+                       note=f"+- {half:.3f} (95 %, {len(values)} seeds): interval [{mean - half:.3f}, "
+                            f"{mean + half:.3f}] must exclude 0; per seed {', '.join(f'{v:.3f}' for v in values)}",
+                       detail={"drops": values})
+
+
 def check_uniform_attention(attention_bacc: float | None, uniform_bacc: float | None,
                             min_gap: float = THRESHOLDS["uniform_attention"]) -> CheckResult:
-    """Check (c): ``attention_bacc - uniform_bacc >= min_gap`` (balanced accuracies of an
-    attention model and of the same model pooling uniformly, on held-out data)."""
-    title, metric = "uniform attention is clearly worse", "balanced-accuracy gap"
+    """Check (c), reported and never a gate: ``attention_bacc - uniform_bacc`` (balanced
+    accuracies of an attention model and of the same model pooling uniformly, on held-out
+    data), against the earlier rule's 0.10."""
+    title, metric = "accuracy gap to uniform pooling (reported)", "balanced-accuracy gap"
     below = PASSES_BELOW["uniform_attention"]
     if attention_bacc is None or uniform_bacc is None:
         return CheckResult("uniform_attention", title, metric, None, min_gap, passes_below=below, ran=False,
@@ -400,6 +452,7 @@ def run_checks(train, test, seed: int = 0, attention_bacc: float | None = None,
     te_img, te_lab, te_mask, te_brain = collect(test, limit)
     results = [check_location_free(tr_img, tr_lab, te_img, te_lab),
                check_pixel_map(tr_img, tr_mask, te_img, te_mask, seed),
+               check_maps_drive_ranking(None),
                check_uniform_attention(attention_bacc, uniform_bacc)]
     if tr_brain is not None and te_brain is not None:
         results.append(check_brain_mask(tr_brain, tr_lab, te_brain, te_lab))

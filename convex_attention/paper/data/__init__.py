@@ -21,10 +21,17 @@ __all__ = ["SyntheticLesions", "BraTSSlices", "FolderDataset", "labels_only", "b
 
 class InMemory(Dataset):
     """All items of a dataset materialised once (synthetic images are otherwise rendered
-    again in every epoch)."""
+    again in every epoch), with the decisive masks where the dataset knows them
+    (:meth:`decisive_mask`)."""
 
     def __init__(self, dataset: Dataset):
-        items = [dataset[i] for i in range(len(dataset))]
+        if hasattr(dataset, "render"):  # one render gives the item and its decisive mask
+            rendered = [dataset.render(i) for i in range(len(dataset))]
+            items = [(r["image"], r["label"], r["mask"]) for r in rendered]
+            self.decisive = torch.stack([r["decisive"] for r in rendered])
+        else:
+            items = [dataset[i] for i in range(len(dataset))]
+            self.decisive = None
         self.images = torch.stack([it[0] for it in items])
         self.labels = torch.stack([torch.as_tensor(it[1]) for it in items])
         self.masks = torch.stack([it[2] for it in items])
@@ -34,6 +41,13 @@ class InMemory(Dataset):
 
     def __getitem__(self, index: int):
         return self.images[index], self.labels[index], self.masks[index]
+
+    def decisive_mask(self, index: int):
+        """The pixels of the structure that decides the label (ValueError where the data do
+        not say which structure decides)."""
+        if self.decisive is None:
+            raise ValueError("these data do not say which structure decides the label")
+        return self.decisive[index]
 
 
 def build_datasets(source: str = "synthetic", root: str | None = None, image_size: int = 128, channels: int = 4,

@@ -375,8 +375,11 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
     ``details=True`` a dict with those under ``image``, ``label``, ``mask`` and also
     ``compartment`` ((S, S) int8: 0 tissue, 1 core signature, 2 rim signature),
     ``structure`` ((S, S) int16: the structure's number, -1 for tissue), ``kinds``
-    (each structure's kind: ``"lesion"`` or a mimic type), ``areas`` (pixels) and
-    ``dropped`` (structures that found no room; 0 in practice from S = 48 on).
+    (each structure's kind: ``"lesion"`` or a mimic type), ``areas`` (pixels),
+    ``dropped`` (structures that found no room; 0 in practice from S = 48 on) and
+    ``decisive`` ((S, S) bool): the structure that decides the label (under the presence
+    rule the lesion, in lesion images only; under the brightest rule the brightest
+    structure, in every image: the lesion when the label is 1, a mimic when it is 0).
 
     ``label_rule``: ``"presence"`` (the ``"rim"`` benchmark: label 1 when a lesion is
     present) or ``"brightest"`` (:class:`SyntheticBrightestLesions`: every image holds one
@@ -436,8 +439,12 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
     mask = mask.view(S, S)
     if not details:
         return img, label, mask
+    # the structure that decides the label: the brightest (either label) under the
+    # brightest rule; the lesion (lesion images only) under the presence rule
+    deciding = max(range(len(kinds)), key=amplitudes.__getitem__) if brightest else (lesion_slot if label else -1)
     out = {"image": img, "label": label, "mask": mask, "compartment": compartment.view(S, S),
-           "structure": structure.view(S, S), "kinds": kinds, "areas": areas, "dropped": dropped}
+           "structure": structure.view(S, S), "kinds": kinds, "areas": areas, "dropped": dropped,
+           "decisive": (structure == deciding).view(S, S) if deciding >= 0 else torch.zeros(S, S, dtype=torch.bool)}
     if brightest:
         out.update(amplitudes=amplitudes, offset=offset, specks=specks)
     return out
@@ -627,6 +634,12 @@ class SyntheticRimLesions(Dataset):
     def render(self, index: int) -> dict:
         """Image ``index`` with its structures: see :func:`render_rim_image` (``details=True``)."""
         return self._render(index, True)
+
+    def decisive_mask(self, index: int) -> Tensor:
+        """``(S, S)`` bool: the pixels of the structure that decides image ``index``'s label
+        (the lesion in a lesion image under the presence rule; the brightest structure,
+        lesion or mimic, under the brightest rule)."""
+        return self._render(index, True)["decisive"]
 
 
 class SyntheticBrightestLesions(SyntheticRimLesions):
