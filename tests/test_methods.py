@@ -17,7 +17,7 @@ def test_built_in_records_state_what_each_method_can_do():
         "softmax": (False, False, False, False, True, False),
         "exact": (False, True, True, True, True, False),
         "cvxpylayers": (False, True, True, True, False, True),
-        "dual": (False, True, True, True, False, False),
+        "dual": (False, True, True, True, True, False),
         "learned_dual": (True, True, False, False, True, False),
     }
     assert all(m.differentiable for m in REGISTRY.values() if m.name in ca.METHODS)
