@@ -200,7 +200,7 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     rounding can reach).  ``temps``: floats or 0-d tensors (differentiated through).
     """
     dtype = scores[0].dtype
-    floats = [float(t) for t in temps]
+    floats = [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
     options = check_dual_options(options, h, scores[0].shape[0], scores[0].device, floats)
     work = options.pop("dtype")
     info: dict = {}
@@ -258,8 +258,9 @@ def _check_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-def _check_init(init, h: Graph, batch: int, device) -> list[Tensor] | None:
-    """``None``, or ``E`` finite floating tensors ``(B, *shapes[coarse(e)])``, ``(1, …)`` or ``shapes[coarse(e)]``."""
+def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | None:
+    """``None``, or ``E`` finite floating tensors ``(B, *shapes[coarse(e)])``, ``(1, …)`` or ``shapes[coarse(e)]``
+    (``batch`` None: any leading size, for checks made before the scores are known)."""
     if init is None:
         return None
     n = h.num_edges
@@ -277,9 +278,11 @@ def _check_init(init, h: Graph, batch: int, device) -> list[Tensor] | None:
             raise TypeError(f"dual option init[{k}] must be a floating tensor, got dtype {start.dtype}")
         if tuple(start.shape) == shape:
             start = start.unsqueeze(0)
-        if start.dim() != 1 + len(shape) or tuple(start.shape[1:]) != shape or start.shape[0] not in (1, batch):
-            raise ValueError(f"dual option init[{k}] must have shape {shape}, (1, *{shape}) or ({batch}, *{shape}) "
-                             f"for constraint {k}, got {tuple(start.shape)}")
+        if start.dim() != 1 + len(shape) or tuple(start.shape[1:]) != shape or \
+                (batch is not None and start.shape[0] not in (1, batch)):
+            raise ValueError(f"dual option init[{k}] must have shape {shape}, (1, *{shape}) or "
+                             f"({'B' if batch is None else batch}, *{shape}) for constraint {k}, "
+                             f"got {tuple(start.shape)}")
         if device is not None and start.device != torch.device(device):
             raise ValueError(f"dual option init[{k}] is on {start.device}, the scores on {device}")
         if not bool(torch.isfinite(start).all()):
@@ -288,7 +291,8 @@ def _check_init(init, h: Graph, batch: int, device) -> list[Tensor] | None:
     return out
 
 
-def check_dual_options(options: dict, h: Graph, batch: int, device, temps: Sequence[float] | None = None) -> dict:
+def check_dual_options(options: dict, h: Graph, batch: int | None, device,
+                       temps: Sequence[float] | None = None) -> dict:
     """Validate the options of the ``"dual"`` method before any work; returns them with the
     defaults filled in (``dtype`` included).  Raises TypeError/ValueError naming the option
     and its accepted range.  With ``temps``, also checks that the working ``dtype`` can
@@ -389,9 +393,22 @@ def _evaluate(etas: Sequence[Tensor], h: Graph, temps: Sequence[float], violatio
     g, pieces = _objective(etas, temps)
     if not violation:
         return g, None, None, []
+    viol, gap, probs = _measure(pieces, h, g, duals)
+    return g, viol, gap, probs
+
+
+def _measure(pieces: _Pieces, h: Graph, g: Tensor, duals: Sequence[Tensor] | None = None):
+    """The violation, the relative duality gap (``None`` without ``duals``) and ``p(λ)`` from the
+    softmax pieces of :func:`_objective` and ``g = g(λ)``."""
     probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) for z, lse, shape in pieces]
     gap = None if duals is None else dual_gap_terms(g, probs, duals, h)[1]
-    return g, _violation(probs, h), gap, probs
+    return _violation(probs, h), gap, probs
+
+
+def _pick_pieces(take: Tensor, a: _Pieces, b: _Pieces) -> _Pieces:
+    """Per sample, the pieces ``a`` where ``take`` ``(B,)`` is True, else ``b``."""
+    return [(torch.where(take.unsqueeze(1), za, zb), torch.where(take, la, lb), shape)
+            for (za, la, shape), (zb, lb, _) in zip(a, b)]
 
 
 def _sweep(h: Graph, temps: Sequence[float], lam: list[Tensor], etas: list[Tensor], mask: Tensor):
@@ -411,8 +428,9 @@ def _sweep(h: Graph, temps: Sequence[float], lam: list[Tensor], etas: list[Tenso
         a, b = h.edges[e]
         ta, tb = temps[a], temps[b]
         bmax = h.block_max(etas[a], e)
-        _, blocksum, zmax = h.block_exp(h.combine_broadcast(etas[a], bmax, e, torch.sub).div_(ta), e)
-        message = bmax + ta * (zmax + blocksum.log())
+        # (η_a − blockmax) / τ_a is at most 0 with a 0 in every block, so its exp needs no second shift
+        blocksum = h.aggregate(h.combine_broadcast(etas[a], bmax, e, torch.sub).div_(ta).exp_(), e)
+        message = bmax + ta * blocksum.log()
         delta = centre((tb * message - ta * etas[b]) / (ta + tb))
         delta = delta * mask.view((-1,) + (1,) * len(h.shapes[b]))
         lam[e] = lam[e] + delta
@@ -464,34 +482,33 @@ def _pick(take: Tensor, a: Sequence[Tensor], b: Sequence[Tensor]) -> list[Tensor
 
 
 def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float], lam: list[Tensor],
-                      etas: list[Tensor], g_now: Tensor, active: Tensor):
+                      etas: list[Tensor], g_now: Tensor, pieces: _Pieces, active: Tensor):
     """A damped Newton step on ``g`` from ``lam`` (logits ``etas``, value ``g_now``), per sample.
 
     The direction solves ``∇²g d = −∇g`` on the mean-zero subspace (the dense Hessian and its
     Cholesky factor, :mod:`convex_attention.hessian`); the step lengths of
     :data:`_NEWTON_STEPS` are tried in turn and the first with ``g ≤ g_now`` is taken (the
-    safeguard: NaN never passes).  Returns ``(lam, etas, g, taken)`` with the old values
-    where no step was taken."""
+    safeguard: NaN never passes).  ``pieces``: the softmax pieces at ``lam`` (:func:`_objective`).
+    Returns ``(lam, etas, g, pieces, taken)`` with the old values where no step was taken."""
     hess = get_hessian(h, lam[0].device)
-    _, pieces = _objective(etas, temps)
     probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) for z, lse, shape in pieces]
     factor, ok = hess.factor(hess.dense(probs, temps))
     direction = -torch.cholesky_solve(hess.gradient(probs).unsqueeze(2), factor).squeeze(2)
     start = _flatten(lam)
     taken = torch.zeros_like(active)
-    best_lam, best_etas, best_g = lam, etas, g_now
+    best_lam, best_etas, best_g, best_pieces = lam, etas, g_now, pieces
     for step in _NEWTON_STEPS:
         need = active & ok & ~taken
         if not bool(need.any()):
             break
         cand = _unflatten(start + step * direction, h)
         cand_etas = reparameterized_logits(scores, cand, h)
-        cand_g, _ = _objective(cand_etas, temps)
+        cand_g, cand_pieces = _objective(cand_etas, temps)
         take = need & (cand_g <= g_now)  # False for NaN: the safeguard
         best_lam, best_etas = _pick(take, cand, best_lam), _pick(take, cand_etas, best_etas)
-        best_g = torch.where(take, cand_g, best_g)
+        best_g, best_pieces = torch.where(take, cand_g, best_g), _pick_pieces(take, cand_pieces, best_pieces)
         taken = taken | take
-    return best_lam, best_etas, best_g, taken
+    return best_lam, best_etas, best_g, best_pieces, taken
 
 
 def spanning_forest_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence) -> list[Tensor]:
@@ -599,20 +616,22 @@ def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: 
         xs.append(_flatten(lam))
         gxs.append(_flatten(swept))
         del xs[:-(_ANDERSON_MEMORY + 1)], gxs[:-(_ANDERSON_MEMORY + 1)]
-        new_g, _, _, _ = _evaluate(swept_etas, h, temps, violation=False)
+        new_g, new_pieces = _objective(swept_etas, temps)
         new, new_etas = swept, swept_etas
         if len(xs) > 1:
             extra = _unflatten(_anderson(xs, gxs), h)
             extra_etas = reparameterized_logits(scores, extra, h)
-            extra_g, _, _, _ = _evaluate(extra_etas, h, temps, violation=False)
+            extra_g, extra_pieces = _objective(extra_etas, temps)
             take = active & (extra_g <= new_g)  # False for NaN: the safeguard
             new, new_etas = _pick(take, extra, swept), _pick(take, extra_etas, swept_etas)
-            new_g = torch.where(take, extra_g, new_g)
+            new_g, new_pieces = torch.where(take, extra_g, new_g), _pick_pieces(take, extra_pieces, new_pieces)
         if use_newton:
-            new, new_etas, new_g, took = _newton_candidate(h, scores, temps, new, new_etas, new_g, active)
+            new, new_etas, new_g, new_pieces, took = _newton_candidate(h, scores, temps, new, new_etas, new_g,
+                                                                       new_pieces, active)
             newton_steps += took.long()
         lam, etas = _pick(active, new, lam), _pick(active, new_etas, etas)
-        new_g, new_viol, new_gap, _ = _evaluate(etas, h, temps, duals=lam)
+        # measured at the chosen point from its own softmax pieces (g is not computed twice)
+        new_viol, new_gap, _ = _measure(new_pieces, h, new_g, new)
         g, viol = torch.where(active, new_g, g), torch.where(active, new_viol, viol)
         gap = torch.where(active, new_gap, gap)
         iterations += active.long()

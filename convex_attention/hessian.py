@@ -178,26 +178,28 @@ class DualHessian:
             for cu, su in sides:
                 v.index_add_(1, cu, p if su > 0 else -p)
             low_rank.append(v / math.sqrt(temps[k]))
-        H3 = H.view(B, D, D)
         V = torch.stack(low_rank, 2)  # (B, D, maps)
-        return H3 - V @ V.transpose(1, 2)
+        return H.view(B, D, D).baddbmm_(V, V.transpose(1, 2), alpha=-1.0)
 
     def factor(self, H: Tensor, ridge: float = 1e-12) -> tuple[Tensor, Tensor]:
         """Cholesky factors of ``H + scale·(gauge + ridge·I)`` per sample (``scale``: the mean
-        diagonal), with a larger ridge for samples where it fails.  Returns ``(L, ok)``:
-        ``L`` ``(B, D, D)`` and ``ok`` ``(B,)`` (False where no factor was found)."""
+        diagonal), with a larger ridge for samples where it fails.  ``H`` ``(B, D, D)`` is
+        overwritten.  Returns ``(L, ok)``: ``L`` ``(B, D, D)`` and ``ok`` ``(B,)`` (False where
+        no factor was found)."""
         scale = H.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(H.dtype).tiny).view(-1, 1, 1)
         eye = torch.eye(self.dim, dtype=H.dtype, device=H.device)
-        base = H + scale * self.gauge(H.dtype)
-        L, info = torch.linalg.cholesky_ex(base + (ridge * scale) * eye)
+        H.addcmul_(scale, self.gauge(H.dtype) + ridge * eye)
+        L, info = torch.linalg.cholesky_ex(H)
         ok = info == 0
+        if bool(ok.all()):
+            return L, ok
         for bump in (1e-9, 1e-6):
-            if bool(ok.all()):
-                break
-            L2, info2 = torch.linalg.cholesky_ex(base + (bump * scale) * eye)
+            L2, info2 = torch.linalg.cholesky_ex(H + (bump * scale) * eye)
             fixed = ~ok & (info2 == 0)
             L = torch.where(fixed.view(-1, 1, 1), L2, L)
             ok = ok | fixed
+            if bool(ok.all()):
+                break
         return L, ok
 
 

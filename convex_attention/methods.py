@@ -73,8 +73,9 @@ class Method:
         """ValueError, before any work, when the method cannot solve ``h``: names why and a method that can."""
         if self.accepts(h):
             return
-        able = [m.name for m in REGISTRY.values() if m.accepts(h) and m.consistent] or \
-            [m.name for m in REGISTRY.values() if m.accepts(h)]
+        # consistent methods first, the ones that run on the scores' device before the CPU references
+        able = [m.name for m in sorted(REGISTRY.values(), key=lambda m: (not m.consistent, m.cpu_only))
+                if m.accepts(h)]
         if h.kind == "graph":
             why = f"{h.not_forest_reason()}, which do not nest"
         else:
@@ -132,12 +133,8 @@ def _dual(scores, h, temps, duals, options):
 
 
 def _check_dual_options(options, h):
-    # init depends on the batch: solve checks it with the scores
-    static = {k: v for k, v in options.items() if k != "init"}
-    check_dual_options(static, h, 1, None)
-    if options.get("init") is not None and options.get("warm_start") is True:
-        raise ValueError("dual options init and warm_start=True contradict each other: give starting duals or ask "
-                         "for the spanning forest's closed form, not both")
+    # the batch of init is checked with the scores, by solve
+    check_dual_options(options, h, None, None)
 
 
 def _check_cvxpylayers_options(options, h):
