@@ -38,11 +38,24 @@ from torch import Tensor
 
 from .graph import Graph
 
-__all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT"]
+__all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT",
+           "dense_chunks"]
 
 # The largest stacked dual (entries per sample) whose Hessian is assembled densely and
-# factorised (Cholesky, O(D³) per sample): 1024 takes ~0.05 s per factorisation on one core.
+# factorised (Cholesky, O(D³) per sample; D = 1344 takes ~0.1 s per factorisation on one core).
+# Above it Newton systems are solved by conjugate gradients: faster per instance, but on a
+# hard stress family (D = 1344, τ down to 0.01) 2 of 100 instances missed 1e-10 in 200 sweeps
+# where the dense path needed at most 21 (measured, docs/math.md §7.4).
 DENSE_LIMIT = 1024
+# Dense Hessians are built for at most this many entries at once (128 MiB in float64): the
+# batch is split into chunks of samples.
+DENSE_ENTRIES = 2 ** 24
+
+
+def dense_chunks(batch: int, dim: int) -> list[slice]:
+    """Slices of the batch whose dense ``(chunk, D, D)`` Hessians hold at most :data:`DENSE_ENTRIES`."""
+    size = max(1, DENSE_ENTRIES // max(1, dim * dim))
+    return [slice(i, min(batch, i + size)) for i in range(0, batch, size)]
 
 
 class ImplicitSolveError(RuntimeError):
@@ -222,7 +235,7 @@ def get_hessian(g: Graph, device) -> DualHessian:
     return hess
 
 
-def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], rhs: Tensor, rtol: float,
+def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], rhs: Tensor, rtol: float | Tensor,
               max_iter: int, dense_limit: int = DENSE_LIMIT) -> tuple[Tensor, Tensor, Tensor]:
     """Solve ``∇²g w = rhs`` on the mean-zero subspace by preconditioned conjugate gradients.
 
@@ -230,12 +243,19 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     preconditioner is the dense Cholesky factor of the Hessian (plus the gauge) when
     ``D <= dense_limit`` (one or two iterations then), else block-Jacobi per edge
     (:meth:`DualHessian.block_diagonal`).  Each sample stops once
-    ``‖∇²g w − rhs‖ <= rtol ‖rhs‖`` and is frozen.
+    ``‖∇²g w − rhs‖ <= rtol ‖rhs‖`` (``rtol``: a float or one per sample, ``(B,)``) and is frozen.
 
     Returns ``(w, relative_residual, iterations)``: ``(B, D)``, ``(B,)``, ``(B,)``.
     """
     B = rhs.shape[0]
     rhs = hess.centre(rhs)
+    if hess.dim <= dense_limit and len(dense_chunks(rhs.shape[0], hess.dim)) > 1:
+        # one chunk of samples at a time: their Cholesky factors are kept through the iterations
+        parts = [solve_psd(hess, [p[c] for p in probs], temps, rhs[c],
+                           rtol[c] if isinstance(rtol, Tensor) else rtol, max_iter, dense_limit)
+                 for c in dense_chunks(rhs.shape[0], hess.dim)]
+        ws, relres_parts, iteration_parts = zip(*parts)
+        return torch.cat(ws), torch.cat(relres_parts), torch.cat(iteration_parts)
     norm_b = rhs.norm(dim=1)
     tiny = torch.finfo(rhs.dtype).tiny
     if hess.dim <= dense_limit:

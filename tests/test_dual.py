@@ -613,3 +613,16 @@ def test_the_failure_advice_on_a_graph_points_to_cvxpylayers_not_exact():
     inst = random_graph_instance("axial", batch=1, seed=3, scale=5.0)
     with pytest.raises(ConvergenceError, match=r"method='cvxpylayers'"):
         solve_dual(inst.scores, inst.h, inst.temps, tol=1e-19, max_iter=30)
+
+
+def test_the_inexact_newton_path_for_large_duals(monkeypatch):
+    """Above DENSE_LIMIT entries the Newton system is solved by a few conjugate-gradient
+    iterations instead of a Cholesky factor: same optimum, still Newton steps taken."""
+    import convex_attention.dual as dual_module
+
+    inst = random_graph_instance("mixed-two-resolutions", batch=3, seed=12, scale=3.0)
+    dense = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-11)
+    monkeypatch.setattr(dual_module, "DENSE_LIMIT", 0)
+    iterative = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-11)
+    assert iterative.info["converged"].all() and (iterative.info["newton_steps"] >= 1).all()
+    assert ca.metrics.max_abs_err(iterative.probs, dense.probs).max() < 1e-9

@@ -103,3 +103,25 @@ def test_a_redundant_diamond_is_solved_and_differentiated():
     leaves = [s.clone().requires_grad_() for s in scores]
     assert torch.autograd.gradcheck(lambda *s: tuple(ca.solve(list(s), h, "dual", temperature=temps, tol=1e-13).probs),
                                     leaves, atol=1e-6, rtol=1e-5)
+
+
+def test_dense_hessians_in_chunks_of_samples_give_the_same_answers(monkeypatch):
+    import convex_attention.hessian as hessian_module
+
+    inst = random_graph_instance("grid-regions", batch=5, seed=6, scale=3.0)
+    w = [torch.randn_like(s) for s in inst.scores]
+
+    def run():
+        scores = [s.clone().requires_grad_() for s in inst.scores]
+        sol = ca.solve(scores, inst.h, "dual", temperature=inst.temps, tol=1e-11)
+        grads = torch.autograd.grad(sum((p * x).sum() for p, x in zip(sol.probs, w)), scores)
+        return sol, grads
+
+    whole, whole_grads = run()
+    dim = get_hessian(inst.h, "cpu").dim
+    monkeypatch.setattr(hessian_module, "DENSE_ENTRIES", 2 * dim * dim)
+    assert len(hessian_module.dense_chunks(5, dim)) == 3
+    chunked, chunked_grads = run()
+    assert torch.equal(whole.info["iterations"], chunked.info["iterations"])
+    for a, b in zip(whole.probs + list(whole_grads), chunked.probs + list(chunked_grads)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
