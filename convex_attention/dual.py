@@ -23,7 +23,9 @@ not forests, where the maps are peaked.  Every sweep is therefore followed by ca
 points, each taken only where it lowers ``g`` below the swept point (a safeguard, so ``g``
 decreases monotonically): an Anderson extrapolation of the last sweeps and, on graphs that
 are not forests, a damped Newton step (:mod:`convex_attention.hessian`, backtracking on ``g``).
-The solver stops a sample when both its violation and its relative duality gap
+A forest that is not a chain starts at its closed form by default (``warm_start``), so its
+solve only certifies the optimum.  The solver stops a sample when both its violation and its
+relative duality gap
 ``|g(λ) − f(p(λ))| / max(1, |f(p(λ))|)`` are small.  The gradient of the ``"dual"`` method is
 the implicit-function gradient at its solution: the tree VJP of
 :func:`convex_attention.exact.tree_backward` on forests, conjugate gradients on the dual's
@@ -248,6 +250,13 @@ def _check_flag(value, name: str) -> bool:
     return value
 
 
+def _check_warm_start(value) -> str | bool:
+    if not any(value is c or (isinstance(value, str) and value == c) for c in _NEWTON_CHOICES):
+        raise ValueError(f"dual option warm_start must be 'auto' (the closed form on forests that are not chains), "
+                         f"True or False, got {value!r}")
+    return value
+
+
 def _check_newton(value) -> str | bool:
     if not any(value is c or (isinstance(value, str) and value == c) for c in _NEWTON_CHOICES):
         raise ValueError(f"dual option newton must be 'auto' (Newton steps on graphs that are not forests), True or "
@@ -313,9 +322,9 @@ def check_dual_options(options: dict, h: Graph, batch: int | None, device,
            "record_history": _check_flag(options.get("record_history", False), "record_history"),
            "init": _check_init(options.get("init"), h, batch, device),
            "newton": _check_newton(options.get("newton", "auto")),
-           "warm_start": _check_flag(options.get("warm_start", False), "warm_start"),
+           "warm_start": _check_warm_start(options.get("warm_start", "auto")),
            "dtype": _check_dtype(options.get("dtype", torch.float64))}
-    if out["init"] is not None and out["warm_start"]:
+    if out["init"] is not None and out["warm_start"] is True:
         raise ValueError("dual options init and warm_start=True contradict each other: give starting duals or ask "
                          "for the spanning forest's closed form, not both")
     if temps is not None:
@@ -546,7 +555,7 @@ def spanning_forest_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence) -
 def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: float = 1e-6,
                max_iter: int = 1000, strict: bool = True, record_history: bool = False,
                init: Sequence[Tensor] | None = None, gap_tol: float | None = None, newton="auto",
-               warm_start: bool = False):
+               warm_start="auto"):
     r"""Minimise ``g(λ)`` per sample until ``violation <= tol`` and ``gap <= gap_tol``:
     safeguarded, accelerated block-coordinate descent.
 
@@ -586,7 +595,10 @@ def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: 
             block-Jacobi conjugate gradients (relative residual 1e-2, at most 20 iterations,
             each costing about one sweep).
         warm_start: start from the closed form of a spanning forest (:func:`spanning_forest_duals`;
-            on a forest, the optimum) instead of zero.
+            on a forest, the optimum, so the solve only certifies it) instead of zero: ``True``,
+            ``False`` or ``"auto"`` (default: on forests that are not chains; a chain keeps
+            the cold start it always had, so its results are unchanged; on other graphs the
+            closed form of a spanning forest saved no sweep, measured).
 
     Returns:
         dict with ``duals`` (centred, ``(B, *shapes[coarse(e)])``), ``iterations`` ``(B,)``
@@ -603,15 +615,17 @@ def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: 
     tol, max_iter = _check_tol(tol), _check_max_iter(max_iter)
     gap_tol = tol if gap_tol is None else _check_tol(gap_tol, "gap_tol")
     strict, record_history = _check_flag(strict, "strict"), _check_flag(record_history, "record_history")
-    newton, warm_start = _check_newton(newton), _check_flag(warm_start, "warm_start")
+    newton, warm_start = _check_newton(newton), _check_warm_start(warm_start)
     scores, temps = _check_problem(scores, h, temps)
     B, dtype, device = scores[0].shape[0], scores[0].dtype, scores[0].device
     init = _check_init(init, h, B, device)
-    if init is not None and warm_start:
+    if init is not None and warm_start is True:
         raise ValueError("dual options init and warm_start=True contradict each other: give starting duals or ask "
                          "for the spanning forest's closed form, not both")
+    if warm_start == "auto":
+        warm_start = init is None and h.is_forest and not h.is_chain
     use_newton = bool(newton) if newton != "auto" else not h.is_forest
-    if warm_start:
+    if warm_start is True:
         lam = [centre(x) for x in spanning_forest_duals(scores, h, temps)]
     elif init is None:
         lam = [scores[0].new_zeros((B,) + h.shapes[b]) for _, b in h.edges]

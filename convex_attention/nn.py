@@ -143,7 +143,7 @@ class AmortisedDuals(nn.Module):
         sweeps: block-coordinate sweeps in the features of a graph that is not a hierarchy
             (>= 0; unused on a hierarchy).  Measured on the axial family (8² to 64², N(0, σ²)
             scores, τ = 1, 64 training instances, 150 steps): held-out violation / λ=0's
-            ≤ 0.2 % at σ = 2 with 3 sweeps (≤ 1.6 % with 2); at σ = 3 with τ = (0.5, 2, 1),
+            ≤ 0.2 % at σ = 2 with 3 sweeps (≤ 1.1 % with 2); at σ = 3 with τ = (0.5, 2, 1),
             4–6 % (docs/math.md §8).
     """
 
@@ -395,7 +395,7 @@ class Attended:
     """What a model attends with: the output of :meth:`ConsistentAttention.attend`.
 
     Attributes:
-        maps: ``L`` tensors ``(B, *h.shapes[k])``, each summing to one per sample: the
+        maps: ``M`` tensors ``(B, *h.shapes[k])``, each summing to one per sample: the
             attention maps the model pools its features with.
         solution: the :class:`~convex_attention.Solution` whose ``probs`` are ``maps``
             (its ``violation`` is the maps' violation).
@@ -418,7 +418,8 @@ class ConsistentAttention(nn.Module):
     ``scores[k]``: ``(B, *h.shapes[k])``.
 
     Args:
-        h: the hierarchy of attention levels (finest first).
+        h: the hierarchy of attention levels (finest first) or the graph of maps; a method
+            that cannot solve it (``Method.structures``) is refused here.
         method: a method of the registry (:data:`convex_attention.METHODS`: ``"softmax"``,
             ``"exact"``, ``"dual"``, ``"learned_dual"``, ``"cvxpylayers"``).
         temperature: a positive float or one per level; or a tensor of shape ``()`` or

@@ -140,7 +140,7 @@ def solve(scores: Sequence[Tensor], h: Graph, method: str = "exact", temperature
             training hot path).
         **options: ``"dual"``: ``tol`` (1e-6), ``gap_tol`` (``tol``), ``max_iter`` (1000),
             ``strict`` (True), ``record_history``, ``init``, ``newton`` (``"auto"``),
-            ``warm_start`` (False), ``dtype`` (float64); ``"cvxpylayers"``:
+            ``warm_start`` (``"auto"``), ``dtype`` (float64); ``"cvxpylayers"``:
             ``backend`` (``"diffcp-clarabel"`` default, ``"diffcp-scs"``, ``"moreau"``,
             ``"cuclarabel"``; :func:`convex_attention.cvx.available_backends`),
             ``solve_method``, ``eps``, ``max_iters``, ``accept_tol`` and solver settings.

@@ -437,13 +437,19 @@ def test_failure_advice_is_true():
 
 # ------------------------------------------------------------------ graphs of maps
 
-@pytest.mark.parametrize("case", GRAPH_CASES)
+GRAPH_RUNS = [(case, "auto") for case in GRAPH_CASES] + [(case, False) for case in FOREST_CASES]
+
+
+@pytest.mark.parametrize("case, warm_start", GRAPH_RUNS)
 @pytest.mark.parametrize("batch", [1, 3])
-def test_dual_on_graphs_matches_reference(case, batch):
+def test_dual_on_graphs_matches_reference(case, warm_start, batch):
     """Every family (chain as a graph, stars, trees, axial, grid + cutting regions, mixed,
-    disconnected) against the independent CVXPY reference, float64, to 1e-7."""
+    disconnected) against the independent CVXPY reference, float64, to 1e-7; by default forests
+    start at their closed form, cold (``warm_start=False``) they are solved by the sweeps alone."""
     inst = random_graph_instance(case, batch=batch, seed=10 + batch)
-    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12, warm_start=warm_start)
+    if warm_start is False:
+        assert (sol.info["iterations"] >= 1).all()
     ref_p, ref_d, ref_v = reference_solve(inst.h, inst.scores, inst.temps)
     for got, want in zip(flat_np(sol.probs), ref_p):
         np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
@@ -562,10 +568,15 @@ def test_warm_start_from_a_spanning_forest(case):
     """On a forest the spanning forest's closed form is the optimum: no sweep is needed."""
     inst = random_graph_instance(case, batch=2, seed=11)
     warm = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-10, warm_start=True)
-    cold = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-10)
+    cold = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-10, warm_start=False)
+    auto = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-10)
     assert ca.metrics.max_abs_err(warm.probs, cold.probs).max() < 1e-8
+    assert (cold.info["iterations"] >= 1).all()
     if inst.h.is_forest:
         assert (warm.info["iterations"] == 0).all()
+    # the default: the closed form on forests that are not chains, the cold start elsewhere
+    same = warm if inst.h.is_forest and not inst.h.is_chain else cold
+    assert torch.equal(auto.info["iterations"], same.info["iterations"])
 
 
 @pytest.mark.parametrize("options, exc, message", [
@@ -573,7 +584,7 @@ def test_warm_start_from_a_spanning_forest(case):
     ({"gap_tol": "1e-6"}, TypeError, r"gap_tol must be a positive finite number"),
     ({"newton": "yes"}, ValueError, r"newton must be 'auto'"),
     ({"newton": 1}, ValueError, r"newton must be 'auto'"),
-    ({"warm_start": "forest"}, TypeError, r"warm_start must be True or False"),
+    ({"warm_start": "forest"}, ValueError, r"warm_start must be .auto. \(the closed form on forests"),
     ({"warm_start": True, "init": [torch.zeros(4), torch.zeros(3)]}, ValueError, r"init and warm_start=True"),
     ({"init": [torch.zeros(4)]}, ValueError, r"init must hold one tensor per constraint \(2\)"),
     ({"init": [torch.zeros(4), torch.zeros(4)]}, ValueError, r"init\[1\] must have shape \(3,\)"),
@@ -626,3 +637,50 @@ def test_the_inexact_newton_path_for_large_duals(monkeypatch):
     iterative = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-11)
     assert iterative.info["converged"].all() and (iterative.info["newton_steps"] >= 1).all()
     assert ca.metrics.max_abs_err(iterative.probs, dense.probs).max() < 1e-9
+
+
+# ------------------------------------------------------------------ convergence on graph families
+
+def _family(name, size, rng):
+    """Scaled-down members of the measured families (docs/math.md §7.4)."""
+    from helpers import cutting_regions
+
+    if name == "axial":
+        return ca.Graph.axial((size, size))
+    regions = cutting_regions((size, size), max(3, size), int(rng.integers(1 << 16))).reshape(size, size)
+    if name == "grid-regions":
+        return ca.Graph([(size, size), (size // 4, size // 4), int(regions.max()) + 1], [(0, 1), (0, 2, regions)])
+    if name == "mixed":  # the chain pools by 4x4 blocks: the stacked dual stays below the dense limit
+        return ca.Graph.grid_regions([(size, size), (size // 4, size // 4), (size // 16, size // 16)], regions)
+    if name == "star":
+        return ca.Graph.star([(size, size)] * 3, (size // 4, size // 4))
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize("name", ["axial", "grid-regions", "mixed", "star"])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-6), (torch.float64, 1e-10)])
+def test_every_instance_of_the_families_converges_within_50_sweeps(name, dtype, tol):
+    """N(0, 3²) scores, per-map τ log-uniform in [0.1, 10], 16×16 maps, 24 instances."""
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        h = _family(name, 16, rng)
+        temps = (10 ** rng.uniform(-1, 1, h.num_maps)).tolist()
+        g = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+        scores = [(3 * torch.randn((4,) + s, generator=g, dtype=torch.float64)).to(dtype) for s in h.shapes]
+        sol = ca.solve(scores, h, "dual", temperature=temps, tol=tol, max_iter=50, warm_start=False)
+        assert sol.info["converged"].all() and int(sol.info["iterations"].max()) <= 50
+        assert float(sol.info["violation"].max()) <= tol
+
+
+@pytest.mark.slow  # 100 instances per family at 64×64, normal and hard temperatures
+@pytest.mark.parametrize("name", ["axial", "grid-regions", "mixed"])
+def test_every_instance_converges_at_64x64_normal_and_hard(name):
+    rng = np.random.default_rng(1)
+    for hard in (False, True):
+        for _ in range(25):
+            h = _family(name, 64, rng)
+            temps = (10 ** rng.uniform(-2 if hard else -1, 1, h.num_maps)).tolist()
+            g = torch.Generator().manual_seed(int(rng.integers(1 << 31)))
+            scores = [3 * torch.randn((4,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+            sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-10, max_iter=200 if hard else 50)
+            assert sol.info["converged"].all(), (hard, temps)
