@@ -684,3 +684,16 @@ def test_every_instance_converges_at_64x64_normal_and_hard(name):
             scores = [3 * torch.randn((4,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
             sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-10, max_iter=200 if hard else 50)
             assert sol.info["converged"].all(), (hard, temps)
+
+
+def test_a_graph_without_a_strictly_positive_feasible_point_is_still_solved():
+    """X's cells sit at (row, column) = (1,1), (2,2) and Y's at (1,1), (1,2), (2,2): X makes the
+    row and column marginals equal, so Y's cell (1,2) must be 0 and the dual's infimum is only
+    approached as the duals grow (docs/math.md §7.1).  The solver reaches its tolerances, with
+    that probability driven to zero, and never reports NaN as converged."""
+    g = ca.Graph.from_edges([2, 3, 2, 2], [(0, 2, [0, 1]), (0, 3, [0, 1]), (1, 2, [0, 0, 1]), (1, 3, [0, 1, 1])])
+    scores = [torch.randn(2, n, dtype=torch.float64, generator=torch.Generator().manual_seed(n)) for n in g.sizes]
+    sol = ca.solve(scores, g, "dual", tol=1e-10)
+    assert sol.info["converged"].all() and (sol.violation <= 1e-10).all()
+    assert float(sol.probs[1][:, 1].max()) < 1e-9
+    assert all(torch.isfinite(d).all() for d in sol.duals)
