@@ -1,17 +1,19 @@
 r"""The consistency-constrained attention problem as a CVXPY problem inside a
 ``cvxpylayers`` ``CvxpyLayer``: the slow, trusted reference solver.
 
-For every sample::
+For every sample, on a hierarchy or any graph of maps (edges ``e = (a → b)``)::
 
     maximise   Σ_k θ_kᵀ p_k + τ_k Σ_i entr(p_k)_i
-    subject to P_k p_k = p_{k+1}   (k = 0 … L-2),     1ᵀ p_{L-1} = 1
+    subject to P_e p_a = p_b   (every edge),     1ᵀ p_s = 1   (one map s per connected component)
 
 (``entr`` keeps ``p_k >= 0``; the consistency constraints carry the simplex constraint of
-the top level down to every other level.)  The problem is DPP in the parameters ``θ_k``,
-so it is canonicalised once per ``(hierarchy, temperatures, backend)`` and kept in a
-bounded (LRU) cache.  The layer returns the probabilities and the consistency-constraint
-duals, which in CVXPY's sign convention are exactly the ``λ_k`` of docs/design.md §2;
-they are centred per sample.
+one map to every other map of its component: pooling preserves sums.  Each component's
+simplex constraint sits on its smallest map, ties to the highest index: the top level of a
+hierarchy.  More simplex constraints would be redundant equalities, which interior-point
+solvers handle badly.)  The problem is DPP in the parameters ``θ_k``, so it is canonicalised
+once per ``(structure, temperatures, backend)`` and kept in a bounded (LRU) cache.  The
+layer returns the probabilities and the consistency-constraint duals, which in CVXPY's sign
+convention are exactly the ``λ_e`` of docs/design.md §2; they are centred per sample.
 
 **Backends** (option ``backend``; :data:`BACKENDS`, :func:`available_backends`): the
 ``cvxpylayers`` interface and its conic solver.
@@ -50,12 +52,13 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from .hierarchy import Hierarchy
+from .graph import Graph
 from .metrics import dual_objective, objective
 
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
@@ -215,37 +218,45 @@ class SolverFailure(RuntimeError):
     the sample and the solver's status."""
 
 
-def aggregation_matrix(h: Hierarchy, k: int):
-    """``P_k`` as a scipy CSR matrix ``(n_{k+1}, n_k)`` on the flattened (C-order) cells."""
+def aggregation_matrix(h: Graph, e: int):
+    """``P_e`` of edge ``e = (a → b)`` as a scipy CSR matrix ``(n_b, n_a)`` on the flattened
+    (C-order) cells (on a hierarchy ``P_k``, ``(n_{k+1}, n_k)``)."""
     import scipy.sparse as sp
 
-    parents = h.parents(k).numpy()
-    n = h.sizes[k]
-    return sp.csr_matrix((np.ones(n), (parents, np.arange(n))), shape=(h.sizes[k + 1], n))
+    a, b = h.edges[e]
+    parents = h.parents(e).numpy()
+    n = h.sizes[a]
+    return sp.csr_matrix((np.ones(n), (parents, np.arange(n))), shape=(h.sizes[b], n))
+
+
+def simplex_maps(h: Graph) -> list[int]:
+    """The map of each connected component that carries its simplex constraint: the smallest,
+    ties to the highest index (the top level of a hierarchy)."""
+    return [max(comp, key=lambda k: (-h.sizes[k], k)) for comp in h.components]
 
 
 class CvxpyAttentionLayer:
-    """The CVXPY problem of one ``(hierarchy, temperatures)`` and its ``CvxpyLayer`` on one
+    """The CVXPY problem of one ``(structure, temperatures)`` and its ``CvxpyLayer`` on one
     backend (a name of :data:`BACKENDS`).
 
     Build it once (or take it from :func:`get_layer`, which caches) and call it on
     batches of flattened scores.  Not thread-safe: one solve at a time per layer.
     """
 
-    def __init__(self, h: Hierarchy, temps: Sequence[float], backend: str = DEFAULT_BACKEND):
+    def __init__(self, h: Graph, temps: Sequence[float], backend: str = DEFAULT_BACKEND):
         import cvxpy as cp
         from cvxpylayers.torch import CvxpyLayer
 
         self.backend = get_backend(backend)
         self.h, self.temps = h, tuple(float(t) for t in temps)
-        L = h.num_levels
+        M = h.num_maps
         self.thetas = [cp.Parameter(n, name=f"theta{k}") for k, n in enumerate(h.sizes)]
         self.probs = [cp.Variable(n, name=f"p{k}") for k, n in enumerate(h.sizes)]
         objective = sum(self.thetas[k] @ self.probs[k] + self.temps[k] * cp.sum(cp.entr(self.probs[k]))
-                        for k in range(L))
-        self.consistency = [aggregation_matrix(h, k) @ self.probs[k] == self.probs[k + 1]
-                            for k in range(L - 1)]
-        constraints = self.consistency + [cp.sum(self.probs[-1]) == 1]
+                        for k in range(M))
+        self.consistency = [aggregation_matrix(h, e) @ self.probs[a] == self.probs[b]
+                            for e, (a, b) in enumerate(h.edges)]
+        constraints = self.consistency + [cp.sum(self.probs[k]) == 1 for k in simplex_maps(h)]
         self.problem = cp.Problem(cp.Maximize(objective), constraints)
         if not self.problem.is_dpp():  # pragma: no cover - a guard on the formulation
             raise RuntimeError("the attention problem must be DPP for cvxpylayers")
@@ -260,22 +271,24 @@ class CvxpyAttentionLayer:
         """Solve a batch. ``flat_scores[k]``: ``(B, n_k)`` float64 tensors (CPU, or CUDA
         where the backend runs there).
 
-        Returns ``(probs, duals)`` as lists of ``(B, n_k)`` / ``(B, n_{k+1})`` tensors.
+        Returns ``(probs, duals)`` as lists of ``(B, n_k)`` (per map) / ``(B, n_coarse(e))``
+        (per edge) tensors.
         """
         self.last_status = None
         if self.backend.interface == "MOREAU":
             out = self._moreau_solve(flat_scores, solver_args)
         else:
             out = self.layer(*flat_scores, solver_args=solver_args)
-        L = self.h.num_levels
-        return list(out[:L]), list(out[L:])
+        M = self.h.num_maps
+        return list(out[:M]), list(out[M:])
 
     def _moreau_solve(self, flat_scores, settings: dict):
         # cvxpylayers 1.2 creates Moreau's solver once, from the options held by the layer's
         # solver context, and per-call settings do not reach it (measured: max_iter=1 per
         # call still solved).  So the options are set on the context and its solvers are
         # rebuilt whenever they change.
-        ctx = self.layer.ctx.solver_ctx
+        # the Moreau context of cvxpylayers 1.2 (its attributes are checked below, not typed there)
+        ctx: Any = self.layer.ctx.solver_ctx
         if settings != self._moreau_options:
             if not all(hasattr(ctx, a) for a in ("options", "_torch_solver_cpu", "_torch_solver_cuda")):
                 raise RuntimeError("this cvxpylayers version's Moreau interface is not the one this module "
@@ -366,7 +379,7 @@ class CvxpyAttentionLayer:
         return str(self.problem.status)
 
 
-def get_layer(h: Hierarchy, temps: Sequence[float], backend: str = DEFAULT_BACKEND) -> CvxpyAttentionLayer:
+def get_layer(h: Graph, temps: Sequence[float], backend: str = DEFAULT_BACKEND) -> CvxpyAttentionLayer:
     """The cached layer of ``(h, temps, backend)``: the CVXPY problem is built once per key.
 
     The cache keeps the :data:`CACHE_SIZE` most recently used layers (a sweep over many
@@ -527,12 +540,12 @@ def _float_temperatures(temps) -> list[float]:
     return out
 
 
-def solve_cvxpylayers(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], **options):
+def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], **options):
     """Solve with the cached CVXPY layer. Differentiable through the layer.
 
     Args:
-        scores: ``L`` tensors ``(B, *h.shapes[k])`` on any device.
-        temps: ``L`` positive floats (tensors that do not require grad are read as floats).
+        scores: ``M`` tensors ``(B, *h.shapes[k])`` on any device.
+        temps: ``M`` positive floats (tensors that do not require grad are read as floats).
         **options: ``backend`` (one of :data:`BACKENDS`, default ``"diffcp-clarabel"``);
             ``solve_method`` (``"Clarabel"`` or ``"SCS"``: the same as backend
             ``"diffcp-clarabel"`` / ``"diffcp-scs"``); ``eps`` (solver tolerance, finite
@@ -547,8 +560,8 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[fl
             rejects is a TypeError.
 
     Returns:
-        ``(probs, duals)``: ``probs[k]`` ``(B, *shapes[k])``, ``duals[k]``
-        ``(B, *shapes[k+1])`` centred, both in the dtype and on the device of ``scores``.
+        ``(probs, duals)``: ``probs[k]`` ``(B, *shapes[k])``, ``duals[e]``
+        ``(B, *shapes[coarse(e)])`` centred, both in the dtype and on the device of ``scores``.
 
     Raises:
         ValueError / TypeError: a bad option (validated before any work).
@@ -595,28 +608,31 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[fl
         _raise_failure(layer, flat_cpu, args, bad, accept_tol, None, cert, max_iters=opts["max_iters"])
     B = scores[0].shape[0]
     probs = [p.reshape((B,) + h.shapes[k]).to(device=device, dtype=dtype) for k, p in enumerate(probs)]
-    duals = [d.reshape((B,) + h.shapes[k + 1]) for k, d in enumerate(duals)]
+    duals = [d.reshape((B,) + h.shapes[b]) for d, (_, b) in zip(duals, h.edges)]
     duals = [(d - d.mean(tuple(range(1, d.dim())), keepdim=True)).to(device=device, dtype=dtype) for d in duals]
     return probs, duals
 
 
-def primal_residual(h: Hierarchy, probs: Sequence[Tensor]) -> Tensor:
-    """Max-abs primal residual per sample of flat probabilities ``(B, n_k)``: ``(B,)``."""
+def primal_residual(h: Graph, probs: Sequence[Tensor]) -> Tensor:
+    """Max-abs primal residual per sample of flat probabilities ``(B, n_k)``: ``(B,)``.
+
+    The simplex residual of each component's simplex map (:func:`simplex_maps`), the negative
+    parts of every map and the consistency residual of every edge."""
     flat_h = h.flat()
     with torch.no_grad():
-        res = (probs[-1].sum(1) - 1).abs()
+        res = torch.stack([(probs[k].sum(1) - 1).abs() for k in simplex_maps(h)]).amax(0)
         for k, p in enumerate(probs):
             res = torch.maximum(res, (-p).clamp(min=0).amax(1))
-            if k < h.num_levels - 1:
-                res = torch.maximum(res, (flat_h.aggregate(p, k) - probs[k + 1]).abs().amax(1))
+            for e in h.out_edges[k]:
+                res = torch.maximum(res, (flat_h.aggregate(p, e) - probs[h.edges[e][1]]).abs().amax(1))
         return res
 
 
-def certificate(h: Hierarchy, temps, flat_scores, probs, duals) -> Tensor:
+def certificate(h: Graph, temps, flat_scores, probs, duals) -> Tensor:
     """Per sample: the larger of the primal residual (:func:`primal_residual`) and the
     relative duality gap ``|g(λ) − f(p)| / max(1, |f(p)|)``: ``(B,)``.
 
-    ``flat_scores[k]``, ``probs[k]``: ``(B, n_k)``; ``duals[k]``: ``(B, n_{k+1})``.
+    ``flat_scores[k]``, ``probs[k]``: ``(B, n_k)``; ``duals[e]``: ``(B, n_coarse(e))``.
     A solution is accepted when this is at most ``accept_tol``; then, by the strong
     concavity of ``τ_k H`` on the simplex, ``‖p_k − p*_k‖₁ <= sqrt(2·gap/τ_k)`` for a
     feasible ``p`` (what ``verify`` holds each backend to).
@@ -652,9 +668,9 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
     # advice: the most accurate other backend that can run here
     others = [b for b in ("diffcp-clarabel", "moreau", "diffcp-scs", "cuclarabel")
               if b != backend.name and b in available_backends()]
-    advice = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
+    hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
         [f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] + \
         ([f"try backend={others[0]!r}"] if others else [])
-    advice = ", ".join(advice[:-1]) + ", or " + advice[-1] if len(advice) > 1 else advice[0]
+    advice = ", ".join(hints[:-1]) + ", or " + hints[-1] if len(hints) > 1 else hints[0]
     raise SolverFailure(f"cvxpylayers[{backend.name}] solve failed for " + "; ".join(lines) + ". "
                         + advice[0].upper() + advice[1:] + ".")

@@ -1,29 +1,35 @@
 r"""Dual decomposition (docs/design.md §2): the reparameterisation p(λ), the dual function g(λ),
-a per-sample dual solver, and the paper's consistency loss.
+a per-sample dual solver for any graph of maps, and the paper's consistency loss.
 
-With a multiplier ``λ_k`` (shape ``shapes[k+1]``) for every constraint ``P_k p_k = p_{k+1}``
-the Lagrangian separates level by level::
+With a multiplier ``λ_e`` (shaped like the coarse map) for every edge ``e = (a → b)``, i.e.
+every constraint ``P_e p_a = p_b``, the Lagrangian separates map by map::
 
-    p_k(λ) = softmax(η_k / τ_k),    η_k = θ_k + λ_{k-1} - P_kᵀ λ_k     (λ_{-1}, λ_{L-1} absent)
-    g(λ)   = Σ_k τ_k logsumexp(η_k / τ_k),    ∇_{λ_k} g = p_{k+1}(λ) - P_k p_k(λ)
+    p_k(λ) = softmax(η_k / τ_k),    η_k = θ_k + Σ_{e: coarse(e)=k} λ_e − Σ_{e: fine(e)=k} P_eᵀ λ_e
+    g(λ)   = Σ_k τ_k logsumexp(η_k / τ_k),    ∇_{λ_e} g = p_b(λ) − P_e p_a(λ)
 
-``g`` is convex, its minimiser makes every constraint hold, and ``min g`` equals the
-optimal primal value.  Each ``λ_k`` is defined up to an additive constant; duals are
-reported mean-zero per sample.
+(on the chain, edge ``k = (k → k+1)``: ``η_k = θ_k + λ_{k-1} − P_kᵀ λ_k``).  ``g`` is convex, its
+minimiser makes every constraint hold, and ``min g`` equals the optimal primal value.  Each
+``λ_e`` is defined up to an additive constant; duals are reported mean-zero per sample.
 
-The solver (:func:`solve_dual`) is block-coordinate descent with *exact* block steps:
-with every other multiplier fixed, ``g`` is minimised over ``λ_k`` in closed form by
+The solver (:func:`solve_dual`) is block-coordinate descent with *exact* block steps: with
+every other multiplier fixed, ``g`` is minimised over ``λ_e`` in closed form by
 
-    λ_k ← λ_k + τ_k τ_{k+1} / (τ_k + τ_{k+1}) · (blocklogsumexp_k(η_k / τ_k) - η_{k+1} / τ_{k+1})
+    λ_e ← λ_e + τ_a τ_b / (τ_a + τ_b) · (blocklogsumexp_e(η_a / τ_a) − η_b / τ_b)
 
-(both sides of constraint ``k`` become proportional, hence equal).  For two levels one step
-is optimal; for more levels plain sweeps converge linearly, like iterative proportional
-fitting, and very slowly where the levels' temperatures differ by orders of magnitude.
-The sweeps are therefore Anderson-accelerated, with a safeguard on ``g`` (an extrapolated
-point is taken only where it lowers ``g`` at least as much as the plain sweep), so ``g``
-decreases monotonically.  The gradient of the ``"dual"`` method is the implicit-function
-gradient at its solution, computed by the tree VJP of
-:func:`convex_attention.exact.tree_backward`.
+(both sides of constraint ``e`` become proportional, hence equal).  For one edge one step is
+optimal; otherwise plain sweeps converge linearly, like iterative proportional fitting, and
+very slowly where the maps' temperatures differ by orders of magnitude or, on graphs that are
+not forests, where the maps are peaked.  Every sweep is therefore followed by candidate
+points, each taken only where it lowers ``g`` below the swept point (a safeguard, so ``g``
+decreases monotonically): an Anderson extrapolation of the last sweeps and, on graphs that
+are not forests, a damped Newton step (:mod:`convex_attention.hessian`, backtracking on ``g``).
+A forest that is not a chain starts at its closed form by default (``warm_start``), so its
+solve only certifies the optimum.  The solver stops a sample when both its violation and its
+relative duality gap
+``|g(λ) − f(p(λ))| / max(1, |f(p(λ))|)`` are small.  The gradient of the ``"dual"`` method is
+the implicit-function gradient at its solution: the tree VJP of
+:func:`convex_attention.exact.tree_backward` on forests, conjugate gradients on the dual's
+Hessian (:func:`convex_attention.hessian.implicit_vjp`) on other graphs; never the sweeps.
 """
 from __future__ import annotations
 
@@ -36,41 +42,42 @@ import torch
 from torch import Tensor
 
 from ._ops import centre, compute_dtype, level_softmax
-from .exact import tree_backward
-from .hierarchy import Hierarchy
+from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
+from .graph import Graph
+from .hessian import DENSE_LIMIT, dense_chunks, get_hessian, implicit_vjp, solve_psd
 from .validation import temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
-           "dual_probs", "check_dual_options"]
+           "dual_probs", "check_dual_options", "dual_gap_terms", "spanning_forest_duals"]
 
 
 class ConvergenceError(RuntimeError):
     """The per-sample dual solver did not reach its tolerance."""
 
 
-def reparameterized_logits(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy) -> list[Tensor]:
-    """``η_k = θ_k + λ_{k-1} - P_kᵀ λ_k``; ``duals[k]`` may have batch dimension 1 (shared)."""
-    L = h.num_levels
+def reparameterized_logits(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph) -> list[Tensor]:
+    """``η_k = θ_k + Σ_{e into k} λ_e − Σ_{e out of k} P_eᵀ λ_e``; ``duals[e]`` may have batch
+    dimension 1 (shared)."""
     etas = []
-    for k in range(L):
+    for k in range(h.num_maps):
         eta = scores[k]
-        if k > 0:
-            eta = eta + duals[k - 1]
-        if k < L - 1:
-            eta = h.combine_broadcast(eta, duals[k], k, torch.sub)
+        for e in h.in_edges[k]:
+            eta = eta + duals[e]
+        for e in h.out_edges[k]:
+            eta = h.combine_broadcast(eta, duals[e], e, torch.sub)
         etas.append(eta)
     return etas
 
 
-def reparameterized_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
+def reparameterized_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
                           temps: Sequence[float]) -> list[Tensor]:
-    """``p_k(λ) = softmax(η_k / τ_k)`` for every level; each ``(B, *shapes[k])``."""
+    """``p_k(λ) = softmax(η_k / τ_k)`` for every map; each ``(B, *shapes[k])``."""
     etas = reparameterized_logits(scores, duals, h)
     return [level_softmax(e, t) for e, t in zip(etas, temps)]
 
 
-def dual_function(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
+def dual_function(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
                   temps: Sequence[float]) -> Tensor:
     """``g(λ) = Σ_k τ_k logsumexp(η_k / τ_k)`` per sample: ``(B,)``.
 
@@ -79,7 +86,7 @@ def dual_function(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarch
     ``temps``: floats or 0-d tensors (differentiated through).
     """
     etas = reparameterized_logits(scores, duals, h)
-    total = 0.0
+    total: Tensor | float = 0.0
     for e, t in zip(etas, temps):
         flat = e.flatten(1)
         if not isinstance(t, Tensor) and t == 1.0:
@@ -87,65 +94,88 @@ def dual_function(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarch
             continue
         top = flat.detach().amax(1, keepdim=True)
         total = total + (top.squeeze(1) + t * torch.logsumexp((flat - top) / t, dim=1))
+    assert isinstance(total, Tensor)
     return total
 
 
-def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
+def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
                                temps: Sequence[float], detach_target: bool = False) -> Tensor:
-    """Σ_k KL(b_k ‖ a_k), ``a_k = P_k p_k(λ)``, ``b_k = p_{k+1}(λ)``, averaged over the batch.
+    """Σ_e KL(b_e ‖ a_e), ``a_e = P_e p_a(λ)``, ``b_e = p_b(λ)`` for every edge ``e = (a → b)``,
+    averaged over the batch.
 
-    Computed in log space (``log a_k`` is a block log-sum-exp of ``log p_k``), so it is
+    Computed in log space (``log a_e`` is a block log-sum-exp of ``log p_a``), so it is
     finite for any finite input at ordinary temperatures.  Near the smallest accepted
     temperature ``log p_k`` can be ``-inf`` (``p_k`` is zero in the dtype): cells with
-    ``b_k = 0`` contribute ``0`` (``0 log 0 = 0``) and cells with ``b_k > 0 = a_k`` give
+    ``b_e = 0`` contribute ``0`` (``0 log 0 = 0``) and cells with ``b_e > 0 = a_e`` give
     ``+inf``, the KL divergence's value; never NaN.  ``temps``: floats or 0-d tensors
-    (differentiated through).  ``detach_target`` stops the gradient through ``b_k``.
+    (differentiated through).  ``detach_target`` stops the gradient through ``b_e``.
     """
     etas = reparameterized_logits(scores, duals, h)
     logp = [level_softmax(e, t, log=True) for e, t in zip(etas, temps)]
-    total = 0.0
-    for k in range(h.num_levels - 1):
-        log_a = _block_logsumexp_or_neginf(h, logp[k], k)
-        log_b = logp[k + 1].detach() if detach_target else logp[k + 1]
+    total: Tensor | float = 0.0
+    for e, (a, b) in enumerate(h.edges):
+        log_a = _block_logsumexp_or_neginf(h, logp[a], e)
+        log_b = logp[b].detach() if detach_target else logp[b]
         # where b = 0 the term is 0; masking the difference (not the product) keeps the
         # gradient free of 0·inf
-        b = log_b.exp()
-        diff = torch.where(b > 0, log_b - log_a, torch.zeros((), dtype=log_b.dtype))
-        kl = (b * diff).flatten(1).sum(1)
+        pb = log_b.exp()
+        diff = torch.where(pb > 0, log_b - log_a, torch.zeros((), dtype=log_b.dtype))
+        kl = (pb * diff).flatten(1).sum(1)
         total = total + kl
+    assert isinstance(total, Tensor)
     return total.mean()
 
 
-def _block_logsumexp_or_neginf(h: Hierarchy, x: Tensor, k: int) -> Tensor:
+def _block_logsumexp_or_neginf(h: Graph, x: Tensor, e: int) -> Tensor:
     """Block log-sum-exp that gives ``-inf`` (not NaN) for a block of ``-inf`` entries."""
-    m = h.block_max(x, k).detach()
+    m = h.block_max(x, e).detach()
     m = torch.where(m > -math.inf, m, torch.zeros((), dtype=m.dtype))
-    return m + h.aggregate(torch.exp(h.combine_broadcast(x, m, k, torch.sub)), k).log()
+    return m + h.aggregate(torch.exp(h.combine_broadcast(x, m, e, torch.sub)), e).log()
 
 
-def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy, temps: Sequence[float]):
-    """``p(λ)`` and the within-block conditionals ``q_k`` at ``λ`` (for the tree VJP)."""
+def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temps: Sequence[float]):
+    """``p(λ)`` and, per edge ``e = (a → b)``, the within-block conditionals of ``p_a`` at ``λ``
+    (for the tree VJP; empty on graphs that are not forests)."""
     etas = reparameterized_logits(scores, duals, h)
     probs = [level_softmax(e, t) for e, t in zip(etas, temps)]
-    cond = [h.block_softmax(_shifted(h, etas[k], k, temps[k]), k)[0] for k in range(h.num_levels - 1)]
+    if not h.is_forest:
+        return probs, []
+    cond = [h.block_softmax(_shifted(h, etas[a], e, temps[a]), e)[0] for e, (a, _) in enumerate(h.edges)]
     return probs, cond
 
 
-def _shifted(h: Hierarchy, eta: Tensor, k: int, tau: float) -> Tensor:
-    """``(η − P_kᵀ blockmax_k(η)) / τ``: the block softmax's argument, shifted *before* the
+def _shifted(h: Graph, eta: Tensor, e: int, tau: float) -> Tensor:
+    """``(η − P_eᵀ blockmax_e(η)) / τ``: the block softmax's argument, shifted *before* the
     division so that it stays finite (≤ 0) at any accepted temperature (``η / τ`` alone
     overflows for tiny ``τ``)."""
-    return h.combine_broadcast(eta, h.block_max(eta, k), k, torch.sub).div_(tau)
+    return h.combine_broadcast(eta, h.block_max(eta, e), e, torch.sub).div_(tau)
 
 
-def _violation(probs: Sequence[Tensor], h: Hierarchy) -> Tensor:
-    """``max_k ‖P_k p_k − p_{k+1}‖₁`` per sample (the measure of :mod:`.metrics`, inlined
+def _residuals(probs: Sequence[Tensor], h: Graph) -> list[Tensor]:
+    """``P_e p_a − p_b`` per edge ``e = (a → b)``."""
+    return [h.aggregate(probs[a], e) - probs[b] for e, (a, b) in enumerate(h.edges)]
+
+
+def _violation(probs: Sequence[Tensor], h: Graph) -> Tensor:
+    """``max_e ‖P_e p_a − p_b‖₁`` per sample (the measure of :mod:`.metrics`, inlined
     here so that the solvers never import the measures)."""
-    return torch.stack([(h.aggregate(probs[k], k) - probs[k + 1]).abs().flatten(1).sum(1)
-                        for k in range(h.num_levels - 1)]).amax(0)
+    return torch.stack([r.abs().flatten(1).sum(1) for r in _residuals(probs, h)]).amax(0)
 
 
-def solve_learned_dual(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], lam: Sequence[Tensor]):
+def dual_gap_terms(g_value: Tensor, probs: Sequence[Tensor], duals: Sequence[Tensor],
+                   h: Graph) -> tuple[Tensor, Tensor]:
+    """``(f(p(λ)), relative gap)`` per sample from ``g(λ)`` and ``p = p(λ)``.
+
+    At ``p = p(λ)`` the Lagrangian equals ``g``, so ``g(λ) − f(p(λ)) = Σ_e ⟨λ_e, p_b − P_e p_a⟩``
+    exactly: computed so, without the cancellation of two large objectives.  The relative gap
+    is ``|g(λ) − f(p(λ))| / max(1, |f(p(λ))|)`` (the measure of ``cvx.certificate``)."""
+    inner = sum(-(lam * r).flatten(1).sum(1) for lam, r in zip(duals, _residuals(probs, h)))
+    assert isinstance(inner, Tensor)
+    f = g_value - inner
+    return f, inner.abs() / f.abs().clamp_min(1.0)
+
+
+def solve_learned_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], lam: Sequence[Tensor]):
     """The ``"learned_dual"`` method of the registry: ``p(λ)`` at the given duals.
 
     Probabilities in the scores' dtype; duals (centred) in the compute dtype (float32 for
@@ -157,24 +187,26 @@ def solve_learned_dual(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[f
     B = scores[0].shape[0]
 
     def duals_fn():
-        return [centre(dual.expand((B,) + h.shapes[k + 1])).to(work) for k, dual in enumerate(lam)]
+        return [centre(dual.expand((B,) + h.shapes[h.edges[e][1]])).to(work) for e, dual in enumerate(lam)]
 
     return [p.to(dtype) for p in probs], duals_fn, {}
 
 
-def solve_dual_method(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], options: dict):
+def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, options: dict):
     """The ``"dual"`` method of the registry: per-sample dual solve, implicit gradient.
 
     ``options`` (validated here, before any work, by :func:`check_dual_options`): ``tol``,
-    ``max_iter``, ``strict``, ``record_history``, ``init`` and ``dtype`` (the working
-    dtype, float64 by default: the stopping test compares an L1 norm of differences of
-    probabilities with ``tol = 1e-6``, which float32 rounding can reach).
+    ``gap_tol``, ``max_iter``, ``strict``, ``record_history``, ``init``, ``newton``,
+    ``warm_start`` and ``dtype`` (the working dtype, float64 by default: the stopping test
+    compares an L1 norm of differences of probabilities with ``tol = 1e-6``, which float32
+    rounding can reach).  ``temps``: floats or 0-d tensors (differentiated through).
     """
     dtype = scores[0].dtype
-    options = check_dual_options(options, h, scores[0].shape[0], scores[0].device, temps)
+    floats = [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
+    options = check_dual_options(options, h, scores[0].shape[0], scores[0].device, floats)
     work = options.pop("dtype")
     info: dict = {}
-    probs = DualSolveFunction.apply(h, tuple(temps), options, info, *[s.to(work) for s in scores])
+    probs = DualSolveFunction.apply(h, temperature_argument(temps), options, info, *[s.to(work) for s in scores])
     lam = [d.to(dtype) for d in info.pop("duals")]
     return [p.to(dtype) for p in probs], lam, info
 
@@ -183,16 +215,24 @@ def solve_dual_method(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[fl
 _ANDERSON_MEMORY = 8
 # Sweeps over which a non-converged sample's progress is judged for the error's advice.
 _PROGRESS_WINDOW = 10
-_DUAL_OPTIONS = ("tol", "max_iter", "strict", "record_history", "init", "dtype")
+# Step lengths tried, in order, along a Newton direction (the first that lowers g is taken).
+_NEWTON_STEPS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)
+# Above DENSE_LIMIT the Newton system is solved inexactly: to this relative residual, or for
+# this many conjugate-gradient iterations (each costs about one sweep).
+_NEWTON_CG_RTOL = 1e-2
+_NEWTON_CG_ITERATIONS = 20
+_DUAL_OPTIONS = ("tol", "gap_tol", "max_iter", "strict", "record_history", "init", "newton", "warm_start", "dtype")
+_NEWTON_CHOICES = ("auto", True, False)
 _WORK_DTYPES = (torch.float32, torch.float64)
 
 
-def _check_tol(tol) -> float:
+def _check_tol(tol, name: str = "tol") -> float:
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
-        raise TypeError(f"dual option tol must be a positive finite number (e.g. 1e-6), got {tol!r}")
+        raise TypeError(f"dual option {name} must be a positive finite number (e.g. 1e-6), got {tol!r}")
     tol = float(tol)
     if not math.isfinite(tol) or tol <= 0:
-        raise ValueError(f"dual option tol must be a positive finite number (0 < tol < inf, e.g. 1e-6), got {tol}")
+        raise ValueError(f"dual option {name} must be a positive finite number (0 < {name} < inf, e.g. 1e-6), "
+                         f"got {tol}")
     return tol
 
 
@@ -210,6 +250,20 @@ def _check_flag(value, name: str) -> bool:
     return value
 
 
+def _check_warm_start(value) -> str | bool:
+    if not any(value is c or (isinstance(value, str) and value == c) for c in _NEWTON_CHOICES):
+        raise ValueError(f"dual option warm_start must be 'auto' (the closed form on forests that are not chains), "
+                         f"True or False, got {value!r}")
+    return value
+
+
+def _check_newton(value) -> str | bool:
+    if not any(value is c or (isinstance(value, str) and value == c) for c in _NEWTON_CHOICES):
+        raise ValueError(f"dual option newton must be 'auto' (Newton steps on graphs that are not forests), True or "
+                         f"False, got {value!r}")
+    return value
+
+
 def _check_dtype(dtype) -> torch.dtype:
     if dtype not in _WORK_DTYPES:
         raise ValueError(f"dual option dtype must be torch.float32 or torch.float64 (the working dtype), "
@@ -217,11 +271,12 @@ def _check_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-def _check_init(init, h: Hierarchy, batch: int, device) -> list[Tensor] | None:
-    """``None``, or ``L-1`` finite floating tensors ``(B, *shapes[k+1])``, ``(1, …)`` or ``shapes[k+1]``."""
+def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | None:
+    """``None``, or ``E`` finite floating tensors ``(B, *shapes[coarse(e)])``, ``(1, …)`` or ``shapes[coarse(e)]``
+    (``batch`` None: any leading size, for checks made before the scores are known)."""
     if init is None:
         return None
-    n = h.num_levels - 1
+    n = h.num_edges
     if isinstance(init, Tensor) or not isinstance(init, Sequence) or isinstance(init, (str, bytes)):
         raise TypeError(f"dual option init must be None or a list of {n} tensors (one per constraint), "
                         f"got {type(init).__name__}")
@@ -229,17 +284,19 @@ def _check_init(init, h: Hierarchy, batch: int, device) -> list[Tensor] | None:
         raise ValueError(f"dual option init must hold one tensor per constraint ({n}), got {len(init)}")
     out = []
     for k, start in enumerate(init):
-        shape = h.shapes[k + 1]
+        shape = h.shapes[h.edges[k][1]]
         if not isinstance(start, Tensor):
             raise TypeError(f"dual option init[{k}] must be a torch.Tensor, got {type(start).__name__}")
         if not start.dtype.is_floating_point:
             raise TypeError(f"dual option init[{k}] must be a floating tensor, got dtype {start.dtype}")
         if tuple(start.shape) == shape:
             start = start.unsqueeze(0)
-        if start.dim() != 1 + len(shape) or tuple(start.shape[1:]) != shape or start.shape[0] not in (1, batch):
-            raise ValueError(f"dual option init[{k}] must have shape {shape}, (1, *{shape}) or ({batch}, *{shape}) "
-                             f"for constraint {k}, got {tuple(start.shape)}")
-        if start.device != torch.device(device):
+        if start.dim() != 1 + len(shape) or tuple(start.shape[1:]) != shape or \
+                (batch is not None and start.shape[0] not in (1, batch)):
+            raise ValueError(f"dual option init[{k}] must have shape {shape}, (1, *{shape}) or "
+                             f"({'B' if batch is None else batch}, *{shape}) for constraint {k}, "
+                             f"got {tuple(start.shape)}")
+        if device is not None and start.device != torch.device(device):
             raise ValueError(f"dual option init[{k}] is on {start.device}, the scores on {device}")
         if not bool(torch.isfinite(start).all()):
             raise ValueError(f"dual option init[{k}] contains NaN or Inf values; starting duals must be finite")
@@ -247,7 +304,8 @@ def _check_init(init, h: Hierarchy, batch: int, device) -> list[Tensor] | None:
     return out
 
 
-def check_dual_options(options: dict, h: Hierarchy, batch: int, device, temps: Sequence[float] | None = None) -> dict:
+def check_dual_options(options: dict, h: Graph, batch: int | None, device,
+                       temps: Sequence[float] | None = None) -> dict:
     """Validate the options of the ``"dual"`` method before any work; returns them with the
     defaults filled in (``dtype`` included).  Raises TypeError/ValueError naming the option
     and its accepted range.  With ``temps``, also checks that the working ``dtype`` can
@@ -255,14 +313,24 @@ def check_dual_options(options: dict, h: Hierarchy, batch: int, device, temps: S
     unknown = set(options) - set(_DUAL_OPTIONS)
     if unknown:
         raise TypeError(f"method 'dual' takes no option(s) {sorted(unknown)}; it accepts {sorted(_DUAL_OPTIONS)}")
-    out = {"tol": _check_tol(options.get("tol", 1e-6)),
+    tol = _check_tol(options.get("tol", 1e-6))
+    gap_tol = options.get("gap_tol")
+    out = {"tol": tol,
+           "gap_tol": tol if gap_tol is None else _check_tol(gap_tol, "gap_tol"),
            "max_iter": _check_max_iter(options.get("max_iter", 1000)),
            "strict": _check_flag(options.get("strict", True), "strict"),
            "record_history": _check_flag(options.get("record_history", False), "record_history"),
            "init": _check_init(options.get("init"), h, batch, device),
+           "newton": _check_newton(options.get("newton", "auto")),
+           "warm_start": _check_warm_start(options.get("warm_start", "auto")),
            "dtype": _check_dtype(options.get("dtype", torch.float64))}
+    if out["init"] is not None and out["warm_start"] is True:
+        raise ValueError("dual options init and warm_start=True contradict each other: give starting duals or ask "
+                         "for the spanning forest's closed form, not both")
     if temps is not None:
-        _check_temperature_range([float(t) for t in temps], out["dtype"], "dual option dtype=torch.float32: ")
+        work = out["dtype"]
+        assert isinstance(work, torch.dtype)
+        _check_temperature_range([float(t) for t in temps], work, "dual option dtype=torch.float32: ")
     return out
 
 
@@ -279,13 +347,13 @@ def _check_temperature_range(temps: Sequence[float], dtype: torch.dtype, prefix:
                          f"{name} ({high:.3g}); use dtype=torch.float64 or smaller temperatures")
 
 
-def _check_problem(scores, h: Hierarchy, temps) -> tuple[list[Tensor], list[float]]:
+def _check_problem(scores, h: Graph, temps) -> tuple[list[Tensor], list[float]]:
     """The kernel's own checks (``solve`` has done them already; direct callers have not)."""
-    if not isinstance(h, Hierarchy):
-        raise TypeError(f"h must be a convex_attention.Hierarchy, got {type(h).__name__}")
-    L = h.num_levels
-    if isinstance(scores, Tensor) or not isinstance(scores, Sequence) or len(scores) != L:
-        raise ValueError(f"scores must be a list of {L} tensors (one per level)")
+    if not isinstance(h, Graph):
+        raise TypeError(f"h must be a convex_attention.Hierarchy or Graph, got {type(h).__name__}")
+    M = h.num_maps
+    if isinstance(scores, Tensor) or not isinstance(scores, Sequence) or len(scores) != M:
+        raise ValueError(f"scores must be a list of {M} tensors (one per {h._map_word})")
     scores = list(scores)
     for k, s in enumerate(scores):
         if not isinstance(s, Tensor) or s.dtype not in _WORK_DTYPES or tuple(s.shape[1:]) != h.shapes[k] \
@@ -296,57 +364,91 @@ def _check_problem(scores, h: Hierarchy, temps) -> tuple[list[Tensor], list[floa
                              f"{tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__}")
     if isinstance(temps, Tensor):
         temps = temps.detach().cpu().tolist()
-    if isinstance(temps, (str, bytes)) or not isinstance(temps, Sequence) or len(temps) != L:
-        raise ValueError(f"temps must hold one positive temperature per level ({L})")
+    if isinstance(temps, (str, bytes)) or not isinstance(temps, Sequence) or len(temps) != M:
+        raise ValueError(f"temps must hold one positive temperature per {h._map_word} ({M})")
     out = []
     for k, t in enumerate(temps):
         t = float(t)
         if not math.isfinite(t) or t <= 0:
-            raise ValueError(f"temperature of level {k} must be positive and finite, got {t}")
+            raise ValueError(f"temperature of {h._map_word} {k} must be positive and finite, got {t}")
         out.append(t)
     _check_temperature_range(out, scores[0].dtype)
     return scores, out
 
 
-def _evaluate(etas: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], violation: bool = True):
-    """``g(λ)`` and (optionally) the violation at the logits ``η(λ)``: two ``(B,)`` tensors.
+_Pieces = list[tuple[Tensor, Tensor, torch.Size]]
 
-    Each level's maximum is subtracted before dividing by ``τ_k``, so both are finite for
-    every accepted temperature and finite ``η``."""
-    g, probs = 0.0, []
+
+def _objective(etas: Sequence[Tensor], temps: Sequence[float]) -> tuple[Tensor, _Pieces]:
+    """``g(λ)`` at the logits ``η(λ)``, ``(B,)``, and per map the pieces ``(z, lse, shape)`` of
+    its softmax, ``z = (η − max η) / τ`` flattened: ``p = exp(z − lse)``.
+
+    Each map's maximum is subtracted before dividing by ``τ_k``, so ``g`` is finite for every
+    accepted temperature and finite ``η``."""
+    g: Tensor | float = 0.0
+    probs: _Pieces = []
     for e, t in zip(etas, temps):
         flat = e.flatten(1)
         top = flat.amax(1, keepdim=True)
         z = (flat - top) / t
         lse = torch.logsumexp(z, dim=1)
         g = g + (top.squeeze(1) + t * lse)
-        if violation:
-            probs.append(torch.exp(z - lse.unsqueeze(1)).view(e.shape))
-    return g, (_violation(probs, h) if violation else None)
+        probs.append((z, lse, e.shape))
+    assert isinstance(g, Tensor)
+    return g, probs
 
 
-def _sweep(h: Hierarchy, temps: Sequence[float], lam: list[Tensor], etas: list[Tensor], mask: Tensor):
-    """One block-coordinate sweep: for k = 0 … L-2, the exact minimiser of ``g`` over ``λ_k``.
+def _evaluate(etas: Sequence[Tensor], h: Graph, temps: Sequence[float], violation: bool = True,
+              duals: Sequence[Tensor] | None = None):
+    """``g(λ)``, the violation and the relative duality gap (:func:`dual_gap_terms`, when
+    ``duals`` are given) at the logits ``η(λ)``: three ``(B,)`` tensors (``None`` for the
+    ones not asked for), and the probabilities ``p(λ)`` (empty without ``violation``)."""
+    g, pieces = _objective(etas, temps)
+    if not violation:
+        return g, None, None, []
+    viol, gap, probs = _measure(pieces, h, g, duals)
+    return g, viol, gap, probs
 
-    With every other multiplier fixed, ``λ_k ← λ_k + τ_k τ_{k+1} / (τ_k + τ_{k+1}) ·
-    (blocklogsumexp_k(η_k / τ_k) − η_{k+1} / τ_{k+1})`` makes both sides of constraint ``k``
+
+def _measure(pieces: _Pieces, h: Graph, g: Tensor, duals: Sequence[Tensor] | None = None):
+    """The violation, the relative duality gap (``None`` without ``duals``) and ``p(λ)`` from the
+    softmax pieces of :func:`_objective` and ``g = g(λ)``."""
+    probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) for z, lse, shape in pieces]
+    gap = None if duals is None else dual_gap_terms(g, probs, duals, h)[1]
+    return _violation(probs, h), gap, probs
+
+
+def _pick_pieces(take: Tensor, a: _Pieces, b: _Pieces) -> _Pieces:
+    """Per sample, the pieces ``a`` where ``take`` ``(B,)`` is True, else ``b``."""
+    return [(torch.where(take.unsqueeze(1), za, zb), torch.where(take, la, lb), shape)
+            for (za, la, shape), (zb, lb, _) in zip(a, b)]
+
+
+def _sweep(h: Graph, temps: Sequence[float], lam: list[Tensor], etas: list[Tensor], mask: Tensor):
+    """One block-coordinate sweep: for every edge ``e = (a → b)`` in ``h.sweep_order`` (finest
+    fine map first; on the chain ``k = 0 … L-2``), the exact minimiser of ``g`` over ``λ_e``.
+
+    With every other multiplier fixed, ``λ_e ← λ_e + τ_a τ_b / (τ_a + τ_b) ·
+    (blocklogsumexp_e(η_a / τ_a) − η_b / τ_b)`` makes both sides of constraint ``e``
     proportional, hence equal.  It is evaluated as the weighted average
-    ``(τ_{k+1} A_k − τ_k η_{k+1}) / (τ_k + τ_{k+1})`` with ``A_k = τ_k blocklogsumexp_k(η_k / τ_k)``
+    ``(τ_b A_e − τ_a η_b) / (τ_a + τ_b)`` with ``A_e = τ_a blocklogsumexp_e(η_a / τ_a)``
     formed from block-max-shifted logits: finite at every accepted temperature, where
     ``η / τ`` itself would overflow.  ``mask`` ``(B,)`` (1 or 0) freezes finished samples.
     Returns new lists (the inputs are not modified).
     """
     lam, etas = list(lam), list(etas)
-    for k in range(h.num_levels - 1):
-        tk, tn = temps[k], temps[k + 1]
-        bmax = h.block_max(etas[k], k)
-        _, blocksum, zmax = h.block_exp(h.combine_broadcast(etas[k], bmax, k, torch.sub).div_(tk), k)
-        a = bmax + tk * (zmax + blocksum.log())
-        delta = centre((tn * a - tk * etas[k + 1]) / (tk + tn))
-        delta = delta * mask.view((-1,) + (1,) * len(h.shapes[k + 1]))
-        lam[k] = lam[k] + delta
-        etas[k] = h.combine_broadcast(etas[k], delta, k, torch.sub)
-        etas[k + 1] = etas[k + 1] + delta
+    for e in h.sweep_order:
+        a, b = h.edges[e]
+        ta, tb = temps[a], temps[b]
+        bmax = h.block_max(etas[a], e)
+        # (η_a − blockmax) / τ_a is at most 0 with a 0 in every block, so its exp needs no second shift
+        blocksum = h.aggregate(h.combine_broadcast(etas[a], bmax, e, torch.sub).div_(ta).exp_(), e)
+        message = bmax + ta * blocksum.log()
+        delta = centre((tb * message - ta * etas[b]) / (ta + tb))
+        delta = delta * mask.view((-1,) + (1,) * len(h.shapes[b]))
+        lam[e] = lam[e] + delta
+        etas[a] = h.combine_broadcast(etas[a], delta, e, torch.sub)
+        etas[b] = etas[b] + delta
     return lam, etas
 
 
@@ -377,9 +479,10 @@ def _flatten(lam: Sequence[Tensor]) -> Tensor:
     return torch.cat([x.flatten(1) for x in lam], dim=1)
 
 
-def _unflatten(x: Tensor, h: Hierarchy) -> list[Tensor]:
+def _unflatten(x: Tensor, h: Graph) -> list[Tensor]:
     out, start = [], 0
-    for shape in h.shapes[1:]:
+    for _, b in h.edges:
+        shape = h.shapes[b]
         n = math.prod(shape)
         out.append(centre(x[:, start:start + n].reshape((x.shape[0],) + shape)))
         start += n
@@ -391,67 +494,154 @@ def _pick(take: Tensor, a: Sequence[Tensor], b: Sequence[Tensor]) -> list[Tensor
     return [torch.where(take.view((-1,) + (1,) * (x.dim() - 1)), x, y) for x, y in zip(a, b)]
 
 
-@torch.no_grad()
-def solve_dual(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], tol: float = 1e-6,
-               max_iter: int = 1000, strict: bool = True, record_history: bool = False,
-               init: Sequence[Tensor] | None = None):
-    r"""Minimise ``g(λ)`` per sample until ``violation <= tol``: safeguarded Anderson-accelerated
-    block-coordinate descent.
+def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float], lam: list[Tensor],
+                      etas: list[Tensor], g_now: Tensor, pieces: _Pieces, active: Tensor):
+    """A damped Newton step on ``g`` from ``lam`` (logits ``etas``, value ``g_now``), per sample.
 
-    Every sweep applies the exact block steps of :func:`_sweep` (``λ_0``, then ``λ_1``, …),
-    the map ``λ ↦ G(λ)``.  Alone, these sweeps converge linearly, and slowly where the
-    levels' temperatures differ by orders of magnitude (a responsive cold level between
-    two stiff hot ones absorbs each block step: at τ = [1e3, 1e-3, 1e3] the violation
-    shrinks by a factor of only about 1 − 2e-6 per sweep).  Anderson acceleration extrapolates from the last
-    ``_ANDERSON_MEMORY`` sweeps (:func:`_anderson`), and a safeguard keeps it honest: the
-    extrapolated point is taken only where ``g`` there is no larger than at ``G(λ)``.  So
-    ``g`` never increases, every sweep lowers it at least as much as a plain sweep from
-    the same point (the convergence of block-coordinate descent is kept), and it is a
-    minimisation of the dual by iteration on λ, not the closed form.
+    The direction solves ``∇²g d = −∇g`` on the mean-zero subspace (the dense Hessian and its
+    Cholesky factor, :mod:`convex_attention.hessian`, or, above ``DENSE_LIMIT`` entries,
+    a few conjugate-gradient iterations); the step lengths of
+    :data:`_NEWTON_STEPS` are tried in turn and the first with ``g ≤ g_now`` is taken (the
+    safeguard: NaN never passes).  ``pieces``: the softmax pieces at ``lam`` (:func:`_objective`).
+    Returns ``(lam, etas, g, pieces, taken)`` with the old values where no step was taken."""
+    hess = get_hessian(h, lam[0].device)
+    probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) for z, lse, shape in pieces]
+    if hess.dim <= DENSE_LIMIT:
+        grad = hess.gradient(probs)
+        direction = torch.empty_like(grad)
+        ok = torch.empty(grad.shape[0], dtype=torch.bool, device=grad.device)
+        for chunk in dense_chunks(grad.shape[0], hess.dim):
+            factor, ok[chunk] = hess.factor(hess.dense([p[chunk] for p in probs], temps))
+            direction[chunk] = -torch.cholesky_solve(grad[chunk].unsqueeze(2), factor).squeeze(2)
+    else:
+        # inexact Newton: a few block-Jacobi conjugate-gradient iterations on the Newton system
+        # (tightening the residual with the gradient, Eisenstat-Walker style, with up to 100
+        # iterations, was three times slower and rescued no instance, measured)
+        direction, _, _ = solve_psd(hess, probs, temps, -hess.gradient(probs), _NEWTON_CG_RTOL,
+                                    _NEWTON_CG_ITERATIONS, dense_limit=0)
+        ok = torch.isfinite(direction).all(1)
+    start = _flatten(lam)
+    taken = torch.zeros_like(active)
+    best_lam, best_etas, best_g, best_pieces = lam, etas, g_now, pieces
+    for step in _NEWTON_STEPS:
+        need = active & ok & ~taken
+        if not bool(need.any()):
+            break
+        cand = _unflatten(start + step * direction, h)
+        cand_etas = reparameterized_logits(scores, cand, h)
+        cand_g, cand_pieces = _objective(cand_etas, temps)
+        take = need & (cand_g <= g_now)  # False for NaN: the safeguard
+        best_lam, best_etas = _pick(take, cand, best_lam), _pick(take, cand_etas, best_etas)
+        best_g, best_pieces = torch.where(take, cand_g, best_g), _pick_pieces(take, cand_pieces, best_pieces)
+        taken = taken | take
+    return best_lam, best_etas, best_g, best_pieces, taken
+
+
+def spanning_forest_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence) -> list[Tensor]:
+    """Duals of the closed form of a spanning forest (:meth:`Graph.spanning_forest`), zero on
+    the other edges: the optimum itself on a forest.  Differentiable in the scores and in
+    tensor temperatures; ``E`` tensors ``(B, *shapes[coarse(e)])``."""
+    keep = h.spanning_forest()
+    sub = Graph._build(h.shapes, [h.edges[e] for e in keep], [h.edge_factor(e) for e in keep],
+                       [h._parents[e] for e in keep])
+    tree = exact_duals(scores, sub, temps)
+    out = [scores[0].new_zeros((scores[0].shape[0],) + h.shapes[b]) for _, b in h.edges]
+    for i, e in enumerate(keep):
+        out[e] = tree[i]
+    return out
+
+
+@torch.no_grad()
+def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: float = 1e-6,
+               max_iter: int = 1000, strict: bool = True, record_history: bool = False,
+               init: Sequence[Tensor] | None = None, gap_tol: float | None = None, newton="auto",
+               warm_start="auto"):
+    r"""Minimise ``g(λ)`` per sample until ``violation <= tol`` and ``gap <= gap_tol``:
+    safeguarded, accelerated block-coordinate descent.
+
+    Every sweep applies the exact block steps of :func:`_sweep` (one per edge), the map
+    ``λ ↦ G(λ)``.  Alone, these sweeps converge linearly, and slowly where the maps'
+    temperatures differ by orders of magnitude (a responsive cold level between two stiff
+    hot ones absorbs each block step: at τ = [1e3, 1e-3, 1e3] the violation shrinks by a
+    factor of only about 1 − 2e-6 per sweep) or, on graphs that are not forests, where the
+    maps are peaked (the Hessian of ``g`` then has condition numbers of 1e8 and more).  After
+    each sweep two candidates are tried, each taken only where ``g`` there is no larger than
+    at the best point so far: an Anderson extrapolation of the last ``_ANDERSON_MEMORY``
+    sweeps (:func:`_anderson`) and, with ``newton``, a damped Newton step
+    (:func:`_newton_candidate`).  So ``g`` never increases, every sweep lowers it at least as
+    much as a plain sweep from the same point (the convergence of block-coordinate descent is
+    kept), and it is a minimisation of the dual by iteration on λ, not a closed form.
 
     Args:
-        scores: ``L`` tensors ``(B, *h.shapes[k])``, float32 or float64 (the working dtype).
-        h: the hierarchy.
-        temps: ``L`` positive temperatures.
-        tol: target of ``violation = max_k ‖P_k p_k(λ) - p_{k+1}(λ)‖₁`` per sample, a
-            positive finite number.
+        scores: ``M`` tensors ``(B, *h.shapes[k])``, float32 or float64 (the working dtype).
+        h: the graph (a :class:`~convex_attention.hierarchy.Hierarchy` or any
+            :class:`~convex_attention.graph.Graph`).
+        temps: ``M`` positive temperatures.
+        tol: target of ``violation = max_e ‖P_e p_a(λ) - p_b(λ)‖₁`` per sample, a positive
+            finite number.
         max_iter: maximum number of sweeps (int >= 1).
         strict: raise :class:`ConvergenceError` naming the samples that miss ``tol``, with
             the reason and what helps; if False, warn instead (and report them in
             ``converged``).
-        record_history: also return per-sweep ``violation`` and ``g(λ)``.
-        init: optional starting duals: ``L-1`` finite tensors ``(B, *shapes[k+1])``,
-            ``(1, *shapes[k+1])`` or ``shapes[k+1]``.
+        record_history: also return per-sweep ``violation``, ``g(λ)`` and gap.
+        init: optional starting duals: ``E`` finite tensors ``(B, *shapes[coarse(e)])``,
+            ``(1, *shapes[coarse(e)])`` or ``shapes[coarse(e)]``.
+        gap_tol: target of the relative duality gap
+            ``|g(λ) − f(p(λ))| / max(1, |f(p(λ))|)`` (:func:`dual_gap_terms`); default ``tol``.
+        newton: ``"auto"`` (default: Newton candidates on graphs that are not forests),
+            ``True`` or ``False``.  The Newton system is solved with the dense Hessian's
+            Cholesky factor when the stacked dual has at most
+            :data:`~convex_attention.hessian.DENSE_LIMIT` entries, else inexactly by
+            block-Jacobi conjugate gradients (relative residual 1e-2, at most 20 iterations,
+            each costing about one sweep).
+        warm_start: start from the closed form of a spanning forest (:func:`spanning_forest_duals`;
+            on a forest, the optimum, so the solve only certifies it) instead of zero: ``True``,
+            ``False`` or ``"auto"`` (default: on forests that are not chains; a chain keeps
+            the cold start it always had, so its results are unchanged; on other graphs the
+            closed form of a spanning forest saved no sweep, measured).
 
     Returns:
-        dict with ``duals`` (centred, ``(B, *shapes[k+1])``), ``iterations`` ``(B,)``
-        (sweeps each sample needed), ``converged`` ``(B,)`` bool, ``violation`` ``(B,)``
-        and, if asked, ``history``: ``{"violation": (iters+1, B), "dual_objective": (iters+1, B)}``
-        (row 0 is the starting point).
+        dict with ``duals`` (centred, ``(B, *shapes[coarse(e)])``), ``iterations`` ``(B,)``
+        (sweeps each sample needed), ``converged`` ``(B,)`` bool, ``violation`` ``(B,)``,
+        ``gap`` ``(B,)``, ``newton_steps`` ``(B,)`` (Newton candidates taken) and, if asked,
+        ``history``: ``{"violation", "dual_objective", "gap"}``, each ``(iters+1, B)`` (row 0
+        is the starting point).
 
-    NaN or Inf anywhere in a sample's state (scores, duals, ``g``, violation) ends that
+    NaN or Inf anywhere in a sample's state (scores, duals, ``g``, violation, gap) ends that
     sample as *not* converged.  Finished samples are frozen and every step is per sample,
     so a batch gives the same result as a loop over its samples.  Each sweep ends with
     one host synchronisation (the stopping test).
     """
     tol, max_iter = _check_tol(tol), _check_max_iter(max_iter)
+    gap_tol = tol if gap_tol is None else _check_tol(gap_tol, "gap_tol")
     strict, record_history = _check_flag(strict, "strict"), _check_flag(record_history, "record_history")
+    newton, warm_start = _check_newton(newton), _check_warm_start(warm_start)
     scores, temps = _check_problem(scores, h, temps)
     B, dtype, device = scores[0].shape[0], scores[0].dtype, scores[0].device
     init = _check_init(init, h, B, device)
-    if init is None:
-        lam = [scores[0].new_zeros((B,) + shape) for shape in h.shapes[1:]]
+    if init is not None and warm_start is True:
+        raise ValueError("dual options init and warm_start=True contradict each other: give starting duals or ask "
+                         "for the spanning forest's closed form, not both")
+    if warm_start == "auto":
+        warm_start = init is None and h.is_forest and not h.is_chain
+    use_newton = bool(newton) if newton != "auto" else not h.is_forest
+    if warm_start is True:
+        lam = [centre(x) for x in spanning_forest_duals(scores, h, temps)]
+    elif init is None:
+        lam = [scores[0].new_zeros((B,) + h.shapes[b]) for _, b in h.edges]
     else:
-        lam = [centre(start.to(dtype).expand((B,) + h.shapes[k + 1]).clone()) for k, start in enumerate(init)]
+        lam = [centre(start.to(dtype).expand((B,) + h.shapes[h.edges[e][1]]).clone()) for e, start in enumerate(init)]
     etas = reparameterized_logits(scores, lam, h)
-    g, viol = _evaluate(etas, h, temps)
-    finite = torch.isfinite(g) & torch.isfinite(viol)
+    g, viol, gap, _ = _evaluate(etas, h, temps, duals=lam)
+    finite = torch.isfinite(g) & torch.isfinite(viol) & torch.isfinite(gap)
     failed = ~finite
-    active = finite & ~(viol <= tol)
+    active = finite & ~((viol <= tol) & (gap <= gap_tol))
     iterations = torch.zeros(B, dtype=torch.long, device=device)
-    history_v, history_g = ([viol.clone()], [g.clone()]) if record_history else ([], [])
+    newton_steps = torch.zeros(B, dtype=torch.long, device=device)
+    history_v, history_g, history_gap = ([viol.clone()], [g.clone()], [gap.clone()]) if record_history else ([], [], [])
     recent = [viol.clone()]  # violations of the last _PROGRESS_WINDOW sweeps (for the advice)
-    xs, gxs = [], []
+    xs: list[Tensor] = []
+    gxs: list[Tensor] = []
     for _ in range(max_iter):
         if not bool(active.any()):
             break
@@ -460,41 +650,50 @@ def solve_dual(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float], t
         xs.append(_flatten(lam))
         gxs.append(_flatten(swept))
         del xs[:-(_ANDERSON_MEMORY + 1)], gxs[:-(_ANDERSON_MEMORY + 1)]
-        new_g, _ = _evaluate(swept_etas, h, temps, violation=False)
+        new_g, new_pieces = _objective(swept_etas, temps)
         new, new_etas = swept, swept_etas
         if len(xs) > 1:
             extra = _unflatten(_anderson(xs, gxs), h)
             extra_etas = reparameterized_logits(scores, extra, h)
-            extra_g, _ = _evaluate(extra_etas, h, temps, violation=False)
+            extra_g, extra_pieces = _objective(extra_etas, temps)
             take = active & (extra_g <= new_g)  # False for NaN: the safeguard
             new, new_etas = _pick(take, extra, swept), _pick(take, extra_etas, swept_etas)
-            new_g = torch.where(take, extra_g, new_g)
+            new_g, new_pieces = torch.where(take, extra_g, new_g), _pick_pieces(take, extra_pieces, new_pieces)
+        if use_newton:
+            new, new_etas, new_g, new_pieces, took = _newton_candidate(h, scores, temps, new, new_etas, new_g,
+                                                                       new_pieces, active)
+            newton_steps += took.long()
         lam, etas = _pick(active, new, lam), _pick(active, new_etas, etas)
-        new_g, new_viol = _evaluate(etas, h, temps)
+        # measured at the chosen point from its own softmax pieces (g is not computed twice)
+        new_viol, new_gap, _ = _measure(new_pieces, h, new_g, new)
         g, viol = torch.where(active, new_g, g), torch.where(active, new_viol, viol)
+        gap = torch.where(active, new_gap, gap)
         iterations += active.long()
-        finite = torch.isfinite(g) & torch.isfinite(viol) & torch.stack(
+        finite = torch.isfinite(g) & torch.isfinite(viol) & torch.isfinite(gap) & torch.stack(
             [torch.isfinite(x.flatten(1)).all(1) for x in lam]).all(0)
         failed |= active & ~finite
-        active = active & finite & ~(viol <= tol)
+        active = active & finite & ~((viol <= tol) & (gap <= gap_tol))
         if record_history:
             history_v.append(viol.clone())
             history_g.append(g.clone())
+            history_gap.append(gap.clone())
         recent = (recent + [viol.clone()])[-(_PROGRESS_WINDOW + 1):]
-    converged = ~failed & (viol <= tol)
+    converged = ~failed & (viol <= tol) & (gap <= gap_tol)
     if not bool(converged.all()):
-        msg = _failure_message(scores, temps, tol, max_iter, converged, failed, viol, recent, dtype)
+        msg = _failure_message(scores, h, temps, tol, gap_tol, max_iter, converged, failed, viol, gap, recent, dtype)
         if strict:
             raise ConvergenceError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
     out = {"duals": [centre(dual) for dual in lam], "iterations": iterations, "converged": converged,
-           "violation": viol}
+           "violation": viol, "gap": gap, "newton_steps": newton_steps}
     if record_history:
-        out["history"] = {"violation": torch.stack(history_v), "dual_objective": torch.stack(history_g)}
+        out["history"] = {"violation": torch.stack(history_v), "dual_objective": torch.stack(history_g),
+                          "gap": torch.stack(history_gap)}
     return out
 
 
-def _failure_message(scores, temps, tol, max_iter, converged, failed, viol, recent, dtype) -> str:
+def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged, failed, viol, gap, recent,
+                     dtype) -> str:
     """Which samples missed ``tol``, why, and what helps (only advice that is true)."""
     bad = torch.nonzero(~converged).flatten().tolist()
     name = str(dtype).replace("torch.", "")
@@ -511,6 +710,12 @@ def _failure_message(scores, temps, tol, max_iter, converged, failed, viol, rece
                    + ": rescale the scores or raise the temperatures")
         reasons.append(f"sample(s) {broken[:10]}: the solver state became NaN/Inf ({why})")
     rest = [i for i in bad if i not in set(broken)]
+    gap_only = [i for i in rest if float(viol[i]) <= tol]
+    rest = [i for i in rest if float(viol[i]) > tol]
+    if gap_only:
+        reasons.append(f"sample(s) {gap_only[:10]} reached the violation tol but not the relative duality gap "
+                       f"gap_tol={gap_tol:g} (gap {', '.join(f'{float(gap[i]):.2e}' for i in gap_only[:5])}): raise "
+                       f"max_iter or gap_tol")
     if rest:
         idx = torch.tensor(rest, device=viol.device)
         window = len(recent) - 1
@@ -525,8 +730,10 @@ def _failure_message(scores, temps, tol, max_iter, converged, failed, viol, rece
             reasons.append(f"sample(s) {slow[:10]} still converging after max_iter={max_iter} sweeps (violation "
                            f"{', '.join(f'{float(viol[i]):.2e}' for i in slow[:5])}): raise max_iter")
         if stuck:
+            other = ("use method='exact' (the same optimum in closed form)" if h.is_forest else
+                     "use method='cvxpylayers' (an interior-point solver)")
             fix = ("solve in float64 (dtype=torch.float64) or raise tol above it" if dtype == torch.float32 else
-                   "raise tol above it, or use method='exact' (the same optimum in closed form)")
+                   f"raise tol above it, or {other}")
             # p(λ) = softmax(η/τ) moves by about eps·|η|/τ in log space for a one-ulp change
             # of η: beyond ~1e-3 the dual cannot place the optimum, however long it runs.
             rows = torch.tensor(stuck, device=viol.device)
@@ -543,16 +750,27 @@ def _failure_message(scores, temps, tol, max_iter, converged, failed, viol, rece
 class DualSolveFunction(torch.autograd.Function):
     """``autograd.Function``: forward = per-sample dual solve, backward = implicit gradient.
 
-    ``DualSolveFunction.apply(h, temps, options, info, *scores) -> L probability tensors``;
+    ``DualSolveFunction.apply(h, temps, options, info, *scores) -> M probability tensors``;
+    ``temps``: ``M`` floats, or a ``(M,)`` tensor whose gradient the backward returns
+    (``∂L/∂τ_k = −Σ θ̄_k log p_k``, :func:`convex_attention.exact.temperature_gradient`);
     ``info`` (a dict) receives the solver's report.
+
+    The backward never differentiates the sweeps: it is the implicit-function gradient at
+    the solution, by the tree VJP on forests and by conjugate gradients on the dual's
+    Hessian otherwise (:func:`convex_attention.hessian.implicit_vjp`).
     """
 
     @staticmethod
-    def forward(ctx, h: Hierarchy, temps: tuple, options: dict, info: dict, *scores: Tensor):
-        result = solve_dual(scores, h, temps, **options)
-        probs, cond = dual_probs(scores, result["duals"], h, temps)
+    def forward(ctx, h: Graph, temps, options: dict, info: dict, *scores: Tensor):
+        if isinstance(temps, Tensor):
+            floats = tuple(float(t) for t in temps.detach().reshape(-1).tolist())
+            ctx.tau_like = (temps.dtype, temps.device)
+        else:
+            floats = tuple(float(t) for t in temps)
+        result = solve_dual(scores, h, floats, **options)
+        probs, cond = dual_probs(scores, result["duals"], h, floats)
         info.update(result)
-        ctx.h, ctx.temps, ctx.L = h, temps, len(probs)
+        ctx.h, ctx.temps, ctx.M = h, floats, len(probs)
         ctx.save_for_backward(*probs, *cond)
         return tuple(probs)
 
@@ -560,5 +778,13 @@ class DualSolveFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: Tensor):
         saved = ctx.saved_tensors
-        gscores = tree_backward(ctx.h, saved[: ctx.L], saved[ctx.L:], ctx.temps, grads)
-        return (None, None, None, None, *gscores)
+        probs = saved[: ctx.M]
+        if ctx.h.is_forest:
+            gscores = tree_backward(ctx.h, probs, saved[ctx.M:], ctx.temps, grads)
+        else:
+            gscores = implicit_vjp(ctx.h, probs, ctx.temps, grads)
+        gtau = None
+        if ctx.needs_input_grad[1]:
+            dtype, device = ctx.tau_like
+            gtau = temperature_gradient(probs, gscores).to(device=device, dtype=dtype)
+        return (None, gtau, None, None, *gscores)

@@ -1,17 +1,21 @@
-r"""The exact consistent attention in closed form (docs/design.md §3).
+r"""The exact consistent attention in closed form (docs/design.md §3), on any forest of maps.
 
-Problem (for every sample of the batch)::
+Problem (for every sample of the batch), on a :class:`~convex_attention.graph.Graph` whose maps
+have at most one coarsening each (a forest of rooted trees: chains, stars)::
 
     maximise_p   Σ_k <θ_k, p_k> + τ_k H(p_k)
-    subject to   p_k ∈ Δ_{n_k},   P_k p_k = p_{k+1}   (k = 0 … L-2)
+    subject to   p_k ∈ Δ_{n_k},   P_e p_c = p_b   for every edge e = (c → b)
 
-Because the partitions nest, the problem is a tree.  An upward pass of block
-log-sum-exps collects, for every coarse cell, the value of its best sub-tree, and a
-downward pass multiplies each coarse probability by the within-block conditionals::
+Each tree is solved by an upward pass of block log-sum-exps, which collects, for every coarse
+cell, the value of its best sub-trees, and a downward pass that multiplies each coarse
+probability by the within-block conditionals.  With maps visited finest first::
 
-    m_0 = θ_0,  T_0 = τ_0
-    A_k = T_k · blocklogsumexp_k(m_k / T_k),   m_{k+1} = θ_{k+1} + A_k,   T_{k+1} = T_k + τ_{k+1}
-    p_{L-1} = softmax(m_{L-1} / T_{L-1}),      p_k = P_kᵀ p_{k+1} ⊙ q_k,   q_k = exp((m_k - P_kᵀA_k) / T_k)
+    m_b = θ_b + Σ_{c → b} A_c,        T_b = τ_b + Σ_{c → b} T_c       (leaves: m = θ, T = τ)
+    A_c = T_c · blocklogsumexp_c(m_c / T_c)                            (per edge c → b)
+    p_root = softmax(m_root / T_root),   p_c = P_cᵀ p_b ⊙ q_c,   q_c = exp((m_c − P_cᵀA_c) / T_c)
+
+For the chain (:class:`~convex_attention.hierarchy.Hierarchy`) this is ``m_{k+1} = θ_{k+1} + A_k``,
+``T_{k+1} = T_k + τ_{k+1}``.
 
 Layers, as in entmax: :func:`exact_forward` / :func:`tree_backward` are the kernels,
 :class:`ExactAttentionFunction` the ``autograd.Function`` with the analytic backward,
@@ -19,19 +23,22 @@ Layers, as in entmax: :func:`exact_forward` / :func:`tree_backward` are the kern
 
 The backward is the vector–Jacobian product of the solution map θ ↦ p*(θ), written as
 reverse-mode through the two passes above: O(Σ n_k), no graph of the forward is kept.
-Temperatures (floats, or a ``(L,)`` tensor that requires grad): the solution depends on
+Temperatures (floats, or a ``(M,)`` tensor that requires grad): the solution depends on
 ``τ`` only through the optimality condition ``θ_k − τ_k (1 + log p_k) + … = 0``, so a change
 of ``τ_k`` acts like the score change ``−log p_k · dτ_k`` (the constant is absorbed: one
-constant per level moves nothing).  By the implicit function theorem
+constant per map moves nothing).  By the implicit function theorem
 ``∂L/∂τ_k = −Σ_{b,i} θ̄_k(b, i) · log p_k(b, i)`` with ``θ̄_k = ∂L/∂θ_k`` from the tree VJP:
-one extra pass per level, only when the temperature requires grad.  (Differentiating the
-closed form itself, where ``τ`` enters through ``T_k = τ_0 + … + τ_k``, gives the same
-numbers but would need the forward's graph; the tests check both against finite
+one extra pass per map, only when the temperature requires grad.  (Differentiating the
+closed form itself, where ``τ`` enters through the sub-tree temperatures ``T_k``, gives the
+same numbers but would need the forward's graph; the tests check both against finite
 differences.)
 
-Numerics: block maxima of ``m_k`` (and the top level's maximum) are subtracted *before*
+A graph with a map of two coarsenings has no closed form: every function here refuses it,
+naming the map, and points to the ``"dual"`` method.
+
+Numerics: block maxima of ``m_k`` (and each root's maximum) are subtracted *before*
 dividing by ``T_k``, so neither ±1e4 scores nor a tiny temperature overflow, and the upward
-pass carries ``m_k`` in score units (``A_k = blockmax + T_k log Σ e``), so a huge
+pass carries ``m_k`` in score units (``A_c = blockmax + T_c log Σ e``), so a huge
 temperature does not either: the output is finite for every temperature that
 ``validation.temperature_range`` accepts.  Half-precision inputs are computed in float32.
 """
@@ -43,15 +50,24 @@ import torch
 from torch import Tensor
 
 from ._ops import centre, compute_dtype, sample_dims
-from .hierarchy import Hierarchy
+from .graph import Graph
 
 __all__ = ["exact_forward", "tree_backward", "ExactAttentionFunction", "exact_attention",
-           "exact_log_probs", "exact_duals", "cumulative_temperatures", "solve_exact", "temperature_gradient"]
+           "exact_log_probs", "exact_duals", "cumulative_temperatures", "subtree_temperatures", "solve_exact",
+           "temperature_gradient", "require_forest"]
 
 
-def cumulative_temperatures(temps: Sequence[float]) -> list[float]:
-    """``T_k = τ_0 + … + τ_k``: the temperature of the sub-tree rooted at level ``k``
-    (floats, or 0-d tensors where ``temps`` holds tensors)."""
+def require_forest(g: Graph, who: str = "method 'exact'") -> None:
+    """ValueError naming the first map with two coarsenings when ``g`` is not a forest."""
+    reason = g.not_forest_reason()
+    if reason is not None:
+        raise ValueError(f"{who} solves forests only (every map with at most one coarsening: chains, stars), "
+                         f"but {reason}, which do not nest; use method 'dual' (or 'cvxpylayers') for this graph")
+
+
+def cumulative_temperatures(temps: Sequence) -> list:
+    """``T_k = τ_0 + … + τ_k``: the temperature of the sub-tree rooted at level ``k`` of a
+    chain (floats, or 0-d tensors where ``temps`` holds tensors)."""
     out, acc = [], 0.0
     for t in temps:
         acc = acc + t  # not +=: tensors would be updated in place
@@ -59,91 +75,122 @@ def cumulative_temperatures(temps: Sequence[float]) -> list[float]:
     return out
 
 
-def exact_forward(scores: Sequence[Tensor], h: Hierarchy, temps: Sequence[float]):
+def subtree_temperatures(g: Graph, temps: Sequence) -> list:
+    """``T_b = τ_b + Σ_{c → b} T_c``: the temperature of the sub-tree rooted at each map of a
+    forest (floats, or 0-d tensors where ``temps`` holds tensors); on a chain,
+    :func:`cumulative_temperatures`."""
+    T: list = [None] * g.num_maps
+    for k in g.order:
+        acc = temps[k]
+        for e in g.in_edges[k]:
+            acc = acc + T[g.edges[e][0]]  # not +=: tensors would be updated in place
+        T[k] = acc
+    return T
+
+
+def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
     """Kernel of the closed form.
 
     Args:
-        scores: ``L`` tensors, ``scores[k]``: ``(B, *h.shapes[k])``, float32/float64.
-        h: the hierarchy.
-        temps: ``L`` positive floats.
+        scores: ``M`` tensors, ``scores[k]``: ``(B, *g.shapes[k])``, float32/float64.
+        g: a forest of maps (a :class:`~convex_attention.hierarchy.Hierarchy`, a star, …).
+        temps: ``M`` positive floats.
 
     Returns:
-        ``(probs, cond, blocksum)``: ``probs[k]`` ``(B, *shapes[k])``; for ``k < L-1``,
-        ``cond[k]`` ``(B, *shapes[k])`` holds ``exp((m_k − blockmax) / T_k)`` and
-        ``blocksum[k]`` ``(B, *shapes[k+1])`` its block sums, so the within-block
-        conditional is ``q_k = cond[k] / P_kᵀ blocksum[k]`` (never materialised: each
+        ``(probs, cond, blocksum)``: ``probs[k]`` ``(B, *shapes[k])``; for every edge
+        ``e = (c → b)``, ``cond[e]`` ``(B, *shapes[c])`` holds ``exp((m_c − blockmax) / T_c)``
+        and ``blocksum[e]`` ``(B, *shapes[b])`` its block sums, so the within-block
+        conditional is ``q_c = cond[e] / P_eᵀ blocksum[e]`` (never materialised: each
         broadcast to the fine grid costs a pass).
     """
-    T = cumulative_temperatures(temps)
-    L = h.num_levels
-    cond, blocksum = [], []
-    m = scores[0]
-    for k in range(L - 1):
-        mmax = h.block_max(m, k)
+    require_forest(g)
+    T = subtree_temperatures(g, temps)
+    E = g.num_edges
+    cond: list = [None] * E
+    blocksum: list = [None] * E
+    message: list = [None] * E
+    m: list = [None] * g.num_maps
+    for k in g.order:
+        mk = scores[k]
+        for c in g.in_edges[k]:
+            mk = mk + message[c]
+        m[k] = mk
+        e = g.coarsening(k)
+        if e is None:
+            continue
+        mmax = g.block_max(mk, e)
         # (m − blockmax) ≤ 0 before the division: no overflow at any accepted T_k
-        e = h.combine_broadcast(m, mmax, k, torch.sub)
+        ex = g.combine_broadcast(mk, mmax, e, torch.sub)
         if T[k] != 1.0:
-            e.div_(T[k])
-        e.exp_()
-        s = h.aggregate(e, k)
-        cond.append(e)
-        blocksum.append(s)
-        m = scores[k + 1] + (mmax + T[k] * s.log())
-    flat = m.flatten(1)
-    top = torch.softmax(torch.sub(flat, flat.amax(1, keepdim=True)).div_(T[-1]), dim=1).view_as(m)
-    probs = [top]
-    for k in reversed(range(L - 1)):
-        probs.insert(0, h.combine_broadcast(cond[k], probs[0] / blocksum[k], k, torch.mul))
+            ex.div_(T[k])
+        ex.exp_()
+        s = g.aggregate(ex, e)
+        cond[e], blocksum[e] = ex, s
+        message[e] = mmax + T[k] * s.log()
+    probs: list = [None] * g.num_maps
+    for r in g.roots:
+        flat = m[r].flatten(1)
+        probs[r] = torch.softmax(torch.sub(flat, flat.amax(1, keepdim=True)).div_(T[r]), dim=1).view_as(m[r])
+    for k in reversed(g.order):
+        e = g.coarsening(k)
+        if e is not None:
+            probs[k] = g.combine_broadcast(cond[e], probs[g.edges[e][1]] / blocksum[e], e, torch.mul)
     return probs, cond, blocksum
 
 
-def tree_backward(h: Hierarchy, probs: Sequence[Tensor], cond: Sequence[Tensor],
+def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
                   temps: Sequence[float], grads: Sequence[Tensor],
                   blocksum: Sequence[Tensor] | None = None) -> list[Tensor]:
-    """Vector–Jacobian product of the solution map θ ↦ p*(θ) at a solution.
+    """Vector–Jacobian product of the solution map θ ↦ p*(θ) at a solution, on a forest.
 
-    Needs only the solution ``probs`` and the within-block conditionals
-    ``q_k = p_k / P_kᵀ p_{k+1}``, given as ``cond[k] / P_kᵀ blocksum[k]`` (or as ``cond``
-    itself when ``blocksum`` is None).  So it is also the implicit-function gradient of
-    any solver that reaches the optimum (the ``"dual"`` method uses it).
+    Needs only the solution ``probs`` and, per edge ``e = (c → b)``, the within-block
+    conditionals ``q_c = p_c / P_eᵀ p_b``, given as ``cond[e] / P_eᵀ blocksum[e]`` (or as
+    ``cond`` itself when ``blocksum`` is None).  So it is also the implicit-function gradient
+    of any solver that reaches the optimum (the ``"dual"`` method uses it on forests).
 
     Args:
-        grads: ``L`` tensors, ``∂loss/∂p_k`` shaped like ``probs[k]``.
+        grads: ``M`` tensors, ``∂loss/∂p_k`` shaped like ``probs[k]``.
 
     Returns:
-        ``L`` tensors ``∂loss/∂θ_k``; each sums to zero per sample (a constant added to a
-        level's scores does not move the solution).
+        ``M`` tensors ``∂loss/∂θ_k``; each sums to zero per sample (a constant added to a
+        map's scores does not move the solution).
     """
-    T = cumulative_temperatures(temps)
-    L = len(probs)
-    G, pooled = [], []
-    for k in range(L):
-        g = (probs[k] * grads[k]).contiguous()
-        if k > 0:
-            g += pooled[k - 1]
-        G.append(g)
-        if k < L - 1:
-            pooled.append(h.aggregate(g, k))
-    top = G[-1]
-    mbar = (top - probs[-1] * top.sum(sample_dims(top), keepdim=True)) / T[-1]
-    out = [mbar]
-    for k in reversed(range(L - 1)):
-        abar = mbar - pooled[k] / T[k]
+    T = subtree_temperatures(g, temps)
+    G: list = [None] * g.num_maps
+    pooled: list = [None] * g.num_edges
+    for k in g.order:
+        gk = (probs[k] * grads[k]).contiguous()
+        for c in g.in_edges[k]:
+            gk += pooled[c]
+        G[k] = gk
+        e = g.coarsening(k)
+        if e is not None:
+            pooled[e] = g.aggregate(gk, e)
+    out: list = [None] * g.num_maps
+    for r in g.roots:
+        top = G[r]
+        out[r] = (top - probs[r] * top.sum(sample_dims(top), keepdim=True)) / T[r]
+    for k in reversed(g.order):
+        e = g.coarsening(k)
+        if e is None:
+            continue
+        abar = out[g.edges[e][1]] - pooled[e] / T[k]
         if blocksum is not None:
-            abar = abar / blocksum[k]
-        # θ̄_k = G_k / T_k + q_k ⊙ P_kᵀ Ā_k, accumulated in G_k's storage.
+            abar = abar / blocksum[e]
+        # θ̄_c = G_c / T_c + q_c ⊙ P_eᵀ Ā_c, accumulated in G_c's storage.
         gk = G[k].mul_(1.0 / T[k])
-        h.fine_view(gk, k).addcmul_(h.fine_view(cond[k], k), h.coarse_view(abar, k))
-        mbar = gk
-        out.insert(0, mbar)
+        g.fine_view(gk, e).addcmul_(g.fine_view(cond[e], e), g.coarse_view(abar, e))
+        out[k] = gk
     return out
 
 
 def temperature_gradient(probs: Sequence[Tensor], gscores: Sequence[Tensor]) -> Tensor:
-    """``∂L/∂τ_k = −Σ_{b,i} θ̄_k(b, i) · log p_k(b, i)``: ``(L,)`` (see the module docstring).
+    """``∂L/∂τ_k = −Σ_{b,i} θ̄_k(b, i) · log p_k(b, i)``: ``(M,)`` (see the module docstring).
 
-    ``θ̄_k`` vanishes wherever ``p_k`` underflows to zero, so ``log p_k`` is floored at the
-    dtype's smallest normal number: the omitted terms are below ``p · |log p|``.
+    Holds at the optimum of any graph (the implicit function theorem needs only the
+    optimality condition).  ``θ̄_k`` vanishes wherever ``p_k`` underflows to zero, so
+    ``log p_k`` is floored at the dtype's smallest normal number: the omitted terms are
+    below ``p · |log p|``.
     """
     out = []
     for p, g in zip(probs, gscores):
@@ -155,39 +202,39 @@ def temperature_gradient(probs: Sequence[Tensor], gscores: Sequence[Tensor]) -> 
 class ExactAttentionFunction(torch.autograd.Function):
     """``autograd.Function``: forward = closed form, backward = analytic tree VJP.
 
-    ``ExactAttentionFunction.apply(h, temps, *scores) -> tuple of L probability tensors``.
-    ``temps``: ``L`` positive floats, or a ``(L,)`` tensor whose gradient the backward
+    ``ExactAttentionFunction.apply(g, temps, *scores) -> tuple of M probability tensors``.
+    ``temps``: ``M`` positive floats, or a ``(M,)`` tensor whose gradient the backward
     returns (:func:`temperature_gradient`).  Scores must be float32 or float64 (see
     :func:`exact_attention` for other dtypes).
     """
 
     @staticmethod
-    def forward(ctx, h: Hierarchy, temps, *scores: Tensor):
+    def forward(ctx, g: Graph, temps, *scores: Tensor):
         if isinstance(temps, Tensor):
             floats = tuple(float(t) for t in temps.detach().reshape(-1).tolist())
             ctx.tau_like = (temps.dtype, temps.device)
         else:
             floats = tuple(float(t) for t in temps)
-        probs, cond, blocksum = exact_forward(scores, h, floats)
-        ctx.h, ctx.temps, ctx.L = h, floats, len(probs)
+        probs, cond, blocksum = exact_forward(scores, g, floats)
+        ctx.g, ctx.temps, ctx.M, ctx.E = g, floats, len(probs), len(cond)
         ctx.save_for_backward(*probs, *cond, *blocksum)
         return tuple(probs)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: Tensor):
-        L = ctx.L
+        M, E = ctx.M, ctx.E
         saved = ctx.saved_tensors
-        gscores = tree_backward(ctx.h, saved[:L], saved[L:2 * L - 1], ctx.temps, grads, saved[2 * L - 1:])
+        gscores = tree_backward(ctx.g, saved[:M], saved[M:M + E], ctx.temps, grads, saved[M + E:])
         gtau = None
         if ctx.needs_input_grad[1]:
             dtype, device = ctx.tau_like
-            gtau = temperature_gradient(saved[:L], gscores).to(device=device, dtype=dtype)
+            gtau = temperature_gradient(saved[:M], gscores).to(device=device, dtype=dtype)
         return (None, gtau, *gscores)
 
 
-def _temperature_argument(temperature):
-    """Floats stay a tuple (the fast path); tensors become one ``(L,)`` float64 tensor that
+def temperature_argument(temperature):
+    """Floats stay a tuple (the fast path); tensors become one ``(M,)`` float64 tensor that
     carries their gradients."""
     if isinstance(temperature, Tensor):
         return temperature.reshape(-1).to(torch.float64)
@@ -198,94 +245,113 @@ def _temperature_argument(temperature):
     return tuple(temperature)
 
 
-def exact_attention(scores: Sequence[Tensor], h: Hierarchy, temperature) -> list[Tensor]:
-    """Probabilities of the exact consistent attention.
+def exact_attention(scores: Sequence[Tensor], g: Graph, temperature) -> list[Tensor]:
+    """Probabilities of the exact consistent attention on a forest.
 
     Args:
-        scores: ``L`` tensors ``(B, *h.shapes[k])`` (validated by the caller).
-        temperature: ``L`` positive floats, ``L`` 0-d tensors or a ``(L,)`` tensor
+        scores: ``M`` tensors ``(B, *g.shapes[k])`` (validated by the caller).
+        temperature: ``M`` positive floats, ``M`` 0-d tensors or a ``(M,)`` tensor
             (differentiated through when it requires grad).
 
     Returns:
-        ``L`` tensors ``(B, *h.shapes[k])`` in the input dtype, each summing to one per
-        sample and exactly consistent (``P_k p_k = p_{k+1}`` up to rounding).
+        ``M`` tensors ``(B, *g.shapes[k])`` in the input dtype, each summing to one per
+        sample and exactly consistent (``P_e p_c = p_b`` up to rounding).
     """
+    require_forest(g)
     dtype = scores[0].dtype
     work = compute_dtype(dtype)
-    probs = ExactAttentionFunction.apply(h, _temperature_argument(temperature), *[s.to(work) for s in scores])
+    probs = ExactAttentionFunction.apply(g, temperature_argument(temperature), *[s.to(work) for s in scores])
     return [p.to(dtype) for p in probs]
 
 
-def _log_terms(scores: Sequence[Tensor], h: Hierarchy, temps):
+def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
     """The closed form's upward pass by differentiable torch operations, in score units.
 
-    Returns ``(T, r)``: ``T`` the cumulative temperatures and ``L`` tensors ``r_k ≤ 0``
-    shaped like ``scores[k]``, ``r_k = m_k − P_kᵀ A_k`` (``k < L-1``) and
-    ``r_{L-1} = m_{L-1} − T_{L-1} logsumexp(m_{L-1} / T_{L-1})``, so that
-    ``log p_k = Σ_{j ≥ k} (P_k^T … P_{j-1}^T) r_j / T_j``.  Every ``r_k`` is finite for any
-    accepted temperature (maxima are subtracted before dividing).
+    Returns ``(T, r, A)``: ``T`` the sub-tree temperatures, ``M`` tensors ``r_k ≤ 0`` shaped
+    like ``scores[k]``, ``r_c = m_c − P_eᵀ A_c`` for a map with coarsening ``e`` and
+    ``r_root = m_root − T_root logsumexp(m_root / T_root)``, so that
+    ``log p_k = Σ_{j on the path from k to its root} (P^T … P^T) r_j / T_j``; and the
+    messages ``A_c`` per edge.  Every ``r_k`` is finite for any accepted temperature (maxima
+    are subtracted before dividing).
     """
-    T = cumulative_temperatures(temps)
-    L = h.num_levels
-    r = []
-    m = scores[0]
-    for k in range(L - 1):
-        mmax = h.block_max(m, k).detach()
-        d = h.combine_broadcast(m, mmax, k, torch.sub)
-        a = mmax + T[k] * h.aggregate(torch.exp(d / T[k]), k).log()
-        r.append(h.combine_broadcast(m, a, k, torch.sub))
-        m = scores[k + 1] + a
-    flat = m.flatten(1)
-    d = flat - flat.detach().amax(1, keepdim=True)
-    r.append((d - T[-1] * torch.logsumexp(d / T[-1], dim=1, keepdim=True)).view_as(m))
-    return T, r
+    require_forest(g)
+    T = subtree_temperatures(g, temps)
+    r: list = [None] * g.num_maps
+    A: list = [None] * g.num_edges
+    for k in g.order:
+        m = scores[k]
+        for c in g.in_edges[k]:
+            m = m + A[c]
+        e = g.coarsening(k)
+        if e is not None:
+            mmax = g.block_max(m, e).detach()
+            d = g.combine_broadcast(m, mmax, e, torch.sub)
+            a = mmax + T[k] * g.aggregate(torch.exp(d / T[k]), e).log()
+            r[k] = g.combine_broadcast(m, a, e, torch.sub)
+            A[e] = a
+        else:
+            flat = m.flatten(1)
+            d = flat - flat.detach().amax(1, keepdim=True)
+            r[k] = (d - T[k] * torch.logsumexp(d / T[k], dim=1, keepdim=True)).view_as(m)
+    return T, r, A
 
 
-def _scaled_log_probs(h: Hierarchy, T, r, k: int, c) -> Tensor:
+def _scaled_log_probs(g: Graph, T, r, k: int, c) -> Tensor:
     """``c · log p_k`` from :func:`_log_terms`; for ``0 < c ≤ T_k`` every factor ``c / T_j``
-    is at most one, so the result is finite even where ``p_k`` underflows."""
-    L = h.num_levels
-    out = r[L - 1] * (c / T[L - 1])
-    for j in range(L - 2, k - 1, -1):
-        out = h.combine_broadcast(r[j] * (c / T[j]), out, j, torch.add)
+    is at most one (sub-tree temperatures grow towards the root), so the result is finite
+    even where ``p_k`` underflows."""
+    path = [k]
+    while (up := g.coarsening(path[-1])) is not None:
+        path.append(g.edges[up][1])
+    out = r[path[-1]] * (c / T[path[-1]])
+    for j in reversed(path[:-1]):
+        e = g.coarsening(j)
+        assert e is not None
+        out = g.combine_broadcast(r[j] * (c / T[j]), out, e, torch.add)
     return out
 
 
-def exact_log_probs(scores: Sequence[Tensor], h: Hierarchy, temps) -> list[Tensor]:
+def exact_log_probs(scores: Sequence[Tensor], g: Graph, temps) -> list[Tensor]:
     """``log p_k`` of the exact solution, by differentiable torch operations (finite
     even where ``p_k`` underflows to zero, unless ``log p_k`` itself is beyond the dtype)."""
-    T, r = _log_terms(scores, h, temps)
-    return [_scaled_log_probs(h, T, r, k, 1.0) for k in range(h.num_levels)]
+    T, r, _ = _log_terms(scores, g, temps)
+    return [_scaled_log_probs(g, T, r, k, 1.0) for k in range(g.num_maps)]
 
 
-def exact_duals(scores: Sequence[Tensor], h: Hierarchy, temps) -> list[Tensor]:
-    """Optimal duals by the top-down recursion of §3, centred per sample.
+def exact_duals(scores: Sequence[Tensor], g: Graph, temps) -> list[Tensor]:
+    """Optimal duals, centred per sample.
 
-    ``λ_{L-2} = τ_{L-1} log p_{L-1} - θ_{L-1}``;  ``λ_{k-1} = τ_k log p_k - θ_k + P_kᵀ λ_k``,
-    with ``τ_k log p_k`` formed from :func:`_log_terms` (finite for every accepted
-    temperature).  Returns ``L-1`` tensors, ``duals[k]``: ``(B, *h.shapes[k+1])``;
-    differentiable in the scores and in tensor temperatures.
+    On a forest, edge ``e = (c → b)`` has ``λ_e = A_c − T_c log p_b`` (+ a constant), with
+    ``T_c log p_b`` formed from :func:`_log_terms` (finite for every accepted temperature,
+    since ``T_c < T_b``).  On the chain ``0 → … → L-1`` the top-down recursion of §3 gives the
+    same duals (and is kept there):
+    ``λ_{L-2} = τ_{L-1} log p_{L-1} - θ_{L-1}``;  ``λ_{k-1} = τ_k log p_k - θ_k + P_kᵀ λ_k``.
+    Returns ``E`` tensors, ``duals[e]``: ``(B, *g.shapes[coarse(e)])``; differentiable in the
+    scores and in tensor temperatures.
     """
-    T, r = _log_terms(scores, h, temps)
-    L = h.num_levels
-    lam = _scaled_log_probs(h, T, r, L - 1, temps[L - 1]) - scores[L - 1]
+    T, r, A = _log_terms(scores, g, temps)
+    if not g._index_chain:
+        duals = [A[e] - _scaled_log_probs(g, T, r, b, T[c]) for e, (c, b) in enumerate(g.edges)]
+        return [centre(d) for d in duals]
+    L = g.num_maps
+    lam = _scaled_log_probs(g, T, r, L - 1, temps[L - 1]) - scores[L - 1]
     duals = [lam]
     for k in range(L - 2, 0, -1):
-        lam = _scaled_log_probs(h, T, r, k, temps[k]) - scores[k] + h.broadcast(lam, k)
+        lam = _scaled_log_probs(g, T, r, k, temps[k]) - scores[k] + g.broadcast(lam, k)
         duals.insert(0, lam)
     return [centre(d) for d in duals]
 
 
-def solve_exact(scores: Sequence[Tensor], h: Hierarchy, temps):
+def solve_exact(scores: Sequence[Tensor], g: Graph, temps):
     """The ``"exact"`` method of the registry: probabilities now (in the scores' dtype),
     duals when first read (in the compute dtype: float32 for half-precision scores).
 
-    ``temps``: ``L`` floats, or ``L`` 0-d tensors to differentiate through."""
-    probs = exact_attention(scores, h, temps)
+    ``temps``: ``M`` floats, or ``M`` 0-d tensors to differentiate through."""
+    probs = exact_attention(scores, g, temps)
     work = compute_dtype(scores[0].dtype)
 
     def duals_fn():
         # in the compute dtype: duals of half-precision scores can exceed float16's range
-        return exact_duals([s.to(work) for s in scores], h, temps)
+        return exact_duals([s.to(work) for s in scores], g, temps)
 
     return probs, duals_fn, {}

@@ -17,6 +17,11 @@ method names.  A record holds the method's function and its facts:
 ``check_options``         ``fn(options, h)`` that validates option values before any work
                           (``None``: only the names are checked); the modules call it at
                           construction
+``structures``            the most general structure the method solves, one of
+                          :data:`~convex_attention.graph.KINDS`: ``"chain"`` (a hierarchy),
+                          ``"forest"`` (every map has at most one coarsening) or ``"graph"``
+                          (any consistency graph); ``solve`` and the modules refuse a
+                          structure beyond it before any work, naming a method that can
 ========================  =================================================================
 
 A method function has the signature
@@ -32,6 +37,7 @@ from . import cvx
 from ._ops import level_softmax
 from .dual import check_dual_options, solve_dual_method, solve_learned_dual
 from .exact import solve_exact
+from .graph import KINDS, Graph
 
 __all__ = ["Method", "REGISTRY", "METHODS", "get_method", "register_method"]
 
@@ -52,6 +58,32 @@ class Method:
     tensor_temperature: bool = False
     cpu_only: bool = False
     check_options: Callable | None = None
+    structures: str = "chain"
+
+    def __post_init__(self) -> None:
+        if self.structures not in KINDS:
+            raise ValueError(f"Method {self.name!r}: structures must be one of {', '.join(KINDS)}, "
+                             f"got {self.structures!r}")
+
+    def accepts(self, h: Graph) -> bool:
+        """True when the method solves structures like ``h`` (its kind is within :attr:`structures`)."""
+        return KINDS.index(h.kind) <= KINDS.index(self.structures)
+
+    def check_structure(self, h: Graph) -> None:
+        """ValueError, before any work, when the method cannot solve ``h``: names why and a method that can."""
+        if self.accepts(h):
+            return
+        # consistent methods first, the ones that run on the scores' device before the CPU references
+        able = [m.name for m in sorted(REGISTRY.values(), key=lambda m: (not m.consistent, m.cpu_only))
+                if m.accepts(h)]
+        if h.kind == "graph":
+            why = f"{h.not_forest_reason()}, which do not nest"
+        else:
+            several = [k for k in range(h.num_maps) if len(h.in_edges[k]) > 1]
+            why = (f"map {several[0]} has {len(h.in_edges[several[0]])} finer maps" if several else
+                   f"it has {len(h.components)} separate components")
+        raise ValueError(f"method {self.name!r} solves {self.structures}s only, and this structure is a {h.kind}: "
+                         f"{why}; use method " + " or ".join(repr(n) for n in able[:2]))
 
     def check_option_names(self, options) -> None:
         """TypeError naming any option this method does not take (``options`` None: passed
@@ -101,9 +133,8 @@ def _dual(scores, h, temps, duals, options):
 
 
 def _check_dual_options(options, h):
-    # init depends on the batch: solve checks it with the scores
-    static = {k: v for k, v in options.items() if k != "init"}
-    check_dual_options(static, h, 1, None)
+    # the batch of init is checked with the scores, by solve
+    check_dual_options(options, h, None, None)
 
 
 def _check_cvxpylayers_options(options, h):
@@ -118,17 +149,20 @@ def _cvxpylayers(scores, h, temps, duals, options):
 
 
 for _record in (
-    Method("softmax", _softmax, "every level on its own (no consistency; the usual attention)",
-           has_duals=False, tensor_temperature=True),
-    Method("exact", _exact, "the closed form of the tree problem; analytic backward",
-           exact=True, consistent=True, tensor_temperature=True),
+    Method("softmax", _softmax, "every map on its own (no consistency; the usual attention)",
+           has_duals=False, tensor_temperature=True, structures="graph"),
+    Method("exact", _exact, "the closed form on a forest of maps; analytic backward",
+           exact=True, consistent=True, tensor_temperature=True, structures="forest"),
     Method("cvxpylayers", _cvxpylayers, "the CVXPY problem in a cvxpylayers layer (the slow reference)",
-           options=None, exact=True, consistent=True, cpu_only=True, check_options=_check_cvxpylayers_options),
-    Method("dual", _dual, "per-sample minimisation of the dual function to a tolerance",
-           options=frozenset({"tol", "max_iter", "strict", "record_history", "init", "dtype"}),
-           exact=True, consistent=True, check_options=_check_dual_options),
+           options=None, exact=True, consistent=True, cpu_only=True, check_options=_check_cvxpylayers_options,
+           structures="graph"),
+    Method("dual", _dual, "per-sample minimisation of the dual function to a tolerance; implicit backward",
+           options=frozenset({"tol", "gap_tol", "max_iter", "strict", "record_history", "init", "newton",
+                              "warm_start", "dtype"}),
+           exact=True, consistent=True, tensor_temperature=True, check_options=_check_dual_options,
+           structures="graph"),
     Method("learned_dual", _learned_dual, "the paper's reparameterisation p(λ) at given duals",
-           needs_duals=True, tensor_temperature=True),
+           needs_duals=True, tensor_temperature=True, structures="graph"),
 ):
     register_method(_record)
 

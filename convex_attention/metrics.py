@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._ops import upcast
 from .dual import dual_function
-from .hierarchy import Hierarchy
+from .graph import Graph
 
 __all__ = ["violation", "objective", "dual_objective", "primal_gap", "dual_gap", "max_abs_err",
            "consistency_residuals"]
@@ -23,14 +23,15 @@ def _flat_sum(x: Tensor) -> Tensor:
     return x.flatten(1).sum(1)
 
 
-def consistency_residuals(probs: Sequence[Tensor], h: Hierarchy) -> list[Tensor]:
-    """``‖P_k p_k − p_{k+1}‖₁`` per constraint: ``L-1`` tensors ``(B,)``."""
-    return [_flat_sum((h.aggregate(upcast(probs[k]), k) - upcast(probs[k + 1])).abs())
-            for k in range(h.num_levels - 1)]
+def consistency_residuals(probs: Sequence[Tensor], h: Graph) -> list[Tensor]:
+    """``‖P_e p_a − p_b‖₁`` per constraint (edge ``e = (a → b)``; on a hierarchy ``P_k p_k − p_{k+1}``):
+    ``E`` tensors ``(B,)``."""
+    return [_flat_sum((h.aggregate(upcast(probs[a]), e) - upcast(probs[b])).abs())
+            for e, (a, b) in enumerate(h.edges)]
 
 
-def violation(probs: Sequence[Tensor], h: Hierarchy) -> Tensor:
-    """``max_k ‖P_k p_k − p_{k+1}‖₁`` per sample: ``(B,)`` (half inputs measured in float32)."""
+def violation(probs: Sequence[Tensor], h: Graph) -> Tensor:
+    """``max_e ‖P_e p_a − p_b‖₁`` per sample: ``(B,)`` (half inputs measured in float32)."""
     return torch.stack(consistency_residuals(probs, h)).amax(0)
 
 
@@ -40,15 +41,16 @@ def objective(scores: Sequence[Tensor], probs: Sequence[Tensor], temps: Sequence
     ``H(p) = −Σ p log p`` with ``0 log 0 = 0``; negative entries (solver round-off) are
     clamped to zero inside the entropy.
     """
-    total = 0.0
+    total: Tensor | float = 0.0
     for s, p, t in zip(scores, probs, temps):
         s, p = upcast(s), upcast(p)
         pc = p.clamp(min=0)
         total = total + _flat_sum(s * p) - t * _flat_sum(torch.xlogy(pc, pc))
+    assert isinstance(total, Tensor)
     return total
 
 
-def dual_objective(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
+def dual_objective(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
                    temps: Sequence[float]) -> Tensor:
     """``g(λ) = Σ_k τ_k logsumexp(η_k / τ_k)`` per sample: ``(B,)``."""
     return dual_function([upcast(s) for s in scores], [upcast(d) for d in duals], h, temps)
@@ -60,13 +62,13 @@ def primal_gap(optimal_value: Tensor, scores: Sequence[Tensor], probs: Sequence[
     return optimal_value - objective(scores, probs, temps)
 
 
-def dual_gap(optimal_value: Tensor, scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy,
+def dual_gap(optimal_value: Tensor, scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
              temps: Sequence[float]) -> Tensor:
     """``g(λ) − f* ≥ 0``, zero exactly when ``λ`` is optimal: ``(B,)``."""
     return dual_objective(scores, duals, h, temps) - optimal_value
 
 
 def max_abs_err(probs: Sequence[Tensor], reference: Sequence[Tensor]) -> Tensor:
-    """``max |p − p_ref|`` over all cells and levels, per sample: ``(B,)``."""
+    """``max |p − p_ref|`` over all cells and maps, per sample: ``(B,)``."""
     return torch.stack([(upcast(p) - upcast(r)).abs().flatten(1).amax(1)
                         for p, r in zip(probs, reference)]).amax(0)

@@ -1,24 +1,26 @@
 r"""``solve()``: one dispatch point over the methods, and the ``Solution`` it returns.
 
-Problem (docs/design.md §1), for every sample of the batch::
+Problem (docs/design.md §1), for every sample of the batch, on a structure ``h`` with maps
+``k`` and edges ``e = (a → b)`` (a :class:`~convex_attention.hierarchy.Hierarchy`: the chain
+``P_k p_k = p_{k+1}``; any :class:`~convex_attention.graph.Graph`)::
 
     maximise   Σ_k <θ_k, p_k> + τ_k H(p_k)
-    subject to p_k ∈ Δ_{n_k},   P_k p_k = p_{k+1}    (k = 0 … L-2)
+    subject to p_k ∈ Δ_{n_k},   P_e p_a = p_b    for every edge e = (a → b)
 
-Methods:
+Methods (and the structures they solve, ``Method.structures``):
 
 ========================  ===============================================================
-``"softmax"``             every level on its own, ``p_k = softmax(θ_k / τ_k)`` (no consistency)
-``"exact"``               the closed form of §3; analytic backward
-``"cvxpylayers"``         the CVXPY problem inside a ``CvxpyLayer`` (CPU, float64; slow)
-``"dual"``                per-sample minimisation of the dual ``g(λ)`` to ``tol``
-``"learned_dual"``        the reparameterisation ``p(λ)`` at given ``duals``
+``"softmax"``             every map on its own, ``p_k = softmax(θ_k / τ_k)`` (no consistency)
+``"exact"``               the closed form of §3 on forests (chains, stars); analytic backward
+``"cvxpylayers"``         the CVXPY problem inside a ``CvxpyLayer`` (CPU, float64; slow); any graph
+``"dual"``                per-sample minimisation of the dual ``g(λ)`` to ``tol``; any graph
+``"learned_dual"``        the reparameterisation ``p(λ)`` at given ``duals``; any graph
 ========================  ===============================================================
 
-Temperatures are per level, never per sample: a positive float, one per level, or a tensor
-of shape ``()`` or ``(L,)``.  A tensor that requires grad is differentiated through by the
-methods whose registry record says ``tensor_temperature`` (softmax, exact, learned_dual);
-the others refuse it.  The accepted range depends on the compute dtype
+Temperatures are per map (per level), never per sample: a positive float, one per map, or a
+tensor of shape ``()`` or ``(M,)``.  A tensor that requires grad is differentiated through by
+the methods whose registry record says ``tensor_temperature`` (softmax, exact, dual,
+learned_dual); the others refuse it.  The accepted range depends on the compute dtype
 (``validation.temperature_range``: every ``τ_k`` at least the smallest normal number,
 ``Σ_k τ_k`` at most the square root of the largest; float32: [1.2e-38, 1.8e19]); within it
 every method returns finite probabilities, duals and objectives for finite scores whose
@@ -35,9 +37,9 @@ from torch import Tensor
 from . import metrics
 from ._ops import compute_dtype
 from .dual import consistency_loss_unchecked
-from .hierarchy import Hierarchy
+from .graph import Graph
 from .methods import METHODS, REGISTRY, get_method
-from .validation import check_duals, check_scores_and_peaks, check_temperatures
+from .validation import check_duals, check_hierarchy, check_scores_and_peaks, check_temperatures
 
 __all__ = ["solve", "Solution", "consistency_loss", "METHODS"]
 
@@ -45,20 +47,23 @@ class Solution:
     """The result of :func:`solve`.
 
     Attributes:
-        probs: list of ``L`` tensors ``(B, *h.shapes[k])``, each summing to one per sample.
-        duals: list of ``L-1`` tensors ``(B, *h.shapes[k+1])``, mean-zero per sample
+        probs: list of ``M`` tensors ``(B, *h.shapes[k])``, each summing to one per sample.
+        duals: list of ``E`` tensors, one per edge ``e = (a → b)``, ``(B, *h.shapes[b])``
+            (on a hierarchy ``L-1`` tensors ``(B, *h.shapes[k+1])``), mean-zero per sample
             (``None`` for ``"softmax"``), in the compute dtype (float32 for half-precision
             scores, whose range duals can exceed; otherwise the scores' dtype).
-        violation: ``(B,)``, ``max_k ‖P_k p_k − p_{k+1}‖₁``.
+        violation: ``(B,)``, ``max_e ‖P_e p_a − p_b‖₁``.
         objective: ``(B,)``, ``Σ_k <θ_k, p_k> + τ_k H(p_k)`` at ``probs``.
         dual_objective: ``(B,)``, ``g(λ)`` at ``duals`` (``None`` for ``"softmax"``).
         method: the method's name.
-        temperature: ``L`` floats, or ``L`` 0-d tensors when a temperature that requires
+        temperature: ``M`` floats, or ``M`` 0-d tensors when a temperature that requires
             grad was differentiated through (then ``objective`` and ``dual_objective``
             are differentiable in it too).
         info: the solver's report, empty for ``"softmax"``, ``"exact"`` and
             ``"learned_dual"``; ``"dual"``: ``iterations`` ``(B,)`` (sweeps per sample),
-            ``converged`` ``(B,)``, ``violation`` ``(B,)`` and, if asked, ``history``;
+            ``converged`` ``(B,)``, ``violation`` ``(B,)``, ``gap`` ``(B,)`` (the relative
+            duality gap it certifies, ``|g(λ) − f(p(λ))| / max(1, |f(p(λ))|)``),
+            ``newton_steps`` ``(B,)`` (Newton candidates taken) and, if asked, ``history``;
             ``"cvxpylayers"``: ``backend`` (its name), ``eps``, ``accept_tol`` and
             ``solver_options`` (the options as given).
 
@@ -67,7 +72,7 @@ class Solution:
     them.  They are differentiable functions of the scores wherever the method is.
     """
 
-    def __init__(self, probs: list[Tensor], scores: list[Tensor], h: Hierarchy, temperature: list,
+    def __init__(self, probs: list[Tensor], scores: list[Tensor], h: Graph, temperature: list,
                  method: str, duals: list[Tensor] | Callable[[], list[Tensor]] | None = None,
                  info: dict | None = None):
         self.probs = probs
@@ -110,28 +115,32 @@ class Solution:
                 f"dtype={self.probs[0].dtype})")
 
 
-def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", temperature=1.0,
+def solve(scores: Sequence[Tensor], h: Graph, method: str = "exact", temperature=1.0,
           duals: Sequence[Tensor] | None = None, check_finite: bool = True, **options) -> Solution:
-    """Consistent multi-level attention.
+    """Consistent multi-level attention on a hierarchy or a graph of maps.
 
     Args:
-        scores: ``L`` tensors, ``scores[k]``: ``(B, *h.shapes[k])``, one floating dtype,
+        scores: ``M`` tensors, ``scores[k]``: ``(B, *h.shapes[k])``, one floating dtype,
             one device.
-        h: the :class:`Hierarchy`.
+        h: the structure: a :class:`Hierarchy` (``M = L`` levels) or a :class:`Graph`.
         method: ``"softmax"``, ``"exact"``, ``"cvxpylayers"``, ``"dual"`` or ``"learned_dual"``.
-        temperature: a positive float, or one per level (a sequence of ``L``); or a tensor
-            of shape ``()`` or ``(L,)`` — temperatures are per level, never per sample.
+            A method that cannot solve the structure (``"exact"`` on a graph with a map of two
+            coarsenings) is refused before any work, naming one that can.
+        temperature: a positive float, or one per map (a sequence of ``M``); or a tensor
+            of shape ``()`` or ``(M,)`` — temperatures are per map, never per sample.
             A tensor that requires grad is differentiated through by ``"softmax"``,
-            ``"exact"`` and ``"learned_dual"``; ``"dual"`` and ``"cvxpylayers"`` raise
+            ``"exact"``, ``"dual"`` and ``"learned_dual"``; ``"cvxpylayers"`` raises
             TypeError (pass ``temperature.detach()``).  Accepted range: see the module
             docstring (ValueError outside it).
-        duals: for ``"learned_dual"``: ``L-1`` tensors, ``duals[k]`` shaped
-            ``h.shapes[k+1]``, ``(1, *h.shapes[k+1])`` or ``(B, *h.shapes[k+1])``.
+        duals: for ``"learned_dual"``: one tensor per edge ``e``, shaped like its coarse map:
+            ``h.shapes[b]``, ``(1, *h.shapes[b])`` or ``(B, *h.shapes[b])`` (on a hierarchy
+            ``L-1`` tensors, ``duals[k]`` shaped like level ``k+1``).
         check_finite: reject NaN/Inf scores and scores beyond ``validation.score_limit``
             (reads the scores once; on CUDA one host synchronisation; turn off in a
             training hot path).
-        **options: ``"dual"``: ``tol`` (1e-6), ``max_iter`` (1000), ``strict`` (True),
-            ``record_history``, ``init``, ``dtype`` (float64); ``"cvxpylayers"``:
+        **options: ``"dual"``: ``tol`` (1e-6), ``gap_tol`` (``tol``), ``max_iter`` (1000),
+            ``strict`` (True), ``record_history``, ``init``, ``newton`` (``"auto"``),
+            ``warm_start`` (``"auto"``), ``dtype`` (float64); ``"cvxpylayers"``:
             ``backend`` (``"diffcp-clarabel"`` default, ``"diffcp-scs"``, ``"moreau"``,
             ``"cuclarabel"``; :func:`convex_attention.cvx.available_backends`),
             ``solve_method``, ``eps``, ``max_iters``, ``accept_tol`` and solver settings.
@@ -143,15 +152,17 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
         for the methods above).
 
     Raises:
-        TypeError / ValueError: malformed input (shapes, level count, dtype, NaN/Inf,
-            temperatures, unknown method or option, missing duals).
+        TypeError / ValueError: malformed input (shapes, map count, dtype, NaN/Inf,
+            temperatures, unknown method or option, missing duals), or a method that cannot
+            solve the structure.
         convex_attention.dual.ConvergenceError: ``"dual"`` missed ``tol`` (``strict``).
         convex_attention.cvx.SolverFailure: ``"cvxpylayers"`` failed or was inaccurate.
     """
     record = get_method(method)
+    record.check_structure(check_hierarchy(h))
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
-    temps = check_temperatures(temperature, h.num_levels, dtype=scores[0].dtype,
-                               allow_grad=record.tensor_temperature, method=record.name)
+    temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype,
+                               allow_grad=record.tensor_temperature, method=record.name, unit=h._map_word)
     record.check_option_names(options)
     if duals is not None and not record.needs_duals:
         users = " or ".join(repr(m.name) for m in REGISTRY.values() if m.needs_duals)
@@ -163,17 +174,18 @@ def solve(scores: Sequence[Tensor], h: Hierarchy, method: str = "exact", tempera
     return Solution(probs, scores, h, temps, record.name, lam, info)
 
 
-def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hierarchy, temperature=1.0,
+def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temperature=1.0,
                      detach_target: bool = False, check_finite: bool = True) -> Tensor:
     """The paper's consistency loss (docs/design.md §2), a scalar tensor.
 
-    ``Σ_k KL(b_k ‖ a_k)`` with ``a_k = P_k p_k(λ)``, ``b_k = p_{k+1}(λ)`` and
-    ``p_k(λ) = softmax(η_k / τ_k)``, each normalised per sample, averaged over the batch.
-    For two levels and τ = 1: ``a ∝ SumPool(softmax θ_0) ⊙ e^{−λ}``, ``b ∝ softmax(θ_1) ⊙ e^{+λ}``.
+    ``Σ_e KL(b_e ‖ a_e)`` over the edges ``e = (a → b)``, with ``a_e = P_e p_a(λ)``,
+    ``b_e = p_b(λ)`` and ``p_k(λ) = softmax(η_k / τ_k)``, each normalised per sample, averaged
+    over the batch.  For two levels and τ = 1: ``a ∝ SumPool(softmax θ_0) ⊙ e^{−λ}``,
+    ``b ∝ softmax(θ_1) ⊙ e^{+λ}``.
 
     Args:
-        scores: ``L`` tensors ``(B, *h.shapes[k])``.
-        duals: ``L-1`` tensors shaped ``h.shapes[k+1]``, ``(1, …)`` or ``(B, …)``.
+        scores: ``M`` tensors ``(B, *h.shapes[k])``.
+        duals: one tensor per edge, shaped like its coarse map, ``(1, …)`` or ``(B, …)``.
         temperature: as for :func:`solve`; a tensor that requires grad is differentiated
             through.
         detach_target: stop the gradient through ``b_k`` (the coarse side).
@@ -182,7 +194,7 @@ def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Hiera
     smallest accepted), the loss is ``+inf`` (the KL divergence is), never NaN.
     """
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
-    temps = check_temperatures(temperature, h.num_levels, dtype=scores[0].dtype, allow_grad=True)
+    temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype, allow_grad=True, unit=h._map_word)
     work = compute_dtype(scores[0].dtype)
     lam = check_duals(duals, h, scores[0].shape[0], work, scores[0].device, check_finite=check_finite,
                       score_peak_sum=peak_sum)

@@ -8,16 +8,23 @@ import torch
 from torch import Tensor
 
 from ._ops import compute_dtype
-from .hierarchy import Hierarchy
+from .graph import Graph
 
 
-def check_hierarchy(h) -> Hierarchy:
-    if not isinstance(h, Hierarchy):
-        raise TypeError(f"h must be a convex_attention.Hierarchy, got {type(h).__name__}")
+def check_hierarchy(h) -> Graph:
+    """``h`` itself when it is a structure (a :class:`~convex_attention.hierarchy.Hierarchy` or any
+    :class:`~convex_attention.graph.Graph`), else TypeError."""
+    if not isinstance(h, Graph):
+        raise TypeError(f"h must be a convex_attention.Hierarchy or Graph, got {type(h).__name__}")
     return h
 
 
-def check_scores(scores, h: Hierarchy, check_finite: bool = True, name: str = "scores") -> list[Tensor]:
+def _unit(h: Graph) -> str:
+    """What the structure's maps are called in messages: levels of a hierarchy, maps of a graph."""
+    return h._map_word
+
+
+def check_scores(scores, h: Graph, check_finite: bool = True, name: str = "scores") -> list[Tensor]:
     """Validate ``scores[k].shape == (B, *h.shapes[k])``; returns the list of tensors.
 
     ``check_finite`` reads every value once; on CUDA that is one host synchronisation.
@@ -25,17 +32,18 @@ def check_scores(scores, h: Hierarchy, check_finite: bool = True, name: str = "s
     return check_scores_and_peaks(scores, h, check_finite, name)[0]
 
 
-def check_scores_and_peaks(scores, h: Hierarchy, check_finite: bool = True,
+def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True,
                            name: str = "scores") -> tuple[list[Tensor], float | None]:
     """:func:`check_scores`, also returning ``Σ_k max |scores[k]|`` (``None`` without
     ``check_finite``), for :func:`check_duals` to bound the logits ``θ + duals``."""
     check_hierarchy(h)
+    unit, M = _unit(h), h.num_maps
     if isinstance(scores, Tensor) or not isinstance(scores, Sequence):
-        raise TypeError(f"{name} must be a list of {h.num_levels} tensors (one per level), "
-                        f"got {type(scores).__name__}")
-    if len(scores) != h.num_levels:
-        raise ValueError(f"{name} must hold one tensor per level: the hierarchy has "
-                         f"{h.num_levels} levels, got {len(scores)} tensors")
+        raise TypeError(f"{name} must be a list of {M} tensors (one per {unit}), got {type(scores).__name__}")
+    if len(scores) != M:
+        structure = "hierarchy" if unit == "level" else "graph"
+        raise ValueError(f"{name} must hold one tensor per {unit}: the {structure} has {M} {unit}s, "
+                         f"got {len(scores)} tensors")
     out = []
     for k, s in enumerate(scores):
         if not isinstance(s, Tensor):
@@ -45,7 +53,7 @@ def check_scores_and_peaks(scores, h: Hierarchy, check_finite: bool = True,
         expected = h.shapes[k]
         if s.dim() != 1 + len(expected) or tuple(s.shape[1:]) != expected:
             raise ValueError(f"{name}[{k}] must have shape (B, {', '.join(map(str, expected))}) "
-                             f"for level {k}, got {tuple(s.shape)}")
+                             f"for {unit} {k}, got {tuple(s.shape)}")
         out.append(s)
     batch = out[0].shape[0]
     for k, s in enumerate(out):
@@ -67,9 +75,9 @@ def check_scores_and_peaks(scores, h: Hierarchy, check_finite: bool = True,
     total, limit = math.fsum(peaks), score_limit(out[0].dtype)
     if total > limit:
         raise ValueError(
-            f"{name} are too large for {out[0].dtype}: the largest |score| of each level sums to "
+            f"{name} are too large for {out[0].dtype}: the largest |score| of each {unit} sums to "
             f"{total:.3g}, above {limit:.3g} (a quarter of the largest {compute_dtype(out[0].dtype)} "
-            f"number; the closed form adds one score per level, and beyond this the sum can overflow); divide "
+            f"number; the closed form adds one score per {unit}, and beyond this the sum can overflow); divide "
             f"the scores and the temperature by the same factor (the solution does not change) or compute "
             f"in float64")
     return out, total
@@ -121,8 +129,8 @@ def is_grad_temperature(temperature) -> bool:
 
 
 def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None = None,
-                       allow_grad: bool = False, method: str | None = None) -> list:
-    """Validate temperatures: one per level, never one per sample.
+                       allow_grad: bool = False, method: str | None = None, unit: str = "level") -> list:
+    """Validate temperatures: one per level (per map of a graph: ``unit="map"``), never one per sample.
 
     Accepted: a positive number, a sequence of ``num_levels`` positive numbers (or 0-d
     tensors), or a real tensor of shape ``()`` (shared by the levels) or ``(num_levels,)``
@@ -139,13 +147,14 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
             raise TypeError(f"temperature must be a real tensor, got dtype {temperature.dtype}")
         if temperature.dim() > 1 or (temperature.dim() == 1 and temperature.shape[0] != num_levels):
             raise ValueError(
-                f"temperature tensor must have shape () (one for every level) or ({num_levels},) (one per "
-                f"level), got {tuple(temperature.shape)}; temperatures are per level, never per sample")
+                f"temperature tensor must have shape () (one for every {unit}) or ({num_levels},) (one per "
+                f"{unit}), got {tuple(temperature.shape)}; temperatures are per {unit}, never per sample")
         if grad and not allow_grad:
             _refuse_grad_temperature(method, "a float or a tensor that does not require grad "
                                              "(temperature.detach())")
         values = temperature.detach().cpu().tolist()
-        temps = _check_temperature_values(values if isinstance(values, list) else float(values), num_levels, dtype)
+        temps = _check_temperature_values(values if isinstance(values, list) else float(values), num_levels, dtype,
+                                          unit)
         if not grad:
             return temps
         if temperature.dim() == 0:
@@ -157,33 +166,33 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
         for k, t in enumerate(temperature):
             if isinstance(t, Tensor) and (t.dim() != 0 or not t.dtype.is_floating_point):
                 raise ValueError(f"temperature[{k}] must be a number or a 0-d floating tensor (one temperature per "
-                                 f"level), got a tensor of shape {tuple(t.shape)} and dtype {t.dtype}")
+                                 f"{unit}), got a tensor of shape {tuple(t.shape)} and dtype {t.dtype}")
         values = [float(t.detach()) if isinstance(t, Tensor) else t for t in temperature]
-        temps = _check_temperature_values(values, num_levels, dtype)
+        temps = _check_temperature_values(values, num_levels, dtype, unit)
         grads = [is_grad_temperature(t) for t in temperature]
         if not any(grads):
             return temps
         if not allow_grad:
             _refuse_grad_temperature(method, "floats or tensors that do not require grad")
         return [t if g else v for t, g, v in zip(temperature, grads, temps)]
-    return _check_temperature_values(temperature, num_levels, dtype)
+    return _check_temperature_values(temperature, num_levels, dtype, unit)
 
 
 def _refuse_grad_temperature(method: str | None, instead: str):
     who = f"method {method!r}" if method else "this method"
-    raise TypeError(f"{who} cannot differentiate through the temperature: pass {instead}; 'softmax', 'exact' "
-                    f"and 'learned_dual' differentiate through a tensor temperature")
+    raise TypeError(f"{who} cannot differentiate through the temperature: pass {instead}; 'softmax', 'exact', "
+                    f"'dual' and 'learned_dual' differentiate through a tensor temperature")
 
 
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
-def _check_temperature_values(temperature, num_levels: int, dtype) -> list[float]:
+def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "level") -> list[float]:
     if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
         temps = [float(temperature)] * num_levels
     elif isinstance(temperature, Sequence) and not isinstance(temperature, (str, bytes)):
         if len(temperature) != num_levels:
-            raise ValueError(f"temperature must be one float or one per level ({num_levels}), "
+            raise ValueError(f"temperature must be one float or one per {unit} ({num_levels}), "
                              f"got {len(temperature)} values")
         temps = []
         for t in temperature:
@@ -191,49 +200,54 @@ def _check_temperature_values(temperature, num_levels: int, dtype) -> list[float
                 raise TypeError(f"temperatures must be numbers, got {t!r}")
             temps.append(float(t))
     else:
-        raise TypeError(f"temperature must be a positive float, a list of them (one per level) or a tensor of "
+        raise TypeError(f"temperature must be a positive float, a list of them (one per {unit}) or a tensor of "
                         f"shape () or ({num_levels},), got {temperature!r}")
     for k, t in enumerate(temps):
         if not math.isfinite(t) or t <= 0:
-            raise ValueError(f"temperature of level {k} must be positive and finite, got {t}")
+            raise ValueError(f"temperature of {unit} {k} must be positive and finite, got {t}")
     low, high = temperature_range(dtype)
     work = compute_dtype(dtype) if dtype is not None else torch.float64
     for k, t in enumerate(temps):
         if t < low:
-            raise ValueError(f"temperature of level {k} is {t:g}, below the smallest accepted for {_name(work)} "
+            raise ValueError(f"temperature of {unit} {k} is {t:g}, below the smallest accepted for {_name(work)} "
                              f"computation ({low:.3g}, where 1/τ stops being finite); use a larger temperature"
                              + ("" if work == torch.float64 else " or float64 scores"))
     total = math.fsum(temps)
     if total > high:
         raise ValueError(f"the temperatures sum to {total:g}, above the largest accepted for {_name(work)} computation "
-                         f"({high:.3g}); at such temperatures every level is uniform to {_name(work)} precision: use "
+                         f"({high:.3g}); at such temperatures every {unit} is uniform to {_name(work)} precision: use "
                          f"smaller temperatures" + ("" if work == torch.float64 else " or float64 scores"))
     return temps
 
 
-def check_duals(duals, h: Hierarchy, batch: int, dtype, device, check_finite: bool = True,
+def check_duals(duals, h: Graph, batch: int, dtype, device, check_finite: bool = True,
                 score_peak_sum: float | None = None) -> list[Tensor]:
-    """Duals for ``"learned_dual"``: ``L-1`` tensors shaped ``(*shapes[k+1])``, ``(1, …)`` or ``(B, …)``.
+    """Duals for ``"learned_dual"``: one tensor per edge ``e``, shaped like its coarse map,
+    ``(*shapes[coarse(e)])``, ``(1, …)`` or ``(B, …)`` (on a hierarchy: ``L-1`` tensors, ``duals[k]``
+    shaped like level ``k+1``).
 
     Returns them with a leading batch dimension (1 or B), cast to ``dtype``.  With
     ``check_finite`` they must be finite and, given the scores' ``score_peak_sum``
-    (:func:`check_scores_and_peaks`), the logits ``θ_k + λ_{k-1} − P_kᵀ λ_k`` must stay
-    within :func:`score_limit`: ``score_peak_sum + 2 Σ_k max |λ_k|`` at most the limit.
+    (:func:`check_scores_and_peaks`), the logits ``θ_k + Σ_{e into k} λ_e − Σ_{e out of k} P_eᵀ λ_e``
+    must stay within :func:`score_limit`: ``score_peak_sum + 2 Σ_e max |λ_e|`` (each dual
+    enters two maps) at most the limit.
     """
+    E = h.num_edges
+    coarse_shapes = [h.shapes[b] for _, b in h.edges]
     if duals is None:
-        raise ValueError(f"method 'learned_dual' needs duals: a list of {h.num_levels - 1} tensors, "
-                         f"duals[k] shaped {h.shapes[1:]} (e.g. LearnedDuals(h)())")
+        raise ValueError(f"method 'learned_dual' needs duals: a list of {E} tensors, one per constraint, "
+                         f"duals[e] shaped {coarse_shapes} (e.g. LearnedDuals(h)())")
     if isinstance(duals, Tensor) or not isinstance(duals, Sequence):
-        raise TypeError(f"duals must be a list of {h.num_levels - 1} tensors, got {type(duals).__name__}")
-    if len(duals) != h.num_levels - 1:
-        raise ValueError(f"duals must hold one tensor per constraint ({h.num_levels - 1}), got {len(duals)}")
+        raise TypeError(f"duals must be a list of {E} tensors, got {type(duals).__name__}")
+    if len(duals) != E:
+        raise ValueError(f"duals must hold one tensor per constraint ({E}), got {len(duals)}")
     out = []
     for k, lam in enumerate(duals):
         if not isinstance(lam, Tensor):
             raise TypeError(f"duals[{k}] must be a torch.Tensor, got {type(lam).__name__}")
         if not lam.dtype.is_floating_point:
             raise TypeError(f"duals[{k}] must be a floating tensor, got dtype {lam.dtype}")
-        shape = h.shapes[k + 1]
+        shape = coarse_shapes[k]
         if tuple(lam.shape) == shape:
             lam = lam.unsqueeze(0)
         if lam.dim() != 1 + len(shape) or tuple(lam.shape[1:]) != shape or lam.shape[0] not in (1, batch):
@@ -251,8 +265,8 @@ def check_duals(duals, h: Hierarchy, batch: int, dtype, device, check_finite: bo
         reach = None if score_peak_sum is None else score_peak_sum + 2 * math.fsum(peaks)
         if reach is not None and reach > limit:
             raise ValueError(
-                f"scores and duals are too large for {dtype}: the logits θ_k + λ_(k-1) − P_kᵀ λ_k can reach "
-                f"{reach:.3g}, above {limit:.3g} (a quarter of the largest "
+                f"scores and duals are too large for {dtype}: the logits θ_k + Σ λ_(into k) − Σ Pᵀ λ_(out of k) "
+                f"can reach {reach:.3g}, above {limit:.3g} (a quarter of the largest "
                 f"{dtype} number); divide the scores, the duals and the temperature by the same factor (the "
                 f"solution does not change) or compute in float64")
     return [lam.to(dtype) for lam in out]

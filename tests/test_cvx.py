@@ -6,8 +6,11 @@ import pytest
 import torch
 from helpers import (
     ALL_CASES,
+    GRAPH_CASES,
     flat_np,
     linear_loss_gradient,
+    make_graph,
+    random_graph_instance,
     random_instance,
     reference_solve,
 )
@@ -304,3 +307,59 @@ def test_float_temperatures_and_tensors_without_grad_work_one_with_grad_is_refus
     torch.testing.assert_close(p1[0], p2[0])
     with pytest.raises(ValueError, match="does not differentiate through the temperature"):
         solve_cvxpylayers(inst.scores, inst.h, torch.tensor([1.0, 2.0], requires_grad=True))
+
+
+# ---------------------------------------------------------------- graphs of maps
+
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_cvxpylayers_on_graphs_matches_reference(case):
+    inst = random_graph_instance(case, batch=2, seed=30)
+    sol = ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps)
+    ref_p, ref_d, ref_v = reference_solve(inst.h, inst.scores, inst.temps)
+    for got, want in zip(flat_np(sol.probs), ref_p):
+        np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
+    for got, want in zip(flat_np(sol.duals), ref_d):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(sol.objective.numpy(), ref_v, atol=1e-8)
+    assert float(sol.violation.max()) < 1e-9
+
+
+@pytest.mark.parametrize("case", ["star", "axial", "disconnected"])
+def test_one_simplex_constraint_per_component(case):
+    h = make_graph(case)
+    layer = get_layer(h, [1.0] * h.num_maps)
+    sums = [c for c in layer.problem.constraints if c not in layer.consistency]
+    assert len(sums) == len(h.components) == len(cvx.simplex_maps(h))
+    for comp, k in zip(h.components, cvx.simplex_maps(h)):
+        assert k in comp and h.sizes[k] == min(h.sizes[j] for j in comp)
+    assert cvx.simplex_maps(ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)])) == [2]  # the top level, as before
+
+
+@pytest.mark.parametrize("backend", cvx.BACKENDS)
+def test_every_backend_on_a_graph_passes_its_certificate_and_matches_dual(backend):
+    _needs(backend)
+    inst = random_graph_instance("grid-regions", batch=2, seed=31)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    sol = ca.solve(scores, inst.h, "cvxpylayers", temperature=inst.temps, backend=backend)
+    dual = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    accept = sol.info["accept_tol"]
+    bound = (2 * accept * max(1.0, float(dual.objective.abs().max())) / min(inst.temps)) ** 0.5 + accept
+    assert float(ca.metrics.max_abs_err([p.detach() for p in sol.probs], dual.probs).max()) <= bound
+    flat = [s.reshape(2, -1) for s in inst.scores]
+    cert = cvx.certificate(inst.h, inst.temps, flat, [p.detach().reshape(2, -1) for p in sol.probs],
+                           [d.reshape(2, -1) for d in sol.duals])
+    assert float(cert.max()) <= accept
+    sum((p * torch.randn_like(p)).sum() for p in sol.probs).backward()
+    assert all(torch.isfinite(s.grad).all() for s in scores)
+
+
+def test_the_certificate_sees_a_violated_edge_of_a_graph():
+    inst = random_graph_instance("axial", batch=1, seed=32)
+    dual = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    flat = [s.reshape(1, -1) for s in inst.scores]
+    probs = [p.reshape(1, -1).clone() for p in dual.probs]
+    duals = [d.reshape(1, -1) for d in dual.duals]
+    assert float(cvx.certificate(inst.h, inst.temps, flat, probs, duals)) < 1e-9
+    probs[2][0, 0] += 1e-3  # breaks edge 1 (and the simplex of its map)
+    probs[2][0, 1] -= 1e-3  # … now only edge 1
+    assert float(cvx.primal_residual(inst.h, probs)) == pytest.approx(1e-3, rel=1e-6)

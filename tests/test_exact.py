@@ -3,8 +3,10 @@ import pytest
 import torch
 from helpers import (
     ALL_CASES,
+    FOREST_CASES,
     flat_np,
     random_feasible_point,
+    random_graph_instance,
     random_instance,
     reference_solve,
 )
@@ -291,3 +293,84 @@ def test_tiny_temperature_is_the_hard_tree_argmax_and_huge_is_uniform():
     torch.testing.assert_close(tiny.probs[0], torch.tensor([[0.0, 0.0, 0.0, 1.0]]))
     huge = ca.solve(scores, h, "exact", temperature=1e18)
     torch.testing.assert_close(huge.probs[0], torch.full((1, 4), 0.25))
+
+
+# ---------------------------------------------------------------- forests of maps (graphs)
+
+@pytest.mark.parametrize("case", FOREST_CASES)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_exact_on_forests_matches_reference(case, batch):
+    """Stars, trees with several children per map, a chain given as a graph and a disconnected
+    forest, against the independent CVXPY reference (unequal temperatures, irregular maps)."""
+    inst = random_graph_instance(case, batch=batch, seed=batch)
+    assert len(set(inst.temps)) == len(inst.temps)
+    sol = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    ref_p, ref_d, ref_v = reference_solve(inst.h, inst.scores, inst.temps)
+    for got, want in zip(flat_np(sol.probs), ref_p):
+        np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
+    for got, want in zip(flat_np(sol.duals), ref_d):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(sol.objective.numpy(), ref_v, atol=1e-7, rtol=1e-9)
+    np.testing.assert_allclose(sol.dual_objective.numpy(), sol.objective.numpy(), atol=1e-10, rtol=1e-12)
+    assert sol.violation.max() < 1e-12
+
+
+@pytest.mark.parametrize("case", FOREST_CASES)
+def test_forest_duals_satisfy_stationarity(case):
+    """λ_e = A_c − T_c log p_b makes p_k ∝ exp(η_k / τ_k) at every map of the forest."""
+    from convex_attention.dual import reparameterized_probs
+
+    inst = random_graph_instance(case, batch=2, seed=4, scale=3.0)
+    sol = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    for a, b in zip(reparameterized_probs(inst.scores, sol.duals, inst.h, inst.temps), sol.probs):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+
+
+def test_forest_duals_agree_with_the_chain_recursion():
+    """On a chain the per-edge formula and the top-down recursion of §3 give the same duals."""
+    from convex_attention.exact import exact_duals
+
+    inst = random_instance("irregular-3lvl", batch=3, seed=5, scale=4.0)
+    h = inst.h
+    as_graph = ca.Graph.from_edges(h.sizes, [(k, k + 1, h.parents(k)) for k in range(h.num_levels - 1)])
+    assert as_graph.is_chain and as_graph._index_chain  # maps in index order: the recursion
+    relabelled = ca.Graph.from_edges(h.sizes[::-1], [(2 - k, 1 - k, h.parents(k)) for k in range(2)])
+    assert relabelled.is_chain and not relabelled._index_chain  # maps in reverse order: the per-edge formula
+    want = exact_duals(inst.scores, h, inst.temps)
+    got = exact_duals(inst.scores[::-1], relabelled, inst.temps[::-1])
+    torch.testing.assert_close(got[0], want[0], atol=1e-11, rtol=0)
+    torch.testing.assert_close(got[1], want[1], atol=1e-11, rtol=0)
+
+
+@pytest.mark.parametrize("case", ["star", "tree", "disconnected-forest"])
+def test_gradcheck_on_forests_scores_and_temperatures(case):
+    inst = random_graph_instance(case, batch=2, seed=6)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t, *s: ExactAttentionFunction.apply(inst.h, t, *s), (tau, *scores))
+
+
+@pytest.mark.parametrize("case", ["star", "tree"])
+def test_forest_backward_matches_autograd_through_the_log_space_form(case):
+    inst = random_graph_instance(case, batch=3, seed=7, scale=3.0)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+    probs = exact_attention(scores, inst.h, tau)
+    weights = [torch.randn_like(p) for p in probs]
+    analytic = torch.autograd.grad(sum((p * w).sum() for p, w in zip(probs, weights)), scores + [tau])
+    logp = exact_log_probs(scores, inst.h, list(tau.unbind()))
+    reference = torch.autograd.grad(sum((lp.exp() * w).sum() for lp, w in zip(logp, weights)), scores + [tau])
+    for a, b in zip(analytic, reference):
+        torch.testing.assert_close(a, b, atol=1e-11, rtol=1e-9)
+
+
+def test_star_of_one_fine_map_per_coarse_cell_is_the_coarse_softmax_split_by_each_fine_softmax():
+    """Hand example: two maps of 2 cells pooled onto one cell: each fine map is its own softmax."""
+    g = ca.Graph.from_edges([2, 2, 1], [(0, 2, [0, 0]), (1, 2, [0, 0])])
+    theta = [torch.tensor([[0.0, np.log(3.0)]], dtype=torch.float64), torch.tensor([[1.0, 1.0]], dtype=torch.float64),
+             torch.zeros(1, 1, dtype=torch.float64)]
+    sol = ca.solve(theta, g, "exact", temperature=[1.0, 2.0, 1.0])
+    torch.testing.assert_close(sol.probs[0], torch.tensor([[0.25, 0.75]], dtype=torch.float64))
+    torch.testing.assert_close(sol.probs[1], torch.tensor([[0.5, 0.5]], dtype=torch.float64))
+    # value: log 4 (map 0) + 1 + 2 log 2 (map 1: its scores and its entropy at τ = 2) + 0
+    torch.testing.assert_close(sol.objective, torch.tensor([np.log(4.0) + 1 + 2 * np.log(2.0)], dtype=torch.float64))

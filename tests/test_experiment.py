@@ -36,7 +36,7 @@ run = run_cli  # (argv, capsys) -> (exit code, stdout, stderr)
 @pytest.mark.parametrize("fields,name,words", [
     ({"head": "wide"}, "head", "head must be one of bounded, learned"),
     ({"learn_temperature": "yes"}, "learn_temperature", "True or False"),
-    ({"learn_temperature": True, "method": "dual"}, "learn_temperature", "cannot differentiate"),
+    ({"learn_temperature": True, "method": "cvxpylayers"}, "learn_temperature", "cannot differentiate"),
     ({"duals": "fitted"}, "duals", "duals must be one of shared, amortised"),
     ({"duals": "amortised", "method": "exact"}, "duals", "methods that need duals"),
 ])
@@ -163,7 +163,7 @@ def test_presets_and_new_fields():
         with pytest.raises(ConfigError, match=words):
             QUICK.override(**{field: value}).validate()
     with pytest.raises(ConfigError, match="grid_learn_temperature") as err:
-        QUICK.override(methods=("dual",), grid={"learn_temperature": (True,)}).validate()
+        QUICK.override(methods=("cvxpylayers",), grid={"learn_temperature": (True,)}).validate()
     assert err.value.field == "grid_learn_temperature"
     with pytest.raises(ConfigError, match="held_out_mimic"):
         QUICK.override(data="synthetic-blobs").validate()

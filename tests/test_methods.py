@@ -17,7 +17,7 @@ def test_built_in_records_state_what_each_method_can_do():
         "softmax": (False, False, False, False, True, False),
         "exact": (False, True, True, True, True, False),
         "cvxpylayers": (False, True, True, True, False, True),
-        "dual": (False, True, True, True, False, False),
+        "dual": (False, True, True, True, True, False),
         "learned_dual": (True, True, False, False, True, False),
     }
     assert all(m.differentiable for m in REGISTRY.values() if m.name in ca.METHODS)
@@ -79,3 +79,14 @@ def test_the_tensor_temperature_flag_decides_who_may_differentiate_through_it(cu
     register_method(dataclasses.replace(record, tensor_temperature=True))
     ca.solve(inst.scores, inst.h, "tree_copy", temperature=tau)
     assert all(isinstance(t, torch.Tensor) and t.requires_grad for t in calls[-1][0])
+
+
+def test_the_registry_records_the_structures_each_method_solves():
+    assert {name: REGISTRY[name].structures for name in ca.METHODS} == {
+        "softmax": "graph", "exact": "forest", "cvxpylayers": "graph", "dual": "graph", "learned_dual": "graph"}
+    chain, star, axial = ca.Hierarchy.grid([4, 2]), ca.Graph.star([(4,), (4,)], (2,)), ca.Graph.axial((2, 2))
+    assert get_method("exact").accepts(chain) and get_method("exact").accepts(star)
+    assert not get_method("exact").accepts(axial) and get_method("dual").accepts(axial)
+    get_method("exact").check_structure(star)
+    with pytest.raises(ValueError, match=r"use method 'dual' or 'cvxpylayers'"):
+        get_method("exact").check_structure(axial)

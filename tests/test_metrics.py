@@ -57,3 +57,13 @@ def test_half_precision_measures_in_float32():
     sol = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
     assert sol.violation.dtype == torch.float32 and sol.objective.dtype == torch.float32
     assert sol.violation.max() < 1e-2
+
+
+def test_violation_on_a_graph_is_the_max_over_edges_by_hand():
+    g = ca.Graph.axial((2, 2))  # rows (2, 1) and columns (1, 2) of a 2x2 map
+    p = torch.tensor([[[0.1, 0.2], [0.3, 0.4]]])
+    rows = torch.tensor([[[0.3], [0.7]]])      # exact: |0.3-0.3| + |0.7-0.7| = 0
+    cols = torch.tensor([[[0.5, 0.5]]])        # |0.4-0.5| + |0.6-0.5| = 0.2
+    torch.testing.assert_close(metrics.violation([p, rows, cols], g), torch.tensor([0.2]))
+    torch.testing.assert_close(torch.stack(metrics.consistency_residuals([p, rows, cols], g)).squeeze(1),
+                               torch.tensor([0.0, 0.2]))

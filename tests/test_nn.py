@@ -107,7 +107,8 @@ def test_forward_still_returns_a_solution_of_the_method():
     ({"method": "cvxpylayers", "eps": -1.0}, ValueError, "eps"),
     ({"method": "exact", "temperature": -2.0}, ValueError, "positive"),
     ({"method": "exact", "temperature": torch.ones(5)}, ValueError, "per level, never per sample"),
-    ({"method": "dual", "temperature": torch.nn.Parameter(torch.tensor(1.0))}, TypeError, "cannot differentiate"),
+    ({"method": "cvxpylayers", "temperature": torch.nn.Parameter(torch.tensor(1.0))}, TypeError,
+     "cannot differentiate"),
     ({"method": "exact", "check_finite": "yes"}, TypeError, "check_finite"),
     ({"method": "exact", "duals": "amortised"}, ValueError, "only used by methods that need duals"),
     ({"method": "learned_dual", "duals": "per_sample"}, ValueError, "duals must be one of"),
@@ -178,3 +179,43 @@ def test_learned_gain_head_starts_as_the_bounded_head_and_can_sharpen_beyond_its
         opt.step()
     assert float(learned.gain().detach()) > 5.0
     assert float(_peak(learned(features).detach()).min()) > 5 * bound
+
+
+# ------------------------------------------------------------------ graphs of maps
+
+G = ca.Graph([(8, 8), (4, 4), (2, 8), 3], [(0, 1), (0, 2), (0, 3, torch.arange(64) % 3)])
+
+
+def test_learned_duals_on_a_graph_have_one_parameter_per_edge():
+    duals = ca.LearnedDuals(G)
+    assert [tuple(p.shape) for p in duals.parameters()] == [(1, 4, 4), (1, 2, 8), (1, 3)]
+
+
+@pytest.mark.parametrize("method", ["softmax", "dual", "learned_dual"])
+def test_consistent_attention_on_a_graph(method):
+    module = ca.ConsistentAttention(G, method=method, temperature=[0.5, 1.0, 2.0, 0.7])
+    scores = [torch.randn((3,) + s, requires_grad=True) for s in G.shapes]
+    out = module.attend(scores)
+    assert len(out.maps) == 4 and out.maps[3].shape == (3, 3)
+    loss = sum(m.square().sum() for m in out.maps) + out.aux_loss
+    loss.backward()
+    assert all(s.grad is not None and torch.isfinite(s.grad).all() for s in scores)
+    if method == "dual":
+        assert float(out.solution.violation.detach().max()) < 1e-5
+    if method == "learned_dual":
+        assert all(p.grad is not None for p in module.learned_duals.parameters())
+        assert float(module.consistency_loss(scores).detach()) > 0
+
+
+def test_a_learnable_temperature_with_the_dual_method_on_a_graph():
+    tau = torch.nn.Parameter(torch.tensor([0.5, 1.0, 2.0, 0.7], dtype=torch.float64))
+    module = ca.ConsistentAttention(G, method="dual", temperature=tau)
+    scores = [torch.randn((2,) + s, dtype=torch.float64) for s in G.shapes]
+    sum((p * torch.randn_like(p)).sum() for p in module(scores).probs).backward()
+    assert tau.grad is not None and torch.isfinite(tau.grad).all() and tau.grad.abs().sum() > 0
+
+
+def test_exact_is_refused_at_construction_on_a_graph_it_cannot_solve():
+    with pytest.raises(ValueError, match=r"method 'exact' solves forests only.*map 0 has 3 coarsenings"):
+        ca.ConsistentAttention(G, method="exact")
+    ca.ConsistentAttention(ca.Graph.star([(4, 4), (4, 4)], (2, 2)), method="exact")

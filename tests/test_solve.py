@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from helpers import random_instance
+from helpers import GRAPH_CASES, aggregation_matrix, random_graph_instance, random_instance
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -159,13 +159,13 @@ def _learned_duals(inst):
     return [torch.randn(s, generator=g, dtype=torch.float64) for s in inst.h.shapes[1:]]
 
 
-@pytest.mark.parametrize("method", ["softmax", "exact", "learned_dual"])
+@pytest.mark.parametrize("method", ["softmax", "exact", "dual", "learned_dual"])
 @pytest.mark.parametrize("per_level", [True, False])
 def test_gradcheck_through_a_temperature_tensor(method, per_level):
     inst = random_instance("2d-3lvl-unequal", batch=2)
     scores = [s.clone().requires_grad_() for s in inst.scores]
     tau = torch.tensor(inst.temps if per_level else 0.8, dtype=torch.float64, requires_grad=True)
-    kw = {"duals": _learned_duals(inst)} if method == "learned_dual" else {}
+    kw = {"duals": _learned_duals(inst)} if method == "learned_dual" else {"tol": 1e-12} if method == "dual" else {}
 
     def fn(t, *s):
         sol = ca.solve(list(s), inst.h, method, temperature=t, **kw)
@@ -177,7 +177,7 @@ def test_gradcheck_through_a_temperature_tensor(method, per_level):
 def test_temperature_tensor_gets_a_gradient_that_a_float_would_not():
     """Before: a tensor temperature was silently detached (tau.grad stayed None)."""
     inst = random_instance("2d-2lvl", batch=2)
-    for method in ("softmax", "exact", "learned_dual"):
+    for method in ("softmax", "exact", "dual", "learned_dual"):
         tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
         kw = {"duals": _learned_duals(inst)} if method == "learned_dual" else {}
         sol = ca.solve(inst.scores, inst.h, method, temperature=tau, **kw)
@@ -202,7 +202,7 @@ def test_consistency_loss_differentiates_through_the_temperature():
     assert torch.autograd.gradcheck(lambda t: ca.consistency_loss(inst.scores, duals, inst.h, temperature=t), (tau,))
 
 
-@pytest.mark.parametrize("method", ["dual", "cvxpylayers"])
+@pytest.mark.parametrize("method", ["cvxpylayers"])
 def test_methods_without_tensor_temperature_refuse_one_that_requires_grad(method):
     inst = random_instance("1d-2lvl", batch=1)
     tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
@@ -404,5 +404,161 @@ def test_one_zero_d_tensor_per_level_is_accepted_and_differentiated():
     assert t0.grad is not None
     with pytest.raises(ValueError, match=r"temperature\[1\] must be a number or a 0-d floating tensor"):
         ca.solve(inst.scores, inst.h, "exact", temperature=[t0, torch.ones(2)])
-    with pytest.raises(TypeError, match="method 'dual' cannot differentiate"):
-        ca.solve(inst.scores, inst.h, "dual", temperature=[t0, 1.0])
+    with pytest.raises(TypeError, match="method 'cvxpylayers' cannot differentiate"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=[t0, 1.0])
+
+
+# ------------------------------------------------------------------ graphs of maps
+
+def _methods_for(h):
+    return [m for m in ca.METHODS if ca.get_method(m).accepts(h)]
+
+
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_every_method_on_every_family_fills_every_field(case):
+    inst = random_graph_instance(case, batch=2, seed=1)
+    h = inst.h
+    methods = _methods_for(h)
+    assert ("exact" in methods) == h.is_forest and {"softmax", "dual", "cvxpylayers", "learned_dual"} <= set(methods)
+    reference = ca.solve(inst.scores, h, "dual", temperature=inst.temps, tol=1e-12)
+    for method in methods:
+        kw = {"duals": [torch.randn((1,) + h.shapes[b], dtype=torch.float64) for _, b in h.edges]} \
+            if method == "learned_dual" else {}
+        sol = ca.solve(inst.scores, h, method, temperature=inst.temps, **kw)
+        assert len(sol.probs) == h.num_maps
+        for p, shape in zip(sol.probs, h.shapes):
+            assert p.shape == (2,) + shape
+            torch.testing.assert_close(p.flatten(1).sum(1), torch.ones(2, dtype=torch.float64))
+        assert sol.violation.shape == (2,) and sol.objective.shape == (2,)
+        if method == "softmax":
+            assert sol.duals is None
+            continue
+        assert len(sol.duals) == h.num_edges
+        for d, (_, b) in zip(sol.duals, h.edges):
+            assert d.shape == (2,) + h.shapes[b]
+            assert d.flatten(1).mean(1).abs().max() < 1e-9
+        if ca.get_method(method).consistent:
+            assert float(sol.violation.max()) < 1e-6
+            assert ca.metrics.max_abs_err(sol.probs, reference.probs).max() < 1e-6
+            # at the optimal duals the reparameterisation is the optimum
+            learned = ca.solve(inst.scores, h, "learned_dual", temperature=inst.temps, duals=sol.duals)
+            assert ca.metrics.max_abs_err(learned.probs, reference.probs).max() < 1e-5
+
+
+def test_a_method_is_refused_on_a_structure_it_cannot_solve_before_any_work(monkeypatch):
+    import convex_attention.exact as exact_module
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the method ran")
+
+    monkeypatch.setattr(exact_module, "solve_exact", no_work)
+    axial = ca.Graph.axial((4, 3))
+    bad = [torch.randn(2, 5, 5)] * 3  # wrong shapes too: the structure is refused first
+    with pytest.raises(ValueError, match=r"method 'exact' solves forests only, and this structure is a graph: map 0 "
+                                         r"has 2 coarsenings .*; use method 'dual'"):
+        ca.solve(bad, axial, "exact")
+
+
+def test_a_custom_chain_method_is_refused_on_a_star_naming_one_that_can():
+    from convex_attention.methods import REGISTRY, Method, register_method
+
+    def fn(scores, h, temps, duals, options):
+        raise AssertionError("ran")
+
+    register_method(Method("chain_only", fn, "a method written for hierarchies"))
+    try:
+        assert ca.get_method("chain_only").structures == "chain"
+        star = ca.Graph.star([(4,), (4,)], (2,))
+        with pytest.raises(ValueError, match=r"method 'chain_only' solves chains only, and this structure is a forest: "
+                                             r"map 2 has 2 finer maps; use method 'exact' or 'dual'"):
+            ca.solve([torch.randn(1, 4)] * 2 + [torch.randn(1, 2)], star, "chain_only")
+        with pytest.raises(ValueError, match="solves chains only"):
+            ca.ConsistentAttention(star, "chain_only")
+        ca.solve([torch.randn(1, 4), torch.randn(1, 2)], ca.Hierarchy.grid([4, 2]), "exact")
+    finally:
+        del REGISTRY["chain_only"]
+    with pytest.raises(ValueError, match="structures must be one of chain, forest, graph"):
+        Method("bad", fn, "x", structures="tree")
+
+
+@pytest.mark.parametrize("case", ["axial", "star", "mixed-two-resolutions"])
+def test_consistency_loss_on_graphs_is_the_sum_of_the_edges_kl(case):
+    inst = random_graph_instance(case, batch=3, seed=2)
+    h = inst.h
+    duals = [torch.randn((1,) + h.shapes[b], dtype=torch.float64) for _, b in h.edges]
+    probs = ca.solve(inst.scores, h, "learned_dual", temperature=inst.temps, duals=duals).probs
+    want = 0.0
+    for e, (a, b) in enumerate(h.edges):
+        pa = probs[a].reshape(3, -1) @ torch.from_numpy(aggregation_matrix(h, e)).T
+        pb = probs[b].reshape(3, -1)
+        want = want + (pb * (pb.log() - pa.log())).sum(1)
+    torch.testing.assert_close(ca.consistency_loss(inst.scores, duals, h, inst.temps), want.mean())
+    zero = [torch.zeros_like(d) for d in duals]
+    soft = ca.solve(inst.scores, h, "softmax", temperature=inst.temps)
+    assert float(ca.consistency_loss(inst.scores, zero, h, inst.temps)) > 0 and float(soft.violation.min()) > 0
+
+
+def test_graph_messages_speak_of_maps():
+    h = ca.Graph.axial((4, 3))
+    with pytest.raises(ValueError, match=r"scores must hold one tensor per map: the graph has 3 maps, got 2"):
+        ca.solve([torch.randn(1, 4, 3), torch.randn(1, 4, 1)], h, "dual")
+    with pytest.raises(ValueError, match=r"scores\[1\] must have shape \(B, 4, 1\) for map 1"):
+        ca.solve([torch.randn(1, 4, 3), torch.randn(1, 4), torch.randn(1, 1, 3)], h, "dual")
+    with pytest.raises(ValueError, match=r"temperature must be one float or one per map \(3\)"):
+        ca.solve([torch.randn(1, 4, 3), torch.randn(1, 4, 1), torch.randn(1, 1, 3)], h, "dual", temperature=[1.0, 2.0])
+    with pytest.raises(ValueError, match=r"duals must hold one tensor per constraint \(2\)"):
+        ca.solve([torch.randn(1, 4, 3), torch.randn(1, 4, 1), torch.randn(1, 1, 3)], h, "learned_dual",
+                 duals=[torch.zeros(4, 1)])
+    with pytest.raises(ValueError, match=r"duals\[1\] must have shape \(1, 3\)"):
+        ca.solve([torch.randn(1, 4, 3), torch.randn(1, 4, 1), torch.randn(1, 1, 3)], h, "learned_dual",
+                 duals=[torch.zeros(4, 1), torch.zeros(3, 1)])
+
+
+@st.composite
+def graph_problems(draw):
+    case = draw(st.sampled_from(["axial", "grid-regions", "mixed", "star", "tree", "disconnected"]))
+    seed = draw(st.integers(0, 1000))
+    inst = random_graph_instance(case, batch=draw(st.integers(1, 2)), seed=seed, scale=draw(st.floats(0.5, 4.0)))
+    shifts = [draw(st.floats(-30, 30)) for _ in inst.h.shapes]
+    return inst, shifts
+
+
+@given(graph_problems())
+def test_property_a_constant_per_map_changes_nothing_on_graphs(problem):
+    inst, shifts = problem
+    methods = ["dual"] + (["exact"] if inst.h.is_forest else [])
+    for method in methods:
+        a = ca.solve(inst.scores, inst.h, method, temperature=inst.temps, tol=1e-12) if method == "dual" else \
+            ca.solve(inst.scores, inst.h, method, temperature=inst.temps)
+        shifted = [s + c for s, c in zip(inst.scores, shifts)]
+        b = ca.solve(shifted, inst.h, method, temperature=inst.temps, tol=1e-12) if method == "dual" else \
+            ca.solve(shifted, inst.h, method, temperature=inst.temps)
+        assert float(ca.metrics.max_abs_err(a.probs, b.probs).max()) < 1e-9
+
+
+@given(graph_problems(), st.randoms(use_true_random=False))
+def test_property_permuting_maps_and_edges_changes_nothing(problem, rnd):
+    inst, _ = problem
+    h = inst.h
+    perm = list(range(h.num_maps))
+    rnd.shuffle(perm)  # new index of old map k: perm[k]
+    order = list(range(h.num_edges))
+    rnd.shuffle(order)
+    shapes = [None] * h.num_maps
+    for k, p in enumerate(perm):
+        shapes[p] = h.shapes[k]
+    edges = [(perm[h.edges[e][0]], perm[h.edges[e][1]], h.parents(e)) for e in order]
+    permuted = ca.Graph(shapes, edges)
+    scores = [None] * h.num_maps
+    temps = [0.0] * h.num_maps
+    for k, p in enumerate(perm):
+        scores[p], temps[p] = inst.scores[k], inst.temps[k]
+    methods = ["dual"] + (["exact"] if h.is_forest else [])
+    for method in methods:
+        kw = {"tol": 1e-12} if method == "dual" else {}
+        a = ca.solve(inst.scores, h, method, temperature=inst.temps, **kw)
+        b = ca.solve(scores, permuted, method, temperature=temps, **kw)
+        for k, p in enumerate(perm):
+            torch.testing.assert_close(a.probs[k], b.probs[p], atol=1e-9, rtol=0)
+        for i, e in enumerate(order):
+            torch.testing.assert_close(a.duals[e], b.duals[i], atol=1e-6, rtol=1e-6)

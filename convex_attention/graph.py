@@ -1,0 +1,686 @@
+r"""Graphs of attention maps: the structure of a consistent-attention problem (docs/design.md §1).
+
+A :class:`Graph` has ``M`` maps and ``E >= 1`` edges.  Map ``k`` has ``n_k`` cells arranged as a
+grid of shape ``shapes[k]`` (stored flattened in C order).  Edge ``e = (a → b)`` says that map
+``b`` is a *coarsening* of map ``a``: every cell ``i`` of ``a`` lies in exactly one cell
+``π_e(i)`` of ``b``, and no cell of ``b`` is empty.  The edge's constraint is ``P_e p_a = p_b``.
+Two operators connect the two maps of an edge:
+
+* ``aggregate(p, e)``  = ``P_e p``   sums the cells of ``a`` inside every cell of ``b``;
+* ``broadcast(y, e)``  = ``P_eᵀ y``  copies each value of ``b`` onto the cells of ``a`` inside it.
+
+An edge is either a *grid* edge (both maps are grids with the same number of dimensions and
+every dimension of ``b`` divides the same dimension of ``a``: blocks of the factors
+``shapes[a][d] // shapes[b][d]``) or a *parent-map* edge (an integer tensor ``π_e`` of shape
+``(n_a,)`` with values in ``[0, n_b)``: superpixels, regions, any partition).  Grid edges use
+separable strided reductions (one per grid dimension, each an elementwise combination of
+contiguous slices: several times faster than ``avg_pool`` on one channel on the CPU, and any
+number of dimensions); parent-map edges use ``index_add`` / ``scatter_reduce`` /
+``index_select``.  Every kernel accepts any leading batch dimensions and any floating dtype,
+runs on the device of its input and is differentiable.
+
+The edges form a directed acyclic graph with no edge implied by a path through others.  A
+chain of nested partitions (:class:`~convex_attention.hierarchy.Hierarchy`, edge ``k = (k →
+k+1)``) is the first case; a *forest* (every map has at most one coarsening: chains, stars) has
+the closed form of docs/design.md §3; any other graph (a map with two coarsenings that do not
+nest: rows and columns, a grid and regions) is solved through its dual.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = ["Graph", "MAX_CELLS", "KINDS"]
+
+# Above this block factor a single strided reduction beats a chain of slice combinations.
+_CHAIN_LIMIT = 8
+
+# The most cells one map may have: 2**36 ≈ 6.9e10, a float32 map of 275 GB, beyond any
+# single accelerator's memory.  Checked on the sizes alone, before anything is allocated.
+MAX_CELLS = 2 ** 36
+
+# The structure kinds, from the most special to the most general (each includes the ones before).
+KINDS = ("chain", "forest", "graph")
+
+
+def _as_shape(shape, owner: str, what: str = "shape", unit: str = "level") -> tuple[int, ...]:
+    """A map's grid shape as a tuple of positive ints, at most ``MAX_CELLS`` cells.
+
+    ``owner`` names the map in messages ("level 3", "map 3"); ``unit`` is its kind ("level", "map")."""
+    if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
+        shape = (shape,)
+    if isinstance(shape, (str, bytes, Tensor)) or shape is None:
+        raise TypeError(f"{what} of {owner} must be an int or a tuple of ints, got {shape!r}")
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"{what} of {owner} must be an int or a tuple of ints, got {shape!r}") from None
+    if len(shape) == 0:
+        raise ValueError(f"{what} of {owner} is empty; give at least one dimension, e.g. (8, 8)")
+    for s in shape:
+        if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+            raise TypeError(f"{what} of {owner} must contain ints, got {shape!r}")
+        if s <= 0:
+            raise ValueError(f"{what} of {owner} must be positive in every dimension, got {shape!r}")
+    shape = tuple(int(s) for s in shape)
+    cells = math.prod(shape)
+    if cells > MAX_CELLS:
+        raise ValueError(f"{owner} has {cells} cells ({what} {shape}), above the limit of {MAX_CELLS} "
+                         f"(2**36, convex_attention.hierarchy.MAX_CELLS) cells per {unit}")
+    return shape
+
+
+def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coarse: str,
+                   fine_shape: tuple[int, ...] | None = None) -> Tensor:
+    """A parent map as a validated LongTensor ``(n_fine,)`` with values in ``[0, n_coarse)``.
+
+    ``label`` names the argument ("parents[0]", "edge 1 (map 0 → map 2): parents"); ``fine``
+    and ``coarse`` name the two maps ("level 0", "map 2").  A tensor shaped like the fine
+    map's grid (``fine_shape``) is read in C order."""
+    expected = (f"{label} must be a 1-D integer tensor (or sequence of ints) of shape ({n_fine},), "
+                f"one {coarse} cell id in [0, {n_coarse}) per {fine} cell")
+    if isinstance(par, Tensor):
+        par = par.detach().cpu()
+    else:
+        if par is None or isinstance(par, (str, bytes, numbers.Number)):
+            raise TypeError(f"{expected}; got {type(par).__name__}")
+        try:
+            par = torch.as_tensor(par)
+        except (OverflowError, RuntimeError, TypeError, ValueError) as err:
+            if "overflow" in str(err).lower():
+                raise ValueError(f"{label} out of range: an id does not fit a 64-bit integer; "
+                                 f"ids must be in [0, {n_coarse})") from None
+            raise TypeError(f"{expected}; could not read it ({err})") from None
+    if fine_shape is not None and len(fine_shape) > 1 and tuple(par.shape) == fine_shape:
+        par = par.reshape(-1)
+    if par.dim() != 1 or par.numel() != n_fine:
+        raise ValueError(f"{expected}; got shape {tuple(par.shape)}")
+    if par.dtype.is_floating_point or par.dtype.is_complex or par.dtype == torch.bool:
+        raise TypeError(f"{label} must hold integers, got dtype {par.dtype}")
+    par = par.to(torch.long)
+    lo, hi = int(par.min()), int(par.max())
+    if lo < 0 or hi >= n_coarse:
+        bad = par[(par < 0) | (par >= n_coarse)]
+        raise ValueError(f"{label} out of range: {coarse} has {n_coarse} cells, got parent index {int(bad[0])}")
+    counts = torch.bincount(par, minlength=n_coarse)
+    empty = torch.nonzero(counts == 0).flatten()
+    if empty.numel() > 0:
+        raise ValueError(f"{label} leaves {empty.numel()} cell(s) of {coarse} empty (first: cell {int(empty[0])}); "
+                         f"every coarse cell needs at least one child")
+    return par.contiguous()
+
+
+def _grid_factor(fine: tuple[int, ...], coarse: tuple[int, ...], fine_name: str, coarse_name: str,
+                 what: str) -> tuple[int, ...]:
+    """The per-dimension factor of a grid edge, or ValueError naming ``what`` and the maps."""
+    if len(coarse) != len(fine):
+        raise ValueError(f"{what}: a grid edge needs maps with the same number of dimensions, {fine_name} is "
+                         f"{len(fine)}-D {fine} and {coarse_name} is {len(coarse)}-D {coarse}; give a parent map "
+                         f"for other partitions (or shape the coarse map like {tuple(1 for _ in fine)} with "
+                         f"the kept dimensions)")
+    for d, (nf, nc) in enumerate(zip(fine, coarse)):
+        if nf % nc != 0:
+            raise ValueError(f"{what}: grid does not divide: dimension {d} of {coarse_name} ({nc}) does not divide "
+                             f"dimension {d} of {fine_name} ({nf}); shapes {fine} -> {coarse}")
+    return tuple(nf // nc for nf, nc in zip(fine, coarse))
+
+
+def _edge_list(edges) -> list:
+    if isinstance(edges, (str, bytes, Tensor)) or not isinstance(edges, Sequence):
+        raise TypeError(f"edges must be a list of (fine, coarse) or (fine, coarse, parents) tuples, "
+                        f"got {type(edges).__name__}")
+    if len(edges) == 0:
+        raise ValueError("a graph needs at least one edge (fine, coarse[, parents]); for maps that need not "
+                         "agree use method='softmax' on each")
+    return list(edges)
+
+
+def _map_index(value, num_maps: int, e: int, end: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"edge {e}: its {end} map must be a map index (an int in [0, {num_maps})), got {value!r}")
+    if not 0 <= int(value) < num_maps:
+        raise ValueError(f"edge {e} refers to map {int(value)}, which is not given: the graph has {num_maps} maps "
+                         f"(indices 0 … {num_maps - 1}); add its shape or size, or fix the index")
+    return int(value)
+
+
+class Graph:
+    r"""A graph of attention maps: maps with their own grids, edges "map b is a coarsening of map a".
+
+    Build one with the constructor (grid shapes; each edge ``(fine, coarse)`` is a grid edge
+    whose factors follow from the shapes, ``(fine, coarse, parents)`` a parent-map edge),
+    :meth:`from_edges` (flat maps and parent maps: the fixed entry point for outside scripts)
+    or the builders of the common families (:meth:`star`, :meth:`axial`, :meth:`grid_regions`).
+    :class:`~convex_attention.hierarchy.Hierarchy` is the chain ``0 → 1 → … → L-1``.
+
+    Validation refuses, naming the map or edge: a map that is not given, a malformed or
+    non-partition edge, an edge given twice, a directed cycle, and an edge implied by a path
+    through other edges (``a → b → c`` together with ``a → c``).  Disconnected parts are
+    independent problems solved in one call.
+
+    Attributes:
+        num_maps: ``M``.
+        shapes: ``M`` tuples, the grid shape of each map (``(n_k,)`` for flat maps).
+        sizes: ``M`` ints, ``n_k = prod(shapes[k])``.
+        edges: ``E`` pairs ``(fine, coarse)`` of map indices; edge ``e``'s dual ``λ_e`` has the
+            coarse map's shape.
+        num_edges: ``E``.
+        kind: ``"chain"`` (one path), ``"forest"`` (every map has at most one coarsening) or
+            ``"graph"``; facts :attr:`is_chain` and :attr:`is_forest`.
+    """
+
+    # How maps and edge indices are named in messages (the chain says "level" and "k").
+    _map_word = "map"
+    _edge_index = "e"
+
+    def __init__(self, shapes: Sequence, edges: Sequence):
+        shapes = self._check_shapes(shapes)
+        edge_pairs, factors, parents = self._check_edges(shapes, edges)
+        self._init_graph(shapes, edge_pairs, factors, parents)
+
+    # ------------------------------------------------------------------ validation
+    @staticmethod
+    def _check_shapes(shapes) -> list[tuple[int, ...]]:
+        if isinstance(shapes, (str, bytes, Tensor)) or not isinstance(shapes, Sequence):
+            raise TypeError(f"shapes must be a list of map shapes (an int or a tuple of ints each), "
+                            f"got {type(shapes).__name__}")
+        if len(shapes) < 2:
+            raise ValueError(f"a graph needs at least 2 maps, got {len(shapes)}")
+        return [_as_shape(s, f"map {k}", unit="map") for k, s in enumerate(shapes)]
+
+    @classmethod
+    def _check_edges(cls, shapes: list[tuple[int, ...]], edges, need_parents: bool = False):
+        """Validated edges: ``(pairs, factors, parents)``, one entry per edge; then the structure
+        (no edge given twice, no directed cycle, no implied edge)."""
+        M = len(shapes)
+        sizes = [math.prod(s) for s in shapes]
+        pairs: list[tuple[int, int]] = []
+        factors: list[tuple[int, ...] | None] = []
+        parents: list[Tensor | None] = []
+        for e, edge in enumerate(_edge_list(edges)):
+            form = "(fine, coarse, parents)" if need_parents else "(fine, coarse) or (fine, coarse, parents)"
+            if isinstance(edge, (str, bytes, Tensor)) or not isinstance(edge, Sequence) or len(edge) not in (2, 3):
+                raise TypeError(f"edge {e} must be a tuple {form}, got {edge!r}")
+            a = _map_index(edge[0], M, e, "fine")
+            b = _map_index(edge[1], M, e, "coarse")
+            what = f"edge {e} (map {a} → map {b})"
+            if a == b:
+                raise ValueError(f"{what} joins a map to itself: a directed cycle; an edge goes from a finer map "
+                                 f"to a coarser one")
+            spec = edge[2] if len(edge) == 3 else None
+            if spec is None:
+                if need_parents:
+                    raise TypeError(f"{what}: give its parent map, an integer tensor of shape ({sizes[a]},) with "
+                                    f"values in [0, {sizes[b]})")
+                factors.append(_grid_factor(shapes[a], shapes[b], f"map {a}", f"map {b}", what))
+                parents.append(None)
+            else:
+                parents.append(_as_parent_map(spec, f"{what}: parents", sizes[a], sizes[b], f"map {a}", f"map {b}",
+                                              shapes[a]))
+                factors.append(None)
+            for f, (a2, b2) in enumerate(pairs):
+                if (a2, b2) == (a, b):
+                    raise ValueError(f"{what} repeats edge {f}: one map is a coarsening of another in one way "
+                                     f"only; drop one of them")
+            pairs.append((a, b))
+        cls._check_acyclic(M, pairs)
+        cls._check_not_implied(M, pairs)
+        return pairs, factors, parents
+
+    @staticmethod
+    def _check_acyclic(M: int, pairs: list[tuple[int, int]]) -> None:
+        out: list[list[int]] = [[] for _ in range(M)]
+        for a, b in pairs:
+            out[a].append(b)
+        state = [0] * M
+        stack: list[int] = []
+
+        def visit(node: int) -> None:
+            state[node] = 1
+            stack.append(node)
+            for nxt in out[node]:
+                if state[nxt] == 1:
+                    cycle = stack[stack.index(nxt):] + [nxt]
+                    raise ValueError("the edges form a directed cycle: " + " → ".join(f"map {k}" for k in cycle)
+                                     + "; every edge must go from a finer map to a coarser one")
+                if state[nxt] == 0:
+                    visit(nxt)
+            stack.pop()
+            state[node] = 2
+
+        for node in range(M):
+            if state[node] == 0:
+                visit(node)
+
+    @staticmethod
+    def _check_not_implied(M: int, pairs: list[tuple[int, int]]) -> None:
+        for e, (a, c) in enumerate(pairs):
+            # a path a → … → c through the other edges (of length >= 2: a direct repeat is refused before)
+            previous = {a: -1}
+            frontier = [a]
+            while frontier and c not in previous:
+                nxt = []
+                for node in frontier:
+                    for f, (x, y) in enumerate(pairs):
+                        if f != e and x == node and y not in previous:
+                            previous[y] = node
+                            nxt.append(y)
+                frontier = nxt
+            if c in previous:
+                path = [c]
+                while path[-1] != a:
+                    path.append(previous[path[-1]])
+                route = " → ".join(f"map {k}" for k in reversed(path))
+                raise ValueError(f"edge {e} (map {a} → map {c}) is implied by the path {route}: consistency along "
+                                 f"the path already makes map {c} a coarsening of map {a}; drop edge {e}")
+
+    # ------------------------------------------------------------------ set-up
+    def _init_graph(self, shapes: list[tuple[int, ...]], edges: list[tuple[int, int]],
+                    factors: list[tuple[int, ...] | None], parents: list[Tensor | None]) -> None:
+        self.shapes: list[tuple[int, ...]] = [tuple(s) for s in shapes]
+        self.sizes: list[int] = [math.prod(s) for s in self.shapes]
+        self.num_maps: int = len(self.shapes)
+        self.edges: list[tuple[int, int]] = [(int(a), int(b)) for a, b in edges]
+        self.num_edges: int = len(self.edges)
+        self._factors: list[tuple[int, ...] | None] = list(factors)
+        # CPU parent maps; for grid edges None until first asked for (lazy).
+        self._parents: list[Tensor | None] = list(parents)
+        self._parents_on: dict[torch.device, dict[int, Tensor]] = {}
+        self._flat: Graph | None = None
+        self._facts()
+        self._key = (tuple(self.shapes), tuple(self.edges),
+                     tuple(("grid", f) if f is not None else ("parents", hash(self._cpu_parents(e).numpy().tobytes()))
+                           for e, f in enumerate(self._factors)))
+
+    def _facts(self) -> None:
+        """Derived structure: coarsenings and finer maps of each map, an order with every map
+        after the maps finer than it, the sweep order of the edges, components, kind."""
+        M = self.num_maps
+        self.out_edges: list[list[int]] = [[] for _ in range(M)]
+        self.in_edges: list[list[int]] = [[] for _ in range(M)]
+        for e, (a, b) in enumerate(self.edges):
+            self.out_edges[a].append(e)
+            self.in_edges[b].append(e)
+        # Kahn's algorithm, smallest index first: finest maps first
+        remaining = [len(self.in_edges[k]) for k in range(M)]
+        ready = sorted(k for k in range(M) if remaining[k] == 0)
+        order: list[int] = []
+        while ready:
+            k = ready.pop(0)
+            order.append(k)
+            for e in self.out_edges[k]:
+                b = self.edges[e][1]
+                remaining[b] -= 1
+                if remaining[b] == 0:
+                    ready.append(b)
+                    ready.sort()
+        self.order: list[int] = order
+        position = {k: i for i, k in enumerate(order)}
+        self.sweep_order: list[int] = sorted(range(self.num_edges), key=lambda e: (position[self.edges[e][0]], e))
+        # undirected components, each a sorted list of maps, ordered by their first map
+        label = list(range(M))
+
+        def find(x: int) -> int:
+            while label[x] != x:
+                label[x] = label[label[x]]
+                x = label[x]
+            return x
+
+        for a, b in self.edges:
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                label[max(ra, rb)] = min(ra, rb)
+        groups: dict[int, list[int]] = {}
+        for k in range(M):
+            groups.setdefault(find(k), []).append(k)
+        self.components: list[list[int]] = [groups[r] for r in sorted(groups)]
+        self.is_forest: bool = all(len(out) <= 1 for out in self.out_edges)
+        self.is_chain: bool = (self.is_forest and len(self.components) == 1
+                               and all(len(i) <= 1 for i in self.in_edges))
+        self.kind: str = "chain" if self.is_chain else "forest" if self.is_forest else "graph"
+        self.roots: list[int] = [k for k in order if not self.out_edges[k]]
+        # the chain of the old API: edge k = (k → k+1)
+        self._index_chain = self.edges == [(k, k + 1) for k in range(M - 1)]
+
+    @classmethod
+    def _build(cls, shapes, edges, factors, parents) -> Graph:
+        # Internal: structures this module built itself (no second validation pass).
+        g = cls.__new__(cls)
+        Graph._init_graph(g, shapes, edges, factors, parents)
+        return g
+
+    # ------------------------------------------------------------------ constructors
+    @classmethod
+    def from_edges(cls, sizes: Sequence[int], edges: Sequence) -> Graph:
+        """Flat maps and parent-map edges: the fixed entry point for outside scripts.
+
+        Args:
+            sizes: ``M`` positive ints, the number of cells of each map.
+            edges: ``E`` tuples ``(fine, coarse, parents)``: map indices in ``[0, M)`` and an
+                integer tensor (or sequence) ``parents`` of shape ``(sizes[fine],)`` with values in
+                ``[0, sizes[coarse])``, every coarse cell receiving at least one fine cell.
+
+        ``scores[k]`` for :func:`convex_attention.solve` then has shape ``(B, sizes[k])``.
+        """
+        if isinstance(sizes, (str, bytes, Tensor)) or not isinstance(sizes, Sequence):
+            raise TypeError(f"sizes must be a list of map sizes (cells per map), got {type(sizes).__name__}")
+        if len(sizes) < 2:
+            raise ValueError(f"a graph needs at least 2 maps, got {len(sizes)}")
+        shapes = [_as_shape(n, f"map {k}", "size", "map") for k, n in enumerate(sizes)]
+        if any(len(s) != 1 for s in shapes):
+            raise ValueError(f"Graph.from_edges takes flat maps: give the sizes as ints (cells per map), got "
+                             f"{[s if len(s) > 1 else s[0] for s in shapes]}; for grids use Graph(shapes, edges)")
+        pairs, factors, parents = cls._check_edges(shapes, edges, need_parents=True)
+        g = cls.__new__(cls)
+        Graph._init_graph(g, shapes, pairs, factors, parents)
+        return g
+
+    @classmethod
+    def star(cls, shapes: Sequence, coarse) -> Graph:
+        """Several maps pooled onto one shared coarse map: maps ``0 … n-1`` are ``shapes`` (grids,
+        each divisible by ``coarse``), map ``n`` is ``coarse``; edge ``k = (k → n)``.
+
+        ``Graph.star([(64, 64)] * 4, (16, 16))``: four heads (or MRI sequences) that must agree
+        after pooling onto one 16×16 map."""
+        if isinstance(shapes, (str, bytes, Tensor)) or not isinstance(shapes, Sequence) or len(shapes) == 0:
+            raise TypeError("shapes must be a non-empty list of the fine maps' grid shapes")
+        n = len(shapes)
+        return cls(list(shapes) + [coarse], [(k, n) for k in range(n)])
+
+    @classmethod
+    def axial(cls, shape) -> Graph:
+        """A map and one coarsening per axis: its marginals.  For a 2-D ``(H, W)`` map, map 0 is
+        ``(H, W)``, map 1 its rows ``(H, 1)`` and map 2 its columns ``(1, W)`` (grid edges
+        ``0 → 1`` and ``0 → 2``): axial attention consistent with full attention.  Any number of
+        dimensions >= 2 (map ``d+1`` keeps axis ``d``)."""
+        shape = _as_shape(shape, "map 0", unit="map")
+        if len(shape) < 2:
+            raise ValueError(f"an axial graph needs a map with at least 2 dimensions, got shape {shape}")
+        margins = [tuple(n if i == d else 1 for i, n in enumerate(shape)) for d in range(len(shape))]
+        return cls([shape] + margins, [(0, d + 1) for d in range(len(shape))])
+
+    @classmethod
+    def grid_regions(cls, shapes: Sequence, regions, num_regions: int | None = None) -> Graph:
+        """A chain of grids (finest first, as :meth:`Hierarchy.grid`) plus a region partition of
+        its finest map that may cut across the grid.
+
+        Maps ``0 … L-1`` are the grids (edges ``k = (k → k+1)``); map ``L`` holds the regions,
+        ``(R,)`` cells; edge ``L-1 = (0 → L)``.  ``regions``: integer tensor shaped like
+        ``shapes[0]`` (or flat) with values in ``[0, R)``, every region non-empty;
+        ``num_regions`` defaults to ``max + 1``."""
+        if isinstance(shapes, (str, bytes, Tensor)) or not isinstance(shapes, Sequence) or len(shapes) == 0:
+            raise TypeError("shapes must be a non-empty list of grid shapes, finest first")
+        if num_regions is None:
+            try:
+                num_regions = int(torch.as_tensor(regions).max()) + 1
+            except (TypeError, ValueError, RuntimeError) as err:
+                raise TypeError(f"regions must be an integer tensor shaped like the finest grid, got "
+                                f"{type(regions).__name__} ({err})") from None
+        L = len(shapes)
+        edges: list[tuple] = [(k, k + 1) for k in range(L - 1)]
+        edges.append((0, L, regions))
+        return cls(list(shapes) + [num_regions], edges)
+
+    @staticmethod
+    def _grid_parents(fine: tuple[int, ...], factor: tuple[int, ...]) -> Tensor:
+        coords = torch.meshgrid(*[torch.arange(n) // f for n, f in zip(fine, factor)], indexing="ij")
+        coarse = tuple(n // f for n, f in zip(fine, factor))
+        flat = torch.zeros(fine, dtype=torch.long)
+        for d, c in enumerate(coords):
+            flat = flat * coarse[d] + c
+        return flat.flatten()
+
+    # ------------------------------------------------------------------ basic facts
+    def is_grid_edge(self, e: int) -> bool:
+        """True for a grid edge (strided kernels), False for a parent-map edge."""
+        return self._factors[e] is not None
+
+    def edge_factor(self, e: int) -> tuple[int, ...] | None:
+        """The per-dimension block factor of grid edge ``e``; ``None`` for a parent-map edge."""
+        return self._factors[e]
+
+    def coarsening(self, k: int) -> int | None:
+        """The edge out of map ``k`` when it has exactly one coarsening, else ``None``."""
+        return self.out_edges[k][0] if len(self.out_edges[k]) == 1 else None
+
+    def not_forest_reason(self) -> str | None:
+        """Why the graph is not a forest (names the first map with two or more coarsenings), or None."""
+        for k, out in enumerate(self.out_edges):
+            if len(out) > 1:
+                coarse = ", ".join(f"map {self.edges[e][1]} (edge {e})" for e in out)
+                return f"map {k} has {len(out)} coarsenings ({coarse})"
+        return None
+
+    def spanning_forest(self) -> list[int]:
+        """Edges of a spanning forest: for every map its coarsening with the most cells (ties:
+        the lowest edge index).  The whole graph for a forest."""
+        keep = []
+        for out in self.out_edges:
+            if out:
+                keep.append(max(out, key=lambda e: (self.sizes[self.edges[e][1]], -e)))
+        return sorted(keep)
+
+    def _cpu_parents(self, e: int) -> Tensor:
+        par = self._parents[e]
+        if par is None:
+            factor = self._factors[e]
+            assert factor is not None
+            par = self._parents[e] = self._grid_parents(self.shapes[self.edges[e][0]], factor)
+        return par
+
+    def parents(self, e: int, device=None) -> Tensor:
+        """The flat parent map of edge ``e``: LongTensor ``(n_fine,)`` with values in ``[0, n_coarse)``.
+
+        Built on first use for grid edges (``8·n_fine`` bytes), then kept, once per device.
+        """
+        self._check_edge(e)
+        device = torch.device("cpu") if device is None else torch.device(device)
+        cpu = self._cpu_parents(e)
+        if device.type == "cpu":
+            return cpu
+        on = self._parents_on.setdefault(device, {})
+        if e not in on:
+            # One copy per device, made once: no transfer on later calls.
+            on[e] = cpu.to(device)
+        return on[e]
+
+    def flat(self) -> Graph:
+        """The same structure with flat maps and parent-map edges (the scatter/gather path)."""
+        if all(f is None for f in self._factors) and all(len(s) == 1 for s in self.shapes):
+            return self
+        if self._flat is None:
+            self._flat = Graph._build([(n,) for n in self.sizes], self.edges, [None] * self.num_edges,
+                                        [self._cpu_parents(e) for e in range(self.num_edges)])
+        return self._flat
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self._key == other._key and all(
+            torch.equal(self._cpu_parents(e), other._cpu_parents(e))
+            for e, f in enumerate(self._factors) if f is None)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __repr__(self) -> str:
+        edges = [(a, b) if f is not None else (a, b, "parents") for (a, b), f in zip(self.edges, self._factors)]
+        return f"Graph(shapes={self.shapes}, edges={edges})"
+
+    def _check_edge(self, e: int) -> None:
+        if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < self.num_edges:
+            raise ValueError(f"constraint index {self._edge_index} must be in [0, {self.num_edges - 1}], got {e!r}")
+
+    def _split(self, x: Tensor, k: int, what: str) -> tuple[int, ...]:
+        shape = self.shapes[k]
+        nd = len(shape)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() < nd or tuple(x.shape[x.dim() - nd:]) != shape:
+            raise ValueError(f"{what} must have shape (..., {', '.join(map(str, shape))}) for {self._map_word} {k}, "
+                             f"got {tuple(x.shape)}")
+        return tuple(x.shape[: x.dim() - nd])
+
+    # ------------------------------------------------------------------ operators
+    def aggregate(self, p: Tensor, e: int) -> Tensor:
+        """``P_e p``: sum over the fine cells inside each coarse cell of edge ``e``.
+
+        ``(..., *shapes[fine]) -> (..., *shapes[coarse])``.
+        """
+        self._check_edge(e)
+        self._split(p, self.edges[e][0], "aggregate input")
+        return self._reduce(p, e, torch.add, "sum")
+
+    def broadcast(self, y: Tensor, e: int) -> Tensor:
+        """``P_eᵀ y``: copy each coarse value of edge ``e`` onto the fine cells inside it.
+
+        ``(..., *shapes[coarse]) -> (..., *shapes[fine])``.
+        """
+        self._check_edge(e)
+        a, b = self.edges[e]
+        lead = self._split(y, b, "broadcast input")
+        if self._factors[e] is not None:
+            return self._grid_broadcast(y, e, lead)
+        if len(self.shapes[b]) != 1:
+            y = y.reshape(lead + (self.sizes[b],))
+        out = y.index_select(-1, self.parents(e, y.device))
+        return out if len(self.shapes[a]) == 1 else out.reshape(lead + self.shapes[a])
+
+    def block_max(self, x: Tensor, e: int) -> Tensor:
+        """Maximum over the fine cells of each coarse cell: ``(..., *shapes[fine]) -> (..., *shapes[coarse])``."""
+        self._check_edge(e)
+        self._split(x, self.edges[e][0], "block_max input")
+        return self._reduce(x, e, torch.maximum, "amax")
+
+    def block_logsumexp(self, x: Tensor, e: int) -> Tensor:
+        """``log Σ_{fine cells} exp(x)`` per coarse cell, stabilised by the block maxima; differentiable."""
+        m = self.block_max(x, e).detach()
+        return m + self.aggregate(torch.exp(self.combine_broadcast(x, m, e, torch.sub)), e).log()
+
+    def block_exp(self, z: Tensor, e: int) -> tuple[Tensor, Tensor, Tensor]:
+        """``q = exp(z − P_eᵀ blockmax(z))`` and its block sums: the stable core of a block softmax.
+
+        Returns ``(q, blocksum, blockmax)``: ``q`` shaped like ``z`` (its largest entry in every
+        block is 1, so nothing overflows), ``blocksum`` and ``blockmax`` shaped
+        ``(..., *shapes[coarse])``; the block log-sum-exp is ``blockmax + log(blocksum)``.
+        Not differentiable (a kernel for the solvers).
+        """
+        zmax = self.block_max(z, e)
+        q = self.combine_broadcast(z, zmax, e, torch.sub).exp_()
+        return q, self.aggregate(q, e), zmax
+
+    def block_softmax(self, z: Tensor, e: int) -> tuple[Tensor, Tensor]:
+        """Softmax of ``z`` ``(..., *shapes[fine])`` within every coarse cell of edge ``e``.
+
+        Returns ``(q, lse)``: ``q`` shaped like ``z`` (sums to one per block) and the block
+        log-sum-exps ``(..., *shapes[coarse])``.  Not differentiable (a kernel for the solvers).
+        """
+        q, s, zmax = self.block_exp(z, e)
+        self.combine_broadcast(q, s.reciprocal(), e, Tensor.mul_)
+        return q, zmax + s.log()
+
+    def combine_broadcast(self, x: Tensor, y: Tensor, e: int, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """``op(x, P_eᵀ y)`` without materialising the full broadcast on grids.
+
+        ``x``: ``(..., *shapes[fine])``; ``y``: ``(..., *shapes[coarse])`` (leading dimensions
+        broadcast against each other); the result has ``x``'s grid shape.  An in-place
+        ``op`` such as ``Tensor.mul_`` updates a contiguous ``x`` in place.
+        """
+        out = op(self.fine_view(x, e), self.coarse_view(y, e))
+        return out.reshape(tuple(out.shape[: out.dim() - self._view_ndim(e)]) + self.shapes[self.edges[e][0]])
+
+    def fine_view(self, x: Tensor, e: int) -> Tensor:
+        """``x`` ``(..., *shapes[fine])`` reshaped to pair with :meth:`coarse_view` (a view if contiguous)."""
+        fine = self.shapes[self.edges[e][0]]
+        factors = self._factors[e]
+        if factors is None:
+            return x if len(fine) == 1 else x.reshape(tuple(x.shape[: x.dim() - len(fine)]) + (math.prod(fine),))
+        shape: list[int] = []
+        for d in range(len(fine) - 1):
+            shape += [fine[d] // factors[d], factors[d]]
+        return x.reshape(tuple(x.shape[: x.dim() - len(fine)]) + tuple(shape) + (fine[-1],))
+
+    def coarse_view(self, y: Tensor, e: int) -> Tensor:
+        """``y`` ``(..., *shapes[coarse])`` as a tensor that broadcasts against :meth:`fine_view`.
+
+        On grids only the innermost dimension is copied out (a strided copy is slow
+        there); the outer dimensions broadcast through stride-0 views, which stay fast
+        because their inner rows are contiguous.
+        """
+        a, b = self.edges[e]
+        factors = self._factors[e]
+        coarse = self.shapes[b]
+        if factors is None:
+            if len(coarse) != 1:
+                y = y.reshape(tuple(y.shape[: y.dim() - len(coarse)]) + (self.sizes[b],))
+            return y.index_select(-1, self.parents(e, y.device))
+        y = self._expand_last(y, factors[-1])
+        shape: list[int] = []
+        for d in range(len(coarse) - 1):
+            shape += [coarse[d], 1]
+        return y.reshape(tuple(y.shape[: y.dim() - len(coarse)]) + tuple(shape) + (self.shapes[a][-1],))
+
+    def _view_ndim(self, e: int) -> int:
+        return 2 * len(self.shapes[self.edges[e][0]]) - 1 if self._factors[e] is not None else 1
+
+    # ------------------------------------------------------------------ kernels
+    def _reduce(self, x: Tensor, e: int, combine, reduction: str) -> Tensor:
+        factors = self._factors[e]
+        if factors is None:
+            return self._scatter_reduce(x, e, reduction)
+        a = self.edges[e][0]
+        lead = tuple(x.shape[: x.dim() - len(self.shapes[a])])
+        cur = list(self.shapes[a])
+        for d, f in enumerate(factors):
+            if f == 1:
+                continue
+            v = x.reshape(lead + tuple(cur[:d]) + (cur[d] // f, f, math.prod(cur[d + 1:])))
+            if f > _CHAIN_LIMIT:
+                y = v.sum(-2) if reduction == "sum" else v.amax(-2)
+            else:
+                y = v.select(-2, 0)
+                for r in range(1, f):
+                    y = combine(y, v.select(-2, r))
+            cur[d] //= f
+            x = y.reshape(lead + tuple(cur))
+        return x
+
+    def _scatter_reduce(self, x: Tensor, e: int, reduction: str) -> Tensor:
+        a, b = self.edges[e]
+        par = self.parents(e, x.device)
+        lead = x.shape[: x.dim() - len(self.shapes[a])]
+        flat = x.reshape(-1, self.sizes[a])
+        n_out = self.sizes[b]
+        if reduction == "sum":
+            out = flat.new_zeros(flat.shape[0], n_out).index_add(1, par, flat)
+        else:
+            out = flat.new_full((flat.shape[0], n_out), -math.inf).scatter_reduce(
+                1, par.expand_as(flat), flat, reduce="amax", include_self=True)
+        return out.reshape(tuple(lead) + self.shapes[b])
+
+    @staticmethod
+    def _expand_last(y: Tensor, f: int) -> Tensor:
+        if f == 1:
+            return y
+        if f <= _CHAIN_LIMIT:
+            return torch.stack([y] * f, dim=-1).flatten(-2)
+        return y.unsqueeze(-1).expand(y.shape + (f,)).flatten(-2)
+
+    def _grid_broadcast(self, y: Tensor, e: int, lead: tuple[int, ...]) -> Tensor:
+        factors = self._factors[e]
+        assert factors is not None
+        cur = list(self.shapes[self.edges[e][1]])
+        y = self._expand_last(y, factors[-1])
+        cur[-1] *= factors[-1]
+        for d in reversed(range(len(cur) - 1)):
+            f = factors[d]
+            if f == 1:
+                continue
+            rest = math.prod(cur[d + 1:])
+            v = y.reshape(lead + tuple(cur[:d]) + (cur[d], 1, rest))
+            v = v.expand(lead + tuple(cur[:d]) + (cur[d], f, rest))
+            cur[d] *= f
+            y = v.reshape(lead + tuple(cur))
+        return y

@@ -1,0 +1,341 @@
+r"""The Hessian of the dual function on a graph of maps, and the implicit backward (docs/math.md §7).
+
+Stack the duals of all edges into one vector ``λ`` (edge order, each ``λ_e`` flattened, ``D =
+Σ_e n_coarse(e)`` entries).  Map ``k``'s logits are ``η_k = θ_k + A_k λ`` with
+
+    A_k λ = Σ_{e: coarse(e)=k} λ_e − Σ_{e: fine(e)=k} P_eᵀ λ_e,
+
+so ``g(λ) = Σ_k τ_k logsumexp(η_k / τ_k)`` has gradient ``Σ_k A_kᵀ p_k`` (edge ``e = (a → b)``:
+``p_b − P_e p_a``, the constraint residual) and Hessian
+
+    ∇²g = Σ_k A_kᵀ J_k A_k,        J_k = (diag p_k − p_k p_kᵀ) / τ_k.
+
+Every product with it is a few poolings and broadcasts (:meth:`DualHessian.matvec`).  It is
+positive semi-definite and singular along the gauge directions (a constant added to one
+``λ_e`` moves nothing), so linear systems are solved on the subspace where every ``λ_e`` has
+mean zero; there the Hessian is definite unless the graph has redundant constraints (two
+paths that pool one map onto another in the same way), and the right-hand sides that
+occur here lie in its range either way.
+
+* :meth:`DualHessian.dense` assembles it per sample, ``(B, D, D)``, for the Newton steps of the
+  dual solver and as the preconditioner of the implicit backward when ``D`` is small.
+* :func:`solve_psd` solves ``H w = r`` by preconditioned conjugate gradients (block-Jacobi per
+  edge, or the dense Cholesky factor), per sample, to a relative tolerance; it raises
+  :class:`ImplicitSolveError` naming the samples when it cannot.
+* :func:`implicit_vjp` is the vector–Jacobian product of the solution map ``θ ↦ p*(θ)`` at a
+  solution of any graph: with ``v_k = ∂L/∂p_k``,
+  ``θ̄_k = J_k (v_k − A_k w)``, ``H w = Σ_k A_kᵀ J_k v_k``.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from .graph import Graph
+
+__all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT",
+           "dense_chunks"]
+
+# The largest stacked dual (entries per sample) whose Hessian is assembled densely and
+# factorised (Cholesky, O(D³) per sample; D = 1344 takes ~0.1 s per factorisation on one core).
+# Above it Newton systems are solved by conjugate gradients: faster per instance, but on a
+# hard stress family (D = 1344, τ down to 0.01) 2 of 100 instances missed 1e-10 in 200 sweeps
+# where the dense path needed at most 21 (measured, docs/math.md §7.4).
+DENSE_LIMIT = 1024
+# Dense Hessians are built for at most this many entries at once (128 MiB in float64): the
+# batch is split into chunks of samples.
+DENSE_ENTRIES = 2 ** 24
+
+
+def dense_chunks(batch: int, dim: int) -> list[slice]:
+    """Slices of the batch whose dense ``(chunk, D, D)`` Hessians hold at most :data:`DENSE_ENTRIES`."""
+    size = max(1, DENSE_ENTRIES // max(1, dim * dim))
+    return [slice(i, min(batch, i + size)) for i in range(0, batch, size)]
+
+
+class ImplicitSolveError(RuntimeError):
+    """The linear system of the implicit backward could not be solved to its tolerance."""
+
+
+class DualHessian:
+    """The structure of ``∇²g`` on one graph and device: offsets of each edge in the stacked dual,
+    and, per map, the columns its cells touch (built once, see :func:`get_hessian`)."""
+
+    def __init__(self, g: Graph, device: torch.device):
+        self.g = g
+        self.device = device
+        self.offsets = [0]
+        for _, b in g.edges:
+            self.offsets.append(self.offsets[-1] + g.sizes[b])
+        self.dim = self.offsets[-1]
+        self._incidence: list[list[tuple[Tensor, float]]] | None = None
+        self._gauge: Tensor | None = None
+
+    # ------------------------------------------------------------------ stacking
+    def flatten(self, parts: Sequence[Tensor]) -> Tensor:
+        """``E`` tensors ``(B, *shapes[coarse(e)])`` -> ``(B, D)``."""
+        return torch.cat([x.reshape(x.shape[0], -1) for x in parts], dim=1)
+
+    def split(self, x: Tensor) -> list[Tensor]:
+        """``(B, D)`` -> ``E`` tensors ``(B, *shapes[coarse(e)])`` (views)."""
+        g = self.g
+        return [x[:, self.offsets[e]:self.offsets[e + 1]].reshape((x.shape[0],) + g.shapes[b])
+                for e, (_, b) in enumerate(g.edges)]
+
+    def centre(self, x: Tensor) -> Tensor:
+        """Remove each edge's mean per sample (the gauge) from ``(B, D)``."""
+        return self.flatten([p - p.reshape(p.shape[0], -1).mean(1).view((-1,) + (1,) * (p.dim() - 1))
+                             for p in self.split(x)])
+
+    # ------------------------------------------------------------------ operators
+    def apply_A(self, x: Tensor) -> list[Tensor | None]:
+        """``A_k x`` for every map (``None`` for a map without edges): ``(B, *shapes[k])``."""
+        g = self.g
+        parts = self.split(x)
+        out: list[Tensor | None] = []
+        for k in range(g.num_maps):
+            y: Tensor | None = None
+            for e in g.in_edges[k]:
+                y = parts[e] if y is None else y + parts[e]
+            for e in g.out_edges[k]:
+                down = g.broadcast(parts[e], e)
+                y = -down if y is None else y - down
+            out.append(y)
+        return out
+
+    def apply_At(self, z: Sequence[Tensor | None]) -> Tensor:
+        """``Σ_k A_kᵀ z_k``: edge ``e = (a → b)`` gets ``z_b − P_e z_a``; ``(B, D)``."""
+        g = self.g
+        parts = []
+        for e, (a, b) in enumerate(g.edges):
+            za, zb = z[a], z[b]
+            assert za is not None and zb is not None
+            parts.append(zb - g.aggregate(za, e))
+        return self.flatten(parts)
+
+    @staticmethod
+    def apply_J(p: Tensor, y: Tensor, tau: float) -> Tensor:
+        """``(diag p − p pᵀ) y / τ`` per sample (``p``, ``y``: ``(B, *shape)``)."""
+        inner = (p * y).flatten(1).sum(1).view((-1,) + (1,) * (p.dim() - 1))
+        return p * (y - inner) / tau
+
+    def matvec(self, probs: Sequence[Tensor], temps: Sequence[float], x: Tensor) -> Tensor:
+        """``∇²g x`` at the probabilities ``probs``, matrix-free: ``(B, D) -> (B, D)``."""
+        y = self.apply_A(x)
+        z = [None if yk is None else self.apply_J(p, yk, t) for p, yk, t in zip(probs, y, temps)]
+        return self.apply_At(z)
+
+    def gradient(self, probs: Sequence[Tensor]) -> Tensor:
+        """``∇g = Σ_k A_kᵀ p_k``: per edge the residual ``p_b − P_e p_a``; ``(B, D)``."""
+        return self.apply_At(list(probs))
+
+    def block_diagonal(self, probs: Sequence[Tensor], temps: Sequence[float]) -> Tensor:
+        """The diagonal part of each edge's block of ``∇²g``, ``P_e p_a / τ_a + p_b / τ_b``: ``(B, D)``.
+
+        Each edge's block is this diagonal minus two rank-one terms; on the mean-zero
+        subspace dividing by it is the block-Jacobi preconditioner."""
+        g = self.g
+        return self.flatten([g.aggregate(probs[a], e) / temps[a] + probs[b] / temps[b]
+                             for e, (a, b) in enumerate(g.edges)])
+
+    # ------------------------------------------------------------------ dense
+    def incidence(self) -> list[list[tuple[Tensor, float]]]:
+        """Per map, ``(columns, sign)`` of every edge it touches: the column of each of its
+        cells in the stacked dual (``+1`` as an edge's coarse map, ``−1`` as its fine map)."""
+        if self._incidence is None:
+            g = self.g
+            inc: list[list[tuple[Tensor, float]]] = []
+            for k in range(g.num_maps):
+                sides: list[tuple[Tensor, float]] = []
+                for e in g.in_edges[k]:
+                    sides.append((self.offsets[e] + torch.arange(g.sizes[k], device=self.device), 1.0))
+                for e in g.out_edges[k]:
+                    sides.append((self.offsets[e] + g.parents(e, self.device), -1.0))
+                inc.append(sides)
+            self._incidence = inc
+        return self._incidence
+
+    def gauge(self, dtype: torch.dtype) -> Tensor:
+        """``Σ_e 1_e 1_eᵀ / n_e``: added to the Hessian it removes the gauge's null space without
+        changing solutions on the mean-zero subspace; ``(D, D)``."""
+        if self._gauge is None or self._gauge.dtype != dtype:
+            G = torch.zeros(self.dim, self.dim, dtype=dtype, device=self.device)
+            for e in range(self.g.num_edges):
+                lo, hi = self.offsets[e], self.offsets[e + 1]
+                G[lo:hi, lo:hi] = 1.0 / (hi - lo)
+            self._gauge = G
+        return self._gauge
+
+    def dense(self, probs: Sequence[Tensor], temps: Sequence[float]) -> Tensor:
+        """``∇²g`` per sample, ``(B, D, D)``, assembled from the sparse part
+        ``Σ_k A_kᵀ diag(p_k) A_k / τ_k`` (scatter-adds, one per pair of edges at a map) and the
+        rank-one parts ``(A_kᵀ p_k)(A_kᵀ p_k)ᵀ / τ_k``."""
+        D = self.dim
+        B = probs[0].shape[0]
+        H = probs[0].new_zeros(B, D * D)
+        low_rank = []
+        for k, sides in enumerate(self.incidence()):
+            if not sides:
+                continue
+            p = probs[k].reshape(B, -1)
+            w = p / temps[k]
+            for cu, su in sides:
+                for cv, sv in sides:
+                    H.index_add_(1, cu * D + cv, w if su * sv > 0 else -w)
+            v = p.new_zeros(B, D)
+            for cu, su in sides:
+                v.index_add_(1, cu, p if su > 0 else -p)
+            low_rank.append(v / math.sqrt(temps[k]))
+        V = torch.stack(low_rank, 2)  # (B, D, maps)
+        return H.view(B, D, D).baddbmm_(V, V.transpose(1, 2), alpha=-1.0)
+
+    def factor(self, H: Tensor, ridge: float = 1e-12) -> tuple[Tensor, Tensor]:
+        """Cholesky factors of ``H + scale·(gauge + ridge·I)`` per sample (``scale``: the mean
+        diagonal), with a larger ridge for samples where it fails.  ``H`` ``(B, D, D)`` is
+        overwritten.  Returns ``(L, ok)``: ``L`` ``(B, D, D)`` and ``ok`` ``(B,)`` (False where
+        no factor was found)."""
+        scale = H.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(H.dtype).tiny).view(-1, 1, 1)
+        eye = torch.eye(self.dim, dtype=H.dtype, device=H.device)
+        H.addcmul_(scale, self.gauge(H.dtype) + ridge * eye)
+        L, info = torch.linalg.cholesky_ex(H)
+        ok = info == 0
+        if bool(ok.all()):
+            return L, ok
+        for bump in (1e-9, 1e-6):
+            L2, info2 = torch.linalg.cholesky_ex(H + (bump * scale) * eye)
+            fixed = ~ok & (info2 == 0)
+            L = torch.where(fixed.view(-1, 1, 1), L2, L)
+            ok = ok | fixed
+            if bool(ok.all()):
+                break
+        return L, ok
+
+
+_CACHE: OrderedDict = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 16
+
+
+def get_hessian(g: Graph, device) -> DualHessian:
+    """The cached :class:`DualHessian` of ``(g, device)`` (its index tensors are built once)."""
+    key = (g, torch.device(device))
+    with _CACHE_LOCK:
+        hess = _CACHE.get(key)
+        if hess is None:
+            hess = _CACHE[key] = DualHessian(g, torch.device(device))
+            while len(_CACHE) > _CACHE_SIZE:
+                _CACHE.popitem(last=False)
+        else:
+            _CACHE.move_to_end(key)
+    return hess
+
+
+def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], rhs: Tensor, rtol: float | Tensor,
+              max_iter: int, dense_limit: int = DENSE_LIMIT) -> tuple[Tensor, Tensor, Tensor]:
+    """Solve ``∇²g w = rhs`` on the mean-zero subspace by preconditioned conjugate gradients.
+
+    ``rhs``: ``(B, D)`` in the Hessian's range (each edge's part sums to zero).  The
+    preconditioner is the dense Cholesky factor of the Hessian (plus the gauge) when
+    ``D <= dense_limit`` (one or two iterations then), else block-Jacobi per edge
+    (:meth:`DualHessian.block_diagonal`).  Each sample stops once
+    ``‖∇²g w − rhs‖ <= rtol ‖rhs‖`` (``rtol``: a float or one per sample, ``(B,)``) and is frozen.
+
+    Returns ``(w, relative_residual, iterations)``: ``(B, D)``, ``(B,)``, ``(B,)``.
+    """
+    B = rhs.shape[0]
+    rhs = hess.centre(rhs)
+    if hess.dim <= dense_limit and len(dense_chunks(rhs.shape[0], hess.dim)) > 1:
+        # one chunk of samples at a time: their Cholesky factors are kept through the iterations
+        parts = [solve_psd(hess, [p[c] for p in probs], temps, rhs[c],
+                           rtol[c] if isinstance(rtol, Tensor) else rtol, max_iter, dense_limit)
+                 for c in dense_chunks(rhs.shape[0], hess.dim)]
+        ws, relres_parts, iteration_parts = zip(*parts)
+        return torch.cat(ws), torch.cat(relres_parts), torch.cat(iteration_parts)
+    norm_b = rhs.norm(dim=1)
+    tiny = torch.finfo(rhs.dtype).tiny
+    if hess.dim <= dense_limit:
+        L, ok = hess.factor(hess.dense(probs, temps))
+        diag = None
+    else:
+        L, ok = None, torch.ones(B, dtype=torch.bool, device=rhs.device)
+        diag = hess.block_diagonal(probs, temps).clamp_min(tiny)
+
+    def precondition(r: Tensor) -> Tensor:
+        if L is not None:
+            z = torch.cholesky_solve(r.unsqueeze(2), L).squeeze(2)
+            z = torch.where(ok.unsqueeze(1), z, r)
+        else:
+            assert diag is not None
+            z = r / diag
+        return hess.centre(z)
+
+    w = torch.zeros_like(rhs)
+    r = rhs.clone()
+    z = precondition(r)
+    d = z.clone()
+    rz = (r * z).sum(1)
+    active = norm_b > 0
+    iterations = torch.zeros(B, dtype=torch.long, device=rhs.device)
+    relres = torch.zeros(B, dtype=rhs.dtype, device=rhs.device)
+    for _ in range(max_iter):
+        relres = r.norm(dim=1) / norm_b.clamp_min(tiny)
+        active = active & ~(relres <= rtol) & torch.isfinite(relres)
+        if not bool(active.any()):
+            break
+        Hd = hess.matvec(probs, temps, d)
+        dHd = (d * Hd).sum(1)
+        alpha = torch.where(active & (dHd > 0), rz / torch.where(dHd > 0, dHd, torch.ones_like(dHd)),
+                            torch.zeros_like(dHd)).unsqueeze(1)
+        w = w + alpha * d
+        r = r - alpha * Hd
+        z = precondition(r)
+        rz_new = (r * z).sum(1)
+        beta = torch.where(active & (rz != 0), rz_new / torch.where(rz != 0, rz, torch.ones_like(rz)),
+                           torch.zeros_like(rz)).unsqueeze(1)
+        d = torch.where(active.unsqueeze(1), z + beta * d, d)
+        rz = torch.where(active, rz_new, rz)
+        iterations += active.long()
+    relres = torch.where(norm_b > 0, r.norm(dim=1) / norm_b.clamp_min(tiny), torch.zeros_like(norm_b))
+    return w, relres, iterations
+
+
+def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
+                 rtol: float | None = None, max_iter: int = 1000, dense_limit: int = DENSE_LIMIT) -> list[Tensor]:
+    """``∂L/∂θ_k`` at a solution of any graph by implicit differentiation of ``∇g(λ*) = 0``.
+
+    With ``v_k = grads[k]``: solve ``∇²g w = Σ_k A_kᵀ J_k v_k`` (:func:`solve_psd`), then
+    ``θ̄_k = J_k (v_k − A_k w)``.  Each ``θ̄_k`` sums to zero per sample.  ``rtol`` (default
+    1e-10 in float64, 1e-5 in float32) is the relative residual the solve must reach;
+    otherwise :class:`ImplicitSolveError` names the samples.
+
+    Args:
+        probs: ``M`` tensors ``(B, *g.shapes[k])``, the optimum (p(λ*) of the dual).
+        temps: ``M`` floats.
+        grads: ``M`` tensors shaped like ``probs``.
+    """
+    hess = get_hessian(g, probs[0].device)
+    dtype = probs[0].dtype
+    if rtol is None:
+        rtol = 1e-10 if dtype == torch.float64 else 1e-5
+    Jv = [DualHessian.apply_J(p, v, t) for p, v, t in zip(probs, grads, temps)]
+    rhs = hess.apply_At(Jv)
+    w, relres, iterations = solve_psd(hess, probs, temps, rhs, rtol, max_iter, dense_limit)
+    bad = torch.nonzero(~(relres <= rtol)).flatten().tolist()
+    if bad:
+        worst = float(relres[bad].max())
+        raise ImplicitSolveError(
+            f"the implicit backward of method 'dual' could not solve the dual's Hessian system for sample(s) "
+            f"{bad[:10]}: conjugate gradients reached relative residual {worst:.1e} (tolerance {rtol:.0e}) after "
+            f"{int(iterations.max())} iterations; the Hessian is too ill-conditioned at this solution (whole blocks "
+            f"of near-zero probability, or temperatures far apart): solve in float64 (dtype=torch.float64), raise "
+            f"the temperatures, or use method 'exact' where the graph is a forest")
+    Aw = hess.apply_A(w)
+    out = []
+    for p, v, t, aw in zip(probs, grads, temps, Aw):
+        out.append(DualHessian.apply_J(p, v if aw is None else v - aw, t))
+    return out

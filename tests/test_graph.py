@@ -1,0 +1,237 @@
+"""The graph of maps (convex_attention.graph): structure, validation, facts and the kernels per edge."""
+import numpy as np
+import pytest
+import torch
+from helpers import FOREST_CASES, GRAPH_CASES, NONTREE_CASES, aggregation_matrix, block_parents, make_graph
+
+import convex_attention as ca
+
+
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_kernels_match_explicit_matrices(case):
+    g = make_graph(case, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    for e, (a, b) in enumerate(g.edges):
+        P = torch.from_numpy(aggregation_matrix(g, e))
+        x = torch.randn((2,) + g.shapes[a], generator=gen, dtype=torch.float64)
+        y = torch.randn((2,) + g.shapes[b], generator=gen, dtype=torch.float64)
+        xf, yf = x.flatten(1), y.flatten(1)
+        torch.testing.assert_close(g.aggregate(x, e).flatten(1), xf @ P.T)
+        torch.testing.assert_close(g.broadcast(y, e).flatten(1), yf @ P)
+        torch.testing.assert_close((g.aggregate(x, e) * y).sum(), (x * g.broadcast(y, e)).sum())
+        blocks = [P[j].bool() for j in range(P.shape[0])]
+        want_max = torch.stack([xf[:, m].amax(1) for m in blocks], 1)
+        assert torch.equal(g.block_max(x, e).flatten(1), want_max)
+        want_lse = torch.stack([torch.logsumexp(xf[:, m], 1) for m in blocks], 1)
+        torch.testing.assert_close(g.block_logsumexp(x, e).flatten(1), want_lse)
+        torch.testing.assert_close(g.combine_broadcast(x, y, e, torch.mul).flatten(1), xf * (yf @ P))
+        q, lse = g.block_softmax(100 * x, e)
+        torch.testing.assert_close(g.aggregate(q, e), torch.ones_like(y))
+        torch.testing.assert_close(lse.flatten(1), torch.stack([torch.logsumexp(100 * xf[:, m], 1) for m in blocks], 1))
+
+
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_flat_path_equals_the_grid_path(case):
+    g = make_graph(case, seed=2)
+    flat = g.flat()
+    assert all(len(s) == 1 for s in flat.shapes) and flat.edges == g.edges and flat.flat() is flat
+    for e, (a, b) in enumerate(g.edges):
+        x = torch.randn((3,) + g.shapes[a], dtype=torch.float64)
+        y = torch.randn((3,) + g.shapes[b], dtype=torch.float64)
+        torch.testing.assert_close(g.aggregate(x, e).flatten(1), flat.aggregate(x.flatten(1), e), atol=1e-14, rtol=0)
+        assert torch.equal(g.broadcast(y, e).flatten(1), flat.broadcast(y.flatten(1), e))
+        assert torch.equal(g.block_max(x, e).flatten(1), flat.block_max(x.flatten(1), e))
+        assert torch.equal(g.parents(e), flat.parents(e))
+
+
+def test_grid_edge_parents_are_the_blocks_of_the_shapes():
+    g = ca.Graph([(6, 4), (3, 2), (3, 1), 2], [(0, 1), (1, 2), (0, 3, torch.arange(24) % 2)])
+    assert torch.equal(g.parents(0), block_parents((6, 4), (3, 2)))
+    assert torch.equal(g.parents(1), block_parents((3, 2), (3, 1)))
+    assert g.is_grid_edge(0) and g.edge_factor(0) == (2, 2) and not g.is_grid_edge(2) and g.edge_factor(2) is None
+
+
+def test_kernels_are_differentiable_on_parent_edges_of_grid_maps():
+    g = ca.Graph([(4, 3), 5], [(0, 1, torch.tensor([0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]).reshape(4, 3))])
+    x = torch.randn(2, 4, 3, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: g.aggregate(t, 0), (x,))
+    assert torch.autograd.gradcheck(lambda t: g.broadcast(t, 0), (y,))
+    assert torch.autograd.gradcheck(lambda t: g.block_logsumexp(t, 0), (x,))
+    assert torch.autograd.gradcheck(lambda a, b: g.combine_broadcast(a, b, 0, torch.mul), (x, y))
+
+
+# ------------------------------------------------------------------ facts
+
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_facts(case):
+    g = make_graph(case)
+    assert g.kind == ("chain" if case == "chain-graph" else "forest" if case in FOREST_CASES else "graph")
+    assert g.is_forest == (case in FOREST_CASES) and g.is_chain == (case == "chain-graph")
+    assert (g.not_forest_reason() is None) == g.is_forest
+    position = {k: i for i, k in enumerate(g.order)}
+    assert sorted(g.order) == list(range(g.num_maps))
+    assert all(position[a] < position[b] for a, b in g.edges)  # finer maps first
+    assert sorted(g.sweep_order) == list(range(g.num_edges))
+    assert sorted(k for comp in g.components for k in comp) == list(range(g.num_maps))
+    assert all(not g.out_edges[r] for r in g.roots)
+    keep = g.spanning_forest()
+    assert len(keep) == sum(1 for out in g.out_edges if out) and len({g.edges[e][0] for e in keep}) == len(keep)
+    if g.is_forest:
+        assert keep == list(range(g.num_edges))
+
+
+def test_hierarchy_is_the_chain_graph():
+    h = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])
+    assert isinstance(h, ca.Graph) and h.kind == "chain" and h.is_chain and h.is_forest
+    assert h.edges == [(0, 1), (1, 2)] and h.num_maps == h.num_levels == 3 and h.num_edges == 2
+    assert h.sweep_order == [0, 1] and h.order == [0, 1, 2] and h.roots == [2]
+    p = ca.Hierarchy.from_parents([6, 3], [torch.tensor([0, 1, 2, 2, 1, 0])])
+    assert p.kind == "chain" and not p.is_grid_edge(0)
+
+
+def test_components_of_a_disconnected_graph():
+    g = make_graph("disconnected")
+    assert g.components == [[0, 1, 2], [3, 4], [5]] and g.kind == "graph"
+    assert g.not_forest_reason() == "map 0 has 2 coarsenings (map 1 (edge 0), map 2 (edge 1))"
+
+
+def test_builders():
+    star = ca.Graph.star([(64, 64)] * 4, (16, 16))
+    assert star.shapes == [(64, 64)] * 4 + [(16, 16)] and star.edges == [(k, 4) for k in range(4)]
+    assert star.kind == "forest" and all(star.edge_factor(e) == (4, 4) for e in range(4))
+    axial = ca.Graph.axial((6, 5))
+    assert axial.shapes == [(6, 5), (6, 1), (1, 5)] and axial.edges == [(0, 1), (0, 2)] and axial.kind == "graph"
+    x = torch.randn(2, 6, 5, dtype=torch.float64)
+    torch.testing.assert_close(axial.aggregate(x, 0), x.sum(2, keepdim=True))
+    torch.testing.assert_close(axial.aggregate(x, 1), x.sum(1, keepdim=True))
+    cube = ca.Graph.axial((4, 3, 2))
+    assert cube.shapes[1:] == [(4, 1, 1), (1, 3, 1), (1, 1, 2)]
+    regions = torch.tensor([[0, 0, 1, 1], [0, 2, 2, 1], [3, 2, 2, 1], [3, 3, 3, 1]])
+    gr = ca.Graph.grid_regions([(4, 4), (2, 2), (1, 1)], regions)
+    assert gr.shapes == [(4, 4), (2, 2), (1, 1), (4,)] and gr.edges == [(0, 1), (1, 2), (0, 3)]
+    assert torch.equal(gr.parents(2), regions.flatten()) and gr.kind == "graph"
+
+
+def test_from_edges_is_the_fixed_entry_point():
+    rows = torch.arange(12) // 3
+    g = ca.Graph.from_edges([12, 4, 3], [(0, 1, rows), (0, 2, torch.arange(12) % 3)])
+    assert g.shapes == [(12,), (4,), (3,)] and g.sizes == [12, 4, 3] and g.kind == "graph"
+    scores = [torch.randn(2, n, dtype=torch.float64) for n in g.sizes]
+    sol = ca.solve(scores, g, "dual", temperature=[1.0, 0.5, 2.0])
+    assert [tuple(p.shape) for p in sol.probs] == [(2, 12), (2, 4), (2, 3)]
+    assert [tuple(d.shape) for d in sol.duals] == [(2, 4), (2, 3)]
+    np_parents = ca.Graph.from_edges([4, 2], [(0, 1, np.array([0, 1, 1, 0]))])
+    assert np_parents == ca.Graph.from_edges([4, 2], [(0, 1, [0, 1, 1, 0])])
+
+
+def test_equality_and_hash():
+    a = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 1, 1, 0]))])
+    b = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 1, 1, 0]))])
+    c = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    assert a == b and hash(a) == hash(b) and a != c and len({a, b, c}) == 2
+    assert ca.Graph([(4,), (2,)], [(0, 1)]) != ca.Hierarchy.grid([(4,), (2,)])  # a chain graph is not a Hierarchy
+    assert ca.Graph.axial((4, 4)) == ca.Graph.axial((4, 4)) and ca.Graph.axial((4, 4)) != ca.Graph.axial((4, 2))
+    assert "Graph(shapes=[(6, 5), (6, 1), (1, 5)]" in repr(ca.Graph.axial((6, 5)))
+
+
+def test_a_grid_shaped_parent_map_is_read_in_c_order():
+    regions = torch.tensor([[0, 1], [2, 2]])
+    g = ca.Graph([(2, 2), 3], [(0, 1, regions)])
+    assert torch.equal(g.parents(0), torch.tensor([0, 1, 2, 2]))
+
+
+# ------------------------------------------------------------------ refusals
+
+P4 = torch.tensor([0, 1, 1, 0])
+IDENTITY = torch.arange(4)
+
+
+@pytest.mark.parametrize("sizes, edges, exc, message", [
+    ([4, 4, 4], [(0, 1, IDENTITY), (1, 2, IDENTITY), (2, 0, IDENTITY)], ValueError,
+     r"directed cycle: map 0 → map 1 → map 2 → map 0"),
+    ([4, 2], [(0, 0, IDENTITY)], ValueError, r"edge 0 \(map 0 → map 0\) joins a map to itself"),
+    ([4, 2], [(0, 1, torch.tensor([0, 1, 2, 0]))], ValueError,
+     r"edge 0 \(map 0 → map 1\): parents out of range: map 1 has 2 cells, got parent index 2"),
+    ([4, 3], [(0, 1, P4)], ValueError, r"edge 0 \(map 0 → map 1\): parents leaves 1 cell\(s\) of map 1 empty"),
+    ([4, 2], [(0, 1, torch.tensor([0, 1, 1]))], ValueError, r"edge 0 \(map 0 → map 1\): parents must be .* \(4,\)"),
+    ([4, 2], [(0, 1, P4.float())], TypeError, r"edge 0 \(map 0 → map 1\): parents must hold integers"),
+    ([4, 2], [(0, 1, P4.bool())], TypeError, r"parents must hold integers"),
+    ([4, 2], [(0, 5, P4)], ValueError, r"edge 0 refers to map 5, which is not given: the graph has 2 maps"),
+    ([4, 2], [(-1, 1, P4)], ValueError, r"edge 0 refers to map -1, which is not given"),
+    ([4, 2], [(0.0, 1, P4)], TypeError, r"edge 0: its fine map must be a map index"),
+    ([4, 2, 1], [(0, 1, P4), (1, 2, [0, 0]), (0, 2, [0, 0, 0, 0])], ValueError,
+     r"edge 2 \(map 0 → map 2\) is implied by the path map 0 → map 1 → map 2: .*drop edge 2"),
+    ([4, 2, 1], [(0, 2, [0, 0, 0, 0]), (0, 1, P4), (1, 2, [0, 0])], ValueError,
+     r"edge 0 \(map 0 → map 2\) is implied by the path map 0 → map 1 → map 2"),
+    ([4, 2], [(0, 1, P4), (0, 1, torch.tensor([1, 0, 0, 1]))], ValueError, r"edge 1 \(map 0 → map 1\) repeats edge 0"),
+    ([4, 2], [(0, 1)], TypeError, r"edge 0 \(map 0 → map 1\): give its parent map"),
+    ([4, 2], [], ValueError, r"a graph needs at least one edge"),
+    ([4], [(0, 0, IDENTITY)], ValueError, r"a graph needs at least 2 maps"),
+    ([4, 0], [(0, 1, P4)], ValueError, r"size of map 1 must be positive"),
+    ([4, 2.0], [(0, 1, P4)], TypeError, r"size of map 1 must be an int"),
+    ([(2, 2), 2], [(0, 1, P4)], ValueError, r"Graph.from_edges takes flat maps"),
+    ([4, 2], "edges", TypeError, r"edges must be a list"),
+    ([4, 2], [(0,)], TypeError, r"edge 0 must be a tuple \(fine, coarse, parents\)"),
+    ([4, 2], [(0, 1, "0110")], TypeError, r"edge 0 \(map 0 → map 1\): parents must be a 1-D integer tensor"),
+    ("42", [(0, 1, P4)], TypeError, r"sizes must be a list of map sizes"),
+])
+def test_from_edges_refusals_name_the_map_or_edge(sizes, edges, exc, message):
+    with pytest.raises(exc, match=message):
+        ca.Graph.from_edges(sizes, edges)
+
+
+@pytest.mark.parametrize("shapes, edges, exc, message", [
+    ([(4, 4), (3, 3)], [(0, 1)], ValueError, r"edge 0 \(map 0 → map 1\): grid does not divide: dimension 0 of map 1"),
+    ([(4, 4), (2,)], [(0, 1)], ValueError, r"edge 0 \(map 0 → map 1\): a grid edge needs maps with the same number of "
+                                           r"dimensions, map 0 is 2-D"),
+    ([(4, 4), 3], [(0, 1, torch.zeros(4, 4, dtype=torch.long))], ValueError,
+     r"parents leaves 2 cell\(s\) of map 1 empty"),
+    ([(4, 4), (2, 2), (1, 1)], [(0, 1), (1, 2), (0, 2)], ValueError,
+     r"edge 2 \(map 0 → map 2\) is implied by the path"),
+    ([(4, 4), (2, 2)], [(1, 0)], ValueError, r"grid does not divide"),
+    ([(4, 0), (2, 2)], [(0, 1)], ValueError, r"shape of map 0 must be positive"),
+    ([(4, 4)], [(0, 0)], ValueError, r"a graph needs at least 2 maps"),
+    (None, [(0, 1)], TypeError, r"shapes must be a list of map shapes"),
+    ([(4, 4), (2, 2)], [(0, 1, None, 3)], TypeError, r"edge 0 must be a tuple"),
+    ([(10 ** 6, 10 ** 6), (1, 1)], [(0, 1)], ValueError, r"map 0 has 1000000000000 cells .* above the limit"),
+])
+def test_constructor_refusals(shapes, edges, exc, message):
+    with pytest.raises(exc, match=message):
+        ca.Graph(shapes, edges)
+
+
+def test_builders_validate_their_arguments():
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        ca.Graph.axial((8,))
+    with pytest.raises(ValueError, match="grid does not divide"):
+        ca.Graph.star([(6, 6), (4, 4)], (3, 3))
+    with pytest.raises(ValueError, match=r"parents out of range"):
+        ca.Graph.grid_regions([(2, 2)], torch.tensor([[0, 1], [2, 5]]), num_regions=3)
+    with pytest.raises(TypeError, match="regions must be an integer tensor"):
+        ca.Graph.grid_regions([(2, 2)], "regions")
+
+
+def test_kernels_refuse_bad_edges_and_shapes():
+    g = ca.Graph.axial((4, 3))
+    with pytest.raises(ValueError, match=r"constraint index e must be in \[0, 1\]"):
+        g.aggregate(torch.zeros(2, 4, 3), 2)
+    with pytest.raises(ValueError, match=r"aggregate input must have shape \(\.\.\., 4, 3\) for map 0"):
+        g.aggregate(torch.zeros(2, 3, 4), 0)
+    with pytest.raises(ValueError, match=r"broadcast input must have shape \(\.\.\., 1, 3\) for map 2"):
+        g.broadcast(torch.zeros(2, 3), 1)
+
+
+@pytest.mark.parametrize("case", NONTREE_CASES)
+def test_exact_refuses_every_non_forest_naming_the_map_and_dual(case):
+    g = make_graph(case)
+    scores = [torch.randn((1,) + s, dtype=torch.float64) for s in g.shapes]
+    reason = g.not_forest_reason()
+    with pytest.raises(ValueError, match=r"method 'exact' solves forests only.*" + reason.split(" (")[0]
+                       + r".*use method 'dual'"):
+        ca.solve(scores, g, "exact")
+    with pytest.raises(ValueError, match=r"method 'exact' solves forests only.*use method 'dual'"):
+        ca.ConsistentAttention(g, "exact")
+    from convex_attention.exact import exact_attention
+    with pytest.raises(ValueError, match=r"solves forests only .*use method 'dual'"):
+        exact_attention(scores, g, [1.0] * g.num_maps)

@@ -1,0 +1,127 @@
+"""The Hessian of the dual function (convex_attention.hessian): products, dense assembly, the
+conjugate-gradient solve on the mean-zero subspace, and the implicit backward."""
+import numpy as np
+import pytest
+import torch
+from helpers import FOREST_CASES, GRAPH_CASES, flat_np, random_graph_instance, reference_solve
+
+import convex_attention as ca
+from convex_attention.dual import dual_function, reparameterized_probs
+from convex_attention.exact import exact_attention, tree_backward
+from convex_attention.hessian import ImplicitSolveError, get_hessian, implicit_vjp, solve_psd
+
+
+def _random_duals(h, batch, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn((batch,) + h.shapes[b], generator=g, dtype=torch.float64) for _, b in h.edges]
+
+
+@pytest.mark.parametrize("case", GRAPH_CASES)
+def test_dense_hessian_gradient_and_products_match_autograd(case):
+    inst = random_graph_instance(case, batch=2, seed=1)
+    h, temps = inst.h, inst.temps
+    hess = get_hessian(h, "cpu")
+    lam = _random_duals(h, 2, 3)
+    probs = reparameterized_probs(inst.scores, lam, h, temps)
+    dense = hess.dense(probs, temps)
+    x = hess.flatten(lam)
+    for b in range(2):
+        # autograd through the dual function of one sample
+        def g_flat(v, b=b):
+            parts = [p for p in hess.split(v.unsqueeze(0))]
+            return dual_function([s[b:b + 1] for s in inst.scores], parts, h, temps).sum()
+
+        want_h = torch.autograd.functional.hessian(g_flat, x[b])
+        torch.testing.assert_close(dense[b], want_h, atol=1e-12, rtol=1e-10)
+        want_g = torch.autograd.functional.jacobian(g_flat, x[b])
+        torch.testing.assert_close(hess.gradient(probs)[b], want_g, atol=1e-12, rtol=1e-10)
+    v = torch.randn_like(x)
+    torch.testing.assert_close(hess.matvec(probs, temps, v), (dense @ v.unsqueeze(2)).squeeze(2), atol=1e-12,
+                               rtol=1e-10)
+    # the gauge directions (a constant per edge) are in the null space
+    for e in range(h.num_edges):
+        ones = torch.zeros_like(x)
+        ones[:, hess.offsets[e]:hess.offsets[e + 1]] = 1.0
+        assert hess.matvec(probs, temps, ones).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("case", FOREST_CASES)
+def test_implicit_vjp_equals_the_tree_vjp_on_forests(case):
+    """Both paths of the dual's backward: conjugate gradients on the Hessian (any graph) and
+    the tree VJP (forests) give the same gradient at the optimum."""
+    inst = random_graph_instance(case, batch=3, seed=2, scale=3.0)
+    probs = exact_attention(inst.scores, inst.h, inst.temps)
+    _, cond = ca.dual.dual_probs(inst.scores, ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps).duals,
+                                 inst.h, inst.temps)
+    grads = [torch.randn_like(p) for p in probs]
+    tree = tree_backward(inst.h, probs, cond, inst.temps, grads)
+    for dense_limit in (10 ** 6, 0):  # Cholesky-preconditioned and block-Jacobi conjugate gradients
+        implicit = implicit_vjp(inst.h, probs, inst.temps, grads, dense_limit=dense_limit)
+        for a, b in zip(implicit, tree):
+            torch.testing.assert_close(a, b, atol=1e-9, rtol=1e-7)
+
+
+def test_solve_psd_both_preconditioners_agree_and_stay_mean_zero():
+    inst = random_graph_instance("mixed-two-resolutions", batch=3, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64))
+    w1, res1, it1 = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000)
+    w2, res2, it2 = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, dense_limit=0)
+    assert (res1 <= 1e-11).all() and (res2 <= 1e-11).all() and (it1 <= 3).all() and (it2 > it1).all()
+    torch.testing.assert_close(w1, w2, atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(hess.matvec(sol.probs, inst.temps, w1), rhs, atol=1e-10, rtol=0)
+    for part in hess.split(w1):
+        assert part.flatten(1).mean(1).abs().max() < 1e-12
+
+
+def test_an_unsolvable_system_raises_naming_the_samples():
+    inst = random_graph_instance("axial", batch=2, seed=4, scale=3.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    grads = [torch.randn_like(p) for p in sol.probs]
+    with pytest.raises(ImplicitSolveError, match=r"sample\(s\) \[0, 1\]: conjugate gradients reached relative "
+                                                 r"residual .* after 1 iterations.*solve in float64"):
+        implicit_vjp(inst.h, sol.probs, inst.temps, grads, max_iter=1, dense_limit=0)
+
+
+def _diamond():
+    """Two paths from map 0 to map 3 that pool it the same way (onto one cell): constraints
+    with redundancy beyond the gauge, so the Hessian is singular on the mean-zero subspace."""
+    return ca.Graph([(4, 4), (2, 2), (4, 1), (1, 1)], [(0, 1), (0, 2), (1, 3), (2, 3)])
+
+
+def test_a_redundant_diamond_is_solved_and_differentiated():
+    h = _diamond()
+    g = torch.Generator().manual_seed(5)
+    scores = [2 * torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    temps = [0.7, 1.3, 0.9, 2.0]
+    sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12)
+    ref_p, _, ref_v = reference_solve(h, scores, temps)
+    for got, want in zip(flat_np(sol.probs), ref_p):
+        np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
+    np.testing.assert_allclose(sol.objective.numpy(), ref_v, atol=1e-8, rtol=0)
+    leaves = [s.clone().requires_grad_() for s in scores]
+    assert torch.autograd.gradcheck(lambda *s: tuple(ca.solve(list(s), h, "dual", temperature=temps, tol=1e-13).probs),
+                                    leaves, atol=1e-6, rtol=1e-5)
+
+
+def test_dense_hessians_in_chunks_of_samples_give_the_same_answers(monkeypatch):
+    import convex_attention.hessian as hessian_module
+
+    inst = random_graph_instance("grid-regions", batch=5, seed=6, scale=3.0)
+    w = [torch.randn_like(s) for s in inst.scores]
+
+    def run():
+        scores = [s.clone().requires_grad_() for s in inst.scores]
+        sol = ca.solve(scores, inst.h, "dual", temperature=inst.temps, tol=1e-11)
+        grads = torch.autograd.grad(sum((p * x).sum() for p, x in zip(sol.probs, w)), scores)
+        return sol, grads
+
+    whole, whole_grads = run()
+    dim = get_hessian(inst.h, "cpu").dim
+    monkeypatch.setattr(hessian_module, "DENSE_ENTRIES", 2 * dim * dim)
+    assert len(hessian_module.dense_chunks(5, dim)) == 3
+    chunked, chunked_grads = run()
+    assert torch.equal(whole.info["iterations"], chunked.info["iterations"])
+    for a, b in zip(whole.probs + list(whole_grads), chunked.probs + list(chunked_grads)):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
