@@ -42,8 +42,9 @@ def add_bench_commands(sub) -> None:
 def _add_bench(sub) -> None:
     b = sub.add_parser(
         "bench", help="sweep structures/sizes/levels/batch/dims/temperature/dtype/device and measure every method",
-        description="For every cell of the sweep (a structure family at a size: chain, star, axial, grid_regions, "
-                    "mixed) and every method that solves it (the others get a skipped row saying why), measure the median forward and backward "
+        description="For every cell of the sweep (a structure family at a size: chain, star, axial, "
+                    "grid_regions, mixed) and every method that solves it (the others get a skipped row saying "
+                    "why), measure the median forward and backward "
                     "time (after warm-up, methods interleaved), peak memory, violation (max and mean), "
                     "max_abs_err against exact (float64), primal_gap and dual_gap; dual also records its "
                     "iterations; learned_dual is reported for four λ: zero, fitted on training instances "
@@ -243,9 +244,15 @@ def cmd_verify(args) -> int:
 
 
 def _run_verify(args, solver, backends) -> int:
-    from ..bench.verify import all_passed, backend_skips, format_table, random_instances, verify_instances, write_csv
-
-    from ..bench.verify import QUICK_INSTANCES
+    from ..bench.verify import (
+        QUICK_INSTANCES,
+        all_passed,
+        backend_skips,
+        format_table,
+        random_instances,
+        verify_instances,
+        write_csv,
+    )
 
     n = QUICK_INSTANCES if args.quick else args.n
     results = verify_instances(random_instances(n, args.seed, quick=args.quick), dual_solver=solver,
