@@ -271,6 +271,7 @@ SHARED_TEST_FILES = {
     "convex_attention.cli._common": "test_cli_conventions.py",
     "convex_attention.baselines.attributions": "test_baselines.py",
     "convex_attention.baselines.paper_loss": "test_baselines.py",
+    "convex_attention.baselines.linsat": "test_baselines.py",
 }
 
 
