@@ -369,7 +369,8 @@ def _dev_candidates(config: ExperimentConfig, variants: list[Variant], sets: dic
                                             seed=seed))
                     result.update(_dev_ap(config, got["model"], sets["dev"], indices, upsamplings, device))
                     trained[key] = result
-                    log(f"[dev] {method} ({variant.label()}) seed {seed}: dev auc {result['auc']:.3f}, balanced acc "
+                    model_label = variant.label().rsplit(", upsampling=", 1)[0]  # one model serves every upsampling
+                    log(f"[dev] {method} ({model_label}) seed {seed}: dev auc {result['auc']:.3f}, balanced acc "
                         f"{result['bacc']:.3f}, AUC change with shuffled maps {result['delta_auc_shuffled']:+.3f}; "
                         f"attention ap ({mask}, {upsamplings[0]}) " + ", ".join(
                             f"{k.rsplit('_', 1)[1]} {v:.3f}" for k, v in result.items()
