@@ -133,9 +133,10 @@ def test_a_solver_that_hangs_is_stopped_at_the_timeout(tmp_path):
 
 def test_a_solver_cannot_send_the_verifier_its_own_messages(tmp_path):
     """The solver finds the channel to the verifier (its file descriptor is in argv) and
-    writes to it: a pickle that would run code if unpickled, then a well-formed 'duals'
-    message whose archive holds a pickled object that would run code.  Neither is
-    unpickled (the marker file is never made): each fails its instance."""
+    writes to it: a pickle that would run code if unpickled, a well-formed 'duals'
+    message whose archive holds a pickled object that would run code, and a message far
+    larger than the instance's duals.  Nothing is unpickled (the marker file is never
+    made), and each fails its instance."""
     marker = tmp_path / "code-ran"
     counter = tmp_path / "calls"
     counter.write_text("0")
@@ -154,6 +155,8 @@ def test_a_solver_cannot_send_the_verifier_its_own_messages(tmp_path):
         open({str(counter)!r}, 'w').write(str(n + 1))
         if n == 0:
             out.send_bytes(pickle.dumps(Exploit()))
+        elif n == 2:
+            out.send_bytes(b"x" * (8 << 20))  # far more than the duals of the instance
         else:
             buf = io.BytesIO()
             np.savez(buf, d0=np.array([Exploit()], dtype=object))
@@ -163,6 +166,8 @@ def test_a_solver_cannot_send_the_verifier_its_own_messages(tmp_path):
         with pytest.raises(SolverFailed, match="sent something that is not a message"):
             solver.solve(SCORES, H, TEMPS)
         with pytest.raises(SolverFailed, match="sent unreadable duals .*allow_pickle"):
+            solver.solve(SCORES, H, TEMPS)
+        with pytest.raises(SolverFailed, match=r"sent more than \d+ bytes; it was stopped"):
             solver.solve(SCORES, H, TEMPS)
     assert not marker.exists()
 

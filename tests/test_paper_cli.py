@@ -253,6 +253,24 @@ def test_experiment_with_a_diverged_model_fails_without_advice_it_cannot_take(tm
     assert "--lr" not in err and "learning rate" not in err
 
 
+@pytest.mark.parametrize("error", ["weights", "outputs"])
+def test_experiment_refuses_to_score_a_model_with_non_finite_weights_or_outputs(tmp_path, capsys, monkeypatch, error):
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.models import NonFiniteOutput, NonFiniteWeights
+
+    def fail(*args, **kwargs):
+        if error == "weights":
+            raise NonFiniteWeights("'runs/x/best.pt' holds weights that are not all finite: w (3 of 9 values NaN or "
+                                   "Inf); the run that saved it diverged")
+        raise NonFiniteOutput("the model's logits (images [0] of the batch) hold NaN or Inf: its predictions are "
+                              "not scored")
+
+    monkeypatch.setattr(experiment, "run_experiment", fail)
+    code, _, err = run(["experiment", "--quick", "--out", str(tmp_path / "e")], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert ("not all finite" if error == "weights" else "not scored") in err
+
+
 @pytest.mark.slow
 def test_train_resume_with_no_other_flag_continues_the_run(tmp_path, capsys):
     path = tiny_checkpoint(tmp_path / "runs" / "x" / "last.pt", epoch=1, epochs=2, method="exact", difficulty=0.0)

@@ -189,3 +189,12 @@ def test_an_unreadable_or_json_only_earlier_bench_is_refused_too(tmp_path):
     (empty / "bench.csv").write_text(",".join(R.COLUMNS) + "\n")  # a header only: nothing to lose
     writer(empty)
     assert R.existing_rows(str(empty)) == (0, 0, None)
+
+
+def test_resume_with_bench_json_alone_says_its_rows_are_dropped(tmp_path):
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": [bench_row(), bench_row(method="softmax")]}))
+    logged = []
+    w = writer(tmp_path, resume=True, log=logged.append)
+    assert w.rows == [] and any("bench.csv is missing and bench.json holds 2 row(s): its rows are dropped" in m
+                                for m in logged)
+    assert strict_load(str(tmp_path / "bench.json"))["rows"] == []  # both files agree from the start

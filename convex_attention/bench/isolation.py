@@ -30,6 +30,7 @@ import importlib
 import importlib.util
 import io
 import json
+import math
 import os
 import pickle
 import signal
@@ -50,7 +51,7 @@ __all__ = ["IsolatedSolver", "SolverFailed", "load_solver", "returned_duals", "d
 #: it imports the solver (the solver's own import then has the per-instance timeout).
 STARTUP_S = 300.0
 _HEADER = struct.Struct("!I")  # the length of a message's JSON header
-_MAX_MESSAGE = 1 << 31  # bytes; a child that sends more is stopped
+_SMALL_MESSAGE = 1 << 20  # bytes a message without duals may take; a child that sends more is stopped
 
 
 class SolverFailed(Exception):
@@ -298,17 +299,19 @@ class IsolatedSolver:
         self.close()
         return why
 
-    def _receive(self, timeout: float, late: str) -> tuple[dict, bytes]:
-        """The child's next message; SolverFailed (the child stopped) when it is late, ends,
-        or sends something that is not a message."""
+    def _receive(self, timeout: float, late: str, limit: int = _SMALL_MESSAGE) -> tuple[dict, bytes]:
+        """The child's next message (at most ``limit`` bytes); SolverFailed (the child
+        stopped) when it is late, ends, or sends something that is not a message."""
         inbox, process = self._inbox, self._process
         assert inbox is not None and process is not None
         if not inbox.poll(timeout):
             self.close()
             raise SolverFailed(f"{late}; its process was stopped")
         try:
-            data = inbox.recv_bytes(_MAX_MESSAGE)
-        except (EOFError, OSError):
+            data = inbox.recv_bytes(limit)
+        except OSError:  # longer than any message of ours (recv_bytes' maxlength)
+            raise SolverFailed(self._stop(f"its process sent more than {limit} bytes; it was stopped")) from None
+        except EOFError:
             why = _ended(process)
             self.close()
             raise SolverFailed(f"{why} without returning") from None
@@ -336,7 +339,9 @@ class IsolatedSolver:
             why = _ended(self._process)
             self.close()
             raise SolverFailed(f"{why} before it was given the instance") from None
-        header, body = self._receive(self.timeout, f"did not return within {self.timeout:g} s (--timeout)")
+        values = sum(math.prod(shape) for shape in shapes)
+        header, body = self._receive(self.timeout, f"did not return within {self.timeout:g} s (--timeout)",
+                                     _SMALL_MESSAGE + 8 * values + 4096 * len(shapes))
         if header["status"] == "error":
             raise SolverFailed(str(header.get("reason", "failed"))[:400])
         if header["status"] != "duals":

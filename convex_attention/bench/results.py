@@ -124,8 +124,8 @@ def check_start_over(out_dir: str, resume: bool, overwrite: bool) -> None:
     rows, finished, problem = existing_rows(out_dir)
     if problem is not None:
         raise FinishedRows(f"{out_dir} holds the results of an earlier bench that cannot be read ({problem}); "
-                           f"pass --overwrite to replace them and start over, or choose another --out "
-                           f"(--resume keeps the rows it can read)")
+                           f"pass --overwrite to replace them and start over (--resume cannot read them either), or "
+                           f"choose another --out")
     if rows:
         raise FinishedRows(f"{out_dir} holds {rows} row(s) of an earlier bench ({finished} finished) in bench.csv; "
                            f"pass --resume to keep them and measure only the rest, or --overwrite to discard them "
@@ -181,6 +181,11 @@ class ResultsWriter:
 
     def _load(self) -> None:
         rows, problems = read_rows(self.csv_path, BENCH_SCHEMA)
+        if not os.path.exists(self.csv_path):  # the rows are read from bench.csv: say what bench.json held
+            held, _, unreadable = existing_rows(self.out_dir)
+            if held or unreadable:
+                problems.append(f"bench.csv is missing and bench.json {'cannot be read' if unreadable else ''}"
+                                f"{f'holds {held} row(s)' if held else ''}: its rows are dropped")
         copies: dict[tuple, int] = {}
         for r in rows:
             copies[row_key(r)] = copies.get(row_key(r), 0) + 1

@@ -227,7 +227,7 @@ class _Reference:
     scale: float
 
 
-def verify_instances(instances, dual_solver: Callable | None = None, tolerances: dict | None = None,
+def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = None, tolerances: dict | None = None,
                      progress: bool = True, backends=None, solver_name: str | None = None) -> list[CheckResult]:
     """Run every check on every instance; returns one :class:`CheckResult` per check.
 
