@@ -39,7 +39,13 @@ from ._ops import compute_dtype
 from .dual import consistency_loss_unchecked
 from .graph import Graph
 from .methods import METHODS, REGISTRY, get_method
-from .validation import check_duals, check_hierarchy, check_scores_and_peaks, check_temperatures
+from .validation import (
+    check_duals,
+    check_hierarchy,
+    check_scores_and_peaks,
+    check_temperatures,
+    check_transforms,
+)
 
 __all__ = ["solve", "Solution", "consistency_loss", "METHODS"]
 
@@ -126,8 +132,10 @@ def solve(scores: Sequence[Tensor], h: Graph, method: str = "exact", temperature
         method: ``"softmax"``, ``"exact"``, ``"cvxpylayers"``, ``"dual"`` or ``"learned_dual"``.
             A method that cannot solve the structure (``"exact"`` on a graph with a map of two
             coarsenings) is refused before any work, naming one that can.
-        temperature: a positive float, or one per map (a sequence of ``M``); or a tensor
-            of shape ``()`` or ``(M,)`` — temperatures are per map, never per sample.
+        temperature: a positive real number (Python or numpy, ``np.float32`` and
+            ``np.float16`` included), or one per map (a sequence of ``M``); or a numpy array
+            or a tensor of shape ``()`` or ``(M,)`` — temperatures are per map, never per
+            sample.
             A tensor that requires grad is differentiated through by ``"softmax"``,
             ``"exact"``, ``"dual"`` and ``"learned_dual"``; ``"cvxpylayers"`` raises
             TypeError (pass ``temperature.detach()``).  Accepted range: see the module
@@ -159,6 +167,7 @@ def solve(scores: Sequence[Tensor], h: Graph, method: str = "exact", temperature
         convex_attention.cvx.SolverFailure: ``"cvxpylayers"`` failed or was inaccurate.
     """
     record = get_method(method)
+    check_transforms(f"solve(method={record.name!r})", record.func_transforms)
     record.check_structure(check_hierarchy(h))
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
     temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype,
@@ -193,6 +202,7 @@ def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph
     Where the two sides' supports differ beyond the dtype's range (a temperature near the
     smallest accepted), the loss is ``+inf`` (the KL divergence is), never NaN.
     """
+    check_transforms("consistency_loss", True)
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
     temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype, allow_grad=True, unit=h._map_word)
     work = compute_dtype(scores[0].dtype)

@@ -297,6 +297,56 @@ def test_resume_recomputes_truncated_and_error_rows_without_duplicates(tmp_path,
     assert sorted((r["method"], r["status"]) for r in rows) == [("exact", "ok"), ("softmax", "ok")]
 
 
+def _earlier_bench(folder):
+    """A folder with an earlier bench's rows (one finished, one error row)."""
+    from convex_attention.bench import results as R
+
+    w = R.ResultsWriter(str(folder), {}, "cpu", resume=False, log=lambda m: None)
+    base = {"cell": 0, "reason": "", "backend": "", "dual_kind": "", "generator": "lesion", "scale": 1.0, "dims": 2,
+            "size": 4, "levels": 2, "batch": 2, "temperature": 1.0, "dtype": "float32", "device": "cpu", "seed": 0}
+    w.commit({**base, "method": "exact", "status": "ok"})
+    w.commit({**base, "method": "softmax", "status": "error", "reason": "RuntimeError: test"})
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def test_bench_into_a_folder_with_finished_rows_needs_resume_or_overwrite(tmp_path, capsys):
+    """Before: bench without --resume silently replaced an earlier run's finished rows."""
+    out = tmp_path / "r"
+    before = _earlier_bench(out)
+    assert run(["bench", *FAST, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "holds 2 row(s) of an earlier bench (1 finished)" in err and "--resume" in err and "--overwrite" in err
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before, "nothing was touched"
+    assert run(["bench", *FAST, "--out", str(out), "--resume", "--overwrite"]) == 2
+    assert "contradict each other" in capsys.readouterr().err
+    assert run(["demo", "--out", str(out), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_bench_overwrite_starts_over(tmp_path):
+    out = tmp_path / "r"
+    _earlier_bench(out)
+    assert run(["bench", *FAST, "--methods", "softmax", "--out", str(out), "--overwrite"]) == 0
+    rows = read(os.path.join(out, "bench.csv"))
+    assert [(r["method"], r["status"]) for r in rows] == [("softmax", "ok")]
+    assert len(json.load(open(out / "bench.json"))["rows"]) == 1
+
+
+def test_ctrl_c_on_bench_keeps_the_rows_and_names_resume(tmp_path, capsys, monkeypatch):
+    from convex_attention.bench import sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    assert run(["bench", *FAST, "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == ("convex-attention bench: interrupted; the rows finished so far are kept (rerun with --resume to "
+                   "measure the rest)")
+
+
 @pytest.mark.slow
 def test_bench_cvx_backends_option_picks_the_rows(tmp_path):
     out = str(tmp_path / "r")

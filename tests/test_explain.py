@@ -251,3 +251,38 @@ def test_maps_are_scored_against_the_decisive_masks_too():
     row = next(r for r in by_mask["decisive"] if r["image"] == image and r["level"] == 1)
     expected = score_map(to_common_form(maps[("attention", 1)][0], (32, 32), "nearest"), data.decisive_mask(image))
     assert row["ap"] == pytest.approx(expected["ap"])
+
+
+def _overflowing(method="exact"):
+    """A model with finite weights whose logits overflow to Inf."""
+    model = AttentionUNet(method=method, width=4, image_size=32, embed_channels=8)
+    with torch.no_grad():
+        model.classifier.weight.fill_(3e38)
+        model.classifier.bias.fill_(torch.finfo(torch.float32).max)
+    return model
+
+
+def test_a_model_whose_outputs_are_not_finite_is_never_scored():
+    """Before: such a model was explained and got plausible-looking metrics."""
+    from convex_attention.paper.explain import explanations
+    from convex_attention.paper.models import NonFiniteOutput
+
+    data = SyntheticLesions(12, image_size=32, seed=0, lesion_fraction=0.7)
+    good = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    with pytest.raises(NonFiniteOutput, match=r"model 'bad', on images \[.*logits .* not scored"):
+        explain_models({"good": good, "bad": _overflowing()}, data, n_images=2, baseline_model=None, progress=False)
+    images = torch.stack([data[i][0] for i in range(2)])
+    with pytest.raises(NonFiniteOutput, match="logits"):
+        explanations(_overflowing(), images, posthoc=False)
+
+
+def test_explanation_maps_that_are_not_finite_are_never_scored(monkeypatch):
+    from convex_attention.paper import explain
+    from convex_attention.paper.models import NonFiniteOutput
+
+    monkeypatch.setattr(explain, "gradcam", lambda model, images, targets, level: torch.full((len(images), 8, 8),
+                                                                                             float("nan")))
+    monkeypatch.setattr(explain, "BASELINES", {})
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    with pytest.raises(NonFiniteOutput, match=r"explanation maps gradcam \(level 0\), gradcam \(level 1\)"):
+        explain.explanations(model, torch.randn(2, 4, 32, 32))

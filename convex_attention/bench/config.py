@@ -29,8 +29,8 @@ from ..io.settings import (
 )
 from ..methods import METHODS, REGISTRY
 
-__all__ = ["SweepConfig", "check_sweep", "quick_sweep", "SCALE_MAX", "DTYPES", "GENERATOR_NAMES", "MAX_ELEMENTS",
-           "MIN_FIT_INSTANCES"]
+__all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "fit_instances", "quick_sweep", "SCALE_MAX", "DTYPES",
+           "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES"]
 
 # Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
 # float16 (largest finite value 65504) included, far from overflow.
@@ -53,19 +53,36 @@ def _backends() -> tuple:
     return BACKENDS
 
 
+def fit_instances(config: SweepConfig, n_cells: int) -> int:
+    """Training instances of a cell of ``n_cells`` cells: ``fit_instances``, fewer where
+    ``fit_max_values`` caps instances × cells (never fewer than :data:`MIN_FIT_INSTANCES`)."""
+    if config.fit_max_values is None:
+        return config.fit_instances
+    return max(min(config.fit_instances, config.fit_max_values // n_cells), min(MIN_FIT_INSTANCES,
+                                                                                  config.fit_instances))
+
+
 def _check_cells(config: SweepConfig) -> None:
-    """Every size divides through its levels, and every cell's scores fit in memory."""
+    """Every size divides through its levels, and every cell's scores (and the training
+    instances of the learned duals) fit in memory."""
     for size in config.sizes:
         for levels in config.levels:
             if size % config.factor ** (levels - 1) != 0:
                 raise ValueError(f"size {size} does not divide: {levels} levels with factor {config.factor} "
                                  f"need a multiple of {config.factor ** (levels - 1)}")
+    learned = any(REGISTRY[m].needs_duals for m in config.methods if m in REGISTRY)
     for size, levels, dims, batch in itertools.product(config.sizes, config.levels, config.dims, config.batches):
         cells = sum((size // config.factor ** k) ** dims for k in range(levels))
         if batch * cells > MAX_ELEMENTS:
             raise ValueError(f"batch {batch} x {cells} cells (size {size}, {dims}-D, {levels} levels) is "
                              f"{batch * cells:.3g} values per tensor, above the {MAX_ELEMENTS:.3g} any cell may hold; "
                              f"use smaller --sizes, --dims or --batch")
+        train = fit_instances(config, cells)
+        if learned and train * cells > MAX_ELEMENTS:
+            raise ValueError(f"--fit-instances {config.fit_instances}: {train} training instances x {cells} cells "
+                             f"(size {size}, {dims}-D, {levels} levels) is {train * cells:.3g} values, above the "
+                             f"{MAX_ELEMENTS:.3g} any cell may hold; use a smaller --fit-instances or set "
+                             f"--fit-max-values")
 
 
 @dataclass
@@ -134,6 +151,23 @@ class SweepConfig:
             yield {"generator": self.generator, "scale": float(self.scale), "dims": int(dims), "size": int(size),
                    "levels": int(levels), "batch": int(batch), "temperature": float(temp), "dtype": dtype,
                    "device": device, "seed": int(self.seed)}
+
+
+@dataclass
+class VerifyConfig:
+    """``convex-attention verify``'s settings: how many random instances, their seed, and
+    how long a user's dual solver may take per instance (it runs in a process of its own,
+    :mod:`convex_attention.bench.isolation`; past ``timeout`` that process is stopped and
+    the instance fails)."""
+
+    n: int = setting(24, Int(low=1, high=100_000), "number of random instances")
+    seed: int = setting(0, SEED, "seed of the random instances")
+    timeout: float = setting(60.0, Real(low=0.0, high=86_400.0, low_open=True),
+                             "seconds one instance's call of --dual-solver may take (and its module to import); "
+                             "past it the solver's process is stopped and the instance's checks fail")
+
+    def __post_init__(self):
+        normalise_settings(self)
 
 
 def quick_sweep(**given) -> SweepConfig:

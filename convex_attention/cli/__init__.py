@@ -45,8 +45,21 @@ def main(argv=None) -> int:
         print(f"convex-attention {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished rows are kept (rerun with --resume)", file=sys.stderr)
+        print(f"convex-attention {args.command}: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
         return 130
+
+
+# What Ctrl-C leaves behind, per command: resuming is advised only where there is a --resume.
+INTERRUPTED = {
+    "bench": "interrupted; the rows finished so far are kept (rerun with --resume to measure the rest)",
+    "demo": "interrupted; the bench rows finished so far are kept (convex-attention bench --quick --out OUT "
+            "--resume measures the rest); the other steps start over",
+    "verify": "interrupted; no check result was written (verify.csv is written when every instance is done)",
+    "train": "interrupted; OUT/last.pt holds the last finished epoch, if one finished (train --resume "
+             "OUT/last.pt continues from it)",
+    "experiment": "interrupted; the stage did not finish and its results are incomplete (rerun the stage; a test "
+                  "stage that started needs --force)",
+}
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..io.settings import SEED, finite_float, positive_int
+from ..io.settings import SEED, finite_float, int_in
 from ..paper.config import MIMIC_SOURCES, MIMIC_TYPES, SYNTHETIC_GENERATORS
 from ..paper.data.brats import NORMALISATIONS
 from ..paper.validity import THRESHOLDS
@@ -54,11 +54,11 @@ def add_data_commands(sub) -> None:
                         "generator; synthetic-brightest: one lesion per image, label 1 when it is the brightest "
                         "structure (--mimic-rate defaults to 5 there); brats: BraTS 2018 slices (--data-root) "
                         "(default: synthetic)")
-    c.add_argument("--n", type=positive_int, default=400,
+    c.add_argument("--n", type=int_in(1, MAX_IMAGES, "n"), default=400,
                    help="images in each of the training and held-out sets (brats: at most this many slices of each "
                         "split, drawn at random) (default: 400)")
-    c.add_argument("--image-size", type=positive_int, default=64,
-                   help="image side (brats: the resize target) (default: 64)")
+    c.add_argument("--image-size", type=int_in(1, 8192, "image_size"), default=64,
+                   help="image side (brats: the resize target), at most 8192 (default: 64)")
     c.add_argument("--seed", type=_seed, default=0,
                    help="the data's seed (held-out: seed + 10000; brats: the split) (default: 0)")
     c.add_argument("--difficulty", type=finite_float, default=0.5, help="synthetic difficulty in [0, 1] (default: 0.5)")
@@ -74,7 +74,7 @@ def add_data_commands(sub) -> None:
                         "(default: volume)")
     c.add_argument("--val-fraction", type=finite_float, default=0.2,
                    help="brats: share of patients held out (default: 0.2)")
-    c.add_argument("--min-tumour-area", type=positive_int, default=None,
+    c.add_argument("--min-tumour-area", type=int_in(1, 8192 * 8192, "min_tumour_area"), default=None,
                    help="brats: slices with at most this many tumour pixels are dropped (default: 1000, the paper's)")
     c.add_argument("--attention-bacc", type=finite_float, default=None,
                    help="check (c): held-out balanced accuracy of the attention model (default: none, (c) not run)")
@@ -84,9 +84,19 @@ def add_data_commands(sub) -> None:
     add_output_options(c)
 
 
+# Images per set, and pixels of one set (n x side^2, per channel): beyond these no set's
+# tensor could be allocated on the machines this runs on.
+MAX_IMAGES = 10_000_000
+MAX_PIXELS = 2 ** 31
+
+
 def _validate(args) -> None:
     if args.n < 20:
         raise UsageError(f"--n {args.n} is too small: the checks need at least 20 images per set")
+    if args.n * args.image_size ** 2 > MAX_PIXELS:
+        raise UsageError(f"--n {args.n} images of {args.image_size}x{args.image_size} are "
+                         f"{args.n * args.image_size ** 2:.3g} pixels per channel and set, above the {MAX_PIXELS:.3g} "
+                         f"a set may hold; use a smaller --n or --image-size")
     if args.dataset == "brats":
         if args.data_root is None:
             raise UsageError("--dataset brats needs --data-root (the unpacked BraTS training folder)")

@@ -38,7 +38,7 @@ from typing import Any
 __all__ = ["ConfigError", "Kind", "Int", "Real", "Choice", "Flag", "Text", "Many", "Mapping", "Setting", "setting",
            "declared", "normalise_settings", "check_settings", "to_plain", "from_plain", "add_options",
            "given_settings", "add_grid_options", "given_grid", "variant_settings", "SEED", "Unset", "show_value",
-           "positive_int", "positive_float", "finite_float"]
+           "positive_int", "positive_float", "finite_float", "int_in"]
 
 # Seeds seed numpy too, whose generator takes 32-bit seeds.
 SEED_MAX = 2 ** 32 - 1
@@ -552,6 +552,12 @@ def given_grid(args: argparse.Namespace, settings: dict[str, Setting]) -> dict:
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     return _argument_type(Int(low=1), "positive_int")(text)
+
+
+def int_in(low: int, high: int, name: str = "int_in"):
+    """An argparse type: an integer from ``low`` to ``high`` (every numeric option has a
+    range: a value no tensor could hold is a usage error)."""
+    return _argument_type(Int(low=low, high=high), name)
 
 
 def positive_float(text: str) -> float:

@@ -48,6 +48,7 @@ from .explain_metrics import (
     score_map,
     to_common_form,
 )
+from .models import NonFiniteOutput, non_finite_parts
 
 __all__ = ["MASKS", "has_decisive_masks", "decisive_indices", "explained_indices", "primary_mask", "lesion_indices",
            "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of", "summarise",
@@ -138,10 +139,17 @@ def explanations(model, images: torch.Tensor, target: str = "true", posthoc: boo
     ``("attention", k)``: ``(B, h_k, w_k)``, the model's attention at level ``k`` (models
     with attention); with ``posthoc``: ``("gradcam", k)`` ``(B, h_k, w_k)`` and
     ``(name, -1)`` ``(B, C, H, W)`` for the input attributions.  The post-hoc methods
-    explain the lesion class (``target="true"``) or the model's prediction."""
+    explain the lesion class (``target="true"``) or the model's prediction.
+
+    :class:`~convex_attention.paper.models.NonFiniteOutput` (naming the parts) when the
+    model's logits or maps, or an explanation map, hold NaN or Inf: such maps are never
+    scored, so no metric of them is reported as a number."""
     model.eval()
     with torch.no_grad():
         out = model(images)
+    bad = non_finite_parts(out)
+    if bad:  # a map or a prediction that is not a number is never scored
+        raise NonFiniteOutput(f"the model's {', '.join(bad)} hold NaN or Inf: its explanations are not scored")
     if target == "true":
         targets = torch.ones(len(images), dtype=torch.long, device=images.device)
     else:
@@ -154,6 +162,10 @@ def explanations(model, images: torch.Tensor, target: str = "true", posthoc: boo
             maps[("gradcam", k)] = gradcam(model, images, targets, level=k)
         for name, fn in BASELINES.items():
             maps[(name, -1)] = fn(model, images.clone().requires_grad_(), targets)
+    bad = [f"{method} (level {level})" for (method, level), m in maps.items()
+           if not bool(torch.isfinite(m.detach()).all())]
+    if bad:
+        raise NonFiniteOutput(f"the explanation maps {', '.join(bad)} hold NaN or Inf: they are not scored")
     return maps
 
 
@@ -265,7 +277,10 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
         model_maps = []
         for name, model in models.items():
             model.to(device)
-            model_maps.append((name, explanations(model, images, target, name in posthoc)))
+            try:
+                model_maps.append((name, explanations(model, images, target, name in posthoc)))
+            except NonFiniteOutput as err:
+                raise NonFiniteOutput(f"model {name!r}, on images {chosen[:10]}: {err}") from None
         for kind, kind_masks in masks.items():
             keep = [j for j, i in enumerate(chosen) if i in wanted[kind]]
             if not keep:
