@@ -43,6 +43,12 @@ LAZY_EXCEPTIONS = {
         "the backend names come from the cvxpylayers wrapper, imported when an option lists them",
     ("convex_attention.bench.config", "_check_with_the_core"):
         "the declarations stay light for --help; the checks that need the core import it when they run",
+    ("convex_attention.bench.config", "_registry"):
+        "the method registry brings torch; --help lists the names of METHOD_NAMES, a check asks the registry",
+    ("convex_attention.paper.config", "_registry"):
+        "the method registry brings torch; --help lists the names of METHOD_NAMES, a check asks the registry",
+    ("convex_attention.paper.config", "_method"):
+        "a method's facts (needs_duals, ...) come from the registry, which brings torch, when a value is checked",
 }
 # The command layer: building its parser (and --help) reads only light declarations, and
 # the work of a subcommand imports its wing when the command runs.  So in these modules

@@ -224,3 +224,13 @@ def test_cvx_budget_prefers_cells_of_the_same_depth():
     assert "fit over 3 measured cells" in basis and lone > 0
 
 
+
+
+def test_the_help_lists_the_registrys_methods_and_the_backend_tables_names():
+    """The sweep's declarations list the method and backend names without importing the core
+    (so --help stays light); they are the registry's built-ins and the backend table."""
+    from convex_attention import METHODS, cvx
+    from convex_attention.bench import config as bench_config
+
+    assert bench_config.METHOD_NAMES == METHODS
+    assert bench_config.BACKEND_NAMES == cvx.BACKENDS

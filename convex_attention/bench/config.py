@@ -27,10 +27,9 @@ from ..io.settings import (
     normalise_settings,
     setting,
 )
-from ..methods import METHODS, REGISTRY
 
 __all__ = ["SweepConfig", "check_sweep", "quick_sweep", "SCALE_MAX", "DTYPES", "GENERATOR_NAMES", "MAX_ELEMENTS",
-           "MIN_FIT_INSTANCES"]
+           "MIN_FIT_INSTANCES", "METHOD_NAMES", "BACKEND_NAMES"]
 
 # Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
 # float16 (largest finite value 65504) included, far from overflow.
@@ -44,13 +43,28 @@ GENERATOR_NAMES = ("gaussian", "lesion", "model")
 MAX_ELEMENTS = 2 ** 31
 MIN_FIT_INSTANCES = 4
 
-_BACKEND_NAMES = Choice(lambda: _backends())
+#: The built-in methods (:data:`convex_attention.METHODS`) and cvxpylayers backends
+#: (:data:`convex_attention.cvx.BACKENDS`) by name, for the help only: the registry and the
+#: backend table import torch, and building the parser (``--help``) must not.  The checks
+#: ask the registry and the table themselves; tests/test_sweep.py keeps these lists equal.
+METHOD_NAMES = ("softmax", "exact", "cvxpylayers", "dual", "learned_dual")
+BACKEND_NAMES = ("diffcp-clarabel", "diffcp-scs", "moreau", "cuclarabel", "mpax")
+
+
+def _registry() -> dict:
+    from ..methods import REGISTRY  # the core's registry, which brings torch: loaded when a value is checked
+
+    return REGISTRY
 
 
 def _backends() -> tuple:
     from ..cvx import BACKENDS  # the backend table lives with the cvxpylayers wrapper
 
     return BACKENDS
+
+
+_METHOD_NAMES = Choice(lambda: tuple(_registry()), listed=METHOD_NAMES)
+_BACKEND_NAMES = Choice(lambda: _backends(), listed=BACKEND_NAMES)
 
 
 def _check_cells(config: SweepConfig) -> None:
@@ -80,7 +94,7 @@ class SweepConfig:
     no cap.
     """
 
-    methods: tuple = setting(METHODS, Many(Choice(lambda: tuple(REGISTRY)), distinct=True), "methods to run")
+    methods: tuple = setting(METHOD_NAMES, Many(_METHOD_NAMES, distinct=True), "methods to run")
     sizes: tuple = setting((8, 16, 32, 64, 128, 256), Many(Int(low=1, high=1 << 20)),
                            "finest grid side; level k has side N / factor^k")
     levels: tuple = setting((2, 3), Many(Int(low=2, high=16)),

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 from .. import __version__
-from ._common import CommandParser, UsageError
+from ._common import CommandParser, UsageError, missing_extra
 from .bench import BENCH_HANDLERS, EXAMPLES, add_bench_commands
 from .data import DATA_HANDLERS, add_data_commands
 from .paper import EXPERIMENT_HANDLERS, add_experiment_commands
@@ -38,6 +38,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {**BENCH_HANDLERS, **EXPERIMENT_HANDLERS, **DATA_HANDLERS}
+    command = args.command + (f" {args.data_command}" if args.command == "data" else "")
+    missing = missing_extra(command)  # at the door: before any option is checked or any work starts
+    if missing:
+        print(f"convex-attention {command}: error: {missing}", file=sys.stderr)
+        return 2
     try:
         return handlers[args.command](args)
     except UsageError as err:
