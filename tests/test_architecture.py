@@ -35,7 +35,7 @@ ALLOWED = {
 # the top", kept for a reason.  (module, function) -> reason.  Heavy third-party libraries
 # (cvxpy, matplotlib, scipy, sklearn, captum, nibabel, PIL, tqdm, ...) may always be lazy.
 LAZY_EXCEPTIONS = {
-    ("convex_attention.bench.targets", "_write"):
+    ("convex_attention.bench.targets", "plot_core_record"):
         "the core benchmark draws its figure only when asked: the figures bring matplotlib",
     ("convex_attention.paper.config", "_check_with_the_core"):
         "the declarations stay light for --help; the checks that need the core import it when they run",

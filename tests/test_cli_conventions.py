@@ -120,6 +120,8 @@ def test_the_package_loads_its_api_on_first_use():
             "import convex_attention as ca\n"
             "light = 'torch' not in sys.modules\n"
             "assert set(ca.__all__) <= set(dir(ca))\n"
+            "import convex_attention.nn  # imports the submodule solve.py: ca.solve stays the function\n"
+            "assert callable(ca.solve) and ca.solve.__name__ == 'solve', ca.solve\n"
             "names = [getattr(ca, n) for n in ca.__all__]\n"
             "from convex_attention import solve, Hierarchy\n"
             "assert solve is ca.solve and callable(ca.solve) and ca.Hierarchy is Hierarchy\n"

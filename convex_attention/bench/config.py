@@ -119,6 +119,10 @@ class SweepConfig:
     repeats: int = setting(10, Int(low=1, high=100_000), "timed repetitions per method and cell")
     warmup: int = setting(3, Int(low=1, high=100_000),
                           "untimed repetitions per cell (after one global warm-up before the first cell)")
+    threads: int = setting(1, Int(low=1, high=1024),
+                           "torch threads the sweep computes with, recorded in bench.json and on every figure; one "
+                           "thread keeps the timings comparable on a shared machine, where threads wait on each "
+                           "other")
     budget: float = setting(60.0, Real(low=0.0, high=1e7, low_open=True),
                             "seconds a cvxpylayers cell may take (estimated from the cells measured so far); cells "
                             "over it are recorded as skipped with the estimate")
