@@ -646,7 +646,7 @@ def _test_seed(config: ExperimentConfig, variant: Variant, cond: str, difficulty
             plot_examples(keep, os.path.join(folder, f"explain_examples_{cond}.png"), max_rows=3, max_maps=24,
                           title=f"Test split, {cond.replace('difficulty', 'difficulty ')}, seed {seed}: the first "
                                 f"lesion images, every map", channels=channels, row_label="test image {}",
-                          notes=[what])
+                          notes=[what], env={**environment(device), "runs": [run_record(*gathered.started)]})
         if tname == "test":
             sanity_idx = by_mask[primary_mask(by_mask)][:config.n_sanity]
             images = torch.stack([tset[i][0] for i in sanity_idx]).to(device)

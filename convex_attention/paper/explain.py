@@ -417,10 +417,10 @@ def plot_examples(examples, path: str, env=None, max_rows: int = 4, max_maps: in
     ncols = min(per_line, max(len(p) for p in panels))
     lines_per_image = [math.ceil(len(p) / ncols) for p in panels]
     side = min(1.1, (FULL_WIDTH - 0.5) / ncols)
+    height = side * 1.22 * sum(lines_per_image) + 0.6
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(sum(lines_per_image), ncols, figsize=(side * ncols + 0.5,
-                                                                         side * 1.22 * sum(lines_per_image) + 0.6),
-                                 squeeze=False, gridspec_kw={"wspace": 0.05, "hspace": 0.28})
+        fig, axes = plt.subplots(sum(lines_per_image), ncols, figsize=(side * ncols + 0.5, height), squeeze=False,
+                                 gridspec_kw={"wspace": 0.05, "hspace": 0.28, "top": 1 - 0.45 / height})
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
@@ -446,7 +446,7 @@ def plot_examples(examples, path: str, env=None, max_rows: int = 4, max_maps: in
         if shown_map is not None:
             bar = fig.colorbar(shown_map, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01)
             bar.set_label("map / its maximum (one scale for all maps)", fontsize=6)
-        fig.suptitle(f"{title} (cyan: mask outline)", fontsize=8, y=0.995)
+        fig.suptitle(f"{title} (cyan: mask outline)", fontsize=8, y=1 - 0.1 / height)
         return figures.save(fig, path, env, notes=[
             *notes, "channels on their own grey scale; every map divided by its maximum (only its shape is "
                     "compared); maps at the image's resolution (coarse maps upsampled)"])
