@@ -240,7 +240,8 @@ def test_core_stays_small():
 @pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_import_loads_no_heavy_dependency():
     code = ("import sys, convex_attention, convex_attention.bench, convex_attention.cli\n"
-            "heavy = ['cvxpy', 'cvxpylayers', 'diffcp', 'matplotlib', 'captum', 'sklearn', 'nibabel', 'PIL']\n"
+            "heavy = ['torch', 'scipy', 'cvxpy', 'cvxpylayers', 'diffcp', 'matplotlib', 'captum', 'sklearn', "
+            "'nibabel', 'PIL']\n"
             "print(','.join(m for m in heavy if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "", f"import convex_attention loaded {out.stdout.strip()}"

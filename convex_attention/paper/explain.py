@@ -607,9 +607,11 @@ def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", reso
         return figures.save(fig, path, env, notes=notes)
 
 
-def write_outputs(rows, examples, out_dir: str, env: dict | None = None) -> dict:
+def write_outputs(rows, examples, out_dir: str, env: dict | None = None, channels=((0, "channel 0"),),
+                  notes=()) -> dict:
     """``explain.csv``, ``explain_summary.csv``, ``explain.md`` and the examples figure in
-    ``out_dir``, each written atomically; returns their paths."""
+    ``out_dir``, each written atomically; returns their paths.  ``channels`` and ``notes``:
+    the image channels the figure shows and what they show (:func:`plot_examples`)."""
 
     if not rows:
         raise ValueError("nothing was explained: no rows to write")
@@ -630,7 +632,7 @@ def write_outputs(rows, examples, out_dir: str, env: dict | None = None) -> dict
                       f"(grid maps upsampled by nearest neighbour). pointing_tol: a hit within {tol} of the mask "
                       f"(15 px at 240x240, scaled with the image).\n\n" + markdown_table(summary) + "\n")
     if examples:
-        plot_examples(examples, paths["figure"], env)
+        plot_examples(examples, paths["figure"], env, channels=channels, notes=notes)
     else:
         paths.pop("figure")
     return paths
