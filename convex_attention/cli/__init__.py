@@ -2,7 +2,8 @@
 
 * :mod:`.bench`: ``bench``, ``verify``, ``plot``, ``demo`` (the benchmark harness);
 * :mod:`.paper`: ``train``, ``explain``, ``experiment`` (the paper's experiment);
-* :mod:`._common`: usage errors and argument types.
+* :mod:`._common`: usage errors, output options and the extras each subcommand needs (checked
+  in :func:`main` before any work).
 """
 from __future__ import annotations
 
