@@ -258,6 +258,7 @@ def test_metric_summary_draws_a_point_per_model_and_map_within_zero_and_one(tmp_
     assert not [line for line in axes[1].lines if line.get_linestyle() == "--"]  # no chance recorded there
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert any("chance" in t for t in legend) and not any("posthoc" in t for t in legend)
+    assert [t.get_text() for t in axes[0].texts] == ["attention", "post-hoc", "reference"]  # the kinds, named
     with pytest.raises(ValueError, match="no finite"):
         plot_metric_summary(rows, str(tmp_path / "none.png"), resolution="2x2")
 

@@ -540,6 +540,10 @@ def _draw_summary_panel(ax, points: dict, models: list, chance: float | None) ->
                         marker="D" if model == "reference" else "o", ms=3.2, lw=0.8, capsize=1.2, ls="none")
         if row and item[0] != items[row - 1][0]:  # between kinds
             ax.axhline(y + 0.5, color="#999999", lw=0.5)
+    for kind in sorted({i[0] for i in items}):  # each kind named beside its rows
+        ys = [len(items) - 1 - row for row, i in enumerate(items) if i[0] == kind]
+        ax.text(1.01, (min(ys) + max(ys)) / 2, _KIND_ORDER[kind], transform=ax.get_yaxis_transform(), rotation=-90,
+                ha="left", va="center", fontsize=5.5, color="#555555")
     ax.set_yticks(range(len(items)), [_item_label(i) for i in reversed(items)], fontsize=5.5)
     ax.set_ylim(-0.6, len(items) - 0.4)
     if chance is not None and math.isfinite(chance):
