@@ -60,6 +60,9 @@ def test_bench_tiny_sweep_columns_and_rows(tmp_path, capsys):
     assert len(data["rows"]) == len(rows) and data["columns"] == list(COLUMNS)
     for key in ("torch", "python", "processor", "torch_threads", "device", "cvxpy"):
         assert key in data["environment"]
+    run_record = data["runs"][-1]  # the sweep's declared thread count and the load at its start and end
+    assert run_record["torch_threads"] == 1 and data["environment"]["torch_threads"] == 1
+    assert {"load_average_start", "load_average_end", "started", "finished"} <= set(run_record)
     conv = read(os.path.join(out, "convergence.csv"))
     assert tuple(conv[0].keys()) == CONVERGENCE_COLUMNS and len(conv) >= 2
     assert os.path.exists(os.path.join(out, "example.npz"))
@@ -383,3 +386,20 @@ def test_demo_into_a_file_is_a_usage_error(tmp_path, capsys):
     f.write_text("x")
     assert run(["demo", "--out", str(f)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_quick_honours_the_options_given_with_it(tmp_path, monkeypatch, capsys):
+    """`bench --quick --sizes 8` sweeps size 8 with the quick sweep's other settings; a size the
+    quick sweep's 3 levels cannot divide is a usage error, never silently replaced."""
+    from convex_attention.bench.config import quick_sweep
+    from convex_attention.cli import bench as bench_cli
+
+    seen = []
+    monkeypatch.setattr(bench_cli, "_run_bench", lambda config, args, out: seen.append(config) or 0)
+    assert run(["bench", "--quick", "--sizes", "8", "--out", str(tmp_path / "r")]) == 0
+    assert seen[0].sizes == (8,) and seen[0].repeats == quick_sweep().repeats
+    assert seen[0].levels == quick_sweep().levels and seen[0].threads == 1
+    assert run(["bench", "--quick", "--sizes", "8", "--threads", "2", "--out", str(tmp_path / "r")]) == 0
+    assert seen[1].threads == 2
+    assert run(["bench", "--quick", "--sizes", "6", "--out", str(tmp_path / "r")]) == 2
+    assert "size 6 does not divide" in capsys.readouterr().err and len(seen) == 2

@@ -259,3 +259,27 @@ def test_a_cell_whose_instance_cannot_be_allocated_is_an_error_row_and_the_sweep
                and r["n_cells"] == 80 for r in errors)
     assert any("the warm-up failed (RuntimeError: DefaultCPUAllocator" in m for m in logged)
     assert len(read_table(str(tmp_path / "bench.csv")).rows) == 4
+def test_the_help_lists_the_registrys_methods_and_the_backend_tables_names():
+    """The sweep's declarations list the method and backend names without importing the core
+    (so --help stays light); they are the registry's built-ins and the backend table."""
+    from convex_attention import METHODS, cvx
+    from convex_attention.bench import config as bench_config
+
+    assert bench_config.METHOD_NAMES == METHODS
+    assert bench_config.BACKEND_NAMES == cvx.BACKENDS
+
+
+def test_the_sweep_runs_with_its_declared_thread_count_and_restores_the_callers(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep as sweep_module
+    from convex_attention.io.settings import declared
+
+    assert declared(SweepConfig)["threads"].option("threads") == "--threads"
+    assert SweepConfig().threads == 1  # one thread by default: comparable timings on a shared machine
+    seen = []
+    monkeypatch.setattr(sweep_module, "_sweep", lambda *a: seen.append(torch.get_num_threads()) or [])
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        sweep_module.run_sweep(SweepConfig(methods=("exact",), sizes=(4,), levels=(2,), threads=threads),
+                               str(tmp_path))
+        assert torch.get_num_threads() == before
+    assert seen == [1, 2]

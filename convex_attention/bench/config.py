@@ -27,10 +27,9 @@ from ..io.settings import (
     normalise_settings,
     setting,
 )
-from ..methods import METHODS, REGISTRY
 
 __all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "fit_instances", "quick_sweep", "SCALE_MAX", "DTYPES",
-           "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES"]
+           "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES", "BACKEND_NAMES"]
 
 # Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
 # float16 (largest finite value 65504) included, far from overflow.
@@ -44,7 +43,18 @@ GENERATOR_NAMES = ("gaussian", "lesion", "model")
 MAX_ELEMENTS = 2 ** 31
 MIN_FIT_INSTANCES = 4
 
-_BACKEND_NAMES = Choice(lambda: _backends())
+#: The built-in methods (:data:`convex_attention.METHODS`) and cvxpylayers backends
+#: (:data:`convex_attention.cvx.BACKENDS`) by name, for the help only: the registry and the
+#: backend table import torch, and building the parser (``--help``) must not.  The checks
+#: ask the registry and the table themselves; tests/test_sweep.py keeps these lists equal.
+METHOD_NAMES = ("softmax", "exact", "cvxpylayers", "dual", "learned_dual")
+BACKEND_NAMES = ("diffcp-clarabel", "diffcp-scs", "moreau", "cuclarabel", "mpax")
+
+
+def _registry() -> dict:
+    from ..methods import REGISTRY  # the core's registry, which brings torch: loaded when a value is checked
+
+    return REGISTRY
 
 
 def _backends() -> tuple:
@@ -60,6 +70,8 @@ def fit_instances(config: SweepConfig, n_cells: int) -> int:
         return config.fit_instances
     return max(min(config.fit_instances, config.fit_max_values // n_cells), min(MIN_FIT_INSTANCES,
                                                                                   config.fit_instances))
+_METHOD_NAMES = Choice(lambda: tuple(_registry()), listed=METHOD_NAMES)
+_BACKEND_NAMES = Choice(lambda: _backends(), listed=BACKEND_NAMES)
 
 
 def _check_cells(config: SweepConfig) -> None:
@@ -70,7 +82,8 @@ def _check_cells(config: SweepConfig) -> None:
             if size % config.factor ** (levels - 1) != 0:
                 raise ValueError(f"size {size} does not divide: {levels} levels with factor {config.factor} "
                                  f"need a multiple of {config.factor ** (levels - 1)}")
-    learned = any(REGISTRY[m].needs_duals for m in config.methods if m in REGISTRY)
+    registry = _registry()
+    learned = any(registry[m].needs_duals for m in config.methods if m in registry)
     for size, levels, dims, batch in itertools.product(config.sizes, config.levels, config.dims, config.batches):
         cells = sum((size // config.factor ** k) ** dims for k in range(levels))
         if batch * cells > MAX_ELEMENTS:
@@ -97,7 +110,7 @@ class SweepConfig:
     no cap.
     """
 
-    methods: tuple = setting(METHODS, Many(Choice(lambda: tuple(REGISTRY)), distinct=True), "methods to run")
+    methods: tuple = setting(METHOD_NAMES, Many(_METHOD_NAMES, distinct=True), "methods to run")
     sizes: tuple = setting((8, 16, 32, 64, 128, 256), Many(Int(low=1, high=1 << 20)),
                            "finest grid side; level k has side N / factor^k")
     levels: tuple = setting((2, 3), Many(Int(low=2, high=16)),
@@ -122,6 +135,10 @@ class SweepConfig:
     repeats: int = setting(10, Int(low=1, high=100_000), "timed repetitions per method and cell")
     warmup: int = setting(3, Int(low=1, high=100_000),
                           "untimed repetitions per cell (after one global warm-up before the first cell)")
+    threads: int = setting(1, Int(low=1, high=1024),
+                           "torch threads the sweep computes with, recorded in bench.json and on every figure; one "
+                           "thread keeps the timings comparable on a shared machine, where threads wait on each "
+                           "other")
     budget: float = setting(60.0, Real(low=0.0, high=1e7, low_open=True),
                             "seconds a cvxpylayers cell may take (estimated from the cells measured so far); cells "
                             "over it are recorded as skipped with the estimate")

@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import asdict, is_dataclass
 
-from ..io.environment import environment
+from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import atomic_csv, atomic_write_text, clean_stale_tmp, csv_field, json_safe, row_checksum
 from ..io.tables import ResultsFormatError, Schema, read_rows
 
@@ -171,9 +171,12 @@ class ResultsWriter:
         stale = clean_stale_tmp(out_dir, OUTPUTS)
         if stale:
             log(f"removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}: {', '.join(stale)}")
+        self.runs: list[dict] = []  # the earlier runs into this folder (resume): their load and threads
         if resume:
             self._load()
+            self.runs = self._earlier_runs()
         self.env = environment(device_env)
+        self._started, self._load_start, self._committed = now_utc(), load_average(), 0
         self.config = asdict(config) if is_dataclass(config) else dict(config or {})
         if not resume or self.problems:
             # a fresh start, or rows were dropped: the files hold exactly the kept rows from now on
@@ -214,6 +217,22 @@ class ResultsWriter:
         for p in self.problems:
             self.log(f"resume: {p}; it is recomputed where this sweep includes its cell")
 
+    def _earlier_runs(self) -> list[dict]:
+        """The ``runs`` record of the bench.json being resumed (empty for an older or
+        unreadable file: the figures then say the load of those rows was not recorded)."""
+        try:
+            with open(self.json_path, encoding="utf-8") as f:
+                runs = json.load(f).get("runs", [])
+        except (OSError, ValueError, AttributeError):
+            return []
+        return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+
+    def run_records(self) -> list[dict]:
+        """Every run into this folder, this one last: its start, its latest commit (its end,
+        once it is done), the load average at both, its torch threads and the rows it
+        committed."""
+        return self.runs + [run_record(self._started, self._load_start, rows=self._committed)]
+
     @property
     def rows(self) -> list[dict]:
         return list(self._rows.values())
@@ -237,6 +256,7 @@ class ResultsWriter:
         stored["row_id"] = row_id(stored)
         stored["checksum"] = row_checksum([csv_field(stored[c]) for c in COLUMNS if c != "checksum"])
         self._store(stored)
+        self._committed += 1
         changed = False
         if convergence is not None:
             self._conv[stored["row_id"]] = [{**{c: r.get(c) for c in CONVERGENCE_COLUMNS if c != "checksum"},
@@ -268,12 +288,12 @@ class ResultsWriter:
         self._row_json[key] = json.dumps(json_safe(row), allow_nan=False)
 
     def _json(self) -> dict:
-        return {"environment": self.env, "config": self.config, "columns": list(COLUMNS), "rows": self.rows,
-                **self.extra}
+        return {"environment": self.env, "runs": self.run_records(), "config": self.config, "columns": list(COLUMNS),
+                "rows": self.rows, **self.extra}
 
     def _json_text(self) -> str:
         """Strict JSON of :meth:`_json`, one row per line."""
-        meta = {"environment": self.env, "config": self.config, "columns": list(COLUMNS)}
+        meta = {"environment": self.env, "runs": self.run_records(), "config": self.config, "columns": list(COLUMNS)}
         parts = [f" {json.dumps(k)}: {json.dumps(json_safe(v), allow_nan=False)}" for k, v in meta.items()]
         parts.append(' "rows": [' + ",".join("\n  " + self._row_json[k] for k in self._rows) + "\n ]")
         parts += [f" {json.dumps(str(k))}: {json.dumps(json_safe(v), allow_nan=False)}" for k, v in self.extra.items()]

@@ -163,12 +163,23 @@ def run_sweep(config: SweepConfig, out_dir: str, resume: bool = False, progress:
     folder's lock (:func:`convex_attention.io.lock.results_lock`) throughout: a second run
     into the same folder raises :class:`~.results.ResultsLocked`, or waits with ``wait``.
     A cell that fails (out of memory included) becomes error rows with the reason; the
-    sweep goes on.
+    sweep goes on.  Computes with ``config.threads`` torch threads (the caller's count is
+    restored afterwards).
     """
-    from tqdm.auto import tqdm
-
     check_sweep(config)
     backends = resolve_backends(config) if any(_has_backends(get_method(m)) for m in config.methods) else []
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)  # the declared count, recorded with the run (not the machine's default)
+    try:
+        return _sweep(config, out_dir, resume, progress, log, wait, backends, overwrite)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log, wait: bool,
+           backends: list[str], overwrite: bool = False) -> list[dict]:
+    from tqdm.auto import tqdm
+
     with results_lock(out_dir, command="bench", wait=wait, log=log):
         writer = ResultsWriter(out_dir, config, config.devices[0], resume, log=log, overwrite=overwrite)
         done = writer.done()

@@ -2,7 +2,8 @@
 
 * :mod:`.bench`: ``bench``, ``verify``, ``plot``, ``demo`` (the benchmark harness);
 * :mod:`.paper`: ``train``, ``explain``, ``experiment`` (the paper's experiment);
-* :mod:`._common`: usage errors and argument types.
+* :mod:`._common`: usage errors, output options and the extras each subcommand needs (checked
+  in :func:`main` before any work).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 import sys
 
 from .. import __version__
-from ._common import CommandParser, UsageError
+from ._common import CommandParser, UsageError, missing_extra
 from .bench import BENCH_HANDLERS, EXAMPLES, add_bench_commands
 from .data import DATA_HANDLERS, add_data_commands
 from .paper import EXPERIMENT_HANDLERS, add_experiment_commands
@@ -38,6 +39,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {**BENCH_HANDLERS, **EXPERIMENT_HANDLERS, **DATA_HANDLERS}
+    command = args.command + (f" {args.data_command}" if args.command == "data" else "")
+    missing = missing_extra(command)  # at the door: before any option is checked or any work starts
+    if missing:
+        print(f"convex-attention {command}: error: {missing}", file=sys.stderr)
+        return 2
     try:
         return handlers[args.command](args)
     except UsageError as err:

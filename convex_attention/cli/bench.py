@@ -105,23 +105,32 @@ def _add_plot(sub) -> None:
     p = sub.add_parser(
         "plot", help="figures (PNG and PDF) from a results folder",
         description="Reads RESULTS/bench.csv, convergence.csv and example.npz and writes, as PNG and PDF: "
-                    "time per sample vs problem size (log-log, 2-D and 3-D apart, forward and backward, "
-                    "interquartile bars, fitted slopes in the legend); violation per method and compute dtype "
-                    "with each dtype's rounding floor; the speed-up of exact over each cvxpylayers backend; "
-                    "the speed-consistency trade-off (time per sample vs held-out violation, Pareto front); "
-                    "the dual solver's convergence; and one instance's attention maps under each method "
-                    "(one colour scale per level). Rows with unreadable values are skipped and named on "
-                    "stderr; a figure without data is not written.")
+                    "time per sample vs problem size (log-log, a panel per dimensionality and number of levels, "
+                    "forward and backward on one scale, interquartile bars, a slope only where the times follow a "
+                    "power law); violation per method, one panel per compute dtype with its machine epsilon for "
+                    "scale; the speed-up of exact over each cvxpylayers backend; the speed-consistency trade-off "
+                    "(time per sample vs held-out violation, Pareto front at the cells' dtype resolution); the dual "
+                    "solver's convergence; and one instance's attention maps under each method (one colour scale "
+                    "per level). Times whose interquartile range exceeds half the median, or that rest on fewer "
+                    "than 3 repetitions, are marked low-confidence. Every footer names the machine, the torch "
+                    "threads, the load average at the start and end of the run (or that it was not recorded) and "
+                    "the dtype; rows the sweep skipped or timed elsewhere are counted there. Rows with unreadable "
+                    "values are skipped and named on stderr; a figure without data is not written.")
     p.add_argument("results", help="results folder written by `bench`")
     p.add_argument("--out", default=None, help="figure folder (default: RESULTS/figures)")
     add_output_options(p)
 
 
+# The demo's wall time as measured (docs/benchmarks.md gives the command, machine, load and spread).
+DEMO_EXPECTED = ("about 1.5 min, as measured on a 2-core machine shared with other jobs (load average 5), 1 torch "
+                 "thread; nearly 4 min there at the lowest priority (docs/benchmarks.md)")
+
+
 def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="bench --quick, verify --quick and plot, into one folder",
-                                      description="The main job on a fresh machine: a quick benchmark sweep, a quick "
-                                   "verification and every figure (docs/benchmarks.md states its measured "
-                                   "wall time and machine).")
+                       description="The main job on a fresh machine, in three steps that it names as it goes: a "
+                                   f"quick benchmark sweep (1 torch thread), a quick verification and every figure; "
+                                   f"{DEMO_EXPECTED}.")
     d.add_argument("--out", default="results", help="results folder (default: results)")
     d.add_argument("--wait", action="store_true",
                    help="if another run writes into OUT, wait for it instead of stopping")
@@ -359,14 +368,24 @@ def cmd_demo(args) -> int:
     verify_config, backends = _check_verify(verify_args)
     check_out(args.out)
     _check_start_over(bench_args, args.out)
+    start = time.perf_counter()
+    info(args, f"demo: 3 steps into {args.out}/ (bench --quick, verify --quick, plot); expected: {DEMO_EXPECTED}")
+
+    def step(number: int, what: str) -> None:
+        info(args, f"demo: step {number}/3, {what} ({time.perf_counter() - start:.0f} s so far)")
     try:
         with results_lock(args.out, command="demo", wait=getattr(args, "wait", False),
                           log=lambda m: print(f"demo: {m}", file=sys.stderr)):
+            threads = f"{config.threads} torch thread" + ("s" if config.threads != 1 else "")
+            step(1, f"bench --quick: {len(list(config.cells()))} sweep cells, {threads}")
             _run_bench(config, bench_args, args.out)
+            step(2, "verify --quick: the dual solutions against CVXPY and the closed form")
             status = _run_verify(verify_args, verify_config, None, backends)
-            _run_plot(parser.parse_args(["plot", args.out]), args.out, os.path.join(args.out, "figures"))
+            step(3, "plot: every figure")
+            _run_plot(parser.parse_args(["plot", args.out] + output), args.out, os.path.join(args.out, "figures"))
     except ResultsLocked as err:
         raise UsageError(str(err)) from err
+    info(args, f"demo: done in {time.perf_counter() - start:.0f} s; figures in {os.path.join(args.out, 'figures')}/")
     return status
 
 

@@ -333,8 +333,10 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
 def cmd_explain(args) -> int:
     import torch
 
-    from ..paper.config import check_device
+    from ..io.environment import environment
+    from ..paper.config import SYNTHETIC_GENERATORS, check_device
     from ..paper.data import build_datasets
+    from ..paper.data.synthetic import DECIDING_CHANNELS
     from ..paper.explain import explain_models, lesion_indices, write_outputs
     from ..paper.models import NonFiniteOutput
 
@@ -361,7 +363,9 @@ def cmd_explain(args) -> int:
                                         pooled=not args.pixel_only)
     except NonFiniteOutput as err:  # never scored: no number is reported for such a model
         return _failed("explain", err)
-    paths = write_outputs(rows, examples, args.out)
+    # the figure shows the channels that decide the label, where the data source says which
+    channels, what = DECIDING_CHANNELS.get(SYNTHETIC_GENERATORS.get(data.data, ""), (((0, "channel 0"),), ""))
+    paths = write_outputs(rows, examples, args.out, env=environment(device), channels=channels, notes=[what])
     with open(paths["markdown"]) as f:
         info(args, f.read())
     info(args, "explain: " + ", ".join(paths.values()))

@@ -67,12 +67,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ...io.files import atomic_write_text
+from ..config import NORMALISATIONS
 
 __all__ = ["BraTSSlices", "find_patients", "split_patients", "load_patient", "split_slice", "resize_slice",
            "preprocess_patient", "MODALITIES", "NORMALISATIONS"]
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-NORMALISATIONS = ("volume", "dataset")
 CACHE_VERSION = 2
 _AXES = ("LR", "AP", "SI")  # canonical order: left-right, anterior-posterior, inferior-superior
 _FIX_ROOT = ("point root (--data-root) at the unpacked BraTS training folder, the one holding the patient "
