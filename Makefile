@@ -1,18 +1,38 @@
-# One-command set-up: each target builds .venv on its own (torch==2.13.0 first, then the
-# package with every extra), so `make demo` and `make test` work on a fresh machine.
+# One-command set-up: each target builds .venv on its own (torch first, then the package with
+# every extra), so `make demo` and `make test` work on a fresh machine.
+#
+# The torch build is yours to choose, with TORCH (README.md, "Set-up" says what each brings):
+#   make demo                    # TORCH=default: torch==2.13.0 from pip's configured index
+#   make demo TORCH=cpu          # torch==2.13.0 from PyTorch's CPU-only wheel index
+#   make demo TORCH=path/to/torch-2.13.0-...whl   # a wheel you downloaded (or any pip requirement)
+# A .venv that exists is kept: `make clean` first to change the build.
 PYTHON ?= python3
 VENV   ?= .venv
+TORCH  ?= default
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+TORCH_VERSION     = 2.13.0
+PYTORCH_CPU_INDEX = https://download.pytorch.org/whl/cpu
+
+ifeq ($(TORCH),default)
+  TORCH_REQUIREMENT = torch==$(TORCH_VERSION)
+else ifeq ($(TORCH),cpu)
+  TORCH_REQUIREMENT = torch==$(TORCH_VERSION) --index-url $(PYTORCH_CPU_INDEX)
+else
+  TORCH_REQUIREMENT = $(TORCH)
+endif
 
 .PHONY: demo test test-fast check bench clean
 
 $(STAMP): setup.cfg pyproject.toml
+	@echo "make: 1/3 creating $(VENV) with $(PYTHON)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	# torch first and pinned: a bare `torch` requirement would pull a multi-GB CUDA build
-	$(BIN)/python -m pip install --quiet torch==2.13.0
+	@echo "make: 2/3 installing torch first ($(TORCH_REQUIREMENT)); pip is quiet and this is the largest download"
+	$(BIN)/python -m pip install --quiet $(TORCH_REQUIREMENT)
+	@echo "make: 3/3 installing convex-attention with every extra (cvxpy, cvxpylayers, the [paper], [moreau] and [test] extras)"
 	$(BIN)/python -m pip install --quiet -e '.[all]'
+	@$(BIN)/python -c "import torch; print('make: done; torch', torch.__version__, '(CUDA' if torch.version.cuda else '(CPU only', 'build)')"
 	touch $(STAMP)
 
 demo: $(STAMP)          ## the main job: quick benchmark, verification and figures into results/
@@ -26,7 +46,7 @@ check: $(STAMP)         ## lint (ruff) and types (mypy on the core and the floor
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m mypy
 
-test-fast: $(STAMP)     ## everything but the end-to-end runs (under a minute)
+test-fast: $(STAMP)     ## everything but the slow end-to-end runs
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)         ## the core speed targets at full size

@@ -9,13 +9,16 @@ their targets: exact/softmax (<= 3), exact/(learned_dual + consistency_loss) (<=
 the per-sample speed-up of exact over cvxpylayers at 32x32+16x16 (>= 1e4), measured
 against every installed cvxpylayers backend (one line each) and judged against the
 fastest.  Every ratio is a ratio of medians of forward+backward time.  Writes
-bench_core.csv, bench_core.json and bench_core.png/.pdf into --out.
+bench_core.csv, bench_core.json (with the load average at the start and end) and
+bench_core.png/.pdf into --out; --plot-only redraws the figure from bench_core.json.
 """
 import argparse
+import json
+import os
 
 import torch
 
-from convex_attention.bench.targets import core_benchmark
+from convex_attention.bench.targets import core_benchmark, plot_core_record
 from convex_attention.cvx import BACKENDS, available_backends
 from convex_attention.io.files import check_out_dir
 from convex_attention.io.settings import positive_int
@@ -31,7 +34,11 @@ def main(argv=None):
                         help=f"cvxpylayers backends to time, from {', '.join(BACKENDS)} (default: every installed one)")
     parser.add_argument("--out", default="results/bench_core", help="folder for CSV, JSON and figures")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (CI smoke run)")
+    parser.add_argument("--plot-only", action="store_true",
+                        help="measure nothing: redraw OUT/bench_core.png (and .pdf) from OUT/bench_core.json")
     args = parser.parse_args(argv)
+    if args.plot_only:
+        return _replot(parser, args.out)
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -51,6 +58,21 @@ def main(argv=None):
                               repeats=5, cvx_repeats=1, device=args.device, out_dir=args.out, backends=args.backends)
     return core_benchmark(batch=args.batch, repeats=args.repeats, device=args.device, out_dir=args.out,
                           dtype=torch.float32, backends=args.backends)
+
+
+def _replot(parser, out: str):
+    path = os.path.join(out, "bench_core.json")
+    try:
+        with open(path, encoding="utf-8") as f:
+            record = json.load(f)
+        rows, ratios = record["rows"], record["ratios"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        parser.error(f"--plot-only: {path} is not a bench_core.json ({err})")
+    if not isinstance(rows, list) or not isinstance(ratios, dict):
+        parser.error(f"--plot-only: {path} holds no rows and ratios")
+    written = plot_core_record(record, os.path.join(out, "bench_core.png"))
+    print(f"bench_core: {written} (+ .pdf)")
+    return record
 
 
 if __name__ == "__main__":

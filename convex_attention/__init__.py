@@ -9,27 +9,72 @@
     sol = ca.solve([theta, theta_rows, theta_cols], g, method="dual")
 
 See docs/design.md (§4) for the public API and docs/math.md for the mathematics.
+
+The public names load on first use (a module ``__getattr__``): ``import convex_attention``
+alone imports no torch, so the command line's ``--help`` stays fast; ``ca.solve`` and the
+other names below import the core when first read.
 """
-from .cvx import SolverFailure
-from .dual import ConvergenceError
-from .graph import Graph
-from .hessian import ImplicitSolveError
-from .hierarchy import Hierarchy
-from .methods import METHODS, REGISTRY, Method, get_method, register_method
-from .nn import (
-    AmortisedDuals,
-    Attended,
-    ConsistentAttention,
-    LearnedDuals,
-    ScoreHead,
-    fit_amortised_duals,
-)
-from .solve import Solution, consistency_loss, solve
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> the core module that defines it (docs/design.md §4)
+_PUBLIC = {
+    "SolverFailure": "cvx",
+    "ConvergenceError": "dual",
+    "Graph": "graph",
+    "ImplicitSolveError": "hessian",
+    "Hierarchy": "hierarchy",
+    "METHODS": "methods", "REGISTRY": "methods", "Method": "methods", "get_method": "methods",
+    "register_method": "methods",
+    "AmortisedDuals": "nn", "Attended": "nn", "ConsistentAttention": "nn", "LearnedDuals": "nn", "ScoreHead": "nn",
+    "fit_amortised_duals": "nn",
+    "Solution": "solve", "consistency_loss": "solve", "solve": "solve",
+}
 
 __all__ = ["Hierarchy", "Graph", "ImplicitSolveError", "solve", "Solution", "consistency_loss", "METHODS",
            "LearnedDuals", "ConsistentAttention", "ScoreHead", "ConvergenceError", "SolverFailure", "__version__",
            "Method", "REGISTRY", "get_method", "register_method", "AmortisedDuals", "Attended",
            "fit_amortised_duals"]
 
+if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
+    from .cvx import SolverFailure
+    from .dual import ConvergenceError
+    from .graph import Graph
+    from .hessian import ImplicitSolveError
+    from .hierarchy import Hierarchy
+    from .methods import METHODS, REGISTRY, Method, get_method, register_method
+    from .nn import AmortisedDuals, Attended, ConsistentAttention, LearnedDuals, ScoreHead, fit_amortised_duals
+    from .solve import Solution, consistency_loss, solve
+
+
+def __getattr__(name: str) -> Any:
+    module = _PUBLIC.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # read once: later reads are plain attribute reads
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+class _Package(types.ModuleType):
+    """This package's module type: importing a submodule binds it to the package's attribute
+    of its name, and the public function ``solve`` shares its name with the submodule
+    ``solve.py``; the public name keeps it (as when the package imported it eagerly)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in _PUBLIC and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

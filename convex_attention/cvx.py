@@ -104,7 +104,7 @@ _BACKENDS = {
                                "cvxpylayers diffcp clarabel", 1e-12),
     "diffcp-scs": Backend("diffcp-scs", "DIFFCP", "SCS", ("cvxpylayers", "diffcp", "scs"),
                           "cvxpylayers diffcp scs", 1e-9, default_accept_tol=1e-4),
-    "moreau": Backend("moreau", "MOREAU", None, ("cvxpylayers", "moreau"), "cvxpylayers moreau", 1e-11,
+    "moreau": Backend("moreau", "MOREAU", None, ("cvxpylayers", "moreau"), "'convex-attention[moreau]'", 1e-11,
                       devices=("cpu", "cuda")),
     "cuclarabel": Backend("cuclarabel", "CUCLARABEL", None, ("cvxpylayers", "cupy", "juliacall", "jax", "diffqcp"),
                           "cvxpylayers cupy juliacall jax diffqcp (and the Julia package CuClarabel)", 1e-10,

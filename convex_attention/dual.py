@@ -33,6 +33,7 @@ Hessian (:func:`convex_attention.hessian.implicit_vjp`) on other graphs; never t
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import warnings
@@ -45,7 +46,7 @@ from ._ops import centre, compute_dtype, level_softmax
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import DENSE_LIMIT, dense_chunks, get_hessian, implicit_vjp, solve_psd
-from .validation import temperature_range
+from .validation import score_limit, score_peaks, temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
@@ -210,12 +211,15 @@ def solve_learned_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float
     dtype = scores[0].dtype
     work = compute_dtype(dtype)
     probs = reparameterized_probs([s.to(work) for s in scores], lam, h, temps)
-    B = scores[0].shape[0]
+    # computed when first read; a partial of a module function, not a closure, so that the
+    # Solution holding it pickles
+    duals = functools.partial(_centred_duals, list(lam), h, scores[0].shape[0], work)
+    return [p.to(dtype) for p in probs], duals, {}
 
-    def duals_fn():
-        return [centre(dual.expand((B,) + h.shapes[h.edges[e][1]])).to(work) for e, dual in enumerate(lam)]
 
-    return [p.to(dtype) for p in probs], duals_fn, {}
+def _centred_duals(lam: Sequence[Tensor], h: Graph, batch: int, work: torch.dtype) -> list[Tensor]:
+    """The given duals expanded to the batch, centred per sample, in the compute dtype."""
+    return [centre(dual.expand((batch,) + h.shapes[h.edges[e][1]])).to(work) for e, dual in enumerate(lam)]
 
 
 def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, options: dict):
@@ -225,7 +229,13 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     ``gap_tol``, ``max_iter``, ``strict``, ``record_history``, ``init``, ``newton``,
     ``warm_start`` and ``dtype`` (the working dtype, float64 by default: the stopping test
     compares an L1 norm of differences of probabilities with ``tol = 1e-6``, which float32
-    rounding can reach).  ``temps``: floats or 0-d tensors (differentiated through).
+    rounding can reach).  It takes every input ``solve`` accepts (scores within
+    ``validation.score_limit``, temperatures within ``validation.temperature_range``), and
+    its iterates stay finite there.  Narrower: ``dtype=torch.float32`` with float64 scores
+    needs scores within float32's score limit and temperatures within float32's range,
+    or it refuses before any work, saying so.  Where the working dtype cannot resolve the
+    optimum (temperatures that differ by hundreds of orders of magnitude) it stops with a
+    :class:`ConvergenceError` that says so.  ``temps``: floats or 0-d tensors (differentiated through).
 
     ``options["given"]`` (set by :func:`convex_attention.solve`, validated there): per map the
     given probabilities ``(1 or B, *shapes[k])`` or None; a given map's scores are None.  The
@@ -238,6 +248,8 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     floats = [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
     options = check_dual_options(options, h, B, free.device, [t for t, m in zip(floats, mask) if not m])
     work = options.pop("dtype")
+    if torch.finfo(work).max < torch.finfo(compute_dtype(dtype)).max:
+        _check_scores_fit([s for s in scores if s is not None], work)
     if any(mask):
         _check_given_structure(h, mask, options)
         options["given_mask"] = mask
@@ -247,6 +259,19 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     probs = DualSolveFunction.apply(h, temperature_argument(temps), options, info, *inputs)
     lam = [d.to(dtype) for d in info.pop("duals")]
     return [p.to(dtype) for p in probs], lam, info
+
+
+def _check_scores_fit(scores: Sequence[Tensor], work: torch.dtype) -> None:
+    """ValueError, before any work, when scores are too large for the working ``dtype``
+    option (float64 scores solved with ``dtype=torch.float32``): the limit of
+    :func:`~convex_attention.validation.score_limit` in the working dtype."""
+    total, limit = math.fsum(score_peaks(scores)), score_limit(work)
+    if not total <= limit:
+        name = str(work).replace("torch.", "")
+        raise ValueError(f"dual option dtype=torch.{name}: the largest |score| of each map sums to {total:.3g}, "
+                         f"above {limit:.3g}, the largest the {name} working dtype accepts (a quarter of its largest "
+                         f"number); use dtype=torch.float64 (the default), or divide the scores and the temperature "
+                         f"by the same factor")
 
 
 # Secant pairs kept by the Anderson step (the sweep map's last _ANDERSON_MEMORY + 1 points).
@@ -524,7 +549,13 @@ def _sweep(h: Graph, temps: Sequence[float], lam: list[Tensor], etas: list[Tenso
             if given_b:
                 delta = centre(message - ta * given[b].log())  # type: ignore[index, union-attr]
             else:
-                delta = centre((tb * message - ta * etas[b]) / (ta + tb))
+                weighted = (tb * message - ta * etas[b]) / (ta + tb)
+                # τ · η overflows where both are large (τ near the largest accepted temperature, η
+                # near the score limit); there the same average with weights in [0, 1] is finite.
+                # Elsewhere the first form is kept, so results stay bit-identical.
+                weighted = torch.where(torch.isfinite(weighted), weighted,
+                                       message * (tb / (ta + tb)) - etas[b] * (ta / (ta + tb)))
+                delta = centre(weighted)
         delta = delta * mask.view((-1,) + (1,) * len(h.shapes[b]))
         lam[e] = lam[e] + delta
         etas[a] = h.combine_broadcast(etas[a], delta, e, torch.sub)
@@ -905,8 +936,15 @@ class DualSolveFunction(torch.autograd.Function):
         return tuple(probs)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: Tensor):
+        if torch.is_grad_enabled():
+            # create_graph=True: the derivative of this backward is asked for, and the implicit
+            # gradient is not differentiated; an error, never a silent None or zero
+            raise NotImplementedError(
+                "second-order differentiation through method 'dual' is not supported: its backward is the "
+                "implicit gradient at the solution, which is not itself differentiated (create_graph=True); "
+                "on a forest of maps (a hierarchy, a star) method 'exact' gives the same solution and supports "
+                "second-order differentiation")
         saved = ctx.saved_tensors
         probs = saved[: ctx.M]
         if ctx.mask is None and ctx.h.is_forest:

@@ -44,6 +44,7 @@ temperature does not either: the output is finite for every temperature that
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -206,31 +207,61 @@ class ExactAttentionFunction(torch.autograd.Function):
     ``temps``: ``M`` positive floats, or a ``(M,)`` tensor whose gradient the backward
     returns (:func:`temperature_gradient`).  Scores must be float32 or float64 (see
     :func:`exact_attention` for other dtypes).
+
+    Second order: a backward asked to build its own graph (``create_graph=True``, e.g. for
+    Hessian–vector products) differentiates the closed form written in differentiable
+    torch operations (:func:`exact_log_probs`), so every higher derivative, in the scores
+    and in a tensor temperature, is the closed form's own.  An ordinary backward takes the
+    analytic tree VJP and keeps no graph.
     """
 
     @staticmethod
     def forward(ctx, g: Graph, temps, *scores: Tensor):
-        if isinstance(temps, Tensor):
+        tau_tensor = isinstance(temps, Tensor)
+        if tau_tensor:
             floats = tuple(float(t) for t in temps.detach().reshape(-1).tolist())
             ctx.tau_like = (temps.dtype, temps.device)
         else:
             floats = tuple(float(t) for t in temps)
         probs, cond, blocksum = exact_forward(scores, g, floats)
-        ctx.g, ctx.temps, ctx.M, ctx.E = g, floats, len(probs), len(cond)
-        ctx.save_for_backward(*probs, *cond, *blocksum)
+        ctx.g, ctx.temps, ctx.M, ctx.E, ctx.tau_tensor = g, floats, len(probs), len(cond), tau_tensor
+        # the inputs too, for a backward that builds its own graph (second order)
+        ctx.save_for_backward(*probs, *cond, *blocksum, *scores, *((temps,) if tau_tensor else ()))
         return tuple(probs)
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, *grads: Tensor):
         M, E = ctx.M, ctx.E
         saved = ctx.saved_tensors
-        gscores = tree_backward(ctx.g, saved[:M], saved[M:M + E], ctx.temps, grads, saved[M + E:])
+        if torch.is_grad_enabled():  # create_graph=True: the derivative of this backward is asked for
+            return _differentiable_backward(ctx, saved[M + 2 * E:M + 2 * E + M], saved[-1] if ctx.tau_tensor
+                                            else ctx.temps, grads)
+        gscores = tree_backward(ctx.g, saved[:M], saved[M:M + E], ctx.temps, grads, saved[M + E:M + 2 * E])
         gtau = None
         if ctx.needs_input_grad[1]:
             dtype, device = ctx.tau_like
             gtau = temperature_gradient(saved[:M], gscores).to(device=device, dtype=dtype)
         return (None, gtau, *gscores)
+
+
+def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequence[Tensor]) -> tuple:
+    """The vector–Jacobian product of :class:`ExactAttentionFunction` as a differentiable
+    function of the scores, the temperatures and ``grads``: the gradient of the closed form
+    written in torch operations (:func:`exact_log_probs`), taken with ``create_graph=True``."""
+    wanted = [i for i in range(ctx.M) if ctx.needs_input_grad[2 + i]]
+    tau_wanted = ctx.needs_input_grad[1]
+    inputs = [scores[i] for i in wanted] + ([temps] if tau_wanted else [])
+    tau = [temps[k] for k in range(ctx.M)] if ctx.tau_tensor else list(temps)
+    with torch.enable_grad():
+        probs = [lp.exp() for lp in exact_log_probs(scores, ctx.g, tau)]
+        found = torch.autograd.grad(probs, inputs, grads, create_graph=True, allow_unused=True)
+    out: list = [None] * ctx.M
+    for i, grad in zip(wanted, found):
+        out[i] = torch.zeros_like(scores[i]) if grad is None else grad
+    gtau = None
+    if tau_wanted:
+        gtau = found[-1] if found[-1] is not None else torch.zeros_like(temps)
+    return (None, gtau, *out)
 
 
 def temperature_argument(temperature):
@@ -348,10 +379,13 @@ def solve_exact(scores: Sequence[Tensor], g: Graph, temps):
 
     ``temps``: ``M`` floats, or ``M`` 0-d tensors to differentiate through."""
     probs = exact_attention(scores, g, temps)
+    # computed when first read; a partial of a module function, not a closure, so that the
+    # Solution holding it pickles
+    return probs, functools.partial(_duals_in_compute_dtype, list(scores), g, temps), {}
+
+
+def _duals_in_compute_dtype(scores: Sequence[Tensor], g: Graph, temps) -> list[Tensor]:
+    """:func:`exact_duals` in the compute dtype: duals of half-precision scores can exceed
+    float16's range."""
     work = compute_dtype(scores[0].dtype)
-
-    def duals_fn():
-        # in the compute dtype: duals of half-precision scores can exceed float16's range
-        return exact_duals([s.to(work) for s in scores], g, temps)
-
-    return probs, duals_fn, {}
+    return exact_duals([s.to(work) for s in scores], g, temps)

@@ -19,6 +19,9 @@ method names.  A record holds the method's function and its facts:
                           construction
 ``given_maps``            maps whose probabilities are given (``solve(..., given=...)``) are
                           accepted
+``func_transforms``       ``torch.func.grad``, ``jacrev`` and ``jvp`` differentiate it (plain torch
+                          operations); the others refuse every torch.func transform with an
+                          error that says so, and ``vmap`` is refused for every method
 ``structures``            the most general structure the method solves, one of
                           :data:`~convex_attention.graph.KINDS`: ``"chain"`` (a hierarchy),
                           ``"forest"`` (every map has at most one coarsening) or ``"graph"``
@@ -62,6 +65,7 @@ class Method:
     check_options: Callable | None = None
     structures: str = "chain"
     given_maps: bool = False
+    func_transforms: bool = False
 
     def __post_init__(self) -> None:
         if self.structures not in KINDS:
@@ -153,7 +157,7 @@ def _cvxpylayers(scores, h, temps, duals, options):
 
 for _record in (
     Method("softmax", _softmax, "every map on its own (no consistency; the usual attention)",
-           has_duals=False, tensor_temperature=True, structures="graph"),
+           has_duals=False, tensor_temperature=True, structures="graph", func_transforms=True),
     Method("exact", _exact, "the closed form on a forest of maps; analytic backward",
            exact=True, consistent=True, tensor_temperature=True, structures="forest"),
     Method("cvxpylayers", _cvxpylayers, "the CVXPY problem in a cvxpylayers layer (the slow reference)",
@@ -165,7 +169,7 @@ for _record in (
            exact=True, consistent=True, tensor_temperature=True, check_options=_check_dual_options,
            structures="graph", given_maps=True),
     Method("learned_dual", _learned_dual, "the paper's reparameterisation p(λ) at given duals",
-           needs_duals=True, tensor_temperature=True, structures="graph"),
+           needs_duals=True, tensor_temperature=True, structures="graph", func_transforms=True),
 ):
     register_method(_record)
 

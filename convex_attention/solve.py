@@ -39,7 +39,14 @@ from ._ops import compute_dtype
 from .dual import consistency_loss_unchecked
 from .graph import Graph
 from .methods import METHODS, REGISTRY, get_method
-from .validation import check_duals, check_given, check_hierarchy, check_scores_and_peaks, check_temperatures
+from .validation import (
+    check_duals,
+    check_given,
+    check_hierarchy,
+    check_scores_and_peaks,
+    check_temperatures,
+    check_transforms,
+)
 
 __all__ = ["solve", "Solution", "consistency_loss", "METHODS"]
 
@@ -131,8 +138,10 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
         method: ``"softmax"``, ``"exact"``, ``"cvxpylayers"``, ``"dual"`` or ``"learned_dual"``.
             A method that cannot solve the structure (``"exact"`` on a graph with a map of two
             coarsenings) is refused before any work, naming one that can.
-        temperature: a positive float, or one per map (a sequence of ``M``); or a tensor
-            of shape ``()`` or ``(M,)`` — temperatures are per map, never per sample.
+        temperature: a positive real number (Python or numpy, ``np.float32`` and
+            ``np.float16`` included), or one per map (a sequence of ``M``); or a numpy array
+            or a tensor of shape ``()`` or ``(M,)`` — temperatures are per map, never per
+            sample.
             A tensor that requires grad is differentiated through by ``"softmax"``,
             ``"exact"``, ``"dual"`` and ``"learned_dual"``; ``"cvxpylayers"`` raises
             TypeError (pass ``temperature.detach()``).  Accepted range: see the module
@@ -171,6 +180,7 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
         convex_attention.cvx.SolverFailure: ``"cvxpylayers"`` failed or was inaccurate.
     """
     record = get_method(method)
+    check_transforms(f"solve(method={record.name!r})", record.func_transforms)
     record.check_structure(check_hierarchy(h))
     if given is not None and not record.given_maps:
         able = " or ".join(repr(m.name) for m in REGISTRY.values() if m.given_maps)
@@ -216,6 +226,7 @@ def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph
     Where the two sides' supports differ beyond the dtype's range (a temperature near the
     smallest accepted), the loss is ``+inf`` (the KL divergence is), never NaN.
     """
+    check_transforms("consistency_loss", True)
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
     temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype, allow_grad=True, unit=h._map_word)
     work = compute_dtype(scores[0].dtype)

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -196,15 +198,20 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
                        allow_grad: bool = False, method: str | None = None, unit: str = "level") -> list:
     """Validate temperatures: one per level (per map of a graph: ``unit="map"``), never one per sample.
 
-    Accepted: a positive number, a sequence of ``num_levels`` positive numbers (or 0-d
-    tensors), or a real tensor of shape ``()`` (shared by the levels) or ``(num_levels,)``
-    (one per level); any other tensor shape is refused (a ``(B,)`` tensor is not per-sample
-    temperatures).  The values must lie in :func:`temperature_range` of ``dtype``.
+    Accepted: a positive real number of any type (Python ``int``/``float``, numpy's
+    ``float64``, ``float32``, ``float16``, integers; not ``bool``), a sequence of
+    ``num_levels`` of them (or of 0-d tensors), a numpy array of shape ``()`` or
+    ``(num_levels,)``, or a real tensor of shape ``()`` (shared by the levels) or
+    ``(num_levels,)`` (one per level); any other shape is refused (a ``(B,)`` tensor is not
+    per-sample temperatures).  A value is used as ``float(value)``, so ``np.float32(0.7)``
+    gives the answer of the Python float ``float(np.float32(0.7))``.  The values must lie
+    in :func:`temperature_range` of ``dtype``.
 
     Returns a list of ``num_levels`` floats; but a tensor that requires grad (with grad
     mode on) gives 0-d tensors in the list (views of it, so gradients flow back) when
     ``allow_grad``, and a TypeError naming ``method`` otherwise.
     """
+    temperature = _from_numpy(temperature, num_levels, unit)
     grad = is_grad_temperature(temperature)
     if isinstance(temperature, Tensor):
         if not (temperature.dtype.is_floating_point or temperature.dtype in _INT_DTYPES):
@@ -242,6 +249,26 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
     return _check_temperature_values(temperature, num_levels, dtype, unit)
 
 
+def _from_numpy(temperature, num_levels: int, unit: str):
+    """A numpy array of real numbers, of shape ``()`` or ``(num_levels,)``, as a float or a
+    list of floats (the values unchanged: ``np.float32(0.7)`` gives ``float(np.float32(0.7))``);
+    anything else is returned as it is."""
+    if not isinstance(temperature, np.ndarray):
+        return temperature
+    if temperature.dtype.kind not in "fiu":
+        raise TypeError(f"temperature must hold real numbers, got a numpy array of dtype {temperature.dtype}")
+    if temperature.ndim > 1 or (temperature.ndim == 1 and temperature.shape[0] != num_levels):
+        raise ValueError(
+            f"temperature array must have shape () (one for every {unit}) or ({num_levels},) (one per "
+            f"{unit}), got {temperature.shape}; temperatures are per {unit}, never per sample")
+    return float(temperature) if temperature.ndim == 0 else [float(t) for t in temperature]
+
+
+def _is_real(value) -> bool:
+    """A real number of any type (Python, numpy: ``np.float16`` included), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def _refuse_grad_temperature(method: str | None, instead: str):
     who = f"method {method!r}" if method else "this method"
     raise TypeError(f"{who} cannot differentiate through the temperature: pass {instead}; 'softmax', 'exact', "
@@ -252,7 +279,7 @@ _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
 def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "level") -> list[float]:
-    if isinstance(temperature, (int, float)) and not isinstance(temperature, bool):
+    if _is_real(temperature):
         temps = [float(temperature)] * num_levels
     elif isinstance(temperature, Sequence) and not isinstance(temperature, (str, bytes)):
         if len(temperature) != num_levels:
@@ -260,8 +287,8 @@ def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "
                              f"got {len(temperature)} values")
         temps = []
         for t in temperature:
-            if isinstance(t, bool) or not isinstance(t, (int, float)):
-                raise TypeError(f"temperatures must be numbers, got {t!r}")
+            if not _is_real(t):
+                raise TypeError(f"temperatures must be real numbers, got {t!r}")
             temps.append(float(t))
     else:
         raise TypeError(f"temperature must be a positive float, a list of them (one per {unit}) or a tensor of "
@@ -334,6 +361,37 @@ def check_duals(duals, h: Graph, batch: int, dtype, device, check_finite: bool =
                 f"{dtype} number); divide the scores, the duals and the temperature by the same factor (the "
                 f"solution does not change) or compute in float64")
     return [lam.to(dtype) for lam in out]
+
+
+def active_transforms() -> set[str]:
+    """The torch.func transforms the current call runs under: a subset of ``{"vmap", "grad",
+    "jvp", "functionalize"}`` (empty outside any).  Read from functorch's interpreter stack
+    (a private interface; where it is missing, the empty set, and torch's own errors stand)."""
+    try:
+        stack = torch._C._functorch.get_interpreter_stack()
+    except AttributeError:  # pragma: no cover - a torch without the interface
+        return set()
+    return {str(i.key()).rsplit(".", 1)[-1].lower() for i in (stack or [])}
+
+
+def check_transforms(who: str, differentiable_by_func: bool) -> None:
+    """NotImplementedError, before any work, when ``who`` runs under a torch.func transform it
+    does not support: ``vmap`` never (the input checks read values and the solvers stop per
+    sample; the batch is the scores' first dimension), ``grad``/``jacrev``/``jvp`` unless
+    ``differentiable_by_func`` (plain torch operations; the autograd Functions of the other
+    methods have no functorch rules)."""
+    active = active_transforms()
+    if "vmap" in active:
+        raise NotImplementedError(
+            f"{who} does not support torch.func.vmap (nor jacfwd or hessian, which use it): its input checks read "
+            f"the values and its solvers stop per sample; the scores' first dimension is already the batch, so "
+            f"pass the whole batch in one call")
+    if active and not differentiable_by_func:
+        raise NotImplementedError(
+            f"{who} does not support torch.func transforms (grad, jacrev, jvp, ...): its autograd.Function has no "
+            f"functorch rules; differentiate with torch.autograd.grad or torch.autograd.functional.jacobian "
+            f"(methods 'softmax' and 'learned_dual' are plain torch operations, which torch.func.grad and jacrev "
+            f"differentiate)")
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -81,3 +81,62 @@ def test_checkpoints_hold_only_plain_data(tmp_path):
     with pytest.raises(TypeError, match="plain containers"):
         save_checkpoint(str(tmp_path / "x.pt"), model, extra={"obj": object()})
     assert not os.path.exists(tmp_path / "x.pt") and not os.path.exists(tmp_path / "x.pt.tmp")
+
+
+def _with_weights(tmp_path, name, edit):
+    """A checkpoint whose weights ``edit(state_dict)`` changed (saved as plain tensors)."""
+    model = AttentionUNet(method="exact", **SMALL)
+    state = read_checkpoint(save_checkpoint(str(tmp_path / "good.pt"), model))
+    weights = {k: v.clone() for k, v in state["model"].items()}
+    edit(weights)
+    torch.save({**state, "model": weights}, tmp_path / name)
+    return str(tmp_path / name)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_a_checkpoint_whose_weights_are_not_all_finite_is_refused_at_load(tmp_path, value):
+    """Before: explain scored a model whose weights were all NaN and reported plausible metrics."""
+    from convex_attention.paper.models import NonFiniteWeights, load_any_model
+
+    first = next(k for k, v in AttentionUNet(method="exact", **SMALL).state_dict().items() if v.is_floating_point())
+
+    def poison(weights):
+        weights[first].view(-1)[:3] = value
+
+    path = _with_weights(tmp_path, "poisoned.pt", poison)
+    for load in (read_checkpoint, load_model, load_any_model):
+        with pytest.raises(NonFiniteWeights, match=rf"not all finite: {first} \(3 of \d+ values NaN or Inf\).*"
+                                                   rf"diverged") as err:
+            load(path)
+        assert "\n" not in str(err.value)
+
+
+def test_a_buffer_that_is_not_finite_is_refused_too(tmp_path):
+    from convex_attention.paper.models import NonFiniteWeights
+
+    model = AttentionUNet(method="exact", **SMALL)
+    buffer = next(k for k, v in model.state_dict().items() if "running_var" in k)
+    path = _with_weights(tmp_path, "buffer.pt", lambda w: w[buffer].fill_(float("nan")))
+    with pytest.raises(NonFiniteWeights, match=buffer):
+        load_model(path)
+
+
+def test_model_from_state_refuses_weights_of_other_shapes_and_other_kinds(tmp_path):
+    from convex_attention.paper.models import PlainCNN, model_from_state
+
+    key = next(k for k, v in AttentionUNet(method="exact", **SMALL).state_dict().items() if v.dim() == 4)
+    path = _with_weights(tmp_path, "shapes.pt", lambda w: w.__setitem__(key, torch.zeros(1, 1, 1, 1)))
+    with pytest.raises(ValueError, match="weights do not fit its own configuration"):
+        model_from_state(path, read_checkpoint(path))
+    plain = save_checkpoint(str(tmp_path / "plain.pt"), PlainCNN(width=4, image_size=32, in_channels=4))
+    with pytest.raises(ValueError, match="checkpoint of a plain CNN, not of an attention model"):
+        model_from_state(plain, read_checkpoint(plain))
+
+
+def test_saving_a_checkpoint_touches_no_file_of_the_users(tmp_path):
+    """Before: the temporary file was PATH.tmp, so a user's file of that name was
+    overwritten and then deleted."""
+    (tmp_path / "m.pt.tmp").write_text("the user's notes")
+    save_checkpoint(str(tmp_path / "m.pt"), AttentionUNet(method="exact", **SMALL))
+    assert (tmp_path / "m.pt.tmp").read_text() == "the user's notes"
+    assert sorted(os.listdir(tmp_path)) == ["m.pt", "m.pt.tmp"]

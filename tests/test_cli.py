@@ -60,6 +60,9 @@ def test_bench_tiny_sweep_columns_and_rows(tmp_path, capsys):
     assert len(data["rows"]) == len(rows) and data["columns"] == list(COLUMNS)
     for key in ("torch", "python", "processor", "torch_threads", "device", "cvxpy"):
         assert key in data["environment"]
+    run_record = data["runs"][-1]  # the sweep's declared thread count and the load at its start and end
+    assert run_record["torch_threads"] == 1 and data["environment"]["torch_threads"] == 1
+    assert {"load_average_start", "load_average_end", "started", "finished"} <= set(run_record)
     conv = read(os.path.join(out, "convergence.csv"))
     assert tuple(conv[0].keys()) == CONVERGENCE_COLUMNS and len(conv) >= 2
     assert os.path.exists(os.path.join(out, "example.npz"))
@@ -118,7 +121,9 @@ def test_verify_passes_and_writes_csv(tmp_path):
     assert run(["verify", "--quick", "--no-progress", "--out", out]) == 0
     rows = read(os.path.join(out, "verify.csv"))
     assert {"instance", "case", "check", "error", "tol", "passed"} <= set(rows[0])
-    assert all(r["passed"] == "True" for r in rows)
+    assert all(r["passed"] == "True" for r in rows if r["status"] != "info")
+    info = [r for r in rows if r["status"] == "info"]  # measurements beside the checks: never passed
+    assert info and all(r["passed"] == "False" and r["check"].startswith("info.") for r in info)
     checks = {r["check"] for r in rows}
     assert {"dual.primal_vs_cvxpy", "dual.duals_vs_layer", "dual.duality_gap", "dual.kkt_stationarity",
             "dual.feasibility", "exact.primal_vs_layer", "reference.certificate"} <= checks
@@ -297,6 +302,57 @@ def test_resume_recomputes_truncated_and_error_rows_without_duplicates(tmp_path,
     assert sorted((r["method"], r["status"]) for r in rows) == [("exact", "ok"), ("softmax", "ok")]
 
 
+def _earlier_bench(folder):
+    """A folder with an earlier bench's rows (one finished, one error row)."""
+    from convex_attention.bench import results as R
+
+    w = R.ResultsWriter(str(folder), {}, "cpu", resume=False, log=lambda m: None)
+    base = {"cell": 0, "reason": "", "backend": "", "dual_kind": "", "structure": "chain", "generator": "lesion",
+            "scale": 1.0, "dims": 2, "size": 4, "levels": 2, "batch": 2, "temperature": 1.0, "dtype": "float32",
+            "device": "cpu", "seed": 0}
+    w.commit({**base, "method": "exact", "status": "ok"})
+    w.commit({**base, "method": "softmax", "status": "error", "reason": "RuntimeError: test"})
+    return {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+
+
+def test_bench_into_a_folder_with_finished_rows_needs_resume_or_overwrite(tmp_path, capsys):
+    """Before: bench without --resume silently replaced an earlier run's finished rows."""
+    out = tmp_path / "r"
+    before = _earlier_bench(out)
+    assert run(["bench", *FAST, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "holds 2 row(s) of an earlier bench (1 finished)" in err and "--resume" in err and "--overwrite" in err
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before, "nothing was touched"
+    assert run(["bench", *FAST, "--out", str(out), "--resume", "--overwrite"]) == 2
+    assert "contradict each other" in capsys.readouterr().err
+    assert run(["demo", "--out", str(out), "--no-progress"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_bench_overwrite_starts_over(tmp_path):
+    out = tmp_path / "r"
+    _earlier_bench(out)
+    assert run(["bench", *FAST, "--methods", "softmax", "--out", str(out), "--overwrite"]) == 0
+    rows = read(os.path.join(out, "bench.csv"))
+    assert [(r["method"], r["status"]) for r in rows] == [("softmax", "ok")]
+    assert len(json.load(open(out / "bench.json"))["rows"]) == 1
+
+
+def test_ctrl_c_on_bench_keeps_the_rows_and_names_resume(tmp_path, capsys, monkeypatch):
+    from convex_attention.bench import sweep
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    assert run(["bench", *FAST, "--out", str(tmp_path / "r")]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == ("convex-attention bench: interrupted; the rows finished so far are kept (rerun with --resume to "
+                   "measure the rest)")
+
+
 @pytest.mark.slow
 def test_bench_cvx_backends_option_picks_the_rows(tmp_path):
     out = str(tmp_path / "r")
@@ -333,3 +389,20 @@ def test_demo_into_a_file_is_a_usage_error(tmp_path, capsys):
     f.write_text("x")
     assert run(["demo", "--out", str(f)]) == 2
     assert "is a file" in capsys.readouterr().err
+
+
+def test_quick_honours_the_options_given_with_it(tmp_path, monkeypatch, capsys):
+    """`bench --quick --sizes 8` sweeps size 8 with the quick sweep's other settings; a size the
+    quick sweep's 3 levels cannot divide is a usage error, never silently replaced."""
+    from convex_attention.bench.config import quick_sweep
+    from convex_attention.cli import bench as bench_cli
+
+    seen = []
+    monkeypatch.setattr(bench_cli, "_run_bench", lambda config, args, out: seen.append(config) or 0)
+    assert run(["bench", "--quick", "--sizes", "8", "--out", str(tmp_path / "r")]) == 0
+    assert seen[0].sizes == (8,) and seen[0].repeats == quick_sweep().repeats
+    assert seen[0].levels == quick_sweep().levels and seen[0].threads == 1
+    assert run(["bench", "--quick", "--sizes", "8", "--threads", "2", "--out", str(tmp_path / "r")]) == 0
+    assert seen[1].threads == 2
+    assert run(["bench", "--quick", "--sizes", "6", "--out", str(tmp_path / "r")]) == 2
+    assert "size 6 does not divide" in capsys.readouterr().err and len(seen) == 2

@@ -3,10 +3,18 @@ default, and `--quiet` / `--version` exist."""
 from __future__ import annotations
 
 import argparse
+import configparser
+import pathlib
+import re
+import subprocess
+import sys
 
 import pytest
 
 from convex_attention import __version__, cli
+from convex_attention.cli._common import COMMAND_EXTRAS, EXTRA_MODULES
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -77,3 +85,127 @@ def _exit_code(argv):
         return cli.main(argv)
     except SystemExit as stop:
         return stop.code
+
+
+# ---------------------------------------------------------------------------- --help is light
+
+HEAVY = ("torch", "cvxpy", "cvxpylayers", "matplotlib", "sklearn", "captum", "scipy", "nibabel", "PIL")
+
+
+def test_building_the_parser_and_every_help_import_nothing_heavy():
+    """`convex-attention --help` and `convex-attention <cmd> --help` read only light
+    declarations: none of the heavy libraries is imported (checked in a fresh process, where
+    nothing was imported before; the time is measured in the report, never asserted)."""
+    argvs = [[]] + [name.split() for name in sorted(COMMANDS)]
+    code = ("import contextlib, io, sys\n"
+            "from convex_attention import cli\n"
+            "cli.build_parser()\n"
+            f"for argv in {argvs!r}:\n"
+            "    with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+            "        try:\n"
+            "            cli.main(argv + ['--help'])\n"
+            "        except SystemExit as stop:\n"
+            "            assert stop.code == 0, (argv, stop.code)\n"
+            "    assert 'usage: convex-attention' in out.getvalue(), argv\n"
+            f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "", f"--help imported {done.stdout.strip()}"
+
+
+def test_the_package_loads_its_api_on_first_use():
+    """`import convex_attention` is light (the command imports it); `ca.solve` and every
+    public name still work, and `dir`/`__all__` list them."""
+    code = ("import sys\n"
+            "import convex_attention as ca\n"
+            "light = 'torch' not in sys.modules\n"
+            "assert set(ca.__all__) <= set(dir(ca))\n"
+            "import convex_attention.nn  # imports the submodule solve.py: ca.solve stays the function\n"
+            "assert callable(ca.solve) and ca.solve.__name__ == 'solve', ca.solve\n"
+            "names = [getattr(ca, n) for n in ca.__all__]\n"
+            "from convex_attention import solve, Hierarchy\n"
+            "assert solve is ca.solve and callable(ca.solve) and ca.Hierarchy is Hierarchy\n"
+            "try:\n"
+            "    ca.no_such_name\n"
+            "except AttributeError as err:\n"
+            "    assert 'no_such_name' in str(err)\n"
+            "else:\n"
+            "    raise AssertionError('no AttributeError')\n"
+            "print(light, len(names))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", str(len(set(__import__("convex_attention").__all__)))]
+
+
+# ---------------------------------------------------------------------------- extras at the door
+
+# pip name (setup.cfg) -> the module it installs
+_MODULE_OF = {"captum": "captum", "scikit-learn": "sklearn", "nibabel": "nibabel", "pillow": "PIL", "moreau": "moreau"}
+
+
+def _setup_cfg_extras() -> dict[str, set[str]]:
+    cfg = configparser.ConfigParser()
+    cfg.read(ROOT / "setup.cfg")
+    extras = cfg["options.extras_require"]
+    return {name: {re.split(r"[<>=!~ \[]", line.strip())[0] for line in extras[name].splitlines() if line.strip()}
+            for name in extras}
+
+
+def test_every_subcommand_declares_the_extras_it_needs():
+    assert set(COMMAND_EXTRAS) == set(COMMANDS)
+    assert {e for extras in COMMAND_EXTRAS.values() for e in extras} <= set(EXTRA_MODULES)
+
+
+def test_the_extras_and_their_modules_are_setup_cfgs():
+    declared = _setup_cfg_extras()
+    for extra, modules in EXTRA_MODULES.items():
+        assert extra in declared, extra
+        assert set(modules) == {_MODULE_OF[p] for p in declared[extra]}, extra
+        assert declared[extra] <= declared["all"]
+
+
+# the least each subcommand needs to get past argparse (its handler is replaced: no work runs)
+_ARGV = {"plot": ["plot", "results"], "explain": ["explain", "--checkpoints", "a=a.pt"]}
+_BLOCKER = """
+import sys
+BLOCKED = set(sys.argv[1].split(','))
+
+class Blocker:  # a module of a missing extra: importing it (or asking find_spec) fails as if not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in BLOCKED:
+            raise ModuleNotFoundError(f'No module named {name!r}', name=name)
+        return None
+
+sys.meta_path.insert(0, Blocker())
+from convex_attention import cli
+for table in (cli.BENCH_HANDLERS, cli.EXPERIMENT_HANDLERS, cli.DATA_HANDLERS):
+    for key in table:
+        table[key] = lambda args: print('HANDLER RAN') or 0
+sys.exit(cli.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.parametrize("name", sorted(COMMANDS))
+def test_a_missing_extra_is_one_line_naming_it_before_any_work(name):
+    blocked = sorted({m for modules in EXTRA_MODULES.values() for m in modules})
+    argv = _ARGV.get(name, name.split())
+    done = subprocess.run([sys.executable, "-c", _BLOCKER, ",".join(blocked), *argv], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert "Traceback" not in done.stderr, done.stderr
+    needs = COMMAND_EXTRAS[name]
+    if not needs:  # runs on the base install: the door lets it through
+        assert done.returncode == 0 and "HANDLER RAN" in done.stdout, done.stderr
+        return
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and "HANDLER RAN" not in done.stdout
+    assert len(lines) == 1, lines
+    extra = needs[0]
+    assert lines[0].startswith(f"convex-attention {name}: error: needs the [{extra}] extra")
+    assert f"pip install 'convex-attention[{extra}]'" in lines[0]
+    assert all(m in lines[0] for m in EXTRA_MODULES[extra])  # what is missing, by name
+
+
+def test_one_missing_module_is_named_alone():
+    done = subprocess.run([sys.executable, "-c", _BLOCKER, "sklearn", "train"], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 2 and "(missing: sklearn)" in done.stderr and "HANDLER RAN" not in done.stdout

@@ -164,3 +164,12 @@ def test_the_model_is_built_from_a_model_config():
         AttentionUNet(tol=1e-6, **SMALL)
     with pytest.raises(TypeError, match="ModelConfig"):
         AttentionUNet(config={"width": 4})
+
+
+def test_the_help_lists_the_registrys_methods():
+    """The experiment's declarations list the method names without importing the core (so
+    --help stays light); they are the registry's built-ins."""
+    from convex_attention import METHODS
+    from convex_attention.paper import config as paper_config
+
+    assert paper_config.METHOD_NAMES == METHODS

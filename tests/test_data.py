@@ -317,6 +317,21 @@ def test_brats_cache_is_reused(tmp_path, monkeypatch):
     assert torch.equal(first[0][0], second[0][0]) and first[0][0].shape == (4, 64, 64)  # zero-padded 48 -> 64
 
 
+def test_the_brats_cache_touches_no_file_of_the_users(tmp_path):
+    """Before: its metadata went through META.tmp, overwriting and renaming away a file of that name."""
+    root = str(tmp_path / "brats")
+    _write_fake_brats(root, ["Brats18_A_1"])
+    cache = tmp_path / "cache"
+    BraTSSlices(root, "all", min_tumour_area=100, image_size=64, cache_dir=str(cache))
+    metas = [name for name in os.listdir(cache) if name.endswith(".json")]
+    (cache / (metas[0] + ".tmp")).write_text("the user's")
+    for name in metas:
+        os.remove(cache / name)  # the cache is redone
+    BraTSSlices(root, "all", min_tumour_area=100, image_size=64, cache_dir=str(cache))
+    assert (cache / (metas[0] + ".tmp")).read_text() == "the user's"
+    assert not [n for n in os.listdir(cache) if n.endswith(".tmp") and n != metas[0] + ".tmp"]
+
+
 def test_brats_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         BraTSSlices(str(tmp_path / "nothing"))

@@ -10,6 +10,7 @@ from helpers import (
     Instance,
     flat_np,
     linear_loss_gradient,
+    make_graph,
     pool_sum,
     random_graph_instance,
     random_instance,
@@ -319,6 +320,55 @@ def test_float32_working_dtype_checks_the_temperature_range_first():
         ca.solve(scores, h, "dual", temperature=[1e-300, 1.0, 1.0], dtype=torch.float32)
     with pytest.raises(ValueError, match=r"dtype=torch.float32: the temperatures sum to"):
         ca.solve(scores, h, "dual", temperature=1e25, dtype=torch.float32)
+
+
+def test_float32_working_dtype_refuses_float64_scores_beyond_its_range():
+    """Before: float64 scores above float32's range became Inf in the working dtype and the
+    failure blamed the scores ('pass finite scores')."""
+    scores, h, _ = _three_level()
+    big = [s * 1e300 for s in scores]
+    with pytest.raises(ValueError, match=r"dtype=torch.float32: the largest \|score\| of each map sums to .* use "
+                                         r"dtype=torch.float64"):
+        ca.solve(big, h, "dual", dtype=torch.float32)
+    sol = ca.solve(big, h, "dual")  # the default working dtype solves them
+    assert sol.info["converged"].all()
+
+
+@pytest.mark.parametrize("case", ["axial", "grid-regions", "star"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_scores_at_the_score_limit_at_the_largest_temperatures_are_solved_on_graphs(case, dtype):
+    """Before: on a graph that is not a forest, a block step formed τ · η, which overflows
+    where both are large (scores near the limit, τ near the largest accepted), and the
+    solve ended NaN (not converged) within the documented limits."""
+    h = make_graph(case)
+    limit, (_, high) = ca.validation.score_limit(dtype), ca.validation.temperature_range(dtype)
+    g = torch.Generator().manual_seed(1)
+    scores = []
+    for shape in h.shapes:
+        s = 2 * torch.rand((2,) + shape, generator=g, dtype=torch.float64) - 1
+        s[0].view(-1)[0], s[1].view(-1)[-1] = 1.0, -1.0
+        scores.append((s * (0.9999 * limit / h.num_maps)).to(dtype))
+    for tau in (high / h.num_maps / 1.01, high / h.num_maps * 1e-6):
+        sol = ca.solve(scores, h, "dual", temperature=tau)
+        assert sol.info["converged"].all()
+        assert all(bool(torch.isfinite(p).all()) for p in sol.probs)
+        assert all(bool(torch.isfinite(d).all()) for d in sol.duals)
+        assert float(sol.violation.max()) <= 1e-6
+
+
+@pytest.mark.parametrize("case", ["2d-3lvl-unequal", "axial", "star"])
+def test_second_order_differentiation_through_dual_is_refused_not_a_silent_none(case):
+    """Before: the gradient came back once-differentiable, and differentiating it again
+    with allow_unused=True gave None: a second derivative silently missing."""
+    inst = random_instance(case, batch=2) if case in ALL_CASES else random_graph_instance(case, batch=2)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    sol = ca.solve(scores, inst.h, "dual", temperature=inst.temps, tol=1e-10)
+    loss = sum((p * p).sum() for p in sol.probs)
+    with pytest.raises(NotImplementedError, match="second-order differentiation through method 'dual' is not "
+                                                  "supported"):
+        torch.autograd.grad(loss, scores, create_graph=True)
+    grads = torch.autograd.grad(loss, scores)  # the first order is unchanged
+    assert all(bool(torch.isfinite(x).all()) for x in grads)
 
 
 def test_nan_scores_given_to_the_kernel_are_a_failure_not_converged():

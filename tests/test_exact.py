@@ -62,14 +62,57 @@ def test_backward_is_analytic_not_autograd_through_forward():
         torch.testing.assert_close(g.flatten(1).sum(1), torch.zeros(2, dtype=torch.float64), atol=1e-12, rtol=0)
 
 
-def test_double_backward_is_refused_clearly():
-    inst = random_instance("2d-2lvl", batch=1)
+def _first_order_gradient(h, temps, weights, scores):
+    """∇_θ Σ_k <w_k, p_k(θ)> by the ordinary (analytic, graph-free) backward."""
+    scores = [s.detach().clone().requires_grad_() for s in scores]
+    probs = exact_attention(scores, h, temps)
+    return torch.autograd.grad(sum((p * w).sum() for p, w in zip(probs, weights)), scores)
+
+
+@pytest.mark.parametrize("case", ["2d-3lvl-unequal", "irregular-3lvl", "star", "tree"])
+def test_hessian_vector_products_match_finite_differences_of_the_gradient(case):
+    """Before: with create_graph=True the gradient came back marked once-differentiable, and
+    differentiating it with allow_unused=True gave a silent None."""
+    inst = random_instance(case, batch=2) if case in ALL_CASES else random_graph_instance(case, batch=2)
+    g = torch.Generator().manual_seed(5)
+    weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in inst.scores]
+    v = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in inst.scores]
     scores = [s.clone().requires_grad_() for s in inst.scores]
     probs = exact_attention(scores, inst.h, inst.temps)
-    v = torch.randn_like(probs[0]).requires_grad_()
-    (g,) = torch.autograd.grad(probs[0], scores[0], grad_outputs=v, create_graph=True)
-    with pytest.raises(RuntimeError, match="once_differentiable|twice"):
-        g.sum().backward()
+    grads = torch.autograd.grad(sum((p * w).sum() for p, w in zip(probs, weights)), scores, create_graph=True)
+    hvp = torch.autograd.grad(sum((gr * vk).sum() for gr, vk in zip(grads, v)), scores, allow_unused=True)
+    assert all(x is not None for x in hvp)
+    eps = 1e-5
+    plus = _first_order_gradient(inst.h, inst.temps, weights, [s + eps * vk for s, vk in zip(inst.scores, v)])
+    minus = _first_order_gradient(inst.h, inst.temps, weights, [s - eps * vk for s, vk in zip(inst.scores, v)])
+    for got, a, b in zip(hvp, plus, minus):
+        torch.testing.assert_close(got, (a - b) / (2 * eps), atol=1e-7, rtol=1e-5)
+    assert max(float(x.abs().max()) for x in hvp) > 1e-3  # not trivially zero
+
+
+@pytest.mark.parametrize("case", ["2d-2lvl", "irregular-3lvl", "star"])
+def test_second_order_in_scores_and_temperatures_passes_gradgradcheck(case):
+    inst = random_instance(case, batch=2) if case in ALL_CASES else random_graph_instance(case, batch=2)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t, *s: ExactAttentionFunction.apply(inst.h, t, *s), (tau, *scores))
+    assert torch.autograd.gradgradcheck(lambda *s: ExactAttentionFunction.apply(inst.h, tuple(inst.temps), *s),
+                                        tuple(scores))
+
+
+def test_an_ordinary_backward_keeps_the_analytic_path():
+    """Without create_graph the backward is the tree VJP (no recomputation): its gradient
+    has no graph, and it equals the second-order path's first derivative."""
+    inst = random_instance("2d-3lvl-unequal", batch=2)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    w = [torch.randn_like(s) for s in inst.scores]
+    loss = sum((p * wk).sum() for p, wk in zip(exact_attention(scores, inst.h, inst.temps), w))
+    plain = torch.autograd.grad(loss, scores, retain_graph=True)
+    assert all(x.grad_fn is None for x in plain)
+    built = torch.autograd.grad(loss, scores, create_graph=True)
+    assert all(x.grad_fn is not None for x in built)
+    for a, b in zip(plain, built):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -170,8 +170,8 @@ def saved_figure(monkeypatch):
 
     seen = {}
 
-    def capture(fig, path, env=None):
-        seen["fig"] = fig
+    def capture(fig, path, env=None, notes=()):
+        seen["fig"], seen["notes"] = fig, list(notes)
         return path
 
     monkeypatch.setattr(figures, "save", capture)
@@ -195,29 +195,70 @@ def test_figures_share_one_colour_scale(tmp_path, saved_figure):
     assert float(map_images[0].get_array().max()) == 1.0 and float(map_images[1].get_array().max()) == 1.0
 
 
-def test_metric_summary_figure_draws_every_finite_row_on_one_scale(tmp_path, saved_figure):
+def test_examples_show_every_level_the_channels_that_decide_and_labelled_rows(tmp_path, saved_figure):
+    from convex_attention.paper.explain import plot_examples
+
+    image, mask = torch.rand(4, 8, 8), torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:4, 2:4] = True
+    examples = [(idx, model, "attention", level, image, mask, torch.rand(8, 8))
+                for idx in (3, 7) for model in ("softmax", "exact") for level in (0, 1)]
+    plot_examples(examples, str(tmp_path / "f.png"), channels=((0, "ch. 0 (FLAIR-like)"), (2, "ch. 2 (T1ce-like)")),
+                  row_label="test image {}", per_line=4, notes=["ch. 2 shows the rim"])
+    fig = saved_figure["fig"]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_images()]
+    assert titles.count("ch. 2 (T1ce-like)") == 2 and titles.count("lesion mask") == 2  # per image
+    for model in ("softmax", "exact"):
+        for level in (0, 1):
+            assert titles.count(f"{model}\nattention L{level}") == 2, (model, level)  # every level, every image
+    labels = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel() and ax.get_images()]
+    assert labels == ["test image 3", "test image 7"]
+    grey = [im for ax in fig.axes for im in ax.get_images() if im.get_cmap().name == "gray"]
+    assert len(grey) == 6  # two channels and the mask, per image
+    assert "ch. 2 shows the rim" in saved_figure["notes"]
+
+
+def _summary_rows():
     import math
 
-    from convex_attention.paper.explain import plot_metric_summary
-
-    seen = saved_figure
     rows = []
     for cond, scale in (("difficulty0.3", 1.0), ("difficulty0.6", 0.5)):
         for model, method, level, ap in (("exact", "attention", 0, 0.4), ("exact", "attention", 1, 0.5),
-                                         ("softmax", "lrp", -1, 0.7), ("reference", "block_map", 0, 0.9),
+                                         ("softmax", "attention", 0, 0.3), ("softmax", "lrp", -1, 0.7),
+                                         ("exact", "lrp", -1, 0.97), ("reference", "block_map", 0, 0.9),
                                          ("softmax", "gradcam", 1, math.nan)):
-            rows.append({"condition": cond, "test_set": "test", "model": model, "method": method, "level": level,
-                         "resolution": "pixel", "ap_mean": ap * scale, "ap_ci95": 0.05})
-        rows.append({"condition": cond, "test_set": "test", "model": "exact", "method": "attention", "level": 0,
-                     "resolution": "8x8", "ap_mean": 0.99, "ap_ci95": math.nan})  # another protocol: not drawn
-    plot_metric_summary(rows, str(tmp_path / "ap.png"))
-    axes = [ax for ax in seen["fig"].axes if ax.get_visible()]
-    assert len(axes) == 2
-    assert axes[0].get_xlim() == axes[1].get_xlim()  # one scale for every panel
+            rows.append({"condition": cond, "test_set": "heldout_mottled", "model": model, "method": method,
+                         "level": level, "resolution": "pixel", "ap_mean": ap * scale, "ap_ci95": 0.05})
+        rows.append({"condition": cond, "test_set": "heldout_mottled", "model": "exact", "method": "attention",
+                     "level": 0, "resolution": "8x8", "ap_mean": 0.99, "ap_ci95": math.nan})  # not drawn
+    return rows
+
+
+def test_metric_summary_draws_a_point_per_model_and_map_within_zero_and_one(tmp_path, saved_figure):
+    from convex_attention.paper.explain import plot_metric_summary
+
+    rows = _summary_rows()
+    rows[4]["ap_ci95"] = 0.2  # 0.97 ± 0.2 would run past AP = 1
+    plot_metric_summary(rows, str(tmp_path / "ap.png"),
+                        chance={("difficulty0.3", "heldout_mottled"): 0.04})
+    fig = saved_figure["fig"]
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(axes) == 2 and axes[0].get_xlim() == axes[1].get_xlim() == (0.0, 1.0)
     for ax, scale in zip(axes, (1.0, 0.5)):
-        widths = sorted(round(p.get_width(), 6) for p in ax.patches)
-        assert widths == sorted(round(v * scale, 6) for v in (0.4, 0.5, 0.7, 0.9))
+        means = sorted(round(float(c.lines[0].get_xdata()[0]), 6) for c in ax.containers)
+        assert means == sorted(round(v * scale, 6) for v in (0.4, 0.5, 0.3, 0.7, 0.97, 0.9))
+        ends = [x for c in ax.containers for seg in c.lines[2][0].get_segments() for x, _ in seg]
+        assert min(ends) >= 0.0 and max(ends) <= 1.0  # intervals clipped to the metric's range
         assert "1 without a value left out" in ax.get_title()
+        # one row per map, never one per (model, map): 2 attention levels, LRP, the reference
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["attention map, L0", "attention map, L1", "LRP",
+                                                                "reference: best block, L0"][::-1]
+    assert axes[0].get_title().startswith("difficulty 0.3, held-out mimic: mottled")
+    chance = [line for line in axes[0].lines if line.get_linestyle() == "--"]
+    assert len(chance) == 1 and chance[0].get_xdata()[0] == 0.04
+    assert not [line for line in axes[1].lines if line.get_linestyle() == "--"]  # no chance recorded there
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("chance" in t for t in legend) and not any("posthoc" in t for t in legend)
+    assert [t.get_text() for t in axes[0].texts] == ["attention", "post-hoc", "reference"]  # the kinds, named
     with pytest.raises(ValueError, match="no finite"):
         plot_metric_summary(rows, str(tmp_path / "none.png"), resolution="2x2")
 
@@ -251,3 +292,38 @@ def test_maps_are_scored_against_the_decisive_masks_too():
     row = next(r for r in by_mask["decisive"] if r["image"] == image and r["level"] == 1)
     expected = score_map(to_common_form(maps[("attention", 1)][0], (32, 32), "nearest"), data.decisive_mask(image))
     assert row["ap"] == pytest.approx(expected["ap"])
+
+
+def _overflowing(method="exact"):
+    """A model with finite weights whose logits overflow to Inf."""
+    model = AttentionUNet(method=method, width=4, image_size=32, embed_channels=8)
+    with torch.no_grad():
+        model.classifier.weight.fill_(3e38)
+        model.classifier.bias.fill_(torch.finfo(torch.float32).max)
+    return model
+
+
+def test_a_model_whose_outputs_are_not_finite_is_never_scored():
+    """Before: such a model was explained and got plausible-looking metrics."""
+    from convex_attention.paper.explain import explanations
+    from convex_attention.paper.models import NonFiniteOutput
+
+    data = SyntheticLesions(12, image_size=32, seed=0, lesion_fraction=0.7)
+    good = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    with pytest.raises(NonFiniteOutput, match=r"model 'bad', on images \[.*logits .* not scored"):
+        explain_models({"good": good, "bad": _overflowing()}, data, n_images=2, baseline_model=None, progress=False)
+    images = torch.stack([data[i][0] for i in range(2)])
+    with pytest.raises(NonFiniteOutput, match="logits"):
+        explanations(_overflowing(), images, posthoc=False)
+
+
+def test_explanation_maps_that_are_not_finite_are_never_scored(monkeypatch):
+    from convex_attention.paper import explain
+    from convex_attention.paper.models import NonFiniteOutput
+
+    monkeypatch.setattr(explain, "gradcam", lambda model, images, targets, level: torch.full((len(images), 8, 8),
+                                                                                             float("nan")))
+    monkeypatch.setattr(explain, "BASELINES", {})
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    with pytest.raises(NonFiniteOutput, match=r"explanation maps gradcam \(level 0\), gradcam \(level 1\)"):
+        explain.explanations(model, torch.randn(2, 4, 32, 32))

@@ -13,6 +13,23 @@ def test_env_line():
     assert "$" not in env_line({"torch": "$x$", "processor": "a"}).replace(r"\$", "")  # no mathtext from a file
 
 
+def test_the_footer_says_the_load_threads_and_notes_and_what_was_not_recorded():
+    env = {"torch": "2.13.0", "processor": "AMD", "torch_threads": 1}
+    line = figures.env_line(env, ["computed in float32"])
+    assert "1 torch thread " in line and "1 threads" not in line
+    assert "load average not recorded" in line  # an older record: said, never invented
+    assert line.splitlines()[-1] == "computed in float32"
+    runs = [{"load_average_start": [2.45, 2.0, 1.0], "load_average_end": [1.2, 1.0, 1.0], "torch_threads": 1,
+             "cpu_count": 2}]
+    assert "load average (1 min) 2.45 at start, 1.20 at end, 2 CPUs" in figures.env_line({**env, "runs": runs})
+    two = figures.env_line({**env, "runs": runs * 2})
+    assert "start → end of each of 2 runs: 2.45 → 1.20, 2.45 → 1.20" in two
+    assert "torch threads not recorded" in figures.env_line({"torch": "2.13.0"})
+    assert figures.env_line(None, ["float64"]) == "environment not recorded\nfloat64"
+    long = figures.env_line(env, ["x" * 60] * 6)
+    assert all(len(t) <= figures.FOOTER_CHARS for t in long.splitlines())  # never wider than the figure
+
+
 def test_sci_and_plain_are_safe_to_draw():
     assert figures.sci(3.2e-4) == r"3.2\times10^{-4}" and figures.sci(9.99e-5) == r"1.0\times10^{-4}"
     assert figures.sci(0) == "0" and figures.sci(12.5) == "12.5"

@@ -162,6 +162,115 @@ def test_resume_of_a_finished_run_says_what_to_do(tmp_path, capsys, no_work):
     assert_usage_error(code, err, "--resume", "nothing to do", "--epochs greater than 2")
 
 
+def _tampered(path, edit):
+    """Rewrite the checkpoint at ``path`` with its weights changed by ``edit(weights)``."""
+    state = read_checkpoint(path)
+    weights = {k: v.clone() for k, v in state["model"].items()}
+    edit(weights)
+    torch.save({**state, "model": weights}, path)
+    return path
+
+
+def _first_conv(weights):
+    return next(k for k, v in weights.items() if v.dim() == 4)
+
+
+def test_resume_refuses_a_checkpoint_whose_weights_are_not_finite(tmp_path, capsys, no_work):
+    path = _tampered(tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=1, epochs=2),
+                     lambda w: w[_first_conv(w)].view(-1)[0].fill_(float("nan")))
+    code, _, err = run(["train", "--resume", path], capsys)
+    assert_usage_error(code, err, "--resume", "not all finite", "diverged")
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_resume_refuses_weights_of_other_shapes_and_a_plain_cnn_as_usage_errors(tmp_path, capsys, no_work):
+    """Before: the mismatch surfaced inside training, as a traceback."""
+    from convex_attention.paper.models import ModelConfig, PlainCNN
+
+    path = _tampered(tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=1, epochs=2),
+                     lambda w: w.__setitem__(_first_conv(w), torch.zeros(1, 1, 3, 3)))
+    code, _, err = run(["train", "--resume", path], capsys)
+    assert_usage_error(code, err, "--resume", "weights do not fit its own configuration")
+    state = read_checkpoint(tiny_checkpoint(tmp_path / "y" / "last.pt", epoch=1, epochs=2))
+    plain = save_checkpoint(str(tmp_path / "p" / "last.pt"), PlainCNN(config=ModelConfig.from_dict(state["config"])),
+                            epoch=1, extra={"train_config": state["train_config"]})
+    code, _, err = run(["train", "--resume", plain], capsys)
+    assert_usage_error(code, err, "--resume", "plain CNN")
+
+
+def test_explain_refuses_a_checkpoint_whose_weights_are_not_finite(tmp_path, capsys, no_work):
+    path = _tampered(tiny_checkpoint(tmp_path / "a" / "best.pt"),
+                     lambda w: [v.fill_(float("nan")) for v in w.values() if v.is_floating_point()])
+    code, _, err = run(["explain", "--checkpoints", f"m={path}", "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "--checkpoints", "not all finite")
+
+
+def test_explain_of_a_model_whose_outputs_are_not_finite_fails_and_reports_no_number(tmp_path, capsys):
+    """Finite weights whose logits overflow: the run fails (exit 1, one line), and no
+    explain.csv with plausible-looking metrics is written."""
+    def overflow(weights):
+        weights["classifier.weight"].fill_(3e38)
+        weights["classifier.bias"].fill_(torch.finfo(torch.float32).max)
+
+    path = _tampered(tiny_checkpoint(tmp_path / "a" / "best.pt"), overflow)
+    out = tmp_path / "o"
+    code, _, err = run(["explain", "--checkpoints", f"m={path}", "--baseline-model", "none", "--n-images", "2",
+                        "--no-progress", "--out", str(out)], capsys)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "model 'm'" in err and "logits" in err and "not scored" in err
+    assert not (out / "explain.csv").exists()
+
+
+@pytest.mark.parametrize("lr_may_help", [True, False])
+def test_diverged_training_says_what_diverged_and_names_lr_only_where_it_helps(tmp_path, capsys, monkeypatch,
+                                                                                lr_may_help):
+    import convex_attention.paper.train as train_module
+    from convex_attention.paper.train import TrainingDiverged
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("the weights became NaN or Inf at epoch 2, step 3", lr_may_help, 1e-3)
+
+    monkeypatch.setattr(train_module, "train", diverge)
+    monkeypatch.setattr(train_module, "build_checked_datasets", lambda config: None)
+    code, _, err = run(["train", "--out", str(tmp_path / "t"), "--lr", "0.001"], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "training diverged: the weights became NaN or Inf at epoch 2, step 3" in err
+    assert ("lower --lr (now 0.001)" in err) == lr_may_help
+
+
+def test_experiment_with_a_diverged_model_fails_without_advice_it_cannot_take(tmp_path, capsys, monkeypatch):
+    """The experiment has no --lr option: its message says what diverged, no more."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.train import TrainingDiverged
+
+    def diverge(*args, **kwargs):
+        raise TrainingDiverged("the weights became NaN or Inf at epoch 2, step 3 (method exact)", True, 1e-3)
+
+    monkeypatch.setattr(experiment, "run_experiment", diverge)
+    code, _, err = run(["experiment", "--quick", "--out", str(tmp_path / "e")], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "a model's training diverged: the weights became NaN or Inf at epoch 2, step 3 (method exact)" in err
+    assert "--lr" not in err and "learning rate" not in err
+
+
+@pytest.mark.parametrize("error", ["weights", "outputs"])
+def test_experiment_refuses_to_score_a_model_with_non_finite_weights_or_outputs(tmp_path, capsys, monkeypatch, error):
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.models import NonFiniteOutput, NonFiniteWeights
+
+    def fail(*args, **kwargs):
+        if error == "weights":
+            raise NonFiniteWeights("'runs/x/best.pt' holds weights that are not all finite: w (3 of 9 values NaN or "
+                                   "Inf); the run that saved it diverged")
+        raise NonFiniteOutput("the model's logits (images [0] of the batch) hold NaN or Inf: its predictions are "
+                              "not scored")
+
+    monkeypatch.setattr(experiment, "run_experiment", fail)
+    code, _, err = run(["experiment", "--quick", "--out", str(tmp_path / "e")], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert ("not all finite" if error == "weights" else "not scored") in err
+
+
 @pytest.mark.slow
 def test_train_resume_with_no_other_flag_continues_the_run(tmp_path, capsys):
     path = tiny_checkpoint(tmp_path / "runs" / "x" / "last.pt", epoch=1, epochs=2, method="exact", difficulty=0.0)
@@ -206,6 +315,8 @@ def test_explain_refuses_duplicate_names_and_bad_specs(tmp_path, capsys, no_work
 
 
 @pytest.mark.parametrize("argv,words", [(["--n-images", "0"], "--n-images"), (["--n-images", "-2"], "--n-images"),
+                                        (["--n-images", str(10 ** 15)], "from 1 to 100000"),
+                                        (["--batch-size", str(2 ** 62)], "from 1 to 100000"),
                                         (["--batch-size", "0"], "--batch-size"), (["--device", "tpu"], "--device"),
                                         (["--baseline-model", "plain"], "--baseline-model")])
 def test_explain_usage_errors(argv, words, tmp_path, capsys, no_work):

@@ -1,7 +1,7 @@
 """Figures: what they draw is what was measured (docs/design.md §6), and `plot` never
 tracebacks on damaged results."""
 import csv
-import math
+import json
 import os
 import struct
 
@@ -116,8 +116,9 @@ def figs(monkeypatch):
     placeholder files, so what is written and removed can still be checked."""
     seen = {}
 
-    def spy(fig, path, env=None):
-        seen[os.path.splitext(os.path.basename(path))[0]] = fig
+    def spy(fig, path, env=None, notes=()):
+        name = os.path.splitext(os.path.basename(path))[0]
+        seen[name], seen[name + ":footer"] = fig, figures.env_line(env, notes)
         plt.close(fig)
         if os.path.dirname(path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -169,22 +170,23 @@ def test_every_figure_renders_as_png_and_pdf_for_a_paper_with_the_environment_fo
         f.write('{"environment": {"torch": "2.13.0", "processor": "cpu", "torch_threads": 2}}')
     real, rendered = figures.save, {}
 
-    def keep(fig, path, env=None):
-        rendered[os.path.splitext(os.path.basename(path))[0]] = fig
-        return real(fig, path, env)
+    def keep(fig, path, env=None, notes=()):
+        rendered[os.path.splitext(os.path.basename(path))[0]] = (fig, figures.env_line(env, notes))
+        return real(fig, path, env, notes)
 
     monkeypatch.setattr(figures, "save", keep)
     notes = []
     written = plot_results(folder, log=notes.append)
     assert notes == []
     assert {os.path.splitext(os.path.basename(p))[0] for p in written} == set(plots.FIGURES)
-    for name, fig in rendered.items():
+    for name, (fig, line) in rendered.items():
         png = os.path.join(folder, "figures", name + ".png")
         assert os.path.getsize(png) > 1000 and os.path.getsize(png[:-4] + ".pdf") > 1000
         width, _ = png_size(png)
         assert width <= 7.6 * 300, (name, width / 300)  # at most a two-column width at 300 dpi
         renderer = FigureCanvasAgg(fig).get_renderer()  # a closed figure has lost its canvas
-        footer = [t for t in fig.texts if t.get_text() == figures.env_line(ENV)]
+        assert line.startswith(figures.env_line(ENV)) and "load average not recorded" in line
+        footer = [t for t in fig.texts if t.get_text() == line]
         assert len(footer) == 1, name
         top = footer[0].get_window_extent(renderer).y1
         drawn = [ax.get_tightbbox(renderer).y0 for ax in fig.axes if ax.get_visible()] + \
@@ -242,39 +244,44 @@ def test_attention_maps_share_one_colour_scale_per_level_and_state_n_max_p(tmp_p
         assert len(r[2].texts) == 0 and r"\|\cdot\|_1" in r[2].get_xlabel()
 
 
-def test_violation_keeps_dtypes_apart_and_marks_their_rounding_floors(figs):
+def test_violation_keeps_each_compute_dtype_in_its_own_panel_with_its_epsilon_for_scale(figs):
     rows = cell_rows(dtype="float32", cell=0) + cell_rows(dtype="float64", cell=1)
     for r in rows:
         if r["method"] == "exact" and r["dtype"] == "float64":
             r["violation_mean"] = 0.0  # exact in float64 can be exactly consistent
     notes = []
     plots.plot_violation(rows, "v.png", log=notes.append)
-    ax = figs["v"].axes[0]
-    colours = {d: matplotlib.colors.to_rgba(c) for d, c in plots.DTYPE_COLORS.items()}
-    by_dtype = {d: [c for c in ax.collections if tuple(c.get_facecolor()[0][:3]) == colours[d][:3]]
-                for d in ("float32", "float64")}
-    # cvxpylayers solves in float64 whatever the cell's dtype: none of its points are float32
-    n_series = 9  # softmax, 4 learned-dual kinds, dual, exact, 2 backends
-    assert len(by_dtype["float32"]) == n_series - 2 and len(by_dtype["float64"]) == n_series
-    floors = {round(math.log10(line.get_ydata()[0]), 6) for line in ax.lines if line.get_linestyle() == "--"}
-    assert floors == {round(math.log10(DTYPE_EPS["float32"]), 6), round(math.log10(DTYPE_EPS["float64"]), 6)}
-    labels = [t.get_text() for t in figs["v"].legends[0].get_texts()]
-    assert any("float32 rounding floor" in t for t in labels) and any("float64 rounding floor" in t for t in labels)
+    fig = figs["v"]
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["computed in float32", "computed in float64"]
+    # cvxpylayers solves in float64 whatever the cell's dtype: its boxes sit in the float64 panel only
+    ticks = [[t.get_text() for t in ax.get_xticklabels()] for ax in axes]
+    assert len(ticks[0]) == 7 and not any("cvxpylayers" in t for t in ticks[0])
+    assert len(ticks[1]) == 9 and sum("cvxpylayers" in t for t in ticks[1]) == 2
+    assert "learned_dual\nλ = 0" in ticks[0]  # two short lines: no labels running into each other
+    for ax, dtype in zip(axes, ("float32", "float64")):
+        eps = [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"]
+        assert eps == [DTYPE_EPS[dtype]]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("for scale" in t and "bounds nothing" in t for t in labels)
+    assert not any("floor" in t for t in labels)  # ε is not a floor: float32 results sit below it
     assert any("exactly 0" in t for t in labels)
+    assert "cvxpylayers: solves in float64" in figs["v:footer"]
     assert notes == []
 
 
-def test_time_vs_size_separates_dimensions_shows_spread_and_puts_slopes_in_the_legend(figs):
+def test_time_vs_size_panels_per_dimension_and_level_on_one_y_scale_with_spread_and_fitted_slopes(figs):
     rows = sweep_rows()
     plots.plot_time_vs_size(rows, "t.png", log=pytest.fail)
     fig = figs["t"]
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles == ["2-D grids: forward pass", "2-D grids: backward pass", "3-D grids: forward pass",
-                      "3-D grids: backward pass"]
+    assert titles == ["2-D grids, 2 levels: forward pass", "2-D grids, 2 levels: backward pass",
+                      "3-D grids, 2 levels: forward pass", "3-D grids, 2 levels: backward pass"]
+    shared = fig.axes[0].get_shared_y_axes()
+    assert all(shared.joined(fig.axes[0], ax) for ax in fig.axes)  # forward and backward on one scale
     n2 = {r["n_cells"] for r in rows if r["dims"] == 2}
     n3 = {r["n_cells"] for r in rows if r["dims"] == 3}
     for ax, sizes in zip(fig.axes, (n2, n2, n3, n3)):
-        assert len(ax.texts) == 0  # no slope labels on the data
         for line in ax.lines:
             if line.get_marker() not in ("None", None, "") and len(line.get_xdata()) > 1:
                 assert set(line.get_xdata()) <= sizes  # never a line across 2-D and 3-D
@@ -282,21 +289,69 @@ def test_time_vs_size_separates_dimensions_shows_spread_and_puts_slopes_in_the_l
     seg = exact_fwd[0].lines[2][0].get_segments()[0]  # the first size's error bar: q1..q3 per sample
     r0 = next(r for r in rows if r["method"] == "exact" and r["dims"] == 2 and r["size"] == 4)
     assert sorted(y for _, y in seg) == pytest.approx([r0["fwd_ms_q1"] / 4, r0["fwd_ms_q3"] / 4])
+    # every series here is an exact power law over 3 sizes spanning 16x: its slope is drawn, on the panel
+    slopes = sorted(t.get_text() for t in fig.axes[0].texts)
+    assert "$n^{1.00}$" in slopes and "$n^{1.50}$" in slopes and "$n^{1.30}$" in slopes
     legend = "\n".join(t.get_text() for t in fig.legends[0].get_texts())
-    assert "exact, 2 levels: 2-D $n^{1.00}$ / $n^{1.00}$, 3-D $n^{1.00}$ / $n^{1.00}$" in legend
-    # cvxpylayers solves in float64 in a float32 sweep: its entries say so
-    assert "cvxpylayers (diffcp-clarabel), 2 levels, float64: 2-D $n^{1.50}$" in legend
-    assert "$" in fig.axes[0].get_xlabel()  # mathtext
+    assert "cvxpylayers (diffcp-clarabel) [float64]" in legend and "exact\n" in legend + "\n"
+    assert len(fig.legends[0].get_texts()) <= 12  # one entry per series and per mark, not per line
+    assert "20 row(s) carry no time of their own" not in figs["t:footer"]
+    assert "row(s) carry no time of their own" in figs["t:footer"]  # λ = 0 and per-sample: said, not alarmed
+    assert "computed in float32 (cvxpylayers: float64" in figs["t:footer"]
 
 
-def test_speedup_draws_one_line_per_backend_and_nothing_without_measurements(figs):
+def test_slopes_only_over_three_sizes_spanning_a_decade_where_the_times_follow_a_power_law():
+    fit = plot_common.fit_power_law([10, 100, 1000], [1.0, 10.0, 100.0])
+    assert fit.slope == pytest.approx(1.0) and (fit.n_lo, fit.n_hi, fit.sizes) == (10, 1000, 3)
+    assert plot_common.fit_power_law([10, 1000], [1.0, 100.0]) is None  # two sizes: no slope
+    assert plot_common.fit_power_law([100, 200, 400], [1.0, 2.0, 4.0]) is None  # spans 4x only
+    noisy = plot_common.fit_power_law([10, 100, 1000], [1.0, 0.3, 2.0])  # not a power law: no slope at all
+    assert noisy is None
+    # a fixed overhead bends the small sizes: the slope is fitted over the sizes that follow a power law
+    ns = [10, 100, 1000, 10_000, 100_000, 1_000_000]
+    bent = plot_common.fit_power_law(ns, [5.0 + 1e-3 * n for n in ns])
+    assert bent is not None and bent.n_lo >= 10_000 and bent.n_hi == 1_000_000 and bent.slope > 0.9
+    assert plot_common.fit_power_law(ns[:5], [5.0 + 1e-3 * n for n in ns[:5]]) is None  # still bending: none
+
+
+def test_a_wide_or_thin_timing_is_marked_low_confidence(figs):
+    rows = sweep_rows()
+    wide = next(r for r in rows if r["method"] == "exact" and r["dims"] == 2 and r["size"] == 8)
+    wide["fwd_ms_q1"], wide["fwd_ms_q3"] = 0.2 * wide["fwd_ms"], 1.5 * wide["fwd_ms"]  # IQR 130 % of the median
+    plots.plot_time_vs_size(rows, "t.png", log=pytest.fail)
+
+    def marked(ax):
+        return [tuple(o) for c in ax.collections if c.get_paths() and c.get_linestyle()[0][1] is not None
+                for o in c.get_offsets()]
+
+    assert marked(figs["t"].axes[0]) == [(wide["n_cells"], pytest.approx(wide["fwd_ms"] / 4))]
+    assert marked(figs["t"].axes[1]) == []  # its backward time is as tight as the rest
+    assert plot_common.low_confidence({"total_ms": 1.0, "total_ms_q1": 0.9, "total_ms_q3": 1.1, "repeats": 2},
+                                      "total_ms")  # two repetitions: quartiles mean nothing
+    assert not plot_common.low_confidence({"total_ms": 1.0, "total_ms_q1": 0.9, "total_ms_q3": 1.1, "repeats": 5},
+                                          "total_ms")
+
+
+def test_speedup_one_line_per_backend_per_panel_skipped_cells_marked_and_the_batches_stated(figs):
+    rows = sweep_rows()
+    skipped = bench_row("cvxpylayers", backend="moreau", size=32, cell=99)
+    skipped.update(status="skipped", reason="problem size 1344 cells > cap --cvx-max-cells 1000")
     notes = []
-    assert plots.plot_speedup(sweep_rows(), "s.png", log=notes.append) == "s.png"
-    labels = [t.get_text() for t in figs["s"].axes[-1].get_legend().get_texts()]
+    assert plots.plot_speedup(rows + [skipped], "s.png", log=notes.append) == "s.png"
+    fig = figs["s"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "cvxpylayers (diffcp-clarabel)" in labels and "cvxpylayers (moreau)" in labels
-    ax = figs["s"].axes[0]
+    assert any("skipped by the sweep" in t for t in labels)
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["2-D grids, 2 levels", "3-D grids, 2 levels"]
+    ax = fig.axes[0]
     drawn = [line for line in ax.lines if len(line.get_xdata()) > 1 and line.get_marker() not in ("None", "")]
-    assert len(drawn) == 2  # one per backend (one level count)
+    assert len(drawn) == 2 and len({line.get_color() for line in drawn}) == 2  # one per backend, told apart
+    assert len({line.get_linestyle() for line in drawn}) == 1  # the target line alone is dotted
+    gone = [line for line in ax.lines if line.get_mfc() == "none" and list(line.get_xdata()) == [skipped["n_cells"]]]
+    assert len(gone) == 1
+    footer = figs["s:footer"].replace("\n", " ")
+    assert "exact timed on B = 4 samples" in footer and "cvxpylayers on 2 of them" in footer
+    assert "1 row(s) over --cvx-max-cells" in footer
     no_cvx = [r for r in sweep_rows() if r["method"] != "cvxpylayers"]
     assert plots.plot_speedup(no_cvx, "s2.png", log=notes.append) is None and "s2" not in figs
     assert "no sweep cell with both exact and cvxpylayers" in notes[-1]
@@ -329,6 +384,45 @@ def test_tradeoff_places_every_series_marks_the_pareto_front_and_the_zero_floor(
     assert [tuple(p) for p in front] == [(pts[styles[plot_common.Series("softmax")]][0], 0.3),
                                           (pts[styles[plot_common.Series("exact")]][0], floor)]
     assert notes == []
+
+
+def test_tradeoff_gives_float64_solvers_no_credit_below_the_cells_dtype_epsilon(figs):
+    # exact 3e-8, cvxpylayers 1e-13 and 1e-11: all below ε(float32); two panels (2 and 3 levels)
+    rows = cell_rows(size=16, dtype="float32") + cell_rows(size=16, levels=3, dtype="float32", cell=1)
+    plots.plot_tradeoff(rows, "to.png", log=pytest.fail)
+    fig = figs["to"]
+    ax = fig.axes[0]
+    styles = plot_common.styles_for({plot_common.Series(r["method"], r["dual_kind"], r["backend"]) for r in rows})
+    where = {}
+    for c in ax.containers:
+        line = c.lines[0]
+        where[(line.get_color(), line.get_marker())] = (line.get_xdata()[0], line.get_ydata()[0])
+    front = {tuple(p) for p in ax.collections[-1].get_offsets()}
+    exact = where[styles[plot_common.Series("exact")]]
+    assert exact in front  # faster than every float64 solver, and as consistent as float32 can say
+    for backend in ("diffcp-clarabel", "moreau"):
+        assert where[styles[plot_common.Series("cvxpylayers", "", backend)]] not in front
+    band = [p for p in ax.patches]  # the band below ε(float32)
+    assert len(band) == 1 and band[0].get_y() + band[0].get_height() == pytest.approx(DTYPE_EPS["float32"])
+    labels = "\n".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "no credit" in labels
+    shared = ax.get_shared_x_axes()
+    assert all(shared.joined(ax, other) for other in fig.axes if other.get_visible())
+
+
+def test_every_footer_carries_the_load_threads_and_dtype(tmp_path, figs):
+    folder = str(tmp_path / "r")
+    write_bench(folder, sweep_rows())
+    run = {"load_average_start": [2.4, 2.0, 1.5], "load_average_end": [1.2, 1.1, 1.0], "torch_threads": 1,
+           "cpu_count": 2}
+    with open(os.path.join(folder, "bench.json"), "w") as f:
+        json.dump({"environment": {"torch": "2.13.0", "processor": "cpu", "torch_threads": 4}, "runs": [run]}, f)
+    plot_results(folder, log=pytest.fail)
+    for name in ("time_vs_size", "violation", "speedup_exact_vs_cvxpylayers", "tradeoff"):
+        footer = figs[name + ":footer"]
+        assert "load average (1 min) 2.40 at start, 1.20 at end, 2 CPUs" in footer, name
+        assert "1 torch thread " in footer, name  # the run's own record, singular
+        assert "float32" in footer, name
 
 
 # ---------------------------------------------------------------------------- damaged results
@@ -492,11 +586,14 @@ def test_no_figure_is_written_without_data_and_a_stale_one_is_removed(tmp_path, 
 def test_an_older_results_file_without_backends_spreads_or_checksums_still_plots(tmp_path, figs):
     rows = [r for r in sweep_rows() if r["backend"] in ("", "diffcp-clarabel")]
     write_bench(str(tmp_path), rows, columns=OLD_COLUMNS)
+    with open(os.path.join(str(tmp_path), "bench.json"), "w") as f:
+        f.write('{"environment": {"torch": "2.13.0", "processor": "cpu", "torch_threads": 1}}')  # no "runs"
     notes = []
     written = plot_results(str(tmp_path), log=notes.append)
     assert len(written) == 4 and notes == []
-    labels = [t.get_text() for t in figs["speedup_exact_vs_cvxpylayers"].axes[-1].get_legend().get_texts()]
+    labels = [t.get_text() for t in figs["speedup_exact_vs_cvxpylayers"].legends[0].get_texts()]
     assert "cvxpylayers" in labels  # no backend column: the method's own name
+    assert "load average not recorded" in figs["time_vs_size:footer"]  # an older file: said, never invented
     assert not any(c.has_yerr for ax in figs["time_vs_size"].axes for c in ax.containers)  # no spread recorded
 
 
@@ -516,3 +613,9 @@ def test_plot_refuses_an_out_that_is_a_file(tmp_path, capsys, figs):
     (tmp_path / "out").write_text("x")
     code, err = plot_cli(tmp_path, capsys, "--out", str(tmp_path / "out"))
     assert code == 2 and "is a file" in err
+
+
+def test_a_flat_curve_gets_no_slope_even_where_it_follows_a_power_law():
+    assert plot_common.fit_power_law([100, 1000, 10_000], [1.0, 0.95, 0.9]) is None  # n^-0.02: overhead-bound
+    assert plot_common.fit_power_law([100, 1000, 10_000], [1.0, 1.3, 1.6]) is None  # rises 1.6x: no power law read
+    assert plot_common.fit_power_law([100, 1000, 10_000], [1.0, 1.6, 2.6]).slope == pytest.approx(0.21, abs=0.01)

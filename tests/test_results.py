@@ -34,8 +34,9 @@ def conv_rows(n, cell=0):
             for i in range(n)]
 
 
-def writer(folder, resume=False, log=None):
-    return R.ResultsWriter(str(folder), {"sizes": [4]}, "cpu", resume, log=log or (lambda m: None))
+def writer(folder, resume=False, log=None, overwrite=False):
+    return R.ResultsWriter(str(folder), {"sizes": [4]}, "cpu", resume, log=log or (lambda m: None),
+                           overwrite=overwrite)
 
 
 def test_a_retried_row_replaces_the_old_one_and_resume_keeps_one_copy(tmp_path):
@@ -115,15 +116,27 @@ def test_resume_reports_and_drops_a_truncated_row(tmp_path):
     assert any("checksum mismatch" in m and "recomputed" in m for m in logged)
 
 
-def test_resume_drops_duplicate_rows_of_an_older_run(tmp_path):
+def test_resume_drops_every_copy_of_a_duplicated_row_and_both_files_agree_at_once(tmp_path):
+    """Before: the later copy was kept while the log said 'that row is recomputed', and
+    bench.json kept both until the next commit.  Which copy is right is not known: every
+    copy is dropped, the row is measured again, and bench.csv and bench.json agree."""
     w = writer(tmp_path)
     w.commit(bench_row(value=0.5))
+    w.commit(bench_row(method="softmax", value=0.3))
     text = (tmp_path / "bench.csv").read_text()
-    header, line = text.splitlines()[:2]
-    (tmp_path / "bench.csv").write_text("\n".join([header, line, line]) + "\n")
+    header, exact_line, softmax_line = text.splitlines()
+    (tmp_path / "bench.csv").write_text("\n".join([header, exact_line, softmax_line, exact_line]) + "\n")
     logged = []
     w2 = writer(tmp_path, resume=True, log=logged.append)
-    assert len(w2.rows) == 1 and any("duplicate" in m for m in logged)
+    assert [r["method"] for r in w2.rows] == ["softmax"]
+    assert R.row_key(bench_row()) not in w2.done(), "the duplicated row is measured again"
+    assert any("2 rows of exact cell 0" in m and "every copy is dropped" in m and "recomputed" in m for m in logged)
+    csv_rows = read_table(str(tmp_path / "bench.csv")).rows
+    json_rows = strict_load(str(tmp_path / "bench.json"))["rows"]
+    assert [r["method"] for r in csv_rows] == [r["method"] for r in json_rows] == ["softmax"]
+    w2.commit(bench_row(value=0.75))  # measured again: one copy
+    assert sorted(r["method"] for r in read_table(str(tmp_path / "bench.csv")).rows) == ["exact", "softmax"]
+    assert len(strict_load(str(tmp_path / "bench.json"))["rows"]) == 2
 
 
 def test_stale_temporaries_are_removed_at_start_and_nothing_else(tmp_path):
@@ -139,9 +152,64 @@ def test_stale_temporaries_are_removed_at_start_and_nothing_else(tmp_path):
     assert any("temporary" in m for m in logged)
 
 
-def test_a_fresh_run_starts_empty_files(tmp_path):
+def test_overwrite_starts_empty_files(tmp_path):
     w = writer(tmp_path)
     w.commit(bench_row(method="dual"), convergence=conv_rows(2))
-    writer(tmp_path)  # a new run without resume
+    writer(tmp_path, overwrite=True)  # explicit consent to start over
     assert read_table(str(tmp_path / "bench.csv")).rows == []
     assert read_table(str(tmp_path / "convergence.csv")).rows == []
+
+
+def test_a_folder_with_finished_rows_is_refused_without_resume_or_overwrite_and_left_as_it_was(tmp_path):
+    """Before: a run without --resume silently started empty files over an earlier run's rows."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="exact"))
+    w.commit(bench_row(method="softmax", status="error"))
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    with pytest.raises(R.FinishedRows, match=r"holds 2 row\(s\) of an earlier bench \(1 finished\).*--resume to keep "
+                                             r"them.*--overwrite to discard them"):
+        writer(tmp_path)
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+    with pytest.raises(ValueError, match="--resume and --overwrite contradict each other"):
+        writer(tmp_path, resume=True, overwrite=True)
+    assert len(writer(tmp_path, resume=True).rows) == 2
+
+
+def test_an_unreadable_or_json_only_earlier_bench_is_refused_too(tmp_path):
+    (tmp_path / "bench.csv").write_bytes(b"\xef\xbb\xbf" + b"cell,status\n")
+    with pytest.raises(R.FinishedRows, match="cannot be read .*byte-order mark.*--overwrite"):
+        writer(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bench.json").write_text(json.dumps({"rows": [bench_row()]}))
+    with pytest.raises(R.FinishedRows, match=r"holds 1 row\(s\)"):
+        writer(other)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "bench.csv").write_text(",".join(R.COLUMNS) + "\n")  # a header only: nothing to lose
+    writer(empty)
+    assert R.existing_rows(str(empty)) == (0, 0, None)
+
+
+def test_resume_with_bench_json_alone_says_its_rows_are_dropped(tmp_path):
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": [bench_row(), bench_row(method="softmax")]}))
+    logged = []
+    w = writer(tmp_path, resume=True, log=logged.append)
+    assert w.rows == [] and any("bench.csv is missing and bench.json holds 2 row(s): its rows are dropped" in m
+                                for m in logged)
+    assert strict_load(str(tmp_path / "bench.json"))["rows"] == []  # both files agree from the start
+def test_bench_json_records_each_runs_load_and_threads_and_resume_keeps_the_earlier_ones(tmp_path):
+    import torch
+
+    w = writer(tmp_path)
+    w.commit(bench_row())
+    first = strict_load(tmp_path / "bench.json")["runs"]
+    assert len(first) == 1 and first[0]["rows"] == 1 and first[0]["torch_threads"] == torch.get_num_threads()
+    assert "load_average_start" in first[0] and "load_average_end" in first[0]
+    w2 = writer(tmp_path, resume=True)
+    w2.commit(bench_row(method="softmax"))
+    runs = strict_load(tmp_path / "bench.json")["runs"]
+    assert len(runs) == 2 and runs[0] == first[0] and runs[1]["rows"] == 1  # the earlier run's record kept
+    (tmp_path / "bench.json").write_text("not json")
+    writer(tmp_path, resume=True).commit(bench_row(method="dual"))
+    assert len(strict_load(tmp_path / "bench.json")["runs"]) == 1  # unreadable: only this run is known

@@ -204,3 +204,15 @@ def test_randomisation_check_compares_every_explanation(monkeypatch):
         assert all(r[key] == pytest.approx(1.0) or math.isnan(r[key]) for r in same)
         # GradCAM of an untrained model may be 0
         assert sum(not math.isnan(r[key]) for r in same) >= len(same) - 4 * len(stages)
+
+
+def test_predict_reports_no_number_for_outputs_that_are_not_finite():
+    from convex_attention.paper.models import NonFiniteOutput
+    from convex_attention.paper.sanity import predict
+
+    model = _tiny("exact")
+    with torch.no_grad():
+        model.classifier.weight.fill_(3e38)
+        model.classifier.bias.fill_(torch.finfo(torch.float32).max)
+    with pytest.raises(NonFiniteOutput, match="logits .* not scored"):
+        predict(model, _data(4))

@@ -221,3 +221,12 @@ def test_a_new_setting_is_one_declaration(monkeypatch):
 
     with pytest.raises(VariantsError, match="missing: \\['dropout'\\].*add the setting"):
         Variants.from_dict(old)
+
+
+def test_int_in_is_an_argparse_type_with_a_range():
+    parse = S.int_in(1, 100, "n")
+    assert parse("7") == 7
+    for bad in ("0", "101", str(2 ** 64), "x", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be an integer from 1 to 100"):
+            parse(bad)
+    assert parse.__name__ == "n"

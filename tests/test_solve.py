@@ -1,5 +1,8 @@
+import io
 import math
+import pickle
 
+import numpy as np
 import pytest
 import torch
 from helpers import (
@@ -659,3 +662,126 @@ def test_given_maps_no_point_can_agree_with_are_never_reported_converged():
         sol = ca.solve([torch.randn(2, 4, 4, dtype=torch.float64), None, None], h, "dual", given={1: grid, 2: region},
                        strict=False, max_iter=200)
     assert not bool(sol.info["converged"].any())
+
+
+# ------------------------------------------------------------------ ordinary Python and PyTorch objects
+
+
+def _filled(sol):
+    """Every field of a Solution, read (the lazy ones computed)."""
+    return [sol.probs, sol.duals, sol.violation, sol.objective, sol.dual_objective]
+
+
+def _same(a, b):
+    if isinstance(a, (list, tuple)):
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            _same(x, y)
+    elif a is None:
+        assert b is None
+    else:
+        torch.testing.assert_close(a.detach(), b.detach(), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("method", ca.METHODS)
+@pytest.mark.parametrize("read_first", [False, True])
+def test_solutions_pickle_and_torch_save_round_trips_them(method, read_first):
+    """Before: exact and learned_dual stored a closure for their lazy duals, which pickle
+    refuses.  Round trips with the lazy fields read before and after pickling."""
+    inst = random_instance("2d-3lvl-unequal", batch=2)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    kw = {"duals": [torch.randn(s, dtype=torch.float64) for s in inst.h.shapes[1:]]} \
+        if method == "learned_dual" else {}
+    sol = ca.solve(scores, inst.h, method, temperature=inst.temps, **kw)
+    reference = ca.solve(inst.scores, inst.h, method, temperature=inst.temps, **kw)
+    if read_first:
+        _filled(sol)
+    back = pickle.loads(pickle.dumps(sol))
+    buffer = io.BytesIO()
+    torch.save(sol, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=False)  # a Solution is a Python object, not only tensors
+    for copy in (back, saved):
+        assert copy.method == sol.method and copy.temperature == sol.temperature
+        _same(_filled(copy), _filled(reference))
+    assert not any(callable(v) and getattr(v, "__closure__", None) for v in vars(back).values())
+
+
+def test_a_solution_with_a_tensor_temperature_pickles():
+    inst = random_instance("2d-2lvl", batch=2)
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+    sol = ca.solve(inst.scores, inst.h, "exact", temperature=tau)
+    back = pickle.loads(pickle.dumps(sol))
+    _same(back.duals, sol.duals)
+    _same(back.objective, sol.objective)
+
+
+@pytest.mark.parametrize("method", ["softmax", "exact", "dual", "learned_dual"])
+@pytest.mark.parametrize("make", [np.float32, np.float16, np.float64, lambda t: np.array(t, dtype=np.float32),
+                                  lambda t: np.array([t, 2 * t], dtype=np.float32)])
+def test_numpy_temperatures_give_the_answer_of_python_floats(method, make):
+    inst = random_instance("2d-2lvl", batch=2)
+    temperature = make(0.7)
+    as_floats = [float(t) for t in np.broadcast_to(np.asarray(temperature, dtype=np.float64), (2,))]
+    kw = {"duals": [torch.randn(inst.h.shapes[1], dtype=torch.float64)]} if method == "learned_dual" else {}
+    got = ca.solve(inst.scores, inst.h, method, temperature=temperature, **kw)
+    want = ca.solve(inst.scores, inst.h, method, temperature=as_floats, **kw)
+    _same(got.probs, want.probs)
+    assert got.temperature == want.temperature and all(type(t) is float for t in got.temperature)
+
+
+# torch.func: methods built of plain torch operations work under grad and jacrev; the
+# methods that are autograd Functions refuse every transform, and vmap is refused everywhere
+
+def _func_case():
+    inst = random_instance("2d-2lvl", batch=2)
+    kw = {m: ({"duals": [torch.randn(inst.h.shapes[1], dtype=torch.float64)]} if m == "learned_dual" else {})
+          for m in ca.METHODS}
+    return inst, kw
+
+
+@pytest.mark.parametrize("method", ["softmax", "learned_dual"])
+def test_torch_func_grad_and_jacrev_work_for_methods_of_plain_operations(method):
+    inst, kw = _func_case()
+    w = torch.randn_like(inst.scores[0])
+
+    def loss(x):
+        return (ca.solve([x, inst.scores[1]], inst.h, method, temperature=inst.temps, **kw[method]).probs[0]
+                * w).sum()
+
+    x = inst.scores[0].clone().requires_grad_()
+    (want,) = torch.autograd.grad(loss(x), x)
+    torch.testing.assert_close(torch.func.grad(loss)(inst.scores[0]), want)
+    jac = torch.func.jacrev(lambda x: ca.solve([x, inst.scores[1]], inst.h, method, temperature=inst.temps,
+                                               **kw[method]).probs[0])(inst.scores[0])
+    torch.testing.assert_close((jac * w.reshape(w.shape + (1,) * w.dim())).sum(tuple(range(w.dim()))), want)
+    _, tangent = torch.func.jvp(loss, (inst.scores[0],), (torch.ones_like(x),))
+    torch.testing.assert_close(tangent, (want * 1).sum())
+
+
+@pytest.mark.parametrize("method", ["exact", "dual", "cvxpylayers"])
+@pytest.mark.parametrize("transform", ["grad", "jacrev", "vmap"])
+def test_torch_func_transforms_are_refused_clearly_where_they_cannot_work(method, transform):
+    inst, kw = _func_case()
+
+    def probs(x):
+        return ca.solve([x, inst.scores[1]], inst.h, method, temperature=inst.temps, **kw[method]).probs[0]
+
+    run = {"grad": lambda: torch.func.grad(lambda x: probs(x).square().sum())(inst.scores[0]),
+           "jacrev": lambda: torch.func.jacrev(probs)(inst.scores[0]),
+           "vmap": lambda: torch.func.vmap(lambda x: probs(x.unsqueeze(0)))(inst.scores[0])}[transform]
+    what = "torch.func.vmap" if transform == "vmap" else "torch.func transforms"
+    with pytest.raises(NotImplementedError, match=rf"solve\(method='{method}'\) does not support {what}"):
+        run()
+
+
+@pytest.mark.parametrize("method", ["softmax", "learned_dual"])
+def test_vmap_is_refused_clearly_for_every_method(method):
+    inst, kw = _func_case()
+    with pytest.raises(NotImplementedError, match="does not support torch.func.vmap.*first dimension"):
+        torch.func.vmap(lambda x: ca.solve([x.unsqueeze(0), inst.scores[1][:1]], inst.h, method,
+                                           temperature=inst.temps, **kw[method]).probs[0])(inst.scores[0])
+    with pytest.raises(NotImplementedError, match="consistency_loss does not support torch.func.vmap"):
+        torch.func.vmap(lambda x: ca.consistency_loss([x.unsqueeze(0), inst.scores[1][:1]],
+                                                      [torch.zeros(inst.h.shapes[1], dtype=torch.float64)],
+                                                      inst.h))(inst.scores[0])

@@ -22,6 +22,9 @@ def test_cvx_time_estimate_uses_measured_cells():
     ({"devices": ["tpu"]}, "unknown device"),
     ({"levels": [1]}, "--levels: .*integer from 2"),
     ({"sizes": [1 << 20], "batches": [64]}, "above the .* any cell may hold"),
+    # the learned duals' training set: 2**20 instances of 5120 cells could never be allocated
+    ({"sizes": [64], "levels": [2], "batches": [1], "fit_instances": 1 << 20}, "--fit-instances 1048576: .* any cell "
+                                                                              "may hold"),
 ])
 def test_check_sweep_rejects_bad_sweeps(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -274,3 +277,61 @@ def test_every_structure_is_swept_and_a_method_that_cannot_solve_one_is_skipped_
     assert {r["structure"] for r in conv} == {"chain", "star", "axial", "grid_regions", "mixed"}
     header = read_table(str(tmp_path / "bench.csv")).header
     assert header[header.index("dual_kind") + 1] == "structure"
+
+
+def test_a_cell_whose_instance_cannot_be_allocated_is_an_error_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
+    """Before: an allocation failure while a cell's scores were made (or in the warm-up)
+    ended the command with a traceback and no row."""
+    from convex_attention.bench import sweep
+    from convex_attention.io.tables import read_table
+
+    real = sweep.generate
+
+    def out_of_memory_at_size_8(name, h, batch, **kwargs):
+        if h.shapes[0] == (8, 8):
+            raise MemoryError("Unable to allocate 8.00 EiB for an array (simulated)")
+        return real(name, h, batch, **kwargs)
+
+    monkeypatch.setattr(sweep, "generate", out_of_memory_at_size_8)
+    logged = []
+    monkeypatch.setattr(sweep, "_global_warmup", lambda config, pending: (_ for _ in ()).throw(
+        RuntimeError("DefaultCPUAllocator: can't allocate memory (simulated)")))
+    config = SweepConfig(methods=["exact", "softmax"], sizes=[8, 4], levels=[2], batches=[2], repeats=1, warmup=1,
+                         generator="gaussian")
+    rows = sweep.run_sweep(config, str(tmp_path), progress=False, log=logged.append)
+    by_size = {}
+    for r in rows:
+        by_size.setdefault(r["size"], set()).add((r["method"], r["status"]))
+    assert by_size[8] == {("exact", "error"), ("softmax", "error")}
+    assert by_size[4] == {("exact", "ok"), ("softmax", "ok")}
+    errors = [r for r in rows if r["status"] == "error"]
+    assert all(r["reason"].startswith("MemoryError: Unable to allocate") and r["shapes"] == "8x8+4x4"
+               and r["n_cells"] == 80 for r in errors)
+    assert any("the warm-up failed (RuntimeError: DefaultCPUAllocator" in m for m in logged)
+    assert len(read_table(str(tmp_path / "bench.csv")).rows) == 4
+
+
+def test_the_help_lists_the_registrys_methods_and_the_backend_tables_names():
+    """The sweep's declarations list the method and backend names without importing the core
+    (so --help stays light); they are the registry's built-ins and the backend table."""
+    from convex_attention import METHODS, cvx
+    from convex_attention.bench import config as bench_config
+
+    assert bench_config.METHOD_NAMES == METHODS
+    assert bench_config.BACKEND_NAMES == cvx.BACKENDS
+
+
+def test_the_sweep_runs_with_its_declared_thread_count_and_restores_the_callers(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep as sweep_module
+    from convex_attention.io.settings import declared
+
+    assert declared(SweepConfig)["threads"].option("threads") == "--threads"
+    assert SweepConfig().threads == 1  # one thread by default: comparable timings on a shared machine
+    seen = []
+    monkeypatch.setattr(sweep_module, "_sweep", lambda *a: seen.append(torch.get_num_threads()) or [])
+    before = torch.get_num_threads()
+    for threads in (1, 2):
+        sweep_module.run_sweep(SweepConfig(methods=("exact",), sizes=(4,), levels=(2,), threads=threads),
+                               str(tmp_path))
+        assert torch.get_num_threads() == before
+    assert seen == [1, 2]

@@ -153,3 +153,74 @@ def test_best_checkpoint_is_the_epoch_of_highest_validation_auc(tmp_path):
     for r in rows:
         assert 0 <= float(r["val_balanced_acc_at_threshold"]) <= 1 and 0 <= float(r["val_auc"]) <= 1
     assert json.load(open(os.path.join(out, "config.json")))["epochs"] == 3
+
+
+# ----------------------------------------------------------------------------- divergence says what diverged
+
+def _one_step(model, images):
+    out = model(images)
+    return out, model.loss(out, torch.zeros(len(images), dtype=torch.long))
+
+
+def test_divergence_names_broken_data_without_learning_rate_advice():
+    from convex_attention.paper.train import diagnose_divergence
+
+    model = AttentionUNet(method="exact", image_size=32, width=4, embed_channels=8).eval()
+    images = torch.randn(2, 4, 32, 32)
+    images[1, 0, 3, 3] = float("nan")
+    out, loss = _one_step(model, images)
+    err = diagnose_divergence(model, images, out, loss, "at epoch 1, step 1", updated=True, lr=1e-3)
+    assert "the training images hold NaN or Inf at epoch 1, step 1" in str(err) and "data are broken" in str(err)
+    assert not err.lr_may_help and "learning rate" not in str(err)
+
+
+def test_divergence_blames_the_learning_rate_only_after_an_update():
+    from convex_attention.paper.train import diagnose_divergence
+
+    model = AttentionUNet(method="exact", image_size=32, width=4, embed_channels=8).eval()
+    images = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():  # finite weights whose logits overflow
+        model.classifier.weight.fill_(3e38)
+        model.classifier.bias.fill_(torch.finfo(torch.float32).max)
+    out, loss = _one_step(model, images)
+    before = diagnose_divergence(model, images, out, loss, "at epoch 1, step 1", updated=False, lr=1e-3)
+    assert "the model's logits" in str(before) and "before any update" in str(before)
+    assert not before.lr_may_help and "learning rate" not in str(before)
+    after = diagnose_divergence(model, images, out, loss, "at epoch 2, step 3", updated=True, lr=1e-3)
+    assert after.lr_may_help and "a smaller learning rate may help (lr 0.001)" in str(after)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    weights = diagnose_divergence(model, images, out, loss, "at epoch 2, step 3", updated=True, lr=1e-3)
+    assert "the weights became NaN or Inf at epoch 2, step 3" in str(weights) and weights.lr_may_help
+
+
+def test_training_on_images_with_nan_stops_saying_so(tmp_path):
+    """Before: 'non-finite loss nan ...; lower --lr', whatever the cause."""
+    from convex_attention.paper.train import TrainingDiverged
+
+    train_set, val_set = SyntheticLesions(8, 32), SyntheticLesions(4, 32)
+
+    class Broken(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(train_set)
+
+        def __getitem__(self, i):
+            image, label, mask = train_set[i]
+            return image * float("nan"), label, mask
+
+    with pytest.raises(TrainingDiverged, match="training images hold NaN or Inf at epoch 1, step 1") as err:
+        train(TrainConfig.build(out=str(tmp_path / "a"), epochs=1, **{**TINY, "n_train": 8, "n_val": 4}),
+              datasets=(Broken(), val_set))
+    assert not err.value.lr_may_help
+
+
+def test_evaluation_of_non_finite_outputs_reports_no_number():
+    from convex_attention.paper.models import NonFiniteOutput
+    from convex_attention.paper.train import evaluate
+
+    model = AttentionUNet(method="exact", image_size=32, width=4, embed_channels=8)
+    with torch.no_grad():
+        model.classifier.weight.fill_(3e38)
+        model.classifier.bias.fill_(torch.finfo(torch.float32).max)
+    with pytest.raises(NonFiniteOutput, match="logits .* hold NaN or Inf"):
+        evaluate(model, SyntheticLesions(4, 32))

@@ -55,6 +55,49 @@ def test_temperatures_per_level_never_per_sample():
     assert all(v.requires_grad for v in views)
 
 
+@pytest.mark.parametrize("value", [np.float64(0.7), np.float32(0.7), np.float16(0.7), np.int64(2), np.int32(3),
+                                   np.array(0.7, dtype=np.float32), np.array(2)])
+def test_every_real_scalar_type_is_a_temperature_with_its_float_value(value):
+    """Before: numpy's float32 and float16 (not subclasses of float) were refused."""
+    assert V.check_temperatures(value, 3) == [float(value)] * 3
+
+
+def test_numpy_arrays_give_one_temperature_per_level():
+    assert V.check_temperatures(np.array([0.5, 2.0], dtype=np.float32), 2) == [0.5, 2.0]
+    assert V.check_temperatures([np.float16(0.5), np.float32(2.0)], 2) == [0.5, 2.0]
+    with pytest.raises(ValueError, match=r"shape \(\) .* or \(2,\).*never per sample"):
+        V.check_temperatures(np.ones(3), 2)
+    with pytest.raises(ValueError, match="never per sample"):
+        V.check_temperatures(np.ones((2, 1)), 2)
+    with pytest.raises(TypeError, match="real numbers, got a numpy array of dtype complex128"):
+        V.check_temperatures(np.ones(2, dtype=complex), 2)
+    with pytest.raises(TypeError, match="bool"):
+        V.check_temperatures(np.array([True, False]), 2)
+    for not_a_number in (np.bool_(True), True, [np.bool_(True), 1.0], [1j, 1.0]):
+        with pytest.raises(TypeError):
+            V.check_temperatures(not_a_number, 2)
+    with pytest.raises(ValueError, match="positive"):
+        V.check_temperatures(np.float32(-1.0), 2)
+
+
+def test_active_transforms_reads_the_torch_func_stack():
+    assert V.active_transforms() == set()
+    seen = []
+
+    def record(x):
+        seen.append(V.active_transforms())
+        return x.sum()
+
+    torch.func.grad(record)(torch.ones(2))
+    torch.func.vmap(record)(torch.ones(2, 2))
+    assert seen == [{"grad"}, {"vmap"}]
+    with pytest.raises(NotImplementedError, match="does not support torch.func.vmap"):
+        torch.func.vmap(lambda x: (V.check_transforms("f", True), x)[1])(torch.ones(2, 2))
+    with pytest.raises(NotImplementedError, match="does not support torch.func transforms"):
+        torch.func.grad(lambda x: (V.check_transforms("f", False), x.sum())[1])(torch.ones(2))
+    torch.func.grad(lambda x: (V.check_transforms("f", True), x.sum())[1])(torch.ones(2))  # allowed
+
+
 def test_the_accepted_ranges_follow_the_compute_dtype():
     lo32, hi32 = V.temperature_range(torch.float32)
     assert V.temperature_range(torch.bfloat16) == (lo32, hi32)

@@ -217,16 +217,19 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dataset", "brats"], "needs --data-root"),
+    (["--data", "brats"], "needs --data-root"),
     (["--difficulty", "2"], "--difficulty must be in"),
     (["--mimic-rate", "-1"], "--mimic-rate must be in"),
-    (["--dataset", "synthetic-blobs", "--mimic-rate", "2"], "--mimic-rate applies to --dataset synthetic"),
-    (["--dataset", "synthetic-brightest", "--image-size", "16"], "too small for the synthetic benchmark"),
+    (["--data", "synthetic-blobs", "--mimic-rate", "2"], "--mimic-rate applies to --data synthetic"),
+    (["--data", "synthetic-brightest", "--image-size", "16"], "too small for the synthetic benchmark"),
     (["--image-size", "16"], "too small for the synthetic benchmark"),
     (["--n", "5"], "at least 20 images"),
+    (["--n", str(10 ** 12)], "argument --n: must be an integer from 1 to 10000000"),
+    (["--image-size", "100000"], "argument --image-size: must be an integer from 1 to 8192"),
+    (["--n", "1000000", "--image-size", "8192"], "pixels per channel and set, above"),
     (["--attention-bacc", "0.9"], "needs both --attention-bacc and --uniform-bacc"),
     (["--attention-bacc", "1.9", "--uniform-bacc", "0.5"], "--attention-bacc must be a balanced accuracy"),
-    (["--cache-dir", "x"], "--cache-dir applies to --dataset brats only"),
+    (["--cache-dir", "x"], "--cache-dir applies to --data brats only"),
     (["--mimic-types", "ring"], "invalid choice"),
     (["--difficulty", "nan"], "finite"),
 ])
@@ -241,7 +244,7 @@ def test_data_check_out_and_data_errors(tmp_path, capsys):
     assert run(["data", "check", "--out", str(tmp_path / "file")]) == 2
     assert "is a file" in capsys.readouterr().err
     os.makedirs(tmp_path / "empty")
-    assert run(["data", "check", "--dataset", "brats", "--data-root", str(tmp_path / "empty")]) == 2
+    assert run(["data", "check", "--data", "brats", "--data-root", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert "empty dataset" in err and "--data-root" in err and "Traceback" not in err
 
@@ -252,7 +255,7 @@ def test_data_check_on_brats_reports_the_brain_mask_control(tmp_path, capsys):
 
     root = str(tmp_path / "brats")
     _write_fake_brats(root, [f"Brats18_P_{i}" for i in range(10)], tumour_slices=(1, 2, 3))
-    code = run(["data", "check", "--dataset", "brats", "--data-root", root, "--image-size", "48",
+    code = run(["data", "check", "--data", "brats", "--data-root", root, "--image-size", "48",
                 "--val-fraction", "0.5", "--min-tumour-area", "100", "--cache-dir", str(tmp_path / "c")])
     text = capsys.readouterr().out
     assert code == 1  # the fake pieces differ in width: the outline alone gives the label away
@@ -280,3 +283,16 @@ def test_run_checks_includes_the_brain_mask_check_only_with_brain_masks(rim):
     assert [r.name for r in with_brain] == ["location_free", "pixel_map", "maps_drive_ranking", "uniform_attention",
                                             "brain_mask"]
     assert not with_brain[2].ran and with_brain[3].passed and with_brain[4].ran
+
+
+def test_the_data_source_is_named_data_in_train_experiment_and_data_check(capsys):
+    """One flag for the data source everywhere; `--data` is matched exactly (never taken as a
+    prefix of --data-root or --data-seed) and the old `--dataset` is refused."""
+    parser = cli.build_parser()
+    for argv in (["data", "check"], ["train"], ["experiment"]):
+        args = parser.parse_args(argv + ["--data", "synthetic-blobs"])
+        assert args.data == "synthetic-blobs", argv
+    args = parser.parse_args(["data", "check", "--data", "brats", "--data-root", "r"])
+    assert (args.data, args.data_root) == ("brats", "r")
+    assert run(["data", "check", "--dataset", "synthetic"]) == 2
+    assert "unrecognized arguments: --dataset" in capsys.readouterr().err

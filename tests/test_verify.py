@@ -56,7 +56,7 @@ def test_kkt_residual_is_zero_at_the_exact_pair_only():
     assert kkt_residual(sol.probs, [d + torch.randn_like(d) for d in sol.duals], scores, h, [0.5, 2.0]) > 1e-3
 
 
-def test_load_solver_by_module_name():
+def test_load_solver_by_module_name():  # the same function in the solver's own process
     fn = load_solver("convex_attention.bench.verify:kkt_residual")
     assert fn is kkt_residual
 
@@ -105,8 +105,14 @@ def test_solver_labels_never_clash_with_builtin_parts():
 @pytest.mark.parametrize("body, message", [
     ("raise ZeroDivisionError('boom')", "raised ZeroDivisionError: boom"),
     ("sys.exit(0)", "called sys.exit(0)"),
-    ("return None", "raised TypeError"),
-    ("return [torch.zeros(3)] * 5", "raised ValueError: returned 5 dual tensors"),
+    ("raise GeneratorExit", "raised GeneratorExit"),
+    ("return None", "returned a NoneType, not a list of 1 dual tensors"),
+    ("return [torch.zeros(3)] * 5", "returned 5 dual tensors, expected 1"),
+    ("return [torch.zeros((2, 2, 2), dtype=torch.complex128)]", "duals[0] has dtype torch.complex128; duals must be "
+                                                                "real floating tensors"),
+    ("return [torch.zeros((2, 2, 2), dtype=torch.int64)]", "duals[0] has dtype torch.int64"),
+    ("return [[0.0] * 4]", "duals[0] is a builtins.list, not a torch.Tensor"),
+    ("return [torch.zeros(8, dtype=torch.float64)]", "duals[0] has shape (8,), expected (2, 2, 2)"),
 ])
 def test_a_crashing_solver_is_a_failed_check_and_its_checks_did_not_run(body, message):
     namespace = {"sys": sys, "torch": torch}
@@ -119,6 +125,16 @@ def test_a_crashing_solver_is_a_failed_check_and_its_checks_did_not_run(body, me
     assert len(skipped) == 7 and all(r.status == "skipped" and not r.passed for r in skipped)
     assert all(r.passed for r in results if r.check.startswith(("exact.", "reference.", "cvxpylayers")))
     assert not all_passed(results)
+
+
+def test_ctrl_c_in_this_process_stops_the_run_even_inside_a_solver_called_here():
+    """In the caller's own process a KeyboardInterrupt cannot be told from Ctrl-C: it stops
+    the run (the command runs the solver in a process of its own, where it is a failed row)."""
+    def interrupted(scores, h, temps):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        verify_instances(_instances(), dual_solver=interrupted, progress=False, backends=ONE)
 
 
 def test_a_check_that_did_not_run_never_passes():
@@ -193,21 +209,67 @@ def test_write_csv_is_atomic_and_has_the_status_columns(tmp_path, monkeypatch):
 @pytest.mark.parametrize("body, message", [
     ("sys.exit(0)", "called sys.exit(0)"),
     ("raise RuntimeError('solver exploded')", "raised RuntimeError: solver exploded"),
+    ("raise KeyboardInterrupt", "raised KeyboardInterrupt"),
+    ("os._exit(0)", "ended its process with exit status 0 without returning"),
+    ("ctypes.string_at(0)", "was killed by SIGSEGV without returning"),
+    ("time.sleep(600)", "did not return within 2 s (--timeout); its process was stopped"),
+    ("return [torch.zeros((2, 2, 2), dtype=torch.complex64)]", "duals[0] has dtype torch.complex64; duals must be "
+                                                               "real floating tensors"),
 ])
-def test_cli_solver_that_exits_or_crashes_exits_1_with_one_line_and_writes_the_csv(tmp_path, capsys, body,
-                                                                                      message, monkeypatch):
+def test_cli_solver_that_exits_crashes_hangs_or_lies_exits_1_with_one_line_and_writes_the_csv(tmp_path, capfd, body,
+                                                                                                message, monkeypatch):
+    """Before: a solver that called os._exit(0) ended verify itself with exit status 0, no
+    table and no verify.csv.  The solver now runs in a process of its own."""
     monkeypatch.setattr(verify_mod, "random_instances", lambda n, seed, quick: _instances(1))
     solver = tmp_path / "bad_solver.py"
-    solver.write_text(f"import sys\ndef bad(scores, h, temps):\n    {body}\n")
+    solver.write_text(f"import ctypes, os, sys, time\nimport torch\ndef bad(scores, h, temps):\n    {body}\n")
     out = str(tmp_path / "v")
     code = _run(["verify", "--quick", "--no-progress", "--out", out, "--dual-solver", f"{solver}:bad",
-                 "--backends", "diffcp-clarabel"])
-    captured = capsys.readouterr()
+                 "--backends", "diffcp-clarabel", "--timeout", "2"])
+    captured = capfd.readouterr()
     assert code == 1
     assert "Traceback" not in captured.out + captured.err
     assert [line for line in captured.out.splitlines() if "bad.run" in line][0].endswith(message)
     rows = read_rows(os.path.join(out, "verify.csv"))
-    assert {r["check"]: r["status"] for r in rows}["bad.run"] == "error"
+    status = {r["check"]: r["status"] for r in rows}
+    assert status["bad.run"] == "error" and status["bad.duality_gap"] == "skipped"
+    assert status["exact.duality_gap"] == "pass"  # the verifier itself went on
+
+
+def test_cli_verifies_a_correct_solver_file_in_its_own_process(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(verify_mod, "random_instances", lambda n, seed, quick: _instances(1))
+    solver = tmp_path / "good.py"
+    solver.write_text("import convex_attention as ca\ndef mine(scores, h, temps):\n    print('hello from the solver')\n"
+                      "    return ca.solve(scores, h, 'dual', temperature=temps, tol=1e-11).duals\n")
+    code = _run(["verify", "--quick", "--no-progress", "--out", str(tmp_path / "v"), "--dual-solver",
+                 f"{solver}:mine", "--backends", "diffcp-clarabel"])
+    captured = capfd.readouterr()
+    assert code == 0, captured.out
+    assert "mine.duality_gap" in captured.out and "hello from the solver" not in captured.out
+    assert "hello from the solver" in captured.err
+
+
+def test_ctrl_c_stops_verify_with_a_message_that_fits_it_and_stops_the_solvers_process(tmp_path, capsys, monkeypatch):
+    from convex_attention.bench import isolation
+
+    closed = []
+    real_close = isolation.IsolatedSolver.close
+    monkeypatch.setattr(isolation.IsolatedSolver, "close",
+                        lambda self: (closed.append(self._process), real_close(self)))
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify_mod, "verify_instances", interrupted)
+    solver = tmp_path / "s.py"
+    solver.write_text("def f(scores, h, temps):\n    return []\n")
+    code = _run(["verify", "--quick", "--no-progress", "--out", str(tmp_path / "v"), "--dual-solver", f"{solver}:f"])
+    err = capsys.readouterr().err
+    assert code == 130
+    assert err.strip() == ("convex-attention verify: interrupted; no check result was written (verify.csv is written "
+                           "when every instance is done)")
+    assert "--resume" not in err and not os.path.exists(tmp_path / "v" / "verify.csv")
+    assert any(p is not None for p in closed)
 
 
 def read_rows(path):
@@ -223,6 +285,12 @@ def read_rows(path):
     (lambda d: ["--dual-solver", str(d / "s.py") + ":VALUE"], "is a int, not a function"),
     (lambda d: ["--dual-solver", str(d / "raises.py") + ":f"], "importing"),
     (lambda d: ["--dual-solver", str(d / "exits.py") + ":f"], "called sys.exit(3)"),
+    (lambda d: ["--dual-solver", str(d / "ends.py") + ":f"], "ended its process with exit status 0"),
+    (lambda d: ["--timeout", "0"], "argument --timeout: must be a finite number in (0, 86400], got 0.0"),
+    (lambda d: ["--timeout", "inf"], "argument --timeout"),
+    (lambda d: ["--n", "0"], "argument --n: must be an integer from 1 to 100000"),
+    (lambda d: ["--n", str(10 ** 12)], "argument --n"),
+    (lambda d: ["--seed", str(2 ** 64)], "argument --seed: must be an integer from 0 to 4294967295"),
     (lambda d: ["--dual-solver", "no_such_module_xyz:f"], "No module named"),
     (lambda d: ["--dual-solver", ":f"], "module:function"),
     (lambda d: ["--backends", "gurobi"], "option backend must be one of"),
@@ -237,6 +305,7 @@ def test_cli_usage_errors_exit_2_before_any_work(tmp_path, capsys, make_argv, me
     (tmp_path / "s.py").write_text("VALUE = 3\ndef f(*a):\n    pass\n")
     (tmp_path / "raises.py").write_text("1 / 0\n")
     (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "ends.py").write_text("import os\nos._exit(0)\n")
     argv = ["verify", "--quick", "--no-progress", "--out", str(tmp_path / "ok")] + make_argv(tmp_path)
     assert _run(argv) == 2
     err = capsys.readouterr().err

@@ -27,11 +27,10 @@ from ..io.settings import (
     normalise_settings,
     setting,
 )
-from ..methods import METHODS, REGISTRY
 
-__all__ = ["SweepConfig", "check_sweep", "quick_sweep", "SCALE_MAX", "DTYPES", "GENERATOR_NAMES", "MAX_ELEMENTS",
-           "MIN_FIT_INSTANCES", "STRUCTURES", "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure",
-           "structure_maps", "structure_cells"]
+__all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "fit_instances", "quick_sweep", "SCALE_MAX", "DTYPES",
+           "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES", "BACKEND_NAMES", "STRUCTURES",
+           "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure", "structure_maps", "structure_cells"]
 
 # Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
 # float16 (largest finite value 65504) included, far from overflow.
@@ -91,7 +90,19 @@ def check_structure(structure: str, size: int, dims: int, levels: int = 2, facto
                          f"regions): each size must be a multiple of {REGION_FACTOR}, at least {2 * REGION_FACTOR}; "
                          f"got {size}")
 
-_BACKEND_NAMES = Choice(lambda: _backends())
+
+#: The built-in methods (:data:`convex_attention.METHODS`) and cvxpylayers backends
+#: (:data:`convex_attention.cvx.BACKENDS`) by name, for the help only: the registry and the
+#: backend table import torch, and building the parser (``--help``) must not.  The checks
+#: ask the registry and the table themselves; tests/test_sweep.py keeps these lists equal.
+METHOD_NAMES = ("softmax", "exact", "cvxpylayers", "dual", "learned_dual")
+BACKEND_NAMES = ("diffcp-clarabel", "diffcp-scs", "moreau", "cuclarabel", "mpax")
+
+
+def _registry() -> dict:
+    from ..methods import REGISTRY  # the core's registry, which brings torch: loaded when a value is checked
+
+    return REGISTRY
 
 
 def _backends() -> tuple:
@@ -100,12 +111,27 @@ def _backends() -> tuple:
     return BACKENDS
 
 
+def fit_instances(config: SweepConfig, n_cells: int) -> int:
+    """Training instances of a cell of ``n_cells`` cells: ``fit_instances``, fewer where
+    ``fit_max_values`` caps instances × cells (never fewer than :data:`MIN_FIT_INSTANCES`)."""
+    if config.fit_max_values is None:
+        return config.fit_instances
+    return max(min(config.fit_instances, config.fit_max_values // n_cells), min(MIN_FIT_INSTANCES,
+                                                                                  config.fit_instances))
+
+
+_METHOD_NAMES = Choice(lambda: tuple(_registry()), listed=METHOD_NAMES)
+_BACKEND_NAMES = Choice(lambda: _backends(), listed=BACKEND_NAMES)
+
+
 def _check_cells(config: SweepConfig) -> None:
     """Every size divides through its levels (or its structure's grids), and every cell's
-    scores fit in memory."""
+    scores (and the training instances of the learned duals) fit in memory."""
     for structure, size, levels, dims in itertools.product(config.structures, config.sizes, config.levels,
                                                            config.dims):
         check_structure(structure, size, dims, levels, config.factor)
+    registry = _registry()
+    learned = any(registry[m].needs_duals for m in config.methods if m in registry)
     for structure, size, levels, dims, batch in itertools.product(config.structures, config.sizes, config.levels,
                                                                   config.dims, config.batches):
         cells = structure_cells(structure, size, dims, levels, config.factor)
@@ -114,6 +140,12 @@ def _check_cells(config: SweepConfig) -> None:
             raise ValueError(f"batch {batch} x {cells} cells (size {size}, {dims}-D, {shape}) is "
                              f"{batch * cells:.3g} values per tensor, above the {MAX_ELEMENTS:.3g} any cell may hold; "
                              f"use smaller --sizes, --dims or --batch")
+        train = fit_instances(config, cells)
+        if learned and train * cells > MAX_ELEMENTS:
+            raise ValueError(f"--fit-instances {config.fit_instances}: {train} training instances x {cells} cells "
+                             f"(size {size}, {dims}-D, {shape}) is {train * cells:.3g} values, above the "
+                             f"{MAX_ELEMENTS:.3g} any cell may hold; use a smaller --fit-instances or set "
+                             f"--fit-max-values")
 
 
 @dataclass
@@ -128,7 +160,7 @@ class SweepConfig:
     no cap.
     """
 
-    methods: tuple = setting(METHODS, Many(Choice(lambda: tuple(REGISTRY)), distinct=True), "methods to run")
+    methods: tuple = setting(METHOD_NAMES, Many(_METHOD_NAMES, distinct=True), "methods to run")
     structures: tuple = setting(("chain",), Many(Choice(STRUCTURES), distinct=True),
                                 "structure families: chain (levels of grids), star (4 maps of side N onto one of side "
                                 "N/4), axial (a map onto its rows and columns), grid_regions (a map onto its grid of "
@@ -159,6 +191,10 @@ class SweepConfig:
     repeats: int = setting(10, Int(low=1, high=100_000), "timed repetitions per method and cell")
     warmup: int = setting(3, Int(low=1, high=100_000),
                           "untimed repetitions per cell (after one global warm-up before the first cell)")
+    threads: int = setting(1, Int(low=1, high=1024),
+                           "torch threads the sweep computes with, recorded in bench.json and on every figure; one "
+                           "thread keeps the timings comparable on a shared machine, where threads wait on each "
+                           "other")
     budget: float = setting(60.0, Real(low=0.0, high=1e7, low_open=True),
                             "seconds a cvxpylayers cell may take (estimated from the cells measured so far); cells "
                             "over it are recorded as skipped with the estimate")
@@ -194,6 +230,23 @@ class SweepConfig:
                 yield {"structure": structure, "generator": self.generator, "scale": float(self.scale),
                        "dims": int(dims), "size": int(size), "levels": int(maps), "batch": int(batch),
                        "temperature": float(temp), "dtype": dtype, "device": device, "seed": int(self.seed)}
+
+
+@dataclass
+class VerifyConfig:
+    """``convex-attention verify``'s settings: how many random instances, their seed, and
+    how long a user's dual solver may take per instance (it runs in a process of its own,
+    :mod:`convex_attention.bench.isolation`; past ``timeout`` that process is stopped and
+    the instance fails)."""
+
+    n: int = setting(24, Int(low=1, high=100_000), "number of random instances")
+    seed: int = setting(0, SEED, "seed of the random instances")
+    timeout: float = setting(60.0, Real(low=0.0, high=86_400.0, low_open=True),
+                             "seconds one instance's call of --dual-solver may take (and its module to import); "
+                             "past it the solver's process is stopped and the instance's checks fail")
+
+    def __post_init__(self):
+        normalise_settings(self)
 
 
 def quick_sweep(**given) -> SweepConfig:

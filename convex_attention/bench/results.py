@@ -4,7 +4,9 @@
   and types (read with :func:`convex_attention.io.tables.read_rows`);
 * :func:`row_key` / :func:`row_id`: a row's identity (its sweep cell and series);
 * :class:`ResultsWriter`: the sweep's one writer, committing row by row atomically; a row
-  replaces an earlier row with the same key, so ``--resume`` is idempotent.
+  replaces an earlier row with the same key, so ``--resume`` is idempotent.  It never
+  discards finished rows without a word: a folder that holds rows is refused
+  (:class:`FinishedRows`) unless the run resumes them or was told to start over.
 
 The columns, units and meaning of every file are documented in docs/results_format.md.
 Hold :func:`convex_attention.io.lock.results_lock` while a writer is alive.
@@ -18,13 +20,13 @@ import json
 import os
 from dataclasses import asdict, is_dataclass
 
-from ..io.environment import environment
+from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import atomic_csv, atomic_write_text, clean_stale_tmp, csv_field, json_safe, row_checksum
-from ..io.tables import Schema, read_rows
+from ..io.tables import ResultsFormatError, Schema, read_rows
 from .config import STRUCTURES
 
-__all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
-           "DUAL_KINDS", "STATUSES", "row_key", "row_id", "OUTPUTS"]
+__all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows", "existing_rows", "check_start_over",
+           "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "OUTPUTS"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
 KEY_FIELDS = ("method", "backend", "dual_kind", "structure", "generator", "scale", "dims", "size", "levels", "batch",
@@ -83,6 +85,55 @@ def row_id(row: dict) -> str:
     return hashlib.sha1(chr(31).join(row_key(row)).encode("utf-8")).hexdigest()[:12]
 
 
+class FinishedRows(ValueError):
+    """A results folder holds an earlier bench's rows, and the run was told neither to
+    resume them nor to start over (the message names both)."""
+
+
+def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
+    """What an earlier bench left in ``out_dir``: ``(rows, finished rows, problem)`` from
+    ``bench.csv`` (or, without it, ``bench.json``); ``problem`` says why the file could
+    not be read (its rows then count as unknown, 0)."""
+    csv_path, json_path = os.path.join(out_dir, "bench.csv"), os.path.join(out_dir, "bench.json")
+    if os.path.exists(csv_path):
+        try:
+            rows, problems = read_rows(csv_path, BENCH_SCHEMA)
+        except ResultsFormatError as err:
+            return 0, 0, str(err)
+        finished = sum(r["status"] in ("ok", "skipped") for r in rows)
+        return len(rows) + len(problems), finished, None
+    if os.path.exists(json_path):
+        try:
+            with open(json_path, encoding="utf-8") as f:
+                rows = json.load(f).get("rows")
+        except (OSError, ValueError, AttributeError) as err:
+            return 0, 0, f"{json_path}: not readable JSON ({' '.join(str(err).split())[:200]})"
+        if not isinstance(rows, list):
+            return 0, 0, f"{json_path}: no list of rows"
+        return len(rows), sum(isinstance(r, dict) and r.get("status") in ("ok", "skipped") for r in rows), None
+    return 0, 0, None
+
+
+def check_start_over(out_dir: str, resume: bool, overwrite: bool) -> None:
+    """FinishedRows when ``out_dir`` holds an earlier bench's rows (or a results table that
+    cannot be read) and the run neither resumes nor overwrites them; ValueError when it is
+    asked to do both."""
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite contradict each other: --resume keeps the finished rows, "
+                         "--overwrite discards them; pass one")
+    if resume or overwrite:
+        return
+    rows, finished, problem = existing_rows(out_dir)
+    if problem is not None:
+        raise FinishedRows(f"{out_dir} holds the results of an earlier bench that cannot be read ({problem}); "
+                           f"pass --overwrite to replace them and start over (--resume cannot read them either), or "
+                           f"choose another --out")
+    if rows:
+        raise FinishedRows(f"{out_dir} holds {rows} row(s) of an earlier bench ({finished} finished) in bench.csv; "
+                           f"pass --resume to keep them and measure only the rest, or --overwrite to discard them "
+                           f"and start over (or choose another --out)")
+
+
 class ResultsWriter:
     """``bench.csv``, ``bench.json`` and ``convergence.csv`` of one results folder.
 
@@ -96,11 +147,17 @@ class ResultsWriter:
         out_dir: the results folder.
         config: the sweep configuration (a dataclass; stored in bench.json).
         device_env: the device whose environment bench.json records.
-        resume: keep the folder's readable rows; otherwise start empty files.
+        resume: keep the folder's readable rows; rows that cannot be read, error rows and
+            duplicated rows (every copy) are measured again, and the files are rewritten at
+            once without the dropped rows, so bench.csv and bench.json agree.
         log: where reports of left-out rows and stale files go.
+        overwrite: without ``resume``, discard an earlier bench's rows and start empty
+            files; without either, a folder that holds rows is refused
+            (:class:`FinishedRows`, before anything is written).
     """
 
-    def __init__(self, out_dir: str, config, device_env: str, resume: bool, log=print):
+    def __init__(self, out_dir: str, config, device_env: str, resume: bool, log=print, overwrite: bool = False):
+        check_start_over(out_dir, resume, overwrite)
         self.out_dir = out_dir
         os.makedirs(out_dir, exist_ok=True)
         self.csv_path = os.path.join(out_dir, "bench.csv")
@@ -116,22 +173,37 @@ class ResultsWriter:
         stale = clean_stale_tmp(out_dir, OUTPUTS)
         if stale:
             log(f"removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}: {', '.join(stale)}")
+        self.runs: list[dict] = []  # the earlier runs into this folder (resume): their load and threads
         if resume:
             self._load()
+            self.runs = self._earlier_runs()
         self.env = environment(device_env)
+        self._started, self._load_start, self._committed = now_utc(), load_average(), 0
         self.config = asdict(config) if is_dataclass(config) else dict(config or {})
-        if not resume:
+        if not resume or self.problems:
+            # a fresh start, or rows were dropped: the files hold exactly the kept rows from now on
             self._flush(convergence=True)
 
     def _load(self) -> None:
         rows, problems = read_rows(self.csv_path, BENCH_SCHEMA)
+        if not os.path.exists(self.csv_path):  # the rows are read from bench.csv: say what bench.json held
+            held, _, unreadable = existing_rows(self.out_dir)
+            if held or unreadable:
+                problems.append(f"bench.csv is missing and bench.json {'cannot be read' if unreadable else ''}"
+                                f"{f'holds {held} row(s)' if held else ''}: its rows are dropped")
+        copies: dict[tuple, int] = {}
+        for r in rows:
+            copies[row_key(r)] = copies.get(row_key(r), 0) + 1
+        reported: set = set()
         for r in rows:
             key = row_key(r)
-            if key in self._rows:
-                problems.append(f"bench.csv: a duplicate row of {r['method']} {r.get('backend') or ''} "
-                                f"{r.get('dual_kind') or ''} cell {r['cell']}: the later one is kept")
-                del self._rows[key]  # the later row takes the later place
-            self._store(r)
+            if copies[key] == 1:
+                self._store(r)
+            elif key not in reported:  # which copy is right is not known: every one is dropped
+                reported.add(key)
+                what = " ".join(x for x in (r["method"], r.get("backend") or "", r.get("dual_kind") or "") if x)
+                problems.append(f"bench.csv: {copies[key]} rows of {what} cell {r['cell']} (the same row more than "
+                                f"once): every copy is dropped")
         conv, conv_problems = read_rows(self.conv_path, CONVERGENCE_SCHEMA)
         ok_ids = {r["row_id"] for r in self._rows.values() if r["status"] == "ok"}
         orphans = 0
@@ -145,7 +217,23 @@ class ResultsWriter:
                                  f"committed are dropped")
         self.problems = problems + conv_problems
         for p in self.problems:
-            self.log(f"resume: {p}; that row is recomputed")
+            self.log(f"resume: {p}; it is recomputed where this sweep includes its cell")
+
+    def _earlier_runs(self) -> list[dict]:
+        """The ``runs`` record of the bench.json being resumed (empty for an older or
+        unreadable file: the figures then say the load of those rows was not recorded)."""
+        try:
+            with open(self.json_path, encoding="utf-8") as f:
+                runs = json.load(f).get("runs", [])
+        except (OSError, ValueError, AttributeError):
+            return []
+        return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+
+    def run_records(self) -> list[dict]:
+        """Every run into this folder, this one last: its start, its latest commit (its end,
+        once it is done), the load average at both, its torch threads and the rows it
+        committed."""
+        return self.runs + [run_record(self._started, self._load_start, rows=self._committed)]
 
     @property
     def rows(self) -> list[dict]:
@@ -170,6 +258,7 @@ class ResultsWriter:
         stored["row_id"] = row_id(stored)
         stored["checksum"] = row_checksum([csv_field(stored[c]) for c in COLUMNS if c != "checksum"])
         self._store(stored)
+        self._committed += 1
         changed = False
         if convergence is not None:
             self._conv[stored["row_id"]] = [{**{c: r.get(c) for c in CONVERGENCE_COLUMNS if c != "checksum"},
@@ -201,12 +290,12 @@ class ResultsWriter:
         self._row_json[key] = json.dumps(json_safe(row), allow_nan=False)
 
     def _json(self) -> dict:
-        return {"environment": self.env, "config": self.config, "columns": list(COLUMNS), "rows": self.rows,
-                **self.extra}
+        return {"environment": self.env, "runs": self.run_records(), "config": self.config, "columns": list(COLUMNS),
+                "rows": self.rows, **self.extra}
 
     def _json_text(self) -> str:
         """Strict JSON of :meth:`_json`, one row per line."""
-        meta = {"environment": self.env, "config": self.config, "columns": list(COLUMNS)}
+        meta = {"environment": self.env, "runs": self.run_records(), "config": self.config, "columns": list(COLUMNS)}
         parts = [f" {json.dumps(k)}: {json.dumps(json_safe(v), allow_nan=False)}" for k, v in meta.items()]
         parts.append(' "rows": [' + ",".join("\n  " + self._row_json[k] for k in self._rows) + "\n ]")
         parts += [f" {json.dumps(str(k))}: {json.dumps(json_safe(v), allow_nan=False)}" for k, v in self.extra.items()]

@@ -32,7 +32,7 @@ from ..io.lock import results_lock
 from ..methods import get_method
 from ..solve import solve
 from .cases import amortised_case, make_case, shape_str, timed_case
-from .config import MIN_FIT_INSTANCES, SweepConfig, check_sweep
+from .config import MIN_FIT_INSTANCES, SweepConfig, check_sweep, fit_instances
 from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
 from .results import (
@@ -49,7 +49,7 @@ from .timing import measure_interleaved, peak_memory_mb
 
 __all__ = ["SweepConfig", "run_sweep", "check_sweep", "COLUMNS", "CONVERGENCE_COLUMNS", "DUAL_KINDS",
            "KEY_FIELDS", "hierarchy_for", "row_key", "cvx_estimate", "SLOPE_RANGE", "MIN_SIZE_SPREAD",
-           "resolve_backends", "fit_instances"]
+           "resolve_backends", "fit_instances", "MIN_FIT_INSTANCES"]
 
 # The budget's cost model: a log-log fit of the measured cells of one backend is trusted
 # only over a spread of sizes (largest / smallest problem) of at least MIN_SIZE_SPREAD, and
@@ -184,19 +184,35 @@ def _is_reference(name) -> bool:
 # ----------------------------------------------------------------------------- the sweep
 
 def run_sweep(config: SweepConfig, out_dir: str, resume: bool = False, progress: bool = True, log=print,
-              wait: bool = False) -> list[dict]:
+              wait: bool = False, overwrite: bool = False) -> list[dict]:
     """Run the sweep into ``out_dir``; returns every row (finished earlier ones included
     when resuming).
 
-    Holds the folder's lock (:func:`convex_attention.io.lock.results_lock`) throughout: a second run into
-    the same folder raises :class:`~.results.ResultsLocked`, or waits with ``wait``.
+    A folder that holds an earlier bench's rows needs ``resume`` (keep them, measure the
+    rest) or ``overwrite`` (discard them, start over); without either it is refused with
+    :class:`~.results.FinishedRows` before anything is measured or written.  Holds the
+    folder's lock (:func:`convex_attention.io.lock.results_lock`) throughout: a second run
+    into the same folder raises :class:`~.results.ResultsLocked`, or waits with ``wait``.
+    A cell that fails (out of memory included) becomes error rows with the reason; the
+    sweep goes on.  Computes with ``config.threads`` torch threads (the caller's count is
+    restored afterwards).
     """
-    from tqdm.auto import tqdm
-
     check_sweep(config)
     backends = resolve_backends(config) if any(_has_backends(get_method(m)) for m in config.methods) else []
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)  # the declared count, recorded with the run (not the machine's default)
+    try:
+        return _sweep(config, out_dir, resume, progress, log, wait, backends, overwrite)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log, wait: bool,
+           backends: list[str], overwrite: bool = False) -> list[dict]:
+    from tqdm.auto import tqdm
+
     with results_lock(out_dir, command="bench", wait=wait, log=log):
-        writer = ResultsWriter(out_dir, config, config.devices[0], resume, log=log)
+        writer = ResultsWriter(out_dir, config, config.devices[0], resume, log=log, overwrite=overwrite)
         done = writer.done()
         pending = []
         for index, cell in enumerate(config.cells()):
@@ -208,7 +224,10 @@ def run_sweep(config: SweepConfig, out_dir: str, resume: bool = False, progress:
         else:
             stopped = False
         if pending:
-            writer.set_extra(warmup_s=_global_warmup(config, pending))
+            try:
+                writer.set_extra(warmup_s=_global_warmup(config, pending))
+            except _CELL_FAILURES as err:  # the cells report it: the first one fails the same way
+                log(f"the warm-up failed ({_reason(err)}); each cell reports its own errors")
         bar = tqdm(pending, desc="bench", unit="cell", disable=not progress, dynamic_ncols=True)
         for index, cell, todo in bar:
             bar.set_postfix_str(f"{cell['structure']} {cell['dims']}-D {cell['size']}^{cell['dims']} "
@@ -251,10 +270,26 @@ class _Cell:
     weights: list  # the linear loss's weights, like scores
 
 
+# What a cell may fail with and still be an error row, not a traceback: out of memory (torch's
+# RuntimeError, numpy's and Python's MemoryError), a solver's refusal or arithmetic failure.
+_CELL_FAILURES = (RuntimeError, ValueError, ArithmeticError, MemoryError)
+
+
+def _reason(err: BaseException) -> str:
+    return " ".join(f"{type(err).__name__}: {err}".split())[:300]
+
+
 def _run_cell(config: SweepConfig, cell: dict, index: int, todo: list[dict], writer: ResultsWriter) -> None:
     """Measure the pending rows of one cell: the fast methods timed together, then the
-    reference solver per backend under the time budget."""
-    c = _prepare_cell(config, cell, index)
+    reference solver per backend under the time budget.  Whatever of it fails becomes
+    error rows with the reason (``--resume`` retries them); a method that cannot solve the
+    cell's structure is a skipped row whose reason is the registry's refusal."""
+    try:
+        c = _prepare_cell(config, cell, index)
+    except _CELL_FAILURES as err:  # the instance itself could not be made (e.g. allocated)
+        for r in todo:
+            writer.commit({**_cell_columns(config, cell, index), **r, "status": "error", "reason": _reason(err)})
+        return
     unsolvable = []
     for r in todo:
         try:
@@ -267,14 +302,24 @@ def _run_cell(config: SweepConfig, cell: dict, index: int, todo: list[dict], wri
     if fast:
         try:
             _measure_fast(config, c, fast, writer)
-        except (RuntimeError, ValueError, ArithmeticError) as err:  # out of memory, a solver's refusal
+        except _CELL_FAILURES as err:  # out of memory, a solver's refusal
             done = writer.done()
             for r in fast:  # the cell's other rows still run; --resume retries these
                 if row_key(r) not in done:
-                    writer.commit({**c.base, **r, "status": "error", "reason": f"{type(err).__name__}: {err}"[:300]})
+                    writer.commit({**c.base, **r, "status": "error", "reason": _reason(err)})
     for r in todo:
         if _has_backends(get_method(r["method"])):
-            writer.commit({**c.base, **_reference_row(config, c, r, writer.rows)})
+            try:
+                row = _reference_row(config, c, r, writer.rows)
+            except _CELL_FAILURES as err:
+                row = {**r, "status": "error", "reason": _reason(err)}
+            writer.commit({**c.base, **row})
+
+
+def _cell_columns(config: SweepConfig, cell: dict, index: int) -> dict:
+    """The columns every row of a cell shares (without allocating its instance)."""
+    h = hierarchy_for(cell, config.factor)
+    return {**cell, "cell": index, "shapes": shape_str(h), "n_cells": sum(h.sizes)}
 
 
 def _prepare_cell(config: SweepConfig, cell: dict, index: int) -> _Cell:
@@ -287,21 +332,12 @@ def _prepare_cell(config: SweepConfig, cell: dict, index: int) -> _Cell:
     g = torch.Generator().manual_seed(config.seed + 7)
     weights = [torch.randn(s.shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype) for s in scores64]
     scores = [s.to(device=device, dtype=dtype, copy=True).requires_grad_() for s in scores64]  # never alias scores64
-    base = {**cell, "cell": index, "shapes": shape_str(h), "n_cells": sum(h.sizes)}
+    base = _cell_columns(config, cell, index)
     return _Cell(index, cell, h, base, device, dtype, temps, scores64, reference64, certified, scores, weights)
 
 
 def _generator_kwargs(config: SweepConfig) -> dict:
     return {"checkpoint": config.checkpoint} if config.generator == "model" else {}
-
-
-def fit_instances(config: SweepConfig, n_cells: int) -> int:
-    """Training instances of a cell of ``n_cells`` cells: ``fit_instances``, fewer where
-    ``fit_max_values`` caps instances × cells (never fewer than :data:`MIN_FIT_INSTANCES`)."""
-    if config.fit_max_values is None:
-        return config.fit_instances
-    return max(min(config.fit_instances, config.fit_max_values // n_cells), min(MIN_FIT_INSTANCES,
-                                                                                  config.fit_instances))
 
 
 def _training_scores(config: SweepConfig, h: Hierarchy) -> list[torch.Tensor]:

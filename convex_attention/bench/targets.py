@@ -19,14 +19,14 @@ import torch
 
 from ..cvx import available_backends
 from ..hierarchy import Hierarchy
-from ..io.environment import environment
+from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import atomic_csv, write_json
 from ..methods import get_method
 from .cases import make_case, shape_str
 from .timing import measure_interleaved, peak_memory_mb
 
-__all__ = ["core_benchmark", "amortised_targets", "format_targets", "AMORTISED_TARGETS", "CORE_COLUMNS",
-           "RATIO_STATISTIC"]
+__all__ = ["core_benchmark", "plot_core_record", "amortised_targets", "format_targets", "AMORTISED_TARGETS",
+           "CORE_COLUMNS", "RATIO_STATISTIC"]
 
 RATIO_STATISTIC = "median over repetitions of forward+backward time (total_ms)"
 CORE_COLUMNS = ("method", "backend", "status", "reason", "shapes", "batch", "dtype", "device", "fwd_ms", "fwd_ms_q1",
@@ -64,6 +64,7 @@ def core_benchmark(batch: int = 64, shapes=((64, 64), (32, 32)), cvx_shapes=((32
         ran); ``backend_ratios`` the last ratio per backend.
     """
     backends = list(available_backends() if backends is None else backends)
+    started, load_start = now_utc(), load_average()
     h = Hierarchy.grid([tuple(s) for s in shapes])
     main = ("softmax", "exact", "learned_dual")
     cases = {m: make_case(m, h, batch, dtype, device) for m in main}
@@ -98,7 +99,7 @@ def core_benchmark(batch: int = 64, shapes=((64, 64), (32, 32)), cvx_shapes=((32
     targets = {"exact/softmax": ("<=", 3.0), "exact/learned_dual+loss": ("<=", 1.0), CVX_RATIO: (">=", 1e4)}
     log(_format(rows, ratios, targets, backend_ratios, fastest))
     out = {"rows": rows, "ratios": ratios, "targets": targets, "backend_ratios": backend_ratios,
-           "fastest_backend": fastest, "statistic": RATIO_STATISTIC}
+           "fastest_backend": fastest, "statistic": RATIO_STATISTIC, "runs": [run_record(started, load_start)]}
     if out_dir:
         _write(out, out_dir, device)
     return out
@@ -135,14 +136,25 @@ def _write(out: dict, out_dir: str, device) -> None:
     os.makedirs(out_dir, exist_ok=True)
     env = environment(device)
     atomic_csv(os.path.join(out_dir, "bench_core.csv"), CORE_COLUMNS, out["rows"])
-    write_json(os.path.join(out_dir, "bench_core.json"),
-               {"rows": out["rows"], "ratios": out["ratios"], "statistic": out["statistic"],
-                "targets": {k: list(v) for k, v in out["targets"].items()}, "backend_ratios": out["backend_ratios"],
-                "fastest_backend": out["fastest_backend"], "environment": env})
+    record = {"rows": out["rows"], "ratios": out["ratios"], "statistic": out["statistic"],
+              "targets": {k: list(v) for k, v in out["targets"].items()}, "backend_ratios": out["backend_ratios"],
+              "fastest_backend": out["fastest_backend"], "environment": env, "runs": out["runs"]}
+    write_json(os.path.join(out_dir, "bench_core.json"), record)
+    plot_core_record(record, os.path.join(out_dir, "bench_core.png"))
+
+
+def plot_core_record(record: dict, path: str) -> str:
+    """The core benchmark's figure from its record (``bench_core.json``): what :func:`core_benchmark`
+    draws after measuring, and ``benchmarks/bench_core.py --plot-only`` redraws.  The footer
+    carries the record's environment and runs (the load average at the start and end; an
+    older record without them says so)."""
     from .plots import plot_core_benchmark
 
-    plot_core_benchmark([r for r in out["rows"] if r["status"] == "ok"], out["ratios"],
-                        os.path.join(out_dir, "bench_core.png"), env)
+    env = record.get("environment")
+    if isinstance(env, dict) and isinstance(record.get("runs"), list):
+        env = {**env, "runs": record["runs"]}
+    return plot_core_benchmark([r for r in record["rows"] if r.get("status", "ok") == "ok"], record["ratios"], path,
+                               env)
 
 
 # ----------------------------------------------------------------------------- sweep targets

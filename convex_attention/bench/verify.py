@@ -29,12 +29,17 @@ distance its certificate allows) and its duals' objective (``.dual_gap_vs_cvxpy`
 ``(g(λ) − f*) / max(1, |f*|)`` <= ``accept_tol`` + the reference's own tolerance).
 
 A user's own dual solver can be verified with ``dual_solver``: a callable
-``(scores, h, temperatures) -> duals`` (``L-1`` tensors ``(B, *h.shapes[k+1])``); its rows
-carry its name (:func:`solver_label`).
+``(scores, h, temperatures) -> duals`` (``L-1`` real floating tensors ``(B, *h.shapes[k+1])``:
+anything else fails with the reason), called in this process, or an
+:class:`~.isolation.IsolatedSolver`, which runs it in a process of its own with a timeout per
+instance (what ``convex-attention verify --dual-solver`` does: a solver that exits,
+crashes, hangs or is killed then fails its rows, and cannot end or fool the verifier); its
+rows carry its name (:func:`solver_label`).
 
 Every requested check gets a row (:class:`CheckResult`) with a ``status``: ``pass``,
-``fail`` (ran, error above tolerance or NaN), ``error`` (the part it belongs to raised or
-called ``sys.exit``: one ``<part>.run`` row with the exception in one line) or
+``fail`` (ran, error above tolerance or NaN), ``error`` (the part it belongs to raised,
+called ``sys.exit``, returned something that is not duals or, isolated, ended its process,
+crashed or ran past its timeout: one ``<part>.run`` row with the reason in one line) or
 ``skipped`` (requested but not run, because a part it needs failed).  Only ``pass`` counts
 as passed, so a check that did not run never passes.  Rows of status ``info`` are
 measurements reported beside the checks, not checks: they neither pass nor fail.  Backends that cannot run here (not
@@ -42,10 +47,7 @@ installed) are not requested by default; :func:`backend_skips` says why, in one 
 """
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
-import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
@@ -69,6 +71,7 @@ from ..io.files import atomic_csv
 from ..methods import get_method
 from ..solve import solve
 from .generators import generate, random_parents
+from .isolation import IsolatedSolver, SolverFailed, describe, load_solver, returned_duals
 from .structures import random_structure
 
 __all__ = ["TOLERANCES", "CheckResult", "COLUMNS", "verify_instances", "random_instances", "load_solver",
@@ -161,49 +164,20 @@ def _irregular(kind: str, g: torch.Generator, quick: bool) -> Hierarchy:
     return Hierarchy.from_parents(sizes, random_parents(sizes, g))
 
 
-def load_solver(spec: str) -> Callable:
-    """``module:function`` or ``path/to/file.py:function`` -> the callable.
-
-    Raises ValueError (a usage error) for a malformed spec, a missing file or function,
-    something not callable, or a module that fails to import (whatever it raises,
-    ``sys.exit`` included): no check has run yet.
-    """
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"--dual-solver must look like module:function or file.py:function, got {spec!r}")
-    target, name = spec.rsplit(":", 1)
-    if not target or not name:
-        raise ValueError(f"--dual-solver must look like module:function or file.py:function, got {spec!r}")
-    try:
-        if target.endswith(".py"):
-            if not os.path.isfile(target):
-                raise ValueError(f"--dual-solver file {target!r} does not exist")
-            module_spec = importlib.util.spec_from_file_location("user_dual_solver", target)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(target)
-    except ValueError:
-        raise
-    except (SystemExit, Exception) as exc:  # the user's code: anything may come out of it
-        raise ValueError(f"--dual-solver: importing {target!r} failed: {_describe(exc)}") from None
-    if not hasattr(module, name):
-        raise ValueError(f"{target} has no function {name!r}")
-    fn = getattr(module, name)
-    if not callable(fn):
-        raise ValueError(f"--dual-solver {spec!r} is a {type(fn).__name__}, not a function")
-    return fn
-
-
 # Row prefixes the built-in parts use; a user's solver with one of these names is renamed.
 _RESERVED = ("dual", "exact", "reference", "cvxpylayers")
 
 
-def solver_label(fn: Callable | None) -> str:
+def solver_label(fn: Callable | IsolatedSolver | str | None) -> str:
     """The row prefix of a dual solver: ``"dual"`` for the built-in one, else the
-    function's name (``"user:<name>"`` where it would clash with a built-in part)."""
+    function's name (an :class:`IsolatedSolver`'s, or ``fn`` itself when it is a name;
+    ``"user:<name>"`` where it would clash with a built-in part)."""
     if fn is None:
         return "dual"
-    name = str(getattr(fn, "__name__", "") or type(fn).__name__).strip("<>")  # "<lambda>" -> "lambda"
+    if isinstance(fn, IsolatedSolver):
+        fn = fn.name
+    raw = fn if isinstance(fn, str) else getattr(fn, "__name__", "") or type(fn).__name__
+    name = str(raw).strip("<>")  # "<lambda>" -> "lambda"
     name = "".join(c if c.isalnum() or c in "_-" else "_" for c in name) or "custom"
     return f"user:{name}" if name in _RESERVED or name.startswith("cvxpylayers") else name
 
@@ -228,15 +202,6 @@ def backend_skips(backends=None) -> list[str]:
         if reason is not None:
             lines.append(f"skipped cvxpylayers[{name}]: {reason} (not a failure; no check of it ran)")
     return lines
-
-
-def _describe(exc: BaseException) -> str:
-    """An exception in one line, no traceback."""
-    if isinstance(exc, SystemExit):
-        return f"called sys.exit({exc.code!r})"
-    text = " ".join(str(exc).split())
-    text = text if len(text) <= 300 else text[:297] + "..."
-    return f"raised {type(exc).__name__}" + (f": {text}" if text else "")
 
 
 def _default_dual_solver(scores, h, temps):
@@ -274,9 +239,10 @@ class _Rows:
         self.results.append(CheckResult(self.index, self.case, check, float(err), float(t), bool(err <= t), status,
                                         message))
 
-    def broke(self, part: str, checks, exc: BaseException, tols: dict | None = None) -> None:
-        """``part`` raised: one error row, and its checks listed as not run."""
-        why = _describe(exc)
+    def broke(self, part: str, checks, exc: BaseException | str, tols: dict | None = None) -> None:
+        """``part`` raised (or failed for the reason ``exc``): one error row, and its checks
+        listed as not run."""
+        why = exc if isinstance(exc, str) else describe(exc)
         self.add(f"{part}.run", math.nan, math.nan, "error", why)
         for c in checks:
             self.add(f"{part}.{c}", math.nan, (tols or {}).get(c, math.nan), "skipped", f"not run: {part} {why}")
@@ -293,15 +259,20 @@ class _Reference:
     scale: float
 
 
-def verify_instances(instances, dual_solver: Callable | None = None, tolerances: dict | None = None,
+def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = None, tolerances: dict | None = None,
                      progress: bool = True, backends=None, solver_name: str | None = None) -> list[CheckResult]:
     """Run every check on every instance; returns one :class:`CheckResult` per check.
 
     Args:
         instances: ``(name, h, scores, temps)`` tuples (:func:`random_instances`).
-        dual_solver: ``(scores, h, temps) -> duals``; default: the built-in ``"dual"``
-            method at ``tol=1e-11``.  Whatever it raises (or a ``sys.exit``) becomes a
-            failed ``<label>.run`` row, and its checks are listed as skipped.
+        dual_solver: ``(scores, h, temps) -> duals``, called in this process, or an
+            :class:`~.isolation.IsolatedSolver` (started; its own process, a timeout per
+            instance); default: the built-in ``"dual"`` method at ``tol=1e-11``.  Whatever
+            it raises (``sys.exit`` and every other ``BaseException`` included, except a
+            ``KeyboardInterrupt`` in this process, which is Ctrl-C and stops the run), a
+            return value that is not one real floating tensor per edge of the documented
+            shape, and, isolated, an ended, crashed, killed or late process become a
+            failed ``<label>.run`` row with the reason, and its checks are listed as skipped.
         backends: the ``cvxpylayers`` backends to check (:func:`check_backends`).
         solver_name: the rows' prefix for ``dual_solver`` (default :func:`solver_label`).
     """
@@ -404,7 +375,7 @@ def _check_backends(rows: _Rows, h: Graph, scores, temps, ref: _Reference, backe
         with torch.no_grad():
             return solve(scores, h, cvx_method, temperature=temps), None
     except (SystemExit, Exception) as exc:
-        return None, f"not run: {cvx_method}[{DEFAULT_BACKEND}] {_describe(exc)}"
+        return None, f"not run: {cvx_method}[{DEFAULT_BACKEND}] {describe(exc)}"
 
 
 def _compare(rows: _Rows, part: str, probs, duals, ref: _Reference, layer: _Layer, tol: dict) -> None:
@@ -423,26 +394,41 @@ def _check_dual_solver(rows: _Rows, label: str, dual_solver, h: Graph, scores, t
                        layer: _Layer, tol: dict) -> None:
     """The dual solver under test (the user's code: anything may come out of it)."""
     B = scores[0].shape[0]
-    coarse = [h.shapes[b] for _, b in h.edges]  # each edge's dual is shaped like its coarse map
     try:
-        raw = list(dual_solver(scores, h, temps))
-        if len(raw) != h.num_edges:
-            raise ValueError(f"returned {len(raw)} dual tensors, expected {h.num_edges}, one per edge "
-                             f"(shapes {[(B,) + s for s in coarse]})")
-        lam = [torch.as_tensor(d, dtype=torch.float64).reshape((B,) + coarse[e]) for e, d in enumerate(raw)]
+        found = _solver_duals(dual_solver, scores, h, temps)
+        lam = [torch.from_numpy(d) for d in found]
         lam = [d - d.reshape(B, -1).mean(1).view((B,) + (1,) * (d.dim() - 1)) for d in lam]
         p_dual = reparameterized_probs(scores, lam, h, temps)
-    except (SystemExit, Exception) as exc:
-        rows.broke(label, _SOLVER_CHECKS, exc, {"primal_vs_cvxpy": tol["primal"], "duals_vs_cvxpy": tol["duals"],
-                                                "primal_vs_layer": tol["primal"], "duals_vs_layer": tol["duals"],
-                                                "duality_gap": tol["gap"], "kkt_stationarity": tol["kkt"],
-                                                "feasibility": tol["feasibility"]})
+    except (SolverFailed, SystemExit, Exception) as exc:
+        rows.broke(label, _SOLVER_CHECKS, str(exc) if isinstance(exc, SolverFailed) else exc,
+                   {"primal_vs_cvxpy": tol["primal"], "duals_vs_cvxpy": tol["duals"],
+                    "primal_vs_layer": tol["primal"], "duals_vs_layer": tol["duals"],
+                    "duality_gap": tol["gap"], "kkt_stationarity": tol["kkt"], "feasibility": tol["feasibility"]})
         return
     _compare(rows, label, p_dual, lam, ref, layer, tol)
     gap = (metrics.dual_objective(scores, lam, h, temps) - ref.f_star) / ref.f_star.abs().clamp(min=1)
     rows.add(f"{label}.duality_gap", float(gap.abs().max()), tol["gap"])
     rows.add(f"{label}.kkt_stationarity", kkt_residual(ref.probs, lam, scores, h, temps), tol["kkt"])
     rows.add(f"{label}.feasibility", float(metrics.violation(p_dual, h).max()), tol["feasibility"])
+
+
+def _solver_duals(dual_solver, scores, h: Graph, temps) -> list:
+    """The duals of one instance as float64 arrays (:func:`~.isolation.returned_duals`);
+    SolverFailed with the reason otherwise."""
+    if isinstance(dual_solver, IsolatedSolver):
+        return dual_solver.solve(scores, h, temps)
+    try:
+        raw = dual_solver(scores, h, temps)
+    except KeyboardInterrupt:
+        raise  # in this process, Ctrl-C cannot be told from the solver's own: the run stops
+    except BaseException as exc:  # noqa: BLE001 - sys.exit, GeneratorExit, ...: a failed row
+        raise SolverFailed(describe(exc)) from None
+    try:
+        return returned_duals(raw, h, scores[0].shape[0])
+    except ValueError as err:
+        raise SolverFailed(str(err)) from None
+    except Exception as exc:  # noqa: BLE001 - what it returned misbehaved when read
+        raise SolverFailed(f"returned a value that {describe(exc)} when read") from None
 
 
 def _check_exact(rows: _Rows, h: Graph, scores, temps, ref: _Reference, layer: _Layer, tol: dict) -> None:
@@ -506,7 +492,7 @@ def _check_gradients(rows: _Rows, h: Graph, scores, temps, tol: dict, report_lay
         layer_grads = torch.autograd.grad(loss(x, list(temps), "cvxpylayers"), x)
         along = float(sum((gr * d).sum() for gr, d in zip(layer_grads, direction)))
     except (SystemExit, Exception) as exc:
-        rows.add(part, math.nan, math.nan, "info", f"not a check: the layer's backward {_describe(exc)}")
+        rows.add(part, math.nan, math.nan, "info", f"not a check: the layer's backward {describe(exc)}")
         return
     rows.add(part, relative(along, fd_scores), math.nan, "info",
              "cvxpylayers' own gradient against the same finite differences (not a check)")

@@ -2,7 +2,8 @@
 
 * :mod:`.bench`: ``bench``, ``verify``, ``plot``, ``demo`` (the benchmark harness);
 * :mod:`.paper`: ``train``, ``explain``, ``experiment`` (the paper's experiment);
-* :mod:`._common`: usage errors and argument types.
+* :mod:`._common`: usage errors, output options and the extras each subcommand needs (checked
+  in :func:`main` before any work).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import argparse
 import sys
 
 from .. import __version__
-from ._common import CommandParser, UsageError
+from ._common import CommandParser, UsageError, missing_extra
 from .bench import BENCH_HANDLERS, EXAMPLES, add_bench_commands
 from .data import DATA_HANDLERS, add_data_commands
 from .paper import EXPERIMENT_HANDLERS, add_experiment_commands
@@ -38,6 +39,11 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {**BENCH_HANDLERS, **EXPERIMENT_HANDLERS, **DATA_HANDLERS}
+    command = args.command + (f" {args.data_command}" if args.command == "data" else "")
+    missing = missing_extra(command)  # at the door: before any option is checked or any work starts
+    if missing:
+        print(f"convex-attention {command}: error: {missing}", file=sys.stderr)
+        return 2
     try:
         return handlers[args.command](args)
     except UsageError as err:
@@ -45,8 +51,21 @@ def main(argv=None) -> int:
         print(f"convex-attention {args.command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; finished rows are kept (rerun with --resume)", file=sys.stderr)
+        print(f"convex-attention {args.command}: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
         return 130
+
+
+# What Ctrl-C leaves behind, per command: resuming is advised only where there is a --resume.
+INTERRUPTED = {
+    "bench": "interrupted; the rows finished so far are kept (rerun with --resume to measure the rest)",
+    "demo": "interrupted; the bench rows finished so far are kept (convex-attention bench --quick --out OUT "
+            "--resume measures the rest); the other steps start over",
+    "verify": "interrupted; no check result was written (verify.csv is written when every instance is done)",
+    "train": "interrupted; OUT/last.pt holds the last finished epoch, if one finished (train --resume "
+             "OUT/last.pt continues from it)",
+    "experiment": "interrupted; the stage did not finish and its results are incomplete (rerun the stage; a test "
+                  "stage that started needs --force)",
+}
 
 
 if __name__ == "__main__":

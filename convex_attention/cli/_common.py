@@ -1,4 +1,5 @@
-"""What every subcommand shares: usage errors, the output options and the output folder check.
+"""What every subcommand shares: usage errors, the output options, the output folder check,
+and the optional dependencies each subcommand needs (checked at the door, before any work).
 
 The argument types (``positive_int`` and the others) are the settings' kinds
 (:mod:`convex_attention.io.settings`), so an option and a configuration field of the
@@ -7,10 +8,25 @@ same setting accept the same values.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 
 from ..io.files import check_out_dir
 
-__all__ = ["CommandParser", "UsageError", "add_output_options", "show_progress", "info", "check_out"]
+__all__ = ["CommandParser", "UsageError", "add_output_options", "show_progress", "info", "check_out",
+           "COMMAND_EXTRAS", "EXTRA_MODULES", "missing_extra"]
+
+#: The modules each extra of setup.cfg ([options.extras_require]) brings, as they are imported.
+EXTRA_MODULES = {"paper": ("captum", "sklearn", "nibabel", "PIL"), "moreau": ("moreau",)}
+#: The extras each subcommand needs, checked before any work (``missing_extra``); a
+#: subcommand runs on the base install when its tuple is empty.  cvxpylayers backends are
+#: not here: one that is not installed is a skipped row (bench) or a skipped check (verify).
+COMMAND_EXTRAS = {
+    "bench": (), "verify": (), "plot": (), "demo": (),
+    "train": ("paper",),  # metrics (scikit-learn); BraTS (nibabel) and image folders (pillow) as data
+    "explain": ("paper",),  # the post-hoc attributions (captum) and the metrics
+    "experiment": ("paper",),  # all of the above, and the validity checks (scikit-learn)
+    "data check": ("paper",),  # the validity checks (scikit-learn), BraTS (nibabel)
+}
 
 
 class UsageError(ValueError):
@@ -47,3 +63,22 @@ def check_out(path: str) -> None:
         check_out_dir(path)
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported here, asked without importing it."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken install, or a finder that refuses the module
+        return False
+
+
+def missing_extra(command: str) -> str | None:
+    """What ``command`` (e.g. ``"train"``, ``"data check"``) lacks, as one line naming the
+    extra and its install command; ``None`` when everything it needs is installed."""
+    for extra in COMMAND_EXTRAS.get(command, ()):
+        missing = [m for m in EXTRA_MODULES[extra] if not _installed(m)]
+        if missing:
+            return (f"needs the [{extra}] extra, which is not installed (missing: {', '.join(missing)}); install "
+                    f"it with: pip install 'convex-attention[{extra}]' (in a checkout: pip install -e '.[{extra}]')")
+    return None

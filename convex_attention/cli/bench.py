@@ -12,8 +12,8 @@ import statistics
 import sys
 import time
 
-from ..bench.config import SweepConfig, quick_sweep
-from ..io.settings import SEED, add_options, given_settings, positive_int
+from ..bench.config import SweepConfig, VerifyConfig, quick_sweep
+from ..io.settings import add_options, given_settings
 from ._common import UsageError, add_output_options, check_out, info, show_progress
 
 __all__ = ["add_bench_commands", "BENCH_HANDLERS", "EXAMPLES"]
@@ -25,9 +25,10 @@ examples:
   convex-attention bench --sizes 32 64 128 --levels 2 3 4 --batch 16 64 --dims 2 3 \\
                          --dtype float32 float64 --out results/big --budget 120
   convex-attention bench --out results/big --resume # continue an interrupted sweep
+  convex-attention bench --quick --out results --overwrite  # discard the rows of an earlier run, start over
   convex-attention bench --structure star axial grid_regions mixed --sizes 16 32 64 --levels 2 --out results/graphs
   convex-attention verify --n 30 --seed 1           # exits 1 if any check fails
-  convex-attention verify --dual-solver my_solver.py:solve_duals
+  convex-attention verify --dual-solver my_solver.py:solve_duals --timeout 30
   convex-attention plot results                     # figures into results/figures/
 """
 
@@ -53,12 +54,18 @@ def _add_bench(sub) -> None:
                     "the network), and the per-sample optimum; cvxpylayers is reported once per backend. "
                     "Medians come with their quartiles. Rows are committed one by one (atomically) to "
                     "OUT/bench.csv and OUT/bench.json (format: docs/results_format.md); one run writes into a "
-                    "folder at a time (OUT/results.lock).")
+                    "folder at a time (OUT/results.lock). A folder that already holds rows needs --resume (keep "
+                    "them) or --overwrite (start over). A cell that fails, out of memory included, is recorded "
+                    "as error rows with the reason, and the sweep goes on.")
     add_options(b, SweepConfig)
     b.add_argument("--out", default="results", help="results folder (default: results)")
     b.add_argument("--resume", action="store_true",
-                   help="keep OUT's finished rows and measure only the rest (error rows and unreadable rows are "
-                        "measured again and replaced)")
+                   help="keep OUT's finished rows and measure only the rest (error rows, unreadable rows and "
+                        "duplicated rows are measured again and replaced)")
+    b.add_argument("--overwrite", action="store_true",
+                   help="discard the rows an earlier bench left in OUT and start over; without --resume or "
+                        "--overwrite a folder that holds rows is refused (exit 2), so finished rows are never "
+                        "discarded without a word")
     b.add_argument("--wait", action="store_true",
                    help="if another run writes into OUT, wait for it instead of stopping")
     b.add_argument("--quick", action="store_true",
@@ -66,14 +73,6 @@ def _add_bench(sub) -> None:
                         "docs/benchmarks.md states its measured wall time); options given with it replace its "
                         "settings")
     add_output_options(b)
-
-
-def _seed(text: str) -> int:
-    """An argparse type: a seed (an integer from 0 to 2**32 - 1)."""
-    try:
-        return SEED.parse(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def _add_verify(sub) -> None:
@@ -88,17 +87,20 @@ def _add_verify(sub) -> None:
                     "gradient error reported beside them (not a check); check every cvxpylayers backend "
                     "(cvxpylayers[<backend>].* rows) against the CVXPY reference. Prints pass/fail per check "
                     "with the measured error and writes OUT/verify.csv. Exit status: 0 only when every check "
-                    "ran and passed; 1 when a check failed or did not run (the solver under test raised or "
-                    "called sys.exit: reported as a failed check, verify.csv still written); 2 for usage errors. "
+                    "ran and passed; 1 when a check failed or did not run (the solver under test raised, exited, "
+                    "crashed, ran past --timeout or returned something that is not duals: reported as failed "
+                    "checks with the reason, verify.csv still written); 2 for usage errors. Ctrl-C stops the run "
+                    "and writes nothing. "
                     "Backends that are not installed are skipped with a line saying so, and are not failures.")
-    v.add_argument("--n", type=positive_int, default=24, help="number of random instances (default: 24)")
-    v.add_argument("--seed", type=_seed, default=0, help="seed of the random instances (default: 0)")
+    add_options(v, VerifyConfig)
     v.add_argument("--quick", action="store_true", help="one small instance of every kind (10)")
     v.add_argument("--dual-solver", default=None, metavar="SPEC",
                    help="verify your own dual solver: module:function or file.py:function, called as "
-                        "f(scores, h, temperatures) -> list of one dual tensor per edge e = (a, b) of h, "
-                        "(B, *h.shapes[b]) (on a chain L-1 tensors (B, *h.shapes[k+1])); its rows "
-                        "are named after the function (default: none, the package's own dual solver)")
+                        "f(scores, h, temperatures) -> list of real floating dual tensors, one per edge e = (a, b) "
+                        "of h, (B, *h.shapes[b]) (on a chain L-1 tensors (B, *h.shapes[k+1])), in a process of its "
+                        "own (a solver that raises, exits, crashes, hangs past --timeout or returns anything else "
+                        "fails its checks, with the reason); its rows are named after the function (default: none, "
+                        "the package's own dual solver)")
     v.add_argument("--backends", nargs="+", default=None, metavar="B",
                    help="cvxpylayers backends to check (default: every installed one); one named here that is "
                         "not installed is a usage error")
@@ -110,26 +112,38 @@ def _add_plot(sub) -> None:
     p = sub.add_parser(
         "plot", help="figures (PNG and PDF) from a results folder",
         description="Reads RESULTS/bench.csv, convergence.csv and example.npz and writes, as PNG and PDF: "
-                    "time per sample vs problem size (log-log, 2-D and 3-D apart, forward and backward, "
-                    "interquartile bars, fitted slopes in the legend); violation per method and compute dtype "
-                    "with each dtype's rounding floor; the speed-up of exact over each cvxpylayers backend; "
-                    "the speed-consistency trade-off (time per sample vs held-out violation, Pareto front); "
-                    "the dual solver's convergence; and one instance's attention maps under each method "
-                    "(one colour scale per level). Rows with unreadable values are skipped and named on "
-                    "stderr; a figure without data is not written.")
+                    "time per sample vs problem size (log-log, a panel per dimensionality and number of levels, "
+                    "forward and backward on one scale, interquartile bars, a slope only where the times follow a "
+                    "power law); violation per method, one panel per compute dtype with its machine epsilon for "
+                    "scale; the speed-up of exact over each cvxpylayers backend; the speed-consistency trade-off "
+                    "(time per sample vs held-out violation, Pareto front at the cells' dtype resolution); the dual "
+                    "solver's convergence; and one instance's attention maps under each method (one colour scale "
+                    "per level). Times whose interquartile range exceeds half the median, or that rest on fewer "
+                    "than 3 repetitions, are marked low-confidence. Every footer names the machine, the torch "
+                    "threads, the load average at the start and end of the run (or that it was not recorded) and "
+                    "the dtype; rows the sweep skipped or timed elsewhere are counted there. Rows with unreadable "
+                    "values are skipped and named on stderr; a figure without data is not written.")
     p.add_argument("results", help="results folder written by `bench`")
     p.add_argument("--out", default=None, help="figure folder (default: RESULTS/figures)")
     add_output_options(p)
 
 
+# The demo's wall time as measured (docs/benchmarks.md gives the command, machine, load and spread).
+DEMO_EXPECTED = ("about 1.5 min, as measured on a 2-core machine shared with other jobs (load average 5), 1 torch "
+                 "thread; nearly 4 min there at the lowest priority (docs/benchmarks.md)")
+
+
 def _add_demo(sub) -> None:
     d = sub.add_parser("demo", help="bench --quick, verify --quick and plot, into one folder",
-                                      description="The main job on a fresh machine: a quick benchmark sweep, a quick "
-                                   "verification and every figure (docs/benchmarks.md states its measured "
-                                   "wall time and machine).")
+                       description="The main job on a fresh machine, in three steps that it names as it goes: a "
+                                   f"quick benchmark sweep (1 torch thread), a quick verification and every figure; "
+                                   f"{DEMO_EXPECTED}.")
     d.add_argument("--out", default="results", help="results folder (default: results)")
     d.add_argument("--wait", action="store_true",
                    help="if another run writes into OUT, wait for it instead of stopping")
+    d.add_argument("--overwrite", action="store_true",
+                   help="discard the bench rows an earlier run left in OUT and start over (without it such a "
+                        "folder is refused, exit 2)")
     add_output_options(d)
 
 
@@ -163,16 +177,29 @@ def _check_sweep(config: SweepConfig) -> None:
         raise UsageError(str(err)) from err
 
 
+def _check_start_over(args, out: str) -> None:
+    """UsageError, before any work, when ``out`` holds an earlier bench's rows and neither
+    ``--resume`` nor ``--overwrite`` was given (run_sweep checks again under the lock)."""
+    from ..bench.results import check_start_over
+
+    try:
+        check_start_over(out, getattr(args, "resume", False), getattr(args, "overwrite", False))
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
 def cmd_bench(args) -> int:
     config = _sweep_config(args)
     _check_sweep(config)
     check_out(args.out)
+    _check_start_over(args, args.out)
     return _run_bench(config, args, args.out)
 
 
 def _run_bench(config: SweepConfig, args, out: str) -> int:
     """The checked sweep into ``out`` (under its lock), the example instance, the summary."""
     from ..bench.examples import save_example
+    from ..bench.results import FinishedRows
     from ..bench.sweep import run_sweep
     from ..bench.targets import amortised_targets, format_targets
     from ..io.lock import ResultsLocked, results_lock
@@ -185,16 +212,18 @@ def _run_bench(config: SweepConfig, args, out: str) -> int:
         print(f"bench: {message}", file=sys.stderr)
     try:
         with results_lock(out, command="bench", wait=getattr(args, "wait", False), log=log):
-            rows = run_sweep(config, out, resume=args.resume, progress=show_progress(args), log=log)
+            rows = run_sweep(config, out, resume=args.resume, progress=show_progress(args), log=log,
+                             overwrite=getattr(args, "overwrite", False))
             if not args.resume or not os.path.exists(os.path.join(out, "example.npz")):
                 learned = any(get_method(m).needs_duals for m in config.methods)  # λ only where they are swept
                 save_example(out, generator="lesion" if config.generator == "model" else config.generator,
                              fit_instances=config.fit_instances, fit_steps=config.fit_steps if learned else 0,
                              amortised_steps=config.amortised_steps if learned else 0)
-    except ResultsLocked as err:
+    except (ResultsLocked, FinishedRows) as err:
         raise UsageError(str(err)) from err
     except ResultsFormatError as err:
-        raise UsageError(f"{err}; rerun without --resume (it starts over) or choose another --out") from err
+        raise UsageError(f"{err}; rerun with --overwrite instead of --resume (it starts over) or choose another "
+                         f"--out") from err
     _print_bench_summary(rows)
     targets = amortised_targets(rows)
     if targets:
@@ -225,25 +254,57 @@ def _print_bench_summary(rows) -> None:
         print(f"{label:<{width}}{e['ok']:>5}{e['skipped']:>9}{e['error']:>7}{med:>20.2e}")
 
 
-def _check_verify(args):
-    """Every usage error of ``verify`` before any work: ``(solver, backends)``."""
-    from ..bench.verify import check_backends, load_solver
+def _verify_config(args) -> VerifyConfig:
+    """The settings ``verify`` was given, over the defaults; UsageError naming the option."""
+    from ..io.settings import ConfigError, check_settings
 
+    config = VerifyConfig(**given_settings(args, VerifyConfig))
     try:
-        solver = load_solver(args.dual_solver) if args.dual_solver else None
+        check_settings(config)
+    except ConfigError as err:
+        raise UsageError(f"argument --{err.field}: {err}") from None
+    return config
+
+
+def _check_verify(args):
+    """Every usage error of ``verify`` before any work: ``(config, backends)``."""
+    from ..bench.verify import check_backends
+
+    config = _verify_config(args)
+    try:
         backends = check_backends(args.backends)
     except (ValueError, ImportError) as err:  # BackendUnavailable is both
         raise UsageError(str(err)) from err
-    return solver, backends
+    return config, backends
+
+
+def _start_solver(args, config: VerifyConfig):
+    """The user's dual solver, imported in a process of its own (``None``: the built-in
+    one); UsageError when it cannot be imported (nothing has run yet)."""
+    from ..bench.isolation import IsolatedSolver
+
+    if not args.dual_solver:
+        return None
+    solver = IsolatedSolver(args.dual_solver, config.timeout)
+    try:
+        solver.start()
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    return solver
 
 
 def cmd_verify(args) -> int:
-    solver, backends = _check_verify(args)
+    config, backends = _check_verify(args)
     check_out(args.out)
-    return _run_verify(args, solver, backends)
+    solver = _start_solver(args, config)
+    try:
+        return _run_verify(args, config, solver, backends)
+    finally:
+        if solver is not None:
+            solver.close()
 
 
-def _run_verify(args, solver, backends) -> int:
+def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
     from ..bench.verify import (
         QUICK_INSTANCES,
         all_passed,
@@ -254,8 +315,8 @@ def _run_verify(args, solver, backends) -> int:
         write_csv,
     )
 
-    n = QUICK_INSTANCES if args.quick else args.n
-    results = verify_instances(random_instances(n, args.seed, quick=args.quick), dual_solver=solver,
+    n = QUICK_INSTANCES if args.quick else config.n
+    results = verify_instances(random_instances(n, config.seed, quick=args.quick), dual_solver=solver,
                                progress=show_progress(args), backends=backends)
     print(format_table(results, backend_skips(args.backends)))
     path = os.path.join(args.out, "verify.csv")
@@ -277,10 +338,10 @@ def cmd_plot(args) -> int:
                          f"{results}` first)")
     if not os.path.isdir(results):
         raise UsageError(f"results {results!r} is a file; give the folder that `bench --out` wrote")
-    inputs = sorted({source for source, _ in FIGURES.values()})
+    inputs = list(dict.fromkeys(source for source, _ in FIGURES.values()))  # bench's files first
     if not any(os.path.exists(os.path.join(results, name)) for name in inputs):
         raise UsageError(f"{results} holds no {', '.join(inputs)} to plot (run `convex-attention bench --out "
-                         f"{results}` first)")
+                         f"{results}` or benchmarks/bench_graphs.py --out {results} first)")
     out = args.out or os.path.join(results, "figures")
     check_out(out)
     return _run_plot(args, results, out)
@@ -317,20 +378,32 @@ def cmd_demo(args) -> int:
 
     parser = _bench_parser()
     output = (["--no-progress"] if args.no_progress else []) + (["--quiet"] if args.quiet else [])
-    bench_args = parser.parse_args(["bench", "--quick", "--out", args.out] + output)
+    bench_args = parser.parse_args(["bench", "--quick", "--out", args.out] + output
+                                   + (["--overwrite"] if args.overwrite else []))
     verify_args = parser.parse_args(["verify", "--quick", "--out", args.out] + output)
     config = _sweep_config(bench_args)
     _check_sweep(config)
-    solver, backends = _check_verify(verify_args)
+    verify_config, backends = _check_verify(verify_args)
     check_out(args.out)
+    _check_start_over(bench_args, args.out)
+    start = time.perf_counter()
+    info(args, f"demo: 3 steps into {args.out}/ (bench --quick, verify --quick, plot); expected: {DEMO_EXPECTED}")
+
+    def step(number: int, what: str) -> None:
+        info(args, f"demo: step {number}/3, {what} ({time.perf_counter() - start:.0f} s so far)")
     try:
         with results_lock(args.out, command="demo", wait=getattr(args, "wait", False),
                           log=lambda m: print(f"demo: {m}", file=sys.stderr)):
+            threads = f"{config.threads} torch thread" + ("s" if config.threads != 1 else "")
+            step(1, f"bench --quick: {len(list(config.cells()))} sweep cells, {threads}")
             _run_bench(config, bench_args, args.out)
-            status = _run_verify(verify_args, solver, backends)
-            _run_plot(parser.parse_args(["plot", args.out]), args.out, os.path.join(args.out, "figures"))
+            step(2, "verify --quick: the dual solutions against CVXPY and the closed form")
+            status = _run_verify(verify_args, verify_config, None, backends)
+            step(3, "plot: every figure")
+            _run_plot(parser.parse_args(["plot", args.out] + output), args.out, os.path.join(args.out, "figures"))
     except ResultsLocked as err:
         raise UsageError(str(err)) from err
+    info(args, f"demo: done in {time.perf_counter() - start:.0f} s; figures in {os.path.join(args.out, 'figures')}/")
     return status
 
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..io.settings import SEED, finite_float, positive_int
-from ..paper.config import MIMIC_SOURCES, MIMIC_TYPES, SYNTHETIC_GENERATORS
-from ..paper.data.brats import NORMALISATIONS
-from ..paper.validity import THRESHOLDS
+from ..io.settings import SEED, finite_float, int_in
+from ..paper.config import MIMIC_SOURCES, MIMIC_TYPES, NORMALISATIONS, SYNTHETIC_GENERATORS, THRESHOLDS
 from ._common import UsageError, add_output_options, check_out, info
 
 __all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS"]
@@ -49,16 +47,17 @@ def add_data_commands(sub) -> None:
                     f"mask alone, held-out balanced accuracy <= {THRESHOLDS['brain_mask']:.2f}. Exit 0 when every "
                     "check that decides and can run here holds, 1 when one fails or could not run. Writes "
                     "OUT/data_check.json with --out.")
-    c.add_argument("--dataset", default="synthetic", choices=DATASETS,
+    # --data, as in train and experiment: one name for the data source in every command
+    c.add_argument("--data", default="synthetic", choices=DATASETS,
                    help="synthetic: rim lesions among mimics (the default benchmark); synthetic-blobs: the previous "
                         "generator; synthetic-brightest: one lesion per image, label 1 when it is the brightest "
                         "structure (--mimic-rate defaults to 5 there); brats: BraTS 2018 slices (--data-root) "
                         "(default: synthetic)")
-    c.add_argument("--n", type=positive_int, default=400,
+    c.add_argument("--n", type=int_in(1, MAX_IMAGES, "n"), default=400,
                    help="images in each of the training and held-out sets (brats: at most this many slices of each "
                         "split, drawn at random) (default: 400)")
-    c.add_argument("--image-size", type=positive_int, default=64,
-                   help="image side (brats: the resize target) (default: 64)")
+    c.add_argument("--image-size", type=int_in(1, 8192, "image_size"), default=64,
+                   help="image side (brats: the resize target), at most 8192 (default: 64)")
     c.add_argument("--seed", type=_seed, default=0,
                    help="the data's seed (held-out: seed + 10000; brats: the split) (default: 0)")
     c.add_argument("--difficulty", type=finite_float, default=0.5, help="synthetic difficulty in [0, 1] (default: 0.5)")
@@ -74,7 +73,7 @@ def add_data_commands(sub) -> None:
                         "(default: volume)")
     c.add_argument("--val-fraction", type=finite_float, default=0.2,
                    help="brats: share of patients held out (default: 0.2)")
-    c.add_argument("--min-tumour-area", type=positive_int, default=None,
+    c.add_argument("--min-tumour-area", type=int_in(1, 8192 * 8192, "min_tumour_area"), default=None,
                    help="brats: slices with at most this many tumour pixels are dropped (default: 1000, the paper's)")
     c.add_argument("--attention-bacc", type=finite_float, default=None,
                    help="check (c): held-out balanced accuracy of the attention model (default: none, (c) not run)")
@@ -84,12 +83,22 @@ def add_data_commands(sub) -> None:
     add_output_options(c)
 
 
+# Images per set, and pixels of one set (n x side^2, per channel): beyond these no set's
+# tensor could be allocated on the machines this runs on.
+MAX_IMAGES = 10_000_000
+MAX_PIXELS = 2 ** 31
+
+
 def _validate(args) -> None:
     if args.n < 20:
         raise UsageError(f"--n {args.n} is too small: the checks need at least 20 images per set")
-    if args.dataset == "brats":
+    if args.n * args.image_size ** 2 > MAX_PIXELS:
+        raise UsageError(f"--n {args.n} images of {args.image_size}x{args.image_size} are "
+                         f"{args.n * args.image_size ** 2:.3g} pixels per channel and set, above the {MAX_PIXELS:.3g} "
+                         f"a set may hold; use a smaller --n or --image-size")
+    if args.data == "brats":
         if args.data_root is None:
-            raise UsageError("--dataset brats needs --data-root (the unpacked BraTS training folder)")
+            raise UsageError("--data brats needs --data-root (the unpacked BraTS training folder)")
         if args.image_size < 16:
             raise UsageError(f"--image-size {args.image_size} is too small for brats (at least 16)")
         if not 0.0 < args.val_fraction < 1.0:
@@ -98,16 +107,16 @@ def _validate(args) -> None:
         for flag, value in (("--data-root", args.data_root), ("--cache-dir", args.cache_dir),
                             ("--normalisation", args.normalisation), ("--min-tumour-area", args.min_tumour_area)):
             if value is not None:
-                raise UsageError(f"{flag} applies to --dataset brats only")
-        if args.dataset in MIMIC_SOURCES and args.image_size < 32:
+                raise UsageError(f"{flag} applies to --data brats only")
+        if args.data in MIMIC_SOURCES and args.image_size < 32:
             raise UsageError(f"--image-size {args.image_size} is too small for the synthetic benchmark "
                              f"(at least 32: lesions follow the area rule)")
-        if args.dataset == "synthetic-blobs" and args.image_size < 16:
+        if args.data == "synthetic-blobs" and args.image_size < 16:
             raise UsageError(f"--image-size {args.image_size} is too small (at least 16)")
         if not 0.0 <= args.difficulty <= 1.0:
             raise UsageError(f"--difficulty must be in [0, 1], got {args.difficulty}")
-        if args.mimic_rate is not None and args.dataset not in MIMIC_SOURCES:
-            raise UsageError(f"--mimic-rate applies to --dataset {' and '.join(MIMIC_SOURCES)} only")
+        if args.mimic_rate is not None and args.data not in MIMIC_SOURCES:
+            raise UsageError(f"--mimic-rate applies to --data {' and '.join(MIMIC_SOURCES)} only")
         if args.mimic_rate is not None and not 0.0 <= args.mimic_rate <= 8.0:
             raise UsageError(f"--mimic-rate must be in [0, 8] (mimics per lesion image), got {args.mimic_rate}")
     if (args.attention_bacc is None) != (args.uniform_bacc is None):
@@ -140,7 +149,7 @@ class _Sample:
 
 def _datasets(args):
     """``(training set, held-out set, a one-line description)``."""
-    if args.dataset == "brats":
+    if args.data == "brats":
         from ..paper.data.brats import BraTSSlices
 
         kw = dict(val_fraction=args.val_fraction, seed=args.seed, image_size=args.image_size,
@@ -153,16 +162,16 @@ def _datasets(args):
     from ..paper.data.synthetic import synthetic_dataset
 
     kw = {}
-    if args.dataset in MIMIC_SOURCES:  # the generator's own mimic rate unless one is given
+    if args.data in MIMIC_SOURCES:  # the generator's own mimic rate unless one is given
         kw = {"mimic_types": tuple(args.mimic_types),
               **({"mimic_rate": args.mimic_rate} if args.mimic_rate is not None else {})}
-    kind = SYNTHETIC_GENERATORS[args.dataset]
+    kind = SYNTHETIC_GENERATORS[args.data]
     train = synthetic_dataset(kind, args.n, args.image_size, 4, args.difficulty, seed=args.seed, **kw)
     held = synthetic_dataset(kind, args.n, args.image_size, 4, args.difficulty, seed=args.seed + 10_000, **kw)
-    if args.dataset in MIMIC_SOURCES:
+    if args.data in MIMIC_SOURCES:
         what = {"synthetic": "rim lesions among mimics",
                 "synthetic-brightest": "one lesion per image, label 1 when it is the brightest structure"}
-        text = (f"{args.dataset} ({what[args.dataset]}: mimic rate {train.mimic_rate:g}, mimic types "
+        text = (f"{args.data} ({what[args.data]}: mimic rate {train.mimic_rate:g}, mimic types "
                 f"{' '.join(train.mimic_types)}, difficulty {args.difficulty:g})")
     else:
         text = f"synthetic-blobs (the previous generator, difficulty {args.difficulty:g})"
@@ -199,7 +208,7 @@ def cmd_data_check(args) -> int:
         from ..io.files import write_json
 
         path = os.path.join(args.out, "data_check.json")
-        write_json(path, {"dataset": args.dataset, "description": text, "seed": args.seed,
+        write_json(path, {"dataset": args.data, "description": text, "seed": args.seed,
                           "n_train": len(train), "n_test": len(held), "image_size": args.image_size,
                           "accepted": ok, "checks": [r.to_dict() for r in results]})
         info(args, f"data check: {path}")

@@ -24,7 +24,7 @@ from ..io.settings import (
     declared,
     given_grid,
     given_settings,
-    positive_int,
+    int_in,
     show_value,
     variant_settings,
 )
@@ -134,12 +134,13 @@ def _add_explain(sub) -> None:
     e.add_argument("--target", default="true", choices=["true", "predicted"],
                    help="class explained by the post-hoc methods: the true class (1, lesion) or the prediction "
                         "(default: true)")
-    e.add_argument("--n-images", type=positive_int, default=64,
-                   help="the first N validation images with a lesion are explained (default: 64)")
+    e.add_argument("--n-images", type=int_in(1, 100_000, "n_images"), default=64,
+                   help="the first N validation images with a lesion are explained, at most 100000 (default: 64)")
     e.add_argument("--upsampling", default="nearest", choices=list(UPSAMPLINGS),
                    help="how the pixel protocol brings coarse maps to the image (default: nearest)")
     e.add_argument("--pixel-only", action="store_true", help="score under the pixel protocol only (not the pooled)")
-    e.add_argument("--batch-size", type=positive_int, default=16, help="images per batch (default: 16)")
+    e.add_argument("--batch-size", type=int_in(1, 100_000, "batch_size"), default=16,
+                   help="images per batch, at most 100000 (default: 16)")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
     e.add_argument("--out", default="results/explain", help="output folder (default: results/explain)")
     add_output_options(e)
@@ -211,7 +212,7 @@ def _subparser(name: str) -> argparse.ArgumentParser:
 def train_config_from_args(args):
     """The :class:`TrainConfig` the ``train`` options ask for, and the checkpoint state it
     resumes from (read once; or ``None``), validated; UsageError for anything wrong."""
-    from ..paper.models import read_checkpoint
+    from ..paper.models import model_from_state, read_checkpoint
     from ..paper.train import check_resume, stored_train_config
 
     parser = _subparser("train")
@@ -242,9 +243,17 @@ def train_config_from_args(args):
     if state is not None:
         try:
             check_resume(config, state)
+            model_from_state(args.resume, state)  # its weights fit the model trained on (shapes, kind)
         except ValueError as err:
             raise UsageError(f"argument --resume: {err}") from None
     return config, state
+
+
+def _failed(command: str, err: BaseException | str) -> int:
+    """A run that failed (not a usage error): one line on stderr, exit 1."""
+    message = " ".join(str(err).split())
+    print(f"convex-attention {command}: error: {message}", file=sys.stderr)
+    return 1
 
 
 def cmd_train(args) -> int:
@@ -258,9 +267,9 @@ def cmd_train(args) -> int:
         raise UsageError(f"the data: {err}") from None
     try:
         result = train(config, datasets=datasets, log=lambda *m, **_: info(args, *m), resume_state=state)
-    except TrainingDiverged as err:
-        print(f"convex-attention train: error: {err}", file=sys.stderr)
-        return 1
+    except TrainingDiverged as err:  # what diverged; --lr named only where a smaller one can help
+        advice = f"; lower --lr (now {config.lr:g})" if err.lr_may_help else ""
+        return _failed("train", f"training diverged: {err.what}{advice}")
     if result["metrics"]:
         last = result["metrics"][-1]
         info(args, f"train: {config.out}/metrics.csv, best.pt (epoch {result['best_epoch']}), last.pt (last val "
@@ -324,9 +333,12 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
 def cmd_explain(args) -> int:
     import torch
 
-    from ..paper.config import check_device
+    from ..io.environment import environment
+    from ..paper.config import SYNTHETIC_GENERATORS, check_device
     from ..paper.data import build_datasets
+    from ..paper.data.synthetic import DECIDING_CHANNELS
     from ..paper.explain import explain_models, lesion_indices, write_outputs
+    from ..paper.models import NonFiniteOutput
 
     try:
         device = check_device(args.device)
@@ -344,11 +356,16 @@ def cmd_explain(args) -> int:
         indices = lesion_indices(val, args.n_images)
     except ValueError as err:
         raise UsageError(f"the data of {first[0]}={first[1]}: {err}") from None
-    rows, examples = explain_models(models, val, n_images=args.n_images, baseline_model=baseline,
-                                    target=args.target, batch_size=args.batch_size, device=device,
-                                    progress=show_progress(args), indices=indices, upsampling=args.upsampling,
-                                    pooled=not args.pixel_only)
-    paths = write_outputs(rows, examples, args.out)
+    try:
+        rows, examples = explain_models(models, val, n_images=args.n_images, baseline_model=baseline,
+                                        target=args.target, batch_size=args.batch_size, device=device,
+                                        progress=show_progress(args), indices=indices, upsampling=args.upsampling,
+                                        pooled=not args.pixel_only)
+    except NonFiniteOutput as err:  # never scored: no number is reported for such a model
+        return _failed("explain", err)
+    # the figure shows the channels that decide the label, where the data source says which
+    channels, what = DECIDING_CHANNELS.get(SYNTHETIC_GENERATORS.get(data.data, ""), (((0, "channel 0"),), ""))
+    paths = write_outputs(rows, examples, args.out, env=environment(device), channels=channels, notes=[what])
     with open(paths["markdown"]) as f:
         info(args, f.read())
     info(args, "explain: " + ", ".join(paths.values()))
@@ -425,7 +442,9 @@ def _experiment_preflight(args, config) -> None:
 
 def cmd_experiment(args) -> int:
     from ..paper.experiment import run_experiment
+    from ..paper.models import NonFiniteOutput, NonFiniteWeights
     from ..paper.protocol import TestFolderExists, VariantsError
+    from ..paper.train import TrainingDiverged
 
     config = experiment_config_from_args(args)
     _experiment_preflight(args, config)
@@ -436,6 +455,10 @@ def cmd_experiment(args) -> int:
                                 allow_rejected_benchmark=args.allow_rejected_benchmark)
     except (VariantsError, TestFolderExists) as err:
         raise UsageError(str(err)) from None
+    except TrainingDiverged as err:  # the experiment's settings have no --lr to advise
+        return _failed("experiment", f"a model's training diverged: {err.what}; its metrics are not reported")
+    except (NonFiniteWeights, NonFiniteOutput) as err:  # a model that cannot be scored
+        return _failed("experiment", err)
     info(args, result["report"])
     name = "dev.md" if args.stage == "dev" else "experiment.md"
     info(args, f"experiment: {os.path.join(args.out, args.stage, name)}")

@@ -1,10 +1,14 @@
-"""The record of where a number was measured: versions, processor, threads, device.
+"""The record of where a number was measured: versions, processor, threads, device, and the
+machine's load while it ran.
 
 Every results file stores it (``bench.json``, the experiment's reports), and every figure
-names it in its footer (:func:`convex_attention.io.figures.env_line`).
+names it in its footer (:func:`convex_attention.io.figures.env_line`).  A run's record
+(:func:`run_record`) adds the load average at its start and at its end: on a shared
+machine a time means little without it.
 """
 from __future__ import annotations
 
+import datetime
 import os
 import platform
 from importlib import metadata
@@ -12,7 +16,7 @@ from importlib import metadata
 import numpy
 import torch
 
-__all__ = ["environment", "cpu_name"]
+__all__ = ["environment", "cpu_name", "load_average", "run_record", "now_utc"]
 
 # Versions recorded without importing the packages (some are slow to import).
 _SOLVER_PACKAGES = ("cvxpy", "cvxpylayers", "diffcp", "clarabel", "scs", "moreau")
@@ -44,3 +48,25 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def load_average() -> list[float] | None:
+    """The 1-, 5- and 15-minute load averages (``os.getloadavg``), or ``None`` where the
+    system keeps none."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def now_utc() -> str:
+    """The time now, UTC, to the second (ISO 8601)."""
+    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def run_record(started: str, load_start: list[float] | None, **more) -> dict:
+    """One run's record, taken at its end: when it started and ended, the load average at
+    both ends (``None`` where not available), the torch threads it ran with and ``more``."""
+    return {"started": started, "finished": now_utc(), "load_average_start": load_start,
+            "load_average_end": load_average(), "torch_threads": torch.get_num_threads(),
+            "cpu_count": os.cpu_count(), **more}

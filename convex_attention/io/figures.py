@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 
 import matplotlib
 
@@ -19,6 +20,7 @@ __all__ = ["FULL_WIDTH", "HALF_WIDTH", "STYLE", "env_line", "save", "plain", "sc
 
 FULL_WIDTH = 7.0   # inches: a two-column figure
 HALF_WIDTH = 3.4   # inches: a one-column figure
+FOOTER_CHARS = 150  # characters per footer line: about 6.3 inches at the footer's 6 pt
 STYLE = {"font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "legend.fontsize": 7,
          "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 9, "figure.dpi": 100,
          "savefig.bbox": "tight", "pdf.fonttype": 42, "axes.spines.top": False, "axes.spines.right": False}
@@ -45,18 +47,57 @@ def sci(x: float, digits: int = 2) -> str:
     return rf"{mant:.{digits - 1}f}\times10^{{{exp}}}"
 
 
-def env_line(env: dict | None) -> str:
-    """One line naming where the numbers were measured (torch, processor, threads, GPU)."""
-    if not env or not isinstance(env, dict):
-        return ""
-    parts = [f"torch {env.get('torch', '?')}", env.get("processor", ""),
-             f"{env.get('torch_threads', '?')} threads", env.get("gpu", "") or ""]
-    return plain(" · ".join(str(p) for p in parts if p), 160)
+def _plural(n, word: str) -> str:
+    return f"{n} {word}" if str(n) == "1" else f"{n} {word}s"
 
 
-def save(fig, path: str, env: dict | None = None) -> str:
-    """Write ``fig`` as PNG (300 dpi) and PDF with the environment footer; returns the PNG path."""
-    line = env_line(env)
+def _load_text(runs) -> str:
+    """The load average (1 min) at the start and end of each recorded run."""
+    if not isinstance(runs, list) or not runs:
+        return "load average not recorded"
+
+    def one(x):
+        return f"{x[0]:.2f}" if isinstance(x, list) and x and isinstance(x[0], (int, float)) else "?"
+
+    runs = [r for r in runs if isinstance(r, dict)]
+    cpus = next((r.get("cpu_count") for r in runs if r.get("cpu_count")), None)
+    where = f", {cpus} CPUs" if cpus else ""
+    if len(runs) == 1:
+        return (f"load average (1 min) {one(runs[0].get('load_average_start'))} at start, "
+                f"{one(runs[0].get('load_average_end'))} at end{where}")
+    spans = [f"{one(r.get('load_average_start'))} → {one(r.get('load_average_end'))}" for r in runs]
+    return f"load average (1 min), start → end of each of {len(runs)} runs: {', '.join(spans)}{where}"
+
+
+def env_line(env: dict | None, notes=()) -> str:
+    """The footer: where the numbers were measured (torch, processor, threads, GPU), the
+    machine's load at the start and end of the run (``env["runs"]``, from
+    :func:`convex_attention.io.environment.run_record`; "not recorded" for older files), and
+    on a second line the figure's own caveats (``notes``: dtype, repetitions, ...)."""
+    first = ""
+    if env and isinstance(env, dict):
+        threads = env.get("torch_threads")
+        runs = env.get("runs")
+        per_run = {r.get("torch_threads") for r in runs if isinstance(r, dict)} if isinstance(runs, list) else set()
+        if per_run - {None}:  # the runs' own record: the threads they ran with
+            threads = "/".join(str(t) for t in sorted(per_run - {None}, key=str))
+        parts = [f"torch {env.get('torch', '?')}", env.get("processor", ""),
+                 _plural(threads, "torch thread") if threads is not None else "torch threads not recorded",
+                 env.get("gpu", "") or "", _load_text(runs)]
+        first = plain(" · ".join(str(p) for p in parts if p), 200)
+    elif notes:
+        first = "environment not recorded"
+    second = plain(" · ".join(str(n) for n in notes if n), 600)
+    # lines of at most FOOTER_CHARS characters: the footer never widens a figure
+    lines = [w for text in (first, second) if text
+             for w in textwrap.wrap(text, FOOTER_CHARS, break_long_words=False, break_on_hyphens=False)]
+    return "\n".join(lines)
+
+
+def save(fig, path: str, env: dict | None = None, notes=()) -> str:
+    """Write ``fig`` as PNG (300 dpi) and PDF with the footer of :func:`env_line` (the
+    environment, the load, and the figure's ``notes``); returns the PNG path."""
+    line = env_line(env, notes)
     if line:
         # below everything drawn (legends outside the axes included), so it never covers data
         fig.set_dpi(300)  # measure at the resolution it is saved at: text extents depend on it

@@ -38,7 +38,7 @@ from typing import Any
 __all__ = ["ConfigError", "Kind", "Int", "Real", "Choice", "Flag", "Text", "Many", "Mapping", "Setting", "setting",
            "declared", "normalise_settings", "check_settings", "to_plain", "from_plain", "add_options",
            "given_settings", "add_grid_options", "given_grid", "variant_settings", "SEED", "Unset", "show_value",
-           "positive_int", "positive_float", "finite_float"]
+           "positive_int", "positive_float", "finite_float", "int_in"]
 
 # Seeds seed numpy too, whose generator takes 32-bit seeds.
 SEED_MAX = 2 ** 32 - 1
@@ -164,18 +164,28 @@ class Real(Kind):
 
 class Choice(Kind):
     """One of ``values`` (a tuple, or a function giving it when asked: a registry that may
-    grow).  ``optional``: ``None`` is accepted too, written ``none`` on the command line."""
+    grow).  ``optional``: ``None`` is accepted too, written ``none`` on the command line.
+    ``listed``: the values a command's help lists when ``values`` is a function (the
+    function may import a heavy module, and building a parser, or ``--help``, must not);
+    the checks always ask the function."""
 
     metavar = "NAME"
 
-    def __init__(self, values: Iterable[str] | Callable[[], Iterable[str]], optional: bool = False):
+    def __init__(self, values: Iterable[str] | Callable[[], Iterable[str]], optional: bool = False,
+                 listed: Iterable[str] | None = None):
         self._values = values
         self.optional = optional
+        self._listed = tuple(listed) if listed is not None else None
 
     @property
     def values(self) -> tuple:
         values = self._values() if callable(self._values) else self._values
         return tuple(values)
+
+    @property
+    def listed(self) -> tuple:
+        """What the help lists: ``listed`` where given, else :attr:`values`."""
+        return self._listed if self._listed is not None else self.values
 
     def describe(self) -> str:
         return "one of " + ", ".join(self.values) + (" or none" if self.optional else "")
@@ -488,7 +498,7 @@ def add_options(parser: argparse.ArgumentParser, cls, base=None, names=None, sho
 def _choices_text(kind: Kind) -> str:
     inner = kind.item if isinstance(kind, Many) else kind
     if isinstance(inner, Choice):
-        return f"; one of {', '.join(inner.values)}" + (" or none" if inner.optional else "")
+        return f"; one of {', '.join(inner.listed)}" + (" or none" if inner.optional else "")
     return ""
 
 
@@ -552,6 +562,12 @@ def given_grid(args: argparse.Namespace, settings: dict[str, Setting]) -> dict:
 def positive_int(text: str) -> int:
     """An argparse type: an integer >= 1."""
     return _argument_type(Int(low=1), "positive_int")(text)
+
+
+def int_in(low: int, high: int, name: str = "int_in"):
+    """An argparse type: an integer from ``low`` to ``high`` (every numeric option has a
+    range: a value no tensor could hold is a usage error)."""
+    return _argument_type(Int(low=low, high=high), name)
 
 
 def positive_float(text: str) -> float:

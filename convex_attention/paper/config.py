@@ -45,12 +45,11 @@ from ..io.settings import (
     to_plain,
     variant_settings,
 )
-from ..methods import REGISTRY, get_method
 
 __all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "Variant", "ConfigError", "QUICK", "FULL", "NORMS",
            "HEADS", "DUAL_SOURCES", "DATA_SOURCES", "SYNTHETIC_GENERATORS", "SYNTHETIC_SOURCES", "MIMIC_SOURCES",
-           "MIMIC_TYPES", "UPSAMPLINGS", "STAGES", "DATA_SEED_MAX", "PLAIN_CNN", "DEFAULT_VARIANTS_PATH",
-           "variant_names", "check_device", "CVX_REFUSE_S_PER_1000"]
+           "MIMIC_TYPES", "NORMALISATIONS", "THRESHOLDS", "UPSAMPLINGS", "STAGES", "DATA_SEED_MAX", "PLAIN_CNN",
+           "DEFAULT_VARIANTS_PATH", "METHOD_NAMES", "variant_names", "check_device", "CVX_REFUSE_S_PER_1000"]
 
 # ----------------------------------------------------------------------------- the choices
 
@@ -62,6 +61,13 @@ DATA_SOURCES = ("synthetic", "synthetic-blobs", "synthetic-brightest", "brats", 
 #: The synthetic sources and their generators (:data:`convex_attention.paper.data.synthetic.GENERATORS`).
 SYNTHETIC_GENERATORS = {"synthetic": "rim", "synthetic-blobs": "blobs", "synthetic-brightest": "brightest"}
 SYNTHETIC_SOURCES = tuple(SYNTHETIC_GENERATORS)
+#: BraTS intensity normalisations (:class:`convex_attention.paper.data.brats.BraTSSlices`):
+#: per patient volume, or the authors' dataset-wide per-modality scheme.
+NORMALISATIONS = ("volume", "dataset")
+#: The validity checks' pass thresholds (:mod:`convex_attention.paper.validity`): (a), (b)
+#: and (d) at most; (c′) and the reported (c) at least.
+THRESHOLDS = {"location_free": 0.60, "pixel_map": 0.30, "maps_drive_ranking": 0.05, "uniform_attention": 0.10,
+              "brain_mask": 0.60}
 #: The synthetic sources whose structures have mimic types (a mimic type can be held out).
 MIMIC_SOURCES = ("synthetic", "synthetic-brightest")
 MIMIC_TYPES = ("inverted", "split", "mottled")
@@ -76,7 +82,26 @@ PLAIN_CNN = "plain_cnn"
 # A per-sample CPU solver is refused when one pass over 1000 images would exceed this (seconds).
 CVX_REFUSE_S_PER_1000 = 3600.0
 
-_METHODS = Choice(lambda: tuple(REGISTRY))
+#: The built-in methods by name, for the help only: the registry (:data:`convex_attention.REGISTRY`)
+#: imports torch, and building the parser (``--help``) must not.  The checks ask the
+#: registry itself (:func:`_registry`); tests/test_config.py keeps this list equal to it.
+METHOD_NAMES = ("softmax", "exact", "cvxpylayers", "dual", "learned_dual")
+
+
+def _registry() -> dict:
+    from ..methods import REGISTRY  # the core's registry, which brings torch: loaded when a value is checked
+
+    return REGISTRY
+
+
+def _method(name: str):
+    """The registry's record of ``name`` (:func:`convex_attention.get_method`: its error names the choices)."""
+    from ..methods import get_method  # the core, loaded when a method's facts are asked for
+
+    return get_method(name)
+
+
+_METHODS = Choice(lambda: tuple(_registry()), listed=METHOD_NAMES)
 _COUNT = Int(low=1, high=10_000_000)  # images: at least one, and a number that fits in memory
 
 
@@ -133,7 +158,7 @@ def _check_with_the_core(cfg: ModelConfig) -> None:
     from ..cvx import prior_seconds_per_sample
     from ..validation import check_temperatures
 
-    method = get_method(cfg.method)
+    method = _method(cfg.method)
     levels = len(cfg.attention_blocks)
     if len(cfg.temperature) not in (1, levels):
         raise ConfigError("temperature", f"temperature must hold one value for every level or one per level "
@@ -143,7 +168,7 @@ def _check_with_the_core(cfg: ModelConfig) -> None:
     except (TypeError, ValueError) as err:
         raise ConfigError("temperature", str(err)) from None
     if cfg.learn_temperature and not method.tensor_temperature:
-        learnable = ", ".join(n for n, r in REGISTRY.items() if r.tensor_temperature)
+        learnable = ", ".join(n for n, r in _registry().items() if r.tensor_temperature)
         raise ConfigError("learn_temperature", f"method {cfg.method!r} cannot differentiate through the "
                                                f"temperature, so it cannot learn one; use a fixed temperature, or "
                                                f"one of the methods {learnable}")
@@ -425,7 +450,7 @@ class Variant:
         """The ModelConfig settings this variant sets for ``method`` (``duals`` only for the
         methods that need duals)."""
         out = {n: v for n, v in self._values.items() if variant_names()[n] == "model"}
-        if not get_method(method).needs_duals:
+        if not _method(method).needs_duals:
             out["duals"] = "shared"
         return out
 
@@ -438,7 +463,7 @@ class Variant:
         """What decides ``method``'s model under this variant (variants that differ only in
         settings the method ignores train the same model)."""
         fields_ = self.model_fields(method)
-        if not get_method(method).needs_duals:
+        if not _method(method).needs_duals:
             fields_.pop("alpha")
         return (method, *sorted(fields_.items()))
 

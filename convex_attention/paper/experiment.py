@@ -61,9 +61,10 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import torch
 
-from ..io.environment import environment
+from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import atomic_csv, atomic_write_text, write_json
-from .config import FULL, PLAIN_CNN, QUICK, STAGES, ExperimentConfig, Variant
+from .config import FULL, PLAIN_CNN, QUICK, STAGES, SYNTHETIC_GENERATORS, ExperimentConfig, Variant
+from .data.synthetic import DECIDING_CHANNELS
 from .explain import (
     EXPLAIN_COLUMNS,
     MASKS,
@@ -369,7 +370,8 @@ def _dev_candidates(config: ExperimentConfig, variants: list[Variant], sets: dic
                                             seed=seed))
                     result.update(_dev_ap(config, got["model"], sets["dev"], indices, upsamplings, device))
                     trained[key] = result
-                    log(f"[dev] {method} ({variant.label()}) seed {seed}: dev auc {result['auc']:.3f}, balanced acc "
+                    model_label = variant.label().rsplit(", upsampling=", 1)[0]  # one model serves every upsampling
+                    log(f"[dev] {method} ({model_label}) seed {seed}: dev auc {result['auc']:.3f}, balanced acc "
                         f"{result['bacc']:.3f}, AUC change with shuffled maps {result['delta_auc_shuffled']:+.3f}; "
                         f"attention ap ({mask}, {upsamplings[0]}) " + ", ".join(
                             f"{k.rsplit('_', 1)[1]} {v:.3f}" for k, v in result.items()
@@ -516,6 +518,11 @@ class _TestResults:
     seed_means: list = field(default_factory=list)
     randomisation: list = field(default_factory=list)
     conditions: list = field(default_factory=list)
+    #: (condition, test set, mask) -> the mask's mean pixel share over the explained images:
+    #: the AP a random map is expected to reach (the figures' chance line)
+    chance: dict = field(default_factory=dict)
+    #: when the stage started (UTC) and the load average then: the figures' footer
+    started: tuple = (None, None)
 
 
 def run_test(config: ExperimentConfig, folder: str, variants, variants_record: dict, force: bool = False,
@@ -538,7 +545,7 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     spend(ledger, ledger_entry(config, where, started))
     runs_here = log_test_run(os.path.dirname(os.path.abspath(folder)), {**record, "folder": where})
     os.makedirs(os.path.join(folder, "rows"), exist_ok=True)
-    gathered = _TestResults()
+    gathered = _TestResults(started=(now_utc(), load_average()))
     for difficulty in config.difficulties:
         _test_condition(config, variants.variant, difficulty, folder, device, gathered, progress, log)
     history = {"runs_in_folder": runs_here, "replaced_in_ledger": replaced, "ledger": ledger}
@@ -566,6 +573,9 @@ def _test_condition(config: ExperimentConfig, variant: Variant, difficulty: floa
     if config.held_out_mimic:
         test_sets[f"heldout_{config.held_out_mimic}"] = sets["test_heldout"]
     indices = {t: explained_indices(ds, config.n_explain) for t, ds in test_sets.items()}
+    for tname, by_mask in indices.items():
+        for mask, images in by_mask.items():
+            gathered.chance[(cond, tname, mask)] = _mask_share(test_sets[tname], images, mask)
     for seed in config.seeds:
         _test_seed(config, variant, cond, difficulty, seed, sets, test_sets, indices, model_free, folder, device,
                    gathered, progress, log)
@@ -581,6 +591,13 @@ def _test_condition(config: ExperimentConfig, variant: Variant, difficulty: floa
                                 "compared": compared_methods(dev_rows, [*config.methods, PLAIN_CNN]),
                                 "n_explained": {t: {m: len(i) for m, i in by_mask.items()}
                                                 for t, by_mask in indices.items()}})
+
+
+def _mask_share(dataset, images: list[int], mask: str) -> float:
+    """The mean share of an image's pixels in its ``mask`` ("lesion" or "decisive") over
+    ``images``: a random map's expected pixel AP (NaN without images)."""
+    shares = [float((dataset[i][2] if mask == "lesion" else dataset.decisive_mask(i)).float().mean()) for i in images]
+    return float(np.mean(shares)) if shares else math.nan
 
 
 def _test_seed(config: ExperimentConfig, variant: Variant, cond: str, difficulty: float, seed: int, sets: dict,
@@ -623,10 +640,14 @@ def _test_seed(config: ExperimentConfig, variant: Variant, cond: str, difficulty
         for s in summarise(rows):
             gathered.seed_means.append({"condition": cond, "test_set": tname, "seed": seed, **s})
         if first:
-            keep = [e for e in examples if e[3] in (-1, 0) and (e[2] in ("attention", "block_map", "model_free")
-                                                              or e[1] == PLAIN_CNN)]
-            plot_examples(keep, os.path.join(folder, f"explain_examples_{cond}.png"),
-                          title=f"Test split, {cond}, seed {seed}")
+            # every level of every attention model and reference; the post-hoc methods of the plain CNN
+            keep = [e for e in examples if e[2] in ("attention", "block_map", "model_free") or e[1] == PLAIN_CNN]
+            channels, what = DECIDING_CHANNELS.get(SYNTHETIC_GENERATORS.get(config.train.data, ""),
+                                                   (((0, "channel 0"),), ""))
+            plot_examples(keep, os.path.join(folder, f"explain_examples_{cond}.png"), max_rows=3, max_maps=24,
+                          title=f"Test split, {cond.replace('difficulty', 'difficulty ')}, seed {seed}: the first "
+                                f"lesion images, every map", channels=channels, row_label="test image {}",
+                          notes=[what], env={**environment(device), "runs": [run_record(*gathered.started)]})
         if tname == "test":
             sanity_idx = by_mask[primary_mask(by_mask)][:config.n_sanity]
             images = torch.stack([tset[i][0] for i in sanity_idx]).to(device)
@@ -687,12 +708,15 @@ def _write_test(config: ExperimentConfig, variants, variants_record: dict, gathe
     write_json(os.path.join(folder, "experiment_config.json"), {"config": config.to_dict(),
                                                                  "variants": variants.to_dict(),
                                                                  "variants_file": variants_record})
+    # the figures' footer: the environment and the load average at the stage's start and now
+    figure_env = {**result["environment"], "runs": [run_record(*gathered.started)]}
     for mask in sorted({s["mask"] for s in explain_summary}):
         try:
+            chance = {(c, t): v for (c, t, m), v in gathered.chance.items() if m == mask}
             plot_metric_summary([s for s in explain_summary if s["mask"] == mask],
-                                os.path.join(folder, f"explain_ap_{mask}.png"), env=result["environment"],
+                                os.path.join(folder, f"explain_ap_{mask}.png"), env=figure_env,
                                 title=f"Explanation AP against the {mask} masks on the test splits (pixel protocol; "
-                                      f"bars: mean over seeds, 95 % CI)")
+                                      f"mean over {len(config.seeds)} seeds, 95 % CI)", chance=chance)
         except ValueError as exc:  # the numbers are written; a figure without data is only worth a warning
             log(f"[test] no AP figure for the {mask} masks: {exc}")
     return {**result, "runs": runs, "report": report}

@@ -48,6 +48,7 @@ from .explain_metrics import (
     score_map,
     to_common_form,
 )
+from .models import NonFiniteOutput, non_finite_parts
 
 __all__ = ["MASKS", "has_decisive_masks", "decisive_indices", "explained_indices", "primary_mask", "lesion_indices",
            "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of", "summarise",
@@ -138,10 +139,17 @@ def explanations(model, images: torch.Tensor, target: str = "true", posthoc: boo
     ``("attention", k)``: ``(B, h_k, w_k)``, the model's attention at level ``k`` (models
     with attention); with ``posthoc``: ``("gradcam", k)`` ``(B, h_k, w_k)`` and
     ``(name, -1)`` ``(B, C, H, W)`` for the input attributions.  The post-hoc methods
-    explain the lesion class (``target="true"``) or the model's prediction."""
+    explain the lesion class (``target="true"``) or the model's prediction.
+
+    :class:`~convex_attention.paper.models.NonFiniteOutput` (naming the parts) when the
+    model's logits or maps, or an explanation map, hold NaN or Inf: such maps are never
+    scored, so no metric of them is reported as a number."""
     model.eval()
     with torch.no_grad():
         out = model(images)
+    bad = non_finite_parts(out)
+    if bad:  # a map or a prediction that is not a number is never scored
+        raise NonFiniteOutput(f"the model's {', '.join(bad)} hold NaN or Inf: its explanations are not scored")
     if target == "true":
         targets = torch.ones(len(images), dtype=torch.long, device=images.device)
     else:
@@ -154,6 +162,10 @@ def explanations(model, images: torch.Tensor, target: str = "true", posthoc: boo
             maps[("gradcam", k)] = gradcam(model, images, targets, level=k)
         for name, fn in BASELINES.items():
             maps[(name, -1)] = fn(model, images.clone().requires_grad_(), targets)
+    bad = [f"{method} (level {level})" for (method, level), m in maps.items()
+           if not bool(torch.isfinite(m.detach()).all())]
+    if bad:
+        raise NonFiniteOutput(f"the explanation maps {', '.join(bad)} hold NaN or Inf: they are not scored")
     return maps
 
 
@@ -265,7 +277,10 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
         model_maps = []
         for name, model in models.items():
             model.to(device)
-            model_maps.append((name, explanations(model, images, target, name in posthoc)))
+            try:
+                model_maps.append((name, explanations(model, images, target, name in posthoc)))
+            except NonFiniteOutput as err:
+                raise NonFiniteOutput(f"model {name!r}, on images {chosen[:10]}: {err}") from None
         for kind, kind_masks in masks.items():
             keep = [j for j, i in enumerate(chosen) if i in wanted[kind]]
             if not keep:
@@ -283,7 +298,7 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
                 for (method, level), m in maps.items():
                     for j in keep:
                         if indices.index(chosen[j]) < n_examples:
-                            examples.append((chosen[j], name, method, level, images[j, 0].cpu(), kind_masks[j],
+                            examples.append((chosen[j], name, method, level, images[j].cpu(), kind_masks[j],
                                              to_common_form(m[j].cpu(), size, upsampling)))
     return rows, examples
 
@@ -370,13 +385,35 @@ def markdown_table(summary: list[dict], metrics=METRIC_NAMES) -> str:
 
 # ----------------------------------------------------------------------------- outputs
 
+def _example_panels(entry: dict, channels) -> list[tuple]:
+    """One example image's panels: ``(title, kind, array)``, kind ``channel``, ``mask`` or
+    ``map``: the chosen channels of the image, its mask, then every map."""
+    image = entry["image"]
+    panels = []
+    if image.dim() == 2:  # an older caller: one channel only
+        panels.append(("image", "channel", image))
+    else:
+        for index, label in channels:
+            if index < image.shape[0]:
+                panels.append((label, "channel", image[index]))
+    panels.append(("lesion mask", "mask", entry["mask"]))
+    panels += [(label, "map", m) for label, m in entry["maps"]]
+    return panels
+
+
 def plot_examples(examples, path: str, env=None, max_rows: int = 4, max_maps: int = 18,
-                  title: str = "Explanations of lesion images") -> str:
-    """One row per example image: the image (first channel), the mask, then every map.
+                  title: str = "Explanations of lesion images", channels=((0, "channel 0"),),
+                  row_label: str = "image {}", per_line: int = 9, notes=()) -> str:
+    """Every example image with its explanations: the image's ``channels`` (``(index,
+    label)``: the ones that show what decides the label; each on its own grey scale), its
+    mask, then every map (every attention level, every post-hoc method, the references),
+    wrapped into lines of ``per_line`` panels; each image's first line is labelled
+    (``row_label``, formatted with the image's index).
 
     All maps share one colour scale: each is divided by its maximum (a map's units are
     its method's own, so only its shape is comparable) and drawn on [0, 1], with one
-    colour bar; the mask's outline is drawn on every map."""
+    colour bar; the mask's outline is drawn on every map.  ``notes``: more footer lines
+    (what the channels show)."""
     import matplotlib.pyplot as plt  # io.figures chose the backend
 
     by_image: dict = {}
@@ -391,118 +428,209 @@ def plot_examples(examples, path: str, env=None, max_rows: int = 4, max_maps: in
     images = list(by_image.items())[:max_rows]
     if not images:
         raise ValueError("no example to plot")
-    ncols = 2 + max(len(e["maps"]) for _, e in images)
-    side = min(1.45, FULL_WIDTH / ncols)
+    panels = [_example_panels(e, channels) for _, e in images]
+    ncols = min(per_line, max(len(p) for p in panels))
+    lines_per_image = [math.ceil(len(p) / ncols) for p in panels]
+    side = min(1.1, (FULL_WIDTH - 0.5) / ncols)
+    height = side * 1.22 * sum(lines_per_image) + 0.6
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(len(images), ncols, figsize=(side * ncols + 0.6, side * 1.15 * len(images) + 0.55),
-                                 squeeze=False, gridspec_kw={"wspace": 0.06, "hspace": 0.12})
-        shown = None
-        for row, (idx, e) in enumerate(images):
-            axes[row, 0].imshow(e["image"].numpy(), cmap="gray")
-            axes[row, 0].set_ylabel(f"image {idx}", fontsize=6)
-            axes[row, 1].imshow(e["mask"].numpy(), cmap="gray", vmin=0, vmax=1)
-            for col, (label, m) in enumerate(e["maps"], start=2):
-                top = float(m.max())
-                scaled = (m / top if top > 0 else m).numpy()
-                shown = axes[row, col].imshow(scaled, cmap="inferno", vmin=0.0, vmax=1.0)
-                axes[row, col].contour(e["mask"].numpy().astype(float), levels=[0.5], colors="cyan", linewidths=0.4)
-                if row == 0:
-                    axes[row, col].set_title(label, fontsize=4.5)
-            if row == 0:
-                axes[row, 0].set_title("image (ch. 0)", fontsize=5)
-                axes[row, 1].set_title("lesion mask", fontsize=5)
+        fig, axes = plt.subplots(sum(lines_per_image), ncols, figsize=(side * ncols + 0.5, height), squeeze=False,
+                                 gridspec_kw={"wspace": 0.05, "hspace": 0.28, "top": 1 - 0.45 / height})
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
-        if shown is not None:
-            bar = fig.colorbar(shown, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01)
+            ax.set_visible(False)
+        shown_map, line = None, 0
+        for (idx, e), image_panels, n_lines in zip(images, panels, lines_per_image):
+            outline = e["mask"].numpy().astype(float)
+            for k, (label, kind, array) in enumerate(image_panels):
+                ax = axes[line + k // ncols, k % ncols]
+                ax.set_visible(True)
+                if kind == "map":
+                    top = float(array.max())
+                    shown_map = ax.imshow((array / top if top > 0 else array).numpy(), cmap="inferno", vmin=0.0,
+                                          vmax=1.0)
+                    ax.contour(outline, levels=[0.5], colors="cyan", linewidths=0.4)
+                else:
+                    ax.imshow(array.numpy(), cmap="gray", **({"vmin": 0, "vmax": 1} if kind == "mask" else {}))
+                    if kind == "channel":
+                        ax.contour(outline, levels=[0.5], colors="cyan", linewidths=0.3, alpha=0.6)
+                ax.set_title(label, fontsize=4.8, pad=2)
+            axes[line, 0].set_ylabel(row_label.format(idx), fontsize=6)
+            line += n_lines
+        if shown_map is not None:
+            bar = fig.colorbar(shown_map, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01)
             bar.set_label("map / its maximum (one scale for all maps)", fontsize=6)
-        fig.suptitle(f"{title} (cyan: mask outline)", fontsize=8, y=1.04)
-        return figures.save(fig, path, env)
+        fig.suptitle(f"{title} (cyan: mask outline)", fontsize=8, y=1 - 0.1 / height)
+        return figures.save(fig, path, env, notes=[
+            *notes, "channels on their own grey scale; every map divided by its maximum (only its shape is "
+                    "compared); maps at the image's resolution (coarse maps upsampled)"])
 
 
-_KIND_COLOURS = {"attention": "#1f77b4", "posthoc": "#d62728", "reference": "#7f7f7f"}
+#: Colours of the models in the metric figures (others take the cycle's), and the references'.
+_MODEL_COLOURS = {"softmax": "#7f7f7f", "learned_dual": "#d62728", "exact": "#1f77b4", "dual": "#2ca02c",
+                  "cvxpylayers": "#8c6d31", "plain_cnn": "#9467bd", "reference": "#000000"}
+_KIND_ORDER = ("attention", "post-hoc", "reference")
+#: Metrics bounded to [0, 1]: their intervals are clipped to it, and drawn on it.
+_UNIT_METRICS = ("ap", "qiou", "pointing", "mass")
 
 
 def _kind(method: str) -> str:
     return "attention" if method == "attention" else ("reference" if method in ("block_map", "model_free")
-                                                      else "posthoc")
+                                                      else "post-hoc")
+
+
+def _readable(key: str, value: str) -> str:
+    """A panel's key as words: ``difficulty0.3`` -> ``difficulty 0.3``, ``heldout_mottled`` ->
+    ``held-out mimic: mottled``, ``test`` -> ``test split``."""
+    value = str(value)
+    if key == "condition" and value.startswith("difficulty"):
+        return "difficulty " + value[len("difficulty"):]
+    if key == "test_set":
+        if value.startswith("heldout_"):
+            return "held-out mimic: " + value[len("heldout_"):]
+        return f"{value} split"
+    return value.replace("_", " ")
+
+
+def _item(r: dict) -> tuple:
+    """The row of the dot plot a summary row belongs to: kind, method, level."""
+    method, level = r["method"], int(r["level"])
+    return (_KIND_ORDER.index(_kind(method)), POSTHOC.index(method) if method in POSTHOC else -1, method, level)
+
+
+def _item_label(item: tuple) -> str:
+    _, _, method, level = item
+    where = "" if level == -1 else f", L{level}"
+    if method == "attention":
+        return f"attention map{where}"
+    name = _SHORT.get(method, method)
+    return f"reference: {name}{where}" if _kind(method) == "reference" else f"{name}{where}"
+
+
+def _summary_points(rows, metric: str) -> tuple[dict, int]:
+    """``{item: {model: (mean, lower, upper)}}`` of one panel (intervals clipped to [0, 1]
+    for bounded metrics), and how many rows had no finite mean."""
+    def value(row, key):
+        try:
+            v = float(row.get(key, math.nan))
+        except (TypeError, ValueError):
+            return math.nan
+        return v if math.isfinite(v) else math.nan
+
+    bounded = metric.split("@")[0].split("_")[0] in _UNIT_METRICS
+    out: dict = {}
+    skipped = 0
+    for r in rows:
+        mean, half = value(r, f"{metric}_mean"), value(r, f"{metric}_ci95")
+        if math.isnan(mean):
+            skipped += 1
+            continue
+        half = 0.0 if math.isnan(half) else half
+        lo, hi = mean - half, mean + half
+        if bounded:
+            lo, hi = max(lo, 0.0), min(hi, 1.0)
+        out.setdefault(_item(r), {})[str(r["model"])] = (mean, lo, hi)
+    return out, skipped
+
+
+def _model_colour(model: str, models: list) -> str:
+    if model in _MODEL_COLOURS:
+        return _MODEL_COLOURS[model]
+    import matplotlib.pyplot as plt
+
+    return plt.get_cmap("tab10")(models.index(model) % 10)
+
+
+def _draw_summary_panel(ax, points: dict, models: list, chance: float | None) -> None:
+    """One panel: a row per map (kind, method, level), a point per model with its interval,
+    the models side by side within a row; the kinds apart; the chance line."""
+    items = sorted(points)
+    dodge = {m: (i - (len(models) - 1) / 2) * min(0.18, 0.7 / max(len(models), 1)) for i, m in enumerate(models)}
+    for row, item in enumerate(items):
+        y = len(items) - 1 - row
+        for model, (mean, lo, hi) in points[item].items():
+            at = y + (0.0 if model == "reference" else -dodge.get(model, 0.0))
+            ax.errorbar([mean], [at], xerr=[[mean - lo], [hi - mean]], color=_model_colour(model, models),
+                        marker="D" if model == "reference" else "o", ms=3.2, lw=0.8, capsize=1.2, ls="none")
+        if row and item[0] != items[row - 1][0]:  # between kinds
+            ax.axhline(y + 0.5, color="#999999", lw=0.5)
+    for kind in sorted({i[0] for i in items}):  # each kind named beside its rows
+        ys = [len(items) - 1 - row for row, i in enumerate(items) if i[0] == kind]
+        ax.text(1.01, (min(ys) + max(ys)) / 2, _KIND_ORDER[kind], transform=ax.get_yaxis_transform(), rotation=-90,
+                ha="left", va="center", fontsize=5.5, color="#555555")
+    ax.set_yticks(range(len(items)), [_item_label(i) for i in reversed(items)], fontsize=5.5)
+    ax.set_ylim(-0.6, len(items) - 0.4)
+    if chance is not None and math.isfinite(chance):
+        ax.axvline(chance, color="#444444", ls="--", lw=0.8)
+    ax.grid(axis="x", lw=0.3, alpha=0.5)
 
 
 def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", resolution: str = "pixel",
-                        panel_keys=("condition", "test_set"), env=None, title: str | None = None) -> str:
-    """Bars of ``{metric}_mean`` with their 95 % intervals (``{metric}_ci95``), one panel per
-    value of ``panel_keys`` and one bar per (model, method, level) at ``resolution``;
-    attention, post-hoc and reference maps in three colours, every panel on one x scale.
+                        panel_keys=("condition", "test_set"), env=None, title: str | None = None,
+                        chance: dict | None = None) -> str:
+    """``{metric}_mean`` with its 95 % interval (``{metric}_ci95``) at ``resolution``, one
+    panel per value of ``panel_keys`` (titled in words), one row per map (the attention
+    maps per level, each post-hoc method, the references) and one point per model in its
+    own colour, the models side by side in a row; every panel on one x scale ([0, 1] for
+    the bounded metrics, whose intervals are clipped to it).  ``chance``: ``{panel key
+    tuple: value}``, e.g. the mask's pixel share (a random map's expected AP), drawn as a
+    dashed line where given.
 
     ``summary``: rows as written to ``explain_summary.csv`` (by :func:`summarise` or the
-    experiment's per-seed summary).  Rows without a finite mean are left out and named in
-    the panel; a ValueError if no panel has a bar."""
+    experiment's per-seed summary).  Rows without a finite mean are left out and counted in
+    the panel's title; a ValueError if no panel has a point."""
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
+    from matplotlib.lines import Line2D
 
-    def number(row, key):
-        try:
-            value = float(row.get(key, math.nan))
-        except (TypeError, ValueError):
-            return math.nan
-        return value if math.isfinite(value) else math.nan
-
-    rows = [r for r in summary if r.get("resolution", "pixel") == resolution]
     panels: dict = defaultdict(list)
-    for r in rows:
-        panels[tuple(str(r.get(k, "")) for k in panel_keys)].append(r)
-    order = {kind: i for i, kind in enumerate(_KIND_COLOURS)}  # attention, post-hoc, references
-    drawn = {}
-    for key, group in panels.items():
-        bars, skipped = [], 0
-        for r in sorted(group, key=lambda r: (order[_kind(r["method"])], str(r["model"]),
-                                              POSTHOC.index(r["method"]) if r["method"] in POSTHOC else -1,
-                                              int(r["level"]))):
-            mean, half = number(r, f"{metric}_mean"), number(r, f"{metric}_ci95")
-            if math.isnan(mean):
-                skipped += 1
-                continue
-            where = "" if int(r["level"]) == -1 else f" L{r['level']}"
-            name = _SHORT.get(r["method"], r["method"])
-            label = f"{r['model']} attention{where}" if r["method"] == "attention" else (
-                f"{name}{where}" if r["model"] == "reference" else f"{name}{where} ({r['model']})")
-            bars.append((label, mean, 0.0 if math.isnan(half) else half, _kind(r["method"])))
-        if bars:
-            drawn[key] = (bars, skipped)
+    for r in summary:
+        if r.get("resolution", "pixel") == resolution:
+            panels[tuple(str(r.get(k, "")) for k in panel_keys)].append(r)
+    drawn = {key: _summary_points(rows, metric) for key, rows in panels.items()}
+    drawn = {key: v for key, v in drawn.items() if v[0]}
     if not drawn:
         raise ValueError(f"no finite {metric!r} at resolution {resolution!r} to plot")
-    tallest = max(len(b) for b, _ in drawn.values())
+    models = sorted({m for pts, _ in drawn.values() for by in pts.values() for m in by if m != "reference"},
+                    key=lambda m: (list(_MODEL_COLOURS).index(m) if m in _MODEL_COLOURS else 99, m))
+    tallest = max(len(pts) for pts, _ in drawn.values())
     ncols = min(2, len(drawn))
     nrows = math.ceil(len(drawn) / ncols)
-    top = max(m + h for b, _ in drawn.values() for _, m, h, _ in b)
+    bounded = metric.split("@")[0].split("_")[0] in _UNIT_METRICS
+    chance = chance or {}
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(FULL_WIDTH, 0.5 + nrows * (0.5 + 0.13 * tallest)),
-                                 squeeze=False, sharex=True)
-        for ax, (key, (bars, skipped)) in zip(axes.flat, drawn.items()):
-            y = np.arange(len(bars))[::-1]
-            ax.barh(y, [b[1] for b in bars], xerr=[b[2] for b in bars], color=[_KIND_COLOURS[b[3]] for b in bars],
-                    height=0.7, error_kw={"elinewidth": 0.6, "capsize": 1.5})
-            ax.set_yticks(y)
-            ax.set_yticklabels([b[0] for b in bars], fontsize=5)
-            ax.set_xlim(0, max(1.0, top * 1.05))
-            ax.set_title(", ".join(key) + (f" ({skipped} without a value left out)" if skipped else ""), fontsize=7)
-            ax.grid(axis="x", lw=0.3, alpha=0.5)
-        for ax in axes[-1]:
-            ax.set_xlabel(f"{metric} (mean, 95 % CI)")
+        fig, axes = plt.subplots(nrows, ncols, figsize=(FULL_WIDTH, 0.9 + nrows * (0.45 + 0.2 * tallest)),
+                                 squeeze=False, sharex=True, layout="constrained")
+        for ax, (key, (points, skipped)) in zip(axes.flat, drawn.items()):
+            _draw_summary_panel(ax, points, models, chance.get(key))
+            name = ", ".join(_readable(k, v) for k, v in zip(panel_keys, key))
+            ax.set_title(name + (f" ({skipped} without a value left out)" if skipped else ""), fontsize=7)
         for ax in list(axes.flat)[len(drawn):]:
             ax.set_visible(False)
-        fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
-        fig.legend(handles=[Patch(color=c, label=k) for k, c in _KIND_COLOURS.items()], loc="lower center",
-                   ncol=3, bbox_to_anchor=(0.5, 1 - 0.3 / fig.get_figheight()), frameon=False)
-        fig.suptitle(title or f"{metric} by map ({resolution} protocol)", fontsize=8, y=1.0,
-                     va="bottom")
-        return figures.save(fig, path, env)
+        if bounded:
+            axes[0, 0].set_xlim(0.0, 1.0)
+        for ax in axes[-1]:
+            ax.set_xlabel(f"{metric} (mean and 95 % CI" + (", clipped to [0, 1])" if bounded else ")"))
+        handles = [Line2D([], [], color=_model_colour(m, models), marker="o", ms=3.5, ls="-", lw=0.8,
+                          label=f"{m}'s maps" if m != "plain_cnn" else "plain_cnn (post-hoc only)") for m in models]
+        handles.append(Line2D([], [], color="#000000", marker="D", ms=3.5, ls="-", lw=0.8,
+                              label="reference map (no model)"))
+        if any(key in chance for key in drawn):
+            handles.append(Line2D([], [], color="#444444", ls="--", lw=0.8,
+                                  label="chance: the mask's pixel share (a random map's expected AP)"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False, fontsize=6)
+        fig.suptitle(title or f"{metric} by map ({resolution} protocol)", fontsize=8)
+        notes = ["rows: attention maps per level; post-hoc methods (GradCAM per attention level, DeepLIFT, LRP, "
+                 "Input x Gradient, Integrated Gradients) of each model; references",
+                 "" if any(key in chance for key in drawn) else "chance level not recorded for these results"]
+        return figures.save(fig, path, env, notes=notes)
 
 
-def write_outputs(rows, examples, out_dir: str, env: dict | None = None) -> dict:
+def write_outputs(rows, examples, out_dir: str, env: dict | None = None, channels=((0, "channel 0"),),
+                  notes=()) -> dict:
     """``explain.csv``, ``explain_summary.csv``, ``explain.md`` and the examples figure in
-    ``out_dir``, each written atomically; returns their paths."""
+    ``out_dir``, each written atomically; returns their paths.  ``channels`` and ``notes``:
+    the image channels the figure shows and what they show (:func:`plot_examples`)."""
 
     if not rows:
         raise ValueError("nothing was explained: no rows to write")
@@ -523,7 +651,7 @@ def write_outputs(rows, examples, out_dir: str, env: dict | None = None) -> dict
                       f"(grid maps upsampled by nearest neighbour). pointing_tol: a hit within {tol} of the mask "
                       f"(15 px at 240x240, scaled with the image).\n\n" + markdown_table(summary) + "\n")
     if examples:
-        plot_examples(examples, paths["figure"], env)
+        plot_examples(examples, paths["figure"], env, channels=channels, notes=notes)
     else:
         paths.pop("figure")
     return paths

@@ -167,6 +167,114 @@ def _randomisation_lines(rand_summary) -> list[str]:
     return lines
 
 
+def _validity_section(conditions, accuracy) -> list[str]:
+    """The validity checks, the model-free map and the compared models, per condition."""
+    lines = ["## Validity checks (first)", ""]
+    for c in conditions:
+        lines += validity_lines(c["validity"], f"{c['condition']} (training vs test images; (c′): the softmax "
+                                                f"models' AUC drop with shuffled maps on the test split, reported "
+                                                f"here; the verdict was the dev stage's)")
+        mf = c["model_free"]
+        lines += [f"Model-free reference map ({c['condition']}): {mf['name']}, chosen on the dev split (cross-fitted "
+                  f"dev AP {mf['dev_ap']:.3f}), weights {[format(w, '.3g') for w in (mf['weights'] or [])]}.", ""]
+    lines += ["## Compared models", "",
+              f"A model's maps are compared only if its mean dev AUC reaches {MIN_COMPARED_AUC:.2f}; the others are "
+              f"reported below, and left out of the headline.", ""]
+    dev_auc = {(s["condition"], s["model"]): s for s in accuracy if s["test_set"] == "test"}
+    for c in conditions:
+        models = sorted({m for (cond, m) in dev_auc if cond == c["condition"]})
+        lines.append(f"- {c['condition']}: " + "; ".join(
+            f"{m} dev AUC {cell(dev_auc[(c['condition'], m)], 'dev_auc')} "
+            f"({'compared' if m in c['compared'] else 'NOT compared'})" for m in models))
+    return lines
+
+
+def _headline_section(headline) -> list[str]:
+    """The best attention map against the best post-hoc map, and each compared model's."""
+    lines = ["", "## Headline: best attention map against best post-hoc map (ap, compared models)", "",
+             "The best of each side is picked on the test split (it flatters both alike); the difference is "
+             "attention minus post-hoc, paired by seed.", "",
+             "| condition | test set | mask | resolution | best attention | ap | best post-hoc | ap | difference | "
+             "best block map | ap | model-free | ap |", "|" + "---|" * 13]
+    for h in headline:
+        cells = []
+        for kind in ("attention", "posthoc", "difference", "block_map", "model_free"):
+            b = h.get(kind)
+            if kind == "difference":
+                cells.append(cell({"x_mean": b["ap_mean"], "x_ci95": b["ap_ci95"]}, "x") if b else "–")
+                continue
+            cells += ([f"{b['model']} {b['method']} {level_tag(b['level'])}",
+                       cell({"x_mean": b["ap_mean"], "x_ci95": b["ap_ci95"]}, "x")] if b else ["–", "–"])
+        lines.append(f"| {h['condition']} | {h['test_set']} | {h['mask']} | {h['resolution']} | "
+                     + " | ".join(cells) + " |")
+    lines += ["", "Each compared model's best attention level against the best post-hoc map above (difference "
+                  "paired by seed; an interval above 0: attention ahead, below 0: post-hoc ahead):", "",
+              "| condition | test set | mask | resolution | model | level | attention ap | best post-hoc | "
+              "difference |", "|" + "---|" * 9]
+    for h in headline:
+        post = h.get("posthoc")
+        for model, b in (h.get("by_model") or {}).items():
+            lines.append(f"| {h['condition']} | {h['test_set']} | {h['mask']} | {h['resolution']} | {model} | "
+                         f"{level_tag(b['level'])} | {cell({'x_mean': b['ap_mean'], 'x_ci95': b['ap_ci95']}, 'x')} | "
+                         f"{post['model']} {post['method']} {level_tag(post['level'])} | "
+                         f"{cell({'x_mean': b['difference_mean'], 'x_ci95': b['difference_ci95']}, 'x')} |")
+    return lines
+
+
+def _accuracy_section(accuracy) -> list[str]:
+    """Accuracy and map statistics per condition, test set and model."""
+    lines = ["## Accuracy and map statistics (test splits)", "",
+             "| condition | test set | model | AUC | bacc | bacc argmax | violation | N·max p L0 | N·max p L1 | "
+             "H/log N L0 | H/log N L1 | score range L0 | score range L1 | time/epoch (s) | best epoch |",
+             "|" + "---|" * 15]
+    for s in accuracy:
+        lines.append(f"| {s['condition']} | {s['test_set']} | {s['model']} | " + " | ".join(
+            cell(s, m) for m in ACCURACY[:3]) + " | " +
+            cell(s, "violation", 4) + " | " + " | ".join(cell(s, m) for m in ACCURACY[4:10]) + " | " +
+            cell(s, "epoch_time_s", 2) + " | " + cell(s, "best_epoch", 1) + " |")
+    return lines
+
+
+def _explanation_section(explain_summary) -> list[str]:
+    """Every explanation metric per condition, test set, mask and protocol."""
+    lines = ["", "## Explanation metrics", ""]
+    groups = sorted({(s["condition"], s["test_set"], s["mask"]) for s in explain_summary})
+    for cond, tset, mask in groups:
+        for protocol, pick in (("pixel protocol", lambda s: s["resolution"] == "pixel"),
+                               ("pooled protocol", lambda s: s["resolution"] != "pixel")):
+            rows = [s for s in explain_summary
+                    if (s["condition"], s["test_set"], s["mask"]) == (cond, tset, mask) and pick(s)]
+            if not rows:
+                continue
+            rows.sort(key=lambda s: (s["resolution"], s["model"], s["method"], int(s["level"])))
+            lines += [f"### {cond}, {tset}, {mask} masks, {protocol}", "",
+                      "| model | map | level | resolution | upsampling | " + " | ".join(METRIC_NAMES) + " |",
+                      "|" + "---|" * (5 + len(METRIC_NAMES))]
+            for s in rows:
+                lines.append(f"| {s['model']} | {s['method']} | {level_name(s['level'])} | {s['resolution']} | "
+                             f"{s['upsampling']} | " + " | ".join(cell(s, m) for m in METRIC_NAMES) + " |")
+            lines.append("")
+    return lines
+
+
+def _ablation_section(ablation) -> list[str]:
+    """The map ablation, every level at once and each alone."""
+    levels = sorted({int(k[:-len("_mean")].rsplit("_L", 1)[1]) for s in ablation for k in s
+                     if k.startswith("delta_auc_uniform_L") and k.endswith("_mean")})
+    lines = ["## Sanity checks", "", "### Do the maps drive the ranking? (map ablation at test time)", "",
+             "Change of AUC when the attention maps (all levels, then each level alone) are replaced by uniform maps "
+             "or by the same maps with their cells shuffled (negative: the maps drive the ranking). Per-method "
+             "ablations are results, not validity checks.", "",
+             "| condition | test set | model | scope | Δ AUC uniform | Δ AUC shuffled | Δ bacc uniform | "
+             "Δ bacc shuffled |", "|---|---|---|---|---|---|---|---|"]
+    for s in ablation:
+        for scope, suffix in [("all levels", "")] + [(f"L{k}", f"_L{k}") for k in levels]:
+            lines.append(f"| {s['condition']} | {s['test_set']} | {s['model']} | {scope} | " + " | ".join(
+                cell(s, f"{m}{suffix}") for m in ("delta_auc_uniform", "delta_auc_shuffled", "delta_bacc_uniform",
+                                                  "delta_bacc_shuffled")) + " |")
+    return lines
+
+
 def test_report(config, variants, record, conditions, accuracy, explain_summary, ablation, rand_summary, headline,
                 device, history: dict | None = None) -> str:
     """``experiment.md``: validity and verdict first, then attention against post-hoc maps
@@ -205,90 +313,12 @@ def test_report(config, variants, record, conditions, accuracy, explain_summary,
              f"upsampled by nearest neighbour). pointing_tol: within {pointing_tolerance_px((S, S)):.1f} px of the "
              f"mask (15 px at 240x240, scaled to {S}x{S}). Test sets: 'test' (mimic types of training) and "
              f"'heldout_<type>' (a mimic type used neither in training nor in development).", ""]
-    lines += ["## Validity checks (first)", ""]
-    for c in conditions:
-        lines += validity_lines(c["validity"], f"{c['condition']} (training vs test images; (c′): the softmax "
-                                                f"models' AUC drop with shuffled maps on the test split, reported "
-                                                f"here; the verdict was the dev stage's)")
-        mf = c["model_free"]
-        lines += [f"Model-free reference map ({c['condition']}): {mf['name']}, chosen on the dev split (cross-fitted "
-                  f"dev AP {mf['dev_ap']:.3f}), weights {[format(w, '.3g') for w in (mf['weights'] or [])]}.", ""]
-    lines += ["## Compared models", "",
-              f"A model's maps are compared only if its mean dev AUC reaches {MIN_COMPARED_AUC:.2f}; the others are "
-              f"reported below, and left out of the headline.", ""]
-    dev_auc = {(s["condition"], s["model"]): s for s in accuracy if s["test_set"] == "test"}
-    for c in conditions:
-        models = sorted({m for (cond, m) in dev_auc if cond == c["condition"]})
-        lines.append(f"- {c['condition']}: " + "; ".join(
-            f"{m} dev AUC {cell(dev_auc[(c['condition'], m)], 'dev_auc')} "
-            f"({'compared' if m in c['compared'] else 'NOT compared'})" for m in models))
-    lines += ["", "## Headline: best attention map against best post-hoc map (ap, compared models)", "",
-              "The best of each side is picked on the test split (it flatters both alike); the difference is "
-              "attention minus post-hoc, paired by seed.", "",
-              "| condition | test set | mask | resolution | best attention | ap | best post-hoc | ap | difference | "
-              "best block map | ap | model-free | ap |", "|" + "---|" * 13]
-    for h in headline:
-        cells = []
-        for kind in ("attention", "posthoc", "difference", "block_map", "model_free"):
-            b = h.get(kind)
-            if kind == "difference":
-                cells.append(cell({"x_mean": b["ap_mean"], "x_ci95": b["ap_ci95"]}, "x") if b else "–")
-                continue
-            cells += ([f"{b['model']} {b['method']} {level_tag(b['level'])}",
-                       cell({"x_mean": b["ap_mean"], "x_ci95": b["ap_ci95"]}, "x")] if b else ["–", "–"])
-        lines.append(f"| {h['condition']} | {h['test_set']} | {h['mask']} | {h['resolution']} | "
-                     + " | ".join(cells) + " |")
-    lines += ["", "Each compared model's best attention level against the best post-hoc map above (difference "
-                  "paired by seed; an interval above 0: attention ahead, below 0: post-hoc ahead):", "",
-              "| condition | test set | mask | resolution | model | level | attention ap | best post-hoc | "
-              "difference |", "|" + "---|" * 9]
-    for h in headline:
-        post = h.get("posthoc")
-        for model, b in (h.get("by_model") or {}).items():
-            lines.append(f"| {h['condition']} | {h['test_set']} | {h['mask']} | {h['resolution']} | {model} | "
-                         f"{level_tag(b['level'])} | {cell({'x_mean': b['ap_mean'], 'x_ci95': b['ap_ci95']}, 'x')} | "
-                         f"{post['model']} {post['method']} {level_tag(post['level'])} | "
-                         f"{cell({'x_mean': b['difference_mean'], 'x_ci95': b['difference_ci95']}, 'x')} |")
+    lines += _validity_section(conditions, accuracy)
+    lines += _headline_section(headline)
     lines += [""] + _ap_per_level_lines(explain_summary, conditions)
-    lines += ["## Accuracy and map statistics (test splits)", "",
-              "| condition | test set | model | AUC | bacc | bacc argmax | violation | N·max p L0 | N·max p L1 | "
-              "H/log N L0 | H/log N L1 | score range L0 | score range L1 | time/epoch (s) | best epoch |",
-              "|" + "---|" * 15]
-    for s in accuracy:
-        lines.append(f"| {s['condition']} | {s['test_set']} | {s['model']} | " + " | ".join(
-            cell(s, m) for m in ACCURACY[:3]) + " | " +
-            cell(s, "violation", 4) + " | " + " | ".join(cell(s, m) for m in ACCURACY[4:10]) + " | " +
-            cell(s, "epoch_time_s", 2) + " | " + cell(s, "best_epoch", 1) + " |")
-    lines += ["", "## Explanation metrics", ""]
-    groups = sorted({(s["condition"], s["test_set"], s["mask"]) for s in explain_summary})
-    for cond, tset, mask in groups:
-        for protocol, pick in (("pixel protocol", lambda s: s["resolution"] == "pixel"),
-                               ("pooled protocol", lambda s: s["resolution"] != "pixel")):
-            rows = [s for s in explain_summary
-                    if (s["condition"], s["test_set"], s["mask"]) == (cond, tset, mask) and pick(s)]
-            if not rows:
-                continue
-            rows.sort(key=lambda s: (s["resolution"], s["model"], s["method"], int(s["level"])))
-            lines += [f"### {cond}, {tset}, {mask} masks, {protocol}", "",
-                      "| model | map | level | resolution | upsampling | " + " | ".join(METRIC_NAMES) + " |",
-                      "|" + "---|" * (5 + len(METRIC_NAMES))]
-            for s in rows:
-                lines.append(f"| {s['model']} | {s['method']} | {level_name(s['level'])} | {s['resolution']} | "
-                             f"{s['upsampling']} | " + " | ".join(cell(s, m) for m in METRIC_NAMES) + " |")
-            lines.append("")
-    levels = sorted({int(k[:-len("_mean")].rsplit("_L", 1)[1]) for s in ablation for k in s
-                     if k.startswith("delta_auc_uniform_L") and k.endswith("_mean")})
-    lines += ["## Sanity checks", "", "### Do the maps drive the ranking? (map ablation at test time)", "",
-              "Change of AUC when the attention maps (all levels, then each level alone) are replaced by uniform maps "
-              "or by the same maps with their cells shuffled (negative: the maps drive the ranking). Per-method "
-              "ablations are results, not validity checks.", "",
-              "| condition | test set | model | scope | Δ AUC uniform | Δ AUC shuffled | Δ bacc uniform | "
-              "Δ bacc shuffled |", "|---|---|---|---|---|---|---|---|"]
-    for s in ablation:
-        for scope, suffix in [("all levels", "")] + [(f"L{k}", f"_L{k}") for k in levels]:
-            lines.append(f"| {s['condition']} | {s['test_set']} | {s['model']} | {scope} | " + " | ".join(
-                cell(s, f"{m}{suffix}") for m in ("delta_auc_uniform", "delta_auc_shuffled", "delta_bacc_uniform",
-                                                  "delta_bacc_shuffled")) + " |")
+    lines += _accuracy_section(accuracy)
+    lines += _explanation_section(explain_summary)
+    lines += _ablation_section(ablation)
     lines += [""] + _randomisation_lines(rand_summary)
     lines += ["Files: runs.csv (one row per condition, test set, model and seed), accuracy_summary.csv, "
               "ablation_summary.csv, explain_per_seed.csv, explain_summary.csv (a row per map and mask), "

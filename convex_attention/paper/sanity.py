@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..nn import Attended
 from .data import labels_only
 from .explain import explanations
+from .models import NonFiniteOutput, non_finite_parts
 
 __all__ = ["predict", "balanced_accuracy_at", "classification", "map_statistics", "uniform_maps", "shuffled_maps",
            "maps_replaced", "map_ablation", "randomised_copy", "rank_correlation", "native_form",
@@ -50,13 +51,18 @@ ABLATIONS = ("uniform", "shuffled")
 def predict(model, dataset: Dataset, batch_size: int = 64, device="cpu", keep_maps: bool = False) -> dict:
     """The model on every image of ``dataset``, in evaluation mode: ``logits`` ``(N, K)``
     float64 and ``labels`` ``(N,)`` on the CPU; with ``keep_maps`` also ``maps`` and
-    ``scores``, ``L`` tensors ``(N, h_k, w_k)`` each, and ``violation`` ``(N,)``."""
+    ``scores``, ``L`` tensors ``(N, h_k, w_k)`` each, and ``violation`` ``(N,)``.
+    :class:`~convex_attention.paper.models.NonFiniteOutput` when logits or maps hold NaN
+    or Inf."""
     model.eval()
     model.to(device)
     loader = DataLoader(labels_only(dataset), batch_size=batch_size, shuffle=False)
     logits, labels, maps, scores, violation = [], [], [], [], []
     for images, y in loader:
         out = model(images.to(device))
+        bad = non_finite_parts(out)
+        if bad:  # no metric of them is a number worth reporting
+            raise NonFiniteOutput(f"the model's {', '.join(bad)} hold NaN or Inf: its predictions are not scored")
         logits.append(out.logits.detach().double().cpu())
         labels.append(torch.as_tensor(y).cpu())
         if keep_maps:

@@ -46,12 +46,19 @@ from torch.utils.data import DataLoader, Dataset
 from ..io.files import atomic_csv, write_json
 from .config import ModelConfig, TrainConfig, check_device
 from .data import build_datasets, labels_only
-from .models import AttentionUNet, load_checkpoint, read_checkpoint, save_checkpoint
+from .models import (
+    AttentionUNet,
+    NonFiniteOutput,
+    load_checkpoint,
+    non_finite_parts,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 __all__ = ["TrainConfig", "train", "evaluate", "augment", "classification_metrics", "check_device",
            "recompute_batchnorm", "stored_train_config", "build_checked_datasets", "check_data", "check_resume",
            "CheckedData",
-           "TrainingDiverged", "METRIC_COLUMNS"]
+           "TrainingDiverged", "diagnose_divergence", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_violation",
                   "epoch_time_s", "lr", "val_auc", "val_threshold", "val_balanced_acc_at_threshold")
@@ -169,13 +176,18 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict:
 def evaluate(model: AttentionUNet, dataset: Dataset, batch_size: int = 64, device="cpu") -> dict:
     """Loss, accuracy, balanced accuracy, ROC AUC, the chosen threshold and the balanced
     accuracy there (:func:`classification_metrics`), and the mean attention violation on
-    ``dataset``, in evaluation mode."""
+    ``dataset``, in evaluation mode.  :class:`NonFiniteOutput` (naming the parts) when the
+    model's logits or maps hold NaN or Inf: no metric of them is reported."""
     model.eval()
     loader = DataLoader(labels_only(dataset), batch_size=batch_size, shuffle=False)
     losses, logits, targets, violations = [], [], [], []
-    for images, labels in loader:
+    for start, (images, labels) in enumerate(loader):
         images, labels = images.to(device), labels.to(device)
         out = model(images)
+        bad = non_finite_parts(out)
+        if bad:  # no metric of them is a number worth reporting
+            raise NonFiniteOutput(f"the model's {', '.join(bad)} hold NaN or Inf on batch {start} of the evaluated "
+                                  f"images")
         losses.append(float(model.loss(out, labels)) * len(labels))
         logits.append(out.logits.detach().float().cpu())
         targets.append(labels.cpu())
@@ -203,7 +215,41 @@ def recompute_batchnorm(model: torch.nn.Module, dataset: Dataset, batch_size: in
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: training stopped (the last checkpoints stay)."""
+    """Training stopped because something became NaN or infinite (the last checkpoints stay).
+
+    ``what`` says what diverged, where and why it is known; ``lr_may_help`` is True only
+    where a smaller learning rate can help (an update made the weights or outputs
+    non-finite), not for broken data or a model that overflows before any update."""
+
+    def __init__(self, what: str, lr_may_help: bool = False, lr: float | None = None):
+        self.what, self.lr_may_help, self.lr = what, lr_may_help, lr
+        advice = f"; a smaller learning rate may help (lr {lr:g})" if lr_may_help and lr is not None else ""
+        super().__init__(what + advice)
+
+
+def diagnose_divergence(model, images: torch.Tensor, out, loss: torch.Tensor, where: str, updated: bool,
+                        lr: float | None = None) -> TrainingDiverged:
+    """What made a training loss non-finite, in words (:class:`TrainingDiverged`): the images,
+    the weights, the model's outputs or the loss terms, checked in that order; ``updated``:
+    whether any optimiser step was taken before (a learning rate can only be blamed then)."""
+    value = float(loss.detach())
+    if not bool(torch.isfinite(images).all()):
+        return TrainingDiverged(f"the training images hold NaN or Inf {where} (the loss is {value}): the data are "
+                                f"broken, not the training; check the dataset")
+    bad_weights = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p.detach()).all())]
+    if bad_weights:
+        return TrainingDiverged(f"the weights became NaN or Inf {where} ({', '.join(bad_weights[:3])}"
+                                f"{' and more' if len(bad_weights) > 3 else ''})", updated, lr)
+    bad = non_finite_parts(out)
+    if bad:
+        cause = ("after updates that left the weights finite" if updated else
+                 "before any update: the initial model overflows on these images")
+        return TrainingDiverged(f"the model's {', '.join(bad)} hold NaN or Inf {where}, {cause}", updated, lr)
+    aux = float(out.aux_loss.detach())
+    if not math.isfinite(aux):
+        return TrainingDiverged(f"the consistency loss (alpha x the KL terms) is {aux} {where}, with finite logits "
+                                f"and maps", updated, lr)
+    return TrainingDiverged(f"the cross-entropy is {value} {where}, with finite logits and maps", updated, lr)
 
 
 class CheckedData(NamedTuple):
@@ -310,6 +356,7 @@ class _Run:
             os.makedirs(config.out, exist_ok=True)
         self.metrics: list[dict] = []
         self.best, self.best_epoch = None, None
+        self.updated = False  # an optimiser step was taken (here or before the checkpoint resumed from)
         self.net = self.model
         if self.world > 1:
             self.net = torch.nn.parallel.DistributedDataParallel(
@@ -331,6 +378,7 @@ class _Run:
         """Continue from a checkpoint: its weights and optimiser, metrics and selection."""
         config = self.config
         load_checkpoint(config.resume, self.model, self.optimizer, map_location=self.device, state=state)
+        self.updated = True
         for group in self.optimizer.param_groups:  # the learning rate asked now, not the checkpoint's
             group["lr"] = config.lr
             group["weight_decay"] = config.weight_decay
@@ -356,18 +404,19 @@ class _Run:
         total, correct, loss_sum = 0, 0, 0.0
         bar = tqdm(self.loader, desc=f"{config.method} epoch {epoch}/{config.epochs}", leave=False,
                    dynamic_ncols=True, disable=not (self.main and config.progress))
-        for images, labels in bar:
+        for step, (images, labels) in enumerate(bar):
             images, labels = images.to(self.device), labels.to(self.device)
             if config.augment:
                 images = augment(images, self.aug_gen)
             out = self.net(images)
             loss = model.loss(out, labels)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"non-finite loss {float(loss)} at epoch {epoch} (method {config.method}); "
-                                       f"lower --lr")
+                raise diagnose_divergence(model, images, out, loss, f"at epoch {epoch}, step {step + 1} (method "
+                                          f"{config.method})", self.updated, config.lr)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self.updated = True
             n = len(labels)
             total += n
             loss_sum += float(loss.detach()) * n
@@ -384,9 +433,13 @@ class _Run:
             for buffer in model.buffers():
                 dist.broadcast(buffer, src=0)
         if self.main:
+            try:
+                measured = evaluate(model, self.val_set, device=self.device)
+            except NonFiniteOutput as err:  # the training loss stayed finite; the validation outputs did not
+                raise TrainingDiverged(f"after epoch {epoch} (method {config.method}) {err} (the validation images; "
+                                       f"the training loss stayed finite)", True, config.lr) from None
             self._record(epoch, {"epoch": epoch, "train_loss": loss_sum / total, "train_acc": correct / total,
-                                 **evaluate(model, self.val_set, device=self.device), "epoch_time_s": epoch_time,
-                                 "lr": config.lr})
+                                 **measured, "epoch_time_s": epoch_time, "lr": config.lr})
         if self.world > 1:
             dist.barrier()
 

@@ -80,15 +80,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from .config import THRESHOLDS
+
 __all__ = ["CheckResult", "QUANTILES", "THRESHOLDS", "PASSES_BELOW", "collect", "location_free_features",
            "check_location_free", "check_pixel_map", "check_maps_drive_ranking", "check_uniform_attention",
            "check_brain_mask", "REPORTED_ONLY", "MIN_RANKING_SEEDS", "MIN_COMPARED_AUC",
            "brain_mask_features", "run_checks", "accepted"]
 
 QUANTILES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
-#: Pass thresholds: (a), (b) and (d) at most; (c′) and the reported (c) at least.
-THRESHOLDS = {"location_free": 0.60, "pixel_map": 0.30, "maps_drive_ranking": 0.05, "uniform_attention": 0.10,
-              "brain_mask": 0.60}
 #: Which side of its threshold each check passes on (True: at most).
 PASSES_BELOW = {name: name not in ("maps_drive_ranking", "uniform_attention") for name in THRESHOLDS}
 #: (c′) is judged over at least this many dev seeds.

@@ -39,7 +39,8 @@ DUAL_KIND_LABEL = {"zero": "λ = 0", "fitted": "fitted λ", "amortised": "amorti
 DUAL_KIND_ORDER = DUAL_KINDS
 KIND_COLORS = {"zero": "#f4a582", "fitted": "#d62728", "amortised": "#e377c2", "per_sample": "#8c564b"}
 KIND_MARKERS = {"zero": "v", "fitted": "^", "amortised": "<", "per_sample": ">"}
-BACKEND_COLORS = ("#9467bd", "#54278f", "#bcbddc", "#dd3497", "#3f007d")
+# cvxpylayers backends: colours told apart at a glance (not shades of one hue), each with its marker
+BACKEND_COLORS = ("#9467bd", "#17becf", "#8c6d31", "#e7298a", "#3f007d")
 BACKEND_MARKERS = ("P", "X", "*", "h", "p")
 # The dual kind whose row carries the timing that the other kinds share (they evaluate the
 # same computation at other λ; the sweep times it once).
@@ -51,6 +52,23 @@ DTYPE_COLORS = {"float64": "#3182bd", "float32": "#e6550d", "float16": "#31a354"
 VIOLATION_TEX = r"$\mathrm{max}_k\,\|P_k p_k - p_{k+1}\|_1$"
 # the sweep cell a row belongs to: its key without the method's own fields
 CELL_FIELDS = tuple(k for k in KEY_FIELDS if k not in ("method", "dual_kind", "backend"))
+#: A time is marked low-confidence when its interquartile range is wider than this share of
+#: its median, or when it rests on fewer than MIN_CONFIDENT_REPEATS repetitions (the quartiles
+#: of one or two timings say nothing about the spread).
+LOW_CONFIDENCE_IQR = 0.5
+MIN_CONFIDENT_REPEATS = 3
+LOW_CONFIDENCE_LABEL = (f"dotted square: low confidence (IQR > {LOW_CONFIDENCE_IQR:.0%} of the median, or "
+                        f"< {MIN_CONFIDENT_REPEATS} repetitions)")
+#: A log-log slope is fitted over at least MIN_SLOPE_SIZES sizes spanning at least
+#: MIN_SLOPE_SPAN (largest / smallest n), the largest sizes first, and kept only where every
+#: point lies within SLOPE_TOLERANCE of the fitted line and the fitted time grows at least
+#: MIN_SLOPE_RISE-fold over the range: a power law where the times follow one, and no slope
+#: where they do not (fixed overheads bend small sizes; a flat curve is overhead-bound, and
+#: its slope, even negative, is noise).
+MIN_SLOPE_SIZES = 3
+MIN_SLOPE_SPAN = 10.0
+SLOPE_TOLERANCE = 0.15
+MIN_SLOPE_RISE = 2.0
 
 _TOKEN = re.compile(r"^[A-Za-z0-9_.+:\-]{1,40}$")
 
@@ -274,6 +292,95 @@ def quiet_minor_ticks(ax) -> None:
             axis.set_minor_formatter(NullFormatter())
 
 
+def low_confidence(v: dict, col: str) -> bool:
+    """Whether the time ``v[col]`` (with ``v[col + "_q1"]``, ``v[col + "_q3"]`` and
+    ``v["repeats"]`` where recorded) is too noisy to read: see :data:`LOW_CONFIDENCE_IQR`."""
+    repeats = v.get("repeats")
+    if repeats is not None and repeats < MIN_CONFIDENT_REPEATS:
+        return True
+    med, q1, q3 = v.get(col), v.get(col + "_q1"), v.get(col + "_q3")
+    return bool(med and q1 is not None and q3 is not None and (q3 - q1) / med > LOW_CONFIDENCE_IQR)
+
+
+def mark_low_confidence(ax, xs, ys) -> None:
+    """A dotted square around each low-confidence point (the legend entry is
+    :data:`LOW_CONFIDENCE_LABEL`)."""
+    if len(xs):
+        ax.scatter(xs, ys, s=85, marker="s", facecolors="none", edgecolors="#555555", linewidths=0.8,
+                   linestyles=":", zorder=6)
+
+
+def low_confidence_handle():
+    from matplotlib.lines import Line2D
+
+    return Line2D([], [], marker="s", ms=8, mfc="none", mec="#555555", ls="none", mew=0.8,
+                  label=LOW_CONFIDENCE_LABEL)
+
+
+@dataclass(frozen=True)
+class PowerLaw:
+    """time ≈ coef · n^slope, fitted over ``[n_lo, n_hi]`` (``sizes`` points)."""
+
+    slope: float
+    coef: float
+    n_lo: float
+    n_hi: float
+    sizes: int
+
+
+def fit_power_law(ns, ts) -> PowerLaw | None:
+    """The log-log line through the largest sizes that follow one (see :data:`MIN_SLOPE_SIZES`):
+    the longest run of the largest sizes with at least MIN_SLOPE_SIZES points spanning at
+    least MIN_SLOPE_SPAN, every point within SLOPE_TOLERANCE of the line; ``None`` if none,
+    or if the line grows less than MIN_SLOPE_RISE-fold over its range."""
+    pts = sorted((float(n), float(t)) for n, t in zip(ns, ts) if n > 0 and t > 0)
+    for start in range(0, len(pts) - MIN_SLOPE_SIZES + 1):
+        sub = pts[start:]
+        if sub[-1][0] / sub[0][0] < MIN_SLOPE_SPAN:
+            return None  # shorter runs span even less
+        x, y = np.log([p[0] for p in sub]), np.log([p[1] for p in sub])
+        slope, intercept = np.polyfit(x, y, 1)
+        if float(np.max(np.abs(y - (slope * x + intercept)))) <= math.log(1 + SLOPE_TOLERANCE):
+            if slope * (x[-1] - x[0]) < math.log(MIN_SLOPE_RISE):
+                return None  # follows a power law, but barely grows: overhead-bound, no slope to read
+            return PowerLaw(float(slope), float(math.exp(intercept)), sub[0][0], sub[-1][0], len(sub))
+    return None
+
+
+def skipped_by_the_sweep(rows) -> dict:
+    """``{why: count}`` of the rows the sweep recorded as skipped (a reason it chose, not a
+    fault): over the size cap, over the time budget, a backend not installed, other."""
+    out: dict = {}
+    for row in rows:
+        if text_of(row, "status") != "skipped":
+            continue
+        reason = text_of(row, "reason")
+        why = ("over --cvx-max-cells" if "cap" in reason else "over --budget" if "budget" in reason else
+               "backend not installed" if "not installed" in reason else "skipped (see bench.csv)")
+        out[why] = out.get(why, 0) + 1
+    return out
+
+
+def skipped_note(rows) -> str:
+    """The rows the sweep skipped, for a figure's notes ("" when none)."""
+    counts = skipped_by_the_sweep(rows)
+    if not counts:
+        return ""
+    return "not measured by the sweep: " + ", ".join(f"{n} row(s) {why}" for why, n in counts.items())
+
+
+def dtype_note(points) -> str:
+    """The dtypes the points were computed in, for a figure's notes: the cells' dtype(s), and
+    the methods that compute in another (cvxpylayers: float64 whatever the cell's)."""
+    cells = sorted({text_of(p.row, "dtype") for p in points})
+    other = sorted({(p.series.method, compute_dtype_of(p)) for p in points
+                    if compute_dtype_of(p) != text_of(p.row, "dtype")})
+    text = "computed in " + "/".join(cells)
+    if other:
+        text += " (" + ", ".join(f"{m}: {d}, whatever the cell's dtype" for m, d in dict(other).items()) + ")"
+    return text
+
+
 def dims_title(dims: int) -> str:
     return f"{dims}-D grids"
 
@@ -290,7 +397,9 @@ def spread_columns(col: str) -> dict:
 
 
 def load_env(folder: str, log: Log) -> dict | None:
-    """The environment record of ``bench.json``; NaN/Infinity tokens (older files) read as null."""
+    """The environment record of ``bench.json``, with its ``runs`` (the load average at the
+    start and end of each run, and its threads) where the file has them; NaN/Infinity tokens
+    (older files) read as null."""
     path = os.path.join(folder, "bench.json")
     if not os.path.exists(path):
         return None
@@ -311,5 +420,7 @@ def load_env(folder: str, log: Log) -> dict | None:
     if env is not None and not isinstance(env, dict):
         log("bench.json: 'environment' is not an object; figures carry no environment line")
         return None
+    if env is not None and isinstance(data.get("runs"), list):
+        env = {**env, "runs": data["runs"]}  # the load and threads of each run (older files: not recorded)
     return env
 

@@ -17,6 +17,7 @@ from ...methods import get_method
 from ._common import (
     DTYPE_COLORS,
     DTYPE_EPS,
+    DUAL_KIND_LABEL,
     SIZE_COLUMNS,
     TIMED_KIND,
     VIOLATION_TEX,
@@ -26,6 +27,10 @@ from ._common import (
     Skips,
     cell_key,
     compute_dtype_of,
+    dtype_note,
+    low_confidence,
+    low_confidence_handle,
+    mark_low_confidence,
     missing_columns,
     number,
     ok_points,
@@ -37,17 +42,8 @@ from ._common import (
 )
 
 
-def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
-    """Consistency violation per method, learned-dual kind and cvxpylayers backend, one box
-    (and one point per sweep cell) per compute dtype, with each dtype's rounding floor
-    (machine ε) marked.  A method that solves in float64 whatever the input (the
-    registry's ``cpu_only``) is counted as float64.  A violation of exactly 0 is drawn at a
-    marked floor.  Returns None without data."""
-    log = log or warn
-    need = ("status", "method", "dtype", "violation_mean")
-    if missing_columns(rows, need):
-        log(f"violation: bench.csv lacks column(s) {', '.join(missing_columns(rows, need))}; not drawn")
-        return None
+def _violation_points(rows, log: Log) -> list[tuple]:
+    """``(series, compute dtype, violation, cpu_only)`` of every ok row with a violation."""
     points, skips = [], Skips("violation")
     for p in ok_points(rows, "violation", {"violation_mean": {"nonneg": True}}, log):
         dtype = text_of(p.row, "dtype")
@@ -56,93 +52,126 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
             continue
         points.append((p.series, compute_dtype_of(p), p.v["violation_mean"], p.record.cpu_only))
     skips.report(log)
+    return points
+
+
+def _tick_label(s: Series) -> str:
+    """Two short lines: the method, then its kind or backend."""
+    if s.kind:
+        return f"{s.method}\n{DUAL_KIND_LABEL.get(s.kind, s.kind)}"
+    return f"{s.method}\n{s.backend}" if s.backend else s.method
+
+
+def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
+    """Consistency violation per method, learned-dual kind and cvxpylayers backend: one
+    panel per compute dtype (comparisons stay within a dtype: a method computed in float64
+    is not more consistent for it), one box (and one point per sweep cell) per series, and
+    the dtype's machine ε drawn for scale.  A method that solves in float64 whatever the
+    input (the registry's ``cpu_only``) is counted as float64.  A violation of exactly 0 is
+    drawn at a marked floor.  Returns None without data."""
+    log = log or warn
+    need = ("status", "method", "dtype", "violation_mean")
+    if missing_columns(rows, need):
+        log(f"violation: bench.csv lacks column(s) {', '.join(missing_columns(rows, need))}; not drawn")
+        return None
+    points = _violation_points(rows, log)
     if not points:
         log("violation: no ok row with a violation; not written")
         return None
-    series = sorted({s for s, *_ in points}, key=Series.order)
     dtypes = sorted({d for _, d, _, _ in points}, key=lambda d: -DTYPE_EPS[d])
+    by_dtype = {d: sorted({s for s, d2, _, _ in points if d2 == d}, key=Series.order) for d in dtypes}
     positive = [v for *_, v, _ in points if v > 0]
     floor = 10.0 ** (math.floor(math.log10(min(positive + [min(DTYPE_EPS[d] for d in dtypes)]))) - 1)
-    width = 0.8 / len(dtypes)
     rng = np.random.default_rng(0)
+    any_zero = False
     with plt.rc_context(STYLE):
-        fig, ax = plt.subplots(figsize=(FULL_WIDTH, 3.0), layout="constrained")
-        any_zero = False
-        for i, s in enumerate(series):
-            for j, d in enumerate(dtypes):
+        fig, axes = plt.subplots(1, len(dtypes), figsize=(FULL_WIDTH, 3.1), sharey=True, squeeze=False,
+                                 layout="constrained",
+                                 gridspec_kw={"width_ratios": [max(len(by_dtype[d]), 2) for d in dtypes]})
+        for ax, d in zip(axes[0], dtypes):
+            color = DTYPE_COLORS[d]
+            for i, s in enumerate(by_dtype[d]):
                 values = [v for s2, d2, v, _ in points if s2 == s and d2 == d]
-                if not values:
-                    continue
-                x = i + (j - (len(dtypes) - 1) / 2) * width
                 shown = [max(v, floor) for v in values]
                 any_zero |= any(v == 0 for v in values)
-                ax.boxplot([shown], positions=[x], widths=width * 0.8, showfliers=False,
-                           medianprops={"color": DTYPE_COLORS[d]}, boxprops={"color": DTYPE_COLORS[d]},
-                           whiskerprops={"color": DTYPE_COLORS[d]}, capprops={"color": DTYPE_COLORS[d]})
-                ax.scatter(x + rng.uniform(-width / 4, width / 4, len(shown)), shown, s=7, alpha=0.7,
-                           color=DTYPE_COLORS[d], marker="o", zorder=3, linewidths=0)
-        handles = [Patch(color=DTYPE_COLORS[d], label=f"computed in {d}") for d in dtypes]
-        for d in dtypes:
-            ax.axhline(DTYPE_EPS[d], color=DTYPE_COLORS[d], ls="--", lw=0.8)
-            handles.append(Line2D([], [], color=DTYPE_COLORS[d], ls="--", lw=0.8,
-                                  label=rf"{d} rounding floor $\varepsilon = {sci(DTYPE_EPS[d])}$"))
+                ax.boxplot([shown], positions=[i], widths=0.55, showfliers=False, medianprops={"color": color},
+                           boxprops={"color": color}, whiskerprops={"color": color}, capprops={"color": color})
+                ax.scatter(i + rng.uniform(-0.12, 0.12, len(shown)), shown, s=7, alpha=0.7, color=color, zorder=3,
+                           linewidths=0)
+            ax.axhline(DTYPE_EPS[d], color=color, ls="--", lw=0.8)
+            ax.text(0.01, DTYPE_EPS[d], rf" $\varepsilon = {sci(DTYPE_EPS[d])}$", transform=ax.get_yaxis_transform(),
+                    ha="left", va="bottom", fontsize=6, color=color)
+            if any_zero:
+                ax.axhline(floor, color="#999999", ls=":", lw=0.8)
+            ax.set_xticks(range(len(by_dtype[d])), [_tick_label(s) for s in by_dtype[d]], fontsize=6)
+            ax.set_xlim(-0.6, len(by_dtype[d]) - 0.4)
+            ax.set_title(f"computed in {d}")
+            ax.grid(True, axis="y", which="major", alpha=0.25)
+        axes[0, 0].set_yscale("log")
+        quiet_minor_ticks(axes[0, 0])
+        axes[0, 0].set_ylabel("violation (batch mean)\n" + VIOLATION_TEX)
+        handles = [Line2D([], [], color="#555555", ls="--", lw=0.8,
+                          label=r"$\varepsilon$: the dtype's machine epsilon, for scale (a violation near it is "
+                                r"rounding; it bounds nothing)")]
         if any_zero:
-            ax.axhline(floor, color="#999999", ls=":", lw=0.8)
             handles.append(Line2D([], [], color="#999999", ls=":", lw=0.8,
                                   label=rf"violation exactly 0, drawn at ${sci(floor)}$"))
+        fig.legend(handles=handles, loc="outside lower center", ncol=1, frameon=False, fontsize=6.5)
+        fig.suptitle("Consistency violation on held-out instances (one point per sweep cell), by compute dtype: "
+                     "compare within a panel")
         cpu_only = sorted({s.method for s, _, _, c in points if c})
-        if cpu_only:
-            handles.append(Patch(color="none", label=f"{', '.join(cpu_only)}: solves in float64 whatever "
-                                                     f"the cell's dtype"))
-        ax.set_xticks(range(len(series)), [s.label.replace(" (", "\n(") for s in series], fontsize=6)
-        ax.set_xlim(-0.6, len(series) - 0.4)
-        ax.set_yscale("log")
-        quiet_minor_ticks(ax)
-        ax.set_ylabel("violation (batch mean)\n" + VIOLATION_TEX)
-        ax.set_title("Consistency violation on held-out instances (one point per sweep cell), by compute dtype")
-        ax.grid(True, axis="y", which="major", alpha=0.25)
-        fig.legend(handles=handles, loc="outside lower center", ncol=3, frameon=False, fontsize=6.5)
-        return figures.save(fig, path, env)
+        notes = [f"{', '.join(cpu_only)}: solves in float64 whatever the cell's dtype" if cpu_only else "",
+                 "cell dtype(s): " + "/".join(sorted({text_of(r, 'dtype') for r in rows if text_of(r, 'dtype')}))]
+        return figures.save(fig, path, env, notes=notes)
 
 
-def plot_convergence(conv_rows, path, env=None, log: Log | None = None) -> str | None:
-    """The per-sample dual solver: violation and dual gap against sweep, one line per
-    cell, coloured by number of levels.  Rows with unusable values are skipped and named.
-    Returns None without data."""
-    log = log or warn
-    need = ("cell", "levels", "iteration", "violation_max", "dual_gap_max")
-    if missing_columns(conv_rows, need):
-        log(f"dual_convergence: convergence.csv lacks column(s) "
-            f"{', '.join(missing_columns(conv_rows, need))}; not drawn")
-        return None
+def _convergence_points(conv_rows, log: Log) -> list[tuple]:
+    """``(cell, dims, size, levels, iteration, violation_max, dual_gap_max)`` of every usable row."""
     skips, pts = Skips("dual_convergence", "convergence.csv"), []
     for r in conv_rows:
         try:
-            pts.append((int(number(r, "cell", nonneg=True, integer=True)),
+            dims = number(r, "dims", empty_ok=True, positive=True, integer=True)
+            size = number(r, "size", empty_ok=True, positive=True, integer=True)
+            pts.append((int(number(r, "cell", nonneg=True, integer=True)), int(dims or 0), int(size or 0),
                         int(number(r, "levels", positive=True, integer=True)),
                         int(number(r, "iteration", nonneg=True, integer=True)),
                         number(r, "violation_max", nonneg=True), number(r, "dual_gap_max")))
         except BadValue as err:
             skips.add(r, str(err))
     skips.report(log)
+    return pts
+
+
+def plot_convergence(conv_rows, path, env=None, log: Log | None = None) -> str | None:
+    """The per-sample dual solver (computed in float64): violation and dual gap against
+    sweep, one line per cell, coloured by grid size (a sequential scale: small to large) and
+    dashed by number of levels.  Rows with unusable values are skipped and named.  Returns
+    None without data."""
+    log = log or warn
+    need = ("cell", "levels", "iteration", "violation_max", "dual_gap_max")
+    if missing_columns(conv_rows, need):
+        log(f"dual_convergence: convergence.csv lacks column(s) "
+            f"{', '.join(missing_columns(conv_rows, need))}; not drawn")
+        return None
+    pts = _convergence_points(conv_rows, log)
     if not pts:
         log("dual_convergence: no usable row; not written")
         return None
     floor = 1e-17
+    sizes = sorted({(p[1], p[2]) for p in pts})
+    level_counts = sorted({p[3] for p in pts})
+    cmap = plt.get_cmap("viridis")
+    colors = {sz: cmap(0.85 * i / max(len(sizes) - 1, 1)) for i, sz in enumerate(sizes)}
+    dashes = {L: ("-", "--", ":", "-.")[i % 4] for i, L in enumerate(level_counts)}
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 2, figsize=(FULL_WIDTH, 2.6), layout="constrained")
-        level_counts = sorted({p[1] for p in pts})
-        colors = {L: plt.get_cmap("tab10")(i) for i, L in enumerate(level_counts)}
-        labelled = set()
+        fig, axes = plt.subplots(1, 2, figsize=(FULL_WIDTH, 2.8), layout="constrained")
         for cell in sorted({p[0] for p in pts}):
-            rs = sorted((p for p in pts if p[0] == cell), key=lambda p: p[2])
-            L = rs[0][1]
-            label = f"{L} levels" if L not in labelled else None
-            labelled.add(L)
-            it = [p[2] for p in rs]
-            axes[0].semilogy(it, [max(p[3], floor) for p in rs], color=colors[L], label=label, lw=0.9, alpha=0.8)
-            axes[1].semilogy(it, [max(p[4], floor) for p in rs], color=colors[L], lw=0.9, alpha=0.8)
-        axes[0].legend(frameon=False)
+            rs = sorted((p for p in pts if p[0] == cell), key=lambda p: p[4])
+            style = {"color": colors[(rs[0][1], rs[0][2])], "ls": dashes[rs[0][3]], "lw": 1.0, "marker": ".",
+                     "ms": 3}
+            it = [p[4] for p in rs]
+            axes[0].semilogy(it, [max(p[5], floor) for p in rs], **style)
+            axes[1].semilogy(it, [max(p[6], floor) for p in rs], **style)
         axes[0].set_ylabel("violation " + VIOLATION_TEX + "\n(max over batch)")
         axes[1].set_ylabel(r"dual gap $g(\lambda) - f^*$" + "\n(max over batch)")
         for ax in axes:
@@ -150,8 +179,116 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None) -> str |
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             ax.set_xlabel("sweep (one exact block step per constraint)")
             ax.grid(True, which="major", alpha=0.25)
-        fig.suptitle(rf"Per-sample dual solver: convergence (values $\leq {sci(floor)}$ drawn at ${sci(floor)}$)")
-        return figures.save(fig, path, env)
+        handles = [Line2D([], [], color=colors[sz], lw=1.5, label=(f"${sz[1]}^{sz[0]}$" if sz[0] else
+                                                                   f"size {sz[1]}")) for sz in sizes]
+        handles += [Line2D([], [], color="#444444", ls=dashes[L], lw=1.0, label=f"{L} levels") for L in level_counts]
+        fig.legend(handles=handles, loc="outside right center", frameon=False, fontsize=6.5,
+                   title="finest grid (colour)\nlevels (line)", title_fontsize=6.5)
+        fig.suptitle(rf"Per-sample dual solver, float64: convergence (values $\leq {sci(floor)}$ drawn at "
+                     rf"${sci(floor)}$)")
+        return figures.save(fig, path, env, notes=["computed in float64 (the solver's working dtype), on each "
+                                                   "cell's held-out instances"])
+
+
+# ====================================================================== speed against consistency
+
+
+def _tradeoff_cells(points) -> tuple[dict, int]:
+    """``{panel: {cell: {series: [entry]}}}`` (panel: dims, levels, cell dtype; entry: time
+    per sample, violation, time borrowed, IQR of the time, low confidence, point), and the
+    number of ok rows with no time at all."""
+    timed = {(cell_key(p.row), p.series.method): p for p in points
+             if p.series.kind == TIMED_KIND and p.v["per_sample_ms"] is not None}
+    cells: dict = {}
+    untimed = 0
+    for p in points:
+        t, spread, source = p.v["per_sample_ms"], (None, None), p
+        if t is None and p.record.needs_duals and (cell_key(p.row), p.series.method) in timed:
+            source = timed[(cell_key(p.row), p.series.method)]
+            t = source.v["per_sample_ms"]
+        if t is None:
+            untimed += 1
+            continue
+        tb = source.v.get("timed_batch")
+        if tb and source.v.get("total_ms_q1") is not None and source.v.get("total_ms_q3") is not None:
+            spread = (source.v["total_ms_q1"] / tb, source.v["total_ms_q3"] / tb)
+        # cell dtypes apart: a float64 cell is not a float32 cell with a better solver
+        panel = (int(p.v["dims"]), int(p.v["levels"]), text_of(p.row, "dtype"))
+        cells.setdefault(panel, {}).setdefault(cell_key(p.row), {}).setdefault(p.series, []).append(
+            (t, p.v["violation_mean"], source is not p, spread, low_confidence(source.v, "total_ms"), p))
+    return cells, untimed
+
+
+def _pareto(pts, resolution: float) -> list[tuple]:
+    """The points ``(time, violation)`` no other point beats in both, with violations
+    compared only above ``resolution`` (below it two results are equally consistent)."""
+    front, best = [], math.inf
+    for t, v in sorted(pts):
+        seen = max(v, resolution)
+        if seen < best:
+            front.append((t, v))
+            best = seen
+    return front
+
+
+def _draw_tradeoff_panel(ax, by_series: dict, styles: dict, dtype: str, floor: float) -> dict:
+    """One panel: every series at (median time, median violation), the low-confidence marks,
+    the band below the dtype's ε and the Pareto front at that resolution.  Returns what it
+    drew that the legend must explain."""
+    drawn = {"zero": False, "borrowed": False, "low": False}
+    pts, low = [], []
+    eps = DTYPE_EPS.get(dtype, 0.0)
+    for series, entries in sorted(by_series.items(), key=lambda kv: kv[0].order()):
+        t = float(np.median([e[0] for e in entries]))
+        v = float(np.median([e[1] for e in entries]))
+        borrowed = entries[0][2]
+        lo = [e[3][0] for e in entries if e[3][0] is not None]
+        hi = [e[3][1] for e in entries if e[3][1] is not None]
+        shown = max(v, floor)
+        drawn["zero"] |= v == 0
+        drawn["borrowed"] |= borrowed
+        color, marker = styles[series]
+        xerr = [[max(t - min(lo), 0)], [max(max(hi) - t, 0)]] if lo and hi else None
+        # a borrowed-time point is hollow and larger, on top: it often shares its place with the fitted row
+        ax.errorbar([t], [shown], xerr=xerr, color=color, marker=marker, ms=9 if borrowed else 5.5, ls="none",
+                    capsize=2, elinewidth=0.7, mfc="none" if borrowed else color, mew=1.1, zorder=4 if borrowed else 3)
+        pts.append((t, shown))
+        if any(e[4] for e in entries):
+            low.append((t, shown))
+    mark_low_confidence(ax, [p[0] for p in low], [p[1] for p in low])
+    drawn["low"] = bool(low)
+    if eps:
+        ax.axhspan(floor / 10, eps, color="#cccccc", alpha=0.35, lw=0, zorder=0)
+    front = _pareto(pts, eps)
+    if len(front) > 1:
+        ax.step([f[0] for f in front], [max(f[1], eps) for f in front], where="post", color="#555555", lw=0.8,
+                alpha=0.7, zorder=2)
+    ax.scatter([f[0] for f in front], [f[1] for f in front], s=130, facecolors="none", edgecolors="#555555",
+               lw=0.7, zorder=2)
+    if drawn["zero"]:
+        ax.axhline(floor, color="#999999", ls=":", lw=0.8)
+    return drawn
+
+
+def _tradeoff_legend(styles: dict, drawn: dict, floor: float) -> list:
+    handles = [Line2D([], [], color=styles[s][0], marker=styles[s][1], ms=5, ls="none",
+                      label=s.label + (" [float64]" if get_method(s.method).cpu_only else ""))
+               for s in sorted(styles, key=Series.order)]
+    handles.append(Line2D([], [], color="#555555", lw=0.8, marker="o", mfc="none", ms=9,
+                          label="Pareto front: nothing both faster and more consistent, violations compared only "
+                                "above the cells' dtype ε"))
+    handles.append(Patch(color="#cccccc", alpha=0.6, label="below the cells' dtype ε: consistent to rounding "
+                                                           "(float64 solvers earn no credit there)"))
+    if drawn["borrowed"]:
+        handles.append(Line2D([], [], color="#444444", marker="o", mfc="none", ls="none", ms=8,
+                              label="large hollow: time of the fitted-λ row (same computation; per-sample λ "
+                                    "excludes finding λ)"))
+    if drawn["low"]:
+        handles.append(low_confidence_handle())
+    if drawn["zero"]:
+        handles.append(Line2D([], [], color="#999999", ls=":", lw=0.8,
+                              label=rf"violation exactly 0 (e.g. exact in float64), drawn at ${sci(floor)}$"))
+    return handles
 
 
 def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
@@ -159,13 +296,16 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
     kind and cvxpylayers backend at (median time per sample, held-out violation), with the
     Pareto front (no other point is both faster and more consistent).
 
-    One panel per (grid dimensionality, number of levels, dtype), each at one sweep cell:
-    the one where the most series were measured (then the largest).  Learned-dual kinds without a
-    time of their own (λ = 0, per-sample λ: the same computation as the fitted row, timed
-    once there) are placed at the fitted row's time and drawn hollow; the per-sample λ's
-    time excludes finding λ.  A violation of exactly 0 is drawn at a marked floor.
-    Error bars: the interquartile range of the total time where recorded.  Returns None
-    without data."""
+    One panel per (grid dimensionality, number of levels, cell dtype), each at one sweep
+    cell (the one where the most series were measured, then the largest), every panel on
+    the same axes.  Violations below the cell dtype's ε are consistent to rounding: the
+    front does not rank them (cvxpylayers, which computes in float64, gets no credit for
+    its dtype), and the band shows where that is.  Learned-dual kinds without a time of
+    their own (λ = 0, per-sample λ: the fitted row's computation, timed once there) are
+    placed at the fitted row's time and drawn hollow and larger; the per-sample λ's time
+    excludes finding λ.  A violation of exactly 0 is drawn at a marked floor.  Error bars:
+    the interquartile range of the total time where recorded; low-confidence times are
+    marked.  Returns None without data."""
     log = log or warn
     need = ("status", "method", "dims", "levels", "n_cells", "per_sample_ms", "violation_mean")
     if missing_columns(rows, need):
@@ -173,102 +313,50 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
         return None
     numbers = {**SIZE_COLUMNS, "per_sample_ms": {"empty_ok": True, "positive": True},
                "violation_mean": {"nonneg": True}, "timed_batch": {"empty_ok": True, "positive": True},
+               "repeats": {"empty_ok": True, "positive": True, "integer": True},
                "total_ms": {"empty_ok": True, "positive": True}, **spread_columns("total_ms")}
     points = ok_points(rows, "tradeoff", numbers, log)
-    timed = {(cell_key(p.row), p.series.method): p for p in points
-             if p.series.kind == TIMED_KIND and p.v["per_sample_ms"] is not None}
-    cells: dict = {}
-    untimed = 0
-    for p in points:
-        t, spread, borrowed = p.v["per_sample_ms"], (None, None), False
-        source = p
-        if t is None and p.record.needs_duals and (cell_key(p.row), p.series.method) in timed:
-            source = timed[(cell_key(p.row), p.series.method)]
-            t, borrowed = source.v["per_sample_ms"], True
-        if t is None:
-            untimed += 1
-            continue
-        tb = source.v.get("timed_batch")
-        if tb and source.v.get("total_ms_q1") is not None and source.v.get("total_ms_q3") is not None:
-            spread = (source.v["total_ms_q1"] / tb, source.v["total_ms_q3"] / tb)
-        # compute dtypes apart: a float64 cell is not a float32 cell with a better solver
-        panel = (int(p.v["dims"]), int(p.v["levels"]), text_of(p.row, "dtype"))
-        cells.setdefault(panel, {}).setdefault(cell_key(p.row), {}).setdefault(p.series, []).append(
-            (t, p.v["violation_mean"], borrowed, spread, p))
-    if untimed:
-        log(f"tradeoff: {untimed} ok row(s) carry no time (and no fitted row to share one); not drawn")
+    cells, untimed = _tradeoff_cells(points)
     if not cells:
         log("tradeoff: no ok row with both a time and a violation; not written")
         return None
     chosen = {}
     for panel, by_cell in cells.items():
-        key = max(by_cell, key=lambda c: (len(by_cell[c]), max(e[4].v["n_cells"] for es in by_cell[c].values()
+        key = max(by_cell, key=lambda c: (len(by_cell[c]), max(e[5].v["n_cells"] for es in by_cell[c].values()
                                                                  for e in es), c))
         chosen[panel] = by_cell[key]
-    all_viol = [e[1] for by_series in chosen.values() for es in by_series.values() for e in es]
-    positive = [v for v in all_viol if v > 0]
+    positive = [e[1] for by_series in chosen.values() for es in by_series.values() for e in es if e[1] > 0]
     floor = 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else 1e-18
     styles = styles_for({s for by_series in chosen.values() for s in by_series})
     panels = sorted(chosen)
     ncols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / ncols)
-    any_zero = any_borrowed = False
+    drawn = {"zero": False, "borrowed": False, "low": False}
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(FULL_WIDTH if ncols == 2 else 4.2, 2.7 * nrows + 0.9),
-                                 squeeze=False, layout="constrained")
+        fig, axes = plt.subplots(nrows, ncols, figsize=(FULL_WIDTH if ncols == 2 else 4.6, 2.7 * nrows + 1.4),
+                                 squeeze=False, sharex=True, sharey=True, layout="constrained")
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
         for ax, panel in zip(axes.flat, panels):
-            pts = []
-            for series, entries in sorted(chosen[panel].items(), key=lambda kv: kv[0].order()):
-                t = float(np.median([e[0] for e in entries]))
-                v = float(np.median([e[1] for e in entries]))
-                borrowed = entries[0][2]
-                lo = [e[3][0] for e in entries if e[3][0] is not None]
-                hi = [e[3][1] for e in entries if e[3][1] is not None]
-                shown = max(v, floor)
-                any_zero |= v == 0
-                any_borrowed |= borrowed
-                color, marker = styles[series]
-                xerr = [[max(t - min(lo), 0)], [max(max(hi) - t, 0)]] if lo and hi else None
-                # hollow (borrowed-time) markers on top: they often share a point with the fitted row
-                ax.errorbar([t], [shown], xerr=xerr, color=color, marker=marker, ms=6, ls="none", capsize=2,
-                            elinewidth=0.7, mfc="none" if borrowed else color, mew=1.2, zorder=4 if borrowed else 3)
-                pts.append((t, shown))
-            front, best = [], math.inf
-            for t, v in sorted(pts):
-                if v < best:
-                    front.append((t, v))
-                    best = v
-            if len(front) > 1:
-                ax.step([f[0] for f in front], [f[1] for f in front], where="post", color="#555555", lw=0.8,
-                        ls="-", alpha=0.7, zorder=2)
-            ax.scatter([f[0] for f in front], [f[1] for f in front], s=110, facecolors="none", edgecolors="#555555",
-                       lw=0.6, zorder=2)
-            if any(v == 0 for es in chosen[panel].values() for e in es for v in [e[1]]):
-                ax.axhline(floor, color="#999999", ls=":", lw=0.8)
-            meta = next(iter(chosen[panel].values()))[0][4]
+            for k, v in _draw_tradeoff_panel(ax, chosen[panel], styles, panel[2], floor).items():
+                drawn[k] |= v
+            meta = next(iter(chosen[panel].values()))[0][5]
             ax.set_xscale("log")
             ax.set_yscale("log")
             quiet_minor_ticks(ax)
             ax.set_title(f"{panel[0]}-D, {panel[1]} levels: {plain(text_of(meta.row, 'shapes'), 40)}, "
-                         f"B={plain(text_of(meta.row, 'batch'), 8)}, {plain(panel[2], 10)}")
-            ax.set_xlabel("time per sample (ms, forward + backward)")
-            ax.set_ylabel("held-out violation (batch mean)")
+                         f"B={plain(text_of(meta.row, 'batch'), 8)}, {plain(panel[2], 10)} cell")
             ax.grid(True, which="major", alpha=0.25)
             ax.margins(x=0.15, y=0.15)
-        handles = [Line2D([], [], color=styles[s][0], marker=styles[s][1], ms=5, ls="none",
-                          label=s.label + (" [float64]" if get_method(s.method).cpu_only else ""))
-                   for s in sorted(styles, key=Series.order)]
-        handles.append(Line2D([], [], color="#555555", lw=0.8, marker="o", mfc="none", ms=8,
-                              label="Pareto front (nothing both faster and more consistent)"))
-        if any_borrowed:
-            handles.append(Line2D([], [], color="#444444", marker="o", mfc="none", ls="none", ms=5,
-                                  label="hollow: time of the fitted-λ row (same computation; "
-                                        "per-sample λ excludes finding λ)"))
-        if any_zero:
-            handles.append(Line2D([], [], color="#999999", ls=":", lw=0.8,
-                                  label=rf"violation exactly 0 (e.g. exact in float64), drawn at ${sci(floor)}$"))
-        fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6.5)
+        for ax in axes[-1]:
+            ax.set_xlabel("time per sample (ms, forward + backward)")
+        for ax in axes[:, 0]:
+            ax.set_ylabel("held-out violation (batch mean)")
+        fig.legend(handles=_tradeoff_legend(styles, drawn, floor), loc="outside lower center", ncol=2, frameon=False,
+                   fontsize=6.2)
         fig.suptitle("Speed vs consistency: time per sample and held-out violation (log-log)")
-        return figures.save(fig, path, env)
+        notes = [dtype_note(points), "cvxpylayers timed on fewer samples than the batch (see bench.csv's "
+                                     "timed_batch); times per sample"]
+        if untimed:
+            notes.append(f"{untimed} ok row(s) carry no time (and no fitted row to share one): not drawn")
+        return figures.save(fig, path, env, notes=notes)

@@ -79,7 +79,8 @@ def _load_example(example_path: str):
 
 def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None = None) -> str:
     """The levels of one instance under softmax, learned_dual (each λ the file holds),
-    dual and exact, with each constraint's residual P_k p_k − p_{k+1}.
+    dual and exact, with each constraint's residual P_k p_k − p_{k+1}, all computed in
+    float64 (the file's scores and λ; the figure says so).
 
     Every panel of one level shares one colour scale (0 to the largest probability of
     that level under any method), so a near-uniform map looks near-uniform; each panel
@@ -129,8 +130,9 @@ def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None 
                 if i == 0:
                     ax.set_title(f"level {k} ({'×'.join(map(str, h.shapes[k]))})\n$p_{k}$", fontsize=7)
                 if i == len(sols) - 1:
-                    fig.colorbar(im, ax=axes[:, k], location="bottom", fraction=0.04, pad=0.01,
-                                 shrink=0.9).ax.tick_params(labelsize=5.5, rotation=30)
+                    bar = fig.colorbar(im, ax=axes[:, k], location="bottom", fraction=0.04, pad=0.01, shrink=0.9)
+                    bar.ax.tick_params(labelsize=5.5, rotation=30)
+                    bar.set_label(f"$p_{k}$: probability per cell (level {k})", fontsize=6)
             for k in range(L - 1):
                 ax = axes[i, L + k]
                 r = resid[name][k]
@@ -139,13 +141,17 @@ def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None 
                 if i == 0:
                     ax.set_title(f"residual of constraint {k}\n$P_{k}\\,p_{k} - p_{{{k + 1}}}$", fontsize=7)
                 if i == len(sols) - 1:
-                    fig.colorbar(im, ax=axes[:, L + k], location="bottom", fraction=0.04, pad=0.01,
-                                 shrink=0.9, format="%.0e").ax.tick_params(labelsize=5.5, rotation=30)
+                    bar = fig.colorbar(im, ax=axes[:, L + k], location="bottom", fraction=0.04, pad=0.01,
+                                       shrink=0.9, format="%.0e")
+                    bar.ax.tick_params(labelsize=5.5, rotation=30)
+                    bar.set_label(f"$P_{k}\\,p_{k} - p_{{{k + 1}}}$: residual per coarse cell", fontsize=6)
             axes[i, 0].set_ylabel(name.replace(" (", "\n("), fontsize=7)
         for ax in axes.flat:
             ax.set_xticks([])
             ax.set_yticks([])
             ax.spines[:].set_visible(True)  # an image is framed on all four sides
-        fig.suptitle("Attention maps of one instance: one colour scale per level (and per residual), "
-                     "shared by all methods", fontsize=8)
-        return figures.save(fig, path, env)
+        fig.suptitle("Attention maps of one instance, computed in float64: one colour scale per level (and per "
+                     "residual), shared by all methods", fontsize=8)
+        return figures.save(fig, path, env, notes=[
+            "computed in float64 from example.npz's scores and λ (the sweep's timings are in their own dtype); "
+            "λ: the sweep's fitted shared λ and the amortised network's prediction for this instance"])

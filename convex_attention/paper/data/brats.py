@@ -66,11 +66,13 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ...io.files import atomic_write_text
+from ..config import NORMALISATIONS
+
 __all__ = ["BraTSSlices", "find_patients", "split_patients", "load_patient", "split_slice", "resize_slice",
            "preprocess_patient", "MODALITIES", "NORMALISATIONS"]
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-NORMALISATIONS = ("volume", "dataset")
 CACHE_VERSION = 2
 _AXES = ("LR", "AP", "SI")  # canonical order: left-right, anterior-posterior, inferior-superior
 _FIX_ROOT = ("point root (--data-root) at the unpacked BraTS training folder, the one holding the patient "
@@ -339,9 +341,9 @@ class BraTSSlices(Dataset):
             for name in ("images", "labels", "masks", "slices"):
                 np.save(f"{prefix}.{name}.npy", out[name])
             info = {"count": int(len(out["labels"])), "moments": out["moments"].tolist(), **self.params}
-            with open(meta + ".tmp", "w") as f:
-                json.dump(info, f)
-            os.replace(meta + ".tmp", meta)  # the metadata last: a half-written cache is redone
+            # the metadata last: a half-written cache is redone; atomically, through a temporary
+            # file of this write's own name (never a file of the user's)
+            atomic_write_text(meta, json.dumps(info))
         except OSError as err:
             raise ValueError(f"cannot write the cache of patient {pid!r} to {self.cache_dir!r} "
                              f"({err.strerror or err}); pass cache_dir (--cache-dir) pointing to a folder "

@@ -120,7 +120,22 @@ from ..config import MIMIC_TYPES
 
 __all__ = ["SyntheticLesions", "SyntheticRimLesions", "SyntheticBrightestLesions", "render_image", "render_rim_image",
            "synthetic_dataset", "labels_only", "min_lesion_area", "GENERATORS", "MIMIC_TYPES", "LABEL_RULES",
-           "BRIGHTEST"]
+           "BRIGHTEST", "DECIDING_CHANNELS"]
+
+#: Per generator, the channels an example figure shows, ``(index, label)``, and what they
+#: show: what separates a lesion from a mimic (``rim``: where the enhancing rim lies; ``brightest``:
+#: the brightness), so a reader can judge a map against it.
+DECIDING_CHANNELS = {
+    "rim": (((0, "ch. 0 (FLAIR-like)"), (2, "ch. 2 (T1ce-like)")),
+            "ch. 0 (FLAIR-like) shows every structure, lesion or mimic; ch. 2 (T1ce-like) shows the enhancing "
+            "rim, which encloses a dark core in a lesion only (mimics: inverted, split or mottled)"),
+    "brightest": (((0, "ch. 0 (FLAIR-like)"), (3, "ch. 3 (T2-like)")),
+                  "the label is 1 when the lesion is the brightest structure: compare the structures' brightness "
+                  "in ch. 0 (FLAIR-like) and ch. 3 (T2-like)"),
+    "blobs": (((0, "ch. 0 (FLAIR-like)"), (2, "ch. 2 (T1-like)")),
+              "lesions are bright in ch. 0 and ch. 3 and dark in ch. 1; distractors are bright in one or two "
+              "channels only"),
+}
 
 
 @lru_cache(maxsize=32)

@@ -6,7 +6,10 @@ A checkpoint holds only tensors and plain containers (dicts, lists, strings, num
 weights_only=True)``, which refuses any other object, so loading a file can never run
 code.  The file type is checked before anything is unpickled, and the structure after:
 a tampered, corrupt or foreign file gets a ValueError saying what is wrong.  A
-checkpoint of another architecture is refused, naming the differing fields.
+checkpoint whose floating weights are not all finite (a run that diverged) is refused
+(:class:`NonFiniteWeights`), so no command trains on, explains or scores it.  A
+checkpoint of another architecture, or whose weights do not fit its configuration, is
+refused, naming the differing fields.
 """
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ import zipfile
 
 import torch
 
+from ...io.files import temporary_name
 from .plain_cnn import PlainCNN, is_plain_cnn_checkpoint
 from .unet import AttentionUNet, ConfigError, ModelConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_plain_cnn", "load_any_model", "read_checkpoint",
-           "FORMAT"]
+           "model_from_state", "NonFiniteWeights", "FORMAT"]
 
 FORMAT = "convex-attention-checkpoint/1"
 
@@ -53,7 +57,7 @@ def save_checkpoint(path: str, model, optimizer=None, epoch: int = 0, metrics: l
                     "epoch": int(epoch), "metrics": list(metrics or []),
                     "optimizer": optimizer.state_dict() if optimizer is not None else None, **(extra or {})})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
+    tmp = temporary_name(os.path.abspath(path))  # a name of this write alone: no file of the user's is touched
     try:
         torch.save(state, tmp)
         os.replace(tmp, path)
@@ -61,6 +65,10 @@ def save_checkpoint(path: str, model, optimizer=None, epoch: int = 0, metrics: l
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+class NonFiniteWeights(ValueError):
+    """A checkpoint whose floating weights are not all finite (the run that saved it diverged)."""
 
 
 def _first_line(err: BaseException) -> str:
@@ -106,7 +114,23 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         ModelConfig.from_dict(state["config"]).validate()
     except (ConfigError, TypeError, ValueError) as err:
         raise ValueError(f"{path!r} holds an invalid model configuration: {_first_line(err)}") from None
+    _check_finite_weights(path, weights)
     return state
+
+
+def _check_finite_weights(path, weights: dict) -> None:
+    """NonFiniteWeights naming the tensors (and how many of their values) that are NaN or Inf."""
+    bad = []
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() or tensor.is_complex():
+            count = int((~torch.isfinite(tensor)).sum())
+            if count:
+                bad.append(f"{name} ({count} of {tensor.numel()} values NaN or Inf)")
+    if bad:
+        more = f" and {len(bad) - 3} more tensor(s)" if len(bad) > 3 else ""
+        raise NonFiniteWeights(f"{path!r} holds weights that are not all finite: {', '.join(bad[:3])}{more}; the run "
+                               f"that saved it diverged, so it is not trained further, explained or scored (use a "
+                               f"checkpoint of an earlier epoch, or train again)")
 
 
 def _model_config(state: dict) -> ModelConfig:
@@ -140,6 +164,13 @@ def _load(path: str, map_location, kinds: tuple) -> tuple:
     """Read the checkpoint once, build the model it holds (one of ``kinds``: the attention
     model, the plain CNN) and load its weights: ``(model, state)``."""
     state = read_checkpoint(path, map_location)
+    return model_from_state(path, state, kinds, map_location), state
+
+
+def model_from_state(path: str, state: dict, kinds: tuple = (AttentionUNet,), map_location="cpu"):
+    """The model a checkpoint already read (:func:`read_checkpoint`) holds, with its weights
+    loaded: one of ``kinds`` (the attention model, the plain CNN).  ValueError, one line,
+    for a checkpoint of another kind, or weights that do not fit its configuration."""
     plain = is_plain_cnn_checkpoint(state)
     cls = PlainCNN if plain else AttentionUNet
     if cls not in kinds:
@@ -148,7 +179,7 @@ def _load(path: str, map_location, kinds: tuple) -> tuple:
         raise ValueError(f"{path!r} is a checkpoint of {what}, not of {wanted}")
     model = cls(config=_model_config(state))
     load_checkpoint(path, model, map_location=map_location, state=state)
-    return model, state
+    return model
 
 
 def load_model(path: str, map_location="cpu") -> tuple[AttentionUNet, dict]:

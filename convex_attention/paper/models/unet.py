@@ -54,7 +54,7 @@ from ...solve import Solution
 from ..config import DUAL_SOURCES, HEADS, NORMS, ConfigError, ModelConfig
 
 __all__ = ["AttentionUNet", "AttentionOutput", "ModelConfig", "ConfigError", "NORMS", "HEADS", "DUAL_SOURCES",
-           "LOG_TEMPERATURE_BOUND"]
+           "LOG_TEMPERATURE_BOUND", "NonFiniteOutput", "non_finite_parts"]
 
 # The learnable log-temperature's bound: the temperatures move by at most a factor e^7 ≈ 1100.
 LOG_TEMPERATURE_BOUND = 7.0
@@ -71,6 +71,24 @@ class AttentionOutput:
     solution: Solution
     scores: list
     aux_loss: Tensor
+
+
+class NonFiniteOutput(ValueError):
+    """A model's outputs (logits, attention maps) or explanation maps hold NaN or Inf, so no
+    metric of them is reported: the run that needs them fails, saying which."""
+
+
+def non_finite_parts(output: AttentionOutput) -> list[str]:
+    """The parts of ``output`` that hold NaN or Inf, named (``"logits"``, ``"the attention
+    map of level 1"``), with the positions of the images in the batch; empty when all are
+    finite."""
+    parts = [("logits", output.logits)] + [(f"the attention map of level {k}", m) for k, m in enumerate(output.maps)]
+    bad = []
+    for name, tensor in parts:
+        finite = torch.isfinite(tensor.detach()).flatten(1).all(1)
+        if not bool(finite.all()):
+            bad.append(f"{name} (images {torch.nonzero(~finite).flatten().tolist()[:10]} of the batch)")
+    return bad
 
 
 def _norm(kind: str, channels: int) -> nn.Module:

@@ -1,0 +1,367 @@
+"""A user's dual solver run where it cannot harm the verifier: in a process of its own.
+
+``convex-attention verify --dual-solver SPEC`` checks code it did not write.  That code may
+raise anything (``KeyboardInterrupt`` and ``GeneratorExit`` included), call ``sys.exit`` or
+``os._exit``, crash the interpreter, hang, or return something that is not duals.  None of
+it may end, hang or fool the verifier, so :class:`IsolatedSolver` imports and calls the
+solver in a child process (a fresh interpreter on the verifier's import path, which
+inherits no state of the verifier):
+
+* the child imports ``SPEC`` and reports the function's name, or why the import failed
+  (a usage error of the command: no check has run yet);
+* per instance the verifier sends the scores, the structure and the temperatures, and waits
+  at most ``timeout`` seconds; the child calls the solver, checks what it returned
+  (:func:`returned_duals`: a list of one real floating tensor per edge, shaped like its
+  coarse map) and sends the duals back;
+* a solver that raises, exits, crashes, hangs or is killed, or returns anything else, makes
+  :class:`SolverFailed` with the reason in one line; the child is stopped where it
+  misbehaved and a fresh one serves the next instance.
+
+What the child sends is plain bytes: a JSON header and, for duals, an ``.npz`` archive of
+float64 arrays read with ``allow_pickle=False``.  Nothing the child sends is unpickled, so
+it cannot run code in the verifier, and the verifier computes every check itself from the
+duals: the child never reports a check's outcome.  The child ignores Ctrl-C (the verifier
+stops it): a ``KeyboardInterrupt`` inside the child is the solver's own.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import io
+import json
+import math
+import os
+import pickle
+import signal
+import struct
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+
+import numpy as np
+import torch
+
+from ..graph import Graph
+
+__all__ = ["IsolatedSolver", "SolverFailed", "load_solver", "returned_duals", "describe", "STARTUP_S"]
+
+#: Seconds a fresh child may take to start Python and import torch and the toolkit, before
+#: it imports the solver (the solver's own import then has the per-instance timeout).
+STARTUP_S = 300.0
+_HEADER = struct.Struct("!I")  # the length of a message's JSON header
+_SMALL_MESSAGE = 1 << 20  # bytes a message without duals may take; a child that sends more is stopped
+
+
+class SolverFailed(Exception):
+    """The solver did not return valid duals for one instance; ``str()`` says why, in one line."""
+
+
+def describe(exc: BaseException) -> str:
+    """An exception in one line, no traceback (``sys.exit`` says so)."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:297] + "..."
+    return f"raised {type(exc).__name__}" + (f": {text}" if text else "")
+
+
+def load_solver(spec: str) -> Callable:
+    """``module:function`` or ``path/to/file.py:function`` -> the callable.
+
+    Raises ValueError (a usage error) for a malformed spec, a missing file or function,
+    something not callable, or a module that fails to import (whatever it raises,
+    ``sys.exit`` included).  This runs the module's code in the calling process:
+    :class:`IsolatedSolver` calls it in its child.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"--dual-solver must look like module:function or file.py:function, got {spec!r}")
+    target, name = spec.rsplit(":", 1)
+    if not target or not name:
+        raise ValueError(f"--dual-solver must look like module:function or file.py:function, got {spec!r}")
+    try:
+        if target.endswith(".py"):
+            if not os.path.isfile(target):
+                raise ValueError(f"--dual-solver file {target!r} does not exist")
+            module_spec = importlib.util.spec_from_file_location("user_dual_solver", target)
+            if module_spec is None or module_spec.loader is None:
+                raise ValueError(f"--dual-solver file {target!r} cannot be imported as a Python module")
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except ValueError:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - the user's code: anything may come out of it
+        raise ValueError(f"--dual-solver: importing {target!r} failed: {describe(exc)}") from None
+    if not hasattr(module, name):
+        raise ValueError(f"{target} has no function {name!r}")
+    fn = getattr(module, name)
+    if not callable(fn):
+        raise ValueError(f"--dual-solver {spec!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
+def returned_duals(raw, h: Graph, batch: int) -> list[np.ndarray]:
+    """What a dual solver returned, checked: a list (or tuple) of ``h.num_edges`` real
+    floating torch tensors, ``duals[e]`` shaped ``(batch, *h.shapes[b])`` for edge
+    ``e = (a → b)`` (on a hierarchy ``L-1`` tensors ``(B, *h.shapes[k+1])``); returned as
+    float64 numpy arrays.  ValueError naming the first thing that is wrong."""
+    expected = [(batch,) + tuple(h.shapes[b]) for _, b in h.edges]
+    if isinstance(raw, torch.Tensor) or not isinstance(raw, (list, tuple)):
+        raise ValueError(f"returned a {type(raw).__name__}, not a list of {len(expected)} dual tensors "
+                         f"(shapes {expected})")
+    if len(raw) != len(expected):
+        raise ValueError(f"returned {len(raw)} dual tensors, expected {len(expected)} (shapes {expected})")
+    out = []
+    for e, (d, shape) in enumerate(zip(raw, expected)):
+        if not isinstance(d, torch.Tensor):
+            raise ValueError(f"duals[{e}] is a {type(d).__module__}.{type(d).__qualname__}, not a torch.Tensor; "
+                             f"duals must be real floating tensors")
+        if d.is_complex() or not d.dtype.is_floating_point:
+            raise ValueError(f"duals[{e}] has dtype {d.dtype}; duals must be real floating tensors")
+        if tuple(d.shape) != shape:
+            raise ValueError(f"duals[{e}] has shape {tuple(d.shape)}, expected {shape}")
+        out.append(d.detach().to(device="cpu", dtype=torch.float64).numpy().copy())
+    return out
+
+
+# ----------------------------------------------------------------------------- the wire format
+
+def _pack(header: dict, arrays: Sequence[np.ndarray] = ()) -> bytes:
+    head = json.dumps(header).encode("utf-8")
+    body = b""
+    if arrays:
+        buf = io.BytesIO()
+        np.savez(buf, **{f"d{i}": a for i, a in enumerate(arrays)})
+        body = buf.getvalue()
+    return _HEADER.pack(len(head)) + head + body
+
+
+def _unpack(data: bytes) -> tuple[dict, bytes]:
+    """The JSON header (a dict) and the body; ValueError for anything else."""
+    if len(data) < _HEADER.size:
+        raise ValueError("a message shorter than its header")
+    (size,) = _HEADER.unpack_from(data)
+    if size > len(data) - _HEADER.size:
+        raise ValueError("a message whose header runs past its end")
+    header = json.loads(data[_HEADER.size:_HEADER.size + size].decode("utf-8"))
+    if not isinstance(header, dict) or not isinstance(header.get("status"), str):
+        raise ValueError("a message without a status")
+    return header, data[_HEADER.size + size:]
+
+
+def _read_duals(body: bytes, shapes: Sequence[tuple]) -> list[np.ndarray]:
+    """The duals of a message body: exactly ``len(shapes)`` float64 arrays of those shapes
+    (checked again here: the child's own check runs in the child's process)."""
+    with np.load(io.BytesIO(body), allow_pickle=False) as archive:
+        names = sorted(archive.files)
+        if names != sorted(f"d{i}" for i in range(len(shapes))):
+            raise ValueError(f"the child sent arrays {names}, not {len(shapes)} duals")
+        out = [archive[f"d{i}"] for i in range(len(shapes))]
+    for i, (a, shape) in enumerate(zip(out, shapes)):
+        if a.dtype != np.float64 or a.shape != tuple(shape):
+            raise ValueError(f"the child sent duals[{i}] of dtype {a.dtype} and shape {a.shape}, not float64 "
+                             f"{tuple(shape)}")
+    return out
+
+
+# ----------------------------------------------------------------------------- the child
+
+# The child's program: the verifier's import path, then this module's _child.  A plain
+# subprocess, not multiprocessing: spawn would import the verifier's main script again in
+# the child, which a script without ``if __name__ == "__main__"`` cannot survive.
+_CHILD_CODE = ("import json, os, sys; sys.path[:] = json.loads(os.environ['CONVEX_ATTENTION_VERIFY_PATH']); "
+               "from convex_attention.bench.isolation import _child; _child(*map(int, sys.argv[1:3]), sys.argv[3])")
+
+
+def _child(read_fd: int, write_fd: int, spec: str) -> None:
+    """The child's whole life: import the solver, then solve instances until told to stop."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the verifier, which stops this process
+    with contextlib.suppress(OSError):
+        os.dup2(2, 1)  # the solver's prints go to stderr: the verifier's table stays on stdout
+    sys.stdout = sys.stderr
+    inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
+    outbox.send_bytes(_pack({"status": "started"}))
+    try:
+        fn = load_solver(spec)
+    except ValueError as err:
+        outbox.send_bytes(_pack({"status": "load_error", "reason": str(err)}))
+        return
+    outbox.send_bytes(_pack({"status": "ready", "name": str(getattr(fn, "__name__", "") or type(fn).__name__)}))
+    while True:
+        try:
+            message = pickle.loads(inbox.recv_bytes())  # from the verifier, which this process trusts
+        except EOFError:
+            return
+        if message[0] != "solve":
+            return
+        _, scores, h, temps = message
+        try:
+            raw = fn([torch.from_numpy(s) for s in scores], h, list(temps))
+        except BaseException as exc:  # noqa: BLE001 - the solver's: every kind of exception is a failure
+            outbox.send_bytes(_pack({"status": "error", "reason": describe(exc)}))
+            continue
+        try:
+            duals = returned_duals(raw, h, scores[0].shape[0])
+        except ValueError as err:
+            outbox.send_bytes(_pack({"status": "error", "reason": str(err)}))
+            continue
+        except BaseException as exc:  # noqa: BLE001 - what it returned misbehaved when read
+            outbox.send_bytes(_pack({"status": "error", "reason": f"returned a value that {describe(exc)} when read"}))
+            continue
+        outbox.send_bytes(_pack({"status": "duals"}, duals))
+
+
+# ----------------------------------------------------------------------------- the verifier's side
+
+def _ended(process: subprocess.Popen) -> str:
+    """How a child that stopped answering ended, in words."""
+    try:
+        code = process.wait(5)
+    except subprocess.TimeoutExpired:
+        return "stopped answering"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"was killed by {name}"
+    return f"ended its process with exit status {code}"
+
+
+class IsolatedSolver:
+    """The dual solver ``spec`` (``module:function`` or ``file.py:function``), run in a
+    child process (see the module docstring).
+
+    ``start()`` imports it in a child (ValueError, a usage error, when that fails); each
+    ``solve(scores, h, temps)`` returns the duals as float64 arrays or raises
+    :class:`SolverFailed`; ``close()`` stops the child.  Use it as a context manager.
+
+    Args:
+        spec: the solver.
+        timeout: seconds one instance may take (and the solver's module to import) before
+            the child is stopped and the instance fails.
+    """
+
+    def __init__(self, spec: str, timeout: float):
+        if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self.spec, self.timeout = spec, float(timeout)
+        self.name = ""
+        self._process: subprocess.Popen | None = None
+        self._inbox: Connection | None = None  # what the child sends
+        self._outbox: Connection | None = None  # what the child is sent
+
+    def __enter__(self) -> IsolatedSolver:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """Start a child and import the solver there; ValueError saying why it failed."""
+        try:
+            self._spawn()
+        except SolverFailed as err:
+            raise ValueError(f"--dual-solver {self.spec}: {err}") from None
+
+    def _spawn(self) -> None:
+        self.close()
+        to_child_read, to_child_write = os.pipe()
+        from_child_read, from_child_write = os.pipe()
+        env = {**os.environ, "CONVEX_ATTENTION_VERIFY_PATH": json.dumps(sys.path)}
+        try:
+            process = subprocess.Popen([sys.executable, "-c", _CHILD_CODE, str(to_child_read), str(from_child_write),
+                                        self.spec], pass_fds=(to_child_read, from_child_write), env=env,
+                                       stdin=subprocess.DEVNULL)
+        finally:
+            os.close(to_child_read)
+            os.close(from_child_write)
+        self._process = process
+        self._inbox = Connection(from_child_read, writable=False)
+        self._outbox = Connection(to_child_write, readable=False)
+        header, _ = self._receive(STARTUP_S, "did not start")
+        if header["status"] != "started":
+            raise SolverFailed(self._stop("sent an unexpected message while starting"))
+        header, _ = self._receive(self.timeout, f"did not finish importing within {self.timeout:g} s (--timeout)")
+        if header["status"] == "load_error":
+            reason = str(header.get("reason", "the import failed"))
+            self.close()
+            raise ValueError(reason)
+        if header["status"] != "ready":
+            raise SolverFailed(self._stop("sent an unexpected message while importing"))
+        self.name = str(header.get("name", ""))[:100]
+
+    def _stop(self, why: str) -> str:
+        self.close()
+        return why
+
+    def _receive(self, timeout: float, late: str, limit: int = _SMALL_MESSAGE) -> tuple[dict, bytes]:
+        """The child's next message (at most ``limit`` bytes); SolverFailed (the child
+        stopped) when it is late, ends, or sends something that is not a message."""
+        inbox, process = self._inbox, self._process
+        assert inbox is not None and process is not None
+        if not inbox.poll(timeout):
+            self.close()
+            raise SolverFailed(f"{late}; its process was stopped")
+        try:
+            data = inbox.recv_bytes(limit)
+        except OSError:  # longer than any message of ours (recv_bytes' maxlength)
+            raise SolverFailed(self._stop(f"its process sent more than {limit} bytes; it was stopped")) from None
+        except EOFError:
+            why = _ended(process)
+            self.close()
+            raise SolverFailed(f"{why} without returning") from None
+        try:
+            return _unpack(data)
+        except (ValueError, UnicodeDecodeError):
+            raise SolverFailed(self._stop("its process sent something that is not a message; it was stopped")) \
+                from None
+
+    def solve(self, scores: Sequence[torch.Tensor], h: Graph, temps: Sequence[float]) -> list[np.ndarray]:
+        """The solver's duals of one instance (``scores``: ``M`` tensors ``(B, *h.shapes[k])``),
+        as float64 arrays ``(B, *h.shapes[b])`` per edge; SolverFailed with the reason."""
+        if self._process is None or self._process.poll() is not None:
+            try:
+                self._spawn()
+            except ValueError as err:  # imported before, fails now
+                raise SolverFailed(f"could not be imported again: {err}") from None
+        assert self._outbox is not None and self._process is not None
+        shapes = [(scores[0].shape[0],) + tuple(h.shapes[b]) for _, b in h.edges]
+        try:
+            # plain pickle (Connection.send's would share tensors through a server thread)
+            self._outbox.send_bytes(pickle.dumps(("solve", [s.detach().cpu().numpy() for s in scores], h,
+                                                  [float(t) for t in temps])))
+        except (OSError, ValueError):
+            why = _ended(self._process)
+            self.close()
+            raise SolverFailed(f"{why} before it was given the instance") from None
+        values = sum(math.prod(shape) for shape in shapes)
+        header, body = self._receive(self.timeout, f"did not return within {self.timeout:g} s (--timeout)",
+                                     _SMALL_MESSAGE + 8 * values + 4096 * len(shapes))
+        if header["status"] == "error":
+            raise SolverFailed(str(header.get("reason", "failed"))[:400])
+        if header["status"] != "duals":
+            raise SolverFailed(self._stop("its process sent an unexpected message; it was stopped"))
+        try:
+            return _read_duals(body, shapes)
+        except (ValueError, OSError, EOFError) as err:
+            raise SolverFailed(self._stop(f"its process sent unreadable duals ({err}); it was stopped")) from None
+
+    def close(self) -> None:
+        """Stop the child (if any); safe to call twice."""
+        inbox, outbox, process = self._inbox, self._outbox, self._process
+        self._inbox = self._outbox = self._process = None
+        for conn in (inbox, outbox):
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    conn.close()
+        if process is not None:
+            if process.poll() is None:
+                process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
+

@@ -1,0 +1,214 @@
+"""The user's dual solver in a process of its own (convex_attention.bench.isolation): tiny
+solver files that exit, crash, are killed, hang, raise every kind of exception, return
+wrong types, or try to talk to the verifier themselves; none ends, hangs or fools it."""
+import textwrap
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import convex_attention as ca
+from convex_attention.bench.isolation import IsolatedSolver, SolverFailed, returned_duals
+from convex_attention.bench.verify import random_instances
+
+H = ca.Hierarchy.grid([(4, 4), (2, 2)])
+SCORES = [torch.randn(2, 4, 4, dtype=torch.float64), torch.randn(2, 2, 2, dtype=torch.float64)]
+TEMPS = [0.7, 1.3]
+
+
+def _exact_duals(scores, h, temps):
+    return ca.solve(scores, h, "exact", temperature=temps).duals
+
+
+def _solver(tmp_path, body: str, name: str = "solver") -> str:
+    """A solver file whose function ``f`` runs ``body``; returns its spec."""
+    path = tmp_path / f"{name}.py"
+    path.write_text("import os, sys, signal, time, ctypes\nimport torch\nimport convex_attention as ca\n\n"
+                    "def f(scores, h, temps):\n" + textwrap.indent(body, "    ") + "\n")
+    return f"{path}:f"
+
+
+# ---------------------------------------------------------------- the check of what a solver returned
+
+@pytest.mark.parametrize("raw, message", [
+    (None, "returned a NoneType, not a list of 1 dual tensors"),
+    (torch.zeros(2, 2, 2), "returned a Tensor, not a list"),
+    ([torch.zeros(2, 2, 2)] * 2, "returned 2 dual tensors, expected 1"),
+    ([torch.zeros(2, 2, 2, dtype=torch.complex128)], r"duals\[0\] has dtype torch.complex128; duals must be real "
+                                                     r"floating tensors"),
+    ([torch.zeros(2, 2, 2, dtype=torch.int64)], r"duals\[0\] has dtype torch.int64"),
+    ([torch.zeros(2, 2, 2, dtype=torch.bool)], r"duals\[0\] has dtype torch.bool"),
+    ([np.zeros((2, 2, 2))], r"duals\[0\] is a numpy.ndarray, not a torch.Tensor"),
+    ([[[0.0, 0.0], [0.0, 0.0]]] * 1, r"duals\[0\] is a builtins.list, not a torch.Tensor"),
+    ([object()], r"duals\[0\] is a builtins.object"),
+    ([torch.zeros(2, 4)], r"duals\[0\] has shape \(2, 4\), expected \(2, 2, 2\)"),
+    ([torch.zeros(1, 2, 2)], r"has shape \(1, 2, 2\), expected \(2, 2, 2\)"),
+])
+def test_returned_duals_must_be_real_floating_tensors_of_the_documented_shapes(raw, message):
+    with pytest.raises(ValueError, match=message):
+        returned_duals(raw, H, 2)
+
+
+def test_returned_duals_of_any_real_floating_dtype_are_read_as_float64():
+    for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        got = returned_duals((torch.ones(2, 2, 2, dtype=dtype, requires_grad=True),), H, 2)
+        assert got[0].dtype == np.float64 and got[0].shape == (2, 2, 2) and (got[0] == 1).all()
+
+
+# ---------------------------------------------------------------- in a process of its own
+
+def test_a_correct_solver_gives_its_duals_and_its_prints_do_not_reach_stdout(tmp_path, capfd):
+    spec = _solver(tmp_path, "print('chatty solver')\nreturn ca.solve(scores, h, 'exact', temperature=temps).duals",
+                   "good")
+    with IsolatedSolver(spec, timeout=60) as solver:
+        assert solver.name == "f"
+        got = solver.solve(SCORES, H, TEMPS)
+        again = solver.solve(SCORES, H, TEMPS)  # one process serves every instance
+    want = _exact_duals(SCORES, H, TEMPS)
+    np.testing.assert_array_equal(got[0], want[0].numpy())
+    np.testing.assert_array_equal(again[0], got[0])
+    out, err = capfd.readouterr()
+    assert "chatty solver" not in out and "chatty solver" in err
+
+
+def test_every_exception_and_every_wrong_return_is_a_failure_with_its_reason(tmp_path):
+    """One process, one behaviour per call (a counter file), none of which ends it."""
+    counter = tmp_path / "calls"
+    counter.write_text("0")
+    behaviours = [
+        ("raise GeneratorExit", "raised GeneratorExit"),
+        ("raise KeyboardInterrupt", "raised KeyboardInterrupt"),
+        ("raise SystemExit(0)", "called sys.exit(0)"),
+        ("sys.exit(3)", "called sys.exit(3)"),
+        ("raise ZeroDivisionError('boom')", "raised ZeroDivisionError: boom"),
+        ("return [torch.zeros((2, 2, 2), dtype=torch.complex64)]", "dtype torch.complex64; duals must be real"),
+        ("return [torch.zeros((2, 2, 2), dtype=torch.int32)]", "dtype torch.int32"),
+        ("return [object()]", "is a builtins.object, not a torch.Tensor"),
+        ("return 'duals'", "returned a str, not a list"),
+        ("return [torch.zeros(3)]", "has shape (3,), expected (2, 2, 2)"),
+        ("class Bad(list):\n    def __len__(self):\n        raise MemoryError('no')\nreturn Bad()",
+         "returned a value that raised MemoryError: no when read"),
+    ]
+    body = (f"n = int(open({str(counter)!r}).read())\nopen({str(counter)!r}, 'w').write(str(n + 1))\n"
+            + "".join(f"if n == {i}:\n" + textwrap.indent(code, "    ") + "\n"
+                      for i, (code, _) in enumerate(behaviours))
+            + "return ca.solve(scores, h, 'exact', temperature=temps).duals")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
+        pid = solver._process.pid
+        for code, message in behaviours:
+            with pytest.raises(SolverFailed) as err:
+                solver.solve(SCORES, H, TEMPS)
+            assert message in str(err.value) and "\n" not in str(err.value), code
+        assert solver._process.pid == pid  # the same process throughout
+        np.testing.assert_array_equal(solver.solve(SCORES, H, TEMPS)[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
+
+
+@pytest.mark.parametrize("body, message", [
+    ("os._exit(0)", "ended its process with exit status 0 without returning"),
+    ("os._exit(7)", "ended its process with exit status 7 without returning"),
+    ("ctypes.string_at(0)", "was killed by SIGSEGV without returning"),
+    ("os.kill(os.getpid(), signal.SIGKILL)", "was killed by SIGKILL without returning"),
+])
+def test_a_solver_that_ends_or_crashes_its_process_fails_and_the_next_instance_gets_a_fresh_one(tmp_path, body,
+                                                                                                message):
+    marker = tmp_path / "done-once"
+    code = (f"if not os.path.exists({str(marker)!r}):\n    open({str(marker)!r}, 'w').close()\n"
+            + textwrap.indent(body, "    ") + "\nreturn ca.solve(scores, h, 'exact', temperature=temps).duals")
+    with IsolatedSolver(_solver(tmp_path, code), timeout=60) as solver:
+        with pytest.raises(SolverFailed, match=message):
+            solver.solve(SCORES, H, TEMPS)
+        np.testing.assert_array_equal(solver.solve(SCORES, H, TEMPS)[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
+
+
+def test_a_solver_that_hangs_is_stopped_at_the_timeout(tmp_path):
+    with IsolatedSolver(_solver(tmp_path, "time.sleep(600)"), timeout=1.5) as solver:
+        start = time.monotonic()
+        with pytest.raises(SolverFailed, match=r"did not return within 1.5 s \(--timeout\); its process was stopped"):
+            solver.solve(SCORES, H, TEMPS)
+        assert time.monotonic() - start < 60
+        process = solver._process
+    assert process is None  # stopped, not left running
+
+
+def test_a_solver_cannot_send_the_verifier_its_own_messages(tmp_path):
+    """The solver finds the channel to the verifier (its file descriptor is in argv) and
+    writes to it: a pickle that would run code if unpickled, a well-formed 'duals'
+    message whose archive holds a pickled object that would run code, and a message far
+    larger than the instance's duals.  Nothing is unpickled (the marker file is never
+    made), and each fails its instance."""
+    marker = tmp_path / "code-ran"
+    counter = tmp_path / "calls"
+    counter.write_text("0")
+    body = textwrap.dedent(f"""\
+        import io, pickle
+        import numpy as np
+        from multiprocessing.connection import Connection
+        from convex_attention.bench.isolation import _pack
+
+        class Exploit:
+            def __reduce__(self):
+                return (os.system, ("touch {marker}",))
+
+        out = Connection(int(sys.argv[2]), readable=False)
+        n = int(open({str(counter)!r}).read())
+        open({str(counter)!r}, 'w').write(str(n + 1))
+        if n == 0:
+            out.send_bytes(pickle.dumps(Exploit()))
+        elif n == 2:
+            out.send_bytes(b"x" * (8 << 20))  # far more than the duals of the instance
+        else:
+            buf = io.BytesIO()
+            np.savez(buf, d0=np.array([Exploit()], dtype=object))
+            out.send_bytes(_pack({{"status": "duals"}}) + buf.getvalue())
+        time.sleep(600)""")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
+        with pytest.raises(SolverFailed, match="sent something that is not a message"):
+            solver.solve(SCORES, H, TEMPS)
+        with pytest.raises(SolverFailed, match="sent unreadable duals .*allow_pickle"):
+            solver.solve(SCORES, H, TEMPS)
+        with pytest.raises(SolverFailed, match=r"sent more than \d+ bytes; it was stopped"):
+            solver.solve(SCORES, H, TEMPS)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("module, message", [
+    ("import os\nos._exit(0)\n", "ended its process with exit status 0 without returning"),
+    ("raise KeyboardInterrupt\n", "importing .* failed: raised KeyboardInterrupt"),
+    ("import sys\nsys.exit(4)\n", r"called sys.exit\(4\)"),
+    ("import time\ntime.sleep(600)\n", r"did not finish importing within 1.5 s"),
+    ("VALUE = 1\n", "is a int, not a function"),
+])
+def test_a_solver_module_that_fails_to_import_is_a_value_error_before_any_instance(tmp_path, module, message):
+    (tmp_path / "mod.py").write_text(module.replace("VALUE", "f"))
+    solver = IsolatedSolver(f"{tmp_path / 'mod.py'}:f", timeout=1.5)
+    with pytest.raises(ValueError, match=message):
+        solver.start()
+    assert solver._process is None
+
+
+def test_an_importable_module_is_found_on_the_verifiers_path(tmp_path, monkeypatch):
+    (tmp_path / "my_duals_module_16.py").write_text(
+        "import convex_attention as ca\ndef solve_duals(scores, h, temps):\n"
+        "    return ca.solve(scores, h, 'exact', temperature=temps).duals\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _, h, scores, temps = next(iter(random_instances(1, quick=True)))
+    with IsolatedSolver("my_duals_module_16:solve_duals", timeout=60) as solver:
+        assert solver.name == "solve_duals"
+        got = solver.solve(scores, h, temps)
+    for a, b in zip(got, _exact_duals(scores, h, temps)):
+        np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_the_timeout_must_be_positive():
+    for bad in (0, -1, float("nan"), True, "5"):
+        with pytest.raises(ValueError, match="timeout must be a positive number"):
+            IsolatedSolver("m:f", timeout=bad)
+
+
+def test_the_child_imports_the_verifiers_own_package(tmp_path):
+    """Its import path is the verifier's: the toolkit it runs is this checkout's."""
+    with IsolatedSolver(_solver(tmp_path, "raise RuntimeError(ca.__file__)"), timeout=60) as solver:
+        with pytest.raises(SolverFailed) as err:
+            solver.solve(SCORES, H, TEMPS)
+    assert str(err.value) == f"raised RuntimeError: {ca.__file__}"
