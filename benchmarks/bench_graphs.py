@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The targets of consistency graphs (issue 18), measured side by side in one run.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_graphs.py --out docs/results/graphs-cpu
+    python benchmarks/bench_graphs.py --out results/graphs       # every part at the issue's sizes
     python benchmarks/bench_graphs.py --tiny --out /tmp/graphs      # seconds; the smoke run tests use
 
 Convergence of the dual solver on the families without a closed form (>= 100 instances per
@@ -12,12 +12,14 @@ the implicit backward against unrolled sweeps, the amortised dual on the axial f
 problem with given maps against LinSATNet (when installed).  Prints every target with its
 value and verdict; writes convergence_instances.csv, gradients.csv, speed.csv, backward.csv,
 amortised.csv, linsat.csv and graphs.json (environment, load average at start and end,
-targets) into --out (docs/results_format.md).  `convex-attention plot OUT` draws the backward
-figure from it.
+targets; the environment, threads and the load average at start and end) into --out
+(docs/results_format.md).  `convex-attention plot OUT` draws the backward figure from it.
 """
 import argparse
+import importlib.util
 import sys
 
+from convex_attention.baselines.linsat import linsat_solve
 from convex_attention.bench.graph_targets import GraphBenchmark, graph_benchmark
 from convex_attention.cvx import BACKENDS, available_backends
 from convex_attention.io.files import check_out_dir
@@ -46,10 +48,8 @@ def main(argv=None):
     if missing:
         parser.error(f"backend(s) {', '.join(missing)} not installed here; installed: "
                      f"{', '.join(available_backends()) or 'none'}")
-    try:
-        from convex_attention.baselines.linsat import linsat_solve as baseline
-    except ImportError:
-        baseline = None
+    # the baseline imports LinSATNet when it runs; without the package its part is not measured (said)
+    baseline = linsat_solve if importlib.util.find_spec("LinSATNet") is not None else None
     return graph_benchmark(config, args.out, baseline=baseline, backends=args.backends,
                            command=" ".join(["benchmarks/bench_graphs.py"] + list(sys.argv[1:] if argv is None
                                                                                    else argv)))

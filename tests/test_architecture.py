@@ -271,6 +271,7 @@ SHARED_TEST_FILES = {
     "convex_attention.bench.plots.consistency": "test_plots.py",
     "convex_attention.bench.plots.maps": "test_plots.py",
     "convex_attention.bench.plots.speed": "test_plots.py",
+    "convex_attention.bench.plots.graphs": "test_plots.py",
     "convex_attention.bench.config": "test_sweep.py",  # paper.config has test_config.py
     "convex_attention.cli.paper": "test_paper_cli.py",  # paper's modules have the plain names
     "convex_attention.cli.bench": "test_cli.py",

@@ -49,8 +49,9 @@ import torch
 
 from ..cvx import available_backends
 from ..graph import Graph
+from ..hessian import ImplicitSolveError
 from ..hierarchy import Hierarchy
-from ..io.environment import environment
+from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import atomic_csv, write_json
 from ..io.lock import results_lock
 from ..io.settings import SEED, Choice, Int, Many, normalise_settings, setting
@@ -103,6 +104,9 @@ class GraphBenchmark:
     linsat_batch: int = setting(4, Int(low=1, high=256), "samples per timed call of the given-maps comparison")
     linsat_repeats: int = setting(3, Int(low=1, high=100), "timed repetitions of the given-maps comparison")
     seed: int = setting(0, SEED, "seed of every random draw")
+    threads: int = setting(1, Int(low=1, high=1024),
+                           "torch threads the run computes with, recorded in graphs.json and on the figure (one: "
+                           "comparable timings on a shared machine)")
 
     def __post_init__(self):
         normalise_settings(self)
@@ -209,7 +213,15 @@ def _gradients(config: GraphBenchmark, families, backends, log) -> list[dict]:
                 direction = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
                 x = [s.clone().requires_grad_() for s in scores]
                 dual_options = {"tol": REFERENCE_TOL, "max_iter": 5000}
-                grad = torch.autograd.grad(_linear_loss(h, x, temps, weights, "dual", **dual_options), x)
+                base = {"family": family, "setting": setting_name, "draw": draw}
+                try:
+                    grad = torch.autograd.grad(_linear_loss(h, x, temps, weights, "dual", **dual_options), x)
+                except ImplicitSolveError as err:  # a failed backward is a measured result, never skipped
+                    reason = " ".join(str(err).split())[:300]
+                    rows.append({**base, "solver": "dual", "status": "error", "reason": reason})
+                    log(f"gradients {family} {setting_name} draw {draw}: dual's implicit backward failed: "
+                        f"{rows[-1]['reason'][:160]}")
+                    continue
                 flat = torch.cat([t.flatten() for t in grad])
                 along = float(sum((t * d).sum() for t, d in zip(grad, direction)))
                 with torch.no_grad():
@@ -217,7 +229,6 @@ def _gradients(config: GraphBenchmark, families, backends, log) -> list[dict]:
                                             "dual", **dual_options)
                                - _linear_loss(h, [s - fd_step * d for s, d in zip(scores, direction)], temps, weights,
                                               "dual", **dual_options)) / (2 * fd_step)
-                base = {"family": family, "setting": setting_name, "draw": draw}
                 rows.append({**base, "solver": "dual", "status": "ok", "reason": "",
                              "error_vs_fd": abs(along - fd) / max(abs(fd), 1e-12), "error_vs_dual": 0.0})
                 for backend in backends:
@@ -281,7 +292,14 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
     for family in families:
         h, scores, temps = draw_instance(family, config.size, g, (-1.0, 1.0), config.speed_batch)
         scores = [s.float() for s in scores]
-        meas = _timed(h, scores, temps, {"dual": ("dual", {})}, config.repeats)["dual"]
+        try:
+            meas = _timed(h, scores, temps, {"dual": ("dual", {})}, config.repeats)["dual"]
+        except ImplicitSolveError as err:
+            rows.append({"family": family, "method": "dual", "backend": "", "status": "error",
+                         "batch": config.speed_batch, "reason": " ".join(str(err).split())[:300],
+                         "shapes": "+".join("x".join(map(str, s)) for s in h.shapes)})
+            log(f"speed {family:<13}dual failed: {rows[-1]['reason'][:160]}")
+            continue
         rows.append(_speed_row(family, h, "dual", "", meas, config.speed_batch))
         sub = [s[:config.cvx_batch].double() for s in scores]
         for backend in backends:
@@ -345,7 +363,11 @@ def _backward(config: GraphBenchmark, families, log) -> list[dict]:
     for family in families:
         h, scores, temps = draw_instance(family, config.size, g, (-1.0, 1.0), config.batch)
         weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
-        rows += _backward_family(config, family, h, scores, temps, weights)
+        try:
+            rows += _backward_family(config, family, h, scores, temps, weights)
+        except ImplicitSolveError as err:  # the family's row says so; the others go on
+            log(f"backward {family}: the implicit backward failed ({' '.join(str(err).split())[:160]}); no rows")
+            continue
         log(f"backward {family:<13}" + "  ".join(f"{r['kind']} {r['parameter']:g}: {r['gradient_error']:.1e}"
                                                 for r in rows if r["family"] == family))
     return rows
@@ -467,9 +489,13 @@ def _linsat(config: GraphBenchmark, baseline: Callable, log) -> list[dict]:
 
 # ----------------------------------------------------------------------------- targets
 
-def _target(name: str, value, op: str, threshold: float, detail: str = "") -> dict:
+def _target(name: str, value, op: str, threshold: float, detail: str = "", missed: bool = False) -> dict:
+    """One target's verdict: met, NOT met (``False``; also whenever ``missed``: a miss is never
+    rescued by its value) or not measured (``None``: no finite value, NaN included)."""
     measured = value is not None and isinstance(value, (int, float)) and math.isfinite(value)
     met = None if not measured else (value <= threshold if op == "<=" else value >= threshold)
+    if missed:
+        met = False
     return {"target": name, "value": value if measured else None, "op": op, "threshold": threshold, "met": met,
             "detail": detail}
 
@@ -478,16 +504,21 @@ def _targets(results: dict) -> list[dict]:
     out = []
     for s in results.get("convergence_summary", []):
         out.append(_target(f"dual sweeps, {s['family']} {s['set']} {s['dtype']} (tol {s['tol']:g}, "
-                           f"{s['instances']} instances)", float(s["worst_sweeps"]) if not s["misses"] else math.inf,
-                           "<=", float(s["max_sweeps"]),
-                           f"median {s['median_sweeps']:g}, worst {s['worst_sweeps']}, misses {s['misses']}"))
+                           f"{s['instances']} instances)", float(s["worst_sweeps"]), "<=", float(s["max_sweeps"]),
+                           f"median {s['median_sweeps']:g}, worst {s['worst_sweeps']}, misses {s['misses']}",
+                           missed=bool(s["misses"])))
     grads = results.get("gradients", [])
     for setting_name in GRADIENT_SETTINGS:
         rows = [r for r in grads if r["setting"] == setting_name and r["status"] == "ok"]
         dual = [r["error_vs_fd"] for r in rows if r["solver"] == "dual"]
-        if dual:
-            out.append(_target(f"implicit gradient vs finite differences ({setting_name})", max(dual), "<=", 1e-5,
-                               f"median {statistics.median(dual):.1e} over {len(dual)} instances"))
+        failed = [r for r in grads if r["setting"] == setting_name and r["solver"] == "dual" and r["status"] != "ok"]
+        if dual or failed:
+            out.append(_target(f"implicit gradient vs finite differences ({setting_name})",
+                               max(dual) if dual else None, "<=", 1e-5,
+                               (f"median {statistics.median(dual):.1e} over {len(dual)} instances" if dual else "")
+                               + (f"; the implicit backward FAILED on {len(failed)} instance(s) "
+                                  f"({', '.join(sorted({r['family'] for r in failed}))})" if failed else ""),
+                               missed=bool(failed)))
         for solver in sorted({r["solver"] for r in rows if r["solver"] != "dual"}):
             vs_dual = [r["error_vs_dual"] for r in rows if r["solver"] == solver]
             vs_fd = [r["error_vs_fd"] for r in rows if r["solver"] == solver]
@@ -499,6 +530,9 @@ def _targets(results: dict) -> list[dict]:
     for family in NONTREE:
         dual = by.get((family, "dual", ""))
         if dual is None:
+            if any(r["family"] == family and r["method"] == "dual" for r in speed):  # an error row
+                out.append(_target(f"cvxpylayers (fastest) / dual per sample ({family})", None, ">=", 1e3,
+                                   "dual failed: see speed.csv", missed=True))
             continue
         out.append(_target(f"dual backward / forward time ({family})", dual["bwd_ms"] / dual["fwd_ms"], "<=", 1.0))
         cvx = {b: r for (f, m, b), r in by.items() if f == family and m == "cvxpylayers"}
@@ -561,36 +595,45 @@ def graph_benchmark(config: GraphBenchmark, out_dir: str, baseline: Callable | N
     installed = available_backends()
     backends = [b for b in DEFAULT_BACKENDS if b in installed] if backends is None else list(backends)
     os.makedirs(out_dir, exist_ok=True)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)  # the declared count, recorded with the run
+    try:
+        with results_lock(out_dir, command=command or "bench_graphs", log=log):
+            return _run(config, out_dir, baseline, backends, log, command)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(config: GraphBenchmark, out_dir: str, baseline, backends, log, command: str) -> dict:
     results: dict = {}
-    start_load, start = os.getloadavg(), time.perf_counter()
-    with results_lock(out_dir, command=command or "bench_graphs", log=log):
-        if "convergence" in config.parts:
-            rows, summary = _convergence(config, NONTREE, log)
-            results["convergence_summary"] = summary
-            atomic_csv(os.path.join(out_dir, "convergence_instances.csv"), CONVERGENCE_COLUMNS, rows)
-        if "gradients" in config.parts:
-            results["gradients"] = _gradients(config, NONTREE + ("star",), backends, log)
-            atomic_csv(os.path.join(out_dir, "gradients.csv"), GRADIENT_COLUMNS, results["gradients"])
-        if "speed" in config.parts:
-            results["speed"] = _speed(config, NONTREE, backends, log)
-            atomic_csv(os.path.join(out_dir, "speed.csv"), SPEED_COLUMNS, results["speed"])
-        if "backward" in config.parts:
-            results["backward"] = _backward(config, NONTREE, log)
-            atomic_csv(os.path.join(out_dir, "backward.csv"), BACKWARD_COLUMNS, results["backward"])
-        if "amortised" in config.parts:
-            results["amortised"] = _amortised(config, log)
-            atomic_csv(os.path.join(out_dir, "amortised.csv"), AMORTISED_COLUMNS, results["amortised"])
-        if "linsat" in config.parts and baseline is not None:
-            results["linsat"] = _linsat(config, baseline, log)
-            atomic_csv(os.path.join(out_dir, "linsat.csv"), LINSAT_COLUMNS, results["linsat"])
-        elif "linsat" in config.parts:
-            log("given maps: no baseline handed in (install linsatnet); that part is not measured")
-        targets = _targets(results)
-        log(format_graph_targets(targets))
-        summary = {"environment": environment("cpu"), "config": asdict(config), "command": command,
-                   "load_average": {"start": list(start_load), "end": list(os.getloadavg())},
-                   "wall_s": time.perf_counter() - start, "cvx_backends": backends,
-                   "statistic": "median over interleaved repetitions of forward+backward time, per sample",
-                   "targets": targets, "convergence": results.get("convergence_summary", [])}
-        write_json(os.path.join(out_dir, "graphs.json"), summary)
+    started, load_start, start = now_utc(), load_average(), time.perf_counter()
+    if "convergence" in config.parts:
+        rows, summary = _convergence(config, NONTREE, log)
+        results["convergence_summary"] = summary
+        atomic_csv(os.path.join(out_dir, "convergence_instances.csv"), CONVERGENCE_COLUMNS, rows)
+    if "gradients" in config.parts:
+        results["gradients"] = _gradients(config, NONTREE + ("star",), backends, log)
+        atomic_csv(os.path.join(out_dir, "gradients.csv"), GRADIENT_COLUMNS, results["gradients"])
+    if "speed" in config.parts:
+        results["speed"] = _speed(config, NONTREE, backends, log)
+        atomic_csv(os.path.join(out_dir, "speed.csv"), SPEED_COLUMNS, results["speed"])
+    if "backward" in config.parts:
+        results["backward"] = _backward(config, NONTREE, log)
+        atomic_csv(os.path.join(out_dir, "backward.csv"), BACKWARD_COLUMNS, results["backward"])
+    if "amortised" in config.parts:
+        results["amortised"] = _amortised(config, log)
+        atomic_csv(os.path.join(out_dir, "amortised.csv"), AMORTISED_COLUMNS, results["amortised"])
+    if "linsat" in config.parts and baseline is not None:
+        results["linsat"] = _linsat(config, baseline, log)
+        atomic_csv(os.path.join(out_dir, "linsat.csv"), LINSAT_COLUMNS, results["linsat"])
+    elif "linsat" in config.parts:
+        log("given maps: no baseline handed in (install linsatnet); that part is not measured")
+    targets = _targets(results)
+    log(format_graph_targets(targets))
+    summary = {"environment": environment("cpu"), "runs": [run_record(started, load_start,
+                                                                      wall_s=time.perf_counter() - start)],
+               "config": asdict(config), "command": command, "cvx_backends": backends,
+               "statistic": "median over interleaved repetitions of forward+backward time, per sample",
+               "targets": targets, "convergence": results.get("convergence_summary", [])}
+    write_json(os.path.join(out_dir, "graphs.json"), summary)
     return {**results, "targets": targets}

@@ -2,9 +2,9 @@
 dual solver's convergence per structure, and the backward's cost and accuracy, implicit against
 unrolled.
 
-Every figure names, under its panels, the dtype its numbers were computed in, and in its
-footer (:func:`convex_attention.io.figures.save`) the environment, threads and load average
-the numbers were measured under.  A figure without data is not written, and the caller is told
+Every figure's footer (:func:`convex_attention.io.figures.save`) names the environment, the
+torch threads and the load average (start and end of the run) the numbers were measured under,
+and the dtype they were computed in.  A figure without data is not written, and the caller is told
 why; rows with unusable values are skipped and named.
 """
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 import math
 import os
 
+import matplotlib
 import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 
@@ -24,7 +25,7 @@ from ._common import (
     Log,
     Series,
     Skips,
-    compute_dtype_of,
+    dtype_note,
     missing_columns,
     number,
     ok_points,
@@ -34,7 +35,7 @@ from ._common import (
     warn,
 )
 
-__all__ = ["plot_pareto_per_structure", "plot_convergence_per_structure", "plot_backward", "results_env",
+__all__ = ["plot_pareto_per_structure", "plot_convergence_per_structure", "plot_backward", "graphs_env", "is_chain",
            "STRUCTURE_ORDER"]
 
 STRUCTURE_ORDER = ("chain", "star", "axial", "grid_regions", "mixed")
@@ -44,45 +45,34 @@ KIND_STYLE = {"implicit": ("#2ca02c", "D", "implicit (forward to tol)"),
               "unrolled": ("#ff7f0e", "o", "unrolled plain sweeps (autograd)")}
 
 
-def results_env(folder: str, env: dict | None, log: Log | None = None) -> dict | None:
-    """The environment a figure's footer names: ``env`` (bench.json's), else graphs.json's,
-    with the load average at the end of the run where the folder records it."""
-    merged = dict(env) if env else None
-    for name, end_key in (("bench.json", "load_average_end"), ("graphs.json", "load_average")):
-        path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            continue
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f, parse_constant=lambda token: None)
-        except (OSError, UnicodeDecodeError, ValueError):
-            continue
-        if not isinstance(data, dict):
-            continue
-        if merged is None and isinstance(data.get("environment"), dict):
-            merged = dict(data["environment"])
-        end = data.get(end_key)
-        if isinstance(end, dict):  # graphs.json: {"start": [...], "end": [...]}
-            if merged is not None and "load_average" not in merged and isinstance(end.get("start"), list):
-                merged["load_average"] = end["start"]
-            end = end.get("end")
-        if merged is not None and isinstance(end, list) and end:
-            merged.setdefault("load_average_end", end)
-    return merged
+def graphs_env(folder: str, log: Log | None = None) -> dict | None:
+    """The environment of the graph benchmark's ``graphs.json`` (``benchmarks/bench_graphs.py``),
+    with its ``runs`` (load average at start and end, threads), as :func:`._common.load_env`
+    reads bench.json's: the footer of the figures drawn from its files.  ``None`` (said) when
+    the file is missing or unusable."""
+    log = log or warn
+    path = os.path.join(folder, "graphs.json")
+    if not os.path.exists(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f, parse_constant=lambda token: None)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        log(f"graphs.json: not readable JSON ({plain(err, 80)}); its figures carry no environment line")
+        return None
+    env = data.get("environment") if isinstance(data, dict) else None
+    if not isinstance(env, dict):
+        log("graphs.json: no 'environment' object; its figures carry no environment line")
+        return None
+    if isinstance(data.get("runs"), list):
+        env = {**env, "runs": data["runs"]}
+    return env
 
 
-def _footer_env(env: dict | None) -> dict | None:
-    """``env`` with the load average written into its processor field (the footer line of
-    :func:`~convex_attention.io.figures.env_line` names torch, processor, threads, GPU)."""
-    if not env:
-        return env
-    load = env.get("load_average")
-    end = env.get("load_average_end")
-    if not isinstance(load, list) or not load:
-        return env
-    text = f"load average {float(load[0]):.1f}" + (f" → {float(end[0]):.1f}" if isinstance(end, list) and end
-                                                   else "")
-    return {**env, "processor": f"{env.get('processor', '')} · {text}".strip(" ·")}
+def is_chain(row: dict) -> bool:
+    """Whether a bench.csv or convergence.csv row is of a chain (rows of results older than
+    structures are)."""
+    return _structure(row) == "chain"
 
 
 def _structure(row: dict) -> str:
@@ -128,6 +118,8 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
                  if p.series.kind == TIMED_KIND and p.v["per_sample_ms"] is not None}
         shown = []
         for p in here:
+            if p.v["per_sample_ms"] is None and p.series.kind == "per_sample":
+                continue  # its time would exclude finding λ*, which would put it on the front unfairly
             t = p.v["per_sample_ms"] if p.v["per_sample_ms"] is not None else timed.get(p.series.method)
             if t is not None:
                 shown.append((p, t))
@@ -162,13 +154,10 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
             ax.set_xscale("log")
             ax.set_yscale("log")
             quiet_minor_ticks(ax)
-            dtypes = sorted({compute_dtype_of(p) for p, _ in shown})
+            refused = ", ".join(sorted({m for m, _ in skipped}))
             ax.set_title(f"{STRUCTURE_TITLE.get(structure, plain(structure, 20))}\n"
-                         f"{plain(text_of(largest.row, 'shapes'), 48)}", fontsize=7)
-            note = f"computed in {', '.join(dtypes)}"
-            if skipped:
-                note += "; " + ", ".join(sorted({m for m, _ in skipped})) + ": solves forests only"
-            ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=5.5, color="#555555", va="bottom")
+                         f"{plain(text_of(largest.row, 'shapes'), 48)}"
+                         + (f"\n({refused}: solves forests only)" if skipped else ""), fontsize=7)
             ax.grid(True, which="major", alpha=0.25)
         for ax in axes[-1]:
             ax.set_xlabel("held-out violation (batch mean)")
@@ -179,7 +168,11 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
                               markersize=8, label="Pareto front"))
         fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False, fontsize=6.5)
         fig.suptitle("Time against violation per structure (largest cell of each, every method that solves it)")
-        return figures.save(fig, path, _footer_env(env))
+        notes = [dtype_note([p for _, _, shown, _ in panels for p, _ in shown]),
+                 "forward + backward per sample, median of interleaved repetitions; cvxpylayers timed on fewer "
+                 "samples than the batch (bench.csv's timed_batch); learned_dual at λ = 0 takes the fitted row's "
+                 "time (the same computation); per-sample λ* is not drawn (its time would exclude finding λ*)"]
+        return figures.save(fig, path, env, notes=notes)
 
 
 # ----------------------------------------------------------------------------- convergence per structure
@@ -229,7 +222,11 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
                 if gap_pts:
                     axes[1, j].plot(*zip(*gap_pts), color=color, marker=".", ms=3, lw=1)
             axes[0, j].set_title(STRUCTURE_TITLE.get(structure, plain(structure, 20)), fontsize=7)
-            axes[0, j].legend(fontsize=5.5, frameon=False)
+            if len(cells) > 1:
+                axes[0, j].legend(fontsize=5.5, frameon=False)
+            last = max(p[3] for p in mine)
+            axes[1, j].set_xlim(-0.3, max(last, 1) + 0.3)  # a solve certified at sweep 0 (a warm start) stays visible
+            axes[1, j].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
             axes[1, j].set_xlabel("sweep")
             for ax in axes[:, j]:
                 ax.set_yscale("log")
@@ -238,9 +235,14 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
                 ax.grid(True, which="major", alpha=0.25)
         axes[0, 0].set_ylabel("violation (batch max)")
         axes[1, 0].set_ylabel(r"$|g(\lambda) - f^*|$ (batch max)")
-        fig.suptitle(rf"Dual solver per sweep, float64 (dotted: values at or below ${sci(floor)}$, "
-                     rf"drawn there)")
-        return figures.save(fig, path, _footer_env(env))
+        sides = sorted({p[2] for p in pts})
+        fig.suptitle(rf"Dual solver per sweep, float64, finest side {', '.join(map(str, sides))} (dotted: values at "
+                     rf"or below ${sci(floor)}$, drawn there)")
+        return figures.save(fig, path, env, notes=["computed in float64 (the solver's working dtype), on each "
+                                                   "cell's held-out instances; gap: g(λ) − f* against the float64 "
+                                                   "certified reference; on forests that are not chains (the star) "
+                                                   "the solver starts from the closed form (warm_start) and "
+                                                   "certifies it at sweep 0"])
 
 
 # ----------------------------------------------------------------------------- backward
@@ -298,6 +300,7 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
                                                                     else " — labels: sweeps"))
                    for k, (c, m, label) in KIND_STYLE.items()]
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6.5)
-        fig.suptitle("The backward's cost and accuracy: implicit differentiation against unrolled sweeps "
-                     "(float64)")
-        return figures.save(fig, path, _footer_env(env))
+        fig.suptitle("The backward's cost and accuracy: implicit differentiation against unrolled sweeps")
+        return figures.save(fig, path, env, notes=[
+            "computed in float64; backward time per sample, median of interleaved repetitions (forward excluded); "
+            "error: relative 2-norm of the gradient of a random linear loss"])
