@@ -135,8 +135,8 @@ def _check_cells(config: SweepConfig) -> None:
     for structure, size, levels, dims, batch in itertools.product(config.structures, config.sizes, config.levels,
                                                                   config.dims, config.batches):
         cells = structure_cells(structure, size, dims, levels, config.factor)
+        shape = f"{levels} levels" if structure == "chain" else f"structure {structure}"
         if batch * cells > MAX_ELEMENTS:
-            shape = f"{levels} levels" if structure == "chain" else f"structure {structure}"
             raise ValueError(f"batch {batch} x {cells} cells (size {size}, {dims}-D, {shape}) is "
                              f"{batch * cells:.3g} values per tensor, above the {MAX_ELEMENTS:.3g} any cell may hold; "
                              f"use smaller --sizes, --dims or --batch")
