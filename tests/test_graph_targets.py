@@ -93,3 +93,25 @@ def test_a_small_run_writes_its_files_in_strict_json_with_the_load_and_threads(t
     assert run["torch_threads"] == 1 and len(run["load_average_start"]) == 3 and run["cpu_count"] >= 1
     assert record["command"] == "bench_graphs --tiny" and record["targets"] == out["targets"]
     assert any("dual sweeps, mixed hard float64" in m for m in logged)
+
+
+@pytest.mark.slow  # every part end to end, cvxpylayers and LinSATNet included (a minute)
+def test_every_part_at_tiny_sizes_gives_a_verdict_for_every_target(tmp_path):
+    from convex_attention.baselines.linsat import linsat_solve
+    from convex_attention.cvx import available_backends
+
+    if "moreau" not in available_backends():
+        pytest.skip("needs the moreau backend")
+    config = GraphBenchmark(size=16, grad_size=16, instances=2, batch=2, grad_draws=1, speed_batch=2, repeats=1,
+                            cvx_batch=1, cvx_repeats=1, amortised_steps=2, linsat_iters=(2,), linsat_batch=1,
+                            linsat_repeats=1)
+    out = gt.graph_benchmark(config, str(tmp_path), baseline=linsat_solve, backends=["moreau"], log=lambda m: None)
+    for name in ("convergence_instances.csv", "gradients.csv", "speed.csv", "backward.csv", "amortised.csv",
+                 "linsat.csv", "graphs.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    names = [t["target"] for t in out["targets"]]
+    for part in ("dual sweeps", "implicit gradient vs finite differences", "implicit gradient vs cvxpylayers[moreau]",
+                 "cvxpylayers[moreau] (fastest) / dual", "dual / exact", "exact / softmaxes", "amortised / λ=0",
+                 "baseline / dual time"):
+        assert any(n.startswith(part) for n in names), part
+    assert all(t["met"] in (True, False, None) for t in out["targets"])
