@@ -283,14 +283,18 @@ def _draw_time_curve(ax, curve, color, marker, fill) -> tuple[float, object]:
 def _label_slopes(ax, fits) -> None:
     """``n^s`` right of each fitted band's end, in its series' colour, moved apart
     vertically where two would overlap (``fits``: ``[(PowerLaw, colour)]``)."""
-    gap = 0.16  # decades between two labels' centres
+    low, high = (math.log10(v) for v in ax.get_ylim())
+    # decades between two labels' centres: a label's height (about 10 points) on this axis
+    gap = max((high - low) * 10.0 / max(ax.get_window_extent().height * 72.0 / ax.figure.dpi, 1.0), 0.1)
     placed: list[float] = []
     for fit, color in sorted(fits, key=lambda fc: fc[0].coef * fc[0].n_hi ** fc[0].slope):
         at = math.log10(fit.coef * fit.n_hi ** fit.slope)
-        y = max([at] + [p + gap for p in placed if abs(p - at) < gap])
+        y = at
+        while any(abs(p - y) < gap * 0.999 for p in placed):  # above every label it would overlap
+            y = max(p for p in placed if abs(p - y) < gap * 0.999) + gap
         placed.append(y)
         ax.annotate(f"$n^{{{fit.slope:.2f}}}$", (fit.n_hi, 10 ** y), xytext=(4, 0), textcoords="offset points",
-                    color=color, fontsize=5.5, va="center", annotation_clip=False)
+                    color=color, fontsize=6, va="center", annotation_clip=False)
 
 
 def _time_legend(points, styles: dict, dtypes: list) -> list:
@@ -339,6 +343,7 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
     dtypes = sorted({compute_dtype_of(p) for p in points})
     mixed = len({text_of(p.row, "dtype") for p in points}) > 1  # a sweep over dtypes: hollow for the others
     widest, fitted = 0.0, 0
+    to_label: list = []  # (axes, fits): labelled once every panel is drawn (they share one y scale)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(panels), 2, figsize=(FULL_WIDTH, 2.3 * len(panels) + 1.5), squeeze=False,
                                  sharex=True, sharey=True, layout="constrained")
@@ -358,7 +363,7 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
                         if fit is not None:
                             fits[j].append((fit, color))
             for j, ax in enumerate(row_axes):
-                _label_slopes(ax, fits[j])
+                to_label.append((ax, fits[j]))
                 fitted += len(fits[j])
             where = f"{dims_title(panel[0])}, {panel[2]} levels" + (f", {plain(panel[1])}" if len(devices) > 1
                                                                        else "")
@@ -369,6 +374,8 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
                 ax.set_title(f"{where}: {name} pass")
                 ax.grid(True, which="major", alpha=0.25)
             row_axes[0].set_ylabel("median time per sample (ms)")
+        for ax, fits_here in to_label:
+            _label_slopes(ax, fits_here)
         for ax in axes[-1]:
             ax.set_xlabel(r"problem size $n$ (cells, all levels)")
         handles = _time_legend(points, styles, dtypes if mixed else [])
