@@ -653,3 +653,20 @@ def test_slope_labels_that_end_at_the_same_time_are_moved_apart_until_they_do_no
         assert all(low.y1 <= high.y0 + 0.5 for low, high in zip(boxes, boxes[1:]))  # stacked, not overlapping
     finally:
         plt.close(fig)
+
+
+def test_core_benchmark_marks_a_wide_interquartile_range_and_states_the_widest(figs):
+    def row(method, total, q1, q3, backend="", shapes="8x8+4x4", batch=4):
+        return {"method": method, "backend": backend, "shapes": shapes, "batch": batch, "dtype": "float32",
+                "fwd_ms": total / 2, "bwd_ms": total / 2, "total_ms": total, "total_ms_q1": q1, "total_ms_q3": q3}
+
+    rows = [row("softmax", 1.0, 0.9, 1.1), row("exact", 2.0, 1.0, 3.0),  # exact: IQR 100 % of its median
+            row("exact", 0.2, 0.19, 0.21, shapes="4x4+2x2"),
+            row("cvxpylayers", 100.0, 99.0, 101.0, backend="moreau", shapes="4x4+2x2", batch=2)]
+    plot_core_benchmark(rows, {"exact/softmax": 2.0}, "core.png")
+    fig = figs["core"]
+    marked = [tuple(o) for ax in fig.axes for c in ax.collections
+              if isinstance(c, matplotlib.collections.PathCollection) for o in c.get_offsets()]
+    assert marked == [(1.0, pytest.approx(1e3 * 2.0 / 4))]  # exact's bar in the first panel, nothing else
+    assert "widest interquartile range: 100% of its median" in figs["core:footer"]
+    assert any("low confidence" in t.get_text() for t in fig.legends[0].get_texts())

@@ -146,6 +146,21 @@ def _bar_color(b: _Bar, backends: list) -> str:
     return METHOD_COLORS.get(b.method, "#333333")
 
 
+def _core_spread(b: _Bar) -> float | None:
+    """The bar's interquartile range relative to its median total (None where not recorded)."""
+    if b.lo is None or b.hi is None or not b.total:
+        return None
+    return (b.hi - b.lo) / b.total
+
+
+def _mark_wide(ax, bars) -> bool:
+    """Dotted squares on the bars whose interquartile range exceeds LOW_CONFIDENCE_IQR of the
+    median (bench_core records no repetition count, so only the spread can say)."""
+    wide = [i for i, b in enumerate(bars) if (_core_spread(b) or 0.0) > LOW_CONFIDENCE_IQR]
+    mark_low_confidence(ax, wide, [bars[i].total for i in wide])
+    return bool(wide)
+
+
 def _draw_linear_bars(ax, bars, backends: list) -> None:
     """A bar per method on a linear axis: its total, the forward share darker inside it (a
     stack reads true on a linear axis), the interquartile range of the total."""
@@ -201,6 +216,7 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
                                  gridspec_kw={"width_ratios": widths})
         on_log: dict = {}  # colours drawn as points on a log axis, and as bars on a linear one
         on_linear: dict = {}
+        any_wide = False
         for ax, (shapes, bars) in zip(axes[0], panels.items()):
             totals = [b.total for b in bars]
             if max(totals) > 30 * min(totals):
@@ -211,6 +227,7 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
                 on_linear.update(dict.fromkeys(_bar_color(b, backends) for b in bars))
             ax.set_xticks(np.arange(len(bars)), ["\n".join(plain(t) for t in b.label.split("\n")) for b in bars],
                           fontsize=6.5)
+            any_wide |= _mark_wide(ax, bars)
             ax.set_title(_panel_title(shapes, bars, shown))
             ax.set_ylabel(f"time per sample (µs)\n{stat}")
         handles, labels = [], []
@@ -221,11 +238,18 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
             handles += [tuple(Line2D([], [], color=c, marker=m, ls="none", ms=4, mfc=f) for c in on_log)
                         for m, f in (("o", None), (">", None), ("<", "none"))]
             labels += ["point: forward + backward (bar: IQR)", "forward", "backward"]
+        if any_wide:
+            handles.append(low_confidence_handle())
+            labels.append(f"dotted square: low confidence (IQR > {LOW_CONFIDENCE_IQR:.0%} of the median)")
         fig.legend(handles, labels, handler_map={tuple: HandlerTuple(ndivide=None, pad=0.2)}, frameon=False,
                    loc="outside lower center", ncol=3, fontsize=6.5)
         fig.suptitle("Time per sample (bars and error bars: interquartile range); ratios computed from what is drawn")
+        spreads = [v for bars in panels.values() for v in map(_core_spread, bars) if v is not None]
+        spread_note = (f"widest interquartile range: {max(spreads):.0%} of its median; low confidence: IQR > "
+                       f"{LOW_CONFIDENCE_IQR:.0%} of the median (repetitions are not recorded)" if spreads
+                       else "interquartile ranges not recorded")
         return figures.save(fig, path, env, notes=["times per sample; a ratio across batch sizes credits the "
-                                                   "larger batch with its batching"])
+                                                   "larger batch with its batching", spread_note])
 
 
 # ====================================================================== time against size
