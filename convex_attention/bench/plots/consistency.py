@@ -8,12 +8,15 @@ import math
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ...hierarchy import Hierarchy
 from ...io import figures
 from ...io.figures import FULL_WIDTH, STYLE, plain, sci
 from ...methods import get_method
+from ...metrics import violation
 from ._common import (
     DTYPE_COLORS,
     DTYPE_EPS,
@@ -43,7 +46,7 @@ from ._common import (
 
 
 def _violation_points(rows, log: Log) -> list[tuple]:
-    """``(series, compute dtype, violation, cpu_only)`` of every ok row with a violation."""
+    """``(series, compute dtype, violation, cpu_only, shapes)`` of every ok row with a violation."""
     points, skips = [], Skips("violation")
     for p in ok_points(rows, "violation", {"violation_mean": {"nonneg": True}}, log):
         dtype = text_of(p.row, "dtype")
@@ -77,11 +80,6 @@ def rounding_level(shapes, dtype: str, batch: int = 8, seed: int = 0) -> float:
     precision, rounded to ``dtype`` and measured as the sweep measures a method's output.
     What rounding alone leaves: a reference level for the dtype, not a bound (a method
     whose coarse map is the sum of its fine map can read lower)."""
-    import torch
-
-    from ...hierarchy import Hierarchy
-    from ...metrics import violation
-
     rng = np.random.default_rng(seed)
     scores = rng.normal(0.0, 2.0, (batch, math.prod(shapes[0]))).astype(np.longdouble)
     p = np.exp(scores - scores.max(1, keepdims=True))
