@@ -247,6 +247,17 @@ def test_test_stage_refusals_are_usage_errors_before_work(tmp_path, capsys, monk
     monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: {"report": "ran"})
     code, output, err = run([*argv, "--data-seed", "1"], capsys)  # a fresh seed passes the door
     assert code == 0 and "ran" in output, err
+    # a run log the stage cannot read back (before: a traceback after the data seed was spent)
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: pytest.fail("work started"))
+    for content, words in ((b'{"run": 1}\n{"run": 2, "fol', "line 2, is not strict JSON"),
+                           (b"\xef\xbb\xbf{}\n", "line 1, is not strict JSON"), (b'{"a": NaN}\n', "NaN"),
+                           (b"\xff\x00\n", "is not UTF-8 text"), (b"[1]\n", "not a JSON object")):
+        with open(os.path.join(out, "test_runs.jsonl"), "wb") as f:
+            f.write(content)
+        code, _, err = run([*argv, "--data-seed", "1"], capsys)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "argument --out:" in err and "test_runs.jsonl" in err and words in err, err
+    os.remove(os.path.join(out, "test_runs.jsonl"))
     out = str(tmp_path / "exp2")
     code, _, err = run(["experiment", "--quick", "--force", "--out", out], capsys)
     assert code == 2 and "--force" in err

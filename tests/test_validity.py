@@ -237,6 +237,8 @@ def test_data_check_usage_errors(argv, message, capsys):
     assert run(["data", "check", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    # one line, named by the whole subcommand (before: "convex-attention data: error: ..." for checks after parsing)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("convex-attention data check: error:"), err
 
 
 def test_data_check_out_and_data_errors(tmp_path, capsys):
