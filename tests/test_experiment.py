@@ -465,3 +465,22 @@ def test_tiny_experiment_end_to_end(tmp_path):
     again = test_stage(fresh, allow_rejected_benchmark=True, force=True)
     assert "run 2 recorded in this results folder" in again["report"] and "--force" in again["report"]
     assert len(open(os.path.join(out, "test_runs.jsonl")).read().splitlines()) == 2
+
+
+def test_the_experiment_never_scores_a_model_whose_outputs_are_not_finite():
+    """The experiment's own evaluation and dev-stage scoring (not only the command's
+    handler) refuse a model whose logits overflow, rather than report its numbers."""
+    from convex_attention.paper.data import SyntheticLesions
+    from convex_attention.paper.experiment import _dev_ap, _evaluate
+    from convex_attention.paper.models import AttentionUNet, NonFiniteOutput
+
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    with torch.no_grad():
+        model.classifier.weight.fill_(3e38)
+        model.classifier.bias.fill_(torch.finfo(torch.float32).max)
+    data = SyntheticLesions(8, image_size=32, seed=0, lesion_fraction=0.7)
+    with pytest.raises(NonFiniteOutput, match="logits"):
+        _evaluate(model, data, 0.5, "cpu", ablation=True, seed=0)
+    lesions = [i for i in range(len(data)) if int(data[i][1]) == 1][:2]
+    with pytest.raises(NonFiniteOutput, match="logits"):
+        _dev_ap(QUICK, model, data, {"lesion": lesions}, ("nearest",), "cpu")

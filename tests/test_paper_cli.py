@@ -476,6 +476,33 @@ def test_an_allocation_failure_inside_a_run_is_one_line_exit_1(tmp_path, capsys,
     assert f"convex-attention {command}: error: memory ran out" in err and "--batch-size" in err
 
 
+@pytest.mark.parametrize("command, words, absent", [
+    ("train", "OUT/last.pt holds the last finished epoch, if one finished (train --resume OUT/last.pt", None),
+    ("experiment", "the stage did not finish and its results are incomplete", "--resume"),
+    ("explain", "interrupted", "--resume"),
+])
+def test_ctrl_c_is_one_line_that_fits_the_command(tmp_path, capsys, monkeypatch, command, words, absent):
+    """--resume is advised only by the command that has one."""
+    import convex_attention.paper.experiment as experiment
+    import convex_attention.paper.explain as explain
+    import convex_attention.paper.train as train_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupt)
+    monkeypatch.setattr(explain, "explain_models", interrupt)
+    monkeypatch.setattr(experiment, "run_experiment", interrupt)
+    argv = {"train": ["train", *_SMALL_RUN, "--out", str(tmp_path / "t")],
+            "explain": ["explain", "--checkpoints", f"m={tiny_checkpoint(tmp_path / 'a' / 'best.pt')}", "--out",
+                        str(tmp_path / "o"), "--no-progress"],
+            "experiment": ["experiment", "--quick", "--out", str(tmp_path / "e")]}[command]
+    code, _, err = run(argv, capsys)
+    assert code == 130 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"convex-attention {command}: ") and words in err
+    assert absent is None or absent not in err
+
+
 def test_a_runtime_error_that_is_not_an_allocation_failure_is_not_disguised_as_one(tmp_path, capsys, monkeypatch):
     import convex_attention.paper.train as train_module
 
