@@ -440,6 +440,21 @@ def test_train_overwrite_replaces_the_earlier_run_and_nothing_else(tmp_path, cap
     assert (out / "notes.txt").read_text() == "the user's notes"
 
 
+def test_overwrite_by_several_ranks_at_once_is_not_an_error(tmp_path, monkeypatch):
+    """Under torchrun every rank checks the folder before the ranks meet: a file another
+    rank removed first is no error."""
+    from convex_attention.cli.paper import check_run_folder
+    from convex_attention.paper.config import TrainConfig
+
+    out = tmp_path / "run"
+    _earlier_run(out)
+    (out / "best.pt").unlink()  # removed by another rank after this one found it
+    real = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda p: p.endswith("best.pt") or real(p))
+    check_run_folder(TrainConfig(out=str(out)), argparse.Namespace(resume=None, overwrite=True))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
+
+
 def test_train_resume_into_its_own_folder_needs_no_overwrite(tmp_path, capsys, monkeypatch):
     import convex_attention.paper.train as train_module
 

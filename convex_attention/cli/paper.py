@@ -13,6 +13,7 @@ foreign or mismatched checkpoint, or unreadable data is one line on stderr and e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from dataclasses import replace
@@ -299,7 +300,9 @@ def check_run_folder(config, args) -> None:
                          f"--out)")
     for name in found:
         if name != "config.json":
-            os.remove(os.path.join(out, name))
+            # under torchrun every rank runs this check before the ranks meet: another may have removed it
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out, name))
 
 
 def cmd_train(args) -> int:
