@@ -102,13 +102,13 @@ def _validate(args) -> None:
         check_set_size("n", args.n, args.image_size, flag="--n")
     except ConfigError as err:
         raise UsageError(str(err)) from None
+    if not 0.0 < args.val_fraction < 1.0:  # checked whatever the data (before: only for brats, else ignored)
+        raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.data == "brats":
         if args.data_root is None:
             raise UsageError("--data brats needs --data-root (the unpacked BraTS training folder)")
         if args.image_size < 16:
             raise UsageError(f"--image-size {args.image_size} is too small for brats (at least 16)")
-        if not 0.0 < args.val_fraction < 1.0:
-            raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     else:
         for flag, value in (("--data-root", args.data_root), ("--cache-dir", args.cache_dir),
                             ("--normalisation", args.normalisation), ("--min-tumour-area", args.min_tumour_area)):
