@@ -364,3 +364,14 @@ def tiny_checkpoint(path, epoch=1, epochs=1, **fields):
     opt = torch.optim.Adam(model.parameters())
     return save_checkpoint(str(path), model, opt, epoch=epoch, metrics=[],
                            extra={"train_config": config.to_dict()})
+
+
+def slow_beyond(cases, keep: int = 1, fast: tuple = ()) -> list:
+    """Parametrize ``cases`` (tuples) so that the first ``keep`` cases and those at the
+    indices in ``fast`` run in the fast suite and the rest are marked ``slow``: each of
+    these cases starts a Python process of its own (about a second), and the fast suite is
+    the edit loop.  CI runs every case."""
+    import pytest
+
+    return [case if i < keep or i in fast else pytest.param(*case, marks=pytest.mark.slow)
+            for i, case in enumerate(cases)]
