@@ -278,9 +278,18 @@ def _refuse_grad_temperature(method: str | None, instead: str):
 _INT_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
 
 
+def _as_float(value) -> float:
+    """``float(value)``; an integer beyond the float range is infinite (refused as too large),
+    never an OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
+
+
 def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "level") -> list[float]:
     if _is_real(temperature):
-        temps = [float(temperature)] * num_levels
+        temps = [_as_float(temperature)] * num_levels
     elif isinstance(temperature, Sequence) and not isinstance(temperature, (str, bytes)):
         if len(temperature) != num_levels:
             raise ValueError(f"temperature must be one float or one per {unit} ({num_levels}), "
@@ -289,7 +298,7 @@ def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "
         for t in temperature:
             if not _is_real(t):
                 raise TypeError(f"temperatures must be real numbers, got {t!r}")
-            temps.append(float(t))
+            temps.append(_as_float(t))
     else:
         raise TypeError(f"temperature must be a positive float, a list of them (one per {unit}) or a tensor of "
                         f"shape () or ({num_levels},), got {temperature!r}")
@@ -303,7 +312,10 @@ def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "
             raise ValueError(f"temperature of {unit} {k} is {t:g}, below the smallest accepted for {_name(work)} "
                              f"computation ({low:.3g}, where 1/τ stops being finite); use a larger temperature"
                              + ("" if work == torch.float64 else " or float64 scores"))
-    total = math.fsum(temps)
+    try:
+        total = math.fsum(temps)
+    except OverflowError:  # finite values whose sum exceeds the float range: above any accepted range
+        total = math.inf
     if total > high:
         raise ValueError(f"the temperatures sum to {total:g}, above the largest accepted for {_name(work)} computation "
                          f"({high:.3g}); at such temperatures every {unit} is uniform to {_name(work)} precision: use "

@@ -438,3 +438,14 @@ def random_given_instance(case: str, batch: int = 3, seed: int = 0, scale: float
     feasible = ca.solve(other, h, "dual", temperature=1.0, tol=1e-14, max_iter=5000).probs
     given = {k: feasible[k] for k in given_maps}
     return h, scores, temps, given
+
+
+def slow_beyond(cases, keep: int = 1, fast: tuple = ()) -> list:
+    """Parametrize ``cases`` (tuples) so that the first ``keep`` cases and those at the
+    indices in ``fast`` run in the fast suite and the rest are marked ``slow``: each of
+    these cases starts a Python process of its own (about a second), and the fast suite is
+    the edit loop.  CI runs every case."""
+    import pytest
+
+    return [case if i < keep or i in fast else pytest.param(*case, marks=pytest.mark.slow)
+            for i, case in enumerate(cases)]

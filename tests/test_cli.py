@@ -406,3 +406,23 @@ def test_quick_honours_the_options_given_with_it(tmp_path, monkeypatch, capsys):
     assert seen[1].threads == 2
     assert run(["bench", "--quick", "--sizes", "6", "--out", str(tmp_path / "r")]) == 2
     assert "size 6 does not divide" in capsys.readouterr().err and len(seen) == 2
+
+
+def test_the_help_describes_resume_overwrite_and_the_verify_timeout():
+    """Issue 16's 'done when': the CLI help describes --overwrite/--resume and verify --timeout."""
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    def help_of(command, option):
+        return " ".join(next(a.help for a in sub[command]._actions if option in a.option_strings).split())
+
+    assert "keep OUT's finished rows" in help_of("bench", "--resume")
+    overwrite = help_of("bench", "--overwrite")
+    assert "start over" in overwrite and "without --resume or --overwrite" in overwrite and "refused (exit 2)" in \
+        overwrite
+    timeout = help_of("verify", "--timeout")
+    assert "(default: 60" in timeout
+    train = help_of("train", "--overwrite")
+    assert "earlier run's files" in train and "--resume OUT/last.pt" in train and "refused (exit 2)" in train

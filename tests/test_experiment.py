@@ -247,6 +247,17 @@ def test_test_stage_refusals_are_usage_errors_before_work(tmp_path, capsys, monk
     monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: {"report": "ran"})
     code, output, err = run([*argv, "--data-seed", "1"], capsys)  # a fresh seed passes the door
     assert code == 0 and "ran" in output, err
+    # a run log the stage cannot read back (before: a traceback after the data seed was spent)
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: pytest.fail("work started"))
+    for content, words in ((b'{"run": 1}\n{"run": 2, "fol', "line 2, is not strict JSON"),
+                           (b"\xef\xbb\xbf{}\n", "line 1, is not strict JSON"), (b'{"a": NaN}\n', "NaN"),
+                           (b"\xff\x00\n", "is not UTF-8 text"), (b"[1]\n", "not a JSON object")):
+        with open(os.path.join(out, "test_runs.jsonl"), "wb") as f:
+            f.write(content)
+        code, _, err = run([*argv, "--data-seed", "1"], capsys)
+        assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "argument --out:" in err and "test_runs.jsonl" in err and words in err, err
+    os.remove(os.path.join(out, "test_runs.jsonl"))
     out = str(tmp_path / "exp2")
     code, _, err = run(["experiment", "--quick", "--force", "--out", out], capsys)
     assert code == 2 and "--force" in err
@@ -454,3 +465,22 @@ def test_tiny_experiment_end_to_end(tmp_path):
     again = test_stage(fresh, allow_rejected_benchmark=True, force=True)
     assert "run 2 recorded in this results folder" in again["report"] and "--force" in again["report"]
     assert len(open(os.path.join(out, "test_runs.jsonl")).read().splitlines()) == 2
+
+
+def test_the_experiment_never_scores_a_model_whose_outputs_are_not_finite():
+    """The experiment's own evaluation and dev-stage scoring (not only the command's
+    handler) refuse a model whose logits overflow, rather than report its numbers."""
+    from convex_attention.paper.data import SyntheticLesions
+    from convex_attention.paper.experiment import _dev_ap, _evaluate
+    from convex_attention.paper.models import AttentionUNet, NonFiniteOutput
+
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    with torch.no_grad():
+        model.classifier.weight.fill_(3e38)
+        model.classifier.bias.fill_(torch.finfo(torch.float32).max)
+    data = SyntheticLesions(8, image_size=32, seed=0, lesion_fraction=0.7)
+    with pytest.raises(NonFiniteOutput, match="logits"):
+        _evaluate(model, data, 0.5, "cpu", ablation=True, seed=0)
+    lesions = [i for i in range(len(data)) if int(data[i][1]) == 1][:2]
+    with pytest.raises(NonFiniteOutput, match="logits"):
+        _dev_ap(QUICK, model, data, {"lesion": lesions}, ("nearest",), "cpu")

@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from helpers import slow_beyond
 
 import convex_attention as ca
 from convex_attention.bench.isolation import IsolatedSolver, SolverFailed, returned_duals
@@ -104,12 +105,12 @@ def test_every_exception_and_every_wrong_return_is_a_failure_with_its_reason(tmp
         np.testing.assert_array_equal(solver.solve(SCORES, H, TEMPS)[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
 
 
-@pytest.mark.parametrize("body, message", [
+@pytest.mark.parametrize("body, message", slow_beyond([
     ("os._exit(0)", "ended its process with exit status 0 without returning"),
     ("os._exit(7)", "ended its process with exit status 7 without returning"),
     ("ctypes.string_at(0)", "was killed by SIGSEGV without returning"),
     ("os.kill(os.getpid(), signal.SIGKILL)", "was killed by SIGKILL without returning"),
-])
+]))
 def test_a_solver_that_ends_or_crashes_its_process_fails_and_the_next_instance_gets_a_fresh_one(tmp_path, body,
                                                                                                 message):
     marker = tmp_path / "done-once"
@@ -131,6 +132,7 @@ def test_a_solver_that_hangs_is_stopped_at_the_timeout(tmp_path):
     assert process is None  # stopped, not left running
 
 
+@pytest.mark.slow  # three processes
 def test_a_solver_cannot_send_the_verifier_its_own_messages(tmp_path):
     """The solver finds the channel to the verifier (its file descriptor is in argv) and
     writes to it: a pickle that would run code if unpickled, a well-formed 'duals'
@@ -172,13 +174,13 @@ def test_a_solver_cannot_send_the_verifier_its_own_messages(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("module, message", [
+@pytest.mark.parametrize("module, message", slow_beyond([
     ("import os\nos._exit(0)\n", "ended its process with exit status 0 without returning"),
     ("raise KeyboardInterrupt\n", "importing .* failed: raised KeyboardInterrupt"),
     ("import sys\nsys.exit(4)\n", r"called sys.exit\(4\)"),
     ("import time\ntime.sleep(600)\n", r"did not finish importing within 1.5 s"),
     ("VALUE = 1\n", "is a int, not a function"),
-])
+]))
 def test_a_solver_module_that_fails_to_import_is_a_value_error_before_any_instance(tmp_path, module, message):
     (tmp_path / "mod.py").write_text(module.replace("VALUE", "f"))
     solver = IsolatedSolver(f"{tmp_path / 'mod.py'}:f", timeout=1.5)

@@ -79,6 +79,13 @@ TRAIN_BAD = [
     (["--attention-blocks", "2", "4"], "--attention-blocks"), (["--seed", "-1"], "--seed"),
     (["--workers", "-1"], "--workers"), (["--device", "tpu"], "--device"), (["--device", "cuda:x"], "--device"),
     (["--data-seed", "-5"], "--data-seed"),
+    # sizes whose tensors could never be allocated (before: the run started, and failed inside)
+    (["--n-train", "10000000", "--image-size", "8192"], "--n-train"),
+    (["--n-val", "5000000", "--image-size", "1024"], "pixels per channel and set"),
+    (["--batch-size", "100000", "--width", "1024", "--image-size", "128", "--n-train", "16", "--n-val", "8"],
+     "first activation"),
+    (["--temperature", "1e308"], "--temperature"),  # before: OverflowError (the sum of the levels' temperatures)
+    (["--seed", str(2 ** 70)], "--seed"),
 ]
 
 
@@ -181,6 +188,25 @@ def test_resume_refuses_a_checkpoint_whose_weights_are_not_finite(tmp_path, caps
     code, _, err = run(["train", "--resume", path], capsys)
     assert_usage_error(code, err, "--resume", "not all finite", "diverged")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_resume_refuses_an_optimiser_state_that_is_not_finite(tmp_path, capsys, no_work):
+    """Before: the weights were finite, so the checkpoint loaded; the first Adam step made
+    them NaN, and the message blamed the learning rate."""
+    import convex_attention.paper.models as models
+    from convex_attention.paper.config import TrainConfig
+
+    config = TrainConfig.build(image_size=32, width=4, embed_channels=8, device="cpu")
+    model = models.AttentionUNet(config=config.model)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 4, 32, 32)).logits.sum().backward()
+    opt.step()
+    for entry in opt.state.values():
+        entry["exp_avg_sq"].fill_(float("nan"))
+    path = save_checkpoint(str(tmp_path / "x" / "last.pt"), model, opt, epoch=1,
+                           extra={"train_config": {**config.to_dict(), "epochs": 2}})
+    code, _, err = run(["train", "--resume", path], capsys)
+    assert_usage_error(code, err, "--resume", "optimiser state that is not all finite", "exp_avg_sq")
 
 
 def test_resume_refuses_weights_of_other_shapes_and_a_plain_cnn_as_usage_errors(tmp_path, capsys, no_work):
@@ -367,6 +393,142 @@ def test_explain_command_end_to_end_and_quiet(tmp_path, capsys):
     assert any(r["method"] == "deeplift" for r in rows)  # the baselines explain the model named softmax
 
 
+# ----------------------------------------------------------------------------- train into a folder of a run
+
+_SMALL_RUN = ["--image-size", "32", "--width", "4", "--n-train", "16", "--n-val", "8", "--batch-size", "8",
+              "--device", "cpu", "--no-progress"]
+
+
+def _earlier_run(folder):
+    folder.mkdir(parents=True)
+    for name in ("best.pt", "last.pt", "metrics.csv", "config.json"):
+        (folder / name).write_text(f"the earlier run's {name}")
+    (folder / "notes.txt").write_text("the user's notes")
+    return {p.name: p.read_text() for p in folder.iterdir()}
+
+
+def test_train_into_a_folder_of_an_earlier_run_needs_resume_or_overwrite(tmp_path, capsys, no_work):
+    """Before: a new run into the --out of a finished one replaced its checkpoints and
+    metrics without a word."""
+    out = tmp_path / "run"
+    before = _earlier_run(out)
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out)], capsys)
+    assert_usage_error(code, err, "--out", "holds an earlier run", "--resume", "last.pt", "--overwrite")
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out), "--overwrite", "--resume", str(out / "last.pt")],
+                       capsys)
+    assert_usage_error(code, err, "--resume and --overwrite contradict")
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+
+
+def test_train_overwrite_replaces_the_earlier_run_and_nothing_else(tmp_path, capsys, monkeypatch):
+    import convex_attention.paper.train as train_module
+
+    out = tmp_path / "run"
+    _earlier_run(out)
+    seen = {}
+
+    def fake_train(config, **kwargs):
+        seen["files"] = sorted(p.name for p in out.iterdir())
+        return {"metrics": []}
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out), "--overwrite"], capsys)
+    assert code == 0, err
+    # the earlier checkpoints and metrics are gone before the run starts; config.json is the run's to rewrite
+    assert seen["files"] == ["config.json", "notes.txt"]
+    assert (out / "notes.txt").read_text() == "the user's notes"
+
+
+def test_overwrite_by_several_ranks_at_once_is_not_an_error(tmp_path, monkeypatch):
+    """Under torchrun every rank checks the folder before the ranks meet: a file another
+    rank removed first is no error."""
+    from convex_attention.cli.paper import check_run_folder
+    from convex_attention.paper.config import TrainConfig
+
+    out = tmp_path / "run"
+    _earlier_run(out)
+    (out / "best.pt").unlink()  # removed by another rank after this one found it
+    real = os.path.isfile
+    monkeypatch.setattr(os.path, "isfile", lambda p: p.endswith("best.pt") or real(p))
+    check_run_folder(TrainConfig(out=str(out)), argparse.Namespace(resume=None, overwrite=True))
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "notes.txt"]
+
+
+def test_train_resume_into_its_own_folder_needs_no_overwrite(tmp_path, capsys, monkeypatch):
+    import convex_attention.paper.train as train_module
+
+    path = tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=1, epochs=2)
+    monkeypatch.setattr(train_module, "train", lambda config, **kwargs: {"metrics": []})
+    code, _, err = run(["train", "--resume", path, "--no-progress"], capsys)
+    assert code == 0, err
+    assert os.path.exists(path)
+
+
+@pytest.mark.parametrize("command", ["train", "explain", "experiment"])
+@pytest.mark.parametrize("failure", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:116] data. "
+                                                                 "DefaultCPUAllocator: can't allocate memory: you "
+                                                                 "tried to allocate 1099511627776 bytes.\nmore"),
+                                     RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")])
+def test_an_allocation_failure_inside_a_run_is_one_line_exit_1(tmp_path, capsys, monkeypatch, command, failure):
+    """Before: a tensor that could not be allocated mid-run ended in a traceback."""
+    import convex_attention.paper.experiment as experiment
+    import convex_attention.paper.explain as explain
+    import convex_attention.paper.train as train_module
+
+    def fail(*args, **kwargs):
+        raise failure
+
+    monkeypatch.setattr(train_module, "train", fail)
+    monkeypatch.setattr(explain, "explain_models", fail)
+    monkeypatch.setattr(experiment, "run_experiment", fail)
+    argv = {"train": ["train", *_SMALL_RUN, "--out", str(tmp_path / "t")],
+            "explain": ["explain", "--checkpoints", f"m={tiny_checkpoint(tmp_path / 'a' / 'best.pt')}", "--out",
+                        str(tmp_path / "o"), "--no-progress"],
+            "experiment": ["experiment", "--quick", "--out", str(tmp_path / "e")]}[command]
+    code, _, err = run(argv, capsys)
+    assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"convex-attention {command}: error: memory ran out" in err and "--batch-size" in err
+
+
+@pytest.mark.parametrize("command, words, absent", [
+    ("train", "OUT/last.pt holds the last finished epoch, if one finished (train --resume OUT/last.pt", None),
+    ("experiment", "the stage did not finish and its results are incomplete", "--resume"),
+    ("explain", "interrupted", "--resume"),
+])
+def test_ctrl_c_is_one_line_that_fits_the_command(tmp_path, capsys, monkeypatch, command, words, absent):
+    """--resume is advised only by the command that has one."""
+    import convex_attention.paper.experiment as experiment
+    import convex_attention.paper.explain as explain
+    import convex_attention.paper.train as train_module
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", interrupt)
+    monkeypatch.setattr(explain, "explain_models", interrupt)
+    monkeypatch.setattr(experiment, "run_experiment", interrupt)
+    argv = {"train": ["train", *_SMALL_RUN, "--out", str(tmp_path / "t")],
+            "explain": ["explain", "--checkpoints", f"m={tiny_checkpoint(tmp_path / 'a' / 'best.pt')}", "--out",
+                        str(tmp_path / "o"), "--no-progress"],
+            "experiment": ["experiment", "--quick", "--out", str(tmp_path / "e")]}[command]
+    code, _, err = run(argv, capsys)
+    assert code == 130 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith(f"convex-attention {command}: ") and words in err
+    assert absent is None or absent not in err
+
+
+def test_a_runtime_error_that_is_not_an_allocation_failure_is_not_disguised_as_one(tmp_path, capsys, monkeypatch):
+    import convex_attention.paper.train as train_module
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(train_module, "train", fail)
+    with pytest.raises(RuntimeError, match="a bug"):
+        cli.main(["train", *_SMALL_RUN, "--out", str(tmp_path / "t")])
+
+
 # ----------------------------------------------------------------------------- experiment
 
 
@@ -374,7 +536,11 @@ def test_explain_command_end_to_end_and_quiet(tmp_path, capsys):
                                         (["--seeds", "-1"], "--seeds"), (["--n-explain", "0"], "--n-explain"),
                                         (["--batch-size", "0"], "--batch-size"), (["--n-train", "0"], "--n-train"),
                                         (["--width", "0"], "--width"), (["--image-size", "40"], "pooling stack"),
-                                        (["--device", "tpu"], "--device")])
+                                        (["--device", "tpu"], "--device"),
+                                        (["--n-test", "3000000"], "--n-test"),
+                                        (["--n-dev", "3000000"], "pixels per channel and set"),
+                                        (["--validity-images", "3000000"], "--validity-images"),
+                                        (["--seeds", str(2 ** 64)], "--seeds")])
 def test_experiment_usage_errors_before_work(argv, words, tmp_path, capsys, no_work):
     out = str(tmp_path / "exp")
     code, _, err = run(["experiment", "--quick", *argv, "--out", out], capsys)

@@ -15,10 +15,12 @@ from convex_attention import cli
 from convex_attention.bench import plots
 from convex_attention.bench.plots import (
     DTYPE_EPS,
+    consistency,
     core_ratios,
     plot_core_benchmark,
     plot_results,
     read_results,
+    speed,
 )
 from convex_attention.bench.plots import _common as plot_common
 from convex_attention.bench.results import COLUMNS
@@ -245,7 +247,7 @@ def test_attention_maps_share_one_colour_scale_per_level_and_state_n_max_p(tmp_p
         assert len(r[2].texts) == 0 and r"\|\cdot\|_1" in r[2].get_xlabel()
 
 
-def test_violation_keeps_each_compute_dtype_in_its_own_panel_with_its_epsilon_for_scale(figs):
+def test_violation_keeps_each_compute_dtype_in_its_own_panel_with_its_rounding_level(figs):
     rows = cell_rows(dtype="float32", cell=0) + cell_rows(dtype="float64", cell=1)
     for r in rows:
         if r["method"] == "exact" and r["dtype"] == "float64":
@@ -254,21 +256,35 @@ def test_violation_keeps_each_compute_dtype_in_its_own_panel_with_its_epsilon_fo
     plots.plot_violation(rows, "v.png", log=notes.append)
     fig = figs["v"]
     axes = [ax for ax in fig.axes if ax.get_visible()]
-    assert [ax.get_title() for ax in axes] == ["computed in float32", "computed in float64"]
+    assert [ax.get_title().split(" (")[0] for ax in axes] == ["computed in float32", "computed in float64"]
     # cvxpylayers solves in float64 whatever the cell's dtype: its boxes sit in the float64 panel only
     ticks = [[t.get_text() for t in ax.get_xticklabels()] for ax in axes]
     assert len(ticks[0]) == 7 and not any("cvxpylayers" in t for t in ticks[0])
     assert len(ticks[1]) == 9 and sum("cvxpylayers" in t for t in ticks[1]) == 2
     assert "learned_dual\nλ = 0" in ticks[0]  # two short lines: no labels running into each other
     for ax, dtype in zip(axes, ("float32", "float64")):
-        eps = [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"]
-        assert eps == [DTYPE_EPS[dtype]]
+        # the dashed line is the dtype's rounding level at the panel's cell, not its machine ε (which sits
+        # above what it would bound: a consistent float32 answer reads about ε/4)
+        level = [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"]
+        assert level == [pytest.approx(consistency.rounding_level([(8, 8), (4, 4)], dtype))]
+        assert DTYPE_EPS[dtype] / 20 < level[0] < DTYPE_EPS[dtype] / 2
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert any("for scale" in t and "bounds nothing" in t for t in labels)
-    assert not any("floor" in t for t in labels)  # ε is not a floor: float32 results sit below it
+    assert any("rounding level" in t and "not a bound" in t for t in labels)
     assert any("exactly 0" in t for t in labels)
-    assert "cvxpylayers: solves in float64" in figs["v:footer"]
+    assert "cvxpylayers: solves in float64" in figs["v:footer"] and "rounding level:" in figs["v:footer"]
     assert notes == []
+
+
+@pytest.mark.parametrize("shapes", [[(8, 8), (4, 4)], [(16, 16), (8, 8), (4, 4)], [(4, 4, 4), (2, 2, 2)],
+                                    [(12,), (4,)]])
+def test_the_rounding_level_is_what_rounding_alone_leaves_of_a_consistent_answer(shapes):
+    """An exactly consistent answer, rounded: about a quarter of ε (each entry's relative error is
+    at most ε/2, so the L1 residual is at most ε per constraint, and typically a fraction of it),
+    never 0 (formed above float64's precision), and a finer dtype leaves less."""
+    for dtype in ("float64", "float32", "bfloat16"):
+        level = consistency.rounding_level(shapes, dtype)
+        assert DTYPE_EPS[dtype] / 20 < level < DTYPE_EPS[dtype], (dtype, level)
+    assert consistency.rounding_level(shapes, "float32", seed=1) != consistency.rounding_level(shapes, "float32")
 
 
 def test_time_vs_size_panels_per_dimension_and_level_on_one_y_scale_with_spread_and_fitted_slopes(figs):
@@ -728,3 +744,38 @@ def test_the_structure_figures_render_as_png_and_pdf_within_a_paper_width(tmp_pa
         png = os.path.join(folder, "figures", name + ".png")
         assert png in written and os.path.getsize(png[:-4] + ".pdf") > 1000
         assert png_size(png)[0] <= 7.6 * 300, name
+
+
+def test_slope_labels_that_end_at_the_same_time_are_moved_apart_until_they_do_not_overlap():
+    fig, ax = plt.subplots(figsize=(3.5, 2.3))
+    try:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(50, 3e4)
+        ax.set_ylim(1e-2, 1e4)  # 6 decades, as a panel of the time figure
+        fits = [(plot_common.PowerLaw(slope=s, coef=1000.0 / 5000 ** s, n_lo=300, n_hi=5000, sizes=3), "C0")
+                for s in (1.05, 1.23, 1.35)]  # three bands ending at 1000 ms
+        speed._label_slopes(ax, fits)
+        renderer = FigureCanvasAgg(fig).get_renderer()
+        boxes = sorted((t.get_window_extent(renderer) for t in ax.texts), key=lambda b: b.y0)
+        assert len(boxes) == 3
+        assert all(low.y1 <= high.y0 + 0.5 for low, high in zip(boxes, boxes[1:]))  # stacked, not overlapping
+    finally:
+        plt.close(fig)
+
+
+def test_core_benchmark_marks_a_wide_interquartile_range_and_states_the_widest(figs):
+    def row(method, total, q1, q3, backend="", shapes="8x8+4x4", batch=4):
+        return {"method": method, "backend": backend, "shapes": shapes, "batch": batch, "dtype": "float32",
+                "fwd_ms": total / 2, "bwd_ms": total / 2, "total_ms": total, "total_ms_q1": q1, "total_ms_q3": q3}
+
+    rows = [row("softmax", 1.0, 0.9, 1.1), row("exact", 2.0, 1.0, 3.0),  # exact: IQR 100 % of its median
+            row("exact", 0.2, 0.19, 0.21, shapes="4x4+2x2"),
+            row("cvxpylayers", 100.0, 99.0, 101.0, backend="moreau", shapes="4x4+2x2", batch=2)]
+    plot_core_benchmark(rows, {"exact/softmax": 2.0}, "core.png")
+    fig = figs["core"]
+    marked = [tuple(o) for ax in fig.axes for c in ax.collections
+              if isinstance(c, matplotlib.collections.PathCollection) for o in c.get_offsets()]
+    assert marked == [(1.0, pytest.approx(1e3 * 2.0 / 4))]  # exact's bar in the first panel, nothing else
+    assert "widest interquartile range: 100% of its median" in figs["core:footer"]
+    assert any("low confidence" in t.get_text() for t in fig.legends[0].get_texts())

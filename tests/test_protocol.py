@@ -160,6 +160,23 @@ def test_the_test_run_log_is_appended_never_rewritten(tmp_path):
     assert log_test_run(str(tmp_path), {"run": 2, "forced": True}) == [{"run": 1}, {"run": 2, "forced": True}]
 
 
+def test_a_damaged_test_run_log_is_refused_naming_the_line_and_never_appended_to(tmp_path):
+    from convex_attention.paper.protocol import TEST_RUN_LOG, VariantsError, read_test_runs
+
+    assert read_test_runs(str(tmp_path)) == []
+    log_test_run(str(tmp_path), {"run": 1})
+    path = tmp_path / TEST_RUN_LOG
+    with open(path, "a") as f:
+        f.write('{"run": 2, "cut')  # a run killed while appending
+    before = path.read_bytes()
+    with pytest.raises(VariantsError, match=r"test_runs.jsonl, line 2, is not strict JSON .*repair or remove"):
+        log_test_run(str(tmp_path), {"run": 3})
+    assert path.read_bytes() == before
+    path.write_text('{"run": 1, "value": Infinity}\n')
+    with pytest.raises(VariantsError, match="line 1, is not strict JSON .*Infinity is not a number"):
+        read_test_runs(str(tmp_path))
+
+
 def test_masks_never_reach_training_or_checkpoint_selection(monkeypatch, tmp_path):
     """The dev stage hands training only the training and the label-only validation split."""
     from convex_attention.paper.experiment import QUICK, run_experiment

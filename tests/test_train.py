@@ -224,3 +224,16 @@ def test_evaluation_of_non_finite_outputs_reports_no_number():
         model.classifier.bias.fill_(torch.finfo(torch.float32).max)
     with pytest.raises(NonFiniteOutput, match="logits .* hold NaN or Inf"):
         evaluate(model, SyntheticLesions(4, 32))
+
+
+def test_a_config_json_beside_an_old_checkpoint_is_read_as_strict_json(tmp_path):
+    """NaN, Infinity, a byte-order mark or bytes that are not UTF-8 in config.json are
+    refused with one line naming the file (config.json is written strict)."""
+    from convex_attention.paper.train import stored_train_config
+
+    flat = TrainConfig.build(**TINY).flat()
+    for content, words in ((json.dumps({**flat, "lr": float("nan")}).encode(), "NaN is not a number"),
+                           (b"\xef\xbb\xbf{}", "BOM"), (b"{\xff}", "utf-8")):
+        (tmp_path / "config.json").write_bytes(content)
+        with pytest.raises(ValueError, match=rf"config.json' beside the checkpoint is not readable JSON .*{words}"):
+            stored_train_config(str(tmp_path / "old.pt"), {"config": flat})

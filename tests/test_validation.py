@@ -98,6 +98,19 @@ def test_active_transforms_reads_the_torch_func_stack():
     torch.func.grad(lambda x: (V.check_transforms("f", True), x.sum())[1])(torch.ones(2))  # allowed
 
 
+@pytest.mark.parametrize("temperature", [[1e308, 1e308], 1e308, 10 ** 400, [10 ** 400, 1.0], np.array([1e308, 1e308])])
+def test_temperatures_whose_sum_leaves_the_float_range_are_a_value_error(temperature):
+    """Before: two finite temperatures of 1e308 (``train --temperature 1e308``) ended in
+    OverflowError from math.fsum, and an integer beyond the float range in OverflowError
+    from float(): a traceback instead of the range check's message."""
+    with pytest.raises(ValueError, match="(above the largest accepted|must be positive and finite)"):
+        V.check_temperatures(temperature, 2)
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    with pytest.raises(ValueError, match="(above the largest accepted|must be positive and finite)"):
+        ca.solve([torch.zeros(1, 4, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)], h, "exact",
+                 temperature=temperature)
+
+
 def test_the_accepted_ranges_follow_the_compute_dtype():
     lo32, hi32 = V.temperature_range(torch.float32)
     assert V.temperature_range(torch.bfloat16) == (lo32, hi32)

@@ -224,6 +224,7 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
     (["--data", "synthetic-brightest", "--image-size", "16"], "too small for the synthetic benchmark"),
     (["--image-size", "16"], "too small for the synthetic benchmark"),
     (["--n", "5"], "at least 20 images"),
+    (["--val-fraction", "2"], "--val-fraction must be in (0, 1), got 2.0"),  # before: ignored, exit 0
     (["--n", str(10 ** 12)], "argument --n: must be an integer from 1 to 10000000"),
     (["--image-size", "100000"], "argument --image-size: must be an integer from 1 to 8192"),
     (["--n", "1000000", "--image-size", "8192"], "pixels per channel and set, above"),
@@ -237,6 +238,8 @@ def test_data_check_usage_errors(argv, message, capsys):
     assert run(["data", "check", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    # one line, named by the whole subcommand (before: "convex-attention data: error: ..." for checks after parsing)
+    assert len(err.strip().splitlines()) == 1 and err.startswith("convex-attention data check: error:"), err
 
 
 def test_data_check_out_and_data_errors(tmp_path, capsys):

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from helpers import slow_beyond
 
 import convex_attention as ca
 from convex_attention import cli, cvx
@@ -206,7 +207,7 @@ def test_write_csv_is_atomic_and_has_the_status_columns(tmp_path, monkeypatch):
 # ---- the command: exit 0 only when every check ran and passed; 1 failed or not run; 2 usage
 
 
-@pytest.mark.parametrize("body, message", [
+@pytest.mark.parametrize("body, message", slow_beyond([
     ("sys.exit(0)", "called sys.exit(0)"),
     ("raise RuntimeError('solver exploded')", "raised RuntimeError: solver exploded"),
     ("raise KeyboardInterrupt", "raised KeyboardInterrupt"),
@@ -215,7 +216,7 @@ def test_write_csv_is_atomic_and_has_the_status_columns(tmp_path, monkeypatch):
     ("time.sleep(600)", "did not return within 2 s (--timeout); its process was stopped"),
     ("return [torch.zeros((2, 2, 2), dtype=torch.complex64)]", "duals[0] has dtype torch.complex64; duals must be "
                                                                "real floating tensors"),
-])
+]))
 def test_cli_solver_that_exits_crashes_hangs_or_lies_exits_1_with_one_line_and_writes_the_csv(tmp_path, capfd, body,
                                                                                                 message, monkeypatch):
     """Before: a solver that called os._exit(0) ended verify itself with exit status 0, no
@@ -277,7 +278,7 @@ def read_rows(path):
         return list(csv.DictReader(f))
 
 
-@pytest.mark.parametrize("make_argv, message", [
+@pytest.mark.parametrize("make_argv, message", slow_beyond([
     (lambda d: ["--out", str(d / "afile")], "is a file"),
     (lambda d: ["--out", str(d / "afile" / "sub")], "not a writable folder"),
     (lambda d: ["--dual-solver", str(d / "missing.py") + ":f"], "does not exist"),
@@ -295,7 +296,7 @@ def read_rows(path):
     (lambda d: ["--dual-solver", ":f"], "module:function"),
     (lambda d: ["--backends", "gurobi"], "option backend must be one of"),
     (lambda d: ["--backends", "mpax"], "exponential cones"),
-])
+], keep=3, fast=(8, 9, 10, 11, 12, 14, 15, 16)))
 def test_cli_usage_errors_exit_2_before_any_work(tmp_path, capsys, make_argv, message, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")

@@ -48,10 +48,10 @@ def main(argv=None) -> int:
         return handlers[args.command](args)
     except UsageError as err:
         message = " ".join(str(err).split())  # one line, whatever the message
-        print(f"convex-attention {args.command}: error: {message}", file=sys.stderr)
+        print(f"convex-attention {command}: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"convex-attention {args.command}: {INTERRUPTED.get(args.command, 'interrupted')}", file=sys.stderr)
+        print(f"convex-attention {command}: {INTERRUPTED.get(command, 'interrupted')}", file=sys.stderr)
         return 130
 
 

@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import argparse
 
-from ..io.settings import SEED, finite_float, int_in
-from ..paper.config import MIMIC_SOURCES, MIMIC_TYPES, NORMALISATIONS, SYNTHETIC_GENERATORS, THRESHOLDS
+from ..io.settings import SEED, ConfigError, finite_float, int_in
+from ..paper.config import (
+    MIMIC_SOURCES,
+    MIMIC_TYPES,
+    NORMALISATIONS,
+    SYNTHETIC_GENERATORS,
+    THRESHOLDS,
+    check_set_size,
+)
 from ._common import UsageError, add_output_options, check_out, info
 
 __all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS"]
@@ -83,26 +90,25 @@ def add_data_commands(sub) -> None:
     add_output_options(c)
 
 
-# Images per set, and pixels of one set (n x side^2, per channel): beyond these no set's
-# tensor could be allocated on the machines this runs on.
+# Images per set: beyond it no set's tensor could be allocated on the machines this runs on
+# (the pixels of one set are bounded by paper.config.MAX_SET_PIXELS, as for train).
 MAX_IMAGES = 10_000_000
-MAX_PIXELS = 2 ** 31
 
 
 def _validate(args) -> None:
     if args.n < 20:
         raise UsageError(f"--n {args.n} is too small: the checks need at least 20 images per set")
-    if args.n * args.image_size ** 2 > MAX_PIXELS:
-        raise UsageError(f"--n {args.n} images of {args.image_size}x{args.image_size} are "
-                         f"{args.n * args.image_size ** 2:.3g} pixels per channel and set, above the {MAX_PIXELS:.3g} "
-                         f"a set may hold; use a smaller --n or --image-size")
+    try:
+        check_set_size("n", args.n, args.image_size, flag="--n")
+    except ConfigError as err:
+        raise UsageError(str(err)) from None
+    if not 0.0 < args.val_fraction < 1.0:  # checked whatever the data (before: only for brats, else ignored)
+        raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.data == "brats":
         if args.data_root is None:
             raise UsageError("--data brats needs --data-root (the unpacked BraTS training folder)")
         if args.image_size < 16:
             raise UsageError(f"--image-size {args.image_size} is too small for brats (at least 16)")
-        if not 0.0 < args.val_fraction < 1.0:
-            raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     else:
         for flag, value in (("--data-root", args.data_root), ("--cache-dir", args.cache_dir),
                             ("--normalisation", args.normalisation), ("--min-tumour-area", args.min_tumour_area)):

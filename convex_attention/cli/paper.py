@@ -13,6 +13,7 @@ foreign or mismatched checkpoint, or unreadable data is one line on stderr and e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from dataclasses import replace
@@ -39,7 +40,8 @@ from ..paper.config import (
 )
 from ._common import UsageError, add_output_options, check_out, info, show_progress
 
-__all__ = ["add_experiment_commands", "EXPERIMENT_HANDLERS", "TRAIN_OPTIONS", "EXPERIMENT_OPTIONS"]
+__all__ = ["add_experiment_commands", "EXPERIMENT_HANDLERS", "TRAIN_OPTIONS", "EXPERIMENT_OPTIONS", "RUN_FILES",
+           "check_run_folder"]
 
 # The settings each command offers, as (configuration class, names): the names default to
 # every setting the class declares for the command line (flag not "").
@@ -48,6 +50,10 @@ TRAIN_OPTIONS = ((ModelConfig, None), (TrainConfig, None))
 EXPERIMENT_OPTIONS = ((ExperimentConfig, None),
                       (TrainConfig, ("data", "data_seed", "epochs", "n_train", "n_val", "batch_size", "device")),
                       (ModelConfig, ("image_size", "width")))
+#: The files a training run writes into its --out (train.py): a folder that holds one of
+#: them holds an earlier run.  --overwrite removes the first three (config.json is
+#: rewritten when the new run starts).
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.json")
 # what the test stage takes from the variants file, never from the command line
 _FIXED_BY_VARIANTS = ("difficulties", "held_out_mimic")
 
@@ -110,6 +116,10 @@ def _add_train(sub) -> None:
     t.add_argument("--resume", default=None,
                    help="checkpoint to continue from (e.g. OUT/last.pt); its settings are the defaults "
                         "(default: none, a new run)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that holds an earlier run's files (" + ", ".join(RUN_FILES)
+                        + "), replacing them; without it (or --resume OUT/last.pt) such a folder is refused "
+                          "(exit 2), so a trained model is never replaced without a word")
     add_output_options(t)
 
 
@@ -215,6 +225,9 @@ def train_config_from_args(args):
     from ..paper.models import model_from_state, read_checkpoint
     from ..paper.train import check_resume, stored_train_config
 
+    if args.resume and getattr(args, "overwrite", False):
+        raise UsageError("--resume and --overwrite contradict each other: --resume continues the checkpoint's run, "
+                         "--overwrite replaces an earlier run; pass one")
     parser = _subparser("train")
     given = _given(args, TRAIN_OPTIONS)
     state = None
@@ -256,11 +269,48 @@ def _failed(command: str, err: BaseException | str) -> int:
     return 1
 
 
+def _allocation_failure(err: BaseException) -> bool:
+    """Whether ``err`` is a tensor or array that could not be allocated (Python's and numpy's
+    MemoryError, torch's CPU allocator, CUDA out of memory)."""
+    if isinstance(err, MemoryError):
+        return True
+    text = str(err)
+    return isinstance(err, RuntimeError) and ("can't allocate memory" in text or "out of memory" in text.lower())
+
+
+def _out_of_memory(command: str, err: BaseException, fix: str) -> int:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return _failed(command, f"memory ran out ({first}); {fix}")
+
+
+def check_run_folder(config, args) -> None:
+    """UsageError when ``--out`` holds an earlier run's files and this run neither resumes
+    that run (``--resume OUT/last.pt``) nor was told to replace them (``--overwrite``); with
+    ``--overwrite`` the earlier run's checkpoints and metrics (exactly those names) are
+    removed first, so the folder never mixes two runs (``config.json`` is rewritten when
+    the run starts)."""
+    out = os.path.abspath(config.out)
+    found = [n for n in RUN_FILES if os.path.isfile(os.path.join(out, n))]
+    if not found or (args.resume and os.path.dirname(os.path.abspath(args.resume)) == out):
+        return
+    if not args.overwrite:
+        last = os.path.join(config.out, "last.pt")
+        raise UsageError(f"argument --out: {config.out} holds an earlier run ({', '.join(found)}); pass --resume "
+                         f"{last} to continue it, or --overwrite to replace it and start over (or choose another "
+                         f"--out)")
+    for name in found:
+        if name != "config.json":
+            # under torchrun every rank runs this check before the ranks meet: another may have removed it
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(out, name))
+
+
 def cmd_train(args) -> int:
     from ..paper.train import TrainingDiverged, build_checked_datasets, train
 
     config, state = train_config_from_args(args)
     check_out(config.out)
+    check_run_folder(config, args)
     try:
         datasets = build_checked_datasets(config)
     except ValueError as err:
@@ -270,6 +320,11 @@ def cmd_train(args) -> int:
     except TrainingDiverged as err:  # what diverged; --lr named only where a smaller one can help
         advice = f"; lower --lr (now {config.lr:g})" if err.lr_may_help else ""
         return _failed("train", f"training diverged: {err.what}{advice}")
+    except (MemoryError, RuntimeError) as err:
+        if not _allocation_failure(err):
+            raise
+        return _out_of_memory("train", err, "use a smaller --batch-size, --width or --image-size (OUT/last.pt holds "
+                                            "the last finished epoch, if one finished)")
     if result["metrics"]:
         last = result["metrics"][-1]
         info(args, f"train: {config.out}/metrics.csv, best.pt (epoch {result['best_epoch']}), last.pt (last val "
@@ -363,6 +418,10 @@ def cmd_explain(args) -> int:
                                         pooled=not args.pixel_only)
     except NonFiniteOutput as err:  # never scored: no number is reported for such a model
         return _failed("explain", err)
+    except (MemoryError, RuntimeError) as err:
+        if not _allocation_failure(err):
+            raise
+        return _out_of_memory("explain", err, "use a smaller --batch-size; nothing was written")
     # the figure shows the channels that decide the label, where the data source says which
     channels, what = DECIDING_CHANNELS.get(SYNTHETIC_GENERATORS.get(data.data, ""), (((0, "channel 0"),), ""))
     paths = write_outputs(rows, examples, args.out, env=environment(device), channels=channels, notes=[what])
@@ -407,6 +466,7 @@ def _experiment_preflight(args, config) -> None:
         check_test_folder,
         default_ledger_path,
         ledger_where,
+        read_test_runs,
         read_variants,
         verify_variants,
     )
@@ -430,7 +490,8 @@ def _experiment_preflight(args, config) -> None:
         raise UsageError(f"argument --variants: {err}") from None
     try:
         check_test_folder(os.path.join(args.out, "test"), args.force)
-    except TestFolderExists as err:
+        read_test_runs(os.path.abspath(args.out))  # the run log the stage appends to reads back
+    except (TestFolderExists, VariantsError) as err:
         raise UsageError(f"argument --out: {err}") from None
     ledger = default_ledger_path(args.variants)
     try:
@@ -459,6 +520,11 @@ def cmd_experiment(args) -> int:
         return _failed("experiment", f"a model's training diverged: {err.what}; its metrics are not reported")
     except (NonFiniteWeights, NonFiniteOutput) as err:  # a model that cannot be scored
         return _failed("experiment", err)
+    except (MemoryError, RuntimeError) as err:
+        if not _allocation_failure(err):
+            raise
+        return _out_of_memory("experiment", err, "use a smaller --batch-size, --width or --image-size; the stage "
+                                                 "did not finish")
     info(args, result["report"])
     name = "dev.md" if args.stage == "dev" else "experiment.md"
     info(args, f"experiment: {os.path.join(args.out, args.stage, name)}")

@@ -49,7 +49,8 @@ from ..io.settings import (
 __all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "Variant", "ConfigError", "QUICK", "FULL", "NORMS",
            "HEADS", "DUAL_SOURCES", "DATA_SOURCES", "SYNTHETIC_GENERATORS", "SYNTHETIC_SOURCES", "MIMIC_SOURCES",
            "MIMIC_TYPES", "NORMALISATIONS", "THRESHOLDS", "UPSAMPLINGS", "STAGES", "DATA_SEED_MAX", "PLAIN_CNN",
-           "DEFAULT_VARIANTS_PATH", "METHOD_NAMES", "variant_names", "check_device", "CVX_REFUSE_S_PER_1000"]
+           "DEFAULT_VARIANTS_PATH", "METHOD_NAMES", "variant_names", "check_device", "CVX_REFUSE_S_PER_1000",
+           "MAX_SET_PIXELS", "MAX_BATCH_VALUES", "check_set_size"]
 
 # ----------------------------------------------------------------------------- the choices
 
@@ -103,6 +104,35 @@ def _method(name: str):
 
 _METHODS = Choice(lambda: tuple(_registry()), listed=METHOD_NAMES)
 _COUNT = Int(low=1, high=10_000_000)  # images: at least one, and a number that fits in memory
+#: Pixels per channel of one image set (images x side²): beyond it no set's tensor could be
+#: allocated on the machines this runs on (``train``, ``experiment`` and ``data check`` refuse it).
+MAX_SET_PIXELS = 2 ** 31
+#: Values of one batch's first activation (batch x width x side²), the size every encoder
+#: block's tensors scale with: beyond it a training step could never be allocated.
+MAX_BATCH_VALUES = 2 ** 31
+
+
+def check_set_size(field: str, n: int, image_size: int, flag: str | None = None) -> None:
+    """ConfigError (naming ``field``) when ``n`` images of ``image_size`` x ``image_size``
+    are more pixels per channel than :data:`MAX_SET_PIXELS`."""
+    pixels = n * image_size ** 2
+    if pixels > MAX_SET_PIXELS:
+        raise ConfigError(field, f"{flag or field} {n} images of {image_size}x{image_size} are {pixels:.3g} pixels per "
+                                 f"channel and set, above the {MAX_SET_PIXELS:.3g} a set may hold (its tensor could "
+                                 f"never be allocated); use fewer images or a smaller image size")
+
+
+def _check_train_sizes(cfg) -> None:
+    """The training and validation sets, and one batch's activations, fit in memory."""
+    side = cfg.model.image_size
+    for name in ("n_train", "n_val"):
+        check_set_size(name, getattr(cfg, name), side)
+    values = cfg.batch_size * cfg.model.width * side ** 2
+    if values > MAX_BATCH_VALUES:
+        raise ConfigError("batch_size", f"batch_size {cfg.batch_size} x width {cfg.model.width} x {side}x{side} "
+                                        f"images are {values:.3g} values in the first activation alone, above the "
+                                        f"{MAX_BATCH_VALUES:.3g} a training step may hold (it could never be "
+                                        f"allocated); use a smaller batch size, width or image size")
 
 
 def check_device(name) -> str:
@@ -376,6 +406,7 @@ class TrainConfig:
             raise ConfigError("model", f"model must be a ModelConfig, got {type(self.model).__name__}")
         self.model.validate()
         check_settings(self)
+        _check_train_sizes(self)
         return self
 
 
@@ -497,6 +528,8 @@ def _default_train() -> TrainConfig:
 
 
 def _check_experiment(cfg: ExperimentConfig) -> None:
+    for name in ("n_dev", "n_test", "validity_images"):
+        check_set_size(name, getattr(cfg, name), cfg.train.model.image_size)
     if cfg.train.data_seed is None:
         raise ConfigError("data_seed", "the experiment's runs share one dataset: set train.data_seed")
     if cfg.train.data_seed > DATA_SEED_MAX:

@@ -99,6 +99,7 @@ from .protocol import (
     ledger_entry,
     ledger_where,
     log_test_run,
+    read_test_runs,
     read_variants,
     spend,
     split_sizes,
@@ -156,6 +157,7 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
     ledger = ledger_path or default_ledger_path(path)
     folder = os.path.join(out, "test")
     check_test_folder(folder, force)  # first: rerunning the same command is refused for its folder, not its seed
+    read_test_runs(os.path.dirname(os.path.abspath(folder)))  # a damaged run log, before anything is spent
     check_test_data(config, variants, ledger, ledger_where(folder, ledger), force)
     return run_test(config, folder, variants, record, force=force, progress=progress, log=log, ledger_path=ledger)
 

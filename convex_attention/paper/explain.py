@@ -568,14 +568,15 @@ def _draw_summary_panel(ax, points: dict, models: list, chance: float | None) ->
 
 def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", resolution: str = "pixel",
                         panel_keys=("condition", "test_set"), env=None, title: str | None = None,
-                        chance: dict | None = None) -> str:
+                        chance: dict | None = None, notes=()) -> str:
     """``{metric}_mean`` with its 95 % interval (``{metric}_ci95``) at ``resolution``, one
     panel per value of ``panel_keys`` (titled in words), one row per map (the attention
     maps per level, each post-hoc method, the references) and one point per model in its
     own colour, the models side by side in a row; every panel on one x scale ([0, 1] for
     the bounded metrics, whose intervals are clipped to it).  ``chance``: ``{panel key
     tuple: value}``, e.g. the mask's pixel share (a random map's expected AP), drawn as a
-    dashed line where given.
+    dashed line where given.  ``notes``: more footer lines (e.g. where the chance level
+    came from).
 
     ``summary``: rows as written to ``explain_summary.csv`` (by :func:`summarise` or the
     experiment's per-seed summary).  Rows without a finite mean are left out and counted in
@@ -622,7 +623,8 @@ def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", reso
         fig.suptitle(title or f"{metric} by map ({resolution} protocol)", fontsize=8)
         notes = ["rows: attention maps per level; post-hoc methods (GradCAM per attention level, DeepLIFT, LRP, "
                  "Input x Gradient, Integrated Gradients) of each model; references",
-                 "" if any(key in chance for key in drawn) else "chance level not recorded for these results"]
+                 "" if any(key in chance for key in drawn) else "chance level not recorded for these results",
+                 *notes]
         return figures.save(fig, path, env, notes=notes)
 
 

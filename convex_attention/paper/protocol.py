@@ -85,7 +85,8 @@ from .validity import (
 
 __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS_FORMAT", "DEFAULT_VARIANTS_PATH",
            "SPLITS", "split_seed", "DATA_SEED_MAX", "SplitSpec", "split_specs", "read_ledger", "check_unspent",
-           "spend", "log_test_run", "split_sizes", "test_stage_specs", "ledger_where", "check_test_data",
+           "spend", "log_test_run", "read_test_runs", "split_sizes", "test_stage_specs", "ledger_where",
+           "check_test_data",
            "ledger_entry", "TEST_RUN_LOG", "LEDGER_FORMAT", "default_ledger_path", "spent_by_verdict",
            "build_split", "image_keys", "check_disjoint",
            "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
@@ -703,15 +704,45 @@ def spend(path: str, entry: dict) -> None:
     write_json(path, {"format": LEDGER_FORMAT, "note": note, "spent": [*runs, entry]})
 
 
+def read_test_runs(folder: str) -> list[dict]:
+    """The test runs ``folder/test_runs.jsonl`` records (none when it does not exist): one
+    strict-JSON object a line.  VariantsError, one line naming the file and the line, for
+    a file that is not UTF-8 text (a byte-order mark, NUL bytes, other bytes) or a line
+    that is not a JSON object (a run killed while appending leaves a cut line)."""
+    path = os.path.join(folder, TEST_RUN_LOG)
+    if not os.path.exists(path):
+        return []
+    fix = ("repair or remove that line by hand (the log records which test runs used this folder; it is never "
+           "rewritten by the tool)")
+    try:
+        with open(path, "rb") as f:
+            text = f.read().decode("utf-8")
+    except OSError as err:
+        raise VariantsError(f"the test run log {path} cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise VariantsError(f"the test run log {path} is not UTF-8 text (byte {err.start}: {err.reason}); {fix}") \
+            from None
+    runs = []
+    for number, line in enumerate(text.split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line, parse_constant=_strict_constant)
+        except ValueError as err:
+            raise VariantsError(f"the test run log {path}, line {number}, is not strict JSON ({err}); {fix}") from None
+        if not isinstance(record, dict):
+            raise VariantsError(f"the test run log {path}, line {number}, is not a JSON object; {fix}")
+        runs.append(record)
+    return runs
+
+
 def log_test_run(folder: str, record: dict) -> list[dict]:
     """Append a test run to ``folder/test_runs.jsonl`` (never rewritten: ``--force``
-    replaces the results, not this log); returns every run it records, this one last."""
+    replaces the results, not this log); returns every run it records, this one last.
+    The log is read first (:func:`read_test_runs`: VariantsError for a damaged one)."""
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, TEST_RUN_LOG)
-    previous = []
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            previous = [json.loads(line) for line in f if line.strip()]
+    previous = read_test_runs(folder)
     with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, allow_nan=False) + "\n")
         f.flush()

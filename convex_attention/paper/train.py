@@ -65,6 +65,10 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "va
 
 
 
+def _strict_constant(token: str):
+    raise ValueError(f"{token} is not a number in strict JSON")
+
+
 def stored_train_config(path: str, state: dict) -> TrainConfig | None:
     """The training configuration behind a checkpoint: the one it stores, else (checkpoints
     from before it stored one) the run's ``config.json`` next to it, with its model
@@ -75,8 +79,8 @@ def stored_train_config(path: str, state: dict) -> TrainConfig | None:
     if not os.path.exists(cfg_path):
         return None
     try:
-        with open(cfg_path) as f:
-            data = json.load(f)
+        with open(cfg_path, encoding="utf-8") as f:
+            data = json.load(f, parse_constant=_strict_constant)  # config.json is written strict: NaN never
     except (OSError, ValueError) as err:
         raise ValueError(f"{cfg_path!r} beside the checkpoint is not readable JSON ({err})") from None
     config = TrainConfig.from_dict(data)
@@ -285,15 +289,32 @@ def check_data(config: TrainConfig, train_set: Dataset, val_set: Dataset) -> Non
                          f"{size}x{size} (--image-size)")
 
 
+def _non_finite_optimizer_state(optimizer) -> str:
+    """The optimiser-state entries (``"parameter 3 exp_avg"``) that hold NaN or Inf, named
+    (at most three); empty when all are finite or there is no state."""
+    bad = []
+    per_param = optimizer.get("state", {}) if isinstance(optimizer, dict) else {}
+    for key, entry in per_param.items() if isinstance(per_param, dict) else ():
+        for name, value in entry.items() if isinstance(entry, dict) else ():
+            if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                bad.append(f"parameter {key} {name}")
+    return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+
+
 def check_resume(config: TrainConfig, state: dict) -> int:
     """The first epoch to train after ``state``; ValueError for a checkpoint that does not
-    fit ``config`` or has nothing left to do."""
+    fit ``config``, whose optimiser state is not all finite, or has nothing left to do."""
     theirs = ModelConfig.from_dict(state["config"]).architecture()
     mine = config.model.architecture()
     diff = [f"{k}: checkpoint {theirs[k]!r} vs asked {mine[k]!r}" for k in mine if mine[k] != theirs[k]]
     if diff:
         raise ValueError(f"checkpoint {config.resume!r} is of another architecture ({', '.join(diff)}); resume "
                          f"without changing these, or train a new model into another --out")
+    bad = _non_finite_optimizer_state(state.get("optimizer"))
+    if bad:
+        raise ValueError(f"checkpoint {config.resume!r} holds an optimiser state that is not all finite ({bad}): "
+                         f"the first update would make the weights NaN; resume from a checkpoint of an earlier "
+                         f"epoch, or train a new model into another --out")
     done = int(state["epoch"])
     if done >= config.epochs:
         raise ValueError(f"checkpoint {config.resume!r} is at epoch {done} and the run asks for {config.epochs} "

@@ -8,12 +8,15 @@ import math
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from ...hierarchy import Hierarchy
 from ...io import figures
 from ...io.figures import FULL_WIDTH, STYLE, plain, sci
 from ...methods import get_method
+from ...metrics import violation
 from ._common import (
     DTYPE_COLORS,
     DTYPE_EPS,
@@ -43,16 +46,56 @@ from ._common import (
 
 
 def _violation_points(rows, log: Log) -> list[tuple]:
-    """``(series, compute dtype, violation, cpu_only)`` of every ok row with a violation."""
+    """``(series, compute dtype, violation, cpu_only, shapes)`` of every ok row with a violation."""
     points, skips = [], Skips("violation")
     for p in ok_points(rows, "violation", {"violation_mean": {"nonneg": True}}, log):
         dtype = text_of(p.row, "dtype")
         if dtype not in DTYPE_EPS:
             skips.add(p.row, f"dtype={plain(dtype, 20)!r} is not one of {', '.join(DTYPE_EPS)}")
             continue
-        points.append((p.series, compute_dtype_of(p), p.v["violation_mean"], p.record.cpu_only))
+        points.append((p.series, compute_dtype_of(p), p.v["violation_mean"], p.record.cpu_only,
+                       text_of(p.row, "shapes")))
     skips.report(log)
     return points
+
+
+def _grid_shapes(text: str) -> list[tuple[int, ...]] | None:
+    """A row's ``shapes`` (``"64x64+32x32"``, finest first) as grid shapes; None if it is
+    not a grid of at least two levels whose sizes divide."""
+    try:
+        shapes = [tuple(int(n) for n in level.split("x")) for level in text.split("+")]
+    except ValueError:
+        return None
+    if len(shapes) < 2 or any(len(s) != len(shapes[0]) or min(s) < 1 for s in shapes):
+        return None
+    if any(f % c for fine, coarse in zip(shapes, shapes[1:]) for f, c in zip(fine, coarse)):
+        return None
+    return shapes
+
+
+def rounding_level(shapes, dtype: str, batch: int = 8, seed: int = 0) -> float:
+    """The violation :func:`convex_attention.metrics.violation` reads (batch mean) for an
+    *exactly consistent* answer stored in ``dtype``: random maps (a softmax of N(0, 2²)
+    scores over the finest grid) and their block sums, formed in numpy's extended
+    precision, rounded to ``dtype`` and measured as the sweep measures a method's output.
+    What rounding alone leaves: a reference level for the dtype, not a bound (a method
+    whose coarse map is the sum of its fine map can read lower)."""
+    rng = np.random.default_rng(seed)
+    scores = rng.normal(0.0, 2.0, (batch, math.prod(shapes[0]))).astype(np.longdouble)
+    p = np.exp(scores - scores.max(1, keepdims=True))
+    levels = [(p / p.sum(1, keepdims=True)).reshape(batch, *shapes[0])]
+    for fine, coarse in zip(shapes, shapes[1:]):
+        blocks = [batch] + [n for c, f in zip(coarse, fine) for n in (c, f // c)]
+        levels.append(levels[-1].reshape(blocks).sum(axis=tuple(range(2, len(blocks), 2))))
+    probs = [torch.from_numpy(level.astype(np.float64)).to(getattr(torch, dtype)) for level in levels]
+    return float(violation(probs, Hierarchy.grid([tuple(s) for s in shapes])).mean())
+
+
+def _rounding_levels(points, dtype: str) -> list[float]:
+    """:func:`rounding_level` at every grid cell of ``dtype``'s panel."""
+    cells = {s for _, d, _, _, s in points if d == dtype}
+    grids = [g for g in (_grid_shapes(c) for c in sorted(cells)) if g is not None]
+    return [rounding_level(g, dtype) for g in grids]
 
 
 def _tick_label(s: Series) -> str:
@@ -66,9 +109,11 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
     """Consistency violation per method, learned-dual kind and cvxpylayers backend: one
     panel per compute dtype (comparisons stay within a dtype: a method computed in float64
     is not more consistent for it), one box (and one point per sweep cell) per series, and
-    the dtype's machine ε drawn for scale.  A method that solves in float64 whatever the
-    input (the registry's ``cpu_only``) is counted as float64.  A violation of exactly 0 is
-    drawn at a marked floor.  Returns None without data."""
+    each dtype's rounding level (:func:`rounding_level` at the panel's cells: the
+    violation an exactly consistent answer stored in that dtype reads), drawn as a band
+    over the cells' range.  A method that solves in float64 whatever the input (the
+    registry's ``cpu_only``) is counted as float64.  A violation of exactly 0 is drawn at a
+    marked floor.  Returns None without data."""
     log = log or warn
     need = ("status", "method", "dtype", "violation_mean")
     if missing_columns(rows, need):
@@ -78,9 +123,10 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
     if not points:
         log("violation: no ok row with a violation; not written")
         return None
-    dtypes = sorted({d for _, d, _, _ in points}, key=lambda d: -DTYPE_EPS[d])
-    by_dtype = {d: sorted({s for s, d2, _, _ in points if d2 == d}, key=Series.order) for d in dtypes}
-    positive = [v for *_, v, _ in points if v > 0]
+    dtypes = sorted({d for _, d, *_ in points}, key=lambda d: -DTYPE_EPS[d])
+    by_dtype = {d: sorted({s for s, d2, *_ in points if d2 == d}, key=Series.order) for d in dtypes}
+    levels = {d: [v for v in _rounding_levels(points, d) if v > 0] for d in dtypes}
+    positive = [v for _, _, v, _, _ in points if v > 0] + [v for vs in levels.values() for v in vs]
     floor = 10.0 ** (math.floor(math.log10(min(positive + [min(DTYPE_EPS[d] for d in dtypes)]))) - 1)
     rng = np.random.default_rng(0)
     any_zero = False
@@ -91,37 +137,48 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
         for ax, d in zip(axes[0], dtypes):
             color = DTYPE_COLORS[d]
             for i, s in enumerate(by_dtype[d]):
-                values = [v for s2, d2, v, _ in points if s2 == s and d2 == d]
+                values = [v for s2, d2, v, _, _ in points if s2 == s and d2 == d]
                 shown = [max(v, floor) for v in values]
                 any_zero |= any(v == 0 for v in values)
                 ax.boxplot([shown], positions=[i], widths=0.55, showfliers=False, medianprops={"color": color},
                            boxprops={"color": color}, whiskerprops={"color": color}, capprops={"color": color})
                 ax.scatter(i + rng.uniform(-0.12, 0.12, len(shown)), shown, s=7, alpha=0.7, color=color, zorder=3,
                            linewidths=0)
-            ax.axhline(DTYPE_EPS[d], color=color, ls="--", lw=0.8)
-            ax.text(0.01, DTYPE_EPS[d], rf" $\varepsilon = {sci(DTYPE_EPS[d])}$", transform=ax.get_yaxis_transform(),
-                    ha="left", va="bottom", fontsize=6, color=color)
+            if levels[d]:
+                low, high = min(levels[d]), max(levels[d])
+                ax.axhspan(low / 1.15, high * 1.15, color=color, alpha=0.18, lw=0, zorder=0)
+                ax.axhline(float(np.median(levels[d])), color=color, ls="--", lw=0.8)
+                ax.text(0.01, high * 1.15, f" {d} rounding level ${sci(low)}$" +
+                        ("" if sci(low) == sci(high) else f"–${sci(high)}$"),
+                        transform=ax.get_yaxis_transform(), ha="left", va="bottom", fontsize=6, color=color)
             if any_zero:
                 ax.axhline(floor, color="#999999", ls=":", lw=0.8)
-            ax.set_xticks(range(len(by_dtype[d])), [_tick_label(s) for s in by_dtype[d]], fontsize=6)
+            ax.set_xticks(range(len(by_dtype[d])), [_tick_label(s) for s in by_dtype[d]], fontsize=5.6)
             ax.set_xlim(-0.6, len(by_dtype[d]) - 0.4)
-            ax.set_title(f"computed in {d}")
+            ax.set_title(f"computed in {d} (ε = ${sci(DTYPE_EPS[d])}$)")
             ax.grid(True, axis="y", which="major", alpha=0.25)
         axes[0, 0].set_yscale("log")
         quiet_minor_ticks(axes[0, 0])
         axes[0, 0].set_ylabel("violation (batch mean)\n" + VIOLATION_TEX)
-        handles = [Line2D([], [], color="#555555", ls="--", lw=0.8,
-                          label=r"$\varepsilon$: the dtype's machine epsilon, for scale (a violation near it is "
-                                r"rounding; it bounds nothing)")]
+        handles = []
+        if any(levels.values()):
+            handles.append(Line2D([], [], color="#555555", ls="--", lw=0.8,
+                                  label="rounding level (band: its range over the panel's cells): what an exactly "
+                                        "consistent answer reads\nonce stored in the panel's dtype; a reference "
+                                        "for rounding, not a bound"))
         if any_zero:
             handles.append(Line2D([], [], color="#999999", ls=":", lw=0.8,
                                   label=rf"violation exactly 0, drawn at ${sci(floor)}$"))
-        fig.legend(handles=handles, loc="outside lower center", ncol=1, frameon=False, fontsize=6.5)
+        if handles:
+            fig.legend(handles=handles, loc="outside lower center", ncol=1, frameon=False, fontsize=6.5)
         fig.suptitle("Consistency violation on held-out instances (one point per sweep cell), by compute dtype: "
                      "compare within a panel")
-        cpu_only = sorted({s.method for s, _, _, c in points if c})
+        cpu_only = sorted({s.method for s, _, _, c, _ in points if c})
         notes = [f"{', '.join(cpu_only)}: solves in float64 whatever the cell's dtype" if cpu_only else "",
-                 "cell dtype(s): " + "/".join(sorted({text_of(r, 'dtype') for r in rows if text_of(r, 'dtype')}))]
+                 "cell dtype(s): " + "/".join(sorted({text_of(r, 'dtype') for r in rows if text_of(r, 'dtype')})),
+                 "rounding level: random consistent maps (softmax of N(0, 4) scores and their block sums, extended "
+                 "precision) rounded to the dtype and measured like the methods' outputs"
+                 if any(levels.values()) else "rounding level not drawn: no cell with grid shapes"]
         return figures.save(fig, path, env, notes=notes)
 
 

@@ -146,6 +146,21 @@ def _bar_color(b: _Bar, backends: list) -> str:
     return METHOD_COLORS.get(b.method, "#333333")
 
 
+def _core_spread(b: _Bar) -> float | None:
+    """The bar's interquartile range relative to its median total (None where not recorded)."""
+    if b.lo is None or b.hi is None or not b.total:
+        return None
+    return (b.hi - b.lo) / b.total
+
+
+def _mark_wide(ax, bars) -> bool:
+    """Dotted squares on the bars whose interquartile range exceeds LOW_CONFIDENCE_IQR of the
+    median (bench_core records no repetition count, so only the spread can say)."""
+    wide = [i for i, b in enumerate(bars) if (_core_spread(b) or 0.0) > LOW_CONFIDENCE_IQR]
+    mark_low_confidence(ax, wide, [bars[i].total for i in wide])
+    return bool(wide)
+
+
 def _draw_linear_bars(ax, bars, backends: list) -> None:
     """A bar per method on a linear axis: its total, the forward share darker inside it (a
     stack reads true on a linear axis), the interquartile range of the total."""
@@ -201,6 +216,7 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
                                  gridspec_kw={"width_ratios": widths})
         on_log: dict = {}  # colours drawn as points on a log axis, and as bars on a linear one
         on_linear: dict = {}
+        any_wide = False
         for ax, (shapes, bars) in zip(axes[0], panels.items()):
             totals = [b.total for b in bars]
             if max(totals) > 30 * min(totals):
@@ -211,6 +227,7 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
                 on_linear.update(dict.fromkeys(_bar_color(b, backends) for b in bars))
             ax.set_xticks(np.arange(len(bars)), ["\n".join(plain(t) for t in b.label.split("\n")) for b in bars],
                           fontsize=6.5)
+            any_wide |= _mark_wide(ax, bars)
             ax.set_title(_panel_title(shapes, bars, shown))
             ax.set_ylabel(f"time per sample (µs)\n{stat}")
         handles, labels = [], []
@@ -221,11 +238,18 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
             handles += [tuple(Line2D([], [], color=c, marker=m, ls="none", ms=4, mfc=f) for c in on_log)
                         for m, f in (("o", None), (">", None), ("<", "none"))]
             labels += ["point: forward + backward (bar: IQR)", "forward", "backward"]
+        if any_wide:
+            handles.append(low_confidence_handle())
+            labels.append(f"dotted square: low confidence (IQR > {LOW_CONFIDENCE_IQR:.0%} of the median)")
         fig.legend(handles, labels, handler_map={tuple: HandlerTuple(ndivide=None, pad=0.2)}, frameon=False,
                    loc="outside lower center", ncol=3, fontsize=6.5)
         fig.suptitle("Time per sample (bars and error bars: interquartile range); ratios computed from what is drawn")
+        spreads = [v for bars in panels.values() for v in map(_core_spread, bars) if v is not None]
+        spread_note = (f"widest interquartile range: {max(spreads):.0%} of its median; low confidence: IQR > "
+                       f"{LOW_CONFIDENCE_IQR:.0%} of the median (repetitions are not recorded)" if spreads
+                       else "interquartile ranges not recorded")
         return figures.save(fig, path, env, notes=["times per sample; a ratio across batch sizes credits the "
-                                                   "larger batch with its batching"])
+                                                   "larger batch with its batching", spread_note])
 
 
 # ====================================================================== time against size
@@ -283,14 +307,18 @@ def _draw_time_curve(ax, curve, color, marker, fill) -> tuple[float, object]:
 def _label_slopes(ax, fits) -> None:
     """``n^s`` right of each fitted band's end, in its series' colour, moved apart
     vertically where two would overlap (``fits``: ``[(PowerLaw, colour)]``)."""
-    gap = 0.16  # decades between two labels' centres
+    low, high = (math.log10(v) for v in ax.get_ylim())
+    # decades between two labels' centres: a label's height (about 10 points) on this axis
+    gap = max((high - low) * 10.0 / max(ax.get_window_extent().height * 72.0 / ax.figure.dpi, 1.0), 0.1)
     placed: list[float] = []
     for fit, color in sorted(fits, key=lambda fc: fc[0].coef * fc[0].n_hi ** fc[0].slope):
         at = math.log10(fit.coef * fit.n_hi ** fit.slope)
-        y = max([at] + [p + gap for p in placed if abs(p - at) < gap])
+        y = at
+        while any(abs(p - y) < gap * 0.999 for p in placed):  # above every label it would overlap
+            y = max(p for p in placed if abs(p - y) < gap * 0.999) + gap
         placed.append(y)
         ax.annotate(f"$n^{{{fit.slope:.2f}}}$", (fit.n_hi, 10 ** y), xytext=(4, 0), textcoords="offset points",
-                    color=color, fontsize=5.5, va="center", annotation_clip=False)
+                    color=color, fontsize=6, va="center", annotation_clip=False)
 
 
 def _time_legend(points, styles: dict, dtypes: list) -> list:
@@ -339,6 +367,7 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
     dtypes = sorted({compute_dtype_of(p) for p in points})
     mixed = len({text_of(p.row, "dtype") for p in points}) > 1  # a sweep over dtypes: hollow for the others
     widest, fitted = 0.0, 0
+    to_label: list = []  # (axes, fits): labelled once every panel is drawn (they share one y scale)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(panels), 2, figsize=(FULL_WIDTH, 2.3 * len(panels) + 1.5), squeeze=False,
                                  sharex=True, sharey=True, layout="constrained")
@@ -358,7 +387,7 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
                         if fit is not None:
                             fits[j].append((fit, color))
             for j, ax in enumerate(row_axes):
-                _label_slopes(ax, fits[j])
+                to_label.append((ax, fits[j]))
                 fitted += len(fits[j])
             where = f"{dims_title(panel[0])}, {panel[2]} levels" + (f", {plain(panel[1])}" if len(devices) > 1
                                                                        else "")
@@ -369,6 +398,8 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
                 ax.set_title(f"{where}: {name} pass")
                 ax.grid(True, which="major", alpha=0.25)
             row_axes[0].set_ylabel("median time per sample (ms)")
+        for ax, fits_here in to_label:
+            _label_slopes(ax, fits_here)
         for ax in axes[-1]:
             ax.set_xlabel(r"problem size $n$ (cells, all levels)")
         handles = _time_legend(points, styles, dtypes if mixed else [])
