@@ -30,6 +30,7 @@ from ._common import (
     number,
     ok_points,
     quiet_minor_ticks,
+    skipped_note,
     styles_for,
     text_of,
     warn,
@@ -104,7 +105,7 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
     numbers = {"violation_mean": {"nonneg": True}, "per_sample_ms": {"empty_ok": True, "positive": True},
                "n_cells": {"positive": True, "integer": True}}
     points = ok_points(rows, "pareto_per_structure", numbers, log)
-    panels = []
+    panels, not_measured = [], []
     for structure in structures:
         mine = [p for p in points if _structure(p.row) == structure]
         duals = [p for p in mine if p.series.method == "dual" and p.v["per_sample_ms"] is not None]
@@ -127,6 +128,9 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
                           if _structure(r) == structure and text_of(r, "status") == "skipped"
                           and all(text_of(r, k) == v for k, v in cell.items())
                           and "forests only" in text_of(r, "reason")})
+        not_measured.extend(r for r in rows if _structure(r) == structure and text_of(r, "status") == "skipped"
+                            and all(text_of(r, k) == v for k, v in cell.items())
+                            and "forests only" not in text_of(r, "reason"))
         panels.append((structure, largest, shown, skipped))
     if not panels:
         log("pareto_per_structure: no structure has a timed dual row; not written")
@@ -168,10 +172,14 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
                               markersize=8, label="Pareto front"))
         fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False, fontsize=6.5)
         fig.suptitle("Time against violation per structure (largest cell of each, every method that solves it)")
-        notes = [dtype_note([p for _, _, shown, _ in panels for p, _ in shown]),
-                 "forward + backward per sample, median of interleaved repetitions; cvxpylayers timed on fewer "
-                 "samples than the batch (bench.csv's timed_batch); learned_dual at λ = 0 takes the fitted row's "
-                 "time (the same computation); per-sample λ* is not drawn (its time would exclude finding λ*)"]
+        drawn = [p for _, _, shown, _ in panels for p, _ in shown]
+        notes = [dtype_note(drawn),
+                 "forward + backward per sample, median of interleaved repetitions"
+                 + ("; cvxpylayers timed on fewer samples than the batch (bench.csv's timed_batch)"
+                    if any(p.series.method == "cvxpylayers" for p in drawn) else "")
+                 + "; learned_dual at λ = 0 takes the fitted row's time (the same computation); per-sample λ* is "
+                   "not drawn (its time would exclude finding λ*)",
+                 skipped_note(not_measured) + (" (at the cells drawn)" if not_measured else "")]
         return figures.save(fig, path, env, notes=notes)
 
 
