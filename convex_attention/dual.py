@@ -78,17 +78,40 @@ def reparameterized_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: 
     return [level_softmax(e, t) for e, t in zip(etas, temps)]
 
 
-def dual_function(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
-                  temps: Sequence[float]) -> Tensor:
+def with_given_scores(scores: Sequence[Tensor | None], given: Sequence[Tensor | None] | None) -> list[Tensor]:
+    """The scores with zeros in place of the given maps' (which have none): ``θ_k = 0`` there,
+    shaped like the batch of the free maps' scores (the given probabilities broadcast)."""
+    if given is None or all(q is None for q in given):
+        return list(scores)  # type: ignore[arg-type]
+    free = next(s for s in scores if s is not None)
+    out = []
+    for s, q in zip(scores, given):
+        if q is None:
+            assert s is not None
+            out.append(s)
+        else:
+            out.append(free.new_zeros((free.shape[0],) + tuple(q.shape[1:])))
+    return out
+
+
+def dual_function(scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: Graph,
+                  temps: Sequence[float], given: Sequence[Tensor | None] | None = None) -> Tensor:
     """``g(λ) = Σ_k τ_k logsumexp(η_k / τ_k)`` per sample: ``(B,)``.
 
     Each term is formed as ``max η_k + τ_k logsumexp((η_k − max η_k) / τ_k)``, finite for
     every accepted temperature (``η_k / τ_k`` alone overflows at tiny ``τ_k``).
-    ``temps``: floats or 0-d tensors (differentiated through).
+    ``temps``: floats or 0-d tensors (differentiated through).  ``given``: per map the given
+    probabilities ``q_k`` (or None); a given map's term is ``<η_k, q_k>`` (its scores are None,
+    read as zero; docs/math.md §9).
     """
+    scores = with_given_scores(scores, given)
     etas = reparameterized_logits(scores, duals, h)
     total: Tensor | float = 0.0
-    for e, t in zip(etas, temps):
+    for k, (e, t) in enumerate(zip(etas, temps)):
+        q = None if given is None else given[k]
+        if q is not None:
+            total = total + (e * q).flatten(1).sum(1)
+            continue
         flat = e.flatten(1)
         if not isinstance(t, Tensor) and t == 1.0:
             total = total + torch.logsumexp(flat, dim=1)
@@ -134,12 +157,15 @@ def _block_logsumexp_or_neginf(h: Graph, x: Tensor, e: int) -> Tensor:
     return m + h.aggregate(torch.exp(h.combine_broadcast(x, m, e, torch.sub)), e).log()
 
 
-def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temps: Sequence[float]):
+def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temps: Sequence[float],
+               given: Sequence[Tensor | None] | None = None):
     """``p(λ)`` and, per edge ``e = (a → b)``, the within-block conditionals of ``p_a`` at ``λ``
-    (for the tree VJP; empty on graphs that are not forests)."""
+    (for the tree VJP; empty on graphs that are not forests, and with given maps, whose
+    probabilities ``given[k]`` are returned as they are)."""
     etas = reparameterized_logits(scores, duals, h)
-    probs = [level_softmax(e, t) for e, t in zip(etas, temps)]
-    if not h.is_forest:
+    probs = [level_softmax(e, t) if given is None or given[k] is None else given[k]
+             for k, (e, t) in enumerate(zip(etas, temps))]
+    if not h.is_forest or (given is not None and any(q is not None for q in given)):
         return probs, []
     cond = [h.block_softmax(_shifted(h, etas[a], e, temps[a]), e)[0] for e, (a, _) in enumerate(h.edges)]
     return probs, cond
@@ -210,15 +236,27 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     or it refuses before any work, saying so.  Where the working dtype cannot resolve the
     optimum (temperatures that differ by hundreds of orders of magnitude) it stops with a
     :class:`ConvergenceError` that says so.  ``temps``: floats or 0-d tensors (differentiated through).
+
+    ``options["given"]`` (set by :func:`convex_attention.solve`, validated there): per map the
+    given probabilities ``(1 or B, *shapes[k])`` or None; a given map's scores are None.  The
+    given tensors are inputs of the autograd function (the gradient reaches them).
     """
-    dtype = scores[0].dtype
+    given = options.pop("given", None)
+    mask = tuple(q is not None for q in given) if given is not None else (False,) * h.num_maps
+    free = next(s for s, m in zip(scores, mask) if not m)
+    dtype, B = free.dtype, free.shape[0]
     floats = [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
-    options = check_dual_options(options, h, scores[0].shape[0], scores[0].device, floats)
+    options = check_dual_options(options, h, B, free.device, [t for t, m in zip(floats, mask) if not m])
     work = options.pop("dtype")
     if torch.finfo(work).max < torch.finfo(compute_dtype(dtype)).max:
-        _check_scores_fit(scores, work)
+        _check_scores_fit([s for s in scores if s is not None], work)
+    if any(mask):
+        _check_given_structure(h, mask, options)
+        options["given_mask"] = mask
+    inputs = [(s if q is None else q.expand((B,) + h.shapes[k])).to(work)
+              for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
     info: dict = {}
-    probs = DualSolveFunction.apply(h, temperature_argument(temps), options, info, *[s.to(work) for s in scores])
+    probs = DualSolveFunction.apply(h, temperature_argument(temps), options, info, *inputs)
     lam = [d.to(dtype) for d in info.pop("duals")]
     return [p.to(dtype) for p in probs], lam, info
 
@@ -372,6 +410,26 @@ def _check_temperature_range(temps: Sequence[float], dtype: torch.dtype, prefix:
                          f"{name} ({high:.3g}); use dtype=torch.float64 or smaller temperatures")
 
 
+def _check_given(given, scores, h: Graph) -> list[Tensor | None] | None:
+    """``given`` of :func:`solve_dual` for direct callers (``solve`` has checked more: the values):
+    ``None`` or one entry per map, a tensor exactly where ``scores`` has None."""
+    if given is None:
+        if any(s is None for s in scores):
+            raise ValueError("scores of a map are None but no given probabilities replace them (given=...)")
+        return None
+    if isinstance(given, Tensor) or not isinstance(given, Sequence) or len(given) != h.num_maps:
+        raise ValueError(f"given must hold one entry per {h._map_word} ({h.num_maps}): the given probabilities or None")
+    out: list[Tensor | None] = []
+    for k, (q, s) in enumerate(zip(given, scores)):
+        if (q is None) == (s is None):
+            raise ValueError(f"{h._map_word} {k}: give either its scores or its probabilities (given), exactly one")
+        if q is not None:
+            if not isinstance(q, Tensor) or tuple(q.shape[1:]) != h.shapes[k] or not bool((q > 0).all()):
+                raise ValueError(f"given[{k}] must be a tensor (B, *{h.shapes[k]}) of positive probabilities")
+        out.append(q)
+    return None if all(q is None for q in out) else out
+
+
 def _check_problem(scores, h: Graph, temps) -> tuple[list[Tensor], list[float]]:
     """The kernel's own checks (``solve`` has done them already; direct callers have not)."""
     if not isinstance(h, Graph):
@@ -404,15 +462,22 @@ def _check_problem(scores, h: Graph, temps) -> tuple[list[Tensor], list[float]]:
 _Pieces = list[tuple[Tensor, Tensor, torch.Size]]
 
 
-def _objective(etas: Sequence[Tensor], temps: Sequence[float]) -> tuple[Tensor, _Pieces]:
+def _objective(etas: Sequence[Tensor], temps: Sequence[float],
+               given: Sequence[Tensor | None] | None = None) -> tuple[Tensor, _Pieces]:
     """``g(λ)`` at the logits ``η(λ)``, ``(B,)``, and per map the pieces ``(z, lse, shape)`` of
     its softmax, ``z = (η − max η) / τ`` flattened: ``p = exp(z − lse)``.
 
     Each map's maximum is subtracted before dividing by ``τ_k``, so ``g`` is finite for every
-    accepted temperature and finite ``η``."""
+    accepted temperature and finite ``η``.  A given map (``given[k]`` its probabilities
+    ``q_k``) adds ``<η_k, q_k>`` and its pieces are ``(log q_k, 0)``."""
     g: Tensor | float = 0.0
     probs: _Pieces = []
-    for e, t in zip(etas, temps):
+    for k, (e, t) in enumerate(zip(etas, temps)):
+        if given is not None and given[k] is not None:
+            q = given[k].flatten(1)  # type: ignore[union-attr]
+            g = g + (e.flatten(1) * q).sum(1)
+            probs.append((q.log(), q.new_zeros(q.shape[0]), e.shape))
+            continue
         flat = e.flatten(1)
         top = flat.amax(1, keepdim=True)
         z = (flat - top) / t
@@ -424,11 +489,11 @@ def _objective(etas: Sequence[Tensor], temps: Sequence[float]) -> tuple[Tensor, 
 
 
 def _evaluate(etas: Sequence[Tensor], h: Graph, temps: Sequence[float], violation: bool = True,
-              duals: Sequence[Tensor] | None = None):
+              duals: Sequence[Tensor] | None = None, given: Sequence[Tensor | None] | None = None):
     """``g(λ)``, the violation and the relative duality gap (:func:`dual_gap_terms`, when
     ``duals`` are given) at the logits ``η(λ)``: three ``(B,)`` tensors (``None`` for the
     ones not asked for), and the probabilities ``p(λ)`` (empty without ``violation``)."""
-    g, pieces = _objective(etas, temps)
+    g, pieces = _objective(etas, temps, given)
     if not violation:
         return g, None, None, []
     viol, gap, probs = _measure(pieces, h, g, duals)
@@ -449,7 +514,8 @@ def _pick_pieces(take: Tensor, a: _Pieces, b: _Pieces) -> _Pieces:
             for (za, la, shape), (zb, lb, _) in zip(a, b)]
 
 
-def _sweep(h: Graph, temps: Sequence[float], lam: list[Tensor], etas: list[Tensor], mask: Tensor):
+def _sweep(h: Graph, temps: Sequence[float], lam: list[Tensor], etas: list[Tensor], mask: Tensor,
+           given: Sequence[Tensor | None] | None = None):
     """One block-coordinate sweep: for every edge ``e = (a → b)`` in ``h.sweep_order`` (finest
     fine map first; on the chain ``k = 0 … L-2``), the exact minimiser of ``g`` over ``λ_e``.
 
@@ -460,22 +526,36 @@ def _sweep(h: Graph, temps: Sequence[float], lam: list[Tensor], etas: list[Tenso
     formed from block-max-shifted logits: finite at every accepted temperature, where
     ``η / τ`` itself would overflow.  ``mask`` ``(B,)`` (1 or 0) freezes finished samples.
     Returns new lists (the inputs are not modified).
+
+    With a given map (``given[k]``: its probabilities ``q_k``; the limit ``τ_k → ∞`` of the
+    step, docs/math.md §9) the step matches the free side to it: ``λ_e ← λ_e + A_e − τ_a log q_b``
+    when ``b`` is given, ``λ_e ← λ_e + τ_b log(P_e q_a) − η_b`` when ``a`` is given.
     """
     lam, etas = list(lam), list(etas)
     for e in h.sweep_order:
         a, b = h.edges[e]
         ta, tb = temps[a], temps[b]
-        bmax = h.block_max(etas[a], e)
-        # (η_a − blockmax) / τ_a is at most 0 with a 0 in every block, so its exp needs no second shift
-        blocksum = h.aggregate(h.combine_broadcast(etas[a], bmax, e, torch.sub).div_(ta).exp_(), e)
-        message = bmax + ta * blocksum.log()
-        weighted = (tb * message - ta * etas[b]) / (ta + tb)
-        # τ · η overflows where both are large (τ near the largest accepted temperature, η
-        # near the score limit); there the same average with weights in [0, 1] is finite.
-        # Elsewhere the first form is kept, so results stay bit-identical.
-        weighted = torch.where(torch.isfinite(weighted), weighted,
-                               message * (tb / (ta + tb)) - etas[b] * (ta / (ta + tb)))
-        delta = centre(weighted)
+        given_a = given is not None and given[a] is not None
+        given_b = given is not None and given[b] is not None
+        if given_a and given_b:
+            continue  # data on both sides: nothing to solve (refused before the solve)
+        if given_a:
+            delta = centre(tb * h.aggregate(given[a], e).log() - etas[b])  # type: ignore[index, arg-type]
+        else:
+            bmax = h.block_max(etas[a], e)
+            # (η_a − blockmax) / τ_a is at most 0 with a 0 in every block, so its exp needs no second shift
+            blocksum = h.aggregate(h.combine_broadcast(etas[a], bmax, e, torch.sub).div_(ta).exp_(), e)
+            message = bmax + ta * blocksum.log()
+            if given_b:
+                delta = centre(message - ta * given[b].log())  # type: ignore[index, union-attr]
+            else:
+                weighted = (tb * message - ta * etas[b]) / (ta + tb)
+                # τ · η overflows where both are large (τ near the largest accepted temperature, η
+                # near the score limit); there the same average with weights in [0, 1] is finite.
+                # Elsewhere the first form is kept, so results stay bit-identical.
+                weighted = torch.where(torch.isfinite(weighted), weighted,
+                                       message * (tb / (ta + tb)) - etas[b] * (ta / (ta + tb)))
+                delta = centre(weighted)
         delta = delta * mask.view((-1,) + (1,) * len(h.shapes[b]))
         lam[e] = lam[e] + delta
         etas[a] = h.combine_broadcast(etas[a], delta, e, torch.sub)
@@ -526,7 +606,8 @@ def _pick(take: Tensor, a: Sequence[Tensor], b: Sequence[Tensor]) -> list[Tensor
 
 
 def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float], lam: list[Tensor],
-                      etas: list[Tensor], g_now: Tensor, pieces: _Pieces, active: Tensor):
+                      etas: list[Tensor], g_now: Tensor, pieces: _Pieces, active: Tensor,
+                      given: Sequence[Tensor | None] | None = None):
     """A damped Newton step on ``g`` from ``lam`` (logits ``etas``, value ``g_now``), per sample.
 
     The direction solves ``∇²g d = −∇g`` on the mean-zero subspace (the dense Hessian and its
@@ -534,9 +615,11 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
     a few conjugate-gradient iterations); the step lengths of
     :data:`_NEWTON_STEPS` are tried in turn and the first with ``g ≤ g_now`` is taken (the
     safeguard: NaN never passes).  ``pieces``: the softmax pieces at ``lam`` (:func:`_objective`).
-    Returns ``(lam, etas, g, pieces, taken)`` with the old values where no step was taken."""
+    Returns ``(lam, etas, g, pieces, taken)`` with the old values where no step was taken.
+    A given map adds no curvature (its ``J_k`` is the limit ``τ_k → ∞``: zero)."""
     hess = get_hessian(h, lam[0].device)
     probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) for z, lse, shape in pieces]
+    objective_temps, temps = temps, hessian_temperatures(temps, given)
     if hess.dim <= DENSE_LIMIT:
         grad = hess.gradient(probs)
         direction = torch.empty_like(grad)
@@ -560,12 +643,35 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
             break
         cand = _unflatten(start + step * direction, h)
         cand_etas = reparameterized_logits(scores, cand, h)
-        cand_g, cand_pieces = _objective(cand_etas, temps)
+        cand_g, cand_pieces = _objective(cand_etas, objective_temps, given)
         take = need & (cand_g <= g_now)  # False for NaN: the safeguard
         best_lam, best_etas = _pick(take, cand, best_lam), _pick(take, cand_etas, best_etas)
         best_g, best_pieces = torch.where(take, cand_g, best_g), _pick_pieces(take, cand_pieces, best_pieces)
         taken = taken | take
     return best_lam, best_etas, best_g, best_pieces, taken
+
+
+def hessian_temperatures(temps: Sequence[float], given: Sequence | None) -> list[float]:
+    """The temperatures the dual's Hessian sees: ``inf`` for a given map (no curvature), as
+    :mod:`convex_attention.hessian` takes them."""
+    if given is None:
+        return list(temps)
+    return [math.inf if q is not None and q is not False else t for t, q in zip(temps, given)]
+
+
+def _check_given_structure(h: Graph, mask: Sequence[bool], options: dict) -> None:
+    """A structure with given maps that the dual can solve: at least one scored map, no edge
+    between two given maps, no warm start from a closed form (it has none)."""
+    if all(mask):
+        raise ValueError("every map is given: there is nothing to solve; give scores for at least one map")
+    for e, (a, b) in enumerate(h.edges):
+        if mask[a] and mask[b]:
+            raise ValueError(f"edge {e} (map {a} → map {b}) joins two given maps: their agreement is data, not "
+                             f"something to solve; drop the edge (and check P_e q_{a} = q_{b} yourself) or score "
+                             f"one of the maps")
+    if options.get("warm_start") is True:
+        raise ValueError("dual option warm_start=True starts from a closed form, which a structure with given maps "
+                         "does not have; leave warm_start at 'auto'")
 
 
 def spanning_forest_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence) -> list[Tensor]:
@@ -583,10 +689,10 @@ def spanning_forest_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence) -
 
 
 @torch.no_grad()
-def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: float = 1e-6,
+def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float], tol: float = 1e-6,
                max_iter: int = 1000, strict: bool = True, record_history: bool = False,
                init: Sequence[Tensor] | None = None, gap_tol: float | None = None, newton="auto",
-               warm_start="auto"):
+               warm_start="auto", given: Sequence[Tensor | None] | None = None):
     r"""Minimise ``g(λ)`` per sample until ``violation <= tol`` and ``gap <= gap_tol``:
     safeguarded, accelerated block-coordinate descent.
 
@@ -630,6 +736,10 @@ def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: 
             ``False`` or ``"auto"`` (default: on forests that are not chains; a chain keeps
             the cold start it always had, so its results are unchanged; on other graphs the
             closed form of a spanning forest saved no sweep, measured).
+        given: per map ``None`` (a scored map) or the given probabilities ``q_k`` of the
+            map, ``(B, *h.shapes[k])``, strictly positive, summing to one (the map's ``scores``
+            entry is then None and its temperature unused; docs/math.md §9).  No edge may join
+            two given maps, and there is no warm start.
 
     Returns:
         dict with ``duals`` (centred, ``(B, *shapes[coarse(e)])``), ``iterations`` ``(B,)``
@@ -647,12 +757,17 @@ def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: 
     gap_tol = tol if gap_tol is None else _check_tol(gap_tol, "gap_tol")
     strict, record_history = _check_flag(strict, "strict"), _check_flag(record_history, "record_history")
     newton, warm_start = _check_newton(newton), _check_warm_start(warm_start)
-    scores, temps = _check_problem(scores, h, temps)
+    given = _check_given(given, scores, h)
+    scores, temps = _check_problem(with_given_scores(scores, given), h, temps)
     B, dtype, device = scores[0].shape[0], scores[0].dtype, scores[0].device
     init = _check_init(init, h, B, device)
     if init is not None and warm_start is True:
         raise ValueError("dual options init and warm_start=True contradict each other: give starting duals or ask "
                          "for the spanning forest's closed form, not both")
+    if given is not None:
+        _check_given_structure(h, [q is not None for q in given], {"warm_start": warm_start})
+        given = [None if q is None else q.to(dtype).expand((B,) + h.shapes[k]) for k, q in enumerate(given)]
+        warm_start = False if warm_start == "auto" else warm_start
     if warm_start == "auto":
         warm_start = init is None and h.is_forest and not h.is_chain
     use_newton = bool(newton) if newton != "auto" else not h.is_forest
@@ -663,7 +778,7 @@ def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: 
     else:
         lam = [centre(start.to(dtype).expand((B,) + h.shapes[h.edges[e][1]]).clone()) for e, start in enumerate(init)]
     etas = reparameterized_logits(scores, lam, h)
-    g, viol, gap, _ = _evaluate(etas, h, temps, duals=lam)
+    g, viol, gap, _ = _evaluate(etas, h, temps, duals=lam, given=given)
     finite = torch.isfinite(g) & torch.isfinite(viol) & torch.isfinite(gap)
     failed = ~finite
     active = finite & ~((viol <= tol) & (gap <= gap_tol))
@@ -677,22 +792,24 @@ def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: 
         if not bool(active.any()):
             break
         mask = active.to(dtype)
-        swept, swept_etas = _sweep(h, temps, lam, etas, mask)
+        # (the plain call without given maps keeps _sweep's signature for callers that wrap it)
+        swept, swept_etas = (_sweep(h, temps, lam, etas, mask) if given is None
+                             else _sweep(h, temps, lam, etas, mask, given))
         xs.append(_flatten(lam))
         gxs.append(_flatten(swept))
         del xs[:-(_ANDERSON_MEMORY + 1)], gxs[:-(_ANDERSON_MEMORY + 1)]
-        new_g, new_pieces = _objective(swept_etas, temps)
+        new_g, new_pieces = _objective(swept_etas, temps, given)
         new, new_etas = swept, swept_etas
         if len(xs) > 1:
             extra = _unflatten(_anderson(xs, gxs), h)
             extra_etas = reparameterized_logits(scores, extra, h)
-            extra_g, extra_pieces = _objective(extra_etas, temps)
+            extra_g, extra_pieces = _objective(extra_etas, temps, given)
             take = active & (extra_g <= new_g)  # False for NaN: the safeguard
             new, new_etas = _pick(take, extra, swept), _pick(take, extra_etas, swept_etas)
             new_g, new_pieces = torch.where(take, extra_g, new_g), _pick_pieces(take, extra_pieces, new_pieces)
         if use_newton:
             new, new_etas, new_g, new_pieces, took = _newton_candidate(h, scores, temps, new, new_etas, new_g,
-                                                                       new_pieces, active)
+                                                                       new_pieces, active, given)
             newton_steps += took.long()
         lam, etas = _pick(active, new, lam), _pick(active, new_etas, etas)
         # measured at the chosen point from its own softmax pieces (g is not computed twice)
@@ -711,7 +828,8 @@ def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: 
         recent = (recent + [viol.clone()])[-(_PROGRESS_WINDOW + 1):]
     converged = ~failed & (viol <= tol) & (gap <= gap_tol)
     if not bool(converged.all()):
-        msg = _failure_message(scores, h, temps, tol, gap_tol, max_iter, converged, failed, viol, gap, recent, dtype)
+        msg = _failure_message(scores, h, temps, tol, gap_tol, max_iter, converged, failed, viol, gap, recent, dtype,
+                               closed_form=h.is_forest and given is None)
         if strict:
             raise ConvergenceError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
@@ -724,7 +842,7 @@ def solve_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], tol: 
 
 
 def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged, failed, viol, gap, recent,
-                     dtype) -> str:
+                     dtype, closed_form: bool = True) -> str:
     """Which samples missed ``tol``, why, and what helps (only advice that is true)."""
     bad = torch.nonzero(~converged).flatten().tolist()
     name = str(dtype).replace("torch.", "")
@@ -761,7 +879,7 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
             reasons.append(f"sample(s) {slow[:10]} still converging after max_iter={max_iter} sweeps (violation "
                            f"{', '.join(f'{float(viol[i]):.2e}' for i in slow[:5])}): raise max_iter")
         if stuck:
-            other = ("use method='exact' (the same optimum in closed form)" if h.is_forest else
+            other = ("use method='exact' (the same optimum in closed form)" if closed_form else
                      "use method='cvxpylayers' (an interior-point solver)")
             fix = ("solve in float64 (dtype=torch.float64) or raise tol above it" if dtype == torch.float32 else
                    f"raise tol above it, or {other}")
@@ -789,19 +907,31 @@ class DualSolveFunction(torch.autograd.Function):
     The backward never differentiates the sweeps: it is the implicit-function gradient at
     the solution, by the tree VJP on forests and by conjugate gradients on the dual's
     Hessian otherwise (:func:`convex_attention.hessian.implicit_vjp`).
+
+    With ``options["given_mask"]`` (one bool per map), the inputs of the given maps are their
+    probabilities ``q_k`` (returned as their own outputs); their gradient is
+    ``v_k − A_k w`` (docs/math.md §9) and always goes through the Hessian.
     """
 
     @staticmethod
-    def forward(ctx, h: Graph, temps, options: dict, info: dict, *scores: Tensor):
+    def forward(ctx, h: Graph, temps, options: dict, info: dict, *inputs: Tensor):
         if isinstance(temps, Tensor):
             floats = tuple(float(t) for t in temps.detach().reshape(-1).tolist())
             ctx.tau_like = (temps.dtype, temps.device)
         else:
             floats = tuple(float(t) for t in temps)
-        result = solve_dual(scores, h, floats, **options)
-        probs, cond = dual_probs(scores, result["duals"], h, floats)
+        options = dict(options)
+        mask = options.pop("given_mask", None)
+        scores: list[Tensor | None] = list(inputs)
+        given: list[Tensor | None] | None = None
+        if mask is not None:
+            scores = [None if m else x for x, m in zip(inputs, mask)]
+            given = [x if m else None for x, m in zip(inputs, mask)]
+        result = solve_dual(scores, h, floats, given=given, **options)
+        probs, cond = dual_probs(with_given_scores(scores, given), result["duals"], h, floats, given)
+        probs = [p.clone() if given is not None and given[k] is not None else p for k, p in enumerate(probs)]
         info.update(result)
-        ctx.h, ctx.temps, ctx.M = h, floats, len(probs)
+        ctx.h, ctx.temps, ctx.M, ctx.mask = h, floats, len(probs), mask
         ctx.save_for_backward(*probs, *cond)
         return tuple(probs)
 
@@ -817,12 +947,15 @@ class DualSolveFunction(torch.autograd.Function):
                 "second-order differentiation")
         saved = ctx.saved_tensors
         probs = saved[: ctx.M]
-        if ctx.h.is_forest:
+        if ctx.mask is None and ctx.h.is_forest:
             gscores = tree_backward(ctx.h, probs, saved[ctx.M:], ctx.temps, grads)
         else:
-            gscores = implicit_vjp(ctx.h, probs, ctx.temps, grads)
+            gscores = implicit_vjp(ctx.h, probs, hessian_temperatures(ctx.temps, ctx.mask), grads, given=ctx.mask)
         gtau = None
         if ctx.needs_input_grad[1]:
             dtype, device = ctx.tau_like
-            gtau = temperature_gradient(probs, gscores).to(device=device, dtype=dtype)
+            # a given map has no temperature in the problem: its share is zero
+            scored = [torch.zeros_like(gs) if ctx.mask is not None and ctx.mask[k] else gs
+                      for k, gs in enumerate(gscores)]
+            gtau = temperature_gradient(probs, scored).to(device=device, dtype=dtype)
         return (None, gtau, None, None, *gscores)

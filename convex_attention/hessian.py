@@ -305,7 +305,8 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
 
 
 def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
-                 rtol: float | None = None, max_iter: int = 1000, dense_limit: int = DENSE_LIMIT) -> list[Tensor]:
+                 rtol: float | None = None, max_iter: int = 1000, dense_limit: int = DENSE_LIMIT,
+                 given: Sequence[bool] | None = None) -> list[Tensor]:
     """``∂L/∂θ_k`` at a solution of any graph by implicit differentiation of ``∇g(λ*) = 0``.
 
     With ``v_k = grads[k]``: solve ``∇²g w = Σ_k A_kᵀ J_k v_k`` (:func:`solve_psd`), then
@@ -315,8 +316,11 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
 
     Args:
         probs: ``M`` tensors ``(B, *g.shapes[k])``, the optimum (p(λ*) of the dual).
-        temps: ``M`` floats.
+        temps: ``M`` floats (``inf`` for a given map: no curvature).
         grads: ``M`` tensors shaped like ``probs``.
+        given: one bool per map (None: none given).  A given map's entry of the result is the
+            gradient with respect to its given probabilities, ``q̄_k = v_k − A_k w``
+            (docs/math.md §9), not a score gradient.
     """
     hess = get_hessian(g, probs[0].device)
     dtype = probs[0].dtype
@@ -336,6 +340,9 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
             f"the temperatures, or use method 'exact' where the graph is a forest")
     Aw = hess.apply_A(w)
     out = []
-    for p, v, t, aw in zip(probs, grads, temps, Aw):
-        out.append(DualHessian.apply_J(p, v if aw is None else v - aw, t))
+    for k, (p, v, t, aw) in enumerate(zip(probs, grads, temps, Aw)):
+        if given is not None and given[k]:
+            out.append(v if aw is None else v - aw)
+        else:
+            out.append(DualHessian.apply_J(p, v if aw is None else v - aw, t))
     return out

@@ -17,6 +17,8 @@ method names.  A record holds the method's function and its facts:
 ``check_options``         ``fn(options, h)`` that validates option values before any work
                           (``None``: only the names are checked); the modules call it at
                           construction
+``given_maps``            maps whose probabilities are given (``solve(..., given=...)``) are
+                          accepted
 ``func_transforms``       ``torch.func.grad``, ``jacrev`` and ``jvp`` differentiate it (plain torch
                           operations); the others refuse every torch.func transform with an
                           error that says so, and ``vmap`` is refused for every method
@@ -62,6 +64,7 @@ class Method:
     cpu_only: bool = False
     check_options: Callable | None = None
     structures: str = "chain"
+    given_maps: bool = False
     func_transforms: bool = False
 
     def __post_init__(self) -> None:
@@ -164,7 +167,7 @@ for _record in (
            options=frozenset({"tol", "gap_tol", "max_iter", "strict", "record_history", "init", "newton",
                               "warm_start", "dtype"}),
            exact=True, consistent=True, tensor_temperature=True, check_options=_check_dual_options,
-           structures="graph"),
+           structures="graph", given_maps=True),
     Method("learned_dual", _learned_dual, "the paper's reparameterisation p(λ) at given duals",
            needs_duals=True, tensor_temperature=True, structures="graph", func_transforms=True),
 ):

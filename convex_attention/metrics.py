@@ -35,14 +35,17 @@ def violation(probs: Sequence[Tensor], h: Graph) -> Tensor:
     return torch.stack(consistency_residuals(probs, h)).amax(0)
 
 
-def objective(scores: Sequence[Tensor], probs: Sequence[Tensor], temps: Sequence[float]) -> Tensor:
+def objective(scores: Sequence[Tensor | None], probs: Sequence[Tensor], temps: Sequence[float]) -> Tensor:
     """``f(p) = Σ_k <θ_k, p_k> + τ_k H(p_k)`` per sample: ``(B,)``.
 
     ``H(p) = −Σ p log p`` with ``0 log 0 = 0``; negative entries (solver round-off) are
-    clamped to zero inside the entropy.
+    clamped to zero inside the entropy.  A map whose scores are None (a given map) is data,
+    not a term of the problem: it adds nothing.
     """
     total: Tensor | float = 0.0
     for s, p, t in zip(scores, probs, temps):
+        if s is None:
+            continue
         s, p = upcast(s), upcast(p)
         pc = p.clamp(min=0)
         total = total + _flat_sum(s * p) - t * _flat_sum(torch.xlogy(pc, pc))
@@ -50,10 +53,12 @@ def objective(scores: Sequence[Tensor], probs: Sequence[Tensor], temps: Sequence
     return total
 
 
-def dual_objective(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
-                   temps: Sequence[float]) -> Tensor:
-    """``g(λ) = Σ_k τ_k logsumexp(η_k / τ_k)`` per sample: ``(B,)``."""
-    return dual_function([upcast(s) for s in scores], [upcast(d) for d in duals], h, temps)
+def dual_objective(scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: Graph,
+                   temps: Sequence[float], given: Sequence[Tensor | None] | None = None) -> Tensor:
+    """``g(λ) = Σ_k τ_k logsumexp(η_k / τ_k)`` per sample: ``(B,)`` (a given map ``k``, whose
+    scores are None and probabilities ``given[k]``, adds ``<η_k, q_k>`` instead)."""
+    return dual_function([None if s is None else upcast(s) for s in scores], [upcast(d) for d in duals], h, temps,
+                         None if given is None else [None if q is None else upcast(q) for q in given])
 
 
 def primal_gap(optimal_value: Tensor, scores: Sequence[Tensor], probs: Sequence[Tensor],
@@ -62,10 +67,10 @@ def primal_gap(optimal_value: Tensor, scores: Sequence[Tensor], probs: Sequence[
     return optimal_value - objective(scores, probs, temps)
 
 
-def dual_gap(optimal_value: Tensor, scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
-             temps: Sequence[float]) -> Tensor:
+def dual_gap(optimal_value: Tensor, scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: Graph,
+             temps: Sequence[float], given: Sequence[Tensor | None] | None = None) -> Tensor:
     """``g(λ) − f* ≥ 0``, zero exactly when ``λ`` is optimal: ``(B,)``."""
-    return dual_objective(scores, duals, h, temps) - optimal_value
+    return dual_objective(scores, duals, h, temps, given) - optimal_value
 
 
 def max_abs_err(probs: Sequence[Tensor], reference: Sequence[Tensor]) -> Tensor:

@@ -41,6 +41,7 @@ from .graph import Graph
 from .methods import METHODS, REGISTRY, get_method
 from .validation import (
     check_duals,
+    check_given,
     check_hierarchy,
     check_scores_and_peaks,
     check_temperatures,
@@ -72,19 +73,22 @@ class Solution:
             ``newton_steps`` ``(B,)`` (Newton candidates taken) and, if asked, ``history``;
             ``"cvxpylayers"``: ``backend`` (its name), ``eps``, ``accept_tol`` and
             ``solver_options`` (the options as given).
+        given: the maps whose probabilities were given (a tuple of map indices, empty when none).
 
     ``duals``, ``violation``, ``objective`` and ``dual_objective`` are computed on first
     access (then cached), so a training loop that only reads ``probs`` pays nothing for
     them.  They are differentiable functions of the scores wherever the method is.
     """
 
-    def __init__(self, probs: list[Tensor], scores: list[Tensor], h: Graph, temperature: list,
+    def __init__(self, probs: list[Tensor], scores: list, h: Graph, temperature: list,
                  method: str, duals: list[Tensor] | Callable[[], list[Tensor]] | None = None,
-                 info: dict | None = None):
+                 info: dict | None = None, given: Sequence[Tensor | None] | None = None):
         self.probs = probs
         self.method = method
         self.temperature = temperature
         self.info = info or {}
+        self._given = given
+        self.given = tuple(k for k, q in enumerate(given) if q is not None) if given is not None else ()
         self._scores, self._h = scores, h
         self._duals = duals
         self._cache: dict = {}
@@ -113,7 +117,8 @@ class Solution:
         if self.duals is None:
             return None
         return self._cached("dual_objective",
-                            lambda: metrics.dual_objective(self._scores, self.duals, self._h, self.temperature))
+                            lambda: metrics.dual_objective(self._scores, self.duals, self._h, self.temperature,
+                                                           self._given))
 
     def __repr__(self) -> str:
         B = self.probs[0].shape[0]
@@ -121,8 +126,9 @@ class Solution:
                 f"dtype={self.probs[0].dtype})")
 
 
-def solve(scores: Sequence[Tensor], h: Graph, method: str = "exact", temperature=1.0,
-          duals: Sequence[Tensor] | None = None, check_finite: bool = True, **options) -> Solution:
+def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temperature=1.0,
+          duals: Sequence[Tensor] | None = None, check_finite: bool = True, given: dict | None = None,
+          **options) -> Solution:
     """Consistent multi-level attention on a hierarchy or a graph of maps.
 
     Args:
@@ -146,6 +152,13 @@ def solve(scores: Sequence[Tensor], h: Graph, method: str = "exact", temperature
         check_finite: reject NaN/Inf scores and scores beyond ``validation.score_limit``
             (reads the scores once; on CUDA one host synchronisation; turn off in a
             training hot path).
+        given: maps whose probabilities are given rather than scored (a prior over regions,
+            a segmentation): ``{k: q_k}`` with ``q_k`` shaped ``h.shapes[k]``, ``(1, …)`` or
+            ``(B, …)``, strictly positive, summing to one per sample; ``scores[k]`` is then
+            None and the map's temperature is unused.  The problem keeps the constraints of
+            its edges with ``p_k = q_k`` fixed (docs/design.md §4, docs/math.md §9).  Only
+            methods whose record says ``given_maps`` accept it (``"dual"``); the gradient
+            reaches ``q_k`` too.
         **options: ``"dual"``: ``tol`` (1e-6), ``gap_tol`` (``tol``), ``max_iter`` (1000),
             ``strict`` (True), ``record_history``, ``init``, ``newton`` (``"auto"``),
             ``warm_start`` (``"auto"``), ``dtype`` (float64); ``"cvxpylayers"``:
@@ -169,18 +182,29 @@ def solve(scores: Sequence[Tensor], h: Graph, method: str = "exact", temperature
     record = get_method(method)
     check_transforms(f"solve(method={record.name!r})", record.func_transforms)
     record.check_structure(check_hierarchy(h))
-    scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
-    temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype,
+    if given is not None and not record.given_maps:
+        able = " or ".join(repr(m.name) for m in REGISTRY.values() if m.given_maps)
+        raise ValueError(f"method {record.name!r} does not take given maps (given=...); use method {able}")
+    if given is not None and not isinstance(given, dict):
+        raise TypeError(f"given must be a dict {{map index: probabilities}}, got {type(given).__name__}")
+    given_maps = frozenset(given or ())
+    scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite, given=given_maps)
+    free = next(s for s in scores if s is not None)
+    temps = check_temperatures(temperature, h.num_maps, dtype=free.dtype,
                                allow_grad=record.tensor_temperature, method=record.name, unit=h._map_word)
     record.check_option_names(options)
+    given_list = None
+    if given:
+        given_list = check_given(given, h, free.shape[0], free.dtype, free.device, check_finite=check_finite)
+        options["given"] = given_list
     if duals is not None and not record.needs_duals:
         users = " or ".join(repr(m.name) for m in REGISTRY.values() if m.needs_duals)
         raise ValueError(f"duals are only used by method {users}, not {record.name!r}")
     if record.needs_duals:
-        duals = check_duals(duals, h, scores[0].shape[0], compute_dtype(scores[0].dtype), scores[0].device,
+        duals = check_duals(duals, h, free.shape[0], compute_dtype(free.dtype), free.device,
                             check_finite=check_finite, score_peak_sum=peak_sum)
     probs, lam, info = record.function(scores, h, temps, duals, dict(options))
-    return Solution(probs, scores, h, temps, record.name, lam, info)
+    return Solution(probs, scores, h, temps, record.name, lam, info, given_list)
 
 
 def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temperature=1.0,

@@ -34,10 +34,13 @@ def check_scores(scores, h: Graph, check_finite: bool = True, name: str = "score
     return check_scores_and_peaks(scores, h, check_finite, name)[0]
 
 
-def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True,
-                           name: str = "scores") -> tuple[list[Tensor], float | None]:
+def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True, name: str = "scores",
+                           given=()) -> tuple[list, float | None]:
     """:func:`check_scores`, also returning ``Σ_k max |scores[k]|`` (``None`` without
-    ``check_finite``), for :func:`check_duals` to bound the logits ``θ + duals``."""
+    ``check_finite``), for :func:`check_duals` to bound the logits ``θ + duals``.
+
+    ``given``: the maps whose probabilities are given (:func:`check_given`): their ``scores``
+    entry must be None, every other entry a tensor; the returned list keeps their None."""
     check_hierarchy(h)
     unit, M = _unit(h), h.num_maps
     if isinstance(scores, Tensor) or not isinstance(scores, Sequence):
@@ -46,8 +49,19 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True,
         structure = "hierarchy" if unit == "level" else "graph"
         raise ValueError(f"{name} must hold one tensor per {unit}: the {structure} has {M} {unit}s, "
                          f"got {len(scores)} tensors")
-    out = []
+    if given and all(k in given for k in range(M)):
+        raise ValueError(f"every {unit} is given: there is nothing to solve; give scores for at least one")
+    out: list = []
     for k, s in enumerate(scores):
+        if k in given:
+            if s is not None:
+                raise ValueError(f"{name}[{k}] must be None: {unit} {k} is given (given={{{k}: probabilities}}), "
+                                 f"so it has no scores")
+            out.append(None)
+            continue
+        if s is None and given:
+            raise TypeError(f"{name}[{k}] is None but {unit} {k} is not given; give its scores, or its "
+                            f"probabilities in given={{{k}: ...}}")
         if not isinstance(s, Tensor):
             raise TypeError(f"{name}[{k}] must be a torch.Tensor, got {type(s).__name__}")
         if not s.dtype.is_floating_point:
@@ -57,32 +71,82 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True,
             raise ValueError(f"{name}[{k}] must have shape (B, {', '.join(map(str, expected))}) "
                              f"for {unit} {k}, got {tuple(s.shape)}")
         out.append(s)
-    batch = out[0].shape[0]
-    for k, s in enumerate(out):
+    scored = [(k, s) for k, s in enumerate(out) if s is not None]
+    first_k, first = scored[0]
+    batch = first.shape[0]
+    for k, s in scored:
         if s.shape[0] != batch:
-            raise ValueError(f"{name}[{k}] has batch size {s.shape[0]}, {name}[0] has {batch}")
-        if s.dtype != out[0].dtype:
-            raise TypeError(f"{name}[{k}] has dtype {s.dtype}, {name}[0] has {out[0].dtype}; use one dtype")
-        if s.device != out[0].device:
-            raise ValueError(f"{name}[{k}] is on {s.device}, {name}[0] on {out[0].device}")
+            raise ValueError(f"{name}[{k}] has batch size {s.shape[0]}, {name}[{first_k}] has {batch}")
+        if s.dtype != first.dtype:
+            raise TypeError(f"{name}[{k}] has dtype {s.dtype}, {name}[{first_k}] has {first.dtype}; use one dtype")
+        if s.device != first.device:
+            raise ValueError(f"{name}[{k}] is on {s.device}, {name}[{first_k}] on {first.device}")
     if batch == 0:
         raise ValueError(f"{name} have batch size 0")
     if not check_finite:
         return out, None
-    peaks = score_peaks(out)
-    for k, (s, peak) in enumerate(zip(out, peaks)):
+    peaks = score_peaks([s for _, s in scored])
+    for (k, s), peak in zip(scored, peaks):
         if not math.isfinite(peak):
             kind = "NaN" if bool(torch.isnan(s).any()) else "Inf"
             raise ValueError(f"{name}[{k}] contains {kind} values; scores must be finite")
-    total, limit = math.fsum(peaks), score_limit(out[0].dtype)
+    total, limit = math.fsum(peaks), score_limit(first.dtype)
     if total > limit:
         raise ValueError(
-            f"{name} are too large for {out[0].dtype}: the largest |score| of each {unit} sums to "
-            f"{total:.3g}, above {limit:.3g} (a quarter of the largest {compute_dtype(out[0].dtype)} "
+            f"{name} are too large for {first.dtype}: the largest |score| of each {unit} sums to "
+            f"{total:.3g}, above {limit:.3g} (a quarter of the largest {compute_dtype(first.dtype)} "
             f"number; the closed form adds one score per {unit}, and beyond this the sum can overflow); divide "
             f"the scores and the temperature by the same factor (the solution does not change) or compute "
             f"in float64")
     return out, total
+
+
+
+def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_finite: bool = True) -> list:
+    """Given probabilities (:func:`convex_attention.solve`'s ``given``): a dict ``{map: q}``
+    with ``q`` shaped ``shapes[k]``, ``(1, *shapes[k])`` or ``(B, *shapes[k])``, in the scores'
+    dtype and device, strictly positive and summing to one per sample (to 1e-6 in float64,
+    1e-4 in float32, 1e-2 in half precision).  Returns one entry per map: the tensor with a
+    leading batch dimension, or None.
+
+    A zero is refused: a given map with an empty cell forces every finer cell inside it to
+    zero, which the entropy only reaches with infinite duals (mix in a little of the uniform
+    map instead)."""
+    unit, M = _unit(h), h.num_maps
+    if not isinstance(given, dict):
+        raise TypeError(f"given must be a dict {{{unit} index: probabilities}}, got {type(given).__name__}")
+    out: list = [None] * M
+    for k, q in given.items():
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < M:
+            raise ValueError(f"given has key {k!r}: a {unit} index in [0, {M}) is needed")
+        if not isinstance(q, Tensor) or not q.dtype.is_floating_point:
+            raise TypeError(f"given[{k}] must be a floating tensor of probabilities, got "
+                            f"{type(q).__name__ if not isinstance(q, Tensor) else q.dtype}")
+        shape = h.shapes[k]
+        if tuple(q.shape) == shape:
+            q = q.unsqueeze(0)
+        if q.dim() != 1 + len(shape) or tuple(q.shape[1:]) != shape or q.shape[0] not in (1, batch):
+            raise ValueError(f"given[{k}] must have shape {shape}, (1, *{shape}) or ({batch}, *{shape}) for "
+                             f"{unit} {k}, got {tuple(q.shape)}")
+        if q.dtype != dtype:
+            raise TypeError(f"given[{k}] has dtype {q.dtype}, the scores {dtype}; use one dtype")
+        if q.device != device:
+            raise ValueError(f"given[{k}] is on {q.device}, the scores on {device}")
+        if check_finite:
+            flat = q.detach().reshape(q.shape[0], -1).to(torch.float64)
+            if not bool(torch.isfinite(flat).all()):
+                raise ValueError(f"given[{k}] contains NaN or Inf values")
+            if not bool((flat > 0).all()):
+                raise ValueError(f"given[{k}] has a zero (or negative) probability: a given {unit} with an empty "
+                                 f"cell forces every finer cell inside it to zero, which needs infinite duals; give "
+                                 f"strictly positive probabilities (e.g. mix in 1e-6 of the uniform map)")
+            err = float((flat.sum(1) - 1).abs().max())
+            allowed = 1e-6 if dtype == torch.float64 else 1e-4 if dtype == torch.float32 else 1e-2
+            if err > allowed:
+                raise ValueError(f"given[{k}] must sum to one per sample (to {allowed:g} in {_name(dtype)}), off by "
+                                 f"{err:.3g}")
+        out[k] = q
+    return out
 
 
 def score_limit(dtype: torch.dtype) -> float:

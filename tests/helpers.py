@@ -78,12 +78,15 @@ def aggregation_matrix(h: ca.Graph, k: int) -> np.ndarray:
     return P
 
 
-def _polish(theta, mats, edges, temps, lam, p_start):
+def _polish(theta, mats, edges, temps, lam, p_start, given=None):
     """Newton's method on the dual, in numpy, from the CVXPY duals ``lam``: Clarabel's solution
     is certified to ~1e-10 in objective, which bounds the probabilities only to ~1e-5 (the
     entropy is flat); a few Newton steps take them to rounding.  Written out here from the
     dual's formulas (docs/design.md §2), dense, with a backtracking line search; accepted only
-    if it lowers the residual ``max_e |P_e p_a − p_b|``.  Returns ``(probs, duals, f(p))``."""
+    if it lowers the residual ``max_e |P_e p_a − p_b|``.  Returns ``(probs, duals, f(p))``.
+    ``given``: ``{k: q_k}`` maps held at ``q_k`` (their term of g is ``<η_k, q_k>``, no curvature;
+    ``theta[k]`` zeros)."""
+    given = given or {}
     M = len(theta)
     sizes = [t.shape[0] for t in theta]
     offsets = np.cumsum([0] + [mats[e].shape[0] for e in range(len(edges))])
@@ -96,6 +99,10 @@ def _polish(theta, mats, edges, temps, lam, p_start):
     def state(x):
         g, probs = 0.0, []
         for k in range(M):
+            if k in given:
+                g += (A[k] @ x) @ given[k]
+                probs.append(given[k])
+                continue
             z = (theta[k] + A[k] @ x) / temps[k]
             top = z.max()
             g += temps[k] * (top + np.log(np.exp(z - top).sum()))
@@ -109,7 +116,8 @@ def _polish(theta, mats, edges, temps, lam, p_start):
     start = residual(p_start)
     for _ in range(20):
         grad = sum(A[k].T @ probs[k] for k in range(M))
-        H = sum(A[k].T @ ((np.diag(probs[k]) - np.outer(probs[k], probs[k])) / temps[k]) @ A[k] for k in range(M))
+        H = sum(A[k].T @ ((np.diag(probs[k]) - np.outer(probs[k], probs[k])) / temps[k]) @ A[k] for k in range(M)
+                if k not in given)
         for e in range(len(edges)):  # the gauge: a constant per dual moves nothing
             lo, hi = offsets[e], offsets[e + 1]
             H[lo:hi, lo:hi] += 1.0 / (hi - lo)
@@ -129,7 +137,7 @@ def _polish(theta, mats, edges, temps, lam, p_start):
         return p_start, lam, None
     duals = [x[offsets[e]:offsets[e + 1]] for e in range(len(edges))]
     f = sum(theta[k] @ probs[k] - temps[k] * np.sum(probs[k][probs[k] > 0] * np.log(probs[k][probs[k] > 0]))
-            for k in range(M))
+            for k in range(M) if k not in given)
     return probs, duals, f
 
 
@@ -364,6 +372,72 @@ def tiny_checkpoint(path, epoch=1, epochs=1, **fields):
     opt = torch.optim.Adam(model.parameters())
     return save_checkpoint(str(path), model, opt, epoch=epoch, metrics=[],
                            extra={"train_config": config.to_dict()})
+
+
+def reference_solve_given(h: ca.Graph, scores, temps, given: dict):
+    """The problem with given maps (docs/math.md §9), per sample, by CVXPY + Clarabel at 1e-12:
+    a variable for every scored map, the given maps' probabilities as constants; a simplex
+    constraint on every scored map (the given maps already fix every sum); then polished by
+    Newton's method on the dual written out here (:func:`_polish`), independently of the
+    package's solvers.  Returns ``(probs, value)``: per map ``(B, n_k)``
+    float64 arrays (the given ones as given) and ``(B,)`` optimal values (over scored maps)."""
+    import cvxpy as cp
+
+    M, edges = len(h.sizes), list(h.edges)
+    B = next(s for s in scores if s is not None).shape[0]
+    flat = [None if s is None else s.detach().double().reshape(B, -1).numpy() for s in scores]
+    q = {k: v.detach().double().expand((B,) + h.shapes[k]).reshape(B, -1).numpy() for k, v in given.items()}
+    mats = [aggregation_matrix(h, e) for e in range(len(edges))]
+    probs = [np.zeros((B, n)) for n in h.sizes]
+    values = np.zeros(B)
+    for i in range(B):
+        ps = {k: cp.Variable(h.sizes[k]) for k in range(M) if k not in given}
+        side = {**ps, **{k: q[k][i] for k in given}}
+        obj = sum(flat[k][i] @ ps[k] + temps[k] * cp.sum(cp.entr(ps[k])) for k in ps)
+        cons = [mats[e] @ side[a] == side[b] for e, (a, b) in enumerate(edges)]
+        cons += [cp.sum(ps[k]) == 1 for k in ps]
+        prob = cp.Problem(cp.Maximize(obj), cons)
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12, tol_ktratio=1e-12)
+        assert prob.status in ("optimal", "optimal_inaccurate"), prob.status
+        start = [q[k][i] if k in given else ps[k].value for k in range(M)]
+        theta = [np.zeros(h.sizes[k]) if k in given else flat[k][i] for k in range(M)]
+        lam = [c.dual_value for c in cons[:len(edges)]]
+        p, _, value = _polish(theta, mats, edges, temps, lam, start, {k: q[k][i] for k in given})
+        for k in range(M):
+            probs[k][i] = p[k]
+        values[i] = prob.value if value is None else value
+    return probs, values
+
+
+GIVEN_CASES = {
+    # one scored map, its rows and columns given (the marginals of a transport plan)
+    "axial-rows-cols": (lambda: ca.Graph.axial((4, 3)), (1, 2)),
+    # one scored map with a grid and regions that cut across it, both given
+    "grid-regions": (lambda: _graph("grid-regions", 0), (1, 2)),
+    # two scored maps that agree on a shared grid, one of them held to given regions
+    "mixed-free-and-given": (lambda: ca.Graph([(4, 4), (2, 4), (1, 2), 3],
+                                              [(0, 2), (1, 2), (1, 3, cutting_regions((2, 4), 3, 1))]), (3,)),
+    # the fine map is given: a scored coarse map held to its pooling, another map agreeing with it
+    "given-fine-map": (lambda: ca.Graph([(4, 4), (2, 2), (4, 4)], [(0, 1), (2, 1)]), (0,)),
+}
+
+
+def random_given_instance(case: str, batch: int = 3, seed: int = 0, scale: float = 2.0):
+    """A structure of ``GIVEN_CASES`` with N(0, scale²) scores on its scored maps, unequal
+    temperatures and random strictly positive given maps that some consistent point has
+    (the maps of the whole structure's optimum at other random scores: given maps drawn
+    independently of each other, two coarsenings of one map, are often infeasible):
+    ``(h, scores, temps, given)``."""
+    build, given_maps = GIVEN_CASES[case]
+    h = build()
+    g = torch.Generator().manual_seed(3000 + seed)
+    scores = [None if k in given_maps else scale * torch.randn((batch,) + s, generator=g, dtype=torch.float64)
+              for k, s in enumerate(h.shapes)]
+    temps = (0.3 + 2.7 * torch.rand(h.num_maps, generator=g, dtype=torch.float64)).tolist()
+    other = [torch.randn((batch,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    feasible = ca.solve(other, h, "dual", temperature=1.0, tol=1e-14, max_iter=5000).probs
+    given = {k: feasible[k] for k in given_maps}
+    return h, scores, temps, given
 
 
 def slow_beyond(cases, keep: int = 1, fast: tuple = ()) -> list:

@@ -271,6 +271,7 @@ SHARED_TEST_FILES = {
     "convex_attention.bench.plots.consistency": "test_plots.py",
     "convex_attention.bench.plots.maps": "test_plots.py",
     "convex_attention.bench.plots.speed": "test_plots.py",
+    "convex_attention.bench.plots.graphs": "test_plots.py",
     "convex_attention.bench.config": "test_sweep.py",  # paper.config has test_config.py
     "convex_attention.cli.paper": "test_paper_cli.py",  # paper's modules have the plain names
     "convex_attention.cli.bench": "test_cli.py",
@@ -278,6 +279,7 @@ SHARED_TEST_FILES = {
     "convex_attention.cli._common": "test_cli_conventions.py",
     "convex_attention.baselines.attributions": "test_baselines.py",
     "convex_attention.baselines.paper_loss": "test_baselines.py",
+    "convex_attention.baselines.linsat": "test_baselines.py",
 }
 
 

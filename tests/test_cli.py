@@ -121,7 +121,9 @@ def test_verify_passes_and_writes_csv(tmp_path):
     assert run(["verify", "--quick", "--no-progress", "--out", out]) == 0
     rows = read(os.path.join(out, "verify.csv"))
     assert {"instance", "case", "check", "error", "tol", "passed"} <= set(rows[0])
-    assert all(r["passed"] == "True" for r in rows)
+    assert all(r["passed"] == "True" for r in rows if r["status"] != "info")
+    info = [r for r in rows if r["status"] == "info"]  # measurements beside the checks: never passed
+    assert info and all(r["passed"] == "False" and r["check"].startswith("info.") for r in info)
     checks = {r["check"] for r in rows}
     assert {"dual.primal_vs_cvxpy", "dual.duals_vs_layer", "dual.duality_gap", "dual.kkt_stationarity",
             "dual.feasibility", "exact.primal_vs_layer", "reference.certificate"} <= checks
@@ -305,8 +307,9 @@ def _earlier_bench(folder):
     from convex_attention.bench import results as R
 
     w = R.ResultsWriter(str(folder), {}, "cpu", resume=False, log=lambda m: None)
-    base = {"cell": 0, "reason": "", "backend": "", "dual_kind": "", "generator": "lesion", "scale": 1.0, "dims": 2,
-            "size": 4, "levels": 2, "batch": 2, "temperature": 1.0, "dtype": "float32", "device": "cpu", "seed": 0}
+    base = {"cell": 0, "reason": "", "backend": "", "dual_kind": "", "structure": "chain", "generator": "lesion",
+            "scale": 1.0, "dims": 2, "size": 4, "levels": 2, "batch": 2, "temperature": 1.0, "dtype": "float32",
+            "device": "cpu", "seed": 0}
     w.commit({**base, "method": "exact", "status": "ok"})
     w.commit({**base, "method": "softmax", "status": "error", "reason": "RuntimeError: test"})
     return {name: (folder / name).read_bytes() for name in os.listdir(folder)}

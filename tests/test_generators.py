@@ -47,3 +47,20 @@ def test_unknown_generator():
 def test_generate_rejects_bad_batch_and_scale(kwargs, message):
     with pytest.raises(ValueError, match=message):
         generate("gaussian", ca.Hierarchy.grid([(4,), (2,)]), **kwargs)
+
+
+@pytest.mark.parametrize("structure", ["star", "axial", "grid_regions", "mixed"])
+def test_lesion_scores_on_graphs_agree_along_every_edge(structure):
+    from convex_attention.bench.structures import structure_graph
+
+    h = structure_graph(structure, 32)
+    s = generate("lesion", h, 6, seed=1)
+    assert [tuple(x.shape[1:]) for x in s] == h.shapes and all(torch.isfinite(x).all() for x in s)
+    for e, (a, b) in enumerate(h.edges):  # every coarse map sees its finer maps' blobs, mean-pooled
+        counts = h.aggregate(torch.ones((1,) + h.shapes[a], dtype=torch.float64), e)
+        pooled = h.aggregate(s[a], e) / counts
+        corr = torch.corrcoef(torch.stack([pooled.flatten(), s[b].flatten()]))[0, 1]
+        assert corr > 0.5, (e, float(corr))
+    if structure == "star":  # heads of one shape look at the same lesions
+        corr = torch.corrcoef(torch.stack([s[0].flatten(), s[1].flatten()]))[0, 1]
+        assert corr > 0.5

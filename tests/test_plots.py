@@ -180,7 +180,8 @@ def test_every_figure_renders_as_png_and_pdf_for_a_paper_with_the_environment_fo
     notes = []
     written = plot_results(folder, log=notes.append)
     assert notes == []
-    assert {os.path.splitext(os.path.basename(p))[0] for p in written} == set(plots.FIGURES)
+    assert {os.path.splitext(os.path.basename(p))[0] for p in written} == \
+        set(plots.FIGURES) - set(plots.STRUCTURE_FIGURES)  # a folder of chains has no structure figure
     for name, (fig, line) in rendered.items():
         png = os.path.join(folder, "figures", name + ".png")
         assert os.path.getsize(png) > 1000 and os.path.getsize(png[:-4] + ".pdf") > 1000
@@ -635,6 +636,119 @@ def test_a_flat_curve_gets_no_slope_even_where_it_follows_a_power_law():
     assert plot_common.fit_power_law([100, 1000, 10_000], [1.0, 0.95, 0.9]) is None  # n^-0.02: overhead-bound
     assert plot_common.fit_power_law([100, 1000, 10_000], [1.0, 1.3, 1.6]) is None  # rises 1.6x: no power law read
     assert plot_common.fit_power_law([100, 1000, 10_000], [1.0, 1.6, 2.6]).slope == pytest.approx(0.21, abs=0.01)
+
+
+# ---------------------------------------------------------------------------- structures (issue 18)
+
+RUN = {"load_average_start": [3.1, 2.0, 1.5], "load_average_end": [2.2, 1.1, 1.0], "torch_threads": 1, "cpu_count": 2}
+
+
+def structure_rows():
+    """A chain sweep plus two cells of each of two structures, where exact is skipped (its
+    registry refusal) and every other method ran."""
+    rows = sweep_rows()
+    cell = len({r["cell"] for r in rows})
+    for structure, shapes in (("axial", "16x16+16x1+1x16"), ("grid_regions", "16x16+2x2+4")):
+        for size in (8, 16):
+            for r in cell_rows(size=size, levels=3, cell=cell):
+                r = {**r, "structure": structure, "shapes": shapes if size == 16 else shapes.replace("16", "8")}
+                if r["method"] == "exact":
+                    r.update(status="skipped", reason="method 'exact' solves forests only; use method 'dual'",
+                             violation_mean="", violation_max="", per_sample_ms="")
+                rows.append(r)
+            cell += 1
+    return rows
+
+
+def write_structure_convergence(folder):
+    rows = [{"cell": c, "structure": s, "dims": 2, "size": 8, "levels": 3, "temperature": 1.0, "iteration": i,
+             "violation_mean": 10.0 ** -i, "violation_max": 10.0 ** -i, "dual_gap_mean": 10.0 ** (-2 * i),
+             "dual_gap_max": 10.0 ** (-2 * i)} for c, s in ((0, "chain"), (1, "axial"), (2, "mixed"))
+            for i in range(6)]
+    atomic_csv(os.path.join(folder, "convergence.csv"), list(rows[0]), rows)
+
+
+def write_backward(folder):
+    rows = [{"family": f, "kind": "implicit", "parameter": tol, "batch": 4, "fwd_per_sample_ms": 2.0,
+             "bwd_per_sample_ms": 0.5, "gradient_error": tol * 10} for f in ("axial", "mixed")
+            for tol in (1e-4, 1e-8)]
+    rows += [{"family": f, "kind": "unrolled", "parameter": n, "batch": 4, "fwd_per_sample_ms": 0.3 * n,
+              "bwd_per_sample_ms": 0.4 * n, "gradient_error": 0.5 / n} for f in ("axial", "mixed") for n in (1, 8)]
+    atomic_csv(os.path.join(folder, "backward.csv"), list(rows[0]), rows)
+    with open(os.path.join(folder, "graphs.json"), "w") as f:
+        json.dump({"environment": {"torch": "2.13.0", "processor": "cpu", "torch_threads": 1}, "runs": [RUN]}, f)
+
+
+def test_structures_get_their_own_figures_and_the_chain_figures_draw_chains_only(tmp_path, figs):
+    folder = str(tmp_path / "r")
+    rows = structure_rows()
+    capped = next(r for r in rows if r.get("structure") == "axial" and r["size"] == 16 and r["backend"] == "moreau")
+    capped.update(status="skipped", reason="above the size cap (--cvx-max-cells)", violation_mean="",
+                  violation_max="", per_sample_ms="")
+    write_bench(folder, rows)
+    write_structure_convergence(folder)
+    with open(os.path.join(folder, "bench.json"), "w") as f:
+        json.dump({"environment": {"torch": "2.13.0", "processor": "cpu", "torch_threads": 4}, "runs": [RUN]}, f)
+    written = plot_results(folder, log=pytest.fail)
+    names = {os.path.splitext(os.path.basename(p))[0] for p in written}
+    assert {"pareto_per_structure", "dual_convergence_per_structure", "tradeoff"} <= names
+    pareto = figs["pareto_per_structure"]
+    titles = [ax.get_title() for ax in pareto.axes if ax.get_visible()]
+    assert [t.split("\n")[0] for t in titles] == ["chain", "axial (rows + columns)", "grid + regions"]
+    assert "16x16+16x1+1x16" in titles[1], "each structure at its largest cell"
+    assert titles[1].endswith("(exact: solves forests only)") and "forests" not in titles[0], "exact solves chains"
+    # per-sample λ* has no time of its own that includes finding λ*: never on the front
+    labels = {t.get_text() for t in pareto.legends[0].get_texts()}
+    assert "learned_dual (per-sample λ*)" not in labels and "learned_dual (λ = 0)" in labels
+    # the tradeoff's panels are keyed by levels: an axial cell (3 maps) must not stand in for a 3-level chain
+    assert "16x16+16x1" not in all_texts(figs["tradeoff"])
+    conv = figs["dual_convergence_per_structure"]
+    assert [ax.get_title() for ax in conv.axes[:3]] == ["chain", "axial (rows + columns)", "mixed (two resolutions)"]
+    assert "1 row(s) over --cvx-max-cells (at the cells drawn)" in figs["pareto_per_structure:footer"]
+    for name in ("pareto_per_structure", "dual_convergence_per_structure"):
+        footer = figs[name + ":footer"]
+        assert "load average (1 min) 3.10 at start, 2.20 at end, 2 CPUs" in footer, name
+        assert "1 torch thread " in footer and "float" in footer, name
+
+
+def test_the_backward_figure_compares_implicit_and_unrolled_per_structure_with_its_runs_load(tmp_path, figs):
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_backward(folder)
+    written = plot_results(folder, log=pytest.fail)
+    assert [os.path.basename(p) for p in written] == ["backward_implicit_vs_unrolled.png"]
+    fig = figs["backward_implicit_vs_unrolled"]
+    assert [ax.get_title() for ax in fig.axes] == ["axial (rows + columns)", "mixed (two resolutions)"]
+    ax = fig.axes[0]
+    lines = {tuple(line.get_xdata()): tuple(line.get_ydata()) for line in ax.get_lines()}
+    assert lines[(0.5, 0.5)] == pytest.approx((1e-7, 1e-3))   # implicit: tolerance 1e-8, 1e-4 (ascending)
+    assert lines[(0.4, 3.2)] == pytest.approx((0.5, 0.0625))  # unrolled: 1 and 8 sweeps
+    footer = figs["backward_implicit_vs_unrolled:footer"]
+    assert "load average (1 min) 3.10 at start, 2.20 at end" in footer and "float64" in footer
+
+
+def test_backward_rows_of_an_unknown_kind_are_named_and_skipped(tmp_path, figs):
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_backward(folder)
+    rows = read_results(os.path.join(folder, "backward.csv"))
+    rows[0]["kind"] = "guessed"
+    notes = []
+    plots.plot_backward(rows, str(tmp_path / "b.png"), None, notes.append)
+    assert len(notes) == 1 and "guessed" in notes[0]
+
+
+@pytest.mark.slow  # renders three figures at 300 dpi and as PDF
+def test_the_structure_figures_render_as_png_and_pdf_within_a_paper_width(tmp_path):
+    folder = str(tmp_path / "r")
+    write_bench(folder, structure_rows())
+    write_structure_convergence(folder)
+    write_backward(folder)
+    written = plot_results(folder, log=pytest.fail)
+    for name in plots.STRUCTURE_FIGURES:
+        png = os.path.join(folder, "figures", name + ".png")
+        assert png in written and os.path.getsize(png[:-4] + ".pdf") > 1000
+        assert png_size(png)[0] <= 7.6 * 300, name
 
 
 def test_slope_labels_that_end_at_the_same_time_are_moved_apart_until_they_do_not_overlap():

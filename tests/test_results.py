@@ -23,13 +23,13 @@ def tmp_files(folder):
 
 def bench_row(method="exact", status="ok", size=4, value=0.5, **extra):
     return {"cell": 0, "status": status, "reason": "", "method": method, "backend": "", "dual_kind": "",
-            "generator": "lesion", "scale": 1.0, "dims": 2, "size": size, "levels": 2, "batch": 2,
+            "structure": "chain", "generator": "lesion", "scale": 1.0, "dims": 2, "size": size, "levels": 2, "batch": 2,
             "temperature": 1.0, "dtype": "float32", "device": "cpu", "seed": 0, "shapes": "4x4+2x2", "n_cells": 20,
             "violation_mean": value, **extra}
 
 
 def conv_rows(n, cell=0):
-    return [{"cell": cell, "dims": 2, "size": 4, "levels": 2, "temperature": 1.0, "iteration": i,
+    return [{"cell": cell, "structure": "chain", "dims": 2, "size": 4, "levels": 2, "temperature": 1.0, "iteration": i,
              "violation_mean": 0.1 / (i + 1), "violation_max": 0.2, "dual_gap_mean": 0.0, "dual_gap_max": 0.0}
             for i in range(n)]
 

@@ -5,7 +5,16 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import GRAPH_CASES, aggregation_matrix, random_graph_instance, random_instance
+from helpers import (
+    GIVEN_CASES,
+    GRAPH_CASES,
+    aggregation_matrix,
+    max_err,
+    random_given_instance,
+    random_graph_instance,
+    random_instance,
+    reference_solve_given,
+)
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -565,6 +574,94 @@ def test_property_permuting_maps_and_edges_changes_nothing(problem, rnd):
             torch.testing.assert_close(a.probs[k], b.probs[p], atol=1e-9, rtol=0)
         for i, e in enumerate(order):
             torch.testing.assert_close(a.duals[e], b.duals[i], atol=1e-6, rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- given maps
+
+@pytest.mark.parametrize("case", sorted(GIVEN_CASES))
+def test_given_maps_match_an_independent_cvxpy_reference(case):
+    h, scores, temps, given = random_given_instance(case)
+    sol = ca.solve(scores, h, "dual", temperature=temps, given=given, tol=1e-12)
+    ref, value = reference_solve_given(h, scores, temps, given)
+    assert max_err(sol.probs, ref) < 1e-7
+    assert sol.given == tuple(sorted(given))
+    for k, q in given.items():
+        assert torch.equal(sol.probs[k], q), "a given map is returned as given"
+    torch.testing.assert_close(sol.objective, torch.from_numpy(value), atol=1e-7, rtol=0)
+    # strong duality with the given maps' terms <η_k, q_k>
+    torch.testing.assert_close(sol.dual_objective, sol.objective, atol=1e-9, rtol=0)
+    assert float(sol.violation.max()) < 1e-11
+
+
+@pytest.mark.parametrize("case", ["axial-rows-cols", "mixed-free-and-given", "given-fine-map"])
+def test_given_maps_gradcheck_in_scores_temperatures_and_the_given_probabilities(case):
+    h, scores, temps, given = random_given_instance(case, batch=2, scale=1.0)
+    free = [k for k, s in enumerate(scores) if s is not None]
+    logits = {k: q.log().clone().requires_grad_() for k, q in given.items()}  # q = softmax(logits): on the simplex
+    thetas = [scores[k].clone().requires_grad_() for k in free]
+    tau = torch.tensor(temps, dtype=torch.float64, requires_grad=True)
+
+    def fn(tau, *inputs):
+        th, lg = inputs[:len(free)], inputs[len(free):]
+        s = [None] * h.num_maps
+        for k, t in zip(free, th):
+            s[k] = t
+        q = {k: torch.softmax(x.flatten(1), 1).reshape(x.shape) for k, x in zip(logits, lg)}
+        return tuple(ca.solve(s, h, "dual", temperature=tau, given=q, tol=1e-13).probs)
+
+    assert torch.autograd.gradcheck(fn, (tau, *thetas, *logits.values()), atol=1e-6)
+
+
+def test_given_maps_share_one_prior_over_the_batch():
+    h, scores, temps, given = random_given_instance("grid-regions", batch=3)
+    prior = {k: q[:1] for k, q in given.items()}  # (1, …): one prior for every sample
+    sol = ca.solve(scores, h, "dual", temperature=temps, given=prior, tol=1e-12)
+    for k, q in prior.items():
+        assert sol.probs[k].shape == (3,) + h.shapes[k] and torch.equal(sol.probs[k], q.expand_as(sol.probs[k]))
+    assert float(sol.violation.max()) < 1e-11
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s, q: ("softmax", s, q), r"method 'softmax' does not take given maps \(given=...\); use method 'dual'"),
+    (lambda s, q: ("dual", [s[0], s[0][:, :, :1], None], q), r"scores\[1\] must be None"),
+    (lambda s, q: ("dual", [None, None, None], {**q, 0: torch.full((2, 4, 3), 1 / 12, dtype=torch.float64)}),
+     "every map is given"),
+    (lambda s, q: ("dual", s, {**q, 1: q[1] * 2}), r"given\[1\] must sum to one"),
+    (lambda s, q: ("dual", s, {**q, 1: torch.cat([q[1][:, :1] * 0, q[1][:, 1:]], 1)}), "zero"),
+    (lambda s, q: ("dual", s, {**q, 1: q[1].float()}), "dtype"),
+    (lambda s, q: ("dual", s, {**q, 1: q[1][:, :2]}), r"given\[1\] must have shape"),
+    (lambda s, q: ("dual", s, {**q, 5: q[1]}), "key 5"),
+    (lambda s, q: ("dual", [s[0], None, s[0][:, :1, :2]], {1: q[1]}), r"scores\[2\] must have shape"),
+    (lambda s, q: ("dual", s, [q[1]]), "given must be a dict"),
+])
+def test_given_maps_are_refused_with_a_message_before_any_work(change, message):
+    h = ca.Graph.axial((4, 3))
+    s = [torch.randn(2, 4, 3, dtype=torch.float64), None, None]
+    q = {1: torch.full((2, 4, 1), 0.25, dtype=torch.float64), 2: torch.full((2, 1, 3), 1 / 3, dtype=torch.float64)}
+    method, scores, given = change(s, q)
+    with pytest.raises((TypeError, ValueError), match=message):
+        ca.solve(scores, h, method, given=given)
+
+
+def test_an_edge_between_two_given_maps_is_refused():
+    h = ca.Graph([(4, 4), (2, 2), (1, 1)], [(0, 1), (1, 2)])
+    q1 = torch.full((1, 2, 2), 0.25, dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"edge 1 \(map 1 → map 2\) joins two given maps"):
+        ca.solve([torch.randn(1, 4, 4, dtype=torch.float64), None, None], h, "dual",
+                 given={1: q1, 2: torch.ones(1, 1, 1, dtype=torch.float64)})
+
+
+def test_given_maps_no_point_can_agree_with_are_never_reported_converged():
+    # a 4x4 map with its 2x2 grid and three regions given: region 0 is grid cell 0, but the two
+    # given maps weigh it differently, so no map has both as coarsenings
+    regions = torch.tensor([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2], [2, 2, 2, 2]])
+    h = ca.Graph([(4, 4), (2, 2), 3], [(0, 1), (0, 2, regions)])
+    grid = torch.full((1, 2, 2), 0.25, dtype=torch.float64)
+    region = torch.tensor([[0.5, 0.1, 0.4]], dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match="did not reach"):
+        sol = ca.solve([torch.randn(2, 4, 4, dtype=torch.float64), None, None], h, "dual", given={1: grid, 2: region},
+                       strict=False, max_iter=200)
+    assert not bool(sol.info["converged"].any())
 
 
 # ------------------------------------------------------------------ ordinary Python and PyTorch objects

@@ -229,6 +229,56 @@ def test_cvx_budget_prefers_cells_of_the_same_depth():
 
 
 
+# ----------------------------------------------------------------------------- the structure axis
+
+def test_a_chain_sweep_keeps_its_cells_and_other_structures_have_one_cell_per_size():
+    chain = list(SweepConfig(sizes=[8, 16], levels=[2, 3]).cells())
+    assert [(c["structure"], c["size"], c["levels"]) for c in chain] == [
+        ("chain", 8, 2), ("chain", 8, 3), ("chain", 16, 2), ("chain", 16, 3)]
+    both = list(SweepConfig(structures=["chain", "axial", "star"], sizes=[16, 32], levels=[2, 3]).cells())
+    assert [c for c in both if c["structure"] == "chain"] == list(SweepConfig(sizes=[16, 32], levels=[2, 3]).cells())
+    others = [(c["structure"], c["size"], c["levels"]) for c in both if c["structure"] != "chain"]
+    assert others == [("axial", 16, 3), ("axial", 32, 3), ("star", 16, 5), ("star", 32, 5)], \
+        "levels is the number of maps; --levels shapes the chain only"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"structures": ["axial"], "dims": [1]}, "--structure axial .* needs --dims 2 or 3"),
+    ({"structures": ["star"], "sizes": [18], "levels": [2]}, "--structure star .* multiple of 4"),
+    ({"structures": ["grid_regions"], "sizes": [8]}, "--structure grid_regions .* at least 16"),
+    ({"structures": ["ring"]}, "--structure: .*'ring' is not"),
+    ({"structures": ["mixed"], "sizes": [1 << 14], "batches": [64]}, "structure mixed.*above the"),
+])
+def test_check_sweep_refuses_a_structure_it_cannot_build(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        check_sweep(SweepConfig(**kwargs))
+
+
+@pytest.mark.slow
+def test_every_structure_is_swept_and_a_method_that_cannot_solve_one_is_skipped_with_the_reason(tmp_path):
+    from convex_attention.bench.sweep import run_sweep
+    from convex_attention.io.tables import read_table
+
+    config = SweepConfig(methods=["softmax", "exact", "dual", "learned_dual"],
+                         structures=["chain", "star", "axial", "grid_regions", "mixed"], sizes=[16], levels=[2],
+                         batches=[2], repeats=1, warmup=1, fit_instances=4, fit_steps=2, amortised_steps=2)
+    rows = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    by = {(r["structure"], r["method"], r["dual_kind"]): r for r in rows}
+    assert len(rows) == 5 * 7
+    for structure in ("axial", "grid_regions", "mixed"):  # exact solves forests only: information, not an error
+        skipped = by[(structure, "exact", "")]
+        assert skipped["status"] == "skipped" and "forests only" in skipped["reason"] and "dual" in skipped["reason"]
+    assert all(r["status"] == "ok" for r in rows if r["method"] != "exact" or r["structure"] in ("chain", "star"))
+    for structure in ("chain", "star", "axial", "grid_regions", "mixed"):
+        dual = by[(structure, "dual", "")]
+        assert dual["violation_max"] < 1e-6 and dual["max_abs_err"] < 1e-6, "against the float64 reference"
+        assert by[(structure, "softmax", "")]["violation_max"] > 1e-3
+    conv = read_table(str(tmp_path / "convergence.csv")).rows
+    assert {r["structure"] for r in conv} == {"chain", "star", "axial", "grid_regions", "mixed"}
+    header = read_table(str(tmp_path / "bench.csv")).header
+    assert header[header.index("dual_kind") + 1] == "structure"
+
+
 def test_a_cell_whose_instance_cannot_be_allocated_is_an_error_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
     """Before: an allocation failure while a cell's scores were made (or in the warm-up)
     ended the command with a traceback and no row."""
@@ -259,6 +309,8 @@ def test_a_cell_whose_instance_cannot_be_allocated_is_an_error_row_and_the_sweep
                and r["n_cells"] == 80 for r in errors)
     assert any("the warm-up failed (RuntimeError: DefaultCPUAllocator" in m for m in logged)
     assert len(read_table(str(tmp_path / "bench.csv")).rows) == 4
+
+
 def test_the_help_lists_the_registrys_methods_and_the_backend_tables_names():
     """The sweep's declarations list the method and backend names without importing the core
     (so --help stays light); they are the registry's built-ins and the backend table."""

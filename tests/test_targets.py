@@ -71,3 +71,18 @@ def test_amortised_targets_not_measured_never_pass():
     rows = [learned_row("zero", 0.3), learned_row("amortised", 0.0, status="skipped")]
     (t,) = amortised_targets(rows)
     assert t["met"] is None and "not measured" in format_targets([t]) and "NOT met" in format_targets([t])
+
+
+def test_amortised_targets_hold_the_axial_family_to_one_percent_and_chains_as_before():
+    from convex_attention.bench.targets import amortised_targets, format_targets
+
+    axial = [{**learned_row("zero", 0.4, levels=3), "structure": "axial"},
+             {**learned_row("amortised", 0.002, levels=3), "structure": "axial"}]  # 0.5 %
+    mixed = [{**learned_row("zero", 0.4, levels=4), "structure": "mixed"},
+             {**learned_row("amortised", 0.2, levels=4), "structure": "mixed"}]  # no target
+    chain = [learned_row("zero", 0.3, levels=3), learned_row("amortised", 0.006, levels=3)]  # 2 % <= 10 %
+    by = {(t["structure"], t["levels"]): t for t in amortised_targets(axial + mixed + chain)}
+    assert set(by) == {("axial", 3), ("chain", 3)}
+    assert by[("axial", 3)]["threshold"] == 0.01 and by[("axial", 3)]["met"] is True
+    assert by[("chain", 3)]["threshold"] == 0.10 and by[("chain", 3)]["met"] is True
+    assert "structure axial (3 maps)" in format_targets(list(by.values()))

@@ -12,6 +12,8 @@ from convex_attention import cli, cvx
 from convex_attention.bench import verify as verify_mod
 from convex_attention.bench.verify import (
     COLUMNS,
+    KINDS,
+    QUICK_INSTANCES,
     CheckResult,
     all_passed,
     backend_skips,
@@ -35,7 +37,7 @@ def test_random_instances_cover_the_kinds():
 
 def test_every_check_passes_for_the_builtin_dual_solver():
     results = verify_instances(random_instances(3, seed=2, quick=True), progress=False)
-    assert results and all(r.passed for r in results)
+    assert results and all(r.passed for r in results if r.status != "info") and all_passed(results)
 
 
 def test_zero_duals_fail_stationarity_and_the_gap():
@@ -346,3 +348,61 @@ def test_scs_default_tolerance_does_not_blow_up_on_the_random_set():
         pytest.skip("diffcp-scs cannot run here")
     results = verify_instances([_pick(1, 2)], progress=False, backends=["diffcp-scs"])  # eps=1e-10: cert 0.85
     assert all_passed(results), [(r.check, r.error, r.tol, r.message) for r in results if not r.passed]
+
+
+# ----------------------------------------------------------------------------- graphs of maps
+
+def test_quick_instances_cover_chains_and_every_structure_family():
+    instances = list(random_instances(QUICK_INSTANCES, seed=0, quick=True))
+    assert [name.split()[0] for name, *_ in instances] == list(KINDS)
+    kinds = {name.split()[0]: h.kind for name, h, *_ in instances}
+    assert kinds["star"] == "forest" and {kinds[k] for k in ("axial", "grid_regions", "mixed")} == {"graph"}
+    assert all(len(set(t)) > 1 for *_, t in instances if len(t) > 2), "unequal temperatures per map"
+
+
+def test_exact_is_checked_where_it_applies_and_gradients_of_the_builtin_dual_on_every_instance():
+    instances = [i for i in random_instances(QUICK_INSTANCES, seed=1, quick=True)
+                 if i[0].split()[0] in ("star", "axial", "mixed")]
+    results = verify_instances(instances, progress=False, backends=["diffcp-clarabel"])
+    assert all_passed(results)
+    by_case = {}
+    for r in results:
+        by_case.setdefault(r.case.split()[0], set()).add(r.check)
+    assert any(c.startswith("exact.") for c in by_case["star"])
+    assert not any(c.startswith("exact.") for c in by_case["axial"] | by_case["mixed"]), "no closed form there"
+    for checks in by_case.values():
+        assert {"dual.gradient_vs_fd", "dual.temperature_gradient_vs_fd", "dual.primal_vs_cvxpy",
+                "info.cvxpylayers[diffcp-clarabel].gradient_vs_fd"} <= checks
+    info = [r for r in results if r.status == "info"]
+    assert info and all(r.check.endswith("gradient_vs_fd") and math.isnan(r.tol) and not r.passed for r in info)
+
+
+@pytest.mark.parametrize("case, backward", [("axial", "implicit_vjp"), ("star", "tree_backward")])
+def test_a_wrong_implicit_gradient_fails_its_check(case, backward, monkeypatch):
+    import convex_attention.dual as dual_module
+
+    real = getattr(dual_module, backward)
+    monkeypatch.setattr(dual_module, backward, lambda *a, **k: [1.01 * g for g in real(*a, **k)])
+    (inst,) = [i for i in random_instances(QUICK_INSTANCES, seed=0, quick=True) if i[0].startswith(case)]
+    results = verify_instances([inst], progress=False, backends=[])
+    failed = {r.check for r in results if r.status == "fail"}
+    assert failed == {"dual.gradient_vs_fd", "dual.temperature_gradient_vs_fd"}
+
+
+def test_a_users_dual_solver_on_graphs_returns_one_dual_per_edge():
+    def per_edge(scores, h, temps):
+        return ca.solve(scores, h, "dual", temperature=temps, tol=1e-12).duals
+
+    instances = [i for i in random_instances(QUICK_INSTANCES, seed=0, quick=True) if i[0].split()[0] in KINDS[6:]]
+    results = verify_instances(instances, dual_solver=per_edge, progress=False, backends=[])
+    assert all_passed(results) and any(r.check == "per_edge.duality_gap" for r in results)
+    assert not any(r.check.endswith("gradient_vs_fd") for r in results), "gradients are the built-in dual's"
+
+
+def test_reported_measurements_are_not_checks():
+    info = CheckResult(0, "x", "info.cvxpylayers[diffcp-clarabel].gradient_vs_fd", 0.3, math.nan, False, "info")
+    ok = CheckResult(0, "x", "dual.gradient_vs_fd", 1e-9, 1e-6, True)
+    assert not all_passed([info]), "nothing checked never passes"
+    assert all_passed([ok, info])
+    text = format_table([ok, info])
+    assert "reported" in text and "1/1 checks passed (1 measurements reported beside them)" in text

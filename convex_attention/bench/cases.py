@@ -36,8 +36,8 @@ def make_case(method: str, h: Hierarchy, batch: int, dtype=torch.float32, device
     weights = [torch.randn(s.shape, generator=g).to(device=device, dtype=dtype) for s in scores]
     duals = None
     if get_method(method).needs_duals:
-        duals = [(0.1 * torch.randn((1,) + s, generator=g)).to(device=device, dtype=dtype).requires_grad_()
-                 for s in h.shapes[1:]]
+        duals = [(0.1 * torch.randn((1,) + h.shapes[b], generator=g)).to(device=device, dtype=dtype).requires_grad_()
+                 for _, b in h.edges]
     return timed_case(method, h, scores, weights, temperature, duals, options or {}, last)
 
 

@@ -29,7 +29,8 @@ from ..io.settings import (
 )
 
 __all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "fit_instances", "quick_sweep", "SCALE_MAX", "DTYPES",
-           "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES", "BACKEND_NAMES"]
+           "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES", "BACKEND_NAMES", "STRUCTURES",
+           "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure", "structure_maps", "structure_cells"]
 
 # Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
 # float16 (largest finite value 65504) included, far from overflow.
@@ -42,6 +43,53 @@ GENERATOR_NAMES = ("gaussian", "lesion", "model")
 #: which no tensor of the cell could be allocated on the machines this runs on.
 MAX_ELEMENTS = 2 ** 31
 MIN_FIT_INSTANCES = 4
+
+#: The structure families a sweep may name (:mod:`convex_attention.bench.structures` builds their
+#: graphs; the facts below are the arithmetic the checks need, kept here so that the command
+#: line's parser stays free of torch).
+STRUCTURES = ("chain", "star", "axial", "grid_regions", "mixed")
+#: Maps in a star, pooled onto one map of side size / STAR_FACTOR.
+STAR_ARMS = 4
+STAR_FACTOR = 4
+#: The shared grid of grid_regions and mixed has side size / REGION_FACTOR, and as many regions as cells.
+REGION_FACTOR = 8
+
+
+def structure_maps(structure: str, dims: int, levels: int) -> int:
+    """The number of maps ``M`` of a family's graph (``levels`` for a chain)."""
+    return {"chain": levels, "star": STAR_ARMS + 1, "axial": dims + 1, "grid_regions": 3, "mixed": 4}[structure]
+
+
+def structure_cells(structure: str, size: int, dims: int, levels: int = 2, factor: int = 2) -> int:
+    """The total cells of a family's graph (at most: a region that no cell falls into is dropped)."""
+    grid = (size // REGION_FACTOR) ** dims
+    return {"chain": lambda: sum((size // factor ** k) ** dims for k in range(levels)),
+            "star": lambda: STAR_ARMS * size ** dims + (size // STAR_FACTOR) ** dims,
+            "axial": lambda: size ** dims + dims * size,
+            "grid_regions": lambda: size ** dims + 2 * grid,
+            "mixed": lambda: size ** dims + (size // 2) ** dims + 2 * grid}[structure]()
+
+
+def check_structure(structure: str, size: int, dims: int, levels: int = 2, factor: int = 2) -> None:
+    """ValueError, naming the fix, when ``structure`` has no graph at this size and dimensionality."""
+    if structure not in STRUCTURES:
+        raise ValueError(f"unknown structure {structure!r}; choose one of {', '.join(STRUCTURES)}")
+    if structure == "chain":
+        if size % factor ** (levels - 1) != 0:
+            raise ValueError(f"size {size} does not divide: {levels} levels with factor {factor} need a multiple of "
+                             f"{factor ** (levels - 1)}")
+    elif structure == "star":
+        if size % STAR_FACTOR != 0:
+            raise ValueError(f"--structure star pools maps of side {size} onto side {size} / {STAR_FACTOR}: each "
+                             f"size must be a multiple of {STAR_FACTOR}")
+    elif structure == "axial":
+        if dims < 2:
+            raise ValueError("--structure axial pools a map onto each of its axes: it needs --dims 2 or 3")
+    elif size % REGION_FACTOR != 0 or size < 2 * REGION_FACTOR:
+        raise ValueError(f"--structure {structure} has a shared grid of side size / {REGION_FACTOR} (and as many "
+                         f"regions): each size must be a multiple of {REGION_FACTOR}, at least {2 * REGION_FACTOR}; "
+                         f"got {size}")
+
 
 #: The built-in methods (:data:`convex_attention.METHODS`) and cvxpylayers backends
 #: (:data:`convex_attention.cvx.BACKENDS`) by name, for the help only: the registry and the
@@ -70,30 +118,32 @@ def fit_instances(config: SweepConfig, n_cells: int) -> int:
         return config.fit_instances
     return max(min(config.fit_instances, config.fit_max_values // n_cells), min(MIN_FIT_INSTANCES,
                                                                                   config.fit_instances))
+
+
 _METHOD_NAMES = Choice(lambda: tuple(_registry()), listed=METHOD_NAMES)
 _BACKEND_NAMES = Choice(lambda: _backends(), listed=BACKEND_NAMES)
 
 
 def _check_cells(config: SweepConfig) -> None:
-    """Every size divides through its levels, and every cell's scores (and the training
-    instances of the learned duals) fit in memory."""
-    for size in config.sizes:
-        for levels in config.levels:
-            if size % config.factor ** (levels - 1) != 0:
-                raise ValueError(f"size {size} does not divide: {levels} levels with factor {config.factor} "
-                                 f"need a multiple of {config.factor ** (levels - 1)}")
+    """Every size divides through its levels (or its structure's grids), and every cell's
+    scores (and the training instances of the learned duals) fit in memory."""
+    for structure, size, levels, dims in itertools.product(config.structures, config.sizes, config.levels,
+                                                           config.dims):
+        check_structure(structure, size, dims, levels, config.factor)
     registry = _registry()
     learned = any(registry[m].needs_duals for m in config.methods if m in registry)
-    for size, levels, dims, batch in itertools.product(config.sizes, config.levels, config.dims, config.batches):
-        cells = sum((size // config.factor ** k) ** dims for k in range(levels))
+    for structure, size, levels, dims, batch in itertools.product(config.structures, config.sizes, config.levels,
+                                                                  config.dims, config.batches):
+        cells = structure_cells(structure, size, dims, levels, config.factor)
+        shape = f"{levels} levels" if structure == "chain" else f"structure {structure}"
         if batch * cells > MAX_ELEMENTS:
-            raise ValueError(f"batch {batch} x {cells} cells (size {size}, {dims}-D, {levels} levels) is "
+            raise ValueError(f"batch {batch} x {cells} cells (size {size}, {dims}-D, {shape}) is "
                              f"{batch * cells:.3g} values per tensor, above the {MAX_ELEMENTS:.3g} any cell may hold; "
                              f"use smaller --sizes, --dims or --batch")
         train = fit_instances(config, cells)
         if learned and train * cells > MAX_ELEMENTS:
             raise ValueError(f"--fit-instances {config.fit_instances}: {train} training instances x {cells} cells "
-                             f"(size {size}, {dims}-D, {levels} levels) is {train * cells:.3g} values, above the "
+                             f"(size {size}, {dims}-D, {shape}) is {train * cells:.3g} values, above the "
                              f"{MAX_ELEMENTS:.3g} any cell may hold; use a smaller --fit-instances or set "
                              f"--fit-max-values")
 
@@ -111,6 +161,12 @@ class SweepConfig:
     """
 
     methods: tuple = setting(METHOD_NAMES, Many(_METHOD_NAMES, distinct=True), "methods to run")
+    structures: tuple = setting(("chain",), Many(Choice(STRUCTURES), distinct=True),
+                                "structure families: chain (levels of grids), star (4 maps of side N onto one of side "
+                                "N/4), axial (a map onto its rows and columns), grid_regions (a map onto its grid of "
+                                "side N/8 and as many regions cutting across it), mixed (maps of side N and N/2 onto a "
+                                "shared grid and shared regions); --levels shapes the chain only",
+                                flag="--structure")
     sizes: tuple = setting((8, 16, 32, 64, 128, 256), Many(Int(low=1, high=1 << 20)),
                            "finest grid side; level k has side N / factor^k")
     levels: tuple = setting((2, 3), Many(Int(low=2, high=16)),
@@ -163,11 +219,17 @@ class SweepConfig:
         normalise_settings(self)
 
     def cells(self):
-        for dims, size, levels, batch, temp, dtype, device in itertools.product(
-                self.dims, self.sizes, self.levels, self.batches, self.temperatures, self.dtypes, self.devices):
-            yield {"generator": self.generator, "scale": float(self.scale), "dims": int(dims), "size": int(size),
-                   "levels": int(levels), "batch": int(batch), "temperature": float(temp), "dtype": dtype,
-                   "device": device, "seed": int(self.seed)}
+        """The sweep's cells, structure by structure (a chain-only sweep keeps the order it always
+        had).  A chain has one cell per level count; every other structure one cell whose
+        ``levels`` is its number of maps."""
+        for structure in self.structures:
+            levels_axis = self.levels if structure == "chain" else (None,)
+            for dims, size, levels, batch, temp, dtype, device in itertools.product(
+                    self.dims, self.sizes, levels_axis, self.batches, self.temperatures, self.dtypes, self.devices):
+                maps = levels if levels is not None else structure_maps(structure, dims, 0)
+                yield {"structure": structure, "generator": self.generator, "scale": float(self.scale),
+                       "dims": int(dims), "size": int(size), "levels": int(maps), "batch": int(batch),
+                       "temperature": float(temp), "dtype": dtype, "device": device, "seed": int(self.seed)}
 
 
 @dataclass
@@ -223,9 +285,11 @@ def _check_with_the_core(config: SweepConfig) -> None:
 
     from ..validation import check_temperatures
 
+    maps = sorted({structure_maps(s, d, levels) for s in config.structures for d in config.dims
+                   for levels in config.levels})
     for t in config.temperatures:
-        for levels, dt in itertools.product(config.levels, config.dtypes):
-            try:  # the core's accepted range for this dtype and number of levels
+        for levels, dt in itertools.product(maps, config.dtypes):
+            try:  # the core's accepted range for this dtype and number of levels (maps)
                 check_temperatures([float(t)] * levels, levels, dtype=getattr(torch, dt))
             except ValueError as err:
                 raise ValueError(f"--temperature {t:g} with {levels} levels in {dt}: {err}") from err

@@ -3,12 +3,16 @@
 * ``gaussian``: every level i.i.d. ``N(0, scale²)``.
 * ``lesion``: "lesion-like" peaked maps: a few smooth blobs of random position, width
   and height on the finest level plus noise; every coarser level sees the pooled blob
-  map plus its own noise, so the levels agree roughly, as trained attention heads do.
+  map plus its own noise, so the levels agree roughly, as trained attention heads do.  On
+  a graph of maps, every map without a finer one gets blobs (one blob map, shared: heads
+  and resolutions that look at the same lesions), and every other map the mean of its finer
+  maps' blob maps, mean-pooled along its edges.
 * ``model``: scores of a trained attention CNN (needs a checkpoint). The experiment wing
   registers it (:func:`register_generator`; :mod:`convex_attention.paper.model_scores`),
   so the harness never imports the experiment.
 
-``generate(name, h, batch, seed, scale)`` returns ``L`` float64 tensors ``(B, *h.shapes[k])``.
+``generate(name, h, batch, seed, scale)`` returns ``M`` float64 tensors ``(B, *h.shapes[k])``
+(``h``: a hierarchy or any graph of maps).
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..graph import Graph
 from ..hierarchy import Hierarchy
 
 __all__ = ["GENERATORS", "generate", "gaussian_scores", "lesion_scores", "register_generator", "random_parents"]
@@ -42,10 +47,12 @@ def _blob_map(shape: tuple[int, ...], batch: int, g: torch.Generator, max_blobs:
     return out.clamp(max=1.0)
 
 
-def lesion_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, noise: float = 0.3,
+def lesion_scores(h: Graph, batch: int, seed: int = 0, scale: float = 1.0, noise: float = 0.3,
                   **_) -> list[Tensor]:
-    """Peaked maps: ``scale · (4·blobs + noise)`` with blobs shared across levels."""
+    """Peaked maps: ``scale · (4·blobs + noise)`` with blobs shared across levels (maps)."""
     g = torch.Generator().manual_seed(seed)
+    if not isinstance(h, Hierarchy):
+        return _graph_lesion_scores(h, batch, g, scale, noise)
     if not h.is_grid:
         return gaussian_scores(h, batch, seed, scale)
     blobs = _blob_map(h.shapes[0], batch, g)
@@ -55,6 +62,47 @@ def lesion_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, n
             blobs = h.aggregate(blobs, k - 1) / math.prod(h.factors[k - 1])
         scores.append(scale * (4.0 * blobs + noise * torch.randn((batch,) + shape, generator=g, dtype=torch.float64)))
     return scores
+
+
+def _block_mean(x: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """``x`` ``(B, *fine)`` averaged over blocks onto ``(B, *shape)`` (each side of ``shape`` divides ``fine``'s)."""
+    fine = x.shape[1:]
+    split: list[int] = []
+    for n, m in zip(fine, shape):
+        split += [m, n // m]
+    return x.reshape((x.shape[0],) + tuple(split)).mean(dim=tuple(range(2, 2 * len(shape) + 1, 2)))
+
+
+def _graph_lesion_scores(h: Graph, batch: int, g: torch.Generator, scale: float, noise: float) -> list[Tensor]:
+    """:func:`lesion_scores` on a graph: blobs on every map without a finer one (one blob map for
+    the largest such grid, block-averaged for the smaller ones that divide it), the mean-pooled
+    blobs of the finer maps on every other, then noise."""
+    blobs: list[Tensor | None] = [None] * h.num_maps
+    sources = [k for k in h.order if not h.in_edges[k]]
+    largest = max((h.shapes[k] for k in sources), key=math.prod)
+    drawn: dict = {largest: _blob_map(largest, batch, g)}
+    for k in h.order:  # finer maps first
+        if not h.in_edges[k]:
+            shape = h.shapes[k]
+            if shape not in drawn:
+                if len(shape) == len(largest) and all(n % m == 0 for n, m in zip(largest, shape)):
+                    drawn[shape] = _block_mean(drawn[largest], shape)  # the same lesions, seen coarser
+                else:
+                    drawn[shape] = _blob_map(shape, batch, g)
+            blobs[k] = drawn[shape]
+            continue
+        pooled = []
+        for e in h.in_edges[k]:
+            fine = blobs[h.edges[e][0]]
+            assert fine is not None
+            counts = h.aggregate(torch.ones_like(fine[:1]), e)
+            pooled.append(h.aggregate(fine, e) / counts)
+        blobs[k] = sum(pooled[1:], pooled[0]) / len(pooled)
+    out = []
+    for b, shape in zip(blobs, h.shapes):
+        assert b is not None
+        out.append(scale * (4.0 * b + noise * torch.randn((batch,) + shape, generator=g, dtype=torch.float64)))
+    return out
 
 
 GENERATORS = {"gaussian": gaussian_scores, "lesion": lesion_scores}

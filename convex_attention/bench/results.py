@@ -23,12 +23,13 @@ from dataclasses import asdict, is_dataclass
 from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import atomic_csv, atomic_write_text, clean_stale_tmp, csv_field, json_safe, row_checksum
 from ..io.tables import ResultsFormatError, Schema, read_rows
+from .config import STRUCTURES
 
 __all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows", "existing_rows", "check_start_over",
            "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "OUTPUTS"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
-KEY_FIELDS = ("method", "backend", "dual_kind", "generator", "scale", "dims", "size", "levels", "batch",
+KEY_FIELDS = ("method", "backend", "dual_kind", "structure", "generator", "scale", "dims", "size", "levels", "batch",
               "temperature", "dtype", "device", "seed")
 _TIMES = ("fwd_ms", "fwd_ms_q1", "fwd_ms_q3", "bwd_ms", "bwd_ms_q1", "bwd_ms_q3", "total_ms", "total_ms_q1",
           "total_ms_q3")
@@ -36,8 +37,8 @@ COLUMNS = ("cell", "status", "reason") + KEY_FIELDS + (
     "shapes", "n_cells", "timed_batch", "repeats") + _TIMES + (
     "per_sample_ms", "peak_mem_mb", "estimate_s", "violation_max", "violation_mean", "max_abs_err", "primal_gap",
     "dual_gap", "iterations_mean", "iterations_max", "row_id", "checksum")
-CONVERGENCE_COLUMNS = ("row_id", "cell", "dims", "size", "levels", "temperature", "iteration", "violation_mean",
-                       "violation_max", "dual_gap_mean", "dual_gap_max", "checksum")
+CONVERGENCE_COLUMNS = ("row_id", "cell", "structure", "dims", "size", "levels", "temperature", "iteration",
+                       "violation_mean", "violation_max", "dual_gap_mean", "dual_gap_max", "checksum")
 STATUSES = ("ok", "skipped", "error")
 # the files a sweep writes into its folder
 OUTPUTS = ("bench.csv", "bench.json", "convergence.csv")
@@ -49,11 +50,12 @@ BENCH_SCHEMA = Schema(
     floats=frozenset({"scale", "temperature", *_TIMES, "per_sample_ms", "peak_mem_mb", "estimate_s",
                       "violation_max", "violation_mean", "max_abs_err", "primal_gap", "dual_gap",
                       "iterations_mean"}),
-    choices=(("status", STATUSES),))
+    choices=(("status", STATUSES), ("structure", STRUCTURES)))
 CONVERGENCE_SCHEMA = Schema(
     "convergence", CONVERGENCE_COLUMNS,
     ints=frozenset({"cell", "dims", "size", "levels", "iteration"}),
-    floats=frozenset({"temperature", "violation_mean", "violation_max", "dual_gap_mean", "dual_gap_max"}))
+    floats=frozenset({"temperature", "violation_mean", "violation_max", "dual_gap_mean", "dual_gap_max"}),
+    choices=(("structure", STRUCTURES),))
 
 
 def _key_value(v) -> str:

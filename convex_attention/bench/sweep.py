@@ -1,7 +1,13 @@
-"""The ``convex-attention bench`` sweep: grid sizes, levels, batch sizes, dimensionality,
-temperatures, dtypes and devices; every measure of docs/design.md §6 per method (and per
-cvxpylayers backend, and per learned-dual kind), committed row by row to
+"""The ``convex-attention bench`` sweep: structure families, grid sizes, levels, batch sizes,
+dimensionality, temperatures, dtypes and devices; every measure of docs/design.md §6 per method
+(and per cvxpylayers backend, and per learned-dual kind), committed row by row to
 ``bench.csv``/``bench.json`` by :class:`~.results.ResultsWriter`.
+
+Every method of the registry that solves a cell's structure is measured on it; a method that
+cannot (``exact`` on a graph that is not a forest) gets a ``skipped`` row whose reason is the
+registry's refusal.  Accuracy is measured against a float64 reference: the closed form on
+forests, the dual solver at tolerance 1e-11 elsewhere (certified by its violation and its
+duality gap; a cell whose reference is not certified leaves the accuracy columns empty).
 
 Timed cases (:mod:`.cases`) run forward and backward separately, interleaved with the other
 cases of the same cell so that ratios share the machine's noise; one global warm-up runs
@@ -11,6 +17,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +26,7 @@ import torch
 from .. import cvx, metrics
 from ..cvx import BACKENDS, available_backends, backend_unavailable_reason, get_backend
 from ..dual import solve_dual
+from ..graph import Graph
 from ..hierarchy import Hierarchy
 from ..io.lock import results_lock
 from ..methods import get_method
@@ -35,6 +43,7 @@ from .results import (
     ResultsWriter,
     row_key,
 )
+from .structures import structure_graph
 from .targets import amortised_targets
 from .timing import measure_interleaved, peak_memory_mb
 
@@ -66,8 +75,30 @@ def resolve_backends(config: SweepConfig) -> list[str]:
     return list(dict.fromkeys(config.cvx_backends))
 
 
-def hierarchy_for(cell: dict, factor: int) -> Hierarchy:
-    return Hierarchy.grid([(cell["size"] // factor ** k,) * cell["dims"] for k in range(cell["levels"])])
+def hierarchy_for(cell: dict, factor: int) -> Graph:
+    """The structure of a cell: a hierarchy of grids for a chain (as before structures existed),
+    else the family's graph (:func:`convex_attention.bench.structures.structure_graph`; its
+    regions drawn from the cell's seed)."""
+    structure = cell.get("structure") or "chain"
+    if structure == "chain":
+        return Hierarchy.grid([(cell["size"] // factor ** k,) * cell["dims"] for k in range(cell["levels"])])
+    return structure_graph(structure, cell["size"], cell["dims"], factor=factor, seed=cell["seed"])
+
+
+# The reference of the accuracy columns on structures without a closed form: the dual solver in
+# float64 at this tolerance (violation and relative duality gap), certified or not used.
+REFERENCE_TOL = 1e-11
+
+
+def reference_solution(scores64, h: Graph, temps):
+    """The float64 reference of a cell and whether it is certified: the closed form on forests;
+    elsewhere the dual solver to :data:`REFERENCE_TOL` (not certified where it stops short)."""
+    if h.is_forest:
+        return solve(scores64, h, "exact", temperature=temps), True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # reported through `certified`
+        sol = solve(scores64, h, "dual", temperature=temps, tol=REFERENCE_TOL, max_iter=5000, strict=False)
+    return sol, bool(sol.info["converged"].all())
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -199,8 +230,9 @@ def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log,
                 log(f"the warm-up failed ({_reason(err)}); each cell reports its own errors")
         bar = tqdm(pending, desc="bench", unit="cell", disable=not progress, dynamic_ncols=True)
         for index, cell, todo in bar:
-            bar.set_postfix_str(f"{cell['dims']}-D {cell['size']}^{cell['dims']} L={cell['levels']} "
-                                f"B={cell['batch']} τ={cell['temperature']:g} {cell['dtype']} {cell['device']}")
+            bar.set_postfix_str(f"{cell['structure']} {cell['dims']}-D {cell['size']}^{cell['dims']} "
+                                f"M={cell['levels']} B={cell['batch']} τ={cell['temperature']:g} {cell['dtype']} "
+                                f"{cell['device']}")
             _run_cell(config, cell, index, todo, writer)
         bar.close()
         if stopped:
@@ -223,16 +255,17 @@ def _wanted_rows(config: SweepConfig, cell: dict, backends: list[str]) -> list[d
 
 @dataclass
 class _Cell:
-    """One cell's instance: the hierarchy, the evaluated scores and the exact reference."""
+    """One cell's instance: the structure, the evaluated scores and the float64 reference."""
     index: int
     spec: dict
-    h: Hierarchy
+    h: Graph
     base: dict  # the columns every row of the cell shares
     device: str
     dtype: torch.dtype
     temps: list
-    scores64: list  # L float64 CPU tensors (B, *shapes[k]): the evaluated (held-out) instances
-    exact64: object  # the exact Solution of scores64
+    scores64: list  # M float64 CPU tensors (B, *shapes[k]): the evaluated (held-out) instances
+    reference64: object  # the reference Solution of scores64 (reference_solution)
+    certified: bool  # whether the reference is certified (always on forests)
     scores: list  # scores64 in the cell's dtype and device, requiring grad
     weights: list  # the linear loss's weights, like scores
 
@@ -249,13 +282,22 @@ def _reason(err: BaseException) -> str:
 def _run_cell(config: SweepConfig, cell: dict, index: int, todo: list[dict], writer: ResultsWriter) -> None:
     """Measure the pending rows of one cell: the fast methods timed together, then the
     reference solver per backend under the time budget.  Whatever of it fails becomes
-    error rows with the reason (``--resume`` retries them)."""
+    error rows with the reason (``--resume`` retries them); a method that cannot solve the
+    cell's structure is a skipped row whose reason is the registry's refusal."""
     try:
         c = _prepare_cell(config, cell, index)
     except _CELL_FAILURES as err:  # the instance itself could not be made (e.g. allocated)
         for r in todo:
             writer.commit({**_cell_columns(config, cell, index), **r, "status": "error", "reason": _reason(err)})
         return
+    unsolvable = []
+    for r in todo:
+        try:
+            get_method(r["method"]).check_structure(c.h)
+        except ValueError as err:  # the registry's refusal is the reason, recorded as information
+            writer.commit({**c.base, **r, "status": "skipped", "reason": str(err)[:300]})
+            unsolvable.append(r)
+    todo = [r for r in todo if r not in unsolvable]
     fast = [r for r in todo if not _has_backends(get_method(r["method"]))]
     if fast:
         try:
@@ -285,13 +327,13 @@ def _prepare_cell(config: SweepConfig, cell: dict, index: int) -> _Cell:
     device, dtype = cell["device"], _dtype(cell["dtype"])
     scores64 = generate(config.generator, h, cell["batch"], seed=config.seed, scale=config.scale,
                         **_generator_kwargs(config))
-    temps = [cell["temperature"]] * h.num_levels
-    exact64 = solve(scores64, h, "exact", temperature=temps)
+    temps = [cell["temperature"]] * h.num_maps
+    reference64, certified = reference_solution(scores64, h, temps)
     g = torch.Generator().manual_seed(config.seed + 7)
     weights = [torch.randn(s.shape, generator=g, dtype=torch.float64).to(device=device, dtype=dtype) for s in scores64]
     scores = [s.to(device=device, dtype=dtype, copy=True).requires_grad_() for s in scores64]  # never alias scores64
     base = _cell_columns(config, cell, index)
-    return _Cell(index, cell, h, base, device, dtype, temps, scores64, exact64, scores, weights)
+    return _Cell(index, cell, h, base, device, dtype, temps, scores64, reference64, certified, scores, weights)
 
 
 def _generator_kwargs(config: SweepConfig) -> dict:
@@ -317,10 +359,10 @@ def _learned_duals(config: SweepConfig, c: _Cell, kinds: set) -> tuple[dict, obj
     train = _training_scores(config, c.h) if kinds & {"fitted", "amortised"} else None
     fitted = fit_shared_duals(c.h, train, c.temps, config.fit_steps, fit_dtype, c.device) if train else None
     if fitted is None:
-        fitted = [torch.zeros((1,) + s) for s in c.h.shapes[1:]]
+        fitted = [torch.zeros((1,) + c.h.shapes[b]) for _, b in c.h.edges]
     duals["fitted"] = fitted
     duals["zero"] = [torch.zeros_like(d) for d in fitted]
-    duals["per_sample"] = c.exact64.duals
+    duals["per_sample"] = c.reference64.duals
     duals = {k: [d.to(device=c.device, dtype=c.dtype) for d in v] for k, v in duals.items()}
     if not _half(c.dtype):
         for d in duals["fitted"]:
@@ -356,7 +398,9 @@ def _measure_fast(config: SweepConfig, c: _Cell, todo: list[dict], writer: Resul
             row.update(_timing_fields(timings[name], c.spec["batch"]),
                        peak_mem_mb=peak_memory_mb(cases[name], c.device))
         sol = _solution(config, c, method, kind, duals, amortiser)
-        row.update(_accuracy(sol, c.scores64, c.h, c.temps, c.exact64))
+        row.update(_accuracy(sol, c.scores64, c.h, c.temps, c.reference64, c.certified))
+        if not c.certified:
+            row["reason"] = "; ".join(filter(None, [row["reason"], _UNCERTIFIED]))
         convergence = None
         if "iterations" in sol.info:
             it = sol.info["iterations"].float()
@@ -400,13 +444,20 @@ def _timing_fields(meas, batch: int) -> dict:
             "per_sample_ms": meas.total_median / batch}
 
 
-def _accuracy(sol, scores64, h, temps, exact64) -> dict:
+_UNCERTIFIED = (f"the float64 reference (dual solver at {REFERENCE_TOL:g}) did not certify this cell: "
+                f"max_abs_err, primal_gap and dual_gap left empty")
+
+
+def _accuracy(sol, scores64, h, temps, reference64, certified: bool = True) -> dict:
+    """Violation (always), and the measures against the float64 reference (where it is certified)."""
     probs = [p.detach().to(torch.float64).cpu() for p in sol.probs]
-    f_star = exact64.objective
     violation = metrics.violation(probs, h)
     out = {"violation_max": float(violation.max()), "violation_mean": float(violation.mean()),
-           "max_abs_err": float(metrics.max_abs_err(probs, exact64.probs).max()),
-           "primal_gap": float("nan"), "dual_gap": float("nan")}
+           "max_abs_err": float("nan"), "primal_gap": float("nan"), "dual_gap": float("nan")}
+    if not certified:
+        return out
+    f_star = reference64.objective
+    out["max_abs_err"] = float(metrics.max_abs_err(probs, reference64.probs).max())
     if get_method(sol.method).consistent:  # the primal gap is defined for feasible p
         out["primal_gap"] = float(metrics.primal_gap(f_star, scores64, probs, temps).max())
     if sol.duals is not None:
@@ -417,14 +468,19 @@ def _accuracy(sol, scores64, h, temps, exact64) -> dict:
 
 def _convergence_rows(config: SweepConfig, c: _Cell) -> list[dict]:
     """The dual solver's history on the cell's instances (float64): violation and dual gap
-    per sweep."""
-    res = solve_dual(c.scores64, c.h, c.temps, tol=min(config.dual_tol, 1e-10), max_iter=5000, strict=False,
-                     record_history=True)
+    ``g(λ) − f*`` per sweep (``f*`` from the reference; the gap columns are empty where the
+    reference is not certified)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a sample that stops short shows in its history
+        res = solve_dual(c.scores64, c.h, c.temps, tol=min(config.dual_tol, 1e-10), max_iter=5000, strict=False,
+                         record_history=True)
     hist = res["history"]
-    gaps = hist["dual_objective"] - c.exact64.objective
+    gaps = hist["dual_objective"] - c.reference64.objective
+    if not c.certified:
+        gaps = torch.full_like(gaps, float("nan"))
     b = c.base
-    return [{"cell": b["cell"], "dims": b["dims"], "size": b["size"], "levels": b["levels"],
-             "temperature": b["temperature"], "iteration": i, "violation_mean": float(v.mean()),
+    return [{"cell": b["cell"], "structure": b["structure"], "dims": b["dims"], "size": b["size"],
+             "levels": b["levels"], "temperature": b["temperature"], "iteration": i, "violation_mean": float(v.mean()),
              "violation_max": float(v.max()), "dual_gap_mean": float(gp.mean()), "dual_gap_max": float(gp.max())}
             for i, (v, gp) in enumerate(zip(hist["violation"], gaps))]
 
@@ -469,10 +525,11 @@ def _reference_row(config: SweepConfig, c: _Cell, r: dict, rows: list[dict]) -> 
     except Exception as err:  # SolverFailure names the backend, the sample and the status
         return {**r, "status": "error", "estimate_s": estimate,
                 "reason": f"{type(err).__name__}: {err}"[:300]}
-    sub_exact = solve(sub, c.h, "exact", temperature=c.temps)
-    return {**r, "status": "ok", "reason": f"timed on {batch} of {c.spec['batch']} samples", "estimate_s": estimate,
+    sub_reference, certified = reference_solution(sub, c.h, c.temps)
+    reason = f"timed on {batch} of {c.spec['batch']} samples" + ("" if certified else f"; {_UNCERTIFIED}")
+    return {**r, "status": "ok", "reason": reason, "estimate_s": estimate,
             **_timing_fields(meas, batch), "peak_mem_mb": float("nan"),
-            **_accuracy(last["solution"], sub, c.h, c.temps, sub_exact)}
+            **_accuracy(last["solution"], sub, c.h, c.temps, sub_reference, certified)}
 
 
 # ----------------------------------------------------------------------------- the global warm-up
@@ -491,8 +548,11 @@ def _global_warmup(config: SweepConfig, pending: list) -> float:
             continue
         seen.add(key)
         h = hierarchy_for(cell, config.factor)
+        fast = [m for m in fast if get_method(m).accepts(h)]
+        if not fast:
+            continue
         dtype = _dtype(cell["dtype"])
-        temps = [cell["temperature"]] * h.num_levels
+        temps = [cell["temperature"]] * h.num_maps
         cases = {m: make_case(m, h, cell["batch"], dtype, cell["device"], temperature=temps, seed=config.seed + 11,
                               options=_options(config, get_method(m))) for m in fast}
         measure_interleaved(cases, device=cell["device"], repeats=0, warmup=max(config.warmup, 2))

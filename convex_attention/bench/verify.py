@@ -1,15 +1,25 @@
 """``convex-attention verify``: dual solutions checked against exact solvers.
 
-On random instances (2-D/3-D grids, irregular partitions, 2–3 levels, temperatures in
-[0.3, 3] that differ per level) the dual solver's ``λ`` and ``p(λ)`` are compared with
+On random instances (chains: 2-D/3-D grids, irregular partitions, 2–3 levels; and small random
+graphs of every structure family of :mod:`convex_attention.bench.structures`: stars, axial,
+grid + regions, mixed; temperatures in [0.3, 3] that differ per map) the dual solver's ``λ``
+and ``p(λ)`` are compared with
 
 * a plain CVXPY solve (Clarabel, tolerances 1e-12; no cvxpylayers involved),
 * the ``cvxpylayers`` layer (default backend; probabilities to the larger of the primal
   tolerance and the distance the layer's own certificate allows, see below),
 
-and the closed form is compared with both.  Optimality is checked directly too: the
+and the closed form is compared with both where it applies (forests: chains and stars; on
+other graphs no ``exact`` row is requested).  Optimality is checked directly too: the
 duality gap ``g(λ) − f*``, KKT stationarity (``p_k ∝ exp(η_k/τ_k)``, i.e. the reference
 primal equals ``p(λ)``) and feasibility (``violation``).  Each check has its tolerance.
+
+With the built-in solver, its implicit gradients are checked against central finite
+differences of the solution (``dual.gradient_vs_fd``: scores, ``dual.temperature_gradient_vs_fd``:
+temperatures, along random directions, relative error).  cvxpylayers' own gradient (default
+backend) against the same finite differences is *reported* beside them
+(``info.cvxpylayers[<backend>].gradient_vs_fd``, status ``info``, no
+tolerance: its gradients are known to be inaccurate, docs/benchmarks.md), never a check.
 
 Every requested ``cvxpylayers`` backend (default: every one that can run here) is checked
 against the plain CVXPY reference at its default options: its own certificate
@@ -31,7 +41,8 @@ Every requested check gets a row (:class:`CheckResult`) with a ``status``: ``pas
 called ``sys.exit``, returned something that is not duals or, isolated, ended its process,
 crashed or ran past its timeout: one ``<part>.run`` row with the reason in one line) or
 ``skipped`` (requested but not run, because a part it needs failed).  Only ``pass`` counts
-as passed, so a check that did not run never passes.  Backends that cannot run here (not
+as passed, so a check that did not run never passes.  Rows of status ``info`` are
+measurements reported beside the checks, not checks: they neither pass nor fail.  Backends that cannot run here (not
 installed) are not requested by default; :func:`backend_skips` says why, in one line each.
 """
 from __future__ import annotations
@@ -54,20 +65,27 @@ from ..cvx import (
     get_layer,
 )
 from ..dual import reparameterized_logits, reparameterized_probs
+from ..graph import Graph
 from ..hierarchy import Hierarchy
 from ..io.files import atomic_csv
 from ..methods import get_method
 from ..solve import solve
 from .generators import generate, random_parents
 from .isolation import IsolatedSolver, SolverFailed, describe, load_solver, returned_duals
+from .structures import random_structure
 
 __all__ = ["TOLERANCES", "CheckResult", "COLUMNS", "verify_instances", "random_instances", "load_solver",
-           "solver_label", "backend_skips", "check_backends", "write_csv", "format_table", "all_passed"]
+           "solver_label", "backend_skips", "check_backends", "write_csv", "format_table", "all_passed", "KINDS",
+           "QUICK_INSTANCES"]
 
 # Probabilities in float64 to 1e-6 (the reference's own accuracy is ~1e-9); duals are
 # less well conditioned (small probabilities), 1e-4; objectives to 1e-8 (relative).
 TOLERANCES = {"primal": 1e-6, "duals": 1e-4, "gap": 1e-8, "kkt": 1e-6, "feasibility": 1e-6,
-              "exact_kkt": 1e-9, "exact_feasibility": 1e-9, "reference": 1e-9}
+              "exact_kkt": 1e-9, "exact_feasibility": 1e-9, "reference": 1e-9, "gradient": 1e-6}
+# Gradients by central differences of step _FD_STEP along a random direction, of the solution at
+# tolerance _FD_TOL (its error, ~1e-12, divided by the step, stays far below the tolerance).
+_FD_STEP = 1e-5
+_FD_TOL = 1e-12
 
 # The rows of each part, so that a part that cannot run still lists what it did not check.
 _SOLVER_CHECKS = ("primal_vs_cvxpy", "duals_vs_cvxpy", "primal_vs_layer", "duals_vs_layer", "duality_gap",
@@ -75,6 +93,15 @@ _SOLVER_CHECKS = ("primal_vs_cvxpy", "duals_vs_cvxpy", "primal_vs_layer", "duals
 _EXACT_CHECKS = ("primal_vs_cvxpy", "duals_vs_cvxpy", "primal_vs_layer", "duals_vs_layer", "kkt_stationarity",
                  "duality_gap", "feasibility")
 _BACKEND_CHECKS = ("certificate", "primal_vs_cvxpy", "dual_gap_vs_cvxpy")
+_GRADIENT_CHECKS = ("gradient_vs_fd", "temperature_gradient_vs_fd")
+
+# The kinds of random instances, in the order they cycle: the chains (as before graphs existed,
+# so the first six instances of a seed are unchanged), then every other structure family.
+KINDS = ("2d-2lvl", "3d-2lvl", "irregular-3lvl", "2d-3lvl", "3d-3lvl", "irregular-2lvl", "star", "axial",
+         "grid_regions", "mixed")
+_FAMILIES = ("star", "axial", "grid_regions", "mixed")
+#: ``verify --quick``: one small instance of every kind.
+QUICK_INSTANCES = len(KINDS)
 
 
 @dataclass
@@ -99,16 +126,21 @@ COLUMNS = tuple(f.name for f in fields(CheckResult))
 
 
 def random_instances(n: int, seed: int = 0, quick: bool = False):
-    """``n`` instances cycling through the kinds; yields ``(name, h, scores, temps)``."""
+    """``n`` instances cycling through :data:`KINDS` (chains, then a random graph of each
+    structure family in turn); yields ``(name, h, scores, temps)``."""
     g = torch.Generator().manual_seed(seed)
-    kinds = ["2d-2lvl", "3d-2lvl", "irregular-3lvl", "2d-3lvl", "3d-3lvl", "irregular-2lvl"]
     for i in range(n):
-        kind = kinds[i % len(kinds)]
+        kind = KINDS[i % len(KINDS)]
         pick = lambda options: options[int(torch.randint(len(options), (1,), generator=g))]  # noqa: E731
-        h = _irregular(kind, g, quick) if kind.startswith("irregular") else _grid(kind, pick, quick)
+        h: Graph
+        if kind in _FAMILIES:
+            h = random_structure(kind, g, quick)
+        else:
+            h = _irregular(kind, g, quick) if kind.startswith("irregular") else _grid(kind, pick, quick)
         batch = 2
-        temps = (0.3 + 2.7 * torch.rand(h.num_levels, generator=g, dtype=torch.float64)).tolist()
-        gen = "lesion" if h.is_grid and i % 2 == 0 else "gaussian"
+        temps = (0.3 + 2.7 * torch.rand(h.num_maps, generator=g, dtype=torch.float64)).tolist()
+        grid = getattr(h, "is_grid", kind in _FAMILIES)
+        gen = "lesion" if grid and i % 2 == 0 else "gaussian"
         scores = generate(gen, h, batch, seed=seed * 1000 + i, scale=2.0)
         yield f"{kind} {'+'.join('x'.join(map(str, s)) for s in h.shapes)}", h, scores, temps
 
@@ -176,7 +208,7 @@ def _default_dual_solver(scores, h, temps):
     return solve(scores, h, "dual", temperature=temps, tol=1e-11, max_iter=20000).duals
 
 
-def kkt_residual(probs, duals, scores, h: Hierarchy, temps) -> float:
+def kkt_residual(probs, duals, scores, h: Graph, temps) -> float:
     """Stationarity of the Lagrangian: ``r_k = η_k(λ) − τ_k log p_k`` must be constant over
     the cells of each level.  Returns ``max_k max_i p_k(i) |r_k(i) − Σ_j p_k(j) r_k(j)|``
     (weighted by ``p`` so that vanishing probabilities, whose logarithm is ill-determined,
@@ -249,6 +281,7 @@ def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = 
     tol = {**TOLERANCES, **(tolerances or {})}
     backends = check_backends(backends)  # before any work
     label = solver_name or solver_label(dual_solver)
+    builtin = dual_solver is None
     dual_solver = dual_solver or _default_dual_solver
     cvx_method = get_method("cvxpylayers").name
     results: list[CheckResult] = []
@@ -256,8 +289,9 @@ def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = 
     for i, (name, h, scores, temps) in enumerate(tqdm(instances, desc="verify", disable=not progress)):
         rows = _Rows(results, i, name)
         ref = _reference(rows, h, scores, temps, tol)
+        closed_form = get_method("exact").accepts(h)
         if ref is None:  # every comparison needs it
-            for part, checks in [(label, _SOLVER_CHECKS), ("exact", _EXACT_CHECKS)] + \
+            for part, checks in [(label, _SOLVER_CHECKS)] + ([("exact", _EXACT_CHECKS)] if closed_form else []) + \
                     [(f"{cvx_method}[{b}]", _BACKEND_CHECKS) for b in backends]:
                 for c in checks:
                     rows.add(f"{part}.{c}", math.nan, math.nan, "skipped", "not run: the CVXPY reference failed")
@@ -269,7 +303,10 @@ def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = 
             cert = _backend_certificate(h, temps, _flat(scores), layer.solution)
             layer.tol = max(layer.tol, math.sqrt(2 * cert * ref.scale / min(temps)) + cert)
         _check_dual_solver(rows, label, dual_solver, h, scores, temps, ref, layer, tol)
-        _check_exact(rows, h, scores, temps, ref, layer, tol)
+        if closed_form:  # the closed form exists on forests only
+            _check_exact(rows, h, scores, temps, ref, layer, tol)
+        if builtin:
+            _check_gradients(rows, h, scores, temps, tol, DEFAULT_BACKEND in backends, seed=i)
     return results
 
 
@@ -288,7 +325,7 @@ def _flat(scores) -> list:
     return [s.reshape(B, -1) for s in scores]
 
 
-def _reference(rows: _Rows, h: Hierarchy, scores, temps, tol: dict) -> _Reference | None:
+def _reference(rows: _Rows, h: Graph, scores, temps, tol: dict) -> _Reference | None:
     """The plain CVXPY reference, certified by its own certificate (primal residual and
     relative duality gap, the test every backend passes), whatever Clarabel's status label;
     ``None`` (and an error row) when it fails."""
@@ -297,8 +334,8 @@ def _reference(rows: _Rows, h: Hierarchy, scores, temps, tol: dict) -> _Referenc
     try:
         layer = get_layer(h, temps)
         refs = [layer.reference_solve([s[b].reshape(-1).numpy() for s in scores]) for b in range(B)]
-        ref_p = [torch.from_numpy(np.stack([r[0][k] for r in refs])) for k in range(h.num_levels)]
-        ref_d = [torch.from_numpy(np.stack([r[1][k] for r in refs])) for k in range(h.num_levels - 1)]
+        ref_p = [torch.from_numpy(np.stack([r[0][k] for r in refs])) for k in range(h.num_maps)]
+        ref_d = [torch.from_numpy(np.stack([r[1][e] for r in refs])) for e in range(h.num_edges)]
         # f* evaluated here: CVXPY's value is -inf when a probability ends a hair below 0
         f_star = metrics.objective(flat, ref_p, temps)
     except (SystemExit, Exception) as exc:
@@ -308,7 +345,7 @@ def _reference(rows: _Rows, h: Hierarchy, scores, temps, tol: dict) -> _Referenc
     return _Reference(ref_p, ref_d, f_star, float(f_star.abs().clamp(min=1).max()))
 
 
-def _check_backends(rows: _Rows, h: Hierarchy, scores, temps, ref: _Reference, backends, tol: dict):
+def _check_backends(rows: _Rows, h: Graph, scores, temps, ref: _Reference, backends, tol: dict):
     """Every backend against the reference; returns the default backend's solution (the
     layer, solved here if it was not among ``backends``) and why it is missing."""
     cvx_method = get_method("cvxpylayers").name
@@ -353,7 +390,7 @@ def _compare(rows: _Rows, part: str, probs, duals, ref: _Reference, layer: _Laye
         rows.add(f"{part}.duals_vs_layer", _max_abs(duals, layer.solution.duals), tol["duals"])
 
 
-def _check_dual_solver(rows: _Rows, label: str, dual_solver, h: Hierarchy, scores, temps, ref: _Reference,
+def _check_dual_solver(rows: _Rows, label: str, dual_solver, h: Graph, scores, temps, ref: _Reference,
                        layer: _Layer, tol: dict) -> None:
     """The dual solver under test (the user's code: anything may come out of it)."""
     B = scores[0].shape[0]
@@ -375,7 +412,7 @@ def _check_dual_solver(rows: _Rows, label: str, dual_solver, h: Hierarchy, score
     rows.add(f"{label}.feasibility", float(metrics.violation(p_dual, h).max()), tol["feasibility"])
 
 
-def _solver_duals(dual_solver, scores, h: Hierarchy, temps) -> list:
+def _solver_duals(dual_solver, scores, h: Graph, temps) -> list:
     """The duals of one instance as float64 arrays (:func:`~.isolation.returned_duals`);
     SolverFailed with the reason otherwise."""
     if isinstance(dual_solver, IsolatedSolver):
@@ -394,7 +431,7 @@ def _solver_duals(dual_solver, scores, h: Hierarchy, temps) -> list:
         raise SolverFailed(f"returned a value that {describe(exc)} when read") from None
 
 
-def _check_exact(rows: _Rows, h: Hierarchy, scores, temps, ref: _Reference, layer: _Layer, tol: dict) -> None:
+def _check_exact(rows: _Rows, h: Graph, scores, temps, ref: _Reference, layer: _Layer, tol: dict) -> None:
     """The closed form against the reference and the layer, and its own optimality."""
     try:
         ex = solve(scores, h, "exact", temperature=temps)
@@ -408,7 +445,60 @@ def _check_exact(rows: _Rows, h: Hierarchy, scores, temps, ref: _Reference, laye
     rows.add("exact.feasibility", float(ex.violation.max()), tol["exact_feasibility"])
 
 
-def _backend_certificate(h: Hierarchy, temps, flat_scores, sol) -> float:
+def _check_gradients(rows: _Rows, h: Graph, scores, temps, tol: dict, report_layer: bool, seed: int) -> None:
+    """The implicit gradients of the built-in ``"dual"`` method against central finite
+    differences of its solution, along a random direction of the scores and one of the
+    temperatures, for the loss ``Σ_k <w_k, p_k>`` with random ``w``; relative error
+    ``|analytic − fd| / max(|analytic|, |fd|, 1e-8)``.  With ``report_layer``, the default
+    cvxpylayers backend's gradient along the same score direction is reported (``info``)."""
+    g = torch.Generator().manual_seed(7919 + seed)
+    weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+    direction = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+    tau_direction = torch.tensor(temps, dtype=torch.float64) * (torch.rand(len(temps), generator=g,
+                                                                            dtype=torch.float64) - 0.5)
+
+    def loss(s, t, method="dual"):
+        options = {"tol": _FD_TOL, "max_iter": 20000} if method == "dual" else {"backend": DEFAULT_BACKEND}
+        sol = solve(s, h, method, temperature=t, **options)
+        return sum((p * w).sum() for p, w in zip(sol.probs, weights))
+
+    def relative(a: float, b: float) -> float:
+        return abs(a - b) / max(abs(a), abs(b), 1e-8)
+
+    tau = torch.tensor(temps, dtype=torch.float64)
+    try:
+        x = [s.detach().clone().requires_grad_() for s in scores]
+        t = tau.clone().requires_grad_()
+        grads = torch.autograd.grad(loss(x, t), x + [t])
+        along_scores = float(sum((gr * d).sum() for gr, d in zip(grads[:-1], direction)))
+        along_tau = float((grads[-1] * tau_direction).sum())
+        with torch.no_grad():
+            def shifted(sign):
+                return [s + sign * _FD_STEP * d for s, d in zip(scores, direction)]
+
+            fd_scores = float(loss(shifted(1), tau) - loss(shifted(-1), tau)) / (2 * _FD_STEP)
+            fd_tau = float(loss(list(scores), tau + _FD_STEP * tau_direction)
+                           - loss(list(scores), tau - _FD_STEP * tau_direction)) / (2 * _FD_STEP)
+    except (SystemExit, Exception) as exc:
+        rows.broke("dual", _GRADIENT_CHECKS, exc, {c: tol["gradient"] for c in _GRADIENT_CHECKS})
+        return
+    rows.add("dual.gradient_vs_fd", relative(along_scores, fd_scores), tol["gradient"])
+    rows.add("dual.temperature_gradient_vs_fd", relative(along_tau, fd_tau), tol["gradient"])
+    if not report_layer:
+        return
+    part = f"info.{get_method('cvxpylayers').name}[{DEFAULT_BACKEND}].gradient_vs_fd"
+    try:
+        x = [s.detach().clone().requires_grad_() for s in scores]
+        layer_grads = torch.autograd.grad(loss(x, list(temps), "cvxpylayers"), x)
+        along = float(sum((gr * d).sum() for gr, d in zip(layer_grads, direction)))
+    except (SystemExit, Exception) as exc:
+        rows.add(part, math.nan, math.nan, "info", f"not a check: the layer's backward {describe(exc)}")
+        return
+    rows.add(part, relative(along, fd_scores), math.nan, "info",
+             "cvxpylayers' own gradient against the same finite differences (not a check)")
+
+
+def _backend_certificate(h: Graph, temps, flat_scores, sol) -> float:
     B = flat_scores[0].shape[0]
     probs = [p.detach().reshape(B, -1).to(torch.float64) for p in sol.probs]
     duals = [d.detach().reshape(B, -1).to(torch.float64) for d in sol.duals]
@@ -416,8 +506,10 @@ def _backend_certificate(h: Hierarchy, temps, flat_scores, sol) -> float:
 
 
 def all_passed(results: list[CheckResult]) -> bool:
-    """True only when there are results and every one ran and passed."""
-    return bool(results) and all(r.status == "pass" for r in results)
+    """True only when there are checks and every one ran and passed (``info`` rows are
+    reported measurements, not checks)."""
+    checks = [r for r in results if r.status != "info"]
+    return bool(checks) and all(r.status == "pass" for r in checks)
 
 
 def format_table(results: list[CheckResult], skipped: list[str] = ()) -> str:
@@ -425,7 +517,7 @@ def format_table(results: list[CheckResult], skipped: list[str] = ()) -> str:
     summary line."""
     width = max([len("check")] + [len(r.check) for r in results]) + 2
     case_width = max([len("instance")] + [len(r.case) for r in results]) + 2
-    word = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "skipped": "SKIPPED (not run)"}
+    word = {"pass": "pass", "fail": "FAIL", "error": "ERROR", "skipped": "SKIPPED (not run)", "info": "reported"}
     lines = [f"{'#':>3}  {'instance':<{case_width}}{'check':<{width}}{'error':>11}{'tol':>9}  result"]
     for r in results:
         err = "nan" if math.isnan(r.error) else f"{r.error:.2e}"
@@ -435,7 +527,9 @@ def format_table(results: list[CheckResult], skipped: list[str] = ()) -> str:
     lines += [f"verify: {line}" for line in skipped]
     counts = {s: sum(r.status == s for r in results) for s in ("fail", "error", "skipped")}
     passed = sum(r.status == "pass" for r in results)
-    summary = f"{passed}/{len(results)} checks passed"
+    reported = sum(r.status == "info" for r in results)
+    summary = f"{passed}/{len(results) - reported} checks passed" + (f" ({reported} measurements reported "
+                                                                       f"beside them)" if reported else "")
     extra = [f"{n} {'FAILED' if s == 'fail' else s.upper() if s == 'error' else 'not run'}"
              for s, n in counts.items() if n]
     lines.append(summary + (", " + ", ".join(extra) if extra else ""))

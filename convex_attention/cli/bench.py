@@ -26,6 +26,7 @@ examples:
                          --dtype float32 float64 --out results/big --budget 120
   convex-attention bench --out results/big --resume # continue an interrupted sweep
   convex-attention bench --quick --out results --overwrite  # discard the rows of an earlier run, start over
+  convex-attention bench --structure star axial grid_regions mixed --sizes 16 32 64 --levels 2 --out results/graphs
   convex-attention verify --n 30 --seed 1           # exits 1 if any check fails
   convex-attention verify --dual-solver my_solver.py:solve_duals --timeout 30
   convex-attention plot results                     # figures into results/figures/
@@ -41,8 +42,10 @@ def add_bench_commands(sub) -> None:
 
 def _add_bench(sub) -> None:
     b = sub.add_parser(
-        "bench", help="sweep sizes/levels/batch/dims/temperature/dtype/device and measure every method",
-        description="For every cell of the sweep and every method, measure the median forward and backward "
+        "bench", help="sweep structures/sizes/levels/batch/dims/temperature/dtype/device and measure every method",
+        description="For every cell of the sweep (a structure family at a size: chain, star, axial, "
+                    "grid_regions, mixed) and every method that solves it (the others get a skipped row saying "
+                    "why), measure the median forward and backward "
                     "time (after warm-up, methods interleaved), peak memory, violation (max and mean), "
                     "max_abs_err against exact (float64), primal_gap and dual_gap; dual also records its "
                     "iterations; learned_dual is reported for four λ: zero, fitted on training instances "
@@ -75,10 +78,13 @@ def _add_bench(sub) -> None:
 def _add_verify(sub) -> None:
     v = sub.add_parser(
         "verify", help="check dual solutions against CVXPY, cvxpylayers and the closed form (exit 1 on failure)",
-        description="On random instances (2-D/3-D grids, irregular partitions, 2-3 levels, unequal "
-                    "temperatures) compare the dual solver's λ and p(λ) with a plain CVXPY solve (Clarabel, "
-                    "tolerance 1e-12) and with the cvxpylayers layer; compare the closed form with both; check "
-                    "the duality gap, KKT stationarity and feasibility; check every cvxpylayers backend "
+        description="On random instances (chains: 2-D/3-D grids, irregular partitions, 2-3 levels; random "
+                    "graphs of every structure family: star, axial, grid_regions, mixed; unequal temperatures) "
+                    "compare the dual solver's λ and p(λ) with a plain CVXPY solve (Clarabel, tolerance 1e-12) and "
+                    "with the cvxpylayers layer; compare the closed form with both where it applies (forests); "
+                    "check the duality gap, KKT stationarity and feasibility; check the built-in dual's implicit "
+                    "gradients (scores and temperatures) against finite differences, with cvxpylayers' own "
+                    "gradient error reported beside them (not a check); check every cvxpylayers backend "
                     "(cvxpylayers[<backend>].* rows) against the CVXPY reference. Prints pass/fail per check "
                     "with the measured error and writes OUT/verify.csv. Exit status: 0 only when every check "
                     "ran and passed; 1 when a check failed or did not run (the solver under test raised, exited, "
@@ -87,13 +93,14 @@ def _add_verify(sub) -> None:
                     "and writes nothing. "
                     "Backends that are not installed are skipped with a line saying so, and are not failures.")
     add_options(v, VerifyConfig)
-    v.add_argument("--quick", action="store_true", help="6 small instances")
+    v.add_argument("--quick", action="store_true", help="one small instance of every kind (10)")
     v.add_argument("--dual-solver", default=None, metavar="SPEC",
                    help="verify your own dual solver: module:function or file.py:function, called as "
-                        "f(scores, h, temperatures) -> list of L-1 real floating dual tensors (B, *h.shapes[k+1]), "
-                        "in a process of its own (a solver that raises, exits, crashes, hangs past --timeout or "
-                        "returns anything else fails its checks, with the reason); its rows are named after the "
-                        "function (default: none, the package's own dual solver)")
+                        "f(scores, h, temperatures) -> list of real floating dual tensors, one per edge e = (a, b) "
+                        "of h, (B, *h.shapes[b]) (on a chain L-1 tensors (B, *h.shapes[k+1])), in a process of its "
+                        "own (a solver that raises, exits, crashes, hangs past --timeout or returns anything else "
+                        "fails its checks, with the reason); its rows are named after the function (default: none, "
+                        "the package's own dual solver)")
     v.add_argument("--backends", nargs="+", default=None, metavar="B",
                    help="cvxpylayers backends to check (default: every installed one); one named here that is "
                         "not installed is a usage error")
@@ -228,8 +235,10 @@ def _run_bench(config: SweepConfig, args, out: str) -> int:
 
 def _print_bench_summary(rows) -> None:
     by: dict = {}
+    several = len({r.get("structure") or "chain" for r in rows}) > 1
     for r in rows:
-        label = (r["method"] + (f"[{r['backend']}]" if r.get("backend") else "")
+        label = ((f"{r.get('structure') or 'chain'}: " if several else "") + r["method"]
+                 + (f"[{r['backend']}]" if r.get("backend") else "")
                  + (f"/{r['dual_kind']}" if r.get("dual_kind") else ""))
         entry = by.setdefault(label, {"ok": 0, "skipped": 0, "error": 0, "viol": []})
         entry[r["status"]] = entry.get(r["status"], 0) + 1
@@ -239,10 +248,11 @@ def _print_bench_summary(rows) -> None:
             continue
         if r["status"] == "ok" and math.isfinite(value):
             entry["viol"].append(value)
-    print(f"{'method':<34}{'ok':>5}{'skipped':>9}{'error':>7}{'median violation':>20}")
+    width = max([34] + [len(label) + 2 for label in by])
+    print(f"{'method':<{width}}{'ok':>5}{'skipped':>9}{'error':>7}{'median violation':>20}")
     for label, e in by.items():
         med = statistics.median(e["viol"]) if e["viol"] else math.nan
-        print(f"{label:<34}{e['ok']:>5}{e['skipped']:>9}{e['error']:>7}{med:>20.2e}")
+        print(f"{label:<{width}}{e['ok']:>5}{e['skipped']:>9}{e['error']:>7}{med:>20.2e}")
 
 
 def _verify_config(args) -> VerifyConfig:
@@ -296,9 +306,17 @@ def cmd_verify(args) -> int:
 
 
 def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
-    from ..bench.verify import all_passed, backend_skips, format_table, random_instances, verify_instances, write_csv
+    from ..bench.verify import (
+        QUICK_INSTANCES,
+        all_passed,
+        backend_skips,
+        format_table,
+        random_instances,
+        verify_instances,
+        write_csv,
+    )
 
-    n = 6 if args.quick else config.n
+    n = QUICK_INSTANCES if args.quick else config.n
     results = verify_instances(random_instances(n, config.seed, quick=args.quick), dual_solver=solver,
                                progress=show_progress(args), backends=backends)
     print(format_table(results, backend_skips(args.backends)))
@@ -321,10 +339,10 @@ def cmd_plot(args) -> int:
                          f"{results}` first)")
     if not os.path.isdir(results):
         raise UsageError(f"results {results!r} is a file; give the folder that `bench --out` wrote")
-    inputs = sorted({source for source, _ in FIGURES.values()})
+    inputs = list(dict.fromkeys(source for source, _ in FIGURES.values()))  # bench's files first
     if not any(os.path.exists(os.path.join(results, name)) for name in inputs):
         raise UsageError(f"{results} holds no {', '.join(inputs)} to plot (run `convex-attention bench --out "
-                         f"{results}` first)")
+                         f"{results}` or benchmarks/bench_graphs.py --out {results} first)")
     out = args.out or os.path.join(results, "figures")
     check_out(out)
     return _run_plot(args, results, out)

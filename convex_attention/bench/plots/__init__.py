@@ -8,7 +8,10 @@ environment the numbers were measured in.  The figures:
   speed-up of exact over cvxpylayers;
 * :mod:`.consistency`: the violation per method and dtype, the dual solver's convergence,
   and the speed-consistency trade-off;
-* :mod:`.maps`: one instance's attention maps under each method.
+* :mod:`.maps`: one instance's attention maps under each method;
+* :mod:`.graphs`: structures other than chains: the time–violation Pareto figure and the dual
+  solver's convergence per structure, and the backward's cost and accuracy (implicit against
+  unrolled, from the graph benchmark's ``backward.csv``).
 
 What they share (reading and validating results, series and styles) is in
 :mod:`._common`.  Reports of what was left out go to the ``log`` callable of
@@ -21,12 +24,14 @@ import os
 
 from ._common import DTYPE_COLORS, DTYPE_EPS, METHOD_COLORS, Log, PlotWarning, load_env, read_results, warn
 from .consistency import plot_convergence, plot_tradeoff, plot_violation
+from .graphs import graphs_env, is_chain, plot_backward, plot_convergence_per_structure, plot_pareto_per_structure
 from .maps import plot_attention_maps
 from .speed import core_ratios, plot_core_benchmark, plot_speedup, plot_time_vs_size
 
 __all__ = ["PlotWarning", "read_results", "plot_core_benchmark", "core_ratios", "plot_time_vs_size",
            "plot_violation", "plot_convergence", "plot_speedup", "plot_tradeoff", "plot_attention_maps",
-           "plot_results", "FIGURES", "DTYPE_EPS", "DTYPE_COLORS", "METHOD_COLORS"]
+           "plot_results", "FIGURES", "DTYPE_EPS", "DTYPE_COLORS", "METHOD_COLORS", "plot_pareto_per_structure",
+           "plot_convergence_per_structure", "plot_backward", "STRUCTURE_FIGURES"]
 
 # name -> (input file, what it shows); plot_results writes them in this order
 FIGURES = {
@@ -36,7 +41,13 @@ FIGURES = {
     "tradeoff": ("bench.csv", "time per sample vs held-out violation, with the Pareto front"),
     "dual_convergence": ("convergence.csv", "the dual solver's convergence"),
     "attention_maps": ("example.npz", "one instance's maps under each method"),
+    "pareto_per_structure": ("bench.csv", "time per sample vs held-out violation per structure, Pareto front"),
+    "dual_convergence_per_structure": ("convergence.csv", "the dual solver's violation and gap per sweep, per "
+                                                          "structure"),
+    "backward_implicit_vs_unrolled": ("backward.csv", "the backward's cost and accuracy, implicit vs unrolled"),
 }
+#: The figures of structures other than chains (a folder of chains only has none of them).
+STRUCTURE_FIGURES = ("pareto_per_structure", "dual_convergence_per_structure", "backward_implicit_vs_unrolled")
 _BENCH_FIGURES = {"time_vs_size": plot_time_vs_size, "violation": plot_violation,
                   "speedup_exact_vs_cvxpylayers": plot_speedup, "tradeoff": plot_tradeoff}
 
@@ -69,12 +80,28 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None) ->
         return rows or None
 
     rows = rows_of("bench.csv", ("status", "method"))
-    if rows:
-        for name, fn in _BENCH_FIGURES.items():
-            written.append(fn(rows, figure_path(name), env, log))
     conv_rows = rows_of("convergence.csv", ("cell", "iteration"))
-    if conv_rows:
-        written.append(plot_convergence(conv_rows, figure_path("dual_convergence"), env, log))
+    # the chain figures' panels are keyed by dimensionality and levels: they draw the chains
+    # only, and the structure figures every structure side by side
+    chain_rows = [r for r in rows or [] if is_chain(r)]
+    chain_conv = [r for r in conv_rows or [] if is_chain(r)]
+    if rows and not chain_rows:
+        log("bench.csv holds no chain: the chain figures (time_vs_size, violation, speedup_exact_vs_cvxpylayers, "
+            "tradeoff) are not drawn; pareto_per_structure draws its structures")
+    if chain_rows:
+        for name, fn in _BENCH_FIGURES.items():
+            written.append(fn(chain_rows, figure_path(name), env, log))
+    if chain_conv:
+        written.append(plot_convergence(chain_conv, figure_path("dual_convergence"), env, log))
+    if rows and len(chain_rows) < len(rows):
+        written.append(plot_pareto_per_structure(rows, figure_path("pareto_per_structure"), env, log))
+    if conv_rows and len(chain_conv) < len(conv_rows):
+        written.append(plot_convergence_per_structure(conv_rows, figure_path("dual_convergence_per_structure"),
+                                                      env, log))
+    backward_rows = rows_of("backward.csv", ("kind",))
+    if backward_rows:
+        written.append(plot_backward(backward_rows, figure_path("backward_implicit_vs_unrolled"),
+                                     graphs_env(folder, log), log))
     example = os.path.join(folder, "example.npz")
     if os.path.exists(example):
         try:

@@ -1,0 +1,145 @@
+r"""LinSATNet (Wang, Zhang, Guo, Chen, Yang & Yan, ICML 2023; pip ``linsatnet``) on the problem
+with given maps: one scored map held to several fixed marginals.
+
+When the probabilities of every map but one are *given* (a prior over regions, a
+segmentation), consistent attention becomes the projection of one scored map onto several
+fixed marginals (docs/math.md §9)::
+
+    maximise   <θ, p> + τ H(p)     subject to   P_e p = q_e   for every edge e = (scored → given)
+
+LinSATNet solves ``max <θ, x> + τ Σ_i [h(x_i) + h(1 − x_i)]`` subject to ``E x = f`` with
+``x ∈ [0, 1]^n`` and every entry of ``E`` and ``f`` non-negative, by Sinkhorn iterations over
+the constraints (each variable paired with its complement ``1 − x_i``), and differentiates by
+unrolling them.  With ``E`` the stacked poolings and ``f`` the stacked given maps this is the
+problem above with one difference: LinSATNet's entropy is the binary entropy of every cell,
+which adds ``−τ Σ_i (1 − x_i) log(1 − x_i) ≈ τ Σ_i x_i`` (constant on the simplex) up to
+``O(x_i²)``: on maps whose cells are small the two optima agree to second order in the
+cells' probabilities, and :func:`linsat_solve` reports where they do not (the benchmark
+measures the gap).
+
+What it cannot express, and :func:`check_linsat_structure` refuses with the reason:
+
+* two *scored* maps that must agree (a star of heads, a map and its scored coarsening): the
+  right-hand side ``f`` must be fixed data, so an edge between two scored maps has no place in
+  ``E x = f``;
+* more than one scored map (each would be its own projection; call it once per map);
+* an edge from a given map to a finer scored map (it would fix the scored map outright).
+
+Its right-hand side is shared by the batch: per-sample given maps (one segmentation per
+image) cost one constraint set-up and one call per sample (:func:`linsat_solve` loops).  It
+builds part of its constraints in torch's default dtype, so :func:`linsat_solve` sets that to
+the scores' dtype for the duration of the call (float32 and float64 both run).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from convex_attention.graph import Graph
+
+__all__ = ["linsat_solve", "linsat_constraints", "check_linsat_structure", "LINSAT_INSTALL"]
+
+LINSAT_INSTALL = "pip install linsatnet (or the [linsat] extra: pip install 'convex-attention[linsat]')"
+
+
+def _layer():
+    try:
+        from LinSATNet import linsat_layer
+        from LinSATNet.linsat import init_constraints
+    except ImportError as err:
+        raise ImportError(f"the LinSATNet baseline needs the linsatnet package: {LINSAT_INSTALL}") from err
+    return linsat_layer, init_constraints
+
+
+def check_linsat_structure(h: Graph, given: Sequence[int]) -> int:
+    """The scored map LinSATNet can project, or ValueError naming what it cannot express.
+
+    ``given``: the maps whose probabilities are given.  There must be exactly one scored map,
+    and every edge must go from it to a given map."""
+    scored = [k for k in range(h.num_maps) if k not in set(given)]
+    for e, (a, b) in enumerate(h.edges):
+        if a not in given and b not in given:
+            raise ValueError(f"LinSATNet cannot express edge {e} (map {a} → map {b}): both maps are scored, and "
+                             f"LinSATNet's constraints E x = f need a fixed right-hand side (two free maps that must "
+                             f"agree); use method 'dual'")
+        if a in given and b not in given:
+            raise ValueError(f"LinSATNet cannot express edge {e} (map {a} → map {b}): a given map pooled onto a scored "
+                             f"map fixes it outright; give map {b} its pooled probabilities instead")
+    if len(scored) != 1:
+        raise ValueError(f"LinSATNet projects one scored map onto fixed marginals; this structure has {len(scored)} "
+                         f"scored maps ({scored}): call it once per map, or use method 'dual'")
+    return scored[0]
+
+
+def linsat_constraints(h: Graph, free: int, dtype=torch.float64) -> tuple[Tensor, list[int]]:
+    """``E`` ``(Σ_e n_coarse(e), n_free)``, the 0/1 pooling of the scored map onto each given map
+    stacked by edge, and the edges in that order (every edge out of ``free``)."""
+    edges = list(h.out_edges[free])
+    rows = []
+    for e in edges:
+        b = h.edges[e][1]
+        P = torch.zeros(h.sizes[b], h.sizes[free], dtype=dtype)
+        P[h.parents(e), torch.arange(h.sizes[free])] = 1.0
+        rows.append(P)
+    return torch.cat(rows), edges
+
+
+def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, temperature: float = 1.0,
+                 max_iter: int = 100, no_warning: bool = True) -> list[Tensor]:
+    """LinSATNet's projection of the one scored map onto the given maps (see the module docstring).
+
+    Args:
+        scores: ``M`` entries, the scored map's ``(B, *h.shapes[k])``, None for the given maps.
+        given: ``{k: q_k}``, ``q_k`` shaped ``(1 or B, *h.shapes[k])``, non-negative, summing to one.
+            With batch 1 (a prior shared by the batch) one LinSATNet call projects the whole
+            batch; otherwise one call per sample.
+        temperature: ``τ`` of the scored map (LinSATNet's ``tau``).
+        max_iter: LinSATNet's Sinkhorn iterations (it also stops, for the whole call, once every
+            constraint of every sample holds to 1e-3 in log space: a hard-coded test, so its
+            violation does not go much below 1e-3 of a cell's mass however many iterations).
+
+    Returns:
+        ``M`` tensors ``(B, *h.shapes[k])``: the projection (differentiable by LinSATNet's
+        unrolled iterations) and the given maps broadcast to the batch.
+    """
+    linsat_layer, init_constraints = _layer()
+    free = check_linsat_structure(h, list(given))
+    theta = scores[free]
+    if theta is None:
+        raise ValueError(f"scores[{free}] is None but map {free} is the scored map")
+    B = theta.shape[0]
+    E, edges = linsat_constraints(h, free, theta.dtype)
+    E = E.to(theta.device).to_sparse()  # the sparse kernel: a dense E costs (batch x constraints x cells) per group
+    targets = [given[h.edges[e][1]].reshape(given[h.edges[e][1]].shape[0], -1).to(theta) for e in edges]
+    shared = all(t.shape[0] == 1 for t in targets)
+    flat = theta.reshape(B, -1)
+
+    def project(x: Tensor, f: Tensor) -> Tensor:
+        # LinSATNet builds its empty constraint blocks in torch's default dtype: for a float64
+        # problem it must be float64 while LinSATNet runs (restored afterwards)
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(x.dtype)
+        try:
+            with warnings.catch_warnings():  # torch's note on sparse tensors LinSATNet builds
+                warnings.filterwarnings("ignore", message="Sparse invariant checks")
+                constraints = init_constraints(x.shape[1], E=E, f=f)
+            return linsat_layer(x, constr_dict=constraints, tau=temperature, max_iter=max_iter, no_warning=no_warning)
+        finally:
+            torch.set_default_dtype(default)
+
+    if shared:
+        out = project(flat, torch.cat([t[0] for t in targets]))
+    else:
+        out = torch.cat([project(flat[i:i + 1], torch.cat([t[i if t.shape[0] > 1 else 0] for t in targets]))
+                         for i in range(B)])
+    probs = []
+    for k in range(h.num_maps):
+        if k == free:
+            probs.append(out.reshape((B,) + h.shapes[k]))
+        else:
+            q = given[k]
+            probs.append(q.reshape((q.shape[0],) + h.shapes[k]).expand((B,) + h.shapes[k]).to(theta))
+    return probs

@@ -1,0 +1,59 @@
+#!/usr/bin/env python
+"""The targets of consistency graphs (issue 18), measured side by side in one run.
+
+    python benchmarks/bench_graphs.py --out results/graphs       # every part at the issue's sizes
+    python benchmarks/bench_graphs.py --tiny --out /tmp/graphs      # seconds; the smoke run tests use
+
+Convergence of the dual solver on the families without a closed form (>= 100 instances per
+family, N(0, 3²) scores, τ in [0.1, 10]; the hard set down to 0.01), its implicit gradients
+against finite differences and against every cvxpylayers backend, its speed against the
+fastest cvxpylayers backend, dual against exact and exact against the softmaxes on forests,
+the implicit backward against unrolled sweeps, the amortised dual on the axial family, and the
+problem with given maps against LinSATNet (when installed).  Prints every target with its
+value and verdict; writes convergence_instances.csv, gradients.csv, speed.csv, backward.csv,
+amortised.csv, linsat.csv and graphs.json (environment, load average at start and end,
+targets; the environment, threads and the load average at start and end) into --out
+(docs/results_format.md).  `convex-attention plot OUT` draws the backward figure from it.
+"""
+import argparse
+import importlib.util
+import sys
+
+from convex_attention.baselines.linsat import linsat_solve
+from convex_attention.bench.graph_targets import GraphBenchmark, graph_benchmark
+from convex_attention.cvx import BACKENDS, available_backends
+from convex_attention.io.files import check_out_dir
+from convex_attention.io.settings import add_options, given_settings
+
+TINY = dict(size=16, grad_size=16, instances=4, batch=2, grad_draws=1, speed_batch=2, repeats=2, cvx_batch=1,
+            cvx_repeats=1, amortised_steps=2, linsat_iters=(2,), linsat_batch=1, linsat_repeats=1)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_options(parser, GraphBenchmark)
+    parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS, metavar="NAME",
+                        help=f"cvxpylayers backends, from {', '.join(BACKENDS)} (default: moreau and "
+                             f"diffcp-clarabel where installed; diffcp-scs takes minutes per instance here)")
+    parser.add_argument("--out", default="results/graphs", help="folder for the CSV and JSON files")
+    parser.add_argument("--tiny", action="store_true", help="tiny sizes (the smoke run)")
+    args = parser.parse_args(argv)
+    given = given_settings(args, GraphBenchmark)
+    try:
+        config = GraphBenchmark(**({**TINY, **given} if args.tiny else given))
+        check_out_dir(args.out)
+    except ValueError as err:
+        parser.error(str(err))
+    missing = [b for b in args.backends or [] if b not in available_backends()]
+    if missing:
+        parser.error(f"backend(s) {', '.join(missing)} not installed here; installed: "
+                     f"{', '.join(available_backends()) or 'none'}")
+    # the baseline imports LinSATNet when it runs; without the package its part is not measured (said)
+    baseline = linsat_solve if importlib.util.find_spec("LinSATNet") is not None else None
+    return graph_benchmark(config, args.out, baseline=baseline, backends=args.backends,
+                           command=" ".join(["benchmarks/bench_graphs.py"] + list(sys.argv[1:] if argv is None
+                                                                                   else argv)))
+
+
+if __name__ == "__main__":
+    main()

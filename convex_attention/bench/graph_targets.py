@@ -1,0 +1,639 @@
+r"""The targets of consistency graphs (issue 18), measured side by side in one run
+(``benchmarks/bench_graphs.py``; docs/benchmarks.md quotes a run).
+
+Each part writes one CSV into the output folder, and ``graphs.json`` holds every target with
+its measured value, the threshold and whether it is met (``None``: not measured):
+
+* ``convergence``: the dual solver on the families without a closed form (axial,
+  grid_regions, mixed), ``instances`` random instances per family at side ``size``: scores
+  N(0, 3²), per-map τ log-uniform in [0.1, 10] (the *normal* set, at most 50 sweeps) and in
+  [0.01, 10] (the *hard* set: temperature ratios up to 1e3, at most 200 sweeps); tol 1e-6
+  for float32 scores and 1e-10 for float64 (the working dtype is the solver's default,
+  float64; the violation of the returned maps is recorded too).  Sweeps median and worst, the
+  misses and the worst instances.  -> ``convergence.csv``
+* ``gradients``: at side ``grad_size``, the implicit gradient of a linear loss against
+  central finite differences of the solution, and every cvxpylayers backend's gradient
+  against the same finite differences and against the implicit one, on *mild* (N(0, 1),
+  τ within 10^±0.2) and *normal* (N(0, 3²), τ in [0.1, 10]) instances.  -> ``gradients.csv``
+* ``speed``: at side ``size``, ``dual`` forward and backward per sample (batch
+  ``speed_batch``) against every cvxpylayers backend (``cvx_batch`` samples) on every
+  family without a closed form, and on the forests (a star of 4 maps of side ``size`` into
+  side ``size``/4, and a 2-level chain) ``dual`` against ``exact`` and ``exact`` against the
+  maps' softmaxes.  -> ``speed.csv``
+* ``backward``: the implicit backward (forward to tol 1e-4 … 1e-10) against unrolling
+  plain sweeps with autograd (1 … 128 sweeps): time and the gradient's relative error
+  against the implicit gradient at tol 1e-13.  -> ``backward.csv`` (the figure
+  ``backward_implicit_vs_unrolled``)
+* ``amortised``: the amortised dual's held-out violation over λ = 0's on the axial family
+  at side ``size`` (64 training, 16 held-out instances, float32).  -> ``amortised.csv``
+* ``linsat``: given maps (a scored map of side ``size`` held to a given grid of side
+  ``size``/8 and as many given regions, shared by the batch): ``dual`` at tolerances 1e-2 …
+  1e-10 against a baseline projection (LinSATNet, handed in by the script: the harness does
+  not import the baselines) at its iteration counts; time, violation, distance to the
+  optimum and gradient error.  -> ``linsat.csv``
+
+Every time is a median over interleaved repetitions (:func:`~.timing.measure_interleaved`)
+of forward + backward, per sample; every ratio is a ratio of such medians measured in one run.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from ..cvx import available_backends
+from ..graph import Graph
+from ..hessian import ImplicitSolveError
+from ..hierarchy import Hierarchy
+from ..io.environment import environment, load_average, now_utc, run_record
+from ..io.files import atomic_csv, write_json
+from ..io.lock import results_lock
+from ..io.settings import SEED, Choice, Int, Many, normalise_settings, setting
+from ..metrics import violation
+from ..solve import solve
+from .duals import fit_amortiser
+from .generators import generate
+from .structures import structure_graph
+from .timing import measure_interleaved
+
+__all__ = ["GraphBenchmark", "graph_benchmark", "unrolled_solve", "PARTS", "NONTREE", "CONVERGENCE_SETS",
+           "CONVERGENCE_TOLS", "format_graph_targets", "DEFAULT_BACKENDS"]
+
+PARTS = ("convergence", "gradients", "speed", "backward", "amortised", "linsat")
+# The cvxpylayers backends compared by default (those installed): diffcp-scs is left out, the
+# slowest and least accurate backend (docs/benchmarks.md), which took 350 s for one gradient of a
+# 16x16 grid + regions instance here; pass it by name to include it.
+DEFAULT_BACKENDS = ("moreau", "diffcp-clarabel")
+NONTREE = ("axial", "grid_regions", "mixed")
+# set -> (log10 of the smallest and largest temperature, the most sweeps allowed)
+CONVERGENCE_SETS = {"normal": (-1.0, 1.0, 50), "hard": (-2.0, 1.0, 200)}
+# scores' dtype -> the violation (and relative gap) the solver must reach
+CONVERGENCE_TOLS = {"float32": 1e-6, "float64": 1e-10}
+SCORE_SCALE = 3.0
+IMPLICIT_TOLS = (1e-4, 1e-6, 1e-8, 1e-10)
+UNROLLED_SWEEPS = (1, 2, 4, 8, 16, 32, 64, 128)
+DUAL_TOLS = (1e-2, 1e-3, 1e-4, 1e-6, 1e-8, 1e-10)
+REFERENCE_TOL = 1e-13
+# amortised settings: (score scale σ, temperatures of the three maps)
+AMORTISED_SETTINGS = ((1.0, (1.0, 1.0, 1.0)), (2.0, (1.0, 1.0, 1.0)), (3.0, (0.5, 2.0, 1.0)))
+
+
+@dataclass
+class GraphBenchmark:
+    """The settings of one run (the script's options are derived from these declarations)."""
+
+    parts: tuple = setting(PARTS, Many(Choice(PARTS), distinct=True), "parts to run")
+    size: int = setting(64, Int(low=16, high=512), "side of the finest maps (a multiple of 16)")
+    grad_size: int = setting(16, Int(low=16, high=128), "side of the maps of the gradient comparison (cvxpylayers)")
+    instances: int = setting(100, Int(low=1, high=100_000), "random instances per family and set (convergence)")
+    batch: int = setting(4, Int(low=1, high=4096), "instances per solve (convergence)")
+    grad_draws: int = setting(5, Int(low=1, high=1000), "instances per family and setting (gradients)")
+    speed_batch: int = setting(16, Int(low=1, high=4096), "samples per timed call of the package's methods")
+    repeats: int = setting(10, Int(low=1, high=10_000), "timed repetitions (interleaved)")
+    cvx_batch: int = setting(2, Int(low=1, high=64), "samples per timed cvxpylayers call")
+    cvx_repeats: int = setting(2, Int(low=1, high=100), "timed repetitions of each cvxpylayers backend")
+    amortised_steps: int = setting(150, Int(low=1, high=100_000), "Adam steps training the amortised dual")
+    linsat_iters: tuple = setting((10, 30, 100), Many(Int(low=1, high=100_000)),
+                                  "the baseline's iteration counts (given maps)")
+    linsat_batch: int = setting(4, Int(low=1, high=256), "samples per timed call of the given-maps comparison")
+    linsat_repeats: int = setting(3, Int(low=1, high=100), "timed repetitions of the given-maps comparison")
+    seed: int = setting(0, SEED, "seed of every random draw")
+    threads: int = setting(1, Int(low=1, high=1024),
+                           "torch threads the run computes with, recorded in graphs.json and on the figure (one: "
+                           "comparable timings on a shared machine)")
+
+    def __post_init__(self):
+        normalise_settings(self)
+        if self.size % 16 or self.grad_size % 16:
+            raise ValueError(f"--size and --grad-size must be multiples of 16 (the shared grid of grid_regions and "
+                             f"mixed has side size/8, the star's coarse map size/4), got {self.size} and "
+                             f"{self.grad_size}")
+
+
+# ----------------------------------------------------------------------------- drawing instances
+
+def _uniform(g: torch.Generator, n: int, lo: float, hi: float) -> torch.Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g, dtype=torch.float64)
+
+
+def draw_instance(family: str, size: int, g: torch.Generator, log_tau: tuple[float, float], batch: int,
+                  scale: float = SCORE_SCALE, dtype=torch.float64) -> tuple[Graph, list, list]:
+    """A random member of ``family`` (its regions drawn from ``g``), N(0, scale²) scores and
+    per-map temperatures log-uniform in ``10 ** log_tau``: ``(h, scores, temps)``."""
+    h = structure_graph(family, size, seed=int(torch.randint(2 ** 31, (1,), generator=g)))
+    temps = (10 ** _uniform(g, h.num_maps, *log_tau)).tolist()
+    scores = [(scale * torch.randn((batch,) + s, generator=g, dtype=torch.float64)).to(dtype) for s in h.shapes]
+    return h, scores, temps
+
+
+def _quiet_solve(*args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a miss is recorded in info["converged"]
+        return solve(*args, **kwargs)
+
+
+# ----------------------------------------------------------------------------- convergence
+
+CONVERGENCE_COLUMNS = ("family", "set", "dtype", "tol", "max_sweeps", "draw", "sample", "temperatures", "sweeps",
+                       "converged", "violation", "gap", "returned_violation", "newton_steps", "seconds")
+
+
+def _convergence(config: GraphBenchmark, families, log) -> tuple[list[dict], list[dict]]:
+    rows, summary = [], []
+    draws = max(1, math.ceil(config.instances / config.batch))
+    for family in families:
+        for set_name, (lo, hi, max_sweeps) in CONVERGENCE_SETS.items():
+            for dtype_name, tol in CONVERGENCE_TOLS.items():
+                g = torch.Generator().manual_seed(config.seed)  # the same instances in both dtypes
+                group = []
+                for draw in range(draws):
+                    h, scores, temps = draw_instance(family, config.size, g, (lo, hi), config.batch,
+                                                     dtype=getattr(torch, dtype_name))
+                    start = time.perf_counter()
+                    sol = _quiet_solve(scores, h, "dual", temperature=temps, tol=tol, max_iter=max_sweeps,
+                                       strict=False)
+                    seconds = (time.perf_counter() - start) / config.batch
+                    returned = violation(sol.probs, h)
+                    info = sol.info
+                    for i in range(config.batch):
+                        group.append({"family": family, "set": set_name, "dtype": dtype_name, "tol": tol,
+                                      "max_sweeps": max_sweeps, "draw": draw, "sample": i,
+                                      "temperatures": " ".join(f"{t:.4g}" for t in temps),
+                                      "sweeps": int(info["iterations"][i]), "converged": bool(info["converged"][i]),
+                                      "violation": float(info["violation"][i]), "gap": float(info["gap"][i]),
+                                      "returned_violation": float(returned[i]),
+                                      "newton_steps": int(info["newton_steps"][i]), "seconds": seconds})
+                group = group[:config.instances]
+                rows += group
+                summary.append(_convergence_summary(group, family, set_name, dtype_name, tol, max_sweeps))
+                s = summary[-1]
+                log(f"convergence {family:<13}{set_name:<7}{dtype_name:<8} n={s['instances']:<4} sweeps median "
+                    f"{s['median_sweeps']:g} worst {s['worst_sweeps']} misses {s['misses']}")
+    return rows, summary
+
+
+def _convergence_summary(group, family, set_name, dtype_name, tol, max_sweeps) -> dict:
+    sweeps = [r["sweeps"] for r in group]
+    misses = [r for r in group if not r["converged"]]
+    worst = sorted(group, key=lambda r: (-r["sweeps"], r["draw"], r["sample"]))[:3]
+    return {"family": family, "set": set_name, "dtype": dtype_name, "tol": tol, "max_sweeps": max_sweeps,
+            "instances": len(group), "median_sweeps": statistics.median(sweeps), "worst_sweeps": max(sweeps),
+            "misses": len(misses), "worst_returned_violation": max(r["returned_violation"] for r in group),
+            "worst": [{k: r[k] for k in ("draw", "sample", "temperatures", "sweeps", "converged", "violation")}
+                      for r in worst],
+            "met": not misses}
+
+
+# ----------------------------------------------------------------------------- gradients
+
+GRADIENT_COLUMNS = ("family", "setting", "draw", "solver", "status", "reason", "error_vs_fd", "error_vs_dual")
+GRADIENT_SETTINGS = {"mild": (1.0, (-0.2, 0.2)), "normal": (SCORE_SCALE, (-1.0, 1.0))}
+
+
+def _linear_loss(h, scores, temps, weights, method, **options):
+    sol = solve(scores, h, method, temperature=temps, **options)
+    return sum((p * w).sum() for p, w in zip(sol.probs, weights))
+
+
+def _gradients(config: GraphBenchmark, families, backends, log) -> list[dict]:
+    rows = []
+    fd_step = 1e-6
+    for family in families:
+        for setting_name, (scale, log_tau) in GRADIENT_SETTINGS.items():
+            g = torch.Generator().manual_seed(config.seed + 1)
+            for draw in range(config.grad_draws):
+                h, scores, temps = draw_instance(family, config.grad_size, g, log_tau, 1, scale=scale)
+                weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+                direction = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+                x = [s.clone().requires_grad_() for s in scores]
+                dual_options = {"tol": REFERENCE_TOL, "max_iter": 5000}
+                base = {"family": family, "setting": setting_name, "draw": draw}
+                try:
+                    grad = torch.autograd.grad(_linear_loss(h, x, temps, weights, "dual", **dual_options), x)
+                except ImplicitSolveError as err:  # a failed backward is a measured result, never skipped
+                    reason = " ".join(str(err).split())[:300]
+                    rows.append({**base, "solver": "dual", "status": "error", "reason": reason})
+                    log(f"gradients {family} {setting_name} draw {draw}: dual's implicit backward failed: "
+                        f"{rows[-1]['reason'][:160]}")
+                    continue
+                flat = torch.cat([t.flatten() for t in grad])
+                along = float(sum((t * d).sum() for t, d in zip(grad, direction)))
+                with torch.no_grad():
+                    fd = float(_linear_loss(h, [s + fd_step * d for s, d in zip(scores, direction)], temps, weights,
+                                            "dual", **dual_options)
+                               - _linear_loss(h, [s - fd_step * d for s, d in zip(scores, direction)], temps, weights,
+                                              "dual", **dual_options)) / (2 * fd_step)
+                rows.append({**base, "solver": "dual", "status": "ok", "reason": "",
+                             "error_vs_fd": abs(along - fd) / max(abs(fd), 1e-12), "error_vs_dual": 0.0})
+                for backend in backends:
+                    try:
+                        xb = [s.clone().requires_grad_() for s in scores]
+                        loss = _linear_loss(h, xb, temps, weights, "cvxpylayers", backend=backend)
+                        gb = torch.autograd.grad(loss, xb)
+                    except BaseException as err:  # noqa: B036  (Moreau's Rust panics are BaseExceptions)
+                        if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                            raise
+                        rows.append({**base, "solver": f"cvxpylayers[{backend}]", "status": "error",
+                                     "reason": f"{type(err).__name__}: {err}"[:200]})
+                        continue
+                    flat_b = torch.cat([t.flatten() for t in gb])
+                    along_b = float(sum((t * d).sum() for t, d in zip(gb, direction)))
+                    rows.append({**base, "solver": f"cvxpylayers[{backend}]", "status": "ok", "reason": "",
+                                 "error_vs_fd": abs(along_b - fd) / max(abs(fd), 1e-12),
+                                 "error_vs_dual": float((flat_b - flat).norm() / flat.norm())})
+            done = [r for r in rows if r["family"] == family and r["setting"] == setting_name]
+            log(f"gradients {family:<13}{setting_name:<7}" + "  ".join(
+                f"{s}: vs fd {_median(done, s, 'error_vs_fd'):.1e}" for s in dict.fromkeys(r["solver"] for r in done)))
+    return rows
+
+
+def _median(rows, solver, column) -> float:
+    values = [r[column] for r in rows if r["solver"] == solver and r.get("status") == "ok"]
+    return statistics.median(values) if values else math.nan
+
+
+# ----------------------------------------------------------------------------- speed
+
+SPEED_COLUMNS = ("family", "shapes", "method", "backend", "status", "reason", "batch", "fwd_ms", "fwd_ms_q1",
+                 "fwd_ms_q3", "bwd_ms", "bwd_ms_q1", "bwd_ms_q3", "total_ms", "total_ms_q1", "total_ms_q3",
+                 "per_sample_ms")
+
+
+def _case(h, scores, temps, weights, method, **options):
+    def forward():
+        return _linear_loss(h, scores, temps, weights, method, **options)
+    return forward
+
+
+def _timed(h, scores, temps, methods: dict, repeats: int, warmup: int = 2) -> dict:
+    """Interleaved timings of ``methods`` (name -> (method, options)) on leaf copies of ``scores``."""
+    g = torch.Generator().manual_seed(17)
+    weights = [torch.randn(s.shape, generator=g, dtype=s.dtype) for s in scores]
+    leaves = [s.detach().clone().requires_grad_() for s in scores]
+    cases = {name: _case(h, leaves, temps, weights, m, **o) for name, (m, o) in methods.items()}
+    return measure_interleaved(cases, repeats=repeats, warmup=warmup)
+
+
+def _speed_row(family, h, name, backend, meas, batch) -> dict:
+    return {"family": family, "shapes": "+".join("x".join(map(str, s)) for s in h.shapes), "method": name,
+            "backend": backend, "status": "ok", "reason": "", "batch": batch, **meas.summary(),
+            "per_sample_ms": meas.total_median / batch}
+
+
+def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
+    rows = []
+    g = torch.Generator().manual_seed(config.seed + 2)
+    for family in families:
+        h, scores, temps = draw_instance(family, config.size, g, (-1.0, 1.0), config.speed_batch)
+        scores = [s.float() for s in scores]
+        try:
+            meas = _timed(h, scores, temps, {"dual": ("dual", {})}, config.repeats)["dual"]
+        except ImplicitSolveError as err:
+            rows.append({"family": family, "method": "dual", "backend": "", "status": "error",
+                         "batch": config.speed_batch, "reason": " ".join(str(err).split())[:300],
+                         "shapes": "+".join("x".join(map(str, s)) for s in h.shapes)})
+            log(f"speed {family:<13}dual failed: {rows[-1]['reason'][:160]}")
+            continue
+        rows.append(_speed_row(family, h, "dual", "", meas, config.speed_batch))
+        sub = [s[:config.cvx_batch].double() for s in scores]
+        for backend in backends:
+            try:
+                cvx = _timed(h, sub, temps, {"cvx": ("cvxpylayers", {"backend": backend})}, config.cvx_repeats,
+                             warmup=1)["cvx"]
+            except BaseException as err:  # noqa: B036  (Moreau's Rust panics are BaseExceptions)
+                if isinstance(err, (KeyboardInterrupt, SystemExit)):
+                    raise
+                rows.append({"family": family, "method": "cvxpylayers", "backend": backend, "status": "error",
+                             "batch": len(sub[0]), "reason": f"{type(err).__name__}: {err}"[:300],
+                             "shapes": rows[-1]["shapes"]})
+                log(f"speed {family:<13}cvxpylayers[{backend}] failed: {rows[-1]['reason'][:120]}")
+                continue
+            rows.append(_speed_row(family, h, "cvxpylayers", backend, cvx, len(sub[0])))
+        log(f"speed {family:<13}" + "  ".join(f"{r['method']}{'[' + r['backend'] + ']' if r['backend'] else ''} "
+                                             f"{r.get('per_sample_ms', math.nan):.3g} ms/sample"
+                                             for r in rows if r["family"] == family))
+    # the forests: dual against exact, exact against the softmaxes
+    side = config.size
+    for family, h in (("star", structure_graph("star", side)),
+                      ("chain", Hierarchy.grid([(side, side), (side // 2, side // 2)]))):
+        scores = [(SCORE_SCALE * torch.randn((config.speed_batch,) + s, generator=g)) for s in h.shapes]
+        temps = (10 ** _uniform(g, h.num_maps, -1.0, 1.0)).tolist()
+        timed = _timed(h, scores, temps, {"softmax": ("softmax", {}), "exact": ("exact", {}), "dual": ("dual", {})},
+                       config.repeats)
+        for name, meas in timed.items():
+            rows.append(_speed_row(family, h, name, "", meas, config.speed_batch))
+        log(f"speed {family:<13}" + "  ".join(f"{n} {m.total_median / config.speed_batch:.3g} ms/sample"
+                                             for n, m in timed.items()))
+    return rows
+
+
+# ----------------------------------------------------------------------------- backward
+
+BACKWARD_COLUMNS = ("family", "kind", "parameter", "batch", "fwd_ms", "bwd_ms", "total_ms", "fwd_per_sample_ms",
+                    "bwd_per_sample_ms", "violation", "gradient_error")
+
+
+def unrolled_solve(scores, h: Graph, temps, sweeps: int) -> list[torch.Tensor]:
+    """``p(λ)`` after ``sweeps`` plain block-coordinate sweeps from ``λ = 0`` (docs/math.md §7.3),
+    written with differentiable operations, so that autograd unrolls them: the backward a
+    solver without an implicit one would have.  No acceleration (neither Anderson's nor
+    Newton's steps are differentiable in a useful way)."""
+    etas = list(scores)
+    for _ in range(sweeps):
+        for e in h.sweep_order:
+            a, b = h.edges[e]
+            ta, tb = temps[a], temps[b]
+            message = ta * h.block_logsumexp(etas[a] / ta, e)
+            delta = (tb * message - ta * etas[b]) / (ta + tb)
+            delta = delta - delta.flatten(1).mean(1).view((-1,) + (1,) * (delta.dim() - 1))
+            etas[a] = h.combine_broadcast(etas[a], delta, e, torch.sub)
+            etas[b] = etas[b] + delta
+    return [torch.softmax(e.flatten(1) / t, 1).reshape(e.shape) for e, t in zip(etas, temps)]
+
+
+def _backward(config: GraphBenchmark, families, log) -> list[dict]:
+    rows: list[dict] = []
+    g = torch.Generator().manual_seed(config.seed + 3)
+    for family in families:
+        h, scores, temps = draw_instance(family, config.size, g, (-1.0, 1.0), config.batch)
+        weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+        try:
+            rows += _backward_family(config, family, h, scores, temps, weights)
+        except ImplicitSolveError as err:  # the family's row says so; the others go on
+            log(f"backward {family}: the implicit backward failed ({' '.join(str(err).split())[:160]}); no rows")
+            continue
+        log(f"backward {family:<13}" + "  ".join(f"{r['kind']} {r['parameter']:g}: {r['gradient_error']:.1e}"
+                                                for r in rows if r["family"] == family))
+    return rows
+
+
+def _backward_family(config: GraphBenchmark, family: str, h: Graph, scores, temps, weights) -> list[dict]:
+    """The implicit and the unrolled backward on one instance of ``family`` (see :func:`_backward`)."""
+    batch = scores[0].shape[0]
+    x = [s.clone().requires_grad_() for s in scores]
+    reference = torch.autograd.grad(_linear_loss(h, x, temps, weights, "dual", tol=REFERENCE_TOL, max_iter=5000), x)
+    ref = torch.cat([t.flatten() for t in reference])
+
+    def loss_of(probs):
+        return sum((p * w).sum() for p, w in zip(probs, weights))
+
+    variants: dict[str, tuple[str, float, Callable]] = {}
+    for tol in IMPLICIT_TOLS:
+        variants[f"implicit {tol:g}"] = ("implicit", tol, lambda s, tol=tol: _quiet_solve(
+            s, h, "dual", temperature=temps, tol=tol, strict=False).probs)
+    for sweeps in UNROLLED_SWEEPS:
+        variants[f"unrolled {sweeps}"] = ("unrolled", sweeps, lambda s, n=sweeps: unrolled_solve(s, h, temps, n))
+    leaves = [s.clone().requires_grad_() for s in scores]
+    cases = {name: (lambda fn=fn: loss_of(fn(leaves))) for name, (_, _, fn) in variants.items()}
+    timed = measure_interleaved(cases, repeats=max(3, config.repeats // 2), warmup=1)
+    rows = []
+    for name, (kind, parameter, fn) in variants.items():
+        xs = [s.clone().requires_grad_() for s in scores]
+        probs = fn(xs)
+        grad = torch.cat([t.flatten() for t in torch.autograd.grad(loss_of(probs), xs)])
+        meas = timed[name]
+        rows.append({"family": family, "kind": kind, "parameter": parameter, "batch": batch,
+                     "fwd_ms": meas.fwd_median, "bwd_ms": meas.bwd_median, "total_ms": meas.total_median,
+                     "fwd_per_sample_ms": meas.fwd_median / batch, "bwd_per_sample_ms": meas.bwd_median / batch,
+                     "violation": float(violation([p.detach() for p in probs], h).max()),
+                     "gradient_error": float((grad - ref).norm() / ref.norm())})
+    return rows
+
+
+# ----------------------------------------------------------------------------- amortised
+
+AMORTISED_COLUMNS = ("family", "size", "scale", "temperatures", "train", "held_out", "steps", "violation_zero",
+                     "violation_amortised", "ratio")
+
+
+def _amortised(config: GraphBenchmark, log) -> list[dict]:
+    rows = []
+    h = structure_graph("axial", config.size)
+    for scale, temps in AMORTISED_SETTINGS:
+        train = generate("gaussian", h, 64, seed=config.seed + 1, scale=scale)
+        held = [s.float() for s in generate("gaussian", h, 16, seed=config.seed, scale=scale)]
+        net = fit_amortiser(h, train, list(temps), config.amortised_steps, torch.float32, seed=config.seed + 2)
+        with torch.no_grad():
+            amortised = solve(held, h, "learned_dual", temperature=list(temps), duals=net(held)).violation.mean()
+            zero = solve(held, h, "softmax", temperature=list(temps)).violation.mean()
+        rows.append({"family": "axial", "size": config.size, "scale": scale,
+                     "temperatures": " ".join(f"{t:g}" for t in temps), "train": 64, "held_out": 16,
+                     "steps": config.amortised_steps, "violation_zero": float(zero),
+                     "violation_amortised": float(amortised), "ratio": float(amortised / zero)})
+        log(f"amortised axial σ={scale:g} τ={temps}: held-out violation {float(amortised):.2e} = "
+            f"{100 * float(amortised / zero):.2f} % of λ = 0's")
+    return rows
+
+
+# ----------------------------------------------------------------------------- given maps
+
+LINSAT_COLUMNS = ("solver", "parameter", "batch", "fwd_ms", "bwd_ms", "total_ms", "per_sample_ms", "violation",
+                  "max_abs_err", "gradient_error")
+
+
+def _given_problem(config: GraphBenchmark, g: torch.Generator):
+    """A scored map of side ``size`` held to a given grid of side size/8 and given regions (the
+    maps of the whole graph's optimum at other random scores: a feasible, strictly positive
+    pair), shared by the batch; N(0, 3²) scores, τ = 1."""
+    h = structure_graph("grid_regions", config.size, seed=config.seed)
+    other = [torch.randn((1,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    feasible = solve(other, h, "dual", tol=REFERENCE_TOL, max_iter=5000).probs
+    given = {1: feasible[1], 2: feasible[2]}
+    theta = SCORE_SCALE * torch.randn((config.linsat_batch,) + h.shapes[0], generator=g, dtype=torch.float64)
+    return h, theta, given
+
+
+def _linsat(config: GraphBenchmark, baseline: Callable, log) -> list[dict]:
+    g = torch.Generator().manual_seed(config.seed + 4)
+    h, theta, given = _given_problem(config, g)
+    temps = [1.0, 1.0, 1.0]
+    weights = torch.randn(theta.shape, generator=g, dtype=torch.float64)
+    x = theta.clone().requires_grad_()
+    ref_sol = solve([x, None, None], h, "dual", temperature=temps, given=given, tol=REFERENCE_TOL, max_iter=5000)
+    (ref_grad,) = torch.autograd.grad((ref_sol.probs[0] * weights).sum(), x)
+    ref_p = ref_sol.probs[0].detach()
+
+    variants: dict[str, tuple[str, float, Callable]] = {}
+    for tol in DUAL_TOLS:
+        variants[f"dual {tol:g}"] = ("dual", tol, lambda s, tol=tol: _quiet_solve(
+            [s, None, None], h, "dual", temperature=temps, given=given, tol=tol, strict=False).probs)
+    for iters in config.linsat_iters:
+        variants[f"linsat {iters}"] = ("linsat", iters, lambda s, n=iters: baseline(
+            [s, None, None], h, given, temperature=1.0, max_iter=n))
+    leaf = theta.clone().requires_grad_()
+    cases = {name: (lambda fn=fn: (fn(leaf)[0] * weights).sum()) for name, (_, _, fn) in variants.items()}
+    timed = measure_interleaved(cases, repeats=config.linsat_repeats, warmup=1)
+    rows = []
+    for name, (solver, parameter, fn) in variants.items():
+        xs = theta.clone().requires_grad_()
+        probs = fn(xs)
+        (grad,) = torch.autograd.grad((probs[0] * weights).sum(), xs)
+        meas = timed[name]
+        B = config.linsat_batch
+        rows.append({"solver": solver, "parameter": parameter, "batch": B, "fwd_ms": meas.fwd_median,
+                     "bwd_ms": meas.bwd_median, "total_ms": meas.total_median, "per_sample_ms": meas.total_median / B,
+                     "violation": float(violation([p.detach() for p in probs], h).max()),
+                     "max_abs_err": float((probs[0].detach() - ref_p).abs().max()),
+                     "gradient_error": float((grad - ref_grad).norm() / ref_grad.norm())})
+        r = rows[-1]
+        log(f"given maps {solver} {parameter:g}: {r['per_sample_ms']:.3g} ms/sample, violation {r['violation']:.1e}, "
+            f"|p - p*| {r['max_abs_err']:.1e}, gradient error {r['gradient_error']:.1e}")
+    return rows
+
+
+# ----------------------------------------------------------------------------- targets
+
+def _target(name: str, value, op: str, threshold: float, detail: str = "", missed: bool = False) -> dict:
+    """One target's verdict: met, NOT met (``False``; also whenever ``missed``: a miss is never
+    rescued by its value) or not measured (``None``: no finite value, NaN included)."""
+    measured = value is not None and isinstance(value, (int, float)) and math.isfinite(value)
+    met = None if not measured else (value <= threshold if op == "<=" else value >= threshold)
+    if missed:
+        met = False
+    return {"target": name, "value": value if measured else None, "op": op, "threshold": threshold, "met": met,
+            "detail": detail}
+
+
+def _targets(results: dict) -> list[dict]:
+    out = []
+    for s in results.get("convergence_summary", []):
+        out.append(_target(f"dual sweeps, {s['family']} {s['set']} {s['dtype']} (tol {s['tol']:g}, "
+                           f"{s['instances']} instances)", float(s["worst_sweeps"]), "<=", float(s["max_sweeps"]),
+                           f"median {s['median_sweeps']:g}, worst {s['worst_sweeps']}, misses {s['misses']}",
+                           missed=bool(s["misses"])))
+    grads = results.get("gradients", [])
+    for setting_name in GRADIENT_SETTINGS:
+        rows = [r for r in grads if r["setting"] == setting_name and r["status"] == "ok"]
+        dual = [r["error_vs_fd"] for r in rows if r["solver"] == "dual"]
+        failed = [r for r in grads if r["setting"] == setting_name and r["solver"] == "dual" and r["status"] != "ok"]
+        if dual or failed:
+            out.append(_target(f"implicit gradient vs finite differences ({setting_name})",
+                               max(dual) if dual else None, "<=", 1e-5,
+                               (f"median {statistics.median(dual):.1e} over {len(dual)} instances" if dual else "")
+                               + (f"; the implicit backward FAILED on {len(failed)} instance(s) "
+                                  f"({', '.join(sorted({r['family'] for r in failed}))})" if failed else ""),
+                               missed=bool(failed)))
+        for solver in sorted({r["solver"] for r in rows if r["solver"] != "dual"}):
+            vs_dual = [r["error_vs_dual"] for r in rows if r["solver"] == solver]
+            vs_fd = [r["error_vs_fd"] for r in rows if r["solver"] == solver]
+            out.append(_target(f"implicit gradient vs {solver} ({setting_name})", statistics.median(vs_dual), "<=",
+                               1e-5, f"ill-posed: {solver}'s own gradient is off finite differences by "
+                                     f"{statistics.median(vs_fd):.1e} (median; max {max(vs_fd):.1e})"))
+    speed = results.get("speed", [])
+    by = {(r["family"], r["method"], r["backend"]): r for r in speed if r.get("status") == "ok"}
+    for family in NONTREE:
+        dual = by.get((family, "dual", ""))
+        if dual is None:
+            if any(r["family"] == family and r["method"] == "dual" for r in speed):  # an error row
+                out.append(_target(f"cvxpylayers (fastest) / dual per sample ({family})", None, ">=", 1e3,
+                                   "dual failed: see speed.csv", missed=True))
+            continue
+        out.append(_target(f"dual backward / forward time ({family})", dual["bwd_ms"] / dual["fwd_ms"], "<=", 1.0))
+        cvx = {b: r for (f, m, b), r in by.items() if f == family and m == "cvxpylayers"}
+        failed = [r["backend"] for r in speed if r["family"] == family and r.get("status") == "error"]
+        if cvx:
+            fastest = min(cvx, key=lambda b: cvx[b]["per_sample_ms"])
+            out.append(_target(f"cvxpylayers[{fastest}] (fastest) / dual per sample ({family})",
+                               cvx[fastest]["per_sample_ms"] / dual["per_sample_ms"], ">=", 1e3,
+                               "; ".join(f"{b}: {cvx[b]['per_sample_ms'] / dual['per_sample_ms']:.3g}x" for b in cvx)
+                               + (f"; failed: {', '.join(failed)}" if failed else "")))
+        else:
+            out.append(_target(f"cvxpylayers (fastest) / dual per sample ({family})", None, ">=", 1e3,
+                               "no backend ran" + (f" (failed: {', '.join(failed)})" if failed else "")))
+    for family in ("star", "chain"):
+        if (family, "exact", "") in by and (family, "dual", "") in by:
+            ratio = by[(family, "dual", "")]["total_ms"] / by[(family, "exact", "")]["total_ms"]
+            out.append(_target(f"dual / exact, forward + backward ({family})", ratio, "<=", 10.0))
+    if ("star", "exact", "") in by:
+        out.append(_target("exact / softmaxes, forward + backward (star)",
+                           by[("star", "exact", "")]["total_ms"] / by[("star", "softmax", "")]["total_ms"], "<=", 3.0))
+    for r in results.get("amortised", []):
+        out.append(_target(f"amortised / λ=0 held-out violation (axial, σ={r['scale']:g}, τ={r['temperatures']})",
+                           r["ratio"], "<=", 0.01))
+    linsat = results.get("linsat", [])
+    duals = [r for r in linsat if r["solver"] == "dual"]
+    for r in (r for r in linsat if r["solver"] == "linsat"):
+        reaching = [d for d in duals if d["violation"] <= r["violation"]]
+        if not reaching:
+            out.append(_target(f"baseline / dual time at the baseline's violation (given maps, {r['parameter']:g} "
+                               f"iterations)", None, ">=", 1.0, "no dual tolerance reached its violation"))
+            continue
+        fastest = min(reaching, key=lambda d: d["per_sample_ms"])
+        out.append(_target(f"baseline / dual time at the baseline's violation (given maps, {r['parameter']:g} "
+                           f"iterations)", r["per_sample_ms"] / fastest["per_sample_ms"], ">=", 1.0,
+                           f"baseline violation {r['violation']:.1e}; dual at tol {fastest['parameter']:g}: violation "
+                           f"{fastest['violation']:.1e}"))
+    return out
+
+
+def format_graph_targets(targets: list[dict]) -> str:
+    """One line per target: value, threshold, met / NOT met / not measured, and the detail."""
+    lines = []
+    for t in targets:
+        value = "—" if t["value"] is None else f"{t['value']:.3g}"
+        verdict = "not measured" if t["met"] is None else "met" if t["met"] else "NOT met"
+        lines.append(f"{t['target']:<84}{value:>10}   target {t['op']} {t['threshold']:g}   {verdict}"
+                     + (f"   ({t['detail']})" if t["detail"] else ""))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def graph_benchmark(config: GraphBenchmark, out_dir: str, baseline: Callable | None = None, backends=None,
+                    log=print, command: str = "") -> dict:
+    """Run the parts of ``config`` into ``out_dir`` (holding its lock); returns every result and
+    the targets.  ``baseline``: the given-maps projection to compare with (``linsat_solve`` of
+    :mod:`convex_attention.baselines.linsat`; without it the ``linsat`` part is not run and its
+    target is not measured).  ``backends``: cvxpylayers backends (default: those of
+    :data:`DEFAULT_BACKENDS` that are installed)."""
+    installed = available_backends()
+    backends = [b for b in DEFAULT_BACKENDS if b in installed] if backends is None else list(backends)
+    os.makedirs(out_dir, exist_ok=True)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(config.threads)  # the declared count, recorded with the run
+    try:
+        with results_lock(out_dir, command=command or "bench_graphs", log=log):
+            return _run(config, out_dir, baseline, backends, log, command)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(config: GraphBenchmark, out_dir: str, baseline, backends, log, command: str) -> dict:
+    results: dict = {}
+    started, load_start, start = now_utc(), load_average(), time.perf_counter()
+    if "convergence" in config.parts:
+        rows, summary = _convergence(config, NONTREE, log)
+        results["convergence_summary"] = summary
+        atomic_csv(os.path.join(out_dir, "convergence_instances.csv"), CONVERGENCE_COLUMNS, rows)
+    if "gradients" in config.parts:
+        results["gradients"] = _gradients(config, NONTREE + ("star",), backends, log)
+        atomic_csv(os.path.join(out_dir, "gradients.csv"), GRADIENT_COLUMNS, results["gradients"])
+    if "speed" in config.parts:
+        results["speed"] = _speed(config, NONTREE, backends, log)
+        atomic_csv(os.path.join(out_dir, "speed.csv"), SPEED_COLUMNS, results["speed"])
+    if "backward" in config.parts:
+        results["backward"] = _backward(config, NONTREE, log)
+        atomic_csv(os.path.join(out_dir, "backward.csv"), BACKWARD_COLUMNS, results["backward"])
+    if "amortised" in config.parts:
+        results["amortised"] = _amortised(config, log)
+        atomic_csv(os.path.join(out_dir, "amortised.csv"), AMORTISED_COLUMNS, results["amortised"])
+    if "linsat" in config.parts and baseline is not None:
+        results["linsat"] = _linsat(config, baseline, log)
+        atomic_csv(os.path.join(out_dir, "linsat.csv"), LINSAT_COLUMNS, results["linsat"])
+    elif "linsat" in config.parts:
+        log("given maps: no baseline handed in (install linsatnet); that part is not measured")
+    targets = _targets(results)
+    log(format_graph_targets(targets))
+    summary = {"environment": environment("cpu"), "runs": [run_record(started, load_start,
+                                                                      wall_s=time.perf_counter() - start)],
+               "config": asdict(config), "command": command, "cvx_backends": backends,
+               "statistic": "median over interleaved repetitions of forward+backward time, per sample",
+               "targets": targets, "convergence": results.get("convergence_summary", [])}
+    write_json(os.path.join(out_dir, "graphs.json"), summary)
+    return {**results, "targets": targets}

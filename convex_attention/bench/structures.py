@@ -1,0 +1,129 @@
+"""The named structure families of the harness: the graphs of maps a sweep, ``verify`` and the
+graph benchmark run on (docs/design.md §1, docs/results_format.md).
+
+A family and a finest side ``size`` (and the grid dimensionality ``dims``) give one graph:
+
+==================  ==============================================================  ========
+family              maps and edges                                                   M maps
+==================  ==============================================================  ========
+``chain``           ``levels`` grids of side ``size / factor^k`` (today's sweep)     levels
+``star``            4 maps of side ``size`` pooled onto one of side ``size / 4``      5
+``axial``           one map of side ``size`` pooled onto each of its axes           dims + 1
+                    (rows and columns in 2-D)
+``grid_regions``    one map of side ``size``, its grid of side ``size / 8`` and      3
+                    ``(size / 8)^dims`` regions that cut across that grid
+``mixed``           a map X of side ``size`` and a map Y of side ``size / 2``, both   4
+                    pooled onto one shared grid of side ``size / 8`` and onto one
+                    shared set of ``(size / 8)^dims`` regions
+==================  ==============================================================  ========
+
+Regions are the Voronoi cells of random centres (seeded), so they cut across every block
+grid; in ``mixed`` a cell of X lies in the region of the Y cell that holds it, except the cells
+with every coordinate odd, which take the region of the next Y cell along the diagonal: X's
+regions are then not Y's pooled back, and the two maps meet only through the grid and the
+regions.  ``chain`` and ``star`` are forests (the closed form applies); the others are not.
+
+:func:`random_structure` draws small random members of every family for ``verify``.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..graph import Graph
+from ..hierarchy import Hierarchy
+from .config import REGION_FACTOR, STAR_ARMS, STAR_FACTOR, STRUCTURES, check_structure, structure_cells, structure_maps
+
+__all__ = ["STRUCTURES", "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "structure_graph", "check_structure",
+           "structure_maps", "structure_cells", "cutting_regions", "random_structure"]
+
+def _cells(shape: tuple[int, ...]) -> torch.Tensor:
+    """Cell centres of a grid, ``(prod(shape), len(shape))``, in C order, in units of the grid."""
+    axes = [torch.arange(n, dtype=torch.float64) + 0.5 for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, len(shape))
+
+
+def cutting_regions(shape: tuple[int, ...], num_regions: int, generator: torch.Generator) -> torch.Tensor:
+    """Regions of a grid of ``shape``: the Voronoi cells of ``num_regions`` random centres,
+    relabelled ``0 … R-1`` (a centre that captures no cell is dropped, so ``R <= num_regions``).
+    Returns an integer tensor shaped like the grid."""
+    cells = _cells(shape)
+    centres = torch.rand((num_regions, len(shape)), generator=generator, dtype=torch.float64) * torch.tensor(
+        shape, dtype=torch.float64)
+    # in chunks of cells, so that the distance table stays small (a 256x256 map has 65536 cells)
+    chunk = max(1, 2 ** 22 // num_regions)
+    nearest = torch.cat([torch.cdist(cells[i:i + chunk], centres).argmin(1) for i in range(0, len(cells), chunk)])
+    return torch.unique(nearest, return_inverse=True)[1].reshape(shape)
+
+
+def _lifted_with_a_twist(coarse_regions: torch.Tensor) -> torch.Tensor:
+    """Regions of a grid twice as fine as ``coarse_regions`` (any dimensionality): each fine cell
+    takes its coarse cell's region, except the cells with every coordinate odd, which take the
+    region of the next coarse cell along the diagonal (wrapping)."""
+    shape = tuple(coarse_regions.shape)
+    fine = coarse_regions
+    for d in range(len(shape)):
+        fine = fine.repeat_interleave(2, dim=d)
+    shifted = torch.roll(coarse_regions, shifts=tuple(-1 for _ in shape), dims=tuple(range(len(shape))))
+    odd = tuple(slice(1, None, 2) for _ in shape)
+    fine = fine.clone()
+    fine[odd] = shifted
+    return fine
+
+
+def structure_graph(structure: str, size: int, dims: int = 2, levels: int = 2, factor: int = 2,
+                    seed: int = 0) -> Graph:
+    """The graph of ``structure`` at finest side ``size`` (see the module docstring).
+
+    ``levels`` and ``factor`` shape the chain; ``seed`` draws the regions.  Checked by
+    :func:`check_structure` (ValueError)."""
+    check_structure(structure, size, dims, levels, factor)
+    side = (size,) * dims
+    if structure == "chain":
+        return Hierarchy.grid([(size // factor ** k,) * dims for k in range(levels)])
+    if structure == "star":
+        return Graph.star([side] * STAR_ARMS, (size // STAR_FACTOR,) * dims)
+    if structure == "axial":
+        return Graph.axial(side)
+    generator = torch.Generator().manual_seed(seed)
+    grid = (size // REGION_FACTOR,) * dims
+    if structure == "grid_regions":
+        return Graph.grid_regions([side, grid], cutting_regions(side, math.prod(grid), generator))
+    # mixed: X (size) and Y (size / 2) onto a shared grid and shared regions
+    half = (size // 2,) * dims
+    y_regions = cutting_regions(half, math.prod(grid), generator)
+    x_regions = _lifted_with_a_twist(y_regions)
+    num_regions = int(y_regions.max()) + 1
+    return Graph([side, half, grid, num_regions], [(0, 2), (1, 2), (0, 3, x_regions), (1, 3, y_regions)])
+
+
+def random_structure(structure: str, generator: torch.Generator, quick: bool = False) -> Graph:
+    """A small random member of a family, for ``verify`` (a few dozen cells, so that CVXPY
+    solves it at tight tolerances in a moment): random grid sides, numbers of maps and regions.
+    ``chain`` gives a 2- or 3-level 2-D hierarchy."""
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+    if structure == "chain":
+        return Hierarchy.grid(pick([[(4, 4), (2, 2)], [(4, 4), (2, 2), (1, 1)]] if quick else
+                                   [[(8, 8), (4, 4)], [(6, 4), (3, 2), (1, 2)], [(4, 4, 2), (2, 2, 1)]]))
+    if structure == "star":
+        arms = pick([2, 3] if quick else [2, 3, 4])
+        coarse = pick([(2, 2), (2, 1)])
+        fine = [(coarse[0] * pick([1, 2]), coarse[1] * pick([2, 3])) for _ in range(arms)]
+        return Graph.star(fine, coarse)
+    if structure == "axial":
+        return Graph.axial(pick([(4, 3), (3, 5)] if quick else [(5, 4), (6, 3), (3, 3, 2)]))
+    grid = (2, 2)
+    if structure == "grid_regions":
+        side = pick([(4, 4)] if quick else [(6, 6), (8, 4)])
+        regions = cutting_regions(side, pick([3, 4, 5]), generator)
+        return Graph.grid_regions([side, grid], regions)
+    if structure != "mixed":
+        raise ValueError(f"unknown structure {structure!r}; choose one of {', '.join(STRUCTURES)}")
+    side = pick([(4, 4)] if quick else [(8, 4), (4, 8)])
+    half = tuple(n // 2 for n in side)
+    y_regions = cutting_regions(half, pick([3, 4]), generator)
+    return Graph([side, half, grid, int(y_regions.max()) + 1],
+                 [(0, 2), (1, 2), (0, 3, _lifted_with_a_twist(y_regions)), (1, 3, y_regions)])

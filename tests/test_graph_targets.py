@@ -1,0 +1,117 @@
+"""The graph benchmark's harness (benchmarks/bench_graphs.py): its instances, the unrolled
+backward it compares with, the verdicts it prints and the files it writes.  Never a wall time."""
+import json
+import math
+
+import pytest
+import torch
+
+import convex_attention as ca
+from convex_attention.bench import graph_targets as gt
+from convex_attention.bench.graph_targets import GraphBenchmark, draw_instance, format_graph_targets, unrolled_solve
+from convex_attention.io.tables import read_table
+
+
+def test_sizes_that_the_families_cannot_pool_are_refused():
+    with pytest.raises(ValueError, match="multiples of 16"):
+        GraphBenchmark(size=40)
+    assert GraphBenchmark(size=32).threads == 1  # one thread unless asked: comparable timings
+
+
+@pytest.mark.parametrize("family", gt.NONTREE + ("star",))
+def test_instances_have_the_declared_scores_and_temperatures(family):
+    g = torch.Generator().manual_seed(0)
+    h, scores, temps = draw_instance(family, 16, g, (-2.0, 1.0), batch=3)
+    assert [tuple(s.shape) for s in scores] == [(3,) + shape for shape in h.shapes]
+    assert len(temps) == h.num_maps and all(0.01 <= t <= 10 for t in temps)
+    assert not h.is_forest if family in gt.NONTREE else h.is_forest
+
+
+def test_unrolled_sweeps_approach_the_certified_solution_and_its_gradient():
+    """The unrolled backward is autograd through plain sweeps: with many sweeps it reaches the
+    dual solver's solution (tol 1e-13) and its implicit gradient, and few sweeps do not."""
+    g = torch.Generator().manual_seed(3)
+    h, scores, temps = draw_instance("axial", 16, g, (-0.3, 0.3), batch=2, scale=1.0)
+    w = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+
+    def grad_of(fn):
+        x = [s.clone().requires_grad_() for s in scores]
+        probs = fn(x)
+        return probs, torch.cat([t.flatten() for t in torch.autograd.grad(
+            sum((p * wk).sum() for p, wk in zip(probs, w)), x)])
+
+    ref_probs, ref_grad = grad_of(lambda x: ca.solve(x, h, "dual", temperature=temps, tol=1e-13).probs)
+    errors = {}
+    for sweeps in (1, 200):
+        probs, grad = grad_of(lambda x, n=sweeps: unrolled_solve(x, h, temps, n))
+        errors[sweeps] = (max(float((p - r).detach().abs().max()) for p, r in zip(probs, ref_probs)),
+                          float((grad - ref_grad).norm() / ref_grad.norm()))
+    assert errors[200][0] < 1e-9 and errors[200][1] < 1e-7
+    assert errors[1][0] > 1e-4 and errors[1][1] > 1e-4
+
+
+def test_a_missed_convergence_is_never_met_and_nan_is_never_measured():
+    summary = {"family": "axial", "set": "hard", "dtype": "float64", "tol": 1e-10, "max_sweeps": 200,
+               "instances": 100, "median_sweeps": 7, "worst_sweeps": 200, "misses": 1}
+    (target,) = gt._targets({"convergence_summary": [summary]})
+    assert target["met"] is False and target["value"] == 200.0
+    assert gt._target("x", math.nan, "<=", 1.0)["met"] is None
+    assert gt._target("x", 2.0, ">=", 1e3)["met"] is False
+    assert gt._target("x", 2e3, ">=", 1e3)["met"] is True
+    line = format_graph_targets([gt._target("speed", math.nan, ">=", 1e3, "no backend ran"), target])
+    assert "not measured" in line and "NOT met" in line and "misses 1" in line
+
+
+def test_the_gradient_target_against_cvxpylayers_says_what_its_own_error_is():
+    rows = [{"family": "axial", "setting": "mild", "draw": 0, "solver": "dual", "status": "ok", "reason": "",
+             "error_vs_fd": 1e-9, "error_vs_dual": 0.0},
+            {"family": "axial", "setting": "mild", "draw": 0, "solver": "cvxpylayers[moreau]", "status": "ok",
+             "reason": "", "error_vs_fd": 4e-4, "error_vs_dual": 5e-4}]
+    by = {t["target"]: t for t in gt._targets({"gradients": rows})}
+    assert by["implicit gradient vs finite differences (mild)"]["met"] is True
+    against = by["implicit gradient vs cvxpylayers[moreau] (mild)"]
+    assert against["met"] is False and "own gradient is off finite differences by 4.0e-04" in against["detail"]
+
+
+def test_a_small_run_writes_its_files_in_strict_json_with_the_load_and_threads(tmp_path):
+    config = GraphBenchmark(parts=("convergence", "backward"), size=16, instances=2, batch=2, repeats=1,
+                            threads=1)
+    logged = []
+    before = torch.get_num_threads()
+    out = gt.graph_benchmark(config, str(tmp_path), log=logged.append, command="bench_graphs --tiny")
+    assert torch.get_num_threads() == before
+    conv = read_table(str(tmp_path / "convergence_instances.csv")).rows
+    assert len(conv) == 3 * 2 * 2 * 2  # families x sets x dtypes x instances
+    assert all(r["converged"] in ("True", "False") for r in conv)
+    backward = read_table(str(tmp_path / "backward.csv")).rows
+    assert {r["kind"] for r in backward} == {"implicit", "unrolled"}
+    implicit = [float(r["gradient_error"]) for r in backward if r["kind"] == "implicit" and r["parameter"] == "1e-10"]
+    assert max(implicit) < 1e-6  # against the gradient at tol 1e-13
+    text = (tmp_path / "graphs.json").read_text()
+    record = json.loads(text, parse_constant=lambda token: pytest.fail(f"not strict JSON: {token}"))
+    (run,) = record["runs"]
+    assert run["torch_threads"] == 1 and len(run["load_average_start"]) == 3 and run["cpu_count"] >= 1
+    assert record["command"] == "bench_graphs --tiny" and record["targets"] == out["targets"]
+    assert any("dual sweeps, mixed hard float64" in m for m in logged)
+
+
+@pytest.mark.slow  # every part end to end, cvxpylayers and LinSATNet included (a minute)
+def test_every_part_at_tiny_sizes_gives_a_verdict_for_every_target(tmp_path):
+    from convex_attention.baselines.linsat import linsat_solve
+    from convex_attention.cvx import available_backends
+
+    if "moreau" not in available_backends():
+        pytest.skip("needs the moreau backend")
+    config = GraphBenchmark(size=16, grad_size=16, instances=2, batch=2, grad_draws=1, speed_batch=2, repeats=1,
+                            cvx_batch=1, cvx_repeats=1, amortised_steps=2, linsat_iters=(2,), linsat_batch=1,
+                            linsat_repeats=1)
+    out = gt.graph_benchmark(config, str(tmp_path), baseline=linsat_solve, backends=["moreau"], log=lambda m: None)
+    for name in ("convergence_instances.csv", "gradients.csv", "speed.csv", "backward.csv", "amortised.csv",
+                 "linsat.csv", "graphs.json"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    names = [t["target"] for t in out["targets"]]
+    for part in ("dual sweeps", "implicit gradient vs finite differences", "implicit gradient vs cvxpylayers[moreau]",
+                 "cvxpylayers[moreau] (fastest) / dual", "dual / exact", "exact / softmaxes", "amortised / λ=0",
+                 "baseline / dual time"):
+        assert any(n.startswith(part) for n in names), part
+    assert all(t["met"] in (True, False, None) for t in out["targets"])

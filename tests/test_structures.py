@@ -1,0 +1,101 @@
+"""convex_attention.bench.structures: the named structure families of the harness (and the
+facts bench.config keeps about them for the command line's checks)."""
+import math
+
+import pytest
+import torch
+
+import convex_attention as ca
+from convex_attention.bench.structures import (
+    STRUCTURES,
+    check_structure,
+    cutting_regions,
+    random_structure,
+    structure_cells,
+    structure_graph,
+    structure_maps,
+)
+
+KIND = {"chain": "chain", "star": "forest", "axial": "graph", "grid_regions": "graph", "mixed": "graph"}
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("size, dims", [(16, 2), (32, 2), (16, 3)])
+def test_every_family_builds_its_graph_with_the_facts_the_checks_use(structure, size, dims):
+    h = structure_graph(structure, size, dims=dims, levels=3)
+    assert h.kind == KIND[structure]
+    assert h.num_maps == structure_maps(structure, dims, 3)
+    # the check's cell count is exact unless a random centre captured no cell (then it is an upper bound)
+    assert sum(h.sizes) <= structure_cells(structure, size, dims, 3)
+    if structure in ("chain", "star", "axial"):
+        assert sum(h.sizes) == structure_cells(structure, size, dims, 3)
+    assert h.shapes[0] == (size,) * dims
+
+
+def test_the_families_are_what_their_names_say():
+    star = structure_graph("star", 64)
+    assert star.shapes == [(64, 64)] * 4 + [(16, 16)] and star.edges == [(k, 4) for k in range(4)]
+    axial = structure_graph("axial", 8)
+    assert axial.shapes == [(8, 8), (8, 1), (1, 8)]
+    gr = structure_graph("grid_regions", 64)
+    assert gr.shapes[:2] == [(64, 64), (8, 8)] and gr.edges == [(0, 1), (0, 2)]
+    mixed = structure_graph("mixed", 64)
+    assert mixed.shapes[:3] == [(64, 64), (32, 32), (8, 8)]
+    assert mixed.edges == [(0, 2), (1, 2), (0, 3), (1, 3)]
+
+
+@pytest.mark.parametrize("structure", ["grid_regions", "mixed"])
+def test_regions_cut_across_the_grid(structure):
+    h = structure_graph(structure, 32)
+    fine = 0
+    grid_edge, region_edge = h.out_edges[fine]
+    grid, regions = h.parents(grid_edge), h.parents(region_edge)
+    pairs = set(zip(grid.tolist(), regions.tolist()))
+    assert any(len({r for c, r in pairs if c == cell}) > 1 for cell in set(grid.tolist())), \
+        "a grid cell holds two regions"
+    assert any(len({c for c, r in pairs if r == reg}) > 1 for reg in set(regions.tolist())), \
+        "a region spans two grid cells"
+
+
+def test_mixed_regions_of_the_fine_map_are_not_the_coarse_maps_pooled_back():
+    h = structure_graph("mixed", 32)
+    x_regions = h.parents(2).reshape(32, 32)
+    y_regions = h.parents(3).reshape(16, 16)
+    lifted = y_regions.repeat_interleave(2, 0).repeat_interleave(2, 1)
+    differ = x_regions != lifted
+    assert differ.any() and not differ[0::2, 0::2].any(), "only the odd-odd cells are moved"
+
+
+def test_cutting_regions_are_seeded_non_empty_and_chunked_the_same():
+    a = cutting_regions((12, 10), 7, torch.Generator().manual_seed(3))
+    b = cutting_regions((12, 10), 7, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == (12, 10)
+    counts = torch.bincount(a.flatten())
+    assert (counts > 0).all() and len(counts) <= 7
+    # a table of distances too large for one piece is built in chunks, with the same answer
+    big = cutting_regions((64, 64), 2 ** 12, torch.Generator().manual_seed(0))
+    assert big.shape == (64, 64) and int(big.max()) + 1 <= 2 ** 12
+
+
+@pytest.mark.parametrize("structure, size, dims, message", [
+    ("axial", 16, 1, "axial .* needs --dims 2 or 3"),
+    ("star", 18, 2, "multiple of 4"),
+    ("grid_regions", 8, 2, "at least 16"),
+    ("mixed", 20, 2, "multiple of 8"),
+    ("chain", 10, 2, "does not divide"),
+    ("ring", 16, 2, "unknown structure"),
+])
+def test_a_structure_without_a_graph_at_that_size_is_refused_naming_the_fix(structure, size, dims, message):
+    with pytest.raises(ValueError, match=message):
+        check_structure(structure, size, dims, levels=3)
+
+
+@pytest.mark.parametrize("structure", STRUCTURES)
+@pytest.mark.parametrize("quick", [True, False])
+def test_random_members_are_small_and_of_their_family(structure, quick):
+    g = torch.Generator().manual_seed(1)
+    for _ in range(10):
+        h = random_structure(structure, g, quick)
+        assert isinstance(h, ca.Graph) and h.kind == KIND[structure]
+        assert sum(h.sizes) <= 120, "small enough for CVXPY at tight tolerances"
+        assert math.prod(h.shapes[0]) == h.sizes[0]
