@@ -129,6 +129,7 @@ def test_verify_passes_and_writes_csv(tmp_path):
             "dual.feasibility", "exact.primal_vs_layer", "reference.certificate"} <= checks
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_verify_fails_with_a_wrong_dual_solver(tmp_path, capsys):
     solver = tmp_path / "wrong_solver.py"
     solver.write_text(

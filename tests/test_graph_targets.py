@@ -73,6 +73,7 @@ def test_the_gradient_target_against_cvxpylayers_says_what_its_own_error_is():
     assert against["met"] is False and "own gradient is off finite differences by 4.0e-04" in against["detail"]
 
 
+@pytest.mark.slow  # runs every part of the graph benchmark
 def test_a_small_run_writes_its_files_in_strict_json_with_the_load_and_threads(tmp_path):
     config = GraphBenchmark(parts=("convergence", "backward"), size=16, instances=2, batch=2, repeats=1,
                             threads=1)

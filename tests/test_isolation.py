@@ -105,7 +105,7 @@ def test_every_exception_and_every_wrong_return_is_a_failure_with_its_reason(tmp
         np.testing.assert_array_equal(solver.solve(SCORES, H, TEMPS)[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
 
 
-@pytest.mark.parametrize("body, message", slow_beyond([
+@pytest.mark.parametrize("body, message", slow_beyond(keep=0, cases=[
     ("os._exit(0)", "ended its process with exit status 0 without returning"),
     ("os._exit(7)", "ended its process with exit status 7 without returning"),
     ("ctypes.string_at(0)", "was killed by SIGSEGV without returning"),
@@ -122,6 +122,7 @@ def test_a_solver_that_ends_or_crashes_its_process_fails_and_the_next_instance_g
         np.testing.assert_array_equal(solver.solve(SCORES, H, TEMPS)[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_a_solver_that_hangs_is_stopped_at_the_timeout(tmp_path):
     with IsolatedSolver(_solver(tmp_path, "time.sleep(600)"), timeout=1.5) as solver:
         start = time.monotonic()
@@ -174,7 +175,7 @@ def test_a_solver_cannot_send_the_verifier_its_own_messages(tmp_path):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("module, message", slow_beyond([
+@pytest.mark.parametrize("module, message", slow_beyond(keep=0, cases=[
     ("import os\nos._exit(0)\n", "ended its process with exit status 0 without returning"),
     ("raise KeyboardInterrupt\n", "importing .* failed: raised KeyboardInterrupt"),
     ("import sys\nsys.exit(4)\n", r"called sys.exit\(4\)"),
@@ -189,6 +190,7 @@ def test_a_solver_module_that_fails_to_import_is_a_value_error_before_any_instan
     assert solver._process is None
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_an_importable_module_is_found_on_the_verifiers_path(tmp_path, monkeypatch):
     (tmp_path / "my_duals_module_16.py").write_text(
         "import convex_attention as ca\ndef solve_duals(scores, h, temps):\n"
@@ -208,6 +210,7 @@ def test_the_timeout_must_be_positive():
             IsolatedSolver("m:f", timeout=bad)
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_the_child_imports_the_verifiers_own_package(tmp_path):
     """Its import path is the verifier's: the toolkit it runs is this checkout's."""
     with IsolatedSolver(_solver(tmp_path, "raise RuntimeError(ca.__file__)"), timeout=60) as solver:

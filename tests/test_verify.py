@@ -207,7 +207,7 @@ def test_write_csv_is_atomic_and_has_the_status_columns(tmp_path, monkeypatch):
 # ---- the command: exit 0 only when every check ran and passed; 1 failed or not run; 2 usage
 
 
-@pytest.mark.parametrize("body, message", slow_beyond([
+@pytest.mark.parametrize("body, message", slow_beyond(keep=0, cases=[
     ("sys.exit(0)", "called sys.exit(0)"),
     ("raise RuntimeError('solver exploded')", "raised RuntimeError: solver exploded"),
     ("raise KeyboardInterrupt", "raised KeyboardInterrupt"),
@@ -250,6 +250,7 @@ def test_cli_verifies_a_correct_solver_file_in_its_own_process(tmp_path, capfd, 
     assert "hello from the solver" in captured.err
 
 
+@pytest.mark.slow  # a Python process of its own
 def test_ctrl_c_stops_verify_with_a_message_that_fits_it_and_stops_the_solvers_process(tmp_path, capsys, monkeypatch):
     from convex_attention.bench import isolation
 
@@ -296,7 +297,7 @@ def read_rows(path):
     (lambda d: ["--dual-solver", ":f"], "module:function"),
     (lambda d: ["--backends", "gurobi"], "option backend must be one of"),
     (lambda d: ["--backends", "mpax"], "exponential cones"),
-], keep=3, fast=(8, 9, 10, 11, 12, 14, 15, 16)))
+], keep=0, fast=(8, 9, 10, 11, 12, 15, 16)))
 def test_cli_usage_errors_exit_2_before_any_work(tmp_path, capsys, make_argv, message, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("work started before the arguments were checked")
