@@ -784,3 +784,21 @@ def test_core_benchmark_marks_a_wide_interquartile_range_and_states_the_widest(f
     assert marked == [(1.0, pytest.approx(1e3 * 2.0 / 4))]  # exact's bar in the first panel, nothing else
     assert "widest interquartile range: 100% of its median" in figs["core:footer"]
     assert any("low confidence" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+@pytest.mark.parametrize("plot, figure, source", [
+    (plots.consistency.plot_violation, "violation", "bench.csv"),
+    (plots.consistency.plot_convergence, "dual_convergence", "convergence.csv"),
+    (plots.consistency.plot_tradeoff, "tradeoff", "bench.csv"),
+    (plots.speed.plot_time_vs_size, "time_vs_size", "bench.csv"),
+    (plots.speed.plot_speedup, "speedup_exact_vs_cvxpylayers", "bench.csv"),
+    (plots.graphs.plot_pareto_per_structure, "pareto_per_structure", "bench.csv"),
+    (plots.graphs.plot_convergence_per_structure, "dual_convergence_per_structure", "convergence.csv"),
+    (plots.graphs.plot_backward, "backward_implicit_vs_unrolled", "backward.csv"),
+])
+def test_rows_that_lack_a_needed_column_are_named_and_nothing_is_drawn(tmp_path, plot, figure, source):
+    logged = []
+    path = tmp_path / "figure.png"
+    assert plot([{"unrelated": "1"}], str(path), log=logged.append) is None
+    assert len(logged) == 1 and logged[0].startswith(f"{figure}: {source} lacks column(s) ")
+    assert logged[0].endswith("; not drawn") and not path.exists()

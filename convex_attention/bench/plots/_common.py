@@ -273,8 +273,13 @@ def compute_dtype_of(p: Point) -> str:
     return "float64" if p.record.cpu_only else text_of(p.row, "dtype")
 
 
-def missing_columns(rows, columns) -> list[str]:
-    return [c for c in columns if rows and c not in rows[0]]
+def lacks_columns(rows, columns, figure: str, source: str, log: Log) -> bool:
+    """True (and says so through ``log``: the figure is not drawn) when ``rows`` lack any of
+    ``columns`` of the file ``source``."""
+    missing = [c for c in columns if rows and c not in rows[0]]
+    if missing:
+        log(f"{figure}: {source} lacks column(s) {', '.join(missing)}; not drawn")
+    return bool(missing)
 
 
 def cell_key(row: dict) -> tuple:

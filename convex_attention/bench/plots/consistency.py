@@ -31,10 +31,10 @@ from ._common import (
     cell_key,
     compute_dtype_of,
     dtype_note,
+    lacks_columns,
     low_confidence,
     low_confidence_handle,
     mark_low_confidence,
-    missing_columns,
     number,
     ok_points,
     quiet_minor_ticks,
@@ -116,8 +116,7 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
     marked floor.  Returns None without data."""
     log = log or warn
     need = ("status", "method", "dtype", "violation_mean")
-    if missing_columns(rows, need):
-        log(f"violation: bench.csv lacks column(s) {', '.join(missing_columns(rows, need))}; not drawn")
+    if lacks_columns(rows, need, "violation", "bench.csv", log):
         return None
     points = _violation_points(rows, log)
     if not points:
@@ -206,9 +205,7 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None) -> str |
     None without data."""
     log = log or warn
     need = ("cell", "levels", "iteration", "violation_max", "dual_gap_max")
-    if missing_columns(conv_rows, need):
-        log(f"dual_convergence: convergence.csv lacks column(s) "
-            f"{', '.join(missing_columns(conv_rows, need))}; not drawn")
+    if lacks_columns(conv_rows, need, "dual_convergence", "convergence.csv", log):
         return None
     pts = _convergence_points(conv_rows, log)
     if not pts:
@@ -365,8 +362,7 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
     marked.  Returns None without data."""
     log = log or warn
     need = ("status", "method", "dims", "levels", "n_cells", "per_sample_ms", "violation_mean")
-    if missing_columns(rows, need):
-        log(f"tradeoff: bench.csv lacks column(s) {', '.join(missing_columns(rows, need))}; not drawn")
+    if lacks_columns(rows, need, "tradeoff", "bench.csv", log):
         return None
     numbers = {**SIZE_COLUMNS, "per_sample_ms": {"empty_ok": True, "positive": True},
                "violation_mean": {"nonneg": True}, "timed_batch": {"empty_ok": True, "positive": True},

@@ -26,7 +26,7 @@ from ._common import (
     Series,
     Skips,
     dtype_note,
-    missing_columns,
+    lacks_columns,
     number,
     ok_points,
     quiet_minor_ticks,
@@ -95,8 +95,7 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
     a structure other than the chain; returns None otherwise."""
     log = log or warn
     need = ("status", "method", "violation_mean", "per_sample_ms", "n_cells")
-    if missing_columns(rows, need):
-        log(f"pareto_per_structure: bench.csv lacks column(s) {', '.join(missing_columns(rows, need))}; not drawn")
+    if lacks_columns(rows, need, "pareto_per_structure", "bench.csv", log):
         return None
     structures = _ordered({_structure(r) for r in rows})
     if structures == ["chain"] or not structures:
@@ -192,9 +191,7 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
     structure other than the chain; returns None otherwise."""
     log = log or warn
     need = ("cell", "structure", "size", "iteration", "violation_max", "dual_gap_max")
-    if missing_columns(conv_rows, need):
-        log(f"dual_convergence_per_structure: convergence.csv lacks column(s) "
-            f"{', '.join(missing_columns(conv_rows, need))}; not drawn")
+    if lacks_columns(conv_rows, need, "dual_convergence_per_structure", "convergence.csv", log):
         return None
     skips, pts = Skips("dual_convergence_per_structure", "convergence.csv"), []
     for r in conv_rows:
@@ -263,9 +260,7 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
     tolerance or sweeps.  Returns None without data."""
     log = log or warn
     need = ("family", "kind", "parameter", "bwd_per_sample_ms", "gradient_error")
-    if missing_columns(rows, need):
-        log(f"backward_implicit_vs_unrolled: backward.csv lacks column(s) "
-            f"{', '.join(missing_columns(rows, need))}; not drawn")
+    if lacks_columns(rows, need, "backward_implicit_vs_unrolled", "backward.csv", log):
         return None
     skips, pts = Skips("backward_implicit_vs_unrolled", "backward.csv"), []
     for r in rows:

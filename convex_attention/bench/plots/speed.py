@@ -37,10 +37,10 @@ from ._common import (
     dims_title,
     dtype_note,
     fit_power_law,
+    lacks_columns,
     low_confidence,
     low_confidence_handle,
     mark_low_confidence,
-    missing_columns,
     ok_points,
     quiet_minor_ticks,
     skipped_note,
@@ -354,8 +354,7 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
     None (and writes nothing) without data."""
     log = log or warn
     need = ("status", "method", "dims", "levels", "n_cells", "timed_batch", "fwd_ms", "bwd_ms")
-    if missing_columns(rows, need):
-        log(f"time_vs_size: bench.csv lacks column(s) {', '.join(missing_columns(rows, need))}; not drawn")
+    if lacks_columns(rows, need, "time_vs_size", "bench.csv", log):
         return None
     points, untimed = _timed_points(rows, log)
     if not points:
@@ -472,9 +471,7 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
     nothing) when no cell has both measured."""
     log = log or warn
     need = ("status", "method", "dims", "levels", "n_cells", "per_sample_ms")
-    if missing_columns(rows, need):
-        log(f"speedup_exact_vs_cvxpylayers: bench.csv lacks column(s) "
-            f"{', '.join(missing_columns(rows, need))}; not drawn")
+    if lacks_columns(rows, need, "speedup_exact_vs_cvxpylayers", "bench.csv", log):
         return None
     numbers = {**SIZE_COLUMNS, "per_sample_ms": {"empty_ok": True, "positive": True},
                "timed_batch": {"empty_ok": True, "positive": True, "integer": True},
