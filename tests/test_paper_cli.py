@@ -465,6 +465,27 @@ def test_train_resume_into_its_own_folder_needs_no_overwrite(tmp_path, capsys, m
     assert os.path.exists(path)
 
 
+def _run_with_the_work_raising(command, exception, tmp_path, capsys, monkeypatch):
+    """Run ``command`` (train, explain or experiment) on a small setting with its work
+    (training, explaining, the experiment) raising ``exception``; returns ``run``'s
+    ``(code, out, err)``."""
+    import convex_attention.paper.experiment as experiment
+    import convex_attention.paper.explain as explain
+    import convex_attention.paper.train as train_module
+
+    def raise_it(*args, **kwargs):
+        raise exception
+
+    monkeypatch.setattr(train_module, "train", raise_it)
+    monkeypatch.setattr(explain, "explain_models", raise_it)
+    monkeypatch.setattr(experiment, "run_experiment", raise_it)
+    argv = {"train": ["train", *_SMALL_RUN, "--out", str(tmp_path / "t")],
+            "explain": ["explain", "--checkpoints", f"m={tiny_checkpoint(tmp_path / 'a' / 'best.pt')}", "--out",
+                        str(tmp_path / "o"), "--no-progress"],
+            "experiment": ["experiment", "--quick", "--out", str(tmp_path / "e")]}[command]
+    return run(argv, capsys)
+
+
 @pytest.mark.parametrize("command", ["train", "explain", "experiment"])
 @pytest.mark.parametrize("failure", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:116] data. "
                                                                  "DefaultCPUAllocator: can't allocate memory: you "
@@ -472,21 +493,7 @@ def test_train_resume_into_its_own_folder_needs_no_overwrite(tmp_path, capsys, m
                                      RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")])
 def test_an_allocation_failure_inside_a_run_is_one_line_exit_1(tmp_path, capsys, monkeypatch, command, failure):
     """Before: a tensor that could not be allocated mid-run ended in a traceback."""
-    import convex_attention.paper.experiment as experiment
-    import convex_attention.paper.explain as explain
-    import convex_attention.paper.train as train_module
-
-    def fail(*args, **kwargs):
-        raise failure
-
-    monkeypatch.setattr(train_module, "train", fail)
-    monkeypatch.setattr(explain, "explain_models", fail)
-    monkeypatch.setattr(experiment, "run_experiment", fail)
-    argv = {"train": ["train", *_SMALL_RUN, "--out", str(tmp_path / "t")],
-            "explain": ["explain", "--checkpoints", f"m={tiny_checkpoint(tmp_path / 'a' / 'best.pt')}", "--out",
-                        str(tmp_path / "o"), "--no-progress"],
-            "experiment": ["experiment", "--quick", "--out", str(tmp_path / "e")]}[command]
-    code, _, err = run(argv, capsys)
+    code, _, err = _run_with_the_work_raising(command, failure, tmp_path, capsys, monkeypatch)
     assert code == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert f"convex-attention {command}: error: memory ran out" in err and "--batch-size" in err
 
@@ -498,21 +505,7 @@ def test_an_allocation_failure_inside_a_run_is_one_line_exit_1(tmp_path, capsys,
 ])
 def test_ctrl_c_is_one_line_that_fits_the_command(tmp_path, capsys, monkeypatch, command, words, absent):
     """--resume is advised only by the command that has one."""
-    import convex_attention.paper.experiment as experiment
-    import convex_attention.paper.explain as explain
-    import convex_attention.paper.train as train_module
-
-    def interrupt(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(train_module, "train", interrupt)
-    monkeypatch.setattr(explain, "explain_models", interrupt)
-    monkeypatch.setattr(experiment, "run_experiment", interrupt)
-    argv = {"train": ["train", *_SMALL_RUN, "--out", str(tmp_path / "t")],
-            "explain": ["explain", "--checkpoints", f"m={tiny_checkpoint(tmp_path / 'a' / 'best.pt')}", "--out",
-                        str(tmp_path / "o"), "--no-progress"],
-            "experiment": ["experiment", "--quick", "--out", str(tmp_path / "e")]}[command]
-    code, _, err = run(argv, capsys)
+    code, _, err = _run_with_the_work_raising(command, KeyboardInterrupt(), tmp_path, capsys, monkeypatch)
     assert code == 130 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith(f"convex-attention {command}: ") and words in err
     assert absent is None or absent not in err
