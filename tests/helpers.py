@@ -18,7 +18,9 @@ must solve, with parent maps written out here from coordinates (not from the pac
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -449,3 +451,18 @@ def slow_beyond(cases, keep: int = 1, fast: tuple = ()) -> list:
 
     return [case if i < keep or i in fast else pytest.param(*case, marks=pytest.mark.slow)
             for i, case in enumerate(cases)]
+
+
+def strict_load(path):
+    """A JSON file read as strict JSON (NaN and Infinity tokens refused): the test's own reader,
+    independent of the package's."""
+    def refuse(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    with open(path) as f:
+        return json.load(f, parse_constant=refuse)
+
+
+def tmp_files(folder) -> list[str]:
+    """The names in ``folder`` that end in ``.tmp`` (temporary files left behind)."""
+    return [n for n in os.listdir(folder) if n.endswith(".tmp")]

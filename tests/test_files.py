@@ -1,27 +1,14 @@
 """convex_attention.io.files: atomic files, strict JSON, CSV fields that read back exactly,
 the output folder check."""
-import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
+from helpers import strict_load, tmp_files
 
 from convex_attention.io import files
 from convex_attention.io.tables import read_table
-
-
-def strict_load(path):
-    def refuse(token):
-        raise ValueError(f"non-standard JSON token {token}")
-
-    with open(path) as f:
-        return json.load(f, parse_constant=refuse)
-
-
-def tmp_files(folder):
-    return [n for n in os.listdir(folder) if n.endswith(".tmp")]
 
 
 def test_atomic_csv_round_trips_floats_exactly_and_leaves_no_tmp(tmp_path):

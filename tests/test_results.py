@@ -4,21 +4,10 @@ import json
 import os
 
 import pytest
+from helpers import strict_load, tmp_files
 
 from convex_attention.bench import results as R
 from convex_attention.io.tables import read_table
-
-
-def strict_load(path):
-    def refuse(token):
-        raise ValueError(f"non-standard JSON token {token}")
-
-    with open(path) as f:
-        return json.load(f, parse_constant=refuse)
-
-
-def tmp_files(folder):
-    return [n for n in os.listdir(folder) if n.endswith(".tmp")]
 
 
 def bench_row(method="exact", status="ok", size=4, value=0.5, **extra):
