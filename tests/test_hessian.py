@@ -8,7 +8,7 @@ from helpers import FOREST_CASES, GRAPH_CASES, flat_np, random_graph_instance, r
 import convex_attention as ca
 from convex_attention.dual import dual_function, reparameterized_probs
 from convex_attention.exact import exact_attention, tree_backward
-from convex_attention.hessian import ImplicitSolveError, get_hessian, implicit_vjp, solve_psd
+from convex_attention.hessian import DualHessian, ImplicitSolveError, get_hessian, implicit_vjp, solve_psd
 
 
 def _random_duals(h, batch, seed):
@@ -66,9 +66,10 @@ def test_solve_psd_both_preconditioners_agree_and_stay_mean_zero():
     sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
     hess = get_hessian(inst.h, "cpu")
     rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64))
-    w1, res1, it1 = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000)
-    w2, res2, it2 = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, dense_limit=0)
-    assert (res1 <= 1e-11).all() and (res2 <= 1e-11).all() and (it1 <= 3).all() and (it2 > it1).all()
+    w1, res1, it1, ok1 = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000)
+    w2, res2, it2, ok2 = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, dense_limit=0)
+    assert ok1.all() and ok2.all() and (res1 <= 1e-11).all() and (res2 <= 1e-11).all()
+    assert (it1 <= 3).all() and (it2 > it1).all()
     torch.testing.assert_close(w1, w2, atol=1e-7, rtol=1e-6)
     torch.testing.assert_close(hess.matvec(sol.probs, inst.temps, w1), rhs, atol=1e-10, rtol=0)
     for part in hess.split(w1):
@@ -125,3 +126,56 @@ def test_dense_hessians_in_chunks_of_samples_give_the_same_answers(monkeypatch):
     assert torch.equal(whole.info["iterations"], chunked.info["iterations"])
     for a, b in zip(whole.probs + list(whole_grads), chunked.probs + list(chunked_grads)):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+def _degenerate_mixed_instance():
+    """The graph benchmark's one failed backward (docs/benchmarks.md, "Gradients"): a mixed
+    graph at 16², temperatures 0.107 … 0.283, probabilities down to 1e-75; rebuilt from its seed."""
+    from convex_attention.bench import graph_targets
+
+    scale, log_tau = graph_targets.GRADIENT_SETTINGS["normal"]
+    g = torch.Generator().manual_seed(1)
+    for _ in range(2):  # the benchmark's draw 1: each draw also takes its weights and direction
+        h, scores, temps = graph_targets.draw_instance("mixed", 16, g, log_tau, 1, scale=scale)
+        weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+        direction = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+    return h, scores, temps, weights, direction
+
+
+def test_a_nearly_degenerate_solution_is_differentiated_at_the_rounding_floor():
+    """Its Hessian has condition 2e7 and the matrix-free product's own rounding is 1e-9 of the
+    right-hand side, so the default tolerance 1e-10 is unverifiable; the solve is accepted at
+    the residual's rounding floor, and the gradient agrees with central differences."""
+    h, scores, temps, weights, direction = _degenerate_mixed_instance()
+    assert min(temps) < 0.11 and max(temps) < 0.3
+
+    def loss(x):
+        sol = ca.solve(x, h, "dual", temperature=temps, tol=1e-13, max_iter=5000)
+        return sum((p * w).sum() for p, w in zip(sol.probs, weights)), sol
+
+    leaves = [s.clone().requires_grad_() for s in scores]
+    value, sol = loss(leaves)
+    probs = [p.detach() for p in sol.probs]
+    assert min(float(p.min()) for p in probs) < 1e-60
+    hess = get_hessian(h, "cpu")
+    rhs = hess.apply_At([DualHessian.apply_J(p, v, t) for p, v, t in zip(probs, weights, temps)])
+    _, relres, _, solved = solve_psd(hess, probs, temps, rhs, 1e-10, 1000)
+    assert bool(solved.all()) and float(relres.max()) > 1e-10  # accepted by the floor, not the tolerance
+    grads = torch.autograd.grad(value, leaves)
+    along = float(sum((gk * d).sum() for gk, d in zip(grads, direction)))
+    step = 1e-3  # at 1e-6 the loss differences (1e-14) reach float64's rounding
+    with torch.no_grad():
+        central = (loss([s + step * d for s, d in zip(scores, direction)])[0]
+                   - loss([s - step * d for s, d in zip(scores, direction)])[0]) / (2 * step)
+    assert abs(along - float(central)) <= 1e-4 * abs(float(central))
+
+
+def test_the_rounding_floor_accepts_no_unsolved_system():
+    """A system stopped after one block-Jacobi iteration is far above its floor and refused."""
+    inst = random_graph_instance("mixed-two-resolutions", batch=3, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64))
+    w, relres, _, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1, dense_limit=0)
+    floor = hess.rounding_floor(sol.probs, inst.temps, w, rhs)
+    assert not bool(solved.any()) and bool(((hess.matvec(sol.probs, inst.temps, w) - rhs).norm(dim=1) > floor).all())

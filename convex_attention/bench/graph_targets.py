@@ -37,12 +37,13 @@ of forward + backward, per sample; every ratio is a ratio of such medians measur
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
@@ -192,7 +193,8 @@ def _convergence_summary(group, family, set_name, dtype_name, tol, max_sweeps) -
 
 # ----------------------------------------------------------------------------- gradients
 
-GRADIENT_COLUMNS = ("family", "setting", "draw", "solver", "status", "reason", "error_vs_fd", "error_vs_dual")
+GRADIENT_COLUMNS = ("family", "setting", "draw", "solver", "status", "reason", "fd_step", "error_vs_fd",
+                    "error_vs_dual")
 GRADIENT_SETTINGS = {"mild": (1.0, (-0.2, 0.2)), "normal": (SCORE_SCALE, (-1.0, 1.0))}
 
 
@@ -201,9 +203,31 @@ def _linear_loss(h, scores, temps, weights, method, **options):
     return sum((p * w).sum() for p, w in zip(sol.probs, weights))
 
 
+# Central-difference steps tried for the gradient check, largest first (see _central_difference).
+FD_STEPS = (1e-3, 1e-4, 1e-5, 1e-6)
+
+
+def _central_difference(loss_at: Callable[[float], float], steps: Sequence[float] = FD_STEPS) -> tuple[float, float]:
+    """The directional derivative ``(loss_at(h) − loss_at(−h)) / 2h`` at the step where it is most
+    stable: of consecutive steps, the pair whose estimates differ least, and its smaller step
+    (large steps carry truncation error, small ones rounding: on a nearly degenerate instance
+    the loss moves by 1e-14 at step 1e-6, docs/benchmarks.md "Gradients").
+    Returns ``(derivative, step)``."""
+    estimates = [(loss_at(h) - loss_at(-h)) / (2 * h) for h in steps]
+    if len(estimates) == 1:
+        return estimates[0], steps[0]
+    best = min(range(len(steps) - 1), key=lambda i: abs(estimates[i] - estimates[i + 1]))
+    return estimates[best + 1], steps[best + 1]
+
+
+def _loss_along(h, scores, direction, temps, weights, options: dict, step: float) -> float:
+    """The dual's linear loss at ``scores + step · direction``."""
+    return float(_linear_loss(h, [s + step * d for s, d in zip(scores, direction)], temps, weights, "dual",
+                              **options))
+
+
 def _gradients(config: GraphBenchmark, families, backends, log) -> list[dict]:
     rows = []
-    fd_step = 1e-6
     for family in families:
         for setting_name, (scale, log_tau) in GRADIENT_SETTINGS.items():
             g = torch.Generator().manual_seed(config.seed + 1)
@@ -225,10 +249,9 @@ def _gradients(config: GraphBenchmark, families, backends, log) -> list[dict]:
                 flat = torch.cat([t.flatten() for t in grad])
                 along = float(sum((t * d).sum() for t, d in zip(grad, direction)))
                 with torch.no_grad():
-                    fd = float(_linear_loss(h, [s + fd_step * d for s, d in zip(scores, direction)], temps, weights,
-                                            "dual", **dual_options)
-                               - _linear_loss(h, [s - fd_step * d for s, d in zip(scores, direction)], temps, weights,
-                                              "dual", **dual_options)) / (2 * fd_step)
+                    fd, fd_step = _central_difference(functools.partial(
+                        _loss_along, h, scores, direction, temps, weights, dual_options))
+                base["fd_step"] = fd_step
                 rows.append({**base, "solver": "dual", "status": "ok", "reason": "",
                              "error_vs_fd": abs(along - fd) / max(abs(fd), 1e-12), "error_vs_dual": 0.0})
                 for backend in backends:
