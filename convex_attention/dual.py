@@ -622,11 +622,14 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
     objective_temps, temps = temps, hessian_temperatures(temps, given)
     if hess.dim <= DENSE_LIMIT:
         grad = hess.gradient(probs)
-        direction = torch.empty_like(grad)
-        ok = torch.empty(grad.shape[0], dtype=torch.bool, device=grad.device)
-        for chunk in dense_chunks(grad.shape[0], hess.dim):
-            factor, ok[chunk] = hess.factor(hess.dense([p[chunk] for p in probs], temps))
-            direction[chunk] = -torch.cholesky_solve(grad[chunk].unsqueeze(2), factor).squeeze(2)
+        direction = torch.zeros_like(grad)
+        ok = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
+        # only the samples still solving: each costs a dense factorisation, O(D³)
+        rows = torch.nonzero(active).flatten()
+        for chunk in dense_chunks(len(rows), hess.dim):
+            pick = rows[chunk]
+            factor, ok[pick] = hess.factor(hess.dense([p[pick] for p in probs], temps))
+            direction[pick] = -torch.cholesky_solve(grad[pick].unsqueeze(2), factor).squeeze(2)
     else:
         # inexact Newton: a few block-Jacobi conjugate-gradient iterations on the Newton system
         # (tightening the residual with the gradient, Eisenstat-Walker style, with up to 100

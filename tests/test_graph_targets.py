@@ -128,3 +128,41 @@ def test_central_differences_take_the_step_where_they_are_most_stable():
 
     value, step = gt._central_difference(loss_at, (1e-1, 1e-3, 1e-5, 1e-7))
     assert step == 1e-5 and abs(value - math.cos(1.0)) < 1e-7
+
+
+def test_the_amortised_part_reports_the_untrained_features_and_the_development_split_gives_no_verdict(tmp_path):
+    rows = {}
+    for split in ("development", "held_out"):
+        config = GraphBenchmark(parts=("amortised",), size=16, amortised_steps=3, amortised_sweeps=(0, 2),
+                                amortised_split=split, threads=1)
+        out = gt.graph_benchmark(config, str(tmp_path / split), log=lambda m: None)
+        rows[split] = read_table(str(tmp_path / split / "amortised.csv")).rows
+        verdicts = [t for t in out["targets"] if t["target"].startswith("amortised")]
+        if split == "development":
+            assert verdicts == []
+        else:
+            assert len(verdicts) == 2 * len(gt.AMORTISED_SETTINGS)
+            assert all("untrained (its" in t["detail"] for t in verdicts)
+    for split, table in rows.items():
+        assert {r["split"] for r in table} == {split} and {r["sweeps"] for r in table} == {"0", "2"}
+        for r in table:
+            assert float(r["ratio_untrained"]) == pytest.approx(float(r["violation_untrained"])
+                                                                / float(r["violation_zero"]))
+            assert 0 < float(r["amortised_ms"]) < math.inf and 0 < float(r["dual_ms"]) < math.inf
+    # other instances, the same training: the λ = 0 violations differ between the splits
+    assert rows["development"][0]["violation_zero"] != rows["held_out"][0]["violation_zero"]
+    # the sweeps help: two sweeps' features beat none on every setting
+    for r0, r2 in zip(rows["held_out"][0::2], rows["held_out"][1::2]):
+        assert float(r2["violation_untrained"]) < float(r0["violation_untrained"])
+
+
+def test_the_amortised_split_is_validated():
+    with pytest.raises(ValueError, match="amortised_split"):
+        GraphBenchmark(amortised_split="test")
+
+
+def test_every_setting_is_checked_when_the_configuration_is_made():
+    with pytest.raises(ValueError, match="parts"):
+        GraphBenchmark(parts=("convergence", "nonsense"))
+    with pytest.raises(ValueError, match="amortised_sweeps"):
+        GraphBenchmark(amortised_sweeps=(-1,))

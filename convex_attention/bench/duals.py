@@ -37,13 +37,14 @@ def fit_amortiser(h: Hierarchy, train_scores, temps, steps: int, dtype=torch.flo
     Returns the trained module in ``dtype`` on ``device``, in eval mode;
     ``module(scores)`` gives ``L-1`` tensors ``(B, *h.shapes[k+1])``.  The initialisation
     is drawn from ``seed`` (not from the global generator), so a cell gives the same
-    network whether or not other cells ran first (``--resume``).  ``kwargs`` go to the
-    module (``hidden``, ``layers``).
+    network whether or not other cells ran first (``--resume``); ``steps=0`` returns it
+    untrained.  ``kwargs`` go to the module (``hidden``, ``layers``, ``sweeps``).
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         module = nn.AmortisedDuals(h, temps, **kwargs)
     module = module.to(device=device, dtype=dtype)
     train = [s.to(device=device, dtype=dtype) for s in train_scores]
-    nn.fit_amortised_duals(module, train, steps)
+    if steps:  # 0: the network as initialised (its features alone)
+        nn.fit_amortised_duals(module, train, steps)
     return module.eval()
