@@ -20,7 +20,7 @@ import importlib.util
 import sys
 
 from convex_attention.baselines.linsat import linsat_solve
-from convex_attention.bench.graph_targets import GraphBenchmark, graph_benchmark
+from convex_attention.bench.graph_targets import GraphBenchmark, check_no_earlier_results, graph_benchmark
 from convex_attention.cvx import BACKENDS, available_backends
 from convex_attention.io.files import check_out_dir
 from convex_attention.io.settings import add_options, given_settings
@@ -37,11 +37,15 @@ def main(argv=None):
                              f"diffcp-clarabel where installed; diffcp-scs takes minutes per instance here)")
     parser.add_argument("--out", default="results/graphs", help="folder for the CSV and JSON files")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (the smoke run)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files an earlier run left in --out (without it such a folder is refused, "
+                             "exit 2)")
     args = parser.parse_args(argv)
     given = given_settings(args, GraphBenchmark)
     try:
         config = GraphBenchmark(**({**TINY, **given} if args.tiny else given))
         check_out_dir(args.out)
+        check_no_earlier_results(config, args.out, args.overwrite)
     except ValueError as err:
         parser.error(str(err))
     missing = [b for b in args.backends or [] if b not in available_backends()]
@@ -50,7 +54,7 @@ def main(argv=None):
                      f"{', '.join(available_backends()) or 'none'}")
     # the baseline imports LinSATNet when it runs; without the package its part is not measured (said)
     baseline = linsat_solve if importlib.util.find_spec("LinSATNet") is not None else None
-    return graph_benchmark(config, args.out, baseline=baseline, backends=args.backends,
+    return graph_benchmark(config, args.out, baseline=baseline, backends=args.backends, overwrite=args.overwrite,
                            command=" ".join(["benchmarks/bench_graphs.py"] + list(sys.argv[1:] if argv is None
                                                                                    else argv)))
 

@@ -166,3 +166,24 @@ def test_every_setting_is_checked_when_the_configuration_is_made():
         GraphBenchmark(parts=("convergence", "nonsense"))
     with pytest.raises(ValueError, match="amortised_sweeps"):
         GraphBenchmark(amortised_sweeps=(-1,))
+
+
+def test_a_folder_with_an_earlier_runs_results_is_refused_before_any_work(tmp_path, capsys):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_graphs.py"
+    spec = importlib.util.spec_from_file_location("bench_graphs", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    (tmp_path / "amortised.csv").write_text("earlier results\n")
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--parts", "amortised", "--size", "16", "--out", str(tmp_path)])
+    assert stop.value.code == 2
+    assert "already holds amortised.csv" in capsys.readouterr().err
+    assert (tmp_path / "amortised.csv").read_text() == "earlier results\n"
+    config = GraphBenchmark(parts=("amortised",), size=16, amortised_steps=1, amortised_sweeps=(0,), repeats=1)
+    with pytest.raises(ValueError, match="--overwrite"):
+        gt.graph_benchmark(config, str(tmp_path), log=lambda m: None)
+    gt.graph_benchmark(config, str(tmp_path), log=lambda m: None, overwrite=True)
+    assert (tmp_path / "amortised.csv").read_text().startswith("family,")

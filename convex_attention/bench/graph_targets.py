@@ -65,8 +65,8 @@ from .generators import generate
 from .structures import structure_graph
 from .timing import measure_interleaved
 
-__all__ = ["GraphBenchmark", "graph_benchmark", "unrolled_solve", "PARTS", "NONTREE", "CONVERGENCE_SETS",
-           "CONVERGENCE_TOLS", "format_graph_targets", "DEFAULT_BACKENDS"]
+__all__ = ["GraphBenchmark", "graph_benchmark", "check_no_earlier_results", "unrolled_solve", "PARTS", "NONTREE",
+           "CONVERGENCE_SETS", "CONVERGENCE_TOLS", "format_graph_targets", "DEFAULT_BACKENDS"]
 
 PARTS = ("convergence", "gradients", "speed", "backward", "amortised", "linsat")
 # The cvxpylayers backends compared by default (those installed): diffcp-scs is left out, the
@@ -661,13 +661,29 @@ def format_graph_targets(targets: list[dict]) -> str:
 
 # ----------------------------------------------------------------------------- the run
 
+# the file each part writes (graphs.json is written by every run)
+PART_FILES = {"convergence": "convergence_instances.csv", "gradients": "gradients.csv", "speed": "speed.csv",
+              "backward": "backward.csv", "amortised": "amortised.csv", "linsat": "linsat.csv"}
+
+
+def check_no_earlier_results(config: GraphBenchmark, out_dir: str, overwrite: bool = False) -> None:
+    """ValueError, before any work, when ``out_dir`` holds a file this run would replace and
+    ``overwrite`` is not set: results are never replaced without a word."""
+    names = ["graphs.json"] + [PART_FILES[part] for part in config.parts]
+    present = [n for n in names if os.path.exists(os.path.join(out_dir, n))]
+    if present and not overwrite:
+        raise ValueError(f"--out {out_dir} already holds {', '.join(present)} from an earlier run; choose another "
+                         f"folder, or pass --overwrite to replace them")
+
+
 def graph_benchmark(config: GraphBenchmark, out_dir: str, baseline: Callable | None = None, backends=None,
-                    log=print, command: str = "") -> dict:
+                    log=print, command: str = "", overwrite: bool = False) -> dict:
     """Run the parts of ``config`` into ``out_dir`` (holding its lock); returns every result and
     the targets.  ``baseline``: the given-maps projection to compare with (``linsat_solve`` of
     :mod:`convex_attention.baselines.linsat`; without it the ``linsat`` part is not run and its
     target is not measured).  ``backends``: cvxpylayers backends (default: those of
-    :data:`DEFAULT_BACKENDS` that are installed)."""
+    :data:`DEFAULT_BACKENDS` that are installed).  A folder that holds the files of an earlier
+    run is refused unless ``overwrite`` (:func:`check_no_earlier_results`)."""
     installed = available_backends()
     backends = [b for b in DEFAULT_BACKENDS if b in installed] if backends is None else list(backends)
     os.makedirs(out_dir, exist_ok=True)
@@ -675,6 +691,7 @@ def graph_benchmark(config: GraphBenchmark, out_dir: str, baseline: Callable | N
     torch.set_num_threads(config.threads)  # the declared count, recorded with the run
     try:
         with results_lock(out_dir, command=command or "bench_graphs", log=log):
+            check_no_earlier_results(config, out_dir, overwrite)  # under the lock: no other run is writing
             return _run(config, out_dir, baseline, backends, log, command)
     finally:
         torch.set_num_threads(previous_threads)
