@@ -144,7 +144,7 @@ class AmortisedDuals(nn.Module):
             (>= 0; unused on a hierarchy).  Measured on the axial family (8² to 64², N(0, σ²)
             scores, τ = 1, 64 training instances, 150 steps): held-out violation / λ=0's
             ≤ 0.2 % at σ = 2 with 3 sweeps (≤ 1.1 % with 2); at σ = 3 with τ = (0.5, 2, 1),
-            4–6 % (docs/math.md §8).
+            4–6 % with 3 sweeps and 0.45 % with 6 (docs/math.md §8).
     """
 
     def __init__(self, h: Graph, temperature=1.0, hidden: int = 16, layers: int = 2, sweeps: int = 3):

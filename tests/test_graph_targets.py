@@ -118,16 +118,15 @@ def test_every_part_at_tiny_sizes_gives_a_verdict_for_every_target(tmp_path):
     assert all(t["met"] in (True, False, None) for t in out["targets"])
 
 
-def test_central_differences_take_the_step_where_they_are_most_stable():
-    """Truncation error at large steps, rounding at small ones: the pair of consecutive steps
-    that agree best gives the estimate (of sin at 1, derivative cos 1, with noise of 1e-13)."""
-    noise = iter([0.0, 0.0, 3e-14, -3e-14, 5e-14, -5e-14, 1e-13, -1e-13])
-
+def test_the_five_point_derivative_is_fourth_order():
+    """Of sin at 1 (derivative cos 1): the error falls 10⁴-fold per decade of the step while
+    truncation dominates, where the plain central difference's falls 10²-fold."""
     def loss_at(t):
-        return math.sin(1.0 + t) + next(noise)
+        return math.sin(1.0 + t)
 
-    value, step = gt._central_difference(loss_at, (1e-1, 1e-3, 1e-5, 1e-7))
-    assert step == 1e-5 and abs(value - math.cos(1.0)) < 1e-7
+    errors = [abs(gt._five_point_derivative(loss_at, h) - math.cos(1.0)) for h in (1e-1, 1e-2)]
+    assert 5e3 < errors[0] / errors[1] < 2e4
+    assert abs(gt._five_point_derivative(loss_at) - math.cos(1.0)) < 1e-12
 
 
 def test_the_amortised_part_reports_the_untrained_features_and_the_development_split_gives_no_verdict(tmp_path):
@@ -169,13 +168,7 @@ def test_every_setting_is_checked_when_the_configuration_is_made():
 
 
 def test_a_folder_with_an_earlier_runs_results_is_refused_before_any_work(tmp_path, capsys):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_graphs.py"
-    spec = importlib.util.spec_from_file_location("bench_graphs", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = _script("bench_graphs")
     (tmp_path / "amortised.csv").write_text("earlier results\n")
     with pytest.raises(SystemExit) as stop:
         script.main(["--parts", "amortised", "--size", "16", "--out", str(tmp_path)])
@@ -187,3 +180,29 @@ def test_a_folder_with_an_earlier_runs_results_is_refused_before_any_work(tmp_pa
         gt.graph_benchmark(config, str(tmp_path), log=lambda m: None)
     gt.graph_benchmark(config, str(tmp_path), log=lambda m: None, overwrite=True)
     assert (tmp_path / "amortised.csv").read_text().startswith("family,")
+
+
+def _script(name):
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_profile_script_times_each_batch_and_refuses_a_bad_size(capsys):
+    script = _script("profile_dual")
+    before = torch.get_num_threads()
+    try:
+        script.main(["--family", "axial", "--size", "16", "--batches", "1", "2", "--profile"])
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "axial 16² batch 1:" in out and "axial 16² batch 2:" in out and "Newton steps" in out
+    assert "function calls" in out  # the profile of the first batch
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--size", "20"])
+    assert stop.value.code == 2

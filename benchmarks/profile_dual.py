@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Where the dual solver's time goes on one graph family: per-sample forward + backward time
+at several batch sizes, and a cProfile of one call (docs/benchmarks.md, "Speed").
+
+    python benchmarks/profile_dual.py --family mixed --size 64 --batches 8 16 64 --profile
+
+Prints, per batch: the median of 5 timed calls (after 2 untimed) in ms per sample, with the
+sweeps and Newton steps per sample; with --profile, the 20 most expensive calls of one
+forward + backward at the first batch size.  One torch thread unless --threads.
+"""
+import argparse
+import cProfile
+import functools
+import pstats
+import statistics
+import sys
+import time
+
+import torch
+
+from convex_attention import solve
+from convex_attention.bench.config import STRUCTURES
+from convex_attention.bench.graph_targets import draw_instance
+
+
+def _forward_backward(h, leaves, temps, weights, info: dict) -> None:
+    """One ``dual`` solve and the backward of a linear loss; its ``info`` into ``info``."""
+    sol = solve(leaves, h, "dual", temperature=temps)
+    sum((p * w).sum() for p, w in zip(sol.probs, weights)).backward()
+    info.update(sol.info)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="mixed", choices=STRUCTURES, help="structure family (default: mixed)")
+    parser.add_argument("--size", type=int, default=64, help="side of the finest maps, a multiple of 16 (default: 64)")
+    parser.add_argument("--batches", type=int, nargs="+", default=[8], help="batch sizes (default: 8)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--seed", type=int, default=3, help="seed of the instance (default: 3)")
+    parser.add_argument("--profile", action="store_true", help="also print a cProfile of one call")
+    args = parser.parse_args(argv)
+    if args.size < 16 or args.size % 16 or min(args.batches) < 1 or args.threads < 1:
+        parser.error("--size must be a positive multiple of 16; --batches and --threads at least 1")
+    torch.set_num_threads(args.threads)
+    for batch in args.batches:
+        h, scores, temps = draw_instance(args.family, args.size, torch.Generator().manual_seed(args.seed),
+                                         (-1.0, 1.0), batch)
+        leaves = [s.float().requires_grad_() for s in scores]
+        weights = [torch.randn_like(s) for s in leaves]
+        info: dict = {}
+        call = functools.partial(_forward_backward, h, leaves, temps, weights, info)
+        for _ in range(2):
+            call()
+        times = []
+        for _ in range(5):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        print(f"{args.family} {args.size}² batch {batch}: {1e3 * statistics.median(times) / batch:.3g} ms per "
+              f"sample (min {1e3 * min(times) / batch:.3g}, max {1e3 * max(times) / batch:.3g}); sweeps "
+              f"{info['iterations'].float().mean():.3g}, Newton steps {info['newton_steps'].float().mean():.3g} "
+              f"per sample", flush=True)
+        if args.profile and batch == args.batches[0]:
+            profile = cProfile.Profile()
+            profile.runcall(call)
+            pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(20)
+
+
+if __name__ == "__main__":
+    main()
