@@ -21,10 +21,10 @@ occur here lie in its range either way.
   dual solver and as the preconditioner of the implicit backward when ``D`` is small.
 * :func:`solve_psd` solves ``H w = r`` by preconditioned conjugate gradients (block-Jacobi per
   edge, or the dense Cholesky factor), per sample, to a relative tolerance, or until the
-  residual is as small as its own rounding error (:meth:`DualHessian.rounding_floor`): near
-  degenerate solutions make the tolerance unreachable in the working precision, and there
-  no solver could do better; :func:`implicit_vjp` raises :class:`ImplicitSolveError` naming
-  the samples that reach neither.
+  residual is as small as its own rounding error (:meth:`DualHessian.rounding_floor`) and
+  the iteration has stalled: near degenerate solutions make the tolerance unreachable in
+  the working precision, and there no solver could do better; :func:`implicit_vjp` raises
+  :class:`ImplicitSolveError` naming the samples that reach neither.
 * :func:`implicit_vjp` is the vector–Jacobian product of the solution map ``θ ↦ p*(θ)`` at a
   solution of any graph: with ``v_k = ∂L/∂p_k``,
   ``θ̄_k = J_k (v_k − A_k w)``, ``H w = Σ_k A_kᵀ J_k v_k``.
@@ -42,7 +42,7 @@ from torch import Tensor
 from .graph import Graph
 
 __all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT",
-           "dense_chunks", "ROUNDING_UNITS"]
+           "dense_chunks", "ROUNDING_UNITS", "STALL_ITERATIONS"]
 
 # The largest stacked dual (entries per sample) whose Hessian is assembled densely and
 # factorised (Cholesky, O(D³) per sample; D = 1344 takes ~0.1 s per factorisation on one core).
@@ -60,6 +60,13 @@ DENSE_ENTRIES = 2 ** 24
 # one by 1e-9 relative, so 1e-10 cannot be verified; the solves there reached 0.2-0.3 units
 # (measured, docs/benchmarks.md "Gradients"), and their gradient agreed with central differences.
 ROUNDING_UNITS = 16.0
+# ... and only once conjugate gradients have stalled (the residual did not halve over this
+# many iterations), and in float64 only.  The floor is a worst-case bound: in float32 it was up
+# to 500x the rounding the product actually makes, and it stopped solves that were still
+# converging, with gradients 5-16x worse than the tolerance gives (a hostile review,
+# 2026-12-03: 21 of 61 float32 solves; in float64, 38 acceptances, each within 3x of a dense
+# solve's own error).
+STALL_ITERATIONS = 3
 
 
 def dense_chunks(batch: int, dim: int) -> list[slice]:
@@ -275,9 +282,10 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     ``D <= dense_limit`` (one or two iterations then), else block-Jacobi per edge
     (:meth:`DualHessian.block_diagonal`).  Each sample stops, and is frozen, once
     ``‖∇²g w − rhs‖ <= rtol ‖rhs‖`` (``rtol``: a float or one per sample, ``(B,)``), or once
-    its relative residual is at most ``sqrt(eps)`` and its true residual at most
+    it has stalled (its residual did not halve over :data:`STALL_ITERATIONS` iterations) with
+    a relative residual of at most ``sqrt(eps)`` and a true residual of at most
     :meth:`DualHessian.rounding_floor` (the tolerance is then below what the working
-    precision can verify).
+    precision can verify).  The second test is made in float64 only.
 
     Returns ``(w, relative_residual, iterations, solved)``: ``(B, D)``, ``(B,)``, ``(B,)``,
     ``(B,)`` (bool: one of the two stopping tests held).
@@ -318,15 +326,26 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     iterations = torch.zeros(B, dtype=torch.long, device=rhs.device)
     relres = torch.zeros(B, dtype=rhs.dtype, device=rhs.device)
     solved = ~active
-    cap = math.sqrt(torch.finfo(rhs.dtype).eps)
+    # the floor in float64 only: in float32 it overestimated the product's rounding up to 500x
+    # and accepted solves with gradients 5x worse than the tolerance gives (hostile review)
+    cap = math.sqrt(torch.finfo(rhs.dtype).eps) if rhs.dtype == torch.float64 else 0.0
+    recent: list[Tensor] = []  # the relative residuals of the last STALL_ITERATIONS + 1 iterations
 
     def at_rounding(candidates: Tensor) -> Tensor:
-        """Which ``candidates`` have a true residual below its rounding floor."""
+        """Which ``candidates`` have stalled (no halving of the residual over the last
+        :data:`STALL_ITERATIONS` iterations: a solve still making progress is not finished,
+        however small its residual) with a true residual below its rounding floor."""
+        if len(recent) <= STALL_ITERATIONS:
+            return torch.zeros_like(candidates)
+        candidates = candidates & (recent[-1] > 0.5 * recent[0])
+        if not bool(candidates.any()):
+            return candidates
         true_residual = (hess.matvec(probs, temps, w) - rhs).norm(dim=1)
         return candidates & (true_residual <= hess.rounding_floor(probs, temps, w, rhs))
 
     for _ in range(max_iter):
         relres = r.norm(dim=1) / norm_b.clamp_min(tiny)
+        recent = (recent + [relres])[-(STALL_ITERATIONS + 1):]
         solved = solved | (active & (relres <= rtol))
         # the floor costs two products: computed only where the tolerance is not met yet
         unverifiable = active & ~solved & (relres <= cap)
@@ -350,6 +369,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         iterations += active.long()
     relres = torch.where(norm_b > 0, r.norm(dim=1) / norm_b.clamp_min(tiny), torch.zeros_like(norm_b))
     if bool(active.any()):  # out of iterations: the last iterate may still be at the floor
+        recent = (recent + [relres])[-(STALL_ITERATIONS + 1):]
         solved = solved | (active & (relres <= rtol))
         last = active & ~solved & (relres <= cap)
         if bool(last.any()):

@@ -133,7 +133,7 @@ def test_the_amortised_part_reports_the_untrained_features_and_the_development_s
     rows = {}
     for split in ("development", "held_out"):
         config = GraphBenchmark(parts=("amortised",), size=16, amortised_steps=3, amortised_sweeps=(0, 2),
-                                amortised_split=split, threads=1)
+                                amortised_split=split, threads=1, repeats=1)
         out = gt.graph_benchmark(config, str(tmp_path / split), log=lambda m: None)
         rows[split] = read_table(str(tmp_path / split / "amortised.csv")).rows
         verdicts = [t for t in out["targets"] if t["target"].startswith("amortised")]

@@ -179,3 +179,25 @@ def test_the_rounding_floor_accepts_no_unsolved_system():
     w, relres, _, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1, dense_limit=0)
     floor = hess.rounding_floor(sol.probs, inst.temps, w, rhs)
     assert not bool(solved.any()) and bool(((hess.matvec(sol.probs, inst.temps, w) - rhs).norm(dim=1) > floor).all())
+
+
+def test_the_floor_waits_for_a_stall_and_is_not_used_in_float32(monkeypatch):
+    """With a floor that every residual is under, a float64 solve still converging goes on to
+    machine precision instead of stopping at √eps; in float32 a solve is accepted by its
+    tolerance alone (there the floor was up to 500× the real rounding), so with tolerance 0
+    it never is."""
+    import convex_attention.hessian as hessian_module
+    from convex_attention.bench.graph_targets import draw_instance
+
+    h, scores, temps = draw_instance("axial", 32, torch.Generator().manual_seed(0), (-1.0, 1.0), 2, scale=2.0)
+    sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12)
+    hess = get_hessian(h, "cpu")
+    rhs = hess.centre(torch.randn(2, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    _, relres, _, _ = solve_psd(hess, sol.probs, temps, rhs, 0.0, 6, dense_limit=0)
+    assert 1e-12 < float(relres.min()) and float(relres.max()) < 1e-6  # below √eps, still converging
+    monkeypatch.setattr(hessian_module, "ROUNDING_UNITS", 1e30)
+    _, relres, iterations, solved = solve_psd(hess, sol.probs, temps, rhs, 0.0, 1000, dense_limit=0)
+    assert bool(solved.all()) and float(relres.max()) < 1e-14 and int(iterations.min()) > 6
+    probs32 = [p.float() for p in sol.probs]
+    _, relres, _, solved = solve_psd(hess, probs32, temps, rhs.float(), 0.0, 200, dense_limit=0)
+    assert not bool(solved.any())
