@@ -408,8 +408,8 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         worst = float(relres[bad].max())
         raise ImplicitSolveError(
             f"the implicit backward of method 'dual' could not solve the dual's Hessian system for sample(s) "
-            f"{bad[:10]}: conjugate gradients reached relative residual {worst:.1e} (tolerance {rtol:.0e}, nor "
-            f"down to the residual's rounding error) after "
+            f"{bad[:10]}: conjugate gradients reached relative residual {worst:.1e} (tolerance {rtol:.0e}"
+            f"{', nor a stalled residual at its rounding error' if dtype == torch.float64 else ''}) after "
             f"{int(iterations.max())} iterations; the Hessian is too ill-conditioned at this solution (whole blocks "
             f"of near-zero probability, or temperatures far apart): solve in float64 (dtype=torch.float64), raise "
             f"the temperatures, or use method 'exact' where the graph is a forest")
