@@ -46,7 +46,7 @@ from ._ops import centre, compute_dtype, level_softmax
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import DENSE_LIMIT, dense_chunks, get_hessian, implicit_vjp, solve_psd
-from .validation import score_limit, score_peaks, temperature_range
+from .validation import per_sample, score_limit, score_peaks, temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
@@ -347,18 +347,11 @@ def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | Non
         raise ValueError(f"dual option init must hold one tensor per constraint ({n}), got {len(init)}")
     out = []
     for k, start in enumerate(init):
-        shape = h.shapes[h.edges[k][1]]
         if not isinstance(start, Tensor):
             raise TypeError(f"dual option init[{k}] must be a torch.Tensor, got {type(start).__name__}")
         if not start.dtype.is_floating_point:
             raise TypeError(f"dual option init[{k}] must be a floating tensor, got dtype {start.dtype}")
-        if tuple(start.shape) == shape:
-            start = start.unsqueeze(0)
-        if start.dim() != 1 + len(shape) or tuple(start.shape[1:]) != shape or \
-                (batch is not None and start.shape[0] not in (1, batch)):
-            raise ValueError(f"dual option init[{k}] must have shape {shape}, (1, *{shape}) or "
-                             f"({'B' if batch is None else batch}, *{shape}) for constraint {k}, "
-                             f"got {tuple(start.shape)}")
+        start = per_sample(start, h.shapes[h.edges[k][1]], batch, f"dual option init[{k}]", f"constraint {k}")
         if device is not None and start.device != torch.device(device):
             raise ValueError(f"dual option init[{k}] is on {start.device}, the scores on {device}")
         if not bool(torch.isfinite(start).all()):

@@ -102,6 +102,18 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True, name: st
 
 
 
+def per_sample(x: Tensor, shape: tuple, batch: int | None, name: str, owner: str) -> Tensor:
+    """``x`` of shape ``shape``, ``(1, *shape)`` or ``(batch, *shape)`` as ``(1 or batch, *shape)``
+    (``batch`` None: any leading size); ValueError naming ``name`` and what it belongs to
+    (``owner``) otherwise."""
+    if tuple(x.shape) == shape:
+        x = x.unsqueeze(0)
+    if x.dim() != 1 + len(shape) or tuple(x.shape[1:]) != shape or (batch is not None and x.shape[0] not in (1, batch)):
+        raise ValueError(f"{name} must have shape {shape}, (1, *{shape}) or ({'B' if batch is None else batch}, "
+                         f"*{shape}) for {owner}, got {tuple(x.shape)}")
+    return x
+
+
 def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_finite: bool = True) -> list:
     """Given probabilities (:func:`convex_attention.solve`'s ``given``): a dict ``{map: q}``
     with ``q`` shaped ``shapes[k]``, ``(1, *shapes[k])`` or ``(B, *shapes[k])``, in the scores'
@@ -122,12 +134,7 @@ def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_f
         if not isinstance(q, Tensor) or not q.dtype.is_floating_point:
             raise TypeError(f"given[{k}] must be a floating tensor of probabilities, got "
                             f"{type(q).__name__ if not isinstance(q, Tensor) else q.dtype}")
-        shape = h.shapes[k]
-        if tuple(q.shape) == shape:
-            q = q.unsqueeze(0)
-        if q.dim() != 1 + len(shape) or tuple(q.shape[1:]) != shape or q.shape[0] not in (1, batch):
-            raise ValueError(f"given[{k}] must have shape {shape}, (1, *{shape}) or ({batch}, *{shape}) for "
-                             f"{unit} {k}, got {tuple(q.shape)}")
+        q = per_sample(q, h.shapes[k], batch, f"given[{k}]", f"{unit} {k}")
         if q.dtype != dtype:
             raise TypeError(f"given[{k}] has dtype {q.dtype}, the scores {dtype}; use one dtype")
         if q.device != device:
@@ -350,12 +357,7 @@ def check_duals(duals, h: Graph, batch: int, dtype, device, check_finite: bool =
             raise TypeError(f"duals[{k}] must be a torch.Tensor, got {type(lam).__name__}")
         if not lam.dtype.is_floating_point:
             raise TypeError(f"duals[{k}] must be a floating tensor, got dtype {lam.dtype}")
-        shape = coarse_shapes[k]
-        if tuple(lam.shape) == shape:
-            lam = lam.unsqueeze(0)
-        if lam.dim() != 1 + len(shape) or tuple(lam.shape[1:]) != shape or lam.shape[0] not in (1, batch):
-            raise ValueError(f"duals[{k}] must have shape {shape}, (1, *{shape}) or ({batch}, *{shape}) "
-                             f"for constraint {k}, got {tuple(lam.shape)}")
+        lam = per_sample(lam, coarse_shapes[k], batch, f"duals[{k}]", f"constraint {k}")
         if lam.device != device:
             raise ValueError(f"duals[{k}] is on {lam.device}, scores on {device}")
         out.append(lam)

@@ -133,3 +133,18 @@ def test_check_duals_shapes_device_and_reach():
 def test_check_hierarchy():
     with pytest.raises(TypeError, match="Hierarchy"):
         V.check_hierarchy([(4,), (2,)])
+
+
+def test_per_sample_tensors_take_one_shape_rule_and_name_what_they_belong_to():
+    from convex_attention.validation import per_sample
+
+    assert per_sample(torch.zeros(2, 3), (2, 3), 4, "x", "map 0").shape == (1, 2, 3)
+    assert per_sample(torch.zeros(4, 2, 3), (2, 3), 4, "x", "map 0").shape == (4, 2, 3)
+    assert per_sample(torch.zeros(7, 2, 3), (2, 3), None, "x", "map 0").shape == (7, 2, 3)
+    with pytest.raises(ValueError, match=r"given\[1\] must have shape \(2, 3\), \(1, \*\(2, 3\)\) or \(4, \*\(2, 3\)\) "
+                                         r"for map 1, got \(5, 2, 3\)"):
+        per_sample(torch.zeros(5, 2, 3), (2, 3), 4, "given[1]", "map 1")
+    h = ca.Graph.axial((4, 3))
+    scores = [torch.randn(2, *s) for s in h.shapes]
+    with pytest.raises(ValueError, match=r"given\[1\] must have shape \(4, 1\).*for map 1, got \(3, 4, 1\)"):
+        ca.solve([scores[0], None, scores[2]], h, "dual", given={1: torch.full((3, 4, 1), 0.25)})
