@@ -443,13 +443,15 @@ def random_given_instance(case: str, batch: int = 3, seed: int = 0, scale: float
 
 
 def slow_beyond(cases, keep: int = 1, fast: tuple = ()) -> list:
-    """Parametrize ``cases`` (tuples) so that the first ``keep`` cases and those at the
-    indices in ``fast`` run in the fast suite and the rest are marked ``slow``: each of
-    these cases starts a Python process of its own (about a second), and the fast suite is
-    the edit loop.  CI runs every case."""
+    """Parametrize ``cases`` (tuples, or single values for one argument) so that the first
+    ``keep`` cases and those at the indices in ``fast`` run in the fast suite and the rest are
+    marked ``slow``: further cases of a test whose first case already checks the code path
+    (a case that starts a Python process of its own costs about a second, a gradcheck of an
+    iterative solver as much), and the fast suite is the edit loop.  CI runs every case."""
     import pytest
 
-    return [case if i < keep or i in fast else pytest.param(*case, marks=pytest.mark.slow)
+    return [pytest.param(*(case if isinstance(case, tuple) else (case,)),
+                         marks=() if i < keep or i in fast else pytest.mark.slow)
             for i, case in enumerate(cases)]
 
 

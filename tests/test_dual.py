@@ -15,6 +15,7 @@ from helpers import (
     random_graph_instance,
     random_instance,
     reference_solve,
+    slow_beyond,
 )
 
 import convex_attention as ca
@@ -548,7 +549,9 @@ def test_dual_on_graphs_batched_equals_looped(case):
             torch.testing.assert_close(x[b:b + 1], y, atol=1e-13, rtol=0)
 
 
-@pytest.mark.parametrize("case", ["axial", "grid-regions", "mixed-two-resolutions", "disconnected"])
+# the first case checks the implicit backward on a graph with cycles in the fast suite; the other
+# structures (1-2 s of gradcheck each) run in CI
+@pytest.mark.parametrize("case", slow_beyond(["axial", "grid-regions", "mixed-two-resolutions", "disconnected"]))
 def test_dual_gradcheck_on_graphs_that_are_not_trees(case):
     """The implicit backward (conjugate gradients on the dual's Hessian), scores and temperatures."""
     inst = random_graph_instance(case, batch=2, seed=5)
@@ -561,7 +564,7 @@ def test_dual_gradcheck_on_graphs_that_are_not_trees(case):
     assert torch.autograd.gradcheck(fn, (tau, *scores), atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("case", ["star", "tree"])
+@pytest.mark.parametrize("case", slow_beyond(["star", "tree"]))  # the tree: the same forest backward as the star
 def test_dual_gradcheck_on_stars_and_trees(case):
     inst = random_graph_instance(case, batch=2, seed=6)
     scores = [s.clone().requires_grad_() for s in inst.scores]

@@ -9,6 +9,7 @@ from helpers import (
     random_graph_instance,
     random_instance,
     reference_solve,
+    slow_beyond,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -90,7 +91,9 @@ def test_hessian_vector_products_match_finite_differences_of_the_gradient(case):
     assert max(float(x.abs().max()) for x in hvp) > 1e-3  # not trivially zero
 
 
-@pytest.mark.parametrize("case", ["2d-2lvl", "irregular-3lvl", "star"])
+# the first case runs gradgradcheck of the same function in the fast suite; the three-level and
+# graph (star) cases, 0.6-2 s each, in CI
+@pytest.mark.parametrize("case", slow_beyond(["2d-2lvl", "irregular-3lvl", "star"]))
 def test_second_order_in_scores_and_temperatures_passes_gradgradcheck(case):
     inst = random_instance(case, batch=2) if case in ALL_CASES else random_graph_instance(case, batch=2)
     scores = [s.clone().requires_grad_() for s in inst.scores]

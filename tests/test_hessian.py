@@ -101,7 +101,9 @@ def test_a_redundant_diamond_is_solved_and_differentiated():
     for got, want in zip(flat_np(sol.probs), ref_p):
         np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
     np.testing.assert_allclose(sol.objective.numpy(), ref_v, atol=1e-8, rtol=0)
-    leaves = [s.clone().requires_grad_() for s in scores]
+    # gradcheck on the first sample: the redundancy is the graph's, in every sample (the batched
+    # implicit backward has gradchecks of its own); each input entry costs two solves
+    leaves = [s[:1].clone().requires_grad_() for s in scores]
     assert torch.autograd.gradcheck(lambda *s: tuple(ca.solve(list(s), h, "dual", temperature=temps, tol=1e-13).probs),
                                     leaves, atol=1e-6, rtol=1e-5)
 

@@ -14,6 +14,7 @@ from helpers import (
     random_graph_instance,
     random_instance,
     reference_solve_given,
+    slow_beyond,
 )
 from hypothesis import given
 from hypothesis import strategies as st
@@ -171,8 +172,11 @@ def _learned_duals(inst):
     return [torch.randn(s, generator=g, dtype=torch.float64) for s in inst.h.shapes[1:]]
 
 
-@pytest.mark.parametrize("method", ["softmax", "exact", "dual", "learned_dual"])
-@pytest.mark.parametrize("per_level", [True, False])
+# every method with per-level and one scalar temperature tensor; the dual's scalar case (0.7 s of
+# gradcheck of the same backward as its per-level case, whose temperatures it broadcasts) runs in CI
+@pytest.mark.parametrize("method, per_level", [
+    pytest.param(m, p, id=f"{p}-{m}", marks=pytest.mark.slow if (m, p) == ("dual", False) else ())
+    for p in (True, False) for m in ("softmax", "exact", "dual", "learned_dual")])
 def test_gradcheck_through_a_temperature_tensor(method, per_level):
     inst = random_instance("2d-3lvl-unequal", batch=2)
     scores = [s.clone().requires_grad_() for s in inst.scores]
@@ -593,7 +597,9 @@ def test_given_maps_match_an_independent_cvxpy_reference(case):
     assert float(sol.violation.max()) < 1e-11
 
 
-@pytest.mark.parametrize("case", ["axial-rows-cols", "mixed-free-and-given", "given-fine-map"])
+# the first case differentiates in every input kind (scores, temperatures, given maps) in the fast
+# suite; the other structures (1-3 s of gradcheck each) run in CI
+@pytest.mark.parametrize("case", slow_beyond(["axial-rows-cols", "mixed-free-and-given", "given-fine-map"]))
 def test_given_maps_gradcheck_in_scores_temperatures_and_the_given_probabilities(case):
     h, scores, temps, given = random_given_instance(case, batch=2, scale=1.0)
     free = [k for k, s in enumerate(scores) if s is not None]
