@@ -343,14 +343,18 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         true_residual = (hess.matvec(probs, temps, w) - rhs).norm(dim=1)
         return candidates & (true_residual <= hess.rounding_floor(probs, temps, w, rhs))
 
+    def stopped(relres: Tensor) -> Tensor:
+        """``solved`` after this iterate, whose relative residual is ``relres``."""
+        recent.append(relres)
+        del recent[:-(STALL_ITERATIONS + 1)]
+        done = solved | (active & (relres <= rtol))
+        # the floor costs two products: computed only where the tolerance is not met yet
+        unverifiable = active & ~done & (relres <= cap)
+        return done | at_rounding(unverifiable) if bool(unverifiable.any()) else done
+
     for _ in range(max_iter):
         relres = r.norm(dim=1) / norm_b.clamp_min(tiny)
-        recent = (recent + [relres])[-(STALL_ITERATIONS + 1):]
-        solved = solved | (active & (relres <= rtol))
-        # the floor costs two products: computed only where the tolerance is not met yet
-        unverifiable = active & ~solved & (relres <= cap)
-        if bool(unverifiable.any()):
-            solved = solved | at_rounding(unverifiable)
+        solved = stopped(relres)
         active = active & ~solved & torch.isfinite(relres)
         if not bool(active.any()):
             break
@@ -368,12 +372,8 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         rz = torch.where(active, rz_new, rz)
         iterations += active.long()
     relres = torch.where(norm_b > 0, r.norm(dim=1) / norm_b.clamp_min(tiny), torch.zeros_like(norm_b))
-    if bool(active.any()):  # out of iterations: the last iterate may still be at the floor
-        recent = (recent + [relres])[-(STALL_ITERATIONS + 1):]
-        solved = solved | (active & (relres <= rtol))
-        last = active & ~solved & (relres <= cap)
-        if bool(last.any()):
-            solved = solved | at_rounding(last)
+    if bool(active.any()):  # out of iterations: the last iterate may still have stopped
+        solved = stopped(relres)
     return w, relres, iterations, solved
 
 
