@@ -60,6 +60,7 @@ from ..io.lock import results_lock
 from ..io.settings import SEED, Choice, Int, Many, check_settings, setting
 from ..metrics import violation
 from ..solve import solve
+from .cases import shape_str, timed_case
 from .duals import fit_amortiser
 from .generators import generate
 from .structures import structure_graph
@@ -248,8 +249,7 @@ def _gradients(config: GraphBenchmark, families, backends, log) -> list[dict]:
                 try:
                     grad = torch.autograd.grad(_linear_loss(h, x, temps, weights, "dual", **dual_options), x)
                 except ImplicitSolveError as err:  # a failed backward is a measured result, never skipped
-                    reason = " ".join(str(err).split())[:300]
-                    rows.append({**base, "solver": "dual", "status": "error", "reason": reason})
+                    rows.append({**base, "solver": "dual", "status": "error", "reason": _one_line(err)})
                     log(f"gradients {family} {setting_name} draw {draw}: dual's implicit backward failed: "
                         f"{rows[-1]['reason'][:160]}")
                     continue
@@ -295,23 +295,28 @@ SPEED_COLUMNS = ("family", "shapes", "method", "backend", "status", "reason", "b
                  "per_sample_ms")
 
 
-def _case(h, scores, temps, weights, method, **options):
-    def forward():
-        return _linear_loss(h, scores, temps, weights, method, **options)
-    return forward
+def _leaves_and_weights(scores) -> tuple[list, list]:
+    """Leaf copies of ``scores`` (they require grad) and the weights of the timed linear loss
+    (drawn from a fixed seed, so every timed run weighs its maps alike)."""
+    g = torch.Generator().manual_seed(17)
+    weights = [torch.randn(s.shape, generator=g, dtype=s.dtype) for s in scores]
+    return [s.detach().clone().requires_grad_() for s in scores], weights
 
 
 def _timed(h, scores, temps, methods: dict, repeats: int, warmup: int = 2) -> dict:
     """Interleaved timings of ``methods`` (name -> (method, options)) on leaf copies of ``scores``."""
-    g = torch.Generator().manual_seed(17)
-    weights = [torch.randn(s.shape, generator=g, dtype=s.dtype) for s in scores]
-    leaves = [s.detach().clone().requires_grad_() for s in scores]
-    cases = {name: _case(h, leaves, temps, weights, m, **o) for name, (m, o) in methods.items()}
+    leaves, weights = _leaves_and_weights(scores)
+    cases = {name: timed_case(m, h, leaves, weights, temps, None, o) for name, (m, o) in methods.items()}
     return measure_interleaved(cases, repeats=repeats, warmup=warmup)
 
 
+def _one_line(err: BaseException) -> str:
+    """An error's message on one line, at most 300 characters (a row's ``reason``)."""
+    return " ".join(str(err).split())[:300]
+
+
 def _speed_row(family, h, name, backend, meas, batch) -> dict:
-    return {"family": family, "shapes": "+".join("x".join(map(str, s)) for s in h.shapes), "method": name,
+    return {"family": family, "shapes": shape_str(h), "method": name,
             "backend": backend, "status": "ok", "reason": "", "batch": batch, **meas.summary(),
             "per_sample_ms": meas.total_median / batch}
 
@@ -326,8 +331,7 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
             meas = _timed(h, scores, temps, {"dual": ("dual", {})}, config.repeats)["dual"]
         except ImplicitSolveError as err:
             rows.append({"family": family, "method": "dual", "backend": "", "status": "error",
-                         "batch": config.speed_batch, "reason": " ".join(str(err).split())[:300],
-                         "shapes": "+".join("x".join(map(str, s)) for s in h.shapes)})
+                         "batch": config.speed_batch, "reason": _one_line(err), "shapes": shape_str(h)})
             log(f"speed {family:<13}dual failed: {rows[-1]['reason'][:160]}")
             continue
         rows.append(_speed_row(family, h, "dual", "", meas, config.speed_batch))
@@ -396,7 +400,7 @@ def _backward(config: GraphBenchmark, families, log) -> list[dict]:
         try:
             rows += _backward_family(config, family, h, scores, temps, weights)
         except ImplicitSolveError as err:  # the family's row says so; the others go on
-            log(f"backward {family}: the implicit backward failed ({' '.join(str(err).split())[:160]}); no rows")
+            log(f"backward {family}: the implicit backward failed ({_one_line(err)[:160]}); no rows")
             continue
         log(f"backward {family:<13}" + "  ".join(f"{r['kind']} {r['parameter']:g}: {r['gradient_error']:.1e}"
                                                 for r in rows if r["family"] == family))
@@ -446,15 +450,14 @@ AMORTISED_COLUMNS = ("family", "size", "scale", "temperatures", "split", "sweeps
 def _timed_amortised(h: Graph, scores, temps, net, repeats: int) -> dict:
     """Forward + backward of a linear loss through the amortised dual and through ``dual``,
     interleaved, on leaf copies of ``scores``."""
-    g = torch.Generator().manual_seed(17)
-    weights = [torch.randn(s.shape, generator=g, dtype=s.dtype) for s in scores]
-    leaves = [s.detach().clone().requires_grad_() for s in scores]
+    leaves, weights = _leaves_and_weights(scores)
 
+    # the linear loss alone, as the dual's (the sweep's amortised_case adds the consistency loss)
     def amortised():
-        probs = solve(leaves, h, "learned_dual", temperature=temps, duals=net(leaves)).probs
-        return sum((p * w).sum() for p, w in zip(probs, weights))
+        return _linear_loss(h, leaves, temps, weights, "learned_dual", duals=net(leaves))
 
-    return measure_interleaved({"amortised": amortised, "dual": _case(h, leaves, temps, weights, "dual")},
+    return measure_interleaved({"amortised": amortised,
+                                "dual": timed_case("dual", h, leaves, weights, temps, None, {})},
                                repeats=repeats, warmup=2)
 
 
