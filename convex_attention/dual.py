@@ -788,9 +788,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         if not bool(active.any()):
             break
         mask = active.to(dtype)
-        # (the plain call without given maps keeps _sweep's signature for callers that wrap it)
-        swept, swept_etas = (_sweep(h, temps, lam, etas, mask) if given is None
-                             else _sweep(h, temps, lam, etas, mask, given))
+        swept, swept_etas = _sweep(h, temps, lam, etas, mask, given)
         xs.append(_flatten(lam))
         gxs.append(_flatten(swept))
         del xs[:-(_ANDERSON_MEMORY + 1)], gxs[:-(_ANDERSON_MEMORY + 1)]
