@@ -92,10 +92,14 @@ def structure_graph(structure: str, size: int, dims: int = 2, levels: int = 2, f
         return Graph.grid_regions([side, grid], cutting_regions(side, math.prod(grid), generator))
     # mixed: X (size) and Y (size / 2) onto a shared grid and shared regions
     half = (size // 2,) * dims
-    y_regions = cutting_regions(half, math.prod(grid), generator)
-    x_regions = _lifted_with_a_twist(y_regions)
-    num_regions = int(y_regions.max()) + 1
-    return Graph([side, half, grid, num_regions], [(0, 2), (1, 2), (0, 3, x_regions), (1, 3, y_regions)])
+    return _mixed(side, half, grid, cutting_regions(half, math.prod(grid), generator))
+
+
+def _mixed(side: tuple, half: tuple, grid: tuple, y_regions: torch.Tensor) -> Graph:
+    """The mixed family: X (``side``) and Y (``half``) onto a shared ``grid`` and onto shared
+    regions (``y_regions`` on Y; X's are them lifted, with the twist)."""
+    return Graph([side, half, grid, int(y_regions.max()) + 1],
+                 [(0, 2), (1, 2), (0, 3, _lifted_with_a_twist(y_regions)), (1, 3, y_regions)])
 
 
 def random_structure(structure: str, generator: torch.Generator, quick: bool = False) -> Graph:
@@ -124,6 +128,4 @@ def random_structure(structure: str, generator: torch.Generator, quick: bool = F
         raise ValueError(f"unknown structure {structure!r}; choose one of {', '.join(STRUCTURES)}")
     side = pick([(4, 4)] if quick else [(8, 4), (4, 8)])
     half = tuple(n // 2 for n in side)
-    y_regions = cutting_regions(half, pick([3, 4]), generator)
-    return Graph([side, half, grid, int(y_regions.max()) + 1],
-                 [(0, 2), (1, 2), (0, 3, _lifted_with_a_twist(y_regions)), (1, 3, y_regions)])
+    return _mixed(side, half, grid, cutting_regions(half, pick([3, 4]), generator))
