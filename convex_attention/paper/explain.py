@@ -475,6 +475,11 @@ _KIND_ORDER = ("attention", "post-hoc", "reference")
 _UNIT_METRICS = ("ap", "qiou", "pointing", "mass")
 
 
+def _bounded(metric: str) -> bool:
+    """Whether ``metric`` (e.g. ``ap_mean``, ``qiou@0.5``) lies in [0, 1]."""
+    return metric.split("@")[0].split("_")[0] in _UNIT_METRICS
+
+
 def _kind(method: str) -> str:
     return "attention" if method == "attention" else ("reference" if method in ("block_map", "model_free")
                                                       else "post-hoc")
@@ -518,7 +523,7 @@ def _summary_points(rows, metric: str) -> tuple[dict, int]:
             return math.nan
         return v if math.isfinite(v) else math.nan
 
-    bounded = metric.split("@")[0].split("_")[0] in _UNIT_METRICS
+    bounded = _bounded(metric)
     out: dict = {}
     skipped = 0
     for r in rows:
@@ -597,7 +602,7 @@ def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", reso
     tallest = max(len(pts) for pts, _ in drawn.values())
     ncols = min(2, len(drawn))
     nrows = math.ceil(len(drawn) / ncols)
-    bounded = metric.split("@")[0].split("_")[0] in _UNIT_METRICS
+    bounded = _bounded(metric)
     chance = chance or {}
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(nrows, ncols, figsize=(FULL_WIDTH, 0.9 + nrows * (0.45 + 0.2 * tallest)),

@@ -24,6 +24,7 @@ from ._common import (
     BACKEND_COLORS,
     LOW_CONFIDENCE_IQR,
     METHOD_COLORS,
+    MIN_CONFIDENT_REPEATS,
     MIN_SLOPE_RISE,
     MIN_SLOPE_SIZES,
     MIN_SLOPE_SPAN,
@@ -406,7 +407,8 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
         fig.suptitle("Time per sample vs problem size (log-log; bars: interquartile range)")
         notes = [dtype_note(points),
                  f"widest interquartile bar: {widest:.0%} of its median (bars narrower than a marker are hidden by "
-                 f"it); low confidence: IQR > {LOW_CONFIDENCE_IQR:.0%} of the median or < 3 repetitions",
+                 f"it); low confidence: IQR > {LOW_CONFIDENCE_IQR:.0%} of the median or < {MIN_CONFIDENT_REPEATS} "
+                 f"repetitions",
                  "no slope: the times follow no power law, or barely grow (overhead-bound), at these sizes"
                  if fitted == 0 else ""]
         if untimed:
