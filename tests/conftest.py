@@ -11,6 +11,11 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("ci", deadline=None, max_examples=40, derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one pytest-xdist worker per core already: torch's own threads in each would oversubscribe
+    # the cores (on 2 cores, 2 workers of 2 threads each took 2.3x as long as 1 thread each)
+    torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def _seed():
