@@ -116,6 +116,7 @@ def test_cvxpylayers_cells_over_budget_or_cap_are_recorded_as_skipped(tmp_path):
     assert {r["backend"] for r in rows} == {"diffcp-clarabel"}
 
 
+@pytest.mark.slow  # end to end: the whole quick verification (test_verify runs the command with a solver file)
 def test_verify_passes_and_writes_csv(tmp_path):
     out = str(tmp_path / "v")
     assert run(["verify", "--quick", "--no-progress", "--out", out]) == 0
@@ -167,6 +168,7 @@ def test_plot_writes_every_figure(tmp_path):
     (["bench", "--batch", "1000000000"], "argument --batch: must be an integer from 1 to"),
     (["plot", "/nonexistent/results"], "does not exist"),
     (["verify", "--dual-solver", "no_colon"], "module:function"),
+    (["verify", "--dual-solver", "/nonexistent/solver.py:duals"], "does not exist"),
     (["bench", "--generator", "model"], "needs --checkpoint"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(argv, message, capsys):

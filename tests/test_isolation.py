@@ -10,7 +10,7 @@ import torch
 from helpers import slow_beyond
 
 import convex_attention as ca
-from convex_attention.bench.isolation import IsolatedSolver, SolverFailed, returned_duals
+from convex_attention.bench.isolation import IsolatedSolver, SolverFailed, parse_solver_spec, returned_duals
 from convex_attention.bench.verify import random_instances
 
 H = ca.Hierarchy.grid([(4, 4), (2, 2)])
@@ -202,6 +202,16 @@ def test_an_importable_module_is_found_on_the_verifiers_path(tmp_path, monkeypat
         got = solver.solve(scores, h, temps)
     for a, b in zip(got, _exact_duals(scores, h, temps)):
         np.testing.assert_array_equal(a, b.numpy())
+
+
+def test_a_malformed_spec_or_a_missing_file_is_refused_before_a_child_starts(tmp_path):
+    for spec, message in (("no_colon", "must look like module:function"), (":f", "must look like"),
+                          ("mod:", "must look like"), (f"{tmp_path / 'none.py'}:f", "does not exist")):
+        with pytest.raises(ValueError, match=message):
+            IsolatedSolver(spec, timeout=60)  # raised by the constructor: no process to stop
+    (tmp_path / "mod.py").write_text("")
+    assert parse_solver_spec(f"{tmp_path / 'mod.py'}:f") == (str(tmp_path / "mod.py"), "f")
+    assert parse_solver_spec("package.module:solve") == ("package.module", "solve")
 
 
 def test_the_timeout_must_be_positive():

@@ -67,6 +67,22 @@ def describe(exc: BaseException) -> str:
     return f"raised {type(exc).__name__}" + (f": {text}" if text else "")
 
 
+def parse_solver_spec(spec: str) -> tuple[str, str]:
+    """``module:function`` or ``path/to/file.py:function`` -> ``(module or file, function)``.
+
+    Imports and runs nothing, so a command checks it before any work: ValueError (a usage
+    error) for a malformed spec or a ``.py`` file that does not exist.
+    """
+    if not isinstance(spec, str) or ":" not in spec:
+        raise ValueError(f"--dual-solver must look like module:function or file.py:function, got {spec!r}")
+    target, name = spec.rsplit(":", 1)
+    if not target or not name:
+        raise ValueError(f"--dual-solver must look like module:function or file.py:function, got {spec!r}")
+    if target.endswith(".py") and not os.path.isfile(target):
+        raise ValueError(f"--dual-solver file {target!r} does not exist")
+    return target, name
+
+
 def load_solver(spec: str) -> Callable:
     """``module:function`` or ``path/to/file.py:function`` -> the callable.
 
@@ -75,15 +91,9 @@ def load_solver(spec: str) -> Callable:
     ``sys.exit`` included).  This runs the module's code in the calling process:
     :class:`IsolatedSolver` calls it in its child.
     """
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"--dual-solver must look like module:function or file.py:function, got {spec!r}")
-    target, name = spec.rsplit(":", 1)
-    if not target or not name:
-        raise ValueError(f"--dual-solver must look like module:function or file.py:function, got {spec!r}")
+    target, name = parse_solver_spec(spec)
     try:
         if target.endswith(".py"):
-            if not os.path.isfile(target):
-                raise ValueError(f"--dual-solver file {target!r} does not exist")
             module_spec = importlib.util.spec_from_file_location("user_dual_solver", target)
             if module_spec is None or module_spec.loader is None:
                 raise ValueError(f"--dual-solver file {target!r} cannot be imported as a Python module")
@@ -248,6 +258,7 @@ class IsolatedSolver:
     def __init__(self, spec: str, timeout: float):
         if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        parse_solver_spec(spec)  # a malformed spec is refused here, before a child is started
         self.spec, self.timeout = spec, float(timeout)
         self.name = ""
         self._process: subprocess.Popen | None = None

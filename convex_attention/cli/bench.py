@@ -269,10 +269,13 @@ def _verify_config(args) -> VerifyConfig:
 
 def _check_verify(args):
     """Every usage error of ``verify`` before any work: ``(config, backends)``."""
+    from ..bench.isolation import parse_solver_spec
     from ..bench.verify import check_backends
 
     config = _verify_config(args)
     try:
+        if args.dual_solver:
+            parse_solver_spec(args.dual_solver)  # its form, before the child that imports it
         backends = check_backends(args.backends)
     except (ValueError, ImportError) as err:  # BackendUnavailable is both
         raise UsageError(str(err)) from err
@@ -286,8 +289,8 @@ def _start_solver(args, config: VerifyConfig):
 
     if not args.dual_solver:
         return None
-    solver = IsolatedSolver(args.dual_solver, config.timeout)
     try:
+        solver = IsolatedSolver(args.dual_solver, config.timeout)
         solver.start()
     except ValueError as err:
         raise UsageError(str(err)) from err
