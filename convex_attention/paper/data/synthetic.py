@@ -113,6 +113,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -364,17 +365,21 @@ def _place(g: torch.Generator, extents: list[float], ax: float, ay: float, cos_a
     for _ in range(restarts):
         centres: list = []
         for extent in extents:
-            cand = 2 * torch.rand(tries, 2, generator=g, dtype=torch.float64) - 1
+            # the draws come from the seeded torch stream; the arithmetic on them is numpy's, the
+            # same IEEE float64 operations at a fraction of torch's per-call cost on 200 numbers
+            cand = (2 * torch.rand(tries, 2, generator=g, dtype=torch.float64) - 1).numpy()
             u = cos_a * cand[:, 0] + sin_a * cand[:, 1]
             v = -sin_a * cand[:, 0] + cos_a * cand[:, 1]
-            room = (0.93 - torch.sqrt((u / ax) ** 2 + (v / ay) ** 2)) * min(ax, ay) / h  # pixels to the edge
+            room = (0.93 - np.sqrt((u / ax) ** 2 + (v / ay) ** 2)) * min(ax, ay) / h  # pixels to the edge
             ok = room >= extent + 0.5
-            for c, e in zip(centres, extents):
-                if c is not None:
-                    gap = torch.sqrt(((cand - torch.tensor(c, dtype=torch.float64)) ** 2).sum(1)) / h
-                    ok &= gap >= extent + e + 1.0
-            hits = torch.nonzero(ok)
-            centres.append(tuple(cand[int(hits[0])].tolist()) if len(hits) else None)
+            placed = [(c, e) for c, e in zip(centres, extents) if c is not None]
+            if placed:  # every placed disc at once (the same arithmetic per pair as one at a time)
+                others = np.array([c for c, _ in placed])  # (P, 2)
+                needed = np.array([extent + e + 1.0 for _, e in placed])  # (P,)
+                gap = np.sqrt(((cand[:, None, :] - others) ** 2).sum(2)) / h  # (tries, P)
+                ok &= (gap >= needed).all(1)
+            hits = np.flatnonzero(ok)
+            centres.append(tuple(cand[hits[0]].tolist()) if len(hits) else None)
         if all(c is not None for c in centres):
             return centres
         if sum(c is not None for c in centres) > sum(c is not None for c in best):
