@@ -802,3 +802,10 @@ def test_rows_that_lack_a_needed_column_are_named_and_nothing_is_drawn(tmp_path,
     assert plot([{"unrelated": "1"}], str(path), log=logged.append) is None
     assert len(logged) == 1 and logged[0].startswith(f"{figure}: {source} lacks column(s) ")
     assert logged[0].endswith("; not drawn") and not path.exists()
+
+
+def test_floor_below_is_one_decade_under_the_smallest_positive_value():
+    assert plot_common.floor_below([3e-7, 0.5, 0.0, -1.0], default=1e-16) == pytest.approx(1e-8)
+    assert plot_common.floor_below([1e-7], default=1e-16) == pytest.approx(1e-8)  # a power of ten: still one below
+    assert plot_common.floor_below([0.0, -2.0], default=1e-16) == 1e-16
+    assert plot_common.floor_below([], default=1e-18) == 1e-18

@@ -24,7 +24,7 @@ import os
 
 from ._common import DTYPE_COLORS, DTYPE_EPS, METHOD_COLORS, Log, PlotWarning, load_env, read_results, warn
 from .consistency import plot_convergence, plot_tradeoff, plot_violation
-from .graphs import graphs_env, is_chain, plot_backward, plot_convergence_per_structure, plot_pareto_per_structure
+from .graphs import is_chain, plot_backward, plot_convergence_per_structure, plot_pareto_per_structure
 from .maps import plot_attention_maps
 from .speed import core_ratios, plot_core_benchmark, plot_speedup, plot_time_vs_size
 
@@ -101,7 +101,7 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None) ->
     backward_rows = rows_of("backward.csv", ("kind",))
     if backward_rows:
         written.append(plot_backward(backward_rows, figure_path("backward_implicit_vs_unrolled"),
-                                     graphs_env(folder, log), log))
+                                     load_env(folder, log, "graphs.json"), log))
     example = os.path.join(folder, "example.npz")
     if os.path.exists(example):
         try:

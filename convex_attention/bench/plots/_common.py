@@ -286,6 +286,13 @@ def cell_key(row: dict) -> tuple:
     return tuple(text_of(row, k) for k in CELL_FIELDS)
 
 
+def floor_below(values, default: float) -> float:
+    """Where a log axis draws exact zeros: the power of ten one decade below the smallest
+    positive value of ``values`` (``default`` when none is positive)."""
+    positive = [v for v in values if v > 0]
+    return 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else default
+
+
 def quiet_minor_ticks(ax) -> None:
     """Minor log ticks at 2 and 5 only, unlabelled: labels collide on short ranges, and
     every tick costs drawing time."""
@@ -401,11 +408,13 @@ def spread_columns(col: str) -> dict:
 # ====================================================================== results-folder figures
 
 
-def load_env(folder: str, log: Log) -> dict | None:
-    """The environment record of ``bench.json``, with its ``runs`` (the load average at the
-    start and end of each run, and its threads) where the file has them; NaN/Infinity tokens
-    (older files) read as null."""
-    path = os.path.join(folder, "bench.json")
+def load_env(folder: str, log: Log, name: str = "bench.json") -> dict | None:
+    """The environment record of ``folder/name`` (``bench.json``, or the graph benchmark's
+    ``graphs.json``), with its ``runs`` (the load average at the start and end of each run,
+    and its threads) where the file has them: the footer of the figures drawn from that
+    folder.  NaN/Infinity tokens (older files) read as null; ``None`` when the file is
+    missing, and ``None`` said to ``log`` when it is unusable."""
+    path = os.path.join(folder, name)
     if not os.path.exists(path):
         return None
     bad_tokens = []
@@ -417,15 +426,15 @@ def load_env(folder: str, log: Log) -> dict | None:
         with open(path, encoding="utf-8") as f:
             data = json.load(f, parse_constant=constant)
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        log(f"bench.json: not readable JSON ({plain(err, 80)}); figures carry no environment line")
+        log(f"{name}: not readable JSON ({plain(err, 80)}); its figures carry no environment line")
         return None
     if bad_tokens:
-        log(f"bench.json: not strict JSON ({len(bad_tokens)} NaN/Infinity token(s), read as null)")
+        log(f"{name}: not strict JSON ({len(bad_tokens)} NaN/Infinity token(s), read as null)")
     env = data.get("environment") if isinstance(data, dict) else None
-    if env is not None and not isinstance(env, dict):
-        log("bench.json: 'environment' is not an object; figures carry no environment line")
+    if not isinstance(env, dict):
+        log(f"{name}: no 'environment' object; its figures carry no environment line")
         return None
-    if env is not None and isinstance(data.get("runs"), list):
+    if isinstance(data.get("runs"), list):
         env = {**env, "runs": data["runs"]}  # the load and threads of each run (older files: not recorded)
     return env
 

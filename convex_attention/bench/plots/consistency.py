@@ -31,6 +31,7 @@ from ._common import (
     cell_key,
     compute_dtype_of,
     dtype_note,
+    floor_below,
     lacks_columns,
     low_confidence,
     low_confidence_handle,
@@ -126,7 +127,7 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
     by_dtype = {d: sorted({s for s, d2, *_ in points if d2 == d}, key=Series.order) for d in dtypes}
     levels = {d: [v for v in _rounding_levels(points, d) if v > 0] for d in dtypes}
     positive = [v for _, _, v, _, _ in points if v > 0] + [v for vs in levels.values() for v in vs]
-    floor = 10.0 ** (math.floor(math.log10(min(positive + [min(DTYPE_EPS[d] for d in dtypes)]))) - 1)
+    floor = floor_below(positive + [min(DTYPE_EPS[d] for d in dtypes)], default=math.nan)  # never empty
     rng = np.random.default_rng(0)
     any_zero = False
     with plt.rc_context(STYLE):
@@ -379,7 +380,7 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
                                                                  for e in es), c))
         chosen[panel] = by_cell[key]
     positive = [e[1] for by_series in chosen.values() for es in by_series.values() for e in es if e[1] > 0]
-    floor = 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else 1e-18
+    floor = floor_below(positive, default=1e-18)
     styles = styles_for({s for by_series in chosen.values() for s in by_series})
     panels = sorted(chosen)
     ncols = 2 if len(panels) > 1 else 1

@@ -9,9 +9,7 @@ why; rows with unusable values are skipped and named.
 """
 from __future__ import annotations
 
-import json
 import math
-import os
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -26,6 +24,7 @@ from ._common import (
     Series,
     Skips,
     dtype_note,
+    floor_below,
     lacks_columns,
     number,
     ok_points,
@@ -36,7 +35,7 @@ from ._common import (
     warn,
 )
 
-__all__ = ["plot_pareto_per_structure", "plot_convergence_per_structure", "plot_backward", "graphs_env", "is_chain",
+__all__ = ["plot_pareto_per_structure", "plot_convergence_per_structure", "plot_backward", "is_chain",
            "STRUCTURE_ORDER"]
 
 STRUCTURE_ORDER = ("chain", "star", "axial", "grid_regions", "mixed")
@@ -44,30 +43,6 @@ STRUCTURE_TITLE = {"chain": "chain", "star": "star (4 maps onto one)", "axial": 
                    "grid_regions": "grid + regions", "mixed": "mixed (two resolutions)"}
 KIND_STYLE = {"implicit": ("#2ca02c", "D", "implicit (forward to tol)"),
               "unrolled": ("#ff7f0e", "o", "unrolled plain sweeps (autograd)")}
-
-
-def graphs_env(folder: str, log: Log | None = None) -> dict | None:
-    """The environment of the graph benchmark's ``graphs.json`` (``benchmarks/bench_graphs.py``),
-    with its ``runs`` (load average at start and end, threads), as :func:`._common.load_env`
-    reads bench.json's: the footer of the figures drawn from its files.  ``None`` (said) when
-    the file is missing or unusable."""
-    log = log or warn
-    path = os.path.join(folder, "graphs.json")
-    if not os.path.exists(path):
-        return None
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f, parse_constant=lambda token: None)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        log(f"graphs.json: not readable JSON ({plain(err, 80)}); its figures carry no environment line")
-        return None
-    env = data.get("environment") if isinstance(data, dict) else None
-    if not isinstance(env, dict):
-        log("graphs.json: no 'environment' object; its figures carry no environment line")
-        return None
-    if isinstance(data.get("runs"), list):
-        env = {**env, "runs": data["runs"]}
-    return env
 
 
 def is_chain(row: dict) -> bool:
@@ -145,7 +120,7 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
             ax.set_visible(False)
         for ax, (structure, largest, shown, skipped) in zip(axes.flat, panels):
             positive = [v for v in (p.v["violation_mean"] for p, _ in shown) if v > 0]
-            floor = 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else 1e-16
+            floor = floor_below(positive, default=1e-16)
             coords = [(max(p.v["violation_mean"], floor), t) for p, t in shown]
             for (p, _), (x, y) in zip(shown, coords):
                 color, marker = style[p.series]
@@ -209,7 +184,7 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
         return None
     gaps = [abs(p[5]) for p in pts if p[5] is not None and p[5] != 0]
     viols = [p[4] for p in pts if p[4] > 0]
-    floor = 10.0 ** (math.floor(math.log10(min(gaps + viols + [1e-16]))) - 1)
+    floor = floor_below(gaps + viols + [1e-16], default=math.nan)  # never empty: at most 1e-17
     cmap = plt.get_cmap("viridis")
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(2, len(structures), figsize=(FULL_WIDTH, 3.8), layout="constrained", squeeze=False,
@@ -279,7 +254,7 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
         return None
     families = _ordered({p[0] for p in pts})
     positive = [p[4] for p in pts if p[4] > 0]
-    floor = 10.0 ** (math.floor(math.log10(min(positive + [1e-16]))) - 1)
+    floor = floor_below(positive + [1e-16], default=math.nan)  # never empty: at most 1e-17
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, len(families), figsize=(FULL_WIDTH, 2.7), layout="constrained", squeeze=False)
         for ax, family in zip(axes[0], families):
