@@ -295,3 +295,18 @@ def test_tests_mirror_modules():
         if wanted not in tests:
             missing.append(f"{module}: {wanted}")
     assert not missing, "modules without their test file: " + ", ".join(missing)
+
+
+def test_the_public_names_are_one_list_the_lazy_table_the_type_checkers_imports_and_all():
+    """``__init__``'s three views of the public API name the same things: the lazy table
+    ``_PUBLIC`` (name -> core module), the imports type checkers see, and ``__all__``."""
+    tree = ast.parse((PACKAGE / "__init__.py").read_text())
+    checked = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING")
+    eager = {alias.name: stmt.module for stmt in checked.body if isinstance(stmt, ast.ImportFrom)
+             for alias in stmt.names}
+    import convex_attention
+
+    lazy = convex_attention._PUBLIC
+    assert eager == lazy, set(eager.items()) ^ set(lazy.items())
+    assert set(convex_attention.__all__) == set(lazy) | {"__version__"}
+    assert len(convex_attention.__all__) == len(set(convex_attention.__all__))
