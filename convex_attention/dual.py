@@ -45,7 +45,7 @@ from torch import Tensor
 from ._ops import centre, compute_dtype, level_softmax
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
-from .hessian import DENSE_LIMIT, dense_chunks, get_hessian, implicit_vjp, solve_psd
+from .hessian import DENSE_LIMIT, cholesky_apply, dense_chunks, get_hessian, implicit_vjp, solve_psd
 from .validation import per_sample, score_limit, score_peaks, temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
@@ -622,7 +622,7 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
         for chunk in dense_chunks(len(rows), hess.dim):
             pick = rows[chunk]
             factor, ok[pick] = hess.factor(hess.dense([p[pick] for p in probs], temps))
-            direction[pick] = -torch.cholesky_solve(grad[pick].unsqueeze(2), factor).squeeze(2)
+            direction[pick] = -cholesky_apply(factor, grad[pick])
     else:
         # inexact Newton: a few block-Jacobi conjugate-gradient iterations on the Newton system
         # (tightening the residual with the gradient, Eisenstat-Walker style, with up to 100

@@ -8,7 +8,14 @@ from helpers import FOREST_CASES, GRAPH_CASES, flat_np, random_graph_instance, r
 import convex_attention as ca
 from convex_attention.dual import dual_function, reparameterized_probs
 from convex_attention.exact import exact_attention, tree_backward
-from convex_attention.hessian import DualHessian, ImplicitSolveError, get_hessian, implicit_vjp, solve_psd
+from convex_attention.hessian import (
+    DualHessian,
+    ImplicitSolveError,
+    cholesky_apply,
+    get_hessian,
+    implicit_vjp,
+    solve_psd,
+)
 
 
 def _random_duals(h, batch, seed):
@@ -203,3 +210,15 @@ def test_the_floor_waits_for_a_stall_and_is_not_used_in_float32(monkeypatch):
     probs32 = [p.float() for p in sol.probs]
     _, relres, _, solved = solve_psd(hess, probs32, temps, rhs.float(), 0.0, 200, dense_limit=0)
     assert not bool(solved.any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cholesky_apply_solves_with_the_factor_per_sample(dtype):
+    g = torch.Generator().manual_seed(4)
+    M = torch.randn(5, 9, 9, generator=g, dtype=torch.float64)
+    A = M @ M.transpose(1, 2) + 0.5 * torch.eye(9, dtype=torch.float64)  # well conditioned, one per sample
+    rhs = torch.randn(5, 9, generator=g, dtype=torch.float64)
+    want = torch.linalg.solve(A, rhs.unsqueeze(2)).squeeze(2)  # an independent solver, float64
+    got = cholesky_apply(torch.linalg.cholesky(A.to(dtype)), rhs.to(dtype))
+    assert got.shape == rhs.shape and got.dtype == dtype
+    assert torch.allclose(got.double(), want, rtol=0, atol=1e-4 if dtype == torch.float32 else 1e-11)
