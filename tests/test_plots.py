@@ -809,3 +809,12 @@ def test_floor_below_is_one_decade_under_the_smallest_positive_value():
     assert plot_common.floor_below([1e-7], default=1e-16) == pytest.approx(1e-8)  # a power of ten: still one below
     assert plot_common.floor_below([0.0, -2.0], default=1e-16) == 1e-16
     assert plot_common.floor_below([], default=1e-18) == 1e-18
+
+
+def test_pareto_front_keeps_what_no_other_point_beats_in_both():
+    pts = [(2.0, 1e-3), (1.0, 1e-2), (3.0, 1e-9), (4.0, 1e-3), (1.0, 1e-2), (5.0, 1e-12)]
+    # (4, 1e-3) is beaten by (2, 1e-3); the repeated (1, 1e-2) is ringed once
+    assert plot_common.pareto_front(pts) == [(1.0, 1e-2), (2.0, 1e-3), (3.0, 1e-9), (5.0, 1e-12)]
+    # below the resolution two results are equally consistent: the slower is no longer on the front
+    assert plot_common.pareto_front(pts, resolution=1e-8) == [(1.0, 1e-2), (2.0, 1e-3), (3.0, 1e-9)]
+    assert plot_common.pareto_front([]) == []

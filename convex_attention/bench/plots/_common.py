@@ -293,6 +293,19 @@ def floor_below(values, default: float) -> float:
     return 10.0 ** (math.floor(math.log10(min(positive))) - 1) if positive else default
 
 
+def pareto_front(pts, resolution: float = 0.0) -> list[tuple]:
+    """The points ``(time, violation)`` no other point beats in both (sorted by time; of
+    identical points, one), with violations compared only above ``resolution`` (below it
+    two results are equally consistent)."""
+    front, best = [], math.inf
+    for t, v in sorted(pts):
+        seen = max(v, resolution)
+        if seen < best:
+            front.append((t, v))
+            best = seen
+    return front
+
+
 def quiet_minor_ticks(ax) -> None:
     """Minor log ticks at 2 and 5 only, unlabelled: labels collide on short ranges, and
     every tick costs drawing time."""

@@ -38,6 +38,7 @@ from ._common import (
     mark_low_confidence,
     number,
     ok_points,
+    pareto_front,
     quiet_minor_ticks,
     spread_columns,
     styles_for,
@@ -274,18 +275,6 @@ def _tradeoff_cells(points) -> tuple[dict, int]:
     return cells, untimed
 
 
-def _pareto(pts, resolution: float) -> list[tuple]:
-    """The points ``(time, violation)`` no other point beats in both, with violations
-    compared only above ``resolution`` (below it two results are equally consistent)."""
-    front, best = [], math.inf
-    for t, v in sorted(pts):
-        seen = max(v, resolution)
-        if seen < best:
-            front.append((t, v))
-            best = seen
-    return front
-
-
 def _draw_tradeoff_panel(ax, by_series: dict, styles: dict, dtype: str, floor: float) -> dict:
     """One panel: every series at (median time, median violation), the low-confidence marks,
     the band below the dtype's ε and the Pareto front at that resolution.  Returns what it
@@ -314,7 +303,7 @@ def _draw_tradeoff_panel(ax, by_series: dict, styles: dict, dtype: str, floor: f
     drawn["low"] = bool(low)
     if eps:
         ax.axhspan(floor / 10, eps, color="#cccccc", alpha=0.35, lw=0, zorder=0)
-    front = _pareto(pts, eps)
+    front = pareto_front(pts, eps)
     if len(front) > 1:
         ax.step([f[0] for f in front], [max(f[1], eps) for f in front], where="post", color="#555555", lw=0.8,
                 alpha=0.7, zorder=2)

@@ -28,6 +28,7 @@ from ._common import (
     lacks_columns,
     number,
     ok_points,
+    pareto_front,
     quiet_minor_ticks,
     skipped_note,
     styles_for,
@@ -125,9 +126,8 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
             for (p, _), (x, y) in zip(shown, coords):
                 color, marker = style[p.series]
                 ax.scatter([x], [y], color=color, marker=marker, s=22, zorder=3, linewidths=0)
-            front = [i for i, (x, y) in enumerate(coords)
-                     if not any((x2 <= x and y2 <= y) and (x2 < x or y2 < y) for x2, y2 in coords)]
-            ax.scatter([coords[i][0] for i in front], [coords[i][1] for i in front], s=80, facecolors="none",
+            front = pareto_front([(y, x) for x, y in coords])  # (time, violation)
+            ax.scatter([v for _, v in front], [t for t, _ in front], s=80, facecolors="none",
                        edgecolors="#333333", linewidths=0.7, zorder=2)
             ax.set_xscale("log")
             ax.set_yscale("log")
