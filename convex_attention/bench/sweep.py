@@ -80,9 +80,9 @@ def hierarchy_for(cell: dict, factor: int) -> Graph:
     else the family's graph (:func:`convex_attention.bench.structures.structure_graph`; its
     regions drawn from the cell's seed)."""
     structure = cell.get("structure") or "chain"
-    if structure == "chain":
-        return Hierarchy.grid([(cell["size"] // factor ** k,) * cell["dims"] for k in range(cell["levels"])])
-    return structure_graph(structure, cell["size"], cell["dims"], factor=factor, seed=cell["seed"])
+    # a chain's cell has one level per map; another structure's "levels" counts its maps (unused here)
+    return structure_graph(structure, cell["size"], cell["dims"], levels=cell["levels"], factor=factor,
+                           seed=cell["seed"])
 
 
 # The reference of the accuracy columns on structures without a closed form: the dual solver in
