@@ -20,3 +20,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def odd_threads():
+    """torch at 3 threads during the test, restored after: a count no configuration declares
+    and no xdist worker runs at (they run at 1, the configurations' default), so a test of
+    "the declared count is applied", "the caller's is restored" or "the record holds the real
+    count" cannot pass by coincidence."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield 3
+    torch.set_num_threads(before)

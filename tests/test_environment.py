@@ -6,23 +6,23 @@ import torch
 from convex_attention.io.environment import cpu_name, environment
 
 
-def test_the_record_names_versions_processor_threads_and_device_and_is_json():
+def test_the_record_names_versions_processor_threads_and_device_and_is_json(odd_threads):
     env = environment("cpu")
     for key in ("python", "torch", "numpy", "platform", "processor", "cpu_count", "torch_threads", "device"):
         assert key in env, key
-    assert env["torch"] == torch.__version__ and env["torch_threads"] == torch.get_num_threads()
+    assert env["torch"] == torch.__version__ and env["torch_threads"] == odd_threads
     assert env["device"] == "cpu" and "gpu" not in env
     assert json.loads(json.dumps(env)) == env
     assert cpu_name() and isinstance(cpu_name(), str)
 
 
-def test_a_run_record_holds_the_load_at_both_ends_and_the_threads():
+def test_a_run_record_holds_the_load_at_both_ends_and_the_threads(odd_threads):
     from convex_attention.io.environment import load_average, now_utc, run_record
 
     start = load_average()
     record = run_record(now_utc(), start, rows=3)
     assert record["load_average_start"] == start and record["rows"] == 3
-    assert record["torch_threads"] == torch.get_num_threads()
+    assert record["torch_threads"] == odd_threads
     assert record["started"] <= record["finished"]
     if start is not None:  # Linux and macOS keep one
         assert len(start) == 3 and len(record["load_average_end"]) == 3

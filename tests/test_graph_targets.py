@@ -74,13 +74,12 @@ def test_the_gradient_target_against_cvxpylayers_says_what_its_own_error_is():
 
 
 @pytest.mark.slow  # runs every part of the graph benchmark
-def test_a_small_run_writes_its_files_in_strict_json_with_the_load_and_threads(tmp_path):
+def test_a_small_run_writes_its_files_in_strict_json_with_the_load_and_threads(tmp_path, odd_threads):
     config = GraphBenchmark(parts=("convergence", "backward"), size=16, instances=2, batch=2, repeats=1,
                             threads=1)
     logged = []
-    before = torch.get_num_threads()
     out = gt.graph_benchmark(config, str(tmp_path), log=logged.append, command="bench_graphs --tiny")
-    assert torch.get_num_threads() == before
+    assert torch.get_num_threads() == odd_threads  # the caller's count, restored
     conv = read_table(str(tmp_path / "convergence_instances.csv")).rows
     assert len(conv) == 3 * 2 * 2 * 2  # families x sets x dtypes x instances
     assert all(r["converged"] in ("True", "False") for r in conv)
@@ -91,6 +90,7 @@ def test_a_small_run_writes_its_files_in_strict_json_with_the_load_and_threads(t
     text = (tmp_path / "graphs.json").read_text()
     record = json.loads(text, parse_constant=lambda token: pytest.fail(f"not strict JSON: {token}"))
     (run,) = record["runs"]
+    # the declared count, not the caller's: the run was made with it
     assert run["torch_threads"] == 1 and len(run["load_average_start"]) == 3 and run["cpu_count"] >= 1
     assert record["command"] == "bench_graphs --tiny" and record["targets"] == out["targets"]
     assert any("dual sweeps, mixed hard float64" in m for m in logged)

@@ -187,13 +187,11 @@ def test_resume_with_bench_json_alone_says_its_rows_are_dropped(tmp_path):
     assert w.rows == [] and any("bench.csv is missing and bench.json holds 2 row(s): its rows are dropped" in m
                                 for m in logged)
     assert strict_load(str(tmp_path / "bench.json"))["rows"] == []  # both files agree from the start
-def test_bench_json_records_each_runs_load_and_threads_and_resume_keeps_the_earlier_ones(tmp_path):
-    import torch
-
+def test_bench_json_records_each_runs_load_and_threads_and_resume_keeps_the_earlier_ones(tmp_path, odd_threads):
     w = writer(tmp_path)
     w.commit(bench_row())
     first = strict_load(tmp_path / "bench.json")["runs"]
-    assert len(first) == 1 and first[0]["rows"] == 1 and first[0]["torch_threads"] == torch.get_num_threads()
+    assert len(first) == 1 and first[0]["rows"] == 1 and first[0]["torch_threads"] == odd_threads
     assert "load_average_start" in first[0] and "load_average_end" in first[0]
     w2 = writer(tmp_path, resume=True)
     w2.commit(bench_row(method="softmax"))

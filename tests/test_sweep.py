@@ -321,7 +321,7 @@ def test_the_help_lists_the_registrys_methods_and_the_backend_tables_names():
     assert bench_config.BACKEND_NAMES == cvx.BACKENDS
 
 
-def test_the_sweep_runs_with_its_declared_thread_count_and_restores_the_callers(tmp_path, monkeypatch):
+def test_the_sweep_runs_with_its_declared_thread_count_and_restores_the_callers(tmp_path, monkeypatch, odd_threads):
     from convex_attention.bench import sweep as sweep_module
     from convex_attention.io.settings import declared
 
@@ -329,9 +329,8 @@ def test_the_sweep_runs_with_its_declared_thread_count_and_restores_the_callers(
     assert SweepConfig().threads == 1  # one thread by default: comparable timings on a shared machine
     seen = []
     monkeypatch.setattr(sweep_module, "_sweep", lambda *a: seen.append(torch.get_num_threads()) or [])
-    before = torch.get_num_threads()
     for threads in (1, 2):
         sweep_module.run_sweep(SweepConfig(methods=("exact",), sizes=(4,), levels=(2,), threads=threads),
                                str(tmp_path))
-        assert torch.get_num_threads() == before
+        assert torch.get_num_threads() == odd_threads
     assert seen == [1, 2]
