@@ -168,7 +168,6 @@ def test_plot_writes_every_figure(tmp_path):
     (["bench", "--batch", "1000000000"], "argument --batch: must be an integer from 1 to"),
     (["plot", "/nonexistent/results"], "does not exist"),
     (["verify", "--dual-solver", "no_colon"], "module:function"),
-    (["verify", "--dual-solver", "/nonexistent/solver.py:duals"], "does not exist"),
     (["bench", "--generator", "model"], "needs --checkpoint"),
 ])
 def test_bad_arguments_exit_2_with_a_clear_message(argv, message, capsys):

@@ -312,6 +312,20 @@ def test_cli_usage_errors_exit_2_before_any_work(tmp_path, capsys, make_argv, me
     assert _run(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+    assert not (tmp_path / "ok").exists()  # nothing left behind
+
+
+def test_cli_refuses_a_malformed_solver_spec_without_starting_its_process(tmp_path, capsys, monkeypatch):
+    from convex_attention.bench import isolation
+
+    def no_process(*args, **kwargs):
+        raise AssertionError("a process was started for a spec that could be refused without one")
+
+    monkeypatch.setattr(isolation.subprocess, "Popen", no_process)
+    for spec, message in (("no_colon", "must look like module:function"), ("mod:", "must look like"),
+                          (f"{tmp_path / 'missing.py'}:f", "does not exist")):
+        assert _run(["verify", "--quick", "--no-progress", "--out", str(tmp_path / "v"), "--dual-solver", spec]) == 2
+        assert message in capsys.readouterr().err and not (tmp_path / "v").exists()
 
 
 def test_cli_named_backend_that_is_not_installed_is_a_usage_error(tmp_path, capsys, monkeypatch):

@@ -268,7 +268,8 @@ def _verify_config(args) -> VerifyConfig:
 
 
 def _check_verify(args):
-    """Every usage error of ``verify`` before any work: ``(config, backends)``."""
+    """Every usage error of ``verify`` found without a process of its own (the solver's
+    import is the other, :func:`_start_solver`): ``(config, backends)``."""
     from ..bench.isolation import parse_solver_spec
     from ..bench.verify import check_backends
 
@@ -299,9 +300,11 @@ def _start_solver(args, config: VerifyConfig):
 
 def cmd_verify(args) -> int:
     config, backends = _check_verify(args)
-    check_out(args.out)
+    # the user's solver is imported (in its own process) before the out folder is made: a
+    # solver that cannot be imported is a usage error that leaves nothing behind
     solver = _start_solver(args, config)
     try:
+        check_out(args.out)
         return _run_verify(args, config, solver, backends)
     finally:
         if solver is not None:
