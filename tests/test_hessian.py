@@ -222,3 +222,5 @@ def test_cholesky_apply_solves_with_the_factor_per_sample(dtype):
     got = cholesky_apply(torch.linalg.cholesky(A.to(dtype)), rhs.to(dtype))
     assert got.shape == rhs.shape and got.dtype == dtype
     assert torch.allclose(got.double(), want, rtol=0, atol=1e-4 if dtype == torch.float32 else 1e-11)
+    with pytest.raises(TypeError, match="one dtype"):
+        cholesky_apply(torch.linalg.cholesky(A), rhs.float())

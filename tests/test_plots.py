@@ -697,6 +697,14 @@ def test_structures_get_their_own_figures_and_the_chain_figures_draw_chains_only
     assert [t.split("\n")[0] for t in titles] == ["chain", "axial (rows + columns)", "grid + regions"]
     assert "16x16+16x1+1x16" in titles[1], "each structure at its largest cell"
     assert titles[1].endswith("(exact: solves forests only)") and "forests" not in titles[0], "exact solves chains"
+    # the rings are the points no other point beats in both violation (x) and time (y): brute force
+    for ax in (a for a in pareto.axes if a.get_visible()):
+        by_size = {}
+        for coll in ax.collections:
+            by_size.setdefault(float(coll.get_sizes()[0]), []).extend(map(tuple, coll.get_offsets().tolist()))
+        points, rings = set(by_size[22.0]), set(by_size[80.0])
+        front = {p for p in points if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points)}
+        assert rings == front and len(front) >= 2, (ax.get_title(), rings, front)
     # per-sample λ* has no time of its own that includes finding λ*: never on the front
     labels = {t.get_text() for t in pareto.legends[0].get_texts()}
     assert "learned_dual (per-sample λ*)" not in labels and "learned_dual (λ = 0)" in labels
@@ -818,3 +826,21 @@ def test_pareto_front_keeps_what_no_other_point_beats_in_both():
     # below the resolution two results are equally consistent: the slower is no longer on the front
     assert plot_common.pareto_front(pts, resolution=1e-8) == [(1.0, 1e-2), (2.0, 1e-3), (3.0, 1e-9)]
     assert plot_common.pareto_front([]) == []
+
+
+def test_load_env_reads_bench_or_graphs_json_and_says_what_it_cannot_use(tmp_path):
+    logged = []
+    assert plot_common.load_env(str(tmp_path), logged.append) is None and logged == []  # no file: nothing to say
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": []}))
+    assert plot_common.load_env(str(tmp_path), logged.append) is None
+    assert logged == ["bench.json: no 'environment' object; its figures carry no environment line"]
+    (tmp_path / "graphs.json").write_text('{"environment": {"torch": "2.13.0", "x": NaN}, "runs": [{"rows": 1}]}')
+    logged.clear()
+    env = plot_common.load_env(str(tmp_path), logged.append, "graphs.json")
+    assert env == {"torch": "2.13.0", "x": None, "runs": [{"rows": 1}]}
+    assert logged == ["graphs.json: not strict JSON (1 NaN/Infinity token(s), read as null)"]
+    (tmp_path / "graphs.json").write_text("{")
+    logged.clear()
+    assert plot_common.load_env(str(tmp_path), logged.append, "graphs.json") is None
+    assert len(logged) == 1 and logged[0].startswith("graphs.json: not readable JSON")
+
