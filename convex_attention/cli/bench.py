@@ -268,15 +268,12 @@ def _verify_config(args) -> VerifyConfig:
 
 
 def _check_verify(args):
-    """Every usage error of ``verify`` found without a process of its own (the solver's
-    import is the other, :func:`_start_solver`): ``(config, backends)``."""
-    from ..bench.isolation import parse_solver_spec
+    """Every usage error of ``verify`` but the solver's (:func:`_start_solver` checks its form,
+    then imports it in a process of its own): ``(config, backends)``."""
     from ..bench.verify import check_backends
 
     config = _verify_config(args)
     try:
-        if args.dual_solver:
-            parse_solver_spec(args.dual_solver)  # its form, before the child that imports it
         backends = check_backends(args.backends)
     except (ValueError, ImportError) as err:  # BackendUnavailable is both
         raise UsageError(str(err)) from err
@@ -285,7 +282,8 @@ def _check_verify(args):
 
 def _start_solver(args, config: VerifyConfig):
     """The user's dual solver, imported in a process of its own (``None``: the built-in
-    one); UsageError when it cannot be imported (nothing has run yet)."""
+    one); UsageError when its spec is malformed (no process is started) or it cannot be
+    imported (nothing has run yet)."""
     from ..bench.isolation import IsolatedSolver
 
     if not args.dual_solver:
