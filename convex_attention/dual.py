@@ -628,7 +628,7 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
         # (tightening the residual with the gradient, Eisenstat-Walker style, with up to 100
         # iterations, was three times slower and rescued no instance, measured)
         direction, _, _, _ = solve_psd(hess, probs, temps, -hess.gradient(probs), _NEWTON_CG_RTOL,
-                                    _NEWTON_CG_ITERATIONS, dense_limit=0)
+                                       _NEWTON_CG_ITERATIONS, dense_limit=0)
         ok = torch.isfinite(direction).all(1)
     start = _flatten(lam)
     taken = torch.zeros_like(active)
