@@ -33,7 +33,9 @@ mpax               MPAX            named for completeness: MPAX solves LPs and Q
 Whatever the backend, a solution is accepted only on its own certificate (primal residual
 and relative duality gap: :func:`certificate`), never on a solver's
 status label; a failure raises :class:`SolverFailure` naming the backend, the sample and
-the solver's status.
+the solver's status.  A panic of a solver's Rust code (pyo3's ``PanicException``, a
+``BaseException``) in the forward or the backward pass is a :class:`SolverFailure` too
+(:func:`is_solver_panic`), and the layer then rebuilds the backend's solver objects.
 
 ``cvxpy``, ``cvxpylayers`` and the solvers are imported lazily, on first use.
 
@@ -62,9 +64,9 @@ from .graph import Graph
 from .metrics import dual_objective, objective
 
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
-           "certificate", "primal_residual", "Backend", "BACKENDS", "DEFAULT_BACKEND", "available_backends",
-           "backend_unavailable_reason", "get_backend", "check_options", "CACHE_SIZE", "clear_cache",
-           "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "CVX_PRIORS", "prior_seconds_per_sample"]
+           "certificate", "primal_residual", "is_solver_panic", "Backend", "BACKENDS", "DEFAULT_BACKEND",
+           "available_backends", "backend_unavailable_reason", "get_backend", "check_options", "CACHE_SIZE",
+           "clear_cache", "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "CVX_PRIORS", "prior_seconds_per_sample"]
 
 
 @dataclass(frozen=True)
@@ -235,6 +237,56 @@ def simplex_maps(h: Graph) -> list[int]:
     return [max(comp, key=lambda k: (-h.sizes[k], k)) for comp in h.components]
 
 
+def is_solver_panic(err: BaseException) -> bool:
+    """Whether ``err`` is a Rust panic raised through pyo3 (``pyo3_runtime.PanicException``:
+    Moreau's and Clarabel's bindings).  It derives from ``BaseException``, so it passes every
+    ``except Exception``; the layer turns it into a :class:`SolverFailure`."""
+    kind = type(err)
+    return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
+
+
+def _other_backend_hint(name: str) -> str | None:
+    """``"try backend='…'"`` naming the most accurate other backend that can run here, or None."""
+    others = [b for b in ("diffcp-clarabel", "moreau", "diffcp-scs", "cuclarabel")
+              if b != name and b in available_backends()]
+    return f"try backend={others[0]!r}" if others else None
+
+
+class _PanicGuard(torch.autograd.Function):
+    """The layer's call as one autograd node whose backward runs the layer's own backward, so
+    that a solver panic there (Moreau: "LDL refactor failed in backward pass") surfaces as a
+    :class:`SolverFailure` raised by this package, not as a ``BaseException`` from inside
+    autograd.  ``apply(run, layer, *inputs)``: ``run(inputs)`` solves; the outputs, values
+    and gradients are the layer's own."""
+
+    @staticmethod
+    def forward(ctx, run, layer: CvxpyAttentionLayer, *inputs: Tensor):
+        with torch.enable_grad():
+            detached = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
+            outs = tuple(run(detached))
+        ctx.graph, ctx.layer = (detached, outs), layer
+        return tuple(o.detach() for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        detached, outs = ctx.graph
+        wanted = [i for i, x in enumerate(detached) if x.requires_grad and ctx.needs_input_grad[2 + i]]
+        result: list[Tensor | None] = [None] * len(detached)
+        live = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
+        if wanted and live:
+            try:
+                got = torch.autograd.grad([o for o, _ in live], [detached[i] for i in wanted],
+                                          [g for _, g in live], allow_unused=True, retain_graph=True,
+                                          create_graph=torch.is_grad_enabled())
+            except BaseException as err:  # noqa: B036  (a Rust panic is a BaseException)
+                if not is_solver_panic(err):
+                    raise
+                raise ctx.layer.panic_failure(err, "backward") from err
+            for i, g in zip(wanted, got):
+                result[i] = g
+        return (None, None, *result)
+
+
 class CvxpyAttentionLayer:
     """The CVXPY problem of one ``(structure, temperatures)`` and its ``CvxpyLayer`` on one
     backend (a name of :data:`BACKENDS`).
@@ -275,12 +327,33 @@ class CvxpyAttentionLayer:
         (per edge) tensors.
         """
         self.last_status = None
-        if self.backend.interface == "MOREAU":
-            out = self._moreau_solve(flat_scores, solver_args)
-        else:
-            out = self.layer(*flat_scores, solver_args=solver_args)
+
+        def run(inputs: Sequence[Tensor]):
+            if self.backend.interface == "MOREAU":
+                return self._moreau_solve(inputs, solver_args)
+            return self.layer(*inputs, solver_args=solver_args)
+
+        try:
+            if torch.is_grad_enabled() and any(s.requires_grad for s in flat_scores):
+                out = _PanicGuard.apply(run, self, *flat_scores)
+            else:
+                out = run(flat_scores)
+        except BaseException as err:  # noqa: B036  (a Rust panic is a BaseException: see is_solver_panic)
+            if not is_solver_panic(err):
+                raise
+            raise self.panic_failure(err, "forward") from err
         M = self.h.num_maps
         return list(out[:M]), list(out[M:])
+
+    def panic_failure(self, err: BaseException, stage: str) -> SolverFailure:
+        """The :class:`SolverFailure` for a panic of the solver in the ``stage`` ("forward" or
+        "backward") pass.  The backend's solver objects are dropped, so the next call builds
+        fresh ones (a panic can leave a Rust mutex poisoned: later calls on it panicked too, measured)."""
+        self._moreau_options = None
+        what = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        hint = _other_backend_hint(self.backend.name)
+        return SolverFailure(f"cvxpylayers[{self.backend.name}] failed in its {stage} pass: the solver panicked "
+                             f"({what})" + (f"; {hint}" if hint else ""))
 
     def _moreau_solve(self, flat_scores, settings: dict):
         # cvxpylayers 1.2 creates Moreau's solver once, from the options held by the layer's
@@ -665,12 +738,9 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
             break
     if not lines:
         lines = [f"the batch: the solver raised '{error}'"]
-    # advice: the most accurate other backend that can run here
-    others = [b for b in ("diffcp-clarabel", "moreau", "diffcp-scs", "cuclarabel")
-              if b != backend.name and b in available_backends()]
+    other = _other_backend_hint(backend.name)
     hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
-        [f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] + \
-        ([f"try backend={others[0]!r}"] if others else [])
+        [f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] + ([other] if other else [])
     advice = ", ".join(hints[:-1]) + ", or " + hints[-1] if len(hints) > 1 else hints[0]
     raise SolverFailure(f"cvxpylayers[{backend.name}] solve failed for " + "; ".join(lines) + ". "
                         + advice[0].upper() + advice[1:] + ".")

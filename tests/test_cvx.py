@@ -363,3 +363,96 @@ def test_the_certificate_sees_a_violated_edge_of_a_graph():
     probs[2][0, 0] += 1e-3  # breaks edge 1 (and the simplex of its map)
     probs[2][0, 1] -= 1e-3  # … now only edge 1
     assert float(cvx.primal_residual(inst.h, probs)) == pytest.approx(1e-3, rel=1e-6)
+
+
+# --- solver panics (pyo3's PanicException, a BaseException) -------------------------------
+
+# A stand-in for ``pyo3_runtime.PanicException``: what Moreau's Rust code raises when it
+# panics (e.g. "LDL refactor failed in backward pass" on an ill-conditioned instance at 64²).
+Panic = type("PanicException", (BaseException,), {"__module__": "pyo3_runtime"})
+
+
+class _PanicInBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise Panic("LDL refactor failed in backward pass. Check that the problem is well-posed.")
+
+
+def _clarabel_args():
+    opts = cvx.check_options({})
+    return cvx._solver_args(opts["backend"], opts["eps"], opts["max_iters"], opts["extra"])
+
+
+def test_solver_panics_are_recognised_and_nothing_else():
+    assert cvx.is_solver_panic(Panic("x"))
+    assert not cvx.is_solver_panic(KeyboardInterrupt())
+    assert not cvx.is_solver_panic(RuntimeError("x"))
+    assert not cvx.is_solver_panic(type("PanicException", (Exception,), {})("a namesake from another module"))
+
+
+@pytest.mark.parametrize("stage", ["forward", "backward"])
+def test_a_solver_panic_is_a_solver_failure_and_the_solver_is_rebuilt(stage, monkeypatch):
+    """A panic passed every ``except Exception`` of the harness, and left Moreau's solver
+    poisoned: every later call on the layer panicked too (measured, docs/benchmarks.md)."""
+    inst = random_instance("2d-2lvl", batch=2, seed=4)
+    layer = CvxpyAttentionLayer(inst.h, inst.temps)
+    real = layer.layer
+
+    def fake(*inputs, solver_args):
+        if stage == "forward":
+            raise Panic("called `Result::unwrap()` on an `Err` value: PoisonError { .. }")
+        out = real(*inputs, solver_args=solver_args)
+        return (_PanicInBackward.apply(out[0]),) + tuple(out[1:])
+
+    monkeypatch.setattr(layer, "layer", fake)
+    layer._moreau_options = {"settings": "of the last call"}
+    flat = [s.reshape(2, -1).clone().requires_grad_() for s in inst.scores]
+    with pytest.raises(SolverFailure, match=rf"cvxpylayers\[diffcp-clarabel\] failed in its {stage} pass: the solver "
+                                            rf"panicked \((LDL refactor|called `Result)"):
+        probs, _ = layer(flat, _clarabel_args())
+        probs[0].sum().backward()
+    assert layer._moreau_options is None  # the next call builds fresh solver objects
+
+
+def test_an_interrupt_in_the_solver_is_not_turned_into_a_failure(monkeypatch):
+    inst = random_instance("2d-2lvl", batch=1, seed=4)
+    layer = CvxpyAttentionLayer(inst.h, inst.temps)
+
+    def interrupted(*inputs, solver_args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(layer, "layer", interrupted)
+    flat = [s.reshape(1, -1).clone().requires_grad_() for s in inst.scores]
+    with pytest.raises(KeyboardInterrupt):
+        layer(flat, _clarabel_args())
+
+
+def test_the_guarded_layer_gives_the_layers_own_values_and_gradients():
+    """The layer's call runs inside an autograd node of its own (to catch panics in the
+    backward): the values and gradients are still cvxpylayers' own, and an input that does
+    not require grad gets none."""
+    inst = random_instance("irregular-3lvl", batch=2, seed=5)
+    layer = CvxpyAttentionLayer(inst.h, inst.temps)
+    args = _clarabel_args()
+    weights = None
+    grads = []
+    for guarded in (True, False):
+        flat = [s.reshape(2, -1).clone().requires_grad_(k != 1) for k, s in enumerate(inst.scores)]
+        if guarded:
+            probs, duals = layer(flat, args)
+            outputs = probs + duals
+        else:
+            outputs = list(layer.layer(*flat, solver_args=args))
+        if weights is None:
+            g = torch.Generator().manual_seed(0)
+            weights = [torch.randn(o.shape, generator=g, dtype=o.dtype) for o in outputs]
+        sum((o * w).sum() for o, w in zip(outputs, weights)).backward()
+        assert flat[1].grad is None
+        grads.append(([o.detach() for o in outputs], [flat[0].grad, flat[2].grad]))
+    (values, grad), (raw_values, raw_grad) = grads
+    for a, b in zip(values + grad, raw_values + raw_grad):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
