@@ -257,19 +257,26 @@ class _PanicGuard(torch.autograd.Function):
     that a solver panic there (Moreau: "LDL refactor failed in backward pass") surfaces as a
     :class:`SolverFailure` raised by this package, not as a ``BaseException`` from inside
     autograd.  ``apply(run, layer, *inputs)``: ``run(inputs)`` solves; the outputs, values
-    and gradients are the layer's own."""
+    and gradients are the layer's own.
+
+    The inner graph is held by ``save_for_backward``, so it lives exactly as long as this
+    node's saved tensors: freed after a backward unless the caller retains the graph (the
+    inner backward itself always retains it; freeing follows the outer graph), and a second
+    backward through a freed graph is torch's usual error."""
 
     @staticmethod
     def forward(ctx, run, layer: CvxpyAttentionLayer, *inputs: Tensor):
         with torch.enable_grad():
             detached = [x.detach().requires_grad_(x.requires_grad) for x in inputs]
             outs = tuple(run(detached))
-        ctx.graph, ctx.layer = (detached, outs), layer
+        ctx.save_for_backward(*detached, *outs)
+        ctx.num_inputs, ctx.layer = len(detached), layer
         return tuple(o.detach() for o in outs)
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
-        detached, outs = ctx.graph
+        saved = ctx.saved_tensors
+        detached, outs = saved[:ctx.num_inputs], saved[ctx.num_inputs:]
         wanted = [i for i, x in enumerate(detached) if x.requires_grad and ctx.needs_input_grad[2 + i]]
         result: list[Tensor | None] = [None] * len(detached)
         live = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
@@ -403,6 +410,10 @@ class CvxpyAttentionLayer:
                     self.problem.solve(solver=cp.CLARABEL, **tolerances, **extra)
                 except cp.error.SolverError:
                     continue
+                except BaseException as err:  # noqa: B036  (Clarabel is Rust: a panic is a BaseException)
+                    if not is_solver_panic(err):
+                        raise
+                    continue
             if self.problem.status not in (cp.OPTIMAL, cp.OPTIMAL_INACCURATE):
                 continue
             result = self._reference_values()
@@ -449,6 +460,10 @@ class CvxpyAttentionLayer:
                 self.problem.solve(solver=cp.SCS if method == "SCS" else cp.CLARABEL, **args)
         except cp.error.SolverError as err:
             return f"solver error: {err}"
+        except BaseException as err:  # noqa: B036  (Clarabel is Rust: a panic is a BaseException)
+            if not is_solver_panic(err):
+                raise
+            return f"solver panicked: {str(err).strip()[:200]}"
         return str(self.problem.status)
 
 
