@@ -374,14 +374,30 @@ def test_the_certificate_sees_a_violated_edge_of_a_graph():
 Panic = type("PanicException", (BaseException,), {"__module__": "pyo3_runtime"})
 
 
-class _PanicInBackward(torch.autograd.Function):
+class _RaiseInBackward(torch.autograd.Function):
+    """The identity, whose backward raises the exception given to ``apply``."""
+
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx, x, error):
+        ctx.error = error
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        raise Panic("LDL refactor failed in backward pass. Check that the problem is well-posed.")
+        raise ctx.error
+
+
+def _raising(layer: CvxpyAttentionLayer, stage: str, error: BaseException):
+    """``layer``'s cvxpylayers call, raising ``error`` in its ``stage`` ("forward" or "backward") pass."""
+    real = layer.layer
+
+    def call(*inputs, solver_args):
+        if stage == "forward":
+            raise error
+        out = real(*inputs, solver_args=solver_args)
+        return (_RaiseInBackward.apply(out[0], error),) + tuple(out[1:])
+
+    return call
 
 
 def _clarabel_args():
@@ -402,15 +418,9 @@ def test_a_solver_panic_is_a_solver_failure_and_the_solver_is_rebuilt(stage, mon
     poisoned: every later call on the layer panicked too (measured, docs/benchmarks.md)."""
     inst = random_instance("2d-2lvl", batch=2, seed=4)
     layer = CvxpyAttentionLayer(inst.h, inst.temps)
-    real = layer.layer
-
-    def fake(*inputs, solver_args):
-        if stage == "forward":
-            raise Panic("called `Result::unwrap()` on an `Err` value: PoisonError { .. }")
-        out = real(*inputs, solver_args=solver_args)
-        return (_PanicInBackward.apply(out[0]),) + tuple(out[1:])
-
-    monkeypatch.setattr(layer, "layer", fake)
+    panic = Panic("called `Result::unwrap()` on an `Err` value: PoisonError { .. }" if stage == "forward" else
+                  "LDL refactor failed in backward pass. Check that the problem is well-posed.")
+    monkeypatch.setattr(layer, "layer", _raising(layer, stage, panic))
     layer._moreau_options = {"settings": "of the last call"}
     flat = [s.reshape(2, -1).clone().requires_grad_() for s in inst.scores]
     with pytest.raises(SolverFailure, match=rf"cvxpylayers\[diffcp-clarabel\] failed in its {stage} pass: the solver "
@@ -420,29 +430,11 @@ def test_a_solver_panic_is_a_solver_failure_and_the_solver_is_rebuilt(stage, mon
     assert layer._moreau_options is None  # the next call builds fresh solver objects
 
 
-class _InterruptInBackward(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x):
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("stage", ["forward", "backward"])
 def test_an_interrupt_in_the_solver_is_not_turned_into_a_failure(stage, monkeypatch):
     inst = random_instance("2d-2lvl", batch=1, seed=4)
     layer = CvxpyAttentionLayer(inst.h, inst.temps)
-    real = layer.layer
-
-    def interrupted(*inputs, solver_args):
-        if stage == "forward":
-            raise KeyboardInterrupt
-        out = real(*inputs, solver_args=solver_args)
-        return (_InterruptInBackward.apply(out[0]),) + tuple(out[1:])
-
-    monkeypatch.setattr(layer, "layer", interrupted)
+    monkeypatch.setattr(layer, "layer", _raising(layer, stage, KeyboardInterrupt()))
     flat = [s.reshape(1, -1).clone().requires_grad_() for s in inst.scores]
     with pytest.raises(KeyboardInterrupt):
         probs, _ = layer(flat, _clarabel_args())
