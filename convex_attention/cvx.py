@@ -245,6 +245,12 @@ def is_solver_panic(err: BaseException) -> bool:
     return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
 
 
+def _panic_message(err: BaseException) -> str:
+    """The first line of a panic's message (its type's name when it has none)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _other_backend_hint(name: str) -> str | None:
     """``"try backend='…'"`` naming the most accurate other backend that can run here, or None."""
     others = [b for b in ("diffcp-clarabel", "moreau", "diffcp-scs", "cuclarabel")
@@ -277,7 +283,7 @@ class _PanicGuard(torch.autograd.Function):
     def backward(ctx, *grads: Tensor):
         saved = ctx.saved_tensors
         detached, outs = saved[:ctx.num_inputs], saved[ctx.num_inputs:]
-        wanted = [i for i, x in enumerate(detached) if x.requires_grad and ctx.needs_input_grad[2 + i]]
+        wanted = [i for i in range(ctx.num_inputs) if ctx.needs_input_grad[2 + i]]
         result: list[Tensor | None] = [None] * len(detached)
         live = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
         if wanted and live:
@@ -357,10 +363,9 @@ class CvxpyAttentionLayer:
         "backward") pass.  The backend's solver objects are dropped, so the next call builds
         fresh ones (a panic can leave a Rust mutex poisoned: later calls on it panicked too, measured)."""
         self._moreau_options = None
-        what = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         hint = _other_backend_hint(self.backend.name)
         return SolverFailure(f"cvxpylayers[{self.backend.name}] failed in its {stage} pass: the solver panicked "
-                             f"({what})" + (f"; {hint}" if hint else ""))
+                             f"({_panic_message(err)})" + (f"; {hint}" if hint else ""))
 
     def _moreau_solve(self, flat_scores, settings: dict):
         # cvxpylayers 1.2 creates Moreau's solver once, from the options held by the layer's
@@ -463,7 +468,7 @@ class CvxpyAttentionLayer:
         except BaseException as err:  # noqa: B036  (Clarabel is Rust: a panic is a BaseException)
             if not is_solver_panic(err):
                 raise
-            return f"solver panicked: {str(err).strip()[:200]}"
+            return f"solver panicked: {_panic_message(err)}"
         return str(self.problem.status)
 
 
