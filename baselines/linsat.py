@@ -38,6 +38,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from convex_attention.cvx import aggregation_matrix
 from convex_attention.graph import Graph
 
 __all__ = ["linsat_solve", "linsat_constraints", "check_linsat_structure", "LINSAT_INSTALL"]
@@ -78,12 +79,8 @@ def linsat_constraints(h: Graph, free: int, dtype=torch.float64) -> tuple[Tensor
     """``E`` ``(Σ_e n_coarse(e), n_free)``, the 0/1 pooling of the scored map onto each given map
     stacked by edge, and the edges in that order (every edge out of ``free``)."""
     edges = list(h.out_edges[free])
-    rows = []
-    for e in edges:
-        b = h.edges[e][1]
-        P = torch.zeros(h.sizes[b], h.sizes[free], dtype=dtype)
-        P[h.parents(e), torch.arange(h.sizes[free])] = 1.0
-        rows.append(P)
+    # the reference layer's pooling matrices (one home for P_e), dense as LinSATNet takes them
+    rows = [torch.from_numpy(aggregation_matrix(h, e).toarray()).to(dtype) for e in edges]
     return torch.cat(rows), edges
 
 

@@ -143,7 +143,10 @@ class DualHessian:
 
     def matvec(self, probs: Sequence[Tensor], temps: Sequence[float], x: Tensor) -> Tensor:
         """``∇²g x`` at the probabilities ``probs``, matrix-free: ``(B, D) -> (B, D)``."""
-        y = self.apply_A(x)
+        return self._matvec_of(probs, temps, self.apply_A(x))
+
+    def _matvec_of(self, probs: Sequence[Tensor], temps: Sequence[float], y: Sequence[Tensor | None]) -> Tensor:
+        """:meth:`matvec` from ``y = A x`` (:meth:`apply_A`)."""
         z = [None if yk is None else self.apply_J(p, yk, t) for p, yk, t in zip(probs, y, temps)]
         return self.apply_At(z)
 
@@ -151,8 +154,20 @@ class DualHessian:
         """The rounding error to expect in ``‖∇²g x − rhs‖``: ``ROUNDING_UNITS · eps ·
         (‖ |A|ᵀ (p ∘ (|A x| + |<p, A x>|) / τ) ‖ + ‖rhs‖)`` per sample, the size of the terms
         that cancel in :meth:`matvec` (``(B,)``).  A residual below it cannot be told from zero."""
-        g = self.g
+        return self._floor_of(probs, temps, self.apply_A(x), rhs)
+
+    def residual_and_floor(self, probs: Sequence[Tensor], temps: Sequence[float], x: Tensor,
+                           rhs: Tensor) -> tuple[Tensor, Tensor]:
+        """``(‖∇²g x − rhs‖, rounding_floor(...))`` per sample, ``(B,)`` each, with ``A x``
+        computed once for both."""
         y = self.apply_A(x)
+        residual = (self._matvec_of(probs, temps, y) - rhs).norm(dim=1)
+        return residual, self._floor_of(probs, temps, y, rhs)
+
+    def _floor_of(self, probs: Sequence[Tensor], temps: Sequence[float], y: Sequence[Tensor | None],
+                  rhs: Tensor) -> Tensor:
+        """:meth:`rounding_floor` from ``y = A x``."""
+        g = self.g
         z: list[Tensor | None] = []
         for p, yk, t in zip(probs, y, temps):
             if yk is None:
@@ -166,7 +181,7 @@ class DualHessian:
             assert za is not None and zb is not None
             parts.append(zb + g.aggregate(za, e))
         size = self.flatten(parts).norm(dim=1) + rhs.norm(dim=1)
-        return ROUNDING_UNITS * torch.finfo(x.dtype).eps * size
+        return ROUNDING_UNITS * torch.finfo(rhs.dtype).eps * size
 
     def gradient(self, probs: Sequence[Tensor]) -> Tensor:
         """``∇g = Σ_k A_kᵀ p_k``: per edge the residual ``p_b − P_e p_a``; ``(B, D)``."""
@@ -351,15 +366,15 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         candidates = candidates & (recent[-1] > 0.5 * recent[0])
         if not bool(candidates.any()):
             return candidates
-        true_residual = (hess.matvec(probs, temps, w) - rhs).norm(dim=1)
-        return candidates & (true_residual <= hess.rounding_floor(probs, temps, w, rhs))
+        true_residual, floor = hess.residual_and_floor(probs, temps, w, rhs)
+        return candidates & (true_residual <= floor)
 
     def stopped(relres: Tensor) -> Tensor:
         """``solved`` after this iterate, whose relative residual is ``relres``."""
         recent.append(relres)
         del recent[:-(STALL_ITERATIONS + 1)]
         done = solved | (active & (relres <= rtol))
-        # the floor costs two products: computed only where the tolerance is not met yet
+        # the floor costs extra products (one A x, two aggregations): computed only where the tolerance is not met yet
         unverifiable = active & ~done & (relres <= cap)
         return done | at_rounding(unverifiable) if bool(unverifiable.any()) else done
 

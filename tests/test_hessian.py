@@ -187,7 +187,12 @@ def test_the_rounding_floor_accepts_no_unsolved_system():
     rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64))
     w, relres, _, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1, dense_limit=0)
     floor = hess.rounding_floor(sol.probs, inst.temps, w, rhs)
-    assert not bool(solved.any()) and bool(((hess.matvec(sol.probs, inst.temps, w) - rhs).norm(dim=1) > floor).all())
+    residual = (hess.matvec(sol.probs, inst.temps, w) - rhs).norm(dim=1)
+    assert not bool(solved.any()) and bool((residual > floor).all())
+    # the fused form the solver uses (A w computed once) gives the same two numbers
+    fused_residual, fused_floor = hess.residual_and_floor(sol.probs, inst.temps, w, rhs)
+    torch.testing.assert_close(fused_residual, residual, rtol=1e-12, atol=0)
+    torch.testing.assert_close(fused_floor, floor, rtol=1e-12, atol=0)
 
 
 def test_the_floor_waits_for_a_stall_and_is_not_used_in_float32(monkeypatch):
