@@ -66,7 +66,8 @@ from .metrics import dual_objective, objective
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
            "certificate", "primal_residual", "is_solver_panic", "Backend", "BACKENDS", "DEFAULT_BACKEND",
            "available_backends", "backend_unavailable_reason", "get_backend", "check_options", "CACHE_SIZE",
-           "clear_cache", "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "CVX_PRIORS", "prior_seconds_per_sample"]
+           "clear_cache", "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "CVX_PRIORS", "prior_seconds_per_sample",
+           "DIFFCP_MODES"]
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,10 @@ _BACKENDS = {
 }
 BACKENDS: tuple = tuple(_BACKENDS)
 DEFAULT_BACKEND = "diffcp-clarabel"
+# diffcp's exact ways of solving its derivative system (option ``mode`` of the diffcp backends;
+# its lpgd modes give approximate gradients by design and are not offered): lsqr, iterative, is
+# diffcp's default; dense, a direct solve, is more accurate and slower (docs/benchmarks.md).
+DIFFCP_MODES = ("lsqr", "lsmr", "dense")
 
 # Clarabel settings retried, in order, when the reference solve ends "optimal_inaccurate".
 _REFERENCE_RETRIES = ({"static_regularization_constant": 1e-10}, {"static_regularization_constant": 1e-12},
@@ -340,6 +345,11 @@ class CvxpyAttentionLayer:
         (per edge) tensors.
         """
         self.last_status = None
+        needs_grad = torch.is_grad_enabled() and any(s.requires_grad for s in flat_scores)
+        if not needs_grad and "mode" in solver_args and self.backend.interface == "DIFFCP":
+            # diffcp's derivative mode means nothing without a derivative, and cvxpylayers would
+            # hand it to the conic solver, which rejects it (measured: Clarabel)
+            solver_args = {k: v for k, v in solver_args.items() if k != "mode"}
 
         def run(inputs: Sequence[Tensor]):
             if self.backend.interface == "MOREAU":
@@ -347,7 +357,7 @@ class CvxpyAttentionLayer:
             return self.layer(*inputs, solver_args=solver_args)
 
         try:
-            if torch.is_grad_enabled() and any(s.requires_grad for s in flat_scores):
+            if needs_grad:
                 out = _PanicGuard.apply(run, self, *flat_scores)
             else:
                 out = run(flat_scores)
@@ -453,6 +463,7 @@ class CvxpyAttentionLayer:
         for param, value in zip(self.thetas, flat_scores):
             param.value = value
         args = dict(solver_args)
+        args.pop("mode", None)  # diffcp's own option (its derivative), not the solver's
         method = str(args.pop("solve_method", "SCS")).upper()
         if method == "SCS":
             eps = args.pop("eps", None)
@@ -556,6 +567,9 @@ def check_options(options: dict) -> dict:
         accept_tol = backend.default_accept_tol
     else:
         accept_tol = max(1e3 * eps, 1e-9)
+    mode = opts.get("mode")
+    if mode is not None and backend.interface == "DIFFCP" and mode not in DIFFCP_MODES:
+        raise ValueError(f"option mode (diffcp's derivative) must be one of {', '.join(DIFFCP_MODES)}; got {mode!r}")
     get_backend(backend.name)  # installed? (after the values: a typo is reported first)
     return {"backend": backend, "eps": eps, "max_iters": max_iters, "accept_tol": accept_tol, "extra": opts}
 
@@ -647,7 +661,9 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
             ``accept_tol`` (largest accepted primal residual and relative duality gap,
             finite > 0, default ``max(1e3·eps, 1e-9)``, or the backend's
             ``default_accept_tol`` when ``eps`` is not given: 1e-4 for SCS, which
-            stalls near 1e-5 on this problem); other keys go to the solver
+            stalls near 1e-5 on this problem); ``mode`` (diffcp backends: how diffcp
+            solves its derivative system, one of :data:`DIFFCP_MODES`; default
+            ``"lsqr"``; ``"dense"`` is more accurate and slower); other keys go to the solver
             unchanged (diffcp passes them to SCS or to Clarabel's settings; Moreau takes
             ``moreau.Settings`` and ``moreau.IPMSettings`` fields), and one the solver
             rejects is a TypeError.

@@ -71,6 +71,27 @@ def test_the_gradient_target_against_cvxpylayers_says_what_its_own_error_is():
     assert by["implicit gradient vs finite differences (mild)"]["met"] is True
     against = by["implicit gradient vs cvxpylayers[moreau] (mild)"]
     assert against["met"] is False and "own gradient is off finite differences by 4.0e-04" in against["detail"]
+    assert against["detail"].startswith("ill-posed: ")
+
+
+def test_a_reference_gradient_within_the_tolerance_is_judged_and_not_called_ill_posed():
+    rows = [{"family": "axial", "setting": "mild", "draw": 0, "solver": "dual", "status": "ok", "reason": "",
+             "error_vs_fd": 1e-11, "error_vs_dual": 0.0},
+            {"family": "axial", "setting": "mild", "draw": 0, "solver": "cvxpylayers[diffcp-clarabel mode=dense]",
+             "status": "ok", "reason": "", "error_vs_fd": 2e-6, "error_vs_dual": 1e-6}]
+    by = {t["target"]: t for t in gt._targets({"gradients": rows})}
+    against = by["implicit gradient vs cvxpylayers[diffcp-clarabel mode=dense] (mild)"]
+    assert against["met"] is True and "ill-posed" not in against["detail"]
+
+
+def test_the_gradient_comparison_has_one_row_per_diffcp_mode_and_one_per_other_backend():
+    solvers = gt._gradient_solvers(["moreau", "diffcp-clarabel"], ("lsqr", "dense"))
+    assert solvers == [("moreau", None), ("diffcp-clarabel", "lsqr"), ("diffcp-clarabel", "dense")]
+    # diffcp's default keeps the name rows had before the modes existed
+    assert [gt._gradient_solver_name(*s) for s in solvers] == [
+        "cvxpylayers[moreau]", "cvxpylayers[diffcp-clarabel]", "cvxpylayers[diffcp-clarabel mode=dense]"]
+    with pytest.raises(ValueError, match="diffcp_modes"):
+        GraphBenchmark(diffcp_modes=("lpgd",))
 
 
 @pytest.mark.slow  # runs every part of the graph benchmark

@@ -14,7 +14,8 @@ its measured value, the threshold and whether it is met (``None``: not measured)
 * ``gradients``: at side ``grad_size``, the implicit gradient of a linear loss against
   central finite differences of the solution, and every cvxpylayers backend's gradient
   against the same finite differences and against the implicit one, on *mild* (N(0, 1),
-  τ within 10^±0.2) and *normal* (N(0, 3²), τ in [0.1, 10]) instances.  -> ``gradients.csv``
+  τ within 10^±0.2) and *normal* (N(0, 3²), τ in [0.1, 10]) instances; the diffcp backends
+  once per derivative mode of ``diffcp_modes``.  -> ``gradients.csv``
 * ``speed``: at side ``size``, ``dual`` forward and backward per sample (batch
   ``speed_batch``) against every cvxpylayers backend (``cvx_batch`` samples) on every
   family without a closed form, and on the forests (a star of 4 maps of side ``size`` into
@@ -50,7 +51,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..cvx import available_backends
+from ..cvx import DIFFCP_MODES, available_backends
 from ..graph import Graph
 from ..hessian import ImplicitSolveError
 from ..hierarchy import Hierarchy
@@ -101,6 +102,10 @@ class GraphBenchmark:
     instances: int = setting(100, Int(low=1, high=100_000), "random instances per family and set (convergence)")
     batch: int = setting(4, Int(low=1, high=4096), "instances per solve (convergence)")
     grad_draws: int = setting(5, Int(low=1, high=1000), "instances per family and setting (gradients)")
+    diffcp_modes: tuple = setting(("lsqr",), Many(Choice(DIFFCP_MODES), distinct=True),
+                                  "diffcp's derivative modes in the gradient comparison, one row each for the "
+                                  "diffcp backends (lsqr: diffcp's default, iterative; dense: a direct solve, "
+                                  "more accurate, up to 100x slower on the star at 16²)")
     speed_batch: int = setting(16, Int(low=1, high=4096), "samples per timed call of the package's methods")
     repeats: int = setting(10, Int(low=1, high=10_000), "timed repetitions (interleaved)")
     cvx_batch: int = setting(2, Int(low=1, high=64), "samples per timed cvxpylayers call")
@@ -261,24 +266,38 @@ def _gradients(config: GraphBenchmark, families, backends, log) -> list[dict]:
                 base["fd_step"] = FD_STEP
                 rows.append({**base, "solver": "dual", "status": "ok", "reason": "",
                              "error_vs_fd": abs(along - fd) / max(abs(fd), 1e-12), "error_vs_dual": 0.0})
-                for backend in backends:
+                for backend, mode in _gradient_solvers(backends, config.diffcp_modes):
+                    solver = _gradient_solver_name(backend, mode)
                     try:
                         xb = [s.clone().requires_grad_() for s in scores]
-                        loss = _linear_loss(h, xb, temps, weights, "cvxpylayers", backend=backend)
+                        loss = _linear_loss(h, xb, temps, weights, "cvxpylayers", backend=backend,
+                                            **({} if mode is None else {"mode": mode}))
                         gb = torch.autograd.grad(loss, xb)
                     except Exception as err:  # a failing backend is a row (a solver panic is a SolverFailure)
-                        rows.append({**base, "solver": f"cvxpylayers[{backend}]", "status": "error",
+                        rows.append({**base, "solver": solver, "status": "error",
                                      "reason": f"{type(err).__name__}: {err}"[:200]})
                         continue
                     flat_b = torch.cat([t.flatten() for t in gb])
                     along_b = float(sum((t * d).sum() for t, d in zip(gb, direction)))
-                    rows.append({**base, "solver": f"cvxpylayers[{backend}]", "status": "ok", "reason": "",
+                    rows.append({**base, "solver": solver, "status": "ok", "reason": "",
                                  "error_vs_fd": abs(along_b - fd) / max(abs(fd), 1e-12),
                                  "error_vs_dual": float((flat_b - flat).norm() / flat.norm())})
             done = [r for r in rows if r["family"] == family and r["setting"] == setting_name]
             log(f"gradients {family:<13}{setting_name:<7}" + "  ".join(
                 f"{s}: vs fd {_median(done, s, 'error_vs_fd'):.1e}" for s in dict.fromkeys(r["solver"] for r in done)))
     return rows
+
+
+def _gradient_solvers(backends, diffcp_modes) -> list[tuple[str, str | None]]:
+    """``(backend, diffcp mode)`` per cvxpylayers row of the gradient comparison: one row per
+    mode for the diffcp backends, one (mode ``None``) for the others."""
+    return [(b, mode) for b in backends for mode in (diffcp_modes if b.startswith("diffcp") else (None,))]
+
+
+def _gradient_solver_name(backend: str, mode: str | None) -> str:
+    """The ``solver`` column: ``cvxpylayers[<backend>]``, with ``mode=<mode>`` unless it is
+    diffcp's default (so the rows of runs made before the modes existed keep their name)."""
+    return f"cvxpylayers[{backend}]" if mode in (None, "lsqr") else f"cvxpylayers[{backend} mode={mode}]"
 
 
 def _median(rows, solver, column) -> float:
@@ -586,8 +605,11 @@ def _targets(results: dict) -> list[dict]:
         for solver in sorted({r["solver"] for r in rows if r["solver"] != "dual"}):
             vs_dual = [r["error_vs_dual"] for r in rows if r["solver"] == solver]
             vs_fd = [r["error_vs_fd"] for r in rows if r["solver"] == solver]
+            # ill-posed where the reference's own gradient is further from the finite differences
+            # than the tolerance asked of the implicit gradient against it
+            ill_posed = "ill-posed: " if statistics.median(vs_fd) > 1e-5 else ""
             out.append(_target(f"implicit gradient vs {solver} ({setting_name})", statistics.median(vs_dual), "<=",
-                               1e-5, f"ill-posed: {solver}'s own gradient is off finite differences by "
+                               1e-5, f"{ill_posed}{solver}'s own gradient is off finite differences by "
                                      f"{statistics.median(vs_fd):.1e} (median; max {max(vs_fd):.1e})"))
     speed = results.get("speed", [])
     by = {(r["family"], r["method"], r["backend"]): r for r in speed if r.get("status") == "ok"}
