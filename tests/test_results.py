@@ -2,11 +2,15 @@
 commits, resume, strict JSON; docs/results_format.md)."""
 import json
 import os
+import re
+from pathlib import Path
 
 import pytest
 from helpers import strict_load, tmp_files
 
 from convex_attention.bench import results as R
+from convex_attention.bench.results import COLUMNS, CONVERGENCE_COLUMNS
+from convex_attention.bench.verify import COLUMNS as VERIFY_COLUMNS
 from convex_attention.io.tables import read_table
 
 
@@ -200,3 +204,26 @@ def test_bench_json_records_each_runs_load_and_threads_and_resume_keeps_the_earl
     (tmp_path / "bench.json").write_text("not json")
     writer(tmp_path, resume=True).commit(bench_row(method="dual"))
     assert len(strict_load(tmp_path / "bench.json")["runs"]) == 1  # unreadable: only this run is known
+
+
+def _documented_columns(heading: str) -> list[str]:
+    """The column names in the first cell of each row of the table under ``heading`` in
+    docs/results_format.md (a row may name several, e.g. `fwd_ms`, `fwd_ms_q1`)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "results_format.md").read_text(encoding="utf-8")
+    assert heading in text, f"docs/results_format.md has no section {heading!r}"
+    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    return [name for line in section.splitlines() if line.startswith("| `")
+            for name in re.findall(r"`([^`]+)`", line.split("|")[1])]
+
+
+@pytest.mark.parametrize("heading, columns", [
+    ("## `bench.csv`", COLUMNS),
+    ("## `convergence.csv`", CONVERGENCE_COLUMNS),
+    ("## `verify.csv`", VERIFY_COLUMNS),
+])
+def test_the_documented_columns_are_the_written_ones(heading, columns):
+    """docs/results_format.md describes every column each table has, and no other (they drifted
+    apart once: `structure` was written before the tables listed it)."""
+    documented = _documented_columns(heading)
+    assert [c for c in columns if c not in documented] == [], "written but not documented"
+    assert [c for c in documented if c not in columns] == [], "documented but not written"
