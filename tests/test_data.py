@@ -697,3 +697,29 @@ def test_the_decisive_mask_marks_the_structure_that_decides_the_label():
     assert all(torch.equal(kept[i][0], bright[i][0]) for i in range(3))
     with pytest.raises(ValueError, match="do not say which structure decides"):
         InMemory(SyntheticLesions(4, image_size=32)).decisive_mask(0)
+
+
+def test_a_training_configuration_gives_brats_its_settings(tmp_path):
+    """``train``'s BraTS settings reach the loader (they once existed for ``data check`` only),
+    and are refused for other data (they would be ignored)."""
+    from convex_attention.paper.config import ConfigError, TrainConfig
+    from convex_attention.paper.data import datasets_of
+
+    root = str(tmp_path / "brats")
+    _write_fake_brats(root, ["Brats18_A_1", "Brats18_B_2", "Brats18_C_3", "Brats18_D_4"])
+    config = TrainConfig.build(data="brats", data_root=root, image_size=48, normalisation="dataset",
+                               cache_dir=str(tmp_path / "cache"), min_tumour_area=100, val_fraction=0.25).validate()
+    train, val = datasets_of(config)
+    assert train.normalisation == val.normalisation == "dataset" and train.stats is not None
+    assert train.cache_dir == str(tmp_path / "cache") and os.path.isdir(tmp_path / "cache")
+    assert train.params["min_tumour_area"] == 100 and len(val.patients) == 1 and len(train.patients) == 3
+    assert config.data_config()["normalisation"] == "dataset"  # it decides the validation images
+    plain = TrainConfig.build(data="brats", data_root=root, image_size=48).validate()
+    with pytest.raises(ValueError, match="more than 1000 tumour pixels"):  # the paper's rule, the default
+        datasets_of(plain)
+    plain_train, _ = datasets_of(plain.override(min_tumour_area=100))
+    assert plain_train.normalisation == "volume" and plain_train.stats is None
+    assert plain_train.cache_dir == os.path.join(root, ".convex_attention_cache")
+    for name, value in (("normalisation", "dataset"), ("cache_dir", "c"), ("min_tumour_area", 10)):
+        with pytest.raises(ConfigError, match=f"{name} applies to data 'brats' only"):
+            TrainConfig.build(**{name: value}).validate()

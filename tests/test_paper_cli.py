@@ -86,6 +86,10 @@ TRAIN_BAD = [
      "first activation"),
     (["--temperature", "1e308"], "--temperature"),  # before: OverflowError (the sum of the levels' temperatures)
     (["--seed", str(2 ** 70)], "--seed"),
+    # the BraTS settings: for brats only (they would be ignored), and a split that leaves training patients
+    (["--normalisation", "dataset"], "applies to data 'brats' only"), (["--cache-dir", "c"], "--cache-dir"),
+    (["--min-tumour-area", "10"], "--min-tumour-area"), (["--val-fraction", "0.95"], "--val-fraction"),
+    (["--normalisation", "global"], "--normalisation"),
 ]
 
 

@@ -390,7 +390,7 @@ def cmd_explain(args) -> int:
 
     from ..io.environment import environment
     from ..paper.config import SYNTHETIC_GENERATORS, check_device
-    from ..paper.data import build_datasets
+    from ..paper.data import datasets_of
     from ..paper.data.synthetic import DECIDING_CHANNELS
     from ..paper.explain import explain_models, lesion_indices, write_outputs
     from ..paper.models import NonFiniteOutput
@@ -405,9 +405,7 @@ def cmd_explain(args) -> int:
     check_out(args.out)
     models, data, first = _explain_models(specs)
     try:
-        _, val = build_datasets(data.data, data.data_root, data.model.image_size, data.model.in_channels,
-                                data.n_train, data.n_val, data.difficulty,
-                                data.seed if data.data_seed is None else data.data_seed)
+        _, val = datasets_of(data)
         indices = lesion_indices(val, args.n_images)
     except ValueError as err:
         raise UsageError(f"the data of {first[0]}={first[1]}: {err}") from None

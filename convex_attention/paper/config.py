@@ -312,6 +312,19 @@ class TrainConfig:
                         "structure; brats: BraTS 2018 (--data-root); folder: your images (--data-root)")
     data_root: str | None = setting(None, Text(optional=True, what="a folder name"),
                                     "the data folder (brats, folder)")
+    normalisation: str | None = setting(None, Choice(NORMALISATIONS, optional=True),
+                                        "brats: per-modality z-score per patient (volume) or over the training "
+                                        "patients (dataset, the authors' scheme)", shown="volume",
+                                        cross=lambda c: _brats_only(c, "normalisation"))
+    cache_dir: str | None = setting(None, Text(optional=True, what="a folder name"),
+                                    "brats: where preprocessed slices are cached",
+                                    shown="DATA_ROOT/.convex_attention_cache",
+                                    cross=lambda c: _brats_only(c, "cache_dir"))
+    min_tumour_area: int | None = setting(None, Int(low=1, high=8192 * 8192, optional=True),
+                                          "brats: slices with at most this many tumour pixels are dropped",
+                                          shown="1000, the paper's", cross=lambda c: _brats_only(c, "min_tumour_area"))
+    val_fraction: float = setting(0.2, Real(low=0.0, high=0.9, low_open=True),
+                                  "brats: share of the patients held out for validation (the split is by patient)")
     n_train: int = setting(2000, _COUNT, "synthetic training images")
     n_val: int = setting(500, _COUNT, "synthetic validation images")
     difficulty: float = setting(0.5, Real(low=0.0, high=1.0), "synthetic difficulty in [0, 1]")
@@ -373,7 +386,21 @@ class TrainConfig:
         from its validation images."""
         return {"data": self.data, "data_root": self.data_root, "image_size": self.model.image_size,
                 "channels": self.model.in_channels, "n_val": self.n_val, "difficulty": self.difficulty,
-                "data_seed": self.seed if self.data_seed is None else self.data_seed}
+                "data_seed": self.seed if self.data_seed is None else self.data_seed,
+                **({"normalisation": self.normalisation or "volume", "min_tumour_area": self.min_tumour_area or 1000,
+                    "val_fraction": self.val_fraction} if self.data == "brats" else {})}
+
+    def brats_options(self) -> dict:
+        """The keyword arguments of :class:`~convex_attention.paper.data.brats.BraTSSlices` the
+        settings give (the loader's defaults where a setting is not given)."""
+        out: dict = {"val_fraction": self.val_fraction}
+        if self.normalisation is not None:
+            out["normalisation"] = self.normalisation
+        if self.cache_dir is not None:
+            out["cache_dir"] = self.cache_dir
+        if self.min_tumour_area is not None:
+            out["min_tumour_area"] = self.min_tumour_area
+        return out
 
     def to_dict(self) -> dict:
         """Plain containers, the model's settings nested under ``model`` (what checkpoints store)."""
@@ -411,6 +438,12 @@ class TrainConfig:
 
 
 _ALIASES = {"channels": "in_channels"}  # the data's word for the model's input channels
+
+
+def _brats_only(config: TrainConfig, name: str) -> None:
+    """ConfigError when a BraTS setting is given for other data (it would be ignored)."""
+    if getattr(config, name) is not None and config.data != "brats":
+        raise ConfigError(name, f"{name} applies to data 'brats' only (the data is {config.data!r})")
 
 
 # ----------------------------------------------------------------------------- the variant

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..io.files import atomic_csv, write_json
 from .config import ModelConfig, TrainConfig, check_device
-from .data import build_datasets, labels_only
+from .data import datasets_of, labels_only
 from .models import (
     AttentionUNet,
     NonFiniteOutput,
@@ -267,10 +267,7 @@ class CheckedData(NamedTuple):
 def build_checked_datasets(config: TrainConfig) -> CheckedData:
     """``(train, val)`` of ``config``'s data, checked against the model (channels, size);
     ValueError naming the problem and the option to change."""
-    data_seed = config.seed if config.data_seed is None else config.data_seed
-    train_set, val_set = build_datasets(config.data, config.data_root, config.model.image_size,
-                                        config.model.in_channels, config.n_train, config.n_val, config.difficulty,
-                                        data_seed)
+    train_set, val_set = datasets_of(config)
     check_data(config, train_set, val_set)
     return CheckedData(train_set, val_set)
 

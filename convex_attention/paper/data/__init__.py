@@ -12,8 +12,8 @@ from .brats import BraTSSlices
 from .folder import FolderDataset
 from .synthetic import SyntheticLesions, labels_only, synthetic_dataset
 
-__all__ = ["SyntheticLesions", "BraTSSlices", "FolderDataset", "labels_only", "build_datasets", "InMemory",
-           "DATA_SOURCES", "SYNTHETIC_GENERATORS", "MIMIC_SOURCES"]
+__all__ = ["SyntheticLesions", "BraTSSlices", "FolderDataset", "labels_only", "build_datasets", "datasets_of",
+           "InMemory", "DATA_SOURCES", "SYNTHETIC_GENERATORS", "MIMIC_SOURCES"]
 
 # The sources (DATA_SOURCES, SYNTHETIC_GENERATORS, MIMIC_SOURCES) are declared with the
 # settings that choose them (convex_attention.paper.config).
@@ -52,12 +52,14 @@ class InMemory(Dataset):
 
 def build_datasets(source: str = "synthetic", root: str | None = None, image_size: int = 128, channels: int = 4,
                    n_train: int = 2000, n_val: int = 500, difficulty: float = 0.5, seed: int = 0,
-                   val_fraction: float = 0.2) -> tuple[Dataset, Dataset]:
+                   val_fraction: float = 0.2, brats_options: dict | None = None) -> tuple[Dataset, Dataset]:
     """``(train, val)`` datasets of ``(image, label, mask)`` items.
 
     ``synthetic``: train and validation images come from different seeds (disjoint).
-    ``brats``: split by patient (``val_fraction``, ``seed``).  ``folder``: ``root/train``
-    and ``root/val``, each a :class:`FolderDataset`.
+    ``brats``: split by patient (``val_fraction``, ``seed``), with ``brats_options`` (more
+    keyword arguments of :class:`BraTSSlices`: ``normalisation``, ``cache_dir``,
+    ``min_tumour_area``, ``val_fraction``).  ``folder``: ``root/train`` and ``root/val``,
+    each a :class:`FolderDataset`.
     """
     if source in SYNTHETIC_GENERATORS:  # rim lesions among mimics (default), the previous blobs, the brightest rule
         kind = SYNTHETIC_GENERATORS[source]
@@ -66,8 +68,17 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
     if root is None:
         raise ValueError(f"data source {source!r} needs --data-root")
     if source == "brats":
-        return (BraTSSlices(root, "train", val_fraction, seed, image_size=image_size),
-                BraTSSlices(root, "val", val_fraction, seed, image_size=image_size))
+        options = {"val_fraction": val_fraction, "seed": seed, "image_size": image_size, **(brats_options or {})}
+        return BraTSSlices(root, "train", **options), BraTSSlices(root, "val", **options)
     if source == "folder":
         return FolderDataset(os.path.join(root, "train")), FolderDataset(os.path.join(root, "val"))
     raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(DATA_SOURCES)}")
+
+
+def datasets_of(config) -> tuple[Dataset, Dataset]:
+    """``(train, val)`` of a :class:`~convex_attention.paper.config.TrainConfig`'s data settings
+    (what ``train`` trains on and what ``explain`` scores a checkpoint's validation images of)."""
+    return build_datasets(config.data, config.data_root, config.model.image_size, config.model.in_channels,
+                          config.n_train, config.n_val, config.difficulty,
+                          config.seed if config.data_seed is None else config.data_seed,
+                          brats_options=config.brats_options())
