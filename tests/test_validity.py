@@ -224,7 +224,9 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
     (["--data", "synthetic-brightest", "--image-size", "16"], "too small for the synthetic benchmark"),
     (["--image-size", "16"], "too small for the synthetic benchmark"),
     (["--n", "5"], "at least 20 images"),
-    (["--val-fraction", "2"], "--val-fraction must be in (0, 1), got 2.0"),  # before: ignored, exit 0
+    (["--val-fraction", "2"], "argument --val-fraction: must be a finite number in (0, 0.9], got 2"),  # once ignored
+    (["--normalisation", "dataset"], "--normalisation applies to --data brats only"),
+    (["--min-tumour-area", "0"], "argument --min-tumour-area"),
     (["--n", str(10 ** 12)], "argument --n: must be an integer from 1 to 10000000"),
     (["--image-size", "100000"], "argument --image-size: must be an integer from 1 to 8192"),
     (["--n", "1000000", "--image-size", "8192"], "pixels per channel and set, above"),
@@ -264,6 +266,7 @@ def test_data_check_on_brats_reports_the_brain_mask_control(tmp_path, capsys):
     assert code == 1  # the fake pieces differ in width: the outline alone gives the label away
     assert "brain_mask: held-out balanced accuracy 1.000 (passes if <= 0.60): FAIL" in text
     assert "location_free:" in text and "pixel_map:" in text
+    assert os.path.isdir(tmp_path / "c") and not os.path.exists(os.path.join(root, ".convex_attention_cache"))
 
 
 @pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)

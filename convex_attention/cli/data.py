@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import argparse
 
-from ..io.settings import SEED, ConfigError, finite_float, int_in
+from ..io.settings import SEED, ConfigError, add_options, finite_float, given_settings, int_in
 from ..paper.config import (
+    BRATS_SETTINGS,
     MIMIC_SOURCES,
     MIMIC_TYPES,
-    NORMALISATIONS,
     SYNTHETIC_GENERATORS,
     THRESHOLDS,
+    TrainConfig,
     check_set_size,
 )
 from ._common import UsageError, add_output_options, check_out, info
@@ -73,15 +74,7 @@ def add_data_commands(sub) -> None:
     c.add_argument("--mimic-types", nargs="+", default=list(MIMIC_TYPES), choices=MIMIC_TYPES,
                    help="synthetic: the mimic kinds drawn from (default: all of them)")
     c.add_argument("--data-root", default=None, help="brats: the unpacked BraTS training folder (default: none)")
-    c.add_argument("--cache-dir", default=None,
-                   help="brats: where preprocessed slices are cached (default: DATA_ROOT/.convex_attention_cache)")
-    c.add_argument("--normalisation", default=None, choices=NORMALISATIONS,
-                   help="brats: per patient (volume) or the authors' dataset-wide per-modality scheme (dataset) "
-                        "(default: volume)")
-    c.add_argument("--val-fraction", type=finite_float, default=0.2,
-                   help="brats: share of patients held out (default: 0.2)")
-    c.add_argument("--min-tumour-area", type=int_in(1, 8192 * 8192, "min_tumour_area"), default=None,
-                   help="brats: slices with at most this many tumour pixels are dropped (default: 1000, the paper's)")
+    add_options(c, TrainConfig, names=BRATS_SETTINGS)  # as train declares them
     c.add_argument("--attention-bacc", type=finite_float, default=None,
                    help="check (c): held-out balanced accuracy of the attention model (default: none, (c) not run)")
     c.add_argument("--uniform-bacc", type=finite_float, default=None,
@@ -102,16 +95,15 @@ def _validate(args) -> None:
         check_set_size("n", args.n, args.image_size, flag="--n")
     except ConfigError as err:
         raise UsageError(str(err)) from None
-    if not 0.0 < args.val_fraction < 1.0:  # checked whatever the data (before: only for brats, else ignored)
-        raise UsageError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     if args.data == "brats":
         if args.data_root is None:
             raise UsageError("--data brats needs --data-root (the unpacked BraTS training folder)")
         if args.image_size < 16:
             raise UsageError(f"--image-size {args.image_size} is too small for brats (at least 16)")
     else:
-        for flag, value in (("--data-root", args.data_root), ("--cache-dir", args.cache_dir),
-                            ("--normalisation", args.normalisation), ("--min-tumour-area", args.min_tumour_area)):
+        given = given_settings(args, TrainConfig, BRATS_SETTINGS)
+        for flag, value in (("--data-root", args.data_root), *((f"--{n.replace('_', '-')}", v)
+                                                               for n, v in given.items())):
             if value is not None:
                 raise UsageError(f"{flag} applies to --data brats only")
         if args.data in MIMIC_SOURCES and args.image_size < 32:
@@ -158,12 +150,11 @@ def _datasets(args):
     if args.data == "brats":
         from ..paper.data.brats import BraTSSlices
 
-        kw = dict(val_fraction=args.val_fraction, seed=args.seed, image_size=args.image_size,
-                  cache_dir=args.cache_dir, normalisation=args.normalisation or "volume",
-                  min_tumour_area=args.min_tumour_area or 1000)
+        settings = TrainConfig(data="brats", **given_settings(args, TrainConfig, BRATS_SETTINGS))
+        kw = dict(seed=args.seed, image_size=args.image_size, **settings.brats_options())
         train, val = BraTSSlices(args.data_root, "train", **kw), BraTSSlices(args.data_root, "val", **kw)
         text = (f"brats ({len(train.patients)} training and {len(val.patients)} held-out patients, "
-                f"{kw['normalisation']} normalisation), {args.image_size} x {args.image_size}")
+                f"{train.normalisation} normalisation), {args.image_size} x {args.image_size}")
         return _Sample(train, args.n, args.seed), _Sample(val, args.n, args.seed + 1), text
     from ..paper.data.synthetic import synthetic_dataset
 

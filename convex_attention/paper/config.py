@@ -48,9 +48,9 @@ from ..io.settings import (
 
 __all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "Variant", "ConfigError", "QUICK", "FULL", "NORMS",
            "HEADS", "DUAL_SOURCES", "DATA_SOURCES", "SYNTHETIC_GENERATORS", "SYNTHETIC_SOURCES", "MIMIC_SOURCES",
-           "MIMIC_TYPES", "NORMALISATIONS", "THRESHOLDS", "UPSAMPLINGS", "STAGES", "DATA_SEED_MAX", "PLAIN_CNN",
-           "DEFAULT_VARIANTS_PATH", "METHOD_NAMES", "variant_names", "check_device", "CVX_REFUSE_S_PER_1000",
-           "MAX_SET_PIXELS", "MAX_BATCH_VALUES", "check_set_size"]
+           "MIMIC_TYPES", "NORMALISATIONS", "BRATS_SETTINGS", "THRESHOLDS", "UPSAMPLINGS", "STAGES", "DATA_SEED_MAX",
+           "PLAIN_CNN", "DEFAULT_VARIANTS_PATH", "METHOD_NAMES", "variant_names", "check_device",
+           "CVX_REFUSE_S_PER_1000", "MAX_SET_PIXELS", "MAX_BATCH_VALUES", "check_set_size"]
 
 # ----------------------------------------------------------------------------- the choices
 
@@ -65,6 +65,9 @@ SYNTHETIC_SOURCES = tuple(SYNTHETIC_GENERATORS)
 #: BraTS intensity normalisations (:class:`convex_attention.paper.data.brats.BraTSSlices`):
 #: per patient volume, or the authors' dataset-wide per-modality scheme.
 NORMALISATIONS = ("volume", "dataset")
+#: The settings of :class:`TrainConfig` that only the BraTS loader reads (``train`` and
+#: ``data check`` offer them from the same declarations).
+BRATS_SETTINGS = ("cache_dir", "normalisation", "min_tumour_area", "val_fraction")
 #: The validity checks' pass thresholds (:mod:`convex_attention.paper.validity`): (a), (b)
 #: and (d) at most; (c′) and the reported (c) at least.
 THRESHOLDS = {"location_free": 0.60, "pixel_map": 0.30, "maps_drive_ranking": 0.05, "uniform_attention": 0.10,
