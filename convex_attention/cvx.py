@@ -567,9 +567,15 @@ def check_options(options: dict) -> dict:
         accept_tol = backend.default_accept_tol
     else:
         accept_tol = max(1e3 * eps, 1e-9)
-    mode = opts.get("mode")
-    if mode is not None and backend.interface == "DIFFCP" and mode not in DIFFCP_MODES:
-        raise ValueError(f"option mode (diffcp's derivative) must be one of {', '.join(DIFFCP_MODES)}; got {mode!r}")
+    if "mode" in opts:
+        mode = opts["mode"]
+        if backend.interface != "DIFFCP":
+            raise ValueError(f"option mode is diffcp's (how it solves its derivative system): backends "
+                             f"{', '.join(b for b in BACKENDS if _BACKENDS[b].interface == 'DIFFCP')} only, not "
+                             f"{backend.name!r}")
+        if not isinstance(mode, str) or mode not in DIFFCP_MODES:
+            raise ValueError(f"option mode (diffcp's derivative) must be one of {', '.join(DIFFCP_MODES)}; "
+                             f"got {mode!r}")
     get_backend(backend.name)  # installed? (after the values: a typo is reported first)
     return {"backend": backend, "eps": eps, "max_iters": max_iters, "accept_tol": accept_tol, "extra": opts}
 

@@ -71,27 +71,70 @@ def test_gradient_matches_exact_with_tight_scs(case):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+@pytest.fixture
+def diffcp_calls(monkeypatch):
+    """The ``mode`` of every diffcp solve with a derivative (``"solve only"`` for one without)."""
+    import diffcp
+
+    calls: list = []
+    with_derivative, solve_only = diffcp.solve_and_derivative_batch, diffcp.solve_only_batch
+
+    def spy_derivative(*args, **kwargs):
+        calls.append(kwargs.get("mode", "lsqr"))
+        return with_derivative(*args, **kwargs)
+
+    def spy_solve_only(*args, **kwargs):
+        calls.append("solve only")
+        return solve_only(*args, **kwargs)
+
+    monkeypatch.setattr(diffcp, "solve_and_derivative_batch", spy_derivative)
+    monkeypatch.setattr(diffcp, "solve_only_batch", spy_solve_only)
+    return calls
+
+
 @pytest.mark.parametrize("case", ["2d-2lvl", "irregular-3lvl", "1d-3lvl"])
-def test_diffcp_dense_derivative_reaches_diffcp_and_matches_exact_closer(case):
-    """``mode="dense"`` is passed to diffcp: its gradient is within 1e-6 (relative to the
-    largest entry) of the closed form's, where diffcp's default (lsqr) is 1.8e-6 to 3.1e-6
-    off on these instances (measured; dense: 0.9e-7 to 1.6e-7)."""
+def test_diffcp_dense_derivative_reaches_diffcp_and_matches_exact(case, diffcp_calls):
+    """``mode`` reaches diffcp's derivative, and the dense one is within 1e-6 (relative to the
+    largest entry) of the closed form's gradient (measured 0.4e-7 to 1.6e-7 on these
+    instances; diffcp's default, lsqr, 0.7e-6 to 3e-6 depending on the loss)."""
     inst = random_instance(case, batch=2, seed=3)
     w = [torch.randn_like(s) for s in inst.scores]
     want = linear_loss_gradient(inst, "exact", w)
-    for mode, bound in (("dense", 1e-6), ("lsqr", None)):
-        got = linear_loss_gradient(inst, "cvxpylayers", w, mode=mode)
-        error = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, want))
-        if bound is not None:
-            assert error < bound, (mode, error)
-        else:
-            assert error > 1e-6, "lsqr was as accurate as dense: the test no longer tells the modes apart"
-    # without a derivative the mode is dropped (cvxpylayers would hand it to Clarabel, which refuses it)
+    got = linear_loss_gradient(inst, "cvxpylayers", w, mode="dense")
+    error = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(got, want))
+    assert diffcp_calls == ["dense"] and error < 1e-6, error
+    linear_loss_gradient(inst, "cvxpylayers", w, mode="lsmr")
+    linear_loss_gradient(inst, "cvxpylayers", w)
+    assert diffcp_calls == ["dense", "lsmr", "lsqr"]
+
+
+def test_without_a_derivative_the_mode_is_dropped(diffcp_calls):
+    """cvxpylayers would hand ``mode`` to the conic solver (Clarabel refuses it) when no
+    derivative is computed: under no_grad and inference_mode, even with inputs that require
+    grad, and with inputs that do not."""
+    inst = random_instance("2d-2lvl", batch=2, seed=3)
+    leaves = [s.clone().requires_grad_() for s in inst.scores]
+    plain = ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps)
     with torch.no_grad():
-        plain = ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps)
-        dense = ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, mode="dense")
-    for a, b in zip(dense.probs, plain.probs):
-        assert torch.equal(a, b)
+        no_grad = ca.solve(leaves, inst.h, "cvxpylayers", temperature=inst.temps, mode="dense")
+    with torch.inference_mode():
+        inference = ca.solve(leaves, inst.h, "cvxpylayers", temperature=inst.temps, mode="dense")
+    detached = ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, mode="dense")
+    assert diffcp_calls == ["solve only"] * 4
+    for sol in (no_grad, inference, detached):
+        for a, b in zip(sol.probs, plain.probs):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend, mode, message", [
+    ("diffcp-scs", "lpgd", "option mode \\(diffcp's derivative\\) must be one of"),
+    ("diffcp-clarabel", None, "got None"),
+    ("moreau", "dense", "option mode is diffcp's .* not 'moreau'"),
+    ("cuclarabel", "dense", "option mode is diffcp's .* not 'cuclarabel'"),  # which would ignore it
+])
+def test_mode_is_diffcp_s_and_checked_on_every_backend(backend, mode, message):
+    with pytest.raises(ValueError, match=message):
+        cvx.check_options({"backend": backend, "mode": mode})
 
 
 def test_float32_input_returns_float32_and_duals_in_gauge():
@@ -280,6 +323,8 @@ def test_solve_method_and_backend_agree():
     ("solve_method", "ECOS", ValueError, r"option solve_method must be 'SCS' or 'Clarabel'"),
     ("solve_method", 1, ValueError, r"option solve_method must be 'SCS' or 'Clarabel'"),
     ("mode", "lpgd", ValueError, r"option mode \(diffcp's derivative\) must be one of lsqr, lsmr, dense"),
+    ("mode", "Dense", ValueError, r"option mode \(diffcp's derivative\) must be one of lsqr, lsmr, dense"),
+    ("mode", None, ValueError, r"option mode \(diffcp's derivative\) must be one of lsqr, lsmr, dense"),
 ])
 def test_every_option_is_validated_before_any_work(option, value, error, message, monkeypatch):
     def no_work(*args, **kwargs):

@@ -84,6 +84,17 @@ def test_a_reference_gradient_within_the_tolerance_is_judged_and_not_called_ill_
     assert against["met"] is True and "ill-posed" not in against["detail"]
 
 
+@pytest.mark.parametrize("own_errors, ill_posed", [
+    ((5e-5, 5e-5, 5e-5), True),  # the reference is further from the finite differences than 1e-5
+    ((1e-6, 2e-6, 1e-2), False),  # judged on the median, not on one bad instance
+])
+def test_ill_posed_is_said_where_the_reference_s_median_error_exceeds_the_tolerance(own_errors, ill_posed):
+    rows = [{"family": "axial", "setting": "mild", "draw": i, "solver": "cvxpylayers[x]", "status": "ok",
+             "reason": "", "error_vs_fd": e, "error_vs_dual": 1e-6} for i, e in enumerate(own_errors)]
+    (target,) = [t for t in gt._targets({"gradients": rows}) if "cvxpylayers[x]" in t["target"]]
+    assert target["detail"].startswith("ill-posed: ") is ill_posed
+
+
 def test_the_gradient_comparison_has_one_row_per_diffcp_mode_and_one_per_other_backend():
     solvers = gt._gradient_solvers(["moreau", "diffcp-clarabel"], ("lsqr", "dense"))
     assert solvers == [("moreau", None), ("diffcp-clarabel", "lsqr"), ("diffcp-clarabel", "dense")]
@@ -92,6 +103,25 @@ def test_the_gradient_comparison_has_one_row_per_diffcp_mode_and_one_per_other_b
         "cvxpylayers[moreau]", "cvxpylayers[diffcp-clarabel]", "cvxpylayers[diffcp-clarabel mode=dense]"]
     with pytest.raises(ValueError, match="diffcp_modes"):
         GraphBenchmark(diffcp_modes=("lpgd",))
+
+
+@pytest.mark.slow  # cvxpylayers gradients of two axial instances (seconds)
+def test_each_gradient_row_is_computed_with_its_own_mode(monkeypatch):
+    import diffcp
+
+    modes: list = []
+    with_derivative = diffcp.solve_and_derivative_batch
+
+    def spy(*args, **kwargs):
+        modes.append(kwargs.get("mode", "lsqr"))
+        return with_derivative(*args, **kwargs)
+
+    monkeypatch.setattr(diffcp, "solve_and_derivative_batch", spy)
+    config = GraphBenchmark(grad_size=16, grad_draws=1, diffcp_modes=("lsqr", "lsmr"))
+    rows = gt._gradients(config, ("axial",), ["diffcp-clarabel"], log=lambda m: None)
+    assert modes == ["lsqr", "lsmr"] * 2  # one instance per setting (mild, normal)
+    assert [r["solver"] for r in rows if r["setting"] == "mild"] == [
+        "dual", "cvxpylayers[diffcp-clarabel]", "cvxpylayers[diffcp-clarabel mode=lsmr]"]
 
 
 @pytest.mark.slow  # runs every part of the graph benchmark

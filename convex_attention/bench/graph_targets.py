@@ -104,8 +104,9 @@ class GraphBenchmark:
     grad_draws: int = setting(5, Int(low=1, high=1000), "instances per family and setting (gradients)")
     diffcp_modes: tuple = setting(("lsqr",), Many(Choice(DIFFCP_MODES), distinct=True),
                                   "diffcp's derivative modes in the gradient comparison, one row each for the "
-                                  "diffcp backends (lsqr: diffcp's default, iterative; dense: a direct solve, "
-                                  "more accurate, up to 100x slower on the star at 16²)")
+                                  "diffcp backends (lsqr: diffcp's default, iterative; lsmr: iterative; dense: a "
+                                  "direct solve, more accurate, up to 100x slower on the star at 16², and a dense "
+                                  "matrix of the problem's size squared per sample)")
     speed_batch: int = setting(16, Int(low=1, high=4096), "samples per timed call of the package's methods")
     repeats: int = setting(10, Int(low=1, high=10_000), "timed repetitions (interleaved)")
     cvx_batch: int = setting(2, Int(low=1, high=64), "samples per timed cvxpylayers call")
