@@ -720,6 +720,23 @@ def test_a_training_configuration_gives_brats_its_settings(tmp_path):
     plain_train, _ = datasets_of(plain.override(min_tumour_area=100))
     assert plain_train.normalisation == "volume" and plain_train.stats is None
     assert plain_train.cache_dir == os.path.join(root, ".convex_attention_cache")
-    for name, value in (("normalisation", "dataset"), ("cache_dir", "c"), ("min_tumour_area", 10)):
+    for name, value in (("normalisation", "dataset"), ("cache_dir", "c"), ("min_tumour_area", 10),
+                        ("val_fraction", 0.5)):
         with pytest.raises(ConfigError, match=f"{name} applies to data 'brats' only"):
             TrainConfig.build(**{name: value}).validate()
+
+
+def test_the_data_configuration_holds_what_the_source_reads():
+    """What ``explain`` compares between checkpoints: a setting the source ignores must not
+    make two checkpoints of the same images differ (BraTS ignored n_val and difficulty)."""
+    from convex_attention.paper.config import TrainConfig
+
+    brats = TrainConfig.build(data="brats", data_root="r")
+    assert brats.data_config() == brats.override(n_val=7, difficulty=0.1, cache_dir="elsewhere").data_config()
+    for change in ({"normalisation": "dataset"}, {"val_fraction": 0.3}, {"min_tumour_area": 5}, {"data_seed": 3}):
+        assert brats.override(**change).data_config() != brats.data_config(), change
+    folder = TrainConfig.build(data="folder", data_root="r")
+    assert folder.data_config() == folder.override(data_seed=3, n_val=7, difficulty=0.1).data_config()
+    synthetic = TrainConfig.build()
+    for change in ({"n_val": 7}, {"difficulty": 0.1}, {"data_seed": 3}):
+        assert synthetic.override(**change).data_config() != synthetic.data_config(), change

@@ -89,7 +89,7 @@ TRAIN_BAD = [
     # the BraTS settings: for brats only (they would be ignored), and a split that leaves training patients
     (["--normalisation", "dataset"], "applies to data 'brats' only"), (["--cache-dir", "c"], "--cache-dir"),
     (["--min-tumour-area", "10"], "--min-tumour-area"), (["--val-fraction", "0.95"], "--val-fraction"),
-    (["--normalisation", "global"], "--normalisation"),
+    (["--normalisation", "global"], "--normalisation"), (["--val-fraction", "0.5"], "applies to data 'brats' only"),
 ]
 
 
@@ -359,7 +359,9 @@ def test_explain_refuses_checkpoints_trained_on_other_data(tmp_path, capsys, no_
     a = tiny_checkpoint(tmp_path / "a" / "best.pt", difficulty=0.5)
     b = tiny_checkpoint(tmp_path / "b" / "best.pt", difficulty=0.3, method="exact")
     c = tiny_checkpoint(tmp_path / "c" / "best.pt", data_seed=7, method="exact")
-    for other, words in ((b, "difficulty 0.3 vs 0.5"), (c, "data_seed 7 vs 0")):
+    # a BraTS checkpoint records settings a synthetic one has not: compared either way round
+    d = tiny_checkpoint(tmp_path / "d" / "best.pt", data="brats", data_root=str(tmp_path), method="exact")
+    for other, words in ((b, "difficulty 0.3 vs 0.5"), (c, "data_seed 7 vs 0"), (d, "'brats' vs 'synthetic'")):
         code, _, err = run(["explain", "--checkpoints", f"softmax={a}", f"exact={other}", "--out",
                             str(tmp_path / "o")], capsys)
         assert_usage_error(code, err, "trained on other data", words)

@@ -378,7 +378,9 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
             first, data = (name, path), config
             continue
         mine, theirs = config.data_config(), data.data_config()
-        diff = [f"{k} {mine[k]!r} vs {theirs[k]!r}" for k in mine if mine[k] != theirs[k]]
+        # the keys differ between sources (a BraTS run records its loader's settings)
+        diff = [f"{k} {mine.get(k)!r} vs {theirs.get(k)!r}" for k in dict.fromkeys([*theirs, *mine])
+                if mine.get(k) != theirs.get(k)]
         if diff:
             raise UsageError(f"argument --checkpoints: {name}={path} was trained on other data than {first[0]}="
                              f"{first[1]} ({', '.join(diff)}); explain the models of one dataset at a time")

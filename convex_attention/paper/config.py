@@ -315,19 +315,19 @@ class TrainConfig:
                         "structure; brats: BraTS 2018 (--data-root); folder: your images (--data-root)")
     data_root: str | None = setting(None, Text(optional=True, what="a folder name"),
                                     "the data folder (brats, folder)")
-    normalisation: str | None = setting(None, Choice(NORMALISATIONS, optional=True),
-                                        "brats: per-modality z-score per patient (volume) or over the training "
-                                        "patients (dataset, the authors' scheme)", shown="volume",
-                                        cross=lambda c: _brats_only(c, "normalisation"))
+    normalisation: str = setting("volume", Choice(NORMALISATIONS),
+                                 "brats: per-modality z-score per patient (volume) or over the training patients "
+                                 "(dataset, the authors' scheme)", cross=lambda c: _brats_only(c, "normalisation"))
     cache_dir: str | None = setting(None, Text(optional=True, what="a folder name"),
                                     "brats: where preprocessed slices are cached",
                                     shown="DATA_ROOT/.convex_attention_cache",
                                     cross=lambda c: _brats_only(c, "cache_dir"))
-    min_tumour_area: int | None = setting(None, Int(low=1, high=8192 * 8192, optional=True),
-                                          "brats: slices with at most this many tumour pixels are dropped",
-                                          shown="1000, the paper's", cross=lambda c: _brats_only(c, "min_tumour_area"))
+    min_tumour_area: int = setting(1000, Int(low=1, high=8192 * 8192),
+                                   "brats: slices with at most this many tumour pixels are dropped (1000: the "
+                                   "paper's)", cross=lambda c: _brats_only(c, "min_tumour_area"))
     val_fraction: float = setting(0.2, Real(low=0.0, high=0.9, low_open=True),
-                                  "brats: share of the patients held out for validation (the split is by patient)")
+                                  "brats: share of the patients held out for validation (the split is by patient)",
+                                  cross=lambda c: _brats_only(c, "val_fraction"))
     n_train: int = setting(2000, _COUNT, "synthetic training images")
     n_val: int = setting(500, _COUNT, "synthetic validation images")
     difficulty: float = setting(0.5, Real(low=0.0, high=1.0), "synthetic difficulty in [0, 1]")
@@ -384,25 +384,25 @@ class TrainConfig:
         return self.model.in_channels
 
     def data_config(self) -> dict:
-        """What decides the validation images (what ``explain`` compares between checkpoints).
-        ``n_train`` is not part of it: every training set of one source and seed is disjoint
-        from its validation images."""
-        return {"data": self.data, "data_root": self.data_root, "image_size": self.model.image_size,
-                "channels": self.model.in_channels, "n_val": self.n_val, "difficulty": self.difficulty,
-                "data_seed": self.seed if self.data_seed is None else self.data_seed,
-                **({"normalisation": self.normalisation or "volume", "min_tumour_area": self.min_tumour_area or 1000,
-                    "val_fraction": self.val_fraction} if self.data == "brats" else {})}
+        """What decides the validation images (what ``explain`` compares between checkpoints):
+        the settings the source reads.  ``n_train`` is not part of it: every training set of
+        one source and seed is disjoint from its validation images."""
+        common = {"data": self.data, "data_root": self.data_root, "image_size": self.model.image_size,
+                  "channels": self.model.in_channels}
+        if self.data == "folder":  # root/val is the validation set, whatever the seed
+            return common
+        seed = {"data_seed": self.seed if self.data_seed is None else self.data_seed}
+        if self.data == "brats":  # the patients' split and the preprocessing; n_val and difficulty are synthetic's
+            return {**common, **seed, **{k: v for k, v in self.brats_options().items() if k != "cache_dir"}}
+        return {**common, "n_val": self.n_val, "difficulty": self.difficulty, **seed}
 
     def brats_options(self) -> dict:
         """The keyword arguments of :class:`~convex_attention.paper.data.brats.BraTSSlices` the
-        settings give (the loader's defaults where a setting is not given)."""
-        out: dict = {"val_fraction": self.val_fraction}
-        if self.normalisation is not None:
-            out["normalisation"] = self.normalisation
+        settings give (the cache folder: the loader's default unless given)."""
+        out: dict = {"val_fraction": self.val_fraction, "normalisation": self.normalisation,
+                     "min_tumour_area": self.min_tumour_area}
         if self.cache_dir is not None:
             out["cache_dir"] = self.cache_dir
-        if self.min_tumour_area is not None:
-            out["min_tumour_area"] = self.min_tumour_area
         return out
 
     def to_dict(self) -> dict:
@@ -444,8 +444,10 @@ _ALIASES = {"channels": "in_channels"}  # the data's word for the model's input 
 
 
 def _brats_only(config: TrainConfig, name: str) -> None:
-    """ConfigError when a BraTS setting is given for other data (it would be ignored)."""
-    if getattr(config, name) is not None and config.data != "brats":
+    """ConfigError when a BraTS setting is set away from its default for other data (it would
+    be ignored)."""
+    default = next(f.default for f in fields(TrainConfig) if f.name == name)
+    if config.data != "brats" and getattr(config, name) != default:
         raise ConfigError(name, f"{name} applies to data 'brats' only (the data is {config.data!r})")
 
 
