@@ -167,6 +167,26 @@ def test_resume_refuses_another_architecture(argv, words, tmp_path, capsys, no_w
     assert_usage_error(code, err, words, "differs from the checkpoint", "keeps its architecture")
 
 
+@pytest.mark.parametrize("argv,words", [(["--difficulty", "0.3"], "--difficulty"), (["--n-val", "12"], "--n-val"),
+                                        (["--data-seed", "7"], "--data-seed"), (["--seed", "3"], "--seed"),
+                                        (["--data", "synthetic-blobs"], "--data")])
+def test_resume_refuses_other_data(argv, words, tmp_path, capsys, no_work):
+    """A resumed run's epochs are scored, and best.pt chosen, on one validation set."""
+    path = tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=1, epochs=2)
+    code, _, err = run(["train", "--resume", path, *argv], capsys)
+    assert_usage_error(code, err, words, "the checkpoint's is", "keeps its data")
+
+
+def test_resume_may_change_the_training_images_and_the_seed_of_pinned_data(tmp_path):
+    from convex_attention.cli.paper import train_config_from_args
+
+    path = tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=1, epochs=2, data_seed=5)
+    parser = cli.build_parser()
+    config, _ = train_config_from_args(parser.parse_args(["train", "--resume", path, "--n-train", "32", "--seed",
+                                                          "3"]))
+    assert config.n_train == 32 and config.seed == 3 and config.data_seed == 5
+
+
 def test_resume_of_a_finished_run_says_what_to_do(tmp_path, capsys, no_work):
     path = tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=2, epochs=2)
     code, _, err = run(["train", "--resume", path], capsys)

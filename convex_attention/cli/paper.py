@@ -107,8 +107,8 @@ def _add_train(sub) -> None:
                     "accuracy, balanced accuracy, ROC AUC, the threshold chosen on validation, attention violation "
                     "on validation), OUT/best.pt (by validation AUC), OUT/last.pt and OUT/config.json. A checkpoint "
                     "stores the whole configuration: '--resume OUT/last.pt' alone continues the run; options given "
-                    "with it override the stored ones (the architecture cannot change). Runs unchanged under "
-                    "torchrun (DistributedDataParallel; gloo on CPU, nccl on GPU).")
+                    "with it override the stored ones (neither the architecture nor the validation data can "
+                    "change). Runs unchanged under torchrun (DistributedDataParallel; gloo on CPU, nccl on GPU).")
     base = TrainConfig()
     shown = {"out": f"{base.out} (with --resume: the checkpoint's folder)"}
     for cls, names in _options_of(TRAIN_OPTIONS):
@@ -219,6 +219,20 @@ def _subparser(name: str) -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------- train
 
+def _check_same_data(parser, given: dict, trained_on: dict, asked: dict) -> None:
+    """UsageError when the options given to a resumed run change its data: its epochs'
+    validation scores, and the choice of best.pt among them, compare on one validation set
+    (``explain`` refuses to mix such checkpoints too)."""
+    for key in dict.fromkeys([*trained_on, *asked]):
+        if trained_on.get(key) != asked.get(key):
+            # the data's seed is --seed's when --data-seed was never set
+            field = "seed" if key == "data_seed" and "data_seed" not in given and "seed" in given else key
+            raise UsageError(f"argument {_flag(parser, field) or field}: the resumed run's {key} would be "
+                             f"{asked.get(key)!r}, the checkpoint's is {trained_on.get(key)!r}; a resumed run keeps "
+                             f"its data (its epochs' validation scores pick best.pt): drop the option, or train a "
+                             f"new model into another --out")
+
+
 def train_config_from_args(args):
     """The :class:`TrainConfig` the ``train`` options ask for, and the checkpoint state it
     resumes from (read once; or ``None``), validated; UsageError for anything wrong."""
@@ -231,6 +245,7 @@ def train_config_from_args(args):
     parser = _subparser("train")
     given = _given(args, TRAIN_OPTIONS)
     state = None
+    trained_on = None  # the data configuration the checkpoint was trained on, where it says
     try:
         if args.resume:
             try:
@@ -238,6 +253,7 @@ def train_config_from_args(args):
                 base = stored_train_config(args.resume, state)
             except ValueError as err:
                 raise UsageError(f"argument --resume: {err}") from None
+            trained_on = None if base is None else base.data_config()
             if base is None:  # a checkpoint saved outside training: its model, the other defaults
                 base = TrainConfig(model=ModelConfig.from_dict(state["config"]))
             stored = base.model.architecture()
@@ -253,6 +269,8 @@ def train_config_from_args(args):
         config.validate()
     except ConfigError as err:
         raise _config_error(parser, err) from None
+    if state is not None and trained_on is not None:
+        _check_same_data(parser, given, trained_on, config.data_config())
     if state is not None:
         try:
             check_resume(config, state)
