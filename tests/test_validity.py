@@ -267,6 +267,11 @@ def test_data_check_on_brats_reports_the_brain_mask_control(tmp_path, capsys):
     assert "brain_mask: held-out balanced accuracy 1.000 (passes if <= 0.60): FAIL" in text
     assert "location_free:" in text and "pixel_map:" in text
     assert os.path.isdir(tmp_path / "c") and not os.path.exists(os.path.join(root, ".convex_attention_cache"))
+    assert run(["data", "check", "--data", "brats", "--data-root", root, "--image-size", "48", "--quiet",
+                "--val-fraction", "0.5", "--min-tumour-area", "100", "--out", str(tmp_path / "o")]) == 1
+    record = json.loads((tmp_path / "o" / "data_check.json").read_text())
+    assert record["brats"] == {"data_root": root, "val_fraction": 0.5, "normalisation": "volume",
+                               "min_tumour_area": 100}
 
 
 @pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)

@@ -145,13 +145,17 @@ class _Sample:
         return self.dataset.brain_mask(self.order[index])
 
 
+def _brats_settings(args) -> TrainConfig:
+    """The BraTS loader's settings ``args`` give, over their declared defaults."""
+    return TrainConfig(data="brats", **given_settings(args, TrainConfig, BRATS_SETTINGS))
+
+
 def _datasets(args):
     """``(training set, held-out set, a one-line description)``."""
     if args.data == "brats":
         from ..paper.data.brats import BraTSSlices
 
-        settings = TrainConfig(data="brats", **given_settings(args, TrainConfig, BRATS_SETTINGS))
-        kw = dict(seed=args.seed, image_size=args.image_size, **settings.brats_options())
+        kw = dict(seed=args.seed, image_size=args.image_size, **_brats_settings(args).brats_options())
         train, val = BraTSSlices(args.data_root, "train", **kw), BraTSSlices(args.data_root, "val", **kw)
         text = (f"brats ({len(train.patients)} training and {len(val.patients)} held-out patients, "
                 f"{train.normalisation} normalisation), {args.image_size} x {args.image_size}")
@@ -205,9 +209,11 @@ def cmd_data_check(args) -> int:
         from ..io.files import write_json
 
         path = os.path.join(args.out, "data_check.json")
-        write_json(path, {"dataset": args.data, "description": text, "seed": args.seed,
-                          "n_train": len(train), "n_test": len(held), "image_size": args.image_size,
-                          "accepted": ok, "checks": [r.to_dict() for r in results]})
+        record = {"dataset": args.data, "description": text, "seed": args.seed, "n_train": len(train),
+                  "n_test": len(held), "image_size": args.image_size}
+        if args.data == "brats":  # the loader's settings: the split, the slice rule, the normalisation, the cache
+            record["brats"] = {"data_root": args.data_root, **_brats_settings(args).brats_options()}
+        write_json(path, {**record, "accepted": ok, "checks": [r.to_dict() for r in results]})
         info(args, f"data check: {path}")
     return 0 if ok else 1
 
