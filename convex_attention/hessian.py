@@ -374,7 +374,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         recent.append(relres)
         del recent[:-(STALL_ITERATIONS + 1)]
         done = solved | (active & (relres <= rtol))
-        # the floor costs extra products (one A x, two aggregations): computed only where the tolerance is not met yet
+        # the true residual and its floor cost a product more: computed only where the tolerance is not met yet
         unverifiable = active & ~done & (relres <= cap)
         return done | at_rounding(unverifiable) if bool(unverifiable.any()) else done
 

@@ -52,14 +52,14 @@ class InMemory(Dataset):
 
 def build_datasets(source: str = "synthetic", root: str | None = None, image_size: int = 128, channels: int = 4,
                    n_train: int = 2000, n_val: int = 500, difficulty: float = 0.5, seed: int = 0,
-                   val_fraction: float = 0.2, brats_options: dict | None = None) -> tuple[Dataset, Dataset]:
+                   brats_options: dict | None = None) -> tuple[Dataset, Dataset]:
     """``(train, val)`` datasets of ``(image, label, mask)`` items.
 
     ``synthetic``: train and validation images come from different seeds (disjoint).
-    ``brats``: split by patient (``val_fraction``, ``seed``), with ``brats_options`` (more
-    keyword arguments of :class:`BraTSSlices`: ``normalisation``, ``cache_dir``,
-    ``min_tumour_area``, ``val_fraction``).  ``folder``: ``root/train`` and ``root/val``,
-    each a :class:`FolderDataset`.
+    ``brats``: split by patient (``seed``), with ``brats_options``: more keyword arguments
+    of :class:`BraTSSlices` (``val_fraction``, ``normalisation``, ``cache_dir``,
+    ``min_tumour_area``; the loader's defaults for those not given).  ``folder``:
+    ``root/train`` and ``root/val``, each a :class:`FolderDataset`.
     """
     if source in SYNTHETIC_GENERATORS:  # rim lesions among mimics (default), the previous blobs, the brightest rule
         kind = SYNTHETIC_GENERATORS[source]
@@ -68,7 +68,7 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
     if root is None:
         raise ValueError(f"data source {source!r} needs --data-root")
     if source == "brats":
-        options = {"val_fraction": val_fraction, "seed": seed, "image_size": image_size, **(brats_options or {})}
+        options = {"seed": seed, "image_size": image_size, **(brats_options or {})}
         return BraTSSlices(root, "train", **options), BraTSSlices(root, "val", **options)
     if source == "folder":
         return FolderDataset(os.path.join(root, "train")), FolderDataset(os.path.join(root, "val"))
