@@ -177,6 +177,16 @@ def test_resume_refuses_other_data(argv, words, tmp_path, capsys, no_work):
     assert_usage_error(code, err, words, "the checkpoint's is", "keeps its data")
 
 
+def test_the_data_folders_are_recorded_absolute(tmp_path, monkeypatch):
+    """explain and --resume read them from the checkpoint, from whatever folder they run in."""
+    from convex_attention.cli.paper import train_config_from_args
+
+    monkeypatch.chdir(tmp_path)
+    args = cli.build_parser().parse_args(["train", "--data", "brats", "--data-root", "brats", "--cache-dir", "c"])
+    config, _ = train_config_from_args(args)
+    assert config.data_root == str(tmp_path / "brats") and config.cache_dir == str(tmp_path / "c")
+
+
 def test_resume_may_change_the_training_images_and_the_seed_of_pinned_data(tmp_path):
     from convex_attention.cli.paper import train_config_from_args
 

@@ -244,6 +244,8 @@ def train_config_from_args(args):
                          "--overwrite replaces an earlier run; pass one")
     parser = _subparser("train")
     given = _given(args, TRAIN_OPTIONS)
+    # the checkpoint records where the data lie: absolute, so explain and --resume find them from any folder
+    given.update({k: os.path.abspath(given[k]) for k in ("data_root", "cache_dir") if given.get(k)})
     state = None
     trained_on = None  # the data configuration the checkpoint was trained on, where it says
     try:
