@@ -337,7 +337,8 @@ class CvxpyAttentionLayer:
         self.last_status: list[str] | None = None
         self._moreau_options: dict | None = None
 
-    def __call__(self, flat_scores: Sequence[Tensor], solver_args: dict) -> tuple[list[Tensor], list[Tensor]]:
+    def __call__(self, flat_scores: Sequence[Tensor], solver_args: dict,
+                 derivative_mode: str | None = None) -> tuple[list[Tensor], list[Tensor]]:
         """Solve a batch. ``flat_scores[k]``: ``(B, n_k)`` float64 tensors (CPU, or CUDA
         where the backend runs there).
 
@@ -346,10 +347,10 @@ class CvxpyAttentionLayer:
         """
         self.last_status = None
         needs_grad = torch.is_grad_enabled() and any(s.requires_grad for s in flat_scores)
-        if not needs_grad and "mode" in solver_args and self.backend.interface == "DIFFCP":
-            # diffcp's derivative mode means nothing without a derivative, and cvxpylayers would
+        if needs_grad and derivative_mode is not None:
+            # diffcp's own option, given only with a derivative: without one cvxpylayers would
             # hand it to the conic solver, which rejects it (measured: Clarabel)
-            solver_args = {k: v for k, v in solver_args.items() if k != "mode"}
+            solver_args = {**solver_args, "mode": derivative_mode}
 
         def run(inputs: Sequence[Tensor]):
             if self.backend.interface == "MOREAU":
@@ -463,7 +464,6 @@ class CvxpyAttentionLayer:
         for param, value in zip(self.thetas, flat_scores):
             param.value = value
         args = dict(solver_args)
-        args.pop("mode", None)  # diffcp's own option (its derivative), not the solver's
         method = str(args.pop("solve_method", "SCS")).upper()
         if method == "SCS":
             eps = args.pop("eps", None)
@@ -521,7 +521,8 @@ def check_options(options: dict) -> dict:
     """Validate the options of method ``"cvxpylayers"`` before any work.
 
     Returns ``{"backend": Backend, "eps": float, "max_iters": int | None,
-    "accept_tol": float, "extra": dict}``, ``extra`` holding the options passed to the
+    "accept_tol": float, "mode": str | None, "extra": dict}``: ``mode`` diffcp's derivative
+    mode (given to diffcp only with a derivative), ``extra`` the options passed to the
     solver unchanged.
 
     Raises:
@@ -567,8 +568,9 @@ def check_options(options: dict) -> dict:
         accept_tol = backend.default_accept_tol
     else:
         accept_tol = max(1e3 * eps, 1e-9)
-    if "mode" in opts:
-        mode = opts["mode"]
+    given_mode = "mode" in opts
+    mode = opts.pop("mode", None)
+    if given_mode:
         if backend.interface != "DIFFCP":
             raise ValueError(f"option mode is diffcp's (how it solves its derivative system): backends "
                              f"{', '.join(b for b in BACKENDS if _BACKENDS[b].interface == 'DIFFCP')} only, not "
@@ -577,7 +579,8 @@ def check_options(options: dict) -> dict:
             raise ValueError(f"option mode (diffcp's derivative) must be one of {', '.join(DIFFCP_MODES)}; "
                              f"got {mode!r}")
     get_backend(backend.name)  # installed? (after the values: a typo is reported first)
-    return {"backend": backend, "eps": eps, "max_iters": max_iters, "accept_tol": accept_tol, "extra": opts}
+    return {"backend": backend, "eps": eps, "max_iters": max_iters, "accept_tol": accept_tol, "mode": mode,
+            "extra": opts}
 
 
 def _solver_args(backend: Backend, eps: float, max_iters: int | None, extra: dict) -> dict:
@@ -707,7 +710,7 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
         # diffcp only warns on inaccurate solves; the residual check below decides.
         warnings.filterwarnings("ignore", message="Solved/Inaccurate")
         try:
-            probs, duals = layer(flat, args)
+            probs, duals = layer(flat, args, derivative_mode=opts["mode"])
         except solver_errors as err:
             _raise_failure(layer, flat_cpu, args, list(range(flat[0].shape[0])), accept_tol, str(err),
                            max_iters=opts["max_iters"])
