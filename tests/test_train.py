@@ -85,13 +85,43 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
            "--out", out, "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    # the launcher's report fills the end of stderr: show the ranks' own first lines too
+    assert proc.returncode == 0, (f"stdout: {proc.stdout[-2000:]}\nstderr (start): {proc.stderr[:3000]}\n"
+                                  f"stderr (end): {proc.stderr[-3000:]}\nfiles: {sorted(os.listdir(out))}")
     check = json.load(open(os.path.join(out, "ddp_check.json")))
     assert check["world_size"] == 2 and len(check["digests"]) == 2
     assert check["identical"] and check["digests"][0] == check["digests"][1]
     assert check["parameter_digests"][0] == check["parameter_digests"][1]
     rows = read(os.path.join(out, "metrics.csv"))
     assert len(rows) == 2  # rank 0 alone logs
+
+
+_THREADS_AFTER_TRAINING = """
+import os, sys
+from convex_attention.paper.config import TrainConfig
+from convex_attention.paper.train import train
+train(TrainConfig.build(out=sys.argv[1], method="learned_dual", image_size=32, width=4, n_train=16, n_val=8,
+                        epochs=1, batch_size=8, device="cpu", progress=False))
+names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+print("rank", os.environ["RANK"], "gloo threads:", sorted(n for n in names if "gloo" in n), flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists the process's threads through /proc")
+def test_training_ends_with_no_gloo_thread_left(tmp_path):
+    # torch 2.13 keeps the group alive past destroy_process_group when DDP's import of
+    # torch._dynamo comes after init_process_group; its threads then outlive the run
+    # into the interpreter's shutdown (train._init_process_group)
+    script = tmp_path / "threads.py"
+    script.write_text(_THREADS_AFTER_TRAINING)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           str(tmp_path / "run")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = sorted(line for line in proc.stdout.splitlines() if "gloo threads:" in line)
+    assert lines == ["rank 0 gloo threads: []", "rank 1 gloo threads: []"], proc.stdout
 
 
 def test_classification_metrics_auc_and_threshold_chosen_on_validation():

@@ -134,6 +134,21 @@ def _distributed() -> tuple[int, int, int]:
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def _init_process_group(backend: str) -> None:
+    """``dist.init_process_group``, with ``torch._dynamo`` imported first.
+
+    DistributedDataParallel imports ``torch._dynamo``; imported after the group exists,
+    it keeps a reference to the group (torch 2.13), so ``destroy_process_group`` no longer
+    frees it: Gloo's worker threads then live on into the interpreter's shutdown, where a
+    thread that still touches Python can abort the process: the likely cause of the one
+    CI failure of the two-process test ("terminate called without an active exception",
+    SIGABRT on one rank).  Imported first, it holds nothing, and ``destroy_process_group``
+    joins the threads (tests/test_train.py::test_training_ends_with_no_gloo_thread_left)."""
+    import torch._dynamo  # noqa: F401  (the import's side effect is the point)
+
+    dist.init_process_group(backend=backend)
+
+
 def _device(config: TrainConfig, local_rank: int) -> torch.device:
     if config.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -360,8 +375,7 @@ class _Run:
         self.log = log if log is not None else (print if config.progress else (lambda *a, **k: None))
         self.world, self.rank, local_rank = _distributed()
         if self.world > 1 and not dist.is_initialized():
-            backend = "nccl" if (torch.cuda.is_available() and config.device != "cpu") else "gloo"
-            dist.init_process_group(backend=backend)
+            _init_process_group("nccl" if (torch.cuda.is_available() and config.device != "cpu") else "gloo")
         self.device = _device(config, local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
