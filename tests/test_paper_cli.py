@@ -65,6 +65,18 @@ def test_help_shows_the_dataclass_defaults():
     assert "(default: 128)" in text and "(default: 0.001)" in text and "(default: 32)" in text
 
 
+def test_experiment_help_offers_only_the_data_its_protocol_splits():
+    def data_help(command):
+        (action,) = [a for a in _subparsers()[command]._actions if a.dest == "data"]
+        return action.help
+
+    assert "brats: BraTS" in data_help("train") and "one of synthetic, synthetic-blobs, synthetic-brightest, brats" \
+        in data_help("train")
+    text = data_help("experiment")
+    assert "one of synthetic, synthetic-blobs, synthetic-brightest (default" in text and "brats:" not in text
+    assert "synthetic-brightest: one lesion per image" in text  # the synthetic sources keep their descriptions
+
+
 # ----------------------------------------------------------------------------- train
 
 

@@ -133,6 +133,16 @@ def test_options_are_derived_with_their_defaults_once_and_given_ones_are_told_ap
         parser.parse_args(["--size", "65"])
 
 
+def test_a_command_may_narrow_the_help_and_the_listed_choices_of_a_setting():
+    parser = argparse.ArgumentParser()
+    add_options(parser, Toy, names=["mode", "on"], helps={"mode": "only a here", "on": "switch it"},
+                listed={"mode": ("a",)})
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+    assert options["mode"].help == "only a here; one of a (default: a)"
+    assert options["on"].help == "switch it (default: off)"
+    assert parser.parse_args(["--mode", "b"]).mode == "b"  # the declaration still decides what parses
+
+
 def test_grid_options_for_the_variant_settings():
     parser = argparse.ArgumentParser()
     settings = variant_settings(Toy)

@@ -30,9 +30,11 @@ from ..io.settings import (
     variant_settings,
 )
 from ..paper.config import (
+    DATA_SOURCE_HELP,
     DEFAULT_VARIANTS_PATH,
     FULL,
     QUICK,
+    SYNTHETIC_SOURCES,
     UPSAMPLINGS,
     ExperimentConfig,
     ModelConfig,
@@ -54,6 +56,9 @@ EXPERIMENT_OPTIONS = ((ExperimentConfig, None),
 #: them holds an earlier run.  --overwrite removes the first three (config.json is
 #: rewritten when the new run starts).
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.json")
+# the experiment's protocol splits synthetic data only (ExperimentConfig refuses the rest)
+_EXPERIMENT_HELPS = {"data": "; ".join(f"{k}: {DATA_SOURCE_HELP[k]}" for k in SYNTHETIC_SOURCES)
+                     + " (train and explain take brats and folder too)"}
 # what the test stage takes from the variants file, never from the command line
 _FIXED_BY_VARIANTS = ("difficulties", "held_out_mimic")
 
@@ -200,7 +205,8 @@ def _add_experiment(sub) -> None:
         def of(config, cls=cls):
             return config if cls is ExperimentConfig else config.train if cls is TrainConfig else config.train.model
         shown = {n: f"{show_value(getattr(of(FULL), n))} / --quick: {show_value(getattr(of(QUICK), n))}" for n in names}
-        add_options(x, cls, base=of(FULL), names=names, shown=shown)
+        add_options(x, cls, base=of(FULL), names=names, shown=shown, helps=_EXPERIMENT_HELPS,
+                    listed={"data": SYNTHETIC_SOURCES})
     settings = _variant_settings()
     full, quick = FULL.candidates(), QUICK.candidates()
     add_grid_options(x, settings, full, "dev stage", shown={

@@ -465,11 +465,16 @@ def _argument_type(kind: Kind, name: str):
     return parse
 
 
-def add_options(parser: argparse.ArgumentParser, cls, base=None, names=None, shown: dict | None = None) -> None:
+def add_options(parser: argparse.ArgumentParser, cls, base=None, names=None, shown: dict | None = None,
+                helps: dict | None = None, listed: dict | None = None) -> None:
     """One option per declared setting of ``cls`` (or of ``names`` only, in that order),
     with its type, range, choices and help; the default is ``base``'s value (or the
     declaration's), shown in the help once.  ``shown``: ``{name: text}`` replacing a
-    default's display.  Settings declared with ``flag=""`` are left out."""
+    default's display.  ``helps`` and ``listed``: ``{name: text}`` and ``{name: values}``
+    replacing the declared help and the choices it lists, for a command that accepts
+    fewer values than the setting (the values are still checked against the declaration,
+    and the command's own check refuses the rest with its reason).  Settings declared
+    with ``flag=""`` are left out."""
     settings = declared(cls)
     chosen = list(names) if names is not None else list(settings)
     for name in chosen:
@@ -479,26 +484,28 @@ def add_options(parser: argparse.ArgumentParser, cls, base=None, names=None, sho
         if option == "":
             continue
         display = (shown or {}).get(name, s.shown)
+        text = (helps or {}).get(name, s.help)
         kind = s.kind
         if isinstance(kind, Flag):
             # an option that is on by default is switched off by its --no-... flag
             store = "store_false" if default else "store_true"
             parser.add_argument(option, dest=name, action=store, default=Unset(default, display),
-                                help=f"{s.help} (default: {display or show_value(default)})")
+                                help=f"{text} (default: {display or show_value(default)})")
             continue
         kwargs: dict[str, Any] = {"dest": name, "default": Unset(default, display),
                                   "type": _argument_type(kind, name), "metavar": kind.metavar}
         if isinstance(kind, Many):
             kwargs["nargs"] = "+"
-        choices = _choices_text(kind)
+        choices = _choices_text(kind, (listed or {}).get(name))
         parser.add_argument(option, **kwargs,
-                            help=f"{s.help}{choices} (default: {display or show_value(default)})")
+                            help=f"{text}{choices} (default: {display or show_value(default)})")
 
 
-def _choices_text(kind: Kind) -> str:
+def _choices_text(kind: Kind, listed=None) -> str:
     inner = kind.item if isinstance(kind, Many) else kind
     if isinstance(inner, Choice):
-        return f"; one of {', '.join(inner.listed)}" + (" or none" if inner.optional else "")
+        values = tuple(listed) if listed is not None else inner.listed
+        return f"; one of {', '.join(values)}" + (" or none" if inner.optional else "")
     return ""
 
 

@@ -47,9 +47,9 @@ from ..io.settings import (
 )
 
 __all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "Variant", "ConfigError", "QUICK", "FULL", "NORMS",
-           "HEADS", "DUAL_SOURCES", "DATA_SOURCES", "SYNTHETIC_GENERATORS", "SYNTHETIC_SOURCES", "MIMIC_SOURCES",
-           "MIMIC_TYPES", "NORMALISATIONS", "BRATS_SETTINGS", "THRESHOLDS", "UPSAMPLINGS", "STAGES", "DATA_SEED_MAX",
-           "PLAIN_CNN", "DEFAULT_VARIANTS_PATH", "METHOD_NAMES", "variant_names", "check_device",
+           "HEADS", "DUAL_SOURCES", "DATA_SOURCES", "DATA_SOURCE_HELP", "SYNTHETIC_GENERATORS", "SYNTHETIC_SOURCES",
+           "MIMIC_SOURCES", "MIMIC_TYPES", "NORMALISATIONS", "BRATS_SETTINGS", "THRESHOLDS", "UPSAMPLINGS", "STAGES",
+           "DATA_SEED_MAX", "PLAIN_CNN", "DEFAULT_VARIANTS_PATH", "METHOD_NAMES", "variant_names", "check_device",
            "CVX_REFUSE_S_PER_1000", "MAX_SET_PIXELS", "MAX_BATCH_VALUES", "check_set_size"]
 
 # ----------------------------------------------------------------------------- the choices
@@ -57,8 +57,15 @@ __all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "Variant", "ConfigE
 NORMS = ("batch", "group")
 HEADS = ("bounded", "learned")  # ScoreHead(scale=...): the paper's head, or one with a learnable gain
 DUAL_SOURCES = ("shared", "amortised")  # ConsistentAttention(duals=...), for methods that need duals
-#: The sources ``build_datasets`` knows (``--data``).
-DATA_SOURCES = ("synthetic", "synthetic-blobs", "synthetic-brightest", "brats", "folder")
+#: The sources ``build_datasets`` knows (``--data``), each with what its help says.
+DATA_SOURCE_HELP = {
+    "synthetic": "rim lesions among mimics (offline, the default)",
+    "synthetic-blobs": "the previous generator",
+    "synthetic-brightest": "one lesion per image, label 1 when it is the brightest structure",
+    "brats": "BraTS 2018 (--data-root)",
+    "folder": "your images (--data-root)",
+}
+DATA_SOURCES = tuple(DATA_SOURCE_HELP)
 #: The synthetic sources and their generators (:data:`convex_attention.paper.data.synthetic.GENERATORS`).
 SYNTHETIC_GENERATORS = {"synthetic": "rim", "synthetic-blobs": "blobs", "synthetic-brightest": "brightest"}
 SYNTHETIC_SOURCES = tuple(SYNTHETIC_GENERATORS)
@@ -309,10 +316,7 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig)
     out: str = setting("runs/model", Text(what="a folder name"), "output folder")
-    data: str = setting("synthetic", Choice(DATA_SOURCES),
-                        "synthetic: rim lesions among mimics (offline, the default); synthetic-blobs: the previous "
-                        "generator; synthetic-brightest: one lesion per image, label 1 when it is the brightest "
-                        "structure; brats: BraTS 2018 (--data-root); folder: your images (--data-root)")
+    data: str = setting("synthetic", Choice(DATA_SOURCES), "; ".join(f"{k}: {v}" for k, v in DATA_SOURCE_HELP.items()))
     data_root: str | None = setting(None, Text(optional=True, what="a folder name"),
                                     "the data folder (brats, folder)")
     normalisation: str = setting("volume", Choice(NORMALISATIONS),
