@@ -32,3 +32,14 @@ def odd_threads():
     torch.set_num_threads(3)
     yield 3
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def outside_git(tmp_path, monkeypatch):
+    """``tmp_path`` as a folder no git repository encloses, wherever the machine puts it (a
+    TMPDIR inside a checkout, a GIT_DIR set by a hook): for the checks that the experiment's
+    test stage refuses a variants file git does not track."""
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))
+    for name in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path

@@ -202,7 +202,7 @@ def test_experiment_options_reach_the_configuration():
     assert c.held_out_mimic is None and c.difficulties == (0.2, 0.5) and c.n_dev == 40 and c.dev_seeds == (3,)
 
 
-def test_test_stage_refusals_are_usage_errors_before_work(tmp_path, capsys, monkeypatch):
+def test_test_stage_refusals_are_usage_errors_before_work(outside_git, tmp_path, capsys, monkeypatch):
     import convex_attention.paper.experiment as experiment
     from convex_attention.paper.protocol import Variants
 

@@ -5,7 +5,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
@@ -20,14 +19,19 @@ HOLDER = textwrap.dedent("""
     os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                              "command": "holder"}).encode())
     print("locked", flush=True)
-    time.sleep(float(sys.argv[2]))
+    if sys.argv[2] == "stdin":  # held until told to let go, then says so before it does
+        sys.stdin.readline()
+        open(os.path.join(sys.argv[1], "released"), "w").close()
+    else:
+        time.sleep(float(sys.argv[2]))
     os.remove(os.path.join(sys.argv[1], "results.lock"))
 """)
 
 
 def hold_lock(folder, seconds):
+    """A holder of ``folder``'s lock for ``seconds``, or until a line on its stdin ("stdin")."""
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(seconds)], stdout=subprocess.PIPE,
-                            text=True)
+                            stdin=subprocess.PIPE if seconds == "stdin" else None, text=True)
     assert proc.stdout.readline().strip() == "locked"
     return proc
 
@@ -48,12 +52,23 @@ def test_a_second_writer_is_refused_with_the_owner_named(tmp_path):
 
 @pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)
 def test_wait_blocks_until_the_owner_finishes(tmp_path):
-    proc = hold_lock(tmp_path, 1.5)
-    start = time.monotonic()
+    # told to let go only once the waiter says it waits, and marking that it did before it
+    # does: no clock, so a stalled machine cannot make this pass or fail
+    proc = hold_lock(tmp_path, "stdin")
     logged = []
-    with results_lock(str(tmp_path), wait=True, log=logged.append, poll_s=0.1):
-        assert time.monotonic() - start > 1.0, "entered while the owner held the lock"
-    proc.wait()
+
+    def log(message):
+        logged.append(message)
+        if "waiting" in message:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+
+    try:
+        with results_lock(str(tmp_path), wait=True, log=log, poll_s=0.05):
+            assert (tmp_path / "released").exists(), "entered while the owner held the lock"
+    finally:
+        proc.kill()
+        proc.wait()
     assert any("waiting" in m and str(proc.pid) in m for m in logged)
 
 

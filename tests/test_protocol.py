@@ -359,7 +359,7 @@ def _git(repo, *args):
                           capture_output=True, text=True, check=True)
 
 
-def test_the_test_stage_needs_a_committed_variants_file(tmp_path):
+def test_the_test_stage_needs_a_committed_variants_file(outside_git, tmp_path):
     repo = tmp_path / "repo"
     (repo / "configs").mkdir(parents=True)
     path = repo / "configs" / "experiment_variants.json"
@@ -379,7 +379,7 @@ def test_the_test_stage_needs_a_committed_variants_file(tmp_path):
         commit_state(str(path))
 
 
-def test_the_test_stage_refuses_before_any_work(tmp_path, monkeypatch):
+def test_the_test_stage_refuses_before_any_work(outside_git, tmp_path, monkeypatch):
     import convex_attention.paper.experiment as experiment_module
     from convex_attention.paper.experiment import QUICK, run_experiment
 
