@@ -76,18 +76,25 @@ def test_balanced_accuracy():
     assert balanced_accuracy(pred, target, 2) == 0.75
 
 
+def _torchrun(*args, out):
+    """``args`` run by torch's launcher as two CPU processes; the finished process (asserted
+    to have succeeded, its output shown when it did not)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=600)
+    # the launcher's report fills the end of stderr: show the ranks' own first lines too
+    files = sorted(os.listdir(out)) if os.path.isdir(out) else "none"
+    assert proc.returncode == 0, (f"stdout: {proc.stdout[-2000:]}\nstderr (start): {proc.stderr[:3000]}\n"
+                                  f"stderr (end): {proc.stderr[-3000:]}\nfiles in {out}: {files}")
+    return proc
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     out = str(tmp_path / "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           "-m", "convex_attention.cli", "train", "--method", "learned_dual", "--image-size", "32", "--width", "4",
-           "--n-train", "32", "--n-val", "8", "--epochs", "2", "--batch-size", "8", "--device", "cpu",
-           "--out", out, "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    # the launcher's report fills the end of stderr: show the ranks' own first lines too
-    assert proc.returncode == 0, (f"stdout: {proc.stdout[-2000:]}\nstderr (start): {proc.stderr[:3000]}\n"
-                                  f"stderr (end): {proc.stderr[-3000:]}\nfiles: {sorted(os.listdir(out))}")
+    _torchrun("-m", "convex_attention.cli", "train", "--method", "learned_dual", "--image-size", "32", "--width", "4",
+              "--n-train", "32", "--n-val", "8", "--epochs", "2", "--batch-size", "8", "--device", "cpu",
+              "--out", out, "--no-progress", out=out)
     check = json.load(open(os.path.join(out, "ddp_check.json")))
     assert check["world_size"] == 2 and len(check["digests"]) == 2
     assert check["identical"] and check["digests"][0] == check["digests"][1]
@@ -97,31 +104,41 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
 
 
 _THREADS_AFTER_TRAINING = """
-import os, sys
+import gc, os, sys
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from convex_attention.paper.config import TrainConfig
 from convex_attention.paper.train import train
+
+destroy, wrappers_at_destroy = dist.destroy_process_group, []
+def counting_destroy(*args, **kwargs):
+    wrappers_at_destroy.append(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+    return destroy(*args, **kwargs)
+dist.destroy_process_group = counting_destroy
 train(TrainConfig.build(out=sys.argv[1], method="learned_dual", image_size=32, width=4, n_train=16, n_val=8,
                         epochs=1, batch_size=8, device="cpu", progress=False))
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
-print("rank", os.environ["RANK"], "gloo threads:", sorted(n for n in names if "gloo" in n), flush=True)
+rank = os.environ["RANK"]
+print("rank", rank, "gloo threads:", sorted(n for n in names if "gloo" in n), flush=True)
+print("rank", rank, "DDP wrappers alive at destroy_process_group:", wrappers_at_destroy, flush=True)
 """
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="lists the process's threads through /proc")
-def test_training_ends_with_no_gloo_thread_left(tmp_path):
+def test_training_ends_with_no_gloo_thread_left_and_the_group_freed_by_its_owner(tmp_path):
     # torch 2.13 keeps the group alive past destroy_process_group when DDP's import of
     # torch._dynamo comes after init_process_group; its threads then outlive the run
-    # into the interpreter's shutdown (train._init_process_group)
+    # into the interpreter's shutdown (train._init_process_group). And a group whose last
+    # owner is DDP's reducer is destroyed with the GIL held, which can deadlock with a
+    # Gloo worker (_Run.finish): no wrapper may be alive when the group is destroyed.
     script = tmp_path / "threads.py"
     script.write_text(_THREADS_AFTER_TRAINING)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-           str(tmp_path / "run")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = _torchrun(str(script), str(tmp_path / "run"), out=str(tmp_path / "run"))
     lines = sorted(line for line in proc.stdout.splitlines() if "gloo threads:" in line)
     assert lines == ["rank 0 gloo threads: []", "rank 1 gloo threads: []"], proc.stdout
+    lines = sorted(line for line in proc.stdout.splitlines() if "wrappers alive" in line)
+    assert lines == [f"rank {r} DDP wrappers alive at destroy_process_group: [0]" for r in (0, 1)], proc.stdout
 
 
 def test_classification_metrics_auc_and_threshold_chosen_on_validation():

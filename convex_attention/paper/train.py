@@ -140,10 +140,12 @@ def _init_process_group(backend: str) -> None:
     DistributedDataParallel imports ``torch._dynamo``; imported after the group exists,
     it keeps a reference to the group (torch 2.13), so ``destroy_process_group`` no longer
     frees it: Gloo's worker threads then live on into the interpreter's shutdown, where a
-    thread that still touches Python can abort the process: the likely cause of the one
-    CI failure of the two-process test ("terminate called without an active exception",
-    SIGABRT on one rank).  Imported first, it holds nothing, and ``destroy_process_group``
-    joins the threads (tests/test_train.py::test_training_ends_with_no_gloo_thread_left)."""
+    thread that still touches Python aborts the process: the likely cause of the one CI
+    failure of the two-process test ("terminate called without an active exception",
+    SIGABRT on one rank; see :meth:`_Run.finish` for what such a thread is doing, seen
+    when it deadlocked instead).  Imported first, it holds nothing, and
+    ``destroy_process_group`` joins the threads
+    (tests/test_train.py::test_training_ends_with_no_gloo_thread_left_and_the_group_freed_by_its_owner)."""
     import torch._dynamo  # noqa: F401  (the import's side effect is the point)
 
     dist.init_process_group(backend=backend)
@@ -503,6 +505,13 @@ class _Run:
                        {"world_size": self.world, "digests": [d[0] for d in digests],
                         "parameter_digests": [d[1] for d in digests], "identical": len({d[0] for d in digests}) == 1})
         dist.barrier()
+        # The DDP wrapper goes first, while the group is still registered. Its reducer holds
+        # the group, and freed after destroy_process_group it is the group's last owner: the
+        # group's destructor then joins Gloo's worker threads with the GIL held, and a worker
+        # still dropping a finished collective (the barrier holds the all-gather's tensors,
+        # whose Python objects need the GIL) waits for it forever. Freed last by the group's
+        # own Python object, the destructor runs without the GIL.
+        self.net = self.model
         dist.destroy_process_group()
 
 
