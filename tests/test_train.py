@@ -141,6 +141,32 @@ def test_training_ends_with_no_gloo_thread_left_and_the_group_freed_by_its_owner
     assert lines == [f"rank {r} DDP wrappers alive at destroy_process_group: [0]" for r in (0, 1)], proc.stdout
 
 
+def test_finish_frees_even_a_wrapper_held_by_a_cycle_before_the_group_is_destroyed(monkeypatch):
+    # torch 2.13 frees DDP as soon as its last name goes; a wrapper that a reference cycle
+    # holds must be gone too before destroy_process_group (see _Run.finish)
+    import weakref
+
+    import convex_attention.paper.train as train_module
+
+    class CyclicWrapper(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+            self.me = [self]  # a cycle: reference counting alone never frees it
+
+    run = object.__new__(train_module._Run)
+    run.world, run.main, run.model = 2, False, torch.nn.Linear(2, 2)
+    run.net = CyclicWrapper(run.model)
+    wrapper = weakref.ref(run.net)
+    seen = []
+    monkeypatch.setattr(train_module.dist, "all_gather_object", lambda out, mine: out.__setitem__(slice(None),
+                                                                                                [mine, mine]))
+    monkeypatch.setattr(train_module.dist, "barrier", lambda: None)
+    monkeypatch.setattr(train_module.dist, "destroy_process_group", lambda: seen.append(wrapper() is None))
+    run.finish()
+    assert seen == [True] and run.net is run.model
+
+
 def test_classification_metrics_auc_and_threshold_chosen_on_validation():
     # p(class 1) = 0.1, 0.4, 0.35, 0.8 for labels 0, 0, 1, 1: AUC 0.75; argmax misses the 0.35 positive
     p1 = torch.tensor([0.1, 0.4, 0.35, 0.8], dtype=torch.float64)

@@ -28,12 +28,14 @@ the end every rank hashes its weights; rank 0 writes ``ddp_check.json``.
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import math
 import os
 import random
 import time
+import weakref
 from dataclasses import replace
 from typing import NamedTuple
 
@@ -511,7 +513,10 @@ class _Run:
         # still dropping a finished collective (the barrier holds the all-gather's tensors,
         # whose Python objects need the GIL) waits for it forever. Freed last by the group's
         # own Python object, the destructor runs without the GIL.
+        wrapper = weakref.ref(self.net)
         self.net = self.model
+        if wrapper() is not None:  # held by a reference cycle (torch 2.13 frees it at once)
+            gc.collect()
         dist.destroy_process_group()
 
 
