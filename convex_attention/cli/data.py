@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..io.settings import SEED, ConfigError, add_options, finite_float, given_settings, int_in
+from ..io.settings import SEED, ConfigError, add_options, declared, finite_float, given_settings, int_in
 from ..paper.config import (
     BRATS_SETTINGS,
     MIMIC_SOURCES,
@@ -102,8 +102,8 @@ def _validate(args) -> None:
             raise UsageError(f"--image-size {args.image_size} is too small for brats (at least 16)")
     else:
         given = given_settings(args, TrainConfig, BRATS_SETTINGS)
-        for flag, value in (("--data-root", args.data_root), *((f"--{n.replace('_', '-')}", v)
-                                                               for n, v in given.items())):
+        settings = declared(TrainConfig)
+        for flag, value in (("--data-root", args.data_root), *((settings[n].option(n), v) for n, v in given.items())):
             if value is not None:
                 raise UsageError(f"{flag} applies to --data brats only")
         if args.data in MIMIC_SOURCES and args.image_size < 32:

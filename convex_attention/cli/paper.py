@@ -229,14 +229,15 @@ def _check_same_data(parser, given: dict, trained_on: dict, asked: dict) -> None
     """UsageError when the options given to a resumed run change its data: its epochs'
     validation scores, and the choice of best.pt among them, compare on one validation set
     (``explain`` refuses to mix such checkpoints too)."""
-    for key in dict.fromkeys([*trained_on, *asked]):
-        if trained_on.get(key) != asked.get(key):
-            # the data's seed is --seed's when --data-seed was never set
-            field = "seed" if key == "data_seed" and "data_seed" not in given and "seed" in given else key
-            raise UsageError(f"argument {_flag(parser, field) or field}: the resumed run's {key} would be "
-                             f"{asked.get(key)!r}, the checkpoint's is {trained_on.get(key)!r}; a resumed run keeps "
-                             f"its data (its epochs' validation scores pick best.pt): drop the option, or train a "
-                             f"new model into another --out")
+    differences = TrainConfig.data_differences(trained_on, asked)
+    if differences:
+        key = differences[0]
+        # the data's seed is --seed's when --data-seed was never set
+        field = "seed" if key == "data_seed" and "data_seed" not in given and "seed" in given else key
+        raise UsageError(f"argument {_flag(parser, field) or field}: the resumed run's {key} would be "
+                         f"{asked.get(key)!r}, the checkpoint's is {trained_on.get(key)!r}; a resumed run keeps "
+                         f"its data (its epochs' validation scores pick best.pt): drop the option, or train a "
+                         f"new model into another --out")
 
 
 def train_config_from_args(args):
@@ -404,9 +405,7 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
             first, data = (name, path), config
             continue
         mine, theirs = config.data_config(), data.data_config()
-        # the keys differ between sources (a BraTS run records its loader's settings)
-        diff = [f"{k} {mine.get(k)!r} vs {theirs.get(k)!r}" for k in dict.fromkeys([*theirs, *mine])
-                if mine.get(k) != theirs.get(k)]
+        diff = [f"{k} {mine.get(k)!r} vs {theirs.get(k)!r}" for k in TrainConfig.data_differences(theirs, mine)]
         if diff:
             raise UsageError(f"argument --checkpoints: {name}={path} was trained on other data than {first[0]}="
                              f"{first[1]} ({', '.join(diff)}); explain the models of one dataset at a time")

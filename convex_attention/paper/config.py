@@ -387,6 +387,11 @@ class TrainConfig:
     def channels(self) -> int:
         return self.model.in_channels
 
+    @property
+    def data_seed_used(self) -> int:
+        """The data's seed: ``data_seed``, or ``seed`` when it is not given."""
+        return self.seed if self.data_seed is None else self.data_seed
+
     def data_config(self) -> dict:
         """What decides the validation images (what ``explain`` compares between checkpoints):
         the settings the source reads.  ``n_train`` is not part of it: every training set of
@@ -395,10 +400,16 @@ class TrainConfig:
                   "channels": self.model.in_channels}
         if self.data == "folder":  # root/val is the validation set, whatever the seed
             return common
-        seed = {"data_seed": self.seed if self.data_seed is None else self.data_seed}
+        seed = {"data_seed": self.data_seed_used}
         if self.data == "brats":  # the patients' split and the preprocessing; n_val and difficulty are synthetic's
             return {**common, **seed, **{k: v for k, v in self.brats_options().items() if k != "cache_dir"}}
         return {**common, "n_val": self.n_val, "difficulty": self.difficulty, **seed}
+
+    @staticmethod
+    def data_differences(first: dict, second: dict) -> list[str]:
+        """The keys on which two :meth:`data_config` records differ (the keys differ between
+        sources: a BraTS run records its loader's settings)."""
+        return [k for k in dict.fromkeys([*first, *second]) if first.get(k) != second.get(k)]
 
     def brats_options(self) -> dict:
         """The keyword arguments of :class:`~convex_attention.paper.data.brats.BraTSSlices` the

@@ -80,5 +80,5 @@ def datasets_of(config) -> tuple[Dataset, Dataset]:
     (what ``train`` trains on and what ``explain`` scores a checkpoint's validation images of)."""
     return build_datasets(config.data, config.data_root, config.model.image_size, config.model.in_channels,
                           config.n_train, config.n_val, config.difficulty,
-                          config.seed if config.data_seed is None else config.data_seed,
+                          config.data_seed_used,
                           brats_options=config.brats_options())
