@@ -143,7 +143,8 @@ def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor]
         # where b = 0 the term is 0; masking the difference (not the product) keeps the
         # gradient free of 0·inf
         pb = log_b.exp()
-        diff = torch.where(pb > 0, log_b - log_a, torch.zeros((), dtype=log_b.dtype))
+        # (a Python 0, not a 0-d CPU tensor: on CUDA that would be a synchronising host-to-device copy)
+        diff = torch.where(pb > 0, log_b - log_a, 0.0)
         kl = (pb * diff).flatten(1).sum(1)
         total = total + kl
     assert isinstance(total, Tensor)
@@ -153,7 +154,7 @@ def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor]
 def _block_logsumexp_or_neginf(h: Graph, x: Tensor, e: int) -> Tensor:
     """Block log-sum-exp that gives ``-inf`` (not NaN) for a block of ``-inf`` entries."""
     m = h.block_max(x, e).detach()
-    m = torch.where(m > -math.inf, m, torch.zeros((), dtype=m.dtype))
+    m = torch.where(m > -math.inf, m, 0.0)
     return m + h.aggregate(torch.exp(h.combine_broadcast(x, m, e, torch.sub)), e).log()
 
 

@@ -791,3 +791,48 @@ def test_vmap_is_refused_clearly_for_every_method(method):
         torch.func.vmap(lambda x: ca.consistency_loss([x.unsqueeze(0), inst.scores[1][:1]],
                                                       [torch.zeros(inst.h.shapes[1], dtype=torch.float64)],
                                                       inst.h))(inst.scores[0])
+
+
+# factories that make a tensor on the host unless told a device: on CUDA such a tensor in the
+# hot path is a synchronising host-to-device copy (found on an H200: a 0-d CPU zero in
+# consistency_loss's torch.where made learned_dual's training step synchronise)
+_HOST_FACTORIES = {torch.zeros, torch.ones, torch.full, torch.empty, torch.tensor, torch.as_tensor, torch.arange,
+                   torch.eye, torch.scalar_tensor}
+
+
+class _HostFactorySpy(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in _HOST_FACTORIES and kwargs.get("device") is None:
+            import traceback
+            frames = [f for f in traceback.extract_stack() if "convex_attention" in f.filename]
+            self.calls.append((func.__name__, frames[-1].filename.split("convex_attention")[-1], frames[-1].lineno)
+                              if frames else (func.__name__, "?", 0))
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["softmax", "exact", "learned_dual"])
+def test_the_training_hot_path_makes_no_tensor_on_the_host(method):
+    """Forward and backward of ``solve(..., check_finite=False)`` (and the consistency loss for
+    learned_dual) create every tensor on the scores' device: the CPU stand-in for the GPU
+    check's no-synchronisation test (benchmarks/gpu_check.py), which needs CUDA."""
+    h = ca.Hierarchy.grid([(16, 16), (8, 8), (4, 4)])
+    scores = [torch.randn((2,) + s, requires_grad=True) for s in h.shapes]
+    lam = [torch.zeros((1,) + s, requires_grad=True) for s in h.shapes[1:]]
+    kw = {"duals": lam} if method == "learned_dual" else {}
+
+    def step():
+        sol = ca.solve(scores, h, method, check_finite=False, **kw)
+        loss = sum((p * p.detach()).sum() for p in sol.probs)
+        if method == "learned_dual":
+            loss = loss + ca.consistency_loss(scores, lam, h, check_finite=False)
+        loss.backward()
+
+    step()  # caches (index tensors) are built on the first call
+    with _HostFactorySpy() as spy:
+        step()
+    assert spy.calls == []
