@@ -7,7 +7,10 @@ device, no host synchronisation in the hot path, and speed.
 1. Correctness: on random 2-D/3-D/irregular instances with 2-3 levels and unequal
    temperatures, CUDA results equal the CPU float64 closed form; the dual method agrees;
    float64 gradcheck of exact and learned_dual on the device; ±1e4 scores in
-   float16/bfloat16 give no NaN.
+   float16/bfloat16 give no NaN.  On consistency graphs (axial, grid_regions, mixed, star;
+   :func:`graph_correctness`): ``dual`` on the device equals ``dual`` on the CPU (values and
+   implicit gradients, float64 and float32 scores), ``exact`` on the star equals the CPU's,
+   a given map is solved alike, and float64 gradcheck of ``dual`` on a non-tree graph.
 2. No host synchronisation: forward + backward of solve(..., check_finite=False) for
    softmax, exact and learned_dual (+ consistency_loss) under
    torch.cuda.set_sync_debug_mode("error").
@@ -21,6 +24,7 @@ import json
 import os
 import sys
 import time
+import traceback
 
 import torch
 
@@ -84,6 +88,94 @@ def correctness(device) -> list[dict]:
     return results
 
 
+# the spread allowed between two float64 backward passes of the same solution (gradcheck's
+# nondet_tol): CUDA's atomic adds make the backward reproducible to rounding only
+NONDET_TOL = 1e-10
+
+
+def _linear_loss_gradient(scores, h, method, temps, weights, **options):
+    """``(probs, ∂<p, w>/∂scores)`` of one solve: detached, on the scores' device."""
+    leaves = [s.detach().clone().requires_grad_() for s in scores]
+    sol = ca.solve(leaves, h, method, temperature=temps, **options)
+    grads = torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), leaves)
+    return [p.detach() for p in sol.probs], list(grads), sol
+
+
+def _max_rel(a, b) -> float:
+    """Largest ``|a - b| / (|b|_max + tiny)`` over lists of tensors (``b`` on the CPU)."""
+    return max(float((x.cpu().double() - y).abs().max() / (y.abs().max() + 1e-300)) for x, y in zip(a, b))
+
+
+def graph_correctness(device, size: int = 16, batch: int = 3) -> list[dict]:
+    """Consistency graphs on ``device`` against the CPU: ``dual`` values and implicit gradients
+    (float64 scores to 1e-9 and 1e-7, float32 scores to 1e-5 against the CPU's float64),
+    ``exact`` on the star (1e-12), a given region map (1e-9), and float64 gradcheck of
+    ``dual`` on a small axial graph.  Instances: scores N(0, 3²), per-map τ log-uniform in
+    [0.1, 10] (the graph benchmark's normal set)."""
+    from convex_attention.bench.graph_targets import draw_instance
+
+    results = []
+    gen = torch.Generator().manual_seed(5)
+
+    def record(check, case, error, tol, passed=None):
+        results.append({"check": check, "case": case, "error": error, "tol": tol,
+                        "passed": bool(error <= tol) if passed is None else bool(passed and error <= tol)})
+
+    for family in ("axial", "grid_regions", "mixed", "star"):
+        h, scores, temps = draw_instance(family, size, gen, (-1.0, 1.0), batch)
+        weights = [torch.randn(s.shape, generator=gen, dtype=torch.float64) for s in scores]
+        opts = {"tol": 1e-12}
+        ref_p, ref_g, _ = _linear_loss_gradient(scores, h, "dual", temps, weights, **opts)
+        dev_scores, dev_weights = [s.to(device) for s in scores], [w.to(device) for w in weights]
+        p, gr, sol = _linear_loss_gradient(dev_scores, h, "dual", temps, dev_weights, **opts)
+        converged = bool(sol.info["converged"].all())
+        record(f"dual {device} float64 vs cpu: values", family, _max_rel(p, ref_p), 1e-9, converged)
+        record(f"dual {device} float64 vs cpu: implicit gradient", family, _max_rel(gr, ref_g), 1e-7, converged)
+        p32, g32, sol32 = _linear_loss_gradient([s.float() for s in dev_scores], h, "dual", temps,
+                                                [w.float() for w in dev_weights])
+        record(f"dual {device} float32 vs cpu float64: values", family, _max_rel(p32, ref_p), 1e-5,
+               bool(sol32.info["converged"].all()))
+        record(f"dual {device} float32 vs cpu float64: gradient", family, _max_rel(g32, ref_g), 1e-4)
+        if h.is_forest:
+            ref_e, ref_ge, _ = _linear_loss_gradient(scores, h, "exact", temps, weights)
+            pe, ge, _ = _linear_loss_gradient(dev_scores, h, "exact", temps, dev_weights)
+            record(f"exact {device} float64 vs cpu", family, max(_max_rel(pe, ref_e), _max_rel(ge, ref_ge)), 1e-12)
+    # a given map: grid_regions with its region map given (a prior over regions)
+    h, scores, temps = draw_instance("grid_regions", size, gen, (-1.0, 1.0), batch)
+    regions = h.num_maps - 1
+    prior = torch.softmax(torch.randn((batch,) + h.shapes[regions], generator=gen, dtype=torch.float64).flatten(1),
+                          1).view((batch,) + h.shapes[regions])
+    scored = [None if k == regions else s for k, s in enumerate(scores)]
+    ref = ca.solve(scored, h, "dual", temperature=temps, given={regions: prior}, tol=1e-12)
+    sol = ca.solve([None if s is None else s.to(device) for s in scored], h, "dual", temperature=temps,
+                   given={regions: prior.to(device)}, tol=1e-12)
+    record(f"dual {device} given region map vs cpu", "grid_regions", _max_rel(sol.probs, ref.probs), 1e-9,
+           bool(sol.info["converged"].all()))
+    # float64 gradcheck of the implicit backward on a small non-tree graph, on the device.  On
+    # CUDA the backward is not bit-reproducible (atomic adds in index_add_ and the reductions),
+    # so gradcheck is given a nondeterminism tolerance, and the spread of two backward passes
+    # is recorded as a check of its own.
+    h, scores, temps = draw_instance("axial", 16, gen, (-0.5, 0.5), 1, scale=1.0)
+    leaves = [s.to(device).requires_grad_() for s in scores]
+
+    def probs_of(*x):
+        return tuple(ca.solve(list(x), h, "dual", temperature=temps, tol=1e-13).probs)
+
+    weights = [torch.randn(s.shape, generator=gen, dtype=torch.float64).to(device) for s in scores]
+    twice = [torch.autograd.grad(sum((p * w).sum() for p, w in zip(probs_of(*leaves), weights)), leaves)
+             for _ in range(2)]
+    spread = max(float((a - b).abs().max()) for a, b in zip(*twice))
+    record(f"dual backward run twice on {device}: largest difference", "axial", spread, NONDET_TOL)
+    try:
+        ok, detail = torch.autograd.gradcheck(probs_of, leaves, eps=1e-6, atol=1e-6, rtol=1e-4,
+                                              nondet_tol=NONDET_TOL), ""
+    except torch.autograd.gradcheck.GradcheckError as err:
+        ok, detail = False, " ".join(str(err).split())[:300]
+    results.append({"check": f"dual gradcheck on {device} (float64, nondet_tol {NONDET_TOL:g})", "case": "axial",
+                    "error": 0.0, "tol": 0.0, "passed": bool(ok), "detail": detail})
+    return results
+
+
 def no_sync(device) -> list[dict]:
     results = []
     h = ca.Hierarchy.grid([(64, 64), (32, 32), (16, 16)])
@@ -104,8 +196,10 @@ def no_sync(device) -> list[dict]:
                 loss = loss + ca.consistency_loss(scores, lam, h, check_finite=False)
             loss.backward()
             passed, error = True, ""
-        except RuntimeError as err:
-            passed, error = False, str(err)[:300]
+        except RuntimeError as err:  # the innermost frame of the package says which line synchronised
+            frames = [f for f in traceback.extract_tb(err.__traceback__) if "convex_attention" in f.filename]
+            where = f" at {frames[-1].filename.split('convex_attention')[-1]}:{frames[-1].lineno}" if frames else ""
+            passed, error = False, str(err)[:300] + where
         finally:
             torch.cuda.set_sync_debug_mode("default")
         results.append({"check": f"{method}: forward+backward without host synchronisation",
@@ -141,7 +235,7 @@ def main(argv=None) -> int:
         return 2
     device = torch.device("cuda")
     start = time.perf_counter()
-    checks = correctness(device) + no_sync(device)
+    checks = correctness(device) + graph_correctness(device) + no_sync(device)
     for c in checks:
         print(f"{'pass' if c['passed'] else 'FAIL'}  {c['check']:<55} {c['case']:<18} {c['error']:.2e}")
     rows = speed(device, args.repeats)

@@ -211,6 +211,34 @@ def test_the_amortised_split_is_validated():
         GraphBenchmark(amortised_split="test")
 
 
+def test_the_device_is_checked_when_the_configuration_is_made():
+    with pytest.raises(ValueError, match="unknown device 'tpu'"):
+        GraphBenchmark(device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            GraphBenchmark(device="cuda")
+
+
+def test_speed_rows_name_the_device_each_method_ran_on():
+    """The package's methods run on ``device``; cvxpylayers always on the CPU (its row says so),
+    and the ratio's detail names both devices and batches."""
+    from convex_attention.cvx import available_backends
+
+    if "moreau" not in available_backends():
+        pytest.skip("needs the moreau backend")
+    config = GraphBenchmark(parts=("speed",), size=16, speed_batch=2, repeats=1, cvx_batch=1, cvx_repeats=1)
+    rows = gt._speed(config, ("axial",), ["moreau"], log=lambda m: None)
+    assert {(r["method"], r["device"]) for r in rows} >= {("dual", "cpu"), ("cvxpylayers", "cpu"), ("exact", "cpu")}
+    (ratio,) = [t for t in gt._targets({"speed": rows}) if t["target"].startswith("cvxpylayers[moreau]")]
+    assert "dual on cpu (batch 2), cvxpylayers on the CPU (batch 1)" in ratio["detail"]
+
+
+@pytest.mark.slow  # the GPU check's graph section, run on the CPU so that the script cannot rot unseen
+def test_the_gpu_checks_graph_section_runs_and_passes_on_the_cpu():
+    checks = _script("gpu_check").graph_correctness("cpu", size=16, batch=2)
+    assert len(checks) >= 19 and all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
+
+
 def test_every_setting_is_checked_when_the_configuration_is_made():
     with pytest.raises(ValueError, match="parts"):
         GraphBenchmark(parts=("convergence", "nonsense"))

@@ -30,7 +30,8 @@ from ..io.settings import (
 
 __all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "fit_instances", "quick_sweep", "SCALE_MAX", "DTYPES",
            "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES", "BACKEND_NAMES", "STRUCTURES",
-           "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure", "structure_maps", "structure_cells"]
+           "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure", "structure_maps", "structure_cells",
+           "check_device"]
 
 # Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
 # float16 (largest finite value 65504) included, far from overflow.
@@ -294,15 +295,24 @@ def _check_with_the_core(config: SweepConfig) -> None:
             except ValueError as err:
                 raise ValueError(f"--temperature {t:g} with {levels} levels in {dt}: {err}") from err
     for dev in config.devices:
-        try:
-            device = torch.device(dev)
-        except (RuntimeError, TypeError) as err:
-            raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N") from err
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N")
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise ValueError(f"--device {dev}: CUDA is not available on this machine; use --device cpu")
-            if device.index is not None and device.index >= torch.cuda.device_count():
-                raise ValueError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                                 f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+        check_device(dev)
+
+
+def check_device(dev: str):
+    """``torch.device(dev)`` for a device this machine has (cpu, cuda or cuda:N); ValueError
+    naming ``--device`` otherwise, before any work."""
+    import torch
+
+    try:
+        device = torch.device(dev)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N") from err
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {dev}: CUDA is not available on this machine; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device

@@ -58,10 +58,11 @@ from ..hierarchy import Hierarchy
 from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import atomic_csv, write_json
 from ..io.lock import results_lock
-from ..io.settings import SEED, Choice, Int, Many, check_settings, setting
+from ..io.settings import SEED, Choice, Int, Many, Text, check_settings, setting
 from ..metrics import violation
 from ..solve import solve
 from .cases import shape_str, timed_case
+from .config import check_device
 from .duals import fit_amortiser
 from .generators import generate
 from .structures import structure_graph
@@ -124,6 +125,9 @@ class GraphBenchmark:
     linsat_batch: int = setting(4, Int(low=1, high=256), "samples per timed call of the given-maps comparison")
     linsat_repeats: int = setting(3, Int(low=1, high=100), "timed repetitions of the given-maps comparison")
     seed: int = setting(0, SEED, "seed of every random draw")
+    device: str = setting("cpu", Text(what="cpu, cuda or cuda:N"),
+                          "device of the package's methods in the speed part (cvxpylayers solves on the CPU, "
+                          "in float64, as its layer does for every input without a GPU build of its solver)")
     threads: int = setting(1, Int(low=1, high=1024),
                            "torch threads the run computes with, recorded in graphs.json and on the figure (one: "
                            "comparable timings on a shared machine)")
@@ -134,6 +138,7 @@ class GraphBenchmark:
             raise ValueError(f"--size and --grad-size must be multiples of 16 (the shared grid of grid_regions and "
                              f"mixed has side size/8, the star's coarse map size/4), got {self.size} and "
                              f"{self.grad_size}")
+        check_device(self.device)
 
 
 # ----------------------------------------------------------------------------- drawing instances
@@ -308,24 +313,26 @@ def _median(rows, solver, column) -> float:
 
 # ----------------------------------------------------------------------------- speed
 
-SPEED_COLUMNS = ("family", "shapes", "method", "backend", "status", "reason", "batch", "fwd_ms", "fwd_ms_q1",
+SPEED_COLUMNS = ("family", "shapes", "method", "backend", "device", "status", "reason", "batch", "fwd_ms", "fwd_ms_q1",
                  "fwd_ms_q3", "bwd_ms", "bwd_ms_q1", "bwd_ms_q3", "total_ms", "total_ms_q1", "total_ms_q3",
                  "per_sample_ms")
 
 
 def _leaves_and_weights(scores) -> tuple[list, list]:
     """Leaf copies of ``scores`` (they require grad) and the weights of the timed linear loss
-    (drawn from a fixed seed, so every timed run weighs its maps alike)."""
+    (drawn on the CPU from a fixed seed, so every timed run weighs its maps alike on every
+    device), on the scores' device."""
     g = torch.Generator().manual_seed(17)
-    weights = [torch.randn(s.shape, generator=g, dtype=s.dtype) for s in scores]
+    weights = [torch.randn(s.shape, generator=g, dtype=s.dtype).to(s.device) for s in scores]
     return [s.detach().clone().requires_grad_() for s in scores], weights
 
 
 def _timed(h, scores, temps, methods: dict, repeats: int, warmup: int = 2) -> dict:
-    """Interleaved timings of ``methods`` (name -> (method, options)) on leaf copies of ``scores``."""
+    """Interleaved timings of ``methods`` (name -> (method, options)) on leaf copies of ``scores``
+    (on their device; a CUDA device is synchronised around each timed pass)."""
     leaves, weights = _leaves_and_weights(scores)
     cases = {name: timed_case(m, h, leaves, weights, temps, None, o) for name, (m, o) in methods.items()}
-    return measure_interleaved(cases, repeats=repeats, warmup=warmup)
+    return measure_interleaved(cases, device=scores[0].device, repeats=repeats, warmup=warmup)
 
 
 def _one_line(err: BaseException) -> str:
@@ -333,38 +340,40 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split())[:300]
 
 
-def _speed_row(family, h, name, backend, meas, batch) -> dict:
+def _speed_row(family, h, name, backend, meas, batch, device) -> dict:
     return {"family": family, "shapes": shape_str(h), "method": name,
-            "backend": backend, "status": "ok", "reason": "", "batch": batch, **meas.summary(),
+            "backend": backend, "device": str(device), "status": "ok", "reason": "", "batch": batch, **meas.summary(),
             "per_sample_ms": meas.total_median / batch}
 
 
 def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
     rows = []
-    g = torch.Generator().manual_seed(config.seed + 2)
+    g = torch.Generator().manual_seed(config.seed + 2)  # instances drawn on the CPU: the same on every device
+    device = check_device(config.device)
     for family in families:
         h, scores, temps = draw_instance(family, config.size, g, (-1.0, 1.0), config.speed_batch)
         scores = [s.float() for s in scores]
         try:
-            meas = _timed(h, scores, temps, {"dual": ("dual", {})}, config.repeats)["dual"]
+            meas = _timed(h, [s.to(device) for s in scores], temps, {"dual": ("dual", {})}, config.repeats)["dual"]
         except ImplicitSolveError as err:
-            rows.append({"family": family, "method": "dual", "backend": "", "status": "error",
+            rows.append({"family": family, "method": "dual", "backend": "", "device": str(device), "status": "error",
                          "batch": config.speed_batch, "reason": _one_line(err), "shapes": shape_str(h)})
             log(f"speed {family:<13}dual failed: {rows[-1]['reason'][:160]}")
             continue
-        rows.append(_speed_row(family, h, "dual", "", meas, config.speed_batch))
+        rows.append(_speed_row(family, h, "dual", "", meas, config.speed_batch, device))
         sub = [s[:config.cvx_batch].double() for s in scores]
         for backend in backends:
             try:
                 cvx = _timed(h, sub, temps, {"cvx": ("cvxpylayers", {"backend": backend})}, config.cvx_repeats,
                              warmup=1)["cvx"]
             except Exception as err:  # a failing backend is a row (a solver panic is a SolverFailure)
-                rows.append({"family": family, "method": "cvxpylayers", "backend": backend, "status": "error",
+                rows.append({"family": family, "method": "cvxpylayers", "backend": backend, "device": "cpu",
+                             "status": "error",
                              "batch": len(sub[0]), "reason": f"{type(err).__name__}: {err}"[:300],
                              "shapes": rows[-1]["shapes"]})
                 log(f"speed {family:<13}cvxpylayers[{backend}] failed: {rows[-1]['reason'][:120]}")
                 continue
-            rows.append(_speed_row(family, h, "cvxpylayers", backend, cvx, len(sub[0])))
+            rows.append(_speed_row(family, h, "cvxpylayers", backend, cvx, len(sub[0]), "cpu"))
         log(f"speed {family:<13}" + "  ".join(f"{r['method']}{'[' + r['backend'] + ']' if r['backend'] else ''} "
                                              f"{r.get('per_sample_ms', math.nan):.3g} ms/sample"
                                              for r in rows if r["family"] == family))
@@ -372,12 +381,12 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
     side = config.size
     for family, h in (("star", structure_graph("star", side)),
                       ("chain", Hierarchy.grid([(side, side), (side // 2, side // 2)]))):
-        scores = [(SCORE_SCALE * torch.randn((config.speed_batch,) + s, generator=g)) for s in h.shapes]
+        scores = [(SCORE_SCALE * torch.randn((config.speed_batch,) + s, generator=g)).to(device) for s in h.shapes]
         temps = (10 ** _uniform(g, h.num_maps, -1.0, 1.0)).tolist()
         timed = _timed(h, scores, temps, {"softmax": ("softmax", {}), "exact": ("exact", {}), "dual": ("dual", {})},
                        config.repeats)
         for name, meas in timed.items():
-            rows.append(_speed_row(family, h, name, "", meas, config.speed_batch))
+            rows.append(_speed_row(family, h, name, "", meas, config.speed_batch, device))
         log(f"speed {family:<13}" + "  ".join(f"{n} {m.total_median / config.speed_batch:.3g} ms/sample"
                                              for n, m in timed.items()))
     return rows
@@ -629,7 +638,9 @@ def _targets(results: dict) -> list[dict]:
             out.append(_target(f"cvxpylayers[{fastest}] (fastest) / dual per sample ({family})",
                                cvx[fastest]["per_sample_ms"] / dual["per_sample_ms"], ">=", 1e3,
                                "; ".join(f"{b}: {cvx[b]['per_sample_ms'] / dual['per_sample_ms']:.3g}x" for b in cvx)
-                               + (f"; failed: {', '.join(failed)}" if failed else "")))
+                               + (f"; failed: {', '.join(failed)}" if failed else "")
+                               + f"; dual on {dual.get('device', 'cpu')} (batch {dual['batch']}), cvxpylayers on "
+                                 f"the CPU (batch {cvx[fastest]['batch']})"))
         else:
             out.append(_target(f"cvxpylayers (fastest) / dual per sample ({family})", None, ">=", 1e3,
                                "no backend ran" + (f" (failed: {', '.join(failed)})" if failed else "")))
@@ -740,7 +751,7 @@ def _run(config: GraphBenchmark, out_dir: str, baseline, backends, log, command:
         log("given maps: no baseline handed in (install linsatnet); that part is not measured")
     targets = _targets(results)
     log(format_graph_targets(targets))
-    summary = {"environment": environment("cpu"), "runs": [run_record(started, load_start,
+    summary = {"environment": environment(config.device), "runs": [run_record(started, load_start,
                                                                       wall_s=time.perf_counter() - start)],
                "config": asdict(config), "command": command, "cvx_backends": backends,
                "statistic": "median over interleaved repetitions of forward+backward time, per sample",
