@@ -30,6 +30,7 @@ import torch
 
 import convex_attention as ca
 from convex_attention.bench.cases import make_case
+from convex_attention.bench.graph_targets import draw_instance
 from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
 from convex_attention.io.environment import environment
 
@@ -112,8 +113,6 @@ def graph_correctness(device, size: int = 16, batch: int = 3) -> list[dict]:
     ``exact`` on the star (1e-12), a given region map (1e-9), and float64 gradcheck of
     ``dual`` on a small axial graph.  Instances: scores N(0, 3²), per-map τ log-uniform in
     [0.1, 10] (the graph benchmark's normal set)."""
-    from convex_attention.bench.graph_targets import draw_instance
-
     results = []
     gen = torch.Generator().manual_seed(5)
 
