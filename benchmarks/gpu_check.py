@@ -134,7 +134,8 @@ def graph_correctness(device, size: int = 16, batch: int = 3) -> list[dict]:
                                                 [w.float() for w in dev_weights])
         record(f"dual {device} float32 vs cpu float64: values", family, _max_rel(p32, ref_p), 1e-5,
                bool(sol32.info["converged"].all()))
-        record(f"dual {device} float32 vs cpu float64: gradient", family, _max_rel(g32, ref_g), 1e-4)
+        record(f"dual {device} float32 vs cpu float64: gradient", family, _max_rel(g32, ref_g), 1e-4,
+               bool(sol32.info["converged"].all()))
         if h.is_forest:
             ref_e, ref_ge, _ = _linear_loss_gradient(scores, h, "exact", temps, weights)
             pe, ge, _ = _linear_loss_gradient(dev_scores, h, "exact", temps, dev_weights)

@@ -217,6 +217,8 @@ def test_the_device_is_checked_when_the_configuration_is_made():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             GraphBenchmark(device="cuda")
+    with pytest.raises(ValueError, match="moves only the speed part"):
+        GraphBenchmark(parts=("convergence",), device="cpu:0")
 
 
 def test_speed_rows_name_the_device_each_method_ran_on():
@@ -226,11 +228,15 @@ def test_speed_rows_name_the_device_each_method_ran_on():
 
     if "moreau" not in available_backends():
         pytest.skip("needs the moreau backend")
-    config = GraphBenchmark(parts=("speed",), size=16, speed_batch=2, repeats=1, cvx_batch=1, cvx_repeats=1)
+    # "cpu:0" runs here and differs from cvxpylayers' "cpu": a speed part that ignored the
+    # setting would name the wrong device
+    config = GraphBenchmark(parts=("speed",), size=16, speed_batch=2, repeats=1, cvx_batch=1, cvx_repeats=1,
+                            device="cpu:0")
     rows = gt._speed(config, ("axial",), ["moreau"], log=lambda m: None)
-    assert {(r["method"], r["device"]) for r in rows} >= {("dual", "cpu"), ("cvxpylayers", "cpu"), ("exact", "cpu")}
+    assert {(r["method"], r["device"]) for r in rows} == {("dual", "cpu:0"), ("cvxpylayers", "cpu"),
+                                                         ("exact", "cpu:0"), ("softmax", "cpu:0")}
     (ratio,) = [t for t in gt._targets({"speed": rows}) if t["target"].startswith("cvxpylayers[moreau]")]
-    assert "dual on cpu (batch 2), cvxpylayers on the CPU (batch 1)" in ratio["detail"]
+    assert "dual on cpu:0 (batch 2), cvxpylayers on the CPU (batch 1)" in ratio["detail"]
 
 
 @pytest.mark.slow  # the GPU check's graph section, run on the CPU so that the script cannot rot unseen

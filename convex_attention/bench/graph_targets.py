@@ -139,6 +139,9 @@ class GraphBenchmark:
                              f"mixed has side size/8, the star's coarse map size/4), got {self.size} and "
                              f"{self.grad_size}")
         check_device(self.device)
+        if self.device != "cpu" and "speed" not in self.parts:
+            raise ValueError(f"--device {self.device} moves only the speed part; add speed to --parts, or leave "
+                             f"--device at cpu")
 
 
 # ----------------------------------------------------------------------------- drawing instances
@@ -751,6 +754,7 @@ def _run(config: GraphBenchmark, out_dir: str, baseline, backends, log, command:
         log("given maps: no baseline handed in (install linsatnet); that part is not measured")
     targets = _targets(results)
     log(format_graph_targets(targets))
+    # the speed part's device; the other parts run on the CPU (--device needs the speed part)
     summary = {"environment": environment(config.device), "runs": [run_record(started, load_start,
                                                                       wall_s=time.perf_counter() - start)],
                "config": asdict(config), "command": command, "cvx_backends": backends,
