@@ -352,7 +352,7 @@ def _speed_row(family, h, name, backend, meas, batch, device) -> dict:
 def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
     rows = []
     g = torch.Generator().manual_seed(config.seed + 2)  # instances drawn on the CPU: the same on every device
-    device = check_device(config.device)
+    device = torch.device(config.device)  # checked when the configuration was made
     for family in families:
         h, scores, temps = draw_instance(family, config.size, g, (-1.0, 1.0), config.speed_batch)
         scores = [s.float() for s in scores]
