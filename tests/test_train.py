@@ -119,8 +119,9 @@ train(TrainConfig.build(out=sys.argv[1], method="learned_dual", image_size=32, w
                         epochs=1, batch_size=8, device="cpu", progress=False))
 names = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
 rank = os.environ["RANK"]
-print("rank", rank, "gloo threads:", sorted(n for n in names if "gloo" in n), flush=True)
-print("rank", rank, "DDP wrappers alive at destroy_process_group:", wrappers_at_destroy, flush=True)
+with open(os.path.join(sys.argv[2], "rank" + rank), "w") as out:  # the ranks' prints can interleave mid-line
+    out.write(f"gloo threads: {sorted(n for n in names if 'gloo' in n)}\\n")
+    out.write(f"DDP wrappers alive at destroy_process_group: {wrappers_at_destroy}\\n")
 """
 
 
@@ -134,11 +135,43 @@ def test_training_ends_with_no_gloo_thread_left_and_the_group_freed_by_its_owner
     # Gloo worker (_Run.finish): no wrapper may be alive when the group is destroyed.
     script = tmp_path / "threads.py"
     script.write_text(_THREADS_AFTER_TRAINING)
-    proc = _torchrun(str(script), str(tmp_path / "run"), out=str(tmp_path / "run"))
-    lines = sorted(line for line in proc.stdout.splitlines() if "gloo threads:" in line)
-    assert lines == ["rank 0 gloo threads: []", "rank 1 gloo threads: []"], proc.stdout
-    lines = sorted(line for line in proc.stdout.splitlines() if "wrappers alive" in line)
-    assert lines == [f"rank {r} DDP wrappers alive at destroy_process_group: [0]" for r in (0, 1)], proc.stdout
+    _torchrun(str(script), str(tmp_path / "run"), str(tmp_path), out=str(tmp_path / "run"))
+    for r in (0, 1):
+        assert (tmp_path / f"rank{r}").read_text().splitlines() == [
+            "gloo threads: []", "DDP wrappers alive at destroy_process_group: [0]"], f"rank {r}"
+
+
+_FAILING_RUN = """
+import os, sys
+import torch.distributed as dist
+import convex_attention.paper.train as T
+from convex_attention.paper.config import TrainConfig
+
+def injected(*args, **kwargs):
+    raise RuntimeError("injected failure")
+
+if sys.argv[2] == "epoch":
+    T._Run.epoch = injected
+else:  # building the run fails after the group and the DDP wrapper exist
+    T.labels_only = injected
+try:
+    T.train(TrainConfig.build(out=sys.argv[1], method="learned_dual", image_size=32, width=4, n_train=16, n_val=8,
+                              epochs=1, batch_size=8, device="cpu", progress=False))
+except RuntimeError as err:  # one file per rank: the two ranks' prints can interleave mid-line
+    with open(os.path.join(sys.argv[3], "rank" + os.environ["RANK"]), "w") as out:
+        out.write(f"{err}; group open: {dist.is_initialized()}")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("where", ["epoch", "build"])
+def test_a_failed_run_closes_its_process_group_and_raises(tmp_path, where):
+    # before the fix the group stayed open after the error (both ranks printed "group open: True")
+    script = tmp_path / "failing.py"
+    script.write_text(_FAILING_RUN)
+    _torchrun(str(script), str(tmp_path / "run"), where, str(tmp_path), out=str(tmp_path / "run"))
+    said = [(tmp_path / f"rank{r}").read_text() for r in (0, 1)]
+    assert said == ["injected failure; group open: False"] * 2
 
 
 def test_finish_frees_even_a_wrapper_held_by_a_cycle_before_the_group_is_destroyed(monkeypatch):
@@ -162,6 +195,7 @@ def test_finish_frees_even_a_wrapper_held_by_a_cycle_before_the_group_is_destroy
     monkeypatch.setattr(train_module.dist, "all_gather_object", lambda out, mine: out.__setitem__(slice(None),
                                                                                                 [mine, mine]))
     monkeypatch.setattr(train_module.dist, "barrier", lambda: None)
+    monkeypatch.setattr(train_module.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(train_module.dist, "destroy_process_group", lambda: seen.append(wrapper() is None))
     run.finish()
     assert seen == [True] and run.net is run.model

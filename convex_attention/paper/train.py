@@ -362,10 +362,17 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     elif not isinstance(datasets, CheckedData):
         check_data(config, *datasets)
     run = _Run(config, CheckedData(*datasets), model_class, log)
-    if resume_state is not None:
-        run.restore(resume_state)
-    for epoch in range(start_epoch, config.epochs + 1):
-        run.epoch(epoch)
+    try:
+        if resume_state is not None:
+            run.restore(resume_state)
+        for epoch in range(start_epoch, config.epochs + 1):
+            run.epoch(epoch)
+    except BaseException:
+        # a failed rank still closes its group, so that the error is the command's only
+        # output (torch warns of a group left open at exit) and no Gloo thread outlives
+        # the run into the interpreter's shutdown (see _init_process_group)
+        run.close_group()
+        raise
     run.finish()
     return {"metrics": run.metrics, "best": run.best_path, "last": run.last_path, "best_epoch": run.best_epoch,
             "model": run.model}
@@ -380,6 +387,13 @@ class _Run:
         self.world, self.rank, local_rank = _distributed()
         if self.world > 1 and not dist.is_initialized():
             _init_process_group("nccl" if (torch.cuda.is_available() and config.device != "cpu") else "gloo")
+        try:
+            self._build(config, data, model_class, local_rank)
+        except BaseException:
+            self.close_group()
+            raise
+
+    def _build(self, config: TrainConfig, data: CheckedData, model_class, local_rank: int) -> None:
         self.device = _device(config, local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -513,10 +527,18 @@ class _Run:
         # still dropping a finished collective (the barrier holds the all-gather's tensors,
         # whose Python objects need the GIL) waits for it forever. Freed last by the group's
         # own Python object, the destructor runs without the GIL.
-        wrapper = weakref.ref(self.net)
-        self.net = self.model
-        if wrapper() is not None:  # held by a reference cycle (torch 2.13 frees it at once)
-            gc.collect()
+        self.close_group()
+
+    def close_group(self) -> None:
+        """Free the DDP wrapper, then destroy the process group (no collective: a failed rank
+        calls this alone).  Nothing to do on one process or when the group is gone."""
+        if self.world <= 1 or not dist.is_initialized():
+            return
+        if hasattr(self, "net"):  # absent when building the run failed before the wrapper
+            wrapper = weakref.ref(self.net)
+            self.net = self.model
+            if wrapper() is not None:  # held by a reference cycle (torch 2.13 frees it at once)
+                gc.collect()
         dist.destroy_process_group()
 
 
