@@ -20,7 +20,13 @@ import importlib.util
 import sys
 
 from convex_attention.baselines.linsat import linsat_solve
-from convex_attention.bench.graph_targets import GraphBenchmark, check_no_earlier_results, graph_benchmark
+from convex_attention.bench.graph_targets import (
+    GraphBenchmark,
+    check_cvx_device,
+    check_no_earlier_results,
+    default_backends,
+    graph_benchmark,
+)
 from convex_attention.cvx import BACKENDS, available_backends
 from convex_attention.io.files import check_out_dir
 from convex_attention.io.settings import add_options, given_settings
@@ -52,6 +58,10 @@ def main(argv=None):
     if missing:
         parser.error(f"backend(s) {', '.join(missing)} not installed here; installed: "
                      f"{', '.join(available_backends()) or 'none'}")
+    try:
+        check_cvx_device(config, args.backends or default_backends())
+    except ValueError as err:
+        parser.error(str(err))
     # the baseline imports LinSATNet when it runs; without the package its part is not measured (said)
     baseline = linsat_solve if importlib.util.find_spec("LinSATNet") is not None else None
     return graph_benchmark(config, args.out, baseline=baseline, backends=args.backends, overwrite=args.overwrite,

@@ -64,9 +64,9 @@ from .graph import Graph
 from .metrics import dual_objective, objective
 
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
-           "certificate", "primal_residual", "is_solver_panic", "Backend", "BACKENDS", "DEFAULT_BACKEND",
-           "available_backends", "backend_unavailable_reason", "get_backend", "check_options", "CACHE_SIZE",
-           "clear_cache", "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "CVX_PRIORS", "prior_seconds_per_sample",
+           "certificate", "primal_residual", "is_solver_panic", "solve_device", "Backend", "BACKENDS",
+           "DEFAULT_BACKEND", "available_backends", "backend_unavailable_reason", "get_backend", "check_options",
+           "CACHE_SIZE", "clear_cache", "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "CVX_PRIORS", "prior_seconds_per_sample",
            "DIFFCP_MODES"]
 
 
@@ -630,8 +630,13 @@ def _moreau_settings(eps: float, max_iters: int | None, extra: dict) -> dict:
     return {**args, "ipm_settings": ipm}
 
 
-def _solve_device(backend: Backend, device: torch.device) -> torch.device:
-    """Where the backend solves inputs that live on ``device``."""
+def solve_device(backend: Backend | str, device: torch.device | str) -> torch.device:
+    """Where the backend solves inputs that live on ``device``: the CPU unless the backend
+    has a CUDA build installed here (moreau: ``moreau.device_available("cuda")``, which
+    needs the ``moreau-cuda13`` package) and the inputs are on a CUDA device; a CUDA-only
+    backend always on the GPU.  Its inputs are copied there and the solution back."""
+    backend = get_backend(backend, check_installed=False) if isinstance(backend, str) else backend
+    device = torch.device(device)
     if "cpu" not in backend.devices:
         return torch.device("cuda")
     if device.type == "cuda" and "cuda" in backend.devices:
@@ -697,8 +702,8 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     args = _solver_args(backend, opts["eps"], opts["max_iters"], opts["extra"])
     layer = get_layer(h, temps, backend.name)
     dtype, device = scores[0].dtype, scores[0].device
-    solve_device = _solve_device(backend, device)
-    flat = [s.to(device=solve_device, dtype=torch.float64).reshape(s.shape[0], -1) for s in scores]
+    solving_on = solve_device(backend, device)
+    flat = [s.to(device=solving_on, dtype=torch.float64).reshape(s.shape[0], -1) for s in scores]
     # The certificate and any diagnosis read detached CPU copies (inputs may require grad).
     flat_cpu = [f.detach().cpu() for f in flat]
     solver_errors: tuple = ()

@@ -219,24 +219,59 @@ def test_the_device_is_checked_when_the_configuration_is_made():
             GraphBenchmark(device="cuda")
     with pytest.raises(ValueError, match="moves only the speed part"):
         GraphBenchmark(parts=("convergence",), device="cpu:0")
+    with pytest.raises(ValueError, match="--cvx-batch 8 exceeds --speed-batch 4"):
+        GraphBenchmark(speed_batch=4, cvx_batch=8)
+    GraphBenchmark(parts=("convergence",), speed_batch=4, cvx_batch=8)  # no speed part: nothing to exceed
+    with pytest.raises(ValueError, match="unknown device 'tpu' for --cvx-device"):
+        GraphBenchmark(cvx_device="tpu")
+    with pytest.raises(ValueError, match="--cvx-device cpu:0 moves only the speed part"):
+        GraphBenchmark(parts=("convergence",), cvx_device="cpu:0")
 
 
-def test_speed_rows_name_the_device_each_method_ran_on():
-    """The package's methods run on ``device``; cvxpylayers always on the CPU (its row says so),
-    and the ratio's detail names both devices and batches."""
+def test_a_gpu_asked_of_a_backend_that_would_solve_on_the_cpu_is_refused_before_any_work(tmp_path):
+    """Without moreau's CUDA build its layer solves CUDA inputs on the CPU: timed there, the
+    row would carry the GPU's name."""
     from convex_attention.cvx import available_backends
 
     if "moreau" not in available_backends():
         pytest.skip("needs the moreau backend")
-    # "cpu:0" runs here and differs from cvxpylayers' "cpu": a speed part that ignored the
-    # setting would name the wrong device
+    import moreau
+
+    if moreau.device_available("cuda"):
+        pytest.skip("moreau's CUDA build is installed here")
+    config = GraphBenchmark(parts=("speed",))
+    object.__setattr__(config, "cvx_device", "cuda")  # this machine may have no GPU: past check_device
+    with pytest.raises(ValueError, match=r"cvxpylayers\[moreau\] would solve on the cpu.*moreau-cuda13"):
+        gt.check_cvx_device(config, ["moreau"])
+    gt.check_cvx_device(config, ["cuclarabel"])  # CUDA-only: always on the GPU
+    with pytest.raises(ValueError, match="would solve on the cpu"):
+        gt.graph_benchmark(config, str(tmp_path / "out"), backends=["moreau"], log=lambda m: None)
+    assert not (tmp_path / "out").exists()  # refused before the folder was made
+
+
+def test_speed_rows_name_the_device_each_method_ran_on(monkeypatch):
+    """The package's methods run on ``device``; cvxpylayers where its backend solves inputs on
+    ``cvx_device`` (its row says so), and the ratio's detail names both devices and batches."""
+    from convex_attention.cvx import available_backends
+
+    if "moreau" not in available_backends():
+        pytest.skip("needs the moreau backend")
+    # "cpu:0" runs here and differs from "cpu": a speed part that ignored a setting would name
+    # the wrong device
     config = GraphBenchmark(parts=("speed",), size=16, speed_batch=2, repeats=1, cvx_batch=1, cvx_repeats=1,
                             device="cpu:0")
     rows = gt._speed(config, ("axial",), ["moreau"], log=lambda m: None)
     assert {(r["method"], r["device"]) for r in rows} == {("dual", "cpu:0"), ("cvxpylayers", "cpu"),
                                                          ("exact", "cpu:0"), ("softmax", "cpu:0")}
     (ratio,) = [t for t in gt._targets({"speed": rows}) if t["target"].startswith("cvxpylayers[moreau]")]
-    assert "dual on cpu:0 (batch 2), cvxpylayers on the CPU (batch 1)" in ratio["detail"]
+    assert "dual on cpu:0 (batch 2), cvxpylayers[moreau] on cpu (batch 1)" in ratio["detail"]
+    # cvxpylayers' inputs go to cvx_device: a backend that solves where its inputs are (as
+    # moreau's CUDA build does on a GPU) is named with that device
+    monkeypatch.setattr(gt, "solve_device", lambda backend, device: device)
+    config = GraphBenchmark(parts=("speed",), size=16, speed_batch=2, repeats=1, cvx_batch=1, cvx_repeats=1,
+                            cvx_device="cpu:0")
+    rows = gt._speed(config, ("axial",), ["moreau"], log=lambda m: None)
+    assert [r["device"] for r in rows if r["method"] == "cvxpylayers"] == ["cpu:0"]
 
 
 @pytest.mark.slow  # the GPU check's graph section, run on the CPU so that the script cannot rot unseen

@@ -298,21 +298,21 @@ def _check_with_the_core(config: SweepConfig) -> None:
         check_device(dev)
 
 
-def check_device(dev: str):
+def check_device(dev: str, flag: str = "--device"):
     """``torch.device(dev)`` for a device this machine has (cpu, cuda or cuda:N); ValueError
-    naming ``--device`` otherwise, before any work."""
+    naming the option ``flag`` otherwise, before any work."""
     import torch
 
     try:
         device = torch.device(dev)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N") from err
+        raise ValueError(f"unknown device {dev!r} for {flag}; use cpu, cuda or cuda:N") from err
     if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {dev!r} for --device; use cpu, cuda or cuda:N")
+        raise ValueError(f"unknown device {dev!r} for {flag}; use cpu, cuda or cuda:N")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"--device {dev}: CUDA is not available on this machine; use --device cpu")
+            raise ValueError(f"{flag} {dev}: CUDA is not available on this machine; use {flag} cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {dev}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+            raise ValueError(f"{flag} {dev}: this machine has {torch.cuda.device_count()} CUDA device(s) "
                              f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device

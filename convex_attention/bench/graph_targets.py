@@ -51,7 +51,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from ..cvx import DIFFCP_MODES, available_backends
+from ..cvx import DIFFCP_MODES, available_backends, solve_device
 from ..graph import Graph
 from ..hessian import ImplicitSolveError
 from ..hierarchy import Hierarchy
@@ -69,7 +69,8 @@ from .structures import structure_graph
 from .timing import measure_interleaved
 
 __all__ = ["GraphBenchmark", "graph_benchmark", "check_no_earlier_results", "unrolled_solve", "PARTS", "NONTREE",
-           "CONVERGENCE_SETS", "CONVERGENCE_TOLS", "format_graph_targets", "DEFAULT_BACKENDS"]
+           "CONVERGENCE_SETS", "CONVERGENCE_TOLS", "format_graph_targets", "DEFAULT_BACKENDS",
+           "default_backends", "check_cvx_device"]
 
 PARTS = ("convergence", "gradients", "speed", "backward", "amortised", "linsat")
 # The cvxpylayers backends compared by default (those installed): diffcp-scs is left out, the
@@ -110,7 +111,8 @@ class GraphBenchmark:
                                   "matrix of the problem's size squared per sample)")
     speed_batch: int = setting(16, Int(low=1, high=4096), "samples per timed call of the package's methods")
     repeats: int = setting(10, Int(low=1, high=10_000), "timed repetitions (interleaved)")
-    cvx_batch: int = setting(2, Int(low=1, high=64), "samples per timed cvxpylayers call")
+    cvx_batch: int = setting(2, Int(low=1, high=4096), "samples per timed cvxpylayers call (at most --speed-batch: "
+                             "the first samples of the speed part's batch)")
     cvx_repeats: int = setting(2, Int(low=1, high=100), "timed repetitions of each cvxpylayers backend")
     amortised_steps: int = setting(150, Int(low=1, high=100_000), "Adam steps training the amortised dual")
     amortised_sweeps: tuple = setting((6,), Many(Int(low=0, high=1000), distinct=True),
@@ -126,8 +128,12 @@ class GraphBenchmark:
     linsat_repeats: int = setting(3, Int(low=1, high=100), "timed repetitions of the given-maps comparison")
     seed: int = setting(0, SEED, "seed of every random draw")
     device: str = setting("cpu", Text(what="cpu, cuda or cuda:N"),
-                          "device of the package's methods in the speed part (cvxpylayers solves on the CPU, "
-                          "in float64, as its layer does for every input without a GPU build of its solver)")
+                          "device of the package's methods in the speed part")
+    cvx_device: str = setting("cpu", Text(what="cpu, cuda or cuda:N"),
+                              "device of cvxpylayers' inputs in the speed part: cuda solves on the GPU, which "
+                              "needs a backend with a CUDA build installed (moreau with the moreau-cuda13 "
+                              "package); a backend that would solve on the CPU instead is refused before any "
+                              "work")
     threads: int = setting(1, Int(low=1, high=1024),
                            "torch threads the run computes with, recorded in graphs.json and on the figure (one: "
                            "comparable timings on a shared machine)")
@@ -138,10 +144,38 @@ class GraphBenchmark:
             raise ValueError(f"--size and --grad-size must be multiples of 16 (the shared grid of grid_regions and "
                              f"mixed has side size/8, the star's coarse map size/4), got {self.size} and "
                              f"{self.grad_size}")
+        if "speed" in self.parts and self.cvx_batch > self.speed_batch:
+            raise ValueError(f"--cvx-batch {self.cvx_batch} exceeds --speed-batch {self.speed_batch}: cvxpylayers "
+                             f"times the first samples of the speed part's batch; raise --speed-batch or lower "
+                             f"--cvx-batch")
         check_device(self.device)
-        if self.device != "cpu" and "speed" not in self.parts:
-            raise ValueError(f"--device {self.device} moves only the speed part; add speed to --parts, or leave "
-                             f"--device at cpu")
+        check_device(self.cvx_device, "--cvx-device")
+        for flag, value in (("--device", self.device), ("--cvx-device", self.cvx_device)):
+            if value != "cpu" and "speed" not in self.parts:
+                raise ValueError(f"{flag} {value} moves only the speed part; add speed to --parts, or leave "
+                                 f"{flag} at cpu")
+
+
+def default_backends() -> list[str]:
+    """The cvxpylayers backends compared when none are named: those of :data:`DEFAULT_BACKENDS`
+    installed here."""
+    installed = available_backends()
+    return [b for b in DEFAULT_BACKENDS if b in installed]
+
+
+def check_cvx_device(config: GraphBenchmark, backends) -> None:
+    """ValueError, before any work, when a cvxpylayers backend would not solve on
+    ``config.cvx_device`` (a GPU asked of a backend without a CUDA build here): its times
+    would be the CPU's under the GPU's name."""
+    wanted = torch.device(config.cvx_device)
+    if "speed" not in config.parts or wanted.type == "cpu":
+        return
+    for backend in backends:
+        where = solve_device(backend, wanted)
+        if where.type != wanted.type:
+            raise ValueError(f"--cvx-device {config.cvx_device}: cvxpylayers[{backend}] would solve on the {where} "
+                             f"here (no CUDA build of its solver is installed: for moreau, pip install "
+                             f"moreau-cuda13); leave --cvx-device at cpu, or drop the backend from --backends")
 
 
 # ----------------------------------------------------------------------------- drawing instances
@@ -352,7 +386,8 @@ def _speed_row(family, h, name, backend, meas, batch, device) -> dict:
 def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
     rows = []
     g = torch.Generator().manual_seed(config.seed + 2)  # instances drawn on the CPU: the same on every device
-    device = torch.device(config.device)  # checked when the configuration was made
+    device = torch.device(config.device)  # both checked when the configuration was made
+    cvx_device = torch.device(config.cvx_device)
     for family in families:
         h, scores, temps = draw_instance(family, config.size, g, (-1.0, 1.0), config.speed_batch)
         scores = [s.float() for s in scores]
@@ -364,19 +399,20 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
             log(f"speed {family:<13}dual failed: {rows[-1]['reason'][:160]}")
             continue
         rows.append(_speed_row(family, h, "dual", "", meas, config.speed_batch, device))
-        sub = [s[:config.cvx_batch].double() for s in scores]
+        sub = [s[:config.cvx_batch].double().to(cvx_device) for s in scores]
         for backend in backends:
             try:
                 cvx = _timed(h, sub, temps, {"cvx": ("cvxpylayers", {"backend": backend})}, config.cvx_repeats,
                              warmup=1)["cvx"]
             except Exception as err:  # a failing backend is a row (a solver panic is a SolverFailure)
-                rows.append({"family": family, "method": "cvxpylayers", "backend": backend, "device": "cpu",
-                             "status": "error",
+                rows.append({"family": family, "method": "cvxpylayers", "backend": backend,
+                             "device": str(solve_device(backend, cvx_device)), "status": "error",
                              "batch": len(sub[0]), "reason": f"{type(err).__name__}: {err}"[:300],
                              "shapes": rows[-1]["shapes"]})
                 log(f"speed {family:<13}cvxpylayers[{backend}] failed: {rows[-1]['reason'][:120]}")
                 continue
-            rows.append(_speed_row(family, h, "cvxpylayers", backend, cvx, len(sub[0]), "cpu"))
+            rows.append(_speed_row(family, h, "cvxpylayers", backend, cvx, len(sub[0]),
+                                   solve_device(backend, cvx_device)))
         log(f"speed {family:<13}" + "  ".join(f"{r['method']}{'[' + r['backend'] + ']' if r['backend'] else ''} "
                                              f"{r.get('per_sample_ms', math.nan):.3g} ms/sample"
                                              for r in rows if r["family"] == family))
@@ -642,8 +678,9 @@ def _targets(results: dict) -> list[dict]:
                                cvx[fastest]["per_sample_ms"] / dual["per_sample_ms"], ">=", 1e3,
                                "; ".join(f"{b}: {cvx[b]['per_sample_ms'] / dual['per_sample_ms']:.3g}x" for b in cvx)
                                + (f"; failed: {', '.join(failed)}" if failed else "")
-                               + f"; dual on {dual.get('device', 'cpu')} (batch {dual['batch']}), cvxpylayers on "
-                                 f"the CPU (batch {cvx[fastest]['batch']})"))
+                               + f"; dual on {dual.get('device', 'cpu')} (batch {dual['batch']}), "
+                                 f"cvxpylayers[{fastest}] on {cvx[fastest].get('device', 'cpu')} "
+                                 f"(batch {cvx[fastest]['batch']})"))
         else:
             out.append(_target(f"cvxpylayers (fastest) / dual per sample ({family})", None, ">=", 1e3,
                                "no backend ran" + (f" (failed: {', '.join(failed)})" if failed else "")))
@@ -715,8 +752,8 @@ def graph_benchmark(config: GraphBenchmark, out_dir: str, baseline: Callable | N
     target is not measured).  ``backends``: cvxpylayers backends (default: those of
     :data:`DEFAULT_BACKENDS` that are installed).  A folder that holds the files of an earlier
     run is refused unless ``overwrite`` (:func:`check_no_earlier_results`)."""
-    installed = available_backends()
-    backends = [b for b in DEFAULT_BACKENDS if b in installed] if backends is None else list(backends)
+    backends = default_backends() if backends is None else list(backends)
+    check_cvx_device(config, backends)
     os.makedirs(out_dir, exist_ok=True)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)  # the declared count, recorded with the run
