@@ -101,7 +101,7 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
         raise ValueError(f"{expected}; got shape {tuple(par.shape)}")
     if par.dtype.is_floating_point or par.dtype.is_complex or par.dtype == torch.bool:
         raise TypeError(f"{label} must hold integers, got dtype {par.dtype}")
-    par = par.to(torch.long)
+    par = par.to(torch.long, copy=True)  # the graph's own: a later write to the caller's array changes nothing
     lo, hi = int(par.min()), int(par.max())
     if lo < 0 or hi >= n_coarse:
         bad = par[(par < 0) | (par >= n_coarse)]
@@ -228,7 +228,12 @@ class Graph:
                                      f"only; drop one of them")
             pairs.append((a, b))
         cls._check_acyclic(M, pairs)
-        cls._check_not_implied(M, pairs)
+
+        def flat_parents(e: int) -> Tensor:
+            par, factor = parents[e], factors[e]
+            return par if par is not None else cls._grid_parents(shapes[pairs[e][0]], factor)  # type: ignore[arg-type]
+
+        cls._check_not_implied(M, pairs, flat_parents)
         return pairs, factors, parents
 
     @staticmethod
@@ -257,7 +262,7 @@ class Graph:
                 visit(node)
 
     @staticmethod
-    def _check_not_implied(M: int, pairs: list[tuple[int, int]]) -> None:
+    def _check_not_implied(M: int, pairs: list[tuple[int, int]], flat_parents: Callable[[int], Tensor]) -> None:
         for e, (a, c) in enumerate(pairs):
             # a path a → … → c through the other edges (of length >= 2: a direct repeat is refused before)
             previous = {a: -1}
@@ -274,9 +279,22 @@ class Graph:
                 path = [c]
                 while path[-1] != a:
                     path.append(previous[path[-1]])
-                route = " → ".join(f"map {k}" for k in reversed(path))
-                raise ValueError(f"edge {e} (map {a} → map {c}) is implied by the path {route}: consistency along "
-                                 f"the path already makes map {c} a coarsening of map {a}; drop edge {e}")
+                path.reverse()
+                route = " → ".join(f"map {k}" for k in path)
+                along = torch.arange(len(flat_parents(e)))
+                for x, y in zip(path, path[1:]):
+                    along = flat_parents(pairs.index((x, y)))[along]
+                differ = torch.nonzero(along != flat_parents(e)).flatten()
+                if differ.numel() == 0:
+                    raise ValueError(f"edge {e} (map {a} → map {c}) is implied by the path {route}: consistency "
+                                     f"along the path already makes map {c} the same coarsening of map {a}; drop "
+                                     f"edge {e}")
+                i = int(differ[0])
+                raise ValueError(f"edge {e} (map {a} → map {c}) and the path {route} coarsen map {a} into map {c} "
+                                 f"in two different ways (cell {i} of map {a} lies in cell {int(flat_parents(e)[i])} "
+                                 f"by the edge, in cell {int(along[i])} along the path): a map is a coarsening of "
+                                 f"another in one way only; drop edge {e}, or give its partition a coarse map of "
+                                 f"its own")
 
     # ------------------------------------------------------------------ set-up
     def _init_graph(self, shapes: list[tuple[int, ...]], edges: list[tuple[int, int]],

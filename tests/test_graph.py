@@ -125,6 +125,19 @@ def test_from_edges_is_the_fixed_entry_point():
     assert np_parents == ca.Graph.from_edges([4, 2], [(0, 1, [0, 1, 1, 0])])
 
 
+@pytest.mark.parametrize("container", ["tensor", "numpy", "grid-shaped"])
+def test_a_graph_keeps_its_own_copy_of_a_parent_map(container):
+    """A later write to the caller's parent map changed the validated partition (an empty
+    coarse cell that construction refuses) and went unnoticed by the solvers."""
+    par = {"tensor": torch.tensor([0, 0, 1, 1]), "numpy": np.array([0, 0, 1, 1]),
+           "grid-shaped": torch.tensor([[0, 0], [1, 1]])}[container]
+    g = ca.Graph.from_edges([4, 2], [(0, 1, par)]) if container != "grid-shaped" else \
+        ca.Graph([(2, 2), (2,)], [(0, 1, par)])
+    h = ca.Hierarchy.from_parents([4, 2], [par.reshape(-1)])
+    par[...] = 0
+    assert g.parents(0).tolist() == [0, 0, 1, 1] and h.parents(0).tolist() == [0, 0, 1, 1]
+
+
 def test_equality_and_hash():
     a = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 1, 1, 0]))])
     b = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 1, 1, 0]))])
@@ -164,6 +177,10 @@ IDENTITY = torch.arange(4)
      r"edge 2 \(map 0 → map 2\) is implied by the path map 0 → map 1 → map 2: .*drop edge 2"),
     ([4, 2, 1], [(0, 2, [0, 0, 0, 0]), (0, 1, P4), (1, 2, [0, 0])], ValueError,
      r"edge 0 \(map 0 → map 2\) is implied by the path map 0 → map 1 → map 2"),
+    # a direct partition that differs from the path's is not implied: the message must not say so
+    ([4, 2, 2], [(0, 1, [0, 0, 1, 1]), (1, 2, [0, 1]), (0, 2, [0, 1, 0, 1])], ValueError,
+     r"edge 2 \(map 0 → map 2\) and the path map 0 → map 1 → map 2 coarsen map 0 into map 2 in two different "
+     r"ways \(cell 1 of map 0 lies in cell 1 by the edge, in cell 0 along the path\).*drop edge 2"),
     ([4, 2], [(0, 1, P4), (0, 1, torch.tensor([1, 0, 0, 1]))], ValueError, r"edge 1 \(map 0 → map 1\) repeats edge 0"),
     ([4, 2], [(0, 1)], TypeError, r"edge 0 \(map 0 → map 1\): give its parent map"),
     ([4, 2], [], ValueError, r"a graph needs at least one edge"),
