@@ -326,3 +326,17 @@ def test_the_profile_script_times_each_batch_and_refuses_a_bad_size(capsys):
     with pytest.raises(SystemExit) as stop:
         script.main(["--size", "20"])
     assert stop.value.code == 2
+
+
+def test_a_nan_gradient_error_is_never_met_wherever_it_comes():
+    """Python's max and statistics.median drop or misplace a NaN that is not first."""
+    def row(solver, error, draw):
+        return {"family": "axial", "setting": "mild", "draw": draw, "solver": solver, "status": "ok", "reason": "",
+                "error_vs_fd": error, "error_vs_dual": error}
+
+    for errors in ((1e-9, math.nan), (math.nan, 1e-9), (1e-9, math.nan, 1e-9)):
+        rows = [row("dual", e, i) for i, e in enumerate(errors)] + [row("cvxpylayers[x]", e, i)
+                                                                  for i, e in enumerate(errors)]
+        by = {t["target"]: t for t in gt._targets({"gradients": rows})}
+        assert by["implicit gradient vs finite differences (mild)"]["met"] is None, errors
+        assert by["implicit gradient vs cvxpylayers[x] (mild)"]["met"] is None, errors

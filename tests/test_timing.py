@@ -47,3 +47,14 @@ def test_measurement_summary_gives_each_median_with_its_quartiles():
     assert forward_only["fwd_ms_q1"] == forward_only["fwd_ms_q3"] == 2.0
     assert all(v != v for k, v in forward_only.items() if k.startswith("bwd"))  # NaN: nothing went backward
     assert all(v != v for v in quartiles([]))
+
+
+def test_nan_max_and_nan_median_keep_a_nan_wherever_it_is():
+    import math
+
+    from convex_attention.bench.timing import nan_max, nan_median
+
+    assert max([0.0, math.nan]) == 0.0  # why they exist
+    for values in ([0.0, math.nan], [math.nan, 0.0], [1.0, math.nan, 2.0]):
+        assert math.isnan(nan_max(values)) and math.isnan(nan_median(values))
+    assert nan_max(iter([1.0, 3.0, 2.0])) == 3.0 and nan_median([1.0, 3.0, 2.0]) == 2.0

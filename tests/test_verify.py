@@ -57,6 +57,20 @@ def test_kkt_residual_is_zero_at_the_exact_pair_only():
     assert kkt_residual(sol.probs, [d + torch.randn_like(d) for d in sol.duals], scores, h, [0.5, 2.0]) > 1e-3
 
 
+def test_a_nan_in_any_map_fails_the_single_checks():
+    """A NaN in a later map's dual or probabilities passed kkt_stationarity and the
+    comparisons with CVXPY (Python's max dropped it); found by a hostile review."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)])
+    scores = [torch.randn((2,) + s, dtype=torch.float64) for s in h.shapes]
+    sol = ca.solve(scores, h, "exact", temperature=[0.5, 2.0, 1.0])
+    duals = [d.clone() for d in sol.duals]
+    duals[-1].view(-1)[0] = math.nan
+    assert math.isnan(kkt_residual(sol.probs, duals, scores, h, [0.5, 2.0, 1.0]))
+    probs = [p.clone() for p in sol.probs]
+    probs[-1].view(-1)[0] = math.nan
+    assert math.isnan(verify_mod._max_abs(probs, sol.probs))
+
+
 def test_load_solver_by_module_name():  # the same function in the solver's own process
     fn = load_solver("convex_attention.bench.verify:kkt_residual")
     assert fn is kkt_residual

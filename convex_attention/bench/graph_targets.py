@@ -66,7 +66,7 @@ from .config import check_device
 from .duals import fit_amortiser
 from .generators import generate
 from .structures import structure_graph
-from .timing import measure_interleaved
+from .timing import measure_interleaved, nan_max, nan_median
 
 __all__ = ["GraphBenchmark", "graph_benchmark", "check_no_earlier_results", "unrolled_solve", "PARTS", "NONTREE",
            "CONVERGENCE_SETS", "CONVERGENCE_TOLS", "format_graph_targets", "DEFAULT_BACKENDS",
@@ -246,7 +246,7 @@ def _convergence_summary(group, family, set_name, dtype_name, tol, max_sweeps) -
     worst = sorted(group, key=lambda r: (-r["sweeps"], r["draw"], r["sample"]))[:3]
     return {"family": family, "set": set_name, "dtype": dtype_name, "tol": tol, "max_sweeps": max_sweeps,
             "instances": len(group), "median_sweeps": statistics.median(sweeps), "worst_sweeps": max(sweeps),
-            "misses": len(misses), "worst_returned_violation": max(r["returned_violation"] for r in group),
+            "misses": len(misses), "worst_returned_violation": nan_max(r["returned_violation"] for r in group),
             "worst": [{k: r[k] for k in ("draw", "sample", "temperatures", "sweeps", "converged", "violation")}
                       for r in worst],
             "met": not misses}
@@ -345,7 +345,7 @@ def _gradient_solver_name(backend: str, mode: str | None) -> str:
 
 def _median(rows, solver, column) -> float:
     values = [r[column] for r in rows if r["solver"] == solver and r.get("status") == "ok"]
-    return statistics.median(values) if values else math.nan
+    return nan_median(values) if values else math.nan
 
 
 # ----------------------------------------------------------------------------- speed
@@ -646,8 +646,8 @@ def _targets(results: dict) -> list[dict]:
         failed = [r for r in grads if r["setting"] == setting_name and r["solver"] == "dual" and r["status"] != "ok"]
         if dual or failed:
             out.append(_target(f"implicit gradient vs finite differences ({setting_name})",
-                               max(dual) if dual else None, "<=", 1e-5,
-                               (f"median {statistics.median(dual):.1e} over {len(dual)} instances" if dual else "")
+                               nan_max(dual) if dual else None, "<=", 1e-5,
+                               (f"median {nan_median(dual):.1e} over {len(dual)} instances" if dual else "")
                                + (f"; the implicit backward FAILED on {len(failed)} instance(s) "
                                   f"({', '.join(sorted({r['family'] for r in failed}))})" if failed else ""),
                                missed=bool(failed)))
@@ -656,10 +656,10 @@ def _targets(results: dict) -> list[dict]:
             vs_fd = [r["error_vs_fd"] for r in rows if r["solver"] == solver]
             # ill-posed where the reference's own gradient is further from the finite differences
             # than the tolerance asked of the implicit gradient against it
-            ill_posed = "ill-posed: " if statistics.median(vs_fd) > 1e-5 else ""
-            out.append(_target(f"implicit gradient vs {solver} ({setting_name})", statistics.median(vs_dual), "<=",
+            ill_posed = "ill-posed: " if nan_median(vs_fd) > 1e-5 else ""
+            out.append(_target(f"implicit gradient vs {solver} ({setting_name})", nan_median(vs_dual), "<=",
                                1e-5, f"{ill_posed}{solver}'s own gradient is off finite differences by "
-                                     f"{statistics.median(vs_fd):.1e} (median; max {max(vs_fd):.1e})"))
+                                     f"{nan_median(vs_fd):.1e} (median; max {nan_max(vs_fd):.1e})"))
     speed = results.get("speed", [])
     by = {(r["family"], r["method"], r["backend"]): r for r in speed if r.get("status") == "ok"}
     for family in NONTREE:

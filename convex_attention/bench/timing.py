@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Measurement", "measure_interleaved", "peak_memory_mb", "synchronize", "quartiles"]
+__all__ = ["Measurement", "measure_interleaved", "peak_memory_mb", "synchronize", "quartiles", "nan_max",
+           "nan_median"]
 
 # A case returns a fresh closure pair: forward() -> loss tensor; the harness calls
 # loss.backward() itself so that the two passes are timed separately.
@@ -60,6 +61,20 @@ class Measurement:
             q1, med, q3 = quartiles(samples)
             out.update({name: med, f"{name}_q1": q1, f"{name}_q3": q3})
         return out
+
+
+def nan_max(values) -> float:
+    """The largest of ``values``, NaN when any is NaN: Python's ``max`` keeps a NaN only when
+    it comes first, so a failed measurement could pass a check as the smaller value."""
+    values = [float(v) for v in values]
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
+def nan_median(values) -> float:
+    """The median of ``values``, NaN when any is NaN (``statistics.median`` orders NaN
+    arbitrarily)."""
+    values = [float(v) for v in values]
+    return math.nan if any(math.isnan(v) for v in values) else statistics.median(values)
 
 
 def quartiles(samples) -> tuple[float, float, float]:

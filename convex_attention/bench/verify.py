@@ -73,6 +73,7 @@ from ..solve import solve
 from .generators import generate, random_parents
 from .isolation import IsolatedSolver, SolverFailed, describe, load_solver, returned_duals
 from .structures import random_structure
+from .timing import nan_max
 
 __all__ = ["TOLERANCES", "CheckResult", "COLUMNS", "verify_instances", "random_instances", "load_solver",
            "solver_label", "backend_skips", "check_backends", "write_csv", "format_table", "all_passed", "KINDS",
@@ -218,13 +219,13 @@ def kkt_residual(probs, duals, scores, h: Graph, temps) -> float:
         p = p.reshape(eta.shape).clamp(min=0)
         r = eta - t * torch.log(p.clamp(min=1e-300))
         mean = (p * r).flatten(1).sum(1).view((-1,) + (1,) * (r.dim() - 1))
-        worst = max(worst, float((p * (r - mean).abs()).max()))
+        worst = nan_max([worst, float((p * (r - mean).abs()).max())])
     return worst
 
 
 def _max_abs(a, b) -> float:
-    return max(float((x.detach().reshape(x.shape[0], -1) - y.detach().reshape(y.shape[0], -1)).abs().max())
-               for x, y in zip(a, b))
+    return nan_max(float((x.detach().reshape(x.shape[0], -1) - y.detach().reshape(y.shape[0], -1)).abs().max())
+                   for x, y in zip(a, b))
 
 
 class _Rows:
