@@ -19,13 +19,15 @@ import os
 import torch
 
 from convex_attention.bench.targets import core_benchmark, plot_core_record
+from convex_attention.cli._common import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends
 from convex_attention.io.files import check_out_dir
 from convex_attention.io.settings import positive_int
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="bench_core.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=positive_int, default=64, help="samples per batch (default 64)")
     parser.add_argument("--repeats", type=positive_int, default=100,
                         help="timed repetitions per method (interleaved; default 100)")

@@ -22,21 +22,28 @@ import sys
 from convex_attention.baselines.linsat import linsat_solve
 from convex_attention.bench.graph_targets import (
     GraphBenchmark,
+    RunRefused,
     check_cvx_device,
     check_no_earlier_results,
     default_backends,
     graph_benchmark,
 )
+from convex_attention.cli._common import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends
 from convex_attention.io.files import check_out_dir
+from convex_attention.io.lock import ResultsLocked
 from convex_attention.io.settings import add_options, given_settings
 
 TINY = dict(size=16, grad_size=16, instances=4, batch=2, grad_draws=1, speed_batch=2, repeats=2, cvx_batch=1,
             cvx_repeats=1, amortised_steps=2, linsat_iters=(2,), linsat_batch=1, linsat_repeats=1)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None) -> int:
+    """Exit 0 when the run finished (a missed target is a result, printed and recorded, not a
+    failure), 2 for a usage error or a folder in use, 1 when the run failed, 130 on Ctrl-C;
+    every error is one line on stderr."""
+    parser = CommandParser(prog="bench_graphs.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser, GraphBenchmark)
     parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS, metavar="NAME",
                         help=f"cvxpylayers backends, from {', '.join(BACKENDS)} (default: moreau and "
@@ -46,28 +53,41 @@ def main(argv=None):
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the files an earlier run left in --out (without it such a folder is refused, "
                              "exit 2)")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for another run writing into --out to finish (without it such a folder is "
+                             "refused, exit 2)")
     args = parser.parse_args(argv)
     given = given_settings(args, GraphBenchmark)
+    # every check before the folder is made: a refused run leaves nothing behind
     try:
         config = GraphBenchmark(**({**TINY, **given} if args.tiny else given))
-        check_out_dir(args.out)
-        check_no_earlier_results(config, args.out, args.overwrite)
-    except ValueError as err:
-        parser.error(str(err))
-    missing = [b for b in args.backends or [] if b not in available_backends()]
-    if missing:
-        parser.error(f"backend(s) {', '.join(missing)} not installed here; installed: "
-                     f"{', '.join(available_backends()) or 'none'}")
-    try:
+        missing = [b for b in args.backends or [] if b not in available_backends()]
+        if missing:
+            raise ValueError(f"backend(s) {', '.join(missing)} not installed here; installed: "
+                             f"{', '.join(available_backends()) or 'none'}")
         check_cvx_device(config, args.backends or default_backends())
+        check_no_earlier_results(config, args.out, args.overwrite)
+        check_out_dir(args.out)
     except ValueError as err:
         parser.error(str(err))
     # the baseline imports LinSATNet when it runs; without the package its part is not measured (said)
     baseline = linsat_solve if importlib.util.find_spec("LinSATNet") is not None else None
-    return graph_benchmark(config, args.out, baseline=baseline, backends=args.backends, overwrite=args.overwrite,
-                           command=" ".join(["benchmarks/bench_graphs.py"] + list(sys.argv[1:] if argv is None
-                                                                                   else argv)))
+    command = " ".join(["benchmarks/bench_graphs.py"] + list(sys.argv[1:] if argv is None else argv))
+    try:
+        graph_benchmark(config, args.out, baseline=baseline, backends=args.backends, overwrite=args.overwrite,
+                        wait=args.wait, command=command)
+    except (ResultsLocked, RunRefused) as err:  # another run holds the folder, or left results there
+        parser.error(str(err))
+    except KeyboardInterrupt:
+        print("bench_graphs.py: interrupted; the parts that finished are in their CSV files, graphs.json (the "
+              "targets) was not written; rerun with --overwrite", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's)
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        print(f"bench_graphs.py: error: the run failed: {message}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

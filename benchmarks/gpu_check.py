@@ -32,6 +32,7 @@ import convex_attention as ca
 from convex_attention.bench.cases import make_case
 from convex_attention.bench.graph_targets import draw_instance
 from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
+from convex_attention.cli._common import CommandParser
 from convex_attention.io.environment import environment
 
 
@@ -226,7 +227,8 @@ def speed(device, repeats: int) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="gpu_check.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/gpu")
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args(argv)

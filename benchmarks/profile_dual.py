@@ -21,6 +21,7 @@ import torch
 from convex_attention import solve
 from convex_attention.bench.config import STRUCTURES
 from convex_attention.bench.graph_targets import draw_instance
+from convex_attention.cli._common import CommandParser
 
 
 def _forward_backward(h, leaves, temps, weights, info: dict) -> None:
@@ -31,7 +32,8 @@ def _forward_backward(h, leaves, temps, weights, info: dict) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = CommandParser(prog="profile_dual.py", description=__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="mixed", choices=STRUCTURES, help="structure family (default: mixed)")
     parser.add_argument("--size", type=int, default=64, help="side of the finest maps, a multiple of 16 (default: 64)")
     parser.add_argument("--batches", type=int, nargs="+", default=[8], help="batch sizes (default: 8)")

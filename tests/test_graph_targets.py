@@ -340,3 +340,46 @@ def test_a_nan_gradient_error_is_never_met_wherever_it_comes():
         by = {t["target"]: t for t in gt._targets({"gradients": rows})}
         assert by["implicit gradient vs finite differences (mild)"]["met"] is None, errors
         assert by["implicit gradient vs cvxpylayers[x] (mild)"]["met"] is None, errors
+
+
+def test_bench_graphs_fails_like_a_command(tmp_path, capsys, monkeypatch):
+    """One line on stderr for every failure; exit 2 for usage and a folder in use, 1 for a failed
+    run, 130 for Ctrl-C; a refused run leaves no folder behind (a review found an 11-line usage
+    block, tracebacks for a locked folder and Ctrl-C, and empty folders)."""
+    from test_lock import hold_lock
+
+    script = _script("bench_graphs")
+
+    def run(*argv):
+        try:
+            code = script.main(list(argv))
+        except SystemExit as stop:
+            code = stop.code
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        return code, err
+
+    code, err = run("--size", "20", "--out", str(tmp_path / "a"))
+    assert code == 2 and "multiples of 16" in err and not (tmp_path / "a").exists()
+    code, err = run("--tiny", "--backends", "cuclarabel", "--out", str(tmp_path / "b"))
+    assert code == 2 and not (tmp_path / "b").exists()
+    held = tmp_path / "held"
+    held.mkdir()
+    proc = hold_lock(held, 60)
+    try:
+        code, err = run("--tiny", "--parts", "backward", "--out", str(held))
+        assert code == 2 and f"pid {proc.pid}" in err and "--wait" in err
+    finally:
+        proc.kill()
+        proc.wait()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a solver\nfailed")
+
+    for stub, expected, words in ((interrupted, 130, "interrupted"), (broken, 1, "RuntimeError: a solver failed")):
+        monkeypatch.setattr(script, "graph_benchmark", stub)
+        code, err = run("--tiny", "--parts", "backward", "--out", str(tmp_path / "c"))
+        assert code == expected and words in err

@@ -70,7 +70,7 @@ from .timing import measure_interleaved, nan_max, nan_median
 
 __all__ = ["GraphBenchmark", "graph_benchmark", "check_no_earlier_results", "unrolled_solve", "PARTS", "NONTREE",
            "CONVERGENCE_SETS", "CONVERGENCE_TOLS", "format_graph_targets", "DEFAULT_BACKENDS",
-           "default_backends", "check_cvx_device"]
+           "default_backends", "check_cvx_device", "RunRefused"]
 
 PARTS = ("convergence", "gradients", "speed", "backward", "amortised", "linsat")
 # The cvxpylayers backends compared by default (those installed): diffcp-scs is left out, the
@@ -78,6 +78,13 @@ PARTS = ("convergence", "gradients", "speed", "backward", "amortised", "linsat")
 # 16x16 grid + regions instance here; pass it by name to include it.
 DEFAULT_BACKENDS = ("moreau", "diffcp-clarabel")
 NONTREE = ("axial", "grid_regions", "mixed")
+
+
+class RunRefused(ValueError):
+    """A run refused before any work: its folder holds an earlier run's results, or a backend
+    would not solve where it was asked to (a usage error, not a failed run)."""
+
+
 # set -> (log10 of the smallest and largest temperature, the most sweeps allowed)
 CONVERGENCE_SETS = {"normal": (-1.0, 1.0, 50), "hard": (-2.0, 1.0, 200)}
 # scores' dtype -> the violation (and relative gap) the solver must reach
@@ -173,7 +180,7 @@ def check_cvx_device(config: GraphBenchmark, backends) -> None:
     for backend in backends:
         where = solve_device(backend, wanted)
         if where.type != wanted.type:
-            raise ValueError(f"--cvx-device {config.cvx_device}: cvxpylayers[{backend}] would solve on the {where} "
+            raise RunRefused(f"--cvx-device {config.cvx_device}: cvxpylayers[{backend}] would solve on the {where} "
                              f"here (no CUDA build of its solver is installed: for moreau, pip install "
                              f"moreau-cuda13); leave --cvx-device at cpu, or drop the backend from --backends")
 
@@ -740,25 +747,27 @@ def check_no_earlier_results(config: GraphBenchmark, out_dir: str, overwrite: bo
     names = ["graphs.json"] + [PART_FILES[part] for part in config.parts]
     present = [n for n in names if os.path.exists(os.path.join(out_dir, n))]
     if present and not overwrite:
-        raise ValueError(f"--out {out_dir} already holds {', '.join(present)} from an earlier run; choose another "
+        raise RunRefused(f"--out {out_dir} already holds {', '.join(present)} from an earlier run; choose another "
                          f"folder, or pass --overwrite to replace them")
 
 
 def graph_benchmark(config: GraphBenchmark, out_dir: str, baseline: Callable | None = None, backends=None,
-                    log=print, command: str = "", overwrite: bool = False) -> dict:
+                    log=print, command: str = "", overwrite: bool = False, wait: bool = False) -> dict:
     """Run the parts of ``config`` into ``out_dir`` (holding its lock); returns every result and
     the targets.  ``baseline``: the given-maps projection to compare with (``linsat_solve`` of
     :mod:`convex_attention.baselines.linsat`; without it the ``linsat`` part is not run and its
     target is not measured).  ``backends``: cvxpylayers backends (default: those of
     :data:`DEFAULT_BACKENDS` that are installed).  A folder that holds the files of an earlier
-    run is refused unless ``overwrite`` (:func:`check_no_earlier_results`)."""
+    run is refused unless ``overwrite`` (:func:`check_no_earlier_results`).  A folder another
+    live process writes into raises :class:`~convex_attention.io.lock.ResultsLocked`, or is
+    waited for with ``wait``."""
     backends = default_backends() if backends is None else list(backends)
     check_cvx_device(config, backends)
     os.makedirs(out_dir, exist_ok=True)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)  # the declared count, recorded with the run
     try:
-        with results_lock(out_dir, command=command or "bench_graphs", log=log):
+        with results_lock(out_dir, command=command or "bench_graphs", wait=wait, log=log):
             check_no_earlier_results(config, out_dir, overwrite)  # under the lock: no other run is writing
             return _run(config, out_dir, baseline, backends, log, command)
     finally:
