@@ -197,6 +197,30 @@ def test_a_failing_method_becomes_error_rows_and_the_sweep_goes_on(tmp_path, mon
     assert all("out of memory" in r["reason"] for r in rows)
 
 
+def test_one_failing_method_does_not_fail_the_cell_s_other_methods(tmp_path, monkeypatch):
+    """The fast methods are timed interleaved; when one fails (the dual's implicit backward,
+    seen in a review), the others are timed apart and say so, and only it is an error row."""
+    from convex_attention.bench import sweep
+
+    real = sweep.timed_case
+
+    def failing_exact(method, *args, **kwargs):
+        case = real(method, *args, **kwargs)
+        if method != "exact":
+            return case
+
+        def broken(*a, **k):
+            raise RuntimeError("the backward failed (simulated)")
+        return broken
+
+    monkeypatch.setattr(sweep, "timed_case", failing_exact)
+    config = SweepConfig(methods=["exact", "softmax"], sizes=[4], levels=[2], batches=[2], repeats=1, warmup=1)
+    rows = {r["method"]: r for r in sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)}
+    assert rows["exact"]["status"] == "error" and "backward failed" in rows["exact"]["reason"]
+    assert rows["softmax"]["status"] == "ok" and "timed apart" in rows["softmax"]["reason"]
+    assert float(rows["softmax"]["total_ms"]) > 0
+
+
 def test_fit_max_values_shrinks_the_training_set_of_large_cells_only():
     from convex_attention.bench.sweep import MIN_FIT_INSTANCES, fit_instances
 

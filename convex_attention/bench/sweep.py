@@ -303,10 +303,7 @@ def _run_cell(config: SweepConfig, cell: dict, index: int, todo: list[dict], wri
         try:
             _measure_fast(config, c, fast, writer)
         except _CELL_FAILURES as err:  # out of memory, a solver's refusal
-            done = writer.done()
-            for r in fast:  # the cell's other rows still run; --resume retries these
-                if row_key(r) not in done:
-                    writer.commit({**c.base, **r, "status": "error", "reason": _reason(err)})
+            _measure_apart(config, c, fast, writer, err)
     for r in todo:
         if _has_backends(get_method(r["method"])):
             try:
@@ -314,6 +311,29 @@ def _run_cell(config: SweepConfig, cell: dict, index: int, todo: list[dict], wri
             except _CELL_FAILURES as err:
                 row = {**r, "status": "error", "reason": _reason(err)}
             writer.commit({**c.base, **row})
+
+
+def _measure_apart(config: SweepConfig, c: _Cell, fast: list[dict], writer: ResultsWriter,
+                   group_error: BaseException) -> None:
+    """After the interleaved group of a cell failed: each method's pending rows timed on
+    their own, so that one method's failure (e.g. the dual's backward) is its error row only,
+    not every fast method's; the rows so timed say so.  --resume retries the error rows."""
+    done = writer.done()
+    pending = [r for r in fast if row_key(r) not in done]
+    methods = list(dict.fromkeys(r["method"] for r in pending))
+    note = (f"timed apart from the cell's other methods (their interleaved run failed: {_reason(group_error)})"
+            if len(methods) > 1 else "")
+    for m in methods:
+        rows = [r for r in pending if r["method"] == m]
+        try:
+            _measure_fast(config, c, rows, writer, note)
+            continue
+        except _CELL_FAILURES as err:
+            failure = err
+        done = writer.done()
+        for r in rows:
+            if row_key(r) not in done:
+                writer.commit({**c.base, **r, "status": "error", "reason": _reason(failure)})
 
 
 def _cell_columns(config: SweepConfig, cell: dict, index: int) -> dict:
@@ -373,8 +393,9 @@ def _learned_duals(config: SweepConfig, c: _Cell, kinds: set) -> tuple[dict, obj
     return duals, amortiser
 
 
-def _measure_fast(config: SweepConfig, c: _Cell, todo: list[dict], writer: ResultsWriter) -> None:
-    """Time the fast methods interleaved, then commit each row with its accuracy."""
+def _measure_fast(config: SweepConfig, c: _Cell, todo: list[dict], writer: ResultsWriter, note: str = "") -> None:
+    """Time the fast methods interleaved, then commit each row with its accuracy (``note``
+    appended to each row's reason)."""
     kinds = {r["dual_kind"] for r in todo if get_method(r["method"]).needs_duals}
     duals, amortiser = _learned_duals(config, c, kinds) if kinds else ({}, None)
     cases = {}
@@ -401,6 +422,7 @@ def _measure_fast(config: SweepConfig, c: _Cell, todo: list[dict], writer: Resul
         row.update(_accuracy(sol, c.scores64, c.h, c.temps, c.reference64, c.certified))
         if not c.certified:
             row["reason"] = "; ".join(filter(None, [row["reason"], _UNCERTIFIED]))
+        row["reason"] = "; ".join(filter(None, [row["reason"], note]))
         convergence = None
         if "iterations" in sol.info:
             it = sol.info["iterations"].float()
