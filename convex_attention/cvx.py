@@ -60,6 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ._ops import compute_dtype
 from .graph import Graph
 from .metrics import dual_objective, objective
 
@@ -732,7 +733,9 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     B = scores[0].shape[0]
     probs = [p.reshape((B,) + h.shapes[k]).to(device=device, dtype=dtype) for k, p in enumerate(probs)]
     duals = [d.reshape((B,) + h.shapes[b]) for d, (_, b) in zip(duals, h.edges)]
-    duals = [(d - d.mean(tuple(range(1, d.dim())), keepdim=True)).to(device=device, dtype=dtype) for d in duals]
+    # duals in the compute dtype: half precision's range is narrower than theirs (Solution.duals)
+    duals = [(d - d.mean(tuple(range(1, d.dim())), keepdim=True)).to(device=device, dtype=compute_dtype(dtype))
+             for d in duals]
     return probs, duals
 
 

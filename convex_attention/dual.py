@@ -257,9 +257,10 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     inputs = [(s if q is None else q.expand((B,) + h.shapes[k])).to(work)
               for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
     info: dict = {}
-    probs = DualSolveFunction.apply(h, temperature_argument(temps), options, info, *inputs)
-    lam = [d.to(dtype) for d in info.pop("duals")]
-    return [p.to(dtype) for p in probs], lam, info
+    outputs = DualSolveFunction.apply(h, temperature_argument(temps), options, info, *inputs)
+    probs, lam = outputs[:h.num_maps], outputs[h.num_maps:]
+    # duals in the compute dtype: half precision's range is narrower than theirs
+    return [p.to(dtype) for p in probs], [d.to(compute_dtype(dtype)) for d in lam], info
 
 
 def _check_scores_fit(scores: Sequence[Tensor], work: torch.dtype) -> None:
@@ -894,14 +895,16 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
 class DualSolveFunction(torch.autograd.Function):
     """``autograd.Function``: forward = per-sample dual solve, backward = implicit gradient.
 
-    ``DualSolveFunction.apply(h, temps, options, info, *scores) -> M probability tensors``;
+    ``DualSolveFunction.apply(h, temps, options, info, *scores) -> M probability tensors,
+    then E dual tensors`` (the mean-zero multipliers λ*, differentiable too);
     ``temps``: ``M`` floats, or a ``(M,)`` tensor whose gradient the backward returns
     (``∂L/∂τ_k = −Σ θ̄_k log p_k``, :func:`convex_attention.exact.temperature_gradient`);
     ``info`` (a dict) receives the solver's report.
 
     The backward never differentiates the sweeps: it is the implicit-function gradient at
-    the solution, by the tree VJP on forests and by conjugate gradients on the dual's
-    Hessian otherwise (:func:`convex_attention.hessian.implicit_vjp`).
+    the solution, by the tree VJP on forests when only the probabilities carry a gradient,
+    and by the dual's Hessian otherwise (:func:`convex_attention.hessian.implicit_vjp`; a
+    gradient on λ* joins its right-hand side: ``dλ*/dθ_k = −(∇²g)⁻¹ A_kᵀ J_k``).
 
     With ``options["given_mask"]`` (one bool per map), the inputs of the given maps are their
     probabilities ``q_k`` (returned as their own outputs); their gradient is
@@ -925,10 +928,12 @@ class DualSolveFunction(torch.autograd.Function):
         result = solve_dual(scores, h, floats, given=given, **options)
         probs, cond = dual_probs(with_given_scores(scores, given), result["duals"], h, floats, given)
         probs = [p.clone() if given is not None and given[k] is not None else p for k, p in enumerate(probs)]
+        duals = result.pop("duals")
         info.update(result)
         ctx.h, ctx.temps, ctx.M, ctx.mask = h, floats, len(probs), mask
         ctx.save_for_backward(*probs, *cond)
-        return tuple(probs)
+        ctx.set_materialize_grads(False)  # None for an output no loss used: the fast paths stay
+        return (*probs, *duals)
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
@@ -942,10 +947,15 @@ class DualSolveFunction(torch.autograd.Function):
                 "second-order differentiation")
         saved = ctx.saved_tensors
         probs = saved[: ctx.M]
-        if ctx.mask is None and ctx.h.is_forest:
+        gdual: tuple | None = grads[ctx.M:]
+        grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(probs, grads[: ctx.M]))
+        if gdual is not None and all(g is None for g in gdual):
+            gdual = None
+        if ctx.mask is None and ctx.h.is_forest and gdual is None:
             gscores = tree_backward(ctx.h, probs, saved[ctx.M:], ctx.temps, grads)
         else:
-            gscores = implicit_vjp(ctx.h, probs, hessian_temperatures(ctx.temps, ctx.mask), grads, given=ctx.mask)
+            gscores = implicit_vjp(ctx.h, probs, hessian_temperatures(ctx.temps, ctx.mask), grads, given=ctx.mask,
+                                   dual_grads=gdual)
         gtau = None
         if ctx.needs_input_grad[1]:
             dtype, device = ctx.tau_like

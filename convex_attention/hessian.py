@@ -405,11 +405,14 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
 
 def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
                  rtol: float | None = None, max_iter: int = 1000, dense_limit: int = DENSE_LIMIT,
-                 given: Sequence[bool] | None = None) -> list[Tensor]:
+                 given: Sequence[bool] | None = None,
+                 dual_grads: Sequence[Tensor | None] | None = None) -> list[Tensor]:
     """``∂L/∂θ_k`` at a solution of any graph by implicit differentiation of ``∇g(λ*) = 0``.
 
-    With ``v_k = grads[k]``: solve ``∇²g w = Σ_k A_kᵀ J_k v_k`` (:func:`solve_psd`), then
-    ``θ̄_k = J_k (v_k − A_k w)``.  Each ``θ̄_k`` sums to zero per sample.  ``rtol`` (default
+    With ``v_k = grads[k]`` and ``ū`` the gradient on the mean-zero multipliers λ*
+    (``dual_grads``, one per edge or None, centred here: λ* is returned centred): solve
+    ``∇²g w = Σ_k A_kᵀ J_k v_k + ū`` (:func:`solve_psd`), then ``θ̄_k = J_k (v_k − A_k w)``
+    (``dλ*/dθ_k = −(∇²g)⁻¹ A_kᵀ J_k``).  Each ``θ̄_k`` sums to zero per sample.  ``rtol`` (default
     1e-10 in float64, 1e-5 in float32) is the relative residual the solve must reach, or
     else a residual at its rounding error (:func:`solve_psd`); otherwise
     :class:`ImplicitSolveError` names the samples.
@@ -428,6 +431,10 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         rtol = 1e-10 if dtype == torch.float64 else 1e-5
     Jv = [DualHessian.apply_J(p, v, t) for p, v, t in zip(probs, grads, temps)]
     rhs = hess.apply_At(Jv)
+    if dual_grads is not None:
+        shapes = [(rhs.shape[0],) + g.shapes[b] for _, b in g.edges]
+        rhs = rhs + hess.centre(hess.flatten([torch.zeros(s, dtype=rhs.dtype, device=rhs.device) if u is None
+                                              else u.to(rhs.dtype).expand(s) for u, s in zip(dual_grads, shapes)]))
     w, relres, iterations, solved = solve_psd(hess, probs, temps, rhs, rtol, max_iter, dense_limit)
     bad = torch.nonzero(~solved).flatten().tolist()
     if bad:
@@ -438,7 +445,10 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
             f"{', nor a stalled residual at its rounding error' if dtype == torch.float64 else ''}) after "
             f"{int(iterations.max())} iterations; the Hessian is too ill-conditioned at this solution (whole blocks "
             f"of near-zero probability, or temperatures far apart): solve in float64 (dtype=torch.float64), raise "
-            f"the temperatures, or use method 'exact' where the graph is a forest")
+            f"the temperatures, or use method 'exact' where the graph is a forest"
+            + ("; and a loss on the duals needs them unique: where two paths pool one map onto another in the "
+               "same way (redundant constraints) they are not, and have no derivative (differentiate the "
+               "probabilities only)" if dual_grads is not None else ""))
     Aw = hess.apply_A(w)
     out = []
     for k, (p, v, t, aw) in enumerate(zip(probs, grads, temps, Aw)):

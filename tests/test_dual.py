@@ -25,6 +25,7 @@ from convex_attention.dual import (
     reparameterized_probs,
     solve_dual,
 )
+from convex_attention.hessian import ImplicitSolveError
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
@@ -614,6 +615,60 @@ def test_dual_temperature_gradient_matches_finite_differences_on_a_graph():
         step[k] = 1e-6
         fd = (loss(tau.detach() + step) - loss(tau.detach() - step)) / 2e-6
         assert abs(float(grad[k]) - float(fd)) < 1e-6 * (1 + abs(float(fd))), (k, float(grad[k]), float(fd))
+
+
+@pytest.mark.parametrize("case", ["star", "chain-graph", "axial", "mixed"])
+def test_the_duals_of_dual_are_differentiable(case):
+    """λ* is returned differentiable (Solution.duals): its gradient was a silent zero (a loss
+    on the duals got no gradient from 'dual', and the right one from 'exact' and cvxpylayers).
+    float64 gradcheck in the scores and the temperatures; on forests, exact's gradient."""
+    inst = random_graph_instance(case, batch=2, seed=5)
+    g = torch.Generator().manual_seed(1)
+    weights = [torch.randn((2,) + inst.h.shapes[b], generator=g, dtype=torch.float64) for _, b in inst.h.edges]
+
+    def loss(method, scores, temps, with_probs=True):
+        options = {"tol": 1e-12, "max_iter": 5000} if method == "dual" else {}
+        sol = ca.solve(list(scores), inst.h, method, temperature=temps, **options)
+        value = sum((d * w).sum() for d, w in zip(sol.duals, weights))
+        return value + sum(p.square().sum() for p in sol.probs) if with_probs else value
+
+    x = tuple(s.clone().requires_grad_() for s in inst.scores)
+    assert torch.autograd.gradcheck(lambda *s: loss("dual", s, inst.temps), x, eps=1e-6, atol=1e-6, rtol=1e-5)
+    tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: loss("dual", inst.scores, t, with_probs=False), (tau,), eps=1e-6,
+                                    atol=1e-6, rtol=1e-5)
+    if inst.h.is_forest:
+        ours = torch.autograd.grad(loss("dual", x, inst.temps), x)
+        closed = torch.autograd.grad(loss("exact", x, inst.temps), x)
+        for a, b in zip(ours, closed):
+            torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+
+
+def test_a_loss_on_duals_that_are_not_unique_is_an_error_that_says_so():
+    """Two paths pool map 0 onto map 3 in the same way: the constraints are redundant, λ* is
+    not unique and has no derivative; the probabilities still have one."""
+    h = ca.Graph.from_edges([4, 2, 2, 2], [(0, 1, [0, 0, 1, 1]), (0, 2, [0, 0, 1, 1]), (1, 3, [0, 1]), (2, 3, [0, 1])])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn((2, n), generator=g, dtype=torch.float64).requires_grad_() for n in h.sizes]
+    sol = ca.solve(scores, h, "dual", temperature=[0.5, 1.0, 2.0, 1.5], tol=1e-12)
+    torch.autograd.grad(sum(p.square().sum() for p in sol.probs), scores, retain_graph=True)
+    with pytest.raises(ImplicitSolveError, match=r"a loss on the duals needs them unique.*redundant constraints"):
+        torch.autograd.grad(sum(d.square().sum() for d in sol.duals), scores)
+
+
+def test_the_duals_are_differentiable_in_a_given_map():
+    h = ca.Graph.from_edges([4, 2, 2], [(0, 1, [0, 0, 1, 1]), (0, 2, [0, 1, 0, 1])])
+    g = torch.Generator().manual_seed(2)
+    scores = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    logits = torch.tensor([[0.3, -0.4]], dtype=torch.float64, requires_grad=True)  # the prior, on the simplex
+    weights = [torch.randn(2, 2, generator=g, dtype=torch.float64) for _ in h.edges]
+
+    def loss(z):
+        sol = ca.solve([scores, None, torch.zeros(2, 2, dtype=torch.float64)], h, "dual",
+                       given={1: torch.softmax(z, 1)}, temperature=[0.5, 1.0, 2.0], tol=1e-12, max_iter=5000)
+        return sum((d * w).sum() for d, w in zip(sol.duals, weights))
+
+    assert torch.autograd.gradcheck(loss, (logits,), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case", FOREST_CASES + NONTREE_CASES)

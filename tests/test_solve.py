@@ -327,6 +327,22 @@ def test_extremes_of_the_accepted_range_give_finite_consistent_output(dtype, tem
         assert not bool(torch.isnan(loss))  # +inf where the KL is beyond the dtype, never NaN
 
 
+@pytest.mark.parametrize("method", ["exact", "dual", "cvxpylayers"])
+def test_half_precision_duals_come_back_in_float32_where_they_fit(method):
+    """Scores ±65000 in float16 on a chain of identities: the middle multipliers are ±130000,
+    beyond float16 (dual and cvxpylayers returned them as ±inf, and dual_objective inf)."""
+    same = [0, 1]
+    h = ca.Graph.from_edges([2, 2, 2, 2], [(0, 1, same), (1, 2, same), (2, 3, same)])
+    a = 65000.0
+    scores = [torch.tensor([[a, -a]]), torch.tensor([[a, -a]]), torch.tensor([[-a, a]]), torch.tensor([[-a, a]])]
+    sol = ca.solve([x.half() for x in scores], h, method)
+    ref = ca.solve([x.double() for x in scores], h, "exact")
+    assert all(d.dtype == torch.float32 for d in sol.duals) and sol.probs[0].dtype == torch.float16
+    for d, r in zip(sol.duals, ref.duals):
+        torch.testing.assert_close(d.double(), r, rtol=1e-3, atol=0)
+    torch.testing.assert_close(sol.dual_objective.double(), ref.dual_objective, rtol=1e-3, atol=0)
+
+
 @given(st.floats(0.0, 1.0), st.floats(-1e4, 1e4), st.integers(0, 2 ** 16),
        st.sampled_from(["softmax", "exact", "learned_dual"]),
        st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]))
