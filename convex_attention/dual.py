@@ -825,7 +825,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     converged = ~failed & (viol <= tol) & (gap <= gap_tol)
     if not bool(converged.all()):
         msg = _failure_message(scores, h, temps, tol, gap_tol, max_iter, converged, failed, viol, gap, recent, dtype,
-                               closed_form=h.is_forest and given is None)
+                               closed_form=h.is_forest and given is None, given=given is not None)
         if strict:
             raise ConvergenceError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
@@ -838,7 +838,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
 
 
 def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged, failed, viol, gap, recent,
-                     dtype, closed_form: bool = True) -> str:
+                     dtype, closed_form: bool = True, given: bool = False) -> str:
     """Which samples missed ``tol``, why, and what helps (only advice that is true)."""
     bad = torch.nonzero(~converged).flatten().tolist()
     name = str(dtype).replace("torch.", "")
@@ -879,6 +879,13 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
                      "use method='cvxpylayers' (an interior-point solver)")
             fix = ("solve in float64 (dtype=torch.float64) or raise tol above it" if dtype == torch.float32 else
                    f"raise tol above it, or {other}")
+            if given:
+                # no other method takes given maps, and a larger tol would accept maps that disagree
+                fix = ("check the given maps: a stall with given maps usually means that no scored map can pool "
+                       "onto all of them (two given maps that contradict each other), or only with zero "
+                       "probabilities (an optimum on the simplex's boundary, which the dual approaches without "
+                       "reaching)" + ("; or solve in float64 (dtype=torch.float64)" if dtype == torch.float32
+                                      else ""))
             # p(λ) = softmax(η/τ) moves by about eps·|η|/τ in log space for a one-ulp change
             # of η: beyond ~1e-3 the dual cannot place the optimum, however long it runs.
             rows = torch.tensor(stuck, device=viol.device)

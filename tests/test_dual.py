@@ -734,6 +734,16 @@ def test_the_failure_advice_on_a_graph_points_to_cvxpylayers_not_exact():
         solve_dual(inst.scores, inst.h, inst.temps, tol=1e-19, max_iter=30)
 
 
+def test_the_failure_advice_with_given_maps_names_no_method_that_refuses_them():
+    """Two given maps that contradict each other: the advice was 'raise tol, or use
+    cvxpylayers', which refuses given maps (and a larger tol would accept the disagreement)."""
+    h = ca.Graph.from_edges([2, 2, 2], [(0, 1, [0, 1]), (0, 2, [0, 1])])
+    first, second = (torch.tensor([[0.3, 0.7]], dtype=torch.float64), torch.tensor([[0.6, 0.4]], dtype=torch.float64))
+    with pytest.raises(ConvergenceError, match=r"stalled.*check the given maps.*contradict") as err:
+        ca.solve([torch.zeros(1, 2, dtype=torch.float64), None, None], h, "dual", given={1: first, 2: second})
+    assert "cvxpylayers" not in str(err.value) and "raise tol" not in str(err.value)
+
+
 def test_the_inexact_newton_path_for_large_duals(monkeypatch):
     """Above DENSE_LIMIT entries the Newton system is solved by a few conjugate-gradient
     iterations instead of a Cholesky factor: same optimum, still Newton steps taken."""
