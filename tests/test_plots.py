@@ -595,9 +595,12 @@ def test_no_figure_is_written_without_data_and_a_stale_one_is_removed(tmp_path, 
     for r in rows:
         r["status"] = "skipped"
     write_bench(str(tmp_path), rows)
+    before = {name: (tmp_path / "figures" / name).read_bytes() for name in os.listdir(tmp_path / "figures")}
     code, err = plot_cli(tmp_path, capsys)
     assert code == 2 and "nothing to plot" in err
-    assert os.listdir(tmp_path / "figures") == []
+    # a command that fails removes nothing: the earlier figures stay, and the one line says so
+    assert {name: (tmp_path / "figures" / name).read_bytes() for name in os.listdir(tmp_path / "figures")} == before
+    assert "tradeoff.png" in before and "left untouched" in err and len(err.strip().splitlines()) == 1
 
 
 def test_an_older_results_file_without_backends_spreads_or_checksums_still_plots(tmp_path, figs):
@@ -675,8 +678,19 @@ def write_backward(folder):
     rows += [{"family": f, "kind": "unrolled", "parameter": n, "batch": 4, "fwd_per_sample_ms": 0.3 * n,
               "bwd_per_sample_ms": 0.4 * n, "gradient_error": 0.5 / n} for f in ("axial", "mixed") for n in (1, 8)]
     atomic_csv(os.path.join(folder, "backward.csv"), list(rows[0]), rows)
+    write_graphs_json(folder, GRAPH_PARTS)
+
+
+GRAPH_PARTS = ["convergence", "gradients", "speed", "backward", "amortised", "linsat"]
+
+
+def write_graphs_json(folder, parts, threads=1):
+    """graphs.json of a graph-benchmark run that made ``parts`` (None: no config.parts)."""
+    record = {"environment": {"torch": "2.13.0", "processor": "cpu", "torch_threads": threads}, "runs": [RUN]}
+    if parts is not None:
+        record["config"] = {"parts": parts, "threads": threads}
     with open(os.path.join(folder, "graphs.json"), "w") as f:
-        json.dump({"environment": {"torch": "2.13.0", "processor": "cpu", "torch_threads": 1}, "runs": [RUN]}, f)
+        json.dump(record, f)
 
 
 def test_structures_get_their_own_figures_and_the_chain_figures_draw_chains_only(tmp_path, figs):
@@ -844,3 +858,126 @@ def test_load_env_reads_bench_or_graphs_json_and_says_what_it_cannot_use(tmp_pat
     assert plot_common.load_env(str(tmp_path), logged.append, "graphs.json") is None
     assert len(logged) == 1 and logged[0].startswith("graphs.json: not readable JSON")
 
+
+
+# ---------------------------------------------------------------------------- the figure folder is the user's
+
+
+def chain_free_results(folder):
+    """A results folder with structures only: none of the chain figures (tradeoff, ...) is drawn."""
+    write_bench(folder, [r for r in structure_rows() if r.get("structure")])
+
+
+def test_plot_never_removes_a_file_it_did_not_write(tmp_path, capsys, figs):
+    results, out = str(tmp_path / "r"), tmp_path / "mythesis"
+    chain_free_results(results)
+    out.mkdir()
+    mine = {"tradeoff.png": b"mine", "violation.pdf": b"my violation figure", "notes.txt": b"notes"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    code, err = plot_cli(results, capsys, "--out", str(out))
+    assert code == 0 and (out / "pareto_per_structure.png").exists()
+    assert {name: (out / name).read_bytes() for name in mine} == mine, "the user's files are never removed"
+    assert "removed" not in err
+    (left,) = [line for line in err.splitlines() if "tradeoff.png" in line]  # one line names what was left
+    assert "violation.pdf" in left and "left" in left and "not an earlier plot's output" in left
+    # a command that fails (nothing to plot) removes nothing either
+    write_bench(results, [{**r, "status": "skipped"} for r in structure_rows() if r.get("structure")])
+    code, err = plot_cli(results, capsys, "--out", str(out))
+    assert code == 2 and "nothing to plot" in err
+    assert {name: (out / name).read_bytes() for name in mine} == mine
+    assert (out / "pareto_per_structure.png").exists(), "nor an earlier figure of its own, when it fails"
+
+
+def test_an_earlier_figure_is_removed_only_if_this_tool_wrote_it_from_these_results_unchanged(tmp_path, capsys,
+                                                                                              figs):
+    results, other, out = str(tmp_path / "r"), str(tmp_path / "other"), tmp_path / "figs"
+    write_bench(results, sweep_rows())
+    os.makedirs(other)
+    write_backward(other)
+    assert plot_cli(other, capsys, "--out", str(out))[0] == 0  # a figure gathered from other results
+    assert plot_cli(results, capsys, "--out", str(out))[0] == 0
+    assert (out / "speedup_exact_vs_cvxpylayers.png").exists() and (out / "tradeoff.pdf").exists()
+    (out / "tradeoff.pdf").write_bytes(b"edited by hand")  # the user's copy now: not provably the tool's
+    rows = sweep_rows()
+    for r in rows:
+        if r["method"] == "cvxpylayers":
+            r["status"], r["reason"] = "skipped", "over budget"
+    for r in rows:  # no chain: tradeoff is not drawn either
+        r["structure"] = "axial"
+    write_bench(results, rows)
+    code, err = plot_cli(results, capsys, "--out", str(out))
+    assert code == 0
+    # the tool's own unchanged figures from these results go (so none sits beside results it does not show)
+    for name in ("speedup_exact_vs_cvxpylayers", "time_vs_size", "violation"):
+        assert not (out / f"{name}.png").exists() and not (out / f"{name}.pdf").exists(), name
+    assert "removed" in err
+    assert not (out / "tradeoff.png").exists() and (out / "tradeoff.pdf").read_bytes() == b"edited by hand"
+    assert any("tradeoff.pdf" in line and "changed since" in line for line in err.splitlines())
+    # the figure drawn from the other results stays, and is said to come from there
+    assert (out / "backward_implicit_vs_unrolled.png").exists()
+    (kept,) = [line for line in err.splitlines() if "backward_implicit_vs_unrolled.png" in line]
+    assert "kept" in kept and os.path.realpath(other) in kept
+    record = json.loads((out / plots.MANIFEST).read_text())
+    assert "backward_implicit_vs_unrolled.png" in record["figures"] and "tradeoff.pdf" not in record["figures"]
+
+
+def test_a_manifest_it_did_not_write_is_neither_trusted_nor_replaced(tmp_path, capsys, figs):
+    results, out = str(tmp_path / "r"), tmp_path / "figs"
+    chain_free_results(results)
+    out.mkdir()
+    (out / "tradeoff.png").write_bytes(b"mine")
+    forged = json.dumps({"figures": {"tradeoff.png": {"bytes": 4, "sha256": "0" * 64}}})
+    (out / plots.MANIFEST).write_text(forged)
+    code, err = plot_cli(results, capsys, "--out", str(out))
+    assert code == 0 and (out / "tradeoff.png").read_bytes() == b"mine"
+    assert (out / plots.MANIFEST).read_text() == forged and "not a record this tool wrote" in err
+
+
+def test_a_figure_that_cannot_be_written_removes_nothing(tmp_path, capsys, figs, monkeypatch):
+    results = str(tmp_path / "r")
+    write_bench(results, sweep_rows())
+    write_example(results)
+    assert plot_cli(results, capsys)[0] == 0
+    write_bench(results, [{**r, "structure": "axial"} for r in sweep_rows()])  # the chain figures are stale now
+    save = figures.save
+
+    def full(fig, path, env=None, notes=()):
+        if "attention_maps" in path:
+            raise OSError(28, "No space left on device")
+        return save(fig, path, env, notes)
+
+    monkeypatch.setattr(figures, "save", full)
+    code, err = plot_cli(results, capsys)
+    assert code == 2 and "No space left on device" in err
+    assert (tmp_path / "r" / "figures" / "tradeoff.png").exists()
+
+
+def test_the_backward_figure_draws_only_a_backward_csv_that_graphs_json_says_its_run_made(tmp_path, capsys, figs):
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_backward(folder)  # a full run ...
+    write_graphs_json(folder, ["amortised"], threads=7)  # ... then an amortised-only run with --overwrite
+    code, err = plot_cli(folder, capsys)
+    assert code == 2 and "backward_implicit_vs_unrolled" not in figs
+    assert "backward.csv: an earlier run's" in err and "amortised" in err
+    # with the stale folder's chain results beside it, the rest is drawn and the one line says why backward is not
+    write_bench(folder, sweep_rows())
+    notes = []
+    written = plot_results(folder, log=notes.append)
+    assert written and all("backward" not in os.path.basename(p) for p in written)
+    assert [n for n in notes if "backward.csv" in n] == [
+        "backward.csv: an earlier run's (graphs.json records a run of amortised, without backward): not drawn "
+        "under that run's environment; left as it is"]
+
+
+def test_a_graphs_json_without_its_parts_gives_the_backward_figure_no_environment(tmp_path, figs):
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_backward(folder)
+    write_graphs_json(folder, None)
+    notes = []
+    assert len(plot_results(folder, log=notes.append)) == 1
+    assert len(notes) == 1 and "no config.parts" in notes[0]
+    assert "load average" not in figs["backward_implicit_vs_unrolled:footer"]
+    assert figs["backward_implicit_vs_unrolled:footer"].startswith("environment not recorded")

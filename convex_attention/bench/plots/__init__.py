@@ -14,15 +14,33 @@ environment the numbers were measured in.  The figures:
   unrolled, from the graph benchmark's ``backward.csv``).
 
 What they share (reading and validating results, series and styles) is in
-:mod:`._common`.  Reports of what was left out go to the ``log`` callable of
-:func:`plot_results` (default: a :class:`PlotWarning`); the ``plot`` command prints them
-on stderr.
+:mod:`._common`.  :func:`plot_results` keeps a record of the figures it wrote in the figure
+folder (:data:`MANIFEST`), so that it can tell its own earlier output from the user's files:
+it removes a figure these results no longer support only when the record proves it drew
+that very file from these same results, and only once the new figures are written.
+Reports of what was left out go to the ``log`` callable of :func:`plot_results` (default: a
+:class:`PlotWarning`); the ``plot`` command prints them on stderr.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 
-from ._common import DTYPE_COLORS, DTYPE_EPS, METHOD_COLORS, Log, PlotWarning, load_env, read_results, warn
+from ...io.files import write_json
+from ._common import (
+    DTYPE_COLORS,
+    DTYPE_EPS,
+    METHOD_COLORS,
+    Log,
+    PlotWarning,
+    env_of,
+    graph_parts,
+    load_env,
+    load_record,
+    read_results,
+    warn,
+)
 from .consistency import plot_convergence, plot_tradeoff, plot_violation
 from .graphs import is_chain, plot_backward, plot_convergence_per_structure, plot_pareto_per_structure
 from .maps import plot_attention_maps
@@ -31,7 +49,7 @@ from .speed import core_ratios, plot_core_benchmark, plot_speedup, plot_time_vs_
 __all__ = ["PlotWarning", "read_results", "plot_core_benchmark", "core_ratios", "plot_time_vs_size",
            "plot_violation", "plot_convergence", "plot_speedup", "plot_tradeoff", "plot_attention_maps",
            "plot_results", "FIGURES", "DTYPE_EPS", "DTYPE_COLORS", "METHOD_COLORS", "plot_pareto_per_structure",
-           "plot_convergence_per_structure", "plot_backward", "STRUCTURE_FIGURES"]
+           "plot_convergence_per_structure", "plot_backward", "STRUCTURE_FIGURES", "MANIFEST"]
 
 # name -> (input file, what it shows); plot_results writes them in this order
 FIGURES = {
@@ -48,6 +66,12 @@ FIGURES = {
 }
 #: The figures of structures other than chains (a folder of chains only has none of them).
 STRUCTURE_FIGURES = ("pareto_per_structure", "dual_convergence_per_structure", "backward_implicit_vs_unrolled")
+#: The record, in the figure folder, of the figures :func:`plot_results` wrote there: per file
+#: name its size, SHA-256 and the results folder it was drawn from.  Only a file it lists,
+#: unchanged since, is ever removed.
+MANIFEST = ".convex-attention-figures.json"
+_MANIFEST_TAG = "convex-attention plot"
+_FIGURE_FILES = tuple(name + ext for name in FIGURES for ext in (".png", ".pdf"))
 _BENCH_FIGURES = {"time_vs_size": plot_time_vs_size, "violation": plot_violation,
                   "speedup_exact_vs_cvxpylayers": plot_speedup, "tradeoff": plot_tradeoff}
 
@@ -57,9 +81,14 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None) ->
     ``folder/figures``); returns the PNG paths written.
 
     Problems (an unusable file, skipped rows, a figure without data) go to ``log``, one
-    message each (default: a :class:`PlotWarning`).  A figure without data is not written,
-    and a copy left in ``out`` by an earlier run is removed, so the folder never shows a
-    figure the results do not support."""
+    message each (default: a :class:`PlotWarning`).  A figure without data is not written.
+    A copy of it in ``out`` is removed only when it is provably this function's own earlier
+    output from these same results (listed in ``out``'s :data:`MANIFEST` and unchanged
+    since), and only after the new figures and the record were written; any other file of
+    a figure's name is left as it is, and said.  When nothing is written, nothing is
+    removed.  The backward figure is drawn only where ``graphs.json`` (when there is one)
+    says its run made the backward part: an earlier run's ``backward.csv`` is not drawn
+    under a later run's environment."""
     log = log or warn
     out = out or os.path.join(folder, "figures")
     env = load_env(folder, log)
@@ -98,10 +127,10 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None) ->
     if conv_rows and len(chain_conv) < len(conv_rows):
         written.append(plot_convergence_per_structure(conv_rows, figure_path("dual_convergence_per_structure"),
                                                       env, log))
-    backward_rows = rows_of("backward.csv", ("kind",))
+    draw_backward, backward_env = _backward_source(folder, log)
+    backward_rows = rows_of("backward.csv", ("kind",)) if draw_backward else None
     if backward_rows:
-        written.append(plot_backward(backward_rows, figure_path("backward_implicit_vs_unrolled"),
-                                     load_env(folder, log, "graphs.json"), log))
+        written.append(plot_backward(backward_rows, figure_path("backward_implicit_vs_unrolled"), backward_env, log))
     example = os.path.join(folder, "example.npz")
     if os.path.exists(example):
         try:
@@ -109,14 +138,117 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None) ->
         except ValueError as err:
             log(f"example.npz: {err}; attention_maps not written")
             written.append(None)
-    written = [p for p in written if p]
-    done = {os.path.splitext(os.path.basename(p))[0] for p in written}
-    for name in FIGURES:
-        if name in done:
+    paths = [p for p in written if p]
+    _tidy(out, folder, paths, log)
+    return paths
+
+
+def _backward_source(folder: str, log: Log) -> tuple[bool, dict | None]:
+    """Whether to draw ``backward.csv``, and the environment to draw it under (``None``: no
+    environment line).  Not drawn when ``graphs.json`` records a run that did not make the
+    backward part (``config.parts``): the file is then an earlier run's, and that record's
+    environment, threads and load are not its."""
+    if not os.path.exists(os.path.join(folder, "backward.csv")):
+        return False, None
+    record = load_record(folder, log, "graphs.json")
+    if record is None:  # no graphs.json (or not readable, said): drawn without an environment line
+        return True, None
+    parts = graph_parts(record)
+    if parts is None:
+        log("graphs.json: no config.parts, so which run wrote backward.csv is not known; "
+            "backward_implicit_vs_unrolled carries no environment line")
+        return True, None
+    if "backward" not in parts:
+        log(f"backward.csv: an earlier run's (graphs.json records a run of {', '.join(parts) or 'no part'}, "
+            f"without backward): not drawn under that run's environment; left as it is")
+        return False, None
+    return True, env_of(record, "graphs.json", log)
+
+
+def _digest(path: str) -> dict:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return {"bytes": os.path.getsize(path), "sha256": h.hexdigest()}
+
+
+def _read_manifest(out: str) -> dict | None:
+    """The entries of ``out``'s :data:`MANIFEST` ({file name: entry}); ``{}`` when there is
+    none; ``None`` when a file of that name is there that this function did not write (it is
+    then neither trusted nor replaced)."""
+    path = os.path.join(out, MANIFEST)
+    if not os.path.lexists(path):
+        return {}
+    if os.path.islink(path) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("written_by") != _MANIFEST_TAG or not isinstance(
+            data.get("figures"), dict):
+        return None
+    return {name: entry for name, entry in data["figures"].items()
+            if name in _FIGURE_FILES and isinstance(entry, dict)}
+
+
+def _is_recorded(path: str, entry: dict) -> bool:
+    """Whether ``path`` is the very file ``entry`` records (a plain file, same size and hash)."""
+    if os.path.islink(path) or not os.path.isfile(path):
+        return False
+    try:
+        return _digest(path) == {"bytes": entry.get("bytes"), "sha256": entry.get("sha256")}
+    except OSError:
+        return False
+
+
+def _tidy(out: str, folder: str, written: list[str], log: Log) -> None:
+    """After the figures are written: record them in ``out``'s :data:`MANIFEST`, then remove
+    the figures of an earlier run from these same results that this run did not draw, where
+    the record proves they are that run's output; every other file of a figure's name is
+    left, and said in one line.  Nothing is removed when nothing was written (the command
+    fails)."""
+    results = os.path.realpath(folder)
+    drawn = {os.path.basename(p) for png in written for p in (png, os.path.splitext(png)[0] + ".pdf")}
+    others = [name for name in _FIGURE_FILES if name not in drawn and os.path.lexists(os.path.join(out, name))]
+    if not written:
+        if others:
+            log(f"{out} still holds {', '.join(others)} from an earlier run, which these results do not "
+                f"support; left untouched")
+        return
+    earlier = _read_manifest(out)
+    if earlier is None:
+        log(f"{os.path.join(out, MANIFEST)} is not a record this tool wrote: left as it is, so the figures "
+            f"written are not recorded" + (f" and {', '.join(others)} (which these results do not support) "
+                                           f"left untouched" if others else ""))
+        return
+    ours = {name: entry for name, entry in earlier.items()
+            if name in others and _is_recorded(os.path.join(out, name), entry)}
+    remove = [name for name in others if name in ours and ours[name].get("results") == results]
+    kept = [name for name in others if name in ours and name not in remove]
+    foreign = [name for name in others if name not in ours]
+    record = dict(ours)  # the entries of files still to remove go when a later run finds them gone
+    for name in sorted(drawn):
+        path = os.path.join(out, name)
+        if os.path.isfile(path):
+            record[name] = {**_digest(path), "results": results}
+    write_json(os.path.join(out, MANIFEST), {"written_by": _MANIFEST_TAG, "figures": record})
+    for name in remove:
+        stale = os.path.join(out, name)
+        try:
+            os.remove(stale)
+        except OSError as err:
+            log(f"could not remove {stale} ({err.strerror or err}): an earlier run's figure these results do not "
+                f"support; left")
             continue
-        for ext in (".png", ".pdf"):
-            stale = os.path.join(out, name + ext)
-            if os.path.exists(stale):
-                os.remove(stale)
-                log(f"removed {stale}: an earlier run's figure these results do not support")
-    return written
+        log(f"removed {stale}: an earlier run's figure (recorded in {MANIFEST}) that these results do not support")
+    if kept:
+        sources = sorted({str(ours[name].get("results")) for name in kept})
+        log(f"kept {', '.join(kept)} in {out}: drawn by an earlier plot from other results "
+            f"({', '.join(sources)}), not from these")
+    if foreign:
+        log(f"left {', '.join(foreign)} in {out} untouched: named like figures these results do not support, "
+            f"but not an earlier plot's output (not recorded in {MANIFEST}, or changed since); not these "
+            f"results' figures")

@@ -421,12 +421,10 @@ def spread_columns(col: str) -> dict:
 # ====================================================================== results-folder figures
 
 
-def load_env(folder: str, log: Log, name: str = "bench.json") -> dict | None:
-    """The environment record of ``folder/name`` (``bench.json``, or the graph benchmark's
-    ``graphs.json``), with its ``runs`` (the load average at the start and end of each run,
-    and its threads) where the file has them: the footer of the figures drawn from that
-    folder.  NaN/Infinity tokens (older files) read as null; ``None`` when the file is
-    missing, and ``None`` said to ``log`` when it is unusable."""
+def load_record(folder: str, log: Log, name: str) -> dict | None:
+    """The JSON object of ``folder/name`` (``bench.json`` or the graph benchmark's
+    ``graphs.json``): NaN/Infinity tokens (older files) read as null, and said; ``None`` when
+    the file is missing (nothing said) or is not readable JSON (said to ``log``)."""
     path = os.path.join(folder, name)
     if not os.path.exists(path):
         return None
@@ -443,7 +441,16 @@ def load_env(folder: str, log: Log, name: str = "bench.json") -> dict | None:
         return None
     if bad_tokens:
         log(f"{name}: not strict JSON ({len(bad_tokens)} NaN/Infinity token(s), read as null)")
-    env = data.get("environment") if isinstance(data, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def env_of(data: dict | None, name: str, log: Log) -> dict | None:
+    """The environment of a record read by :func:`load_record`, with its ``runs`` (the load
+    average at the start and end of each run, and its threads) where it has them; ``None``
+    for no record, and ``None`` said to ``log`` for one without an environment."""
+    if data is None:
+        return None
+    env = data.get("environment")
     if not isinstance(env, dict):
         log(f"{name}: no 'environment' object; its figures carry no environment line")
         return None
@@ -451,3 +458,22 @@ def load_env(folder: str, log: Log, name: str = "bench.json") -> dict | None:
         env = {**env, "runs": data["runs"]}  # the load and threads of each run (older files: not recorded)
     return env
 
+
+def load_env(folder: str, log: Log, name: str = "bench.json") -> dict | None:
+    """The environment record of ``folder/name`` (``bench.json``, or the graph benchmark's
+    ``graphs.json``), with its ``runs`` (the load average at the start and end of each run,
+    and its threads) where the file has them: the footer of the figures drawn from that
+    folder.  NaN/Infinity tokens (older files) read as null; ``None`` when the file is
+    missing, and ``None`` said to ``log`` when it is unusable."""
+    return env_of(load_record(folder, log, name), name, log)
+
+
+def graph_parts(data: dict | None) -> tuple[str, ...] | None:
+    """The parts the graph benchmark's run made, from its ``graphs.json`` record
+    (``config.parts``); ``None`` when the record does not say (no record, or no list of
+    names there)."""
+    config = data.get("config") if isinstance(data, dict) else None
+    parts = config.get("parts") if isinstance(config, dict) else None
+    if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+        return None
+    return tuple(parts)
