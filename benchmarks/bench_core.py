@@ -19,7 +19,7 @@ import os
 import torch
 
 from convex_attention.bench.targets import core_benchmark, plot_core_record
-from convex_attention.cli._common import CommandParser
+from convex_attention.cli import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends
 from convex_attention.io.files import check_out_dir
 from convex_attention.io.settings import positive_int

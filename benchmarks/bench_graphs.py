@@ -28,7 +28,7 @@ from convex_attention.bench.graph_targets import (
     default_backends,
     graph_benchmark,
 )
-from convex_attention.cli._common import CommandParser
+from convex_attention.cli import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends
 from convex_attention.io.files import check_out_dir
 from convex_attention.io.lock import ResultsLocked

@@ -32,7 +32,7 @@ import convex_attention as ca
 from convex_attention.bench.cases import make_case
 from convex_attention.bench.graph_targets import draw_instance
 from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
-from convex_attention.cli._common import CommandParser
+from convex_attention.cli import CommandParser
 from convex_attention.io.environment import environment
 
 

@@ -21,7 +21,7 @@ import torch
 from convex_attention import solve
 from convex_attention.bench.config import STRUCTURES
 from convex_attention.bench.graph_targets import draw_instance
-from convex_attention.cli._common import CommandParser
+from convex_attention.cli import CommandParser
 
 
 def _forward_backward(h, leaves, temps, weights, info: dict) -> None:

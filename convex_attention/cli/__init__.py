@@ -16,7 +16,7 @@ from .bench import BENCH_HANDLERS, EXAMPLES, add_bench_commands
 from .data import DATA_HANDLERS, add_data_commands
 from .paper import EXPERIMENT_HANDLERS, add_experiment_commands
 
-__all__ = ["main", "build_parser", "UsageError"]
+__all__ = ["main", "build_parser", "UsageError", "CommandParser"]
 
 
 def build_parser() -> argparse.ArgumentParser:
