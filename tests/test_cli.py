@@ -225,6 +225,11 @@ FAST = ["--methods", "exact", "softmax", "--sizes", "4", "--levels", "2", "--bat
     (["--repeats", "-1"], "argument --repeats: must be an integer from 1"),
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--cvx-backends", "gurobi"], "argument --cvx-backends: must be one of diffcp-clarabel"),
+    # a named backend that cannot run here, as verify --backends refuses it (before: rc 0, skipped rows only)
+    (["--methods", "cvxpylayers", "--cvx-backends", "diffcp-scs", "mpax", "--sizes", "4", "--levels", "2", "--batch",
+      "1"], "--cvx-backends mpax: cvxpylayers backend 'mpax' cannot run here"),
+    # a contradiction found before the folder is made (before: exit 2, and an empty folder left behind)
+    (["--sizes", "16", "--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
 ])
 def test_bench_usage_errors_exit_2_before_any_work(tmp_path, capsys, argv, message):
     out = tmp_path / "r"
@@ -428,3 +433,94 @@ def test_the_help_describes_resume_overwrite_and_the_verify_timeout():
     assert "(default: 60" in timeout
     train = help_of("train", "--overwrite")
     assert "earlier run's files" in train and "--resume OUT/last.pt" in train and "refused (exit 2)" in train
+
+
+def test_bench_resume_refuses_other_measurement_settings_and_numbers_new_cells_apart(tmp_path, capsys):
+    """Before: `--sizes 8` then `--sizes 4 8 --factor 4 --resume` exited 0 with factor-2 and
+    factor-4 rows side by side; and without --factor both cells were numbered 0."""
+    out = tmp_path / "r"
+    base = ["--methods", "exact", "softmax", "dual", "--levels", "2", "--batch", "2", "--repeats", "1", "--warmup",
+            "1", "--no-progress", "--device", "cpu"]
+    assert run(["bench", *base, "--sizes", "8", "--out", str(out)]) == 0
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    capsys.readouterr()
+    assert run(["bench", *base, "--sizes", "4", "8", "--factor", "4", "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "--factor 2, this run asks for --factor 4" in err and "--overwrite" in err
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before, "nothing was touched"
+    assert run(["bench", *base, "--sizes", "4", "8", "--out", str(out), "--resume"]) == 0
+    rows = read(out / "bench.csv")
+    assert {(r["size"], r["cell"]) for r in rows} == {("8", "0"), ("4", "1")}
+    conv = read(out / "convergence.csv")
+    assert {(r["size"], r["cell"]) for r in conv} == {("8", "0"), ("4", "1")}
+    assert json.load(open(out / "bench.json"))["config"]["sizes"] == [8, 4]
+
+
+def test_bench_refuses_to_replace_an_earlier_benchs_example_or_convergence_rows(tmp_path, capsys):
+    """Before: with no bench.csv/bench.json in the folder, bench replaced both without a word."""
+    for name in ("example.npz", "convergence.csv"):
+        out = tmp_path / name.split(".")[0]
+        out.mkdir()
+        if name == "example.npz":
+            (out / name).write_bytes(b"the user's")
+        else:
+            from convex_attention.bench import results as R
+
+            R.atomic_csv(str(out / name), R.CONVERGENCE_COLUMNS, [{"row_id": "x", "cell": 0, "iteration": 0}],
+                         checksum=True)
+        before = (out / name).read_bytes()
+        assert run(["bench", *FAST, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and f"holds {name}" in err and "--overwrite" in err
+        assert os.listdir(out) == [name] and (out / name).read_bytes() == before
+        assert run(["demo", "--out", str(out), "--no-progress"]) == 2
+        assert f"holds {name}" in capsys.readouterr().err and os.listdir(out) == [name]
+
+
+def test_verify_refuses_to_replace_verify_csv_without_overwrite(tmp_path, capsys):
+    """Before: verify replaced an existing verify.csv without a word."""
+    out = tmp_path / "v"
+    out.mkdir()
+    (out / "verify.csv").write_text("the user's\n")
+    assert run(["verify", "--quick", "--n", "1", "--no-progress", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "verify.csv holds an earlier verification" in err
+    assert "--overwrite" in err and (out / "verify.csv").read_text() == "the user's\n"
+    assert sorted(os.listdir(out)) == ["verify.csv"]
+    assert run(["demo", "--out", str(out), "--no-progress"]) == 2
+    assert "verify.csv" in capsys.readouterr().err and sorted(os.listdir(out)) == ["verify.csv"]
+
+
+def test_verify_quick_honours_n(tmp_path, capsys):
+    """Before: `verify --quick --n 1` ran 10 instances, ignoring --n (bench --quick takes the
+    options given with it)."""
+    out = tmp_path / "v"
+    assert run(["verify", "--quick", "--n", "1", "--no-progress", "--out", str(out)]) == 0
+    assert {r["instance"] for r in read(out / "verify.csv")} == {"0"}
+    assert not (out / "results.lock").exists()
+    (out / "verify.csv").write_text("the user's\n")
+    assert run(["verify", "--quick", "--n", "2", "--no-progress", "--out", str(out), "--overwrite"]) == 0
+    assert {r["instance"] for r in read(out / "verify.csv")} == {"0", "1"}
+
+
+def test_verify_into_a_busy_folder_exits_2_naming_the_owner(tmp_path, capsys):
+    """Before: verify took no lock, and wrote verify.csv into a folder another run was writing."""
+    out = tmp_path / "r"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, json, os, socket, sys, time\n"
+        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time(),"
+        " 'command': 'demo'}).encode())\n"
+        "print('locked', flush=True); time.sleep(60)\n"), str(out / "results.lock")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run(["verify", "--quick", "--n", "1", "--no-progress", "--out", str(out)]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert f"in use by pid {holder.pid}" in err and "--wait" in err and "Traceback" not in err
+    assert not (out / "verify.csv").exists()

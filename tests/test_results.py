@@ -9,6 +9,7 @@ import pytest
 from helpers import strict_load, tmp_files
 
 from convex_attention.bench import results as R
+from convex_attention.bench.config import SweepConfig
 from convex_attention.bench.results import COLUMNS, CONVERGENCE_COLUMNS
 from convex_attention.bench.verify import COLUMNS as VERIFY_COLUMNS
 from convex_attention.io.tables import read_table
@@ -227,3 +228,129 @@ def test_the_documented_columns_are_the_written_ones(heading, columns):
     documented = _documented_columns(heading)
     assert [c for c in columns if c not in documented] == [], "written but not documented"
     assert [c for c in documented if c not in columns] == [], "documented but not written"
+
+
+# ----------------------------------------------------------------------------- resume: the grid and the measurement
+
+def sweep_writer(folder, resume=False, log=None, **settings):
+    return R.ResultsWriter(str(folder), SweepConfig(**{"sizes": (4,), "levels": (2,), **settings}), "cpu", resume,
+                           log=log or (lambda m: None))
+
+
+def test_every_sweep_setting_is_either_grid_run_or_measurement_and_the_docs_name_them():
+    """Which settings --resume may change is decided per setting, and documented."""
+    from dataclasses import fields
+
+    names = [f.name for f in fields(SweepConfig)]
+    groups = (R.GRID_SETTINGS, R.RUN_SETTINGS, R.MEASUREMENT_SETTINGS)
+    assert sorted(n for g in groups for n in g) == sorted(names)
+    assert {"factor", "repeats", "warmup", "threads", "budget", "cvx_batch", "fit_instances", "fit_max_values",
+            "fit_steps", "amortised_steps", "dual_tol", "checkpoint", "seed"} <= set(R.MEASUREMENT_SETTINGS)
+    assert {"methods", "sizes", "structures", "levels", "cvx_backends"} <= set(R.GRID_SETTINGS)
+    text = (Path(__file__).resolve().parents[1] / "docs" / "results_format.md").read_text(encoding="utf-8")
+    section = text.split("### What `--resume` may change", 1)[1].split("\n## ", 1)[0]
+    missing = [n for n in R.MEASUREMENT_SETTINGS + R.GRID_SETTINGS if f"`{R._option(n)}`" not in section]
+    assert missing == []
+
+
+def test_resume_refuses_rows_measured_under_other_settings_and_accepts_a_wider_grid(tmp_path):
+    """Before: --resume with --factor 4 kept the factor-2 rows beside the new ones, and
+    bench.json said factor 4 for all."""
+    w = sweep_writer(tmp_path)
+    w.commit(bench_row(method="exact"))
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    with pytest.raises(R.FinishedRows, match=r"measured with --factor 2, this run asks for --factor 4.*--overwrite"):
+        sweep_writer(tmp_path, resume=True, sizes=(4, 8), factor=4)
+    with pytest.raises(R.ResumeMismatch, match=r"--fit-max-values none, this run asks for --fit-max-values 1000"):
+        sweep_writer(tmp_path, resume=True, fit_max_values=1000)
+    with pytest.raises(R.ResumeMismatch, match=r"dual_tol 1e-06, this run asks for dual_tol 1e-08"):
+        sweep_writer(tmp_path, resume=True, dual_tol=1e-8)
+    with pytest.raises(ValueError, match="--repeats 10, this run asks for --repeats 3"):
+        R.check_start_over(str(tmp_path), True, False, SweepConfig(repeats=3))
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before, "nothing was touched"
+    # the grid may grow or shrink, and bench.json's config then covers every row of the folder
+    w2 = sweep_writer(tmp_path, resume=True, sizes=(8,), methods=("softmax",), max_cells=3)
+    w2.commit(bench_row(method="softmax", size=8))
+    config = strict_load(str(tmp_path / "bench.json"))["config"]
+    assert config["sizes"] == [4, 8] and config["factor"] == 2 and config["max_cells"] == 3
+    assert config["methods"] == list(SweepConfig().methods)
+
+
+def test_cell_numbers_never_collide_across_resumed_runs(tmp_path):
+    """Before: `--sizes 8` then `--sizes 4 8 --resume` numbered both cells 0, in bench.csv and
+    in convergence.csv (whose lines the figures group by cell)."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="dual", size=8), convergence=conv_rows(2, cell=0))
+    w2 = writer(tmp_path, resume=True)
+    # the resumed sweep's index of the new cell is 0, as the earlier cell's
+    w2.commit(bench_row(method="dual", size=4), convergence=conv_rows(3, cell=0))
+    w2.commit(bench_row(method="exact", size=4))
+    w2.commit(bench_row(method="exact", size=8, cell=1))  # a cell of the folder keeps its number
+    rows = read_table(str(tmp_path / "bench.csv")).rows
+    cells = {(r["method"], r["size"]): r["cell"] for r in rows}
+    assert cells == {("dual", "8"): "0", ("dual", "4"): "1", ("exact", "4"): "1", ("exact", "8"): "0"}
+    conv = read_table(str(tmp_path / "convergence.csv")).rows
+    assert sorted(r["cell"] for r in conv) == ["0", "0", "1", "1", "1"]
+    assert {r["cell"] for r in conv if r["row_id"] == R.row_id(bench_row(method="dual", size=4))} == {"1"}
+    assert R.read_rows(str(tmp_path / "convergence.csv"), R.CONVERGENCE_SCHEMA)[1] == []
+
+
+def test_resume_renumbers_cells_that_an_earlier_resume_numbered_alike(tmp_path):
+    """A folder written before cells were numbered per folder: two cells numbered 0."""
+    rows = [{**bench_row(method="dual", size=8), "backend": "", "dual_kind": ""},
+            {**bench_row(method="dual", size=4), "backend": "", "dual_kind": ""}]
+    for r in rows:
+        r["row_id"] = R.row_id(r)
+    R.atomic_csv(str(tmp_path / "bench.csv"), R.COLUMNS, rows, checksum=True)
+    conv = [{**c, "row_id": r["row_id"]} for r in rows for c in conv_rows(2, cell=0)]
+    R.atomic_csv(str(tmp_path / "convergence.csv"), R.CONVERGENCE_COLUMNS, conv, checksum=True)
+    logged = []
+    writer(tmp_path, resume=True, log=logged.append)
+    assert any("renumbered" in m for m in logged)
+    read, problems = R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)
+    assert problems == [] and {(r["size"], r["cell"]) for r in read} == {(8, 0), (4, 1)}
+    conv_read, problems = R.read_rows(str(tmp_path / "convergence.csv"), R.CONVERGENCE_SCHEMA)
+    assert problems == [] and {(r["row_id"], r["cell"]) for r in conv_read} == {(rows[0]["row_id"], 0),
+                                                                                 (rows[1]["row_id"], 1)}
+    assert [r["cell"] for r in strict_load(str(tmp_path / "bench.json"))["rows"]] == [0, 1]
+
+
+def test_a_row_skipped_for_a_backend_that_could_not_run_is_retried_once_it_can(tmp_path, monkeypatch):
+    """Before: every skipped row counted as finished, so --resume never measured a backend
+    installed after the first run."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="cvxpylayers", backend="moreau", status="skipped",
+                       reason="backend moreau not installed (missing moreau): pip install moreau"))
+    w.commit(bench_row(method="cvxpylayers", backend="diffcp-scs", status="skipped",
+                       reason="problem size 20 cells > cap --cvx-max-cells 10"))
+    w.commit(bench_row(method="exact", status="skipped", reason="exact solves forests only"))
+    skipped_moreau = R.row_key(bench_row(method="cvxpylayers", backend="moreau"))
+    monkeypatch.setattr(R, "backend_unavailable_reason", lambda name: "not installed", raising=False)
+    assert len(writer(tmp_path, resume=True).done()) == 3, "still cannot run: still finished"
+    monkeypatch.setattr(R, "backend_unavailable_reason", lambda name: None, raising=False)
+    done = writer(tmp_path, resume=True).done()
+    assert skipped_moreau not in done and len(done) == 2, "the other skips stand"
+
+
+def test_a_fresh_bench_refuses_convergence_rows_or_an_example_it_would_replace(tmp_path):
+    """Before: without bench.csv/bench.json the folder counted as empty, and bench replaced
+    the user's convergence.csv (and later example.npz) without a word."""
+    conv_only = tmp_path / "conv"
+    conv_only.mkdir()
+    R.atomic_csv(str(conv_only / "convergence.csv"), R.CONVERGENCE_COLUMNS, conv_rows(2), checksum=True)
+    before = (conv_only / "convergence.csv").read_bytes()
+    with pytest.raises(R.FinishedRows, match="holds convergence.csv of an earlier bench.*--overwrite"):
+        writer(conv_only)
+    assert (conv_only / "convergence.csv").read_bytes() == before and sorted(os.listdir(conv_only)) == [
+        "convergence.csv"]
+    example = tmp_path / "example"
+    example.mkdir()
+    (example / "example.npz").write_bytes(b"mine")
+    with pytest.raises(R.FinishedRows, match="holds example.npz"):
+        writer(example)
+    assert sorted(os.listdir(example)) == ["example.npz"]
+    writer(example, overwrite=True)  # consent
+    empty_conv = tmp_path / "header"
+    empty_conv.mkdir()
+    R.atomic_csv(str(empty_conv / "convergence.csv"), R.CONVERGENCE_COLUMNS, [], checksum=True)
+    writer(empty_conv)  # a header alone: nothing to lose

@@ -358,3 +358,22 @@ def test_the_sweep_runs_with_its_declared_thread_count_and_restores_the_callers(
                                str(tmp_path))
         assert torch.get_num_threads() == odd_threads
     assert seen == [1, 2]
+
+
+def test_a_backend_skipped_because_it_could_not_run_is_measured_on_resume_once_it_can(tmp_path, monkeypatch):
+    """Before: a skipped row counted as finished whatever the reason, so a backend installed
+    after the first run was never measured by --resume."""
+    from convex_attention.bench import sweep
+    from convex_attention.bench.sweep import run_sweep
+
+    config = SweepConfig(methods=["cvxpylayers"], cvx_backends=["diffcp-clarabel"], sizes=[4], levels=[2],
+                         batches=[1], repeats=1, warmup=1, devices=["cpu"])
+    with monkeypatch.context() as m:  # the backend's packages "missing" on the first run
+        m.setattr(sweep, "backend_unavailable_reason", lambda name: "not installed (missing diffcp): pip install x")
+        rows = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    assert [(r["backend"], r["status"]) for r in rows] == [("diffcp-clarabel", "skipped")]
+    assert rows[0]["reason"].startswith("backend diffcp-clarabel not installed")
+    rows = run_sweep(config, str(tmp_path), resume=True, progress=False, log=lambda m: None)
+    assert [(r["backend"], r["status"]) for r in rows] == [("diffcp-clarabel", "ok")]
+    rows = run_sweep(config, str(tmp_path), resume=True, progress=False, log=lambda m: None)
+    assert [(r["backend"], r["status"], r["cell"]) for r in rows] == [("diffcp-clarabel", "ok", 0)]

@@ -203,7 +203,8 @@ class SweepConfig:
     cvx_batch: int = setting(2, Int(low=1, high=100_000), "samples timed per cvxpylayers cell")
     cvx_repeats: int = setting(2, Int(low=1, high=100_000), "timed repetitions per cvxpylayers cell", flag="")
     cvx_backends: tuple | None = setting(None, Many(_BACKEND_NAMES, optional=True),
-                                         "cvxpylayers backends, each its own row", shown="every installed one")
+                                         "cvxpylayers backends, each its own row (one that cannot run here is a "
+                                         "usage error)", shown="every installed one")
     fit_instances: int = setting(128, Int(low=1, high=1 << 20),
                                  "training instances for the fitted shared λ of learned_dual")
     fit_max_values: int | None = setting(None, Int(low=1, high=1 << 40, optional=True),
@@ -281,7 +282,8 @@ def _options():
 
 def _check_with_the_core(config: SweepConfig) -> None:
     """The checks that need torch and the core: the temperatures each dtype accepts and the
-    devices (a backend that is not installed is a skipped row, not an error)."""
+    devices (a backend named in ``cvx_backends`` that cannot run here is refused by the command
+    line; one left out of it is not timed)."""
     import torch
 
     from ..validation import check_temperatures

@@ -6,7 +6,10 @@
 * :class:`ResultsWriter`: the sweep's one writer, committing row by row atomically; a row
   replaces an earlier row with the same key, so ``--resume`` is idempotent.  It never
   discards finished rows without a word: a folder that holds rows is refused
-  (:class:`FinishedRows`) unless the run resumes them or was told to start over.
+  (:class:`FinishedRows`) unless the run resumes them or was told to start over, and a
+  resume whose measurement settings differ from the stored run's is refused
+  (:class:`ResumeMismatch`; :data:`GRID_SETTINGS` may differ, :data:`MEASUREMENT_SETTINGS`
+  must match).
 
 The columns, units and meaning of every file are documented in docs/results_format.md.
 Hold :func:`convex_attention.io.lock.results_lock` while a writer is alive.
@@ -18,15 +21,19 @@ import hashlib
 import io
 import json
 import os
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, fields, is_dataclass
 
+from ..cvx import backend_unavailable_reason
 from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import atomic_csv, atomic_write_text, clean_stale_tmp, csv_field, json_safe, row_checksum
+from ..io.settings import declared
 from ..io.tables import ResultsFormatError, Schema, read_rows
-from .config import STRUCTURES
+from .config import STRUCTURES, SweepConfig
 
-__all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows", "existing_rows", "check_start_over",
-           "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "OUTPUTS"]
+__all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows", "ResumeMismatch", "existing_rows",
+           "check_start_over", "check_resume_config", "stored_config", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
+           "CELL_KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "cell_key", "OUTPUTS", "GRID_SETTINGS",
+           "RUN_SETTINGS", "MEASUREMENT_SETTINGS"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
 KEY_FIELDS = ("method", "backend", "dual_kind", "structure", "generator", "scale", "dims", "size", "levels", "batch",
@@ -39,9 +46,28 @@ COLUMNS = ("cell", "status", "reason") + KEY_FIELDS + (
     "dual_gap", "iterations_mean", "iterations_max", "row_id", "checksum")
 CONVERGENCE_COLUMNS = ("row_id", "cell", "structure", "dims", "size", "levels", "temperature", "iteration",
                        "violation_mean", "violation_max", "dual_gap_mean", "dual_gap_max", "checksum")
+# the key fields that name a cell of the sweep (the key without the series: method, backend, λ kind)
+CELL_KEY_FIELDS = tuple(k for k in KEY_FIELDS if k not in ("method", "backend", "dual_kind"))
 STATUSES = ("ok", "skipped", "error")
 # the files a sweep writes into its folder
 OUTPUTS = ("bench.csv", "bench.json", "convergence.csv")
+# what else ``bench`` writes there (once the sweep is done), and would replace on a fresh start
+EXAMPLE = "example.npz"
+
+#: The sweep's grid: the settings that only say *which* rows a folder holds (each row records
+#: its own method, backend, structure, size, levels, batch, dims, temperature, dtype and
+#: device).  ``--resume`` may change them: more values add rows, fewer leave rows untouched.
+GRID_SETTINGS = ("methods", "structures", "sizes", "levels", "batches", "dims", "temperatures", "dtypes", "devices",
+                 "cvx_backends")
+#: How far one run goes; the latest run's value is recorded.
+RUN_SETTINGS = ("max_cells",)
+#: Every other setting of :class:`~.config.SweepConfig` says *how* each row is measured (its
+#: instances: generator, scale, checkpoint, seed, factor; its timing: repeats, warm-up,
+#: threads; the cvxpylayers budget and caps; the learned duals' training; the dual solver's
+#: tolerance): a resumed folder's rows must all share them, so ``--resume`` refuses a
+#: different value (:func:`check_resume_config`).  A setting added later is one of these
+#: unless it is listed above.
+MEASUREMENT_SETTINGS = tuple(f.name for f in fields(SweepConfig) if f.name not in GRID_SETTINGS + RUN_SETTINGS)
 
 BENCH_SCHEMA = Schema(
     "bench", COLUMNS,
@@ -80,14 +106,94 @@ def row_key(row: dict) -> tuple:
     return tuple(out)
 
 
+def cell_key(row: dict) -> tuple:
+    """The identity of a row's cell: :func:`row_key` without the series (method, backend,
+    λ kind)."""
+    return tuple(v for k, v in zip(KEY_FIELDS, row_key(row)) if k in CELL_KEY_FIELDS)
+
+
 def row_id(row: dict) -> str:
     """A short stable id of a row's key (links ``convergence.csv`` rows to their bench row)."""
     return hashlib.sha1(chr(31).join(row_key(row)).encode("utf-8")).hexdigest()[:12]
 
 
 class FinishedRows(ValueError):
-    """A results folder holds an earlier bench's rows, and the run was told neither to
-    resume them nor to start over (the message names both)."""
+    """A results folder holds an earlier bench's rows (or files), and the run was told
+    neither to resume them nor to start over (the message names both)."""
+
+
+class ResumeMismatch(FinishedRows):
+    """``--resume`` into a folder whose rows were measured under other settings
+    (:data:`MEASUREMENT_SETTINGS`): its rows and this run's would not be comparable."""
+
+
+def _plain(value):
+    """A setting's value as bench.json stores it (tuples as lists), for comparison."""
+    return json.loads(json.dumps(json_safe(value), allow_nan=False))
+
+
+def stored_config(out_dir: str) -> dict | None:
+    """The ``config`` recorded in ``out_dir/bench.json``; ``None`` when there is no such
+    file, it cannot be read or it records no configuration."""
+    try:
+        with open(os.path.join(out_dir, "bench.json"), encoding="utf-8") as f:
+            config = json.load(f).get("config")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return config if isinstance(config, dict) else None
+
+
+def _option(name: str) -> str:
+    """The command-line option of a sweep setting (its field name where it has none)."""
+    s = declared(SweepConfig).get(name)
+    return (s.option(name) if s is not None else "") or name
+
+
+def _show(value) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, list):
+        return " ".join(map(_show, value))
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
+def check_resume_config(out_dir: str, config) -> None:
+    """:class:`ResumeMismatch` when ``out_dir`` holds rows measured under a value of a
+    :data:`MEASUREMENT_SETTINGS` setting other than ``config``'s, naming the first such
+    setting and both values.  Settings that either side does not record are not compared
+    (an older bench.json); a folder without rows, or without a readable bench.json, passes."""
+    new = asdict(config) if is_dataclass(config) else dict(config or {})
+    stored = stored_config(out_dir)
+    if stored is None or not existing_rows(out_dir)[0]:
+        return
+    for name in MEASUREMENT_SETTINGS:
+        if name not in stored or name not in new:
+            continue
+        was, now = stored[name], _plain(new[name])
+        if was != now:
+            option = _option(name)
+            raise ResumeMismatch(
+                f"--resume: the rows in {out_dir} were measured with {option} {_show(was)}, this run asks for "
+                f"{option} {_show(now)}; settings that change how each row is measured must match the stored run "
+                f"(only the sweep's grid may grow: docs/results_format.md); rerun with {option} {_show(was)}, pass "
+                f"--overwrite to start over, or choose another --out")
+
+
+def _grown_config(stored: dict | None, new: dict) -> dict:
+    """``new`` with each grid setting widened to every value ``stored`` held too (so that
+    bench.json's ``config`` covers every row of a resumed folder)."""
+    if not stored:
+        return new
+    out = dict(new)
+    for name in GRID_SETTINGS:
+        if name not in stored or name not in new:
+            continue
+        was, now = stored[name], _plain(new[name])
+        if was is None or now is None:  # every installed backend: not a list to widen
+            out[name] = None
+        elif isinstance(was, list) and isinstance(now, list):
+            out[name] = was + [v for v in now if v not in was]
+    return out
 
 
 def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
@@ -114,14 +220,37 @@ def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
     return 0, 0, None
 
 
-def check_start_over(out_dir: str, resume: bool, overwrite: bool) -> None:
+def _earlier_files(out_dir: str) -> list[str]:
+    """The files of an earlier bench that a fresh start would replace although bench.csv
+    holds no row: convergence rows and the example instance."""
+    found = []
+    conv = os.path.join(out_dir, "convergence.csv")
+    if os.path.exists(conv):
+        try:
+            rows, problems = read_rows(conv, CONVERGENCE_SCHEMA)
+        except ResultsFormatError:
+            rows, problems = [], ["unreadable"]
+        if rows or problems:
+            found.append("convergence.csv")
+    if os.path.exists(os.path.join(out_dir, EXAMPLE)):
+        found.append(EXAMPLE)
+    return found
+
+
+def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None) -> None:
     """FinishedRows when ``out_dir`` holds an earlier bench's rows (or a results table that
-    cannot be read) and the run neither resumes nor overwrites them; ValueError when it is
-    asked to do both."""
+    cannot be read, or its convergence rows or example instance) and the run neither
+    resumes nor overwrites them; ResumeMismatch when it resumes rows measured under other
+    settings than ``config``'s (:func:`check_resume_config`; not checked without
+    ``config``); ValueError when it is asked to both resume and overwrite."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: --resume keeps the finished rows, "
                          "--overwrite discards them; pass one")
-    if resume or overwrite:
+    if overwrite:
+        return
+    if resume:
+        if config is not None:
+            check_resume_config(out_dir, config)
         return
     rows, finished, problem = existing_rows(out_dir)
     if problem is not None:
@@ -132,6 +261,23 @@ def check_start_over(out_dir: str, resume: bool, overwrite: bool) -> None:
         raise FinishedRows(f"{out_dir} holds {rows} row(s) of an earlier bench ({finished} finished) in bench.csv; "
                            f"pass --resume to keep them and measure only the rest, or --overwrite to discard them "
                            f"and start over (or choose another --out)")
+    earlier = _earlier_files(out_dir)
+    if earlier:
+        raise FinishedRows(f"{out_dir} holds {' and '.join(earlier)} of an earlier bench (and no row in bench.csv), "
+                           f"which a new bench would replace; pass --overwrite to replace them and start over, or "
+                           f"choose another --out")
+
+
+def _runs_now(row: dict) -> bool:
+    """Whether ``row`` was skipped because its cvxpylayers backend could not run here (its
+    reason, as the sweep writes it: ``backend <name> <why>``) and that backend can run now."""
+    backend = row.get("backend") or ""
+    if not backend or not str(row.get("reason") or "").startswith(f"backend {backend} "):
+        return False
+    try:
+        return backend_unavailable_reason(backend) is None
+    except ValueError:  # a backend this version does not know
+        return False
 
 
 class ResultsWriter:
@@ -141,7 +287,11 @@ class ResultsWriter:
     then bench.csv, then bench.json), so an interrupted run keeps every committed row.  A
     committed row replaces any earlier row with the same key (:func:`row_key`), and its
     convergence rows replace those of the same ``row_id``: replaying a cell never
-    duplicates rows.  Hold :func:`results_lock` while a writer is alive.
+    duplicates rows.  The writer numbers the cells (the ``cell`` column, in bench.csv and
+    convergence.csv): a cell keeps the number it has in the folder, and a cell new to the
+    folder keeps the sweep's index unless another cell has it, else gets the next free
+    number, so that one number never names two cells across resumed runs.  Hold
+    :func:`results_lock` while a writer is alive.
 
     Args:
         out_dir: the results folder.
@@ -149,7 +299,9 @@ class ResultsWriter:
         device_env: the device whose environment bench.json records.
         resume: keep the folder's readable rows; rows that cannot be read, error rows and
             duplicated rows (every copy) are measured again, and the files are rewritten at
-            once without the dropped rows, so bench.csv and bench.json agree.
+            once without the dropped rows, so bench.csv and bench.json agree.  Refused
+            (:class:`ResumeMismatch`) when the stored run's measurement settings differ from
+            ``config``'s.
         log: where reports of left-out rows and stale files go.
         overwrite: without ``resume``, discard an earlier bench's rows and start empty
             files; without either, a folder that holds rows is refused
@@ -157,7 +309,7 @@ class ResultsWriter:
     """
 
     def __init__(self, out_dir: str, config, device_env: str, resume: bool, log=print, overwrite: bool = False):
-        check_start_over(out_dir, resume, overwrite)
+        check_start_over(out_dir, resume, overwrite, config)
         self.out_dir = out_dir
         os.makedirs(out_dir, exist_ok=True)
         self.csv_path = os.path.join(out_dir, "bench.csv")
@@ -168,19 +320,26 @@ class ResultsWriter:
         self._lines: dict[tuple, str] = {}  # the CSV line of each row
         self._row_json: dict[tuple, str] = {}  # the JSON text of each row
         self._conv: dict[str, list[dict]] = {}
+        self._cells: dict[tuple, int] = {}  # cell_key -> the cell's number in this folder
+        self._renumbered = False  # loaded rows whose cell numbers collided were renumbered
         self.problems: list[str] = []
         self.extra: dict = {}
         stale = clean_stale_tmp(out_dir, OUTPUTS)
         if stale:
             log(f"removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}: {', '.join(stale)}")
         self.runs: list[dict] = []  # the earlier runs into this folder (resume): their load and threads
+        self.config = asdict(config) if is_dataclass(config) else dict(config or {})
         if resume:
             self._load()
             self.runs = self._earlier_runs()
+            stored = stored_config(out_dir)
+            if stored is None and self._rows:
+                log(f"resume: {self.json_path} records no readable configuration: the settings its rows were "
+                    f"measured with cannot be checked against this run's")
+            self.config = _grown_config(stored, self.config)
         self.env = environment(device_env)
         self._started, self._load_start, self._committed = now_utc(), load_average(), 0
-        self.config = asdict(config) if is_dataclass(config) else dict(config or {})
-        if not resume or self.problems:
+        if not resume or self.problems or self._renumbered:
             # a fresh start, or rows were dropped: the files hold exactly the kept rows from now on
             self._flush(convergence=True)
 
@@ -218,6 +377,44 @@ class ResultsWriter:
         self.problems = problems + conv_problems
         for p in self.problems:
             self.log(f"resume: {p}; it is recomputed where this sweep includes its cell")
+        self._number_loaded_cells()
+
+    def _number_loaded_cells(self) -> None:
+        """Number the loaded rows' cells; rows whose number names another cell too (written by
+        an earlier resume before cells were numbered per folder), or whose cell has another
+        number elsewhere, are renumbered with their convergence rows, and the log says so."""
+        moved = 0
+        for row in list(self._rows.values()):
+            number = self._cell_number(row)
+            if number != row["cell"]:
+                moved += 1
+                fixed = {**row, "cell": number}
+                fixed["checksum"] = row_checksum([csv_field(fixed[c]) for c in COLUMNS if c != "checksum"])
+                self._store(fixed)
+                for r in self._conv.get(fixed["row_id"], []):
+                    r["cell"] = number
+        if moved:
+            self._renumbered = True
+            self.log(f"resume: {moved} row(s) of bench.csv had a cell number that another cell has too: they are "
+                     f"renumbered (with their convergence rows)")
+
+    def _cell_number(self, row: dict) -> int:
+        """The number of ``row``'s cell in this folder: the one it already has; else the
+        row's own ``cell`` (the sweep's index) when no other cell has it; else the next
+        free number."""
+        key = cell_key(row)
+        if key in self._cells:
+            return self._cells[key]
+        taken = set(self._cells.values())
+        given = row.get("cell")
+        try:
+            number = int(given)
+        except (TypeError, ValueError):
+            number = -1
+        if number < 0 or number in taken:
+            number = max(taken, default=-1) + 1
+        self._cells[key] = number
+        return number
 
     def _earlier_runs(self) -> list[dict]:
         """The ``runs`` record of the bench.json being resumed (empty for an older or
@@ -244,8 +441,10 @@ class ResultsWriter:
         return [r for rows in self._conv.values() for r in rows]
 
     def done(self) -> set:
-        """Keys of finished rows (ok or skipped); error rows are retried."""
-        return {k for k, r in self._rows.items() if r.get("status") in ("ok", "skipped")}
+        """Keys of finished rows (ok or skipped); error rows are retried, and so are rows
+        skipped because their cvxpylayers backend could not run here once it can."""
+        return {k for k, r in self._rows.items() if r.get("status") == "ok"
+                or (r.get("status") == "skipped" and not _runs_now(r))}
 
     def commit(self, row: dict, convergence: list[dict] | None = None) -> dict:
         """Commit one row (and the dual solver's convergence history of its cell).
@@ -255,6 +454,7 @@ class ResultsWriter:
         stored = {c: row.get(c) for c in COLUMNS}
         for c in ("backend", "dual_kind", "reason"):
             stored[c] = stored[c] or ""
+        stored["cell"] = self._cell_number(stored)
         stored["row_id"] = row_id(stored)
         stored["checksum"] = row_checksum([csv_field(stored[c]) for c in COLUMNS if c != "checksum"])
         self._store(stored)
@@ -262,7 +462,8 @@ class ResultsWriter:
         changed = False
         if convergence is not None:
             self._conv[stored["row_id"]] = [{**{c: r.get(c) for c in CONVERGENCE_COLUMNS if c != "checksum"},
-                                             "row_id": stored["row_id"]} for r in convergence]
+                                             "row_id": stored["row_id"], "cell": stored["cell"]}
+                                            for r in convergence]
             changed = True
         elif stored["status"] != "ok" and stored["row_id"] in self._conv:
             del self._conv[stored["row_id"]]

@@ -55,13 +55,18 @@ def _add_bench(sub) -> None:
                     "Medians come with their quartiles. Rows are committed one by one (atomically) to "
                     "OUT/bench.csv and OUT/bench.json (format: docs/results_format.md); one run writes into a "
                     "folder at a time (OUT/results.lock). A folder that already holds rows needs --resume (keep "
-                    "them) or --overwrite (start over). A cell that fails, out of memory included, is recorded "
-                    "as error rows with the reason, and the sweep goes on.")
+                    "them) or --overwrite (start over); --resume may widen the sweep's grid (methods, structures, "
+                    "sizes, levels, batch, dims, temperatures, dtypes, devices, backends) but refuses other "
+                    "measurement settings than the stored run's. A cell that fails, out of memory included, is "
+                    "recorded as error rows with the reason, and the sweep goes on.")
     add_options(b, SweepConfig)
     b.add_argument("--out", default="results", help="results folder (default: results)")
     b.add_argument("--resume", action="store_true",
                    help="keep OUT's finished rows and measure only the rest (error rows, unreadable rows and "
-                        "duplicated rows are measured again and replaced)")
+                        "duplicated rows are measured again and replaced, and so are rows skipped because their "
+                        "backend could not run, once it can); the settings that change how a row is measured "
+                        "(factor, repeats, warmup, threads, budget, the learned duals' training, seed, generator, "
+                        "...) must be the stored run's (else exit 2), the grid may grow")
     b.add_argument("--overwrite", action="store_true",
                    help="discard the rows an earlier bench left in OUT and start over; without --resume or "
                         "--overwrite a folder that holds rows is refused (exit 2), so finished rows are never "
@@ -93,7 +98,8 @@ def _add_verify(sub) -> None:
                     "and writes nothing. "
                     "Backends that are not installed are skipped with a line saying so, and are not failures.")
     add_options(v, VerifyConfig)
-    v.add_argument("--quick", action="store_true", help="one small instance of every kind (10)")
+    v.add_argument("--quick", action="store_true",
+                   help="small instances, one of every kind (10); --n given with it sets their number")
     v.add_argument("--dual-solver", default=None, metavar="SPEC",
                    help="verify your own dual solver: module:function or file.py:function, called as "
                         "f(scores, h, temperatures) -> list of real floating dual tensors, one per edge e = (a, b) "
@@ -105,6 +111,11 @@ def _add_verify(sub) -> None:
                    help="cvxpylayers backends to check (default: every installed one); one named here that is "
                         "not installed is a usage error")
     v.add_argument("--out", default="results", help="results folder, for verify.csv (default: results)")
+    v.add_argument("--overwrite", action="store_true",
+                   help="replace the verify.csv an earlier run left in OUT; without it such a folder is refused "
+                        "(exit 2)")
+    v.add_argument("--wait", action="store_true",
+                   help="if another run writes into OUT, wait for it instead of stopping")
     add_output_options(v)
 
 
@@ -143,8 +154,8 @@ def _add_demo(sub) -> None:
     d.add_argument("--wait", action="store_true",
                    help="if another run writes into OUT, wait for it instead of stopping")
     d.add_argument("--overwrite", action="store_true",
-                   help="discard the bench rows an earlier run left in OUT and start over (without it such a "
-                        "folder is refused, exit 2)")
+                   help="discard the bench rows and verify.csv an earlier run left in OUT and start over "
+                        "(without it such a folder is refused, exit 2)")
     add_output_options(d)
 
 
@@ -174,17 +185,31 @@ def _check_sweep(config: SweepConfig) -> None:
                 model_scores.check_model_sweep(config.checkpoint, config.sizes, config.levels, config.dims,
                                                config.factor)
         check_sweep(config)
+        _check_cvx_backends(config)
     except ValueError as err:
         raise UsageError(str(err)) from err
 
 
-def _check_start_over(args, out: str) -> None:
+def _check_cvx_backends(config: SweepConfig) -> None:
+    """ValueError naming the first backend of ``--cvx-backends`` that cannot run here (as
+    ``verify --backends`` refuses it): a row of it could only be skipped."""
+    from ..cvx import backend_unavailable_reason
+
+    for name in dict.fromkeys(config.cvx_backends or ()):
+        reason = backend_unavailable_reason(name)
+        if reason is not None:
+            raise ValueError(f"--cvx-backends {name}: cvxpylayers backend {name!r} cannot run here: {reason} (leave "
+                             f"--cvx-backends out to time every installed backend)")
+
+
+def _check_start_over(args, out: str, config: SweepConfig | None = None) -> None:
     """UsageError, before any work, when ``out`` holds an earlier bench's rows and neither
-    ``--resume`` nor ``--overwrite`` was given (run_sweep checks again under the lock)."""
+    ``--resume`` nor ``--overwrite`` was given, or ``--resume`` continues rows measured under
+    other settings than ``config``'s (run_sweep checks again under the lock)."""
     from ..bench.results import check_start_over
 
     try:
-        check_start_over(out, getattr(args, "resume", False), getattr(args, "overwrite", False))
+        check_start_over(out, getattr(args, "resume", False), getattr(args, "overwrite", False), config)
     except ValueError as err:
         raise UsageError(str(err)) from err
 
@@ -192,8 +217,8 @@ def _check_start_over(args, out: str) -> None:
 def cmd_bench(args) -> int:
     config = _sweep_config(args)
     _check_sweep(config)
+    _check_start_over(args, args.out, config)  # before check_out, which makes the folder
     check_out(args.out)
-    _check_start_over(args, args.out)
     return _run_bench(config, args, args.out)
 
 
@@ -296,8 +321,18 @@ def _start_solver(args, config: VerifyConfig):
     return solver
 
 
+def _check_verify_out(args) -> None:
+    """UsageError, before any work, when OUT holds a verify.csv and ``--overwrite`` was not
+    given (checked again under the folder's lock)."""
+    path = os.path.join(args.out, "verify.csv")
+    if os.path.lexists(path) and not getattr(args, "overwrite", False):
+        raise UsageError(f"{path} holds an earlier verification; pass --overwrite to replace it, or choose another "
+                         f"--out")
+
+
 def cmd_verify(args) -> int:
     config, backends = _check_verify(args)
+    _check_verify_out(args)
     # the user's solver is imported (in its own process) before the out folder is made: a
     # solver that cannot be imported is a usage error that leaves nothing behind
     solver = _start_solver(args, config)
@@ -310,6 +345,8 @@ def cmd_verify(args) -> int:
 
 
 def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
+    """The verification into ``args.out``, holding the folder's lock (re-entrant: ``demo``
+    already holds it)."""
     from ..bench.verify import (
         QUICK_INSTANCES,
         all_passed,
@@ -319,17 +356,25 @@ def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
         verify_instances,
         write_csv,
     )
+    from ..io.lock import ResultsLocked, results_lock
 
-    n = QUICK_INSTANCES if args.quick else config.n
-    results = verify_instances(random_instances(n, config.seed, quick=args.quick), dual_solver=solver,
-                               progress=show_progress(args), backends=backends)
-    print(format_table(results, backend_skips(args.backends)))
-    path = os.path.join(args.out, "verify.csv")
+    # --quick's count unless --n is given with it (as bench --quick takes the options given with it)
+    n = QUICK_INSTANCES if args.quick and "n" not in given_settings(args, VerifyConfig, ["n"]) else config.n
     try:
-        write_csv(results, path)
-    except OSError as err:
-        print(f"verify: cannot write {path}: {err.strerror or err}", file=sys.stderr)
-        return 1
+        with results_lock(args.out, command="verify", wait=getattr(args, "wait", False),
+                          log=lambda m: print(f"verify: {m}", file=sys.stderr)):
+            _check_verify_out(args)  # again, under the lock: another run may have written it meanwhile
+            results = verify_instances(random_instances(n, config.seed, quick=args.quick), dual_solver=solver,
+                                       progress=show_progress(args), backends=backends)
+            print(format_table(results, backend_skips(args.backends)))
+            path = os.path.join(args.out, "verify.csv")
+            try:
+                write_csv(results, path)
+            except OSError as err:
+                print(f"verify: cannot write {path}: {err.strerror or err}", file=sys.stderr)
+                return 1
+    except ResultsLocked as err:
+        raise UsageError(str(err)) from err
     print(f"verify: {path}")
     return 0 if all_passed(results) else 1
 
@@ -385,12 +430,14 @@ def cmd_demo(args) -> int:
     output = (["--no-progress"] if args.no_progress else []) + (["--quiet"] if args.quiet else [])
     bench_args = parser.parse_args(["bench", "--quick", "--out", args.out] + output
                                    + (["--overwrite"] if args.overwrite else []))
-    verify_args = parser.parse_args(["verify", "--quick", "--out", args.out] + output)
+    verify_args = parser.parse_args(["verify", "--quick", "--out", args.out] + output
+                                    + (["--overwrite"] if args.overwrite else []))
     config = _sweep_config(bench_args)
     _check_sweep(config)
     verify_config, backends = _check_verify(verify_args)
+    _check_start_over(bench_args, args.out, config)  # before check_out, which makes the folder
+    _check_verify_out(verify_args)
     check_out(args.out)
-    _check_start_over(bench_args, args.out)
     start = time.perf_counter()
     info(args, f"demo: 3 steps into {args.out}/ (bench --quick, verify --quick, plot); expected: {DEMO_EXPECTED}")
 
