@@ -137,6 +137,11 @@ def _add_plot(sub) -> None:
                     "values are skipped and named on stderr; a figure without data is not written.")
     p.add_argument("results", help="results folder written by `bench`")
     p.add_argument("--out", default=None, help="figure folder (default: RESULTS/figures)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace files in the figure folder named like its figures that plot cannot prove it "
+                        "wrote (its record, FOLDER/.convex-attention-figures.json, lists what it wrote); without "
+                        "it such a folder is refused (exit 2). Figures plot recorded there are replaced, and "
+                        "removed where these results no longer support them, without it")
     add_output_options(p)
 
 
@@ -154,7 +159,7 @@ def _add_demo(sub) -> None:
     d.add_argument("--wait", action="store_true",
                    help="if another run writes into OUT, wait for it instead of stopping")
     d.add_argument("--overwrite", action="store_true",
-                   help="discard the bench rows and verify.csv an earlier run left in OUT and start over "
+                   help="discard the bench rows, verify.csv and figures an earlier run left in OUT and start over "
                         "(without it such a folder is refused, exit 2)")
     add_output_options(d)
 
@@ -393,8 +398,21 @@ def cmd_plot(args) -> int:
         raise UsageError(f"{results} holds no {', '.join(inputs)} to plot (run `convex-attention bench --out "
                          f"{results}` or benchmarks/bench_graphs.py --out {results} first)")
     out = args.out or os.path.join(results, "figures")
+    _check_figure_folder(out, getattr(args, "overwrite", False))
     check_out(out)
     return _run_plot(args, results, out)
+
+
+def _check_figure_folder(out: str, overwrite: bool) -> None:
+    """UsageError, before any work, when ``out`` holds files named like figures that plot did
+    not write (the user's, or changed since) and ``overwrite`` is not given."""
+    from ..bench.plots import MANIFEST, unrecorded_figures
+
+    foreign = [] if overwrite else unrecorded_figures(out)
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise UsageError(f"{out} holds {shown}, named like plot's figures but not recorded as its output (in "
+                         f"{MANIFEST}) or changed since; pass --overwrite to replace them, or choose another --out")
 
 
 def _run_plot(args, results: str, out: str) -> int:
@@ -437,6 +455,7 @@ def cmd_demo(args) -> int:
     verify_config, backends = _check_verify(verify_args)
     _check_start_over(bench_args, args.out, config)  # before check_out, which makes the folder
     _check_verify_out(verify_args)
+    _check_figure_folder(os.path.join(args.out, "figures"), args.overwrite)
     check_out(args.out)
     start = time.perf_counter()
     info(args, f"demo: 3 steps into {args.out}/ (bench --quick, verify --quick, plot); expected: {DEMO_EXPECTED}")
@@ -452,7 +471,8 @@ def cmd_demo(args) -> int:
             step(2, "verify --quick: the dual solutions against CVXPY and the closed form")
             status = _run_verify(verify_args, verify_config, None, backends)
             step(3, "plot: every figure")
-            _run_plot(parser.parse_args(["plot", args.out] + output), args.out, os.path.join(args.out, "figures"))
+            _run_plot(parser.parse_args(["plot", args.out] + output + (["--overwrite"] if args.overwrite else [])),
+                      args.out, os.path.join(args.out, "figures"))
     except ResultsLocked as err:
         raise UsageError(str(err)) from err
     info(args, f"demo: done in {time.perf_counter() - start:.0f} s; figures in {os.path.join(args.out, 'figures')}/")

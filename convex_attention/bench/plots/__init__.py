@@ -49,7 +49,8 @@ from .speed import core_ratios, plot_core_benchmark, plot_speedup, plot_time_vs_
 __all__ = ["PlotWarning", "read_results", "plot_core_benchmark", "core_ratios", "plot_time_vs_size",
            "plot_violation", "plot_convergence", "plot_speedup", "plot_tradeoff", "plot_attention_maps",
            "plot_results", "FIGURES", "DTYPE_EPS", "DTYPE_COLORS", "METHOD_COLORS", "plot_pareto_per_structure",
-           "plot_convergence_per_structure", "plot_backward", "STRUCTURE_FIGURES", "MANIFEST"]
+           "plot_convergence_per_structure", "plot_backward", "STRUCTURE_FIGURES", "MANIFEST",
+           "unrecorded_figures"]
 
 # name -> (input file, what it shows); plot_results writes them in this order
 FIGURES = {
@@ -202,6 +203,19 @@ def _is_recorded(path: str, entry: dict) -> bool:
         return _digest(path) == {"bytes": entry.get("bytes"), "sha256": entry.get("sha256")}
     except OSError:
         return False
+
+
+def unrecorded_figures(out: str) -> list[str]:
+    """The files in ``out`` named like a figure that :func:`plot_results` would replace but
+    cannot prove it wrote (not in ``out``'s :data:`MANIFEST`, changed since, or a record it
+    did not write): the ``plot`` command refuses to replace them without ``--overwrite``."""
+    if not os.path.isdir(out):
+        return []
+    present = [name for name in _FIGURE_FILES if os.path.lexists(os.path.join(out, name))]
+    record = _read_manifest(out)
+    if record is None:
+        return present
+    return [name for name in present if name not in record or not _is_recorded(os.path.join(out, name), record[name])]
 
 
 def _tidy(out: str, folder: str, written: list[str], log: Log) -> None:
