@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from test_lock import hold_lock
 
 from convex_attention import cli
 from convex_attention.bench.results import COLUMNS, CONVERGENCE_COLUMNS, DUAL_KINDS
@@ -258,15 +259,8 @@ def test_a_second_bench_into_a_busy_folder_exits_2_naming_the_owner(tmp_path, ca
     out = tmp_path / "r"
     out.mkdir()
     # another writer as the lock protocol sees it: an OS lock on results.lock, its owner recorded there
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, json, os, socket, sys, time\n"
-        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)\n"
-        "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time(),"
-        " 'command': 'bench'}).encode())\n"
-        "print('locked', flush=True); time.sleep(60)\n"), str(out / "results.lock")],
-        stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(out, 60)  # another writer, as the lock protocol sees it
     try:
-        assert holder.stdout.readline().strip() == "locked"
         assert run(["bench", *FAST, "--out", str(out)]) == 2
     finally:
         holder.kill()
@@ -508,15 +502,8 @@ def test_verify_into_a_busy_folder_exits_2_naming_the_owner(tmp_path, capsys):
     """Before: verify took no lock, and wrote verify.csv into a folder another run was writing."""
     out = tmp_path / "r"
     out.mkdir()
-    holder = subprocess.Popen([sys.executable, "-c", (
-        "import fcntl, json, os, socket, sys, time\n"
-        "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX)\n"
-        "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time(),"
-        " 'command': 'demo'}).encode())\n"
-        "print('locked', flush=True); time.sleep(60)\n"), str(out / "results.lock")],
-        stdout=subprocess.PIPE, text=True)
+    holder = hold_lock(out, 60)  # another writer, as the lock protocol sees it
     try:
-        assert holder.stdout.readline().strip() == "locked"
         assert run(["verify", "--quick", "--n", "1", "--no-progress", "--out", str(out)]) == 2
     finally:
         holder.kill()
