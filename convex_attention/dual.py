@@ -145,7 +145,8 @@ def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor]
         pb = log_b.exp()
         # (a Python 0, not a 0-d CPU tensor: on CUDA that would be a synchronising host-to-device copy)
         diff = torch.where(pb > 0, log_b - log_a, 0.0)
-        kl = (pb * diff).flatten(1).sum(1)
+        # a KL divergence is >= 0: rounding gave -6e-8 (float32) at consistent maps
+        kl = (pb * diff).flatten(1).sum(1).clamp_min(0.0)
         total = total + kl
     assert isinstance(total, Tensor)
     return total.mean()

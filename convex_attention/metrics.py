@@ -48,7 +48,11 @@ def objective(scores: Sequence[Tensor | None], probs: Sequence[Tensor], temps: S
             continue
         s, p = upcast(s), upcast(p)
         pc = p.clamp(min=0)
-        total = total + _flat_sum(s * p) - t * _flat_sum(torch.xlogy(pc, pc))
+        # p log p through a floored logarithm: xlogy's derivative at p = 0 is −inf, which times
+        # the zero derivative of an underflowed probability made the objective's gradient NaN
+        # (same value: 0 where p = 0; below the floor, p·log(tiny) for p·log p, both ~1e-305)
+        plogp = pc * torch.log(pc.clamp(min=torch.finfo(pc.dtype).tiny))
+        total = total + _flat_sum(s * p) - t * _flat_sum(plogp)
     assert isinstance(total, Tensor)
     return total
 

@@ -35,7 +35,6 @@ from .validation import (
     check_scores,
     check_scores_and_peaks,
     check_temperatures,
-    is_grad_temperature,
 )
 
 __all__ = ["LearnedDuals", "AmortisedDuals", "fit_amortised_duals", "ConsistentAttention", "Attended",
@@ -161,8 +160,9 @@ class AmortisedDuals(nn.Module):
             L = h.num_levels
             ndim = len(h.shapes[0]) if h.is_grid else 1
             self.channels = [2 + 2 * (L - 2 - k) for k in range(L - 1)]
-            convs = [ndim] * (L - 1)
-            kernels = [3 if h.is_grid else 1] * (L - 1)
+            # maps of more than 3 dimensions: pointwise on the flattened cells, as on graphs
+            convs = [ndim if ndim <= 3 else 1] * (L - 1)
+            kernels = [3 if h.is_grid and ndim <= 3 else 1] * (L - 1)
         else:
             self.channels = [2] * h.num_edges
             grid_maps = {m for e in range(h.num_edges) if h.is_grid_edge(e) for m in h.edges[e]}
@@ -258,6 +258,11 @@ class AmortisedDuals(nn.Module):
         temperatures already (``temps``: ``M`` floats or 0-d tensors, ``None``: the module's)."""
         work = compute_dtype(scores[0].dtype)
         pdtype = next(self.linear.parameters()).dtype
+        if torch.finfo(pdtype).bits < torch.finfo(work).bits:
+            # the network would compute the duals at its own, lower precision (or range) and
+            # hide it behind an output in the scores' dtype
+            raise TypeError(f"AmortisedDuals holds {pdtype} parameters and the scores compute in {work}: its duals "
+                            f"would have {pdtype}'s accuracy; convert the module (module.to({work}))")
         out = []
         for k, feat in enumerate(self.features(scores, temps)):
             shape = feat.shape
@@ -317,7 +322,8 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
     refine what the linear path reached.  Adam moves every weight by about its learning rate
     whatever the gradient's size, so training both at once lets the residual's first steps
     swamp an already accurate formula path.  The module ends with the parameters of the
-    lowest training loss seen.
+    lowest training loss seen, in the training mode it had; so too when the loss stops
+    being finite (a ``FloatingPointError`` that says so).
 
     Args:
         module: the network (trained in place, on its own device and dtype).
@@ -357,6 +363,7 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
         phases.append((list(residual.parameters()), steps - n_linear, residual_lr))
     history: list[float] = []
     best: tuple[float, dict | None] = (math.inf, None)
+    was_training = module.training
     module.train()
     trainable = {p: p.requires_grad for p in module.parameters()}
     try:
@@ -373,8 +380,11 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
                 current = float(loss_value.detach())
                 history.append(current)
                 if not math.isfinite(current):
+                    if best[1] is not None:  # the weights of the last finite loss, not the diverged ones
+                        module.load_state_dict(best[1])
                     raise FloatingPointError(f"fit_amortised_duals: the training loss became {current} at step "
-                                             f"{len(history)}; lower lr ({lr}) or check the training scores")
+                                             f"{len(history)}; the module keeps the parameters of its lowest "
+                                             f"training loss so far; lower lr ({lr}) or check the training scores")
                 if current < best[0]:
                     best = (current, copy.deepcopy(module.state_dict()))
                 loss_value.backward()
@@ -383,6 +393,7 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
     finally:
         for p, flag in trainable.items():
             p.requires_grad_(flag)
+        module.train(was_training)
     with torch.no_grad():
         final = float(objective())
     if best[1] is not None and not final <= best[0]:
@@ -411,6 +422,27 @@ class Attended:
 _DUAL_KINDS = ("shared", "amortised")
 
 
+def _learned_temperatures(temperature) -> bool:
+    """Whether ``temperature`` (a tensor, or a sequence holding tensors) holds a tensor that
+    requires grad, whatever the grad mode; each must be an ``nn.Parameter``: registered with
+    the module (in ``parameters()`` and ``state_dict()``, moved by ``.to()``), where a plain
+    leaf would be learned only by an optimiser that holds it, and a computed tensor would
+    keep a stale graph.  ValueError otherwise."""
+    items = [temperature] if isinstance(temperature, Tensor) else (
+        list(temperature) if isinstance(temperature, Sequence) and not isinstance(temperature, (str, bytes)) else [])
+    grads = [t for t in items if isinstance(t, Tensor) and t.requires_grad]
+    for t in grads:
+        if not t.is_leaf:
+            raise ValueError("a temperature tensor that requires grad must be a leaf nn.Parameter, or the module "
+                             "would keep a stale graph; for a computed temperature call solve(..., temperature=...) "
+                             "per forward pass (or ConsistentAttention's forward(scores, temperature=...))")
+        if not isinstance(t, nn.Parameter):
+            raise ValueError("a temperature tensor that requires grad must be an nn.Parameter, so that the module "
+                             "registers it (in parameters() and state_dict(), moved by .to()); wrap it: "
+                             "nn.Parameter(tensor)")
+    return bool(grads) or any(isinstance(t, nn.Parameter) for t in items)
+
+
 class ConsistentAttention(nn.Module):
     """Multi-level attention with a switchable consistency method.
 
@@ -423,9 +455,14 @@ class ConsistentAttention(nn.Module):
         method: a method of the registry (:data:`convex_attention.METHODS`: ``"softmax"``,
             ``"exact"``, ``"dual"``, ``"learned_dual"``, ``"cvxpylayers"``).
         temperature: a positive float or one per level; or a tensor of shape ``()`` or
-            ``(L,)`` (per level, never per sample).  A leaf tensor that requires grad (an
-            ``nn.Parameter``) is learned with the model for the methods that differentiate
-            through it (``softmax``, ``exact``, ``learned_dual``).
+            ``(L,)`` (per level, never per sample), or a list mixing floats and 0-d tensors.
+            An ``nn.Parameter`` (or Parameters in the list) is registered with the module,
+            whatever the grad mode at construction: learned with the model for the methods
+            that differentiate through it (``softmax``, ``exact``, ``dual``,
+            ``learned_dual``), saved in its ``state_dict`` and moved by ``.to()``.  Any
+            other tensor that requires grad is refused (a plain leaf would be learned only by
+            an optimiser holding it; a computed one would keep a stale graph: pass it per
+            pass, ``forward(scores, temperature=...)``).
         check_finite: reject NaN/Inf scores and scores beyond ``validation.score_limit``
             (one host synchronisation on CUDA).
         duals: for methods that need duals (``"learned_dual"``): ``"shared"`` (default, the
@@ -446,14 +483,18 @@ class ConsistentAttention(nn.Module):
         record = get_method(method)
         record.check_structure(h)
         self.h, self.method = h, record.name
-        temps = check_temperatures(temperature, h.num_maps, allow_grad=record.tensor_temperature,
-                                   method=record.name, unit=h._map_word)
-        if is_grad_temperature(temperature):
-            if not temperature.is_leaf:
-                raise ValueError("a temperature tensor that requires grad must be a leaf (e.g. an nn.Parameter), "
-                                 "or the module would keep a stale graph; for a computed temperature call "
-                                 "solve(..., temperature=...) per forward pass")
-            self.temperature = temperature
+        # judged whether or not grad mode is on now: a module built under torch.no_grad() (an
+        # inference script) must hold the same temperature as the one it was trained as
+        with torch.enable_grad():
+            temps = check_temperatures(temperature, h.num_maps, allow_grad=record.tensor_temperature,
+                                       method=record.name, unit=h._map_word)
+        learned = _learned_temperatures(temperature)
+        self.temperature: Tensor | list
+        if isinstance(temperature, Tensor) and (learned or isinstance(temperature, nn.Parameter)):
+            self.temperature = temperature  # an nn.Parameter is registered: learned, moved and saved with the module
+        elif learned:  # a list holding Parameters: registered too, the list kept as given
+            self._temperature_parameters = nn.ParameterList([t for t in temperature if isinstance(t, nn.Parameter)])
+            self.temperature = list(temperature)
         else:
             self.temperature = temps
         if not isinstance(check_finite, bool):

@@ -270,3 +270,33 @@ def test_consistent_attention_with_amortised_duals_on_a_graph():
     out.aux_loss.backward()
     assert all(s.grad is not None for s in scores)
     assert layer.learned_duals.cost()["parameters"] == sum(p.numel() for p in layer.learned_duals.parameters())
+
+
+def test_a_hierarchy_of_more_than_three_dimensions_is_pointwise():
+    """A 4-D grid hierarchy crashed at construction (a bare KeyError: no Conv4d); graphs were
+    already pointwise there."""
+    h = ca.Hierarchy.grid([(2, 2, 2, 2), (1, 1, 1, 1)])
+    scores = [torch.randn((3,) + s) for s in h.shapes]
+    (lam,) = ca.AmortisedDuals(h, 1.0)(scores)
+    assert lam.shape == (3, 1, 1, 1, 1) and bool(torch.isfinite(lam).all())
+    ca.ConsistentAttention(h, "learned_dual", duals="amortised").attend(scores).aux_loss.backward()
+
+
+def test_a_module_less_precise_than_the_scores_is_refused_not_silently_used():
+    """float64 scores through float32 weights gave float64 duals of float32 accuracy (5e-8)."""
+    h = make_hierarchy("2d-2lvl")
+    scores = [torch.randn((2,) + s, dtype=torch.float64) for s in h.shapes]
+    module = ca.AmortisedDuals(h, 1.0)
+    with pytest.raises(TypeError, match=r"float32 parameters and the scores compute in torch.float64"):
+        module(scores)
+    assert module.to(torch.float64)(scores)[0].dtype == torch.float64
+
+
+def test_a_fit_that_diverges_keeps_its_best_finite_parameters_and_mode():
+    """The FloatingPointError left NaN weights behind (and the module in training mode)."""
+    h = make_hierarchy("2d-2lvl")
+    module = ca.AmortisedDuals(h, 1.0, layers=0).eval()
+    train = [1e30 * torch.randn((4,) + s) for s in h.shapes]
+    with pytest.raises(FloatingPointError, match="keeps the parameters of its lowest training loss"):
+        ca.fit_amortised_duals(module, train, steps=20, lr=1e10)
+    assert all(bool(torch.isfinite(p).all()) for p in module.parameters()) and not module.training

@@ -815,3 +815,12 @@ def test_a_graph_without_a_strictly_positive_feasible_point_is_still_solved():
     assert sol.info["converged"].all() and (sol.violation <= 1e-10).all()
     assert float(sol.probs[1][:, 1].max()) < 1e-9
     assert all(torch.isfinite(d).all() for d in sol.duals)
+
+
+def test_the_consistency_loss_is_never_negative_at_consistent_maps():
+    """One coarse cell: every pair of maps is consistent; rounding gave -6e-8 in float32."""
+    h = ca.Hierarchy.grid([(2, 2, 2, 2), (1, 1, 1, 1)])
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        scores = [torch.randn((2,) + s, generator=g) for s in h.shapes]
+        assert float(ca.consistency_loss(scores, [torch.zeros(1, 1, 1, 1, 1)], h)) >= 0.0

@@ -130,6 +130,37 @@ def test_a_parameter_temperature_is_learned_with_the_module():
         ca.ConsistentAttention(H, method="exact", temperature=tau * 2)
 
 
+def test_a_parameter_temperature_is_registered_whatever_the_grad_mode_and_its_own_requires_grad():
+    """Built under torch.no_grad() (an inference script), or frozen, the Parameter was dropped
+    for floats: a strict load of the trained state failed, a loose one ignored the learned
+    temperatures (probabilities off by 0.12); found by a hostile review."""
+    trained = ca.ConsistentAttention(H, method="exact", temperature=torch.nn.Parameter(torch.tensor([0.25, 3.0, 1.0])))
+    scores = [torch.randn((2,) + s) for s in H.shapes]
+    with torch.no_grad():
+        loaded = ca.ConsistentAttention(H, method="exact", temperature=torch.nn.Parameter(torch.ones(3)))
+        loaded.load_state_dict(trained.state_dict())  # strict
+        for a, b in zip(loaded(scores).probs, trained(scores).probs):
+            torch.testing.assert_close(a, b)
+    frozen = ca.ConsistentAttention(H, method="exact", temperature=torch.nn.Parameter(torch.ones(3),
+                                                                                   requires_grad=False))
+    assert [name for name, _ in frozen.named_parameters()] == ["temperature"]
+
+
+def test_temperatures_that_require_grad_are_parameters_the_module_registers():
+    tau = torch.nn.Parameter(torch.tensor(0.5))
+    module = ca.ConsistentAttention(H, method="exact", temperature=[tau, 1.0, 2.0])
+    assert any(p is tau for p in module.parameters()) and "_temperature_parameters.0" in module.state_dict()
+    scores = [torch.randn((2,) + s) for s in H.shapes]
+    for _ in range(2):  # a computed tensor in the list kept a stale graph: the second backward failed
+        sum(p.square().sum() for p in module(scores).probs).backward()
+    assert tau.grad is not None and float(tau.grad.abs()) > 0
+    log_tau = torch.nn.Parameter(torch.tensor(0.0))
+    with pytest.raises(ValueError, match="leaf nn.Parameter"):
+        ca.ConsistentAttention(H, method="exact", temperature=[log_tau.exp(), 1.0, 1.0])
+    with pytest.raises(ValueError, match="must be an nn.Parameter"):  # not registered: no optimiser would see it
+        ca.ConsistentAttention(H, method="exact", temperature=torch.ones(3, requires_grad=True))
+
+
 # ------------------------------------------------------------------ score heads
 
 @pytest.mark.parametrize("kwargs, message", [
