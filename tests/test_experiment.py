@@ -238,7 +238,7 @@ def test_test_stage_refusals_are_usage_errors_before_work(outside_git, tmp_path,
     accepted = tmp_path / "accepted.json"
     accepted.write_text(json.dumps(Variants(benchmark=good).to_dict()))
     argv = ["experiment", "--quick", "--stage", "test", "--variants", str(accepted), "--variants-sha256",
-            variants_digest(str(accepted)), "--out", out]
+            variants_digest(str(accepted)), "--methods", "softmax", "--out", out]
     code, _, err = run(argv, capsys)
     assert code == 2 and "argument --data-seed:" in err and "would reuse images" in err and "dev run" in err, err
     code, _, err = run([*argv, "--data-seed", "1000"], capsys)
@@ -263,6 +263,112 @@ def test_test_stage_refusals_are_usage_errors_before_work(outside_git, tmp_path,
     assert code == 2 and "--force" in err
     code, _, err = run(["experiment", "--quick", "--allow-rejected-benchmark", "--out", out], capsys)
     assert code == 2 and "--allow-rejected-benchmark: only the test stage" in err
+
+
+def test_the_test_stage_refuses_other_methods_or_settings_than_the_verdict_judged(outside_git, tmp_path, capsys,
+                                                                                  monkeypatch):
+    """The verdict records the methods and the settings it judged; the test stage refuses,
+    before any work (one line, exit 2, naming the setting and both values), a run that
+    differs from them (it used to check only the variant, the difficulty and the data)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.protocol import (
+        JUDGED_SETTINGS,
+        Variant,
+        Variants,
+        VariantsError,
+        benchmark_record,
+        judged_settings,
+        variants_digest,
+    )
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
+
+    monkeypatch.setattr(experiment, "run_test", lambda *a, **k: pytest.fail("work started"))
+    checks = [CheckResult("location_free", "t", "b", 0.5, 0.6), CheckResult("pixel_map", "t", "a", 0.2, 0.3),
+              check_maps_drive_ranking([0.1] * 5)]
+    dev = QUICK.override(methods=("softmax", "exact"), n_train=64, epochs=2)
+    record = benchmark_record(checks, Variant(), 0.3, dev.methods, (0, 1, 2, 3, 4), judged_settings(dev),
+                              data_seed=0)
+    assert set(record["judged"]["settings"]) == set(JUDGED_SETTINGS)  # the dev stage records every one
+    path = tmp_path / "accepted.json"
+    path.write_text(json.dumps(Variants(benchmark=record).to_dict()))
+    base = ["experiment", "--stage", "test", "--variants", str(path), "--variants-sha256",
+            variants_digest(str(path)), "--data-seed", "1", "--out", str(tmp_path / "exp")]
+    same = ["--quick", "--methods", "softmax", "exact", "--n-train", "64", "--epochs", "2"]
+    for argv, words in (
+            (["--quick", "--n-train", "64", "--epochs", "2"], "judged the methods softmax exact, but this run has "
+                                                              "softmax learned_dual exact"),
+            (["--quick", "--methods", "softmax", "--n-train", "64", "--epochs", "2"], "judged the methods"),
+            ([*same[:-4], "--n-train", "96", "--epochs", "2"], "judged n_train 64, but this run has n_train 96"),
+            ([*same[:-2], "--epochs", "3"], "judged epochs 2, but this run has epochs 3"),
+            ([*same, "--batch-size", "16"], "judged batch_size 32, but this run has batch_size 16"),
+            ([*same, "--n-val", "64"], "judged n_val 128, but this run has n_val 64"),
+            # the full preset against a quick verdict: its first differing setting is named
+            (same[1:], "judged image_size 64, but this run has image_size 128")):
+        code, _, err = run([*base, *argv], capsys)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert "argument --variants:" in err and words in err, err
+        assert not (tmp_path / "exp").exists()
+    monkeypatch.setattr(experiment, "run_test", lambda *a, **k: {"report": "ran"})
+    code, output, err = run([*base, *same, "--seeds", "7", "8"], capsys)  # new training seeds are the test's own
+    assert code == 0 and "ran" in output, err
+    # the learning rate has no option: --quick's differs from the full preset's, and the API refuses it too
+    full = FULL.override(methods=("softmax", "exact"))
+    full_record = benchmark_record(checks, Variant(), 0.3, full.methods, (0, 1, 2, 3, 4), judged_settings(full),
+                                   data_seed=0)
+    path.write_text(json.dumps(Variants(benchmark=full_record).to_dict()))
+    quick = QUICK.override(methods=("softmax", "exact"), image_size=full.train.model.image_size,
+                           width=full.train.model.width, epochs=full.train.epochs, n_train=full.train.n_train,
+                           n_val=full.train.n_val, data_seed=1)
+    with pytest.raises(VariantsError, match="judged lr 0.002, but this run has lr 0.003"):
+        run_experiment(quick, str(tmp_path / "exp"), stage="test", variants_path=str(path), progress=False,
+                       variants_sha256=variants_digest(str(path)))
+    assert not (tmp_path / "exp" / "test").exists() and not (tmp_path / "data_ledger.json").exists()
+
+
+def test_force_keeps_the_earlier_test_run_and_the_ledger_lists_every_run(tmp_path, monkeypatch):
+    """``--force`` moves the earlier results aside (the user's files with them) before any
+    work; the ledger and ``test_runs.jsonl`` record each run's seeds, methods, settings and
+    where its results are; the report of a later run into another folder lists every
+    earlier test run of the benchmark, with where its results are now."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.experiment import run_test
+    from convex_attention.paper.protocol import Variants, read_ledger, read_test_runs
+
+    histories = []
+    monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: None)  # no training: the bookkeeping only
+    monkeypatch.setattr(experiment, "_write_test", lambda config, *a: histories.append(a[-1]) or {"report": ""})
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    record = {"path": str(tmp_path / "configs" / "experiment_variants.json"), "sha256": "ab" * 32}
+    variants = Variants(difficulties=(0.3,))
+
+    def test_stage(config, out, **kw):
+        return run_test(config, str(tmp_path / out / "test"), variants, record, progress=False,
+                        log=lambda *a: None, ledger_path=ledger, **kw)
+
+    first = _tiny_config(data_seed=1)
+    test_stage(first, "exp1")
+    (tmp_path / "exp1" / "test" / "my_notes.txt").write_text("my analysis")
+    test_stage(first.override(seeds=(3, 4), methods=("softmax",)), "exp1", force=True)
+    assert (tmp_path / "exp1" / "test.run-1" / "my_notes.txt").read_text() == "my analysis"
+    assert not (tmp_path / "exp1" / "test" / "my_notes.txt").exists()
+    test_stage(first.override(data_seed=2), "exp3")
+    runs = read_ledger(ledger)
+    assert [(r["data_seed"], r["seeds"], r["methods"], r["results"]) for r in runs] == [
+        (1, [0, 1], ["softmax", "learned_dual", "exact"], "exp1/test"), (1, [3, 4], ["softmax"], "exp1/test"),
+        (2, [0, 1], ["softmax", "learned_dual", "exact"], "exp3/test")]
+    assert runs[1]["moved_aside"] == {"from": "exp1/test", "to": "exp1/test.run-1", "run_started": runs[0]["started"]}
+    assert runs[0]["settings"]["n_train"] == 32 and runs[0]["settings"]["lr"] == first.train.lr
+    assert runs[0]["settings"]["n_explain"] == 2 and runs[0]["variants_sha256"] == "ab" * 32
+    logged = read_test_runs(str(tmp_path / "exp1"))
+    assert [(r["seeds"], r["results"]) for r in logged] == [([0, 1], "exp1/test"), ([3, 4], "exp1/test")]
+    from convex_attention.paper.reports import history_line
+
+    line = history_line(histories[-1], "synthetic")
+    assert "This is test run 3 of the benchmark 'synthetic' recorded in the data ledger" in line, line
+    assert "results in `exp1/test.run-1`" in line and "results in `exp1/test`" in line, line
+    assert "seeds [3, 4], methods softmax, forced" in line and "first test run" not in line, line
+    forced = history_line(histories[1], "synthetic")
+    assert "moved, not deleted, to `exp1/test.run-1`" in forced and "test run 2" in forced, forced
 
 
 def test_check_c_is_reported_with_a_paired_interval():
@@ -390,7 +496,9 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert not verdict["accepted"] and verdict["checks"]["maps_drive_ranking"]["ran"] is False
     assert verdict["checks"]["uniform_attention"]["value"] == pytest.approx(c.value)
     assert verdict["judged"]["variant"] == proposal["model"] | {"upsampling": proposal["upsampling"]}
-    assert verdict["judged"]["settings"] == {"image_size": 32, "width": 4, "epochs": 1, "n_train": 32}
+    assert {k: verdict["judged"]["settings"][k] for k in ("image_size", "width", "epochs", "n_train", "n_val",
+                                                          "batch_size", "lr")} == {
+        "image_size": 32, "width": 4, "epochs": 1, "n_train": 32, "n_val": 16, "batch_size": 8, "lr": config.train.lr}
     assert verdict["judged"]["data"] == "synthetic-brightest" and verdict["judged"]["dev_seeds"] == [0]
     assert verdict["judged"]["data_seed"] == 0
     assert "Benchmark REJECTED" in dev["report"]
@@ -410,7 +518,9 @@ def test_tiny_experiment_end_to_end(tmp_path):
     fresh = config.override(data_seed=1)
     result = test_stage(fresh, allow_rejected_benchmark=True)
     assert "REJECTED this benchmark" in result["report"]
-    assert "first test run recorded in this results folder" in result["report"]
+    assert "first test run of the benchmark 'synthetic-brightest' recorded in the data ledger" in result["report"]
+    assert "The verdict judged data 'synthetic-brightest' (data seed 0)" in result["report"]
+    assert "n_train 32" in result["report"] and "favours" in result["report"]
     ledger = json.load(open(os.path.join(os.path.dirname(variants), "data_ledger.json")))
     assert [(r["stage"], r["data_seed"]) for r in ledger["spent"]] == [("test", 1)]
     folder = os.path.join(out, "test")
@@ -462,8 +572,11 @@ def test_tiny_experiment_end_to_end(tmp_path):
     with pytest.raises(VariantsError, match="would reuse images.*test run"):
         run_experiment(fresh, str(tmp_path / "other"), progress=False, log=lambda *a: None, stage="test",
                        variants_path=variants, allow_rejected_benchmark=True)
+    with pytest.raises(VariantsError, match="judged epochs 1, but this run has epochs 2"):  # the judged setting
+        test_stage(fresh.override(epochs=2), allow_rejected_benchmark=True, force=True)
     again = test_stage(fresh, allow_rejected_benchmark=True, force=True)
-    assert "run 2 recorded in this results folder" in again["report"] and "--force" in again["report"]
+    assert "test run 2 of the benchmark" in again["report"] and "--force" in again["report"]
+    assert "moved, not deleted" in again["report"] and os.path.isfile(os.path.join(out, "test.run-1", "runs.csv"))
     assert len(open(os.path.join(out, "test_runs.jsonl")).read().splitlines()) == 2
 
 

@@ -734,3 +734,112 @@ def test_train_on_a_bad_folder_is_a_usage_error_naming_the_file(tmp_path, capsys
     assert_usage_error(code, err, "16x16", "--image-size")
     code, _, err = run(["train", "--data", "folder", "--out", str(tmp_path / "o")], capsys)
     assert_usage_error(code, err, "--data-root")
+
+
+# ----------------------------------------------------------------------------- refusals that found a fault (review)
+
+def _run_up_to_epoch_4(folder):
+    """A run's folder after 4 epochs whose best was epoch 2: best.pt (epoch 2), last.pt
+    (epoch 4), metrics.csv (epochs 1-4)."""
+    tiny_checkpoint(folder / "best.pt", epoch=2, epochs=4)
+    tiny_checkpoint(folder / "last.pt", epoch=4, epochs=4)
+    with open(folder / "metrics.csv", "w", newline="") as f:
+        f.write("epoch,val_auc\n" + "".join(f"{e},0.{5 + e}\n" for e in (1, 2, 3, 4)))
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_resume_from_an_older_checkpoint_of_its_own_folder_is_refused(tmp_path, capsys, no_work):
+    """Before: '--resume OUT/best.pt --epochs 3' of a 4-epoch run replaced epochs 3-4 of
+    metrics.csv and the epoch-4 last.pt without a word (exit 0)."""
+    out = tmp_path / "run"
+    before = _run_up_to_epoch_4(out)
+    code, _, err = run(["train", "--resume", str(out / "best.pt"), "--epochs", "3", "--no-progress"], capsys)
+    assert_usage_error(code, err, "--resume", "epoch 2", "up to epoch 4 (last.pt)", "epochs 3-4",
+                       f"--resume {out / 'last.pt'}", "--out")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "last.pt").unlink()  # metrics.csv alone still records the later epochs
+    code, _, err = run(["train", "--resume", str(out / "best.pt"), "--epochs", "3", "--no-progress"], capsys)
+    assert_usage_error(code, err, "--resume", "up to epoch 4 (metrics.csv)")
+
+
+def test_resume_from_last_or_into_another_folder_goes_on(tmp_path, capsys, monkeypatch):
+    import convex_attention.paper.train as train_module
+
+    out = tmp_path / "run"
+    _run_up_to_epoch_4(out)
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda config, **kw: seen.append(config.out) or {"metrics": []})
+    code, _, err = run(["train", "--resume", str(out / "last.pt"), "--epochs", "5", "--no-progress"], capsys)
+    assert code == 0, err
+    code, _, err = run(["train", "--resume", str(out / "best.pt"), "--epochs", "3", "--out", str(tmp_path / "b"),
+                        "--no-progress"], capsys)
+    assert code == 0, err
+    assert seen == [str(out), str(tmp_path / "b")]
+
+
+def test_a_resumed_run_in_another_folder_brings_its_best_checkpoint(tmp_path):
+    """best.pt of the new folder is the epoch the selection holds (it was never written when
+    no later epoch did better)."""
+    from convex_attention.paper.config import TrainConfig
+    from convex_attention.paper.train import _Run, build_checked_datasets
+
+    best = tiny_checkpoint(tmp_path / "a" / "best.pt", epoch=2, epochs=4)
+    state = read_checkpoint(best)
+    state["best_epoch"] = 2
+    config = TrainConfig.from_dict({**state["train_config"], "out": str(tmp_path / "b"), "resume": best})
+    run_ = _Run(config, build_checked_datasets(config), None, lambda *a, **k: None)
+    run_.restore(state)
+    assert read_checkpoint(str(tmp_path / "b" / "best.pt"))["epoch"] == 2
+
+
+def test_explain_refuses_to_replace_an_earlier_explanation_without_overwrite(tmp_path, capsys, monkeypatch):
+    """Before: explain replaced the user's OUT/explain.md and explain.csv without a word."""
+    import convex_attention.paper.explain as explain
+    from convex_attention.paper.models import NonFiniteOutput
+
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt")
+    out = tmp_path / "ex"
+    out.mkdir()
+    (out / "explain.md").write_text("USER NOTES")
+    called = []
+
+    def stop(*args, **kwargs):
+        called.append(1)
+        raise NonFiniteOutput("stopped here by the test")
+
+    monkeypatch.setattr(explain, "explain_models", stop)
+    code, _, err = run(["explain", "--checkpoints", f"a={a}", "--out", str(out), "--no-progress"], capsys)
+    assert_usage_error(code, err, "--out", "explain.md", "--overwrite")
+    assert called == [] and (out / "explain.md").read_text() == "USER NOTES"
+    code, _, err = run(["explain", "--checkpoints", f"a={a}", "--out", str(out), "--overwrite", "--no-progress"],
+                       capsys)
+    assert code == 1 and called == [1], err  # consented: the work starts (and nothing is replaced before it ends)
+    assert (out / "explain.md").read_text() == "USER NOTES"
+
+
+def _val_of_one_class(tmp_path):
+    root = tmp_path / "data"
+    write_folder(str(root / "train"), fmt="npy")
+    write_folder(str(root / "val"), fmt="npy", labels={i: 0 for i in range(4)})
+    return ["--data", "folder", "--data-root", str(root), "--image-size", "16"]
+
+
+def _of_missing_data(tmp_path):
+    return tiny_checkpoint(tmp_path / "a" / "best.pt", image_size=16, data="folder",
+                           data_root=str(tmp_path / "nonexist"))
+
+
+@pytest.mark.parametrize("argv, words", [
+    (lambda tmp: ["train", "--data", "folder", "--data-root", str(tmp / "nonexist")], "does not exist"),
+    (lambda tmp: ["train", "--n-val", "1"], "holds no image of class 1"),
+    (lambda tmp: ["train", *_val_of_one_class(tmp)], "holds no image of class 1"),
+    (lambda tmp: ["explain", "--checkpoints", f"a={tmp / 'notckpt.pt'}"], "does not exist"),
+    (lambda tmp: ["explain", "--checkpoints", f"a={_of_missing_data(tmp)}"], "does not exist"),
+])
+def test_a_refused_run_leaves_no_out_folder(argv, words, tmp_path, capsys, no_work):
+    """Before: the refused run had made --out (empty) first; and a validation set of one
+    class trained, reporting 'bal.acc 1.000' next to an AUC of nan, best.pt picked on nothing."""
+    out = tmp_path / "deep" / "out"
+    code, _, err = run([*argv(tmp_path), "--out", str(out)], capsys)
+    assert_usage_error(code, err, words)
+    assert not (tmp_path / "deep").exists()

@@ -333,6 +333,32 @@ def test_a_hand_edited_verdict_is_refused():
     assert Variants.from_dict(_variants_dict(benchmark=loose)).verdict() == "accepted"
 
 
+def test_every_acceptance_rule_is_recomputed_from_the_recorded_numbers():
+    """A verdict edited by hand is refused where a rule cannot be recomputed: (c′) without
+    its interval (the interval test was skipped), or with fewer dev seeds than it needs
+    (never counted), or dev seeds counted twice."""
+    good = _record(data_seed=3)
+    c = good["checks"]["maps_drive_ranking"]
+    no_ci = {k: v for k, v in c.items() if k != "ci95"}
+    for bad, words in (
+            ({**good, "checks": {**good["checks"], "maps_drive_ranking": {**no_ci, "value": 0.06}}},
+             "maps_drive_ranking ran but records no ci95"),
+            ({**good, "judged": {**good["judged"], "dev_seeds": [0]}},
+             r"judged 1 dev seed\(s\) \[0\]; the check needs at least 5"),
+            ({**good, "judged": {**good["judged"], "dev_seeds": [0, 0, 1, 1, 2]}}, "dev_seeds.*distinct")):
+        with pytest.raises(VariantsError, match=words):
+            Variants.from_dict(_variants_dict(benchmark=bad))
+    # the report's reproduction: no ci95, one dev seed, accepted
+    edited = {**good, "checks": {**good["checks"], "maps_drive_ranking": {**no_ci, "value": 0.06}},
+              "judged": {**good["judged"], "dev_seeds": [0]}}
+    with pytest.raises(VariantsError):
+        Variants.from_dict(_variants_dict(benchmark=edited))
+    # a (c′) that did not run records no interval and may judge fewer seeds: a rejection, read back
+    not_run = _record(None, data_seed=3)
+    not_run = {**not_run, "judged": {**not_run["judged"], "dev_seeds": [0]}}
+    assert Variants.from_dict(_variants_dict(benchmark=not_run)).verdict() == "rejected"
+
+
 def test_the_repository_variants_file_is_valid():
     assert read_variants(DEFAULT_VARIANTS_PATH).validate() is not None
     assert DEFAULT_VARIANTS_PATH.endswith(os.path.join("configs", "experiment_variants.json"))
@@ -379,6 +405,26 @@ def test_the_test_stage_needs_a_committed_variants_file(outside_git, tmp_path):
         commit_state(str(path))
 
 
+def test_a_hidden_edit_of_the_variants_file_is_not_committed(outside_git, tmp_path):
+    """The file's bytes are compared with the committed blob: ``git update-index
+    --assume-unchanged`` hides an edit from ``git diff``, not from the test stage."""
+    from convex_attention.paper.protocol import verify_variants
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    path = repo / "experiment_variants.json"
+    path.write_text(json.dumps(Variants().to_dict()))
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "variants")
+    assert verify_variants(str(path))["verified_by"] == "git"
+    _git(repo, "update-index", "--assume-unchanged", "experiment_variants.json")
+    path.write_text(json.dumps(Variants(note="edited, hidden from git diff").to_dict()))
+    assert subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD"]).returncode == 0  # git diff is fooled
+    with pytest.raises(VariantsError, match="uncommitted changes"):
+        verify_variants(str(path))
+
+
 def test_the_test_stage_refuses_before_any_work(outside_git, tmp_path, monkeypatch):
     import convex_attention.paper.experiment as experiment_module
     from convex_attention.paper.experiment import QUICK, run_experiment
@@ -399,16 +445,17 @@ def test_the_test_stage_refuses_before_any_work(outside_git, tmp_path, monkeypat
         raise Started
 
     monkeypatch.setattr(experiment_module, "run_test", started)  # past every refusal, the stage itself begins
+    judged = QUICK.override(methods=("softmax", "exact"), epochs=8, n_train=1000)  # what _record judged
     for name, record, words in (("old", None, "records no dev-stage verdict"),
                                 ("rejected", _record((0.9, 0.89)), "rejected this benchmark")):
         path.write_text(json.dumps(Variants(benchmark=record).to_dict()))
         pin = variants_digest(str(path))
         with pytest.raises(VariantsError, match=words):
-            run_experiment(QUICK, str(tmp_path / name), stage="test", variants_path=str(path), progress=False,
+            run_experiment(judged, str(tmp_path / name), stage="test", variants_path=str(path), progress=False,
                            variants_sha256=pin)
         assert not (tmp_path / name / "test").exists()
         with pytest.raises(Started):  # allowed: the test stage runs
-            run_experiment(QUICK, str(tmp_path / name), stage="test", variants_path=str(path), progress=False,
+            run_experiment(judged, str(tmp_path / name), stage="test", variants_path=str(path), progress=False,
                            variants_sha256=pin, allow_rejected_benchmark=True)
 
 
@@ -424,7 +471,7 @@ def test_the_test_folder_is_written_once(tmp_path):
     finish_test_folder(folder, {"stage": "test"})
     assert json.load(open(os.path.join(folder, MANIFEST)))["status"] == "complete"
     claim_test_folder(folder, force=True)
-    assert os.listdir(folder) == [MANIFEST]  # the earlier results are gone, replaced
+    assert os.listdir(folder) == [MANIFEST]  # a fresh folder for the new run
     other = tmp_path / "mine"
     other.mkdir()
     (other / "thesis.tex").write_text("precious")
@@ -434,6 +481,24 @@ def test_the_test_folder_is_written_once(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(TestFolderExists, match="is a file"):
         check_test_folder(str(tmp_path / "file"))
+
+
+def test_force_moves_the_earlier_results_aside_and_never_deletes_them(tmp_path):
+    """``--force`` moves an earlier test folder whole (the user's files with it) to
+    ``test.run-<N>``, a name never reused, even when the user removed an earlier one."""
+    folder = str(tmp_path / "test")
+    claim_test_folder(folder, record={"stage": "test", "started": "first"})
+    (tmp_path / "test" / "my_notes.txt").write_text("my analysis")
+    moved = claim_test_folder(folder, force=True, record={"stage": "test", "started": "second"})
+    assert moved == str(tmp_path / "test.run-1")
+    assert (tmp_path / "test.run-1" / "my_notes.txt").read_text() == "my analysis"
+    assert json.load(open(tmp_path / "test.run-1" / MANIFEST))["started"] == "first"
+    assert os.listdir(folder) == [MANIFEST]
+    assert claim_test_folder(folder, force=True) == str(tmp_path / "test.run-2")
+    # a name the run log records as used is never given again, though its folder is gone
+    (tmp_path / "test_runs.jsonl").write_text(json.dumps({"moved_aside": {"to": "x/test.run-7"}}) + "\n")
+    assert claim_test_folder(folder, force=True) == str(tmp_path / "test.run-8")
+    assert sorted(os.listdir(tmp_path)) == ["test", "test.run-1", "test.run-2", "test.run-8", "test_runs.jsonl"]
 
 
 def test_the_model_free_reference_is_fitted_on_the_dev_split():

@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -74,6 +75,25 @@ def test_balanced_accuracy():
     pred = torch.tensor([1, 1, 1, 0])
     target = torch.tensor([1, 1, 0, 0])
     assert balanced_accuracy(pred, target, 2) == 0.75
+
+
+def test_balanced_accuracy_of_one_class_is_nan_not_a_perfect_score():
+    """Before: 1.0 for a validation set of one class (metrics.csv, the log line)."""
+    from convex_attention.paper.train import classification_metrics
+
+    assert math.isnan(balanced_accuracy(torch.tensor([0, 0]), torch.tensor([0, 0]), 2))
+    metrics = classification_metrics(torch.tensor([[2.0, 0.0], [1.0, 0.5]]), torch.tensor([0, 0]))
+    assert math.isnan(metrics["val_balanced_acc"]) and math.isnan(metrics["val_auc"])
+
+
+def test_a_validation_set_without_every_class_is_refused_before_training(tmp_path):
+    from convex_attention.paper.train import build_checked_datasets
+
+    with pytest.raises(ValueError, match=r"validation set \(1 image\) holds no image of class 1.*--n-val"):
+        build_checked_datasets(TrainConfig.build(out=str(tmp_path / "a"), **{**TINY, "n_val": 1}))
+    with pytest.raises(ValueError, match="holds no image of class 1"):
+        train(TrainConfig.build(out=str(tmp_path / "b"), epochs=1, **{**TINY, "n_val": 1}))
+    assert not (tmp_path / "b").exists()
 
 
 def _torchrun(*args, out):

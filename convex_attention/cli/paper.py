@@ -43,7 +43,7 @@ from ..paper.config import (
 from ._common import UsageError, add_output_options, check_out, info, show_progress
 
 __all__ = ["add_experiment_commands", "EXPERIMENT_HANDLERS", "TRAIN_OPTIONS", "EXPERIMENT_OPTIONS", "RUN_FILES",
-           "check_run_folder"]
+           "check_run_folder", "check_resume_folder"]
 
 # The settings each command offers, as (configuration class, names): the names default to
 # every setting the class declares for the command line (flag not "").
@@ -119,8 +119,9 @@ def _add_train(sub) -> None:
     for cls, names in _options_of(TRAIN_OPTIONS):
         add_options(t, cls, base=base.model if cls is ModelConfig else base, names=names, shown=shown)
     t.add_argument("--resume", default=None,
-                   help="checkpoint to continue from (e.g. OUT/last.pt); its settings are the defaults "
-                        "(default: none, a new run)")
+                   help="checkpoint to continue from (e.g. OUT/last.pt); its settings are the defaults; one older "
+                        "than its folder's last finished epoch (e.g. OUT/best.pt) is refused there, as continuing it "
+                        "would replace the later epochs: give it another --out (default: none, a new run)")
     t.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out that holds an earlier run's files (" + ", ".join(RUN_FILES)
                         + "), replacing them; without it (or --resume OUT/last.pt) such a folder is refused "
@@ -158,6 +159,9 @@ def _add_explain(sub) -> None:
                    help="images per batch, at most 100000 (default: 16)")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
     e.add_argument("--out", default="results/explain", help="output folder (default: results/explain)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier explanation's files in --out (explain.csv, explain_summary.csv, "
+                        "explain.md, explain_examples.png/.pdf); without it such a folder is refused (exit 2)")
     add_output_options(e)
 
 
@@ -310,15 +314,17 @@ def _out_of_memory(command: str, err: BaseException, fix: str) -> int:
     return _failed(command, f"memory ran out ({first}); {fix}")
 
 
-def check_run_folder(config, args) -> None:
+def check_run_folder(config, args, remove: bool = True) -> None:
     """UsageError when ``--out`` holds an earlier run's files and this run neither resumes
     that run (``--resume OUT/last.pt``) nor was told to replace them (``--overwrite``); with
-    ``--overwrite`` the earlier run's checkpoints and metrics (exactly those names) are
-    removed first, so the folder never mixes two runs (``config.json`` is rewritten when
-    the run starts)."""
+    ``--overwrite`` (and ``remove``) the earlier run's checkpoints and metrics (exactly those
+    names) are removed, so the folder never mixes two runs (``config.json`` is rewritten
+    when the run starts).  ``remove=False``: the check alone, before anything is done."""
     out = os.path.abspath(config.out)
     found = [n for n in RUN_FILES if os.path.isfile(os.path.join(out, n))]
     if not found or (args.resume and os.path.dirname(os.path.abspath(args.resume)) == out):
+        return
+    if args.overwrite and not remove:
         return
     if not args.overwrite:
         last = os.path.join(config.out, "last.pt")
@@ -332,16 +338,83 @@ def check_run_folder(config, args) -> None:
                 os.remove(os.path.join(out, name))
 
 
+def _finished_epochs(out: str, resumed: str) -> tuple[int, str] | None:
+    """The last epoch the run in folder ``out`` finished, and the file that says so: its
+    ``last.pt``, or (resuming a checkpoint other than ``last.pt``) a later ``metrics.csv``
+    row; ``None`` when neither records one."""
+    import csv
+
+    from ..paper.models import read_checkpoint
+
+    last = os.path.join(out, "last.pt")
+    if os.path.isfile(last) and os.path.samefile(last, resumed):
+        return None  # last.pt is the run's last finished epoch
+    found: list[tuple[int, str]] = []
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        found.append((int(read_checkpoint(last)["epoch"]), "last.pt"))
+    with contextlib.suppress(OSError, ValueError, csv.Error), \
+            open(os.path.join(out, "metrics.csv"), newline="", encoding="utf-8") as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f) if (row.get("epoch") or "").strip().isdigit()]
+        if epochs:
+            found.append((max(epochs), "metrics.csv"))
+    return max(found, key=lambda f: (f[0], f[1] == "last.pt")) if found else None  # last.pt named on a tie
+
+
+def check_resume_folder(config, args, state) -> None:
+    """UsageError when ``--resume`` continues a run inside its own folder from a checkpoint
+    older than the folder's last finished epoch (e.g. ``OUT/best.pt``): the run would
+    replace the later epochs' ``metrics.csv`` rows and ``last.pt`` without a word."""
+    if state is None:
+        return
+    out, resumed = os.path.abspath(config.out), os.path.abspath(args.resume)
+    if os.path.dirname(resumed) != out:
+        return  # another folder: check_run_folder refuses one that holds a run
+    latest = _finished_epochs(out, resumed)
+    done = int(state["epoch"])
+    if latest is None or latest[0] <= done:
+        return
+    later = f"epoch {done + 1}" if latest[0] == done + 1 else f"epochs {done + 1}-{latest[0]}"
+    raise UsageError(f"argument --resume: {args.resume} is of epoch {done}, but {config.out} holds the run up to "
+                     f"epoch {latest[0]} ({latest[1]}); resuming it there would replace {later} (metrics.csv "
+                     f"rows, last.pt): pass --resume {os.path.join(config.out, 'last.pt')} to continue the run, or "
+                     f"--out ANOTHER_FOLDER to continue this checkpoint there")
+
+
+def _refuse_a_file(out: str) -> None:
+    """UsageError when ``--out`` is a file, checked before anything is made (``train``: every
+    rank of a torchrun runs the checks at once, so none makes and removes a probe folder)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        check_out(out)  # its message, and nothing made
+
+
+def _check_out_leaving_nothing(out: str) -> None:
+    """``check_out`` (UsageError unless ``--out`` is, or can be made, a writable folder), with
+    the folders it made removed again: a run that a later check refuses leaves no empty
+    ``--out`` behind; ``check_out`` makes the folder once every check has passed."""
+    made: list[str] = []
+    path = os.path.abspath(out)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        made.append(path)  # the deepest first
+        path = os.path.dirname(path)
+    check_out(out)
+    for folder in made:
+        with contextlib.suppress(OSError):  # only an empty folder is removed
+            os.rmdir(folder)
+
+
 def cmd_train(args) -> int:
     from ..paper.train import TrainingDiverged, build_checked_datasets, train
 
     config, state = train_config_from_args(args)
-    check_out(config.out)
-    check_run_folder(config, args)
+    _refuse_a_file(config.out)
+    check_run_folder(config, args, remove=False)
+    check_resume_folder(config, args, state)
     try:
         datasets = build_checked_datasets(config)
     except ValueError as err:
         raise UsageError(f"the data: {err}") from None
+    check_out(config.out)  # makes the folder: only once the run is known to start
+    check_run_folder(config, args)
     try:
         result = train(config, datasets=datasets, log=lambda *m, **_: info(args, *m), resume_state=state)
     except TrainingDiverged as err:  # what diverged; --lr named only where a smaller one can help
@@ -419,7 +492,7 @@ def cmd_explain(args) -> int:
     from ..paper.config import SYNTHETIC_GENERATORS, check_device
     from ..paper.data import datasets_of
     from ..paper.data.synthetic import DECIDING_CHANNELS
-    from ..paper.explain import explain_models, lesion_indices, write_outputs
+    from ..paper.explain import OUTPUT_FILES, explain_models, lesion_indices, write_outputs
     from ..paper.models import NonFiniteOutput
 
     try:
@@ -429,13 +502,18 @@ def cmd_explain(args) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     specs, baseline = _explain_specs(args)
-    check_out(args.out)
+    _check_out_leaving_nothing(args.out)
+    earlier = [n for n in OUTPUT_FILES if os.path.isfile(os.path.join(args.out, n))]
+    if earlier and not args.overwrite:
+        raise UsageError(f"argument --out: {args.out} holds an earlier explanation ({', '.join(earlier)}); pass "
+                         f"--overwrite to replace it, or choose another --out")
     models, data, first = _explain_models(specs)
     try:
         _, val = datasets_of(data)
         indices = lesion_indices(val, args.n_images)
     except ValueError as err:
         raise UsageError(f"the data of {first[0]}={first[1]}: {err}") from None
+    check_out(args.out)  # makes the folder: only once the inputs are known to be good
     try:
         rows, examples = explain_models(models, val, n_images=args.n_images, baseline_model=baseline,
                                         target=args.target, batch_size=args.batch_size, device=device,
@@ -450,6 +528,10 @@ def cmd_explain(args) -> int:
     # the figure shows the channels that decide the label, where the data source says which
     channels, what = DECIDING_CHANNELS.get(SYNTHETIC_GENERATORS.get(data.data, ""), (((0, "channel 0"),), ""))
     paths = write_outputs(rows, examples, args.out, env=environment(device), channels=channels, notes=[what])
+    if "figure" not in paths:  # an earlier explanation's figure (--overwrite) would pass for this one's
+        for name in set(earlier) & {"explain_examples.png", "explain_examples.pdf"}:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(args.out, name))
     with open(paths["markdown"]) as f:
         info(args, f.read())
     info(args, "explain: " + ", ".join(paths.values()))
@@ -487,6 +569,7 @@ def _experiment_preflight(args, config) -> None:
         TestFolderExists,
         VariantsError,
         check_benchmark_verdict,
+        check_judged,
         check_test_data,
         check_test_folder,
         default_ledger_path,
@@ -511,6 +594,7 @@ def _experiment_preflight(args, config) -> None:
         variants = read_variants(args.variants).validate(config.methods, where=args.variants)
         verify_variants(args.variants, args.variants_sha256)
         check_benchmark_verdict(variants, args.allow_rejected_benchmark, where=args.variants, data=config.train.data)
+        check_judged(config, variants, where=args.variants)
     except VariantsError as err:
         raise UsageError(f"argument --variants: {err}") from None
     try:

@@ -34,7 +34,10 @@ their explanations are scored against the lesion masks.  The protocol
   the best possible block map), the map ablation per level and the cascading
   model-parameter randomisation check.  A model whose mean dev AUC is below the bar is
   reported and its maps are not compared.  It writes ``OUT/test`` once (``--force``
-  replaces it, and the report says so).
+  moves the earlier one aside to ``OUT/test.run-<N>``, never deletes it, and the report
+  lists every earlier test run of the benchmark that the ledger records, with where its
+  results are).  It refuses methods or settings other than those the verdict judged
+  (:func:`~convex_attention.paper.protocol.check_judged`).
 
 Checkpoints are selected on the label-only validation split (ROC AUC), where the decision
 threshold is chosen too; balanced accuracy on the test split is measured at that
@@ -84,11 +87,13 @@ from .explain_metrics import METRIC_NAMES
 from .models import PlainCNN, load_model, load_plain_cnn
 from .protocol import (
     DEFAULT_VARIANTS_PATH,
+    MANIFEST,
     Variants,
     benchmark_record,
     build_split,
     check_benchmark_verdict,
     check_disjoint,
+    check_judged,
     check_test_data,
     check_test_folder,
     claim_test_folder,
@@ -96,11 +101,16 @@ from .protocol import (
     failed_checks,
     finish_test_folder,
     fit_model_free,
+    history_of_test_runs,
+    judged_settings,
     ledger_entry,
     ledger_where,
     log_test_run,
+    read_ledger,
+    read_manifest,
     read_test_runs,
     read_variants,
+    record_test_run,
     spend,
     split_sizes,
     split_specs,
@@ -151,6 +161,7 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
     variants.validate(config.methods, where=path)
     record = verify_variants(path, variants_sha256)
     verdict = check_benchmark_verdict(variants, allow_rejected_benchmark, where=path, data=config.train.data)
+    check_judged(config, variants, where=path)
     if verdict != "accepted":
         log(f"[test] WARNING: the dev stage's verdict on this benchmark: {verdict}; running anyway "
             f"(--allow-rejected-benchmark)")
@@ -321,14 +332,19 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
     atomic_csv(os.path.join(folder, "dev_levels.csv"), list(levels[0]), levels)
     validity, record = _judge_benchmark(config, validity, chosen_rows, plain_rows, chosen, difficulty, log)
     compared = best["compared"] or "none"
+    measured = best["compared"] and all(math.isfinite(float(best[k])) for k in ("attention_ap_mean", "bacc_mean"))
+    # never a NaN printed as a value: where no method reached the AUC floor, nothing was ranked
+    outcome = (f"{best['attention_ap_mean']:.3f} (balanced accuracy {best['bacc_mean']:.3f}), among "
+               f"{len(summary)} candidates" if measured else
+               f"not measured: no method reached dev AUC >= {MIN_COMPARED_AUC:.2f}, so no candidate was compared and "
+               f"the choice among the {len(summary)} candidates rests on no criterion")
     proposal = Variants(chosen, tuple(config.difficulties), config.held_out_mimic,
                         note=f"Proposed by the dev stage: highest mean attention ap against the {mask} masks (pixel "
                              f"protocol) on the dev split ({specs['dev'].n} images, data seed "
                              f"{config.train.data_seed}, difficulty {difficulty:g}; the first {len(indices[mask])} "
                              f"images with a {mask} mask), mean over the compared methods ({compared}: dev AUC >= "
                              f"{MIN_COMPARED_AUC:.2f}), their levels and dev seeds {list(config.dev_seeds)}: "
-                             f"{best['attention_ap_mean']:.3f} (balanced accuracy {best['bacc_mean']:.3f}), among "
-                             f"{len(summary)} candidates. Benchmark {'accepted' if record['accepted'] else 'rejected'} "
+                             f"{outcome}. Benchmark {'accepted' if record['accepted'] else 'rejected'} "
                              f"by the validity checks on the dev split.", benchmark=record)
     write_json(os.path.join(folder, "proposed_variants.json"), proposal.to_dict())
     report = dev_report(config, specs, validity, summary, proposal, {k: len(v) for k, v in indices.items()},
@@ -500,8 +516,7 @@ def _judge_benchmark(config: ExperimentConfig, validity: list, chosen_rows: list
     log(f"[dev] reported: {uniform.line()}")
     tc = config.train
     record = benchmark_record(validity, chosen, difficulty, config.methods, config.dev_seeds,
-                              {"image_size": tc.model.image_size, "width": tc.model.width, "epochs": tc.epochs,
-                               "n_train": tc.n_train}, data=tc.data, data_seed=tc.data_seed)
+                              judged_settings(config), data=tc.data, data_seed=tc.data_seed)
     failed = failed_checks(record["checks"])
     log(f"[dev] benchmark {'accepted' if record['accepted'] else 'REJECTED'} on the development split" + (
         "" if record["accepted"] else f" (failed or not run: {', '.join(failed)}); the test stage will refuse it "
@@ -532,25 +547,37 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     """The test stage (module docstring) with the checked ``variants`` (whose file is
     described by ``variants_record``: path, SHA-256, commit); writes ``folder`` once.
 
-    Before any work its splits are added to the data ledger (``ledger_path``; default:
-    beside the variants file) and the run to ``test_runs.jsonl`` beside ``folder`` (a log
-    that ``force`` never rewrites); the report names earlier runs into the same folder."""
+    Before any work its splits, seeds, methods, settings and where its results are kept are
+    added to the data ledger (``ledger_path``; default: beside the variants file) and to
+    ``test_runs.jsonl`` beside ``folder`` (a log that ``force`` never rewrites); with
+    ``force`` an earlier run's ``folder`` is moved aside, never deleted.  The report lists
+    every earlier test run of the benchmark the ledger records, and where its results are."""
+    check_judged(config, variants, where=variants_record.get("path") or "variants")
     config = config.with_variants(variants).validate()
     device = _device(config)
     ledger = ledger_path or default_ledger_path(variants_record.get("path") or DEFAULT_VARIANTS_PATH)
     where = ledger_where(folder, ledger)
     replaced = check_test_data(config, variants, ledger, where, force)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    record = {"stage": "test", "variants": variants_record, "started": started, "data": config.train.data,
-              "data_seed": config.train.data_seed, "forced": bool(force)}
-    claim_test_folder(folder, force, record)
-    spend(ledger, ledger_entry(config, where, started))
+    earlier = read_manifest(folder) if force else None  # the run whose results --force moves aside
+    record = record_test_run(config, variants_record, started, where, force)
+    moved = claim_test_folder(folder, force, record)
+    if moved is not None:
+        record["moved_aside"] = {"from": where, "to": ledger_where(moved, ledger),
+                                 "run_started": (earlier or {}).get("started")}
+        write_json(os.path.join(folder, MANIFEST), {**record, "status": "running"})
+        log(f"[test] the earlier results of {folder} were moved, not deleted, to {moved}")
+    spend(ledger, ledger_entry(config, where, started, **{k: v for k, v in record.items()
+                                                          if k not in ("stage", "data", "data_seed", "started",
+                                                                       "variants")}))
     runs_here = log_test_run(os.path.dirname(os.path.abspath(folder)), {**record, "folder": where})
     os.makedirs(os.path.join(folder, "rows"), exist_ok=True)
     gathered = _TestResults(started=(now_utc(), load_average()))
     for difficulty in config.difficulties:
         _test_condition(config, variants.variant, difficulty, folder, device, gathered, progress, log)
-    history = {"runs_in_folder": runs_here, "replaced_in_ledger": replaced, "ledger": ledger}
+    history = {"runs_in_folder": runs_here, "replaced_in_ledger": replaced, "ledger": ledger,
+               "benchmark_runs": history_of_test_runs(read_ledger(ledger), config.train.data),
+               "moved_aside": record.get("moved_aside")}
     result = _write_test(config, variants, variants_record, gathered, folder, device, log, history)
     finish_test_folder(folder, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     return result
@@ -762,8 +789,10 @@ def _headline(explain_summary: list[dict], seed_means: list[dict], compared: dic
     """Per condition, test set, mask and resolution: the best attention map of a compared
     model and the best post-hoc map of a compared model by mean ``ap`` (and the
     references), with their CIs, and the attention-minus-post-hoc difference paired by
-    seed.  Choosing the best of each side on the test split flatters both sides alike; the
-    report's full tables show every map."""
+    seed.  Both bests are picked on the test split, from unequal numbers of candidates
+    (``candidates``: the post-hoc side's maps, every method on every compared model, far
+    outnumber the attention levels), so the selection favours the post-hoc side and the
+    intervals do not account for it; the report says so, and its full tables show every map."""
     out = []
     keys = sorted({(s["condition"], s["test_set"], s["mask"], s["resolution"]) for s in explain_summary})
     for cond, tset, mask, res in keys:
@@ -777,6 +806,7 @@ def _headline(explain_summary: list[dict], seed_means: list[dict], compared: dic
                            ("block_map", lambda s: s["method"] == "block_map"),
                            ("model_free", lambda s: s["method"] == "model_free")):
             cands = [s for s in group if pick(s) and s["model"] in ok]
+            entry.setdefault("candidates", {})[kind] = len(cands)
             if cands:
                 best = max(cands, key=lambda s: _finite(s["ap_mean"]))
                 chosen[kind] = best

@@ -53,7 +53,7 @@ from .models import NonFiniteOutput, non_finite_parts
 __all__ = ["MASKS", "has_decisive_masks", "decisive_indices", "explained_indices", "primary_mask", "lesion_indices",
            "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of", "summarise",
            "write_outputs", "mean_ci", "mean_se", "format_ci", "markdown_table", "plot_examples",
-           "plot_metric_summary", "EXPLAIN_COLUMNS", "POSTHOC", "GROUP_KEYS"]
+           "plot_metric_summary", "EXPLAIN_COLUMNS", "POSTHOC", "GROUP_KEYS", "OUTPUT_FILES"]
 
 GROUP_KEYS = ("model", "method", "level", "resolution", "upsampling", "mask")
 #: The masks a map is scored against: the lesion (lesion images), and the structure that
@@ -631,6 +631,12 @@ def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", reso
                  "" if any(key in chance for key in drawn) else "chance level not recorded for these results",
                  *notes]
         return figures.save(fig, path, env, notes=notes)
+
+
+#: The files :func:`write_outputs` writes into its folder (the figure as PNG and PDF): a
+#: folder that holds one of them holds an earlier explanation (``explain`` refuses it
+#: unless ``--overwrite``).
+OUTPUT_FILES = ("explain.csv", "explain_summary.csv", "explain.md", "explain_examples.png", "explain_examples.pdf")
 
 
 def write_outputs(rows, examples, out_dir: str, env: dict | None = None, channels=((0, "channel 0"),),

@@ -46,7 +46,11 @@ setting) and is refused if the file's variant or difficulty differs from it; the
 stage refuses other data than it judged.
 
 **A test folder written once** (:func:`claim_test_folder`): the test stage refuses an
-existing result folder unless forced, and even then only one that it wrote itself.
+existing result folder unless forced, and even then only one that it wrote itself, which
+it moves aside whole (``test.run-<N>``, a name never reused), never deletes.
+
+**The judged protocol** (:func:`check_judged`): the test stage refuses methods or settings
+(:data:`JUDGED_SETTINGS`) other than those its verdict judged.
 """
 from __future__ import annotations
 
@@ -74,6 +78,7 @@ from .config import (
 from .data import InMemory
 from .data.synthetic import synthetic_dataset
 from .validity import (
+    MIN_RANKING_SEEDS,
     PASSES_BELOW,
     REPORTED_ONLY,
     THRESHOLDS,
@@ -90,7 +95,9 @@ __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS
            "ledger_entry", "TEST_RUN_LOG", "LEDGER_FORMAT", "default_ledger_path", "spent_by_verdict",
            "build_split", "image_keys", "check_disjoint",
            "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
-           "claim_test_folder", "finish_test_folder", "check_benchmark_verdict", "benchmark_record",
+           "claim_test_folder", "move_aside", "read_manifest", "finish_test_folder", "judged_settings", "check_judged",
+           "JUDGED_SETTINGS", "EVALUATION_SETTINGS", "record_test_run", "history_of_test_runs",
+           "check_benchmark_verdict", "benchmark_record",
            "failed_checks", "REQUIRED_CHECKS", "fit_model_free", "MANIFEST", "SYNTHETIC_SOURCES", "MIMIC_SOURCES"]
 
 VARIANTS_FORMAT = "convex-attention-variants/1"
@@ -218,7 +225,60 @@ class Variants:
 
 #: The checks a dev-stage verdict must hold (``brain_mask`` too where the data has brain masks).
 REQUIRED_CHECKS = ("location_free", "pixel_map", "maps_drive_ranking")
+#: The settings every verdict records (a verdict written before :data:`JUDGED_SETTINGS` grew records only these).
 _JUDGED_SETTINGS = ("image_size", "width", "epochs", "n_train")
+#: The settings of the judged protocol (:func:`judged_settings`): the recipe of every model the
+#: test stage trains (data sizes, training, architecture) and what its headline compares.  The
+#: test stage refuses other values than its verdict records (:func:`check_judged`).  Not among
+#: them: the training seeds and the data seed (the test stage's are new), the evaluation sizes
+#: (``n_dev``, ``n_test``, ``n_explain``, ``n_sanity``, ``validity_images``: the test split's
+#: own, stated in its report and its record) and the device.
+JUDGED_SETTINGS = (*_JUDGED_SETTINGS, "n_val", "batch_size", "lr", "weight_decay", "augment", "recompute_bn",
+                   "in_channels", "attention_blocks", "embed_channels", "bottleneck_in_classifier", "norm",
+                   "solver_options", "plain_cnn", "target", "baseline_model")
+#: Checks whose rule also asks their 95 % interval to exclude 0: a verdict must record it.
+_INTERVAL_CHECKS = ("maps_drive_ranking",)
+
+
+def _plain(value):
+    """A setting as strict JSON holds it (tuples as lists)."""
+    return json.loads(json.dumps(value, allow_nan=False))
+
+
+def judged_settings(config) -> dict:
+    """The values of :data:`JUDGED_SETTINGS` under an ``ExperimentConfig`` (plain JSON)."""
+    tc, model = config.train, config.train.model
+    values = {"image_size": model.image_size, "width": model.width, "epochs": tc.epochs, "n_train": tc.n_train,
+              "n_val": tc.n_val, "batch_size": tc.batch_size, "lr": tc.lr, "weight_decay": tc.weight_decay,
+              "augment": tc.augment, "recompute_bn": tc.recompute_bn, "in_channels": model.in_channels,
+              "attention_blocks": model.attention_blocks, "embed_channels": model.embed_channels,
+              "bottleneck_in_classifier": model.bottleneck_in_classifier, "norm": model.norm,
+              "solver_options": model.solver_options, "plain_cnn": config.plain_cnn, "target": config.target,
+              "baseline_model": config.baseline_model}
+    return {k: _plain(values[k]) for k in JUDGED_SETTINGS}
+
+
+def check_judged(config, variants: Variants, where: str = "variants") -> None:
+    """VariantsError, naming the first difference and both values, unless ``config`` runs
+    the methods and the settings (:data:`JUDGED_SETTINGS`) that the variants file's
+    verdict judged: the test stage runs the protocol the dev stage judged, never another
+    one.  Nothing to compare without a recorded verdict (:func:`check_benchmark_verdict`
+    refuses such a file unless told).  A verdict written before the dev stage recorded
+    every setting is compared on those it records (the report names the others)."""
+    if variants.benchmark is None:
+        return
+    judged = variants.benchmark["judged"]
+    fix = ("the test stage runs the protocol the dev stage judged: pass the dev stage's options (--quick only if it "
+           "used --quick), or run the dev stage again for this setting")
+    if sorted(judged["methods"]) != sorted(config.methods):
+        raise VariantsError(f"{where}: the dev stage's verdict judged the methods {' '.join(judged['methods'])}, but "
+                            f"this run has {' '.join(config.methods)} (--methods); {fix}")
+    mine = judged_settings(config)
+    for name in JUDGED_SETTINGS:
+        if name in judged["settings"] and _plain(judged["settings"][name]) != mine[name]:
+            theirs = json.dumps(judged["settings"][name])
+            raise VariantsError(f"{where}: the dev stage's verdict judged {name} {theirs}, but this run has {name} "
+                                f"{json.dumps(mine[name])}; {fix}")
 
 
 def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_seeds, settings: dict,
@@ -227,8 +287,9 @@ def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_
     (:class:`~convex_attention.paper.validity.CheckResult` list), with what they judged:
     ``{"accepted": bool, "checks": {name: {"value", "threshold", "passes_below", "ran",
     "passed"[, "ci95"]}}, "judged": {"data", "data_seed", "variant", "difficulty", "methods",
-    "dev_seeds", "settings"}}`` (``data``: the synthetic source; ``settings``: image_size,
-    width, epochs, n_train).  Accepted only if every check that decides ran and passed, the
+    "dev_seeds", "settings"}}`` (``data``: the synthetic source; ``settings``: those of
+    :data:`JUDGED_SETTINGS` it is given, :func:`judged_settings`; image_size, width, epochs and
+    n_train at least).  Accepted only if every check that decides ran and passed, the
     three of :data:`REQUIRED_CHECKS` among them (the reported-only ones,
     :data:`~convex_attention.paper.validity.REPORTED_ONLY`, are kept but never decide).  A
     value that is not finite is stored as ``None`` (strict JSON) and fails."""
@@ -241,7 +302,8 @@ def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_
             checks[r.name]["ci95"] = float(r.ci95) if math.isfinite(r.ci95) else None
     accepted = not failed_checks(checks)
     judged = {"data": data, "variant": variant.to_dict(), "difficulty": float(difficulty), "methods": list(methods),
-              "dev_seeds": [int(x) for x in dev_seeds], "settings": {k: settings[k] for k in _JUDGED_SETTINGS}}
+              "dev_seeds": [int(x) for x in dev_seeds],
+              "settings": {k: _plain(settings[k]) for k in JUDGED_SETTINGS if k in settings or k in _JUDGED_SETTINGS}}
     if data_seed is not None:
         judged["data_seed"] = int(data_seed)
     return {"accepted": accepted, "checks": checks, "judged": judged}
@@ -283,6 +345,9 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
         if c["threshold"] != THRESHOLDS[name] or c["passes_below"] != below:
             raise VariantsError(f"{where}: benchmark.checks.{name} has threshold {'<=' if c['passes_below'] else '>='} "
                                 f"{c['threshold']}, but the check's is {'<=' if below else '>='} {THRESHOLDS[name]}")
+        if name in _INTERVAL_CHECKS and c["ran"] and "ci95" not in c:
+            raise VariantsError(f"{where}: benchmark.checks.{name} ran but records no ci95: its rule asks the 95 % "
+                                f"interval to exclude 0, so it cannot be recomputed without it")
         ci95 = None
         if "ci95" in c:  # a recorded null interval (not finite) passes nothing
             ci95 = math.nan if c["ci95"] is None else c["ci95"]
@@ -304,11 +369,19 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
             or not isinstance(judged["methods"], list) or not all(isinstance(m, str) for m in judged["methods"]) \
             or not isinstance(judged["dev_seeds"], list) \
             or not all(isinstance(x, int) and not isinstance(x, bool) for x in judged["dev_seeds"]) \
-            or not isinstance(judged["settings"], dict) or set(judged["settings"]) != set(_JUDGED_SETTINGS) \
-            or not all(_real(v) for v in judged["settings"].values()):
+            or len(set(judged["dev_seeds"])) != len(judged["dev_seeds"]) \
+            or not isinstance(judged["settings"], dict) or not set(_JUDGED_SETTINGS) <= set(judged["settings"]) \
+            or not set(judged["settings"]) <= set(JUDGED_SETTINGS) \
+            or not all(_real(judged["settings"][k]) for k in _JUDGED_SETTINGS):
         raise VariantsError(f"{where}: benchmark.judged must be {{\"data\": one of {', '.join(SYNTHETIC_SOURCES)}, "
                             f"\"data_seed\": 0 .. {DATA_SEED_MAX}, \"variant\", \"difficulty\", \"methods\", "
-                            f"\"dev_seeds\", \"settings\": {{{', '.join(_JUDGED_SETTINGS)}}}}}")
+                            f"\"dev_seeds\" (distinct), \"settings\": {{{', '.join(_JUDGED_SETTINGS)}[, "
+                            f"{', '.join(JUDGED_SETTINGS[len(_JUDGED_SETTINGS):])}]}}}}")
+    ranking = record["checks"].get("maps_drive_ranking")
+    if ranking is not None and ranking["ran"] and len(judged["dev_seeds"]) < MIN_RANKING_SEEDS:
+        raise VariantsError(f"{where}: benchmark.checks.maps_drive_ranking says it ran, but the verdict judged "
+                            f"{len(judged['dev_seeds'])} dev seed(s) {judged['dev_seeds']}; the check needs at least "
+                            f"{MIN_RANKING_SEEDS}; run the dev stage again rather than editing the file")
     try:
         judged_variant = Variant.from_dict(judged["variant"]) if isinstance(judged["variant"], dict) else None
     except (ConfigError, TypeError):
@@ -381,9 +454,23 @@ def _git(args: list[str], cwd: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
+def _committed_bytes(root: str, rel: str) -> bytes | None:
+    """The bytes of ``rel`` in the repository's HEAD commit (``None`` when HEAD has no such file)."""
+    spec = "HEAD:" + rel.replace(os.sep, "/")
+    blob = subprocess.run(["git", "--no-optional-locks", "cat-file", "blob", spec], cwd=root, capture_output=True,
+                          timeout=60)
+    return blob.stdout if blob.returncode == 0 else None
+
+
+def _file_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
 def commit_state(path: str) -> dict:
     """``{"repository", "path_in_repository", "head", "file_commit"}`` when ``path`` is tracked by git and
-    has no uncommitted changes; VariantsError otherwise ("committed-looking": a test run
+    its bytes are those of the file in HEAD (compared byte for byte with the committed blob,
+    so ``git update-index --assume-unchanged`` hides nothing); VariantsError otherwise ("committed-looking": a test run
     must read a file that was fixed, in the repository's history, before it ran)."""
     path = os.path.abspath(path)
     if not os.path.isfile(path):
@@ -404,10 +491,9 @@ def commit_state(path: str) -> dict:
     head = _git(["rev-parse", "--verify", "HEAD"], root)
     if head.returncode != 0:
         raise VariantsError(f"the repository at {root} has no commit yet: commit the variants file first")
-    changed = _git(["diff", "--quiet", "HEAD", "--", rel], root)
-    if changed.returncode != 0:
-        raise VariantsError(f"the variants file {rel} has uncommitted changes: commit them (or restore the file) "
-                            f"before the test stage")
+    if _committed_bytes(root, rel) != _file_bytes(path):  # the bytes, never git diff (index flags can hide edits)
+        raise VariantsError(f"the variants file {rel} has uncommitted changes (its bytes differ from HEAD:{rel}): "
+                            f"commit them (or restore the file) before the test stage")
     file_commit = _git(["log", "-1", "--format=%H", "--", rel], root).stdout.strip()
     return {"repository": root, "path_in_repository": rel, "head": head.stdout.strip(), "file_commit": file_commit}
 
@@ -465,19 +551,56 @@ def check_test_folder(folder: str, force: bool = False) -> bool:
     return True
 
 
-def claim_test_folder(folder: str, force: bool = False, record: dict | None = None) -> None:
-    """Make ``folder`` the test stage's result folder, or refuse (TestFolderExists).
+def _aside_number(name: str, base: str) -> int | None:
+    head, _, number = name.rpartition(".run-")
+    return int(number) if head == base and number.isdigit() else None
+
+
+def move_aside(folder: str) -> str:
+    """Move an earlier test run's ``folder`` (with every file in it, the user's included) to
+    ``<folder>.run-<N>`` beside it, by one atomic rename, and return that path.  ``N`` is
+    never reused: it is above every ``<folder>.run-*`` beside it and every one the folder
+    log (``test_runs.jsonl``) records as moved aside.  Nothing is deleted."""
+    folder = os.path.abspath(folder)
+    parent, base = os.path.dirname(folder), os.path.basename(folder)
+    used = [n for n in (_aside_number(name, base) for name in os.listdir(parent)) if n is not None]
+    for run in read_test_runs(parent):
+        moved = run.get("moved_aside")
+        if isinstance(moved, dict) and isinstance(moved.get("to"), str):
+            n = _aside_number(os.path.basename(moved["to"].rstrip("/")), base)
+            used += [n] if n is not None else []
+    target = os.path.join(parent, f"{base}.run-{max(used, default=0) + 1}")
+    if os.path.lexists(target):  # raced by another process: refuse rather than replace
+        raise TestFolderExists(f"{target} appeared while the earlier results were being moved aside; run again")
+    os.rename(folder, target)
+    return target
+
+
+def claim_test_folder(folder: str, force: bool = False, record: dict | None = None) -> str | None:
+    """Make ``folder`` the test stage's result folder, or refuse (TestFolderExists); returns
+    where an earlier run's results were moved (``None`` when there were none).
 
     An absent or empty folder is claimed.  An existing one is refused unless ``force``;
-    with ``force`` it is removed first, but only if it holds the test stage's manifest
-    (:data:`MANIFEST`): another folder is never removed.  The manifest (``record`` plus
-    ``"status": "running"``) is written at once, so a run that dies half-way leaves a
-    folder that only ``--force`` replaces."""
+    with ``force`` it is moved aside whole (:func:`move_aside`: ``<folder>.run-<N>``, never
+    deleted), but only if it holds the test stage's manifest (:data:`MANIFEST`): another
+    folder is never touched.  The manifest (``record`` plus ``"status": "running"``) is
+    written at once, so a run that dies half-way leaves a folder that only ``--force``
+    moves aside."""
 
-    if check_test_folder(folder, force):
-        shutil.rmtree(folder)
+    moved = move_aside(folder) if check_test_folder(folder, force) else None
     os.makedirs(folder, exist_ok=True)
     write_json(os.path.join(folder, MANIFEST), {**(record or {}), "status": "running"})
+    return moved
+
+
+def read_manifest(folder: str) -> dict | None:
+    """The test stage's manifest in ``folder`` (``None`` when absent or unreadable)."""
+    try:
+        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
+            data = json.load(f, parse_constant=_strict_constant)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def finish_test_folder(folder: str, record: dict) -> None:
@@ -674,12 +797,53 @@ def check_test_data(config, variants, ledger_path: str, where: str, force: bool 
     return replaced
 
 
-def ledger_entry(config, where: str, started: str) -> dict:
-    """The data ledger's record of a test run of ``config`` (variants applied) written to ``where``."""
+def ledger_entry(config, where: str, started: str, **extra) -> dict:
+    """The data ledger's record of a test run of ``config`` (variants applied) written to
+    ``where``; ``extra``: more fields (:func:`record_test_run`'s)."""
     return {"stage": "test", "data": config.train.data, "data_seed": config.train.data_seed, "where": where,
-            "started": started,
+            "started": started, **extra,
             "splits": [{"name": key, "seed": s.seed, "n": s.n, "difficulty": s.difficulty}
                        for key, s in test_stage_specs(config).items()]}
+
+
+#: The test stage's own evaluation sizes (recorded with every test run; not judged by the dev stage).
+EVALUATION_SETTINGS = ("n_dev", "n_test", "n_explain", "n_sanity", "validity_images")
+
+
+def record_test_run(config, variants_record: dict, started: str, where: str, forced: bool,
+                    moved_aside: dict | None = None) -> dict:
+    """What the ledger and ``test_runs.jsonl`` record of a test run of ``config`` (variants
+    applied): its data, data seed, seeds, methods, difficulties, every setting
+    (:func:`judged_settings` and :data:`EVALUATION_SETTINGS`), the variants file, where its
+    results are kept (``results``) and, after ``--force``, where the earlier results of its
+    folder were moved (``moved_aside``: ``{"from", "to", "run_started"}``)."""
+    out = {"stage": "test", "variants": variants_record, "variants_sha256": variants_record.get("sha256"),
+           "started": started, "data": config.train.data, "data_seed": config.train.data_seed, "forced": bool(forced),
+           "seeds": list(config.seeds), "methods": list(config.methods), "difficulties": list(config.difficulties),
+           "held_out_mimic": config.held_out_mimic,
+           "settings": {**judged_settings(config), **{k: getattr(config, k) for k in EVALUATION_SETTINGS}},
+           "results": where}
+    if moved_aside is not None:
+        out["moved_aside"] = moved_aside
+    return out
+
+
+def history_of_test_runs(runs: list[dict], data: str) -> list[dict]:
+    """The test runs of the benchmark ``data`` among ledger entries ``runs``, in order, each
+    with ``results``: where its results are kept now (its folder, or where a later
+    ``--force`` moved them: that run's ``moved_aside``)."""
+    tests = [r for r in runs if isinstance(r, dict) and r.get("stage") == "test" and r.get("data") == data]
+    out = []
+    for i, run in enumerate(tests):
+        results = run.get("results") or run.get("where")
+        for later in tests[i + 1:]:
+            moved = later.get("moved_aside")
+            if isinstance(moved, dict) and moved.get("from") == results and moved.get("run_started") == run.get(
+                    "started"):
+                results = moved.get("to")
+                break
+        out.append({**{k: v for k, v in run.items() if k != "splits"}, "results": results})
+    return out
 
 
 def spent_by_verdict(variants, sizes: dict, held_out_mimic: str | None) -> list[dict]:

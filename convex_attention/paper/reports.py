@@ -10,10 +10,10 @@ import math
 
 from .explain import MASKS, POSTHOC, format_ci
 from .explain_metrics import METRIC_NAMES, pointing_tolerance_px
-from .protocol import failed_checks
+from .protocol import JUDGED_SETTINGS, failed_checks, judged_settings
 from .validity import MIN_COMPARED_AUC
 
-__all__ = ["dev_report", "test_report", "history_line", "cell", "validity_lines", "ACCURACY", "ABLATION"]
+__all__ = ["dev_report", "test_report", "history_line", "judged_line", "cell", "validity_lines", "ACCURACY", "ABLATION"]
 
 #: The accuracy and map-statistic columns summarised per model (runs.csv) and their order in the report.
 ACCURACY = ("auc", "bacc", "bacc_argmax", "violation", "n_max_p_L0", "n_max_p_L1", "entropy_ratio_L0",
@@ -107,16 +107,61 @@ def verdict_line(variants) -> str:
             "was made anyway (--allow-rejected-benchmark).")
 
 
-def history_line(history: dict) -> str:
-    """The report's line on earlier test runs into the same folder (``--force``)."""
-    runs = history.get("runs_in_folder") or []
+def history_line(history: dict, data: str | None = None) -> str:
+    """The report's line on earlier test runs: those of the benchmark that the data ledger
+    records (``benchmark_runs``, across result folders, this run last), each with where its
+    results are kept, and those into the same folder (``runs_in_folder``: ``--force``)."""
+    here = history.get("runs_in_folder") or []
+    runs = history.get("benchmark_runs")
+    ledger = history.get("ledger", "the data ledger")
+    lines = []
+    if runs is None:  # a history from before the ledger listed the benchmark's runs
+        runs = here
     earlier = runs[:-1]
+    what = f"the benchmark {data!r}" if data else "this benchmark"
     if not earlier:
-        return "This is the first test run recorded in this results folder (`test_runs.jsonl`)."
-    listed = "; ".join(f"{r.get('started', '?')} (data seed {r.get('data_seed', '?')}"
-                       f"{', forced' if r.get('forced') else ''})" for r in earlier)
-    return (f"**This test run is run {len(runs)} recorded in this results folder** (`test_runs.jsonl`: {listed}): "
-            f"it replaced earlier results (--force). The protocol is one test run per benchmark and data seed.")
+        lines.append(f"This is the first test run of {what} recorded in the data ledger (`{ledger}`) and in this "
+                     f"results folder (`test_runs.jsonl`).")
+    else:
+        listed = "; ".join(
+            f"{r.get('started', 'start not recorded')}, data seed {r.get('data_seed', '?')}"
+            f"{', seeds ' + str(r['seeds']) if r.get('seeds') is not None else ''}"
+            f"{', methods ' + ' '.join(r['methods']) if r.get('methods') else ''}"
+            f"{', forced' if r.get('forced') else ''}: results in `{r.get('results') or r.get('where', '?')}`"
+            for r in earlier)
+        lines.append(f"**This is test run {len(runs)} of {what} recorded in the data ledger** (`{ledger}`); "
+                     f"the earlier ones: {listed}. The protocol is one test run per benchmark: read every earlier "
+                     f"run's results beside this one's.")
+        if len(here) > 1:
+            lines.append(f"This results folder's log (`test_runs.jsonl`) records {len(here)} test runs into it.")
+    moved = history.get("moved_aside")
+    if moved:
+        lines.append(f"**This run replaced earlier results in its folder (--force)**: they were moved, not deleted, "
+                     f"to `{moved.get('to')}`.")
+    return " ".join(lines)
+
+
+def judged_line(variants, config) -> str:
+    """What the verdict judged (data, data seed, difficulty, methods, dev seeds, settings),
+    which the test stage enforces; the settings a verdict written before they were recorded
+    leaves out are named, with this run's values."""
+    if variants.benchmark is None:
+        return ("No verdict is recorded, so no judged setting binds this run: its settings are its own (stated "
+                "above).")
+    judged = variants.benchmark["judged"]
+    settings = judged["settings"]
+    shown = ", ".join(f"{k} {settings[k]}" for k in JUDGED_SETTINGS if k in settings)
+    line = (f"The verdict judged data {judged['data']!r} (data seed {judged.get('data_seed', 'not recorded')}), "
+            f"difficulty {judged['difficulty']:g}, methods {' '.join(judged['methods'])}, dev seeds "
+            f"{judged['dev_seeds']} and the settings {shown}; the test stage refuses other methods or settings, so "
+            f"this run's are the same.")
+    missing = [k for k in JUDGED_SETTINGS if k not in settings]
+    if missing:
+        mine = judged_settings(config)
+        line += (" The verdict was written before the dev stage recorded " + ", ".join(missing) + ", so those are "
+                 "this run's own, not checked against the dev stage: " + ", ".join(f"{k} {mine[k]}" for k in missing)
+                 + ".")
+    return line
 
 
 def _ap_per_level_lines(explain_summary, conditions) -> list[str]:
@@ -189,11 +234,22 @@ def _validity_section(conditions, accuracy) -> list[str]:
     return lines
 
 
+def _candidates(headline) -> str:
+    """How many attention and post-hoc maps the headline's bests were picked from."""
+    counts = sorted({(h["candidates"].get("attention", 0), h["candidates"].get("posthoc", 0))
+                     for h in headline if h.get("candidates")})
+    if not counts:
+        return "the counts were not recorded"
+    return "; ".join(f"the best of {a} attention maps against the best of {p} post-hoc maps" for a, p in counts)
+
+
 def _headline_section(headline) -> list[str]:
     """The best attention map against the best post-hoc map, and each compared model's."""
     lines = ["", "## Headline: best attention map against best post-hoc map (ap, compared models)", "",
-             "The best of each side is picked on the test split (it flatters both alike); the difference is "
-             "attention minus post-hoc, paired by seed.", "",
+             "The best of each side is picked on the test split, from unequal numbers of candidates "
+             f"({_candidates(headline)}): the post-hoc side picks its best from more maps, so the selection favours "
+             "it, and the intervals do not account for the selection. The difference is attention minus post-hoc, "
+             "paired by seed.", "",
              "| condition | test set | mask | resolution | best attention | ap | best post-hoc | ap | difference | "
              "best block map | ap | model-free | ap |", "|" + "---|" * 13]
     for h in headline:
@@ -297,7 +353,8 @@ def test_report(config, variants, record, conditions, accuracy, explain_summary,
              f"{', commit ' + str(record.get('file_commit')) if record.get('file_commit') else ''}): "
              f"{variants.variant.label()}.",
              verdict_line(variants),
-             history_line(history or {}),
+             judged_line(variants, config),
+             history_line(history or {}, tc.data),
              f"Seeds: {list(config.seeds)} ({n_seeds}; the protocol asks for at least 5"
              f"{'' if n_seeds >= 5 else ': FEWER, this is not the full setting'}). Every number is the mean over "
              f"seeds ± the half-width of its 95 % confidence interval (Student t, {n_seeds - 1} degrees of freedom); "

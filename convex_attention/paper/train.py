@@ -59,7 +59,7 @@ from .models import (
 
 __all__ = ["TrainConfig", "train", "evaluate", "augment", "classification_metrics", "check_device",
            "recompute_batchnorm", "stored_train_config", "build_checked_datasets", "check_data", "check_resume",
-           "CheckedData",
+           "check_validation_classes", "CheckedData",
            "TrainingDiverged", "diagnose_divergence", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_violation",
@@ -116,9 +116,12 @@ def augment(images: torch.Tensor, generator: torch.Generator, max_rotation_deg: 
 
 
 def balanced_accuracy(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> float:
-    """Mean per-class recall over the classes present."""
-    recalls = [float((pred[target == c] == c).float().mean()) for c in range(num_classes) if (target == c).any()]
-    return float(np.mean(recalls)) if recalls else float("nan")
+    """Mean per-class recall over the ``num_classes`` classes; NaN when a class has no
+    image (a recall that cannot be measured is not a perfect one: one class alone would
+    otherwise score 1.0 by always predicting it)."""
+    if not all(bool((target == c).any()) for c in range(num_classes)):
+        return float("nan")
+    return float(np.mean([float((pred[target == c] == c).float().mean()) for c in range(num_classes)]))
 
 
 def weights_digest(model: torch.nn.Module, buffers: bool = True) -> str:
@@ -284,11 +287,32 @@ class CheckedData(NamedTuple):
 
 
 def build_checked_datasets(config: TrainConfig) -> CheckedData:
-    """``(train, val)`` of ``config``'s data, checked against the model (channels, size);
+    """``(train, val)`` of ``config``'s data, checked against the model (channels, size)
+    and for a validation set that holds every class (:func:`check_validation_classes`);
     ValueError naming the problem and the option to change."""
     train_set, val_set = datasets_of(config)
     check_data(config, train_set, val_set)
+    check_validation_classes(config, val_set)
     return CheckedData(train_set, val_set)
+
+
+def check_validation_classes(config: TrainConfig, val_set: Dataset) -> None:
+    """ValueError unless the validation set holds an image of every class: without one, its
+    ROC AUC (which picks ``best.pt``) and balanced accuracy are undefined, and every epoch
+    would be reported, and selected, on no criterion."""
+    labels = getattr(val_set, "labels", None)
+    if labels is None:
+        labels = [int(val_set[i][1]) for i in range(len(val_set))]
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1), minlength=config.model.num_classes)
+    absent = [c for c in range(config.model.num_classes) if counts[c] == 0]
+    if absent:
+        fix = ("raise --n-val or change --data-seed" if config.data not in ("brats", "folder") else
+               "add images of every class to the validation data" + (" (root/val)" if config.data == "folder" else
+                                                                     " (or raise --val-fraction)"))
+        n = len(val_set)
+        raise ValueError(f"the validation set ({n} image{'s' if n != 1 else ''}) holds no image of class "
+                         f"{', '.join(map(str, absent))} (per class: {', '.join(map(str, counts.tolist()))}): its "
+                         f"ROC AUC, which picks best.pt, and its balanced accuracy are undefined; {fix}")
 
 
 def check_data(config: TrainConfig, train_set: Dataset, val_set: Dataset) -> None:
@@ -441,6 +465,29 @@ class _Run:
             self.best_epoch = max(aucs, key=lambda e: (aucs[e], -e))
         if self.best_epoch in aucs:
             self.best = aucs[self.best_epoch]
+        if self.main and self.best_epoch is not None and not os.path.exists(self.best_path):
+            self._carry_best(state)
+
+    def _carry_best(self, state: dict) -> None:
+        """Resumed into another folder (``--out``), which has no ``best.pt``: the best epoch's
+        checkpoint comes along (the resumed one, or the ``best.pt`` beside it, whichever is of
+        that epoch), so ``best.pt`` here is the epoch the selection holds; otherwise the log
+        says where that epoch's checkpoint is."""
+        import shutil
+
+        beside = os.path.join(os.path.dirname(os.path.abspath(self.config.resume)), "best.pt")
+        for path in (self.config.resume, beside):
+            try:
+                of_best = int((state if path == self.config.resume else read_checkpoint(path))["epoch"]) \
+                    == self.best_epoch
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if of_best:
+                shutil.copyfile(path, self.best_path)
+                return
+        self.log(f"[{self.config.method}] best.pt: no checkpoint of the best epoch so far ({self.best_epoch}) was "
+                 f"found to copy into {self.config.out}; best.pt is written there when a later epoch has a higher "
+                 f"validation AUC")
 
     def epoch(self, epoch: int) -> None:
         """Train one epoch, then (rank 0) recompute BatchNorm, evaluate, checkpoint and log."""
