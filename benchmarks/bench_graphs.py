@@ -79,8 +79,9 @@ def main(argv=None) -> int:
     except (ResultsLocked, RunRefused) as err:  # another run holds the folder, or left results there
         parser.error(str(err))
     except KeyboardInterrupt:
-        print("bench_graphs.py: interrupted; the parts that finished are in their CSV files, graphs.json (the "
-              "targets) was not written; rerun with --overwrite", file=sys.stderr)
+        print("bench_graphs.py: interrupted; the parts that finished, if any, are in their CSV files and "
+              "graphs.json (the targets) was not written; rerun (with --overwrite if a part's file was written)",
+              file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's)
         message = " ".join(f"{type(err).__name__}: {err}".split())

@@ -489,14 +489,19 @@ class ConsistentAttention(nn.Module):
             temps = check_temperatures(temperature, h.num_maps, allow_grad=record.tensor_temperature,
                                        method=record.name, unit=h._map_word)
         learned = _learned_temperatures(temperature)
-        self.temperature: Tensor | list
-        if isinstance(temperature, Tensor) and (learned or isinstance(temperature, nn.Parameter)):
-            self.temperature = temperature  # an nn.Parameter is registered: learned, moved and saved with the module
-        elif learned:  # a list holding Parameters: registered too, the list kept as given
+        # the temperature property reads one of these three, so that a Parameter torch replaces
+        # (load_state_dict(assign=True), .to() under overwrite_module_params_on_conversion) is
+        # the one used: never a second, stale reference to it
+        layout, values = None, None
+        if isinstance(temperature, nn.Parameter):  # (a tensor that requires grad is one, or was refused)
+            self.register_parameter("temperature", temperature)  # learned, moved and saved with the module
+        elif learned:  # a list holding Parameters: registered, the floats kept in their places
             self._temperature_parameters = nn.ParameterList([t for t in temperature if isinstance(t, nn.Parameter)])
-            self.temperature = list(temperature)
+            layout = [None if isinstance(t, nn.Parameter) else t for t in temperature]
         else:
-            self.temperature = temps
+            values = temps
+        self._temperature_layout: list | None = layout
+        self._temperature_values: list | None = values
         if not isinstance(check_finite, bool):
             raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
         self.check_finite = check_finite
@@ -505,6 +510,21 @@ class ConsistentAttention(nn.Module):
             record.check_options(dict(options), h)
         self.options = options
         self.learned_duals = self._make_duals(record, duals, temps)
+
+    @property
+    def temperature(self) -> Tensor | list:
+        """The module's temperatures: its registered Parameter, a list with its registered
+        Parameters in their places, or floats."""
+        registered = self._parameters.get("temperature")
+        if registered is not None:
+            return registered
+        layout, values = self.__dict__.get("_temperature_layout"), self.__dict__.get("_temperature_values")
+        if layout is not None:
+            params = iter(self._temperature_parameters)
+            return [next(params) if slot is None else slot for slot in layout]
+        if values is None:  # not set yet (construction): as an attribute that does not exist
+            raise AttributeError("temperature")
+        return values
 
     def _make_duals(self, record, duals, temps):
         if isinstance(duals, (LearnedDuals, AmortisedDuals)):

@@ -875,11 +875,7 @@ def test_plot_never_removes_a_file_it_did_not_write(tmp_path, capsys, figs):
     mine = {"tradeoff.png": b"mine", "violation.pdf": b"my violation figure", "notes.txt": b"notes"}
     for name, data in mine.items():
         (out / name).write_bytes(data)
-    code, err = plot_cli(results, capsys, "--out", str(out))  # files it did not write: refused before any work
-    assert code == 2 and "tradeoff.png" in err and "--overwrite" in err and len(err.strip().splitlines()) == 1
-    assert {name: (out / name).read_bytes() for name in mine} == mine
-    assert not (out / "pareto_per_structure.png").exists()
-    code, err = plot_cli(results, capsys, "--out", str(out), "--overwrite")  # consent to replace what it draws
+    code, err = plot_cli(results, capsys, "--out", str(out))  # figures it does not draw: no refusal needed
     assert code == 0 and (out / "pareto_per_structure.png").exists()
     assert {name: (out / name).read_bytes() for name in mine} == mine, "the user's files are never removed"
     assert "removed" not in err
@@ -887,7 +883,7 @@ def test_plot_never_removes_a_file_it_did_not_write(tmp_path, capsys, figs):
     assert "violation.pdf" in left and "left" in left and "not an earlier plot's output" in left
     # a command that fails (nothing to plot) removes nothing either
     write_bench(results, [{**r, "status": "skipped"} for r in structure_rows() if r.get("structure")])
-    code, err = plot_cli(results, capsys, "--out", str(out), "--overwrite")
+    code, err = plot_cli(results, capsys, "--out", str(out))
     assert code == 2 and "nothing to plot" in err
     assert {name: (out / name).read_bytes() for name in mine} == mine
     assert (out / "pareto_per_structure.png").exists(), "nor an earlier figure of its own, when it fails"
@@ -910,9 +906,7 @@ def test_an_earlier_figure_is_removed_only_if_this_tool_wrote_it_from_these_resu
     for r in rows:  # no chain: tradeoff is not drawn either
         r["structure"] = "axial"
     write_bench(results, rows)
-    code, err = plot_cli(results, capsys, "--out", str(out))  # the hand-edited copy: refused, then consented to
-    assert code == 2 and "tradeoff.pdf" in err and (out / "tradeoff.pdf").read_bytes() == b"edited by hand"
-    code, err = plot_cli(results, capsys, "--out", str(out), "--overwrite")
+    code, err = plot_cli(results, capsys, "--out", str(out))  # tradeoff is not drawn: the edited copy is only left
     assert code == 0
     # the tool's own unchanged figures from these results go (so none sits beside results it does not show)
     for name in ("speedup_exact_vs_cvxpylayers", "time_vs_size", "violation"):
@@ -935,8 +929,7 @@ def test_a_manifest_it_did_not_write_is_neither_trusted_nor_replaced(tmp_path, c
     (out / "tradeoff.png").write_bytes(b"mine")
     forged = json.dumps({"figures": {"tradeoff.png": {"bytes": 4, "sha256": "0" * 64}}})
     (out / plots.MANIFEST).write_text(forged)
-    assert plot_cli(results, capsys, "--out", str(out))[0] == 2  # a forged record proves nothing
-    code, err = plot_cli(results, capsys, "--out", str(out), "--overwrite")
+    code, err = plot_cli(results, capsys, "--out", str(out))
     assert code == 0 and (out / "tradeoff.png").read_bytes() == b"mine"
     assert (out / plots.MANIFEST).read_text() == forged and "not a record this tool wrote" in err
 
@@ -951,6 +944,8 @@ def test_plot_refuses_to_replace_a_figure_named_file_it_did_not_write(tmp_path, 
     (out / "time_vs_size.png").write_bytes(b"mine")
     code, err = plot_cli(results, capsys, "--out", str(out))
     assert code == 2 and "time_vs_size.png" in err and (out / "time_vs_size.png").read_bytes() == b"mine"
+    assert len(err.strip().splitlines()) == 1 and "--overwrite" in err
+    assert sorted(os.listdir(out)) == ["time_vs_size.png"], "nothing written before the refusal, no staging left"
     assert plot_cli(results, capsys, "--out", str(out), "--overwrite")[0] == 0
     assert (out / "time_vs_size.png").read_bytes() != b"mine"
     assert plot_cli(results, capsys, "--out", str(out))[0] == 0  # its own record: redrawn without a word

@@ -263,7 +263,7 @@ def test_resume_refuses_rows_measured_under_other_settings_and_accepts_a_wider_g
         sweep_writer(tmp_path, resume=True, sizes=(4, 8), factor=4)
     with pytest.raises(R.ResumeMismatch, match=r"--fit-max-values none, this run asks for --fit-max-values 1000"):
         sweep_writer(tmp_path, resume=True, fit_max_values=1000)
-    with pytest.raises(R.ResumeMismatch, match=r"dual_tol 1e-06, this run asks for dual_tol 1e-08"):
+    with pytest.raises(R.ResumeMismatch, match=r"dual_tol 1e-06, a fixed setting that is 1e-08 in this version"):
         sweep_writer(tmp_path, resume=True, dual_tol=1e-8)
     with pytest.raises(ValueError, match="--repeats 10, this run asks for --repeats 3"):
         R.check_start_over(str(tmp_path), True, False, SweepConfig(repeats=3))

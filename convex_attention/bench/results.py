@@ -172,6 +172,11 @@ def check_resume_config(out_dir: str, config) -> None:
         was, now = stored[name], _plain(new[name])
         if was != now:
             option = _option(name)
+            if not option.startswith("--"):  # a fixed setting (no option): the rows are another version's
+                raise ResumeMismatch(
+                    f"--resume: the rows in {out_dir} were measured with {name} {_show(was)}, a fixed setting that "
+                    f"is {_show(now)} in this version of the tool; pass --overwrite to start over, or choose "
+                    f"another --out")
             raise ResumeMismatch(
                 f"--resume: the rows in {out_dir} were measured with {option} {_show(was)}, this run asks for "
                 f"{option} {_show(now)}; settings that change how each row is measured must match the stored run "

@@ -138,10 +138,10 @@ def _add_plot(sub) -> None:
     p.add_argument("results", help="results folder written by `bench`")
     p.add_argument("--out", default=None, help="figure folder (default: RESULTS/figures)")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace files in the figure folder named like its figures that plot cannot prove it "
-                        "wrote (its record, FOLDER/.convex-attention-figures.json, lists what it wrote); without "
-                        "it such a folder is refused (exit 2). Figures plot recorded there are replaced, and "
-                        "removed where these results no longer support them, without it")
+                   help="let the figures drawn replace files of their names that plot cannot prove it wrote "
+                        "(its record, FOLDER/.convex-attention-figures.json, lists what it wrote); without it such "
+                        "a run writes nothing and exits 2. Figures plot recorded there are replaced, and removed "
+                        "where these results no longer support them, without it")
     add_output_options(p)
 
 
@@ -398,14 +398,15 @@ def cmd_plot(args) -> int:
         raise UsageError(f"{results} holds no {', '.join(inputs)} to plot (run `convex-attention bench --out "
                          f"{results}` or benchmarks/bench_graphs.py --out {results} first)")
     out = args.out or os.path.join(results, "figures")
-    _check_figure_folder(out, getattr(args, "overwrite", False))
     check_out(out)
     return _run_plot(args, results, out)
 
 
 def _check_figure_folder(out: str, overwrite: bool) -> None:
     """UsageError, before any work, when ``out`` holds files named like figures that plot did
-    not write (the user's, or changed since) and ``overwrite`` is not given."""
+    not write (the user's, or changed since) and ``overwrite`` is not given: ``demo``'s check
+    before its minutes of work (any figure name, since which ones its results will draw is
+    not known yet; ``plot`` itself refuses only the figures it draws)."""
     from ..bench.plots import MANIFEST, unrecorded_figures
 
     foreign = [] if overwrite else unrecorded_figures(out)
@@ -416,11 +417,13 @@ def _check_figure_folder(out: str, overwrite: bool) -> None:
 
 
 def _run_plot(args, results: str, out: str) -> int:
-    from ..bench.plots import plot_results
+    from ..bench.plots import FigureConflict, plot_results
 
     notes: list = []
     try:
-        written = plot_results(results, out, log=notes.append)
+        written = plot_results(results, out, log=notes.append, overwrite=getattr(args, "overwrite", False))
+    except FigureConflict as err:
+        raise UsageError(str(err)) from err
     except OSError as err:
         raise UsageError(f"--out {out}: a figure cannot be written there ({err.strerror or err})") from err
     if not written:

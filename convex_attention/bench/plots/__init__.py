@@ -26,6 +26,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 
 from ...io.files import write_json
 from ._common import (
@@ -50,7 +52,7 @@ __all__ = ["PlotWarning", "read_results", "plot_core_benchmark", "core_ratios", 
            "plot_violation", "plot_convergence", "plot_speedup", "plot_tradeoff", "plot_attention_maps",
            "plot_results", "FIGURES", "DTYPE_EPS", "DTYPE_COLORS", "METHOD_COLORS", "plot_pareto_per_structure",
            "plot_convergence_per_structure", "plot_backward", "STRUCTURE_FIGURES", "MANIFEST",
-           "unrecorded_figures"]
+           "unrecorded_figures", "FigureConflict"]
 
 # name -> (input file, what it shows); plot_results writes them in this order
 FIGURES = {
@@ -77,9 +79,26 @@ _BENCH_FIGURES = {"time_vs_size": plot_time_vs_size, "violation": plot_violation
                   "speedup_exact_vs_cvxpylayers": plot_speedup, "tradeoff": plot_tradeoff}
 
 
-def plot_results(folder: str, out: str | None = None, log: Log | None = None) -> list[str]:
+class FigureConflict(ValueError):
+    """``out`` holds files that the figures drawn would replace and that :func:`plot_results`
+    cannot prove it wrote (``names``): nothing was written there."""
+
+    def __init__(self, out: str, names: list[str]):
+        self.out, self.names = out, names
+        shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+        super().__init__(f"{out} holds {shown}, which these figures would replace, named like plot's figures but not "
+                         f"recorded as its output (in {MANIFEST}) or changed since; pass --overwrite to replace them, "
+                         f"or choose another --out")
+
+
+def plot_results(folder: str, out: str | None = None, log: Log | None = None, overwrite: bool = False) -> list[str]:
     """Every figure the results folder has data for, into ``out`` (default:
     ``folder/figures``); returns the PNG paths written.
+
+    The figures are drawn into a staging folder inside ``out`` first; a figure that would
+    replace a file of ``out`` that this function cannot prove it wrote (the user's, or one
+    changed since) raises :class:`FigureConflict` before anything is written there, unless
+    ``overwrite``.
 
     Problems (an unusable file, skipped rows, a figure without data) go to ``log``, one
     message each (default: a :class:`PlotWarning`).  A figure without data is not written.
@@ -92,11 +111,32 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None) ->
     under a later run's environment."""
     log = log or warn
     out = out or os.path.join(folder, "figures")
+    os.makedirs(out, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".plot-staging-", dir=out)  # this run's own: removed at the end
+    try:
+        drawn = _draw(folder, staging, log)
+        names = [os.path.basename(p) for png in drawn for p in (png, os.path.splitext(png)[0] + ".pdf")
+                 if os.path.exists(p)]
+        record = _read_manifest(out)
+        conflicts = [name for name in names if os.path.lexists(os.path.join(out, name)) and (
+            record is None or name not in record or not _is_recorded(os.path.join(out, name), record[name]))]
+        if conflicts and not overwrite:
+            raise FigureConflict(out, conflicts)
+        for name in names:
+            os.replace(os.path.join(staging, name), os.path.join(out, name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    paths = [os.path.join(out, os.path.basename(p)) for p in drawn]
+    _tidy(out, folder, paths, log)
+    return paths
+
+
+def _draw(folder: str, out: str, log: Log) -> list[str]:
+    """Draw every figure the results have data for into ``out``; the PNG paths written."""
     env = load_env(folder, log)
-    written, attempted = [], set()
+    written = []
 
     def figure_path(name):
-        attempted.add(name)
         return os.path.join(out, f"{name}.png")
 
     def rows_of(name, required):
@@ -139,9 +179,7 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None) ->
         except ValueError as err:
             log(f"example.npz: {err}; attention_maps not written")
             written.append(None)
-    paths = [p for p in written if p]
-    _tidy(out, folder, paths, log)
-    return paths
+    return [p for p in written if p]
 
 
 def _backward_source(folder: str, log: Log) -> tuple[bool, dict | None]:
