@@ -356,7 +356,9 @@ def test_force_keeps_the_earlier_test_run_and_the_ledger_lists_every_run(tmp_pat
     assert [(r["data_seed"], r["seeds"], r["methods"], r["results"]) for r in runs] == [
         (1, [0, 1], ["softmax", "learned_dual", "exact"], "exp1/test"), (1, [3, 4], ["softmax"], "exp1/test"),
         (2, [0, 1], ["softmax", "learned_dual", "exact"], "exp3/test")]
-    assert runs[1]["moved_aside"] == {"from": "exp1/test", "to": "exp1/test.run-1", "run_started": runs[0]["started"]}
+    assert runs[1]["moved_aside"] == {"from": "exp1/test", "to": "exp1/test.run-1", "run_started": runs[0]["started"],
+                                      "run_id": runs[0]["run_id"]}
+    assert len({r["run_id"] for r in runs}) == 3  # runs started within one second are told apart by their id
     assert runs[0]["settings"]["n_train"] == 32 and runs[0]["settings"]["lr"] == first.train.lr
     assert runs[0]["settings"]["n_explain"] == 2 and runs[0]["variants_sha256"] == "ab" * 32
     logged = read_test_runs(str(tmp_path / "exp1"))
@@ -369,6 +371,46 @@ def test_force_keeps_the_earlier_test_run_and_the_ledger_lists_every_run(tmp_pat
     assert "seeds [3, 4], methods softmax, forced" in line and "first test run" not in line, line
     forced = history_line(histories[1], "synthetic")
     assert "moved, not deleted, to `exp1/test.run-1`" in forced and "test run 2" in forced, forced
+
+
+def test_force_moves_nothing_when_the_run_cannot_be_recorded(tmp_path, monkeypatch):
+    """The ledger and the folder log are written before the earlier results move: a run whose
+    record cannot be written (here the ledger) leaves them where they were (before, they were
+    moved first and the move was recorded nowhere)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.experiment import run_test
+    from convex_attention.paper.protocol import Variants
+
+    monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: None)
+    monkeypatch.setattr(experiment, "_write_test", lambda config, *a: {"report": ""})
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    record = {"path": str(tmp_path / "configs" / "experiment_variants.json"), "sha256": "ab" * 32}
+    folder = str(tmp_path / "exp1" / "test")
+    run_test(_tiny_config(data_seed=1), folder, Variants(difficulties=(0.3,)), record, progress=False,
+             log=lambda *a: None, ledger_path=ledger)
+    (tmp_path / "exp1" / "test" / "my_notes.txt").write_text("my analysis")
+
+    def unwritable(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(experiment, "spend", unwritable)
+    with pytest.raises(OSError):
+        run_test(_tiny_config(data_seed=1), folder, Variants(difficulties=(0.3,)), record, progress=False,
+                 log=lambda *a: None, ledger_path=ledger, force=True)
+    assert (tmp_path / "exp1" / "test" / "my_notes.txt").read_text() == "my analysis"
+    assert not (tmp_path / "exp1" / "test.run-1").exists()
+
+
+def test_the_experiment_refuses_a_validation_split_without_both_classes(tmp_path, monkeypatch):
+    """Its models are trained on plain tuples, which skipped the class check that train's own
+    data path runs: --n-val 1 ran with val AUC empty and best.pt picked on nothing."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.experiment import run_experiment
+    from convex_attention.paper.train import ValidationClassesError
+
+    monkeypatch.setattr(experiment, "train", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(ValidationClassesError, match="holds no image of class"):
+        run_experiment(_tiny_config(n_val=1), str(tmp_path / "exp"), stage="dev", progress=False)
 
 
 def test_check_c_is_reported_with_a_paired_interval():

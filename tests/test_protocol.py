@@ -425,6 +425,24 @@ def test_a_hidden_edit_of_the_variants_file_is_not_committed(outside_git, tmp_pa
         verify_variants(str(path))
 
 
+def test_a_checkout_with_converted_line_endings_is_committed(outside_git, tmp_path):
+    """Under core.autocrlf the working file has CRLF where the blob has LF: git calls it clean,
+    and so does the test stage (a byte-for-byte comparison refused it)."""
+    from convex_attention.paper.protocol import verify_variants
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    path = repo / "experiment_variants.json"
+    _git(repo, "init", "-q")
+    _git(repo, "config", "core.autocrlf", "true")
+    path.write_bytes(json.dumps(Variants().to_dict(), indent=1).replace("\n", "\r\n").encode())
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "variants")
+    assert b"\r\n" in path.read_bytes()
+    assert subprocess.run(["git", "-C", str(repo), "diff", "--quiet", "HEAD"]).returncode == 0
+    assert verify_variants(str(path))["verified_by"] == "git"
+
+
 def test_the_test_stage_refuses_before_any_work(outside_git, tmp_path, monkeypatch):
     import convex_attention.paper.experiment as experiment_module
     from convex_attention.paper.experiment import QUICK, run_experiment

@@ -83,6 +83,7 @@ def test_balanced_accuracy_at_a_threshold_and_test_metrics():
     assert math.isclose(balanced_accuracy_at(p1, y, 0.5), (2 / 3 + 1.0) / 2)  # class 0: 2 of 3 right; class 1: 2 of 2
     assert balanced_accuracy_at(p1, y, 0.8) == (1.0 + 0.5) / 2
     assert math.isnan(balanced_accuracy_at(p1, y, math.nan))
+    assert math.isnan(balanced_accuracy_at([0.9, 0.8], [1, 1], 0.5))  # one class: not balanced (it said 1.0)
     logits = torch.log(torch.tensor(np.stack([1 - p1, p1], 1)))
     m = classification(logits, torch.tensor(y), 0.5)
     assert math.isclose(m["bacc"], 5 / 6) and math.isclose(m["auc"], 5 / 6)

@@ -374,10 +374,12 @@ def check_resume_folder(config, args, state) -> None:
     if latest is None or latest[0] <= done:
         return
     later = f"epoch {done + 1}" if latest[0] == done + 1 else f"epochs {done + 1}-{latest[0]}"
+    last = os.path.join(config.out, "last.pt")
+    go_on = (f"pass --resume {last} to continue the run, or " if os.path.isfile(last) else
+             "no last.pt is there to continue the run from; ")
     raise UsageError(f"argument --resume: {args.resume} is of epoch {done}, but {config.out} holds the run up to "
                      f"epoch {latest[0]} ({latest[1]}); resuming it there would replace {later} (metrics.csv "
-                     f"rows, last.pt): pass --resume {os.path.join(config.out, 'last.pt')} to continue the run, or "
-                     f"--out ANOTHER_FOLDER to continue this checkpoint there")
+                     f"rows, last.pt): {go_on}pass --out ANOTHER_FOLDER to continue this checkpoint there")
 
 
 def _refuse_a_file(out: str) -> None:
@@ -614,7 +616,7 @@ def cmd_experiment(args) -> int:
     from ..paper.experiment import run_experiment
     from ..paper.models import NonFiniteOutput, NonFiniteWeights
     from ..paper.protocol import TestFolderExists, VariantsError
-    from ..paper.train import TrainingDiverged
+    from ..paper.train import TrainingDiverged, ValidationClassesError
 
     config = experiment_config_from_args(args)
     _experiment_preflight(args, config)
@@ -625,6 +627,8 @@ def cmd_experiment(args) -> int:
                                 allow_rejected_benchmark=args.allow_rejected_benchmark)
     except (VariantsError, TestFolderExists) as err:
         raise UsageError(str(err)) from None
+    except ValidationClassesError as err:  # a validation split drawn without both classes
+        return _failed("experiment", err)
     except TrainingDiverged as err:  # the experiment's settings have no --lr to advise
         return _failed("experiment", f"a model's training diverged: {err.what}; its metrics are not reported")
     except (NonFiniteWeights, NonFiniteOutput) as err:  # a model that cannot be scored

@@ -87,8 +87,9 @@ from .explain_metrics import METRIC_NAMES
 from .models import PlainCNN, load_model, load_plain_cnn
 from .protocol import (
     DEFAULT_VARIANTS_PATH,
-    MANIFEST,
+    TestFolderExists,
     Variants,
+    aside_target,
     benchmark_record,
     build_split,
     check_benchmark_verdict,
@@ -118,7 +119,7 @@ from .protocol import (
 )
 from .reports import ABLATION, ACCURACY, dev_report, test_report
 from .sanity import classification, map_ablation, map_statistics, predict, randomisation_check
-from .train import train
+from .train import check_validation_classes, train
 from .validity import MIN_COMPARED_AUC, check_maps_drive_ranking, check_uniform_attention, run_checks
 
 __all__ = ["ExperimentConfig", "QUICK", "FULL", "run_experiment", "run_dev", "run_test", "STAGES",
@@ -309,6 +310,7 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
     device = _device(config)
     difficulty = config.difficulties[0]
     specs, sets = _splits(config, difficulty, ("train", "val", "dev"))
+    check_validation_classes(config.train, sets["val"])  # else best.pt would be picked on no criterion
     log(f"[dev] data {config.train.data!r}, data seed {config.train.data_seed}; splits at difficulty "
         f"{difficulty:g}: " + ", ".join(f"{k} {s.n} (seed {s.seed})" for k, s in specs.items()))
     validity = _validity(sets["train"], sets["dev"], config)
@@ -559,18 +561,25 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     where = ledger_where(folder, ledger)
     replaced = check_test_data(config, variants, ledger, where, force)
     started = time.strftime("%Y-%m-%d %H:%M:%S")
-    earlier = read_manifest(folder) if force else None  # the run whose results --force moves aside
     record = record_test_run(config, variants_record, started, where, force)
-    moved = claim_test_folder(folder, force, record)
-    if moved is not None:
-        record["moved_aside"] = {"from": where, "to": ledger_where(moved, ledger),
-                                 "run_started": (earlier or {}).get("started")}
-        write_json(os.path.join(folder, MANIFEST), {**record, "status": "running"})
-        log(f"[test] the earlier results of {folder} were moved, not deleted, to {moved}")
+    target = None
+    if check_test_folder(folder, force):  # --force over an earlier run: where its results will go
+        if os.path.ismount(folder):  # a rename cannot move it: refused before anything is recorded
+            raise TestFolderExists(f"{folder} is a mount point: --force cannot move its earlier results aside (they "
+                                   f"are never deleted); choose another --out")
+        earlier = read_manifest(folder) or {}
+        target = aside_target(folder)
+        record["moved_aside"] = {"from": where, "to": ledger_where(target, ledger),
+                                 "run_started": earlier.get("started"), "run_id": earlier.get("run_id")}
+    # recorded before anything moves: a run that fails to write its record moves nothing, so
+    # no earlier results can sit where no record says
     spend(ledger, ledger_entry(config, where, started, **{k: v for k, v in record.items()
                                                           if k not in ("stage", "data", "data_seed", "started",
                                                                        "variants")}))
     runs_here = log_test_run(os.path.dirname(os.path.abspath(folder)), {**record, "folder": where})
+    moved = claim_test_folder(folder, force, record, target)
+    if moved is not None:
+        log(f"[test] the earlier results of {folder} were moved, not deleted, to {moved}")
     os.makedirs(os.path.join(folder, "rows"), exist_ok=True)
     gathered = _TestResults(started=(now_utc(), load_average()))
     for difficulty in config.difficulties:
@@ -595,6 +604,7 @@ def _test_condition(config: ExperimentConfig, variant: Variant, difficulty: floa
     cond = _cond(difficulty)
     names = ("train", "val", "dev", "test") + (("test_heldout",) if config.held_out_mimic else ())
     specs, sets = _splits(config, difficulty, names)
+    check_validation_classes(config.train, sets["val"])  # else best.pt would be picked on no criterion
     log(f"[test] {cond}: " + ", ".join(f"{k} {s.n} (seed {s.seed})" for k, s in specs.items()))
     validity = _validity(sets["train"], sets["test"], config)
     model_free = fit_model_free(sets["dev"], seed=config.train.data_seed, limit=config.validity_images)

@@ -60,6 +60,7 @@ import math
 import os
 import shutil
 import subprocess
+import uuid
 from dataclasses import dataclass, field
 
 from ..io.files import write_json
@@ -95,7 +96,8 @@ __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS
            "ledger_entry", "TEST_RUN_LOG", "LEDGER_FORMAT", "default_ledger_path", "spent_by_verdict",
            "build_split", "image_keys", "check_disjoint",
            "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
-           "claim_test_folder", "move_aside", "read_manifest", "finish_test_folder", "judged_settings", "check_judged",
+           "claim_test_folder", "move_aside", "aside_target", "read_manifest", "finish_test_folder", "judged_settings",
+           "check_judged",
            "JUDGED_SETTINGS", "EVALUATION_SETTINGS", "record_test_run", "history_of_test_runs",
            "check_benchmark_verdict", "benchmark_record",
            "failed_checks", "REQUIRED_CHECKS", "fit_model_free", "MANIFEST", "SYNTHETIC_SOURCES", "MIMIC_SOURCES"]
@@ -454,17 +456,15 @@ def _git(args: list[str], cwd: str) -> subprocess.CompletedProcess:
                           timeout=60)
 
 
-def _committed_bytes(root: str, rel: str) -> bytes | None:
-    """The bytes of ``rel`` in the repository's HEAD commit (``None`` when HEAD has no such file)."""
-    spec = "HEAD:" + rel.replace(os.sep, "/")
-    blob = subprocess.run(["git", "--no-optional-locks", "cat-file", "blob", spec], cwd=root, capture_output=True,
-                          timeout=60)
-    return blob.stdout if blob.returncode == 0 else None
-
-
-def _file_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _matches_head(root: str, rel: str, path: str) -> bool:
+    """Whether the file at ``path`` is, as git would store it, the blob of ``rel`` in HEAD:
+    its object id after git's own conversions for that path (line endings under
+    ``core.autocrlf``, ``.gitattributes`` filters) against HEAD's.  Computed from the file's
+    bytes, never from the index, so ``git update-index --assume-unchanged`` hides nothing."""
+    rel = rel.replace(os.sep, "/")
+    head = _git(["rev-parse", "--verify", "--quiet", f"HEAD:{rel}"], root)
+    mine = _git(["hash-object", f"--path={rel}", "--", path], root)
+    return head.returncode == 0 and mine.returncode == 0 and head.stdout.strip() == mine.stdout.strip()
 
 
 def commit_state(path: str) -> dict:
@@ -491,8 +491,8 @@ def commit_state(path: str) -> dict:
     head = _git(["rev-parse", "--verify", "HEAD"], root)
     if head.returncode != 0:
         raise VariantsError(f"the repository at {root} has no commit yet: commit the variants file first")
-    if _committed_bytes(root, rel) != _file_bytes(path):  # the bytes, never git diff (index flags can hide edits)
-        raise VariantsError(f"the variants file {rel} has uncommitted changes (its bytes differ from HEAD:{rel}): "
+    if not _matches_head(root, rel, path):  # from the file's bytes, never git diff (index flags can hide edits)
+        raise VariantsError(f"the variants file {rel} has uncommitted changes (it differs from HEAD:{rel}): "
                             f"commit them (or restore the file) before the test stage")
     file_commit = _git(["log", "-1", "--format=%H", "--", rel], root).stdout.strip()
     return {"repository": root, "path_in_repository": rel, "head": head.stdout.strip(), "file_commit": file_commit}
@@ -556,11 +556,10 @@ def _aside_number(name: str, base: str) -> int | None:
     return int(number) if head == base and number.isdigit() else None
 
 
-def move_aside(folder: str) -> str:
-    """Move an earlier test run's ``folder`` (with every file in it, the user's included) to
-    ``<folder>.run-<N>`` beside it, by one atomic rename, and return that path.  ``N`` is
-    never reused: it is above every ``<folder>.run-*`` beside it and every one the folder
-    log (``test_runs.jsonl``) records as moved aside.  Nothing is deleted."""
+def aside_target(folder: str) -> str:
+    """Where :func:`move_aside` would move ``folder``: ``<folder>.run-<N>`` beside it, ``N``
+    above every ``<folder>.run-*`` there and every one the folder log (``test_runs.jsonl``)
+    records as moved aside, so that a name is never reused."""
     folder = os.path.abspath(folder)
     parent, base = os.path.dirname(folder), os.path.basename(folder)
     used = [n for n in (_aside_number(name, base) for name in os.listdir(parent)) if n is not None]
@@ -569,14 +568,28 @@ def move_aside(folder: str) -> str:
         if isinstance(moved, dict) and isinstance(moved.get("to"), str):
             n = _aside_number(os.path.basename(moved["to"].rstrip("/")), base)
             used += [n] if n is not None else []
-    target = os.path.join(parent, f"{base}.run-{max(used, default=0) + 1}")
+    return os.path.join(parent, f"{base}.run-{max(used, default=0) + 1}")
+
+
+def move_aside(folder: str, target: str | None = None) -> str:
+    """Move an earlier test run's ``folder`` (with every file in it, the user's included) to
+    ``target`` (default :func:`aside_target`) by one atomic rename, and return that path.
+    Nothing is deleted.  TestFolderExists when the target appeared meanwhile or the folder
+    cannot be renamed (a mount point): nothing moved."""
+    folder = os.path.abspath(folder)
+    target = target or aside_target(folder)
     if os.path.lexists(target):  # raced by another process: refuse rather than replace
         raise TestFolderExists(f"{target} appeared while the earlier results were being moved aside; run again")
-    os.rename(folder, target)
+    try:
+        os.rename(folder, target)
+    except OSError as err:
+        raise TestFolderExists(f"cannot move the earlier results of {folder} aside to {target} ({err.strerror or err}; "
+                               f"e.g. a mount point): nothing was moved or deleted; choose another --out") from None
     return target
 
 
-def claim_test_folder(folder: str, force: bool = False, record: dict | None = None) -> str | None:
+def claim_test_folder(folder: str, force: bool = False, record: dict | None = None,
+                      target: str | None = None) -> str | None:
     """Make ``folder`` the test stage's result folder, or refuse (TestFolderExists); returns
     where an earlier run's results were moved (``None`` when there were none).
 
@@ -587,7 +600,7 @@ def claim_test_folder(folder: str, force: bool = False, record: dict | None = No
     written at once, so a run that dies half-way leaves a folder that only ``--force``
     moves aside."""
 
-    moved = move_aside(folder) if check_test_folder(folder, force) else None
+    moved = move_aside(folder, target) if check_test_folder(folder, force) else None
     os.makedirs(folder, exist_ok=True)
     write_json(os.path.join(folder, MANIFEST), {**(record or {}), "status": "running"})
     return moved
@@ -816,9 +829,12 @@ def record_test_run(config, variants_record: dict, started: str, where: str, for
     applied): its data, data seed, seeds, methods, difficulties, every setting
     (:func:`judged_settings` and :data:`EVALUATION_SETTINGS`), the variants file, where its
     results are kept (``results``) and, after ``--force``, where the earlier results of its
-    folder were moved (``moved_aside``: ``{"from", "to", "run_started"}``)."""
-    out = {"stage": "test", "variants": variants_record, "variants_sha256": variants_record.get("sha256"),
-           "started": started, "data": config.train.data, "data_seed": config.train.data_seed, "forced": bool(forced),
+    folder were moved (``moved_aside``: ``{"from", "to", "run_started", "run_id"}``: the
+    earlier run's start and id).  ``run_id`` is unique: two runs started in one second are
+    still told apart."""
+    out = {"stage": "test", "run_id": uuid.uuid4().hex, "variants": variants_record,
+           "variants_sha256": variants_record.get("sha256"), "started": started, "data": config.train.data,
+           "data_seed": config.train.data_seed, "forced": bool(forced),
            "seeds": list(config.seeds), "methods": list(config.methods), "difficulties": list(config.difficulties),
            "held_out_mimic": config.held_out_mimic,
            "settings": {**judged_settings(config), **{k: getattr(config, k) for k in EVALUATION_SETTINGS}},
@@ -838,8 +854,10 @@ def history_of_test_runs(runs: list[dict], data: str) -> list[dict]:
         results = run.get("results") or run.get("where")
         for later in tests[i + 1:]:
             moved = later.get("moved_aside")
-            if isinstance(moved, dict) and moved.get("from") == results and moved.get("run_started") == run.get(
-                    "started"):
+            same = (moved.get("run_id") == run["run_id"] if isinstance(moved, dict) and moved.get("run_id")
+                    and run.get("run_id") else isinstance(moved, dict) and moved.get("run_started") == run.get(
+                        "started"))  # records written before run ids: by the start time
+            if isinstance(moved, dict) and moved.get("from") == results and same:
                 results = moved.get("to")
                 break
         out.append({**{k: v for k, v in run.items() if k != "splits"}, "results": results})

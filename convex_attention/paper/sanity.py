@@ -80,13 +80,15 @@ def predict(model, dataset: Dataset, batch_size: int = 64, device="cpu", keep_ma
 def balanced_accuracy_at(p1, labels, threshold: float) -> float:
     """Balanced accuracy of predicting class 1 where ``p1 >= threshold`` (``p1``: ``(N,)``
     probabilities of class 1, ``labels`` ``(N,)`` in {0, 1}): the mean of the recalls of the
-    classes present; NaN for a NaN threshold or no labels."""
+    two classes; NaN for a NaN threshold, no labels, or a class absent (the mean of the
+    recalls present would score one class's recall as balanced)."""
     p1, labels = np.asarray(p1, dtype=float), np.asarray(labels).astype(int)
     if threshold is None or not math.isfinite(threshold) or labels.size == 0:
         return math.nan
+    if not all((labels == c).any() for c in (0, 1)):
+        return math.nan
     pred = (p1 >= threshold).astype(int)
-    recalls = [float((pred[labels == c] == c).mean()) for c in (0, 1) if (labels == c).any()]
-    return float(np.mean(recalls))
+    return float(np.mean([float((pred[labels == c] == c).mean()) for c in (0, 1)]))
 
 
 def classification(logits: Tensor, labels: Tensor, threshold: float) -> dict:

@@ -45,7 +45,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..io.files import atomic_csv, write_json
+from ..io.files import atomic_csv, atomic_write_bytes, write_json
 from .config import ModelConfig, TrainConfig, check_device
 from .data import datasets_of, labels_only
 from .models import (
@@ -59,7 +59,7 @@ from .models import (
 
 __all__ = ["TrainConfig", "train", "evaluate", "augment", "classification_metrics", "check_device",
            "recompute_batchnorm", "stored_train_config", "build_checked_datasets", "check_data", "check_resume",
-           "check_validation_classes", "CheckedData",
+           "check_validation_classes", "ValidationClassesError", "CheckedData",
            "TrainingDiverged", "diagnose_divergence", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_violation",
@@ -296,6 +296,10 @@ def build_checked_datasets(config: TrainConfig) -> CheckedData:
     return CheckedData(train_set, val_set)
 
 
+class ValidationClassesError(ValueError):
+    """A validation set without an image of every class (:func:`check_validation_classes`)."""
+
+
 def check_validation_classes(config: TrainConfig, val_set: Dataset) -> None:
     """ValueError unless the validation set holds an image of every class: without one, its
     ROC AUC (which picks ``best.pt``) and balanced accuracy are undefined, and every epoch
@@ -310,7 +314,7 @@ def check_validation_classes(config: TrainConfig, val_set: Dataset) -> None:
                "add images of every class to the validation data" + (" (root/val)" if config.data == "folder" else
                                                                      " (or raise --val-fraction)"))
         n = len(val_set)
-        raise ValueError(f"the validation set ({n} image{'s' if n != 1 else ''}) holds no image of class "
+        raise ValidationClassesError(f"the validation set ({n} image{'s' if n != 1 else ''}) holds no image of class "
                          f"{', '.join(map(str, absent))} (per class: {', '.join(map(str, counts.tolist()))}): its "
                          f"ROC AUC, which picks best.pt, and its balanced accuracy are undefined; {fix}")
 
@@ -473,8 +477,6 @@ class _Run:
         checkpoint comes along (the resumed one, or the ``best.pt`` beside it, whichever is of
         that epoch), so ``best.pt`` here is the epoch the selection holds; otherwise the log
         says where that epoch's checkpoint is."""
-        import shutil
-
         beside = os.path.join(os.path.dirname(os.path.abspath(self.config.resume)), "best.pt")
         for path in (self.config.resume, beside):
             try:
@@ -482,8 +484,9 @@ class _Run:
                     == self.best_epoch
             except (OSError, ValueError, KeyError, TypeError):
                 continue
-            if of_best:
-                shutil.copyfile(path, self.best_path)
+            if of_best:  # copied atomically, as every checkpoint is written: never a truncated best.pt
+                with open(path, "rb") as f:
+                    atomic_write_bytes(self.best_path, f.read())
                 return
         self.log(f"[{self.config.method}] best.pt: no checkpoint of the best epoch so far ({self.best_epoch}) was "
                  f"found to copy into {self.config.out}; best.pt is written there when a later epoch has a higher "
