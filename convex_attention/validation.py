@@ -12,6 +12,9 @@ from torch import Tensor
 from ._ops import compute_dtype
 from .graph import Graph
 
+#: The dtypes scores may have: half precision is computed in float32.
+SCORE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 def check_hierarchy(h) -> Graph:
     """``h`` itself when it is a structure (a :class:`~convex_attention.hierarchy.Hierarchy` or any
@@ -64,8 +67,9 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True, name: st
                             f"probabilities in given={{{k}: ...}}")
         if not isinstance(s, Tensor):
             raise TypeError(f"{name}[{k}] must be a torch.Tensor, got {type(s).__name__}")
-        if not s.dtype.is_floating_point:
-            raise TypeError(f"{name}[{k}] must be a floating tensor, got dtype {s.dtype}")
+        if s.dtype not in SCORE_DTYPES:  # float8 is floating too, and no kernel here takes it
+            raise TypeError(f"{name}[{k}] must be a floating tensor of dtype {', '.join(map(_name, SCORE_DTYPES))}, "
+                            f"got dtype {s.dtype}")
         expected = h.shapes[k]
         if s.dim() != 1 + len(expected) or tuple(s.shape[1:]) != expected:
             raise ValueError(f"{name}[{k}] must have shape (B, {', '.join(map(str, expected))}) "

@@ -420,3 +420,18 @@ def test_star_of_one_fine_map_per_coarse_cell_is_the_coarse_softmax_split_by_eac
     torch.testing.assert_close(sol.probs[1], torch.tensor([[0.5, 0.5]], dtype=torch.float64))
     # value: log 4 (map 0) + 1 + 2 log 2 (map 1: its scores and its entropy at τ = 2) + 0
     torch.testing.assert_close(sol.objective, torch.tensor([np.log(4.0) + 1 + 2 * np.log(2.0)], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("dtype, tau", [(torch.float64, 1e-20), (torch.float64, 1e-300), (torch.float32, 1e-8),
+                                        (torch.float32, 1e-3)])
+def test_the_backward_of_a_one_hot_solution_is_zero(dtype, tau):
+    """At small temperatures the solution is one-hot and its Jacobian 0: the backward's two
+    terms, one divided by τ and one multiplied by a rounded 1/τ, left ε·|w|/τ (6.6e4 in
+    float64 at τ = 1e-20); found by a hostile review."""
+    h = ca.Hierarchy.grid([4, 2])
+    for w3 in torch.linspace(1.0, 7.0, 13).tolist():
+        theta = [torch.tensor([[0.3, -0.2, 1.0, 0.5]], dtype=dtype, requires_grad=True),
+                 torch.tensor([[0.1, 0.4]], dtype=dtype, requires_grad=True)]
+        sol = ca.solve(theta, h, "exact", temperature=tau)
+        (sol.probs[0] * torch.tensor([[1.0, 2.0, w3, 4.0]], dtype=dtype)).sum().backward()
+        assert float(theta[0].grad.abs().max()) == 0.0 and float(theta[1].grad.abs().max()) == 0.0, w3

@@ -148,3 +148,10 @@ def test_per_sample_tensors_take_one_shape_rule_and_name_what_they_belong_to():
     scores = [torch.randn(2, *s) for s in h.shapes]
     with pytest.raises(ValueError, match=r"given\[1\] must have shape \(4, 1\).*for map 1, got \(3, 4, 1\)"):
         ca.solve([scores[0], None, scores[2]], h, "dual", given={1: torch.full((3, 4, 1), 0.25)})
+
+
+def test_float8_scores_are_refused_naming_the_dtypes():
+    """float8 is floating too, and crashed deep in a kernel ("aminmax_cpu" not implemented)."""
+    h = ca.Hierarchy.grid([4, 2])
+    with pytest.raises(TypeError, match="float16, bfloat16, float32, float64, got dtype torch.float8_e4m3fn"):
+        ca.solve([torch.zeros(1, 4).to(torch.float8_e4m3fn), torch.zeros(1, 2).to(torch.float8_e4m3fn)], h, "exact")
