@@ -511,3 +511,11 @@ def test_verify_into_a_busy_folder_exits_2_naming_the_owner(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"in use by pid {holder.pid}" in err and "--wait" in err and "Traceback" not in err
     assert not (out / "verify.csv").exists()
+
+
+def test_a_bench_csv_that_cannot_be_read_is_one_line_not_a_traceback(tmp_path, capsys):
+    (tmp_path / "bench.csv").mkdir()  # a folder of that name: the file cannot be read
+    for extra in ([], ["--resume"]):
+        assert run(["bench", *FAST, "--out", str(tmp_path), *extra]) == 2
+        err = capsys.readouterr().err
+        assert "cannot be read" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err

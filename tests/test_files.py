@@ -55,3 +55,14 @@ def test_check_out_dir_refuses_files_and_unwritable_paths(tmp_path):
         files.check_out_dir(str(f / "sub"))
     files.check_out_dir(str(tmp_path / "new" / "dir"))
     assert (tmp_path / "new" / "dir").is_dir() and tmp_files(tmp_path / "new" / "dir") == []
+
+
+def test_stale_temporaries_are_removed_by_their_exact_name_only(tmp_path):
+    """`$` also matched before a final newline and `\\d` any digit: files the user named so
+    were removed (found by a hostile review)."""
+    ours = "bench.csv.123-4.tmp"
+    theirs = ["bench.csv.123-4.tmp\n", "bench.csv.١٢٣-4.tmp", "bench.csv.123-4.tmp.bak", "notes.csv.1-2.tmp"]
+    for name in [ours, *theirs]:
+        (tmp_path / name).write_text("x")
+    assert files.clean_stale_tmp(str(tmp_path), ["bench.csv"]) == [ours]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)

@@ -90,3 +90,32 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
             pass
         assert (tmp_path / LOCK_NAME).exists()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_lock_that_is_a_link_or_a_folder_is_refused_and_nothing_outside_is_written(tmp_path):
+    """A results.lock linked to a file outside the folder: the lock truncated the target,
+    wrote its owner record into it and removed only the link (found by a hostile review)."""
+    outside = tmp_path / "precious.txt"
+    outside.write_text("the user's data")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(outside)
+    with pytest.raises(ResultsLocked, match="not a plain file"):
+        with results_lock(str(out)):
+            pass
+    assert outside.read_text() == "the user's data" and (out / LOCK_NAME).is_symlink()
+    (out / LOCK_NAME).unlink()
+    (out / LOCK_NAME).mkdir()
+    with pytest.raises(ResultsLocked, match="not a plain file"):
+        with results_lock(str(out)):
+            pass
+
+
+def test_an_owner_record_with_an_impossible_time_does_not_crash_the_next_run(tmp_path):
+    for started in ("NaN", "1e300"):
+        record = '{"pid": 1, "host": "elsewhere", "started": ' + started + ', "command": "x"}'
+        (tmp_path / LOCK_NAME).write_text(record)
+        logged = []
+        with results_lock(str(tmp_path), log=logged.append):  # the OS lock is free: taken over, and said
+            pass
+        assert any("since ?" in line for line in logged), logged

@@ -211,6 +211,8 @@ def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
             rows, problems = read_rows(csv_path, BENCH_SCHEMA)
         except ResultsFormatError as err:
             return 0, 0, str(err)
+        except OSError as err:  # a folder of that name, a file that cannot be read
+            return 0, 0, f"{csv_path}: cannot be read ({err.strerror or err})"
         finished = sum(r["status"] in ("ok", "skipped") for r in rows)
         return len(rows) + len(problems), finished, None
     if os.path.exists(json_path):
@@ -349,7 +351,10 @@ class ResultsWriter:
             self._flush(convergence=True)
 
     def _load(self) -> None:
-        rows, problems = read_rows(self.csv_path, BENCH_SCHEMA)
+        try:
+            rows, problems = read_rows(self.csv_path, BENCH_SCHEMA)
+        except OSError as err:  # a folder of that name, a file that cannot be read: a format error, one line
+            raise ResultsFormatError(f"{self.csv_path}: cannot be read ({err.strerror or err})") from None
         if not os.path.exists(self.csv_path):  # the rows are read from bench.csv: say what bench.json held
             held, _, unreadable = existing_rows(self.out_dir)
             if held or unreadable:

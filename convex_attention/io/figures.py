@@ -7,6 +7,7 @@ two-column width, :data:`FULL_WIDTH`), in fonts that stay readable at that size
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import textwrap
@@ -15,6 +16,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+from .files import temporary_name  # noqa: E402
 
 __all__ = ["FULL_WIDTH", "HALF_WIDTH", "STYLE", "env_line", "save", "plain", "sci"]
 
@@ -113,7 +116,17 @@ def save(fig, path: str, env: dict | None = None, notes=()) -> str:
         fig.text(box.x0 / fig.get_figwidth(), (box.y0 - 0.05) / fig.get_figheight(), line, fontsize=6,
                  color="#555555", ha="left", va="top")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=300, bbox_inches="tight")
-    fig.savefig(os.path.splitext(path)[0] + ".pdf", bbox_inches="tight")
-    plt.close(fig)
+    try:
+        # each file written under a temporary name, then renamed over the final one: never a
+        # half figure under its name, and a link there is replaced, its target never written
+        for target, options in ((path, {"dpi": 300}), (os.path.splitext(path)[0] + ".pdf", {})):
+            temporary = temporary_name(target)
+            try:
+                fig.savefig(temporary, bbox_inches="tight", format=os.path.splitext(target)[1][1:], **options)
+                os.replace(temporary, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(temporary)
+    finally:
+        plt.close(fig)
     return path

@@ -69,11 +69,12 @@ def clean_stale_tmp(folder: str, targets) -> list[str]:
     """
     if not os.path.isdir(folder):
         return []
-    pattern = re.compile("^(?:" + "|".join(re.escape(t) for t in targets) + r")\.\d+-\d+\.tmp$")
+    # fullmatch and ASCII digits: `$` also matched before a final newline, and \d any digit
+    pattern = re.compile("(?:" + "|".join(re.escape(t) for t in targets) + r")\.[0-9]+-[0-9]+\.tmp")
     removed = []
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
-        if pattern.match(name) and os.path.isfile(path) and not os.path.islink(path):
+        if pattern.fullmatch(name) and os.path.isfile(path) and not os.path.islink(path):
             with contextlib.suppress(OSError):
                 os.remove(path)
                 removed.append(name)

@@ -26,7 +26,11 @@ class ResultsLocked(RuntimeError):
 
 def _describe(owner: dict) -> str:
     started = owner.get("started")
-    when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) else "?"
+    try:  # a record someone wrote by hand (NaN, 1e300) names no time rather than crashing every later run
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(started)) if isinstance(started, (int, float)) \
+            else "?"
+    except (ValueError, OverflowError, OSError):
+        when = "?"
     return (f"pid {owner.get('pid', '?')} on host {owner.get('host', '?')} since {when}"
             f" ({owner.get('command', '?')})")
 
@@ -88,7 +92,16 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         return
     waited = False
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # never through a link, never anything but a plain file: the lock is written (truncated,
+        # then the owner record) and removed, and must not reach a file outside the folder
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
+            raise ResultsLocked(f"results folder {out_dir} holds {LOCK_NAME} that is not a plain file (a link or a "
+                                f"folder): it is not this tool's lock; remove it, or choose another --out")
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+        except OSError as err:
+            raise ResultsLocked(f"results folder {out_dir}: its lock {LOCK_NAME} cannot be opened "
+                                f"({err.strerror or err}); choose another --out") from None
         if _try_lock(fd):
             try:  # the file may have been unlinked by a releasing owner: lock the one at `path`
                 same = os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path))
