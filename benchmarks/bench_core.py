@@ -10,27 +10,34 @@ the per-sample speed-up of exact over cvxpylayers at 32x32+16x16 (>= 1e4), measu
 against every installed cvxpylayers backend (one line each) and judged against the
 fastest.  Every ratio is a ratio of medians of forward+backward time.  Writes
 bench_core.csv, bench_core.json (with the load average at the start and end) and
-bench_core.png/.pdf into --out; --plot-only redraws the figure from bench_core.json.
+bench_core.png/.pdf into --out (one run at a time: OUT/results.lock; an earlier run's files are
+replaced only with --overwrite); --plot-only redraws the figure from bench_core.json.
 """
 import argparse
 import json
 import os
+import sys
 
 import torch
 
 from convex_attention.bench.targets import core_benchmark, plot_core_record
 from convex_attention.cli import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends
-from convex_attention.io.files import check_out_dir
+from convex_attention.io.files import check_out_dir, clean_stale_tmp
+from convex_attention.io.lock import ResultsLocked, results_lock
 from convex_attention.io.settings import positive_int
+
+MAX_BATCH, MAX_REPEATS = 1 << 20, 100_000  # as bench's own limits: beyond them a run overflows or never ends
+OUTPUTS = ("bench_core.csv", "bench_core.json", "bench_core.png", "bench_core.pdf")
 
 
 def main(argv=None):
     parser = CommandParser(prog="bench_core.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=positive_int, default=64, help="samples per batch (default 64)")
+    parser.add_argument("--batch", type=positive_int, default=64, help=f"samples per batch, 1 to {MAX_BATCH} "
+                                                                          f"(default 64)")
     parser.add_argument("--repeats", type=positive_int, default=100,
-                        help="timed repetitions per method (interleaved; default 100)")
+                        help=f"timed repetitions per method (interleaved), 1 to {MAX_REPEATS} (default 100)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS, metavar="NAME",
                         help=f"cvxpylayers backends to time, from {', '.join(BACKENDS)} (default: every installed one)")
@@ -38,28 +45,48 @@ def main(argv=None):
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (CI smoke run)")
     parser.add_argument("--plot-only", action="store_true",
                         help="measure nothing: redraw OUT/bench_core.png (and .pdf) from OUT/bench_core.json")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the files an earlier run left in --out (without it such a folder is refused, "
+                             "exit 2)")
+    parser.add_argument("--wait", action="store_true",
+                        help="wait for another run writing into --out to finish (without it: exit 2)")
     args = parser.parse_args(argv)
     if args.plot_only:
         return _replot(parser, args.out)
+    if args.batch > MAX_BATCH or args.repeats > MAX_REPEATS:
+        parser.error(f"--batch must be at most {MAX_BATCH} and --repeats at most {MAX_REPEATS}, got {args.batch} "
+                     f"and {args.repeats}")
+    if args.tiny and (args.batch != 64 or args.repeats != 100):
+        parser.error("--tiny sets its own sizes (batch 4, 5 repeats): leave --batch and --repeats out, or drop --tiny")
     try:
         device = torch.device(args.device)
     except RuntimeError:
         parser.error(f"unknown device {args.device!r}; use cpu or cuda")
     if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
         parser.error(f"--device {args.device} is not available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        parser.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     missing = [b for b in args.backends or [] if b not in available_backends()]
     if missing:
         parser.error(f"backend(s) {', '.join(missing)} not installed here; installed: "
                      f"{', '.join(available_backends()) or 'none'}")
+    earlier = [name for name in OUTPUTS if os.path.lexists(os.path.join(args.out, name))]
+    if earlier and not args.overwrite:
+        parser.error(f"--out {args.out} already holds {', '.join(earlier)} from an earlier run; choose another "
+                     f"folder, or pass --overwrite to replace them")
     try:
         check_out_dir(args.out)
     except ValueError as err:
         parser.error(str(err))
-    if args.tiny:
-        return core_benchmark(batch=4, shapes=((8, 8), (4, 4)), cvx_shapes=((4, 4), (2, 2)), cvx_batch=2,
-                              repeats=5, cvx_repeats=1, device=args.device, out_dir=args.out, backends=args.backends)
-    return core_benchmark(batch=args.batch, repeats=args.repeats, device=args.device, out_dir=args.out,
-                          dtype=torch.float32, backends=args.backends)
+    sizes = (dict(batch=4, shapes=((8, 8), (4, 4)), cvx_shapes=((4, 4), (2, 2)), cvx_batch=2, repeats=5,
+                  cvx_repeats=1) if args.tiny else dict(batch=args.batch, repeats=args.repeats, dtype=torch.float32))
+    try:
+        with results_lock(args.out, command="bench_core", wait=args.wait,
+                          log=lambda m: print(f"bench_core.py: {m}", file=sys.stderr)):
+            clean_stale_tmp(args.out, OUTPUTS)
+            return core_benchmark(device=args.device, out_dir=args.out, backends=args.backends, **sizes)
+    except ResultsLocked as err:
+        parser.error(str(err))
 
 
 def _replot(parser, out: str):
@@ -69,10 +96,13 @@ def _replot(parser, out: str):
             record = json.load(f)
         rows, ratios = record["rows"], record["ratios"]
     except (OSError, ValueError, KeyError, TypeError) as err:
-        parser.error(f"--plot-only: {path} is not a bench_core.json ({err})")
-    if not isinstance(rows, list) or not isinstance(ratios, dict):
+        parser.error(f"--plot-only: {path} is not a bench_core.json ({' '.join(str(err).split())})")
+    if not isinstance(rows, list) or not isinstance(ratios, dict) or not all(isinstance(r, dict) for r in rows):
         parser.error(f"--plot-only: {path} holds no rows and ratios")
-    written = plot_core_record(record, os.path.join(out, "bench_core.png"))
+    try:
+        written = plot_core_record(record, os.path.join(out, "bench_core.png"))
+    except (ValueError, KeyError, TypeError, ZeroDivisionError, AttributeError) as err:  # a record edited by hand
+        parser.error(f"--plot-only: {path} cannot be drawn ({type(err).__name__}: {' '.join(str(err).split())})")
     print(f"bench_core: {written} (+ .pdf)")
     return record
 

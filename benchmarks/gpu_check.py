@@ -20,7 +20,6 @@ device, no host synchronisation in the hot path, and speed.
 Writes gpu_check.json.  Exit status 1 if a correctness or synchronisation check fails.
 """
 import argparse
-import json
 import os
 import sys
 import time
@@ -34,6 +33,8 @@ from convex_attention.bench.graph_targets import draw_instance
 from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
 from convex_attention.cli import CommandParser
 from convex_attention.io.environment import environment
+from convex_attention.io.files import check_out_dir, write_json
+from convex_attention.io.settings import positive_int
 
 
 def correctness(device) -> list[dict]:
@@ -66,14 +67,16 @@ def correctness(device) -> list[dict]:
                         "passed": viol <= 1e-5})
         sc = [s[:2].clone().requires_grad_() for s in dev]
         ok = torch.autograd.gradcheck(
-            lambda *x, h=h, temps=temps: tuple(ca.solve(list(x), h, "exact", temperature=temps).probs), sc)
+            lambda *x, h=h, temps=temps: tuple(ca.solve(list(x), h, "exact", temperature=temps).probs), sc,
+            raise_exception=False)  # a failure is a FAIL row, not an exception that ends the run
         results.append({"check": "exact gradcheck on cuda (float64)", "case": name, "error": 0.0, "tol": 0.0,
                         "passed": bool(ok)})
         lam = [torch.randn((1,) + s, dtype=torch.float64, device=device, requires_grad=True) for s in h.shapes[1:]]
         n = len(sc)
         ok = torch.autograd.gradcheck(
             lambda *x, h=h, temps=temps, n=n: tuple(ca.solve(list(x[:n]), h, "learned_dual", temperature=temps,
-                                                          duals=list(x[n:])).probs), (*sc, *lam))
+                                                          duals=list(x[n:])).probs), (*sc, *lam),
+            raise_exception=False)
         results.append({"check": "learned_dual gradcheck on cuda (float64)", "case": name, "error": 0.0,
                         "tol": 0.0, "passed": bool(ok)})
     h = ca.Hierarchy.grid([(32, 32), (16, 16), (8, 8)])
@@ -229,12 +232,22 @@ def speed(device, repeats: int) -> list[dict]:
 def main(argv=None) -> int:
     parser = CommandParser(prog="gpu_check.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="results/gpu")
-    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--out", default="results/gpu", help="folder for gpu_check.json (default results/gpu)")
+    parser.add_argument("--repeats", type=positive_int, default=50, help="timed repetitions (default 50)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the gpu_check.json an earlier run left in --out (without it: exit 2)")
     args = parser.parse_args(argv)
+    # every check before the minutes of work: the record must be writable at the end
+    if os.path.lexists(os.path.join(args.out, "gpu_check.json")) and not args.overwrite:
+        parser.error(f"--out {args.out} already holds gpu_check.json from an earlier run; choose another folder, "
+                     f"or pass --overwrite to replace it")
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device", file=sys.stderr)
         return 2
+    try:
+        check_out_dir(args.out)
+    except ValueError as err:
+        parser.error(str(err))
     device = torch.device("cuda")
     start = time.perf_counter()
     checks = correctness(device) + graph_correctness(device) + no_sync(device)
@@ -252,10 +265,9 @@ def main(argv=None) -> int:
                           "exact/learned_dual+loss": by["exact"] / by["learned_dual+loss"]}
         print(f"{shapes:<26} exact/softmax {ratios[shapes]['exact/softmax']:.2f}   "
               f"exact/(learned_dual+loss) {ratios[shapes]['exact/learned_dual+loss']:.2f}")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "gpu_check.json"), "w") as f:
-        json.dump({"environment": environment(device), "checks": checks, "speed": rows, "ratios": ratios,
-                   "wall_s": time.perf_counter() - start}, f, indent=1)
+    write_json(os.path.join(args.out, "gpu_check.json"),  # atomic, strict JSON (a NaN error is null)
+               {"environment": environment(device), "checks": checks, "speed": rows, "ratios": ratios,
+                "wall_s": time.perf_counter() - start})
     print(f"gpu_check: {time.perf_counter() - start:.0f} s")
     return 0 if all(c["passed"] for c in checks) else 1
 

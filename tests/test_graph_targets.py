@@ -383,3 +383,16 @@ def test_bench_graphs_fails_like_a_command(tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(script, "graph_benchmark", stub)
         code, err = run("--tiny", "--parts", "backward", "--out", str(tmp_path / "c"))
         assert code == expected and words in err
+
+
+def test_gpu_check_refuses_bad_options_and_an_earlier_record_before_any_work(tmp_path, capsys):
+    """--repeats 0 failed only after every check had run; gpu_check.json was replaced without
+    a word (and written non-atomically, NaN allowed: now write_json)."""
+    script = _script("gpu_check")
+    (tmp_path / "gpu_check.json").write_text("{}")
+    for argv in (["--repeats", "0", "--out", str(tmp_path / "a")], ["--out", str(tmp_path)]):
+        with pytest.raises(SystemExit) as stop:
+            script.main(argv)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert (tmp_path / "gpu_check.json").read_text() == "{}" and not (tmp_path / "a").exists()

@@ -86,3 +86,50 @@ def test_amortised_targets_hold_the_axial_family_to_one_percent_and_chains_as_be
     assert by[("axial", 3)]["threshold"] == 0.01 and by[("axial", 3)]["met"] is True
     assert by[("chain", 3)]["threshold"] == 0.10 and by[("chain", 3)]["met"] is True
     assert "structure axial (3 maps)" in format_targets(list(by.values()))
+
+
+def _bench_core_script():
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_core.py"
+    spec = importlib.util.spec_from_file_location("bench_core", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_core_refuses_before_any_work_in_one_line(tmp_path, capsys, monkeypatch):
+    """A review found: no lock, an earlier run's files replaced without a word, unbounded
+    --batch, --tiny ignoring --batch, and tracebacks from --plot-only on a crafted record."""
+    from test_lock import hold_lock
+
+    script = _bench_core_script()
+    monkeypatch.setattr(script, "core_benchmark", lambda **kw: pytest.fail("work started"))
+
+    def refused(*argv):
+        with pytest.raises(SystemExit) as stop:
+            script.main(list(argv))
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        return err
+
+    assert "at most" in refused("--batch", str(1 << 30), "--out", str(tmp_path / "a"))
+    assert "--tiny sets its own sizes" in refused("--tiny", "--batch", "8", "--out", str(tmp_path / "a"))
+    assert not (tmp_path / "a").exists()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "bench_core.csv").write_text("mine\n")
+    assert "--overwrite" in refused("--tiny", "--out", str(tmp_path / "b"))
+    assert (tmp_path / "b" / "bench_core.csv").read_text() == "mine\n"
+    held = tmp_path / "held"
+    held.mkdir()
+    proc = hold_lock(held, 60)
+    try:
+        assert f"pid {proc.pid}" in refused("--tiny", "--out", str(held))
+    finally:
+        proc.kill()
+        proc.wait()
+    for record in ('{"rows": [1, 2], "ratios": {}}', '{"rows": [{"batch": 0}], "ratios": {}}', '[]'):
+        (tmp_path / "c").mkdir(exist_ok=True)
+        (tmp_path / "c" / "bench_core.json").write_text(record)
+        assert "--plot-only" in refused("--plot-only", "--out", str(tmp_path / "c"))
