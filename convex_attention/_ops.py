@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["sample_dims", "centre", "compute_dtype", "upcast", "level_softmax"]
+__all__ = ["sample_dims", "centre", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature"]
 
 
 def sample_dims(x: Tensor) -> tuple[int, ...]:
@@ -27,6 +27,43 @@ def upcast(x: Tensor) -> Tensor:
     return x.to(compute_dtype(x.dtype))
 
 
+class _DivideByTemperature(torch.autograd.Function):
+    """``x / τ`` for a 0-d tensor ``τ`` whose τ-derivative never forms ``x / τ²``: at tiny
+    temperatures that product overflows to ±inf, and the zero weight a softmax gives an
+    underflowed cell then made the temperature's gradient NaN (0·inf).  Here each cell's
+    share is ``grad · (x/τ)``, 0 where the incoming gradient is 0, summed, then divided by τ.
+    The backward is written in differentiable operations (second order works)."""
+
+    generate_vmap_rule = True  # torch.func transforms (its forward is one division)
+
+    @staticmethod
+    def forward(x: Tensor, tau: Tensor) -> Tensor:
+        return x / tau
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:  # the form torch.func's transforms need
+        ctx.save_for_backward(output, inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        out, tau = ctx.saved_tensors
+        grad_x = grad / tau if ctx.needs_input_grad[0] else None
+        grad_tau = None
+        if ctx.needs_input_grad[1]:
+            # (a Python 0, not a 0-d CPU tensor: on CUDA that would be a synchronising copy)
+            share = torch.where(grad == 0, 0.0, grad * out)
+            grad_tau = (-(share.sum() / tau)).reshape(tau.shape).to(tau.dtype)
+        return grad_x, grad_tau
+
+
+def divide_by_temperature(x: Tensor, tau) -> Tensor:
+    """``x / tau``; for a tensor ``tau`` that requires grad, with a temperature gradient that
+    stays finite where ``x / τ²`` would overflow (:class:`_DivideByTemperature`)."""
+    if isinstance(tau, Tensor) and tau.requires_grad and torch.is_grad_enabled():
+        return _DivideByTemperature.apply(x, tau)
+    return x / tau
+
+
 def level_softmax(x: Tensor, tau, log: bool = False) -> Tensor:
     """Softmax (or log-softmax) of ``x / tau`` over all cells of one level, per sample.
 
@@ -41,7 +78,7 @@ def level_softmax(x: Tensor, tau, log: bool = False) -> Tensor:
     if isinstance(tau, Tensor) or tau < 1.0:
         # the shift does not change the softmax, so it needs no gradient
         shifted = torch.sub(flat, flat.detach().amax(1, keepdim=True))
-        flat = shifted.div(tau) if isinstance(tau, Tensor) else shifted.div_(tau)
+        flat = divide_by_temperature(shifted, tau) if isinstance(tau, Tensor) else shifted.div_(tau)
     elif tau != 1.0:
         flat = flat / tau
     out = torch.log_softmax(flat, dim=1) if log else torch.softmax(flat, dim=1)

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ops import centre, compute_dtype, level_softmax
+from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import DENSE_LIMIT, cholesky_apply, dense_chunks, get_hessian, implicit_vjp, solve_psd
@@ -117,7 +117,7 @@ def dual_function(scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: G
             total = total + torch.logsumexp(flat, dim=1)
             continue
         top = flat.detach().amax(1, keepdim=True)
-        total = total + (top.squeeze(1) + t * torch.logsumexp((flat - top) / t, dim=1))
+        total = total + (top.squeeze(1) + t * torch.logsumexp(divide_by_temperature(flat - top, t), dim=1))
     assert isinstance(total, Tensor)
     return total
 

@@ -50,7 +50,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ops import centre, compute_dtype, sample_dims
+from ._ops import centre, compute_dtype, divide_by_temperature, sample_dims
 from .graph import Graph
 
 __all__ = ["exact_forward", "tree_backward", "ExactAttentionFunction", "exact_attention",
@@ -321,13 +321,13 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
         if e is not None:
             mmax = g.block_max(m, e).detach()
             d = g.combine_broadcast(m, mmax, e, torch.sub)
-            a = mmax + T[k] * g.aggregate(torch.exp(d / T[k]), e).log()
+            a = mmax + T[k] * g.aggregate(torch.exp(divide_by_temperature(d, T[k])), e).log()
             r[k] = g.combine_broadcast(m, a, e, torch.sub)
             A[e] = a
         else:
             flat = m.flatten(1)
             d = flat - flat.detach().amax(1, keepdim=True)
-            r[k] = (d - T[k] * torch.logsumexp(d / T[k], dim=1, keepdim=True)).view_as(m)
+            r[k] = (d - T[k] * torch.logsumexp(divide_by_temperature(d, T[k]), dim=1, keepdim=True)).view_as(m)
     return T, r, A
 
 
