@@ -519,3 +519,17 @@ def test_a_bench_csv_that_cannot_be_read_is_one_line_not_a_traceback(tmp_path, c
         assert run(["bench", *FAST, "--out", str(tmp_path), *extra]) == 2
         err = capsys.readouterr().err
         assert "cannot be read" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_the_temporaries_an_interrupted_verify_or_bench_left_are_removed(tmp_path, capsys):
+    """Those of verify.csv and example.npz were never removed (found by a hostile review)."""
+    out = tmp_path / "r"
+    out.mkdir()
+    (out / "verify.csv.999-1.tmp").write_text("half")
+    assert run(["verify", "--quick", "--n", "1", "--no-progress", "--out", str(out)]) in (0, 1)
+    assert not (out / "verify.csv.999-1.tmp").exists() and "verify.csv.999-1.tmp" in capsys.readouterr().err
+    bench_out = tmp_path / "b"
+    bench_out.mkdir()
+    (bench_out / "example.npz.999-2.tmp").write_text("half")
+    assert run(["bench", *FAST, "--out", str(bench_out)]) == 0
+    assert not (bench_out / "example.npz.999-2.tmp").exists()

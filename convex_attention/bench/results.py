@@ -331,7 +331,7 @@ class ResultsWriter:
         self._renumbered = False  # loaded rows whose cell numbers collided were renumbered
         self.problems: list[str] = []
         self.extra: dict = {}
-        stale = clean_stale_tmp(out_dir, OUTPUTS)
+        stale = clean_stale_tmp(out_dir, (*OUTPUTS, EXAMPLE))  # every file bench writes there
         if stale:
             log(f"removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}: {', '.join(stale)}")
         self.runs: list[dict] = []  # the earlier runs into this folder (resume): their load and threads

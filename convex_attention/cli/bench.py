@@ -361,6 +361,7 @@ def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
         verify_instances,
         write_csv,
     )
+    from ..io.files import clean_stale_tmp
     from ..io.lock import ResultsLocked, results_lock
 
     # --quick's count unless --n is given with it (as bench --quick takes the options given with it)
@@ -369,6 +370,10 @@ def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
         with results_lock(args.out, command="verify", wait=getattr(args, "wait", False),
                           log=lambda m: print(f"verify: {m}", file=sys.stderr)):
             _check_verify_out(args)  # again, under the lock: another run may have written it meanwhile
+            stale = clean_stale_tmp(args.out, ("verify.csv",))  # what a killed verify left (under the lock)
+            if stale:
+                print(f"verify: removed the temporary file(s) an interrupted run left: {', '.join(stale)}",
+                      file=sys.stderr)
             results = verify_instances(random_instances(n, config.seed, quick=args.quick), dual_solver=solver,
                                        progress=show_progress(args), backends=backends)
             print(format_table(results, backend_skips(args.backends)))
