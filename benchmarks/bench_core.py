@@ -20,10 +20,11 @@ import sys
 
 import torch
 
+from convex_attention.bench.config import check_device
 from convex_attention.bench.targets import core_benchmark, plot_core_record
 from convex_attention.cli import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends
-from convex_attention.io.files import check_out_dir, clean_stale_tmp
+from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, clean_stale_tmp
 from convex_attention.io.lock import ResultsLocked, results_lock
 from convex_attention.io.settings import positive_int
 
@@ -58,23 +59,13 @@ def main(argv=None):
                      f"and {args.repeats}")
     if args.tiny and (args.batch != 64 or args.repeats != 100):
         parser.error("--tiny sets its own sizes (batch 4, 5 repeats): leave --batch and --repeats out, or drop --tiny")
-    try:
-        device = torch.device(args.device)
-    except RuntimeError:
-        parser.error(f"unknown device {args.device!r}; use cpu or cuda")
-    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
-        parser.error(f"--device {args.device} is not available here; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        parser.error(f"--device {args.device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     missing = [b for b in args.backends or [] if b not in available_backends()]
     if missing:
         parser.error(f"backend(s) {', '.join(missing)} not installed here; installed: "
                      f"{', '.join(available_backends()) or 'none'}")
-    earlier = [name for name in OUTPUTS if os.path.lexists(os.path.join(args.out, name))]
-    if earlier and not args.overwrite:
-        parser.error(f"--out {args.out} already holds {', '.join(earlier)} from an earlier run; choose another "
-                     f"folder, or pass --overwrite to replace them")
     try:
+        check_device(args.device)
+        check_no_earlier_outputs(args.out, OUTPUTS, args.overwrite)
         check_out_dir(args.out)
     except ValueError as err:
         parser.error(str(err))

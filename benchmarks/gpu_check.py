@@ -33,7 +33,7 @@ from convex_attention.bench.graph_targets import draw_instance
 from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
 from convex_attention.cli import CommandParser
 from convex_attention.io.environment import environment
-from convex_attention.io.files import check_out_dir, write_json
+from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, write_json
 from convex_attention.io.settings import positive_int
 
 
@@ -238,9 +238,10 @@ def main(argv=None) -> int:
                         help="replace the gpu_check.json an earlier run left in --out (without it: exit 2)")
     args = parser.parse_args(argv)
     # every check before the minutes of work: the record must be writable at the end
-    if os.path.lexists(os.path.join(args.out, "gpu_check.json")) and not args.overwrite:
-        parser.error(f"--out {args.out} already holds gpu_check.json from an earlier run; choose another folder, "
-                     f"or pass --overwrite to replace it")
+    try:
+        check_no_earlier_outputs(args.out, ("gpu_check.json",), args.overwrite)
+    except ValueError as err:
+        parser.error(str(err))
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device", file=sys.stderr)
         return 2

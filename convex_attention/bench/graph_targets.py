@@ -56,7 +56,7 @@ from ..graph import Graph
 from ..hessian import ImplicitSolveError
 from ..hierarchy import Hierarchy
 from ..io.environment import environment, load_average, now_utc, run_record
-from ..io.files import atomic_csv, write_json
+from ..io.files import atomic_csv, check_no_earlier_outputs, write_json
 from ..io.lock import results_lock
 from ..io.settings import SEED, Choice, Int, Many, Text, check_settings, setting
 from ..metrics import violation
@@ -744,11 +744,10 @@ PART_FILES = {"convergence": "convergence_instances.csv", "gradients": "gradient
 def check_no_earlier_results(config: GraphBenchmark, out_dir: str, overwrite: bool = False) -> None:
     """ValueError, before any work, when ``out_dir`` holds a file this run would replace and
     ``overwrite`` is not set: results are never replaced without a word."""
-    names = ["graphs.json"] + [PART_FILES[part] for part in config.parts]
-    present = [n for n in names if os.path.exists(os.path.join(out_dir, n))]
-    if present and not overwrite:
-        raise RunRefused(f"--out {out_dir} already holds {', '.join(present)} from an earlier run; choose another "
-                         f"folder, or pass --overwrite to replace them")
+    try:
+        check_no_earlier_outputs(out_dir, ["graphs.json"] + [PART_FILES[part] for part in config.parts], overwrite)
+    except ValueError as err:
+        raise RunRefused(str(err)) from None
 
 
 def graph_benchmark(config: GraphBenchmark, out_dir: str, baseline: Callable | None = None, backends=None,

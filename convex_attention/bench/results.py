@@ -25,7 +25,15 @@ from dataclasses import asdict, fields, is_dataclass
 
 from ..cvx import backend_unavailable_reason
 from ..io.environment import environment, load_average, now_utc, run_record
-from ..io.files import atomic_csv, atomic_write_text, clean_stale_tmp, csv_field, json_safe, row_checksum
+from ..io.files import (
+    as_json,
+    atomic_csv,
+    atomic_write_text,
+    clean_stale_tmp,
+    csv_field,
+    json_safe,
+    row_checksum,
+)
 from ..io.settings import declared
 from ..io.tables import ResultsFormatError, Schema, read_rows
 from .config import STRUCTURES, SweepConfig
@@ -127,11 +135,6 @@ class ResumeMismatch(FinishedRows):
     (:data:`MEASUREMENT_SETTINGS`): its rows and this run's would not be comparable."""
 
 
-def _plain(value):
-    """A setting's value as bench.json stores it (tuples as lists), for comparison."""
-    return json.loads(json.dumps(json_safe(value), allow_nan=False))
-
-
 def stored_config(out_dir: str) -> dict | None:
     """The ``config`` recorded in ``out_dir/bench.json``; ``None`` when there is no such
     file, it cannot be read or it records no configuration."""
@@ -169,7 +172,7 @@ def check_resume_config(out_dir: str, config) -> None:
     for name in MEASUREMENT_SETTINGS:
         if name not in stored or name not in new:
             continue
-        was, now = stored[name], _plain(new[name])
+        was, now = stored[name], as_json(new[name])
         if was != now:
             option = _option(name)
             if not option.startswith("--"):  # a fixed setting (no option): the rows are another version's
@@ -193,7 +196,7 @@ def _grown_config(stored: dict | None, new: dict) -> dict:
     for name in GRID_SETTINGS:
         if name not in stored or name not in new:
             continue
-        was, now = stored[name], _plain(new[name])
+        was, now = stored[name], as_json(new[name])
         if was is None or now is None:  # every installed backend: not a list to widen
             out[name] = None
         elif isinstance(was, list) and isinstance(now, list):

@@ -25,7 +25,8 @@ import zlib
 from dataclasses import asdict, is_dataclass
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json", "to_json_text", "json_safe",
-           "csv_field", "row_checksum", "temporary_name", "clean_stale_tmp", "check_out_dir"]
+           "csv_field", "row_checksum", "temporary_name", "clean_stale_tmp", "check_out_dir", "as_json",
+           "check_no_earlier_outputs"]
 
 _TMP_COUNTER = itertools.count()
 
@@ -145,6 +146,22 @@ def json_safe(obj):
 def to_json_text(obj, indent: int | None = 1) -> str:
     """Strict JSON text of ``obj`` (see :func:`json_safe`); never holds NaN or Infinity."""
     return json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n"
+
+
+def as_json(obj):
+    """``obj`` as strict JSON stores it and reads it back (tuples as lists, keys as strings;
+    see :func:`json_safe`): what a value compares equal to once recorded."""
+    return json.loads(to_json_text(obj, None))
+
+
+def check_no_earlier_outputs(out_dir: str, names, overwrite: bool) -> None:
+    """ValueError, before any work, when ``out_dir`` holds any of the files ``names`` (an
+    earlier run's outputs, which this run would replace) and ``overwrite`` is not set:
+    results are never replaced without a word."""
+    present = [n for n in names if os.path.lexists(os.path.join(out_dir, n))]
+    if present and not overwrite:
+        raise ValueError(f"--out {out_dir} already holds {', '.join(present)} from an earlier run; choose another "
+                         f"folder, or pass --overwrite to replace them")
 
 
 def write_json(path: str, obj, indent: int | None = 1) -> None:

@@ -63,7 +63,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 
-from ..io.files import write_json
+from ..io.files import as_json, write_json
 from ..methods import get_method
 from .config import (
     DATA_SEED_MAX,
@@ -242,11 +242,6 @@ JUDGED_SETTINGS = (*_JUDGED_SETTINGS, "n_val", "batch_size", "lr", "weight_decay
 _INTERVAL_CHECKS = ("maps_drive_ranking",)
 
 
-def _plain(value):
-    """A setting as strict JSON holds it (tuples as lists)."""
-    return json.loads(json.dumps(value, allow_nan=False))
-
-
 def judged_settings(config) -> dict:
     """The values of :data:`JUDGED_SETTINGS` under an ``ExperimentConfig`` (plain JSON)."""
     tc, model = config.train, config.train.model
@@ -257,7 +252,7 @@ def judged_settings(config) -> dict:
               "bottleneck_in_classifier": model.bottleneck_in_classifier, "norm": model.norm,
               "solver_options": model.solver_options, "plain_cnn": config.plain_cnn, "target": config.target,
               "baseline_model": config.baseline_model}
-    return {k: _plain(values[k]) for k in JUDGED_SETTINGS}
+    return {k: as_json(values[k]) for k in JUDGED_SETTINGS}
 
 
 def check_judged(config, variants: Variants, where: str = "variants") -> None:
@@ -277,7 +272,7 @@ def check_judged(config, variants: Variants, where: str = "variants") -> None:
                             f"this run has {' '.join(config.methods)} (--methods); {fix}")
     mine = judged_settings(config)
     for name in JUDGED_SETTINGS:
-        if name in judged["settings"] and _plain(judged["settings"][name]) != mine[name]:
+        if name in judged["settings"] and as_json(judged["settings"][name]) != mine[name]:
             theirs = json.dumps(judged["settings"][name])
             raise VariantsError(f"{where}: the dev stage's verdict judged {name} {theirs}, but this run has {name} "
                                 f"{json.dumps(mine[name])}; {fix}")
@@ -305,7 +300,7 @@ def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_
     accepted = not failed_checks(checks)
     judged = {"data": data, "variant": variant.to_dict(), "difficulty": float(difficulty), "methods": list(methods),
               "dev_seeds": [int(x) for x in dev_seeds],
-              "settings": {k: _plain(settings[k]) for k in JUDGED_SETTINGS if k in settings or k in _JUDGED_SETTINGS}}
+              "settings": {k: as_json(settings[k]) for k in JUDGED_SETTINGS if k in settings or k in _JUDGED_SETTINGS}}
     if data_seed is not None:
         judged["data_seed"] = int(data_seed)
     return {"accepted": accepted, "checks": checks, "judged": judged}
