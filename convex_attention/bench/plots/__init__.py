@@ -115,11 +115,8 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None, ov
     staging = tempfile.mkdtemp(prefix=".plot-staging-", dir=out)  # this run's own: removed at the end
     try:
         drawn = _draw(folder, staging, log)
-        names = [os.path.basename(p) for png in drawn for p in (png, os.path.splitext(png)[0] + ".pdf")
-                 if os.path.exists(p)]
-        record = _read_manifest(out)
-        conflicts = [name for name in names if os.path.lexists(os.path.join(out, name)) and (
-            record is None or name not in record or not _is_recorded(os.path.join(out, name), record[name]))]
+        names = [name for name in _figure_files(drawn) if os.path.exists(os.path.join(staging, name))]
+        conflicts = unrecorded_figures(out, names)
         if conflicts and not overwrite:
             raise FigureConflict(out, conflicts)
         for name in names:
@@ -243,13 +240,18 @@ def _is_recorded(path: str, entry: dict) -> bool:
         return False
 
 
-def unrecorded_figures(out: str) -> list[str]:
-    """The files in ``out`` named like a figure that :func:`plot_results` would replace but
+def _figure_files(pngs) -> list[str]:
+    """The file names of the figures ``pngs`` (PNG paths): each PNG's and its PDF's."""
+    return [os.path.basename(p) for png in pngs for p in (png, os.path.splitext(png)[0] + ".pdf")]
+
+
+def unrecorded_figures(out: str, names=_FIGURE_FILES) -> list[str]:
+    """The files of ``names`` (default: every figure's) in ``out`` that :func:`plot_results`
     cannot prove it wrote (not in ``out``'s :data:`MANIFEST`, changed since, or a record it
-    did not write): the ``plot`` command refuses to replace them without ``--overwrite``."""
+    did not write): it refuses to replace them without ``overwrite``."""
     if not os.path.isdir(out):
         return []
-    present = [name for name in _FIGURE_FILES if os.path.lexists(os.path.join(out, name))]
+    present = [name for name in names if os.path.lexists(os.path.join(out, name))]
     record = _read_manifest(out)
     if record is None:
         return present
@@ -263,7 +265,7 @@ def _tidy(out: str, folder: str, written: list[str], log: Log) -> None:
     left, and said in one line.  Nothing is removed when nothing was written (the command
     fails)."""
     results = os.path.realpath(folder)
-    drawn = {os.path.basename(p) for png in written for p in (png, os.path.splitext(png)[0] + ".pdf")}
+    drawn = set(_figure_files(written))
     others = [name for name in _FIGURE_FILES if name not in drawn and os.path.lexists(os.path.join(out, name))]
     if not written:
         if others:
