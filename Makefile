@@ -6,9 +6,13 @@
 #   make demo TORCH=cpu          # torch==2.13.0 from PyTorch's CPU-only wheel index
 #   make demo TORCH=path/to/torch-2.13.0-...whl   # a wheel you downloaded (or any pip requirement)
 # A .venv that exists is kept: `make clean` first to change the build.
+# ARGS passes options on to the command of `demo` and `bench`; a second run into the same folder
+# is refused (the first run's results are never replaced silently):
+#   make demo ARGS=--overwrite   # replace results/ from an earlier demo
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= default
+ARGS   ?=
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 TORCH_VERSION     = 2.13.0
@@ -36,7 +40,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)          ## the main job: quick benchmark, verification and figures into results/
-	$(BIN)/convex-attention demo --out results
+	$(BIN)/convex-attention demo --out results $(ARGS)
 
 # pytest exits 5 when no test ran: that fails this target (and CI) like any failure.
 test: $(STAMP)          ## the whole test suite, slow end-to-end tests included (what CI runs)
@@ -50,7 +54,7 @@ test-fast: $(STAMP)     ## everything but the slow end-to-end runs
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)         ## the core speed targets at full size
-	$(BIN)/python benchmarks/bench_core.py --out results/bench_core
+	$(BIN)/python benchmarks/bench_core.py --out results/bench_core $(ARGS)
 
-clean:
-	rm -rf $(VENV) results .pytest_cache .hypothesis *.egg-info
+clean:                  ## the environment and caches; results/ is kept (it may hold runs of yours)
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info
