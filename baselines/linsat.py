@@ -3,7 +3,7 @@ with given maps: one scored map held to several fixed marginals.
 
 When the probabilities of every map but one are *given* (a prior over regions, a
 segmentation), consistent attention becomes the projection of one scored map onto several
-fixed marginals (docs/math.md §9)::
+fixed marginals (docs/math.md §7.6)::
 
     maximise   <θ, p> + τ H(p)     subject to   P_e p = q_e   for every edge e = (scored → given)
 

@@ -102,7 +102,7 @@ def dual_function(scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: G
     every accepted temperature (``η_k / τ_k`` alone overflows at tiny ``τ_k``).
     ``temps``: floats or 0-d tensors (differentiated through).  ``given``: per map the given
     probabilities ``q_k`` (or None); a given map's term is ``<η_k, q_k>`` (its scores are None,
-    read as zero; docs/math.md §9).
+    read as zero; docs/math.md §7.6).
     """
     scores = with_given_scores(scores, given)
     etas = reparameterized_logits(scores, duals, h)
@@ -524,7 +524,7 @@ def _sweep(h: Graph, temps: Sequence[float], lam: list[Tensor], etas: list[Tenso
     Returns new lists (the inputs are not modified).
 
     With a given map (``given[k]``: its probabilities ``q_k``; the limit ``τ_k → ∞`` of the
-    step, docs/math.md §9) the step matches the free side to it: ``λ_e ← λ_e + A_e − τ_a log q_b``
+    step, docs/math.md §7.6) the step matches the free side to it: ``λ_e ← λ_e + A_e − τ_a log q_b``
     when ``b`` is given, ``λ_e ← λ_e + τ_b log(P_e q_a) − η_b`` when ``a`` is given.
     """
     lam, etas = list(lam), list(etas)
@@ -737,7 +737,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             closed form of a spanning forest saved no sweep, measured).
         given: per map ``None`` (a scored map) or the given probabilities ``q_k`` of the
             map, ``(B, *h.shapes[k])``, strictly positive, summing to one (the map's ``scores``
-            entry is then None and its temperature unused; docs/math.md §9).  No edge may join
+            entry is then None and its temperature unused; docs/math.md §7.6).  No edge may join
             two given maps, and there is no warm start.
 
     Returns:
@@ -916,7 +916,7 @@ class DualSolveFunction(torch.autograd.Function):
 
     With ``options["given_mask"]`` (one bool per map), the inputs of the given maps are their
     probabilities ``q_k`` (returned as their own outputs); their gradient is
-    ``v_k − A_k w`` (docs/math.md §9) and always goes through the Hessian.
+    ``v_k − A_k w`` (docs/math.md §7.6) and always goes through the Hessian.
     """
 
     @staticmethod

@@ -423,7 +423,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         grads: ``M`` tensors shaped like ``probs``.
         given: one bool per map (None: none given).  A given map's entry of the result is the
             gradient with respect to its given probabilities, ``q̄_k = v_k − A_k w``
-            (docs/math.md §9), not a score gradient.
+            (docs/math.md §7.6), not a score gradient.
     """
     hess = get_hessian(g, probs[0].device)
     dtype = probs[0].dtype

@@ -156,7 +156,7 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
             a segmentation): ``{k: q_k}`` with ``q_k`` shaped ``h.shapes[k]``, ``(1, …)`` or
             ``(B, …)``, strictly positive, summing to one per sample; ``scores[k]`` is then
             None and the map's temperature is unused.  The problem keeps the constraints of
-            its edges with ``p_k = q_k`` fixed (docs/design.md §4, docs/math.md §9).  Only
+            its edges with ``p_k = q_k`` fixed (docs/design.md §4, docs/math.md §7.6).  Only
             methods whose record says ``given_maps`` accept it (``"dual"``); the gradient
             reaches ``q_k`` too.
         **options: ``"dual"``: ``tol`` (1e-6), ``gap_tol`` (``tol``), ``max_iter`` (1000),

@@ -377,7 +377,7 @@ def tiny_checkpoint(path, epoch=1, epochs=1, **fields):
 
 
 def reference_solve_given(h: ca.Graph, scores, temps, given: dict):
-    """The problem with given maps (docs/math.md §9), per sample, by CVXPY + Clarabel at 1e-12:
+    """The problem with given maps (docs/math.md §7.6), per sample, by CVXPY + Clarabel at 1e-12:
     a variable for every scored map, the given maps' probabilities as constants; a simplex
     constraint on every scored map (the given maps already fix every sum); then polished by
     Newton's method on the dual written out here (:func:`_polish`), independently of the
