@@ -17,7 +17,9 @@ non-linearities it has no rule for.
 """
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 
 from torch import Tensor, nn
 
@@ -35,17 +37,24 @@ class LogitsOnly(nn.Module):
         return self.model(images).logits
 
 
-def _prepare(model: nn.Module) -> LogitsOnly:
+@contextlib.contextmanager
+def _evaluated(model: nn.Module) -> Iterator[LogitsOnly]:
+    """The model in eval mode, wrapped for captum; every module's own mode is restored
+    afterwards (a model in training is not left in eval mode by an explanation)."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
-    return LogitsOnly(model)
+    try:
+        yield LogitsOnly(model)
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def gradcam(model, images: Tensor, targets: Tensor, level: int = 0) -> Tensor:
     from captum.attr import LayerGradCam
 
-    wrapped = _prepare(model)
     layer = model.attention_layer(level)
-    with warnings.catch_warnings():
+    with _evaluated(model) as wrapped, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         attr = LayerGradCam(wrapped, layer).attribute(images, target=targets, relu_attributions=True)
     return attr.squeeze(1).detach()
@@ -54,9 +63,9 @@ def gradcam(model, images: Tensor, targets: Tensor, level: int = 0) -> Tensor:
 def deeplift(model, images: Tensor, targets: Tensor) -> Tensor:
     from captum.attr import DeepLift
 
-    with warnings.catch_warnings():
+    with _evaluated(model) as wrapped, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return DeepLift(_prepare(model)).attribute(images, target=targets).detach()
+        return DeepLift(wrapped).attribute(images, target=targets).detach()
 
 
 def lrp(model, images: Tensor, targets: Tensor) -> Tensor:
@@ -69,33 +78,34 @@ def lrp(model, images: Tensor, targets: Tensor) -> Tensor:
     supported = tuple(SUPPORTED_LAYERS_WITH_RULES) + tuple(SUPPORTED_NON_LINEAR_LAYERS)
 
     class ModuleRulesLRP(LRP):
-        # captum refuses leaf modules it has no rule for; ours (the consistency layer,
-        # the learned duals) hold no conv/linear weights, so they are left out of the
-        # rule set and pass plain gradients, as captum's non-linearities do.
+        # captum refuses leaf modules it has no rule for; ours (the consistency layer, the
+        # learned duals' parameters) are left out of the rule set and pass plain gradients, as
+        # captum's non-linearities do (AmortisedDuals' convolutions keep their rules, but its
+        # duals reach only the consistency loss, never the logits that are explained)
         def _get_layers(self, model):
             super()._get_layers(model)
             self.layers = [layer for layer in self.layers if isinstance(layer, supported)]
 
-    with warnings.catch_warnings():
+    with _evaluated(model) as wrapped, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return ModuleRulesLRP(_prepare(model)).attribute(images, target=targets).detach()
+        return ModuleRulesLRP(wrapped).attribute(images, target=targets).detach()
 
 
 def input_x_gradient(model, images: Tensor, targets: Tensor) -> Tensor:
     from captum.attr import InputXGradient
 
-    with warnings.catch_warnings():
+    with _evaluated(model) as wrapped, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return InputXGradient(_prepare(model)).attribute(images, target=targets).detach()
+        return InputXGradient(wrapped).attribute(images, target=targets).detach()
 
 
 def integrated_gradients(model, images: Tensor, targets: Tensor, steps: int = 32) -> Tensor:
     from captum.attr import IntegratedGradients
 
-    with warnings.catch_warnings():
+    with _evaluated(model) as wrapped, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return IntegratedGradients(_prepare(model)).attribute(images, target=targets, n_steps=steps,
-                                                              internal_batch_size=max(1, len(images)) * 8).detach()
+        return IntegratedGradients(wrapped).attribute(images, target=targets, n_steps=steps,
+                                                    internal_batch_size=max(1, len(images)) * 8).detach()
 
 
 BASELINES = {"deeplift": deeplift, "lrp": lrp, "input_x_gradient": input_x_gradient,

@@ -20,6 +20,23 @@ def test_every_attribution_has_the_expected_shape_and_is_finite():
         assert attr.abs().sum() > 0, name
 
 
+def test_attributions_are_taken_in_eval_mode_and_leave_every_module_s_mode_as_it_was():
+    """The attributions used to leave a model in training in eval mode (found by a review)."""
+    torch.manual_seed(0)
+    model = AttentionUNet(method="softmax", width=4, image_size=32, embed_channels=8)
+    images, targets = torch.randn(2, 4, 32, 32), torch.tensor([1, 0])
+    frozen = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    frozen.eval()  # a user's mixed modes: one batch norm frozen inside a model in training
+    modes = {name: m.training for name, m in model.named_modules()}
+    reference = gradcam(model.eval(), images, targets, 0), BASELINES["deeplift"](model, images, targets)
+    model.train()
+    frozen.eval()
+    for attributed, expected in zip((gradcam(model, images, targets, 0),
+                                     BASELINES["deeplift"](model, images, targets)), reference):
+        torch.testing.assert_close(attributed, expected)  # batch norms used their running statistics
+        assert {name: m.training for name, m in model.named_modules()} == modes
+
+
 def test_attributions_work_on_a_learned_dual_model_too():
     model = AttentionUNet(method="learned_dual", width=4, image_size=32, embed_channels=8)
     images, targets = torch.randn(1, 4, 32, 32), torch.tensor([1])
