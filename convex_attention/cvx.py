@@ -65,7 +65,7 @@ from .graph import Graph
 from .metrics import dual_objective, objective
 
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
-           "certificate", "primal_residual", "is_solver_panic", "solve_device", "Backend", "BACKENDS",
+           "certificate", "centred_scores", "primal_residual", "is_solver_panic", "solve_device", "Backend", "BACKENDS",
            "DEFAULT_BACKEND", "available_backends", "backend_unavailable_reason", "get_backend", "check_options",
            "CACHE_SIZE", "clear_cache", "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "CVX_PRIORS", "prior_seconds_per_sample",
            "DIFFCP_MODES"]
@@ -409,12 +409,15 @@ class CvxpyAttentionLayer:
         (:data:`_REFERENCE_RETRIES`), which reached certificates ~1e-13 where the first
         solve stopped at ~4e-10 (measured), and the attempt with the best certificate is
         returned.  A status that stays inaccurate is reported in ``status``: callers check
-        the certificate.  ``value`` is CVXPY's, which is ``-inf`` when a probability ends a
+        the certificate.  ``value`` is CVXPY's for the centred scores (each map's minus its mean,
+        :func:`centred_scores`: the same solution), and ``-inf`` when a probability ends a
         hair below zero: callers that need ``f*`` evaluate the objective at ``probs``.
         """
         import cvxpy as cp
 
+        # centred, as the layer solves them: a constant per map moves no solution
         values = [np.asarray(v, dtype=np.float64) for v in flat_scores]
+        values = [v - v.mean() for v in values]
         for param, value in zip(self.thetas, values):
             param.value = value
         flat = [torch.from_numpy(v)[None] for v in values]
@@ -692,7 +695,8 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
         BackendUnavailable: the backend is not installed (the message names the package).
         SolverFailure: when the solver fails, or when a sample's primal residual
         (simplex, sign or consistency; max-abs) or its duality gap ``g(λ) − f(p)``
-        (relative to ``max(1, |f(p)|)``) exceeds ``accept_tol``: diffcp's Clarabel path
+        (relative to ``max(1, |f̄(p)|)``, ``f̄`` the objective of the scores centred per map,
+        :func:`certificate`) exceeds ``accept_tol``: diffcp's Clarabel path
         never raises, its SCS path only warns and Moreau returns whatever it reached, so
         the certificate is checked here.  The message names the backend, the sample
         index and the solver status.
@@ -704,7 +708,11 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     layer = get_layer(h, temps, backend.name)
     dtype, device = scores[0].dtype, scores[0].device
     solving_on = solve_device(backend, device)
+    # each map's scores centred per sample: a constant per map moves no solution (every map sums
+    # to one), but an offset of 1e9 left SCS 0.35 from the optimum (detached: the gradient path
+    # is the identity)
     flat = [s.to(device=solving_on, dtype=torch.float64).reshape(s.shape[0], -1) for s in scores]
+    flat = [f - f.detach().mean(1, keepdim=True) for f in flat]
     # The certificate and any diagnosis read detached CPU copies (inputs may require grad).
     flat_cpu = [f.detach().cpu() for f in flat]
     solver_errors: tuple = ()
@@ -739,6 +747,12 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     return probs, duals
 
 
+def centred_scores(flat_scores: Sequence[Tensor]) -> list[Tensor]:
+    """Each map's scores ``(B, n_k)`` minus their per-sample mean: the same solution (every map
+    sums to one), an objective whose size does not depend on an arbitrary constant."""
+    return [s - s.mean(1, keepdim=True) for s in flat_scores]
+
+
 def primal_residual(h: Graph, probs: Sequence[Tensor]) -> Tensor:
     """Max-abs primal residual per sample of flat probabilities ``(B, n_k)``: ``(B,)``.
 
@@ -756,14 +770,18 @@ def primal_residual(h: Graph, probs: Sequence[Tensor]) -> Tensor:
 
 def certificate(h: Graph, temps, flat_scores, probs, duals) -> Tensor:
     """Per sample: the larger of the primal residual (:func:`primal_residual`) and the
-    relative duality gap ``|g(λ) − f(p)| / max(1, |f(p)|)``: ``(B,)``.
+    relative duality gap ``|g(λ) − f(p)| / max(1, |f(p)|)``: ``(B,)``, with ``f`` and ``g``
+    evaluated on each map's scores centred per sample (:func:`centred_scores`).
 
     ``flat_scores[k]``, ``probs[k]``: ``(B, n_k)``; ``duals[e]``: ``(B, n_coarse(e))``.
     A solution is accepted when this is at most ``accept_tol``; then, by the strong
     concavity of ``τ_k H`` on the simplex, ``‖p_k − p*_k‖₁ <= sqrt(2·gap/τ_k)`` for a
-    feasible ``p`` (what ``verify`` holds each backend to).
+    feasible ``p`` (what ``verify`` holds each backend to).  Centring changes neither the
+    solution nor ``g − f`` on the simplices, only the scale: on raw scores a constant of
+    1e9 added to a map made ``|f|`` 1e9 and let a solution 0.35 from the optimum pass.
     """
     with torch.no_grad():
+        flat_scores = centred_scores(flat_scores)
         flat_h = h.flat()
         f = objective(flat_scores, probs, temps)
         gap = (dual_objective(flat_scores, duals, flat_h, temps) - f).abs() / f.abs().clamp(min=1)

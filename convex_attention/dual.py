@@ -26,7 +26,8 @@ are not forests, a damped Newton step (:mod:`convex_attention.hessian`, backtrac
 A forest that is not a chain starts at its closed form by default (``warm_start``), so its
 solve only certifies the optimum.  The solver stops a sample when both its violation and its
 relative duality gap
-``|g(λ) − f(p(λ))| / max(1, |f(p(λ))|)`` are small.  The gradient of the ``"dual"`` method is
+``|g(λ) − f(p(λ))| / max(1, |f̄(p(λ))|)`` are small (``f̄``: ``f`` of the scores centred per
+map, :func:`dual_gap_terms`).  The gradient of the ``"dual"`` method is
 the implicit-function gradient at its solution: the tree VJP of
 :func:`convex_attention.exact.tree_backward` on forests, conjugate gradients on the dual's
 Hessian (:func:`convex_attention.hessian.implicit_vjp`) on other graphs; never the sweeps.
@@ -50,7 +51,7 @@ from .validation import per_sample, score_limit, score_peaks, temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
-           "dual_probs", "check_dual_options", "dual_gap_terms", "spanning_forest_duals"]
+           "dual_probs", "check_dual_options", "dual_gap_terms", "score_offset", "spanning_forest_duals"]
 
 
 class ConvergenceError(RuntimeError):
@@ -191,17 +192,28 @@ def _violation(probs: Sequence[Tensor], h: Graph) -> Tensor:
     return torch.stack([r.abs().flatten(1).sum(1) for r in _residuals(probs, h)]).amax(0)
 
 
+def score_offset(scores: Sequence[Tensor]) -> Tensor:
+    """``Σ_k mean_i θ_k(b, i)`` per sample, ``(B,)``: what the maps' constants add to ``f`` and
+    ``g`` alike on the simplices (zero for centred scores)."""
+    total = sum(s.flatten(1).mean(1) for s in scores)
+    assert isinstance(total, Tensor)
+    return total
+
+
 def dual_gap_terms(g_value: Tensor, probs: Sequence[Tensor], duals: Sequence[Tensor],
-                   h: Graph) -> tuple[Tensor, Tensor]:
+                   h: Graph, offset: Tensor | float = 0.0) -> tuple[Tensor, Tensor]:
     """``(f(p(λ)), relative gap)`` per sample from ``g(λ)`` and ``p = p(λ)``.
 
     At ``p = p(λ)`` the Lagrangian equals ``g``, so ``g(λ) − f(p(λ)) = Σ_e ⟨λ_e, p_b − P_e p_a⟩``
     exactly: computed so, without the cancellation of two large objectives.  The relative gap
-    is ``|g(λ) − f(p(λ))| / max(1, |f(p(λ))|)`` (the measure of ``cvx.certificate``)."""
+    is ``|g(λ) − f(p(λ))| / max(1, |f(p(λ)) − offset|)`` with ``offset`` the scores'
+    :func:`score_offset`: relative to the objective of the centred scores, as in
+    ``cvx.certificate``, so that a constant added to a map's scores (which moves no solution)
+    does not shrink it."""
     inner = sum(-(lam * r).flatten(1).sum(1) for lam, r in zip(duals, _residuals(probs, h)))
     assert isinstance(inner, Tensor)
     f = g_value - inner
-    return f, inner.abs() / f.abs().clamp_min(1.0)
+    return f, inner.abs() / (f - offset).abs().clamp_min(1.0)
 
 
 def solve_learned_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], lam: Sequence[Tensor]):
@@ -485,22 +497,25 @@ def _objective(etas: Sequence[Tensor], temps: Sequence[float],
 
 
 def _evaluate(etas: Sequence[Tensor], h: Graph, temps: Sequence[float], violation: bool = True,
-              duals: Sequence[Tensor] | None = None, given: Sequence[Tensor | None] | None = None):
+              duals: Sequence[Tensor] | None = None, given: Sequence[Tensor | None] | None = None,
+              offset: Tensor | float = 0.0):
     """``g(λ)``, the violation and the relative duality gap (:func:`dual_gap_terms`, when
-    ``duals`` are given) at the logits ``η(λ)``: three ``(B,)`` tensors (``None`` for the
-    ones not asked for), and the probabilities ``p(λ)`` (empty without ``violation``)."""
+    ``duals`` are given; ``offset`` the scores' :func:`score_offset`) at the logits ``η(λ)``:
+    three ``(B,)`` tensors (``None`` for the ones not asked for), and the probabilities
+    ``p(λ)`` (empty without ``violation``)."""
     g, pieces = _objective(etas, temps, given)
     if not violation:
         return g, None, None, []
-    viol, gap, probs = _measure(pieces, h, g, duals)
+    viol, gap, probs = _measure(pieces, h, g, duals, offset)
     return g, viol, gap, probs
 
 
-def _measure(pieces: _Pieces, h: Graph, g: Tensor, duals: Sequence[Tensor] | None = None):
+def _measure(pieces: _Pieces, h: Graph, g: Tensor, duals: Sequence[Tensor] | None = None,
+             offset: Tensor | float = 0.0):
     """The violation, the relative duality gap (``None`` without ``duals``) and ``p(λ)`` from the
     softmax pieces of :func:`_objective` and ``g = g(λ)``."""
     probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) for z, lse, shape in pieces]
-    gap = None if duals is None else dual_gap_terms(g, probs, duals, h)[1]
+    gap = None if duals is None else dual_gap_terms(g, probs, duals, h, offset)[1]
     return _violation(probs, h), gap, probs
 
 
@@ -723,7 +738,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         init: optional starting duals: ``E`` finite tensors ``(B, *shapes[coarse(e)])``,
             ``(1, *shapes[coarse(e)])`` or ``shapes[coarse(e)]``.
         gap_tol: target of the relative duality gap
-            ``|g(λ) − f(p(λ))| / max(1, |f(p(λ))|)`` (:func:`dual_gap_terms`); default ``tol``.
+            ``|g(λ) − f(p(λ))| / max(1, |f̄(p(λ))|)``, ``f̄`` the objective of the scores
+            centred per map (:func:`dual_gap_terms`); default ``tol``.
         newton: ``"auto"`` (default: Newton candidates on graphs that are not forests),
             ``True`` or ``False``.  The Newton system is solved with the dense Hessian's
             Cholesky factor when the stacked dual has at most
@@ -777,7 +793,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     else:
         lam = [centre(start.to(dtype).expand((B,) + h.shapes[h.edges[e][1]]).clone()) for e, start in enumerate(init)]
     etas = reparameterized_logits(scores, lam, h)
-    g, viol, gap, _ = _evaluate(etas, h, temps, duals=lam, given=given)
+    offset = score_offset(scores)
+    g, viol, gap, _ = _evaluate(etas, h, temps, duals=lam, given=given, offset=offset)
     finite = torch.isfinite(g) & torch.isfinite(viol) & torch.isfinite(gap)
     failed = ~finite
     active = finite & ~((viol <= tol) & (gap <= gap_tol))
@@ -810,7 +827,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             newton_steps += took.long()
         lam, etas = _pick(active, new, lam), _pick(active, new_etas, etas)
         # measured at the chosen point from its own softmax pieces (g is not computed twice)
-        new_viol, new_gap, _ = _measure(new_pieces, h, new_g, new)
+        new_viol, new_gap, _ = _measure(new_pieces, h, new_g, new, offset)
         g, viol = torch.where(active, new_g, g), torch.where(active, new_viol, viol)
         gap = torch.where(active, new_gap, gap)
         iterations += active.long()

@@ -69,7 +69,8 @@ class Solution:
         info: the solver's report, empty for ``"softmax"``, ``"exact"`` and
             ``"learned_dual"``; ``"dual"``: ``iterations`` ``(B,)`` (sweeps per sample),
             ``converged`` ``(B,)``, ``violation`` ``(B,)``, ``gap`` ``(B,)`` (the relative
-            duality gap it certifies, ``|g(λ) − f(p(λ))| / max(1, |f(p(λ))|)``),
+            duality gap it certifies, ``|g(λ) − f(p(λ))| / max(1, |f̄(p(λ))|)``, ``f̄`` the
+            objective of the scores centred per map),
             ``newton_steps`` ``(B,)`` (Newton candidates taken) and, if asked, ``history``;
             ``"cvxpylayers"``: ``backend`` (its name), ``eps``, ``accept_tol`` and
             ``solver_options`` (the options as given).

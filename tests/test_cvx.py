@@ -266,6 +266,40 @@ def test_every_backend_passes_the_certificate_and_matches_exact(backend):
 
 
 @pytest.mark.parametrize("backend", cvx.BACKENDS)
+def test_a_constant_added_to_a_map_s_scores_moves_nothing(backend):
+    """A constant per map leaves the optimum unchanged (every map sums to one).  The layer
+    used to hand the solver the raw scores and the certificate to divide the gap by
+    max(1, |f|): at an offset of 1e9 SCS returned a certified solution 0.35 from the optimum
+    (found by a review of the layer)."""
+    _needs(backend)
+    inst = random_instance("2d-3lvl-unequal", batch=2, seed=5)
+    plain = ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend=backend)
+    offsets = (1e9, -3e8, 2e10)
+    shifted = ca.solve([s + c for s, c in zip(inst.scores, offsets)], inst.h, "cvxpylayers",
+                       temperature=inst.temps, backend=backend)
+    exact = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    accept = plain.info["accept_tol"]
+    bound = (2 * accept * max(1.0, float(exact.objective.abs().max())) / min(inst.temps)) ** 0.5 + accept
+    for sol in (plain, shifted):
+        assert float(ca.metrics.max_abs_err(sol.probs, exact.probs).max()) <= bound
+    torch.testing.assert_close(shifted.probs, plain.probs, rtol=0, atol=1e-6)
+
+
+def test_the_certificate_refuses_a_suboptimal_point_whatever_constant_the_scores_carry():
+    inst = random_instance("1d-3lvl", batch=1, seed=1)
+    exact = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    # a feasible but suboptimal point: the optimum of other scores, with that optimum's duals
+    other = ca.solve([torch.zeros_like(s) for s in inst.scores], inst.h, "exact", temperature=inst.temps)
+    probs = [p.reshape(1, -1) for p in other.probs]
+    for offset in (0.0, 1e6, 1e9, 1e12):
+        flat = [s.reshape(1, -1) + offset for s in inst.scores]
+        assert float(cvx.certificate(inst.h, inst.temps, flat, probs, other.duals)) > 1e-2, offset
+        good = float(cvx.certificate(inst.h, inst.temps, flat, [p.reshape(1, -1) for p in exact.probs], exact.duals))
+        # the optimum still passes: at 1e12 the shifted scores keep ~1e-4 of their digits (1e-10 measured)
+        assert good < 1e-9, offset
+
+
+@pytest.mark.parametrize("backend", cvx.BACKENDS)
 def test_failure_with_inputs_that_require_grad_names_backend_sample_and_status(backend):
     """The failure path used to call .numpy() on inputs requiring grad (RuntimeError)."""
     _needs(backend)

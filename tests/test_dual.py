@@ -23,6 +23,7 @@ from convex_attention.dual import (
     ConvergenceError,
     dual_function,
     reparameterized_probs,
+    score_offset,
     solve_dual,
 )
 from convex_attention.hessian import ImplicitSolveError
@@ -509,10 +510,25 @@ def test_dual_on_graphs_matches_reference(case, warm_start, batch):
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     np.testing.assert_allclose(sol.dual_objective.numpy(), ref_v, atol=1e-8, rtol=0)
     assert (sol.violation <= 1e-12).all() and (sol.info["gap"] <= 1e-12).all() and sol.info["converged"].all()
-    # the certificate the solver reports is the relative gap |g(λ) − f(p(λ))| / max(1, |f|)
+    # the certificate the solver reports is the relative gap |g(λ) − f(p(λ))| / max(1, |f̄|), f̄ the
+    # objective of the scores centred per map
     f = ca.metrics.objective(inst.scores, sol.probs, inst.temps)
-    gap = (sol.dual_objective - f).abs() / f.abs().clamp_min(1.0)
+    gap = (sol.dual_objective - f).abs() / (f - score_offset(inst.scores)).abs().clamp_min(1.0)
     torch.testing.assert_close(gap, sol.info["gap"], atol=1e-12, rtol=0)
+
+
+def test_the_relative_gap_does_not_shrink_when_a_constant_is_added_to_a_map_s_scores():
+    """A constant per map moves no solution; the gap used to be divided by max(1, |f|), which
+    such a constant inflates (the same defect let cvxpylayers' certificate pass a wrong point)."""
+    inst = random_graph_instance("axial", batch=2, seed=3)
+    gaps = []
+    for offsets in ((0.0, 0.0, 0.0), (1e6, -2e5, 3e6)):
+        scores = [s + c for s, c in zip(inst.scores, offsets)]
+        with pytest.warns(RuntimeWarning):  # one sweep: not converged, the gap still large
+            out = solve_dual(scores, inst.h, inst.temps, tol=1e-14, max_iter=1, strict=False, newton=False)
+        gaps.append(out["gap"])
+    assert float(gaps[0].min()) > 1e-6
+    torch.testing.assert_close(gaps[1], gaps[0], rtol=1e-5, atol=0)
 
 
 @pytest.mark.parametrize("case", NONTREE_CASES)
