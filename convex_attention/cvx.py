@@ -294,9 +294,10 @@ class _PanicGuard(torch.autograd.Function):
         live = [(o, g) for o, g in zip(outs, grads) if o.requires_grad]
         if wanted and live:
             try:
-                got = torch.autograd.grad([o for o, _ in live], [detached[i] for i in wanted],
-                                          [g for _, g in live], allow_unused=True, retain_graph=True,
-                                          create_graph=torch.is_grad_enabled())
+                with ctx.layer.lock:
+                    got = torch.autograd.grad([o for o, _ in live], [detached[i] for i in wanted],
+                                              [g for _, g in live], allow_unused=True, retain_graph=True,
+                                              create_graph=torch.is_grad_enabled())
             except BaseException as err:  # noqa: B036  (a Rust panic is a BaseException)
                 if not is_solver_panic(err):
                     raise
@@ -311,7 +312,11 @@ class CvxpyAttentionLayer:
     backend (a name of :data:`BACKENDS`).
 
     Build it once (or take it from :func:`get_layer`, which caches) and call it on
-    batches of flattened scores.  Not thread-safe: one solve at a time per layer.
+    batches of flattened scores.  One solve at a time per layer: :attr:`lock` (re-entrant)
+    is held by every call, its backward, :meth:`reference_solve` and :meth:`diagnose`, and by
+    :func:`solve_cvxpylayers` from the call to the certificate's verdict, so threads that share
+    the cached layer take turns (two threads on one Moreau layer raised "Already borrowed" or
+    solved with the other thread's settings, measured).
     """
 
     def __init__(self, h: Graph, temps: Sequence[float], backend: str = DEFAULT_BACKEND):
@@ -337,6 +342,7 @@ class CvxpyAttentionLayer:
         # Per-sample status labels of the last solve, where the backend reports them.
         self.last_status: list[str] | None = None
         self._moreau_options: dict | None = None
+        self.lock = threading.RLock()
 
     def __call__(self, flat_scores: Sequence[Tensor], solver_args: dict,
                  derivative_mode: str | None = None) -> tuple[list[Tensor], list[Tensor]]:
@@ -346,6 +352,11 @@ class CvxpyAttentionLayer:
         Returns ``(probs, duals)`` as lists of ``(B, n_k)`` (per map) / ``(B, n_coarse(e))``
         (per edge) tensors.
         """
+        with self.lock:
+            return self._call(flat_scores, solver_args, derivative_mode)
+
+    def _call(self, flat_scores: Sequence[Tensor], solver_args: dict,
+              derivative_mode: str | None) -> tuple[list[Tensor], list[Tensor]]:
         self.last_status = None
         needs_grad = torch.is_grad_enabled() and any(s.requires_grad for s in flat_scores)
         if needs_grad and derivative_mode is not None:
@@ -413,6 +424,10 @@ class CvxpyAttentionLayer:
         :func:`centred_scores`: the same solution), and ``-inf`` when a probability ends a
         hair below zero: callers that need ``f*`` evaluate the objective at ``probs``.
         """
+        with self.lock:
+            return self._reference_solve(flat_scores, eps)
+
+    def _reference_solve(self, flat_scores: Sequence[np.ndarray], eps: float):
         import cvxpy as cp
 
         # centred, as the layer solves them: a constant per map moves no solution
@@ -463,6 +478,10 @@ class CvxpyAttentionLayer:
 
     def diagnose(self, flat_scores: Sequence[np.ndarray], solver_args: dict) -> str:
         """Re-solve one sample with CVXPY and the same diffcp solver; returns its status."""
+        with self.lock:
+            return self._diagnose(flat_scores, solver_args)
+
+    def _diagnose(self, flat_scores: Sequence[np.ndarray], solver_args: dict) -> str:
         import cvxpy as cp
 
         for param, value in zip(self.thetas, flat_scores):
@@ -703,11 +722,10 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     """
     opts = check_options(options)
     temps = _float_temperatures(temps)
-    backend, accept_tol = opts["backend"], opts["accept_tol"]
+    backend = opts["backend"]
     args = _solver_args(backend, opts["eps"], opts["max_iters"], opts["extra"])
     layer = get_layer(h, temps, backend.name)
-    dtype, device = scores[0].dtype, scores[0].device
-    solving_on = solve_device(backend, device)
+    solving_on = solve_device(backend, scores[0].device)
     # each map's scores centred per sample: a constant per map moves no solution (every map sums
     # to one), but an offset of 1e9 left SCS 0.35 from the optimum (detached: the gradient path
     # is the identity)
@@ -715,6 +733,17 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     flat = [f - f.detach().mean(1, keepdim=True) for f in flat]
     # The certificate and any diagnosis read detached CPU copies (inputs may require grad).
     flat_cpu = [f.detach().cpu() for f in flat]
+    # the layer is shared (cached): held from the solve to the certificate's verdict, so that
+    # the statuses a failure reports are this call's
+    with layer.lock:
+        return _solve_certified(layer, h, temps, scores, flat, flat_cpu, opts, args)
+
+
+def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, flat_cpu, opts: dict, args: dict):
+    """The body of :func:`solve_cvxpylayers` under the layer's lock: the solve, its certificate
+    (:class:`SolverFailure` above ``accept_tol``) and the outputs in the scores' dtype and device."""
+    backend, accept_tol = opts["backend"], opts["accept_tol"]
+    dtype, device = scores[0].dtype, scores[0].device
     solver_errors: tuple = ()
     if backend.interface == "DIFFCP":
         import diffcp

@@ -1,6 +1,7 @@
 import gc
 import subprocess
 import sys
+import threading
 import weakref
 
 import numpy as np
@@ -283,6 +284,35 @@ def test_a_constant_added_to_a_map_s_scores_moves_nothing(backend):
     for sol in (plain, shifted):
         assert float(ca.metrics.max_abs_err(sol.probs, exact.probs).max()) <= bound
     torch.testing.assert_close(shifted.probs, plain.probs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["moreau", "diffcp-clarabel"])
+def test_threads_sharing_the_cached_layer_take_turns(backend):
+    """Two threads on one cached Moreau layer raised "Already borrowed" from the solver,
+    AttributeErrors, or solved with the other thread's settings (found by a review)."""
+    _needs(backend)
+    h = ca.Hierarchy.grid([(8,), (2,)])
+    g = torch.Generator().manual_seed(0)
+    batches = [[2 * torch.randn((b,) + s, generator=g, dtype=torch.float64) for s in h.shapes] for b in (2, 3)]
+    outcomes: dict = {"default": [], "one iteration": []}
+
+    def worker(name, scores, options):
+        exact = ca.solve(scores, h, "exact", 1.0).probs
+        for _ in range(12):
+            try:
+                got = ca.solve(scores, h, "cvxpylayers", 1.0, backend=backend, **options).probs
+                outcomes[name].append(max(float((a - b).abs().max()) for a, b in zip(got, exact)))
+            except Exception as err:  # noqa: BLE001 - every outcome is recorded and checked below
+                outcomes[name].append(type(err).__name__)
+
+    threads = [threading.Thread(target=worker, args=("default", batches[0], {})),
+               threading.Thread(target=worker, args=("one iteration", batches[1], {"max_iters": 1}))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(e, float) and e < 1e-5 for e in outcomes["default"]), outcomes["default"]
+    assert set(outcomes["one iteration"]) == {"SolverFailure"}, outcomes["one iteration"]
 
 
 def test_the_certificate_refuses_a_suboptimal_point_whatever_constant_the_scores_carry():
