@@ -363,6 +363,14 @@ class CvxpyAttentionLayer:
             # diffcp's own option, given only with a derivative: without one cvxpylayers would
             # hand it to the conic solver, which rejects it (measured: Clarabel)
             solver_args = {**solver_args, "mode": derivative_mode}
+        if self.backend.interface == "DIFFCP":
+            # diffcp's thread pools follow torch's thread count, as every other method does
+            # (its default, every core, timed it with more threads than --threads gave the
+            # others); n_jobs_backward only with a derivative, for the same reason as mode
+            jobs = {"n_jobs_forward": torch.get_num_threads()}
+            if needs_grad:
+                jobs["n_jobs_backward"] = torch.get_num_threads()
+            solver_args = {**jobs, **solver_args}
 
         def run(inputs: Sequence[Tensor]):
             if self.backend.interface == "MOREAU":
@@ -700,7 +708,9 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
             ``default_accept_tol`` when ``eps`` is not given: 1e-4 for SCS, which
             stalls near 1e-5 on this problem); ``mode`` (diffcp backends: how diffcp
             solves its derivative system, one of :data:`DIFFCP_MODES`; default
-            ``"lsqr"``; ``"dense"`` is more accurate and slower); other keys go to the solver
+            ``"lsqr"``; ``"dense"`` is more accurate and slower); diffcp's ``n_jobs_forward``
+            and ``n_jobs_backward`` (its thread pools) default to ``torch.get_num_threads()``;
+            other keys go to the solver
             unchanged (diffcp passes them to SCS or to Clarabel's settings; Moreau takes
             ``moreau.Settings`` and ``moreau.IPMSettings`` fields), and one the solver
             rejects is a TypeError.

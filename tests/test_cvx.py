@@ -127,6 +127,35 @@ def test_without_a_derivative_the_mode_is_dropped(diffcp_calls):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("backend", ["diffcp-clarabel", "diffcp-scs"])
+def test_diffcp_uses_torch_s_thread_count_unless_told_otherwise(backend, monkeypatch):
+    """diffcp's thread pools defaulted to every core, so the benchmarks timed cvxpylayers with
+    more threads than --threads gave every other method (found by a review of the sweep)."""
+    import diffcp
+
+    seen: list = []
+    for name in ("solve_and_derivative_batch", "solve_only_batch"):
+        original = getattr(diffcp, name)
+
+        def spy(*args, _original=original, **kwargs):
+            seen.append({k: v for k, v in kwargs.items() if k.startswith("n_jobs")})
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(diffcp, name, spy)
+    inst = random_instance("2d-2lvl", batch=3, seed=3)
+    leaves = [s.clone().requires_grad_() for s in inst.scores]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend=backend)
+        ca.solve(leaves, inst.h, "cvxpylayers", temperature=inst.temps, backend=backend)
+        ca.solve(leaves, inst.h, "cvxpylayers", temperature=inst.temps, backend=backend, n_jobs_forward=2)
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [{"n_jobs_forward": 1}, {"n_jobs_forward": 1, "n_jobs_backward": 1},
+                    {"n_jobs_forward": 2, "n_jobs_backward": 1}]
+
+
 @pytest.mark.parametrize("backend, mode, message", [
     ("diffcp-scs", "lpgd", "option mode \\(diffcp's derivative\\) must be one of"),
     ("diffcp-clarabel", None, "got None"),
