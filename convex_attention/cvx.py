@@ -693,7 +693,9 @@ def _float_temperatures(temps) -> list[float]:
 
 
 def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], **options):
-    """Solve with the cached CVXPY layer. Differentiable through the layer.
+    """Solve with the cached CVXPY layer. Differentiable through the layer: the gradient is
+    the backend's own derivative and, unlike the solution, it is not certified (on peaked maps
+    it can be off by more than its own size: docs/design.md §4).
 
     Args:
         scores: ``M`` tensors ``(B, *h.shapes[k])`` on any device.
