@@ -73,6 +73,27 @@ def test_a_damaged_checkpoint_is_refused_clearly(tmp_path):
             load_model(str(tmp_path / "bad.pt"))
 
 
+
+@pytest.mark.parametrize("kind", ["meta", "sparse", "optimizer_meta"])
+def test_a_checkpoint_with_a_tensor_without_values_is_refused_in_one_line(tmp_path, kind):
+    """Before: a meta or sparse tensor in a checkpoint crashed the finiteness check with a raw
+    RuntimeError / NotImplementedError (a traceback) instead of the module's ValueError."""
+    good = read_checkpoint(tiny_checkpoint(tmp_path / "a" / "last.pt"))
+    first = next(iter(good["model"]))
+    odd = {"meta": torch.empty(3, device="meta"), "sparse": torch.tensor([[0.0, float("nan")]]).to_sparse(),
+           "optimizer_meta": torch.empty(2, device="meta")}[kind]
+    if kind == "optimizer_meta":
+        damage = {"optimizer": {"state": {0: {"exp_avg": odd}}, "param_groups": []}}
+        where = "optimizer['state'][0]['exp_avg']"
+    else:
+        damage = {"model": {**good["model"], first: odd}}
+        where = f"model[{first!r}]"
+    torch.save({**good, **damage}, tmp_path / "odd.pt")
+    with pytest.raises(ValueError, match="damaged convex-attention checkpoint") as err:
+        read_checkpoint(str(tmp_path / "odd.pt"))
+    assert where in str(err.value) and ("meta tensor" in str(err.value) or "not a dense one" in str(err.value))
+    assert "\n" not in str(err.value)
+
 def test_checkpoints_hold_only_plain_data(tmp_path):
     model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
     path = save_checkpoint(str(tmp_path / "m.pt"), model, extra={"score": np.float64(0.5), "n": np.int64(3)})

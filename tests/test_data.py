@@ -332,6 +332,118 @@ def test_the_brats_cache_touches_no_file_of_the_users(tmp_path):
     assert not [n for n in os.listdir(cache) if n.endswith(".tmp") and n != metas[0] + ".tmp"]
 
 
+
+def test_brats_cache_is_redone_when_the_patients_files_change(tmp_path, monkeypatch):
+    """Before: the cache key was the patient id and the settings only, so a patient whose
+    files were replaced (re-extracted, a corrected segmentation) kept its old slices."""
+    import shutil
+
+    root = str(tmp_path / "brats")
+    _write_fake_brats(root, ["Brats18_A_1"], tumour_slices=(2, 3))
+    cache = str(tmp_path / "cache")
+    first = BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=cache)
+    assert len(first) == 4
+    shutil.rmtree(os.path.join(root, "HGG"))
+    _write_fake_brats(root, ["Brats18_A_1"], tumour_slices=(0, 1, 2, 3), seed=7)
+    again = BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=cache)
+    fresh = BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=str(tmp_path / "fresh"))
+    assert len(again) == len(fresh) == 8
+    assert all(torch.equal(again[i][0], fresh[i][0]) for i in range(8))
+    # one file touched (same bytes, a new modification time) is enough
+    seg = os.path.join(root, "HGG", "Brats18_A_1", "Brats18_A_1_seg.nii.gz")
+    st = os.stat(seg)
+    os.utime(seg, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))
+    from convex_attention.paper.data import brats
+
+    calls = []
+    real = brats.preprocess_patient
+    monkeypatch.setattr(brats, "preprocess_patient", lambda *a, **k: calls.append(a) or real(*a, **k))
+    assert len(BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=cache)) == 8
+    assert len(calls) == 1
+    BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=cache)
+    assert len(calls) == 1  # unchanged since: read from the cache
+
+
+def test_two_brats_folders_can_share_one_cache_folder(tmp_path):
+    """Before: a patient id found in two data folders got the first folder's slices from the
+    shared cache."""
+    cache = str(tmp_path / "cache")
+    _write_fake_brats(str(tmp_path / "a"), ["Brats18_A_1"], seed=1)
+    _write_fake_brats(str(tmp_path / "b"), ["Brats18_A_1"], seed=2, tumour_slices=(0, 1, 2, 3))
+    a = BraTSSlices(str(tmp_path / "a"), "all", min_tumour_area=100, image_size=48, cache_dir=cache)
+    b = BraTSSlices(str(tmp_path / "b"), "all", min_tumour_area=100, image_size=48, cache_dir=cache)
+    alone = BraTSSlices(str(tmp_path / "b"), "all", min_tumour_area=100, image_size=48, cache_dir=str(tmp_path / "c"))
+    assert len(a) == 4 and len(b) == len(alone) == 8 and torch.equal(b[0][0], alone[0][0])
+    a_again = BraTSSlices(str(tmp_path / "a"), "all", min_tumour_area=100, image_size=48, cache_dir=cache)
+    assert len(a_again) == 4 and torch.equal(a_again[0][0], a[0][0])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "other_shape", "garbage"])
+def test_a_damaged_brats_cache_is_rebuilt_or_reported_in_one_line(tmp_path, monkeypatch, damage):
+    """Before: a cache entry whose metadata was intact was trusted: a truncated or missing
+    .npy file was found only when an image was read, in the middle of a run."""
+    from convex_attention.paper.data import brats
+
+    root = str(tmp_path / "brats")
+    _write_fake_brats(root, ["Brats18_A_1"])
+    cache = tmp_path / "cache"
+    good = BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=str(cache))
+    expected = [good[i][0] for i in range(len(good))]
+    (images,) = [p for p in cache.iterdir() if p.name.endswith(".images.npy")]
+
+    def spoil():
+        if damage == "truncated":
+            images.write_bytes(images.read_bytes()[:-100])
+        elif damage == "missing":
+            images.unlink()
+        elif damage == "other_shape":
+            np.save(images, np.zeros((3, 4, 48, 48), np.float32))
+        else:
+            images.write_bytes(b"not an array")
+
+    spoil()
+    again = BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=str(cache))  # rebuilt
+    assert len(again) == 4 and all(torch.equal(again[i][0], expected[i]) for i in range(4))
+    # a cache folder that cannot be written: one line naming the entry, what is wrong and the fix
+    spoil()
+    monkeypatch.setattr(brats.os, "makedirs", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "denied")))
+    with pytest.raises(ValueError, match=r"the cache of patient 'Brats18_A_1' \(.*\) is damaged \(images\.npy .*\) "
+                                         r"and cannot be rebuilt: .*--cache-dir") as err:
+        BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=str(cache))
+    assert "\n" not in str(err.value)
+
+
+def test_the_brats_cache_is_written_atomically(tmp_path, monkeypatch):
+    """Before: the .npy files were written in place: a write that failed half way left a
+    half-written file under the cache's own name."""
+    from convex_attention.paper.data import brats
+
+    root = str(tmp_path / "brats")
+    _write_fake_brats(root, ["Brats18_A_1"])
+    cache = tmp_path / "cache"
+    BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=str(cache))
+    before = {p.name: p.read_bytes() for p in cache.iterdir()}
+    for meta in cache.glob("*.json"):
+        meta.unlink()  # the entry is redone
+    real_save = np.save
+
+    def save_half(file, arr, *args, **kwargs):
+        if arr.dtype == bool:  # the masks: write part of the file, then fail (a full disk)
+            (file.write if hasattr(file, "write") else open(file, "wb").write)(b"\x93NUMPY")
+            raise OSError(28, "No space left on device")
+        return real_save(file, arr, *args, **kwargs)
+
+    monkeypatch.setattr(brats.np, "save", save_half)
+    with pytest.raises(ValueError, match="cannot write the cache of patient 'Brats18_A_1'.*No space left"):
+        BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=str(cache))
+    after = {p.name: p.read_bytes() for p in cache.iterdir()}
+    masks = next(n for n in before if n.endswith(".masks.npy"))
+    assert after[masks] == before[masks]  # never half a file under the cache's own name
+    assert not [n for n in after if n.endswith(".tmp")]
+    assert not [n for n in after if n.endswith(".json")]  # the entry is not complete: it is redone next time
+    monkeypatch.setattr(brats.np, "save", real_save)
+    assert len(BraTSSlices(root, "all", min_tumour_area=100, image_size=48, cache_dir=str(cache))) == 4
+
 def test_brats_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         BraTSSlices(str(tmp_path / "nothing"))
@@ -645,7 +757,7 @@ def test_folder_dataset_png_and_npy(tmp_path):
 def test_folder_dataset_errors(tmp_path):
     _write_folder(str(tmp_path / "a"))
     os.remove(tmp_path / "a" / "masks" / "img2.png")
-    ds = FolderDataset(str(tmp_path / "a"))
+    ds = FolderDataset(str(tmp_path / "a"), scan=False)  # without the scan, found when the item is read
     with pytest.raises(ValueError, match="mask file for 'img2.png' is missing"):
         ds[2]
     os.makedirs(tmp_path / "b")
@@ -655,6 +767,58 @@ def test_folder_dataset_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         FolderDataset(str(tmp_path / "c"))
 
+
+
+def test_folder_masks_are_checked_when_the_dataset_is_built(tmp_path):
+    """Before: masks were checked only when an item was read, so a missing or misshapen mask
+    of a training image stopped train in the middle of its first epoch."""
+    from PIL import Image
+
+    _write_folder(str(tmp_path / "missing"))
+    os.remove(tmp_path / "missing" / "masks" / "img2.png")
+    with pytest.raises(ValueError, match=r"mask file for 'img2.png' is missing in .*masks.*add it"):
+        FolderDataset(str(tmp_path / "missing"))
+    _write_folder(str(tmp_path / "shape"))
+    Image.fromarray(np.zeros((8, 16), np.uint8)).save(tmp_path / "shape" / "masks" / "img1.png")
+    with pytest.raises(ValueError, match=r"mask of 'img1.png' .* has shape \(8, 16\), the image \(16, 16\)"):
+        FolderDataset(str(tmp_path / "shape"))
+    _write_folder(str(tmp_path / "npy_mask"))
+    os.remove(tmp_path / "npy_mask" / "masks" / "img0.png")
+    np.save(tmp_path / "npy_mask" / "masks" / "img0.npy", np.ones((16, 16), bool))  # found by its stem
+    assert bool(FolderDataset(str(tmp_path / "npy_mask"))[0][2].all())
+
+
+def test_training_reads_no_mask_of_a_folder(tmp_path, monkeypatch):
+    """labels_only, what training and evaluation read, never opens a mask file."""
+    from convex_attention.paper.data import folder
+
+    _write_folder(str(tmp_path / "a"))
+    ds = FolderDataset(str(tmp_path / "a"))
+    full = ds[1]
+    real = folder._read_array
+    monkeypatch.setattr(folder, "_read_array", lambda path: (_ for _ in ()).throw(AssertionError(path))
+                        if os.sep + "masks" + os.sep in path else real(path))
+    image, label = labels_only(ds)[1]
+    assert torch.equal(image, full[0]) and int(label) == int(full[1]) == 1
+
+
+def test_folder_train_and_val_images_must_share_one_shape(tmp_path):
+    """Before: 16x16 training and 32x32 validation images were accepted; training stopped with
+    a traceback when the first epoch's validation began."""
+    from PIL import Image
+
+    _write_folder(str(tmp_path / "r" / "train"))
+    _write_folder(str(tmp_path / "r" / "val"))
+    for i in range(3):
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "r" / "val" / "images" / f"img{i}.png")
+        Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "r" / "val" / "masks" / f"img{i}.png")
+    with pytest.raises(ValueError, match=r"training images .*train'\) are 1x16x16 .* validation images .*val'\) "
+                                         r"are 1x32x32: both sets must share one size"):
+        build_datasets("folder", root=str(tmp_path / "r"))
+    _write_folder(str(tmp_path / "ok" / "train"))
+    _write_folder(str(tmp_path / "ok" / "val"))
+    train, val = build_datasets("folder", root=str(tmp_path / "ok"))
+    assert train.image_shape == val.image_shape == (1, 16, 16)
 
 def test_build_datasets_sources(tmp_path):
     train, val = build_datasets("synthetic", image_size=32, n_train=4, n_val=2, seed=5)

@@ -94,6 +94,83 @@ def test_model_scores_generator_for_the_benchmarks(tmp_path):
         generate("model", ca.Hierarchy.grid([(16, 16), (8, 8)]), 3, checkpoint=path)
 
 
+
+def _trained_on(tmp_path, name, **fields):
+    """A checkpoint as train writes it (with its training configuration)."""
+    from convex_attention.paper.config import TrainConfig
+
+    torch.manual_seed(0)
+    cfg = TrainConfig.build(**{**dict(width=4, image_size=32, embed_channels=8, method="softmax", n_train=20,
+                                      n_val=20), **fields})
+    return save_checkpoint(str(tmp_path / name / "best.pt"), AttentionUNet(config=cfg.model),
+                           extra={"train_config": cfg.to_dict()}), cfg
+
+
+@pytest.mark.parametrize("data_seed, seed, what", [(20_000, 0, "training"), (10_000, 0, "validation"),
+                                                   (20_005, 5, "training"), (15_000, 5_000, "validation")])
+def test_model_scores_refuse_the_models_own_images(tmp_path, data_seed, seed, what):
+    """Before: the generator scored images at seed 20000 + seed whatever the checkpoint's data
+    seed, so for data seed 20000 (10000) --seed 0 scored the model on its own training
+    (validation) images, and said nothing of it."""
+    from convex_attention.bench.generators import generate, register_generator
+    from convex_attention.paper.data import datasets_of
+    from convex_attention.paper.model_scores import check_model_sweep, model_scores
+
+    register_generator("model", model_scores)
+    path, cfg = _trained_on(tmp_path, "m", data_seed=data_seed)
+    h = ca.Hierarchy.grid([(8, 8), (4, 4)])
+    with pytest.raises(ValueError, match=rf"--seed {seed}: the images of seed {seed} \(generator seed "
+                                         rf"{20_000 + seed}\) are the model's own {what} images.*use --seed "
+                                         rf"{seed + 1}$"):
+        generate("model", h, 2, seed=seed, checkpoint=path)
+    from convex_attention.paper.model_scores import check_score_seed
+
+    with pytest.raises(ValueError, match=rf"own {what} images"):
+        check_score_seed(path, seed)
+    with pytest.raises(ValueError, match=rf"own {what} images .*use --seed {seed + 1}$"):  # before the sweep
+        check_model_sweep(path, [8], [2], [2], 2, seed=seed)
+    # the sweep's training instances (seed + 1) are checked too; the seed named instead is free for both
+    if seed:
+        with pytest.raises(ValueError, match=rf"--seed {seed - 1}: the images of seed {seed} .*use --seed {seed - 2}$"):
+            check_model_sweep(path, [8], [2], [2], 2, seed=seed - 1)
+    # the images really are the model's own
+    train, val = datasets_of(cfg)
+    own = train if what == "training" else val
+    from convex_attention.paper.data import build_datasets
+
+    drawn, _ = build_datasets("synthetic", None, 32, 4, 2, 1, cfg.difficulty, 20_000 + seed)
+    assert torch.equal(drawn[0][0], own[0][0])
+
+
+def test_model_scores_are_unchanged_for_seeds_that_collide_with_nothing(tmp_path):
+    from convex_attention.paper.data import build_datasets
+    from convex_attention.paper.model_scores import check_model_sweep, model_scores
+    from convex_attention.paper.models import load_model
+
+    path, cfg = _trained_on(tmp_path, "m", data_seed=3)
+    scores = model_scores(ca.Hierarchy.grid([(8, 8), (4, 4)]), 3, seed=4, checkpoint=path)
+    model, _ = load_model(path)
+    model.eval()
+    images, _ = build_datasets("synthetic", None, 32, 4, 3, 1, cfg.difficulty, 20_004)
+    with torch.no_grad():
+        expected = model(torch.stack([images[i][0] for i in range(3)])).scores
+    assert all(torch.equal(a, b.double()) for a, b in zip(scores, expected))
+    check_model_sweep(path, [8], [2], [2], 2, seed=4)
+
+
+def test_the_model_sweep_refuses_a_model_the_generator_cannot_feed(tmp_path):
+    """Before: a model of 16x16 folder (or BraTS) images passed the sweep's check; every cell
+    then failed, since the rim generator draws images of 32 pixels or more."""
+    from convex_attention.paper.model_scores import check_model_sweep
+
+    path, _ = _trained_on(tmp_path, "folder16", data="folder", data_root=str(tmp_path), image_size=16,
+                          attention_blocks=(2, 3))
+    with pytest.raises(ValueError, match=r"cannot score .*folder16.*trained on folder data .*16x16 images.*>= 32.*"
+                                         r"32x32 images or more"):
+        check_model_sweep(path, [8], [2], [2], 2)
+    path, _ = _trained_on(tmp_path, "blobs16", data="synthetic-blobs", image_size=16, attention_blocks=(2, 3))
+    check_model_sweep(path, [8], [2], [2], 2, seed=0)  # the blobs generator draws 16x16 images
+
 def test_the_model_uses_the_attention_module_for_maps_and_loss(monkeypatch):
     """forward takes its maps, solution and auxiliary loss from ConsistentAttention.attend
     (weighted by alpha), for every method alike."""

@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 
 from convex_attention import cli
-from convex_attention.paper.data.synthetic import SyntheticBrightestLesions, SyntheticLesions, SyntheticRimLesions
+from convex_attention.paper.data.synthetic import (
+    MIMIC_TYPES,
+    SyntheticBrightestLesions,
+    SyntheticLesions,
+    SyntheticRimLesions,
+)
 from convex_attention.paper.validity import (
     QUANTILES,
     CheckResult,
@@ -235,6 +240,12 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
     (["--cache-dir", "x"], "--cache-dir applies to --data brats only"),
     (["--mimic-types", "ring"], "invalid choice"),
     (["--difficulty", "nan"], "finite"),
+    # synthetic options were silently ignored for brats (and --mimic-types for the blobs)
+    (["--data", "brats", "--data-root", "r", "--difficulty", "0.3"], "--difficulty applies to the synthetic data only"),
+    (["--data", "brats", "--data-root", "r", "--mimic-rate", "2"], "--mimic-rate applies to the synthetic data only"),
+    (["--data", "brats", "--data-root", "r", "--mimic-types", "split"],
+     "--mimic-types applies to the synthetic data only"),
+    (["--data", "synthetic-blobs", "--mimic-types", "split"], "--mimic-types applies to --data synthetic"),
 ])
 def test_data_check_usage_errors(argv, message, capsys):
     assert run(["data", "check", *argv]) == 2
@@ -242,6 +253,46 @@ def test_data_check_usage_errors(argv, message, capsys):
     assert message in err and "Traceback" not in err
     # one line, named by the whole subcommand (before: "convex-attention data: error: ..." for checks after parsing)
     assert len(err.strip().splitlines()) == 1 and err.startswith("convex-attention data check: error:"), err
+
+
+def test_a_data_error_met_by_the_checks_is_one_line_and_exit_2(monkeypatch, capsys):
+    """Before: a ValueError raised while the checks read the images (a BraTS cache file
+    damaged after the datasets were built) ended in a traceback, exit 1."""
+    from convex_attention.cli import data as data_cli
+
+    monkeypatch.setattr(data_cli, "_datasets", lambda args: (list(range(20)), list(range(20)), "canned"))
+
+    def damaged(*args, **kwargs):
+        raise ValueError("damaged cache file 'c/P-1.images.npy' (mmap length is greater than file size); delete "
+                         "c/P-1.* (or the cache folder) and run again")
+
+    monkeypatch.setattr("convex_attention.paper.validity.run_checks", damaged)
+    assert run(["data", "check"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert err.startswith("convex-attention data check: error: damaged cache file 'c/P-1.images.npy'"), err
+
+
+def test_data_check_refuses_a_set_that_would_reach_the_next_seeds_images(monkeypatch, capsys):
+    """Before: --n 1000003 at 32x32 was accepted, though its last image was the held-out
+    set's neighbour seed's first (image i of seed s is keyed s x 1000003 + i)."""
+    from convex_attention.cli import data as data_cli
+
+    monkeypatch.setattr(data_cli, "_datasets", lambda args: pytest.fail("the work started"))
+    assert run(["data", "check", "--n", "1000003", "--image-size", "32"]) == 2
+    err = capsys.readouterr().err
+    assert "--n 1000003 images is too many: a set holds at most 1000002" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_data_check_takes_the_synthetic_defaults_when_not_given(monkeypatch):
+    from convex_attention.cli import data as data_cli
+
+    seen = {}
+    monkeypatch.setattr(data_cli, "_datasets", lambda args: seen.update(vars(args)) or ([0] * 20, [0] * 20, "canned"))
+    monkeypatch.setattr("convex_attention.paper.validity.run_checks", lambda *a, **k: [])
+    run(["data", "check", "--quiet"])
+    assert seen["difficulty"] == 0.5 and seen["mimic_types"] == list(MIMIC_TYPES) and seen["mimic_rate"] is None
 
 
 def test_data_check_out_and_data_errors(tmp_path, capsys):

@@ -25,6 +25,7 @@ from ._common import UsageError, add_output_options, check_out, info
 __all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS"]
 
 DATASETS = (*SYNTHETIC_GENERATORS, "brats")
+DIFFICULTY = 0.5  # --difficulty when not given (synthetic data)
 
 
 def _seed(text: str) -> int:
@@ -68,11 +69,13 @@ def add_data_commands(sub) -> None:
                    help="image side (brats: the resize target), at most 8192 (default: 64)")
     c.add_argument("--seed", type=_seed, default=0,
                    help="the data's seed (held-out: seed + 10000; brats: the split) (default: 0)")
-    c.add_argument("--difficulty", type=finite_float, default=0.5, help="synthetic difficulty in [0, 1] (default: 0.5)")
+    # the synthetic options default to None, so that one given for data they do not apply to is refused
+    c.add_argument("--difficulty", type=finite_float, default=None,
+                   help=f"synthetic difficulty in [0, 1] (default: {DIFFICULTY})")
     c.add_argument("--mimic-rate", type=finite_float, default=None,
                    help="synthetic: mimics per lesion image, in [0, 8] (default: 3; synthetic-brightest: 5)")
-    c.add_argument("--mimic-types", nargs="+", default=list(MIMIC_TYPES), choices=MIMIC_TYPES,
-                   help="synthetic: the mimic kinds drawn from (default: all of them)")
+    c.add_argument("--mimic-types", nargs="+", default=None, choices=MIMIC_TYPES,
+                   help="synthetic and synthetic-brightest: the mimic kinds drawn from (default: all of them)")
     c.add_argument("--data-root", default=None, help="brats: the unpacked BraTS training folder (default: none)")
     add_options(c, TrainConfig, names=BRATS_SETTINGS)  # as train declares them
     c.add_argument("--attention-bacc", type=finite_float, default=None,
@@ -100,6 +103,10 @@ def _validate(args) -> None:
             raise UsageError("--data brats needs --data-root (the unpacked BraTS training folder)")
         if args.image_size < 16:
             raise UsageError(f"--image-size {args.image_size} is too small for brats (at least 16)")
+        for flag, value in (("--difficulty", args.difficulty), ("--mimic-rate", args.mimic_rate),
+                            ("--mimic-types", args.mimic_types)):
+            if value is not None:
+                raise UsageError(f"{flag} applies to the synthetic data only, not to --data brats")
     else:
         given = given_settings(args, TrainConfig, BRATS_SETTINGS)
         settings = declared(TrainConfig)
@@ -111,10 +118,15 @@ def _validate(args) -> None:
                              f"(at least 32: lesions follow the area rule)")
         if args.data == "synthetic-blobs" and args.image_size < 16:
             raise UsageError(f"--image-size {args.image_size} is too small (at least 16)")
+        if args.difficulty is None:
+            args.difficulty = DIFFICULTY
         if not 0.0 <= args.difficulty <= 1.0:
             raise UsageError(f"--difficulty must be in [0, 1], got {args.difficulty}")
-        if args.mimic_rate is not None and args.data not in MIMIC_SOURCES:
-            raise UsageError(f"--mimic-rate applies to --data {' and '.join(MIMIC_SOURCES)} only")
+        for flag, value in (("--mimic-rate", args.mimic_rate), ("--mimic-types", args.mimic_types)):
+            if value is not None and args.data not in MIMIC_SOURCES:
+                raise UsageError(f"{flag} applies to --data {' and '.join(MIMIC_SOURCES)} only")
+        if args.mimic_types is None:
+            args.mimic_types = list(MIMIC_TYPES)
         if args.mimic_rate is not None and not 0.0 <= args.mimic_rate <= 8.0:
             raise UsageError(f"--mimic-rate must be in [0, 8] (mimics per lesion image), got {args.mimic_rate}")
     if (args.attention_bacc is None) != (args.uniform_bacc is None):
@@ -188,8 +200,11 @@ def cmd_data_check(args) -> int:
     except ValueError as err:  # data errors (BraTS folders): they name the file and the fix
         raise UsageError(str(err)) from None
     info(args, f"data check: {text}; {len(train)} training and {len(held)} held-out images, seed {args.seed}")
-    results = run_checks(train, held, seed=args.seed, attention_bacc=args.attention_bacc,
-                         uniform_bacc=args.uniform_bacc)
+    try:
+        results = run_checks(train, held, seed=args.seed, attention_bacc=args.attention_bacc,
+                             uniform_bacc=args.uniform_bacc)
+    except ValueError as err:  # data errors met while reading the images (a BraTS cache damaged meanwhile)
+        raise UsageError(str(err)) from None
     for r in results:
         print(r.line())
     ok = accepted(results)

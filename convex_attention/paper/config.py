@@ -50,7 +50,8 @@ __all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "Variant", "ConfigE
            "HEADS", "DUAL_SOURCES", "DATA_SOURCES", "DATA_SOURCE_HELP", "SYNTHETIC_GENERATORS", "SYNTHETIC_SOURCES",
            "MIMIC_SOURCES", "MIMIC_TYPES", "NORMALISATIONS", "BRATS_SETTINGS", "THRESHOLDS", "UPSAMPLINGS", "STAGES",
            "DATA_SEED_MAX", "PLAIN_CNN", "DEFAULT_VARIANTS_PATH", "METHOD_NAMES", "variant_names", "check_device",
-           "CVX_REFUSE_S_PER_1000", "MAX_SET_PIXELS", "MAX_BATCH_VALUES", "check_set_size"]
+           "CVX_REFUSE_S_PER_1000", "MAX_SET_PIXELS", "MAX_BATCH_VALUES", "IMAGES_PER_SEED", "check_set_size",
+           "check_seed_block"]
 
 # ----------------------------------------------------------------------------- the choices
 
@@ -122,9 +123,32 @@ MAX_SET_PIXELS = 2 ** 31
 MAX_BATCH_VALUES = 2 ** 31
 
 
+#: The synthetic generators key image ``i`` of the set of seed ``s`` as ``s * IMAGES_PER_SEED + i``
+#: (:mod:`convex_attention.paper.data.synthetic`): a set of this many images or more would
+#: reach into the images of seed ``s + 1``, which may be another split's.
+IMAGES_PER_SEED = 1_000_003
+
+
+def check_seed_block(field: str, n, flag: str | None = None) -> None:
+    """ConfigError (naming ``field``) when a set of ``n`` images would reach into the next
+    seed's images (``n >= IMAGES_PER_SEED``), which another split may use."""
+    if isinstance(n, int) and n >= IMAGES_PER_SEED:
+        raise ConfigError(field, f"{flag or field} {n} images is too many: a set holds at most {IMAGES_PER_SEED - 1} "
+                                 f"images, because the synthetic generators key image i of seed s as "
+                                 f"s x {IMAGES_PER_SEED} + i, so a larger set would repeat the first images of "
+                                 f"seed s + 1, which another split (validation, development or test) may use")
+
+
+def _seed_block(name: str):
+    """The cross-check of a set size: :func:`check_seed_block` on the setting ``name``."""
+    return lambda config: check_seed_block(name, getattr(config, name))
+
+
 def check_set_size(field: str, n: int, image_size: int, flag: str | None = None) -> None:
-    """ConfigError (naming ``field``) when ``n`` images of ``image_size`` x ``image_size``
-    are more pixels per channel than :data:`MAX_SET_PIXELS`."""
+    """ConfigError (naming ``field``) when a set of ``n`` images could share images with
+    another split (:func:`check_seed_block`), or when ``n`` images of ``image_size`` x
+    ``image_size`` are more pixels per channel than :data:`MAX_SET_PIXELS`."""
+    check_seed_block(field, n, flag)
     pixels = n * image_size ** 2
     if pixels > MAX_SET_PIXELS:
         raise ConfigError(field, f"{flag or field} {n} images of {image_size}x{image_size} are {pixels:.3g} pixels per "
@@ -332,8 +356,8 @@ class TrainConfig:
     val_fraction: float = setting(0.2, Real(low=0.0, high=0.9, low_open=True),
                                   "brats: share of the patients held out for validation (the split is by patient)",
                                   cross=lambda c: _brats_only(c, "val_fraction"))
-    n_train: int = setting(2000, _COUNT, "synthetic training images")
-    n_val: int = setting(500, _COUNT, "synthetic validation images")
+    n_train: int = setting(2000, _COUNT, "synthetic training images", cross=_seed_block("n_train"))
+    n_val: int = setting(500, _COUNT, "synthetic validation images", cross=_seed_block("n_val"))
     difficulty: float = setting(0.5, Real(low=0.0, high=1.0), "synthetic difficulty in [0, 1]")
     data_seed: int | None = setting(None, Int(low=0, high=SEED.high, optional=True),
                                     "seed of the synthetic images / the BraTS split", shown="the --seed")
@@ -639,12 +663,13 @@ class ExperimentConfig:
     baseline_model: str | None = setting("all", Text(optional=True), "the models the post-hoc methods explain "
                                                                      "('all', one model, or None)", flag="")
     plain_cnn: bool = setting(True, Flag(), "train the plain CNN too", flag="")
-    n_dev: int = setting(500, _COUNT, "development images")
-    n_test: int = setting(500, _COUNT, "test images per test set")
+    n_dev: int = setting(500, _COUNT, "development images", cross=_seed_block("n_dev"))
+    n_test: int = setting(500, _COUNT, "test images per test set", cross=_seed_block("n_test"))
     n_sanity: int = setting(32, Int(low=1, high=100_000),
                             "images per seed of the model-randomisation check (the first of the explained ones; "
                             "the protocol asks for at least 32)")
-    validity_images: int = setting(400, _COUNT, "images per set given to the benchmark's validity checks")
+    validity_images: int = setting(400, _COUNT, "images per set given to the benchmark's validity checks",
+                                   cross=_seed_block("validity_images"))
     dev_seeds: tuple = setting((0, 1, 2, 3, 4), Many(SEED, distinct=True),
                                "training seeds of the dev stage (check (c') needs at least 5)")
     difficulties: tuple = setting((0.3, 0.6), Many(Real(low=0.0, high=1.0), at_most=4, distinct=True),

@@ -10,12 +10,14 @@ import torch
 from torch import Tensor
 
 from ..hierarchy import Hierarchy
-from .config import ModelConfig, TrainConfig
+from ..io.settings import SEED_MAX
+from .config import DATA_SEED_MAX, SYNTHETIC_SOURCES, ModelConfig, TrainConfig
 from .data import build_datasets
 from .models import load_model, read_checkpoint
+from .protocol import split_seed
 from .train import stored_train_config
 
-__all__ = ["model_scores", "checkpoint_shapes", "check_model_sweep"]
+__all__ = ["model_scores", "checkpoint_shapes", "check_model_sweep", "check_score_seed"]
 
 
 def checkpoint_shapes(checkpoint: str) -> list[tuple[int, ...]]:
@@ -24,13 +26,75 @@ def checkpoint_shapes(checkpoint: str) -> list[tuple[int, ...]]:
     return [(cfg.image_size // 2 ** (k - 1),) * 2 for k in cfg.attention_blocks]
 
 
+# the score generator draws its images at seed SCORE_SEED_OFFSET + seed (training draws the
+# model's training images at its data seed, its validation images at data seed + VAL_SEED_OFFSET)
+SCORE_SEED_OFFSET = 20_000
+VAL_SEED_OFFSET = 10_000
+
+
+def _scoring_setup(checkpoint: str, state: dict) -> tuple[TrainConfig, str]:
+    """``(the stored training configuration, the synthetic source the images come from)``:
+    the source the model was trained on, or the default synthetic one for a model of files."""
+    stored = stored_train_config(checkpoint, state) or TrainConfig()
+    # images of the synthetic source the model was trained on (any other source needs files)
+    source = stored.data if stored.data_root is None and stored.data in SYNTHETIC_SOURCES else TrainConfig().data
+    return stored, source
+
+
+def _training_streams(stored: TrainConfig, source: str) -> dict[int, str]:
+    """``{generator seed: what the model saw there}``: the seeds of its training and validation
+    images, where those are the synthetic images the generator draws from (``train``'s
+    streams, and the experiment protocol's training and validation splits at its data seed)."""
+    if stored.data != source or stored.data_root is not None:
+        return {}  # trained on files: no synthetic image of its was ever drawn
+    seed = stored.data_seed_used
+    streams = {seed: "training", seed + VAL_SEED_OFFSET: "validation"}
+    if seed <= DATA_SEED_MAX:  # the experiment trains on its own splits of this data seed
+        for split, what in (("train", "training"), ("val", "validation")):
+            streams.setdefault(split_seed(stored.data, seed, stored.difficulty, split), what)
+    return streams
+
+
+def _score_seed_problem(streams: dict[int, str], seeds) -> str:
+    """Why scoring at ``seeds`` would score the model's own images ("" when it would not)."""
+    for s in seeds:
+        what = streams.get(SCORE_SEED_OFFSET + s)
+        if what is not None:
+            return f"the images of seed {s} (generator seed {SCORE_SEED_OFFSET + s}) are the model's own {what} images"
+    return ""
+
+
+def _free_seed(streams: dict[int, str], seed: int, span: int) -> int:
+    """The seed nearest ``seed`` (above first) whose ``span`` consecutive seeds all avoid ``streams``."""
+    def free(s: int) -> bool:
+        return 0 <= s and s + span - 1 <= SEED_MAX and not _score_seed_problem(streams, range(s, s + span))
+
+    return next((s for step in range(1, 2 * len(streams) * span + 2) for s in (seed + step, seed - step) if free(s)),
+                seed)
+
+
+def check_score_seed(checkpoint: str, seed: int, span: int = 1, state: dict | None = None,
+                     flag: str = "--seed") -> None:
+    """ValueError, naming a seed to use instead, when the images the generator draws for
+    seeds ``seed .. seed + span - 1`` are the checkpoint's own training or validation images."""
+    state = state if state is not None else read_checkpoint(checkpoint)
+    stored, source = _scoring_setup(checkpoint, state)
+    streams = _training_streams(stored, source)
+    problem = _score_seed_problem(streams, range(seed, seed + span))
+    if problem:
+        uses = f" (a sweep draws seed {seed}, and seed {seed + 1} for its training instances)" if span > 1 else ""
+        raise ValueError(f"{flag} {seed}: {problem}{uses}, and scores on images the model was trained or selected "
+                         f"on say nothing of new images; use {flag} {_free_seed(streams, seed, span)}")
+
+
 def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, checkpoint: str | None = None,
                  **_) -> list[Tensor]:
     """The heads' scores of ``checkpoint``'s model on ``batch`` synthetic images.
 
     The images come from the synthetic dataset with the difficulty and size the model was
-    trained with (its stored training configuration, else the defaults), at a seed
-    disjoint from training and validation.  Returns ``L`` float64 tensors
+    trained with (its stored training configuration, else the defaults), at generator seed
+    ``20000 + seed``; a seed whose images are the model's own training or validation images
+    is refused (ValueError naming one to use instead).  Returns ``L`` float64 tensors
     ``(B, *h.shapes[k])``; ``h`` must match the model's levels.
     """
     if checkpoint is None:
@@ -41,20 +105,34 @@ def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, ch
                          f"--dims 2 --factor 2 --sizes {shapes[0][0]} --levels {len(shapes)}")
     model, state = load_model(checkpoint)
     model.eval()
-    stored = stored_train_config(checkpoint, state) or TrainConfig()
-    # images of the synthetic source the model was trained on (any other source needs files)
-    source = stored.data if stored.data_root is None else TrainConfig().data
+    check_score_seed(checkpoint, seed, state=state)
+    stored, source = _scoring_setup(checkpoint, state)
     data, _ = build_datasets(source, None, model.config.image_size, model.config.in_channels, batch, 1,
-                             stored.difficulty, 20_000 + seed)
+                             stored.difficulty, SCORE_SEED_OFFSET + seed)
     images = torch.stack([data[i][0] for i in range(batch)])
     with torch.no_grad():
         scores = model(images).scores
     return [scale * s.to(torch.float64) for s in scores]
 
 
-def check_model_sweep(checkpoint: str, sizes, levels, dims, factor) -> None:
-    """Refuse a sweep whose grids differ from the checkpoint's attention levels (ValueError)."""
-    shapes = checkpoint_shapes(checkpoint)
+def check_model_sweep(checkpoint: str, sizes, levels, dims, factor, seed: int | None = None) -> None:
+    """Refuse (ValueError) a sweep the checkpoint's model cannot score: grids that differ from
+    its attention levels, images the synthetic generator cannot draw at the model's size, or
+    (given the sweep's ``seed``) a seed whose images, or those of ``seed + 1`` (the sweep's
+    training instances), are the model's own training or validation images."""
+    state = read_checkpoint(checkpoint)
+    cfg = ModelConfig.from_dict(state["config"])
+    shapes = [(cfg.image_size // 2 ** (k - 1),) * 2 for k in cfg.attention_blocks]
     if (list(sizes), list(levels), list(dims), factor) != ([shapes[0][0]], [len(shapes)], [2], 2):
         raise ValueError(f"the checkpoint's attention levels are {shapes}: run the model generator with "
                          f"--sizes {shapes[0][0]} --levels {len(shapes)} --dims 2 --factor 2")
+    stored, source = _scoring_setup(checkpoint, state)
+    try:  # the generator's own checks of its options, without drawing an image
+        build_datasets(source, None, cfg.image_size, cfg.in_channels, 1, 1, stored.difficulty, SCORE_SEED_OFFSET)
+    except ValueError as err:
+        trained = f"trained on {stored.data} data" + (f" ({stored.data_root})" if stored.data_root else "")
+        raise ValueError(f"the model generator cannot score {checkpoint!r} ({trained}, {cfg.image_size}x"
+                         f"{cfg.image_size} images): it feeds the model {source} images of the model's size, and "
+                         f"{err}; use a checkpoint of a model of 32x32 images or more") from None
+    if seed is not None:
+        check_score_seed(checkpoint, seed, span=2, state=state)

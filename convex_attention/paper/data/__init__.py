@@ -59,7 +59,8 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
     ``brats``: split by patient (``seed``), with ``brats_options``: more keyword arguments
     of :class:`BraTSSlices` (``val_fraction``, ``normalisation``, ``cache_dir``,
     ``min_tumour_area``; the loader's defaults for those not given).  ``folder``:
-    ``root/train`` and ``root/val``, each a :class:`FolderDataset`.
+    ``root/train`` and ``root/val``, each a :class:`FolderDataset`; their images must share
+    one shape (ValueError otherwise, before any work).
     """
     if source in SYNTHETIC_GENERATORS:  # rim lesions among mimics (default), the previous blobs, the brightest rule
         kind = SYNTHETIC_GENERATORS[source]
@@ -71,7 +72,13 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
         options = {"seed": seed, "image_size": image_size, **(brats_options or {})}
         return BraTSSlices(root, "train", **options), BraTSSlices(root, "val", **options)
     if source == "folder":
-        return FolderDataset(os.path.join(root, "train")), FolderDataset(os.path.join(root, "val"))
+        train, val = FolderDataset(os.path.join(root, "train")), FolderDataset(os.path.join(root, "val"))
+        if train.image_shape != val.image_shape:  # both scanned: every image of a set shares one shape
+            shown = ["x".join(map(str, shape)) for shape in (train.image_shape, val.image_shape)]
+            raise ValueError(f"the training images ({train.root!r}) are {shown[0]} (channels x height x width) but the "
+                             f"validation images ({val.root!r}) are {shown[1]}: both sets must share one size and "
+                             f"channel count; resize or convert the images to one shape")
+        return train, val
     raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(DATA_SOURCES)}")
 
 

@@ -49,7 +49,14 @@ sorted, then shuffled with ``seed``, so it does not depend on the order in which
 system lists folders.  Preprocessed slices are cached as ``.npy`` files in ``cache_dir``
 (default ``root/.convex_attention_cache``; pass another folder when ``root`` is
 read-only) and memory-mapped on later runs; a complete cache is read even from a
-read-only folder.
+read-only folder.  A patient's cache entry is keyed by its id, the preprocessing settings
+and the resolved path of its folder (two data folders can share one cache folder), and
+records the size and modification time (ns) of each of its five files: a patient whose
+files changed since is preprocessed again.  Every cache file is written atomically (a
+temporary name, then a rename; the metadata last), and on every read the ``.npy`` files'
+headers are checked against the recorded count and image size (shape, type and length), so
+a damaged cache entry is preprocessed again (or, in a cache folder that cannot be written,
+reported in one line naming the fix).
 
 Errors name the file or patient and the fix: an empty or missing root, a missing or
 unreadable modality, volumes of one patient that differ in shape or axes, NaN voxels, a
@@ -57,6 +64,7 @@ patient id found twice, and a cache folder that cannot be written.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import json
@@ -66,14 +74,14 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ...io.files import atomic_write_text
+from ...io.files import atomic_write_text, temporary_name
 from ..config import NORMALISATIONS
 
 __all__ = ["BraTSSlices", "find_patients", "split_patients", "load_patient", "split_slice", "resize_slice",
            "preprocess_patient", "MODALITIES", "NORMALISATIONS"]
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: keyed by the source folder, checked against its files
 _AXES = ("LR", "AP", "SI")  # canonical order: left-right, anterior-posterior, inferior-superior
 _FIX_ROOT = ("point root (--data-root) at the unpacked BraTS training folder, the one holding the patient "
              "folders (e.g. MICCAI_BraTS_2018_Data_Training with HGG/ and LGG/)")
@@ -129,12 +137,35 @@ def _orientation(affine: np.ndarray, path: str) -> tuple[int, int, int]:
     return tuple(axes)
 
 
+def _candidates(folder: str, patient: str, name: str) -> list[str]:
+    return [os.path.join(folder, f"{patient}_{name}{ext}") for ext in (".nii.gz", ".nii")]
+
+
+def _source_path(folder: str, patient: str, name: str) -> str | None:
+    """The file the ``name`` volume of ``patient`` is read from (``.nii.gz`` first), or None."""
+    return next((p for p in _candidates(folder, patient, name) if os.path.exists(p)), None)
+
+
+def _source_signature(folder: str, patient: str) -> dict:
+    """What the cache checks a patient's entry against: the resolved folder and, per volume,
+    ``[file name, size, mtime_ns]`` (``None`` for a missing file)."""
+    files: dict = {}
+    for name in MODALITIES + ("seg",):
+        path = _source_path(folder, patient, name)
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            st = None
+        files[name] = None if st is None else [os.path.basename(path), int(st.st_size), int(st.st_mtime_ns)]
+    return {"source": os.path.realpath(folder), "files": files}
+
+
 def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple[int, int, int], str]:
     """``(volume permuted to (LR, AP, SI), the original axes of (LR, AP, SI), path)``."""
     import nibabel as nib
 
-    candidates = [os.path.join(folder, f"{patient}_{name}{ext}") for ext in (".nii.gz", ".nii")]
-    path = next((p for p in candidates if os.path.exists(p)), None)
+    candidates = _candidates(folder, patient, name)
+    path = _source_path(folder, patient, name)
     if path is None:
         raise ValueError(f"patient {patient!r}: missing {name} volume {candidates[0]!r} (or .nii); restore it, "
                          f"or remove the patient's folder {folder!r}")
@@ -248,6 +279,46 @@ def preprocess_patient(folder: str, patient: str, min_tumour_area: int = 1000, i
             "slices": np.array(slices, np.int64), "moments": moments}
 
 
+def _save_npy(path: str, array: np.ndarray) -> None:
+    """``numpy.save`` atomically: into a temporary file of this write's own name, then renamed
+    (a crash leaves the old file or none, never half a file; no file of the user's is touched)."""
+    tmp = temporary_name(os.path.abspath(path))
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(array), allow_pickle=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
+def _npy_problem(path: str, shape: tuple, dtype: np.dtype) -> str:
+    """Why the ``.npy`` file at ``path`` is not an array of ``shape`` and ``dtype`` ("" when
+    it is): read from its header and its length, without reading the data."""
+    try:
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                return f"has an unknown .npy version {version}"
+            found, fortran, found_dtype = read_header(f)
+            offset = f.tell()
+            size = os.fstat(f.fileno()).st_size
+    except FileNotFoundError:
+        return "is missing"
+    except (OSError, ValueError) as err:
+        return f"has no readable .npy header ({err})"
+    if tuple(found) != tuple(shape) or found_dtype != dtype or fortran:
+        return f"holds {found_dtype} {tuple(found)}, expected {dtype} {tuple(shape)}"
+    expected = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if size != expected:
+        return f"is {size} bytes long, expected {expected}"
+    return ""
+
+
 class BraTSSlices(Dataset):
     """Preprocessed BraTS 2018 slices of one split.  Items: ``(image (4, S, S), label, mask (S, S))``.
 
@@ -285,6 +356,8 @@ class BraTSSlices(Dataset):
                        "normalisation": normalisation, "version": CACHE_VERSION}
         self.patients = chosen
         self._writable = False
+        self._folders = patients
+        self._prefixes: dict[str, str] = {}
         self.index: list[tuple[str, int]] = []
         self._arrays: dict[str, tuple] = {}
         counts = {pid: self._ensure_cached(pid, patients[pid]) for pid in chosen}
@@ -301,9 +374,15 @@ class BraTSSlices(Dataset):
             raise ValueError(f"empty dataset: no slice of the {split} split has more than {min_tumour_area} "
                              f"tumour pixels (and a non-empty healthy side)")
 
-    def _cache_prefix(self, pid: str) -> str:
-        key = hashlib.sha1(json.dumps({"patient": pid, **self.params}, sort_keys=True).encode()).hexdigest()[:16]
-        return os.path.join(self.cache_dir, f"{pid}-{key}")
+    def _cache_prefix(self, pid: str, folder: str | None = None) -> str:
+        """``cache_dir/<pid>-<key>``: the key hashes the patient, the preprocessing settings and
+        the patient's resolved folder (two data folders may share one cache folder)."""
+        if pid not in self._prefixes:
+            source = os.path.realpath(folder if folder is not None else self._folders[pid])
+            key = hashlib.sha1(json.dumps({"patient": pid, "source": source, **self.params},
+                                          sort_keys=True).encode()).hexdigest()[:16]
+            self._prefixes[pid] = os.path.join(self.cache_dir, f"{pid}-{key}")
+        return self._prefixes[pid]
 
     def _check_writable(self) -> None:
         """Before any preprocessing: the cache folder can be created and written to."""
@@ -323,24 +402,63 @@ class BraTSSlices(Dataset):
                 from None
         self._writable = True
 
-    def _ensure_cached(self, pid: str, folder: str) -> tuple[int, list]:
-        """``(number of images, moments (4, 3))`` of patient ``pid``, preprocessing it if needed."""
-        prefix = self._cache_prefix(pid)
+    def _expected(self, count: int) -> dict[str, tuple[tuple, np.dtype]]:
+        """The shape and type of each cached array of a patient with ``count`` images."""
+        S = self.params["image_size"]
+        return {"images": ((count, len(MODALITIES), S, S), np.dtype(np.float32)),
+                "labels": ((count,), np.dtype(np.int64)), "masks": ((count, S, S), np.dtype(bool)),
+                "slices": ((count,), np.dtype(np.int64))}
+
+    def _cached(self, prefix: str, signature: dict) -> tuple[tuple[int, list] | None, str]:
+        """``((count, moments), "")`` of a usable cache entry, else ``(None, why not)``: no
+        entry, damaged metadata, source files changed since, or ``.npy`` files that are missing
+        or whose headers do not match the recorded count and image size (a cheap check: the
+        headers and the files' lengths, never the pixels)."""
         meta = prefix + ".json"
-        if os.path.exists(meta):
-            try:
-                with open(meta) as f:
-                    info = json.load(f)
-                return int(info["count"]), info["moments"]
-            except (OSError, ValueError, KeyError, TypeError):
-                pass  # a damaged metadata file: the patient is preprocessed again
-        self._check_writable()
+        if not os.path.exists(meta):
+            return None, "missing"
+        try:
+            with open(meta) as f:
+                info = json.load(f)
+            count, moments = info["count"], info["moments"]
+            if type(count) is not int or count < 0 or np.asarray(moments, dtype=np.float64).shape != (4, 3):
+                raise ValueError("count or moments")
+        except (OSError, ValueError, KeyError, TypeError):
+            return None, "damaged (unreadable metadata)"
+        if info.get("source") != signature["source"] or info.get("files") != signature["files"]:
+            return None, "stale (the patient's files changed since it was written)"
+        for name, (shape, dtype) in self._expected(count).items():
+            problem = _npy_problem(f"{prefix}.{name}.npy", shape, dtype)
+            if problem:
+                return None, f"damaged ({name}.npy {problem})"
+        return (count, moments), ""
+
+    def _ensure_cached(self, pid: str, folder: str) -> tuple[int, list]:
+        """``(number of images, moments (4, 3))`` of patient ``pid``, preprocessing it if its
+        cache entry is missing, stale or damaged."""
+        prefix = self._cache_prefix(pid, folder)
+        meta = prefix + ".json"
+        signature = _source_signature(folder, pid)  # before reading the files: a change meanwhile redoes it
+        found, why = self._cached(prefix, signature)
+        if found is not None:
+            return found
+        try:
+            self._check_writable()
+        except ValueError as err:
+            if why == "missing":
+                raise
+            raise ValueError(f"the cache of patient {pid!r} ({prefix}.*) is {why} and cannot be rebuilt: "
+                             f"{err}") from None
         out = preprocess_patient(folder, pid, self.params["min_tumour_area"], self.params["image_size"],
                                  self.normalisation)
+        self._arrays.pop(pid, None)
         try:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(meta)  # this entry's own metadata: without it a half-rewritten entry is never read
             for name in ("images", "labels", "masks", "slices"):
-                np.save(f"{prefix}.{name}.npy", out[name])
-            info = {"count": int(len(out["labels"])), "moments": out["moments"].tolist(), **self.params}
+                _save_npy(f"{prefix}.{name}.npy", out[name])
+            info = {"count": int(len(out["labels"])), "moments": out["moments"].tolist(), **self.params,
+                    **signature}
             # the metadata last: a half-written cache is redone; atomically, through a temporary
             # file of this write's own name (never a file of the user's)
             atomic_write_text(meta, json.dumps(info))

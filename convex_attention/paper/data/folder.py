@@ -14,8 +14,10 @@ Every image is checked when the dataset is built (``scan=True``), before any tra
 it must be readable as an image (NPY files are read with ``allow_pickle=False``: a file
 holding Python objects is refused, never unpickled), hold only finite values, and share
 one size and channel count with the others; labels must be integers in
-``0 .. num_classes - 1``.  Each error names the file and the fix.  Masks are checked
-when an item is read.
+``0 .. num_classes - 1``; with a ``masks`` folder, every image must have its mask, a
+readable image of the image's height and width.  Each error names the file and the fix.
+(Without the scan, these checks run when an item is read.)  :meth:`FolderDataset.image_label`
+reads an item without its mask (what training reads, through ``labels_only``).
 """
 from __future__ import annotations
 
@@ -128,20 +130,42 @@ class FolderDataset(Dataset):
         self.mask_root = os.path.join(root, mask_dir) if mask_dir else None
         self.has_masks = bool(self.mask_root and os.path.isdir(self.mask_root))
         self.image_shape = None
+        self._mask_paths: dict[str, str] = {}
         if scan:
-            for path, _, _ in self.items:
-                self._load_image(path)
+            for path, _, name in self.items:
+                image = self._load_image(path)
+                if self.has_masks:  # every mask found and of the image's size now, not in the middle of training
+                    self._load_mask(name, image.shape[1:])
 
     def __len__(self) -> int:
         return len(self.items)
 
     def _mask_path(self, name: str) -> str:
+        if name in self._mask_paths:
+            return self._mask_paths[name]
+        assert self.mask_root is not None
         stem = os.path.splitext(name)[0]
         for candidate in (name, stem + ".png", stem + ".npy"):
             path = os.path.join(self.mask_root, candidate)
-            if os.path.exists(path):
+            if os.path.isfile(path):
+                self._mask_paths[name] = path
                 return path
-        raise ValueError(f"mask file for {name!r} is missing in {self.mask_root!r} (looked for {stem}.png/.npy)")
+        raise ValueError(f"mask file for {name!r} is missing in {self.mask_root!r} (looked for {stem}.png/.npy); add "
+                         f"it, or move the masks folder away to use the images without masks")
+
+    def _load_mask(self, name: str, size) -> torch.Tensor:
+        """``(H, W)`` bool mask of image ``name``, checked against the image's ``size`` ``(H, W)``."""
+        mask_path = self._mask_path(name)
+        raw = np.asarray(_read_array(mask_path))
+        mask = torch.from_numpy(np.nan_to_num(raw.astype(np.float64)) > 0)
+        if mask.ndim == 3:
+            # PNG masks arrive channel-first; an NPY mask may be (H, W, C) or (C, H, W)
+            mask = mask.any(-1) if mask_path.lower().endswith(".npy") and mask.shape[-1] in (3, 4) \
+                else mask.any(0)
+        if tuple(mask.shape) != tuple(size):
+            raise ValueError(f"mask of {name!r} ({mask_path!r}) has shape {tuple(mask.shape)}, the image "
+                             f"{tuple(size)}; masks must have the image's height and width")
+        return mask
 
     def _load_image(self, path: str) -> np.ndarray:
         """``(C, H, W)`` float32 of one image, checked; the first image fixes the shape."""
@@ -156,23 +180,19 @@ class FolderDataset(Dataset):
                              f"the images to one shape")
         return arr
 
-    def __getitem__(self, index: int):
-        path, label, name = self.items[index]
+    def image_label(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(image, label)`` of item ``index``, normalised as in ``dataset[index]``; the mask
+        is not read."""
+        path, label, _ = self.items[index]
         image = torch.from_numpy(self._load_image(path))
         mean = image.flatten(1).mean(1).view(-1, 1, 1)
         std = image.flatten(1).std(1).clamp(min=1e-6).view(-1, 1, 1)
-        image = (image - mean) / std
+        return (image - mean) / std, torch.tensor(label)
+
+    def __getitem__(self, index: int):
+        image, label = self.image_label(index)
         if self.has_masks:
-            mask_path = self._mask_path(name)
-            raw = np.asarray(_read_array(mask_path))
-            mask = torch.from_numpy(np.nan_to_num(raw.astype(np.float64)) > 0)
-            if mask.ndim == 3:
-                # PNG masks arrive channel-first; an NPY mask may be (H, W, C) or (C, H, W)
-                mask = mask.any(-1) if mask_path.lower().endswith(".npy") and mask.shape[-1] in (3, 4) \
-                    else mask.any(0)
-            if tuple(mask.shape) != tuple(image.shape[1:]):
-                raise ValueError(f"mask of {name!r} ({mask_path!r}) has shape {tuple(mask.shape)}, the image "
-                                 f"{tuple(image.shape[1:])}; masks must have the image's height and width")
+            mask = self._load_mask(self.items[index][2], image.shape[1:])
         else:
             mask = torch.zeros(image.shape[1:], dtype=torch.bool)
-        return image, torch.tensor(label), mask
+        return image, label, mask

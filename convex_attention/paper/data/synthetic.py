@@ -697,7 +697,8 @@ def synthetic_dataset(generator: str = "rim", *args, **kwargs) -> Dataset:
 
 
 class labels_only(Dataset):  # noqa: N801 - reads as a function at the call site
-    """A view of a dataset that yields ``(image, label)`` only: masks never reach training."""
+    """A view of a dataset that yields ``(image, label)`` only: masks never reach training
+    (a dataset with an ``image_label(index)`` method, the folder's, never reads them)."""
 
     def __init__(self, dataset: Dataset):
         self.dataset = dataset
@@ -706,5 +707,8 @@ class labels_only(Dataset):  # noqa: N801 - reads as a function at the call site
         return len(self.dataset)
 
     def __getitem__(self, index: int):
+        image_label = getattr(self.dataset, "image_label", None)
+        if image_label is not None:
+            return image_label(index)
         item = self.dataset[index]
         return item[0], item[1]

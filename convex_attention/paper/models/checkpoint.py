@@ -5,7 +5,8 @@ A checkpoint holds only tensors and plain containers (dicts, lists, strings, num
 ``None``): it is written by :func:`torch.save` and read with ``torch.load(...,
 weights_only=True)``, which refuses any other object, so loading a file can never run
 code.  The file type is checked before anything is unpickled, and the structure after:
-a tampered, corrupt or foreign file gets a ValueError saying what is wrong.  A
+a tampered, corrupt or foreign file gets a ValueError saying what is wrong (a tensor that is
+not a dense tensor with values, a meta or a sparse one, included).  A
 checkpoint whose floating weights are not all finite (a run that diverged) is refused
 (:class:`NonFiniteWeights`), so no command trains on, explains or scores it.  A
 checkpoint of another architecture, or whose weights do not fit its configuration, is
@@ -110,12 +111,35 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         problems.append("train_config is not a dict")
     if problems:
         raise ValueError(f"{path!r} is a damaged convex-attention checkpoint: {'; '.join(problems)}")
+    odd = _unusable_tensors(state)
+    if odd:
+        more = f" and {len(odd) - 3} more" if len(odd) > 3 else ""
+        raise ValueError(f"{path!r} is a damaged convex-attention checkpoint: {', '.join(odd[:3])}{more}; a checkpoint "
+                         f"holds dense tensors with their values (training never saves a meta tensor, which has "
+                         f"none, nor a sparse one)")
     try:
         ModelConfig.from_dict(state["config"]).validate()
     except (ConfigError, TypeError, ValueError) as err:
         raise ValueError(f"{path!r} holds an invalid model configuration: {_first_line(err)}") from None
     _check_finite_weights(path, weights)
     return state
+
+
+def _unusable_tensors(value, where: str = "") -> list[str]:
+    """The tensors anywhere in ``value`` (a loaded checkpoint) that are not dense tensors with
+    values (``"model['w'] is a meta tensor"``): every later step (the finiteness check, loading
+    the weights or the optimiser) would fail on them with a raw error."""
+    if isinstance(value, torch.Tensor):
+        if value.is_meta:
+            return [f"{where or 'a tensor'} is a meta tensor (no values)"]
+        if value.layout != torch.strided:
+            return [f"{where or 'a tensor'} is a {str(value.layout).replace('torch.', '')} tensor, not a dense one"]
+        return []
+    if isinstance(value, dict):
+        return [bad for k, v in value.items() for bad in _unusable_tensors(v, f"{where}[{k!r}]" if where else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [bad for i, v in enumerate(value) for bad in _unusable_tensors(v, f"{where}[{i}]")]
+    return []
 
 
 def _check_finite_weights(path, weights: dict) -> None:
