@@ -479,8 +479,54 @@ def test_the_headline_pairs_attention_and_post_hoc_by_seed_among_compared_models
     assert h["block_map"]["ap_mean"] == pytest.approx(0.95)
     # per seed 0.05, 0.07, 0.04: paired, so the interval is that of these three differences
     assert h["difference"]["ap_mean"] == pytest.approx(0.05 + 1 / 300) and h["difference"]["seeds"] == 3
+    assert h["difference"]["seeds_nan"] == 0 and h["by_model"]["exact"]["seeds_nan"] == 0
+    assert (summary[0]["ap_n_used"], summary[0]["ap_n_nan"]) == (3, 0)
     assert h["difference"]["ap_ci95"] == pytest.approx(mean_ci([0.05, 0.07, 0.04])[1])
     assert set(h["by_model"]) == {"exact"} and h["by_model"]["exact"]["level"] == 1
+
+
+def test_the_randomisation_summary_counts_the_constant_maps_it_leaves_out():
+    """A constant map has no rank correlation (NaN): it is left out of its seed's mean, a
+    seed whose every image is NaN is left out of the mean over seeds, and both are counted,
+    so the interval's degrees of freedom are those of the seeds used."""
+    from scipy.stats import t
+
+    from convex_attention.paper.experiment import _RANDOMISATION_KEYS, _grouped, _seed_mean, _summary
+
+    nan = math.nan
+    per_seed = {0: [0.9, nan, nan, nan], 1: [0.5, 0.7, nan, nan], 2: [0.2, 0.4, 0.6, nan], 3: [0.1, 0.1, 0.1, 0.1],
+                4: [nan, nan, nan, nan]}  # seed 4: every re-initialised map constant
+    rows = [dict(condition="c", test_set="test", model="m", method="gradcam", level=0, stage_index=0,
+                 stage="classifier", seed=seed, image=i, spearman_abs=v, spearman_signed=0.5)
+            for seed, values in per_seed.items() for i, v in enumerate(values)]
+    seeds = [{**_seed_mean(rs, "spearman_abs"), **_seed_mean(rs, "spearman_signed")}
+             for rs in _grouped(rows, _RANDOMISATION_KEYS + ("seed",))]
+    assert [(r["spearman_abs_n_used"], r["spearman_abs_n_nan"]) for r in seeds] == [(1, 3), (2, 2), (3, 1), (4, 0),
+                                                                                    (0, 4)]
+    assert math.isnan(seeds[4]["spearman_abs"]) and seeds[1]["spearman_abs"] == pytest.approx(0.6)
+    (s,) = _summary(seeds, _RANDOMISATION_KEYS, ("spearman_abs", "spearman_signed"))
+    assert s["seeds"] == 5
+    assert (s["spearman_abs_n_used"], s["spearman_abs_n_nan"]) == (4, 1)
+    assert (s["spearman_abs_images_used"], s["spearman_abs_images_nan"]) == (10, 10)
+    assert (s["spearman_signed_n_used"], s["spearman_signed_n_nan"], s["spearman_signed_images_nan"]) == (5, 0, 0)
+    means = [0.9, 0.6, 0.4, 0.1]
+    assert s["spearman_abs_mean"] == pytest.approx(sum(means) / 4)
+    spread = (sum((x - sum(means) / 4) ** 2 for x in means) / 3) ** 0.5
+    assert s["spearman_abs_ci95"] == pytest.approx(t.ppf(0.975, 3) * spread / 2)  # 4 seeds used: 3 degrees of freedom
+
+
+def test_the_dev_summaries_count_what_they_leave_out():
+    from convex_attention.paper.experiment import _dev_levels
+
+    nan = math.nan
+    rows = [{"method": "softmax", "seed": seed, "attention_ap_lesion": ap, "ap_lesion_L0": ap,
+             "delta_auc_shuffled": d, "delta_auc_uniform": -0.01, "delta_auc_shuffled_L0": d,
+             "delta_auc_uniform_L0": -0.01} for seed, ap, d in ((0, 0.4, -0.2), (1, 0.5, nan), (2, 0.6, -0.1))]
+    levels = _dev_levels(QUICK.override(methods=("softmax",)), rows, {"lesion": [0]})
+    for e in levels:
+        assert e["seeds"] == 3 and (e["ap_lesion_n_used"], e["ap_lesion_n_nan"]) == (3, 0)
+        assert (e["delta_auc_shuffled_n_used"], e["delta_auc_shuffled_n_nan"]) == (2, 1)
+        assert e["delta_auc_shuffled_mean"] == pytest.approx(-0.15)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -587,10 +633,17 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert ("reference", "block_map", "decisive") in kinds and ("reference", "model_free", "lesion") in kinds
     assert {e["resolution"] for e in explained} == {"pixel", "8x8", "4x4"}
     assert all(e["seeds"] == "2" for e in explained)
+    # every mean says how many values it used and left out (seeds; images behind the per-seed means)
+    assert all((e["ap_n_used"], e["ap_n_nan"], e["ap_images_nan"]) == ("2", "0", "0") for e in explained)
+    per_seed = list(csv.DictReader(open(os.path.join(folder, "explain_per_seed.csv"))))
+    assert all(int(r["ap_n_used"]) + int(r["ap_n_nan"]) == int(r["n"]) for r in per_seed)
     rand = list(csv.DictReader(open(os.path.join(folder, "randomisation_summary.csv"))))
     assert {(r["model"], r["method"]) for r in rand} >= {("exact", "attention"), ("plain_cnn", "lrp")}
     assert [r["stage"] for r in rand if (r["model"], r["method"], r["level"]) == ("exact", "attention", "0")][:2] \
         == ["classifier", "attention"]
+    for r in rand:  # images: 2 per seed, 2 seeds
+        assert int(r["spearman_abs_images_used"]) + int(r["spearman_abs_images_nan"]) == 4
+        assert int(r["spearman_abs_n_used"]) + int(r["spearman_abs_n_nan"]) == 2
     report = result["report"]
     order = [report.index(h) for h in ("## Validity checks", "## Compared models", "## Headline",
                                        "## Attention against post-hoc maps, per level", "## Accuracy",
@@ -598,7 +651,8 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert order == sorted(order)
     for words in ("first 2 images", "95 % confidence interval", "qiou_strict@0.95", "pointing_tol",
                   "2.0 px", "heldout_mottled", "Δ AUC shuffled", "Spearman, abs maps", "Spearman, signed maps",
-                  "decisive masks", "FEWER", "data seed 1"):
+                  "decisive masks", "FEWER", "data seed 1", "Left out as NaN (randomisation check)",
+                  "Left out as NaN (explanation metrics)"):
         assert words in report, words
     saved = json.loads(open(os.path.join(folder, "experiment.json")).read())  # strict JSON
     assert saved["variants_file"]["sha256"] and saved["variants_file"]["file_commit"]

@@ -80,6 +80,52 @@ def test_summary_mean_and_standard_error():
     assert s["ap_mean"] == 0.5 and abs(s["ap_se"] - 0.5 / 3 ** 0.5) < 1e-12 and s["n"] == 3
 
 
+def test_every_summary_counts_the_values_it_left_out_as_nan():
+    """mean_ci leaves NaN out; summary_cells says how many values it used and left out,
+    and the interval has n_used − 1 degrees of freedom."""
+    from scipy.stats import t
+
+    from convex_attention.paper.explain import nan_counts, summary_cells
+
+    assert nan_counts([1.0, float("nan"), 3.0, float("nan")]) == (2, 2) and nan_counts([]) == (0, 0)
+    cells = summary_cells("x", [1.0, float("nan"), 3.0, 5.0])
+    assert cells["x_mean"] == 3.0 and cells["x_n_used"] == 3 and cells["x_n_nan"] == 1
+    assert abs(cells["x_ci95"] - t.ppf(0.975, 2) * 2 / 3 ** 0.5) < 1e-12  # 3 values used: 2 degrees of freedom
+    nan = float("nan")
+    rows = [{"model": "m", "method": "gradcam", "level": 0, "image": i, **{k: v for k in METRIC_NAMES}}
+            for i, v in enumerate([0.2, nan, 0.4, nan, nan])]
+    (s,) = summarise(rows)
+    assert s["n"] == 5 and s["ap_n_used"] == 2 and s["ap_n_nan"] == 3
+    assert abs(s["ap_mean"] - 0.3) < 1e-12
+
+
+def test_the_written_summary_and_report_say_what_was_left_out(tmp_path):
+    from convex_attention.paper.explain import dropped_values
+
+    nan = float("nan")
+    rows = [{"model": "m", "method": "gradcam", "level": 0, "image": i, **{k: v for k in METRIC_NAMES}}
+            for i, v in enumerate([0.2, nan, 0.4])]
+    rows += [{"model": "m", "method": "attention", "level": 0, "image": i, **{k: 0.5 for k in METRIC_NAMES}}
+             for i in range(3)]
+    summary = summarise(rows)
+    lines = dropped_values(summary, ("model", "method", "level"), ("ap",), "images")
+    assert lines == ["m, gradcam, 0: ap: 1 of 3 images left out"]
+    paths = write_outputs(rows, [], str(tmp_path))
+    written = list(csv.DictReader(open(paths["summary"])))
+    assert {(r["method"], r["ap_n_used"], r["ap_n_nan"]) for r in written} == {("gradcam", "2", "1"),
+                                                                              ("attention", "3", "0")}
+    report = open(paths["markdown"]).read()
+    assert "m, gradcam, 0" in report and "ap: 1 of 3 images left out" in report
+    clean = write_outputs(rows[3:], [], str(tmp_path / "clean"))
+    assert "No mean left a NaN value out" in open(clean["markdown"]).read()
+
+
+def test_summaries_order_levels_by_number_input_attributions_first():
+    rows = [{"model": "m", "method": "x", "level": level, "image": 0, **{k: 0.5 for k in METRIC_NAMES}}
+            for level in (1, -1, 0, 10)]
+    assert [s["level"] for s in summarise(rows)] == [-1, 0, 1, 10]
+
+
 # ----------------------------------------------------------------------------- the protocol's explanations
 
 

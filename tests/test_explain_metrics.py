@@ -152,19 +152,150 @@ def test_pooled_protocol_by_hand():
         pooled_form(p, (3, 3), normalise=False)
 
 
-def test_the_block_map_is_the_best_map_on_its_grid():
+def test_the_block_map_counts_the_lesion_pixels_of_each_cell():
     from convex_attention.paper.explain_metrics import block_map
 
     g = torch.Generator().manual_seed(0)
     mask = torch.zeros(8, 8, dtype=torch.bool)
     mask[1:4, 2:7] = True
     best = block_map(mask, (4, 4))
-    assert float(best.sum()) == mask.sum() and best[0, 1] == 2 and best[0, 0] == 0
+    # the lesion pixels per cell, ties broken by offsets below 1 (cells without lesion pixels stay at 0)
+    assert torch.equal(best.floor(), torch.tensor([[0, 2, 2, 1], [0, 4, 4, 2], [0, 0, 0, 0], [0, 0, 0, 0]],
+                                                  dtype=torch.float64))
+    assert best[0, 0] == 0 and float(best.sum()) < mask.sum() + 0.5
     best_ap = average_precision(to_common_form(best, (8, 8)), mask)
     for _ in range(20):  # no other map constant on the 4x4 cells ranks the pixels better
         other = torch.rand(4, 4, generator=g, dtype=torch.float64)
         assert average_precision(to_common_form(other, (8, 8)), mask) <= best_ap + 1e-12
     assert average_precision(to_common_form(mask.double(), (8, 8)), mask) == 1.0
+
+
+def _every_order_with_ties(n_cells: int):
+    """Every weak order of ``n_cells`` cells (every map of cell values in 0 .. n_cells − 1):
+    strict orders and every way of tying cells at one threshold."""
+    import itertools
+
+    return itertools.product(range(n_cells), repeat=n_cells)
+
+
+@pytest.mark.parametrize("shape, grid, cells", [
+    # the review's case: cells of 16, 2 and 2 lesion pixels of 16 (tied at one threshold, the plain counts scored
+    # 0.883 against 0.898 ranked)
+    ((8, 8), (2, 2), {(0, 0): [(r, c) for r in range(4) for c in range(4)], (0, 1): [(0, 4), (0, 5)],
+                      (1, 1): [(4, 4), (4, 5)]}),
+    # three cells tied at 3 of 4 pixels after one of 4, and a cell of 1
+    ((2, 10), (1, 5), {(0, 0): [(0, 0), (0, 1), (1, 0), (1, 1)], (0, 1): [(0, 2), (0, 3), (1, 2)],
+                       (0, 2): [(0, 4), (1, 4), (1, 5)], (0, 3): [(0, 6), (0, 7), (1, 7)], (0, 4): [(1, 9)]}),
+    # two pairs of ties
+    ((2, 10), (1, 5), {(0, 0): [(0, 0), (1, 1)], (0, 1): [(0, 2)], (0, 2): [(0, 4), (1, 5)], (0, 3): [(1, 7)]}),
+])
+def test_the_block_map_is_the_best_map_on_its_grid(shape, grid, cells):
+    """Exhaustive: every order of the cells, with every way of tying them, scores at most the
+    block map's ap; with its ties left in, the block map would not be the best."""
+    from convex_attention.paper.explain_metrics import block_map
+
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for pixels in cells.values():
+        for r, c in pixels:
+            mask[r, c] = True
+    best = block_map(mask, grid)
+    best_ap = average_precision(to_common_form(best, shape), mask)
+    n_cells = grid[0] * grid[1]
+    scored = [average_precision(to_common_form(torch.tensor(order, dtype=torch.float64).reshape(grid), shape), mask)
+              for order in _every_order_with_ties(n_cells)]
+    assert max(scored) <= best_ap + 1e-12
+    assert math.isclose(best_ap, max(scored), rel_tol=1e-12)  # the best of them: the block map reaches it
+    # the plain counts (ties left in) score less where tied cells hold lesion pixels
+    counts = best.floor()
+    assert average_precision(to_common_form(counts, shape), mask) < best_ap - 1e-3
+    # ties are broken strictly, the first cell in row-major order ranked first
+    flat = best.flatten()
+    for i in range(n_cells):
+        for j in range(i + 1, n_cells):
+            if counts.flatten()[i] == counts.flatten()[j] > 0:
+                assert flat[i] > flat[j]
+
+
+def test_the_block_map_pooled_to_a_coarser_grid_keeps_the_order_of_the_counts():
+    """The offsets that break ties sum to less than 1, so a block map sum-pooled to a
+    coarser grid (the pooled protocol) still orders cells of different counts by count."""
+    from convex_attention.paper.explain_metrics import block_map, pooled_form
+
+    g = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        mask = torch.rand(16, 16, generator=g) < 0.3
+        fine = block_map(mask, (8, 8))
+        coarse_counts = block_map(mask, (2, 2)).floor().flatten()
+        pooled = pooled_form(fine, (2, 2), normalise=False).flatten()
+        for i in range(4):
+            for j in range(4):
+                if coarse_counts[i] > coarse_counts[j]:
+                    assert pooled[i] > pooled[j]
+
+
+def test_pointing_breaks_ties_for_the_top_at_random_in_expectation():
+    from convex_attention.paper.explain_metrics import pointing_tolerance
+
+    # a 2x2 grid map upsampled by nearest neighbour to 4x4: its best cell ties four pixels
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[1, 1] = True  # one of the best cell's four pixels, not its top-left one
+    coarse = torch.tensor([[5.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+    up = to_common_form(coarse, (4, 4), "nearest")
+    assert pointing(up, mask) == 0.25  # the first maximal pixel, (0, 0), would miss: 0
+    mask[0, 0] = True
+    assert pointing(up, mask) == 0.5
+    # a constant map: every pixel ties, so the score is the chance level (the mask's pixel share)
+    assert pointing(torch.zeros(4, 4, dtype=torch.float64), mask) == 2 / 16
+    assert math.isclose(pointing(torch.zeros(4, 5, dtype=torch.float64), MASK), 4 / 20)
+    # one top pixel: the indicator, as before
+    single = up.clone()
+    single[1, 1] = 6.0
+    assert pointing(single, mask) == 1.0
+    single[1, 1], single[3, 3] = 5.0, 6.0
+    assert pointing(single, mask) == 0.0
+    # within a tolerance: the share of the tied top pixels within it of the mask
+    far = torch.zeros(1, 10, dtype=torch.bool)
+    far[0, 0] = True
+    line = torch.zeros(1, 10, dtype=torch.float64)
+    line[0, 2:6] = 1.0  # tied top pixels at distances 2, 3, 4 and 5 from the mask pixel
+    assert pointing_tolerance(line, far, 3.0) == 0.5 and pointing_tolerance(line, far, 5.0) == 1.0
+    assert pointing_tolerance(line, far, 1.5) == 0.0
+    assert math.isclose(pointing_tolerance(torch.zeros(1, 10, dtype=torch.float64), far, 2.0), 3 / 10)
+
+
+def test_pointing_of_a_bilinear_map_with_its_top_on_the_border():
+    """Bilinear upsampling (align_corners=False) repeats a border cell's value over the
+    pixels before the first cell centre: a corner cell's top ties a 2x2 block at 4x."""
+    coarse = torch.tensor([[4.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
+    up = to_common_form(coarse, (8, 8), "bilinear")
+    top = up == up.max()
+    assert int(top.sum()) == 4 and bool(top[:2, :2].all())
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[1, 1] = True
+    assert pointing(up, mask) == 0.25
+
+
+def test_every_metric_of_an_empty_mask_is_nan():
+    empty = torch.zeros(4, 5, dtype=torch.bool)
+    m = torch.rand(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name, value in score_map(m, empty).items():
+        assert math.isnan(value), name
+    for name, value in score_map(torch.zeros(4, 5, dtype=torch.float64), empty, tolerance=1.0).items():
+        assert math.isnan(value), name
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_a_map_that_is_not_finite_is_refused(bad):
+    from convex_attention.paper.explain_metrics import pointing_tolerance, quantile_iou_strict
+
+    m = torch.rand(4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    m[0, 0] = bad
+    for score in (lambda: score_map(m, MASK), lambda: score_map(m, torch.zeros(4, 5, dtype=torch.bool)),
+                  lambda: average_precision(m, MASK), lambda: quantile_iou(m, MASK, 0.9),
+                  lambda: quantile_iou_strict(m, MASK, 0.9), lambda: pointing(m, MASK),
+                  lambda: pointing_tolerance(m, MASK), lambda: mass(m, MASK)):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            score()
 
 
 def test_average_precision_is_scikit_learns():

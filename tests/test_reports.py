@@ -45,3 +45,46 @@ def test_the_headline_says_which_side_its_selection_favours():
                                           "resolution": "pixel", "candidates": {"attention": 6, "posthoc": 24}}]))
     assert "flatters both alike" not in lines
     assert "the best of 6 attention maps against the best of 24 post-hoc maps" in lines and "favours" in lines
+
+
+def _rand_row(stage, n_used, n_nan, images_used, images_nan):
+    return {"condition": "c", "test_set": "test", "model": "exact", "method": "gradcam", "level": 0, "stage_index": 0,
+            "stage": stage, "seeds": n_used + n_nan, **{f"spearman_{form}_{k}": v for form in ("abs", "signed")
+                                                          for k, v in (("mean", 0.1), ("ci95", 0.2),
+                                                                       ("n_used", n_used), ("n_nan", n_nan),
+                                                                       ("images_used", images_used),
+                                                                       ("images_nan", images_nan))}}
+
+
+def test_the_report_lists_every_value_left_out_as_nan():
+    """The randomisation check's constant maps (Spearman NaN) are left out of the means: the
+    report says how it counts them and lists, per group, the seeds and images left out."""
+    from convex_attention.paper.reports import _randomisation_lines, nan_lines
+
+    text = "\n".join(_randomisation_lines([_rand_row("classifier", 4, 1, 10, 10), _rand_row("attention", 5, 0, 20, 0)]))
+    assert "ranks no pixels" in text and "NaN, not 0" in text
+    assert "c, test, exact, gradcam, 0, classifier: spearman_abs: 1 of 5 seeds left out (10 of 20 images NaN)" in text
+    assert "attention: spearman_abs" not in text
+    clean = "\n".join(_randomisation_lines([_rand_row("attention", 5, 0, 20, 0)]))
+    assert "Left out as NaN (randomisation check): nothing" in clean
+    accuracy = [{"condition": "c", "test_set": "test", "model": "exact", "seeds": 5, "auc_mean": 0.9,
+                 "auc_ci95": 0.1, "auc_n_used": 5, "auc_n_nan": 0, "bacc_mean": 0.8, "bacc_ci95": 0.1,
+                 "bacc_n_used": 3, "bacc_n_nan": 2,
+                 # no value at all (the plain CNN's map statistics): the mean is NaN, shown as –, nothing hidden
+                 "violation_mean": math.nan, "violation_ci95": math.nan, "violation_n_used": 0, "violation_n_nan": 5}]
+    lines = nan_lines(accuracy, ("condition", "test_set", "model"), "accuracy")
+    assert lines[0].startswith("Left out as NaN (accuracy): the means and intervals above are over the seeds")
+    assert lines[2] == "- c, test, exact: bacc: 2 of 5 seeds left out" and len(lines) == 4
+
+
+def test_the_report_states_the_degrees_of_freedom_of_the_seeds_used():
+    from convex_attention.paper.experiment import QUICK
+    from convex_attention.paper.protocol import Variants
+    from convex_attention.paper.reports import test_report
+
+    report = test_report(QUICK, Variants(), {"path": "v.json", "sha256": "x"}, [], [], [], [],
+                         [_rand_row("classifier", 1, 1, 2, 6)], [], "cpu", {})
+    assert "Student t with n − 1 degrees of freedom, n the seeds whose value is a number" in report
+    assert "Student t, 1 degrees of freedom" not in report  # not the seeds run (2) whatever was left out
+    assert "spearman_abs: 1 of 2 seeds left out (6 of 8 images NaN)" in report
+    assert "tie broken at random" in report

@@ -45,6 +45,11 @@ threshold.  Explanations use, per mask, the first ``n_explain`` images of the sp
 that mask non-empty (:func:`~convex_attention.paper.explain.explained_indices`).  Every
 summary is the mean over seeds (of per-seed means over images) with the half-width of its
 95 % confidence interval (Student t over seeds, :func:`convex_attention.paper.explain.mean_ci`).
+A value that is not a number (NaN: e.g. the Spearman correlation of a constant map in the
+randomisation check) is left out of its mean and counted: every summary has
+``{metric}_n_used`` and ``{metric}_n_nan`` (seeds; the interval has ``n_used − 1`` degrees
+of freedom) and, where per-seed means over images stand behind it, ``{metric}_images_used``
+and ``{metric}_images_nan``; the reports list every group where a value was left out.
 
 Configuration: :class:`~convex_attention.paper.config.ExperimentConfig` holds one
 ``TrainConfig`` (``train``, with its ``ModelConfig``) that every run starts from; each run
@@ -77,11 +82,13 @@ from .explain import (
     explanations,
     format_ci,
     mean_ci,
+    nan_counts,
     plot_examples,
     plot_metric_summary,
     primary_mask,
     score_explanations,
     summarise,
+    summary_cells,
 )
 from .explain_metrics import METRIC_NAMES
 from .models import PlainCNN, load_model, load_plain_cnn
@@ -274,7 +281,12 @@ def _cond(difficulty: float) -> str:
 
 
 def _summary(rows: list[dict], keys: tuple, metrics) -> list[dict]:
-    """Mean ± 95 % CI half-width (Student t over the rows: one per seed) of ``metrics`` per group ``keys``."""
+    """Per group ``keys`` of ``rows`` (one per seed): ``seeds`` (the seeds of the group) and,
+    for every metric ``m`` of ``metrics``, ``{m}_mean`` ± ``{m}_ci95`` (Student t over the
+    seeds whose value is a number) with ``{m}_n_used`` and ``{m}_n_nan`` (seeds used and left
+    out as NaN; :func:`~convex_attention.paper.explain.summary_cells`).  Where the rows are
+    per-seed means over images that carry their own counts (``{m}_n_used``, ``{m}_n_nan``),
+    ``{m}_images_used`` and ``{m}_images_nan`` sum them over every seed of the group."""
     groups = defaultdict(list)
     for r in rows:
         groups[tuple(r[k] for k in keys)].append(r)
@@ -283,7 +295,10 @@ def _summary(rows: list[dict], keys: tuple, metrics) -> list[dict]:
         entry = dict(zip(keys, key))
         entry["seeds"] = len({r.get("seed") for r in rs})
         for m in metrics:
-            entry[f"{m}_mean"], entry[f"{m}_ci95"] = mean_ci([r.get(m, math.nan) for r in rs])
+            entry.update(summary_cells(m, [r.get(m, math.nan) for r in rs]))
+            if all(f"{m}_n_used" in r and f"{m}_n_nan" in r for r in rs):
+                entry[f"{m}_images_used"] = sum(int(r[f"{m}_n_used"]) for r in rs)
+                entry[f"{m}_images_nan"] = sum(int(r[f"{m}_n_nan"]) for r in rs)
         out.append(entry)
     return out
 
@@ -423,7 +438,9 @@ def _dev_ap(config: ExperimentConfig, model, dataset, indices: dict, upsamplings
             for u in upsamplings:
                 for r in score_explanations(maps, masks, upsampling=u):
                     ap[(mask, u, r["level"])].append(r["ap"])
-    return {f"ap_{m}_{u}_L{level}": float(np.nanmean(values)) for (m, u, level), values in ap.items()}
+    # a plain mean: every explained image has a non-empty mask and every map is finite, so an
+    # ap is never NaN; were one NaN, the seed's mean shows it rather than hiding it
+    return {f"ap_{m}_{u}_L{level}": float(np.mean(values)) for (m, u, level), values in ap.items()}
 
 
 def _dev_plain_cnns(config: ExperimentConfig, sets: dict, folder: str, device, progress: bool, log) -> list[dict]:
@@ -465,11 +482,10 @@ def _rank_candidates(config: ExperimentConfig, variants: list[Variant], rows: li
         for u in config.candidates()["upsampling"]:
             rs = [r for r in rows if r["variant"] == vi and r["upsampling"] == u]
             compared = compared_methods(rs, config.methods)
-            ap, ap_ci = mean_ci([r["attention_ap"] for r in rs if r["method"] in compared])
-            bacc, bacc_ci = mean_ci([r["bacc"] for r in rs])
             entry = {"variant": vi, "upsampling": u, "label": variant.replace(upsampling=u).label(),
-                     "compared": " ".join(compared), "attention_ap_mean": ap, "attention_ap_ci95": ap_ci,
-                     "bacc_mean": bacc, "bacc_ci95": bacc_ci}
+                     "compared": " ".join(compared),
+                     **summary_cells("attention_ap", [r["attention_ap"] for r in rs if r["method"] in compared]),
+                     **summary_cells("bacc", [r["bacc"] for r in rs])}
             for method in config.methods:
                 mine = [r for r in rs if r["method"] == method]
                 for metric, key in (("auc", "auc"), ("ap", "attention_ap"), ("bacc", "bacc")):
@@ -495,10 +511,9 @@ def _dev_levels(config: ExperimentConfig, rows: list[dict], indices: dict) -> li
                     continue
                 values = ([r[f"attention_ap_{mask}"] for r in mine] if level == "all"
                           else [r[f"ap_{mask}_L{level}"] for r in mine])
-                entry[f"ap_{mask}_mean"], entry[f"ap_{mask}_ci95"] = mean_ci(values)
+                entry.update(summary_cells(f"ap_{mask}", values))
             for kind in ("shuffled", "uniform"):
-                entry[f"delta_auc_{kind}_mean"], entry[f"delta_auc_{kind}_ci95"] = mean_ci(
-                    [r[f"delta_auc_{kind}{suffix}"] for r in mine])
+                entry.update(summary_cells(f"delta_auc_{kind}", [r[f"delta_auc_{kind}{suffix}"] for r in mine]))
             out.append(entry)
     return out
 
@@ -774,16 +789,27 @@ def _grouped(rows: list[dict], keys: tuple) -> list[list[dict]]:
 
 
 def _seed_mean(rows: list[dict], metric: str) -> dict:
-    """The group's keys (from its first row, minus the per-image ones) and the mean of
-    ``metric`` over its images (NaN where every value is NaN: a constant map)."""
-    values = np.array([r[metric] for r in rows], dtype=float)
+    """The group's keys (from its first row, minus the per-image ones), the mean of
+    ``metric`` over its images whose value is a number, and how many images it used and
+    left out (``{metric}_n_used``, ``{metric}_n_nan``).
+
+    In the randomisation check an image's Spearman correlation is NaN when the trained or
+    the randomised map is constant (e.g. an all-zero GradCAM): a constant map ranks no
+    pixels, so it neither agrees nor disagrees with the other, and no number (0 or 1)
+    would be true of it.  Such images are left out of the seed's mean and counted; the
+    mean is NaN when every image is, and the summary then leaves the seed out and counts
+    it too."""
+    values = [r[metric] for r in rows]
+    n_used, n_nan = nan_counts(values)
     keys = {k: v for k, v in rows[0].items() if k not in ("image", "spearman_abs", "spearman_signed")}
-    return {**keys, metric: float(np.nanmean(values)) if np.isfinite(values).any() else math.nan}
+    mean = float(np.nanmean(np.array(values, dtype=float))) if n_used else math.nan
+    return {**keys, metric: mean, f"{metric}_n_used": n_used, f"{metric}_n_nan": n_nan}
 
 
-def _paired_difference(seed_means: list[dict], a: dict, b: dict) -> tuple[float, float, int]:
+def _paired_difference(seed_means: list[dict], a: dict, b: dict) -> tuple[float, float, int, int]:
     """Mean ± 95 % CI half-width over seeds of ``ap(a) − ap(b)`` (two explanation groups of
-    one condition and test set, paired by seed), and the number of seeds."""
+    one condition and test set, paired by seed), the number of seeds paired and how many
+    of their differences were NaN (left out of the mean)."""
     def per_seed(group):
         return {s["seed"]: s["ap_mean"] for s in seed_means
                 if all(s.get(k) == group.get(k) for k in ("condition", "test_set", "model", "method", "level",
@@ -791,8 +817,9 @@ def _paired_difference(seed_means: list[dict], a: dict, b: dict) -> tuple[float,
 
     x, y = per_seed(a), per_seed(b)
     seeds = sorted(set(x) & set(y))
-    mean, half = mean_ci([x[s] - y[s] for s in seeds])
-    return mean, half, len(seeds)
+    differences = [x[s] - y[s] for s in seeds]
+    mean, half = mean_ci(differences)
+    return mean, half, len(seeds), nan_counts(differences)[1]
 
 
 def _headline(explain_summary: list[dict], seed_means: list[dict], compared: dict) -> list[dict]:
@@ -823,16 +850,16 @@ def _headline(explain_summary: list[dict], seed_means: list[dict], compared: dic
                 entry[kind] = {"model": best["model"], "method": best["method"], "level": best["level"],
                                "ap_mean": best["ap_mean"], "ap_ci95": best["ap_ci95"]}
         if "attention" in chosen and "posthoc" in chosen:
-            mean, half, n = _paired_difference(seed_means, chosen["attention"], chosen["posthoc"])
-            entry["difference"] = {"ap_mean": mean, "ap_ci95": half, "seeds": n}
+            mean, half, n, n_nan = _paired_difference(seed_means, chosen["attention"], chosen["posthoc"])
+            entry["difference"] = {"ap_mean": mean, "ap_ci95": half, "seeds": n, "seeds_nan": n_nan}
             # each compared attention model's best level against that same best post-hoc map
             entry["by_model"] = {}
             for model in sorted({s["model"] for s in group if s["method"] == "attention" and s["model"] in ok}):
                 best = max((s for s in group if s["method"] == "attention" and s["model"] == model),
                            key=lambda s: _finite(s["ap_mean"]))
-                mean, half, n = _paired_difference(seed_means, best, chosen["posthoc"])
+                mean, half, n, n_nan = _paired_difference(seed_means, best, chosen["posthoc"])
                 entry["by_model"][model] = {"level": best["level"], "ap_mean": best["ap_mean"],
                                             "ap_ci95": best["ap_ci95"], "difference_mean": mean,
-                                            "difference_ci95": half, "seeds": n}
+                                            "difference_ci95": half, "seeds": n, "seeds_nan": n_nan}
         out.append(entry)
     return out

@@ -18,7 +18,10 @@ only lesion images are explained) or ``"predicted"`` (the model's argmax).
 
 Statistics: :func:`mean_ci` (mean and the half-width of its 95 % confidence interval,
 Student t) is the one summary used by ``explain`` (over images) and ``experiment`` (over
-seeds).
+seeds).  It leaves out values that are not numbers (NaN), so every summary carries, beside
+each mean, how many values it used and how many it left out (:func:`summary_cells`:
+``{metric}_n_used`` and ``{metric}_n_nan``; the interval has ``n_used − 1`` degrees of
+freedom), and the reports say where any were left out.
 
 Outputs in ``out``: ``explain.csv`` (one row per image, model, method, level, resolution
 and upsampling), ``explain_summary.csv`` and ``explain.md`` (mean ± 95 % CI per group) and
@@ -52,7 +55,8 @@ from .models import NonFiniteOutput, non_finite_parts
 
 __all__ = ["MASKS", "has_decisive_masks", "decisive_indices", "explained_indices", "primary_mask", "lesion_indices",
            "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of", "summarise",
-           "write_outputs", "mean_ci", "mean_se", "format_ci", "markdown_table", "plot_examples",
+           "write_outputs", "mean_ci", "mean_se", "nan_counts", "summary_cells", "dropped_values",
+           "format_ci", "markdown_table", "plot_examples",
            "plot_metric_summary", "EXPLAIN_COLUMNS", "POSTHOC", "GROUP_KEYS", "OUTPUT_FILES"]
 
 GROUP_KEYS = ("model", "method", "level", "resolution", "upsampling", "mask")
@@ -174,7 +178,8 @@ _maps_for = explanations  # the earlier name
 
 def reference_maps(images: torch.Tensor, masks: torch.Tensor, grids, model_free_weights=None) -> dict:
     """Reference maps of a batch: ``("block_map", k)``: the mask sum-pooled to grid ``k``
-    ``(B, *grids[k])`` (the best possible map on that grid); ``("model_free", -1)``: the
+    ``(B, *grids[k])``, ties between cells of equal counts broken (the best possible map on
+    that grid: :func:`~convex_attention.paper.explain_metrics.block_map`); ``("model_free", -1)``: the
     per-pixel channel combination ``w · x`` ``(B, H, W)``, shifted to start at 0 (a
     monotone shift: its ranking is the combination's) when ``model_free_weights`` ``(C,)``
     is given."""
@@ -307,8 +312,9 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
     """Mean and the half-width of its ``confidence`` interval (Student t with ``n − 1``
-    degrees of freedom: ``t · std(ddof=1) / sqrt(n)``) of the non-NaN ``values``; NaN
-    where undefined (no value; one value for the half-width)."""
+    degrees of freedom: ``t · std(ddof=1) / sqrt(n)``) of the non-NaN ``values`` (``n`` of
+    them: NaN values are left out, and :func:`summary_cells` counts them); NaN where
+    undefined (no value; one value for the half-width)."""
     from scipy.stats import t
 
     if not 0.0 < confidence < 1.0:
@@ -321,6 +327,49 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
         return float(v[0]), math.nan
     half = float(t.ppf(0.5 + confidence / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
     return float(v.mean()), half
+
+
+def nan_counts(values) -> tuple[int, int]:
+    """``(n_used, n_nan)``: how many of ``values`` are numbers (what :func:`mean_ci` and
+    :func:`mean_se` average) and how many are NaN (what they leave out)."""
+    v = np.array([float(x) for x in values], dtype=float)
+    n_nan = int(np.isnan(v).sum())
+    return int(v.size) - n_nan, n_nan
+
+
+def summary_cells(name: str, values, confidence: float = 0.95) -> dict:
+    """One summarised quantity ``name`` of ``values`` (a sequence of floats):
+    ``{name}_mean`` and ``{name}_ci95`` (:func:`mean_ci`, Student t with ``n_used − 1``
+    degrees of freedom), ``{name}_n_used`` (the values averaged) and ``{name}_n_nan`` (the
+    NaN values left out), so that no summary drops a value without saying so."""
+    mean, half = mean_ci(values, confidence)
+    n_used, n_nan = nan_counts(values)
+    return {f"{name}_mean": mean, f"{name}_ci95": half, f"{name}_n_used": n_used, f"{name}_n_nan": n_nan}
+
+
+def dropped_values(summary: list[dict], keys, metrics, count: str = "n") -> list[str]:
+    """One line per group of ``summary`` (rows of :func:`summary_cells` columns; ``keys``
+    name the group) and metric whose mean is a number yet left NaN values out: ``"key,
+    key: metric: 2 of 5 seeds left out"``, with ``count`` naming what was counted (e.g.
+    ``"seeds"``).  Where a row also counts the images behind per-seed means
+    (``{metric}_images_used`` and ``{metric}_images_nan``), images left out are named too.
+    A mean over no number is itself NaN (shown as "–"), so nothing is hidden there and it
+    is not listed (the plain CNN's attention statistics, say).  Empty when nothing was
+    left out."""
+    lines = []
+    for s in summary:
+        parts = []
+        for m in metrics:
+            n_nan, n_used = int(s.get(f"{m}_n_nan", 0) or 0), int(s.get(f"{m}_n_used", 0) or 0)
+            i_nan, i_used = int(s.get(f"{m}_images_nan", 0) or 0), int(s.get(f"{m}_images_used", 0) or 0)
+            if n_used and (n_nan or i_nan):
+                part = f"{m}: {n_nan} of {n_nan + n_used} {count} left out"
+                if f"{m}_images_nan" in s:
+                    part += f" ({i_nan} of {i_nan + i_used} images NaN)"
+                parts.append(part)
+        if parts:
+            lines.append(", ".join(str(s.get(k, "")) for k in keys) + ": " + "; ".join(parts))
+    return lines
 
 
 def mean_se(values) -> tuple[float, float]:
@@ -348,20 +397,23 @@ def _group(r: dict) -> tuple:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Per (model, method, level, resolution, upsampling, mask): ``n`` and, for every metric,
-    ``{metric}_mean``, ``{metric}_ci95`` (half-width, Student t over the rows) and
+    """Per (model, method, level, resolution, upsampling, mask), in that order (levels by
+    number, input attributions' −1 first): ``n`` (the rows) and, for every metric,
+    ``{metric}_mean``, ``{metric}_ci95`` (half-width, Student t over the rows whose value
+    is a number), ``{metric}_n_used`` and ``{metric}_n_nan`` (:func:`summary_cells`) and
     ``{metric}_se``."""
     groups = defaultdict(list)
     for r in rows:
         groups[_group(r)].append(r)
     out = []
-    for key, rs in sorted(groups.items(), key=lambda kv: tuple(str(x) if i != 2 else f"{x:+03d}"
-                                                                for i, x in enumerate(kv[0]))):
+    # the level sorts as a number: as a signed string, "-01" would follow "+01" ("+" < "-")
+    for key, rs in sorted(groups.items(), key=lambda kv: (*map(str, kv[0][:2]), int(kv[0][2]),
+                                                          *map(str, kv[0][3:]))):
         entry = dict(zip(GROUP_KEYS, key))
         entry["n"] = len(rs)
         for metric in METRIC_NAMES:
             values = [r[metric] for r in rs if metric in r]
-            entry[f"{metric}_mean"], entry[f"{metric}_ci95"] = mean_ci(values)
+            entry.update(summary_cells(metric, values))
             entry[f"{metric}_se"] = mean_se(values)[1]
         out.append(entry)
     return out
@@ -639,6 +691,15 @@ def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", reso
 OUTPUT_FILES = ("explain.csv", "explain_summary.csv", "explain.md", "explain_examples.png", "explain_examples.pdf")
 
 
+def _dropped_sentence(summary: list[dict]) -> str:
+    """What :func:`write_outputs`' report says of values left out of its means (NaN)."""
+    dropped = dropped_values(summary, GROUP_KEYS, METRIC_NAMES, "images")
+    if not dropped:
+        return "No mean left a NaN value out: every mean shown is over all n images (a mean over none is shown as –)."
+    return ("Values that are not numbers (NaN) are left out of the means and intervals (the columns "
+            "{metric}_n_used and {metric}_n_nan of explain_summary.csv count them): " + "; ".join(dropped) + ".")
+
+
 def write_outputs(rows, examples, out_dir: str, env: dict | None = None, channels=((0, "channel 0"),),
                   notes=()) -> dict:
     """``explain.csv``, ``explain_summary.csv``, ``explain.md`` and the examples figure in
@@ -662,7 +723,8 @@ def write_outputs(rows, examples, out_dir: str, env: dict | None = None, channel
                       f"block of attention level k). Resolution 'pixel': the pixel protocol, coarse maps upsampled as "
                       f"the 'upsampling' column says; 'HxW': the authors' pooled protocol at that attention grid "
                       f"(grid maps upsampled by nearest neighbour). pointing_tol: a hit within {tol} of the mask "
-                      f"(15 px at 240x240, scaled with the image).\n\n" + markdown_table(summary) + "\n")
+                      f"(15 px at 240x240, scaled with the image). {_dropped_sentence(summary)}\n\n"
+                      + markdown_table(summary) + "\n")
     if examples:
         plot_examples(examples, paths["figure"], env, channels=channels, notes=notes)
     else:

@@ -15,8 +15,9 @@ attention maps are used as they are; a map finer than the grid is sum-pooled to 
 grid map is upsampled to the image by nearest neighbour and scored against the
 pixel-resolution mask, which is the same as scoring it on the grid against the mask
 sum-pooled likewise (each cell weighted by its lesion and non-lesion pixel counts).  The
-*best possible block map* (:func:`block_map`) is the mask itself sum-pooled to a grid:
-no map on that grid scores a higher ``ap``.
+*best possible block map* (:func:`block_map`) ranks a grid's cells by their lesion pixel
+counts, ties broken: no map constant on the (equal-size) cells of that grid scores a
+higher ``ap``.
 
 Metrics, per image:
 
@@ -28,14 +29,25 @@ Metrics, per image:
 * ``qiou_strict@q``: the authors' variant: IoU between the mask and the pixels strictly
   above ``np.quantile(map, q)`` (linear interpolation), so pixels tied with the
   threshold are left out (a block-constant map can select far fewer than ``1 − q``);
-* ``pointing``: 1 if the map's top pixel (first in row-major order among ties) lies in
-  the mask;
-* ``pointing_tol``: the pointing game's standard tolerance: 1 if that pixel lies within
-  15 px of the mask at 240 x 240, scaled with the image (:func:`pointing_tolerance_px`:
-  ``15 · max(H, W) / 240`` px, e.g. 8 px at 128 x 128);
+* ``pointing``: whether the map's top pixel lies in the mask, ties for the top broken
+  uniformly at random and scored in expectation: the share of the map's maximal pixels
+  that lie in the mask.  A map with one top pixel scores 1 or 0; a coarse map upsampled by
+  nearest neighbour ties every pixel of its best cell, which all count; a constant map
+  scores the mask's pixel share, the chance level;
+* ``pointing_tol``: the pointing game's standard tolerance: the share of the maximal
+  pixels that lie within 15 px of the mask at 240 x 240, scaled with the image
+  (:func:`pointing_tolerance_px`: ``15 · max(H, W) / 240`` px, e.g. 8 px at 128 x 128);
 * ``mass``: the share of the map's mass inside the mask (0 for an all-zero map).
 
-Images whose mask is empty have no defined score and are skipped by the callers.
+A map holding NaN or Inf is refused (ValueError): it ranks no pixels, and a metric of it
+would read as a number.  An image whose mask is empty has no defined score: every metric
+of it is NaN (the callers explain only images with a non-empty mask).
+
+The committed runs' files were scored under an earlier rule: ``pointing`` and
+``pointing_tol`` took the *first* maximal pixel in row-major order (the top-left pixel of
+the best cell of a nearest-upsampled grid map), and the block map left cells of equal
+lesion counts tied at one threshold; docs/experiment.md says which committed numbers that
+affects.
 """
 from __future__ import annotations
 
@@ -129,16 +141,47 @@ def pooled_form(explanation: Tensor, grid: tuple[int, int], normalise: bool) -> 
 
 
 def block_map(mask: Tensor, grid: tuple[int, int]) -> Tensor:
-    """The best possible map on a grid: the mask sum-pooled to ``grid`` (lesion pixels per
-    cell), ``(gh, gw)`` float64.  Upsampled by nearest neighbour it ranks every cell by its
-    lesion pixel count, which no map constant on the cells can beat in ``ap``."""
-    return _sum_pool(mask.detach().to(torch.float64), tuple(grid))
+    """The best possible map on a grid: ``mask`` ``(H, W)`` sum-pooled to ``grid`` ``(gh,
+    gw)`` (lesion pixels per cell), with ties between cells of equal non-zero counts broken:
+    ``(gh, gw)`` float64.
+
+    Upsampled by nearest neighbour it ranks the cells by their lesion pixel counts, each
+    cell at its own threshold.  Because the cells are of equal size (the grid must divide
+    the mask), no map constant on the cells scores a higher ``ap``.  Among strict orders of
+    the cells, a cell with more lesion pixels right after one with fewer gains ``ap`` when
+    the two swap (an adjacent exchange), so the count order is best.  Cells left tied at
+    one threshold score no more: scikit-learn's ``ap`` gives every lesion pixel of a tie
+    the precision at the tie's end, and in the count order each cell's lesion share is at
+    most the precision reached before it, so precision only falls through a tie and
+    ranking its cells one after the other loses nothing (tests check every order, ties
+    included, of small grids).  Plain counts tie the cells of equal counts, which scores
+    lower: two cells with 2 of 16 lesion pixels after one with 16 of 16 give ap 0.883 tied
+    and 0.898 ranked.  For cells of unequal sizes no such claim would hold (the order by
+    lesion share need not maximise ``ap``).
+
+    Ties are broken in row-major order by the offset ``(n − 1 − i) / n²`` of cell ``i`` of
+    the ``n = gh · gw``: below ``1 / n`` each and below ``1 / 2`` over all cells, so the
+    map sum-pooled to a coarser grid still orders cells of different integer counts by
+    count.  Cells without lesion pixels stay at 0: their order cannot change ``ap``.
+    ``mass`` and the other metrics read these values, so they differ from those of the
+    plain counts by at most the offsets."""
+    counts = _sum_pool(mask.detach().to(torch.float64), tuple(grid))
+    n = counts.numel()
+    offset = (n - 1 - torch.arange(n, dtype=torch.float64)).reshape(counts.shape) / n ** 2
+    return counts + torch.where(counts > 0, offset, torch.zeros_like(offset))
 
 
 def _check(m: Tensor, mask: Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """``(values, truth)``: the map and the mask flattened, after checking that their shapes
+    agree and that the map is finite (a NaN would otherwise sort as a value, and a score of
+    a map that is not a number would be reported as one)."""
     if tuple(m.shape) != tuple(mask.shape):
         raise ValueError(f"map {tuple(m.shape)} and mask {tuple(mask.shape)} differ in shape")
-    return m.detach().cpu().numpy().ravel(), mask.detach().cpu().numpy().astype(bool).ravel()
+    values = m.detach().cpu().numpy().ravel()
+    if not np.isfinite(values).all():
+        raise ValueError(f"the map holds {int((~np.isfinite(values)).sum())} NaN or Inf value(s) of {values.size}: "
+                         f"it ranks no pixels, so it is not scored")
+    return values, mask.detach().cpu().numpy().astype(bool).ravel()
 
 
 def average_precision(m: Tensor, mask: Tensor) -> float:
@@ -157,7 +200,11 @@ def average_precision(m: Tensor, mask: Tensor) -> float:
 
 
 def quantile_iou(m: Tensor, mask: Tensor, q: float) -> float:
+    """IoU of the mask with the top ``1 − q`` of pixels, ties with the threshold included;
+    NaN for an empty mask."""
     values, truth = _check(m, mask)
+    if not truth.any():
+        return math.nan
     k = max(1, int(math.ceil(round((1.0 - q) * values.size, 9))))  # round: (1 - 0.95) * 20 = 1.0000000000000009
     threshold = np.partition(values, values.size - k)[values.size - k]
     top = values >= threshold
@@ -166,16 +213,31 @@ def quantile_iou(m: Tensor, mask: Tensor, q: float) -> float:
 
 
 def quantile_iou_strict(m: Tensor, mask: Tensor, q: float) -> float:
-    """The authors' q-IoU: pixels strictly above ``np.quantile(map, q)`` against the mask."""
+    """The authors' q-IoU: pixels strictly above ``np.quantile(map, q)`` against the mask;
+    NaN for an empty mask."""
     values, truth = _check(m, mask)
+    if not truth.any():
+        return math.nan
     top = values > np.quantile(values, q)
     union = np.logical_or(top, truth).sum()
     return float(np.logical_and(top, truth).sum() / union) if union else math.nan
 
 
+def _top(values: np.ndarray) -> np.ndarray:
+    """Where the map reaches its maximum (every tied pixel): the pointing game's candidates."""
+    return values == values.max()
+
+
 def pointing(m: Tensor, mask: Tensor) -> float:
+    """The pointing game with ties broken uniformly at random, in expectation: the share of
+    the map's maximal pixels that lie in the mask (1 or 0 when one pixel is the top; the
+    mask's pixel share for a constant map); NaN for an empty mask.  Taking the first
+    maximal pixel instead would score a nearest-upsampled coarse map by the top-left pixel
+    of its best cell, and a constant map by the image's corner."""
     values, truth = _check(m, mask)
-    return float(truth[int(np.argmax(values))])
+    if not truth.any():
+        return math.nan
+    return float(truth[_top(values)].mean())
 
 
 def pointing_tolerance_px(size) -> float:
@@ -185,8 +247,9 @@ def pointing_tolerance_px(size) -> float:
 
 
 def pointing_tolerance(m: Tensor, mask: Tensor, tolerance: float | None = None) -> float:
-    """1 if the map's top pixel (as in :func:`pointing`) lies within ``tolerance`` pixels
-    (Euclidean) of a mask pixel, else 0; ``tolerance`` defaults to
+    """The pointing game within ``tolerance`` pixels (Euclidean) of a mask pixel, ties for
+    the top broken as in :func:`pointing`: the share of the map's maximal pixels within
+    ``tolerance`` of the mask (1 or 0 when one pixel is the top); ``tolerance`` defaults to
     :func:`pointing_tolerance_px` of the mask's size.  NaN for an empty mask."""
     from scipy.ndimage import distance_transform_edt
 
@@ -195,18 +258,25 @@ def pointing_tolerance(m: Tensor, mask: Tensor, tolerance: float | None = None) 
         return math.nan
     tol = pointing_tolerance_px(mask.shape) if tolerance is None else float(tolerance)
     distance = distance_transform_edt(~truth.reshape(tuple(mask.shape)))  # to the nearest mask pixel
-    return float(distance.ravel()[int(np.argmax(values))] <= tol)
+    return float((distance.ravel()[_top(values)] <= tol).mean())
 
 
 def mass(m: Tensor, mask: Tensor) -> float:
+    """The share of the map's mass inside the mask (0 for an all-zero map); NaN for an
+    empty mask."""
     values, truth = _check(m, mask)
+    if not truth.any():
+        return math.nan
     total = values.sum()
     return float(values[truth].sum() / total) if total > 0 else 0.0
 
 
 def score_map(m: Tensor, mask: Tensor, tolerance: float | None = None) -> dict[str, float]:
-    """Every metric of :data:`METRIC_NAMES` of one image-resolution map against one mask
-    (``tolerance``: of ``pointing_tol``, default :func:`pointing_tolerance_px`)."""
+    """Every metric of :data:`METRIC_NAMES` of one image-resolution map ``m`` ``(H, W)``
+    against one mask ``(H, W)`` (``tolerance``: of ``pointing_tol``, default
+    :func:`pointing_tolerance_px`).  Every metric is NaN for an empty mask (no score is
+    defined); a map holding NaN or Inf is refused (ValueError)."""
+    _check(m, mask)  # refused before any metric, whatever the mask
     out = {"ap": average_precision(m, mask)}
     for q in QUANTILES:
         out[f"qiou@{q:g}"] = quantile_iou(m, mask, q)

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import math
 
-from .explain import MASKS, POSTHOC, format_ci
+from .explain import MASKS, POSTHOC, dropped_values, format_ci
 from .explain_metrics import METRIC_NAMES, pointing_tolerance_px
 from .protocol import JUDGED_SETTINGS, failed_checks, judged_settings
 from .validity import MIN_COMPARED_AUC
 
-__all__ = ["dev_report", "test_report", "history_line", "judged_line", "cell", "validity_lines", "ACCURACY", "ABLATION"]
+__all__ = ["dev_report", "test_report", "history_line", "judged_line", "cell", "validity_lines", "nan_lines",
+           "ACCURACY", "ABLATION"]
 
 #: The accuracy and map-statistic columns summarised per model (runs.csv) and their order in the report.
 ACCURACY = ("auc", "bacc", "bacc_argmax", "violation", "n_max_p_L0", "n_max_p_L1", "entropy_ratio_L0",
@@ -24,6 +25,21 @@ ABLATION = ("delta_bacc_uniform", "delta_bacc_shuffled", "delta_auc_uniform", "d
 
 def cell(s: dict, metric: str, digits: int = 3) -> str:
     return format_ci(s.get(f"{metric}_mean", math.nan), s.get(f"{metric}_ci95", math.nan), digits)
+
+
+def nan_lines(summary: list[dict], keys, what: str, count: str = "seeds") -> list[str]:
+    """The report's statement of values left out of ``summary``'s means because they were
+    NaN: one bullet per group (``keys``) and metric whose mean is a number yet left some out
+    (every metric with a ``{metric}_n_nan`` column; :func:`~.explain.dropped_values`), or
+    one line saying none was; ``what`` names the table."""
+    metrics = list(dict.fromkeys(k[:-len("_n_nan")] for s in summary for k in s if k.endswith("_n_nan")))
+    dropped = dropped_values(summary, keys, metrics, count)
+    if not dropped:
+        return [f"Left out as NaN ({what}): nothing; every mean shown is over all {count} (a mean over none is "
+                f"shown as –).", ""]
+    return ([f"Left out as NaN ({what}): the means and intervals above are over the {count} whose value is a number "
+             f"(Student t with one degree of freedom fewer than those {count}):", ""]
+            + [f"- {line}" for line in dropped] + [""])
 
 
 def validity_lines(results: list, heading: str) -> list[str]:
@@ -46,7 +62,7 @@ def dev_report(config, specs, validity, summary, proposal, n_images: dict, plain
              f"{', '.join(specs['dev'].mimic_types or ('-',))}); attention maps scored against the {explained}. "
              f"Training: {specs['train'].n} images; checkpoint selection and threshold on the label-only validation "
              f"split ({specs['val'].n} images). Seeds {list(config.dev_seeds)}. Mean ± 95 % CI half-width (Student "
-             f"t over the seeds).", "",
+             f"t over the seeds whose value is a number; any left out as NaN are listed below each table).", "",
              "## Validity checks (training vs development images)", "",
              "(a) and (b) compare training and development images. (c′) shuffles the cells of every map of the "
              "proposed variant's `softmax` models (the reference, not a method on trial) and measures the drop of "
@@ -69,6 +85,8 @@ def dev_report(config, specs, validity, summary, proposal, n_images: dict, plain
         lines.append(f"| {e['label']} | {e['compared'] or 'none'} | {cell(e, 'attention_ap')} | {cell(e, 'bacc')} | "
                      + " | ".join(f"{e[f'{m}_auc']:.3f} | {e[f'{m}_ap']:.3f} | {e[f'{m}_bacc']:.3f}"
                                   for m in config.methods) + " |")
+    lines += [""] + nan_lines(summary, ("label",), "candidates; the attention ap counts compared methods x seeds",
+                              "runs")
     masks = [m for m in MASKS if m in n_images]
     lines += ["", f"## The proposed variant per level: {proposal.variant.label()}", "",
               "AP of the attention maps against each mask (pixel protocol), and the change of dev AUC when that "
@@ -79,6 +97,7 @@ def dev_report(config, specs, validity, summary, proposal, n_images: dict, plain
     for e in levels:
         lines.append(f"| {e['method']} | {e['level']} | " + " | ".join(cell(e, f"ap_{m}") for m in masks) + " | "
                      + cell(e, "delta_auc_shuffled") + " | " + cell(e, "delta_auc_uniform") + " |")
+    lines += [""] + nan_lines(levels, ("method", "level"), "the proposed variant per level")
     lines += ["", f"Proposed: {proposal.variant.label()}. Review `proposed_variants.json`, copy it to "
                   f"`configs/experiment_variants.json`, commit it, then run `--stage test` with a data seed that no "
                   f"recorded run used (`--data-seed`).", ""]
@@ -195,7 +214,12 @@ def _randomisation_lines(rand_summary) -> list[str]:
              "layers from the top down to the named stage (cascading: classifier, attention, then the blocks from "
              "the deepest), on absolute and on signed maps (attention maps are non-negative, so both agree there). "
              "Near 0: the explanation depends on those weights; near 1: it does not. Mean over seeds of per-seed "
-             "means over images ± 95 % CI.", ""]
+             "means over images ± 95 % CI.", "",
+             "A constant map (the trained or the re-initialised one, e.g. an all-zero GradCAM) ranks no pixels, so "
+             "its correlation is NaN, not 0 or 1: such an image is left out of its seed's mean, a seed whose every "
+             "image is NaN is left out of the mean over seeds (its interval has a degree of freedom fewer), and both "
+             "are counted (randomisation_summary.csv: spearman_*_n_used and _n_nan per seed, spearman_*_images_used "
+             "and _images_nan per image) and listed after the tables.", ""]
     stages = sorted({(s["stage_index"], s["stage"]) for s in rand_summary})
     names = list(dict.fromkeys(name for _, name in stages))
     for form in ("abs", "signed"):
@@ -209,7 +233,8 @@ def _randomisation_lines(rand_summary) -> list[str]:
                          + " | ".join(cell(by_stage[n], f"spearman_{form}") if n in by_stage else "–" for n in names)
                          + " |")
         lines.append("")
-    return lines
+    return lines + nan_lines(rand_summary, ("condition", "test_set", "model", "method", "level", "stage"),
+                             "randomisation check")
 
 
 def _validity_section(conditions, accuracy) -> list[str]:
@@ -357,8 +382,9 @@ def test_report(config, variants, record, conditions, accuracy, explain_summary,
              history_line(history or {}, tc.data),
              f"Seeds: {list(config.seeds)} ({n_seeds}; the protocol asks for at least 5"
              f"{'' if n_seeds >= 5 else ': FEWER, this is not the full setting'}). Every number is the mean over "
-             f"seeds ± the half-width of its 95 % confidence interval (Student t, {n_seeds - 1} degrees of freedom); "
-             f"explanation metrics are per-seed means over images first.",
+             f"seeds ± the half-width of its 95 % confidence interval (Student t with n − 1 degrees of freedom, n "
+             f"the seeds whose value is a number: n = {n_seeds} except where a 'Left out as NaN' list below names "
+             f"seeds left out); explanation metrics are per-seed means over images first.",
              f"Evaluation: each mask's explanation metrics use the first {config.n_explain} images of each test "
              f"split with that mask non-empty (lesion: label 1 and a lesion; decisive: the structure that decides "
              f"the label, either label){fewer}; the randomisation check the first {config.n_sanity} images of the "
@@ -367,15 +393,21 @@ def test_report(config, variants, record, conditions, accuracy, explain_summary,
              f"Balanced accuracy (bacc) at the threshold chosen on validation. Pixel protocol: coarse maps upsampled "
              f"by {variants.variant.upsampling} (the variant's upsampling); pooled protocol (resolution HxW): the "
              f"authors' (input attributions per-channel min-max, summed, softmax, sum-pooled to the grid; grid maps "
-             f"upsampled by nearest neighbour). pointing_tol: within {pointing_tolerance_px((S, S)):.1f} px of the "
-             f"mask (15 px at 240x240, scaled to {S}x{S}). Test sets: 'test' (mimic types of training) and "
-             f"'heldout_<type>' (a mimic type used neither in training nor in development).", ""]
+             f"upsampled by nearest neighbour). pointing: the share of the map's top pixels (all those tied for the "
+             f"maximum: a tie broken at random, in expectation) in the mask; pointing_tol: within "
+             f"{pointing_tolerance_px((S, S)):.1f} px of the mask (15 px at 240x240, scaled to {S}x{S}). Test "
+             f"sets: 'test' (mimic types of training) and 'heldout_<type>' (a mimic type used neither in training "
+             f"nor in development).", ""]
     lines += _validity_section(conditions, accuracy)
     lines += _headline_section(headline)
     lines += [""] + _ap_per_level_lines(explain_summary, conditions)
     lines += _accuracy_section(accuracy)
+    lines += [""] + nan_lines(accuracy, ("condition", "test_set", "model"), "accuracy and map statistics")
     lines += _explanation_section(explain_summary)
+    lines += nan_lines(explain_summary, ("condition", "test_set", "model", "method", "level", "resolution",
+                                         "upsampling", "mask"), "explanation metrics")
     lines += _ablation_section(ablation)
+    lines += [""] + nan_lines(ablation, ("condition", "test_set", "model"), "map ablation")
     lines += [""] + _randomisation_lines(rand_summary)
     lines += ["Files: runs.csv (one row per condition, test set, model and seed), accuracy_summary.csv, "
               "ablation_summary.csv, explain_per_seed.csv, explain_summary.csv (a row per map and mask), "

@@ -243,7 +243,9 @@ def cascading_copies(model, seed: int = 0):
 
 def rank_correlation(a, b) -> float:
     """Spearman's rank correlation of two maps of one shape (ties share their mean rank);
-    NaN when either is constant (no ranking to compare)."""
+    NaN when either is constant: a constant map ranks no pixels, so it neither agrees nor
+    disagrees with the other, and neither 0 nor 1 would be true of it.  The experiment
+    leaves such NaN out of its means and counts them (``_n_nan``, ``_images_nan``)."""
     from scipy.stats import rankdata
 
     x = np.asarray(a, dtype=float).ravel()
