@@ -45,3 +45,20 @@ def test_save_writes_png_and_pdf_with_the_footer_below_everything(tmp_path):
     assert os.path.getsize(path) > 1000 and os.path.getsize(tmp_path / "f.pdf") > 1000
     (footer,) = [t for t in fig.texts if t.get_text() == figures.env_line(env)]
     assert footer.get_position()[1] < 0  # below the axes and their labels
+
+
+def test_the_footer_wraps_every_caveat_and_never_cuts_one():
+    """A review found the environment line cut at 200 characters: the load of a resumed folder's
+    later runs (its caveats) fell off the figure."""
+    runs = [{"load_average_start": [1.0 + i, 1.0, 1.0], "load_average_end": [1.5 + i, 1.0, 1.0], "torch_threads": 1,
+             "cpu_count": 2} for i in range(6)]
+    env = {"torch": "2.13.0", "processor": "Intel(R) Xeon(R) Platinum 8480+ processor " * 2, "torch_threads": 1,
+           "gpu": "NVIDIA H200 (139 GiB)", "runs": runs}
+    notes = [f"note {i}: " + "caveat " * 40 + f"end of note {i}" for i in range(3)]
+    line = figures.env_line(env, notes)
+    flat = line.replace("\n", " ")
+    assert "6.00 → 6.50, 2 CPUs" in flat and "NVIDIA H200" in flat  # the last run's load, and what followed
+    assert all(f"end of note {i}" in flat for i in range(3))
+    assert all(len(t) <= figures.FOOTER_CHARS for t in line.splitlines())
+    many = figures.env_line({**env, "runs": runs * 3})  # more runs than a line can list: their range
+    assert "over 18 runs: at start 1.00–6.00, at end 1.50–6.50, 2 CPUs" in many.replace("\n", " ")

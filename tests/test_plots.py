@@ -312,9 +312,10 @@ def test_time_vs_size_panels_per_dimension_and_level_on_one_y_scale_with_spread_
     legend = "\n".join(t.get_text() for t in fig.legends[0].get_texts())
     assert "cvxpylayers (diffcp-clarabel) [float64]" in legend and "exact\n" in legend + "\n"
     assert len(fig.legends[0].get_texts()) <= 12  # one entry per series and per mark, not per line
-    assert "20 row(s) carry no time of their own" not in figs["t:footer"]
-    assert "row(s) carry no time of their own" in figs["t:footer"]  # λ = 0 and per-sample: said, not alarmed
-    assert "computed in float32 (cvxpylayers: float64" in figs["t:footer"]
+    footer = figs["t:footer"].replace("\n", " ")
+    assert "20 row(s) carry no time of their own" not in footer
+    assert "row(s) carry no time of their own" in footer  # λ = 0 and per-sample: said, not alarmed
+    assert "computed in float32 (cvxpylayers: float64" in footer
 
 
 def test_slopes_only_over_three_sizes_spanning_a_decade_where_the_times_follow_a_power_law():
@@ -358,7 +359,7 @@ def test_speedup_one_line_per_backend_per_panel_skipped_cells_marked_and_the_bat
     fig = figs["s"]
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "cvxpylayers (diffcp-clarabel)" in labels and "cvxpylayers (moreau)" in labels
-    assert any("skipped by the sweep" in t for t in labels)
+    assert any(t.startswith("hollow ") and t.endswith("not measured, over --cvx-max-cells") for t in labels)
     assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["2-D grids, 2 levels", "3-D grids, 2 levels"]
     ax = fig.axes[0]
     drawn = [line for line in ax.lines if len(line.get_xdata()) > 1 and line.get_marker() not in ("None", "")]
@@ -372,6 +373,163 @@ def test_speedup_one_line_per_backend_per_panel_skipped_cells_marked_and_the_bat
     no_cvx = [r for r in sweep_rows() if r["method"] != "cvxpylayers"]
     assert plots.plot_speedup(no_cvx, "s2.png", log=notes.append) is None and "s2" not in figs
     assert "no sweep cell with both exact and cvxpylayers" in notes[-1]
+
+
+TIME_COLUMNS = ("fwd_ms", "fwd_ms_q1", "fwd_ms_q3", "bwd_ms", "bwd_ms_q1", "bwd_ms_q3", "total_ms", "total_ms_q1",
+                "total_ms_q3", "per_sample_ms")
+
+
+def scaled(row, factor, **changes):
+    """``row`` with every time multiplied by ``factor`` and ``changes`` applied: another cell."""
+    out = {**row, **changes}
+    for col in TIME_COLUMNS:
+        if isinstance(row.get(col), float):
+            out[col] = row[col] * factor
+    return out
+
+
+def marked_lines(ax):
+    """The data lines of an axes (markers, more than one point): [(xs, ys, line)]."""
+    return [(list(line.get_xdata()), list(line.get_ydata()), line) for line in ax.lines
+            if line.get_marker() not in ("None", None, "") and len(line.get_xdata()) > 1]
+
+
+def test_speedup_never_joins_cells_of_another_dtype_batch_or_device_into_one_line(figs):
+    """A review found vertical zig-zags: cells of two batches (or dtypes, or devices) at one size
+    were one line.  Each (backend, setting) is its own line, told apart by its style, and each
+    device its own panel."""
+    base = [r for r in sweep_rows() if r["dims"] == 2]
+    rows = list(base)
+    rows += [scaled(r, 0.5 if r["method"] == "exact" else 1.0, batch=8, cell=r["cell"] + 100) for r in base]
+    rows += [scaled(r, 2.0, dtype="float64", cell=r["cell"] + 200) for r in base]
+    rows += [scaled(r, 0.1 if r["method"] != "cvxpylayers" else 1.0, device="cuda", cell=r["cell"] + 300)
+             for r in base if r["backend"] != "diffcp-clarabel"]
+    plots.plot_speedup(rows, "s.png", log=pytest.fail)
+    fig = figs["s"]
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in axes] == ["2-D grids, 2 levels, cpu", "2-D grids, 2 levels, cuda"]
+    cpu = marked_lines(axes[0])
+    assert len(cpu) == 2 * 3  # two backends in three settings: B = 4 and 8 in float32, B = 4 in float64
+    for xs, _, _ in cpu + marked_lines(axes[1]):
+        assert len(set(xs)) == len(xs) == 3  # one point per size: never two cells stacked on one line
+    assert len({(line.get_color(), str(line.get_linestyle())) for *_, line in cpu}) == 6
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"line style: float32 cells, B = 4", "line style: float32 cells, B = 8",
+            "line style: float64 cells, B = 4"} <= set(labels)
+    assert "never pooled" in figs["s:footer"].replace("\n", " ")
+    # each line is its own cells' ratio: the B = 8 cells' exact is twice as fast, so their speed-up doubles
+    by_style = {(line.get_color(), line.get_linestyle()): ys for _, ys, line in cpu}
+    for color in {c for c, _ in by_style}:
+        assert by_style[(color, "--")] == pytest.approx([2 * y for y in by_style[(color, "-")]])
+
+
+def test_time_vs_size_keeps_batches_and_temperatures_apart_and_each_bar_is_one_cells_quartiles(figs):
+    """A review found the time figure pooling batch sizes (and temperatures) into one median, a value
+    no cell measured, and labelling the min-max of their quartiles an interquartile range."""
+    base = [r for r in sweep_rows() if r["dims"] == 2]
+    rows = list(base) + [scaled(r, 3.0, batch=16, cell=r["cell"] + 100) for r in base]
+    rows += [scaled(r, 5.0, temperature=0.5, cell=r["cell"] + 200) for r in base]
+    plots.plot_time_vs_size(rows, "t.png", log=pytest.fail)
+    fig = figs["t"]
+    ax = fig.axes[0]  # forward pass
+    exact = [c for c in ax.containers if c.lines[0].get_color() == plots.METHOD_COLORS["exact"]]
+    assert len(exact) == 3  # one curve per setting
+    for c in exact:
+        xs = list(c.lines[0].get_xdata())
+        assert len(set(xs)) == len(xs) == 3
+    measured = {}  # per setting: the per-sample forward medians and quartiles of its own cells
+    for r in rows:
+        if r["method"] == "exact":
+            tb = r["timed_batch"]
+            measured.setdefault((r["batch"], r["temperature"]), []).append(
+                (r["n_cells"], r["fwd_ms"] / tb, r["fwd_ms_q1"] / tb, r["fwd_ms_q3"] / tb))
+    drawn = []
+    for c in exact:
+        ys = list(c.lines[0].get_ydata())
+        bars = [sorted(y for _, y in seg) for seg in c.lines[2][0].get_segments()]
+        drawn.append([v for point in sorted(zip(c.lines[0].get_xdata(), ys, [b[0] for b in bars],
+                                                [b[1] for b in bars])) for v in point])
+    expected = [[v for point in sorted(e) for v in point] for e in measured.values()]
+    for curve in drawn:  # every point a measured median, every bar that cell's own quartiles
+        assert any(curve == pytest.approx(e) for e in expected), curve
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"line style: B = 4, temperature 1.0", "line style: B = 16, temperature 1.0",
+            "line style: B = 4, temperature 0.5"} <= set(labels)
+    assert "its bar that cell's interquartile range" in figs["t:footer"].replace("\n", " ")
+
+
+def error_row(row, reason="MemoryError: out of memory"):
+    out = {k: v for k, v in row.items() if k not in TIME_COLUMNS and not k.startswith("violation")}
+    return {**out, "status": "error", "reason": reason}
+
+
+def test_failed_rows_are_named_in_every_footer_and_marked_where_skipped_cells_are(tmp_path, figs):
+    """A review found rows with status error left out of every figure without a word."""
+    rows = sweep_rows()
+    for i, r in enumerate(rows):
+        if r["dims"] == 2 and r["size"] == 16 and (r["method"] == "exact" or r["backend"] == "moreau"):
+            rows[i] = error_row(r)
+    write_bench(str(tmp_path), rows)
+    plot_results(str(tmp_path), log=pytest.fail)
+    for name in ("time_vs_size", "violation", "speedup_exact_vs_cvxpylayers", "tradeoff"):
+        footer = figs[name + ":footer"].replace("\n", " ")
+        assert "FAILED, not drawn: 2 row(s) (status error): exact: MemoryError: out of memory; " \
+               "cvxpylayers (moreau): MemoryError: out of memory" in footer, name
+    labels = [t.get_text() for t in figs["speedup_exact_vs_cvxpylayers"].legends[0].get_texts()]
+    assert any(t.endswith("not measured, failed (MemoryError)") for t in labels)
+    failed_n = next(r["n_cells"] for r in rows if r["status"] == "error")
+    ax = figs["speedup_exact_vs_cvxpylayers"].axes[0]
+    assert [list(line.get_xdata()) for line in ax.lines if line.get_mfc() == "none"] == [[failed_n]]
+
+
+def test_speedup_names_why_each_cell_was_not_measured_on_its_own_device(figs):
+    """A review found every skipped cvxpylayers row labelled "over --budget or --cvx-max-cells", whatever
+    the sweep's reason, and skipped cells of one device marked on another's panel."""
+    base = [r for r in sweep_rows() if r["dims"] == 2]
+    rows = list(base)
+    for r in base:  # cuda cells: moreau (a CUDA build) solves there, diffcp-clarabel does not
+        if r["backend"] == "diffcp-clarabel":
+            rows.append({**error_row(r), "status": "skipped", "device": "cuda", "cell": r["cell"] + 100,
+                         "reason": "diffcp-clarabel solves on cpu; see the cpu cells"})
+        else:
+            rows.append(scaled(r, 0.1, device="cuda", cell=r["cell"] + 100))
+    gone = next(i for i, r in enumerate(rows) if r["backend"] == "moreau" and r["device"] == "cpu")
+    rows[gone] = {**error_row(rows[gone]), "status": "skipped", "reason": "backend moreau is not installed"}
+    plots.plot_speedup(rows, "s.png", log=pytest.fail)
+    fig = figs["s"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    reasons = [t.split("not measured, ")[1] for t in labels if "not measured, " in t]
+    assert reasons == ["backend not installed", "on a device its backend does not solve on"]  # a shape each
+    assert not any("budget" in t for t in labels)
+    cpu, cuda = [ax for ax in fig.axes if ax.get_visible()]
+    assert cpu.get_title().endswith("cpu") and cuda.get_title().endswith("cuda")
+
+    def hollow(ax):
+        return {(line.get_color(), tuple(line.get_xdata())) for line in ax.lines if line.get_mfc() == "none"}
+
+    styles = plot_common.styles_for({plot_common.Series("cvxpylayers", "", b) for b in ("diffcp-clarabel", "moreau")})
+    moreau, clarabel = (styles[plot_common.Series("cvxpylayers", "", b)][0] for b in ("moreau", "diffcp-clarabel"))
+    assert hollow(cpu) == {(moreau, (rows[gone]["n_cells"],))}  # the cpu cell, on the cpu panel only
+    assert hollow(cuda) == {(clarabel, tuple(sorted({r["n_cells"] for r in base})))}
+    shapes = [{line.get_marker() for line in ax.lines if line.get_mfc() == "none"} for ax in (cpu, cuda)]
+    assert len(shapes[0]) == len(shapes[1]) == 1 and shapes[0] != shapes[1]  # a shape per reason
+    footer = figs["s:footer"].replace("\n", " ")
+    assert "1 row(s) backend not installed" in footer and "3 row(s) on a device its backend does not solve on" in footer
+
+
+def test_core_benchmark_titles_each_panel_with_its_own_ratio(figs):
+    """A review found the first panel's exact/softmax printed in every panel's title."""
+    def row(method, total, shapes):
+        return {"method": method, "backend": "", "shapes": shapes, "batch": 4, "dtype": "float32",
+                "fwd_ms": total / 2, "bwd_ms": total / 2, "total_ms": total}
+
+    rows = [row("softmax", 1.0, "8x8+4x4"), row("exact", 2.0, "8x8+4x4"),
+            row("softmax", 1.0, "16x16+8x8"), row("exact", 5.0, "16x16+8x8")]
+    plot_core_benchmark(rows, {"exact/softmax": 2.0}, "core.png")
+    titles = [ax.get_title() for ax in figs["core"].axes]
+    assert "exact/softmax = 2" in titles[0] and "exact/softmax = 5" in titles[1]
+    assert "exact/softmax = 2" not in titles[1]
+    assert core_ratios(rows, ["exact/softmax"])["exact/softmax"][0] == pytest.approx(2.0)  # the first panel's
 
 
 def test_tradeoff_places_every_series_marks_the_pareto_front_and_the_zero_floor(figs):
@@ -427,6 +585,23 @@ def test_tradeoff_gives_float64_solvers_no_credit_below_the_cells_dtype_epsilon(
     assert all(shared.joined(ax, other) for other in fig.axes if other.get_visible())
 
 
+def test_tradeoff_keeps_each_device_in_its_own_panel_and_names_it(figs):
+    """A review found the panels keyed without the device: one device's cells were silently left out."""
+    rows = cell_rows(size=16) + [scaled(r, 0.1, device="cuda", cell=1) for r in cell_rows(size=16)
+                                 if r["method"] != "cvxpylayers"]
+    plots.plot_tradeoff(rows, "to.png", log=pytest.fail)
+    titles = [ax.get_title() for ax in figs["to"].axes if ax.get_visible()]
+    assert len(titles) == 2 and titles[0].endswith(", cpu") and titles[1].endswith(", cuda")
+
+
+def test_the_tradeoff_footer_names_cvxpylayers_only_where_it_is_drawn(figs):
+    rows = [r for r in cell_rows(size=16) if r["method"] != "cvxpylayers"]
+    plots.plot_tradeoff(rows, "to.png", log=pytest.fail)
+    assert "cvxpylayers" not in figs["to:footer"]
+    plots.plot_tradeoff(cell_rows(size=16), "to.png", log=pytest.fail)
+    assert "cvxpylayers timed on fewer samples than the batch" in figs["to:footer"].replace("\n", " ")
+
+
 def test_every_footer_carries_the_load_threads_and_dtype(tmp_path, figs):
     folder = str(tmp_path / "r")
     write_bench(folder, sweep_rows())
@@ -469,7 +644,7 @@ def test_plot_refuses_an_unusable_bench_csv_with_one_line_and_writes_nothing(tmp
     assert code == 2
     error = [line for line in err.splitlines() if "error:" in line]
     assert len(error) == 1 and message in error[0] and "nothing to plot" in error[0]
-    assert not os.path.exists(tmp_path / "figures") or os.listdir(tmp_path / "figures") == []
+    assert not os.path.exists(tmp_path / "figures")  # no empty figure folder left behind
 
 
 def test_a_row_cut_off_mid_write_is_named_and_never_plotted(tmp_path, capsys, figs):
@@ -603,6 +778,16 @@ def test_no_figure_is_written_without_data_and_a_stale_one_is_removed(tmp_path, 
     assert "tradeoff.png" in before and "left untouched" in err and len(err.strip().splitlines()) == 1
 
 
+def test_a_plot_that_draws_nothing_leaves_no_figure_folder_it_made(tmp_path, capsys, figs):
+    write_bench(str(tmp_path), [{**r, "status": "skipped", "reason": "over budget"} for r in sweep_rows()])
+    assert plot_results(str(tmp_path), log=lambda m: None) == []
+    assert not os.path.exists(tmp_path / "figures")
+    code, err = plot_cli(tmp_path, capsys, "--out", str(tmp_path / "new" / "figs"))
+    assert code == 2 and "nothing to plot" in err and not os.path.exists(tmp_path / "new" / "figs")
+    (tmp_path / "mine").mkdir()  # a folder that was there is the user's: left, even empty
+    assert plot_cli(tmp_path, capsys, "--out", str(tmp_path / "mine"))[0] == 2 and (tmp_path / "mine").is_dir()
+
+
 def test_an_older_results_file_without_backends_spreads_or_checksums_still_plots(tmp_path, figs):
     rows = [r for r in sweep_rows() if r["backend"] in ("", "diffcp-clarabel")]
     write_bench(str(tmp_path), rows, columns=OLD_COLUMNS)
@@ -711,13 +896,14 @@ def test_structures_get_their_own_figures_and_the_chain_figures_draw_chains_only
     assert [t.split("\n")[0] for t in titles] == ["chain", "axial (rows + columns)", "grid + regions"]
     assert "16x16+16x1+1x16" in titles[1], "each structure at its largest cell"
     assert titles[1].endswith("(exact: solves forests only)") and "forests" not in titles[0], "exact solves chains"
-    # the rings are the points no other point beats in both violation (x) and time (y): brute force
+    # the rings are the points no other point beats in both time (x) and violation (y), violations compared
+    # only above the cells' dtype ε (as the tradeoff figure draws them): brute force
+    eps = DTYPE_EPS["float32"]
     for ax in (a for a in pareto.axes if a.get_visible()):
-        by_size = {}
-        for coll in ax.collections:
-            by_size.setdefault(float(coll.get_sizes()[0]), []).extend(map(tuple, coll.get_offsets().tolist()))
-        points, rings = set(by_size[22.0]), set(by_size[80.0])
-        front = {p for p in points if not any(q[0] <= p[0] and q[1] <= p[1] and q != p for q in points)}
+        points = {(c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0]) for c in ax.containers}
+        rings = {tuple(p) for p in ax.collections[-1].get_offsets().tolist()}
+        front = {p for p in points
+                 if not any(q[0] <= p[0] and max(q[1], eps) <= max(p[1], eps) and q != p for q in points)}
         assert rings == front and len(front) >= 2, (ax.get_title(), rings, front)
     # per-sample λ* has no time of its own that includes finding λ*: never on the front
     labels = {t.get_text() for t in pareto.legends[0].get_texts()}
@@ -731,6 +917,66 @@ def test_structures_get_their_own_figures_and_the_chain_figures_draw_chains_only
         footer = figs[name + ":footer"]
         assert "load average (1 min) 3.10 at start, 2.20 at end, 2 CPUs" in footer, name
         assert "1 torch thread " in footer and "float" in footer, name
+
+
+def panel_points(ax):
+    """The (time, violation) points of a time–violation panel, one per drawn series."""
+    return [(c.lines[0].get_xdata()[0], c.lines[0].get_ydata()[0]) for c in ax.containers]
+
+
+def test_pareto_per_structure_draws_one_sweep_cell_per_panel_levels_and_seed_included(figs):
+    """A review found the panel's cell filter without levels and seed: chains of two depths (and two
+    seeds) were mixed in one panel."""
+    rows = [{**r, "structure": "chain"} for r in cell_rows(size=16, levels=2, cell=0)]
+    rows += [{**r, "structure": "chain"} for r in cell_rows(size=16, levels=3, cell=1)]
+    rows += [{**scaled(r, 0.5), "structure": "chain", "seed": 1, "cell": 2} for r in cell_rows(size=16, levels=3)]
+    rows += [{**r, "structure": "axial", "shapes": "16x16+16x1+1x16", "cell": 3} for r in cell_rows(size=16)]
+    plots.plot_pareto_per_structure(rows, "p.png", log=pytest.fail)
+    chain = figs["p"].axes[0]
+    assert chain.get_title().startswith("chain\n16x16+8x8+4x4")
+    drawn = panel_points(chain)
+    assert len(drawn) == 8  # one point per series (softmax, 3 learned-dual kinds, dual, exact, 2 backends)
+    times = {r["per_sample_ms"] for r in rows if r["cell"] == 1 and r.get("per_sample_ms")}  # the cell drawn
+    assert all(any(x == pytest.approx(t) for t in times) for x, _ in drawn), "no time of another cell, nor a median"
+
+
+def test_pareto_per_structure_ranks_violations_above_the_dtype_epsilon_with_spread_and_confidence(figs):
+    """A review found float64 solvers on the per-structure front for violations below the cells'
+    dtype ε, against the tradeoff figure's rule, and no spread or low-confidence marks."""
+    rows = [{**r, "structure": "chain"} for r in cell_rows(size=16, levels=3)]
+    rows += [{**r, "structure": "axial", "shapes": "16x16+16x1+1x16", "cell": 1} for r in cell_rows(size=16)]
+    for r in rows:
+        if r["method"] == "cvxpylayers":
+            r["repeats"] = 2  # two repetitions: low confidence
+    plots.plot_pareto_per_structure(rows, "p.png", log=pytest.fail)
+    fig = figs["p"]
+    styles = plot_common.styles_for({plot_common.Series(r["method"], r["dual_kind"], r["backend"]) for r in rows})
+    for ax in (a for a in fig.axes if a.get_visible()):
+        where = {(c.lines[0].get_color(), c.lines[0].get_marker()): (c.lines[0].get_xdata()[0],
+                                                                     c.lines[0].get_ydata()[0]) for c in ax.containers}
+        rings = {tuple(p) for p in ax.collections[-1].get_offsets().tolist()}
+        for backend in ("diffcp-clarabel", "moreau"):  # 1e-13 and 1e-11: below ε(float32), and slower
+            assert where[styles[plot_common.Series("cvxpylayers", "", backend)]] not in rings, ax.get_title()
+        assert where[styles[plot_common.Series("exact")]] in rings  # faster, and as consistent as float32 says
+        assert all(c.has_xerr for c in ax.containers)  # the interquartile range of every time
+        marked = {tuple(o) for c in ax.collections if c.get_linestyle()[0][1] is not None for o in c.get_offsets()}
+        assert marked == {where[styles[plot_common.Series("cvxpylayers", "", b)]]
+                          for b in ("diffcp-clarabel", "moreau")}
+    assert [p for p in fig.axes[0].patches] and fig.axes[0].patches[0].get_y() + fig.axes[0].patches[0].get_height() \
+        == pytest.approx(DTYPE_EPS["float32"])  # the band below ε
+    labels = "\n".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "no credit" in labels and "low confidence" in labels
+
+
+def test_convergence_per_structure_labels_each_line_with_its_levels(figs):
+    """A review found two lines labelled "side 16" (a 2- and a 3-level chain)."""
+    rows = [{"cell": c, "structure": s, "dims": 2, "size": 16, "levels": levels, "temperature": 1.0, "iteration": i,
+             "violation_mean": 10.0 ** -i, "violation_max": 10.0 ** -i, "dual_gap_mean": 10.0 ** (-2 * i),
+             "dual_gap_max": 10.0 ** (-2 * i)}
+            for c, s, levels in ((0, "chain", 2), (1, "chain", 3), (2, "axial", 3)) for i in range(4)]
+    plots.plot_convergence_per_structure(rows, "c.png", log=pytest.fail)
+    labels = [t.get_text() for t in figs["c"].axes[0].get_legend().get_texts()]
+    assert labels == ["side 16, 2 levels", "side 16, 3 levels"]
 
 
 def test_the_backward_figure_compares_implicit_and_unrolled_per_structure_with_its_runs_load(tmp_path, figs):

@@ -24,6 +24,8 @@ __all__ = ["FULL_WIDTH", "HALF_WIDTH", "STYLE", "env_line", "save", "plain", "sc
 FULL_WIDTH = 7.0   # inches: a two-column figure
 HALF_WIDTH = 3.4   # inches: a one-column figure
 FOOTER_CHARS = 150  # characters per footer line: about 6.3 inches at the footer's 6 pt
+NOTE_CHARS = 600  # at most per note of a footer (a bound on text read from files, not a cut of the caveats)
+LISTED_RUNS = 8  # runs whose load a footer lists one by one; of more, it gives the range
 STYLE = {"font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "legend.fontsize": 7,
          "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 9, "figure.dpi": 100,
          "savefig.bbox": "tight", "pdf.fonttype": 42, "axes.spines.top": False, "axes.spines.right": False}
@@ -55,19 +57,33 @@ def _plural(n, word: str) -> str:
 
 
 def _load_text(runs) -> str:
-    """The load average (1 min) at the start and end of each recorded run."""
+    """The load average (1 min) at the start and end of each recorded run; of more than
+    :data:`LISTED_RUNS` runs, the range at the start and at the end (the highest load is
+    never dropped)."""
     if not isinstance(runs, list) or not runs:
         return "load average not recorded"
 
+    def value(x):
+        return float(x[0]) if isinstance(x, list) and x and isinstance(x[0], (int, float)) else None
+
     def one(x):
-        return f"{x[0]:.2f}" if isinstance(x, list) and x and isinstance(x[0], (int, float)) else "?"
+        v = value(x)
+        return "?" if v is None else f"{v:.2f}"
 
     runs = [r for r in runs if isinstance(r, dict)]
     cpus = next((r.get("cpu_count") for r in runs if r.get("cpu_count")), None)
-    where = f", {cpus} CPUs" if cpus else ""
+    where = f", {plain(cpus, 12)} CPUs" if cpus else ""
     if len(runs) == 1:
         return (f"load average (1 min) {one(runs[0].get('load_average_start'))} at start, "
                 f"{one(runs[0].get('load_average_end'))} at end{where}")
+    if len(runs) > LISTED_RUNS:
+        def span(key):
+            vs = [v for v in (value(r.get(key)) for r in runs) if v is not None]
+            missing = len(runs) - len(vs)
+            text = f"{min(vs):.2f}–{max(vs):.2f}" if vs else "not recorded"
+            return text + (f" ({missing} not recorded)" if vs and missing else "")
+        return (f"load average (1 min) over {len(runs)} runs: at start {span('load_average_start')}, at end "
+                f"{span('load_average_end')}{where}")
     spans = [f"{one(r.get('load_average_start'))} → {one(r.get('load_average_end'))}" for r in runs]
     return f"load average (1 min), start → end of each of {len(runs)} runs: {', '.join(spans)}{where}"
 
@@ -76,7 +92,9 @@ def env_line(env: dict | None, notes=()) -> str:
     """The footer: where the numbers were measured (torch, processor, threads, GPU), the
     machine's load at the start and end of the run (``env["runs"]``, from
     :func:`convex_attention.io.environment.run_record`; "not recorded" for older files), and
-    on a second line the figure's own caveats (``notes``: dtype, repetitions, ...)."""
+    on a second line the figure's own caveats (``notes``: dtype, repetitions, ...).  Each
+    value read from a file is bounded (:func:`plain`); the footer is then wrapped to lines of
+    :data:`FOOTER_CHARS`, never cut: every caveat stays on the figure."""
     first = ""
     if env and isinstance(env, dict):
         threads = env.get("torch_threads")
@@ -84,13 +102,13 @@ def env_line(env: dict | None, notes=()) -> str:
         per_run = {r.get("torch_threads") for r in runs if isinstance(r, dict)} if isinstance(runs, list) else set()
         if per_run - {None}:  # the runs' own record: the threads they ran with
             threads = "/".join(str(t) for t in sorted(per_run - {None}, key=str))
-        parts = [f"torch {env.get('torch', '?')}", env.get("processor", ""),
-                 _plural(threads, "torch thread") if threads is not None else "torch threads not recorded",
-                 env.get("gpu", "") or "", _load_text(runs)]
-        first = plain(" · ".join(str(p) for p in parts if p), 200)
+        parts = [f"torch {plain(env.get('torch', '?'), 40)}", plain(env.get("processor", "") or "", 80),
+                 plain(_plural(threads, "torch thread"), 60) if threads is not None else "torch threads not recorded",
+                 plain(env.get("gpu", "") or "", 80), _load_text(runs)]
+        first = " · ".join(str(p) for p in parts if p)
     elif notes:
         first = "environment not recorded"
-    second = plain(" · ".join(str(n) for n in notes if n), 600)
+    second = " · ".join(plain(n, NOTE_CHARS) for n in notes if n)
     # lines of at most FOOTER_CHARS characters: the footer never widens a figure
     lines = [w for text in (first, second) if text
              for w in textwrap.wrap(text, FOOTER_CHARS, break_long_words=False, break_on_hyphens=False)]

@@ -23,6 +23,7 @@ Reports of what was left out go to the ``log`` callable of :func:`plot_results` 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -52,7 +53,7 @@ __all__ = ["PlotWarning", "read_results", "plot_core_benchmark", "core_ratios", 
            "plot_violation", "plot_convergence", "plot_speedup", "plot_tradeoff", "plot_attention_maps",
            "plot_results", "FIGURES", "DTYPE_EPS", "DTYPE_COLORS", "METHOD_COLORS", "plot_pareto_per_structure",
            "plot_convergence_per_structure", "plot_backward", "STRUCTURE_FIGURES", "MANIFEST",
-           "unrecorded_figures", "FigureConflict"]
+           "unrecorded_figures", "FigureConflict", "remove_empty_folder"]
 
 # name -> (input file, what it shows); plot_results writes them in this order
 FIGURES = {
@@ -101,7 +102,8 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None, ov
     ``overwrite``.
 
     Problems (an unusable file, skipped rows, a figure without data) go to ``log``, one
-    message each (default: a :class:`PlotWarning`).  A figure without data is not written.
+    message each (default: a :class:`PlotWarning`).  A figure without data is not written;
+    when no figure is, a figure folder this call made is removed again (it is empty).
     A copy of it in ``out`` is removed only when it is provably this function's own earlier
     output from these same results (listed in ``out``'s :data:`MANIFEST` and unchanged
     since), and only after the new figures and the record were written; any other file of
@@ -111,8 +113,10 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None, ov
     under a later run's environment."""
     log = log or warn
     out = out or os.path.join(folder, "figures")
+    made = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".plot-staging-", dir=out)  # this run's own: removed at the end
+    drawn: list = []
     try:
         drawn = _draw(folder, staging, log)
         names = [name for name in _figure_files(drawn) if os.path.exists(os.path.join(staging, name))]
@@ -123,9 +127,18 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None, ov
             os.replace(os.path.join(staging, name), os.path.join(out, name))
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if made and not drawn:
+            remove_empty_folder(out)  # nothing drawn: no empty figure folder left behind
     paths = [os.path.join(out, os.path.basename(p)) for p in drawn]
     _tidy(out, folder, paths, log)
     return paths
+
+
+def remove_empty_folder(path: str) -> None:
+    """Remove ``path`` if it is an empty folder (a figure folder made for figures that were
+    not drawn); anything else is left as it is."""
+    with contextlib.suppress(OSError):
+        os.rmdir(path)  # refuses a folder that holds anything
 
 
 def _draw(folder: str, out: str, log: Log) -> list[str]:

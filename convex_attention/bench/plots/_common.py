@@ -242,7 +242,8 @@ class Point:
 def ok_points(rows, figure: str, numbers: dict, log: Log, source: str = "bench.csv") -> list[Point]:
     """The rows with status ``ok`` whose values in ``numbers`` (column -> number options)
     all parse; the others are reported by line.  Rows skipped or failed by the sweep are
-    no data and are left out without a word; an unknown status is a bad row."""
+    no data and are left out here (each figure names them in its notes:
+    :func:`not_drawn_notes`); an unknown status is a bad row."""
     skips, points = Skips(figure, source), []
     for row in rows:
         status = text_of(row, "status")
@@ -372,17 +373,43 @@ def fit_power_law(ns, ts) -> PowerLaw | None:
     return None
 
 
+#: :func:`skip_reason` of a method's row on a structure it cannot solve (a graph, for a
+#: method of forests): the registry's refusal, which the per-structure figure names per panel.
+FORESTS_ONLY = "of a method that solves forests only"
+
+
+def skip_reason(row: dict) -> str:
+    """Why the sweep left a row unmeasured, in a few words: the kind of its ``reason`` for a
+    ``skipped`` row (a choice the sweep made, not a fault), ``failed (<error>)`` for an
+    ``error`` row; "" for any other status."""
+    status, reason = text_of(row, "status"), text_of(row, "reason")
+    if status == "error":
+        return f"failed ({error_name(reason)})"
+    if status != "skipped":
+        return ""
+    return ("over --cvx-max-cells" if "cap" in reason else "over --budget" if "budget" in reason else
+            "backend not installed" if "not installed" in reason else
+            FORESTS_ONLY if "forests only" in reason else
+            "on a device its backend does not solve on" if "solves on" in reason or "runs on" in reason else
+            "skipped (see bench.csv)")
+
+
+def error_name(reason: str) -> str:
+    """The error a failed row's ``reason`` names (``"MemoryError: out of memory"`` ->
+    ``"MemoryError"``), or ``"error"`` when it names none."""
+    head = reason.split(":", 1)[0].strip()
+    return plain(head, 30) if head and _TOKEN.match(head) and ":" in reason else "error"
+
+
 def skipped_by_the_sweep(rows) -> dict:
     """``{why: count}`` of the rows the sweep recorded as skipped (a reason it chose, not a
-    fault): over the size cap, over the time budget, a backend not installed, other."""
+    fault; :func:`skip_reason`): over the size cap, over the time budget, a backend not
+    installed, a device the backend does not solve on, a method for forests only, other."""
     out: dict = {}
     for row in rows:
-        if text_of(row, "status") != "skipped":
-            continue
-        reason = text_of(row, "reason")
-        why = ("over --cvx-max-cells" if "cap" in reason else "over --budget" if "budget" in reason else
-               "backend not installed" if "not installed" in reason else "skipped (see bench.csv)")
-        out[why] = out.get(why, 0) + 1
+        if text_of(row, "status") == "skipped":
+            why = skip_reason(row)
+            out[why] = out.get(why, 0) + 1
     return out
 
 
@@ -392,6 +419,79 @@ def skipped_note(rows) -> str:
     if not counts:
         return ""
     return "not measured by the sweep: " + ", ".join(f"{n} row(s) {why}" for why, n in counts.items())
+
+
+def series_name(row: dict) -> str:
+    """A row's series in words, as a legend names it (method, λ kind or backend), read
+    without validation: for naming rows that are not drawn."""
+    method, kind, backend = (plain(text_of(row, k), 30) for k in ("method", "dual_kind", "backend"))
+    return Series(method, kind, backend).label if method else "row"
+
+
+def failed_note(rows) -> str:
+    """The rows the sweep recorded as failed (status ``error``: measured, and the measurement
+    raised), for a figure's notes ("" when none): how many, of which series, and the error,
+    briefly.  They are never drawn, and never silently."""
+    counts: dict = {}
+    for row in rows:
+        if text_of(row, "status") == "error":
+            what = f"{series_name(row)}: {plain(text_of(row, 'reason'), 60) or 'no reason recorded'}"
+            counts[what] = counts.get(what, 0) + 1
+    if not counts:
+        return ""
+    total = sum(counts.values())
+    return (f"FAILED, not drawn: {total} row(s) (status error): "
+            + listing([f"{n}× {what}" if n > 1 else what for what, n in counts.items()], limit=4))
+
+
+def not_drawn_notes(rows) -> list[str]:
+    """The notes on rows a figure cannot draw because the sweep did not measure them: those it
+    skipped (:func:`skipped_note`) and those that failed (:func:`failed_note`)."""
+    return [skipped_note(rows), failed_note(rows)]
+
+
+#: The sweep axes a curve against problem size keeps apart besides its panel's (dims, device,
+#: levels): two cells that differ in any of them were measured under different conditions,
+#: and a median across them is a value no cell measured.
+SETTING_FIELDS = ("dtype", "batch", "temperature", "generator", "scale", "seed")
+# one line style per setting (never dotted: a dotted line marks a reference, such as a target)
+SETTING_LINESTYLES = ("-", "--", "-.", (0, (6, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 3)), (0, (3, 1.5)))
+_SETTING_WORDS = {"dtype": "{} cells", "batch": "B = {}", "temperature": "temperature {}", "generator": "{}",
+                  "scale": "scale {}", "seed": "seed {}"}
+
+
+def setting_of(row: dict) -> tuple:
+    """The row's values of :data:`SETTING_FIELDS`."""
+    return tuple(text_of(row, k) for k in SETTING_FIELDS)
+
+
+def setting_styles(settings) -> dict:
+    """``{setting: (line style, label)}``: a line style per setting, and a label naming the
+    fields in which the settings differ, in the order of :data:`SETTING_FIELDS`
+    (``"float32 cells, B = 4"``; "" when there is one setting).  Past
+    ``len(SETTING_LINESTYLES)`` settings the styles repeat."""
+    ordered = sorted(set(settings), key=lambda s: tuple((0, float(v)) if _is_number(v) else (1, v) for v in s))
+    varying = [i for i in range(len(SETTING_FIELDS)) if len({s[i] for s in ordered}) > 1]
+    return {s: (SETTING_LINESTYLES[j % len(SETTING_LINESTYLES)],
+                ", ".join(_SETTING_WORDS[SETTING_FIELDS[i]].format(plain(s[i], 20)) for i in varying))
+            for j, s in enumerate(ordered)}
+
+
+def setting_handles(styles: dict) -> list:
+    """Legend entries for the line styles of :func:`setting_styles` (none for one setting)."""
+    from matplotlib.lines import Line2D
+
+    if len(styles) < 2:
+        return []
+    return [Line2D([], [], color="#444444", ls=ls, lw=1.1, label=f"line style: {label}")
+            for ls, label in styles.values()]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
 
 
 def dtype_note(points) -> str:
@@ -404,6 +504,19 @@ def dtype_note(points) -> str:
     if other:
         text += " (" + ", ".join(f"{m}: {d}, whatever the cell's dtype" for m, d in dict(other).items()) + ")"
     return text
+
+
+def fewer_timed_note(points) -> str:
+    """Which series of ``points`` were timed on fewer samples than their cell's batch
+    (``timed_batch`` < ``batch``: cvxpylayers on ``--cvx-batch``), for a figure's notes
+    ("" when none)."""
+    fewer = set()
+    for p in points:
+        tb, batch = p.v.get("timed_batch"), text_of(p.row, "batch")
+        if tb is not None and _is_number(batch) and tb < float(batch):
+            fewer.add(p.series.method)
+    return (f"{', '.join(sorted(fewer))} timed on fewer samples than the batch (bench.csv's timed_batch)"
+            if fewer else "")
 
 
 def dims_title(dims: int) -> str:

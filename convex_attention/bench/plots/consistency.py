@@ -31,11 +31,13 @@ from ._common import (
     cell_key,
     compute_dtype_of,
     dtype_note,
+    fewer_timed_note,
     floor_below,
     lacks_columns,
     low_confidence,
     low_confidence_handle,
     mark_low_confidence,
+    not_drawn_notes,
     number,
     ok_points,
     pareto_front,
@@ -115,7 +117,8 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
     violation an exactly consistent answer stored in that dtype reads), drawn as a band
     over the cells' range.  A method that solves in float64 whatever the input (the
     registry's ``cpu_only``) is counted as float64.  A violation of exactly 0 is drawn at a
-    marked floor.  Returns None without data."""
+    marked floor.  The footer counts the rows the sweep skipped or that failed.  Returns
+    None without data."""
     log = log or warn
     need = ("status", "method", "dtype", "violation_mean")
     if lacks_columns(rows, need, "violation", "bench.csv", log):
@@ -179,7 +182,8 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
                  "cell dtype(s): " + "/".join(sorted({text_of(r, 'dtype') for r in rows if text_of(r, 'dtype')})),
                  "rounding level: random consistent maps (softmax of N(0, 4) scores and their block sums, extended "
                  "precision) rounded to the dtype and measured like the methods' outputs"
-                 if any(levels.values()) else "rounding level not drawn: no cell with grid shapes"]
+                 if any(levels.values()) else "rounding level not drawn: no cell with grid shapes",
+                 *not_drawn_notes(rows)]
         return figures.save(fig, path, env, notes=notes)
 
 
@@ -249,10 +253,11 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None) -> str |
 # ====================================================================== speed against consistency
 
 
-def _tradeoff_cells(points) -> tuple[dict, int]:
-    """``{panel: {cell: {series: [entry]}}}`` (panel: dims, levels, cell dtype; entry: time
-    per sample, violation, time borrowed, IQR of the time, low confidence, point), and the
-    number of ok rows with no time at all."""
+def timed_entries(points) -> tuple[dict, int]:
+    """``{cell key: {series: [entry]}}`` of the points with a time (entry: time per sample,
+    violation, time borrowed, IQR of the time per sample, low confidence, point), and the
+    number of points with no time at all.  A learned-dual kind without a time of its own
+    borrows the fitted row's of its cell (the same computation, timed once there)."""
     timed = {(cell_key(p.row), p.series.method): p for p in points
              if p.series.kind == TIMED_KIND and p.v["per_sample_ms"] is not None}
     cells: dict = {}
@@ -268,17 +273,39 @@ def _tradeoff_cells(points) -> tuple[dict, int]:
         tb = source.v.get("timed_batch")
         if tb and source.v.get("total_ms_q1") is not None and source.v.get("total_ms_q3") is not None:
             spread = (source.v["total_ms_q1"] / tb, source.v["total_ms_q3"] / tb)
-        # cell dtypes apart: a float64 cell is not a float32 cell with a better solver
-        panel = (int(p.v["dims"]), int(p.v["levels"]), text_of(p.row, "dtype"))
-        cells.setdefault(panel, {}).setdefault(cell_key(p.row), {}).setdefault(p.series, []).append(
+        cells.setdefault(cell_key(p.row), {}).setdefault(p.series, []).append(
             (t, p.v["violation_mean"], source is not p, spread, low_confidence(source.v, "total_ms"), p))
     return cells, untimed
 
 
-def _draw_tradeoff_panel(ax, by_series: dict, styles: dict, dtype: str, floor: float) -> dict:
-    """One panel: every series at (median time, median violation), the low-confidence marks,
-    the band below the dtype's ε and the Pareto front at that resolution.  Returns what it
-    drew that the legend must explain."""
+#: The columns a time–violation figure reads (:func:`timed_entries`): the time per sample, the
+#: violation, and the spread and repetitions of the total time.
+TRADEOFF_NUMBERS = {"per_sample_ms": {"empty_ok": True, "positive": True}, "violation_mean": {"nonneg": True},
+                    "timed_batch": {"empty_ok": True, "positive": True},
+                    "repeats": {"empty_ok": True, "positive": True, "integer": True},
+                    "total_ms": {"empty_ok": True, "positive": True}, **spread_columns("total_ms")}
+
+
+def _tradeoff_cells(points) -> tuple[dict, int]:
+    """``{panel: {cell: {series: [entry]}}}`` (panel: dims, levels, cell dtype, device; entry:
+    :func:`timed_entries`), and the number of ok rows with no time at all."""
+    by_cell, untimed = timed_entries(points)
+    cells: dict = {}
+    for key, by_series in by_cell.items():
+        row = next(iter(by_series.values()))[0][5]
+        # cell dtypes apart (a float64 cell is not a float32 cell with a better solver), devices apart
+        panel = (int(row.v["dims"]), int(row.v["levels"]), text_of(row.row, "dtype"), text_of(row.row, "device"))
+        cells.setdefault(panel, {})[key] = by_series
+    return cells, untimed
+
+
+def draw_tradeoff_panel(ax, by_series: dict, styles: dict, dtype: str, floor: float) -> dict:
+    """One panel of a time–violation figure (this module's trade-off, and the per-structure
+    Pareto figure of :mod:`.graphs`): every series of ``by_series`` (:func:`timed_entries`)
+    at (median time, median violation) with the interquartile range of its time, the
+    low-confidence marks, the band below the cell dtype's ε and the Pareto front at that
+    resolution (:func:`._common.pareto_front`).  Returns what it drew that the legend
+    (:func:`tradeoff_legend`) must explain."""
     drawn = {"zero": False, "borrowed": False, "low": False}
     pts, low = [], []
     eps = DTYPE_EPS.get(dtype, 0.0)
@@ -314,7 +341,7 @@ def _draw_tradeoff_panel(ax, by_series: dict, styles: dict, dtype: str, floor: f
     return drawn
 
 
-def _tradeoff_legend(styles: dict, drawn: dict, floor: float) -> list:
+def tradeoff_legend(styles: dict, drawn: dict, floor: float) -> list:
     handles = [Line2D([], [], color=styles[s][0], marker=styles[s][1], ms=5, ls="none",
                       label=s.label + (" [float64]" if get_method(s.method).cpu_only else ""))
                for s in sorted(styles, key=Series.order)]
@@ -340,25 +367,23 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
     kind and cvxpylayers backend at (median time per sample, held-out violation), with the
     Pareto front (no other point is both faster and more consistent).
 
-    One panel per (grid dimensionality, number of levels, cell dtype), each at one sweep
-    cell (the one where the most series were measured, then the largest), every panel on
-    the same axes.  Violations below the cell dtype's ε are consistent to rounding: the
-    front does not rank them (cvxpylayers, which computes in float64, gets no credit for
-    its dtype), and the band shows where that is.  Learned-dual kinds without a time of
+    One panel per (grid dimensionality, number of levels, cell dtype, device; the device
+    named in the title where there are several), each at one sweep cell (the one where the
+    most series were measured, then the largest), every panel on the same axes.
+    Violations below the cell dtype's ε are consistent to rounding: the front does not rank
+    them (cvxpylayers, which computes in float64, gets no credit for its dtype), and the
+    band shows where that is.  Learned-dual kinds without a time of
     their own (λ = 0, per-sample λ: the fitted row's computation, timed once there) are
     placed at the fitted row's time and drawn hollow and larger; the per-sample λ's time
     excludes finding λ.  A violation of exactly 0 is drawn at a marked floor.  Error bars:
     the interquartile range of the total time where recorded; low-confidence times are
-    marked.  Returns None without data."""
+    marked.  The footer counts the rows the sweep skipped or that failed.  Returns None
+    without data."""
     log = log or warn
     need = ("status", "method", "dims", "levels", "n_cells", "per_sample_ms", "violation_mean")
     if lacks_columns(rows, need, "tradeoff", "bench.csv", log):
         return None
-    numbers = {**SIZE_COLUMNS, "per_sample_ms": {"empty_ok": True, "positive": True},
-               "violation_mean": {"nonneg": True}, "timed_batch": {"empty_ok": True, "positive": True},
-               "repeats": {"empty_ok": True, "positive": True, "integer": True},
-               "total_ms": {"empty_ok": True, "positive": True}, **spread_columns("total_ms")}
-    points = ok_points(rows, "tradeoff", numbers, log)
+    points = ok_points(rows, "tradeoff", {**SIZE_COLUMNS, **TRADEOFF_NUMBERS}, log)
     cells, untimed = _tradeoff_cells(points)
     if not cells:
         log("tradeoff: no ok row with both a time and a violation; not written")
@@ -372,6 +397,7 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
     floor = floor_below(positive, default=1e-18)
     styles = styles_for({s for by_series in chosen.values() for s in by_series})
     panels = sorted(chosen)
+    devices = {panel[3] for panel in panels}
     ncols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / ncols)
     drawn = {"zero": False, "borrowed": False, "low": False}
@@ -381,25 +407,27 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
         for ax, panel in zip(axes.flat, panels):
-            for k, v in _draw_tradeoff_panel(ax, chosen[panel], styles, panel[2], floor).items():
+            for k, v in draw_tradeoff_panel(ax, chosen[panel], styles, panel[2], floor).items():
                 drawn[k] |= v
             meta = next(iter(chosen[panel].values()))[0][5]
             ax.set_xscale("log")
             ax.set_yscale("log")
             quiet_minor_ticks(ax)
             ax.set_title(f"{panel[0]}-D, {panel[1]} levels: {plain(text_of(meta.row, 'shapes'), 40)}, "
-                         f"B={plain(text_of(meta.row, 'batch'), 8)}, {plain(panel[2], 10)} cell")
+                         f"B={plain(text_of(meta.row, 'batch'), 8)}, {plain(panel[2], 10)} cell"
+                         + (f", {plain(panel[3], 10)}" if len(devices) > 1 else ""))
             ax.grid(True, which="major", alpha=0.25)
             ax.margins(x=0.15, y=0.15)
         for ax in axes[-1]:
             ax.set_xlabel("time per sample (ms, forward + backward)")
         for ax in axes[:, 0]:
             ax.set_ylabel("held-out violation (batch mean)")
-        fig.legend(handles=_tradeoff_legend(styles, drawn, floor), loc="outside lower center", ncol=2, frameon=False,
+        fig.legend(handles=tradeoff_legend(styles, drawn, floor), loc="outside lower center", ncol=2, frameon=False,
                    fontsize=6.2)
         fig.suptitle("Speed vs consistency: time per sample and held-out violation (log-log)")
-        notes = [dtype_note(points), "cvxpylayers timed on fewer samples than the batch (see bench.csv's "
-                                     "timed_batch); times per sample"]
+        drawn_points = [e[5] for by_series in chosen.values() for es in by_series.values() for e in es]
+        notes = [dtype_note(points), "times per sample", fewer_timed_note(drawn_points)]
         if untimed:
             notes.append(f"{untimed} ok row(s) carry no time (and no fitted row to share one): not drawn")
+        notes += not_drawn_notes(rows)
         return figures.save(fig, path, env, notes=notes)

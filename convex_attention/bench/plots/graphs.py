@@ -18,23 +18,27 @@ from matplotlib.lines import Line2D
 from ...io import figures
 from ...io.figures import FULL_WIDTH, STYLE, plain, sci
 from ._common import (
-    TIMED_KIND,
+    FORESTS_ONLY,
     BadValue,
     Log,
-    Series,
     Skips,
+    cell_key,
     dtype_note,
+    failed_note,
+    fewer_timed_note,
     floor_below,
     lacks_columns,
     number,
     ok_points,
-    pareto_front,
     quiet_minor_ticks,
+    series_name,
+    skip_reason,
     skipped_note,
     styles_for,
     text_of,
     warn,
 )
+from .consistency import TRADEOFF_NUMBERS, draw_tradeoff_panel, timed_entries, tradeoff_legend
 
 __all__ = ["plot_pareto_per_structure", "plot_convergence_per_structure", "plot_backward", "is_chain",
            "STRUCTURE_ORDER"]
@@ -64,11 +68,16 @@ def _ordered(structures) -> list[str]:
 
 def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> str | None:
     """Time per sample (forward + backward) against held-out violation, one panel per structure,
-    at the largest cell of each structure where ``dual`` was measured; every measured series of
-    that cell is a point and the Pareto front (no other point both faster and more consistent)
-    is ringed.  The learned dual's kinds that share the timed computation take its time.
-    Methods that cannot solve the structure are named under the panel.  Drawn when the rows hold
-    a structure other than the chain; returns None otherwise."""
+    at the largest cell of each structure where ``dual`` was measured (one sweep cell: every
+    key field alike, levels and seed included); every measured series of that cell is a point
+    drawn as the trade-off figure draws its points
+    (:func:`.consistency.draw_tradeoff_panel`: time on x, violation on y, the interquartile
+    range of the time, low-confidence marks), and the Pareto front (no other point both faster
+    and more consistent, violations compared only above the cell dtype's ε) is ringed.  The
+    learned dual's kinds that share the timed computation take its time; per-sample λ* is
+    not drawn (its time would exclude finding λ*).  Methods that cannot solve the structure,
+    and series that failed at the cell, are named under the panel.  Drawn when the rows hold a
+    structure other than the chain; returns None otherwise."""
     log = log or warn
     need = ("status", "method", "violation_mean", "per_sample_ms", "n_cells")
     if lacks_columns(rows, need, "pareto_per_structure", "bench.csv", log):
@@ -77,8 +86,7 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
     if structures == ["chain"] or not structures:
         log("pareto_per_structure: the rows hold chains only (the tradeoff figure draws them); not written")
         return None
-    numbers = {"violation_mean": {"nonneg": True}, "per_sample_ms": {"empty_ok": True, "positive": True},
-               "n_cells": {"positive": True, "integer": True}}
+    numbers = {**TRADEOFF_NUMBERS, "n_cells": {"positive": True, "integer": True}}
     points = ok_points(rows, "pareto_per_structure", numbers, log)
     panels, not_measured = [], []
     for structure in structures:
@@ -87,73 +95,59 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
         if not duals:
             continue
         largest = max(duals, key=lambda p: p.v["n_cells"])
-        cell = {k: text_of(largest.row, k) for k in ("size", "dims", "batch", "temperature", "dtype", "device",
-                                                     "generator", "scale")}
-        here = [p for p in mine if all(text_of(p.row, k) == v for k, v in cell.items())]
-        timed = {(text_of(p.row, "method")): p.v["per_sample_ms"] for p in here
-                 if p.series.kind == TIMED_KIND and p.v["per_sample_ms"] is not None}
-        shown = []
-        for p in here:
-            if p.v["per_sample_ms"] is None and p.series.kind == "per_sample":
-                continue  # its time would exclude finding λ*, which would put it on the front unfairly
-            t = p.v["per_sample_ms"] if p.v["per_sample_ms"] is not None else timed.get(p.series.method)
-            if t is not None:
-                shown.append((p, t))
-        skipped = sorted({(text_of(r, "method"), text_of(r, "reason")) for r in rows
-                          if _structure(r) == structure and text_of(r, "status") == "skipped"
-                          and all(text_of(r, k) == v for k, v in cell.items())
-                          and "forests only" in text_of(r, "reason")})
-        not_measured.extend(r for r in rows if _structure(r) == structure and text_of(r, "status") == "skipped"
-                            and all(text_of(r, k) == v for k, v in cell.items())
-                            and "forests only" not in text_of(r, "reason"))
-        panels.append((structure, largest, shown, skipped))
+        cell = cell_key(largest.row)
+        entries, _ = timed_entries([p for p in mine if cell_key(p.row) == cell])
+        # per-sample λ* borrowing the fitted row's time would exclude finding λ*: on the front unfairly
+        shown = {s: es for s, es in entries.get(cell, {}).items() if not (s.kind == "per_sample" and es[0][2])}
+        here = [r for r in rows if _structure(r) == structure and cell_key(r) == cell]
+        refused = sorted({text_of(r, "method") for r in here if skip_reason(r) == FORESTS_ONLY})
+        failed = sorted({series_name(r) for r in here if text_of(r, "status") == "error"})
+        not_measured.extend(r for r in here if text_of(r, "status") == "skipped"
+                            and skip_reason(r) != FORESTS_ONLY)
+        panels.append((structure, largest, shown, refused, failed))
     if not panels:
         log("pareto_per_structure: no structure has a timed dual row; not written")
         return None
-    series = sorted({p.series for _, _, shown, _ in panels for p, _ in shown}, key=Series.order)
-    style = styles_for(series)
+    style = styles_for({s for _, _, shown, _, _ in panels for s in shown})
+    positive = [e[1] for _, _, shown, _, _ in panels for es in shown.values() for e in es if e[1] > 0]
+    floor = floor_below(positive, default=1e-16)
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
+    drawn = {"zero": False, "borrowed": False, "low": False}
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(FULL_WIDTH, 2.4 * nrows + 0.6), layout="constrained",
+        fig, axes = plt.subplots(nrows, ncols, figsize=(FULL_WIDTH, 2.6 * nrows + 1.2), layout="constrained",
                                  squeeze=False)
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
-        for ax, (structure, largest, shown, skipped) in zip(axes.flat, panels):
-            positive = [v for v in (p.v["violation_mean"] for p, _ in shown) if v > 0]
-            floor = floor_below(positive, default=1e-16)
-            coords = [(max(p.v["violation_mean"], floor), t) for p, t in shown]
-            for (p, _), (x, y) in zip(shown, coords):
-                color, marker = style[p.series]
-                ax.scatter([x], [y], color=color, marker=marker, s=22, zorder=3, linewidths=0)
-            front = pareto_front([(y, x) for x, y in coords])  # (time, violation)
-            ax.scatter([v for _, v in front], [t for t, _ in front], s=80, facecolors="none",
-                       edgecolors="#333333", linewidths=0.7, zorder=2)
+        for ax, (structure, largest, shown, refused, failed) in zip(axes.flat, panels):
+            for k, v in draw_tradeoff_panel(ax, shown, style, text_of(largest.row, "dtype"), floor).items():
+                drawn[k] |= v
             ax.set_xscale("log")
             ax.set_yscale("log")
             quiet_minor_ticks(ax)
-            refused = ", ".join(sorted({m for m, _ in skipped}))
+            ax.margins(x=0.15, y=0.15)
             ax.set_title(f"{STRUCTURE_TITLE.get(structure, plain(structure, 20))}\n"
-                         f"{plain(text_of(largest.row, 'shapes'), 48)}"
-                         + (f"\n({refused}: solves forests only)" if skipped else ""), fontsize=7)
+                         f"{plain(text_of(largest.row, 'shapes'), 48)}, {plain(text_of(largest.row, 'dtype'), 10)}"
+                         + (f"\n({', '.join(refused)}: solves forests only)" if refused else "")
+                         + (f"\nFAILED: {plain(', '.join(failed), 60)}" if failed else ""), fontsize=7)
             ax.grid(True, which="major", alpha=0.25)
         for ax in axes[-1]:
-            ax.set_xlabel("held-out violation (batch mean)")
+            ax.set_xlabel("time per sample (ms)\nforward + backward")
         for ax in axes[:, 0]:
-            ax.set_ylabel("forward + backward\nms per sample")
-        handles = [Line2D([], [], color=style[s][0], marker=style[s][1], ls="", label=s.label) for s in series]
-        handles.append(Line2D([], [], marker="o", ls="", markerfacecolor="none", markeredgecolor="#333333",
-                              markersize=8, label="Pareto front"))
-        fig.legend(handles=handles, loc="outside lower center", ncol=4, frameon=False, fontsize=6.5)
+            ax.set_ylabel("held-out violation\n(batch mean)")
+        fig.legend(handles=tradeoff_legend(style, drawn, floor), loc="outside lower center", ncol=2, frameon=False,
+                   fontsize=6.2)
         fig.suptitle("Time against violation per structure (largest cell of each, every method that solves it)")
-        drawn = [p for _, _, shown, _ in panels for p, _ in shown]
-        notes = [dtype_note(drawn),
-                 "forward + backward per sample, median of interleaved repetitions"
-                 + ("; cvxpylayers timed on fewer samples than the batch (bench.csv's timed_batch)"
-                    if any(p.series.method == "cvxpylayers" for p in drawn) else "")
-                 + "; learned_dual at λ = 0 takes the fitted row's time (the same computation); per-sample λ* is "
-                   "not drawn (its time would exclude finding λ*)",
-                 skipped_note(not_measured) + (" (at the cells drawn)" if not_measured else "")]
+        drawn_points = [e[5] for _, _, shown, _, _ in panels for es in shown.values() for e in es]
+        here_rows = [r for _, largest, _, _, _ in panels for r in rows
+                     if _structure(r) == _structure(largest.row) and cell_key(r) == cell_key(largest.row)]
+        failed_here = failed_note(here_rows)
+        notes = [dtype_note(drawn_points),
+                 "forward + backward per sample, median of interleaved repetitions; learned_dual at λ = 0 takes the "
+                 "fitted row's time (the same computation); per-sample λ* is not drawn (its time would exclude "
+                 "finding λ*)", fewer_timed_note(drawn_points),
+                 skipped_note(not_measured) + (" (at the cells drawn)" if not_measured else ""),
+                 failed_here + (" (at the cells drawn)" if failed_here else "")]
         return figures.save(fig, path, env, notes=notes)
 
 
@@ -161,7 +155,8 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
 
 def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = None) -> str | None:
     """The dual solver's violation (top row) and dual gap ``g(λ) − f*`` (bottom row) per sweep,
-    float64, one column per structure and one line per cell (its size).  A gap that is not
+    float64, one column per structure and one line per cell, labelled with its size and
+    number of levels (and temperature, where a structure's cells differ in it).  A gap that is not
     positive (rounding at the optimum) is drawn at a marked floor.  Drawn when the rows hold a
     structure other than the chain; returns None otherwise."""
     log = log or warn
@@ -171,10 +166,12 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
     skips, pts = Skips("dual_convergence_per_structure", "convergence.csv"), []
     for r in conv_rows:
         try:
+            levels = number(r, "levels", empty_ok=True, positive=True, integer=True)
             pts.append((_structure(r), int(number(r, "cell", integer=True, nonneg=True)),
                         int(number(r, "size", positive=True, integer=True)),
                         int(number(r, "iteration", integer=True, nonneg=True)),
-                        number(r, "violation_max", nonneg=True), number(r, "dual_gap_max", empty_ok=True)))
+                        number(r, "violation_max", nonneg=True), number(r, "dual_gap_max", empty_ok=True),
+                        int(levels) if levels is not None else None, plain(text_of(r, "temperature"), 12)))
         except BadValue as err:
             skips.add(r, str(err))
     skips.report(log)
@@ -191,13 +188,19 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
                                  sharex="col")
         for j, structure in enumerate(structures):
             mine = [p for p in pts if p[0] == structure]
-            cells = sorted({(p[2], p[1]) for p in mine})
-            for i, (size, cell) in enumerate(cells):
+            cells = sorted({(p[2], p[6] or 0, p[7], p[1]) for p in mine})
+            temperatures = {c[2] for c in cells}
+            labels = [f"side {size}" + (f", {levels} levels" if levels else "")
+                      + (f", temperature {temperature}" if len(temperatures) > 1 else "")
+                      for size, levels, temperature, _ in cells]
+            labels = [label + (f", cell {c[3]}" if labels.count(label) > 1 else "")
+                      for label, c in zip(labels, cells)]
+            for i, ((*_, cell), label) in enumerate(zip(cells, labels)):
                 line = sorted((p for p in mine if p[1] == cell), key=lambda p: p[3])
                 color = cmap(i / max(1, len(cells) - 1) * 0.85)
                 its = [p[3] for p in line]
                 axes[0, j].plot(its, [max(p[4], floor) for p in line], color=color, marker=".", ms=3, lw=1,
-                                label=f"side {size}")
+                                label=label)
                 gap_pts = [(p[3], max(abs(p[5]), floor)) for p in line if p[5] is not None]
                 if gap_pts:
                     axes[1, j].plot(*zip(*gap_pts), color=color, marker=".", ms=3, lw=1)

@@ -42,9 +42,14 @@ from ._common import (
     low_confidence,
     low_confidence_handle,
     mark_low_confidence,
+    not_drawn_notes,
     ok_points,
     quiet_minor_ticks,
-    skipped_note,
+    series_name,
+    setting_handles,
+    setting_of,
+    setting_styles,
+    skip_reason,
     spread_columns,
     styles_for,
     text_of,
@@ -68,9 +73,16 @@ class _Bar:
     dtype: str
 
 
+def _measured(row) -> bool:
+    """Whether a core-benchmark row was measured (status ``ok``; rows without a status are)."""
+    return str(row.get("status") or "ok") == "ok"
+
+
 def _core_bars(rows) -> tuple[dict, str]:
-    """shapes -> bars (one per method and backend), and the statistic the heights are."""
+    """shapes -> bars (one per method and backend) of the measured rows, and the statistic
+    the heights are."""
     out: dict = {}
+    rows = [r for r in rows if _measured(r)]
     has_total = all(is_finite_value(r.get("total_ms")) for r in rows)
     for r in rows:
         batch = float(r["batch"])
@@ -96,33 +108,44 @@ def is_finite_value(v) -> bool:
         return False
 
 
-def core_ratios(rows, names) -> dict:
-    """The ratios ``names`` (``"A/B"``, or ``"A/B per sample"``) computed from the bars
-    :func:`plot_core_benchmark` draws: median time per sample of method A over method B in
-    the panel (problem shapes) where both appear.  Where a method has several bars (one
-    per cvxpylayers backend) its fastest bar counts.  Names whose methods share no panel
-    are left out.  Returns ``{name: (ratio, note)}``, the note naming the fastest backend."""
-    panels, _ = _core_bars(rows)
+def _panel_ratios(bars, names) -> dict:
+    """The ratios ``names`` (``"A/B"``, or ``"A/B per sample"``) of one panel's bars: median
+    time per sample of method A over method B, where both are in the panel; a method with
+    several bars (one per cvxpylayers backend) counts its fastest.  ``{name: (ratio, note)}``,
+    the note naming the fastest backend."""
     out = {}
     for name in names:
         pair = name.replace(" per sample", "").split("/")
         if len(pair) != 2:
             continue
-        for bars in panels.values():
-            a = [b for b in bars if b.method == pair[0]]
-            c = [b for b in bars if b.method == pair[1]]
-            if a and c:
-                fa, fc = min(a, key=lambda b: b.total), min(c, key=lambda b: b.total)
-                note = ", ".join(f"fastest: {f.backend or f.method}" for f, group in ((fa, a), (fc, c))
-                                 if len(group) > 1)
-                out[name] = (fa.total / fc.total, note)
-                break
+        a = [b for b in bars if b.method == pair[0]]
+        c = [b for b in bars if b.method == pair[1]]
+        if a and c:
+            fa, fc = min(a, key=lambda b: b.total), min(c, key=lambda b: b.total)
+            note = ", ".join(f"fastest: {f.backend or f.method}" for f, group in ((fa, a), (fc, c))
+                             if len(group) > 1)
+            out[name] = (fa.total / fc.total, note)
     return out
 
 
-def _panel_title(shapes: str, bars, shown: dict) -> str:
+def core_ratios(rows, names) -> dict:
+    """The ratios ``names`` (``"A/B"``, or ``"A/B per sample"``) computed from the bars
+    :func:`plot_core_benchmark` draws (:func:`_panel_ratios`), each from the first panel
+    (problem shapes) where both methods appear; every panel's title carries its own.  Names
+    whose methods share no panel are left out.  Returns ``{name: (ratio, note)}``, the note
+    naming the fastest backend."""
+    panels, _ = _core_bars(rows)
+    out: dict = {}
+    for bars in panels.values():
+        for name, value in _panel_ratios(bars, names).items():
+            out.setdefault(name, value)
+    return out
+
+
+def _core_title(shapes: str, bars, names, failed=()) -> str:
     """The panel's problem, each method's batch and dtype (per-sample times at different
-    batches are not like for like: the title says so), and the ratios of its bars."""
+    batches are not like for like: the title says so), the ratios ``names`` of its own bars,
+    and the series that failed at its shapes (``failed``: names)."""
     by_setting: dict = {}
     for b in bars:
         by_setting.setdefault((b.batch, b.dtype), []).append(b.method)
@@ -133,10 +156,10 @@ def _panel_title(shapes: str, bars, shown: dict) -> str:
         parts = [f"{'/'.join(dict.fromkeys(ms))}: B = {plain(batch)}, {plain(dtype)}"
                  for (batch, dtype), ms in by_setting.items()]
         lines = [f"{plain(shapes)}, per sample", "; ".join(parts)]
-    methods = {b.method for b in bars}
-    for name, (value, note) in shown.items():
-        if set(name.replace(" per sample", "").split("/")) <= methods:
-            lines.append(f"{plain(name)} = {value:.3g}" + (f" ({plain(note)})" if note else ""))
+    for name, (value, note) in _panel_ratios(bars, names).items():
+        lines.append(f"{plain(name)} = {value:.3g}" + (f" ({plain(note)})" if note else ""))
+    if failed:
+        lines.append(f"FAILED, not drawn: {', '.join(failed)}")
     return "\n".join(lines)
 
 
@@ -206,10 +229,15 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
     linear axis (the forward share darker inside); one spanning more draws points on a log
     axis (total, forward, backward).  Each panel's title gives every method's batch and
     dtype.  The values of ``ratios`` are not drawn: the figure recomputes them, so the
-    printed ratio and the drawing are one statistic.
+    printed ratio and the drawing are one statistic, each panel's from its own bars.  Rows
+    whose ``status`` is not ``ok`` (a backend that failed) are not drawn: the panel of their
+    shapes names them, and the footer gives their reason.
     """
     panels, stat = _core_bars(rows)
-    shown = core_ratios(rows, list(ratios))
+    failed: dict = {}  # shapes -> the series that failed there
+    for r in rows:
+        if str(r.get("status")) == "error":
+            failed.setdefault(str(r.get("shapes", "")), []).append(series_name(r))
     backends = sorted({b.backend for bars in panels.values() for b in bars if b.backend})
     with plt.rc_context(STYLE):
         widths = [max(len(bars), 2) for bars in panels.values()]
@@ -229,7 +257,7 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
             ax.set_xticks(np.arange(len(bars)), ["\n".join(plain(t) for t in b.label.split("\n")) for b in bars],
                           fontsize=6.5)
             any_wide |= _mark_wide(ax, bars)
-            ax.set_title(_panel_title(shapes, bars, shown))
+            ax.set_title(_core_title(shapes, bars, list(ratios), [plain(n, 40) for n in failed.get(shapes, [])]))
             ax.set_ylabel(f"time per sample (µs)\n{stat}")
         handles, labels = [], []
         if on_linear:  # the swatches in the methods' own colours
@@ -249,8 +277,11 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
         spread_note = (f"widest interquartile range: {max(spreads):.0%} of its median; low confidence: IQR > "
                        f"{LOW_CONFIDENCE_IQR:.0%} of the median (repetitions are not recorded)" if spreads
                        else "interquartile ranges not recorded")
-        return figures.save(fig, path, env, notes=["times per sample; a ratio across batch sizes credits the "
-                                                   "larger batch with its batching", spread_note])
+        unplaced = sorted(set(failed) - set(panels))  # failed at shapes no panel draws
+        skipped, failures = not_drawn_notes([r for r in rows if not _measured(r)])
+        return figures.save(fig, path, env, notes=[
+            "times per sample; a ratio across batch sizes credits the larger batch with its batching", spread_note,
+            skipped, failures + (f" (at {', '.join(plain(s, 30) for s in unplaced)}: no panel)" if unplaced else "")])
 
 
 # ====================================================================== time against size
@@ -270,23 +301,20 @@ def _timed_points(rows, log: Log) -> tuple[list[Point], int]:
 
 
 def _curve(points, col: str):
-    """``(n, median time per sample, q1, q3, low-confidence)`` per size, sorted by n; other
-    sweep axes at one size (batch, temperature, ...) pooled by the median."""
-    by_n: dict = {}
-    for p in points:
-        if p.v[col] is not None:
-            by_n.setdefault(int(p.v["n_cells"]), []).append(p)
+    """``(n, median time per sample, q1, q3, low-confidence)`` per point, sorted by n: the
+    points of one series in one setting (:func:`._common.setting_of`), one cell per size, so
+    each value is one cell's median and its bar that cell's interquartile range (nothing is
+    pooled across cells)."""
     out = []
-    for n in sorted(by_n):
-        ps = by_n[n]
-        y = float(np.median([p.v[col] / p.v["timed_batch"] for p in ps]))
-        lo = min((p.v.get(col + "_q1") or p.v[col]) / p.v["timed_batch"] for p in ps)
-        hi = max((p.v.get(col + "_q3") or p.v[col]) / p.v["timed_batch"] for p in ps)
-        out.append((n, y, lo, hi, any(low_confidence(p.v, col) for p in ps)))
+    for p in sorted((p for p in points if p.v[col] is not None), key=lambda p: p.v["n_cells"]):
+        tb = p.v["timed_batch"]
+        q1, q3 = p.v.get(col + "_q1"), p.v.get(col + "_q3")
+        out.append((int(p.v["n_cells"]), p.v[col] / tb, (q1 if q1 is not None else p.v[col]) / tb,
+                    (q3 if q3 is not None else p.v[col]) / tb, low_confidence(p.v, col)))
     return out
 
 
-def _draw_time_curve(ax, curve, color, marker, fill) -> tuple[float, object]:
+def _draw_time_curve(ax, curve, color, marker, ls="-") -> tuple[float, object]:
     """One series' curve with its interquartile bars, its low-confidence marks and, where the
     times follow a power law, the fitted slope over the sizes it fits.  Returns the widest
     relative IQR drawn and the fit (or None)."""
@@ -294,7 +322,7 @@ def _draw_time_curve(ax, curve, color, marker, fill) -> tuple[float, object]:
     y = np.array([c[1] for c in curve])
     yerr = np.array([[max(c[1] - c[2], 0) for c in curve], [max(c[3] - c[1], 0) for c in curve]])
     ax.errorbar(x, y, yerr=yerr if yerr.any() else None, color=color, marker=marker, ms=3.5, lw=1.0, capsize=2,
-                elinewidth=0.9, mfc=fill)
+                elinewidth=0.9, ls=ls)
     low = [c for c in curve if c[4]]
     mark_low_confidence(ax, [c[0] for c in low], [c[1] for c in low])
     fit = fit_power_law(x, y)
@@ -322,37 +350,44 @@ def _label_slopes(ax, fits) -> None:
                     color=color, fontsize=6, va="center", annotation_clip=False)
 
 
-def _time_legend(points, styles: dict, dtypes: list) -> list:
+def _time_legend(points, styles: dict, settings: dict) -> list:
     """One entry per series (marked [float64] where it computes in float64 in another
-    dtype's cell), then the marks; ``dtypes``: a sweep over dtypes (hollow: the others)."""
+    dtype's cell), one per setting's line style (``settings``: :func:`._common.setting_styles`;
+    none for one setting), then the marks."""
     promoted = {p.series for p in points if compute_dtype_of(p) != text_of(p.row, "dtype")}
     handles = [Line2D([], [], color=styles[s][0], marker=styles[s][1], ms=3.5, lw=1.0,
                       label=s.label + (" [float64]" if s in promoted else ""))
                for s in sorted(styles, key=Series.order)]
+    handles += setting_handles(settings)
     handles.append(low_confidence_handle())
     handles.append(Line2D([], [], color="#888888", lw=5, alpha=0.3,
                           label=rf"band, $n^s$: slope fitted where the times follow a power law" "\n"
                                 rf"(≥ {MIN_SLOPE_SIZES} sizes over ≥ {MIN_SLOPE_SPAN:g}×, each within "
                                 rf"{SLOPE_TOLERANCE:.0%} of the line, rising ≥ {MIN_SLOPE_RISE:g}×)"))
-    if dtypes:
-        handles.append(Line2D([], [], color="#444444", marker="o", mfc="none", ls="none", ms=3.5,
-                              label=f"hollow: computed in {', '.join(dtypes[1:])}"))
     return handles
 
 
-def _time_panels(points) -> list[tuple]:
-    """One row of panels per grid dimensionality, device and number of levels."""
-    return sorted({(int(p.v["dims"]), text_of(p.row, "device"), int(p.v["levels"])) for p in points})
+def _panel_of(p: Point) -> tuple:
+    """The panel a point of a figure against size belongs to: its grid dimensionality, device
+    and number of levels (times on two devices, or at other depths, are not one curve)."""
+    return int(p.v["dims"]), text_of(p.row, "device"), int(p.v["levels"])
+
+
+def _size_panel_title(panel: tuple, devices) -> str:
+    """``"2-D grids, 2 levels"``, and the device where the figure has more than one."""
+    return f"{dims_title(panel[0])}, {panel[2]} levels" + (f", {plain(panel[1])}" if len(devices) > 1 else "")
 
 
 def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | None:
     """Median time per sample against problem size, log-log: one row of panels per grid
     dimensionality (device) and number of levels, forward and backward side by side on one
-    y scale, one line per method (learned-dual kind, cvxpylayers backend; hollow markers
-    for a second dtype), interquartile bars, low-confidence marks, and a slope only where
+    y scale, one line per method (learned-dual kind, cvxpylayers backend) and setting (the
+    cells' dtype, batch, temperature, ... where the sweep has several: one line style each,
+    :func:`._common.setting_styles`; never a median across them), each point one cell's
+    median with that cell's interquartile bar, low-confidence marks, and a slope only where
     the times follow a power law (drawn as a band over the sizes it fits).  Rows without a
-    time of their own (timed in another row) are counted in the notes, not drawn.  Returns
-    None (and writes nothing) without data."""
+    time of their own (timed in another row) are counted in the notes, not drawn; so are the
+    rows the sweep skipped or that failed.  Returns None (and writes nothing) without data."""
     log = log or warn
     need = ("status", "method", "dims", "levels", "n_cells", "timed_batch", "fwd_ms", "bwd_ms")
     if lacks_columns(rows, need, "time_vs_size", "bench.csv", log):
@@ -361,60 +396,57 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
     if not points:
         log("time_vs_size: no timed row; not written")
         return None
-    panels = _time_panels(points)
+    panels = sorted({_panel_of(p) for p in points})
     devices = {panel[1] for panel in panels}
     styles = styles_for({p.series for p in points})
-    dtypes = sorted({compute_dtype_of(p) for p in points})
-    mixed = len({text_of(p.row, "dtype") for p in points}) > 1  # a sweep over dtypes: hollow for the others
+    settings = setting_styles(setting_of(p.row) for p in points)
     widest, fitted = 0.0, 0
     to_label: list = []  # (axes, fits): labelled once every panel is drawn (they share one y scale)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(len(panels), 2, figsize=(FULL_WIDTH, 2.3 * len(panels) + 1.5), squeeze=False,
                                  sharex=True, sharey=True, layout="constrained")
         for panel, row_axes in zip(panels, axes):
-            sel = [p for p in points if (int(p.v["dims"]), text_of(p.row, "device"), int(p.v["levels"])) == panel]
-            keys = sorted({(p.series, compute_dtype_of(p)) for p in sel}, key=lambda k: (k[0].order(), k[1]))
+            sel = [p for p in points if _panel_of(p) == panel]
+            keys = sorted({(p.series, setting_of(p.row)) for p in sel},
+                          key=lambda k: (k[0].order(), list(settings).index(k[1])))
             fits: dict = {0: [], 1: []}
-            for series, dtype in keys:
+            for series, setting in keys:
                 color, marker = styles[series]
-                fill = color if not mixed or dtype == dtypes[0] else "none"
-                mine = [p for p in sel if p.series == series and compute_dtype_of(p) == dtype]
+                mine = [p for p in sel if p.series == series and setting_of(p.row) == setting]
                 for j, (ax, col) in enumerate(zip(row_axes, ("fwd_ms", "bwd_ms"))):
                     curve = _curve(mine, col)
                     if curve:
-                        spread, fit = _draw_time_curve(ax, curve, color, marker, fill)
+                        spread, fit = _draw_time_curve(ax, curve, color, marker, settings[setting][0])
                         widest = max(widest, spread)
                         if fit is not None:
                             fits[j].append((fit, color))
             for j, ax in enumerate(row_axes):
                 to_label.append((ax, fits[j]))
                 fitted += len(fits[j])
-            where = f"{dims_title(panel[0])}, {panel[2]} levels" + (f", {plain(panel[1])}" if len(devices) > 1
-                                                                       else "")
             for ax, name in zip(row_axes, ("forward", "backward")):
                 ax.set_xscale("log")
                 ax.set_yscale("log")
                 quiet_minor_ticks(ax)
-                ax.set_title(f"{where}: {name} pass")
+                ax.set_title(f"{_size_panel_title(panel, devices)}: {name} pass")
                 ax.grid(True, which="major", alpha=0.25)
             row_axes[0].set_ylabel("median time per sample (ms)")
         for ax, fits_here in to_label:
             _label_slopes(ax, fits_here)
         for ax in axes[-1]:
             ax.set_xlabel(r"problem size $n$ (cells, all levels)")
-        handles = _time_legend(points, styles, dtypes if mixed else [])
+        handles = _time_legend(points, styles, settings)
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6)
-        fig.suptitle("Time per sample vs problem size (log-log; bars: interquartile range)")
+        fig.suptitle("Time per sample vs problem size (log-log; bars: interquartile range of each cell)")
         notes = [dtype_note(points),
-                 f"widest interquartile bar: {widest:.0%} of its median (bars narrower than a marker are hidden by "
-                 f"it); low confidence: IQR > {LOW_CONFIDENCE_IQR:.0%} of the median or < {MIN_CONFIDENT_REPEATS} "
-                 f"repetitions",
+                 f"each point one cell's median, its bar that cell's interquartile range (widest: {widest:.0%} of its "
+                 f"median; bars narrower than a marker are hidden by it); low confidence: IQR > "
+                 f"{LOW_CONFIDENCE_IQR:.0%} of the median or < {MIN_CONFIDENT_REPEATS} repetitions",
                  "no slope: the times follow no power law, or barely grow (overhead-bound), at these sizes"
                  if fitted == 0 else ""]
         if untimed:
             notes.append(f"{untimed} row(s) carry no time of their own (learned_dual λ = 0 and per-sample λ*: the "
                          f"fitted row's computation, timed there) and are not drawn")
-        notes.append(skipped_note(rows))
+        notes += not_drawn_notes(rows)
         return figures.save(fig, path, env, notes=notes)
 
 
@@ -426,8 +458,10 @@ SPEEDUP_TARGET = 1e4
 
 
 def _speedup_lines(points) -> tuple[dict, dict]:
-    """``{(dims, levels, series): [(n, speed-up, low confidence)]}`` from the cells where
-    both were measured, and the timed batches ``{method: {batch}}``."""
+    """``{(panel, series, setting): [(n, speed-up, low confidence)]}`` from the cells where
+    both were measured (panel: :func:`_panel_of`; setting: :func:`._common.setting_of`, so
+    cells of another dtype, batch or device are never one line), and the timed batches
+    ``{method: {batch}}``."""
     base: dict = {}
     for p in points:
         if p.series.method == SPEEDUP_BASE:
@@ -440,37 +474,49 @@ def _speedup_lines(points) -> tuple[dict, dict]:
         ref = base[cell_key(p.row)]
         ratio = p.v["per_sample_ms"] / float(np.median([b.v["per_sample_ms"] for b in ref]))
         unsure = low_confidence(p.v, "total_ms") or any(low_confidence(b.v, "total_ms") for b in ref)
-        lines.setdefault((int(p.v["dims"]), int(p.v["levels"]), p.series), []).append(
+        lines.setdefault((_panel_of(p), p.series, setting_of(p.row)), []).append(
             (int(p.v["n_cells"]), ratio, unsure))
         batches[SPEEDUP_OVER].add(int(p.v["timed_batch"]))
         batches[SPEEDUP_BASE].update(int(b.v["timed_batch"]) for b in ref)
     return lines, batches
 
 
+# how a cell not measured is marked along the bottom edge: a hollow marker in the backend's colour, its
+# shape the reason (the legend names each); shapes no backend uses (BACKEND_MARKERS)
+NOT_MEASURED_MARKERS = ("v", "o", "s", "D", "^", "<", ">")
+SHAPE_NAMES = {"v": "triangle", "o": "circle", "s": "square", "D": "diamond", "^": "triangle up", "<": "triangle left",
+               ">": "triangle right"}
+
+
 def _not_measured(rows, panels) -> dict:
-    """``{(dims, levels, backend): [n]}``: the cvxpylayers cells the sweep skipped (over the
-    size cap or the budget), where exact was measured."""
+    """``{(panel, backend, why): [n]}``: the cvxpylayers cells of a panel drawn (``panels``)
+    that the sweep did not measure (skipped, or failed: :func:`._common.skip_reason` says
+    why)."""
     out: dict = {}
     for r in rows:
-        if text_of(r, "method") != SPEEDUP_OVER or text_of(r, "status") != "skipped":
+        why = skip_reason(r)
+        if text_of(r, "method") != SPEEDUP_OVER or not why:
             continue
         try:
-            key = (int(float(r["dims"])), int(float(r["levels"])), text_of(r, "backend"))
+            panel = (int(float(r["dims"])), text_of(r, "device"), int(float(r["levels"])))
             n = int(float(r["n_cells"]))
         except (KeyError, TypeError, ValueError):
             continue
-        if key[:2] in panels:
-            out.setdefault(key, []).append(n)
+        if panel in panels:
+            out.setdefault((panel, text_of(r, "backend"), why), []).append(n)
     return out
 
 
 def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
     """Per-sample speed-up of exact over cvxpylayers against problem size, one panel per grid
-    dimensionality and number of levels, one line per cvxpylayers backend (distinct colour
-    and marker); both methods from the same sweep cell.  Cells the sweep skipped for a
-    backend are marked at the panel's top edge; low-confidence ratios (either time) are
-    marked; the batches each method was timed on are stated.  Returns None (and writes
-    nothing) when no cell has both measured."""
+    dimensionality, device and number of levels, one line per cvxpylayers backend (distinct
+    colour and marker) and setting (the cells' dtype, batch, ... where the sweep has
+    several: one line style each); both methods from the same sweep cell.  Cells the sweep
+    did not measure for a backend (skipped, or failed) are marked along the panel's bottom
+    edge, one row per backend: a hollow marker in the backend's colour, its shape the reason
+    (the legend names each); low-confidence ratios
+    (either time) are marked; the batches each method was timed on are stated.  Returns
+    None (and writes nothing) when no cell has both measured."""
     log = log or warn
     need = ("status", "method", "dims", "levels", "n_cells", "per_sample_ms")
     if lacks_columns(rows, need, "speedup_exact_vs_cvxpylayers", "bench.csv", log):
@@ -486,10 +532,17 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
     if not lines:
         log("speedup_exact_vs_cvxpylayers: no sweep cell with both exact and cvxpylayers measured; not written")
         return None
-    panels = sorted({k[:2] for k in lines})
+    panels = sorted({k[0] for k in lines})
+    # the device named in the titles wherever the rows have several (cells of one may draw no line)
+    devices = {text_of(r, "device") for r in rows if text_of(r, "method") in (SPEEDUP_BASE, SPEEDUP_OVER)}
     skipped = _not_measured(rows, set(panels))
-    series = sorted({k[2] for k in lines} | {Series(SPEEDUP_OVER, "", b) for *_, b in skipped}, key=Series.order)
+    series = sorted({k[1] for k in lines} | {Series(SPEEDUP_OVER, "", b) for _, b, _ in skipped}, key=Series.order)
     styles = styles_for(set(series))
+    settings = setting_styles(k[2] for k in lines)
+    # along the bottom edge: one row per backend with cells not measured, in its colour, shaped by the reason
+    gone_rows = [s for s in series if any(b == s.backend for _, b, _ in skipped)]
+    shapes = {why: NOT_MEASURED_MARKERS[i % len(NOT_MEASURED_MARKERS)]
+              for i, why in enumerate(sorted({why for *_, why in skipped}))}
     ncols = min(len(panels), 2)
     nrows = math.ceil(len(panels) / ncols)
     with plt.rc_context(STYLE):
@@ -497,27 +550,29 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
                                  sharey=True, layout="constrained")
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
-        any_low = any_skip = False
-        for ax, (dims, levels) in zip(axes.flat, panels):
+        any_low = False
+        for ax, panel in zip(axes.flat, panels):
             for s in series:
-                pts = sorted(lines.get((dims, levels, s), []))
                 color, marker = styles[s]
-                if pts:
-                    ax.loglog([p[0] for p in pts], [p[1] for p in pts], color=color, marker=marker, ms=4.5, lw=1.1)
-                    low = [p for p in pts if p[2]]
-                    mark_low_confidence(ax, [p[0] for p in low], [p[1] for p in low])
-                    any_low |= bool(low)
-                gone = skipped.get((dims, levels, s.backend), [])
-                if gone:  # along the bottom edge, one row per backend
-                    row = 0.05 + 0.07 * series.index(s)
-                    ax.plot(gone, [row] * len(gone), transform=ax.get_xaxis_transform(), color=color, marker=marker,
-                            ms=4.5, mfc="none", ls="none", clip_on=False)
-                    any_skip = True
+                for setting, (ls, _) in settings.items():
+                    pts = sorted(lines.get((panel, s, setting), []))
+                    if pts:
+                        ax.loglog([p[0] for p in pts], [p[1] for p in pts], color=color, marker=marker, ms=4.5,
+                                  lw=1.1, ls=ls)
+                        low = [p for p in pts if p[2]]
+                        mark_low_confidence(ax, [p[0] for p in low], [p[1] for p in low])
+                        any_low |= bool(low)
+            for i, s in enumerate(gone_rows):
+                for why, shape in shapes.items():
+                    gone = sorted(set(skipped.get((panel, s.backend, why), [])))
+                    if gone:
+                        ax.plot(gone, [0.05 + 0.07 * i] * len(gone), transform=ax.get_xaxis_transform(),
+                                color=styles[s][0], marker=shape, ms=4.5, mfc="none", ls="none", clip_on=False)
             ax.axhline(SPEEDUP_TARGET, color="#444444", ls=":", lw=0.9)
             ax.text(0.01, SPEEDUP_TARGET, r" target $10^4\times$", transform=ax.get_yaxis_transform(), fontsize=6,
                     color="#444444", va="bottom", ha="left")
             quiet_minor_ticks(ax)
-            ax.set_title(f"{dims_title(dims)}, {levels} levels")
+            ax.set_title(_size_panel_title(panel, devices))
             ax.grid(True, which="major", alpha=0.25)
         for ax in axes[:, 0]:
             ax.set_ylabel("speed-up per sample (×)\ncvxpylayers time / exact time")
@@ -525,10 +580,11 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
             ax.set_xlabel(r"problem size $n$ (cells, all levels)")
         handles = [Line2D([], [], color=styles[s][0], marker=styles[s][1], ms=4.5, lw=1.1, label=s.label)
                    for s in series]
-        if any_skip:
-            handles.append(Line2D([], [], color="#444444", marker="o", mfc="none", ls="none", ms=4.5,
-                                  label="hollow, along the bottom: cell skipped by the sweep for that backend "
-                                        "(over --budget or --cvx-max-cells)"))
+        handles += setting_handles(settings)
+        handles += [Line2D([], [], color="#444444", marker=shape, ms=4.5, mfc="none", ls="none",
+                           label=f"hollow {SHAPE_NAMES.get(shape, shape)}, bottom edge (backend's colour): not "
+                                 f"measured, {why}")
+                    for why, shape in shapes.items()]
         if any_low:
             handles.append(low_confidence_handle())
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6.5)
@@ -537,5 +593,7 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
         cvx_b = "/".join(str(b) for b in sorted(batches[SPEEDUP_OVER]))
         base_dtypes = "/".join(sorted({text_of(p.row, "dtype") for p in points if p.series.method == SPEEDUP_BASE}))
         notes = [f"per-sample times: exact timed on B = {exact_b} samples in {base_dtypes}, cvxpylayers on "
-                 f"{cvx_b} of them in float64 (its only mode)", skipped_note(rows)]
+                 f"{cvx_b} of them in float64 (its only mode)"
+                 + ("; one line per backend and setting (line style), never pooled across them"
+                    if len(settings) > 1 else ""), *not_drawn_notes(rows)]
         return figures.save(fig, path, env, notes=notes)
