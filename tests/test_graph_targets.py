@@ -50,16 +50,40 @@ def test_unrolled_sweeps_approach_the_certified_solution_and_its_gradient():
     assert errors[1][0] > 1e-4 and errors[1][1] > 1e-4
 
 
-def test_a_missed_convergence_is_never_met_and_nan_is_never_measured():
+def test_a_missed_convergence_is_never_met_and_nan_is_a_miss_not_unmeasured():
     summary = {"family": "axial", "set": "hard", "dtype": "float64", "tol": 1e-10, "max_sweeps": 200,
                "instances": 100, "median_sweeps": 7, "worst_sweeps": 200, "misses": 1}
     (target,) = gt._targets({"convergence_summary": [summary]})
     assert target["met"] is False and target["value"] == 200.0
-    assert gt._target("x", math.nan, "<=", 1.0)["met"] is None
+    assert gt._target("x", None, "<=", 1.0)["met"] is None  # no value: not measured
+    for value in (math.nan, math.inf, -math.inf):  # measured, and not a number a target can meet
+        nan = gt._target("x", value, "<=" if value > 0 else ">=", 1.0)
+        assert nan["met"] is False and nan["value"] is None and "not a finite number, a miss" in nan["detail"]
     assert gt._target("x", 2.0, ">=", 1e3)["met"] is False
     assert gt._target("x", 2e3, ">=", 1e3)["met"] is True
-    line = format_graph_targets([gt._target("speed", math.nan, ">=", 1e3, "no backend ran"), target])
+    line = format_graph_targets([gt._target("speed", None, ">=", 1e3, "no backend ran"), target])
     assert "not measured" in line and "NOT met" in line and "misses 1" in line
+    assert format_graph_targets([gt._target("speed", math.nan, ">=", 1e3)]).rstrip().endswith(
+        "NOT met   (measured nan: not a finite number, a miss)")
+
+
+def test_every_measured_nan_is_a_miss_in_the_graph_targets():
+    """The reviewer's case: a NaN gradient error, a NaN backward time and a NaN amortised
+    ratio were each reported as not measured (met None); each was measured: NOT met."""
+    rows = [{"family": "axial", "setting": "mild", "draw": 0, "solver": "dual", "status": "ok", "reason": "",
+             "error_vs_fd": math.nan, "error_vs_dual": 0.0},
+            {"family": "axial", "setting": "mild", "draw": 0, "solver": "cvxpylayers[moreau]", "status": "ok",
+             "reason": "", "error_vs_fd": 1e-7, "error_vs_dual": math.nan}]
+    amortised = [{"split": "held_out", "scale": 1.0, "temperatures": "1 1 1", "sweeps": 6, "ratio": math.nan,
+                  "ratio_untrained": 0.5, "amortised_ms": 1.0, "dual_ms": 1.0}]
+    speed = [{"family": "axial", "method": "dual", "backend": "", "status": "ok", "fwd_ms": 1.0, "bwd_ms": math.nan,
+              "per_sample_ms": 1.0, "batch": 1, "total_ms": 1.0}]
+    by = {t["target"]: t for t in gt._targets({"gradients": rows, "amortised": amortised, "speed": speed})}
+    for name in ("implicit gradient vs finite differences (mild)", "implicit gradient vs cvxpylayers[moreau] (mild)",
+                 "dual backward / forward time (axial)",
+                 "amortised / λ=0 held-out violation (axial, σ=1, τ=1 1 1, 6 sweeps)"):
+        assert by[name]["met"] is False, name
+    assert by["cvxpylayers (fastest) / dual per sample (axial)"]["met"] is None  # no backend ran: not measured
 
 
 def test_the_gradient_target_against_cvxpylayers_says_what_its_own_error_is():
@@ -338,8 +362,8 @@ def test_a_nan_gradient_error_is_never_met_wherever_it_comes():
         rows = [row("dual", e, i) for i, e in enumerate(errors)] + [row("cvxpylayers[x]", e, i)
                                                                   for i, e in enumerate(errors)]
         by = {t["target"]: t for t in gt._targets({"gradients": rows})}
-        assert by["implicit gradient vs finite differences (mild)"]["met"] is None, errors
-        assert by["implicit gradient vs cvxpylayers[x] (mild)"]["met"] is None, errors
+        assert by["implicit gradient vs finite differences (mild)"]["met"] is False, errors
+        assert by["implicit gradient vs cvxpylayers[x] (mild)"]["met"] is False, errors
 
 
 def test_bench_graphs_fails_like_a_command(tmp_path, capsys, monkeypatch):

@@ -1,7 +1,12 @@
 """The user's dual solver in a process of its own (convex_attention.bench.isolation): tiny
 solver files that exit, crash, are killed, hang, raise every kind of exception, return
-wrong types, or try to talk to the verifier themselves; none ends, hangs or fools it."""
+wrong types, stall halfway through a message, stop reading, or try to talk to the verifier
+themselves; none hangs or fools it."""
+import os
+import subprocess
+import sys
 import textwrap
+import threading
 import time
 
 import numpy as np
@@ -10,7 +15,13 @@ import torch
 from helpers import slow_beyond
 
 import convex_attention as ca
-from convex_attention.bench.isolation import IsolatedSolver, SolverFailed, parse_solver_spec, returned_duals
+from convex_attention.bench.isolation import (
+    _CHILD_CODE,
+    IsolatedSolver,
+    SolverFailed,
+    parse_solver_spec,
+    returned_duals,
+)
 from convex_attention.bench.verify import random_instances
 
 H = ca.Hierarchy.grid([(4, 4), (2, 2)])
@@ -28,6 +39,29 @@ def _solver(tmp_path, body: str, name: str = "solver") -> str:
     path.write_text("import os, sys, signal, time, ctypes\nimport torch\nimport convex_attention as ca\n\n"
                     "def f(scores, h, temps):\n" + textwrap.indent(body, "    ") + "\n")
     return f"{path}:f"
+
+
+def _returns_within(solver: IsolatedSolver, call, seconds: float = 60):
+    """``call()`` (a SolverFailed it raises is returned), or a test failure when it has not
+    returned within ``seconds`` (generous: it is a hang that is tested, not a speed); the
+    child is then killed so that the hung call ends."""
+    outcome: list = []
+
+    def run():
+        try:
+            outcome.append(call())
+        except SolverFailed as err:
+            outcome.append(err)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        if solver._process is not None:
+            solver._process.kill()
+        thread.join(30)
+        pytest.fail(f"the verifier hung: the call had not returned after {seconds} s")
+    return outcome[0]
 
 
 # ---------------------------------------------------------------- the check of what a solver returned
@@ -64,6 +98,9 @@ def test_a_correct_solver_gives_its_duals_and_its_prints_do_not_reach_stdout(tmp
                    "good")
     with IsolatedSolver(spec, timeout=60) as solver:
         assert solver.name == "f"
+        child = solver._process.pid
+        # a session and process group of its own: signals to the verifier's group do not reach it
+        assert os.getsid(child) == child != os.getsid(0) and os.getpgid(child) != os.getpgid(0)
         got = solver.solve(SCORES, H, TEMPS)
         again = solver.solve(SCORES, H, TEMPS)  # one process serves every instance
     want = _exact_duals(SCORES, H, TEMPS)
@@ -124,13 +161,34 @@ def test_a_solver_that_ends_or_crashes_its_process_fails_and_the_next_instance_g
 
 @pytest.mark.slow  # a Python process of its own
 def test_a_solver_that_hangs_is_stopped_at_the_timeout(tmp_path):
-    with IsolatedSolver(_solver(tmp_path, "time.sleep(600)"), timeout=1.5) as solver:
+    """Stopped with what it started in its process group (here a process that would sleep on)."""
+    pid_file = tmp_path / "grandchild"
+    body = (f"import subprocess\np = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\ntime.sleep(600)")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=1.5) as solver:
         start = time.monotonic()
         with pytest.raises(SolverFailed, match=r"did not return within 1.5 s \(--timeout\); its process was stopped"):
             solver.solve(SCORES, H, TEMPS)
         assert time.monotonic() - start < 60
         process = solver._process
     assert process is None  # stopped, not left running
+    if pid_file.exists() and os.path.isdir("/proc"):  # the grandchild started in time: it is stopped too
+        grandchild = int(pid_file.read_text())
+
+        def running():
+            try:
+                with open(f"/proc/{grandchild}/stat") as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has ended
+            except OSError:
+                return False
+
+        for _ in range(300):
+            if not running():
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(grandchild, 9)
+            pytest.fail("the solver's own process outlived the stopped child")
 
 
 @pytest.mark.slow  # three processes
@@ -161,9 +219,10 @@ def test_a_solver_cannot_send_the_verifier_its_own_messages(tmp_path):
         elif n == 2:
             out.send_bytes(b"x" * (8 << 20))  # far more than the duals of the instance
         else:
+            number = sys._getframe(1).f_locals.get("number")  # the tag of this instance's answer
             buf = io.BytesIO()
             np.savez(buf, d0=np.array([Exploit()], dtype=object))
-            out.send_bytes(_pack({{"status": "duals"}}) + buf.getvalue())
+            out.send_bytes(_pack({{"status": "duals", "instance": number}}) + buf.getvalue())
         time.sleep(600)""")
     with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
         with pytest.raises(SolverFailed, match="sent something that is not a message"):
@@ -173,6 +232,101 @@ def test_a_solver_cannot_send_the_verifier_its_own_messages(tmp_path):
         with pytest.raises(SolverFailed, match=r"sent more than \d+ bytes; it was stopped"):
             solver.solve(SCORES, H, TEMPS)
     assert not marker.exists()
+
+
+# The child's end of its pipe to the verifier, and a frame as Connection.recv_bytes reads it.
+_RAW = "out = int(sys.argv[2])\nimport struct\n"
+
+
+@pytest.mark.parametrize("body", slow_beyond(keep=1, cases=[
+    "os.write(out, b'\\x00\\x00')",  # half the length of a message
+    "os.write(out, struct.pack('!i', 100) + b'{\"status\"')",  # the length, then a tenth of the message
+]))
+def test_a_solver_that_sends_part_of_a_message_and_stalls_is_stopped_at_the_timeout(tmp_path, body):
+    """The timeout covers the whole answer, not its first byte."""
+    with IsolatedSolver(_solver(tmp_path, _RAW + body + "\ntime.sleep(600)"), timeout=1.5) as solver:
+        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+        assert isinstance(err, SolverFailed), err
+        assert str(err) == "did not return within 1.5 s (--timeout); its process was stopped"
+        assert solver._process is None
+
+
+def test_a_child_that_stops_reading_its_instances_is_stopped_at_the_timeout(tmp_path):
+    """Its module makes the child's reads hang; an instance larger than a pipe's buffer
+    cannot be handed over, and the verifier stops waiting at the timeout."""
+    path = tmp_path / "deaf.py"
+    path.write_text("import time\nfrom multiprocessing.connection import Connection\n"
+                    "Connection.recv_bytes = lambda self, *args: time.sleep(600)\n"
+                    "def f(scores, h, temps):\n    return None\n")
+    h = ca.Hierarchy.grid([(128, 128), (64, 64)])
+    scores = [torch.zeros((2,) + s, dtype=torch.float64) for s in h.shapes]  # 320 KiB: more than a pipe holds
+    with IsolatedSolver(f"{path}:f", timeout=1.5) as solver:
+        err = _returns_within(solver, lambda: solver.solve(scores, h, [1.0, 1.0]))
+        assert isinstance(err, SolverFailed), err
+        assert str(err) == "did not return within 1.5 s (--timeout); its process was stopped"
+
+
+@pytest.mark.parametrize("late, message", slow_beyond(keep=1, cases=[
+    (True, "sent a message before it was given this instance (unasked)"),
+    (False, "sent a message that is not its answer to this instance (unasked)"),
+]))
+def test_a_message_sent_unasked_is_never_taken_as_an_answer(tmp_path, late, message):
+    """The solver sends a well-formed answer of zeros tagged for another instance: after its
+    answer, tagged for the next instance (it would be read as that one's answer), or before
+    its answer with the tag of an earlier one.  The forged zeros never come back as duals."""
+    sent = tmp_path / "sent"
+    body = textwrap.dedent(f"""\
+        import threading
+        import numpy as np
+        from convex_attention.bench.isolation import _pack
+        from multiprocessing.connection import Connection
+        number = sys._getframe(1).f_locals.get("number", 0)
+        zeros = [np.zeros((2,) + tuple(h.shapes[b])) for _, b in h.edges]
+
+        def forge(tag):
+            Connection(int(sys.argv[2]), readable=False).send_bytes(_pack({{"status": "duals", "instance": tag}},
+                                                                          zeros))
+            open({str(sent)!r}, "w").close()
+
+        if {late!r}:
+            threading.Timer(0.2, forge, (number + 1,)).start()  # once the answer is on its way
+        else:
+            forge(number - 1)
+            time.sleep(600)  # the forged message is all it sends
+        return ca.solve(scores, h, 'exact', temperature=temps).duals""")
+    other = [s + 1 for s in SCORES]
+    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
+        first = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+        for _ in range(600 if late else 0):  # until the forged message is in the pipe
+            if sent.exists():
+                break
+            time.sleep(0.1)
+        second = _returns_within(solver, lambda: solver.solve(other, H, TEMPS))
+    failed = first if not late else second
+    assert isinstance(failed, SolverFailed) and message in str(failed) and "it was stopped" in str(failed), failed
+    for got, scores in zip((first, second), (SCORES, other)):
+        if not isinstance(got, SolverFailed):  # an answer is the solver's own, never the forged zeros
+            np.testing.assert_array_equal(got[0], _exact_duals(scores, H, TEMPS)[0].numpy())
+
+
+def test_the_child_ends_itself_when_the_verifiers_process_is_gone(tmp_path):
+    """A child of its own session gets no hang-up from the verifier's terminal: it watches
+    its parent instead.  Here it is told a parent that is not its own, as if the verifier
+    had died: it ends (exit status 1) while its solver module still hangs in its import."""
+    (tmp_path / "slow.py").write_text("import time\ntime.sleep(600)\ndef f(scores, h, temps):\n    pass\n")
+    read_a, write_a = os.pipe()
+    read_b, write_b = os.pipe()
+    env = {**os.environ, "CONVEX_ATTENTION_VERIFY_PATH": __import__("json").dumps(sys.path)}
+    process = subprocess.Popen([sys.executable, "-c", _CHILD_CODE, str(read_a), str(write_b), str(os.getpid() + 10**6),
+                                f"{tmp_path / 'slow.py'}:f"], pass_fds=(read_a, write_b), env=env,
+                               stdin=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert process.wait(120) == 1
+    finally:
+        process.kill()
+        process.wait()
+        for fd in (read_a, write_a, read_b, write_b):
+            os.close(fd)
 
 
 @pytest.mark.parametrize("module, message", slow_beyond(keep=0, cases=[

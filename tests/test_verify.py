@@ -435,3 +435,67 @@ def test_reported_measurements_are_not_checks():
     assert all_passed([ok, info])
     text = format_table([ok, info])
     assert "reported" in text and "1/1 checks passed (1 measurements reported beside them)" in text
+
+
+def test_a_solver_called_here_finds_no_reference_of_its_instance_in_the_verifier():
+    """A solver called in this process looks through its callers' frames for the verifier's
+    CVXPY reference to return as its own: the solver runs before the reference exists, so
+    there is none to copy (and its guess, zeros, fails).  Only isolation keeps deliberate
+    tampering out (the module docstring); this keeps out a reference lying in reach."""
+    found = []
+
+    def copier(scores, h, temps):
+        frame = sys._getframe(1)
+        while frame is not None:
+            for value in list(frame.f_locals.values()):
+                if isinstance(value, verify_mod._Reference):
+                    found.append(value)
+                    return [d.clone().reshape((d.shape[0],) + tuple(h.shapes[b]))
+                            for d, (_, b) in zip(value.duals, h.edges)]
+            frame = frame.f_back
+        return [torch.zeros((scores[0].shape[0],) + tuple(h.shapes[b]), dtype=torch.float64) for _, b in h.edges]
+
+    results = verify_instances(_instances(), dual_solver=copier, progress=False, backends=[])
+    assert found == []
+    assert not all_passed(results)
+
+
+def test_a_solver_called_here_that_changes_its_inputs_does_not_change_the_problem_checked():
+    """It is called with copies: zeroing the scores in place (after which λ = 0 would be
+    optimal) and returning zeros does not make the verifier check the zeroed problem."""
+    def zeroing(scores, h, temps):
+        for s in scores:
+            s.zero_()
+        return [torch.zeros((scores[0].shape[0],) + tuple(h.shapes[b]), dtype=torch.float64) for _, b in h.edges]
+
+    instances = list(_instances())
+    before = [s.clone() for s in instances[0][2]]
+    results = verify_instances(instances, dual_solver=zeroing, progress=False, backends=[])
+    assert all(torch.equal(a, b) for a, b in zip(before, instances[0][2]))
+    by = {r.check: r for r in results}
+    assert by["zeroing.duality_gap"].status == "fail" and not all_passed(results)
+
+
+def test_a_backends_certificate_is_held_to_its_options_threshold_not_to_what_its_solution_says(monkeypatch):
+    """``accept_tol`` comes from the backend's default options, never from the solution's info."""
+    real_solve = verify_mod.solve
+
+    def lenient(scores, h, method, **kwargs):
+        sol = real_solve(scores, h, method, **kwargs)
+        if method == "cvxpylayers":
+            sol.info["accept_tol"] = 1e9  # a solution that lowers its own bar
+        return sol
+
+    monkeypatch.setattr(verify_mod, "solve", lenient)
+    results = verify_instances(_instances(), progress=False, backends=ONE)
+    by = {r.check: r for r in results}
+    expected = cvx.check_options({"backend": ONE[0]})["accept_tol"]
+    assert by[f"cvxpylayers[{ONE[0]}].certificate"].tol == expected < 1
+    assert by[f"cvxpylayers[{ONE[0]}].dual_gap_vs_cvxpy"].tol < 1
+
+
+def test_comparing_nothing_is_not_a_pass():
+    """No tensors (or lists of unequal length) to compare: NaN, a failed check, never an error."""
+    assert math.isnan(verify_mod._max_abs([], []))
+    assert math.isnan(verify_mod._max_abs([torch.zeros(2, 3)], []))
+    assert verify_mod._max_abs([torch.ones(2, 3)], [torch.zeros(2, 3)]) == 1.0

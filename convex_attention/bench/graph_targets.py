@@ -2,7 +2,8 @@ r"""The targets of consistency graphs (issue 18), measured side by side in one r
 (``benchmarks/bench_graphs.py``; docs/benchmarks.md quotes a run).
 
 Each part writes one CSV into the output folder, and ``graphs.json`` holds every target with
-its measured value, the threshold and whether it is met (``None``: not measured):
+its measured value, the threshold and whether it is met (``None``: not measured; a value
+that was measured and is NaN or infinite is a miss, ``False``, never "not measured"):
 
 * ``convergence``: the dual solver on the families without a closed form (axial,
   grid_regions, mixed), ``instances`` random instances per family at side ``size``: scores
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import os
 import statistics
 import time
@@ -630,12 +632,18 @@ def _linsat(config: GraphBenchmark, baseline: Callable, log) -> list[dict]:
 
 def _target(name: str, value, op: str, threshold: float, detail: str = "", missed: bool = False) -> dict:
     """One target's verdict: met, NOT met (``False``; also whenever ``missed``: a miss is never
-    rescued by its value) or not measured (``None``: no finite value, NaN included)."""
-    measured = value is not None and isinstance(value, (int, float)) and math.isfinite(value)
-    met = None if not measured else (value <= threshold if op == "<=" else value >= threshold)
+    rescued by its value) or not measured (``None``: no value, ``value is None``).  A value
+    that was measured but is not finite (NaN, ±inf: a failed measurement or a zero time) is
+    a miss, never met and never "not measured"; its ``value`` is ``None`` (strict JSON has
+    no NaN) and its detail says so."""
+    measured = isinstance(value, numbers.Real)
+    finite = measured and math.isfinite(value)
+    met = None if not measured else False if not finite else (value <= threshold if op == "<=" else value >= threshold)
     if missed:
         met = False
-    return {"target": name, "value": value if measured else None, "op": op, "threshold": threshold, "met": met,
+    if measured and not finite:
+        detail = "; ".join(filter(None, [f"measured {value}: not a finite number, a miss", detail]))
+    return {"target": name, "value": value if finite else None, "op": op, "threshold": threshold, "met": met,
             "detail": detail}
 
 

@@ -1,27 +1,39 @@
-"""A user's dual solver run where it cannot harm the verifier: in a process of its own.
+"""A user's dual solver run where it cannot hang or fool the verifier: in a process of its own.
 
 ``convex-attention verify --dual-solver SPEC`` checks code it did not write.  That code may
-raise anything (``KeyboardInterrupt`` and ``GeneratorExit`` included), call ``sys.exit`` or
-``os._exit``, crash the interpreter, hang, or return something that is not duals.  None of
-it may end, hang or fool the verifier, so :class:`IsolatedSolver` imports and calls the
-solver in a child process (a fresh interpreter on the verifier's import path, which
-inherits no state of the verifier):
+raise anything (``KeyboardInterrupt`` and ``GeneratorExit`` included), call ``sys.exit``
+or ``os._exit``, crash the interpreter, hang, stop reading or write half a message, or
+return something that is not duals.  None of it may hang the verifier or make it report
+a check it did not run or that failed as passed, so :class:`IsolatedSolver` imports and
+calls the solver in a child process (a fresh interpreter on the verifier's import path,
+which inherits no state of the verifier, in a session and process group of its own):
 
 * the child imports ``SPEC`` and reports the function's name, or why the import failed
   (a usage error of the command: no check has run yet);
 * per instance the verifier sends the scores, the structure and the temperatures, and waits
-  at most ``timeout`` seconds; the child calls the solver, checks what it returned
+  at most ``timeout`` seconds, for the child to take the instance and for the whole answer
+  (a child that stops reading, or sends part of a message and stalls, is late like one
+  that never answers); the child calls the solver, checks what it returned
   (:func:`returned_duals`: a list of one real floating tensor per edge, shaped like its
-  coarse map) and sends the duals back;
+  coarse map) and sends the duals back, tagged with the instance's number;
 * a solver that raises, exits, crashes, hangs or is killed, or returns anything else, makes
   :class:`SolverFailed` with the reason in one line; the child is stopped where it
-  misbehaved and a fresh one serves the next instance.
+  misbehaved (with its process group) and a fresh one serves the next instance.  A message
+  the child sends unasked (before it is given an instance, or tagged with another one) is
+  never taken as an answer: the instance fails and the child is stopped.
 
 What the child sends is plain bytes: a JSON header and, for duals, an ``.npz`` archive of
 float64 arrays read with ``allow_pickle=False``.  Nothing the child sends is unpickled, so
 it cannot run code in the verifier, and the verifier computes every check itself from the
 duals: the child never reports a check's outcome.  The child ignores Ctrl-C (the verifier
-stops it): a ``KeyboardInterrupt`` inside the child is the solver's own.
+stops it): a ``KeyboardInterrupt`` inside the child is the solver's own.  A thread of the
+child looks twice a second whether the verifier's process is still there, and ends the
+child when it is not (its own session gets no hang-up from the verifier's terminal).
+
+What isolation cannot do: the child runs as the same user as the verifier, so it can
+signal the verifier's process (``os.kill(os.getppid(), signal.SIGKILL)``).  That ends the
+verifier without a result (``verify`` exits with a non-zero status and writes no
+``verify.csv``), never with a pass.
 """
 from __future__ import annotations
 
@@ -33,10 +45,13 @@ import json
 import math
 import os
 import pickle
+import selectors
 import signal
 import struct
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 
@@ -51,6 +66,11 @@ __all__ = ["IsolatedSolver", "SolverFailed", "load_solver", "returned_duals", "d
 #: it imports the solver (the solver's own import then has the per-instance timeout).
 STARTUP_S = 300.0
 _HEADER = struct.Struct("!I")  # the length of a message's JSON header
+# The framing of multiprocessing.connection.Connection (the child sends with it): a signed
+# length, or -1 and then an unsigned 64-bit length for a message of 2 GiB or more.
+_LENGTH, _LONG_LENGTH = struct.Struct("!i"), struct.Struct("!Q")
+_CHUNK = 1 << 20  # bytes read or written at a time
+_PARENT_POLL_S = 0.5  # how often the child looks whether the verifier's process is still there
 _SMALL_MESSAGE = 1 << 20  # bytes a message without duals may take; a child that sends more is stopped
 
 
@@ -183,12 +203,21 @@ def _read_duals(body: bytes, shapes: Sequence[tuple]) -> list[np.ndarray]:
 # subprocess, not multiprocessing: spawn would import the verifier's main script again in
 # the child, which a script without ``if __name__ == "__main__"`` cannot survive.
 _CHILD_CODE = ("import json, os, sys; sys.path[:] = json.loads(os.environ['CONVEX_ATTENTION_VERIFY_PATH']); "
-               "from convex_attention.bench.isolation import _child; _child(*map(int, sys.argv[1:3]), sys.argv[3])")
+               "from convex_attention.bench.isolation import _child; _child(*map(int, sys.argv[1:4]), sys.argv[4])")
 
 
-def _child(read_fd: int, write_fd: int, spec: str) -> None:
+def _watch_parent(parent: int) -> None:
+    """End this process (the child) once the verifier's process ``parent`` is gone: a child
+    of its own session gets no signal when the verifier's terminal closes."""
+    while os.getppid() == parent:
+        time.sleep(_PARENT_POLL_S)
+    os._exit(1)
+
+
+def _child(read_fd: int, write_fd: int, parent: int, spec: str) -> None:
     """The child's whole life: import the solver, then solve instances until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the verifier, which stops this process
+    threading.Thread(target=_watch_parent, args=(parent,), name="watch-verifier", daemon=True).start()
     with contextlib.suppress(OSError):
         os.dup2(2, 1)  # the solver's prints go to stderr: the verifier's table stays on stdout
     sys.stdout = sys.stderr
@@ -207,24 +236,76 @@ def _child(read_fd: int, write_fd: int, spec: str) -> None:
             return
         if message[0] != "solve":
             return
-        _, scores, h, temps = message
+        _, number, scores, h, temps = message
         try:
             raw = fn([torch.from_numpy(s) for s in scores], h, list(temps))
         except BaseException as exc:  # noqa: BLE001 - the solver's: every kind of exception is a failure
-            outbox.send_bytes(_pack({"status": "error", "reason": describe(exc)}))
+            outbox.send_bytes(_pack({"status": "error", "instance": number, "reason": describe(exc)}))
             continue
         try:
             duals = returned_duals(raw, h, scores[0].shape[0])
         except ValueError as err:
-            outbox.send_bytes(_pack({"status": "error", "reason": str(err)}))
+            outbox.send_bytes(_pack({"status": "error", "instance": number, "reason": str(err)}))
             continue
         except BaseException as exc:  # noqa: BLE001 - what it returned misbehaved when read
-            outbox.send_bytes(_pack({"status": "error", "reason": f"returned a value that {describe(exc)} when read"}))
+            outbox.send_bytes(_pack({"status": "error", "instance": number,
+                                     "reason": f"returned a value that {describe(exc)} when read"}))
             continue
-        outbox.send_bytes(_pack({"status": "duals"}, duals))
+        outbox.send_bytes(_pack({"status": "duals", "instance": number}, duals))
 
 
 # ----------------------------------------------------------------------------- the verifier's side
+
+class _Late(Exception):
+    """The deadline passed before a read or a write was done."""
+
+
+def _wait_for(fd: int, event: int, deadline: float) -> None:
+    """Until ``fd`` is ready for ``event`` (a ``selectors`` event); _Late at ``deadline``."""
+    with selectors.DefaultSelector() as selector:
+        selector.register(fd, event)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Late
+            if selector.select(remaining):
+                return
+
+
+def _read(fd: int, size: int, deadline: float) -> bytes:
+    """Exactly ``size`` bytes from the non-blocking ``fd`` by ``deadline`` (``time.monotonic``):
+    _Late when they have not all come by then, EOFError when the writer closed first."""
+    data = bytearray()
+    while len(data) < size:
+        _wait_for(fd, selectors.EVENT_READ, deadline)
+        try:
+            chunk = os.read(fd, min(size - len(data), _CHUNK))
+        except (BlockingIOError, InterruptedError):
+            continue
+        if not chunk:
+            raise EOFError
+        data += chunk
+    return bytes(data)
+
+
+def _write(fd: int, data: bytes, deadline: float) -> None:
+    """All of ``data`` into the non-blocking ``fd`` by ``deadline``: _Late when the reader
+    has not taken it by then; OSError (a broken pipe) when the reader is gone."""
+    view = memoryview(data)
+    while view:
+        _wait_for(fd, selectors.EVENT_WRITE, deadline)
+        try:
+            view = view[os.write(fd, view[:_CHUNK]):]
+        except (BlockingIOError, InterruptedError):
+            continue
+
+
+def _frame(payload: bytes) -> bytes:
+    """``payload`` framed as ``Connection.recv_bytes`` (the child's) reads it."""
+    if len(payload) > 0x7FFFFFFF:
+        return _LENGTH.pack(-1) + _LONG_LENGTH.pack(len(payload)) + payload
+    return _LENGTH.pack(len(payload)) + payload
+
 
 def _ended(process: subprocess.Popen) -> str:
     """How a child that stopped answering ended, in words."""
@@ -251,8 +332,9 @@ class IsolatedSolver:
 
     Args:
         spec: the solver.
-        timeout: seconds one instance may take (and the solver's module to import) before
-            the child is stopped and the instance fails.
+        timeout: seconds one instance may take, from handing it over to the end of the
+            answer (and the solver's module to import), before the child is stopped and the
+            instance fails.
     """
 
     def __init__(self, spec: str, timeout: float):
@@ -262,8 +344,9 @@ class IsolatedSolver:
         self.spec, self.timeout = spec, float(timeout)
         self.name = ""
         self._process: subprocess.Popen | None = None
-        self._inbox: Connection | None = None  # what the child sends
-        self._outbox: Connection | None = None  # what the child is sent
+        self._inbox: int | None = None  # the pipe the child writes to (non-blocking)
+        self._outbox: int | None = None  # the pipe the child reads from (non-blocking)
+        self._number = 0  # the number of the last instance handed over
 
     def __enter__(self) -> IsolatedSolver:
         self.start()
@@ -285,19 +368,26 @@ class IsolatedSolver:
         from_child_read, from_child_write = os.pipe()
         env = {**os.environ, "CONVEX_ATTENTION_VERIFY_PATH": json.dumps(sys.path)}
         try:
+            # a session of its own: signals for the verifier's process group (a terminal's
+            # Ctrl-C or hang-up) do not reach it, and close() stops its whole group
             process = subprocess.Popen([sys.executable, "-c", _CHILD_CODE, str(to_child_read), str(from_child_write),
-                                        self.spec], pass_fds=(to_child_read, from_child_write), env=env,
-                                       stdin=subprocess.DEVNULL)
+                                        str(os.getpid()), self.spec], pass_fds=(to_child_read, from_child_write),
+                                       env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        except BaseException:
+            for fd in (to_child_write, from_child_read):
+                os.close(fd)
+            raise
         finally:
             os.close(to_child_read)
             os.close(from_child_write)
-        self._process = process
-        self._inbox = Connection(from_child_read, writable=False)
-        self._outbox = Connection(to_child_write, readable=False)
-        header, _ = self._receive(STARTUP_S, "did not start")
+        os.set_blocking(from_child_read, False)
+        os.set_blocking(to_child_write, False)
+        self._process, self._inbox, self._outbox = process, from_child_read, to_child_write
+        header, _ = self._receive(time.monotonic() + STARTUP_S, "did not start")
         if header["status"] != "started":
             raise SolverFailed(self._stop("sent an unexpected message while starting"))
-        header, _ = self._receive(self.timeout, f"did not finish importing within {self.timeout:g} s (--timeout)")
+        header, _ = self._receive(time.monotonic() + self.timeout,
+                                  f"did not finish importing within {self.timeout:g} s (--timeout)")
         if header["status"] == "load_error":
             reason = str(header.get("reason", "the import failed"))
             self.close()
@@ -310,27 +400,46 @@ class IsolatedSolver:
         self.close()
         return why
 
-    def _receive(self, timeout: float, late: str, limit: int = _SMALL_MESSAGE) -> tuple[dict, bytes]:
-        """The child's next message (at most ``limit`` bytes); SolverFailed (the child
-        stopped) when it is late, ends, or sends something that is not a message."""
+    def _receive(self, deadline: float, late: str, limit: int = _SMALL_MESSAGE) -> tuple[dict, bytes]:
+        """The child's next message (at most ``limit`` bytes), whole by ``deadline``
+        (``time.monotonic``); SolverFailed (the child stopped) when it is late, ends, or
+        sends something that is not a message."""
         inbox, process = self._inbox, self._process
         assert inbox is not None and process is not None
-        if not inbox.poll(timeout):
-            self.close()
-            raise SolverFailed(f"{late}; its process was stopped")
         try:
-            data = inbox.recv_bytes(limit)
-        except OSError:  # longer than any message of ours (recv_bytes' maxlength)
-            raise SolverFailed(self._stop(f"its process sent more than {limit} bytes; it was stopped")) from None
-        except EOFError:
+            (size,) = _LENGTH.unpack(_read(inbox, _LENGTH.size, deadline))
+            if size == -1:
+                (size,) = _LONG_LENGTH.unpack(_read(inbox, _LONG_LENGTH.size, deadline))
+            if size > limit:
+                raise SolverFailed(self._stop(f"its process sent more than {limit} bytes; it was stopped"))
+            if size < 0:
+                raise ValueError("a negative length")
+            data = _read(inbox, size, deadline)
+            return _unpack(data)
+        except _Late:
+            self.close()
+            raise SolverFailed(f"{late}; its process was stopped") from None
+        except (EOFError, OSError):
             why = _ended(process)
             self.close()
             raise SolverFailed(f"{why} without returning") from None
-        try:
-            return _unpack(data)
         except (ValueError, UnicodeDecodeError):
             raise SolverFailed(self._stop("its process sent something that is not a message; it was stopped")) \
                 from None
+
+    def _sent_unasked(self) -> bool:
+        """Whether the child has sent something since its last answer (nothing was asked)."""
+        assert self._inbox is not None
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._inbox, selectors.EVENT_READ)
+            if not selector.select(0):
+                return False
+        try:
+            return bool(os.read(self._inbox, 1))  # b"": the child closed the pipe, which the answer will tell
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return False
 
     def solve(self, scores: Sequence[torch.Tensor], h: Graph, temps: Sequence[float]) -> list[np.ndarray]:
         """The solver's duals of one instance (``scores``: ``M`` tensors ``(B, *h.shapes[k])``),
@@ -341,18 +450,30 @@ class IsolatedSolver:
             except ValueError as err:  # imported before, fails now
                 raise SolverFailed(f"could not be imported again: {err}") from None
         assert self._outbox is not None and self._process is not None
+        if self._sent_unasked():
+            raise SolverFailed(self._stop("its process sent a message before it was given this instance (unasked); "
+                                          "it was stopped"))
+        self._number += 1
+        number = self._number
         shapes = [(scores[0].shape[0],) + tuple(h.shapes[b]) for _, b in h.edges]
+        late = f"did not return within {self.timeout:g} s (--timeout)"
+        deadline = time.monotonic() + self.timeout
+        # plain pickle (Connection.send's would share tensors through a server thread)
+        message = _frame(pickle.dumps(("solve", number, [s.detach().cpu().numpy() for s in scores], h,
+                                       [float(t) for t in temps])))
         try:
-            # plain pickle (Connection.send's would share tensors through a server thread)
-            self._outbox.send_bytes(pickle.dumps(("solve", [s.detach().cpu().numpy() for s in scores], h,
-                                                  [float(t) for t in temps])))
+            _write(self._outbox, message, deadline)
+        except _Late:
+            raise SolverFailed(self._stop(f"{late}; its process was stopped")) from None
         except (OSError, ValueError):
             why = _ended(self._process)
             self.close()
             raise SolverFailed(f"{why} before it was given the instance") from None
         values = sum(math.prod(shape) for shape in shapes)
-        header, body = self._receive(self.timeout, f"did not return within {self.timeout:g} s (--timeout)",
-                                     _SMALL_MESSAGE + 8 * values + 4096 * len(shapes))
+        header, body = self._receive(deadline, late, _SMALL_MESSAGE + 8 * values + 4096 * len(shapes))
+        if header.get("instance") != number:
+            raise SolverFailed(self._stop("its process sent a message that is not its answer to this instance "
+                                          "(unasked); it was stopped"))
         if header["status"] == "error":
             raise SolverFailed(str(header.get("reason", "failed"))[:400])
         if header["status"] != "duals":
@@ -363,16 +484,18 @@ class IsolatedSolver:
             raise SolverFailed(self._stop(f"its process sent unreadable duals ({err}); it was stopped")) from None
 
     def close(self) -> None:
-        """Stop the child (if any); safe to call twice."""
+        """Stop the child (if any) and its process group; safe to call twice."""
         inbox, outbox, process = self._inbox, self._outbox, self._process
         self._inbox = self._outbox = self._process = None
-        for conn in (inbox, outbox):
-            if conn is not None:
+        for fd in (inbox, outbox):
+            if fd is not None:
                 with contextlib.suppress(OSError):
-                    conn.close()
+                    os.close(fd)
         if process is not None:
+            if process.returncode is None:  # not reaped yet: its pid, and so its group's id, is still its own
+                with contextlib.suppress(OSError):
+                    os.killpg(process.pid, signal.SIGKILL)  # what it started in its group, too
             if process.poll() is None:
                 process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(5)
-

@@ -24,17 +24,27 @@ tolerance: its gradients are known to be inaccurate, docs/benchmarks.md), never 
 Every requested ``cvxpylayers`` backend (default: every one that can run here) is checked
 against the plain CVXPY reference at its default options: its own certificate
 (``cvxpylayers[<backend>].certificate`` <= its ``accept_tol``), its probabilities
-(``.primal_vs_cvxpy`` within ``sqrt(2·accept_tol·max(1, |f*|) / min τ) + accept_tol``, the
+(``.primal_vs_cvxpy`` within ``sqrt(2·accept_tol·max(1, |f̄*|) / min τ) + accept_tol``, the
 distance its certificate allows) and its duals' objective (``.dual_gap_vs_cvxpy``:
-``(g(λ) − f*) / max(1, |f*|)`` <= ``accept_tol`` + the reference's own tolerance).
+``(g(λ) − f*) / max(1, |f̄*|)`` <= ``accept_tol`` + the reference's own tolerance; ``f̄*`` is
+``f*`` of the scores centred per map, as in ``cvx.certificate``).
 
 A user's own dual solver can be verified with ``dual_solver``: a callable
 ``(scores, h, temperatures) -> duals`` (``L-1`` real floating tensors ``(B, *h.shapes[k+1])``:
 anything else fails with the reason), called in this process, or an
 :class:`~.isolation.IsolatedSolver`, which runs it in a process of its own with a timeout per
 instance (what ``convex-attention verify --dual-solver`` does: a solver that exits,
-crashes, hangs or is killed then fails its rows, and cannot end or fool the verifier); its
-rows carry its name (:func:`solver_label`).
+crashes, hangs or is killed then fails its rows, and cannot hang the verifier or make it
+report a pass; isolation.py says what it can still do: end the verifier's process, which
+then passes nothing); its rows carry its name (:func:`solver_label`).  The guarantee that
+the solver under test cannot fool the verifier holds for the isolated solver only.  A
+callable is *trusted code*: it runs in the verifier's process, where it could read or
+change anything (the results, the functions that compute the checks).  It is called
+before the instance's reference exists (the reference is computed once it has returned)
+and is given copies of the scores, the structure and the temperatures, so that a solver
+that reads its caller's state or changes its inputs in place by mistake finds no answer
+to copy and cannot alter the problem the verifier checks; that protects against
+mistakes, not against deliberate tampering.
 
 Every requested check gets a row (:class:`CheckResult`) with a ``status``: ``pass``,
 ``fail`` (ran, error above tolerance or NaN), ``error`` (the part it belongs to raised,
@@ -47,6 +57,7 @@ installed) are not requested by default; :func:`backend_skips` says why, in one 
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
@@ -61,10 +72,11 @@ from ..cvx import (
     available_backends,
     backend_unavailable_reason,
     certificate,
+    check_options,
     get_backend,
     get_layer,
 )
-from ..dual import reparameterized_logits, reparameterized_probs
+from ..dual import reparameterized_logits, reparameterized_probs, score_offset
 from ..graph import Graph
 from ..hierarchy import Hierarchy
 from ..io.files import atomic_csv
@@ -224,6 +236,11 @@ def kkt_residual(probs, duals, scores, h: Graph, temps) -> float:
 
 
 def _max_abs(a, b) -> float:
+    """The largest absolute difference between the tensors of ``a`` and ``b``, NaN (a
+    failed check) when there is nothing to compare or the lists differ in length."""
+    a, b = list(a), list(b)
+    if not a or len(a) != len(b):
+        return math.nan
     return nan_max(float((x.detach().reshape(x.shape[0], -1) - y.detach().reshape(y.shape[0], -1)).abs().max())
                    for x, y in zip(a, b))
 
@@ -250,12 +267,15 @@ class _Rows:
 
 @dataclass
 class _Reference:
-    """The plain CVXPY solve of one instance: probabilities, duals, ``f*`` and the scale
-    ``max(1, |f*|)`` the relative measures use."""
+    """The plain CVXPY solve of one instance: probabilities, duals, ``f*``, and ``max(1, |f̄*|)``
+    per sample (``f̄*``: ``f*`` of the scores centred per map, ``dual.score_offset``), the
+    normaliser of the relative measures as in ``cvx.certificate``, and its largest value,
+    ``scale``, which the distance bounds use."""
 
     probs: list
     duals: list
     f_star: torch.Tensor
+    normaliser: torch.Tensor
     scale: float
 
 
@@ -265,9 +285,11 @@ def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = 
 
     Args:
         instances: ``(name, h, scores, temps)`` tuples (:func:`random_instances`).
-        dual_solver: ``(scores, h, temps) -> duals``, called in this process, or an
-            :class:`~.isolation.IsolatedSolver` (started; its own process, a timeout per
-            instance); default: the built-in ``"dual"`` method at ``tol=1e-11``.  Whatever
+        dual_solver: ``(scores, h, temps) -> duals``, called in this process (trusted
+            code: see the module docstring; it gets copies of the instance, before its
+            reference is computed), or an :class:`~.isolation.IsolatedSolver` (started;
+            its own process, a timeout per instance: what it returns cannot fool the
+            checks); default: the built-in ``"dual"`` method at ``tol=1e-11``.  Whatever
             it raises (``sys.exit`` and every other ``BaseException`` included, except a
             ``KeyboardInterrupt`` in this process, which is Ctrl-C and stops the run), a
             return value that is not one real floating tensor per edge of the documented
@@ -288,6 +310,8 @@ def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = 
     instances = list(instances)
     for i, (name, h, scores, temps) in enumerate(tqdm(instances, desc="verify", disable=not progress)):
         rows = _Rows(results, i, name)
+        # the solver under test first: while it runs, no reference of this instance exists
+        found = _run_dual_solver(dual_solver, h, scores, temps)
         ref = _reference(rows, h, scores, temps, tol)
         closed_form = get_method("exact").accepts(h)
         if ref is None:  # every comparison needs it
@@ -302,7 +326,7 @@ def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = 
             # few 1e-6 in probabilities (Clarabel's regularisation): held to what it promises.
             cert = _backend_certificate(h, temps, _flat(scores), layer.solution)
             layer.tol = max(layer.tol, math.sqrt(2 * cert * ref.scale / min(temps)) + cert)
-        _check_dual_solver(rows, label, dual_solver, h, scores, temps, ref, layer, tol)
+        _check_dual_solver(rows, label, found, h, scores, temps, ref, layer, tol)
         if closed_form:  # the closed form exists on forests only
             _check_exact(rows, h, scores, temps, ref, layer, tol)
         if builtin:
@@ -342,7 +366,8 @@ def _reference(rows: _Rows, h: Graph, scores, temps, tol: dict) -> _Reference | 
         rows.broke("reference", ("certificate",), exc)
         return None
     rows.add("reference.certificate", float(certificate(h, temps, flat, ref_p, ref_d).max()), tol["reference"])
-    return _Reference(ref_p, ref_d, f_star, float(f_star.abs().clamp(min=1).max()))
+    normaliser = (f_star - score_offset(flat)).abs().clamp(min=1)
+    return _Reference(ref_p, ref_d, f_star, normaliser, float(normaliser.max()))
 
 
 def _check_backends(rows: _Rows, h: Graph, scores, temps, ref: _Reference, backends, tol: dict):
@@ -356,10 +381,11 @@ def _check_backends(rows: _Rows, h: Graph, scores, temps, ref: _Reference, backe
         try:
             with torch.no_grad():  # values only (Moreau builds a graph otherwise)
                 sol = solve(scores, h, cvx_method, temperature=temps, backend=backend)
-            accept = float(sol.info["accept_tol"])
+            # the threshold of the backend's default options, not what its solution reports
+            accept = float(check_options({"backend": backend})["accept_tol"])
             cert = _backend_certificate(h, temps, flat, sol)
             bound = math.sqrt(2 * accept * ref.scale / min(temps)) + accept
-            gap = (metrics.dual_objective(scores, sol.duals, h, temps) - ref.f_star) / ref.f_star.abs().clamp(min=1)
+            gap = (metrics.dual_objective(scores, sol.duals, h, temps) - ref.f_star) / ref.normaliser
             checks = [("certificate", cert, accept), ("primal_vs_cvxpy", _max_abs(sol.probs, ref.probs), bound),
                       ("dual_gap_vs_cvxpy", float(gap.abs().max()), accept + tol["reference"])]
         except (SystemExit, Exception) as exc:
@@ -390,23 +416,33 @@ def _compare(rows: _Rows, part: str, probs, duals, ref: _Reference, layer: _Laye
         rows.add(f"{part}.duals_vs_layer", _max_abs(duals, layer.solution.duals), tol["duals"])
 
 
-def _check_dual_solver(rows: _Rows, label: str, dual_solver, h: Graph, scores, temps, ref: _Reference,
-                       layer: _Layer, tol: dict) -> None:
-    """The dual solver under test (the user's code: anything may come out of it)."""
+def _run_dual_solver(dual_solver, h: Graph, scores, temps) -> tuple[list, list] | str:
+    """The dual solver under test on one instance (the user's code: anything may come out
+    of it): its centred duals and ``p(λ)``, or why it failed, in one line."""
     B = scores[0].shape[0]
     try:
         found = _solver_duals(dual_solver, scores, h, temps)
         lam = [torch.from_numpy(d) for d in found]
         lam = [d - d.reshape(B, -1).mean(1).view((B,) + (1,) * (d.dim() - 1)) for d in lam]
-        p_dual = reparameterized_probs(scores, lam, h, temps)
-    except (SolverFailed, SystemExit, Exception) as exc:
-        rows.broke(label, _SOLVER_CHECKS, str(exc) if isinstance(exc, SolverFailed) else exc,
+        return lam, reparameterized_probs(scores, lam, h, temps)
+    except SolverFailed as exc:
+        return str(exc)
+    except (SystemExit, Exception) as exc:
+        return describe(exc)
+
+
+def _check_dual_solver(rows: _Rows, label: str, found: tuple[list, list] | str, h: Graph, scores, temps,
+                       ref: _Reference, layer: _Layer, tol: dict) -> None:
+    """The rows of the dual solver under test, from what :func:`_run_dual_solver` found."""
+    if isinstance(found, str):
+        rows.broke(label, _SOLVER_CHECKS, found,
                    {"primal_vs_cvxpy": tol["primal"], "duals_vs_cvxpy": tol["duals"],
                     "primal_vs_layer": tol["primal"], "duals_vs_layer": tol["duals"],
                     "duality_gap": tol["gap"], "kkt_stationarity": tol["kkt"], "feasibility": tol["feasibility"]})
         return
+    lam, p_dual = found
     _compare(rows, label, p_dual, lam, ref, layer, tol)
-    gap = (metrics.dual_objective(scores, lam, h, temps) - ref.f_star) / ref.f_star.abs().clamp(min=1)
+    gap = (metrics.dual_objective(scores, lam, h, temps) - ref.f_star) / ref.normaliser
     rows.add(f"{label}.duality_gap", float(gap.abs().max()), tol["gap"])
     rows.add(f"{label}.kkt_stationarity", kkt_residual(ref.probs, lam, scores, h, temps), tol["kkt"])
     rows.add(f"{label}.feasibility", float(metrics.violation(p_dual, h).max()), tol["feasibility"])
@@ -414,11 +450,12 @@ def _check_dual_solver(rows: _Rows, label: str, dual_solver, h: Graph, scores, t
 
 def _solver_duals(dual_solver, scores, h: Graph, temps) -> list:
     """The duals of one instance as float64 arrays (:func:`~.isolation.returned_duals`);
-    SolverFailed with the reason otherwise."""
+    SolverFailed with the reason otherwise.  A callable gets copies of the instance: what
+    it does to them does not reach the problem the verifier checks."""
     if isinstance(dual_solver, IsolatedSolver):
         return dual_solver.solve(scores, h, temps)
     try:
-        raw = dual_solver(scores, h, temps)
+        raw = dual_solver([s.detach().clone() for s in scores], copy.deepcopy(h), [float(t) for t in temps])
     except KeyboardInterrupt:
         raise  # in this process, Ctrl-C cannot be told from the solver's own: the run stops
     except BaseException as exc:  # noqa: BLE001 - sys.exit, GeneratorExit, ...: a failed row
