@@ -207,6 +207,30 @@ def test_bench_with_scores_from_a_trained_model(tmp_path):
     assert run(["bench", "--generator", "model", "--checkpoint", ckpt, "--sizes", "16", "--out", out]) == 2
 
 
+
+def test_bench_refuses_a_model_sweep_it_could_not_run_honestly(tmp_path, capsys):
+    """Before work, exit 2, one line: a seed whose images are the checkpoint's own training
+    images (before: scored without a word), and a model of 16x16 folder images that the
+    synthetic generator cannot feed (before: accepted, and every row an error)."""
+    from convex_attention.paper.config import TrainConfig
+    from convex_attention.paper.models import AttentionUNet, save_checkpoint
+
+    def checkpoint(name, **fields):
+        cfg = TrainConfig.build(**{**dict(width=4, image_size=32, embed_channels=8, method="softmax"), **fields})
+        return save_checkpoint(str(tmp_path / name / "best.pt"), AttentionUNet(config=cfg.model),
+                               extra={"train_config": cfg.to_dict()})
+
+    own = checkpoint("own", data_seed=20_001)
+    folder16 = checkpoint("folder16", data="folder", data_root=str(tmp_path), image_size=16, attention_blocks=(2, 3))
+    for argv, words in ((["--checkpoint", own, "--sizes", "8", "--seed", "1"], "own training images"),
+                        (["--checkpoint", own, "--sizes", "8", "--seed", "0"], "seed 0, and seed 1 for its training"),
+                        (["--checkpoint", folder16, "--sizes", "8"], "32x32 images or more")):
+        out = tmp_path / "out"
+        assert run(["bench", "--generator", "model", "--levels", "2", *argv, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert words in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert not out.exists()
+
 # ----------------------------------------------------------------------------- bench: usage errors, results folder
 
 FAST = ["--methods", "exact", "softmax", "--sizes", "4", "--levels", "2", "--batch", "2", "--repeats", "2",
@@ -231,6 +255,21 @@ FAST = ["--methods", "exact", "softmax", "--sizes", "4", "--levels", "2", "--bat
       "1"], "--cvx-backends mpax: cvxpylayers backend 'mpax' cannot run here"),
     # a contradiction found before the folder is made (before: exit 2, and an empty folder left behind)
     (["--sizes", "16", "--resume", "--overwrite"], "--resume and --overwrite contradict each other"),
+    # a grid value listed twice (before: its cells measured twice, and bench.json's run counted both); FAST
+    # first, so that the code before the fix measured a small sweep (the value given last replaces FAST's)
+    ([*FAST, "--sizes", "8", "8"], "--sizes: sizes must hold distinct values, got [8, 8] (8 is listed twice)"),
+    ([*FAST, "--levels", "2", "3", "2"], "--levels: levels must hold distinct values"),
+    ([*FAST, "--batch", "2", "2"], "--batch: batches must hold distinct values"),
+    ([*FAST, "--dims", "2", "2"], "--dims: dims must hold distinct values"),
+    ([*FAST, "--temperature", "1", "1.0"], "--temperature: temperatures must hold distinct values, got [1.0, 1.0]"),
+    ([*FAST, "--dtype", "float32", "float32"], "--dtype: dtypes must hold distinct values"),
+    ([*FAST, "--device", "cpu", "cpu"], "--device: devices must hold distinct values, got ['cpu', 'cpu']"),
+    ([*FAST, "--cvx-backends", "diffcp-clarabel", "diffcp-clarabel"],
+     "--cvx-backends: cvx_backends must hold distinct"),
+    # a checkpoint no generator but the model's reads (before: accepted, even a missing file, and recorded, so
+    # that a later --resume without it was refused)
+    ([*FAST, "--checkpoint", "no/such/model.pt"], "--checkpoint needs --generator model"),
+    ([*FAST, "--generator", "gaussian", "--checkpoint", "no/such/model.pt"], "--generator gaussian does not read it"),
 ])
 def test_bench_usage_errors_exit_2_before_any_work(tmp_path, capsys, argv, message):
     out = tmp_path / "r"
@@ -449,6 +488,58 @@ def test_bench_resume_refuses_other_measurement_settings_and_numbers_new_cells_a
     conv = read(out / "convergence.csv")
     assert {(r["size"], r["cell"]) for r in conv} == {("8", "0"), ("4", "1")}
     assert json.load(open(out / "bench.json"))["config"]["sizes"] == [8, 4]
+
+
+def test_bench_resume_measures_again_a_dual_row_whose_history_was_damaged(tmp_path, capsys):
+    """Before: a value cut off in convergence.csv dropped that history row on --resume (stderr
+    said it is recomputed), but the dual row stayed finished: the history stayed one row
+    short for good.  Now the cell's dual row is measured again and its whole history written
+    once."""
+    out = tmp_path / "r"
+    argv = ["bench", "--methods", "softmax", "dual", "--sizes", "8", "--levels", "2", "--batch", "2", "--repeats",
+            "2", "--warmup", "1", "--no-progress", "--device", "cpu", "--out", str(out)]
+    assert run(argv) == 0
+    before = read(out / "convergence.csv")
+    lines = (out / "convergence.csv").read_text().splitlines(keepends=True)
+    fields = lines[2].split(",")
+    fields[8] = fields[8][:6]  # violation_mean of the second history row, cut off
+    lines[2] = ",".join(fields)
+    (out / "convergence.csv").write_text("".join(lines))
+    capsys.readouterr()
+    assert run([*argv, "--resume"]) == 0
+    err = capsys.readouterr().err
+    assert "dual row of cell 0 has an incomplete history" in err, err
+    after = read(out / "convergence.csv")
+    assert [r["iteration"] for r in after] == [r["iteration"] for r in before]  # whole, once
+    rows = read(out / "bench.csv")
+    assert sorted(r["method"] for r in rows) == ["dual", "softmax"]
+    assert {r["row_id"] for r in after} == {r["row_id"] for r in rows if r["method"] == "dual"}
+    runs = json.load(open(out / "bench.json"))["runs"]
+    assert [r["rows"] for r in runs] == [2, 1], "the second run measured the dual row alone"
+
+
+def test_bench_example_is_an_instance_of_the_sweeps_seed_and_scale(tmp_path, monkeypatch):
+    """Before: save_example was given neither the seed nor the scale (nor the training cap):
+    example.npz was seed 0 at scale 1 whatever --seed and --scale said."""
+    import numpy as np
+
+    from convex_attention.bench import examples, sweep
+    from convex_attention.bench.generators import generate
+    from convex_attention.hierarchy import Hierarchy
+
+    out = tmp_path / "r"
+    assert run(["bench", *FAST, "--seed", "7", "--scale", "2.5", "--out", str(out)]) == 0
+    h = Hierarchy.grid([(32, 32), (16, 16)])
+    with np.load(out / "example.npz", allow_pickle=False) as z:
+        assert np.array_equal(z["scores0"], generate("lesion", h, 1, seed=107, scale=2.5)[0][0].numpy())
+    # the learned duals' settings, capped as the sweep's (--quick: --fit-max-values 65536)
+    seen = []
+    monkeypatch.setattr(sweep, "run_sweep", lambda *a, **k: [])
+    monkeypatch.setattr(examples, "save_example", lambda out, **kw: seen.append(kw))
+    assert run(["bench", "--quick", "--methods", "learned_dual", "--seed", "4", "--scale", "3", "--no-progress",
+                "--out", str(tmp_path / "q")]) == 0
+    assert seen == [{"generator": "lesion", "scale": 3.0, "seed": 4, "fit_instances": 64, "fit_max_values": 2 ** 16,
+                     "fit_steps": 100, "amortised_steps": 150}]
 
 
 def test_bench_refuses_to_replace_an_earlier_benchs_example_or_convergence_rows(tmp_path, capsys):

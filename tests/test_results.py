@@ -354,3 +354,145 @@ def test_a_fresh_bench_refuses_convergence_rows_or_an_example_it_would_replace(t
     empty_conv.mkdir()
     R.atomic_csv(str(empty_conv / "convergence.csv"), R.CONVERGENCE_COLUMNS, [], checksum=True)
     writer(empty_conv)  # a header alone: nothing to lose
+
+
+# ----------------------------------------------------------------------------- resume: incomplete histories
+
+def _damage(path: Path, line: int, how: str) -> None:
+    """Line ``line`` (1-based, the header is line 1) of a table: a value cut off, or removed."""
+    lines = path.read_text().splitlines(keepends=True)
+    if how == "cut":
+        fields = lines[line - 1].split(",")
+        fields[8] = fields[8][:-1]  # violation_mean, cut off
+        lines[line - 1] = ",".join(fields)
+    else:
+        del lines[line - 1]
+    path.write_text("".join(lines))
+
+
+@pytest.mark.parametrize("how, line", [("cut", 4), ("cut", 2), ("delete", 3), ("missing", None)])
+def test_resume_measures_again_a_row_whose_convergence_history_is_incomplete(tmp_path, how, line):
+    """Before: a damaged convergence.csv row was dropped ("it is recomputed where this sweep
+    includes its cell") but the cell's dual row stayed finished, so it was never measured
+    again and its history stayed truncated for good.  Now the row is measured again, and its
+    whole history is written once (no duplicates); a complete history is left alone."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="dual"), convergence=conv_rows(3))  # lines 2-4 of convergence.csv
+    w.commit(bench_row(method="dual", size=8), convergence=conv_rows(2, cell=1))
+    w.commit(bench_row(method="exact"))
+    conv = tmp_path / "convergence.csv"
+    if how == "missing":
+        conv.unlink()
+    else:
+        _damage(conv, line, how)
+    logged = []
+    w2 = writer(tmp_path, resume=True, log=logged.append)
+    damaged, intact = R.row_key(bench_row(method="dual")), R.row_key(bench_row(method="dual", size=8))
+    done = w2.done()
+    assert damaged not in done and R.row_key(bench_row(method="exact")) in done
+    assert (intact in done) == (how != "missing"), "a history that is there in full is kept"
+    assert any("dual row of cell 0 has an incomplete history" in m and "recomputed" in m for m in logged), logged
+    # what is left of the history is dropped from the files at once; the row itself stays
+    ids = [r["row_id"] for r in read_table(str(conv)).rows]
+    assert R.row_id(bench_row(method="dual")) not in ids
+    assert len(read_table(str(tmp_path / "bench.csv")).rows) == 3
+    w2.commit(bench_row(method="dual"), convergence=conv_rows(3))  # measured again
+    rows = [r for r in read_table(str(conv)).rows if r["row_id"] == R.row_id(bench_row(method="dual"))]
+    assert [r["iteration"] for r in rows] == ["0", "1", "2"]
+    assert R.row_key(bench_row(method="dual")) in writer(tmp_path, resume=True).done()
+
+
+def test_a_kill_between_bench_csv_and_bench_json_still_counts_every_row_in_the_runs(tmp_path, monkeypatch):
+    """Before: the commit counter went up, bench.csv was renamed, then bench.json: a kill in
+    between left bench.json's runs one row short of the folder's rows for good."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="exact"))
+    real = R.atomic_write_text
+
+    def killed_at_bench_json(path, text):
+        if path.endswith("bench.json"):
+            raise KeyboardInterrupt
+        return real(path, text)
+
+    monkeypatch.setattr(R, "atomic_write_text", killed_at_bench_json)
+    with pytest.raises(KeyboardInterrupt):
+        w.commit(bench_row(method="softmax"))
+    monkeypatch.undo()
+    assert len(read_table(str(tmp_path / "bench.csv")).rows) == 2
+    assert strict_load(str(tmp_path / "bench.json"))["runs"][0]["rows"] == 1  # the row bench.json never saw
+    logged = []
+    w2 = writer(tmp_path, resume=True, log=logged.append)
+    assert any("1 row(s) of bench.csv were committed after bench.json" in m for m in logged)
+    w2.commit(bench_row(method="dual"))
+    data = strict_load(str(tmp_path / "bench.json"))
+    assert [r["rows"] for r in data["runs"]] == [2, 1] and len(data["rows"]) == 3
+    writer(tmp_path, resume=True).set_extra(note=1)  # a resume that commits nothing counts nothing again
+    assert [r["rows"] for r in strict_load(str(tmp_path / "bench.json"))["runs"]] == [2, 1, 0]
+
+
+def test_a_resume_after_bench_quick_suggests_quick(tmp_path):
+    """Before: a plain --resume after `bench --quick` was refused one setting at a time
+    (--repeats, then --warmup, ...), and on the fixed cvx_repeats as if the rows were another
+    version's, never naming --quick."""
+    from convex_attention.bench.config import quick_sweep
+
+    R.ResultsWriter(str(tmp_path), quick_sweep(sizes=(4,), levels=(2,)), "cpu", False,
+                    log=lambda m: None).commit(bench_row())
+    with pytest.raises(R.ResumeMismatch, match=r"measured by a --quick sweep \(--repeats 5\).*--quick --resume"):
+        R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,)))
+    with pytest.raises(R.ResumeMismatch, match=r"measured by a --quick sweep \(cvx_repeats 1\).*--quick --resume"):
+        R.check_resume_config(str(tmp_path), SweepConfig(**{k: getattr(quick_sweep(), k) for k in (
+            "repeats", "warmup", "budget", "cvx_max_cells", "cvx_batch", "fit_instances", "fit_max_values",
+            "fit_steps", "amortised_steps")}))
+    R.check_resume_config(str(tmp_path), quick_sweep(sizes=(8,)))  # --quick --resume: accepted
+    with pytest.raises(R.ResumeMismatch, match=r"--scale 1.0, this run asks for --scale 2.0") as err:
+        R.check_resume_config(str(tmp_path), quick_sweep(scale=2.0))  # not one of --quick's settings
+    assert "--quick" not in str(err.value)
+
+
+def test_a_checkpoint_recorded_without_the_model_generator_does_not_block_resume(tmp_path):
+    """An earlier version accepted --checkpoint without --generator model (now exit 2) and
+    recorded it; the checkpoint is read by the model generator alone, so --resume compares it
+    only there."""
+    sweep_writer(tmp_path, checkpoint="/no/such/file.pt").commit(bench_row())
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,)))
+    with pytest.raises(R.ResumeMismatch, match="--generator"):
+        R.check_resume_config(str(tmp_path), SweepConfig(generator="model", checkpoint="/m.pt"))
+
+
+def _digits_only_checksum_row() -> dict:
+    """A row without backend, λ kind or reason whose checksum has decimal digits only."""
+    for i in range(10_000):
+        row = {**bench_row(value=0.5 + i), "backend": "", "dual_kind": "", "reason": ""}
+        row["row_id"] = R.row_id(row)
+        if R.row_checksum([R.csv_field(row.get(c)) for c in COLUMNS if c != "checksum"]).isdigit():
+            return row
+    raise AssertionError("no checksum of digits only")
+
+
+def test_pandas_reads_the_tables_with_their_types_given_the_documented_dtypes(tmp_path):
+    """Before: in a sweep without cvxpylayers or learned_dual, pandas read backend, dual_kind
+    and reason as float64 (every field empty) and a checksum of digits only as int64; the
+    documented `dtype=` reads every text column as strings."""
+    pd = pytest.importorskip("pandas")
+    w = writer(tmp_path)
+    stored = w.commit(_digits_only_checksum_row(), convergence=conv_rows(2))
+    assert stored["checksum"].isdigit()
+    plain = pd.read_csv(tmp_path / "bench.csv")
+    assert plain["backend"].dtype == "float64" and plain["checksum"].dtype == "int64"  # without dtype=
+    frame = pd.read_csv(tmp_path / "bench.csv", dtype=R.PANDAS_DTYPES["bench.csv"])
+    for c in ("backend", "dual_kind", "reason", "checksum", "row_id", "method", "shapes"):
+        assert pd.api.types.is_string_dtype(frame[c].dtype), c
+    assert frame["checksum"][0] == stored["checksum"] and pd.isna(frame["backend"][0])
+    assert frame["size"].dtype == "Int64" and frame["iterations_max"].isna().all()
+    assert frame["violation_mean"].dtype == "float64" and frame["fwd_ms"].isna().all()
+    conv = pd.read_csv(tmp_path / "convergence.csv", dtype=R.PANDAS_DTYPES["convergence.csv"])
+    assert pd.api.types.is_string_dtype(conv["checksum"].dtype) and conv["iteration"].tolist() == [0, 1]
+    # the docs give the call, and list the text columns of each table as the package does
+    text = (Path(__file__).resolve().parents[1] / "docs" / "results_format.md").read_text(encoding="utf-8")
+    assert 'pd.read_csv("bench.csv", dtype=PANDAS_DTYPES["bench.csv"])' in text
+    for name in ("bench.csv", "convergence.csv"):
+        listed = re.search(rf"text columns of `{re.escape(name)}`: ([^.]*)\.", " ".join(text.split()))
+        assert listed, name
+        strings = [c for c, t in R.PANDAS_DTYPES[name].items() if t == "string"]
+        assert re.findall(r"`([^`]+)`", listed.group(1)) == strings

@@ -25,6 +25,12 @@ def test_cvx_time_estimate_uses_measured_cells():
     # the learned duals' training set: 2**20 instances of 5120 cells could never be allocated
     ({"sizes": [64], "levels": [2], "batches": [1], "fit_instances": 1 << 20}, "--fit-instances 1048576: .* any cell "
                                                                               "may hold"),
+    # a grid value twice: its cells were measured twice (before: accepted)
+    ({"sizes": [8, 16, 8]}, r"--sizes: .*8 is listed twice"),
+    ({"temperatures": [1, 1.0]}, r"--temperature: .*1.0 is listed twice"),
+    ({"devices": ["cpu", "cpu"]}, r"--device: .*'cpu' is listed twice"),
+    # a checkpoint that only the model generator reads (before: accepted, and it blocked --resume)
+    ({"checkpoint": "missing.pt"}, "--checkpoint needs --generator model"),
 ])
 def test_check_sweep_rejects_bad_sweeps(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -219,6 +225,39 @@ def test_one_failing_method_does_not_fail_the_cell_s_other_methods(tmp_path, mon
     assert rows["exact"]["status"] == "error" and "backward failed" in rows["exact"]["reason"]
     assert rows["softmax"]["status"] == "ok" and "timed apart" in rows["softmax"]["reason"]
     assert float(rows["softmax"]["total_ms"]) > 0
+
+
+def test_one_device_under_two_names_is_refused(monkeypatch):
+    """`--device cuda cuda:0` names one device twice (each cell measured twice, as two rows)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    with pytest.raises(ValueError, match="--device cuda cuda:0: the same device, listed twice"):
+        check_sweep(SweepConfig(sizes=(4,), levels=(2,), devices=("cuda", "cuda:0")))
+    check_sweep(SweepConfig(sizes=(4,), levels=(2,), devices=("cpu", "cuda", "cuda:1")))
+
+
+def test_the_example_trains_on_the_sweeps_instances_capped_like_the_sweeps(tmp_path, monkeypatch):
+    """Before: example.npz ignored --seed, --scale and --fit-max-values (seed 0, scale 1, every
+    --fit-instances instance)."""
+    import numpy as np
+
+    from convex_attention.bench import examples
+    from convex_attention.bench.sweep import fit_instances
+    from convex_attention.hierarchy import Hierarchy
+
+    calls = []
+    real = examples.generate
+    monkeypatch.setattr(examples, "generate", lambda *a, **k: calls.append((a[2], k)) or real(*a, **k))
+    config = SweepConfig(seed=3, scale=2.5, fit_instances=64, fit_max_values=2 ** 10)
+    path = examples.save_example(str(tmp_path), generator="lesion", size=16, scale=config.scale, seed=config.seed,
+                                 fit_instances=config.fit_instances, fit_max_values=config.fit_max_values,
+                                 fit_steps=1)
+    h = Hierarchy.grid([(16, 16), (8, 8)])
+    assert calls == [(1, {"seed": 103, "scale": 2.5}), (fit_instances(config, 320), {"seed": 4, "scale": 2.5})]
+    assert fit_instances(config, 320) == 4 < 64
+    with np.load(path, allow_pickle=False) as z:
+        assert np.array_equal(z["scores0"], generate("lesion", h, 1, seed=103, scale=2.5)[0][0].numpy())
 
 
 def test_fit_max_values_shrinks_the_training_set_of_large_cells_only():

@@ -133,3 +133,70 @@ def test_bench_core_refuses_before_any_work_in_one_line(tmp_path, capsys, monkey
         (tmp_path / "c").mkdir(exist_ok=True)
         (tmp_path / "c" / "bench_core.json").write_text(record)
         assert "--plot-only" in refused("--plot-only", "--out", str(tmp_path / "c"))
+
+
+def test_the_core_figure_names_a_backend_that_failed(tmp_path, monkeypatch):
+    """A review found a failed backend filtered out before the core figure was drawn: the figure
+    showed the others as if it had never been timed."""
+    from convex_attention.bench.targets import plot_core_record
+    from convex_attention.io import figures
+
+    seen = {}
+
+    def keep(fig, path, env=None, notes=()):
+        seen["titles"] = [ax.get_title() for ax in fig.axes]
+        seen["footer"] = figures.env_line(env, notes).replace("\n", " ")
+        return path
+
+    monkeypatch.setattr(figures, "save", keep)
+
+    def row(method, total, shapes, backend="", batch=4):
+        return {"method": method, "backend": backend, "status": "ok", "reason": "", "shapes": shapes, "batch": batch,
+                "dtype": "float32", "device": "cpu", "fwd_ms": total / 2, "bwd_ms": total / 2, "total_ms": total}
+
+    rows = [row("softmax", 1.0, "8x8+4x4"), row("exact", 2.0, "8x8+4x4"), row("exact", 0.5, "4x4+2x2"),
+            row("cvxpylayers", 50.0, "4x4+2x2", "moreau", 2),
+            {"method": "cvxpylayers", "backend": "diffcp-scs", "status": "error", "reason": "SolverError: SCS failed",
+             "shapes": "4x4+2x2", "batch": 2, "dtype": "float64", "device": "cpu"}]
+    plot_core_record({"rows": rows, "ratios": {"exact/softmax": 2.0}}, str(tmp_path / "core.png"))
+    assert "FAILED, not drawn: cvxpylayers (diffcp-scs)" in seen["titles"][1]
+    assert "FAILED" not in seen["titles"][0]
+    assert "FAILED, not drawn: 1 row(s) (status error): cvxpylayers (diffcp-scs): SolverError: SCS failed" \
+        in seen["footer"]
+
+
+@pytest.mark.parametrize("broken, why", [
+    ([learned_row("zero", 0.3, size=16), learned_row("amortised", 0.0, size=16, status="error")], "amortised errored"),
+    ([learned_row("zero", 0.3, size=16, status="error"), learned_row("amortised", 0.001, size=16)], "λ=0 errored"),
+    ([learned_row("amortised", 0.001, size=16)], "λ=0 row missing"),
+    ([learned_row("zero", 0.3, size=16)], "amortised row missing"),
+    ([learned_row("zero", float("nan"), size=16), learned_row("amortised", 0.001, size=16)], "λ=0 NaN"),
+    ([learned_row("zero", 0.0, size=16), learned_row("amortised", 0.001, size=16)], "λ=0 zero"),
+    ([learned_row("zero", float("inf"), size=16), learned_row("amortised", 0.001, size=16)], "λ=0 infinite"),
+])
+def test_a_cell_that_failed_makes_its_amortised_target_not_met(broken, why):
+    """The reviewer's case: one cell met, another whose rows failed or cannot give a ratio;
+    the failed cell used to be dropped and the target reported met over the other."""
+    from convex_attention.bench.targets import amortised_targets, format_targets
+
+    good = [learned_row("zero", 0.3, size=8), learned_row("amortised", 0.0015, size=8)]  # 0.5 %: met alone
+    (alone,) = amortised_targets(good)
+    assert alone["met"] is True
+    (t,) = amortised_targets(good + broken)
+    assert t["met"] is False, why  # the old code: True, over the good cell alone
+    assert t["failed_cells"] == 1 and t["cells"] == 1 and alone["failed_cells"] == 0
+    text = format_targets([t])
+    assert "1 cell(s) FAILED" in text and text.endswith("NOT met"), text
+    (only,) = amortised_targets(broken)  # no cell measured, one failed: NOT met, not "not measured"
+    assert only["met"] is False and only["cells"] == 0 and "no cell measured" in format_targets([only])
+
+
+def test_skipped_cells_are_counted_and_not_measured():
+    from convex_attention.bench.targets import amortised_targets, format_targets
+
+    good = [learned_row("zero", 0.3, size=8), learned_row("amortised", 0.0015, size=8)]
+    skipped = [learned_row("zero", 0.3, size=16, status="skipped"),
+               learned_row("amortised", 0.0, size=16, status="skipped")]
+    (t,) = amortised_targets(good + skipped)
+    assert t["met"] is True and t["skipped_cells"] == 1 and t["failed_cells"] == 0 and t["cells"] == 1
+    assert "1 cell(s) skipped" in format_targets([t])

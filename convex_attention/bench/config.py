@@ -28,10 +28,10 @@ from ..io.settings import (
     setting,
 )
 
-__all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "fit_instances", "quick_sweep", "SCALE_MAX", "DTYPES",
-           "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES", "BACKEND_NAMES", "STRUCTURES",
-           "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure", "structure_maps", "structure_cells",
-           "check_device"]
+__all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "fit_instances", "capped_instances", "quick_sweep",
+           "SCALE_MAX", "DTYPES", "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES",
+           "BACKEND_NAMES", "STRUCTURES", "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure",
+           "structure_maps", "structure_cells", "check_device"]
 
 # Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
 # float16 (largest finite value 65504) included, far from overflow.
@@ -115,10 +115,15 @@ def _backends() -> tuple:
 def fit_instances(config: SweepConfig, n_cells: int) -> int:
     """Training instances of a cell of ``n_cells`` cells: ``fit_instances``, fewer where
     ``fit_max_values`` caps instances × cells (never fewer than :data:`MIN_FIT_INSTANCES`)."""
-    if config.fit_max_values is None:
-        return config.fit_instances
-    return max(min(config.fit_instances, config.fit_max_values // n_cells), min(MIN_FIT_INSTANCES,
-                                                                                  config.fit_instances))
+    return capped_instances(config.fit_instances, config.fit_max_values, n_cells)
+
+
+def capped_instances(instances: int, max_values: int | None, n_cells: int) -> int:
+    """:func:`fit_instances` of ``instances`` training instances under the cap ``max_values``
+    (``None``: no cap) on instances × ``n_cells`` cells."""
+    if max_values is None:
+        return instances
+    return max(min(instances, max_values // n_cells), min(MIN_FIT_INSTANCES, instances))
 
 
 _METHOD_NAMES = Choice(lambda: tuple(_registry()), listed=METHOD_NAMES)
@@ -168,19 +173,20 @@ class SweepConfig:
                                 "side N/8 and as many regions cutting across it), mixed (maps of side N and N/2 onto a "
                                 "shared grid and shared regions); --levels shapes the chain only",
                                 flag="--structure")
-    sizes: tuple = setting((8, 16, 32, 64, 128, 256), Many(Int(low=1, high=1 << 20)),
+    sizes: tuple = setting((8, 16, 32, 64, 128, 256), Many(Int(low=1, high=1 << 20), distinct=True),
                            "finest grid side; level k has side N / factor^k")
-    levels: tuple = setting((2, 3), Many(Int(low=2, high=16)),
+    levels: tuple = setting((2, 3), Many(Int(low=2, high=16), distinct=True),
                             "numbers of levels L (each needs the finest side divisible by factor^(L-1))")
-    batches: tuple = setting((16,), Many(Int(low=1, high=1 << 20)), "batch sizes (samples per solve)",
-                             flag="--batch")
-    dims: tuple = setting((2,), Many(Int(low=1, high=3)), "grid dimensionality (1, 2 or 3)")
-    temperatures: tuple = setting((1.0,), Many(Real(low=0.0, low_open=True)),
+    batches: tuple = setting((16,), Many(Int(low=1, high=1 << 20), distinct=True),
+                             "batch sizes (samples per solve)", flag="--batch")
+    dims: tuple = setting((2,), Many(Int(low=1, high=3), distinct=True), "grid dimensionality (1, 2 or 3)")
+    temperatures: tuple = setting((1.0,), Many(Real(low=0.0, low_open=True), distinct=True),
                                   "one temperature shared by all levels, per sweep value (positive, finite)",
                                   flag="--temperature")
-    dtypes: tuple = setting(("float32",), Many(Choice(DTYPES)),
+    dtypes: tuple = setting(("float32",), Many(Choice(DTYPES), distinct=True),
                             "dtypes of the scores (half precision is computed in float32)", flag="--dtype")
-    devices: tuple = setting(("cpu",), Many(Text(what="cpu, cuda or cuda:N")), "devices (cpu, cuda, cuda:N)",
+    devices: tuple = setting(("cpu",), Many(Text(what="cpu, cuda or cuda:N"), distinct=True),
+                             "devices (cpu, cuda, cuda:N)",
                              flag="--device", shown="cpu, plus cuda when present")
     generator: str = setting("lesion", Choice(GENERATOR_NAMES),
                              "score generator: i.i.d. Gaussian, lesion-like blobs, or a trained model's scores")
@@ -202,7 +208,7 @@ class SweepConfig:
     cvx_max_cells: int = setting(6000, Int(low=1, high=1 << 30), "cap on problem size (total cells) for cvxpylayers")
     cvx_batch: int = setting(2, Int(low=1, high=100_000), "samples timed per cvxpylayers cell")
     cvx_repeats: int = setting(2, Int(low=1, high=100_000), "timed repetitions per cvxpylayers cell", flag="")
-    cvx_backends: tuple | None = setting(None, Many(_BACKEND_NAMES, optional=True),
+    cvx_backends: tuple | None = setting(None, Many(_BACKEND_NAMES, optional=True, distinct=True),
                                          "cvxpylayers backends, each its own row (one that cannot run here is a "
                                          "usage error)", shown="every installed one")
     fit_instances: int = setting(128, Int(low=1, high=1 << 20),
@@ -264,12 +270,16 @@ def check_sweep(config: SweepConfig) -> None:
     """Reject a sweep that cannot run, before anything is measured (ValueError naming the
     option, the accepted range and the fix): every setting against its kind, then the
     cells (sizes that divide, tensors that fit), the temperatures the core accepts in each
-    swept dtype, the devices that exist here, and a checkpoint for the model generator."""
+    swept dtype, the devices that exist here (each once), and a checkpoint for the model
+    generator, and for it alone."""
     try:
         check_settings(config)
     except ConfigError as err:
         option = next((s for s in _options() if s[0] == err.field), (err.field, f"--{err.field}"))[1]
         raise ValueError(f"{option}: {err}") from None
+    if config.checkpoint is not None and config.generator != "model":
+        raise ValueError(f"--checkpoint needs --generator model (the checkpoint's model makes the scores); "
+                         f"--generator {config.generator} does not read it: leave --checkpoint out")
     _check_cells(config)
     _check_with_the_core(config)
     if config.generator == "model" and not config.checkpoint:
@@ -296,8 +306,13 @@ def _check_with_the_core(config: SweepConfig) -> None:
                 check_temperatures([float(t)] * levels, levels, dtype=getattr(torch, dt))
             except ValueError as err:
                 raise ValueError(f"--temperature {t:g} with {levels} levels in {dt}: {err}") from err
+    seen: dict = {}
     for dev in config.devices:
-        check_device(dev)
+        device = check_device(dev)
+        index = device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device()
+        same = seen.setdefault((device.type, index), dev)
+        if same != dev:  # e.g. cuda and cuda:0: every cell measured twice, as two rows
+            raise ValueError(f"--device {same} {dev}: the same device, listed twice; list each device once")
 
 
 def check_device(dev: str, flag: str = "--device"):

@@ -10,6 +10,7 @@ import torch
 
 from ..hierarchy import Hierarchy
 from ..io.files import atomic_write_bytes
+from .config import capped_instances
 from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
 
@@ -17,19 +18,24 @@ __all__ = ["save_example"]
 
 
 def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels: int = 2, scale: float = 1.0,
-                 seed: int = 0, fit_instances: int = 128, fit_steps: int = 150, amortised_steps: int = 0) -> str:
+                 seed: int = 0, fit_instances: int = 128, fit_steps: int = 150, amortised_steps: int = 0,
+                 fit_max_values: int | None = None) -> str:
     """One 2-D instance for the attention-map figure: ``scores{k}`` ``(size/2^k, size/2^k)``;
     with ``fit_steps > 0`` the fitted shared λ ``fitted_dual{k}`` ``(size/2^(k+1), …)``; with
     ``amortised_steps > 0`` and the amortised dual available, its prediction for this
     instance ``amortised_dual{k}`` (same shapes); ``levels`` and ``temperature`` (L,).
 
-    The instance (seed ``seed + 100``) is held out from the training instances (``seed + 1``).
+    The instance (seed ``seed + 100``) is held out from the training instances (``seed + 1``),
+    ``fit_instances`` of them, fewer where ``fit_max_values`` caps instances × cells as it
+    caps a sweep's (:func:`~.config.fit_instances`).  A sweep passes its ``seed``, ``scale``
+    and training settings, so that the example is an instance of its own.
     """
     h = Hierarchy.grid([(size // 2 ** k,) * 2 for k in range(levels)])
     temps = [1.0] * levels
     scores = generate(generator, h, 1, seed=seed + 100, scale=scale)
     arrays = {f"scores{k}": s[0].numpy() for k, s in enumerate(scores)}
-    train = generate(generator, h, fit_instances, seed=seed + 1, scale=scale) if fit_steps or amortised_steps else None
+    n_train = capped_instances(fit_instances, fit_max_values, sum(h.sizes))
+    train = generate(generator, h, n_train, seed=seed + 1, scale=scale) if fit_steps or amortised_steps else None
     if fit_steps > 0:
         fitted = fit_shared_duals(h, train, temps, fit_steps, torch.float64)
         arrays.update({f"fitted_dual{k}": d[0].numpy() for k, d in enumerate(fitted)})

@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import os
+from collections import Counter
 from dataclasses import asdict, fields, is_dataclass
 
 from ..cvx import backend_unavailable_reason
@@ -36,12 +37,13 @@ from ..io.files import (
 )
 from ..io.settings import declared
 from ..io.tables import ResultsFormatError, Schema, read_rows
-from .config import STRUCTURES, SweepConfig
+from ..methods import REGISTRY
+from .config import STRUCTURES, SweepConfig, quick_sweep
 
 __all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows", "ResumeMismatch", "existing_rows",
            "check_start_over", "check_resume_config", "stored_config", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
            "CELL_KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "cell_key", "OUTPUTS", "GRID_SETTINGS",
-           "RUN_SETTINGS", "MEASUREMENT_SETTINGS"]
+           "RUN_SETTINGS", "MEASUREMENT_SETTINGS", "records_history", "PANDAS_DTYPES"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
 KEY_FIELDS = ("method", "backend", "dual_kind", "structure", "generator", "scale", "dims", "size", "levels", "batch",
@@ -90,6 +92,27 @@ CONVERGENCE_SCHEMA = Schema(
     ints=frozenset({"cell", "dims", "size", "levels", "iteration"}),
     floats=frozenset({"temperature", "violation_mean", "violation_max", "dual_gap_mean", "dual_gap_max"}),
     choices=(("structure", STRUCTURES),))
+
+
+def _pandas_dtypes(schema: Schema) -> dict:
+    """The ``dtype=`` of ``pandas.read_csv`` that reads ``schema``'s table with its types:
+    text columns as strings (an all-empty column, or a checksum of digits only, would
+    otherwise be read as numbers), integer columns as nullable integers (``Int64``: an
+    empty field is ``<NA>``), the rest as float64 (an empty field is NaN)."""
+    return {c: "Int64" if c in schema.ints else "float64" if c in schema.floats else "string"
+            for c in schema.columns}
+
+
+#: ``pd.read_csv(path, dtype=PANDAS_DTYPES[name])`` reads ``bench.csv`` and
+#: ``convergence.csv`` with the types docs/results_format.md gives.
+PANDAS_DTYPES = {"bench.csv": _pandas_dtypes(BENCH_SCHEMA), "convergence.csv": _pandas_dtypes(CONVERGENCE_SCHEMA)}
+
+
+def records_history(method: str) -> bool:
+    """Whether the ``ok`` rows of ``method`` come with the dual solver's convergence
+    history in ``convergence.csv`` (the methods whose options take ``record_history``)."""
+    m = REGISTRY.get(method)
+    return m is not None and m.options is not None and "record_history" in m.options
 
 
 def _key_value(v) -> str:
@@ -169,12 +192,23 @@ def check_resume_config(out_dir: str, config) -> None:
     stored = stored_config(out_dir)
     if stored is None or not existing_rows(out_dir)[0]:
         return
+    default = asdict(SweepConfig())
+    quick = {k: as_json(v) for k, v in asdict(quick_sweep()).items()
+             if as_json(v) != as_json(default[k])}  # the settings whose value --quick changes
     for name in MEASUREMENT_SETTINGS:
         if name not in stored or name not in new:
             continue
         was, now = stored[name], as_json(new[name])
+        if name == "checkpoint" and "model" not in (stored.get("generator"), new.get("generator")):
+            continue  # read by --generator model alone (an older version recorded it for any generator)
         if was != now:
             option = _option(name)
+            if name in quick and was == quick[name] != now:
+                # the value --quick sets (it is not this setting's default): the stored run was a quick one
+                raise ResumeMismatch(
+                    f"--resume: the rows in {out_dir} were measured by a --quick sweep ({option} {_show(was)}), "
+                    f"this run asks for {option} {_show(now)}; rerun with --quick --resume (with the options given "
+                    f"to that run), pass --overwrite to start over, or choose another --out")
             if not option.startswith("--"):  # a fixed setting (no option): the rows are another version's
                 raise ResumeMismatch(
                     f"--resume: the rows in {out_dir} were measured with {name} {_show(was)}, a fixed setting that "
@@ -290,6 +324,18 @@ def _runs_now(row: dict) -> bool:
         return False
 
 
+def _row_ids_on_lines(path: str) -> Counter:
+    """How many lines of the table at ``path`` name each ``row_id`` (its first column),
+    damaged lines included (empty for a file that cannot be read)."""
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.reader(f)
+            next(reader, None)  # the header
+            return Counter(fields[0] for fields in reader if fields)
+    except (OSError, ValueError, csv.Error):
+        return Counter()
+
+
 class ResultsWriter:
     """``bench.csv``, ``bench.json`` and ``convergence.csv`` of one results folder.
 
@@ -309,7 +355,8 @@ class ResultsWriter:
         device_env: the device whose environment bench.json records.
         resume: keep the folder's readable rows; rows that cannot be read, error rows and
             duplicated rows (every copy) are measured again, and the files are rewritten at
-            once without the dropped rows, so bench.csv and bench.json agree.  Refused
+            once without the dropped rows, so bench.csv and bench.json agree; so are ``ok``
+            rows whose convergence history is incomplete (what is left of it is dropped).  Refused
             (:class:`ResumeMismatch`) when the stored run's measurement settings differ from
             ``config``'s.
         log: where reports of left-out rows and stale files go.
@@ -332,6 +379,8 @@ class ResultsWriter:
         self._conv: dict[str, list[dict]] = {}
         self._cells: dict[tuple, int] = {}  # cell_key -> the cell's number in this folder
         self._renumbered = False  # loaded rows whose cell numbers collided were renumbered
+        self._redo: set = set()  # keys of loaded ok rows measured again (their convergence history is incomplete)
+        self._read_rows: Counter = Counter()  # (row_id, checksum) of the rows of bench.csv as read (resume)
         self.problems: list[str] = []
         self.extra: dict = {}
         stale = clean_stale_tmp(out_dir, (*OUTPUTS, EXAMPLE))  # every file bench writes there
@@ -376,7 +425,9 @@ class ResultsWriter:
                 what = " ".join(x for x in (r["method"], r.get("backend") or "", r.get("dual_kind") or "") if x)
                 problems.append(f"bench.csv: {copies[key]} rows of {what} cell {r['cell']} (the same row more than "
                                 f"once): every copy is dropped")
+        self._read_rows = Counter((r["row_id"], r["checksum"]) for r in rows)  # bench.csv as read
         conv, conv_problems = read_rows(self.conv_path, CONVERGENCE_SCHEMA)
+        damaged = bool(conv_problems)
         ok_ids = {r["row_id"] for r in self._rows.values() if r["status"] == "ok"}
         orphans = 0
         for r in conv:
@@ -387,10 +438,38 @@ class ResultsWriter:
         if orphans:
             conv_problems.append(f"convergence.csv: {orphans} row(s) of a cell whose bench row was never "
                                  f"committed are dropped")
+        conv_problems += self._drop_incomplete_histories(_row_ids_on_lines(self.conv_path) if damaged else Counter())
         self.problems = problems + conv_problems
         for p in self.problems:
             self.log(f"resume: {p}; it is recomputed where this sweep includes its cell")
         self._number_loaded_cells()
+
+    def _drop_incomplete_histories(self, lines: Counter) -> list[str]:
+        """Mark for measuring again every ``ok`` row of a method that records a history
+        (:func:`records_history`) whose history in ``convergence.csv`` is incomplete: no rows,
+        iterations other than 0 to n, or fewer readable rows than ``lines`` (the rows of each
+        ``row_id`` on the file's lines, damaged ones included) counts.  Its remaining history
+        is dropped, so the files never hold a part of one, and measuring the row again writes
+        the whole history.  Returns the problems, one per row."""
+        problems = []
+        for key, row in self._rows.items():
+            if row["status"] != "ok" or not records_history(row["method"]):
+                continue
+            history = self._conv.get(row["row_id"], [])
+            if not history:
+                why = "no rows"
+            elif sorted(r["iteration"] for r in history) != list(range(len(history))):
+                why = f"{len(history)} rows whose iterations are not 0 to {len(history) - 1}"
+            elif lines[row["row_id"]] > len(history):
+                why = f"{lines[row['row_id']] - len(history)} of its rows cannot be read"
+            else:
+                continue
+            self._conv.pop(row["row_id"], None)
+            self._redo.add(key)
+            problems.append(f"convergence.csv: the {row['method']} row of cell {row['cell']} has an incomplete "
+                            f"history ({why}): what is left of it is dropped, and the row is kept until measured "
+                            f"again")
+        return problems
 
     def _number_loaded_cells(self) -> None:
         """Number the loaded rows' cells; rows whose number names another cell too (written by
@@ -431,13 +510,27 @@ class ResultsWriter:
 
     def _earlier_runs(self) -> list[dict]:
         """The ``runs`` record of the bench.json being resumed (empty for an older or
-        unreadable file: the figures then say the load of those rows was not recorded)."""
+        unreadable file: the figures then say the load of those rows was not recorded).
+
+        A run killed between the renames of bench.csv and bench.json committed rows that
+        bench.json's record does not count (it holds the rows of the commit before): they
+        are added to the last run's ``rows``, so that the runs' counts cover the folder's rows."""
         try:
             with open(self.json_path, encoding="utf-8") as f:
-                runs = json.load(f).get("runs", [])
+                data = json.load(f)
+            runs, stored_rows = data.get("runs", []), data.get("rows")
         except (OSError, ValueError, AttributeError):
             return []
-        return [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+        runs = [dict(r) for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+        if not isinstance(stored_rows, list):
+            return runs
+        known = Counter((r.get("row_id"), r.get("checksum")) for r in stored_rows if isinstance(r, dict))
+        missed = sum((self._read_rows - known).values())
+        if missed and runs and isinstance(runs[-1].get("rows"), int):
+            runs[-1]["rows"] += missed
+            self.log(f"resume: {missed} row(s) of bench.csv were committed after bench.json was last written (a run "
+                     f"stopped between the two): they are counted in the rows of the last run it records")
+        return runs
 
     def run_records(self) -> list[dict]:
         """Every run into this folder, this one last: its start, its latest commit (its end,
@@ -455,9 +548,10 @@ class ResultsWriter:
 
     def done(self) -> set:
         """Keys of finished rows (ok or skipped); error rows are retried, and so are rows
-        skipped because their cvxpylayers backend could not run here once it can."""
-        return {k for k, r in self._rows.items() if r.get("status") == "ok"
-                or (r.get("status") == "skipped" and not _runs_now(r))}
+        skipped because their cvxpylayers backend could not run here once it can, and ``ok``
+        rows whose convergence history was found incomplete on resume."""
+        return {k for k, r in self._rows.items() if k not in self._redo and (
+            r.get("status") == "ok" or (r.get("status") == "skipped" and not _runs_now(r)))}
 
     def commit(self, row: dict, convergence: list[dict] | None = None) -> dict:
         """Commit one row (and the dual solver's convergence history of its cell).

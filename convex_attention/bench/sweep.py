@@ -41,6 +41,7 @@ from .results import (
     DUAL_KINDS,
     KEY_FIELDS,
     ResultsWriter,
+    records_history,
     row_key,
 )
 from .structures import structure_graph
@@ -427,7 +428,7 @@ def _measure_fast(config: SweepConfig, c: _Cell, todo: list[dict], writer: Resul
         if "iterations" in sol.info:
             it = sol.info["iterations"].float()
             row.update(iterations_mean=float(it.mean()), iterations_max=int(it.max()))
-        if _records_history(method):
+        if records_history(method.name):
             convergence = _convergence_rows(config, c)
         writer.commit(row, convergence)
 
@@ -442,10 +443,6 @@ def _options(config: SweepConfig, method) -> dict:
     if method.options is not None and "tol" in method.options:
         return {"tol": config.dual_tol, "strict": False, "max_iter": 5000}
     return {}
-
-
-def _records_history(method) -> bool:
-    return method.options is not None and "record_history" in method.options
 
 
 def _solution(config: SweepConfig, c: _Cell, method, kind: str, duals: dict, amortiser):

@@ -7,7 +7,8 @@
   (``total_ms``), the statistic the figure draws.
 * :func:`amortised_targets`: after a sweep, the amortised dual's held-out violation against
   λ = 0's, per structure and generator: chains at 2 levels (≤ 1 %) and 3 levels (≤ 10 %), the
-  axial family (≤ 1 %, issue 18); other structures are reported without a threshold.
+  axial family (≤ 1 %, issue 18); other structures are reported without a threshold.  A cell
+  whose rows errored, are missing or cannot give a ratio makes its target NOT met.
 """
 from __future__ import annotations
 
@@ -147,14 +148,14 @@ def plot_core_record(record: dict, path: str) -> str:
     """The core benchmark's figure from its record (``bench_core.json``): what :func:`core_benchmark`
     draws after measuring, and ``benchmarks/bench_core.py --plot-only`` redraws.  The footer
     carries the record's environment and runs (the load average at the start and end; an
-    older record without them says so)."""
+    older record without them says so).  A row that failed (a backend that raised) is not
+    drawn, and the figure says so: its panel names it and the footer gives its reason."""
     from .plots import plot_core_benchmark
 
     env = record.get("environment")
     if isinstance(env, dict) and isinstance(record.get("runs"), list):
         env = {**env, "runs": record["runs"]}
-    return plot_core_benchmark([r for r in record["rows"] if r.get("status", "ok") == "ok"], record["ratios"], path,
-                               env)
+    return plot_core_benchmark(record["rows"], record["ratios"], path, env)
 
 
 # ----------------------------------------------------------------------------- sweep targets
@@ -175,15 +176,21 @@ def _float(v) -> float:
 def amortised_targets(rows: list[dict]) -> list[dict]:
     """The amortised dual's targets over a sweep's rows, per structure, generator and level count.
 
-    For every cell (the row key without method and kind) holding ok learned-dual rows of
-    kind ``zero`` and ``amortised``, the ratio of their mean held-out violations.  A target
-    is met when the *worst* cell's ratio is within the threshold; ``met`` is ``None`` (not
-    measured) when no cell has both rows.  NaN counts as a miss.  Each entry also gives
-    its cost: the amortised dual's time per sample over the fastest exact method's in the
-    same cell (median over cells; the closed form in practice).
+    For every cell (the row key without method and kind) holding learned-dual rows of kind
+    ``zero`` or ``amortised``, the ratio of their mean held-out violations.  A target is met
+    when every one of its cells was measured and the *worst* cell's ratio is within the
+    threshold.  A cell fails (and the target is NOT met, ``failed_cells`` says how many)
+    when one of its two rows errored or is missing, or λ = 0's violation is not a positive
+    finite number; a NaN amortised violation counts as a miss.  A cell whose rows were
+    skipped (the method does not apply to its structure) is not measured and counted in
+    ``skipped_cells``; ``met`` is ``None`` (not measured) when no cell has both rows and
+    none failed.  Each entry also gives its cost: the amortised dual's time per sample over
+    the fastest exact method's in the same cell (median over cells; the closed form in
+    practice).
 
-    Returns a list of dicts: ``generator``, ``levels``, ``threshold``, ``cells``,
-    ``worst_ratio``, ``median_ratio``, ``time_vs_exact``, ``met``.
+    Returns a list of dicts: ``structure``, ``generator``, ``levels``, ``threshold``,
+    ``cells`` (measured), ``failed_cells``, ``skipped_cells``, ``worst_ratio``,
+    ``median_ratio``, ``time_vs_exact``, ``met``.
     """
     def structure(r):
         return str(r.get("structure") or "chain")  # rows of files older than structures are chains
@@ -192,7 +199,9 @@ def amortised_targets(rows: list[dict]) -> list[dict]:
         return (structure(r),) + tuple(str(r.get(k)) for k in ("generator", "scale", "dims", "size", "levels",
                                                                 "batch", "temperature", "dtype", "device", "seed"))
 
-    learned, exact = {}, {}
+    learned: dict = {}  # (cell, kind) -> its rows, of any status
+    cell_group: dict = {}  # cell -> (structure, generator, levels)
+    exact: dict = {}
     groups = set()
     for r in rows:
         try:
@@ -200,9 +209,11 @@ def amortised_targets(rows: list[dict]) -> list[dict]:
         except ValueError:
             continue
         if method.needs_duals:
-            groups.add((structure(r), str(r.get("generator")), int(r.get("levels"))))
-            if r.get("status") == "ok":
-                learned[(cell_key(r), r.get("dual_kind"))] = r
+            group = (structure(r), str(r.get("generator")), int(r.get("levels")))
+            groups.add(group)
+            if r.get("dual_kind") in ("zero", "amortised"):
+                cell_group[cell_key(r)] = group
+                learned.setdefault((cell_key(r), r.get("dual_kind")), []).append(r)
         elif method.exact and r.get("status") == "ok":
             t = _float(r.get("per_sample_ms"))
             if math.isfinite(t) and t < exact.get(cell_key(r), math.inf):
@@ -212,43 +223,56 @@ def amortised_targets(rows: list[dict]) -> list[dict]:
         threshold = (AMORTISED_TARGETS.get(levels) if struct == "chain" else STRUCTURE_AMORTISED_TARGETS.get(struct))
         if threshold is None:
             continue
-        ratios, costs = [], []
-        for (key, kind), r in learned.items():
-            if kind != "amortised" or key[:2] != (struct, generator) or int(r["levels"]) != levels:
+        ratios, costs, failed, skipped = [], [], 0, 0
+        for key in sorted(k for k, g in cell_group.items() if g == (struct, generator, levels)):
+            zeros, amortised = learned.get((key, "zero"), []), learned.get((key, "amortised"), [])
+            statuses = {r.get("status") for r in zeros + amortised}
+            if statuses - {"ok", "skipped"}:  # a row errored
+                failed += 1
                 continue
-            zero = learned.get((key, "zero"))
-            if zero is None:
+            if "skipped" in statuses:
+                skipped += 1
                 continue
-            z, a = _float(zero["violation_mean"]), _float(r["violation_mean"])
-            if not (z > 0 and math.isfinite(z)):
+            if not zeros or not amortised:  # a row is missing
+                failed += 1
+                continue
+            z, a = _float(zeros[-1].get("violation_mean")), _float(amortised[-1].get("violation_mean"))
+            if not (z > 0 and math.isfinite(z)):  # λ = 0's violation cannot scale a ratio
+                failed += 1
                 continue
             ratios.append(a / z if math.isfinite(a) else math.inf)
             if key in exact:
-                costs.append(_float(r["per_sample_ms"]) / exact[key])
+                costs.append(_float(amortised[-1].get("per_sample_ms")) / exact[key])
         worst = max(ratios) if ratios else float("nan")
         finite_costs = [c for c in costs if math.isfinite(c)]
         out.append({"target": "amortised held-out violation / λ=0 held-out violation", "structure": struct,
                     "generator": generator, "levels": levels, "threshold": threshold, "cells": len(ratios),
-                    "worst_ratio": worst,
+                    "failed_cells": failed, "skipped_cells": skipped, "worst_ratio": worst,
                     "median_ratio": statistics.median(ratios) if ratios else float("nan"),
                     "time_vs_exact": statistics.median(finite_costs) if finite_costs else float("nan"),
-                    "met": (worst <= threshold) if ratios else None})
+                    "met": False if failed else (worst <= threshold) if ratios else None})
     return out
 
 
 def format_targets(targets: list[dict]) -> str:
-    """One line per target: the worst and median ratio, the threshold, met / NOT met."""
+    """One line per target: the worst and median ratio, the threshold, met / NOT met (and
+    the cells that failed or were skipped)."""
     lines = []
     for t in targets:
         where = (f"{t['levels']} levels" if t.get("structure", "chain") == "chain"
                  else f"structure {t['structure']} ({t['levels']} maps)")
         head = f"amortised dual, {t['generator']}, {where}: held-out violation vs λ=0"
+        failed, skipped = t.get("failed_cells", 0), t.get("skipped_cells", 0)
+        notes = ((f"; {failed} cell(s) FAILED (a row errored or is missing, or λ=0's violation is not a positive "
+                  f"number)" if failed else "") + (f"; {skipped} cell(s) skipped" if skipped else ""))
         if t["met"] is None:
-            lines.append(f"{head}: not measured (no cell with both rows)   target <= {t['threshold']:.0%}   "
+            lines.append(f"{head}: not measured (no cell with both rows){notes}   target <= {t['threshold']:.0%}   "
                          f"NOT met")
             continue
         cost = (f"; time {t['time_vs_exact']:.2g}x the fastest exact method's"
                 if math.isfinite(t["time_vs_exact"]) else "")
-        lines.append(f"{head}: worst {t['worst_ratio']:.2%}, median {t['median_ratio']:.2%} over {t['cells']} "
-                     f"cell(s){cost}   target <= {t['threshold']:.0%}   {'met' if t['met'] else 'NOT met'}")
+        measured = (f"worst {t['worst_ratio']:.2%}, median {t['median_ratio']:.2%} over {t['cells']} cell(s)"
+                    if t["cells"] else "no cell measured")
+        lines.append(f"{head}: {measured}{cost}{notes}   target <= {t['threshold']:.0%}   "
+                     f"{'met' if t['met'] else 'NOT met'}")
     return "\n".join(lines)

@@ -188,7 +188,7 @@ def _check_sweep(config: SweepConfig) -> None:
             register_generator("model", model_scores.model_scores)
             if config.checkpoint:
                 model_scores.check_model_sweep(config.checkpoint, config.sizes, config.levels, config.dims,
-                                               config.factor)
+                                               config.factor, seed=config.seed)
         check_sweep(config)
         _check_cvx_backends(config)
     except ValueError as err:
@@ -248,7 +248,8 @@ def _run_bench(config: SweepConfig, args, out: str) -> int:
             if not args.resume or not os.path.exists(os.path.join(out, "example.npz")):
                 learned = any(get_method(m).needs_duals for m in config.methods)  # λ only where they are swept
                 save_example(out, generator="lesion" if config.generator == "model" else config.generator,
-                             fit_instances=config.fit_instances, fit_steps=config.fit_steps if learned else 0,
+                             scale=config.scale, seed=config.seed, fit_instances=config.fit_instances,
+                             fit_max_values=config.fit_max_values, fit_steps=config.fit_steps if learned else 0,
                              amortised_steps=config.amortised_steps if learned else 0)
     except (ResultsLocked, FinishedRows) as err:
         raise UsageError(str(err)) from err
@@ -403,8 +404,9 @@ def cmd_plot(args) -> int:
         raise UsageError(f"{results} holds no {', '.join(inputs)} to plot (run `convex-attention bench --out "
                          f"{results}` or benchmarks/bench_graphs.py --out {results} first)")
     out = args.out or os.path.join(results, "figures")
+    made = not os.path.isdir(out)
     check_out(out)
-    return _run_plot(args, results, out)
+    return _run_plot(args, results, out, made)
 
 
 def _check_figure_folder(out: str, overwrite: bool) -> None:
@@ -421,16 +423,22 @@ def _check_figure_folder(out: str, overwrite: bool) -> None:
                          f"{MANIFEST}) or changed since; pass --overwrite to replace them, or choose another --out")
 
 
-def _run_plot(args, results: str, out: str) -> int:
-    from ..bench.plots import FigureConflict, plot_results
+def _run_plot(args, results: str, out: str, made: bool = False) -> int:
+    """Draw the figures of ``results`` into ``out`` (``made``: this command made that folder,
+    so a run that draws nothing removes it again, if it is still empty)."""
+    from ..bench.plots import FigureConflict, plot_results, remove_empty_folder
 
     notes: list = []
+    written: list = []
     try:
         written = plot_results(results, out, log=notes.append, overwrite=getattr(args, "overwrite", False))
     except FigureConflict as err:
         raise UsageError(str(err)) from err
     except OSError as err:
         raise UsageError(f"--out {out}: a figure cannot be written there ({err.strerror or err})") from err
+    finally:
+        if made and not written:
+            remove_empty_folder(out)
     if not written:
         raise UsageError(f"nothing to plot in {results}: " + "; ".join(notes))
     for note in notes:  # what was skipped and why: on stderr, even with --quiet
