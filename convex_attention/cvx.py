@@ -264,6 +264,10 @@ def _other_backend_hint(name: str) -> str | None:
     return f"try backend={others[0]!r}" if others else None
 
 
+#: Options diffcp takes itself, not its conic solver (Clarabel and SCS reject them).
+_DIFFCP_OWN_OPTIONS = ("n_jobs_forward", "n_jobs_backward", "mode")
+
+
 class _PanicGuard(torch.autograd.Function):
     """The layer's call as one autograd node whose backward runs the layer's own backward, so
     that a solver panic there (Moreau: "LDL refactor failed in backward pass") surfaces as a
@@ -371,6 +375,8 @@ class CvxpyAttentionLayer:
             if needs_grad:
                 jobs["n_jobs_backward"] = torch.get_num_threads()
             solver_args = {**jobs, **solver_args}
+            if not needs_grad:  # a user's too: the conic solver would reject it
+                solver_args.pop("n_jobs_backward", None)
 
         def run(inputs: Sequence[Tensor]):
             if self.backend.interface == "MOREAU":
@@ -494,7 +500,8 @@ class CvxpyAttentionLayer:
 
         for param, value in zip(self.thetas, flat_scores):
             param.value = value
-        args = dict(solver_args)
+        # diffcp's own options, which the conic solver called here would reject
+        args = {k: v for k, v in solver_args.items() if k not in _DIFFCP_OWN_OPTIONS}
         method = str(args.pop("solve_method", "SCS")).upper()
         if method == "SCS":
             eps = args.pop("eps", None)

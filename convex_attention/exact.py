@@ -280,7 +280,8 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
     gtau = None
     if ctx.needs_input_grad[1]:
         # ∂L/∂τ_k = −Σ θ̄_k · log p_k (module docstring), with log p_k finite where p_k underflows
-        gtau = torch.stack([-(gs * lp).sum() for gs, lp in zip(gscores, log_probs)]).to(temps.dtype)
+        gtau = torch.stack([-(gs * lp).sum() for gs, lp in zip(gscores, log_probs)]).to(device=temps.device,
+                                                                                       dtype=temps.dtype)
     return (None, gtau, *out)
 
 

@@ -156,6 +156,17 @@ def test_diffcp_uses_torch_s_thread_count_unless_told_otherwise(backend, monkeyp
                     {"n_jobs_forward": 2, "n_jobs_backward": 1}]
 
 
+@pytest.mark.parametrize("backend", ["diffcp-clarabel", "diffcp-scs"])
+def test_diffcp_s_own_options_never_reach_the_conic_solver(backend):
+    """n_jobs_backward without a derivative, and n_jobs_* in the diagnosis of a failed solve,
+    reached Clarabel or SCS, which raised a TypeError (found by a review)."""
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend=backend, n_jobs_backward=1)
+    with pytest.raises(SolverFailure, match="status"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend=backend, max_iters=1,
+                 n_jobs_forward=1, n_jobs_backward=1)
+
+
 @pytest.mark.parametrize("backend, mode, message", [
     ("diffcp-scs", "lpgd", "option mode \\(diffcp's derivative\\) must be one of"),
     ("diffcp-clarabel", None, "got None"),

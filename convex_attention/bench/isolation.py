@@ -211,6 +211,8 @@ def _watch_parent(parent: int) -> None:
     of its own session gets no signal when the verifier's terminal closes."""
     while os.getppid() == parent:
         time.sleep(_PARENT_POLL_S)
+    with contextlib.suppress(OSError):
+        os.killpg(os.getpid(), signal.SIGKILL)  # this process leads its group: what it started ends with it
     os._exit(1)
 
 
@@ -308,11 +310,23 @@ def _frame(payload: bytes) -> bytes:
 
 
 def _ended(process: subprocess.Popen) -> str:
-    """How a child that stopped answering ended, in words."""
-    try:
-        code = process.wait(5)
-    except subprocess.TimeoutExpired:
-        return "stopped answering"
+    """How a child that stopped answering ended, in words.  Once it has ended, what it
+    started in its process group is killed before it is reaped (its unreaped zombie keeps
+    the group's id from being reused); one still running is left to :meth:`IsolatedSolver.close`."""
+    if process.returncode is None:
+        deadline = time.monotonic() + 5
+        while True:
+            try:  # ended, without reaping it
+                ended = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            except ChildProcessError:  # reaped elsewhere
+                ended = True
+            if ended or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        if not ended:
+            return "stopped answering"
+        _kill_group(process)
+    code = process.wait()
     if code < 0:
         try:
             name = signal.Signals(-code).name
@@ -320,6 +334,14 @@ def _ended(process: subprocess.Popen) -> str:
             name = f"signal {-code}"
         return f"was killed by {name}"
     return f"ended its process with exit status {code}"
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    """SIGKILL to the child's process group (the child leads it: start_new_session), while
+    the child is not reaped, so that the id is still its own."""
+    if process.returncode is None:
+        with contextlib.suppress(OSError):
+            os.killpg(process.pid, signal.SIGKILL)
 
 
 class IsolatedSolver:
@@ -492,9 +514,7 @@ class IsolatedSolver:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         if process is not None:
-            if process.returncode is None:  # not reaped yet: its pid, and so its group's id, is still its own
-                with contextlib.suppress(OSError):
-                    os.killpg(process.pid, signal.SIGKILL)  # what it started in its group, too
+            _kill_group(process)  # what it started in its group, too
             if process.poll() is None:
                 process.kill()
             with contextlib.suppress(subprocess.TimeoutExpired):
