@@ -966,6 +966,20 @@ def test_pareto_per_structure_ranks_violations_above_the_dtype_epsilon_with_spre
         == pytest.approx(DTYPE_EPS["float32"])  # the band below ε
     labels = "\n".join(t.get_text() for t in fig.legends[0].get_texts())
     assert "no credit" in labels and "low confidence" in labels
+    # it draws no per-sample λ*, so its legend does not speak of one (a review found it did)
+    assert "per-sample" not in labels
+
+
+def test_every_setting_has_its_own_line_style_and_a_shared_one_is_named():
+    """A review found two of six settings drawn alike ("--" and a short dash) and the
+    seventh reusing the first's style without a word."""
+    settings = [("float32", str(b), "1.0", "lesion", "1.0", "0") for b in (1, 2, 4, 8, 16, 32, 64, 128, 256)]
+    styles = plot_common.setting_styles(settings)
+    first = [styles[s][0] for s in settings[:len(plot_common.SETTING_LINESTYLES)]]
+    assert len({str(ls) for ls in first}) == len(first)  # every pattern its own
+    assert styles[settings[8]][0] == styles[settings[0]][0]
+    assert styles[settings[8]][1] == "9 B = 256 (style of 1)" and styles[settings[0]][1] == "1 B = 1"
+    assert plot_common.setting_styles(settings[:3])[settings[2]][1] == "B = 4"  # numbered only when styles repeat
 
 
 def test_convergence_per_structure_labels_each_line_with_its_levels(figs):

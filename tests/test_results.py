@@ -402,6 +402,20 @@ def test_resume_measures_again_a_row_whose_convergence_history_is_incomplete(tmp
     assert R.row_key(bench_row(method="dual")) in writer(tmp_path, resume=True).done()
 
 
+def test_a_history_whose_last_line_is_cut_inside_its_row_id_is_measured_again(tmp_path):
+    """A cut inside the row_id left a fragment (e.g. '9616b9') that named no row, so the
+    history, one line short, looked complete (found by a review)."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="dual"), convergence=conv_rows(3))
+    w.commit(bench_row(method="dual", size=8), convergence=conv_rows(2, cell=1))  # the file's last two lines
+    conv = tmp_path / "convergence.csv"
+    lines = conv.read_text().splitlines()
+    conv.write_text("\n".join(lines[:-1] + [lines[-1][:6]]))  # no line end: the run was killed there
+    done = writer(tmp_path, resume=True).done()
+    assert R.row_key(bench_row(method="dual", size=8)) not in done
+    assert R.row_key(bench_row(method="dual")) in done
+
+
 def test_a_kill_between_bench_csv_and_bench_json_still_counts_every_row_in_the_runs(tmp_path, monkeypatch):
     """Before: the commit counter went up, bench.csv was renamed, then bench.json: a kill in
     between left bench.json's runs one row short of the folder's rows for good."""
@@ -447,6 +461,16 @@ def test_a_resume_after_bench_quick_suggests_quick(tmp_path):
     R.check_resume_config(str(tmp_path), quick_sweep(sizes=(8,)))  # --quick --resume: accepted
     with pytest.raises(R.ResumeMismatch, match=r"--scale 1.0, this run asks for --scale 2.0") as err:
         R.check_resume_config(str(tmp_path), quick_sweep(scale=2.0))  # not one of --quick's settings
+    assert "--quick" not in str(err.value)
+
+
+def test_a_run_that_shares_one_value_with_quick_is_not_called_a_quick_one(tmp_path):
+    """--repeats 5 alone (--quick's value) made the refusal advise --quick --resume, which
+    that folder then refused on --budget and cvx_repeats (found by a review)."""
+    R.ResultsWriter(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), repeats=5), "cpu", False,
+                    log=lambda m: None).commit(bench_row())
+    with pytest.raises(R.ResumeMismatch, match=r"--repeats 5, this run asks for --repeats") as err:
+        R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,)))
     assert "--quick" not in str(err.value)
 
 

@@ -203,8 +203,10 @@ def check_resume_config(out_dir: str, config) -> None:
             continue  # read by --generator model alone (an older version recorded it for any generator)
         if was != now:
             option = _option(name)
-            if name in quick and was == quick[name] != now:
-                # the value --quick sets (it is not this setting's default): the stored run was a quick one
+            was_quick = all(stored.get(k, value) == value for k, value in quick.items() if k in MEASUREMENT_SETTINGS)
+            if name in quick and was == quick[name] != now and was_quick:
+                # the value --quick sets (it is not this setting's default), and so are all the others
+                # --quick sets: the stored run was a quick one
                 raise ResumeMismatch(
                     f"--resume: the rows in {out_dir} were measured by a --quick sweep ({option} {_show(was)}), "
                     f"this run asks for {option} {_show(now)}; rerun with --quick --resume (with the options given "
@@ -324,16 +326,28 @@ def _runs_now(row: dict) -> bool:
         return False
 
 
-def _row_ids_on_lines(path: str) -> Counter:
-    """How many lines of the table at ``path`` name each ``row_id`` (its first column),
-    damaged lines included (empty for a file that cannot be read)."""
+def _row_ids_on_lines(path: str, known: set) -> Counter:
+    """How many lines of the table at ``path`` belong to each ``row_id`` of ``known``,
+    damaged lines included (empty for a file that cannot be read).  A line's ``row_id`` is
+    its first column; a line whose first column is no known ``row_id`` (cut inside it) is
+    counted for the ``row_id`` of the line before it, since a row's lines are written
+    together (a history cut to ``9616b9`` on its last line is still short)."""
+    counts: Counter = Counter()
+    previous = None
     try:
         with open(path, encoding="utf-8", newline="") as f:
             reader = csv.reader(f)
             next(reader, None)  # the header
-            return Counter(fields[0] for fields in reader if fields)
+            for fields in reader:
+                if not fields:
+                    continue
+                row_id = fields[0] if fields[0] in known else previous
+                if row_id is not None:
+                    counts[row_id] += 1
+                previous = row_id
     except (OSError, ValueError, csv.Error):
         return Counter()
+    return counts
 
 
 class ResultsWriter:
@@ -438,7 +452,8 @@ class ResultsWriter:
         if orphans:
             conv_problems.append(f"convergence.csv: {orphans} row(s) of a cell whose bench row was never "
                                  f"committed are dropped")
-        conv_problems += self._drop_incomplete_histories(_row_ids_on_lines(self.conv_path) if damaged else Counter())
+        conv_problems += self._drop_incomplete_histories(_row_ids_on_lines(self.conv_path, ok_ids) if damaged
+                                                         else Counter())
         self.problems = problems + conv_problems
         for p in self.problems:
             self.log(f"resume: {p}; it is recomputed where this sweep includes its cell")

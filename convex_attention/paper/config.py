@@ -124,16 +124,17 @@ MAX_BATCH_VALUES = 2 ** 31
 
 
 #: The synthetic generators key image ``i`` of the set of seed ``s`` as ``s * IMAGES_PER_SEED + i``
-#: (:mod:`convex_attention.paper.data.synthetic`): a set of this many images or more would
-#: reach into the images of seed ``s + 1``, which may be another split's.
+#: (:mod:`convex_attention.paper.data.synthetic`): a set of more images than this would reach
+#: into the images of seed ``s + 1``, which may be another split's (this many exactly end one
+#: key before it).
 IMAGES_PER_SEED = 1_000_003
 
 
 def check_seed_block(field: str, n, flag: str | None = None) -> None:
-    """ConfigError (naming ``field``) when a set of ``n`` images would reach into the next
-    seed's images (``n >= IMAGES_PER_SEED``), which another split may use."""
-    if isinstance(n, int) and n >= IMAGES_PER_SEED:
-        raise ConfigError(field, f"{flag or field} {n} images is too many: a set holds at most {IMAGES_PER_SEED - 1} "
+    """ConfigError (naming ``field``) when a set of ``n`` synthetic images would reach into the
+    next seed's images (``n > IMAGES_PER_SEED``), which another split may use."""
+    if isinstance(n, int) and n > IMAGES_PER_SEED:
+        raise ConfigError(field, f"{flag or field} {n} images is too many: a set holds at most {IMAGES_PER_SEED} "
                                  f"images, because the synthetic generators key image i of seed s as "
                                  f"s x {IMAGES_PER_SEED} + i, so a larger set would repeat the first images of "
                                  f"seed s + 1, which another split (validation, development or test) may use")
@@ -144,11 +145,14 @@ def _seed_block(name: str):
     return lambda config: check_seed_block(name, getattr(config, name))
 
 
-def check_set_size(field: str, n: int, image_size: int, flag: str | None = None) -> None:
-    """ConfigError (naming ``field``) when a set of ``n`` images could share images with
-    another split (:func:`check_seed_block`), or when ``n`` images of ``image_size`` x
-    ``image_size`` are more pixels per channel than :data:`MAX_SET_PIXELS`."""
-    check_seed_block(field, n, flag)
+def check_set_size(field: str, n: int, image_size: int, flag: str | None = None,
+                   synthetic: bool = True) -> None:
+    """ConfigError (naming ``field``) when a set of ``n`` synthetic images could share images
+    with another split (:func:`check_seed_block`; not for other data: ``synthetic=False``),
+    or when ``n`` images of ``image_size`` x ``image_size`` are more pixels per channel than
+    :data:`MAX_SET_PIXELS`."""
+    if synthetic:
+        check_seed_block(field, n, flag)
     pixels = n * image_size ** 2
     if pixels > MAX_SET_PIXELS:
         raise ConfigError(field, f"{flag or field} {n} images of {image_size}x{image_size} are {pixels:.3g} pixels per "

@@ -163,8 +163,10 @@ def block_map(mask: Tensor, grid: tuple[int, int]) -> Tensor:
     the ``n = gh · gw``: below ``1 / n`` each and below ``1 / 2`` over all cells, so the
     map sum-pooled to a coarser grid still orders cells of different integer counts by
     count.  Cells without lesion pixels stay at 0: their order cannot change ``ap``.
-    ``mass`` and the other metrics read these values, so they differ from those of the
-    plain counts by at most the offsets."""
+    ``mass`` reads these values, so it differs from that of the plain counts by at most the
+    offsets; ``qiou@q`` and ``pointing`` do not: they count the pixels tied with a threshold
+    (or the top), so breaking a tie can move whole cells in or out (two cells of 2 lesion
+    pixels on a 2×2 grid: ``qiou@0.9`` 0.500 tied, 0.333 ranked)."""
     counts = _sum_pool(mask.detach().to(torch.float64), tuple(grid))
     n = counts.numel()
     offset = (n - 1 - torch.arange(n, dtype=torch.float64)).reshape(counts.shape) / n ** 2

@@ -455,7 +455,13 @@ def not_drawn_notes(rows) -> list[str]:
 #: and a median across them is a value no cell measured.
 SETTING_FIELDS = ("dtype", "batch", "temperature", "generator", "scale", "seed")
 # one line style per setting (never dotted: a dotted line marks a reference, such as a target)
-SETTING_LINESTYLES = ("-", "--", "-.", (0, (6, 1.5, 1, 1.5, 1, 1.5)), (0, (8, 3)), (0, (3, 1.5)))
+# dash patterns told apart at paper size (a review found "--" and (3, 1.5) alike, and a long
+# dash that a short legend handle drew solid): solid, dashed, dotted, dash-dot, dash-dot-dot,
+# long dash with gaps, dash-dash-dot, sparse dots
+SETTING_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)), (0, (10, 4)), (0, (5, 2, 5, 2, 1, 2)),
+                      (0, (1, 4)))
+#: how long the legend's line handles are (in font sizes): long enough to show every pattern
+SETTING_HANDLE_LENGTH = 4.0
 _SETTING_WORDS = {"dtype": "{} cells", "batch": "B = {}", "temperature": "temperature {}", "generator": "{}",
                   "scale": "scale {}", "seed": "seed {}"}
 
@@ -469,12 +475,18 @@ def setting_styles(settings) -> dict:
     """``{setting: (line style, label)}``: a line style per setting, and a label naming the
     fields in which the settings differ, in the order of :data:`SETTING_FIELDS`
     (``"float32 cells, B = 4"``; "" when there is one setting).  Past
-    ``len(SETTING_LINESTYLES)`` settings the styles repeat."""
+    ``len(SETTING_LINESTYLES)`` settings the styles repeat, and each label says which earlier
+    setting's style it shares (``"(style of 1)"``)."""
     ordered = sorted(set(settings), key=lambda s: tuple((0, float(v)) if _is_number(v) else (1, v) for v in s))
     varying = [i for i in range(len(SETTING_FIELDS)) if len({s[i] for s in ordered}) > 1]
-    return {s: (SETTING_LINESTYLES[j % len(SETTING_LINESTYLES)],
-                ", ".join(_SETTING_WORDS[SETTING_FIELDS[i]].format(plain(s[i], 20)) for i in varying))
-            for j, s in enumerate(ordered)}
+    n = len(SETTING_LINESTYLES)
+    out = {}
+    for j, s in enumerate(ordered):
+        label = ", ".join(_SETTING_WORDS[SETTING_FIELDS[i]].format(plain(s[i], 20)) for i in varying)
+        if len(ordered) > n:  # styles repeat: number the settings, and name whose style one shares
+            label = f"{j + 1} {label}" + (f" (style of {j % n + 1})" if j >= n else "")
+        out[s] = (SETTING_LINESTYLES[j % n], label)
+    return out
 
 
 def setting_handles(styles: dict) -> list:

@@ -306,7 +306,7 @@ def draw_tradeoff_panel(ax, by_series: dict, styles: dict, dtype: str, floor: fl
     low-confidence marks, the band below the cell dtype's ε and the Pareto front at that
     resolution (:func:`._common.pareto_front`).  Returns what it drew that the legend
     (:func:`tradeoff_legend`) must explain."""
-    drawn = {"zero": False, "borrowed": False, "low": False}
+    drawn = {"zero": False, "borrowed": False, "per_sample_borrowed": False, "low": False}
     pts, low = [], []
     eps = DTYPE_EPS.get(dtype, 0.0)
     for series, entries in sorted(by_series.items(), key=lambda kv: kv[0].order()):
@@ -318,6 +318,7 @@ def draw_tradeoff_panel(ax, by_series: dict, styles: dict, dtype: str, floor: fl
         shown = max(v, floor)
         drawn["zero"] |= v == 0
         drawn["borrowed"] |= borrowed
+        drawn["per_sample_borrowed"] |= borrowed and series.kind == "per_sample"
         color, marker = styles[series]
         xerr = [[max(t - min(lo), 0)], [max(max(hi) - t, 0)]] if lo and hi else None
         # a borrowed-time point is hollow and larger, on top: it often shares its place with the fitted row
@@ -351,9 +352,10 @@ def tradeoff_legend(styles: dict, drawn: dict, floor: float) -> list:
     handles.append(Patch(color="#cccccc", alpha=0.6, label="below the cells' dtype ε: consistent to rounding "
                                                            "(float64 solvers earn no credit there)"))
     if drawn["borrowed"]:
+        # the per-sample clause only where a per-sample point is drawn (per_structure draws none)
         handles.append(Line2D([], [], color="#444444", marker="o", mfc="none", ls="none", ms=8,
-                              label="large hollow: time of the fitted-λ row (same computation; per-sample λ "
-                                    "excludes finding λ)"))
+                              label="large hollow: time of the fitted-λ row (same computation"
+                                    + ("; per-sample λ excludes finding λ)" if drawn["per_sample_borrowed"] else ")")))
     if drawn["low"]:
         handles.append(low_confidence_handle())
     if drawn["zero"]:
@@ -400,7 +402,7 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
     devices = {panel[3] for panel in panels}
     ncols = 2 if len(panels) > 1 else 1
     nrows = math.ceil(len(panels) / ncols)
-    drawn = {"zero": False, "borrowed": False, "low": False}
+    drawn = {"zero": False, "borrowed": False, "per_sample_borrowed": False, "low": False}
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(nrows, ncols, figsize=(FULL_WIDTH if ncols == 2 else 4.6, 2.7 * nrows + 1.4),
                                  squeeze=False, sharex=True, sharey=True, layout="constrained")

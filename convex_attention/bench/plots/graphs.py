@@ -113,7 +113,7 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
     floor = floor_below(positive, default=1e-16)
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    drawn = {"zero": False, "borrowed": False, "low": False}
+    drawn = {"zero": False, "borrowed": False, "per_sample_borrowed": False, "low": False}
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(nrows, ncols, figsize=(FULL_WIDTH, 2.6 * nrows + 1.2), layout="constrained",
                                  squeeze=False)

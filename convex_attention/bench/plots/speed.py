@@ -28,6 +28,7 @@ from ._common import (
     MIN_SLOPE_RISE,
     MIN_SLOPE_SIZES,
     MIN_SLOPE_SPAN,
+    SETTING_HANDLE_LENGTH,
     SIZE_COLUMNS,
     SLOPE_TOLERANCE,
     Log,
@@ -435,7 +436,8 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
         for ax in axes[-1]:
             ax.set_xlabel(r"problem size $n$ (cells, all levels)")
         handles = _time_legend(points, styles, settings)
-        fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6)
+        fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6,
+                   handlelength=SETTING_HANDLE_LENGTH)
         fig.suptitle("Time per sample vs problem size (log-log; bars: interquartile range of each cell)")
         notes = [dtype_note(points),
                  f"each point one cell's median, its bar that cell's interquartile range (widest: {widest:.0%} of its "
@@ -587,7 +589,8 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
                     for why, shape in shapes.items()]
         if any_low:
             handles.append(low_confidence_handle())
-        fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6.5)
+        fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6.5,
+                   handlelength=SETTING_HANDLE_LENGTH)
         fig.suptitle("Speed-up of exact over cvxpylayers (forward + backward, per sample, same sweep cell)")
         exact_b = "/".join(str(b) for b in sorted(batches[SPEEDUP_BASE]))
         cvx_b = "/".join(str(b) for b in sorted(batches[SPEEDUP_OVER]))
