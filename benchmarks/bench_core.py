@@ -74,6 +74,10 @@ def main(argv=None):
     try:
         with results_lock(args.out, command="bench_core", wait=args.wait,
                           log=lambda m: print(f"bench_core.py: {m}", file=sys.stderr)):
+            try:  # again under the lock: with --wait, the run waited for may have written them meanwhile
+                check_no_earlier_outputs(args.out, OUTPUTS, args.overwrite)
+            except ValueError as err:
+                parser.error(str(err))
             clean_stale_tmp(args.out, OUTPUTS)
             return core_benchmark(device=args.device, out_dir=args.out, backends=args.backends, **sizes)
     except ResultsLocked as err:

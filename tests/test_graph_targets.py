@@ -86,6 +86,61 @@ def test_every_measured_nan_is_a_miss_in_the_graph_targets():
     assert by["cvxpylayers (fastest) / dual per sample (axial)"]["met"] is None  # no backend ran: not measured
 
 
+def test_every_convergence_instance_is_a_draw_of_its_own_and_every_family_and_set_a_stream_of_its_own():
+    """A review found 100 "instances" to be 2-4 draws of temperatures and regions (a batch
+    shared one), the same temperatures in every family, and the hard set reusing the normal
+    set's draws (its temperature ratios reached 54 and 90, not 1e3)."""
+    config = GraphBenchmark(size=16, instances=6, batch=4, parts=("convergence",))
+    rows, summary = gt._convergence(config, ("axial", "grid_regions"), log=lambda m: None)
+    for family in ("axial", "grid_regions"):
+        for set_name in ("normal", "hard"):
+            group = [r for r in rows if r["family"] == family and r["set"] == set_name and r["dtype"] == "float64"]
+            assert len(group) == 6 and len({r["temperatures"] for r in group}) == 6
+            assert [r["temperatures"] for r in rows if r["family"] == family and r["set"] == set_name
+                    and r["dtype"] == "float32"] == [r["temperatures"] for r in group]  # both dtypes: one instance set
+    temps = {(r["family"], r["set"]): r["temperatures"] for r in rows if r["draw"] == 0}
+    assert len(set(temps.values())) == 4  # no two families or sets share their draws
+    s = summary[0]
+    assert s["distinct_temperatures"] == 6 and s["largest_temperature_ratio"] > 1
+
+
+def test_a_convergence_target_on_fewer_instances_than_it_asks_for_gives_no_verdict():
+    summary = {"family": "axial", "set": "normal", "dtype": "float32", "tol": 1e-6, "max_sweeps": 50,
+               "instances": 8, "median_sweeps": 3, "worst_sweeps": 5, "misses": 0,
+               "worst_returned_violation": 1.05e-6}
+    (target,) = gt._targets({"convergence_summary": [summary]})
+    assert target["met"] is None and "partial: 8 of the 100 instances" in target["detail"]
+    assert "returned float32 maps' worst violation 1.05e-06 is above tol" in target["detail"]
+    (target,) = gt._targets({"convergence_summary": [{**summary, "instances": 100}]})
+    assert target["met"] is True
+    (target,) = gt._targets({"convergence_summary": [{**summary, "misses": 1}]})
+    assert target["met"] is False  # a miss is a miss on any number of instances
+
+
+def test_the_gradient_target_against_cvxpylayers_is_judged_by_its_worst_instance_and_its_failures():
+    """A review found it judged by the median (one instance off by 0.1 passed) and blind to
+    the reference's failed instances."""
+    rows = [{"family": "axial", "setting": "mild", "draw": i, "solver": "cvxpylayers[x]", "status": "ok",
+             "reason": "", "error_vs_fd": 1e-7, "error_vs_dual": e} for i, e in enumerate((1e-7, 2e-7, 0.1))]
+    (target,) = [t for t in gt._targets({"gradients": rows}) if "cvxpylayers[x]" in t["target"]]
+    assert target["met"] is False and target["value"] == 0.1 and "worst of 3 instances" in target["detail"]
+    rows = rows[:2] + [{**rows[2], "status": "error", "error_vs_dual": math.nan, "error_vs_fd": math.nan}]
+    (target,) = [t for t in gt._targets({"gradients": rows}) if "cvxpylayers[x]" in t["target"]]
+    assert target["met"] is False and "FAILED on 1 instance" in target["detail"]
+
+
+def test_the_speed_target_names_no_fastest_backend_when_one_failed():
+    """A review found the survivor labelled "(fastest)" and the target met against it."""
+    speed = [{"family": "axial", "method": "dual", "backend": "", "status": "ok", "fwd_ms": 1.0, "bwd_ms": 0.2,
+              "per_sample_ms": 0.01, "batch": 1, "total_ms": 1.2},
+             {"family": "axial", "method": "cvxpylayers", "backend": "diffcp-clarabel", "status": "ok",
+              "per_sample_ms": 20.0, "batch": 1},
+             {"family": "axial", "method": "cvxpylayers", "backend": "moreau", "status": "error", "batch": 1}]
+    (target,) = [t for t in gt._targets({"speed": speed}) if "/ dual per sample" in t["target"]]
+    assert target["met"] is None and "moreau failed" in target["detail"] and "(fastest)" in target["target"]
+    assert "[diffcp-clarabel]" not in target["target"]
+
+
 def test_the_gradient_target_against_cvxpylayers_says_what_its_own_error_is():
     rows = [{"family": "axial", "setting": "mild", "draw": 0, "solver": "dual", "status": "ok", "reason": "",
              "error_vs_fd": 1e-9, "error_vs_dual": 0.0},

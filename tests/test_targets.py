@@ -135,6 +135,27 @@ def test_bench_core_refuses_before_any_work_in_one_line(tmp_path, capsys, monkey
         assert "--plot-only" in refused("--plot-only", "--out", str(tmp_path / "c"))
 
 
+def test_bench_core_waiting_for_a_run_refuses_the_results_that_run_wrote(tmp_path, capsys, monkeypatch):
+    """With --wait, the earlier-outputs check ran before the wait only: the run waited for
+    wrote its files, and this one replaced them without --overwrite (found by a review)."""
+    import contextlib
+
+    script = _bench_core_script()
+    monkeypatch.setattr(script, "core_benchmark", lambda **kw: pytest.fail("work started"))
+    out = tmp_path / "core"
+
+    @contextlib.contextmanager
+    def lock_after_the_other_run(folder, **kwargs):
+        (out / "bench_core.csv").write_text("the other run's\n")  # what it wrote while this one waited
+        yield
+
+    monkeypatch.setattr(script, "results_lock", lock_after_the_other_run)
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--tiny", "--wait", "--out", str(out)])
+    assert stop.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert (out / "bench_core.csv").read_text() == "the other run's\n"
+
+
 def test_the_core_figure_names_a_backend_that_failed(tmp_path, monkeypatch):
     """A review found a failed backend filtered out before the core figure was drawn: the figure
     showed the others as if it had never been timed."""
