@@ -517,6 +517,25 @@ def test_dual_on_graphs_matches_reference(case, warm_start, batch):
     torch.testing.assert_close(gap, sol.info["gap"], atol=1e-12, rtol=0)
 
 
+def test_maps_returned_in_float32_meet_tol_after_rounding():
+    """The solver stopped its float64 iterate at tol, and rounding the maps to float32 took
+    them above it (mixed hard instance 78 of the graph benchmark at 64²: iterate 9.76e-7,
+    returned maps 1.018e-6 measured in float64; found by a review of the graph harness)."""
+    from convex_attention.bench import graph_targets as gt
+    from convex_attention.metrics import violation
+
+    g = gt._instance_stream(0, "mixed", "hard")
+    for _ in range(79):
+        h, scores, temps = gt.draw_instance("mixed", 64, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=torch.float32)
+    sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-6, max_iter=200)
+    assert sol.probs[0].dtype == torch.float32 and bool(sol.info["converged"].all())
+    assert float(violation([p.double() for p in sol.probs], h)[0]) <= 1e-6
+    assert float(sol.info["violation"][0]) <= 1e-6 - torch.finfo(torch.float32).eps
+    # float64 maps are not rounded: the iterate stops at tol itself
+    out = solve_dual([s.double() for s in scores], h, temps, tol=1e-6, max_iter=200, round_to=torch.float64)
+    assert bool(out["converged"].all())
+
+
 def test_the_relative_gap_does_not_shrink_when_a_constant_is_added_to_a_map_s_scores():
     """A constant per map moves no solution; the gap used to be divided by max(1, |f|), which
     such a constant inflates (the same defect let cvxpylayers' certificate pass a wrong point)."""

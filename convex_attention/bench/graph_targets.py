@@ -678,7 +678,7 @@ def _targets(results: dict) -> list[dict]:
                   + (f"; {s['distinct_temperatures']} distinct temperature draws, largest ratio "
                      f"{s['largest_temperature_ratio']:.3g}" if "distinct_temperatures" in s else "")
                   # the solver's violation is its float64 iterate's; rounding the maps adds to it
-                  + (f"; the returned {s['dtype']} maps' worst violation {returned:.3g} is above tol "
+                  + (f"; the returned {s['dtype']} maps' worst violation {returned:.4g} is above tol "
                      f"(rounding to {s['dtype']})" if isinstance(returned, float) and returned > s["tol"] else "")
                   + (f"; partial: {s['instances']} of the {TARGET_INSTANCES} instances the target asks for"
                      if partial else ""))
