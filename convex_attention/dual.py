@@ -51,7 +51,8 @@ from .validation import per_sample, score_limit, score_peaks, temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
-           "dual_probs", "check_dual_options", "dual_gap_terms", "score_offset", "spanning_forest_duals"]
+           "dual_probs", "check_dual_options", "dual_gap_terms", "score_offset", "rounding_margin",
+           "spanning_forest_duals"]
 
 
 class ConvergenceError(RuntimeError):
@@ -758,11 +759,11 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             entry is then None and its temperature unused; docs/math.md §7.6).  No edge may join
             two given maps, and there is no warm start.
         round_to: the dtype the maps will be returned in, when less precise than the scores'
-            (the working dtype): the iterate then stops at ``tol − eps(round_to)``, so that
-            the rounded maps meet ``tol`` too (rounding moves each edge's L1 residual by at
-            most ``eps``: float32 maps of an iterate at 9.99e-7 measured 1.0018e-6).  Not
-            applied where ``eps(round_to) > tol / 2`` (half precision at small ``tol``: its
-            rounding alone is above ``tol``).
+            (the working dtype): the iterate then stops at ``tol`` less
+            :func:`rounding_margin`, so that the rounded maps meet ``tol`` too (float32 maps
+            of an iterate at 9.99e-7 measured 1.0018e-6).  Not applied where the margin is
+            above ``tol / 2`` (half precision at small ``tol``, or float16 maps of tens of
+            thousands of cells: their rounding alone can reach ``tol``).
 
     Returns:
         dict with ``duals`` (centred, ``(B, *shapes[coarse(e)])``), ``iterations`` ``(B,)``
@@ -806,9 +807,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     finite = torch.isfinite(g) & torch.isfinite(viol) & torch.isfinite(gap)
     failed = ~finite
     stop_tol = tol
-    if round_to is not None and torch.finfo(round_to).eps > torch.finfo(dtype).eps \
-            and torch.finfo(round_to).eps <= tol / 2:
-        stop_tol = tol - torch.finfo(round_to).eps
+    if round_to is not None and torch.finfo(round_to).eps > torch.finfo(dtype).eps:
+        margin = rounding_margin(h, round_to)
+        if margin <= tol / 2:
+            stop_tol = tol - margin
     active = finite & ~((viol <= stop_tol) & (gap <= gap_tol))
     iterations = torch.zeros(B, dtype=torch.long, device=device)
     newton_steps = torch.zeros(B, dtype=torch.long, device=device)
@@ -868,6 +870,16 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         out["history"] = {"violation": torch.stack(history_v), "dual_objective": torch.stack(history_g),
                           "gap": torch.stack(history_gap)}
     return out
+
+
+def rounding_margin(h: Graph, dtype: torch.dtype) -> float:
+    """How far rounding the maps to ``dtype`` can move an edge's L1 residual: relative
+    ``eps / 2`` on every probability (each map sums to one: ``eps`` per edge) plus, below
+    the smallest normal number, an absolute half subnormal step per cell (float16's start at
+    6.1e-5: on a 300 × 300 map they add up to 2.7e-3)."""
+    info = torch.finfo(dtype)
+    cells = max(h.sizes[a] + h.sizes[b] for a, b in h.edges)
+    return info.eps + cells * info.tiny * info.eps / 2
 
 
 def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged, failed, viol, gap, recent,

@@ -531,9 +531,26 @@ def test_maps_returned_in_float32_meet_tol_after_rounding():
     assert sol.probs[0].dtype == torch.float32 and bool(sol.info["converged"].all())
     assert float(violation([p.double() for p in sol.probs], h)[0]) <= 1e-6
     assert float(sol.info["violation"][0]) <= 1e-6 - torch.finfo(torch.float32).eps
-    # float64 maps are not rounded: the iterate stops at tol itself
-    out = solve_dual([s.double() for s in scores], h, temps, tol=1e-6, max_iter=200, round_to=torch.float64)
-    assert bool(out["converged"].all())
+    # float64 maps are not rounded: the iterate stops at tol itself, as without round_to
+    wide = [s.double() for s in scores]
+    out = solve_dual(wide, h, temps, tol=1e-6, max_iter=200, round_to=torch.float64)
+    plain = solve_dual(wide, h, temps, tol=1e-6, max_iter=200)
+    assert torch.equal(out["violation"], plain["violation"]) and torch.equal(out["iterations"], plain["iterations"])
+    rounded = solve_dual(wide, h, temps, tol=1e-6, max_iter=200, round_to=torch.float32)
+    assert float(rounded["violation"][0]) <= 1e-6 - torch.finfo(torch.float32).eps < float(plain["violation"][0])
+
+
+def test_the_rounding_margin_counts_float16_s_subnormal_steps():
+    """float16 rounds probabilities below 6.1e-5 by an absolute step: on a 300 x 300 map that
+    alone reached 2.4e-3 (found by a review), so no margin below tol / 2 is promised there."""
+    from convex_attention.dual import rounding_margin
+
+    small, large = ca.Graph.axial((8, 8)), ca.Graph.axial((300, 300))
+    assert rounding_margin(small, torch.float32) == pytest.approx(torch.finfo(torch.float32).eps)
+    assert rounding_margin(large, torch.float16) > 2.7e-3
+    scores = [torch.zeros((1,) + s, dtype=torch.float16) for s in large.shapes]
+    sol = ca.solve(scores, large, "dual", temperature=1.0, tol=2e-3)
+    assert bool(sol.info["converged"].all())  # the margin is not applied: the iterate meets tol
 
 
 def test_the_relative_gap_does_not_shrink_when_a_constant_is_added_to_a_map_s_scores():

@@ -313,6 +313,11 @@ def _ended(process: subprocess.Popen) -> str:
     """How a child that stopped answering ended, in words.  Once it has ended, what it
     started in its process group is killed before it is reaped (its unreaped zombie keeps
     the group's id from being reused); one still running is left to :meth:`IsolatedSolver.close`."""
+    if process.returncode is None and not hasattr(os, "waitid"):  # macOS before Python 3.13: reap, then tell
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(5)
+        if process.returncode is None:
+            return "stopped answering"
     if process.returncode is None:
         deadline = time.monotonic() + 5
         while True:
