@@ -34,13 +34,13 @@ _PUBLIC = {
     "register_method": "methods",
     "AmortisedDuals": "nn", "Attended": "nn", "ConsistentAttention": "nn", "LearnedDuals": "nn", "ScoreHead": "nn",
     "fit_amortised_duals": "nn",
-    "Solution": "solve", "consistency_loss": "solve", "solve": "solve",
+    "Solution": "solve", "StaleSolution": "solve", "consistency_loss": "solve", "solve": "solve",
 }
 
 __all__ = ["Hierarchy", "Graph", "ImplicitSolveError", "solve", "Solution", "consistency_loss", "METHODS",
            "LearnedDuals", "ConsistentAttention", "ScoreHead", "ConvergenceError", "SolverFailure", "__version__",
            "Method", "REGISTRY", "get_method", "register_method", "AmortisedDuals", "Attended",
-           "fit_amortised_duals"]
+           "fit_amortised_duals", "StaleSolution"]
 
 if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
     from .cvx import SolverFailure
@@ -50,7 +50,7 @@ if TYPE_CHECKING:  # what type checkers and editors see: the same names, importe
     from .hierarchy import Hierarchy
     from .methods import METHODS, REGISTRY, Method, get_method, register_method
     from .nn import AmortisedDuals, Attended, ConsistentAttention, LearnedDuals, ScoreHead, fit_amortised_duals
-    from .solve import Solution, consistency_loss, solve
+    from .solve import Solution, StaleSolution, consistency_loss, solve
 
 
 def __getattr__(name: str) -> Any:

@@ -257,7 +257,9 @@ class AmortisedDuals(nn.Module):
         """:meth:`forward` without its checks, for callers that validated ``scores`` and the
         temperatures already (``temps``: ``M`` floats or 0-d tensors, ``None``: the module's)."""
         work = compute_dtype(scores[0].dtype)
-        pdtype = next(self.linear.parameters()).dtype
+        first = self.linear[0]
+        assert isinstance(first, nn.Module) and isinstance(first.weight, Tensor)
+        pdtype = first.weight.dtype  # not next(parameters()): a DataParallel replica lists none
         if torch.finfo(pdtype).bits < torch.finfo(work).bits:
             # the network would compute the duals at its own, lower precision (or range) and
             # hide it behind an output in the scores' dtype
@@ -347,7 +349,7 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
     if loss not in _FIT_LOSSES:
         raise ValueError(f"loss must be one of {', '.join(_FIT_LOSSES)}, got {loss!r}")
     h = module.h
-    train = check_scores(train_scores, h)
+    train = check_scores(train_scores, h, name="train_scores")
     temps = module.temperature
 
     def objective() -> Tensor:
@@ -518,6 +520,9 @@ class ConsistentAttention(nn.Module):
         registered = self._parameters.get("temperature")
         if registered is not None:
             return registered
+        replica = self.__dict__.get("_temperature_replica")
+        if replica is not None:  # a DataParallel replica's copy of the registered Parameter
+            return replica
         layout, values = self.__dict__.get("_temperature_layout"), self.__dict__.get("_temperature_values")
         if layout is not None:
             params = iter(self._temperature_parameters)
@@ -525,6 +530,14 @@ class ConsistentAttention(nn.Module):
         if values is None:  # not set yet (construction): as an attribute that does not exist
             raise AttributeError("temperature")
         return values
+
+    @temperature.setter
+    def temperature(self, value) -> None:
+        # torch.nn.parallel.replicate (nn.DataParallel) gives a replica, which registers no
+        # Parameters, its copy of the registered temperature by setattr; nothing else sets it
+        if not isinstance(value, Tensor) or not self.__dict__.get("_is_replica", False):
+            raise AttributeError("the temperature is set when the module is built (a Parameter in it is trained)")
+        self.__dict__["_temperature_replica"] = value
 
     def _make_duals(self, record, duals, temps):
         if isinstance(duals, (LearnedDuals, AmortisedDuals)):

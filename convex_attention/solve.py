@@ -30,6 +30,7 @@ temperatures together, or compute in float64).
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 
 from torch import Tensor
@@ -48,7 +49,23 @@ from .validation import (
     check_transforms,
 )
 
-__all__ = ["solve", "Solution", "consistency_loss", "METHODS"]
+__all__ = ["solve", "Solution", "StaleSolution", "consistency_loss", "METHODS"]
+
+class StaleSolution(RuntimeError):
+    """A lazily computed field of a :class:`Solution` was read after an input of its solve
+    was modified in place."""
+
+
+def _tensors_in(obj) -> list[Tensor]:
+    """The tensors in nested lists, tuples and ``functools.partial`` arguments."""
+    if isinstance(obj, Tensor):
+        return [obj]
+    if isinstance(obj, functools.partial):
+        return _tensors_in(obj.args) + _tensors_in(tuple(obj.keywords.values()))
+    if isinstance(obj, (list, tuple)):
+        return [t for x in obj for t in _tensors_in(x)]
+    return []
+
 
 class Solution:
     """The result of :func:`solve`.
@@ -78,7 +95,13 @@ class Solution:
 
     ``duals``, ``violation``, ``objective`` and ``dual_objective`` are computed on first
     access (then cached), so a training loop that only reads ``probs`` pays nothing for
-    them.  They are differentiable functions of the scores wherever the method is.
+    them.  They are differentiable functions of the scores wherever the method is.  They
+    (but ``violation``, which reads ``probs`` alone) read the inputs of the solve (scores,
+    temperatures, duals, given maps), which are not copied: reading one of them for the
+    first time after an input was modified in place
+    (an optimiser step on learned duals or on a temperature, ``scores.mul_``) raises
+    :class:`StaleSolution` rather than describe another problem than the one solved; read
+    them before the step, or solve again.
     """
 
     def __init__(self, probs: list[Tensor], scores: list, h: Graph, temperature: list,
@@ -93,21 +116,45 @@ class Solution:
         self._scores, self._h = scores, h
         self._duals = duals
         self._cache: dict = {}
+        # every tensor the lazy fields read, with its version now (in-place changes bump it)
+        self._inputs = [(t, t._version) for t in _tensors_in((scores, temperature, given, duals))]
+        self._stale_when_pickled = False
+
+    def _check_fresh(self, name: str) -> None:
+        if self._stale_when_pickled or any(t._version != v for t, v in self._inputs):
+            raise StaleSolution(f"Solution.{name}: an input of this solve (scores, temperature, duals or given "
+                                f"maps) was modified in place after it (an optimiser step?), so {name} would "
+                                f"describe another problem than the one solved; read it before modifying the "
+                                f"inputs, or solve again")
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_stale_when_pickled"] = self._stale_when_pickled or any(t._version != v for t, v in self._inputs)
+        state["_inputs"] = [t for t, _ in self._inputs]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._inputs = [(t, t._version) for t in state["_inputs"]]  # the copies start afresh
 
     @property
     def duals(self) -> list[Tensor] | None:
         if callable(self._duals):
+            self._check_fresh("duals")
             self._duals = self._duals()
         return self._duals
 
-    def _cached(self, name: str, fn):
+    def _cached(self, name: str, fn, reads_inputs: bool = True):
         if name not in self._cache:
+            if reads_inputs:
+                self._check_fresh(name)
             self._cache[name] = fn()
         return self._cache[name]
 
     @property
     def violation(self) -> Tensor:
-        return self._cached("violation", lambda: metrics.violation(self.probs, self._h))
+        # the probabilities alone: an optimiser step on the inputs does not change it
+        return self._cached("violation", lambda: metrics.violation(self.probs, self._h), reads_inputs=False)
 
     @property
     def objective(self) -> Tensor:

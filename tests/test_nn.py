@@ -255,3 +255,38 @@ def test_exact_is_refused_at_construction_on_a_graph_it_cannot_solve():
     with pytest.raises(ValueError, match=r"method 'exact' solves forests only.*map 0 has 3 coarsenings"):
         ca.ConsistentAttention(G, method="exact")
     ca.ConsistentAttention(ca.Graph.star([(4, 4), (4, 4)], (2, 2)), method="exact")
+
+
+@pytest.mark.parametrize("build", [
+    lambda h: ca.ConsistentAttention(h, "exact", temperature=torch.nn.Parameter(torch.tensor([0.5, 1.0]))),
+    lambda h: ca.ConsistentAttention(h, "exact", temperature=[torch.nn.Parameter(torch.tensor(0.5)), 1.0]),
+    lambda h: ca.ConsistentAttention(h, "learned_dual", duals="amortised"),
+    lambda h: ca.ConsistentAttention(h, "learned_dual"),
+], ids=["parameter temperature", "list temperature", "amortised duals", "shared duals"])
+def test_the_layer_replicates_as_data_parallel_does(build, monkeypatch):
+    """torch's own replicate (what nn.DataParallel calls), its CUDA broadcast replaced by a
+    copy: a Parameter temperature (a property without a setter) and AmortisedDuals
+    (next(parameters()) of a replica, which lists none) failed (found by a review)."""
+    import sys
+
+    import torch.nn.parallel  # noqa: F401 - loads the module patched below
+
+    replicate = sys.modules["torch.nn.parallel.replicate"]
+    monkeypatch.setattr(replicate, "_broadcast_coalesced_reshape",
+                        lambda tensors, devices, detach=False: [[t.detach() if detach else t * 1 for t in tensors]
+                                                                for _ in devices])
+    torch.manual_seed(0)
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    layer = build(h)
+    scores = [torch.randn(2, 4), torch.randn(2, 2)]
+    replica = replicate.replicate(layer, [0, 1])[1]
+    for got, want in zip(replica(scores).probs, layer(scores).probs):
+        torch.testing.assert_close(got, want)
+    with pytest.raises((AttributeError, TypeError)):  # only a replica's copy is set this way
+        layer.temperature = torch.tensor([2.0, 2.0])
+
+
+def test_fit_amortised_duals_names_its_own_argument():
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    with pytest.raises(ValueError, match="train_scores"):
+        ca.fit_amortised_duals(ca.AmortisedDuals(h), [torch.randn(2, 4)])

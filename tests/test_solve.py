@@ -882,3 +882,29 @@ def test_the_temperature_gradient_is_finite_at_tiny_accepted_temperatures(dtype,
             continue
         (grad,) = torch.autograd.grad(value, t)
         assert float(grad) == 0.0, (field, float(grad))
+
+
+def test_a_solution_read_after_its_inputs_changed_in_place_refuses_rather_than_describe_another_problem():
+    """Its lazy fields read the inputs of the solve; after an optimiser step on learned duals,
+    or scores.mul_, they described another problem than the one solved (found by a review)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)]
+    sol = ca.solve(scores, h, "exact")
+    objective = sol.objective  # read before: cached, and still right afterwards
+    scores[0].mul_(3)
+    assert sol.objective is objective
+    with pytest.raises(ca.StaleSolution, match="duals"):
+        _ = sol.duals
+    layer = ca.ConsistentAttention(h, "learned_dual")
+    sol = layer([torch.randn(3, 4), torch.randn(3, 2)])
+    sum(p.sum() * (k + 1) for k, p in enumerate(sol.probs)).backward()
+    torch.optim.SGD(layer.parameters(), lr=1.0).step()
+    assert float(sol.violation.max()) >= 0  # the probabilities alone: still readable after the step
+    with pytest.raises(ca.StaleSolution, match=r"Solution\.duals"):  # what dual_objective reads first
+        _ = sol.dual_objective
+    fresh = ca.solve(scores, h, "exact")
+    again = pickle.loads(pickle.dumps(fresh))  # a copy starts afresh
+    torch.testing.assert_close(again.objective, fresh.objective)
+    scores[1].add_(1)
+    with pytest.raises(ca.StaleSolution):
+        _ = pickle.loads(pickle.dumps(fresh)).duals  # pickled after the change: stays refused
