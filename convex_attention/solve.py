@@ -117,7 +117,9 @@ class Solution:
         self._duals = duals
         self._cache: dict = {}
         # every tensor the lazy fields read, with its version now (in-place changes bump it)
-        self._inputs = [(t, t._version) for t in _tensors_in((scores, temperature, given, duals))]
+        # (inference tensors keep no version: they are left out)
+        self._inputs = [(t, t._version) for t in _tensors_in((scores, temperature, given, duals))
+                        if not t.is_inference()]
         self._stale_when_pickled = False
 
     def _check_fresh(self, name: str) -> None:
@@ -135,7 +137,7 @@ class Solution:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._inputs = [(t, t._version) for t in state["_inputs"]]  # the copies start afresh
+        self._inputs = [(t, t._version) for t in state["_inputs"] if not t.is_inference()]  # copies start afresh
 
     @property
     def duals(self) -> list[Tensor] | None:

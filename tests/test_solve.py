@@ -908,3 +908,5 @@ def test_a_solution_read_after_its_inputs_changed_in_place_refuses_rather_than_d
     scores[1].add_(1)
     with pytest.raises(ca.StaleSolution):
         _ = pickle.loads(pickle.dumps(fresh)).duals  # pickled after the change: stays refused
+    with torch.inference_mode():  # inference tensors keep no version counter: not watched
+        assert ca.solve([s.clone() for s in scores], h, "exact").duals is not None
