@@ -203,3 +203,10 @@ def test_a_set_too_large_for_its_seed_block_is_refused(level, field):
     from convex_attention.paper import config, protocol
 
     assert config.IMAGES_PER_SEED == protocol._KEY_STRIDE == IMAGES_PER_SEED  # one stride, as the generators use
+
+
+def test_a_temperature_below_the_models_float32_range_is_a_config_error():
+    # 1e-300 is a positive float (and within float64's range) but 1/tau is not finite in float32
+    with pytest.raises(ConfigError, match="temperature") as err:
+        ModelConfig(temperature=(1e-300,)).validate()
+    assert err.value.field == "temperature" and "float32" in str(err.value)

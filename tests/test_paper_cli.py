@@ -845,3 +845,25 @@ def test_a_refused_run_leaves_no_out_folder(argv, words, tmp_path, capsys, no_wo
     code, _, err = run([*argv(tmp_path), "--out", str(out)], capsys)
     assert_usage_error(code, err, words)
     assert not (tmp_path / "deep").exists()
+
+
+def test_a_temperature_below_the_models_range_is_refused_before_any_folder(tmp_path, capsys, no_work):
+    out = tmp_path / "run"
+    code, _, err = run(["train", "--temperature", "1e-300", "--image-size", "32", "--width", "4", "--device", "cpu",
+                        "--out", str(out)], capsys)
+    assert_usage_error(code, err, "--temperature", "float32")
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("field,value,words", [("image_size", 64, "image_size: train_config 64 vs model 32"),
+                                                ("in_channels", 3, "in_channels: train_config 3 vs model 4")])
+def test_explain_refuses_a_checkpoint_whose_stored_model_disagrees_with_its_weights(field, value, words, tmp_path,
+                                                                                  capsys, no_work):
+    path = tiny_checkpoint(tmp_path / "a" / "best.pt", image_size=32, in_channels=4)
+    state = torch.load(path, weights_only=True)
+    state["train_config"]["model"][field] = value  # edited: the data would be built for another model
+    torch.save(state, path)
+    out = tmp_path / "o"
+    code, _, err = run(["explain", "--checkpoints", f"a={path}", "--out", str(out)], capsys)
+    assert_usage_error(code, err, "--checkpoints", "disagrees with the model it holds", words)
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

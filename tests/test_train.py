@@ -364,3 +364,101 @@ def test_a_config_json_beside_an_old_checkpoint_is_read_as_strict_json(tmp_path)
         (tmp_path / "config.json").write_bytes(content)
         with pytest.raises(ValueError, match=rf"config.json' beside the checkpoint is not readable JSON .*{words}"):
             stored_train_config(str(tmp_path / "old.pt"), {"config": flat})
+
+
+RESUME = dict(image_size=32, width=4, n_train=64, n_val=32, batch_size=16, seed=3, progress=False, device="cpu")
+
+
+def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
+    # the loader's shuffle, the augmentations and torch's generator go on where they stopped
+    from convex_attention.paper.train import weights_digest
+
+    full = train(TrainConfig.build(out=str(tmp_path / "full"), epochs=2, **RESUME))
+    part = str(tmp_path / "part")
+    train(TrainConfig.build(out=part, epochs=1, **RESUME))
+    lines = []
+    resumed = train(TrainConfig.build(out=part, epochs=2, resume=os.path.join(part, "last.pt"), **RESUME),
+                    log=lines.append)
+    assert weights_digest(resumed["model"]) == weights_digest(full["model"])
+    assert resumed["metrics"][-1]["train_loss"] == full["metrics"][-1]["train_loss"]
+    assert not any("seeded anew" in line for line in lines)
+
+
+def test_a_checkpoint_without_random_states_still_resumes_saying_the_order_differs(tmp_path):
+    out = str(tmp_path / "run")
+    train(TrainConfig.build(out=out, epochs=1, **RESUME))
+    state = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    del state["rng"]  # as checkpoints saved before the random states were stored
+    torch.save(state, os.path.join(out, "last.pt"))
+    lines = []
+    result = train(TrainConfig.build(out=out, epochs=2, resume=os.path.join(out, "last.pt"), **RESUME),
+                   log=lines.append)
+    assert [int(m["epoch"]) for m in result["metrics"]] == [1, 2]
+    assert any("stores no random state" in line and "differ" in line for line in lines)
+
+
+def test_a_damaged_random_state_is_refused_before_any_work(tmp_path):
+    from convex_attention.paper.train import check_resume
+
+    out = str(tmp_path / "run")
+    train(TrainConfig.build(out=out, epochs=1, **RESUME))
+    state = read_checkpoint(os.path.join(out, "last.pt"))
+    state["rng"]["aug"] = torch.zeros(3, dtype=torch.uint8)
+    with pytest.raises(ValueError, match="damaged random state"):
+        check_resume(TrainConfig.build(out=out, epochs=2, resume=os.path.join(out, "last.pt"), **RESUME), state)
+
+
+def test_a_best_pt_left_by_an_interrupted_epoch_is_replaced_on_resume(tmp_path, monkeypatch):
+    # killed after best.pt of epoch 2 was written, before last.pt of epoch 2: resume re-runs epoch 2
+    import convex_attention.paper.train as T
+
+    out = str(tmp_path / "run")
+    original = T.save_checkpoint
+
+    def killed(path, model, opt, epoch, *a, **k):
+        if path.endswith("last.pt") and epoch == 2:
+            raise KeyboardInterrupt
+        return original(path, model, opt, epoch, *a, **k)
+
+    monkeypatch.setattr(T, "save_checkpoint", killed)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig.build(out=out, epochs=2, **RESUME))
+    monkeypatch.setattr(T, "save_checkpoint", original)
+    assert read_checkpoint(os.path.join(out, "best.pt"))["epoch"] == 2
+    assert read_checkpoint(os.path.join(out, "last.pt"))["epoch"] == 1
+    lines = []
+    run = T._Run(TrainConfig.build(out=out, epochs=3, resume=os.path.join(out, "last.pt"), **RESUME),
+                 T.build_checked_datasets(TrainConfig.build(out=out, **RESUME)), None, lines.append)
+    run.restore(read_checkpoint(os.path.join(out, "last.pt")))
+    best = read_checkpoint(os.path.join(out, "best.pt"))
+    assert best["epoch"] == run.best_epoch == 1
+    assert any("interrupted between writing best.pt and last.pt" in line for line in lines)
+
+
+def test_a_best_pt_of_another_run_is_never_replaced_on_resume(tmp_path):
+    import shutil
+
+    import convex_attention.paper.train as T
+
+    other, out = str(tmp_path / "other"), str(tmp_path / "run")
+    train(TrainConfig.build(out=other, epochs=2, **{**RESUME, "seed": 4}))
+    train(TrainConfig.build(out=out, epochs=1, **RESUME))
+    shutil.copy(os.path.join(other, "last.pt"), os.path.join(out, "best.pt"))  # the user's file, of epoch 2
+    with open(os.path.join(out, "best.pt"), "rb") as f:
+        before = f.read()
+    run = T._Run(TrainConfig.build(out=out, epochs=3, resume=os.path.join(out, "last.pt"), **RESUME),
+                 T.build_checked_datasets(TrainConfig.build(out=out, **RESUME)), None, lambda *a: None)
+    run.restore(read_checkpoint(os.path.join(out, "last.pt")))
+    with open(os.path.join(out, "best.pt"), "rb") as f:
+        assert f.read() == before
+
+
+def test_auc_and_threshold_rank_logit_margins_that_softmax_rounds_to_one():
+    # margins 38..45 all give p(class 1) == 1.0 in float64: ranked by probability they tie
+    margins = torch.tensor([-1.0, 38.0, 40.0, 45.0, 39.0, 41.0, 44.0, 46.0], dtype=torch.float64)
+    target = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    assert bool((torch.softmax(torch.stack([torch.zeros(8, dtype=torch.float64), margins], 1), 1)[1:, 1] == 1).all())
+    m = classification_metrics(torch.stack([torch.zeros(8), margins.float()], 1), target)
+    assert m["val_auc"] == pytest.approx(12 / 16)  # the ranking of the margins, not of tied probabilities
+    assert m["val_balanced_acc_at_threshold"] == pytest.approx(0.75)
+    assert m["val_threshold"] == 1.0  # on p(class 1), as stored before

@@ -460,6 +460,27 @@ def _explain_specs(args) -> tuple[list, list | None]:
     return specs, baseline
 
 
+def _check_stored_model(name: str, path: str, config: TrainConfig, state: dict) -> None:
+    """UsageError unless the training configuration a checkpoint stores holds the model its
+    weights are of (``state["config"]``): the data are built from the first, the model from
+    the second, and a damaged or edited file that makes them disagree (another image size,
+    other channels) would fail on the first batch."""
+    from ..paper.models import ModelConfig
+
+    try:
+        theirs = ModelConfig.from_dict(state["config"]).to_dict()
+    except (KeyError, TypeError, ValueError) as err:
+        raise UsageError(f"argument --checkpoints: {name}={path}: its model configuration is not readable "
+                         f"({err})") from None
+    mine = config.model.to_dict()
+    diff = [f"{k}: train_config {mine.get(k)!r} vs model {theirs.get(k)!r}" for k in sorted(set(mine) | set(theirs))
+            if mine.get(k) != theirs.get(k)]
+    if diff:
+        raise UsageError(f"argument --checkpoints: {name}={path}: the training configuration it stores disagrees "
+                         f"with the model it holds ({', '.join(diff[:3])}{' and more' if len(diff) > 3 else ''}); "
+                         f"the file is damaged or was edited: use a checkpoint as training wrote it")
+
+
 def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
     """The checkpoints' models (each read once), the training configuration of the first
     (whose data every other must share) and its ``(name, path)``."""
@@ -476,6 +497,7 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
         if config is None:
             raise UsageError(f"argument --checkpoints: {name}={path}: the checkpoint stores no training "
                              f"configuration and no config.json lies beside it, so its data cannot be rebuilt")
+        _check_stored_model(name, path, config, state)
         if first is None:
             first, data = (name, path), config
             continue

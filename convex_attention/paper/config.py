@@ -223,6 +223,8 @@ def _check_with_the_core(cfg: ModelConfig) -> None:
     """The checks that need the core: the temperatures' range (the one check of
     :func:`convex_attention.validation.check_temperatures`), the method's facts and the
     cost of a per-sample CPU solver."""
+    import torch
+
     from ..cvx import prior_seconds_per_sample
     from ..validation import check_temperatures
 
@@ -232,7 +234,9 @@ def _check_with_the_core(cfg: ModelConfig) -> None:
         raise ConfigError("temperature", f"temperature must hold one value for every level or one per level "
                                          f"({levels}), got {list(cfg.temperature)}")
     try:
-        check_temperatures(list(cfg.temperature_per_level()), levels)
+        # the range of the model's compute dtype: its weights and scores are float32 (half
+        # precision is computed in float32), so 1e-300 passes float64's range but not the model's
+        check_temperatures(list(cfg.temperature_per_level()), levels, dtype=torch.float32)
     except (TypeError, ValueError) as err:
         raise ConfigError("temperature", str(err)) from None
     if cfg.learn_temperature and not method.tensor_temperature:

@@ -169,8 +169,10 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict:
     """Accuracy, balanced accuracy (argmax), ROC AUC and the balanced accuracy at the
     threshold chosen on these data, from ``logits`` ``(N, C)`` and ``target`` ``(N,)``.
 
-    Two classes: AUC of p(class 1) (scikit-learn's ``roc_auc_score``); the threshold on
-    p(class 1) maximises balanced accuracy, i.e. Youden's J = TPR − FPR on the ROC curve.
+    Two classes: AUC of the log-odds ``logits[:, 1] − logits[:, 0]`` (scikit-learn's
+    ``roc_auc_score``; the ranking of p(class 1), without the ties its rounding to 1.0 makes
+    for margins above ~37); the threshold maximises balanced accuracy, i.e. Youden's J =
+    TPR − FPR on the ROC curve, and is reported on p(class 1) (the sigmoid of the log-odds).
     More classes: one-vs-rest macro AUC, no threshold.  Undefined values (one class only
     present) are NaN.
     """
@@ -185,14 +187,17 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict:
         "val_balanced_acc_at_threshold": math.nan}
     present = np.unique(y)
     if num_classes == 2 and len(present) == 2:
-        p1 = probs[:, 1]
-        out["val_auc"] = float(roc_auc_score(y, p1))
-        fpr, tpr, thresholds = roc_curve(y, p1)
+        # ranked by the log-odds, not p(class 1): softmax rounds to exactly 1.0 for margins above
+        # ~37, and ties there would lose the ranking (the AUC) and the threshold
+        log_odds = (logits[:, 1].double() - logits[:, 0].double()).numpy()
+        out["val_auc"] = float(roc_auc_score(y, log_odds))
+        fpr, tpr, thresholds = roc_curve(y, log_odds)
         finite = np.isfinite(thresholds)
         j = np.where(finite, tpr - fpr, -np.inf)
         threshold = float(thresholds[int(np.argmax(j))])
-        out["val_threshold"] = threshold
-        out["val_balanced_acc_at_threshold"] = float(balanced_accuracy_score(y, (p1 >= threshold).astype(int)))
+        out["val_threshold"] = float(1.0 / (1.0 + math.exp(-threshold)) if threshold >= 0 else
+                                     math.exp(threshold) / (1.0 + math.exp(threshold)))  # stored on p(class 1)
+        out["val_balanced_acc_at_threshold"] = float(balanced_accuracy_score(y, (log_odds >= threshold).astype(int)))
     elif num_classes > 2 and len(present) == num_classes:
         out["val_auc"] = float(roc_auc_score(y, probs, multi_class="ovr"))
     return out
@@ -345,6 +350,26 @@ def _non_finite_optimizer_state(optimizer) -> str:
     return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
+def _rng_problem(rng) -> str:
+    """What is wrong with a checkpoint's stored random states (:meth:`_Run._rng_state`), in
+    words; empty when they are usable or absent (older checkpoints)."""
+    if rng is None:
+        return ""
+    if not isinstance(rng, dict) or type(rng.get("world")) is not int:
+        return "not a dict with the number of processes"
+    for key in ("torch", "aug", "loader"):
+        if key not in rng and key == "loader":
+            continue
+        try:  # a CPU generator's state, as torch's global one: set on a scratch generator to check it
+            torch.Generator().set_state(rng[key])
+        except (KeyError, TypeError, RuntimeError, ValueError):
+            return f"{key!r} is not the state of a CPU random generator"
+    cuda = rng.get("cuda", [])
+    if not isinstance(cuda, list) or not all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in cuda):
+        return "'cuda' is not a list of generator states"
+    return ""
+
+
 def check_resume(config: TrainConfig, state: dict) -> int:
     """The first epoch to train after ``state``; ValueError for a checkpoint that does not
     fit ``config``, whose optimiser state is not all finite, or has nothing left to do."""
@@ -359,6 +384,10 @@ def check_resume(config: TrainConfig, state: dict) -> int:
         raise ValueError(f"checkpoint {config.resume!r} holds an optimiser state that is not all finite ({bad}): "
                          f"the first update would make the weights NaN; resume from a checkpoint of an earlier "
                          f"epoch, or train a new model into another --out")
+    rng_problem = _rng_problem(state.get("rng"))
+    if rng_problem:
+        raise ValueError(f"checkpoint {config.resume!r} holds a damaged random state ({rng_problem}); resume from "
+                         f"another checkpoint, or train a new model into another --out")
     done = int(state["epoch"])
     if done >= config.epochs:
         raise ValueError(f"checkpoint {config.resume!r} is at epoch {done} and the run asks for {config.epochs} "
@@ -469,10 +498,67 @@ class _Run:
             self.best_epoch = max(aucs, key=lambda e: (aucs[e], -e))
         if self.best_epoch in aucs:
             self.best = aucs[self.best_epoch]
-        if self.main and self.best_epoch is not None and not os.path.exists(self.best_path):
-            self._carry_best(state)
+        self._restore_rng(state)
+        if self.main and self.best_epoch is not None:
+            self._reconcile_best(state)
 
-    def _carry_best(self, state: dict) -> None:
+    def _rng_state(self) -> dict:
+        """The random states the next epoch draws from (the loader's shuffle, the augmentations,
+        torch's global generator and CUDA's): stored in every checkpoint, so a resumed run
+        draws what an uninterrupted one would."""
+        rng = {"world": self.world, "torch": torch.get_rng_state(), "aug": self.aug_gen.get_state()}
+        if self.loader.generator is not None:
+            rng["loader"] = self.loader.generator.get_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            rng["cuda"] = list(torch.cuda.get_rng_state_all())
+        return rng
+
+    def _restore_rng(self, state: dict) -> None:
+        """The random states stored with the checkpoint (:meth:`_rng_state`, checked by
+        :func:`check_resume`); a checkpoint without them (older ones) resumes with the
+        generators seeded anew, and the log says that the order differs."""
+        rng = state.get("rng")
+        if not isinstance(rng, dict) or rng.get("world") != self.world or self.world > 1:
+            why = ("it stores no random state (an older checkpoint)" if not isinstance(rng, dict) else
+                   "it was saved by another number of processes" if rng.get("world") != self.world else
+                   "under DistributedDataParallel only rank 0's state is stored")
+            self.log(f"[{self.config.method}] resume: {why}: the shuffling and augmentations of the resumed epochs "
+                     f"are seeded anew, so they differ from those of an uninterrupted run of seed {self.config.seed}")
+            return
+        torch.set_rng_state(rng["torch"])
+        self.aug_gen.set_state(rng["aug"])
+        if self.loader.generator is not None and "loader" in rng:
+            self.loader.generator.set_state(rng["loader"])
+        if "cuda" in rng and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _reconcile_best(self, state: dict) -> None:
+        """``best.pt`` here must be the checkpoint of the selection's best epoch.  Absent (resumed
+        into another ``--out``), or left by an interrupted run at an epoch that the resumed run
+        does not hold as its best (e.g. written just before ``last.pt`` of the same epoch, which
+        the resumed run then trains again): the right one is carried in (:meth:`_carry_best`).
+        A ``best.pt`` that is not a checkpoint of this run is never replaced."""
+        if not os.path.exists(self.best_path):
+            self._carry_best(state)
+            return
+        try:
+            here = read_checkpoint(self.best_path)
+            epoch = int(here["epoch"])
+            theirs, mine = here["metrics"], state.get("metrics", [])
+            shared = min(len(theirs), len(mine))  # one run: the same history of epochs, row for row
+            same_run = shared > 0 and [repr(r) for r in theirs[:shared]] == [repr(r) for r in mine[:shared]]
+        except (OSError, ValueError, KeyError, TypeError):
+            return  # not a checkpoint of a training run: the user's file, left alone
+        if not same_run or (epoch == self.best_epoch and epoch <= int(state["epoch"])):
+            return
+        self.log(f"[{self.config.method}] best.pt holds epoch {epoch}, not the best epoch so far ({self.best_epoch}) "
+                 f"of the checkpoint resumed from (the run was interrupted between writing best.pt and last.pt)")
+        if self._carry_best(state):
+            self.log(f"[{self.config.method}] best.pt: replaced by the checkpoint of epoch {self.best_epoch}")
+        else:  # a checkpoint of an epoch that is trained again, or of no selected one: it would be wrong
+            os.remove(self.best_path)
+
+    def _carry_best(self, state: dict) -> bool:
         """Resumed into another folder (``--out``), which has no ``best.pt``: the best epoch's
         checkpoint comes along (the resumed one, or the ``best.pt`` beside it, whichever is of
         that epoch), so ``best.pt`` here is the epoch the selection holds; otherwise the log
@@ -487,10 +573,11 @@ class _Run:
             if of_best:  # copied atomically, as every checkpoint is written: never a truncated best.pt
                 with open(path, "rb") as f:
                     atomic_write_bytes(self.best_path, f.read())
-                return
+                return True
         self.log(f"[{self.config.method}] best.pt: no checkpoint of the best epoch so far ({self.best_epoch}) was "
                  f"found to copy into {self.config.out}; best.pt is written there when a later epoch has a higher "
                  f"validation AUC")
+        return False
 
     def epoch(self, epoch: int) -> None:
         """Train one epoch, then (rank 0) recompute BatchNorm, evaluate, checkpoint and log."""
@@ -547,14 +634,15 @@ class _Run:
         """metrics.csv, best.pt (by validation AUC) and last.pt, and the epoch's log line."""
         config = self.config
         self.metrics.append(row)
+        rng = self._rng_state()  # before anything else draws: what the next epoch starts from
         atomic_csv(os.path.join(config.out, "metrics.csv"), METRIC_COLUMNS, self.metrics)
         auc = row["val_auc"]
         if self.best is None or (math.isfinite(auc) and auc > self.best):
             self.best, self.best_epoch = (auc if math.isfinite(auc) else -math.inf), epoch
             save_checkpoint(self.best_path, self.model, self.optimizer, epoch, self.metrics,
-                            extra=_extra(config, row, self.best_epoch))
+                            extra=_extra(config, row, self.best_epoch, rng))
         save_checkpoint(self.last_path, self.model, self.optimizer, epoch, self.metrics,
-                        extra=_extra(config, row, self.best_epoch))
+                        extra=_extra(config, row, self.best_epoch, rng))
         self.log(f"[{config.method}] epoch {epoch}: loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
                  f"val auc {auc:.3f} bal.acc {row['val_balanced_acc']:.3f} (at threshold "
                  f"{row['val_balanced_acc_at_threshold']:.3f}) violation {row['val_violation']:.2e} "
@@ -592,7 +680,11 @@ class _Run:
         dist.destroy_process_group()
 
 
-def _extra(config: TrainConfig, row: dict, best_epoch) -> dict:
+def _extra(config: TrainConfig, row: dict, best_epoch, rng: dict | None = None) -> dict:
     """What a training checkpoint stores beyond the weights: the whole configuration, the
-    selected epoch and the decision threshold chosen on validation."""
-    return {"train_config": config.to_dict(), "best_epoch": best_epoch, "threshold": row["val_threshold"]}
+    selected epoch, the decision threshold chosen on validation and the random states the
+    next epoch starts from (``rng``: so ``--resume`` continues as an uninterrupted run)."""
+    extra = {"train_config": config.to_dict(), "best_epoch": best_epoch, "threshold": row["val_threshold"]}
+    if rng is not None:
+        extra["rng"] = rng
+    return extra
