@@ -264,8 +264,10 @@ def _other_backend_hint(name: str) -> str | None:
     return f"try backend={others[0]!r}" if others else None
 
 
-#: Options diffcp takes itself, not its conic solver (Clarabel and SCS reject them).
-_DIFFCP_OWN_OPTIONS = ("n_jobs_forward", "n_jobs_backward", "mode")
+#: Options of diffcp's derivative, and every option diffcp takes itself, not its conic solver
+#: (Clarabel and SCS reject them).
+_DERIVATIVE_OPTIONS = ("mode", "n_jobs_backward")
+_DIFFCP_OWN_OPTIONS = ("n_jobs_forward",) + _DERIVATIVE_OPTIONS
 
 
 class _PanicGuard(torch.autograd.Function):
@@ -363,20 +365,19 @@ class CvxpyAttentionLayer:
               derivative_mode: str | None) -> tuple[list[Tensor], list[Tensor]]:
         self.last_status = None
         needs_grad = torch.is_grad_enabled() and any(s.requires_grad for s in flat_scores)
-        if needs_grad and derivative_mode is not None:
-            # diffcp's own option, given only with a derivative: without one cvxpylayers would
-            # hand it to the conic solver, which rejects it (measured: Clarabel)
-            solver_args = {**solver_args, "mode": derivative_mode}
+        solver_args = dict(solver_args)
+        if derivative_mode is not None:
+            solver_args["mode"] = derivative_mode
         if self.backend.interface == "DIFFCP":
             # diffcp's thread pools follow torch's thread count, as every other method does
-            # (its default, every core, timed it with more threads than --threads gave the
-            # others); n_jobs_backward only with a derivative, for the same reason as mode
-            jobs = {"n_jobs_forward": torch.get_num_threads()}
-            if needs_grad:
-                jobs["n_jobs_backward"] = torch.get_num_threads()
-            solver_args = {**jobs, **solver_args}
-            if not needs_grad:  # a user's too: the conic solver would reject it
-                solver_args.pop("n_jobs_backward", None)
+            # (its default, every core, timed it with more threads than --threads gave the others)
+            threads = torch.get_num_threads()
+            solver_args = {"n_jobs_forward": threads, "n_jobs_backward": threads, **solver_args}
+        if not needs_grad:
+            # diffcp's options of the derivative, a user's too: without one cvxpylayers would
+            # hand them to the conic solver, which rejects them (measured: Clarabel)
+            for name in _DERIVATIVE_OPTIONS:
+                solver_args.pop(name, None)
 
         def run(inputs: Sequence[Tensor]):
             if self.backend.interface == "MOREAU":
@@ -746,10 +747,8 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     layer = get_layer(h, temps, backend.name)
     solving_on = solve_device(backend, scores[0].device)
     # each map's scores centred per sample: a constant per map moves no solution (every map sums
-    # to one), but an offset of 1e9 left SCS 0.35 from the optimum (detached: the gradient path
-    # is the identity)
-    flat = [s.to(device=solving_on, dtype=torch.float64).reshape(s.shape[0], -1) for s in scores]
-    flat = [f - f.detach().mean(1, keepdim=True) for f in flat]
+    # to one), but an offset of 1e9 left SCS 0.35 from the optimum
+    flat = centred_scores([s.to(device=solving_on, dtype=torch.float64).reshape(s.shape[0], -1) for s in scores])
     # The certificate and any diagnosis read detached CPU copies (inputs may require grad).
     flat_cpu = [f.detach().cpu() for f in flat]
     # the layer is shared (cached): held from the solve to the certificate's verdict, so that
@@ -797,8 +796,9 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
 
 def centred_scores(flat_scores: Sequence[Tensor]) -> list[Tensor]:
     """Each map's scores ``(B, n_k)`` minus their per-sample mean: the same solution (every map
-    sums to one), an objective whose size does not depend on an arbitrary constant."""
-    return [s - s.mean(1, keepdim=True) for s in flat_scores]
+    sums to one), an objective whose size does not depend on an arbitrary constant.  The mean
+    is detached: the gradient passes through unchanged."""
+    return [s - s.detach().mean(1, keepdim=True) for s in flat_scores]
 
 
 def primal_residual(h: Graph, probs: Sequence[Tensor]) -> Tensor:

@@ -294,19 +294,24 @@ def test_bench_out_that_is_a_file_or_unwritable_is_a_usage_error(tmp_path, capsy
     assert "not a writable folder" in capsys.readouterr().err
 
 
-def test_a_second_bench_into_a_busy_folder_exits_2_naming_the_owner(tmp_path, capsys):
-    out = tmp_path / "r"
+def _refused_in_a_busy_folder(argv: list, out, written: str, capsys) -> None:
+    """``argv`` (given ``--out out``) exits 2 naming the owner of out's lock, held by another
+    writer as the lock protocol sees it (an OS lock on results.lock, its owner recorded
+    there), and writes no ``written``."""
     out.mkdir()
-    # another writer as the lock protocol sees it: an OS lock on results.lock, its owner recorded there
-    holder = hold_lock(out, 60)  # another writer, as the lock protocol sees it
+    holder = hold_lock(out, 60)
     try:
-        assert run(["bench", *FAST, "--out", str(out)]) == 2
+        assert run([*argv, "--out", str(out)]) == 2
     finally:
         holder.kill()
         holder.wait()
     err = capsys.readouterr().err
     assert f"in use by pid {holder.pid}" in err and "--wait" in err and "Traceback" not in err
-    assert not (out / "bench.csv").exists()
+    assert not (out / written).exists()
+
+
+def test_a_second_bench_into_a_busy_folder_exits_2_naming_the_owner(tmp_path, capsys):
+    _refused_in_a_busy_folder(["bench", *FAST], tmp_path / "r", "bench.csv", capsys)
 
 
 @pytest.mark.slow
@@ -591,17 +596,8 @@ def test_verify_quick_honours_n(tmp_path, capsys):
 
 def test_verify_into_a_busy_folder_exits_2_naming_the_owner(tmp_path, capsys):
     """Before: verify took no lock, and wrote verify.csv into a folder another run was writing."""
-    out = tmp_path / "r"
-    out.mkdir()
-    holder = hold_lock(out, 60)  # another writer, as the lock protocol sees it
-    try:
-        assert run(["verify", "--quick", "--n", "1", "--no-progress", "--out", str(out)]) == 2
-    finally:
-        holder.kill()
-        holder.wait()
-    err = capsys.readouterr().err
-    assert f"in use by pid {holder.pid}" in err and "--wait" in err and "Traceback" not in err
-    assert not (out / "verify.csv").exists()
+    _refused_in_a_busy_folder(["verify", "--quick", "--n", "1", "--no-progress"], tmp_path / "r", "verify.csv",
+                              capsys)
 
 
 def test_a_bench_csv_that_cannot_be_read_is_one_line_not_a_traceback(tmp_path, capsys):

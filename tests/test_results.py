@@ -73,17 +73,22 @@ def test_convergence_rows_replay_without_duplicates(tmp_path):
     assert len(conv) == 4 and {r["row_id"] for r in conv} == {R.row_id(bench_row(method="dual"))}
 
 
-def test_a_kill_between_the_two_renames_leaves_no_orphan_convergence_rows(tmp_path, monkeypatch):
-    w = writer(tmp_path)
-    w.commit(bench_row(method="exact"))
+def _killed_when_writing(monkeypatch, name: str) -> None:
+    """The writer's process killed (KeyboardInterrupt) as it writes the file ``name``."""
     real = R.atomic_write_text
 
-    def killed_at_bench_csv(path, text):
-        if path.endswith("bench.csv"):
+    def killed(path, text):
+        if path.endswith(name):
             raise KeyboardInterrupt
         return real(path, text)
 
-    monkeypatch.setattr(R, "atomic_write_text", killed_at_bench_csv)
+    monkeypatch.setattr(R, "atomic_write_text", killed)
+
+
+def test_a_kill_between_the_two_renames_leaves_no_orphan_convergence_rows(tmp_path, monkeypatch):
+    w = writer(tmp_path)
+    w.commit(bench_row(method="exact"))
+    _killed_when_writing(monkeypatch, "bench.csv")
     with pytest.raises(KeyboardInterrupt):
         w.commit(bench_row(method="dual"), convergence=conv_rows(3))
     monkeypatch.undo()
@@ -421,14 +426,7 @@ def test_a_kill_between_bench_csv_and_bench_json_still_counts_every_row_in_the_r
     between left bench.json's runs one row short of the folder's rows for good."""
     w = writer(tmp_path)
     w.commit(bench_row(method="exact"))
-    real = R.atomic_write_text
-
-    def killed_at_bench_json(path, text):
-        if path.endswith("bench.json"):
-            raise KeyboardInterrupt
-        return real(path, text)
-
-    monkeypatch.setattr(R, "atomic_write_text", killed_at_bench_json)
+    _killed_when_writing(monkeypatch, "bench.json")
     with pytest.raises(KeyboardInterrupt):
         w.commit(bench_row(method="softmax"))
     monkeypatch.undo()

@@ -269,14 +269,17 @@ class _Rows:
 class _Reference:
     """The plain CVXPY solve of one instance: probabilities, duals, ``f*``, and ``max(1, |f̄*|)``
     per sample (``f̄*``: ``f*`` of the scores centred per map, ``dual.score_offset``), the
-    normaliser of the relative measures as in ``cvx.certificate``, and its largest value,
-    ``scale``, which the distance bounds use."""
+    normaliser of the relative measures as in ``cvx.certificate``."""
 
     probs: list
     duals: list
     f_star: torch.Tensor
     normaliser: torch.Tensor
-    scale: float
+
+    @property
+    def scale(self) -> float:
+        """The largest normaliser of the batch: what the distance bounds use."""
+        return float(self.normaliser.max())
 
 
 def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = None, tolerances: dict | None = None,
@@ -367,7 +370,7 @@ def _reference(rows: _Rows, h: Graph, scores, temps, tol: dict) -> _Reference | 
         return None
     rows.add("reference.certificate", float(certificate(h, temps, flat, ref_p, ref_d).max()), tol["reference"])
     normaliser = (f_star - score_offset(flat)).abs().clamp(min=1)
-    return _Reference(ref_p, ref_d, f_star, normaliser, float(normaliser.max()))
+    return _Reference(ref_p, ref_d, f_star, normaliser)
 
 
 def _check_backends(rows: _Rows, h: Graph, scores, temps, ref: _Reference, backends, tol: dict):
