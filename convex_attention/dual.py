@@ -22,7 +22,8 @@ very slowly where the maps' temperatures differ by orders of magnitude or, on gr
 not forests, where the maps are peaked.  Every sweep is therefore followed by candidate
 points, each taken only where it lowers ``g`` below the swept point (a safeguard, so ``g``
 decreases monotonically): an Anderson extrapolation of the last sweeps and, on graphs that
-are not forests, a damped Newton step (:mod:`convex_attention.hessian`, backtracking on ``g``).
+are not forests, a damped Newton step (:mod:`convex_attention.hessian`, backtracking on ``g``,
+then regularised directions where every step length fails).
 A forest that is not a chain starts at its closed form by default (``warm_start``), so its
 solve only certifies the optimum.  The solver stops a sample when both its violation and its
 relative duality gap
@@ -297,6 +298,13 @@ _ANDERSON_MEMORY = 8
 _PROGRESS_WINDOW = 10
 # Step lengths tried, in order, along a Newton direction (the first that lowers g is taken).
 _NEWTON_STEPS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)
+# Where none of them lowers g (dense Newton systems only): the regularisations ρ tried, in
+# order, for the direction (∇²g + ρ s I) d = −∇g (s: the Hessian's mean diagonal), each with
+# these step lengths.  Without them, 3 of 100 hard instances of the mixed family (two maps at
+# τ = 0.01 and 10) stalled at violations 0.03-0.45 after 200 sweeps, every Newton direction
+# rejected; with them those converged in 11-48 sweeps (measured, docs/math.md §7.4).
+_REGULARISED_NEWTON = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+_REGULARISED_STEPS = (1.0, 0.5, 0.25)
 # Above DENSE_LIMIT the Newton system is solved inexactly: to this relative residual, or for
 # this many conjugate-gradient iterations (each costs about one sweep).
 _NEWTON_CG_RTOL = 1e-2
@@ -618,6 +626,25 @@ def _pick(take: Tensor, a: Sequence[Tensor], b: Sequence[Tensor]) -> list[Tensor
     return [torch.where(take.view((-1,) + (1,) * (x.dim() - 1)), x, y) for x, y in zip(a, b)]
 
 
+def _dense_newton_directions(hess, probs: Sequence[Tensor], temps: Sequence[float], grad: Tensor, rows: Tensor,
+                             regularisation: float = 0.0) -> tuple[Tensor, Tensor]:
+    """``−(∇²g + ρ s I)⁻¹ ∇g`` for the samples ``rows`` (zero elsewhere), ``s`` the mean of
+    each sample's Hessian diagonal and ``ρ`` ``regularisation``: ``(direction, ok)``, each
+    ``(B, D)`` and ``(B,)``, ``ok`` False where no Cholesky factor was found.  The dense
+    Hessians are assembled for chunks of samples (each costs a factorisation, O(D³))."""
+    direction = torch.zeros_like(grad)
+    ok = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
+    for chunk in dense_chunks(len(rows), hess.dim):
+        pick = rows[chunk]
+        H = hess.dense([p[pick] for p in probs], temps)
+        if regularisation:
+            diagonal = H.diagonal(dim1=1, dim2=2)
+            diagonal.add_(regularisation * diagonal.mean(1, keepdim=True))
+        factor, ok[pick] = hess.factor(H)
+        direction[pick] = -cholesky_apply(factor, grad[pick])
+    return direction, ok
+
+
 def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float], lam: list[Tensor],
                       etas: list[Tensor], g_now: Tensor, pieces: _Pieces, active: Tensor,
                       given: Sequence[Tensor | None] | None = None):
@@ -627,22 +654,22 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
     Cholesky factor, :mod:`convex_attention.hessian`, or, above ``DENSE_LIMIT`` entries,
     a few conjugate-gradient iterations); the step lengths of
     :data:`_NEWTON_STEPS` are tried in turn and the first with ``g ≤ g_now`` is taken (the
-    safeguard: NaN never passes).  ``pieces``: the softmax pieces at ``lam`` (:func:`_objective`).
+    safeguard: NaN never passes).  Where none is (dense path only), regularised directions
+    ``(∇²g + ρ s I) d = −∇g`` follow, ``ρ`` up the ladder :data:`_REGULARISED_NEWTON` (``s``
+    the mean diagonal), each with the step lengths of :data:`_REGULARISED_STEPS`, until one
+    lowers ``g``: on peaked maps the Hessian has directions of almost no curvature (cells of
+    probability ~0 at τ = 0.01), along which the Newton direction is so long that even its
+    1/32 overshoots.  ``pieces``: the softmax pieces at ``lam`` (:func:`_objective`).
     Returns ``(lam, etas, g, pieces, taken)`` with the old values where no step was taken.
     A given map adds no curvature (its ``J_k`` is the limit ``τ_k → ∞``: zero)."""
     hess = get_hessian(h, lam[0].device)
     probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) for z, lse, shape in pieces]
     objective_temps, temps = temps, hessian_temperatures(temps, given)
-    if hess.dim <= DENSE_LIMIT:
+    dense = hess.dim <= DENSE_LIMIT
+    if dense:
         grad = hess.gradient(probs)
-        direction = torch.zeros_like(grad)
-        ok = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
         # only the samples still solving: each costs a dense factorisation, O(D³)
-        rows = torch.nonzero(active).flatten()
-        for chunk in dense_chunks(len(rows), hess.dim):
-            pick = rows[chunk]
-            factor, ok[pick] = hess.factor(hess.dense([p[pick] for p in probs], temps))
-            direction[pick] = -cholesky_apply(factor, grad[pick])
+        direction, ok = _dense_newton_directions(hess, probs, temps, grad, torch.nonzero(active).flatten())
     else:
         # inexact Newton: a few block-Jacobi conjugate-gradient iterations on the Newton system
         # (tightening the residual with the gradient, Eisenstat-Walker style, with up to 100
@@ -652,19 +679,30 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
         ok = torch.isfinite(direction).all(1)
     start = _flatten(lam)
     taken = torch.zeros_like(active)
-    best_lam, best_etas, best_g, best_pieces = lam, etas, g_now, pieces
-    for step in _NEWTON_STEPS:
-        need = active & ok & ~taken
-        if not bool(need.any()):
+    best = (lam, etas, g_now, pieces)
+
+    def search(direction: Tensor, ok: Tensor, steps: Sequence[float]) -> None:
+        """The first of ``steps`` along ``direction`` with ``g ≤ g_now``, per sample."""
+        nonlocal best, taken
+        for step in steps:
+            need = active & ok & ~taken
+            if not bool(need.any()):
+                break
+            cand = _unflatten(start + step * direction, h)
+            cand_etas = reparameterized_logits(scores, cand, h)
+            cand_g, cand_pieces = _objective(cand_etas, objective_temps, given)
+            take = need & (cand_g <= g_now)  # False for NaN: the safeguard
+            best = (_pick(take, cand, best[0]), _pick(take, cand_etas, best[1]),
+                    torch.where(take, cand_g, best[2]), _pick_pieces(take, cand_pieces, best[3]))
+            taken = taken | take
+
+    search(direction, ok, _NEWTON_STEPS)
+    for regularisation in _REGULARISED_NEWTON if dense else ():
+        rows = torch.nonzero(active & ~taken).flatten()
+        if not len(rows):
             break
-        cand = _unflatten(start + step * direction, h)
-        cand_etas = reparameterized_logits(scores, cand, h)
-        cand_g, cand_pieces = _objective(cand_etas, objective_temps, given)
-        take = need & (cand_g <= g_now)  # False for NaN: the safeguard
-        best_lam, best_etas = _pick(take, cand, best_lam), _pick(take, cand_etas, best_etas)
-        best_g, best_pieces = torch.where(take, cand_g, best_g), _pick_pieces(take, cand_pieces, best_pieces)
-        taken = taken | take
-    return best_lam, best_etas, best_g, best_pieces, taken
+        search(*_dense_newton_directions(hess, probs, temps, grad, rows, regularisation), _REGULARISED_STEPS)
+    return (*best, taken)
 
 
 def hessian_temperatures(temps: Sequence[float], given: Sequence | None) -> list[float]:
@@ -722,7 +760,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     each sweep two candidates are tried, each taken only where ``g`` there is no larger than
     at the best point so far: an Anderson extrapolation of the last ``_ANDERSON_MEMORY``
     sweeps (:func:`_anderson`) and, with ``newton``, a damped Newton step
-    (:func:`_newton_candidate`).  So ``g`` never increases, every sweep lowers it at least as
+    (:func:`_newton_candidate`; regularised where no step length of the plain direction lowers
+    ``g``, as on peaked maps at τ = 0.01).  So ``g`` never increases, every sweep lowers it at least as
     much as a plain sweep from the same point (the convergence of block-coordinate descent is
     kept), and it is a minimisation of the dual by iteration on λ, not a closed form.
 

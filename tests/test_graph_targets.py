@@ -104,6 +104,34 @@ def test_every_convergence_instance_is_a_draw_of_its_own_and_every_family_and_se
     assert s["distinct_temperatures"] == 6 and s["largest_temperature_ratio"] > 1
 
 
+def test_every_fourth_convergence_instance_reaches_the_largest_temperature_ratio_of_its_set():
+    """Log-uniform draws alone never reached the hard set's ratio of 1e3 (619-794 in 100 draws):
+    draws 0, 4, 8, ... pin two maps to the range's ends; the others are drawn as before."""
+    config = GraphBenchmark(size=16, instances=6, parts=("convergence",))
+    rows, summary = gt._convergence(config, ("mixed",), log=lambda m: None)
+    for set_name, (lo, hi, _) in gt.CONVERGENCE_SETS.items():
+        group = [r for r in rows if r["set"] == set_name and r["dtype"] == "float64"]
+        assert [r["pinned_ends"] for r in group] == [True, False, False, False, True, False]
+        for r in group:
+            temps = [float(t) for t in r["temperatures"].split()]
+            assert all(10 ** lo <= t <= 10 ** hi for t in temps)
+            if r["pinned_ends"]:
+                assert min(temps) == 10 ** lo and max(temps) == 10 ** hi
+            else:
+                assert min(temps) > 10 ** lo and max(temps) < 10 ** hi
+        s = next(x for x in summary if x["set"] == set_name and x["dtype"] == "float64")
+        assert s["pinned_instances"] == 2
+        assert s["largest_temperature_ratio"] == pytest.approx(10 ** (hi - lo))
+
+
+def test_pinning_the_ends_changes_only_the_two_pinned_temperatures():
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    _, scores1, temps1 = draw_instance("mixed", 16, g1, (-2.0, 1.0), 1)
+    _, scores2, temps2 = draw_instance("mixed", 16, g2, (-2.0, 1.0), 1, pin_ends=True)
+    unpinned = [i for i, t in enumerate(temps2) if t not in (0.01, 10.0)]
+    assert len(unpinned) == len(temps1) - 2 and all(temps1[i] == temps2[i] for i in unpinned)
+
+
 def test_a_convergence_target_on_fewer_instances_than_it_asks_for_gives_no_verdict():
     summary = {"family": "axial", "set": "normal", "dtype": "float32", "tol": 1e-6, "max_sweeps": 50,
                "instances": 8, "median_sweeps": 3, "worst_sweeps": 5, "misses": 0,
@@ -411,6 +439,33 @@ def test_the_profile_script_times_each_batch_and_refuses_a_bad_size(capsys):
     assert "function calls" in out  # the profile of the first batch
     with pytest.raises(SystemExit) as stop:
         script.main(["--size", "20"])
+    assert stop.value.code == 2
+
+
+def test_the_newton_ablation_compares_both_solvers_and_restores_the_shipped_one(capsys, monkeypatch):
+    import convex_attention.dual as dual
+
+    script = _script("ablate_newton")
+    before = torch.get_num_threads()
+    shipped = dual._REGULARISED_NEWTON
+    calls = []
+    solve_dual = dual.solve_dual
+
+    def recording(*args, **kwargs):
+        calls.append(dual._REGULARISED_NEWTON)
+        return solve_dual(*args, **kwargs)
+
+    monkeypatch.setattr(dual, "solve_dual", recording)
+    try:
+        script.main(["--size", "16", "--instances", "2"])
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert out.count("identical True") == 3 and "hard   mixed" in out and "misses off 0, on 0" in out
+    assert set(calls) == {(), shipped} and calls.count(()) == calls.count(shipped)  # on and off, per instance
+    assert dual._REGULARISED_NEWTON == shipped
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--instances", "0"])
     assert stop.value.code == 2
 
 
