@@ -47,6 +47,12 @@ from .graph import KINDS, Graph
 __all__ = ["Method", "REGISTRY", "METHODS", "get_method", "register_method"]
 
 
+def _kind(h: Graph) -> str:
+    """``h.kind``, except that a chain not numbered as a hierarchy's (edge ``k = (k → k+1)``)
+    counts as a forest: a method for chains indexes its maps and edges that way."""
+    return "forest" if h.kind == "chain" and not h._index_chain else h.kind
+
+
 @dataclass(frozen=True)
 class Method:
     """What one method is and can do (see the module docstring)."""
@@ -73,8 +79,12 @@ class Method:
                              f"got {self.structures!r}")
 
     def accepts(self, h: Graph) -> bool:
-        """True when the method solves structures like ``h`` (its kind is within :attr:`structures`)."""
-        return KINDS.index(h.kind) <= KINDS.index(self.structures)
+        """True when the method solves structures like ``h`` (its kind is within :attr:`structures`).
+
+        A method for chains is written for a hierarchy: level ``k`` pools onto level ``k + 1``
+        through edge ``k``.  A chain numbered otherwise (coarsest first, or edges in another
+        order) is therefore a forest to it, never handed over as a chain."""
+        return KINDS.index(_kind(h)) <= KINDS.index(self.structures)
 
     def check_structure(self, h: Graph) -> None:
         """ValueError, before any work, when the method cannot solve ``h``: names why and a method that can."""
@@ -85,11 +95,15 @@ class Method:
                 if m.accepts(h)]
         if h.kind == "graph":
             why = f"{h.not_forest_reason()}, which do not nest"
+        elif h.kind == "chain":
+            why = (f"its edges {h.edges} are not numbered as a hierarchy's (edge k = (k → k+1), from the finest "
+                   f"map: build it with Hierarchy, or number the maps finest first)")
         else:
             several = [k for k in range(h.num_maps) if len(h.in_edges[k]) > 1]
             why = (f"map {several[0]} has {len(h.in_edges[several[0]])} finer maps" if several else
                    f"it has {len(h.components)} separate components")
-        raise ValueError(f"method {self.name!r} solves {self.structures}s only, and this structure is a {h.kind}: "
+        raise ValueError(f"method {self.name!r} solves {self.structures}s only, and this structure is a "
+                         f"{'chain numbered otherwise' if h.kind == 'chain' else h.kind}: "
                          f"{why}; use method " + " or ".join(repr(n) for n in able[:2]))
 
     def check_option_names(self, options) -> None:

@@ -513,6 +513,31 @@ def test_a_custom_chain_method_is_refused_on_a_star_naming_one_that_can():
         Method("bad", fn, "x", structures="tree")
 
 
+def test_a_custom_chain_method_is_refused_on_a_chain_not_numbered_as_a_hierarchy():
+    """A method for chains indexes its maps as a hierarchy does (edge k = (k → k+1)); a chain
+    given coarsest first was handed to it, which then pooled the wrong maps (a hostile review)."""
+    from convex_attention.methods import REGISTRY, Method, register_method
+
+    ran = []
+    register_method(Method("chain_only", lambda *args: ran.append(args), "a method written for hierarchies"))
+    try:
+        coarsest_first = ca.Graph.from_edges([2, 4, 8], [(1, 0, [0, 0, 1, 1]), (2, 1, [0, 1, 2, 3, 0, 1, 2, 3])])
+        assert coarsest_first.kind == "chain" and not ca.get_method("chain_only").accepts(coarsest_first)
+        scores = [torch.randn(1, 2), torch.randn(1, 4), torch.randn(1, 8)]
+        with pytest.raises(ValueError, match=r"solves chains only, and this structure is a chain numbered otherwise: "
+                                             r"its edges \[\(1, 0\), \(2, 1\)\] are not numbered as a hierarchy's.*"
+                                             r"use method 'exact' or 'dual'"):
+            ca.solve(scores, coarsest_first, "chain_only")
+        assert not ran
+        finest_first = ca.Graph.from_edges([8, 4, 2], [(0, 1, [0, 1, 2, 3, 0, 1, 2, 3]), (1, 2, [0, 0, 1, 1])])
+        assert ca.get_method("chain_only").accepts(finest_first) and ca.get_method("chain_only").accepts(
+            ca.Hierarchy.grid([4, 2]))
+        exact = ca.solve(scores, coarsest_first, "exact", temperature=[1.0, 0.5, 2.0])
+        assert float(ca.metrics.violation(exact.probs, coarsest_first).max()) < 1e-6  # a forest method solves it
+    finally:
+        del REGISTRY["chain_only"]
+
+
 @pytest.mark.parametrize("case", ["axial", "star", "mixed-two-resolutions"])
 def test_consistency_loss_on_graphs_is_the_sum_of_the_edges_kl(case):
     inst = random_graph_instance(case, batch=3, seed=2)
