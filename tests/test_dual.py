@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -553,8 +555,39 @@ def test_the_rounding_margin_counts_float16_s_subnormal_steps():
     assert rounding_margin(small, torch.float32) == pytest.approx(torch.finfo(torch.float32).eps)
     assert rounding_margin(large, torch.float16) > 2.7e-3
     scores = [torch.zeros((1,) + s, dtype=torch.float16) for s in large.shapes]
-    sol = ca.solve(scores, large, "dual", temperature=1.0, tol=2e-3)
-    assert bool(sol.info["converged"].all())  # the margin is not applied: the iterate meets tol
+    # the margin is not applied (it is above tol / 2): the iterate meets tol, the float16 maps
+    # do not, and the sample is not called converged (it used to be)
+    with pytest.raises(ConvergenceError, match=r"maps returned in float16 miss tol=0.002 for sample\(s\) \[0\]"):
+        ca.solve(scores, large, "dual", temperature=1.0, tol=2e-3)
+    with pytest.warns(RuntimeWarning, match="maps returned in float16 miss tol"):
+        sol = ca.solve(scores, large, "dual", temperature=1.0, tol=2e-3, strict=False)
+    assert not bool(sol.info["converged"].any()) and float(sol.info["violation"][0]) <= 2e-3
+    assert float(sol.info["returned_violation"][0]) == pytest.approx(float(sol.violation[0].double()), rel=1e-3)
+    assert float(sol.info["returned_violation"][0]) > 2e-3
+    assert bool(ca.solve(scores, large, "dual", temperature=1.0, tol=5e-3).info["converged"].all())
+
+
+def test_maps_that_miss_tol_as_returned_are_never_called_converged():
+    """A float32 working dtype judged its iterate in float32 arithmetic: on axial 64² it called
+    a sample converged at 9.7e-7 whose returned maps measured 1.001e-6 (up to 3.9e-6 on other
+    draws), and float16 maps at the default tol came back 500 times above it (a hostile review)."""
+    h = ca.Graph.axial((64, 64))
+    temps = [0.5, 1.0, 2.0]
+    found = 0
+    for seed in range(12):
+        g = torch.Generator().manual_seed(seed)
+        scores = [10 * torch.randn((4,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            sol = ca.solve(scores, h, "dual", temperature=temps, dtype=torch.float32, strict=False)
+        returned = ca.metrics.violation(sol.probs, h)
+        torch.testing.assert_close(sol.info["returned_violation"], returned, rtol=1e-12, atol=0)
+        assert torch.equal(sol.info["converged"], sol.info["converged"] & (returned <= 1e-6))
+        found += int((sol.info["violation"] <= 1e-6).logical_and(returned > 1e-6).sum())
+    assert found  # the case arises on these draws: the check is exercised, not vacuous
+    half = [torch.randn((2,) + s, generator=torch.Generator().manual_seed(0)).half() for s in h.shapes]
+    with pytest.raises(ConvergenceError, match="maps returned in float16 miss tol=1e-06"):
+        ca.solve(half, h, "dual", temperature=temps)
 
 
 def test_the_relative_gap_does_not_shrink_when_a_constant_is_added_to_a_map_s_scores():
