@@ -313,9 +313,16 @@ def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "
     else:
         raise TypeError(f"temperature must be a positive float, a list of them (one per {unit}) or a tensor of "
                         f"shape () or ({num_levels},), got {temperature!r}")
+    given = [temperature] * num_levels if _is_real(temperature) else list(temperature)
     for k, t in enumerate(temps):
         if not math.isfinite(t) or t <= 0:
-            raise ValueError(f"temperature of {unit} {k} must be positive and finite, got {t}")
+            # an integer such as 10**400 is finite but beyond float64: say so, not "got inf"
+            if math.isinf(t) and isinstance(given[k], int):
+                digits = int(abs(given[k]).bit_length() * math.log10(2))
+                shown = f"an integer of about {'-' if given[k] < 0 else ''}10^{digits}, beyond float64's range"
+            else:
+                shown = str(t)
+            raise ValueError(f"temperature of {unit} {k} must be positive and finite, got {shown}")
     low, high = temperature_range(dtype)
     work = compute_dtype(dtype) if dtype is not None else torch.float64
     for k, t in enumerate(temps):

@@ -111,6 +111,16 @@ def test_temperatures_whose_sum_leaves_the_float_range_are_a_value_error(tempera
                  temperature=temperature)
 
 
+def test_an_integer_temperature_beyond_float64_is_named_as_such_not_as_inf():
+    """``temperature=10**400`` was refused as "got inf", a value the user never gave (a review)."""
+    for temperature, index in ((10 ** 400, 0), ([1.0, 10 ** 400], 1), (-(10 ** 5000), 0)):
+        with pytest.raises(ValueError, match=rf"temperature of level {index} must be positive and finite, got an "
+                                             r"integer of about -?10\^(400|5000), beyond float64's range"):
+            V.check_temperatures(temperature, 2)
+    with pytest.raises(ValueError, match="must be positive and finite, got inf$"):
+        V.check_temperatures(math.inf, 2)
+
+
 def test_the_accepted_ranges_follow_the_compute_dtype():
     lo32, hi32 = V.temperature_range(torch.float32)
     assert V.temperature_range(torch.bfloat16) == (lo32, hi32)
