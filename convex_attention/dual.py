@@ -275,13 +275,17 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     info: dict = {}
     outputs = DualSolveFunction.apply(h, temperature_argument(temps), options, info, *inputs)
     probs, lam = [p.to(dtype) for p in outputs[:h.num_maps]], outputs[h.num_maps:]
-    _check_returned_maps(probs, h, options["tol"], options["strict"], work, info)
+    # judged where something was rounded: a float32 working dtype, or maps returned in a less
+    # precise dtype than the work.  Otherwise the maps are the iterate's up to ~1e-16 (they are
+    # recomputed at the centred duals), which a tol set at the iterate's own violation would fail.
+    rounded = work != torch.float64 or torch.finfo(dtype).eps > torch.finfo(work).eps
+    _check_returned_maps(probs, h, options["tol"], options["strict"] and rounded, work, info, judge=rounded)
     # duals in the compute dtype: half precision's range is narrower than theirs
     return probs, [d.to(compute_dtype(dtype)) for d in lam], info
 
 
 def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: bool, work: torch.dtype,
-                         info: dict) -> None:
+                         info: dict, judge: bool = True) -> None:
     """The maps as returned must meet ``tol`` for a sample to count as converged.
 
     The solver judges its iterate in the working dtype; the maps then come back in the
@@ -291,9 +295,12 @@ def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: 
     measured).  So the returned maps' violation is measured in float64
     (``info["returned_violation"]``, ``(B,)``), and a sample the solver called converged
     but whose maps miss ``tol`` is not converged: :class:`ConvergenceError` with
-    ``strict``, else a warning."""
+    ``strict``, else a warning.  ``judge`` False (nothing was rounded: float64 work and
+    maps) records the measure only."""
     returned = _violation([p.detach().to(torch.float64) for p in probs], h)
     info["returned_violation"] = returned
+    if not judge:
+        return
     missed = info["converged"] & ~(returned <= tol)
     if not bool(missed.any()):
         return
@@ -832,9 +839,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         round_to: the dtype the maps will be returned in, when less precise than the scores'
             (the working dtype): the iterate then stops at ``tol`` less
             :func:`rounding_margin`, so that the rounded maps meet ``tol`` too (float32 maps
-            of an iterate at 9.99e-7 measured 1.0018e-6).  Not applied where the margin is
-            above ``tol / 2`` (half precision at small ``tol``, or float16 maps of tens of
-            thousands of cells: their rounding alone can reach ``tol``).
+            of an iterate at 9.99e-7 measured 1.0018e-6).  Where the margin is above
+            ``tol / 2`` (half precision at small ``tol``, or float16 maps of tens of
+            thousands of cells: their rounding alone can reach ``tol``) the iterate stops at
+            ``tol / 2``; the dual method then judges the maps as returned.
 
     Returns:
         dict with ``duals`` (centred, ``(B, *shapes[coarse(e)])``), ``iterations`` ``(B,)``
@@ -880,8 +888,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     stop_tol = tol
     if round_to is not None and torch.finfo(round_to).eps > torch.finfo(dtype).eps:
         margin = rounding_margin(h, round_to)
-        if margin <= tol / 2:
-            stop_tol = tol - margin
+        # where the worst-case margin is above tol / 2 (half precision at small tol, large
+        # float16 maps), half of tol is left for the rounding, whose actual size is usually far
+        # below the bound; the returned maps are judged as returned either way
+        stop_tol = tol - margin if margin <= tol / 2 else tol / 2
     active = finite & ~((viol <= stop_tol) & (gap <= gap_tol))
     iterations = torch.zeros(B, dtype=torch.long, device=device)
     newton_steps = torch.zeros(B, dtype=torch.long, device=device)
@@ -931,7 +941,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
                                dtype, closed_form=h.is_forest and given is None, given=given is not None)
         if stop_tol != tol:
             msg += (f" (The maps are returned in {str(round_to).replace('torch.', '')}: the iterate must reach "
-                    f"tol - eps = {stop_tol:.3g} for them to meet tol {tol:g} once rounded.)")
+                    f"{stop_tol:.3g} for them to meet tol {tol:g} once rounded.)")
         if strict:
             raise ConvergenceError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)

@@ -590,6 +590,30 @@ def test_maps_that_miss_tol_as_returned_are_never_called_converged():
         ca.solve(half, h, "dual", temperature=temps)
 
 
+def test_float64_maps_are_not_judged_again_where_nothing_was_rounded():
+    """Float64 maps of a float64 solve are the iterate's up to ~1e-16 (recomputed at the
+    centred duals): a tol set at the iterate's own violation raised ConvergenceError, advising
+    to "solve in float64" (a review of the returned-maps check)."""
+    h = ca.Graph.axial((16, 16))
+    for seed in range(4):
+        scores = [3 * torch.randn((1,) + s, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+                  for s in h.shapes]
+        first = ca.solve(scores, h, "dual", temperature=[0.5, 1.0, 2.0], tol=1e-12, gap_tol=1.0)
+        tol = float(first.info["violation"][0])
+        again = ca.solve(scores, h, "dual", temperature=[0.5, 1.0, 2.0], tol=tol, gap_tol=1.0)  # no error
+        assert bool(again.info["converged"].all())
+        assert float(again.info["returned_violation"][0]) == pytest.approx(tol, rel=1e-2)
+
+
+def test_half_precision_maps_get_half_of_tol_for_their_rounding():
+    """bfloat16's worst-case rounding margin is above tol / 2 at tol 1e-2, so the iterate used to
+    stop at tol itself and one sample's maps came back at 7.8e-3 (a review); it now stops at tol / 2."""
+    h = ca.Graph.axial((16, 16))
+    scores = [torch.randn((8,) + s, generator=torch.Generator().manual_seed(1)).bfloat16() for s in h.shapes]
+    sol = ca.solve(scores, h, "dual", temperature=[0.5, 1.0, 2.0], tol=1e-2)
+    assert bool((sol.info["violation"] <= 5e-3).all()) and bool((sol.info["returned_violation"] <= 1e-2).all())
+
+
 def test_the_relative_gap_does_not_shrink_when_a_constant_is_added_to_a_map_s_scores():
     """A constant per map moves no solution; the gap used to be divided by max(1, |f|), which
     such a constant inflates (the same defect let cvxpylayers' certificate pass a wrong point)."""
