@@ -47,6 +47,25 @@ def test_the_headline_says_which_side_its_selection_favours():
     assert "the best of 6 attention maps against the best of 24 post-hoc maps" in lines and "favours" in lines
 
 
+def test_the_headline_says_which_seeds_its_paired_differences_left_out_as_nan():
+    """``seeds_nan`` was computed and stored, but the report never showed it (a review)."""
+    from convex_attention.paper.reports import _headline_section
+
+    best = {"model": "exact", "method": "attention", "level": 0, "ap_mean": 0.5, "ap_ci95": 0.1}
+    post = {"model": "exact", "method": "gradcam", "level": 0, "ap_mean": 0.4, "ap_ci95": 0.1}
+    entry = {"condition": "c", "test_set": "test", "mask": "decisive", "resolution": "pixel",
+             "candidates": {"attention": 2, "posthoc": 4}, "attention": best, "posthoc": post,
+             "difference": {"ap_mean": 0.1, "ap_ci95": 0.2, "seeds": 5, "seeds_nan": 2},
+             "by_model": {"exact": {"level": 0, "ap_mean": 0.5, "ap_ci95": 0.1, "difference_mean": 0.1,
+                                    "difference_ci95": 0.2, "seeds": 5, "seeds_nan": 0}}}
+    text = "\n".join(_headline_section([entry]))
+    assert ("- c, test, decisive, pixel, best attention map against the best post-hoc map: 2 of the 5 paired "
+            "seeds left out, the difference is over 3") in text
+    assert "exact's best level" not in text  # it left none out
+    entry["difference"]["seeds_nan"] = 0
+    assert "Left out as NaN (headline differences): nothing" in "\n".join(_headline_section([entry]))
+
+
 def _rand_row(stage, n_used, n_nan, images_used, images_nan):
     return {"condition": "c", "test_set": "test", "model": "exact", "method": "gradcam", "level": 0, "stage_index": 0,
             "stage": stage, "seeds": n_used + n_nan, **{f"spearman_{form}_{k}": v for form in ("abs", "signed")

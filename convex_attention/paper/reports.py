@@ -299,7 +299,26 @@ def _headline_section(headline) -> list[str]:
                          f"{level_tag(b['level'])} | {cell({'x_mean': b['ap_mean'], 'x_ci95': b['ap_ci95']}, 'x')} | "
                          f"{post['model']} {post['method']} {level_tag(post['level'])} | "
                          f"{cell({'x_mean': b['difference_mean'], 'x_ci95': b['difference_ci95']}, 'x')} |")
-    return lines
+    return lines + [""] + _headline_nan_lines(headline)
+
+
+def _headline_nan_lines(headline) -> list[str]:
+    """The seeds each paired difference left out because one side's mean was NaN (recorded as
+    ``seeds_nan`` beside ``seeds``, the seeds paired), or one line saying none was."""
+    dropped = []
+    for h in headline:
+        where = f"{h['condition']}, {h['test_set']}, {h['mask']}, {h['resolution']}"
+        pairs = ([("best attention map", h["difference"])] if h.get("difference") else []) + [
+            (f"{model}'s best level", b) for model, b in (h.get("by_model") or {}).items()]
+        dropped += [f"- {where}, {what} against the best post-hoc map: {d['seeds_nan']} of the {d['seeds']} paired "
+                    f"seeds left out, the difference is over {d['seeds'] - d['seeds_nan']}"
+                    for what, d in pairs if d.get("seeds_nan")]
+    if not dropped:
+        return ["Left out as NaN (headline differences): nothing; every difference is over all the seeds both "
+                "maps have.", ""]
+    return (["Left out as NaN (headline differences): a seed whose mean is NaN on either side is left out of the "
+             "paired difference (Student t with one degree of freedom fewer than the seeds used):", ""]
+            + dropped + [""])
 
 
 def _accuracy_section(accuracy) -> list[str]:
