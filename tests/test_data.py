@@ -904,3 +904,70 @@ def test_the_data_configuration_holds_what_the_source_reads():
     synthetic = TrainConfig.build()
     for change in ({"n_val": 7}, {"difficulty": 0.1}, {"data_seed": 3}):
         assert synthetic.override(**change).data_config() != synthetic.data_config(), change
+
+
+# ----------------------------------------------------------------------------- data check --out
+
+def _canned_checks(monkeypatch, seen=None, out=None):
+    """``data check`` on canned data and results (every check passes); ``seen`` collects the
+    lock record of ``out`` while the checks run."""
+    import json
+
+    from convex_attention.cli import data as data_cli
+    from convex_attention.paper.validity import CheckResult
+
+    def checks(*args, **kwargs):
+        if seen is not None:
+            seen.append(json.loads((out / "results.lock").read_text()))
+        return [CheckResult("location_free", "t", "held-out balanced accuracy", 0.5, 0.6),
+                CheckResult("pixel_map", "t", "held-out pixel AP", 0.1, 0.3)]
+
+    monkeypatch.setattr(data_cli, "_datasets", lambda args: (list(range(20)), list(range(20)), "canned"))
+    monkeypatch.setattr("convex_attention.paper.validity.run_checks", checks)
+
+
+def test_data_check_never_replaces_an_earlier_data_check_json_without_overwrite(tmp_path, capsys, monkeypatch):
+    """Before: `data check --out DIR` replaced DIR/data_check.json without a word (found by a
+    hostile review)."""
+    from helpers import run_cli
+
+    import convex_attention.paper.validity as validity
+
+    out = tmp_path / "dc"
+    out.mkdir()
+    (out / "data_check.json").write_text('{"my": "precious"}')
+    monkeypatch.setattr(validity, "run_checks", lambda *a, **k: pytest.fail("work started before the check"))
+    code, _, err = run_cli(["data", "check", "--out", str(out)], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "data_check.json" in err and "--overwrite" in err
+    assert (out / "data_check.json").read_text() == '{"my": "precious"}'
+    code, _, err = run_cli(["data", "check", "--overwrite"], capsys)  # nothing to replace without --out
+    assert code == 2 and "--overwrite applies with --out only" in err, err
+    _canned_checks(monkeypatch)
+    code, _, err = run_cli(["data", "check", "--out", str(out), "--overwrite"], capsys)
+    assert code == 0, err
+    assert '"accepted": true' in (out / "data_check.json").read_text()
+
+
+def test_data_check_writes_under_the_out_folders_lock(tmp_path, capsys, monkeypatch):
+    """Before: data check took no lock: two runs into one --out raced on data_check.json."""
+    from helpers import run_cli
+    from test_lock import hold_lock
+
+    out = tmp_path / "dc"
+    seen: list = []
+    _canned_checks(monkeypatch, seen, out)
+    code, _, err = run_cli(["data", "check", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert [(s["pid"], s["command"]) for s in seen] == [(os.getpid(), "data check")]
+    assert not (out / "results.lock").exists()
+    (out / "data_check.json").unlink()
+    holder = hold_lock(out, 60)
+    try:
+        code, _, err = run_cli(["data", "check", "--out", str(out), "--overwrite"], capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"is in use by pid {holder.pid}" in err and len(seen) == 1
+    assert not (out / "data_check.json").exists()

@@ -119,3 +119,29 @@ def test_an_owner_record_with_an_impossible_time_does_not_crash_the_next_run(tmp
         with results_lock(str(tmp_path), log=logged.append):  # the OS lock is free: taken over, and said
             pass
         assert any("since ?" in line for line in logged), logged
+
+
+@pytest.mark.parametrize("content", ["USER DATA\n", '{"my": "precious"}', '["pid", "host"]', "\xff\xfe not text"])
+def test_a_users_own_file_named_like_the_lock_is_refused_and_left_untouched(tmp_path, content):
+    """A plain results.lock of the user's was truncated, overwritten with the owner record
+    and removed on release, without a word (found by a hostile review)."""
+    (tmp_path / LOCK_NAME).write_text(content, encoding="utf-8")
+    with pytest.raises(ResultsLocked, match="not this tool's lock record.*left untouched"):
+        with results_lock(str(tmp_path)):
+            pass
+    assert (tmp_path / LOCK_NAME).read_text(encoding="utf-8") == content
+    # an empty one is a lock whose owner had not written its record yet (a racing run, or one
+    # killed right after creating it): taken over, as a record of a dead owner is
+    (tmp_path / LOCK_NAME).write_text("")
+    with results_lock(str(tmp_path)):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_release_removes_only_its_own_lock_file(tmp_path):
+    """A results.lock put in the lock's place while it was held (not the file locked) is the
+    user's: releasing the lock leaves it."""
+    with results_lock(str(tmp_path)):
+        (tmp_path / LOCK_NAME).unlink()
+        (tmp_path / LOCK_NAME).write_text("USER DATA")
+    assert (tmp_path / LOCK_NAME).read_text() == "USER DATA"

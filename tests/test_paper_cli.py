@@ -485,7 +485,7 @@ def test_train_overwrite_replaces_the_earlier_run_and_nothing_else(tmp_path, cap
     code, _, err = run(["train", *_SMALL_RUN, "--out", str(out), "--overwrite"], capsys)
     assert code == 0, err
     # the earlier checkpoints and metrics are gone before the run starts; config.json is the run's to rewrite
-    assert seen["files"] == ["config.json", "notes.txt"]
+    assert seen["files"] == ["config.json", "notes.txt", "results.lock"]  # the lock: held while it runs
     assert (out / "notes.txt").read_text() == "the user's notes"
 
 
@@ -867,3 +867,123 @@ def test_explain_refuses_a_checkpoint_whose_stored_model_disagrees_with_its_weig
     code, _, err = run(["explain", "--checkpoints", f"a={path}", "--out", str(out)], capsys)
     assert_usage_error(code, err, "--checkpoints", "disagrees with the model it holds", words)
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+# ----------------------------------------------------------------------------- one writer per --out
+
+def _holding(folder):
+    """Another live run holding ``folder``'s lock (tests/test_lock.py's holder)."""
+    from test_lock import hold_lock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return hold_lock(folder, 60)
+
+
+def _argv_into(command, tmp_path, out):
+    """``command`` on a small setting into ``out``, replacing what an earlier run left there."""
+    return {"train": ["train", *_SMALL_RUN, "--overwrite"],
+            "explain": ["explain", "--checkpoints", f"m={tiny_checkpoint(tmp_path / 'a' / 'best.pt')}", "--overwrite",
+                        "--no-progress"],
+            "experiment": ["experiment", "--quick", "--no-progress"]}[command] + ["--out", str(out)]
+
+
+@pytest.mark.parametrize("command", ["train", "explain", "experiment"])
+def test_a_run_into_a_folder_another_run_holds_is_refused_and_changes_nothing(command, tmp_path, capsys, no_work):
+    """Before: train took no lock: a second `train --overwrite` into the --out of a running
+    one deleted its files while it wrote them, and both exited 0 with the folder mixing
+    two runs (found by a hostile review); explain and experiment took none either."""
+    from convex_attention.io.lock import LOCK_NAME
+
+    out = tmp_path / "busy"
+    before = _earlier_run(out)
+    (out / "explain.csv").write_text("the earlier explanation")
+    before["explain.csv"] = "the earlier explanation"
+    holder = _holding(out)
+    try:
+        code, _, err = run(_argv_into(command, tmp_path, out), capsys)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert_usage_error(code, err, "is in use by", f"pid {holder.pid}", "--wait")
+    assert len(err.strip().splitlines()) == 1
+    assert {p.name: p.read_text() for p in out.iterdir() if p.name != LOCK_NAME} == before
+
+
+@pytest.mark.parametrize("command", ["train", "explain", "experiment"])
+def test_the_work_runs_under_the_out_folders_lock(command, tmp_path, capsys, monkeypatch):
+    import json
+
+    import convex_attention.paper.experiment as experiment
+    import convex_attention.paper.explain as explain
+    import convex_attention.paper.train as train_module
+
+    out = tmp_path / "o"
+    seen = []
+
+    def work(*args, **kwargs):
+        seen.append(json.loads((out / "results.lock").read_text()))
+        raise MemoryError()  # the run ends there (exit 1), its lock released
+
+    monkeypatch.setattr(train_module, "train", work)
+    monkeypatch.setattr(explain, "explain_models", work)
+    monkeypatch.setattr(experiment, "run_experiment", work)
+    code, _, err = run(_argv_into(command, tmp_path, out), capsys)
+    assert code == 1 and "memory ran out" in err, err
+    assert [(s["pid"], s["command"]) for s in seen] == [(os.getpid(), command)]
+    assert not (out / "results.lock").exists()
+
+
+def test_under_torchrun_only_rank_0_holds_the_lock_and_removes_the_earlier_run(tmp_path, capsys, monkeypatch):
+    """The other ranks check the folder but neither lock it (rank 0 holds it for the run)
+    nor remove files: a rank of a second run refused by rank 0's lock must not have
+    deleted the first run's files."""
+    import convex_attention.paper.train as train_module
+
+    out = tmp_path / "run"
+    before = _earlier_run(out)
+    seen = {}
+
+    def fake_train(config, **kwargs):
+        seen["files"] = sorted(p.name for p in out.iterdir())
+        return {"metrics": []}
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setenv("RANK", "1")
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out), "--overwrite"], capsys)
+    assert code == 0, err
+    assert seen["files"] == sorted(before)  # no results.lock, nothing removed
+    monkeypatch.setenv("RANK", "0")
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out), "--overwrite"], capsys)
+    assert code == 0, err
+    assert seen["files"] == ["config.json", "notes.txt", "results.lock"]
+
+
+def test_resume_reads_its_checkpoint_again_under_the_lock(tmp_path, capsys, monkeypatch):
+    """A resumed run that waited for the folder (--wait) continues the checkpoint as the run
+    it waited for left it, not as it was read before: it would otherwise replace that run's
+    later epochs (metrics.csv rows, last.pt)."""
+    import contextlib
+
+    import convex_attention.io.lock as lock
+    import convex_attention.paper.train as train_module
+
+    path = tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=1, epochs=4)
+    real = lock.results_lock
+
+    @contextlib.contextmanager
+    def after_another_run(out, **kwargs):  # the run waited for went on to epoch 2 meanwhile
+        tiny_checkpoint(path, epoch=2, epochs=4)
+        with real(out, **kwargs) as held:
+            yield held
+
+    seen = {}
+
+    def fake_train(config, resume_state=None, **kwargs):
+        seen["epoch"] = resume_state["epoch"]
+        return {"metrics": []}
+
+    monkeypatch.setattr(lock, "results_lock", after_another_run)
+    monkeypatch.setattr(train_module, "train", fake_train)
+    code, _, err = run(["train", "--resume", path, "--wait", "--no-progress"], capsys)
+    assert code == 0, err
+    assert seen["epoch"] == 2

@@ -4,7 +4,9 @@
 dataset, runs the checks of :mod:`convex_attention.paper.validity` and prints each
 number with its threshold.  Exit 0 when every check that decides and can run without
 trained models holds ((c′) needs them: the experiment's dev stage judges it), 1 when
-one fails or could not run, 2 for usage and data errors.
+one fails or could not run, 2 for usage and data errors.  With ``--out`` it holds the
+folder's lock (one writer at a time) and refuses an earlier ``data_check.json`` unless
+``--overwrite``.
 """
 from __future__ import annotations
 
@@ -21,10 +23,12 @@ from ..paper.config import (
     check_set_size,
 )
 from ._common import UsageError, add_output_options, check_out, info
+from .paper import add_wait_option, holding_out
 
-__all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS"]
+__all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS", "OUTPUT"]
 
 DATASETS = (*SYNTHETIC_GENERATORS, "brats")
+OUTPUT = "data_check.json"  # what --out receives
 DIFFICULTY = 0.5  # --difficulty when not given (synthetic data)
 
 
@@ -55,7 +59,8 @@ def add_data_commands(sub) -> None:
                     "--uniform-bacc; not run without them); (d) brain_mask (brats): a classifier on the binary brain "
                     f"mask alone, held-out balanced accuracy <= {THRESHOLDS['brain_mask']:.2f}. Exit 0 when every "
                     "check that decides and can run here holds, 1 when one fails or could not run. Writes "
-                    "OUT/data_check.json with --out.")
+                    "OUT/data_check.json with --out (an earlier one only with --overwrite), holding OUT/results.lock "
+                    "while it runs.")
     # --data, as in train and experiment: one name for the data source in every command
     c.add_argument("--data", default="synthetic", choices=DATASETS,
                    help="synthetic: rim lesions among mimics (the default benchmark); synthetic-blobs: the previous "
@@ -83,6 +88,10 @@ def add_data_commands(sub) -> None:
     c.add_argument("--uniform-bacc", type=finite_float, default=None,
                    help="check (c): held-out balanced accuracy of the same model pooling uniformly (default: none)")
     c.add_argument("--out", default=None, help="folder for data_check.json (default: none, nothing is written)")
+    c.add_argument("--overwrite", action="store_true",
+                   help="replace the data_check.json an earlier check left in --out; without it such a folder is "
+                        "refused (exit 2) before any work")
+    add_wait_option(c)
     add_output_options(c)
 
 
@@ -135,8 +144,24 @@ def _validate(args) -> None:
     for flag, value in (("--attention-bacc", args.attention_bacc), ("--uniform-bacc", args.uniform_bacc)):
         if value is not None and not 0.0 <= value <= 1.0:
             raise UsageError(f"{flag} must be a balanced accuracy in [0, 1], got {value}")
-    if args.out is not None:
+    if args.out is None:
+        for flag, value in (("--overwrite", args.overwrite), ("--wait", args.wait)):
+            if value:
+                raise UsageError(f"{flag} applies with --out only (nothing is written without it)")
+    else:
+        _check_no_earlier_check(args)
         check_out(args.out)
+
+
+def _check_no_earlier_check(args) -> None:
+    """UsageError when ``--out`` holds an earlier check's ``data_check.json`` and
+    ``--overwrite`` was not given: it is never replaced without a word."""
+    from ..io.files import check_no_earlier_outputs
+
+    try:
+        check_no_earlier_outputs(args.out, (OUTPUT,), args.overwrite)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
 
 
 class _Sample:
@@ -193,9 +218,18 @@ def _datasets(args):
 
 
 def cmd_data_check(args) -> int:
+    _validate(args)
+    if args.out is None:
+        return _data_check(args)
+    with holding_out(args.out, "data check", args):
+        _check_no_earlier_check(args)  # again, under the lock: another run may have written it meanwhile
+        return _data_check(args)
+
+
+def _data_check(args) -> int:
+    """The checks, printed, and ``--out``'s data_check.json (the caller holds its lock)."""
     from ..paper.validity import REPORTED_ONLY, accepted, run_checks
 
-    _validate(args)
     try:
         train, held, text = _datasets(args)
     except ValueError as err:  # data errors (BraTS folders): they name the file and the fix
@@ -224,7 +258,7 @@ def cmd_data_check(args) -> int:
 
         from ..io.files import write_json
 
-        path = os.path.join(args.out, "data_check.json")
+        path = os.path.join(args.out, OUTPUT)
         record = {"dataset": args.data, "description": text, "seed": args.seed, "n_train": len(train),
                   "n_test": len(held), "image_size": args.image_size}
         if args.data == "brats":  # the loader's settings: the split, the slice rule, the normalisation, the cache

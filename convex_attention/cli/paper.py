@@ -43,7 +43,7 @@ from ..paper.config import (
 from ._common import UsageError, add_output_options, check_out, info, show_progress
 
 __all__ = ["add_experiment_commands", "EXPERIMENT_HANDLERS", "TRAIN_OPTIONS", "EXPERIMENT_OPTIONS", "RUN_FILES",
-           "check_run_folder", "check_resume_folder"]
+           "check_run_folder", "check_resume_folder", "holding_out", "add_wait_option"]
 
 # The settings each command offers, as (configuration class, names): the names default to
 # every setting the class declares for the command line (flag not "").
@@ -126,6 +126,7 @@ def _add_train(sub) -> None:
                    help="start a new run in an --out that holds an earlier run's files (" + ", ".join(RUN_FILES)
                         + "), replacing them; without it (or --resume OUT/last.pt) such a folder is refused "
                           "(exit 2), so a trained model is never replaced without a word")
+    add_wait_option(t)
     add_output_options(t)
 
 
@@ -162,6 +163,7 @@ def _add_explain(sub) -> None:
     e.add_argument("--overwrite", action="store_true",
                    help="replace an earlier explanation's files in --out (explain.csv, explain_summary.csv, "
                         "explain.md, explain_examples.png/.pdf); without it such a folder is refused (exit 2)")
+    add_wait_option(e)
     add_output_options(e)
 
 
@@ -217,6 +219,7 @@ def _add_experiment(sub) -> None:
         n: f"{' '.join(map(show_value, full[n]))} / --quick: {' '.join(map(show_value, quick[n]))}" for n in settings})
     x.add_argument("--out", default="results/experiment",
                    help="output folder: the stages write OUT/dev, OUT/test (default: results/experiment)")
+    add_wait_option(x)
     add_output_options(x)
 
 
@@ -399,34 +402,82 @@ def _check_out_leaving_nothing(out: str) -> None:
         made.append(path)  # the deepest first
         path = os.path.dirname(path)
     check_out(out)
-    for folder in made:
+    _remove_empty(made)
+
+
+def add_wait_option(parser: argparse.ArgumentParser) -> None:
+    """``--wait``, as ``bench`` has it: wait for the run that holds ``--out``'s lock."""
+    parser.add_argument("--wait", action="store_true",
+                        help="if another run writes into --out (OUT/results.lock), wait for it instead of stopping "
+                             "(exit 2)")
+
+
+@contextlib.contextmanager
+def holding_out(out: str, command: str, args, main: bool = True):
+    """``--out``'s lock (:func:`convex_attention.io.lock.results_lock`, one writer per
+    folder, as ``bench`` holds it) while the body runs: a folder another live run holds is a
+    UsageError naming that run (unless ``--wait``), and so is a ``results.lock`` that is not
+    the tool's.  The folders the lock had to make are removed again, if empty, when the body
+    fails (a refused run leaves no empty ``--out``).  ``main=False`` (a torchrun rank other
+    than 0): no lock, rank 0 holds it for the run."""
+    from ..io.lock import ResultsLocked, results_lock
+
+    if not main:
+        yield
+        return
+    made: list[str] = []
+    path = os.path.abspath(out)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        made.append(path)  # the deepest first
+        path = os.path.dirname(path)
+    try:
+        check_out(out)  # a writable folder (made, if need be)
+        with results_lock(out, command=command, wait=getattr(args, "wait", False),
+                          log=lambda m: print(f"{command}: {m}", file=sys.stderr)):
+            yield
+    except ResultsLocked as err:
+        _remove_empty(made)
+        raise UsageError(str(err)) from None
+    except BaseException:
+        _remove_empty(made)
+        raise
+
+
+def _remove_empty(folders: list[str]) -> None:
+    for folder in folders:
         with contextlib.suppress(OSError):  # only an empty folder is removed
             os.rmdir(folder)
 
 
 def cmd_train(args) -> int:
-    from ..paper.train import TrainingDiverged, build_checked_datasets, train
+    from ..paper.train import TrainingDiverged, _distributed, build_checked_datasets, train
 
     config, state = train_config_from_args(args)
     _refuse_a_file(config.out)
     check_run_folder(config, args, remove=False)
     check_resume_folder(config, args, state)
-    try:
-        datasets = build_checked_datasets(config)
-    except ValueError as err:
-        raise UsageError(f"the data: {err}") from None
-    check_out(config.out)  # makes the folder: only once the run is known to start
-    check_run_folder(config, args)
-    try:
-        result = train(config, datasets=datasets, log=lambda *m, **_: info(args, *m), resume_state=state)
-    except TrainingDiverged as err:  # what diverged; --lr named only where a smaller one can help
-        advice = f"; lower --lr (now {config.lr:g})" if err.lr_may_help else ""
-        return _failed("train", f"training diverged: {err.what}{advice}")
-    except (MemoryError, RuntimeError) as err:
-        if not _allocation_failure(err):
-            raise
-        return _out_of_memory("train", err, "use a smaller --batch-size, --width or --image-size (OUT/last.pt holds "
-                                            "the last finished epoch, if one finished)")
+    rank = _distributed()[1]  # under torchrun rank 0 holds the folder for the run, and alone removes files
+    with holding_out(config.out, "train", args, main=rank == 0):
+        if args.resume:  # again, under the lock: the run that held the folder may have gone on meanwhile
+            config, state = train_config_from_args(args)
+        check_run_folder(config, args, remove=False)
+        check_resume_folder(config, args, state)
+        try:
+            datasets = build_checked_datasets(config)
+        except ValueError as err:
+            raise UsageError(f"the data: {err}") from None
+        check_out(config.out)
+        check_run_folder(config, args, remove=rank == 0)
+        try:
+            result = train(config, datasets=datasets, log=lambda *m, **_: info(args, *m), resume_state=state)
+        except TrainingDiverged as err:  # what diverged; --lr named only where a smaller one can help
+            advice = f"; lower --lr (now {config.lr:g})" if err.lr_may_help else ""
+            return _failed("train", f"training diverged: {err.what}{advice}")
+        except (MemoryError, RuntimeError) as err:
+            if not _allocation_failure(err):
+                raise
+            return _out_of_memory("train", err, "use a smaller --batch-size, --width or --image-size (OUT/last.pt "
+                                                "holds the last finished epoch, if one finished)")
     if result["metrics"]:
         last = result["metrics"][-1]
         info(args, f"train: {config.out}/metrics.csv, best.pt (epoch {result['best_epoch']}), last.pt (last val "
@@ -509,6 +560,16 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
     return models, data, first
 
 
+def _earlier_explanation(args, names) -> list[str]:
+    """The earlier explanation's files in ``--out`` (``names`` that are there); UsageError
+    when there are some and ``--overwrite`` was not given."""
+    earlier = [n for n in names if os.path.isfile(os.path.join(args.out, n))]
+    if earlier and not args.overwrite:
+        raise UsageError(f"argument --out: {args.out} holds an earlier explanation ({', '.join(earlier)}); pass "
+                         f"--overwrite to replace it, or choose another --out")
+    return earlier
+
+
 def cmd_explain(args) -> int:
     import torch
 
@@ -527,35 +588,34 @@ def cmd_explain(args) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     specs, baseline = _explain_specs(args)
     _check_out_leaving_nothing(args.out)
-    earlier = [n for n in OUTPUT_FILES if os.path.isfile(os.path.join(args.out, n))]
-    if earlier and not args.overwrite:
-        raise UsageError(f"argument --out: {args.out} holds an earlier explanation ({', '.join(earlier)}); pass "
-                         f"--overwrite to replace it, or choose another --out")
-    models, data, first = _explain_models(specs)
-    try:
-        _, val = datasets_of(data)
-        indices = lesion_indices(val, args.n_images)
-    except ValueError as err:
-        raise UsageError(f"the data of {first[0]}={first[1]}: {err}") from None
-    check_out(args.out)  # makes the folder: only once the inputs are known to be good
-    try:
-        rows, examples = explain_models(models, val, n_images=args.n_images, baseline_model=baseline,
-                                        target=args.target, batch_size=args.batch_size, device=device,
-                                        progress=show_progress(args), indices=indices, upsampling=args.upsampling,
-                                        pooled=not args.pixel_only)
-    except NonFiniteOutput as err:  # never scored: no number is reported for such a model
-        return _failed("explain", err)
-    except (MemoryError, RuntimeError) as err:
-        if not _allocation_failure(err):
-            raise
-        return _out_of_memory("explain", err, "use a smaller --batch-size; nothing was written")
-    # the figure shows the channels that decide the label, where the data source says which
-    channels, what = DECIDING_CHANNELS.get(SYNTHETIC_GENERATORS.get(data.data, ""), (((0, "channel 0"),), ""))
-    paths = write_outputs(rows, examples, args.out, env=environment(device), channels=channels, notes=[what])
-    if "figure" not in paths:  # an earlier explanation's figure (--overwrite) would pass for this one's
-        for name in set(earlier) & {"explain_examples.png", "explain_examples.pdf"}:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(os.path.join(args.out, name))
+    _earlier_explanation(args, OUTPUT_FILES)
+    with holding_out(args.out, "explain", args):
+        earlier = _earlier_explanation(args, OUTPUT_FILES)  # again, under the lock: another run may have written it
+        models, data, first = _explain_models(specs)
+        try:
+            _, val = datasets_of(data)
+            indices = lesion_indices(val, args.n_images)
+        except ValueError as err:
+            raise UsageError(f"the data of {first[0]}={first[1]}: {err}") from None
+        check_out(args.out)
+        try:
+            rows, examples = explain_models(models, val, n_images=args.n_images, baseline_model=baseline,
+                                            target=args.target, batch_size=args.batch_size, device=device,
+                                            progress=show_progress(args), indices=indices, upsampling=args.upsampling,
+                                            pooled=not args.pixel_only)
+        except NonFiniteOutput as err:  # never scored: no number is reported for such a model
+            return _failed("explain", err)
+        except (MemoryError, RuntimeError) as err:
+            if not _allocation_failure(err):
+                raise
+            return _out_of_memory("explain", err, "use a smaller --batch-size; nothing was written")
+        # the figure shows the channels that decide the label, where the data source says which
+        channels, what = DECIDING_CHANNELS.get(SYNTHETIC_GENERATORS.get(data.data, ""), (((0, "channel 0"),), ""))
+        paths = write_outputs(rows, examples, args.out, env=environment(device), channels=channels, notes=[what])
+        if "figure" not in paths:  # an earlier explanation's figure (--overwrite) would pass for this one's
+            for name in set(earlier) & {"explain_examples.png", "explain_examples.pdf"}:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(args.out, name))
     with open(paths["markdown"]) as f:
         info(args, f.read())
     info(args, "explain: " + ", ".join(paths.values()))
@@ -642,24 +702,26 @@ def cmd_experiment(args) -> int:
 
     config = experiment_config_from_args(args)
     _experiment_preflight(args, config)
-    try:
-        result = run_experiment(config, args.out, progress=show_progress(args), log=lambda *m, **_: info(args, *m),
-                                stage=args.stage, variants_path=args.variants, force=args.force,
-                                variants_sha256=args.variants_sha256,
-                                allow_rejected_benchmark=args.allow_rejected_benchmark)
-    except (VariantsError, TestFolderExists) as err:
-        raise UsageError(str(err)) from None
-    except ValidationClassesError as err:  # a validation split drawn without both classes
-        return _failed("experiment", err)
-    except TrainingDiverged as err:  # the experiment's settings have no --lr to advise
-        return _failed("experiment", f"a model's training diverged: {err.what}; its metrics are not reported")
-    except (NonFiniteWeights, NonFiniteOutput) as err:  # a model that cannot be scored
-        return _failed("experiment", err)
-    except (MemoryError, RuntimeError) as err:
-        if not _allocation_failure(err):
-            raise
-        return _out_of_memory("experiment", err, "use a smaller --batch-size, --width or --image-size; the stage "
-                                                 "did not finish")
+    # the stage checks its folder again (OUT/test, the run log, the data ledger) under the lock
+    with holding_out(args.out, "experiment", args):
+        try:
+            result = run_experiment(config, args.out, progress=show_progress(args),
+                                    log=lambda *m, **_: info(args, *m), stage=args.stage, variants_path=args.variants,
+                                    force=args.force, variants_sha256=args.variants_sha256,
+                                    allow_rejected_benchmark=args.allow_rejected_benchmark)
+        except (VariantsError, TestFolderExists) as err:
+            raise UsageError(str(err)) from None
+        except ValidationClassesError as err:  # a validation split drawn without both classes
+            return _failed("experiment", err)
+        except TrainingDiverged as err:  # the experiment's settings have no --lr to advise
+            return _failed("experiment", f"a model's training diverged: {err.what}; its metrics are not reported")
+        except (NonFiniteWeights, NonFiniteOutput) as err:  # a model that cannot be scored
+            return _failed("experiment", err)
+        except (MemoryError, RuntimeError) as err:
+            if not _allocation_failure(err):
+                raise
+            return _out_of_memory("experiment", err, "use a smaller --batch-size, --width or --image-size; the "
+                                                     "stage did not finish")
     info(args, result["report"])
     name = "dev.md" if args.stage == "dev" else "experiment.md"
     info(args, f"experiment: {os.path.join(args.out, args.stage, name)}")

@@ -3,7 +3,9 @@
 :func:`results_lock` holds ``OUT/results.lock``: an OS file lock (``flock``, Linux and
 macOS), which the system releases when its process dies, plus a record of the owner (pid,
 host, start, command) that names it to anyone refused.  A lock left by a dead process is
-taken over, and the log says whose it was.
+taken over, and the log says whose it was.  A ``results.lock`` that holds anything but such
+a record (the user's own file of that name) is never truncated, taken over nor removed: the
+run is refused, and the file is left as it was.
 """
 from __future__ import annotations
 
@@ -14,9 +16,12 @@ import os
 import socket
 import time
 
-__all__ = ["results_lock", "ResultsLocked", "LOCK_NAME"]
+__all__ = ["results_lock", "ResultsLocked", "LOCK_NAME", "RECORD_FIELDS"]
 
 LOCK_NAME = "results.lock"
+#: The fields of the owner record the lock writes: a file that lacks one is not this tool's.
+RECORD_FIELDS = ("pid", "host", "started", "command")
+_MAX_RECORD = 64 * 1024  # the record is a line of JSON: a larger file is not one
 _HELD: dict = {}  # realpath -> [fd, depth]: the lock is re-entrant within one process
 
 
@@ -42,6 +47,25 @@ def _read_owner(path: str) -> dict:
         return owner if isinstance(owner, dict) else {}
     except (OSError, ValueError):
         return {}
+
+
+def _record_in(fd: int) -> dict | None:
+    """The owner record in the open lock file: ``{}`` when the file is empty (just created,
+    here or by a run that has not written its record yet), the record when the file holds
+    one this tool wrote (JSON with every field of :data:`RECORD_FIELDS`), ``None`` for any
+    other content: a file that is not this tool's lock, which must be left untouched."""
+    data = os.pread(fd, _MAX_RECORD + 1, 0)
+    if not data:
+        return {}
+    if len(data) > _MAX_RECORD:
+        return None
+    try:
+        record = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None
+    if not isinstance(record, dict) or not all(field in record for field in RECORD_FIELDS):
+        return None
+    return record
 
 
 def _pid_alive(pid) -> bool:
@@ -75,12 +99,13 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
     lock left by a dead process is free: it is taken over, and ``log`` names the dead
     owner.  A lock file whose recorded owner is a dead pid on this host is reported the
     same way.  The lock is re-entrant within one process (``demo`` runs ``bench`` and
-    ``verify`` into one folder).
+    ``verify`` into one folder).  A ``results.lock`` that is not such a record (a link, a
+    folder, or a file with other content: the user's) is refused and left untouched.
 
     Raises:
-        ResultsLocked: another live process holds the folder and ``wait`` is False.
+        ResultsLocked: another live process holds the folder and ``wait`` is False, or the
+            folder's ``results.lock`` is not this tool's lock.
     """
-    os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, LOCK_NAME)
     real = os.path.realpath(path)
     if real in _HELD:
@@ -92,6 +117,11 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         return
     waited = False
     while True:
+        try:  # in the loop: a refused run that made the folder may have removed it again while this one waited
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as err:
+            raise ResultsLocked(f"results folder {out_dir} cannot be made ({err.strerror or err}); choose another "
+                                f"--out") from None
         # never through a link, never anything but a plain file: the lock is written (truncated,
         # then the owner record) and removed, and must not reach a file outside the folder
         if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
@@ -107,10 +137,16 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
                 same = os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path))
             except OSError:
                 same = False
-            if same:
+            if not same:
+                os.close(fd)
+                continue
+            previous = _record_in(fd)
+            if previous is not None:
                 break
-            os.close(fd)
-            continue
+            os.close(fd)  # never truncated, taken over or removed: it is not this tool's record
+            raise ResultsLocked(f"results folder {out_dir} holds a file {LOCK_NAME} that is not this tool's lock "
+                                f"record (JSON naming {', '.join(RECORD_FIELDS)}): it is left untouched; rename "
+                                f"or remove it, or choose another --out")
         owner = _read_owner(path)
         os.close(fd)
         if not wait:
@@ -120,7 +156,6 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
             log(f"waiting for results folder {out_dir}: in use by {_describe(owner)}")
         waited = True
         time.sleep(poll_s)
-    previous = _read_owner(path)
     if previous and log and previous.get("pid") != os.getpid():
         dead = previous.get("host") == socket.gethostname() and not _pid_alive(previous.get("pid"))
         log(f"took over the lock of {out_dir} left by {_describe(previous)}"
@@ -134,6 +169,7 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         yield path
     finally:
         del _HELD[real]
-        with contextlib.suppress(OSError):
-            os.remove(path)  # before unlocking: a waiter re-checks that it locked the live file
+        with contextlib.suppress(OSError):  # before unlocking: a waiter re-checks that it locked the live file
+            if os.path.samestat(os.fstat(fd), os.lstat(path)):  # ours still, not a file put there since
+                os.remove(path)
         os.close(fd)
