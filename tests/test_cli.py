@@ -620,3 +620,137 @@ def test_the_temporaries_an_interrupted_verify_or_bench_left_are_removed(tmp_pat
     (bench_out / "example.npz.999-2.tmp").write_text("half")
     assert run(["bench", *FAST, "--out", str(bench_out)]) == 0
     assert not (bench_out / "example.npz.999-2.tmp").exists()
+
+
+def _one_line(capsys, *words) -> str:
+    """The one stderr line of a failed command, holding every one of ``words``."""
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in captured.err, captured.err
+    assert all(w in lines[0] for w in words), lines[0]
+    return lines[0]
+
+
+def _stub_demo_steps(monkeypatch, seen: list) -> None:
+    from convex_attention.cli import bench as cli_bench
+
+    monkeypatch.setattr(cli_bench, "_run_bench", lambda config, args, out: seen.append(("bench", args.out, out)) or 0)
+    monkeypatch.setattr(cli_bench, "_run_verify", lambda args, *rest: seen.append(("verify", args.out)) or 0)
+    monkeypatch.setattr(cli_bench, "_run_plot", lambda args, results, out, *rest: seen.append(
+        ("plot", args.results, results)) or 0)
+
+
+@pytest.mark.parametrize("out", ["-x", "--help", "--quick"])
+def test_demo_takes_an_out_that_looks_like_an_option_as_a_folder_name(tmp_path, monkeypatch, capsys, out):
+    """Found by a hostile review: `demo --out=-x` re-parsed ["--out", "-x"] for its steps and
+    printed bench's 17-line usage block (exit 2)."""
+    monkeypatch.chdir(tmp_path)
+    seen: list = []
+    _stub_demo_steps(monkeypatch, seen)
+    assert run(["demo", f"--out={out}", "--quiet"]) == 0, capsys.readouterr().err
+    assert seen == [("bench", out, out), ("verify", out), ("plot", out, out)]
+    assert capsys.readouterr() == ("", "")  # --quiet: no info line
+
+
+def test_a_demo_step_that_cannot_be_parsed_is_one_line_naming_demo(tmp_path, monkeypatch, capsys):
+    """Any failure to parse a step's arguments is demo's one usage line, never a usage block
+    of the step's command."""
+    from convex_attention.cli import bench as cli_bench
+
+    seen: list = []
+    _stub_demo_steps(monkeypatch, seen)
+    add_verify = cli_bench._add_verify
+
+    def verify_needing_more(sub):  # a verify step with an option demo does not give
+        add_verify(sub)
+        sub.choices["verify"].add_argument("--needed", required=True, help="x")
+
+    monkeypatch.setattr(cli_bench, "_add_verify", verify_needing_more)
+    assert run(["demo", "--out", str(tmp_path / "r")]) == 2
+    line = _one_line(capsys, "convex-attention demo: error:", "--needed")
+    assert "usage:" not in line and seen == [] and not (tmp_path / "r").exists()
+
+
+def test_an_output_name_that_is_a_folder_or_a_pipe_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    """Found by a hostile review: a folder named convergence.csv gave a traceback; with
+    --overwrite, bench (and verify) ran the whole work and then failed writing."""
+    for name in ("bench.csv", "bench.json", "convergence.csv", "example.npz"):
+        out = tmp_path / name.replace(".", "_")
+        (out / name).mkdir(parents=True)
+        for extra in ([], ["--resume"], ["--overwrite"]):
+            assert run(["bench", *FAST, "--out", str(out), *extra]) == 2, (name, extra)
+            _one_line(capsys, f"{name} is a folder, not the file {name}")
+        assert os.listdir(out) == [name]
+        assert run(["demo", "--out", str(out), "--no-progress"]) == 2
+        _one_line(capsys, "convex-attention demo: error:", f"{name} is a folder")
+    vout = tmp_path / "v"
+    (vout / "verify.csv").mkdir(parents=True)
+    for extra in ([], ["--overwrite"]):
+        assert run(["verify", "--quick", "--n", "1", "--no-progress", "--out", str(vout), *extra]) == 2
+        _one_line(capsys, "verify.csv is a folder, not the file verify.csv")
+    assert os.listdir(vout) == ["verify.csv"]
+    # plot, and demo's check of its figure folder, with --overwrite (before: drawn, then failed writing, or
+    # not checked at all)
+    results = tmp_path / "res"
+    assert run(["bench", *FAST, "--out", str(results)]) == 0
+    (results / "figures" / "violation.png").mkdir(parents=True)
+    capsys.readouterr()
+    assert run(["plot", str(results), "--overwrite", "--quiet"]) == 2
+    _one_line(capsys, "convex-attention plot: error:", "violation.png is a folder")
+    assert os.listdir(results / "figures") == ["violation.png"]
+    seen: list = []
+    _stub_demo_steps(monkeypatch, seen)
+    assert run(["demo", "--out", str(results), "--overwrite", "--quiet"]) == 2
+    _one_line(capsys, "convex-attention demo: error:", "violation.png is a folder")
+    assert seen == []
+    # a named pipe is not opened: the checks do not block on it
+    pipes = tmp_path / "pipes"
+    pipes.mkdir()
+    for name in ("bench.json", "verify.csv"):
+        os.mkfifo(pipes / name)
+        command = ["verify", "--quick", "--n", "1"] if name == "verify.csv" else ["bench", *FAST, "--resume"]
+        assert run([*command, "--no-progress", "--out", str(pipes)]) == 2
+        _one_line(capsys, f"{name} is a named pipe")
+        os.remove(pipes / name)
+
+
+def test_bench_resume_refuses_rows_whose_bench_json_cannot_be_read(tmp_path, capsys):
+    """Found by a hostile review: with bench.json damaged, --resume only warned, measured under
+    other settings beside the old rows, and recorded the new settings for all of them."""
+    out = tmp_path / "r"
+    assert run(["bench", *FAST, "--out", str(out)]) == 0
+    (out / "bench.json").write_text("[1,2")
+    before = {name: (out / name).read_bytes() for name in os.listdir(out)}
+    capsys.readouterr()
+    assert run(["bench", *FAST, "--sizes", "4", "8", "--warmup", "7", "--out", str(out), "--resume"]) == 2
+    _one_line(capsys, "bench.json records no readable configuration", "--overwrite")
+    assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
+
+
+def test_verify_refuses_an_empty_dual_solver(tmp_path, capsys):
+    """Found by a hostile review: `--dual-solver ''` was silently the built-in solver."""
+    out = tmp_path / "v"
+    assert run(["verify", "--quick", "--n", "1", "--no-progress", "--dual-solver", "", "--out", str(out)]) == 2
+    _one_line(capsys, "argument --dual-solver: an empty value")
+    assert not out.exists()
+
+
+def test_quiet_silences_the_info_lines_of_bench_and_verify_but_not_a_failed_check(tmp_path, monkeypatch, capsys):
+    """Found by a hostile review: `bench --quiet` printed its summary table and closing line,
+    `verify --quiet` its table and `verify: PATH`, though --quiet means no info lines."""
+    from convex_attention.bench import verify as V
+
+    assert run(["bench", *FAST, "--quiet", "--out", str(tmp_path / "b")]) == 0
+    assert capsys.readouterr().out == ""
+    assert run(["verify", "--quick", "--n", "1", "--quiet", "--out", str(tmp_path / "v")]) == 0
+    assert capsys.readouterr() == ("", "")
+    failing = [V.CheckResult(0, "toy", "dual.feasibility", 1.0, 1e-6, False),
+               V.CheckResult(0, "toy", "dual.duality_gap", 0.0, 1e-6, True)]
+    monkeypatch.setattr(V, "verify_instances", lambda *args, **kwargs: failing)
+    assert run(["verify", "--quick", "--n", "1", "--quiet", "--out", str(tmp_path / "w")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.strip().splitlines() == [
+        f"verify: 1/2 checks passed, 1 failed; every check and its error: {tmp_path / 'w' / 'verify.csv'}"]
+    assert run(["verify", "--quick", "--n", "1", "--no-progress", "--out", str(tmp_path / "w"), "--overwrite"]) == 1
+    captured = capsys.readouterr()
+    assert "FAIL" in captured.out and len(captured.err.strip().splitlines()) == 1  # the table without --quiet

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import os
 import pathlib
 import re
 import subprocess
@@ -209,3 +210,21 @@ def test_one_missing_module_is_named_alone():
     done = subprocess.run([sys.executable, "-c", _BLOCKER, "sklearn", "train"], capture_output=True, text=True,
                           cwd=ROOT)
     assert done.returncode == 2 and "(missing: sklearn)" in done.stderr and "HANDLER RAN" not in done.stdout
+
+
+def test_every_help_prints_on_an_ascii_only_stdout():
+    """Found by a hostile review: `PYTHONIOENCODING=ascii convex-attention bench --help` (and
+    verify's) crashed with UnicodeEncodeError on the λ of the help."""
+    argvs = [[]] + [name.split() for name in sorted(COMMANDS)]
+    code = ("import sys\n"
+            "from convex_attention import cli\n"
+            f"for argv in {argvs!r}:\n"
+            "    try:\n"
+            "        cli.main(argv + ['--help'])\n"
+            "    except SystemExit as stop:\n"
+            "        assert stop.code == 0, (argv, stop.code)\n")
+    env = {**os.environ, "PYTHONIOENCODING": "ascii"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=ROOT, env=env)
+    assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode("ascii", "replace")
+    assert done.stdout.isascii() and b"\\u03bb" in done.stdout  # the lambda, escaped
+    assert done.stdout.count(b"usage: convex-attention") == len(argvs)

@@ -1,6 +1,7 @@
 """convex_attention.io.files: atomic files, strict JSON, CSV fields that read back exactly,
 the output folder check."""
 import math
+import os
 
 import numpy as np
 import pytest
@@ -66,3 +67,19 @@ def test_stale_temporaries_are_removed_by_their_exact_name_only(tmp_path):
         (tmp_path / name).write_text("x")
     assert files.clean_stale_tmp(str(tmp_path), ["bench.csv"]) == [ours]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(theirs)
+
+
+def test_check_output_files_refuses_what_is_not_a_regular_file_and_opens_nothing(tmp_path):
+    """Found by a hostile review: a folder (or a named pipe) named like an output made the
+    commands fail with a traceback at write time, or hang on the pipe."""
+    (tmp_path / "regular.csv").write_text("x")
+    (tmp_path / "link.csv").symlink_to(tmp_path / "regular.csv")  # a link to a regular file: replaceable
+    (tmp_path / "dangling.csv").symlink_to(tmp_path / "nowhere")  # a write replaces the link itself
+    files.check_output_files(str(tmp_path), ("regular.csv", "link.csv", "dangling.csv", "free.csv"))
+    (tmp_path / "folder.csv").mkdir()
+    (tmp_path / "dirlink.csv").symlink_to(tmp_path / "folder.csv")
+    os.mkfifo(tmp_path / "pipe.csv")
+    for name, kind in (("folder.csv", "a folder"), ("dirlink.csv", "a folder"), ("pipe.csv", "a named pipe")):
+        with pytest.raises(ValueError, match=f"{name} is {kind}, not the file {name} this command writes.*another "
+                                             f"--out"):
+            files.check_output_files(str(tmp_path), ("regular.csv", name))

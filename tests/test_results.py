@@ -208,6 +208,9 @@ def test_bench_json_records_each_runs_load_and_threads_and_resume_keeps_the_earl
     runs = strict_load(tmp_path / "bench.json")["runs"]
     assert len(runs) == 2 and runs[0] == first[0] and runs[1]["rows"] == 1  # the earlier run's record kept
     (tmp_path / "bench.json").write_text("not json")
+    with pytest.raises(R.ResumeMismatch, match="records no readable configuration"):  # its rows: settings unknown
+        writer(tmp_path, resume=True)
+    (tmp_path / "bench.csv").write_text(",".join(COLUMNS) + "\n")  # no row left to mix with
     writer(tmp_path, resume=True).commit(bench_row(method="dual"))
     assert len(strict_load(tmp_path / "bench.json")["runs"]) == 1  # unreadable: only this run is known
 
@@ -309,6 +312,7 @@ def test_resume_renumbers_cells_that_an_earlier_resume_numbered_alike(tmp_path):
     R.atomic_csv(str(tmp_path / "bench.csv"), R.COLUMNS, rows, checksum=True)
     conv = [{**c, "row_id": r["row_id"]} for r in rows for c in conv_rows(2, cell=0)]
     R.atomic_csv(str(tmp_path / "convergence.csv"), R.CONVERGENCE_COLUMNS, conv, checksum=True)
+    (tmp_path / "bench.json").write_text(json.dumps({"config": {"sizes": [4]}, "rows": rows}))  # the rows' settings
     logged = []
     writer(tmp_path, resume=True, log=logged.append)
     assert any("renumbered" in m for m in logged)
@@ -518,3 +522,42 @@ def test_pandas_reads_the_tables_with_their_types_given_the_documented_dtypes(tm
         assert listed, name
         strings = [c for c, t in R.PANDAS_DTYPES[name].items() if t == "string"]
         assert re.findall(r"`([^`]+)`", listed.group(1)) == strings
+
+
+@pytest.mark.parametrize("name", ["bench.csv", "bench.json", "convergence.csv", "example.npz"])
+def test_an_output_name_that_is_a_folder_or_a_pipe_is_refused_whatever_the_options(tmp_path, name):
+    """Found by a hostile review: a folder named convergence.csv gave an IsADirectoryError
+    traceback from the start-over check; with --overwrite, the sweep ran and failed writing
+    (example.npz: after the whole sweep)."""
+    for make, kind in ((os.mkdir, "a folder"), (os.mkfifo, "a named pipe")):
+        out = tmp_path / kind.split()[-1]
+        out.mkdir(exist_ok=True)
+        make(out / name)
+        for resume, overwrite in ((False, False), (True, False), (False, True)):
+            with pytest.raises(R.FinishedRows, match=f"{name} is {kind}, not the file {name} this command writes"):
+                R.check_start_over(str(out), resume, overwrite, SweepConfig())
+            with pytest.raises(R.FinishedRows, match=f"{name} is {kind}"):
+                writer(out, resume=resume, overwrite=overwrite)
+        assert os.listdir(out) == [name]
+
+
+def test_resume_refuses_rows_whose_bench_json_records_no_readable_configuration(tmp_path):
+    """Found by a hostile review: with bench.json damaged, --resume only warned, measured the
+    new rows under other settings beside the old ones, and recorded the new settings for all."""
+    for content in ("[1,2", json.dumps({"rows": []}), None):  # damaged, no config, missing
+        folder = tmp_path / f"f{len(os.listdir(tmp_path))}"
+        w = sweep_writer(folder)
+        w.commit(bench_row(method="exact"))
+        if content is None:
+            (folder / "bench.json").unlink()
+        else:
+            (folder / "bench.json").write_text(content)
+        before = {name: (folder / name).read_bytes() for name in os.listdir(folder)}
+        with pytest.raises(R.ResumeMismatch, match=r"bench\.json records no readable configuration.*bench\.csv.*"
+                                                   r"--overwrite"):
+            R.check_start_over(str(folder), True, False, SweepConfig(warmup=7))
+        with pytest.raises(R.ResumeMismatch, match="records no readable configuration"):
+            sweep_writer(folder, resume=True)
+        assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before, "nothing was touched"
+        R.ResultsWriter(str(folder), SweepConfig(sizes=(4,), levels=(2,)), "cpu", False, log=lambda m: None,
+                        overwrite=True)  # starting over is the way on

@@ -93,3 +93,31 @@ def test_read_table_keeps_line_numbers_and_refuses_a_missing_required_column(tmp
     empty = tmp_path / "empty.csv"
     empty.write_text("  \n")
     assert read_table(str(empty)).problems == ["the file is empty"]
+
+
+def test_a_folder_or_a_named_pipe_of_the_tables_name_is_a_format_error_and_is_not_opened(tmp_path):
+    """Found by a hostile review: a folder named bench.csv raised IsADirectoryError (a
+    traceback in the commands), and a named pipe blocked the read forever."""
+    import os
+
+    (tmp_path / "bench.csv").mkdir()
+    os.mkfifo(tmp_path / "pipe.csv")
+    for name, what in (("bench.csv", "is a folder"), ("pipe.csv", "is not a regular file")):
+        path = str(tmp_path / name)
+        with pytest.raises(ResultsFormatError, match=f"{name}: {what}"):
+            read_table(path)
+        with pytest.raises(ResultsFormatError, match=f"{name}: {what}"):
+            read_rows(path, SCHEMA)
+
+
+def test_a_file_that_cannot_be_opened_is_a_format_error(tmp_path, monkeypatch):
+    import builtins
+
+    write_toy(str(tmp_path / "t.csv"), [{"name": "a", "n": 1, "x": 0.5}])
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(builtins, "open", refused)
+    with pytest.raises(ResultsFormatError, match=r"t\.csv: cannot be read \(Permission denied\)"):
+        read_table(str(tmp_path / "t.csv"))

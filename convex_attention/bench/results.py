@@ -30,6 +30,7 @@ from ..io.files import (
     as_json,
     atomic_csv,
     atomic_write_text,
+    check_output_files,
     clean_stale_tmp,
     csv_field,
     json_safe,
@@ -187,11 +188,20 @@ def check_resume_config(out_dir: str, config) -> None:
     """:class:`ResumeMismatch` when ``out_dir`` holds rows measured under a value of a
     :data:`MEASUREMENT_SETTINGS` setting other than ``config``'s, naming the first such
     setting and both values.  Settings that either side does not record are not compared
-    (an older bench.json); a folder without rows, or without a readable bench.json, passes."""
+    (an older bench.json); a folder without rows passes.  A folder whose bench.csv holds
+    rows while bench.json records no readable configuration (damaged, missing, no
+    ``config``) is refused too: its rows' settings cannot be checked, and resuming would
+    mix rows measured under other settings and record this run's for all of them."""
     new = asdict(config) if is_dataclass(config) else dict(config or {})
+    if not os.path.exists(os.path.join(out_dir, "bench.csv")) or not existing_rows(out_dir)[0]:
+        return  # no rows to keep (those of a bench.json without its bench.csv are dropped, and said)
     stored = stored_config(out_dir)
-    if stored is None or not existing_rows(out_dir)[0]:
-        return
+    if stored is None:
+        raise ResumeMismatch(
+            f"--resume: {os.path.join(out_dir, 'bench.json')} records no readable configuration (it is missing, "
+            f"damaged or holds no config), so the settings the rows of {os.path.join(out_dir, 'bench.csv')} were "
+            f"measured with cannot be checked against this run's; restore that bench.json, pass --overwrite to "
+            f"start over, or choose another --out")
     default = asdict(SweepConfig())
     quick = {k: as_json(v) for k, v in asdict(quick_sweep()).items()
              if as_json(v) != as_json(default[k])}  # the settings whose value --quick changes
@@ -287,11 +297,18 @@ def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None) -
     """FinishedRows when ``out_dir`` holds an earlier bench's rows (or a results table that
     cannot be read, or its convergence rows or example instance) and the run neither
     resumes nor overwrites them; ResumeMismatch when it resumes rows measured under other
-    settings than ``config``'s (:func:`check_resume_config`; not checked without
-    ``config``); ValueError when it is asked to both resume and overwrite."""
+    settings than ``config``'s, or rows whose settings bench.json does not record readably
+    (:func:`check_resume_config`; not checked without ``config``); FinishedRows, whatever
+    the options, when a file the sweep writes (bench.csv, bench.json, convergence.csv,
+    example.npz) exists as something other than a regular file (a folder, a named pipe);
+    ValueError when it is asked to both resume and overwrite."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: --resume keeps the finished rows, "
                          "--overwrite discards them; pass one")
+    try:  # a folder or a named pipe of an output's name: neither readable nor replaceable (nothing is opened)
+        check_output_files(out_dir, (*OUTPUTS, EXAMPLE))
+    except ValueError as err:
+        raise FinishedRows(str(err)) from None
     if overwrite:
         return
     if resume:
@@ -405,11 +422,8 @@ class ResultsWriter:
         if resume:
             self._load()
             self.runs = self._earlier_runs()
-            stored = stored_config(out_dir)
-            if stored is None and self._rows:
-                log(f"resume: {self.json_path} records no readable configuration: the settings its rows were "
-                    f"measured with cannot be checked against this run's")
-            self.config = _grown_config(stored, self.config)
+            # check_start_over refused rows without a readable configuration
+            self.config = _grown_config(stored_config(out_dir), self.config)
         self.env = environment(device_env)
         self._started, self._load_start, self._committed = now_utc(), load_average(), 0
         if not resume or self.problems or self._renumbered:

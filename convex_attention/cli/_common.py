@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import sys
 
-from ..io.files import check_out_dir
+from ..io.files import check_out_dir, check_output_files
 
 __all__ = ["CommandParser", "UsageError", "add_output_options", "show_progress", "info", "check_out",
-           "COMMAND_EXTRAS", "EXTRA_MODULES", "missing_extra"]
+           "check_files", "printable_streams", "COMMAND_EXTRAS", "EXTRA_MODULES", "missing_extra"]
 
 #: The modules each extra of setup.cfg ([options.extras_require]) brings, as they are imported.
 EXTRA_MODULES = {"paper": ("captum", "sklearn", "nibabel", "PIL"), "moreau": ("moreau",)}
@@ -33,8 +34,32 @@ class UsageError(ValueError):
     """Bad arguments found after parsing: reported like argparse's own errors (exit 2)."""
 
 
+_REPLACING = ("backslashreplace", "replace", "namereplace", "xmlcharrefreplace")
+
+
+def printable_streams() -> None:
+    """Let stdout and stderr print any text: a character their encoding lacks (the help's
+    λ on an ASCII-only terminal, ``PYTHONIOENCODING=ascii``) is written as a backslash
+    escape instead of raising UnicodeEncodeError.  Called once per command, before its
+    arguments are parsed (:meth:`CommandParser.parse_known_args`), so that it covers
+    ``--help``, usage errors and every line a command prints."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is None or getattr(stream, "errors", None) in _REPLACING:
+            continue  # not a text stream of io's, or one that already replaces what it cannot encode
+        try:
+            reconfigure(errors="backslashreplace")
+        except (ValueError, OSError, TypeError):  # a closed or unusual stream: left as it is
+            continue
+
+
 class CommandParser(argparse.ArgumentParser):
-    """argparse, failing like a command: one line on stderr (no usage block), exit 2."""
+    """argparse, failing like a command: one line on stderr (no usage block), exit 2; its
+    output (``--help`` included) prints on any stdout (:func:`printable_streams`)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        printable_streams()  # the command's entry: before --help or an error can print
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -44,7 +69,8 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     """``--no-progress`` and ``--quiet``, the same on every subcommand."""
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (info lines stay)")
     parser.add_argument("--quiet", action="store_true",
-                        help="no progress bars and no info lines; errors still go to stderr")
+                        help="no progress bars and no info lines (summaries and tables included); errors, and a "
+                             "failed check's one line, still go to stderr")
 
 
 def show_progress(args) -> bool:
@@ -61,6 +87,16 @@ def check_out(path: str) -> None:
     """UsageError unless ``path`` is, or can be made, a writable folder."""
     try:
         check_out_dir(path)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
+
+
+def check_files(out: str, names) -> None:
+    """UsageError, before any work, when one of the files ``names`` a command writes into
+    ``out`` exists there as something other than a regular file (a folder, a named pipe):
+    :func:`convex_attention.io.files.check_output_files`."""
+    try:
+        check_output_files(out, names)
     except ValueError as err:
         raise UsageError(str(err)) from None
 

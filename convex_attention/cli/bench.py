@@ -14,7 +14,7 @@ import time
 
 from ..bench.config import SweepConfig, VerifyConfig, quick_sweep
 from ..io.settings import add_options, given_settings
-from ._common import UsageError, add_output_options, check_out, info, show_progress
+from ._common import UsageError, add_output_options, check_files, check_out, info, show_progress
 
 __all__ = ["add_bench_commands", "BENCH_HANDLERS", "EXAMPLES"]
 
@@ -66,7 +66,8 @@ def _add_bench(sub) -> None:
                         "duplicated rows are measured again and replaced, and so are rows skipped because their "
                         "backend could not run, once it can); the settings that change how a row is measured "
                         "(factor, repeats, warmup, threads, budget, the learned duals' training, seed, generator, "
-                        "...) must be the stored run's (else exit 2), the grid may grow")
+                        "...) must be the stored run's (else exit 2; so is a folder whose bench.json records no "
+                        "readable configuration for the rows of its bench.csv), the grid may grow")
     b.add_argument("--overwrite", action="store_true",
                    help="discard the rows an earlier bench left in OUT and start over; without --resume or "
                         "--overwrite a folder that holds rows is refused (exit 2), so finished rows are never "
@@ -91,10 +92,12 @@ def _add_verify(sub) -> None:
                     "gradients (scores and temperatures) against finite differences, with cvxpylayers' own "
                     "gradient error reported beside them (not a check); check every cvxpylayers backend "
                     "(cvxpylayers[<backend>].* rows) against the CVXPY reference. Prints pass/fail per check "
-                    "with the measured error and writes OUT/verify.csv. Exit status: 0 only when every check "
+                    "with the measured error (info lines: --quiet leaves them out) and writes OUT/verify.csv. Exit "
+                    "status: 0 only when every check "
                     "ran and passed; 1 when a check failed or did not run (the solver under test raised, exited, "
                     "crashed, ran past --timeout or returned something that is not duals: reported as failed "
-                    "checks with the reason, verify.csv still written); 2 for usage errors. Ctrl-C stops the run "
+                    "checks with the reason, verify.csv still written; one line on stderr says how many, even "
+                    "with --quiet); 2 for usage errors. Ctrl-C stops the run "
                     "and writes nothing. "
                     "Backends that are not installed are skipped with a line saying so, and are not failures.")
     add_options(v, VerifyConfig)
@@ -106,7 +109,7 @@ def _add_verify(sub) -> None:
                         "of h, (B, *h.shapes[b]) (on a chain L-1 tensors (B, *h.shapes[k+1])), in a process of its "
                         "own (a solver that raises, exits, crashes, hangs past --timeout or returns anything else "
                         "fails its checks, with the reason); its rows are named after the function (default: none, "
-                        "the package's own dual solver)")
+                        "the package's own dual solver; an empty value is a usage error)")
     v.add_argument("--backends", nargs="+", default=None, metavar="B",
                    help="cvxpylayers backends to check (default: every installed one); one named here that is "
                         "not installed is a usage error")
@@ -256,15 +259,17 @@ def _run_bench(config: SweepConfig, args, out: str) -> int:
     except ResultsFormatError as err:
         raise UsageError(f"{err}; rerun with --overwrite instead of --resume (it starts over) or choose another "
                          f"--out") from err
-    _print_bench_summary(rows)
+    info(args, _bench_summary(rows))
     targets = amortised_targets(rows)
     if targets:
-        print(format_targets(targets))
-    print(f"bench: {len(rows)} rows in {os.path.join(out, 'bench.csv')} ({time.perf_counter() - start:.0f} s)")
+        info(args, format_targets(targets))
+    info(args, f"bench: {len(rows)} rows in {os.path.join(out, 'bench.csv')} ({time.perf_counter() - start:.0f} s)")
     return 0
 
 
-def _print_bench_summary(rows) -> None:
+def _bench_summary(rows) -> str:
+    """The summary table of a sweep's rows: per method, its rows by status and the median
+    violation of its ok rows."""
     by: dict = {}
     several = len({r.get("structure") or "chain" for r in rows}) > 1
     for r in rows:
@@ -280,10 +285,11 @@ def _print_bench_summary(rows) -> None:
         if r["status"] == "ok" and math.isfinite(value):
             entry["viol"].append(value)
     width = max([34] + [len(label) + 2 for label in by])
-    print(f"{'method':<{width}}{'ok':>5}{'skipped':>9}{'error':>7}{'median violation':>20}")
+    lines = [f"{'method':<{width}}{'ok':>5}{'skipped':>9}{'error':>7}{'median violation':>20}"]
     for label, e in by.items():
         med = statistics.median(e["viol"]) if e["viol"] else math.nan
-        print(f"{label:<{width}}{e['ok']:>5}{e['skipped']:>9}{e['error']:>7}{med:>20.2e}")
+        lines.append(f"{label:<{width}}{e['ok']:>5}{e['skipped']:>9}{e['error']:>7}{med:>20.2e}")
+    return "\n".join(lines)
 
 
 def _verify_config(args) -> VerifyConfig:
@@ -304,6 +310,9 @@ def _check_verify(args):
     from ..bench.verify import check_backends
 
     config = _verify_config(args)
+    if args.dual_solver is not None and not args.dual_solver.strip():
+        raise UsageError("argument --dual-solver: an empty value; give module:function or file.py:function, or "
+                         "leave the option out to verify the package's own dual solver")
     try:
         backends = check_backends(args.backends)
     except (ValueError, ImportError) as err:  # BackendUnavailable is both
@@ -317,7 +326,7 @@ def _start_solver(args, config: VerifyConfig):
     imported (nothing has run yet)."""
     from ..bench.isolation import IsolatedSolver
 
-    if not args.dual_solver:
+    if args.dual_solver is None:  # an empty value is refused by _check_verify
         return None
     try:
         solver = IsolatedSolver(args.dual_solver, config.timeout)
@@ -329,7 +338,9 @@ def _start_solver(args, config: VerifyConfig):
 
 def _check_verify_out(args) -> None:
     """UsageError, before any work, when OUT holds a verify.csv and ``--overwrite`` was not
-    given (checked again under the folder's lock)."""
+    given, or something other than a regular file of that name, whatever the options
+    (checked again under the folder's lock)."""
+    check_files(args.out, ("verify.csv",))
     path = os.path.join(args.out, "verify.csv")
     if os.path.lexists(path) and not getattr(args, "overwrite", False):
         raise UsageError(f"{path} holds an earlier verification; pass --overwrite to replace it, or choose another "
@@ -377,7 +388,7 @@ def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
                       file=sys.stderr)
             results = verify_instances(random_instances(n, config.seed, quick=args.quick), dual_solver=solver,
                                        progress=show_progress(args), backends=backends)
-            print(format_table(results, backend_skips(args.backends)))
+            info(args, format_table(results, backend_skips(args.backends)))
             path = os.path.join(args.out, "verify.csv")
             try:
                 write_csv(results, path)
@@ -386,8 +397,24 @@ def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
                 return 1
     except ResultsLocked as err:
         raise UsageError(str(err)) from err
-    print(f"verify: {path}")
-    return 0 if all_passed(results) else 1
+    info(args, f"verify: {path}")
+    if all_passed(results):
+        return 0
+    # the failed check's one line on stderr, even with --quiet (the table above, and verify.csv, name each check)
+    print(f"verify: {_failure_line(results)}; every check and its error: {path}", file=sys.stderr)
+    return 1
+
+
+def _failure_line(results) -> str:
+    """Why a verification did not pass, in a few words: how many checks failed or did not run."""
+    checks = [r for r in results if r.status != "info"]
+    if not checks:
+        return "no check ran"
+    passed = sum(r.status == "pass" for r in checks)
+    failed = sum(r.status == "fail" for r in checks)
+    not_run = len(checks) - passed - failed  # error, skipped: the check did not run
+    parts = ([f"{failed} failed"] if failed else []) + ([f"{not_run} did not run"] if not_run else [])
+    return f"{passed}/{len(checks)} checks passed, " + ", ".join(parts)
 
 
 def cmd_plot(args) -> int:
@@ -404,9 +431,18 @@ def cmd_plot(args) -> int:
         raise UsageError(f"{results} holds no {', '.join(inputs)} to plot (run `convex-attention bench --out "
                          f"{results}` or benchmarks/bench_graphs.py --out {results} first)")
     out = args.out or os.path.join(results, "figures")
+    check_files(out, _figure_folder_files())  # before check_out, which makes the folder
     made = not os.path.isdir(out)
     check_out(out)
     return _run_plot(args, results, out, made)
+
+
+def _figure_folder_files() -> tuple:
+    """Every file plot may write into its figure folder: each figure's PNG and PDF, and its
+    record of them."""
+    from ..bench.plots import FIGURES, MANIFEST
+
+    return tuple(name + ext for name in FIGURES for ext in (".png", ".pdf")) + (MANIFEST,)
 
 
 def _check_figure_folder(out: str, overwrite: bool) -> None:
@@ -416,6 +452,7 @@ def _check_figure_folder(out: str, overwrite: bool) -> None:
     not known yet; ``plot`` itself refuses only the figures it draws)."""
     from ..bench.plots import MANIFEST, unrecorded_figures
 
+    check_files(out, _figure_folder_files())  # a folder of a figure's name: --overwrite cannot replace it
     foreign = [] if overwrite else unrecorded_figures(out)
     if foreign:
         shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
@@ -448,11 +485,33 @@ def _run_plot(args, results: str, out: str, made: bool = False) -> int:
     return 0
 
 
+class _StepParser(argparse.ArgumentParser):
+    """The parser of demo's steps: a failure is a UsageError (one line naming ``demo``, from
+    :func:`convex_attention.cli.main`), never a usage block of the step's command.  Its
+    subcommands' parsers are of this class too (argparse makes them of the parent's)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog.replace('convex-attention ', '', 1)} step: {message}")
+
+
 def _bench_parser() -> argparse.ArgumentParser:
     """This group's subcommands alone (demo parses its steps' arguments with it)."""
-    parser = argparse.ArgumentParser(prog="convex-attention")
+    parser = _StepParser(prog="convex-attention")
     add_bench_commands(parser.add_subparsers(dest="command"))
     return parser
+
+
+def _demo_steps(args) -> tuple:
+    """The arguments of demo's three steps (bench, verify, plot), parsed from demo's own:
+    every value is passed so that it cannot be read as an option (``--out=VALUE``, ``--``
+    before the positional), so an OUT such as ``-x`` or ``--help`` is a folder's name."""
+    parser = _bench_parser()
+    shared = (["--no-progress"] if args.no_progress else []) + (["--quiet"] if args.quiet else []) + (
+        ["--overwrite"] if args.overwrite else [])
+    bench_args = parser.parse_args(["bench", "--quick", f"--out={args.out}", *shared])
+    verify_args = parser.parse_args(["verify", "--quick", f"--out={args.out}", *shared])
+    plot_args = parser.parse_args(["plot", *shared, "--", args.out])
+    return bench_args, verify_args, plot_args
 
 
 def cmd_demo(args) -> int:
@@ -460,12 +519,7 @@ def cmd_demo(args) -> int:
     once), then the three steps' work, holding the folder's lock throughout."""
     from ..io.lock import ResultsLocked, results_lock
 
-    parser = _bench_parser()
-    output = (["--no-progress"] if args.no_progress else []) + (["--quiet"] if args.quiet else [])
-    bench_args = parser.parse_args(["bench", "--quick", "--out", args.out] + output
-                                   + (["--overwrite"] if args.overwrite else []))
-    verify_args = parser.parse_args(["verify", "--quick", "--out", args.out] + output
-                                    + (["--overwrite"] if args.overwrite else []))
+    bench_args, verify_args, plot_args = _demo_steps(args)
     config = _sweep_config(bench_args)
     _check_sweep(config)
     verify_config, backends = _check_verify(verify_args)
@@ -487,8 +541,7 @@ def cmd_demo(args) -> int:
             step(2, "verify --quick: the dual solutions against CVXPY and the closed form")
             status = _run_verify(verify_args, verify_config, None, backends)
             step(3, "plot: every figure")
-            _run_plot(parser.parse_args(["plot", args.out] + output + (["--overwrite"] if args.overwrite else [])),
-                      args.out, os.path.join(args.out, "figures"))
+            _run_plot(plot_args, args.out, os.path.join(args.out, "figures"))
     except ResultsLocked as err:
         raise UsageError(str(err)) from err
     info(args, f"demo: done in {time.perf_counter() - start:.0f} s; figures in {os.path.join(args.out, 'figures')}/")

@@ -9,7 +9,8 @@
 * JSON is strict: NaN and ±Inf become ``null`` (``json.dumps(..., allow_nan=False)``).
 * :func:`csv_field` writes floats with ``repr`` (they read back exactly) and NaN/None as an
   empty field; :func:`row_checksum` is the CRC-32 a checked table ends each row with.
-* :func:`check_out_dir`: an output folder is, or can be made, a writable folder.
+* :func:`check_out_dir`: an output folder is, or can be made, a writable folder;
+  :func:`check_output_files`: the names of a command's outputs are free or regular files.
 """
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ import json
 import math
 import os
 import re
+import stat
 import zlib
 from dataclasses import asdict, is_dataclass
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json", "to_json_text", "json_safe",
            "csv_field", "row_checksum", "temporary_name", "clean_stale_tmp", "check_out_dir", "as_json",
-           "check_no_earlier_outputs"]
+           "check_no_earlier_outputs", "check_output_files"]
 
 _TMP_COUNTER = itertools.count()
 
@@ -162,6 +164,39 @@ def check_no_earlier_outputs(out_dir: str, names, overwrite: bool) -> None:
     if present and not overwrite:
         raise ValueError(f"--out {out_dir} already holds {', '.join(present)} from an earlier run; choose another "
                          f"folder, or pass --overwrite to replace them")
+
+
+def _kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words."""
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def check_output_files(out_dir: str, names) -> None:
+    """ValueError, before any work, when one of the files ``names`` that a command writes
+    into ``out_dir`` exists there and is not a regular file (a folder, a named pipe, a
+    device, a symlink to one of them): it could be neither read as an earlier result nor
+    replaced.  A regular file, or a symlink to one, passes (whether it may be replaced is
+    the caller's other check); so does a name that is free.  Nothing is opened, so a named
+    pipe does not block the check."""
+    for name in names:
+        path = os.path.join(out_dir, name)
+        try:
+            mode = os.stat(path).st_mode  # follows a symlink: a link to a regular file passes
+        except (FileNotFoundError, NotADirectoryError):
+            continue  # free, a dangling symlink (a write replaces it), or out_dir is no folder (check_out_dir's)
+        except OSError as err:
+            raise ValueError(f"{path} cannot be examined ({err.strerror or err}); choose another --out") from None
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{path} is {_kind(mode)}, not the file {name} this command writes there: it cannot "
+                             f"be read or replaced; move it away, or choose another --out")
 
 
 def write_json(path: str, obj, indent: int | None = 1) -> None:

@@ -2,13 +2,14 @@
 
 :func:`read_table` reads a table as it is on disk: its header and its rows as strings,
 each with its line number.  A file that cannot be a table (not UTF-8 text, a byte-order
-mark, NUL bytes, not CSV, a required column missing) raises :class:`ResultsFormatError`
-naming the file and what is wrong; a row that is damaged (a field count other than the
-header's, the last line without its line end, a checksum that does not match) is left out
-and named in ``problems``.  :func:`read_rows` reads a table of a known :class:`Schema`:
-the header must be the schema's (the error says which columns differ) and every value is
-typed (a row with an unparsable number or a value outside its choices is left out and
-named).  Every figure and every ``--resume`` reads through these two functions.
+mark, NUL bytes, not CSV, a required column missing, a folder or named pipe of its name, a
+file that cannot be read) raises :class:`ResultsFormatError` naming the file and what is
+wrong; a row that is damaged (a field count other than the header's, the last line without
+its line end, a checksum that does not match) is left out and named in ``problems``.
+:func:`read_rows` reads a table of a known :class:`Schema`: the header must be the
+schema's (the error says which columns differ) and every value is typed (a row with an
+unparsable number or a value outside its choices is left out and named).  Every figure
+and every ``--resume`` reads through these two functions.
 """
 from __future__ import annotations
 
@@ -82,11 +83,19 @@ def read_table(path: str, required=(), checksum: bool | None = None) -> Table:
     empty table with one problem saying so.
 
     Raises:
-        OSError: the file cannot be read.
-        ResultsFormatError: not a table (the message names the file and why).
+        ResultsFormatError: not a table (the message names the file and why), a path that
+            is not a regular file (a folder, a named pipe: it is not opened, so a pipe does
+            not block the read), or a file that cannot be read.
     """
-    with open(path, "rb") as f:
-        raw = f.read()
+    if not os.path.isfile(path):  # follows a symlink: a link to a regular file is read
+        what = "does not exist" if not os.path.lexists(path) else (
+            "is a folder" if os.path.isdir(path) else "is not a regular file")
+        raise ResultsFormatError(f"{path}: {what}, not the CSV table {os.path.basename(path)} should be")
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as err:
+        raise ResultsFormatError(f"{path}: cannot be read ({err.strerror or err})") from None
     text = _decode(path, raw)
     name = os.path.basename(path)
     if not text.strip():
@@ -170,6 +179,8 @@ def read_rows(path: str, schema: Schema) -> tuple[list[dict], list[str]]:
     Raises:
         ResultsFormatError: not a table, or its header is not the schema's (another
             table, or a file written by another version); the message says what differs.
+            So is a path that exists but is not a regular file, or cannot be read
+            (:func:`read_table`).
     """
     if not os.path.exists(path):
         return [], []
