@@ -718,6 +718,8 @@ def test_nan_tokens_in_bench_json_are_read_as_null_with_a_warning(tmp_path, caps
     (lambda p: np.savez(str(p), levels=np.array(2), temperature=np.array([1.0, 1.0]),
                         scores0=np.zeros((4, 4)), scores1=np.zeros((2, 2)), fitted_dual0=np.zeros((3, 3))),
      "'fitted_dual0'"),
+    (lambda p: os.mkfifo(str(p)), "not a regular file"),  # a named pipe used to block the read forever
+    (lambda p: os.mkdir(str(p)), "not a regular file"),
 ])
 def test_an_unusable_example_is_reported_and_no_map_is_drawn(tmp_path, capsys, make, message, figs):
     make(tmp_path / "example.npz")

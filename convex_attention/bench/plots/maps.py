@@ -2,6 +2,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 import zipfile
 
@@ -29,7 +30,10 @@ _MAX_EXAMPLE_CELLS = 1 << 20
 
 def _load_example(example_path: str):
     """Scores, temperatures and λ per dual kind of ``example.npz``, validated; ValueError
-    naming the problem otherwise.  Nothing in the file can run code (no pickles)."""
+    naming the problem otherwise.  Nothing in the file can run code (no pickles), and nothing
+    but a regular file is opened (a named pipe of that name would block the read)."""
+    if not os.path.isfile(example_path):
+        raise ValueError("not a regular file (a folder, a named pipe or a device of that name)")
     try:
         data = np.load(example_path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
