@@ -483,6 +483,27 @@ def test_a_nan_gradient_error_is_never_met_wherever_it_comes():
         assert by["implicit gradient vs cvxpylayers[x] (mild)"]["met"] is False, errors
 
 
+def test_a_dual_that_failed_or_lost_is_a_miss_not_unmeasured():
+    """A NaN dual violation reaches nothing, and a dual that never reached the baseline's
+    violation lost: both were reported "not measured"; a failed dual also dropped its
+    backward / forward target silently (a review of the harness)."""
+    def linsat(violation):
+        return [{"solver": "linsat", "parameter": 10, "violation": 1e-3, "per_sample_ms": 5.0},
+                {"solver": "dual", "parameter": 1e-6, "violation": violation, "per_sample_ms": 1.0}]
+
+    for violation in (math.nan, 1e-2):
+        (target,) = gt._targets({"linsat": linsat(violation)})
+        assert target["met"] is False and "no dual tolerance reached" in target["detail"]
+    (target,) = gt._targets({"linsat": linsat(1e-6)})
+    assert target["met"] is True
+    (target,) = gt._targets({"linsat": linsat(1e-6)[:1]})
+    assert target["met"] is None and target["detail"] == "dual did not run"
+    speed = [{"family": "axial", "method": "dual", "backend": "", "status": "error", "reason": "x"}]
+    by = {t["target"]: t for t in gt._targets({"speed": speed})}
+    assert by["dual backward / forward time (axial)"]["met"] is False
+    assert by["cvxpylayers (fastest) / dual per sample (axial)"]["met"] is False
+
+
 def test_bench_graphs_fails_like_a_command(tmp_path, capsys, monkeypatch):
     """One line on stderr for every failure; exit 2 for usage and a folder in use, 1 for a failed
     run, 130 for Ctrl-C; a refused run leaves no folder behind (a review found an 11-line usage
