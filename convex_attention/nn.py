@@ -321,9 +321,11 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
     (``loss="dual"``, convex in the linear path).  Schedule: the first two thirds of the
     steps train the linear path alone (Adam, ``lr``, 10 % linear warm-up then cosine decay);
     the rest train the residual net alone (``residual_lr``, same schedule), so it can only
-    refine what the linear path reached.  Adam moves every weight by about its learning rate
-    whatever the gradient's size, so training both at once lets the residual's first steps
-    swamp an already accurate formula path.  The module ends with the parameters of the
+    refine what the linear path reached.  Frozen parameters (``requires_grad`` False) are
+    left as they are; where one part has nothing to train, the other takes every step.  Adam
+    moves every weight by about its learning rate whatever the gradient's size, so training
+    both at once lets the residual's first steps swamp an already accurate formula path.  The
+    module ends with the parameters of the
     lowest training loss seen, in the training mode it had; so too when the loss stops
     being finite (a ``FloatingPointError`` that says so).
 
@@ -358,11 +360,19 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
             return consistency_loss(train, duals, h, temps, check_finite=False)
         return dual_function([s.to(duals[0].dtype) for s in train], duals, h, temps).mean()
 
-    residual = module.residual
-    n_linear = steps if residual is None or residual_lr == 0 else max(1, round(steps * 2 / 3))
-    phases = [(list(module.linear.parameters()), n_linear, lr)]
-    if residual is not None and steps > n_linear:
-        phases.append((list(residual.parameters()), steps - n_linear, residual_lr))
+    # a frozen parameter (requires_grad False) stays as it is; a part with none to train gets no
+    # phase, and the other part takes every step (a phase without a trainable parameter made
+    # backward fail: "element 0 of tensors does not require grad", found by a review)
+    linear = [p for p in module.linear.parameters() if p.requires_grad]
+    residual = ([p for p in module.residual.parameters() if p.requires_grad]
+                if module.residual is not None and residual_lr > 0 else [])
+    if not linear and not residual:
+        raise ValueError("fit_amortised_duals: no parameter of the module requires grad"
+                         + ("" if module.residual is None or residual_lr > 0 else " (residual_lr 0 leaves the "
+                            "residual net as it is)") + ": nothing to train")
+    n_linear = steps if not residual else 0 if not linear else max(1, round(steps * 2 / 3))
+    phases = [(params, n, rate) for params, n, rate in ((linear, n_linear, lr), (residual, steps - n_linear,
+                                                                                  residual_lr)) if n > 0]
     history: list[float] = []
     best: tuple[float, dict | None] = (math.inf, None)
     was_training = module.training

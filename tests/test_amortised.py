@@ -300,3 +300,26 @@ def test_a_fit_that_diverges_keeps_its_best_finite_parameters_and_mode():
     with pytest.raises(FloatingPointError, match="keeps the parameters of its lowest training loss"):
         ca.fit_amortised_duals(module, train, steps=20, lr=1e10)
     assert all(bool(torch.isfinite(p).all()) for p in module.parameters()) and not module.training
+
+
+def test_fitting_leaves_frozen_parameters_as_they_are_and_trains_the_rest():
+    """A part whose every parameter was frozen made backward fail ("element 0 of tensors does
+    not require grad"); found by a review of the learned and amortised duals."""
+    from convex_attention.nn import AmortisedDuals, fit_amortised_duals
+
+    g = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])  # the untrained module is far from the optimum here
+    train = [torch.randn((8,) + s, generator=torch.Generator().manual_seed(k)) for k, s in enumerate(g.shapes)]
+    for frozen in ("linear", "residual"):
+        torch.manual_seed(0)
+        module = AmortisedDuals(g, [0.5, 2.0, 1.0])
+        getattr(module, frozen).requires_grad_(False)
+        before = {n: p.detach().clone() for n, p in module.named_parameters()}
+        history = fit_amortised_duals(module, train, steps=12)
+        assert len(history) == 12 and min(history) < history[0]
+        moved = {n for n, p in module.named_parameters() if not torch.equal(p, before[n])}
+        assert moved and all(not n.startswith(frozen) for n in moved)
+        assert all(p.requires_grad is (not n.startswith(frozen)) for n, p in module.named_parameters())
+    module = AmortisedDuals(g, [0.5, 2.0, 1.0])
+    module.requires_grad_(False)
+    with pytest.raises(ValueError, match="no parameter of the module requires grad"):
+        fit_amortised_duals(module, train, steps=2)
