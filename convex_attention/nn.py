@@ -117,8 +117,9 @@ class AmortisedDuals(nn.Module):
     residual net learns the rest.  On a forest the start is already the optimum (``δ = 0``).
 
     **Network** (per edge): ``λ_e = centre(linear(F_e) + residual(F_e))`` with ``linear`` a
-    bias-free 1×1 convolution ``C_e → 1`` (the "formula" path: random initialisation on a
-    hierarchy, ``λ_e + δ_e`` on other graphs) and
+    bias-free 1×1 convolution ``C_e → 1`` (the "formula" path: on a hierarchy it starts at the
+    optimum, weight 1 on ``d_k`` and ``T_k / T_j`` on each broadcast ``d_j``, 0 on the ``s``
+    channels, for the module's temperatures; ``λ_e + δ_e`` on other graphs) and
     ``residual`` ``layers`` convolutions ``C_e → hidden → … → 1`` with GELU between them,
     kernel 3 (``Conv1d/2d/3d``, ``padding=1``) on grids (a coarse map that ends a grid edge;
     every level of ``Hierarchy.grid``) or kernel 1 (a pointwise MLP) on irregular maps; its
@@ -173,12 +174,22 @@ class AmortisedDuals(nn.Module):
         conv_class = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
         self.linear = nn.ModuleList(conv_class[nd](c, 1, kernel_size=1, bias=False)
                                     for nd, c in zip(convs, self.channels))
-        if not self.chain:
-            # the formula path starts at λ + δ: one more (Jacobi) sweep of the solver
-            with torch.no_grad():
+        with torch.no_grad():
+            if not self.chain:
+                # the formula path starts at λ + δ: one more (Jacobi) sweep of the solver
                 for conv in self.linear:
                     assert isinstance(conv, nn.modules.conv._ConvNd)
                     conv.weight.fill_(1.0)
+            else:
+                # ... and on a hierarchy at the optimum: λ*_k = d_k + Σ_{j>k} (T_k / T_j) d_j
+                # broadcast (docs/math.md §8), the s channels at zero.  It started at random
+                # weights, worse than λ = 0 untrained (152 % of its violation, a review), and
+                # 100 Adam steps did not always recover (1.1 % on a 2-level chain).
+                T = cumulative_temperatures(self.temperature)
+                for k, conv in enumerate(self.linear):
+                    assert isinstance(conv, nn.modules.conv._ConvNd)
+                    weights = [1.0, 0.0] + [x for j in range(k + 1, L - 1) for x in (T[k] / T[j], 0.0)]
+                    conv.weight.copy_(torch.tensor(weights, dtype=conv.weight.dtype).view_as(conv.weight))
         residual = []
         for nd, kernel, c in zip(convs, kernels, self.channels):
             mods: list[nn.Module] = []

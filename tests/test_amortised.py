@@ -10,6 +10,16 @@ import convex_attention as ca
 from convex_attention.bench.generators import generate
 
 
+def _random_formula(module, seed=1):
+    """Random weights on the module's linear ("formula") path: on a hierarchy it starts at the
+    optimum, and these tests need a start the fit must move away from."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for conv in module.linear:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g, dtype=conv.weight.dtype))
+    return module
+
+
 def _exact_duals(scores, h, temps):
     return ca.solve(scores, h, "exact", temperature=temps).duals
 
@@ -74,13 +84,14 @@ def test_linear_path_can_express_the_optimum_at_any_depth(shapes):
 
 @pytest.mark.parametrize("case", slow_beyond(["2d-2lvl", "irregular-2lvl"]))  # the irregular one: the same fit
 def test_learns_the_two_level_formula_from_random_init(case):
+    """Fitting recovers the formula from random weights (the module itself starts at it)."""
     h = make_hierarchy(case) if case != "2d-2lvl" else ca.Hierarchy.grid([(8, 8), (4, 4)])
     temps = [0.7, 1.6]
     g = torch.Generator().manual_seed(3)
     train = [torch.randn((64,) + s, generator=g) for s in h.shapes]
     held_out = [torch.randn((16,) + s, generator=g) for s in h.shapes]
     torch.manual_seed(1)
-    module = ca.AmortisedDuals(h, temps)
+    module = _random_formula(ca.AmortisedDuals(h, temps))
     before = _relative_error(module(held_out), _exact_duals(held_out, h, temps))
     history = ca.fit_amortised_duals(module, train, steps=150)
     assert len(history) == 150
@@ -295,8 +306,9 @@ def test_a_module_less_precise_than_the_scores_is_refused_not_silently_used():
 def test_a_fit_that_diverges_keeps_its_best_finite_parameters_and_mode():
     """The FloatingPointError left NaN weights behind (and the module in training mode)."""
     h = make_hierarchy("2d-2lvl")
-    module = ca.AmortisedDuals(h, 1.0, layers=0).eval()
-    train = [1e30 * torch.randn((4,) + s) for s in h.shapes]
+    module = _random_formula(ca.AmortisedDuals(h, 1.0, layers=0)).eval()
+    g = torch.Generator().manual_seed(0)
+    train = [1e30 * torch.randn((4,) + s, generator=g) for s in h.shapes]
     with pytest.raises(FloatingPointError, match="keeps the parameters of its lowest training loss"):
         ca.fit_amortised_duals(module, train, steps=20, lr=1e10)
     assert all(bool(torch.isfinite(p).all()) for p in module.parameters()) and not module.training
@@ -307,11 +319,11 @@ def test_fitting_leaves_frozen_parameters_as_they_are_and_trains_the_rest():
     not require grad"); found by a review of the learned and amortised duals."""
     from convex_attention.nn import AmortisedDuals, fit_amortised_duals
 
-    g = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])  # the untrained module is far from the optimum here
+    g = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])
     train = [torch.randn((8,) + s, generator=torch.Generator().manual_seed(k)) for k, s in enumerate(g.shapes)]
     for frozen in ("linear", "residual"):
         torch.manual_seed(0)
-        module = AmortisedDuals(g, [0.5, 2.0, 1.0])
+        module = _random_formula(AmortisedDuals(g, [0.5, 2.0, 1.0]))
         getattr(module, frozen).requires_grad_(False)
         before = {n: p.detach().clone() for n, p in module.named_parameters()}
         history = fit_amortised_duals(module, train, steps=12)
@@ -323,3 +335,20 @@ def test_fitting_leaves_frozen_parameters_as_they_are_and_trains_the_rest():
     module.requires_grad_(False)
     with pytest.raises(ValueError, match="no parameter of the module requires grad"):
         fit_amortised_duals(module, train, steps=2)
+
+
+@pytest.mark.parametrize("shapes, temps", [([(8, 8), (4, 4)], [0.7, 1.6]), ([(8, 8), (4, 4), (2, 2)], [0.5, 2.0, 1.0]),
+                                           ([(6,), (3,), (1,)], [1.0, 0.3, 2.0]),
+                                           ([(8, 8), (4, 4), (2, 2), (1, 1)], [0.3, 1.0, 3.0, 0.7])])
+def test_untrained_on_a_hierarchy_it_predicts_the_optimal_duals(shapes, temps):
+    """Its linear path starts at λ*_k = d_k + Σ_{j>k} (T_k / T_j) d_j (docs/math.md §8); it used to
+    start at random weights, worse than λ = 0 (152 % of its violation, found by a review)."""
+    h = ca.Hierarchy.grid(shapes)
+    module = ca.AmortisedDuals(h, temps).double()
+    g = torch.Generator().manual_seed(0)
+    scores = [3 * torch.randn((4,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    with torch.no_grad():
+        predicted = module(scores)
+    # the weights T_k / T_j were rounded to float32 when the module was built
+    assert _relative_error(predicted, _exact_duals(scores, h, temps)) < 1e-7
+    assert float(ca.solve(scores, h, "learned_dual", temperature=temps, duals=predicted).violation.max()) < 1e-6
