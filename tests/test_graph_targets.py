@@ -498,6 +498,10 @@ def test_a_dual_that_failed_or_lost_is_a_miss_not_unmeasured():
     assert target["met"] is True
     (target,) = gt._targets({"linsat": linsat(1e-6)[:1]})
     assert target["met"] is None and target["detail"] == "dual did not run"
+    failed_baseline = linsat(1e-9)
+    failed_baseline[0]["violation"] = math.nan  # the baseline failed, not dual: no verdict
+    (target,) = gt._targets({"linsat": failed_baseline})
+    assert target["met"] is None and "the baseline failed" in target["detail"]
     speed = [{"family": "axial", "method": "dual", "backend": "", "status": "error", "reason": "x"}]
     by = {t["target"]: t for t in gt._targets({"speed": speed})}
     assert by["dual backward / forward time (axial)"]["met"] is False

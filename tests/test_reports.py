@@ -64,6 +64,8 @@ def test_the_headline_says_which_seeds_its_paired_differences_left_out_as_nan():
     assert "exact's best level" not in text  # it left none out
     entry["difference"]["seeds_nan"] = 0
     assert "Left out as NaN (headline differences): nothing" in "\n".join(_headline_section([entry]))
+    del entry["difference"]["seeds_nan"]  # an older results file: the count was not recorded
+    assert "Left out as NaN (headline differences): not recorded" in "\n".join(_headline_section([entry]))
 
 
 def _rand_row(stage, n_used, n_nan, images_used, images_nan):

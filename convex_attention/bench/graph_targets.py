@@ -797,6 +797,11 @@ def _targets(results: dict) -> list[dict]:
     linsat = results.get("linsat", [])
     duals = [r for r in linsat if r["solver"] == "dual"]
     for r in (r for r in linsat if r["solver"] == "linsat"):
+        if not (isinstance(r["violation"], numbers.Real) and math.isfinite(r["violation"])):
+            # the baseline failed: there is no violation for dual to reach (not dual's miss)
+            out.append(_target(f"baseline / dual time at the baseline's violation (given maps, {r['parameter']:g} "
+                               f"iterations)", None, ">=", 1.0, f"the baseline failed (violation {r['violation']})"))
+            continue
         reaching = [d for d in duals if d["violation"] <= r["violation"]]
         if not reaching:
             # measured and lost (or failed: a NaN violation reaches nothing) where dual rows

@@ -107,11 +107,11 @@ def _mixed(side: tuple, half: tuple, grid: tuple, y_regions: torch.Tensor) -> Gr
 def random_structure(structure: str, generator: torch.Generator, quick: bool = False) -> Graph:
     """A small random member of a family, for ``verify`` (a few dozen cells, so that CVXPY
     solves it at tight tolerances in a moment): random grid sides, numbers of maps and regions.
-    ``chain`` gives a 2- or 3-level 2-D hierarchy.  At these sizes a few draws of regions do
-    not cut across the grid: they equal its blocks, refine or coarsen them, or are a single
-    region (a review counted 5 in 600 draws), and in quick mode ``mixed``'s 2 × 2 map Y is
-    the grid itself.  They are kept on purpose: their redundant constraints are cases a solver
-    must handle too."""
+    ``chain`` gives a 2- or 3-level hierarchy (2-D, and a 3-D one in full mode).  At these
+    sizes a few draws of regions do not cut across the grid: they equal its blocks, refine or
+    coarsen them, or are a single region (a review counted 5 in 600 draws), and in quick mode
+    ``mixed``'s 2 × 2 map Y is the grid itself.  They are kept on purpose: their redundant
+    constraints are cases a solver must handle too."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=generator))]
 

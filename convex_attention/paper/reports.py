@@ -305,6 +305,11 @@ def _headline_section(headline) -> list[str]:
 def _headline_nan_lines(headline) -> list[str]:
     """The seeds each paired difference left out because one side's mean was NaN (recorded as
     ``seeds_nan`` beside ``seeds``, the seeds paired), or one line saying none was."""
+    recorded = [d for h in headline for d in ([h["difference"]] if h.get("difference") else [])
+                + list((h.get("by_model") or {}).values())]
+    if any("seeds_nan" not in d for d in recorded):
+        return ["Left out as NaN (headline differences): not recorded (results written before the count existed).",
+                ""]
     dropped = []
     for h in headline:
         where = f"{h['condition']}, {h['test_set']}, {h['mask']}, {h['resolution']}"
