@@ -541,6 +541,18 @@ def test_an_output_name_that_is_a_folder_or_a_pipe_is_refused_whatever_the_optio
         assert os.listdir(out) == [name]
 
 
+@pytest.mark.parametrize("name", ["bench.csv", "bench.json", "convergence.csv", "example.npz"])
+def test_a_users_dangling_link_named_like_an_output_needs_overwrite(tmp_path, name):
+    """Found by a review: bench replaced a symbolic link to a missing file, named like one of its
+    outputs, without --overwrite (verify already refused it)."""
+    (tmp_path / name).symlink_to(tmp_path / "missing")
+    for resume in (False, True):
+        with pytest.raises(R.FinishedRows, match=f"{name} as a symbolic link to a missing file"):
+            R.check_start_over(str(tmp_path), resume, False, SweepConfig())
+    R.check_start_over(str(tmp_path), False, True, SweepConfig())  # --overwrite replaces it
+    assert os.path.islink(tmp_path / name)
+
+
 def test_resume_refuses_rows_whose_bench_json_records_no_readable_configuration(tmp_path):
     """Found by a hostile review: with bench.json damaged, --resume only warned, measured the
     new rows under other settings beside the old ones, and recorded the new settings for all."""

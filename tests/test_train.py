@@ -2,6 +2,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -462,3 +463,44 @@ def test_auc_and_threshold_rank_logit_margins_that_softmax_rounds_to_one():
     assert m["val_auc"] == pytest.approx(12 / 16)  # the ranking of the margins, not of tied probabilities
     assert m["val_balanced_acc_at_threshold"] == pytest.approx(0.75)
     assert m["val_threshold"] == 1.0  # on p(class 1), as stored before
+
+
+_RESUME_WHILE_WAITING = """
+import os, shutil, sys, time
+from convex_attention.paper.config import TrainConfig
+from convex_attention.paper.models import read_checkpoint
+from convex_attention.paper.train import train
+
+folder, newer, tiny = sys.argv[1], sys.argv[2], eval(sys.argv[3])
+config = TrainConfig.build(out=folder, resume=os.path.join(folder, "last.pt"), epochs=3, **tiny)
+if os.environ["RANK"] == "1":
+    state = read_checkpoint(config.resume)  # on arrival: the run holding the folder is still at epoch 1
+else:
+    time.sleep(3)  # rank 0 waits for the folder's lock (--wait); the holder goes on to epoch 2 and leaves
+    for name in os.listdir(newer):
+        shutil.copy2(os.path.join(newer, name), os.path.join(folder, name))
+    state = read_checkpoint(config.resume)  # under the lock
+train(config, resume_state=state)
+"""
+
+
+@pytest.mark.slow
+def test_ranks_resume_from_the_checkpoint_rank_0_read_under_the_lock(tmp_path):
+    """Under torchrun only rank 0 holds --out's lock; the other ranks read --resume on arrival.
+    When the run holding the folder wrote a newer last.pt meanwhile, the ranks resumed
+    different epochs and hung each other (a review: killed after 120 s)."""
+    older, newer = tmp_path / "older", tmp_path / "newer"
+    tiny = {**TINY, "n_train": 16, "n_val": 8}
+    train(TrainConfig.build(out=str(older), epochs=1, **tiny))
+    shutil.copytree(older, newer)
+    train(TrainConfig.build(out=str(newer), resume=str(newer / "last.pt"), epochs=2, **tiny))
+    folder = tmp_path / "run"
+    shutil.copytree(older, folder)
+    script = tmp_path / "resume.py"
+    script.write_text(_RESUME_WHILE_WAITING)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
+           str(folder), str(newer), repr(tiny)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [int(r["epoch"]) for r in read(str(folder / "metrics.csv"))] == [1, 2, 3]  # epoch 3 once, after 2

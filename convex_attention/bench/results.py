@@ -301,7 +301,8 @@ def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None) -
     (:func:`check_resume_config`; not checked without ``config``); FinishedRows, whatever
     the options, when a file the sweep writes (bench.csv, bench.json, convergence.csv,
     example.npz) exists as something other than a regular file (a folder, a named pipe);
-    ValueError when it is asked to both resume and overwrite."""
+    FinishedRows, without ``overwrite``, when one of them is a symbolic link to a missing
+    file; ValueError when it is asked to both resume and overwrite."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: --resume keeps the finished rows, "
                          "--overwrite discards them; pass one")
@@ -311,6 +312,11 @@ def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None) -
         raise FinishedRows(str(err)) from None
     if overwrite:
         return
+    dangling = [name for name in (*OUTPUTS, EXAMPLE) if os.path.islink(os.path.join(out_dir, name))
+                and not os.path.exists(os.path.join(out_dir, name))]
+    if dangling:  # the user's link: a write would replace it (a review found it replaced silently)
+        raise FinishedRows(f"{out_dir} holds {' and '.join(dangling)} as a symbolic link to a missing file, which "
+                           f"this bench would replace; pass --overwrite to replace it, or choose another --out")
     if resume:
         if config is not None:
             check_resume_config(out_dir, config)

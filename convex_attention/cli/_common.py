@@ -59,7 +59,14 @@ class CommandParser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         printable_streams()  # the command's entry: before --help or an error can print
-        return super().parse_known_args(args, namespace)
+        parsed, rest = super().parse_known_args(args, namespace)
+        for action in self._actions:
+            # argparse drops a value of "--" (``--out=--``) and stores an empty list for an
+            # option that takes one value: refuse it here, before a command joins it as a path
+            if action.nargs is None and action.option_strings and getattr(parsed, action.dest, None) == []:
+                self.error(f"argument {'/'.join(action.option_strings)}: expected one value, got '--' (argparse "
+                           f"reads it as the end of the options); give another value")
+        return parsed, rest
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -419,6 +419,17 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     elif not isinstance(datasets, CheckedData):
         check_data(config, *datasets)
     run = _Run(config, CheckedData(*datasets), model_class, log)
+    if run.world > 1 and run.rank != 0 and config.resume:
+        # Read again now that this rank has met rank 0: under torchrun rank 0 holds --out's lock
+        # (convex-attention train) and read the checkpoint under it, while this rank read it on
+        # arrival; a run that held the folder meanwhile (--wait) may have written a newer one,
+        # and ranks resuming different epochs hung each other (found by a review).
+        try:
+            resume_state = read_checkpoint(config.resume)
+            start_epoch = check_resume(config, resume_state)
+        except BaseException:
+            run.close_group()
+            raise
     try:
         if resume_state is not None:
             run.restore(resume_state)
