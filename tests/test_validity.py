@@ -204,21 +204,29 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
     _canned(monkeypatch, (0.52, math.nan))
     out = str(tmp_path / "out")
     assert run(["data", "check", "--out", out]) == 1
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
     assert "location_free: held-out balanced accuracy 0.520 (passes if <= 0.60): PASS" in text
     assert "pixel_map: held-out pixel AP nan (passes if <= 0.30): FAIL" in text
     assert "uniform_attention: NOT RUN" in text and "maps_drive_ranking: NOT RUN" in text
-    assert "benchmark rejected (failed: pixel_map)" in text
+    # the failed check's one line goes to stderr, as verify's
+    assert captured.err.strip() == "data check: benchmark rejected (failed: pixel_map)"
     with open(os.path.join(out, "data_check.json")) as f:
         report = json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"non-strict JSON token {c}"))
     assert report["accepted"] is False and report["checks"][1]["value"] is None
     assert [c["status"] for c in report["checks"]] == ["PASS", "FAIL", "NOT RUN", "NOT RUN"]
     _canned(monkeypatch, (0.52, 0.21))
-    assert run(["data", "check", "--quiet"]) == 0
+    assert run(["data", "check"]) == 0
     text = capsys.readouterr().out
     assert "benchmark accepted so far: every check that can run without trained models holds" in text
     assert "(c') maps_drive_ranking is judged by the experiment's dev stage" in text
-    assert "data check:" not in text  # --quiet drops the info lines, never the numbers
+    # --quiet drops the table and the verdict line as it does verify's and bench's (their --help
+    # says so); the exit status and data_check.json carry the verdict
+    assert run(["data", "check", "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+    _canned(monkeypatch, (0.52, math.nan))
+    assert run(["data", "check", "--quiet"]) == 1
+    assert capsys.readouterr() == ("", "data check: benchmark rejected (failed: pixel_map)\n")
 
 
 @pytest.mark.parametrize("argv, message", [

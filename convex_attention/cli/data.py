@@ -11,6 +11,7 @@ folder's lock (one writer at a time) and refuses an earlier ``data_check.json`` 
 from __future__ import annotations
 
 import argparse
+import sys
 
 from ..io.settings import SEED, ConfigError, add_options, declared, finite_float, given_settings, int_in
 from ..paper.config import (
@@ -241,18 +242,19 @@ def _data_check(args) -> int:
     except ValueError as err:  # data errors met while reading the images (a BraTS cache damaged meanwhile)
         raise UsageError(str(err)) from None
     for r in results:
-        print(r.line())
+        info(args, r.line())  # the table: info lines (--quiet leaves them out)
     ok = accepted(results)
     deciding = [r for r in results if r.name not in REPORTED_ONLY]
     failed = [r.name for r in deciding if r.ran and not r.passed]
     missing = [r.name for r in deciding if not r.ran and r.name != "maps_drive_ranking"]
     if ok:
-        print("benchmark accepted so far: every check that can run without trained models holds; "
-              "(c') maps_drive_ranking is judged by the experiment's dev stage")
+        info(args, "benchmark accepted so far: every check that can run without trained models holds; "
+                   "(c') maps_drive_ranking is judged by the experiment's dev stage")
     else:
         why = ([f"failed: {', '.join(failed)}"] if failed else []) + (
             [f"did not run: {', '.join(missing)}"] if missing else [])
-        print(f"benchmark rejected ({'; '.join(why)})")
+        # a failed check's one line, on stderr, even with --quiet (as verify's)
+        print(f"data check: benchmark rejected ({'; '.join(why)})", file=sys.stderr)
     if args.out is not None:
         import os
 
