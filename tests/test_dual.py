@@ -574,7 +574,7 @@ def test_maps_that_miss_tol_as_returned_are_never_called_converged():
     h = ca.Graph.axial((64, 64))
     temps = [0.5, 1.0, 2.0]
     found = 0
-    for seed in range(12):
+    for seed in (0, 2, 10):  # draws on which the case arises, each solved in a fraction of a second
         g = torch.Generator().manual_seed(seed)
         scores = [10 * torch.randn((4,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
         with warnings.catch_warnings():
