@@ -442,6 +442,7 @@ def test_the_profile_script_times_each_batch_and_refuses_a_bad_size(capsys):
     assert stop.value.code == 2
 
 
+@pytest.mark.slow  # end-to-end: the script's speed and convergence parts
 def test_the_newton_ablation_compares_both_solvers_and_restores_the_shipped_one(capsys, monkeypatch):
     import convex_attention.dual as dual
 

@@ -370,6 +370,7 @@ def test_a_config_json_beside_an_old_checkpoint_is_read_as_strict_json(tmp_path)
 RESUME = dict(image_size=32, width=4, n_train=64, n_val=32, batch_size=16, seed=3, progress=False, device="cpu")
 
 
+@pytest.mark.slow  # end-to-end: several tiny training runs (2-4 s)
 def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     # the loader's shuffle, the augmentations and torch's generator go on where they stopped
     from convex_attention.paper.train import weights_digest
@@ -385,6 +386,7 @@ def test_a_resumed_run_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     assert not any("seeded anew" in line for line in lines)
 
 
+@pytest.mark.slow  # end-to-end: several tiny training runs (2-4 s)
 def test_a_checkpoint_without_random_states_still_resumes_saying_the_order_differs(tmp_path):
     out = str(tmp_path / "run")
     train(TrainConfig.build(out=out, epochs=1, **RESUME))
@@ -409,6 +411,7 @@ def test_a_damaged_random_state_is_refused_before_any_work(tmp_path):
         check_resume(TrainConfig.build(out=out, epochs=2, resume=os.path.join(out, "last.pt"), **RESUME), state)
 
 
+@pytest.mark.slow  # end-to-end: several tiny training runs (2-4 s)
 def test_a_best_pt_left_by_an_interrupted_epoch_is_replaced_on_resume(tmp_path, monkeypatch):
     # killed after best.pt of epoch 2 was written, before last.pt of epoch 2: resume re-runs epoch 2
     import convex_attention.paper.train as T
@@ -436,6 +439,7 @@ def test_a_best_pt_left_by_an_interrupted_epoch_is_replaced_on_resume(tmp_path, 
     assert any("interrupted between writing best.pt and last.pt" in line for line in lines)
 
 
+@pytest.mark.slow  # end-to-end: several tiny training runs (2-4 s)
 def test_a_best_pt_of_another_run_is_never_replaced_on_resume(tmp_path):
     import shutil
 
