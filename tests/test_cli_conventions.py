@@ -90,8 +90,20 @@ def test_a_value_of_two_dashes_is_one_line_not_a_traceback(name, capsys, tmp_pat
     assert _exit_code(name.split() + ["--out=--"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     # (a command with another required argument may name that one first: one line either way)
-    assert len(err) == 1 and ("argument --out: expected one value, got '--'" in err[0]
+    assert len(err) == 1 and ("argument --out: expected a value, got '--'" in err[0]
                               or "the following arguments are required" in err[0]), err
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("argv", [["verify", "--backends=--", "--out", "o"], ["explain", "--checkpoints=--"],
+                                  ["bench", "--sizes=--"]])
+def test_a_list_option_given_two_dashes_is_one_line(argv, capsys, tmp_path, monkeypatch):
+    """``verify --backends=--`` ran with no backend checked, ``explain --checkpoints=--`` ended in
+    a traceback (a review)."""
+    monkeypatch.chdir(tmp_path)
+    assert _exit_code(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"argument {argv[1].split('=')[0]}: expected a value, got '--'" in err[0], err
     assert os.listdir(tmp_path) == []
 
 

@@ -476,15 +476,22 @@ from convex_attention.paper.models import read_checkpoint
 from convex_attention.paper.train import train
 
 folder, newer, tiny = sys.argv[1], sys.argv[2], eval(sys.argv[3])
-config = TrainConfig.build(out=folder, resume=os.path.join(folder, "last.pt"), epochs=3, **tiny)
+resume = os.path.join(folder, "last.pt")
 if os.environ["RANK"] == "1":
-    state = read_checkpoint(config.resume)  # on arrival: the run holding the folder is still at epoch 1
+    # on arrival: the run holding the folder is still at epoch 1, with its learning rate
+    config = TrainConfig.build(out=folder, resume=resume, epochs=3, lr=1e-3, **tiny)
+    state = read_checkpoint(resume)
 else:
     time.sleep(3)  # rank 0 waits for the folder's lock (--wait); the holder goes on to epoch 2 and leaves
     for name in os.listdir(newer):
         shutil.copy2(os.path.join(newer, name), os.path.join(folder, name))
-    state = read_checkpoint(config.resume)  # under the lock
-train(config, resume_state=state)
+    # under the lock: the newer checkpoint, whose run was resumed with another learning rate
+    config = TrainConfig.build(out=folder, resume=resume, epochs=3, lr=1e-5, **tiny)
+    state = read_checkpoint(resume)
+result = train(config, resume_state=state)
+total = sum(float(p.double().sum()) for p in result["model"].parameters())
+with open(os.path.join(sys.argv[4], "rank" + os.environ["RANK"]), "w") as out:
+    out.write(repr(total))
 """
 
 
@@ -492,7 +499,8 @@ train(config, resume_state=state)
 def test_ranks_resume_from_the_checkpoint_rank_0_read_under_the_lock(tmp_path):
     """Under torchrun only rank 0 holds --out's lock; the other ranks read --resume on arrival.
     When the run holding the folder wrote a newer last.pt meanwhile, the ranks resumed
-    different epochs and hung each other (a review: killed after 120 s)."""
+    different epochs and hung each other (a review: killed after 120 s); with the settings
+    read on arrival (another learning rate) they trained different models (a second review)."""
     older, newer = tmp_path / "older", tmp_path / "newer"
     tiny = {**TINY, "n_train": 16, "n_val": 8}
     train(TrainConfig.build(out=str(older), epochs=1, **tiny))
@@ -503,8 +511,10 @@ def test_ranks_resume_from_the_checkpoint_rank_0_read_under_the_lock(tmp_path):
     script = tmp_path / "resume.py"
     script.write_text(_RESUME_WHILE_WAITING)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script),
-           str(folder), str(newer), repr(tiny)]
+           str(folder), str(newer), repr(tiny), str(tmp_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                           timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [int(r["epoch"]) for r in read(str(folder / "metrics.csv"))] == [1, 2, 3]  # epoch 3 once, after 2
+    # every rank took rank 0's settings: one model (with rank 1's own learning rate the ranks drifted apart)
+    assert (tmp_path / "rank0").read_text() == (tmp_path / "rank1").read_text()

@@ -62,9 +62,11 @@ class CommandParser(argparse.ArgumentParser):
         parsed, rest = super().parse_known_args(args, namespace)
         for action in self._actions:
             # argparse drops a value of "--" (``--out=--``) and stores an empty list for an
-            # option that takes one value: refuse it here, before a command joins it as a path
-            if action.nargs is None and action.option_strings and getattr(parsed, action.dest, None) == []:
-                self.error(f"argument {'/'.join(action.option_strings)}: expected one value, got '--' (argparse "
+            # option that takes one value or more: refuse it here, before a command joins it as a
+            # path or takes "no backends" for the user's choice (``verify --backends=--``)
+            if (action.nargs in (None, "+") and action.option_strings
+                    and getattr(parsed, action.dest, None) == []):
+                self.error(f"argument {'/'.join(action.option_strings)}: expected a value, got '--' (argparse "
                            f"reads it as the end of the options); give another value")
         return parsed, rest
 

@@ -414,22 +414,14 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     if config.resume and resume_state is None:
         resume_state = read_checkpoint(config.resume)
     start_epoch = check_resume(config, resume_state) if resume_state is not None else 1
+    if config.resume and _distributed()[0] > 1:
+        config, resume_state, start_epoch, datasets = _agree_on_the_resume(config, resume_state, start_epoch,
+                                                                           datasets)
     if datasets is None:
         datasets = build_checked_datasets(config)
     elif not isinstance(datasets, CheckedData):
         check_data(config, *datasets)
     run = _Run(config, CheckedData(*datasets), model_class, log)
-    if run.world > 1 and run.rank != 0 and config.resume:
-        # Read again now that this rank has met rank 0: under torchrun rank 0 holds --out's lock
-        # (convex-attention train) and read the checkpoint under it, while this rank read it on
-        # arrival; a run that held the folder meanwhile (--wait) may have written a newer one,
-        # and ranks resuming different epochs hung each other (found by a review).
-        try:
-            resume_state = read_checkpoint(config.resume)
-            start_epoch = check_resume(config, resume_state)
-        except BaseException:
-            run.close_group()
-            raise
     try:
         if resume_state is not None:
             run.restore(resume_state)
@@ -444,6 +436,38 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     run.finish()
     return {"metrics": run.metrics, "best": run.best_path, "last": run.last_path, "best_epoch": run.best_epoch,
             "model": run.model}
+
+
+def _agree_on_the_resume(config: TrainConfig, resume_state: dict, start_epoch: int, datasets):
+    """Under torchrun, every rank takes rank 0's configuration and checkpoint: ``(config,
+    resume_state, start_epoch, datasets)``.
+
+    Rank 0 holds ``--out``'s lock (``convex-attention train``) and read the checkpoint and
+    the settings it stores under it; the other ranks read them on arrival.  A run that held
+    the folder meanwhile (``--wait``) may have written a newer checkpoint, with other
+    settings: ranks resuming different epochs hung each other, and ranks with different
+    learning rates trained different models without a word (found by two reviews).  So the
+    process group starts here, rank 0 broadcasts its configuration, and the other ranks read
+    the checkpoint again (and rebuild their data if the settings differ)."""
+    world, rank, local_rank = _distributed()
+    backend = "nccl" if (torch.cuda.is_available() and config.device != "cpu") else "gloo"
+    if not dist.is_initialized():
+        _init_process_group(backend)
+    try:
+        if backend == "nccl":
+            torch.cuda.set_device(_device(config, local_rank))
+        agreed = [config]
+        dist.broadcast_object_list(agreed, src=0)
+        if rank != 0:
+            if agreed[0] != config:
+                datasets = None  # built from the settings this rank read on arrival
+            config = agreed[0]
+            resume_state = read_checkpoint(config.resume)
+            start_epoch = check_resume(config, resume_state)
+    except BaseException:
+        dist.destroy_process_group()  # a failed rank closes its group, as _Run.close_group
+        raise
+    return config, resume_state, start_epoch, datasets
 
 
 class _Run:
