@@ -283,17 +283,6 @@ def test_every_part_at_tiny_sizes_gives_a_verdict_for_every_target(tmp_path):
     assert all(t["met"] in (True, False, None) for t in out["targets"])
 
 
-def test_the_five_point_derivative_is_fourth_order():
-    """Of sin at 1 (derivative cos 1): the error falls 10⁴-fold per decade of the step while
-    truncation dominates, where the plain central difference's falls 10²-fold."""
-    def loss_at(t):
-        return math.sin(1.0 + t)
-
-    errors = [abs(gt._five_point_derivative(loss_at, h) - math.cos(1.0)) for h in (1e-1, 1e-2)]
-    assert 5e3 < errors[0] / errors[1] < 2e4
-    assert abs(gt._five_point_derivative(loss_at) - math.cos(1.0)) < 1e-12
-
-
 def test_the_amortised_part_reports_the_untrained_features_and_the_development_split_gives_no_verdict(tmp_path):
     rows = {}
     for split in ("development", "held_out"):

@@ -75,6 +75,7 @@ from ..metrics import violation
 from ..solve import solve
 from .cases import shape_str, timed_case
 from .config import check_device
+from .differences import FD_STEP, five_point_derivative
 from .duals import fit_amortiser
 from .generators import generate
 from .structures import structure_graph
@@ -318,18 +319,6 @@ def _linear_loss(h, scores, temps, weights, method, **options):
     return sum((p * w).sum() for p, w in zip(sol.probs, weights))
 
 
-# The step of the five-point central difference of the gradient check (see _five_point_derivative).
-FD_STEP = 1e-3
-
-
-def _five_point_derivative(loss_at: Callable[[float], float], step: float = FD_STEP) -> float:
-    """``(8 (L(h) − L(−h)) − (L(2h) − L(−2h))) / 12h``: truncation error O(h⁴), rounding
-    O(eps·|L| / h).  At h = 1e-3 it beats the plain central difference at every step on the
-    benchmark's instances (measured, docs/benchmarks.md "Gradients"): on a nearly degenerate
-    one, whose directional derivative is 2e-8, the loss moves by only 1e-14 at step 1e-6."""
-    return (8 * (loss_at(step) - loss_at(-step)) - (loss_at(2 * step) - loss_at(-2 * step))) / (12 * step)
-
-
 def _loss_along(h, scores, direction, temps, weights, options: dict, step: float) -> float:
     """The dual's linear loss at ``scores + step · direction``."""
     return float(_linear_loss(h, [s + step * d for s, d in zip(scores, direction)], temps, weights, "dual",
@@ -358,7 +347,7 @@ def _gradients(config: GraphBenchmark, families, backends, log) -> list[dict]:
                 flat = torch.cat([t.flatten() for t in grad])
                 along = float(sum((t * d).sum() for t, d in zip(grad, direction)))
                 with torch.no_grad():
-                    fd = _five_point_derivative(functools.partial(
+                    fd = five_point_derivative(functools.partial(
                         _loss_along, h, scores, direction, temps, weights, dual_options))
                 base["fd_step"] = FD_STEP
                 rows.append({**base, "solver": "dual", "status": "ok", "reason": "",
