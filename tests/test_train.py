@@ -518,3 +518,36 @@ def test_ranks_resume_from_the_checkpoint_rank_0_read_under_the_lock(tmp_path):
     assert [int(r["epoch"]) for r in read(str(folder / "metrics.csv"))] == [1, 2, 3]  # epoch 3 once, after 2
     # every rank took rank 0's settings: one model (with rank 1's own learning rate the ranks drifted apart)
     assert (tmp_path / "rank0").read_text() == (tmp_path / "rank1").read_text()
+
+
+_DATA_FAILS_ON_RESUME = """
+import os, sys
+import torch.distributed as dist
+import convex_attention.paper.train as T
+from convex_attention.paper.config import TrainConfig
+
+def injected(*args, **kwargs):
+    raise RuntimeError("injected data failure")
+
+T.build_checked_datasets = injected  # after the ranks agreed on the resume, before the run exists
+folder, tiny = sys.argv[1], eval(sys.argv[2])
+try:
+    T.train(TrainConfig.build(out=folder, resume=os.path.join(folder, "last.pt"), epochs=2, **tiny))
+except RuntimeError as err:  # one file per rank: the two ranks' prints can interleave mid-line
+    with open(os.path.join(sys.argv[3], "rank" + os.environ["RANK"]), "w") as out:
+        out.write(f"{err}; group open: {dist.is_initialized()}")
+"""
+
+
+@pytest.mark.slow
+def test_a_resume_whose_data_fail_after_the_ranks_agreed_closes_its_process_group(tmp_path):
+    """The ranks' agreement on the resume starts the process group before the data are built;
+    a data error there left it open (a review)."""
+    tiny = {**TINY, "n_train": 16, "n_val": 8}
+    folder = tmp_path / "run"
+    train(TrainConfig.build(out=str(folder), epochs=1, **tiny))
+    script = tmp_path / "data_fails.py"
+    script.write_text(_DATA_FAILS_ON_RESUME)
+    _torchrun(str(script), str(folder), repr(tiny), str(tmp_path), out=str(folder))
+    said = [(tmp_path / f"rank{r}").read_text() for r in (0, 1)]
+    assert said == ["injected data failure; group open: False"] * 2

@@ -417,10 +417,15 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     if config.resume and _distributed()[0] > 1:
         config, resume_state, start_epoch, datasets = _agree_on_the_resume(config, resume_state, start_epoch,
                                                                            datasets)
-    if datasets is None:
-        datasets = build_checked_datasets(config)
-    elif not isinstance(datasets, CheckedData):
-        check_data(config, *datasets)
+    try:
+        if datasets is None:
+            datasets = build_checked_datasets(config)
+        elif not isinstance(datasets, CheckedData):
+            check_data(config, *datasets)
+    except BaseException:
+        if config.resume and _distributed()[0] > 1 and dist.is_initialized():
+            dist.destroy_process_group()  # started by _agree_on_the_resume: closed as _Run.close_group would
+        raise
     run = _Run(config, CheckedData(*datasets), model_class, log)
     try:
         if resume_state is not None:
