@@ -48,7 +48,7 @@ from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import DENSE_LIMIT, cholesky_apply, dense_chunks, get_hessian, implicit_vjp, solve_psd
-from .validation import per_sample, score_limit, score_peaks, temperature_range
+from .validation import dtype_name, per_sample, score_limit, score_peaks, temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
@@ -279,7 +279,7 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     # precise dtype than the work.  Otherwise the maps are the iterate's up to ~1e-16 (they are
     # recomputed at the centred duals), which a tol set at the iterate's own violation would fail.
     rounded = work != torch.float64 or torch.finfo(dtype).eps > torch.finfo(work).eps
-    _check_returned_maps(probs, h, options["tol"], options["strict"] and rounded, work, info, judge=rounded)
+    _check_returned_maps(probs, h, options["tol"], options["strict"], work, info, judge=rounded)
     # duals in the compute dtype: half precision's range is narrower than theirs
     return probs, [d.to(compute_dtype(dtype)) for d in lam], info
 
@@ -307,10 +307,10 @@ def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: 
     info["converged"] = info["converged"] & ~missed
     rows = torch.nonzero(missed).flatten().tolist()
     shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
-    dtype = str(probs[0].dtype).replace("torch.", "")
+    dtype = dtype_name(probs[0].dtype)
     msg = (f"dual solver: the maps returned in {dtype} miss tol={tol:g} for sample(s) [{shown}]: their violation, "
            f"measured in float64, is up to {float(returned[missed].max()):.4g}, where the solver's "
-           f"{str(work).replace('torch.', '')} iterate measured {float(info['violation'][missed].max()):.3g} "
+           f"{dtype_name(work)} iterate measured {float(info['violation'][missed].max()):.3g} "
            f"(rounding in the working dtype or to the scores' dtype); raise tol above it, or solve in float64 "
            f"(float64 scores, or the default working dtype)")
     if strict:
@@ -324,7 +324,7 @@ def _check_scores_fit(scores: Sequence[Tensor], work: torch.dtype) -> None:
     :func:`~convex_attention.validation.score_limit` in the working dtype."""
     total, limit = math.fsum(score_peaks(scores)), score_limit(work)
     if not total <= limit:
-        name = str(work).replace("torch.", "")
+        name = dtype_name(work)
         raise ValueError(f"dual option dtype=torch.{name}: the largest |score| of each map sums to {total:.3g}, "
                          f"above {limit:.3g}, the largest the {name} working dtype accepts (a quarter of its largest "
                          f"number); use dtype=torch.float64 (the default), or divide the scores and the temperature "
@@ -457,7 +457,7 @@ def check_dual_options(options: dict, h: Graph, batch: int | None, device,
 def _check_temperature_range(temps: Sequence[float], dtype: torch.dtype, prefix: str = "") -> None:
     """The working dtype must represent ``1/τ_k`` and the sum of the temperatures."""
     low, high = temperature_range(dtype)
-    name = str(dtype).replace("torch.", "")
+    name = dtype_name(dtype)
     for k, t in enumerate(temps):
         if t < low:
             raise ValueError(f"{prefix}temperature of level {k} is {t:g}, below the smallest that {name} can "
@@ -942,8 +942,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     if not bool(converged.all()):
         msg = _failure_message(scores, h, temps, stop_tol, gap_tol, max_iter, converged, failed, viol, gap, recent,
                                dtype, closed_form=h.is_forest and given is None, given=given is not None)
-        if stop_tol != tol:
-            msg += (f" (The maps are returned in {str(round_to).replace('torch.', '')}: the iterate must reach "
+        if stop_tol != tol and round_to is not None:  # (only a round_to moves stop_tol)
+            msg += (f" (The maps are returned in {dtype_name(round_to)}: the iterate must reach "
                     f"{stop_tol:.3g} for them to meet tol {tol:g} once rounded.)")
         if strict:
             raise ConvergenceError(msg)
@@ -970,7 +970,7 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
                      dtype, closed_form: bool = True, given: bool = False) -> str:
     """Which samples missed ``tol``, why, and what helps (only advice that is true)."""
     bad = torch.nonzero(~converged).flatten().tolist()
-    name = str(dtype).replace("torch.", "")
+    name = dtype_name(dtype)
     reasons = []
     broken = torch.nonzero(failed).flatten().tolist()
     if broken:

@@ -336,11 +336,11 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
     left as they are; where one part has nothing to train, the other takes every step.  Adam
     moves every weight by about its learning rate whatever the gradient's size, so training
     both at once lets the residual's first steps swamp an already accurate formula path.  The
-    module ends with the parameters of the
-    lowest training loss seen (evaluated in float64 whatever the module's dtype, so that
-    rounding noise cannot pass for progress; slower on GPUs with little float64 throughput,
-    and in the module's dtype on Apple's MPS, which has none), in the training mode it had; so too when the
-    loss stops being finite (a ``FloatingPointError`` that says so).
+    module ends with the parameters of the lowest training loss seen (evaluated in float64
+    whatever the module's dtype, so that rounding noise cannot pass for progress; slower on
+    GPUs with little float64 throughput, and in the module's dtype on Apple's MPS, which has
+    none), in the training mode it had; so too when the loss stops being finite (a
+    ``FloatingPointError`` that says so).
 
     Args:
         module: the network (trained in place, on its own device and dtype).

@@ -68,8 +68,8 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True, name: st
         if not isinstance(s, Tensor):
             raise TypeError(f"{name}[{k}] must be a torch.Tensor, got {type(s).__name__}")
         if s.dtype not in SCORE_DTYPES:  # float8 is floating too, and no kernel here takes it
-            raise TypeError(f"{name}[{k}] must be a floating tensor of dtype {', '.join(map(_name, SCORE_DTYPES))}, "
-                            f"got dtype {s.dtype}")
+            raise TypeError(f"{name}[{k}] must be a floating tensor of dtype "
+                            f"{', '.join(map(dtype_name, SCORE_DTYPES))}, got dtype {s.dtype}")
         expected = h.shapes[k]
         if s.dim() != 1 + len(expected) or tuple(s.shape[1:]) != expected:
             raise ValueError(f"{name}[{k}] must have shape (B, {', '.join(map(str, expected))}) "
@@ -154,8 +154,8 @@ def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_f
             err = float((flat.sum(1) - 1).abs().max())
             allowed = 1e-6 if dtype == torch.float64 else 1e-4 if dtype == torch.float32 else 1e-2
             if err > allowed:
-                raise ValueError(f"given[{k}] must sum to one per sample (to {allowed:g} in {_name(dtype)}), off by "
-                                 f"{err:.3g}")
+                raise ValueError(f"given[{k}] must sum to one per sample (to {allowed:g} in {dtype_name(dtype)}), "
+                                 f"off by {err:.3g}")
         out[k] = q
     return out
 
@@ -327,7 +327,7 @@ def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "
     work = compute_dtype(dtype) if dtype is not None else torch.float64
     for k, t in enumerate(temps):
         if t < low:
-            raise ValueError(f"temperature of {unit} {k} is {t:g}, below the smallest accepted for {_name(work)} "
+            raise ValueError(f"temperature of {unit} {k} is {t:g}, below the smallest accepted for {dtype_name(work)} "
                              f"computation ({low:.3g}, where 1/τ stops being finite); use a larger temperature"
                              + ("" if work == torch.float64 else " or float64 scores"))
     try:
@@ -335,9 +335,10 @@ def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "
     except OverflowError:  # finite values whose sum exceeds the float range: above any accepted range
         total = math.inf
     if total > high:
-        raise ValueError(f"the temperatures sum to {total:g}, above the largest accepted for {_name(work)} computation "
-                         f"({high:.3g}); at such temperatures every {unit} is uniform to {_name(work)} precision: use "
-                         f"smaller temperatures" + ("" if work == torch.float64 else " or float64 scores"))
+        raise ValueError(f"the temperatures sum to {total:g}, above the largest accepted for {dtype_name(work)} "
+                         f"computation ({high:.3g}); at such temperatures every {unit} is uniform to "
+                         f"{dtype_name(work)} precision: use smaller temperatures"
+                         + ("" if work == torch.float64 else " or float64 scores"))
     return temps
 
 
@@ -419,5 +420,6 @@ def check_transforms(who: str, differentiable_by_func: bool) -> None:
             f"differentiate)")
 
 
-def _name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float32`` → ``"float32"``: a dtype as messages name it."""
     return str(dtype).replace("torch.", "")
