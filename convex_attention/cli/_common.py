@@ -1,5 +1,6 @@
 """What every subcommand shares: usage errors, the output options, the output folder check,
-and the optional dependencies each subcommand needs (checked at the door, before any work).
+its lock (``--wait``, :func:`holding_out`), and the optional dependencies each subcommand
+needs (checked at the door, before any work).
 
 The argument types (``positive_int`` and the others) are the settings' kinds
 (:mod:`convex_attention.io.settings`), so an option and a configuration field of the
@@ -8,13 +9,16 @@ same setting accept the same values.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
+import os
 import sys
 
 from ..io.files import check_out_dir, check_output_files
 
 __all__ = ["CommandParser", "UsageError", "add_output_options", "show_progress", "info", "check_out",
-           "check_files", "printable_streams", "COMMAND_EXTRAS", "EXTRA_MODULES", "missing_extra"]
+           "check_files", "printable_streams", "check_out_leaving_nothing", "add_wait_option", "holding_out",
+           "COMMAND_EXTRAS", "EXTRA_MODULES", "missing_extra"]
 
 #: The modules each extra of setup.cfg ([options.extras_require]) brings, as they are imported.
 EXTRA_MODULES = {"paper": ("captum", "sklearn", "nibabel", "PIL"), "moreau": ("moreau",)}
@@ -108,6 +112,66 @@ def check_files(out: str, names) -> None:
         check_output_files(out, names)
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+def _missing_folders(out: str) -> list[str]:
+    """The folders of ``out``'s path that do not exist yet, the deepest first (what making
+    ``out`` would create)."""
+    made: list[str] = []
+    path = os.path.abspath(out)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        made.append(path)
+        path = os.path.dirname(path)
+    return made
+
+
+def _remove_empty(folders: list[str]) -> None:
+    for folder in folders:
+        with contextlib.suppress(OSError):  # only an empty folder is removed
+            os.rmdir(folder)
+
+
+def check_out_leaving_nothing(out: str) -> None:
+    """``check_out`` (UsageError unless ``--out`` is, or can be made, a writable folder), with
+    the folders it made removed again: a run that a later check refuses leaves no empty
+    ``--out`` behind; ``check_out`` makes the folder once every check has passed."""
+    made = _missing_folders(out)
+    check_out(out)
+    _remove_empty(made)
+
+
+def add_wait_option(parser: argparse.ArgumentParser) -> None:
+    """``--wait``: wait for the run that holds ``--out``'s lock instead of stopping."""
+    parser.add_argument("--wait", action="store_true",
+                        help="if another run writes into --out (OUT/results.lock), wait for it instead of stopping "
+                             "(exit 2)")
+
+
+@contextlib.contextmanager
+def holding_out(out: str, command: str, args, main: bool = True):
+    """``--out``'s lock (:func:`convex_attention.io.lock.results_lock`, one writer per
+    folder, as ``bench`` holds it) while the body runs: a folder another live run holds is a
+    UsageError naming that run (unless ``--wait``), and so is a ``results.lock`` that is not
+    the tool's.  The folders the lock had to make are removed again, if empty, when the body
+    fails (a refused run leaves no empty ``--out``).  ``main=False`` (a torchrun rank other
+    than 0): no lock, rank 0 holds it for the run."""
+    from ..io.lock import ResultsLocked, results_lock
+
+    if not main:
+        yield
+        return
+    made = _missing_folders(out)
+    try:
+        check_out(out)  # a writable folder (made, if need be)
+        with results_lock(out, command=command, wait=getattr(args, "wait", False),
+                          log=lambda m: print(f"{command}: {m}", file=sys.stderr)):
+            yield
+    except ResultsLocked as err:
+        _remove_empty(made)
+        raise UsageError(str(err)) from None
+    except BaseException:
+        _remove_empty(made)
+        raise
 
 
 def _installed(module: str) -> bool:

@@ -14,7 +14,7 @@ import time
 
 from ..bench.config import SweepConfig, VerifyConfig, quick_sweep
 from ..io.settings import add_options, given_settings
-from ._common import UsageError, add_output_options, check_files, check_out, info, show_progress
+from ._common import UsageError, add_output_options, add_wait_option, check_files, check_out, info, show_progress
 
 __all__ = ["add_bench_commands", "BENCH_HANDLERS", "EXAMPLES"]
 
@@ -72,8 +72,7 @@ def _add_bench(sub) -> None:
                    help="discard the rows an earlier bench left in OUT and start over; without --resume or "
                         "--overwrite a folder that holds rows is refused (exit 2), so finished rows are never "
                         "discarded without a word")
-    b.add_argument("--wait", action="store_true",
-                   help="if another run writes into OUT, wait for it instead of stopping")
+    add_wait_option(b)
     b.add_argument("--quick", action="store_true",
                    help="a small sweep (sizes 4-32, 2-D and 3-D, 2 and 3 levels, fewer repetitions; "
                         "docs/benchmarks.md states its measured wall time); options given with it replace its "
@@ -117,8 +116,7 @@ def _add_verify(sub) -> None:
     v.add_argument("--overwrite", action="store_true",
                    help="replace the verify.csv an earlier run left in OUT; without it such a folder is refused "
                         "(exit 2)")
-    v.add_argument("--wait", action="store_true",
-                   help="if another run writes into OUT, wait for it instead of stopping")
+    add_wait_option(v)
     add_output_options(v)
 
 
@@ -159,8 +157,7 @@ def _add_demo(sub) -> None:
                                    f"quick benchmark sweep (1 torch thread), a quick verification and every figure; "
                                    f"{DEMO_EXPECTED}.")
     d.add_argument("--out", default="results", help="results folder (default: results)")
-    d.add_argument("--wait", action="store_true",
-                   help="if another run writes into OUT, wait for it instead of stopping")
+    add_wait_option(d)
     d.add_argument("--overwrite", action="store_true",
                    help="discard the bench rows, verify.csv and figures an earlier run left in OUT and start over "
                         "(without it such a folder is refused, exit 2)")

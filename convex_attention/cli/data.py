@@ -23,8 +23,7 @@ from ..paper.config import (
     TrainConfig,
     check_set_size,
 )
-from ._common import UsageError, add_output_options, check_out, info
-from .paper import add_wait_option, holding_out
+from ._common import UsageError, add_output_options, add_wait_option, check_out, holding_out, info
 
 __all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS", "OUTPUT"]
 

@@ -40,10 +40,19 @@ from ..paper.config import (
     ModelConfig,
     TrainConfig,
 )
-from ._common import UsageError, add_output_options, check_out, info, show_progress
+from ._common import (
+    UsageError,
+    add_output_options,
+    add_wait_option,
+    check_out,
+    check_out_leaving_nothing,
+    holding_out,
+    info,
+    show_progress,
+)
 
 __all__ = ["add_experiment_commands", "EXPERIMENT_HANDLERS", "TRAIN_OPTIONS", "EXPERIMENT_OPTIONS", "RUN_FILES",
-           "check_run_folder", "check_resume_folder", "holding_out", "add_wait_option"]
+           "check_run_folder", "check_resume_folder"]
 
 # The settings each command offers, as (configuration class, names): the names default to
 # every setting the class declares for the command line (flag not "").
@@ -392,63 +401,6 @@ def _refuse_a_file(out: str) -> None:
         check_out(out)  # its message, and nothing made
 
 
-def _check_out_leaving_nothing(out: str) -> None:
-    """``check_out`` (UsageError unless ``--out`` is, or can be made, a writable folder), with
-    the folders it made removed again: a run that a later check refuses leaves no empty
-    ``--out`` behind; ``check_out`` makes the folder once every check has passed."""
-    made: list[str] = []
-    path = os.path.abspath(out)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        made.append(path)  # the deepest first
-        path = os.path.dirname(path)
-    check_out(out)
-    _remove_empty(made)
-
-
-def add_wait_option(parser: argparse.ArgumentParser) -> None:
-    """``--wait``, as ``bench`` has it: wait for the run that holds ``--out``'s lock."""
-    parser.add_argument("--wait", action="store_true",
-                        help="if another run writes into --out (OUT/results.lock), wait for it instead of stopping "
-                             "(exit 2)")
-
-
-@contextlib.contextmanager
-def holding_out(out: str, command: str, args, main: bool = True):
-    """``--out``'s lock (:func:`convex_attention.io.lock.results_lock`, one writer per
-    folder, as ``bench`` holds it) while the body runs: a folder another live run holds is a
-    UsageError naming that run (unless ``--wait``), and so is a ``results.lock`` that is not
-    the tool's.  The folders the lock had to make are removed again, if empty, when the body
-    fails (a refused run leaves no empty ``--out``).  ``main=False`` (a torchrun rank other
-    than 0): no lock, rank 0 holds it for the run."""
-    from ..io.lock import ResultsLocked, results_lock
-
-    if not main:
-        yield
-        return
-    made: list[str] = []
-    path = os.path.abspath(out)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        made.append(path)  # the deepest first
-        path = os.path.dirname(path)
-    try:
-        check_out(out)  # a writable folder (made, if need be)
-        with results_lock(out, command=command, wait=getattr(args, "wait", False),
-                          log=lambda m: print(f"{command}: {m}", file=sys.stderr)):
-            yield
-    except ResultsLocked as err:
-        _remove_empty(made)
-        raise UsageError(str(err)) from None
-    except BaseException:
-        _remove_empty(made)
-        raise
-
-
-def _remove_empty(folders: list[str]) -> None:
-    for folder in folders:
-        with contextlib.suppress(OSError):  # only an empty folder is removed
-            os.rmdir(folder)
-
-
 def cmd_train(args) -> int:
     from ..paper.train import TrainingDiverged, _distributed, build_checked_datasets, train
 
@@ -587,7 +539,7 @@ def cmd_explain(args) -> int:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     specs, baseline = _explain_specs(args)
-    _check_out_leaving_nothing(args.out)
+    check_out_leaving_nothing(args.out)
     _earlier_explanation(args, OUTPUT_FILES)
     with holding_out(args.out, "explain", args):
         earlier = _earlier_explanation(args, OUTPUT_FILES)  # again, under the lock: another run may have written it
