@@ -156,6 +156,11 @@ def _init_process_group(backend: str) -> None:
     dist.init_process_group(backend=backend)
 
 
+def _backend(config: TrainConfig) -> str:
+    """The process group's backend: NCCL where the run trains on CUDA, else Gloo."""
+    return "nccl" if (torch.cuda.is_available() and config.device != "cpu") else "gloo"
+
+
 def _device(config: TrainConfig, local_rank: int) -> torch.device:
     if config.device == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
@@ -414,7 +419,8 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     if config.resume and resume_state is None:
         resume_state = read_checkpoint(config.resume)
     start_epoch = check_resume(config, resume_state) if resume_state is not None else 1
-    if config.resume and _distributed()[0] > 1:
+    agreeing = bool(config.resume) and _distributed()[0] > 1  # the ranks start their group here
+    if agreeing:
         config, resume_state, start_epoch, datasets = _agree_on_the_resume(config, resume_state, start_epoch,
                                                                            datasets)
     try:
@@ -423,7 +429,7 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
         elif not isinstance(datasets, CheckedData):
             check_data(config, *datasets)
     except BaseException:
-        if config.resume and _distributed()[0] > 1 and dist.is_initialized():
+        if agreeing and dist.is_initialized():
             dist.destroy_process_group()  # started by _agree_on_the_resume: closed as _Run.close_group would
         raise
     run = _Run(config, CheckedData(*datasets), model_class, log)
@@ -455,7 +461,7 @@ def _agree_on_the_resume(config: TrainConfig, resume_state: dict, start_epoch: i
     process group starts here, rank 0 broadcasts its configuration, and the other ranks read
     the checkpoint again (and rebuild their data if the settings differ)."""
     world, rank, local_rank = _distributed()
-    backend = "nccl" if (torch.cuda.is_available() and config.device != "cpu") else "gloo"
+    backend = _backend(config)
     if not dist.is_initialized():
         _init_process_group(backend)
     try:
@@ -483,7 +489,7 @@ class _Run:
         self.log = log if log is not None else (print if config.progress else (lambda *a, **k: None))
         self.world, self.rank, local_rank = _distributed()
         if self.world > 1 and not dist.is_initialized():
-            _init_process_group("nccl" if (torch.cuda.is_available() and config.device != "cpu") else "gloo")
+            _init_process_group(_backend(config))
         try:
             self._build(config, data, model_class, local_rank)
         except BaseException:
