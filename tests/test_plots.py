@@ -993,6 +993,10 @@ def test_convergence_per_structure_labels_each_line_with_its_levels(figs):
     plots.plot_convergence_per_structure(rows, "c.png", log=pytest.fail)
     labels = [t.get_text() for t in figs["c"].axes[0].get_legend().get_texts()]
     assert labels == ["side 16, 2 levels", "side 16, 3 levels"]
+    # another structure's "levels" column counts its maps (a star of 4 maps onto one has 5)
+    rows += [{**r, "cell": 3, "size": 32} for r in rows if r["structure"] == "axial"]
+    plots.plot_convergence_per_structure(rows, "d.png", log=pytest.fail)
+    assert [t.get_text() for t in figs["d"].axes[1].get_legend().get_texts()] == ["side 16, 3 maps", "side 32, 3 maps"]
 
 
 def test_the_backward_figure_compares_implicit_and_unrolled_per_structure_with_its_runs_load(tmp_path, figs):

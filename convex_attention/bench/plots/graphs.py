@@ -190,7 +190,9 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
             mine = [p for p in pts if p[0] == structure]
             cells = sorted({(p[2], p[6] or 0, p[7], p[1]) for p in mine})
             temperatures = {c[2] for c in cells}
-            labels = [f"side {size}" + (f", {levels} levels" if levels else "")
+            # a chain's maps are its levels; another structure's "levels" column counts its maps
+            unit = "levels" if structure == "chain" else "maps"
+            labels = [f"side {size}" + (f", {levels} {unit}" if levels else "")
                       + (f", temperature {temperature}" if len(temperatures) > 1 else "")
                       for size, levels, temperature, _ in cells]
             labels = [label + (f", cell {c[3]}" if labels.count(label) > 1 else "")
