@@ -158,4 +158,6 @@ def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None 
                      "residual), shared by all methods", fontsize=8)
         return figures.save(fig, path, env, notes=[
             "computed in float64 from example.npz's scores and λ (the sweep's timings are in their own dtype); "
-            "λ: the sweep's fitted shared λ and the amortised network's prediction for this instance"])
+            "λ: the sweep's fitted shared λ and the amortised network's prediction for this instance",
+            "under each map: N·max p, its peak over a uniform map's (N: the level's cells); under each residual: "
+            "its L1 norm"])
