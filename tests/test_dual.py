@@ -523,9 +523,11 @@ def test_maps_returned_in_float32_meet_tol_after_rounding():
     """The solver stopped its float64 iterate at tol, and rounding the maps to float32 took
     them above it (mixed hard instance 78 of the graph benchmark at 64²: iterate 9.76e-7,
     returned maps 1.018e-6 measured in float64; found by a review of the graph harness).
-    Instance 42 of that set since the set pins the temperature range's ends and the Newton
-    step is regularised where it stalls: without round_to its iterate stops at 9.94e-7, within
-    eps(float32) of tol."""
+
+    Where the iterate stops depends on the machine's floating point (on one Intel Xeon this
+    instance stopped at 9.94e-7, on one AMD EPYC at 3.44e-7), so tol is placed from the
+    trajectory measured here: just above the first violation below 1e-6, where plain stopping
+    accepts that iterate and the float32 margin must not."""
     from convex_attention.bench import graph_targets as gt
     from convex_attention.metrics import violation
 
@@ -533,17 +535,25 @@ def test_maps_returned_in_float32_meet_tol_after_rounding():
     for draw in range(43):
         h, scores, temps = gt.draw_instance("mixed", 64, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=torch.float32,
                                             pin_ends=draw % gt.PINNED_EVERY == 0)
-    sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-6, max_iter=200)
-    assert sol.probs[0].dtype == torch.float32 and bool(sol.info["converged"].all())
-    assert float(violation([p.double() for p in sol.probs], h)[0]) <= 1e-6
-    assert float(sol.info["violation"][0]) <= 1e-6 - torch.finfo(torch.float32).eps
-    # float64 maps are not rounded: the iterate stops at tol itself, as without round_to
     wide = [s.double() for s in scores]
-    out = solve_dual(wide, h, temps, tol=1e-6, max_iter=200, round_to=torch.float64)
-    plain = solve_dual(wide, h, temps, tol=1e-6, max_iter=200)
+    eps = torch.finfo(torch.float32).eps
+    loose_gap = {"gap_tol": 1.0, "max_iter": 200}  # only the violation decides where each run stops
+    path = solve_dual(wide, h, temps, tol=1e-6, record_history=True, **loose_gap)["history"]["violation"][:, 0]
+    first = int(torch.nonzero(path <= 1e-6)[0])
+    tol = min(1e-6, float(path[first]) + eps / 2)  # above that iterate, below every earlier one
+    assert float(path[first]) > tol - eps
+    sol = ca.solve(scores, h, "dual", temperature=temps, tol=tol, **loose_gap)
+    assert sol.probs[0].dtype == torch.float32 and bool(sol.info["converged"].all())
+    assert float(violation([p.double() for p in sol.probs], h)[0]) <= tol
+    assert float(sol.info["violation"][0]) <= tol - eps
+    # float64 maps are not rounded: the iterate stops at tol itself, as without round_to
+    out = solve_dual(wide, h, temps, tol=tol, round_to=torch.float64, **loose_gap)
+    plain = solve_dual(wide, h, temps, tol=tol, **loose_gap)
+    assert int(plain["iterations"][0]) == first
     assert torch.equal(out["violation"], plain["violation"]) and torch.equal(out["iterations"], plain["iterations"])
-    rounded = solve_dual(wide, h, temps, tol=1e-6, max_iter=200, round_to=torch.float32)
-    assert float(rounded["violation"][0]) <= 1e-6 - torch.finfo(torch.float32).eps < float(plain["violation"][0])
+    rounded = solve_dual(wide, h, temps, tol=tol, round_to=torch.float32, **loose_gap)
+    assert float(rounded["violation"][0]) <= tol - eps < float(plain["violation"][0])
+    assert int(rounded["iterations"][0]) > first
 
 
 def test_the_rounding_margin_counts_float16_s_subnormal_steps():
@@ -746,9 +756,12 @@ def test_the_duals_of_dual_are_differentiable(case):
         return value + sum(p.square().sum() for p in sol.probs) if with_probs else value
 
     x = tuple(s.clone().requires_grad_() for s in inst.scores)
-    assert torch.autograd.gradcheck(lambda *s: loss("dual", s, inst.temps), x, eps=1e-6, atol=1e-6, rtol=1e-5)
+    # step 1e-5, not 1e-6: the duals stop within ~1e-12 of λ* along directions of little
+    # curvature, and over a step of 1e-6 that error alone is 1e-6 of the quotient (one entry of
+    # "mixed" missed atol by 5e-7 on an AMD EPYC, where the perturbed solves took 3 and 6 sweeps)
+    assert torch.autograd.gradcheck(lambda *s: loss("dual", s, inst.temps), x, eps=1e-5, atol=1e-6, rtol=1e-5)
     tau = torch.tensor(inst.temps, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda t: loss("dual", inst.scores, t, with_probs=False), (tau,), eps=1e-6,
+    assert torch.autograd.gradcheck(lambda t: loss("dual", inst.scores, t, with_probs=False), (tau,), eps=1e-5,
                                     atol=1e-6, rtol=1e-5)
     if inst.h.is_forest:
         ours = torch.autograd.grad(loss("dual", x, inst.temps), x)
@@ -781,7 +794,7 @@ def test_the_duals_are_differentiable_in_a_given_map():
                        given={1: torch.softmax(z, 1)}, temperature=[0.5, 1.0, 2.0], tol=1e-12, max_iter=5000)
         return sum((d * w).sum() for d, w in zip(sol.duals, weights))
 
-    assert torch.autograd.gradcheck(loss, (logits,), eps=1e-6, atol=1e-6, rtol=1e-5)
+    assert torch.autograd.gradcheck(loss, (logits,), eps=1e-5, atol=1e-6, rtol=1e-5)  # step: see the test above
 
 
 @pytest.mark.parametrize("case", FOREST_CASES + NONTREE_CASES)
