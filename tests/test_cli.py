@@ -376,6 +376,30 @@ def test_bench_into_a_folder_with_finished_rows_needs_resume_or_overwrite(tmp_pa
     assert {name: (out / name).read_bytes() for name in os.listdir(out)} == before
 
 
+def test_demo_refusing_a_folder_with_rows_names_only_its_own_options(tmp_path, capsys, monkeypatch):
+    """Found by a review: demo's refusal said 'pass --resume to keep them', but demo has no
+    --resume (it exits 2, unrecognized arguments); bench's message is unchanged."""
+    from convex_attention.cli import bench as cli_bench
+
+    out = tmp_path / "r"
+    _earlier_bench(out)
+    unreadable = tmp_path / "unreadable"
+    unreadable.mkdir()
+    (unreadable / "bench.csv").write_bytes(b"\xef\xbb\xbf" + b"cell,status\n")
+    for folder, words in ((out, "holds 2 row(s) of an earlier bench"), (unreadable, "cannot be read")):
+        assert run(["demo", "--out", str(folder), "--no-progress"]) == 2
+        line = _one_line(capsys, "convex-attention demo: error:", words, "pass --overwrite", "another --out")
+        assert "--resume" not in line
+    assert run(["bench", *FAST, "--out", str(out)]) == 2
+    _one_line(capsys, "convex-attention bench: error:", "pass --resume to keep them and measure only the rest, or "
+                      "--overwrite to discard them and start over (or choose another --out)")
+    # the check under the folder's lock (rows written between demo's check and its lock) too
+    monkeypatch.setattr(cli_bench, "_check_start_over", lambda *args, **kwargs: None)
+    assert run(["demo", "--out", str(out), "--no-progress"]) == 2
+    line = _one_line(capsys, "convex-attention demo: error:", "holds 2 row(s)", "pass --overwrite", "another --out")
+    assert "--resume" not in line
+
+
 def test_bench_overwrite_starts_over(tmp_path):
     out = tmp_path / "r"
     _earlier_bench(out)
@@ -416,7 +440,7 @@ def test_demo_holds_the_folder_lock_for_its_three_steps(tmp_path, monkeypatch):
     owners = []
 
     def step(name, status=0):
-        def fn(*args):
+        def fn(*args, **kwargs):
             owners.append((name, json.loads((out / "results.lock").read_text())["command"]))
             return status
         return fn
@@ -634,7 +658,8 @@ def _one_line(capsys, *words) -> str:
 def _stub_demo_steps(monkeypatch, seen: list) -> None:
     from convex_attention.cli import bench as cli_bench
 
-    monkeypatch.setattr(cli_bench, "_run_bench", lambda config, args, out: seen.append(("bench", args.out, out)) or 0)
+    monkeypatch.setattr(cli_bench, "_run_bench",
+                        lambda config, args, out, **kwargs: seen.append(("bench", args.out, out)) or 0)
     monkeypatch.setattr(cli_bench, "_run_verify", lambda args, *rest: seen.append(("verify", args.out)) or 0)
     monkeypatch.setattr(cli_bench, "_run_plot", lambda args, results, out, *rest: seen.append(
         ("plot", args.results, results)) or 0)

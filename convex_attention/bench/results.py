@@ -293,16 +293,17 @@ def _earlier_files(out_dir: str) -> list[str]:
     return found
 
 
-def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None) -> None:
+def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None, *, offer_resume: bool = True) -> None:
     """FinishedRows when ``out_dir`` holds an earlier bench's rows (or a results table that
     cannot be read, or its convergence rows or example instance) and the run neither
-    resumes nor overwrites them; ResumeMismatch when it resumes rows measured under other
-    settings than ``config``'s, or rows whose settings bench.json does not record readably
-    (:func:`check_resume_config`; not checked without ``config``); FinishedRows, whatever
-    the options, when a file the sweep writes (bench.csv, bench.json, convergence.csv,
-    example.npz) exists as something other than a regular file (a folder, a named pipe);
-    FinishedRows, without ``overwrite``, when one of them is a symbolic link to a missing
-    file; ValueError when it is asked to both resume and overwrite."""
+    resumes nor overwrites them (the message names ``--resume`` only with ``offer_resume``:
+    False for a command that has no such option, ``demo``); ResumeMismatch when it resumes
+    rows measured under other settings than ``config``'s, or rows whose settings bench.json
+    does not record readably (:func:`check_resume_config`; not checked without ``config``);
+    FinishedRows, whatever the options, when a file the sweep writes (bench.csv, bench.json,
+    convergence.csv, example.npz) exists as something other than a regular file (a folder,
+    a named pipe); FinishedRows, without ``overwrite``, when one of them is a symbolic link
+    to a missing file; ValueError when it is asked to both resume and overwrite."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: --resume keeps the finished rows, "
                          "--overwrite discards them; pass one")
@@ -324,9 +325,12 @@ def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None) -
     rows, finished, problem = existing_rows(out_dir)
     if problem is not None:
         raise FinishedRows(f"{out_dir} holds the results of an earlier bench that cannot be read ({problem}); "
-                           f"pass --overwrite to replace them and start over (--resume cannot read them either), or "
-                           f"choose another --out")
+                           f"pass --overwrite to replace them and start over"
+                           f"{' (--resume cannot read them either)' if offer_resume else ''}, or choose another --out")
     if rows:
+        if not offer_resume:
+            raise FinishedRows(f"{out_dir} holds {rows} row(s) of an earlier bench ({finished} finished) in "
+                               f"bench.csv; pass --overwrite to discard them and start over, or choose another --out")
         raise FinishedRows(f"{out_dir} holds {rows} row(s) of an earlier bench ({finished} finished) in bench.csv; "
                            f"pass --resume to keep them and measure only the rest, or --overwrite to discard them "
                            f"and start over (or choose another --out)")
@@ -400,10 +404,12 @@ class ResultsWriter:
         overwrite: without ``resume``, discard an earlier bench's rows and start empty
             files; without either, a folder that holds rows is refused
             (:class:`FinishedRows`, before anything is written).
+        offer_resume: whether that refusal names ``--resume`` (:func:`check_start_over`).
     """
 
-    def __init__(self, out_dir: str, config, device_env: str, resume: bool, log=print, overwrite: bool = False):
-        check_start_over(out_dir, resume, overwrite, config)
+    def __init__(self, out_dir: str, config, device_env: str, resume: bool, log=print, overwrite: bool = False,
+                 offer_resume: bool = True):
+        check_start_over(out_dir, resume, overwrite, config, offer_resume=offer_resume)
         self.out_dir = out_dir
         os.makedirs(out_dir, exist_ok=True)
         self.csv_path = os.path.join(out_dir, "bench.csv")

@@ -185,13 +185,14 @@ def _is_reference(name) -> bool:
 # ----------------------------------------------------------------------------- the sweep
 
 def run_sweep(config: SweepConfig, out_dir: str, resume: bool = False, progress: bool = True, log=print,
-              wait: bool = False, overwrite: bool = False) -> list[dict]:
+              wait: bool = False, overwrite: bool = False, offer_resume: bool = True) -> list[dict]:
     """Run the sweep into ``out_dir``; returns every row (finished earlier ones included
     when resuming).
 
     A folder that holds an earlier bench's rows needs ``resume`` (keep them, measure the
     rest) or ``overwrite`` (discard them, start over); without either it is refused with
-    :class:`~.results.FinishedRows` before anything is measured or written.  Holds the
+    :class:`~.results.FinishedRows` before anything is measured or written (its message
+    names ``--resume`` only with ``offer_resume``: False for ``demo``).  Holds the
     folder's lock (:func:`convex_attention.io.lock.results_lock`) throughout: a second run
     into the same folder raises :class:`~.results.ResultsLocked`, or waits with ``wait``.
     A cell that fails (out of memory included) becomes error rows with the reason; the
@@ -203,17 +204,18 @@ def run_sweep(config: SweepConfig, out_dir: str, resume: bool = False, progress:
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)  # the declared count, recorded with the run (not the machine's default)
     try:
-        return _sweep(config, out_dir, resume, progress, log, wait, backends, overwrite)
+        return _sweep(config, out_dir, resume, progress, log, wait, backends, overwrite, offer_resume)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log, wait: bool,
-           backends: list[str], overwrite: bool = False) -> list[dict]:
+           backends: list[str], overwrite: bool = False, offer_resume: bool = True) -> list[dict]:
     from tqdm.auto import tqdm
 
     with results_lock(out_dir, command="bench", wait=wait, log=log):
-        writer = ResultsWriter(out_dir, config, config.devices[0], resume, log=log, overwrite=overwrite)
+        writer = ResultsWriter(out_dir, config, config.devices[0], resume, log=log, overwrite=overwrite,
+                               offer_resume=offer_resume)
         done = writer.done()
         pending = []
         for index, cell in enumerate(config.cells()):

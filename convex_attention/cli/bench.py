@@ -207,14 +207,16 @@ def _check_cvx_backends(config: SweepConfig) -> None:
                              f"--cvx-backends out to time every installed backend)")
 
 
-def _check_start_over(args, out: str, config: SweepConfig | None = None) -> None:
+def _check_start_over(args, out: str, config: SweepConfig | None = None, offer_resume: bool = True) -> None:
     """UsageError, before any work, when ``out`` holds an earlier bench's rows and neither
     ``--resume`` nor ``--overwrite`` was given, or ``--resume`` continues rows measured under
-    other settings than ``config``'s (run_sweep checks again under the lock)."""
+    other settings than ``config``'s (run_sweep checks again under the lock); the message
+    names ``--resume`` only with ``offer_resume`` (demo has no --resume)."""
     from ..bench.results import check_start_over
 
     try:
-        check_start_over(out, getattr(args, "resume", False), getattr(args, "overwrite", False), config)
+        check_start_over(out, getattr(args, "resume", False), getattr(args, "overwrite", False), config,
+                         offer_resume=offer_resume)
     except ValueError as err:
         raise UsageError(str(err)) from err
 
@@ -227,8 +229,9 @@ def cmd_bench(args) -> int:
     return _run_bench(config, args, args.out)
 
 
-def _run_bench(config: SweepConfig, args, out: str) -> int:
-    """The checked sweep into ``out`` (under its lock), the example instance, the summary."""
+def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -> int:
+    """The checked sweep into ``out`` (under its lock), the example instance, the summary
+    (``offer_resume``: whether a refusal may name --resume; demo has none)."""
     from ..bench.examples import save_example
     from ..bench.results import FinishedRows
     from ..bench.sweep import run_sweep
@@ -244,7 +247,7 @@ def _run_bench(config: SweepConfig, args, out: str) -> int:
     try:
         with results_lock(out, command="bench", wait=getattr(args, "wait", False), log=log):
             rows = run_sweep(config, out, resume=args.resume, progress=show_progress(args), log=log,
-                             overwrite=getattr(args, "overwrite", False))
+                             overwrite=getattr(args, "overwrite", False), offer_resume=offer_resume)
             if not args.resume or not os.path.exists(os.path.join(out, "example.npz")):
                 learned = any(get_method(m).needs_duals for m in config.methods)  # λ only where they are swept
                 save_example(out, generator="lesion" if config.generator == "model" else config.generator,
@@ -520,7 +523,7 @@ def cmd_demo(args) -> int:
     config = _sweep_config(bench_args)
     _check_sweep(config)
     verify_config, backends = _check_verify(verify_args)
-    _check_start_over(bench_args, args.out, config)  # before check_out, which makes the folder
+    _check_start_over(bench_args, args.out, config, offer_resume=False)  # before check_out, which makes the folder
     _check_verify_out(verify_args)
     _check_figure_folder(os.path.join(args.out, "figures"), args.overwrite)
     check_out(args.out)
@@ -534,7 +537,7 @@ def cmd_demo(args) -> int:
                           log=lambda m: print(f"demo: {m}", file=sys.stderr)):
             threads = f"{config.threads} torch thread" + ("s" if config.threads != 1 else "")
             step(1, f"bench --quick: {len(list(config.cells()))} sweep cells, {threads}")
-            _run_bench(config, bench_args, args.out)
+            _run_bench(config, bench_args, args.out, offer_resume=False)
             step(2, "verify --quick: the dual solutions against CVXPY and the closed form")
             status = _run_verify(verify_args, verify_config, None, backends)
             step(3, "plot: every figure")
