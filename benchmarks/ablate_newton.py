@@ -1,16 +1,22 @@
 #!/usr/bin/env python
-"""The dual solver with and without its regularised Newton directions, side by side in one
-process (docs/benchmarks.md, "Convergence of `dual`"; docs/math.md §7.4).
+"""The dual solver with and without one of its Newton safeguards, side by side in one process
+(docs/benchmarks.md, "Convergence of `dual`"; docs/math.md §7.4).
 
     python benchmarks/ablate_newton.py --size 64 --instances 100
+    python benchmarks/ablate_newton.py --ablate fallback --size 160 --instances 40 --families mixed --backward
+    python benchmarks/ablate_newton.py --ablate fallback --dense-limit 0 --families mixed --no-speed
 
-"Off" empties ``convex_attention.dual._REGULARISED_NEWTON``, which is the solver as it was
-before the regularised directions existed; "on" is the solver as shipped.  The two alternate
-on every instance, one torch thread.  Prints, per family and convergence set of the graph
-benchmark (the same instances, the range's ends pinned every fourth draw; float64, tol
-1e-10): the sweeps' median and worst, the misses and the total time of each; and on the
-speed part's instances (batch 16, float32) forward + backward time per sample and whether
-the probabilities and gradients are bit-identical.
+``--ablate regularised`` (the default): "off" empties ``convex_attention.dual._REGULARISED_NEWTON``,
+the solver as it was before the regularised directions existed.  ``--ablate fallback``: "off"
+sets ``DENSE_FALLBACK_LIMIT`` to 0, the solver as it was before a system that conjugate
+gradients could not solve (above ``DENSE_LIMIT`` stacked-dual entries) fell back to the dense
+Hessian, in the Newton steps and in the implicit backward.  "On" is the solver as shipped.  The
+two alternate on every instance, one torch thread.  Prints, per family and convergence set of
+the graph benchmark (the same instances, the range's ends pinned every fourth draw; float64,
+tol 1e-10): the sweeps' median and worst, the misses and the total time of each, and with
+``--backward`` how many implicit backwards failed (ImplicitSolveError) at the solutions; and
+unless ``--no-speed``, on the speed part's instances (batch 16, float32) forward + backward
+time per sample and whether the probabilities and gradients are bit-identical.
 """
 import argparse
 import statistics
@@ -21,14 +27,38 @@ import torch
 
 import convex_attention as ca
 import convex_attention.dual as dual
+import convex_attention.hessian as hessian
 from convex_attention.bench import graph_targets as gt
 from convex_attention.cli import CommandParser
 
 LADDER = dual._REGULARISED_NEWTON
+FALLBACK = hessian.DENSE_FALLBACK_LIMIT
+ABLATIONS = ("regularised", "fallback")
+_ablation = ABLATIONS[0]
 
 
 def _regularised(on: bool) -> None:
-    dual._REGULARISED_NEWTON = LADDER if on else ()
+    """The ablated safeguard on (as shipped) or off; the other is left as shipped."""
+    if _ablation == "regularised":
+        dual._REGULARISED_NEWTON = LADDER if on else ()
+    else:
+        dual.DENSE_FALLBACK_LIMIT = hessian.DENSE_FALLBACK_LIMIT = FALLBACK if on else 0
+
+
+def _restore() -> None:
+    dual._REGULARISED_NEWTON, dual.DENSE_LIMIT = LADDER, hessian.DENSE_LIMIT
+    dual.DENSE_FALLBACK_LIMIT = hessian.DENSE_FALLBACK_LIMIT = FALLBACK
+
+
+def _backward_fails(h, scores, temps, probs) -> int:
+    """1 where the implicit backward at these maps raises ImplicitSolveError, else 0."""
+    g = torch.Generator().manual_seed(7)
+    grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in probs]
+    try:
+        hessian.implicit_vjp(h, probs, temps, grads, dense_limit=dual.DENSE_LIMIT)
+    except hessian.ImplicitSolveError:
+        return 1
+    return 0
 
 
 def _forward_backward(h, scores, temps, weights):
@@ -38,9 +68,9 @@ def _forward_backward(h, scores, temps, weights):
     return sol, [x.grad for x in leaves]
 
 
-def _speed(size: int, seed: int) -> None:
+def _speed(size: int, seed: int, families) -> None:
     g = torch.Generator().manual_seed(seed + 2)  # the speed part's instances
-    for family in gt.NONTREE:
+    for family in families:
         h, scores, temps = gt.draw_instance(family, size, g, (-1.0, 1.0), 16)
         scores = [s.float() for s in scores]
         weights = [torch.randn(s.shape, generator=torch.Generator().manual_seed(5)) for s in scores]
@@ -59,13 +89,15 @@ def _speed(size: int, seed: int) -> None:
               f"{statistics.median(times[True]):.3g}; identical {same}", flush=True)
 
 
-def _convergence(size: int, instances: int, seed: int) -> None:
-    for set_name, (lo, hi, max_sweeps) in gt.CONVERGENCE_SETS.items():
-        for family in gt.NONTREE:
+def _convergence(size: int, instances: int, seed: int, families, sets, backward: bool) -> None:
+    for set_name in sets:
+        lo, hi, max_sweeps = gt.CONVERGENCE_SETS[set_name]
+        for family in families:
             g = gt._instance_stream(seed, family, set_name)
             total = {True: 0.0, False: 0.0}
             sweeps: dict = {True: [], False: []}
             misses = {True: 0, False: 0}
+            failed_backwards = {True: 0, False: 0}
             for draw in range(instances):
                 h, scores, temps = gt.draw_instance(family, size, g, (lo, hi), 1, pin_ends=draw % gt.PINNED_EVERY == 0)
                 for on in ((False, True) if draw % 2 == 0 else (True, False)):
@@ -75,10 +107,14 @@ def _convergence(size: int, instances: int, seed: int) -> None:
                     total[on] += time.perf_counter() - start
                     sweeps[on].append(int(out["iterations"][0]))
                     misses[on] += int(not out["converged"][0])
+                    if backward:
+                        probs = dual.reparameterized_probs(scores, out["duals"], h, temps)
+                        failed_backwards[on] += _backward_fails(h, scores, temps, probs)
             print(f"{set_name:<7}{family:<13} sweeps median/worst off {statistics.median(sweeps[False]):g}/"
                   f"{max(sweeps[False])}, on {statistics.median(sweeps[True]):g}/{max(sweeps[True])}; misses off "
-                  f"{misses[False]}, on {misses[True]}; total s off {total[False]:.1f}, on {total[True]:.1f}",
-                  flush=True)
+                  f"{misses[False]}, on {misses[True]}; total s off {total[False]:.1f}, on {total[True]:.1f}"
+                  + (f"; failed backwards off {failed_backwards[False]}, on {failed_backwards[True]}"
+                     if backward else ""), flush=True)
 
 
 def main(argv=None):
@@ -87,16 +123,33 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=64, help="side of the finest maps, a multiple of 16 (default: 64)")
     parser.add_argument("--instances", type=int, default=100, help="instances per family and set (default: 100)")
     parser.add_argument("--seed", type=int, default=0, help="the graph benchmark's seed (default: 0)")
+    parser.add_argument("--ablate", choices=ABLATIONS, default=ABLATIONS[0],
+                        help="the safeguard switched off in the 'off' runs (default: %(default)s)")
+    parser.add_argument("--families", nargs="+", choices=gt.NONTREE, default=list(gt.NONTREE),
+                        help="graph families (default: all)")
+    parser.add_argument("--sets", nargs="+", choices=tuple(gt.CONVERGENCE_SETS), default=list(gt.CONVERGENCE_SETS),
+                        help="convergence sets (default: all)")
+    parser.add_argument("--backward", action="store_true",
+                        help="also count failed implicit backwards at each solution")
+    parser.add_argument("--no-speed", action="store_true", help="skip the speed part's instances")
+    parser.add_argument("--dense-limit", type=int, default=hessian.DENSE_LIMIT,
+                        help="stacked-dual entries above which Newton and backward systems are solved by conjugate "
+                             "gradients, in both runs (default: the shipped %(default)s; 0 forces that path on "
+                             "small instances)")
     args = parser.parse_args(argv)
-    if args.size < 16 or args.size % 16 or args.instances < 1:
-        parser.error("--size must be a positive multiple of 16 and --instances at least 1")
+    if args.size < 16 or args.size % 16 or args.instances < 1 or args.dense_limit < 0:
+        parser.error("--size must be a positive multiple of 16, --instances at least 1 and --dense-limit at least 0")
+    global _ablation
+    _ablation = args.ablate
+    dual.DENSE_LIMIT = args.dense_limit
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", RuntimeWarning)  # a miss is counted from info["converged"]
     try:
-        _speed(args.size, args.seed)
-        _convergence(args.size, args.instances, args.seed)
+        if not args.no_speed:
+            _speed(args.size, args.seed, args.families)
+        _convergence(args.size, args.instances, args.seed, args.families, args.sets, args.backward)
     finally:
-        _regularised(True)
+        _restore()
 
 
 if __name__ == "__main__":

@@ -47,7 +47,15 @@ from torch import Tensor
 from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
-from .hessian import DENSE_LIMIT, cholesky_apply, dense_chunks, get_hessian, implicit_vjp, solve_psd
+from .hessian import (
+    DENSE_FALLBACK_LIMIT,
+    DENSE_LIMIT,
+    cholesky_apply,
+    dense_chunks,
+    get_hessian,
+    implicit_vjp,
+    solve_psd,
+)
 from .validation import dtype_name, per_sample, score_limit, score_peaks, temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
@@ -345,9 +353,18 @@ _NEWTON_STEPS = (1.0, 0.5, 0.25, 0.125, 0.0625, 0.03125)
 _REGULARISED_NEWTON = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 _REGULARISED_STEPS = (1.0, 0.5, 0.25)
 # Above DENSE_LIMIT the Newton system is solved inexactly: to this relative residual, or for
-# this many conjugate-gradient iterations (each costs about one sweep).
+# this many block-Jacobi conjugate-gradient iterations (each costs about one sweep)...
 _NEWTON_CG_RTOL = 1e-2
 _NEWTON_CG_ITERATIONS = 20
+# ... until the sample crawls: once its violation fell less than _CRAWL_FACTOR-fold over its
+# last _CRAWL_WINDOW sweeps, its Newton directions come from the dense Hessian (regularised
+# where needed), where the stacked dual has at most DENSE_FALLBACK_LIMIT entries (hessian.py,
+# which falls back likewise in the implicit backward).  Conjugate gradients alone cannot solve these systems on
+# peaked maps: forced on the 64² mixed hard set (D = 256), 46 of 100 instances missed 1e-10
+# in 200 sweeps, and 5 of 40 still did with 400 iterations to a relative residual of 1e-6;
+# with the fallback none did (worst 53 sweeps; measured, docs/math.md §7.4).
+_CRAWL_WINDOW = 5
+_CRAWL_FACTOR = 10.0
 _DUAL_OPTIONS = ("tol", "gap_tol", "max_iter", "strict", "record_history", "init", "newton", "warm_start", "dtype")
 _NEWTON_CHOICES = ("auto", True, False)
 _WORK_DTYPES = (torch.float32, torch.float64)
@@ -684,16 +701,51 @@ def _dense_newton_directions(hess, probs: Sequence[Tensor], temps: Sequence[floa
     return direction, ok
 
 
+def _cg_newton_directions(hess, probs: Sequence[Tensor], temps: Sequence[float], grad: Tensor,
+                          rows: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`_dense_newton_directions` above ``DENSE_LIMIT``, unregularised: a few
+    block-Jacobi conjugate-gradient iterations on ``∇²g d = −∇g`` (:data:`_NEWTON_CG_RTOL`,
+    :data:`_NEWTON_CG_ITERATIONS`) for the samples ``rows``; ``ok``: the direction is finite."""
+    direction = torch.zeros_like(grad)
+    ok = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
+    # (tightening the residual with the gradient, Eisenstat-Walker style, with up to 100
+    # iterations, was three times slower and rescued no instance, measured)
+    direction[rows], _, _, _ = solve_psd(hess, [p[rows] for p in probs], temps, -grad[rows], _NEWTON_CG_RTOL,
+                                         _NEWTON_CG_ITERATIONS, dense_limit=0)
+    ok[rows] = torch.isfinite(direction[rows]).all(1)
+    return direction, ok
+
+
+def _newton_directions(hess, probs: Sequence[Tensor], temps: Sequence[float], grad: Tensor, rows: Tensor,
+                       dense: Tensor, regularisation: float = 0.0) -> tuple[Tensor, Tensor]:
+    """The Newton directions of the samples ``rows`` (a bool mask, ``(B,)``): from the dense
+    Hessian where ``dense`` ``(B,)`` is True, by conjugate gradients elsewhere.  Regularised
+    directions (``regularisation > 0``) come from the dense Hessian only: a sample on the
+    inexact path is moved to the dense one once it crawls (:data:`_CRAWL_WINDOW`), and
+    regularising its conjugate-gradient system as well rescued no instance (measured)."""
+    direction = torch.zeros_like(grad)
+    ok = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
+    index = torch.nonzero(rows & dense).flatten()
+    if len(index):
+        direction, ok = _dense_newton_directions(hess, probs, temps, grad, index, regularisation)
+    index = torch.nonzero(rows & ~dense).flatten()
+    if len(index) and not regularisation:
+        part, part_ok = _cg_newton_directions(hess, probs, temps, grad, index)
+        direction[index], ok[index] = part[index], part_ok[index]
+    return direction, ok
+
+
 def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float], lam: list[Tensor],
                       etas: list[Tensor], g_now: Tensor, pieces: _Pieces, active: Tensor,
-                      given: Sequence[Tensor | None] | None = None):
+                      given: Sequence[Tensor | None] | None = None, dense: Tensor | None = None):
     """A damped Newton step on ``g`` from ``lam`` (logits ``etas``, value ``g_now``), per sample.
 
-    The direction solves ``∇²g d = −∇g`` on the mean-zero subspace (the dense Hessian and its
-    Cholesky factor, :mod:`convex_attention.hessian`, or, above ``DENSE_LIMIT`` entries,
-    a few conjugate-gradient iterations); the step lengths of
+    The direction solves ``∇²g d = −∇g`` on the mean-zero subspace: with the dense Hessian and
+    its Cholesky factor (:mod:`convex_attention.hessian`) for the samples where ``dense``
+    ``(B,)`` is True (default: every sample when the stacked dual has at most ``DENSE_LIMIT``
+    entries, none otherwise), else by a few conjugate-gradient iterations.  The step lengths of
     :data:`_NEWTON_STEPS` are tried in turn and the first with ``g ≤ g_now`` is taken (the
-    safeguard: NaN never passes).  Where none is (dense path only), regularised directions
+    safeguard: NaN never passes).  Where none is, on the dense samples, regularised directions
     ``(∇²g + ρ s I) d = −∇g`` follow, ``ρ`` up the ladder :data:`_REGULARISED_NEWTON` (``s``
     the mean diagonal), each with the step lengths of :data:`_REGULARISED_STEPS`, until one
     lowers ``g``: on peaked maps the Hessian has directions of almost no curvature (cells of
@@ -704,18 +756,11 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
     hess = get_hessian(h, lam[0].device)
     probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) for z, lse, shape in pieces]
     objective_temps, temps = temps, hessian_temperatures(temps, given)
-    dense = hess.dim <= DENSE_LIMIT
-    if dense:
-        grad = hess.gradient(probs)
-        # only the samples still solving: each costs a dense factorisation, O(D³)
-        direction, ok = _dense_newton_directions(hess, probs, temps, grad, torch.nonzero(active).flatten())
-    else:
-        # inexact Newton: a few block-Jacobi conjugate-gradient iterations on the Newton system
-        # (tightening the residual with the gradient, Eisenstat-Walker style, with up to 100
-        # iterations, was three times slower and rescued no instance, measured)
-        direction, _, _, _ = solve_psd(hess, probs, temps, -hess.gradient(probs), _NEWTON_CG_RTOL,
-                                       _NEWTON_CG_ITERATIONS, dense_limit=0)
-        ok = torch.isfinite(direction).all(1)
+    if dense is None:  # dense: each direction costs a factorisation, O(D³); above DENSE_LIMIT, inexact Newton
+        dense = torch.full_like(active, hess.dim <= DENSE_LIMIT)
+    grad = hess.gradient(probs)
+    # only the samples still solving
+    direction, ok = _newton_directions(hess, probs, temps, grad, active, dense)
     start = _flatten(lam)
     taken = torch.zeros_like(active)
     best = (lam, etas, g_now, pieces)
@@ -736,11 +781,11 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
             taken = taken | take
 
     search(direction, ok, _NEWTON_STEPS)
-    for regularisation in _REGULARISED_NEWTON if dense else ():
-        rows = torch.nonzero(active & ~taken).flatten()
-        if not len(rows):
+    for regularisation in _REGULARISED_NEWTON:
+        rows = active & ~taken
+        if not bool(rows.any()):
             break
-        search(*_dense_newton_directions(hess, probs, temps, grad, rows, regularisation), _REGULARISED_STEPS)
+        search(*_newton_directions(hess, probs, temps, grad, rows, dense, regularisation), _REGULARISED_STEPS)
     return (*best, taken)
 
 
@@ -826,7 +871,9 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             Cholesky factor when the stacked dual has at most
             :data:`~convex_attention.hessian.DENSE_LIMIT` entries, else inexactly by
             block-Jacobi conjugate gradients (relative residual 1e-2, at most 20 iterations,
-            each costing about one sweep).
+            each costing about one sweep), until the sample crawls (its violation fell less
+            than tenfold over 5 sweeps): from then on with the dense Hessian, where the stacked
+            dual has at most :data:`~convex_attention.hessian.DENSE_FALLBACK_LIMIT` entries.
         warm_start: start from the closed form of a spanning forest (:func:`spanning_forest_duals`;
             on a forest, the optimum, so the solve only certifies it) instead of zero: ``True``,
             ``False`` or ``"auto"`` (default: on forests that are not chains; a chain keeps
@@ -900,6 +947,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     newton_steps = torch.zeros(B, dtype=torch.long, device=device)
     history_v, history_g, history_gap = ([viol.clone()], [g.clone()], [gap.clone()]) if record_history else ([], [], [])
     recent = [viol.clone()]  # violations of the last _PROGRESS_WINDOW sweeps (for the advice)
+    dimension = get_hessian(h, device).dim if use_newton else 0
+    # which samples take their Newton directions from the dense Hessian (see _CRAWL_WINDOW)
+    dense = torch.full((B,), dimension <= DENSE_LIMIT, dtype=torch.bool, device=device)
+    fallback = DENSE_LIMIT < dimension <= DENSE_FALLBACK_LIMIT
     xs: list[Tensor] = []
     gxs: list[Tensor] = []
     for _ in range(max_iter):
@@ -921,7 +972,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             new_g, new_pieces = torch.where(take, extra_g, new_g), _pick_pieces(take, extra_pieces, new_pieces)
         if use_newton:
             new, new_etas, new_g, new_pieces, took = _newton_candidate(h, scores, temps, new, new_etas, new_g,
-                                                                       new_pieces, active, given)
+                                                                       new_pieces, active, given, dense)
             newton_steps += took.long()
         lam, etas = _pick(active, new, lam), _pick(active, new_etas, etas)
         # measured at the chosen point from its own softmax pieces (g is not computed twice)
@@ -938,6 +989,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             history_g.append(g.clone())
             history_gap.append(gap.clone())
         recent = (recent + [viol.clone()])[-(_PROGRESS_WINDOW + 1):]
+        if fallback and len(recent) > _CRAWL_WINDOW:
+            dense |= active & ~(viol * _CRAWL_FACTOR <= recent[-1 - _CRAWL_WINDOW])
     converged = ~failed & (viol <= stop_tol) & (gap <= gap_tol)
     if not bool(converged.all()):
         msg = _failure_message(scores, h, temps, stop_tol, gap_tol, max_iter, converged, failed, viol, gap, recent,

@@ -42,6 +42,7 @@ from torch import Tensor
 from .graph import Graph
 
 __all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT",
+           "DENSE_FALLBACK_LIMIT",
            "dense_chunks", "cholesky_apply", "ROUNDING_UNITS", "STALL_ITERATIONS"]
 
 # The largest stacked dual (entries per sample) whose Hessian is assembled densely and
@@ -50,6 +51,12 @@ __all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitS
 # hard stress family (D = 1344, τ down to 0.01) 2 of 100 instances missed 1e-10 in 200 sweeps
 # where the dense path needed at most 21 (measured, docs/math.md §7.4).
 DENSE_LIMIT = 1024
+# Up to this many entries a system that conjugate gradients alone could not solve is solved
+# again with the dense Hessian (a 128 MiB Hessian per sample in float64; ~1.5 s per Cholesky
+# factorisation at 4096 on one core): block-Jacobi conjugate gradients fail on peaked maps, e.g.
+# the implicit backward of 8 of 12 hard mixed instances at 160² (D = 1600) after 1000
+# iterations (measured, docs/math.md §7.4).  The dual solver's Newton steps fall back likewise.
+DENSE_FALLBACK_LIMIT = 4096
 # Dense Hessians are built for at most this many entries at once (128 MiB in float64): the
 # batch is split into chunks of samples.
 DENSE_ENTRIES = 2 ** 24
@@ -436,6 +443,12 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         rhs = rhs + hess.centre(hess.flatten([torch.zeros(s, dtype=rhs.dtype, device=rhs.device) if u is None
                                               else u.to(rhs.dtype).expand(s) for u, s in zip(dual_grads, shapes)]))
     w, relres, iterations, solved = solve_psd(hess, probs, temps, rhs, rtol, max_iter, dense_limit)
+    if dense_limit < hess.dim <= DENSE_FALLBACK_LIMIT and not bool(solved.all()):
+        # again with the dense Hessian as the preconditioner (DENSE_FALLBACK_LIMIT), those samples only
+        rows = torch.nonzero(~solved).flatten()
+        again = solve_psd(hess, [p[rows] for p in probs], temps, rhs[rows], rtol, max_iter, DENSE_FALLBACK_LIMIT)
+        w, relres, iterations, solved = (w.clone(), relres.clone(), iterations.clone(), solved.clone())
+        w[rows], relres[rows], iterations[rows], solved[rows] = again
     bad = torch.nonzero(~solved).flatten().tolist()
     if bad:
         worst = float(relres[bad].max())

@@ -468,3 +468,17 @@ def strict_load(path):
 def tmp_files(folder) -> list[str]:
     """The names in ``folder`` that end in ``.tmp`` (temporary files left behind)."""
     return [n for n in os.listdir(folder) if n.endswith(".tmp")]
+
+
+def peaked_mixed_instances():
+    """Mixed hard instances 1 and 8 of the graph benchmark's stream at 32², float64, one sample
+    each (τ = 0.034, 0.014, 0.30, 0.087 and 0.01, 0.42, 7.2, 10), as ``(graph, scores,
+    temperatures)``: peaked maps, on which block-Jacobi conjugate gradients cannot solve the
+    dual's Hessian systems (Newton steps that crawl to 200 sweeps, an implicit backward left at
+    relative residual 1; measured on an AMD EPYC)."""
+    from convex_attention.bench import graph_targets as gt
+
+    g = gt._instance_stream(0, "mixed", "hard")
+    drawn = [gt.draw_instance("mixed", 32, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=torch.float64,
+                              pin_ends=draw % gt.PINNED_EVERY == 0) for draw in range(9)]
+    return [drawn[1], drawn[8]]

@@ -13,6 +13,7 @@ from helpers import (
     flat_np,
     linear_loss_gradient,
     make_graph,
+    peaked_mixed_instances,
     pool_sum,
     random_graph_instance,
     random_instance,
@@ -583,18 +584,33 @@ def test_maps_that_miss_tol_as_returned_are_never_called_converged():
     draws), and float16 maps at the default tol came back 500 times above it (a hostile review)."""
     h = ca.Graph.axial((64, 64))
     temps = [0.5, 1.0, 2.0]
-    found = 0
-    for seed in (0, 2, 10):  # draws on which the case arises, each solved in a fraction of a second
+    options = {"temperature": temps, "dtype": torch.float32, "gap_tol": 1.0}  # the violation alone stops a sample
+    exercised = 0
+    for seed in (0, 2, 10):
         g = torch.Generator().manual_seed(seed)
         scores = [10 * torch.randn((4,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
-            sol = ca.solve(scores, h, "dual", temperature=temps, dtype=torch.float32, strict=False)
+            sol = ca.solve(scores, h, "dual", strict=False, **options)
         returned = ca.metrics.violation(sol.probs, h)
         torch.testing.assert_close(sol.info["returned_violation"], returned, rtol=1e-12, atol=0)
         assert torch.equal(sol.info["converged"], sol.info["converged"] & (returned <= 1e-6))
-        found += int((sol.info["violation"] <= 1e-6).logical_and(returned > 1e-6).sum())
-    assert found  # the case arises on these draws: the check is exercised, not vacuous
+        # the case itself, placed on this machine's trajectory (drawing it relied on one
+        # machine's rounding): a sample whose maps measure above its iterate is solved again with
+        # tol at the iterate's violation; it stops at the same iterate (every earlier one was
+        # above 1e-6), whose maps then miss tol, and is not called converged
+        above = torch.nonzero(returned > sol.info["violation"].double()).flatten().tolist()
+        if not above:
+            continue
+        i = above[0]
+        tol = float(sol.info["violation"][i])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            again = ca.solve(scores, h, "dual", strict=False, tol=tol, **options)
+        assert float(again.info["violation"][i]) <= tol < float(again.info["returned_violation"][i])
+        assert not bool(again.info["converged"][i])
+        exercised += 1
+    assert exercised  # the check is exercised, not vacuous (on 12 samples, each about even odds)
     half = [torch.randn((2,) + s, generator=torch.Generator().manual_seed(0)).half() for s in h.shapes]
     with pytest.raises(ConvergenceError, match="maps returned in float16 miss tol=1e-06"):
         ca.solve(half, h, "dual", temperature=temps)
@@ -612,7 +628,8 @@ def test_float64_maps_are_not_judged_again_where_nothing_was_rounded():
         tol = float(first.info["violation"][0])
         again = ca.solve(scores, h, "dual", temperature=[0.5, 1.0, 2.0], tol=tol, gap_tol=1.0)  # no error
         assert bool(again.info["converged"].all())
-        assert float(again.info["returned_violation"][0]) == pytest.approx(tol, rel=1e-2)
+        # up to ~1e-16 (measured: 8e-18 to 1.7e-16 on these seeds); rounding to float32 would move it ~1e-7
+        assert float(again.info["returned_violation"][0]) == pytest.approx(tol, rel=0, abs=1e-15)
 
 
 def test_half_precision_maps_get_half_of_tol_for_their_rounding():
@@ -969,5 +986,66 @@ def test_a_newton_direction_too_long_for_every_step_length_is_regularised_instea
     assert bool(out["converged"].all()) and int(out["iterations"][0]) <= 30
     assert int(out["newton_steps"][0]) >= int(out["iterations"][0]) - 5  # Newton candidates are taken again
     objective = out["history"]["dual_objective"][:, 0]
-    assert bool((objective[1:] <= objective[:-1]).all())  # the safeguard: g never increases
+    # the safeguard: g never increases, up to the rounding of its evaluation (once converged
+    # it sits at its floor, where rounding alone moved sibling instances by 0.5-1 ulp)
+    slack = 8 * torch.finfo(objective.dtype).eps * objective.abs()
+    assert bool((objective[1:] <= objective[:-1] + slack[:-1]).all())
     assert float(ca.metrics.violation(ca.solve(scores, h, "dual", temperature=temps, tol=1e-10).probs, h)[0]) <= 1e-10
+
+
+def test_a_sample_crawling_on_the_inexact_newton_path_takes_dense_newton_steps(monkeypatch):
+    """Above DENSE_LIMIT stacked-dual entries the Newton system was only ever solved by 20
+    block-Jacobi conjugate-gradient iterations, which cannot solve it on peaked maps: at 160²
+    (D = 1600) 27 of 40 hard mixed instances missed 1e-10 in 200 sweeps.  A sample whose
+    violation fell less than tenfold over 5 sweeps now takes its Newton directions from the
+    dense Hessian.  Here the inexact path is forced on small instances (DENSE_LIMIT 0)."""
+    from convex_attention import dual as dual_module
+
+    monkeypatch.setattr(dual_module, "DENSE_LIMIT", 0)
+    for h, scores, temps in peaked_mixed_instances():
+        monkeypatch.setattr(dual_module, "DENSE_FALLBACK_LIMIT", 0)  # the inexact path alone, as before
+        with pytest.warns(RuntimeWarning, match="did not reach tol"):
+            before = solve_dual(scores, h, temps, tol=1e-10, max_iter=200, strict=False)
+        assert not bool(before["converged"].any()) and int(before["iterations"][0]) == 200
+        monkeypatch.setattr(dual_module, "DENSE_FALLBACK_LIMIT", 4096)
+        after = solve_dual(scores, h, temps, tol=1e-10, max_iter=200)
+        assert bool(after["converged"].all()) and int(after["iterations"][0]) <= 50
+        probs = reparameterized_probs(scores, after["duals"], h, temps)
+        assert float(ca.metrics.violation(probs, h)[0]) <= 1e-10
+        ref_p, _, _ = reference_solve(h, scores, temps)
+        for got, want in zip(flat_np(probs), ref_p):
+            np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
+
+
+def test_the_dense_fallback_is_decided_per_sample(monkeypatch):
+    """A crawling sample moves to dense Newton directions alone: batched with a sample that
+    does not crawl, only the crawling one is given dense directions, and each gets the sweeps
+    and duals it gets on its own."""
+    from convex_attention import dual as dual_module
+
+    monkeypatch.setattr(dual_module, "DENSE_LIMIT", 0)
+    dense_rows: list[int] = []
+    dense_directions = dual_module._dense_newton_directions
+
+    def recording(hess, probs, temps, grad, rows, regularisation=0.0):
+        dense_rows.extend(rows.tolist())
+        return dense_directions(hess, probs, temps, grad, rows, regularisation)
+
+    monkeypatch.setattr(dual_module, "_dense_newton_directions", recording)
+    (h, crawling, temps), _ = peaked_mixed_instances()
+    easy = [torch.randn_like(s) * 0.1 for s in crawling]  # nearly uniform maps
+    alone = []
+    for scores in (crawling, easy):
+        dense_rows.clear()
+        alone.append((solve_dual(scores, h, temps, tol=1e-10, max_iter=200), len(dense_rows)))
+    assert alone[0][1] > 0 and alone[1][1] == 0  # the crawling sample took dense directions, the other none
+    dense_rows.clear()
+    batch = solve_dual([torch.cat([a, b]) for a, b in zip(crawling, easy)], h, temps, tol=1e-10, max_iter=200)
+    assert set(dense_rows) == {0}
+    together = reparameterized_probs([torch.cat([a, b]) for a, b in zip(crawling, easy)], batch["duals"], h, temps)
+    for i, ((one, _), scores) in enumerate(zip(alone, (crawling, easy))):
+        assert int(batch["iterations"][i]) == int(one["iterations"][0])
+        # the maps, not the duals: on the crawling sample λ is determined only to ~1e-5 along
+        # directions of almost no curvature (the batch's rounding moved it by 3e-5)
+        for got, want in zip(together, reparameterized_probs(scores, one["duals"], h, temps)):
+            torch.testing.assert_close(got[i], want[0], atol=1e-9, rtol=0)

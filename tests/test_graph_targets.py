@@ -459,6 +459,39 @@ def test_the_newton_ablation_compares_both_solvers_and_restores_the_shipped_one(
     assert stop.value.code == 2
 
 
+@pytest.mark.slow  # end-to-end: the fallback's ablation, on the inexact path forced at 16²
+def test_the_fallback_ablation_switches_the_dense_fallback_alone_and_restores_it(capsys, monkeypatch):
+    import convex_attention.dual as dual
+    import convex_attention.hessian as hessian
+
+    script = _script("ablate_newton")
+    before = torch.get_num_threads()
+    shipped = (dual._REGULARISED_NEWTON, dual.DENSE_LIMIT, hessian.DENSE_FALLBACK_LIMIT)
+    calls = []
+    solve_dual = dual.solve_dual
+
+    def recording(*args, **kwargs):
+        calls.append((dual._REGULARISED_NEWTON, dual.DENSE_LIMIT, dual.DENSE_FALLBACK_LIMIT,
+                      hessian.DENSE_FALLBACK_LIMIT))
+        return solve_dual(*args, **kwargs)
+
+    monkeypatch.setattr(dual, "solve_dual", recording)
+    try:
+        script.main(["--ablate", "fallback", "--dense-limit", "0", "--size", "16", "--instances", "2",
+                     "--families", "mixed", "--sets", "hard", "--backward", "--no-speed"])
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "hard   mixed" in out and "failed backwards off" in out and "normal" not in out and "speed" not in out
+    fallback = hessian.DENSE_FALLBACK_LIMIT
+    assert set(calls) == {(shipped[0], 0, 0, 0), (shipped[0], 0, fallback, fallback)}
+    assert (dual._REGULARISED_NEWTON, dual.DENSE_LIMIT, hessian.DENSE_FALLBACK_LIMIT) == shipped
+    assert dual.DENSE_FALLBACK_LIMIT == fallback
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--dense-limit", "-1"])
+    assert stop.value.code == 2
+
+
 def test_a_nan_gradient_error_is_never_met_wherever_it_comes():
     """Python's max and statistics.median drop or misplace a NaN that is not first."""
     def row(solver, error, draw):

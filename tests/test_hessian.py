@@ -3,7 +3,14 @@ conjugate-gradient solve on the mean-zero subspace, and the implicit backward.""
 import numpy as np
 import pytest
 import torch
-from helpers import FOREST_CASES, GRAPH_CASES, flat_np, random_graph_instance, reference_solve
+from helpers import (
+    FOREST_CASES,
+    GRAPH_CASES,
+    flat_np,
+    peaked_mixed_instances,
+    random_graph_instance,
+    reference_solve,
+)
 
 import convex_attention as ca
 from convex_attention.dual import dual_function, reparameterized_probs
@@ -83,7 +90,10 @@ def test_solve_psd_both_preconditioners_agree_and_stay_mean_zero():
         assert part.flatten(1).mean(1).abs().max() < 1e-12
 
 
-def test_an_unsolvable_system_raises_naming_the_samples():
+def test_an_unsolvable_system_raises_naming_the_samples(monkeypatch):
+    from convex_attention import hessian as hessian_module
+
+    monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 0)  # else the dense retry solves it in one iteration
     inst = random_graph_instance("axial", batch=2, seed=4, scale=3.0)
     sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
     grads = [torch.randn_like(p) for p in sol.probs]
@@ -168,21 +178,24 @@ def test_a_nearly_degenerate_solution_is_differentiated_at_the_rounding_floor():
     assert min(float(p.min()) for p in probs) < 1e-60
     hess = get_hessian(h, "cpu")
     rhs = hess.apply_At([DualHessian.apply_J(p, v, t) for p, v, t in zip(probs, weights, temps)])
-    _, relres, _, solved = solve_psd(hess, probs, temps, rhs, 1e-10, 1000)
-    assert bool(solved.all()) and float(relres.max()) > 1e-10  # accepted by the floor, not the tolerance
+    # accepted by the floor, not the tolerance: at 1e-12 the tolerance is 500 times below the
+    # floor (relative residuals of 4.9e-10 to 1e-9 were measured at 1e-10 under different kernels)
+    _, relres, _, solved = solve_psd(hess, probs, temps, rhs, 1e-12, 1000)
+    assert bool(solved.all()) and float(relres.max()) > 1e-12
     grads = torch.autograd.grad(value, leaves)
     along = float(sum((gk * d).sum() for gk, d in zip(grads, direction)))
     # The derivative is small (2e-8), so a central difference at a small step sits in the
     # forward solves' rounding: at step 1e-3 it was off by 1.7e-4 on one CPU and by 1e-5 on
     # another, and not monotone in the step. Richardson's extrapolation of the steps 1e-2
-    # and 5e-3 cancels the O(step²) error instead (2.7e-6 here; the steps alone: 1.2e-3, 2.9e-4).
+    # and 5e-3 cancels the O(step²) error instead (2.7e-6 on one machine, 5e-7 to 3e-5 on another
+    # under different CPU kernels; the steps alone: 1.2e-3, 2.9e-4); a wrong backward is off by O(1).
     def central(step: float) -> float:
         with torch.no_grad():
             return float(loss([s + step * d for s, d in zip(scores, direction)])[0]
                          - loss([s - step * d for s, d in zip(scores, direction)])[0]) / (2 * step)
 
     reference = (4 * central(5e-3) - central(1e-2)) / 3
-    assert abs(along - reference) <= 1e-4 * abs(reference)
+    assert abs(along - reference) <= 1e-3 * abs(reference)
 
 
 def test_the_rounding_floor_accepts_no_unsolved_system():
@@ -235,3 +248,24 @@ def test_cholesky_apply_solves_with_the_factor_per_sample(dtype):
     assert torch.allclose(got.double(), want, rtol=0, atol=1e-4 if dtype == torch.float32 else 1e-11)
     with pytest.raises(TypeError, match="one dtype"):
         cholesky_apply(torch.linalg.cholesky(A), rhs.float())
+
+
+def test_a_system_conjugate_gradients_cannot_solve_is_solved_again_with_the_dense_hessian(monkeypatch):
+    """Above DENSE_LIMIT the implicit backward had only block-Jacobi conjugate gradients, which
+    left peaked instances at relative residual 1 after 1000 iterations (8 of 12 hard mixed
+    instances at 160², D = 1600).  Up to DENSE_FALLBACK_LIMIT the samples it could not solve
+    are solved again with the dense Hessian as the preconditioner.  Forced here at 32²
+    (dense_limit=0); the reference is the dense solve."""
+    from convex_attention import hessian as hessian_module
+
+    (h, scores, temps), _ = peaked_mixed_instances()
+    sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12)
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in sol.probs]
+    dense = implicit_vjp(h, sol.probs, temps, grads)
+    fallen_back = implicit_vjp(h, sol.probs, temps, grads, dense_limit=0)
+    for got, want in zip(fallen_back, dense):
+        torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
+    monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 0)  # conjugate gradients alone, as before
+    with pytest.raises(ImplicitSolveError, match=r"could not solve the dual's Hessian system for sample\(s\) \[0\]"):
+        implicit_vjp(h, sol.probs, temps, grads, dense_limit=0)
