@@ -600,7 +600,7 @@ def test_maps_that_miss_tol_as_returned_are_never_called_converged():
         # tol at the iterate's violation; it stops at the same iterate (every earlier one was
         # above 1e-6), whose maps then miss tol, and is not called converged
         above = torch.nonzero(returned > sol.info["violation"].double()).flatten().tolist()
-        if not above:
+        if not above or exercised:  # once is enough
             continue
         i = above[0]
         tol = float(sol.info["violation"][i])
@@ -993,6 +993,7 @@ def test_a_newton_direction_too_long_for_every_step_length_is_regularised_instea
     assert float(ca.metrics.violation(ca.solve(scores, h, "dual", temperature=temps, tol=1e-10).probs, h)[0]) <= 1e-10
 
 
+@pytest.mark.slow  # ~8 s: the inexact path's crawl, and CVXPY at 32²; the per-sample test below is fast
 def test_a_sample_crawling_on_the_inexact_newton_path_takes_dense_newton_steps(monkeypatch):
     """Above DENSE_LIMIT stacked-dual entries the Newton system was only ever solved by 20
     block-Jacobi conjugate-gradient iterations, which cannot solve it on peaked maps: at 160²
@@ -1002,19 +1003,20 @@ def test_a_sample_crawling_on_the_inexact_newton_path_takes_dense_newton_steps(m
     from convex_attention import dual as dual_module
 
     monkeypatch.setattr(dual_module, "DENSE_LIMIT", 0)
-    for h, scores, temps in peaked_mixed_instances():
+    for i, (h, scores, temps) in enumerate(peaked_mixed_instances()):
         monkeypatch.setattr(dual_module, "DENSE_FALLBACK_LIMIT", 0)  # the inexact path alone, as before
         with pytest.warns(RuntimeWarning, match="did not reach tol"):
-            before = solve_dual(scores, h, temps, tol=1e-10, max_iter=200, strict=False)
-        assert not bool(before["converged"].any()) and int(before["iterations"][0]) == 200
+            before = solve_dual(scores, h, temps, tol=1e-10, max_iter=50, strict=False)
+        assert not bool(before["converged"].any())  # (nor within 200 sweeps: 9e-10 and 1e-3 there)
         monkeypatch.setattr(dual_module, "DENSE_FALLBACK_LIMIT", 4096)
-        after = solve_dual(scores, h, temps, tol=1e-10, max_iter=200)
+        after = solve_dual(scores, h, temps, tol=1e-10, max_iter=100)
         assert bool(after["converged"].all()) and int(after["iterations"][0]) <= 50
         probs = reparameterized_probs(scores, after["duals"], h, temps)
         assert float(ca.metrics.violation(probs, h)[0]) <= 1e-10
-        ref_p, _, _ = reference_solve(h, scores, temps)
-        for got, want in zip(flat_np(probs), ref_p):
-            np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
+        if i == 1:  # against CVXPY once (the violation and gap certify the other)
+            ref_p, _, _ = reference_solve(h, scores, temps)
+            for got, want in zip(flat_np(probs), ref_p):
+                np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
 
 
 def test_the_dense_fallback_is_decided_per_sample(monkeypatch):
