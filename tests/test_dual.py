@@ -1001,6 +1001,7 @@ def test_a_sample_crawling_on_the_inexact_newton_path_takes_dense_newton_steps(m
     violation fell less than tenfold over 5 sweeps now takes its Newton directions from the
     dense Hessian.  Here the inexact path is forced on small instances (DENSE_LIMIT 0)."""
     from convex_attention import dual as dual_module
+    from convex_attention import hessian as hessian_module
 
     monkeypatch.setattr(dual_module, "DENSE_LIMIT", 0)
     for i, (h, scores, temps) in enumerate(peaked_mixed_instances()):
@@ -1008,7 +1009,7 @@ def test_a_sample_crawling_on_the_inexact_newton_path_takes_dense_newton_steps(m
         with pytest.warns(RuntimeWarning, match="did not reach tol"):
             before = solve_dual(scores, h, temps, tol=1e-10, max_iter=50, strict=False)
         assert not bool(before["converged"].any())  # (nor within 200 sweeps: 9e-10 and 1e-3 there)
-        monkeypatch.setattr(dual_module, "DENSE_FALLBACK_LIMIT", 4096)
+        monkeypatch.setattr(dual_module, "DENSE_FALLBACK_LIMIT", hessian_module.DENSE_FALLBACK_LIMIT)
         after = solve_dual(scores, h, temps, tol=1e-10, max_iter=100)
         assert bool(after["converged"].all()) and int(after["iterations"][0]) <= 50
         probs = reparameterized_probs(scores, after["duals"], h, temps)
@@ -1020,20 +1021,29 @@ def test_a_sample_crawling_on_the_inexact_newton_path_takes_dense_newton_steps(m
 
 
 def test_the_dense_fallback_is_decided_per_sample(monkeypatch):
-    """A crawling sample moves to dense Newton directions alone: batched with a sample that
-    does not crawl, only the crawling one is given dense directions, and each gets the sweeps
-    and duals it gets on its own."""
+    """A crawling sample moves to dense Newton directions alone, and for good: batched with a
+    sample that does not crawl, only the crawling one is given dense directions, on every sweep
+    from its first, and each gets the sweeps and maps it gets on its own."""
     from convex_attention import dual as dual_module
 
     monkeypatch.setattr(dual_module, "DENSE_LIMIT", 0)
     dense_rows: list[int] = []
-    dense_directions = dual_module._dense_newton_directions
+    paths: list[str] = []  # the path of sample 0's plain Newton direction, sweep by sweep
+    dense_directions, cg_directions = dual_module._dense_newton_directions, dual_module._cg_newton_directions
 
     def recording(hess, probs, temps, grad, rows, regularisation=0.0):
         dense_rows.extend(rows.tolist())
+        if not regularisation and 0 in rows.tolist():
+            paths.append("dense")
         return dense_directions(hess, probs, temps, grad, rows, regularisation)
 
+    def recording_cg(hess, probs, temps, grad, rows):
+        if 0 in rows.tolist():
+            paths.append("cg")
+        return cg_directions(hess, probs, temps, grad, rows)
+
     monkeypatch.setattr(dual_module, "_dense_newton_directions", recording)
+    monkeypatch.setattr(dual_module, "_cg_newton_directions", recording_cg)
     (h, crawling, temps), _ = peaked_mixed_instances()
     easy = [torch.randn_like(s) * 0.1 for s in crawling]  # nearly uniform maps
     alone = []
@@ -1042,8 +1052,14 @@ def test_the_dense_fallback_is_decided_per_sample(monkeypatch):
         alone.append((solve_dual(scores, h, temps, tol=1e-10, max_iter=200), len(dense_rows)))
     assert alone[0][1] > 0 and alone[1][1] == 0  # the crawling sample took dense directions, the other none
     dense_rows.clear()
+    paths.clear()
     batch = solve_dual([torch.cat([a, b]) for a, b in zip(crawling, easy)], h, temps, tol=1e-10, max_iter=200)
     assert set(dense_rows) == {0}
+    # one plain direction per sweep; sticky: once dense, dense on every later sweep (a switch
+    # judged afresh each sweep went back to conjugate gradients whenever a window fell tenfold)
+    switched = paths.index("dense")
+    assert len(paths) == int(batch["iterations"][0]) and dual_module._CRAWL_WINDOW <= switched
+    assert paths == ["cg"] * switched + ["dense"] * (len(paths) - switched)
     together = reparameterized_probs([torch.cat([a, b]) for a, b in zip(crawling, easy)], batch["duals"], h, temps)
     for i, ((one, _), scores) in enumerate(zip(alone, (crawling, easy))):
         assert int(batch["iterations"][i]) == int(one["iterations"][0])

@@ -266,6 +266,11 @@ def test_a_system_conjugate_gradients_cannot_solve_is_solved_again_with_the_dens
     fallen_back = implicit_vjp(h, sol.probs, temps, grads, dense_limit=0)
     for got, want in zip(fallen_back, dense):
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
+    # where the retry fails too (one iteration to 1e-14: neither reaches it), the error stands
+    with pytest.raises(ImplicitSolveError, match=r"for sample\(s\) \[0\]: conjugate gradients reached relative "
+                                                 r"residual .* after 1 iterations \(a retry preconditioned by "
+                                                 r"the dense Hessian\); the Hessian is too ill-conditioned"):
+        implicit_vjp(h, sol.probs, temps, grads, dense_limit=0, max_iter=1, rtol=1e-14)
     monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 0)  # conjugate gradients alone, as before
     with pytest.raises(ImplicitSolveError, match=r"could not solve the dual's Hessian system for sample\(s\) \[0\]"):
         implicit_vjp(h, sol.probs, temps, grads, dense_limit=0)
