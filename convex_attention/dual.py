@@ -44,11 +44,11 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from . import hessian
 from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import (
-    DENSE_FALLBACK_LIMIT,
     DENSE_LIMIT,
     cholesky_apply,
     dense_chunks,
@@ -358,13 +358,16 @@ _NEWTON_CG_RTOL = 1e-2
 _NEWTON_CG_ITERATIONS = 20
 # ... until the sample crawls: once its violation fell less than _CRAWL_FACTOR-fold over its
 # last _CRAWL_WINDOW sweeps, its Newton directions come from the dense Hessian (regularised
-# where needed), where the stacked dual has at most DENSE_FALLBACK_LIMIT entries (hessian.py,
-# which falls back likewise in the implicit backward).  Conjugate gradients alone cannot solve these systems on
-# peaked maps: forced on the 64² mixed hard set (D = 256), 46 of 100 instances missed 1e-10
-# in 200 sweeps, and 5 of 40 still did with 400 iterations to a relative residual of 1e-6;
-# with the fallback none did (worst 53 sweeps; measured, docs/math.md §7.4).
+# where needed), where the stacked dual has at most hessian.DENSE_FALLBACK_LIMIT entries (read
+# there at call time: the implicit backward falls back likewise).  Conjugate gradients alone
+# cannot solve these systems on peaked maps: forced on the 64² mixed hard set (D = 256), 46 of
+# 100 instances missed 1e-10 in 200 sweeps, and 5 of 40 still did with 400 iterations to a
+# relative residual of 1e-6; with the fallback none did (worst 53 sweeps; measured,
+# docs/benchmarks.md, "Convergence of `dual`").
 _CRAWL_WINDOW = 5
 _CRAWL_FACTOR = 10.0
+# violations kept per sample: the advice's window and the crawl test's
+_RECENT_SWEEPS = max(_PROGRESS_WINDOW, _CRAWL_WINDOW) + 1
 _DUAL_OPTIONS = ("tol", "gap_tol", "max_iter", "strict", "record_history", "init", "newton", "warm_start", "dtype")
 _NEWTON_CHOICES = ("auto", True, False)
 _WORK_DTYPES = (torch.float32, torch.float64)
@@ -720,16 +723,17 @@ def _newton_directions(hess, probs: Sequence[Tensor], temps: Sequence[float], gr
                        dense: Tensor, regularisation: float = 0.0) -> tuple[Tensor, Tensor]:
     """The Newton directions of the samples ``rows`` (a bool mask, ``(B,)``): from the dense
     Hessian where ``dense`` ``(B,)`` is True, by conjugate gradients elsewhere.  Regularised
-    directions (``regularisation > 0``) come from the dense Hessian only: a sample on the
-    inexact path is moved to the dense one once it crawls (:data:`_CRAWL_WINDOW`), and
-    regularising its conjugate-gradient system as well rescued no instance (measured)."""
+    directions (``regularisation > 0``) are asked for dense samples only: a sample on the
+    inexact path is moved to the dense one once it crawls (:data:`_CRAWL_WINDOW`; up to
+    ``hessian.DENSE_FALLBACK_LIMIT`` entries), and regularising its conjugate-gradient system
+    as well rescued no instance (measured)."""
     direction = torch.zeros_like(grad)
     ok = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
     index = torch.nonzero(rows & dense).flatten()
     if len(index):
         direction, ok = _dense_newton_directions(hess, probs, temps, grad, index, regularisation)
     index = torch.nonzero(rows & ~dense).flatten()
-    if len(index) and not regularisation:
+    if len(index):
         part, part_ok = _cg_newton_directions(hess, probs, temps, grad, index)
         direction[index], ok[index] = part[index], part_ok[index]
     return direction, ok
@@ -737,13 +741,13 @@ def _newton_directions(hess, probs: Sequence[Tensor], temps: Sequence[float], gr
 
 def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float], lam: list[Tensor],
                       etas: list[Tensor], g_now: Tensor, pieces: _Pieces, active: Tensor,
-                      given: Sequence[Tensor | None] | None = None, dense: Tensor | None = None):
+                      dense: Tensor, given: Sequence[Tensor | None] | None = None):
     """A damped Newton step on ``g`` from ``lam`` (logits ``etas``, value ``g_now``), per sample.
 
     The direction solves ``∇²g d = −∇g`` on the mean-zero subspace: with the dense Hessian and
     its Cholesky factor (:mod:`convex_attention.hessian`) for the samples where ``dense``
-    ``(B,)`` is True (default: every sample when the stacked dual has at most ``DENSE_LIMIT``
-    entries, none otherwise), else by a few conjugate-gradient iterations.  The step lengths of
+    ``(B,)`` is True (every sample when the stacked dual has at most ``DENSE_LIMIT`` entries;
+    above, those that crawled: :func:`solve_dual`), else by a few conjugate-gradient iterations.  The step lengths of
     :data:`_NEWTON_STEPS` are tried in turn and the first with ``g ≤ g_now`` is taken (the
     safeguard: NaN never passes).  Where none is, on the dense samples, regularised directions
     ``(∇²g + ρ s I) d = −∇g`` follow, ``ρ`` up the ladder :data:`_REGULARISED_NEWTON` (``s``
@@ -756,8 +760,6 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
     hess = get_hessian(h, lam[0].device)
     probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) for z, lse, shape in pieces]
     objective_temps, temps = temps, hessian_temperatures(temps, given)
-    if dense is None:  # dense: each direction costs a factorisation, O(D³); above DENSE_LIMIT, inexact Newton
-        dense = torch.full_like(active, hess.dim <= DENSE_LIMIT)
     grad = hess.gradient(probs)
     # only the samples still solving
     direction, ok = _newton_directions(hess, probs, temps, grad, active, dense)
@@ -782,7 +784,7 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
 
     search(direction, ok, _NEWTON_STEPS)
     for regularisation in _REGULARISED_NEWTON:
-        rows = active & ~taken
+        rows = active & ~taken & dense
         if not bool(rows.any()):
             break
         search(*_newton_directions(hess, probs, temps, grad, rows, dense, regularisation), _REGULARISED_STEPS)
@@ -950,7 +952,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     dimension = get_hessian(h, device).dim if use_newton else 0
     # which samples take their Newton directions from the dense Hessian (see _CRAWL_WINDOW)
     dense = torch.full((B,), dimension <= DENSE_LIMIT, dtype=torch.bool, device=device)
-    fallback = DENSE_LIMIT < dimension <= DENSE_FALLBACK_LIMIT
+    fallback = DENSE_LIMIT < dimension <= hessian.DENSE_FALLBACK_LIMIT
     xs: list[Tensor] = []
     gxs: list[Tensor] = []
     for _ in range(max_iter):
@@ -972,7 +974,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             new_g, new_pieces = torch.where(take, extra_g, new_g), _pick_pieces(take, extra_pieces, new_pieces)
         if use_newton:
             new, new_etas, new_g, new_pieces, took = _newton_candidate(h, scores, temps, new, new_etas, new_g,
-                                                                       new_pieces, active, given, dense)
+                                                                       new_pieces, active, dense, given)
             newton_steps += took.long()
         lam, etas = _pick(active, new, lam), _pick(active, new_etas, etas)
         # measured at the chosen point from its own softmax pieces (g is not computed twice)
@@ -988,7 +990,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             history_v.append(viol.clone())
             history_g.append(g.clone())
             history_gap.append(gap.clone())
-        recent = (recent + [viol.clone()])[-(_PROGRESS_WINDOW + 1):]
+        recent = (recent + [viol.clone()])[-_RECENT_SWEEPS:]
         if fallback and len(recent) > _CRAWL_WINDOW:
             dense |= active & ~(viol * _CRAWL_FACTOR <= recent[-1 - _CRAWL_WINDOW])
     converged = ~failed & (viol <= stop_tol) & (gap <= gap_tol)

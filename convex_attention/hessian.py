@@ -49,15 +49,16 @@ __all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitS
 # factorised (Cholesky, O(D³) per sample; D = 1344 takes ~0.1 s per factorisation on one core).
 # Above it Newton systems are solved by conjugate gradients: faster per instance, but on a
 # hard stress family (D = 1344, τ down to 0.01) 2 of 100 instances missed 1e-10 in 200 sweeps
-# where the dense path needed at most 21 (measured, docs/math.md §7.4).
+# where the dense path needed at most 21 (measured, docs/math.md §7.4, before the fallback below).
 DENSE_LIMIT = 1024
 # Up to this many entries a system that conjugate gradients alone could not solve is solved
-# again with the dense Hessian: block-Jacobi conjugate gradients fail on peaked maps, e.g. the
-# implicit backward of 27 of 40 hard mixed instances at 160² (D = 1600) after 1000 iterations,
-# none with the retry (measured, docs/benchmarks.md).  The dual solver's Newton steps fall back
-# likewise.  The cap is a cost: a dense direction grows as D³ (2.4 s and 620 MiB per sample at
-# D = 4094, where a crawling sample then took 45 s for 14 sweeps against 0.8 s without it, a
-# review); at D = 1600 the fallback made the runs faster, not slower.
+# again with the dense Hessian: block-Jacobi conjugate gradients fail on peaked maps, e.g. at
+# the same solutions of 12 hard mixed instances at 160² (D = 1600) 8 were left unsolved after
+# 1000 iterations, 1 with the retry (every map at τ ≤ 0.1; measured, docs/math.md §7.5).  The
+# dual solver's Newton steps fall back likewise (it reads the limit from here at call time).
+# The cap is a cost: a dense direction grows as D³ (2.4 s and 620 MiB per sample at D = 4094,
+# where a crawling sample then took 45 s for 14 sweeps against 0.8 s without it, a review);
+# at D = 1600 the fallback made the runs faster, not slower.
 DENSE_FALLBACK_LIMIT = 2048
 # Dense Hessians are built for at most this many entries at once (128 MiB in float64): the
 # batch is split into chunks of samples.
@@ -449,8 +450,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     if retried:
         # again with the dense Hessian as the preconditioner (DENSE_FALLBACK_LIMIT), those samples only
         rows = torch.nonzero(~solved).flatten()
-        again = solve_psd(hess, [p[rows] for p in probs], temps, rhs[rows],
-                          rtol[rows] if isinstance(rtol, Tensor) else rtol, max_iter, DENSE_FALLBACK_LIMIT)
+        again = solve_psd(hess, [p[rows] for p in probs], temps, rhs[rows], rtol, max_iter, DENSE_FALLBACK_LIMIT)
         w, relres, iterations, solved = (w.clone(), relres.clone(), iterations.clone(), solved.clone())
         w[rows], relres[rows], iterations[rows], solved[rows] = again
     bad = torch.nonzero(~solved).flatten().tolist()
@@ -460,7 +460,8 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
             f"the implicit backward of method 'dual' could not solve the dual's Hessian system for sample(s) "
             f"{bad[:10]}: conjugate gradients reached relative residual {worst:.1e} (tolerance {rtol:.0e}"
             f"{', nor a stalled residual at its rounding error' if dtype == torch.float64 else ''}) after "
-            f"{int(iterations.max())} iterations{' (a retry preconditioned by the dense Hessian)' if retried else ''}"
+            f"{int(iterations[bad].max())} iterations"
+            f"{' (a retry preconditioned by the dense Hessian)' if retried else ''}"
             f"; the Hessian is too ill-conditioned at this solution (whole blocks "
             f"of near-zero probability, or temperatures far apart): solve in float64 (dtype=torch.float64), raise "
             f"the temperatures, or use method 'exact' where the graph is a forest"

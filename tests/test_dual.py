@@ -1004,12 +1004,13 @@ def test_a_sample_crawling_on_the_inexact_newton_path_takes_dense_newton_steps(m
     from convex_attention import hessian as hessian_module
 
     monkeypatch.setattr(dual_module, "DENSE_LIMIT", 0)
+    shipped = hessian_module.DENSE_FALLBACK_LIMIT
     for i, (h, scores, temps) in enumerate(peaked_mixed_instances()):
-        monkeypatch.setattr(dual_module, "DENSE_FALLBACK_LIMIT", 0)  # the inexact path alone, as before
+        monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 0)  # the inexact path alone, as before
         with pytest.warns(RuntimeWarning, match="did not reach tol"):
             before = solve_dual(scores, h, temps, tol=1e-10, max_iter=50, strict=False)
         assert not bool(before["converged"].any())  # (nor within 200 sweeps: 9e-10 and 1e-3 there)
-        monkeypatch.setattr(dual_module, "DENSE_FALLBACK_LIMIT", hessian_module.DENSE_FALLBACK_LIMIT)
+        monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", shipped)
         after = solve_dual(scores, h, temps, tol=1e-10, max_iter=100)
         assert bool(after["converged"].all()) and int(after["iterations"][0]) <= 50
         probs = reparameterized_probs(scores, after["duals"], h, temps)
