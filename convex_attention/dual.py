@@ -747,15 +747,16 @@ def _newton_candidate(h: Graph, scores: Sequence[Tensor], temps: Sequence[float]
     The direction solves ``∇²g d = −∇g`` on the mean-zero subspace: with the dense Hessian and
     its Cholesky factor (:mod:`convex_attention.hessian`) for the samples where ``dense``
     ``(B,)`` is True (every sample when the stacked dual has at most ``DENSE_LIMIT`` entries;
-    above, those that crawled: :func:`solve_dual`), else by a few conjugate-gradient iterations.  The step lengths of
-    :data:`_NEWTON_STEPS` are tried in turn and the first with ``g ≤ g_now`` is taken (the
-    safeguard: NaN never passes).  Where none is, on the dense samples, regularised directions
-    ``(∇²g + ρ s I) d = −∇g`` follow, ``ρ`` up the ladder :data:`_REGULARISED_NEWTON` (``s``
-    the mean diagonal), each with the step lengths of :data:`_REGULARISED_STEPS`, until one
-    lowers ``g``: on peaked maps the Hessian has directions of almost no curvature (cells of
-    probability ~0 at τ = 0.01), along which the Newton direction is so long that even its
-    1/32 overshoots.  ``pieces``: the softmax pieces at ``lam`` (:func:`_objective`).
-    Returns ``(lam, etas, g, pieces, taken)`` with the old values where no step was taken.
+    above, those that crawled: :func:`solve_dual`), else by a few conjugate-gradient
+    iterations.  The step lengths of :data:`_NEWTON_STEPS` are tried in turn and the first
+    with ``g ≤ g_now`` is taken (the safeguard: NaN never passes).  Where none is, on the
+    dense samples, regularised directions ``(∇²g + ρ s I) d = −∇g`` follow, ``ρ`` up the
+    ladder :data:`_REGULARISED_NEWTON` (``s`` the mean diagonal), each with the step lengths
+    of :data:`_REGULARISED_STEPS`, until one lowers ``g``: on peaked maps the Hessian has
+    directions of almost no curvature (cells of probability ~0 at τ = 0.01), along which the
+    Newton direction is so long that even its 1/32 overshoots.  ``pieces``: the softmax
+    pieces at ``lam`` (:func:`_objective`).  Returns ``(lam, etas, g, pieces, taken)`` with
+    the old values where no step was taken.
     A given map adds no curvature (its ``J_k`` is the limit ``τ_k → ∞``: zero)."""
     hess = get_hessian(h, lam[0].device)
     probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) for z, lse, shape in pieces]
@@ -948,7 +949,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     iterations = torch.zeros(B, dtype=torch.long, device=device)
     newton_steps = torch.zeros(B, dtype=torch.long, device=device)
     history_v, history_g, history_gap = ([viol.clone()], [g.clone()], [gap.clone()]) if record_history else ([], [], [])
-    recent = [viol.clone()]  # violations of the last _PROGRESS_WINDOW sweeps (for the advice)
+    recent = [viol.clone()]  # violations of the last sweeps (for the advice and the crawl test)
     dimension = get_hessian(h, device).dim if use_newton else 0
     # which samples take their Newton directions from the dense Hessian (see _CRAWL_WINDOW)
     dense = torch.full((B,), dimension <= DENSE_LIMIT, dtype=torch.bool, device=device)
