@@ -1068,3 +1068,40 @@ def test_the_dense_fallback_is_decided_per_sample(monkeypatch):
         # directions of almost no curvature (the batch's rounding moved it by 3e-5)
         for got, want in zip(together, reparameterized_probs(scores, one["duals"], h, temps)):
             torch.testing.assert_close(got[i], want[0], atol=1e-9, rtol=0)
+
+
+@pytest.mark.slow  # ~8 s: a 160² graph whose dual is above DENSE_LIMIT, solved and differentiated as shipped
+def test_a_graph_above_the_dense_limit_converges_and_differentiates_as_shipped(monkeypatch):
+    """Mixed instance 9 of the hard stream at 160² (τ = 0.23, 0.28, 7.6, 3.7; D = 1600): on the
+    inexact Newton path alone it had not converged after 100 sweeps; as shipped (the dense
+    fallback of crawling samples, the backward's dense retry) it converges within 50 and its
+    implicit gradient agrees with a five-point difference."""
+    from convex_attention import hessian as hessian_module
+    from convex_attention.bench import graph_targets as gt
+    from convex_attention.bench.differences import five_point_derivative
+
+    g = gt._instance_stream(0, "mixed", "hard")
+    for draw in range(10):
+        h, scores, temps = gt.draw_instance("mixed", 160, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=torch.float64,
+                                            pin_ends=draw % gt.PINNED_EVERY == 0)
+    assert hessian_module.DENSE_LIMIT < hessian_module.get_hessian(h, "cpu").dim <= hessian_module.DENSE_FALLBACK_LIMIT
+    rng = torch.Generator().manual_seed(3)
+    weights = [torch.randn(s.shape, generator=rng, dtype=torch.float64) for s in scores]
+    direction = [torch.randn(s.shape, generator=rng, dtype=torch.float64) for s in scores]
+
+    def loss(x, **options):
+        sol = ca.solve(x, h, "dual", temperature=temps, tol=1e-12, max_iter=100, **options)
+        return sum((p * w).sum() for p, w in zip(sol.probs, weights)), sol
+
+    leaves = [s.clone().requires_grad_() for s in scores]
+    value, sol = loss(leaves)
+    assert bool(sol.info["converged"].all()) and int(sol.info["iterations"][0]) <= 50
+    grads = torch.autograd.grad(value, leaves)
+    along = float(sum((gk * d).sum() for gk, d in zip(grads, direction)))
+    with torch.no_grad():
+        reference = five_point_derivative(lambda t: float(loss([s + t * d for s, d in zip(scores, direction)])[0]))
+    assert abs(along - reference) <= 1e-6 * max(1.0, abs(reference))
+    monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 0)  # the inexact path alone, as before
+    with pytest.warns(RuntimeWarning, match="did not reach tol"):
+        _, before = loss(scores, strict=False)
+    assert not bool(before.info["converged"].any())
