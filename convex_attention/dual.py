@@ -997,7 +997,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     converged = ~failed & (viol <= stop_tol) & (gap <= gap_tol)
     if not bool(converged.all()):
         msg = _failure_message(scores, h, temps, stop_tol, gap_tol, max_iter, converged, failed, viol, gap, recent,
-                               dtype, closed_form=h.is_forest and given is None, given=given is not None)
+                               dtype, closed_form=h.is_forest and given is None, given=given is not None,
+                               inexact_dimension=dimension if dimension > hessian.DENSE_FALLBACK_LIMIT else 0)
         if stop_tol != tol and round_to is not None:  # (only a round_to moves stop_tol)
             msg += (f" (The maps are returned in {dtype_name(round_to)}: the iterate must reach "
                     f"{stop_tol:.3g} for them to meet tol {tol:g} once rounded.)")
@@ -1023,8 +1024,10 @@ def rounding_margin(h: Graph, dtype: torch.dtype) -> float:
 
 
 def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged, failed, viol, gap, recent,
-                     dtype, closed_form: bool = True, given: bool = False) -> str:
-    """Which samples missed ``tol``, why, and what helps (only advice that is true)."""
+                     dtype, closed_form: bool = True, given: bool = False, inexact_dimension: int = 0) -> str:
+    """Which samples missed ``tol``, why, and what helps (only advice that is true).
+    ``inexact_dimension``: the stacked dual's size where its Newton systems are solved by
+    conjugate gradients alone (above ``hessian.DENSE_FALLBACK_LIMIT``), else 0."""
     bad = torch.nonzero(~converged).flatten().tolist()
     name = dtype_name(dtype)
     reasons = []
@@ -1080,6 +1083,11 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
             reasons.append(f"sample(s) {stuck[:10]} stalled at violation "
                            f"{', '.join(f'{float(viol[i]):.2e}' for i in stuck[:5])} in {name} (less than "
                            f"halved over the last {window} sweeps; raising max_iter is unlikely to help{why}): {fix}")
+        if inexact_dimension:
+            reasons.append(f"the stacked dual has {inexact_dimension} entries, above the "
+                           f"{hessian.DENSE_FALLBACK_LIMIT} up to which a sample that crawls takes dense Newton "
+                           f"steps: its Newton systems are solved by a few conjugate-gradient iterations, which "
+                           f"crawl on peaked maps (higher temperatures make the maps less peaked)")
     return (f"dual solver did not reach tol={tol:g} for sample(s) {bad[:10]}{' …' if len(bad) > 10 else ''}; "
             + "; ".join(reasons))
 

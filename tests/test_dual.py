@@ -1021,6 +1021,24 @@ def test_a_sample_crawling_on_the_inexact_newton_path_takes_dense_newton_steps(m
                 np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
 
 
+def test_a_sample_that_crawls_above_the_fallback_limit_is_told_why(monkeypatch):
+    """Above DENSE_FALLBACK_LIMIT a crawling sample stays on the inexact Newton path: the error
+    says so, with the stacked dual's size and the limit; below it, the advice does not appear."""
+    from convex_attention import dual as dual_module
+    from convex_attention import hessian as hessian_module
+
+    (h, scores, temps), _ = peaked_mixed_instances()
+    monkeypatch.setattr(dual_module, "DENSE_LIMIT", 0)
+    monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 10)  # the 32² instance has 64 entries
+    with pytest.raises(ConvergenceError, match=r"the stacked dual has 64 entries, above the 10 up to which a sample "
+                                               r"that crawls takes dense Newton steps"):
+        solve_dual(scores, h, temps, tol=1e-10, max_iter=20)
+    monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 64)
+    with pytest.raises(ConvergenceError) as error:  # 8 sweeps are too few either way
+        solve_dual(scores, h, temps, tol=1e-10, max_iter=8)
+    assert "stacked dual" not in str(error.value)
+
+
 def test_the_dense_fallback_is_decided_per_sample(monkeypatch):
     """A crawling sample moves to dense Newton directions alone, and for good: batched with a
     sample that does not crawl, only the crawling one is given dense directions, on every sweep
