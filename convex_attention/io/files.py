@@ -166,8 +166,8 @@ def check_no_earlier_outputs(out_dir: str, names, overwrite: bool) -> None:
                          f"folder, or pass --overwrite to replace them")
 
 
-def _kind(mode: int) -> str:
-    """What a file that is not a regular file is, in words."""
+def file_kind(mode: int) -> str:
+    """What a file that is not a regular file is, in words (from its ``st_mode``)."""
     if stat.S_ISDIR(mode):
         return "a folder"
     if stat.S_ISFIFO(mode):
@@ -195,7 +195,7 @@ def check_output_files(out_dir: str, names) -> None:
         except OSError as err:
             raise ValueError(f"{path} cannot be examined ({err.strerror or err}); choose another --out") from None
         if not stat.S_ISREG(mode):
-            raise ValueError(f"{path} is {_kind(mode)}, not the file {name} this command writes there: it cannot "
+            raise ValueError(f"{path} is {file_kind(mode)}, not the file {name} this command writes there: it cannot "
                              f"be read or replaced; move it away, or choose another --out")
 
 

@@ -19,7 +19,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from .files import row_checksum
+from .files import file_kind, row_checksum
 
 __all__ = ["Table", "Schema", "ResultsFormatError", "read_table", "read_rows"]
 
@@ -88,8 +88,10 @@ def read_table(path: str, required=(), checksum: bool | None = None) -> Table:
             not block the read), or a file that cannot be read.
     """
     if not os.path.isfile(path):  # follows a symlink: a link to a regular file is read
-        what = "does not exist" if not os.path.lexists(path) else (
-            "is a folder" if os.path.isdir(path) else "is not a regular file")
+        try:
+            what = f"is {file_kind(os.stat(path).st_mode)}"
+        except OSError:
+            what = "does not exist" if not os.path.lexists(path) else "is a link to nothing"
         raise ResultsFormatError(f"{path}: {what}, not the CSV table {os.path.basename(path)} should be")
     try:
         with open(path, "rb") as f:
