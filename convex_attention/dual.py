@@ -687,20 +687,20 @@ def _pick(take: Tensor, a: Sequence[Tensor], b: Sequence[Tensor]) -> list[Tensor
 
 def _dense_newton_directions(hess, probs: Sequence[Tensor], temps: Sequence[float], grad: Tensor, rows: Tensor,
                              regularisation: float = 0.0) -> tuple[Tensor, Tensor]:
-    """``−(∇²g + ρ s I)⁻¹ ∇g`` for the samples ``rows`` (zero elsewhere), ``s`` the mean of
-    each sample's Hessian diagonal and ``ρ`` ``regularisation``: ``(direction, ok)``, each
-    ``(B, D)`` and ``(B,)``, ``ok`` False where no Cholesky factor was found.  The dense
-    Hessians are assembled for chunks of samples (each costs a factorisation, O(D³))."""
-    direction = torch.zeros_like(grad)
-    ok = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
+    """``−(∇²g + ρ s I)⁻¹ ∇g`` for the samples ``rows`` (indices), ``s`` the mean of each
+    sample's Hessian diagonal and ``ρ`` ``regularisation``: ``(direction, ok)``, each
+    ``(len(rows), D)`` and ``(len(rows),)``, ``ok`` False where no Cholesky factor was found.
+    The dense Hessians are assembled for chunks of samples (each costs a factorisation, O(D³))."""
+    direction = grad.new_empty((len(rows), grad.shape[1]))
+    ok = torch.zeros(len(rows), dtype=torch.bool, device=grad.device)
     for chunk in dense_chunks(len(rows), hess.dim):
         pick = rows[chunk]
         H = hess.dense([p[pick] for p in probs], temps)
         if regularisation:
             diagonal = H.diagonal(dim1=1, dim2=2)
             diagonal.add_(regularisation * diagonal.mean(1, keepdim=True))
-        factor, ok[pick] = hess.factor(H)
-        direction[pick] = -cholesky_apply(factor, grad[pick])
+        factor, ok[chunk] = hess.factor(H)
+        direction[chunk] = -cholesky_apply(factor, grad[pick])
     return direction, ok
 
 
@@ -709,33 +709,30 @@ def _cg_newton_directions(hess, probs: Sequence[Tensor], temps: Sequence[float],
     """:func:`_dense_newton_directions` above ``DENSE_LIMIT``, unregularised: a few
     block-Jacobi conjugate-gradient iterations on ``∇²g d = −∇g`` (:data:`_NEWTON_CG_RTOL`,
     :data:`_NEWTON_CG_ITERATIONS`) for the samples ``rows``; ``ok``: the direction is finite."""
-    direction = torch.zeros_like(grad)
-    ok = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
     # (tightening the residual with the gradient, Eisenstat-Walker style, with up to 100
     # iterations, was three times slower and rescued no instance, measured)
-    direction[rows], _, _, _ = solve_psd(hess, [p[rows] for p in probs], temps, -grad[rows], _NEWTON_CG_RTOL,
-                                         _NEWTON_CG_ITERATIONS, dense_limit=0)
-    ok[rows] = torch.isfinite(direction[rows]).all(1)
-    return direction, ok
+    direction, _, _, _ = solve_psd(hess, [p[rows] for p in probs], temps, -grad[rows], _NEWTON_CG_RTOL,
+                                   _NEWTON_CG_ITERATIONS, dense_limit=0)
+    return direction, torch.isfinite(direction).all(1)
 
 
 def _newton_directions(hess, probs: Sequence[Tensor], temps: Sequence[float], grad: Tensor, rows: Tensor,
                        dense: Tensor, regularisation: float = 0.0) -> tuple[Tensor, Tensor]:
-    """The Newton directions of the samples ``rows`` (a bool mask, ``(B,)``): from the dense
-    Hessian where ``dense`` ``(B,)`` is True, by conjugate gradients elsewhere.  Regularised
-    directions (``regularisation > 0``) are asked for dense samples only: a sample on the
-    inexact path is moved to the dense one once it crawls (:data:`_CRAWL_WINDOW`; up to
+    """The Newton directions of the samples ``rows`` (a bool mask, ``(B,)``), zero elsewhere:
+    from the dense Hessian where ``dense`` ``(B,)`` is True, by conjugate gradients elsewhere;
+    ``(direction, ok)``, ``(B, D)`` and ``(B,)``.  Regularised directions
+    (``regularisation > 0``) are asked for dense samples only: a sample on the inexact path is
+    moved to the dense one once it crawls (:data:`_CRAWL_WINDOW`; up to
     ``hessian.DENSE_FALLBACK_LIMIT`` entries), and regularising its conjugate-gradient system
     as well rescued no instance (measured)."""
     direction = torch.zeros_like(grad)
     ok = torch.zeros(grad.shape[0], dtype=torch.bool, device=grad.device)
     index = torch.nonzero(rows & dense).flatten()
     if len(index):
-        direction, ok = _dense_newton_directions(hess, probs, temps, grad, index, regularisation)
+        direction[index], ok[index] = _dense_newton_directions(hess, probs, temps, grad, index, regularisation)
     index = torch.nonzero(rows & ~dense).flatten()
     if len(index):
-        part, part_ok = _cg_newton_directions(hess, probs, temps, grad, index)
-        direction[index], ok[index] = part[index], part_ok[index]
+        direction[index], ok[index] = _cg_newton_directions(hess, probs, temps, grad, index)
     return direction, ok
 
 
