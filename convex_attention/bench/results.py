@@ -328,12 +328,11 @@ def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None, *
                            f"pass --overwrite to replace them and start over"
                            f"{' (--resume cannot read them either)' if offer_resume else ''}, or choose another --out")
     if rows:
-        if not offer_resume:
-            raise FinishedRows(f"{out_dir} holds {rows} row(s) of an earlier bench ({finished} finished) in "
-                               f"bench.csv; pass --overwrite to discard them and start over, or choose another --out")
+        advice = ("pass --resume to keep them and measure only the rest, or --overwrite to discard them and start "
+                  "over (or choose another --out)" if offer_resume else
+                  "pass --overwrite to discard them and start over, or choose another --out")
         raise FinishedRows(f"{out_dir} holds {rows} row(s) of an earlier bench ({finished} finished) in bench.csv; "
-                           f"pass --resume to keep them and measure only the rest, or --overwrite to discard them "
-                           f"and start over (or choose another --out)")
+                           f"{advice}")
     earlier = _earlier_files(out_dir)
     if earlier:
         raise FinishedRows(f"{out_dir} holds {' and '.join(earlier)} of an earlier bench (and no row in bench.csv), "
