@@ -200,8 +200,7 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict:
         finite = np.isfinite(thresholds)
         j = np.where(finite, tpr - fpr, -np.inf)
         threshold = float(thresholds[int(np.argmax(j))])
-        out["val_threshold"] = float(1.0 / (1.0 + math.exp(-threshold)) if threshold >= 0 else
-                                     math.exp(threshold) / (1.0 + math.exp(threshold)))  # stored on p(class 1)
+        out["val_threshold"] = float(torch.sigmoid(torch.tensor(threshold, dtype=torch.float64)))  # on p(class 1)
         out["val_balanced_acc_at_threshold"] = float(balanced_accuracy_score(y, (log_odds >= threshold).astype(int)))
     elif num_classes > 2 and len(present) == num_classes:
         out["val_auc"] = float(roc_auc_score(y, probs, multi_class="ovr"))
@@ -362,9 +361,7 @@ def _rng_problem(rng) -> str:
         return ""
     if not isinstance(rng, dict) or type(rng.get("world")) is not int:
         return "not a dict with the number of processes"
-    for key in ("torch", "aug", "loader"):
-        if key not in rng and key == "loader":
-            continue
+    for key in ("torch", "aug", *(("loader",) if "loader" in rng else ())):  # the loader's: where it shuffles
         try:  # a CPU generator's state, as torch's global one: set on a scratch generator to check it
             torch.Generator().set_state(rng[key])
         except (KeyError, TypeError, RuntimeError, ValueError):
