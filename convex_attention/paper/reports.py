@@ -305,19 +305,15 @@ def _headline_section(headline) -> list[str]:
 def _headline_nan_lines(headline) -> list[str]:
     """The seeds each paired difference left out because one side's mean was NaN (recorded as
     ``seeds_nan`` beside ``seeds``, the seeds paired), or one line saying none was."""
-    recorded = [d for h in headline for d in ([h["difference"]] if h.get("difference") else [])
-                + list((h.get("by_model") or {}).values())]
-    if any("seeds_nan" not in d for d in recorded):
+    pairs = [(h, what, d) for h in headline
+             for what, d in ([("best attention map", h["difference"])] if h.get("difference") else [])
+             + [(f"{model}'s best level", b) for model, b in (h.get("by_model") or {}).items()]]
+    if any("seeds_nan" not in d for _, _, d in pairs):
         return ["Left out as NaN (headline differences): not recorded (results written before the count existed).",
                 ""]
-    dropped = []
-    for h in headline:
-        where = f"{h['condition']}, {h['test_set']}, {h['mask']}, {h['resolution']}"
-        pairs = ([("best attention map", h["difference"])] if h.get("difference") else []) + [
-            (f"{model}'s best level", b) for model, b in (h.get("by_model") or {}).items()]
-        dropped += [f"- {where}, {what} against the best post-hoc map: {d['seeds_nan']} of the {d['seeds']} paired "
-                    f"seeds left out, the difference is over {d['seeds'] - d['seeds_nan']}"
-                    for what, d in pairs if d.get("seeds_nan")]
+    dropped = [f"- {h['condition']}, {h['test_set']}, {h['mask']}, {h['resolution']}, {what} against the best "
+               f"post-hoc map: {d['seeds_nan']} of the {d['seeds']} paired seeds left out, the difference is over "
+               f"{d['seeds'] - d['seeds_nan']}" for h, what, d in pairs if d.get("seeds_nan")]
     if not dropped:
         return ["Left out as NaN (headline differences): nothing; every difference is over all the seeds both "
                 "maps have.", ""]
