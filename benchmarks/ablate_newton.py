@@ -50,7 +50,7 @@ def _restore() -> None:
     dual._REGULARISED_NEWTON, dual.DENSE_LIMIT, hessian.DENSE_FALLBACK_LIMIT = LADDER, DENSE, FALLBACK
 
 
-def _backward_fails(h, scores, temps, probs) -> int:
+def _backward_fails(h, temps, probs) -> int:
     """1 where the implicit backward at these maps raises ImplicitSolveError, else 0."""
     g = torch.Generator().manual_seed(7)
     grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in probs]
@@ -109,7 +109,7 @@ def _convergence(size: int, instances: int, seed: int, families, sets, backward:
                     misses[on] += int(not out["converged"][0])
                     if backward:
                         probs = dual.reparameterized_probs(scores, out["duals"], h, temps)
-                        failed_backwards[on] += _backward_fails(h, scores, temps, probs)
+                        failed_backwards[on] += _backward_fails(h, temps, probs)
             print(f"{set_name:<7}{family:<13} sweeps median/worst off {statistics.median(sweeps[False]):g}/"
                   f"{max(sweeps[False])}, on {statistics.median(sweeps[True]):g}/{max(sweeps[True])}; misses off "
                   f"{misses[False]}, on {misses[True]}; total s off {total[False]:.1f}, on {total[True]:.1f}"
