@@ -146,7 +146,7 @@ def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None 
                     ax.set_title(f"residual of constraint {k}\n$P_{k}\\,p_{k} - p_{{{k + 1}}}$", fontsize=7)
                 if i == len(sols) - 1:
                     bar = fig.colorbar(im, ax=axes[:, L + k], location="bottom", fraction=0.04, pad=0.01,
-                                       shrink=0.9, format="%.0e")
+                                       shrink=0.9, format="%.0g")  # -0.02, 0, 0.02; 1e-16 where tiny
                     bar.ax.tick_params(labelsize=5.5, rotation=30)
                     bar.set_label(f"$P_{k}\\,p_{k} - p_{{{k + 1}}}$: residual per coarse cell", fontsize=6)
             axes[i, 0].set_ylabel(name.replace(" (", "\n("), fontsize=7)
