@@ -470,15 +470,23 @@ def tmp_files(folder) -> list[str]:
     return [n for n in os.listdir(folder) if n.endswith(".tmp")]
 
 
+def benchmark_instance(size: int, draw: int, dtype=torch.float64):
+    """Instance ``draw`` of the graph benchmark's mixed hard stream at ``size``² (seed 0, one
+    sample, the range's ends pinned every ``PINNED_EVERY`` draws, as its convergence part
+    draws them): ``(graph, scores, temperatures)``."""
+    from convex_attention.bench import graph_targets as gt
+
+    g = gt._instance_stream(0, "mixed", "hard")
+    for index in range(draw + 1):
+        instance = gt.draw_instance("mixed", size, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=dtype,
+                                    pin_ends=index % gt.PINNED_EVERY == 0)
+    return instance
+
+
 def peaked_mixed_instances():
     """Mixed hard instances 1 and 8 of the graph benchmark's stream at 32², float64, one sample
     each (τ = 0.034, 0.014, 0.30, 0.087 and 0.01, 0.42, 7.2, 10), as ``(graph, scores,
     temperatures)``: peaked maps, on which block-Jacobi conjugate gradients cannot solve the
     dual's Hessian systems (Newton steps that crawl to 200 sweeps, an implicit backward left at
     relative residual 1; measured on an AMD EPYC)."""
-    from convex_attention.bench import graph_targets as gt
-
-    g = gt._instance_stream(0, "mixed", "hard")
-    drawn = [gt.draw_instance("mixed", 32, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=torch.float64,
-                              pin_ends=draw % gt.PINNED_EVERY == 0) for draw in range(9)]
-    return [drawn[1], drawn[8]]
+    return [benchmark_instance(32, 1), benchmark_instance(32, 8)]

@@ -10,6 +10,7 @@ from helpers import (
     GRAPH_CASES,
     NONTREE_CASES,
     Instance,
+    benchmark_instance,
     flat_np,
     linear_loss_gradient,
     make_graph,
@@ -529,13 +530,9 @@ def test_maps_returned_in_float32_meet_tol_after_rounding():
     instance stopped at 9.94e-7, on one AMD EPYC at 3.44e-7), so tol is placed from the
     trajectory measured here: just above the first violation below 1e-6, where plain stopping
     accepts that iterate and the float32 margin must not."""
-    from convex_attention.bench import graph_targets as gt
     from convex_attention.metrics import violation
 
-    g = gt._instance_stream(0, "mixed", "hard")
-    for draw in range(43):
-        h, scores, temps = gt.draw_instance("mixed", 64, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=torch.float32,
-                                            pin_ends=draw % gt.PINNED_EVERY == 0)
+    h, scores, temps = benchmark_instance(64, 42, dtype=torch.float32)
     wide = [s.double() for s in scores]
     eps = torch.finfo(torch.float32).eps
     loose_gap = {"gap_tol": 1.0, "max_iter": 200}  # only the violation decides where each run stops
@@ -975,12 +972,7 @@ def test_a_newton_direction_too_long_for_every_step_length_is_regularised_instea
     curvature (cells of probability ~0 at τ = 0.01), so even 1/32 of every Newton direction
     raised g, and 3 Newton steps were taken in 200 sweeps.  Regularised directions
     (∇²g + ρ s I) d = −∇g converge it in about a dozen sweeps."""
-    from convex_attention.bench import graph_targets as gt
-
-    g = gt._instance_stream(0, "mixed", "hard")
-    for draw in range(65):
-        h, scores, temps = gt.draw_instance("mixed", 16, g, gt.CONVERGENCE_SETS["hard"][:2], 1,
-                                            pin_ends=draw % gt.PINNED_EVERY == 0)
+    h, scores, temps = benchmark_instance(16, 64)
     assert min(temps) == 0.01 and max(temps) == 10.0
     out = solve_dual(scores, h, temps, tol=1e-10, max_iter=50, record_history=True)
     assert bool(out["converged"].all()) and int(out["iterations"][0]) <= 30
@@ -1095,13 +1087,9 @@ def test_a_graph_above_the_dense_limit_converges_and_differentiates_as_shipped(m
     fallback of crawling samples, the backward's dense retry) it converges within 50 and its
     implicit gradient agrees with a five-point difference."""
     from convex_attention import hessian as hessian_module
-    from convex_attention.bench import graph_targets as gt
     from convex_attention.bench.differences import five_point_derivative
 
-    g = gt._instance_stream(0, "mixed", "hard")
-    for draw in range(10):
-        h, scores, temps = gt.draw_instance("mixed", 160, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=torch.float64,
-                                            pin_ends=draw % gt.PINNED_EVERY == 0)
+    h, scores, temps = benchmark_instance(160, 9)
     assert hessian_module.DENSE_LIMIT < hessian_module.get_hessian(h, "cpu").dim <= hessian_module.DENSE_FALLBACK_LIMIT
     rng = torch.Generator().manual_seed(3)
     weights = [torch.randn(s.shape, generator=rng, dtype=torch.float64) for s in scores]
