@@ -5,12 +5,16 @@
     python benchmarks/ablate_newton.py --size 64 --instances 100
     python benchmarks/ablate_newton.py --ablate fallback --size 160 --instances 40 --families mixed --backward
     python benchmarks/ablate_newton.py --ablate fallback --dense-limit 0 --families mixed --no-speed
+    python benchmarks/ablate_newton.py --ablate pseudo_inverse --sets hard --backward --no-speed
 
 ``--ablate regularised`` (the default): "off" empties ``convex_attention.dual._REGULARISED_NEWTON``,
 the solver as it was before the regularised directions existed.  ``--ablate fallback``: "off"
 sets ``DENSE_FALLBACK_LIMIT`` to 0, the solver as it was before a system that conjugate
 gradients could not solve (above ``DENSE_LIMIT`` stacked-dual entries) fell back to the dense
-Hessian, in the Newton steps and in the implicit backward.  "On" is the solver as shipped.  The
+Hessian, in the Newton steps and in the implicit backward.  ``--ablate pseudo_inverse``: "off"
+leaves out the implicit backward's last retry, preconditioned by the dense Hessian's
+pseudo-inverse (``hessian.RETRY_PRECONDITIONERS``); the forwards are the same, so count it with
+``--backward``.  "On" is the solver as shipped.  The
 two alternate on every instance, one torch thread.  Prints, per family and convergence set of
 the graph benchmark (the same instances, the range's ends pinned every fourth draw; float64,
 tol 1e-10): the sweeps' median and worst, the misses and the total time of each, and with
@@ -33,8 +37,9 @@ from convex_attention.cli import CommandParser
 
 LADDER = dual._REGULARISED_NEWTON
 FALLBACK = hessian.DENSE_FALLBACK_LIMIT
+RETRIES = hessian.RETRY_PRECONDITIONERS
 DENSE = dual.DENSE_LIMIT
-ABLATIONS = ("regularised", "fallback")
+ABLATIONS = ("regularised", "fallback", "pseudo_inverse")
 _ablation = ABLATIONS[0]
 
 
@@ -42,12 +47,15 @@ def _safeguard(on: bool) -> None:
     """The ablated safeguard on (as shipped) or off; the other is left as shipped."""
     if _ablation == "regularised":
         dual._REGULARISED_NEWTON = LADDER if on else ()
-    else:
+    elif _ablation == "fallback":
         hessian.DENSE_FALLBACK_LIMIT = FALLBACK if on else 0  # read there by the solver and the backward
+    else:
+        hessian.RETRY_PRECONDITIONERS = RETRIES if on else tuple(r for r in RETRIES if r != "pseudo_inverse")
 
 
 def _restore() -> None:
     dual._REGULARISED_NEWTON, dual.DENSE_LIMIT, hessian.DENSE_FALLBACK_LIMIT = LADDER, DENSE, FALLBACK
+    hessian.RETRY_PRECONDITIONERS = RETRIES
 
 
 def _backward_fails(h, temps, probs) -> int:

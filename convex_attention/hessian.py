@@ -42,7 +42,7 @@ from torch import Tensor
 from .graph import Graph
 
 __all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT",
-           "DENSE_FALLBACK_LIMIT",
+           "DENSE_FALLBACK_LIMIT", "RETRY_PRECONDITIONERS",
            "dense_chunks", "cholesky_apply", "ROUNDING_UNITS", "STALL_ITERATIONS"]
 
 # The largest stacked dual (entries per sample) whose Hessian is assembled densely and
@@ -60,6 +60,11 @@ DENSE_LIMIT = 1024
 # where a crawling sample then took 45 s for 14 sweeps against 0.8 s without it, a review);
 # at D = 1600 the fallback made the runs faster, not slower.
 DENSE_FALLBACK_LIMIT = 2048
+# The preconditioners the implicit backward tries again, in turn, on the samples the first solve
+# left unsolved (up to DENSE_FALLBACK_LIMIT entries): the dense Hessian's Cholesky factor (where
+# the first solve was block-Jacobi), then its pseudo-inverse, which solved a peaked instance the
+# factor could not (rank 18 of 256; docs/math.md §7.5).  benchmarks/ablate_newton.py empties it.
+RETRY_PRECONDITIONERS = ("cholesky", "pseudo_inverse")
 # Dense Hessians are built for at most this many entries at once (128 MiB in float64): the
 # batch is split into chunks of samples.
 DENSE_ENTRIES = 2 ** 24
@@ -278,6 +283,21 @@ class DualHessian:
                 break
         return L, ok
 
+    def pseudo_inverse(self, H: Tensor) -> tuple[Tensor, Tensor]:
+        """The spectral pseudo-inverse of ``H + scale·gauge`` per sample (``scale``: the mean
+        diagonal): ``(V, inverse)``, ``(B, D, D)`` eigenvectors and ``(B, D)`` inverse
+        eigenvalues, 0 for an eigenvalue at most ``D·eps`` times the largest (null to working
+        precision: the blocks of probability near zero on peaked maps).  ``H`` is overwritten.
+        Apply as ``V (inverse ⊙ Vᵀ r)``.  Where the Cholesky factor of :meth:`factor` inverts
+        those directions by its ridge, and conjugate gradients then fail, this leaves them out."""
+        scale = H.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(H.dtype).tiny).view(-1, 1, 1)
+        H.addcmul_(scale, self.gauge(H.dtype))
+        values, vectors = torch.linalg.eigh(H)
+        floor = self.dim * torch.finfo(H.dtype).eps * values[:, -1:].clamp_min(0)
+        inverse = torch.where(values > floor, 1.0 / torch.where(values > floor, values, torch.ones_like(values)),
+                              torch.zeros_like(values))
+        return vectors, inverse
+
 
 def cholesky_apply(L: Tensor, rhs: Tensor) -> Tensor:
     """``(L Lᵀ)⁻¹ rhs`` per sample: ``L`` ``(B, D, D)`` lower triangular, ``rhs`` ``(B, D)``.
@@ -310,13 +330,17 @@ def get_hessian(g: Graph, device) -> DualHessian:
 
 
 def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], rhs: Tensor, rtol: float | Tensor,
-              max_iter: int, dense_limit: int = DENSE_LIMIT) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              max_iter: int, dense_limit: int = DENSE_LIMIT,
+              spectral: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Solve ``∇²g w = rhs`` on the mean-zero subspace by preconditioned conjugate gradients.
 
     ``rhs``: ``(B, D)`` in the Hessian's range (each edge's part sums to zero).  The
     preconditioner is the dense Cholesky factor of the Hessian (plus the gauge) when
     ``D <= dense_limit`` (one or two iterations then), else block-Jacobi per edge
-    (:meth:`DualHessian.block_diagonal`).  Each sample stops, and is frozen, once
+    (:meth:`DualHessian.block_diagonal`); with ``spectral`` (and ``D <= dense_limit``) it is the
+    Hessian's pseudo-inverse instead (:meth:`DualHessian.pseudo_inverse`: an eigendecomposition,
+    several times a factorisation's cost, for the systems the Cholesky factor leaves unsolved).
+    Each sample stops, and is frozen, once
     ``‖∇²g w − rhs‖ <= rtol ‖rhs‖`` (``rtol``: a float or one per sample, ``(B,)``), or once
     it has stalled (its residual did not halve over :data:`STALL_ITERATIONS` iterations) with
     a relative residual of at most ``sqrt(eps)`` and a true residual of at most
@@ -331,21 +355,29 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     if hess.dim <= dense_limit and len(dense_chunks(rhs.shape[0], hess.dim)) > 1:
         # one chunk of samples at a time: their Cholesky factors are kept through the iterations
         parts = [solve_psd(hess, [p[c] for p in probs], temps, rhs[c],
-                           rtol[c] if isinstance(rtol, Tensor) else rtol, max_iter, dense_limit)
+                           rtol[c] if isinstance(rtol, Tensor) else rtol, max_iter, dense_limit, spectral)
                  for c in dense_chunks(rhs.shape[0], hess.dim)]
         ws, relres_parts, iteration_parts, solved_parts = zip(*parts)
         return torch.cat(ws), torch.cat(relres_parts), torch.cat(iteration_parts), torch.cat(solved_parts)
     norm_b = rhs.norm(dim=1)
     tiny = torch.finfo(rhs.dtype).tiny
-    if hess.dim <= dense_limit:
+    L: Tensor | None = None
+    diag: Tensor | None = None
+    vectors: Tensor | None = None
+    inverse: Tensor | None = None
+    ok = torch.ones(B, dtype=torch.bool, device=rhs.device)
+    if hess.dim <= dense_limit and spectral:
+        vectors, inverse = hess.pseudo_inverse(hess.dense(probs, temps))
+    elif hess.dim <= dense_limit:
         L, ok = hess.factor(hess.dense(probs, temps))
-        diag = None
     else:
-        L, ok = None, torch.ones(B, dtype=torch.bool, device=rhs.device)
         diag = hess.block_diagonal(probs, temps).clamp_min(tiny)
 
     def precondition(r: Tensor) -> Tensor:
-        if L is not None:
+        if vectors is not None and inverse is not None:
+            coordinates = (r.unsqueeze(1) @ vectors).squeeze(1)  # Vᵀ r
+            z = (vectors @ (inverse * coordinates).unsqueeze(2)).squeeze(2)
+        elif L is not None:
             z = cholesky_apply(L, r)
             z = torch.where(ok.unsqueeze(1), z, r)
         else:
@@ -446,13 +478,17 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         rhs = rhs + hess.centre(hess.flatten([torch.zeros(s, dtype=rhs.dtype, device=rhs.device) if u is None
                                               else u.to(rhs.dtype).expand(s) for u, s in zip(dual_grads, shapes)]))
     w, relres, iterations, solved = solve_psd(hess, probs, temps, rhs, rtol, max_iter, dense_limit)
-    retried = dense_limit < hess.dim <= DENSE_FALLBACK_LIMIT and not bool(solved.all())
-    if retried:
-        # again with the dense Hessian as the preconditioner (DENSE_FALLBACK_LIMIT), those samples only
+    retries = []
+    for preconditioner in RETRY_PRECONDITIONERS:  # read at call time
+        spectral = preconditioner == "pseudo_inverse"
+        if hess.dim > DENSE_FALLBACK_LIMIT or bool(solved.all()) or (not spectral and hess.dim <= dense_limit):
+            continue  # (the Cholesky factor was the first solve's preconditioner)
         rows = torch.nonzero(~solved).flatten()
-        again = solve_psd(hess, [p[rows] for p in probs], temps, rhs[rows], rtol, max_iter, DENSE_FALLBACK_LIMIT)
+        again = solve_psd(hess, [p[rows] for p in probs], temps, rhs[rows], rtol, max_iter, DENSE_FALLBACK_LIMIT,
+                          spectral=spectral)
         w, relres, iterations, solved = (w.clone(), relres.clone(), iterations.clone(), solved.clone())
         w[rows], relres[rows], iterations[rows], solved[rows] = again
+        retries.append("the dense Hessian's pseudo-inverse" if spectral else "the dense Hessian")
     bad = torch.nonzero(~solved).flatten().tolist()
     if bad:
         worst = float(relres[bad].max())
@@ -461,7 +497,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
             f"{bad[:10]}: conjugate gradients reached relative residual {worst:.1e} (tolerance {rtol:.0e}"
             f"{', nor a stalled residual at its rounding error' if dtype == torch.float64 else ''}) after "
             f"{int(iterations[bad].max())} iterations"
-            f"{' (a retry preconditioned by the dense Hessian)' if retried else ''}"
+            f"{' (retries preconditioned by ' + ' and by '.join(retries) + ')' if retries else ''}"
             f"; the Hessian is too ill-conditioned at this solution (whole blocks "
             f"of near-zero probability, or temperatures far apart): solve in float64 (dtype=torch.float64), raise "
             f"the temperatures, or use method 'exact' where the graph is a forest"

@@ -490,6 +490,32 @@ def test_the_fallback_ablation_switches_the_dense_fallback_alone_and_restores_it
     assert stop.value.code == 2
 
 
+@pytest.mark.slow  # end-to-end: the pseudo-inverse retry's ablation, backward count only
+def test_the_pseudo_inverse_ablation_switches_the_backward_retry_alone_and_restores_it(capsys, monkeypatch):
+    import convex_attention.hessian as hessian
+
+    script = _script("ablate_newton")
+    before = torch.get_num_threads()
+    shipped = (hessian.DENSE_FALLBACK_LIMIT, hessian.RETRY_PRECONDITIONERS)
+    calls = []
+    implicit_vjp = hessian.implicit_vjp
+
+    def recording(*args, **kwargs):
+        calls.append((hessian.DENSE_FALLBACK_LIMIT, hessian.RETRY_PRECONDITIONERS))
+        return implicit_vjp(*args, **kwargs)
+
+    monkeypatch.setattr(hessian, "implicit_vjp", recording)
+    try:
+        script.main(["--ablate", "pseudo_inverse", "--size", "16", "--instances", "2", "--families", "mixed",
+                     "--sets", "hard", "--backward", "--no-speed"])
+    finally:
+        torch.set_num_threads(before)
+    out = capsys.readouterr().out
+    assert "hard   mixed" in out and "failed backwards off 0, on 0" in out
+    assert set(calls) == {shipped, (shipped[0], ("cholesky",))} and len(calls) == 4
+    assert (hessian.DENSE_FALLBACK_LIMIT, hessian.RETRY_PRECONDITIONERS) == shipped
+
+
 def test_a_nan_gradient_error_is_never_met_wherever_it_comes():
     """Python's max and statistics.median drop or misplace a NaN that is not first."""
     def row(solver, error, draw):

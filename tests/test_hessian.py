@@ -6,7 +6,9 @@ import torch
 from helpers import (
     FOREST_CASES,
     GRAPH_CASES,
+    benchmark_instance,
     flat_np,
+    max_err,
     peaked_mixed_instances,
     random_graph_instance,
     reference_solve,
@@ -268,10 +270,51 @@ def test_a_system_conjugate_gradients_cannot_solve_is_solved_again_with_the_dens
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
     # where the retry fails too (one iteration to 1e-14: neither reaches it), the error stands
     with pytest.raises(ImplicitSolveError, match=r"for sample\(s\) \[0\]: conjugate gradients reached relative "
-                                                 r"residual .* after 1 iterations \(a retry preconditioned by "
-                                                 r"the dense Hessian\); the Hessian is too ill-conditioned"):
+                                                 r"residual .* after 1 iterations \(retries preconditioned by "
+                                                 r"the dense Hessian and by the dense Hessian's pseudo-inverse\); "
+                                                 r"the Hessian is too ill-conditioned"):
         implicit_vjp(h, sol.probs, temps, grads, dense_limit=0, max_iter=1, rtol=1e-14)
     monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 0)  # conjugate gradients alone, as before
     # (200 iterations, to keep the test fast: they left relative residual 1 after 1000 too)
     with pytest.raises(ImplicitSolveError, match=r"could not solve the dual's Hessian system for sample\(s\) \[0\]"):
         implicit_vjp(h, sol.probs, temps, grads, dense_limit=0, max_iter=200)
+
+
+def test_a_system_the_cholesky_factor_leaves_unsolved_is_solved_with_the_pseudo_inverse():
+    """Instance 94 of the graph benchmark's mixed hard stream at 64² (every map at τ ≤ 0.056):
+    the dual's Hessian (D = 256) has rank 18 to working precision, and conjugate gradients
+    preconditioned by its ridged Cholesky factor stalled at relative residual 4e-6, a gradient
+    off by 2e-5 (measured), so its backward raised ImplicitSolveError.  The retry
+    preconditioned by the pseudo-inverse solves it.  References: numpy's SVD pseudo-inverse of
+    the dense Hessian, and central differences of the forward."""
+    h, scores, temps = benchmark_instance(64, 94)
+    sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-10)  # the benchmark's tolerance (at 1e-12 it is solved)
+    g = torch.Generator().manual_seed(7)
+    grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in sol.probs]
+    got = implicit_vjp(h, sol.probs, temps, grads)
+
+    hess = get_hessian(h, "cpu")
+    rhs = hess.centre(hess.apply_At([DualHessian.apply_J(p, v, t) for p, v, t in zip(sol.probs, grads, temps)]))
+    H = hess.dense(sol.probs, temps)[0].numpy()
+    w = np.linalg.pinv(H, rcond=H.shape[0] * np.finfo(np.float64).eps, hermitian=True) @ rhs[0].numpy()
+    aw = hess.apply_A(torch.from_numpy(w).unsqueeze(0))
+    want = [DualHessian.apply_J(p, v if a is None else v - a, t) for p, v, t, a in zip(sol.probs, grads, temps, aw)]
+    scale = torch.cat([x.flatten() for x in want]).norm()
+    # two pseudo-inverses whose cut-offs differ (D·eps, 1e-14 ... 1e-10 relative) differ by 3-5e-8
+    # here: the gradient's own conditioning (measured); the Cholesky-preconditioned answer, by 2e-5
+    assert max_err(got, want) <= 1e-6 * float(scale)
+
+    directions = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+
+    def loss(step):
+        # tol 1e-14: at 1e-13 one solve stopped at 6.5e-14 and moved the differences by 3e-5
+        moved = ca.solve([s + step * u for s, u in zip(scores, directions)], h, "dual", temperature=temps, tol=1e-14)
+        return float(sum((p * v).sum() for p, v in zip(moved.probs, grads)))
+
+    def central(step):
+        return (loss(step) - loss(-step)) / (2 * step)
+
+    richardson = (4 * central(5e-4) - central(1e-3)) / 3  # central differences alone: 5e-4 off at 1e-3
+    analytic = float(sum((x * u).sum() for x, u in zip(got, directions)))
+    # agreement 1.4-1.8e-7 at 1 and 2 threads; the Cholesky-preconditioned answer was off by 1.1e-5
+    assert analytic == pytest.approx(richardson, rel=2e-6)
