@@ -817,6 +817,12 @@ def test_explain_refuses_to_replace_an_earlier_explanation_without_overwrite(tmp
                        capsys)
     assert code == 1 and called == [1], err  # consented: the work starts (and nothing is replaced before it ends)
     assert (out / "explain.md").read_text() == "USER NOTES"
+    # a link in the output's place counts, dangling or not (it counted only where it led to a file)
+    (out / "explain.md").unlink()
+    (out / "explain.md").symlink_to(tmp_path / "nowhere.md")
+    code, _, err = run(["explain", "--checkpoints", f"a={a}", "--out", str(out), "--no-progress"], capsys)
+    assert_usage_error(code, err, "--out", "explain.md", "--overwrite")
+    assert called == [1] and (out / "explain.md").is_symlink()
 
 
 def _val_of_one_class(tmp_path):

@@ -514,12 +514,14 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
 
 def _earlier_explanation(args, names) -> list[str]:
     """The earlier explanation's files in ``--out`` (``names`` that are there); UsageError
-    when there are some and ``--overwrite`` was not given."""
-    earlier = [n for n in names if os.path.isfile(os.path.join(args.out, n))]
-    if earlier and not args.overwrite:
-        raise UsageError(f"argument --out: {args.out} holds an earlier explanation ({', '.join(earlier)}); pass "
-                         f"--overwrite to replace it, or choose another --out")
-    return earlier
+    when there are some and ``--overwrite`` was not given
+    (:func:`convex_attention.io.files.check_no_earlier_outputs`)."""
+    from ..io.files import check_no_earlier_outputs
+
+    try:
+        return check_no_earlier_outputs(args.out, names, args.overwrite)
+    except ValueError as err:
+        raise UsageError(f"argument {err}") from None
 
 
 def cmd_explain(args) -> int:

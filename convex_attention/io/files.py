@@ -156,14 +156,16 @@ def as_json(obj):
     return json.loads(to_json_text(obj, None))
 
 
-def check_no_earlier_outputs(out_dir: str, names, overwrite: bool) -> None:
+def check_no_earlier_outputs(out_dir: str, names, overwrite: bool) -> list[str]:
     """ValueError, before any work, when ``out_dir`` holds any of the files ``names`` (an
     earlier run's outputs, which this run would replace) and ``overwrite`` is not set:
-    results are never replaced without a word."""
+    results are never replaced without a word.  Returns the names that are there (a link
+    counts, dangling or not)."""
     present = [n for n in names if os.path.lexists(os.path.join(out_dir, n))]
     if present and not overwrite:
         raise ValueError(f"--out {out_dir} already holds {', '.join(present)} from an earlier run; choose another "
                          f"folder, or pass --overwrite to replace them")
+    return present
 
 
 def file_kind(mode: int) -> str:
