@@ -339,13 +339,17 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     ``D <= dense_limit`` (one or two iterations then), else block-Jacobi per edge
     (:meth:`DualHessian.block_diagonal`); with ``spectral`` (and ``D <= dense_limit``) it is the
     Hessian's pseudo-inverse instead (:meth:`DualHessian.pseudo_inverse`: an eigendecomposition,
-    several times a factorisation's cost, for the systems the Cholesky factor leaves unsolved).
+    11-14 factorisations' cost, for the systems the Cholesky factor leaves unsolved).
     Each sample stops, and is frozen, once
     ``‖∇²g w − rhs‖ <= rtol ‖rhs‖`` (``rtol``: a float or one per sample, ``(B,)``), or once
     it has stalled (its residual did not halve over :data:`STALL_ITERATIONS` iterations) with
     a relative residual of at most ``sqrt(eps)`` and a true residual of at most
     :meth:`DualHessian.rounding_floor` (the tolerance is then below what the working
     precision can verify).  The second test is made in float64 only.
+
+    With ``spectral``, a sample that has stalled without passing either test stops unsolved:
+    the part of its residual that the pseudo-inverse leaves out cannot fall.  A sample whose
+    right-hand side is not finite is not iterated: its ``w`` is NaN, and it is not solved.
 
     Returns ``(w, relative_residual, iterations, solved)``: ``(B, D)``, ``(B,)``, ``(B,)``,
     ``(B,)`` (bool: one of the two stopping tests held).
@@ -393,7 +397,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     active = norm_b > 0
     iterations = torch.zeros(B, dtype=torch.long, device=rhs.device)
     relres = torch.zeros(B, dtype=rhs.dtype, device=rhs.device)
-    solved = ~active
+    solved = norm_b == 0  # a zero right-hand side; a non-finite one is never solved (nor iterated)
     # the floor in float64 only: in float32 it overestimated the product's rounding up to 500x
     # and accepted solves with gradients 5x worse than the tolerance gives (hostile review)
     cap = math.sqrt(torch.finfo(rhs.dtype).eps) if rhs.dtype == torch.float64 else 0.0
@@ -424,6 +428,11 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         relres = r.norm(dim=1) / norm_b.clamp_min(tiny)
         solved = stopped(relres)
         active = active & ~solved & torch.isfinite(relres)
+        if spectral and len(recent) > STALL_ITERATIONS:
+            # the part of the residual in the directions the pseudo-inverse leaves out cannot
+            # fall: a stalled solve that the tests above did not accept never will (a review
+            # measured 168 of 172 such retries running on to max_iter)
+            active = active & ~(recent[-1] > 0.5 * recent[0])
         if not bool(active.any()):
             break
         Hd = hess.matvec(probs, temps, d)
@@ -439,9 +448,12 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         d = torch.where(active.unsqueeze(1), z + beta * d, d)
         rz = torch.where(active, rz_new, rz)
         iterations += active.long()
-    relres = torch.where(norm_b > 0, r.norm(dim=1) / norm_b.clamp_min(tiny), torch.zeros_like(norm_b))
+    relres = torch.where(norm_b == 0, torch.zeros_like(norm_b), r.norm(dim=1) / norm_b.clamp_min(tiny))
     if bool(active.any()):  # out of iterations: the last iterate may still have stopped
         solved = stopped(relres)
+    # a non-finite right-hand side (NaN in an incoming gradient) gives NaN, as autograd would: a
+    # zero solution there dropped the NaN of a loss on the duals from the gradient (a review)
+    w = torch.where(torch.isfinite(norm_b).unsqueeze(1), w, torch.full_like(w, math.nan))
     return w, relres, iterations, solved
 
 
@@ -479,17 +491,19 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
                                               else u.to(rhs.dtype).expand(s) for u, s in zip(dual_grads, shapes)]))
     w, relres, iterations, solved = solve_psd(hess, probs, temps, rhs, rtol, max_iter, dense_limit)
     retries = []
+    finite = torch.isfinite(rhs).all(1)  # elsewhere w is NaN, and so is the gradient: NaN in, NaN out
     for preconditioner in RETRY_PRECONDITIONERS:  # read at call time
         spectral = preconditioner == "pseudo_inverse"
-        if hess.dim > DENSE_FALLBACK_LIMIT or bool(solved.all()) or (not spectral and hess.dim <= dense_limit):
+        unsolved = ~solved & finite
+        if hess.dim > DENSE_FALLBACK_LIMIT or not bool(unsolved.any()) or (not spectral and hess.dim <= dense_limit):
             continue  # (the Cholesky factor was the first solve's preconditioner)
-        rows = torch.nonzero(~solved).flatten()
+        rows = torch.nonzero(unsolved).flatten()
         again = solve_psd(hess, [p[rows] for p in probs], temps, rhs[rows], rtol, max_iter, DENSE_FALLBACK_LIMIT,
                           spectral=spectral)
         w, relres, iterations, solved = (w.clone(), relres.clone(), iterations.clone(), solved.clone())
         w[rows], relres[rows], iterations[rows], solved[rows] = again
         retries.append("the dense Hessian's pseudo-inverse" if spectral else "the dense Hessian")
-    bad = torch.nonzero(~solved).flatten().tolist()
+    bad = torch.nonzero(~solved & finite).flatten().tolist()
     if bad:
         worst = float(relres[bad].max())
         raise ImplicitSolveError(

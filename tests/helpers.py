@@ -470,15 +470,15 @@ def tmp_files(folder) -> list[str]:
     return [n for n in os.listdir(folder) if n.endswith(".tmp")]
 
 
-def benchmark_instance(size: int, draw: int, dtype=torch.float64):
-    """Instance ``draw`` of the graph benchmark's mixed hard stream at ``size``² (seed 0, one
-    sample, the range's ends pinned every ``PINNED_EVERY`` draws, as its convergence part
-    draws them): ``(graph, scores, temperatures)``."""
+def benchmark_instance(size: int, draw: int, dtype=torch.float64, family: str = "mixed"):
+    """Instance ``draw`` of the graph benchmark's hard stream of ``family`` at ``size``² (seed
+    0, one sample, the range's ends pinned every ``PINNED_EVERY`` draws, as its convergence
+    part draws them): ``(graph, scores, temperatures)``."""
     from convex_attention.bench import graph_targets as gt
 
-    g = gt._instance_stream(0, "mixed", "hard")
+    g = gt._instance_stream(0, family, "hard")
     for index in range(draw + 1):
-        instance = gt.draw_instance("mixed", size, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=dtype,
+        instance = gt.draw_instance(family, size, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=dtype,
                                     pin_ends=index % gt.PINNED_EVERY == 0)
     return instance
 
