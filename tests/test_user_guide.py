@@ -1,10 +1,11 @@
-"""docs/user_guide.md: the consistency-graph examples run as written."""
+"""docs/user_guide.md and README.md: their Python examples run as written."""
 import pathlib
 import re
 
 import pytest
 
-GUIDE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "user_guide.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "user_guide.md"
 
 
 def graph_examples() -> list[str]:
@@ -27,3 +28,25 @@ def test_each_graph_example_runs(index, capsys):
     if index == 1:
         printed = capsys.readouterr().out
         assert "tensor([True, True])" in printed and "dual" in printed
+
+
+def test_the_guides_first_example_runs():
+    """Section 1, the layer in your own model (it used score heads and features it never made,
+    a review found)."""
+    text = GUIDE.read_text(encoding="utf-8")
+    first = re.search(r"```python\n(.*?)```", text, flags=re.S)
+    assert first is not None and first.start() < text.index("### Consistency graphs")
+    namespace: dict = {}
+    exec(compile(first.group(1), "user_guide.md section 1", "exec"), namespace)
+    assert [tuple(p.shape) for p in namespace["maps"]] == [(2, 56, 56), (2, 28, 28), (2, 14, 14)]
+
+
+@pytest.mark.slow  # cvxpylayers with moreau on 8 samples of 64² + 32²: about 8 s
+def test_the_readme_examples_run_in_order():
+    pytest.importorskip("moreau")  # the first example says it needs [moreau]
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    assert len(blocks) == 2
+    namespace: dict = {}
+    for index, block in enumerate(blocks):  # the second goes on from the first's imports
+        exec(compile(block, f"README.md example {index}", "exec"), namespace)
+    assert bool(namespace["sol"].info["converged"].all())
