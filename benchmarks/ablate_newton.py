@@ -58,12 +58,25 @@ def _restore() -> None:
     hessian.RETRY_PRECONDITIONERS = RETRIES
 
 
-def _backward_fails(h, temps, probs) -> int:
-    """1 where the implicit backward at these maps raises ImplicitSolveError, else 0."""
+LOSSES = ("linear", "nll", "duals")
+
+
+def _backward_fails(h, temps, probs, duals, loss: str) -> int:
+    """1 where the implicit backward at these maps raises ImplicitSolveError, else 0.  The
+    loss: ``linear`` (random weights on the maps), ``nll`` (−log of each map's least probable
+    cell) or ``duals`` (random weights on the multipliers alone)."""
     g = torch.Generator().manual_seed(7)
-    grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in probs]
+    dual_grads = None
+    if loss == "linear":
+        grads = [torch.randn(p.shape, generator=g, dtype=p.dtype) for p in probs]
+    elif loss == "nll":
+        least = [p == p.flatten(1).min(1).values.view((-1,) + (1,) * (p.dim() - 1)) for p in probs]
+        grads = [-mask.to(p.dtype) / p.clamp_min(1e-300) for p, mask in zip(probs, least)]
+    else:
+        grads = [torch.zeros_like(p) for p in probs]
+        dual_grads = [torch.randn(d.shape, generator=g, dtype=d.dtype) for d in duals]
     try:
-        hessian.implicit_vjp(h, probs, temps, grads, dense_limit=dual.DENSE_LIMIT)
+        hessian.implicit_vjp(h, probs, temps, grads, dense_limit=dual.DENSE_LIMIT, dual_grads=dual_grads)
     except hessian.ImplicitSolveError:
         return 1
     return 0
@@ -97,7 +110,7 @@ def _speed(size: int, seed: int, families) -> None:
               f"{statistics.median(times[True]):.3g}; identical {same}", flush=True)
 
 
-def _convergence(size: int, instances: int, seed: int, families, sets, backward: bool) -> None:
+def _convergence(size: int, instances: int, seed: int, families, sets, backward: bool, loss: str = "linear") -> None:
     for set_name in sets:
         lo, hi, max_sweeps = gt.CONVERGENCE_SETS[set_name]
         for family in families:
@@ -117,7 +130,7 @@ def _convergence(size: int, instances: int, seed: int, families, sets, backward:
                     misses[on] += int(not out["converged"][0])
                     if backward:
                         probs = dual.reparameterized_probs(scores, out["duals"], h, temps)
-                        failed_backwards[on] += _backward_fails(h, temps, probs)
+                        failed_backwards[on] += _backward_fails(h, temps, probs, out["duals"], loss)
             print(f"{set_name:<7}{family:<13} sweeps median/worst off {statistics.median(sweeps[False]):g}/"
                   f"{max(sweeps[False])}, on {statistics.median(sweeps[True]):g}/{max(sweeps[True])}; misses off "
                   f"{misses[False]}, on {misses[True]}; total s off {total[False]:.1f}, on {total[True]:.1f}"
@@ -139,6 +152,9 @@ def main(argv=None):
                         help="convergence sets (default: all)")
     parser.add_argument("--backward", action="store_true",
                         help="also count failed implicit backwards at each solution")
+    parser.add_argument("--loss", choices=LOSSES, default=LOSSES[0],
+                        help="the loss whose --backward is counted: random weights on the maps, -log of each map's "
+                             "least probable cell, or random weights on the duals alone (default: %(default)s)")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed part's instances")
     parser.add_argument("--dense-limit", type=int, default=hessian.DENSE_LIMIT,
                         help="stacked-dual entries above which the Newton systems, and those of the --backward "
@@ -156,7 +172,7 @@ def main(argv=None):
     try:
         if not args.no_speed:
             _speed(args.size, args.seed, args.families)
-        _convergence(args.size, args.instances, args.seed, args.families, args.sets, args.backward)
+        _convergence(args.size, args.instances, args.seed, args.families, args.sets, args.backward, args.loss)
     finally:
         _restore()
 
