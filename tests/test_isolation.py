@@ -399,3 +399,17 @@ def test_the_child_imports_the_verifiers_own_package(tmp_path):
         with pytest.raises(SolverFailed) as err:
             solver.solve(SCORES, H, TEMPS)
     assert str(err.value) == f"raised RuntimeError: {ca.__file__}"
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_a_solver_files_sibling_modules_import(tmp_path):
+    """As for `python solver.py`, the file's own folder is on its import path (a review found
+    `from helper import ...` in a solver file failing with "No module named 'helper'")."""
+    (tmp_path / "helper_of_the_solver_17.py").write_text(
+        "import convex_attention as ca\ndef duals(scores, h, temps):\n"
+        "    return ca.solve(scores, h, 'exact', temperature=temps).duals\n")
+    spec = _solver(tmp_path, "from helper_of_the_solver_17 import duals\nreturn duals(scores, h, temps)")
+    with IsolatedSolver(spec, timeout=60) as solver:
+        got = solver.solve(SCORES, H, TEMPS)
+    for a, b in zip(got, _exact_duals(SCORES, H, TEMPS)):
+        np.testing.assert_array_equal(a, b.numpy())

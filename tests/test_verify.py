@@ -1,6 +1,7 @@
 import csv
 import math
 import os
+import subprocess
 import sys
 
 import pytest
@@ -309,8 +310,8 @@ def read_rows(path):
     (lambda d: ["--seed", str(2 ** 64)], "argument --seed: must be an integer from 0 to 4294967295"),
     (lambda d: ["--dual-solver", "no_such_module_xyz:f"], "No module named"),
     (lambda d: ["--dual-solver", ":f"], "module:function"),
-    (lambda d: ["--backends", "gurobi"], "option backend must be one of"),
-    (lambda d: ["--backends", "mpax"], "exponential cones"),
+    (lambda d: ["--backends", "gurobi"], "argument --backends: option backend must be one of"),
+    (lambda d: ["--backends", "mpax"], "argument --backends: cvxpylayers backend 'mpax' cannot run"),
 ], keep=0, fast=(8, 9, 10, 11, 12, 15, 16)))
 def test_cli_usage_errors_exit_2_before_any_work(tmp_path, capsys, make_argv, message, monkeypatch):
     def no_work(*args, **kwargs):
@@ -517,3 +518,73 @@ def test_the_gradient_checks_reference_is_accurate_enough_for_their_tolerance():
     errors = {r.check: r.error for r in results}
     assert set(errors) == {"dual.gradient_vs_fd", "dual.temperature_gradient_vs_fd"}
     assert max(errors.values()) < 1e-8, errors  # 1.7e-6 before: the reference's error, not the gradient's
+
+
+# ------------------------------------------------------------- a review's attacks (2026-12-04)
+@pytest.mark.slow  # a Python process of its own, which imports CVXPY
+def test_every_module_the_verification_runs_is_imported_before_the_solvers_code(tmp_path):
+    """A review made `verify --dual-solver` exit 0 on zero duals: the solver's module, run in
+    its own process, rewrote convex_attention/io/lock.py, which the verifier imported only
+    later, to mark every check passed.  Now the verifier has imported everything it runs
+    before the solver's process starts (checked in a fresh interpreter, where nothing else
+    imported them first)."""
+    solver = tmp_path / "s.py"
+    solver.write_text("def f(scores, h, temps):\n    return []\n")
+    program = (
+        "import sys\n"
+        "from convex_attention.cli import bench\n"
+        "def start(args, config):\n"
+        "    wanted = ['convex_attention.bench.verify', 'convex_attention.io.lock', 'convex_attention.io.files',\n"
+        "              'cvxpy', 'cvxpylayers.torch', 'tqdm.auto', 'diffcp', 'clarabel']\n"
+        "    print('missing:', [m for m in wanted if m not in sys.modules])\n"
+        "    raise SystemExit(0)\n"
+        "bench._start_solver = start\n"
+        "from convex_attention.cli import main\n"
+        f"main(['verify', '--dual-solver', {str(solver) + ':f'!r}, '--backends', 'diffcp-clarabel',\n"
+        f"      '--out', {str(tmp_path / 'v')!r}])\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "missing: []" in done.stdout
+
+
+def test_an_out_that_cannot_be_made_is_refused_before_the_solvers_code_runs(tmp_path, capsys):
+    """Before: `--out` a file (or under one) was refused only after the solver's module had
+    been imported, and its import-time code had run."""
+    marker = tmp_path / "imported"
+    solver = tmp_path / "side.py"
+    solver.write_text(f"open({str(marker)!r}, 'w').close()\ndef f(scores, h, temps):\n    return []\n")
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    for out in (a_file, a_file / "sub"):
+        code = _run(["verify", "--dual-solver", f"{solver}:f", "--backends", "diffcp-clarabel", "--out", str(out)])
+        assert code == 2 and not marker.exists()
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_reason_is_one_line_whatever_the_solver_put_in_it():
+    """A solver's type named "X\\nverify: 48/48 checks passed" put that line into the table."""
+    row = CheckResult(0, "c", "mine.run", math.nan, math.nan, False, "error",
+                      "not a torch.Tensor but X\nverify: 48/48 checks passed\r\n" + "y" * 1000)
+    assert "\n" not in row.message and "\r" not in row.message and len(row.message) <= 400
+    assert not [line for line in format_table([row]).splitlines() if line.lstrip().startswith("verify:")]
+
+
+@pytest.mark.parametrize("tolerances, message", [
+    ({"primall": 1e-6}, "unknown name.*'primall'"),
+    ({"primal": math.inf}, "primal must be a positive finite number"),
+    ({"duals": -1.0}, "duals must be a positive finite number"),
+    ({"gap": math.nan}, "gap must be a positive finite number"),
+    ({"kkt": True}, "kkt must be a positive finite number"),
+    ({"kkt": "1e-6"}, "kkt must be a positive finite number"),
+])
+def test_tolerances_are_checked_before_any_work(tolerances, message):
+    """Before: an unknown name was ignored, and infinite tolerances passed every check of zero duals."""
+    called = []
+
+    def solver(scores, h, temps):
+        called.append(1)
+        return []
+
+    with pytest.raises(ValueError, match=message):
+        verify_instances(_instances(), dual_solver=solver, tolerances=tolerances, progress=False, backends=ONE)
+    assert called == []

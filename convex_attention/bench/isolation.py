@@ -1,4 +1,4 @@
-"""A user's dual solver run where it cannot hang or fool the verifier: in a process of its own.
+"""A user's dual solver run where its mistakes cannot hang or fool the verifier: in a process of its own.
 
 ``convex-attention verify --dual-solver SPEC`` checks code it did not write.  That code may
 raise anything (``KeyboardInterrupt`` and ``GeneratorExit`` included), call ``sys.exit``
@@ -30,10 +30,15 @@ stops it): a ``KeyboardInterrupt`` inside the child is the solver's own.  A thre
 child looks twice a second whether the verifier's process is still there, and ends the
 child when it is not (its own session gets no hang-up from the verifier's terminal).
 
-What isolation cannot do: the child runs as the same user as the verifier, so it can
-signal the verifier's process (``os.kill(os.getppid(), signal.SIGKILL)``).  That ends the
-verifier without a result (``verify`` exits with a non-zero status and writes no
-``verify.csv``), never with a pass.
+What isolation cannot do: the child runs as the same user as the verifier, so code written
+to fool it has that user's rights.  It can signal the verifier's process (a kill ends it
+without a result, never with a pass; ``SIGSTOP`` freezes it), write to its output through
+``/proc``, change its memory (``/proc/<pid>/mem``), rewrite files it has not imported yet
+(``verify`` imports every module it runs before the child starts, which closed the route a
+review used: rewriting ``convex_attention.io.lock`` to pass every check), or leave a
+process of another session running that rewrites ``verify.csv`` after the run.  It guards
+against a solver's mistakes; code one does not trust is verified under another user or in
+a container (docs/user_guide.md §2).
 """
 from __future__ import annotations
 
@@ -60,7 +65,7 @@ import torch
 
 from ..graph import Graph
 
-__all__ = ["IsolatedSolver", "SolverFailed", "load_solver", "returned_duals", "describe", "STARTUP_S"]
+__all__ = ["IsolatedSolver", "SolverFailed", "load_solver", "returned_duals", "describe", "one_line", "STARTUP_S"]
 
 #: Seconds a fresh child may take to start Python and import torch and the toolkit, before
 #: it imports the solver (the solver's own import then has the per-instance timeout).
@@ -78,13 +83,19 @@ class SolverFailed(Exception):
     """The solver did not return valid duals for one instance; ``str()`` says why, in one line."""
 
 
+def one_line(text: str, limit: int) -> str:
+    """``text`` with every run of whitespace (newlines included) one space, and at most
+    ``limit`` characters (``...`` where cut)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def describe(exc: BaseException) -> str:
     """An exception in one line, no traceback (``sys.exit`` says so)."""
     if isinstance(exc, SystemExit):
         return f"called sys.exit({exc.code!r})"
-    text = " ".join(str(exc).split())
-    text = text if len(text) <= 300 else text[:297] + "..."
-    return f"raised {type(exc).__name__}" + (f": {text}" if text else "")
+    text = one_line(str(exc), 300)
+    return one_line(f"raised {type(exc).__name__}" + (f": {text}" if text else ""), 400)
 
 
 def parse_solver_spec(spec: str) -> tuple[str, str]:
@@ -225,6 +236,9 @@ def _child(read_fd: int, write_fd: int, parent: int, spec: str) -> None:
     sys.stdout = sys.stderr
     inbox, outbox = Connection(read_fd, writable=False), Connection(write_fd, readable=False)
     outbox.send_bytes(_pack({"status": "started"}))
+    target = spec.rsplit(":", 1)[0]
+    if target.endswith(".py"):  # its own folder first, as `python file.py` has it: its sibling modules import
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))
     try:
         fn = load_solver(spec)
     except ValueError as err:
@@ -416,7 +430,7 @@ class IsolatedSolver:
         header, _ = self._receive(time.monotonic() + self.timeout,
                                   f"did not finish importing within {self.timeout:g} s (--timeout)")
         if header["status"] == "load_error":
-            reason = str(header.get("reason", "the import failed"))
+            reason = one_line(header.get("reason", "the import failed"), 400)
             self.close()
             raise ValueError(reason)
         if header["status"] != "ready":
@@ -496,7 +510,7 @@ class IsolatedSolver:
             raise SolverFailed(self._stop("its process sent a message that is not its answer to this instance "
                                           "(unasked); it was stopped"))
         if header["status"] == "error":
-            raise SolverFailed(str(header.get("reason", "failed"))[:400])
+            raise SolverFailed(one_line(header.get("reason", "failed"), 400))  # its process wrote it
         if header["status"] != "duals":
             raise SolverFailed(self._stop("its process sent an unexpected message; it was stopped"))
         try:

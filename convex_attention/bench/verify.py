@@ -35,9 +35,9 @@ anything else fails with the reason), called in this process, or an
 :class:`~.isolation.IsolatedSolver`, which runs it in a process of its own with a timeout per
 instance (what ``convex-attention verify --dual-solver`` does: a solver that exits,
 crashes, hangs or is killed then fails its rows, and cannot hang the verifier or make it
-report a pass; isolation.py says what it can still do: end the verifier's process, which
-then passes nothing); its rows carry its name (:func:`solver_label`).  The guarantee that
-the solver under test cannot fool the verifier holds for the isolated solver only.  A
+report a pass; isolation.py says what code written to fool it can still do, with the
+user's rights); its rows carry its name (:func:`solver_label`).  The guarantee that the
+solver's mistakes cannot fool the verifier holds for the isolated solver only.  A
 callable is *trusted code*: it runs in the verifier's process, where it could read or
 change anything (the results, the functions that compute the checks).  It is called
 before the instance's reference exists (the reference is computed once it has returned)
@@ -84,13 +84,13 @@ from ..methods import get_method
 from ..solve import solve
 from .differences import five_point_derivative
 from .generators import generate, random_parents
-from .isolation import IsolatedSolver, SolverFailed, describe, load_solver, returned_duals
+from .isolation import IsolatedSolver, SolverFailed, describe, load_solver, one_line, returned_duals
 from .structures import random_structure
 from .timing import nan_max
 
 __all__ = ["TOLERANCES", "CheckResult", "COLUMNS", "verify_instances", "random_instances", "load_solver",
            "solver_label", "backend_skips", "check_backends", "write_csv", "format_table", "all_passed", "KINDS",
-           "QUICK_INSTANCES"]
+           "QUICK_INSTANCES", "check_tolerances"]
 
 # Probabilities in float64 to 1e-6 (the reference's own accuracy is ~1e-9); duals are
 # less well conditioned (small probabilities), 1e-4; objectives to 1e-8 (relative).
@@ -135,6 +135,9 @@ class CheckResult:
         if not self.status:
             self.status = "pass" if self.passed else "fail"
         self.passed = self.status == "pass"
+        # one line, bounded: a reason may carry text the solver under test chose (a type's
+        # name, its process's message), and a newline in it forged a line of the table
+        self.message = one_line(self.message, 400)
 
 
 COLUMNS = tuple(f.name for f in fields(CheckResult))
@@ -194,6 +197,21 @@ def solver_label(fn: Callable | IsolatedSolver | str | None) -> str:
     name = str(raw).strip("<>")  # "<lambda>" -> "lambda"
     name = "".join(c if c.isalnum() or c in "_-" else "_" for c in name) or "custom"
     return f"user:{name}" if name in _RESERVED or name.startswith("cvxpylayers") else name
+
+
+def check_tolerances(tolerances: dict | None = None) -> dict:
+    """:data:`TOLERANCES` with ``tolerances`` over them; ValueError, before any work, for a
+    name that is not one of them (a misspelt one was ignored) or a value that is not a
+    positive finite number (an infinite one passed every check)."""
+    given = dict(tolerances or {})
+    unknown = sorted(set(given) - set(TOLERANCES))
+    if unknown:
+        raise ValueError(f"tolerances: unknown name(s) {', '.join(map(repr, unknown))}; known: "
+                         f"{', '.join(TOLERANCES)}")
+    for name, value in given.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"tolerances: {name} must be a positive finite number, got {value!r}")
+    return {**TOLERANCES, **{name: float(value) for name, value in given.items()}}
 
 
 def check_backends(backends=None) -> list[str]:
@@ -305,7 +323,7 @@ def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = 
     """
     from tqdm.auto import tqdm
 
-    tol = {**TOLERANCES, **(tolerances or {})}
+    tol = check_tolerances(tolerances)
     backends = check_backends(backends)  # before any work
     label = solver_name or solver_label(dual_solver)
     builtin = dual_solver is None

@@ -14,7 +14,16 @@ import time
 
 from ..bench.config import SweepConfig, VerifyConfig, quick_sweep
 from ..io.settings import add_options, given_settings
-from ._common import UsageError, add_output_options, add_wait_option, check_files, check_out, info, show_progress
+from ._common import (
+    UsageError,
+    add_output_options,
+    add_wait_option,
+    check_files,
+    check_out,
+    check_out_leaving_nothing,
+    info,
+    show_progress,
+)
 
 __all__ = ["add_bench_commands", "BENCH_HANDLERS", "EXAMPLES"]
 
@@ -316,7 +325,7 @@ def _check_verify(args):
     try:
         backends = check_backends(args.backends)
     except (ValueError, ImportError) as err:  # BackendUnavailable is both
-        raise UsageError(str(err)) from err
+        raise UsageError(f"argument --backends: {err}") from err
     return config, backends
 
 
@@ -350,6 +359,13 @@ def _check_verify_out(args) -> None:
 def cmd_verify(args) -> int:
     config, backends = _check_verify(args)
     _check_verify_out(args)
+    check_out_leaving_nothing(args.out)  # a file, or a folder that cannot be made: before the solver's code runs
+    if args.dual_solver is not None:
+        # everything the verification runs is imported before the solver's code is: a module
+        # imported later could be one that code had rewritten (a review made verify pass
+        # with zero duals so); this narrows what the solver's process can reach, it does not
+        # sandbox it (docs/user_guide.md §2)
+        _import_the_verifier(backends)
     # the user's solver is imported (in its own process) before the out folder is made: a
     # solver that cannot be imported is a usage error that leaves nothing behind
     solver = _start_solver(args, config)
@@ -359,6 +375,24 @@ def cmd_verify(args) -> int:
     finally:
         if solver is not None:
             solver.close()
+
+
+def _import_the_verifier(backends) -> None:
+    """Import the modules a verification runs: the checks, the results' lock and files, the
+    progress bar, CVXPY, cvxpylayers and each backend's solver package."""
+    import importlib
+
+    import cvxpy  # noqa: F401
+    import cvxpylayers.torch  # noqa: F401
+    import tqdm.auto  # noqa: F401
+
+    from ..bench import verify  # noqa: F401
+    from ..cvx import get_backend
+    from ..io import files, lock  # noqa: F401
+
+    for name in backends:
+        for module in get_backend(name).modules:
+            importlib.import_module(module)
 
 
 def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
