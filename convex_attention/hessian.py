@@ -536,7 +536,8 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
             f"{f' (with retries preconditioned by {tried})' if retries else ''}"
             f"; the Hessian is too ill-conditioned at this solution (whole blocks "
             f"of near-zero probability, or temperatures far apart): solve in float64 (dtype=torch.float64), raise "
-            f"the temperatures, or use method 'exact' where the graph is a forest"
+            f"the temperatures, keep the loss off near-zero probabilities (-log(p + eps) rather than -log p), or "
+            f"use method 'exact' where the graph is a forest"
             + ("; and a loss on the duals needs them unique: where two paths pool one map onto another in the "
                "same way (redundant constraints) they are not, and have no derivative (differentiate the "
                "probabilities only)" if dual_grads is not None else ""))
