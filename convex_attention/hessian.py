@@ -63,7 +63,9 @@ DENSE_FALLBACK_LIMIT = 2048
 # The preconditioners the implicit backward tries again, in turn, on the samples the first solve
 # left unsolved (up to DENSE_FALLBACK_LIMIT entries): the dense Hessian's Cholesky factor (where
 # the first solve was block-Jacobi), then its pseudo-inverse, which solved a peaked instance the
-# factor could not (rank 18 of 256; docs/math.md §7.5).  benchmarks/ablate_newton.py empties it.
+# factor could not (rank 18 of 256; docs/math.md §7.5); with the pseudo-inverse among them, the
+# Cholesky-preconditioned solves stop at their stall and the last attempt goes on past it.
+# benchmarks/ablate_newton.py (--ablate pseudo_inverse) leaves the pseudo-inverse out.
 RETRY_PRECONDITIONERS = ("cholesky", "pseudo_inverse")
 # Dense Hessians are built for at most this many entries at once (128 MiB in float64): the
 # batch is split into chunks of samples.
@@ -434,7 +436,8 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         if (spectral or stop_stalled) and len(recent) > STALL_ITERATIONS:
             # the part of the residual in the directions the pseudo-inverse leaves out cannot
             # fall: a stalled solve that the tests above did not accept never will (a review
-            # measured 168 of 172 such retries running on to max_iter)
+            # measured 168 of 172 such retries running on to max_iter); a stalled Cholesky-
+            # preconditioned solve rarely recovers, and implicit_vjp goes on with it last
             active = active & ~(recent[-1] > 0.5 * recent[0])
         if not bool(active.any()):
             break
