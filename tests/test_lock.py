@@ -32,7 +32,9 @@ def hold_lock(folder, seconds):
     """A holder of ``folder``'s lock for ``seconds``, or until a line on its stdin ("stdin")."""
     proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(folder), str(seconds)], stdout=subprocess.PIPE,
                             stdin=subprocess.PIPE if seconds == "stdin" else None, text=True)
-    assert proc.stdout.readline().strip() == "locked"
+    said = proc.stdout.readline()
+    proc.stdout.close()  # it says nothing more (left open, each caller's test warned of an unclosed file)
+    assert said.strip() == "locked"
     return proc
 
 
@@ -69,6 +71,7 @@ def test_wait_blocks_until_the_owner_finishes(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+        proc.stdin.close()
     assert any("waiting" in m and str(proc.pid) in m for m in logged)
 
 
