@@ -41,6 +41,7 @@ RETRIES = hessian.RETRY_PRECONDITIONERS
 DENSE = dual.DENSE_LIMIT
 ABLATIONS = ("regularised", "fallback", "pseudo_inverse")
 _ablation = ABLATIONS[0]
+_backward_dense_limit: int | None = None  # --dense-limit, if given; else the backward's shipped limit
 
 
 def _safeguard(on: bool) -> None:
@@ -54,8 +55,9 @@ def _safeguard(on: bool) -> None:
 
 
 def _restore() -> None:
+    global _backward_dense_limit
     dual._REGULARISED_NEWTON, dual.DENSE_LIMIT, hessian.DENSE_FALLBACK_LIMIT = LADDER, DENSE, FALLBACK
-    hessian.RETRY_PRECONDITIONERS = RETRIES
+    hessian.RETRY_PRECONDITIONERS, _backward_dense_limit = RETRIES, None
 
 
 LOSSES = ("linear", "nll", "duals")
@@ -76,7 +78,7 @@ def _backward_fails(h, temps, probs, duals, loss: str) -> int:
         grads = [torch.zeros_like(p) for p in probs]
         dual_grads = [torch.randn(d.shape, generator=g, dtype=d.dtype) for d in duals]
     try:
-        hessian.implicit_vjp(h, probs, temps, grads, dense_limit=dual.DENSE_LIMIT, dual_grads=dual_grads)
+        hessian.implicit_vjp(h, probs, temps, grads, dense_limit=_backward_dense_limit, dual_grads=dual_grads)
     except hessian.ImplicitSolveError:
         return 1
     return 0
@@ -156,17 +158,20 @@ def main(argv=None):
                         help="the loss whose --backward is counted: random weights on the maps, -log of each map's "
                              "least probable cell, or random weights on the duals alone (default: %(default)s)")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed part's instances")
-    parser.add_argument("--dense-limit", type=int, default=hessian.DENSE_LIMIT,
+    parser.add_argument("--dense-limit", type=int, default=None,
                         help="stacked-dual entries above which the Newton systems, and those of the --backward "
-                             "count, are solved by conjugate gradients, in both runs (default: the shipped "
-                             "%(default)s; 0 forces that path on small instances; the speed part's backward keeps "
-                             "the shipped limit)")
+                             f"count, are solved by conjugate gradients, in both runs (default: the shipped limits, "
+                             f"{hessian.DENSE_LIMIT} for the Newton systems and {hessian.DENSE_FALLBACK_LIMIT} for "
+                             f"the backward; 0 forces that path on small instances; the speed part's backward keeps "
+                             f"the shipped limit)")
     args = parser.parse_args(argv)
-    if args.size < 16 or args.size % 16 or args.instances < 1 or args.dense_limit < 0:
+    if args.size < 16 or args.size % 16 or args.instances < 1 or (args.dense_limit is not None
+                                                                   and args.dense_limit < 0):
         parser.error("--size must be a positive multiple of 16, --instances at least 1 and --dense-limit at least 0")
-    global _ablation
+    global _ablation, _backward_dense_limit
     _ablation = args.ablate
-    dual.DENSE_LIMIT = args.dense_limit
+    if args.dense_limit is not None:
+        dual.DENSE_LIMIT = _backward_dense_limit = args.dense_limit
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", RuntimeWarning)  # a miss is counted from info["converged"]
     try:

@@ -378,3 +378,33 @@ def test_nan_in_an_incoming_gradient_gives_nan_for_its_sample_alone():
     on_duals[0].view(-1)[0] = math.nan
     out = implicit_vjp(inst.h, one, inst.temps, [torch.zeros_like(p) for p in one], dual_grads=on_duals)
     assert all(o.isnan().all() for o in out)
+
+
+def test_the_backward_factorises_up_to_the_fallbacks_cap(monkeypatch):
+    """Between DENSE_LIMIT and DENSE_FALLBACK_LIMIT the backward's first solve is preconditioned
+    by the Cholesky factor, not block-Jacobi: at D = 1600 (160² mixed) one factorisation took
+    the median backward from 332 to 92 ms (measured).  With the fallback off (its cap 0, as
+    benchmarks/ablate_newton.py --ablate fallback sets it) the limit is DENSE_LIMIT, as before."""
+    from convex_attention import hessian as hessian_module
+
+    inst = random_graph_instance("mixed", batch=2, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    grads = [torch.randn_like(p) for p in sol.probs]
+    dim = get_hessian(inst.h, "cpu").dim
+    monkeypatch.setattr(hessian_module, "DENSE_LIMIT", dim - 1)  # this graph now lies above it
+    limits = []
+    solve = hessian_module.solve_psd
+
+    def recording(*args, **kwargs):
+        limits.append(args[6] if len(args) > 6 else kwargs.get("dense_limit"))
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(hessian_module, "solve_psd", recording)
+    want = implicit_vjp(inst.h, sol.probs, inst.temps, grads, dense_limit=dim)
+    got = implicit_vjp(inst.h, sol.probs, inst.temps, grads)
+    assert limits[-1] == hessian_module.DENSE_FALLBACK_LIMIT >= dim
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 0)
+    implicit_vjp(inst.h, sol.probs, inst.temps, grads)
+    assert limits[-1] == dim - 1
