@@ -12,12 +12,14 @@ the solver as it was before the regularised directions existed.  ``--ablate fall
 sets ``DENSE_FALLBACK_LIMIT`` to 0, the solver as it was before a system that conjugate
 gradients could not solve (above ``DENSE_LIMIT`` stacked-dual entries) fell back to the dense
 Hessian, in the Newton steps and in the implicit backward.  ``--ablate pseudo_inverse``: "off"
-leaves out the implicit backward's last retry, preconditioned by the dense Hessian's
-pseudo-inverse (``hessian.RETRY_PRECONDITIONERS``); the forwards are the same, so count it with
-``--backward``.  "On" is the solver as shipped.  The
-two alternate on every instance, one torch thread.  Prints, per family and convergence set of
-the graph benchmark (the same instances, the range's ends pinned every fourth draw; float64,
-tol 1e-10): the sweeps' median and worst, the misses and the total time of each, and with
+leaves out the implicit backward's retry preconditioned by the dense Hessian's pseudo-inverse
+(``hessian.RETRY_PRECONDITIONERS``), and with it the stall stop of the Cholesky-preconditioned
+solves and their last attempt without it: the backward as it was before the retry, except that
+its first solve factorises up to ``DENSE_FALLBACK_LIMIT`` entries (block-Jacobi above
+``DENSE_LIMIT`` before); the forwards are the same, so count it with ``--backward``.  "On" is
+the solver as shipped.  The two alternate on every instance, one torch thread.  Prints, per
+family and convergence set of the graph benchmark (the same instances, the range's ends pinned
+every fourth draw; float64, tol 1e-10): the sweeps' median and worst, the misses and the total time of each, and with
 ``--backward`` how many implicit backwards failed (ImplicitSolveError) at the solutions; and
 unless ``--no-speed``, on the speed part's instances (batch 16, float32) forward + backward
 time per sample and whether the probabilities and gradients are bit-identical.

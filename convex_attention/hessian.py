@@ -64,7 +64,7 @@ DENSE_FALLBACK_LIMIT = 2048
 # left unsolved (up to DENSE_FALLBACK_LIMIT entries): the dense Hessian's Cholesky factor (where
 # the first solve was block-Jacobi), then its pseudo-inverse, which solved a peaked instance the
 # factor could not (rank 18 of 256; docs/math.md §7.5); with the pseudo-inverse among them, the
-# Cholesky-preconditioned solves stop at their stall and the last attempt goes on past it.
+# Cholesky-preconditioned solves stop at their stall, and a last one is run again without that stop.
 # benchmarks/ablate_newton.py (--ablate pseudo_inverse) leaves the pseudo-inverse out.
 RETRY_PRECONDITIONERS = ("cholesky", "pseudo_inverse")
 # Dense Hessians are built for at most this many entries at once (128 MiB in float64): the
@@ -350,9 +350,9 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     precision can verify).  The second test is made in float64 only.
 
     With ``spectral``, a sample that has stalled without passing either test stops unsolved:
-    the part of its residual that the pseudo-inverse leaves out cannot fall; with
-    ``stop_stalled`` too (for a solve that a retry follows: it saves the retry's samples the
-    rest of ``max_iter``).  A sample whose
+    the part of its residual that the pseudo-inverse leaves out cannot fall.  With
+    ``stop_stalled``, a stalled sample stops likewise (for a solve that a retry follows: it
+    saves the retry's samples the rest of ``max_iter``).  A sample whose
     right-hand side is not finite is not iterated: its ``w`` is NaN, and it is not solved.
 
     Returns ``(w, relative_residual, iterations, solved)``: ``(B, D)``, ``(B,)``, ``(B,)``,
@@ -437,7 +437,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
             # the part of the residual in the directions the pseudo-inverse leaves out cannot
             # fall: a stalled solve that the tests above did not accept never will (a review
             # measured 168 of 172 such retries running on to max_iter); a stalled Cholesky-
-            # preconditioned solve rarely recovers, and implicit_vjp goes on with it last
+            # preconditioned solve rarely recovers, and implicit_vjp runs it again last, without this stop
             active = active & ~(recent[-1] > 0.5 * recent[0])
         if not bool(active.any()):
             break
@@ -520,7 +520,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         if pseudo_inverse_follows:
             # stopped at its stall, the Cholesky-preconditioned solve left 3 of 600 hard-set
             # systems unsolved that going on solves (measured, three losses at 64²)
-            attempts.append(("the dense Hessian again, past its stall", False, False))
+            attempts.append(("the dense Hessian again, without the stall stop", False, False))
     closest = relres.clone()  # each sample's smallest relative residual over the attempts, for the error
     retries = []
     for description, spectral, stop_stalled in attempts:
@@ -543,7 +543,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
             f"the implicit backward of method 'dual' could not solve the dual's Hessian system for sample(s) "
             f"{bad[:10]}: conjugate gradients reached relative residual {worst:.1e} at best (tolerance {rtol:.0e}"
             f"{', nor a stalled residual at its rounding error' if dtype == torch.float64 else ''}) after "
-            f"{int(iterations[bad].max())} iterations"
+            f"{int(iterations[bad].max())} iterations{' over all attempts' if retries else ''}"
             f"{f' (with retries preconditioned by {tried})' if retries else ''}"
             f"; the Hessian is too ill-conditioned at this solution (whole blocks "
             f"of near-zero probability, or temperatures far apart): solve in float64 (dtype=torch.float64), raise "

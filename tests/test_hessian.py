@@ -274,10 +274,10 @@ def test_a_system_conjugate_gradients_cannot_solve_is_solved_again_with_the_dens
         torch.testing.assert_close(got, want, atol=1e-9, rtol=1e-7)
     # where the retry fails too (one iteration to 1e-14: neither reaches it), the error stands
     with pytest.raises(ImplicitSolveError, match=r"for sample\(s\) \[0\]: conjugate gradients reached relative "
-                                                 r"residual .* at best .* after 4 iterations \(with retries "
-                                                 r"preconditioned by the dense Hessian, by the dense Hessian's "
-                                                 r"pseudo-inverse and by the dense Hessian again, past its stall\); "
-                                                 r"the Hessian is too ill-conditioned"):
+                                                 r"residual .* at best .* after 4 iterations over all attempts "
+                                                 r"\(with retries preconditioned by the dense Hessian, by the dense "
+                                                 r"Hessian's pseudo-inverse and by the dense Hessian again, without "
+                                                 r"the stall stop\); the Hessian is too ill-conditioned"):
         implicit_vjp(h, sol.probs, temps, grads, dense_limit=0, max_iter=1, rtol=1e-14)
     monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 0)  # conjugate gradients alone, as before
     # (200 iterations, to keep the test fast: they left relative residual 1 after 1000 too)
@@ -355,7 +355,7 @@ def test_a_retry_with_the_pseudo_inverse_stops_once_it_stalls_and_the_error_stan
     with pytest.raises(ImplicitSolveError, match=rf"for sample\(s\) \[0\]: conjugate gradients reached relative "
                                                  rf"residual {float(closest[0]):.1e} at best .*\(with retries "
                                                  r"preconditioned by the dense Hessian's pseudo-inverse and by the "
-                                                 r"dense Hessian again, past its stall\)"):
+                                                 r"dense Hessian again, without the stall stop\)"):
         implicit_vjp(h, sol.probs, temps, grads)
 
 
