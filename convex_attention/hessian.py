@@ -269,9 +269,8 @@ class DualHessian:
         diagonal), with a larger ridge for samples where it fails.  ``H`` ``(B, D, D)`` is
         overwritten.  Returns ``(L, ok)``: ``L`` ``(B, D, D)`` and ``ok`` ``(B,)`` (False where
         no factor was found)."""
-        scale = H.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(H.dtype).tiny).view(-1, 1, 1)
         eye = torch.eye(self.dim, dtype=H.dtype, device=H.device)
-        H.addcmul_(scale, self.gauge(H.dtype) + ridge * eye)
+        scale = self._add_gauge(H, ridge * eye)
         L, info = torch.linalg.cholesky_ex(H)
         ok = info == 0
         if bool(ok.all()):
@@ -292,13 +291,19 @@ class DualHessian:
         precision: the blocks of probability near zero on peaked maps).  ``H`` is overwritten.
         Apply as ``V (inverse ⊙ Vᵀ r)``.  Where the Cholesky factor of :meth:`factor` inverts
         those directions by its ridge, and conjugate gradients then fail, this leaves them out."""
-        scale = H.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(H.dtype).tiny).view(-1, 1, 1)
-        H.addcmul_(scale, self.gauge(H.dtype))
+        self._add_gauge(H)
         values, vectors = torch.linalg.eigh(H)
         floor = self.dim * torch.finfo(H.dtype).eps * values[:, -1:].clamp_min(0)
-        inverse = torch.where(values > floor, 1.0 / torch.where(values > floor, values, torch.ones_like(values)),
-                              torch.zeros_like(values))
-        return vectors, inverse
+        return vectors, torch.where(values > floor, values.reciprocal(), torch.zeros_like(values))
+
+    def _add_gauge(self, H: Tensor, extra: Tensor | None = None) -> Tensor:
+        """``H += scale·(gauge + extra)`` in place, per sample (``scale``: the mean diagonal,
+        so that the gauge's null space is removed at the Hessian's own scale); returns
+        ``scale``, ``(B, 1, 1)``."""
+        scale = H.diagonal(dim1=1, dim2=2).mean(1).clamp_min(torch.finfo(H.dtype).tiny).view(-1, 1, 1)
+        gauge = self.gauge(H.dtype)
+        H.addcmul_(scale, gauge if extra is None else gauge + extra)
+        return scale
 
 
 def cholesky_apply(L: Tensor, rhs: Tensor) -> Tensor:
@@ -370,29 +375,25 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         return torch.cat(ws), torch.cat(relres_parts), torch.cat(iteration_parts), torch.cat(solved_parts)
     norm_b = rhs.norm(dim=1)
     tiny = torch.finfo(rhs.dtype).tiny
-    L: Tensor | None = None
-    diag: Tensor | None = None
-    vectors: Tensor | None = None
-    inverse: Tensor | None = None
-    ok = torch.ones(B, dtype=torch.bool, device=rhs.device)
     if hess.dim <= dense_limit and spectral:
         vectors, inverse = hess.pseudo_inverse(hess.dense(probs, temps))
+
+        def inverse_of(r: Tensor) -> Tensor:
+            coordinates = (r.unsqueeze(1) @ vectors).squeeze(1)  # Vᵀ r
+            return (vectors @ (inverse * coordinates).unsqueeze(2)).squeeze(2)
     elif hess.dim <= dense_limit:
         L, ok = hess.factor(hess.dense(probs, temps))
+
+        def inverse_of(r: Tensor) -> Tensor:
+            return torch.where(ok.unsqueeze(1), cholesky_apply(L, r), r)  # no factor found: unpreconditioned
     else:
         diag = hess.block_diagonal(probs, temps).clamp_min(tiny)
 
+        def inverse_of(r: Tensor) -> Tensor:
+            return r / diag
+
     def precondition(r: Tensor) -> Tensor:
-        if vectors is not None and inverse is not None:
-            coordinates = (r.unsqueeze(1) @ vectors).squeeze(1)  # Vᵀ r
-            z = (vectors @ (inverse * coordinates).unsqueeze(2)).squeeze(2)
-        elif L is not None:
-            z = cholesky_apply(L, r)
-            z = torch.where(ok.unsqueeze(1), z, r)
-        else:
-            assert diag is not None
-            z = r / diag
-        return hess.centre(z)
+        return hess.centre(inverse_of(r))
 
     w = torch.zeros_like(rhs)
     r = rhs.clone()
@@ -408,13 +409,17 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     cap = math.sqrt(torch.finfo(rhs.dtype).eps) if rhs.dtype == torch.float64 else 0.0
     recent: list[Tensor] = []  # the relative residuals of the last STALL_ITERATIONS + 1 iterations
 
-    def at_rounding(candidates: Tensor) -> Tensor:
-        """Which ``candidates`` have stalled (no halving of the residual over the last
-        :data:`STALL_ITERATIONS` iterations: a solve still making progress is not finished,
-        however small its residual) with a true residual below its rounding floor."""
+    def stalled() -> Tensor:
+        """Per sample: its residual did not halve over the last :data:`STALL_ITERATIONS`
+        iterations (False until there were that many)."""
         if len(recent) <= STALL_ITERATIONS:
-            return torch.zeros_like(candidates)
-        candidates = candidates & (recent[-1] > 0.5 * recent[0])
+            return torch.zeros(B, dtype=torch.bool, device=rhs.device)
+        return recent[-1] > 0.5 * recent[0]
+
+    def at_rounding(candidates: Tensor) -> Tensor:
+        """Which ``candidates`` have stalled (a solve still making progress is not finished,
+        however small its residual) with a true residual below its rounding floor."""
+        candidates = candidates & stalled()
         if not bool(candidates.any()):
             return candidates
         true_residual, floor = hess.residual_and_floor(probs, temps, w, rhs)
@@ -433,12 +438,12 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         relres = r.norm(dim=1) / norm_b.clamp_min(tiny)
         solved = stopped(relres)
         active = active & ~solved & torch.isfinite(relres)
-        if (spectral or stop_stalled) and len(recent) > STALL_ITERATIONS:
+        if spectral or stop_stalled:
             # the part of the residual in the directions the pseudo-inverse leaves out cannot
             # fall: a stalled solve that the tests above did not accept never will (a review
             # measured 168 of 172 such retries running on to max_iter); a stalled Cholesky-
             # preconditioned solve rarely recovers, and implicit_vjp runs it again last, without this stop
-            active = active & ~(recent[-1] > 0.5 * recent[0])
+            active = active & ~stalled()
         if not bool(active.any()):
             break
         Hd = hess.matvec(probs, temps, d)
@@ -530,8 +535,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         rows = torch.nonzero(unsolved).flatten()
         again = solve_psd(hess, [p[rows] for p in probs], temps, rhs[rows], rtol, max_iter, DENSE_FALLBACK_LIMIT,
                           spectral=spectral, stop_stalled=stop_stalled)
-        w, iterations, solved, closest = w.clone(), iterations.clone(), solved.clone(), closest.clone()
-        w[rows], solved[rows] = again[0], again[3]
+        w[rows], solved[rows] = again[0], again[3]  # (tensors of this call's own: written in place)
         closest[rows] = torch.fmin(closest[rows], again[1])
         iterations[rows] += again[2]
         retries.append(description)

@@ -23,6 +23,7 @@ from ..hierarchy import Hierarchy
 from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import atomic_csv, write_json
 from ..methods import get_method
+from ..validation import dtype_name
 from .cases import make_case, shape_str
 from .timing import measure_interleaved, peak_memory_mb
 
@@ -42,7 +43,7 @@ def _label(method: str) -> str:
 
 def _row(method, backend, h, batch, dtype, device, meas, peak=float("nan")) -> dict:
     return {"method": method, "backend": backend, "status": "ok", "reason": "", "shapes": shape_str(h),
-            "batch": batch, "dtype": str(dtype).replace("torch.", ""), "device": str(device), **meas.summary(),
+            "batch": batch, "dtype": dtype_name(dtype), "device": str(device), **meas.summary(),
             "per_sample_us": 1e3 * meas.total_median / batch, "peak_mem_mb": peak}
 
 
