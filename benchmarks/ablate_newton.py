@@ -116,15 +116,13 @@ def _speed(size: int, seed: int, families) -> None:
 
 def _convergence(size: int, instances: int, seed: int, families, sets, backward: bool, loss: str = "linear") -> None:
     for set_name in sets:
-        lo, hi, max_sweeps = gt.CONVERGENCE_SETS[set_name]
+        max_sweeps = gt.CONVERGENCE_SETS[set_name][2]
         for family in families:
-            g = gt._instance_stream(seed, family, set_name)
             total = {True: 0.0, False: 0.0}
             sweeps: dict = {True: [], False: []}
             misses = {True: 0, False: 0}
             failed_backwards = {True: 0, False: 0}
-            for draw in range(instances):
-                h, scores, temps = gt.draw_instance(family, size, g, (lo, hi), 1, pin_ends=draw % gt.PINNED_EVERY == 0)
+            for draw, _, h, scores, temps in gt.convergence_instances(seed, family, set_name, size, instances):
                 for on in ((False, True) if draw % 2 == 0 else (True, False)):
                     _safeguard(on)
                     start = time.perf_counter()

@@ -476,11 +476,8 @@ def benchmark_instance(size: int, draw: int, dtype=torch.float64, family: str = 
     part draws them): ``(graph, scores, temperatures)``."""
     from convex_attention.bench import graph_targets as gt
 
-    g = gt._instance_stream(0, family, "hard")
-    for index in range(draw + 1):
-        instance = gt.draw_instance(family, size, g, gt.CONVERGENCE_SETS["hard"][:2], 1, dtype=dtype,
-                                    pin_ends=index % gt.PINNED_EVERY == 0)
-    return instance
+    *_, (_, _, h, scores, temps) = gt.convergence_instances(0, family, "hard", size, draw + 1, dtype)
+    return h, scores, temps
 
 
 def peaked_mixed_instances():

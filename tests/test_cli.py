@@ -599,7 +599,7 @@ def test_verify_refuses_to_replace_verify_csv_without_overwrite(tmp_path, capsys
     (out / "verify.csv").write_text("the user's\n")
     assert run(["verify", "--quick", "--n", "1", "--no-progress", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "verify.csv holds an earlier verification" in err
+    assert len(err.strip().splitlines()) == 1 and "already holds verify.csv from an earlier run" in err
     assert "--overwrite" in err and (out / "verify.csv").read_text() == "the user's\n"
     assert sorted(os.listdir(out)) == ["verify.csv"]
     assert run(["demo", "--out", str(out), "--no-progress"]) == 2

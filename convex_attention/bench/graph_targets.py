@@ -83,7 +83,7 @@ from .timing import measure_interleaved, nan_max, nan_median
 
 __all__ = ["GraphBenchmark", "graph_benchmark", "check_no_earlier_results", "unrolled_solve", "PARTS", "NONTREE",
            "CONVERGENCE_SETS", "CONVERGENCE_TOLS", "format_graph_targets", "DEFAULT_BACKENDS",
-           "default_backends", "check_cvx_device", "RunRefused"]
+           "default_backends", "check_cvx_device", "RunRefused", "convergence_instances", "draw_instance"]
 
 PARTS = ("convergence", "gradients", "speed", "backward", "amortised", "linsat")
 # The cvxpylayers backends compared by default (those installed): diffcp-scs is left out, the
@@ -255,20 +255,31 @@ def _instance_stream(seed: int, family: str, set_name: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(key.generate_state(1)[0]))
 
 
+def convergence_instances(seed: int, family: str, set_name: str, size: int, count: int, dtype=torch.float64):
+    """The convergence part's instances of ``family`` in ``set_name`` at ``size``², one
+    sample each, in order: ``(draw, pinned, h, scores, temps)``, where ``pinned`` says the
+    range's ends were pinned (every ``PINNED_EVERY``-th draw).  The same instances in every
+    dtype; the one place that draws them (the benchmark, its ablation and the tests' hard
+    instances read them here)."""
+    lo, hi, _ = CONVERGENCE_SETS[set_name]
+    g = _instance_stream(seed, family, set_name)
+    for draw in range(count):
+        pinned = draw % PINNED_EVERY == 0
+        h, scores, temps = draw_instance(family, size, g, (lo, hi), 1, dtype=dtype, pin_ends=pinned)
+        yield draw, pinned, h, scores, temps
+
+
 def _convergence(config: GraphBenchmark, families, log) -> tuple[list[dict], list[dict]]:
     """Every instance is its own draw of the family's regions, the per-map temperatures and
     the scores, solved alone (one temperature vector per solve): a batch of samples used to
     share one draw of temperatures and regions, so 100 "instances" were 2 to 4 draws."""
     rows, summary = [], []
     for family in families:
-        for set_name, (lo, hi, max_sweeps) in CONVERGENCE_SETS.items():
+        for set_name, (_, _, max_sweeps) in CONVERGENCE_SETS.items():
             for dtype_name, tol in CONVERGENCE_TOLS.items():
-                g = _instance_stream(config.seed, family, set_name)  # the same instances in both dtypes
                 group = []
-                for draw in range(config.instances):
-                    h, scores, temps = draw_instance(family, config.size, g, (lo, hi), 1,
-                                                     dtype=getattr(torch, dtype_name),
-                                                     pin_ends=draw % PINNED_EVERY == 0)
+                for draw, pinned, h, scores, temps in convergence_instances(
+                        config.seed, family, set_name, config.size, config.instances, getattr(torch, dtype_name)):
                     start = time.perf_counter()
                     sol = _quiet_solve(scores, h, "dual", temperature=temps, tol=tol, max_iter=max_sweeps,
                                        strict=False)
@@ -277,7 +288,7 @@ def _convergence(config: GraphBenchmark, families, log) -> tuple[list[dict], lis
                     group.append({"family": family, "set": set_name, "dtype": dtype_name, "tol": tol,
                                   "max_sweeps": max_sweeps, "draw": draw, "sample": 0,
                                   "temperatures": " ".join(f"{t:.4g}" for t in temps),
-                                  "pinned_ends": draw % PINNED_EVERY == 0,
+                                  "pinned_ends": pinned,
                                   "sweeps": int(info["iterations"][0]), "converged": bool(info["converged"][0]),
                                   "violation": float(info["violation"][0]), "gap": float(info["gap"][0]),
                                   "returned_violation": float(violation(sol.probs, h)[0]),

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 
-from ..io.files import check_out_dir, check_output_files
+from ..io.files import check_no_earlier_outputs, check_out_dir, check_output_files
 
 __all__ = ["CommandParser", "UsageError", "add_output_options", "show_progress", "info", "check_out",
            "check_files", "printable_streams", "check_out_leaving_nothing", "add_wait_option", "holding_out",
@@ -112,6 +112,16 @@ def check_files(out: str, names) -> None:
         check_output_files(out, names)
     except ValueError as err:
         raise UsageError(str(err)) from None
+
+
+def check_no_earlier(out: str, names, overwrite: bool) -> list[str]:
+    """The files ``names`` an earlier run left in ``out`` (those that are there); UsageError,
+    before any work, when there are some and ``overwrite`` was not given: an earlier result
+    is never replaced without a word (:func:`convex_attention.io.files.check_no_earlier_outputs`)."""
+    try:
+        return check_no_earlier_outputs(out, names, overwrite)
+    except ValueError as err:
+        raise UsageError(f"argument {err}") from None
 
 
 def _missing_folders(out: str) -> list[str]:

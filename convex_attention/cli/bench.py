@@ -19,6 +19,7 @@ from ._common import (
     add_output_options,
     add_wait_option,
     check_files,
+    check_no_earlier,
     check_out,
     check_out_leaving_nothing,
     info,
@@ -350,10 +351,7 @@ def _check_verify_out(args) -> None:
     given, or something other than a regular file of that name, whatever the options
     (checked again under the folder's lock)."""
     check_files(args.out, ("verify.csv",))
-    path = os.path.join(args.out, "verify.csv")
-    if os.path.lexists(path) and not getattr(args, "overwrite", False):
-        raise UsageError(f"{path} holds an earlier verification; pass --overwrite to replace it, or choose another "
-                         f"--out")
+    check_no_earlier(args.out, ("verify.csv",), getattr(args, "overwrite", False))
 
 
 def cmd_verify(args) -> int:

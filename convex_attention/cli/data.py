@@ -23,7 +23,7 @@ from ..paper.config import (
     TrainConfig,
     check_set_size,
 )
-from ._common import UsageError, add_output_options, add_wait_option, check_out, holding_out, info
+from ._common import UsageError, add_output_options, add_wait_option, check_no_earlier, check_out, holding_out, info
 
 __all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS", "OUTPUT"]
 
@@ -156,12 +156,7 @@ def _validate(args) -> None:
 def _check_no_earlier_check(args) -> None:
     """UsageError when ``--out`` holds an earlier check's ``data_check.json`` and
     ``--overwrite`` was not given: it is never replaced without a word."""
-    from ..io.files import check_no_earlier_outputs
-
-    try:
-        check_no_earlier_outputs(args.out, (OUTPUT,), args.overwrite)
-    except ValueError as err:
-        raise UsageError(str(err)) from None
+    check_no_earlier(args.out, (OUTPUT,), args.overwrite)
 
 
 class _Sample:

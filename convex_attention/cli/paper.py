@@ -44,6 +44,7 @@ from ._common import (
     UsageError,
     add_output_options,
     add_wait_option,
+    check_no_earlier,
     check_out,
     check_out_leaving_nothing,
     holding_out,
@@ -515,13 +516,8 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
 def _earlier_explanation(args, names) -> list[str]:
     """The earlier explanation's files in ``--out`` (``names`` that are there); UsageError
     when there are some and ``--overwrite`` was not given
-    (:func:`convex_attention.io.files.check_no_earlier_outputs`)."""
-    from ..io.files import check_no_earlier_outputs
-
-    try:
-        return check_no_earlier_outputs(args.out, names, args.overwrite)
-    except ValueError as err:
-        raise UsageError(f"argument {err}") from None
+    (:func:`convex_attention.cli._common.check_no_earlier`)."""
+    return check_no_earlier(args.out, names, args.overwrite)
 
 
 def cmd_explain(args) -> int:
