@@ -213,8 +213,9 @@ def _add_experiment(sub) -> None:
     x.add_argument("--force", action="store_true", help="test stage: replace an existing OUT/test")
     x.add_argument("--allow-rejected-benchmark", action="store_true",
                    help="test stage: run although the dev stage did not accept the benchmark (a validity check "
-                        "failed or did not run on the development split, check (c) included, or the variants file "
-                        "records no verdict); the report says so. Without it such a file is refused before any work")
+                        "that decides, (a), (b) or (c'), failed or did not run on the development split, or the "
+                        "variants file records no verdict); the report says so. Without it such a file is refused "
+                        "before any work")
     x.add_argument("--quick", action="store_true",
                    help="small images and few epochs: a smoke test of the whole pipeline")
     for cls, names in _options_of(EXPERIMENT_OPTIONS):

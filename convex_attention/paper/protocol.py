@@ -34,16 +34,17 @@ the run has no git checkout (a copy of the working tree on another machine), the
 must match a SHA-256 pin taken from the committed file (:func:`verify_variants`).
 
 **A benchmark accepted before the test split is touched** (:attr:`Variants.benchmark`,
-:func:`check_benchmark_verdict`).  The dev stage runs every validity check on the
-development split, check (c) included (the proposed variant's attention models against a
-plain CNN trained with the same dev seeds), and writes the verdict into the proposed
-variants file.  The test stage refuses a file whose verdict is "rejected", or that
-records none (written before the verdict existed: the benchmark was never accepted),
-unless told to run anyway (``allow_rejected``; the report then says so): a test split
-spent on a benchmark that cannot test the claim is spent for nothing.  The verdict names
-what it judged (the data, the variant, the difficulty, the methods, the dev seeds and the
-setting) and is refused if the file's variant or difficulty differs from it; the test
-stage refuses other data than it judged.
+:func:`check_benchmark_verdict`). The dev stage runs every validity check on the development
+split and writes the verdict into the proposed variants file: (a), (b) and (c′) decide
+(:data:`REQUIRED_CHECKS`); check (c) (the proposed variant's attention models against a
+plain CNN trained with the same dev seeds) is recorded and never decides
+(:data:`~convex_attention.paper.validity.REPORTED_ONLY`). The test stage refuses a file
+whose verdict is "rejected", or that records none (written before the verdict existed: the
+benchmark was never accepted), unless told to run anyway (``allow_rejected``; the report
+then says so): a test split spent on a benchmark that cannot test the claim is spent for
+nothing. The verdict names what it judged (the data, the variant, the difficulty, the
+methods, the dev seeds and the setting) and is refused if the file's variant or difficulty
+differs from it; the test stage refuses other data than it judged.
 
 **A test folder written once** (:func:`claim_test_folder`): the test stage refuses an
 existing result folder unless forced, and even then only one that it wrote itself, which
