@@ -94,7 +94,11 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True, name: st
         if not math.isfinite(peak):
             kind = "NaN" if bool(torch.isnan(s).any()) else "Inf"
             raise ValueError(f"{name}[{k}] contains {kind} values; scores must be finite")
-    total, limit = math.fsum(peaks), score_limit(first.dtype)
+    try:
+        total = math.fsum(peaks)
+    except OverflowError:  # finite peaks whose sum is beyond float64 (scores near 1e308)
+        total = math.inf
+    limit = score_limit(first.dtype)
     if total > limit:
         raise ValueError(
             f"{name} are too large for {first.dtype}: the largest |score| of each {unit} sums to "

@@ -270,6 +270,19 @@ FAST = ["--methods", "exact", "softmax", "--sizes", "4", "--levels", "2", "--bat
     # that a later --resume without it was refused)
     ([*FAST, "--checkpoint", "no/such/model.pt"], "--checkpoint needs --generator model"),
     ([*FAST, "--generator", "gaussian", "--checkpoint", "no/such/model.pt"], "--generator gaussian does not read it"),
+    # options no row of the sweep reads (before: accepted and recorded, so that a --resume adding the method that
+    # reads them was refused for rows that never did)
+    ([*FAST, "--methods", "exact", "--fit-steps", "5"],
+     "--fit-steps applies to learned_dual only, and --methods exact leaves it out"),
+    ([*FAST, "--methods", "exact", "dual", "--amortised-steps", "7"], "--amortised-steps applies to learned_dual"),
+    ([*FAST, "--methods", "exact", "--fit-max-values", "9"], "--fit-max-values applies to learned_dual"),
+    ([*FAST, "--methods", "exact", "--fit-instances", "9"], "--fit-instances applies to learned_dual"),
+    ([*FAST, "--methods", "exact", "--cvx-backends", "diffcp-clarabel"], "--cvx-backends applies to cvxpylayers"),
+    ([*FAST, "--methods", "exact", "--cvx-batch", "3"], "--cvx-batch applies to cvxpylayers"),
+    ([*FAST, "--methods", "exact", "--cvx-max-cells", "5"], "--cvx-max-cells applies to cvxpylayers"),
+    ([*FAST, "--methods", "exact", "--budget", "3"], "--budget applies to cvxpylayers"),
+    ([*FAST, "--structure", "star", "--levels", "3"], "--levels applies to chain only, and --structure star leaves"),
+    ([*FAST, "--device", "cpu", "cpu:0"], "--device cpu cpu:0: the same device, listed twice"),
 ])
 def test_bench_usage_errors_exit_2_before_any_work(tmp_path, capsys, argv, message):
     out = tmp_path / "r"
@@ -420,6 +433,68 @@ def test_ctrl_c_on_bench_keeps_the_rows_and_names_resume(tmp_path, capsys, monke
     err = capsys.readouterr().err.strip()
     assert err == ("convex-attention bench: interrupted; the rows finished so far are kept (rerun with --resume to "
                    "measure the rest)")
+
+
+@pytest.mark.slow
+def test_a_resume_that_adds_learned_dual_rewrites_the_example_with_its_duals(tmp_path, capsys):
+    """Before: example.npz was written by the first run only, so a folder widened by --resume
+    to learned_dual drew its attention maps without the learned λ, silently."""
+    import numpy as np
+
+    out = tmp_path / "r"
+    assert run(["bench", *FAST, "--out", str(out)]) == 0
+    with np.load(out / "example.npz", allow_pickle=False) as data:
+        scores, keys = data["scores0"].copy(), set(data.files)
+    assert "fitted_dual0" not in keys
+    assert run(["bench", *FAST, "--methods", "exact", "softmax", "learned_dual", "--fit-steps", "3",
+                "--amortised-steps", "3", "--fit-instances", "4", "--out", str(out), "--resume"]) == 0
+    assert "example.npz rewritten" in capsys.readouterr().err
+    with np.load(out / "example.npz", allow_pickle=False) as data:
+        assert {"fitted_dual0", "amortised_dual0"} <= set(data.files)
+        np.testing.assert_array_equal(data["scores0"], scores)  # the same instance
+
+
+def test_sigterm_ends_a_command_as_ctrl_c_does_with_status_143(tmp_path, capsys, monkeypatch):
+    """Before: SIGTERM killed bench on the spot, nothing on stderr, its results.lock left."""
+    import signal
+
+    from convex_attention.bench import sweep
+
+    def terminated(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at once, in this (the main) thread
+        raise AssertionError("SIGTERM did not interrupt the command")
+
+    monkeypatch.setattr(sweep, "run_sweep", terminated)
+    out = tmp_path / "r"
+    assert run(["bench", *FAST, "--out", str(out)]) == 143
+    err = capsys.readouterr().err.strip()
+    assert err == ("convex-attention bench: terminated (SIGTERM); the rows finished so far are kept (rerun with "
+                   "--resume to measure the rest)")
+    assert not (out / "results.lock").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_running_bench_process_releases_its_lock(tmp_path):
+    """A real process: SIGTERM in the middle of a sweep gives one line, exit 143, no lock."""
+    import signal
+    import time
+
+    out = tmp_path / "r"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "convex_attention.cli", "bench", "--methods", "softmax",
+                                "exact", "dual", "--sizes", "8", "16", "32", "64", "--levels", "2", "--dims", "2",
+                                "--batch", "2", "--repeats", "50", "--no-progress", "--out", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not (out / "results.lock").exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 143, err
+    assert len(err.strip().splitlines()) == 1 and "terminated (SIGTERM)" in err
+    assert not (out / "results.lock").exists()
 
 
 @pytest.mark.slow

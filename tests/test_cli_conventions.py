@@ -254,3 +254,46 @@ def test_every_help_prints_on_an_ascii_only_stdout():
     assert done.returncode == 0 and b"Traceback" not in done.stderr, done.stderr.decode("ascii", "replace")
     assert done.stdout.isascii() and b"\\u03bb" in done.stdout  # the lambda, escaped
     assert done.stdout.count(b"usage: convex-attention") == len(argvs)
+
+
+def _example_argv(line: str) -> list[str]:
+    """The arguments of an example command line (after ``convex-attention`` or ``-m
+    convex_attention.cli``), its ``# comment`` left out."""
+    import shlex
+
+    words = shlex.split(line, comments=True)
+    start = next(i for i, w in enumerate(words) if w in ("convex-attention", "convex_attention.cli"))
+    return words[start + 1:]
+
+
+def _top_level_examples() -> list[str]:
+    from convex_attention.cli.bench import EXAMPLES
+
+    return [line.strip() for line in EXAMPLES.replace("\\\n", " ").splitlines() if "convex-attention" in line]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_subcommand_help_ends_with_examples_that_parse(command, capsys):
+    """Before: only the top-level --help had examples (and one of them, `--structure star ...
+    --levels 2`, is now refused: --levels shapes the chain only)."""
+    parser = COMMANDS[command]
+    assert parser.examples, f"{command} --help shows no example"
+    assert parser.format_help().rstrip().endswith(parser.examples[-1])
+    for line in parser.examples:
+        argv = _example_argv(line)
+        assert " ".join(argv[:len(command.split())]) == command, line
+        cli.build_parser().parse_args(argv)  # SystemExit(2) on an unknown option or a bad value
+
+
+@pytest.mark.parametrize("line", [*COMMANDS["bench"].examples, *COMMANDS["verify"].examples,
+                                  *_top_level_examples()])
+def test_bench_and_verify_examples_pass_the_commands_own_checks(line):
+    """The checks before any work (values, options no row reads, backends that run here),
+    for every bench and verify example, the top-level ones included."""
+    from convex_attention.cli import bench as cli_bench
+
+    args = cli.build_parser().parse_args(_example_argv(line))
+    if args.command == "bench":
+        cli_bench._check_sweep(cli_bench._sweep_config(args), args)
+    elif args.command == "verify":
+        cli_bench._check_verify(args)

@@ -265,7 +265,8 @@ def test_resume_refuses_rows_measured_under_other_settings_and_accepts_a_wider_g
     """Before: --resume with --factor 4 kept the factor-2 rows beside the new ones, and
     bench.json said factor 4 for all."""
     w = sweep_writer(tmp_path)
-    w.commit(bench_row(method="exact"))
+    w.commit(bench_row(method="dual"))  # reads the dual solver's tolerance
+    w.commit(bench_row(method="learned_dual", dual_kind="fitted"))  # and the training settings
     before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
     with pytest.raises(R.FinishedRows, match=r"measured with --factor 2, this run asks for --factor 4.*--overwrite"):
         sweep_writer(tmp_path, resume=True, sizes=(4, 8), factor=4)
@@ -282,6 +283,22 @@ def test_resume_refuses_rows_measured_under_other_settings_and_accepts_a_wider_g
     config = strict_load(str(tmp_path / "bench.json"))["config"]
     assert config["sizes"] == [4, 8] and config["factor"] == 2 and config["max_cells"] == 3
     assert config["methods"] == list(SweepConfig().methods)
+
+
+def test_resume_compares_a_setting_only_where_a_kept_row_read_it(tmp_path):
+    """Before: rows of exact alone, measured beside --fit-steps 5 (which no row read), made
+    a resume that adds learned_dual refuse 'rows ... were measured with --fit-steps 5'."""
+    sweep_writer(tmp_path, fit_steps=5, cvx_batch=3, dual_tol=1e-8).commit(bench_row(method="exact"))
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,)))  # no row read any of the three
+    sweep_writer(tmp_path, resume=True, fit_steps=5, cvx_batch=3, dual_tol=1e-8).commit(
+        bench_row(method="cvxpylayers", backend="diffcp-scs", status="skipped"))  # a skipped row read the caps
+    with pytest.raises(R.ResumeMismatch, match=r"--cvx-batch 3, this run asks for --cvx-batch 2"):
+        R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), fit_steps=5, dual_tol=1e-8))
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), cvx_batch=3))
+    assert [n for n in R.MEASUREMENT_SETTINGS if not R.reads_setting(n, {"method": "exact", "dual_kind": ""})] == \
+        sorted(R.CVX_SETTINGS + R.FIT_SETTINGS + ("dual_tol",), key=R.MEASUREMENT_SETTINGS.index)
+    assert all(R.reads_setting(n, {"method": "no-longer-registered", "dual_kind": ""})
+               for n in R.MEASUREMENT_SETTINGS if n not in R.CVX_SETTINGS + R.FIT_SETTINGS)
 
 
 def test_cell_numbers_never_collide_across_resumed_runs(tmp_path):
@@ -452,8 +469,9 @@ def test_a_resume_after_bench_quick_suggests_quick(tmp_path):
     version's, never naming --quick."""
     from convex_attention.bench.config import quick_sweep
 
-    R.ResultsWriter(str(tmp_path), quick_sweep(sizes=(4,), levels=(2,)), "cpu", False,
-                    log=lambda m: None).commit(bench_row())
+    w = R.ResultsWriter(str(tmp_path), quick_sweep(sizes=(4,), levels=(2,)), "cpu", False, log=lambda m: None)
+    w.commit(bench_row())
+    w.commit(bench_row(method="cvxpylayers", backend="diffcp-scs"))  # reads cvx_repeats
     with pytest.raises(R.ResumeMismatch, match=r"measured by a --quick sweep \(--repeats 5\).*--quick --resume"):
         R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,)))
     with pytest.raises(R.ResumeMismatch, match=r"measured by a --quick sweep \(cvx_repeats 1\).*--quick --resume"):

@@ -394,6 +394,16 @@ def test_scores_up_to_the_score_limit_give_finite_output_and_beyond_it_a_clear_e
         ca.solve(too_large, h, method, temperature=tau, **kw)
 
 
+def test_finite_scores_whose_peaks_overflow_when_summed_are_refused_as_too_large():
+    """Before: scores of 1e308 on two levels (finite, but their peaks sum beyond float64)
+    raised OverflowError from math.fsum, not the ValueError the limit promises, and `plot`
+    of such an example.npz printed a traceback."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    scores = [torch.full((1,) + s, 1e308, dtype=torch.float64) for s in h.shapes]
+    with pytest.raises(ValueError, match=r"too large for .*sums to inf"):
+        ca.solve(scores, h, "exact")
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_learned_duals_count_towards_the_limit_of_the_logits(dtype):
     """The learned dual's logits are θ_k + λ_(k-1) − P_kᵀ λ_k: scores and duals that are

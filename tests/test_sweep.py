@@ -237,6 +237,14 @@ def test_one_device_under_two_names_is_refused(monkeypatch):
     check_sweep(SweepConfig(sizes=(4,), levels=(2,), devices=("cpu", "cuda", "cuda:1")))
 
 
+@pytest.mark.parametrize("devices", [("cpu", "cpu:0"), ("cpu:0", "cpu")])
+def test_the_cpu_under_two_names_is_refused(devices):
+    """Before: `--device cpu cpu:0` passed (cpu's index None against 0) and timed every cell
+    twice, under two names."""
+    with pytest.raises(ValueError, match=f"--device {devices[0]} {devices[1]}: the same device, listed twice"):
+        check_sweep(SweepConfig(sizes=(4,), levels=(2,), devices=devices))
+
+
 def test_the_example_trains_on_the_sweeps_instances_capped_like_the_sweeps(tmp_path, monkeypatch):
     """Before: example.npz ignored --seed, --scale and --fit-max-values (seed 0, scale 1, every
     --fit-instances instance)."""

@@ -28,7 +28,8 @@ from ..io.settings import (
     setting,
 )
 
-__all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "fit_instances", "capped_instances", "quick_sweep",
+__all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "check_values",
+           "fit_instances", "capped_instances", "quick_sweep",
            "SCALE_MAX", "DTYPES", "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES",
            "BACKEND_NAMES", "STRUCTURES", "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure",
            "structure_maps", "structure_cells", "check_device"]
@@ -272,11 +273,7 @@ def check_sweep(config: SweepConfig) -> None:
     cells (sizes that divide, tensors that fit), the temperatures the core accepts in each
     swept dtype, the devices that exist here (each once), and a checkpoint for the model
     generator, and for it alone."""
-    try:
-        check_settings(config)
-    except ConfigError as err:
-        option = next((s for s in _options() if s[0] == err.field), (err.field, f"--{err.field}"))[1]
-        raise ValueError(f"{option}: {err}") from None
+    check_values(config)
     if config.checkpoint is not None and config.generator != "model":
         raise ValueError(f"--checkpoint needs --generator model (the checkpoint's model makes the scores); "
                          f"--generator {config.generator} does not read it: leave --checkpoint out")
@@ -284,6 +281,16 @@ def check_sweep(config: SweepConfig) -> None:
     _check_with_the_core(config)
     if config.generator == "model" and not config.checkpoint:
         raise ValueError("--generator model needs --checkpoint (a model trained by `convex-attention train`)")
+
+
+def check_values(config: SweepConfig) -> None:
+    """Every setting of ``config`` against its kind (ValueError naming the option): the
+    first of :func:`check_sweep`'s checks."""
+    try:
+        check_settings(config)
+    except ConfigError as err:
+        option = next((s for s in _options() if s[0] == err.field), (err.field, f"--{err.field}"))[1]
+        raise ValueError(f"{option}: {err}") from None
 
 
 def _options():
@@ -309,7 +316,10 @@ def _check_with_the_core(config: SweepConfig) -> None:
     seen: dict = {}
     for dev in config.devices:
         device = check_device(dev)
-        index = device.index if device.index is not None or device.type != "cuda" else torch.cuda.current_device()
+        if device.index is not None:
+            index = device.index
+        else:  # the default device of its type: cuda is cuda:<current>, cpu is cpu:0
+            index = torch.cuda.current_device() if device.type == "cuda" else 0
         same = seen.setdefault((device.type, index), dev)
         if same != dev:  # e.g. cuda and cuda:0: every cell measured twice, as two rows
             raise ValueError(f"--device {same} {dev}: the same device, listed twice; list each device once")

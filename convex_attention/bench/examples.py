@@ -14,7 +14,17 @@ from .config import capped_instances
 from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
 
-__all__ = ["save_example"]
+__all__ = ["save_example", "example_has_duals"]
+
+
+def example_has_duals(path: str) -> bool:
+    """Whether the ``example.npz`` at ``path`` holds the fitted shared λ (written by a sweep
+    of learned_dual); False where it cannot be read as one."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return "fitted_dual0" in data.files
+    except (OSError, ValueError):
+        return False
 
 
 def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels: int = 2, scale: float = 1.0,

@@ -44,7 +44,8 @@ from .config import STRUCTURES, SweepConfig, quick_sweep
 __all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows", "ResumeMismatch", "existing_rows",
            "check_start_over", "check_resume_config", "stored_config", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
            "CELL_KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "cell_key", "OUTPUTS", "GRID_SETTINGS",
-           "RUN_SETTINGS", "MEASUREMENT_SETTINGS", "records_history", "PANDAS_DTYPES"]
+           "RUN_SETTINGS", "MEASUREMENT_SETTINGS", "CVX_SETTINGS", "FIT_SETTINGS", "reads_setting", "records_history",
+           "PANDAS_DTYPES"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
 KEY_FIELDS = ("method", "backend", "dual_kind", "structure", "generator", "scale", "dims", "size", "levels", "batch",
@@ -79,6 +80,26 @@ RUN_SETTINGS = ("max_cells",)
 #: different value (:func:`check_resume_config`).  A setting added later is one of these
 #: unless it is listed above.
 MEASUREMENT_SETTINGS = tuple(f.name for f in fields(SweepConfig) if f.name not in GRID_SETTINGS + RUN_SETTINGS)
+#: The measurement settings only cvxpylayers rows read, and those only the trained λ kinds
+#: (``fitted``, ``amortised``) read: rows of other methods were not measured with them.
+CVX_SETTINGS = ("budget", "cvx_max_cells", "cvx_batch", "cvx_repeats")
+FIT_SETTINGS = ("fit_instances", "fit_max_values", "fit_steps", "amortised_steps")
+
+
+def reads_setting(name: str, row: dict) -> bool:
+    """Whether a bench row (its ``method`` and ``dual_kind``) was measured with the
+    :data:`MEASUREMENT_SETTINGS` setting ``name``: the cvxpylayers settings by cvxpylayers
+    rows, the training settings by the trained λ kinds, the dual solver's tolerance by
+    the methods that take a ``tol`` (or record the solver's history); every other setting by
+    every row.  A method this version does not register reads them all."""
+    method = REGISTRY.get(row.get("method", ""))
+    if name in CVX_SETTINGS:
+        return row.get("method") == "cvxpylayers"
+    if name in FIT_SETTINGS:
+        return row.get("dual_kind") in ("fitted", "amortised")
+    if name == "dual_tol":
+        return method is None or (method.options is not None and bool({"tol", "record_history"} & method.options))
+    return True
 
 BENCH_SCHEMA = Schema(
     "bench", COLUMNS,
@@ -195,6 +216,7 @@ def check_resume_config(out_dir: str, config) -> None:
     new = asdict(config) if is_dataclass(config) else dict(config or {})
     if not os.path.exists(os.path.join(out_dir, "bench.csv")) or not existing_rows(out_dir)[0]:
         return  # no rows to keep (those of a bench.json without its bench.csv are dropped, and said)
+    kept = _kept_rows(out_dir)
     stored = stored_config(out_dir)
     if stored is None:
         raise ResumeMismatch(
@@ -208,6 +230,8 @@ def check_resume_config(out_dir: str, config) -> None:
     for name in MEASUREMENT_SETTINGS:
         if name not in stored or name not in new:
             continue
+        if kept is not None and not any(reads_setting(name, r) for r in kept):
+            continue  # no kept row was measured with it (e.g. --fit-steps where no row is learned_dual's)
         was, now = stored[name], as_json(new[name])
         if name == "checkpoint" and "model" not in (stored.get("generator"), new.get("generator")):
             continue  # read by --generator model alone (an older version recorded it for any generator)
@@ -231,6 +255,16 @@ def check_resume_config(out_dir: str, config) -> None:
                 f"{option} {_show(now)}; settings that change how each row is measured must match the stored run "
                 f"(only the sweep's grid may grow: docs/results_format.md); rerun with {option} {_show(was)}, pass "
                 f"--overwrite to start over, or choose another --out")
+
+
+def _kept_rows(out_dir: str) -> list[dict] | None:
+    """The rows of ``out_dir/bench.csv`` a resume keeps (finished: ``ok`` or ``skipped``;
+    the others are measured again); ``None`` where the file cannot be read."""
+    try:
+        rows, _ = read_rows(os.path.join(out_dir, "bench.csv"), BENCH_SCHEMA)
+    except (ResultsFormatError, OSError):
+        return None
+    return [r for r in rows if r["status"] in ("ok", "skipped")]
 
 
 def _grown_config(stored: dict | None, new: dict) -> dict:

@@ -8,7 +8,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 
 from .. import __version__
 from ._common import CommandParser, UsageError, missing_extra
@@ -16,7 +19,33 @@ from .bench import BENCH_HANDLERS, EXAMPLES, add_bench_commands
 from .data import DATA_HANDLERS, add_data_commands
 from .paper import EXPERIMENT_HANDLERS, add_experiment_commands
 
-__all__ = ["main", "build_parser", "UsageError", "CommandParser"]
+__all__ = ["main", "build_parser", "UsageError", "CommandParser", "Terminated"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is: it then ends as Ctrl-C does (its locks released,
+    its temporaries removed, one line on stderr), with exit status 143 (128 + SIGTERM).
+    Before, SIGTERM killed the process on the spot, silent, its folder's lock left behind."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interruption():
+    """SIGTERM raises :class:`Terminated` while a command runs, where the handler is
+    Python's default and this is the main thread (a program that set its own is left
+    alone); the handler before is restored afterwards."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,17 +74,21 @@ def main(argv=None) -> int:
         print(f"convex-attention {command}: error: {missing}", file=sys.stderr)
         return 2
     try:
-        return handlers[args.command](args)
+        with _sigterm_as_interruption():
+            return handlers[args.command](args)
     except UsageError as err:
         message = " ".join(str(err).split())  # one line, whatever the message
         print(f"convex-attention {command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"convex-attention {command}: {INTERRUPTED.get(command, 'interrupted')}", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        message = INTERRUPTED.get(command, "interrupted")
+        if isinstance(err, Terminated):
+            message = "terminated (SIGTERM)" + message.removeprefix("interrupted")
+        print(f"convex-attention {command}: {message}", file=sys.stderr)
+        return 143 if isinstance(err, Terminated) else 130
 
 
-# What Ctrl-C leaves behind, per command: resuming is advised only where there is a --resume.
+# What Ctrl-C (or SIGTERM) leaves behind, per command: resuming is advised only where there is a --resume.
 INTERRUPTED = {
     "bench": "interrupted; the rows finished so far are kept (rerun with --resume to measure the rest)",
     "demo": "interrupted; the bench rows finished so far are kept (convex-attention bench --quick --out OUT "

@@ -59,7 +59,19 @@ def printable_streams() -> None:
 
 class CommandParser(argparse.ArgumentParser):
     """argparse, failing like a command: one line on stderr (no usage block), exit 2; its
-    output (``--help`` included) prints on any stdout (:func:`printable_streams`)."""
+    output (``--help`` included) prints on any stdout (:func:`printable_streams`).
+    ``examples``: command lines (a ``# comment`` after each), shown as they are at the end
+    of ``--help`` (the description is wrapped; they are not)."""
+
+    def __init__(self, *args, examples=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        self.examples = tuple(examples)
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if self.examples:
+            text += "\nexamples:\n" + "".join(f"  {line}\n" for line in self.examples)
+        return text
 
     def parse_known_args(self, args=None, namespace=None):
         printable_streams()  # the command's entry: before --help or an error can print

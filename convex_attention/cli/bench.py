@@ -15,6 +15,7 @@ import time
 from ..bench.config import SweepConfig, VerifyConfig, quick_sweep
 from ..io.settings import add_options, given_settings
 from ._common import (
+    CommandParser,
     UsageError,
     add_output_options,
     add_wait_option,
@@ -36,11 +37,40 @@ examples:
                          --dtype float32 float64 --out results/big --budget 120
   convex-attention bench --out results/big --resume # continue an interrupted sweep
   convex-attention bench --quick --out results --overwrite  # discard the rows of an earlier run, start over
-  convex-attention bench --structure star axial grid_regions mixed --sizes 16 32 64 --levels 2 --out results/graphs
+  convex-attention bench --structure star axial grid_regions mixed --sizes 16 32 64 --out results/graphs
   convex-attention verify --n 30 --seed 1           # exits 1 if any check fails
-  convex-attention verify --dual-solver my_solver.py:solve_duals --timeout 30
+  convex-attention verify --dual-solver path/to/solver.py:solve_duals --timeout 30  # yours: user guide §2
   convex-attention plot results                     # figures into results/figures/
 """
+
+
+#: Each subcommand's examples, at the end of its --help (tests/test_cli_conventions.py parses them,
+#: and checks bench's and verify's options as the commands do).
+SUBCOMMAND_EXAMPLES = {
+    "bench": (
+        "convex-attention bench --quick --out results                # a small sweep of every method (minutes)",
+        "convex-attention bench --quick --out results --resume       # continue it after an interruption",
+        "convex-attention bench --structure star axial grid_regions mixed --sizes 16 32 64 --out results/graphs",
+        "convex-attention bench --methods exact cvxpylayers --cvx-backends moreau --sizes 16 32 --levels 2 "
+        "--out results/cvx",
+        "convex-attention bench --sizes 64 128 --dtype float32 float64 --threads 2 --out results/big --budget 120",
+    ),
+    "verify": (
+        "convex-attention verify --quick                              # a few instances, into results/",
+        "convex-attention verify --n 30 --seed 1 --out results/v      # exit 1 if any check fails",
+        "convex-attention verify --backends moreau diffcp-clarabel    # only these cvxpylayers backends",
+        "convex-attention verify --dual-solver path/to/solver.py:solve_duals --timeout 30  "
+        "# yours: docs/user_guide.md §2",
+    ),
+    "plot": (
+        "convex-attention plot results                                # figures into results/figures/",
+        "convex-attention plot results --overwrite                    # replace the figures of an earlier plot",
+    ),
+    "demo": (
+        "convex-attention demo                                  # bench --quick, verify --quick, plot -> results/",
+        "convex-attention demo --out results/demo --overwrite         # replace an earlier demo's files",
+    ),
+}
 
 
 def add_bench_commands(sub) -> None:
@@ -52,12 +82,14 @@ def add_bench_commands(sub) -> None:
 
 def _add_bench(sub) -> None:
     b = sub.add_parser(
-        "bench", help="sweep structures/sizes/levels/batch/dims/temperature/dtype/device and measure every method",
+        "bench", examples=SUBCOMMAND_EXAMPLES["bench"],
+        help="sweep structures/sizes/levels/batch/dims/temperature/dtype/device and measure every method",
         description="For every cell of the sweep (a structure family at a size: chain, star, axial, "
                     "grid_regions, mixed) and every method that solves it (the others get a skipped row saying "
                     "why), measure the median forward and backward "
                     "time (after warm-up, methods interleaved), peak memory, violation (max and mean), "
-                    "max_abs_err against exact (float64), primal_gap and dual_gap; dual also records its "
+                    "max_abs_err, primal_gap and dual_gap against the float64 reference (the closed form on "
+                    "forests, the dual solver at tol 1e-11 elsewhere); dual also records its "
                     "iterations; learned_dual is reported for four λ: zero, fitted on training instances "
                     "and evaluated on held-out ones (the paper's setting), amortised (predicted per input by a "
                     "small network trained on training instances, evaluated on held-out ones; its time includes "
@@ -92,7 +124,8 @@ def _add_bench(sub) -> None:
 
 def _add_verify(sub) -> None:
     v = sub.add_parser(
-        "verify", help="check dual solutions against CVXPY, cvxpylayers and the closed form (exit 1 on failure)",
+        "verify", examples=SUBCOMMAND_EXAMPLES["verify"],
+        help="check dual solutions against CVXPY, cvxpylayers and the closed form (exit 1 on failure)",
         description="On random instances (chains: 2-D/3-D grids, irregular partitions, 2-3 levels; random "
                     "graphs of every structure family: star, axial, grid_regions, mixed; unequal temperatures) "
                     "compare the dual solver's λ and p(λ) with a plain CVXPY solve (Clarabel, tolerance 1e-12) and "
@@ -132,7 +165,8 @@ def _add_verify(sub) -> None:
 
 def _add_plot(sub) -> None:
     p = sub.add_parser(
-        "plot", help="figures (PNG and PDF) from a results folder",
+        "plot", examples=SUBCOMMAND_EXAMPLES["plot"],
+        help="figures (PNG and PDF) from a results folder",
         description="Reads RESULTS/bench.csv, convergence.csv and example.npz and writes, as PNG and PDF: "
                     "time per sample vs problem size (log-log, a panel per dimensionality and number of levels, "
                     "forward and backward on one scale, interquartile bars, a slope only where the times follow a "
@@ -162,7 +196,8 @@ DEMO_EXPECTED = ("about 1.5 min, as measured on a 2-core machine shared with oth
 
 
 def _add_demo(sub) -> None:
-    d = sub.add_parser("demo", help="bench --quick, verify --quick and plot, into one folder",
+    d = sub.add_parser("demo", examples=SUBCOMMAND_EXAMPLES["demo"],
+                       help="bench --quick, verify --quick and plot, into one folder",
                        description="The main job on a fresh machine, in three steps that it names as it goes: a "
                                    f"quick benchmark sweep (1 torch thread), a quick verification and every figure; "
                                    f"{DEMO_EXPECTED}.")
@@ -184,9 +219,31 @@ def _sweep_config(args) -> SweepConfig:
     return quick_sweep(**given) if args.quick else SweepConfig(**given)
 
 
-def _check_sweep(config: SweepConfig) -> None:
-    """Every check of the sweep that can fail, before anything is measured (UsageError)."""
-    from ..bench.config import check_sweep
+# The options only some rows read, and the method (or structure) that reads them.
+_READ_BY = {**{name: ("methods", "cvxpylayers") for name in ("cvx_backends", "cvx_batch", "cvx_max_cells", "budget")},
+            **{name: ("methods", "learned_dual") for name in ("fit_instances", "fit_max_values", "fit_steps",
+                                                               "amortised_steps")},
+            "levels": ("structures", "chain")}
+
+
+def _check_read(config: SweepConfig, given: dict) -> None:
+    """UsageError, before any work, for an option given to a sweep none of whose rows reads
+    it (``--fit-steps`` without learned_dual, ``--levels`` without the chain), as
+    ``--checkpoint`` without ``--generator model`` is refused: its value would be recorded
+    for rows it never touched."""
+    from ..io.settings import declared
+
+    for name, (axis, reader) in _READ_BY.items():
+        if name in given and reader not in getattr(config, axis):
+            option, axis_option = declared(SweepConfig)[name].option(name), declared(SweepConfig)[axis].option(axis)
+            raise UsageError(f"{option} applies to {reader} only, and {axis_option} {' '.join(getattr(config, axis))} "
+                             f"leaves it out: add {reader} to {axis_option}, or leave {option} out")
+
+
+def _check_sweep(config: SweepConfig, args) -> None:
+    """Every check of the sweep that can fail, before anything is measured (UsageError):
+    each value, then the options ``args`` gave that no row reads, then the rest."""
+    from ..bench.config import check_sweep, check_values
 
     try:
         if config.generator == "model":
@@ -199,6 +256,11 @@ def _check_sweep(config: SweepConfig) -> None:
             if config.checkpoint:
                 model_scores.check_model_sweep(config.checkpoint, config.sizes, config.levels, config.dims,
                                                config.factor, seed=config.seed)
+        check_values(config)
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    _check_read(config, given_settings(args, SweepConfig))
+    try:
         check_sweep(config)
         _check_cvx_backends(config)
     except ValueError as err:
@@ -233,7 +295,7 @@ def _check_start_over(args, out: str, config: SweepConfig | None = None, offer_r
 
 def cmd_bench(args) -> int:
     config = _sweep_config(args)
-    _check_sweep(config)
+    _check_sweep(config, args)
     _check_start_over(args, args.out, config)  # before check_out, which makes the folder
     check_out(args.out)
     return _run_bench(config, args, args.out)
@@ -242,7 +304,7 @@ def cmd_bench(args) -> int:
 def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -> int:
     """The checked sweep into ``out`` (under its lock), the example instance, the summary
     (``offer_resume``: whether a refusal may name --resume; demo has none)."""
-    from ..bench.examples import save_example
+    from ..bench.examples import example_has_duals, save_example
     from ..bench.results import FinishedRows
     from ..bench.sweep import run_sweep
     from ..bench.targets import amortised_targets, format_targets
@@ -258,8 +320,12 @@ def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -
         with results_lock(out, command="bench", wait=getattr(args, "wait", False), log=log):
             rows = run_sweep(config, out, resume=args.resume, progress=show_progress(args), log=log,
                              overwrite=getattr(args, "overwrite", False), offer_resume=offer_resume)
-            if not args.resume or not os.path.exists(os.path.join(out, "example.npz")):
-                learned = any(get_method(m).needs_duals for m in config.methods)  # λ only where they are swept
+            learned = any(get_method(m).needs_duals for m in config.methods)  # λ only where they are swept
+            example = os.path.join(out, "example.npz")
+            stale = args.resume and os.path.exists(example) and learned and not example_has_duals(example)
+            if stale:  # a resume that adds learned_dual: the same instance again, with its λ
+                log("example.npz rewritten: the resumed sweep adds learned_dual, whose λ it lacked")
+            if not args.resume or not os.path.exists(example) or stale:
                 save_example(out, generator="lesion" if config.generator == "model" else config.generator,
                              scale=config.scale, seed=config.seed, fit_instances=config.fit_instances,
                              fit_max_values=config.fit_max_values, fit_steps=config.fit_steps if learned else 0,
@@ -517,7 +583,7 @@ def _run_plot(args, results: str, out: str, made: bool = False) -> int:
     return 0
 
 
-class _StepParser(argparse.ArgumentParser):
+class _StepParser(CommandParser):
     """The parser of demo's steps: a failure is a UsageError (one line naming ``demo``, from
     :func:`convex_attention.cli.main`), never a usage block of the step's command.  Its
     subcommands' parsers are of this class too (argparse makes them of the parent's)."""
@@ -553,7 +619,7 @@ def cmd_demo(args) -> int:
 
     bench_args, verify_args, plot_args = _demo_steps(args)
     config = _sweep_config(bench_args)
-    _check_sweep(config)
+    _check_sweep(config, bench_args)
     verify_config, backends = _check_verify(verify_args)
     _check_start_over(bench_args, args.out, config, offer_resume=False)  # before check_out, which makes the folder
     _check_verify_out(verify_args)

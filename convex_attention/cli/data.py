@@ -45,7 +45,10 @@ def add_data_commands(sub) -> None:
     dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
     dsub.required = True
     c = dsub.add_parser(
-        "check", help="validity checks: is the label unreadable without localising the lesion?",
+        "check", examples=(
+            "convex-attention data check --data synthetic                 # is the synthetic benchmark valid?",
+            "convex-attention data check --data synthetic --out results/data  # and write data_check.json",
+        ), help="validity checks: is the label unreadable without localising the lesion?",
         description="Builds a training and a held-out set and runs the benchmark's validity checks, printing each "
                     "number: (a) location_free: a logistic regression on per-channel and channel-pair intensity "
                     f"quantiles, held-out balanced accuracy <= {THRESHOLDS['location_free']:.2f}; (b) pixel_map: the "

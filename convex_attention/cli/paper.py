@@ -41,6 +41,7 @@ from ..paper.config import (
     TrainConfig,
 )
 from ._common import (
+    CommandParser,
     UsageError,
     add_output_options,
     add_wait_option,
@@ -108,6 +109,26 @@ def _given(args, table) -> dict:
 
 # ----------------------------------------------------------------------------- the parsers
 
+#: Each subcommand's examples, at the end of its --help (tests/test_cli_conventions.py parses them).
+SUBCOMMAND_EXAMPLES = {
+    "train": (
+        "convex-attention train --method exact --epochs 10 --out runs/exact     # the attention CNN, exact maps",
+        "convex-attention train --method learned_dual --alpha 0.1 --out runs/ld   # the paper's consistency loss",
+        "convex-attention train --resume runs/exact/last.pt --epochs 20 --out runs/exact  # continue a run",
+        "torchrun --nproc_per_node 2 -m convex_attention.cli train --method exact --out runs/exact2  # two processes",
+    ),
+    "explain": (
+        "convex-attention explain --checkpoints softmax=runs/softmax/best.pt exact=runs/exact/best.pt "
+        "--out runs/explain",
+    ),
+    "experiment": (
+        "convex-attention experiment --quick                            # a smoke test of the dev stage (1 seed)",
+        "convex-attention experiment --stage dev --out results/experiment   # choose the variants on the dev split",
+        "convex-attention experiment --stage test --out results/experiment  # once, after committing the variants",
+    ),
+}
+
+
 def add_experiment_commands(sub) -> None:
     _add_train(sub)
     _add_explain(sub)
@@ -116,7 +137,8 @@ def add_experiment_commands(sub) -> None:
 
 def _add_train(sub) -> None:
     t = sub.add_parser(
-        "train", help="train the attention CNN on weakly annotated images (labels only)",
+        "train", examples=SUBCOMMAND_EXAMPLES["train"],
+        help="train the attention CNN on weakly annotated images (labels only)",
         description="Adam + cross-entropy (+ alpha * consistency_loss for learned_dual), flips and small affine "
                     "augmentation, BatchNorm statistics recomputed after every epoch. Writes OUT/metrics.csv (loss, "
                     "accuracy, balanced accuracy, ROC AUC, the threshold chosen on validation, attention violation "
@@ -142,7 +164,8 @@ def _add_train(sub) -> None:
 
 def _add_explain(sub) -> None:
     e = sub.add_parser(
-        "explain", help="score attention maps and post-hoc explanations against lesion masks",
+        "explain", examples=SUBCOMMAND_EXAMPLES["explain"],
+        help="score attention maps and post-hoc explanations against lesion masks",
         description="On validation images with a lesion: each model's attention maps at every level, and on the "
                     "models named by --baseline-model (default: every model) GradCAM (at each attention level's "
                     "resolution), DeepLIFT, LRP, Input x Gradient and Integrated Gradients. Plain-CNN checkpoints "
@@ -179,7 +202,8 @@ def _add_explain(sub) -> None:
 
 def _add_experiment(sub) -> None:
     x = sub.add_parser(
-        "experiment", help="the paper's experiment under a protocol that cannot be tuned to (--stage dev|test)",
+        "experiment", examples=SUBCOMMAND_EXAMPLES["experiment"],
+        help="the paper's experiment under a protocol that cannot be tuned to (--stage dev|test)",
         description="Stage 'dev' (may be repeated): trains every candidate variant (--grid-*) of the attention "
                     "models on the training split, selects checkpoints on a label-only validation split, scores the "
                     "attention maps per level on the development split against the lesion masks and the masks of "
@@ -236,7 +260,7 @@ def _add_experiment(sub) -> None:
 
 def _subparser(name: str) -> argparse.ArgumentParser:
     """The parser of subcommand ``name`` alone (to name options in error messages)."""
-    sub = argparse.ArgumentParser(prog="convex-attention").add_subparsers(dest="command")
+    sub = CommandParser(prog="convex-attention").add_subparsers(dest="command")
     add_experiment_commands(sub)
     return sub.choices[name]
 
