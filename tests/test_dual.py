@@ -25,6 +25,7 @@ from helpers import (
 import convex_attention as ca
 from convex_attention.dual import (
     ConvergenceError,
+    check_dual_options,
     dual_function,
     reparameterized_probs,
     score_offset,
@@ -857,6 +858,42 @@ def test_a_gap_above_gap_tol_is_not_converged_and_says_so():
     inst = random_graph_instance("axial", batch=2, seed=2, scale=3.0)
     with pytest.raises(ConvergenceError, match=r"reached the violation tol but not the relative duality gap"):
         solve_dual(inst.scores, inst.h, inst.temps, tol=1e-1, gap_tol=1e-15, max_iter=1)
+
+
+@pytest.mark.parametrize("scale, tol", [(1e4, 1e-3), (1e3, 1e-6)])
+def test_the_gap_stops_the_solver_at_tol_when_gap_tol_is_not_given(scale, tol):
+    """gap_tol defaults to tol.  Where the scores cancel across maps the duals are large next
+    to the objective, and the violation reaches tol before the gap does: a default gap_tol of
+    1e3 stopped there at gaps of 1.7e-2 (found by mutation testing: no test pinned it)."""
+    h = ca.Graph.axial((4, 4))
+    rows, cols = torch.arange(4.0, dtype=torch.float64).view(4, 1), torch.arange(4.0, dtype=torch.float64).view(1, 4)
+    noise = torch.randn((2, 4, 4), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    scores = [scale * (rows + cols) + noise, (-scale * rows).expand(2, 4, 1), (-scale * cols).expand(2, 1, 4)]
+    assert check_dual_options({"tol": tol}, h, 2, "cpu")["gap_tol"] == tol
+    for info in (solve_dual(scores, h, [1.0, 1.0, 1.0], tol=tol), ca.solve(scores, h, "dual", tol=tol).info):
+        assert bool(info["converged"].all())
+        assert float(info["gap"].max()) <= tol and float(info["violation"].max()) <= tol
+
+
+def test_solve_dual_checks_given_maps_of_direct_callers():
+    """solve_dual's own checks of ``given`` (solve checks more before it): one entry per map,
+    scores or probabilities for each, probabilities positive and shaped as their map.  None
+    was tested; accepting a zero probability passed every test (found by mutation testing)."""
+    h = ca.Graph.grid_regions([(4, 4), (2, 2)], torch.tensor([0, 1, 2] * 5 + [0]))
+    z = torch.randn(2, 4, 4, dtype=torch.float64)
+    q = torch.softmax(torch.randn(2, 4, dtype=torch.float64), 1).view(2, 2, 2)
+    temps = [1.0, 1.0, 1.0]
+    solve_dual([z, None, torch.zeros(2, 3, dtype=torch.float64)], h, temps, given=[None, q, None])  # accepted
+    refused = [
+        ([z, None, None], None, "scores of a map are None but no given probabilities"),
+        ([z, None, None], [None, q], "given must hold one entry per map"),
+        ([z, q.log(), None], [None, q, None], "map 1: give either its scores or its probabilities"),
+        ([z, None, None], [None, torch.where(q == q.max(), 0.0, q), None], r"given\[1\] must be a tensor .* positive"),
+        ([z, None, None], [None, q.flatten(1), None], r"given\[1\] must be a tensor \(B, \*\(2, 2\)\)"),
+    ]
+    for scores, given, message in refused:
+        with pytest.raises(ValueError, match=message):
+            solve_dual(scores, h, temps, given=given)
 
 
 def test_nan_in_a_graph_solve_is_never_converged():

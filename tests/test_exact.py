@@ -118,6 +118,24 @@ def test_an_ordinary_backward_keeps_the_analytic_path():
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
 
 
+def test_the_second_order_path_gives_the_temperature_gradient_of_the_analytic_one():
+    """A tensor temperature's gradient, with and without create_graph, on a chain and a
+    star: a sign flipped in the second-order path's τ-gradient passed every test (gradgradcheck
+    differentiates that path against itself; found by mutation testing)."""
+    for h, temps in ((ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)]), [0.7, 1.3, 2.1]),
+                     (ca.Graph.star([(4, 4), (4, 4)], (2, 2)), [0.5, 2.0, 1.1])):
+        g = torch.Generator().manual_seed(3)
+        scores = [torch.randn((2,) + s, generator=g, dtype=torch.float64, requires_grad=True) for s in h.shapes]
+        tau = torch.tensor(temps, dtype=torch.float64, requires_grad=True)
+        w = [torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+        loss = sum((p * wk).sum() for p, wk in zip(ca.solve(scores, h, "exact", temperature=tau).probs, w))
+        plain = torch.autograd.grad(loss, [*scores, tau], retain_graph=True)
+        built = torch.autograd.grad(loss, [*scores, tau], create_graph=True)
+        assert float(plain[-1].abs().max()) > 1e-3  # a τ-gradient that could have the wrong sign
+        for a, b in zip(plain, built):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_extreme_scores_and_half_precision_give_no_nan(dtype):
     h = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])

@@ -204,6 +204,24 @@ def test_a_nearly_degenerate_solution_is_differentiated_at_the_rounding_floor():
     assert abs(along - reference) <= 1e-3 * abs(reference)
 
 
+def test_a_stalled_solve_above_its_rounding_floor_is_not_solved(monkeypatch):
+    """The degenerate system stalls below √eps (relative residuals ~1e-9) above its tolerance:
+    accepted at the default floor (test above), refused once the floor is set far below the
+    residual's true rounding.  Accepting every stalled solve below √eps, whatever its true
+    residual, passed every test (found by mutation testing)."""
+    import convex_attention.hessian as hessian_module
+
+    h, scores, temps, weights, _ = _degenerate_mixed_instance()
+    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-13, max_iter=5000).probs
+    hess = get_hessian(h, "cpu")
+    rhs = hess.apply_At([DualHessian.apply_J(p, v, t) for p, v, t in zip(probs, weights, temps)])
+    _, relres, _, solved = solve_psd(hess, probs, temps, rhs, 1e-12, 1000)
+    assert bool(solved.all()) and float(relres.max()) > 1e-12  # by the floor
+    monkeypatch.setattr(hessian_module, "ROUNDING_UNITS", 1e-3)
+    _, relres, _, solved = solve_psd(hess, probs, temps, rhs, 1e-12, 1000)
+    assert not bool(solved.any()) and float(relres.max()) < 1.5e-8  # stalled below √eps, and refused
+
+
 def test_the_rounding_floor_accepts_no_unsolved_system():
     """A system stopped after one block-Jacobi iteration is far above its floor and refused."""
     inst = random_graph_instance("mixed-two-resolutions", batch=3, seed=3, scale=2.0)

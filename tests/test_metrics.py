@@ -51,6 +51,11 @@ def test_max_abs_err():
     a = [torch.tensor([[0.1, 0.9]]), torch.tensor([[1.0]])]
     b = [torch.tensor([[0.3, 0.7]]), torch.tensor([[1.0]])]
     torch.testing.assert_close(metrics.max_abs_err(a, b), torch.tensor([0.2]))
+    # unequal errors per cell, per map and per sample: the largest, not a mean (before, the
+    # errors above were equal, and a mean passed; found by mutation testing)
+    a = [torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.5, 0.0]]), torch.tensor([[0.6, 0.4], [0.5, 0.5]])]
+    b = [torch.tensor([[0.1, 0.6, 0.3], [0.5, 0.4, 0.1]]), torch.tensor([[0.5, 0.5], [0.9, 0.1]])]
+    torch.testing.assert_close(metrics.max_abs_err(a, b), torch.tensor([0.3, 0.4]))
 
 
 def test_half_precision_measures_in_float32():

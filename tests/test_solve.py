@@ -900,13 +900,16 @@ def test_the_training_hot_path_makes_no_tensor_on_the_host(method, monkeypatch):
     assert calls == []
 
 
-@pytest.mark.parametrize("dtype, tau", [(torch.float32, 1e-20), (torch.float64, 1e-160)])
+@pytest.mark.parametrize("dtype, tau, low", [(torch.float32, 1e-20, -0.2), (torch.float64, 1e-160, -0.2),
+                                             (torch.float32, 1e-37, -50.0), (torch.float64, 1e-307, -50.0)])
 @pytest.mark.parametrize("method", ["softmax", "learned_dual", "exact"])
-def test_the_temperature_gradient_is_finite_at_tiny_accepted_temperatures(dtype, tau, method):
+def test_the_temperature_gradient_is_finite_at_tiny_accepted_temperatures(dtype, tau, low, method):
     """One-hot maps: the gradients in τ are 0. Autograd's −x/τ² overflowed and met a zero
-    softmax weight: NaN (found by a hostile review); _ops.divide_by_temperature."""
+    softmax weight: NaN (found by a hostile review); _ops.divide_by_temperature.  A score far
+    below the others (``low``) at τ near the smallest accepted makes (x − max)/τ itself
+    −inf: its zero weight times it must not make NaN either (found by mutation testing)."""
     h = ca.Hierarchy.grid([4, 2])
-    scores = [torch.tensor([[0.3, -0.2, 1.0, 0.5]], dtype=dtype), torch.tensor([[0.1, 0.4]], dtype=dtype)]
+    scores = [torch.tensor([[0.3, low, 1.0, 0.5]], dtype=dtype), torch.tensor([[0.1, 0.4]], dtype=dtype)]
     duals = [torch.zeros(2, dtype=dtype)] if method == "learned_dual" else None
     for field in ("probs", "dual_objective"):
         t = torch.tensor(tau, dtype=dtype, requires_grad=True)
