@@ -454,49 +454,6 @@ def test_a_resume_that_adds_learned_dual_rewrites_the_example_with_its_duals(tmp
         np.testing.assert_array_equal(data["scores0"], scores)  # the same instance
 
 
-def test_sigterm_ends_a_command_as_ctrl_c_does_with_status_143(tmp_path, capsys, monkeypatch):
-    """Before: SIGTERM killed bench on the spot, nothing on stderr, its results.lock left."""
-    import signal
-
-    from convex_attention.bench import sweep
-
-    def terminated(*args, **kwargs):
-        os.kill(os.getpid(), signal.SIGTERM)  # the handler raises at once, in this (the main) thread
-        raise AssertionError("SIGTERM did not interrupt the command")
-
-    monkeypatch.setattr(sweep, "run_sweep", terminated)
-    out = tmp_path / "r"
-    assert run(["bench", *FAST, "--out", str(out)]) == 143
-    err = capsys.readouterr().err.strip()
-    assert err == ("convex-attention bench: terminated (SIGTERM); the rows finished so far are kept (rerun with "
-                   "--resume to measure the rest)")
-    assert not (out / "results.lock").exists()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command
-
-
-@pytest.mark.slow
-def test_sigterm_to_a_running_bench_process_releases_its_lock(tmp_path):
-    """A real process: SIGTERM in the middle of a sweep gives one line, exit 143, no lock."""
-    import signal
-    import time
-
-    out = tmp_path / "r"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "convex_attention.cli", "bench", "--methods", "softmax",
-                                "exact", "dual", "--sizes", "8", "16", "32", "64", "--levels", "2", "--dims", "2",
-                                "--batch", "2", "--repeats", "50", "--no-progress", "--out", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.monotonic() + 60
-    while not (out / "results.lock").exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
-    time.sleep(0.5)
-    process.send_signal(signal.SIGTERM)
-    _, err = process.communicate(timeout=60)
-    assert process.returncode == 143, err
-    assert len(err.strip().splitlines()) == 1 and "terminated (SIGTERM)" in err
-    assert not (out / "results.lock").exists()
-
-
 @pytest.mark.slow
 def test_bench_cvx_backends_option_picks_the_rows(tmp_path):
     out = str(tmp_path / "r")

@@ -301,6 +301,26 @@ def test_resume_compares_a_setting_only_where_a_kept_row_read_it(tmp_path):
                for n in R.MEASUREMENT_SETTINGS if n not in R.CVX_SETTINGS + R.FIT_SETTINGS)
 
 
+def test_a_resume_whose_methods_read_a_setting_no_longer_compares_it_and_keeps_the_stored_value(tmp_path):
+    """Before: rows of learned_dual at --fit-steps 3, resumed with exact alone, were refused
+    without --fit-steps 3 (the stored value) and with it (no row of exact reads it): a
+    folder could not be widened for the other methods (found by a review)."""
+    w = sweep_writer(tmp_path, methods=("exact", "learned_dual"), fit_steps=3)
+    w.commit(bench_row(method="exact"))
+    w.commit(bench_row(method="learned_dual", dual_kind="fitted"))
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4, 8), levels=(2,), methods=("exact",)))
+    w2 = sweep_writer(tmp_path, resume=True, sizes=(4, 8), methods=("exact",))
+    w2.commit(bench_row(method="exact", size=8))
+    config = strict_load(str(tmp_path / "bench.json"))["config"]
+    assert config["fit_steps"] == 3 and config["methods"] == ["exact", "learned_dual"]  # the rows' own value
+    with pytest.raises(R.ResumeMismatch, match=r"--fit-steps 3, this run asks for --fit-steps 150"):
+        R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), methods=("learned_dual",)))
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), methods=("learned_dual",),
+                                                     fit_steps=3))
+    assert R.run_reads_setting("fit_steps", ("learned_dual",)) and not R.run_reads_setting("fit_steps", ("exact",))
+    assert R.run_reads_setting("budget", ("cvxpylayers",)) and R.run_reads_setting("dual_tol", ("dual",))
+
+
 def test_cell_numbers_never_collide_across_resumed_runs(tmp_path):
     """Before: `--sizes 8` then `--sizes 4 8 --resume` numbered both cells 0, in bench.csv and
     in convergence.csv (whose lines the figures group by cell)."""

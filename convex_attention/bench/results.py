@@ -44,7 +44,8 @@ from .config import STRUCTURES, SweepConfig, quick_sweep
 __all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows", "ResumeMismatch", "existing_rows",
            "check_start_over", "check_resume_config", "stored_config", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
            "CELL_KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "cell_key", "OUTPUTS", "GRID_SETTINGS",
-           "RUN_SETTINGS", "MEASUREMENT_SETTINGS", "CVX_SETTINGS", "FIT_SETTINGS", "reads_setting", "records_history",
+           "RUN_SETTINGS", "MEASUREMENT_SETTINGS", "CVX_SETTINGS", "FIT_SETTINGS", "reads_setting", "run_reads_setting",
+           "records_history",
            "PANDAS_DTYPES"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
@@ -84,6 +85,18 @@ MEASUREMENT_SETTINGS = tuple(f.name for f in fields(SweepConfig) if f.name not i
 #: (``fitted``, ``amortised``) read: rows of other methods were not measured with them.
 CVX_SETTINGS = ("budget", "cvx_max_cells", "cvx_batch", "cvx_repeats")
 FIT_SETTINGS = ("fit_instances", "fit_max_values", "fit_steps", "amortised_steps")
+
+
+def run_reads_setting(name: str, methods) -> bool:
+    """Whether a run of ``methods`` measures a row that reads the setting ``name``
+    (:func:`reads_setting` over the rows each method gives: every λ kind of a method that
+    needs duals)."""
+    for m in methods:
+        method = REGISTRY.get(m)
+        kinds = DUAL_KINDS if method is not None and method.needs_duals else ("",)
+        if any(reads_setting(name, {"method": m, "dual_kind": kind}) for kind in kinds):
+            return True
+    return False
 
 
 def reads_setting(name: str, row: dict) -> bool:
@@ -232,6 +245,8 @@ def check_resume_config(out_dir: str, config) -> None:
             continue
         if kept is not None and not any(reads_setting(name, r) for r in kept):
             continue  # no kept row was measured with it (e.g. --fit-steps where no row is learned_dual's)
+        if "methods" in new and not run_reads_setting(name, new["methods"]):
+            continue  # no row of this run reads it: the kept rows keep theirs (bench.json records the stored value)
         was, now = stored[name], as_json(new[name])
         if name == "checkpoint" and "model" not in (stored.get("generator"), new.get("generator")):
             continue  # read by --generator model alone (an older version recorded it for any generator)
@@ -269,10 +284,16 @@ def _kept_rows(out_dir: str) -> list[dict] | None:
 
 def _grown_config(stored: dict | None, new: dict) -> dict:
     """``new`` with each grid setting widened to every value ``stored`` held too (so that
-    bench.json's ``config`` covers every row of a resumed folder)."""
+    bench.json's ``config`` covers every row of a resumed folder), and the stored value of
+    each measurement setting that no row of this run reads (the kept rows' value: a resume
+    of exact alone does not overwrite the --fit-steps the learned_dual rows were measured
+    with)."""
     if not stored:
         return new
     out = dict(new)
+    for name in MEASUREMENT_SETTINGS:
+        if name in stored and "methods" in new and not run_reads_setting(name, new["methods"]):
+            out[name] = stored[name]
     for name in GRID_SETTINGS:
         if name not in stored or name not in new:
             continue

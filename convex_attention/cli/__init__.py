@@ -8,44 +8,16 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
-import signal
 import sys
-import threading
 
 from .. import __version__
 from ._common import CommandParser, UsageError, missing_extra
+from ._signals import Terminated, sigterm_arrived, sigterm_as_interruption, terminated
 from .bench import BENCH_HANDLERS, EXAMPLES, add_bench_commands
 from .data import DATA_HANDLERS, add_data_commands
 from .paper import EXPERIMENT_HANDLERS, add_experiment_commands
 
 __all__ = ["main", "build_parser", "UsageError", "CommandParser", "Terminated"]
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the command is: it then ends as Ctrl-C does (its locks released,
-    its temporaries removed, one line on stderr), with exit status 143 (128 + SIGTERM).
-    Before, SIGTERM killed the process on the spot, silent, its folder's lock left behind."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated
-
-
-@contextlib.contextmanager
-def _sigterm_as_interruption():
-    """SIGTERM raises :class:`Terminated` while a command runs, where the handler is
-    Python's default and this is the main thread (a program that set its own is left
-    alone); the handler before is restored afterwards."""
-    if threading.current_thread() is not threading.main_thread() or \
-            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
-        return
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,18 +46,29 @@ def main(argv=None) -> int:
         print(f"convex-attention {command}: error: {missing}", file=sys.stderr)
         return 2
     try:
-        with _sigterm_as_interruption():
-            return handlers[args.command](args)
+        with sigterm_as_interruption():
+            status = handlers[args.command](args)
     except UsageError as err:
         message = " ".join(str(err).split())  # one line, whatever the message
         print(f"convex-attention {command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt as err:
-        message = INTERRUPTED.get(command, "interrupted")
-        if isinstance(err, Terminated):
-            message = "terminated (SIGTERM)" + message.removeprefix("interrupted")
-        print(f"convex-attention {command}: {message}", file=sys.stderr)
-        return 143 if isinstance(err, Terminated) else 130
+    except BaseException as err:
+        by_sigterm = terminated(err) or sigterm_arrived()  # an error after SIGTERM: children dying of it
+        if not isinstance(err, KeyboardInterrupt) and not by_sigterm:
+            raise  # only an interruption ends here
+        return _interrupted(command, by_sigterm)
+    if sigterm_arrived():  # raised where Python swallowed it (an at-fork callback), and the command ran on
+        return _interrupted(command, True)
+    return status
+
+
+def _interrupted(command: str, by_sigterm: bool) -> int:
+    """One line saying what an interrupted command kept; exit 130 (Ctrl-C) or 143 (SIGTERM)."""
+    message = INTERRUPTED.get(command, "interrupted")
+    if by_sigterm:
+        message = "terminated (SIGTERM)" + message.removeprefix("interrupted")
+    print(f"convex-attention {command}: {message}", file=sys.stderr)
+    return 143 if by_sigterm else 130
 
 
 # What Ctrl-C (or SIGTERM) leaves behind, per command: resuming is advised only where there is a --resume.

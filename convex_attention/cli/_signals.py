@@ -1,0 +1,133 @@
+"""SIGTERM ends a command as Ctrl-C does.
+
+While a command runs (:func:`sigterm_as_interruption`), SIGTERM raises :class:`Terminated`
+(a ``KeyboardInterrupt``) where the command is, so that its locks are released, its
+temporaries removed and one line says what it kept; :func:`convex_attention.cli.main`
+then exits with status 143 (128 + SIGTERM).  Before, SIGTERM killed the process on the spot,
+silent, its folder's lock left behind.
+
+Three cases need more than a handler that raises:
+
+* a forked child (a DataLoader worker) inherits the handler: it is reset there at the fork,
+  and a child that still runs it dies of SIGTERM as it would without it;
+* children that die of the same signal (a process group's) make torch's DataLoader raise
+  from SIGCHLD while Terminated unwinds: SIGCHLD is handled by a no-op once SIGTERM
+  arrived, and :func:`terminated` finds Terminated in an error's context chain;
+* Python swallows an exception raised in an at-fork callback or a ``__del__`` (it prints
+  "Exception ignored"), and the command would run on: SIGTERM is delivered again every
+  :data:`REDELIVERY_S` seconds until the command has ended, and a command that ended on
+  its own after SIGTERM is reported as terminated too (:func:`sigterm_arrived`).  Python
+  still prints the swallowed one ("Exception ignored in ..."): measured with a process-group
+  SIGTERM to ``train --workers 2``, 1 run in 6 had those lines above the command's own.
+"""
+from __future__ import annotations
+
+import _thread
+import contextlib
+import os
+import signal
+import threading
+
+__all__ = ["Terminated", "sigterm_as_interruption", "terminated", "sigterm_arrived", "REDELIVERY_S"]
+
+#: Seconds between deliveries of a SIGTERM the command did not act on (one raised where
+#: Python swallows exceptions); an unwinding command finishes its clean-up well within it.
+REDELIVERY_S = 5.0
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the command is (see the module docstring)."""
+
+
+_command_pid: int | None = None  # the process whose command raises Terminated on SIGTERM
+_arrived = threading.Event()  # SIGTERM arrived while the command ran
+_ended = threading.Event()  # the command ended (normally, or by an exception)
+_delivering = threading.Lock()  # held by a redelivery, and by the command's end
+
+
+def _raise_terminated(signum, frame):
+    if os.getpid() != _command_pid:  # a forked child that kept the handler
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)  # it ends as SIGTERM ends it without the handler
+        return
+    if _ended.is_set():  # a redelivery that arrived as the command ended: it is over already
+        return
+    if not _arrived.is_set():
+        _arrived.set()
+        if hasattr(signal, "SIGCHLD"):  # children dying of the same signal: no second error over this one
+            with contextlib.suppress(Exception):  # the handler replaced may run (and raise) as it is replaced
+                signal.signal(signal.SIGCHLD, _ignore_child)
+        threading.Thread(target=_deliver_again, name="sigterm-redelivery", daemon=True).start()
+    raise Terminated
+
+
+def _ignore_child(signum, frame) -> None:
+    """SIGCHLD once SIGTERM arrived: nothing (a Python handler, not SIG_DFL: a SIGCHLD already
+    pending under the DataLoader's handler would raise "Signal 17 ignored due to race
+    condition" where the command unwinds)."""
+
+
+def _deliver_again() -> None:
+    """SIGTERM's handler again, in the main thread, every :data:`REDELIVERY_S` seconds until
+    the command ended.  ``interrupt_main`` runs the handler at the main thread's next Python
+    instruction, as a signal's is run (it does not wake a blocking call, which a signal
+    would), and does nothing once the handler is the default, whereas a real signal
+    arriving just after the command restored the default would kill the process."""
+    while not _ended.wait(REDELIVERY_S):
+        with _delivering:
+            if not _ended.is_set():
+                _thread.interrupt_main(signal.SIGTERM)
+
+
+def _reset_in_child() -> None:
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        with contextlib.suppress(ValueError):  # a fork from another thread: the pid check applies instead
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_in_child)
+
+
+@contextlib.contextmanager
+def sigterm_as_interruption():
+    """SIGTERM raises :class:`Terminated` inside the ``with`` block, where the handler is
+    Python's default and this is the main thread (a program that set its own is left
+    alone); the handlers before are restored afterwards."""
+    global _command_pid
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+    sigchld = signal.getsignal(signal.SIGCHLD) if hasattr(signal, "SIGCHLD") else None
+    _command_pid = os.getpid()
+    _arrived.clear()
+    _ended.clear()
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        try:
+            with _delivering:  # no redelivery after this
+                _ended.set()
+        finally:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            if sigchld is not None and _arrived.is_set():
+                signal.signal(signal.SIGCHLD, sigchld)
+
+
+def sigterm_arrived() -> bool:
+    """Whether SIGTERM arrived during the last command (read after its ``with`` block)."""
+    return _arrived.is_set()
+
+
+def terminated(err: BaseException | None) -> bool:
+    """Whether ``err`` is :class:`Terminated` or was raised while one unwound (its context
+    chain)."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, Terminated):
+            return True
+        seen.add(id(err))
+        err = err.__context__ or err.__cause__
+    return False
