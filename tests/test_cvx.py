@@ -702,3 +702,37 @@ def test_a_panic_in_the_plain_cvxpy_solves_is_a_status_or_a_failure(monkeypatch)
     assert layer.diagnose(sample, {"solve_method": "Clarabel"}) == "solver panicked: index out of bounds"
     with pytest.raises(SolverFailure, match="the CVXPY reference"):
         layer.reference_solve(sample)
+
+
+def test_a_solve_whose_certificate_is_nan_is_a_solver_failure(monkeypatch):
+    """NaN probabilities from the backend: the certificate is NaN and the solve refused (a
+    test `cert > accept_tol` would accept NaN; nothing tested it; found by mutation testing)."""
+    h = ca.Hierarchy.grid([(2, 2), (1, 1)])
+    scores = [torch.randn(1, 2, 2, dtype=torch.float64), torch.randn(1, 1, 1, dtype=torch.float64)]
+    real = cvx.CvxpyAttentionLayer.__call__
+
+    def nan_probs(self, *args, **kwargs):
+        probs, duals = real(self, *args, **kwargs)
+        return [torch.full_like(p, float("nan")) for p in probs], duals
+
+    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "__call__", nan_probs)
+    with pytest.raises(SolverFailure, match="nan"):
+        ca.solve(scores, h, "cvxpylayers", backend="diffcp-clarabel")
+
+
+def test_the_certificate_holds_the_primal_residual_of_a_point_that_is_not_consistent():
+    """The optimum on zero scores with 1e-3 of mass moved between fine cells under different
+    coarse cells: still on the simplex, nearly optimal (gap ~4e-6), but inconsistent by 1e-3;
+    the certificate is at least that residual (it was the gap alone under a mutant that
+    survived every test; found by mutation testing)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    zeros = [torch.zeros(1, 4, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)]
+    sol = ca.solve(zeros, h, "exact")
+    probs = [p.reshape(1, -1).clone() for p in sol.probs]
+    probs[0][0, 0] += 1e-3
+    probs[0][0, 3] -= 1e-3  # cell 3 pools into the other coarse cell
+    duals = [d.reshape(1, -1) for d in sol.duals]
+    residual = cvx.primal_residual(h, probs)
+    assert float(residual) == pytest.approx(1e-3, rel=1e-9)
+    cert = cvx.certificate(h, [1.0, 1.0], [z.reshape(1, -1) for z in zeros], probs, duals)
+    assert float(cert) >= float(residual)

@@ -611,3 +611,57 @@ def test_resume_refuses_rows_whose_bench_json_records_no_readable_configuration(
         assert {name: (folder / name).read_bytes() for name in os.listdir(folder)} == before, "nothing was touched"
         R.ResultsWriter(str(folder), SweepConfig(sizes=(4,), levels=(2,)), "cpu", False, log=lambda m: None,
                         overwrite=True)  # starting over is the way on
+
+
+def test_a_row_committed_with_an_integer_in_a_float_column_survives_two_resumes(tmp_path):
+    """Before: its checksum was taken over "2", a resume wrote it back as "2.0" with that
+    checksum, and the next resume dropped it as damaged (found by a mutation review)."""
+    import numpy as np
+
+    writer(tmp_path).commit(bench_row(scale=2, temperature=1, violation_mean=np.float64(0.25), size=4.0))
+    for size in (8, 16):
+        logged = []
+        w = writer(tmp_path, resume=True, log=logged.append)
+        assert "exact" in [r["method"] for r in w.rows] and not any("checksum" in m for m in logged), logged
+        w.commit(bench_row(method="softmax", size=size))
+    rows, problems = R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)
+    assert not problems and [(r["method"], r["scale"], r["size"], r["violation_mean"]) for r in rows][0] == \
+        ("exact", 2.0, 4, 0.25)
+
+
+def test_row_keys_of_typed_and_read_back_rows_agree(tmp_path):
+    """A row committed with integer-valued floats (scale=2) and the same row read back
+    ("2.0") are one row: a resume that commits it again replaces it (a key without the float
+    normalisation kept both; found by mutation testing)."""
+    writer(tmp_path).commit(bench_row(scale=2, temperature=1))
+    w = writer(tmp_path, resume=True)
+    w.commit(bench_row(scale=2.0, temperature=1.0, value=0.7))
+    rows, _ = R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)
+    assert len(rows) == 1 and rows[0]["violation_mean"] == 0.7
+    assert R.row_key(bench_row(scale=2)) == R.row_key(bench_row(scale="2.0"))
+
+
+def test_a_folder_whose_rows_are_all_damaged_still_holds_rows(tmp_path):
+    """Every row of bench.csv damaged (a checksum that does not match): the folder is not
+    empty, and a fresh start without --overwrite is refused (counting only the readable
+    rows let it replace the file; found by mutation testing)."""
+    writer(tmp_path).commit(bench_row())
+    path = tmp_path / "bench.csv"
+    header, line = path.read_text().splitlines()
+    path.write_text(header + "\n" + line.replace("exact", "exakt", 1) + "\n")
+    assert R.existing_rows(str(tmp_path))[:2] == (1, 0)
+    with pytest.raises(R.FinishedRows, match="1 row"):
+        R.check_start_over(str(tmp_path), False, False, SweepConfig(sizes=(4,), levels=(2,)))
+
+
+def test_a_row_committed_again_as_an_error_drops_its_convergence_history(tmp_path):
+    """An ok row with its history, committed again with another status: the history goes
+    with it (no orphan convergence rows; a mutant keeping them survived; found by mutation
+    testing)."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="dual"), convergence=conv_rows(3))
+    assert len(w.convergence) == 3
+    w.commit(bench_row(method="dual", status="error"))
+    assert w.convergence == []
+    rows, _ = R.read_rows(str(tmp_path / "convergence.csv"), R.CONVERGENCE_SCHEMA)
+    assert rows == []

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from helpers import slow_beyond
@@ -588,3 +589,56 @@ def test_tolerances_are_checked_before_any_work(tolerances, message):
     with pytest.raises(ValueError, match=message):
         verify_instances(_instances(), dual_solver=solver, tolerances=tolerances, progress=False, backends=ONE)
     assert called == []
+
+
+def test_a_solver_returning_nan_duals_fails_every_one_of_its_checks():
+    """A NaN error is a failed check, through verify_instances itself (the helpers returning
+    NaN were tested, the rows were not: `not err > tol` let every NaN row pass, found by
+    mutation testing)."""
+    def nan_duals(scores, h, temps):
+        return [torch.full((scores[0].shape[0],) + h.shapes[b], float("nan"), dtype=torch.float64)
+                for _, b in h.edges]
+
+    results = verify_instances(_instances(), dual_solver=nan_duals, progress=False, backends=[])
+    mine = [r for r in results if r.check.startswith("nan_duals.") and r.status != "info"]
+    assert mine and all(r.status == "fail" and not r.passed for r in mine), [(r.check, r.status) for r in mine]
+    assert not all_passed(results)
+
+
+def test_the_feasibility_check_holds_the_worst_sample_not_the_mean():
+    """One sample infeasible, one exact: the row's error is the worst sample's violation (a
+    mean passed a solver infeasible on one sample of two at half its violation; found by
+    mutation testing)."""
+    name, h, scores, temps = next(iter(random_instances(1, seed=0, quick=True)))
+    assert scores[0].shape[0] >= 2
+
+    def half_right(s, graph, t):
+        duals = [d.clone() for d in _builtin_duals(s, graph, t)]
+        for d in duals:
+            d[1:] = 0.0  # every sample but the first: λ = 0, inconsistent maps
+        return duals
+
+    from convex_attention import metrics
+
+    p = ca.solve(scores, h, "learned_dual", temperature=temps, duals=half_right(scores, h, temps)).probs
+    worst = float(metrics.violation(p, h).max())
+    assert worst > 1e-3
+    results = verify_instances([(name, h, scores, temps)], dual_solver=half_right, progress=False, backends=[])
+    row = next(r for r in results if r.check == "half_right.feasibility")
+    assert row.status == "fail" and row.error == pytest.approx(worst, rel=1e-9)
+
+
+def test_an_inaccurate_reference_fails_its_own_certificate(monkeypatch):
+    """The reference's certificate row is held to its tolerance (an infinite one passed every
+    test; found by mutation testing): a reference moved off its optimum fails it."""
+    real = cvx.CvxpyAttentionLayer.reference_solve
+
+    def perturbed(self, scores):
+        probs, duals, value, status = real(self, scores)  # moved off the optimum (not by a constant: the gauge)
+        return probs, [d + 1e-3 * np.linspace(-1.0, 1.0, d.size).reshape(d.shape) for d in duals], value, status
+
+    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "reference_solve", perturbed)
+    results = verify_instances(_instances(), progress=False, backends=[])
+    row = next(r for r in results if r.check == "reference.certificate")
+    assert row.status == "fail" and row.error > row.tol
+    assert not all_passed(results)

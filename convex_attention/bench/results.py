@@ -172,6 +172,20 @@ def row_key(row: dict) -> tuple:
     return tuple(out)
 
 
+def _as_column_type(column: str, value):
+    """``value`` as the CSV reader will type it: an integer given for a float column as a
+    float, an integral float given for an integer column as an int (a row committed with
+    ``scale=2`` had its checksum taken over "2", was written back as "2.0" on a resume, and
+    the next resume dropped it as damaged)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if column in BENCH_SCHEMA.floats and isinstance(value, int):
+        return float(value)
+    if column in BENCH_SCHEMA.ints and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def cell_key(row: dict) -> tuple:
     """The identity of a row's cell: :func:`row_key` without the series (method, backend,
     λ kind)."""
@@ -653,7 +667,7 @@ class ResultsWriter:
 
         Returns the row as stored (every column, with its ``row_id``).
         """
-        stored = {c: row.get(c) for c in COLUMNS}
+        stored = {c: _as_column_type(c, row.get(c)) for c in COLUMNS}
         for c in ("backend", "dual_kind", "reason"):
             stored[c] = stored[c] or ""
         stored["cell"] = self._cell_number(stored)

@@ -90,8 +90,8 @@ def csv_field(v) -> str:
         return ""
     if isinstance(v, bool):
         return str(v)
-    if isinstance(v, float):
-        return "" if math.isnan(v) else repr(v)
+    if isinstance(v, float):  # numpy's float64 is one, and its repr is "np.float64(2.5)"
+        return "" if math.isnan(v) else repr(float(v))
     if hasattr(v, "item") and callable(v.item):  # numpy / torch scalars
         return csv_field(v.item())
     return str(v)
