@@ -83,3 +83,65 @@ def test_check_output_files_refuses_what_is_not_a_regular_file_and_opens_nothing
         with pytest.raises(ValueError, match=f"{name} is {kind}, not the file {name} this command writes.*another "
                                              f"--out"):
             files.check_output_files(str(tmp_path), ("regular.csv", name))
+
+
+def test_a_dangling_link_named_like_an_output_is_an_earlier_output(tmp_path):
+    """A link counts, dangling or not: a write would replace it without a word (found by
+    mutation testing: `exists` follows the link and misses a dangling one)."""
+    (tmp_path / "bench.csv").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="already holds bench.csv from an earlier run.*--overwrite"):
+        files.check_no_earlier_outputs(str(tmp_path), ("bench.csv", "bench.json"), overwrite=False)
+    assert files.check_no_earlier_outputs(str(tmp_path), ("bench.csv", "bench.json"), overwrite=True) == ["bench.csv"]
+
+
+def test_an_atomic_write_syncs_its_temporary_to_disk_before_renaming_it(tmp_path, monkeypatch):
+    """Without the fsync a crash after the rename can leave the target empty or partial on
+    disk (found by mutation testing: removing it failed no test)."""
+    path = tmp_path / "t.txt"
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino, os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino, os.path.basename(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "replace", replace)
+    files.atomic_write_text(str(path), "new")
+    monkeypatch.undo()
+    assert [e[0] for e in events] == ["fsync", "replace"], events
+    (_, synced, held), (_, renamed, tmp) = events
+    assert synced == renamed == os.stat(path).st_ino and held == 3  # the temporary, whole, then renamed
+    assert tmp.startswith("t.txt.") and tmp.endswith(".tmp") and path.read_text() == "new"
+
+
+def test_a_users_link_named_like_a_stale_temporary_is_not_removed(tmp_path):
+    """Only a regular file of that exact name is a temporary a killed writer left: a link
+    (to the user's file, or to nothing), a folder or a named pipe is the user's (found by
+    mutation testing: without the isfile and islink guards the links were removed)."""
+    (tmp_path / "precious.csv").write_text("the user's data")
+    (tmp_path / "bench.csv.123-4.tmp").symlink_to(tmp_path / "precious.csv")
+    (tmp_path / "bench.csv.123-5.tmp").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "bench.csv.123-6.tmp").mkdir()
+    os.mkfifo(tmp_path / "bench.csv.123-7.tmp")
+    assert files.clean_stale_tmp(str(tmp_path), ["bench.csv"]) == []
+    assert (tmp_path / "bench.csv.123-4.tmp").is_symlink() and (tmp_path / "bench.csv.123-5.tmp").is_symlink()
+    assert (tmp_path / "bench.csv.123-6.tmp").is_dir() and (tmp_path / "bench.csv.123-7.tmp").is_fifo()
+    assert (tmp_path / "precious.csv").read_text() == "the user's data"
+
+
+def test_csv_fields_of_numpy_and_torch_scalars_are_their_numbers():
+    """numpy 2's repr of a float64 is "np.float64(2.5)": csv_field wrote that into CSV files
+    (found while writing the results tests; no committed file held one)."""
+    import numpy as np
+    import torch
+
+    from convex_attention.io.files import csv_field
+
+    assert [csv_field(v) for v in (np.float64(2.5), np.float32(0.5), torch.tensor(0.25), np.int64(3),
+                                   np.float64("nan"), 1e-300, None, True)] == \
+        ["2.5", "0.5", "0.25", "3", "", "1e-300", "", "True"]

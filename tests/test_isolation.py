@@ -2,7 +2,9 @@
 solver files that exit, crash, are killed, hang, raise every kind of exception, return
 wrong types, stall halfway through a message, stop reading, or try to talk to the verifier
 themselves; none hangs or fools it."""
+import io
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -19,6 +21,7 @@ from convex_attention.bench.isolation import (
     _CHILD_CODE,
     IsolatedSolver,
     SolverFailed,
+    _read_duals,
     parse_solver_spec,
     returned_duals,
 )
@@ -89,6 +92,23 @@ def test_returned_duals_of_any_real_floating_dtype_are_read_as_float64():
     for dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         got = returned_duals((torch.ones(2, 2, 2, dtype=dtype, requires_grad=True),), H, 2)
         assert got[0].dtype == np.float64 and got[0].shape == (2, 2, 2) and (got[0] == 1).all()
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ([np.zeros((2, 2, 2), dtype=np.complex128)], r"duals\[0\] of dtype complex128 and shape \(2, 2, 2\), not float64"),
+    ([np.zeros((2, 2, 2), dtype=np.float32)], r"duals\[0\] of dtype float32"),
+    ([np.zeros((2, 2, 2)), np.zeros((2, 2, 2))], r"arrays \['d0', 'd1'\], not 1 duals"),
+    ([np.zeros((2, 4))], r"duals\[0\] of dtype float64 and shape \(2, 4\)"),
+    ([], r"arrays \[\], not 1 duals"),
+])
+def test_the_verifier_reads_exactly_one_float64_array_per_edge_from_the_child(arrays, message):
+    """The verifier's own check of the child's archive (the child's check ran in the child's
+    process): complex128 arrays of the right shapes, or one array more than the edges, were
+    taken as duals (found by mutation testing)."""
+    buf = io.BytesIO()
+    np.savez(buf, **{f"d{i}": a for i, a in enumerate(arrays)})
+    with pytest.raises(ValueError, match=message):
+        _read_duals(buf.getvalue(), [(2, 2, 2)])
 
 
 # ---------------------------------------------------------------- in a process of its own
@@ -324,6 +344,62 @@ def test_a_message_sent_unasked_is_never_taken_as_an_answer(tmp_path, late, mess
     for got, scores in zip((first, second), (SCORES, other)):
         if not isinstance(got, SolverFailed):  # an answer is the solver's own, never the forged zeros
             np.testing.assert_array_equal(got[0], _exact_duals(scores, H, TEMPS)[0].numpy())
+
+
+@pytest.mark.parametrize("arrays, message", slow_beyond(keep=1, cases=[
+    ("[np.zeros((2, 2, 2), dtype=np.complex128)]", r"duals\[0\] of dtype complex128"),
+    ("[np.zeros((2, 2, 2))] * 2", r"arrays \['d0', 'd1'\], not 1 duals"),
+]))
+def test_forged_duals_that_are_not_one_float64_array_per_edge_are_refused_and_the_child_stopped(tmp_path, arrays,
+                                                                                                message):
+    """The solver sends a well-formed answer to its instance itself, past the child's check:
+    complex arrays, or one more array than the edges (found by mutation testing: without
+    the verifier's dtype check, or with a names check that let extra arrays through, they
+    came back as the instance's duals)."""
+    body = textwrap.dedent(f"""\
+        import numpy as np
+        from convex_attention.bench.isolation import _pack
+        from multiprocessing.connection import Connection
+        number = sys._getframe(1).f_locals.get("number")
+        Connection(int(sys.argv[2]), readable=False).send_bytes(_pack({{"status": "duals", "instance": number}},
+                                                                      {arrays}))
+        time.sleep(600)  # the forged message is all it sends""")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
+        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+        assert isinstance(err, SolverFailed), err
+        assert re.search(r"sent unreadable duals \(.*" + message + r".*\); it was stopped", str(err)), err
+        assert solver._process is None
+
+
+def test_the_timeout_covers_taking_the_instance_and_the_answer_together(tmp_path):
+    """One deadline, set before the instance is handed over: a child that takes 0.9 s to take
+    the instance and 0.9 s more to answer is late at a timeout of 1.5 s (found by mutation
+    testing: a deadline restarted once the instance was taken let it through).  Its reads
+    start their delay only once the instance is there, so it can only be later, never in time."""
+    path = tmp_path / "slow_twice.py"
+    path.write_text(textwrap.dedent("""\
+        import select, time
+        import torch
+        from multiprocessing.connection import Connection
+        _recv_bytes = Connection.recv_bytes
+
+        def recv_bytes(self, *args):
+            select.select([self.fileno()], [], [])  # the instance is there
+            time.sleep(0.9)
+            return _recv_bytes(self, *args)
+
+        Connection.recv_bytes = recv_bytes
+
+        def f(scores, h, temps):
+            time.sleep(0.9)
+            return [torch.zeros((scores[0].shape[0],) + tuple(h.shapes[b])) for _, b in h.edges]
+        """))
+    h = ca.Hierarchy.grid([(128, 128), (64, 64)])
+    scores = [torch.zeros((2,) + s, dtype=torch.float64) for s in h.shapes]  # 320 KiB: more than a pipe holds
+    with IsolatedSolver(f"{path}:f", timeout=1.5) as solver:
+        err = _returns_within(solver, lambda: solver.solve(scores, h, [1.0, 1.0]))
+        assert isinstance(err, SolverFailed), err
+        assert str(err) == "did not return within 1.5 s (--timeout); its process was stopped"
 
 
 def test_the_child_ends_itself_when_the_verifiers_process_is_gone(tmp_path):

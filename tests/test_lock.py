@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+from convex_attention.io import lock
 from convex_attention.io.lock import LOCK_NAME, ResultsLocked, results_lock
 
 # Another writer, as the lock protocol sees it: flock on OUT/results.lock, owner recorded in
@@ -25,6 +26,20 @@ HOLDER = textwrap.dedent("""
     else:
         time.sleep(float(sys.argv[2]))
     os.remove(os.path.join(sys.argv[1], "results.lock"))
+""")
+
+
+# Another run of this tool in a process of its own: the lock module alone (no torch), from
+# this checkout; prints whether it entered the folder or was refused.
+RUN = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[2])
+    from convex_attention.io.lock import ResultsLocked, results_lock
+    try:
+        with results_lock(sys.argv[1], command="second"):
+            print("entered", flush=True)
+    except ResultsLocked:
+        print("refused", flush=True)
 """)
 
 
@@ -124,7 +139,11 @@ def test_an_owner_record_with_an_impossible_time_does_not_crash_the_next_run(tmp
         assert any("since ?" in line for line in logged), logged
 
 
-@pytest.mark.parametrize("content", ["USER DATA\n", '{"my": "precious"}', '["pid", "host"]', "\xff\xfe not text"])
+@pytest.mark.parametrize("content", ["USER DATA\n", '{"my": "precious"}', '["pid", "host"]', "\xff\xfe not text",
+                                     # a record needs every field: one of them is not enough (found by mutation
+                                     # testing: a file with only "pid" was taken over and removed)
+                                     '{"pid": "my project id", "notes": "precious"}',
+                                     '{"pid": 1, "host": "h", "started": 0}'])
 def test_a_users_own_file_named_like_the_lock_is_refused_and_left_untouched(tmp_path, content):
     """A plain results.lock of the user's was truncated, overwritten with the owner record
     and removed on release, without a word (found by a hostile review)."""
@@ -148,3 +167,40 @@ def test_release_removes_only_its_own_lock_file(tmp_path):
         (tmp_path / LOCK_NAME).unlink()
         (tmp_path / LOCK_NAME).write_text("USER DATA")
     assert (tmp_path / LOCK_NAME).read_text() == "USER DATA"
+
+
+def test_two_runs_of_this_tool_never_hold_one_folder_together(tmp_path):
+    """The lock this tool takes is exclusive: with a shared flock two of its own runs both
+    entered the folder, while HOLDER's exclusive lock still refused them (found by mutation
+    testing)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(lock.__file__))))
+    with results_lock(str(tmp_path), command="first"):
+        second = subprocess.run([sys.executable, "-c", RUN, str(tmp_path), root], capture_output=True, text=True,
+                                timeout=60)
+        assert second.returncode == 0 and second.stdout.strip() == "refused", second
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "first"
+
+
+def test_a_lock_file_replaced_between_its_opening_and_its_locking_is_not_the_one_held(tmp_path, monkeypatch):
+    """A releasing owner removes the lock file, and another run makes a new one, between this
+    run's open and its flock: the lock it got is on a file no longer at the path, so it opens
+    the path again and locks the file there.  Without that check it held the removed file
+    and wrote its record there, and a third run could lock the one at the path (found by
+    mutation testing)."""
+    real_try_lock = lock._try_lock
+    calls = []
+
+    def replaced_before_the_first_lock(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            os.remove(tmp_path / LOCK_NAME)
+            (tmp_path / LOCK_NAME).write_text("")  # another run's, its record not yet written
+        return real_try_lock(fd)
+
+    monkeypatch.setattr(lock, "_try_lock", replaced_before_the_first_lock)
+    with results_lock(str(tmp_path)) as path:
+        held = lock._HELD[os.path.realpath(path)][0]
+        assert len(calls) == 2  # it looped
+        assert os.path.samestat(os.fstat(held), os.stat(path))  # the file locked is the one at the path
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert not (tmp_path / LOCK_NAME).exists()

@@ -124,3 +124,27 @@ def test_a_file_that_cannot_be_opened_is_a_format_error(tmp_path, monkeypatch):
     monkeypatch.setattr(builtins, "open", refused)
     with pytest.raises(ResultsFormatError, match=r"t\.csv: cannot be read \(Permission denied\)"):
         read_table(str(tmp_path / "t.csv"))
+
+
+def test_a_value_outside_its_choices_is_left_out_and_named_even_with_a_matching_checksum(tmp_path):
+    """A status no run writes ("passed!") is not read as a row (found by mutation testing:
+    with the choices check disabled it was kept)."""
+    schema = Schema("toy", ("name", "status", "checksum"), ints=frozenset(), floats=frozenset(),
+                    choices=(("status", ("passed", "failed")),))
+    path = str(tmp_path / "toy.csv")
+    atomic_csv(path, schema.columns, [{"name": "a", "status": "passed"}, {"name": "b", "status": "passed!"}],
+               checksum=True)
+    rows, problems = read_rows(path, schema)
+    assert [(r["name"], r["status"]) for r in rows] == [("a", "passed")]
+    assert problems == ["toy.csv line 3 (column status holds 'passed!', not one of passed, failed)"]
+
+
+@pytest.mark.parametrize("value", ["1.5", "2.0", "1e3"])
+def test_a_fraction_in_an_integer_column_is_refused_not_truncated(tmp_path, value):
+    """An integer column holds integers: "1.5" was read as 1 (found by mutation testing:
+    `int(float(v))` passed every test)."""
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": value, "x": 1.0}, {"name": "b", "n": 2, "x": 0.5}])
+    rows, problems = read_rows(path, SCHEMA)
+    assert [r["name"] for r in rows] == ["b"]
+    assert problems == [f"toy.csv line 2 (column n holds {value!r}, not a number)"]
