@@ -204,6 +204,7 @@ def test_a_nearly_degenerate_solution_is_differentiated_at_the_rounding_floor():
     assert abs(along - reference) <= 1e-3 * abs(reference)
 
 
+@pytest.mark.slow  # a second forward solve of the degenerate instance at tol 1e-13 (1.1 s)
 def test_a_stalled_solve_above_its_rounding_floor_is_not_solved(monkeypatch):
     """The degenerate system stalls below √eps (relative residuals ~1e-9) above its tolerance:
     accepted at the default floor (test above), refused once the floor is set far below the

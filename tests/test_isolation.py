@@ -346,7 +346,7 @@ def test_a_message_sent_unasked_is_never_taken_as_an_answer(tmp_path, late, mess
             np.testing.assert_array_equal(got[0], _exact_duals(scores, H, TEMPS)[0].numpy())
 
 
-@pytest.mark.parametrize("arrays, message", slow_beyond(keep=1, cases=[
+@pytest.mark.parametrize("arrays, message", slow_beyond(keep=0, cases=[  # the fast suite: the direct test above
     ("[np.zeros((2, 2, 2), dtype=np.complex128)]", r"duals\[0\] of dtype complex128"),
     ("[np.zeros((2, 2, 2))] * 2", r"arrays \['d0', 'd1'\], not 1 duals"),
 ]))
@@ -371,6 +371,7 @@ def test_forged_duals_that_are_not_one_float64_array_per_edge_are_refused_and_th
         assert solver._process is None
 
 
+@pytest.mark.slow  # 2.5 s; the timeout's path is in the fast suite through the tests above
 def test_the_timeout_covers_taking_the_instance_and_the_answer_together(tmp_path):
     """One deadline, set before the instance is handed over: a child that takes 0.9 s to take
     the instance and 0.9 s more to answer is late at a timeout of 1.5 s (found by mutation
