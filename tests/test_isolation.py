@@ -288,6 +288,17 @@ def test_a_solver_that_sends_part_of_a_message_and_stalls_is_stopped_at_the_time
         assert solver._process is None
 
 
+def _times_out_on_an_instance_larger_than_a_pipe(spec: str) -> None:
+    """The solver ``spec``, given an instance of 320 KiB (more than a pipe holds, so handing
+    it over waits for the child to read), fails at a timeout of 1.5 s and is stopped."""
+    h = ca.Hierarchy.grid([(128, 128), (64, 64)])
+    scores = [torch.zeros((2,) + s, dtype=torch.float64) for s in h.shapes]
+    with IsolatedSolver(spec, timeout=1.5) as solver:
+        err = _returns_within(solver, lambda: solver.solve(scores, h, [1.0, 1.0]))
+        assert isinstance(err, SolverFailed), err
+        assert str(err) == "did not return within 1.5 s (--timeout); its process was stopped"
+
+
 def test_a_child_that_stops_reading_its_instances_is_stopped_at_the_timeout(tmp_path):
     """Its module makes the child's reads hang; an instance larger than a pipe's buffer
     cannot be handed over, and the verifier stops waiting at the timeout."""
@@ -295,12 +306,7 @@ def test_a_child_that_stops_reading_its_instances_is_stopped_at_the_timeout(tmp_
     path.write_text("import time\nfrom multiprocessing.connection import Connection\n"
                     "Connection.recv_bytes = lambda self, *args: time.sleep(600)\n"
                     "def f(scores, h, temps):\n    return None\n")
-    h = ca.Hierarchy.grid([(128, 128), (64, 64)])
-    scores = [torch.zeros((2,) + s, dtype=torch.float64) for s in h.shapes]  # 320 KiB: more than a pipe holds
-    with IsolatedSolver(f"{path}:f", timeout=1.5) as solver:
-        err = _returns_within(solver, lambda: solver.solve(scores, h, [1.0, 1.0]))
-        assert isinstance(err, SolverFailed), err
-        assert str(err) == "did not return within 1.5 s (--timeout); its process was stopped"
+    _times_out_on_an_instance_larger_than_a_pipe(f"{path}:f")
 
 
 @pytest.mark.parametrize("late, message", slow_beyond(keep=1, cases=[
@@ -395,12 +401,7 @@ def test_the_timeout_covers_taking_the_instance_and_the_answer_together(tmp_path
             time.sleep(0.9)
             return [torch.zeros((scores[0].shape[0],) + tuple(h.shapes[b])) for _, b in h.edges]
         """))
-    h = ca.Hierarchy.grid([(128, 128), (64, 64)])
-    scores = [torch.zeros((2,) + s, dtype=torch.float64) for s in h.shapes]  # 320 KiB: more than a pipe holds
-    with IsolatedSolver(f"{path}:f", timeout=1.5) as solver:
-        err = _returns_within(solver, lambda: solver.solve(scores, h, [1.0, 1.0]))
-        assert isinstance(err, SolverFailed), err
-        assert str(err) == "did not return within 1.5 s (--timeout); its process was stopped"
+    _times_out_on_an_instance_larger_than_a_pipe(f"{path}:f")
 
 
 def test_the_child_ends_itself_when_the_verifiers_process_is_gone(tmp_path):

@@ -28,6 +28,16 @@ def _bench_with(monkeypatch, tmp_path, capsys, sweep_instead) -> tuple[int, str]
     return status, capsys.readouterr().err.strip()
 
 
+def _swallow_a_sigterm() -> None:
+    """SIGTERM, its Terminated swallowed, as Python does where it cannot raise (an at-fork
+    callback, a ``__del__``)."""
+    try:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1)
+    except Terminated:
+        pass
+
+
 def test_sigterm_ends_a_command_as_ctrl_c_does_with_status_143(tmp_path, capsys, monkeypatch):
     """Before: SIGTERM killed bench on the spot, nothing on stderr, its results.lock left."""
     def terminated_sweep(*args, **kwargs):
@@ -43,11 +53,7 @@ def test_a_swallowed_sigterm_is_delivered_again(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(_signals, "REDELIVERY_S", 0.05)
 
     def swallowing_sweep(*args, **kwargs):
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1)
-        except Terminated:
-            pass  # as Python does where it cannot raise
+        _swallow_a_sigterm()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:  # Python code running on: the second delivery interrupts it
             pass
@@ -62,11 +68,7 @@ def test_a_command_that_ran_on_after_a_swallowed_sigterm_still_reports_it(tmp_pa
     monkeypatch.setattr(_signals, "REDELIVERY_S", 60.0)
 
     def swallowing_sweep(*args, **kwargs):
-        try:
-            os.kill(os.getpid(), signal.SIGTERM)
-            time.sleep(1)
-        except Terminated:
-            pass
+        _swallow_a_sigterm()
         return []
 
     assert _bench_with(monkeypatch, tmp_path, capsys, swallowing_sweep) == (143, MESSAGE)
