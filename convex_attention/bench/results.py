@@ -106,12 +106,14 @@ def reads_setting(name: str, row: dict) -> bool:
     the methods that take a ``tol`` (or record the solver's history); every other setting by
     every row.  A method this version does not register reads them all."""
     method = REGISTRY.get(row.get("method", ""))
+    if method is None:
+        return True
     if name in CVX_SETTINGS:
         return row.get("method") == "cvxpylayers"
     if name in FIT_SETTINGS:
         return row.get("dual_kind") in ("fitted", "amortised")
     if name == "dual_tol":
-        return method is None or (method.options is not None and bool({"tol", "record_history"} & method.options))
+        return method.options is not None and bool({"tol", "record_history"} & method.options)
     return True
 
 BENCH_SCHEMA = Schema(
