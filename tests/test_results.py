@@ -664,3 +664,26 @@ def test_a_row_committed_again_as_an_error_drops_its_convergence_history(tmp_pat
     assert w.convergence == []
     rows, _ = R.read_rows(str(tmp_path / "convergence.csv"), R.CONVERGENCE_SCHEMA)
     assert rows == []
+
+
+def test_numpy_torch_and_text_numbers_are_committed_as_the_reader_reads_them_and_the_rest_refused(tmp_path):
+    """numpy and torch scalars and numeric text in numeric columns were written as given, so
+    a resume rewrote "2" as "2.0" and the next dropped the row; a bool, a fraction or inf in
+    an integer column was written unreadable (found by a review)."""
+    import numpy as np
+    import torch
+
+    writer(tmp_path).commit(bench_row(scale=np.int64(2), temperature="1", peak_mem_mb=torch.tensor(3),
+                                      repeats=np.float32(3.0)))
+    for size in (8, 16):
+        logged = []
+        w = writer(tmp_path, resume=True, log=logged.append)
+        assert not any("checksum" in m for m in logged), logged
+        w.commit(bench_row(method="softmax", size=size))
+    row = next(r for r in R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)[0] if r["method"] == "exact")
+    assert (row["scale"], row["temperature"], row["peak_mem_mb"], row["repeats"]) == (2.0, 1.0, 3.0, 3)
+    w = writer(tmp_path, resume=True)
+    for column, value in (("iterations_max", True), ("n_cells", 2.5), ("iterations_max", float("inf")),
+                          ("scale", 2 ** 1100), ("scale", "two"), ("scale", False)):
+        with pytest.raises(ValueError, match=f"column {column} holds"):
+            w.commit(bench_row(method="dual", **{column: value}))

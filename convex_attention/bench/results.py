@@ -175,17 +175,33 @@ def row_key(row: dict) -> tuple:
 
 
 def _as_column_type(column: str, value):
-    """``value`` as the CSV reader will type it: an integer given for a float column as a
-    float, an integral float given for an integer column as an int (a row committed with
-    ``scale=2`` had its checksum taken over "2", was written back as "2.0" on a resume, and
-    the next resume dropped it as damaged)."""
-    if isinstance(value, bool) or value is None:
+    """``value`` as the CSV reader will read it back (a row committed with ``scale=2`` had its
+    checksum taken over "2", was written back as "2.0" on a resume, and the next resume
+    dropped it as damaged): a number of a float column as a Python float, of an integer
+    column as a Python int (numpy and torch scalars included; a numeric string as its
+    number); ValueError naming the column for a value the reader would refuse (a bool, a
+    fraction or a non-finite number in an integer column, text that is no number, a float
+    beyond float64).  Text columns and ``None`` (an empty field) are left as they are."""
+    if value is None or (column not in BENCH_SCHEMA.floats and column not in BENCH_SCHEMA.ints):
         return value
-    if column in BENCH_SCHEMA.floats and isinstance(value, int):
-        return float(value)
-    if column in BENCH_SCHEMA.ints and isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
+    if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy / torch scalars
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        number = float(value)
+        if column in BENCH_SCHEMA.floats:
+            return number
+        if isinstance(value, int):
+            return value
+        if number.is_integer():
+            return int(number)
+        raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        kind = "a float" if column in BENCH_SCHEMA.floats else "an integer"
+        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+        raise ValueError(f"bench row: column {column} holds {shown}, which is not {kind} the CSV could hold "
+                         f"and read back") from None
 
 
 def cell_key(row: dict) -> tuple:

@@ -12,7 +12,7 @@ import sys
 
 from .. import __version__
 from ._common import CommandParser, UsageError, missing_extra
-from ._signals import Terminated, sigterm_arrived, sigterm_as_interruption, terminated
+from ._signals import Command, Terminated, sigterm_as_interruption, terminated
 from .bench import BENCH_HANDLERS, EXAMPLES, add_bench_commands
 from .data import DATA_HANDLERS, add_data_commands
 from .paper import EXPERIMENT_HANDLERS, add_experiment_commands
@@ -45,19 +45,20 @@ def main(argv=None) -> int:
     if missing:
         print(f"convex-attention {command}: error: {missing}", file=sys.stderr)
         return 2
+    state = Command()  # replaced by the command's own below
     try:
-        with sigterm_as_interruption():
+        with sigterm_as_interruption() as state:
             status = handlers[args.command](args)
     except UsageError as err:
         message = " ".join(str(err).split())  # one line, whatever the message
         print(f"convex-attention {command}: error: {message}", file=sys.stderr)
         return 2
     except BaseException as err:
-        by_sigterm = terminated(err) or sigterm_arrived()  # an error after SIGTERM: children dying of it
+        by_sigterm = terminated(err) or state.sigterm_arrived  # an error after SIGTERM: children dying of it
         if not isinstance(err, KeyboardInterrupt) and not by_sigterm:
             raise  # only an interruption ends here
         return _interrupted(command, by_sigterm)
-    if sigterm_arrived():  # raised where Python swallowed it (an at-fork callback), and the command ran on
+    if state.sigterm_arrived:  # raised where Python swallowed it (an at-fork callback), and the command ran on
         return _interrupted(command, True)
     return status
 

@@ -16,7 +16,7 @@ Three cases need more than a handler that raises:
 * Python swallows an exception raised in an at-fork callback or a ``__del__`` (it prints
   "Exception ignored"), and the command would run on: SIGTERM is delivered again every
   :data:`REDELIVERY_S` seconds until the command has ended, and a command that ended on
-  its own after SIGTERM is reported as terminated too (:func:`sigterm_arrived`).  Python
+  its own after SIGTERM is reported as terminated too (:attr:`Command.sigterm_arrived`).  Python
   still prints the swallowed one ("Exception ignored in ..."): measured with a process-group
   SIGTERM to ``train --workers 2``, 1 run in 6 had those lines above the command's own.
 """
@@ -28,7 +28,7 @@ import os
 import signal
 import threading
 
-__all__ = ["Terminated", "sigterm_as_interruption", "terminated", "sigterm_arrived", "REDELIVERY_S"]
+__all__ = ["Terminated", "Command", "sigterm_as_interruption", "terminated", "REDELIVERY_S"]
 
 #: Seconds between deliveries of a SIGTERM the command did not act on (one raised where
 #: Python swallows exceptions); an unwinding command finishes its clean-up well within it.
@@ -39,10 +39,20 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the command is (see the module docstring)."""
 
 
+class Command:
+    """One command's state: ``sigterm_arrived`` (read by ``main`` after the command) and
+    ``ending``, set first thing when it ends (a plain store, which no handler can interrupt:
+    from then on the handler does nothing, and no redelivery starts)."""
+
+    def __init__(self) -> None:
+        self.sigterm_arrived = False
+        self.ending = False
+        self.ended = threading.Event()  # wakes the redelivery thread, to stop
+
+
 _command_pid: int | None = None  # the process whose command raises Terminated on SIGTERM
-_arrived = threading.Event()  # SIGTERM arrived while the command ran
-_ended = threading.Event()  # the command ended (normally, or by an exception)
-_delivering = threading.Lock()  # held by a redelivery, and by the command's end
+_current: Command | None = None  # the command that runs now in that process
+_delivering = threading.Lock()  # held by a redelivery, and once by the command's end (a barrier)
 
 
 def _raise_terminated(signum, frame):
@@ -50,14 +60,18 @@ def _raise_terminated(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)  # it ends as SIGTERM ends it without the handler
         return
-    if _ended.is_set():  # a redelivery that arrived as the command ended: it is over already
+    command = _current
+    if command is None:
         return
-    if not _arrived.is_set():
-        _arrived.set()
+    if command.ending:  # the command is over: nothing to interrupt, but main() reports it
+        command.sigterm_arrived = True
+        return
+    if not command.sigterm_arrived:
+        command.sigterm_arrived = True
         if hasattr(signal, "SIGCHLD"):  # children dying of the same signal: no second error over this one
             with contextlib.suppress(Exception):  # the handler replaced may run (and raise) as it is replaced
                 signal.signal(signal.SIGCHLD, _ignore_child)
-        threading.Thread(target=_deliver_again, name="sigterm-redelivery", daemon=True).start()
+        threading.Thread(target=_deliver_again, args=(command,), name="sigterm-redelivery", daemon=True).start()
     raise Terminated
 
 
@@ -67,16 +81,17 @@ def _ignore_child(signum, frame) -> None:
     condition" where the command unwinds)."""
 
 
-def _deliver_again() -> None:
+def _deliver_again(command: Command) -> None:
     """SIGTERM's handler again, in the main thread, every :data:`REDELIVERY_S` seconds until
-    the command ended.  ``interrupt_main`` runs the handler at the main thread's next Python
+    the command ends.  ``interrupt_main`` runs the handler at the main thread's next Python
     instruction, as a signal's is run (it does not wake a blocking call, which a signal
     would), and does nothing once the handler is the default, whereas a real signal
     arriving just after the command restored the default would kill the process."""
-    while not _ended.wait(REDELIVERY_S):
+    while not command.ended.wait(REDELIVERY_S):
         with _delivering:
-            if not _ended.is_set():
-                _thread.interrupt_main(signal.SIGTERM)
+            if command.ending:
+                return
+            _thread.interrupt_main(signal.SIGTERM)
 
 
 def _reset_in_child() -> None:
@@ -91,34 +106,31 @@ if hasattr(os, "register_at_fork"):
 
 @contextlib.contextmanager
 def sigterm_as_interruption():
-    """SIGTERM raises :class:`Terminated` inside the ``with`` block, where the handler is
-    Python's default and this is the main thread (a program that set its own is left
-    alone); the handlers before are restored afterwards."""
-    global _command_pid
+    """SIGTERM raises :class:`Terminated` inside the ``with`` block, which receives the
+    command's :class:`Command`, where the handler is Python's default and this is the main
+    thread (a program that set its own is left alone: its command's ``sigterm_arrived``
+    stays False); the handlers before are restored afterwards."""
+    global _command_pid, _current
+    command = Command()
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-        yield
+        yield command
         return
     sigchld = signal.getsignal(signal.SIGCHLD) if hasattr(signal, "SIGCHLD") else None
-    _command_pid = os.getpid()
-    _arrived.clear()
-    _ended.clear()
+    _command_pid, _current = os.getpid(), command
     signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        yield
+        yield command
     finally:
+        command.ending = True  # first: a handler run from here on returns at once
         try:
-            with _delivering:  # no redelivery after this
-                _ended.set()
+            with _delivering:  # a redelivery under way finishes; none starts after this
+                command.ended.set()
         finally:
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            if sigchld is not None and _arrived.is_set():
+            _current = None
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # runs a pending handler first: it returns
+            if sigchld is not None and command.sigterm_arrived:
                 signal.signal(signal.SIGCHLD, sigchld)
-
-
-def sigterm_arrived() -> bool:
-    """Whether SIGTERM arrived during the last command (read after its ``with`` block)."""
-    return _arrived.is_set()
 
 
 def terminated(err: BaseException | None) -> bool:
