@@ -693,3 +693,102 @@ def test_the_experiment_never_scores_a_model_whose_outputs_are_not_finite():
     lesions = [i for i in range(len(data)) if int(data[i][1]) == 1][:2]
     with pytest.raises(NonFiniteOutput, match="logits"):
         _dev_ap(QUICK, model, data, {"lesion": lesions}, ("nearest",), "cpu")
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+
+
+def _judged_variants(config, passing: bool | None):
+    """A variants file's content whose verdict judged ``config`` (None: no verdict recorded)."""
+    from convex_attention.paper.protocol import Variant, Variants, benchmark_record, judged_settings
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
+
+    if passing is None:
+        return Variants(difficulties=(0.3,))
+    checks = [CheckResult("location_free", "t", "b", 0.5 if passing else 0.9, 0.6),
+              CheckResult("pixel_map", "t", "a", 0.2, 0.3), check_maps_drive_ranking([0.1] * 5)]
+    record = benchmark_record(checks, Variant(), 0.3, config.methods, (0, 1, 2, 3, 4), judged_settings(config))
+    return Variants(difficulties=(0.3,), benchmark=record)
+
+
+@pytest.mark.parametrize("passing,words", [(False, "rejected this benchmark"), (None, "records no dev-stage verdict")])
+def test_run_experiment_refuses_a_rejected_or_unrecorded_verdict_before_any_work(outside_git, monkeypatch, passing,
+                                                                                 words):
+    """The API's test stage, not only the command line, refuses a benchmark the dev stage did
+    not accept unless told, before anything is spent (found by mutation testing: reading
+    ``variants.verdict()`` without the check survived the fast suite)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.protocol import VariantsError, variants_digest
+
+    monkeypatch.setattr(experiment, "run_test", lambda *a, **k: pytest.fail("work started"))
+    config = _tiny_config(methods=("softmax",))
+    path = outside_git / "variants.json"
+    path.write_text(json.dumps(_judged_variants(config, passing).to_dict()))
+    with pytest.raises(VariantsError, match=f"{words}.*--allow-rejected-benchmark"):
+        run_experiment(config, str(outside_git / "exp"), stage="test", variants_path=str(path), progress=False,
+                       log=lambda *a: None, variants_sha256=variants_digest(str(path)))
+    assert not (outside_git / "exp").exists() and not (outside_git / "data_ledger.json").exists()
+
+
+def test_run_test_itself_refuses_methods_or_settings_the_verdict_did_not_judge(tmp_path, monkeypatch):
+    """``run_test`` checks the judged protocol itself (callers other than ``run_experiment``),
+    before the ledger, the run log or any training (found by mutation testing: deleting its
+    ``check_judged`` survived the fast suite)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.experiment import run_test
+    from convex_attention.paper.protocol import VariantsError
+
+    monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: pytest.fail("work started"))
+    monkeypatch.setattr(experiment, "_write_test", lambda *a, **k: pytest.fail("work started"))
+    ledger = tmp_path / "configs" / "data_ledger.json"
+    record = {"path": str(tmp_path / "configs" / "experiment_variants.json"), "sha256": "ab" * 32}
+    judged = _tiny_config(methods=("softmax", "exact"), data_seed=1)
+    variants = _judged_variants(judged, True)
+    for config, words in ((judged.override(methods=("softmax",)), "judged the methods softmax exact"),
+                          (judged.override(epochs=2), "judged epochs 1, but this run has epochs 2")):
+        with pytest.raises(VariantsError, match=words):
+            run_test(config, str(tmp_path / "exp" / "test"), variants, record, progress=False, log=lambda *a: None,
+                     ledger_path=str(ledger))
+    assert not ledger.exists() and not (tmp_path / "exp").exists()
+
+
+def _seed_row(method, seed, ap):
+    return {"condition": "c", "test_set": "test", "model": "exact", "method": method, "level": 0,
+            "resolution": "pixel", "upsampling": "nearest", "mask": "decisive", "seed": seed, "ap_mean": ap}
+
+
+def test_the_paired_difference_pairs_the_same_seed():
+    """A constant per-seed difference over seeds whose values vary has an interval of
+    about 0; pairing other seeds would widen it (found by mutation testing)."""
+    from convex_attention.paper.experiment import _paired_difference
+
+    xs = (0.30, 0.55, 0.42, 0.71, 0.20)
+    seed_means = [_seed_row("attention", s, x) for s, x in enumerate(xs)]
+    seed_means += [_seed_row("gradcam", s, x - 0.05) for s, x in enumerate(xs)]
+    mean, half, n, n_nan = _paired_difference(seed_means, seed_means[0], seed_means[-1])
+    assert mean == pytest.approx(0.05) and half == pytest.approx(0.0, abs=1e-12) and (n, n_nan) == (5, 0)
+
+
+def test_the_paired_difference_counts_a_seed_left_out_as_nan():
+    """A seed whose mean is NaN on one side is paired, left out of the mean and counted
+    (found by mutation testing: ``seeds_nan`` always 0 survived the fast suite)."""
+    from convex_attention.paper.experiment import _paired_difference
+
+    xs = (0.30, math.nan, 0.42, 0.71, 0.20)
+    seed_means = [_seed_row("attention", s, x) for s, x in enumerate(xs)]
+    seed_means += [_seed_row("gradcam", s, 0.1) for s in range(5)]
+    mean, half, n, n_nan = _paired_difference(seed_means, seed_means[0], seed_means[-1])
+    assert (n, n_nan) == (5, 1)
+    assert mean == pytest.approx(mean_ci([0.2, 0.32, 0.61, 0.1])[0])
+    assert half == pytest.approx(mean_ci([0.2, 0.32, 0.61, 0.1])[1])
+
+
+def test_a_method_exactly_at_the_minimum_dev_auc_is_compared():
+    """``compared_methods`` includes a mean dev AUC exactly at MIN_COMPARED_AUC (found by
+    mutation testing: ``>`` in place of ``>=`` survived the fast suite)."""
+    from convex_attention.paper.experiment import compared_methods
+    from convex_attention.paper.validity import MIN_COMPARED_AUC
+
+    rows = [{"method": "softmax", "auc": MIN_COMPARED_AUC}, {"method": "softmax", "auc": MIN_COMPARED_AUC},
+            {"method": "exact", "auc": MIN_COMPARED_AUC - 1e-9}]
+    assert compared_methods(rows, ("softmax", "exact")) == ["softmax"]

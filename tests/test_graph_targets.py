@@ -609,3 +609,69 @@ def test_gpu_check_refuses_bad_options_and_an_earlier_record_before_any_work(tmp
         err = capsys.readouterr().err
         assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert (tmp_path / "gpu_check.json").read_text() == "{}" and not (tmp_path / "a").exists()
+
+
+def _dual_gradient_row(error, draw, status="ok"):
+    return {"family": "axial", "setting": "mild", "draw": draw, "solver": "dual", "status": status, "reason": "",
+            "error_vs_fd": error, "error_vs_dual": 0.0}
+
+
+def test_the_implicit_gradient_against_finite_differences_is_judged_by_its_worst_instance():
+    """One instance off by 1e-2 beside two within 1e-5: NOT met, and the value is the worst
+    (found by mutation testing: judged by the median, the target was met)."""
+    rows = [_dual_gradient_row(e, i) for i, e in enumerate((1e-7, 1e-7, 1e-2))]
+    (target,) = gt._targets({"gradients": rows})
+    assert target["target"] == "implicit gradient vs finite differences (mild)"
+    assert target["met"] is False and target["value"] == 1e-2
+
+
+def test_a_failed_implicit_backward_makes_the_finite_difference_target_not_met():
+    """An instance whose implicit backward failed, beside a good one: NOT met and the detail
+    names it (found by mutation testing: the good instance alone met the target)."""
+    rows = [_dual_gradient_row(1e-9, 0), _dual_gradient_row(math.nan, 1, status="error")]
+    (target,) = gt._targets({"gradients": rows})
+    assert target["met"] is False and target["value"] == 1e-9
+    assert "the implicit backward FAILED on 1 instance(s) (axial)" in target["detail"]
+
+
+def test_the_speed_up_over_cvxpylayers_is_against_the_fastest_backend():
+    """Backends at 500 and 5000 ms per sample, dual at 1 ms: the ratio is 500, NOT met, and
+    the target names the fast backend (found by mutation testing: against the slowest, 5000,
+    the target was met)."""
+    speed = [{"family": "axial", "method": "dual", "backend": "", "status": "ok", "fwd_ms": 1.0, "bwd_ms": 0.5,
+              "per_sample_ms": 1.0, "batch": 1, "total_ms": 1.5},
+             {"family": "axial", "method": "cvxpylayers", "backend": "slow", "status": "ok",
+              "per_sample_ms": 5000.0, "batch": 1},
+             {"family": "axial", "method": "cvxpylayers", "backend": "fast", "status": "ok",
+              "per_sample_ms": 500.0, "batch": 1}]
+    (target,) = [t for t in gt._targets({"speed": speed}) if "/ dual per sample" in t["target"]]
+    assert target["target"] == "cvxpylayers[fast] (fastest) / dual per sample (axial)"
+    assert target["value"] == 500.0 and target["met"] is False
+
+
+def test_the_dual_over_exact_ratio_on_the_forests_is_of_forward_plus_backward():
+    """dual / exact divides the total (forward + backward) medians: dual 1 ms forward and
+    24 ms in all, exact 2 ms in all: 12, NOT met (found by mutation testing: dual's forward
+    time alone gave 0.5, met)."""
+    def row(family, method, fwd, total):
+        return {"family": family, "method": method, "backend": "", "status": "ok", "fwd_ms": fwd,
+                "bwd_ms": total - fwd, "total_ms": total, "per_sample_ms": total, "batch": 1}
+
+    speed = [row(f, m, fwd, total) for f in ("star", "chain")
+             for m, fwd, total in (("dual", 1.0, 24.0), ("exact", 1.5, 2.0), ("softmax", 0.5, 1.0))]
+    by = {t["target"]: t for t in gt._targets({"speed": speed})}
+    for family in ("star", "chain"):
+        t = by[f"dual / exact, forward + backward ({family})"]
+        assert t["value"] == 12.0 and t["met"] is False, family
+    assert by["exact / softmaxes, forward + backward (star)"]["value"] == 2.0
+
+
+def test_a_value_exactly_on_its_threshold_is_met_and_a_dual_exactly_at_the_baseline_s_violation_reaches_it():
+    """A ceiling or a floor may be reached, and a dual tolerance whose violation equals the
+    baseline's reaches it (found by mutation testing: `<` for `<=` survived in both)."""
+    assert gt._target("x", 1.0, "<=", 1.0)["met"] is True
+    assert gt._target("x", 1e3, ">=", 1e3)["met"] is True
+    linsat = [{"solver": "linsat", "parameter": 10, "violation": 1e-3, "per_sample_ms": 5.0},
+              {"solver": "dual", "parameter": 1e-6, "violation": 1e-3, "per_sample_ms": 1.0}]
+    (target,) = gt._targets({"linsat": linsat})
+    assert target["met"] is True and target["value"] == 5.0

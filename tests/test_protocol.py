@@ -555,3 +555,24 @@ def test_a_sha256_pin_stands_in_for_git_only_where_there_is_no_checkout(tmp_path
     _git(repo, "commit", "-qm", "v")
     record = verify_variants(str(inside), digest)
     assert record["verified_by"] == "git" and record["file_commit"]
+
+
+def test_the_verdicts_dev_seed_stays_spent_once_the_ledger_holds_runs(tmp_path):
+    """The dev stage's data seed behind the verdict is spent together with every run the
+    ledger records, not only while the ledger is empty: after a test run at data seed 1, a
+    test run at the dev stage's seed 0 into another folder is still refused (found by
+    mutation testing: ``others or spent_by_verdict(...)`` survived the fast suite)."""
+    from convex_attention.paper.protocol import check_test_data, ledger_entry, ledger_where
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4)
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled",
+                        benchmark=_record(data_seed=0, data="synthetic-brightest"))
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    where = ledger_where(str(tmp_path / "results" / "test"), ledger)
+    fresh = config.override(data_seed=1)
+    spend(ledger, ledger_entry(fresh.with_variants(variants), where, "now"))
+    assert len(read_ledger(ledger)) == 1
+    for force in (False, True):
+        with pytest.raises(VariantsError, match="recorded dev run .*data seed 0, the verdict"):
+            check_test_data(config, variants, ledger, "results/other", force)
+    assert check_test_data(config.override(data_seed=2), variants, ledger, "results/other") == []

@@ -1,6 +1,8 @@
 """convex_attention.paper.reports: numbers as mean ± CI half-width, and the validity table."""
 import math
 
+import pytest
+
 from convex_attention.paper.reports import cell, validity_lines
 from convex_attention.paper.validity import check_uniform_attention
 
@@ -109,3 +111,77 @@ def test_the_report_states_the_degrees_of_freedom_of_the_seeds_used():
     assert "Student t, 1 degrees of freedom" not in report  # not the seeds run (2) whatever was left out
     assert "spearman_abs: 1 of 2 seeds left out (6 of 8 images NaN)" in report
     assert "tie broken at random" in report
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+
+
+def _verdict_record(accepted: bool):
+    from convex_attention.paper.protocol import Variant, benchmark_record
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
+
+    checks = [CheckResult("location_free", "t", "b", 0.5, 0.6), CheckResult("pixel_map", "t", "a", 0.2, 0.3),
+              check_maps_drive_ranking([0.1] * 5 if accepted else [0.0, 0.01, -0.01, 0.02, 0.0])]
+    return benchmark_record(checks, Variant(), 0.3, ("softmax",), (0, 1, 2, 3, 4),
+                            {"image_size": 64, "width": 8, "epochs": 4, "n_train": 512})
+
+
+def test_the_verdict_line_tells_accepted_rejected_and_not_recorded_apart():
+    """Only an accepted verdict reads as accepted; a rejected one names its failed checks and
+    a missing one says it is not recorded (found by mutation testing: ``!= "rejected"`` in
+    place of ``== "accepted"`` survived the fast suite)."""
+    from convex_attention.paper.protocol import Variants
+    from convex_attention.paper.reports import verdict_line
+
+    accepted = verdict_line(Variants(benchmark=_verdict_record(True)))
+    rejected = verdict_line(Variants(benchmark=_verdict_record(False)))
+    missing = verdict_line(Variants())
+    assert accepted.startswith("The dev stage accepted the benchmark")
+    assert "REJECTED" in rejected and "maps_drive_ranking" in rejected and "accepted the" not in rejected
+    assert "verdict on the benchmark is not recorded" in missing and "accepted the" not in missing
+    assert "--allow-rejected-benchmark" in rejected and "--allow-rejected-benchmark" in missing
+
+
+def test_the_headline_lists_a_single_seed_left_out_as_nan():
+    """One NaN seed is listed too, not only two or more (found by mutation testing)."""
+    from convex_attention.paper.reports import _headline_section
+
+    best = {"model": "exact", "method": "attention", "level": 0, "ap_mean": 0.5, "ap_ci95": 0.1}
+    post = {"model": "exact", "method": "gradcam", "level": 0, "ap_mean": 0.4, "ap_ci95": 0.1}
+    entry = {"condition": "c", "test_set": "test", "mask": "decisive", "resolution": "pixel",
+             "candidates": {"attention": 2, "posthoc": 4}, "attention": best, "posthoc": post,
+             "difference": {"ap_mean": 0.1, "ap_ci95": 0.2, "seeds": 5, "seeds_nan": 1},
+             "by_model": {"exact": {"level": 0, "ap_mean": 0.5, "ap_ci95": 0.1, "difference_mean": 0.1,
+                                    "difference_ci95": 0.2, "seeds": 5, "seeds_nan": 1}}}
+    text = "\n".join(_headline_section([entry]))
+    assert ("- c, test, decisive, pixel, best attention map against the best post-hoc map: 1 of the 5 paired "
+            "seeds left out, the difference is over 4") in text
+    assert "exact's best level against the best post-hoc map: 1 of the 5 paired seeds left out" in text
+    assert "nothing; every difference" not in text
+
+
+@pytest.mark.parametrize("seeds,fewer", [((0, 1, 2), True), ((0, 1, 2, 3), True), ((0, 1, 2, 3, 4), False)])
+def test_the_report_flags_fewer_seeds_than_the_protocol_asks_for(seeds, fewer):
+    """Fewer than 5 seeds is flagged FEWER, whatever the count below 5 (found by mutation
+    testing: ``>= 3`` in place of ``>= 5`` survived the fast suite)."""
+    from convex_attention.paper.experiment import QUICK
+    from convex_attention.paper.protocol import Variants
+    from convex_attention.paper.reports import test_report
+
+    report = test_report(QUICK.override(seeds=seeds, n_sanity=32), Variants(), {"path": "v.json", "sha256": "x"},
+                         [], [], [], [], [], [], "cpu", {})
+    assert (": FEWER, this is not the full setting" in report) == fewer
+    assert "FEWER than the 32" not in report
+
+
+@pytest.mark.parametrize("n_sanity,fewer", [(2, True), (31, True), (32, False)])
+def test_the_report_flags_fewer_sanity_images_than_the_protocol_asks_for(n_sanity, fewer):
+    """Fewer than 32 randomisation-check images is flagged FEWER (found by mutation testing:
+    ``>= 2`` in place of ``>= 32`` survived the fast suite)."""
+    from convex_attention.paper.experiment import QUICK
+    from convex_attention.paper.protocol import Variants
+    from convex_attention.paper.reports import test_report
+
+    report = test_report(QUICK.override(seeds=(0, 1, 2, 3, 4), n_sanity=n_sanity), Variants(),
+                         {"path": "v.json", "sha256": "x"}, [], [], [], [], [], [], "cpu", {})
+    assert ("(FEWER than the 32 the protocol asks for)" in report) == fewer

@@ -1,6 +1,7 @@
 """convex_attention.bench.targets: the core speed targets and the amortised dual's targets, judged from
 measured rows."""
 import json
+import math
 
 import pytest
 
@@ -221,3 +222,69 @@ def test_skipped_cells_are_counted_and_not_measured():
     (t,) = amortised_targets(good + skipped)
     assert t["met"] is True and t["skipped_cells"] == 1 and t["failed_cells"] == 0 and t["cells"] == 1
     assert "1 cell(s) skipped" in format_targets([t])
+
+
+def _verdicts(text):
+    """The verdict printed after each ratio of :func:`_format`'s text, by the ratio's name."""
+    out = {}
+    for line in text.splitlines():
+        if "   target " in line:
+            name = line.split("  ")[0].strip()
+            out[name] = line.rsplit("   ", 1)[1]
+    return out
+
+
+def test_the_core_ratios_are_met_below_and_on_a_ceiling_and_above_and_on_a_floor():
+    """Each ratio's verdict against its kind of target, the value below, exactly on and above it,
+    and a NaN ratio not measured (found by mutation testing: met and NOT met inverted, and a
+    value exactly on a ceiling judged NOT met, both survived)."""
+    from convex_attention.bench.targets import CVX_RATIO, _format
+
+    ratios = {"le-below": 2.0, "le-on": 3.0, "le-above": 4.0, "ge-below": 9e3, "ge-on": 1e4, "ge-above": 2e4,
+              CVX_RATIO: float("nan")}
+    targets = {"le-below": ("<=", 3.0), "le-on": ("<=", 3.0), "le-above": ("<=", 3.0), "ge-below": (">=", 1e4),
+               "ge-on": (">=", 1e4), "ge-above": (">=", 1e4), CVX_RATIO: (">=", 1e4)}
+    verdicts = _verdicts(_format([], ratios, targets, {}, None))
+    assert verdicts == {"le-below": "met", "le-on": "met", "le-above": "NOT met", "ge-below": "NOT met",
+                        "ge-on": "met", "ge-above": "met", CVX_RATIO: "NOT measured"}, verdicts
+
+
+@pytest.mark.parametrize("nan_size, good_size", [(8, 16), (16, 8)])  # cells are taken in either order
+def test_a_nan_amortised_violation_beside_a_good_cell_is_an_infinite_miss(nan_size, good_size):
+    """A NaN amortised violation counts as an infinite ratio, whichever cell comes first:
+    Python's max drops a NaN that is not first, and the good cell alone met the target
+    (found by mutation testing)."""
+    from convex_attention.bench.targets import amortised_targets
+
+    rows = [learned_row("zero", 0.3, size=good_size), learned_row("amortised", 0.0015, size=good_size),
+            learned_row("zero", 0.3, size=nan_size), learned_row("amortised", float("nan"), size=nan_size)]
+    (t,) = amortised_targets(rows)
+    assert t["met"] is False and t["worst_ratio"] == math.inf and t["cells"] == 2 and t["failed_cells"] == 0
+
+
+@pytest.mark.parametrize("statuses", [("error", "skipped"), ("skipped", "error")])
+def test_a_cell_with_an_errored_row_beside_a_skipped_one_failed(statuses):
+    """One row errored and the other was skipped: the cell failed (not skipped) and the
+    target is NOT met (found by mutation testing: counted as skipped, the target met over
+    the good cell)."""
+    from convex_attention.bench.targets import amortised_targets, format_targets
+
+    good = [learned_row("zero", 0.3, size=8), learned_row("amortised", 0.0015, size=8)]
+    mixed = [learned_row("zero", 0.3, size=16, status=statuses[0]),
+             learned_row("amortised", 0.001, size=16, status=statuses[1])]
+    (t,) = amortised_targets(good + mixed)
+    assert t["met"] is False and t["failed_cells"] == 1 and t["skipped_cells"] == 0 and t["cells"] == 1
+    assert "1 cell(s) FAILED" in format_targets([t])
+
+
+@pytest.mark.parametrize("levels, structure, amortised", [(2, None, 0.01), (3, None, 0.1), (3, "axial", 0.01)])
+def test_a_worst_amortised_ratio_exactly_on_its_threshold_is_met(levels, structure, amortised):
+    """The threshold is a ceiling the ratio may reach: λ = 0's violation 1, the amortised one
+    exactly the threshold (found by mutation testing: `<` for `<=` survived)."""
+    from convex_attention.bench.targets import amortised_targets
+
+    extra = {"structure": structure} if structure else {}
+    rows = [{**learned_row("zero", 1.0, levels=levels), **extra},
+            {**learned_row("amortised", amortised, levels=levels), **extra}]
+    (t,) = amortised_targets(rows)
+    assert t["worst_ratio"] == t["threshold"] == amortised and t["met"] is True

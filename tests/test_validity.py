@@ -370,3 +370,72 @@ def test_the_data_source_is_named_data_in_train_experiment_and_data_check(capsys
     assert (args.data, args.data_root) == ("brats", "r")
     assert run(["data", "check", "--dataset", "synthetic"]) == 2
     assert "unrecognized arguments: --dataset" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+
+
+def test_balanced_accuracy_is_the_mean_of_both_class_recalls():
+    """``_balanced_accuracy`` averages the recall of class 0 and of class 1, not one of them
+    twice (found by mutation testing: recall of class 1 alone survived the fast suite)."""
+    from convex_attention.paper.validity import _balanced_accuracy
+
+    truth = np.array([0] * 10 + [1] * 10)
+    predicted = np.array([0] * 10 + [1] * 5 + [0] * 5)  # recall 1.0 on class 0, 0.5 on class 1
+    value, se = _balanced_accuracy(truth, predicted)
+    assert value == pytest.approx(0.75)
+    assert se == pytest.approx(0.5 * math.sqrt(0.0 / 10 + 0.25 / 10))
+    flipped, _ = _balanced_accuracy(1 - truth, 1 - predicted)  # the recalls swap classes: same mean
+    assert flipped == pytest.approx(0.75)
+
+
+def test_cross_fitting_pools_each_set_with_its_own_predictions(monkeypatch):
+    """The pooled held-out balanced accuracy pairs set B's labels with the predictions made
+    on set B (and A's with A's); sets whose labels come in opposite orders expose a swapped
+    concatenation (found by mutation testing).  The fit is replaced by one that reads the
+    label off the feature, so the test takes milliseconds."""
+    from convex_attention.paper import validity
+
+    monkeypatch.setattr(validity, "_fit_predict",
+                        lambda train_x, train_y, test_x: (test_x[:, 0].round().astype(int),
+                                                          train_x[:, 0].round().astype(int), 1.0))
+    y_a = np.array([0] * 10 + [1] * 10)
+    y_b = y_a[::-1].copy()
+    x_a, x_b = y_a[:, None].astype(float), y_b[:, None].astype(float)  # the label is the feature
+    fit = validity._cross_fitted_bacc(x_a, y_a, x_b, y_b)
+    assert fit["train_to_test"] == 1.0 and fit["test_to_train"] == 1.0
+    assert fit["value"] == 1.0
+
+
+def test_the_pixel_map_check_reports_the_best_candidate():
+    """Check (b)'s number is the *best* candidate map's AP (the hardest to pass), on a tiny
+    input where channel 0 is the lesion mask itself (found by mutation testing: ``min``
+    in place of ``max`` survived the fast suite)."""
+    rng = np.random.default_rng(0)
+
+    def make(n):
+        masks = np.zeros((n, 8, 8), bool)
+        for i in range(n):
+            r, c = rng.integers(0, 6, 2)
+            masks[i, r:r + 2, c:c + 2] = True
+        images = rng.uniform(1.0, 2.0, size=(n, 4, 8, 8)).astype(np.float32)
+        images[:, 0] += 5.0 * masks
+        return images, masks
+
+    (tr_img, tr_mask), (te_img, te_mask) = make(6), make(6)
+    b = check_pixel_map(tr_img, tr_mask, te_img, te_mask)
+    candidates = b.detail["candidates"]
+    assert b.value == max(candidates.values()) and b.detail["best"] == max(candidates, key=candidates.get)
+    assert b.value == pytest.approx(1.0) and candidates["-channel0"] < 0.5
+    assert not b.passed
+
+
+def test_check_thresholds_are_inclusive_and_an_interval_touching_zero_fails():
+    """Exactly on its threshold a check passes (``<=`` / ``>=``), and an interval whose
+    lower end is exactly 0 does not exclude 0 (found by mutation testing)."""
+    assert CheckResult("x", "t", "m", 0.6, 0.6).passed
+    assert not CheckResult("x", "t", "m", 0.6000001, 0.6).passed
+    assert CheckResult("x", "t", "m", 0.05, 0.05, passes_below=False, ci95=0.01).passed
+    touching = CheckResult("x", "t", "m", 0.1, 0.05, passes_below=False, ci95=0.1)
+    assert 0.1 - 0.1 == 0.0 and not touching.passed and touching.status == "FAIL"
+    assert CheckResult("x", "t", "m", 0.1, 0.05, passes_below=False, ci95=0.0999).passed
