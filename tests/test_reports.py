@@ -49,17 +49,23 @@ def test_the_headline_says_which_side_its_selection_favours():
     assert "the best of 6 attention maps against the best of 24 post-hoc maps" in lines and "favours" in lines
 
 
+def _headline_entry(seeds_nan: int, model_seeds_nan: int) -> dict:
+    """A headline entry of five paired seeds, ``seeds_nan`` of them left out as NaN in the
+    best-against-best difference and ``model_seeds_nan`` in exact's own."""
+    best = {"model": "exact", "method": "attention", "level": 0, "ap_mean": 0.5, "ap_ci95": 0.1}
+    post = {"model": "exact", "method": "gradcam", "level": 0, "ap_mean": 0.4, "ap_ci95": 0.1}
+    return {"condition": "c", "test_set": "test", "mask": "decisive", "resolution": "pixel",
+            "candidates": {"attention": 2, "posthoc": 4}, "attention": best, "posthoc": post,
+            "difference": {"ap_mean": 0.1, "ap_ci95": 0.2, "seeds": 5, "seeds_nan": seeds_nan},
+            "by_model": {"exact": {"level": 0, "ap_mean": 0.5, "ap_ci95": 0.1, "difference_mean": 0.1,
+                                   "difference_ci95": 0.2, "seeds": 5, "seeds_nan": model_seeds_nan}}}
+
+
 def test_the_headline_says_which_seeds_its_paired_differences_left_out_as_nan():
     """``seeds_nan`` was computed and stored, but the report never showed it (a review)."""
     from convex_attention.paper.reports import _headline_section
 
-    best = {"model": "exact", "method": "attention", "level": 0, "ap_mean": 0.5, "ap_ci95": 0.1}
-    post = {"model": "exact", "method": "gradcam", "level": 0, "ap_mean": 0.4, "ap_ci95": 0.1}
-    entry = {"condition": "c", "test_set": "test", "mask": "decisive", "resolution": "pixel",
-             "candidates": {"attention": 2, "posthoc": 4}, "attention": best, "posthoc": post,
-             "difference": {"ap_mean": 0.1, "ap_ci95": 0.2, "seeds": 5, "seeds_nan": 2},
-             "by_model": {"exact": {"level": 0, "ap_mean": 0.5, "ap_ci95": 0.1, "difference_mean": 0.1,
-                                    "difference_ci95": 0.2, "seeds": 5, "seeds_nan": 0}}}
+    entry = _headline_entry(seeds_nan=2, model_seeds_nan=0)
     text = "\n".join(_headline_section([entry]))
     assert ("- c, test, decisive, pixel, best attention map against the best post-hoc map: 2 of the 5 paired "
             "seeds left out, the difference is over 3") in text
@@ -146,13 +152,7 @@ def test_the_headline_lists_a_single_seed_left_out_as_nan():
     """One NaN seed is listed too, not only two or more (found by mutation testing)."""
     from convex_attention.paper.reports import _headline_section
 
-    best = {"model": "exact", "method": "attention", "level": 0, "ap_mean": 0.5, "ap_ci95": 0.1}
-    post = {"model": "exact", "method": "gradcam", "level": 0, "ap_mean": 0.4, "ap_ci95": 0.1}
-    entry = {"condition": "c", "test_set": "test", "mask": "decisive", "resolution": "pixel",
-             "candidates": {"attention": 2, "posthoc": 4}, "attention": best, "posthoc": post,
-             "difference": {"ap_mean": 0.1, "ap_ci95": 0.2, "seeds": 5, "seeds_nan": 1},
-             "by_model": {"exact": {"level": 0, "ap_mean": 0.5, "ap_ci95": 0.1, "difference_mean": 0.1,
-                                    "difference_ci95": 0.2, "seeds": 5, "seeds_nan": 1}}}
+    entry = _headline_entry(seeds_nan=1, model_seeds_nan=1)
     text = "\n".join(_headline_section([entry]))
     assert ("- c, test, decisive, pixel, best attention map against the best post-hoc map: 1 of the 5 paired "
             "seeds left out, the difference is over 4") in text
