@@ -16,6 +16,7 @@ Hold :func:`convex_attention.io.lock.results_lock` while a writer is alive.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -160,20 +161,6 @@ def _key_value(v) -> str:
     return str(v)
 
 
-def row_key(row: dict) -> tuple:
-    """The identity of a bench row: the values of :data:`KEY_FIELDS` as strings
-    (numbers as the CSV writes them, so typed and read-back rows agree)."""
-    out = []
-    for k in KEY_FIELDS:
-        v = row.get(k, "")
-        if k in BENCH_SCHEMA.floats and isinstance(v, (int, str)) and not isinstance(v, bool) and v != "":
-            v = float(v)
-        elif k in BENCH_SCHEMA.ints and isinstance(v, str) and v != "":
-            v = int(v)
-        out.append(_key_value(v))
-    return tuple(out)
-
-
 def _as_column_type(column: str, value):
     """``value`` as the CSV reader will read it back (a row committed with ``scale=2`` had its
     checksum taken over "2", was written back as "2.0" on a resume, and the next resume
@@ -189,11 +176,14 @@ def _as_column_type(column: str, value):
     try:
         if isinstance(value, bool):
             raise ValueError
-        number = float(value)
         if column in BENCH_SCHEMA.floats:
-            return number
+            return float(value)
         if isinstance(value, int):
             return value
+        if isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                return int(value)  # exactly, however many digits
+        number = float(value)
         if number.is_integer():
             return int(number)
         raise ValueError
@@ -202,6 +192,18 @@ def _as_column_type(column: str, value):
         shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
         raise ValueError(f"bench row: column {column} holds {shown}, which is not {kind} the CSV could hold "
                          f"and read back") from None
+
+
+def row_key(row: dict) -> tuple:
+    """The identity of a bench row: the values of :data:`KEY_FIELDS` as strings (each typed
+    as the reader reads it, :func:`_as_column_type`, and written as the CSV writes it, so
+    that typed and read-back rows agree)."""
+    out = []
+    for k in KEY_FIELDS:
+        v = row.get(k)
+        empty = v is None or (isinstance(v, str) and v == "")
+        out.append(_key_value(None if empty else _as_column_type(k, v)))
+    return tuple(out)
 
 
 def cell_key(row: dict) -> tuple:
