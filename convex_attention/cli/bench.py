@@ -219,25 +219,27 @@ def _sweep_config(args) -> SweepConfig:
     return quick_sweep(**given) if args.quick else SweepConfig(**given)
 
 
-# The options only some rows read, and the method (or structure) that reads them.
-_READ_BY = {**{name: ("methods", "cvxpylayers") for name in ("cvx_backends", "cvx_batch", "cvx_max_cells", "budget")},
-            **{name: ("methods", "learned_dual") for name in ("fit_instances", "fit_max_values", "fit_steps",
-                                                               "amortised_steps")},
-            "levels": ("structures", "chain")}
-
-
 def _check_read(config: SweepConfig, given: dict) -> None:
     """UsageError, before any work, for an option given to a sweep none of whose rows reads
     it (``--fit-steps`` without learned_dual, ``--levels`` without the chain), as
     ``--checkpoint`` without ``--generator model`` is refused: its value would be recorded
-    for rows it never touched."""
+    for rows it never touched.  Which rows read which setting is the resume rule's
+    (:func:`convex_attention.bench.results.run_reads_setting`)."""
+    from ..bench.results import CVX_SETTINGS, FIT_SETTINGS, run_reads_setting
     from ..io.settings import declared
 
-    for name, (axis, reader) in _READ_BY.items():
-        if name in given and reader not in getattr(config, axis):
-            option, axis_option = declared(SweepConfig)[name].option(name), declared(SweepConfig)[axis].option(axis)
-            raise UsageError(f"{option} applies to {reader} only, and {axis_option} {' '.join(getattr(config, axis))} "
-                             f"leaves it out: add {reader} to {axis_option}, or leave {option} out")
+    options = declared(SweepConfig)
+    unread = [(name, "methods", "cvxpylayers" if name in CVX_SETTINGS else "learned_dual")
+              for name in CVX_SETTINGS + FIT_SETTINGS if name in given and not run_reads_setting(name, config.methods)]
+    if "cvx_backends" in given and "cvxpylayers" not in config.methods:  # a grid setting: its rows' backends
+        unread.append(("cvx_backends", "methods", "cvxpylayers"))
+    if "levels" in given and "chain" not in config.structures:  # the chain's alone
+        unread.append(("levels", "structures", "chain"))
+    if unread:
+        name, axis, reader = unread[0]
+        option, axis_option = options[name].option(name), options[axis].option(axis)
+        raise UsageError(f"{option} applies to {reader} only, and {axis_option} {' '.join(getattr(config, axis))} "
+                         f"leaves it out: add {reader} to {axis_option}, or leave {option} out")
 
 
 def _check_sweep(config: SweepConfig, args) -> None:
