@@ -63,6 +63,8 @@ CONVERGENCE_COLUMNS = ("row_id", "cell", "structure", "dims", "size", "levels", 
 # the key fields that name a cell of the sweep (the key without the series: method, backend, λ kind)
 CELL_KEY_FIELDS = tuple(k for k in KEY_FIELDS if k not in ("method", "backend", "dual_kind"))
 STATUSES = ("ok", "skipped", "error")
+# the statuses of finished rows, which a resume keeps (an error row is measured again)
+FINISHED = ("ok", "skipped")
 # the files a sweep writes into its folder
 OUTPUTS = ("bench.csv", "bench.json", "convergence.csv")
 # what else ``bench`` writes there (once the sweep is done), and would replace on a fresh start
@@ -313,7 +315,7 @@ def _kept_rows(out_dir: str) -> list[dict] | None:
         rows, _ = read_rows(os.path.join(out_dir, "bench.csv"), BENCH_SCHEMA)
     except (ResultsFormatError, OSError):
         return None
-    return [r for r in rows if r["status"] in ("ok", "skipped")]
+    return [r for r in rows if r["status"] in FINISHED]
 
 
 def _grown_config(stored: dict | None, new: dict) -> dict:
@@ -351,7 +353,7 @@ def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
             return 0, 0, str(err)
         except OSError as err:  # a folder of that name, a file that cannot be read
             return 0, 0, f"{csv_path}: cannot be read ({err.strerror or err})"
-        finished = sum(r["status"] in ("ok", "skipped") for r in rows)
+        finished = sum(r["status"] in FINISHED for r in rows)
         return len(rows) + len(problems), finished, None
     if os.path.exists(json_path):
         try:
@@ -361,7 +363,7 @@ def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
             return 0, 0, f"{json_path}: not readable JSON ({' '.join(str(err).split())[:200]})"
         if not isinstance(rows, list):
             return 0, 0, f"{json_path}: no list of rows"
-        return len(rows), sum(isinstance(r, dict) and r.get("status") in ("ok", "skipped") for r in rows), None
+        return len(rows), sum(isinstance(r, dict) and r.get("status") in FINISHED for r in rows), None
     return 0, 0, None
 
 
