@@ -33,7 +33,7 @@ from convex_attention.bench.graph_targets import draw_instance
 from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
 from convex_attention.cli import CommandParser
 from convex_attention.io.environment import environment
-from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, write_json
+from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, one_line, write_json
 from convex_attention.io.settings import positive_int
 
 
@@ -174,7 +174,7 @@ def graph_correctness(device, size: int = 16, batch: int = 3) -> list[dict]:
         ok, detail = torch.autograd.gradcheck(probs_of, leaves, eps=1e-6, atol=1e-6, rtol=1e-4,
                                               nondet_tol=NONDET_TOL), ""
     except torch.autograd.gradcheck.GradcheckError as err:
-        ok, detail = False, " ".join(str(err).split())[:300]
+        ok, detail = False, one_line(str(err), 300)
     results.append({"check": f"dual gradcheck on {device} (float64, nondet_tol {NONDET_TOL:g})", "case": "axial",
                     "error": 0.0, "tol": 0.0, "passed": bool(ok), "detail": detail})
     return results
@@ -203,7 +203,7 @@ def no_sync(device) -> list[dict]:
         except RuntimeError as err:  # the innermost frame of the package says which line synchronised
             frames = [f for f in traceback.extract_tb(err.__traceback__) if "convex_attention" in f.filename]
             where = f" at {frames[-1].filename.split('convex_attention')[-1]}:{frames[-1].lineno}" if frames else ""
-            passed, error = False, str(err)[:300] + where
+            passed, error = False, one_line(str(err), 300) + where
         finally:
             torch.cuda.set_sync_debug_mode("default")
         results.append({"check": f"{method}: forward+backward without host synchronisation",

@@ -145,3 +145,19 @@ def test_csv_fields_of_numpy_and_torch_scalars_are_their_numbers():
     assert [csv_field(v) for v in (np.float64(2.5), np.float32(0.5), torch.tensor(0.25), np.int64(3),
                                    np.float64("nan"), 1e-300, None, True)] == \
         ["2.5", "0.5", "0.25", "3", "", "1e-300", "", "True"]
+
+
+@pytest.mark.parametrize("text, limit, expected", [
+    ("a\n  b\tc", 10, "a b c"),           # every run of whitespace is one space
+    ("x" * 10, 10, "x" * 10),             # exactly the limit: kept whole
+    ("x" * 11, 10, "x" * 7 + "..."),      # one over: cut, and says so, within the limit
+    ("  \n ", 5, ""),
+])
+def test_one_line_folds_whitespace_and_marks_a_cut(text, limit, expected):
+    assert files.one_line(text, limit) == expected
+
+
+def test_an_error_reason_names_the_type_on_one_line_within_the_limit():
+    assert files.error_reason(ValueError("bad\nvalue")) == "ValueError: bad value"
+    long = files.error_reason(RuntimeError("y" * 1000))
+    assert len(long) == files.REASON_CHARS and long.startswith("RuntimeError: y") and long.endswith("...")

@@ -68,7 +68,7 @@ from ..graph import Graph
 from ..hessian import ImplicitSolveError
 from ..hierarchy import Hierarchy
 from ..io.environment import environment, load_average, now_utc, run_record
-from ..io.files import atomic_csv, check_no_earlier_outputs, write_json
+from ..io.files import REASON_CHARS, atomic_csv, check_no_earlier_outputs, error_reason, one_line, write_json
 from ..io.lock import results_lock
 from ..io.settings import SEED, Choice, Int, Many, Text, check_settings, setting
 from ..metrics import violation
@@ -351,7 +351,8 @@ def _gradients(config: GraphBenchmark, families, backends, log) -> list[dict]:
                 try:
                     grad = torch.autograd.grad(_linear_loss(h, x, temps, weights, "dual", **dual_options), x)
                 except ImplicitSolveError as err:  # a failed backward is a measured result, never skipped
-                    rows.append({**base, "solver": "dual", "status": "error", "reason": _one_line(err)})
+                    rows.append({**base, "solver": "dual", "status": "error",
+                                 "reason": one_line(str(err), REASON_CHARS)})
                     log(f"gradients {family} {setting_name} draw {draw}: dual's implicit backward failed: "
                         f"{rows[-1]['reason'][:160]}")
                     continue
@@ -426,11 +427,6 @@ def _timed(h, scores, temps, methods: dict, repeats: int, warmup: int = 2) -> di
     return measure_interleaved(cases, device=scores[0].device, repeats=repeats, warmup=warmup)
 
 
-def _one_line(err: BaseException) -> str:
-    """An error's message on one line, at most 300 characters (a row's ``reason``)."""
-    return " ".join(str(err).split())[:300]
-
-
 def _speed_row(family, h, name, backend, meas, batch, device) -> dict:
     return {"family": family, "shapes": shape_str(h), "method": name,
             "backend": backend, "device": str(device), "status": "ok", "reason": "", "batch": batch, **meas.summary(),
@@ -449,7 +445,8 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
             meas = _timed(h, [s.to(device) for s in scores], temps, {"dual": ("dual", {})}, config.repeats)["dual"]
         except ImplicitSolveError as err:
             rows.append({"family": family, "method": "dual", "backend": "", "device": str(device), "status": "error",
-                         "batch": config.speed_batch, "reason": _one_line(err), "shapes": shape_str(h)})
+                         "batch": config.speed_batch, "reason": one_line(str(err), REASON_CHARS),
+                         "shapes": shape_str(h)})
             log(f"speed {family:<13}dual failed: {rows[-1]['reason'][:160]}")
             continue
         rows.append(_speed_row(family, h, "dual", "", meas, config.speed_batch, device))
@@ -461,7 +458,7 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
             except Exception as err:  # a failing backend is a row (a solver panic is a SolverFailure)
                 rows.append({"family": family, "method": "cvxpylayers", "backend": backend,
                              "device": str(solve_device(backend, cvx_device)), "status": "error",
-                             "batch": len(sub[0]), "reason": f"{type(err).__name__}: {err}"[:300],
+                             "batch": len(sub[0]), "reason": error_reason(err),
                              "shapes": rows[-1]["shapes"]})
                 log(f"speed {family:<13}cvxpylayers[{backend}] failed: {rows[-1]['reason'][:120]}")
                 continue
@@ -518,7 +515,7 @@ def _backward(config: GraphBenchmark, families, log) -> list[dict]:
         try:
             rows += _backward_family(config, family, h, scores, temps, weights)
         except ImplicitSolveError as err:  # the family's row says so; the others go on
-            log(f"backward {family}: the implicit backward failed ({_one_line(err)[:160]}); no rows")
+            log(f"backward {family}: the implicit backward failed ({one_line(str(err), 160)}); no rows")
             continue
         log(f"backward {family:<13}" + "  ".join(f"{r['kind']} {r['parameter']:g}: {r['gradient_error']:.1e}"
                                                 for r in rows if r["family"] == family))

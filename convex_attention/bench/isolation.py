@@ -64,8 +64,9 @@ import numpy as np
 import torch
 
 from ..graph import Graph
+from ..io.files import REASON_CHARS, one_line
 
-__all__ = ["IsolatedSolver", "SolverFailed", "load_solver", "returned_duals", "describe", "one_line", "STARTUP_S"]
+__all__ = ["IsolatedSolver", "SolverFailed", "load_solver", "returned_duals", "describe", "STARTUP_S"]
 
 #: Seconds a fresh child may take to start Python and import torch and the toolkit, before
 #: it imports the solver (the solver's own import then has the per-instance timeout).
@@ -83,18 +84,11 @@ class SolverFailed(Exception):
     """The solver did not return valid duals for one instance; ``str()`` says why, in one line."""
 
 
-def one_line(text: str, limit: int) -> str:
-    """``text`` with every run of whitespace (newlines included) one space, and at most
-    ``limit`` characters (``...`` where cut)."""
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 def describe(exc: BaseException) -> str:
     """An exception in one line, no traceback (``sys.exit`` says so)."""
     if isinstance(exc, SystemExit):
         return f"called sys.exit({exc.code!r})"
-    text = one_line(str(exc), 300)
+    text = one_line(str(exc), REASON_CHARS)
     return one_line(f"raised {type(exc).__name__}" + (f": {text}" if text else ""), 400)
 
 

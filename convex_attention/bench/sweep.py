@@ -28,6 +28,7 @@ from ..cvx import BACKENDS, available_backends, backend_unavailable_reason, get_
 from ..dual import solve_dual
 from ..graph import Graph
 from ..hierarchy import Hierarchy
+from ..io.files import REASON_CHARS, error_reason, one_line
 from ..io.lock import results_lock
 from ..methods import get_method
 from ..solve import solve
@@ -230,7 +231,7 @@ def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log,
             try:
                 writer.set_extra(warmup_s=_global_warmup(config, pending))
             except _CELL_FAILURES as err:  # the cells report it: the first one fails the same way
-                log(f"the warm-up failed ({_reason(err)}); each cell reports its own errors")
+                log(f"the warm-up failed ({error_reason(err)}); each cell reports its own errors")
         bar = tqdm(pending, desc="bench", unit="cell", disable=not progress, dynamic_ncols=True)
         for index, cell, todo in bar:
             bar.set_postfix_str(f"{cell['structure']} {cell['dims']}-D {cell['size']}^{cell['dims']} "
@@ -278,10 +279,6 @@ class _Cell:
 _CELL_FAILURES = (RuntimeError, ValueError, ArithmeticError, MemoryError)
 
 
-def _reason(err: BaseException) -> str:
-    return " ".join(f"{type(err).__name__}: {err}".split())[:300]
-
-
 def _run_cell(config: SweepConfig, cell: dict, index: int, todo: list[dict], writer: ResultsWriter) -> None:
     """Measure the pending rows of one cell: the fast methods timed together, then the
     reference solver per backend under the time budget.  Whatever of it fails becomes
@@ -291,14 +288,14 @@ def _run_cell(config: SweepConfig, cell: dict, index: int, todo: list[dict], wri
         c = _prepare_cell(config, cell, index)
     except _CELL_FAILURES as err:  # the instance itself could not be made (e.g. allocated)
         for r in todo:
-            writer.commit({**_cell_columns(config, cell, index), **r, "status": "error", "reason": _reason(err)})
+            writer.commit({**_cell_columns(config, cell, index), **r, "status": "error", "reason": error_reason(err)})
         return
     unsolvable = []
     for r in todo:
         try:
             get_method(r["method"]).check_structure(c.h)
         except ValueError as err:  # the registry's refusal is the reason, recorded as information
-            writer.commit({**c.base, **r, "status": "skipped", "reason": str(err)[:300]})
+            writer.commit({**c.base, **r, "status": "skipped", "reason": one_line(str(err), REASON_CHARS)})
             unsolvable.append(r)
     todo = [r for r in todo if r not in unsolvable]
     fast = [r for r in todo if not _has_backends(get_method(r["method"]))]
@@ -312,7 +309,7 @@ def _run_cell(config: SweepConfig, cell: dict, index: int, todo: list[dict], wri
             try:
                 row = _reference_row(config, c, r, writer.rows)
             except _CELL_FAILURES as err:
-                row = {**r, "status": "error", "reason": _reason(err)}
+                row = {**r, "status": "error", "reason": error_reason(err)}
             writer.commit({**c.base, **row})
 
 
@@ -324,7 +321,7 @@ def _measure_apart(config: SweepConfig, c: _Cell, fast: list[dict], writer: Resu
     done = writer.done()
     pending = [r for r in fast if row_key(r) not in done]
     methods = list(dict.fromkeys(r["method"] for r in pending))
-    note = (f"timed apart from the cell's other methods (their interleaved run failed: {_reason(group_error)})"
+    note = (f"timed apart from the cell's other methods (their interleaved run failed: {error_reason(group_error)})"
             if len(methods) > 1 else "")
     for m in methods:
         rows = [r for r in pending if r["method"] == m]
@@ -336,7 +333,7 @@ def _measure_apart(config: SweepConfig, c: _Cell, fast: list[dict], writer: Resu
         done = writer.done()
         for r in rows:
             if row_key(r) not in done:
-                writer.commit({**c.base, **r, "status": "error", "reason": _reason(failure)})
+                writer.commit({**c.base, **r, "status": "error", "reason": error_reason(failure)})
 
 
 def _cell_columns(config: SweepConfig, cell: dict, index: int) -> dict:
@@ -545,7 +542,7 @@ def _reference_row(config: SweepConfig, c: _Cell, r: dict, rows: list[dict]) -> 
         meas = measure_interleaved({"ref": case}, device=run_device, repeats=config.cvx_repeats, warmup=1)["ref"]
     except Exception as err:  # SolverFailure names the backend, the sample and the status
         return {**r, "status": "error", "estimate_s": estimate,
-                "reason": f"{type(err).__name__}: {err}"[:300]}
+                "reason": error_reason(err)}
     sub_reference, certified = reference_solution(sub, c.h, c.temps)
     reason = f"timed on {batch} of {c.spec['batch']} samples" + ("" if certified else f"; {_UNCERTIFIED}")
     return {**r, "status": "ok", "reason": reason, "estimate_s": estimate,

@@ -21,7 +21,7 @@ import torch
 from ..cvx import available_backends
 from ..hierarchy import Hierarchy
 from ..io.environment import environment, load_average, now_utc, run_record
-from ..io.files import atomic_csv, write_json
+from ..io.files import atomic_csv, error_reason, write_json
 from ..methods import get_method
 from ..validation import dtype_name
 from .cases import make_case, shape_str
@@ -85,7 +85,7 @@ def core_benchmark(batch: int = 64, shapes=((64, 64), (32, 32)), cvx_shapes=((32
             meas = measure_interleaved({"cvx": case}, device="cpu", repeats=cvx_repeats, warmup=1)["cvx"]
         except Exception as err:  # a failing backend is reported, the others still count
             rows.append({"method": "cvxpylayers", "backend": backend, "status": "error",
-                         "reason": f"{type(err).__name__}: {err}"[:300], "shapes": shape_str(hc),
+                         "reason": error_reason(err), "shapes": shape_str(hc),
                          "batch": cvx_batch, "dtype": "float64", "device": "cpu"})
             continue
         row = _row("cvxpylayers", backend, hc, cvx_batch, torch.float64, "cpu", meas)

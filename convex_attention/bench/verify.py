@@ -79,12 +79,12 @@ from ..cvx import (
 from ..dual import reparameterized_logits, reparameterized_probs, score_offset
 from ..graph import Graph
 from ..hierarchy import Hierarchy
-from ..io.files import atomic_csv
+from ..io.files import atomic_csv, one_line
 from ..methods import get_method
 from ..solve import solve
 from .differences import five_point_derivative
 from .generators import generate, random_parents
-from .isolation import IsolatedSolver, SolverFailed, describe, load_solver, one_line, returned_duals
+from .isolation import IsolatedSolver, SolverFailed, describe, load_solver, returned_duals
 from .structures import random_structure
 from .timing import nan_max
 

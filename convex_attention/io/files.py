@@ -8,7 +8,9 @@
   only files of exactly that form for the targets it is given: never a file of the user's.
 * JSON is strict: NaN and ±Inf become ``null`` (``json.dumps(..., allow_nan=False)``).
 * :func:`csv_field` writes floats with ``repr`` (they read back exactly) and NaN/None as an
-  empty field; :func:`row_checksum` is the CRC-32 a checked table ends each row with.
+  empty field; :func:`row_checksum` is the CRC-32 a checked table ends each row with;
+  :func:`one_line` and :func:`error_reason` make a row's ``reason`` one line of at most
+  :data:`REASON_CHARS` characters (so a table stays one row per line and readable).
 * :func:`check_out_dir`: an output folder is, or can be made, a writable folder;
   :func:`check_output_files`: the names of a command's outputs are free or regular files.
 """
@@ -28,7 +30,7 @@ from dataclasses import asdict, is_dataclass
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json", "to_json_text", "json_safe",
            "csv_field", "row_checksum", "temporary_name", "clean_stale_tmp", "check_out_dir", "as_json",
-           "check_no_earlier_outputs", "check_output_files"]
+           "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason", "REASON_CHARS"]
 
 _TMP_COUNTER = itertools.count()
 
@@ -95,6 +97,22 @@ def csv_field(v) -> str:
     if hasattr(v, "item") and callable(v.item):  # numpy / torch scalars
         return csv_field(v.item())
     return str(v)
+
+
+REASON_CHARS = 300
+
+
+def one_line(text: str, limit: int) -> str:
+    """``text`` with every run of whitespace (newlines included) one space, and at most
+    ``limit`` characters (``...`` where cut)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def error_reason(err: BaseException) -> str:
+    """A row's ``reason`` for an exception: ``Type: message`` on one line, at most
+    :data:`REASON_CHARS` characters."""
+    return one_line(f"{type(err).__name__}: {err}", REASON_CHARS)
 
 
 def row_checksum(values) -> str:
