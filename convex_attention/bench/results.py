@@ -263,9 +263,13 @@ def check_resume_config(out_dir: str, config) -> None:
     ``config``) is refused too: its rows' settings cannot be checked, and resuming would
     mix rows measured under other settings and record this run's for all of them."""
     new = asdict(config) if is_dataclass(config) else dict(config or {})
-    if not os.path.exists(os.path.join(out_dir, "bench.csv")) or not existing_rows(out_dir)[0]:
+    try:
+        rows, problems = _bench_rows(out_dir)
+    except (ResultsFormatError, OSError):
+        return  # ResultsWriter refuses the unreadable file, in one line, when it loads the rows
+    if not rows and not problems:
         return  # no rows to keep (those of a bench.json without its bench.csv are dropped, and said)
-    kept = _kept_rows(out_dir)
+    kept = [r for r in rows if r["status"] in FINISHED]  # the others are measured again
     stored = stored_config(out_dir)
     if stored is None:
         raise ResumeMismatch(
@@ -279,7 +283,7 @@ def check_resume_config(out_dir: str, config) -> None:
     for name in MEASUREMENT_SETTINGS:
         if name not in stored or name not in new:
             continue
-        if kept is not None and not any(reads_setting(name, r) for r in kept):
+        if not any(reads_setting(name, r) for r in kept):
             continue  # no kept row was measured with it (e.g. --fit-steps where no row is learned_dual's)
         if "methods" in new and not run_reads_setting(name, new["methods"]):
             continue  # no row of this run reads it: the kept rows keep theirs (bench.json records the stored value)
@@ -308,14 +312,11 @@ def check_resume_config(out_dir: str, config) -> None:
                 f"--overwrite to start over, or choose another --out")
 
 
-def _kept_rows(out_dir: str) -> list[dict] | None:
-    """The rows of ``out_dir/bench.csv`` a resume keeps (finished: ``ok`` or ``skipped``;
-    the others are measured again); ``None`` where the file cannot be read."""
-    try:
-        rows, _ = read_rows(os.path.join(out_dir, "bench.csv"), BENCH_SCHEMA)
-    except (ResultsFormatError, OSError):
-        return None
-    return [r for r in rows if r["status"] in FINISHED]
+def _bench_rows(out_dir: str) -> tuple[list[dict], list[str]]:
+    """``out_dir/bench.csv``'s typed rows and its damaged ones (:func:`read_rows`); no file
+    is no rows.  Raises :class:`ResultsFormatError` or :class:`OSError` where it cannot be read."""
+    path = os.path.join(out_dir, "bench.csv")
+    return read_rows(path, BENCH_SCHEMA) if os.path.exists(path) else ([], [])
 
 
 def _grown_config(stored: dict | None, new: dict) -> dict:
@@ -348,7 +349,7 @@ def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
     csv_path, json_path = os.path.join(out_dir, "bench.csv"), os.path.join(out_dir, "bench.json")
     if os.path.exists(csv_path):
         try:
-            rows, problems = read_rows(csv_path, BENCH_SCHEMA)
+            rows, problems = _bench_rows(out_dir)
         except ResultsFormatError as err:
             return 0, 0, str(err)
         except OSError as err:  # a folder of that name, a file that cannot be read
