@@ -1,7 +1,9 @@
 """convex_attention.io.figures: the figure style, the environment line and save (PNG and PDF)."""
 import os
+import warnings
 
 import matplotlib.pyplot as plt
+import pytest
 
 from convex_attention.io import figures
 
@@ -62,3 +64,40 @@ def test_the_footer_wraps_every_caveat_and_never_cuts_one():
     assert all(len(t) <= figures.FOOTER_CHARS for t in line.splitlines())
     many = figures.env_line({**env, "runs": runs * 3})  # more runs than a line can list: their range
     assert "over 18 runs: at start 1.00–6.00, at end 1.50–6.50, 2 CPUs" in many.replace("\n", " ")
+
+
+def _log_axis_over(values):
+    fig, ax = plt.subplots(layout="constrained")
+    ax.plot([0, 1], values)
+    ax.set_yscale("log")
+    return fig
+
+
+def test_a_figure_drawn_over_an_absurd_log_axis_is_refused_and_only_its_own_figures_closed():
+    mine = plt.figure()  # the user's own figure, open before: left open
+    before = plt.get_fignums()
+    try:
+        with pytest.raises(figures.FigureLayoutError, match="could not lay it out"), warnings.catch_warnings():
+            warnings.simplefilter("error")  # matplotlib's own warnings do not leak past the guard
+            with figures.layout_guard():
+                _log_axis_over([1e-300, 1e300])  # its autoscale overflows: the axis shows 1 to 10, not the data
+        assert plt.get_fignums() == before and mine.number in before
+    finally:
+        plt.close(mine)
+
+
+def test_save_writes_nothing_of_a_figure_whose_layout_fails(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # built outside any guard: save's own guard is under test
+        fig = _log_axis_over([1e-3, 1e3])
+        fig.axes[0].set_ylim(1e-300, 1e300)  # its tick labels overflow when laid out
+    with pytest.raises(figures.FigureLayoutError):
+        figures.save(fig, str(tmp_path / "absurd.png"), notes=["float64"])
+    assert os.listdir(tmp_path) == [] and not plt.fignum_exists(fig.number)
+
+
+def test_the_guard_passes_other_warnings_on_and_lets_a_drawable_figure_be_saved(tmp_path):
+    with pytest.warns(UserWarning, match="unrelated"), figures.layout_guard():
+        warnings.warn("unrelated", UserWarning, stacklevel=1)
+        path = figures.save(_log_axis_over([1e-3, 1e3]), str(tmp_path / "fine.png"))
+    assert os.path.exists(path) and os.path.exists(tmp_path / "fine.pdf")

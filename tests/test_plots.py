@@ -4,6 +4,7 @@ import csv
 import json
 import os
 import struct
+import warnings
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -696,6 +697,35 @@ def test_rows_with_unusable_numbers_are_skipped_and_named_the_rest_is_plotted(tm
     assert set(figs) >= {"time_vs_size", "violation", "tradeoff", "speedup_exact_vs_cvxpylayers"}
 
 
+@pytest.mark.parametrize("value", [1e300, 1e-300])
+def test_a_time_no_clock_can_measure_is_skipped_and_named(tmp_path, capsys, figs, value):
+    rows = sweep_rows()
+    for col in ("fwd_ms", "bwd_ms", "total_ms", "per_sample_ms"):  # quartiles kept: only the bound can refuse
+        rows[2][col] = value
+    write_bench(str(tmp_path), rows)
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 0
+    assert f"line 4 (dual): fwd_ms={value:g} is not a measurable time" in err
+    assert f"per_sample_ms={value:g} is not a measurable time" in err
+
+
+def test_a_figure_matplotlib_cannot_lay_out_is_named_not_written_and_its_warnings_do_not_leak(tmp_path, capsys,
+                                                                                               figs):
+    rows = sweep_rows()
+    for r in rows[:4]:
+        r["violation_mean"] = r["violation_max"] = 1e300  # 300 decades above the others: a log axis overflows
+    write_bench(str(tmp_path), rows)
+    before = plt.get_fignums()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        code, err = plot_cli(tmp_path, capsys)
+    assert code == 0
+    assert "violation: matplotlib could not lay it out" in err and "not written" in err
+    written = os.listdir(tmp_path / "figures")
+    assert "violation.png" not in written and "time_vs_size.png" in written
+    assert plt.get_fignums() == before  # the refused figure is closed
+
+
 def test_nan_tokens_in_bench_json_are_read_as_null_with_a_warning(tmp_path, capsys, figs):
     write_bench(str(tmp_path), sweep_rows())
     (tmp_path / "bench.json").write_text('{"environment": {"torch": "2", "gpu": NaN}, "rows": [{"x": Infinity}]}')
@@ -1231,9 +1261,11 @@ def test_a_figure_that_cannot_be_written_removes_nothing(tmp_path, capsys, figs,
         return save(fig, path, env, notes)
 
     monkeypatch.setattr(figures, "save", full)
+    before = plt.get_fignums()
     code, err = plot_cli(results, capsys)
     assert code == 2 and "No space left on device" in err
     assert (tmp_path / "r" / "figures" / "tradeoff.png").exists()
+    assert plt.get_fignums() == before  # the figure that could not be written is not left open
 
 
 def test_the_backward_figure_draws_only_a_backward_csv_that_graphs_json_says_its_run_made(tmp_path, capsys, figs):

@@ -179,7 +179,8 @@ def _add_plot(sub) -> None:
                     "than 3 repetitions, are marked low-confidence. Every footer names the machine, the torch "
                     "threads, the load average at the start and end of the run (or that it was not recorded) and "
                     "the dtype; rows the sweep skipped or timed elsewhere are counted there. Rows with unreadable "
-                    "values are skipped and named on stderr; a figure without data is not written.")
+                    "or impossible values (a time outside 1e-12 to 1e12 ms) are skipped and named on stderr; a "
+                    "figure without data, or that matplotlib cannot lay out, is not written.")
     p.add_argument("results", help="results folder written by `bench`")
     p.add_argument("--out", default=None, help="figure folder (default: RESULTS/figures)")
     p.add_argument("--overwrite", action="store_true",

@@ -11,6 +11,7 @@ import contextlib
 import math
 import os
 import textwrap
+import warnings
 
 import matplotlib
 
@@ -19,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
 from .files import temporary_name  # noqa: E402
 
-__all__ = ["FULL_WIDTH", "HALF_WIDTH", "STYLE", "env_line", "save", "plain", "sci"]
+__all__ = ["FULL_WIDTH", "HALF_WIDTH", "STYLE", "FigureLayoutError", "layout_guard", "env_line", "save", "plain", "sci"]
 
 FULL_WIDTH = 7.0   # inches: a two-column figure
 HALF_WIDTH = 3.4   # inches: a one-column figure
@@ -29,6 +30,47 @@ LISTED_RUNS = 8  # runs whose load a footer lists one by one; of more, it gives 
 STYLE = {"font.size": 8, "axes.titlesize": 8.5, "axes.labelsize": 8, "legend.fontsize": 7,
          "xtick.labelsize": 7, "ytick.labelsize": 7, "figure.titlesize": 9, "figure.dpi": 100,
          "savefig.bbox": "tight", "pdf.fonttype": 42, "axes.spines.top": False, "axes.spines.right": False}
+
+
+class FigureLayoutError(ValueError):
+    """matplotlib could not lay the figure out (a log axis spanning hundreds of decades, from
+    values no measurement gives): the figure is not written; the message says why."""
+
+
+#: What matplotlib warns (and nothing more) when an axis spans more than floating point can
+#: draw: its log transform overflows, and the layout collapses the axes to nothing.
+_LAYOUT_FAILURES = ("overflow encountered", "axes sizes collapsed")
+
+
+@contextlib.contextmanager
+def layout_guard():
+    """Draw a figure inside this: :class:`FigureLayoutError` where matplotlib overflows or
+    collapses the axes (it mostly only warns, and would write an unreadable figure).  On
+    that, or any other exception, the figures opened inside are closed (the others are left
+    open).  Other warnings pass on as they are."""
+    opened_before = set(plt.get_fignums())
+
+    def close_own_figures():
+        for number in set(plt.get_fignums()) - opened_before:
+            plt.close(number)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except (FigureLayoutError, OverflowError):  # matplotlib's tick formatter can raise it too
+            caught.append(warnings.WarningMessage(_LAYOUT_FAILURES[1], UserWarning, __file__, 0))
+        except BaseException:
+            close_own_figures()  # a figure that failed otherwise is not left open either
+            raise
+    failed = any(f in str(w.message) for w in caught for f in _LAYOUT_FAILURES)
+    for w in caught:
+        if not any(f in str(w.message) for f in _LAYOUT_FAILURES):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    if failed:
+        close_own_figures()
+        raise FigureLayoutError("matplotlib could not lay it out (an axis spans more decades than floating point "
+                                "can draw); check the values the figure reads")
 
 
 def plain(text, limit: int = 80) -> str:
@@ -117,34 +159,44 @@ def env_line(env: dict | None, notes=()) -> str:
 
 def save(fig, path: str, env: dict | None = None, notes=()) -> str:
     """Write ``fig`` as PNG (300 dpi) and PDF with the footer of :func:`env_line` (the
-    environment, the load, and the figure's ``notes``); returns the PNG path."""
+    environment, the load, and the figure's ``notes``); returns the PNG path.
+    :class:`FigureLayoutError` (nothing written, the figure closed) where matplotlib cannot
+    lay it out or draw it (:func:`layout_guard`)."""
     line = env_line(env, notes)
-    if line:
-        # below everything drawn (legends outside the axes included), so it never covers data
-        fig.set_dpi(300)  # measure at the resolution it is saved at: text extents depend on it
-        fig.draw_without_rendering()  # the layout, without rasterising
-        fig.set_layout_engine("none")  # freeze the layout just computed: the footer is placed against it
-        renderer = fig.canvas.get_renderer()
-        for legend in fig.legends:
-            # a figure legend hangs from the figure's edge, which the tight crop moves: pin it in place
-            where = legend.get_window_extent(renderer).transformed(fig.transFigure.inverted())
-            legend.set_bbox_to_anchor(where, transform=fig.transFigure)
-            legend.set_loc("center")
-        box = fig.get_tightbbox(renderer)
-        fig.text(box.x0 / fig.get_figwidth(), (box.y0 - 0.05) / fig.get_figheight(), line, fontsize=6,
-                 color="#555555", ha="left", va="top")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    # each file written under a temporary name, then both renamed over the final ones: never a
+    # half figure, or one matplotlib could not draw, under its name, and a link there is
+    # replaced, its target never written
+    written = []
     try:
-        # each file written under a temporary name, then renamed over the final one: never a
-        # half figure under its name, and a link there is replaced, its target never written
-        for target, options in ((path, {"dpi": 300}), (os.path.splitext(path)[0] + ".pdf", {})):
-            temporary = temporary_name(target)
-            try:
-                fig.savefig(temporary, bbox_inches="tight", format=os.path.splitext(target)[1][1:], **options)
-                os.replace(temporary, target)
-            finally:
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(temporary)
+        with layout_guard():
+            fig.set_dpi(300)  # measure at the resolution it is saved at: text extents depend on it
+            fig.draw_without_rendering()  # the layout, without rasterising
+            if line:
+                _add_footer(fig, line)
+            for target, options in ((path, {"dpi": 300}), (os.path.splitext(path)[0] + ".pdf", {})):
+                written.append((temporary_name(target), target))
+                fig.savefig(written[-1][0], bbox_inches="tight", format=os.path.splitext(target)[1][1:], **options)
+        for temporary, target in written:
+            os.replace(temporary, target)
     finally:
+        for temporary, _ in written:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(temporary)
         plt.close(fig)
     return path
+
+
+def _add_footer(fig, line: str) -> None:
+    """``line`` below everything drawn (legends outside the axes included), so it never
+    covers data, against the layout just computed (frozen from here on)."""
+    fig.set_layout_engine("none")
+    renderer = fig.canvas.get_renderer()
+    for legend in fig.legends:
+        # a figure legend hangs from the figure's edge, which the tight crop moves: pin it in place
+        where = legend.get_window_extent(renderer).transformed(fig.transFigure.inverted())
+        legend.set_bbox_to_anchor(where, transform=fig.transFigure)
+        legend.set_loc("center")
+    box = fig.get_tightbbox(renderer)
+    fig.text(box.x0 / fig.get_figwidth(), (box.y0 - 0.05) / fig.get_figheight(), line, fontsize=6,
+             color="#555555", ha="left", va="top")

@@ -30,6 +30,7 @@ import os
 import shutil
 import tempfile
 
+from ...io.figures import FigureLayoutError, layout_guard
 from ...io.files import write_json
 from ._common import (
     DTYPE_COLORS,
@@ -149,6 +150,15 @@ def _draw(folder: str, out: str, log: Log) -> list[str]:
     def figure_path(name):
         return os.path.join(out, f"{name}.png")
 
+    def draw(name, fn, data, figure_env):
+        """``fn``'s figure of ``data``, or None where matplotlib cannot lay it out (said)."""
+        try:
+            with layout_guard():
+                return fn(data, figure_path(name), figure_env, log)
+        except FigureLayoutError as err:
+            log(f"{name}: {err}; not written")
+            return None
+
     def rows_of(name, required):
         """The usable rows of ``folder/name``, or None (missing, unreadable or empty: said)."""
         path = os.path.join(folder, name)
@@ -170,22 +180,25 @@ def _draw(folder: str, out: str, log: Log) -> list[str]:
             "tradeoff) are not drawn; pareto_per_structure draws its structures")
     if chain_rows:
         for name, fn in _BENCH_FIGURES.items():
-            written.append(fn(chain_rows, figure_path(name), env, log))
+            written.append(draw(name, fn, chain_rows, env))
     if chain_conv:
-        written.append(plot_convergence(chain_conv, figure_path("dual_convergence"), env, log))
+        written.append(draw("dual_convergence", plot_convergence, chain_conv, env))
     if rows and len(chain_rows) < len(rows):
-        written.append(plot_pareto_per_structure(rows, figure_path("pareto_per_structure"), env, log))
+        written.append(draw("pareto_per_structure", plot_pareto_per_structure, rows, env))
     if conv_rows and len(chain_conv) < len(conv_rows):
-        written.append(plot_convergence_per_structure(conv_rows, figure_path("dual_convergence_per_structure"),
-                                                      env, log))
+        written.append(draw("dual_convergence_per_structure", plot_convergence_per_structure, conv_rows, env))
     draw_backward, backward_env = _backward_source(folder, log)
     backward_rows = rows_of("backward.csv", ("kind",)) if draw_backward else None
     if backward_rows:
-        written.append(plot_backward(backward_rows, figure_path("backward_implicit_vs_unrolled"), backward_env, log))
+        written.append(draw("backward_implicit_vs_unrolled", plot_backward, backward_rows, backward_env))
     example = os.path.join(folder, "example.npz")
     if os.path.exists(example):
         try:
-            written.append(plot_attention_maps(example, figure_path("attention_maps"), env, log))
+            with layout_guard():
+                written.append(plot_attention_maps(example, figure_path("attention_maps"), env, log))
+        except FigureLayoutError as err:
+            log(f"attention_maps: {err}; not written")
+            written.append(None)
         except ValueError as err:
             log(f"example.npz: {err}; attention_maps not written")
             written.append(None)

@@ -123,10 +123,17 @@ def listing(items, limit: int = 5) -> str:
     return shown + (f"; and {len(items) - limit} more" if len(items) > limit else "")
 
 
+#: The times in milliseconds a figure accepts: 1 fs to 30 years.  Anything outside cannot
+#: have been measured (a hand-edited or corrupted file), and a log axis spanning it cannot be
+#: laid out (matplotlib overflows and collapses the panels).
+MEASURABLE_MS = (1e-12, 1e12)
+
+
 def number(row: dict, col: str, *, empty_ok: bool = False, positive: bool = False, nonneg: bool = False,
-            integer: bool = False) -> float | None:
+           integer: bool = False, time_ms: bool = False) -> float | None:
     """The finite float in ``row[col]``; where ``empty_ok``, None for an empty value (not
-    measured) or a column the file does not have (an older file); BadValue otherwise."""
+    measured) or a column the file does not have (an older file); BadValue otherwise.
+    ``time_ms``: a time in milliseconds, inside :data:`MEASURABLE_MS`."""
     text = row.get(col)
     if text is None:
         if empty_ok:
@@ -151,6 +158,9 @@ def number(row: dict, col: str, *, empty_ok: bool = False, positive: bool = Fals
         raise BadValue(f"{col}={text!r} is negative")
     if integer and value != int(value):
         raise BadValue(f"{col}={text!r} is not an integer")
+    if time_ms and not MEASURABLE_MS[0] <= value <= MEASURABLE_MS[1]:
+        raise BadValue(f"{col}={value:g} is not a measurable time (outside [{MEASURABLE_MS[0]:g}, "
+                       f"{MEASURABLE_MS[1]:g}] ms)")
     return value
 
 
@@ -540,7 +550,7 @@ SIZE_COLUMNS = {"dims": {"positive": True, "integer": True}, "levels": {"positiv
 
 
 def spread_columns(col: str) -> dict:
-    return {col + "_q1": {"empty_ok": True, "positive": True}, col + "_q3": {"empty_ok": True, "positive": True}}
+    return {col + "_q1": {"empty_ok": True, "time_ms": True}, col + "_q3": {"empty_ok": True, "time_ms": True}}
 
 
 # ====================================================================== results-folder figures

@@ -280,10 +280,10 @@ def timed_entries(points) -> tuple[dict, int]:
 
 #: The columns a time–violation figure reads (:func:`timed_entries`): the time per sample, the
 #: violation, and the spread and repetitions of the total time.
-TRADEOFF_NUMBERS = {"per_sample_ms": {"empty_ok": True, "positive": True}, "violation_mean": {"nonneg": True},
+TRADEOFF_NUMBERS = {"per_sample_ms": {"empty_ok": True, "time_ms": True}, "violation_mean": {"nonneg": True},
                     "timed_batch": {"empty_ok": True, "positive": True},
                     "repeats": {"empty_ok": True, "positive": True, "integer": True},
-                    "total_ms": {"empty_ok": True, "positive": True}, **spread_columns("total_ms")}
+                    "total_ms": {"empty_ok": True, "time_ms": True}, **spread_columns("total_ms")}
 
 
 def _tradeoff_cells(points) -> tuple[dict, int]:

@@ -249,8 +249,8 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
             if kind not in KIND_STYLE:
                 raise BadValue(f"kind={plain(kind, 20)!r} is not one of {', '.join(KIND_STYLE)}")
             pts.append((text_of(r, "family"), kind, number(r, "parameter", positive=True),
-                        number(r, "bwd_per_sample_ms", positive=True), number(r, "gradient_error", nonneg=True),
-                        number(r, "fwd_per_sample_ms", empty_ok=True, positive=True)))
+                        number(r, "bwd_per_sample_ms", time_ms=True), number(r, "gradient_error", nonneg=True),
+                        number(r, "fwd_per_sample_ms", empty_ok=True, time_ms=True)))
         except BadValue as err:
             skips.add(r, str(err))
     skips.report(log)

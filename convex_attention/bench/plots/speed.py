@@ -294,7 +294,7 @@ def _timed_points(rows, log: Log) -> tuple[list[Point], int]:
     row's computation)."""
     numbers = {**SIZE_COLUMNS, "timed_batch": {"empty_ok": True, "positive": True, "integer": True},
                "repeats": {"empty_ok": True, "positive": True, "integer": True},
-               "fwd_ms": {"empty_ok": True, "positive": True}, "bwd_ms": {"empty_ok": True, "positive": True},
+               "fwd_ms": {"empty_ok": True, "time_ms": True}, "bwd_ms": {"empty_ok": True, "time_ms": True},
                **spread_columns("fwd_ms"), **spread_columns("bwd_ms")}
     points = ok_points(rows, "time_vs_size", numbers, log)
     timed = [p for p in points if p.v["fwd_ms"] is not None and p.v["timed_batch"] is not None]
@@ -523,10 +523,10 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
     need = ("status", "method", "dims", "levels", "n_cells", "per_sample_ms")
     if lacks_columns(rows, need, "speedup_exact_vs_cvxpylayers", "bench.csv", log):
         return None
-    numbers = {**SIZE_COLUMNS, "per_sample_ms": {"empty_ok": True, "positive": True},
+    numbers = {**SIZE_COLUMNS, "per_sample_ms": {"empty_ok": True, "time_ms": True},
                "timed_batch": {"empty_ok": True, "positive": True, "integer": True},
                "repeats": {"empty_ok": True, "positive": True, "integer": True},
-               "total_ms": {"empty_ok": True, "positive": True}, **spread_columns("total_ms")}
+               "total_ms": {"empty_ok": True, "time_ms": True}, **spread_columns("total_ms")}
     points = [p for p in ok_points(rows, "speedup_exact_vs_cvxpylayers", numbers, log)
               if p.v["per_sample_ms"] is not None and p.v["timed_batch"] is not None
               and p.series.method in (SPEEDUP_BASE, SPEEDUP_OVER)]
