@@ -551,3 +551,291 @@ def test_a_resume_whose_data_fail_after_the_ranks_agreed_closes_its_process_grou
     _torchrun(str(script), str(folder), repr(tiny), str(tmp_path), out=str(folder))
     said = [(tmp_path / f"rank{r}").read_text() for r in (0, 1)]
     assert said == ["injected data failure; group open: False"] * 2
+
+
+# ----------------------------------------------------------------------------- selection, resume and checkpoints
+
+FAST = dict(image_size=32, width=4, embed_channels=8, n_train=16, n_val=8, batch_size=8, seed=3, progress=False,
+            device="cpu")
+
+
+def _scripted_aucs(monkeypatch, aucs):
+    """Validation replaced by one that reports the validation AUCs ``aucs``, epoch after epoch:
+    the selection's input chosen by the test, not by a model's luck."""
+    import convex_attention.paper.train as T
+
+    aucs = iter(aucs)
+
+    def scripted(model, dataset, batch_size=64, device="cpu"):
+        return {"val_loss": 0.5, "val_acc": 0.5, "val_balanced_acc": 0.5, "val_auc": next(aucs),
+                "val_threshold": 0.25, "val_balanced_acc_at_threshold": 0.5, "val_violation": 0.0}
+
+    monkeypatch.setattr(T, "evaluate", scripted)
+
+
+def test_best_pt_is_the_first_epoch_of_the_highest_auc_and_every_checkpoint_names_it(tmp_path, monkeypatch):
+    _scripted_aucs(monkeypatch, [0.6, 0.8, 0.8, 0.7])  # epochs 2 and 3 tie: the first one stays best
+    out = str(tmp_path / "run")
+    result = train(TrainConfig.build(out=out, epochs=4, lr=2e-3, **FAST))
+    best, last = read_checkpoint(os.path.join(out, "best.pt")), read_checkpoint(os.path.join(out, "last.pt"))
+    assert result["best_epoch"] == best["epoch"] == best["best_epoch"] == 2
+    assert last["epoch"] == 4 and last["best_epoch"] == 2
+    assert result["best"] == os.path.join(out, "best.pt") and result["last"] == os.path.join(out, "last.pt")
+    assert best["train_config"]["lr"] == 2e-3 and best["threshold"] == 0.25
+    rows = read(os.path.join(out, "metrics.csv"))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert [float(r["val_auc"]) for r in rows] == [0.6, 0.8, 0.8, 0.7]
+    assert all(float(r["lr"]) == 2e-3 for r in rows)  # the learning rate of the epoch
+
+
+@pytest.mark.parametrize("stored", [True, False], ids=["best_epoch", "older-checkpoint"])
+def test_a_resumed_run_keeps_the_best_epoch_of_the_run_it_continues(tmp_path, monkeypatch, stored):
+    # epoch 1 and 2 tie at 0.8; the resumed epochs do worse: epoch 1 stays best, with or
+    # without the best epoch stored in last.pt (then found again from its metrics)
+    _scripted_aucs(monkeypatch, [0.8, 0.8, 0.7, 0.75])
+    out = str(tmp_path / "run")
+    train(TrainConfig.build(out=out, epochs=2, **FAST))
+    last = os.path.join(out, "last.pt")
+    if not stored:
+        state = torch.load(last, weights_only=True)
+        del state["best_epoch"]  # as checkpoints saved before the best epoch was stored
+        torch.save(state, last)
+    result = train(TrainConfig.build(out=out, epochs=4, resume=last, **FAST))
+    assert [int(m["epoch"]) for m in result["metrics"]] == [1, 2, 3, 4]
+    assert result["best_epoch"] == read_checkpoint(os.path.join(out, "best.pt"))["epoch"] == 1
+    assert read_checkpoint(last)["best_epoch"] == 1
+
+
+def test_resume_into_another_folder_brings_the_best_checkpoint_beside_the_one_resumed(tmp_path, monkeypatch):
+    import convex_attention.paper.train as T
+
+    _scripted_aucs(monkeypatch, [0.9, 0.5])
+    first = str(tmp_path / "first")
+    train(TrainConfig.build(out=first, epochs=2, **FAST))
+    config = TrainConfig.build(out=str(tmp_path / "second"), epochs=3, resume=os.path.join(first, "last.pt"),
+                               **FAST)
+    run = T._Run(config, T.build_checked_datasets(config), None, lambda *a: None)
+    run.restore(read_checkpoint(config.resume))
+    with open(os.path.join(first, "best.pt"), "rb") as f, open(os.path.join(config.out, "best.pt"), "rb") as g:
+        assert g.read() == f.read()  # epoch 1's checkpoint, not last.pt's epoch 2
+    assert run.best_epoch == 1
+
+
+def test_resume_trains_with_the_learning_rate_and_weight_decay_asked_now(tmp_path):
+    out = str(tmp_path / "run")
+    train(TrainConfig.build(out=out, epochs=1, lr=1e-3, weight_decay=1e-3, augment=False, **FAST))
+    groups = read_checkpoint(os.path.join(out, "last.pt"))["optimizer"]["param_groups"]
+    assert all(g["lr"] == 1e-3 and g["weight_decay"] == 1e-3 for g in groups)
+    train(TrainConfig.build(out=out, epochs=2, lr=5e-4, weight_decay=2e-4, augment=False,
+                            resume=os.path.join(out, "last.pt"), **FAST))
+    last = read_checkpoint(os.path.join(out, "last.pt"))
+    assert last["epoch"] == 2
+    assert all(g["lr"] == 5e-4 and g["weight_decay"] == 2e-4 for g in last["optimizer"]["param_groups"])
+
+
+def _diverging_at(call):
+    """A model whose training loss becomes infinite at its ``call``-th training step."""
+    class Diverging(AttentionUNet):
+        calls = 0
+
+        def loss(self, out, labels):
+            loss = super().loss(out, labels)
+            if torch.is_grad_enabled():
+                type(self).calls += 1
+                if type(self).calls == call:
+                    return loss * float("inf")
+            return loss
+
+    return Diverging
+
+
+def test_the_learning_rate_is_blamed_only_after_an_update_here_or_before_the_resumed_checkpoint(tmp_path):
+    from convex_attention.paper.train import TrainingDiverged
+
+    config = TrainConfig.build(out=str(tmp_path / "a"), epochs=1, **FAST)
+    with pytest.raises(TrainingDiverged, match="at epoch 1, step 1") as first:
+        train(config, model_class=_diverging_at(1))
+    assert not first.value.lr_may_help  # no update yet
+    with pytest.raises(TrainingDiverged, match="at epoch 1, step 2") as second:
+        train(config, model_class=_diverging_at(2))
+    assert second.value.lr_may_help
+    out = str(tmp_path / "b")
+    train(TrainConfig.build(out=out, epochs=1, **FAST))
+    with pytest.raises(TrainingDiverged, match="at epoch 2, step 1") as resumed:
+        train(TrainConfig.build(out=out, epochs=2, resume=os.path.join(out, "last.pt"), **FAST),
+              model_class=_diverging_at(1))
+    assert resumed.value.lr_may_help  # the checkpoint's epoch took updates
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_shows_bars_and_epoch_lines_and_no_progress_is_silent(tmp_path, capsys, progress):
+    train(TrainConfig.build(out=str(tmp_path / "run"), epochs=1, **{**FAST, "progress": progress}))
+    out, err = capsys.readouterr()
+    if progress:
+        assert "epoch 1/1" in err and "] epoch 1: loss" in out
+    else:
+        assert out == "" and err == ""
+
+
+def _recording(seen):
+    """A model that appends every image it trains on (with gradients: not BatchNorm's pass)."""
+    class Recording(AttentionUNet):
+        def forward(self, images):
+            if torch.is_grad_enabled():
+                seen.append(images.detach().clone())
+            return super().forward(images)
+
+    return Recording
+
+
+@pytest.mark.parametrize("augment_", [False, True])
+def test_training_sees_the_images_as_given_without_augmentation_and_shuffled_each_epoch(tmp_path, augment_):
+    train_set, val_set = SyntheticLesions(16, 32, seed=5), SyntheticLesions(8, 32, seed=6)
+    seen = []
+    train(TrainConfig.build(out=str(tmp_path / "run"), epochs=2, augment=augment_, **FAST),
+          datasets=(train_set, val_set), model_class=_recording(seen))
+    given = torch.stack([train_set[i][0] for i in range(16)])
+    trained = torch.cat(seen)
+    assert trained.shape == (32, 4, 32, 32)  # 2 epochs of 2 batches of 8
+
+    def order(images):  # which of the given images each one is (-1: none of them)
+        return [next((i for i in range(16) if torch.equal(x, given[i])), -1) for x in images]
+
+    if augment_:
+        assert order(trained) == [-1] * 32
+    else:
+        first, second = order(trained[:16]), order(trained[16:])
+        assert sorted(first) == sorted(second) == list(range(16))
+        assert first != list(range(16)) and first != second  # shuffled, anew each epoch
+
+
+@pytest.mark.parametrize("recompute_bn", [True, False])
+def test_batchnorm_statistics_after_each_epoch_are_recomputed_only_when_asked(tmp_path, recompute_bn):
+    import copy
+
+    train_set, val_set = SyntheticLesions(16, 32, seed=5), SyntheticLesions(8, 32, seed=6)
+    model = train(TrainConfig.build(out=str(tmp_path / "run"), epochs=1, recompute_bn=recompute_bn, **FAST),
+                  datasets=(train_set, val_set))["model"]
+    fresh = copy.deepcopy(model)
+    assert recompute_batchnorm(fresh, train_set, batch_size=8, device="cpu")
+    stats = [(a, b) for (name, a), b in zip(model.named_buffers(), fresh.buffers()) if "running" in name]
+    assert stats
+    same = all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in stats)
+    assert same == recompute_bn  # otherwise the running averages of training mode
+
+
+def test_train_loss_and_accuracy_are_the_epochs_means_over_its_images(tmp_path):
+    steps = []
+
+    class Recording(AttentionUNet):
+        def loss(self, out, labels):
+            loss = super().loss(out, labels)
+            if torch.is_grad_enabled():
+                steps.append((float(loss.detach()), int((out.logits.argmax(1) == labels).sum()), len(labels)))
+            return loss
+
+    result = train(TrainConfig.build(out=str(tmp_path / "run"), epochs=1, **{**FAST, "n_train": 24}),
+                   model_class=Recording)
+    row = result["metrics"][0]
+    n = sum(s[2] for s in steps)
+    assert len(steps) == 3 and n == 24
+    assert row["train_loss"] == pytest.approx(sum(loss * k for loss, _, k in steps) / n)
+    assert row["train_acc"] == pytest.approx(sum(c for _, c, _ in steps) / n)
+
+
+def test_runs_of_one_seed_start_from_the_same_weights_and_other_seeds_do_not(tmp_path):
+    from convex_attention.paper.train import weights_digest
+
+    def weights(seed, name):
+        return weights_digest(train(TrainConfig.build(out=str(tmp_path / name), epochs=1, **{**FAST, "seed": seed}))[
+            "model"])
+
+    assert weights(7, "a") == weights(7, "b") != weights(8, "c")
+
+
+def test_weights_digest_tells_models_apart_by_their_buffers_too():
+    from convex_attention.paper.train import weights_digest
+
+    a = AttentionUNet(method="exact", image_size=32, width=4, embed_channels=8)
+    b = AttentionUNet(method="exact", image_size=32, width=4, embed_channels=8)
+    b.load_state_dict(a.state_dict())
+    assert weights_digest(a) == weights_digest(b)
+    with torch.no_grad():
+        next(m for m in b.modules() if isinstance(m, torch.nn.BatchNorm2d)).running_mean.add_(1.0)
+    assert weights_digest(a) != weights_digest(b)  # another model in evaluation mode
+    assert weights_digest(a, buffers=False) == weights_digest(b, buffers=False)
+
+
+def test_an_older_checkpoint_takes_its_settings_from_config_json_and_its_model_from_itself(tmp_path):
+    from convex_attention.paper.train import stored_train_config
+
+    assert stored_train_config(str(tmp_path / "old.pt"), {"config": {}}) is None  # no config.json: nothing
+    ran = TrainConfig.build(out=str(tmp_path), epochs=5, lr=2e-3, **FAST)
+    (tmp_path / "config.json").write_text(json.dumps({**ran.flat(), "width": 8}))  # a config.json edited since
+    config = stored_train_config(str(tmp_path / "old.pt"), {"config": ran.model.to_dict()})
+    assert config.epochs == 5 and config.lr == 2e-3
+    assert config.model == ran.model  # width 4, as the weights
+
+
+def test_resume_never_unpickles_the_checkpoint(tmp_path):
+    import pickle
+
+    marker = tmp_path / "PWNED"
+
+    class Planted:
+        def __reduce__(self):
+            return (os.mkdir, (str(marker),))
+
+    path = tmp_path / "last.pt"
+    path.write_bytes(pickle.dumps({"format": 1, "config": Planted(), "epoch": 1}))
+    with pytest.raises(ValueError, match="not a convex-attention checkpoint"):
+        train(TrainConfig.build(out=str(tmp_path / "run"), epochs=2, resume=str(path), **FAST))
+    assert not marker.exists()
+
+
+def test_a_checkpoint_of_another_number_of_processes_resumes_saying_the_order_differs(tmp_path):
+    out = str(tmp_path / "run")
+    train(TrainConfig.build(out=out, epochs=1, **FAST))
+    state = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    state["rng"]["world"] = 2  # as saved under torchrun with two processes
+    torch.save(state, os.path.join(out, "last.pt"))
+    lines = []
+    train(TrainConfig.build(out=out, epochs=2, resume=os.path.join(out, "last.pt"), **FAST), log=lines.append)
+    assert any("another number of processes" in line and "differ" in line for line in lines)
+
+
+def test_validation_loss_and_accuracy_are_means_over_the_images_whatever_the_batches():
+    from convex_attention.paper.train import evaluate
+
+    model = AttentionUNet(method="softmax", image_size=32, width=4, embed_channels=8).eval()
+    data = SyntheticLesions(7, 32, seed=2)
+    images, labels = torch.stack([data[i][0] for i in range(7)]), torch.tensor([int(data[i][1]) for i in range(7)])
+    with torch.no_grad():
+        logits = model(images).logits
+    expected = float(torch.nn.functional.cross_entropy(logits.double(), labels))  # softmax: no auxiliary loss
+    for batch_size in (3, 64):  # batches of 3, 3 and 1; one batch
+        m = evaluate(model, data, batch_size=batch_size)
+        assert m["val_loss"] == pytest.approx(expected, rel=1e-5)
+        assert m["val_acc"] == pytest.approx(float((logits.argmax(1) == labels).double().mean()))
+
+
+def test_the_threshold_is_one_of_the_validation_scores_even_when_none_separates():
+    # every lesion scores below every healthy image: no threshold beats predicting one class,
+    # and the one reported is still a p(class 1) of these images (never above all of them)
+    margins = torch.tensor([2.0, 3.0, -1.0, 0.5], dtype=torch.float64)
+    m = classification_metrics(torch.stack([torch.zeros(4, dtype=torch.float64), margins], 1),
+                               torch.tensor([0, 0, 1, 1]))
+    assert m["val_auc"] == 0.0 and m["val_balanced_acc_at_threshold"] == 0.5
+    assert m["val_threshold"] in [pytest.approx(float(p)) for p in torch.sigmoid(margins)]
+
+
+@pytest.mark.parametrize("field,value", [("method", "softmax"), ("width", 8)])
+def test_resume_refuses_a_checkpoint_of_another_architecture_before_any_work(tmp_path, field, value):
+    from helpers import tiny_checkpoint
+
+    path = tiny_checkpoint(tmp_path / "ckpt" / "last.pt", epoch=1, epochs=1, method="exact", width=4)
+    out = str(tmp_path / "run")
+    config = TrainConfig.build(out=out, epochs=2, resume=path, **{**FAST, "method": "exact", field: value})
+    with pytest.raises(ValueError, match=rf"another architecture \({field}: checkpoint"):
+        train(config)
+    assert not os.path.exists(out)
