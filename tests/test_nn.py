@@ -171,6 +171,8 @@ def test_temperatures_that_require_grad_are_parameters_the_module_registers():
 @pytest.mark.parametrize("kwargs, message", [
     ({"in_channels": 4, "ndim": 4}, "ndim must be 1, 2 or 3"),
     ({"in_channels": 4, "ndim": 0}, "ndim must be 1, 2 or 3"),
+    ({"in_channels": 4, "ndim": True}, "ndim must be 1, 2 or 3"),  # a bool is not a dimension count
+    ({"in_channels": True}, "in_channels"),
     ({"in_channels": 0}, "in_channels"),
     ({"in_channels": 2.0}, "in_channels"),
     ({"in_channels": 4, "embed_channels": -1}, "embed_channels"),
@@ -184,6 +186,8 @@ def test_score_head_checks_its_arguments(kwargs, message):
 def test_score_head_checks_its_input():
     with pytest.raises(ValueError, match="spatial dimension"):
         ca.ScoreHead(3)(torch.randn(2, 3, 4))
+    with pytest.raises(ValueError, match="spatial dimension"):  # too many dimensions, not only too few
+        ca.ScoreHead(3, ndim=1)(torch.randn(2, 3, 4, 5))
 
 
 def _peak(scores):
@@ -290,3 +294,203 @@ def test_fit_amortised_duals_names_its_own_argument():
     h = ca.Hierarchy.grid([(4,), (2,)])
     with pytest.raises(ValueError, match="train_scores"):
         ca.fit_amortised_duals(ca.AmortisedDuals(h), [torch.randn(2, 4)])
+
+
+# ------------------------------------------------------------------ documented behaviour (mutation testing)
+
+@pytest.mark.parametrize("build", [ca.LearnedDuals, ca.AmortisedDuals, ca.ConsistentAttention])
+def test_modules_refuse_a_structure_that_is_not_a_hierarchy_or_graph(build):
+    with pytest.raises(TypeError, match="h must be a convex_attention.Hierarchy or Graph"):
+        build([(4,), (2,)])
+
+
+@pytest.mark.parametrize("scale", ["bounded", "learned"])
+def test_score_head_is_the_documented_composition(scale):
+    """1×1 convolution, L2 normalisation over channels (per cell), ReLU, gain, 1×1 convolution,
+    written out from the head's own weights."""
+    torch.manual_seed(0)
+    head = ca.ScoreHead(5, embed_channels=6, ndim=2, scale=scale).double()
+    if scale == "learned":
+        with torch.no_grad():
+            head.log_gain.fill_(math.log(3.0))
+    features = torch.randn(2, 5, 4, 3, dtype=torch.float64)
+    We, be = head.embed.weight.detach()[:, :, 0, 0], head.embed.bias.detach()
+    ws, bs = head.score.weight.detach()[0, :, 0, 0], head.score.bias.detach()
+    e = torch.einsum("oc,bchw->bohw", We, features) + be.view(1, -1, 1, 1)
+    e = e / e.norm(dim=1, keepdim=True)
+    gain = 3.0 if scale == "learned" else 1.0
+    want = torch.einsum("o,bohw->bhw", ws, torch.relu(gain * e)) + bs
+    got = head(features).detach()
+    torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+    # |θ − b| ≤ g‖w‖ whatever the size of the features
+    big = head(1e3 * features).detach()
+    assert float((big - bs).abs().max()) <= gain * float(ws.norm()) + 1e-9
+
+
+def test_amortised_parameter_count_follows_the_documented_kernels_on_a_graph():
+    """Kernel 3 on grid maps (K = 3^ndim taps), kernel 1 on irregular maps: per edge
+    C + C·h·K + h + h·K + 1 for two layers, C = 2 channels on a graph."""
+    module = ca.AmortisedDuals(G, hidden=16, layers=2)
+
+    def per_edge(K, C=2, hidden=16):
+        return C + C * hidden * K + hidden + hidden * K + 1
+
+    # edges 0 → 1 and 0 → 2 join grids (2-D: K = 9); map 3 is irregular (K = 1)
+    assert sum(p.numel() for p in module.parameters()) == 2 * per_edge(9) + per_edge(1)
+
+
+@pytest.mark.parametrize("shapes, temps", [([(8,), (4,), (2,)], [0.5, 2.0, 1.0]),
+                                           ([(4, 4), (2, 2), (1, 2)], [1.0, 0.3, 2.0])])
+def test_amortised_features_are_centred_per_sample(shapes, temps):
+    h = ca.Hierarchy.grid(shapes)
+    g = torch.Generator().manual_seed(0)
+    scores = [3 * torch.randn((3,) + s, generator=g, dtype=torch.float64) + 5 for s in h.shapes]
+    for feat in ca.AmortisedDuals(h, temps).double().features(scores):
+        torch.testing.assert_close(feat.flatten(2).mean(2), torch.zeros(feat.shape[:2], dtype=torch.float64),
+                                   atol=1e-12, rtol=0)
+
+
+def test_graph_features_without_sweeps_start_at_the_spanning_forest_optimum():
+    """sweeps=0: the closed form of a spanning forest, zero on the other edges; the forest's
+    duals are then block-optimal (no step) and only the other edges have a step to take."""
+    h = ca.Graph.axial((4, 4))  # map 0 has two coarsenings: a forest keeps one of them
+    g = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((3,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    feats = ca.AmortisedDuals(h, [0.7, 1.0, 1.6], sweeps=0).double().features(scores)
+    lam = [float(f[:, 0].abs().max()) for f in feats]
+    step = [float(f[:, 1].abs().max()) for f in feats]
+    assert sorted(x < 1e-12 for x in lam) == [False, True]  # one edge in the forest, one outside
+    for x, d in zip(lam, step):
+        assert (x < 1e-12) == (d > 1e-3)  # in the forest: no step; outside it: a step to take
+
+
+def test_amortised_duals_check_their_scores_and_give_the_scores_compute_dtype():
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    module = ca.AmortisedDuals(h)
+    with pytest.raises(ValueError, match="scores"):
+        module([torch.randn(2, 4, 4)])
+    scores = [torch.randn((2,) + s) for s in h.shapes]
+    wide = ca.AmortisedDuals(h).double()  # more precise than the scores: allowed, output in theirs
+    assert all(d.dtype == torch.float32 for d in wide(scores))
+
+
+def test_warm_cosine_schedule_is_a_tenth_of_linear_warm_up_then_cosine_decay():
+    from convex_attention.nn import _warm_cosine
+
+    n = 50
+    factor = _warm_cosine(n)
+    cosine = [0.5 * (1 + math.cos(math.pi * i / n)) for i in range(n)]
+    ramp = [factor(i) / cosine[i] for i in range(n)]
+    assert ramp[0] > 0  # the first step moves
+    warm = n // 10
+    assert all(0 < a < b <= 1 for a, b in zip(ramp[:warm - 1], ramp[1:warm]))  # linear warm-up, rising
+    assert all(abs(r - 1) < 1e-12 for r in ramp[warm:])  # then the cosine itself
+    assert all(abs(ramp[i + 1] - ramp[i] - (ramp[1] - ramp[0])) < 1e-12 for i in range(warm - 1))
+
+
+def _parameter_trace(module, train, **kwargs):
+    """Which part (linear, residual) moved before each evaluation of the training loss."""
+    snapshots = []
+    module.register_forward_pre_hook(lambda m, args: snapshots.append(
+        ([p.detach().clone() for p in m.linear.parameters()], [p.detach().clone() for p in m.residual.parameters()])))
+    history = ca.fit_amortised_duals(module, train, **kwargs)
+    moved = []
+    for (lin0, res0), (lin1, res1) in zip(snapshots[:-1], snapshots[1:]):
+        moved.append((any(not torch.equal(a, b) for a, b in zip(lin0, lin1)),
+                      any(not torch.equal(a, b) for a, b in zip(res0, res1))))
+    return history, moved
+
+
+def test_fit_trains_the_linear_path_for_two_thirds_of_the_steps_then_the_residual():
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    train = [torch.randn((8,) + s, generator=g) for s in h.shapes]
+    torch.manual_seed(0)
+    module = ca.AmortisedDuals(h, [0.7, 1.6], hidden=4)
+    history, moved = _parameter_trace(module, train, steps=6)
+    assert len(history) == 6
+    # evaluations: one per step, then the final one; every step moves its part alone
+    assert moved[:6] == [(True, False)] * 4 + [(False, True)] * 2
+    assert all(p.requires_grad for p in module.parameters())  # the flags are restored
+
+
+def test_fit_with_a_zero_residual_rate_trains_the_linear_path_every_step():
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    train = [torch.randn((8,) + s, generator=g) for s in h.shapes]
+    torch.manual_seed(0)
+    module = ca.AmortisedDuals(h, [0.7, 1.6], hidden=4)
+    before = [p.detach().clone() for p in module.residual.parameters()]
+    history, moved = _parameter_trace(module, train, steps=5, residual_lr=0.0)
+    assert len(history) == 5 and moved[:5] == [(True, False)] * 5
+    assert all(torch.equal(a, b) for a, b in zip(before, module.residual.parameters()))
+
+
+def test_a_temperature_passed_per_pass_reaches_the_amortised_duals_and_the_loss():
+    """On two levels the untrained amortised duals are optimal at the temperatures they are
+    given; a pass at other temperatures than the module's must give them those."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    layer = ca.ConsistentAttention(h, "learned_dual", temperature=[0.5, 1.0], duals="amortised").double()
+    g = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((3,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    for temps in ([0.5, 1.0], [2.0, 0.7]):
+        exact = ca.solve(scores, h, "exact", temperature=temps)
+        override = None if temps == [0.5, 1.0] else temps
+        for got, want in zip(layer(scores, temperature=override).probs, exact.probs):
+            torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+        assert float(layer.consistency_loss(scores, temperature=override).detach()) < 1e-12
+        out = layer.attend(scores, temperature=override)
+        assert float(out.aux_loss.detach()) < 1e-12
+        for m, s, t in zip(out.maps, scores, temps):
+            torch.testing.assert_close(m, torch.softmax((s / t).flatten(1), 1).view_as(s))
+
+
+def test_the_module_consistency_loss_passes_detach_target_on():
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    layer = ca.ConsistentAttention(h, "learned_dual", temperature=[0.5, 1.0])
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    duals = [d.detach() for d in layer.learned_duals()]
+    g = torch.Generator().manual_seed(0)
+    base = [torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    grads = {}
+    for name, fn in (("module", lambda s, d: layer.consistency_loss(s, detach_target=d)),
+                     ("function", lambda s, d: ca.consistency_loss(s, duals, h, [0.5, 1.0], detach_target=d))):
+        for detach in (False, True):
+            scores = [s.clone().requires_grad_() for s in base]
+            fn(scores, detach).backward()
+            grads[name, detach] = [torch.zeros_like(s) if s.grad is None else s.grad for s in scores]
+    for detach in (False, True):
+        for a, b in zip(grads["module", detach], grads["function", detach]):
+            torch.testing.assert_close(a, b)
+    assert any(not torch.allclose(a, b) for a, b in zip(grads["module", False], grads["module", True]))
+
+
+@pytest.mark.parametrize("method", ["softmax", "learned_dual"])
+def test_check_finite_rejects_non_finite_scores_in_forward_and_attend(method):
+    bad = [torch.randn((2,) + s) for s in H.shapes]
+    bad[1][0, 0, 0] = math.nan
+    layer = ca.ConsistentAttention(H, method)
+    for call in (layer, layer.attend):
+        with pytest.raises(ValueError, match="NaN"):
+            call(bad)
+    quiet = ca.ConsistentAttention(H, method, check_finite=False)
+    quiet(bad)
+    quiet.attend(bad)
+
+
+def test_attend_rejects_non_finite_duals_when_checking():
+    layer = ca.ConsistentAttention(H, "learned_dual")
+    with torch.no_grad():
+        layer.learned_duals.duals[0][0, 0, 0] = math.inf
+    scores = [torch.randn((2,) + s) for s in H.shapes]
+    with pytest.raises(ValueError, match="NaN or Inf"):
+        layer.attend(scores)
+    ca.ConsistentAttention(H, "learned_dual", check_finite=False, duals=layer.learned_duals).attend(scores)
+
+
+def test_a_frozen_parameter_in_a_temperature_list_is_registered():
+    tau = torch.nn.Parameter(torch.tensor(0.5), requires_grad=False)
+    module = ca.ConsistentAttention(H, method="exact", temperature=[tau, 1.0, 2.0])
+    assert any(p is tau for p in module.parameters()) and "_temperature_parameters.0" in module.state_dict()
