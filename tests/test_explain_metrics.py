@@ -309,3 +309,156 @@ def test_average_precision_is_scikit_learns():
             continue
         expected = average_precision_score(mask.numpy().ravel(), m.numpy().ravel())
         assert math.isclose(average_precision(m, mask), expected, rel_tol=1e-12, abs_tol=1e-15)
+
+
+# ----------------------------------------------------------------------------- mutation-testing additions
+# Expected values below are worked by hand (or by a brute force / scikit-learn / numpy oracle),
+# never read back from the module under test.
+
+
+def test_common_form_clips_after_upsampling_and_refuses_other_ranks():
+    """The map is brought to the image grid, then made non-negative (module docstring): a
+    bilinear ramp from −4 to 4 keeps its interpolated ramp, clipped below 0."""
+    # align_corners=False, 2 -> 4 pixels: sample positions −0.25, 0.25, 0.75, 1.25 (clamped to
+    # [0, 1]) give −4, −2, 2, 4; clipped: 0, 0, 2, 4 (clipping first would give 0, 1, 3, 4)
+    up = to_common_form(torch.tensor([[-4.0, 4.0]]), (1, 4), "bilinear")
+    assert torch.allclose(up, torch.tensor([[0.0, 0.0, 2.0, 4.0]], dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"must be \(h, w\) or \(C, h, w\)"):
+        to_common_form(torch.zeros(1, 1, 2, 2), (2, 2))
+    with pytest.raises(ValueError, match=r"must be \(h, w\) or \(C, h, w\)"):
+        to_common_form(torch.zeros(1, 2, 2, 2), (2, 2))
+
+
+def test_pooled_form_refuses_a_grid_that_does_not_divide_the_rows():
+    from convex_attention.paper.explain_metrics import pooled_form
+
+    with pytest.raises(ValueError, match="cannot be sum-pooled"):
+        pooled_form(torch.ones(4, 4, dtype=torch.float64), (3, 2), normalise=False)
+
+
+def test_pooled_form_min_max_scales_every_channel_to_one_and_zeroes_a_constant_one():
+    """Per-channel min-max normalisation: a constant channel becomes zeros (docstring), a
+    channel of span 0.5 is stretched to [0, 1]; then the softmax over all cells."""
+    from convex_attention.paper.explain_metrics import pooled_form
+
+    attr = torch.empty(2, 2, 2, dtype=torch.float64)
+    attr[0] = 7.0                                         # constant -> 0 everywhere
+    attr[1] = torch.tensor([[0.0, 0.5], [0.25, 0.5]])     # span 0.5 -> [[0, 1], [0.5, 1]]
+    e = math.e
+    total = 1 + 2 * e + math.sqrt(e)
+    expected = torch.tensor([[1 / total, e / total], [math.sqrt(e) / total, e / total]], dtype=torch.float64)
+    pooled = pooled_form(attr, (2, 2), normalise=True)
+    assert torch.isfinite(pooled).all()
+    assert torch.allclose(pooled, expected, rtol=1e-12, atol=0)
+
+
+def test_the_block_map_offsets_are_exactly_the_documented_ones():
+    """Cell ``i`` (row-major) of the ``n`` cells gets ``(n − 1 − i) / n²`` when it holds
+    lesion pixels (block_map's docstring); ``mass`` reads these values."""
+    from convex_attention.paper.explain_metrics import block_map
+
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 0] = True               # cell (0, 0): 1 lesion pixel
+    mask[0, 2:4] = True             # cell (0, 1): 2
+    mask[2:4, 0] = True             # cell (1, 0): 2 (tied with (0, 1): row-major puts (0, 1) first)
+    # n = 4: offsets 3/16, 2/16, 1/16, 0 for cells 0..3; cell (1, 1) holds none and stays 0
+    expected = torch.tensor([[1 + 3 / 16, 2 + 2 / 16], [2 + 1 / 16, 0.0]], dtype=torch.float64)
+    assert torch.equal(block_map(mask, (2, 2)), expected)
+    # a 1x3 grid of a 2x6 mask, every cell tied at 1: n = 3, offsets 2/9, 1/9, 0
+    mask = torch.zeros(2, 6, dtype=torch.bool)
+    mask[0, 0] = mask[1, 3] = mask[0, 5] = True
+    assert torch.allclose(block_map(mask, (1, 3)),
+                          torch.tensor([[1 + 2 / 9, 1 + 1 / 9, 1.0]], dtype=torch.float64), rtol=1e-15, atol=0)
+
+
+def test_quantile_iou_takes_the_top_share_rounded_up():
+    """``qiou@q`` selects the pixels at or above the map's q-quantile: at least the top
+    ``1 − q`` of pixels.  On 26 distinct values the top 5 % is 1.3 pixels, so 2 pixels;
+    the top 10 % is 2.6 pixels, so 3."""
+    m = torch.arange(26, dtype=torch.float64).reshape(2, 13)
+    mask = torch.zeros(2, 13, dtype=torch.bool)
+    mask[1, 12] = True  # the top pixel only
+    values = m.numpy().ravel()
+    # numpy's (linear) q-quantile agrees on this example: 23.75 and 22.5
+    assert (values >= np.quantile(values, 0.95)).sum() == 2 and (values >= np.quantile(values, 0.90)).sum() == 3
+    assert math.isclose(quantile_iou(m, mask, 0.95), 1 / 2)
+    assert math.isclose(quantile_iou(m, mask, 0.90), 1 / 3)
+    assert math.isclose(quantile_iou(m, mask, 0.975), 1 / 1)  # 0.65 pixels -> 1
+
+
+def test_quantile_iou_against_a_brute_force_oracle():
+    """Random small maps with heavy ties: k = the least integer ≥ (1 − q)·N (exact
+    fractions), the threshold is the k-th largest value, ties with it included."""
+    from fractions import Fraction
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        h, w = int(rng.integers(1, 7)), int(rng.integers(1, 9))
+        values = rng.integers(0, 3 if trial % 2 else 50, size=(h, w)).astype(np.float64)
+        truth = rng.random((h, w)) < 0.3
+        if not truth.any():
+            truth[0, 0] = True
+        for q in (0.90, 0.95, 0.975):
+            n = h * w
+            share = (1 - Fraction(str(q))) * n
+            k = max(1, -(-share.numerator // share.denominator))
+            threshold = sorted(values.ravel(), reverse=True)[k - 1]
+            top = values >= threshold
+            expected = (top & truth).sum() / (top | truth).sum()
+            got = quantile_iou(torch.from_numpy(values), torch.from_numpy(truth), q)
+            assert math.isclose(got, expected, rel_tol=1e-12), (trial, q)
+
+
+def test_pointing_tolerance_px_is_not_rounded():
+    from convex_attention.paper.explain_metrics import pointing_tolerance_px
+
+    assert pointing_tolerance_px((100, 100)) == 15 * 100 / 240 == 6.25
+    assert pointing_tolerance_px((60, 100)) == 6.25
+
+
+def test_a_zero_tolerance_is_exact_pointing_not_the_default():
+    from convex_attention.paper.explain_metrics import pointing_tolerance, pointing_tolerance_px
+
+    mask = torch.zeros(48, 48, dtype=torch.bool)
+    mask[0, 0] = True
+    m = torch.zeros(48, 48, dtype=torch.float64)
+    m[0, 2] = 1.0  # 2 px from the mask; the default tolerance at 48 x 48 is 3 px
+    assert pointing_tolerance_px((48, 48)) == 3.0
+    assert pointing_tolerance(m, mask) == 1.0
+    assert pointing_tolerance(m, mask, 0.0) == 0.0
+    assert pointing_tolerance(m, mask, 2.0) == 1.0
+
+
+def test_score_map_reports_each_metric_under_its_own_name():
+    """score_map wires every metric to its name, with its own q and the given tolerance."""
+    from sklearn.metrics import average_precision_score
+
+    m = torch.zeros(4, 5, dtype=torch.float64)
+    m[0, 2] = 4.0  # outside the mask, 1 px from its pixel (0, 1): the single top pixel
+    m[0, 0] = 3.0  # in the mask
+    m[1, 1] = 3.0  # in the mask (tied with (0, 0))
+    m[3, 4] = 1.0  # outside
+    s = score_map(m, MASK, tolerance=1.0)
+    # ranking 4 (miss), {3, 3} (2 hits, one threshold), 1 (miss), 16 zeros (2 hits):
+    # ap = 2/4 · 2/3 + 2/4 · 4/20
+    assert math.isclose(s["ap"], 2 / 4 * 2 / 3 + 2 / 4 * 4 / 20, rel_tol=1e-12)
+    assert math.isclose(s["ap"], average_precision_score(MASK.numpy().ravel(), m.numpy().ravel()), rel_tol=1e-12)
+    # q=0.9: top 2 pixels -> threshold 3, ties included: {4, 3, 3}: 2 hits, union 5
+    assert math.isclose(s["qiou@0.9"], 2 / 5)
+    # q=0.95 and 0.975: top 1 pixel, the miss
+    assert s["qiou@0.95"] == 0.0 and s["qiou@0.975"] == 0.0
+    # strict: np.quantile(., 0.9) = 3 (position 17.1 between two 3s), '>' keeps only the 4
+    assert s["qiou_strict@0.9"] == 0.0 and s["qiou_strict@0.95"] == 0.0 and s["qiou_strict@0.975"] == 0.0
+    assert s["pointing"] == 0.0          # the top pixel misses
+    assert s["pointing_tol"] == 1.0      # ... but lies 1 px from the mask, within the given tolerance
+    assert math.isclose(s["mass"], 6 / 11)
+    # the default tolerance at 4 x 5 is 0.3125 px: the top pixel is outside it
+    assert score_map(m, MASK)["pointing_tol"] == 0.0
+    # a map where strict and tie-including q-IoU differ at every q: a perfect map plus a tie
+    t = MASK.double()
+    t[3, 4] = 1.0  # 5 tied top pixels, 4 of them in the mask
+    s = score_map(t, MASK)
+    for q in ("0.9", "0.95", "0.975"):
+        assert math.isclose(s[f"qiou@{q}"], 4 / 5)        # ties with the threshold included
+        assert s[f"qiou_strict@{q}"] == 0.0              # np.quantile is 1 at each q: nothing is strictly above
+    assert math.isclose(s["pointing"], 4 / 5) and math.isclose(s["mass"], 4 / 5)
