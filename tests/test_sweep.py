@@ -424,3 +424,399 @@ def test_a_backend_skipped_because_it_could_not_run_is_measured_on_resume_once_i
     assert [(r["backend"], r["status"]) for r in rows] == [("diffcp-clarabel", "ok")]
     rows = run_sweep(config, str(tmp_path), resume=True, progress=False, log=lambda m: None)
     assert [(r["backend"], r["status"], r["cell"]) for r in rows] == [("diffcp-clarabel", "ok", 0)]
+
+
+# ----------------------------------------------------------------------------- rows, statuses and measures
+
+def test_resolve_backends_refuses_an_unknown_backend_by_name():
+    from convex_attention.bench.sweep import resolve_backends
+
+    with pytest.raises(ValueError, match="'gurobi'.*--cvx-backends"):
+        resolve_backends(SweepConfig(cvx_backends=["diffcp-scs", "gurobi"]))
+
+
+def test_a_chain_cell_is_coarsened_by_the_sweeps_factor():
+    from convex_attention.bench.sweep import hierarchy_for
+
+    cell = {"structure": "chain", "size": 16, "dims": 2, "levels": 3, "seed": 0}
+    # level k has side size / factor**k (docs/results_format.md, `size`)
+    assert hierarchy_for(cell, 2).shapes == [(16, 16), (8, 8), (4, 4)]
+    assert hierarchy_for({**cell, "levels": 2}, 4).shapes == [(16, 16), (4, 4)]
+
+
+@pytest.mark.parametrize("structure", ["grid_regions", "mixed"])
+def test_a_cell_s_regions_are_drawn_from_its_seed(structure):
+    from convex_attention.bench.sweep import hierarchy_for
+
+    def graph(seed):
+        return hierarchy_for({"structure": structure, "size": 16, "dims": 2, "levels": 2, "seed": seed}, 2)
+
+    assert graph(1) == graph(1)
+    assert graph(1) != graph(2), "another seed, other regions"
+
+
+def test_cvx_budget_fits_from_a_spread_of_exactly_min_size_spread():
+    from convex_attention.bench.sweep import MIN_SIZE_SPREAD, cvx_estimate
+    from convex_attention.cvx import prior_seconds_per_sample
+
+    # linear cost, 1 ms per 100 cells: the fit predicts 100 ms at 10000 cells
+    at_least = cvx_rows([(100, 1.0), (100 * MIN_SIZE_SPREAD, MIN_SIZE_SPREAD)])
+    seconds, basis = cvx_estimate(at_least, 10000, batch=1, calls=1)
+    assert basis.startswith("fit over 2 measured cells") and seconds == pytest.approx(0.1)
+    # a spread short of 2 (the documented constant) is not trusted: the prior
+    assert MIN_SIZE_SPREAD == 2.0
+    short = cvx_rows([(100, 1.0), (190, 1.9)])
+    seconds, basis = cvx_estimate(short, 10000, batch=1, calls=1)
+    assert "prior cost model" in basis and seconds == pytest.approx(prior_seconds_per_sample(10000))
+
+
+def test_cvx_budget_ignores_rows_without_a_finite_positive_time():
+    from convex_attention.bench.sweep import cvx_estimate
+
+    clean = cvx_rows([(100, 1.0), (1000, 10.0)])
+    expected, _ = cvx_estimate(clean, 10000, 1, 1)
+    assert expected == pytest.approx(0.1)
+    junk = cvx_rows([(5000, math.inf), (20000, math.nan), (30000, 0.0), (40000, -1.0)])
+    junk += [{"method": "cvxpylayers", "backend": "", "status": "error", "n_cells": 50000, "per_sample_ms": 1e9},
+             {"method": "cvxpylayers", "backend": "", "status": "ok", "n_cells": math.inf, "per_sample_ms": 1.0}]
+    seconds, basis = cvx_estimate(clean + junk, 10000, 1, 1)
+    assert seconds == pytest.approx(expected) and "fit over 2 measured cells" in basis
+
+
+def test_cvx_budget_clamps_a_steep_fit_to_the_documented_slope_of_2_5():
+    """docs/benchmarks.md: "a fit over that backend's measured 3-level cells, with the slope
+    clamped to at most 2.5"."""
+    from convex_attention.bench.sweep import cvx_estimate
+
+    rows = cvx_rows([(100, 1.0), (400, 4.0 ** 12)])
+    seconds, basis = cvx_estimate(rows, 1600, batch=1, calls=1)
+    # the line at slope 2.5 through the points' centre (log-log), 4x beyond the largest size
+    centre = (math.log(1e-3) + math.log(1e-3 * 4.0 ** 12)) / 2
+    assert seconds == pytest.approx(math.exp(centre + 2.5 * math.log(1600 / 200)))
+    assert "slope 2.50" in basis
+
+
+@pytest.mark.parametrize("case", ["chain-graph", "star", "grid-regions", "mixed"])
+def test_the_reference_is_the_closed_form_on_forests_and_a_certified_tight_dual_solve_elsewhere(case):
+    """The accuracy columns' float64 reference (docs/results_format.md, `max_abs_err`): the
+    closed form on forests, the dual solver at tol 1e-11 elsewhere, certified."""
+    from helpers import random_graph_instance
+
+    import convex_attention as ca
+    from convex_attention import metrics
+    from convex_attention.bench.sweep import reference_solution
+
+    inst = random_graph_instance(case, batch=2, seed=5)
+    sol, certified = reference_solution(inst.scores, inst.h, inst.temps)
+    assert certified is True
+    if inst.h.is_forest:  # the closed form itself, not an iterative approximation of it
+        exact = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+        assert all(torch.equal(a, b) for a, b in zip(sol.probs, exact.probs))
+    # feasible and optimal to the tolerance: its violation and its duality gap
+    assert float(metrics.violation([p.double() for p in sol.probs], inst.h).max()) < 1e-10
+    assert float((sol.dual_objective - sol.objective).abs().max()) < 1e-9
+
+
+def test_the_estimate_alone_is_the_backends_own():
+    from convex_attention.bench.sweep import _cvx_estimate_s
+
+    rows = cvx_rows([(100, 1.0), (1000, 10.0)], "moreau") + cvx_rows([(100, 100.0), (1000, 1000.0)], "diffcp-scs")
+    assert _cvx_estimate_s(rows, 10000, 1, 1, backend="moreau") == pytest.approx(0.1)
+    assert _cvx_estimate_s(rows, 10000, 1, 1, backend="diffcp-scs") == pytest.approx(10.0)
+
+
+def _uncertified_reference(monkeypatch):
+    """The sweep's float64 reference stopped after one sweep of the dual solver (not certified)."""
+    from convex_attention.bench import sweep
+
+    real = sweep.solve
+
+    def solve(*args, **kwargs):
+        if kwargs.get("tol") == sweep.REFERENCE_TOL:
+            kwargs["max_iter"] = 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "solve", solve)
+
+
+def test_a_cell_whose_reference_is_not_certified_leaves_the_accuracy_columns_empty(tmp_path, monkeypatch):
+    """docs/results_format.md: max_abs_err, primal_gap and dual_gap are empty where the
+    reference stopped short, and `reason` says so; so are convergence.csv's gap columns."""
+    from convex_attention.bench.sweep import run_sweep
+    from convex_attention.io.tables import read_table
+
+    _uncertified_reference(monkeypatch)
+    config = SweepConfig(methods=["softmax", "exact", "dual"], structures=["grid_regions"], sizes=[16], batches=[2],
+                         repeats=1, warmup=1)
+    logged = []
+    rows = {r["method"]: r for r in run_sweep(config, str(tmp_path), progress=False, log=logged.append)}
+    # exact cannot solve this graph: a skipped row, left out of the warm-up and of the timed group
+    exact = rows.pop("exact")
+    assert exact["status"] == "skipped" and "forests only" in exact["reason"]
+    assert logged == [] and json.load(open(tmp_path / "bench.json"))["warmup_s"] > 0
+    for r in rows.values():
+        assert "timed apart" not in r["reason"]
+        assert r["status"] == "ok" and "did not certify" in r["reason"]
+        assert all(math.isnan(r[k]) for k in ("max_abs_err", "primal_gap", "dual_gap"))
+        assert math.isfinite(r["violation_max"]) and r["violation_max"] >= 0
+    assert rows["dual"]["violation_max"] < 1e-5 < rows["softmax"]["violation_max"]
+    conv = read_table(str(tmp_path / "convergence.csv")).rows
+    assert len(conv) >= 2 and all(r["dual_gap_max"] in ("", None) or math.isnan(float(r["dual_gap_max"]))
+                                  for r in conv)
+    assert all(math.isfinite(float(r["violation_max"])) for r in conv)
+
+
+def test_cvx_budget_fits_the_reference_solvers_rows_only():
+    from convex_attention.bench.sweep import cvx_estimate
+
+    rows = cvx_rows([(100, 1.0), (1000, 10.0)])
+    expected, _ = cvx_estimate(rows, 10000, 1, 1)
+    others = [{**r, "method": m, "per_sample_ms": 1e6} for m in ("exact", "sinkhorn", None)
+              for r in cvx_rows([(300, 0), (3000, 0)])]
+    seconds, basis = cvx_estimate(rows + others, 10000, 1, 1)
+    assert seconds == pytest.approx(expected) and "fit over 2 measured cells" in basis
+
+
+def _tiny(**kwargs):
+    return SweepConfig(**{"methods": ["softmax", "exact"], "sizes": [4, 8], "levels": [2], "batches": [2],
+                          "repeats": 1, "warmup": 1, **kwargs})
+
+
+def test_resume_of_a_finished_folder_measures_nothing_and_keeps_every_row(tmp_path):
+    """docs/results_format.md: --resume keeps the finished rows and measures only the rest;
+    each run records the rows it committed."""
+    from convex_attention.bench.sweep import run_sweep
+
+    config = _tiny()
+    first = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    assert len(first) == 4 and {r["status"] for r in first} == {"ok"}
+    again = run_sweep(config, str(tmp_path), resume=True, progress=False, log=lambda m: None)
+    def timings(rows):
+        return sorted((r["method"], r["size"], r["fwd_ms"], r["bwd_ms"], r["total_ms"]) for r in rows)
+
+    assert timings(again) == timings(first), "the kept rows as they were (their timings too): not measured again"
+    data = json.load(open(tmp_path / "bench.json"))
+    assert [run["rows"] for run in data["runs"]] == [4, 0]
+    assert data["cvx_backends"] == [], "a sweep without cvxpylayers asked for no backend"
+
+
+def test_max_cells_stops_only_when_cells_are_left(tmp_path):
+    from convex_attention.bench.sweep import run_sweep
+
+    logged = []
+    rows = run_sweep(_tiny(max_cells=1), str(tmp_path / "a"), progress=False, log=logged.append)
+    assert {r["size"] for r in rows} == {4} and len(rows) == 2
+    assert any("--max-cells" in m and "--resume" in m for m in logged)
+    logged.clear()
+    rows = run_sweep(_tiny(max_cells=2), str(tmp_path / "b"), progress=False, log=logged.append)
+    assert {r["size"] for r in rows} == {4, 8} and len(rows) == 4
+    assert not any("--max-cells" in m for m in logged), "nothing was left: no rerun to suggest"
+
+
+def test_the_progress_bar_shows_only_when_asked_for(tmp_path, capsys):
+    from convex_attention.bench.sweep import run_sweep
+
+    config = _tiny(methods=["softmax"], sizes=[4])
+    run_sweep(config, str(tmp_path / "quiet"), progress=False, log=lambda m: None)
+    assert capsys.readouterr().err == ""
+    run_sweep(config, str(tmp_path / "shown"), progress=True, log=lambda m: None)
+    err = capsys.readouterr().err
+    assert "bench" in err and "1/1" in err and "chain 2-D 4^2" in err
+
+
+def test_the_reference_solver_has_one_row_per_asked_backend_and_bench_json_names_them(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep
+
+    monkeypatch.setattr(sweep, "backend_unavailable_reason", lambda name: "not installed (simulated)")
+    config = _tiny(methods=["cvxpylayers"], sizes=[4], cvx_backends=["moreau", "diffcp-scs"])
+    rows = sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    assert [(r["backend"], r["status"]) for r in rows] == [("moreau", "skipped"), ("diffcp-scs", "skipped")]
+    assert rows[0]["reason"] == "backend moreau not installed (simulated)"
+    assert json.load(open(tmp_path / "bench.json"))["cvx_backends"] == ["moreau", "diffcp-scs"]
+
+
+def test_each_rows_measures_are_those_of_the_evaluated_instances(tmp_path):
+    """A row's accuracy columns, recomputed here on the instances of seed `seed`
+    (docs/results_format.md): violation_max/mean over samples, max_abs_err against the closed
+    form, primal_gap only for consistent methods, dual_gap NaN for softmax only, per_sample_ms =
+    total_ms / timed_batch, the dual's iterations, and its float64 history from iteration 0."""
+    import convex_attention as ca
+    from convex_attention import metrics
+    from convex_attention.bench.sweep import hierarchy_for, run_sweep
+    from convex_attention.io.tables import read_table
+
+    config = SweepConfig(methods=["softmax", "exact", "dual"], sizes=[8], levels=[2], batches=[4], repeats=1,
+                         warmup=1, generator="gaussian", scale=3.0, seed=4)
+    rows = {r["method"]: r for r in run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)}
+    h = hierarchy_for(next(config.cells()), config.factor)
+    scores64 = generate("gaussian", h, 4, seed=4, scale=3.0)
+    temps = [1.0] * h.num_maps
+    exact = ca.solve(scores64, h, "exact", temperature=temps)
+    for method in ("softmax", "dual"):
+        sol = ca.solve([s.float() for s in scores64], h, method, temperature=temps, tol=1e-6, strict=False) \
+            if method == "dual" else ca.solve([s.float() for s in scores64], h, method, temperature=temps)
+        probs = [p.double() for p in sol.probs]
+        v = metrics.violation(probs, h)
+        r = rows[method]
+        assert r["violation_max"] == pytest.approx(float(v.max()), rel=1e-3, abs=1e-9)
+        assert r["violation_mean"] == pytest.approx(float(v.mean()), rel=1e-3, abs=1e-9)
+        err = max(float((p - q).abs().max()) for p, q in zip(probs, exact.probs))
+        assert r["max_abs_err"] == pytest.approx(err, rel=1e-3, abs=1e-9)
+    assert rows["softmax"]["violation_max"] > 1.1 * rows["softmax"]["violation_mean"], "the samples differ"
+    assert math.isnan(rows["softmax"]["primal_gap"]) and math.isnan(rows["softmax"]["dual_gap"])
+    for method in ("exact", "dual"):
+        assert 0 <= rows[method]["primal_gap"] < 1e-3 and -1e-4 < rows[method]["dual_gap"] < 1e-3
+    for r in rows.values():
+        assert r["timed_batch"] == 4 and r["per_sample_ms"] == pytest.approx(r["total_ms"] / 4)
+    dual = ca.solve([s.float() for s in scores64], h, "dual", temperature=temps, tol=1e-6, strict=False)
+    its = dual.info["iterations"].float()
+    assert rows["dual"]["iterations_max"] == int(its.max()) and rows["dual"]["iterations_mean"] == float(its.mean())
+    conv = read_table(str(tmp_path / "convergence.csv")).rows
+    assert [int(c["iteration"]) for c in conv] == list(range(len(conv)))
+    # iteration 0 is λ = 0 on a chain: the float64 softmax's violation; the last, below 1e-10
+    softmax64 = metrics.violation(ca.solve(scores64, h, "softmax", temperature=temps).probs, h)
+    assert float(conv[0]["violation_max"]) == pytest.approx(float(softmax64.max()), rel=1e-9)
+    assert float(conv[-1]["violation_max"]) <= 1e-10
+
+
+def _cvx_config(**kwargs):
+    return _tiny(**{"methods": ["cvxpylayers"], "sizes": [4], "batches": [4], "cvx_backends": ["diffcp-clarabel"],
+                    **kwargs})
+
+
+def test_a_reference_cell_over_the_budget_is_skipped_with_its_estimate(tmp_path):
+    """docs/results_format.md, `estimate_s`: --cvx-batch samples x (1 warm-up + cvx_repeats)
+    calls, checked against --budget; a cell of exactly --cvx-max-cells cells is not over the cap."""
+    from convex_attention.bench.sweep import run_sweep
+    from convex_attention.cvx import CVX_PRIORS, prior_seconds_per_sample
+
+    config = _cvx_config(budget=1e-9, cvx_max_cells=20, cvx_batch=2)  # a 4x4+2x2 cell: 20 cells
+    (row,) = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    expected = prior_seconds_per_sample(20, CVX_PRIORS["diffcp-clarabel"]) * 2 * (1 + config.cvx_repeats)
+    assert row["status"] == "skipped" and "budget" in row["reason"] and "cap" not in row["reason"]
+    assert row["estimate_s"] == pytest.approx(expected)
+
+
+def test_a_reference_cell_that_fails_is_an_error_row_never_ok(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep
+
+    real = sweep.measure_interleaved
+
+    def failing(cases, **kwargs):
+        if "ref" in cases:
+            raise RuntimeError("SolverFailure: diffcp-clarabel, sample 0: infeasible (simulated)")
+        return real(cases, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure_interleaved", failing)
+    (row,) = sweep.run_sweep(_cvx_config(), str(tmp_path / "a"), progress=False, log=lambda m: None)
+    assert row["status"] == "error" and row["reason"].startswith("RuntimeError: SolverFailure: diffcp-clarabel")
+    assert row["estimate_s"] > 0
+    # a failure before the solve (here: the estimate itself) is an error row too
+    monkeypatch.setattr(sweep, "cvx_estimate",
+                        lambda *a, **k: (_ for _ in ()).throw(ValueError("bad rows (simulated)")))
+    (row,) = sweep.run_sweep(_cvx_config(), str(tmp_path / "b"), progress=False, log=lambda m: None)
+    assert row["status"] == "error" and row["reason"] == "ValueError: bad rows (simulated)"
+
+
+@pytest.mark.slow
+def test_a_measured_reference_row_is_timed_on_cvx_batch_samples(tmp_path, monkeypatch):
+    """An ok cvxpylayers row: timed on --cvx-batch of the cell's samples and says so, no peak
+    memory (NaN), accurate against the reference; where the reference is not certified, its
+    accuracy columns are empty and its reason says so."""
+    from convex_attention.bench.sweep import run_sweep
+
+    _uncertified_reference(monkeypatch)
+    config = _cvx_config(structures=["chain", "axial"], cvx_batch=2)
+    rows = {r["structure"]: r for r in run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)}
+    for r in rows.values():
+        assert r["status"] == "ok" and r["reason"].startswith("timed on 2 of 4 samples")
+        assert r["timed_batch"] == 2 and r["per_sample_ms"] == pytest.approx(r["total_ms"] / 2)
+        assert math.isnan(r["peak_mem_mb"]) and r["violation_max"] < 1e-6
+    assert rows["chain"]["max_abs_err"] < 1e-6 and "certify" not in rows["chain"]["reason"]
+    assert "did not certify" in rows["axial"]["reason"] and math.isnan(rows["axial"]["max_abs_err"])
+
+
+def test_a_lone_method_retried_after_its_group_failed_does_not_claim_other_methods(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep
+
+    real, failed = sweep.measure_interleaved, []
+
+    def fails_once(cases, **kwargs):
+        if kwargs.get("repeats") and not failed:  # the cell's first timed run (not the warm-up)
+            failed.append(sorted(cases))
+            raise RuntimeError("out of memory (simulated, once)")
+        return real(cases, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure_interleaved", fails_once)
+    (row,) = sweep.run_sweep(_tiny(methods=["softmax"], sizes=[4]), str(tmp_path), progress=False,
+                             log=lambda m: None)
+    assert failed == [["softmax"]]
+    assert row["status"] == "ok" and row["reason"] == "", "no other method was timed with it"
+
+
+def test_learned_dual_rows_use_their_own_lambda(tmp_path):
+    """zero: λ = 0, p(0) is the per-map softmax (softmax's violation); per_sample: each
+    sample's optimal λ (consistent); fitted/amortised: trained on fit_instances(...) instances,
+    --fit-max-values capping them, and their reason says how many."""
+    from convex_attention.bench.sweep import fit_instances, run_sweep
+
+    config = SweepConfig(methods=["softmax", "learned_dual"], sizes=[8], levels=[2], batches=[2], repeats=1,
+                         warmup=1, fit_instances=64, fit_max_values=400, fit_steps=2, amortised_steps=2)
+    n = fit_instances(config, 80)  # an 8x8+4x4 cell: 80 cells
+    assert n < 64
+    rows = {r["dual_kind"] or r["method"]: r for r in run_sweep(config, str(tmp_path), progress=False,
+                                                                 log=lambda m: None)}
+    assert rows["zero"]["violation_max"] == pytest.approx(rows["softmax"]["violation_max"], rel=1e-4)
+    assert rows["per_sample"]["violation_max"] < 1e-5 < rows["zero"]["violation_max"]
+    for kind in ("fitted", "amortised"):
+        assert rows[kind]["reason"] == f"trained on {n} training instances"
+
+
+def test_the_dual_rows_iterations_are_its_samples_mean_and_max(tmp_path):
+    import convex_attention as ca
+    from convex_attention.bench.sweep import hierarchy_for, run_sweep
+    from convex_attention.io.tables import read_table
+
+    config = SweepConfig(methods=["dual"], structures=["axial"], sizes=[4], batches=[4], repeats=1, warmup=1,
+                         generator="gaussian", scale=3.0, seed=4)
+    (row,) = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    h = hierarchy_for(next(config.cells()), config.factor)
+    scores = [s.float() for s in generate("gaussian", h, 4, seed=4, scale=3.0)]
+    its = ca.solve(scores, h, "dual", temperature=[1.0] * h.num_maps, tol=1e-6, strict=False).info["iterations"]
+    assert int(its.max()) > int(its.min()), "samples that take different numbers of sweeps"
+    assert row["iterations_max"] == int(its.max())
+    assert row["iterations_mean"] == pytest.approx(float(its.float().mean()))
+    # its float64 history runs to min(dual_tol, 1e-10) (docs/results_format.md, convergence.csv)
+    history = read_table(str(tmp_path / "convergence.csv")).rows
+    assert float(history[-1]["violation_max"]) <= 1e-10 < float(history[0]["violation_max"])
+
+
+def test_a_backend_that_solves_on_another_device_is_skipped_and_points_there(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from convex_attention.bench import sweep
+
+    monkeypatch.setattr(sweep, "backend_unavailable_reason", lambda name: None)
+    monkeypatch.setattr(sweep, "get_backend", lambda name, **kw: SimpleNamespace(devices=("cuda",)))
+    (row,) = sweep.run_sweep(_cvx_config(devices=["cpu"]), str(tmp_path), progress=False, log=lambda m: None)
+    assert row["status"] == "skipped" and row["reason"] == "diffcp-clarabel solves on cuda; see the cuda cells"
+
+
+def test_one_sample_whose_reference_stops_short_leaves_the_cell_uncertified(monkeypatch):
+    from helpers import random_graph_instance
+
+    from convex_attention.bench import sweep
+
+    real = sweep.solve
+
+    def second_sample_stops_short(*args, **kwargs):
+        sol = real(*args, **kwargs)
+        if kwargs.get("tol") == sweep.REFERENCE_TOL:
+            sol.info["converged"][1] = False
+        return sol
+
+    monkeypatch.setattr(sweep, "solve", second_sample_stops_short)
+    inst = random_graph_instance("grid-regions", batch=3, seed=1)
+    assert sweep.reference_solution(inst.scores, inst.h, inst.temps)[1] is False
+    chain = random_graph_instance("chain-graph", batch=3, seed=1)  # a forest: the closed form, always certified
+    assert sweep.reference_solution(chain.scores, chain.h, chain.temps)[1] is True
