@@ -118,8 +118,24 @@ def test_rank_correlation():
     g = np.random.default_rng(0)
     x, y = g.normal(size=50), g.integers(0, 4, size=50)  # ties in y
     assert math.isclose(rank_correlation(x, y), spearmanr(x, y).statistic, rel_tol=1e-12)
-    with pytest.raises(ValueError, match="different sizes"):
+    with pytest.raises(ValueError, match="different shapes"):
         rank_correlation(a, a[:2])
+    with pytest.raises(ValueError, match="different shapes"):  # as many cells, but not the same pixels
+        rank_correlation(a, a.reshape(4, 3))
+    # one ranking, any scale: exactly 1 and -1, never a rounding step past them
+    for n in range(2, 60):
+        v = g.normal(size=n)
+        assert -1.0 <= rank_correlation(v, 3 * v + 2) <= 1.0 and -1.0 <= rank_correlation(v, -v) <= 1.0
+
+
+def test_balanced_accuracies_are_nan_with_one_class_present():
+    """Both balanced accuracies follow balanced_accuracy_at's rule: with one class the mean of
+    the recalls present would score one class's recall as balanced."""
+    from convex_attention.paper.sanity import classification
+
+    m = classification(torch.log(torch.tensor([[0.1, 0.9], [0.8, 0.2]])), torch.tensor([1, 1]), 0.5)
+    assert math.isnan(m["bacc"]) and math.isnan(m["bacc_argmax"]) and math.isnan(m["auc"])
+    assert m["acc"] == 0.5
 
 
 def test_randomised_copy_is_fresh_and_leaves_the_rng_alone():
@@ -217,3 +233,195 @@ def test_predict_reports_no_number_for_outputs_that_are_not_finite():
         model.classifier.bias.fill_(torch.finfo(torch.float32).max)
     with pytest.raises(NonFiniteOutput, match="logits .* not scored"):
         predict(model, _data(4))
+
+
+def test_predict_keeps_the_order_every_batch_and_evaluation_mode():
+    from convex_attention.paper.sanity import predict
+
+    model, data = _tiny("exact"), _data(5)
+    model.train()  # predict must switch to evaluation mode itself (BatchNorm: running statistics)
+    pred = predict(model, data, batch_size=2, keep_maps=True)  # 3 batches: 2 + 2 + 1
+    model.eval()
+    with torch.no_grad():
+        out = model(data.images)
+    assert pred["logits"].dtype == torch.float64 and torch.equal(pred["labels"], torch.as_tensor(data.labels))
+    assert torch.allclose(pred["logits"], out.logits.double(), atol=1e-5)
+    assert len(pred["maps"]) == len(out.maps) == 2 and len(pred["scores"]) == 2
+    for got, expected in zip(pred["maps"] + pred["scores"], list(out.maps) + list(out.scores)):
+        assert got.shape == expected.shape and torch.allclose(got, expected.double(), atol=1e-5)
+    assert pred["violation"].shape == (5,)
+
+
+def test_balanced_accuracy_threshold_is_inclusive_and_argmax_metrics_by_hand():
+    from sklearn.metrics import balanced_accuracy_score
+
+    from convex_attention.paper.sanity import balanced_accuracy_at, classification
+
+    assert balanced_accuracy_at([0.5, 0.2], [1, 0], 0.5) == 1.0  # p1 >= threshold predicts class 1
+    assert math.isnan(balanced_accuracy_at([0.5, 0.2], [1, 0], math.inf))
+    # argmax predictions: TN = 3, FP = 1, FN = 2, TP = 2 (recalls 3/4 and 2/4; not symmetric in pred and y)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    p1 = np.array([0.1, 0.2, 0.3, 0.8, 0.4, 0.45, 0.9, 0.7])
+    m = classification(torch.log(torch.tensor(np.stack([1 - p1, p1], 1))), torch.tensor(y), 0.5)
+    assert math.isclose(m["bacc_argmax"], (3 / 4 + 2 / 4) / 2)
+    assert math.isclose(m["bacc_argmax"], balanced_accuracy_score(y, (p1 > 0.5).astype(int)))
+    assert math.isclose(m["acc"], 5 / 8)
+
+
+def test_map_statistics_per_image_means_against_scipy():
+    from scipy.stats import entropy as scipy_entropy
+
+    from convex_attention.paper.sanity import map_statistics
+
+    p = np.array([[1 - 3e-4, 1e-4, 1e-4, 1e-4], [0.4, 0.3, 0.2, 0.1]])  # two images, different sharpness
+    (s,) = map_statistics([torch.tensor(p).view(2, 2, 2)], [])
+    h = [scipy_entropy(row) for row in p]  # nats
+    assert s["level"] == 0 and s["cells"] == 4
+    assert math.isclose(s["entropy"], np.mean(h), rel_tol=1e-12)
+    assert math.isclose(s["entropy_ratio"], np.mean(h) / math.log(4), rel_tol=1e-12)
+    assert math.isclose(s["n_max_p"], 4 * (p[0].max() + p[1].max()) / 2, rel_tol=1e-12)
+    assert math.isnan(s["score_range"])  # no scores (a model without them hands [])
+    levels = map_statistics([torch.full((1, 2, 2), 0.25), torch.full((1, 3, 3), 1 / 9)])
+    assert [e["level"] for e in levels] == [0, 1] and [e["cells"] for e in levels] == [4, 9]
+
+
+def test_uniform_and_shuffled_maps_of_chosen_levels_only():
+    from convex_attention.paper.sanity import shuffled_maps, uniform_maps
+
+    cells = torch.arange(1.0, 17.0) / 136  # 16 distinct values
+    maps = [torch.stack([cells, cells]).view(2, 4, 4), torch.stack([cells, cells.flip(0)]).view(2, 4, 4)]
+    u = uniform_maps(maps, (1,))
+    assert torch.equal(u[0], maps[0]) and torch.equal(u[1], torch.full((2, 4, 4), 1 / 16))
+    s = shuffled_maps(maps, torch.Generator().manual_seed(0), (1,))
+    assert torch.equal(s[0], maps[0]) and not torch.equal(s[1], maps[1])
+    assert torch.equal(s[1].flatten(1).sort(1).values, maps[1].flatten(1).sort(1).values)
+    # independently per image: two images with the same cells are permuted differently
+    both = shuffled_maps(maps, torch.Generator().manual_seed(0))[0]
+    assert not torch.equal(both[0], both[1])
+    # seeded by the generator, not the global RNG
+    torch.manual_seed(123)
+    first = shuffled_maps(maps, torch.Generator().manual_seed(5))
+    torch.manual_seed(456)
+    second = shuffled_maps(maps, torch.Generator().manual_seed(5))
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+def test_randomised_copy_is_the_seeded_initialisation():
+    from convex_attention.paper.models import AttentionUNet
+    from convex_attention.paper.sanity import randomised_copy
+
+    model = _tiny("exact")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(7)
+        by_hand = AttentionUNet(config=model.config).state_dict()
+    fresh = randomised_copy(model, seed=7).state_dict()
+    assert all(torch.equal(fresh[k], by_hand[k]) for k in by_hand)
+    other = randomised_copy(model, seed=8).state_dict()
+    assert not torch.equal(other["classifier.weight"], fresh["classifier.weight"])
+
+
+def test_native_form_by_hand():
+    from convex_attention.paper.sanity import native_form
+
+    attribution = torch.tensor([[[1.0, -2.0], [3.0, -4.0]], [[-5.0, 1.0], [2.0, 0.5]]])  # (C=2, H=2, W=2)
+    assert torch.equal(native_form(attribution), torch.tensor([[6.0, 3.0], [5.0, 4.5]], dtype=torch.float64))
+    assert torch.equal(native_form(attribution, True), torch.tensor([[-4.0, -1.0], [5.0, -3.5]], dtype=torch.float64))
+    grid = torch.tensor([[0.5, -1.0, 2.0], [-3.0, 0.0, 1.0]])  # (h=2, w=3), e.g. GradCAM before its ReLU
+    assert torch.equal(native_form(grid), grid.abs().double())
+    assert torch.equal(native_form(grid, True), grid.double())
+
+
+def test_randomisation_check_rows_against_scipy(monkeypatch):
+    from scipy.stats import spearmanr
+
+    import convex_attention.paper.sanity as sanity
+    from convex_attention.paper.models import AttentionUNet
+
+    calls = []
+
+    def fake_explanations(model, images, target, posthoc):  # new, signed maps on every call
+        g = torch.Generator().manual_seed(len(calls))
+        maps = {("attention", 0): torch.randn(len(images), 3, 3, generator=g),
+                ("lrp", -1): torch.randn(len(images), 2, 3, 3, generator=g)}
+        calls.append({"model": model, "classifier": model.classifier.weight.detach().clone(), "target": target,
+                      "posthoc": posthoc, "maps": maps})
+        return maps
+
+    monkeypatch.setattr(sanity, "explanations", fake_explanations)
+    model, images = _tiny("exact"), torch.zeros(3, 1, 32, 32)
+    original = fake_explanations(model, images, "pred", False)
+    rows = sanity.randomisation_check(model, images, target="pred", seed=5, posthoc=False, original=original)
+    stages = sanity.cascade_stages(model)
+    assert len(calls) == 1 + len(stages)  # the given original is used, not recomputed
+    assert all(c["target"] == "pred" and c["posthoc"] is False and c["model"] is not model for c in calls[1:])
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(5)
+        fresh = AttentionUNet(config=model.config).classifier.weight.detach()
+    assert all(torch.equal(c["classifier"], fresh) for c in calls[1:])  # the classifier is re-initialised first
+    assert len(rows) == len(stages) * 2 * 3
+    for r in rows:
+        m = original[(r["method"], r["level"])][r["position"]].double().numpy()
+        x = calls[1 + r["stage_index"]]["maps"][(r["method"], r["level"])][r["position"]].double().numpy()
+        assert r["stage"] == stages[r["stage_index"]][0]
+        if m.ndim == 3:  # input attribution: summed over channels (absolute values, or with signs)
+            m_abs, x_abs, m_signed, x_signed = np.abs(m).sum(0), np.abs(x).sum(0), m.sum(0), x.sum(0)
+        else:
+            m_abs, x_abs, m_signed, x_signed = np.abs(m), np.abs(x), m, x
+        assert math.isclose(r["spearman_abs"], spearmanr(m_abs.ravel(), x_abs.ravel()).statistic, rel_tol=1e-9)
+        assert math.isclose(r["spearman_signed"], spearmanr(m_signed.ravel(), x_signed.ravel()).statistic,
+                            rel_tol=1e-9)
+    calls.clear()  # without ``original``: the trained model's maps are computed the same way
+    rows = sanity.randomisation_check(model, images, target="pred", seed=5, posthoc=False)
+    assert calls[0]["model"] is model and len(calls) == 1 + len(stages) and len(rows) == len(stages) * 2 * 3
+    assert all(c["target"] == "pred" and c["posthoc"] is False for c in calls)
+
+
+def test_replacing_maps_by_themselves_changes_nothing_with_a_learned_temperature():
+    from convex_attention.paper.sanity import maps_replaced
+
+    model = _tiny("softmax", learn_temperature=True)
+    with torch.no_grad():
+        model.log_temperature.fill_(1.5)  # far from the layer's own temperature
+    images = _data(4).images
+    with torch.no_grad():
+        own = model(images)
+        with maps_replaced(model, lambda maps: maps):
+            same = model(images)
+    assert all(torch.equal(a, b) for a, b in zip(own.maps, same.maps)) and torch.equal(own.logits, same.logits)
+
+
+def test_map_ablation_of_sharp_maps_against_average_pooling_by_hand():
+    from sklearn.metrics import roc_auc_score
+
+    from convex_attention.paper.sanity import classification, map_ablation, maps_replaced, predict, shuffled_maps
+
+    model, data = _tiny("exact"), _data(16)
+    with torch.no_grad():
+        for head in model.heads.values():  # an untrained model's maps are almost uniform: sharpen them
+            head.score.weight.mul_(1000.0)
+        own = torch.softmax(model(data.images).logits.double(), 1)[:, 1].numpy()
+        feats = model.features(data.images)
+        pooled = model.classifier(torch.cat([feats[k].mean((2, 3)) for k in (3, 4)], 1))  # uniform maps
+        uniform = torch.softmax(pooled.double(), 1)[:, 1].numpy()
+    y = np.asarray(data.labels).astype(int)
+    threshold = float(np.median(own))
+
+    def bacc(p1):
+        return np.mean([np.mean((p1[y == c] >= threshold) == c) for c in (0, 1)])
+
+    result = map_ablation(model, data, threshold=threshold, seed=4)
+    assert math.isclose(result["auc"], roc_auc_score(y, own)) and math.isclose(result["bacc"], bacc(own))
+    assert math.isclose(result["auc_uniform"], roc_auc_score(y, uniform), abs_tol=1e-9)
+    assert math.isclose(result["bacc_uniform"], bacc(uniform))
+    assert result["delta_auc_uniform"] != 0 and result["delta_auc_shuffled"] != 0  # the check is not vacuous
+    for name in ("uniform", "shuffled"):  # ablated minus intact
+        for metric in ("auc", "bacc"):
+            assert result[f"delta_{metric}_{name}"] == result[f"{metric}_{name}"] - result[metric]
+    for k in (0, 1):  # each level alone shuffled, from the seed: only that level's cells move
+        g = torch.Generator().manual_seed(4)
+        with maps_replaced(model, lambda maps, k=k, g=g: shuffled_maps(maps, g, (k,))):
+            pred = predict(model, data)
+        expected = classification(pred["logits"], pred["labels"], threshold)
+        assert result[f"auc_shuffled_L{k}"] == expected["auc"] and result[f"bacc_shuffled_L{k}"] == expected["bacc"]
+    alone = map_ablation(model, data, threshold=threshold, seed=4, per_level=False)
+    assert {k: v for k, v in result.items() if "_L" not in k} == alone

@@ -83,18 +83,24 @@ def balanced_accuracy_at(p1, labels, threshold: float) -> float:
     two classes; NaN for a NaN threshold, no labels, or a class absent (the mean of the
     recalls present would score one class's recall as balanced)."""
     p1, labels = np.asarray(p1, dtype=float), np.asarray(labels).astype(int)
-    if threshold is None or not math.isfinite(threshold) or labels.size == 0:
+    if threshold is None or not math.isfinite(threshold):
         return math.nan
+    return _balanced_accuracy((p1 >= threshold).astype(int), labels)
+
+
+def _balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
+    """The mean of the two classes' recalls of the predictions ``pred``; NaN where a class is
+    absent from ``labels`` (:func:`balanced_accuracy_at`)."""
     if not all((labels == c).any() for c in (0, 1)):
         return math.nan
-    pred = (p1 >= threshold).astype(int)
     return float(np.mean([float((pred[labels == c] == c).mean()) for c in (0, 1)]))
 
 
 def classification(logits: Tensor, labels: Tensor, threshold: float) -> dict:
     """Test metrics of two-class ``logits`` ``(N, 2)``: ``auc`` (ROC AUC of p(class 1);
     NaN with one class present), ``bacc`` (balanced accuracy at ``threshold``, the one
-    chosen on validation), ``bacc_argmax`` and ``acc`` (argmax)."""
+    chosen on validation; NaN with one class present), ``bacc_argmax`` (the same at the
+    argmax) and ``acc`` (argmax)."""
     from sklearn.metrics import roc_auc_score
 
     if logits.dim() != 2 or logits.shape[1] != 2:
@@ -104,13 +110,8 @@ def classification(logits: Tensor, labels: Tensor, threshold: float) -> dict:
     pred = probs.argmax(1)
     auc = float(roc_auc_score(y, probs[:, 1])) if len(np.unique(y)) == 2 else math.nan
     return {"auc": auc, "bacc": balanced_accuracy_at(probs[:, 1], y, threshold),
-            "bacc_argmax": _bacc_pred(pred, y),
+            "bacc_argmax": _balanced_accuracy(pred, y),
             "acc": float((pred == y).mean())}
-
-
-def _bacc_pred(pred: np.ndarray, y: np.ndarray) -> float:
-    recalls = [float((pred[y == c] == c).mean()) for c in (0, 1) if (y == c).any()]
-    return float(np.mean(recalls)) if recalls else math.nan
 
 
 def map_statistics(maps, scores=None) -> list[dict]:
@@ -248,15 +249,15 @@ def rank_correlation(a, b) -> float:
     leaves such NaN out of its means and counts them (``_n_nan``, ``_images_nan``)."""
     from scipy.stats import rankdata
 
-    x = np.asarray(a, dtype=float).ravel()
-    y = np.asarray(b, dtype=float).ravel()
-    if x.shape != y.shape:
-        raise ValueError(f"maps of different sizes: {x.size} and {y.size} cells")
-    rx, ry = rankdata(x), rankdata(y)
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:  # (3, 4) against (4, 3) too: the pixels would not correspond
+        raise ValueError(f"maps of different shapes: {x.shape} and {y.shape}")
+    rx, ry = rankdata(x.ravel()), rankdata(y.ravel())
     sx, sy = rx.std(), ry.std()
     if sx == 0 or sy == 0:
         return math.nan
-    return float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+    r = float(((rx - rx.mean()) * (ry - ry.mean())).mean() / (sx * sy))
+    return min(1.0, max(-1.0, r))  # rounding can step past ±1 (1.0000000000000002 for one ranking)
 
 
 def native_form(m: Tensor, signed: bool = False) -> Tensor:
