@@ -19,3 +19,25 @@ def test_the_default_step_is_the_one_both_checks_record():
     from convex_attention.bench import graph_targets
 
     assert FD_STEP == graph_targets.FD_STEP == 1e-3
+
+
+def test_the_default_step_is_fd_step_and_the_stencil_samples_plus_minus_one_and_two_steps():
+    points = []
+
+    def loss_at(t):
+        points.append(t)
+        return 0.0
+
+    assert five_point_derivative(loss_at) == 0.0
+    assert sorted(points) == [-2 * FD_STEP, -FD_STEP, FD_STEP, 2 * FD_STEP]
+
+
+def test_the_five_point_derivative_is_exact_to_degree_four_and_its_error_is_minus_h4_over_30_f5():
+    """(8 (L(h) − L(−h)) − (L(2h) − L(−2h))) / 12h at h = 1/2 (every value a dyadic rational, so
+    no rounding): exact for a quartic; for t⁵ (derivative 0 at 0) it is −h⁴ f⁽⁵⁾ / 30 = −4h⁴."""
+    def quartic(t):
+        return 3 + 2 * t - 5 * t**2 + 7 * t**3 + 4 * t**4
+
+    assert five_point_derivative(quartic, 0.5) == 2.0
+    assert five_point_derivative(lambda t: (1.0 + t) ** 4, 0.25) == 4.0  # d/dt (1+t)⁴ at 0
+    assert five_point_derivative(lambda t: t**5, 0.5) == -4 * 0.5**4

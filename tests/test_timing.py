@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import torch
 
 from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
@@ -58,3 +61,218 @@ def test_nan_max_and_nan_median_keep_a_nan_wherever_it_is():
     for values in ([0.0, math.nan], [math.nan, 0.0], [1.0, math.nan, 2.0]):
         assert math.isnan(nan_max(values)) and math.isnan(nan_median(values))
     assert nan_max(iter([1.0, 3.0, 2.0])) == 3.0 and nan_median([1.0, 3.0, 2.0]) == 2.0
+
+
+class _FakeClock:
+    """A clock that moves only when a case says so, logging every read next to the case's
+    own events and every device synchronisation."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.log = []
+
+    def perf_counter(self):
+        self.log.append("clock")
+        return self.now
+
+    def sync(self, device):
+        self.log.append(("sync", str(device)))
+
+    def spend(self, seconds, event):
+        self.log.append(event)
+        self.now += seconds
+
+
+class _FakeLoss:
+    def __init__(self, clock, name, seconds):
+        self.clock, self.name, self.seconds = clock, name, seconds
+
+    def backward(self):
+        self.clock.spend(self.seconds, f"bwd {self.name}")
+
+
+def _fake_timing(monkeypatch):
+    import types
+
+    from convex_attention.bench import timing
+
+    clock = _FakeClock()
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=clock.perf_counter))
+    monkeypatch.setattr(timing, "synchronize", clock.sync)
+    return timing, clock
+
+
+def _case(clock, name, fwd_s, bwd_s):
+    def forward():
+        clock.spend(fwd_s, f"fwd {name}")
+        return _FakeLoss(clock, name, bwd_s)
+    return forward
+
+
+def test_each_pass_is_timed_between_synchronisations_in_milliseconds(monkeypatch):
+    """A forward of 2 ms and a backward of 5 ms (fake clock): the device is synchronised before
+    each clock read, so the forward's queued work is not billed to the backward, and the
+    backward's time starts where the forward's ends."""
+    timing, clock = _fake_timing(monkeypatch)
+    res = measure_interleaved({"a": _case(clock, "a", 0.002, 0.005)}, device="cuda:1", repeats=3, warmup=0)
+    assert res["a"].fwd_ms == pytest.approx([2.0] * 3) and res["a"].bwd_ms == pytest.approx([5.0] * 3)
+    sync = ("sync", "cuda:1")
+    one_repetition = [sync, "clock", "fwd a", sync, "clock", "bwd a", sync, "clock"]
+    assert clock.log[-24:] == one_repetition * 3
+    assert set(clock.log[:-24]) <= {"clock"}  # before: at most the budget's start reads
+
+
+def test_forward_only_measurements_run_and_store_no_backward(monkeypatch):
+    timing, clock = _fake_timing(monkeypatch)
+
+    def forward():
+        clock.spend(0.003, "fwd")
+        return object()  # no backward to call
+
+    m = measure_interleaved({"a": forward}, repeats=4, warmup=1, backward=False)["a"]
+    assert m.fwd_ms == pytest.approx([3.0] * 4) and m.bwd_ms == []
+    assert "bwd" not in " ".join(e for e in clock.log if isinstance(e, str))
+    s = m.summary()
+    assert s["total_ms"] == pytest.approx(3.0) and m.total_ms == m.fwd_ms  # forward only
+    assert all(math.isnan(s[k]) for k in ("bwd_ms", "bwd_ms_q1", "bwd_ms_q3")) and math.isnan(m.bwd_median)
+
+
+def test_warm_up_repetitions_are_run_but_neither_timed_nor_counted(monkeypatch):
+    """Each case runs ``warmup`` times first, untimed, then ``repeats`` timed times, in a
+    rotating order; the stored times are those of the timed calls alone."""
+    timing, clock = _fake_timing(monkeypatch)
+    calls = []
+
+    def case(name):
+        def forward():
+            calls.append(name)
+            clock.spend(0.1 if len(calls) <= 4 else 0.001 * len(calls), f"fwd {name}")  # warm-up: slow
+            return _FakeLoss(clock, name, 0.0)
+        return forward
+
+    res = measure_interleaved({"a": case("a"), "b": case("b")}, repeats=3, warmup=2)
+    assert calls == ["a", "b"] * 2 + ["a", "b", "b", "a", "a", "b"]
+    assert res["a"].fwd_ms == pytest.approx([5.0, 8.0, 9.0]) and res["b"].fwd_ms == pytest.approx([6.0, 7.0, 10.0])
+    assert len(res["a"].bwd_ms) == len(res["b"].bwd_ms) == 3
+
+
+@pytest.mark.parametrize("warmup", [0, 4])
+@pytest.mark.parametrize("budget_s, expected", [(None, 10), (0.0, 3), (0.5, 3), (4.5, 5), (100.0, 10)])
+def test_the_budget_stops_adding_repetitions_but_keeps_at_least_three(monkeypatch, budget_s, expected, warmup):
+    """Each repetition takes 1 s (fake clock): repetitions are added until more than
+    ``budget_s`` has been spent on timed ones (the warm-up does not count), never fewer
+    than 3, never more than ``repeats``."""
+    timing, clock = _fake_timing(monkeypatch)
+    res = measure_interleaved({"a": _case(clock, "a", 0.5, 0.5)}, repeats=10, warmup=warmup, budget_s=budget_s)
+    assert len(res["a"].fwd_ms) == len(res["a"].bwd_ms) == expected
+
+
+def test_synchronize_waits_for_a_cuda_device_only(monkeypatch):
+    from convex_attention.bench import timing
+
+    seen = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: seen.append(str(device)))
+    timing.synchronize("cpu")
+    timing.synchronize(torch.device("cpu"))
+    assert seen == []
+    timing.synchronize("cuda:1")
+    timing.synchronize(torch.device("cuda", 0))
+    assert seen == ["cuda:1", "cuda:0"]
+
+
+def test_median_of_the_sums_and_quartiles_against_numpy():
+    """``total_ms`` pairs each repetition's forward with its own backward: the median of the
+    sums, not the sum of the medians (docs/results_format.md); quartiles are numpy's default
+    (linear, i.e. inclusive) percentiles; an even count averages the middle two."""
+    import numpy as np
+
+    from convex_attention.bench.timing import Measurement, quartiles
+
+    fwd, bwd = [1.0, 10.0, 2.0, 20.0, 3.0], [10.0, 1.0, 20.0, 2.0, 30.0]
+    m = Measurement(fwd_ms=list(fwd), bwd_ms=list(bwd))
+    sums = [f + b for f, b in zip(fwd, bwd)]
+    assert m.total_ms == sums and m.total_median == 22.0 != m.fwd_median + m.bwd_median
+    s = m.summary()
+    for name, samples in (("fwd_ms", fwd), ("bwd_ms", bwd), ("total_ms", sums)):
+        q1, med, q3 = np.percentile(samples, [25, 50, 75])
+        assert (s[f"{name}_q1"], s[name], s[f"{name}_q3"]) == pytest.approx((q1, med, q3), abs=1e-12)
+    for samples in ([1.0, 2.0, 3.0, 10.0, 100.0], [4.0, 1.0, 3.0, 2.0], [5.0, 7.0], [3.0, 1.0, 2.0, 9.0, 4.0, 8.0]):
+        assert quartiles(samples) == pytest.approx(tuple(np.percentile(samples, [25, 50, 75])), abs=1e-12)
+    even = Measurement(fwd_ms=[4.0, 1.0, 3.0, 2.0])
+    assert even.fwd_median == even.total_median == even.summary()["fwd_ms"] == 2.5
+    assert even.total_ms == even.fwd_ms and math.isnan(even.bwd_median)
+
+
+def test_nan_median_is_nan_wherever_the_nan_sorts_and_averages_an_even_count():
+    from convex_attention.bench.timing import nan_max, nan_median
+
+    for values in ([math.nan, 1.0, 2.0], [2.0, 1.0, math.nan], [math.nan, math.nan, 1.0]):
+        assert math.isnan(nan_median(values)) and math.isnan(nan_max(values))
+    assert nan_median([4.0, 1.0, 3.0, 2.0]) == 2.5 and nan_median(iter([1, 2])) == 1.5
+    assert nan_max([1, 2]) == 2.0 and isinstance(nan_max([1, 2]), float)
+
+
+def test_peak_memory_is_the_peak_of_live_allocations_in_mebibytes():
+    """1 MiB allocated, freed, allocated again: the peak is 1 MiB, not the 2 MiB ever allocated."""
+    def forward():
+        a = torch.empty(2**18)  # float32: exactly 1 MiB
+        del a
+        b = torch.empty(2**18)
+        return b.sum()
+
+    assert 1.0 <= peak_memory_mb(forward, backward=False) < 1.01
+
+
+def test_peak_memory_includes_the_backward_when_asked():
+    x = torch.randn(2**18, requires_grad=True)  # x.grad: 1 MiB, allocated by the backward
+    assert peak_memory_mb(lambda: x.sum(), backward=False) < 0.01
+    assert x.grad is None
+    assert 1.0 <= peak_memory_mb(lambda: x.sum()) < 1.01
+    assert x.grad is not None
+
+
+def test_peak_memory_silences_file_descriptor_2_only_while_profiling(capfd):
+    import os
+
+    def forward():
+        os.write(2, b"inside the profiler\n")
+        return torch.ones(2).sum()
+
+    peak_memory_mb(forward, backward=False)
+    os.write(2, b"after the profiler\n")
+    err = capfd.readouterr().err
+    assert "inside the profiler" not in err and "after the profiler" in err
+
+
+@pytest.mark.parametrize("backward", [True, False])
+def test_cuda_peak_memory_is_measured_above_the_starting_level(monkeypatch, backward):
+    """CUDA (faked): synchronise, reset the peak, read the starting level, run, synchronise,
+    read the peak; the result is the peak above the starting level, in MiB."""
+    log = []
+    allocated = {"now": 3 * 2**20, "peak": 7 * 2**20}  # a previous call's peak must not count
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: log.append("sync"))
+
+    def reset(device=None):
+        log.append("reset")
+        allocated["peak"] = allocated["now"]
+
+    def run(event, grow):
+        log.append(event)
+        allocated["now"] += grow
+        allocated["peak"] = max(allocated["peak"], allocated["now"])
+
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", reset)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: log.append("base") or allocated["now"])
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device=None: log.append("max") or allocated["peak"])
+
+    class Loss:
+        def backward(self):
+            run("bwd", 2 * 2**20)
+
+    def forward():
+        run("fwd", 2**20)
+        return Loss()
+
+    peak = peak_memory_mb(forward, device="cuda:0", backward=backward)
+    assert peak == (3.0 if backward else 1.0)
+    assert log == ["sync", "reset", "base", "fwd"] + ["bwd"] * backward + ["sync", "max"]

@@ -115,8 +115,8 @@ def measure_interleaved(cases: dict[str, ForwardFn], device="cpu", repeats: int 
         cases: name -> forward closure returning a scalar loss (inputs must require grad
             if ``backward``).
         repeats, warmup: timed and untimed repetitions per case.
-        budget_s: stop adding repetitions once this much wall time has been spent
-            (at least 3 timed repetitions are kept).
+        budget_s: stop adding repetitions once this much wall time has been spent on
+            timed repetitions (the warm-up does not count; at least 3 are kept).
 
     Returns:
         name -> :class:`Measurement` with every repetition's milliseconds.
