@@ -240,3 +240,176 @@ def test_int_in_is_an_argparse_type_with_a_range():
         with pytest.raises(argparse.ArgumentTypeError, match="must be an integer from 1 to 100"):
             parse(bad)
     assert parse.__name__ == "n"
+
+
+# ----------------------------------------------------------------------------- what each kind says and refuses
+
+@pytest.mark.parametrize("kind, words", [
+    (Int(), "an integer"),
+    (Int(low=1), "an integer >= 1"),
+    (Int(high=5), "an integer <= 5"),
+    (Int(low=0, high=5), "an integer from 0 to 5"),
+    (Real(), "a finite number"),
+    (Real(low=0.0), "a finite number >= 0"),
+    (Real(low=0.0, low_open=True), "a finite number > 0"),
+    (Real(high=1.0), "a finite number <= 1"),
+    (Real(low=0.0, high=1.0, low_open=True), "a finite number in (0, 1]"),
+    (Choice(("a", "b")), "one of a, b"),
+    (Choice(("a", "b"), optional=True), "one of a, b or none"),
+    (Many(Real()), "at least 1 values, each a finite number"),
+    (Many(Int(low=0), at_most=2, distinct=True), "1 to 2 distinct values, each an integer >= 0"),
+])
+def test_each_kind_says_exactly_what_it_accepts(kind, words):
+    assert kind.describe() == words
+
+
+def test_the_message_of_an_open_ended_range_names_its_bound():
+    with pytest.raises(ValueError, match=r"^must be an integer <= 5, got 6$"):
+        Int(high=5).check(6)
+    assert Int(high=5).check(5) == 5
+    with pytest.raises(ValueError, match=r"^must be a finite number <= 1, got 1.5$"):
+        Real(high=1.0).check(1.5)
+    assert Real(high=1.0).check(1.0) == 1.0
+
+
+def test_a_real_is_normalised_to_a_float():
+    value = Real(low=0.0).check(3)
+    assert value == 3.0 and type(value) is float
+
+
+def test_none_is_a_word_only_for_an_optional_choice_and_choices_are_case_sensitive():
+    with pytest.raises(ValueError, match="must be one of a, b, got 'none'"):
+        Choice(("a", "b")).parse("none")
+    optional = Choice(("a", "b"), optional=True)
+    assert optional.parse("none") is None and optional.parse("a") == "a"
+    for word in ("None", "NONE", "A"):
+        with pytest.raises(ValueError, match="must be one of a, b or none"):
+            optional.parse(word)
+
+
+def test_a_flag_word_is_on_or_off_in_lower_case():
+    assert Flag().parse("on") is True and Flag().parse("off") is False
+    for word in ("ON", "Off", "true", ""):
+        with pytest.raises(ValueError, match="must be on or off"):
+            Flag().parse(word)
+
+
+def test_many_refuses_a_string_or_a_dict_even_where_each_character_would_do():
+    with pytest.raises(ValueError, match="must be a list of"):
+        Many(Text()).check("ab")
+    with pytest.raises(ValueError, match="must be a list of"):
+        Many(Choice(("a",))).check({"a": 1})
+    with pytest.raises(ValueError, match="must be a list of"):
+        Many(Text()).check(b"ab")
+    assert Many(Text()).check(["ab"]) == ("ab",)
+
+
+def test_an_unset_optional_scalar_list_stays_none():
+    kind = Many(Real(), scalar=True, optional=True)
+    assert kind.normalise(None) is None and kind.normalise(0.5) == (0.5,)
+
+    @dataclass
+    class Optional:
+        scale: tuple | None = setting(None, kind, "optional scales")
+
+        def __post_init__(self):
+            S.normalise_settings(self)
+
+    config = Optional()
+    assert config.scale is None
+    check_settings(config)
+    assert config.scale is None
+
+
+def test_a_repeated_value_is_named_in_the_message():
+    kind = Many(Int(), distinct=True)
+    with pytest.raises(ValueError, match=r"\(2 is listed twice\)"):
+        kind.check((1, 2, 3, 2))
+    with pytest.raises(ValueError, match=r"\('b' is listed twice\)"):
+        Many(Choice(("a", "b")), distinct=True).check(["a", "b", "b"])
+    assert kind.check((1, 2, 3)) == (1, 2, 3)
+
+
+def test_a_cross_check_failure_is_a_config_error_naming_its_setting():
+    def low_below_high(config):
+        if config.low >= config.high:
+            raise ValueError(f"low must be below high, got {config.low} >= {config.high}")
+
+    @dataclass
+    class Span:
+        low: int = setting(0, Int(), "lower end", cross=low_below_high)
+        high: int = setting(1, Int(), "upper end")
+
+    check_settings(Span(0, 1))
+    with pytest.raises(ConfigError, match="^low must be below high, got 1 >= 1$") as err:
+        check_settings(Span(1, 1))
+    assert err.value.field == "low"
+
+
+def test_from_plain_refuses_an_unknown_field_as_a_config_error():
+    with pytest.raises(ConfigError, match=r"unknown toy field\(s\) \['colour'\]") as err:
+        from_plain(Toy, {"size": 4, "colour": 1}, "toy")
+    assert err.value.field == "colour"
+
+
+# ----------------------------------------------------------------------------- argument types, both sides of each bound
+
+def test_positive_int_refuses_zero_and_accepts_one():
+    assert S.positive_int("1") == 1
+    for bad in ("0", "-1", "x", "1.0"):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be an integer >= 1"):
+            S.positive_int(bad)
+
+
+def test_positive_float_refuses_zero_and_accepts_the_smallest_positive():
+    assert S.positive_float("1e-300") == 1e-300 and S.positive_float("2") == 2.0
+    for bad in ("0", "-0", "-1e-300", "inf", "nan", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be a finite number > 0"):
+            S.positive_float(bad)
+
+
+def test_finite_float_refuses_infinities_and_nan():
+    assert S.finite_float("-1.5") == -1.5 and S.finite_float("1e308") == 1e308
+    for bad in ("inf", "-inf", "nan", "1e309", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="must be a finite number"):
+            S.finite_float(bad)
+
+
+def test_show_value_writes_values_as_the_command_line_does():
+    assert S.show_value(None) == "none" and S.show_value((1, True, None)) == "1 on none"
+    assert S.show_value(False) == "off" and str(S.Unset(None)) == "none" and str(S.Unset(3, "three")) == "three"
+
+
+def test_the_help_lists_the_choices_of_an_optional_choice_and_of_a_list_of_choices():
+    @dataclass
+    class Picks:
+        pick: str | None = setting(None, Choice(("a", "b"), optional=True), "a pick")
+        picks: tuple = setting(("a",), Many(Choice(("a", "b"))), "picks")
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, Picks)
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+    assert options["pick"].help == "a pick; one of a, b or none (default: none)"
+    assert options["picks"].help == "picks; one of a, b (default: a)"
+    assert parser.parse_args(["--pick", "none"]).pick is None
+    assert given_settings(parser.parse_args(["--picks", "b", "a"]), Picks) == {"picks": ("b", "a")}
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--picks", "c"])
+
+
+def test_an_integer_beyond_floats_range_is_refused_naming_the_setting_not_an_overflow():
+    from convex_attention.io.settings import ConfigError, Real
+    from convex_attention.paper.config import TrainConfig
+
+    with pytest.raises(ValueError, match=r"must be a finite number, got 1000.*\.\.\.$"):
+        Real().check(10 ** 400)  # a 400-digit literal in a JSON file: cut in the message
+    with pytest.raises(ConfigError, match="lr must be a finite number"):
+        TrainConfig(lr=10 ** 400).validate()
+
+
+def test_minus_zero_is_zero_so_it_is_listed_twice_beside_zero():
+    from convex_attention.io.settings import Many, Real
+
+    assert math.copysign(1.0, Real().check(-0.0)) == 1.0
+    with pytest.raises(ValueError, match="listed twice"):
+        Many(Real(), distinct=True).check((0.0, -0.0))

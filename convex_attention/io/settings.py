@@ -127,6 +127,12 @@ class Int(Kind):
         return self.check(value)
 
 
+def _shown(value, limit: int = 40) -> str:
+    """``repr(value)`` for a message, at most ``limit`` characters (a 400-digit integer is cut)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 @dataclasses.dataclass(frozen=True)
 class Real(Kind):
     """A finite number in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
@@ -147,12 +153,16 @@ class Real(Kind):
         return f"a finite number in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}]"
 
     def check(self, value) -> float:
-        if not _is_real(value) or not math.isfinite(value):
-            raise ValueError(f"must be {self.describe()}, got {value!r}")
+        try:
+            finite = _is_real(value) and math.isfinite(value)
+        except OverflowError:  # an integer beyond float's range (10**400 read from a JSON file)
+            finite = False
+        if not finite:
+            raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
         low_bad = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         if low_bad or (self.high is not None and value > self.high):
-            raise ValueError(f"must be {self.describe()}, got {value!r}")
-        return float(value)
+            raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
+        return float(value) + 0.0  # -0.0 becomes 0.0: one value, one spelling (Many's distinct compares reprs)
 
     def parse(self, text: str) -> float:
         try:
