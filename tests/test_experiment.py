@@ -421,6 +421,7 @@ def test_check_c_is_reported_with_a_paired_interval():
     # the interval is of the per-seed gaps (0.15, 0.11), paired by seed: t(0.975, 1) * 0.0283 / sqrt(2)
     assert c.ci95 == pytest.approx(12.706 * 0.028284 / math.sqrt(2), rel=1e-3) and "exact" in c.note
     assert not c.passed  # its interval includes 0; it is reported, never a gate
+    assert "per-seed gap 0.130 ± " in c.note  # attention minus plain, as the value (found by mutation testing)
     off = _uniform_check({"softmax": {0: 0.9}}, {}, "dev")
     assert not off.ran and not off.passed and "plain_cnn off" in off.reason
     for attention, plain in (({"softmax": {0: 0.9, 1: math.nan}, "exact": {0: 0.95}}, {0: 0.5}),
@@ -792,3 +793,483 @@ def test_a_method_exactly_at_the_minimum_dev_auc_is_compared():
     rows = [{"method": "softmax", "auc": MIN_COMPARED_AUC}, {"method": "softmax", "auc": MIN_COMPARED_AUC},
             {"method": "exact", "auc": MIN_COMPARED_AUC - 1e-9}]
     assert compared_methods(rows, ("softmax", "exact")) == ["softmax"]
+
+
+# ----------------------------------------------------------------------------- found by mutation testing (2)
+
+
+def test_run_experiment_refuses_an_unknown_stage_by_name_before_reading_anything(tmp_path, monkeypatch):
+    """An unknown stage is refused as such, before the variants file is read (found by
+    mutation testing: without the check, a later refusal of the variants file still
+    raised a ValueError whose message mentions a stage)."""
+    import convex_attention.paper.experiment as experiment
+
+    monkeypatch.setattr(experiment, "read_variants", lambda *a, **k: pytest.fail("variants read"))
+    monkeypatch.setattr(experiment, "run_dev", lambda *a, **k: pytest.fail("dev stage started"))
+    with pytest.raises(ValueError, match=r"stage must be one of dev, test, got 'final'"):
+        run_experiment(_tiny_config(), str(tmp_path / "out"), stage="final", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_splits_are_refused_when_they_overlap(monkeypatch):
+    """``_splits`` checks its splits disjoint (here a forged pair that shares a seed)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.protocol import SplitSpec
+
+    monkeypatch.setattr(experiment, "split_specs", lambda *a, **k: {"train": SplitSpec("train", 5, 4, 0.3),
+                                                                    "dev": SplitSpec("dev", 5, 4, 0.3)})
+    monkeypatch.setattr(experiment, "build_split", lambda *a, **k: pytest.fail("a split was built"))
+    with pytest.raises(ValueError, match="overlap"):
+        experiment._splits(_tiny_config(), 0.3, ("train", "dev"))
+
+
+def test_train_one_sets_each_run_and_reads_the_selected_epoch(monkeypatch):
+    """``_train_one`` starts a fresh run (no resume) of the method, seed, difficulty and
+    folder it is given (the plain CNN: a softmax configuration built as ``PlainCNN``), and
+    reports the selected epoch's validation AUC, the mean epoch time and the checkpoint's
+    threshold (NaN where the checkpoint has none)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.models import PlainCNN
+
+    seen = []
+    metrics = [{"epoch": 1, "val_auc": 0.61, "epoch_time_s": 1.0}, {"epoch": 2, "val_auc": 0.83, "epoch_time_s": 2.0},
+               {"epoch": 3, "val_auc": 0.70, "epoch_time_s": 6.0}]
+
+    def fake_train(tc, datasets=None, log=None, model_class=None):
+        seen.append((tc, datasets, model_class))
+        return {"best": "best.pt", "best_epoch": 2, "metrics": metrics}
+
+    states = iter([{"threshold": 0.25}, {}])
+    monkeypatch.setattr(experiment, "train", fake_train)
+    monkeypatch.setattr(experiment, "load_model", lambda path: ("attention model", next(states)))
+    monkeypatch.setattr(experiment, "load_plain_cnn", lambda path: ("plain model", next(states)))
+    config = _tiny_config(seed=99, difficulty=0.1)
+    got = experiment._train_one(config, ("train set", "val set"), "/f/exact", "exact", 7, 0.6, {"head": "learned"},
+                                False, None)
+    tc, datasets, model_class = seen[0]
+    assert (tc.model.method, tc.model.head, tc.seed, tc.difficulty, tc.out, tc.resume) == \
+        ("exact", "learned", 7, 0.6, "/f/exact", None)
+    assert datasets == ("train set", "val set") and model_class is None
+    assert got["model"] == "attention model" and got["threshold"] == 0.25
+    assert (got["best_epoch"], got["val_auc"]) == (2, 0.83) and got["epoch_time_s"] == pytest.approx(3.0)
+    plain = experiment._train_one(config, ("train set", "val set"), "/f/plain", "plain_cnn", 3, 0.6, None, False,
+                                  None)
+    tc, _, model_class = seen[1]
+    assert model_class is PlainCNN and tc.model.method == "softmax" and tc.seed == 3
+    assert plain["model"] == "plain model" and math.isnan(plain["threshold"])
+
+
+def test_evaluate_reports_maps_only_for_attention_models_and_the_ablation_only_when_asked():
+    """An attention model has a violation and map statistics, and the map ablation when
+    asked; the plain CNN has no maps: its violation is NaN, never a perfect 0."""
+    from convex_attention.paper.data import SyntheticLesions
+    from convex_attention.paper.experiment import _evaluate
+    from convex_attention.paper.models import PlainCNN
+
+    torch.manual_seed(0)
+    data = SyntheticLesions(8, image_size=32, seed=0, lesion_fraction=0.5)
+    model = AttentionUNet(method="softmax", **SMALL).eval()
+    plain = _evaluate(PlainCNN(**SMALL).eval(), data, 0.5, "cpu", ablation=False, seed=0)
+    assert math.isnan(plain["violation"]) and "n_max_p_L0" not in plain and "delta_auc_shuffled" not in plain
+    quiet = _evaluate(model, data, 0.5, "cpu", ablation=False, seed=0)
+    assert math.isfinite(quiet["violation"]) and "n_max_p_L1" in quiet and "delta_auc_shuffled" not in quiet
+    ablated = _evaluate(model, data, 0.5, "cpu", ablation=True, seed=0)
+    assert "delta_auc_shuffled" in ablated and "delta_bacc_uniform_L1" in ablated
+
+
+def test_run_experiment_writes_the_test_folder_once_and_reads_the_run_log_before_spending(outside_git, monkeypatch):
+    """Through the API: a second test run into the same folder is refused for its folder
+    (not for its data seed) unless ``force``; ``force`` reaches the stage, which moves the
+    earlier results aside; a damaged run log is refused before the ledger is written (found
+    by mutation testing: each of these survived the fast suite)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.protocol import TestFolderExists, VariantsError, read_ledger, variants_digest
+
+    monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: None)  # the bookkeeping only
+    monkeypatch.setattr(experiment, "_write_test", lambda config, *a: {"report": ""})
+    config = _tiny_config(methods=("softmax",), data_seed=1)
+    path = outside_git / "variants.json"
+    path.write_text(json.dumps(_judged_variants(config, True).to_dict()))
+    out = outside_git / "exp"
+
+    def test_stage(config=config, out=out, **kw):
+        return run_experiment(config, str(out), stage="test", variants_path=str(path), progress=False,
+                              log=lambda *a: None, variants_sha256=variants_digest(str(path)), **kw)
+
+    ledger = str(outside_git / "data_ledger.json")
+    test_stage()
+    assert len(read_ledger(ledger)) == 1
+    with pytest.raises(TestFolderExists, match="--force"):
+        test_stage()
+    test_stage(force=True)
+    assert (out / "test.run-1").is_dir() and len(read_ledger(ledger)) == 2
+    # a folder whose run log a killed run cut short (its test folder gone): a fresh data seed is refused too
+    other = outside_git / "exp2"
+    other.mkdir()
+    (other / "test_runs.jsonl").write_bytes(b'{"run": 1, "cut')
+    before = open(ledger, "rb").read()
+    with pytest.raises(VariantsError, match="is not strict JSON"):
+        test_stage(config.override(data_seed=2), other)
+    assert open(ledger, "rb").read() == before and not (other / "test").exists()
+
+
+def test_run_experiment_refuses_a_variant_its_methods_cannot_take_before_any_work(outside_git, monkeypatch):
+    """The variants file's variant is checked against the run's methods, naming the file
+    (a learned temperature for a method that cannot differentiate through it)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.protocol import (
+        Variant,
+        Variants,
+        VariantsError,
+        benchmark_record,
+        judged_settings,
+        variants_digest,
+    )
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
+
+    monkeypatch.setattr(experiment, "run_test", lambda *a, **k: pytest.fail("work started"))
+    config = _tiny_config(methods=("cvxpylayers",), data_seed=1)
+    variant = Variant(learn_temperature=True)
+    checks = [CheckResult("location_free", "t", "b", 0.5, 0.6), CheckResult("pixel_map", "t", "a", 0.2, 0.3),
+              check_maps_drive_ranking([0.1] * 5)]
+    record = benchmark_record(checks, variant, 0.3, config.methods, (0, 1, 2, 3, 4), judged_settings(config))
+    path = outside_git / "variants.json"
+    path.write_text(json.dumps(Variants(variant, difficulties=(0.3,), benchmark=record).to_dict()))
+    with pytest.raises(VariantsError, match="learn_temperature") as err:
+        run_experiment(config, str(outside_git / "exp"), stage="test", variants_path=str(path), progress=False,
+                       log=lambda *a: None, variants_sha256=variants_digest(str(path)))
+    assert str(path) in str(err.value) and not (outside_git / "exp").exists()
+
+
+def _fake_dev_stage(monkeypatch, auc=None):
+    """The dev stage with its training, evaluation, scoring and data replaced by fakes whose
+    numbers are set here (a model is ``(method, seed, head)``): what it trains, on which
+    split it evaluates, and what it ranks and proposes, in well under a second."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.protocol import SplitSpec
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking, check_uniform_attention
+
+    seen = {"train": [], "evaluate": [], "validity": [], "ap": []}
+    auc = auc or {"softmax": 0.9, "exact": 0.7, "plain_cnn": 0.85}  # exact is below the bar: never compared
+    bacc = {"softmax": 0.80, "exact": 0.60, "plain_cnn": 0.70}
+    decisive = {("softmax", "bounded"): 0.4, ("softmax", "learned"): 0.6,
+                ("exact", "bounded"): 0.95, ("exact", "learned"): 0.1}
+    lesion = {("softmax", "bounded"): 0.9, ("softmax", "learned"): 0.2,
+              ("exact", "bounded"): 0.5, ("exact", "learned"): 0.5}
+
+    def splits(config, difficulty, names):
+        return ({k: SplitSpec(k, i, 4, difficulty) for i, k in enumerate(names)}, {k: f"{k} set" for k in names})
+
+    def train_one(config, datasets, folder, method, seed, difficulty, model_fields, progress, log):
+        seen["train"].append((method, seed, folder, datasets))
+        head = None if model_fields is None else model_fields["head"]
+        return {"model": (method, seed, head), "threshold": 0.5, "best_epoch": 1, "epoch_time_s": 0.1,
+                "train_time_s": 0.1, "val_auc": 0.9}
+
+    def evaluate(model, dataset, threshold, device, ablation, seed):
+        seen["evaluate"].append((model, dataset, ablation))
+        method, seed, _ = model
+        row = {"auc": auc[method], "bacc": bacc[method] + 0.02 * seed, "bacc_argmax": 0.5, "violation": 0.0}
+        if ablation:
+            for suffix, drop in (("", 0.2), ("_L0", 0.05), ("_L1", 0.15)):
+                row.update({f"delta_auc_shuffled{suffix}": -drop, f"delta_auc_uniform{suffix}": -drop / 10,
+                            f"delta_bacc_shuffled{suffix}": -drop, f"delta_bacc_uniform{suffix}": 0.0})
+        return row
+
+    def dev_ap(config, model, dataset, indices, upsamplings, device):
+        seen["ap"].append((model, dataset))
+        method, seed, head = model
+        return {f"ap_{m}_{u}_L{level}": (decisive if m == "decisive" else lesion)[method, head]
+                + (0.05 if u == "bilinear" else 0.0) + 0.1 * level + 0.01 * seed
+                for m in indices for u in upsamplings for level in (0, 1)}
+
+    def validity(train_set, held_out, config):
+        seen["validity"].append(held_out)
+        return [CheckResult("location_free", "t", "b", 0.5, 0.6), CheckResult("pixel_map", "t", "a", 0.2, 0.3),
+                check_maps_drive_ranking(None), check_uniform_attention(None, None)]
+
+    for name, fake in (("_splits", splits), ("_train_one", train_one), ("_evaluate", evaluate), ("_dev_ap", dev_ap),
+                       ("_validity", validity), ("check_validation_classes", lambda *a: None),
+                       ("explained_indices", lambda ds, n: {"lesion": [0, 1], "decisive": [0, 1, 2]})):
+        monkeypatch.setattr(experiment, name, fake)
+    return seen
+
+
+def _dev_config(**over):
+    return _tiny_config(methods=("softmax", "exact"), dev_seeds=(0, 1),
+                        grid={"head": ("bounded", "learned"), "upsampling": ("nearest", "bilinear")}, **over)
+
+
+def test_the_dev_stage_trains_every_candidate_and_proposes_the_best_on_the_dev_split(tmp_path, monkeypatch):
+    """Every (variant, method, dev seed) is trained once into its own folder, plus the plain
+    CNN per dev seed; every model is evaluated and scored on the development split; the
+    proposal is the (variant, upsampling) with the highest mean attention AP against the
+    decisive mask over the compared methods only (dev AUC >= 0.80), its seeds and levels;
+    check (c) compares balanced accuracies of that variant's best method and the plain CNN
+    (found by mutation testing: the dev stage's choices survived the fast suite)."""
+    from convex_attention.paper.experiment import run_dev
+
+    seen = _fake_dev_stage(monkeypatch)
+    config = _dev_config()
+    dev = run_dev(config, str(tmp_path / "dev"), progress=False, log=lambda *a: None)
+    trained = [(m, s) for m, s, _, _ in seen["train"]]
+    assert sorted(trained) == sorted([(m, s) for m in ("softmax", "exact") for s in (0, 1)] * 2
+                                     + [("plain_cnn", 0), ("plain_cnn", 1)])
+    assert len({folder for _, _, folder, _ in seen["train"]}) == 10  # each run its own folder
+    assert {d for *_, d in seen["train"]} == {("train set", "val set")}
+    assert {d for _, d, _ in seen["evaluate"]} == {"dev set"} and {d for _, d in seen["ap"]} == {"dev set"}
+    assert seen["validity"] == ["dev set"]
+    assert [a for (m, *_), _, a in seen["evaluate"] if m == "plain_cnn"] == [False, False]
+    assert all(a for (m, *_), _, a in seen["evaluate"] if m != "plain_cnn")
+    # the ranking: softmax alone is compared; decisive AP 0.6 (learned) + 0.05 (bilinear) + levels 0.05 + seeds 0.005
+    best = dev["summary"][0]
+    assert (best["label"], best["compared"]) == ("tau=1.0, alpha=10, head=learned, duals=shared, upsampling=bilinear",
+                                                 "softmax")
+    assert [round(s["attention_ap_mean"], 6) for s in dev["summary"]] == [0.705, 0.655, 0.505, 0.455]
+    assert best["bacc_mean"] == pytest.approx((0.80 + 0.82 + 0.60 + 0.62) / 4)  # every method's balanced accuracy
+    assert best["softmax_ap"] == pytest.approx(0.705) and best["exact_auc"] == pytest.approx(0.7)
+    proposal = json.load(open(tmp_path / "dev" / "proposed_variants.json"))
+    assert (proposal["model"]["head"], proposal["upsampling"]) == ("learned", "bilinear")
+    assert dev["proposal"].variant.head == "learned" and dev["proposal"].variant.upsampling == "bilinear"
+    # per level, for the proposed variant: the AUC change when that level alone is shuffled
+    levels = {(e["method"], e["level"]): e for e in dev["levels"]}
+    assert set(levels) == {(m, k) for m in ("softmax", "exact") for k in (0, 1, "all")}
+    assert [levels["softmax", k]["delta_auc_shuffled_mean"] for k in (0, 1, "all")] == \
+        pytest.approx([-0.05, -0.15, -0.2])
+    assert levels["softmax", 1]["ap_decisive_mean"] == pytest.approx(0.6 + 0.05 + 0.1 + 0.005)
+    # (c): softmax (mean balanced accuracy 0.81) against the plain CNN (0.71), paired by dev seed
+    uniform = proposal["benchmark"]["checks"]["uniform_attention"]
+    assert uniform["ran"] and uniform["value"] == pytest.approx(0.81 - 0.71)
+    rows = list(csv.DictReader(open(tmp_path / "dev" / "dev_runs.csv")))
+    assert len(rows) == 2 * 2 * 2 * 2 + 2  # variant x upsampling x method x seed, and the plain CNNs
+
+
+def test_the_dev_stage_trains_no_plain_cnn_when_it_is_off(tmp_path, monkeypatch):
+    from convex_attention.paper.experiment import run_dev
+
+    seen = _fake_dev_stage(monkeypatch)
+    dev = run_dev(_dev_config(plain_cnn=False), str(tmp_path / "dev"), progress=False, log=lambda *a: None)
+    assert "plain_cnn" not in {m for m, *_ in seen["train"]}
+    assert not {r.name: r for r in dev["validity"]}["uniform_attention"].ran
+
+
+def test_candidates_rank_by_ap_then_balanced_accuracy_and_an_unmeasured_one_last():
+    """Equal AP: the higher balanced accuracy first; a candidate whose every method is below
+    the AUC bar has no AP (NaN) and ranks after every measured one, whatever its balanced
+    accuracy (found by mutation testing)."""
+    from convex_attention.paper.experiment import _rank_candidates
+
+    config = _dev_config()
+    variants = config.variants()  # head bounded (0), learned (1)
+    rows = []
+    for vi, u, auc, ap, bacc in ((0, "nearest", 0.5, 0.9, 0.99), (0, "bilinear", 0.9, 0.3, 0.70),
+                                 (1, "nearest", 0.9, 0.3, 0.75), (1, "bilinear", 0.9, 0.2, 0.90)):
+        rows += [{"variant": vi, "upsampling": u, "method": m, "seed": s, "auc": auc, "attention_ap": ap,
+                  "bacc": bacc} for m in config.methods for s in config.dev_seeds]
+    summary = _rank_candidates(config, variants, rows)
+    assert [(s["variant"], s["upsampling"]) for s in summary] == [(1, "nearest"), (0, "bilinear"), (1, "bilinear"),
+                                                                   (0, "nearest")]
+    assert math.isnan(summary[-1]["attention_ap_mean"]) and summary[-1]["compared"] == ""
+
+
+def test_compared_methods_reads_the_test_stages_model_rows():
+    """The test stage's rows name a ``model`` (the plain CNN among them), not a ``method``."""
+    from convex_attention.paper.experiment import compared_methods
+
+    rows = [{"model": "softmax", "auc": 0.9}, {"model": "plain_cnn", "auc": 0.85}, {"model": "exact", "auc": 0.5}]
+    assert compared_methods(rows, ("softmax", "exact", "plain_cnn")) == ["softmax", "plain_cnn"]
+
+
+def test_the_dev_ap_averages_every_explained_image_across_batches(monkeypatch):
+    """``_dev_ap`` scores the explained images in batches: every one of them counts (here
+    37 images, three batches), against the mask it is asked for."""
+    import convex_attention.paper.experiment as experiment
+
+    monkeypatch.setattr(experiment, "explanations", lambda model, images, target, posthoc: images)
+    monkeypatch.setattr(experiment, "score_explanations",
+                        lambda maps, masks, upsampling: [{"level": 0, "ap": float(m.sum() + k.sum())}
+                                                         for m, k in zip(maps, masks)])
+
+    class Data:
+        def __getitem__(self, i):
+            return torch.tensor([float(i)]), 1, torch.tensor([0.0])
+
+        def decisive_mask(self, i):
+            return torch.tensor([1000.0])
+
+    chosen = list(range(3, 40))
+    ap = experiment._dev_ap(QUICK, None, Data(), {"lesion": chosen, "decisive": chosen[:5]}, ("nearest",), "cpu")
+    assert ap["ap_lesion_nearest_L0"] == pytest.approx(sum(chosen) / len(chosen))
+    assert ap["ap_decisive_nearest_L0"] == pytest.approx(1000 + sum(chosen[:5]) / 5)
+
+
+def test_a_summary_counts_a_metric_a_row_does_not_have_as_left_out():
+    """A metric a row lacks (the plain CNN has no map statistics) is NaN: left out of the
+    mean and counted, never averaged as 0."""
+    from convex_attention.paper.experiment import _summary
+
+    rows = [{"model": "softmax", "seed": s, "auc": a, "n_max_p_L0": n} for s, a, n in ((0, 0.8, 1.5), (1, 0.9, 2.5))]
+    rows += [{"model": "plain_cnn", "seed": s, "auc": a} for s, a in ((0, 0.7), (1, 0.75))]
+    rows += [{"model": "exact", "seed": 0, "auc": 0.9, "n_max_p_L0": 3.0}, {"model": "exact", "seed": 1, "auc": 0.8}]
+    out = {s["model"]: s for s in _summary(rows, ("model",), ("auc", "n_max_p_L0"))}
+    assert math.isnan(out["plain_cnn"]["n_max_p_L0_mean"]) and out["plain_cnn"]["n_max_p_L0_n_nan"] == 2
+    assert out["exact"]["n_max_p_L0_mean"] == 3.0 and (out["exact"]["n_max_p_L0_n_used"],
+                                                        out["exact"]["n_max_p_L0_n_nan"]) == (1, 1)
+    assert out["softmax"]["n_max_p_L0_mean"] == pytest.approx(2.0) and out["plain_cnn"]["seeds"] == 2
+    assert out["plain_cnn"]["auc_mean"] == pytest.approx(0.725)
+
+
+def test_one_test_condition_trains_on_train_and_val_compares_on_dev_and_reports_on_test(tmp_path, monkeypatch):
+    """One difficulty of the test stage with its training, evaluation and explanations
+    replaced by fakes: every model is trained on the training and validation splits, its
+    dev AUC (on the dev split) decides whether its maps are compared, the validity checks
+    run on the test split, the model-free map is fitted on the dev split, check (c) reads
+    the test split only, the post-hoc methods run on every model, examples are drawn for
+    the first seed and each seed's randomisation check has its own seed (found by mutation
+    testing: the test stage's choices survived the fast suite)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.protocol import SplitSpec
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking, check_uniform_attention
+
+    seen = {"train": [], "evaluate": [], "validity": [], "model_free": [], "explain": [], "randomisation": []}
+    dev_auc = {"softmax": 0.9, "exact": 0.6, "plain_cnn": 0.85}  # exact is not compared
+    test_auc = {"softmax": 0.7, "exact": 0.95, "plain_cnn": 0.9}
+    bacc = {("test set", "softmax"): 0.8, ("test set", "exact"): 0.7, ("test set", "plain_cnn"): 0.75,
+            ("heldout set", "softmax"): 0.5, ("heldout set", "exact"): 0.5, ("heldout set", "plain_cnn"): 0.99}
+
+    class Data:
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, i):
+            return torch.zeros(1, 2, 2), 1, torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+
+        def decisive_mask(self, i):
+            return torch.ones(2, 2)
+
+    names = {"train": "train set", "val": "val set", "dev": "dev set", "test": "test set",
+             "test_heldout": "heldout set"}
+    sets = {k: Data(v) for k, v in names.items()}
+
+    def splits(config, difficulty, wanted):
+        return {k: SplitSpec(k, i, 4, difficulty) for i, k in enumerate(wanted)}, {k: sets[k] for k in wanted}
+
+    def train_one(config, datasets, folder, method, seed, difficulty, model_fields, progress, log):
+        seen["train"].append((method, seed, tuple(d.name for d in datasets)))
+        return {"model": (method, seed), "threshold": 0.5, "best_epoch": 1, "epoch_time_s": 0.1,
+                "train_time_s": 0.1, "val_auc": 0.9}
+
+    def evaluate(model, dataset, threshold, device, ablation, seed):
+        seen["evaluate"].append((model[0], dataset.name, ablation))
+        auc = dev_auc if dataset.name == "dev set" else test_auc
+        return {"auc": auc[model[0]], "bacc": bacc.get((dataset.name, model[0]), 0.5) + 0.01 * seed,
+                **({"delta_auc_uniform": -0.1, "delta_auc_shuffled": -0.2} if ablation else {})}
+
+    def explain_models(models, tset, indices, decisive, baseline_model, n_examples, **kw):
+        seen["explain"].append((tset.name, tuple(baseline_model), n_examples))
+        return [], []
+
+    def validity(train_set, held_out, config):
+        seen["validity"].append(held_out.name)
+        return [CheckResult("location_free", "t", "b", 0.5, 0.6), check_maps_drive_ranking(None),
+                check_uniform_attention(None, None)]
+
+    def randomisation_check(model, images, target, seed, posthoc):
+        seen["randomisation"].append((model[0], seed, posthoc))
+        return []
+
+    def model_free(dataset, seed, limit):
+        seen["model_free"].append(dataset.name)
+        return {"weights": [1.0]}
+
+    for name, fake in (("_splits", splits), ("_train_one", train_one), ("_evaluate", evaluate),
+                       ("_validity", validity), ("explain_models", explain_models), ("fit_model_free", model_free),
+                       ("randomisation_check", randomisation_check), ("check_validation_classes", lambda *a: None),
+                       ("explained_indices", lambda ds, n: {"lesion": [0, 1]} if ds.name == "test set"
+                        else {"lesion": [0], "decisive": []}),
+                       ("plot_examples", lambda *a, **k: None)):
+        monkeypatch.setattr(experiment, name, fake)
+    config = _tiny_config(methods=("softmax", "exact"), seeds=(5, 6), held_out_mimic="mottled",
+                          data="synthetic-brightest", baseline_model="all")
+    gathered = experiment._TestResults()
+    (tmp_path / "rows").mkdir()
+    experiment._test_condition(config, config.variants()[0], 0.3, str(tmp_path), "cpu", gathered, False,
+                               lambda *a: None)
+    models = ("softmax", "exact", "plain_cnn")
+    assert sorted(seen["train"]) == sorted((m, s, ("train set", "val set")) for m in models for s in (5, 6))
+    assert sorted(e for e in seen["evaluate"] if e[1] == "dev set") == sorted((m, "dev set", False)
+                                                                              for m in models for s in (5, 6))
+    assert {(d, a) for _, d, a in seen["evaluate"] if d != "dev set"} == {("test set", True), ("heldout set", True)}
+    assert seen["validity"] == ["test set"] and seen["model_free"] == ["dev set"]
+    [condition] = gathered.conditions
+    assert condition["compared"] == ["softmax", "plain_cnn"]  # by dev AUC, not by test AUC
+    assert {r["dev_auc"] for r in gathered.runs if r["model"] == "exact"} == {0.6}
+    # (c): the best attention method on the test split (softmax 0.805) against the plain CNN (0.755)
+    uniform = {r.name: r for r in condition["validity"]}["uniform_attention"]
+    assert uniform.ran and uniform.value == pytest.approx(0.05)
+    assert seen["explain"] == [(t, models, 4 if (t, s) == ("test set", 5) else 0)
+                               for s in (5, 6) for t in ("test set", "heldout set")]
+    assert sorted(seen["randomisation"]) == sorted((m, 10_000 + s, True) for m in models for s in (5, 6))
+    assert gathered.chance[("difficulty0.3", "test", "lesion")] == pytest.approx(0.25)
+    assert math.isnan(gathered.chance[("difficulty0.3", "heldout_mottled", "decisive")])  # no image: no chance level
+
+
+def test_run_test_runs_every_difficulty_marks_the_folder_complete_and_refuses_a_mount_point(tmp_path, monkeypatch):
+    """Every difficulty of the variants file runs, in order, and the folder's manifest is
+    marked complete at the end; ``force`` over a folder that is a mount point (which a
+    rename cannot move aside) is refused before anything is recorded."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.experiment import ablation_columns, run_test
+    from convex_attention.paper.protocol import MANIFEST, TestFolderExists, Variants
+
+    done = []
+    monkeypatch.setattr(experiment, "_test_condition", lambda config, variant, difficulty, *a: done.append(difficulty))
+    monkeypatch.setattr(experiment, "_write_test", lambda config, *a: {"report": ""})
+    ledger = tmp_path / "configs" / "data_ledger.json"
+    record = {"path": str(tmp_path / "configs" / "experiment_variants.json"), "sha256": "ab" * 32}
+    folder = str(tmp_path / "exp" / "test")
+    variants = Variants(difficulties=(0.3, 0.6))
+    run_test(_tiny_config(data_seed=1), folder, variants, record, progress=False, log=lambda *a: None,
+             ledger_path=str(ledger))
+    assert done == [0.3, 0.6]
+    assert json.load(open(os.path.join(folder, MANIFEST)))["status"] == "complete"
+    before = ledger.read_bytes()
+    monkeypatch.setattr(experiment.os.path, "ismount", lambda path: os.path.abspath(path) == folder)
+    with pytest.raises(TestFolderExists, match="mount point"):
+        run_test(_tiny_config(data_seed=1), folder, variants, record, progress=False, log=lambda *a: None,
+                 ledger_path=str(ledger), force=True)
+    assert ledger.read_bytes() == before and not os.path.exists(folder + ".run-1")
+    # the map-ablation columns: every level at once, then each of the model's levels alone
+    config = _tiny_config()
+    levels = len(config.train.model.attention_blocks)
+    assert levels == 2 and ablation_columns(config) == (
+        "delta_bacc_uniform", "delta_bacc_shuffled", "delta_auc_uniform", "delta_auc_shuffled",
+        *(f"{c}_L{k}" for k in range(levels) for c in ("delta_bacc_uniform", "delta_bacc_shuffled",
+                                                       "delta_auc_uniform", "delta_auc_shuffled")))
+
+
+def test_the_headline_pairs_each_compared_models_own_best_level():
+    """The paired difference is of the exact group (its level too), and each compared
+    attention model's row pairs that model's own best level against the best post-hoc map
+    (found by mutation testing: pairing the overall best attention map, or matching groups
+    without their level, survived the fast suite)."""
+    from convex_attention.paper.experiment import _headline, _summary
+
+    def row(model, method, level, seed, ap):
+        return {"condition": "c", "test_set": "test", "model": model, "method": method, "level": level,
+                "resolution": "pixel", "upsampling": "nearest", "mask": "decisive", "seed": seed, "ap_mean": ap,
+                "ap": ap}
+
+    seed_means = []
+    for seed, shift in enumerate((0.0, 0.03, -0.02)):
+        seed_means += [row("exact", "attention", 0, seed, 0.30 + shift), row("exact", "attention", 1, seed, 0.50),
+                       row("softmax", "attention", 0, seed, 0.40 + shift), row("softmax", "attention", 1, seed, 0.10),
+                       row("exact", "gradcam", 0, seed, 0.20)]
+    summary = _summary(seed_means, ("condition", "test_set", "model", "method", "level", "resolution", "upsampling",
+                                    "mask"), ("ap",))
+    [h] = _headline(summary, seed_means, {"c": ["exact", "softmax"]})
+    assert (h["attention"]["model"], h["attention"]["level"]) == ("exact", 1)
+    assert h["difference"]["ap_mean"] == pytest.approx(0.30) and h["difference"]["ap_ci95"] == pytest.approx(0.0)
+    soft = h["by_model"]["softmax"]
+    assert soft["level"] == 0 and soft["difference_mean"] == pytest.approx(0.20 + 1 / 300)
+    assert soft["difference_ci95"] == pytest.approx(mean_ci([0.20, 0.23, 0.18])[1])
