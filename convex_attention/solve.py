@@ -199,9 +199,10 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
         duals: for ``"learned_dual"``: one tensor per edge ``e``, shaped like its coarse map:
             ``h.shapes[b]``, ``(1, *h.shapes[b])`` or ``(B, *h.shapes[b])`` (on a hierarchy
             ``L-1`` tensors, ``duals[k]`` shaped like level ``k+1``).
-        check_finite: reject NaN/Inf scores and scores beyond ``validation.score_limit``
-            (reads the scores once; on CUDA one host synchronisation; turn off in a
-            training hot path).
+        check_finite: reject NaN/Inf scores and scores beyond ``validation.score_limit``,
+            and ``given`` maps that are not finite, strictly positive and summing to one
+            (reads the values once; on CUDA one host synchronisation; turn off in a
+            training hot path: ``given``'s shape, dtype and device are checked still).
         given: maps whose probabilities are given rather than scored (a prior over regions,
             a segmentation): ``{k: q_k}`` with ``q_k`` shaped ``h.shapes[k]``, ``(1, …)`` or
             ``(B, …)``, strictly positive, summing to one per sample; ``scores[k]`` is then

@@ -215,7 +215,7 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
 
     Accepted: a positive real number of any type (Python ``int``/``float``, numpy's
     ``float64``, ``float32``, ``float16``, integers; not ``bool``), a sequence of
-    ``num_levels`` of them (or of 0-d tensors), a numpy array of shape ``()`` or
+    ``num_levels`` of them (or of 0-d real tensors), a numpy array of shape ``()`` or
     ``(num_levels,)``, or a real tensor of shape ``()`` (shared by the levels) or
     ``(num_levels,)`` (one per level); any other shape is refused (a ``(B,)`` tensor is not
     per-sample temperatures).  A value is used as ``float(value)``, so ``np.float32(0.7)``
@@ -250,9 +250,13 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
             and any(isinstance(t, Tensor) for t in temperature):
         # one 0-d tensor (or number) per level, e.g. one learnable temperature per level
         for k, t in enumerate(temperature):
-            if isinstance(t, Tensor) and (t.dim() != 0 or not t.dtype.is_floating_point):
-                raise ValueError(f"temperature[{k}] must be a number or a 0-d floating tensor (one temperature per "
-                                 f"{unit}), got a tensor of shape {tuple(t.shape)} and dtype {t.dtype}")
+            if not isinstance(t, Tensor):
+                continue
+            if not (t.dtype.is_floating_point or t.dtype in _INT_DTYPES):  # as a whole tensor is checked
+                raise TypeError(f"temperature[{k}] must be a number or a 0-d real tensor, got dtype {t.dtype}")
+            if t.dim() != 0:
+                raise ValueError(f"temperature[{k}] must be a number or a 0-d real tensor (one temperature per "
+                                 f"{unit}), got a tensor of shape {tuple(t.shape)}")
         values = [float(t.detach()) if isinstance(t, Tensor) else t for t in temperature]
         temps = _check_temperature_values(values, num_levels, dtype, unit)
         grads = [is_grad_temperature(t) for t in temperature]

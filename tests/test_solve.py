@@ -444,7 +444,7 @@ def test_one_zero_d_tensor_per_level_is_accepted_and_differentiated():
         torch.testing.assert_close(a, b, atol=1e-15, rtol=0)
     sum((p * torch.randn_like(p)).sum() for p in sol.probs).backward()
     assert t0.grad is not None
-    with pytest.raises(ValueError, match=r"temperature\[1\] must be a number or a 0-d floating tensor"):
+    with pytest.raises(ValueError, match=r"temperature\[1\] must be a number or a 0-d real tensor"):
         ca.solve(inst.scores, inst.h, "exact", temperature=[t0, torch.ones(2)])
     with pytest.raises(TypeError, match="method 'cvxpylayers' cannot differentiate"):
         ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=[t0, 1.0])

@@ -165,3 +165,186 @@ def test_float8_scores_are_refused_naming_the_dtypes():
     h = ca.Hierarchy.grid([4, 2])
     with pytest.raises(TypeError, match="float16, bfloat16, float32, float64, got dtype torch.float8_e4m3fn"):
         ca.solve([torch.zeros(1, 4).to(torch.float8_e4m3fn), torch.zeros(1, 2).to(torch.float8_e4m3fn)], h, "exact")
+
+
+# ----------------------------------------------------------------------------- mutation-testing additions
+CPU = torch.device("cpu")
+
+
+def test_scores_that_are_not_a_list_are_refused_not_read_in_their_iteration_order():
+    """A set of tensors (no order) or a generator is not "a list of M tensors"."""
+    for scores in ({GOOD[0], GOOD[1]}, (s for s in GOOD), {0: GOOD[0], 1: GOOD[1]}):
+        with pytest.raises(TypeError, match="scores must be a list of 2 tensors"):
+            V.check_scores(scores, H)
+    assert V.check_scores(tuple(GOOD), H) == GOOD  # a tuple is a sequence
+
+
+def test_scores_shapes_are_compared_per_dimension_not_by_size():
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    with pytest.raises(ValueError, match=r"scores\[0\] must have shape \(B, 4, 4\) for level 0, got \(1, 2, 8\)"):
+        V.check_scores([torch.zeros(1, 2, 8), torch.zeros(1, 2, 2)], h)
+    with pytest.raises(ValueError, match=r"scores\[1\] must have shape \(B, 2, 2\) for level 1, got \(1, 1, 4\)"):
+        V.check_scores([torch.zeros(1, 4, 4), torch.zeros(1, 1, 4)], h)
+
+
+def test_scores_on_two_devices_are_refused_even_without_the_finite_check():
+    with pytest.raises(ValueError, match=r"scores\[1\] is on meta, scores\[0\] on cpu"):
+        V.check_scores([torch.zeros(3, 4), torch.zeros(3, 2, device="meta")], H, check_finite=False)
+
+
+def test_a_none_entry_for_a_scored_map_names_the_map_and_given():
+    with pytest.raises(TypeError, match=r"scores\[1\] is None but level 1 is not given; give its scores, or its "
+                                        r"probabilities in given=\{1: ...\}"):
+        V.check_scores_and_peaks([None, None], H, given=frozenset({0}))
+    out, peak = V.check_scores_and_peaks([None, GOOD[1]], H, given=frozenset({0}))
+    assert out[0] is None and out[1] is GOOD[1] and peak == 0.0
+
+
+def test_scores_exactly_at_the_limit_pass_and_just_above_are_refused():
+    """docs/design.md §4: the largest magnitudes must sum to *at most* score_limit."""
+    for dtype in (torch.float32, torch.float64):
+        limit = V.score_limit(dtype)
+        half = limit / 2  # exact: a power-of-two scaling
+        at = [torch.tensor([[-half, 0.0, 0.0, 1.0]], dtype=dtype), torch.tensor([[half, 0.0]], dtype=dtype)]
+        assert V.check_scores_and_peaks(at, H)[1] == limit
+        above = [at[0], torch.tensor([[np.nextafter(half, math.inf, dtype=np.float64 if dtype == torch.float64
+                                                    else np.float32), 0.0]], dtype=dtype)]
+        with pytest.raises(ValueError, match="too large"):
+            V.check_scores(above, H)
+
+
+def _given_args(dtype=torch.float64):
+    return H, 3, dtype, CPU
+
+
+def test_given_keys_must_be_map_indices():
+    q = torch.full((4,), 0.25, dtype=torch.float64)
+    for key in (2, -1, True, "0"):
+        with pytest.raises(ValueError, match=rf"given has key {key!r}: a level index in \[0, 2\) is needed"):
+            V.check_given({key: q}, *_given_args())
+    out = V.check_given({0: q}, *_given_args())
+    assert out[1] is None and out[0].shape == (1, 4)
+
+
+def test_check_finite_off_skips_the_checks_of_given_values_but_not_of_its_form():
+    """docs/design.md §4: without check_finite nothing reads given's values (no host
+    synchronisation); its keys, dtype, shape and device are still checked."""
+    unnormalised = torch.tensor([0.5, 1.5], dtype=torch.float64)
+    with pytest.raises(ValueError, match="must sum to one"):
+        V.check_given({1: unnormalised}, *_given_args())
+    assert V.check_given({1: unnormalised}, *_given_args(), check_finite=False)[1] is not None
+    with pytest.raises(TypeError, match="has dtype torch.float32"):
+        V.check_given({1: unnormalised.float()}, *_given_args(), check_finite=False)
+    with pytest.raises(ValueError, match="given"):
+        V.check_given({1: torch.full((3,), 1 / 3, dtype=torch.float64)}, *_given_args(), check_finite=False)
+
+
+def test_given_must_be_floating_finite_and_on_the_scores_device():
+    with pytest.raises(TypeError, match=r"given\[0\] must be a floating tensor of probabilities, got torch.int64"):
+        V.check_given({0: torch.ones(4, dtype=torch.long)}, *_given_args())
+    with pytest.raises(ValueError, match=r"given\[1\] is on meta, the scores on cpu"):
+        V.check_given({1: torch.full((2,), 0.5, dtype=torch.float64, device="meta")}, *_given_args(),
+                      check_finite=False)
+    for bad in (math.nan, math.inf):
+        q = torch.tensor([0.5, bad], dtype=torch.float64)
+        with pytest.raises(ValueError, match=r"given\[1\] contains NaN or Inf values"):
+            V.check_given({1: q}, *_given_args())
+
+
+def test_given_must_sum_to_one_in_every_sample_to_the_dtypes_tolerance():
+    args = _given_args()
+    with pytest.raises(ValueError, match=r"given\[1\] must sum to one per sample \(to 1e-06 in float64\), off by 0.2"):
+        V.check_given({1: torch.tensor([0.4, 0.4], dtype=torch.float64)}, *args)  # sums below one
+    two = torch.tensor([[0.5, 0.5], [0.5, 1.5]], dtype=torch.float64)  # only the second sample is off
+    with pytest.raises(ValueError, match=r"given\[1\] must sum to one per sample.*off by 1"):
+        V.check_given({1: two}, H, 2, torch.float64, CPU)
+    # tolerance per dtype: refused just beyond it, accepted within
+    for dtype, tol, off, within in ((torch.float64, "1e-06", 1e-5, 1e-7), (torch.float32, "0.0001", 1e-3, 2e-5),
+                                    (torch.float16, "0.01", 0.05, 2e-3), (torch.bfloat16, "0.01", 0.05, 2e-3)):
+        bad = torch.tensor([0.5, 0.5 + off], dtype=dtype)
+        with pytest.raises(ValueError, match=rf"to {tol} in {V.dtype_name(dtype)}"):
+            V.check_given({1: bad}, H, 3, dtype, CPU)
+        good = torch.tensor([0.5, 0.5 + within], dtype=dtype)
+        assert V.check_given({1: good}, H, 3, dtype, CPU)[1].shape == (1, 2)
+
+
+def test_integer_tensors_are_real_temperatures():
+    assert V.check_temperatures(torch.tensor([1, 3]), 2) == [1.0, 3.0]
+    assert V.check_temperatures(torch.tensor(2, dtype=torch.uint8), 2) == [2.0, 2.0]
+    for bad in (torch.tensor([True, True]), torch.ones(2, dtype=torch.complex64)):
+        with pytest.raises(TypeError, match="temperature must be a real tensor"):
+            V.check_temperatures(bad, 2)
+
+
+def test_a_bool_or_complex_zero_d_tensor_in_a_list_is_not_a_temperature():
+    for bad in (torch.tensor(True), torch.tensor(1 + 0j)):
+        # the same refusal, and error type, as for a whole tensor of that dtype
+        with pytest.raises(TypeError, match=r"temperature\[1\] must be a number or a 0-d real tensor, got dtype "
+                                            + str(bad.dtype)):
+            V.check_temperatures([1.0, bad], 2)
+        with pytest.raises(TypeError, match="real tensor"):
+            V.check_temperatures(bad.reshape(1).expand(2), 2)
+    with pytest.raises(ValueError, match=r"temperature\[0\] must be a number or a 0-d real tensor \(one temperature "
+                                         r"per level\), got a tensor of shape \(1,\)"):
+        V.check_temperatures([torch.ones(1), 2.0], 2)
+    assert V.check_temperatures([torch.tensor(0.5, dtype=torch.float16), 2.0], 2) == [0.5, 2.0]
+
+
+def test_integer_temperatures_are_real_in_a_list_as_in_a_tensor():
+    assert V.check_temperatures([torch.tensor(1), torch.tensor(3)], 2) == V.check_temperatures(
+        torch.tensor([1, 3]), 2) == [1.0, 3.0]
+
+
+def test_unsigned_numpy_arrays_are_temperatures():
+    assert V.check_temperatures(np.array([1, 3], dtype=np.uint8), 2) == [1.0, 3.0]
+    assert V.check_temperatures(np.array(2, dtype=np.uint64), 2) == [2.0, 2.0]
+
+
+def test_temperatures_exactly_at_the_bounds_pass_and_just_beyond_are_refused_naming_the_level():
+    """temperature_range: every τ_k *at least* tau_min, Σ τ_k *at most* total_max."""
+    for dtype, work in ((torch.float32, "float32"), (torch.bfloat16, "float32"), (torch.float64, "float64"),
+                        (None, "float64")):
+        low, high = V.temperature_range(dtype)
+        assert V.check_temperatures([1.0, low], 2, dtype=dtype) == [1.0, low]
+        assert V.check_temperatures([high / 2, high / 2], 2, dtype=dtype) == [high / 2, high / 2]
+        assert V.check_temperatures(high, 1, dtype=dtype) == [high]
+        fix = "" if work == "float64" else " or float64 scores"
+        below = np.nextafter(low, 0.0)
+        with pytest.raises(ValueError, match=rf"temperature of level 1 is {below:g}, below the smallest accepted for "
+                                             rf"{work} computation .*; use a larger temperature{fix}$"):
+            V.check_temperatures([1.0, below], 2, dtype=dtype)
+        with pytest.raises(ValueError, match=rf"the temperatures sum to .*, above the largest accepted for {work}"):
+            V.check_temperatures(np.nextafter(high, math.inf), 1, dtype=dtype)
+        with pytest.raises(ValueError, match=rf"the temperatures sum to .*, above the largest accepted for {work}"):
+            V.check_temperatures([0.75 * high, 0.75 * high], 2, dtype=dtype)  # each within, the sum is not
+
+
+def test_a_nan_temperature_is_refused_naming_the_level():
+    for temperature, index in ((math.nan, 0), ([1.0, math.nan], 1), (torch.tensor([1.0, math.nan]), 1),
+                               (np.array([math.nan, 1.0]), 0)):
+        with pytest.raises(ValueError, match=rf"temperature of level {index} must be positive and finite, got nan"):
+            V.check_temperatures(temperature, 2)
+
+
+def test_check_duals_every_dual_finite_batch_and_device():
+    h3 = ca.Hierarchy.grid([(8,), (4,), (2,)])
+    with pytest.raises(ValueError, match=r"duals\[1\] contains NaN or Inf values"):
+        V.check_duals([torch.zeros(4), torch.tensor([0.0, math.inf])], h3, 3, torch.float64, CPU)
+    with pytest.raises(ValueError, match=r"duals must hold one tensor per constraint \(2\), got 3"):
+        V.check_duals([torch.zeros(4), torch.zeros(2), torch.zeros(2)], h3, 3, torch.float64, CPU)
+    with pytest.raises(ValueError, match=r"duals\[0\] must have shape \(2,\), \(1, \*\(2,\)\) or \(3, \*\(2,\)\) for "
+                                         r"constraint 0, got \(5, 2\)"):
+        V.check_duals([torch.zeros(5, 2)], H, 3, torch.float64, CPU)
+    with pytest.raises(ValueError, match=r"duals\[0\] is on meta, scores on cpu"):
+        V.check_duals([torch.zeros(2, device="meta")], H, 3, torch.float64, CPU, check_finite=False)
+    out = V.check_duals([torch.full((2,), math.nan)], H, 3, torch.float64, CPU, check_finite=False)
+    assert out[0].shape == (1, 2)  # check_finite=False skips the read
+
+
+def test_check_duals_counts_each_dual_twice_and_accepts_exactly_the_limit():
+    """check_duals: score_peak_sum + 2 Σ_e max |λ_e| *at most* score_limit."""
+    limit = V.score_limit(torch.float32)
+    at = V.check_duals([torch.tensor([-limit / 4, 0.0])], H, 3, torch.float32, CPU, score_peak_sum=limit / 2)
+    assert at[0].dtype == torch.float32
+    with pytest.raises(ValueError, match="scores and duals are too large for torch.float32"):
+        V.check_duals([torch.tensor([limit / 3, 0.0])], H, 3, torch.float32, CPU, score_peak_sum=limit / 2)
