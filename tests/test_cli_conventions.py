@@ -140,6 +140,7 @@ def test_building_the_parser_and_every_help_import_nothing_heavy():
     assert done.stdout.strip() == "", f"--help imported {done.stdout.strip()}"
 
 
+@pytest.mark.slow  # a Python process of its own (1.5 s)
 def test_the_package_loads_its_api_on_first_use():
     """`import convex_attention` is light (the command imports it); `ca.solve` and every
     public name still work, and `dir`/`__all__` list them."""

@@ -299,6 +299,7 @@ def _times_out_on_an_instance_larger_than_a_pipe(spec: str) -> None:
         assert str(err) == "did not return within 1.5 s (--timeout); its process was stopped"
 
 
+@pytest.mark.slow  # a 1.5 s timeout run out (the fast suite keeps one: the stalled message above)
 def test_a_child_that_stops_reading_its_instances_is_stopped_at_the_timeout(tmp_path):
     """Its module makes the child's reads hang; an instance larger than a pipe's buffer
     cannot be handed over, and the verifier stops waiting at the timeout."""

@@ -573,6 +573,7 @@ def _scripted_aucs(monkeypatch, aucs):
     monkeypatch.setattr(T, "evaluate", scripted)
 
 
+@pytest.mark.slow  # end-to-end: tiny training runs, resumed (0.4-1.5 s)
 def test_best_pt_is_the_first_epoch_of_the_highest_auc_and_every_checkpoint_names_it(tmp_path, monkeypatch):
     _scripted_aucs(monkeypatch, [0.6, 0.8, 0.8, 0.7])  # epochs 2 and 3 tie: the first one stays best
     out = str(tmp_path / "run")
@@ -588,6 +589,7 @@ def test_best_pt_is_the_first_epoch_of_the_highest_auc_and_every_checkpoint_name
     assert all(float(r["lr"]) == 2e-3 for r in rows)  # the learning rate of the epoch
 
 
+@pytest.mark.slow  # end-to-end: tiny training runs, resumed (0.4-1.5 s)
 @pytest.mark.parametrize("stored", [True, False], ids=["best_epoch", "older-checkpoint"])
 def test_a_resumed_run_keeps_the_best_epoch_of_the_run_it_continues(tmp_path, monkeypatch, stored):
     # epoch 1 and 2 tie at 0.8; the resumed epochs do worse: epoch 1 stays best, with or
@@ -606,6 +608,7 @@ def test_a_resumed_run_keeps_the_best_epoch_of_the_run_it_continues(tmp_path, mo
     assert read_checkpoint(last)["best_epoch"] == 1
 
 
+@pytest.mark.slow  # end-to-end: tiny training runs, resumed (0.4-1.5 s)
 def test_resume_into_another_folder_brings_the_best_checkpoint_beside_the_one_resumed(tmp_path, monkeypatch):
     import convex_attention.paper.train as T
 
@@ -621,6 +624,7 @@ def test_resume_into_another_folder_brings_the_best_checkpoint_beside_the_one_re
     assert run.best_epoch == 1
 
 
+@pytest.mark.slow  # end-to-end: tiny training runs, resumed (0.4-1.5 s)
 def test_resume_trains_with_the_learning_rate_and_weight_decay_asked_now(tmp_path):
     out = str(tmp_path / "run")
     train(TrainConfig.build(out=out, epochs=1, lr=1e-3, weight_decay=1e-3, augment=False, **FAST))
@@ -649,6 +653,7 @@ def _diverging_at(call):
     return Diverging
 
 
+@pytest.mark.slow  # end-to-end: tiny training runs, resumed (0.4-1.5 s)
 def test_the_learning_rate_is_blamed_only_after_an_update_here_or_before_the_resumed_checkpoint(tmp_path):
     from convex_attention.paper.train import TrainingDiverged
 
@@ -743,6 +748,7 @@ def test_train_loss_and_accuracy_are_the_epochs_means_over_its_images(tmp_path):
     assert row["train_acc"] == pytest.approx(sum(c for _, c, _ in steps) / n)
 
 
+@pytest.mark.slow  # end-to-end: tiny training runs, resumed (0.4-1.5 s)
 def test_runs_of_one_seed_start_from_the_same_weights_and_other_seeds_do_not(tmp_path):
     from convex_attention.paper.train import weights_digest
 
@@ -793,6 +799,7 @@ def test_resume_never_unpickles_the_checkpoint(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow  # end-to-end: tiny training runs, resumed (0.4-1.5 s)
 def test_a_checkpoint_of_another_number_of_processes_resumes_saying_the_order_differs(tmp_path):
     out = str(tmp_path / "run")
     train(TrainConfig.build(out=out, epochs=1, **FAST))

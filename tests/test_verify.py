@@ -253,6 +253,7 @@ def test_cli_solver_that_exits_crashes_hangs_or_lies_exits_1_with_one_line_and_w
     assert status["exact.duality_gap"] == "pass"  # the verifier itself went on
 
 
+@pytest.mark.slow  # the whole command, its solver in a process of its own (1 s)
 def test_cli_verifies_a_correct_solver_file_in_its_own_process(tmp_path, capfd, monkeypatch):
     monkeypatch.setattr(verify_mod, "random_instances", lambda n, seed, quick: _instances(1))
     solver = tmp_path / "good.py"
