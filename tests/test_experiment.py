@@ -265,6 +265,14 @@ def test_test_stage_refusals_are_usage_errors_before_work(outside_git, tmp_path,
     assert code == 2 and "--allow-rejected-benchmark: only the test stage" in err
 
 
+def _accepting_checks():
+    """Validity checks (a), (b) and (c) that a benchmark record accepts."""
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
+
+    return [CheckResult("location_free", "t", "b", 0.5, 0.6), CheckResult("pixel_map", "t", "a", 0.2, 0.3),
+            check_maps_drive_ranking([0.1] * 5)]
+
+
 def test_the_test_stage_refuses_other_methods_or_settings_than_the_verdict_judged(outside_git, tmp_path, capsys,
                                                                                   monkeypatch):
     """The verdict records the methods and the settings it judged; the test stage refuses,
@@ -280,11 +288,9 @@ def test_the_test_stage_refuses_other_methods_or_settings_than_the_verdict_judge
         judged_settings,
         variants_digest,
     )
-    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
 
     monkeypatch.setattr(experiment, "run_test", lambda *a, **k: pytest.fail("work started"))
-    checks = [CheckResult("location_free", "t", "b", 0.5, 0.6), CheckResult("pixel_map", "t", "a", 0.2, 0.3),
-              check_maps_drive_ranking([0.1] * 5)]
+    checks = _accepting_checks()
     dev = QUICK.override(methods=("softmax", "exact"), n_train=64, epochs=2)
     record = benchmark_record(checks, Variant(), 0.3, dev.methods, (0, 1, 2, 3, 4), judged_settings(dev),
                               data_seed=0)
@@ -925,13 +931,11 @@ def test_run_experiment_refuses_a_variant_its_methods_cannot_take_before_any_wor
         judged_settings,
         variants_digest,
     )
-    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
 
     monkeypatch.setattr(experiment, "run_test", lambda *a, **k: pytest.fail("work started"))
     config = _tiny_config(methods=("cvxpylayers",), data_seed=1)
     variant = Variant(learn_temperature=True)
-    checks = [CheckResult("location_free", "t", "b", 0.5, 0.6), CheckResult("pixel_map", "t", "a", 0.2, 0.3),
-              check_maps_drive_ranking([0.1] * 5)]
+    checks = _accepting_checks()
     record = benchmark_record(checks, variant, 0.3, config.methods, (0, 1, 2, 3, 4), judged_settings(config))
     path = outside_git / "variants.json"
     path.write_text(json.dumps(Variants(variant, difficulties=(0.3,), benchmark=record).to_dict()))

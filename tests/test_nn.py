@@ -401,12 +401,17 @@ def _parameter_trace(module, train, **kwargs):
     return history, moved
 
 
-def test_fit_trains_the_linear_path_for_two_thirds_of_the_steps_then_the_residual():
+def _small_fit():
+    """An amortised module on two levels and its training scores (seeded)."""
     h = ca.Hierarchy.grid([(4, 4), (2, 2)])
     g = torch.Generator().manual_seed(0)
     train = [torch.randn((8,) + s, generator=g) for s in h.shapes]
     torch.manual_seed(0)
-    module = ca.AmortisedDuals(h, [0.7, 1.6], hidden=4)
+    return ca.AmortisedDuals(h, [0.7, 1.6], hidden=4), train
+
+
+def test_fit_trains_the_linear_path_for_two_thirds_of_the_steps_then_the_residual():
+    module, train = _small_fit()
     history, moved = _parameter_trace(module, train, steps=6)
     assert len(history) == 6
     # evaluations: one per step, then the final one; every step moves its part alone
@@ -415,11 +420,7 @@ def test_fit_trains_the_linear_path_for_two_thirds_of_the_steps_then_the_residua
 
 
 def test_fit_with_a_zero_residual_rate_trains_the_linear_path_every_step():
-    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
-    g = torch.Generator().manual_seed(0)
-    train = [torch.randn((8,) + s, generator=g) for s in h.shapes]
-    torch.manual_seed(0)
-    module = ca.AmortisedDuals(h, [0.7, 1.6], hidden=4)
+    module, train = _small_fit()
     before = [p.detach().clone() for p in module.residual.parameters()]
     history, moved = _parameter_trace(module, train, steps=5, residual_lr=0.0)
     assert len(history) == 5 and moved[:5] == [(True, False)] * 5
