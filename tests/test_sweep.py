@@ -517,6 +517,17 @@ def test_the_reference_is_the_closed_form_on_forests_and_a_certified_tight_dual_
     assert float((sol.dual_objective - sol.objective).abs().max()) < 1e-9
 
 
+def test_cvx_budget_raises_a_flat_fit_to_the_documented_slope_of_0_8():
+    """docs/benchmarks.md: the slope is clamped to [0.8, 2.5]; equal times at two sizes
+    (slope 0, a timing under load) must not predict that a larger cell costs nothing more."""
+    from convex_attention.bench.sweep import cvx_estimate
+
+    rows = cvx_rows([(100, 1.0), (400, 1.0)])
+    seconds, basis = cvx_estimate(rows, 1600, batch=1, calls=1)
+    assert seconds == pytest.approx(math.exp(math.log(1e-3) + 0.8 * math.log(1600 / 200)))
+    assert "slope 0.80" in basis
+
+
 def test_the_estimate_alone_is_the_backends_own():
     from convex_attention.bench.sweep import _cvx_estimate_s
 
