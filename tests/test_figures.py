@@ -101,3 +101,35 @@ def test_the_guard_passes_other_warnings_on_and_lets_a_drawable_figure_be_saved(
         warnings.warn("unrelated", UserWarning, stacklevel=1)
         path = figures.save(_log_axis_over([1e-3, 1e3]), str(tmp_path / "fine.png"))
     assert os.path.exists(path) and os.path.exists(tmp_path / "fine.pdf")
+
+
+def test_a_crowded_figure_is_written_with_matplotlibs_warning_not_refused(tmp_path):
+    """A layout matplotlib gives up on (panels too narrow for their labels) is not an axis
+    over hundreds of decades: the figure is written, and matplotlib's warning reaches the caller."""
+    fig, axes = plt.subplots(1, 8, figsize=(3, 2), layout="constrained")
+    for ax in axes:
+        ax.set_ylabel("a long label " * 3)
+        ax.plot([1, 2], [1, 2])
+    with pytest.warns(UserWarning, match="collapsed"), figures.layout_guard():
+        figures.save(fig, str(tmp_path / "crowded.png"), notes=["float64"])
+    assert sorted(os.listdir(tmp_path)) == ["crowded.pdf", "crowded.png"]
+
+
+def test_the_guard_leaves_other_warnings_to_the_callers_filters_and_closes_its_figures_on_any_error():
+    before = plt.get_fignums()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the caller's own filter: an error where it is raised
+        with pytest.raises(UserWarning, match="boom"), figures.layout_guard():
+            plt.figure()
+            warnings.warn("boom", UserWarning, stacklevel=1)
+            pytest.fail("the warning did not stop the body")
+    assert plt.get_fignums() == before
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="quiet")  # and silenced where the caller silences it
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("ignore")
+            warnings.filterwarnings("always", message="loud")
+            with figures.layout_guard():
+                warnings.warn("quiet", UserWarning, stacklevel=1)
+                warnings.warn("loud", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in seen] == ["loud"]

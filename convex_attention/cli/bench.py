@@ -180,7 +180,7 @@ def _add_plot(sub) -> None:
                     "threads, the load average at the start and end of the run (or that it was not recorded) and "
                     "the dtype; rows the sweep skipped or timed elsewhere are counted there. Rows with unreadable "
                     "or impossible values (a time outside 1e-12 to 1e12 ms) are skipped and named on stderr; a "
-                    "figure without data, or that matplotlib cannot lay out, is not written.")
+                    "figure without data, or whose log axis would overflow, is not written.")
     p.add_argument("results", help="results folder written by `bench`")
     p.add_argument("--out", default=None, help="figure folder (default: RESULTS/figures)")
     p.add_argument("--overwrite", action="store_true",

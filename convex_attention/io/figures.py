@@ -37,40 +37,39 @@ class FigureLayoutError(ValueError):
     values no measurement gives): the figure is not written; the message says why."""
 
 
-#: What matplotlib warns (and nothing more) when an axis spans more than floating point can
-#: draw: its log transform overflows, and the layout collapses the axes to nothing.
-_LAYOUT_FAILURES = ("overflow encountered", "axes sizes collapsed")
+#: What numpy warns inside matplotlib when an axis spans more than floating point can draw
+#: (its log transform overflows): the figure would be written, unreadable (axes collapsed,
+#: the data not shown).  Made an error inside :func:`layout_guard`.
+_OVERFLOW = "overflow encountered"
 
 
 @contextlib.contextmanager
 def layout_guard():
-    """Draw a figure inside this: :class:`FigureLayoutError` where matplotlib overflows or
-    collapses the axes (it mostly only warns, and would write an unreadable figure).  On
-    that, or any other exception, the figures opened inside are closed (the others are left
-    open).  Other warnings pass on as they are."""
+    """Draw a figure inside this: :class:`FigureLayoutError` where matplotlib's transforms
+    overflow (numpy only warns, and an unreadable figure would be written) or its tick
+    formatter raises OverflowError.  On that, or any other exception, the figures opened
+    inside are closed (the others are left open).  Every other warning is left to the
+    caller's filters, as it is raised (a figure merely crowded, whose layout matplotlib
+    gives up on with a warning, is still written)."""
     opened_before = set(plt.get_fignums())
 
     def close_own_figures():
         for number in set(plt.get_fignums()) - opened_before:
             plt.close(number)
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message=_OVERFLOW, category=RuntimeWarning)
             yield
-        except (FigureLayoutError, OverflowError):  # matplotlib's tick formatter can raise it too
-            caught.append(warnings.WarningMessage(_LAYOUT_FAILURES[1], UserWarning, __file__, 0))
-        except BaseException:
-            close_own_figures()  # a figure that failed otherwise is not left open either
-            raise
-    failed = any(f in str(w.message) for w in caught for f in _LAYOUT_FAILURES)
-    for w in caught:
-        if not any(f in str(w.message) for f in _LAYOUT_FAILURES):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    if failed:
+    except (FigureLayoutError, OverflowError, RuntimeWarning) as err:
         close_own_figures()
+        if isinstance(err, RuntimeWarning) and _OVERFLOW not in str(err):
+            raise  # another warning the caller's own filters made an error
         raise FigureLayoutError("matplotlib could not lay it out (an axis spans more decades than floating point "
-                                "can draw); check the values the figure reads")
+                                "can draw); check the values the figure reads") from None
+    except BaseException:
+        close_own_figures()  # a figure that failed otherwise is not left open either
+        raise
 
 
 def plain(text, limit: int = 80) -> str:
