@@ -35,6 +35,7 @@ from ..io.files import (
     clean_stale_tmp,
     csv_field,
     json_safe,
+    one_line,
     row_checksum,
 )
 from ..io.settings import declared
@@ -191,9 +192,8 @@ def _as_column_type(column: str, value):
         raise ValueError
     except (TypeError, ValueError, OverflowError):
         kind = "a float" if column in BENCH_SCHEMA.floats else "an integer"
-        shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
-        raise ValueError(f"bench row: column {column} holds {shown}, which is not {kind} the CSV could hold "
-                         f"and read back") from None
+        raise ValueError(f"bench row: column {column} holds {one_line(repr(value), 60)}, which is not {kind} "
+                         f"the CSV could hold and read back") from None
 
 
 def row_key(row: dict) -> tuple:

@@ -35,6 +35,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from .files import one_line
+
 __all__ = ["ConfigError", "Kind", "Int", "Real", "Choice", "Flag", "Text", "Many", "Mapping", "Setting", "setting",
            "declared", "normalise_settings", "check_settings", "to_plain", "from_plain", "add_options",
            "given_settings", "add_grid_options", "given_grid", "variant_settings", "SEED", "Unset", "show_value",
@@ -127,12 +129,6 @@ class Int(Kind):
         return self.check(value)
 
 
-def _shown(value, limit: int = 40) -> str:
-    """``repr(value)`` for a message, at most ``limit`` characters (a 400-digit integer is cut)."""
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
-
-
 @dataclasses.dataclass(frozen=True)
 class Real(Kind):
     """A finite number in ``[low, high]`` (``(low, high]`` when ``low_open``)."""
@@ -158,10 +154,10 @@ class Real(Kind):
         except OverflowError:  # an integer beyond float's range (10**400 read from a JSON file)
             finite = False
         if not finite:
-            raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
+            raise ValueError(f"must be {self.describe()}, got {one_line(repr(value), 40)}")
         low_bad = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         if low_bad or (self.high is not None and value > self.high):
-            raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
+            raise ValueError(f"must be {self.describe()}, got {one_line(repr(value), 40)}")
         return float(value) + 0.0  # -0.0 becomes 0.0: one value, one spelling (Many's distinct compares reprs)
 
     def parse(self, text: str) -> float:
