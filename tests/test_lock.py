@@ -5,6 +5,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -130,7 +131,9 @@ def test_a_lock_that_is_a_link_or_a_folder_is_refused_and_nothing_outside_is_wri
 
 
 def test_an_owner_record_with_an_impossible_time_does_not_crash_the_next_run(tmp_path):
-    for started in ("NaN", "1e300"):
+    # a time too large for the platform (ValueError, OverflowError, OSError), or no number at all
+    # (found by mutation testing: "1e17", a string or null were not tried)
+    for started in ("NaN", "1e300", "1e17", '"yesterday"', "null"):
         record = '{"pid": 1, "host": "elsewhere", "started": ' + started + ', "command": "x"}'
         (tmp_path / LOCK_NAME).write_text(record)
         logged = []
@@ -143,7 +146,12 @@ def test_an_owner_record_with_an_impossible_time_does_not_crash_the_next_run(tmp
                                      # a record needs every field: one of them is not enough (found by mutation
                                      # testing: a file with only "pid" was taken over and removed)
                                      '{"pid": "my project id", "notes": "precious"}',
-                                     '{"pid": 1, "host": "h", "started": 0}'])
+                                     '{"pid": 1, "host": "h", "started": 0}',
+                                     # JSON that names every field but is not an object; JSON nested too deep to
+                                     # parse; a file larger than any record (found by mutation testing)
+                                     '["pid", "host", "started", "command"]', '"pid host started command"',
+                                     pytest.param("[" * 50000, id="deeply-nested"),
+                                     pytest.param("USER DATA\n" * 10000, id="larger-than-a-record")])
 def test_a_users_own_file_named_like_the_lock_is_refused_and_left_untouched(tmp_path, content):
     """A plain results.lock of the user's was truncated, overwritten with the owner record
     and removed on release, without a word (found by a hostile review)."""
@@ -199,8 +207,199 @@ def test_a_lock_file_replaced_between_its_opening_and_its_locking_is_not_the_one
 
     monkeypatch.setattr(lock, "_try_lock", replaced_before_the_first_lock)
     with results_lock(str(tmp_path)) as path:
-        held = lock._HELD[os.path.realpath(path)][0]
+        held = lock._HELD[os.path.realpath(path)]
         assert len(calls) == 2  # it looped
         assert os.path.samestat(os.fstat(held), os.stat(path))  # the file locked is the one at the path
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
     assert not (tmp_path / LOCK_NAME).exists()
+
+
+def test_a_file_that_is_not_utf8_text_is_refused_even_if_it_names_every_field(tmp_path):
+    content = b'{"pid": 1, "host": "h\xff", "started": 0, "command": "c"}'
+    (tmp_path / LOCK_NAME).write_bytes(content)
+    with pytest.raises(ResultsLocked, match="not this tool's lock record"):
+        with results_lock(str(tmp_path)):
+            pass
+    assert (tmp_path / LOCK_NAME).read_bytes() == content
+
+
+def open_fds():
+    if not os.path.isdir("/proc/self/fd"):
+        pytest.skip("counts open descriptors through /proc/self/fd (Linux)")
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("content, named", [
+    (json.dumps({"pid": 4242, "host": "elsewhere", "started": 1e9, "command": "holder"}), "pid 4242 on host elsewhere"),
+    ("", "pid ?"),  # its owner has locked it but not written its record yet
+    ("[1, 2]", "pid ?"),
+])
+def test_a_folder_locked_by_another_writer_is_refused_naming_what_is_known(tmp_path, content, named):
+    """The refusal names the owner's pid, host, start and command as far as its record says,
+    in one line, and leaves the lock and no descriptor of its own open (found by mutation
+    testing: the command and start were not checked, an empty or odd record crashed the run,
+    and each refused try left a descriptor open)."""
+    import fcntl
+
+    (tmp_path / LOCK_NAME).write_text(content)
+    holder = os.open(tmp_path / LOCK_NAME, os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another open file: another writer, to flock
+        before = open_fds()
+        with pytest.raises(ResultsLocked) as refused:
+            with results_lock(str(tmp_path)):
+                pass
+        assert open_fds() == before
+    finally:
+        os.close(holder)
+    message = str(refused.value)
+    assert named in message and "\n" not in message, message
+    if named != "pid ?":  # a record: its command and start are named too
+        record = json.loads(content)
+        assert f"({record['command']})" in message, message
+        assert time.strftime("%Y-%m-%d", time.localtime(record["started"])) in message, message
+    assert (tmp_path / LOCK_NAME).read_text() == content
+
+
+def test_a_waiting_run_says_so_once_and_polls_at_its_interval(tmp_path, monkeypatch):
+    import fcntl
+
+    holder = os.open(tmp_path / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    slept = []
+
+    def sleep(seconds):  # the owner finishes after the waiter's third poll
+        slept.append(seconds)
+        if len(slept) == 3:
+            os.close(holder)
+
+    monkeypatch.setattr(lock.time, "sleep", sleep)
+    logged = []
+    with results_lock(str(tmp_path), wait=True, log=logged.append, poll_s=0.25):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert slept == [0.25] * 3
+    assert len([m for m in logged if m.startswith("waiting")]) == 1, logged
+
+
+def test_the_record_names_this_run(tmp_path):
+    """docs/results_format.md: the file records the owner as JSON: pid, host, started (Unix
+    time, s) and command (found by mutation testing: host and start were never checked)."""
+    before = time.time()
+    with results_lock(str(tmp_path), command="verify"):
+        record = json.loads((tmp_path / LOCK_NAME).read_text())
+    after = time.time()
+    assert sorted(record) == sorted(lock.RECORD_FIELDS)
+    assert record["pid"] == os.getpid() and record["host"] == socket.gethostname()
+    assert record["command"] == "verify" and before <= record["started"] <= after
+
+
+def test_a_stale_record_longer_than_this_runs_is_replaced_whole(tmp_path):
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0,
+                                                    "command": "a command line much longer than this run's " * 4}))
+    with results_lock(str(tmp_path), command="bench"):
+        record = json.loads((tmp_path / LOCK_NAME).read_text())
+        assert record["pid"] == os.getpid() and record["command"] == "bench"
+
+
+def a_live_pid():
+    return os.getppid()
+
+
+@pytest.mark.parametrize("host, pid", [
+    ("elsewhere", "dead"),  # a pid dead here says nothing of a process on another host
+    ("here", "live"), ("here", "my project"), ("here", None), ("here", 10 ** 30),  # alive, or unknown
+])
+def test_a_taken_over_lock_says_its_owner_died_only_when_that_is_known(tmp_path, host, pid):
+    if pid == "dead":
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        pid = dead.pid
+    elif pid == "live":
+        pid = a_live_pid()
+    host = socket.gethostname() if host == "here" else host
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": host, "started": 0, "command": "bench"}))
+    logged = []
+    with results_lock(str(tmp_path), log=logged.append):  # the OS lock is free: taken over, and said
+        pass
+    assert any("took over" in m and f"pid {pid} on host {host}" in m for m in logged), logged
+    assert not any("no longer runs" in m for m in logged), logged
+
+
+def test_the_lock_is_reentrant_through_a_link_to_the_folder(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "out")
+    with results_lock(str(tmp_path / "out")):
+        with results_lock(str(tmp_path / "alias")):
+            pass
+        assert (tmp_path / "out" / LOCK_NAME).exists()
+    assert not (tmp_path / "out" / LOCK_NAME).exists()
+
+
+def test_a_folder_that_cannot_be_made_is_refused_in_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("the user's notes")
+    with pytest.raises(ResultsLocked, match="cannot be made") as refused:
+        with results_lock(str(tmp_path / "notes.txt" / "out")):
+            pass
+    assert "\n" not in str(refused.value)
+    assert (tmp_path / "notes.txt").read_text() == "the user's notes"
+
+
+def test_a_link_put_in_the_locks_place_after_its_check_is_not_followed(tmp_path, monkeypatch):
+    """The lock is opened without following a link: one made between the check for a link
+    and the opening (here: by the check itself) is refused, and its target is not written
+    (found by mutation testing: without O_NOFOLLOW the run took over the empty file outside
+    the folder and wrote its record there)."""
+    outside = tmp_path / "empty.txt"
+    outside.write_text("")
+    out = tmp_path / "out"
+    out.mkdir()
+
+    real_lexists = os.path.lexists
+
+    def a_link_appears(path):
+        if not real_lexists(out / LOCK_NAME):
+            (out / LOCK_NAME).symlink_to(outside)
+        return False
+
+    monkeypatch.setattr(lock.os.path, "lexists", a_link_appears)
+    with pytest.raises(ResultsLocked, match="cannot be opened"):
+        with results_lock(str(out)):
+            pass
+    monkeypatch.undo()
+    assert outside.read_text() == "" and (out / LOCK_NAME).is_symlink()
+
+
+def test_no_descriptor_is_left_open(tmp_path, monkeypatch):
+    """Neither a run nor a lock file replaced before it was locked (the run tries again)
+    leaves a descriptor open (found by mutation testing)."""
+    before = open_fds()
+    with results_lock(str(tmp_path)):
+        pass
+    assert open_fds() == before
+    real_try_lock = lock._try_lock
+    calls = []
+
+    def replaced_before_the_first_lock(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            os.remove(tmp_path / LOCK_NAME)
+            (tmp_path / LOCK_NAME).write_text("")
+        return real_try_lock(fd)
+
+    monkeypatch.setattr(lock, "_try_lock", replaced_before_the_first_lock)
+    with results_lock(str(tmp_path)):
+        pass
+    assert len(calls) == 2 and open_fds() == before
+
+
+def test_a_stale_lock_with_this_processs_pid_is_still_said_to_be_taken_over(tmp_path):
+    """The module's docstring: a lock left by a dead process is taken over, and the log says
+    whose it was.  A record of another host (or of an earlier container whose process had the
+    same pid) that happens to name this pid is such a lock (found by mutation testing: the
+    take-over went unsaid)."""
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": "another-host", "started": 0,
+                                                    "command": "bench"}))
+    logged = []
+    with results_lock(str(tmp_path), log=logged.append):
+        pass
+    assert any("took over" in m and "another-host" in m for m in logged), logged

@@ -22,7 +22,7 @@ LOCK_NAME = "results.lock"
 #: The fields of the owner record the lock writes: a file that lacks one is not this tool's.
 RECORD_FIELDS = ("pid", "host", "started", "command")
 _MAX_RECORD = 64 * 1024  # the record is a line of JSON: a larger file is not one
-_HELD: dict = {}  # realpath -> [fd, depth]: the lock is re-entrant within one process
+_HELD: dict = {}  # realpath -> fd: held by this process, so re-entry (demo, nested) takes it again freely
 
 
 class ResultsLocked(RuntimeError):
@@ -108,12 +108,8 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
     """
     path = os.path.join(out_dir, LOCK_NAME)
     real = os.path.realpath(path)
-    if real in _HELD:
-        _HELD[real][1] += 1
-        try:
-            yield path
-        finally:
-            _HELD[real][1] -= 1
+    if real in _HELD:  # the outer holder releases it
+        yield path
         return
     waited = False
     while True:
@@ -156,7 +152,9 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
             log(f"waiting for results folder {out_dir}: in use by {_describe(owner)}")
         waited = True
         time.sleep(poll_s)
-    if previous and log and previous.get("pid") != os.getpid():
+    # every record names a dead owner here, this pid included: pids are reused (a container's
+    # pid 1, another host), and this process's own re-entry was answered above
+    if previous and log:
         dead = previous.get("host") == socket.gethostname() and not _pid_alive(previous.get("pid"))
         log(f"took over the lock of {out_dir} left by {_describe(previous)}"
             f"{', a process that no longer runs' if dead else ''}")
@@ -164,7 +162,7 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(owner).encode("utf-8"), 0)
     os.fsync(fd)
-    _HELD[real] = [fd, 1]
+    _HELD[real] = fd
     try:
         yield path
     finally:
