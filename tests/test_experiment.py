@@ -632,6 +632,10 @@ def test_tiny_experiment_end_to_end(tmp_path):
             assert r["delta_auc_shuffled"] != "" and r["delta_auc_shuffled_L1"] != "" and r["n_max_p_L0"] != ""
         else:
             assert r["violation"] == ""  # no maps to be consistent
+    # the map ablation summarises attention models only: the plain CNN has no maps to ablate
+    ablated = list(csv.DictReader(open(os.path.join(folder, "ablation_summary.csv"))))
+    assert {r["model"] for r in ablated} == {"softmax", "learned_dual", "exact"}
+    assert len(ablated) == 2 * 2 * 3 and all(r["delta_auc_shuffled_n_used"] == "2" for r in ablated)
     explained = list(csv.DictReader(open(os.path.join(folder, "explain_summary.csv"))))
     kinds = {(e["model"], e["method"], e["mask"]) for e in explained}
     for model in ("softmax", "learned_dual", "exact", "plain_cnn"):

@@ -439,6 +439,42 @@ def test_a_best_pt_left_by_an_interrupted_epoch_is_replaced_on_resume(tmp_path, 
     assert any("interrupted between writing best.pt and last.pt" in line for line in lines)
 
 
+@pytest.mark.slow  # end-to-end: a tiny training run of 3 epochs
+def test_a_best_pt_left_by_an_interrupted_epoch_goes_when_no_checkpoint_of_the_best_epoch_is_left(tmp_path,
+                                                                                                   monkeypatch):
+    # epoch 1 the best, epoch 2 worse, epoch 3 better: best.pt of epoch 3 written, then killed
+    # before last.pt of epoch 3.  Resumed from last.pt of epoch 2 (best epoch 1), epoch 3 is
+    # trained again; no checkpoint of epoch 1 is left to carry in, so the stale best.pt goes
+    import shutil
+
+    import convex_attention.paper.train as T
+
+    out, second = str(tmp_path / "run"), str(tmp_path / "epoch2.pt")
+    original = T.save_checkpoint
+
+    def keeping_epoch_2(path, model, opt, epoch, *a, **k):
+        written = original(path, model, opt, epoch, *a, **k)
+        if path.endswith("last.pt") and epoch == 2:
+            shutil.copy(path, second)
+        return written
+
+    monkeypatch.setattr(T, "save_checkpoint", keeping_epoch_2)
+    train(TrainConfig.build(out=out, epochs=3, **RESUME))
+    monkeypatch.setattr(T, "save_checkpoint", original)
+    shutil.copy(os.path.join(out, "last.pt"), os.path.join(out, "best.pt"))  # the run's own epoch 3
+    state = read_checkpoint(second)
+    state["best_epoch"] = 1  # as if epoch 1 had the highest validation AUC of epochs 1-2
+    torch.save(state, os.path.join(out, "last.pt"))
+    lines = []
+    run = T._Run(TrainConfig.build(out=out, epochs=3, resume=os.path.join(out, "last.pt"), **RESUME),
+                 T.build_checked_datasets(TrainConfig.build(out=out, **RESUME)), None, lines.append)
+    run.restore(read_checkpoint(os.path.join(out, "last.pt")))
+    assert run.best_epoch == 1
+    assert not os.path.exists(os.path.join(out, "best.pt"))
+    assert any("best.pt holds epoch 3, not the best epoch so far (1)" in line for line in lines)
+    assert any("no checkpoint of the best epoch so far (1)" in line for line in lines)
+
+
 @pytest.mark.slow  # end-to-end: several tiny training runs (2-4 s)
 def test_a_best_pt_of_another_run_is_never_replaced_on_resume(tmp_path):
     import shutil
