@@ -210,3 +210,243 @@ def test_a_temperature_below_the_models_float32_range_is_a_config_error():
     with pytest.raises(ConfigError, match="temperature") as err:
         ModelConfig(temperature=(1e-300,)).validate()
     assert err.value.field == "temperature" and "float32" in str(err.value)
+
+
+def test_the_model_defaults_follow_the_paper():
+    """The docstring's list: width 32, two attention levels on blocks 3 and 4, tau = 1,
+    alpha = 10, BatchNorm, the paper's bounded head."""
+    m = ModelConfig()
+    assert (m.width, m.attention_blocks, m.temperature, m.alpha, m.norm, m.head) == \
+        (32, (3, 4), (1.0,), 10.0, "batch", "bounded")
+    t = TrainConfig()
+    assert t.min_tumour_area == 1000 and t.recompute_bn is True  # the help: "1000: the paper's"; --no-bn-recompute
+
+
+def test_a_set_is_refused_beyond_max_set_pixels_and_a_batch_beyond_max_batch_values():
+    from convex_attention.paper.config import MAX_BATCH_VALUES, MAX_SET_PIXELS
+
+    side = 64
+    most = MAX_SET_PIXELS // side ** 2  # exactly MAX_SET_PIXELS pixels per channel: accepted
+    for name in ("n_train", "n_val"):
+        TrainConfig.build(image_size=side, **{name: most}).validate()
+        with pytest.raises(ConfigError, match=rf"{name} {most + 1} images of {side}x{side}") as err:
+            TrainConfig.build(image_size=side, **{name: most + 1}).validate()
+        assert err.value.field == name
+    for name in ("n_dev", "n_test", "validity_images"):
+        with pytest.raises(ConfigError, match="pixels per channel") as err:
+            QUICK.override(image_size=side, **{name: most + 1}).validate()
+        assert err.value.field == name
+    width, side = 64, 256
+    batch = MAX_BATCH_VALUES // (width * side ** 2)  # exactly MAX_BATCH_VALUES values: accepted
+    TrainConfig.build(image_size=side, width=width, batch_size=batch).validate()
+    with pytest.raises(ConfigError, match="first activation") as err:
+        TrainConfig.build(image_size=side, width=width, batch_size=batch + 1).validate()
+    assert err.value.field == "batch_size"
+
+
+def test_check_set_size_names_the_flag_and_spares_other_data_the_seed_block():
+    from convex_attention.paper.config import IMAGES_PER_SEED, check_set_size
+
+    with pytest.raises(ConfigError, match=r"^--n-dev \d+ images is too many") as err:
+        check_set_size("n_dev", IMAGES_PER_SEED + 1, 16, flag="--n-dev")
+    assert err.value.field == "n_dev"
+    check_set_size("n_dev", IMAGES_PER_SEED + 1, 16, synthetic=False)  # no seed blocks outside synthetic data
+
+
+def test_more_devices_are_checked(monkeypatch):
+    with pytest.raises(ConfigError, match="unsupported device 'meta'"):
+        check_device("meta")  # a device torch knows, but not one a run may use
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="does not exist"):
+        check_device("cuda:1")  # the one device is cuda:0
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match="MPS is not available"):
+        check_device("mps")
+
+
+def test_the_model_checks_that_need_the_core():
+    from convex_attention import REGISTRY
+    from convex_attention.cvx import prior_seconds_per_sample
+    from convex_attention.paper.config import CVX_REFUSE_S_PER_1000
+
+    with pytest.raises(ConfigError, match="consecutive") as err:
+        ModelConfig(attention_blocks=(4, 3)).validate()
+    assert err.value.field == "attention_blocks"
+    with pytest.raises(ConfigError, match="one per level") as err:
+        ModelConfig(attention_blocks=(3, 4, 5), temperature=(1.0, 2.0)).validate()
+    assert err.value.field == "temperature"
+    ModelConfig(attention_blocks=(3, 4, 5), temperature=(1.0, 2.0, 0.5)).validate()
+    for name, record in REGISTRY.items():
+        if record.tensor_temperature:
+            ModelConfig(method=name, learn_temperature=True).validate()
+        else:
+            with pytest.raises(ConfigError, match="cannot learn") as err:
+                ModelConfig(method=name, learn_temperature=True).validate()
+            assert err.value.field == "learn_temperature"
+        if record.needs_duals:
+            ModelConfig(method=name, duals="amortised").validate()
+        else:
+            with pytest.raises(ConfigError, match="leave it 'shared'") as err:
+                ModelConfig(method=name, duals="amortised").validate()
+            assert err.value.field == "duals"
+    # a per-sample CPU solver is refused where 1000 images would take longer than the limit
+    for side in (320, 384):
+        cells = sum((side // 2 ** (k - 1)) ** 2 for k in (3, 4))  # block k's side: the image halved k - 1 times
+        config = ModelConfig(method="cvxpylayers", image_size=side)
+        if prior_seconds_per_sample(cells) * 1000 > CVX_REFUSE_S_PER_1000:
+            with pytest.raises(ConfigError, match="Use method 'exact'") as err:
+                config.validate()
+            assert err.value.field == "method"
+        else:
+            config.validate()
+
+
+def test_a_variant_checks_its_values():
+    from convex_attention.paper.config import Variant
+
+    with pytest.raises(ConfigError, match="temperature") as err:
+        Variant(temperature=(0.0,))
+    assert err.value.field == "temperature"
+
+
+def test_the_architecture_holds_what_decides_the_parameters():
+    base = ModelConfig().architecture()
+    for changes in (dict(width=16), dict(duals="amortised"), dict(head="learned"), dict(norm="group")):
+        assert ModelConfig(**changes).architecture() != base, changes
+
+
+def test_from_dict_refuses_what_is_not_a_dict():
+    with pytest.raises(ConfigError, match="must be a dict") as err:
+        ModelConfig.from_dict([("width", 4)])
+    assert err.value.field == "model"
+    with pytest.raises(ConfigError, match="must be a dict") as err:
+        TrainConfig.from_dict("runs/x")
+    assert err.value.field == "train_config"
+    with pytest.raises(ConfigError, match="must be a dict") as err:
+        TrainConfig.from_dict({"model": [4]})
+    assert err.value.field == "model"
+
+
+def test_train_validate_checks_its_model_too():
+    with pytest.raises(ConfigError, match="model must be a ModelConfig") as err:
+        TrainConfig(model={"width": 4}).validate()
+    assert err.value.field == "model"
+    with pytest.raises(ConfigError, match="width") as err:
+        TrainConfig.build(width=0).validate()
+    assert err.value.field == "width"
+
+
+def test_brats_settings_apply_to_brats_only():
+    for name, value in (("normalisation", "dataset"), ("min_tumour_area", 10), ("val_fraction", 0.5),
+                        ("cache_dir", "cache")):
+        TrainConfig(data="brats", **{name: value}).validate()
+        with pytest.raises(ConfigError, match="applies to data 'brats' only") as err:
+            TrainConfig(**{name: value}).validate()
+        assert err.value.field == name
+    with pytest.raises(ConfigError, match="val_fraction"):  # a share of the patients: above 0
+        TrainConfig(data="brats", val_fraction=0.0).validate()
+
+
+def test_data_config_holds_what_decides_the_validation_images():
+    assert TrainConfig(seed=5).data_seed_used == 5 and TrainConfig(seed=5, data_seed=2).data_seed_used == 2
+    synthetic = TrainConfig(seed=5, n_val=40, difficulty=0.3).data_config()
+    assert synthetic["n_val"] == 40 and synthetic["difficulty"] == 0.3 and synthetic["data_seed"] == 5
+    assert "n_train" not in synthetic
+    assert TrainConfig(seed=5, n_train=9).data_config() == TrainConfig(seed=5).data_config()
+    assert "data_seed" not in TrainConfig(data="folder", data_root="x").data_config()  # root/val, whatever the seed
+    brats = TrainConfig(data="brats", data_root="x", cache_dir="c", normalisation="dataset").data_config()
+    assert brats["normalisation"] == "dataset" and "cache_dir" not in brats and "n_val" not in brats
+    assert TrainConfig(data="brats", cache_dir="c").brats_options()["cache_dir"] == "c"
+    assert "cache_dir" not in TrainConfig(data="brats").brats_options()  # the loader's default
+    assert TrainConfig.data_differences(synthetic, brats) == \
+        [k for k in {**synthetic, **brats} if synthetic.get(k) != brats.get(k)]
+    assert "normalisation" in TrainConfig.data_differences(synthetic, brats)  # a key only the second holds
+
+
+def test_the_experiment_checks_its_protocol():
+    from convex_attention.paper.config import DATA_SEED_MAX
+
+    QUICK.override(data_seed=DATA_SEED_MAX).validate()
+    with pytest.raises(ConfigError, match=f"from 0 to {DATA_SEED_MAX}") as err:
+        QUICK.override(data_seed=DATA_SEED_MAX + 1).validate()
+    assert err.value.field == "data_seed"
+    with pytest.raises(ConfigError, match="synthetic data") as err:
+        QUICK.override(data="folder", data_root="x").validate()
+    assert err.value.field == "data"
+    QUICK.override(data="synthetic-blobs", held_out_mimic=None).validate()
+    with pytest.raises(ConfigError, match="mimic types") as err:
+        QUICK.override(data="synthetic-blobs", held_out_mimic="split").validate()
+    assert err.value.field == "held_out_mimic"
+    QUICK.override(baseline_model=None).validate()
+    QUICK.override(baseline_model="plain_cnn").validate()
+    with pytest.raises(ConfigError, match="baseline_model") as err:
+        QUICK.override(baseline_model="plain_cnn", plain_cnn=False).validate()
+    assert err.value.field == "baseline_model"
+    with pytest.raises(ConfigError, match="train must be a TrainConfig") as err:
+        ExperimentConfig(train=ModelConfig()).validate()
+    assert err.value.field == "train"
+    assert ExperimentConfig().n_sanity >= 32  # its help: the protocol asks for at least 32
+
+
+def test_the_experiment_checks_its_grid():
+    with pytest.raises(ConfigError, match=r"unknown variant setting\(s\) \['width'\]") as err:
+        QUICK.override(grid={"width": (8, 16)}).validate()
+    assert err.value.field == "grid"
+    with pytest.raises(ConfigError, match="twice") as err:
+        QUICK.override(grid={"alpha": (1.0, 1.0)}).validate()
+    assert err.value.field == "grid_alpha"
+    with pytest.raises(ConfigError, match="twice") as err:
+        QUICK.override(difficulties=(0.3, 0.3)).validate()
+    assert err.value.field == "difficulties"
+    checked = QUICK.override(grid={"alpha": [0, 1]}).validate()
+    assert checked.grid["alpha"] == (0.0, 1.0) and all(type(a) is float for a in checked.grid["alpha"])
+    # a candidate no method's model can take names the grid's option, the variant and the method
+    with pytest.raises(ConfigError, match=r"grid_temperature \(variant .*, method softmax\).*one per level") as err:
+        QUICK.override(grid={"temperature": ((1.0, 2.0, 3.0),)}).validate()
+    assert err.value.field == "grid_temperature"
+
+
+def test_a_variant_is_immutable_compared_by_its_values_and_labelled():
+    from convex_attention import REGISTRY
+    from convex_attention.paper.config import Variant
+
+    with pytest.raises(TypeError, match="unknown variant setting"):
+        Variant(width=8)
+    v = Variant(temperature=(1.0, 0.5), learn_temperature=True)
+    with pytest.raises(AttributeError, match="immutable"):
+        v.alpha = 1.0
+    assert v == Variant(**v.values()) and hash(v) == hash(Variant(**v.values())) and v != v.values()
+    assert v.row()["temperature"] == "1.0/0.5"
+    assert "tau=1.0/0.5 (learned)" in v.label() and "learn_temperature" not in v.label()
+    amortised = Variant(duals="amortised", alpha=1.0)
+    for name, record in REGISTRY.items():
+        fields_ = amortised.model_fields(name)
+        assert fields_["duals"] == ("amortised" if record.needs_duals else "shared")
+        # alpha weighs the consistency loss of the methods with duals only: elsewhere it trains the same model
+        assert (amortised.effective(name) == amortised.replace(alpha=10.0).effective(name)) != record.needs_duals
+
+
+def test_the_dev_stage_trains_every_combination_of_the_model_settings_only():
+    cfg = QUICK.override(grid={"alpha": (10.0, 1.0), "upsampling": ("nearest", "bilinear")})
+    variants = cfg.variants()
+    assert sorted(v.alpha for v in variants) == [1.0, 10.0]
+    assert {v.upsampling for v in variants} == {cfg.upsampling}  # compared on each trained model, not trained
+    assert cfg.candidates()["head"] == (cfg.train.model.head,)  # not in the grid: the base value
+
+
+def test_the_test_stage_runs_the_variants_files_one_variant():
+    from convex_attention.paper.config import Variant
+    from convex_attention.paper.protocol import Variants
+
+    fixed = Variants(Variant(alpha=1.0, upsampling="bilinear"), (0.6,), None)
+    cfg = QUICK.override(grid={"alpha": (10.0, 3.0), "upsampling": ("nearest", "bilinear")}).with_variants(fixed)
+    assert cfg.variants() == [fixed.variant] and cfg.candidates()["alpha"] == (1.0,)
+    assert cfg.difficulties == (0.6,) and cfg.held_out_mimic is None and cfg.upsampling == "bilinear"
+
+
+def test_the_grid_is_normalised_when_made_and_stored_as_plain_lists():
+    single = ExperimentConfig(grid={"temperature": [0.3, 1.0]})  # one number: a temperature shared by the levels
+    assert single == ExperimentConfig(grid={"temperature": ((0.3,), (1.0,))})
+    grid = QUICK.override(grid={"temperature": ((1.0,), (0.3, 0.5))}).to_dict()["grid"]
+    assert grid == {"temperature": [[1.0], [0.3, 0.5]]} and all(type(t) is list for t in grid["temperature"])
