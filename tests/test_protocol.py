@@ -114,6 +114,16 @@ def test_a_spent_data_seed_is_refused_and_the_ledger_records_runs(tmp_path):
         read_ledger(str(tmp_path / "bad.json"))
 
 
+def test_a_condition_is_named_by_its_difficulty_and_minus_zero_as_zero():
+    from convex_attention.paper.protocol import condition_name, test_stage_specs
+
+    assert [condition_name(d) for d in (0.3, 0.6, 1.0, 0.0, -0.0)] == [
+        "difficulty0.3", "difficulty0.6", "difficulty1", "difficulty0", "difficulty0"]
+    # an unvalidated config keeps -0.0: its splits are named as the validated run names its folders
+    config = QUICK.override(n_train=8, n_val=4, n_dev=4, n_test=4, difficulties=(-0.0,), held_out_mimic=None)
+    assert {k.split("/")[0] for k in test_stage_specs(config)} == {"difficulty0"}
+
+
 def test_the_test_stage_spends_fresh_data_seeds_only(tmp_path):
     from convex_attention.paper.protocol import check_test_data, ledger_entry, ledger_where, test_stage_specs
 

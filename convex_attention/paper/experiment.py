@@ -105,6 +105,7 @@ from .protocol import (
     check_test_data,
     check_test_folder,
     claim_test_folder,
+    condition_name,
     default_ledger_path,
     failed_checks,
     finish_test_folder,
@@ -274,10 +275,6 @@ def _ranking_check(rows: list[dict], upsampling: str | None = None):
         return replace(check_maps_drive_ranking(None),
                        reason="the reference model (softmax) is not among the methods: add it to --methods")
     return check_maps_drive_ranking([-reference[s]["delta_auc_shuffled"] for s in sorted(reference)])
-
-
-def _cond(difficulty: float) -> str:
-    return f"difficulty{difficulty:g}"
 
 
 def _summary(rows: list[dict], keys: tuple, metrics) -> list[dict]:
@@ -616,7 +613,7 @@ def _test_condition(config: ExperimentConfig, variant: Variant, difficulty: floa
                     gathered: _TestResults, progress: bool, log) -> None:
     """One difficulty: its splits, validity checks and model-free map, then every seed
     (:func:`_test_seed`), then the reported check (c) and (c′) on the test split."""
-    cond = _cond(difficulty)
+    cond = condition_name(difficulty)
     names = ("train", "val", "dev", "test") + (("test_heldout",) if config.held_out_mimic else ())
     specs, sets = _splits(config, difficulty, names)
     check_validation_classes(config.train, sets["val"])  # else best.pt would be picked on no criterion

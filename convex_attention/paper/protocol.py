@@ -770,6 +770,13 @@ def split_sizes(config) -> dict[str, int]:
             "test_heldout": config.n_test}
 
 
+def condition_name(difficulty: float) -> str:
+    """The name of a test-stage condition, ``"difficulty<d>"`` (``%g``; -0.0 named as 0.0,
+    which it equals): its folder under ``runs/``, its rows' ``condition`` and its splits'
+    keys in :func:`test_stage_specs` and the data ledger."""
+    return f"difficulty{difficulty + 0.0:g}"
+
+
 def test_stage_specs(config) -> dict[str, SplitSpec]:
     """Every split the test stage of an ``ExperimentConfig`` (its variants applied) builds,
     keyed ``"difficulty<d>/<split>"``."""
@@ -779,7 +786,7 @@ def test_stage_specs(config) -> dict[str, SplitSpec]:
     for difficulty in config.difficulties:
         specs = split_specs(config.train.data, config.train.data_seed, {k: sizes[k] for k in names}, difficulty,
                             config.held_out_mimic)
-        out.update({f"difficulty{difficulty:g}/{name}": spec for name, spec in specs.items()})
+        out.update({f"{condition_name(difficulty)}/{name}": spec for name, spec in specs.items()})
     return out
 
 
