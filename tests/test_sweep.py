@@ -1,5 +1,6 @@
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -831,3 +832,197 @@ def test_one_sample_whose_reference_stops_short_leaves_the_cell_uncertified(monk
     assert sweep.reference_solution(inst.scores, inst.h, inst.temps)[1] is False
     chain = random_graph_instance("chain-graph", batch=3, seed=1)  # a forest: the closed form, always certified
     assert sweep.reference_solution(chain.scores, chain.h, chain.temps)[1] is True
+
+
+# ----------------------------------------------------------------------------- the checks' limits, at their edges
+
+def test_a_cell_of_exactly_max_elements_values_is_accepted_and_one_sample_more_is_not():
+    """MAX_ELEMENTS is the largest batch x cells of one cell's scores (2**31 values), and the
+    learned duals' training set is held to it too, unless no learned dual is swept or
+    --fit-max-values caps it."""
+    from convex_attention.bench.config import MAX_ELEMENTS
+
+    assert MAX_ELEMENTS == 2 ** 31
+    # factor 3, 2 levels, 1-D: sides 3·2^18 and 2^18, 2^20 cells, so batch x cells can hit the limit exactly
+    size = 3 * 2 ** 18
+    cells = size + size // 3
+    grid = dict(sizes=[size], levels=[2], dims=[1], factor=3)
+    assert MAX_ELEMENTS % cells == 0
+    most = MAX_ELEMENTS // cells
+    check_sweep(SweepConfig(**grid, batches=[most]))
+    with pytest.raises(ValueError, match=f"batch {most + 1} x {cells} cells .* above the"):
+        check_sweep(SweepConfig(**grid, batches=[most + 1]))
+    learned = dict(grid, batches=[1], methods=["learned_dual"])
+    check_sweep(SweepConfig(**learned, fit_instances=most))
+    with pytest.raises(ValueError, match=f"--fit-instances {most + 1}: {most + 1} training instances x {cells} cells"):
+        check_sweep(SweepConfig(**learned, fit_instances=most + 1))
+    check_sweep(SweepConfig(**learned, fit_instances=most + 1, fit_max_values=MAX_ELEMENTS))  # capped to fit
+    # no learned dual among the methods: no training set to hold
+    check_sweep(SweepConfig(**dict(learned, methods=["softmax", "exact", "dual"]), fit_instances=most + 1))
+
+
+@pytest.mark.parametrize("factor, size, levels, fits", [(3, 9, 3, True), (3, 12, 3, False), (4, 8, 3, False),
+                                                        (4, 16, 3, True)])
+def test_each_size_must_divide_by_the_sweeps_factor_through_its_levels(factor, size, levels, fits):
+    """--levels: each needs the finest side divisible by factor^(L-1)."""
+    config = SweepConfig(sizes=[size], levels=[levels], factor=factor, dims=[1])
+    assert (size % factor ** (levels - 1) == 0) == fits
+    if fits:
+        check_sweep(config)
+    else:
+        with pytest.raises(ValueError, match=f"size {size} does not divide: {levels} levels with factor {factor}"):
+            check_sweep(config)
+
+
+@pytest.mark.parametrize("structure, maps", [("chain", 3), ("star", 5), ("axial", 3), ("grid_regions", 3),
+                                             ("mixed", 4)])
+def test_the_temperature_is_checked_for_every_map_of_each_structure_in_each_dtype(structure, maps):
+    """One temperature shared by all maps: their sum must stay within the core's range for the
+    dtype (float32 for half precision); the number of maps is each family's (--help): the
+    chain's levels, a star's 4 arms and its pooled map, an axial 2-D map and its 2 axes, a map
+    with its grid and regions, and mixed's 2 maps with them."""
+    from convex_attention.validation import temperature_range
+
+    base = dict(structures=[structure], sizes=[16], levels=[3], dims=[2])
+    assert {c["levels"] for c in SweepConfig(**base).cells()} == {maps}
+    _, total_max = temperature_range(torch.float32)
+    fits = total_max / maps * (1 - 1e-9)
+    check_sweep(SweepConfig(**base, temperatures=[fits], dtypes=["float32", "float16"]))
+    over = total_max / maps * 1.01
+    for dtype in ("float32", "float16", "bfloat16"):
+        with pytest.raises(ValueError, match=re.escape(f"--temperature {over:g} with {maps} levels in {dtype}")):
+            check_sweep(SweepConfig(**base, temperatures=[over], dtypes=[dtype]))
+    check_sweep(SweepConfig(**base, temperatures=[over], dtypes=["float64"]))  # float64's range is far wider
+
+
+def test_a_grid_regions_sweep_accepts_the_smallest_documented_size():
+    """--structure grid_regions and mixed: each size a multiple of 8, at least 16."""
+    for structure in ("grid_regions", "mixed"):
+        check_sweep(SweepConfig(structures=[structure], sizes=[16, 24]))
+        with pytest.raises(ValueError, match=f"--structure {structure} .* multiple of 8, at least 16; got 20"):
+            check_sweep(SweepConfig(structures=[structure], sizes=[20]))
+
+
+def test_check_device_names_the_option_it_checks(monkeypatch):
+    """check_device: a device this machine has, else a ValueError naming `flag` (--cvx-device
+    for graph targets' reference solver)."""
+    from convex_attention.bench.config import check_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert check_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(ValueError, match=r"--cvx-device cuda:2: this machine has 2 CUDA device\(s\) "
+                                         r"\(cuda:0 to cuda:1\)"):
+        check_device("cuda:2", "--cvx-device")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="--cvx-device cuda: CUDA is not available on this machine; "
+                                         "use --cvx-device cpu"):
+        check_device("cuda", "--cvx-device")
+    with pytest.raises(ValueError, match="unknown device None for --cvx-device"):
+        check_device(None, "--cvx-device")
+
+
+def test_the_sweeps_cells_run_through_the_axes_in_the_documented_order():
+    """docs/results_format.md, `cell`: structure by structure; then the axes dims, size,
+    levels, batch, temperature, dtype, device."""
+    config = SweepConfig(sizes=[8, 16], levels=[2, 3], dims=[2, 3], batches=[1, 2])
+    order = [(c["dims"], c["size"], c["levels"], c["batch"]) for c in config.cells()]
+    assert order == sorted(order) and len(order) == 16
+
+
+def test_the_quick_sweep_takes_the_given_settings_and_passes_its_checks():
+    """The --quick sweep: 2-D and 3-D, 2 and 3 levels, with the given settings replacing its own."""
+    from convex_attention.bench.config import quick_sweep
+
+    assert quick_sweep().dims == (2, 3) and quick_sweep().levels == (2, 3)
+    config = quick_sweep(sizes=(8,), repeats=1)
+    assert config.sizes == (8,) and config.repeats == 1 and config.dims == (2, 3)
+    check_sweep(quick_sweep())
+
+
+def test_the_cpu_under_an_index_other_than_0_is_refused_too():
+    # torch ignores a cpu index: cpu and cpu:1 would measure every cell twice on the one CPU
+    for devices in (("cpu", "cpu:1"), ("cpu:1",)):
+        with pytest.raises(ValueError, match="--device cpu:1: the CPU is one device"):
+            check_sweep(SweepConfig(sizes=(4,), levels=(2,), devices=devices))
+    check_sweep(SweepConfig(sizes=(4,), levels=(2,), devices=("cpu:0",)))
+
+
+@pytest.mark.parametrize("kwargs, name", [({"dual_tol": 2.0}, "dual_tol"), ({"cvx_repeats": 0}, "cvx_repeats")])
+def test_a_setting_off_the_command_line_is_named_without_an_empty_option(kwargs, name):
+    with pytest.raises(ValueError, match=name) as err:
+        check_sweep(SweepConfig(**kwargs))
+    assert str(err.value).startswith(f"{name} must be")  # no empty option before it
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"dims": [4]}, r"--dims: .*integer from 1 to 3"),
+    ({"budget": 0.0}, "--budget: .*finite number in"),
+    ({"max_cells": 0}, "--max-cells: .*integer from 1"),
+    ({"generator": "normal"}, "--generator: .*'normal'"),
+    ({"generator": "model"}, "--generator model needs --checkpoint"),
+    ({"dual_tol": 2.0}, r"dual_tol must be a finite number in \(0, 1\]"),
+])
+def test_check_sweep_refuses_each_setting_outside_its_declared_range(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        check_sweep(SweepConfig(**kwargs))
+
+
+def test_a_capped_training_set_never_exceeds_fit_instances():
+    """fit_max_values shrinks the training set to at least MIN_FIT_INSTANCES instances, but
+    never grows one that asked for fewer."""
+    from convex_attention.bench.config import MIN_FIT_INSTANCES, fit_instances
+
+    few = MIN_FIT_INSTANCES - 1
+    assert fit_instances(SweepConfig(fit_instances=few, fit_max_values=1), 10 ** 6) == few
+    assert fit_instances(SweepConfig(fit_instances=64, fit_max_values=1), 10 ** 6) == MIN_FIT_INSTANCES
+    assert fit_instances(SweepConfig(fit_instances=64, fit_max_values=40 * 1000), 1000) == 40, "40 x 1000 fits the cap"
+
+
+def test_check_structure_refuses_a_family_it_does_not_know():
+    from convex_attention.bench.config import check_structure
+
+    with pytest.raises(ValueError, match="unknown structure 'ring'; choose one of chain, star"):
+        check_structure("ring", 16, 2)
+
+
+def test_equal_settings_make_equal_sweeps_and_every_cell_records_the_sweeps_seed():
+    """Lists become tuples when a sweep is made (equal settings compare equal); each cell
+    carries the sweep's generator, scale and seed (docs/results_format.md's columns)."""
+    assert SweepConfig(sizes=[8, 16], levels=[2]) == SweepConfig(sizes=(8, 16), levels=(2,))
+    cells = list(SweepConfig(sizes=[8], levels=[2], generator="gaussian", scale=2.5, seed=7).cells())
+    assert [(c["generator"], c["scale"], c["seed"]) for c in cells] == [("gaussian", 2.5, 7)]
+
+
+def test_verify_refuses_a_timeout_of_zero_seconds_and_has_the_documented_defaults():
+    """README: `verify`'s default --n 24; docs/user_guide.md: --timeout, default 60 seconds."""
+    from convex_attention.bench.config import VerifyConfig
+    from convex_attention.io.settings import check_settings
+
+    assert (VerifyConfig().n, VerifyConfig().timeout) == (24, 60.0)
+    check_settings(VerifyConfig(timeout=0.5))
+    with pytest.raises(ValueError, match="timeout"):
+        check_settings(VerifyConfig(timeout=0.0))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_duals_are_learned_in_float32_and_given_in_the_cells_dtype(dtype, monkeypatch):
+    # the SweepConfig help: half precision is computed in float32; bfloat16 is half precision too
+    import convex_attention.bench.sweep as S
+
+    seen = []
+
+    def recording(name, real):
+        def fit(h, train, temps, steps, fit_dtype, device, **kw):
+            seen.append((name, fit_dtype))
+            return real(h, train, temps, 1, fit_dtype, device, **kw)
+        return fit
+
+    monkeypatch.setattr(S, "fit_shared_duals", recording("fitted", S.fit_shared_duals))
+    monkeypatch.setattr(S, "fit_amortiser", recording("amortised", S.fit_amortiser))
+    config = SweepConfig(sizes=(4,), levels=(2,), batches=(2,), dtypes=(dtype,))
+    cell = S._prepare_cell(config, next(iter(config.cells())), 0)
+    duals, amortiser = S._learned_duals(config, cell, {"fitted", "amortised"})
+    assert seen == [("fitted", torch.float32), ("amortised", torch.float32)]
+    assert all(d.dtype == getattr(torch, dtype) and not d.requires_grad for d in duals["fitted"])
+    assert amortiser is not None

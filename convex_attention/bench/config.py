@@ -290,7 +290,8 @@ def check_values(config: SweepConfig) -> None:
         check_settings(config)
     except ConfigError as err:
         option = next((s for s in _options() if s[0] == err.field), (err.field, f"--{err.field}"))[1]
-        raise ValueError(f"{option}: {err}") from None
+        # a setting off the command line (flag ""): the message names it already, as Python spells it
+        raise ValueError(f"{option}: {err}" if option else str(err)) from None
 
 
 def _options():
@@ -336,6 +337,8 @@ def check_device(dev: str, flag: str = "--device"):
         raise ValueError(f"unknown device {dev!r} for {flag}; use cpu, cuda or cuda:N") from err
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {dev!r} for {flag}; use cpu, cuda or cuda:N")
+    if device.type == "cpu" and device.index not in (None, 0):  # torch ignores it: the one CPU, named twice
+        raise ValueError(f"{flag} {dev}: the CPU is one device, whatever its index; use {flag} cpu")
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"{flag} {dev}: CUDA is not available on this machine; use {flag} cpu")
