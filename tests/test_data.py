@@ -1,4 +1,5 @@
 import csv
+import math
 import os
 
 import numpy as np
@@ -238,6 +239,136 @@ def test_blobs_generator_is_unchanged():
     assert int(label) == 1 and int(mask.sum()) == 13
     assert float(img.double().abs().sum()) == pytest.approx(1674.41195585, abs=1e-3)
     assert img[0, 16, 10:14].tolist() == pytest.approx([-0.58911288, -0.65152371, -0.13997692, 0.19069003], abs=1e-5)
+
+
+def test_rim_argument_checks_hold_at_their_bounds():
+    """Each documented range is enforced at its edge, not only far outside it."""
+    for kwargs, match in ((dict(image_size=31), "image_size"), (dict(image_size=48.0), "image_size"),
+                          (dict(channels=2.0), "channels"), (dict(difficulty=-0.1), "difficulty"),
+                          (dict(lesion_fraction=-0.1), "lesion_fraction"), (dict(mimic_rate=8.5), "mimic_rate"),
+                          (dict(mimic_rate=-0.5), "mimic_rate"), (dict(n=2.5), "at least one image")):
+        with pytest.raises(ValueError, match=match):
+            SyntheticRimLesions(**{"n": 4, "image_size": 48, **kwargs})
+    for ok in (dict(image_size=32), dict(difficulty=0.0), dict(difficulty=1.0), dict(lesion_fraction=0.0),
+               dict(mimic_rate=8.0)):
+        SyntheticRimLesions(**{"n": 4, "image_size": 48, **ok})
+    # a dataset of n images has images 0 .. n-1 only: a negative index is no image of it
+    for ds in (SyntheticRimLesions(4, 48), SyntheticLesions(4, 32)):
+        with pytest.raises(IndexError):
+            ds[-1]
+    with pytest.raises(ValueError, match="image_size"):
+        SyntheticLesions(4, image_size=8)
+
+
+def test_rim_mimic_types_name_a_set_of_kinds():
+    """One name, or a name given twice, picks the same kinds as the plain subset."""
+    plain = SyntheticRimLesions(6, 48, seed=1, mimic_types=("split",))
+    for other in (SyntheticRimLesions(6, 48, seed=1, mimic_types="split"),
+                  SyntheticRimLesions(6, 48, seed=1, mimic_types=("split", "split"))):
+        assert other.mimic_types == ("split",)
+        assert all(torch.equal(other[i][0], plain[i][0]) for i in range(3))
+    twice = SyntheticRimLesions(8, 48, seed=1, mimic_types=("split", "split", "mottled"))
+    once = SyntheticRimLesions(8, 48, seed=1, mimic_types=("split", "mottled"))
+    assert all(once.render(i)["kinds"] == twice.render(i)["kinds"] for i in range(8))
+
+
+def test_rim_structure_count_and_sizes_follow_mimic_rate_and_difficulty():
+    """N = 1 + floor(mimic_rate) (+1 with probability frac(mimic_rate)); areas drawn from
+    A_min * U[1, 2 - 0.8 * difficulty]."""
+    counts = {len(SyntheticRimLesions(16, 48, seed=3, mimic_rate=1.75).render(i)["kinds"]) for i in range(16)}
+    assert counts == {2, 3}
+    a_min = min_lesion_area(48)
+    for d in (0.0, 1.0):
+        ds = SyntheticRimLesions(12, image_size=48, difficulty=d, seed=1)
+        areas = [a for i in range(len(ds)) for a in ds.render(i)["areas"]]
+        assert min(areas) >= a_min and max(areas) <= math.ceil(a_min * (2.0 - 0.8 * d))
+        if d == 0.0:
+            assert max(areas) > math.ceil(a_min * 1.2)  # easy structures reach beyond the hard range
+
+
+def test_rim_noise_grows_with_difficulty():
+    """Noise ``0.03 + 0.12 d``: the tissue's pixel-to-pixel differences grow with difficulty."""
+    def roughness(difficulty):
+        ds = SyntheticRimLesions(6, image_size=48, difficulty=difficulty, seed=0)
+        out = []
+        for i in range(len(ds)):
+            r = ds.render(i)
+            img, tissue = r["image"], (r["structure"] < 0) & (r["image"][0] != 0)
+            pairs = tissue[:, 1:] & tissue[:, :-1]
+            out.append(float((img[:, :, 1:] - img[:, :, :-1])[:, pairs].abs().median()))
+        return np.mean(out)
+
+    easy, middle, hard = roughness(0.0), roughness(0.5), roughness(1.0)
+    assert hard > 2 * easy and easy < middle < hard
+
+
+def test_rim_mottled_mimics_are_not_enclosed():
+    """Mottled mimics interleave the compartments: both touch the tissue, unlike a lesion."""
+    ds = SyntheticRimLesions(8, image_size=64, seed=5, mimic_types=("mottled",))
+    seen = 0
+    for i in range(len(ds)):
+        r = ds.render(i)
+        structure, compartment = r["structure"].numpy(), r["compartment"].numpy()
+        for j, kind in enumerate(r["kinds"]):
+            if kind == "mottled":
+                assert {1, 2} <= set(compartment[_boundary(structure == j)].tolist())
+                seen += 1
+    assert seen > 10
+
+
+def test_brightest_rule_edge_cases_and_normalisation():
+    from convex_attention.paper.data.synthetic import BRIGHTEST, SyntheticBrightestLesions
+
+    # a lesion alone is the brightest structure: label 1, its mask set
+    alone = SyntheticBrightestLesions(6, image_size=48, seed=1, mimic_rate=0.0, lesion_fraction=0.0)
+    for i in range(len(alone)):
+        r = alone.render(i)
+        assert r["kinds"] == ["lesion"] and r["label"] == 1 and torch.equal(r["mask"], r["structure"] == 0)
+    # mimic_types reach the brightest generator too
+    split = SyntheticBrightestLesions(4, image_size=48, seed=1, mimic_types=("split",))
+    assert all(set(split.render(i)["kinds"]) == {"lesion", "split"} for i in range(4))
+    ds = SyntheticBrightestLesions(16, image_size=48, difficulty=0.3, seed=1)
+    strength, (lo, hi) = 1 - 0.55 * 0.3, BRIGHTEST["lesion_in_normal"]
+    normal = 0
+    for i in range(len(ds)):
+        r = ds.render(i)
+        img = r["image"]
+        if not r["label"]:  # the lesion of a normal image: u ~ U[lesion_in_normal]
+            u = r["amplitudes"][r["kinds"].index("lesion")] / strength - BRIGHTEST["base"] - r["offset"]
+            assert lo - 1e-9 <= u <= hi + 1e-9
+            normal += 1
+        # robust normalisation over the head: median 0, IQR / 1.349 = 1 per channel
+        head = img[:, img.abs().sum(0) != 0]
+        q = torch.quantile(head, torch.tensor([0.25, 0.5, 0.75]), dim=1)
+        assert q[1].abs().max() < 1e-3 and ((q[2] - q[0]) / 1.349 - 1).abs().max() < 1e-3
+        # additive per-pixel noise of std 1.0 raw units, far above the tissue's spread (IQR / 1.349 = 1 here)
+        core = (r["structure"] == 0) & (r["compartment"] == 1)
+        assert float(img[:, core].std(1).min()) > 1.0
+    assert normal > 3
+
+
+def test_brightest_specks_rank_with_the_decisive_structure_per_pixel():
+    """The specks are as bright as the decisive structure whatever the image's offset: in every
+    image, tissue pixels outside the structures reach the decisive structure's median brightness."""
+    from convex_attention.paper.data.synthetic import BRIGHTEST, SyntheticBrightestLesions
+
+    ds = SyntheticBrightestLesions(16, image_size=48, difficulty=0.3, seed=1)
+    speck_area = max(3, int(min_lesion_area(48) * BRIGHTEST["speck_area"]))
+    offsets = []
+    for i in range(len(ds)):
+        r = ds.render(i)
+        img = r["image"]
+        tissue = (img.abs().sum(0) != 0) & (r["structure"] < 0)
+        score = img[0] + img[3]  # both signatures are bright in ch. 0 and ch. 3
+        assert int((score[tissue] >= score[r["decisive"]].median()).sum()) >= 2 * speck_area
+        offsets.append(r["offset"])
+    assert max(offsets) > 1.5  # large offsets included
+
+
+def test_blobs_lesion_fraction_sets_the_share_of_lesion_images():
+    for fraction in (0.0, 1.0):
+        ds = SyntheticLesions(8, image_size=32, seed=2, lesion_fraction=fraction)
+        assert all(int(ds[i][1]) == int(fraction) and bool(ds[i][2].any()) == bool(fraction) for i in range(8))
 
 
 # ---------------------------------------------------------------- BraTS, on a fake folder
