@@ -2,6 +2,7 @@
 the output folder check."""
 import math
 import os
+import stat
 
 import numpy as np
 import pytest
@@ -161,3 +162,178 @@ def test_an_error_reason_names_the_type_on_one_line_within_the_limit():
     assert files.error_reason(ValueError("bad\nvalue")) == "ValueError: bad value"
     long = files.error_reason(RuntimeError("y" * 1000))
     assert len(long) == files.REASON_CHARS and long.startswith("RuntimeError: y") and long.endswith("...")
+
+
+def test_temporary_names_are_unique_within_the_process_and_sit_next_to_the_target(tmp_path, monkeypatch):
+    """One temporary per write, in the target's own folder (a rename across file systems is
+    not atomic): found by mutation testing (a fixed counter, or a temporary in /tmp, passed)."""
+    target = str(tmp_path / "t.txt")
+    names = {files.temporary_name(target) for _ in range(3)}
+    assert len(names) == 3
+    renamed = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        renamed.append(src)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(files.os, "replace", replace)
+    files.atomic_write_text(target, "new")
+    monkeypatch.undo()
+    assert len(renamed) == 1 and os.path.dirname(renamed[0]) == str(tmp_path)
+
+
+def test_an_interrupted_write_keeps_the_old_file_and_removes_its_temporary(tmp_path, monkeypatch):
+    """Ctrl-C (KeyboardInterrupt, not an Exception) half-way through a write leaves no
+    temporary behind (found by mutation testing: `except Exception` passed)."""
+    path = str(tmp_path / "t.txt")
+    files.atomic_write_text(path, "old")
+
+    def interrupted(fd):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files.os, "fsync", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        files.atomic_write_text(path, "new")
+    monkeypatch.undo()
+    assert open(path).read() == "old" and tmp_files(tmp_path) == []
+
+
+def test_text_is_written_as_utf8(tmp_path):
+    path = tmp_path / "t.txt"
+    text = "λ = 0.5 · σ² — ✓"
+    files.atomic_write_text(str(path), text)
+    assert path.read_bytes() == text.encode("utf-8")
+
+
+def test_atomic_csv_is_atomic_and_writes_one_line_end_per_row(tmp_path, monkeypatch):
+    """A failed CSV write keeps the old table; rows end with "\\n" (found by mutation testing:
+    a plain open-and-write, or csv's default "\\r\\n", passed)."""
+    path = tmp_path / "t.csv"
+    files.atomic_csv(str(path), ["a", "b"], [{"a": 1, "b": "x"}, {"a": 2}])
+    assert path.read_bytes() == b"a,b\n1,x\n2,\n"
+
+    def boom(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(files.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        files.atomic_csv(str(path), ["a", "b"], [{"a": 3, "b": "y"}])
+    monkeypatch.undo()
+    assert path.read_bytes() == b"a,b\n1,x\n2,\n" and tmp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", [
+    "bench.csv.-.tmp",          # no pid, no counter
+    "bench.csv.1-.tmp",         # no counter
+    "bench.csvX1-2.tmp",        # the dots are dots
+    "bench.csv.1-2Xtmp",
+    "benchXcsv.1-2.tmp",        # the target's own dot too
+])
+def test_a_users_file_almost_named_like_a_temporary_is_not_removed(tmp_path, name):
+    """Only exactly `<target>.<pid>-<n>.tmp` (found by mutation testing: `[0-9]*`, unescaped
+    dots and an unescaped target name each passed)."""
+    (tmp_path / name).write_text("the user's data")
+    (tmp_path / "bench.csv.12-3.tmp").write_text("ours")
+    assert files.clean_stale_tmp(str(tmp_path), ["bench.csv"]) == ["bench.csv.12-3.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+
+
+def test_clean_stale_tmp_of_a_folder_that_is_not_there_or_is_a_file_removes_nothing(tmp_path):
+    (tmp_path / "file").write_text("x")
+    assert files.clean_stale_tmp(str(tmp_path / "absent"), ["bench.csv"]) == []
+    assert files.clean_stale_tmp(str(tmp_path / "file"), ["bench.csv"]) == []
+    assert (tmp_path / "file").read_text() == "x"
+
+
+def test_a_row_checksum_is_the_crc32_of_the_fields_joined_by_the_unit_separator_in_8_hex_digits():
+    """docs/results_format.md: "the CRC-32 (8 hex digits) of the row's other fields as written,
+    joined by the unit separator (\\x1f)" (found by mutation testing: a comma, or no zero padding,
+    passed)."""
+    import zlib
+
+    rows = [["a", "1", "0.5"], ["a,b", ""]]
+    # a row whose CRC has a leading zero digit, so that the padding shows
+    rows.append(next([str(i)] for i in range(1000) if zlib.crc32(str(i).encode()) < 0x10000000))
+    for values in rows:
+        expected = zlib.crc32("\x1f".join(values).encode("utf-8"))
+        got = files.row_checksum(values)
+        assert len(got) == 8 and int(got, 16) == expected, (values, got)
+
+
+def test_json_safe_makes_keys_strings_dataclasses_dicts_and_unknowns_their_str(tmp_path):
+    """What json_safe documents, written as strict JSON without an error (found by mutation
+    testing: keys kept as tuples, dataclasses or unknown objects passed through, passed)."""
+    import dataclasses
+    import fractions
+
+    @dataclasses.dataclass
+    class Point:
+        x: float
+        y: tuple
+
+    path = str(tmp_path / "x.json")
+    obj = {(1, 2): "pair", 3: Point(float("nan"), (1, 2)), "frac": fractions.Fraction(1, 3)}
+    files.write_json(path, obj)
+    assert strict_load(path) == {"(1, 2)": "pair", "3": {"x": None, "y": [1, 2]}, "frac": "1/3"}
+    assert files.as_json(obj) == strict_load(path)
+
+
+def test_write_json_honours_its_indent(tmp_path):
+    path = tmp_path / "x.json"
+    obj = {"a": [1, 2], "b": {"c": None}}
+    files.write_json(str(path), obj, indent=None)
+    assert path.read_text().count("\n") == 1 and strict_load(path) == obj
+    files.write_json(str(path), obj, indent=2)
+    assert path.read_text().count("\n") > 1 and strict_load(path) == obj
+
+
+@pytest.mark.parametrize("mode, kind", [
+    (stat.S_IFDIR, "a folder"), (stat.S_IFIFO, "a named pipe"), (stat.S_IFSOCK, "a socket"),
+    (stat.S_IFCHR, "a device"), (stat.S_IFBLK, "a device"), (stat.S_IFLNK, "not a regular file"),
+])
+def test_file_kind_names_every_kind_of_file(mode, kind):
+    assert files.file_kind(mode | 0o644) == kind
+
+
+def test_check_output_files_leaves_an_out_that_is_a_file_to_check_out_dir(tmp_path):
+    """An --out that is a file is check_out_dir's one-line error, not a stat error here."""
+    (tmp_path / "out").write_text("x")
+    files.check_output_files(str(tmp_path / "out"), ("bench.csv",))
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        files.check_out_dir(str(tmp_path / "out"))
+
+
+def test_an_output_name_that_cannot_be_examined_is_a_one_line_value_error(tmp_path):
+    """A stat that fails for another reason than a free name (here a name too long) is a
+    ValueError naming the path and why, not a traceback."""
+    name = "x" * 300
+    with pytest.raises(ValueError, match=r"cannot be examined \(File name too long\); choose another --out") as info:
+        files.check_output_files(str(tmp_path), (name,))
+    assert "\n" not in str(info.value)
+
+
+def test_check_out_dir_refuses_a_folder_it_cannot_write_into(tmp_path, monkeypatch):
+    """The probe write is the check (as root, permissions do not refuse it: the refusal is
+    simulated; found by mutation testing: skipping the probe passed)."""
+    import builtins
+
+    real_open = builtins.open
+
+    def refuse_probe(path, *args, **kwargs):
+        if ".write-probe" in str(path):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refuse_probe)
+    with pytest.raises(ValueError, match=r"not a writable folder \(Permission denied\)"):
+        files.check_out_dir(str(tmp_path))
+
+
+def test_clean_stale_tmp_with_no_targets_removes_nothing(tmp_path):
+    """No target, so no name is of the form `<target>.<pid>-<n>.tmp`: nothing is touched (found
+    by mutation testing: the pattern `(?:)\\.[0-9]+-[0-9]+\\.tmp` removed the user's '.1-2.tmp')."""
+    (tmp_path / ".1-2.tmp").write_text("the user's data")
+    assert files.clean_stale_tmp(str(tmp_path), []) == []
+    assert files.clean_stale_tmp(str(tmp_path), [""]) == []  # an empty name is no target either
+    assert (tmp_path / ".1-2.tmp").read_text() == "the user's data"

@@ -148,3 +148,102 @@ def test_a_fraction_in_an_integer_column_is_refused_not_truncated(tmp_path, valu
     rows, problems = read_rows(path, SCHEMA)
     assert [r["name"] for r in rows] == ["b"]
     assert problems == [f"toy.csv line 2 (column n holds {value!r}, not a number)"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"\xfe\xffn\x00a\x00", "UTF-16"),  # big-endian byte-order mark
+    (b"\x00name,n,x,checksum\n", "NUL bytes (the first at offset 0)"),
+])
+def test_a_big_endian_utf16_file_or_a_nul_at_the_start_is_refused(tmp_path, content, message):
+    """Found by mutation testing: only the little-endian mark, and NUL bytes after the first,
+    were tested."""
+    path = tmp_path / "toy.csv"
+    path.write_bytes(content)
+    with pytest.raises(ResultsFormatError) as info:
+        read_table(str(path))
+    assert message in str(info.value) and str(path) in str(info.value)
+
+
+def test_a_header_missing_many_columns_lists_five_and_counts_the_rest(tmp_path):
+    schema = Schema("wide", tuple(f"c{i}" for i in range(8)) + ("checksum",), ints=frozenset(),
+                    floats=frozenset())
+    path = str(tmp_path / "wide.csv")
+    atomic_csv(path, ["checksum"], [])
+    with pytest.raises(ResultsFormatError, match="missing c0; c1; c2; c3; c4; and 3 more") as info:
+        read_rows(path, schema)
+    assert "\n" not in str(info.value)
+
+
+def test_blank_lines_and_carriage_return_line_ends_are_not_damage(tmp_path):
+    """A blank line carries nothing, and "\\r" ends a line as "\\n" does: no row is left out
+    (found by mutation testing: counting blank lines as short rows, or only "\\n" as a line
+    end, passed)."""
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": 1, "x": 0.5}, {"name": "b", "n": 2, "x": 0.25}])
+    text = open(path).read()
+    lines = text.splitlines()
+    for damaged in ("\n".join([lines[0], lines[1], "", lines[2]]) + "\n\n", "\r".join(lines) + "\r"):
+        with open(path, "w", newline="") as f:
+            f.write(damaged)
+        rows, problems = read_rows(path, SCHEMA)
+        assert problems == [] and [r["name"] for r in rows] == ["a", "b"], (damaged, problems)
+
+
+def test_a_last_row_cut_off_before_its_line_end_is_left_out(tmp_path):
+    """Its values may be whole, but a write cut off there may have cut a value too: it is left
+    out, not only named (found by mutation testing: keeping it passed)."""
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": 1, "x": 0.5}, {"name": "b", "n": 2, "x": 0.25}])
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(text.rstrip("\n"))
+    rows, problems = read_rows(path, SCHEMA)
+    assert [r["name"] for r in rows] == ["a"] and problems == ["toy.csv line 3 (no line end: cut off)"]
+    table = read_table(path)
+    assert [r["name"] for r in table.rows] == ["a"] and table.problems == ["line 3 (no line end: cut off)"]
+
+
+def test_read_table_checks_the_checksum_where_the_header_has_one_unless_told_not_to(tmp_path):
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": 1, "x": 0.5}, {"name": "b", "n": 2, "x": 0.25}])
+    text = open(path).read()
+    with open(path, "w") as f:
+        f.write(text.replace(",0.25,", ",0.2,"))
+    for checksum in (None, True):
+        table = read_table(path, checksum=checksum)
+        assert [r["name"] for r in table.rows] == ["a"]
+        assert table.problems == ["line 3 (checksum mismatch: a value was cut off or edited)"]
+    table = read_table(path, checksum=False)
+    assert [r["x"] for r in table.rows] == ["0.5", "0.2"] and table.problems == []
+
+
+def test_an_empty_integer_field_reads_as_none_not_zero(tmp_path):
+    """Integer columns are nullable (docs/results_format.md): an empty field is no value, not 0
+    (found by mutation testing: reading it as 0 passed)."""
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": None, "x": 0.5}, {"name": "b", "n": 0, "x": 0.25}])
+    rows, problems = read_rows(path, SCHEMA)
+    assert problems == [] and [r["n"] for r in rows] == [None, 0]
+
+
+def test_read_rows_of_a_dangling_link_is_no_rows_and_of_an_empty_file_says_so(tmp_path):
+    """A path that leads to no file gives no rows; an empty file gives no rows and the problem
+    that read_table names (found by mutation testing: both were untested)."""
+    import os
+
+    os.symlink(tmp_path / "gone.csv", tmp_path / "dangling.csv")
+    assert read_rows(str(tmp_path / "dangling.csv"), SCHEMA) == ([], [])
+    (tmp_path / "toy.csv").write_text("\n")
+    assert read_rows(str(tmp_path / "toy.csv"), SCHEMA) == ([], ["toy.csv: the file is empty"])
+
+
+def test_a_field_too_large_for_the_csv_reader_is_one_format_error(tmp_path):
+    """csv.Error (here a field over csv's field size limit) is a ResultsFormatError naming the
+    file, not a traceback."""
+    import csv
+
+    path = tmp_path / "toy.csv"
+    path.write_text("name,n,x,checksum\n" + "a" * (csv.field_size_limit() + 1) + ",1,0.5,00000000\n")
+    with pytest.raises(ResultsFormatError, match="not a readable CSV file") as info:
+        read_table(str(path))
+    assert str(path) in str(info.value)

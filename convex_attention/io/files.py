@@ -72,10 +72,11 @@ def clean_stale_tmp(folder: str, targets) -> list[str]:
     touched: a file the user put there, whatever its name, is never removed.  Call it only
     while holding the folder's lock (no other writer is alive then).
     """
-    if not os.path.isdir(folder):
+    names = [t for t in targets if t]  # an empty name would leave `.<pid>-<n>.tmp` itself to match
+    if not names or not os.path.isdir(folder):
         return []
     # fullmatch and ASCII digits: `$` also matched before a final newline, and \d any digit
-    pattern = re.compile("(?:" + "|".join(re.escape(t) for t in targets) + r")\.[0-9]+-[0-9]+\.tmp")
+    pattern = re.compile("(?:" + "|".join(re.escape(t) for t in names) + r")\.[0-9]+-[0-9]+\.tmp")
     removed = []
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)
