@@ -204,6 +204,3 @@ class Hierarchy(Graph):
     def __repr__(self) -> str:
         kind = "grid" if self.is_grid else "from_parents"
         return f"Hierarchy.{kind}({self.shapes if self.is_grid else self.sizes})"
-
-    def _check_k(self, k: int) -> None:
-        self._check_edge(k)

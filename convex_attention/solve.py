@@ -209,7 +209,7 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
             None and the map's temperature is unused.  The problem keeps the constraints of
             its edges with ``p_k = q_k`` fixed (docs/design.md §4, docs/math.md §7.6).  Only
             methods whose record says ``given_maps`` accept it (``"dual"``); the gradient
-            reaches ``q_k`` too.
+            reaches ``q_k`` too.  An empty dict gives no map (as None, for every method).
         **options: ``"dual"``: ``tol`` (1e-6), ``gap_tol`` (``tol``), ``max_iter`` (1000),
             ``strict`` (True), ``record_history``, ``init``, ``newton`` (``"auto"``),
             ``warm_start`` (``"auto"``), ``dtype`` (float64); ``"cvxpylayers"``:
@@ -233,11 +233,11 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     record = get_method(method)
     check_transforms(f"solve(method={record.name!r})", record.func_transforms)
     record.check_structure(check_hierarchy(h))
-    if given is not None and not record.given_maps:
-        able = " or ".join(repr(m.name) for m in REGISTRY.values() if m.given_maps)
-        raise ValueError(f"method {record.name!r} does not take given maps (given=...); use method {able}")
     if given is not None and not isinstance(given, dict):
         raise TypeError(f"given must be a dict {{map index: probabilities}}, got {type(given).__name__}")
+    if given and not record.given_maps:  # an empty dict gives no map: every method takes it, as None
+        able = " or ".join(repr(m.name) for m in REGISTRY.values() if m.given_maps)
+        raise ValueError(f"method {record.name!r} does not take given maps (given=...); use method {able}")
     given_maps = frozenset(given or ())
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite, given=given_maps)
     free = next(s for s in scores if s is not None)

@@ -88,6 +88,7 @@ def test_attributes_and_equality():
     h = ca.Hierarchy.grid([(64, 64), (32, 32)])
     assert h.num_levels == 2 and h.shapes == [(64, 64), (32, 32)] and h.sizes == [4096, 1024]
     assert h.factors == [(2, 2)]
+    assert ca.Hierarchy.grid([(8, 8), (4, 4), (1, 2)]).factors == [(2, 2), (4, 2)]  # one tuple per level pair
     assert h == ca.Hierarchy.grid([(64, 64), (32, 32)]) and hash(h) == hash(ca.Hierarchy.grid([(64, 64), (32, 32)]))
     assert h != ca.Hierarchy.grid([(64, 64), (16, 16)])
     h1 = ca.Hierarchy.grid([12, 4])  # 1-D levels given as ints
@@ -110,6 +111,7 @@ def test_random_partitions_have_no_empty_cells():
     ([(8, 8), (3, 4)], "does not divide"),
     ([(9,), (2,)], "does not divide"),
     ([(8, 8), (4,)], "same number of dimensions"),
+    ([(8,), (4, 2)], "same number of dimensions"),
     ([(8, 0), (4, 4)], "positive"),
 ])
 def test_grid_errors(shapes, message):
@@ -156,12 +158,13 @@ def test_operator_shape_errors():
     ([4, 2], [["0", "1", "1", "0"]], TypeError, r"parents\[0\] must be a 1-D integer tensor.*could not read it"),
     ([4, 2], ["0110"], TypeError, r"parents\[0\] must be a 1-D integer tensor.*got str"),
     ([4, 2], None, TypeError, r"parents must be a list of 1 integer tensors"),
+    ([4, 2], "0110", TypeError, r"parents must be a list of 1 integer tensors"),
     ([4, 2], [None], TypeError, r"parents\[0\] must be a 1-D integer tensor.*got NoneType"),
     ([4, 2], [3], TypeError, r"parents\[0\] must be a 1-D integer tensor.*got int"),
     ([4, 2], [[0, 1, 10 ** 30, 0]], ValueError, r"parents\[0\] out of range: an id does not fit a 64-bit integer"),
     ([4, 2], [torch.tensor([0, 1, 2 ** 62, 0])], ValueError, r"out of range: level 1 has 2 cells"),
     ([4, 2], [[]], ValueError, r"parents\[0\] must be .* of shape \(4,\).*got shape \(0,\)"),
-    ([4, 2], [], ValueError, r"expected 1 parent maps for 2 levels, got 0"),
+    ([4, 2], [], ValueError, r"expected 1 parent maps for 2 levels, got 0$"),  # no hint to wrap a map
     ([], [], ValueError, r"at least 2 levels, got 0"),
     ([4, 2], [[[0, 1], [1, 0]]], ValueError, r"parents\[0\] must be .* of shape \(4,\).*got shape \(2, 2\)"),
     ([4, 2], [[0, [1], 1, 0]], TypeError, r"parents\[0\] must be a 1-D integer tensor.*could not read it"),
@@ -169,6 +172,7 @@ def test_operator_shape_errors():
     ([4, 0], [[0, 0, 0, 0]], ValueError, r"size of level 1 must be positive"),
     ([10 ** 30, 2], [[0, 1, 1, 0]], ValueError, r"above the limit of 68719476736 \(2\*\*36"),
     ([2, 10 ** 9], [[0, 1]], ValueError, r"level 1 has more cells \(1000000000\) than level 0 \(2\)"),
+    ([4, 2, 3], [[0, 1, 1, 0], [0, 1]], ValueError, r"level 2 has more cells \(3\) than level 1 \(2\)"),
     ("42", [[0, 1, 1, 0]], TypeError, r"sizes must be a list of level sizes"),
     (None, [[0, 1, 1, 0]], TypeError, r"sizes must be a list of level sizes"),
     ([4.0, 2], [[0, 1, 1, 0]], TypeError, r"size of level 0 must be an int"),
@@ -245,6 +249,9 @@ def test_bare_constructor_validates_like_the_factories():
     assert ca.Hierarchy([4, 2], p) == ca.Hierarchy.from_parents([4, 2], p)
     g = ca.Hierarchy.grid([(4,), (2,)])
     assert ca.Hierarchy([(4,), (2,)], [g.parents(0)], [(2,)]) == g  # the old internal form
+    assert ca.Hierarchy([8, 4], factors=[2]) == ca.Hierarchy.grid([8, 4])  # 1-D factors may be ints too
+    with pytest.raises(TypeError, match=r"factors must be a list of 1 tuples of ints"):
+        ca.Hierarchy([(8, 8), (4, 4)], factors=["ab"])
     with pytest.raises(ValueError, match=r"factors \[\(4, 4\)\] do not match the shapes"):
         ca.Hierarchy([(8, 8), (4, 4)], None, [(4, 4)])
     with pytest.raises(ValueError, match=r"is not the parent map of the grid"):
@@ -261,3 +268,19 @@ def test_integer_like_sizes_and_numpy_parent_maps_are_accepted():
     h = ca.Hierarchy.from_parents([np.int64(4), 2], [np.array([0, 1, 1, 0])])
     assert h.sizes == [4, 2] and all(isinstance(n, int) for n in h.sizes)
     assert ca.Hierarchy.grid([(np.int64(8), 8), (4, 4)]).shapes == [(8, 8), (4, 4)]
+
+
+def test_levels_of_equal_size_are_accepted():
+    """Sizes must not grow, but a level may keep its size (a relabelling of the cells)."""
+    perm = torch.tensor([2, 0, 1])
+    h = ca.Hierarchy.from_parents([3, 3, 1], [perm, torch.zeros(3, dtype=torch.long)])
+    assert h.sizes == [3, 3, 1] and torch.equal(h.parents(0), perm)
+    x = torch.arange(3.0).unsqueeze(0)
+    assert torch.equal(h.aggregate(x, 0)[:, perm], x)
+
+
+def test_repr_names_the_constructor():
+    g = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 1)])
+    assert eval(repr(g), {"Hierarchy": ca.Hierarchy}) == g
+    p = ca.Hierarchy.from_parents([4, 2], [torch.tensor([0, 1, 1, 0])])
+    assert repr(p).startswith("Hierarchy.from_parents(") and "[4, 2]" in repr(p)

@@ -27,7 +27,7 @@ def test_built_in_records_state_what_each_method_can_do():
 def test_get_method_returns_records_and_names_the_choices():
     record = get_method("exact")
     assert isinstance(record, Method) and get_method(record) is record
-    for bad in ("sinkhorn", 3, None):
+    for bad in ("sinkhorn", 3, None, ["exact"]):  # an unhashable name too
         with pytest.raises(ValueError, match="unknown method .* choose one of softmax, exact"):
             get_method(bad)
     with pytest.raises(TypeError, match="Method record"):
@@ -90,3 +90,10 @@ def test_the_registry_records_the_structures_each_method_solves():
     get_method("exact").check_structure(star)
     with pytest.raises(ValueError, match=r"use method 'dual' or 'cvxpylayers'"):
         get_method("exact").check_structure(axial)
+
+
+def test_a_chain_method_refused_on_separate_components_says_why():
+    two_chains = ca.Graph([(4,), (2,), (4,), (2,)], [(0, 1), (2, 3)])
+    chain_only = Method("chain_only", lambda *args: None, "a method for chains")
+    with pytest.raises(ValueError, match=r"is a forest: it has 2 separate components; use method 'exact' or 'dual'"):
+        chain_only.check_structure(two_chains)

@@ -700,6 +700,18 @@ def test_given_maps_are_refused_with_a_message_before_any_work(change, message):
         ca.solve(scores, h, method, given=given)
 
 
+def test_an_empty_given_dict_gives_no_map_to_every_method():
+    # as None: dual treated {} so already, while the methods without given maps refused it
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    scores = [torch.randn(2, 4, 4, dtype=torch.float64), torch.randn(2, 2, 2, dtype=torch.float64)]
+    for name in ("softmax", "exact", "dual"):  # without, without and with given maps in their records
+        plain = ca.solve(scores, h, name)
+        empty = ca.solve(scores, h, name, given={})
+        assert empty.given == () and all(torch.equal(a, b) for a, b in zip(plain.probs, empty.probs)), name
+    with pytest.raises(TypeError, match="given must be a dict"):  # the type is checked first, for every method
+        ca.solve(scores, h, "exact", given=[])
+
+
 def test_an_edge_between_two_given_maps_is_refused():
     h = ca.Graph([(4, 4), (2, 2), (1, 1)], [(0, 1), (1, 2)])
     q1 = torch.full((1, 2, 2), 0.25, dtype=torch.float64)
@@ -948,3 +960,30 @@ def test_a_solution_read_after_its_inputs_changed_in_place_refuses_rather_than_d
         _ = pickle.loads(pickle.dumps(fresh)).duals  # pickled after the change: stays refused
     with torch.inference_mode():  # inference tensors keep no version counter: not watched
         assert ca.solve([s.clone() for s in scores], h, "exact").duals is not None
+
+
+def test_learned_duals_beyond_half_precision_are_validated_and_returned_in_float32():
+    """Half-precision scores are computed in float32 (docstring of Solution.duals): given
+    duals beyond float16's range (±65504) are neither refused nor rounded to float16."""
+    h = ca.Hierarchy.grid([4, 2])
+    scores = [torch.zeros(1, 4, dtype=torch.float16), torch.zeros(1, 2, dtype=torch.float16)]
+    lam = [torch.tensor([[7.0e4 + 0.5, -7.0e4 - 0.5]])]
+    sol = ca.solve(scores, h, "learned_dual", duals=lam)
+    assert sol.duals[0].dtype == torch.float32 and torch.equal(sol.duals[0], lam[0])
+    assert all(p.dtype == torch.float16 and torch.isfinite(p).all() for p in sol.probs)
+
+
+def test_objectives_read_first_after_an_input_changed_in_place_are_refused():
+    """Not only duals: objective and dual_objective, computed on first read, refuse to
+    describe a problem other than the one solved once its scores were modified in place."""
+    g = torch.Generator().manual_seed(0)
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(3, 2, generator=g, dtype=torch.float64)]
+    sol = ca.solve(scores, h, "exact")
+    duals = sol.duals  # read before the change
+    scores[0].mul_(3)
+    assert sol.duals is duals
+    with pytest.raises(ca.StaleSolution, match=r"Solution\.objective"):
+        _ = sol.objective
+    with pytest.raises(ca.StaleSolution, match=r"Solution\.dual_objective"):
+        _ = sol.dual_objective
