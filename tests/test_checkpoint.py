@@ -161,3 +161,267 @@ def test_saving_a_checkpoint_touches_no_file_of_the_users(tmp_path):
     save_checkpoint(str(tmp_path / "m.pt"), AttentionUNet(method="exact", **SMALL))
     assert (tmp_path / "m.pt.tmp").read_text() == "the user's notes"
     assert sorted(os.listdir(tmp_path)) == ["m.pt", "m.pt.tmp"]
+
+
+# ----------------------------------------------------------------------------- more refusals and guarantees
+
+def _saved(tmp_path, name="m.pt", **kwargs):
+    return save_checkpoint(str(tmp_path / name), AttentionUNet(method="exact", **SMALL), **kwargs)
+
+
+def test_plain_data_is_checked_inside_lists_too(tmp_path):
+    """Numpy scalars anywhere (a metrics row) become Python numbers; a numpy array or an object
+    anywhere is refused before a file is written."""
+    path = _saved(tmp_path, metrics=[{"epoch": 1, "val_auc": np.float64(0.75)}], extra={"seen": [np.int64(2)]})
+    state = torch.load(path, weights_only=True)
+    assert type(state["metrics"][0]["val_auc"]) is float and type(state["seen"][0]) is int
+    for bad in ({"metrics": [{"note": object()}]}, {"extra": {"scores": np.zeros(1)}},
+                {"extra": {"scores": [np.zeros(2)]}}):
+        with pytest.raises(TypeError, match="plain containers"):
+            _saved(tmp_path, "x.pt", **bad)
+    assert sorted(os.listdir(tmp_path)) == ["m.pt"]
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
+    path = _saved(tmp_path, epoch=1)
+    before = (tmp_path / "m.pt").read_bytes()
+    real_fsync = os.fsync
+
+    def disk_full(fd):  # the new file written, then flushing it to the disk fails
+        assert any(name != "m.pt" for name in os.listdir(tmp_path))  # written beside, under another name
+        real_fsync(fd)
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="no space left"):
+        _saved(tmp_path, epoch=2)
+    monkeypatch.undo()
+    assert (tmp_path / "m.pt").read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.pt"] and read_checkpoint(path)["epoch"] == 1
+
+
+def test_a_wrapped_model_is_saved_as_the_model_it_wraps(tmp_path):
+    model = AttentionUNet(method="exact", **SMALL)
+    path = save_checkpoint(str(tmp_path / "m.pt"), torch.nn.DataParallel(model))
+    loaded, state = load_model(path)
+    assert list(state["model"]) == list(model.state_dict()) and loaded.config == model.config
+
+
+def test_read_checkpoint_takes_path_objects_and_refuses_what_is_not_a_file(tmp_path):
+    path = _saved(tmp_path)
+    assert read_checkpoint(tmp_path / "m.pt")["format"] == read_checkpoint(path)["format"]
+    with pytest.raises(ValueError, match="does not exist"):
+        read_checkpoint(None)
+    with pytest.raises(ValueError, match="is not a file"):
+        read_checkpoint(str(tmp_path))
+
+
+def test_the_file_type_is_checked_before_anything_is_unpickled(tmp_path, monkeypatch):
+    good = read_checkpoint(_saved(tmp_path))
+    torch.save(good, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)  # a bare pickle stream
+    real_load, loads = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or real_load(*a, **k))
+    for name in ("legacy.pt", "text.pt"):
+        (tmp_path / "text.pt").write_text("weights = [1, 2]\n")
+        with pytest.raises(ValueError, match="not a convex-attention checkpoint") as err:
+            read_checkpoint(str(tmp_path / name))
+        assert "\n" not in str(err.value)
+    assert loads == []
+
+
+class _Planted:
+    """Unpickling it would create the folder ``marker``."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+def test_a_planted_object_is_refused_in_one_line_and_never_runs(tmp_path):
+    good = read_checkpoint(_saved(tmp_path))
+    marker = tmp_path / "PWNED"
+    torch.save({**good, "train_config": {"epochs": _Planted(marker)}}, tmp_path / "planted.pt")
+    with pytest.raises(ValueError, match="refused to load it") as err:
+        read_checkpoint(str(tmp_path / "planted.pt"))
+    assert "\n" not in str(err.value) and not marker.exists()
+    assert "unsupported GLOBAL posix.mkdir" in str(err.value)  # what was refused, not torch's notice
+    torch.load(tmp_path / "planted.pt", weights_only=False)  # the file is live: an unsafe load runs the call
+    assert marker.exists()
+
+
+def test_more_damage_is_refused_naming_every_problem(tmp_path):
+    good = read_checkpoint(_saved(tmp_path))
+    first = next(iter(good["model"]))
+    for damage, words in (([1, 2], "not a convex-attention checkpoint"),
+                          ({**good, "model": {**good["model"], 7: good["model"][first]}}, "no weights"),
+                          ({**good, "epoch": True}, "epoch True"),
+                          ({**good, "metrics": [{"epoch": 1}, 3]}, "metrics are not a list of rows"),
+                          ({**good, "train_config": ["epochs", 2]}, "train_config is not a dict"),
+                          ({k: v for k, v in good.items() if k != "config"}, "no model configuration"),
+                          ({k: v for k, v in good.items() if k != "epoch"}, "epoch None"),
+                          ({**good, "epoch": -2, "metrics": "x"}, "epoch -2 .*; metrics are not"),
+                          ({**good, "config": {**good["config"], "image_size": 40}}, "invalid model configuration"),
+                          ({**good, "config": {**good["config"], "attention_blocks": [2, 4]}},
+                           "invalid model configuration")):
+        torch.save(damage, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match=words) as err:
+            read_checkpoint(str(tmp_path / "bad.pt"))
+        assert "\n" not in str(err.value)
+
+
+def test_a_tensor_without_values_is_found_inside_lists_too(tmp_path):
+    path = _saved(tmp_path, metrics=[{"epoch": 1, "loss": torch.empty(1, device="meta")}])
+    with pytest.raises(ValueError, match=r"metrics\[0\]\['loss'\] is a meta tensor"):
+        read_checkpoint(path)
+
+
+def test_a_single_value_that_is_not_finite_is_refused_even_in_a_complex_tensor(tmp_path):
+    from convex_attention.paper.models import NonFiniteWeights
+
+    weights = AttentionUNet(method="exact", **SMALL).state_dict()
+    first = next(k for k, v in weights.items() if v.is_floating_point())
+
+    def one_nan(weights):
+        weights[first].view(-1)[-1] = float("nan")
+
+    def complex_inf(weights):
+        weights[first] = weights[first].to(torch.complex64)
+        weights[first].view(-1)[0] = complex(0.0, float("inf"))
+
+    for edit in (one_nan, complex_inf):
+        with pytest.raises(ValueError, match=rf"{first} \(1 of {weights[first].numel()} values") as err:
+            read_checkpoint(_with_weights(tmp_path, "bad.pt", edit))
+        assert isinstance(err.value, NonFiniteWeights)
+
+
+def test_another_architecture_names_the_checkpoint_s_value_and_the_model_s(tmp_path):
+    path = _saved(tmp_path)
+    with pytest.raises(ValueError, match="width: checkpoint 4 vs model 8"):
+        load_checkpoint(path, AttentionUNet(method="exact", **{**SMALL, "width": 8}))
+
+
+def _stepped(model):
+    """An Adam optimiser of ``model`` after one step (it has state)."""
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 4, 32, 32)).logits.sum().backward()
+    opt.step()
+    return opt
+
+
+def test_the_optimiser_state_is_saved_and_restored(tmp_path):
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", norm="group", **SMALL)
+    opt = _stepped(model)
+    path = save_checkpoint(str(tmp_path / "m.pt"), model, opt, epoch=1)
+    again = AttentionUNet(method="exact", norm="group", **SMALL)
+    fresh = torch.optim.Adam(again.parameters())
+    load_checkpoint(path, again, fresh)
+    saved, restored = opt.state_dict()["state"], fresh.state_dict()["state"]
+    assert saved.keys() == restored.keys() and len(saved) > 0
+    for i in saved:
+        torch.testing.assert_close(restored[i]["exp_avg"], saved[i]["exp_avg"], atol=0, rtol=0)
+    # a checkpoint without an optimiser leaves the one given as it is
+    bare = _saved(tmp_path, "bare.pt")
+    untouched = torch.optim.Adam(AttentionUNet(method="exact", **SMALL).parameters())
+    load_checkpoint(bare, AttentionUNet(method="exact", **SMALL), untouched)
+    assert untouched.state_dict()["state"] == {}
+
+
+def test_an_optimiser_state_that_does_not_fit_is_refused_in_one_line(tmp_path):
+    state = read_checkpoint(_saved(tmp_path))
+    for optimizer, message in (({"state": {}}, "damaged .* optimizer is not an optimiser's state"),
+                               ({"state": {}, "param_groups": []}, "weights do not fit its own configuration")):
+        torch.save({**state, "optimizer": optimizer}, tmp_path / "bad.pt")
+        model = AttentionUNet(method="exact", **SMALL)
+        with pytest.raises(ValueError, match=message) as err:
+            load_checkpoint(str(tmp_path / "bad.pt"), model, torch.optim.Adam(model.parameters()))
+        assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", ["text", "list", "state_list"])
+def test_a_tampered_optimiser_entry_is_refused_with_a_value_error(tmp_path, kind):
+    model = AttentionUNet(method="exact", **SMALL)
+    state = read_checkpoint(save_checkpoint(str(tmp_path / "m.pt"), model, torch.optim.Adam(model.parameters())))
+    optimizer = {"text": "junk", "list": [],
+                 "state_list": {"state": [], "param_groups": state["optimizer"]["param_groups"]}}[kind]
+    torch.save({**state, "optimizer": optimizer}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_checkpoint(str(tmp_path / "bad.pt"), model, torch.optim.Adam(model.parameters()))
+
+
+def test_each_loader_refuses_the_other_kind(tmp_path):
+    from convex_attention.paper.models import PlainCNN, load_any_model, load_plain_cnn
+
+    attention = _saved(tmp_path, "att.pt")
+    plain = save_checkpoint(str(tmp_path / "plain.pt"), PlainCNN(width=4, image_size=32, in_channels=4))
+    with pytest.raises(ValueError, match="checkpoint of an attention model, not of a plain CNN"):
+        load_plain_cnn(attention)
+    with pytest.raises(ValueError, match="checkpoint of a plain CNN, not of an attention model"):
+        load_model(plain)
+    assert isinstance(load_plain_cnn(plain)[0], PlainCNN) and isinstance(load_any_model(plain)[0], PlainCNN)
+    assert isinstance(load_any_model(attention)[0], AttentionUNet)
+
+
+def test_a_checkpoint_reaches_the_disk_before_it_replaces_the_old_one(tmp_path, monkeypatch):
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append("fsync") or real_fsync(fd))
+    monkeypatch.setattr(os, "replace", lambda *a, **k: events.append("replace") or real_replace(*a, **k))
+    _saved(tmp_path)
+    assert "fsync" in events and events.index("fsync") < events.index("replace")
+
+
+@pytest.mark.parametrize("where", ["model", "top"])
+def test_a_refusal_stays_one_line_whatever_the_file_s_keys_hold(tmp_path, where):
+    good = read_checkpoint(_saved(tmp_path))
+    key = "conv.weight\nall weights are finite"
+    if where == "model":
+        damaged = {**good, "model": {**good["model"], key: torch.tensor([float("nan")])}}
+    else:
+        damaged = {**good, key: torch.empty(1, device="meta")}
+    torch.save(damaged, tmp_path / "bad.pt")
+    with pytest.raises(ValueError) as err:
+        read_checkpoint(str(tmp_path / "bad.pt"))
+    assert "\n" not in str(err.value)
+
+
+def test_weights_that_do_not_fit_are_refused_in_one_line(tmp_path):
+    key = next(k for k, v in AttentionUNet(method="exact", **SMALL).state_dict().items() if v.dim() == 4)
+    path = _with_weights(tmp_path, "shapes.pt", lambda w: w.__setitem__(key, torch.zeros(1, 1, 1, 1)))
+    with pytest.raises(ValueError, match="weights do not fit its own configuration") as err:
+        load_model(path)
+    assert "\n" not in str(err.value)
+
+
+def test_the_loaders_read_the_file_with_the_map_location_given(tmp_path):
+    from convex_attention.paper.models import load_any_model
+
+    path, locations = _saved(tmp_path), []
+
+    def keep_on_cpu(storage, location):
+        locations.append(location)
+        return storage
+
+    for load in (load_model, load_any_model):
+        locations.clear()
+        load(path, map_location=keep_on_cpu)
+        assert locations and set(locations) == {"cpu"}
+
+
+def test_solver_options_the_method_does_not_take_are_refused_with_a_value_error(tmp_path):
+    good = read_checkpoint(_saved(tmp_path))
+    torch.save({**good, "config": {**good["config"], "solver_options": {"no_such_option": 1}}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt"):
+        load_model(str(tmp_path / "bad.pt"))
+
+
+def test_extra_entries_never_replace_a_checkpoints_own(tmp_path):
+    from convex_attention.paper.models.checkpoint import CORE_ENTRIES
+
+    model = AttentionUNet(method="exact", **SMALL)
+    for entry in CORE_ENTRIES:
+        with pytest.raises(ValueError, match=rf"extra may not replace a checkpoint's own entries \['{entry}'\]"):
+            save_checkpoint(str(tmp_path / "m.pt"), model, extra={entry: 1, "train_config": {}})
+    assert not (tmp_path / "m.pt").exists()
+    assert read_checkpoint(save_checkpoint(str(tmp_path / "m.pt"), model, extra={"note": "kept"}))["note"] == "kept"

@@ -450,3 +450,10 @@ def test_the_grid_is_normalised_when_made_and_stored_as_plain_lists():
     assert single == ExperimentConfig(grid={"temperature": ((0.3,), (1.0,))})
     grid = QUICK.override(grid={"temperature": ((1.0,), (0.3, 0.5))}).to_dict()["grid"]
     assert grid == {"temperature": [[1.0], [0.3, 0.5]]} and all(type(t) is list for t in grid["temperature"])
+
+
+def test_solver_options_the_method_does_not_take_are_a_config_error():
+    with pytest.raises(ConfigError, match=r"method 'exact' takes no option\(s\) \['no_such_option'\]") as err:
+        ModelConfig(method="exact", solver_options={"no_such_option": 1}).validate()
+    assert err.value.field == "solver_options"
+    ModelConfig(method="dual", solver_options={"tol": 1e-7}).validate()

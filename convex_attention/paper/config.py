@@ -247,6 +247,10 @@ def _check_with_the_core(cfg: ModelConfig) -> None:
     if cfg.duals != "shared" and not method.needs_duals:
         raise ConfigError("duals", f"duals={cfg.duals!r} is the dual source of methods that need duals "
                                    f"(learned_dual), not of {cfg.method!r}; leave it 'shared'")
+    try:  # their values are checked against the structure when the model is built
+        method.check_option_names(cfg.solver_options)
+    except TypeError as err:
+        raise ConfigError("solver_options", str(err)) from None
     if method.cpu_only:
         # a per-sample CPU solver: its cost grows steeply with the number of cells
         cells = sum((cfg.image_size // 2 ** (k - 1)) ** 2 for k in cfg.attention_blocks)

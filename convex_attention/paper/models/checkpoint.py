@@ -14,12 +14,13 @@ refused, naming the differing fields.
 """
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 
 import torch
 
-from ...io.files import temporary_name
+from ...io.files import atomic_write_bytes, one_line
 from .plain_cnn import PlainCNN, is_plain_cnn_checkpoint
 from .unet import AttentionUNet, ConfigError, ModelConfig
 
@@ -27,6 +28,10 @@ __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_plain_cnn",
            "model_from_state", "NonFiniteWeights", "FORMAT"]
 
 FORMAT = "convex-attention-checkpoint/1"
+#: The entries every checkpoint holds, which ``extra`` may not replace.
+CORE_ENTRIES = ("format", "config", "model", "epoch", "metrics", "optimizer")
+#: The length of a reason quoted from torch in a refusal.
+_QUOTED_CHARS = 300
 
 
 def _unwrap(model):
@@ -51,20 +56,21 @@ def _plain(value, where: str = "checkpoint"):
 
 def save_checkpoint(path: str, model, optimizer=None, epoch: int = 0, metrics: list | None = None,
                     extra: dict | None = None) -> str:
-    """Write ``model``'s checkpoint atomically (temporary file, then rename): a crash never
-    leaves half a file.  ``extra``: more plain entries (training stores ``train_config``)."""
+    """Write ``model``'s checkpoint atomically (temporary file, flushed to disk, then
+    renamed): neither a crash of the process nor one of the system leaves half a file.
+    ``extra``: more plain entries (training stores ``train_config``), never one of
+    :data:`CORE_ENTRIES` (ValueError: the file would not read back)."""
+    clash = sorted(set(extra or {}) & set(CORE_ENTRIES))
+    if clash:
+        raise ValueError(f"extra may not replace a checkpoint's own entries {clash}")
     model = _unwrap(model)
     state = _plain({"format": FORMAT, "config": model.config.to_dict(), "model": model.state_dict(),
                     "epoch": int(epoch), "metrics": list(metrics or []),
                     "optimizer": optimizer.state_dict() if optimizer is not None else None, **(extra or {})})
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = temporary_name(os.path.abspath(path))  # a name of this write alone: no file of the user's is touched
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getbuffer())  # a temporary of this write alone, fsynced, then renamed
     return path
 
 
@@ -75,6 +81,33 @@ class NonFiniteWeights(ValueError):
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return text[0] if text else type(err).__name__
+
+
+def _load_refusal(err: BaseException) -> str:
+    """What torch's ``weights_only`` refusal says is wrong, on one line: the line naming the
+    object refused ("Unsupported global: GLOBAL posix.mkdir ...") where there is one (torch's
+    first lines are a notice about ``weights_only``), else the first line."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    named = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
+    return one_line(named or (lines[0] if lines else type(err).__name__), _QUOTED_CHARS)
+
+
+def _name(key) -> str:
+    """A key of the file as text for a message: as it is when printable, else its repr (a
+    tampered key holding a line break never breaks the one-line refusal)."""
+    text = str(key)
+    return text if text.isprintable() else repr(text)
+
+
+def _optimizer_problem(entry) -> str | None:
+    """Why ``entry`` (a checkpoint's ``optimizer``) is not an optimiser's state dict, or None."""
+    if entry is None:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("state"), dict) or \
+            not isinstance(entry.get("param_groups"), list) or \
+            not all(isinstance(g, dict) for g in entry["param_groups"]):
+        return "optimizer is not an optimiser's state (a dict of 'state' and a list of 'param_groups')"
+    return None
 
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:
@@ -91,7 +124,7 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure of an untrusted file is reported, never raised raw
         raise ValueError(f"{path!r} is not a convex-attention checkpoint (format {FORMAT}): refused to load it "
-                         f"({_first_line(err)[:300]}). Checkpoints hold only tensors and plain containers; "
+                         f"({_load_refusal(err)}). Checkpoints hold only tensors and plain containers; "
                          f"other objects are never loaded because unpickling them can run code") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path!r} is not a convex-attention checkpoint (format {FORMAT})")
@@ -109,6 +142,8 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         problems.append("metrics are not a list of rows")
     if state.get("train_config") is not None and not isinstance(state["train_config"], dict):
         problems.append("train_config is not a dict")
+    if _optimizer_problem(state.get("optimizer")):
+        problems.append(_optimizer_problem(state.get("optimizer")))
     if problems:
         raise ValueError(f"{path!r} is a damaged convex-attention checkpoint: {'; '.join(problems)}")
     odd = _unusable_tensors(state)
@@ -136,7 +171,7 @@ def _unusable_tensors(value, where: str = "") -> list[str]:
             return [f"{where or 'a tensor'} is a {str(value.layout).replace('torch.', '')} tensor, not a dense one"]
         return []
     if isinstance(value, dict):
-        return [bad for k, v in value.items() for bad in _unusable_tensors(v, f"{where}[{k!r}]" if where else str(k))]
+        return [bad for k, v in value.items() for bad in _unusable_tensors(v, f"{where}[{k!r}]" if where else _name(k))]
     if isinstance(value, (list, tuple)):
         return [bad for i, v in enumerate(value) for bad in _unusable_tensors(v, f"{where}[{i}]")]
     return []
@@ -149,7 +184,7 @@ def _check_finite_weights(path, weights: dict) -> None:
         if tensor.is_floating_point() or tensor.is_complex():
             count = int((~torch.isfinite(tensor)).sum())
             if count:
-                bad.append(f"{name} ({count} of {tensor.numel()} values NaN or Inf)")
+                bad.append(f"{_name(name)} ({count} of {tensor.numel()} values NaN or Inf)")
     if bad:
         more = f" and {len(bad) - 3} more tensor(s)" if len(bad) > 3 else ""
         raise NonFiniteWeights(f"{path!r} holds weights that are not all finite: {', '.join(bad[:3])}{more}; the run "
@@ -178,9 +213,10 @@ def load_checkpoint(path: str, model, optimizer=None, map_location="cpu", state:
         model.load_state_dict(state["model"])
         if optimizer is not None and state.get("optimizer") is not None:
             optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise ValueError(f"{path!r}: its weights do not fit its own configuration ({_first_line(err)[:300]})") \
-            from None
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+        # torch's first line names the model only; the next one says what does not fit (missing keys, a shape)
+        raise ValueError(f"{path!r}: its weights do not fit its own configuration "
+                         f"({one_line(str(err) or type(err).__name__, _QUOTED_CHARS)})") from None
     return state
 
 
@@ -201,7 +237,11 @@ def model_from_state(path: str, state: dict, kinds: tuple = (AttentionUNet,), ma
         what = "a plain CNN" if plain else "an attention model"
         wanted = " or ".join("a plain CNN" if k is PlainCNN else "an attention model" for k in kinds)
         raise ValueError(f"{path!r} is a checkpoint of {what}, not of {wanted}")
-    model = cls(config=_model_config(state))
+    try:  # the options' values are checked against the structure as the model is built
+        model = cls(config=_model_config(state))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path!r} holds an invalid model configuration: {one_line(str(err), _QUOTED_CHARS)}") \
+            from None
     load_checkpoint(path, model, map_location=map_location, state=state)
     return model
 
