@@ -298,3 +298,236 @@ def test_bench_and_verify_examples_pass_the_commands_own_checks(line):
         cli_bench._check_sweep(cli_bench._sweep_config(args), args)
     elif args.command == "verify":
         cli_bench._check_verify(args)
+
+
+# ---------------------------------------------------------------------------- shared conventions, in process
+
+def _readme_extras() -> dict[str, tuple[str, ...]]:
+    """README's table "Which subcommand needs which extra": subcommand -> the extras it names."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    table = text[text.index("Which subcommand needs which extra"):].split("\n\n")[1]
+    needs = {}
+    for row in table.splitlines()[2:]:
+        first, _, last = [cell.strip() for cell in row.strip("|").split("|")]
+        if "cvxpylayers" in first:  # the library's backend, not a subcommand
+            continue
+        extras = tuple(re.findall(r"`\[(\w+)\]`", last))
+        needs.update({name: extras for name in re.findall(r"`([a-z ]+)`", first)})
+    return needs
+
+
+def test_the_subcommands_need_the_extras_the_readme_names():
+    """The door test above reads COMMAND_EXTRAS itself: this one holds it to the README's table."""
+    assert _readme_extras() == dict(COMMAND_EXTRAS)
+
+
+def _main_with_handler(monkeypatch, command, handler):
+    """``cli.main([command])`` with ``command``'s handler replaced by ``handler`` (no work runs)."""
+    table = cli.BENCH_HANDLERS if command in cli.BENCH_HANDLERS else cli.EXPERIMENT_HANDLERS
+    monkeypatch.setitem(table, command, handler)
+    return _exit_code([command] + _ARGV.get(command, [command])[1:])
+
+
+def test_a_usage_error_found_by_a_command_is_one_line_exit_2(monkeypatch, capsys):
+    def refusing(args):
+        raise cli.UsageError("--out x is a file:\n  choose a folder")
+
+    assert _main_with_handler(monkeypatch, "verify", refusing) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.splitlines() == ["convex-attention verify: error: --out x is a file: choose a folder"]
+
+
+@pytest.mark.parametrize("status", [0, 1])
+def test_a_commands_exit_status_is_its_handlers(status, monkeypatch, capsys):
+    """Exit 1 for a failed check, 0 otherwise: main passes it on."""
+    assert _main_with_handler(monkeypatch, "verify", lambda args: status) == status
+    assert capsys.readouterr().err == ""
+
+
+def test_ctrl_c_is_one_line_saying_what_was_kept_exit_130(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    assert _main_with_handler(monkeypatch, "verify", interrupted) == 130
+    assert capsys.readouterr().err.splitlines() == [f"convex-attention verify: {cli.INTERRUPTED['verify']}"]
+
+
+def test_an_error_after_a_swallowed_sigterm_is_the_termination(monkeypatch, capsys):
+    """An error raised after SIGTERM arrived, outside its context chain (the Terminated was
+    swallowed, then children dying of the same signal made the command fail): exit 143."""
+    import signal
+    import time
+
+    from convex_attention.cli import _signals
+
+    monkeypatch.setattr(_signals, "REDELIVERY_S", 60.0)
+
+    def failing_after_sigterm(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+        except _signals.Terminated:
+            pass
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+
+    assert _main_with_handler(monkeypatch, "verify", failing_after_sigterm) == 143
+    kept = cli.INTERRUPTED["verify"].removeprefix("interrupted")
+    assert capsys.readouterr().err.splitlines() == [f"convex-attention verify: terminated (SIGTERM){kept}"]
+
+
+@pytest.mark.parametrize("options", [[], ["--no-progress"], ["--quiet"], ["--no-progress", "--quiet"]])
+def test_the_output_options(options, capsys):
+    """--no-progress: no progress bars, info lines stay; --quiet: neither."""
+    from convex_attention.cli import _common
+
+    args = cli.build_parser().parse_args(["verify", *options])
+    assert _common.show_progress(args) == (options == [])
+    _common.info(args, "an", "info line")
+    captured = capsys.readouterr()
+    assert captured.out == ("" if "--quiet" in options else "an info line\n") and captured.err == ""
+
+
+@pytest.mark.parametrize("name", sorted(n for n in COMMANDS if any("--wait" in a.option_strings
+                                                                   for a in COMMANDS[n]._actions)))
+def test_wait_is_off_unless_given(name):
+    argv = _ARGV.get(name, name.split())
+    assert cli.build_parser().parse_args(argv).wait is False
+    assert cli.build_parser().parse_args([*argv, "--wait"]).wait is True
+
+
+def test_an_output_folder_or_file_that_cannot_be_written_is_a_usage_error(tmp_path):
+    from convex_attention.cli import _common
+
+    (tmp_path / "a file").write_text("the user's\n")
+    with pytest.raises(_common.UsageError):
+        _common.check_out(str(tmp_path / "a file"))
+    (tmp_path / "verify.csv").mkdir()
+    with pytest.raises(_common.UsageError, match="verify.csv"):
+        _common.check_files(str(tmp_path), ["verify.csv"])
+    (tmp_path / "bench.csv").write_text("an earlier result\n")
+    _common.check_files(str(tmp_path), ["bench.csv", "free.csv"])  # a regular file, or a free name: passes
+    assert (tmp_path / "a file").read_text() == "the user's\n"
+
+
+def test_earlier_results_are_replaced_only_with_overwrite(tmp_path):
+    from convex_attention.cli import _common
+
+    (tmp_path / "bench.csv").write_text("an earlier result\n")
+    names = ["bench.csv", "verify.csv"]
+    with pytest.raises(_common.UsageError, match="bench.csv.*--overwrite"):
+        _common.check_no_earlier(str(tmp_path), names, overwrite=False)
+    assert _common.check_no_earlier(str(tmp_path), names, overwrite=True) == ["bench.csv"]
+    assert _common.check_no_earlier(str(tmp_path / "new"), names, overwrite=False) == []
+    assert (tmp_path / "bench.csv").read_text() == "an earlier result\n"
+
+
+def test_checking_out_leaves_no_folder_it_made_and_keeps_the_users(tmp_path):
+    from convex_attention.cli import _common
+
+    (tmp_path / "kept").mkdir()
+    _common.check_out_leaving_nothing(str(tmp_path / "kept" / "a" / "b" / "out"))
+    assert sorted(os.listdir(tmp_path)) == ["kept"] and os.listdir(tmp_path / "kept") == []
+    _common.check_out_leaving_nothing(str(tmp_path / "kept"))  # an existing (empty) folder stays
+    assert os.listdir(tmp_path) == ["kept"]
+
+
+def test_holding_out_locks_for_the_command_and_a_failed_body_leaves_no_empty_folder(tmp_path):
+    import json
+
+    from convex_attention.cli import _common
+
+    out = tmp_path / "a" / "b" / "out"
+    with pytest.raises(RuntimeError, match="the body failed"):
+        with _common.holding_out(str(out), "explain", argparse.Namespace(wait=False)):
+            assert json.loads((out / "results.lock").read_text())["command"] == "explain"
+            raise RuntimeError("the body failed")
+    assert os.listdir(tmp_path) == []  # the folders it made, removed again
+    with pytest.raises(KeyboardInterrupt):
+        with _common.holding_out(str(out), "explain", argparse.Namespace(wait=False)):
+            (out / "written.csv").write_text("a result\n")
+            raise KeyboardInterrupt
+    assert os.listdir(out) == ["written.csv"]  # only an empty folder is removed: the file stays
+    with _common.holding_out(str(tmp_path / "rank 1"), "train", argparse.Namespace(wait=False), main=False):
+        assert not (tmp_path / "rank 1").exists()  # rank 0 holds the lock
+    assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def _held_by_another_run(out: pathlib.Path):
+    """``out``'s lock held as another live run holds it (its record, an flock on another open file)."""
+    import fcntl
+    import json
+    import socket
+    import time
+
+    out.mkdir()
+    record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": "train"}
+    (out / "results.lock").write_text(json.dumps(record))
+    fd = os.open(out / "results.lock", os.O_RDWR)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def test_a_folder_another_run_holds_is_a_usage_error_naming_it(tmp_path):
+    from convex_attention.cli import _common
+
+    fd = _held_by_another_run(tmp_path / "out")
+    try:
+        with pytest.raises(_common.UsageError, match=f"in use by pid {os.getpid()} .*train.*--wait"):
+            with _common.holding_out(str(tmp_path / "out"), "explain", argparse.Namespace(wait=False)):
+                raise AssertionError("ran in a folder another run holds")
+    finally:
+        os.close(fd)
+
+
+def test_with_wait_a_held_folder_is_waited_for_said_on_stderr(tmp_path, capsys):
+    import threading
+
+    from convex_attention.cli import _common
+
+    fd = _held_by_another_run(tmp_path / "out")
+    release = threading.Timer(0.1, os.close, args=(fd,))
+    release.start()
+    try:
+        with _common.holding_out(str(tmp_path / "out"), "explain", argparse.Namespace(wait=True)):
+            ran = True
+    finally:
+        release.join()
+    assert ran
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("explain: waiting for results folder")
+
+
+def test_a_missing_extra_is_a_line_even_from_a_broken_install(monkeypatch):
+    """An installed extra gives None; a module whose import machinery refuses it
+    (``__spec__`` None: find_spec raises ValueError) is reported missing, not a traceback."""
+    import types
+
+    from convex_attention.cli._common import missing_extra
+
+    assert missing_extra("bench") is None
+    broken = types.ModuleType("captum")
+    broken.__spec__ = None
+    monkeypatch.setitem(sys.modules, "captum", broken)
+    line = missing_extra("explain")
+    assert line is not None and "captum" in line and "\n" not in line
+
+
+def test_printable_streams_leaves_a_stream_it_cannot_reconfigure(monkeypatch):
+    """A closed or unusual stream is left as it is (no error before the command's arguments
+    are even parsed)."""
+    from convex_attention.cli import _common
+
+    class Unusual:
+        errors = "strict"
+
+        def __init__(self, error):
+            self.error = error
+
+        def reconfigure(self, **kwargs):
+            raise self.error
+
+    for error in (ValueError("closed"), OSError("unusual"), TypeError("unusual")):
+        monkeypatch.setattr(sys, "stdout", Unusual(error))
+        monkeypatch.setattr(sys, "stderr", Unusual(error))
+        _common.printable_streams()

@@ -1296,3 +1296,232 @@ def test_a_graphs_json_without_its_parts_gives_the_backward_figure_no_environmen
     assert len(notes) == 1 and "no config.parts" in notes[0]
     assert "load average" not in figs["backward_implicit_vs_unrolled:footer"]
     assert figs["backward_implicit_vs_unrolled:footer"].startswith("environment not recorded")
+
+
+# ---------------------------------------------------------------------------- the values a figure reads
+
+
+def bad_value(row, col, **opts):
+    with pytest.raises(plot_common.BadValue) as err:
+        plot_common.number(row, col, **opts)
+    return str(err.value)
+
+
+def test_a_number_is_a_finite_float_and_what_is_not_is_named():
+    number = plot_common.number
+    assert number({"x": " 2.5 "}, "x") == 2.5  # the padding of a hand-edited field is not part of the value
+    # not measured (empty, NaN where a row held in memory has an empty field) or an older file's missing column
+    for row in ({"x": ""}, {"x": "  "}, {"x": float("nan")}, {}):
+        assert number(row, "x", empty_ok=True) is None, row
+    assert bad_value({}, "x") == "x is missing"
+    assert bad_value({"x": " "}, "x") == "x is empty"
+    assert bad_value({"x": float("nan")}, "x") == "x is empty"
+    assert bad_value({"x": "inf"}, "x") == "x='inf' is not finite"
+    assert bad_value({"x": "-Infinity"}, "x") == "x='-Infinity' is not finite"
+    assert bad_value({"x": "0"}, "x", positive=True) == "x='0' is not positive"
+    assert number({"x": "0"}, "x", nonneg=True) == 0.0
+    assert bad_value({"x": "-1e-300"}, "x", nonneg=True) == "x='-1e-300' is negative"
+    assert number({"x": "4.0"}, "x", integer=True) == 4.0
+    assert bad_value({"x": "4.5"}, "x", integer=True) == "x='4.5' is not an integer"
+    # a value from a file is named briefly, safe to print and draw
+    assert len(bad_value({"x": "$" + "y" * 200}, "x")) < 60
+
+
+def test_a_time_is_measurable_from_one_femtosecond_to_thirty_years_inclusive():
+    # docs/results_format.md: a time outside 1e-12 to 1e12 ms leaves the row out
+    for value in ("1e-12", "1e12", "0.5"):
+        assert plot_common.number({"t": value}, "t", time_ms=True) == float(value)
+    for value in ("9.9e-13", "1.01e12"):
+        assert "is not a measurable time" in bad_value({"t": value}, "t", time_ms=True)
+    assert plot_common.number({"t": "1e300"}, "t") == 1e300  # a value that is no time is not bounded
+
+
+def test_names_are_read_as_short_plain_tokens_and_a_nan_name_is_no_name():
+    assert plot_common.text_of({"m": float("nan")}, "m") == "" and plot_common.text_of({}, "m") == ""
+    assert plot_common.token_of({"b": " diffcp-clarabel "}, "b") == "diffcp-clarabel"
+    assert plot_common.token_of({"b": "x" * 40}, "b") == "x" * 40  # up to 40 characters
+    for text in ("two words", "$\\alpha$", "a/b", "x" * 41):
+        with pytest.raises(plot_common.BadValue, match="is not a name"):
+            plot_common.token_of({"b": text}, "b")
+
+
+def test_skipped_rows_are_reported_once_by_line_and_series_the_first_five_named():
+    def report(n):
+        logged, skips = [], plot_common.Skips("fig", "graphs.csv")
+        for line in range(2, 2 + n):
+            skips.add({"_line": line, "method": "cvxpylayers", "backend": "moreau", "dual_kind": ""}, "too slow")
+        skips.report(logged.append)
+        return logged
+
+    assert report(0) == []  # nothing skipped: nothing said
+    five, six = report(5), report(6)
+    assert len(five) == 1 and five[0].startswith("fig: skipped 5 row(s) of graphs.csv with unusable values: ")
+    assert all(f"line {i} (cvxpylayers/moreau): too slow" in five[0] for i in range(2, 7))
+    assert "; and " not in five[0]  # all five named
+    assert len(six) == 1 and "skipped 6 row(s)" in six[0] and "line 6 (" in six[0] and "line 7" not in six[0]
+    assert six[0].endswith("; and 1 more")
+
+
+def test_ok_points_draw_measured_rows_only_and_name_every_row_they_leave_out():
+    numbers = {"total_ms": {"positive": True, "time_ms": True}, **plot_common.spread_columns("total_ms")}
+    good = bench_row("exact")
+    rows = [{**good, "_line": 2}, {**good, "status": "skipped", "_line": 3}, {**good, "status": "error", "_line": 4},
+            {**good, "status": "done", "_line": 5}, {**good, "backend": "two words", "_line": 6}]
+    logged = []
+    points = plot_common.ok_points(rows, "fig", numbers, logged.append)
+    assert [p.row["_line"] for p in points] == [2]  # skipped and failed rows are not data: the notes name them
+    assert len(logged) == 1 and "skipped 2 row(s)" in logged[0]
+    assert "line 5 (exact): status='done' is not one of ok, skipped, error" in logged[0] and "line 6 (" in logged[0]
+
+
+@pytest.mark.parametrize("col", ["fwd_ms", "bwd_ms", "total_ms"])
+def test_a_median_outside_its_own_quartiles_is_named_and_left_out(col):
+    numbers = {c: {"positive": True, "time_ms": True} for c in (col, col + "_q1", col + "_q3")}
+    row = {**bench_row("dual"), "_line": 7, col: 2.0, col + "_q1": 2.0, col + "_q3": 2.0}
+    logged = []
+    assert len(plot_common.ok_points([row], "fig", numbers, logged.append)) == 1 and logged == []  # on the quartiles
+    for q1, q3 in ((2.001, 3.0), (1.0, 1.999)):
+        logged.clear()
+        points = plot_common.ok_points([{**row, col + "_q1": q1, col + "_q3": q3}], "fig", numbers, logged.append)
+        assert points == [] and len(logged) == 1
+        assert f"line 7 (dual): {col}=2 lies outside its quartiles" in logged[0]
+
+
+def test_the_legend_names_the_lambda_kind_and_the_backend():
+    assert plot_common.Series("learned_dual", "per_sample").label == "learned_dual (per-sample λ*)"
+    assert plot_common.Series("cvxpylayers", "", "moreau").label == "cvxpylayers (moreau)"
+    assert plot_common.Series("exact").label == "exact"
+    series, _ = plot_common.series_of({"method": "exact", "dual_kind": "fitted", "backend": ""})
+    assert series == plot_common.Series("exact")  # a method without duals has no λ kind, whatever the row says
+    with pytest.raises(plot_common.BadValue, match="backend="):
+        plot_common.series_of({"method": "cvxpylayers", "backend": "$x$"})
+
+
+def test_low_confidence_starts_past_half_the_median_and_below_three_repetitions():
+    low = plot_common.low_confidence
+    assert not low({"total_ms": 1.0, "total_ms_q1": 0.75, "total_ms_q3": 1.25, "repeats": 3}, "total_ms")
+    assert low({"total_ms": 1.0, "total_ms_q1": 0.75, "total_ms_q3": 1.26, "repeats": 3}, "total_ms")
+    assert low({"total_ms": 1.0, "total_ms_q1": 0.9, "total_ms_q3": 1.1, "repeats": 2}, "total_ms")
+
+
+def test_a_slope_is_fitted_over_a_span_of_exactly_a_decade_and_only_within_fifteen_percent_of_the_line():
+    fit = plot_common.fit_power_law([10, 50, 100], [1.0, 5.0, 10.0])
+    assert fit is not None and fit.slope == pytest.approx(1.0) and fit.sizes == 3  # spans 10x: enough
+    # middle point off the line by a factor f in time: the fitted line misses it by f**(2/3), the ends by f**(1/3)
+    assert plot_common.fit_power_law([10, 100, 1000], [1.0, 10.0 * 1.2, 100.0]) is not None  # 12.9% off
+    assert plot_common.fit_power_law([10, 100, 1000], [1.0, 10.0 * 1.24, 100.0]) is None  # 15.4% off
+    # a time of zero has no place on a log-log line: it is left out, and the rest still fit
+    fit = plot_common.fit_power_law([10, 100, 1000, 10_000], [1.0, 10.0, 100.0, 0.0])
+    assert fit is not None and (fit.n_lo, fit.n_hi, fit.sizes) == (10, 1000, 3)
+
+
+def test_a_slope_takes_the_longest_run_of_the_largest_sizes_down_to_three():
+    ns = [10, 100, 1000, 10_000]
+    fit = plot_common.fit_power_law(ns, [50.0, 10.0, 100.0, 1000.0])  # the smallest size is overhead-bound
+    assert fit is not None and (fit.n_lo, fit.n_hi, fit.sizes) == (100, 10_000, 3)
+
+
+def test_the_notes_count_what_the_sweep_skipped_by_why_and_name_what_failed():
+    rows = [{"status": "skipped", "reason": "problem size 900 cells > cap --cvx-max-cells 800"},
+            {"status": "skipped", "reason": "estimated 30 s (fit) > budget --budget 10 s"},
+            {"status": "skipped", "reason": "estimated 31 s (fit) > budget --budget 10 s"},
+            {"status": "skipped", "reason": "backend moreau not installed"},
+            {"status": "skipped", "reason": "moreau solves on cuda; see the cuda cells"},
+            {"status": "skipped", "reason": "exact solves forests only (every map ...)"},
+            {"status": "error", "reason": "MemoryError: out of memory", "method": "exact"},
+            {"status": "error", "reason": "MemoryError: out of memory", "method": "exact"},
+            {"status": "error", "reason": "", "method": "cvxpylayers", "backend": "moreau"},
+            {"status": "ok", "reason": ""}]
+    assert plot_common.skipped_by_the_sweep(rows) == {
+        "over --cvx-max-cells": 1, "over --budget": 2, "backend not installed": 1,
+        "on a device its backend does not solve on": 1, plot_common.FORESTS_ONLY: 1}
+    assert plot_common.skipped_note(rows).startswith("not measured by the sweep: 1 row(s) over --cvx-max-cells, ")
+    assert plot_common.skip_reason(rows[6]) == "failed (MemoryError)" and plot_common.skip_reason(rows[-1]) == ""
+    assert plot_common.error_name("Timeout") == "error" and plot_common.error_name("two words: x") == "error"
+    failed = plot_common.failed_note(rows)
+    assert failed.startswith("FAILED, not drawn: 3 row(s) (status error): ")
+    assert "2× exact: MemoryError: out of memory" in failed and "cvxpylayers (moreau): no reason recorded" in failed
+    assert plot_common.skipped_note(rows[-1:]) == "" and plot_common.failed_note(rows[-1:]) == ""
+    assert plot_common.series_name({"method": ""}) == "row"
+
+
+def test_the_footer_notes_name_the_compute_dtype_and_the_series_timed_on_fewer_samples():
+    numbers = {"timed_batch": {"empty_ok": True, "positive": True, "integer": True}}
+    rows = cell_rows(dtype="float32") + cell_rows(dtype="float16", cell=1)
+    points = plot_common.ok_points(rows, "fig", numbers, pytest.fail)
+    assert plot_common.dtype_note(points) == ("computed in float16/float32 "
+                                              "(cvxpylayers: float64, whatever the cell's dtype)")
+    assert plot_common.compute_dtype_of(points[0]) == rows[0]["dtype"]
+    exact64 = plot_common.ok_points([bench_row("exact", dtype="float64")], "fig", numbers, pytest.fail)
+    assert plot_common.dtype_note(exact64) == "computed in float64"
+    batch = rows[0]["batch"]
+    assert all(r["timed_batch"] == batch for r in rows if r["method"] != "cvxpylayers")  # only cvxpylayers on fewer
+    assert plot_common.fewer_timed_note(points) == ("cvxpylayers timed on fewer samples than the batch "
+                                                    "(bench.csv's timed_batch)")
+    assert plot_common.fewer_timed_note([p for p in points if p.series.method != "cvxpylayers"]) == ""
+    blank = plot_common.ok_points([{**bench_row("exact"), "batch": ""}], "fig", numbers, pytest.fail)
+    assert plot_common.fewer_timed_note(blank) == ""  # no batch recorded: nothing to compare with
+
+
+def test_a_spread_or_size_that_cannot_be_right_leaves_its_row_out():
+    numbers = {**plot_common.SIZE_COLUMNS, "total_ms": {"positive": True, "time_ms": True},
+               **plot_common.spread_columns("total_ms")}
+    logged = []
+    rows = [{**bench_row("exact"), "_line": 2, "total_ms_q3": 1e300},
+            {**bench_row("exact"), "_line": 3, "n_cells": 80.5},
+            {**bench_row("exact"), "_line": 5, "total_ms_q1": 1e-300},
+            {**bench_row("exact"), "_line": 4, "total_ms_q1": "", "total_ms_q3": ""}]  # no spread recorded: drawn
+    assert [p.row["_line"] for p in plot_common.ok_points(rows, "fig", numbers, logged.append)] == [4]
+    assert "line 2 (exact): total_ms_q3=1e+300 is not a measurable time" in logged[0]
+    assert "line 3 (exact): n_cells='80.5' is not an integer" in logged[0]
+    assert "line 5 (exact): total_ms_q1=1e-300 is not a measurable time" in logged[0]
+
+
+def test_the_failed_rows_note_names_four_kinds_of_failure_and_counts_the_rest():
+    rows = [{"status": "error", "method": "exact", "reason": f"RuntimeError: case {i}"} for i in range(6)]
+    note = plot_common.failed_note(rows)
+    assert note.startswith("FAILED, not drawn: 6 row(s) (status error): ")
+    assert all(f"case {i}" in note for i in range(4)) and "case 4" not in note and note.endswith("; and 2 more")
+
+
+def test_a_results_file_warns_what_it_leaves_out_as_a_plot_warning(tmp_path):
+    (tmp_path / "bench.csv").write_text("")
+    with pytest.warns(plot_common.PlotWarning, match="bench.csv: empty file"):
+        assert read_results(str(tmp_path / "bench.csv")) is None
+
+
+def test_a_bench_json_that_is_no_object_gives_no_environment_and_says_so(tmp_path):
+    (tmp_path / "bench.json").write_text("[1, 2]")
+    logged = []
+    assert plot_common.load_env(str(tmp_path), logged.append) is None
+    assert logged == ["bench.json: no 'environment' object; its figures carry no environment line"]
+    (tmp_path / "bench.json").write_bytes(b'{"environment": "\xe9"}')
+    logged.clear()
+    assert plot_common.load_env(str(tmp_path), logged.append) is None
+    assert len(logged) == 1 and logged[0].startswith("bench.json: not readable JSON")
+
+
+def test_graph_parts_are_a_list_of_names_or_not_said():
+    assert plot_common.graph_parts({"config": {"parts": ["chains", "backward"]}}) == ("chains", "backward")
+    for record in (None, [], {}, {"config": []}, {"config": {"parts": "chains"}}, {"config": {"parts": ["a", 1]}}):
+        assert plot_common.graph_parts(record) is None, record
+
+
+def test_each_backend_has_its_own_colour_and_marker():
+    series = [plot_common.Series("cvxpylayers", "", f"b{i}") for i in range(len(plot_common.BACKEND_MARKERS))]
+    styles = plot_common.styles_for(series)
+    assert len({styles[s][0] for s in series}) == len({styles[s][1] for s in series}) == len(series)
+
+
+def test_the_rounding_level_of_each_dtype_is_its_machine_epsilon():
+    import torch
+
+    for name, eps in DTYPE_EPS.items():
+        assert eps == torch.finfo(getattr(torch, name)).eps, name
+
+
+def test_a_record_that_cannot_be_read_is_said_and_gives_no_environment(tmp_path):
+    (tmp_path / "bench.json").mkdir()  # not a file: open() fails
+    said = []
+    assert plot_common.load_record(str(tmp_path), said.append, "bench.json") is None
+    assert len(said) == 1 and said[0].startswith("bench.json: not readable JSON")
