@@ -189,23 +189,29 @@ def test_two_runs_of_this_tool_never_hold_one_folder_together(tmp_path):
         assert json.loads((tmp_path / LOCK_NAME).read_text())["command"] == "first"
 
 
+def _replaced_before_the_first_lock(tmp_path, monkeypatch) -> list:
+    """Another run's lock file (its record not yet written) put in the place of the one this
+    run opened, before its first flock; returns the descriptors flock was tried on."""
+    real_try_lock, calls = lock._try_lock, []
+
+    def replaced(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            os.remove(tmp_path / LOCK_NAME)
+            (tmp_path / LOCK_NAME).write_text("")
+        return real_try_lock(fd)
+
+    monkeypatch.setattr(lock, "_try_lock", replaced)
+    return calls
+
+
 def test_a_lock_file_replaced_between_its_opening_and_its_locking_is_not_the_one_held(tmp_path, monkeypatch):
     """A releasing owner removes the lock file, and another run makes a new one, between this
     run's open and its flock: the lock it got is on a file no longer at the path, so it opens
     the path again and locks the file there.  Without that check it held the removed file
     and wrote its record there, and a third run could lock the one at the path (found by
     mutation testing)."""
-    real_try_lock = lock._try_lock
-    calls = []
-
-    def replaced_before_the_first_lock(fd):
-        calls.append(fd)
-        if len(calls) == 1:
-            os.remove(tmp_path / LOCK_NAME)
-            (tmp_path / LOCK_NAME).write_text("")  # another run's, its record not yet written
-        return real_try_lock(fd)
-
-    monkeypatch.setattr(lock, "_try_lock", replaced_before_the_first_lock)
+    calls = _replaced_before_the_first_lock(tmp_path, monkeypatch)
     with results_lock(str(tmp_path)) as path:
         held = lock._HELD[os.path.realpath(path)]
         assert len(calls) == 2  # it looped
@@ -376,17 +382,7 @@ def test_no_descriptor_is_left_open(tmp_path, monkeypatch):
     with results_lock(str(tmp_path)):
         pass
     assert open_fds() == before
-    real_try_lock = lock._try_lock
-    calls = []
-
-    def replaced_before_the_first_lock(fd):
-        calls.append(fd)
-        if len(calls) == 1:
-            os.remove(tmp_path / LOCK_NAME)
-            (tmp_path / LOCK_NAME).write_text("")
-        return real_try_lock(fd)
-
-    monkeypatch.setattr(lock, "_try_lock", replaced_before_the_first_lock)
+    calls = _replaced_before_the_first_lock(tmp_path, monkeypatch)
     with results_lock(str(tmp_path)):
         pass
     assert len(calls) == 2 and open_fds() == before
