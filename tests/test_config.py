@@ -457,3 +457,10 @@ def test_solver_options_the_method_does_not_take_are_a_config_error():
         ModelConfig(method="exact", solver_options={"no_such_option": 1}).validate()
     assert err.value.field == "solver_options"
     ModelConfig(method="dual", solver_options={"tol": 1e-7}).validate()
+
+
+def test_a_cpu_index_other_than_0_is_a_config_error():
+    with pytest.raises(ConfigError, match="the CPU is one device") as err:
+        check_device("cpu:1")
+    assert err.value.field == "device"
+    assert check_device("cpu:0") == "cpu:0" and check_device("cpu") == "cpu"

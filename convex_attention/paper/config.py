@@ -187,6 +187,8 @@ def check_device(name) -> str:
     except (RuntimeError, ValueError):
         raise ConfigError("device", f"unknown device {name!r}; use {accepted}") from None
     if dev.type == "cpu":
+        if dev.index not in (None, 0):  # torch ignores it: a run's record would name a device that is not one
+            raise ConfigError("device", f"device {name!r}: the CPU is one device, whatever its index; use cpu")
         return name
     if dev.type == "cuda":
         if not torch.cuda.is_available():
