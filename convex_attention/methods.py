@@ -113,7 +113,7 @@ class Method:
             return
         unknown = set(options) - self.options
         if unknown:
-            raise TypeError(f"method {self.name!r} takes no option(s) {sorted(unknown)}"
+            raise TypeError(f"method {self.name!r} takes no option(s) {sorted(unknown, key=repr)}"
                             + (f"; it accepts {sorted(self.options)}" if self.options else ""))
 
 

@@ -425,3 +425,29 @@ def test_extra_entries_never_replace_a_checkpoints_own(tmp_path):
             save_checkpoint(str(tmp_path / "m.pt"), model, extra={entry: 1, "train_config": {}})
     assert not (tmp_path / "m.pt").exists()
     assert read_checkpoint(save_checkpoint(str(tmp_path / "m.pt"), model, extra={"note": "kept"}))["note"] == "kept"
+
+
+def test_an_unpickler_refusal_quotes_its_reason_not_torchs_notice(tmp_path):
+    # a valid archive whose data.pkl appends to a dict: refused by torch's unpickler, whose
+    # message puts the reason after "WeightsUnpickler error:", below its notice (hostile review)
+    import zipfile
+
+    source, crafted = _saved(tmp_path), str(tmp_path / "crafted.pt")
+    with zipfile.ZipFile(source) as zin, zipfile.ZipFile(crafted, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            zout.writestr(item, b"\x80\x02}K\x01a." if item.filename.endswith("data.pkl") else zin.read(item))
+    with pytest.raises(ValueError, match=r"refused to load it \(Can only append to lists") as err:
+        read_checkpoint(crafted)
+    assert "\n" not in str(err.value) and "PyTorch 2.6" not in str(err.value)
+
+
+def test_a_plain_cnn_checkpoint_with_solver_options_it_ignores_loads(tmp_path):
+    # the experiment trained its plain CNN with the compared methods' options, which PlainCNN
+    # ignores: such a checkpoint is valid (hostile review: refusing it broke older files)
+    from convex_attention.paper.models import PlainCNN, load_plain_cnn
+
+    path = save_checkpoint(str(tmp_path / "plain.pt"), PlainCNN(width=4, image_size=32, in_channels=4))
+    state = read_checkpoint(path)
+    torch.save({**state, "config": {**state["config"], "solver_options": {"tol": 1e-6}}}, tmp_path / "opts.pt")
+    model, _ = load_plain_cnn(str(tmp_path / "opts.pt"))
+    assert isinstance(model, PlainCNN)

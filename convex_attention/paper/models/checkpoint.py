@@ -84,10 +84,17 @@ def _first_line(err: BaseException) -> str:
 
 
 def _load_refusal(err: BaseException) -> str:
-    """What torch's ``weights_only`` refusal says is wrong, on one line: the line naming the
-    object refused ("Unsupported global: GLOBAL posix.mkdir ...") where there is one (torch's
-    first lines are a notice about ``weights_only``), else the first line."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    """What torch's ``weights_only`` refusal says is wrong, on one line.  Its first lines are
+    a notice about ``weights_only``; the reason follows ``WeightsUnpickler error:`` ("Can
+    only append to lists ...", "Unsupported global: GLOBAL posix.mkdir ..."), or is the line
+    naming a refused global; else the first line."""
+    text = str(err)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        after = [line.strip() for line in text.split(marker, 1)[1].splitlines() if line.strip()]
+        if after:
+            return one_line(after[0], _QUOTED_CHARS)
     named = next((line for line in lines if "GLOBAL" in line or "Unsupported" in line), None)
     return one_line(named or (lines[0] if lines else type(err).__name__), _QUOTED_CHARS)
 
