@@ -586,7 +586,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     plain = [r for r in dev_rows if r["method"] == "plain_cnn"]
     assert c.ran and len(plain) == 1
     best = dev["summary"][0]
-    assert c.value == pytest.approx(max(best[f"{m}_bacc"] for m in config.methods) - float(plain[0]["bacc"]))
+    assert c.value == pytest.approx(max(best[f"{m}_bacc_mean"] for m in config.methods) - float(plain[0]["bacc"]))
     verdict = proposal["benchmark"]
     assert not verdict["accepted"] and verdict["checks"]["maps_drive_ranking"]["ran"] is False
     assert verdict["checks"]["uniform_attention"]["value"] == pytest.approx(c.value)
@@ -1035,7 +1035,7 @@ def test_the_dev_stage_trains_every_candidate_and_proposes_the_best_on_the_dev_s
                                                  "softmax")
     assert [round(s["attention_ap_mean"], 6) for s in dev["summary"]] == [0.705, 0.655, 0.505, 0.455]
     assert best["bacc_mean"] == pytest.approx((0.80 + 0.82 + 0.60 + 0.62) / 4)  # every method's balanced accuracy
-    assert best["softmax_ap"] == pytest.approx(0.705) and best["exact_auc"] == pytest.approx(0.7)
+    assert best["softmax_ap_mean"] == pytest.approx(0.705) and best["exact_auc_mean"] == pytest.approx(0.7)
     proposal = json.load(open(tmp_path / "dev" / "proposed_variants.json"))
     assert (proposal["model"]["head"], proposal["upsampling"]) == ("learned", "bilinear")
     assert dev["proposal"].variant.head == "learned" and dev["proposal"].variant.upsampling == "bilinear"
@@ -1281,3 +1281,21 @@ def test_the_headline_pairs_each_compared_models_own_best_level():
     soft = h["by_model"]["softmax"]
     assert soft["level"] == 0 and soft["difference_mean"] == pytest.approx(0.20 + 1 / 300)
     assert soft["difference_ci95"] == pytest.approx(mean_ci([0.20, 0.23, 0.18])[1])
+
+
+def test_each_methods_candidate_means_leave_a_nan_seed_out_and_count_it():
+    # a seed whose model failed gives NaN: the method's mean is over the other seeds, with its
+    # interval and the count left out, as every other mean (found by mutation testing of the
+    # reports: a plain mean made the whole cell NaN)
+    from convex_attention.paper.experiment import _rank_candidates
+
+    config = _tiny_config(methods=("softmax", "exact"))
+    [u] = config.candidates()["upsampling"][:1]
+    rows = [{"variant": 0, "upsampling": u, "method": m, "seed": s, "auc": auc, "attention_ap": 0.5, "bacc": 0.7}
+            for m, aucs in (("softmax", (0.9, 0.8, 0.7)), ("exact", (0.95, math.nan, 0.85)))
+            for s, auc in enumerate(aucs)]
+    [entry] = [e for e in _rank_candidates(config, config.variants(), rows) if e["upsampling"] == u]
+    assert entry["exact_auc_mean"] == pytest.approx(0.9) and entry["exact_auc_ci95"] == pytest.approx(
+        mean_ci([0.95, 0.85])[1])
+    assert (entry["exact_auc_n_used"], entry["exact_auc_n_nan"]) == (2, 1)
+    assert (entry["softmax_auc_n_used"], entry["softmax_auc_n_nan"]) == (3, 0)

@@ -185,3 +185,338 @@ def test_the_report_flags_fewer_sanity_images_than_the_protocol_asks_for(n_sanit
     report = test_report(QUICK.override(seeds=(0, 1, 2, 3, 4), n_sanity=n_sanity), Variants(),
                          {"path": "v.json", "sha256": "x"}, [], [], [], [], [], [], "cpu", {})
     assert ("(FEWER than the 32 the protocol asks for)" in report) == fewer
+
+
+def _table(text: str, starts: str) -> list[dict]:
+    """The rows of the first Markdown table in ``text`` whose header line starts with ``starts``
+    (``"| a | b"``), as dicts from column name to cell (a repeated name gets ``#2``, ``#3``...)."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(starts))
+    header = []
+    for name in lines[start].strip("|").split("|"):
+        name = name.strip()
+        seen = sum(h.split("#")[0] == name for h in header)
+        header.append(f"{name}#{seen + 1}" if seen else name)
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append(dict(zip(header, (c.strip() for c in line.strip("|").split("|")))))
+    return rows
+
+
+def test_the_validity_table_shows_a_failure_as_failed_and_a_nan_as_no_number():
+    """A failed check reads as failed, never PASS, and a number that is not finite is shown
+    as –, not as "nan" (found by mutation testing)."""
+    from convex_attention.paper.validity import CheckResult
+
+    failed = CheckResult("pixel_map", "t", "a", 0.45, 0.30)  # passes below 0.30: fails
+    nan = CheckResult("location_free", "t", "b", math.nan, 0.60)
+    lines = validity_lines([failed, nan], "checks")
+    assert f"| {failed.status} |" in lines[4] and "PASS" not in lines[4] and not failed.passed
+    assert "| a 0.450 | <= 0.30 |" in lines[4]
+    assert "| b – |" in lines[5]
+
+
+def test_the_nan_statement_names_its_degrees_of_freedom_and_every_metric_counted():
+    """Every metric with a ``_n_nan`` column is looked at, in any row, and the statement says
+    the interval has one degree of freedom fewer than the seeds used (found by mutation testing)."""
+    from convex_attention.paper.reports import nan_lines
+
+    rows = [{"model": "a", "auc_mean": 0.9, "auc_n_used": 5, "auc_n_nan": 0},
+            {"model": "b", "auc_mean": 0.8, "auc_n_used": 5, "auc_n_nan": 0,
+             "ap_mean": 0.5, "ap_n_used": 4, "ap_n_nan": 1}]
+    lines = nan_lines(rows, ("model",), "t")
+    assert "(Student t with one degree of freedom fewer than those seeds)" in lines[0]
+    assert "- b: ap: 1 of 5 seeds left out" in lines
+
+
+def test_the_rejected_verdict_line_says_the_run_cannot_test_the_claim():
+    """A test run made on a rejected benchmark says it cannot test whether attention is
+    necessary, not only that it was made (found by mutation testing)."""
+    from convex_attention.paper.protocol import Variants
+    from convex_attention.paper.reports import verdict_line
+
+    assert "cannot test whether attention is necessary" in verdict_line(Variants(benchmark=_verdict_record(False)))
+
+
+def test_the_judged_line_states_the_verdict_s_own_data_seed_methods_and_dev_seeds():
+    """What the verdict judged comes from the verdict, not from this run's configuration
+    (found by mutation testing: this run's data seed, methods and dev seeds in their place survived)."""
+    from convex_attention.paper.experiment import QUICK
+    from convex_attention.paper.protocol import Variant, Variants, benchmark_record, judged_settings
+    from convex_attention.paper.reports import judged_line
+
+    config = QUICK.override(methods=("softmax", "exact"))
+    record = benchmark_record([], Variant(), 0.3, ("exact",), (5, 6, 7, 8, 9), judged_settings(config),
+                              data_seed=config.train.data_seed + 7)
+    line = judged_line(Variants(benchmark=record), config)
+    assert f"(data seed {config.train.data_seed + 7})" in line and "methods exact, dev seeds [5, 6, 7, 8, 9]" in line
+
+
+def test_the_history_line_counts_the_runs_into_this_folder_and_states_each_run_s_seeds():
+    """Earlier runs with their seeds; the folder's own count only where more than one run went
+    into it (found by mutation testing)."""
+    from convex_attention.paper.reports import history_line
+
+    first = {"started": "t1", "data_seed": 1, "seeds": [0, 1], "results": "a/test"}
+    second = {"started": "t2", "data_seed": 2, "seeds": [3, 4], "results": "b/test"}
+    one_folder = history_line({"benchmark_runs": [first, second], "runs_in_folder": [second]}, "synthetic")
+    assert "test run 2 of the benchmark 'synthetic'" in one_folder and "seeds [0, 1]" in one_folder
+    assert "records" not in one_folder.split("read every earlier run's results beside this one's.")[1]
+    forced = history_line({"benchmark_runs": [first, second], "runs_in_folder": [first, second]}, "synthetic")
+    assert "This results folder's log (`test_runs.jsonl`) records 2 test runs into it." in forced
+    # a history written before the ledger listed the benchmark's runs: the folder's own runs count
+    old = history_line({"runs_in_folder": [first, second]}, "synthetic")
+    assert "test run 2 of the benchmark 'synthetic'" in old and "results in `a/test`" in old
+
+
+def _dev_report(accepted: bool, **changes):
+    """A dev report of two hand-made candidates (one compared nothing; ``changes`` to the
+    first), one level row with a seed left out as NaN, lesion masks only, the plain CNN trained."""
+    from types import SimpleNamespace
+
+    from convex_attention.paper.experiment import QUICK
+    from convex_attention.paper.protocol import Variant, Variants
+    from convex_attention.paper.reports import dev_report
+
+    config = QUICK.override(methods=("softmax", "exact"), dev_seeds=(3, 4), seeds=(0, 1))
+    split = SimpleNamespace(n=16, seed=1, difficulty=0.3, mimic_types=("mottled",))
+    specs = {"dev": split, "train": split, "val": split}
+    best = {"label": "best", "compared": "exact", "attention_ap_mean": 0.61, "attention_ap_ci95": 0.04,
+            "attention_ap_n_used": 6, "attention_ap_n_nan": 2, "bacc_mean": 0.8, "bacc_ci95": 0.05,
+            **{f"{m}_{k}_{part}": value for m, means in (("softmax", (0.71, 0.52, 0.63)), ("exact", (0.91, 0.62, 0.83)))
+               for k, mean in zip(("auc", "ap", "bacc"), means)
+               for part, value in (("mean", mean), ("ci95", 0.02), ("n_used", 2), ("n_nan", 0))},
+            **changes}
+    other = {**best, "label": "other", "compared": "", "attention_ap_n_nan": 0}
+    level = {"method": "exact", "level": 0, "ap_lesion_mean": 0.55, "ap_lesion_ci95": 0.03, "ap_lesion_n_used": 2,
+             "ap_lesion_n_nan": 1, "delta_auc_shuffled_mean": -0.2, "delta_auc_shuffled_ci95": 0.01,
+             "delta_auc_uniform_mean": -0.1, "delta_auc_uniform_ci95": 0.02}
+    validity = _dev_validity()
+    proposal = Variants(Variant(), benchmark=_verdict_record(accepted))
+    report = dev_report(config, specs, validity, [best, other], proposal, {"lesion": 5}, [{"seed": 3, "bacc": 0.7}],
+                        [level], "lesion")
+    return report, config, best, other, level
+
+
+def test_the_dev_report_shows_the_verdict_and_what_a_rejection_means_for_the_test_stage():
+    rejected, *_ = _dev_report(False)
+    assert "**Benchmark REJECTED on the development split.**" in rejected
+    assert "refuses this variants file unless `--allow-rejected-benchmark`" in rejected
+    accepted, *_ = _dev_report(True)
+    assert "**Benchmark ACCEPTED on the development split.**" in accepted and "refuses" not in accepted
+
+
+def test_the_dev_report_shows_every_candidate_number_with_its_interval_under_its_header():
+    """The candidates and the proposed variant's levels: every mean with its interval in the
+    column its header names, the validity table, the dev seeds and the plain CNN (found by
+    mutation testing)."""
+    from convex_attention.paper.reports import cell, validity_lines
+    from convex_attention.paper.validity import MIN_COMPARED_AUC
+
+    report, config, best, other, level = _dev_report(True)
+    candidates = _table(report, "| variant |")
+    assert [r["variant"] for r in candidates] == ["best", "other"] and candidates[1]["compared"] == "none"
+    assert candidates[0]["attention ap"] == cell(best, "attention_ap") and "±" in candidates[0]["attention ap"]
+    for m in config.methods:
+        assert [candidates[0][f"{m} {k}"] for k in ("AUC", "ap", "bacc")] == [
+            cell(best, f"{m}_{k}") for k in ("auc", "ap", "bacc")]
+        assert "±" in candidates[0][f"{m} AUC"]
+    assert f"(dev AUC >= {MIN_COMPARED_AUC:.2f})" in report
+    levels = _table(report, "| method | level |")
+    assert list(levels[0]) == ["method", "level", "ap lesion", "Δ AUC shuffled", "Δ AUC uniform"]  # lesion only
+    assert [levels[0][k] for k in ("ap lesion", "Δ AUC shuffled", "Δ AUC uniform")] == [
+        cell(level, "ap_lesion"), cell(level, "delta_auc_shuffled"), cell(level, "delta_auc_uniform")]
+    assert "\n".join(validity_lines(_dev_validity(), "checks")) in report
+    assert f"Seeds {list(config.dev_seeds)}." in report and "plain CNN seed 3 0.700." in report
+
+
+def _dev_validity():
+    from convex_attention.paper.validity import CheckResult
+
+    return [CheckResult("pixel_map", "t", "a", 0.45, 0.30)]
+
+
+def test_the_dev_report_lists_what_each_table_left_out_as_nan():
+    report, *_ = _dev_report(True)
+    assert "- best: attention_ap: 2 of 8 runs left out" in report  # compared methods x seeds: runs
+    assert "- exact, 0: ap_lesion: 1 of 3 seeds left out" in report
+
+
+def _stats(metrics, start: float, n_nan: int = 0) -> dict:
+    """Distinct means and intervals for ``metrics`` (``_n_nan`` of them left out for the first)."""
+    out = {}
+    for i, m in enumerate(metrics):
+        left_out = n_nan if i == 0 else 0
+        out |= {f"{m}_mean": start + 0.01 * i, f"{m}_ci95": 0.001 * (i + 1), f"{m}_n_used": 5 - left_out,
+                f"{m}_n_nan": left_out}
+    return out
+
+
+def _test_report_inputs():
+    """Hand-made summaries of one condition with two models, exact compared and softmax not."""
+    from convex_attention.paper.explain_metrics import METRIC_NAMES
+    from convex_attention.paper.reports import ACCURACY
+
+    key = {"condition": "c", "test_set": "test"}
+    conditions = [{"condition": "c", "compared": ["exact"], "validity": _dev_validity(),
+                   "model_free": {"name": "blob", "dev_ap": 0.4, "weights": [0.5]},
+                   "n_explained": {"test": {"lesion": 8, "decisive": 3}}}]
+    accuracy = [{**key, "model": m, **_stats(ACCURACY, start, n_nan)}
+                for m, start, n_nan in (("exact", 0.5, 1), ("softmax", 0.2, 0))]
+    maps = (("attention", 0), ("attention", 1), ("gradcam", 0), ("gradcam", 1), ("lrp", -1))
+    explain = [{**key, "model": "exact", "method": method, "level": level, "resolution": res, "upsampling": "nearest",
+                "mask": "lesion", **_stats(METRIC_NAMES, 0.1 * (i + 1) + (0.05 if res == "pixel" else 0), n_nan)}
+               for i, (method, level) in enumerate(maps) for res, n_nan in (("pixel", 0), ("8x8", 1))]
+    explain += [{**e, "model": "softmax"} for e in explain if e["resolution"] == "pixel"]  # not compared
+    ablation = [{**key, "model": "exact", **_stats(("delta_auc_uniform", "delta_auc_shuffled", "delta_bacc_uniform",
+                                                    "delta_bacc_shuffled"), -0.3, 1),
+                 **_stats(("delta_auc_uniform_L0", "delta_auc_shuffled_L0", "delta_bacc_uniform_L0",
+                           "delta_bacc_shuffled_L0"), -0.1)}]
+    rand = [{**key, "model": "exact", "method": "gradcam", "level": 0, "stage_index": i, "stage": stage,
+             **_stats(("spearman_abs", "spearman_signed"), 0.3 + 0.1 * i)}
+            for i, stage in enumerate(("classifier", "attention"))]
+    best = {"model": "exact", "method": "attention", "level": 0, "ap_mean": 0.61, "ap_ci95": 0.02}
+    post = {"model": "exact", "method": "lrp", "level": -1, "ap_mean": 0.42, "ap_ci95": 0.03}
+    headline = [{**key, "mask": "lesion", "resolution": "pixel", "candidates": {"attention": 2, "posthoc": 5},
+                 "attention": best, "posthoc": post, "block_map": None, "model_free": None,
+                 "difference": {"ap_mean": 0.19, "ap_ci95": 0.04, "seeds": 5, "seeds_nan": 0},
+                 "by_model": {"exact": {"level": 1, "ap_mean": 0.55, "ap_ci95": 0.05, "difference_mean": 0.13,
+                                        "difference_ci95": 0.06, "seeds": 5, "seeds_nan": 0}}}]
+    return conditions, accuracy, explain, ablation, rand, headline
+
+
+def _test_report(benchmark=None):
+    from convex_attention.paper.experiment import QUICK
+    from convex_attention.paper.protocol import Variant, Variants
+    from convex_attention.paper.reports import test_report
+
+    conditions, accuracy, explain, ablation, rand, headline = _test_report_inputs()
+    config = QUICK.override(seeds=(0, 1, 2, 3, 4))
+    variants = Variants(Variant(), benchmark=benchmark)
+    return test_report(config, variants, {"path": "v.json", "sha256": "x"}, conditions, accuracy, explain, ablation,
+                       rand, headline, "cpu", {}), config, variants
+
+
+def test_the_test_report_puts_the_validity_checks_first_and_states_the_verdict_and_history():
+    from convex_attention.paper.reports import history_line, judged_line, validity_lines, verdict_line
+
+    record = _verdict_record(False)
+    report, config, variants = _test_report(record)
+    assert verdict_line(variants) in report and judged_line(variants, config) in report
+    assert history_line({}, config.train.data) in report
+    assert report.index("## Validity checks (first)") < report.index("## Headline")
+    assert "\n".join(validity_lines(_dev_validity(), "c")[2:]) in report
+
+
+def test_the_test_report_says_which_models_are_compared_and_which_are_not():
+    from convex_attention.paper.reports import cell
+    from convex_attention.paper.validity import MIN_COMPARED_AUC
+
+    report, *_ = _test_report()
+    _, accuracy, *_ = _test_report_inputs()
+    exact, softmax = accuracy
+    assert (f"- c: exact dev AUC {cell(exact, 'dev_auc')} (compared); softmax dev AUC {cell(softmax, 'dev_auc')} "
+            f"(NOT compared)") in report
+    assert f"mean dev AUC reaches {MIN_COMPARED_AUC:.2f}" in report
+
+
+def test_the_headline_shows_each_side_and_each_difference_with_its_interval():
+    from convex_attention.paper.reports import _headline_section, format_ci
+
+    headline = _test_report_inputs()[-1]
+    h = headline[0]
+    text = "\n".join(_headline_section(headline))
+    row = _table(text, "| condition | test set | mask | resolution | best attention |")[0]
+    assert row["best attention"] == "exact attention L0" and row["ap"] == format_ci(0.61, 0.02)
+    assert row["best post-hoc"] == "exact lrp (input)" and row["ap#2"] == format_ci(0.42, 0.03)
+    assert row["difference"] == format_ci(h["difference"]["ap_mean"], h["difference"]["ap_ci95"])
+    assert row["best block map"] == "–" and row["model-free"] == "–"
+    mine = h["by_model"]["exact"]
+    row = _table(text, "| condition | test set | mask | resolution | model |")[0]
+    assert (row["model"], row["level"], row["attention ap"]) == ("exact", "L1", format_ci(0.55, 0.05))
+    assert row["best post-hoc"] == "exact lrp (input)"
+    assert row["difference"] == format_ci(mine["difference_mean"], mine["difference_ci95"])
+
+
+def test_the_test_report_shows_attention_beside_post_hoc_per_level_for_the_compared_models_only():
+    from convex_attention.paper.reports import cell
+
+    report, *_ = _test_report()
+    _, _, explain, *_ = _test_report_inputs()
+    rows = _table(report, "| condition | test set | mask | model |")
+    assert [r["model"] for r in rows] == ["exact"]  # softmax was not compared
+    pixel = {(e["method"], e["level"]): e for e in explain if e["model"] == "exact" and e["resolution"] == "pixel"}
+    assert [rows[0][k] for k in ("attention L0", "attention L1", "GradCAM L0", "GradCAM L1", "lrp")] == [
+        cell(pixel[k], "ap") for k in (("attention", 0), ("attention", 1), ("gradcam", 0), ("gradcam", 1),
+                                        ("lrp", -1))]
+    assert all("±" in c for c in list(rows[0].values())[4:])
+
+
+def test_the_test_report_shows_every_accuracy_and_explanation_number_under_its_header():
+    from convex_attention.paper.explain_metrics import METRIC_NAMES
+    from convex_attention.paper.reports import ACCURACY, cell
+
+    report, *_ = _test_report()
+    _, accuracy, explain, *_ = _test_report_inputs()
+    columns = dict(zip(("AUC", "bacc", "bacc argmax", "violation", "N·max p L0", "N·max p L1", "H/log N L0",
+                        "H/log N L1", "score range L0", "score range L1", "time/epoch (s)", "best epoch"), ACCURACY))
+    digits = {"violation": 4, "epoch_time_s": 2, "best_epoch": 1}
+    rows = _table(report, "| condition | test set | model | AUC |")
+    for row, s in zip(rows, accuracy, strict=True):
+        assert {k: row[k] for k in columns} == {k: cell(s, m, digits.get(m, 3)) for k, m in columns.items()}
+        assert "±" in row["best epoch"]
+    for protocol, resolution in (("pixel protocol", "pixel"), ("pooled protocol", "8x8")):
+        text = report.split(f"### c, test, lesion masks, {protocol}")[1]
+        rows = _table(text, "| model | map | level |")
+        mine = [e for e in explain if e["resolution"] == resolution]
+        assert len(rows) == len(mine) and {r["resolution"] for r in rows} == {resolution}
+        for row in rows:
+            s = next(e for e in mine if (e["model"], e["method"], str(e["level"]) if e["level"] >= 0 else "input")
+                     == (row["model"], row["map"], row["level"]))
+            assert [row[m] for m in METRIC_NAMES] == [cell(s, m) for m in METRIC_NAMES]
+
+
+def test_the_test_report_shows_the_ablation_per_scope_and_the_randomisation_per_stage_in_order():
+    from convex_attention.paper.reports import cell
+
+    report, *_ = _test_report()
+    _, _, _, ablation, rand, _ = _test_report_inputs()
+    rows = _table(report, "| condition | test set | model | scope |")
+    assert [r["scope"] for r in rows] == ["all levels", "L0"]
+    for row, suffix in zip(rows, ("", "_L0"), strict=True):
+        assert [row[k] for k in ("Δ AUC uniform", "Δ AUC shuffled", "Δ bacc uniform", "Δ bacc shuffled")] == [
+            cell(ablation[0], f"{m}{suffix}") for m in ("delta_auc_uniform", "delta_auc_shuffled",
+                                                        "delta_bacc_uniform", "delta_bacc_shuffled")]
+    for form in ("abs", "signed"):
+        rows = _table(report.split(f"Spearman, {form} maps:")[1], "| condition | model |")
+        assert list(rows[0])[4:] == ["classifier", "attention"]  # the cascade's order, not the alphabet's
+        assert [rows[0][s["stage"]] for s in rand] == [cell(s, f"spearman_{form}") for s in rand]
+
+
+def test_the_test_report_lists_the_values_each_table_left_out_and_the_splits_with_fewer_images():
+    from convex_attention.paper.explain_metrics import pointing_tolerance_px
+
+    report, config, variants = _test_report()
+    assert "- c, test, exact: auc: 1 of 5 seeds left out" in report.split("Left out as NaN (accuracy and map")[1]
+    assert "- c, test, exact, attention, 0, 8x8, nearest, lesion: ap: 1 of 5 seeds left out" in report.split(
+        "Left out as NaN (explanation metrics)")[1]
+    assert "- c, test, exact: delta_auc_uniform: 1 of 5 seeds left out" in report.split(
+        "Left out as NaN (map ablation)")[1]
+    assert "(fewer where a split has fewer: c test decisive: 3)" in report  # lesion has all 8
+    assert f"use the first {config.n_explain} images of each test split" in report
+    S = config.train.model.image_size
+    assert f"within {pointing_tolerance_px((S, S)):.1f} px of the mask" in report
+    assert f"upsampled by {variants.variant.upsampling} (the variant's upsampling)" in report
+
+
+
+def test_the_dev_report_shows_a_per_method_mean_over_no_number_as_a_dash_and_names_a_seed_left_out():
+    """A method whose dev AUC is NaN for every seed shows –, as every mean over no number;
+    one left out of two is named (found by mutation testing: the cells printed 'nan', from
+    a plain mean over the seeds, without an interval)."""
+    report, *_ = _dev_report(True, exact_auc_mean=math.nan, exact_auc_n_used=0, exact_auc_n_nan=2,
+                             softmax_bacc_n_used=1, softmax_bacc_n_nan=1)
+    assert _table(report, "| variant |")[0]["exact AUC"] == "–"
+    assert "- best: attention_ap: 2 of 8 runs left out; softmax_bacc: 1 of 2 runs left out" in report

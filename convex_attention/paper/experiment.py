@@ -473,7 +473,8 @@ def _rank_candidates(config: ExperimentConfig, variants: list[Variant], rows: li
     """One entry per (variant, upsampling): the mean over the compared methods
     (:func:`compared_methods`), the seeds and the levels of the attention ap (NaN when no
     method is compared), the mean balanced accuracy of every method, and each method's
-    dev AUC, ap and balanced accuracy; best ap first (ties: higher balanced accuracy)."""
+    dev AUC, ap and balanced accuracy over its seeds (``{method}_auc_mean`` ± ``_ci95``,
+    with ``_n_used`` / ``_n_nan``); best ap first (ties: higher balanced accuracy)."""
     summary = []
     for vi, variant in enumerate(variants):
         for u in config.candidates()["upsampling"]:
@@ -483,10 +484,10 @@ def _rank_candidates(config: ExperimentConfig, variants: list[Variant], rows: li
                      "compared": " ".join(compared),
                      **summary_cells("attention_ap", [r["attention_ap"] for r in rs if r["method"] in compared]),
                      **summary_cells("bacc", [r["bacc"] for r in rs])}
-            for method in config.methods:
+            for method in config.methods:  # mean ± CI over its seeds, NaN seeds counted and left out
                 mine = [r for r in rs if r["method"] == method]
                 for metric, key in (("auc", "auc"), ("ap", "attention_ap"), ("bacc", "bacc")):
-                    entry[f"{method}_{metric}"] = float(np.mean([r[key] for r in mine]))
+                    entry.update(summary_cells(f"{method}_{metric}", [r[key] for r in mine]))
             summary.append(entry)
     summary.sort(key=lambda e: (-_finite(e["attention_ap_mean"]), -_finite(e["bacc_mean"])))
     return summary

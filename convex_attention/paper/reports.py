@@ -83,7 +83,7 @@ def dev_report(config, specs, validity, summary, proposal, n_images: dict, plain
               "|" + "---|" * (4 + 3 * len(config.methods))]
     for e in summary:
         lines.append(f"| {e['label']} | {e['compared'] or 'none'} | {cell(e, 'attention_ap')} | {cell(e, 'bacc')} | "
-                     + " | ".join(f"{e[f'{m}_auc']:.3f} | {e[f'{m}_ap']:.3f} | {e[f'{m}_bacc']:.3f}"
+                     + " | ".join(f"{cell(e, f'{m}_auc')} | {cell(e, f'{m}_ap')} | {cell(e, f'{m}_bacc')}"
                                   for m in config.methods) + " |")
     lines += [""] + nan_lines(summary, ("label",), "candidates; the attention ap counts compared methods x seeds",
                               "runs")
