@@ -373,3 +373,233 @@ def test_explanation_maps_that_are_not_finite_are_never_scored(monkeypatch):
     model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
     with pytest.raises(NonFiniteOutput, match=r"explanation maps gradcam \(level 0\), gradcam \(level 1\)"):
         explain.explanations(model, torch.randn(2, 4, 32, 32))
+
+
+# ----------------------------------------------------------------------------- which images, which rows
+
+
+class _Listed(torch.utils.data.Dataset):
+    """Hand-made images: ``(image, label, lesion mask)`` per item, and a decisive mask per
+    item (``decisive=None``: the data do not say which structure decides)."""
+
+    def __init__(self, labels, lesion, decisive=None):
+        self.labels, self.lesion, self.decisive = labels, lesion, decisive
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        mask = torch.zeros(4, 4, dtype=torch.bool)
+        mask[0, 0] = bool(self.lesion[i])
+        return torch.zeros(2, 4, 4), torch.tensor(self.labels[i]), mask
+
+    def decisive_mask(self, i):
+        if self.decisive is None:
+            raise ValueError("these data do not say which structure decides the label")
+        mask = torch.zeros(4, 4, dtype=torch.bool)
+        mask[1, 1] = bool(self.decisive[i])
+        return mask
+
+
+def test_the_images_explained_are_lesion_images_and_marked_deciding_structures():
+    from convex_attention.paper.explain import decisive_indices, explained_indices, has_decisive_masks
+
+    data = _Listed(labels=[0, 1, 1, 0, 1, 1], lesion=[1, 0, 1, 1, 1, 1], decisive=[0, 1, 0, 1, 1, 1])
+    assert lesion_indices(data, 2) == [2, 4]  # label 1 and a non-empty mask, both
+    assert decisive_indices(data, 3) == [1, 3, 4]  # either label, a non-empty deciding structure
+    assert explained_indices(data, 2) == {"lesion": [2, 4], "decisive": [1, 3]}
+    unmarked = _Listed(labels=[1], lesion=[1])  # decisive_mask exists but raises: the data do not say
+    assert not has_decisive_masks(unmarked) and explained_indices(unmarked, 1) == {"lesion": [0]}
+    with pytest.raises(ValueError, match="no image whose deciding structure is marked"):
+        decisive_indices(_Listed(labels=[1, 0], lesion=[1, 1], decisive=[0, 0]), 2)
+    for n in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            decisive_indices(data, n)
+
+
+def test_explain_needs_a_model():
+    with pytest.raises(ValueError, match="no model to explain"):
+        explain_models({}, SyntheticLesions(6, image_size=32, seed=0, lesion_fraction=0.7), n_images=1,
+                       baseline_model=None, progress=False)
+
+
+def test_an_image_in_both_lists_is_explained_once_per_mask():
+    from convex_attention.paper.data import InMemory
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+
+    data = InMemory(SyntheticBrightestLesions(12, image_size=32, difficulty=0.3, seed=1))
+    lesion = lesion_indices(data, 2)
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    rows, _ = explain_models({"exact": model}, data, indices=lesion, decisive=lesion, baseline_model=None,
+                             progress=False)
+    keys = [(r["mask"], r["level"], r["image"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 2 * 2 * len(lesion)  # two masks, two levels, each image once
+
+
+# ----------------------------------------------------------------------------- the post-hoc target and finiteness
+
+
+def _recording_gradcam(monkeypatch, seen, value=0.5):
+    from convex_attention.paper import explain
+
+    def fake(model, images, targets, level):
+        seen.append(targets.clone())
+        return torch.full((len(images), 8, 8), value)
+
+    monkeypatch.setattr(explain, "gradcam", fake)
+    monkeypatch.setattr(explain, "BASELINES", {})
+
+
+def test_posthoc_methods_explain_the_lesion_class_or_the_prediction(monkeypatch):
+    from convex_attention.paper import explain
+
+    seen = []
+    _recording_gradcam(monkeypatch, seen)
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    images = torch.randn(3, 4, 32, 32)
+    explain.explanations(model, images, target="true")
+    assert seen and all(t.tolist() == [1, 1, 1] for t in seen)
+    seen.clear()
+    explain.explanations(model, images, target="predicted")
+    with torch.no_grad():
+        predicted = model(images).logits.argmax(1)
+    assert seen and all(t.tolist() == predicted.tolist() for t in seen)
+
+
+def test_a_map_with_a_single_nan_is_never_scored(monkeypatch):
+    from convex_attention.paper import explain
+    from convex_attention.paper.models import NonFiniteOutput
+
+    def one_nan(model, images, targets, level):
+        m = torch.rand(len(images), 8, 8)
+        m[0, 3, 3] = float("nan")
+        return m
+
+    monkeypatch.setattr(explain, "gradcam", one_nan)
+    monkeypatch.setattr(explain, "BASELINES", {})
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    with pytest.raises(NonFiniteOutput, match=r"gradcam \(level 0\)"):
+        explain.explanations(model, torch.randn(2, 4, 32, 32))
+
+
+# ----------------------------------------------------------------------------- references and scoring
+
+
+def test_the_model_free_map_is_the_channel_combination_shifted_to_start_at_zero():
+    from convex_attention.paper.explain import reference_maps
+
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 8, 8)
+    images[1] += 5.0  # the images' minima differ: each is shifted by its own
+    masks = torch.zeros(2, 8, 8, dtype=torch.bool)
+    masks[:, 2:4, 2:4] = True
+    weights = [1.0, -2.0, 0.5]
+    maps = reference_maps(images, masks, [(4, 4)], model_free_weights=weights)
+    combo = torch.einsum("c,bchw->bhw", torch.tensor(weights, dtype=torch.float64), images.to(torch.float64))
+    for b in range(2):
+        assert torch.allclose(maps[("model_free", -1)][b], combo[b] - combo[b].min())
+        assert float(maps[("model_free", -1)][b].min()) == 0.0
+    with pytest.raises(ValueError, match="one per channel"):
+        reference_maps(images, masks, [(4, 4)], model_free_weights=[1.0, 2.0])
+
+
+def test_pixel_and_pooled_protocols_score_the_maps_as_stated():
+    """Pixel protocol: the map upsampled as ``upsampling`` says; pooled: the map pooled to
+    every grid that divides it (post-hoc maps normalised, attention maps as they are),
+    upsampled by nearest neighbour."""
+    from convex_attention.paper.explain import score_explanations
+    from convex_attention.paper.explain_metrics import pooled_form, score_map, to_common_form
+
+    torch.manual_seed(0)
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[0, 3:9, 2:7] = True
+    masks[1, 9:14, 8:15] = True
+    maps = {("attention", 0): torch.rand(2, 8, 8) ** 3, ("lrp", -1): torch.randn(2, 3, 16, 16),
+            ("gradcam", 1): torch.rand(2, 6, 6)}
+    rows = score_explanations(maps, masks, grids=[(4, 4), (2, 2)], upsampling="bilinear", pooled=True)
+    got = {(r["method"], r["resolution"], r["position"]): r for r in rows}
+    # a grid is used only where it divides the map: 4x4 does not divide 6x6
+    assert {k[1] for k in got if k[0] == "gradcam"} == {"pixel", "2x2"}
+    assert {r["upsampling"] for r in rows if r["resolution"] != "pixel"} == {"nearest"}
+    assert {r["upsampling"] for r in rows if r["resolution"] == "pixel"} == {"bilinear"}
+    for (method, _), m in maps.items():
+        for j in range(2):
+            expected = score_map(to_common_form(m[j], (16, 16), "bilinear"), masks[j])
+            assert got[(method, "pixel", j)]["mass"] == pytest.approx(expected["mass"])
+            assert got[(method, "pixel", j)]["ap"] == pytest.approx(expected["ap"])
+            for g in ([(4, 4), (2, 2)] if method != "gradcam" else [(2, 2)]):
+                grid_map = pooled_form(m[j], g, normalise=method != "attention")
+                expected = score_map(to_common_form(grid_map, (16, 16), "nearest"), masks[j])
+                row = got[(method, f"{g[0]}x{g[1]}", j)]
+                assert row["mass"] == pytest.approx(expected["mass"]) and row["ap"] == pytest.approx(expected["ap"])
+    for some in (maps, {}):  # refused even with no map to upsample
+        with pytest.raises(ValueError, match="upsampling"):
+            score_explanations(some, masks, upsampling="cubic")
+
+
+# ----------------------------------------------------------------------------- summaries and reports
+
+
+def test_summaries_keep_masks_and_upsamplings_apart_and_the_report_names_input_levels(tmp_path):
+    from convex_attention.paper.explain import markdown_table
+
+    rows = [{"model": "m", "method": "lrp", "level": -1, "resolution": "pixel", "upsampling": up, "mask": mask,
+             "image": i, **{k: v for k in METRIC_NAMES}}
+            for up in ("nearest", "bilinear") for mask in ("lesion", "decisive") for i, v in enumerate([0.2, 0.4])]
+    summary = summarise(rows)
+    assert {(s["upsampling"], s["mask"], s["n"]) for s in summary} == {(up, mask, 2) for up in ("nearest", "bilinear")
+                                                                       for mask in ("lesion", "decisive")}
+    table = markdown_table(summary).splitlines()
+    assert all(line.count("|") == table[0].count("|") for line in table)  # the separator too
+    assert all(line.split("|")[3].strip() == "input" for line in table[2:])
+    paths = write_outputs(rows, [], str(tmp_path))
+    assert "on 2 lesion images" in open(paths["markdown"]).read()  # images, not rows
+    with pytest.raises(ValueError, match="nothing was explained"):
+        write_outputs([], [], str(tmp_path / "empty"))
+
+
+def test_images_left_out_of_per_seed_means_are_reported_even_when_no_seed_was():
+    from convex_attention.paper.explain import dropped_values
+
+    summary = [{"model": "m", "ap_n_used": 3, "ap_n_nan": 0, "ap_images_used": 10, "ap_images_nan": 2}]
+    lines = dropped_values(summary, ("model",), ("ap",), "seeds")
+    assert lines == ["m: ap: 0 of 3 seeds left out (2 of 12 images NaN)"]
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def test_examples_keep_to_the_rows_maps_and_channels_asked_for(tmp_path, saved_figure):
+    from convex_attention.paper.explain import plot_examples
+
+    image, mask = torch.rand(2, 8, 8), torch.zeros(8, 8, dtype=torch.bool)
+    mask[2:4, 2:4] = True
+    examples = [(idx, "m", "attention", level, image, mask, torch.rand(8, 8)) for idx in (1, 2, 3)
+                for level in (0, 1, 2)]
+    plot_examples(examples, str(tmp_path / "f.png"), max_rows=2, max_maps=2,
+                  channels=((0, "ch. 0"), (5, "ch. 5 (absent)")))
+    fig = saved_figure["fig"]
+    titles = [ax.get_title() for ax in fig.axes if ax.get_visible() and ax.get_images()]
+    assert [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel() and ax.get_images()] == ["image 1", "image 2"]
+    assert titles.count("ch. 0") == 2 and "ch. 5 (absent)" not in titles  # a channel the image lacks: not shown
+    assert sum(t.startswith("m\nattention") for t in titles) == 2 * 2  # two maps per image
+
+
+def test_metric_summary_draws_each_interval_and_no_chance_line_that_is_not_a_number(tmp_path, saved_figure):
+    import math
+
+    from convex_attention.paper.explain import plot_metric_summary
+
+    rows = [{"condition": "c", "test_set": "test", "model": "exact", "method": "attention", "level": 0,
+             "resolution": "pixel", "qiou@0.5_mean": 0.9, "qiou@0.5_ci95": 0.3},
+            {"condition": "c", "test_set": "test", "model": "exact", "method": "attention", "level": 1,
+             "resolution": "pixel", "qiou@0.5_mean": 0.4, "qiou@0.5_ci95": 0.1}]
+    plot_metric_summary(rows, str(tmp_path / "q.png"), metric="qiou@0.5", chance={("c", "test"): math.nan})
+    (ax,) = [ax for ax in saved_figure["fig"].axes if ax.get_visible()]
+    ends = sorted((round(min(x for x, _ in seg), 6), round(max(x for x, _ in seg), 6))
+                  for c in ax.containers for seg in c.lines[2][0].get_segments())
+    assert ends == [(0.3, 0.5), (0.6, 1.0)]  # mean ± half-width, clipped to [0, 1] (a bounded metric)
+    assert ax.get_xlim() == (0.0, 1.0)
+    assert not [line for line in ax.lines if line.get_linestyle() == "--"]
