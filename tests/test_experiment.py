@@ -23,6 +23,20 @@ from convex_attention.paper.models import (
     load_model,
     save_checkpoint,
 )
+from convex_attention.paper.protocol import (
+    JUDGED_SETTINGS,
+    MANIFEST,
+    SplitSpec,
+    TestFolderExists,
+    Variant,
+    Variants,
+    VariantsError,
+    benchmark_record,
+    judged_settings,
+    read_ledger,
+    read_test_runs,
+    variants_digest,
+)
 
 SMALL = dict(width=4, image_size=32, embed_channels=8)
 
@@ -171,8 +185,6 @@ def test_presets_and_new_fields():
 
 
 def test_the_test_stage_takes_its_variant_from_the_file():
-    from convex_attention.paper.protocol import Variant, Variants
-
     v = Variants(Variant(temperature=0.3, head="learned", upsampling="bilinear"), (0.1, 0.9), "split")
     c = FULL.with_variants(v).validate()
     assert c.difficulties == (0.1, 0.9) and c.held_out_mimic == "split"
@@ -204,10 +216,8 @@ def test_experiment_options_reach_the_configuration():
 
 def test_test_stage_refusals_are_usage_errors_before_work(outside_git, tmp_path, capsys, monkeypatch):
     import convex_attention.paper.experiment as experiment
-    from convex_attention.paper.protocol import Variants
 
     monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: pytest.fail("work started"))
-    from convex_attention.paper.protocol import Variant, benchmark_record, variants_digest
     from convex_attention.paper.validity import check_uniform_attention
 
     out = str(tmp_path / "exp")
@@ -279,15 +289,6 @@ def test_the_test_stage_refuses_other_methods_or_settings_than_the_verdict_judge
     before any work (one line, exit 2, naming the setting and both values), a run that
     differs from them (it used to check only the variant, the difficulty and the data)."""
     import convex_attention.paper.experiment as experiment
-    from convex_attention.paper.protocol import (
-        JUDGED_SETTINGS,
-        Variant,
-        Variants,
-        VariantsError,
-        benchmark_record,
-        judged_settings,
-        variants_digest,
-    )
 
     monkeypatch.setattr(experiment, "run_test", lambda *a, **k: pytest.fail("work started"))
     checks = _accepting_checks()
@@ -338,7 +339,6 @@ def test_force_keeps_the_earlier_test_run_and_the_ledger_lists_every_run(tmp_pat
     earlier test run of the benchmark, with where its results are now."""
     import convex_attention.paper.experiment as experiment
     from convex_attention.paper.experiment import run_test
-    from convex_attention.paper.protocol import Variants, read_ledger, read_test_runs
 
     histories = []
     monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: None)  # no training: the bookkeeping only
@@ -385,7 +385,6 @@ def test_force_moves_nothing_when_the_run_cannot_be_recorded(tmp_path, monkeypat
     moved first and the move was recorded nowhere)."""
     import convex_attention.paper.experiment as experiment
     from convex_attention.paper.experiment import run_test
-    from convex_attention.paper.protocol import Variants
 
     monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: None)
     monkeypatch.setattr(experiment, "_write_test", lambda config, *a: {"report": ""})
@@ -462,22 +461,23 @@ def test_compared_methods_need_dev_auc():
     assert compared_methods(rows, ("softmax", "exact", "learned_dual", "plain_cnn")) == ["softmax"]
 
 
+def _group_mean(model, method, level, seed, ap):
+    """One seed's mean ap of a map group of condition "c" (pixel, nearest, decisive masks)."""
+    return {"condition": "c", "test_set": "test", "model": model, "method": method, "level": level,
+            "resolution": "pixel", "upsampling": "nearest", "mask": "decisive", "seed": seed, "ap_mean": ap, "ap": ap}
+
+
 def test_the_headline_pairs_attention_and_post_hoc_by_seed_among_compared_models():
     from convex_attention.paper.experiment import _headline, _summary
 
-    def row(model, method, level, seed, ap):
-        return {"condition": "c", "test_set": "test", "model": model, "method": method, "level": level,
-                "resolution": "pixel", "upsampling": "nearest", "mask": "decisive", "seed": seed, "ap_mean": ap,
-                "ap": ap}
-
     seed_means = []
     for seed, shift in enumerate((0.0, 0.02, -0.01)):
-        seed_means += [row("exact", "attention", 0, seed, 0.30 + shift),
-                       row("exact", "attention", 1, seed, 0.50 + shift),
-                       row("exact", "gradcam", 0, seed, 0.40 + 2 * shift),
-                       row("softmax", "integrated_gradients", -1, seed, 0.45),
-                       row("learned_dual", "attention", 1, seed, 0.90),  # not compared: never the best
-                       row("reference", "block_map", 0, seed, 0.95)]
+        seed_means += [_group_mean("exact", "attention", 0, seed, 0.30 + shift),
+                       _group_mean("exact", "attention", 1, seed, 0.50 + shift),
+                       _group_mean("exact", "gradcam", 0, seed, 0.40 + 2 * shift),
+                       _group_mean("softmax", "integrated_gradients", -1, seed, 0.45),
+                       _group_mean("learned_dual", "attention", 1, seed, 0.90),  # not compared: never the best
+                       _group_mean("reference", "block_map", 0, seed, 0.95)]
     summary = _summary(seed_means, ("condition", "test_set", "model", "method", "level", "resolution", "upsampling",
                                     "mask"), ("ap",))
     [h] = _headline(summary, seed_means, {"c": ["exact", "softmax"]})
@@ -598,7 +598,6 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert verdict["judged"]["data_seed"] == 0
     assert "Benchmark REJECTED" in dev["report"]
     variants = _commit(tmp_path / "repo", os.path.join(out, "dev", "proposed_variants.json"))
-    from convex_attention.paper.protocol import VariantsError
 
     def test_stage(cfg, **kw):
         return run_experiment(cfg, out, progress=False, log=lambda *a: None, stage="test", variants_path=variants,
@@ -671,7 +670,6 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert os.path.exists(os.path.join(folder, "explain_examples_difficulty0.3.png"))
     assert os.path.exists(os.path.join(folder, "explain_ap_lesion.png"))
     assert os.path.exists(os.path.join(folder, "explain_ap_decisive.png"))
-    from convex_attention.paper.protocol import TestFolderExists
 
     with pytest.raises(TestFolderExists, match="--force"):
         test_stage(fresh, allow_rejected_benchmark=True)
@@ -711,7 +709,6 @@ def test_the_experiment_never_scores_a_model_whose_outputs_are_not_finite():
 
 def _judged_variants(config, passing: bool | None):
     """A variants file's content whose verdict judged ``config`` (None: no verdict recorded)."""
-    from convex_attention.paper.protocol import Variant, Variants, benchmark_record, judged_settings
     from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
 
     if passing is None:
@@ -729,7 +726,6 @@ def test_run_experiment_refuses_a_rejected_or_unrecorded_verdict_before_any_work
     not accept unless told, before anything is spent (found by mutation testing: reading
     ``variants.verdict()`` without the check survived the fast suite)."""
     import convex_attention.paper.experiment as experiment
-    from convex_attention.paper.protocol import VariantsError, variants_digest
 
     monkeypatch.setattr(experiment, "run_test", lambda *a, **k: pytest.fail("work started"))
     config = _tiny_config(methods=("softmax",))
@@ -747,7 +743,6 @@ def test_run_test_itself_refuses_methods_or_settings_the_verdict_did_not_judge(t
     ``check_judged`` survived the fast suite)."""
     import convex_attention.paper.experiment as experiment
     from convex_attention.paper.experiment import run_test
-    from convex_attention.paper.protocol import VariantsError
 
     monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: pytest.fail("work started"))
     monkeypatch.setattr(experiment, "_write_test", lambda *a, **k: pytest.fail("work started"))
@@ -763,19 +758,14 @@ def test_run_test_itself_refuses_methods_or_settings_the_verdict_did_not_judge(t
     assert not ledger.exists() and not (tmp_path / "exp").exists()
 
 
-def _seed_row(method, seed, ap):
-    return {"condition": "c", "test_set": "test", "model": "exact", "method": method, "level": 0,
-            "resolution": "pixel", "upsampling": "nearest", "mask": "decisive", "seed": seed, "ap_mean": ap}
-
-
 def test_the_paired_difference_pairs_the_same_seed():
     """A constant per-seed difference over seeds whose values vary has an interval of
     about 0; pairing other seeds would widen it (found by mutation testing)."""
     from convex_attention.paper.experiment import _paired_difference
 
     xs = (0.30, 0.55, 0.42, 0.71, 0.20)
-    seed_means = [_seed_row("attention", s, x) for s, x in enumerate(xs)]
-    seed_means += [_seed_row("gradcam", s, x - 0.05) for s, x in enumerate(xs)]
+    seed_means = [_group_mean("exact", "attention", 0, s, x) for s, x in enumerate(xs)]
+    seed_means += [_group_mean("exact", "gradcam", 0, s, x - 0.05) for s, x in enumerate(xs)]
     mean, half, n, n_nan = _paired_difference(seed_means, seed_means[0], seed_means[-1])
     assert mean == pytest.approx(0.05) and half == pytest.approx(0.0, abs=1e-12) and (n, n_nan) == (5, 0)
 
@@ -786,8 +776,8 @@ def test_the_paired_difference_counts_a_seed_left_out_as_nan():
     from convex_attention.paper.experiment import _paired_difference
 
     xs = (0.30, math.nan, 0.42, 0.71, 0.20)
-    seed_means = [_seed_row("attention", s, x) for s, x in enumerate(xs)]
-    seed_means += [_seed_row("gradcam", s, 0.1) for s in range(5)]
+    seed_means = [_group_mean("exact", "attention", 0, s, x) for s, x in enumerate(xs)]
+    seed_means += [_group_mean("exact", "gradcam", 0, s, 0.1) for s in range(5)]
     mean, half, n, n_nan = _paired_difference(seed_means, seed_means[0], seed_means[-1])
     assert (n, n_nan) == (5, 1)
     assert mean == pytest.approx(mean_ci([0.2, 0.32, 0.61, 0.1])[0])
@@ -824,7 +814,6 @@ def test_run_experiment_refuses_an_unknown_stage_by_name_before_reading_anything
 def test_splits_are_refused_when_they_overlap(monkeypatch):
     """``_splits`` checks its splits disjoint (here a forged pair that shares a seed)."""
     import convex_attention.paper.experiment as experiment
-    from convex_attention.paper.protocol import SplitSpec
 
     monkeypatch.setattr(experiment, "split_specs", lambda *a, **k: {"train": SplitSpec("train", 5, 4, 0.3),
                                                                     "dev": SplitSpec("dev", 5, 4, 0.3)})
@@ -893,7 +882,6 @@ def test_run_experiment_writes_the_test_folder_once_and_reads_the_run_log_before
     earlier results aside; a damaged run log is refused before the ledger is written (found
     by mutation testing: each of these survived the fast suite)."""
     import convex_attention.paper.experiment as experiment
-    from convex_attention.paper.protocol import TestFolderExists, VariantsError, read_ledger, variants_digest
 
     monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: None)  # the bookkeeping only
     monkeypatch.setattr(experiment, "_write_test", lambda config, *a: {"report": ""})
@@ -927,14 +915,6 @@ def test_run_experiment_refuses_a_variant_its_methods_cannot_take_before_any_wor
     """The variants file's variant is checked against the run's methods, naming the file
     (a learned temperature for a method that cannot differentiate through it)."""
     import convex_attention.paper.experiment as experiment
-    from convex_attention.paper.protocol import (
-        Variant,
-        Variants,
-        VariantsError,
-        benchmark_record,
-        judged_settings,
-        variants_digest,
-    )
 
     monkeypatch.setattr(experiment, "run_test", lambda *a, **k: pytest.fail("work started"))
     config = _tiny_config(methods=("cvxpylayers",), data_seed=1)
@@ -954,7 +934,6 @@ def _fake_dev_stage(monkeypatch, auc=None):
     numbers are set here (a model is ``(method, seed, head)``): what it trains, on which
     split it evaluates, and what it ranks and proposes, in well under a second."""
     import convex_attention.paper.experiment as experiment
-    from convex_attention.paper.protocol import SplitSpec
     from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking, check_uniform_attention
 
     seen = {"train": [], "evaluate": [], "validity": [], "ap": []}
@@ -1136,7 +1115,6 @@ def test_one_test_condition_trains_on_train_and_val_compares_on_dev_and_reports_
     the first seed and each seed's randomisation check has its own seed (found by mutation
     testing: the test stage's choices survived the fast suite)."""
     import convex_attention.paper.experiment as experiment
-    from convex_attention.paper.protocol import SplitSpec
     from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking, check_uniform_attention
 
     seen = {"train": [], "evaluate": [], "validity": [], "model_free": [], "explain": [], "randomisation": []}
@@ -1228,7 +1206,6 @@ def test_run_test_runs_every_difficulty_marks_the_folder_complete_and_refuses_a_
     rename cannot move aside) is refused before anything is recorded."""
     import convex_attention.paper.experiment as experiment
     from convex_attention.paper.experiment import ablation_columns, run_test
-    from convex_attention.paper.protocol import MANIFEST, TestFolderExists, Variants
 
     done = []
     monkeypatch.setattr(experiment, "_test_condition", lambda config, variant, difficulty, *a: done.append(difficulty))
@@ -1263,16 +1240,13 @@ def test_the_headline_pairs_each_compared_models_own_best_level():
     without their level, survived the fast suite)."""
     from convex_attention.paper.experiment import _headline, _summary
 
-    def row(model, method, level, seed, ap):
-        return {"condition": "c", "test_set": "test", "model": model, "method": method, "level": level,
-                "resolution": "pixel", "upsampling": "nearest", "mask": "decisive", "seed": seed, "ap_mean": ap,
-                "ap": ap}
-
     seed_means = []
     for seed, shift in enumerate((0.0, 0.03, -0.02)):
-        seed_means += [row("exact", "attention", 0, seed, 0.30 + shift), row("exact", "attention", 1, seed, 0.50),
-                       row("softmax", "attention", 0, seed, 0.40 + shift), row("softmax", "attention", 1, seed, 0.10),
-                       row("exact", "gradcam", 0, seed, 0.20)]
+        seed_means += [_group_mean("exact", "attention", 0, seed, 0.30 + shift),
+                       _group_mean("exact", "attention", 1, seed, 0.50),
+                       _group_mean("softmax", "attention", 0, seed, 0.40 + shift),
+                       _group_mean("softmax", "attention", 1, seed, 0.10),
+                       _group_mean("exact", "gradcam", 0, seed, 0.20)]
     summary = _summary(seed_means, ("condition", "test_set", "model", "method", "level", "resolution", "upsampling",
                                     "mask"), ("ap",))
     [h] = _headline(summary, seed_means, {"c": ["exact", "softmax"]})
