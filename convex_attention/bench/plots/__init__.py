@@ -193,12 +193,8 @@ def _draw(folder: str, out: str, log: Log) -> list[str]:
         written.append(draw("backward_implicit_vs_unrolled", plot_backward, backward_rows, backward_env))
     example = os.path.join(folder, "example.npz")
     if os.path.exists(example):
-        try:
-            with layout_guard():
-                written.append(plot_attention_maps(example, figure_path("attention_maps"), env, log))
-        except FigureLayoutError as err:
-            log(f"attention_maps: {err}; not written")
-            written.append(None)
+        try:  # draw() says a layout failure (a FigureLayoutError, itself a ValueError) first
+            written.append(draw("attention_maps", plot_attention_maps, example, env))
         except ValueError as err:
             log(f"example.npz: {err}; attention_maps not written")
             written.append(None)

@@ -149,8 +149,9 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         problems.append("metrics are not a list of rows")
     if state.get("train_config") is not None and not isinstance(state["train_config"], dict):
         problems.append("train_config is not a dict")
-    if _optimizer_problem(state.get("optimizer")):
-        problems.append(_optimizer_problem(state.get("optimizer")))
+    optimizer_problem = _optimizer_problem(state.get("optimizer"))
+    if optimizer_problem:
+        problems.append(optimizer_problem)
     if problems:
         raise ValueError(f"{path!r} is a damaged convex-attention checkpoint: {'; '.join(problems)}")
     odd = _unusable_tensors(state)
