@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import configparser
+import functools
 import pathlib
 import subprocess
 import sys
@@ -49,6 +50,10 @@ LAZY_EXCEPTIONS = {
         "the method registry brings torch; --help lists the names of METHOD_NAMES, a check asks the registry",
     ("convex_attention.paper.config", "_method"):
         "a method's facts (needs_duals, ...) come from the registry, which brings torch, when a value is checked",
+    ("convex_attention.bench.config", "check_device"):
+        "the device checks shared with the paper's --device bring torch, when a device is checked",
+    ("convex_attention.paper.config", "check_device"):
+        "the device checks shared with the benchmark's --device bring torch, when a device is checked",
 }
 # The command layer: building its parser (and --help) reads only light declarations, and
 # the work of a subcommand imports its wing when the command runs.  So in these modules
@@ -139,22 +144,33 @@ def read_imports(path: pathlib.Path) -> list[tuple[str, int, str | None]]:
     return [(t, line, fn) for t, line, fn in visitor.found if t != name]
 
 
-IMPORTS = {module_name(p): read_imports(p) for p in sources()}
-GRAPH = {m: {t for t, _, _ in found} for m, found in IMPORTS.items()}
+@functools.cache
+def imports() -> dict[str, list[tuple[str, int, str | None]]]:
+    """Every module's imports, read once per process when a test first asks (parsing the
+    whole tree at collection cost each pytest-xdist worker a second)."""
+    return {module_name(p): read_imports(p) for p in sources()}
+
+
+@functools.cache
+def graph() -> dict[str, set[str]]:
+    return {m: {t for t, _, _ in found} for m, found in imports().items()}
+
+
+MODULES = sorted(module_name(p) for p in sources())
 
 
 def test_the_whole_tree_was_read():
-    parts = {part_of(m) for m in GRAPH}
+    parts = {part_of(m) for m in graph()}
     assert parts == set(ALLOWED), parts
-    assert "convex_attention.solve" in GRAPH["convex_attention.nn"]
-    assert "convex_attention.io.figures" in GRAPH["convex_attention.paper.explain"]
-    assert "convex_attention.baselines.attributions" in GRAPH["convex_attention.paper.explain"]
+    assert "convex_attention.solve" in graph()["convex_attention.nn"]
+    assert "convex_attention.io.figures" in graph()["convex_attention.paper.explain"]
+    assert "convex_attention.baselines.attributions" in graph()["convex_attention.paper.explain"]
 
 
-@pytest.mark.parametrize("module", sorted(GRAPH))
+@pytest.mark.parametrize("module", MODULES)
 def test_dependencies_point_one_way(module):
     mine = part_of(module)
-    bad = sorted(m for m in GRAPH[module] if part_of(m) not in ALLOWED[mine])
+    bad = sorted(m for m in graph()[module] if part_of(m) not in ALLOWED[mine])
     assert not bad, f"{module} ({mine}) must not import {bad}"
 
 
@@ -165,7 +181,7 @@ def test_no_import_cycles():
     def visit(node):
         state[node] = 1
         stack.append(node)
-        for nxt in sorted(GRAPH.get(node, ())):
+        for nxt in sorted(graph().get(node, ())):
             if state.get(nxt) == 1:
                 cycle = stack[stack.index(nxt):] + [nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
@@ -174,7 +190,7 @@ def test_no_import_cycles():
         stack.pop()
         state[node] = 2
 
-    for node in sorted(GRAPH):
+    for node in sorted(graph()):
         if node not in state:
             visit(node)
 
@@ -193,19 +209,19 @@ def _package_of(module: str) -> str:
     return module if path is not None and path.name == "__init__.py" else module.rsplit(".", 1)[0]
 
 
-@pytest.mark.parametrize("module", sorted(GRAPH))
+@pytest.mark.parametrize("module", MODULES)
 def test_no_private_module_is_imported_from_outside_its_package(module):
     """``a.b._c`` may be imported by the modules of package ``a.b`` (and from inside
     ``a.b._c``), by no one else: not by a subpackage of ``a.b`` either."""
     mine = _package_of(module)
-    bad = sorted(t for t in GRAPH[module] if (owner := _private_parent(t)) is not None
+    bad = sorted(t for t in graph()[module] if (owner := _private_parent(t)) is not None
                  and mine != owner and not (mine + ".").startswith(t + "."))
     assert not bad, f"{module} imports the private module(s) {bad} from outside their package"
 
 
 def test_internal_imports_sit_at_the_top_of_a_module():
     lazy = []
-    for module, found in IMPORTS.items():
+    for module, found in imports().items():
         for target, line, function in found:
             if function is None:
                 continue
@@ -219,7 +235,7 @@ def test_internal_imports_sit_at_the_top_of_a_module():
 
 
 def test_every_listed_exception_is_still_needed():
-    used = {(m, fn) for m, found in IMPORTS.items() for _, _, fn in found if fn is not None}
+    used = {(m, fn) for m, found in imports().items() for _, _, fn in found if fn is not None}
     assert set(LAZY_EXCEPTIONS) <= used, sorted(set(LAZY_EXCEPTIONS) - used)
 
 
@@ -286,7 +302,7 @@ SHARED_TEST_FILES = {
 def test_tests_mirror_modules():
     tests = {p.name for p in (ROOT / "tests").glob("test_*.py")}
     missing = []
-    for module in sorted(GRAPH):
+    for module in sorted(graph()):
         path = module_path(module)
         if module.startswith("benchmarks.") or path is None or path.name == "__init__.py" \
                 or module.endswith("__main__"):

@@ -126,7 +126,7 @@ def test_devices_are_checked(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert check_device("cuda:0") == "cuda:0"
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match=r"device 'cuda:3': this machine has 1 CUDA device\(s\) \(cuda:0 to cuda:0\)"):
         check_device("cuda:3")
 
 
@@ -258,7 +258,7 @@ def test_more_devices_are_checked(monkeypatch):
         check_device("meta")  # a device torch knows, but not one a run may use
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    with pytest.raises(ConfigError, match="does not exist"):
+    with pytest.raises(ConfigError, match="this machine has 1 CUDA device"):
         check_device("cuda:1")  # the one device is cuda:0
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     with pytest.raises(ConfigError, match="MPS is not available"):

@@ -918,7 +918,9 @@ def test_the_failure_advice_with_given_maps_names_no_method_that_refuses_them():
     h = ca.Graph.from_edges([2, 2, 2], [(0, 1, [0, 1]), (0, 2, [0, 1])])
     first, second = (torch.tensor([[0.3, 0.7]], dtype=torch.float64), torch.tensor([[0.6, 0.4]], dtype=torch.float64))
     with pytest.raises(ConvergenceError, match=r"stalled.*check the given maps.*contradict") as err:
-        ca.solve([torch.zeros(1, 2, dtype=torch.float64), None, None], h, "dual", given={1: first, 2: second})
+        # max_iter=30: the stall is told by then (the default's 1000 sweeps took 1.5 s to say the same)
+        ca.solve([torch.zeros(1, 2, dtype=torch.float64), None, None], h, "dual", given={1: first, 2: second},
+                 max_iter=30)
     assert "cvxpylayers" not in str(err.value) and "raise tol" not in str(err.value)
 
 

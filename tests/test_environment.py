@@ -27,3 +27,22 @@ def test_a_run_record_holds_the_load_at_both_ends_and_the_threads(odd_threads):
     if start is not None:  # Linux and macOS keep one
         assert len(start) == 3 and len(record["load_average_end"]) == 3
     assert json.loads(json.dumps(record)) == record
+
+
+def test_a_device_this_machine_cannot_use_is_told_why_and_one_it_can_is_not(monkeypatch):
+    """The checks every --device shares (bench's and the paper's check_device call them)."""
+    from convex_attention.io.environment import device_unavailable
+
+    assert device_unavailable(torch.device("cpu")) is None and device_unavailable(torch.device("cpu:0")) is None
+    assert device_unavailable(torch.device("cpu:1")) == "the CPU is one device, whatever its index"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("cuda", "cuda:0"):
+        assert device_unavailable(torch.device(name)).startswith("CUDA is not available on this machine")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_unavailable(torch.device("cuda")) is None and device_unavailable(torch.device("cuda:1")) is None
+    assert device_unavailable(torch.device("cuda:2")) == "this machine has 2 CUDA device(s) (cuda:0 to cuda:1)"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert device_unavailable(torch.device("mps")) == "MPS is not available on this machine"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert device_unavailable(torch.device("mps")) is None

@@ -3,6 +3,7 @@ tracebacks on damaged results."""
 import csv
 import json
 import os
+import re
 import struct
 import warnings
 
@@ -736,7 +737,7 @@ def test_nan_tokens_in_bench_json_are_read_as_null_with_a_warning(tmp_path, caps
     assert code == 0 and "bench.json: not readable JSON" in err
 
 
-@pytest.mark.parametrize("make, message", [
+_UNUSABLE_EXAMPLES = [
     (lambda p: p.write_bytes(b""), "not a readable .npz"),
     (lambda p: p.write_bytes(b"PK\x03\x04 garbage"), "not a readable .npz"),
     (lambda p: np.savez(str(p), levels=np.array(2), temperature=np.array([1.0, np.nan]),
@@ -750,7 +751,20 @@ def test_nan_tokens_in_bench_json_are_read_as_null_with_a_warning(tmp_path, caps
      "'fitted_dual0'"),
     (lambda p: os.mkfifo(str(p)), "not a regular file"),  # a named pipe used to block the read forever
     (lambda p: os.mkdir(str(p)), "not a regular file"),
-])
+]
+
+
+@pytest.mark.parametrize("make, message", _UNUSABLE_EXAMPLES)
+def test_an_unusable_example_is_refused_by_name_and_no_map_is_drawn(tmp_path, make, message, figs):
+    make(tmp_path / "example.npz")
+    with pytest.raises(ValueError, match=re.escape(message)):
+        plots.plot_attention_maps(str(tmp_path / "example.npz"), str(tmp_path / "maps.png"), log=pytest.fail)
+    assert not os.path.exists(tmp_path / "maps.png")
+
+
+# through the command: one case refused on reading (the pipe that used to block it), one after
+# (grids that do not nest); every refusal is the same ValueError to `plot`
+@pytest.mark.parametrize("make, message", [_UNUSABLE_EXAMPLES[i] for i in (4, 6)])
 def test_an_unusable_example_is_reported_and_no_map_is_drawn(tmp_path, capsys, make, message, figs):
     make(tmp_path / "example.npz")
     write_bench(str(tmp_path), sweep_rows())

@@ -915,8 +915,8 @@ def test_check_device_names_the_option_it_checks(monkeypatch):
                                          r"\(cuda:0 to cuda:1\)"):
         check_device("cuda:2", "--cvx-device")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ValueError, match="--cvx-device cuda: CUDA is not available on this machine; "
-                                         "use --cvx-device cpu"):
+    with pytest.raises(ValueError, match=r"--cvx-device cuda: CUDA is not available on this machine \(no GPU, or "
+                                         r"torch built without CUDA\); use --cvx-device cpu"):
         check_device("cuda", "--cvx-device")
     with pytest.raises(ValueError, match="unknown device None for --cvx-device"):
         check_device(None, "--cvx-device")

@@ -400,6 +400,7 @@ def test_a_checkpoint_without_random_states_still_resumes_saying_the_order_diffe
     assert any("stores no random state" in line and "differ" in line for line in lines)
 
 
+@pytest.mark.slow  # end-to-end: a training run (0.9 s)
 def test_a_damaged_random_state_is_refused_before_any_work(tmp_path):
     from convex_attention.paper.train import check_resume
 

@@ -331,18 +331,15 @@ def check_device(dev: str, flag: str = "--device"):
     naming the option ``flag`` otherwise, before any work."""
     import torch
 
+    from ..io.environment import device_unavailable
+
     try:
         device = torch.device(dev)
     except (RuntimeError, TypeError) as err:
         raise ValueError(f"unknown device {dev!r} for {flag}; use cpu, cuda or cuda:N") from err
     if device.type not in ("cpu", "cuda"):
         raise ValueError(f"unknown device {dev!r} for {flag}; use cpu, cuda or cuda:N")
-    if device.type == "cpu" and device.index not in (None, 0):  # torch ignores it: the one CPU, named twice
-        raise ValueError(f"{flag} {dev}: the CPU is one device, whatever its index; use {flag} cpu")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"{flag} {dev}: CUDA is not available on this machine; use {flag} cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"{flag} {dev}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                             f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    reason = device_unavailable(device)
+    if reason is not None:
+        raise ValueError(f"{flag} {dev}: {reason}; use {flag} cpu")
     return device

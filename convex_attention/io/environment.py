@@ -16,7 +16,7 @@ from importlib import metadata
 import numpy
 import torch
 
-__all__ = ["environment", "cpu_name", "load_average", "run_record", "now_utc"]
+__all__ = ["environment", "cpu_name", "load_average", "run_record", "now_utc", "device_unavailable"]
 
 # Versions recorded without importing the packages (some are slow to import).
 _SOLVER_PACKAGES = ("cvxpy", "cvxpylayers", "diffcp", "clarabel", "scs", "moreau")
@@ -36,6 +36,27 @@ def environment(device="cpu") -> dict:
         env["gpu"] = torch.cuda.get_device_name(device)
         env["cuda"] = torch.version.cuda
     return env
+
+
+def device_unavailable(device: torch.device) -> str | None:
+    """Why ``device`` cannot run work on this machine, as a clause for an error message, or
+    None where it can: the checks every ``--device`` shares (which device types a command
+    takes is the command's own choice).
+
+    A CPU index other than 0 is refused: torch ignores it, so ``cpu:1`` would be the one CPU
+    under a second name (a benchmark cell measured twice, a run's record naming a device
+    that is not one)."""
+    if device.type == "cpu" and device.index not in (None, 0):
+        return "the CPU is one device, whatever its index"
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA is not available on this machine (no GPU, or torch built without CUDA)"
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            return f"this machine has {count} CUDA device(s) (cuda:0 to cuda:{count - 1})"
+    if device.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        return "MPS is not available on this machine"
+    return None
 
 
 def cpu_name() -> str:

@@ -177,6 +177,8 @@ def check_device(name) -> str:
     """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, available on this machine; ConfigError otherwise."""
     import torch  # a device is checked when a run is configured, never for --help
 
+    from ..io.environment import device_unavailable
+
     accepted = "auto, cpu, cuda, cuda:N or mps"
     if not isinstance(name, str) or not name:
         raise ConfigError("device", f"device must be one of {accepted}, got {name!r}")
@@ -186,23 +188,12 @@ def check_device(name) -> str:
         dev = torch.device(name)
     except (RuntimeError, ValueError):
         raise ConfigError("device", f"unknown device {name!r}; use {accepted}") from None
-    if dev.type == "cpu":
-        if dev.index not in (None, 0):  # torch ignores it: a run's record would name a device that is not one
-            raise ConfigError("device", f"device {name!r}: the CPU is one device, whatever its index; use cpu")
-        return name
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError("device", f"device {name!r} asked for, but CUDA is not available here (no GPU, or "
-                                        f"torch built without CUDA); use --device cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ConfigError("device", f"device {name!r} does not exist: {torch.cuda.device_count()} CUDA "
-                                        f"device(s) here (cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
-        return name
-    if dev.type == "mps":
-        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-            raise ConfigError("device", f"device {name!r} asked for, but MPS is not available here; use cpu or auto")
-        return name
-    raise ConfigError("device", f"unsupported device {name!r}; use {accepted}")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError("device", f"unsupported device {name!r}; use {accepted}")
+    reason = device_unavailable(dev)
+    if reason is not None:
+        raise ConfigError("device", f"device {name!r}: {reason}; use cpu or auto")
+    return name
 
 
 # ----------------------------------------------------------------------------- the model
