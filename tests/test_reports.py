@@ -46,7 +46,26 @@ def test_the_headline_says_which_side_its_selection_favours():
     lines = "\n".join(_headline_section([{"condition": "c", "test_set": "test", "mask": "decisive",
                                           "resolution": "pixel", "candidates": {"attention": 6, "posthoc": 24}}]))
     assert "flatters both alike" not in lines
-    assert "the best of 6 attention maps against the best of 24 post-hoc maps" in lines and "favours" in lines
+    assert ("the best of 6 attention maps against the best of 24 post-hoc maps): the post-hoc side picks its best "
+            "from more maps, so the selection favours it") in lines
+
+
+@pytest.mark.parametrize("counts, said", [
+    ([(6, 2)], "the attention side picks its best from more maps, so the selection favours it"),
+    ([(4, 4)], "both sides pick from as many maps, so the selection flatters both alike"),
+    ([(6, 2), (2, 6)], "which side picks from more maps differs between the conditions"),
+    ([None], "how many maps each side picked from was not recorded, so which side the selection favours is unknown"),
+])
+def test_the_side_the_selection_favours_follows_the_recorded_counts(counts, said):
+    """The sentence said 'the post-hoc side picks its best from more maps' whatever the counts,
+    even where they were not recorded (a review)."""
+    from convex_attention.paper.reports import _headline_section
+
+    entries = [{"condition": f"c{i}", "test_set": "test", "mask": "decisive", "resolution": "pixel",
+                **({"candidates": {"attention": c[0], "posthoc": c[1]}} if c else {})} for i, c in enumerate(counts)]
+    text = "\n".join(_headline_section(entries))
+    assert said in text and "the intervals do not account for the selection" in text
+    assert ("the post-hoc side picks" in text) == (said.startswith("the post-hoc"))
 
 
 def _headline_entry(seeds_nan: int, model_seeds_nan: int) -> dict:

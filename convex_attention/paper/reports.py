@@ -259,22 +259,32 @@ def _validity_section(conditions, accuracy) -> list[str]:
     return lines
 
 
-def _candidates(headline) -> str:
-    """How many attention and post-hoc maps the headline's bests were picked from."""
+def _selection_sentence(headline) -> str:
+    """How many attention and post-hoc maps the headline's bests were picked from, and which
+    side that selection favours: said from the recorded counts, never assumed."""
     counts = sorted({(h["candidates"].get("attention", 0), h["candidates"].get("posthoc", 0))
                      for h in headline if h.get("candidates")})
     if not counts:
-        return "the counts were not recorded"
-    return "; ".join(f"the best of {a} attention maps against the best of {p} post-hoc maps" for a, p in counts)
+        return ("The best of each side is picked on the test split; how many maps each side picked from was not "
+                "recorded, so which side the selection favours is unknown, and the intervals do not account for "
+                "the selection.")
+    told = "; ".join(f"the best of {a} attention maps against the best of {p} post-hoc maps" for a, p in counts)
+    if all(p > a for a, p in counts):
+        favoured = "the post-hoc side picks its best from more maps, so the selection favours it"
+    elif all(a > p for a, p in counts):
+        favoured = "the attention side picks its best from more maps, so the selection favours it"
+    elif all(a == p for a, p in counts):
+        favoured = "both sides pick from as many maps, so the selection flatters both alike"
+    else:
+        favoured = "which side picks from more maps differs between the conditions, and the selection favours that side"
+    return (f"The best of each side is picked on the test split ({told}): {favoured}, and the intervals do not "
+            f"account for the selection.")
 
 
 def _headline_section(headline) -> list[str]:
     """The best attention map against the best post-hoc map, and each compared model's."""
     lines = ["", "## Headline: best attention map against best post-hoc map (ap, compared models)", "",
-             "The best of each side is picked on the test split, from unequal numbers of candidates "
-             f"({_candidates(headline)}): the post-hoc side picks its best from more maps, so the selection favours "
-             "it, and the intervals do not account for the selection. The difference is attention minus post-hoc, "
-             "paired by seed.", "",
+             _selection_sentence(headline) + " The difference is attention minus post-hoc, paired by seed.", "",
              "| condition | test set | mask | resolution | best attention | ap | best post-hoc | ap | difference | "
              "best block map | ap | model-free | ap |", "|" + "---|" * 13]
     for h in headline:
