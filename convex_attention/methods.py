@@ -31,7 +31,8 @@ method names.  A record holds the method's function and its facts:
 
 A method function has the signature
 ``fn(scores, h, temps, duals, options) -> (probs, duals | callable | None, info)`` and is
-called by :func:`convex_attention.solve` after every input has been validated.
+called by :func:`convex_attention.solve` after every input has been validated.  ``info`` is
+a dict of the method's own diagnostics (``Solution.info``), or None for none (read as ``{}``).
 """
 from __future__ import annotations
 

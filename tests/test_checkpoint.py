@@ -271,6 +271,20 @@ def test_more_damage_is_refused_naming_every_problem(tmp_path):
         assert "\n" not in str(err.value)
 
 
+def test_a_checkpoint_of_weights_alone_reads_its_missing_entries_as_none(tmp_path):
+    """As read_checkpoint documents: metrics, optimizer and train_config may be missing (a
+    file holding only a model's weights, for scoring); config, model and epoch may not."""
+    good = read_checkpoint(_saved(tmp_path))
+    bare = {k: good[k] for k in ("format", "config", "model", "epoch")}
+    torch.save(bare, tmp_path / "bare.pt")
+    state = read_checkpoint(str(tmp_path / "bare.pt"))
+    assert set(state) == set(bare) and load_model(str(tmp_path / "bare.pt")) is not None
+    for required in ("config", "model", "epoch"):
+        torch.save({k: v for k, v in bare.items() if k != required}, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match="damaged convex-attention checkpoint"):
+            read_checkpoint(str(tmp_path / "bad.pt"))
+
+
 def test_a_tensor_without_values_is_found_inside_lists_too(tmp_path):
     path = _saved(tmp_path, metrics=[{"epoch": 1, "loss": torch.empty(1, device="meta")}])
     with pytest.raises(ValueError, match=r"metrics\[0\]\['loss'\] is a meta tensor"):

@@ -70,6 +70,20 @@ def test_a_registered_method_is_seen_by_solve_and_the_module(custom_method):
     assert layer.attend(inst.scores).solution.method == "tree_copy"
 
 
+def test_a_method_with_no_diagnostics_may_return_none_as_its_info():
+    """The module docstring: ``info`` is a dict, or None for none (read as {})."""
+    def fn(scores, h, temps, duals, options):
+        return ca.solve(scores, h, "exact", temperature=temps).probs, None, None
+
+    register_method(Method("quiet_copy", fn, "exact, without diagnostics", options=frozenset(),
+                           has_duals=False, tensor_temperature=False))
+    try:
+        inst = random_instance("1d-2lvl", batch=1)
+        assert ca.solve(inst.scores, inst.h, "quiet_copy", temperature=inst.temps).info == {}
+    finally:
+        del REGISTRY["quiet_copy"]
+
+
 def test_the_tensor_temperature_flag_decides_who_may_differentiate_through_it(custom_method):
     record, calls = custom_method
     inst = random_instance("1d-2lvl", batch=1)

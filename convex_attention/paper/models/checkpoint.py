@@ -119,7 +119,12 @@ def _optimizer_problem(entry) -> str | None:
 
 def read_checkpoint(path: str, map_location="cpu") -> dict:
     """The checkpoint dict, checked: file type first, then a ``weights_only`` load (no
-    code can run), then the structure.  ValueError, one line, for anything else."""
+    code can run), then the structure.  ValueError, one line, for anything else.
+
+    ``format``, ``config`` (a dict), ``model`` (a dict of tensors) and ``epoch`` (an integer
+    >= 0) must be there; ``metrics`` (a list of dicts, one per epoch), ``optimizer`` and
+    ``train_config`` may be missing (a file holding only a model's weights, for scoring), and
+    are checked where present: a missing ``metrics`` reads as no epoch's rows."""
     if not isinstance(path, (str, os.PathLike)) or not os.path.exists(path):
         raise ValueError(f"checkpoint {path!r} does not exist")
     if not os.path.isfile(path):
