@@ -156,6 +156,7 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
         ``M`` tensors ``∂loss/∂θ_k``; each sums to zero per sample (a constant added to a
         map's scores does not move the solution).
     """
+    require_forest(g, "tree_backward")
     T = subtree_temperatures(g, temps)
     # under grad mode (a backward that builds its own graph) nothing is updated in place
     in_place = not torch.is_grad_enabled()

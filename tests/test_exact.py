@@ -4,7 +4,9 @@ import torch
 from helpers import (
     ALL_CASES,
     FOREST_CASES,
+    NONTREE_CASES,
     flat_np,
+    make_graph,
     random_feasible_point,
     random_graph_instance,
     random_instance,
@@ -19,6 +21,7 @@ from convex_attention.exact import (
     ExactAttentionFunction,
     exact_attention,
     exact_duals,
+    exact_forward,
     exact_log_probs,
 )
 
@@ -457,3 +460,65 @@ def test_the_backward_of_a_one_hot_solution_is_zero(dtype, tau, create_graph):
         loss = (sol.probs[0] * torch.tensor([[1.0, 2.0, w3, 4.0]], dtype=dtype)).sum()
         grads = torch.autograd.grad(loss, theta, create_graph=create_graph)
         assert max(float(gr.detach().abs().max()) for gr in grads) == 0.0, w3
+
+
+@pytest.mark.parametrize("case", NONTREE_CASES)
+def test_every_closed_form_function_refuses_a_non_forest_naming_the_map_and_dual(case):
+    """The module's promise: a map with two coarsenings has no closed form, and every function
+    refuses it (not only the ``"exact"`` method: the kernel and the log-space forms too)."""
+    g = make_graph(case)
+    scores = [torch.randn((1,) + s, dtype=torch.float64) for s in g.shapes]
+    temps = [1.0] * g.num_maps
+    message = r"solves forests only .*" + g.not_forest_reason().split(" (")[0] + r".*use method 'dual'"
+    for function in (exact_forward, exact_log_probs, exact_duals, exact_attention):
+        with pytest.raises(ValueError, match=message):
+            function(scores, g, temps)
+
+
+def test_tree_backward_refuses_a_non_forest_naming_the_map():
+    """It crashed with a TypeError ('Tensor' + 'NoneType') instead (found by mutation testing)."""
+    from convex_attention.exact import tree_backward
+
+    g = ca.Graph.axial((3, 2))
+    probs = [torch.full((1,) + s, 1.0 / n, dtype=torch.float64) for s, n in zip(g.shapes, g.sizes)]
+    cond = [torch.ones((1,) + g.shapes[0], dtype=torch.float64)] * g.num_edges
+    with pytest.raises(ValueError, match=r"solves forests only .*map 0 has 2 coarsenings.*use method 'dual'"):
+        tree_backward(g, probs, cond, [1.0] * g.num_maps, [torch.ones_like(p) for p in probs])
+
+
+def test_the_temperature_gradient_is_finite_where_a_probability_underflows_to_zero():
+    """``log p_k`` is floored where ``p_k`` underflows (its ``θ̄_k`` vanishes there): without
+    the floor ``0 · log 0`` made the temperature gradient NaN."""
+    h = ca.Hierarchy.grid([4, 2])
+    scores = [torch.tensor([[0.0, -2000.0, 1.0, 0.5]], dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)]
+    tau = torch.tensor([0.8, 1.3], dtype=torch.float64, requires_grad=True)
+    weights = [torch.tensor([[1.0, 2.0, -1.0, 0.5]], dtype=torch.float64), torch.tensor([[0.3, -0.7]],
+                                                                                        dtype=torch.float64)]
+    probs = exact_attention(scores, h, tau)
+    assert float(probs[0].detach()[0, 1]) == 0.0  # underflows
+    (analytic,) = torch.autograd.grad(sum((p * w).sum() for p, w in zip(probs, weights)), tau)
+    logp = exact_log_probs(scores, h, list(tau.unbind()))
+    (reference,) = torch.autograd.grad(sum((lp.exp() * w).sum() for lp, w in zip(logp, weights)), tau)
+    assert torch.isfinite(analytic).all() and float(analytic.abs().max()) > 1e-3
+    torch.testing.assert_close(analytic, reference, atol=1e-12, rtol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_duals_of_half_precision_scores_are_in_the_compute_dtype(dtype):
+    """Probabilities come back in the scores' dtype, duals in float32 (they can exceed float16's range)."""
+    inst = random_instance("2d-3lvl-unequal", batch=2, dtype=torch.float32)
+    half = [s.to(dtype) for s in inst.scores]
+    sol = ca.solve(half, inst.h, "exact", temperature=inst.temps)
+    assert all(p.dtype == dtype for p in sol.probs) and all(d.dtype == torch.float32 for d in sol.duals)
+    for got, want in zip(sol.duals, exact_duals([s.float() for s in half], inst.h, inst.temps)):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_cumulative_temperatures_are_the_subtree_temperatures_of_the_chain():
+    from convex_attention.exact import cumulative_temperatures, subtree_temperatures
+
+    temps = [0.5, 1.25, 2.0]
+    assert cumulative_temperatures(temps) == [sum(temps[:k + 1]) for k in range(len(temps))]
+    assert cumulative_temperatures(temps) == subtree_temperatures(ca.Hierarchy.grid([8, 4, 2]), temps)
+    star = subtree_temperatures(ca.Graph.star([4, 4], 2), temps)  # T_root = τ_root + Σ over its children
+    assert star == [temps[0], temps[1], temps[2] + temps[0] + temps[1]]

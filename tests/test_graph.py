@@ -111,6 +111,23 @@ def test_components_of_a_disconnected_graph():
     assert g.not_forest_reason() == "map 0 has 2 coarsenings (map 1 (edge 0), map 2 (edge 1))"
 
 
+def test_components_are_sorted_lists_ordered_by_their_first_map():
+    g = ca.Graph.from_edges([4, 2, 1, 2], [(0, 3, [0, 0, 1, 1]), (1, 2, [0, 0])])
+    assert g.components == [[0, 3], [1, 2]] and g.kind == "forest"
+
+
+def test_edges_given_coarsest_first_are_swept_finest_fine_map_first():
+    g = ca.Graph.from_edges([4, 2, 1], [(1, 2, [0, 0]), (0, 1, [0, 0, 1, 1])])
+    assert g.kind == "chain" and g.order == [0, 1, 2] and g.roots == [2]
+    assert g.sweep_order == [1, 0]  # edge 1 leaves map 0, the finest
+
+
+def test_spanning_forest_keeps_the_coarsening_with_the_most_cells_lowest_edge_on_ties():
+    assert ca.Graph.axial((3, 4)).spanning_forest() == [1]  # columns (1, 4) have more cells than rows (3, 1)
+    assert ca.Graph.axial((4, 3)).spanning_forest() == [0]
+    assert ca.Graph.axial((3, 3)).spanning_forest() == [0]  # a tie: the lowest edge index
+
+
 def test_builders():
     star = ca.Graph.star([(64, 64)] * 4, (16, 16))
     assert star.shapes == [(64, 64)] * 4 + [(16, 16)] and star.edges == [(k, 4) for k in range(4)]
@@ -205,8 +222,13 @@ IDENTITY = torch.arange(4)
     ([4, 2], [(0, 1, P4.float())], TypeError, r"edge 0 \(map 0 → map 1\): parents must hold integers"),
     ([4, 2], [(0, 1, P4.bool())], TypeError, r"parents must hold integers"),
     ([4, 2], [(0, 5, P4)], ValueError, r"edge 0 refers to map 5, which is not given: the graph has 2 maps"),
+    ([4, 2], [(0, 2, P4)], ValueError, r"edge 0 refers to map 2, which is not given: the graph has 2 maps"),
     ([4, 2], [(-1, 1, P4)], ValueError, r"edge 0 refers to map -1, which is not given"),
     ([4, 2], [(0.0, 1, P4)], TypeError, r"edge 0: its fine map must be a map index"),
+    ([4, 2], [(False, 1, P4)], TypeError, r"edge 0: its fine map must be a map index .*got False"),
+    ([4, 2], [(0, True, P4)], TypeError, r"edge 0: its coarse map must be a map index .*got True"),
+    ([4, 4, 4], [(0, 1, IDENTITY), (1, 2, IDENTITY), (2, 1, IDENTITY)], ValueError,
+     r"directed cycle: map 1 → map 2 → map 1;"),
     ([4, 2, 1], [(0, 1, P4), (1, 2, [0, 0]), (0, 2, [0, 0, 0, 0])], ValueError,
      r"edge 2 \(map 0 → map 2\) is implied by the path map 0 → map 1 → map 2: .*drop edge 2"),
     ([4, 2, 1], [(0, 2, [0, 0, 0, 0]), (0, 1, P4), (1, 2, [0, 0])], ValueError,
@@ -221,6 +243,7 @@ IDENTITY = torch.arange(4)
     ([(2, 2), 2], [(0, 1, P4)], ValueError, r"Graph.from_edges takes flat maps"),
     ([4, 2], "edges", TypeError, r"edges must be a list"),
     ([4, 2], [(0,)], TypeError, r"edge 0 must be a tuple \(fine, coarse, parents\)"),
+    ([4, 2], [(0, 1, 3)], TypeError, r"edge 0 \(map 0 → map 1\): parents must be a 1-D integer tensor .*got int"),
     ([4, 2], [(0, 1, "0110")], TypeError, r"edge 0 \(map 0 → map 1\): parents must be a 1-D integer tensor"),
     ("42", [(0, 1, P4)], TypeError, r"sizes must be a list of map sizes"),
 ])
@@ -233,6 +256,8 @@ def test_from_edges_refusals_name_the_map_or_edge(sizes, edges, exc, message):
     ([(4, 4), (3, 3)], [(0, 1)], ValueError, r"edge 0 \(map 0 → map 1\): grid does not divide: dimension 0 of map 1"),
     ([(4, 4), (2,)], [(0, 1)], ValueError, r"edge 0 \(map 0 → map 1\): a grid edge needs maps with the same number of "
                                            r"dimensions, map 0 is 2-D"),
+    ([(2, 2), 2], [(0, 1, torch.tensor([[0, 0, 1, 1]]))], ValueError,
+     r"parents must be a 1-D integer tensor .* of shape \(4,\).*got shape \(1, 4\)"),
     ([(4, 4), 3], [(0, 1, torch.zeros(4, 4, dtype=torch.long))], ValueError,
      r"parents leaves 2 cell\(s\) of map 1 empty"),
     ([(4, 4), (2, 2), (1, 1)], [(0, 1), (1, 2), (0, 2)], ValueError,
@@ -243,10 +268,19 @@ def test_from_edges_refusals_name_the_map_or_edge(sizes, edges, exc, message):
     (None, [(0, 1)], TypeError, r"shapes must be a list of map shapes"),
     ([(4, 4), (2, 2)], [(0, 1, None, 3)], TypeError, r"edge 0 must be a tuple"),
     ([(10 ** 6, 10 ** 6), (1, 1)], [(0, 1)], ValueError, r"map 0 has 1000000000000 cells .* above the limit"),
+    ([2 ** 36 + 1, 1], [(0, 1)], ValueError, r"map 0 has 68719476737 cells .* above the limit of 68719476736"),
+    ([(True, 2), (1, 1)], [(0, 1)], TypeError, r"shape of map 0 must contain ints"),
+    ([(), (1,)], [(0, 1)], ValueError, r"shape of map 0 is empty"),
 ])
 def test_constructor_refusals(shapes, edges, exc, message):
     with pytest.raises(exc, match=message):
         ca.Graph(shapes, edges)
+
+
+def test_a_map_of_exactly_max_cells_is_accepted():
+    """The limit is inclusive (at most ``MAX_CELLS`` cells per map); a grid edge builds nothing."""
+    g = ca.Graph([2 ** 36, 1], [(0, 1)])
+    assert g.sizes == [2 ** 36, 1] and g.edge_factor(0) == (2 ** 36,)
 
 
 def test_builders_validate_their_arguments():
@@ -258,12 +292,17 @@ def test_builders_validate_their_arguments():
         ca.Graph.grid_regions([(2, 2)], torch.tensor([[0, 1], [2, 5]]), num_regions=3)
     with pytest.raises(TypeError, match="regions must be an integer tensor"):
         ca.Graph.grid_regions([(2, 2)], "regions")
+    with pytest.raises(TypeError, match="shapes must be a non-empty list of the fine maps"):
+        ca.Graph.star([], (2, 2))
 
 
 def test_kernels_refuse_bad_edges_and_shapes():
     g = ca.Graph.axial((4, 3))
     with pytest.raises(ValueError, match=r"constraint index e must be in \[0, 1\]"):
         g.aggregate(torch.zeros(2, 4, 3), 2)
+    for e in (-1, True):  # not Python's negative indexing, not a bool
+        with pytest.raises(ValueError, match=r"constraint index e must be in \[0, 1\]"):
+            g.aggregate(torch.zeros(2, 4, 3), e)
     with pytest.raises(ValueError, match=r"aggregate input must have shape \(\.\.\., 4, 3\) for map 0"):
         g.aggregate(torch.zeros(2, 3, 4), 0)
     with pytest.raises(ValueError, match=r"broadcast input must have shape \(\.\.\., 1, 3\) for map 2"):
