@@ -839,6 +839,12 @@ def certificate(h: Graph, temps, flat_scores, probs, duals) -> Tensor:
 _certificate = certificate
 
 
+def _first_line(text) -> str:
+    """The first line of a solver's message (a failure stays one line)."""
+    text = str(text).strip()
+    return text.splitlines()[0] if text else "no message"
+
+
 def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, error, certificate=None,
                    max_iters=None):
     """Raise :class:`SolverFailure` naming the backend, the first failing samples and
@@ -856,7 +862,10 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
         if len(lines) == 5:
             break
     if not lines:
-        lines = [f"the batch: the solver raised '{error}'"]
+        lines = [f"the batch: the solver raised '{_first_line(error)}'"]
+    elif certificate is None:  # the statuses are a diagnosis's, not the failed run's: say both
+        lines[-1] += (f" (each sample re-solved alone by CVXPY with {solver}; the batch's solve raised "
+                      f"'{_first_line(error)}')")
     other = _other_backend_hint(backend.name)
     hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
         [f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] + ([other] if other else [])

@@ -736,3 +736,237 @@ def test_the_certificate_holds_the_primal_residual_of_a_point_that_is_not_consis
     assert float(residual) == pytest.approx(1e-3, rel=1e-9)
     cert = cvx.certificate(h, [1.0, 1.0], [z.reshape(1, -1) for z in zeros], probs, duals)
     assert float(cert) >= float(residual)
+
+
+# ---------------------------------------------------------------- found by mutation testing (cvx.py)
+
+def test_a_cuda_only_backend_needs_a_gpu_here(monkeypatch):
+    """Installed but CUDA-only (cuclarabel): unavailable without a GPU, available with one."""
+    monkeypatch.setattr(cvx, "_installed", lambda module: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "needs a CUDA GPU" in cvx.backend_unavailable_reason("cuclarabel")
+    assert cvx.backend_unavailable_reason("moreau") is None  # CPU too: no GPU needed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert cvx.backend_unavailable_reason("cuclarabel") is None
+
+
+def test_a_cuda_only_backend_solves_on_the_gpu_and_the_others_on_the_cpu():
+    assert cvx.solve_device("cuclarabel", "cpu") == torch.device("cuda")
+    for backend in ("diffcp-clarabel", "diffcp-scs", "moreau"):
+        assert cvx.solve_device(backend, "cpu") == torch.device("cpu")
+
+
+def test_the_simplex_constraint_ties_go_to_the_highest_index():
+    h = ca.Graph.from_edges([4, 2, 2], [(0, 1, torch.tensor([0, 1, 0, 1])), (0, 2, torch.tensor([0, 0, 1, 1]))])
+    assert cvx.simplex_maps(h) == [2]
+
+
+def test_options_are_checked_before_the_backend_s_installation(monkeypatch):
+    """A typo is reported first; then a backend that cannot run, by check_options itself (before any work)."""
+    monkeypatch.setattr(cvx, "_installed", lambda module: module != "moreau")
+    with pytest.raises(ValueError, match="option eps must be"):
+        cvx.check_options({"backend": "moreau", "eps": -1.0})
+    with pytest.raises(cvx.BackendUnavailable, match="'moreau' cannot run: not installed"):
+        cvx.check_options({"backend": "moreau"})
+
+
+@pytest.mark.parametrize("backend", ["", 0, False])
+def test_an_empty_backend_name_is_refused_not_the_default(backend):
+    with pytest.raises(ValueError, match="option backend must be one of"):
+        cvx.check_options({"backend": backend})
+
+
+def test_numpy_scalars_of_every_width_are_valid_option_values():
+    opts = cvx.check_options({"eps": np.float32(1e-6), "accept_tol": np.int64(1), "max_iters": np.int32(5)})
+    assert opts["eps"] == pytest.approx(1e-6) and opts["accept_tol"] == 1.0 and opts["max_iters"] == 5
+    assert cvx.check_options({"eps": np.int64(1)})["eps"] == 1.0
+
+
+def test_default_accept_tol_has_a_floor_of_1e_9():
+    """``max(1e3·eps, 1e-9)``: a tighter eps does not tighten the certificate below 1e-9."""
+    assert cvx.check_options({"eps": 1e-14})["accept_tol"] == 1e-9
+    assert cvx.check_options({"eps": 1e-11})["accept_tol"] == pytest.approx(1e-8)
+
+
+@pytest.mark.parametrize("backend", ["diffcp-clarabel", "diffcp-scs", "moreau"])
+def test_default_eps_per_backend_is_the_documented_one(backend):
+    _needs(backend)
+    want = {"diffcp-clarabel": 1e-12, "moreau": 1e-11, "diffcp-scs": 1e-9}[backend]
+    assert cvx.check_options({"backend": backend})["eps"] == want
+
+
+def test_the_primal_residual_counts_a_negative_probability_and_every_mass_off_its_simplex():
+    """Consistent points: the residual is the negative part, or the distance of the sum from 1."""
+    h = ca.Hierarchy.grid([(2,), (1,)])
+    one = torch.ones(1, 1, dtype=torch.float64)
+    negative = [torch.tensor([[1.25, -0.25]], dtype=torch.float64), one]
+    assert float(cvx.primal_residual(h, negative)) == pytest.approx(0.25)
+    short = [torch.tensor([[0.2, 0.2]], dtype=torch.float64), torch.tensor([[0.4]], dtype=torch.float64)]
+    assert float(cvx.primal_residual(h, short)) == pytest.approx(0.6)
+    # every component's simplex counts: a map on its own, 0.3 short of 1
+    two = ca.Graph.from_edges([2, 1, 1], [(0, 1, torch.tensor([0, 0]))])
+    apart = [torch.tensor([[0.5, 0.5]], dtype=torch.float64), one, torch.tensor([[0.7]], dtype=torch.float64)]
+    assert float(cvx.primal_residual(two, apart)) == pytest.approx(0.3)
+
+
+def test_the_certificate_is_the_relative_gap_in_size_below_one_and_above_zero_either_way():
+    """The optimum on zero scores shrunk by 1e-3 (off the simplex by 1e-3, consistent): with
+    τ = (1, 10) the objective rises above the dual's by ~1e-2, more than the residual, and
+    |f| < 1, so the gap is divided by 1 (``max(1, |f|)``) and counted in size."""
+    h = ca.Hierarchy.grid([(2,), (1,)])
+    temps = [1.0, 10.0]
+    zeros = [torch.zeros(1, n, dtype=torch.float64) for n in h.sizes]
+    sol = ca.solve(zeros, h, "exact", temperature=temps)
+    probs = [(1 - 1e-3) * p.reshape(1, -1) for p in sol.probs]
+    duals = [d.reshape(1, -1) for d in sol.duals]
+    f = float(ca.metrics.objective(zeros, probs, temps))
+    g = float(ca.metrics.dual_objective(zeros, duals, h.flat(), temps))
+    assert abs(f) < 1 and g - f < -5e-3  # the case meant: the gap below zero and above the residual
+    assert float(cvx.primal_residual(h, probs)) == pytest.approx(1e-3)
+    assert float(cvx.certificate(h, temps, zeros, probs, duals)) == pytest.approx(abs(g - f), rel=1e-9)
+
+
+def test_centring_the_scores_passes_the_gradient_unchanged():
+    s = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 5, dtype=torch.float64)
+    (cvx.centred_scores([s])[0] * w).sum().backward()
+    torch.testing.assert_close(s.grad, w)
+
+
+def test_the_cost_model_is_a_power_law():
+    n0, t0, exponent = cvx.CVX_PRIOR
+    assert cvx.prior_seconds_per_sample(n0) == pytest.approx(t0)
+    assert cvx.prior_seconds_per_sample(4 * n0) == pytest.approx(t0 * 4 ** exponent)
+
+
+@pytest.mark.parametrize("backend", ["diffcp-clarabel", "diffcp-scs", "moreau"])
+def test_eps_is_the_solver_s_tolerance(backend):
+    """A loose eps (certificate 3e-4 to 2e-3 at 1e-2, measured) is the solver's, not only the threshold's."""
+    _needs(backend)
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(2, n, generator=g, dtype=torch.float64) for n in h.sizes]
+    certs = []
+    for options in ({"eps": 1e-2, "accept_tol": 1.0}, {}):
+        probs, duals = solve_cvxpylayers(scores, h, [1.0, 1.0], backend=backend, **options)
+        certs.append(float(cvx.certificate(h, [1.0, 1.0], scores, probs, duals).max()))
+    assert certs[0] > 1e3 * certs[1], certs
+
+
+def test_a_failure_names_every_failing_sample_and_only_the_advice_that_applies():
+    inst = random_instance("1d-2lvl", batch=2, seed=0)
+    with pytest.raises(SolverFailure, match=r"sample 0: .*; sample 1: .*max_iters \(it was 1\)"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, max_iters=1)
+    with pytest.raises(SolverFailure, match="Loosen accept_tol") as err:  # no max_iters given: none advised
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, accept_tol=1e-300)
+    assert "max_iters" not in str(err.value)
+
+
+def test_a_panic_names_its_first_line_or_its_type_and_another_backend(monkeypatch):
+    h = ca.Hierarchy.grid([(2,), (1,)])
+    monkeypatch.setattr(cvx, "available_backends", lambda: ["diffcp-clarabel", "diffcp-scs", "moreau"])
+    clarabel = get_layer(h, [1.0, 1.0])
+    message = str(clarabel.panic_failure(Panic("index out of bounds\nnote: a backtrace"), "forward"))
+    assert "(index out of bounds); try backend='moreau'" in message and "backtrace" not in message
+    assert "(PanicException)" in str(clarabel.panic_failure(Panic(""), "backward"))
+    monkeypatch.setattr(cvx, "available_backends", lambda: ["diffcp-clarabel", "diffcp-scs"])
+    assert str(clarabel.panic_failure(Panic("x"), "forward")).endswith("(x); try backend='diffcp-scs'")
+    monkeypatch.setattr(cvx, "available_backends", lambda: ["diffcp-clarabel"])
+    assert "try backend" not in str(clarabel.panic_failure(Panic("x"), "forward"))
+
+
+def test_moreau_refuses_ipm_settings_that_are_not_a_dict():
+    _needs("moreau")
+    inst = random_instance("1d-2lvl", batch=1)
+    with pytest.raises(TypeError, match=r"moreau rejected the option\(s\) \['ipm_settings'\]"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", backend="moreau", ipm_settings=5)
+
+
+def test_half_precision_scores_give_half_probabilities_and_float32_duals():
+    inst = random_instance("1d-2lvl", batch=2, seed=0)
+    probs, duals = solve_cvxpylayers([s.half() for s in inst.scores], inst.h, inst.temps)
+    assert all(p.dtype == torch.float16 for p in probs) and all(d.dtype == torch.float32 for d in duals)
+
+
+def test_called_under_no_grad_the_layer_computes_no_derivative(diffcp_calls):
+    """Inputs that require grad, under no_grad: no gradient is asked for, so diffcp solves only
+    (the derivative's mode dropped) and the outputs require no grad."""
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    layer = get_layer(inst.h, inst.temps)
+    flat = [s.reshape(1, -1).clone().requires_grad_() for s in inst.scores]
+    with torch.no_grad():
+        probs, _ = layer(flat, _clarabel_args(), derivative_mode="dense")
+    assert diffcp_calls == ["solve only"] and not probs[0].requires_grad
+
+
+def test_the_guarded_layer_s_second_order_is_the_layers_own():
+    """With create_graph=True the guard's gradients carry cvxpylayers' own graph (docs/design.md:
+    second order through cvxpylayers is the library's, as it is)."""
+    inst = random_instance("1d-2lvl", batch=2, seed=5)
+    layer = get_layer(inst.h, inst.temps)
+    args = _clarabel_args()
+    second = []
+    for guarded in (True, False):
+        flat = [s.reshape(2, -1).clone().requires_grad_() for s in inst.scores]
+        probs = layer(flat, args)[0] if guarded else list(layer.layer(*flat, solver_args=args))[:2]
+        grads = torch.autograd.grad(sum((p * p).sum() for p in probs), flat, create_graph=True)
+        assert all(g.requires_grad for g in grads)
+        second.append(torch.autograd.grad(sum(g.sum() for g in grads), flat, allow_unused=True))
+    for a, b in zip(*second):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def test_a_backend_without_status_labels_reports_unknown_rather_than_a_re_solve():
+    """Only a diffcp backend's status is found by re-solving (with the same diffcp solver)."""
+    _needs("moreau")
+    h = ca.Hierarchy.grid([(2,), (1,)])
+    layer = get_layer(h, [1.0, 1.0], "moreau")
+    layer.last_status = None
+    assert layer.sample_status(0, [np.zeros(2), np.zeros(1)], {}) == "unknown (the backend reports none)"
+
+
+def test_a_certificate_equal_to_accept_tol_is_accepted_and_one_above_is_not(monkeypatch):
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    for cert, fails in ((1e-3, False), (1.5e-3, True)):
+        monkeypatch.setattr(cvx, "certificate", lambda *args, _c=cert: torch.full((1,), _c, dtype=torch.float64))
+        if fails:
+            with pytest.raises(SolverFailure, match="1.50e-03 > accept_tol 1.0e-03"):
+                solve_cvxpylayers(inst.scores, inst.h, inst.temps, accept_tol=1e-3)
+        else:
+            solve_cvxpylayers(inst.scores, inst.h, inst.temps, accept_tol=1e-3)
+
+
+def _layer_raising(monkeypatch, h, temps, error):
+    layer = get_layer(h, temps)
+
+    def call(*inputs, solver_args):
+        raise error
+
+    monkeypatch.setattr(layer, "layer", call)
+
+
+def test_a_solver_error_of_the_whole_batch_is_a_solver_failure(monkeypatch):
+    """diffcp raises SolverError for the batch: a SolverFailure naming the backend, not diffcp's error."""
+    import diffcp
+
+    inst = random_instance("1d-2lvl", batch=2, seed=0)
+    _layer_raising(monkeypatch, inst.h, inst.temps, diffcp.cone_program.SolverError("Solver clarabel failed\nmore"))
+    with pytest.raises(SolverFailure, match=r"cvxpylayers\[diffcp-clarabel\] solve failed for ") as err:
+        solve_cvxpylayers(inst.scores, inst.h, inst.temps)
+    # a status found by re-solving each sample alone is said to be that, with the batch's own error
+    # (one line of it); without the latter, a diagnosis's 'optimal_inaccurate' read as the run's
+    text = str(err.value)
+    assert "\n" not in text
+    assert ("the batch's solve raised 'Solver clarabel failed'" in text
+            or "the batch: the solver raised 'Solver clarabel failed'" in text), text
+    if "status '" in text:
+        assert "re-solved alone by CVXPY with Clarabel" in text
+
+
+def test_a_genuine_type_error_is_not_blamed_on_options_nobody_passed(monkeypatch):
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    _layer_raising(monkeypatch, inst.h, inst.temps, TypeError("a bug"))
+    with pytest.raises(TypeError, match="^a bug$"):
+        solve_cvxpylayers(inst.scores, inst.h, inst.temps)
