@@ -1,3 +1,4 @@
+import inspect
 import warnings
 
 import numpy as np
@@ -85,6 +86,45 @@ def test_stops_at_tolerance_and_reports_iterations_and_history():
     assert (g[1:] <= g[:-1] + 1e-12).all(), "exact block steps never increase the dual"
 
 
+@pytest.mark.slow  # ~0.5 s: the star at τ = 0.05 takes a few hundred sweeps
+@pytest.mark.parametrize("case", ["star", "axial"])
+def test_the_report_is_measured_at_the_start_and_at_the_returned_duals(case):
+    """``init`` is where the solve starts on every graph (the default warm start is the closed
+    form only without it), and the report says what holds there and at the end: history row 0
+    is ``g``, the violation and the relative gap ``|g(λ) − f(p(λ))| / max(1, |f̄(p(λ))|)`` at
+    ``init``; ``violation`` and ``gap`` are those of ``p(λ*)`` at the returned duals, which are
+    mean-zero per sample.  Small scores at low temperatures: ``|f̄| < 1``, the gap's floor."""
+    from convex_attention.metrics import objective, violation
+
+    h = make_graph(case)
+    gen = torch.Generator().manual_seed(7)
+    scores = [0.1 * torch.randn((2,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    temps = [0.05] * h.num_maps
+    init = [torch.randn((2,) + h.shapes[b], generator=gen, dtype=torch.float64) for _, b in h.edges]
+    res = solve_dual(scores, h, temps, tol=1e-9, init=init, record_history=True)
+    centred = [s - s.flatten(1).mean(1).view((-1,) + (1,) * (s.dim() - 1)) for s in scores]
+
+    def report(duals):
+        probs = reparameterized_probs(scores, duals, h, temps)
+        g = dual_function(scores, duals, h, temps)
+        gap = (g - objective(scores, probs, temps)).abs() / objective(centred, probs, temps).abs().clamp_min(1.0)
+        return g, violation(probs, h), gap, objective(centred, probs, temps)
+
+    g0, viol0, gap0, fbar0 = report(init)
+    assert (fbar0.abs() < 1).all() and (gap0 > 1e-3).all()  # the floor decides, and the start is far off
+    hist = res["history"]
+    assert hist["violation"].shape[0] > 1
+    torch.testing.assert_close(hist["dual_objective"][0], g0, rtol=1e-12, atol=0)
+    torch.testing.assert_close(hist["violation"][0], viol0, rtol=1e-9, atol=0)
+    torch.testing.assert_close(hist["gap"][0], gap0, rtol=1e-9, atol=0)
+    _, viol, gap, _ = report(res["duals"])
+    assert bool(res["converged"].all()) and (res["violation"] <= 1e-9).all() and (res["gap"] <= 1e-9).all()
+    torch.testing.assert_close(res["violation"], viol, rtol=0, atol=1e-12)
+    torch.testing.assert_close(res["gap"], gap, rtol=0, atol=1e-12)
+    for dual in res["duals"]:
+        torch.testing.assert_close(dual.flatten(1).mean(1), torch.zeros(2, dtype=torch.float64), rtol=0, atol=1e-12)
+
+
 def test_not_converged_raises_naming_samples_or_warns():
     inst = random_instance("1d-3lvl", batch=3, seed=3, scale=8.0)
     with pytest.raises(ConvergenceError, match=r"sample\(s\) \[0, 1, 2\]"):
@@ -92,6 +132,30 @@ def test_not_converged_raises_naming_samples_or_warns():
     with pytest.warns(RuntimeWarning, match="did not reach"):
         sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-14, max_iter=1, strict=False)
     assert not sol.info["converged"].any()
+
+
+def test_the_failure_names_at_most_ten_samples_and_says_when_there_are_more():
+    inst = random_instance("1d-3lvl", batch=11, seed=3, scale=8.0)
+    for batch, shown in ((10, "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9];"), (11, "[0, 1, 2, 3, 4, 5, 6, 7, 8, 9] …;")):
+        with pytest.raises(ConvergenceError, match=r"did not reach tol=1e-14 for sample\(s\) (.*?);") as err:
+            solve_dual([s[:batch] for s in inst.scores], inst.h, inst.temps, tol=1e-14, max_iter=1)
+        assert f"for sample(s) {shown}" in str(err.value)
+
+
+def test_a_failure_with_maps_returned_in_a_coarser_dtype_says_how_far_the_iterate_must_go():
+    """With ``round_to`` the iterate stops at ``tol`` less :func:`rounding_margin`; a failure
+    says so (the violation it reports is measured against that, not ``tol``)."""
+    from convex_attention.dual import rounding_margin
+
+    inst = random_instance("1d-3lvl", batch=1, seed=3, scale=8.0)
+    stop = 1e-6 - rounding_margin(inst.h, torch.float32)
+    with pytest.raises(ConvergenceError, match=rf"did not reach tol={stop:g} ") as err:
+        solve_dual(inst.scores, inst.h, inst.temps, tol=1e-6, max_iter=1, round_to=torch.float32)
+    assert (f"(The maps are returned in float32: the iterate must reach {stop:.3g} for them to meet tol 1e-06 "
+            f"once rounded.)") in str(err.value)
+    with pytest.raises(ConvergenceError) as err:
+        solve_dual(inst.scores, inst.h, inst.temps, tol=1e-6, max_iter=1)
+    assert "once rounded" not in str(err.value)
 
 
 def test_dual_batched_equals_looped():
@@ -256,6 +320,10 @@ def _three_level(batch=2, seed=0, scale=2.0):
     ({"init": [torch.zeros(3, 2), torch.tensor([[float("inf"), 0.0]])]}, ValueError, r"init\[1\] contains NaN or Inf"),
     ({"init": [torch.zeros(3, 2, dtype=torch.long), torch.zeros(1, 2)]}, TypeError, r"init\[0\] must be a floating"),
     ({"init": [[0.0] * 6, torch.zeros(1, 2)]}, TypeError, r"init\[0\] must be a torch.Tensor"),
+    # a string of the right length is not a list of tensors (it was read as one, item by item)
+    ({"init": "ab"}, TypeError, r"init must be None or a list of 2 tensors"),
+    ({"init": [torch.zeros(3, 2), torch.zeros(1, 2)], "warm_start": True}, ValueError, r"init and warm_start=True"),
+    ({"init": [torch.zeros(3, 2, device="meta"), torch.zeros(1, 2)]}, ValueError, r"init\[0\] is on meta"),
 ])
 def test_every_dual_option_is_validated_before_any_work(options, exc, message, monkeypatch):
     """Through ``ca.solve`` (the registry entry) and the kernel ``solve_dual``: a clear
@@ -283,6 +351,65 @@ def test_valid_init_shapes_are_accepted():
     for init in (first["duals"], [d[:1] for d in first["duals"]], [d[0] for d in first["duals"]]):
         sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-10, init=init)
         assert sol.info["converged"].all()
+
+
+def test_the_registry_fills_in_the_kernel_s_defaults():
+    """``check_dual_options`` fills in the defaults of ``solve_dual``'s own signature (tol 1e-6,
+    max_iter 1000 sweeps, strict, newton and warm_start 'auto'; docs/design.md), gap_tol = tol and
+    the float64 working dtype: ``method='dual'`` and the kernel solve the same problem."""
+    scores, h, _ = _three_level()
+    filled = check_dual_options({}, h, 2, "cpu")
+    assert set(filled) == {"tol", "gap_tol", "max_iter", "strict", "record_history", "init", "newton",
+                           "warm_start", "dtype"}
+    kernel = inspect.signature(solve_dual).parameters
+    for name in ("tol", "max_iter", "strict", "record_history", "init", "newton", "warm_start"):
+        default = kernel[name].default
+        assert type(filled[name]) is type(default) and filled[name] == default, name
+    assert filled["gap_tol"] == filled["tol"] and filled["dtype"] is torch.float64
+
+
+def test_temperatures_at_the_ends_of_the_working_dtype_s_range_are_accepted():
+    """Every τ_k at least ``tau_min`` and their sum at most ``total_max``
+    (:func:`convex_attention.validation.temperature_range`): both ends are accepted."""
+    from convex_attention.validation import temperature_range
+
+    scores, h, _ = _three_level()
+    low, high = temperature_range(torch.float32)
+    check_dual_options({"dtype": torch.float32}, h, 2, "cpu", temps=[low, low, high])  # fsum: high, rounded
+    with pytest.raises(ValueError, match="below the smallest"):
+        check_dual_options({"dtype": torch.float32}, h, 2, "cpu", temps=[low / 2, low, 1.0])
+    with pytest.raises(ValueError, match="temperatures sum to"):
+        check_dual_options({"dtype": torch.float32}, h, 2, "cpu", temps=[high, high, 1.0])
+
+
+def test_solve_dual_checks_the_problem_of_direct_callers(monkeypatch):
+    """The kernel's own checks of the graph, the scores and the temperatures (``solve`` makes
+    them before it): a clear error naming what is wrong, raised before the solver starts."""
+    import convex_attention.dual as dual_module
+
+    scores, h, temps = _three_level()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the solver started before the problem was checked")
+
+    monkeypatch.setattr(dual_module, "_evaluate", no_work)
+    refused = [
+        (TypeError, r"h must be a convex_attention.Hierarchy or Graph", scores, h.shapes, temps),
+        (ValueError, r"scores must be a list of 3 tensors", scores[:2], h, temps),
+        (ValueError, r"scores\[1\] must be a float32/float64 tensor", [scores[0], scores[1].float(), scores[2]], h,
+         temps),  # the dtype of scores[0]
+        (ValueError, r"scores\[2\] must be .* batch of scores\[0\]", [scores[0], scores[1], scores[2][:1]], h, temps),
+        (ValueError, r"scores\[0\] must be", [s[:0] for s in scores], h, temps),  # an empty batch
+        (ValueError, r"temps must hold one positive temperature per level \(3\)", scores, h, temps[:2]),
+        (ValueError, r"temperature of level 1 must be positive and finite, got 0.0", scores, h, [1.0, 0.0, 1.0]),
+        (ValueError, r"temperature of level 2 must be positive and finite, got inf", scores, h,
+         [1.0, 1.0, float("inf")]),
+        (ValueError, r"temperature of level 0 must be positive and finite, got nan", scores, h,
+         [float("nan"), 1.0, 1.0]),
+    ]
+    for exc, message, bad_scores, bad_h, bad_temps in refused:
+        with pytest.raises(exc, match=message):
+            solve_dual(bad_scores, bad_h, bad_temps)
 
 
 def test_nan_tol_and_nan_init_never_report_converged():
@@ -835,6 +962,8 @@ def test_warm_start_from_a_spanning_forest(case):
     ({"newton": "yes"}, ValueError, r"newton must be 'auto'"),
     ({"newton": 1}, ValueError, r"newton must be 'auto'"),
     ({"warm_start": "forest"}, ValueError, r"warm_start must be .auto. \(the closed form on forests"),
+    ({"warm_start": 1}, ValueError, r"warm_start must be .auto."),  # 1 == True, but not True
+    ({"tolerance": 1e-6}, TypeError, r"method 'dual' takes no option\(s\) \['tolerance'\]"),
     ({"warm_start": True, "init": [torch.zeros(4), torch.zeros(3)]}, ValueError, r"init and warm_start=True"),
     ({"init": [torch.zeros(4)]}, ValueError, r"init must hold one tensor per constraint \(2\)"),
     ({"init": [torch.zeros(4), torch.zeros(4)]}, ValueError, r"init\[1\] must have shape \(3,\)"),
@@ -910,6 +1039,24 @@ def test_the_failure_advice_on_a_graph_points_to_cvxpylayers_not_exact():
     inst = random_graph_instance("axial", batch=1, seed=3, scale=5.0)
     with pytest.raises(ConvergenceError, match=r"method='cvxpylayers'"):
         solve_dual(inst.scores, inst.h, inst.temps, tol=1e-19, max_iter=30)
+
+
+def test_a_solve_with_given_maps_starts_from_zero_duals_on_a_forest():
+    """There is no warm start with given maps (``solve_dual``'s ``given``): on a forest that is
+    not a chain, where ``warm_start='auto'`` would start at a closed form, the solve starts at
+    ``λ = 0`` (history row 0) and still reaches the optimum."""
+    h = ca.Graph.from_edges([2, 4, 4], [(1, 0, [0, 0, 1, 1]), (2, 0, [0, 1, 0, 1])])  # a star
+    assert h.is_forest and not h.is_chain
+    gen = torch.Generator().manual_seed(5)
+    scores = [torch.randn(2, 2, generator=gen, dtype=torch.float64), None,
+              torch.randn(2, 4, generator=gen, dtype=torch.float64)]
+    given = [None, torch.softmax(torch.randn(2, 4, generator=gen, dtype=torch.float64), 1), None]
+    temps = [0.5, 1.0, 2.0]
+    res = solve_dual(scores, h, temps, given=given, tol=1e-10, record_history=True)
+    zeros = [torch.zeros(2, 2, dtype=torch.float64) for _ in h.edges]
+    torch.testing.assert_close(res["history"]["dual_objective"][0], dual_function(scores, zeros, h, temps, given),
+                               rtol=1e-12, atol=0)
+    assert bool(res["converged"].all()) and (res["iterations"] >= 1).all()
 
 
 def test_the_failure_advice_with_given_maps_names_no_method_that_refuses_them():
@@ -1151,3 +1298,15 @@ def test_a_graph_above_the_dense_limit_converges_and_differentiates_as_shipped(m
     with pytest.warns(RuntimeWarning, match="did not reach tol"):
         _, before = loss(scores, strict=False)
     assert not bool(before.info["converged"].any())
+
+
+def test_warm_start_true_with_given_maps_is_refused_before_any_work():
+    """A structure with given maps has no closed form to start from (found by mutation testing:
+    the refusal was untested)."""
+    h = ca.Graph.from_edges([2, 2], [(0, 1, [0, 1])])
+    given = {1: torch.tensor([[0.3, 0.7]], dtype=torch.float64)}
+    scores = [torch.zeros(1, 2, dtype=torch.float64), None]
+    with pytest.raises(ValueError, match=r"warm_start=True starts from a closed form, which a structure with given "
+                                         r"maps does not have"):
+        ca.solve(scores, h, "dual", given=given, warm_start=True)
+    assert bool(ca.solve(scores, h, "dual", given=given).info["converged"].all())  # 'auto' starts from zero
