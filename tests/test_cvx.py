@@ -970,3 +970,23 @@ def test_a_genuine_type_error_is_not_blamed_on_options_nobody_passed(monkeypatch
     _layer_raising(monkeypatch, inst.h, inst.temps, TypeError("a bug"))
     with pytest.raises(TypeError, match="^a bug$"):
         solve_cvxpylayers(inst.scores, inst.h, inst.temps)
+
+
+def test_the_layers_cvxpy_reference_is_the_independent_references_solution_whatever_the_score_offsets():
+    """``CvxpyAttentionLayer.reference_solve`` (verify's reference): centred scores, centred
+    duals, an optimal status, against the tests' own CVXPY reference; a constant added to a
+    map's scores changes none of it (mutants of these paths survived test_cvx before)."""
+    inst = random_instance("2d-2lvl", batch=1, seed=7)
+    layer = CvxpyAttentionLayer(inst.h, inst.temps)
+    want_p, want_d, _ = reference_solve(inst.h, inst.scores, inst.temps)
+    sample = [x[0] for x in flat_np(inst.scores)]
+    shifted = [x + 10.0 * (k + 1) for k, x in enumerate(sample)]
+    first = layer.reference_solve(sample)
+    for probs, duals, value, status in (first, layer.reference_solve(shifted)):
+        assert status == "optimal"
+        for got, want in zip(probs, want_p):
+            np.testing.assert_allclose(got, want[0], atol=1e-8, rtol=0)
+        for got, want in zip(duals, want_d):
+            assert abs(float(got.mean())) < 1e-12
+            np.testing.assert_allclose(got, want[0], atol=1e-6, rtol=0)
+        assert value == pytest.approx(first[2], abs=1e-9)
