@@ -1310,3 +1310,18 @@ def test_warm_start_true_with_given_maps_is_refused_before_any_work():
                                          r"maps does not have"):
         ca.solve(scores, h, "dual", given=given, warm_start=True)
     assert bool(ca.solve(scores, h, "dual", given=given).info["converged"].all())  # 'auto' starts from zero
+
+
+def test_a_stall_is_judged_over_a_full_window_of_sweeps_only():
+    """Fewer sweeps than the window: 'still converging, raise max_iter', even where the violation
+    has not halved; from a full window on, the same sample is called stalled (the window's
+    clause survived mutation testing)."""
+    from convex_attention.dual import _PROGRESS_WINDOW
+
+    h = ca.Graph.from_edges([2, 2, 2], [(0, 1, [0, 1]), (0, 2, [0, 1])])
+    given = {1: torch.tensor([[0.3, 0.7]], dtype=torch.float64), 2: torch.tensor([[0.6, 0.4]], dtype=torch.float64)}
+    scores = [torch.zeros(1, 2, dtype=torch.float64), None, None]
+    with pytest.raises(ConvergenceError, match=rf"still converging after max_iter={_PROGRESS_WINDOW - 1} sweeps"):
+        ca.solve(scores, h, "dual", given=given, max_iter=_PROGRESS_WINDOW - 1)
+    with pytest.raises(ConvergenceError, match=rf"stalled .*less than halved over the last {_PROGRESS_WINDOW} sweeps"):
+        ca.solve(scores, h, "dual", given=given, max_iter=_PROGRESS_WINDOW)
