@@ -55,6 +55,8 @@ def test_the_headline_says_which_side_its_selection_favours():
     ([(4, 4)], "both sides pick from as many maps, so the selection flatters both alike"),
     ([(6, 2), (2, 6)], "which side picks from more maps differs between the conditions"),
     ([None], "how many maps each side picked from was not recorded, so which side the selection favours is unknown"),
+    ([(2, 6), None], "(the best of 2 attention maps against the best of 6 post-hoc maps; not recorded for 1 of the "
+                     "2 rows): the post-hoc side picks its best from more maps"),
 ])
 def test_the_side_the_selection_favours_follows_the_recorded_counts(counts, said):
     """The sentence said 'the post-hoc side picks its best from more maps' whatever the counts,
@@ -65,7 +67,7 @@ def test_the_side_the_selection_favours_follows_the_recorded_counts(counts, said
                 **({"candidates": {"attention": c[0], "posthoc": c[1]}} if c else {})} for i, c in enumerate(counts)]
     text = "\n".join(_headline_section(entries))
     assert said in text and "the intervals do not account for the selection" in text
-    assert ("the post-hoc side picks" in text) == (said.startswith("the post-hoc"))
+    assert ("the post-hoc side picks" in text) == ("the post-hoc side picks" in said)
 
 
 def _headline_entry(seeds_nan: int, model_seeds_nan: int) -> dict:

@@ -269,6 +269,9 @@ def _selection_sentence(headline) -> str:
                 "recorded, so which side the selection favours is unknown, and the intervals do not account for "
                 "the selection.")
     told = "; ".join(f"the best of {a} attention maps against the best of {p} post-hoc maps" for a, p in counts)
+    unrecorded = sum(1 for h in headline if not h.get("candidates"))
+    if unrecorded:
+        told += f"; not recorded for {unrecorded} of the {len(headline)} rows"
     if all(p > a for a, p in counts):
         favoured = "the post-hoc side picks its best from more maps, so the selection favours it"
     elif all(a > p for a, p in counts):
