@@ -1,6 +1,7 @@
 """Figures: what they draw is what was measured (docs/design.md §6), and `plot` never
 tracebacks on damaged results."""
 import csv
+import gc
 import json
 import os
 import re
@@ -760,6 +761,26 @@ def test_an_unusable_example_is_refused_by_name_and_no_map_is_drawn(tmp_path, ma
     with pytest.raises(ValueError, match=re.escape(message)):
         plots.plot_attention_maps(str(tmp_path / "example.npz"), str(tmp_path / "maps.png"), log=pytest.fail)
     assert not os.path.exists(tmp_path / "maps.png")
+
+
+def test_an_example_that_cannot_be_opened_is_refused_by_name_and_an_unreadable_one_leaves_no_file_open(
+        tmp_path, monkeypatch, figs):
+    from convex_attention.bench.plots import maps
+
+    path = tmp_path / "example.npz"
+    path.write_bytes(b"PK\x03\x04 garbage")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)  # numpy's own handle was left open here
+        with pytest.raises(ValueError, match="not a readable .npz"):
+            maps._load_example(str(path))
+        gc.collect()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(maps, "open", denied, raising=False)
+    with pytest.raises(ValueError, match=r"not a readable .npz file \(.*Permission denied"):
+        maps._load_example(str(path))
 
 
 # through the command: one case refused on reading (the pipe that used to block it), one after
@@ -1539,3 +1560,264 @@ def test_a_record_that_cannot_be_read_is_said_and_gives_no_environment(tmp_path)
     said = []
     assert plot_common.load_record(str(tmp_path), said.append, "bench.json") is None
     assert len(said) == 1 and said[0].startswith("bench.json: not readable JSON")
+
+
+# ---------------------------------------------------------------------------- mutation-testing additions
+
+
+def core_row(method, total, *, shapes="8x8+4x4", backend="", batch=4, **extra):
+    return {"method": method, "backend": backend, "shapes": shapes, "batch": batch, "dtype": "float32",
+            "fwd_ms": total / 2, "bwd_ms": total / 2, "total_ms": total, **extra}
+
+
+def test_core_benchmark_sums_the_medians_where_a_row_lacks_its_total_and_names_the_statistic(figs):
+    """plot_core_benchmark: the total is total_ms, fwd_ms + bwd_ms where any row lacks total_ms
+    (then no row's total quartiles describe what is drawn), and the axis says which."""
+    rows = [core_row("softmax", 1.0, total_ms_q1=0.9, total_ms_q3=1.2), core_row("exact", 3.0)]
+    rows[0]["fwd_ms"] = 0.8  # fwd + bwd = 1.3, not the recorded median total 1.0
+    del rows[1]["total_ms"]
+    plot_core_benchmark(rows, {}, "core.png")
+    ax = figs["core"].axes[0]
+    assert [p.get_height() for p in ax.patches][:2] == \
+        pytest.approx([1e3 * (r["fwd_ms"] + r["bwd_ms"]) / r["batch"] for r in rows])
+    assert "median forward + median backward" in ax.get_ylabel()
+    assert "interquartile ranges not recorded" in figs["core:footer"].replace("\n", " ")
+    rows[1]["total_ms"] = 3.0
+    plot_core_benchmark(rows, {}, "core2.png")
+    ax = figs["core2"].axes[0]
+    assert [p.get_height() for p in ax.patches][:2] == \
+        pytest.approx([1e3 * r["total_ms"] / r["batch"] for r in rows])
+    assert "median of forward + backward per repetition" in ax.get_ylabel()
+    assert "interquartile ranges not recorded" not in figs["core2:footer"].replace("\n", " ")
+
+
+def test_core_benchmark_draws_no_row_that_was_not_measured_and_names_each(figs):
+    """Rows whose status is not ok are not drawn: a failed one is named in its shapes' panel (or in
+    the footer where no panel draws its shapes), with its reason in the footer; a skipped one is
+    counted in the footer."""
+    blank = {"fwd_ms": "", "bwd_ms": "", "total_ms": ""}
+    rows = [core_row("softmax", 1.0), core_row("exact", 2.0),
+            {**core_row("cvxpylayers", 1.0, backend="moreau"), **blank, "status": "error",
+             "reason": "MemoryError: out of memory"},
+            {**core_row("cvxpylayers", 1.0, backend="diffcp"), **blank, "status": "skipped",
+             "reason": "backend diffcp is not installed"},
+            {**core_row("cvxpylayers", 1.0, backend="moreau", shapes="64x64+32x32"), **blank, "status": "error",
+             "reason": "RuntimeError: diverged"}]
+    plot_core_benchmark(rows, {"exact/softmax": 2.0}, "core.png")
+    fig = figs["core"]
+    assert len(fig.axes) == 1  # one panel: no shapes of its own for rows not measured
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["softmax", "exact"]
+    title = ax.get_title()
+    assert "FAILED, not drawn: cvxpylayers (moreau)" in title and "diffcp" not in title
+    footer = figs["core:footer"].replace("\n", " ")
+    assert "not measured by the sweep: 1 row(s) backend not installed" in footer
+    assert "FAILED, not drawn: 2 row(s)" in footer and "MemoryError: out of memory" in footer
+    assert "RuntimeError: diverged" in footer and "(at 64x64+32x32: no panel)" in footer
+
+
+def test_core_benchmark_draws_a_backward_time_only_where_the_row_records_one(figs):
+    """On a log axis the forward and backward times are drawn apart; a backward time not recorded
+    (empty, or NaN) is not drawn, and never as a number."""
+    rows = [core_row("exact", 0.2), {**core_row("cvxpylayers", 100.0, backend="moreau", batch=2), "bwd_ms": ""},
+            {**core_row("cvxpylayers", 80.0, backend="diffcp", batch=2), "bwd_ms": float("nan")}]
+    plot_core_benchmark(rows, {}, "core.png")
+    ax = figs["core"].axes[0]
+    assert ax.get_yscale() == "log"
+    backward = [line for line in ax.lines if line.get_marker() == "<"]
+    assert [list(line.get_ydata()) for line in backward] == [[pytest.approx(1e3 * rows[0]["bwd_ms"] / 4)]]
+    assert all(np.isfinite(line.get_ydata()).all() for line in ax.lines)
+    # each method in its colour, each backend in the one every figure of the sweep gives it
+    styles = plot_common.styles_for({plot_common.Series("cvxpylayers", "", b) for b in ("moreau", "diffcp")})
+    totals = [matplotlib.colors.to_hex(line.get_color()) for line in ax.lines if line.get_marker() == "o"]
+    assert totals == [plots.METHOD_COLORS["exact"]] + \
+        [styles[plot_common.Series("cvxpylayers", "", b)][0] for b in ("moreau", "diffcp")]
+
+
+def test_core_benchmark_draws_bars_below_a_30x_span_and_points_on_a_log_axis_above(figs):
+    for span, scale in ((20.0, "linear"), (40.0, "log")):
+        plot_core_benchmark([core_row("softmax", 1.0), core_row("exact", span)], {}, "core.png")
+        ax = figs["core"].axes[0]
+        assert ax.get_yscale() == scale, span
+        assert len(ax.patches) == (4 if scale == "linear" else 0), span  # total and forward bars, or points
+
+
+def test_core_benchmark_draws_an_interquartile_bar_only_around_a_median_inside_it(figs):
+    rows = [core_row("softmax", 1.0, total_ms_q1=1.2, total_ms_q3=1.4),  # quartiles that cannot be its own
+            core_row("exact", 2.0, total_ms_q1=1.9, total_ms_q3=2.2)]
+    plot_core_benchmark(rows, {}, "core.png")
+    ax = figs["core"].axes[0]
+    bars = [c for c in ax.containers if isinstance(c, matplotlib.container.ErrorbarContainer)]
+    assert len(bars) == 1
+    assert sorted(y for _, y in bars[0].lines[2][0].get_segments()[0]) == \
+        pytest.approx([1e3 * 1.9 / 4, 1e3 * 2.2 / 4])
+
+
+def test_time_vs_size_draws_a_row_without_a_timed_batch_or_quartiles_as_what_it_records(figs):
+    """A row with no timed batch has no time per sample: counted in the notes, not drawn.  A
+    time without quartiles gets no bar (never one down to 0), and the footer's widest spread is
+    the widest recorded."""
+    rows = sweep_rows()
+    exact = [r for r in rows if r["method"] == "exact" and r["dims"] == 2]
+    exact[0]["timed_batch"] = ""
+    exact[1]["fwd_ms_q1"] = exact[1]["fwd_ms_q3"] = ""
+    plots.plot_time_vs_size(rows, "t.png", log=pytest.fail)
+    ax = figs["t"].axes[0]
+    curve = next(c for c in ax.containers if c.lines[0].get_color() == plots.METHOD_COLORS["exact"])
+    assert list(curve.lines[0].get_xdata()) == [r["n_cells"] for r in exact[1:]]
+    tb = exact[1]["timed_batch"]
+    assert sorted(y for _, y in curve.lines[2][0].get_segments()[0]) == pytest.approx([exact[1]["fwd_ms"] / tb] * 2)
+    untimed = sum(1 for r in rows if r["status"] == "ok" and (r.get("fwd_ms") is None or r["timed_batch"] == ""))
+    footer = figs["t:footer"].replace("\n", " ")
+    assert f"{untimed} row(s) carry no time of their own" in footer
+    widest = max((r[c + "_q3"] - r[c + "_q1"]) / r[c] for r in rows if r.get("fwd_ms") is not None
+                 and r["timed_batch"] != "" for c in ("fwd_ms", "bwd_ms") if r[c + "_q1"] != "")
+    assert f"(widest: {widest:.0%} of its median;" in footer
+
+
+def test_time_vs_size_draws_each_fitted_slope_as_a_band_over_its_sizes_and_says_where_none_fits(figs):
+    rows = [r for r in sweep_rows() if r["dims"] == 2]
+    plots.plot_time_vs_size(rows, "t.png", log=pytest.fail)
+    sizes = sorted({r["n_cells"] for r in rows})
+    for ax in figs["t"].axes:  # forward and backward, each labelled on its own panel
+        bands = [line for line in ax.lines if line.get_linewidth() == 5]
+        assert len(bands) == len(ax.texts) > 0  # one band per slope label
+        for band in bands:  # every series here follows its power law over all three sizes
+            assert list(band.get_xdata()) == [sizes[0], sizes[-1]]
+    assert "no slope" not in figs["t:footer"]
+    two_sizes = [r for r in rows if r["size"] != 16]  # fewer than three sizes: nothing can be fitted
+    plots.plot_time_vs_size(two_sizes, "t2.png", log=pytest.fail)
+    assert not [line for ax in figs["t2"].axes for line in ax.lines if line.get_linewidth() == 5]
+    assert "no slope: the times follow no power law" in figs["t2:footer"].replace("\n", " ")
+
+
+def dotted_squares(ax):
+    """The points an axes marks low-confidence: [(x, y)]."""
+    return [tuple(o) for c in ax.collections if c.get_paths() and c.get_linestyle()[0][1] is not None
+            for o in c.get_offsets()]
+
+
+def test_speedup_marks_a_ratio_low_confidence_where_either_time_is(figs):
+    rows = [r for r in sweep_rows() if r["dims"] == 2]
+    wide = next(r for r in rows if r["method"] == "exact" and r["size"] == 8)
+    wide["total_ms_q1"], wide["total_ms_q3"] = 0.2 * wide["total_ms"], 1.5 * wide["total_ms"]
+    plots.plot_speedup(rows, "s.png", log=pytest.fail)
+    fig = figs["s"]
+    cvx = [r for r in rows if r["method"] == "cvxpylayers" and r["cell"] == wide["cell"]]
+    marks = dotted_squares(fig.axes[0])
+    assert [x for x, _ in marks] == [wide["n_cells"]] * len(cvx) == [wide["n_cells"]] * 2
+    assert sorted(y for _, y in marks) == pytest.approx(sorted(r["per_sample_ms"] / wide["per_sample_ms"] for r in cvx))
+    assert any("low confidence" in t.get_text() for t in fig.legends[0].get_texts())
+    plots.plot_speedup(sweep_rows(), "s2.png", log=pytest.fail)  # every time tight: nothing marked
+    assert dotted_squares(figs["s2"].axes[0]) == []
+    assert not any("low confidence" in t.get_text() for t in figs["s2"].legends[0].get_texts())
+
+
+def test_speedup_marks_no_unmeasured_cell_of_a_panel_it_does_not_draw_and_counts_it(figs):
+    rows = [r for r in sweep_rows() if r["dims"] == 2]
+    far = {**error_row(bench_row("cvxpylayers", backend="moreau", dims=3, cell=50)), "status": "skipped",
+           "reason": "estimated 900 s > --budget 600 s"}
+    plots.plot_speedup(rows + [far], "s.png", log=pytest.fail)
+    fig = figs["s"]
+    assert [ax.get_title() for ax in fig.axes if ax.get_visible()] == ["2-D grids, 2 levels"]
+    assert not any("not measured" in t.get_text() for t in fig.legends[0].get_texts())
+    assert not [line for ax in fig.axes for line in ax.lines if line.get_mfc() == "none"]
+    assert "1 row(s) over --budget" in figs["s:footer"].replace("\n", " ")
+
+
+def test_speedup_marks_each_backends_unmeasured_cells_on_a_row_of_its_own(figs):
+    rows = [r for r in sweep_rows() if r["dims"] == 2]
+    for backend in ("diffcp-clarabel", "moreau"):
+        rows.append({**error_row(bench_row("cvxpylayers", backend=backend, size=32, cell=9)), "status": "skipped",
+                     "reason": "problem size 1344 cells > cap --cvx-max-cells 1000"})
+    plots.plot_speedup(rows, "s.png", log=pytest.fail)
+    hollow = [line for line in figs["s"].axes[0].lines if line.get_mfc() == "none"]
+    styles = plot_common.styles_for({plot_common.Series("cvxpylayers", "", b) for b in ("diffcp-clarabel", "moreau")})
+    assert sorted(line.get_color() for line in hollow) == sorted(color for color, _ in styles.values())
+    assert len({line.get_ydata()[0] for line in hollow}) == 2  # one row per backend, not one on the other
+
+
+def test_speedup_names_the_device_in_its_titles_where_the_rows_have_several(figs):
+    """Cells of another device that draw no line still make the device worth naming."""
+    rows = [r for r in sweep_rows() if r["dims"] == 2]
+    rows += [scaled(r, 0.1, device="cuda", cell=r["cell"] + 100) if r["method"] != "cvxpylayers" else
+             {**error_row(r), "status": "skipped", "device": "cuda", "cell": r["cell"] + 100,
+              "reason": f"{r['backend']} solves on cpu; see the cpu cells"} for r in rows]
+    plots.plot_speedup(rows, "s.png", log=pytest.fail)
+    assert [ax.get_title() for ax in figs["s"].axes if ax.get_visible()] == ["2-D grids, 2 levels, cpu"]
+
+
+def test_violation_skips_and_names_a_row_of_a_dtype_it_has_no_epsilon_for(figs):
+    rows = cell_rows()
+    odd = next(r for r in rows if r["method"] == "softmax")
+    odd["dtype"] = "int8"
+    notes = []
+    plots.plot_violation(rows, "v.png", log=notes.append)
+    assert len(notes) == 1 and "dtype='int8' is not one of" in notes[0]
+    axes = [ax for ax in figs["v"].axes if ax.get_visible()]
+    assert [ax.get_title().split(" (")[0] for ax in axes] == ["computed in float32", "computed in float64"]
+    assert "softmax" not in [t.get_text() for ax in axes for t in ax.get_xticklabels()]
+
+
+@pytest.mark.parametrize("shapes", ["6x6+4x4", "8x8", "8x8+4x4x4", "8x8+0x0", "chain"])
+def test_violation_draws_no_rounding_level_where_no_cell_is_a_grid_whose_sizes_divide(figs, shapes):
+    rows = [{**r, "shapes": shapes} for r in cell_rows()]
+    plots.plot_violation(rows, "v.png", log=pytest.fail)
+    assert not [line for ax in figs["v"].axes for line in ax.lines if line.get_linestyle() == "--"]
+    assert "rounding level not drawn: no cell with grid shapes" in figs["v:footer"].replace("\n", " ")
+
+
+def test_violation_draws_the_median_rounding_level_over_the_band_of_the_panels_cells(figs):
+    rows = cell_rows(size=8) + cell_rows(size=16, cell=1) + cell_rows(size=4, dtype="float64", cell=2)
+    plots.plot_violation(rows, "v.png", log=pytest.fail)
+    ax = figs["v"].axes[0]
+    assert ax.get_title().startswith("computed in float32")
+    levels = [consistency.rounding_level(g, "float32") for g in ([(8, 8), (4, 4)], [(16, 16), (8, 8)])]
+    assert [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == "--"] == \
+        [pytest.approx(float(np.median(levels)))]
+    band = [p for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle)]
+    assert len(band) == 1
+    assert (band[0].get_y(), band[0].get_y() + band[0].get_height()) == \
+        pytest.approx((min(levels) / 1.15, max(levels) * 1.15))
+
+
+def test_a_violation_of_exactly_0_is_drawn_at_a_marked_floor_even_with_nothing_above_0(figs):
+    rows = [{**r, "violation_mean": 0.0, "shapes": "chain"} for r in cell_rows()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # matplotlib warned of identical y-limits (one value drawn)
+        plots.plot_violation(rows, "v.png", log=pytest.fail)
+    fig = figs["v"]
+    for ax in (ax for ax in fig.axes if ax.get_visible()):
+        floors = [line.get_ydata()[0] for line in ax.lines if line.get_linestyle() == ":"]
+        assert len(floors) == 1 and 0 < floors[0] < min(DTYPE_EPS.values())
+        low, high = ax.get_ylim()
+        assert low < floors[0] < high
+        ys = [y for c in ax.collections for _, y in c.get_offsets()]
+        assert ys and all(y == floors[0] for y in ys)
+    assert any("exactly 0" in t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_convergence_draws_a_value_at_or_below_its_floor_at_the_floor_never_off_the_log_axis(figs):
+    rows = [{"cell": 0, "dims": 2, "size": 8, "levels": 2, "iteration": i, "violation_max": v, "dual_gap_max": g}
+            for i, (v, g) in enumerate([(1e-3, 1e-4), (1e-9, 1e-12), (0.0, -1e-20)])]
+    plots.plot_convergence(rows, "c.png", log=pytest.fail)
+    fig = figs["c"]
+    drawn = [list(line.get_ydata()) for ax in fig.axes[:2] for line in ax.lines]
+    assert len(drawn) == 2
+    floor = drawn[0][-1]
+    assert 0 < floor < 1e-12 and drawn[1][-1] == floor  # 0 and a rounding-negative gap, at one marked floor
+    assert drawn[0][:2] == [1e-3, 1e-9] and drawn[1][:2] == [1e-4, 1e-12]
+    assert "drawn at" in fig._suptitle.get_text()
+
+
+def test_convergence_colours_each_grid_size_and_skips_a_negative_violation_by_name(figs):
+    rows = [{"cell": c, "dims": 2, "size": size, "levels": 2, "iteration": i, "violation_max": 10.0 ** -i,
+             "dual_gap_max": 10.0 ** -i} for c, size in enumerate((8, 16)) for i in range(3)]
+    rows.append({**rows[-1], "iteration": 3, "violation_max": -1e-3})
+    notes = []
+    plots.plot_convergence(rows, "c.png", log=notes.append)
+    assert len(notes) == 1 and "violation_max" in notes[0]
+    lines = figs["c"].axes[0].lines
+    assert [len(line.get_xdata()) for line in lines] == [3, 3]  # the negative violation is not drawn
+    assert lines[0].get_color() != lines[1].get_color()
+    assert [t.get_text() for t in figs["c"].legends[0].get_texts()][:2] == ["$8^2$", "$16^2$"]

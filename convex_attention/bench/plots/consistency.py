@@ -161,6 +161,9 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
             ax.set_xlim(-0.6, len(by_dtype[d]) - 0.4)
             ax.set_title(f"computed in {d} (ε = ${sci(DTYPE_EPS[d])}$)")
             ax.grid(True, axis="y", which="major", alpha=0.25)
+        drawn = [max(v, floor) for _, _, v, _, _ in points] + [v for vs in levels.values() for v in vs]
+        if max(drawn) <= min(drawn) * 1.001:  # one value (every point at the floor): give the axis a decade each way
+            axes[0, 0].set_ylim(min(drawn) / 10, max(drawn) * 10)
         axes[0, 0].set_yscale("log")
         quiet_minor_ticks(axes[0, 0])
         axes[0, 0].set_ylabel("violation (batch mean)\n" + VIOLATION_TEX)

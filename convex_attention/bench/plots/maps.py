@@ -34,17 +34,23 @@ def _load_example(example_path: str):
     but a regular file is opened (a named pipe of that name would block the read)."""
     if not os.path.isfile(example_path):
         raise ValueError("not a regular file (a folder, a named pipe or a device of that name)")
+    # opened here, not by np.load: numpy leaves its own handle open when the archive is unreadable
     try:
-        data = np.load(example_path, allow_pickle=False)
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        f = open(example_path, "rb")
+    except OSError as err:
         raise ValueError(f"not a readable .npz file ({plain(err, 80)})") from None
-    if not isinstance(data, np.lib.npyio.NpzFile):
-        raise ValueError("not an .npz archive")
-    try:
-        with data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise ValueError(f"an array cannot be read ({plain(err, 80)})") from None
+    with f:
+        try:
+            data = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"not a readable .npz file ({plain(err, 80)})") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        try:
+            with data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"an array cannot be read ({plain(err, 80)})") from None
     if "levels" not in arrays or "temperature" not in arrays:
         raise ValueError("lacks 'levels' or 'temperature'")
     lv = arrays["levels"]
