@@ -427,3 +427,251 @@ def test_the_backward_factorises_up_to_the_fallbacks_cap(monkeypatch):
     monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 0)
     implicit_vjp(inst.h, sol.probs, inst.temps, grads)
     assert limits[-1] == dim - 1
+
+
+def _dense_At(hess, dtype=torch.float64):
+    """Per map, ``A_kᵀ`` as a dense ``(D, n_k)`` matrix (None for a map without edges), from
+    products with the identity."""
+    return [None if a is None else a.reshape(hess.dim, -1)
+            for a in hess.apply_A(torch.eye(hess.dim, dtype=dtype))]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_rounding_floor_is_the_documented_bound(dtype):
+    """``ROUNDING_UNITS · eps · (‖ |A|ᵀ (p ∘ (|A x| + |<p, A x>|) / τ) ‖ + ‖rhs‖)`` per sample, with
+    the dtype's own eps; here with dense ``|A|`` built from products with the identity."""
+    from convex_attention.hessian import ROUNDING_UNITS
+
+    inst = random_graph_instance("mixed-two-resolutions", batch=2, seed=8, scale=2.0)
+    hess = get_hessian(inst.h, "cpu")
+    probs = [p.to(dtype) for p in reparameterized_probs(inst.scores, _random_duals(inst.h, 2, 9), inst.h, inst.temps)]
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(2, hess.dim, generator=g, dtype=torch.float64).to(dtype)
+    rhs = torch.randn(2, hess.dim, generator=g, dtype=torch.float64).to(dtype)
+    size = torch.zeros(2, hess.dim, dtype=torch.float64)
+    for At, p, t in zip(_dense_At(hess), probs, inst.temps):
+        if At is None:
+            continue
+        p = p.reshape(2, -1).double()
+        ax = x.double() @ At  # (A x) per sample, (2, n_k)
+        inner = (p * ax).sum(1, keepdim=True).abs()
+        size += (p * (ax.abs() + inner) / t) @ At.abs().T
+    want = ROUNDING_UNITS * torch.finfo(dtype).eps * (size.norm(dim=1) + rhs.double().norm(dim=1))
+    got = hess.rounding_floor(probs, inst.temps, x, rhs)
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=0)
+
+
+def _gauged(hess, spectrum, seed):
+    """``(K, H)``: a symmetric ``K = Q diag(spectrum) Qᵀ`` and ``H = K − scale·gauge``, with ``scale``
+    chosen so that ``H + (mean diagonal of H)·gauge = K`` (what factor and pseudo_inverse add)."""
+    Q, _ = torch.linalg.qr(torch.randn(hess.dim, hess.dim, generator=torch.Generator().manual_seed(seed),
+                                       dtype=torch.float64))
+    K = (Q * spectrum) @ Q.T
+    G = hess.gauge(torch.float64)
+    scale = K.diagonal().mean() / (1 + G.diagonal().mean())
+    return K, K - scale * G
+
+
+def test_factor_bumps_the_ridge_per_sample_and_reports_failures():
+    """Cholesky factors of ``H + scale·(gauge + ridge·I)``, per sample; a sample where it fails gets
+    a larger ridge, and the others keep their factor; ``ok`` is False where none was found."""
+    hess = get_hessian(_diamond(), "cpu")
+    D = hess.dim
+    g = torch.Generator().manual_seed(11)
+    good = torch.rand(D, generator=g, dtype=torch.float64) + 0.5
+    slightly = good.clone()
+    slightly[0] = -1e-10 * float(good.mean())  # a ridge of 1e-12 x scale does not fix it, 1e-9 x scale does
+    badly = good.clone()
+    badly[0] = -float(good.mean())
+    pairs = [_gauged(hess, s, seed) for s, seed in ((good, 1), (100 * slightly, 2), (badly, 3))]
+    K = torch.stack([k for k, _ in pairs])
+    L, ok = hess.factor(torch.stack([h for _, h in pairs]))
+    assert ok.tolist() == [True, True, False]
+    alone, ok0 = hess.factor(pairs[0][1].unsqueeze(0).clone())
+    assert bool(ok0.all())
+    torch.testing.assert_close(L[0], alone[0], rtol=1e-13, atol=0)  # not re-factorised with the others' ridge
+    eye = torch.eye(D, dtype=torch.float64)
+    torch.testing.assert_close(L[0] @ L[0].T, K[0] + 1e-12 * K[0].diagonal().mean() * eye, rtol=0, atol=1e-12)
+    # the second sample's factor: of K plus a ridge above 1e-12 and at most 1e-6 times its scale
+    ridge = torch.linalg.eigvalsh(L[1] @ L[1].T - K[1])
+    scale = float(K[1].diagonal().mean()) / (1 + float(hess.gauge(torch.float64).diagonal().mean()))
+    assert float(ridge.min()) > 1e-11 * scale and float(ridge.max()) < 2e-6 * scale
+
+
+def test_pseudo_inverse_leaves_out_the_null_directions_per_sample():
+    """The pseudo-inverse of ``H + scale·gauge`` per sample, eigenvalues at most ``D·eps`` of the
+    largest left out; the reference is numpy's pseudo-inverse with that cut-off, and each sample
+    of a batch is what it is alone (samples at scales 100x apart)."""
+    hess = get_hessian(_diamond(), "cpu")
+    D = hess.dim
+    g = torch.Generator().manual_seed(12)
+    spectra = [torch.rand(D, generator=g, dtype=torch.float64) + 0.1 for _ in range(2)]
+    for s in spectra:
+        s[:3] = 0.0  # null to working precision
+    spectra[1] *= 100.0
+    pairs = [_gauged(hess, s, seed) for seed, s in enumerate(spectra)]
+    V, inverse = hess.pseudo_inverse(torch.stack([h for _, h in pairs]))
+    for b, (K, _) in enumerate(pairs):
+        want = np.linalg.pinv(K.numpy(), rcond=D * np.finfo(np.float64).eps, hermitian=True)
+        got = (V[b] * inverse[b]) @ V[b].T
+        np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-9 * np.abs(want).max())
+        assert int((inverse[b] == 0).sum()) == 3
+
+
+def test_get_hessian_caches_per_graph_and_device():
+    h = _diamond()
+    hess = get_hessian(h, "cpu")
+    assert get_hessian(h, torch.device("cpu")) is hess and hess.device == torch.device("cpu")
+    other = get_hessian(h, "meta")  # the structure's tensors live on its device: one per device
+    assert other is not hess and other.device == torch.device("meta")
+
+
+def test_chunked_dense_solves_take_a_tolerance_per_sample(monkeypatch):
+    """``rtol`` one per sample, ``(B,)``, with the batch split into chunks of dense Hessians:
+    each chunk gets its own samples' tolerances, and the answers are those of one solve."""
+    import convex_attention.hessian as hessian_module
+
+    inst = random_graph_instance("mixed-two-resolutions", batch=5, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(5, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(13)))
+    rtol = torch.tensor([1e-3, 1e-11, 1e-3, 1e-11, 1e-11], dtype=torch.float64)
+    whole = solve_psd(hess, sol.probs, inst.temps, rhs, rtol, 1000)
+    monkeypatch.setattr(hessian_module, "DENSE_ENTRIES", 2 * hess.dim * hess.dim)
+    assert len(hessian_module.dense_chunks(5, hess.dim)) == 3
+    chunked = solve_psd(hess, sol.probs, inst.temps, rhs, rtol, 1000)
+    assert torch.equal(whole[2], chunked[2]) and torch.equal(whole[3], chunked[3])
+    for a, b in zip(whole[:2], chunked[:2]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13)
+    assert bool(chunked[3].all()) and bool((chunked[1] <= rtol).all())
+
+
+def test_the_dense_limit_is_inclusive(monkeypatch):
+    """``D <= dense_limit``: the dense Hessian preconditions (its Cholesky factor, or with
+    ``spectral`` its pseudo-inverse) at ``dense_limit = D``, block-Jacobi below."""
+    inst = random_graph_instance("mixed-two-resolutions", batch=2, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(2, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(14)))
+    calls = []
+    for name in ("factor", "pseudo_inverse"):
+        method = getattr(hess, name)
+        monkeypatch.setattr(hess, name, lambda H, method=method, name=name: calls.append(name) or method(H))
+    for spectral, used in ((False, "factor"), (True, "pseudo_inverse")):
+        calls.clear()
+        w, _, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, hess.dim, spectral=spectral)
+        assert calls == [used] and bool(solved.all()) and int(iterations.max()) <= 3
+        calls.clear()
+        _, _, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, hess.dim - 1,
+                                             spectral=spectral)
+        assert calls == [] and bool(solved.all()) and int(iterations.min()) > 3
+
+
+def test_a_zero_right_hand_side_is_solved_without_iterations():
+    """A sample whose right-hand side is zero is solved, ``w = 0``, relative residual 0, and
+    not iterated; in the implicit backward a zero incoming gradient gives a zero gradient."""
+    inst = random_graph_instance("axial", batch=3, seed=4, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(15)))
+    rhs[1] = 0.0
+    w, relres, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, dense_limit=0)
+    assert solved.tolist() == [True, True, True] and int(iterations[1]) == 0 and int(iterations.max()) > 0
+    assert float(relres[1]) == 0.0 and bool((w[1] == 0).all())
+    grads = [torch.randn_like(p) for p in sol.probs]
+    for v in grads:
+        v[1] = 0.0
+    out = implicit_vjp(inst.h, sol.probs, inst.temps, grads, dense_limit=0)
+    assert all(bool((o[1] == 0).all()) for o in out)
+
+
+def test_a_solve_that_meets_its_tolerance_on_its_last_iteration_is_solved():
+    """``max_iter`` iterations exactly as many as the slowest sample needs: its last iterate
+    meets the tolerance, and it is solved."""
+    inst = random_graph_instance("mixed-two-resolutions", batch=3, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(16)))
+    w, relres, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-10, 1000, dense_limit=0)
+    assert bool(solved.all()) and bool((relres <= 1e-10).all())
+    exact = int(iterations.max())
+    w2, relres2, iterations2, solved2 = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-10, exact, dense_limit=0)
+    assert bool(solved2.all()) and torch.equal(iterations2, iterations) and torch.equal(w2, w)
+    _, _, _, short = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-10, exact - 1, dense_limit=0)
+    assert not bool(short[iterations == exact].any())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_error_names_every_sample_the_worst_residual_and_the_default_tolerance(monkeypatch, dtype):
+    """The default tolerance is 1e-10 in float64 and 1e-5 in float32 (where the rounding floor
+    is not used, and the message does not offer it); the residual reported is the worst of
+    the unsolved samples'."""
+    from convex_attention import hessian as hessian_module
+
+    monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", 0)  # the first solve alone
+    inst = random_graph_instance("axial", batch=3, seed=4, scale=3.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    probs = [p.to(dtype) for p in sol.probs]
+    grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(17), dtype=dtype) for p in probs]
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.apply_At([DualHessian.apply_J(p, v, t) for p, v, t in zip(probs, grads, inst.temps)])
+    _, relres, _, solved = solve_psd(hess, probs, inst.temps, rhs, 0.0, 1, dense_limit=0)
+    assert not bool(solved.any()) and float(relres.min()) < float(relres.max())
+    tolerance = "1e-10, nor a stalled residual at its rounding error" if dtype == torch.float64 else "1e-05"
+    with pytest.raises(ImplicitSolveError, match=rf"for sample\(s\) \[0, 1, 2\]: conjugate gradients reached "
+                                                 rf"relative residual {float(relres.max()):.1e} at best "
+                                                 rf"\(tolerance {tolerance}\) after 1 iterations;"):
+        implicit_vjp(inst.h, probs, inst.temps, grads, max_iter=1, dense_limit=0)
+
+
+def test_the_block_diagonal_is_each_edge_blocks_diagonal_part():
+    """Edge ``e = (a → b)``'s block of ``∇²g`` is ``diag(P_e p_a / τ_a + p_b / τ_b)`` minus the
+    rank-one terms ``p_b p_bᵀ / τ_b`` and ``(P_e p_a)(P_e p_a)ᵀ / τ_a``; checked against the dense
+    Hessian (``P_e p_a = p_b − ∇g_e``, the gradient)."""
+    inst = random_graph_instance("mixed", batch=2, seed=18, scale=2.0)
+    hess = get_hessian(inst.h, "cpu")
+    probs = reparameterized_probs(inst.scores, _random_duals(inst.h, 2, 19), inst.h, inst.temps)
+    dense = hess.dense(probs, inst.temps)
+    diagonal = hess.block_diagonal(probs, inst.temps)
+    gradient = hess.split(hess.gradient(probs))
+    assert all(inst.temps[a] != inst.temps[b] for a, b in inst.h.edges)
+    for e, (a, b) in enumerate(inst.h.edges):
+        lo, hi = hess.offsets[e], hess.offsets[e + 1]
+        pb = probs[b].reshape(2, -1)
+        pooled = pb - gradient[e].reshape(2, -1)
+        want = dense[:, lo:hi, lo:hi] + (pb.unsqueeze(2) * pb.unsqueeze(1)) / inst.temps[b] \
+            + (pooled.unsqueeze(2) * pooled.unsqueeze(1)) / inst.temps[a]
+        torch.testing.assert_close(torch.diag_embed(diagonal[:, lo:hi]), want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_sample_without_a_cholesky_factor_is_solved_unpreconditioned(monkeypatch):
+    """Where :meth:`DualHessian.factor` finds no factor (``ok`` False, its ``L`` meaningless),
+    that sample's conjugate gradients run unpreconditioned; the others keep the factor."""
+    inst = random_graph_instance("mixed-two-resolutions", batch=2, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(2, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(20)))
+    factor = hess.factor
+
+    def failing(H):
+        L, ok = factor(H)
+        L[1], ok[1] = math.nan, False
+        return L, ok
+
+    monkeypatch.setattr(hess, "factor", failing)
+    w, relres, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000)
+    assert bool(solved.all()) and bool(torch.isfinite(w).all()) and int(iterations[0]) <= 3 < int(iterations[1])
+    torch.testing.assert_close(hess.matvec(sol.probs, inst.temps, w), rhs, atol=1e-9, rtol=0)
+
+
+def test_a_right_hand_side_that_is_not_finite_is_not_iterated():
+    """Its ``w`` is NaN, it is not solved, and it takes no iterations (nor the others' time)."""
+    inst = random_graph_instance("mixed-two-resolutions", batch=2, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(2, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(21)))
+    rhs[1, 0] = math.nan
+    w, _, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, dense_limit=0)
+    assert solved.tolist() == [True, False] and int(iterations[1]) == 0 and bool(w[1].isnan().all())
+    assert bool(torch.isfinite(w[0]).all())
