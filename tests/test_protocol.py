@@ -43,6 +43,11 @@ SIZES = {"train": 6, "val": 4, "dev": 4, "test": 4, "test_heldout": 4}
 # ----------------------------------------------------------------------------- splits
 
 
+def _read_json(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def test_splits_are_disjoint_and_hold_one_mimic_type_out():
     specs = split_specs("synthetic", 0, SIZES, 0.4, held_out_mimic="mottled")
     check_disjoint(specs)
@@ -104,7 +109,7 @@ def test_a_spent_data_seed_is_refused_and_the_ledger_records_runs(tmp_path):
     spend(ledger, {"stage": "dev", "data": "synthetic-brightest", "data_seed": 0, "where": "x",
                    "splits": [{"name": s.name, "seed": s.seed, "n": s.n} for s in dev.values()]})
     spent = read_ledger(ledger)
-    assert len(spent) == 1 and json.load(open(ledger))["format"] == "convex-attention-data-ledger/1"
+    assert len(spent) == 1 and _read_json(ledger)["format"] == "convex-attention-data-ledger/1"
     with pytest.raises(VariantsError, match="train split .* shares images .* recorded dev run .* --data-seed"):
         check_unspent(split_specs("synthetic-brightest", 0, {"train": 8, "test": 4}, 0.3), spent)
     check_unspent(split_specs("synthetic-brightest", 1, {"train": 8, "test": 4}, 0.3), spent)  # a fresh seed
@@ -491,13 +496,13 @@ def test_the_test_folder_is_written_once(tmp_path):
     folder = str(tmp_path / "test")
     assert check_test_folder(folder) is False
     claim_test_folder(folder, record={"stage": "test"})
-    manifest = json.load(open(os.path.join(folder, MANIFEST)))
+    manifest = _read_json(os.path.join(folder, MANIFEST))
     assert manifest == {"stage": "test", "status": "running"}
     (tmp_path / "test" / "result.csv").write_text("x")
     with pytest.raises(TestFolderExists, match="--force"):
         claim_test_folder(folder)
     finish_test_folder(folder, {"stage": "test"})
-    assert json.load(open(os.path.join(folder, MANIFEST)))["status"] == "complete"
+    assert _read_json(os.path.join(folder, MANIFEST))["status"] == "complete"
     claim_test_folder(folder, force=True)
     assert os.listdir(folder) == [MANIFEST]  # a fresh folder for the new run
     other = tmp_path / "mine"
@@ -520,7 +525,7 @@ def test_force_moves_the_earlier_results_aside_and_never_deletes_them(tmp_path):
     moved = claim_test_folder(folder, force=True, record={"stage": "test", "started": "second"})
     assert moved == str(tmp_path / "test.run-1")
     assert (tmp_path / "test.run-1" / "my_notes.txt").read_text() == "my analysis"
-    assert json.load(open(tmp_path / "test.run-1" / MANIFEST))["started"] == "first"
+    assert _read_json(tmp_path / "test.run-1" / MANIFEST)["started"] == "first"
     assert os.listdir(folder) == [MANIFEST]
     assert claim_test_folder(folder, force=True) == str(tmp_path / "test.run-2")
     # a name the run log records as used is never given again, though its folder is gone
@@ -586,3 +591,259 @@ def test_the_verdicts_dev_seed_stays_spent_once_the_ledger_holds_runs(tmp_path):
         with pytest.raises(VariantsError, match="recorded dev run .*data seed 0, the verdict"):
             check_test_data(config, variants, ledger, "results/other", force)
     assert check_test_data(config.override(data_seed=2), variants, ledger, "results/other") == []
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+
+
+def test_a_split_reaching_the_next_seeds_images_is_refused():
+    """Image ``i`` of seed ``s`` is key ``s · 1000003 + i``: a split of 1000003 images or
+    more would reach the next seed's images (found by mutation testing: dropping that check,
+    or refusing only more than 1000003, survived)."""
+    stride = 1_000_003
+    check_disjoint({"a": SplitSpec("a", 5, stride - 1, 0.5), "b": SplitSpec("b", 6, 3, 0.5)})
+    for n in (stride, stride + 1):
+        with pytest.raises(ValueError, match="next seed"):
+            check_disjoint({"a": SplitSpec("a", 5, n, 0.5)})
+
+
+def test_a_recorded_split_is_spent_up_to_its_last_image_key_only():
+    """``check_unspent`` refuses a split sharing a generator key with a recorded one, and only
+    then: a recorded split of 1000003 images ends just below the next seed's first key, one
+    more image reaches it, and an empty one spends nothing (found by mutation testing: ``<=``
+    for ``<`` in the overlap test survived)."""
+    stride = 1_000_003
+    spec = {"test": SplitSpec("test", 6, 4, 0.5)}
+
+    def run(seed, n):
+        return [{"stage": "dev", "splits": [{"name": "dev", "seed": seed, "n": n}]}]
+
+    check_unspent(spec, run(5, stride))
+    check_unspent(spec, run(6, 0))
+    check_unspent(spec, run(7, 4))
+    for seed, n in ((5, stride + 1), (6, 1), (6, 4)):
+        with pytest.raises(VariantsError, match="its test split .* shares images"):
+            check_unspent(spec, run(seed, n))
+
+
+def test_a_data_ledger_that_is_not_one_is_refused(tmp_path):
+    path = tmp_path / "data_ledger.json"
+    for text, words in (('{"format": "other", "spent": []}', "not a convex-attention-data-ledger/1 file"),
+                        ('{"format": "convex-attention-data-ledger/1", "spent": {}}', "not a convex-attention"),
+                        ('{"format": "convex-attention-data-ledger/1", "spent": [{"splits": [{"seed": "3", "n": 4}]}]}',
+                         "entry 0 must hold 'splits', each with an integer 'seed' and 'n'"),
+                        ('{"format": "convex-attention-data-ledger/1", "spent": [{"splits": [{"seed": 3}]}]}',
+                         "entry 0 must hold"),
+                        ('{"format": "convex-attention-data-ledger/1", "spent": [{"splits": [{"seed": 3, "n": NaN}]}]}',
+                         "not readable strict JSON")):
+        path.write_text(text)
+        with pytest.raises(VariantsError, match=words):
+            read_ledger(str(path))
+    with pytest.raises(VariantsError, match="not readable strict JSON"):
+        spend(str(path), {"stage": "test", "splits": []})  # a damaged ledger is never rewritten
+    assert "NaN" in path.read_text()
+
+
+def test_the_ledger_keeps_every_run_spent(tmp_path):
+    """``spend`` adds a run: the runs recorded before stay (found by mutation testing)."""
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    runs = [{"stage": "dev", "where": f"run{i}", "splits": [{"name": "dev", "seed": 10 + i, "n": 4}]}
+            for i in range(3)]
+    for i, run in enumerate(runs):
+        spend(ledger, run)
+        assert read_ledger(ledger) == runs[:i + 1]
+
+
+def test_force_replaces_only_test_runs_of_the_same_folder(tmp_path):
+    """``--force`` allows the earlier *test* runs recorded for the folder; a dev run that
+    the ledger records under the same folder name stays spent (found by mutation testing)."""
+    from convex_attention.paper.protocol import check_test_data, ledger_entry
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    entry = ledger_entry(config.with_variants(variants), "results/test", "now")
+    spend(ledger, {**entry, "stage": "dev"})
+    with pytest.raises(VariantsError, match="recorded dev run"):
+        check_test_data(config, variants, ledger, "results/test", force=True)
+
+
+def test_the_verdicts_dev_stage_spent_its_train_val_and_dev_splits():
+    from convex_attention.paper.protocol import spent_by_verdict
+
+    sizes = {"train": 8, "val": 4, "dev": 6, "test": 4, "test_heldout": 4}
+    variants = Variants(difficulties=(0.3,), benchmark=_record(data_seed=2, data="synthetic-brightest"))
+    (run,) = spent_by_verdict(variants, sizes, None)
+    expected = split_specs("synthetic-brightest", 2, {k: sizes[k] for k in ("train", "val", "dev")}, 0.3)
+    assert run["stage"] == "dev" and run["data_seed"] == 2
+    assert run["splits"] == [{"name": s.name, "seed": s.seed, "n": s.n} for s in expected.values()]
+    assert spent_by_verdict(Variants(benchmark=_record()), sizes, None) == []  # no data seed recorded
+    assert spent_by_verdict(Variants(), sizes, None) == []
+
+
+def test_the_test_run_log_refuses_a_byte_order_mark_a_non_object_and_nan(tmp_path):
+    from convex_attention.paper.protocol import TEST_RUN_LOG, read_test_runs
+
+    path = tmp_path / TEST_RUN_LOG
+    for data, words in ((b'\xef\xbb\xbf{"run": 1}\n', "line 1, is not strict JSON"),
+                        (b'{"run": 1}\n[1, 2]\n', "line 2, is not a JSON object"),
+                        (b'{"run": 1}\n\xff\n', "is not UTF-8 text")):
+        path.write_bytes(data)
+        with pytest.raises(VariantsError, match=words):
+            read_test_runs(str(tmp_path))
+    path.write_bytes(b'{"run": 1}\n\n  \n{"run": 2}\n')  # blank lines are no runs
+    assert read_test_runs(str(tmp_path)) == [{"run": 1}, {"run": 2}]
+    # a record that is not strict JSON is never appended
+    before = path.read_bytes()
+    with pytest.raises(ValueError):
+        log_test_run(str(tmp_path), {"run": 3, "value": float("nan")})
+    assert path.read_bytes() == before
+
+
+def test_a_results_folder_outside_the_repository_is_named_absolutely(tmp_path):
+    from convex_attention.paper.protocol import ledger_where
+
+    ledger = str(tmp_path / "repo" / "configs" / "data_ledger.json")
+    assert ledger_where(str(tmp_path / "repo" / "results" / "test"), ledger) == "results/test"
+    assert ledger_where(str(tmp_path / "sibling" / "test"), ledger) == str(tmp_path / "sibling" / "test")
+
+
+def test_the_history_of_test_runs_follows_each_run_to_where_force_moved_it():
+    """Each test run of the benchmark, in order, with where its results are kept now: a later
+    ``--force`` that moved *that* run (its run id, or its start time for records written before
+    run ids) moved them; one that moved another run of the same folder did not."""
+    from convex_attention.paper.protocol import history_of_test_runs
+
+    split = [{"name": "test", "seed": 1, "n": 4}]
+
+    def run(run_id, started, data="synthetic", moved=None, **extra):
+        out = {"stage": "test", "data": data, "started": started, "where": "results/test",
+               "results": "results/test", "splits": split, **extra}
+        if run_id:
+            out["run_id"] = run_id
+        return {**out, "moved_aside": moved} if moved else out
+
+    runs = [{"stage": "dev", "data": "synthetic", "where": "results/dev", "splits": split},
+            run("a", "t1"),  # its folder removed by hand: b was not forced
+            run("b", "t2"),
+            run(None, "t3", data="synthetic-blobs"),
+            run("c", "t4", moved={"from": "results/test", "to": "results/test.run-1", "run_started": "t2",
+                                  "run_id": "b"}),
+            run(None, "t5", moved={"from": "results/test", "to": "results/test.run-2", "run_started": "t4"})]
+    history = history_of_test_runs(runs, "synthetic")
+    assert [r["started"] for r in history] == ["t1", "t2", "t4", "t5"]
+    assert [r["results"] for r in history] == ["results/test", "results/test.run-1", "results/test.run-2",
+                                               "results/test"]
+    assert all(r["stage"] == "test" and r["data"] == "synthetic" for r in history)
+    # two records without run ids started in the same second, in two folders: a move of one folder is not the other's
+    old = [{"stage": "test", "data": "synthetic", "started": "t1", "where": "results/x"},
+           {"stage": "test", "data": "synthetic", "started": "t1", "where": "results/y"},
+           {"stage": "test", "data": "synthetic", "started": "t2", "where": "results/y",
+            "moved_aside": {"from": "results/y", "to": "results/y.run-1", "run_started": "t1"}}]
+    assert [r["results"] for r in history_of_test_runs(old, "synthetic")] == ["results/x", "results/y.run-1",
+                                                                            "results/y"]
+
+
+def test_split_seed_refuses_what_is_not_a_data_seed_and_gives_each_thousandth_its_stream():
+    for bad in (True, -1, 1000, 1.0, "1"):
+        with pytest.raises(ValueError, match="data seed must be an integer from 0 to 999"):
+            split_seed("synthetic", bad, 0.3, "test")
+    seeds = [split_seed("synthetic", s, k / 1000, split) for s in (0, 1) for k in range(1001)
+             for split in ("train", "val", "dev", "test", "test_heldout")]
+    assert len(set(seeds)) == len(seeds)
+    # a difficulty computed in floating point is in the stream of the thousandth it names
+    from convex_attention.paper.protocol import condition_name
+
+    for computed in (0.1 + 0.2, 0.7 - 0.4):
+        assert condition_name(computed) == "difficulty0.3"
+        assert split_seed("synthetic", 0, computed, "test") == split_seed("synthetic", 0, 0.3, "test")
+    with pytest.raises(ValueError, match="held_out_mimic must be one of"):
+        split_specs("synthetic", 0, {"train": 3}, 0.5, held_out_mimic="round")
+
+
+def test_the_variants_files_difficulties_and_note_are_checked():
+    """1 to 4 distinct numbers in [0, 1] (booleans are not numbers); a string note; no
+    unknown model field (found by mutation testing)."""
+    for bad, words in (({"difficulties": []}, "difficulties must be 1 to 4"),
+                       ({"difficulties": [0.1, 0.2, 0.3, 0.4, 0.5]}, "difficulties must be 1 to 4"),
+                       ({"difficulties": [True]}, "difficulties must be 1 to 4"),
+                       ({"difficulties": 0.3}, "'difficulties' must be a list"),
+                       ({"note": 3}, "'note' must be a string"),
+                       ({"model": {**Variants().to_dict()["model"], "depth": 2}},
+                        r"unknown model field\(s\) \['depth'\]")):
+        with pytest.raises(VariantsError, match=words):
+            Variants.from_dict(_variants_dict(**bad))
+    for good in ([0.0, 1.0], [0.1, 0.2, 0.3, 0.4], [0]):
+        assert Variants.from_dict(_variants_dict(difficulties=good)).difficulties == tuple(good)
+
+
+def test_a_hand_edited_verdicts_judged_record_is_refused():
+    """``judged`` holds the settings of :data:`JUDGED_SETTINGS` (the first four at least, each
+    a number), a data seed 0 .. 999 (not a boolean) and nothing else; the top level holds
+    accepted, checks and judged only; (c′) that ran needs MIN_RANKING_SEEDS dev seeds."""
+    from convex_attention.paper.validity import MIN_RANKING_SEEDS
+
+    good = _record(data_seed=3)
+    judged = good["judged"]
+    settings = judged["settings"]
+    for bad, words in (
+            ({**good, "judged": {**judged, "settings": {k: v for k, v in settings.items() if k != "epochs"}}},
+             "benchmark.judged must be"),
+            ({**good, "judged": {**judged, "settings": {**settings, "colour": 1}}}, "benchmark.judged must be"),
+            ({**good, "judged": {**judged, "settings": {**settings, "width": "8"}}}, "benchmark.judged must be"),
+            ({**good, "judged": {**judged, "data_seed": True}}, "benchmark.judged must be"),
+            ({**good, "judged": {**judged, "colour": 1}}, "benchmark.judged must be"),
+            ({**good, "judged": {**judged, "dev_seeds": list(range(MIN_RANKING_SEEDS - 1))}},
+             f"the check needs at least {MIN_RANKING_SEEDS}"),
+            ({**good, "colour": 1}, "must be an object")):
+        with pytest.raises(VariantsError, match=words):
+            Variants.from_dict(_variants_dict(benchmark=bad))
+    for seed in (0, 999):
+        ok = {**good, "judged": {**judged, "data_seed": seed, "settings": {**settings, "lr": 0.001}}}
+        assert Variants.from_dict(_variants_dict(benchmark=ok)).verdict() == "accepted"
+
+
+def test_a_nan_interval_is_recorded_as_null_and_fails():
+    from convex_attention.paper.validity import CheckResult
+
+    checks = [CheckResult("location_free", "t", "bacc", 0.52, 0.60), CheckResult("pixel_map", "t", "ap", 0.2, 0.30),
+              CheckResult("maps_drive_ranking", "t", "drop", 0.2, 0.05, passes_below=False, ci95=float("nan"))]
+    record = _record(checks=checks)
+    assert record["checks"]["maps_drive_ranking"]["ci95"] is None and not record["accepted"]
+    json.dumps(record, allow_nan=False)
+    assert Variants.from_dict(_variants_dict(benchmark=record)).verdict() == "rejected"
+
+
+def test_only_an_empty_folder_or_a_test_result_is_claimed(tmp_path):
+    from convex_attention.paper.protocol import move_aside, read_manifest
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert claim_test_folder(str(empty)) is None and os.listdir(empty) == [MANIFEST]
+    # a name that only looks like one of this folder's moved-aside runs is not counted
+    (tmp_path / "other.run-9").mkdir()
+    (tmp_path / "empty.run-x").mkdir()
+    assert claim_test_folder(str(empty), force=True) == str(tmp_path / "empty.run-1")
+    # a target that appeared meanwhile is never replaced
+    (tmp_path / "taken").mkdir()
+    with pytest.raises(TestFolderExists, match="appeared"):
+        move_aside(str(empty), str(tmp_path / "taken"))
+    assert os.listdir(empty) == [MANIFEST] and os.listdir(tmp_path / "taken") == []
+    (tmp_path / "list").mkdir()
+    (tmp_path / "list" / MANIFEST).write_text("[1]")
+    assert read_manifest(str(tmp_path / "list")) is None and read_manifest(str(tmp_path / "none")) is None
+
+
+def test_the_ledger_records_the_seed_and_size_of_every_split_a_test_run_spends():
+    """The data ledger lists the splits of a run, "their generator seeds and sizes": the
+    test split and the held-out one are ``n_test`` images each (found by mutation testing)."""
+    from convex_attention.paper.protocol import ledger_entry
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=5, n_dev=6, n_test=3, data_seed=1)
+    config = config.with_variants(Variants(difficulties=(0.3, 0.6), held_out_mimic="mottled"))
+    entry = ledger_entry(config, "results/test", "now")
+    sizes = {"train": 8, "val": 5, "dev": 6, "test": 3, "test_heldout": 3}
+    expected = [(f"difficulty{d}/{name}", split_seed("synthetic-brightest", 1, d, name), n, d)
+                for d in (0.3, 0.6) for name, n in sizes.items()]
+    assert [(sp["name"], sp["seed"], sp["n"], sp["difficulty"]) for sp in entry["splits"]] == expected
+    assert entry["stage"] == "test" and entry["data_seed"] == 1 and entry["where"] == "results/test"

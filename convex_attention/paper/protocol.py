@@ -826,15 +826,14 @@ def ledger_entry(config, where: str, started: str, **extra) -> dict:
 EVALUATION_SETTINGS = ("n_dev", "n_test", "n_explain", "n_sanity", "validity_images")
 
 
-def record_test_run(config, variants_record: dict, started: str, where: str, forced: bool,
-                    moved_aside: dict | None = None) -> dict:
+def record_test_run(config, variants_record: dict, started: str, where: str, forced: bool) -> dict:
     """What the ledger and ``test_runs.jsonl`` record of a test run of ``config`` (variants
     applied): its data, data seed, seeds, methods, difficulties, every setting
-    (:func:`judged_settings` and :data:`EVALUATION_SETTINGS`), the variants file, where its
-    results are kept (``results``) and, after ``--force``, where the earlier results of its
-    folder were moved (``moved_aside``: ``{"from", "to", "run_started", "run_id"}``: the
-    earlier run's start and id).  ``run_id`` is unique: two runs started in one second are
-    still told apart."""
+    (:func:`judged_settings` and :data:`EVALUATION_SETTINGS`), the variants file and where its
+    results are kept (``results``).  After ``--force`` the experiment adds where the earlier
+    results of its folder were moved (``moved_aside``: ``{"from", "to", "run_started",
+    "run_id"}``: the earlier run's start and id), once it knows where they will go.
+    ``run_id`` is unique: two runs started in one second are still told apart."""
     out = {"stage": "test", "run_id": uuid.uuid4().hex, "variants": variants_record,
            "variants_sha256": variants_record.get("sha256"), "started": started, "data": config.train.data,
            "data_seed": config.train.data_seed, "forced": bool(forced),
@@ -842,8 +841,6 @@ def record_test_run(config, variants_record: dict, started: str, where: str, for
            "held_out_mimic": config.held_out_mimic,
            "settings": {**judged_settings(config), **{k: getattr(config, k) for k in EVALUATION_SETTINGS}},
            "results": where}
-    if moved_aside is not None:
-        out["moved_aside"] = moved_aside
     return out
 
 
