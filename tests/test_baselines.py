@@ -89,6 +89,7 @@ def aggregation(h, e):
     return aggregation_matrix(h, e)
 
 
+@pytest.mark.slow  # LinSATNet's own problem solved and compared with ours (1.2 s); its other tests stay fast
 def test_linsat_solves_its_own_binary_entropy_problem_which_is_near_but_not_ours():
     pytest.importorskip("LinSATNet")
     from convex_attention.baselines.linsat import linsat_solve

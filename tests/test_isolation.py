@@ -216,6 +216,7 @@ def _assert_stopped(pid: int) -> None:
     pytest.fail("the solver's own process outlived the stopped child")
 
 
+@pytest.mark.slow  # a Python process of its own (the fast suite keeps three: a correct solver, failures, a stall)
 def test_what_a_solver_started_is_stopped_when_it_exits_on_its_own(tmp_path):
     """The child was reaped (to tell how it ended) before its process group was signalled,
     so a process it started outlived it (found by a review)."""
@@ -310,7 +311,7 @@ def test_a_child_that_stops_reading_its_instances_is_stopped_at_the_timeout(tmp_
     _times_out_on_an_instance_larger_than_a_pipe(f"{path}:f")
 
 
-@pytest.mark.parametrize("late, message", slow_beyond(keep=1, cases=[
+@pytest.mark.parametrize("late, message", slow_beyond(keep=0, cases=[  # a Python process each
     (True, "sent a message before it was given this instance (unasked)"),
     (False, "sent a message that is not its answer to this instance (unasked)"),
 ]))
@@ -405,6 +406,7 @@ def test_the_timeout_covers_taking_the_instance_and_the_answer_together(tmp_path
     _times_out_on_an_instance_larger_than_a_pipe(f"{path}:f")
 
 
+@pytest.mark.slow  # two Python processes of their own
 def test_the_child_ends_itself_when_the_verifiers_process_is_gone(tmp_path):
     """A child of its own session gets no hang-up from the verifier's terminal: it watches
     its parent instead.  Here it is told a parent that is not its own, as if the verifier
