@@ -53,7 +53,8 @@ def test_the_headline_says_which_side_its_selection_favours():
 @pytest.mark.parametrize("counts, said", [
     ([(6, 2)], "the attention side picks its best from more maps, so the selection favours it"),
     ([(4, 4)], "both sides pick from as many maps, so the selection flatters both alike"),
-    ([(6, 2), (2, 6)], "which side picks from more maps differs between the conditions"),
+    ([(6, 2), (2, 6)], "which side picks from more maps differs between the rows; in each, the selection favours "
+                       "the side with more"),
     ([None], "how many maps each side picked from was not recorded, so which side the selection favours is unknown"),
     ([(2, 6), None], "(the best of 2 attention maps against the best of 6 post-hoc maps; not recorded for 1 of the "
                      "2 rows): the post-hoc side picks its best from more maps"),

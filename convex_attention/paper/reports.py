@@ -279,7 +279,8 @@ def _selection_sentence(headline) -> str:
     elif all(a == p for a, p in counts):
         favoured = "both sides pick from as many maps, so the selection flatters both alike"
     else:
-        favoured = "which side picks from more maps differs between the conditions, and the selection favours that side"
+        favoured = ("which side picks from more maps differs between the rows; in each, the selection favours "
+                    "the side with more")
     return (f"The best of each side is picked on the test split ({told}): {favoured}, and the intervals do not "
             f"account for the selection.")
 
