@@ -1102,3 +1102,257 @@ def test_data_check_writes_under_the_out_folders_lock(tmp_path, capsys, monkeypa
     assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert f"is in use by pid {holder.pid}" in err and len(seen) == 1
     assert not (out / "data_check.json").exists()
+
+
+# ---------------------------------------------------------------- BraTS, edge cases (mutation testing)
+
+def test_brats_arguments_are_checked_before_any_work(tmp_path):
+    missing = str(tmp_path / "nothing")  # never read: the arguments are refused first
+    for kwargs, message in (({"split": "test"}, "split must be"), ({"normalisation": "global"}, "normalisation"),
+                            ({"image_size": 15}, "image_size"), ({"image_size": 32.0}, "image_size"),
+                            ({"val_fraction": 1.0}, "val_fraction"), ({"val_fraction": -0.1}, "val_fraction")):
+        with pytest.raises(ValueError, match=message):
+            BraTSSlices(missing, **kwargs)
+    with pytest.raises(ValueError, match="normalisation"):
+        preprocess_patient(missing, "P", normalisation="global")
+
+
+def test_brats_split_sizes_follow_the_fraction_and_leave_both_sides_non_empty():
+    for n in range(2, 30):
+        ids = [f"P{i:02d}" for i in range(n)]
+        for fraction in (0.05, 0.1, 0.2, 0.25, 0.3, 0.9):
+            train, val = split_patients(ids, fraction, seed=3)
+            assert sorted(train + val) == ids and set(train).isdisjoint(val)
+            assert 1 <= len(val) <= n - 1  # neither side is ever empty
+            if 1 < fraction * n < n - 1:  # the nearest whole number of patients
+                assert abs(len(val) - fraction * n) <= 0.5, (n, fraction, len(val))
+
+
+def test_brats_find_patients_reads_only_segmentations_and_sorts_by_id(tmp_path):
+    for rel in ("LGG/Brats18_A_2/Brats18_A_2_seg.nii.gz", "HGG/Brats18_B_1/Brats18_B_1_seg.nii",
+                "HGG/Brats18_B_1/notes_seg.nii.txt", "HGG/Brats18_B_1/Brats18_B_1_seg.nii.gz.orig"):
+        os.makedirs(os.path.dirname(tmp_path / rel), exist_ok=True)
+        (tmp_path / rel).write_bytes(b"")
+    found = find_patients(str(tmp_path))
+    assert list(found) == ["Brats18_A_2", "Brats18_B_1"]  # by id, not by folder (HGG before LGG)
+    assert found["Brats18_B_1"] == str(tmp_path / "HGG" / "Brats18_B_1")
+
+
+def test_brats_volume_errors_orientation_dimensions_and_inf(tmp_path):
+    import nibabel as nib
+
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    cases = {"no_axis": (np.zeros((40, 40, 4), np.float32), np.diag([1.0, 1.0, 0.0, 1.0]), "gives no orientation"),
+             "four_d": (np.zeros((40, 40, 4, 2), np.float32), np.eye(4), r"expected a 3-D volume"),
+             "inf": (np.full((40, 40, 4), np.inf, np.float32), np.eye(4), r"holds NaN or Inf")}
+    for name, (data, affine, message) in cases.items():
+        folder = _write_patient(str(tmp_path / name), "P", vols, seg)
+        image = nib.Nifti1Image(data, None)
+        image.set_sform(affine, code=1)  # (a singular affine cannot go through the qform)
+        nib.save(image, os.path.join(folder, "P_t2.nii.gz"))
+        with pytest.raises(ValueError, match=message) as err:
+            preprocess_patient(folder, "P", min_tumour_area=50, image_size=40)
+        assert "P_t2.nii.gz" in str(err.value) and "\n" not in str(err.value)
+
+
+def _count_preprocessing(monkeypatch):
+    """The patient ids ``preprocess_patient`` is called for, in order."""
+    from convex_attention.paper.data import brats
+
+    calls = []
+    real = brats.preprocess_patient
+    monkeypatch.setattr(brats, "preprocess_patient", lambda *a, **k: calls.append(a[1]) or real(*a, **k))
+    return calls
+
+
+def test_brats_cache_entries_are_reused_through_links_between_folders_and_when_empty(tmp_path, monkeypatch):
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    _write_patient(str(tmp_path / "a"), "P1", vols, seg)
+    _write_patient(str(tmp_path / "a"), "P2", vols, np.zeros_like(seg))  # no slice kept: an empty entry
+    other, _ = _anatomy(seed=5)
+    _write_patient(str(tmp_path / "b"), "P1", other, seg)
+    os.symlink(tmp_path / "a", tmp_path / "link")
+    cache = tmp_path / "cache"
+    kw = dict(min_tumour_area=50, image_size=40, cache_dir=str(cache))
+    calls = _count_preprocessing(monkeypatch)
+    a = BraTSSlices(str(tmp_path / "a"), "all", **kw)
+    b = BraTSSlices(str(tmp_path / "b"), "all", **kw)
+    assert calls == ["P1", "P2", "P1"] and len(a) == len(b) == 2
+    for root in ("link", "a", "b", "link"):  # the same resolved folders: every entry is read back
+        again = BraTSSlices(str(tmp_path / root), "all", **kw)
+        assert torch.equal(again[0][0], (b if root == "b" else a)[0][0])
+    assert calls == ["P1", "P2", "P1"]
+    names = os.listdir(cache)  # five files per entry, nothing else left behind
+    assert len(names) == 3 * 5 and all(n.endswith((".npy", ".json")) for n in names)
+
+
+def test_brats_cache_is_redone_when_a_files_size_changes_at_the_same_time(tmp_path, monkeypatch):
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    root = str(tmp_path / "b")
+    folder = _write_patient(root, "P", vols, seg)
+    kw = dict(min_tumour_area=50, image_size=40, cache_dir=str(tmp_path / "cache"))
+    assert len(BraTSSlices(root, "all", **kw)) == 2
+    path = os.path.join(folder, "P_seg.nii.gz")
+    before = os.stat(path)
+    import nibabel as nib
+
+    seg[4:16, 12:30, 2] = 1  # a corrected segmentation, restored to the old modification time
+    nib.save(nib.Nifti1Image(seg, np.eye(4)), path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert os.stat(path).st_size != before.st_size and os.stat(path).st_mtime_ns == before.st_mtime_ns
+    calls = _count_preprocessing(monkeypatch)
+    assert len(BraTSSlices(root, "all", **kw)) == 4 and calls == ["P"]
+
+
+@pytest.mark.parametrize("damage", ["not_json", "a_list", "no_count", "float_count", "moments_shape",
+                                    "npy_version_3", "images_reshaped", "masks_uint8"])
+def test_a_brats_cache_entry_with_damaged_metadata_or_headers_is_rebuilt(tmp_path, monkeypatch, damage):
+    import json
+
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1:3] = 1
+    root = str(tmp_path / "b")
+    _write_patient(root, "P", vols, seg)
+    cache = tmp_path / "cache"
+    kw = dict(min_tumour_area=50, image_size=40, cache_dir=str(cache), normalisation="dataset")
+    good = BraTSSlices(root, "all", **kw)
+    expected = [good[i] for i in range(len(good))]
+    (meta,) = cache.glob("*.json")
+    info = json.loads(meta.read_text())
+    prefix = str(meta)[: -len(".json")]
+    images = np.load(prefix + ".images.npy")
+    if damage == "not_json":
+        meta.write_text("{")
+    elif damage == "a_list":
+        meta.write_text("[]")
+    elif damage in ("no_count", "float_count", "moments_shape"):
+        if damage == "no_count":
+            del info["count"]
+        elif damage == "float_count":
+            info["count"] = float(info["count"])
+        else:
+            info["moments"] = info["moments"][:2]
+        meta.write_text(json.dumps(info))
+    elif damage == "npy_version_3":
+        with open(prefix + ".images.npy", "wb") as f:
+            np.lib.format.write_array(f, images, version=(3, 0))
+    elif damage == "images_reshaped":  # the same bytes, another shape
+        np.save(prefix + ".images.npy", images.reshape(-1, *images.shape[2:]))
+    else:
+        np.save(prefix + ".masks.npy", np.load(prefix + ".masks.npy").astype(np.uint8))
+    calls = _count_preprocessing(monkeypatch)
+    again = BraTSSlices(root, "all", **kw)
+    assert calls == ["P"] and np.array_equal(again.stats, good.stats) and len(again) == len(expected)
+    for (img, label, mask), (img0, label0, mask0) in zip((again[i] for i in range(len(again))), expected):
+        assert torch.equal(img, img0) and torch.equal(label, label0) and torch.equal(mask, mask0)
+
+
+def test_a_brats_cache_file_damaged_after_loading_is_reported_in_one_line(tmp_path):
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    root = str(tmp_path / "b")
+    _write_patient(root, "P", vols, seg)
+    cache = tmp_path / "cache"
+    ds = BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=str(cache))
+    (images,) = cache.glob("*.images.npy")
+    images.write_bytes(images.read_bytes()[:-100])
+    with pytest.raises(ValueError, match=r"damaged cache file .*images\.npy.*delete .* run again") as err:
+        ds[0]
+    assert "\n" not in str(err.value)
+
+
+def test_brats_volume_normalisation_is_a_z_score_over_the_non_zero_voxels(tmp_path):
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1:3] = 1
+    brain = vols["flair"] != 0
+    vols["t1ce"] = vols["t1ce"] - 100 * brain  # intensities of both signs: the brain is the non-zero voxels
+    vols["t2"] = 7.0 * brain  # a constant modality: no spread to divide by
+    folder = _write_patient(str(tmp_path / "b"), "P", vols, seg)
+    raw = preprocess_patient(folder, "P", min_tumour_area=50, image_size=40, normalisation="dataset")
+    out = preprocess_patient(folder, "P", min_tumour_area=50, image_size=40, normalisation="volume")
+    assert np.isfinite(out["images"]).all() and out["slices"].tolist() == raw["slices"].tolist()
+    for c, m in enumerate(("flair", "t1", "t1ce")):
+        voxels = vols[m][vols[m] != 0].astype(np.float64)
+        shown = raw["images"][:, c] != 0
+        expected = (raw["images"][:, c][shown] - voxels.mean()) / voxels.std()
+        assert np.allclose(out["images"][:, c][shown], expected, atol=1e-4)
+        assert (out["images"][:, c][~shown] == 0).all()
+    assert (out["images"][:, 3] == 0).all()  # constant over the brain: 0 there, and 0 outside
+
+
+def test_brats_dataset_normalisation_of_an_empty_modality_stays_finite(tmp_path):
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    vols["t1ce"] = np.zeros_like(vols["t1ce"])  # a zero-filled modality: no spread at all
+    root = str(tmp_path / "b")
+    _write_patient(root, "P", vols, seg)
+    ds = BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=str(tmp_path / "c"),
+                     normalisation="dataset")
+    assert ds.stats[2, 0] == 0 and ds.stats[2, 1] > 0
+    assert all(bool(torch.isfinite(ds[i][0]).all()) and bool((ds[i][0][2] == 0).all()) for i in range(len(ds)))
+
+
+def test_brats_brain_mask_is_any_modality_non_zero(tmp_path):
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    vols["flair"][:, :10] = 0  # FLAIR misses part of the brain that T1 still shows
+    vols["t2"][20:, :] = 0  # and T2 misses another part
+    root = str(tmp_path / "b")
+    _write_patient(root, "P", vols, seg)
+    ds = BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=str(tmp_path / "c"),
+                     normalisation="dataset")
+    assert len(ds) == 2
+    brain = (np.stack([vols[m][:, :, 1] for m in ("flair", "t1", "t1ce", "t2")]) != 0).any(0).T
+    together = ds.brain_mask(0) | ds.brain_mask(1)  # the tumour and the healthy piece of slice 1
+    assert not bool((ds.brain_mask(0) & ds.brain_mask(1)).any())
+    assert np.array_equal(together.numpy(), brain)
+
+
+def test_brats_slices_need_more_than_min_tumour_area_pixels():
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    area = int((seg[:, :, 1] > 0).sum())
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as root:
+        folder = _write_patient(root, "P", vols, seg)
+        at = preprocess_patient(folder, "P", min_tumour_area=area, image_size=40)
+        below = preprocess_patient(folder, "P", min_tumour_area=area - 1, image_size=40)
+    assert at["slices"].tolist() == [] and at["images"].shape == (0, 4, 40, 40)
+    assert below["slices"].tolist() == [1, 1]
+
+
+def test_brats_resize_is_antialiased_when_shrinking_and_keeps_the_geometry():
+    stripes = np.zeros((1, 40, 40), np.float32)
+    stripes[:, :, ::4] = 1  # one column in four: its mean is 0.25
+    small = resize_slice(stripes, 10)
+    assert small.shape == (1, 10, 10) and np.allclose(small[:, :, 1:-1], 0.25, atol=0.02)  # no aliasing
+    square = np.zeros((1, 40, 40), np.float32)
+    square[0, 10:20, 12:22] = 1
+    doubled = np.zeros((80, 80), bool)
+    doubled[20:40, 24:44] = True  # twice the size, at twice the position
+    assert np.array_equal(resize_slice(square, 80, mask=True)[0], doubled)
+
+
+def test_brats_root_may_hold_glob_characters(tmp_path):
+    """The root was globbed unescaped: "BraTS [copy]" found no patient (found by mutation testing)."""
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    root = str(tmp_path / "BraTS [copy]")
+    folder = _write_patient(root, "P", vols, seg)
+    assert find_patients(root) == {"P": folder}
+
+
+def test_brats_refuses_a_negative_min_tumour_area(tmp_path):
+    """It kept slices without tumour, and split_slice failed with numpy's 'zero-size array' error."""
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    root = str(tmp_path / "b")
+    _write_patient(root, "P", vols, seg)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match=r"min_tumour_area must be an integer >= 0 \(pixels\)"):
+            BraTSSlices(root, "all", min_tumour_area=bad, image_size=40, cache_dir=str(tmp_path / "c"))
+    assert not os.path.exists(tmp_path / "c")  # refused before any work

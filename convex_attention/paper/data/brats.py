@@ -94,7 +94,8 @@ def find_patients(root: str) -> dict[str, str]:
     if not os.path.isdir(root):
         raise ValueError(f"BraTS root {root!r} is a file, not a folder; {_FIX_ROOT}")
     found: dict[str, str] = {}
-    for seg in sorted(glob.glob(os.path.join(root, "**", "*_seg.nii*"), recursive=True)):
+    # the root escaped: a folder named "BraTS [copy]" is a path, not a pattern
+    for seg in sorted(glob.glob(os.path.join(glob.escape(root), "**", "*_seg.nii*"), recursive=True)):
         name = os.path.basename(seg)
         if not name.endswith(("_seg.nii", "_seg.nii.gz")):
             continue
@@ -110,7 +111,9 @@ def find_patients(root: str) -> dict[str, str]:
 
 
 def split_patients(ids, val_fraction: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
-    """Seeded split by patient, independent of listing order: ``(train_ids, val_ids)``."""
+    """Seeded split by patient, independent of listing order: ``(train_ids, val_ids)``.
+    ``round(val_fraction · n)`` patients are held out, but each side keeps at least one where
+    there are two or more (so ``val_fraction=0`` still holds out one)."""
     ids = sorted(ids)
     order = np.random.default_rng(seed).permutation(len(ids))
     n_val = int(round(val_fraction * len(ids)))
@@ -347,6 +350,8 @@ class BraTSSlices(Dataset):
             raise ValueError(f"image_size must be an integer >= 16, got {image_size!r}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        if isinstance(min_tumour_area, bool) or not isinstance(min_tumour_area, int) or min_tumour_area < 0:
+            raise ValueError(f"min_tumour_area must be an integer >= 0 (pixels), got {min_tumour_area!r}")
         patients = find_patients(root)
         train, val = split_patients(patients, val_fraction, seed)
         chosen = {"train": train, "val": val, "all": sorted(patients)}[split]
