@@ -439,3 +439,150 @@ def test_check_thresholds_are_inclusive_and_an_interval_touching_zero_fails():
     touching = CheckResult("x", "t", "m", 0.1, 0.05, passes_below=False, ci95=0.1)
     assert 0.1 - 0.1 == 0.0 and not touching.passed and touching.status == "FAIL"
     assert CheckResult("x", "t", "m", 0.1, 0.05, passes_below=False, ci95=0.0999).passed
+
+
+def test_a_check_that_did_not_run_never_passes_whatever_its_number():
+    """``ran`` False never passes, even with a number on the passing side, and its record says
+    so (found by mutation testing: dropping the ``ran`` test survived this file)."""
+    for below, value, threshold in ((True, 0.5, 0.6), (False, 0.5, 0.05)):
+        r = CheckResult("x", "t", "m", value, threshold, passes_below=below, ran=False, reason="why")
+        assert not r.passed and r.status == "NOT RUN" and r.line().startswith("x: NOT RUN (why)")
+        assert r.to_dict()["passed"] is False and r.to_dict()["status"] == "NOT RUN"
+    ok = CheckResult("x", "t", "m", 0.5, 0.6)
+    assert ok.to_dict()["passed"] is True and ok.to_dict()["status"] == "PASS"
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("below", [True, False])
+def test_a_number_that_is_not_finite_never_passes(value, below):
+    """NaN and +-Inf fail on either side of the threshold (found by mutation testing: without
+    the finiteness test, -Inf passed an at-most check and +Inf an at-least one)."""
+    r = CheckResult("x", "t", "m", value, 0.6 if below else 0.05, passes_below=below)
+    assert not r.passed and r.status == "FAIL" and not accepted([r])
+
+
+def test_location_free_features_include_min_and_max_over_head_pixels():
+    """(a) takes quantiles with min and max included over the head pixels, those non-zero in
+    *some* channel: a pixel zero in one channel only stays in (found by mutation testing)."""
+    rng = np.random.default_rng(2)
+    images = rng.normal(size=(2, 3, 10, 10)).astype(np.float32)
+    images[:, :, :2] = 0  # background: zero in every channel
+    images[:, 0, 2:4] = 0  # zero in channel 0 only: still head pixels
+    features = location_free_features(images)
+    q = len(QUANTILES)
+    for i in range(2):
+        head = images[i, :, 2:].reshape(3, -1)
+        for c in range(3):
+            got = features[i, c * q:(c + 1) * q]
+            assert got[0] == pytest.approx(head[c].min()) and got[-1] == pytest.approx(head[c].max())
+            assert got == pytest.approx(np.quantile(head[c], QUANTILES))
+        sum01, diff01 = features[i, 3 * q:4 * q], features[i, 4 * q:5 * q]  # x_0 + x_1, x_0 - x_1 follow the channels
+        assert sum01 == pytest.approx(np.quantile(head[0] + head[1], QUANTILES), abs=1e-5)
+        assert diff01 == pytest.approx(np.quantile(head[0] - head[1], QUANTILES), abs=1e-5)
+
+
+def test_the_checks_refuse_arrays_of_the_wrong_shape():
+    """The documented shapes: images (N, C, H, W), labels (N,), masks (N, H, W) (found by
+    mutation testing: dropping any of these tests survived)."""
+    images, labels = np.ones((12, 4, 8, 8), np.float32), np.arange(12) % 2
+    with pytest.raises(ValueError, match=r"images must be \(N, C, H, W\)"):
+        check_location_free(images[:, 0], labels, images, labels)
+    with pytest.raises(ValueError, match="labels must be"):
+        check_location_free(images, labels[:-1], images, labels)
+    masks = np.ones((12, 8, 8), bool)
+    with pytest.raises(ValueError, match="masks must be"):
+        check_pixel_map(images, masks, images, masks[:, :, :-1])
+
+
+def _lesion_set(rng, n, n_empty=0, channel=0):
+    """``n`` 8 x 8 images, the last ``n_empty`` without a lesion; ``channel`` carries the lesion."""
+    masks = np.zeros((n, 8, 8), bool)
+    for i in range(n - n_empty):
+        r, c = rng.integers(0, 6, 2)
+        masks[i, r:r + 2, c:c + 2] = True
+    images = rng.uniform(1.0, 2.0, size=(n, 4, 8, 8)).astype(np.float32)
+    images[:, channel] += 5.0 * masks
+    return images, masks
+
+
+def test_the_pixel_map_check_scores_lesion_images_only():
+    """Images without a lesion have no AP and are left out of (b)'s mean; the prevalence is
+    that of the lesion images' pixels (found by mutation testing)."""
+    rng = np.random.default_rng(3)
+    (tr_img, tr_mask), (te_img, te_mask) = _lesion_set(rng, 8, 2), _lesion_set(rng, 8, 3)
+    b = check_pixel_map(tr_img, tr_mask, te_img, te_mask)
+    assert b.ran and math.isfinite(b.value) and b.value == pytest.approx(1.0)
+    lesion = np.concatenate([tr_mask[:6], te_mask[:5]])
+    assert b.detail["n_lesion_images"] == 11 and b.detail["prevalence"] == pytest.approx(lesion.mean())
+    assert b.detail["prevalence"] > np.concatenate([tr_mask, te_mask]).mean()
+
+
+def test_the_pixel_map_check_scores_each_fit_on_the_other_set():
+    """(b) is cross-fitted: the maps fitted on one set are scored on the other.  With the
+    lesion in channel 0 in the training set and in channel 1 in the held-out set, a fit
+    scored on its own set would find every lesion; scored on the other set it does not
+    (found by mutation testing: scoring each fit on its own set survived)."""
+    rng = np.random.default_rng(4)
+    (tr_img, tr_mask), (te_img, te_mask) = _lesion_set(rng, 6, channel=0), _lesion_set(rng, 6, channel=1)
+    b = check_pixel_map(tr_img, tr_mask, te_img, te_mask)
+    weights = b.detail["weights_fitted_on_training_set"]
+    assert all(int(np.argmax(w)) == 0 for w in weights.values())  # the training set's lesion channel
+    candidates = b.detail["candidates"]
+    assert candidates["logistic"] < 0.5 and candidates["logistic_balanced"] < 0.5, candidates
+    assert b.value == max(candidates["+channel0"], candidates["+channel1"]) < 1.0
+
+
+def test_the_uniform_attention_check_needs_both_numbers_and_takes_the_bounds():
+    """One balanced accuracy missing: not run (never passed), not an error; 0 and 1 are
+    balanced accuracies (found by mutation testing)."""
+    for attention, uniform in ((0.9, None), (None, 0.6)):
+        r = check_uniform_attention(attention, uniform)
+        assert not r.ran and not r.passed and "--attention-bacc" in r.reason
+        assert r.passes_below is False and "passes if balanced-accuracy gap >= 0.10" in r.line()
+    assert check_uniform_attention(0.90, 0.85, min_gap=0.05).passed  # the gap asked for is the one used
+    assert not check_maps_drive_ranking([0.08, 0.06, 0.07, 0.09, 0.05], min_drop=0.08).passed
+    edge = check_uniform_attention(1.0, 0.0)
+    assert edge.ran and edge.passed and edge.value == pytest.approx(1.0 - 0.0)
+
+
+def test_the_checks_need_five_images_of_each_label_in_both_sets(monkeypatch):
+    """At least 5 images of each label 0 and 1, in the training *and* the held-out set, else
+    not run; a threshold given is the one recorded (found by mutation testing).  The fit is
+    replaced by one that reads the label off a feature, so the test takes milliseconds."""
+    from convex_attention.paper import validity
+
+    monkeypatch.setattr(validity, "_fit_predict", lambda train_x, train_y, test_x: (
+        (test_x[:, 0] < 0).astype(int), (train_x[:, 0] < 0).astype(int), 1.0))
+    images = np.ones((15, 2, 4, 4), np.float32)
+    ok = np.array([0] * 5 + [1] * 10)
+    images[ok == 1] = -1.0  # feature 0 (channel 0's minimum) is below 0 for label 1
+    for bad in (np.array([0] * 4 + [1] * 11), np.zeros(15, np.int64), np.array([0] * 5 + [1] * 5 + [2] * 5)):
+        for train, test in ((bad, ok), (ok, bad)):
+            r = check_location_free(images, train, images, test)
+            assert not r.ran and not r.passed and "at least 5 of each" in r.reason
+            assert not check_brain_mask(images[:, 0] > 0, train, images[:, 0] > 0, test).ran
+    assert check_location_free(images, ok, images, ok).value == 1.0  # label read off: fails 0.60
+    r = check_location_free(images, ok, images, ok, threshold=1.0)
+    assert r.ran and r.threshold == 1.0 and r.passed
+
+
+def test_the_pixel_map_check_needs_lesions_in_both_sets_and_records_its_threshold():
+    rng = np.random.default_rng(5)
+    (tr_img, tr_mask), (te_img, te_mask) = _lesion_set(rng, 6), _lesion_set(rng, 6, 6)
+    for args in ((tr_img, tr_mask, te_img, te_mask), (te_img, te_mask, tr_img, tr_mask)):
+        r = check_pixel_map(*args)
+        assert not r.ran and not r.passed and "no lesion pixel" in r.reason
+    (te_img, te_mask) = _lesion_set(rng, 6)
+    r = check_pixel_map(tr_img, tr_mask, te_img, te_mask, threshold=1.0)
+    assert r.ran and r.threshold == 1.0 and r.passed  # the lesion channel reaches AP 1, not above
+
+
+def test_the_fixed_maps_follow_the_synthetic_channel_order():
+    """FLAIR + T2 - T1 in the channel order FLAIR, T1, T1ce, T2 (4 channels or more), and each
+    channel with either sign."""
+    from convex_attention.paper.validity import fixed_channel_maps
+
+    maps = fixed_channel_maps(4)
+    assert maps["flair+t2-t1"].tolist() == [1.0, -1.0, 0.0, 1.0]
+    assert maps["-channel2"].tolist() == [0.0, 0.0, -1.0, 0.0] and len(maps) == 2 * 4 + 1
+    assert "flair+t2-t1" not in fixed_channel_maps(3)
