@@ -614,7 +614,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert "REJECTED this benchmark" in result["report"]
     assert "first test run of the benchmark 'synthetic-brightest' recorded in the data ledger" in result["report"]
     assert "The verdict judged data 'synthetic-brightest' (data seed 0)" in result["report"]
-    assert "n_train 32" in result["report"] and "favours" in result["report"]
+    assert "n_train 32" in result["report"] and "The best of each side is picked on the test split" in result["report"]
     ledger = json.load(open(os.path.join(os.path.dirname(variants), "data_ledger.json")))
     assert [(r["stage"], r["data_seed"]) for r in ledger["spent"]] == [("test", 1)]
     folder = os.path.join(out, "test")

@@ -58,6 +58,9 @@ def test_the_headline_says_which_side_its_selection_favours():
     ([None], "how many maps each side picked from was not recorded, so which side the selection favours is unknown"),
     ([(2, 6), None], "(the best of 2 attention maps against the best of 6 post-hoc maps; not recorded for 1 of the "
                      "2 rows): the post-hoc side picks its best from more maps"),
+    # rows without a compared model have no candidates: they select nothing, and do not count
+    ([(0, 0)], "no row has candidates on both sides (no compared model), so no best is set against the other"),
+    ([(0, 0), (2, 6)], "the post-hoc side picks its best from more maps, so the selection favours it"),
 ])
 def test_the_side_the_selection_favours_follows_the_recorded_counts(counts, said):
     """The sentence said 'the post-hoc side picks its best from more maps' whatever the counts,
@@ -67,7 +70,8 @@ def test_the_side_the_selection_favours_follows_the_recorded_counts(counts, said
     entries = [{"condition": f"c{i}", "test_set": "test", "mask": "decisive", "resolution": "pixel",
                 **({"candidates": {"attention": c[0], "posthoc": c[1]}} if c else {})} for i, c in enumerate(counts)]
     text = "\n".join(_headline_section(entries))
-    assert said in text and "the intervals do not account for the selection" in text
+    assert said in text and "The best of each side is picked on the test split" in text
+    assert ("the intervals do not account for the selection" in text) == ("no best is set" not in said)
     assert ("the post-hoc side picks" in text) == ("the post-hoc side picks" in said)
 
 

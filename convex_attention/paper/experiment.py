@@ -824,10 +824,11 @@ def _headline(explain_summary: list[dict], seed_means: list[dict], compared: dic
     """Per condition, test set, mask and resolution: the best attention map of a compared
     model and the best post-hoc map of a compared model by mean ``ap`` (and the
     references), with their CIs, and the attention-minus-post-hoc difference paired by
-    seed.  Both bests are picked on the test split, from unequal numbers of candidates
-    (``candidates``: the post-hoc side's maps, every method on every compared model, far
-    outnumber the attention levels), so the selection favours the post-hoc side and the
-    intervals do not account for it; the report says so, and its full tables show every map."""
+    seed.  Both bests are picked on the test split, from the numbers of candidates recorded in
+    ``candidates`` (in the fixed design the post-hoc side's maps, every method on every
+    compared model, far outnumber the attention levels, so the selection favours the post-hoc
+    side); the intervals do not account for the selection.  The report says which side it
+    favours from those counts, and its full tables show every map."""
     out = []
     keys = sorted({(s["condition"], s["test_set"], s["mask"], s["resolution"]) for s in explain_summary})
     for cond, tset, mask, res in keys:

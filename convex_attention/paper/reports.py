@@ -261,7 +261,8 @@ def _validity_section(conditions, accuracy) -> list[str]:
 
 def _selection_sentence(headline) -> str:
     """How many attention and post-hoc maps the headline's bests were picked from, and which
-    side that selection favours: said from the recorded counts, never assumed."""
+    side that selection favours: said from the recorded counts, never assumed.  A row with
+    no candidate on one side (no compared model) selects nothing against the other."""
     counts = sorted({(h["candidates"].get("attention", 0), h["candidates"].get("posthoc", 0))
                      for h in headline if h.get("candidates")})
     if not counts:
@@ -272,11 +273,15 @@ def _selection_sentence(headline) -> str:
     unrecorded = sum(1 for h in headline if not h.get("candidates"))
     if unrecorded:
         told += f"; not recorded for {unrecorded} of the {len(headline)} rows"
-    if all(p > a for a, p in counts):
+    both = [(a, p) for a, p in counts if a > 0 and p > 0]
+    if not both:
+        return (f"The best of each side is picked on the test split ({told}), but no row has candidates on both "
+                f"sides (no compared model), so no best is set against the other.")
+    if all(p > a for a, p in both):
         favoured = "the post-hoc side picks its best from more maps, so the selection favours it"
-    elif all(a > p for a, p in counts):
+    elif all(a > p for a, p in both):
         favoured = "the attention side picks its best from more maps, so the selection favours it"
-    elif all(a == p for a, p in counts):
+    elif all(a == p for a, p in both):
         favoured = "both sides pick from as many maps, so the selection flatters both alike"
     else:
         favoured = ("which side picks from more maps differs between the rows; in each, the selection favours "
