@@ -18,6 +18,7 @@ must solve, with parent maps written out here from coordinates (not from the pac
 """
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -42,6 +43,29 @@ GRID_CASES = {
 }
 IRREGULAR_CASES = {"irregular-2lvl": [10, 4], "irregular-3lvl": [12, 5, 2]}
 ALL_CASES = sorted(GRID_CASES) + sorted(IRREGULAR_CASES)
+
+
+def read_json(path, **kwargs):
+    """A JSON file's content, read through a closed file (``json.load(open(p))`` leaves the
+    file to the garbage collector: a ResourceWarning under ``-W error``)."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f, **kwargs)
+
+
+def read_csv_rows(path) -> list[dict]:
+    """A CSV file's rows as dicts, read through a closed file."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def read_text(path) -> str:
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+def read_bytes(path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def make_hierarchy(case: str, seed: int = 0) -> ca.Hierarchy:

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import read_json, read_text
 from test_lock import hold_lock
 
 from convex_attention import cli
@@ -57,7 +58,7 @@ def test_bench_tiny_sweep_columns_and_rows(tmp_path, capsys):
             assert int(r["iterations_max"]) >= 1
         if r["method"] != "learned_dual" or r["dual_kind"] == "fitted":
             assert float(r["fwd_ms"]) > 0 and float(r["bwd_ms"]) > 0
-    data = json.load(open(os.path.join(out, "bench.json")))
+    data = read_json(os.path.join(out, "bench.json"))
     assert len(data["rows"]) == len(rows) and data["columns"] == list(COLUMNS)
     for key in ("torch", "python", "processor", "torch_threads", "device", "cvxpy"):
         assert key in data["environment"]
@@ -68,7 +69,7 @@ def test_bench_tiny_sweep_columns_and_rows(tmp_path, capsys):
     assert tuple(conv[0].keys()) == CONVERGENCE_COLUMNS and len(conv) >= 2
     assert os.path.exists(os.path.join(out, "example.npz"))
     # strict JSON, the amortised dual's targets stored and printed, one global warm-up
-    json.load(open(os.path.join(out, "bench.json")), parse_constant=lambda token: pytest.fail(token))
+    read_json(os.path.join(out, "bench.json"), parse_constant=lambda token: pytest.fail(token))
     assert [(t["generator"], t["levels"]) for t in data["targets"]] == [("lesion", 2)]
     assert data["warmup_s"] > 0
     assert "amortised dual, lesion, 2 levels" in capsys.readouterr().out
@@ -338,7 +339,7 @@ def test_resume_recomputes_truncated_and_error_rows_without_duplicates(tmp_path,
     assert problems == [] and len(rows) == 2
     exact_err = next(r for r in rows if r["method"] == "exact")["max_abs_err"]
     # 1. a value cut off (as a killed non-atomic writer or a bad copy leaves it)
-    text = open(path).read()
+    text = read_text(path)
     cut = repr(exact_err)
     assert cut in text
     with open(path, "w") as f:
@@ -419,7 +420,7 @@ def test_bench_overwrite_starts_over(tmp_path):
     assert run(["bench", *FAST, "--methods", "softmax", "--out", str(out), "--overwrite"]) == 0
     rows = read(os.path.join(out, "bench.csv"))
     assert [(r["method"], r["status"]) for r in rows] == [("softmax", "ok")]
-    assert len(json.load(open(out / "bench.json"))["rows"]) == 1
+    assert len(read_json(out / "bench.json")["rows"]) == 1
 
 
 def test_ctrl_c_on_bench_keeps_the_rows_and_names_resume(tmp_path, capsys, monkeypatch):
@@ -548,7 +549,7 @@ def test_bench_resume_refuses_other_measurement_settings_and_numbers_new_cells_a
     assert {(r["size"], r["cell"]) for r in rows} == {("8", "0"), ("4", "1")}
     conv = read(out / "convergence.csv")
     assert {(r["size"], r["cell"]) for r in conv} == {("8", "0"), ("4", "1")}
-    assert json.load(open(out / "bench.json"))["config"]["sizes"] == [8, 4]
+    assert read_json(out / "bench.json")["config"]["sizes"] == [8, 4]
 
 
 def test_bench_resume_measures_again_a_dual_row_whose_history_was_damaged(tmp_path, capsys):
@@ -575,7 +576,7 @@ def test_bench_resume_measures_again_a_dual_row_whose_history_was_damaged(tmp_pa
     rows = read(out / "bench.csv")
     assert sorted(r["method"] for r in rows) == ["dual", "softmax"]
     assert {r["row_id"] for r in after} == {r["row_id"] for r in rows if r["method"] == "dual"}
-    runs = json.load(open(out / "bench.json"))["runs"]
+    runs = read_json(out / "bench.json")["runs"]
     assert [r["rows"] for r in runs] == [2, 1], "the second run measured the dual row alone"
 
 

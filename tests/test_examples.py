@@ -1,5 +1,9 @@
 """convex_attention.bench.examples: the example instance the attention-map figure shows."""
+import gc
 import os
+
+import pytest
+from helpers import read_bytes
 
 
 def test_save_example_writes_arrays_only_and_the_lambdas_asked_for(tmp_path):
@@ -17,6 +21,8 @@ def test_save_example_writes_arrays_only_and_the_lambdas_asked_for(tmp_path):
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
 
 
+# a damaged file leaves no handle open (numpy's own was left to the garbage collector)
+@pytest.mark.filterwarnings("error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning")
 def test_example_has_duals_reads_the_lambdas_and_takes_a_damaged_file_for_none(tmp_path):
     """Before: a truncated example.npz raised zipfile.BadZipFile (neither OSError nor
     ValueError) and crashed a resume that adds learned_dual (found by a review)."""
@@ -26,9 +32,10 @@ def test_example_has_duals_reads_the_lambdas_and_takes_a_damaged_file_for_none(t
     assert example_has_duals(path)
     (tmp_path / "plain").mkdir()
     assert not example_has_duals(save_example(str(tmp_path / "plain"), size=8, fit_steps=0))
-    whole = open(path, "rb").read()
+    whole = read_bytes(path)
     for damaged in (whole[:200], b"", b"not a zip at all"):
         with open(path, "wb") as f:
             f.write(damaged)
         assert not example_has_duals(path)
+        gc.collect()  # a leaked handle is reported when collected
     assert not example_has_duals(str(tmp_path / "missing.npz"))

@@ -1,4 +1,3 @@
-import csv
 import json
 import math
 import os
@@ -6,7 +5,7 @@ import subprocess
 
 import pytest
 import torch
-from helpers import run_cli
+from helpers import read_bytes, read_csv_rows, read_json, read_text, run_cli
 
 from convex_attention import cli
 from convex_attention.paper.experiment import (
@@ -154,7 +153,7 @@ def test_the_plain_cnn_is_the_encoder_with_uniform_pooling_and_trains_by_the_sam
     assert isinstance(model, PlainCNN)
     # no attention, so no consistency to report: NaN (an empty cell), never a perfect 0
     assert all(math.isnan(m["val_violation"]) for m in result["metrics"])
-    assert {row["val_violation"] for row in csv.DictReader(open(tmp_path / "plain" / "metrics.csv"))} == {""}
+    assert {row["val_violation"] for row in read_csv_rows(tmp_path / "plain" / "metrics.csv")} == {""}
     attention = save_checkpoint(str(tmp_path / "att.pt"), AttentionUNet(method="exact", **SMALL))
     assert isinstance(load_any_model(attention)[0], AttentionUNet)
 
@@ -548,7 +547,7 @@ def _tiny_config(**over):
 def _commit(repo, source):
     (repo / "configs").mkdir(parents=True)
     target = repo / "configs" / "experiment_variants.json"
-    target.write_bytes(open(source, "rb").read())
+    target.write_bytes(read_bytes(source))
     for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "variants"]):
         subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(repo), *args], check=True)
     return str(target)
@@ -560,24 +559,24 @@ def test_tiny_experiment_end_to_end(tmp_path):
     config = _tiny_config(data="synthetic-brightest", held_out_mimic="mottled",
                           grid={"head": ("bounded", "learned"), "upsampling": ("nearest", "bilinear")})
     dev = run_experiment(config, out, progress=False, log=lambda *a: None)
-    summary = list(csv.DictReader(open(os.path.join(out, "dev", "dev_summary.csv"))))
+    summary = read_csv_rows(os.path.join(out, "dev", "dev_summary.csv"))
     assert len(summary) == 4  # 2 heads x 2 upsamplings, best first
     finite = [float(s["attention_ap_mean"]) for s in summary if s["attention_ap_mean"] != ""]
     assert summary[0]["attention_ap_mean"] == "" or float(summary[0]["attention_ap_mean"]) >= max(finite)
-    proposal = json.load(open(os.path.join(out, "dev", "proposed_variants.json")))
+    proposal = read_json(os.path.join(out, "dev", "proposed_variants.json"))
     assert proposal["format"] == "convex-attention-variants/1"
     assert dev["proposal"].variant.head in ("bounded", "learned")
     assert "Validity checks" in dev["report"] and "decisive" in dev["report"]
     runs = os.listdir(os.path.join(out, "dev", "runs"))
     assert len(runs) == 7  # 3 methods x 2 heads x 1 seed (upsampling needs no training), and the plain CNN
-    dev_rows = list(csv.DictReader(open(os.path.join(out, "dev", "dev_runs.csv"))))
+    dev_rows = read_csv_rows(os.path.join(out, "dev", "dev_runs.csv"))
     # AP per level and per mask, and the ablation per level, for every model
     for r in (r for r in dev_rows if r["method"] != "plain_cnn"):
         for key in ("ap_lesion_L0", "ap_lesion_L1", "ap_decisive_L0", "ap_decisive_L1", "delta_auc_shuffled",
                     "delta_auc_shuffled_L0", "delta_auc_uniform_L1", "attention_ap_decisive"):
             assert r[key] != "", key
         assert float(r["attention_ap"]) == pytest.approx(float(r["attention_ap_decisive"]))  # chosen on decisive
-    levels = list(csv.DictReader(open(os.path.join(out, "dev", "dev_levels.csv"))))
+    levels = read_csv_rows(os.path.join(out, "dev", "dev_levels.csv"))
     assert {(e["method"], e["level"]) for e in levels} == {(m, k) for m in config.methods for k in ("0", "1", "all")}
     # (c′) needs 5 dev seeds: with one it did not run, so the benchmark is rejected; (c) ran and is reported
     checks = {r.name: r for r in dev["validity"]}
@@ -615,10 +614,10 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert "first test run of the benchmark 'synthetic-brightest' recorded in the data ledger" in result["report"]
     assert "The verdict judged data 'synthetic-brightest' (data seed 0)" in result["report"]
     assert "n_train 32" in result["report"] and "The best of each side is picked on the test split" in result["report"]
-    ledger = json.load(open(os.path.join(os.path.dirname(variants), "data_ledger.json")))
+    ledger = read_json(os.path.join(os.path.dirname(variants), "data_ledger.json"))
     assert [(r["stage"], r["data_seed"]) for r in ledger["spent"]] == [("test", 1)]
     folder = os.path.join(out, "test")
-    runs = list(csv.DictReader(open(os.path.join(folder, "runs.csv"))))
+    runs = read_csv_rows(os.path.join(folder, "runs.csv"))
     # 2 difficulties x 2 test sets x 4 models x 2 seeds
     assert len(runs) == 2 * 2 * 4 * 2 and {r["model"] for r in runs} == {"softmax", "learned_dual", "exact",
                                                                           "plain_cnn"}
@@ -632,10 +631,10 @@ def test_tiny_experiment_end_to_end(tmp_path):
         else:
             assert r["violation"] == ""  # no maps to be consistent
     # the map ablation summarises attention models only: the plain CNN has no maps to ablate
-    ablated = list(csv.DictReader(open(os.path.join(folder, "ablation_summary.csv"))))
+    ablated = read_csv_rows(os.path.join(folder, "ablation_summary.csv"))
     assert {r["model"] for r in ablated} == {"softmax", "learned_dual", "exact"}
     assert len(ablated) == 2 * 2 * 3 and all(r["delta_auc_shuffled_n_used"] == "2" for r in ablated)
-    explained = list(csv.DictReader(open(os.path.join(folder, "explain_summary.csv"))))
+    explained = read_csv_rows(os.path.join(folder, "explain_summary.csv"))
     kinds = {(e["model"], e["method"], e["mask"]) for e in explained}
     for model in ("softmax", "learned_dual", "exact", "plain_cnn"):
         for method in ("gradcam", "deeplift", "lrp", "input_x_gradient", "integrated_gradients"):
@@ -645,9 +644,9 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert all(e["seeds"] == "2" for e in explained)
     # every mean says how many values it used and left out (seeds; images behind the per-seed means)
     assert all((e["ap_n_used"], e["ap_n_nan"], e["ap_images_nan"]) == ("2", "0", "0") for e in explained)
-    per_seed = list(csv.DictReader(open(os.path.join(folder, "explain_per_seed.csv"))))
+    per_seed = read_csv_rows(os.path.join(folder, "explain_per_seed.csv"))
     assert all(int(r["ap_n_used"]) + int(r["ap_n_nan"]) == int(r["n"]) for r in per_seed)
-    rand = list(csv.DictReader(open(os.path.join(folder, "randomisation_summary.csv"))))
+    rand = read_csv_rows(os.path.join(folder, "randomisation_summary.csv"))
     assert {(r["model"], r["method"]) for r in rand} >= {("exact", "attention"), ("plain_cnn", "lrp")}
     assert [r["stage"] for r in rand if (r["model"], r["method"], r["level"]) == ("exact", "attention", "0")][:2] \
         == ["classifier", "attention"]
@@ -664,9 +663,9 @@ def test_tiny_experiment_end_to_end(tmp_path):
                   "decisive masks", "FEWER", "data seed 1", "Left out as NaN (randomisation check)",
                   "Left out as NaN (explanation metrics)"):
         assert words in report, words
-    saved = json.loads(open(os.path.join(folder, "experiment.json")).read())  # strict JSON
+    saved = json.loads(read_text(os.path.join(folder, "experiment.json")))  # strict JSON
     assert saved["variants_file"]["sha256"] and saved["variants_file"]["file_commit"]
-    assert json.load(open(os.path.join(folder, "test_stage.json")))["status"] == "complete"
+    assert read_json(os.path.join(folder, "test_stage.json"))["status"] == "complete"
     assert os.path.exists(os.path.join(folder, "explain_examples_difficulty0.3.png"))
     assert os.path.exists(os.path.join(folder, "explain_ap_lesion.png"))
     assert os.path.exists(os.path.join(folder, "explain_ap_decisive.png"))
@@ -682,7 +681,7 @@ def test_tiny_experiment_end_to_end(tmp_path):
     again = test_stage(fresh, allow_rejected_benchmark=True, force=True)
     assert "test run 2 of the benchmark" in again["report"] and "--force" in again["report"]
     assert "moved, not deleted" in again["report"] and os.path.isfile(os.path.join(out, "test.run-1", "runs.csv"))
-    assert len(open(os.path.join(out, "test_runs.jsonl")).read().splitlines()) == 2
+    assert len(read_text(os.path.join(out, "test_runs.jsonl")).splitlines()) == 2
 
 
 def test_the_experiment_never_scores_a_model_whose_outputs_are_not_finite():
@@ -905,10 +904,10 @@ def test_run_experiment_writes_the_test_folder_once_and_reads_the_run_log_before
     other = outside_git / "exp2"
     other.mkdir()
     (other / "test_runs.jsonl").write_bytes(b'{"run": 1, "cut')
-    before = open(ledger, "rb").read()
+    before = read_bytes(ledger)
     with pytest.raises(VariantsError, match="is not strict JSON"):
         test_stage(config.override(data_seed=2), other)
-    assert open(ledger, "rb").read() == before and not (other / "test").exists()
+    assert read_bytes(ledger) == before and not (other / "test").exists()
 
 
 def test_run_experiment_refuses_a_variant_its_methods_cannot_take_before_any_work(outside_git, monkeypatch):
@@ -1015,7 +1014,7 @@ def test_the_dev_stage_trains_every_candidate_and_proposes_the_best_on_the_dev_s
     assert [round(s["attention_ap_mean"], 6) for s in dev["summary"]] == [0.705, 0.655, 0.505, 0.455]
     assert best["bacc_mean"] == pytest.approx((0.80 + 0.82 + 0.60 + 0.62) / 4)  # every method's balanced accuracy
     assert best["softmax_ap_mean"] == pytest.approx(0.705) and best["exact_auc_mean"] == pytest.approx(0.7)
-    proposal = json.load(open(tmp_path / "dev" / "proposed_variants.json"))
+    proposal = read_json(tmp_path / "dev" / "proposed_variants.json")
     assert (proposal["model"]["head"], proposal["upsampling"]) == ("learned", "bilinear")
     assert dev["proposal"].variant.head == "learned" and dev["proposal"].variant.upsampling == "bilinear"
     # per level, for the proposed variant: the AUC change when that level alone is shuffled
@@ -1027,7 +1026,7 @@ def test_the_dev_stage_trains_every_candidate_and_proposes_the_best_on_the_dev_s
     # (c): softmax (mean balanced accuracy 0.81) against the plain CNN (0.71), paired by dev seed
     uniform = proposal["benchmark"]["checks"]["uniform_attention"]
     assert uniform["ran"] and uniform["value"] == pytest.approx(0.81 - 0.71)
-    rows = list(csv.DictReader(open(tmp_path / "dev" / "dev_runs.csv")))
+    rows = read_csv_rows(tmp_path / "dev" / "dev_runs.csv")
     assert len(rows) == 2 * 2 * 2 * 2 + 2  # variant x upsampling x method x seed, and the plain CNNs
 
 
@@ -1217,7 +1216,7 @@ def test_run_test_runs_every_difficulty_marks_the_folder_complete_and_refuses_a_
     run_test(_tiny_config(data_seed=1), folder, variants, record, progress=False, log=lambda *a: None,
              ledger_path=str(ledger))
     assert done == [0.3, 0.6]
-    assert json.load(open(os.path.join(folder, MANIFEST)))["status"] == "complete"
+    assert read_json(os.path.join(folder, MANIFEST))["status"] == "complete"
     before = ledger.read_bytes()
     monkeypatch.setattr(experiment.os.path, "ismount", lambda path: os.path.abspath(path) == folder)
     with pytest.raises(TestFolderExists, match="mount point"):

@@ -1,8 +1,8 @@
-import csv
 import os
 
 import pytest
 import torch
+from helpers import read_csv_rows, read_text
 
 from convex_attention.paper.data import SyntheticLesions
 from convex_attention.paper.explain import (
@@ -32,9 +32,9 @@ def test_explain_scores_attention_and_baselines_and_writes_outputs(tmp_path):
         for m in METRIC_NAMES:
             assert 0.0 <= float(r[m]) <= 1.0
     paths = write_outputs(rows, examples, str(tmp_path))
-    summary = list(csv.DictReader(open(paths["summary"])))
+    summary = read_csv_rows(paths["summary"])
     assert len(summary) == len(kinds) and "ap_mean" in summary[0] and "ap_se" in summary[0]
-    assert "±" in open(paths["markdown"]).read()
+    assert "±" in read_text(paths["markdown"])
     assert os.path.getsize(paths["figure"]) > 1000
 
 
@@ -111,13 +111,13 @@ def test_the_written_summary_and_report_say_what_was_left_out(tmp_path):
     lines = dropped_values(summary, ("model", "method", "level"), ("ap",), "images")
     assert lines == ["m, gradcam, 0: ap: 1 of 3 images left out"]
     paths = write_outputs(rows, [], str(tmp_path))
-    written = list(csv.DictReader(open(paths["summary"])))
+    written = read_csv_rows(paths["summary"])
     assert {(r["method"], r["ap_n_used"], r["ap_n_nan"]) for r in written} == {("gradcam", "2", "1"),
                                                                               ("attention", "3", "0")}
-    report = open(paths["markdown"]).read()
+    report = read_text(paths["markdown"])
     assert "m, gradcam, 0" in report and "ap: 1 of 3 images left out" in report
     clean = write_outputs(rows[3:], [], str(tmp_path / "clean"))
-    assert "No mean left a NaN value out" in open(clean["markdown"]).read()
+    assert "No mean left a NaN value out" in read_text(clean["markdown"])
 
 
 def test_summaries_order_levels_by_number_input_attributions_first():
@@ -555,7 +555,7 @@ def test_summaries_keep_masks_and_upsamplings_apart_and_the_report_names_input_l
     assert all(line.count("|") == table[0].count("|") for line in table)  # the separator too
     assert all(line.split("|")[3].strip() == "input" for line in table[2:])
     paths = write_outputs(rows, [], str(tmp_path))
-    assert "on 2 lesion images" in open(paths["markdown"]).read()  # images, not rows
+    assert "on 2 lesion images" in read_text(paths["markdown"])  # images, not rows
     with pytest.raises(ValueError, match="nothing was explained"):
         write_outputs([], [], str(tmp_path / "empty"))
 

@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 import torch
-from helpers import strict_load, tmp_files
+from helpers import read_text, strict_load, tmp_files
 
 from convex_attention.io import files
 from convex_attention.io.tables import read_table
@@ -34,7 +34,7 @@ def test_a_failed_write_keeps_the_old_file_and_removes_its_temporary(tmp_path, m
     with pytest.raises(OSError, match="disk full"):
         files.atomic_write_text(path, "new")
     monkeypatch.undo()
-    assert open(path).read() == "old"
+    assert read_text(path) == "old"
     assert tmp_files(tmp_path) == []
 
 
@@ -196,7 +196,7 @@ def test_an_interrupted_write_keeps_the_old_file_and_removes_its_temporary(tmp_p
     with pytest.raises(KeyboardInterrupt):
         files.atomic_write_text(path, "new")
     monkeypatch.undo()
-    assert open(path).read() == "old" and tmp_files(tmp_path) == []
+    assert read_text(path) == "old" and tmp_files(tmp_path) == []
 
 
 def test_text_is_written_as_utf8(tmp_path):

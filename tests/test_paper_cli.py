@@ -9,7 +9,7 @@ import pickle
 import numpy as np
 import pytest
 import torch
-from helpers import run_cli, tiny_checkpoint
+from helpers import read_bytes, read_csv_rows, run_cli, tiny_checkpoint
 
 from convex_attention import cli
 from convex_attention.paper.models import AttentionUNet, load_model, read_checkpoint, save_checkpoint
@@ -148,7 +148,7 @@ def test_resume_from_a_missing_corrupt_or_foreign_checkpoint(tmp_path, capsys, n
     junk.write_bytes(b"not a checkpoint at all")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     good = tiny_checkpoint(tmp_path / "good" / "last.pt")
-    (tmp_path / "trunc.pt").write_bytes(open(good, "rb").read()[:2000])
+    (tmp_path / "trunc.pt").write_bytes(read_bytes(good)[:2000])
     for path, words in ((tmp_path / "missing.pt", "does not exist"), (junk, "not a convex-attention checkpoint"),
                         (tmp_path / "foreign.pt", "not a convex-attention checkpoint"),
                         (tmp_path / "trunc.pt", "not a convex-attention checkpoint"), (tmp_path, "not a file")):
@@ -437,7 +437,7 @@ def test_explain_command_end_to_end_and_quiet(tmp_path, capsys):
                              "--out", str(out), "--quiet"], capsys)
     assert code == 0, err
     assert stdout == ""
-    rows = list(csv.DictReader(open(out / "explain.csv")))
+    rows = read_csv_rows(out / "explain.csv")
     assert {r["model"] for r in rows} == {"softmax", "exact"} and len({r["image"] for r in rows}) == 2
     assert any(r["method"] == "deeplift" for r in rows)  # the baselines explain the model named softmax
 

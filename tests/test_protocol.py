@@ -7,6 +7,7 @@ import subprocess
 
 import pytest
 import torch
+from helpers import read_json
 
 from convex_attention.paper.config import QUICK, SYNTHETIC_SOURCES, ConfigError
 from convex_attention.paper.protocol import (
@@ -42,10 +43,6 @@ SIZES = {"train": 6, "val": 4, "dev": 4, "test": 4, "test_heldout": 4}
 
 # ----------------------------------------------------------------------------- splits
 
-
-def _read_json(path):
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def test_splits_are_disjoint_and_hold_one_mimic_type_out():
@@ -109,7 +106,7 @@ def test_a_spent_data_seed_is_refused_and_the_ledger_records_runs(tmp_path):
     spend(ledger, {"stage": "dev", "data": "synthetic-brightest", "data_seed": 0, "where": "x",
                    "splits": [{"name": s.name, "seed": s.seed, "n": s.n} for s in dev.values()]})
     spent = read_ledger(ledger)
-    assert len(spent) == 1 and _read_json(ledger)["format"] == "convex-attention-data-ledger/1"
+    assert len(spent) == 1 and read_json(ledger)["format"] == "convex-attention-data-ledger/1"
     with pytest.raises(VariantsError, match="train split .* shares images .* recorded dev run .* --data-seed"):
         check_unspent(split_specs("synthetic-brightest", 0, {"train": 8, "test": 4}, 0.3), spent)
     check_unspent(split_specs("synthetic-brightest", 1, {"train": 8, "test": 4}, 0.3), spent)  # a fresh seed
@@ -496,13 +493,13 @@ def test_the_test_folder_is_written_once(tmp_path):
     folder = str(tmp_path / "test")
     assert check_test_folder(folder) is False
     claim_test_folder(folder, record={"stage": "test"})
-    manifest = _read_json(os.path.join(folder, MANIFEST))
+    manifest = read_json(os.path.join(folder, MANIFEST))
     assert manifest == {"stage": "test", "status": "running"}
     (tmp_path / "test" / "result.csv").write_text("x")
     with pytest.raises(TestFolderExists, match="--force"):
         claim_test_folder(folder)
     finish_test_folder(folder, {"stage": "test"})
-    assert _read_json(os.path.join(folder, MANIFEST))["status"] == "complete"
+    assert read_json(os.path.join(folder, MANIFEST))["status"] == "complete"
     claim_test_folder(folder, force=True)
     assert os.listdir(folder) == [MANIFEST]  # a fresh folder for the new run
     other = tmp_path / "mine"
@@ -525,7 +522,7 @@ def test_force_moves_the_earlier_results_aside_and_never_deletes_them(tmp_path):
     moved = claim_test_folder(folder, force=True, record={"stage": "test", "started": "second"})
     assert moved == str(tmp_path / "test.run-1")
     assert (tmp_path / "test.run-1" / "my_notes.txt").read_text() == "my analysis"
-    assert _read_json(tmp_path / "test.run-1" / MANIFEST)["started"] == "first"
+    assert read_json(tmp_path / "test.run-1" / MANIFEST)["started"] == "first"
     assert os.listdir(folder) == [MANIFEST]
     assert claim_test_folder(folder, force=True) == str(tmp_path / "test.run-2")
     # a name the run log records as used is never given again, though its folder is gone

@@ -1,9 +1,9 @@
-import json
 import math
 import re
 
 import pytest
 import torch
+from helpers import read_json
 
 import convex_attention as ca
 from convex_attention.bench.generators import generate
@@ -166,7 +166,7 @@ def test_sweep_trains_the_amortised_dual_on_training_instances_and_times_the_net
     assert not any(torch.allclose(t.double(), e, atol=1e-5) for t in train[0] for e in evaluated[0])
     assert amortised["violation_mean"] < 1e-5 < by["zero"]["violation_mean"]
     # its target is judged, stored in bench.json and met by the oracle
-    data = json.load(open(tmp_path / "bench.json"))
+    data = read_json(tmp_path / "bench.json")
     (target,) = data["targets"]
     assert target["generator"] == "gaussian" and target["levels"] == 2 and target["met"] is True
     assert len(read_table(str(tmp_path / "bench.csv")).rows) == 5
@@ -565,7 +565,7 @@ def test_a_cell_whose_reference_is_not_certified_leaves_the_accuracy_columns_emp
     # exact cannot solve this graph: a skipped row, left out of the warm-up and of the timed group
     exact = rows.pop("exact")
     assert exact["status"] == "skipped" and "forests only" in exact["reason"]
-    assert logged == [] and json.load(open(tmp_path / "bench.json"))["warmup_s"] > 0
+    assert logged == [] and read_json(tmp_path / "bench.json")["warmup_s"] > 0
     for r in rows.values():
         assert "timed apart" not in r["reason"]
         assert r["status"] == "ok" and "did not certify" in r["reason"]
@@ -607,7 +607,7 @@ def test_resume_of_a_finished_folder_measures_nothing_and_keeps_every_row(tmp_pa
         return sorted((r["method"], r["size"], r["fwd_ms"], r["bwd_ms"], r["total_ms"]) for r in rows)
 
     assert timings(again) == timings(first), "the kept rows as they were (their timings too): not measured again"
-    data = json.load(open(tmp_path / "bench.json"))
+    data = read_json(tmp_path / "bench.json")
     assert [run["rows"] for run in data["runs"]] == [4, 0]
     assert data["cvx_backends"] == [], "a sweep without cvxpylayers asked for no backend"
 
@@ -644,7 +644,7 @@ def test_the_reference_solver_has_one_row_per_asked_backend_and_bench_json_names
     rows = sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
     assert [(r["backend"], r["status"]) for r in rows] == [("moreau", "skipped"), ("diffcp-scs", "skipped")]
     assert rows[0]["reason"] == "backend moreau not installed (simulated)"
-    assert json.load(open(tmp_path / "bench.json"))["cvx_backends"] == ["moreau", "diffcp-scs"]
+    assert read_json(tmp_path / "bench.json")["cvx_backends"] == ["moreau", "diffcp-scs"]
 
 
 def test_each_rows_measures_are_those_of_the_evaluated_instances(tmp_path):

@@ -2,6 +2,7 @@
 import math
 
 import pytest
+from helpers import read_text
 
 from convex_attention.io.files import atomic_csv
 from convex_attention.io.tables import ResultsFormatError, Schema, read_rows, read_table
@@ -31,7 +32,7 @@ def test_read_rows_types_values_and_checks_the_checksum(tmp_path):
 def test_read_rows_reports_and_leaves_out_damaged_rows(tmp_path, damage, reason):
     path = str(tmp_path / "toy.csv")
     write_toy(path, [{"name": "a", "n": 1, "x": 1.9665132189317092e-07}, {"name": "b", "n": 2, "x": 0.5}])
-    text = open(path).read()
+    text = read_text(path)
     with open(path, "w") as f:
         f.write(damage(text))
     rows, problems = read_rows(path, SCHEMA)
@@ -180,7 +181,7 @@ def test_blank_lines_and_carriage_return_line_ends_are_not_damage(tmp_path):
     end, passed)."""
     path = str(tmp_path / "toy.csv")
     write_toy(path, [{"name": "a", "n": 1, "x": 0.5}, {"name": "b", "n": 2, "x": 0.25}])
-    text = open(path).read()
+    text = read_text(path)
     lines = text.splitlines()
     for damaged in ("\n".join([lines[0], lines[1], "", lines[2]]) + "\n\n", "\r".join(lines) + "\r"):
         with open(path, "w", newline="") as f:
@@ -194,7 +195,7 @@ def test_a_last_row_cut_off_before_its_line_end_is_left_out(tmp_path):
     out, not only named (found by mutation testing: keeping it passed)."""
     path = str(tmp_path / "toy.csv")
     write_toy(path, [{"name": "a", "n": 1, "x": 0.5}, {"name": "b", "n": 2, "x": 0.25}])
-    text = open(path).read()
+    text = read_text(path)
     with open(path, "w") as f:
         f.write(text.rstrip("\n"))
     rows, problems = read_rows(path, SCHEMA)
@@ -206,7 +207,7 @@ def test_a_last_row_cut_off_before_its_line_end_is_left_out(tmp_path):
 def test_read_table_checks_the_checksum_where_the_header_has_one_unless_told_not_to(tmp_path):
     path = str(tmp_path / "toy.csv")
     write_toy(path, [{"name": "a", "n": 1, "x": 0.5}, {"name": "b", "n": 2, "x": 0.25}])
-    text = open(path).read()
+    text = read_text(path)
     with open(path, "w") as f:
         f.write(text.replace(",0.25,", ",0.2,"))
     for checksum in (None, True):

@@ -1,9 +1,9 @@
 """convex_attention.bench.targets: the core speed targets and the amortised dual's targets, judged from
 measured rows."""
-import json
 import math
 
 import pytest
+from helpers import read_json
 
 from convex_attention.bench.targets import core_benchmark
 
@@ -37,7 +37,7 @@ def test_core_benchmark_tiny_prints_the_three_ratios(tmp_path):
     def refuse(token):
         raise ValueError(token)
 
-    data = json.load(open(tmp_path / "bench_core.json"), parse_constant=refuse)  # strict JSON
+    data = read_json(tmp_path / "bench_core.json", parse_constant=refuse)  # strict JSON
     assert data["fastest_backend"] == out["fastest_backend"] and "median" in data["statistic"]
 
 

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from helpers import read_json
 
 from convex_attention.paper.data import SyntheticLesions
 from convex_attention.paper.models import AttentionUNet, read_checkpoint
@@ -39,7 +40,7 @@ def test_training_lowers_the_loss_and_writes_metrics_and_checkpoints(tmp_path):
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"])
     assert os.path.exists(os.path.join(out, "best.pt")) and os.path.exists(os.path.join(out, "last.pt"))
     assert 0 <= float(rows[-1]["val_balanced_acc"]) <= 1 and float(rows[-1]["val_violation"]) >= 0
-    assert json.load(open(os.path.join(out, "config.json")))["method"] == "learned_dual"
+    assert read_json(os.path.join(out, "config.json"))["method"] == "learned_dual"
     assert result["model"].config.method == "learned_dual"
 
 
@@ -116,7 +117,7 @@ def test_ddp_two_processes_end_with_identical_weights(tmp_path):
     _torchrun("-m", "convex_attention.cli", "train", "--method", "learned_dual", "--image-size", "32", "--width", "4",
               "--n-train", "32", "--n-val", "8", "--epochs", "2", "--batch-size", "8", "--device", "cpu",
               "--out", out, "--no-progress", out=out)
-    check = json.load(open(os.path.join(out, "ddp_check.json")))
+    check = read_json(os.path.join(out, "ddp_check.json"))
     assert check["world_size"] == 2 and len(check["digests"]) == 2
     assert check["identical"] and check["digests"][0] == check["digests"][1]
     assert check["parameter_digests"][0] == check["parameter_digests"][1]
@@ -280,7 +281,7 @@ def test_best_checkpoint_is_the_epoch_of_highest_validation_auc(tmp_path):
     assert best["train_config"]["model"]["method"] == "softmax" and 0 <= best["threshold"] <= 1
     for r in rows:
         assert 0 <= float(r["val_balanced_acc_at_threshold"]) <= 1 and 0 <= float(r["val_auc"]) <= 1
-    assert json.load(open(os.path.join(out, "config.json")))["epochs"] == 3
+    assert read_json(os.path.join(out, "config.json"))["epochs"] == 3
 
 
 # ----------------------------------------------------------------------------- divergence says what diverged

@@ -21,7 +21,8 @@ def example_has_duals(path: str) -> bool:
     """Whether the ``example.npz`` at ``path`` holds the fitted shared λ (written by a sweep
     of learned_dual); False where it cannot be read as one."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        # opened here, not by np.load: numpy leaves its own handle open on an unreadable archive
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
             return "fitted_dual0" in data.files
     except Exception:  # noqa: BLE001 -- damaged in any way (a truncated zip is BadZipFile): written again
         return False
