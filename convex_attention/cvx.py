@@ -251,8 +251,9 @@ def is_solver_panic(err: BaseException) -> bool:
     return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
 
 
-def _panic_message(err: BaseException) -> str:
-    """The first line of a panic's message (its type's name when it has none)."""
+def _message_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): a panic's,
+    or a solver error's, quoted in a one-line failure."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
 
@@ -403,7 +404,7 @@ class CvxpyAttentionLayer:
         self._moreau_options = None
         hint = _other_backend_hint(self.backend.name)
         return SolverFailure(f"cvxpylayers[{self.backend.name}] failed in its {stage} pass: the solver panicked "
-                             f"({_panic_message(err)})" + (f"; {hint}" if hint else ""))
+                             f"({_message_line(err)})" + (f"; {hint}" if hint else ""))
 
     def _moreau_solve(self, flat_scores, settings: dict):
         # cvxpylayers 1.2 creates Moreau's solver once, from the options held by the layer's
@@ -518,7 +519,7 @@ class CvxpyAttentionLayer:
         except BaseException as err:  # noqa: B036  (Clarabel is Rust: a panic is a BaseException)
             if not is_solver_panic(err):
                 raise
-            return f"solver panicked: {_panic_message(err)}"
+            return f"solver panicked: {_message_line(err)}"
         return str(self.problem.status)
 
 
@@ -773,7 +774,7 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
         try:
             probs, duals = layer(flat, args, derivative_mode=opts["mode"])
         except solver_errors as err:
-            _raise_failure(layer, flat_cpu, args, list(range(flat[0].shape[0])), accept_tol, str(err),
+            _raise_failure(layer, flat_cpu, args, list(range(flat[0].shape[0])), accept_tol, err,
                            max_iters=opts["max_iters"])
         except (AttributeError, TypeError) as err:
             passed = sorted(opts["extra"])
@@ -839,16 +840,11 @@ def certificate(h: Graph, temps, flat_scores, probs, duals) -> Tensor:
 _certificate = certificate
 
 
-def _first_line(text) -> str:
-    """The first line of a solver's message (a failure stays one line)."""
-    text = str(text).strip()
-    return text.splitlines()[0] if text else "no message"
-
-
 def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, error, certificate=None,
                    max_iters=None):
     """Raise :class:`SolverFailure` naming the backend, the first failing samples and
-    their statuses.  ``flat``: detached CPU float64 scores ``(B, n_k)``."""
+    their statuses.  ``flat``: detached CPU float64 scores ``(B, n_k)``; ``error``: the
+    exception the batch's solve raised, or None where the certificate failed."""
     backend = layer.backend
     solver = backend.solve_method or backend.name
     lines = []
@@ -862,10 +858,10 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
         if len(lines) == 5:
             break
     if not lines:
-        lines = [f"the batch: the solver raised '{_first_line(error)}'"]
+        lines = [f"the batch: the solver raised '{_message_line(error)}'"]
     elif certificate is None:  # the statuses are a diagnosis's, not the failed run's: say both
         lines[-1] += (f" (each sample re-solved alone by CVXPY with {solver}; the batch's solve raised "
-                      f"'{_first_line(error)}')")
+                      f"'{_message_line(error)}')")
     other = _other_backend_hint(backend.name)
     hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
         [f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] + ([other] if other else [])
