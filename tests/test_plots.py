@@ -588,6 +588,55 @@ def test_tradeoff_gives_float64_solvers_no_credit_below_the_cells_dtype_epsilon(
     assert all(shared.joined(ax, other) for other in fig.axes if other.get_visible())
 
 
+def test_tradeoff_draws_each_times_spread_and_a_borrowed_time_keeps_its_confidence(figs):
+    """The error bars span the fitted row's total-time IQR per sample; λ = 0 and per-sample λ,
+    drawn at the fitted row's time, carry its low confidence too (their own rows have no time)."""
+    rows = cell_rows(size=16, dtype="float64")
+    fitted_row = next(r for r in rows if r["dual_kind"] == "fitted")
+    fitted_row["repeats"] = plot_common.MIN_CONFIDENT_REPEATS - 1  # too few repeats: low confidence
+    for r in rows:
+        if r["dual_kind"] in ("zero", "per_sample"):
+            r["timed_batch"] = None  # nothing timed in these rows: the spread is the fitted row's
+    plots.plot_tradeoff(rows, "to.png", log=pytest.fail)
+    ax = figs["to"].axes[0]
+    styles = plot_common.styles_for({plot_common.Series(r["method"], r["dual_kind"], r["backend"]) for r in rows})
+    by_style = {(c.lines[0].get_color(), c.lines[0].get_marker()): c for c in ax.containers}
+    for series, source in ((plot_common.Series("softmax"), rows[0]),
+                           (plot_common.Series("learned_dual", "zero"), fitted_row)):
+        bar = by_style[styles[series]]
+        assert bar.has_xerr
+        (segment,) = bar.lines[2][0].get_segments()
+        assert segment[:, 0] == pytest.approx([source["total_ms_q1"] / source["timed_batch"],
+                                               source["total_ms_q3"] / source["timed_batch"]])
+    # mark_low_confidence's squares (the front's circles are larger)
+    marks = [col for col in ax.collections if hasattr(col, "get_sizes") and list(col.get_sizes()) == [85]]
+    (squares,) = marks
+    borrowed = {styles[plot_common.Series("learned_dual", k)] for k in ("zero", "fitted", "per_sample")}
+    where = {(by_style[s].lines[0].get_xdata()[0], by_style[s].lines[0].get_ydata()[0]) for s in borrowed}
+    assert {tuple(p) for p in squares.get_offsets()} == where
+
+
+def test_tradeoff_front_steps_at_epsilon_and_the_legend_says_only_what_is_drawn(figs):
+    rows = cell_rows(size=16)  # float32 cells: exact's 3e-8 lies below ε
+    untimed = bench_row("dual", size=16, timed=False, cell=1)  # no time, and no fitted row to share one
+    plots.plot_tradeoff(rows + [untimed], "to.png", log=pytest.fail)
+    fig, ax = figs["to"], figs["to"].axes[0]
+    front = ax.collections[-1].get_offsets()
+    (step,) = [line for line in ax.lines if line.get_drawstyle() == "steps-post"]
+    # the front's line never dips below ε: what lies below is consistent to rounding, not ranked
+    assert list(step.get_ydata()) == pytest.approx([max(y, DTYPE_EPS["float32"]) for _, y in front])
+    assert min(y for _, y in front) < DTYPE_EPS["float32"]
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    tagged = {label for label in labels if label.endswith("[float64]")}
+    assert tagged and all(label.startswith("cvxpylayers") for label in tagged)
+    assert any("per-sample λ excludes finding λ" in label for label in labels)
+    assert "1 ok row(s) carry no time" in figs["to:footer"].replace("\n", " ")
+    plots.plot_tradeoff([r for r in rows if r["dual_kind"] != "per_sample"], "to.png", log=pytest.fail)
+    labels = [t.get_text() for t in figs["to"].legends[0].get_texts()]
+    (hollow,) = [label for label in labels if "fitted-λ row" in label]
+    assert "per-sample" not in hollow and "carry no time" not in figs["to:footer"]
+
+
 def test_tradeoff_keeps_each_device_in_its_own_panel_and_names_it(figs):
     """A review found the panels keyed without the device: one device's cells were silently left out."""
     rows = cell_rows(size=16) + [scaled(r, 0.1, device="cuda", cell=1) for r in cell_rows(size=16)
