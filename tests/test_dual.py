@@ -620,6 +620,21 @@ def test_failure_advice_is_true():
         ca.solve(scores, h, "dual", temperature=temps, tol=1e-19, max_iter=40)
 
 
+@pytest.mark.parametrize("grain, said", [(3e-3, True), (3e-4, False)])
+def test_a_stall_is_blamed_on_the_temperature_only_beyond_the_rounding_grain(grain, said):
+    """A stall says the dual cannot resolve the optimum only where one rounding step of the
+    logits moves log p by more than 1e-3 (``eps · max|θ_k| / τ_k``); below it, the advice is
+    float64 or a larger tol, without blaming the temperature."""
+    scores, h, temps = _three_level(batch=2, seed=1, scale=5.0)
+    eps = torch.finfo(torch.float32).eps
+    temps = [eps * float(scores[0].abs().max()) / grain] + list(temps[1:])
+    assert max(eps * float(s.abs().max()) / t for s, t in zip(scores, temps)) == pytest.approx(grain)
+    with pytest.raises(ConvergenceError, match="stalled") as err:
+        ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, max_iter=15, dtype=torch.float32)
+    assert ("cannot resolve the optimum in float32" in str(err.value)) == said
+    assert (f"log p by up to {grain:.1e}" in str(err.value)) == said
+
+
 # ------------------------------------------------------------------ graphs of maps
 
 GRAPH_RUNS = [(case, "auto") for case in GRAPH_CASES] + [(case, False) for case in FOREST_CASES]
