@@ -853,13 +853,19 @@ def test_eps_is_the_solver_s_tolerance(backend):
     assert certs[0] > 1e3 * certs[1], certs
 
 
-def test_a_failure_names_every_failing_sample_and_only_the_advice_that_applies():
+def test_a_failure_names_every_failing_sample_and_only_the_advice_that_applies(monkeypatch):
     inst = random_instance("1d-2lvl", batch=2, seed=0)
-    with pytest.raises(SolverFailure, match=r"sample 0: .*; sample 1: .*max_iters \(it was 1\)"):
+    monkeypatch.setattr(cvx, "available_backends", lambda: ["diffcp-clarabel", "diffcp-scs", "moreau"])
+    with pytest.raises(SolverFailure, match=r"sample 0: .*; sample 1: .*max_iters \(it was 1\)") as err:
         ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, max_iters=1)
+    assert str(err.value).endswith("need, or try backend='moreau'.")  # the most accurate other one here
     with pytest.raises(SolverFailure, match="Loosen accept_tol") as err:  # no max_iters given: none advised
         ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, accept_tol=1e-300)
     assert "max_iters" not in str(err.value)
+    monkeypatch.setattr(cvx, "available_backends", lambda: ["diffcp-clarabel"])  # no other backend to try
+    with pytest.raises(SolverFailure) as err:
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, accept_tol=1e-300)
+    assert str(err.value).endswith(". Loosen accept_tol if 1e-300 is more accuracy than you need.")
 
 
 def test_a_panic_names_its_first_line_or_its_type_and_another_backend(monkeypatch):
@@ -963,6 +969,28 @@ def test_a_solver_error_of_the_whole_batch_is_a_solver_failure(monkeypatch):
             or "the batch: the solver raised 'Solver clarabel failed'" in text), text
     if "status '" in text:
         assert "re-solved alone by CVXPY with Clarabel" in text
+
+
+@pytest.mark.parametrize("backend, options, solver, passed", [
+    # diffcp's SCS takes one eps, CVXPY's SCS two: the re-solve maps it, an explicit eps_abs wins
+    ("diffcp-scs", {"solve_method": "SCS", "eps": 1e-5, "n_jobs_forward": 1},
+     "SCS", {"eps_abs": 1e-5, "eps_rel": 1e-5}),
+    ("diffcp-scs", {"solve_method": "SCS", "eps": 1e-5, "eps_abs": 1e-7}, "SCS", {"eps_abs": 1e-7, "eps_rel": 1e-5}),
+    ("diffcp-clarabel", {"solve_method": "Clarabel", "max_iter": 50, "n_jobs_forward": 1},
+     "CLARABEL", {"max_iter": 50}),
+])
+def test_a_samples_diagnosis_re_solves_it_with_the_runs_solver_and_options(monkeypatch, backend, options,
+                                                                             solver, passed):
+    import cvxpy as cp
+
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    layer = get_layer(inst.h, inst.temps, backend)
+    calls = []
+    monkeypatch.setattr(layer.problem, "solve", lambda **kwargs: calls.append(kwargs))
+    layer.diagnose([s[0].reshape(-1).numpy() for s in inst.scores], options)
+    (call,) = calls
+    assert call.pop("solver") == getattr(cp, solver)
+    assert call == passed  # diffcp's own options (n_jobs_forward) are not the conic solver's
 
 
 def test_a_genuine_type_error_is_not_blamed_on_options_nobody_passed(monkeypatch):
