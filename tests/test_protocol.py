@@ -540,6 +540,24 @@ def test_the_model_free_reference_is_fitted_on_the_dev_split():
         fit_model_free(dev, limit=3)
 
 
+def test_the_model_free_reference_passes_its_seed_on_and_a_check_that_did_not_run_chooses_nothing(monkeypatch):
+    from convex_attention.paper import protocol
+    from convex_attention.paper.validity import CheckResult
+
+    dev = build_split(split_specs("synthetic", 0, {"dev": 8}, 0.3)["dev"], "synthetic", 32, 4)
+    seen = []
+
+    def not_run(train_images, train_masks, test_images, test_masks, seed=0):
+        seen.append((len(train_images), len(test_images), seed))
+        return CheckResult("pixel_map", "t", "ap", None, 0.30, ran=False, reason="no lesion pixel")
+
+    monkeypatch.setattr(protocol, "check_pixel_map", not_run)
+    ref = fit_model_free(dev, seed=7)
+    assert seen == [(4, 4, 7)]  # the two halves of the dev split, with the caller's seed
+    assert ref["name"] is None and ref["weights"] is None and math.isnan(ref["dev_ap"])
+    assert ref["check"]["ran"] is False and ref["check"]["reason"] == "no lesion pixel"
+
+
 def test_a_sha256_pin_stands_in_for_git_only_where_there_is_no_checkout(tmp_path):
     from convex_attention.paper.protocol import verify_variants
 
