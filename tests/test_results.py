@@ -139,7 +139,7 @@ def test_resume_drops_every_copy_of_a_duplicated_row_and_both_files_agree_at_onc
 
 
 def test_stale_temporaries_are_removed_at_start_and_nothing_else(tmp_path):
-    for name in ("bench.csv.77-0.tmp", "bench.json.123-4.tmp", "convergence.csv.5-12.tmp"):
+    for name in ("bench.csv.77-0.tmp", "bench.json.123-4.tmp", "convergence.csv.5-12.tmp", "example.npz.8-1.tmp"):
         (tmp_path / name).write_text("half")
     # the user's files, whatever they are called, are never touched
     users = ("notes.txt", "notes.tmp", "bench.csv.tmp", "mine.1-2.tmp", "bench.csv.x-1.tmp", "bench.csv.1-2.tmp.bak")
@@ -593,7 +593,8 @@ def test_a_users_dangling_link_named_like_an_output_needs_overwrite(tmp_path, na
 def test_resume_refuses_rows_whose_bench_json_records_no_readable_configuration(tmp_path):
     """Found by a hostile review: with bench.json damaged, --resume only warned, measured the
     new rows under other settings beside the old ones, and recorded the new settings for all."""
-    for content in ("[1,2", json.dumps({"rows": []}), None):  # damaged, no config, missing
+    for content in ("[1,2", json.dumps({"rows": []}), json.dumps({"config": [4], "rows": []}), None):
+        # damaged, no config, a config that is no object, missing
         folder = tmp_path / f"f{len(os.listdir(tmp_path))}"
         w = sweep_writer(folder)
         w.commit(bench_row(method="exact"))
@@ -684,6 +685,281 @@ def test_numpy_torch_and_text_numbers_are_committed_as_the_reader_reads_them_and
     assert (row["scale"], row["temperature"], row["peak_mem_mb"], row["repeats"]) == (2.0, 1.0, 3.0, 3)
     w = writer(tmp_path, resume=True)
     for column, value in (("iterations_max", True), ("n_cells", 2.5), ("iterations_max", float("inf")),
-                          ("scale", 2 ** 1100), ("scale", "two"), ("scale", False)):
+                          ("scale", 2 ** 1100), ("scale", "two"), ("scale", False), ("iterations_max", np.bool_(True)),
+                          ("n_cells", torch.tensor(False))):
         with pytest.raises(ValueError, match=f"column {column} holds"):
             w.commit(bench_row(method="dual", **{column: value}))
+
+
+# ----------------------------------------------------------------------------- found by mutation testing (2)
+
+def test_the_amortised_rows_read_the_training_settings_too(tmp_path):
+    """Both trained λ kinds (`fitted` and `amortised`) are measured with the training
+    settings: a resume of amortised rows alone compares them (docs/results_format.md)."""
+    sweep_writer(tmp_path, amortised_steps=7).commit(bench_row(method="learned_dual", dual_kind="amortised"))
+    option = R._option("amortised_steps")
+    with pytest.raises(R.ResumeMismatch, match=f"{option} 7, this run asks for {option} "):
+        R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,)))
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), amortised_steps=7))
+
+
+def test_a_setting_only_error_rows_read_does_not_bind_the_resume(tmp_path):
+    """Error rows are measured again: only the kept (finished) rows' settings are compared."""
+    w = sweep_writer(tmp_path, fit_steps=3)
+    w.commit(bench_row(method="exact"))
+    w.commit(bench_row(method="learned_dual", dual_kind="fitted", status="error"))
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,)))  # another --fit-steps
+
+
+def test_a_setting_the_stored_config_does_not_record_is_not_compared(tmp_path):
+    """An older bench.json without a setting: that setting is not compared, the others are."""
+    sweep_writer(tmp_path, factor=4).commit(bench_row())
+    data = strict_load(str(tmp_path / "bench.json"))
+    del data["config"]["factor"]
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,)))
+    with pytest.raises(R.ResumeMismatch, match="--repeats 10, this run asks for --repeats 3"):
+        R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), repeats=3))
+
+
+def test_a_resume_into_a_folder_without_rows_or_config_records_this_runs_config(tmp_path):
+    """Nothing stored to widen: bench.json records the resuming run's configuration."""
+    (tmp_path / "bench.csv").write_text(",".join(COLUMNS) + "\n")
+    w = sweep_writer(tmp_path, resume=True, factor=3)
+    w.commit(bench_row())
+    config = strict_load(str(tmp_path / "bench.json"))["config"]
+    assert config["factor"] == 3 and config["sizes"] == [4]
+
+
+def test_row_ids_of_keys_whose_values_run_together_alike_differ(tmp_path):
+    """dims 2 and size 14, dims 21 and size 4: two rows, two ids, each with its own history."""
+    a, b = bench_row(method="dual", dims=2, size=14), bench_row(method="dual", dims=21, size=4)
+    assert "".join(R.row_key(a)) == "".join(R.row_key(b)) and R.row_key(a) != R.row_key(b)
+    assert R.row_id(a) != R.row_id(b)
+    w = writer(tmp_path)
+    w.commit(a, convergence=conv_rows(2))
+    w.commit(b, convergence=conv_rows(3, cell=1))
+    conv = read_table(str(tmp_path / "convergence.csv")).rows
+    assert sorted(sum(r["row_id"] == R.row_id(x) for r in conv) for x in (a, b)) == [2, 3]
+
+
+def test_row_keys_of_text_rows_with_an_empty_field_agree_with_the_typed_rows(tmp_path):
+    """A row read as text (an empty field is "") and the same row typed (None) share a key."""
+    writer(tmp_path).commit(bench_row(seed=None))
+    text = read_table(str(tmp_path / "bench.csv")).rows[0]
+    typed = R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)[0][0]
+    assert text["seed"] == "" and typed["seed"] is None
+    assert R.row_key(text) == R.row_key(typed) == R.row_key(bench_row(seed=None))
+    assert R.row_id(text) == text["row_id"]
+
+
+def test_a_bench_json_alone_without_a_list_of_rows_is_refused(tmp_path):
+    """An earlier bench's bench.json (no bench.csv) whose rows cannot be read: refused, not replaced."""
+    (tmp_path / "bench.json").write_text(json.dumps({"rows": 3}))
+    assert R.existing_rows(str(tmp_path))[2] is not None
+    with pytest.raises(R.FinishedRows, match="no list of rows.*--overwrite"):
+        writer(tmp_path)
+    assert json.loads((tmp_path / "bench.json").read_text()) == {"rows": 3}
+
+
+def test_a_fresh_bench_refuses_a_damaged_or_unreadable_convergence_csv(tmp_path):
+    """A convergence.csv whose rows are all damaged, or that cannot be read at all, is still an
+    earlier bench's file: a fresh start without --overwrite would replace it."""
+    damaged, unreadable = tmp_path / "damaged", tmp_path / "unreadable"
+    damaged.mkdir()
+    unreadable.mkdir()
+    R.atomic_csv(str(damaged / "convergence.csv"), R.CONVERGENCE_COLUMNS, conv_rows(1), checksum=True)
+    path = damaged / "convergence.csv"
+    path.write_text(path.read_text().replace("0.1", "0.2", 1))  # its checksum no longer matches
+    assert R.read_rows(str(path), R.CONVERGENCE_SCHEMA)[1] != []
+    (unreadable / "convergence.csv").write_bytes(b"\xef\xbb\xbf" + ",".join(R.CONVERGENCE_COLUMNS).encode() + b"\n")
+    for folder in (damaged, unreadable):
+        before = (folder / "convergence.csv").read_bytes()
+        with pytest.raises(R.FinishedRows, match="holds convergence.csv of an earlier bench.*--overwrite"):
+            writer(folder)
+        assert (folder / "convergence.csv").read_bytes() == before
+
+
+def test_a_link_to_an_existing_file_is_read_through_not_refused_as_dangling(tmp_path):
+    """Only a link to a missing file is refused as a link; a live link's rows are counted."""
+    elsewhere = tmp_path / "elsewhere"
+    writer(elsewhere).commit(bench_row())
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "bench.csv").symlink_to(elsewhere / "bench.csv")
+    with pytest.raises(R.FinishedRows, match=r"holds 1 row\(s\) of an earlier bench") as err:
+        R.check_start_over(str(out), False, False, SweepConfig())
+    assert "symbolic link" not in str(err.value)
+
+
+def test_a_refusal_names_resume_only_where_the_command_offers_it(tmp_path):
+    """demo has no --resume: its refusals never name it, whether the rows can be read or not."""
+    readable, unreadable = tmp_path / "readable", tmp_path / "unreadable"
+    writer(readable).commit(bench_row())
+    unreadable.mkdir()
+    (unreadable / "bench.csv").write_bytes(b"\xef\xbb\xbf" + b"cell,status\n")
+    for folder in (readable, unreadable):
+        with pytest.raises(R.FinishedRows, match="--resume"):
+            R.check_start_over(str(folder), False, False)
+        with pytest.raises(R.FinishedRows, match="--overwrite") as err:
+            R.check_start_over(str(folder), False, False, offer_resume=False)
+        assert "--resume" not in str(err.value)
+
+
+def test_a_row_skipped_for_a_backend_this_version_does_not_know_stays_finished(tmp_path):
+    """A backend that this version does not know can never run here: its skipped row is not retried."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="cvxpylayers", backend="no-such-backend", status="skipped",
+                       reason="backend no-such-backend not installed"))
+    assert R.row_key(bench_row(method="cvxpylayers", backend="no-such-backend")) in writer(tmp_path,
+                                                                                            resume=True).done()
+
+
+def test_resume_with_an_unreadable_bench_json_alone_says_so_and_rewrites_it_at_once(tmp_path):
+    """No bench.csv, a bench.json that cannot be read: the log says its rows are dropped, and
+    both files agree from the start."""
+    (tmp_path / "bench.json").write_text("not json")
+    logged = []
+    writer(tmp_path, resume=True, log=logged.append)
+    assert any("bench.csv is missing and bench.json cannot be read" in m for m in logged), logged
+    assert strict_load(str(tmp_path / "bench.json"))["rows"] == []
+
+
+def test_a_skipped_row_of_a_method_that_records_a_history_needs_none(tmp_path):
+    """Only ok rows come with a convergence history: a skipped dual row stays finished."""
+    writer(tmp_path).commit(bench_row(method="dual", status="skipped", reason="too large"))
+    logged = []
+    w = writer(tmp_path, resume=True, log=logged.append)
+    assert R.row_key(bench_row(method="dual")) in w.done() and not any("history" in m for m in logged), logged
+
+
+def test_a_row_without_a_sweep_index_gets_the_next_free_cell_number(tmp_path):
+    """No (or a negative) index: the cell takes the next free number, never a negative one."""
+    w = writer(tmp_path)
+    cells = [w.commit(bench_row(size=size, cell=given))["cell"] for size, given in ((4, None), (8, -1), (16, 5))]
+    assert cells == [0, 1, 5]
+    assert [r["cell"] for r in R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)[0]] == cells
+
+
+def test_a_new_cell_whose_index_is_taken_never_takes_another_cells_number(tmp_path):
+    """Cells numbered 1 and 2 (none 0): a third cell whose index is taken gets a number no cell has."""
+    w = writer(tmp_path)
+    cells = [w.commit(bench_row(size=size, cell=given))["cell"] for size, given in ((4, 1), (8, 2), (16, 1))]
+    assert cells[:2] == [1, 2] and len(set(cells)) == 3 and cells[2] > 2
+
+
+def test_set_extra_rewrites_bench_json_at_once(tmp_path):
+    """Entries stored with set_extra (targets, warm-up) are in bench.json as soon as it returns."""
+    w = writer(tmp_path)
+    w.commit(bench_row())
+    w.set_extra(targets=[{"met": None}], warmup_s=1.5)
+    data = strict_load(str(tmp_path / "bench.json"))
+    assert data["targets"] == [{"met": None}] and data["warmup_s"] == 1.5 and len(data["rows"]) == 1
+
+
+def test_a_runs_record_that_is_not_a_list_of_objects_keeps_only_the_readable_runs(tmp_path):
+    """bench.json is strict JSON of objects: an earlier run record that is no object is left out
+    on resume, and a ``runs`` that is no list counts as no earlier run."""
+    writer(tmp_path).commit(bench_row())
+    data = strict_load(str(tmp_path / "bench.json"))
+    first = data["runs"][0]
+    for damaged, kept in (([7, "x", first], [first]), (3, []), ({"rows": 1}, [])):
+        (tmp_path / "bench.json").write_text(json.dumps({**data, "runs": damaged}))
+        runs = writer(tmp_path, resume=True).run_records()
+        assert runs[:-1] == kept and runs[-1]["rows"] == 0
+
+
+def test_a_bench_csv_that_cannot_be_opened_on_resume_is_a_one_line_format_error(tmp_path, monkeypatch):
+    """An OSError reading bench.csv (permissions, a disk error) is refused in one line, naming the file."""
+    writer(tmp_path).commit(bench_row())
+
+    def denied(path, schema):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(R, "read_rows", denied)
+    with pytest.raises(R.ResultsFormatError, match=r"bench\.csv: cannot be read \(Permission denied\)") as err:
+        writer(tmp_path, resume=True)
+    assert "\n" not in str(err.value)
+
+
+def test_a_numeric_text_in_an_integer_column_is_committed_exactly_however_many_digits(tmp_path):
+    """Numeric text is committed as its number: an integer beyond float64's precision exactly."""
+    big = 2 ** 63 + 1
+    stored = writer(tmp_path).commit(bench_row(n_cells=str(big)))
+    assert stored["n_cells"] == big
+    assert R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)[0][0]["n_cells"] == big
+
+
+def test_a_last_run_record_without_a_row_count_survives_a_resume(tmp_path, monkeypatch):
+    """A row bench.json missed (a kill between the renames) while its last run record holds no
+    count: the resume goes on and leaves that record as it was."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="exact"))
+    _killed_when_writing(monkeypatch, "bench.json")
+    with pytest.raises(KeyboardInterrupt):
+        w.commit(bench_row(method="softmax"))
+    monkeypatch.undo()
+    data = strict_load(str(tmp_path / "bench.json"))
+    data["runs"][0]["rows"] = None
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    w2 = writer(tmp_path, resume=True)
+    assert len(w2.rows) == 2 and [r["rows"] for r in w2.run_records()] == [None, 0]
+
+
+def test_bench_json_holds_empty_text_columns_as_bench_csv_reads_them_back(tmp_path):
+    """A row committed without backend, λ kind or reason: bench.json's row holds them as the
+    typed reader reads bench.csv's ("", not null), so both files give the same row."""
+    row = {k: v for k, v in bench_row().items() if k not in ("backend", "dual_kind", "reason")}
+    writer(tmp_path).commit(row)
+    typed = R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)[0][0]
+    stored = strict_load(str(tmp_path / "bench.json"))["rows"][0]
+    assert [stored[c] for c in ("backend", "dual_kind", "reason")] == [typed[c] for c in (
+        "backend", "dual_kind", "reason")] == ["", "", ""]
+
+
+def test_bench_json_holds_every_empty_text_column_as_bench_csv_reads_it_back(tmp_path):
+    """docs/results_format.md: bench.json's rows are the rows of bench.csv, typed.  Found by
+    mutation testing: a text column committed as None (other than backend, dual_kind and
+    reason) was null in bench.json, and "" once a resume rewrote the row."""
+    writer(tmp_path).commit({k: v for k, v in bench_row().items() if k != "shapes"})
+    typed = R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)[0][0]
+    stored = strict_load(str(tmp_path / "bench.json"))["rows"][0]
+    assert stored["shapes"] == typed["shapes"]
+
+
+def test_a_checkpoint_is_compared_where_this_run_uses_the_model_generator(tmp_path):
+    """--checkpoint is compared where either run uses --generator model: here the resuming
+    one (the stored config, an older one, does not record the generator)."""
+    sweep_writer(tmp_path, checkpoint="/a.pt").commit(bench_row())
+    data = strict_load(str(tmp_path / "bench.json"))
+    del data["config"]["generator"]
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    option = R._option("checkpoint")
+    with pytest.raises(R.ResumeMismatch, match=f"{option} \"/a.pt\", this run asks for {option} \"/b.pt\""):
+        R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), generator="model",
+                                                         checkpoint="/b.pt"))
+
+
+def test_resume_refuses_a_folder_whose_rows_are_all_damaged_and_whose_config_is_unreadable(tmp_path):
+    """Damaged rows are rows (the folder is not empty): without a readable config in bench.json
+    their settings cannot be checked, and the resume is refused as for readable rows."""
+    sweep_writer(tmp_path).commit(bench_row())
+    path = tmp_path / "bench.csv"
+    header, line = path.read_text().splitlines()
+    path.write_text(header + "\n" + line.replace("exact", "exakt", 1) + "\n")
+    (tmp_path / "bench.json").write_text("[1,2")
+    with pytest.raises(R.ResumeMismatch, match="records no readable configuration"):
+        R.check_start_over(str(tmp_path), True, False, SweepConfig(sizes=(4,), levels=(2,)))
+
+
+def test_a_blank_line_before_a_cut_history_does_not_hide_the_cut(tmp_path):
+    """The lines of each history are counted over the whole file, past a blank line."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="dual"), convergence=conv_rows(3))
+    w.commit(bench_row(method="dual", size=8), convergence=conv_rows(2, cell=1))  # the file's last two lines
+    conv = tmp_path / "convergence.csv"
+    lines = conv.read_text().splitlines()
+    conv.write_text("\n".join(lines[:-2] + ["", lines[-2], lines[-1][:6]]))
+    done = writer(tmp_path, resume=True).done()
+    assert R.row_key(bench_row(method="dual", size=8)) not in done
+    assert R.row_key(bench_row(method="dual")) in done

@@ -128,6 +128,8 @@ BENCH_SCHEMA = Schema(
                       "violation_max", "violation_mean", "max_abs_err", "primal_gap", "dual_gap",
                       "iterations_mean"}),
     choices=(("status", STATUSES), ("structure", STRUCTURES)))
+#: The columns bench.csv holds as text (read back as "" where empty).
+_TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in BENCH_SCHEMA.ints and c not in BENCH_SCHEMA.floats)
 CONVERGENCE_SCHEMA = Schema(
     "convergence", CONVERGENCE_COLUMNS,
     ints=frozenset({"cell", "dims", "size", "levels", "iteration"}),
@@ -691,8 +693,9 @@ class ResultsWriter:
         Returns the row as stored (every column, with its ``row_id``).
         """
         stored = {c: _as_column_type(c, row.get(c)) for c in COLUMNS}
-        for c in ("backend", "dual_kind", "reason"):
-            stored[c] = stored[c] or ""
+        for c in _TEXT_COLUMNS:  # an empty text field reads back as "", in bench.json as in bench.csv
+            if stored[c] is None:
+                stored[c] = ""
         stored["cell"] = self._cell_number(stored)
         stored["row_id"] = row_id(stored)
         stored["checksum"] = row_checksum([csv_field(stored[c]) for c in COLUMNS if c != "checksum"])
