@@ -198,6 +198,8 @@ def test_a_backend_that_fails_is_a_failed_check_and_the_rest_goes_on(monkeypatch
     assert by["cvxpylayers[diffcp-clarabel].certificate"].status == "skipped"
     # the comparisons with the layer could not run: listed, not passed
     assert by["exact.primal_vs_layer"].status == "skipped" and by["dual.duals_vs_layer"].status == "skipped"
+    # a check that did not run has neither an error nor a tolerance (docs/results_format.md)
+    assert all(math.isnan(r.error) and math.isnan(r.tol) for r in results if r.status == "skipped")
     assert by["exact.primal_vs_cvxpy"].passed and by["dual.kkt_stationarity"].passed
     assert not all_passed(results)
 
@@ -575,6 +577,7 @@ def test_a_reason_is_one_line_whatever_the_solver_put_in_it():
     ({"primall": 1e-6}, "unknown name.*'primall'"),
     ({"primal": math.inf}, "primal must be a positive finite number"),
     ({"duals": -1.0}, "duals must be a positive finite number"),
+    ({"feasibility": 0}, "feasibility must be a positive finite number"),
     ({"gap": math.nan}, "gap must be a positive finite number"),
     ({"kkt": True}, "kkt must be a positive finite number"),
     ({"kkt": "1e-6"}, "kkt must be a positive finite number"),
@@ -643,3 +646,265 @@ def test_an_inaccurate_reference_fails_its_own_certificate(monkeypatch):
     row = next(r for r in results if r.check == "reference.certificate")
     assert row.status == "fail" and row.error > row.tol
     assert not all_passed(results)
+
+
+# ------------------------------------------------------------- mutation testing (2026-12-05)
+def test_solver_labels_rename_every_reserved_prefix_and_use_the_given_name():
+    """Rows of a solver named like a built-in part ("dual", "reference") would be taken for
+    that part's; a name given as a string, or an isolated solver's, is the label."""
+    def dual(*args):
+        pass
+
+    def reference(*args):
+        pass
+
+    assert solver_label(dual) == "user:dual" and solver_label(reference) == "user:reference"
+    assert solver_label("mine") == "mine" and solver_label("a b\nc") == "a_b_c"
+    assert solver_label("<>") and not solver_label("<>").startswith(".")  # never an empty prefix
+    isolated = verify_mod.IsolatedSolver("convex_attention.bench.verify:kkt_residual", timeout=5)
+    isolated.name = "solve_duals"
+    assert solver_label(isolated) == "solve_duals"
+
+
+def test_backends_are_checked_before_any_work_and_each_is_verified_once():
+    called = []
+
+    def solver(scores, h, temps):
+        called.append(1)
+        return []
+
+    with pytest.raises(ValueError, match="gurobi"):
+        verify_instances(_instances(), dual_solver=solver, progress=False, backends=["gurobi"])
+    assert called == []
+    assert verify_mod.check_backends(ONE * 2) == ONE
+
+
+@pytest.mark.parametrize("primal, factor", [(1e-15, 1.0), (0.25, 0.01)])  # 0.01: |f̄*| < 1
+def test_each_row_is_held_to_its_documented_tolerance(primal, factor):
+    """Every tolerance reaches the rows it names (a user's value over the default), and the
+    distance bounds are those the module docstring states: a backend's probabilities within
+    sqrt(2·accept_tol·max(1, |f̄*|) / min τ) + accept_tol, the layer's within the larger of the
+    primal tolerance and the same distance for its own certificate."""
+    tolerances = {"primal": primal, "duals": 2e-4, "gap": 3e-8, "kkt": 4e-6, "feasibility": 5e-6,
+                  "exact_kkt": 6e-9, "exact_feasibility": 7e-9, "reference": 8e-9}
+    name, h, scores, temps = next(iter(_instances()))
+    scores, temps = [factor * s for s in scores], [factor * t for t in temps]
+    results = verify_instances([(name, h, scores, temps)], dual_solver=_builtin_duals, tolerances=tolerances,
+                               progress=False, backends=ONE)
+    tol = {r.check: r.tol for r in results}
+    for part in ("_builtin_duals", "exact"):
+        assert tol[f"{part}.primal_vs_cvxpy"] == primal
+        assert tol[f"{part}.duals_vs_cvxpy"] == tol[f"{part}.duals_vs_layer"] == 2e-4
+        assert tol[f"{part}.duality_gap"] == 3e-8
+    assert tol["_builtin_duals.kkt_stationarity"] == 4e-6 and tol["_builtin_duals.feasibility"] == 5e-6
+    assert tol["exact.kkt_stationarity"] == 6e-9 and tol["exact.feasibility"] == 7e-9
+    assert tol["reference.certificate"] == 8e-9
+    # f̄*: f* of the scores centred per map (here from the closed form), its largest max(1, |f̄*|) over the batch
+    centred = [s - s.flatten(1).mean(1).view((-1,) + (1,) * (s.dim() - 1)) for s in scores]
+    scale = float(ca.solve(centred, h, "exact", temperature=temps).objective.abs().clamp(min=1).max())
+    accept = cvx.check_options({"backend": ONE[0]})["accept_tol"]
+    part = f"cvxpylayers[{ONE[0]}]"
+    assert tol[f"{part}.certificate"] == accept and tol[f"{part}.dual_gap_vs_cvxpy"] == pytest.approx(accept + 8e-9)
+    assert tol[f"{part}.primal_vs_cvxpy"] == pytest.approx(math.sqrt(2 * accept * scale / min(temps)) + accept,
+                                                           rel=1e-6)
+    cert = next(r.error for r in results if r.check == f"{part}.certificate")  # the layer is this backend
+    layer = max(primal, math.sqrt(2 * cert * scale / min(temps)) + cert)
+    assert tol["_builtin_duals.primal_vs_layer"] == tol["exact.primal_vs_layer"] == pytest.approx(layer, rel=1e-6)
+
+
+def test_the_duality_gap_is_relative_to_the_centred_objective():
+    """``(g(λ) − f*) / max(1, |f̄*|)``: unchanged by a constant added to a map's scores (f̄* is
+    of the centred scores) and by scaling the scores and the temperatures together."""
+    name, h, scores, temps = next(iter(_instances()))
+
+    def zeros(s, graph, t):
+        return [torch.zeros((s[0].shape[0],) + tuple(graph.shapes[b]), dtype=torch.float64) for _, b in graph.edges]
+
+    def gap(scores, temps):
+        results = verify_instances([(name, h, scores, temps)], dual_solver=zeros, progress=False, backends=[])
+        return next(r.error for r in results if r.check == "zeros.duality_gap")
+
+    base = gap(scores, temps)
+    assert base > 1e-4
+    assert gap([s + 7.0 * (k + 1) for k, s in enumerate(scores)], temps) == pytest.approx(base, rel=1e-6)
+    assert gap([3 * s for s in scores], [3 * t for t in temps]) == pytest.approx(base, rel=1e-6)
+
+
+def test_duals_off_by_a_constant_per_edge_pass():
+    """Adding a constant to λ_e changes neither g nor p(λ) (the gauge, docs/design.md): a correct
+    solver that does not centre its duals passes every check."""
+    def shifted(scores, h, temps):
+        return [d + 5.0 * (e + 1) for e, d in enumerate(_builtin_duals(scores, h, temps))]
+
+    results = verify_instances(_instances(), dual_solver=shifted, progress=False, backends=ONE)
+    assert all_passed(results), [(r.check, r.error) for r in results if not r.passed]
+
+
+def test_a_solver_that_changes_the_structure_or_temperatures_in_place_does_not_change_the_problem_checked():
+    """It gets copies of the structure and the temperatures too (module docstring): right
+    duals, then the temperatures and the structure changed in place, still pass, and the
+    instance is as drawn."""
+    def vandal(scores, h, temps):
+        duals = _builtin_duals(scores, h, temps)
+        temps[:] = [1.0] * len(temps)
+        h.shapes.reverse()
+        h.edges.clear()
+        return duals
+
+    name, h, scores, temps = next(iter(_instances()))
+    shapes, edges, drawn = list(h.shapes), list(h.edges), list(temps)
+    results = verify_instances([(name, h, scores, temps)], dual_solver=vandal, progress=False, backends=ONE)
+    assert temps == drawn and h.shapes == shapes and h.edges == edges
+    assert all_passed(results), [(r.check, r.message) for r in results if not r.passed]
+
+
+@pytest.mark.parametrize("how", ["raise RuntimeError('no solver')", "sys.exit(3)"])
+def test_a_reference_that_fails_is_an_error_row_and_every_comparison_is_listed_as_not_run(how, monkeypatch):
+    namespace = {"sys": sys}
+    exec(f"def broken(self, scores):\n    {how}\n", namespace)
+    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "reference_solve", namespace["broken"])
+    results = verify_instances(_instances(), dual_solver=_builtin_duals, progress=False, backends=ONE)
+    by = {r.check: r for r in results}
+    assert by["reference.run"].status == "error"
+    assert ("no solver" if "raise" in how else "called sys.exit(3)") in by["reference.run"].message
+    expected = {"reference.certificate"} | {f"_builtin_duals.{c}" for c in verify_mod._SOLVER_CHECKS} | \
+        {f"exact.{c}" for c in verify_mod._EXACT_CHECKS} | \
+        {f"cvxpylayers[{ONE[0]}].{c}" for c in verify_mod._BACKEND_CHECKS}
+    assert {c for c, r in by.items() if r.status == "skipped"} == expected
+    assert not all_passed(results)
+
+
+@pytest.mark.parametrize("method", ["cvxpylayers", "exact", "gradient"])
+def test_a_part_that_calls_sys_exit_is_an_error_row_and_the_rest_goes_on(method, monkeypatch):
+    real_solve = verify_mod.solve
+
+    def exiting(scores, h, name, **kwargs):
+        if name == method or (method == "gradient" and name == "dual" and scores[0].requires_grad):
+            sys.exit(3)
+        return real_solve(scores, h, name, **kwargs)
+
+    monkeypatch.setattr(verify_mod, "solve", exiting)
+    results = verify_instances(_instances(), progress=False, backends=ONE)
+    part = {"cvxpylayers": f"cvxpylayers[{ONE[0]}]", "exact": "exact", "gradient": "dual"}[method]
+    by = {r.check: r for r in results}
+    assert by[f"{part}.run"].status == "error" and "called sys.exit(3)" in by[f"{part}.run"].message
+    assert by["dual.duality_gap"].passed and by["reference.certificate"].passed
+    assert not all_passed(results)
+
+
+def test_the_gradient_error_is_relative_to_the_larger_of_the_two():
+    """``|analytic − fd| / max(|analytic|, |fd|, 1e-8)``: a zero implicit gradient is off by
+    exactly 1, whatever the size of the true one."""
+    import convex_attention.dual as dual_module
+
+    (inst,) = [i for i in random_instances(QUICK_INSTANCES, seed=0, quick=True) if i[0].startswith("star")]
+    with pytest.MonkeyPatch.context() as patch:
+        real = dual_module.tree_backward
+        patch.setattr(dual_module, "tree_backward", lambda *a, **k: [0 * g for g in real(*a, **k)])
+        results = verify_instances([inst], progress=False, backends=[])
+    rows = [r for r in results if r.check in ("dual.gradient_vs_fd", "dual.temperature_gradient_vs_fd")]
+    assert len(rows) == 2 and all(r.status == "fail" and r.error == pytest.approx(1.0, abs=1e-12) for r in rows)
+
+
+def test_the_table_gives_each_rows_reason_and_counts_what_did_not_run():
+    rows = [CheckResult(0, "c", "x.ok", 1e-9, 1e-6, True), CheckResult(0, "c", "x.bad", 1.0, 1e-6, False),
+            CheckResult(0, "c", "x.run", math.nan, math.nan, False, "error", "raised ValueError: bad"),
+            CheckResult(0, "c", "x.y", math.nan, 1e-6, False, "skipped", "not run: x raised ValueError: bad")]
+    lines = format_table(rows).splitlines()
+    assert lines[3].endswith("raised ValueError: bad") and lines[4].endswith("not run: x raised ValueError: bad")
+    assert lines[-1].startswith("1/4 checks passed") and "1 not run" in lines[-1] and "1 ERROR" in lines[-1]
+
+
+def test_the_default_solver_is_the_builtin_dual_at_the_documented_tolerance(monkeypatch):
+    """verify_instances' docstring: default, the built-in "dual" method at tol=1e-11."""
+    real_solve, seen = verify_mod.solve, []
+
+    def recording(scores, h, method, **kwargs):
+        if method == "dual" and not scores[0].requires_grad:
+            seen.append(kwargs.get("tol"))
+        return real_solve(scores, h, method, **kwargs)
+
+    monkeypatch.setattr(verify_mod, "solve", recording)
+    verify_instances(_instances(), progress=False, backends=[])
+    assert seen and seen[0] == 1e-11
+
+
+def test_kkt_residual_is_weighted_by_the_probabilities():
+    """``max_k max_i p_k(i) |r_k(i) − Σ_j p_k(j) r_k(j)|``: a vanishing probability, whose
+    logarithm is far off, neither dominates the residual nor moves the mean of the others."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    scores = [torch.randn(2, 4, 4, dtype=torch.float64), torch.randn(2, 2, 2, dtype=torch.float64)]
+    sol = ca.solve(scores, h, "exact", temperature=[0.5, 2.0])
+    probs = [p.clone() for p in sol.probs]
+    probs[0][0, 0, 0] = 1e-30
+    probs[0][0] /= probs[0][0].sum()  # still a distribution: log p moves by a constant elsewhere
+    assert kkt_residual(probs, sol.duals, scores, h, [0.5, 2.0]) < 1e-12
+
+
+def test_the_reference_certificate_holds_the_worst_sample(monkeypatch):
+    """Two identical samples: the reference moved off its optimum on one of them fails its
+    certificate as much as when moved on both (not by half, as a mean would)."""
+    name, h, scores, temps = next(iter(_instances()))
+    twice = [torch.cat([s[:1], s[:1]]) for s in scores]
+    real = cvx.CvxpyAttentionLayer.reference_solve
+    calls, every = [], [2]  # every second solve (sample 1), then every one
+
+    def perturbed(self, sample):
+        probs, duals, value, status = real(self, sample)
+        calls.append(1)
+        if len(calls) % every[0] == 0:
+            duals = [d + 1e-2 * np.linspace(-1.0, 1.0, d.size).reshape(d.shape) for d in duals]
+        return probs, duals, value, status
+
+    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "reference_solve", perturbed)
+    errors = []
+    for every[0] in (2, 1):
+        results = verify_instances([(name, h, twice, temps)], progress=False, backends=[])
+        errors.append(next(r.error for r in results if r.check == "reference.certificate"))
+    assert errors[0] > 1e-8 and errors[0] == pytest.approx(errors[1], rel=1e-6)  # unmoved: ~1e-13
+
+
+def test_a_layer_whose_gradient_cannot_be_taken_is_reported_not_failed(monkeypatch):
+    """cvxpylayers' gradient is reported beside the checks, never a check: its backward
+    failing is an ``info`` row with the reason, and the run still passes."""
+    real_solve = verify_mod.solve
+
+    def no_backward(scores, h, method, **kwargs):
+        if method == "cvxpylayers" and scores[0].requires_grad:
+            raise RuntimeError("no backward here")
+        return real_solve(scores, h, method, **kwargs)
+
+    monkeypatch.setattr(verify_mod, "solve", no_backward)
+    results = verify_instances(_instances(), progress=False, backends=ONE)
+    (info,) = [r for r in results if r.check.startswith("info.")]
+    assert info.status == "info" and "no backward here" in info.message
+    assert all_passed(results)
+
+
+def test_a_failed_reference_still_runs_the_gradient_checks(monkeypatch):
+    """Found by mutation testing: with the CVXPY reference failing, the gradient checks
+    (finite differences, no reference needed) had no row at all; every requested check
+    gets one.  Checks that did not run carry no tolerance (docs/results_format.md)."""
+    def broken(self, scores):
+        raise RuntimeError("no solver")
+
+    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "reference_solve", broken)
+    results = verify_instances(_instances(), progress=False, backends=ONE)
+    by_check = {r.check: r for r in results if r.instance == 0}
+    for check in ("dual.gradient_vs_fd", "dual.temperature_gradient_vs_fd"):
+        assert by_check[check].status == "pass" and by_check[check].error <= by_check[check].tol
+    skipped = [r for r in results if r.status == "skipped"]
+    assert skipped and all(math.isnan(r.tol) and math.isnan(r.error) for r in skipped)
+    assert not all_passed(results)
+
+
+def test_a_dual_solver_that_cannot_be_called_is_refused_before_any_work(monkeypatch):
+    """Found by mutation testing: the command line's 'module:function' string passed as is
+    ran every instance and failed each with "'str' object is not callable"."""
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before dual_solver was checked")
+
+    monkeypatch.setattr(verify_mod, "_run_dual_solver", no_work)
+    with pytest.raises(TypeError, match="dual_solver must be a function .* or an IsolatedSolver, got str"):
+        verify_instances(_instances(), dual_solver="convex_attention.bench.verify:kkt_residual", progress=False,
+                         backends=[])
