@@ -675,3 +675,303 @@ def test_a_value_exactly_on_its_threshold_is_met_and_a_dual_exactly_at_the_basel
               {"solver": "dual", "parameter": 1e-6, "violation": 1e-3, "per_sample_ms": 1.0}]
     (target,) = gt._targets({"linsat": linsat})
     assert target["met"] is True and target["value"] == 5.0
+
+
+# ----------------------------------------------------------------------------- found by mutation testing (2)
+
+def test_a_gradient_side_that_is_not_a_multiple_of_16_is_refused_and_cvx_batch_may_equal_speed_batch():
+    """--grad-size is held to 16 like --size, and --cvx-batch is at most --speed-batch: equal
+    is allowed (found by mutation testing: dropping the first check, or `>=` for `>`,
+    survived)."""
+    with pytest.raises(ValueError, match="multiples of 16"):
+        GraphBenchmark(grad_size=40)
+    assert GraphBenchmark(speed_batch=4, cvx_batch=4).cvx_batch == 4
+
+
+def test_the_default_backends_are_those_installed(monkeypatch):
+    monkeypatch.setattr(gt, "available_backends", lambda: [gt.DEFAULT_BACKENDS[-1], "other"])
+    assert gt.default_backends() == [gt.DEFAULT_BACKENDS[-1]]
+    monkeypatch.setattr(gt, "available_backends", lambda: [])
+    assert gt.default_backends() == []
+
+
+def test_draw_instance_scales_the_scores_alone():
+    """N(0, scale²) scores: the same stream at twice the scale gives twice the scores and the
+    same regions and temperatures."""
+    h1, scores1, temps1 = draw_instance("axial", 16, torch.Generator().manual_seed(5), (-1.0, 1.0), 2, scale=1.0)
+    h2, scores2, temps2 = draw_instance("axial", 16, torch.Generator().manual_seed(5), (-1.0, 1.0), 2, scale=2.0)
+    assert temps1 == temps2 and h1.shapes == h2.shapes
+    assert all(torch.equal(2 * a, b) for a, b in zip(scores1, scores2))
+
+
+def test_each_convergence_solve_gets_its_set_s_sweeps_and_its_dtype_s_tolerance(monkeypatch):
+    """The documented sets: normal τ in [0.1, 10] with at most 50 sweeps, hard τ in [0.01, 10]
+    with at most 200; tol 1e-6 for float32 scores, 1e-10 for float64 (found by mutation
+    testing: another range, another sweep limit or tolerance, a solver allowed more sweeps
+    than its row records and float64 scores in the float32 rows all survived)."""
+    calls = []
+    real = gt.solve
+
+    def spy(scores, h, method, **options):
+        sol = real(scores, h, method, **options)
+        calls.append((scores[0].dtype, options["tol"], options["max_iter"], options["temperature"],
+                      float(ca.metrics.violation(sol.probs, h)[0])))
+        return sol
+
+    monkeypatch.setattr(gt, "solve", spy)
+    rows, _ = gt._convergence(GraphBenchmark(size=16, instances=1, parts=("convergence",)), ("axial",),
+                              log=lambda m: None)
+    documented = {"normal": (0.1, 50), "hard": (0.01, 200)}
+    tols = {torch.float32: 1e-6, torch.float64: 1e-10}
+    assert len(calls) == len(rows) == 4
+    for (dtype, tol, max_iter, temps, returned), row in zip(calls, rows):
+        assert row["returned_violation"] == returned  # the returned maps', not the solver's iterate's
+        coldest, sweeps = documented[row["set"]]
+        assert row["pinned_ends"] and min(temps) == pytest.approx(coldest) and max(temps) == pytest.approx(10.0)
+        assert max_iter == row["max_sweeps"] == sweeps
+        assert tol == row["tol"] == tols[dtype] and str(dtype) == f"torch.{row['dtype']}"
+
+
+def test_a_convergence_set_is_summarised_by_its_median_its_worst_and_its_worst_instances():
+    group = [{"draw": d, "sample": 0, "temperatures": f"0.1 {t}", "pinned_ends": d == 0, "sweeps": n,
+              "converged": True, "violation": 1e-12, "returned_violation": 1e-12}
+             for d, (n, t) in enumerate(((3, 1), (9, 2), (4, 2), (9, 4), (1, 5)))]
+    s = gt._convergence_summary(group, "axial", "normal", "float64", 1e-10, 50)
+    sweeps = sorted(r["sweeps"] for r in group)
+    assert s["median_sweeps"] == sweeps[len(sweeps) // 2] and s["worst_sweeps"] == sweeps[-1]
+    # the most sweeps first, ties in draw order
+    assert [w["draw"] for w in s["worst"]] == [1, 3, 2] and s["misses"] == 0
+    assert s["distinct_temperatures"] == len({r["temperatures"] for r in group}) < len(group)
+
+
+def test_a_nan_returned_violation_is_the_worst_wherever_it_comes():
+    """Python's max keeps a NaN only when it comes first (found by mutation testing)."""
+    group = [{"draw": d, "sample": 0, "temperatures": "0.1 10", "pinned_ends": True, "sweeps": 3,
+              "converged": True, "violation": 1e-12, "returned_violation": v} for d, v in enumerate((1e-12, math.nan))]
+    s = gt._convergence_summary(group, "axial", "normal", "float64", 1e-10, 50)
+    assert math.isnan(s["worst_returned_violation"])
+
+
+def test_nan_returned_maps_make_the_convergence_target_a_miss():
+    """Found by mutation testing: NaN maps left the target met (``nan > tol`` is False)."""
+    summary = {"family": "axial", "set": "normal", "dtype": "float32", "tol": 1e-6, "max_sweeps": 50,
+               "instances": 100, "median_sweeps": 3, "worst_sweeps": 5, "misses": 0,
+               "worst_returned_violation": math.nan}
+    (target,) = gt._targets({"convergence_summary": [summary]})
+    assert target["met"] is False
+
+
+def test_the_gradient_targets_are_held_to_1e_5():
+    """2e-5 against finite differences and against the reference: NOT met (docs/benchmarks.md:
+    to 1e-5; found by mutation testing: 1e-4 survived)."""
+    rows = [_dual_gradient_row(2e-5, 0),
+            {**_dual_gradient_row(1e-6, 0), "solver": "cvxpylayers[x]", "error_vs_dual": 2e-5}]
+    by = {t["target"]: t for t in gt._targets({"gradients": rows})}
+    assert by["implicit gradient vs finite differences (mild)"]["met"] is False
+    assert by["implicit gradient vs cvxpylayers[x] (mild)"]["met"] is False
+    assert by["implicit gradient vs cvxpylayers[x] (mild)"]["value"] == 2e-5
+
+
+def test_an_implicit_backward_that_failed_on_every_instance_is_a_miss_not_a_missing_target():
+    rows = [_dual_gradient_row(math.nan, i, status="error") for i in range(2)]
+    (target,) = gt._targets({"gradients": rows})
+    assert target["target"] == "implicit gradient vs finite differences (mild)"
+    assert target["met"] is False and target["value"] is None and "FAILED on 2 instance(s)" in target["detail"]
+
+
+def _speed_row(family, method, per_sample_ms, backend="", status="ok", fwd_ms=1.0, bwd_ms=0.5):
+    return {"family": family, "method": method, "backend": backend, "status": status, "fwd_ms": fwd_ms,
+            "bwd_ms": bwd_ms, "total_ms": fwd_ms + bwd_ms, "per_sample_ms": per_sample_ms, "batch": 1}
+
+
+def test_the_backward_over_forward_target_divides_backward_by_forward():
+    speed = [_speed_row("axial", "dual", 1.0, fwd_ms=1.0, bwd_ms=1.5),
+             _speed_row("mixed", "dual", 1.0, fwd_ms=2.0, bwd_ms=1.0)]
+    by = {t["target"]: t for t in gt._targets({"speed": speed})}
+    assert by["dual backward / forward time (axial)"]["value"] == 1.5
+    assert by["dual backward / forward time (axial)"]["met"] is False
+    assert by["dual backward / forward time (mixed)"]["value"] == 0.5
+    assert by["dual backward / forward time (mixed)"]["met"] is True
+
+
+def test_each_family_s_speed_up_is_judged_on_its_own_backends():
+    """axial: one backend, 2000x, met; grid_regions: 500x and 5000x beside a failed backend:
+    at most 500x, a certain miss; mixed: exactly 1000x beside a failed backend: no verdict
+    (found by mutation testing: another family's rows or failures, the slowest survivor as
+    the bound, and `<=` for `<` in the certain miss survived)."""
+    speed = [_speed_row("axial", "dual", 1.0), _speed_row("axial", "cvxpylayers", 2000.0, backend="a"),
+             _speed_row("grid_regions", "dual", 1.0), _speed_row("grid_regions", "cvxpylayers", 500.0, backend="a"),
+             _speed_row("grid_regions", "cvxpylayers", 5000.0, backend="b"),
+             _speed_row("grid_regions", "cvxpylayers", math.nan, backend="c", status="error"),
+             _speed_row("mixed", "dual", 1.0), _speed_row("mixed", "cvxpylayers", 1000.0, backend="a"),
+             _speed_row("mixed", "cvxpylayers", math.nan, backend="c", status="error")]
+    by = {t["target"]: t for t in gt._targets({"speed": speed}) if "/ dual per sample" in t["target"]}
+    axial = by["cvxpylayers[a] (fastest) / dual per sample (axial)"]
+    assert axial["value"] == 2000.0 and axial["met"] is True
+    grid = by["cvxpylayers (fastest) / dual per sample (grid_regions)"]
+    assert grid["value"] == 500.0 and grid["met"] is False and "c failed" in grid["detail"]
+    mixed = by["cvxpylayers (fastest) / dual per sample (mixed)"]
+    assert mixed["value"] is None and mixed["met"] is None
+
+
+def test_exact_above_three_times_the_softmaxes_is_not_met():
+    speed = [{**_speed_row("star", method, 1.0, fwd_ms=total / 2, bwd_ms=total / 2)}
+             for method, total in (("exact", 4.0), ("softmax", 1.0))]
+    (target,) = gt._targets({"speed": speed})
+    assert target["target"] == "exact / softmaxes, forward + backward (star)"
+    assert target["value"] == 4.0 and target["met"] is False
+
+
+@pytest.mark.parametrize("ratio, met", [(0.05, False), (0.005, True)])
+def test_the_amortised_target_is_the_trained_ratio_held_to_one_percent(ratio, met):
+    amortised = [{"split": "held_out", "scale": 1.0, "temperatures": "1 1 1", "sweeps": 6, "ratio": ratio,
+                  "ratio_untrained": 0.5, "amortised_ms": 1.0, "dual_ms": 1.0}]
+    (target,) = gt._targets({"amortised": amortised})
+    assert target["value"] == ratio and target["met"] is met
+
+
+def test_the_baseline_is_compared_with_the_fastest_dual_tolerance_that_reaches_its_violation():
+    linsat = [{"solver": "linsat", "parameter": 10, "violation": 1e-3, "per_sample_ms": 6.0},
+              {"solver": "dual", "parameter": 1e-8, "violation": 1e-9, "per_sample_ms": 3.0},
+              {"solver": "dual", "parameter": 1e-4, "violation": 1e-5, "per_sample_ms": 2.0},
+              {"solver": "dual", "parameter": 1e-2, "violation": 1e-2, "per_sample_ms": 1.0}]
+    (target,) = gt._targets({"linsat": linsat})
+    assert target["value"] == 3.0 and "dual at tol 0.0001" in target["detail"]
+
+
+def test_a_folder_holding_graphs_json_or_the_convergence_rows_is_refused(tmp_path):
+    """graphs.json is written by every run, and the convergence part writes
+    convergence_instances.csv: neither is replaced without --overwrite."""
+    config = GraphBenchmark(parts=("convergence",))
+    for name in ("graphs.json", "convergence_instances.csv"):
+        folder = tmp_path / name.split(".")[0]
+        folder.mkdir()
+        (folder / name).write_text("earlier\n")
+        with pytest.raises(gt.RunRefused, match="--overwrite"):
+            gt.check_no_earlier_results(config, str(folder))
+        gt.check_no_earlier_results(config, str(folder), overwrite=True)
+
+
+def test_a_run_computes_with_its_declared_threads_and_restores_the_caller_s(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(gt, "_run", lambda *args: seen.append(torch.get_num_threads()) or {})
+    lock = gt.results_lock
+    monkeypatch.setattr(gt, "results_lock",
+                        lambda *args, **kwargs: seen.append(kwargs["wait"]) or lock(*args, **kwargs))
+    before = torch.get_num_threads()
+    threads = 3 if before != 3 else 2
+    gt.graph_benchmark(GraphBenchmark(parts=("backward",), threads=threads), str(tmp_path), backends=[],
+                       log=lambda m: None, wait=True)
+    assert seen == [True, threads] and torch.get_num_threads() == before
+
+
+def test_a_speed_row_s_time_per_sample_divides_by_its_batch():
+    class Meas:
+        total_median = 8.0
+
+        def summary(self):
+            return {"total_ms": self.total_median}
+
+    row = gt._speed_row("axial", gt.structure_graph("axial", 16), "dual", "", Meas(), 4, "cpu")
+    assert row["per_sample_ms"] == 2.0 and row["batch"] == 4
+
+
+def test_a_zero_time_is_a_miss_not_a_crash():
+    """Found by mutation testing: a zero time raised ZeroDivisionError after every part had
+    run, so graphs.json was never written; _target makes a non-finite ratio a miss."""
+    speed = [_speed_row("axial", "dual", 1.0, fwd_ms=0.0, bwd_ms=0.5)]
+    (target,) = [t for t in gt._targets({"speed": speed}) if t["target"].startswith("dual backward / forward")]
+    assert target["met"] is False and target["value"] is None
+    # every ratio: cvxpylayers / dual, dual / exact, exact / softmaxes, the baseline / dual
+    speed = [_speed_row("axial", "dual", 0.0, fwd_ms=1.0), _speed_row("axial", "cvxpylayers", 5.0, backend="moreau")]
+    speed += [_speed_row("star", m, 1.0, fwd_ms=0.0, bwd_ms=0.0 if m != "dual" else 0.5)
+              for m in ("dual", "exact", "softmax")]
+    linsat = [{"solver": "linsat", "parameter": 10, "violation": 1e-3, "per_sample_ms": 1.0},
+              {"solver": "dual", "parameter": 1e-6, "violation": 1e-7, "per_sample_ms": 0.0}]
+    targets = {t["target"]: t for t in gt._targets({"speed": speed, "linsat": linsat})}
+    for name in ("cvxpylayers[moreau] (fastest) / dual per sample (axial)", "dual / exact, forward + backward (star)",
+                 "exact / softmaxes, forward + backward (star)",
+                 "baseline / dual time at the baseline's violation (given maps, 10 iterations)"):
+        assert targets[name]["met"] is False and targets[name]["value"] is None, name
+        assert "not a finite number, a miss" in targets[name]["detail"]
+
+
+def test_a_convergence_set_that_runs_out_of_sweeps_records_its_misses(monkeypatch):
+    """One sweep allowed: no instance of mixed converges to tol; each row says so, the set's
+    misses count them and its target is NOT met (found by mutation testing: rows recorded as
+    converged, and misses counting the converged ones, survived)."""
+    monkeypatch.setattr(gt, "CONVERGENCE_SETS", {"normal": (-1.0, 1.0, 1)})
+    monkeypatch.setattr(gt, "CONVERGENCE_TOLS", {"float64": 1e-10})
+    rows, (summary,) = gt._convergence(GraphBenchmark(size=16, instances=2, parts=("convergence",)), ("mixed",),
+                                       log=lambda m: None)
+    assert [(r["converged"], r["sweeps"]) for r in rows] == [(False, 1), (False, 1)]
+    assert all(r["violation"] > 1e-10 for r in rows)
+    assert summary["misses"] == 2 and summary["worst_sweeps"] == 1
+    (target,) = gt._targets({"convergence_summary": [summary]})
+    assert target["met"] is False
+
+
+def test_the_convergence_summary_in_graphs_json_gives_no_verdict_of_its_own():
+    """Found by mutation testing: the summary said met for a partial set (and for returned maps
+    above tol) where its target said not measured (or NOT met); the target alone judges."""
+    group = [{"draw": d, "sample": 0, "temperatures": "0.1 10", "pinned_ends": True, "sweeps": 3,
+              "converged": True, "violation": 1e-12, "returned_violation": 1e-12} for d in range(2)]
+    s = gt._convergence_summary(group, "axial", "normal", "float64", 1e-10, 50)
+    (target,) = gt._targets({"convergence_summary": [s]})
+    assert target["met"] is None and "met" not in s
+
+
+def test_log_temperatures_are_uniform_over_the_whole_range():
+    """Log-uniform in 10 ** log_tau: the draws fill [lo, hi], not a part of it (found by
+    mutation testing: draws on [lo, lo + 1] passed every check)."""
+    logs = gt._uniform(torch.Generator().manual_seed(0), 10_000, -2.0, 1.0)
+    assert -2.0 <= float(logs.min()) < -1.99 and 0.99 < float(logs.max()) <= 1.0
+    assert float(logs.mean()) == pytest.approx(-0.5, abs=0.05)
+
+
+def test_a_cuda_only_backend_is_not_refused_where_it_solves_on_the_device_asked_for():
+    """The check compares device types: a CPU run refuses nothing (a CUDA-only backend's row
+    names the GPU it ran on), and cuda:0 is the CUDA a CUDA-only backend solves on (found by
+    mutation testing: both refusals survived)."""
+    config = GraphBenchmark(parts=("speed",))
+    gt.check_cvx_device(config, ["cuclarabel"])
+    object.__setattr__(config, "cvx_device", "cuda:0")  # this machine may have no GPU: past check_device
+    gt.check_cvx_device(config, ["cuclarabel"])
+
+
+def test_the_dual_over_exact_ratio_divides_totals_of_the_same_batch():
+    """Batch 4: dual 24 ms in all (6 per sample), exact 2 ms in all: 12, NOT met (found by
+    mutation testing: dual's time per sample over exact's total gave 3, met)."""
+    speed = [{**_speed_row("star", method, total / 4, fwd_ms=total / 2, bwd_ms=total / 2), "batch": 4}
+             for method, total in (("dual", 24.0), ("exact", 2.0), ("softmax", 1.0))]
+    by = {t["target"]: t for t in gt._targets({"speed": speed})}
+    target = by["dual / exact, forward + backward (star)"]
+    assert target["value"] == 12.0 and target["met"] is False
+
+
+def test_the_normal_and_hard_sets_draw_from_streams_of_their_own():
+    """Not the same draws mapped onto another range (found by mutation testing: a stream per
+    family alone survived, the hard set's scores and regions being the normal set's)."""
+    normal, hard = (list(gt.convergence_instances(0, "axial", name, 16, 2)) for name in ("normal", "hard"))
+    assert not torch.equal(normal[1][3][0], hard[1][3][0])
+
+
+def test_returned_maps_exactly_at_tol_meet_it():
+    summary = {"family": "axial", "set": "normal", "dtype": "float32", "tol": 1e-6, "max_sweeps": 50,
+               "instances": 100, "median_sweeps": 3, "worst_sweeps": 5, "misses": 0, "worst_returned_violation": 1e-6}
+    (target,) = gt._targets({"convergence_summary": [summary]})
+    assert target["met"] is True and "above tol" not in target["detail"]
+
+
+def test_without_a_baseline_the_given_maps_part_is_not_run(tmp_path):
+    logged = []
+    out = gt.graph_benchmark(GraphBenchmark(parts=("linsat",), size=16), str(tmp_path), backends=[],
+                             log=logged.append)
+    assert "linsat" not in out and not (tmp_path / "linsat.csv").exists() and (tmp_path / "graphs.json").exists()
+    assert any("no baseline handed in" in m for m in logged)
+
+
+def test_the_development_split_is_neither_the_held_out_nor_the_training_instances():
+    """Evaluation instances are drawn at seed + the split's offset, training at seed + 1 and the
+    network's initialisation at seed + 2: the offsets must not meet."""
+    assert len({*gt.AMORTISED_SPLITS.values(), 1, 2}) == len(gt.AMORTISED_SPLITS) + 2
