@@ -442,7 +442,8 @@ class Attended:
         maps: ``M`` tensors ``(B, *h.shapes[k])``, each summing to one per sample: the
             attention maps the model pools its features with.
         solution: the :class:`~convex_attention.Solution` whose ``probs`` are ``maps``
-            (its ``violation`` is the maps' violation).
+            (its ``violation`` is the maps' violation; for a method that needs duals its
+            ``method`` is ``"softmax"``: the maps are the per-level softmaxes).
         aux_loss: 0-d tensor, the unweighted auxiliary loss to add to the task loss (the
             model weighs it): the consistency loss for methods that need duals, else 0.
     """

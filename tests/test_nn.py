@@ -81,6 +81,7 @@ def test_attend_gives_maps_solution_and_aux_loss(method):
         soft = ca.solve(scores, H, "softmax", temperature=[0.5, 1.0, 2.0])
         for m, p in zip(out.maps, soft.probs):
             torch.testing.assert_close(m, p)
+        assert out.solution.method == "softmax"  # the maps are the softmaxes, whatever the module's method
         torch.testing.assert_close(out.aux_loss, module.consistency_loss(scores))
         assert float(out.aux_loss.detach()) > 0
         (sum(m.square().sum() for m in out.maps) + out.aux_loss).backward()
@@ -495,3 +496,88 @@ def test_a_frozen_parameter_in_a_temperature_list_is_registered():
     tau = torch.nn.Parameter(torch.tensor(0.5), requires_grad=False)
     module = ca.ConsistentAttention(H, method="exact", temperature=[tau, 1.0, 2.0])
     assert any(p is tau for p in module.parameters()) and "_temperature_parameters.0" in module.state_dict()
+
+
+def test_amortised_residual_is_pointwise_on_an_irregular_hierarchy():
+    """Kernel 1 (a pointwise MLP) on irregular maps, so K = 1 in the documented count
+    C + C·h·K + h + h·K + 1 (two layers, C = 2 on two levels)."""
+    h = ca.Hierarchy.from_parents([6, 3], [torch.arange(6) // 2])
+    module = ca.AmortisedDuals(h, hidden=4, layers=2)
+    assert sum(p.numel() for p in module.parameters()) == 2 + 2 * 4 + 4 + 4 + 1
+
+
+@pytest.mark.parametrize("structure", ["hierarchy", "graph"])
+def test_an_untrained_amortised_residual_adds_nothing(structure):
+    """Its last layer starts at zero: the residual net's output is zero for any features."""
+    h = H if structure == "hierarchy" else G
+    module = ca.AmortisedDuals(h)
+    scores = [torch.randn((2,) + s) for s in h.shapes]
+    for k, feat in enumerate(module.features(scores)):
+        assert torch.equal(module.residual[k](feat), torch.zeros((2, 1) + feat.shape[2:]))
+
+
+@pytest.mark.parametrize("structure", ["hierarchy", "graph"])
+def test_amortised_features_of_half_scores_are_computed_in_float32(structure):
+    """Half precision computes in float32: the features of half scores are those of the same
+    values given in float32 (a block log-sum-exp in half precision is off by ~1e-3)."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)]) if structure == "hierarchy" else G
+    g = torch.Generator().manual_seed(0)
+    half = [(20 * torch.randn((2,) + s, generator=g)).half() for s in h.shapes]
+    module = ca.AmortisedDuals(h, [0.7] + [1.3] * (h.num_maps - 1))
+    got, want = module.features(half), module.features([s.float() for s in half])
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-6)
+
+
+def test_amortised_repr_names_sweeps_only_where_they_are_used():
+    assert "sweeps=4" in repr(ca.AmortisedDuals(G, sweeps=4))
+    assert "sweeps" not in repr(ca.AmortisedDuals(H, sweeps=4))
+
+
+@pytest.mark.parametrize("kwargs", [{"lr": True}, {"residual_lr": True}, {"residual_lr": math.inf}])
+def test_fit_refuses_a_bool_or_infinite_learning_rate(kwargs):
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    name = next(iter(kwargs))
+    with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+        ca.fit_amortised_duals(ca.AmortisedDuals(h), [torch.randn(2, 4), torch.randn(2, 2)], 1, **kwargs)
+
+
+def test_forward_checks_the_scores_before_the_amortised_duals_see_them():
+    layer = ca.ConsistentAttention(ca.Hierarchy.grid([(4, 4), (2, 2)]), "learned_dual", duals="amortised")
+    with pytest.raises(ValueError, match="scores"):
+        layer([torch.randn(2, 4, 4)])
+
+
+def test_consistency_loss_follows_the_module_check_finite():
+    bad = [torch.randn((2,) + s) for s in H.shapes]
+    bad[1][0, 0, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ca.ConsistentAttention(H, "learned_dual").consistency_loss(bad)
+    ca.ConsistentAttention(H, "learned_dual", check_finite=False).consistency_loss(bad)
+
+
+@pytest.mark.parametrize("method", ["softmax", "learned_dual"])
+def test_attend_computes_half_scores_in_float32(method):
+    """Half precision computes in float32: the aux loss is float32, as for float32 scores of
+    the same values; float64 scores give a float64 aux loss."""
+    layer = ca.ConsistentAttention(H, method, temperature=[0.5, 1.0, 2.0])
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    g = torch.Generator().manual_seed(0)
+    half = [(3 * torch.randn((2,) + s, generator=g)).half() for s in H.shapes]
+    got, want = layer.attend(half).aux_loss, layer.attend([s.float() for s in half]).aux_loss
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-5)
+    assert layer.attend([s.double() for s in half]).aux_loss.dtype == torch.float64
+
+
+def test_score_head_keeps_a_batch_of_one():
+    assert ca.ScoreHead(3, ndim=2)(torch.randn(1, 3, 1, 4)).shape == (1, 1, 4)
+
+
+def test_reprs_name_method_temperature_and_scale():
+    assert "method='dual'" in repr(ca.ConsistentAttention(H, "dual", temperature=[0.5, 1.0, 2.0]))
+    assert "temperature=[0.5, 1.0, 2.0]" in repr(ca.ConsistentAttention(H, "dual", temperature=[0.5, 1.0, 2.0]))
+    assert "scale='learned'" in repr(ca.ScoreHead(3, scale="learned"))
