@@ -387,10 +387,14 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         def inverse_of(r: Tensor) -> Tensor:
             return torch.where(ok.unsqueeze(1), cholesky_apply(L, r), r)  # no factor found: unpreconditioned
     else:
-        diag = hess.block_diagonal(probs, temps).clamp_min(tiny)
+        diag = hess.block_diagonal(probs, temps)
+        # An entry without curvature (probabilities that underflowed to 0 on both sides) has
+        # a zero row and column in ∇²g: the pseudo-inverse's 0 there, not 1/tiny, which
+        # blew the centring's rounding on that entry up to ~1e290 (found by mutation testing).
+        inverse_diag = torch.where(diag > 0, 1 / diag.clamp_min(tiny), torch.zeros_like(diag))
 
         def inverse_of(r: Tensor) -> Tensor:
-            return r / diag
+            return r * inverse_diag
 
     def precondition(r: Tensor) -> Tensor:
         return hess.centre(inverse_of(r))

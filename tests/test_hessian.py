@@ -675,3 +675,228 @@ def test_a_right_hand_side_that_is_not_finite_is_not_iterated():
     w, _, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, dense_limit=0)
     assert solved.tolist() == [True, False] and int(iterations[1]) == 0 and bool(w[1].isnan().all())
     assert bool(torch.isfinite(w[0]).all())
+
+
+def _zero_curvature_probs(dtype):
+    """An axial graph (4x3 map pooled onto its rows and its columns) whose probabilities are
+    exactly zero on row 0 of the fine map and on the row map's cell 0: edge 0's entry for that
+    row has no curvature at all (its column of ``∇²g`` is zero)."""
+    inst = random_graph_instance("axial", batch=2, seed=22, scale=2.0)
+    probs = [p.clone() for p in reparameterized_probs(inst.scores, _random_duals(inst.h, 2, 23), inst.h, inst.temps)]
+    rows = inst.h.parents(0)
+    probs[0].view(2, -1)[:, rows == 0] = 0.0
+    probs[1].view(2, -1)[:, 0] = 0.0
+    probs = [(p / p.flatten(1).sum(1).view((-1,) + (1,) * (p.dim() - 1))).to(dtype) for p in probs]
+    return inst, probs
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_block_jacobi_copes_with_an_entry_without_curvature(dtype):
+    """Where an edge's block diagonal is zero (probability exactly zero on both sides of a coarse
+    cell, as underflow gives on peaked maps) the block-Jacobi preconditioner clamps it to the
+    dtype's tiny rather than divide by zero; the system is in the Hessian's range (the dense
+    preconditioner solves it in one iteration), so the solve stays finite and meets its
+    tolerance.  Found by mutation testing: the centred right-hand side is not exactly zero on
+    that entry (rounding, ~1e-17), and divided by tiny it was ~1e291 (relative residual inf
+    after 3 iterations, float32 and float64; implicit_vjp raised above DENSE_FALLBACK_LIMIT).
+    The preconditioner now takes the pseudo-inverse's 0 there."""
+    inst, probs = _zero_curvature_probs(dtype)
+    hess = get_hessian(inst.h, "cpu")
+    assert float(hess.block_diagonal(probs, inst.temps).abs().min()) == 0.0
+    v = [torch.randn(p.shape, generator=torch.Generator().manual_seed(24), dtype=torch.float64).to(dtype)
+         for p in probs]
+    rhs = hess.apply_At([DualHessian.apply_J(p, x, t) for p, x, t in zip(probs, v, inst.temps)])
+    rtol = 1e-5 if dtype == torch.float32 else 1e-11
+    w, relres, _, solved = solve_psd(hess, probs, inst.temps, rhs, rtol, 1000, dense_limit=0)
+    assert bool(solved.all()) and bool(torch.isfinite(w).all()) and bool((relres <= rtol).all())
+    torch.testing.assert_close(hess.matvec(probs, inst.temps, w), rhs, rtol=0,
+                               atol=1e-4 if dtype == torch.float32 else 1e-10)
+
+
+def test_the_tolerance_is_inclusive():
+    """``‖∇²g w − rhs‖ <= rtol ‖rhs‖``: a tolerance exactly equal to the relative residual an
+    iterate reaches (read from a first solve with tolerance 0) is met by that iterate."""
+    inst = random_graph_instance("mixed-two-resolutions", batch=3, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(25)))
+    _, reached, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 0.0, 4, dense_limit=0)
+    assert not bool(solved.any()) and int(iterations.min()) == 4
+    _, relres, _, solved = solve_psd(hess, sol.probs, inst.temps, rhs, reached.clone(), 4, dense_limit=0)
+    assert bool(solved.all()) and torch.equal(relres, reached)
+
+
+def test_a_batch_is_solved_as_its_samples_alone():
+    """Samples that converge at different iterations: each stops, frozen, at its own, and its
+    solution and iteration count are those of solving it alone."""
+    inst = random_graph_instance("mixed-two-resolutions", batch=3, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(26)))
+    rtol = torch.tensor([1e-1, 1e-11, 5e-2], dtype=torch.float64)
+    w, relres, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, rtol, 1000, dense_limit=0)
+    assert bool(solved.all()) and len(set(iterations.tolist())) == 3
+    for b in range(3):
+        alone = solve_psd(hess, [p[b:b + 1] for p in sol.probs], inst.temps, rhs[b:b + 1], float(rtol[b]), 1000,
+                          dense_limit=0)
+        assert int(alone[2][0]) == int(iterations[b]) and bool(alone[3][0])
+        torch.testing.assert_close(alone[0][0], w[b], rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(alone[1][0], relres[b], rtol=1e-8, atol=0)
+
+
+def test_dense_solves_in_float32_and_float64_share_one_hessian():
+    """One cached :class:`DualHessian` serves both dtypes: its gauge is rebuilt for a dtype it
+    was not built in, so a float32 solve preconditioned by the dense Hessian works after a
+    float64 one (and back)."""
+    inst = random_graph_instance("mixed-two-resolutions", batch=2, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(2, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(27)))
+    for dtype, rtol in ((torch.float64, 1e-11), (torch.float32, 1e-5), (torch.float64, 1e-11)):
+        probs = [p.to(dtype) for p in sol.probs]
+        w, relres, iterations, solved = solve_psd(hess, probs, inst.temps, rhs.to(dtype), rtol, 1000)
+        assert w.dtype == dtype and bool(solved.all()) and int(iterations.max()) <= 3
+        assert hess.gauge(dtype).dtype == dtype
+
+
+def test_chunked_dense_solves_keep_their_preconditioner(monkeypatch):
+    """With the batch split into chunks of dense Hessians (here two: at most two samples at once),
+    each chunk is preconditioned as the whole batch would be: by its pseudo-inverse with
+    ``spectral`` (one eigendecomposition per chunk, no Cholesky factor), else by its Cholesky
+    factor, up to the caller's ``dense_limit``."""
+    import convex_attention.hessian as hessian_module
+
+    inst = random_graph_instance("mixed-two-resolutions", batch=3, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(28)))
+    calls = []
+    for name in ("factor", "pseudo_inverse"):
+        method = getattr(hess, name)
+        monkeypatch.setattr(hess, name, lambda H, method=method, name=name: calls.append((name, len(H))) or method(H))
+    monkeypatch.setattr(hessian_module, "DENSE_ENTRIES", 2 * hess.dim * hess.dim)  # two samples at once
+    monkeypatch.setattr(hessian_module, "DENSE_LIMIT", 0)  # each chunk keeps the caller's dense_limit, not this
+    for spectral, used in ((True, "pseudo_inverse"), (False, "factor")):
+        calls.clear()
+        _, relres, _, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, hess.dim, spectral=spectral)
+        assert calls == [(used, 2), (used, 1)] and bool(solved.all()) and bool((relres <= 1e-11).all())
+
+
+def _unsolvable_backward_message(monkeypatch, batch=2, **kwargs):
+    """The message of the implicit backward with tolerance 0 and one iteration per attempt (which
+    no attempt meets: the rounding floor waits for a stall)."""
+    inst = random_graph_instance("mixed-two-resolutions", batch=batch, seed=3, scale=2.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    grads = [torch.randn(p.shape, generator=torch.Generator().manual_seed(29), dtype=torch.float64)
+             for p in sol.probs]
+    dim = get_hessian(inst.h, "cpu").dim
+    with pytest.raises(ImplicitSolveError) as raised:
+        implicit_vjp(inst.h, sol.probs, inst.temps, grads, rtol=0.0, max_iter=1,
+                     dense_limit=kwargs.pop("dense_limit", dim), **kwargs)
+    return str(raised.value)
+
+
+def test_the_retries_after_a_first_solve_factorised_at_its_limit(monkeypatch):
+    """``dense_limit = D`` (inclusive): the first solve was preconditioned by the Cholesky factor,
+    so the retries are the pseudo-inverse and the factor again, not a second Cholesky retry."""
+    message = _unsolvable_backward_message(monkeypatch)
+    assert ("after 3 iterations over all attempts (with retries preconditioned by the dense Hessian's "
+            "pseudo-inverse and by the dense Hessian again, without the stall stop);") in message
+
+
+def test_the_error_names_a_single_retry(monkeypatch):
+    """With the Cholesky retry alone (RETRY_PRECONDITIONERS, read at call time) after block-Jacobi,
+    the error names that one retry, without a dangling "and"."""
+    from convex_attention import hessian as hessian_module
+
+    monkeypatch.setattr(hessian_module, "RETRY_PRECONDITIONERS", ("cholesky",))
+    message = _unsolvable_backward_message(monkeypatch, dense_limit=0)
+    assert ("after 2 iterations over all attempts (with retries preconditioned by the dense Hessian);"
+            in message)
+
+
+def test_a_solve_that_cannot_progress_stops_at_its_stall_unsolved(monkeypatch):
+    """A right-hand side outside the Hessian's range (the centred unit vector of an entry without
+    curvature): no iteration reduces its residual.  With ``spectral``, or ``stop_stalled`` (also
+    with the batch in chunks of dense Hessians), the solve stops once its residual has not halved
+    over 3 iterations (STALL_ITERATIONS; docs/benchmarks.md) and is not solved; without either it
+    runs to ``max_iter``.  A stalled residual above √eps is refused however large the rounding
+    floor: the floor is a test for residuals below it only."""
+    import convex_attention.hessian as hessian_module
+
+    inst, probs = _zero_curvature_probs(torch.float64)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = torch.zeros(2, hess.dim, dtype=torch.float64)
+    rhs[:, 0] = 1.0  # edge 0's entry for row 0, which has no curvature
+    rhs = hess.centre(rhs)
+    assert float(hess.matvec(probs, inst.temps, rhs).abs().max()) < 1e-15  # a null direction of the Hessian
+    for kwargs in (dict(spectral=True), dict(stop_stalled=True)):
+        _, relres, iterations, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, 20, **kwargs)
+        assert iterations.tolist() == [3, 3] and not bool(solved.any()) and float(relres.min()) >= 1.0
+    _, _, iterations, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, 20)
+    assert iterations.tolist() == [20, 20] and not bool(solved.any())
+    monkeypatch.setattr(hessian_module, "ROUNDING_UNITS", 1e30)
+    _, _, _, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, 20, spectral=True)
+    assert not bool(solved.any())
+    monkeypatch.setattr(hessian_module, "DENSE_ENTRIES", hess.dim * hess.dim)  # one sample per chunk
+    assert len(hessian_module.dense_chunks(2, hess.dim)) == 2
+    _, _, iterations, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, 20, stop_stalled=True)
+    assert iterations.tolist() == [3, 3] and not bool(solved.any())
+
+
+def test_factor_bumps_the_ridge_up_to_1e_6_of_the_scale():
+    """A sample that a ridge of 1e-9 x scale leaves indefinite is still factorised, with a ridge
+    of at most 1e-6 x scale (the largest :meth:`DualHessian.factor` tries), and reported ``ok``."""
+    hess = get_hessian(_diamond(), "cpu")
+    spectrum = torch.rand(hess.dim, generator=torch.Generator().manual_seed(30), dtype=torch.float64) + 0.5
+    spectrum[0] = -1e-8 * float(spectrum.mean())
+    K, H = _gauged(hess, spectrum, 4)
+    L, ok = hess.factor(H.unsqueeze(0).clone())
+    assert ok.tolist() == [True]
+    ridge = torch.linalg.eigvalsh(L[0] @ L[0].T - K)
+    scale = float(K.diagonal().mean()) / (1 + float(hess.gauge(torch.float64).diagonal().mean()))
+    assert float(ridge.min()) > 1e-8 * scale and float(ridge.max()) < 2e-6 * scale
+
+
+def test_pseudo_inverse_cuts_at_d_eps_of_the_largest_eigenvalue():
+    """The cut-off is ``D·eps`` times the largest eigenvalue, not ``eps``: eigenvalues at 3·eps of
+    the largest are left out (inverse 0), those at 3·D·eps are kept."""
+    hess = get_hessian(_diamond(), "cpu")
+    D, eps = hess.dim, torch.finfo(torch.float64).eps
+    spectrum = torch.rand(D, generator=torch.Generator().manual_seed(31), dtype=torch.float64) + 0.5
+    spectrum[-1] = 2.0  # the largest
+    spectrum[:2] = 3 * eps * 2.0
+    spectrum[2:4] = 3 * D * eps * 2.0
+    _, H = _gauged(hess, spectrum, 5)
+    _, inverse = hess.pseudo_inverse(H.unsqueeze(0))  # eigh's eigenvalues ascend: the smallest first
+    assert bool((inverse[0][:2] == 0).all()) and bool((inverse[0][2:] > 0).all())
+
+
+def test_the_error_names_the_first_ten_unsolved_samples(monkeypatch):
+    """Twelve unsolved samples: the one-line error names the first ten."""
+    message = _unsolvable_backward_message(monkeypatch, batch=12)
+    assert f"for sample(s) {list(range(10))}: conjugate gradients" in message
+
+
+def test_the_cholesky_solves_stop_at_their_stall_but_the_last_attempt(monkeypatch):
+    """Where the pseudo-inverse retry follows, each Cholesky-preconditioned solve stops at its stall
+    (``stop_stalled``), the pseudo-inverse's too, and the last attempt, the dense Hessian again, runs
+    without that stop (as its description in the error says); a block-Jacobi first solve runs on."""
+    from convex_attention import hessian as hessian_module
+
+    solve = hessian_module.solve_psd
+    calls = []
+
+    def recording(*args, **kwargs):
+        calls.append((args[6] if len(args) > 6 else kwargs.get("dense_limit"), kwargs.get("spectral", False),
+                      kwargs.get("stop_stalled", False)))
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(hessian_module, "solve_psd", recording)
+    dim = get_hessian(random_graph_instance("mixed-two-resolutions", batch=2, seed=3).h, "cpu").dim
+    for fallback in (hessian_module.DENSE_FALLBACK_LIMIT, dim):  # the cap is inclusive
+        monkeypatch.setattr(hessian_module, "DENSE_FALLBACK_LIMIT", fallback)
+        for dense_limit, first in ((dim, [(dim, False, True)]), (0, [(0, False, False), (fallback, False, True)])):
+            calls.clear()
+            _unsolvable_backward_message(monkeypatch, dense_limit=dense_limit)
+            assert calls == first + [(fallback, True, True), (fallback, False, False)]
