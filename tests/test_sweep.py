@@ -1026,3 +1026,246 @@ def test_half_precision_duals_are_learned_in_float32_and_given_in_the_cells_dtyp
     assert seen == [("fitted", torch.float32), ("amortised", torch.float32)]
     assert all(d.dtype == getattr(torch, dtype) and not d.requires_grad for d in duals["fitted"])
     assert amortiser is not None
+
+
+def test_fitted_duals_are_learned_on_training_instances_and_require_grad(monkeypatch):
+    """`fitted` is trained on instances of seed `seed + 1`, never the evaluated ones, and
+    requires grad in full precision, as a learned parameter does in training."""
+    import convex_attention.bench.sweep as S
+
+    seen, real = [], S.fit_shared_duals
+
+    def fit(h, train, temps, steps, fit_dtype, device, **kw):
+        seen.append(train)
+        return real(h, train, temps, 1, fit_dtype, device, **kw)
+
+    monkeypatch.setattr(S, "fit_shared_duals", fit)
+    config = SweepConfig(sizes=(4,), levels=(2,), batches=(2,), fit_instances=3, generator="gaussian")
+    cell = S._prepare_cell(config, next(iter(config.cells())), 0)
+    duals, _ = S._learned_duals(config, cell, {"fitted"})
+    assert all(d.requires_grad for d in duals["fitted"])
+    (train,) = seen
+    assert not any(torch.allclose(t.double(), e) for t in train[0] for e in cell.scores64[0])
+    expected = generate("gaussian", cell.h, len(train[0]), seed=config.seed + 1)
+    assert all(torch.allclose(t.double(), e.double()) for t, e in zip(train, expected))
+
+
+def test_every_backend_is_listed_when_the_reference_is_asked_with_fast_methods(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep
+
+    monkeypatch.setattr(sweep, "backend_unavailable_reason", lambda name: "not installed (simulated)")
+    config = _tiny(methods=["softmax", "cvxpylayers"], sizes=[4], cvx_backends=["moreau"])
+    rows = sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    assert [(r["method"], r["backend"], r["status"]) for r in rows] == [("softmax", "", "ok"),
+                                                                        ("cvxpylayers", "moreau", "skipped")]
+    assert read_json(tmp_path / "bench.json")["cvx_backends"] == ["moreau"]
+
+
+def test_a_cell_that_fails_with_an_arithmetic_error_is_error_rows(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep
+
+    def fail(*args, **kwargs):
+        raise FloatingPointError("overflow in the scores (simulated)")
+
+    monkeypatch.setattr(sweep, "generate", fail)
+    monkeypatch.setattr(sweep, "_global_warmup", lambda config, pending: 0.0)
+    rows = sweep.run_sweep(_tiny(sizes=[4]), str(tmp_path), progress=False, log=lambda m: None)
+    assert [r["status"] for r in rows] == ["error", "error"]
+    assert all(r["reason"] == "FloatingPointError: overflow in the scores (simulated)" for r in rows)
+
+
+def test_a_refusal_of_several_lines_is_a_one_line_skipped_reason(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep
+
+    class Refusing:
+        def __init__(self, method):
+            self.method = method
+
+        def __getattr__(self, name):
+            return getattr(self.method, name)
+
+        def check_structure(self, h):
+            raise ValueError("softmax cannot solve this graph:\nit has a cycle")
+
+    real = sweep.get_method
+    monkeypatch.setattr(sweep, "get_method", lambda name: Refusing(real(name)))
+    (row,) = sweep.run_sweep(_tiny(methods=["softmax"], sizes=[4]), str(tmp_path), progress=False,
+                             log=lambda m: None)
+    assert row["status"] == "skipped" and "\n" not in row["reason"]
+    assert "cannot solve this graph" in row["reason"] and "it has a cycle" in row["reason"]
+
+
+def test_rows_committed_before_a_group_failure_are_not_timed_again(tmp_path, monkeypatch):
+    """A method whose accuracy fails after the cell's other method was committed: only the
+    failed method is retried apart; the committed row keeps its interleaved timing."""
+    from convex_attention.bench import sweep
+
+    real = sweep._accuracy
+
+    def exact_fails(sol, *args, **kwargs):
+        if sol.method == "exact":
+            raise RuntimeError("the accuracy failed (simulated)")
+        return real(sol, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "_accuracy", exact_fails)
+    rows = {r["method"]: r for r in sweep.run_sweep(_tiny(sizes=[4]), str(tmp_path), progress=False,
+                                                    log=lambda m: None)}
+    assert rows["exact"]["status"] == "error" and "accuracy failed" in rows["exact"]["reason"]
+    assert rows["softmax"]["status"] == "ok" and rows["softmax"]["reason"] == ""
+
+
+def test_the_timed_dual_solves_to_the_sweeps_dual_tol(tmp_path):
+    import convex_attention as ca
+    from convex_attention.bench.sweep import hierarchy_for, run_sweep
+
+    config = SweepConfig(methods=["dual"], structures=["axial"], sizes=[4], batches=[4], repeats=1, warmup=1,
+                         generator="gaussian", scale=3.0, seed=4, dual_tol=1e-2)
+    (row,) = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    h = hierarchy_for(next(config.cells()), config.factor)
+    scores = [s.float() for s in generate("gaussian", h, 4, seed=4, scale=3.0)]
+    temps = [1.0] * h.num_maps
+    loose = ca.solve(scores, h, "dual", temperature=temps, tol=1e-2, strict=False).info["iterations"]
+    tight = ca.solve(scores, h, "dual", temperature=temps, tol=1e-6, strict=False).info["iterations"]
+    assert int(loose.max()) < int(tight.max()), "the tolerance changes the number of sweeps"
+    assert row["iterations_max"] == int(loose.max())
+
+
+def test_convergence_rows_give_the_mean_and_the_max_over_samples(tmp_path):
+    """docs/results_format.md, convergence.csv: dual_gap_mean and dual_gap_max are the mean
+    and the max over samples of g(λ) − f*, as violation_mean and violation_max."""
+    from convex_attention.bench.sweep import run_sweep
+    from convex_attention.io.tables import read_table
+
+    config = SweepConfig(methods=["dual"], sizes=[4], levels=[2], batches=[4], repeats=1, warmup=1,
+                         generator="gaussian", scale=3.0, seed=4)
+    run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    conv = read_table(str(tmp_path / "convergence.csv")).rows
+    for key in ("violation", "dual_gap"):
+        pairs = [(float(r[f"{key}_mean"]), float(r[f"{key}_max"])) for r in conv]
+        assert all(mx >= mean - 1e-12 for mean, mx in pairs)
+        assert any(mx > mean * (1 + 1e-6) + 1e-15 for mean, mx in pairs), "the samples differ"
+
+
+def test_a_kinds_rows_committed_when_timed_apart_stay_ok_when_a_later_kind_fails(tmp_path, monkeypatch):
+    """After the interleaved run failed, learned_dual is timed apart: the kinds it committed
+    stay ok, only the kind that failed is an error row."""
+    from convex_attention.bench import sweep
+
+    real_measure, real_solution, failed = sweep.measure_interleaved, sweep._solution, []
+
+    def fails_once(cases, **kwargs):
+        if kwargs.get("repeats") and not failed:  # the cell's first timed run (not the warm-up)
+            failed.append(sorted(cases))
+            raise RuntimeError("out of memory (simulated, once)")
+        return real_measure(cases, **kwargs)
+
+    def per_sample_fails(config, c, method, kind, *args):
+        if kind == "per_sample":
+            raise RuntimeError("per-sample duals failed (simulated)")
+        return real_solution(config, c, method, kind, *args)
+
+    monkeypatch.setattr(sweep, "measure_interleaved", fails_once)
+    monkeypatch.setattr(sweep, "_solution", per_sample_fails)
+    config = _tiny(methods=["learned_dual"], sizes=[4], fit_instances=4, fit_steps=1, amortised_steps=1)
+    rows = {r["dual_kind"]: r for r in sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)}
+    assert failed and rows["per_sample"]["status"] == "error" and "per-sample" in rows["per_sample"]["reason"]
+    assert {k: r["status"] for k, r in rows.items() if k != "per_sample"} == {"zero": "ok", "fitted": "ok",
+                                                                              "amortised": "ok"}
+
+
+def test_a_reference_cell_is_estimated_on_no_more_samples_than_it_has(tmp_path):
+    """--cvx-batch above the cell's batch: the reference is timed (and estimated) on the
+    cell's samples only."""
+    from convex_attention.bench.sweep import run_sweep
+    from convex_attention.cvx import CVX_PRIORS, prior_seconds_per_sample
+
+    config = _cvx_config(budget=1e-9, cvx_batch=50)
+    (row,) = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    expected = prior_seconds_per_sample(20, CVX_PRIORS["diffcp-clarabel"]) * 4 * (1 + config.cvx_repeats)
+    assert row["status"] == "skipped" and row["estimate_s"] == pytest.approx(expected)
+
+
+@pytest.mark.slow
+def test_a_dual_that_stops_short_is_an_ok_row_reported_through_its_violation(tmp_path):
+    """The timed dual solver is non-strict: a cell that does not reach dual_tol is measured
+    and reported through its violation, never an error row."""
+    from convex_attention.bench.sweep import run_sweep
+
+    config = _tiny(methods=["dual"], sizes=[4], dual_tol=1e-9)  # out of float32's reach
+    (row,) = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    assert row["status"] == "ok", row["reason"]
+    assert math.isfinite(row["violation_max"]) and row["violation_max"] > 0
+
+
+def test_a_reference_cell_estimated_at_exactly_the_budget_is_not_over_it(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep
+    from convex_attention.cvx import CVX_PRIORS, prior_seconds_per_sample
+
+    real = sweep.measure_interleaved
+
+    def failing(cases, **kwargs):
+        if "ref" in cases:
+            raise RuntimeError("the solve was attempted (simulated)")
+        return real(cases, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure_interleaved", failing)
+    config = _cvx_config(cvx_batch=2)
+    budget = prior_seconds_per_sample(20, CVX_PRIORS["diffcp-clarabel"]) * 2 * (1 + config.cvx_repeats)
+    (row,) = sweep.run_sweep(_cvx_config(cvx_batch=2, budget=budget), str(tmp_path), progress=False,
+                             log=lambda m: None)
+    assert row["status"] == "error" and "attempted" in row["reason"], "within the budget: measured"
+
+
+def test_the_warmup_runs_the_fast_methods_only(tmp_path, monkeypatch):
+    """docs: the global warm-up runs every fast method (never the reference solver); the
+    fast rows report their peak memory."""
+    from convex_attention.bench import sweep
+
+    real, calls = sweep.measure_interleaved, []
+
+    def spy(cases, **kwargs):
+        calls.append(sorted(cases))
+        return real(cases, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure_interleaved", spy)
+    config = _cvx_config(methods=["softmax", "cvxpylayers"], budget=1e-9)
+    rows = {r["method"]: r for r in sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)}
+    assert calls == [["softmax"], ["softmax"]], "the warm-up, then the cell's timed run"
+    assert rows["cvxpylayers"]["status"] == "skipped"
+    assert rows["softmax"]["status"] == "ok" and rows["softmax"]["peak_mem_mb"] >= 0
+
+
+def test_a_cells_accuracy_is_measured_at_its_temperature(tmp_path):
+    import convex_attention as ca
+    from convex_attention import metrics
+    from convex_attention.bench.sweep import hierarchy_for, run_sweep
+
+    config = _tiny(methods=["softmax"], sizes=[4], temperatures=[0.25], generator="gaussian", scale=3.0)
+    (row,) = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    h = hierarchy_for(next(config.cells()), config.factor)
+    scores = [s.float() for s in generate("gaussian", h, 2, seed=config.seed, scale=3.0)]
+
+    def violation(temperature):
+        sol = ca.solve(scores, h, "softmax", temperature=[temperature] * h.num_maps)
+        return float(metrics.violation([p.double() for p in sol.probs], h).max())
+
+    assert violation(0.25) != pytest.approx(violation(1.0), rel=1e-2)
+    assert row["violation_max"] == pytest.approx(violation(0.25), rel=1e-3, abs=1e-9)
+
+
+@pytest.mark.slow
+def test_a_model_sweep_scores_its_cells_with_the_checkpoint(tmp_path, monkeypatch):
+    """--generator model reads --checkpoint for each cell's instances: the rows are measured,
+    never error rows."""
+    from convex_attention.bench import generators
+    from convex_attention.bench.sweep import run_sweep
+    from convex_attention.paper import model_scores
+    from convex_attention.paper.models import AttentionUNet, save_checkpoint
+
+    # the command layer registers the experiment wing's generator (convex_attention/cli/bench.py)
+    monkeypatch.setitem(generators.GENERATORS, "model", model_scores.model_scores)
+    ckpt = save_checkpoint(str(tmp_path / "m" / "best.pt"),
+                           AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8))
+    config = _tiny(sizes=[8], generator="model", checkpoint=ckpt)
+    rows = run_sweep(config, str(tmp_path / "r"), progress=False, log=lambda m: None)
+    assert [(r["method"], r["status"]) for r in rows] == [("softmax", "ok"), ("exact", "ok")], rows[0]["reason"]
