@@ -1192,9 +1192,10 @@ def test_a_dual_that_stops_short_is_an_ok_row_reported_through_its_violation(tmp
     from convex_attention.bench.sweep import run_sweep
 
     config = _tiny(methods=["dual"], sizes=[4], dual_tol=1e-9)  # out of float32's reach
-    (row,) = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    with pytest.warns(RuntimeWarning, match="miss tol=1e-09"):  # the solver says so, and goes on
+        (row,) = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
     assert row["status"] == "ok", row["reason"]
-    assert math.isfinite(row["violation_max"]) and row["violation_max"] > 0
+    assert math.isfinite(row["violation_max"]) and row["violation_max"] > 1e-9
 
 
 def test_a_reference_cell_estimated_at_exactly_the_budget_is_not_over_it(tmp_path, monkeypatch):
