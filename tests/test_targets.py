@@ -195,6 +195,7 @@ def test_the_core_figure_names_a_backend_that_failed(tmp_path, monkeypatch):
     ([learned_row("zero", float("nan"), size=16), learned_row("amortised", 0.001, size=16)], "λ=0 NaN"),
     ([learned_row("zero", 0.0, size=16), learned_row("amortised", 0.001, size=16)], "λ=0 zero"),
     ([learned_row("zero", float("inf"), size=16), learned_row("amortised", 0.001, size=16)], "λ=0 infinite"),
+    ([learned_row("zero", -0.3, size=16), learned_row("amortised", 0.001, size=16)], "λ=0 negative"),
 ])
 def test_a_cell_that_failed_makes_its_amortised_target_not_met(broken, why):
     """The reviewer's case: one cell met, another whose rows failed or cannot give a ratio;
@@ -288,3 +289,334 @@ def test_a_worst_amortised_ratio_exactly_on_its_threshold_is_met(levels, structu
             {**learned_row("amortised", amortised, levels=levels), **extra}]
     (t,) = amortised_targets(rows)
     assert t["worst_ratio"] == t["threshold"] == amortised and t["met"] is True
+
+
+# ----------------------------------------------------------------------------- core_benchmark, timed by a stand-in
+
+# per-repetition forward and backward ms of each case, by method, backend and finest shape; the median
+# of forward + backward (the ratios' statistic) differs from the forward median and the sum of the medians
+CORE_TIMES = {("softmax", "", 8): ([1.0, 2.0, 8.0], [9.0, 2.0, 2.0]),  # totals 10, 4, 10
+              ("exact", "", 8): ([30.0, 4.0, 20.0], [10.0, 36.0, 2.0]),  # 40, 40, 22
+              ("learned_dual", "", 8): ([5.0, 20.0, 1.0], [20.0, 5.0, 1.0]),  # 25, 25, 2
+              ("exact", "", 4): ([1.0, 0.5, 3.0], [1.0, 2.5, 3.0]),  # 2, 3, 6
+              ("cvxpylayers", "fast", 4): ([3000.0, 1000.0, 1.0], [1000.0, 3000.0, 1.0]),  # 4000, 4000, 2
+              ("cvxpylayers", "slow", 4): ([30000.0, 1.0, 1.0], [10000.0, 1.0, 40000.0])}  # 40000, 2, 40001
+
+
+def _stand_in_timing(monkeypatch, installed=("slow", "broken", "fast")):
+    """core_benchmark with cases that record what they are and timings from CORE_TIMES (the
+    `broken` backend raises); returns the list of (case, repeats) measured."""
+    from convex_attention.bench import targets
+    from convex_attention.bench.timing import Measurement
+
+    measured = []
+
+    def make_case(method, h, batch, dtype=None, device="cpu", options=None, **kwargs):
+        return {"method": method, "backend": (options or {}).get("backend", ""), "finest": h.shapes[0][0],
+                "batch": batch, "dtype": dtype, "device": str(device)}
+
+    def measure_interleaved(cases, device="cpu", repeats=30, warmup=5, **kwargs):
+        out = {}
+        for name, case in cases.items():
+            measured.append((case, repeats))
+            if case["backend"] == "broken":
+                raise RuntimeError("the solver failed")
+            fwd, bwd = CORE_TIMES[(case["method"], case["backend"], case["finest"])]
+            out[name] = Measurement(list(fwd), list(bwd))
+        return out
+
+    monkeypatch.setattr(targets, "make_case", make_case)
+    monkeypatch.setattr(targets, "measure_interleaved", measure_interleaved)
+    monkeypatch.setattr(targets, "peak_memory_mb", lambda case, device="cpu", **kw: 0.0)
+    monkeypatch.setattr(targets, "available_backends", lambda: list(installed))
+    return measured
+
+
+def _total_median(method, backend, finest):
+    import statistics
+
+    fwd, bwd = CORE_TIMES[(method, backend, finest)]
+    return statistics.median(f + b for f, b in zip(fwd, bwd))
+
+
+CORE_KW = dict(batch=4, shapes=((8, 8), (4, 4)), cvx_shapes=((4, 4), (2, 2)), cvx_batch=2, repeats=3, cvx_repeats=2)
+CORE_THRESHOLDS = {"exact/softmax": ("<=", 3.0), "exact/learned_dual+loss": ("<=", 1.0),
+                   "cvxpylayers/exact per sample": (">=", 1e4)}  # docs/benchmarks.md, bench_core.py
+
+
+def test_core_benchmark_ratios_are_of_total_ms_medians_against_every_backend_and_the_fastest(monkeypatch):
+    """The ratios are ratios of the medians of forward+backward (total_ms); the per-sample
+    speed-up is per backend, a backend that raises is an error row and the others still
+    count, the headline is the fastest backend's, and each verdict is printed against its
+    target (found by mutation testing: only a slow end-to-end run checked any of it)."""
+    import torch
+
+    from convex_attention.bench.targets import CVX_RATIO, core_benchmark
+
+    measured = _stand_in_timing(monkeypatch)
+    lines = []
+    out = core_benchmark(log=lines.append, **CORE_KW)
+    by = {(r["method"], r["backend"], r["shapes"]): r for r in out["rows"]}
+    assert set(by) == {("softmax", "", "8x8+4x4"), ("exact", "", "8x8+4x4"), ("learned_dual+loss", "", "8x8+4x4"),
+                       ("exact", "", "4x4+2x2"), ("cvxpylayers", "slow", "4x4+2x2"),
+                       ("cvxpylayers", "broken", "4x4+2x2"), ("cvxpylayers", "fast", "4x4+2x2")}
+    broken = by[("cvxpylayers", "broken", "4x4+2x2")]
+    assert broken["status"] == "error" and "the solver failed" in broken["reason"]
+    for (method, backend, shapes), r in by.items():
+        if r["status"] != "ok":
+            continue
+        finest = int(shapes.split("x")[0])
+        total = _total_median(method.replace("+loss", ""), backend, finest)
+        assert r["total_ms"] == pytest.approx(total)
+        assert r["per_sample_us"] == pytest.approx(1e3 * total / r["batch"])  # µs, total_ms / batch
+        assert r["batch"] == (CORE_KW["cvx_batch"] if method == "cvxpylayers" else CORE_KW["batch"])
+    # cvxpylayers on cvx_batch samples, float64 on the CPU, each backend by name, cvx_repeats times
+    cvx = [(case, repeats) for case, repeats in measured if case["method"] == "cvxpylayers"]
+    assert sorted(case["backend"] for case, _ in cvx) == ["broken", "fast", "slow"]
+    assert all(case["batch"] == 2 and case["dtype"] == torch.float64 and case["device"] == "cpu" and repeats == 2
+               for case, repeats in cvx)
+    assert all(repeats == 3 for case, repeats in measured if case["method"] != "cvxpylayers")
+
+    small_us = 1e3 * _total_median("exact", "", 4) / CORE_KW["batch"]
+    expected_backends = {b: 1e3 * _total_median("cvxpylayers", b, 4) / CORE_KW["cvx_batch"] / small_us
+                         for b in ("slow", "fast")}
+    assert out["backend_ratios"] == pytest.approx(expected_backends)
+    assert out["fastest_backend"] == "fast" == min(expected_backends, key=expected_backends.get)
+    expected = {"exact/softmax": _total_median("exact", "", 8) / _total_median("softmax", "", 8),
+                "exact/learned_dual+loss": _total_median("exact", "", 8) / _total_median("learned_dual", "", 8),
+                CVX_RATIO: expected_backends["fast"]}
+    assert out["ratios"] == pytest.approx(expected)
+    assert out["targets"] == CORE_THRESHOLDS
+    # the printout: each ratio's verdict against its target, each backend's speed-up, the failure
+    (text,) = lines
+    verdicts = _verdicts(text)
+    want = {}
+    for name, value in expected.items():
+        op, target = CORE_THRESHOLDS[name]
+        label = name + (" (fastest backend: fast)" if name == CVX_RATIO else "")
+        want[label] = "met" if (value <= target if op == "<=" else value >= target) else "NOT met"
+    assert verdicts == want, text
+    assert "cvxpylayers[slow]/exact per sample" in text and "cvxpylayers[fast]/exact per sample" in text
+    assert "the solver failed" in text
+
+
+@pytest.mark.parametrize("backends", [[], ["broken"], ["slow"]])
+def test_core_benchmark_times_the_backends_it_is_given_and_without_one_the_headline_is_not_measured(
+        monkeypatch, backends):
+    """``backends``: the cvxpylayers backends to time, not every installed one; with none
+    that ran, the headline speed-up is NaN, no fastest backend, and the printout says NOT
+    measured (found by mutation testing)."""
+    from convex_attention.bench.targets import CVX_RATIO, core_benchmark
+
+    measured = _stand_in_timing(monkeypatch, installed=("fast",))
+    lines = []
+    out = core_benchmark(log=lines.append, backends=backends, **CORE_KW)
+    assert sorted(c["backend"] for c, _ in measured if c["method"] == "cvxpylayers") == sorted(backends)
+    ran = [b for b in backends if b != "broken"]
+    assert sorted(out["backend_ratios"]) == ran
+    if ran:
+        assert out["fastest_backend"] == ran[0] and out["ratios"][CVX_RATIO] == out["backend_ratios"][ran[0]]
+        return
+    assert out["fastest_backend"] is None and math.isnan(out["ratios"][CVX_RATIO])
+    assert _verdicts(lines[0])[CVX_RATIO] == "NOT measured"
+
+
+def test_core_benchmark_writes_its_record_as_documented(monkeypatch, tmp_path):
+    """bench_core.json (strict JSON): rows, ratios, targets as [op, value], backend_ratios,
+    fastest_backend, statistic, environment and runs; bench_core.csv with CORE_COLUMNS; the
+    figure drawn from that record (docs/results_format.md; found by mutation testing)."""
+    from convex_attention.bench import targets
+    from convex_attention.io.tables import read_table
+
+    _stand_in_timing(monkeypatch)
+    drawn = []
+    monkeypatch.setattr(targets, "plot_core_record", lambda record, path: drawn.append((record, path)) or path)
+    out = targets.core_benchmark(log=lambda text: None, out_dir=str(tmp_path), **CORE_KW)
+
+    def refuse(token):
+        raise ValueError(token)
+
+    data = read_json(tmp_path / "bench_core.json", parse_constant=refuse)
+    assert set(data) == {"rows", "ratios", "targets", "backend_ratios", "fastest_backend", "statistic",
+                         "environment", "runs"}
+    assert data["targets"] == {k: list(v) for k, v in CORE_THRESHOLDS.items()}
+    assert data["ratios"] == pytest.approx(out["ratios"]) and data["fastest_backend"] == "fast"
+    assert data["backend_ratios"] == pytest.approx(out["backend_ratios"])
+    assert isinstance(data["environment"], dict) and len(data["runs"]) == 1
+    ((record, path),) = drawn
+    assert path == str(tmp_path / "bench_core.png") and record["ratios"] == out["ratios"]
+    table = read_table(str(tmp_path / "bench_core.csv"))
+    assert len(table.rows) == len(out["rows"])
+
+
+# ----------------------------------------------------------------------------- amortised targets: cells
+
+@pytest.mark.parametrize("field, other", [("scale", 2.0), ("dims", 3), ("batch", 16), ("temperature", 0.5),
+                                          ("dtype", "float64"), ("device", "cuda:0"), ("seed", 1),
+                                          ("structure", "axial")])
+@pytest.mark.parametrize("miss_first", [False, True])
+def test_cells_that_differ_in_any_key_column_are_judged_apart(field, other, miss_first):
+    """A cell is the row key without method and kind: two cells that differ only in one of
+    its columns are two cells, each judged (found by mutation testing: a column dropped from
+    the key merged them and judged only the last)."""
+    from convex_attention.bench.targets import amortised_targets
+
+    levels = 3  # chains of 3 levels (<= 10 %) and axial (<= 1 %) both have a target
+    hit = [learned_row("zero", 1.0, levels=levels), learned_row("amortised", 0.001, levels=levels)]  # 0.1 %
+    miss = [{**r, field: other} for r in (learned_row("zero", 1.0, levels=levels),
+                                          learned_row("amortised", 0.5, levels=levels))]  # 50 %
+    rows = miss + hit if miss_first else hit + miss
+    judged = amortised_targets(rows)
+    assert sum(t["cells"] for t in judged) == 2 and all(t["failed_cells"] == 0 for t in judged)
+    assert [t["met"] for t in judged].count(False) == 1, judged
+    assert max(t["worst_ratio"] for t in judged) == pytest.approx(0.5)
+
+
+def test_median_ratio_and_time_are_medians_over_cells_against_the_fastest_measured_exact_method():
+    """median_ratio and time_vs_exact are medians over the cells (not means); the time is over
+    the fastest exact method in the same cell whose row is ok, and a cell without one, or
+    without a time, adds none (found by mutation testing)."""
+    import statistics
+
+    from convex_attention.bench.targets import amortised_targets
+
+    def exact_row(method, ms, size, status="ok"):
+        return {**learned_row("", 0.0, size=size, status=status), "method": method, "per_sample_ms": ms}
+
+    violations = {8: 0.0001, 16: 0.0002, 24: 0.0009, 32: 0.0003, 64: 0.0004}  # λ = 0's is 0.1
+    amortised_ms = {8: 1.0, 16: 3.0, 24: 8.0, 32: 1.0, 64: None}  # 64: no time recorded
+    rows = []
+    for size, v in violations.items():
+        rows += [learned_row("zero", 0.1, size=size), learned_row("amortised", v, size=size,
+                                                                   per_sample_ms=amortised_ms[size])]
+    exact_ms = {8: 0.5, 16: 1.0, 24: 0.5, 64: 1.0}  # size 32: no exact row that ran
+    for size, ms in exact_ms.items():  # the fastest exact method is dual, listed first; softmax is not exact
+        rows += [exact_row("dual", ms, size), exact_row("exact", 2 * ms, size),
+                 exact_row("exact", ms / 10, size, status="error"), exact_row("softmax", ms / 10, size)]
+    rows.append(exact_row("exact", 0.001, 32, status="error"))
+    (t,) = amortised_targets(rows)
+    ratios = [v / 0.1 for v in violations.values()]
+    assert t["median_ratio"] == pytest.approx(statistics.median(ratios)) and t["cells"] == len(violations)
+    assert t["worst_ratio"] == pytest.approx(max(ratios)) and t["met"] is True
+    costs = [amortised_ms[s] / exact_ms[s] for s in (8, 16, 24)]  # 2, 3, 16; 64's amortised row has no time
+    assert t["time_vs_exact"] == pytest.approx(statistics.median(costs))
+
+
+# ----------------------------------------------------------------------------- amortised targets: the printout
+
+def test_format_targets_prints_each_targets_own_numbers_and_verdict():
+    """One line per target, in the order given: its worst and median ratio, its threshold and
+    its own verdict; the time against exact only when it was measured (found by mutation
+    testing: the verdicts inverted, or worst and median swapped, still printed both words)."""
+    from convex_attention.bench.targets import amortised_targets, format_targets
+
+    rows = [learned_row("zero", 1.0, size=8), learned_row("amortised", 0.004, size=8),  # 0.4 %
+            learned_row("zero", 1.0, size=16), learned_row("amortised", 0.006, size=16),  # 0.6 %
+            {**learned_row("", 0.0, size=8), "method": "exact", "per_sample_ms": 0.5},
+            learned_row("zero", 1.0, levels=3, generator="gaussian"),
+            learned_row("amortised", 0.5, levels=3, generator="gaussian")]  # 50 %, no exact row
+    judged = amortised_targets(rows)
+    lines = format_targets(judged).splitlines()
+    assert len(lines) == len(judged) == 2
+    for t, line in zip(judged, lines):
+        assert line.endswith("   met" if t["met"] else "NOT met"), line
+        assert f"worst {t['worst_ratio']:.2%}, median {t['median_ratio']:.2%}" in line, line
+        assert f"target <= {t['threshold']:.0%}" in line, line
+        assert ("time" in line) == math.isfinite(t["time_vs_exact"]), line
+    assert [t["met"] for t in judged] == [False, True]  # gaussian, 3 levels: 50 % > 10 %; lesion, 2: 0.6 % <= 1 %
+
+
+def test_format_targets_reads_a_target_of_an_older_file():
+    """A target stored before structures, failed and skipped cells: a chain, judged as stored."""
+    from convex_attention.bench.targets import format_targets
+
+    old = {"generator": "lesion", "levels": 2, "threshold": 0.01, "cells": 1, "worst_ratio": 0.005,
+           "median_ratio": 0.005, "time_vs_exact": float("nan"), "met": True}
+    line = format_targets([old])
+    assert "lesion, 2 levels" in line and "FAILED" not in line and line.endswith("   met"), line
+
+
+RUN = {"load_average_start": [1.25, 1.0, 1.0], "load_average_end": [3.5, 2.0, 1.0]}
+
+
+@pytest.mark.parametrize("runs, load", [([RUN], "load average (1 min) 1.25 at start, 3.50 at end"),
+                                        (None, "load average not recorded")])
+def test_the_core_figure_footer_carries_the_records_runs(tmp_path, monkeypatch, runs, load):
+    """plot_core_record: the footer gives the load at the start and end of the record's runs,
+    and says an older record without them did not record it (found by mutation testing)."""
+    from convex_attention.bench.targets import plot_core_record
+    from convex_attention.io import figures
+
+    seen = {}
+
+    def keep(fig, path, env=None, notes=()):
+        seen["footer"] = figures.env_line(env, notes).replace("\n", " ")
+        return path
+
+    monkeypatch.setattr(figures, "save", keep)
+    rows = [{"method": m, "backend": "", "status": "ok", "reason": "", "shapes": "8x8+4x4", "batch": 4,
+             "dtype": "float32", "device": "cpu", "fwd_ms": t / 2, "bwd_ms": t / 2, "total_ms": t}
+            for m, t in (("softmax", 1.0), ("exact", 2.0))]
+    record = {"rows": rows, "ratios": {"exact/softmax": 2.0}, "environment": {"torch": "2.0"}}
+    if runs is not None:
+        record["runs"] = runs
+    plot_core_record(record, str(tmp_path / "core.png"))
+    assert load in seen["footer"], seen["footer"]
+
+
+@pytest.mark.parametrize("violation", [None, "", "n/a"])
+def test_an_amortised_violation_that_is_not_a_number_is_a_miss(violation):
+    """An amortised violation that was not recorded (blank in a file) is a miss, like a NaN;
+    λ = 0's then fails its cell (found by mutation testing: read as 0, the miss met)."""
+    from convex_attention.bench.targets import amortised_targets
+
+    rows = [learned_row("zero", 0.3), learned_row("amortised", violation)]
+    (t,) = amortised_targets(rows)
+    assert t["met"] is False and t["worst_ratio"] == math.inf
+    (t,) = amortised_targets([learned_row("zero", violation), learned_row("amortised", 0.001)])
+    assert t["met"] is False and t["failed_cells"] == 1 and t["cells"] == 0
+
+
+def test_one_bad_cell_of_three_makes_the_target_not_met_though_the_median_is_within():
+    """The worst cell is judged, not the median (found by mutation testing)."""
+    from convex_attention.bench.targets import amortised_targets
+
+    rows = []
+    for size, violation in ((8, 0.001), (16, 0.002), (32, 0.5)):  # λ = 0's is 1: 0.1 %, 0.2 %, 50 %
+        rows += [learned_row("zero", 1.0, size=size), learned_row("amortised", violation, size=size)]
+    (t,) = amortised_targets(rows)
+    assert t["median_ratio"] <= t["threshold"] < t["worst_ratio"] and t["met"] is False
+
+
+@pytest.mark.parametrize("status", ["", None, "running"])
+def test_a_row_whose_status_is_neither_ok_nor_skipped_is_not_measured(status):
+    """Only cells whose two rows are ok are measured; a row with any other status (a file's
+    blank) fails its cell (found by mutation testing: only `error` failed it, and the cell was
+    judged as measured)."""
+    from convex_attention.bench.targets import amortised_targets
+
+    good = [learned_row("zero", 0.3, size=8), learned_row("amortised", 0.0015, size=8)]
+    odd = [learned_row("zero", 0.3, size=16), learned_row("amortised", 0.0015, size=16, status=status)]
+    (t,) = amortised_targets(good + odd)
+    assert t["cells"] == 1 and t["failed_cells"] == 1 and t["met"] is False
+
+
+def test_a_target_whose_learned_rows_lack_zero_and_amortised_is_reported_not_measured():
+    """Learned-dual rows of the other kinds only: the target is still reported, not measured
+    (met None, printed NOT met), never left out (found by mutation testing)."""
+    from convex_attention.bench.targets import amortised_targets, format_targets
+
+    (t,) = amortised_targets([learned_row("fitted", 0.01), learned_row("per_sample", 0.0)])
+    assert t["met"] is None and t["cells"] == t["failed_cells"] == t["skipped_cells"] == 0
+    assert format_targets([t]).endswith("NOT met")
+
+
+@pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan])
+def test_a_core_ratio_that_is_not_a_finite_number_is_not_measured(value):
+    """A ratio that is not a finite number is never judged met (found by mutation testing:
+    an infinite speed-up was judged against its floor and met)."""
+    from convex_attention.bench.targets import CVX_RATIO, _format
+
+    verdicts = _verdicts(_format([], {CVX_RATIO: value, "exact/softmax": value},
+                                 {CVX_RATIO: (">=", 1e4), "exact/softmax": ("<=", 3.0)}, {}, None))
+    assert verdicts == {CVX_RATIO: "NOT measured", "exact/softmax": "NOT measured"}, verdicts
