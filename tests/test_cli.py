@@ -812,3 +812,97 @@ def test_quiet_silences_the_info_lines_of_bench_and_verify_but_not_a_failed_chec
     assert run(["verify", "--quick", "--n", "1", "--no-progress", "--out", str(tmp_path / "w"), "--overwrite"]) == 1
     captured = capsys.readouterr()
     assert "FAIL" in captured.out and len(captured.err.strip().splitlines()) == 1  # the table without --quiet
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+
+
+def test_bench_devices_default_to_the_cpu_plus_cuda_when_present(monkeypatch):
+    """--device's default (its help): the CPU, plus CUDA when present; a --device given is
+    the sweep's alone, with or without --quick."""
+    import torch
+
+    from convex_attention.cli import bench as cli_bench
+
+    parser = cli.build_parser()
+    for present in (False, True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda present=present: present)
+        for quick in ([], ["--quick"]):
+            assert cli_bench._sweep_config(parser.parse_args(["bench", *quick])).devices == (
+                ("cpu", "cuda") if present else ("cpu",))
+            assert cli_bench._sweep_config(parser.parse_args(["bench", *quick, "--device", "cpu"])).devices == (
+                "cpu",)
+
+
+def _stub_sweep_and_example(monkeypatch) -> list:
+    """No measurement; ``save_example`` records its settings and writes an example.npz that
+    holds λ where it was asked to fit them.  Returns the recorded settings."""
+    import numpy as np
+
+    from convex_attention.bench import examples, sweep
+
+    written: list = []
+
+    def save(out, **kwargs):
+        written.append(kwargs)
+        duals = {"fitted_dual0": np.zeros(1)} if kwargs["fit_steps"] else {}
+        np.savez(os.path.join(out, "example.npz"), scores0=np.zeros(1), **duals)
+
+    monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: [])
+    monkeypatch.setattr(examples, "save_example", save)
+    return written
+
+
+def test_bench_resume_keeps_the_example_unless_a_learned_dual_sweep_needs_its_duals(tmp_path, monkeypatch, capsys):
+    """docs/results_format.md, example.npz: --resume keeps an existing example.npz, except
+    where the resumed sweep adds learned_dual and the file holds no λ (written again, said on
+    stderr); a folder without one gets one; λ are fitted only for a sweep of learned_dual."""
+    written = _stub_sweep_and_example(monkeypatch)
+    out = tmp_path / "r"
+    argv = ["bench", *FAST, "--out", str(out)]
+    assert run(argv) == 0 and len(written) == 1
+    assert written[0]["fit_steps"] == 0 and written[0]["amortised_steps"] == 0  # no learned_dual swept
+    assert run([*argv, "--resume"]) == 0 and len(written) == 1  # kept
+    assert "example.npz" not in capsys.readouterr().err
+    learned = [*argv, "--methods", "exact", "learned_dual", "--resume"]
+    assert run(learned) == 0 and len(written) == 2 and written[1]["fit_steps"] > 0
+    assert "example.npz rewritten" in capsys.readouterr().err
+    assert run(learned) == 0 and len(written) == 2  # it holds the λ now: kept
+    (out / "example.npz").unlink()
+    assert run([*argv, "--resume"]) == 0 and len(written) == 3  # a resumed folder without one gets one
+
+
+def test_bench_example_of_a_model_sweep_is_a_lesion_instance(tmp_path, monkeypatch):
+    """docs/results_format.md, example.npz: the lesion generator where the sweep's is model."""
+    from convex_attention.paper import model_scores
+
+    written = _stub_sweep_and_example(monkeypatch)
+    monkeypatch.setattr(model_scores, "check_model_sweep", lambda *args, **kwargs: None)
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"not read: the checks that read it are stubbed")
+    assert run(["bench", *FAST, "--generator", "model", "--checkpoint", str(checkpoint), "--out",
+                str(tmp_path / "r")]) == 0
+    assert [w["generator"] for w in written] == ["lesion"]
+
+
+def test_bench_resume_refuses_other_settings_before_taking_the_folder(tmp_path, capsys):
+    """A --resume under other measurement settings is a usage error before any work: named
+    as such even while another run holds the folder (not 'in use', which --wait would wait
+    out only to be refused)."""
+    from convex_attention.bench import results as R
+    from convex_attention.bench.config import SweepConfig
+
+    out = tmp_path / "r"
+    writer = R.ResultsWriter(str(out), SweepConfig(factor=2), "cpu", resume=False, log=lambda m: None)
+    writer.commit({"cell": 0, "reason": "", "backend": "", "dual_kind": "", "structure": "chain",
+                   "generator": "lesion", "scale": 1.0, "dims": 2, "size": 4, "levels": 2, "batch": 2,
+                   "temperature": 1.0, "dtype": "float32", "device": "cpu", "seed": 0, "method": "exact",
+                   "status": "ok"})
+    holder = hold_lock(out, 60)
+    try:
+        assert run(["bench", *FAST, "--factor", "4", "--resume", "--out", str(out)]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    line = _one_line(capsys, "--factor 2, this run asks for --factor 4")
+    assert "in use" not in line
