@@ -46,3 +46,101 @@ def test_a_device_this_machine_cannot_use_is_told_why_and_one_it_can_is_not(monk
     assert device_unavailable(torch.device("mps")) == "MPS is not available on this machine"
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
     assert device_unavailable(torch.device("mps")) is None
+
+
+def test_the_record_of_a_torch_device_is_json_and_names_the_cpu_count_and_processor(odd_threads):
+    import os
+
+    env = environment(torch.device("cpu"))
+    assert env["device"] == "cpu" and json.loads(json.dumps(env)) == env
+    assert env["cpu_count"] == os.cpu_count() and env["processor"] == cpu_name()
+
+
+def test_the_record_holds_the_solver_versions_where_installed(monkeypatch):
+    """docs/results_format.md: cvxpy, cvxpylayers, diffcp, clarabel, scs and moreau versions
+    (where installed)."""
+    from importlib import metadata
+
+    def version(package):
+        if package == "cvxpy":
+            raise metadata.PackageNotFoundError(package)
+        return f"{package}-1.2.3"
+
+    monkeypatch.setattr(metadata, "version", version)
+    env = environment("cpu")
+    assert "cvxpy" not in env
+    for package in ("cvxpylayers", "diffcp", "clarabel", "scs", "moreau"):
+        assert env[package] == version(package)
+
+
+def test_the_record_of_a_cuda_device_names_the_gpu_and_cuda_version(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: f"GPU of {device}")
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    env = environment("cuda:1")
+    assert env["gpu"] == "GPU of cuda:1" and env["cuda"] == "12.4" and env["device"] == "cuda:1"
+
+
+def test_cpu_name_reads_the_model_name_line_or_falls_back(monkeypatch):
+    import io
+    import platform
+
+    from convex_attention.io import environment as module
+
+    cpuinfo = "processor\t: 0\nmodel\t\t: 85\nmodel name\t: Toy CPU 9000 @ 1.00GHz\n"
+    monkeypatch.setattr(module, "open", lambda *a, **k: io.StringIO(cpuinfo), raising=False)
+    assert cpu_name() == "Toy CPU 9000 @ 1.00GHz"
+
+    def refused(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(module, "open", refused, raising=False)
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    assert cpu_name() == "unknown"
+
+
+def test_load_average_is_rounded_and_none_where_the_system_keeps_none(monkeypatch):
+    import os
+
+    from convex_attention.io.environment import load_average
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (1.234, 0.5, 2.0))
+    assert load_average() == [1.23, 0.5, 2.0]
+
+    def unavailable():
+        raise OSError("no load average")
+
+    monkeypatch.setattr(os, "getloadavg", unavailable)
+    assert load_average() is None
+    monkeypatch.delattr(os, "getloadavg")
+    assert load_average() is None
+
+
+def test_now_utc_is_utc_to_the_second(monkeypatch):
+    import datetime
+    import types
+
+    from convex_attention.io import environment as module
+
+    now = datetime.datetime.fromisoformat(module.now_utc())
+    assert now.utcoffset() == datetime.timedelta(0)
+
+    class Fixed(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):
+            return datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=tz)
+
+    monkeypatch.setattr(module, "datetime", types.SimpleNamespace(datetime=Fixed, timezone=datetime.timezone))
+    assert module.now_utc() == "2026-01-02T03:04:05+00:00"
+
+
+def test_a_run_record_takes_the_end_load_and_time_at_its_end(monkeypatch):
+    import os
+
+    from convex_attention.io import environment as module
+
+    monkeypatch.setattr(os, "getloadavg", lambda: (3.0, 2.0, 1.0))
+    monkeypatch.setattr(module, "now_utc", lambda: "2026-01-02T03:04:05+00:00")
+    record = module.run_record("2026-01-01T00:00:00+00:00", [0.5, 0.25, 0.125], rows=2)
+    assert record["started"] == "2026-01-01T00:00:00+00:00" and record["finished"] == "2026-01-02T03:04:05+00:00"
+    assert record["load_average_start"] == [0.5, 0.25, 0.125] and record["load_average_end"] == [3.0, 2.0, 1.0]
+    assert record["cpu_count"] == os.cpu_count() and record["rows"] == 2

@@ -248,3 +248,95 @@ def test_a_field_too_large_for_the_csv_reader_is_one_format_error(tmp_path):
     with pytest.raises(ResultsFormatError, match="not a readable CSV file") as info:
         read_table(str(path))
     assert str(path) in str(info.value)
+
+
+def test_a_header_only_table_without_a_line_end_is_a_table_of_no_rows(tmp_path):
+    """The header is not a row: a table with no rows whose header has no line end has nothing
+    cut off (found by mutation testing: the "no line end" check on a table with no rows was
+    untested)."""
+    path = tmp_path / "toy.csv"
+    path.write_text(",".join(SCHEMA.columns))
+    table = read_table(str(path))
+    assert table.header == SCHEMA.columns and table.rows == [] and table.problems == []
+    assert read_rows(str(path), SCHEMA) == ([], [])
+
+
+def test_line_numbers_count_the_lines_of_a_value_that_holds_a_line_end(tmp_path):
+    """A row's line number is the file's line, so a row after a value holding a line end is
+    named by the line an editor shows (found by mutation testing: numbering records, not
+    lines, passed)."""
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a\nb", "n": 1, "x": 0.5}, {"name": "c", "n": 2, "x": 0.25}])
+    lines = read_text(path).splitlines()
+    c_line = next(i for i, line in enumerate(lines, 1) if line.startswith("c,"))
+    table = read_table(path)
+    assert table.problems == [] and [r["name"] for r in table.rows] == ["a\nb", "c"]
+    assert table.rows[1]["_line"] == c_line
+
+
+def test_a_header_missing_exactly_five_columns_lists_all_five(tmp_path):
+    """Five columns are listed whole, with no "and 0 more" (found by mutation testing: only
+    more than five was tested)."""
+    schema = Schema("wide", tuple(f"c{i}" for i in range(5)) + ("checksum",), ints=frozenset(),
+                    floats=frozenset())
+    path = str(tmp_path / "wide.csv")
+    atomic_csv(path, ["checksum"], [])
+    with pytest.raises(ResultsFormatError) as info:
+        read_rows(path, schema)
+    assert "missing c0; c1; c2; c3; c4" in str(info.value) and "more" not in str(info.value)
+
+
+def test_a_link_to_a_table_is_read_as_the_table(tmp_path):
+    """read_table follows a symbolic link to a regular file (found by mutation testing:
+    refusing every link passed)."""
+    import os
+
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": 1, "x": 0.5}])
+    os.symlink(path, tmp_path / "link.csv")
+    assert read_rows(str(tmp_path / "link.csv"), SCHEMA) == read_rows(path, SCHEMA)
+    assert [r["name"] for r in read_rows(path, SCHEMA)[0]] == ["a"]
+
+
+def test_every_missing_required_column_is_named(tmp_path):
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": 1, "x": 0.5}])
+    with pytest.raises(ResultsFormatError, match="missing column\\(s\\) status, seed"):
+        read_table(path, required=("name", "status", "seed"))
+
+
+def test_a_header_with_missing_and_unexpected_columns_names_both(tmp_path):
+    path = str(tmp_path / "toy.csv")
+    atomic_csv(path, ("name", "n", "y", "checksum"), [])
+    with pytest.raises(ResultsFormatError) as info:
+        read_rows(path, SCHEMA)
+    assert "missing x; unexpected 'y'" in str(info.value)
+
+
+def test_a_reordering_names_the_first_column_that_differs(tmp_path):
+    path = str(tmp_path / "toy.csv")
+    atomic_csv(path, ("name", "n", "checksum", "x"), [])
+    with pytest.raises(ResultsFormatError) as info:
+        read_rows(path, SCHEMA)
+    assert "another order (column 3 is 'checksum', expected 'x')" in str(info.value)
+
+
+def test_a_short_row_in_the_middle_leaves_out_that_row_only(tmp_path):
+    """The rows after a damaged one are read (found by mutation testing: stopping at the first
+    damaged row passed)."""
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": n, "n": i, "x": 0.5} for i, n in enumerate("abc")])
+    lines = read_text(path).splitlines()
+    lines[2] = lines[2].rsplit(",", 1)[0]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    rows, problems = read_rows(path, SCHEMA)
+    assert [r["name"] for r in rows] == ["a", "c"]
+    assert problems == ["toy.csv line 3 (3 fields, the header has 4)"]
+
+
+def test_a_path_that_is_no_file_is_named_in_full(tmp_path):
+    (tmp_path / "bench.csv").mkdir()
+    with pytest.raises(ResultsFormatError) as info:
+        read_table(str(tmp_path / "bench.csv"))
+    assert str(info.value).startswith(f"{tmp_path / 'bench.csv'}: is a folder")
