@@ -153,3 +153,186 @@ def test_linsat_missing_is_an_import_error_naming_the_install(monkeypatch):
     h, theta, given = _given_axial()
     with pytest.raises(ImportError, match="pip install linsatnet"):
         linsat.linsat_solve([theta, None, None], h, given)
+
+
+def _batch_wide_reference(theta0, theta1, lam):
+    """The paper code's loss written out in numpy: per-sample softmaxes, 2×2 sum pooling, e^{∓λ}, then the
+    whole batch's cells normalised as one distribution and one KL over them."""
+    import numpy as np
+
+    def softmax(t):
+        e = np.exp(t - t.max(axis=(1, 2), keepdims=True))
+        return e / e.sum(axis=(1, 2), keepdims=True)
+
+    B, H, W = theta1.shape
+    pooled = softmax(theta0.numpy()).reshape(B, H, 2, W, 2).sum(axis=(2, 4))
+    a = pooled * np.exp(-lam.numpy())
+    b = softmax(theta1.numpy()) * np.exp(lam.numpy())
+    a, b = a / a.sum(), b / b.sum()
+    return float((b * np.log(b / a)).sum())
+
+
+def test_paper_code_loss_normalises_the_whole_batch_as_one_distribution():
+    g = torch.Generator().manual_seed(1)
+    theta0 = torch.randn(3, 8, 8, generator=g, dtype=torch.float64)
+    theta1 = torch.randn(3, 4, 4, generator=g, dtype=torch.float64)
+    lam = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    theirs = float(paper_code_consistency_loss(theta0, theta1, lam))
+    assert theirs == pytest.approx(_batch_wide_reference(theta0, theta1, lam), rel=1e-10)
+    # B copies of one sample: each holds 1/B of both distributions, so the KL is the one sample's (a per-sample
+    # normaliser would sum B KLs, or shift each by log B)
+    copies = paper_code_consistency_loss(theta0[:1].expand(3, -1, -1), theta1[:1].expand(3, -1, -1), lam)
+    torch.testing.assert_close(copies, paper_code_consistency_loss(theta0[:1], theta1[:1], lam))
+
+
+def _attribution_model():
+    torch.manual_seed(0)
+    model = AttentionUNet(method="softmax", width=4, image_size=32, embed_channels=8)
+    return model, torch.randn(2, 4, 32, 32), torch.tensor([1, 0])
+
+
+def _target_logits(model, images, targets):
+    return model(images).logits.gather(1, targets[:, None]).sum()
+
+
+def test_gradcam_and_input_x_gradient_match_their_definitions_for_each_sample_s_target():
+    """GradCAM: ReLU(Σ_c mean_ij(∂y_t/∂A_c) A_c) on the level's block output; Input×Gradient: x ⊙ ∂y_t/∂x;
+    both for each sample's own target class, in eval mode (written out with autograd)."""
+    model, images, targets = _attribution_model()
+    seen = {}
+    for level in (0, 1):
+        hook = model.attention_layer(level).register_forward_hook(lambda m, i, out: seen.update(a=out))
+        try:
+            (grad,) = torch.autograd.grad(_target_logits(model.eval(), images, targets), seen["a"])
+        finally:
+            hook.remove()
+        expected = (grad.mean((2, 3), keepdim=True) * seen["a"]).sum(1).relu().detach()
+        cam = gradcam(model.train(), images, targets, level)
+        torch.testing.assert_close(cam, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    x = images.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(_target_logits(model.eval(), x, targets), x)
+    torch.testing.assert_close(BASELINES["input_x_gradient"](model, images, targets), images * grad)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # captum's notes on hooks and gradients
+def test_deeplift_and_lrp_use_an_all_zero_baseline_and_each_sample_s_target():
+    from captum.attr import DeepLift
+
+    from convex_attention.baselines.attributions import LogitsOnly
+
+    model, images, targets = _attribution_model()
+    expected = DeepLift(LogitsOnly(model.eval())).attribute(images, baselines=torch.zeros_like(images),
+                                                            target=targets).detach()
+    torch.testing.assert_close(BASELINES["deeplift"](model, images, targets), expected, rtol=1e-4, atol=1e-9)
+    # LRP (no plain-captum reference: captum refuses the model's own leaf modules): each sample's target is
+    # the class explained
+    lrp = BASELINES["lrp"](model, images, targets)
+    assert not torch.allclose(lrp, BASELINES["lrp"](model, images, 1 - targets))
+
+
+class _SinAndSquare(torch.nn.Module):
+    """Logits (Σ x², Σ sin x): integrated gradients from 0 are x² and sin x, cell by cell."""
+
+    def forward(self, images):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(logits=torch.stack([(images ** 2).flatten(1).sum(1),
+                                                   images.sin().flatten(1).sum(1)], 1))
+
+
+def test_integrated_gradients_integrate_from_zero_for_each_sample_s_target_in_the_given_steps():
+    images = torch.linspace(-3, 3, 2 * 1 * 4 * 4, dtype=torch.float64).reshape(2, 1, 4, 4)
+    targets = torch.tensor([1, 0])
+    exact = torch.stack([images[0].sin(), images[1] ** 2])
+    torch.testing.assert_close(BASELINES["integrated_gradients"](_SinAndSquare(), images, targets, steps=32), exact)
+    # two steps: captum's two-point Gauss-Legendre rule on ∫ cos(α x) dα, far from sin x at |x| = 3
+    nodes = 0.5 + torch.tensor([-0.5, 0.5], dtype=torch.float64) / 3 ** 0.5
+    two = images[0] * sum(0.5 * torch.cos(a * images[0]) for a in nodes)
+    torch.testing.assert_close(BASELINES["integrated_gradients"](_SinAndSquare(), images, targets, steps=2)[0], two)
+
+
+def test_the_post_hoc_baselines_are_the_documented_four():
+    from convex_attention.baselines import attributions
+
+    assert BASELINES == {name: getattr(attributions, name)
+                         for name in ("deeplift", "lrp", "input_x_gradient", "integrated_gradients")}
+
+
+def test_linsat_refuses_a_structure_with_no_scored_map():
+    from convex_attention.baselines.linsat import check_linsat_structure
+
+    with pytest.raises(ValueError, match="0 scored maps"):
+        check_linsat_structure(ca.Graph([(4, 4), (2, 2)], [(0, 1)]), (0, 1))
+
+
+def test_linsat_scored_map_passed_as_none_is_a_one_line_value_error():
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    with pytest.raises(ValueError, match=r"scores\[0\] is None but map 0 is the scored map"):
+        linsat_solve([None, theta, None], h, given)
+
+
+def test_linsat_per_sample_given_maps_project_each_sample_onto_its_own_maps():
+    """A shared map (batch 1) with a per-sample one: each sample is projected onto its own given maps, as if
+    solved alone, and the given maps come back broadcast to the batch."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial(batch=3)
+    g = torch.Generator().manual_seed(5)
+    columns = torch.softmax(torch.randn(3, 1, 3, generator=g, dtype=torch.float64), -1)  # any column marginal is
+    mixed = {1: given[1], 2: columns}  # feasible with any row marginal (their product)
+    probs = linsat_solve([theta, None, None], h, mixed, max_iter=20)
+    for i in range(3):
+        alone = linsat_solve([theta[i:i + 1], None, None], h, {1: given[1], 2: columns[i:i + 1]}, max_iter=20)
+        torch.testing.assert_close(probs[0][i:i + 1], alone[0])
+    assert torch.equal(probs[1], given[1].expand(3, 4, 1)) and torch.equal(probs[2], columns)
+
+
+def test_linsat_iterations_and_temperature_are_linsatnet_s():
+    """More Sinkhorn iterations, smaller violation (under 2e-3 at 100); τ scales the scores (its problem
+    max <θ, x> + τ H(x) has the optimum of max <θ/τ, x> + H(x), iterate for iterate)."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    violations = [float(ca.metrics.violation(linsat_solve([theta, None, None], h, given, max_iter=n), h).max())
+                  for n in (1, 3, 100)]
+    assert violations[0] > violations[1] > violations[2] and violations[2] < 2e-3, violations
+    torch.testing.assert_close(linsat_solve([theta, None, None], h, given, temperature=0.4, max_iter=20)[0],
+                               linsat_solve([theta / 0.4, None, None], h, given, max_iter=20)[0])
+
+
+def test_linsat_runs_in_float32_and_leaves_torch_s_default_dtype_as_it_was():
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    default = torch.get_default_dtype()
+    double = linsat_solve([theta, None, None], h, given, max_iter=20)
+    assert torch.get_default_dtype() == default
+    single = linsat_solve([theta.float(), None, None], h, given, max_iter=20)  # float64 given maps
+    assert all(p.dtype == torch.float32 for p in single) and torch.get_default_dtype() == default
+    torch.testing.assert_close(single[0], double[0].float())
+
+
+def test_linsat_no_warning_false_lets_linsatnet_report_an_unmet_constraint(capsys):
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    linsat_solve([theta, None, None], h, given, max_iter=1)
+    assert "constraint violation" not in "".join(capsys.readouterr())
+    linsat_solve([theta, None, None], h, given, max_iter=1, no_warning=False)
+    assert "constraint violation" in "".join(capsys.readouterr())
+
+
+def test_linsat_solve_refuses_what_it_cannot_express_with_the_reason():
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()  # map 2 scored too: edge 1 (map 0 → map 2) joins two scored maps
+    with pytest.raises(ValueError, match=r"edge 1 \(map 0 → map 2\): both maps are scored"):
+        linsat_solve([theta, None, torch.zeros(2, 1, 3, dtype=torch.float64)], h, {1: given[1]})
