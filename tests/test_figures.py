@@ -34,7 +34,8 @@ def test_the_footer_says_the_load_threads_and_notes_and_what_was_not_recorded():
 
 def test_sci_and_plain_are_safe_to_draw():
     assert figures.sci(3.2e-4) == r"3.2\times10^{-4}" and figures.sci(9.99e-5) == r"1.0\times10^{-4}"
-    assert figures.sci(0) == "0" and figures.sci(12.5) == "12.5"
+    assert figures.sci(0) == "0" and figures.sci(12.5) == "12.5" and figures.sci(-3.2e-4) == r"-3.2\times10^{-4}"
+    assert figures.plain("x" * 10, 10) == "x" * 10  # a text of exactly the limit is kept whole
     assert figures.plain("a$b$" + "x" * 100, 10) == "a\\$b\\$xxxxx…" and "\n" not in figures.plain("a\nb")
 
 
@@ -47,6 +48,7 @@ def test_save_writes_png_and_pdf_with_the_footer_below_everything(tmp_path):
     assert os.path.getsize(path) > 1000 and os.path.getsize(tmp_path / "f.pdf") > 1000
     (footer,) = [t for t in fig.texts if t.get_text() == figures.env_line(env)]
     assert footer.get_position()[1] < 0  # below the axes and their labels
+    assert footer.get_window_extent().y1 < ax.get_tightbbox().y0  # it covers none of them
 
 
 def test_the_footer_wraps_every_caveat_and_never_cuts_one():
@@ -133,3 +135,111 @@ def test_the_guard_leaves_other_warnings_to_the_callers_filters_and_closes_its_f
                 warnings.warn("quiet", UserWarning, stacklevel=1)
                 warnings.warn("loud", UserWarning, stacklevel=1)
     assert [str(w.message) for w in seen] == ["loud"]
+
+
+def _tiny_figure():
+    fig, ax = plt.subplots(figsize=(1, 0.6))
+    ax.plot([1, 2], [3, 4])
+    return fig
+
+
+def test_save_writes_a_300_dpi_png_no_wider_than_a_paper_into_a_new_folder_and_closes_the_figure(tmp_path):
+    from PIL import Image
+
+    env = {"torch": "2.13.0", "processor": "Intel(R) Xeon(R) Platinum 8480+ processor", "torch_threads": 1}
+    notes = ["computed in float32 " * 30]  # a footer of several full lines: as wide as a footer gets
+    fig = _tiny_figure()
+    path = figures.save(fig, str(tmp_path / "new" / "f.png"), env, notes)
+    assert sorted(os.listdir(tmp_path / "new")) == ["f.pdf", "f.png"] and not plt.fignum_exists(fig.number)
+    assert (tmp_path / "new" / "f.pdf").read_bytes().startswith(b"%PDF")
+    with Image.open(path) as png:
+        assert [round(d) for d in png.info["dpi"]] == [300, 300]
+        assert png.size[0] / 300 <= figures.FULL_WIDTH  # the footer never widens a figure past a paper's width
+
+
+def test_a_figure_whose_pdf_fails_replaces_neither_file_and_leaves_no_temporary_file(tmp_path, monkeypatch):
+    for name in ("f.png", "f.pdf"):
+        (tmp_path / name).write_bytes(b"the earlier figure")
+    fig = _tiny_figure()
+    real = fig.savefig
+
+    def full_disk(name, **kwargs):
+        if kwargs.get("format") == "pdf":
+            raise OSError("No space left on device")
+        return real(name, **kwargs)
+
+    monkeypatch.setattr(fig, "savefig", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        figures.save(fig, str(tmp_path / "f.png"), notes=["float64"])
+    # both written or neither: never a new PNG beside the PDF of another figure
+    assert sorted(os.listdir(tmp_path)) == ["f.pdf", "f.png"] and not plt.fignum_exists(fig.number)
+    assert all((tmp_path / name).read_bytes() == b"the earlier figure" for name in ("f.png", "f.pdf"))
+
+
+def test_a_link_at_the_figures_name_is_replaced_and_its_target_never_written(tmp_path):
+    (tmp_path / "mine.png").write_bytes(b"the user's own file")
+    os.symlink(tmp_path / "mine.png", tmp_path / "f.png")
+    figures.save(_tiny_figure(), str(tmp_path / "f.png"))
+    assert (tmp_path / "mine.png").read_bytes() == b"the user's own file"
+    assert not os.path.islink(tmp_path / "f.png") and (tmp_path / "f.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_guard_refuses_an_overflowing_tick_formatter_and_passes_the_callers_other_runtime_warnings_on():
+    before = plt.get_fignums()
+    with pytest.raises(figures.FigureLayoutError, match="could not lay it out"), figures.layout_guard():
+        plt.figure()
+        raise OverflowError("int too large to convert to float")  # what a tick formatter raises
+    assert plt.get_fignums() == before
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the caller's own filter: not an axis over hundreds of decades
+        with pytest.raises(RuntimeWarning, match="divide by zero"), figures.layout_guard():
+            warnings.warn("divide by zero encountered in log", RuntimeWarning, stacklevel=1)
+
+
+def test_exactly_listed_runs_are_listed_one_by_one_and_one_more_gives_the_range():
+    def runs(n):
+        return [{"load_average_start": [float(i), 1.0, 1.0], "load_average_end": [i + 0.5, 1.0, 1.0]} for i in range(n)]
+
+    listed = figures.env_line({"torch": "2", "runs": runs(figures.LISTED_RUNS)}).replace("\n", " ")
+    assert f"start → end of each of {figures.LISTED_RUNS} runs" in listed
+    assert all(f"{i:.2f} → {i + 0.5:.2f}" in listed for i in range(figures.LISTED_RUNS))
+    more = figures.env_line({"torch": "2", "runs": runs(figures.LISTED_RUNS + 1)}).replace("\n", " ")
+    assert f"over {figures.LISTED_RUNS + 1} runs: at start 0.00–{figures.LISTED_RUNS:.2f}," in more
+
+
+def test_a_partial_or_damaged_run_record_is_said_to_be_so_never_invented_and_bounded():
+    env = {"torch": "2.13.0", "torch_threads": 4}
+    assert "load average not recorded" in figures.env_line({**env, "runs": []})
+    runs = [{"torch_threads": 1, "load_average_start": ["high"], "load_average_end": []},
+            "not a run", {"torch_threads": 1, "cpu_count": "9" * 50, "load_average_start": [0.5]}]
+    line = figures.env_line({**env, "runs": runs}).replace("\n", " ")
+    # the runs' own threads (one each, said in the singular), their unreadable loads as "?", and
+    # the first CPU count recorded, bounded as every value read from a file
+    assert "· 1 torch thread ·" in line and "of 2 runs: ? → ?, 0.50 → ?" in line
+    assert "9" * 12 not in line and "CPUs" in line
+    many = [{"load_average_end": [float(i)]} for i in range(figures.LISTED_RUNS)] + [{}]
+    line = figures.env_line({**env, "runs": many}).replace("\n", " ")
+    assert (f"at start not recorded, at end 0.00–{figures.LISTED_RUNS - 1:.2f} (1 not recorded)" in line)
+
+
+def test_a_run_record_with_no_readable_run_says_the_load_was_not_recorded():
+    """Found by mutation testing: runs that are all damaged gave 'start → end of each of 0 runs:'."""
+    line = figures.env_line({"torch": "2.13.0", "runs": ["junk"]})
+    assert "load average not recorded" in line and "0 runs" not in line
+
+
+def test_every_value_read_from_a_file_is_bounded_and_a_null_one_left_out():
+    line = figures.env_line({"torch": "9" * 500, "processor": None, "gpu": None, "torch_threads": 1})
+    assert line.startswith("torch 999") and len(line) < 200 and "None" not in line
+
+
+def test_an_environment_that_is_no_object_is_not_recorded_and_empty_notes_add_nothing():
+    assert figures.env_line(["not", "an", "object"], ["", "float64"]) == "environment not recorded\nfloat64"
+
+
+def test_sci_never_gives_pythons_e_notation():
+    """Found by mutation testing: 999.5 <= |x| < 10000 gave Python's '1.23e+03' in mathtext labels."""
+    for x in (1234.5, -2500.0, 999.7, 5000.0):
+        assert "e+" not in figures.sci(x), x
+    assert figures.sci(1234.5) == r"1.2\times10^{3}" and figures.sci(-2500.0) == r"-2.5\times10^{3}"
+    assert figures.sci(999.7) == r"1.0\times10^{3}" and figures.sci(123.4) == "123"  # plain where Python is

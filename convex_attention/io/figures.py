@@ -89,7 +89,9 @@ def sci(x: float, digits: int = 2) -> str:
     if abs(round(mant, digits - 1)) >= 10:  # 9.99e-5 reads 1.0e-4, not 10.0e-5
         mant, exp = mant / 10, exp + 1
     if -2 <= exp <= 3:
-        return f"{x:.{digits + 1}g}"
+        text = f"{x:.{digits + 1}g}"
+        if "e" not in text:  # 1234.5 with 3 digits is '1.23e+03' in Python: mathtext below
+            return text
     return rf"{mant:.{digits - 1}f}\times10^{{{exp}}}"
 
 
@@ -101,7 +103,9 @@ def _load_text(runs) -> str:
     """The load average (1 min) at the start and end of each recorded run; of more than
     :data:`LISTED_RUNS` runs, the range at the start and at the end (the highest load is
     never dropped)."""
-    if not isinstance(runs, list) or not runs:
+    if isinstance(runs, list):
+        runs = [r for r in runs if isinstance(r, dict)]
+    if not isinstance(runs, list) or not runs:  # none recorded, or none readable
         return "load average not recorded"
 
     def value(x):
@@ -111,7 +115,6 @@ def _load_text(runs) -> str:
         v = value(x)
         return "?" if v is None else f"{v:.2f}"
 
-    runs = [r for r in runs if isinstance(r, dict)]
     cpus = next((r.get("cpu_count") for r in runs if r.get("cpu_count")), None)
     where = f", {plain(cpus, 12)} CPUs" if cpus else ""
     if len(runs) == 1:
