@@ -906,3 +906,332 @@ def test_bench_resume_refuses_other_settings_before_taking_the_folder(tmp_path, 
         holder.wait()
     line = _one_line(capsys, "--factor 2, this run asks for --factor 4")
     assert "in use" not in line
+
+
+def _stub_checks(monkeypatch, statuses=("pass",)) -> list:
+    """No instance is drawn nor checked: ``random_instances`` records how it was called and
+    ``verify_instances`` records its options and returns a result of each of ``statuses``.
+    Returns the calls of both."""
+    from convex_attention.bench import verify as V
+
+    calls: list = []
+
+    def instances(n, seed=0, quick=False):
+        calls.append((n, seed, quick))
+        return []
+
+    results = [V.CheckResult(i, "toy", f"dual.check{i}", 0.0, 1e-6, status == "pass", status=status)
+               for i, status in enumerate(statuses)]
+    monkeypatch.setattr(V, "random_instances", instances)
+    monkeypatch.setattr(V, "verify_instances", lambda instances, **kwargs: calls.append(kwargs) or results)
+    return calls
+
+
+def test_verify_draws_the_instances_of_its_seed_and_number(tmp_path, monkeypatch):
+    """--seed (its help: the seed of the random instances) and --n pick the instances, with
+    --quick or without; --quick alone draws its own number of them."""
+    from convex_attention.bench import verify as V
+    from convex_attention.bench.config import VerifyConfig
+
+    calls = _stub_checks(monkeypatch)
+    for i, argv in enumerate((["--seed", "5", "--n", "3"], ["--quick", "--seed", "5", "--n", "3"], ["--quick"], [])):
+        assert run(["verify", *argv, "--quiet", "--out", str(tmp_path / str(i))]) == 0
+    drawn = [call for call in calls if isinstance(call, tuple)]
+    assert drawn == [(3, 5, False), (3, 5, True), (V.QUICK_INSTANCES, VerifyConfig().seed, True),
+                     (VerifyConfig().n, VerifyConfig().seed, False)]
+
+
+def test_verify_that_cannot_write_its_csv_exits_1_saying_so(tmp_path, monkeypatch, capsys):
+    """Every check passed, but verify.csv could not be written: not a success (exit 1), one
+    line on stderr naming the file, even with --quiet."""
+    from convex_attention.bench import verify as V
+
+    _stub_checks(monkeypatch)
+
+    def unwritable(results, path):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(V, "write_csv", unwritable)
+    out = tmp_path / "v"
+    assert run(["verify", "--quick", "--quiet", "--out", str(out)]) == 1
+    _one_line(capsys, f"cannot write {out / 'verify.csv'}", "Permission denied")
+
+
+@pytest.mark.parametrize("statuses, counts", [
+    (("pass", "info", "fail", "error", "skipped"), "1/4 checks passed, 1 failed, 2 did not run"),
+    (("info", "pass", "info", "error"), "1/2 checks passed, 1 did not run"),
+    (("fail", "info", "fail", "pass"), "1/3 checks passed, 2 failed"),
+    (("info",), "no check ran"),
+])
+def test_verify_failure_line_counts_the_checks_not_the_measurements(tmp_path, monkeypatch, capsys, statuses,
+                                                                     counts):
+    """docs/user_guide.md §2: exit 1 when a check fails or does not run, and one line on stderr
+    says how many (info rows are measurements reported beside the checks, not checks)."""
+    _stub_checks(monkeypatch, statuses)
+    out = tmp_path / "v"
+    assert run(["verify", "--quick", "--quiet", "--out", str(out)]) == 1
+    assert capsys.readouterr() == ("", f"verify: {counts}; every check and its error: {out / 'verify.csv'}\n")
+
+
+@pytest.mark.parametrize("name", ["violation.pdf", ".convex-attention-figures.json"])
+def test_demo_refuses_a_folder_named_like_a_file_plot_writes(tmp_path, monkeypatch, capsys, name):
+    """Any file plot may write into the figure folder (a figure's PNG or PDF, its record of
+    them) that is a folder there is refused before any work, --overwrite or not."""
+    from convex_attention.bench.plots import MANIFEST
+
+    assert name in (MANIFEST, "violation.pdf")
+    out = tmp_path / "r"
+    (out / "figures" / name).mkdir(parents=True)
+    seen: list = []
+    _stub_demo_steps(monkeypatch, seen)
+    assert run(["demo", "--out", str(out), "--overwrite", "--quiet"]) == 2
+    _one_line(capsys, "convex-attention demo: error:", f"{name} is a folder")
+    assert seen == [] and os.listdir(out / "figures") == [name]
+
+
+def test_demo_replaces_the_users_figures_only_with_overwrite(tmp_path, monkeypatch, capsys):
+    """demo --overwrite's help: without it a folder holding files of a figure's name that plot
+    did not write is refused (exit 2) before any work; with it the steps run."""
+    out = tmp_path / "r"
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "violation.png").write_bytes(b"the user's")
+    seen: list = []
+    _stub_demo_steps(monkeypatch, seen)
+    assert run(["demo", "--out", str(out), "--quiet"]) == 2
+    _one_line(capsys, "convex-attention demo: error:", "violation.png", "--overwrite")
+    assert seen == [] and (out / "figures" / "violation.png").read_bytes() == b"the user's"
+    assert run(["demo", "--out", str(out), "--quiet", "--overwrite"]) == 0
+    assert [step for step, *_ in seen] == ["bench", "verify", "plot"]
+
+
+@pytest.mark.parametrize("options", [[], ["--quiet"], ["--no-progress", "--overwrite"]])
+def test_demo_steps_are_quick_and_take_its_output_options(tmp_path, monkeypatch, capsys, options):
+    """demo is bench --quick (1 torch thread), verify --quick and plot (its help), each given
+    demo's --quiet, --no-progress and --overwrite."""
+    from convex_attention.bench.config import quick_sweep
+    from convex_attention.cli import bench as cli_bench
+
+    steps: dict = {}
+    monkeypatch.setattr(cli_bench, "_run_bench", lambda config, args, out, **kw: steps.update(bench=(config, args)))
+    monkeypatch.setattr(cli_bench, "_run_verify", lambda args, *rest: steps.update(verify=args) or 0)
+    monkeypatch.setattr(cli_bench, "_run_plot", lambda args, *rest: steps.update(plot=args) or 0)
+    assert run(["demo", "--out", str(tmp_path / "r"), *options]) == 0
+    (config, bench_args), verify_args, plot_args = steps["bench"], steps["verify"], steps["plot"]
+    assert bench_args.quick and verify_args.quick
+    assert (config.sizes, config.levels, config.repeats) == (quick_sweep().sizes, quick_sweep().levels,
+                                                              quick_sweep().repeats)
+    for args in (bench_args, verify_args, plot_args):
+        assert (args.quiet, args.no_progress, args.overwrite) == tuple(
+            option in options for option in ("--quiet", "--no-progress", "--overwrite"))
+    assert config.threads == 1 and ("sweep cells, 1 torch thread (" in capsys.readouterr().out) != (
+        "--quiet" in options)
+
+
+def test_out_defaults_to_results_as_the_help_says():
+    """bench, verify and demo: --out's help says (default: results)."""
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    for command in ("bench", "verify", "demo"):
+        out = next(a for a in sub[command]._actions if "--out" in a.option_strings)
+        assert "(default: results)" in out.help and parser.parse_args([command]).out == "results", command
+
+
+def test_the_help_gives_the_exit_status_of_a_refused_folder_and_of_verify():
+    """A refused folder is a usage error (exit 2), and verify exits 0 only when every check ran
+    and passed: the help says so."""
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+    def help_of(command, option):
+        return " ".join(next(a.help for a in sub[command]._actions if option in a.option_strings).split())
+
+    assert "refused (exit 2)" in help_of("verify", "--overwrite")
+    assert "else exit 2" in help_of("bench", "--resume")
+    assert "refused, exit 2" in help_of("demo", "--overwrite")
+    assert "0 only when every check ran and passed; 1 when a check failed or did not run" in " ".join(
+        sub["verify"].description.split())
+
+
+def test_bench_resume_of_rows_it_cannot_read_names_overwrite(tmp_path, monkeypatch, capsys):
+    """Rows whose format cannot be read (found under the lock) cannot be resumed: exit 2, one
+    line saying to rerun with --overwrite instead of --resume."""
+    from convex_attention.bench import sweep
+    from convex_attention.io.tables import ResultsFormatError
+
+    def unreadable(*args, **kwargs):
+        raise ResultsFormatError("bench.csv: a column of another format")
+
+    monkeypatch.setattr(sweep, "run_sweep", unreadable)
+    assert run(["bench", *FAST, "--out", str(tmp_path / "r"), "--resume"]) == 2
+    _one_line(capsys, "a column of another format", "rerun with --overwrite instead of --resume")
+
+
+def test_bench_summary_gives_each_methods_rows_by_status_and_the_median_violation_of_its_ok_rows(
+        tmp_path, monkeypatch, capsys):
+    """bench's closing table: a line per method (per backend for cvxpylayers), its rows by
+    status and the median violation of its ok rows (a NaN, or an error row's, is no
+    measurement); the structure is named only where the sweep holds several."""
+    from convex_attention.bench import sweep
+
+    _stub_sweep_and_example(monkeypatch)
+
+    def row(method, status, violation, backend="", structure="chain"):
+        return {"method": method, "status": status, "violation_mean": violation, "backend": backend,
+                "dual_kind": "", "structure": structure}
+
+    rows = [row("exact", "ok", "1e-3"), row("exact", "ok", "8e-3"), row("exact", "ok", "3e-3"),
+            row("exact", "ok", "nan"), row("exact", "error", "1.0"), row("exact", "skipped", ""),
+            row("cvxpylayers", "ok", "2e-6", "moreau"), row("cvxpylayers", "ok", "4e-6", "diffcp-scs")]
+    monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: rows)
+    assert run(["bench", *FAST, "--out", str(tmp_path / "a")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = {line.split()[0]: line.split()[1:] for line in lines[1:4]}
+    assert table == {"exact": ["4", "1", "1", "3.00e-03"], "cvxpylayers[moreau]": ["1", "0", "0", "2.00e-06"],
+                     "cvxpylayers[diffcp-scs]": ["1", "0", "0", "4.00e-06"]}, lines
+    rows.append(row("exact", "ok", "5e-3", structure="star"))
+    assert run(["bench", *FAST, "--out", str(tmp_path / "b")]) == 0
+    labels = [line.rsplit(maxsplit=4)[0] for line in capsys.readouterr().out.splitlines()[1:4]]
+    assert labels == ["chain: exact", "chain: cvxpylayers[moreau]", "chain: cvxpylayers[diffcp-scs]"]
+
+
+def test_verify_starts_the_users_solver_after_importing_what_it_runs_and_stops_it(tmp_path, monkeypatch):
+    """docs/user_guide.md §2: everything the verification runs (each backend's packages
+    included) is imported before the solver's code runs; the solver is given --timeout, the
+    checks the solver and --backends, and its process is stopped after the run."""
+    import importlib
+
+    from convex_attention.bench import isolation
+    from convex_attention.cvx import get_backend
+
+    backend = available_backends()[0]
+    imported: list = []
+    events: list = []
+    import_module = importlib.import_module
+    monkeypatch.setattr(importlib, "import_module", lambda name, *args: imported.append(name) or import_module(
+        name, *args))
+
+    class Solver:
+        def __init__(self, spec, timeout):
+            events.append(("made", spec, timeout))
+
+        def start(self):
+            events.append(("started", set(get_backend(backend).modules) <= set(imported)))
+
+        def close(self):
+            events.append(("stopped",))
+
+    monkeypatch.setattr(isolation, "IsolatedSolver", Solver)
+    calls = _stub_checks(monkeypatch)
+    assert run(["verify", "--quick", "--quiet", "--dual-solver", "mine.py:solve", "--timeout", "7", "--backends",
+                backend, "--out", str(tmp_path / "v")]) == 0
+    assert events == [("made", "mine.py:solve", 7.0), ("started", True), ("stopped",)]
+    checked = calls[-1]
+    assert isinstance(checked["dual_solver"], Solver) and checked["backends"] == [backend]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--n", "0"], "argument --n: "),
+    (["--timeout", "0"], "argument --timeout: "),
+    (["--dual-solver", " \t"], "argument --dual-solver: an empty value"),
+])
+def test_verify_usage_errors_name_the_option_before_any_work(tmp_path, capsys, argv, message):
+    out = tmp_path / "v"
+    assert run(["verify", "--quick", "--no-progress", *argv, "--out", str(out)]) == 2
+    _one_line(capsys, "convex-attention verify: error: " + message)
+    assert not out.exists()
+
+
+def test_plot_of_a_file_is_a_usage_error_naming_it(tmp_path, capsys):
+    results = tmp_path / "bench.csv"
+    results.write_text("cell,status\n")
+    assert run(["plot", str(results)]) == 2
+    _one_line(capsys, f"results {str(results)!r} is a file; give the folder")
+
+
+def _stub_plot_results(monkeypatch, written, notes=(), error=None) -> list:
+    """plot draws nothing itself: ``plot_results`` logs ``notes``, then raises ``error`` or
+    returns the PNGs of ``written``.  Returns the ``overwrite`` of each call."""
+    from convex_attention.bench import plots
+
+    calls: list = []
+
+    def plot_results(results, out, log, overwrite):
+        calls.append(overwrite)
+        for note in notes:
+            log(note)
+        if error is not None:
+            raise error
+        return [os.path.join(out, name + ".png") for name in written]
+
+    monkeypatch.setattr(plots, "plot_results", plot_results)
+    return calls
+
+
+def test_plot_passes_overwrite_and_names_what_it_skipped_on_stderr_even_with_quiet(tmp_path, monkeypatch, capsys):
+    """plot's help: --overwrite lets the figures replace files plot did not write (never
+    without it); what was skipped goes to stderr, even with --quiet (the figures written are
+    info lines)."""
+    (tmp_path / "bench.csv").write_text("not read: plot_results is stubbed\n")
+    calls = _stub_plot_results(monkeypatch, ["violation"], notes=["speed-up: no cvxpylayers rows"])
+    assert run(["plot", str(tmp_path), "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "plot: speed-up: no cvxpylayers rows\n")
+    assert run(["plot", str(tmp_path), "--overwrite"]) == 0
+    assert capsys.readouterr().out == f"plot: {tmp_path / 'figures' / 'violation.png'} (+ .pdf)\n"
+    assert calls == [False, True]
+
+
+def test_a_plot_that_writes_no_figure_exits_2_and_removes_the_folder_it_made(tmp_path, monkeypatch, capsys):
+    """Nothing drawn, or a figure that cannot be written: one line, exit 2, and the figure
+    folder the command made is removed (one that was there is kept)."""
+    results = tmp_path / "r"
+    results.mkdir()
+    (results / "bench.csv").write_text("not read: plot_results is stubbed\n")
+    _stub_plot_results(monkeypatch, [], notes=["no ok rows"])
+    assert run(["plot", str(results)]) == 2
+    _one_line(capsys, f"convex-attention plot: error: nothing to plot in {results}: no ok rows")
+    assert os.listdir(results) == ["bench.csv"]
+    _stub_plot_results(monkeypatch, [], error=PermissionError(13, "Permission denied"))
+    for out, kept in ((tmp_path / "made", False), (tmp_path / "there", True)):
+        if kept:
+            out.mkdir()
+        assert run(["plot", str(results), "--out", str(out)]) == 2
+        _one_line(capsys, f"--out {out}: a figure cannot be written there (Permission denied)")
+        assert out.exists() == kept
+
+
+@pytest.mark.slow  # a process of its own holds the folder's lock
+def test_a_demo_into_a_busy_folder_exits_2_naming_the_owner(tmp_path, monkeypatch, capsys):
+    seen: list = []
+    _stub_demo_steps(monkeypatch, seen)
+    _refused_in_a_busy_folder(["demo", "--no-progress"], tmp_path / "r", "bench.csv", capsys)
+    assert seen == []
+
+
+def test_the_commands_that_write_a_results_folder_can_wait_for_its_lock():
+    """bench, verify and demo take --wait (a folder in use is refused without it)."""
+    parser = cli.build_parser()
+    for command in ("bench", "verify", "demo"):
+        assert parser.parse_args([command, "--wait"]).wait is True, command
+
+
+def test_verify_checks_its_folder_again_under_the_lock(tmp_path, monkeypatch, capsys):
+    """A verify.csv written by another run between verify's first check and its taking the
+    folder's lock is refused as well (exit 2), never replaced."""
+    from convex_attention.cli import bench as cli_bench
+
+    _stub_checks(monkeypatch)
+    out = tmp_path / "v"
+    check_out = cli_bench.check_out
+
+    def meanwhile(folder):
+        check_out(folder)
+        (out / "verify.csv").write_text("another run's\n")
+
+    monkeypatch.setattr(cli_bench, "check_out", meanwhile)
+    assert run(["verify", "--quick", "--quiet", "--out", str(out)]) == 2
+    _one_line(capsys, "already holds verify.csv from an earlier run", "--overwrite")
+    assert (out / "verify.csv").read_text() == "another run's\n"
