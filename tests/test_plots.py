@@ -778,7 +778,7 @@ def test_a_figure_matplotlib_cannot_lay_out_is_named_not_written_and_its_warning
 
 
 def test_nan_tokens_in_bench_json_are_read_as_null_with_a_warning(tmp_path, capsys, figs):
-    write_bench(str(tmp_path), sweep_rows())
+    write_bench(str(tmp_path), cell_rows())  # one cell: the JSON is what is read here
     (tmp_path / "bench.json").write_text('{"environment": {"torch": "2", "gpu": NaN}, "rows": [{"x": Infinity}]}')
     code, err = plot_cli(tmp_path, capsys)
     assert code == 0 and "bench.json: not strict JSON (2 NaN/Infinity token(s)" in err
