@@ -41,11 +41,15 @@ def test_sci_and_plain_are_safe_to_draw():
 
 def test_save_writes_png_and_pdf_with_the_footer_below_everything(tmp_path):
 
-    fig, ax = plt.subplots(figsize=(figures.HALF_WIDTH, 2))
-    ax.plot([1, 2], [3, 4])
     env = {"torch": "2.13.0", "processor": "cpu", "torch_threads": 1}
-    path = figures.save(fig, str(tmp_path / "f.png"), env)
+    with plt.rc_context(figures.STYLE):  # as every figure of both wings is drawn and saved
+        fig, ax = plt.subplots(figsize=(figures.HALF_WIDTH, 2))
+        ax.plot([1, 2], [3, 4])
+        ax.set_title("λ = 0")
+        path = figures.save(fig, str(tmp_path / "f.png"), env)
     assert os.path.getsize(path) > 1000 and os.path.getsize(tmp_path / "f.pdf") > 1000
+    # the PDF embeds its fonts as TrueType, not Type 3 bitmaps (which many venues refuse)
+    assert b"/Subtype /Type3" not in (tmp_path / "f.pdf").read_bytes()
     (footer,) = [t for t in fig.texts if t.get_text() == figures.env_line(env)]
     assert footer.get_position()[1] < 0  # below the axes and their labels
     assert footer.get_window_extent().y1 < ax.get_tightbbox().y0  # it covers none of them
