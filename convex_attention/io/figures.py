@@ -137,8 +137,9 @@ def env_line(env: dict | None, notes=()) -> str:
     machine's load at the start and end of the run (``env["runs"]``, from
     :func:`convex_attention.io.environment.run_record`; "not recorded" for older files), and
     on a second line the figure's own caveats (``notes``: dtype, repetitions, ...).  Each
-    value read from a file is bounded (:func:`plain`); the footer is then wrapped to lines of
-    :data:`FOOTER_CHARS`, never cut: every caveat stays on the figure."""
+    value read from a file is bounded (:func:`plain`); the footer is then wrapped at spaces to
+    lines of :data:`FOOTER_CHARS`, never cut: every caveat stays on the figure (a single word
+    longer than a line, which no caveat of this package holds, is kept whole on its own line)."""
     first = ""
     if env and isinstance(env, dict):
         threads = env.get("torch_threads")
