@@ -128,8 +128,6 @@ BENCH_SCHEMA = Schema(
                       "violation_max", "violation_mean", "max_abs_err", "primal_gap", "dual_gap",
                       "iterations_mean"}),
     choices=(("status", STATUSES), ("structure", STRUCTURES)))
-#: The columns bench.csv holds as text (read back as "" where empty).
-_TEXT_COLUMNS = tuple(c for c in COLUMNS if c not in BENCH_SCHEMA.ints and c not in BENCH_SCHEMA.floats)
 CONVERGENCE_SCHEMA = Schema(
     "convergence", CONVERGENCE_COLUMNS,
     ints=frozenset({"cell", "dims", "size", "levels", "iteration"}),
@@ -173,8 +171,12 @@ def _as_column_type(column: str, value):
     column as a Python int (numpy and torch scalars included; a numeric string as its
     number); ValueError naming the column for a value the reader would refuse (a bool, a
     fraction or a non-finite number in an integer column, text that is no number, a float
-    beyond float64).  Text columns and ``None`` (an empty field) are left as they are."""
-    if value is None or (column not in BENCH_SCHEMA.floats and column not in BENCH_SCHEMA.ints):
+    beyond float64).  Text is left as it is, and ``None`` in a text column is ``""`` (an empty
+    text field reads back as "", in bench.json as in bench.csv); ``None`` in a number column
+    (an empty field) is left as it is."""
+    if column not in BENCH_SCHEMA.floats and column not in BENCH_SCHEMA.ints:
+        return "" if value is None else value
+    if value is None:
         return value
     if hasattr(value, "item") and callable(value.item) and not isinstance(value, (str, bytes)):
         value = value.item()  # numpy / torch scalars
@@ -693,9 +695,6 @@ class ResultsWriter:
         Returns the row as stored (every column, with its ``row_id``).
         """
         stored = {c: _as_column_type(c, row.get(c)) for c in COLUMNS}
-        for c in _TEXT_COLUMNS:  # an empty text field reads back as "", in bench.json as in bench.csv
-            if stored[c] is None:
-                stored[c] = ""
         stored["cell"] = self._cell_number(stored)
         stored["row_id"] = row_id(stored)
         stored["checksum"] = row_checksum([csv_field(stored[c]) for c in COLUMNS if c != "checksum"])
