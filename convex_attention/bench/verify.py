@@ -345,18 +345,16 @@ def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = 
                     [(f"{cvx_method}[{b}]", _BACKEND_CHECKS) for b in backends]:
                 for c in checks:
                     rows.add(f"{part}.{c}", math.nan, math.nan, "skipped", "not run: the CVXPY reference failed")
-            if builtin:
-                _check_gradients(rows, h, scores, temps, tol, DEFAULT_BACKEND in backends, seed=i)
-            continue
-        layer = _Layer(*_check_backends(rows, h, scores, temps, ref, backends, tol), tol["primal"])
-        if layer.solution is not None:
-            # The layer is certified to its own certificate, which on some instances allows a
-            # few 1e-6 in probabilities (Clarabel's regularisation): held to what it promises.
-            cert = _backend_certificate(h, temps, _flat(scores), layer.solution)
-            layer.tol = max(layer.tol, math.sqrt(2 * cert * ref.scale / min(temps)) + cert)
-        _check_dual_solver(rows, label, found, h, scores, temps, ref, layer, tol)
-        if closed_form:  # the closed form exists on forests only
-            _check_exact(rows, h, scores, temps, ref, layer, tol)
+        else:
+            layer = _Layer(*_check_backends(rows, h, scores, temps, ref, backends, tol), tol["primal"])
+            if layer.solution is not None:
+                # The layer is certified to its own certificate, which on some instances allows a
+                # few 1e-6 in probabilities (Clarabel's regularisation): held to what it promises.
+                cert = _backend_certificate(h, temps, _flat(scores), layer.solution)
+                layer.tol = max(layer.tol, math.sqrt(2 * cert * ref.scale / min(temps)) + cert)
+            _check_dual_solver(rows, label, found, h, scores, temps, ref, layer, tol)
+            if closed_form:  # the closed form exists on forests only
+                _check_exact(rows, h, scores, temps, ref, layer, tol)
         if builtin:
             _check_gradients(rows, h, scores, temps, tol, DEFAULT_BACKEND in backends, seed=i)
     return results
