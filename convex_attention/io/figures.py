@@ -103,9 +103,8 @@ def _load_text(runs) -> str:
     """The load average (1 min) at the start and end of each recorded run; of more than
     :data:`LISTED_RUNS` runs, the range at the start and at the end (the highest load is
     never dropped)."""
-    if isinstance(runs, list):
-        runs = [r for r in runs if isinstance(r, dict)]
-    if not isinstance(runs, list) or not runs:  # none recorded, or none readable
+    runs = [r for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+    if not runs:  # none recorded, or none readable
         return "load average not recorded"
 
     def value(x):
