@@ -709,17 +709,25 @@ def test_a_reference_cell_over_the_budget_is_skipped_with_its_estimate(tmp_path)
     assert row["estimate_s"] == pytest.approx(expected)
 
 
-def test_a_reference_cell_that_fails_is_an_error_row_never_ok(tmp_path, monkeypatch):
+def _reference_solve_raises(monkeypatch, message: str) -> None:
+    """The cell's cvxpylayers reference (the timed case ``ref``) raises ``RuntimeError(message)``;
+    every other case is timed as usual."""
     from convex_attention.bench import sweep
 
     real = sweep.measure_interleaved
 
     def failing(cases, **kwargs):
         if "ref" in cases:
-            raise RuntimeError("SolverFailure: diffcp-clarabel, sample 0: infeasible (simulated)")
+            raise RuntimeError(message)
         return real(cases, **kwargs)
 
     monkeypatch.setattr(sweep, "measure_interleaved", failing)
+
+
+def test_a_reference_cell_that_fails_is_an_error_row_never_ok(tmp_path, monkeypatch):
+    from convex_attention.bench import sweep
+
+    _reference_solve_raises(monkeypatch, "SolverFailure: diffcp-clarabel, sample 0: infeasible (simulated)")
     (row,) = sweep.run_sweep(_cvx_config(), str(tmp_path / "a"), progress=False, log=lambda m: None)
     assert row["status"] == "error" and row["reason"].startswith("RuntimeError: SolverFailure: diffcp-clarabel")
     assert row["estimate_s"] > 0
@@ -1202,14 +1210,7 @@ def test_a_reference_cell_estimated_at_exactly_the_budget_is_not_over_it(tmp_pat
     from convex_attention.bench import sweep
     from convex_attention.cvx import CVX_PRIORS, prior_seconds_per_sample
 
-    real = sweep.measure_interleaved
-
-    def failing(cases, **kwargs):
-        if "ref" in cases:
-            raise RuntimeError("the solve was attempted (simulated)")
-        return real(cases, **kwargs)
-
-    monkeypatch.setattr(sweep, "measure_interleaved", failing)
+    _reference_solve_raises(monkeypatch, "the solve was attempted (simulated)")
     config = _cvx_config(cvx_batch=2)
     budget = prior_seconds_per_sample(20, CVX_PRIORS["diffcp-clarabel"]) * 2 * (1 + config.cvx_repeats)
     (row,) = sweep.run_sweep(_cvx_config(cvx_batch=2, budget=budget), str(tmp_path), progress=False,
