@@ -5,6 +5,7 @@ themselves; none hangs or fools it."""
 import io
 import os
 import re
+import struct
 import subprocess
 import sys
 import textwrap
@@ -21,11 +22,16 @@ from convex_attention.bench.isolation import (
     _CHILD_CODE,
     IsolatedSolver,
     SolverFailed,
+    _pack,
     _read_duals,
+    _unpack,
+    describe,
+    load_solver,
     parse_solver_spec,
     returned_duals,
 )
 from convex_attention.bench.verify import random_instances
+from convex_attention.io.files import REASON_CHARS
 
 H = ca.Hierarchy.grid([(4, 4), (2, 2)])
 SCORES = [torch.randn(2, 4, 4, dtype=torch.float64), torch.randn(2, 2, 2, dtype=torch.float64)]
@@ -109,6 +115,98 @@ def test_the_verifier_reads_exactly_one_float64_array_per_edge_from_the_child(ar
     np.savez(buf, **{f"d{i}": a for i, a in enumerate(arrays)})
     with pytest.raises(ValueError, match=message):
         _read_duals(buf.getvalue(), [(2, 2, 2)])
+
+
+def test_the_verifier_reads_only_arrays_named_as_duals_and_unpickles_nothing():
+    """An archive of one array under another name is refused like any other wrong archive
+    (a check of the number of arrays alone let it through to a KeyError, which is no
+    SolverFailed), and an archive of pickled objects is refused without running them."""
+    buf = io.BytesIO()
+    np.savez(buf, x=np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match=r"the child sent arrays \['x'\], not 1 duals"):
+        _read_duals(buf.getvalue(), [(2, 2, 2)])
+    ran = []
+    buf = io.BytesIO()
+    np.savez(buf, d0=np.array([_RunsWhenUnpickled(ran)], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle"):
+        _read_duals(buf.getvalue(), [(1,)])
+    assert ran == []
+
+
+class _RunsWhenUnpickled:
+    """An object whose unpickling appends to a list (code run by whoever unpickles it)."""
+
+    def __init__(self, ran: list):
+        self.ran = ran
+
+    def __reduce__(self):
+        return (self.ran.append, ("unpickled",))
+
+
+def test_a_message_is_a_length_a_json_header_with_a_status_and_a_body():
+    """The verifier's reading of the child's bytes: a message as the child packs it comes back
+    whole; anything shorter than its header, or whose header is not a JSON object with a string
+    status, is a ValueError (which stops the child), never a crash of another kind."""
+    body = b"\x00archive bytes"
+    assert _unpack(_pack({"status": "duals", "instance": 3}) + body) == ({"status": "duals", "instance": 3}, body)
+    assert _unpack(_pack({"status": "started"})) == ({"status": "started"}, b"")
+    head = b'{"status": "ready"}'
+    bad = [b"", b"\x00\x00", struct.pack("!I", len(head) + 2) + head,  # the header runs past the message's end
+           struct.pack("!I", 3) + b"[1]", struct.pack("!I", 2) + b"{}", struct.pack("!I", 13) + b'{"status": 1}',
+           struct.pack("!I", 2) + b"\xff\xfe", struct.pack("!I", 4) + b"null"]
+    for data in bad:
+        with pytest.raises(ValueError):
+            _unpack(data)
+
+
+def test_an_exception_is_described_in_one_line_of_bounded_length():
+    assert describe(SystemExit(2)) == "called sys.exit(2)"
+    assert describe(SystemExit()) == "called sys.exit(None)"
+    assert describe(RuntimeError()) == "raised RuntimeError"
+    assert describe(ValueError("first line\n   second")) == "raised ValueError: first line second"
+    long = describe(RuntimeError("x" * 1000))
+    assert long.startswith("raised RuntimeError: xxx") and long.endswith("...")
+    assert len(long) == len("raised RuntimeError: ") + REASON_CHARS
+    odd = type("Odd\nName" + "N" * 1000, (Exception,), {})  # a class name of its own making
+    text = describe(odd("message"))
+    assert "\n" not in text and text.startswith("raised Odd Name") and len(text) <= 400
+
+
+def test_a_spec_is_split_at_its_last_colon_and_a_py_spec_must_name_a_file(tmp_path):
+    folder = tmp_path / "a:b"
+    folder.mkdir()
+    (folder / "mod.py").write_text("")
+    assert parse_solver_spec(f"{folder / 'mod.py'}:f") == (str(folder / "mod.py"), "f")
+    (tmp_path / "folder.py").mkdir()
+    with pytest.raises(ValueError, match="does not exist"):
+        parse_solver_spec(f"{tmp_path / 'folder.py'}:f")
+    for spec in (None, 3, b"mod:f"):
+        with pytest.raises(ValueError, match="must look like module:function"):
+            parse_solver_spec(spec)
+
+
+@pytest.mark.parametrize("module, message", [
+    ("raise SystemExit(4)\n", r"importing .* failed: called sys.exit\(4\)"),
+    ("raise KeyboardInterrupt\n", "importing .* failed: raised KeyboardInterrupt$"),
+    ("g = 1\n", "has no function 'f'"),
+    ("f = 1\n", "is a int, not a function"),
+])
+def test_load_solver_turns_whatever_the_import_does_into_a_value_error(tmp_path, module, message):
+    """In this process (the child's part of it; the tests above run it in a child)."""
+    (tmp_path / "mod.py").write_text(module)
+    with pytest.raises(ValueError, match=message):
+        load_solver(f"{tmp_path / 'mod.py'}:f")
+
+
+def test_a_value_error_of_the_solvers_module_says_that_importing_it_failed(tmp_path):
+    (tmp_path / "mod.py").write_text("raise ValueError('bad config')\n")
+    with pytest.raises(ValueError, match=r"importing .*mod\.py' failed: raised ValueError: bad config"):
+        load_solver(f"{tmp_path / 'mod.py'}:f")
+
+
+def test_load_solver_gives_the_function(tmp_path):
+    (tmp_path / "mod.py").write_text("def f(scores, h, temps):\n    return 'mine'\n")
+    assert load_solver(f"{tmp_path / 'mod.py'}:f")(None, None, None) == "mine"
 
 
 # ---------------------------------------------------------------- in a process of its own

@@ -117,17 +117,18 @@ def load_solver(spec: str) -> Callable:
     :class:`IsolatedSolver` calls it in its child.
     """
     target, name = parse_solver_spec(spec)
+    module_spec = None
+    if target.endswith(".py"):
+        module_spec = importlib.util.spec_from_file_location("user_dual_solver", target)
+        if module_spec is None or module_spec.loader is None:
+            raise ValueError(f"--dual-solver file {target!r} cannot be imported as a Python module")
     try:
-        if target.endswith(".py"):
-            module_spec = importlib.util.spec_from_file_location("user_dual_solver", target)
-            if module_spec is None or module_spec.loader is None:
-                raise ValueError(f"--dual-solver file {target!r} cannot be imported as a Python module")
+        if module_spec is not None and module_spec.loader is not None:
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(target)
-    except ValueError:
-        raise
+    # the module's own ValueError is wrapped too: only this function's errors are bare
     except BaseException as exc:  # noqa: BLE001 - the user's code: anything may come out of it
         raise ValueError(f"--dual-solver: importing {target!r} failed: {describe(exc)}") from None
     if not hasattr(module, name):
