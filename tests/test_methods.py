@@ -111,3 +111,16 @@ def test_a_chain_method_refused_on_separate_components_says_why():
     chain_only = Method("chain_only", lambda *args: None, "a method for chains")
     with pytest.raises(ValueError, match=r"is a forest: it has 2 separate components; use method 'exact' or 'dual'"):
         chain_only.check_structure(two_chains)
+
+
+def test_the_records_name_the_options_solve_documents():
+    """solve's docstring lists the options of ``"dual"``; ``"cvxpylayers"`` validates its own
+    (``options`` None); the other methods take none.  Each documented one is accepted."""
+    assert {name: REGISTRY[name].options for name in ca.METHODS} == {
+        "softmax": frozenset(), "exact": frozenset(), "cvxpylayers": None, "learned_dual": frozenset(),
+        "dual": frozenset({"tol", "gap_tol", "max_iter", "strict", "record_history", "init", "newton",
+                           "warm_start", "dtype"})}
+    inst = random_instance("1d-2lvl", batch=1)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-8, gap_tol=1e-8, max_iter=200,
+                   strict=True, record_history=True, newton="auto", warm_start="auto", dtype=torch.float64)
+    assert bool(sol.info["converged"].all()) and "history" in sol.info

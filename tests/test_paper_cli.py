@@ -993,3 +993,182 @@ def test_resume_reads_its_checkpoint_again_under_the_lock(tmp_path, capsys, monk
     code, _, err = run(["train", "--resume", path, "--wait", "--no-progress"], capsys)
     assert code == 0, err
     assert seen["epoch"] == 2
+
+
+# ----------------------------------------------------------------------------- mutation testing (cli/paper.py)
+
+def test_resume_of_a_moved_checkpoint_writes_into_its_new_folder(tmp_path):
+    """--out's default with --resume is the checkpoint's folder (its --help), not the folder
+    the checkpoint was trained in."""
+    import shutil
+
+    from convex_attention.cli.paper import train_config_from_args
+
+    path = tiny_checkpoint(tmp_path / "trained" / "last.pt", epoch=1, epochs=2)
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    shutil.copy(path, moved / "last.pt")
+    config, _ = train_config_from_args(cli.build_parser().parse_args(["train", "--resume", str(moved / "last.pt")]))
+    assert config.out == str(moved)
+
+
+def test_a_failed_run_with_a_message_of_several_lines_is_one_line_exit_1(tmp_path, capsys, monkeypatch):
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.train import ValidationClassesError
+
+    def fail(*args, **kwargs):
+        raise ValidationClassesError("the validation split holds no image of class 1:\n  draw it again")
+
+    monkeypatch.setattr(experiment, "run_experiment", fail)
+    code, _, err = run(["experiment", "--quick", "--out", str(tmp_path / "e")], capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert "no image of class 1: draw it again" in err
+
+
+def test_a_folder_holding_only_an_earlier_runs_config_is_an_earlier_run(tmp_path, capsys, no_work):
+    """RUN_FILES: a folder that holds one of them (config.json too: a run stopped before its
+    first epoch) holds an earlier run."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out)], capsys)
+    assert_usage_error(code, err, "--out", "holds an earlier run (config.json)", "--overwrite")
+    assert (out / "config.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("failure, shown", [(MemoryError(), "(MemoryError)"),
+                                            (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                                                          "allocate 1 TiB"), "(RESOURCE_EXHAUSTED: Out of memory")])
+def test_an_allocation_failure_names_what_ran_out(failure, shown, capsys):
+    """A MemoryError without a message is named by its type; "out of memory" is matched in
+    any case."""
+    from convex_attention.cli.paper import _allocation_failure, _out_of_memory
+
+    assert _allocation_failure(failure)
+    assert _out_of_memory("train", failure, "use a smaller --batch-size") == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and f"memory ran out {shown}" in err, err
+
+
+def test_resume_into_another_folder_that_holds_a_run_is_refused(tmp_path, capsys, no_work):
+    """Only --resume OUT/last.pt continues the run in OUT: a checkpoint of another folder
+    continued into a folder of an earlier run would replace that run's files."""
+    path = tiny_checkpoint(tmp_path / "a" / "last.pt", epoch=1, epochs=2)
+    out = tmp_path / "b"
+    before = _earlier_run(out)
+    code, _, err = run(["train", "--resume", path, "--out", str(out), "--no-progress"], capsys)
+    assert_usage_error(code, err, "--out", "holds an earlier run", "--overwrite")
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+
+
+def test_resume_from_a_checkpoint_one_epoch_behind_its_folder_is_refused(tmp_path, capsys, no_work):
+    out = tmp_path / "run"
+    _run_up_to_epoch_4(out)
+    tiny_checkpoint(out / "best.pt", epoch=3, epochs=4)
+    code, _, err = run(["train", "--resume", str(out / "best.pt"), "--no-progress"], capsys)
+    assert_usage_error(code, err, "--resume", "epoch 3", "up to epoch 4 (last.pt)", "would replace epoch 4 (")
+
+
+def test_the_last_finished_epoch_survives_a_torn_or_unreadable_metrics_file(tmp_path, capsys, no_work):
+    """A metrics.csv row without an epoch (a torn write) is skipped, not the whole file; a
+    metrics.csv that is not text leaves last.pt to say how far the run went."""
+    out = tmp_path / "run"
+    _run_up_to_epoch_4(out)
+    (out / "last.pt").unlink()
+    with open(out / "metrics.csv", "a") as f:
+        f.write(",0.\n")
+    code, _, err = run(["train", "--resume", str(out / "best.pt"), "--no-progress"], capsys)
+    assert_usage_error(code, err, "--resume", "up to epoch 4 (metrics.csv)", "no last.pt is there")
+    tiny_checkpoint(out / "last.pt", epoch=4, epochs=4)
+    (out / "metrics.csv").write_bytes(b"\xff\xfe\x00epoch\x00\xff\n\xff4\n")
+    code, _, err = run(["train", "--resume", str(out / "best.pt"), "--no-progress"], capsys)
+    assert_usage_error(code, err, "--resume", "up to epoch 4 (last.pt)")
+
+
+def test_resume_from_last_goes_on_whatever_metrics_csv_records(tmp_path, capsys, monkeypatch):
+    """last.pt is the run's last finished epoch: a metrics.csv row written after it (a run
+    stopped between the two) does not refuse '--resume OUT/last.pt'."""
+    import convex_attention.paper.train as train_module
+
+    out = tmp_path / "run"
+    tiny_checkpoint(out / "last.pt", epoch=3, epochs=4)
+    (out / "metrics.csv").write_text("epoch,val_auc\n" + "".join(f"{e},0.{5 + e}\n" for e in (1, 2, 3, 4)))
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda config, resume_state=None, **kw: seen.append(
+        resume_state["epoch"]) or {"metrics": []})
+    code, _, err = run(["train", "--resume", str(out / "last.pt"), "--no-progress"], capsys)
+    assert code == 0, err
+    assert seen == [3]
+
+
+def test_resume_from_a_best_pt_of_the_last_finished_epoch_goes_on(tmp_path, capsys, monkeypatch):
+    """Nothing later is there to replace: best was the last epoch."""
+    import shutil
+
+    import convex_attention.paper.train as train_module
+
+    out = tmp_path / "run"
+    tiny_checkpoint(out / "best.pt", epoch=4, epochs=4)
+    shutil.copy(out / "best.pt", out / "last.pt")
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda config, resume_state=None, **kw: seen.append(
+        resume_state["epoch"]) or {"metrics": []})
+    code, _, err = run(["train", "--resume", str(out / "best.pt"), "--epochs", "5", "--no-progress"], capsys)
+    assert code == 0, err
+    assert seen == [4]
+
+
+@pytest.mark.parametrize("argv, flag", [(["--difficulties", "0.5"], "--difficulties"),
+                                        (["--held-out-mimic", "none"], "--held-out-mimic")])
+def test_the_test_stage_takes_what_the_variants_file_fixes_from_it_alone(argv, flag, tmp_path, capsys, no_work):
+    code, _, err = run(["experiment", "--stage", "test", "--quick", *argv, "--out", str(tmp_path / "e")], capsys)
+    assert_usage_error(code, err, flag, "from the committed variants file", "never from the command line")
+    assert not (tmp_path / "e").exists()
+
+
+def test_explain_passes_its_options_to_the_work(tmp_path, capsys, monkeypatch):
+    """--baseline-model defaults to every model; a PATH may hold '=' (NAME is what precedes
+    the first); --target, --upsampling and --pixel-only reach the scoring."""
+    import convex_attention.paper.explain as explain
+    from convex_attention.paper.models import NonFiniteOutput
+
+    seen = {}
+
+    def stop(models, val, **kwargs):
+        seen.update(kwargs, models=sorted(models))
+        raise NonFiniteOutput("stopped here by the test")
+
+    monkeypatch.setattr(explain, "explain_models", stop)
+    a = tiny_checkpoint(tmp_path / "a=1" / "best.pt")
+    b = tiny_checkpoint(tmp_path / "b" / "best.pt", method="exact")
+    code, _, err = run(["explain", "--checkpoints", f"softmax={a}", f"exact={b}", "--target", "predicted",
+                        "--upsampling", "bilinear", "--pixel-only", "--out", str(tmp_path / "o"), "--no-progress"],
+                       capsys)
+    assert code == 1 and "stopped here by the test" in err, err
+    assert seen["models"] == ["exact", "softmax"] and sorted(seen["baseline_model"]) == ["exact", "softmax"]
+    assert seen["target"] == "predicted" and seen["upsampling"] == "bilinear" and seen["pooled"] is False
+
+
+def test_explain_with_overwrite_and_no_figure_removes_the_earlier_explanations_figure(tmp_path, capsys, monkeypatch):
+    """An explanation without examples writes no figure; an earlier run's figure left in --out
+    would pass for this one's, so --overwrite removes it (and nothing else of the user's)."""
+    import convex_attention.paper.explain as explain
+
+    def no_figure(rows, examples, out_dir, **kwargs):
+        paths = {"markdown": os.path.join(out_dir, "explain.md")}
+        with open(paths["markdown"], "w") as f:
+            f.write("this run\n")
+        return paths
+
+    monkeypatch.setattr(explain, "explain_models", lambda *args, **kwargs: ([{"row": 1}], []))
+    monkeypatch.setattr(explain, "write_outputs", no_figure)
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt")
+    out = tmp_path / "ex"
+    out.mkdir()
+    for name in ("explain.md", "explain_examples.png", "explain_examples.pdf", "notes.txt"):
+        (out / name).write_text("earlier")
+    code, _, err = run(["explain", "--checkpoints", f"a={a}", "--out", str(out), "--overwrite", "--no-progress"],
+                       capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["explain.md", "notes.txt"]
+    assert (out / "notes.txt").read_text() == "earlier" and (out / "explain.md").read_text() == "this run\n"

@@ -987,3 +987,67 @@ def test_objectives_read_first_after_an_input_changed_in_place_are_refused():
         _ = sol.objective
     with pytest.raises(ca.StaleSolution, match=r"Solution\.dual_objective"):
         _ = sol.dual_objective
+
+
+# ------------------------------------------------------------------ found by mutation testing
+
+
+def test_the_default_method_is_exact():
+    """solve's signature and docs/design.md §4: ``method="exact"``."""
+    sol = ca.solve(GOOD, H)
+    assert sol.method == "exact"
+    _same(sol.probs, ca.solve(GOOD, H, "exact").probs)
+
+
+def test_check_finite_off_reads_no_given_values_but_still_checks_their_shape_and_dtype():
+    """solve's docstring: ``check_finite`` rejects given maps that do not sum to one; turned off,
+    "given's shape, dtype and device are checked still" (the values are not read)."""
+    g = torch.Generator().manual_seed(3)
+    h = ca.Graph.axial((4, 3))
+    scores = [torch.randn(2, 4, 3, generator=g, dtype=torch.float64), None,
+              torch.randn(2, 1, 3, generator=g, dtype=torch.float64)]
+    off = torch.full((1, 4, 1), 0.25 + 1e-5, dtype=torch.float64)  # sums to 1 + 4e-5: beyond float64's 1e-6
+    with pytest.raises(ValueError, match=r"given\[1\] must sum to one"):
+        ca.solve(scores, h, "dual", given={1: off}, tol=1e-3)
+    sol = ca.solve(scores, h, "dual", given={1: off}, check_finite=False, tol=1e-3)
+    assert sol.given == (1,)
+    with pytest.raises(ValueError, match=r"given\[1\] must have shape"):
+        ca.solve(scores, h, "dual", given={1: off[:, :2]}, check_finite=False)
+    with pytest.raises(TypeError, match=r"given\[1\] has dtype"):
+        ca.solve(scores, h, "dual", given={1: off.float()}, check_finite=False)
+
+
+def test_a_solution_unpickled_under_inference_mode_is_readable():
+    """Inference tensors keep no version counter, so they are not watched; a copy loaded in
+    ``torch.inference_mode()`` (an evaluation script) starts afresh like any other copy."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)]
+    sol = ca.solve(scores, h, "exact")
+    data = pickle.dumps(sol)
+    with torch.inference_mode():
+        back = pickle.loads(data)
+        _same([back.duals, back.objective], [sol.duals, sol.objective])
+
+
+def test_consistency_loss_works_under_torch_func_grad():
+    """The loss is plain torch operations (like methods 'softmax' and 'learned_dual'), which
+    torch.func.grad differentiates: its gradient is autograd's."""
+    inst = random_instance("1d-3lvl", batch=2)
+    duals = _learned_duals(inst)
+    by_func = torch.func.grad(lambda lam: ca.consistency_loss(inst.scores, [lam, duals[1]], inst.h, inst.temps))(
+        duals[0])
+    lam = duals[0].clone().requires_grad_()
+    (by_autograd,) = torch.autograd.grad(ca.consistency_loss(inst.scores, [lam, duals[1]], inst.h, inst.temps), lam)
+    torch.testing.assert_close(by_func, by_autograd)
+
+
+def test_cvxpylayers_takes_solver_options_and_reports_what_it_used():
+    """solve's docstring: ``"cvxpylayers"`` takes ``backend``, ``eps``, ... ; its ``info`` holds
+    ``backend`` (its name), ``eps``, ``accept_tol`` and ``solver_options`` (the options as given)."""
+    from convex_attention import cvx
+
+    inst = random_instance("1d-2lvl", batch=1)
+    options = {"backend": "diffcp-clarabel", "eps": 1e-9}
+    sol = ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, **options)
+    assert sol.info == {"solver_options": options, "backend": "diffcp-clarabel", "eps": 1e-9,
+                        "accept_tol": cvx.check_options(options)["accept_tol"]}
