@@ -269,9 +269,19 @@ def test_line_numbers_count_the_lines_of_a_value_that_holds_a_line_end(tmp_path)
     write_toy(path, [{"name": "a\nb", "n": 1, "x": 0.5}, {"name": "c", "n": 2, "x": 0.25}])
     lines = read_text(path).splitlines()
     c_line = next(i for i, line in enumerate(lines, 1) if line.startswith("c,"))
+    a_line = next(i for i, line in enumerate(lines, 1) if line.startswith('"a'))
     table = read_table(path)
     assert table.problems == [] and [r["name"] for r in table.rows] == ["a\nb", "c"]
-    assert table.rows[1]["_line"] == c_line
+    assert [r["_line"] for r in table.rows] == [a_line, c_line]  # the line each row starts on
+
+
+def test_a_damaged_row_holding_a_line_end_is_named_by_the_line_it_starts_on(tmp_path):
+    """Where an editor shows the row: its first line, not the last line of its value."""
+    path = tmp_path / "toy.csv"
+    write_toy(str(path), [{"name": "c", "n": 2, "x": 0.25}])
+    head, row = read_text(str(path)).splitlines()[:2]
+    path.write_text(f'{head}\n{row}\n"a\nb\nc",1\n')
+    assert read_table(str(path)).problems == [f"line 3 (2 fields, the header has {len(head.split(','))})"]
 
 
 def test_a_header_missing_exactly_five_columns_lists_all_five(tmp_path):

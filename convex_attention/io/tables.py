@@ -1,7 +1,7 @@
 """The one reader of results tables: CSV files that this toolkit wrote.
 
 :func:`read_table` reads a table as it is on disk: its header and its rows as strings,
-each with its line number.  A file that cannot be a table (not UTF-8 text, a byte-order
+each with its line number (the line it starts on).  A file that cannot be a table (not UTF-8 text, a byte-order
 mark, NUL bytes, not CSV, a required column missing, a folder or named pipe of its name, a
 file that cannot be read) raises :class:`ResultsFormatError` naming the file and what is
 wrong; a row that is damaged (a field count other than the header's, the last line without
@@ -44,7 +44,8 @@ class Schema:
 @dataclass(frozen=True)
 class Table:
     """A table as read: ``header``, ``rows`` (dicts of strings, each with its line number
-    under ``"_line"``) and ``problems`` (one per damaged row left out: ``"line N (why)"``)."""
+    under ``"_line"``: the line it starts on, where a quoted value spans several) and
+    ``problems`` (one per damaged row left out: ``"line N (why)"``)."""
 
     header: tuple
     rows: list
@@ -105,8 +106,10 @@ def read_table(path: str, required=(), checksum: bool | None = None) -> Table:
     records = []
     try:
         reader = csv.reader(io.StringIO(text, newline=""))
+        ended = 0  # a row is numbered by the line it starts on (a quoted value may span several)
         for fields in reader:
-            records.append((reader.line_num, fields))
+            records.append((ended + 1, fields))
+            ended = reader.line_num
     except csv.Error as err:
         raise ResultsFormatError(f"{path}: not a readable CSV file ({err})") from None
     header = tuple(h.strip() for h in records[0][1])
