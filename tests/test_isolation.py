@@ -5,6 +5,7 @@ themselves; none hangs or fools it."""
 import io
 import os
 import re
+import signal
 import struct
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from convex_attention.bench.isolation import (
     _CHILD_CODE,
     IsolatedSolver,
     SolverFailed,
+    _frame,
     _pack,
     _read_duals,
     _unpack,
@@ -243,6 +245,7 @@ def test_every_exception_and_every_wrong_return_is_a_failure_with_its_reason(tmp
         ("return [object()]", "is a builtins.object, not a torch.Tensor"),
         ("return 'duals'", "returned a str, not a list"),
         ("return [torch.zeros(3)]", "has shape (3,), expected (2, 2, 2)"),
+        ("return type('Odd\\nName' + 'N' * 1000, (), {})()", "returned a Odd Name"),  # a name of its own making
         ("class Bad(list):\n    def __len__(self):\n        raise MemoryError('no')\nreturn Bad()",
          "returned a value that raised MemoryError: no when read"),
     ]
@@ -255,7 +258,7 @@ def test_every_exception_and_every_wrong_return_is_a_failure_with_its_reason(tmp
         for code, message in behaviours:
             with pytest.raises(SolverFailed) as err:
                 solver.solve(SCORES, H, TEMPS)
-            assert message in str(err.value) and "\n" not in str(err.value), code
+            assert message in str(err.value) and "\n" not in str(err.value) and len(str(err.value)) <= 400, code
         assert solver._process.pid == pid  # the same process throughout
         np.testing.assert_array_equal(solver.solve(SCORES, H, TEMPS)[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
 
@@ -265,6 +268,7 @@ def test_every_exception_and_every_wrong_return_is_a_failure_with_its_reason(tmp
     ("os._exit(7)", "ended its process with exit status 7 without returning"),
     ("ctypes.string_at(0)", "was killed by SIGSEGV without returning"),
     ("os.kill(os.getpid(), signal.SIGKILL)", "was killed by SIGKILL without returning"),
+    ("os.kill(os.getpid(), signal.SIGRTMIN + 1)", r"was killed by signal \d+ without returning"),  # no name
 ]))
 def test_a_solver_that_ends_or_crashes_its_process_fails_and_the_next_instance_gets_a_fresh_one(tmp_path, body,
                                                                                                 message):
@@ -396,6 +400,7 @@ def _times_out_on_an_instance_larger_than_a_pipe(spec: str) -> None:
         err = _returns_within(solver, lambda: solver.solve(scores, h, [1.0, 1.0]))
         assert isinstance(err, SolverFailed), err
         assert str(err) == "did not return within 1.5 s (--timeout); its process was stopped"
+        assert solver._process is None  # stopped, not left with half an instance in its pipe
 
 
 @pytest.mark.slow  # a 1.5 s timeout run out (the fast suite keeps one: the stalled message above)
@@ -592,3 +597,236 @@ def test_a_solver_files_sibling_modules_import(tmp_path):
         got = solver.solve(SCORES, H, TEMPS)
     for a, b in zip(got, _exact_duals(SCORES, H, TEMPS)):
         np.testing.assert_array_equal(a, b.numpy())
+
+
+# ---------------------------------------------------------------- found by mutation testing (the slow suite)
+
+class _Sized:
+    """Stands for a payload of ``size`` bytes without taking them: ``_frame`` reads its length
+    and adds it after the frame's header, which is all that is kept."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self):
+        return self.size
+
+    def __radd__(self, header: bytes) -> bytes:
+        return header
+
+
+def test_a_frame_has_the_length_prefix_of_connection_send_bytes():
+    """A signed 32-bit length, or -1 and an unsigned 64-bit length from 2 GiB on (as
+    ``Connection.send_bytes`` writes it and ``recv_bytes`` in the child reads it): an instance
+    of 2 GiB or more was framed with a length that does not fit, or was cut to 32 bits."""
+    assert _frame(b"abc") == struct.pack("!i", 3) + b"abc"
+    assert _frame(_Sized(0x7FFFFFFF)) == struct.pack("!i", 0x7FFFFFFF)
+    for size in (0x80000000, 0x1_0000_0000, 0x1_2345_6789):
+        assert _frame(_Sized(size)) == struct.pack("!i", -1) + struct.pack("!Q", size)
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_ctrl_c_sent_to_the_child_between_instances_is_ignored(tmp_path):
+    """The child ignores Ctrl-C (the verifier stops it): a SIGINT it gets while it waits for an
+    instance neither ends it nor fails the next instance."""
+    with IsolatedSolver(_solver(tmp_path, "return ca.solve(scores, h, 'exact', temperature=temps).duals"),
+                        timeout=60) as solver:
+        solver.solve(SCORES, H, TEMPS)
+        pid = solver._process.pid
+        os.kill(pid, signal.SIGINT)
+        time.sleep(1)  # time to act on it, were it not ignored
+        assert solver._process.poll() is None
+        np.testing.assert_array_equal(solver.solve(SCORES, H, TEMPS)[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
+        assert solver._process.pid == pid
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_what_a_solver_writes_to_file_descriptor_1_does_not_reach_stdout(tmp_path, capfd):
+    """Not only its prints: the output of C code or of a process it starts goes to stderr too."""
+    spec = _solver(tmp_path, "os.write(1, b'raw chatty solver\\n')\n"
+                             "return ca.solve(scores, h, 'exact', temperature=temps).duals")
+    with IsolatedSolver(spec, timeout=60) as solver:
+        solver.solve(SCORES, H, TEMPS)
+    out, err = capfd.readouterr()
+    assert "raw chatty solver" not in out and "raw chatty solver" in err
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_a_message_sent_while_the_module_imports_is_refused_before_any_instance(tmp_path):
+    """The solver's module writes a 'ready' of its own to the verifier's channel: the child's
+    second message must be its own 'ready', never the module's."""
+    path = tmp_path / "early.py"
+    path.write_text(textwrap.dedent("""\
+        import sys
+        from multiprocessing.connection import Connection
+        from convex_attention.bench.isolation import _pack
+        Connection(int(sys.argv[2]), readable=False).send_bytes(_pack({"status": "duals", "instance": 1}))
+
+        def f(scores, h, temps):
+            return None
+        """))
+    solver = IsolatedSolver(f"{path}:f", timeout=60)
+    with pytest.raises(ValueError, match="sent an unexpected message while importing"):
+        solver.start()
+    assert solver._process is None
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_a_long_function_name_is_cut_to_100_characters(tmp_path):
+    """The name labels every row of the solver's checks: a name of its own making is cut."""
+    spec = _solver(tmp_path, "return None")
+    with open(spec.rsplit(":", 1)[0], "a") as f:
+        f.write("f.__name__ = 'n' * 1000\n")
+    with IsolatedSolver(spec, timeout=60) as solver:
+        assert solver.name == "n" * 100
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_why_a_solver_file_cannot_be_used_is_said_in_one_line(tmp_path):
+    """A file whose name has a newline in it, without the function named: the reason (which
+    names the file) is one line."""
+    path = tmp_path / "two\nlines.py"
+    path.write_text("def f(scores, h, temps):\n    return None\n")
+    solver = IsolatedSolver(f"{path}:g", timeout=60)
+    with pytest.raises(ValueError, match="has no function 'g'") as err:
+        solver.start()
+    assert "\n" not in str(err.value) and "two lines.py" in str(err.value)
+    assert solver._process is None
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_an_answer_framed_as_a_message_of_2_gib_or_more_is_read(tmp_path):
+    """Duals of 2 GiB or more come with the long length prefix (-1, then 64 bits): the
+    verifier reads it (here around a small answer the solver sends itself, with the duals it
+    would return)."""
+    body = textwrap.dedent("""\
+        import struct
+        from convex_attention.bench.isolation import _pack
+        number = sys._getframe(1).f_locals.get("number")
+        duals = [d.numpy() for d in ca.solve(scores, h, 'exact', temperature=temps).duals]
+        message = _pack({"status": "duals", "instance": number}, duals)
+        os.write(int(sys.argv[2]), struct.pack("!i", -1) + struct.pack("!Q", len(message)) + message)
+        time.sleep(600)  # the message it wrote is all it sends""")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
+        got = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+    assert not isinstance(got, SolverFailed), got
+    np.testing.assert_array_equal(got[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
+
+
+@pytest.mark.parametrize("header, message", [
+    ("{'status': 'duals'}", "sent a message that is not its answer to this instance (unasked); it was stopped"),
+    ("{'status': 'ready', 'instance': number}", "sent an unexpected message; it was stopped"),
+])
+@pytest.mark.slow  # a Python process each
+def test_only_a_duals_message_tagged_with_the_instance_is_its_answer(tmp_path, header, message):
+    """Well-formed duals (the exact ones) under a header without the instance's tag, or with
+    its tag but another status, are not an answer."""
+    body = textwrap.dedent(f"""\
+        from multiprocessing.connection import Connection
+        from convex_attention.bench.isolation import _pack
+        number = sys._getframe(1).f_locals.get("number")
+        duals = [d.numpy() for d in ca.solve(scores, h, 'exact', temperature=temps).duals]
+        Connection(int(sys.argv[2]), readable=False).send_bytes(_pack({header}, duals))
+        time.sleep(600)  # the forged message is all it sends""")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
+        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+        assert isinstance(err, SolverFailed) and message in str(err), err
+        assert solver._process is None
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_an_answer_tagged_with_an_earlier_instance_is_not_taken_for_a_later_one(tmp_path):
+    """The first call answers and leaves a thread that sends forged zeros tagged with the
+    first instance's number once the second instance has been handed over: they are not the
+    second instance's answer."""
+    go, sent = tmp_path / "go", tmp_path / "sent"
+    body = textwrap.dedent(f"""\
+        import threading
+        import numpy as np
+        from multiprocessing.connection import Connection
+        from convex_attention.bench.isolation import _pack
+        number = sys._getframe(1).f_locals.get("number")
+        zeros = [np.zeros((2,) + tuple(h.shapes[b])) for _, b in h.edges]
+
+        def forge():
+            while not os.path.exists({str(go)!r}):
+                time.sleep(0.05)
+            Connection(int(sys.argv[2]), readable=False).send_bytes(_pack({{"status": "duals", "instance": number}},
+                                                                          zeros))
+            open({str(sent)!r}, "w").close()
+
+        if not os.path.exists({str(go)!r}) and not hasattr(sys, "forger_started"):
+            sys.forger_started = True
+            threading.Thread(target=forge, daemon=True).start()
+        else:
+            open({str(go)!r}, "w").close()
+            while not os.path.exists({str(sent)!r}):
+                time.sleep(0.05)
+        return ca.solve(scores, h, 'exact', temperature=temps).duals""")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
+        first = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+        second = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+    np.testing.assert_array_equal(first[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
+    assert isinstance(second, SolverFailed) and "not its answer to this instance (unasked)" in str(second), second
+
+
+@pytest.mark.slow  # two Python processes
+def test_a_child_that_ends_after_its_answer_is_replaced_for_the_next_instance(tmp_path):
+    """The solver answers and ends its process from a thread a moment later: no instance was
+    asked of it, and a fresh one serves the next."""
+    marker = tmp_path / "done-once"
+    body = (f"if not os.path.exists({str(marker)!r}):\n    open({str(marker)!r}, 'w').close()\n"
+            "    import threading\n    threading.Timer(0.2, os._exit, (0,)).start()\n"
+            "return ca.solve(scores, h, 'exact', temperature=temps).duals")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
+        solver.solve(SCORES, H, TEMPS)
+        first = solver._process
+        assert first.wait(60) == 0
+        np.testing.assert_array_equal(solver.solve(SCORES, H, TEMPS)[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
+        assert solver._process is not first
+
+
+@pytest.mark.slow  # two Python processes; 5 s waiting to see whether the first one ends
+def test_a_child_that_closed_its_end_of_the_pipe_is_stopped(tmp_path):
+    """The solver swaps the pipe it is given instances on for one nobody writes to, and
+    answers: handing it the next instance fails (a broken pipe), the child is stopped, and a
+    fresh one serves the instance after."""
+    marker = tmp_path / "done-once"
+    body = (f"if not os.path.exists({str(marker)!r}):\n    open({str(marker)!r}, 'w').close()\n"
+            "    read, sys.write_end_kept_open = os.pipe()\n    os.dup2(read, int(sys.argv[1]))\n"
+            "return ca.solve(scores, h, 'exact', temperature=temps).duals")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
+        solver.solve(SCORES, H, TEMPS)
+        child = solver._process
+        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+        assert isinstance(err, SolverFailed) and "before it was given the instance" in str(err), err
+        assert solver._process is None and child.poll() is not None
+        np.testing.assert_array_equal(solver.solve(SCORES, H, TEMPS)[0], _exact_duals(SCORES, H, TEMPS)[0].numpy())
+
+
+@pytest.mark.slow  # two Python processes
+def test_a_solver_that_cannot_be_imported_again_fails_its_instance(tmp_path):
+    """Its process ended with the first instance; the fresh one's import fails: a failure of
+    the instance (SolverFailed), not a usage error."""
+    marker = tmp_path / "imported-once"
+    path = tmp_path / "once.py"
+    path.write_text(f"import os\nif os.path.exists({str(marker)!r}):\n    raise RuntimeError('not twice')\n"
+                    f"open({str(marker)!r}, 'w').close()\n\ndef f(scores, h, temps):\n    os._exit(3)\n")
+    with IsolatedSolver(f"{path}:f", timeout=60) as solver:
+        with pytest.raises(SolverFailed, match="exit status 3"):
+            solver.solve(SCORES, H, TEMPS)
+        with pytest.raises(SolverFailed, match="could not be imported again: .*raised RuntimeError: not twice"):
+            solver.solve(SCORES, H, TEMPS)
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_a_message_just_larger_than_the_instances_duals_can_take_is_not_read(tmp_path):
+    """What a message may take: 1 MiB for its header, 8 bytes a value and 4 KiB an array of
+    the archive (the instance's duals: 8 values in one array).  One byte more is refused
+    unread (the 8 MiB of the test above left a bound 100 times too large unnoticed)."""
+    limit = (1 << 20) + 8 * 8 + 4096
+    body = (f"from multiprocessing.connection import Connection\n"
+            f"Connection(int(sys.argv[2]), readable=False).send_bytes(b'x' * {limit + 1})\ntime.sleep(600)")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
+        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+    assert isinstance(err, SolverFailed) and f"sent more than {limit} bytes; it was stopped" in str(err), err
