@@ -64,3 +64,106 @@ def test_lesion_scores_on_graphs_agree_along_every_edge(structure):
     if structure == "star":  # heads of one shape look at the same lesions
         corr = torch.corrcoef(torch.stack([s[0].flatten(), s[1].flatten()]))[0, 1]
         assert corr > 0.5
+
+
+def test_lesion_scores_on_an_irregular_hierarchy_fall_back_to_gaussian():
+    # bench.verify relies on it: lesion maps need a grid
+    from convex_attention.bench.generators import random_parents
+
+    sizes = [30, 7, 2]
+    h = ca.Hierarchy.from_parents(sizes, random_parents(sizes, torch.Generator().manual_seed(0)))
+    a, b = generate("lesion", h, 2, seed=3, scale=2.0), generate("gaussian", h, 2, seed=3, scale=2.0)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("name", ["gaussian", "lesion"])
+@pytest.mark.parametrize("structure", [None, "mixed"])
+def test_scale_multiplies_the_scores(name, structure):
+    from convex_attention.bench.structures import structure_graph
+
+    h = ca.Hierarchy.grid([(8, 8), (4, 4)]) if structure is None else structure_graph(structure, 16)
+    one, three = generate(name, h, 2, seed=4), generate(name, h, 2, seed=4, scale=3.0)
+    assert all(torch.allclose(3.0 * x, y, rtol=1e-12, atol=0) for x, y in zip(one, three))
+
+
+@pytest.mark.parametrize("structure", [None, "star", "axial", "grid_regions", "mixed"])
+def test_lesion_noise_is_the_documented_default_and_an_option(structure):
+    from convex_attention.bench.structures import structure_graph
+
+    h = ca.Hierarchy.grid([(32, 32), (16, 16)]) if structure is None else structure_graph(structure, 32)
+    clean = generate("lesion", h, 4, seed=2, noise=0.0)
+    noisy = generate("lesion", h, 4, seed=2)  # the default noise, 0.3 (the same blobs)
+    assert all(0 <= float(c.min()) and float(c.max()) <= 4.0 for c in clean)  # 4 · blobs, blobs in [0, 1]
+    residual = torch.cat([(n - c).flatten() for c, n in zip(clean, noisy)])
+    assert abs(float(residual.std()) - 0.3) < 0.02
+
+
+def test_noiseless_lesion_levels_are_the_finest_blobs_mean_pooled():
+    h = ca.Hierarchy.grid([(16, 16), (8, 8), (4, 4)])
+    s = generate("lesion", h, 16, seed=0, noise=0.0)
+    # 4 · blobs, the blobs' sum clipped to [0, 1] where they overlap
+    assert 0 <= float(s[0].min()) and float(s[0].max()) <= 4.0
+    for k in range(1, 3):
+        assert torch.allclose(s[k], h.aggregate(s[k - 1], k - 1) / 4, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("structure", ["star", "axial", "grid_regions", "mixed"])
+def test_noiseless_lesion_maps_on_graphs_are_their_finer_maps_blobs_mean_pooled(structure):
+    from convex_attention.bench.structures import structure_graph
+
+    h = structure_graph(structure, 16)
+    s = generate("lesion", h, 3, seed=1, noise=0.0)
+    for k in range(h.num_maps):
+        if not h.in_edges[k]:
+            continue
+        pooled = [h.aggregate(s[h.edges[e][0]], e) / h.aggregate(torch.ones((1,) + h.shapes[h.edges[e][0]],
+                                                                            dtype=torch.float64), e)
+                  for e in h.in_edges[k]]
+        assert torch.allclose(s[k], sum(pooled) / len(pooled), rtol=1e-12, atol=1e-12), k
+    if structure == "mixed":  # Y (half the side) sees X's lesions, block-averaged
+        x, y = s[0], s[1]
+        assert torch.allclose(y, x.reshape(3, 8, 2, 8, 2).mean(dim=(2, 4)), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"batch": True}, "batch must be a positive integer"),
+    ({"batch": 2.0}, "batch must be a positive integer"),
+    ({"batch": 2, "scale": 0.0}, "scale must be positive and finite"),
+    ({"batch": 2, "scale": True}, "scale must be positive and finite"),
+    ({"batch": 2, "scale": "2"}, "scale must be positive and finite"),
+])
+def test_generate_rejects_batch_and_scale_of_the_wrong_type(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        generate("lesion", ca.Hierarchy.grid([(4,), (2,)]), **kwargs)
+
+
+def test_a_registered_generator_is_generated_by_name():
+    from convex_attention.bench.generators import GENERATORS, register_generator
+
+    def constant(h, batch, seed, scale, **kwargs):
+        return [torch.full((batch,) + s, scale + kwargs["offset"], dtype=torch.float64) for s in h.shapes]
+
+    register_generator("constant_for_test", constant)
+    try:
+        s = generate("constant_for_test", ca.Hierarchy.grid([(4,), (2,)]), 2, scale=2.0, offset=1.0)
+    finally:
+        del GENERATORS["constant_for_test"]
+    assert [tuple(x.shape) for x in s] == [(2, 4), (2, 2)] and all((x == 3.0).all() for x in s)
+
+
+def test_random_parents_are_a_nested_partition_with_every_coarse_cell_used():
+    from convex_attention.bench.generators import random_parents
+
+    sizes = [12, 5, 2]
+    for seed in range(20):
+        parents = random_parents(sizes, torch.Generator().manual_seed(seed))
+        assert [len(p) for p in parents] == sizes[:-1]
+        for p, n_coarse in zip(parents, sizes[1:]):
+            assert (torch.bincount(p, minlength=n_coarse) > 0).all() and int(p.max()) < n_coarse
+
+
+def test_lesion_blobs_are_peaked():
+    h = ca.Hierarchy.grid([(32, 32), (16, 16)])
+    fine = generate("lesion", h, 16, seed=0, noise=0.0)[0].flatten(1)
+    above_half = (fine > fine.max(1, keepdim=True).values / 2).double().mean(1)
+    assert (above_half < 0.2).all(), "a few small blobs: most of a map is background"

@@ -99,3 +99,56 @@ def test_random_members_are_small_and_of_their_family(structure, quick):
         assert isinstance(h, ca.Graph) and h.kind == KIND[structure]
         assert sum(h.sizes) <= 120, "small enough for CVXPY at tight tolerances"
         assert math.prod(h.shapes[0]) == h.sizes[0]
+
+
+@pytest.mark.parametrize("structure", ["grid_regions", "mixed"])
+def test_region_families_have_as_many_regions_as_grid_cells_and_a_seed(structure):
+    grid_cells = (32 // 8) ** 2
+    graphs = [structure_graph(structure, 32, seed=seed) for seed in range(4)]
+    # at most one centre in a few hundred captures no cell
+    assert all(grid_cells - 1 <= h.sizes[-1] <= grid_cells for h in graphs)
+    assert sum(h.sizes[-1] == grid_cells for h in graphs) >= 3
+    again = structure_graph(structure, 32, seed=1)
+    assert torch.equal(again.parents(len(again.edges) - 1), graphs[1].parents(len(again.edges) - 1))
+    assert any(not torch.equal(h.parents(len(h.edges) - 1), graphs[0].parents(len(h.edges) - 1)) for h in graphs[1:])
+
+
+def test_mixed_moves_the_odd_cells_of_x_to_the_region_of_the_next_y_cell_along_the_diagonal():
+    h = structure_graph("mixed", 32)
+    x_regions = h.parents(2).reshape(32, 32)
+    y_regions = h.parents(3).reshape(16, 16)
+    nxt = torch.roll(y_regions, shifts=(-1, -1), dims=(0, 1))  # Y cell (i+1, j+1), wrapping
+    assert torch.equal(x_regions[1::2, 1::2], nxt)
+    assert torch.equal(x_regions[0::2, 1::2], y_regions) and torch.equal(x_regions[1::2, 0::2], y_regions)
+
+
+@pytest.mark.parametrize("structure, size", [("star", 18), ("mixed", 20), ("grid_regions", 8), ("chain", 10)])
+def test_structure_graph_refuses_a_size_without_a_graph(structure, size):
+    with pytest.raises(ValueError, match="--structure|does not divide"):
+        structure_graph(structure, size, levels=3)
+
+
+def test_random_chains_have_two_or_three_levels_and_3d_ones_only_in_full_mode():
+    for quick, dims in [(True, {2}), (False, {2, 3})]:
+        g = torch.Generator().manual_seed(0)
+        chains = [random_structure("chain", g, quick) for _ in range(30)]
+        assert {h.num_maps for h in chains} == {2, 3}
+        assert {len(h.shapes[0]) for h in chains} == dims
+
+
+def test_random_mixed_in_quick_mode_has_y_equal_to_the_2x2_grid():
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        h = random_structure("mixed", g, quick=True)
+        assert h.shapes[:3] == [(4, 4), (2, 2), (2, 2)]
+
+
+def test_random_region_members_mostly_have_several_regions():
+    g = torch.Generator().manual_seed(0)
+    regions = [random_structure("grid_regions", g).sizes[-1] for _ in range(20)]
+    assert sum(r > 1 for r in regions) >= 15 and len(set(regions)) > 1
+
+
+def test_random_structure_refuses_an_unknown_family():
+    with pytest.raises(ValueError, match="unknown structure"):
+        random_structure("ring", torch.Generator().manual_seed(0))
