@@ -167,3 +167,9 @@ def test_lesion_blobs_are_peaked():
     fine = generate("lesion", h, 16, seed=0, noise=0.0)[0].flatten(1)
     above_half = (fine > fine.max(1, keepdim=True).values / 2).double().mean(1)
     assert (above_half < 0.2).all(), "a few small blobs: most of a map is background"
+
+
+@pytest.mark.parametrize("noise", [float("nan"), -0.1, float("inf"), True, "0.3"])
+def test_lesion_noise_that_is_not_a_finite_number_at_least_0_is_refused(noise):
+    with pytest.raises(ValueError, match="noise must be a finite number >= 0"):
+        generate("lesion", ca.Hierarchy.grid([(4,), (2,)]), 2, noise=noise)

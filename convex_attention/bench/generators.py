@@ -49,7 +49,12 @@ def _blob_map(shape: tuple[int, ...], batch: int, g: torch.Generator, max_blobs:
 
 def lesion_scores(h: Graph, batch: int, seed: int = 0, scale: float = 1.0, noise: float = 0.3,
                   **_) -> list[Tensor]:
-    """Peaked maps: ``scale · (4·blobs + noise)`` with blobs shared across levels (maps)."""
+    """Peaked maps: ``scale · (4·blobs + noise)`` with blobs shared across levels (maps);
+    ``noise`` is the standard deviation of the Gaussian noise, a finite number ≥ 0 (ValueError
+    otherwise).  On a hierarchy whose levels are not grids (``from_parents``) there are no
+    blobs to place: the scores are :func:`gaussian_scores`."""
+    if isinstance(noise, bool) or not isinstance(noise, (int, float)) or not 0 <= noise < math.inf:
+        raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     g = torch.Generator().manual_seed(seed)
     if not isinstance(h, Hierarchy):
         return _graph_lesion_scores(h, batch, g, scale, noise)
@@ -119,7 +124,8 @@ def generate(name: str, h: Hierarchy, batch: int, seed: int = 0, scale: float = 
 
     Raises:
         ValueError: an unknown name, a batch that is not a positive integer, or a scale
-            that is not positive and finite.
+            that is not positive and finite; a generator checks its own options (``kwargs``:
+            ``lesion``'s ``noise``).
     """
     if name not in GENERATORS:
         raise ValueError(f"unknown score generator {name!r}; choose one of {', '.join(GENERATORS)}")
