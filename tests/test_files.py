@@ -337,3 +337,48 @@ def test_clean_stale_tmp_with_no_targets_removes_nothing(tmp_path):
     assert files.clean_stale_tmp(str(tmp_path), []) == []
     assert files.clean_stale_tmp(str(tmp_path), [""]) == []  # an empty name is no target either
     assert (tmp_path / ".1-2.tmp").read_text() == "the user's data"
+
+
+def test_check_output_files_checks_every_name_after_a_free_one(tmp_path):
+    """A free name does not end the check: a folder named like a later output is still refused
+    (found by mutation testing: `return` for `continue` passed)."""
+    (tmp_path / "bench.json").mkdir()
+    with pytest.raises(ValueError, match="bench.json is a folder"):
+        files.check_output_files(str(tmp_path), ("bench.csv", "bench.json"))
+
+
+def test_clean_stale_tmp_skips_a_temporary_it_cannot_remove(tmp_path, monkeypatch):
+    """A temporary removed meanwhile (or not removable) is neither an error nor reported as
+    removed; the others still are (found by mutation testing: without the suppress, the
+    OSError escaped)."""
+    for name in ("bench.csv.1-1.tmp", "bench.csv.1-2.tmp"):
+        (tmp_path / name).write_text("x")
+    real_remove = os.remove
+
+    def gone(path):
+        if path.endswith("1-1.tmp"):
+            raise FileNotFoundError(2, "No such file or directory")
+        real_remove(path)
+
+    monkeypatch.setattr(files.os, "remove", gone)
+    assert files.clean_stale_tmp(str(tmp_path), ["bench.csv"]) == ["bench.csv.1-2.tmp"]
+
+
+def test_write_json_keys_that_strict_json_cannot_spell_become_their_str(tmp_path):
+    """A NaN or None key is written as its ``str`` (keys as strings), never an error or a
+    non-strict token (found by mutation testing: keys left to json.dumps raised for NaN)."""
+    path = str(tmp_path / "x.json")
+    files.write_json(path, {float("nan"): 1, None: 2, 1.5: 3})
+    assert strict_load(path) == {"nan": 1, "None": 2, "1.5": 3}
+
+
+def test_a_dataclass_class_is_an_unknown_object_written_as_its_str():
+    """A dataclass *instance* becomes a dict; the class itself is no record, but an unknown
+    object: its ``str``, not an error (found by mutation testing: asdict of the class raised)."""
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Point:
+        x: float
+
+    assert files.json_safe({"kind": Point, "value": Point(1.0)}) == {"kind": str(Point), "value": {"x": 1.0}}

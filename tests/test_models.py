@@ -208,3 +208,86 @@ def test_group_norm_model_has_no_batch_statistics():
     torch.testing.assert_close(model(images[:1]).logits, model(images).logits[:1], atol=1e-5, rtol=1e-5)
 
 
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+
+
+def test_model_scores_use_the_stored_difficulty_and_the_scale(tmp_path):
+    """The images are drawn at the difficulty the model was trained with, and the scores are
+    multiplied by ``scale`` (found by mutation testing: the default difficulty, or dropping
+    ``scale``, passed)."""
+    from convex_attention.paper.data import build_datasets
+    from convex_attention.paper.model_scores import model_scores
+    from convex_attention.paper.models import load_model
+
+    path, cfg = _trained_on(tmp_path, "m", data_seed=3, difficulty=0.2)
+    scores = model_scores(ca.Hierarchy.grid([(8, 8), (4, 4)]), 2, seed=4, scale=2.5, checkpoint=path)
+    model, _ = load_model(path)
+    model.eval()
+    images, _ = build_datasets("synthetic", None, 32, 4, 2, 1, 0.2, 20_004)
+    with torch.no_grad():
+        expected = model(torch.stack([images[i][0] for i in range(2)])).scores
+    assert all(torch.equal(a, 2.5 * b.double()) for a, b in zip(scores, expected))
+
+
+def test_model_scores_need_a_checkpoint():
+    from convex_attention.paper.model_scores import model_scores
+
+    with pytest.raises(ValueError, match="needs a checkpoint"):
+        model_scores(ca.Hierarchy.grid([(8, 8), (4, 4)]), 2)
+
+
+@pytest.mark.parametrize("sizes, levels, dims, factor", [([16], [2], [2], 2), ([8], [3], [2], 2), ([8], [2], [1], 2),
+                                                         ([8], [2], [2], 3)])
+def test_the_model_sweep_refuses_grids_other_than_the_models_levels(tmp_path, sizes, levels, dims, factor):
+    """Sizes, levels, dims and factor must each give the model's attention levels (found by
+    mutation testing: dropping any one of them from the check passed)."""
+    from convex_attention.paper.model_scores import check_model_sweep
+
+    path = save_checkpoint(str(tmp_path / "m.pt"), AttentionUNet(method="exact", **SMALL))
+    with pytest.raises(ValueError, match=r"--sizes 8 --levels 2 --dims 2 --factor 2$"):
+        check_model_sweep(path, sizes, levels, dims, factor)
+    check_model_sweep(path, [8], [2], [2], 2)
+
+
+def test_the_experiments_splits_of_the_data_seed_are_the_models_own_images(tmp_path):
+    """A data seed of 0 .. DATA_SEED_MAX (the last one included) also names the experiment
+    protocol's training and validation splits: their generator seeds are refused too (found by
+    mutation testing: leaving the splits out, the val split, or DATA_SEED_MAX itself passed)."""
+    from convex_attention.paper.config import DATA_SEED_MAX
+    from convex_attention.paper.model_scores import SCORE_SEED_OFFSET, check_score_seed
+    from convex_attention.paper.protocol import split_seed
+
+    path, cfg = _trained_on(tmp_path, "m", data_seed=DATA_SEED_MAX)
+    for split, what in (("train", "training"), ("val", "validation")):
+        seed = split_seed("synthetic", DATA_SEED_MAX, cfg.difficulty, split) - SCORE_SEED_OFFSET
+        with pytest.raises(ValueError, match=rf"--seed {seed}: .* the model's own {what} images"):
+            check_score_seed(path, seed)
+
+
+def test_the_seed_named_instead_is_never_negative(tmp_path):
+    """Seeds 0 and 1 of a sweep at --seed 0 are refused when seed 1's images are the model's;
+    the nearest free seed is 2 (-1 is no seed; found by mutation testing: dropping the lower
+    bound, or looking one step away only, passed)."""
+    from convex_attention.paper.model_scores import check_model_sweep
+
+    path, _ = _trained_on(tmp_path, "m", data_seed=20_001)
+    with pytest.raises(ValueError, match=r"--seed 0: the images of seed 1 .*use --seed 2$"):
+        check_model_sweep(path, [8], [2], [2], 2, seed=0)
+
+
+def test_a_synthetic_model_with_a_data_root_still_refuses_its_own_images(tmp_path):
+    from convex_attention.paper.model_scores import check_score_seed
+
+    path, _ = _trained_on(tmp_path, "m", data_seed=20_000, data_root=str(tmp_path))
+    with pytest.raises(ValueError, match="own training images"):
+        check_score_seed(path, 0)
+
+
+def test_a_blobs_model_with_a_data_root_is_fed_blobs(tmp_path):
+    from convex_attention.paper.model_scores import check_model_sweep
+
+    path, _ = _trained_on(tmp_path, "blobs16", data="synthetic-blobs", data_root=str(tmp_path), image_size=16,
+                          attention_blocks=(2, 3))
+    check_model_sweep(path, [8], [2], [2], 2, seed=0)  # as without the data root: the blobs generator draws 16x16

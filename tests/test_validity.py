@@ -254,6 +254,16 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
     (["--data", "brats", "--data-root", "r", "--mimic-types", "split"],
      "--mimic-types applies to the synthetic data only"),
     (["--data", "synthetic-blobs", "--mimic-types", "split"], "--mimic-types applies to --data synthetic"),
+    # one past each bound (found by mutation testing)
+    (["--n", "19"], "--n 19 is too small: the checks need at least 20 images per set"),
+    (["--data", "brats", "--data-root", "r", "--image-size", "15"], "--image-size 15 is too small for brats"),
+    (["--image-size", "31"], "--image-size 31 is too small for the synthetic benchmark"),
+    (["--data", "synthetic-blobs", "--image-size", "15"], "--image-size 15 is too small (at least 16)"),
+    (["--mimic-rate", "8.5"], "--mimic-rate must be in [0, 8]"),
+    (["--uniform-bacc", "0.6"], "needs both --attention-bacc and --uniform-bacc"),
+    (["--attention-bacc", "0.9", "--uniform-bacc", "1.5"], "--uniform-bacc must be a balanced accuracy"),
+    (["--wait"], "--wait applies with --out only"),
+    (["--data-root", "r"], "--data-root applies to --data brats only"),
 ])
 def test_data_check_usage_errors(argv, message, capsys):
     assert run(["data", "check", *argv]) == 2
@@ -586,3 +596,142 @@ def test_the_fixed_maps_follow_the_synthetic_channel_order():
     assert maps["flair+t2-t1"].tolist() == [1.0, -1.0, 0.0, 1.0]
     assert maps["-channel2"].tolist() == [0.0, 0.0, -1.0, 0.0] and len(maps) == 2 * 4 + 1
     assert "flair+t2-t1" not in fixed_channel_maps(3)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--n", "20"], ["--image-size", "32"], ["--data", "synthetic-blobs", "--image-size", "16"],
+    ["--data", "brats", "--data-root", "r", "--image-size", "16"],
+    # BraTS's --n caps the slices read: no seed block refuses it (within the pixel bound)
+    ["--data", "brats", "--data-root", "r", "--n", "1000004", "--image-size", "32"],
+    ["--difficulty", "0"], ["--difficulty", "1"], ["--mimic-rate", "0"], ["--mimic-rate", "8"],
+    ["--attention-bacc", "1", "--uniform-bacc", "0"],
+])
+def test_data_check_takes_every_bound_it_states(argv, monkeypatch, capsys):
+    """Each documented range includes its ends (found by mutation testing: `<` for `<=` at
+    each bound passed)."""
+    _canned(monkeypatch, (0.52, 0.21))
+    assert run(["data", "check", "--quiet", *argv]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
+def test_data_check_builds_the_sets_its_options_ask_for(monkeypatch):
+    """The training set at --seed, the held-out set at --seed + 10000 (the --help), both with
+    the difficulty, mimic rate and mimic types given (found by mutation testing: each could be
+    dropped)."""
+    from convex_attention.paper.config import SYNTHETIC_GENERATORS
+    from convex_attention.paper.data.synthetic import synthetic_dataset
+
+    seen = {}
+    monkeypatch.setattr("convex_attention.paper.validity.run_checks",
+                        lambda train, held, **kwargs: seen.update(train=train, held=held) or [])
+    run(["data", "check", "--quiet", "--n", "20", "--image-size", "32", "--seed", "7", "--difficulty", "0.3",
+         "--mimic-rate", "1.5", "--mimic-types", "split"])
+    options = dict(mimic_rate=1.5, mimic_types=("split",))
+    for name, seed in (("train", 7), ("held", 10_007)):
+        expected = synthetic_dataset(SYNTHETIC_GENERATORS["synthetic"], 20, 32, 4, 0.3, seed=seed, **options)
+        got = seen[name]
+        assert (got.mimic_rate, tuple(got.mimic_types), len(got)) == (1.5, ("split",), 20)
+        assert all(np.array_equal(np.asarray(got[i][0]), np.asarray(expected[i][0])) for i in (0, 19)), name
+
+
+def test_data_check_json_records_the_sets_and_the_checks_it_was_given(tmp_path, monkeypatch):
+    """n_train and n_test are the sets' sizes (not --n: BraTS may have fewer slices), and the
+    checks run at --seed with the two balanced accuracies each in its place (found by mutation
+    testing: the training set's size twice, or the accuracies swapped, passed)."""
+    from helpers import read_json
+
+    from convex_attention.cli import data as data_cli
+
+    seen = {}
+
+    def checks(train, held, seed, attention_bacc, uniform_bacc):
+        seen["seed"] = seed
+        return [CheckResult("location_free", "t", "m", 0.5, 0.6), CheckResult("pixel_map", "t", "m", 0.1, 0.3),
+                check_uniform_attention(attention_bacc, uniform_bacc)]
+
+    monkeypatch.setattr(data_cli, "_datasets", lambda args: (list(range(25)), list(range(30)), "canned"))
+    monkeypatch.setattr("convex_attention.paper.validity.run_checks", checks)
+    out = tmp_path / "out"
+    assert run(["data", "check", "--quiet", "--seed", "5", "--attention-bacc", "0.9", "--uniform-bacc", "0.6",
+                "--out", str(out)]) == 0
+    record = read_json(out / "data_check.json")
+    assert (record["n_train"], record["n_test"], record["seed"], seen["seed"]) == (25, 30, 5, 5)
+    gap = [c for c in record["checks"] if c["name"] == "uniform_attention"][0]
+    assert gap["value"] == pytest.approx(0.9 - 0.6) and gap["status"] == "PASS"
+
+
+def test_an_earlier_data_check_json_is_refused_before_the_lock_and_again_under_it(tmp_path, monkeypatch, capsys):
+    """Refused before any work, without taking (or, with --wait, waiting for) the folder's lock;
+    and one written by another run meanwhile, while this one waited for the lock, is refused
+    under the lock (found by mutation testing: either check alone passed)."""
+    import contextlib
+
+    from convex_attention.cli import data as data_cli
+
+    _canned(monkeypatch, (0.52, 0.21))
+    real = data_cli.holding_out
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "data_check.json").write_text('{"my": "precious"}')
+    taken = []
+
+    @contextlib.contextmanager
+    def recording(*args, **kwargs):
+        taken.append(args)
+        with real(*args, **kwargs):
+            yield
+
+    monkeypatch.setattr(data_cli, "holding_out", recording)
+    assert run(["data", "check", "--out", str(out)]) == 2
+    assert "data_check.json" in capsys.readouterr().err and taken == []
+    (out / "data_check.json").unlink()
+
+    @contextlib.contextmanager
+    def another_run_wrote_it(*args, **kwargs):
+        with real(*args, **kwargs):
+            (out / "data_check.json").write_text('{"theirs": true}')
+            yield
+
+    monkeypatch.setattr(data_cli, "holding_out", another_run_wrote_it)
+    assert run(["data", "check", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "data_check.json" in err and "--overwrite" in err, err
+    assert (out / "data_check.json").read_text() == '{"theirs": true}'
+
+
+def test_a_brats_sample_is_a_seeded_random_subset_whose_brain_masks_follow_its_items():
+    """``_Sample``: at most ``n`` distinct items, drawn by the seed (not the first ``n``), and
+    ``brain_mask(i)`` is the mask of item ``i`` (found by mutation testing)."""
+    from convex_attention.cli.data import _Sample
+
+    class Slices:
+        def __len__(self):
+            return 100
+
+        def __getitem__(self, i):
+            return ("image", i)
+
+        def brain_mask(self, i):
+            return ("mask", i)
+
+    samples = [_Sample(Slices(), 10, seed) for seed in (0, 1)]
+    for s in samples:
+        items = [s[i][1] for i in range(len(s))]
+        assert len(s) == 10 and len(set(items)) == 10
+        assert [s.brain_mask(i) for i in range(len(s))] == [("mask", i) for i in items]
+    assert [s[i] for i in range(10)] != [("image", i) for i in range(10)]
+    assert [samples[0][i] for i in range(10)] != [samples[1][i] for i in range(10)]
+    assert len(_Sample(Slices(), 500, 0)) == 100  # at most n
+
+
+def test_data_check_defaults_are_those_its_help_states():
+    """--n and --image-size default to what their --help says (found by mutation testing)."""
+    import re
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["data", "check"])
+    command = parser._subparsers._group_actions[0].choices["data"]._subparsers._group_actions[0].choices["check"]
+    for action in command._actions:
+        if action.dest in ("n", "image_size"):
+            stated = re.search(r"\(default: (\d+)\)", action.help)
+            assert stated and int(stated.group(1)) == getattr(args, action.dest) == action.default, action.dest

@@ -36,8 +36,9 @@ def _scoring_setup(checkpoint: str, state: dict) -> tuple[TrainConfig, str]:
     """``(the stored training configuration, the synthetic source the images come from)``:
     the source the model was trained on, or the default synthetic one for a model of files."""
     stored = stored_train_config(checkpoint, state) or TrainConfig()
-    # images of the synthetic source the model was trained on (any other source needs files)
-    source = stored.data if stored.data_root is None and stored.data in SYNTHETIC_SOURCES else TrainConfig().data
+    # images of the synthetic source the model was trained on (any other source needs files;
+    # a synthetic source ignores a data root, which older runs could record beside it)
+    source = stored.data if stored.data in SYNTHETIC_SOURCES else TrainConfig().data
     return stored, source
 
 
@@ -45,7 +46,7 @@ def _training_streams(stored: TrainConfig, source: str) -> dict[int, str]:
     """``{generator seed: what the model saw there}``: the seeds of its training and validation
     images, where those are the synthetic images the generator draws from (``train``'s
     streams, and the experiment protocol's training and validation splits at its data seed)."""
-    if stored.data != source or stored.data_root is not None:
+    if stored.data != source:
         return {}  # trained on files: no synthetic image of its was ever drawn
     seed = stored.data_seed_used
     streams = {seed: "training", seed + VAL_SEED_OFFSET: "validation"}
