@@ -28,3 +28,35 @@ def test_level_softmax_matches_torch_and_survives_extreme_temperatures():
     assert bool(torch.isfinite(tiny).all()) and torch.allclose(tiny.flatten(1).sum(1), torch.ones(2))
     half = _ops.level_softmax(x.half(), 1e-3)
     assert half.dtype == torch.float16 and bool(torch.isfinite(half).all())
+
+
+def test_level_softmax_shifts_each_sample_so_large_float32_scores_cannot_overflow():
+    """Scores within float32's score limit at a temperature below one: x / tau alone would be
+    ±inf; the result is finite for every accepted temperature, sample by sample."""
+    x = torch.tensor([[1e37, 0.0, -1e37], [0.0, -1.0, -2.0]])
+    for tau in (0.01, torch.tensor(0.01)):
+        p = _ops.level_softmax(x, tau)
+        want = torch.softmax(x.double() / 0.01, 1).float()  # float64 holds x / tau
+        assert bool(torch.isfinite(p).all()) and torch.allclose(p, want)
+
+
+def test_the_temperature_gradient_is_that_of_x_over_tau():
+    x = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    tau = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_ops.divide_by_temperature, (x, tau))
+    assert torch.autograd.gradgradcheck(_ops.divide_by_temperature, (x, tau))  # second order works
+    x = torch.randn(2, 3, 2, dtype=torch.float64)
+    for value in (1.0, 3.0, 0.4):  # at tau = 1 too, where no division is needed for a float
+        t = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+        assert torch.autograd.gradcheck(lambda t: _ops.level_softmax(x, t), (t,))
+        assert torch.autograd.gradcheck(lambda t: _ops.level_softmax(x, t, log=True), (t,))
+
+
+def test_the_temperature_gradient_stays_finite_at_tiny_temperatures():
+    """At tau = 1e-36 in float32 x / tau² overflows and x / tau is -inf in one cell; the gradient
+    must not become 0 · inf = NaN (a cell's share is 0 where the incoming gradient is 0)."""
+    x = torch.tensor([[0.0, -1e4, 1.0]])
+    for cell in (0, 2):
+        tau = torch.tensor(1e-36, requires_grad=True)
+        (g,) = torch.autograd.grad(_ops.level_softmax(x, tau)[0, cell], tau)
+        assert bool(torch.isfinite(g)) and g.dtype == torch.float32

@@ -348,3 +348,107 @@ def test_check_duals_counts_each_dual_twice_and_accepts_exactly_the_limit():
     assert at[0].dtype == torch.float32
     with pytest.raises(ValueError, match="scores and duals are too large for torch.float32"):
         V.check_duals([torch.tensor([limit / 3, 0.0])], H, 3, torch.float32, CPU, score_peak_sum=limit / 2)
+
+
+def test_scores_for_a_given_map_and_every_map_given_are_refused():
+    with pytest.raises(ValueError, match=r"scores\[0\] must be None: level 0 is given \(given=\{0: probabilities\}\)"):
+        V.check_scores_and_peaks(GOOD, H, given=frozenset({0}))
+    with pytest.raises(ValueError, match="every level is given: there is nothing to solve"):
+        V.check_scores_and_peaks([None, None], H, given=frozenset({0, 1}))
+
+
+def test_nan_scores_are_refused_and_check_finite_off_skips_both_value_checks():
+    nan = [torch.zeros(3, 4), torch.tensor([[0.0, math.nan]] * 3)]
+    with pytest.raises(ValueError, match=r"scores\[1\] contains NaN values; scores must be finite"):
+        V.check_scores(nan, H)
+    huge = [torch.full((3, 4), 1e38), torch.full((3, 2), 1e38)]
+    for scores in (nan, huge):  # docs/design.md §4: check_finite=False skips both checks
+        assert all(a is b for a, b in zip(V.check_scores(scores, H, check_finite=False), scores))
+
+
+def test_float64_scores_whose_peaks_sum_beyond_the_float_range_are_refused():
+    big = [torch.full((1, 4), 1e308, dtype=torch.float64), torch.full((1, 2), -1e308, dtype=torch.float64)]
+    with pytest.raises(ValueError, match="scores are too large for torch.float64"):
+        V.check_scores(big, H)
+
+
+def test_half_precision_scores_take_float32_s_limit():
+    """score_limit is a property of the compute dtype: half precision is computed in float32."""
+    assert V.score_limit(torch.float16) == V.score_limit(torch.bfloat16) == V.score_limit(torch.float32)
+    big = [torch.full((1, 4), 6e4, dtype=torch.float16), torch.full((1, 2), -6e4, dtype=torch.float16)]
+    assert V.check_scores_and_peaks(big, H)[1] == 2 * float(big[0][0, 0])
+
+
+def test_a_wrongly_shaped_dual_is_named_with_the_shape_it_has():
+    with pytest.raises(ValueError, match=r"duals\[0\] must have shape \(2,\).* got \(3,\)$"):
+        V.check_duals([torch.zeros(3)], H, 3, torch.float64, CPU)
+
+
+def test_given_that_is_not_a_dict_or_holds_a_zero_is_refused():
+    q = torch.tensor([0.5, 0.5], dtype=torch.float64)
+    for given in ([q], None, (1, q)):
+        with pytest.raises(TypeError, match=r"given must be a dict \{level index: probabilities\}"):
+            V.check_given(given, *_given_args())
+    for bad in ([0.0, 1.0], [-0.5, 1.5]):
+        with pytest.raises(ValueError, match=r"given\[1\] has a zero \(or negative\) probability"):
+            V.check_given({1: torch.tensor(bad, dtype=torch.float64)}, *_given_args())
+
+
+def test_given_keeps_one_map_per_sample():
+    q = torch.tensor([[0.25, 0.75], [0.5, 0.5], [0.9, 0.1]], dtype=torch.float64)
+    assert torch.equal(V.check_given({1: q}, *_given_args())[1], q)
+
+
+def test_given_sums_are_measured_in_float64_not_in_half_precision():
+    """0.5 + 0.25 + 0.25 + 0.0107421875 (all exact in bfloat16) is 1.0107: off by more than
+    1e-2, though the sum rounded to bfloat16 (1.0078125) would be within it."""
+    q = torch.tensor([0.5, 0.25, 0.25, 0.0107421875], dtype=torch.bfloat16)
+    assert q.double().sum().item() - 1 > 1e-2
+    with pytest.raises(ValueError, match=r"given\[0\] must sum to one per sample \(to 0.01 in bfloat16\)"):
+        V.check_given({0: q}, H, 3, torch.bfloat16, CPU)
+
+
+def test_without_a_dtype_the_temperature_range_is_float64_s():
+    """temperature_range(None): float64, the widest."""
+    assert V.temperature_range() == V.temperature_range(torch.float64)
+    assert V.check_temperatures([1e-300, 1e100], 2) == [1e-300, 1e100]
+
+
+def test_a_tensor_temperature_keeps_its_float64_value_as_a_tensor_or_in_a_list():
+    """A value is used as float(value): no rounding through float32 on the way."""
+    for temperature in (torch.tensor([0.7, 1e-300], dtype=torch.float64),
+                        [torch.tensor(0.7, dtype=torch.float64), torch.tensor(1e-300, dtype=torch.float64)],
+                        (torch.tensor(0.7, dtype=torch.float64), 1e-300)):  # any sequence, a tuple too
+        assert V.check_temperatures(temperature, 2) == [0.7, 1e-300]
+
+
+def test_a_two_d_temperature_tensor_is_refused_as_per_sample():
+    for shape in ((2, 1), (1, 2), (2, 2)):
+        with pytest.raises(ValueError, match=rf"got \({shape[0]}, {shape[1]}\); temperatures are per level, never "
+                                             r"per sample"):
+            V.check_temperatures(torch.ones(shape), 2)
+
+
+def test_temperatures_that_require_grad_come_back_as_views_gradients_flow_into():
+    tau = torch.tensor([1.0, 2.0], requires_grad=True)
+    views = V.check_temperatures(tau, 2, allow_grad=True)
+    assert [float(v.detach()) for v in views] == [1.0, 2.0]
+    (views[0] + 10 * views[1]).backward()
+    assert tau.grad.tolist() == [1.0, 10.0]
+    shared = torch.tensor(0.5, requires_grad=True)
+    sum(V.check_temperatures(shared, 3, allow_grad=True)).backward()
+    assert float(shared.grad) == 3.0
+    learnable = torch.tensor(0.5, requires_grad=True)
+    mixed = V.check_temperatures([2.0, learnable], 2, allow_grad=True)  # one learnable temperature of two
+    assert mixed[0] == 2.0 and mixed[1] is learnable
+    with pytest.raises(TypeError, match="method 'dual' cannot differentiate through the temperature"):
+        V.check_temperatures([2.0, learnable], 2, method="dual")
+
+
+def test_under_no_grad_a_temperature_that_requires_grad_is_a_plain_value():
+    """check_temperatures: a tensor that requires grad *with grad mode on* gives views or a TypeError."""
+    tau = torch.tensor([1.0, 2.0], requires_grad=True)
+    learnable = torch.tensor(3.0, requires_grad=True)
+    with torch.no_grad():
+        assert V.check_temperatures(tau, 2, method="dual") == [1.0, 2.0]
+        assert V.check_temperatures([learnable, 1.0], 2, method="dual") == [3.0, 1.0]
