@@ -473,3 +473,14 @@ def test_a_cpu_index_other_than_0_is_a_config_error():
         check_device("cpu:1")
     assert err.value.field == "device"
     assert check_device("cpu:0") == "cpu:0" and check_device("cpu") == "cpu"
+
+
+def test_a_data_root_is_for_data_read_from_files_and_a_synthetic_source_ignores_one_recorded():
+    from convex_attention.paper.config import SYNTHETIC_SOURCES
+
+    for data in SYNTHETIC_SOURCES:
+        with pytest.raises(ConfigError, match="data_root applies to data read from files"):
+            TrainConfig.build(data=data, data_root="r").validate()
+        recorded = TrainConfig.build(data=data, data_root="r")  # an older run's record
+        assert recorded.data_config() == TrainConfig.build(data=data).data_config()
+    assert TrainConfig.build(data="folder", data_root="r").data_config()["data_root"] == "r"

@@ -103,6 +103,9 @@ TRAIN_BAD = [
     (["--normalisation", "dataset"], "applies to data 'brats' only"), (["--cache-dir", "c"], "--cache-dir"),
     (["--min-tumour-area", "10"], "--min-tumour-area"), (["--val-fraction", "0.95"], "--val-fraction"),
     (["--normalisation", "global"], "--normalisation"), (["--val-fraction", "0.5"], "applies to data 'brats' only"),
+    # a synthetic source generates its images: a data root would be ignored, and recorded as trained on files
+    (["--data-root", "r"], "--data-root: data_root applies to data read from files (brats, folder) only"),
+    (["--data", "synthetic-blobs", "--data-root", "r"], "the data 'synthetic-blobs' is generated"),
 ]
 
 
@@ -1172,3 +1175,18 @@ def test_explain_with_overwrite_and_no_figure_removes_the_earlier_explanations_f
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["explain.md", "notes.txt"]
     assert (out / "notes.txt").read_text() == "earlier" and (out / "explain.md").read_text() == "this run\n"
+
+
+def test_resume_of_an_older_synthetic_run_that_recorded_a_data_root_goes_on_without_it(tmp_path, capsys, monkeypatch):
+    """train refuses --data-root with synthetic data now; a run from before recorded it (its
+    source ignored it), and resuming that run goes on, on the same synthetic data."""
+    import convex_attention.paper.train as train_module
+
+    old = tiny_checkpoint(tmp_path / "run" / "last.pt", epochs=2, data_root=str(tmp_path / "ignored"))
+    assert read_checkpoint(old)["train_config"]["data_root"] == str(tmp_path / "ignored")
+    seen = []
+    monkeypatch.setattr(train_module, "train", lambda config, **kw: seen.append(config) or {"metrics": []})
+    code, _, err = run(["train", "--resume", old, "--epochs", "3", "--no-progress"], capsys)
+    assert code == 0, err
+    (config,) = seen
+    assert config.data == "synthetic" and config.data_root is None

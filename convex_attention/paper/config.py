@@ -343,7 +343,7 @@ class TrainConfig:
     out: str = setting("runs/model", Text(what="a folder name"), "output folder")
     data: str = setting("synthetic", Choice(DATA_SOURCES), "; ".join(f"{k}: {v}" for k, v in DATA_SOURCE_HELP.items()))
     data_root: str | None = setting(None, Text(optional=True, what="a folder name"),
-                                    "the data folder (brats, folder)")
+                                    "the data folder (brats, folder)", cross=lambda c: _files_only(c))
     normalisation: str = setting("volume", Choice(NORMALISATIONS),
                                  "brats: per-modality z-score per patient (volume) or over the training patients "
                                  "(dataset, the authors' scheme)", cross=lambda c: _brats_only(c, "normalisation"))
@@ -421,7 +421,9 @@ class TrainConfig:
         """What decides the validation images (what ``explain`` compares between checkpoints):
         the settings the source reads.  ``n_train`` is not part of it: every training set of
         one source and seed is disjoint from its validation images."""
-        common = {"data": self.data, "data_root": self.data_root, "image_size": self.model.image_size,
+        # a synthetic source ignores a data root (older runs could record one beside it)
+        root = None if self.data in SYNTHETIC_SOURCES else self.data_root
+        common = {"data": self.data, "data_root": root, "image_size": self.model.image_size,
                   "channels": self.model.in_channels}
         if self.data == "folder":  # root/val is the validation set, whatever the seed
             return common
@@ -481,6 +483,15 @@ class TrainConfig:
 
 
 _ALIASES = {"channels": "in_channels"}  # the data's word for the model's input channels
+
+
+def _files_only(config: TrainConfig) -> None:
+    """ConfigError when a data root is given for a synthetic source (it generates its images
+    and would ignore the folder; a run recording it would read as trained on files)."""
+    if config.data_root is not None and config.data in SYNTHETIC_SOURCES:
+        files = ", ".join(s for s in DATA_SOURCES if s not in SYNTHETIC_SOURCES)
+        raise ConfigError("data_root", f"data_root applies to data read from files ({files}) only; the data "
+                                       f"{config.data!r} is generated")
 
 
 def _brats_only(config: TrainConfig, name: str) -> None:
