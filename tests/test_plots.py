@@ -1870,3 +1870,291 @@ def test_convergence_colours_each_grid_size_and_skips_a_negative_violation_by_na
     assert [len(line.get_xdata()) for line in lines] == [3, 3]  # the negative violation is not drawn
     assert lines[0].get_color() != lines[1].get_color()
     assert [t.get_text() for t in figs["c"].legends[0].get_texts()][:2] == ["$8^2$", "$16^2$"]
+
+
+# ---------------------------------------------------------------------------- structures and maps: what is checked
+
+
+def axial_cells():
+    """A chain cell and two cells each of axial and grid_regions (3 maps), side 8 and 16."""
+    rows = [{**r, "structure": "chain"} for r in cell_rows(size=8)]
+    cell = 10
+    for structure, shapes in (("axial", "16x16+16x1+1x16"), ("grid_regions", "16x16+2x2+4")):
+        for size in (8, 16):
+            rows += [{**r, "structure": structure, "shapes": shapes.replace("16", str(size))}
+                     for r in cell_rows(size=size, levels=3, cell=cell)]
+            cell += 1
+    return rows
+
+
+def test_pareto_per_structure_draws_the_largest_timed_dual_cell_and_names_only_its_failures(figs):
+    rows = axial_cells()
+    untimed = next(r for r in rows if r.get("structure") == "axial" and r["size"] == 16 and r["method"] == "dual")
+    untimed["per_sample_ms"] = ""  # dual not timed at the larger axial cell: the smaller one is drawn
+    failed = {}
+    for size, backend in ((16, "moreau"), (8, "diffcp-clarabel")):
+        r = next(r for r in rows if r.get("structure") == "grid_regions" and r["size"] == size
+                 and r["backend"] == backend)
+        r.update(status="error", reason=f"RuntimeError: {backend} broke", violation_mean="", per_sample_ms="")
+        failed[size] = r
+    plots.plot_pareto_per_structure(rows, "p.png", log=pytest.fail)
+    titles = {t.split("\n")[0]: t for t in (ax.get_title() for ax in figs["p"].axes if ax.get_visible())}
+    assert titles["axial (rows + columns)"].split("\n")[1].startswith("8x8+8x1+1x8")
+    grid = titles["grid + regions"]
+    assert "16x16+2x2+4" in grid and "FAILED: " + plot_common.series_name(failed[16]) in grid
+    assert plot_common.series_name(failed[8]) not in grid, "a failure at a cell not drawn"
+    footer = " ".join(figs["p:footer"].split())  # as one line, however the footer wraps
+    assert plot_common.failed_note([failed[16]]) + " (at the cells drawn)" in footer
+    assert "diffcp-clarabel broke" not in footer
+    assert "cvxpylayers timed on fewer samples than the batch" in footer  # timed_batch 2 of 4
+
+
+def test_pareto_per_structure_draws_violations_of_exactly_0_below_every_value_it_could_have(figs):
+    rows = [{**r, "violation_mean": 0.0} if r["status"] == "ok" else r for r in axial_cells()]
+    plots.plot_pareto_per_structure(rows, "p.png", log=pytest.fail)
+    ys = {y for ax in figs["p"].axes if ax.get_visible() for _, y in panel_points(ax)}
+    assert len(ys) == 1 and 0 < ys.pop() < min(DTYPE_EPS.values())
+
+
+def test_pareto_per_structure_of_chains_only_or_without_n_cells_draws_nothing_and_says_why(tmp_path):
+    chains = [{**r, "structure": "chain"} for r in cell_rows()]
+    logged = []
+    assert plots.plot_pareto_per_structure(chains, str(tmp_path / "p.png"), log=logged.append) is None
+    assert len(logged) == 1 and "chains only" in logged[0] and not os.listdir(tmp_path)
+    logged.clear()
+    rows = [{k: v for k, v in r.items() if k != "n_cells"} for r in axial_cells()]
+    assert plots.plot_pareto_per_structure(rows, str(tmp_path / "p.png"), log=logged.append) is None
+    assert logged == ["pareto_per_structure: bench.csv lacks column(s) n_cells; not drawn"]
+    assert not os.listdir(tmp_path)
+
+
+def test_pareto_per_structure_skips_and_names_a_row_of_no_cells(tmp_path):
+    rows = [{**r, "structure": "axial", "shapes": "8x8+8x1+1x8"} for r in cell_rows(levels=3)]
+    next(r for r in rows if r["method"] == "dual")["n_cells"] = 0  # the panel's only dual row
+    notes = []
+    assert plots.plot_pareto_per_structure(rows, str(tmp_path / "p.png"), log=notes.append) is None
+    assert len(notes) == 2 and "skipped 1 row(s)" in notes[0] and "n_cells" in notes[0]
+    assert "no structure has a timed dual row; not written" in notes[1] and not os.listdir(tmp_path)
+
+
+def structure_convergence_rows():
+    return [{"cell": c, "structure": "axial", "dims": 2, "size": size, "levels": 3, "temperature": 1.0,
+             "iteration": i, "violation_max": 10.0 ** -i, "dual_gap_max": 10.0 ** (-2 * i)}
+            for c, size in ((0, 8), (1, 16)) for i in range(4)]
+
+
+def test_convergence_per_structure_skips_and_names_unusable_rows_and_draws_a_gap_left_empty(figs):
+    rows = structure_convergence_rows()
+    good = rows[-1]
+    rows += [{**good, "iteration": 9, **bad} for bad in ({"levels": 0}, {"cell": -1}, {"size": 0},
+                                                         {"iteration": -1}, {"violation_max": -1e-3})]
+    rows.append({**good, "iteration": 4, "violation_max": 1e-5, "dual_gap_max": ""})  # no gap recorded: drawn
+    notes = []
+    plots.plot_convergence_per_structure(rows, "c.png", log=notes.append)
+    assert len(notes) == 1 and "skipped 5 row(s) of convergence.csv" in notes[0]
+    for col in ("levels", "cell", "size", "iteration", "violation_max"):
+        assert col in notes[0], col
+    top, bottom = ([line for line in ax.lines if line.get_linestyle() != ":"] for ax in figs["c"].axes[:2])
+    assert [list(line.get_xdata()) for line in top] == [[0, 1, 2, 3], [0, 1, 2, 3, 4]]
+    assert [list(line.get_xdata()) for line in bottom] == [[0, 1, 2, 3], [0, 1, 2, 3]]
+
+
+def test_convergence_per_structure_tells_apart_cells_of_one_size_by_temperature_then_by_cell(figs):
+    rows = [{**r, "cell": c, "temperature": t} for c, t in ((0, 1.0), (1, 1.0), (2, 0.5))
+            for r in structure_convergence_rows() if r["cell"] == 0]
+    rows.reverse()  # in no order: each line is drawn by sweep
+    plots.plot_convergence_per_structure(rows, "c.png", log=pytest.fail)
+    top = figs["c"].axes[0]
+    assert [t.get_text() for t in top.get_legend().get_texts()] == [
+        "side 8, 3 maps, temperature 0.5", "side 8, 3 maps, temperature 1.0, cell 0",
+        "side 8, 3 maps, temperature 1.0, cell 1"]
+    assert all(list(line.get_xdata()) == [0, 1, 2, 3] for line in top.lines[:3])
+
+
+def test_convergence_per_structure_of_chains_only_draws_nothing_and_says_why(tmp_path):
+    rows = [{**r, "structure": "chain"} for r in structure_convergence_rows()]
+    logged = []
+    assert plots.plot_convergence_per_structure(rows, str(tmp_path / "c.png"), log=logged.append) is None
+    assert len(logged) == 1 and "no convergence rows of a structure other than the chain" in logged[0]
+    assert not os.listdir(tmp_path)
+
+
+def test_convergence_per_structure_draws_a_zero_violation_at_the_dotted_floor_below_every_value(figs):
+    rows = structure_convergence_rows()
+    rows.append({**rows[-1], "iteration": 4, "violation_max": 0.0, "dual_gap_max": 0.0})
+    plots.plot_convergence_per_structure(rows, "c.png", log=pytest.fail)
+    top, bottom = figs["c"].axes[0], figs["c"].axes[1]
+    (floor,) = {line.get_ydata()[0] for ax in (top, bottom) for line in ax.lines if line.get_linestyle() == ":"}
+    assert 0 < floor < min(v for r in rows for v in (r["violation_max"], r["dual_gap_max"]) if v > 0)
+    assert top.lines[1].get_ydata()[-1] == floor and bottom.lines[1].get_ydata()[-1] == floor
+    assert list(top.lines[1].get_ydata()[:4]) == [10.0 ** -i for i in range(4)]
+
+
+def test_convergence_per_structure_draws_a_negative_gap_at_its_magnitude_as_its_axis_says(figs):
+    """A gap below 0 is drawn as |g - f*| (the axis's label), never hidden at the floor."""
+    rows = structure_convergence_rows()
+    rows.append({**rows[-1], "iteration": 4, "violation_max": 1e-6, "dual_gap_max": -1e-3})  # g < f*
+    plots.plot_convergence_per_structure(rows, "c.png", log=pytest.fail)
+    bottom = figs["c"].axes[1]
+    assert bottom.get_ylabel().startswith(r"$|g(\lambda) - f^*|$")
+    (floor,) = {line.get_ydata()[0] for line in bottom.lines if line.get_linestyle() == ":"}
+    assert floor < 1e-3 and bottom.lines[1].get_ydata()[-1] == 1e-3
+
+
+def backward_rows():
+    rows = [{"family": "axial", "kind": "implicit", "parameter": tol, "fwd_per_sample_ms": 2.0,
+             "bwd_per_sample_ms": 0.5 + tol, "gradient_error": tol * 10} for tol in (1e-8, 1e-4)]
+    rows += [{"family": "axial", "kind": "unrolled", "parameter": n, "fwd_per_sample_ms": 0.3 * n,
+              "bwd_per_sample_ms": 0.4 * n, "gradient_error": 0.5 / n} for n in (1, 8)]
+    return rows
+
+
+def test_backward_skips_and_names_unusable_rows_and_draws_an_exact_gradient_at_a_floor(figs):
+    rows = backward_rows()
+    rows += [{**rows[0], **bad} for bad in ({"parameter": 0}, {"gradient_error": -1.0},
+                                            {"bwd_per_sample_ms": 1e300})]
+    rows.append({**rows[3], "parameter": 16, "fwd_per_sample_ms": "", "bwd_per_sample_ms": 6.4,
+                 "gradient_error": 0.0})  # exact, no fwd
+    notes = []
+    plots.plot_backward(rows, "b.png", None, notes.append)
+    assert len(notes) == 1 and "skipped 3 row(s) of backward.csv" in notes[0]
+    for col in ("parameter", "gradient_error", "bwd_per_sample_ms"):
+        assert col in notes[0], col
+    ax = figs["b"].axes[0]
+    implicit, unrolled = ax.get_lines()
+    assert list(implicit.get_ydata()) == [1e-7, 1e-3]  # tolerance ascending
+    assert list(unrolled.get_xdata()) == [0.4, 3.2, 6.4]
+    floor = unrolled.get_ydata()[-1]
+    assert 0 < floor < 1e-7 and list(unrolled.get_ydata()[:2]) == [0.5, 0.0625]
+    assert [t.get_text() for t in ax.texts] == ["1e-08", "1e-04", "1", "8", "16"]  # tolerance, sweeps
+    assert "computed in float64" in figs["b:footer"]
+
+
+def test_backward_without_a_usable_row_draws_nothing_and_says_why(tmp_path):
+    logged = []
+    rows = [{**r, "gradient_error": "nan"} for r in backward_rows()]
+    assert plots.plot_backward(rows, str(tmp_path / "b.png"), None, logged.append) is None
+    assert len(logged) == 2 and "skipped 4 row(s)" in logged[0] and "no usable rows; not written" in logged[1]
+    assert not os.listdir(tmp_path)
+
+
+def save_example(path, **changes):
+    """An example.npz of 2 levels (4x4 onto 2x2), with ``changes`` (None: left out)."""
+    arrays = {"levels": np.array(2), "temperature": np.array([1.0, 1.0]), "scores0": np.zeros((4, 4)),
+              "scores1": np.zeros((2, 2)), "fitted_dual0": np.zeros((2, 2))}
+    arrays.update(changes)
+    np.savez(str(path), **{k: v for k, v in arrays.items() if v is not None})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"levels": None}, "lacks 'levels'"),
+    ({"temperature": None}, "lacks 'levels' or 'temperature'"),
+    ({"levels": np.array(1), "temperature": np.array([1.0])}, "'levels' must be an integer from 2 to 8"),
+    ({"levels": np.array(9)}, "'levels' must be an integer from 2 to 8"),
+    ({"levels": np.array([2])}, "'levels' must be an integer"),
+    ({"levels": np.array(2.0)}, "'levels' must be an integer"),
+    ({"temperature": np.array([1, 1])}, "'temperature' must hold 2 positive finite numbers"),
+    ({"temperature": np.array([1.0, 1.0, 1.0])}, "'temperature' must hold 2"),
+    ({"temperature": np.array([1.0, 0.0])}, "'temperature' must hold 2"),
+    ({"temperature": np.array([1.0, np.inf])}, "'temperature' must hold 2"),
+    ({"scores1": np.zeros((0, 0))}, "'scores1' must be a 2-D float array"),
+    ({"scores1": np.zeros((2, 2), dtype=np.int64)}, "'scores1' must be a 2-D float array"),
+    ({"scores1": np.zeros((2, 2, 1))}, "'scores1' must be a 2-D float array"),
+    ({"scores1": None}, "'scores1' must be"),
+    ({"levels": np.array(3), "temperature": np.ones(3), "scores2": np.zeros((1, 1))},
+     "'fitted_dual*' must hold one array per constraint (0 … 1)"),
+    ({"fitted_dual0": np.zeros((2, 2), dtype=np.int64)}, "'fitted_dual0' must be finite floats"),
+    ({"fitted_dual0": np.full((2, 2), np.nan)}, "'fitted_dual0' must be finite floats"),
+    ({"fitted_dual0": np.zeros((2, 1))}, "'fitted_dual0' must be finite floats shaped like 'scores1'"),
+])
+def test_an_example_is_checked_before_anything_is_drawn(tmp_path, changes, message):
+    from convex_attention.bench.plots import maps
+
+    save_example(tmp_path / "example.npz", **changes)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        maps._load_example(str(tmp_path / "example.npz"))
+
+
+def test_an_example_that_is_one_array_not_an_archive_is_refused(tmp_path):
+    from convex_attention.bench.plots import maps
+
+    with open(tmp_path / "example.npz", "wb") as f:
+        np.save(f, np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        maps._load_example(str(tmp_path / "example.npz"))
+
+
+def test_an_example_of_up_to_the_cell_limit_is_read_as_written_in_float64(tmp_path, monkeypatch):
+    from convex_attention.bench.plots import maps
+
+    rng = np.random.default_rng(1)
+    written = {"scores0": rng.normal(size=(4, 4)), "scores1": rng.normal(size=(2, 2)),
+               "fitted_dual0": rng.normal(size=(2, 2)), "temperature": np.array([0.7, 1.3])}
+    save_example(tmp_path / "example.npz", **written)
+    monkeypatch.setattr(maps, "_MAX_EXAMPLE_CELLS", 4 * 4 + 2 * 2)  # exactly the limit: read
+    scores, temps, kinds = maps._load_example(str(tmp_path / "example.npz"))
+    assert all(s.dtype == np.float64 for s in scores) and np.array_equal(scores[0], written["scores0"])
+    assert np.array_equal(scores[1], written["scores1"]) and temps == [0.7, 1.3]
+    assert list(kinds) == ["fitted"] and np.array_equal(kinds["fitted"][0], written["fitted_dual0"])
+    monkeypatch.setattr(maps, "_MAX_EXAMPLE_CELLS", 4 * 4 + 2 * 2 - 1)
+    with pytest.raises(ValueError, match="too large for a figure"):
+        maps._load_example(str(tmp_path / "example.npz"))
+
+
+def test_attention_maps_draw_each_residual_on_a_shared_symmetric_scale_and_leave_out_a_failed_method(
+        tmp_path, figs, monkeypatch):
+    from convex_attention.bench.plots import maps
+
+    write_example(str(tmp_path))
+    solve = maps.solve
+
+    def flaky(scores, h, name, **kw):
+        if name == "dual":
+            raise RuntimeError("did not converge")
+        sol = solve(scores, h, name, **kw)
+        if name == "exact":
+            sol.probs[0][0, 0, 0] = float("nan")
+        return sol
+
+    monkeypatch.setattr(maps, "solve", flaky)
+    notes = []
+    plots.plot_attention_maps(str(tmp_path / "example.npz"), "maps.png", log=notes.append)
+    assert len(notes) == 2 and "dual failed on the example (did not converge)" in notes[0]
+    assert "exact gave NaN or Inf" in notes[1]
+    grid = [ax for ax in figs["maps"].axes if ax.images]
+    rows = [grid[i:i + 3] for i in range(0, len(grid), 3)]
+    assert [r[0].get_ylabel().split("\n")[0] for r in rows] == ["softmax", "learned_dual", "learned_dual"]
+    resid = []
+    for p0, p1, r in rows:
+        a0, a1 = np.asarray(p0.images[0].get_array()), np.asarray(p1.images[0].get_array())
+        want = a0.reshape(4, 2, 4, 2).sum(axis=(1, 3)) - a1  # P_0 p_0 − p_1: sum over each 2x2 block
+        got = np.asarray(r.images[0].get_array())
+        assert np.allclose(got, want, rtol=0, atol=1e-12)
+        assert f"= {figures.sci(float(np.abs(got).sum()))}$" in r.get_xlabel()
+        resid.append(got)
+    dmax = max(float(np.abs(g).max()) for g in resid)
+    assert {r[2].images[0].get_clim() for r in rows} == {(-dmax, dmax)}
+
+    assert "computed in float64" in figs["maps:footer"]
+
+    monkeypatch.setattr(maps, "solve", lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("down")))
+    with pytest.raises(ValueError, match="no method solved the example"):
+        plots.plot_attention_maps(str(tmp_path / "example.npz"), str(tmp_path / "m2.png"), log=lambda m: None)
+    assert not os.path.exists(tmp_path / "m2.png")
+
+
+def test_backward_rows_without_a_family_column_are_named_and_nothing_is_drawn(tmp_path):
+    logged = []
+    rows = [{k: v for k, v in r.items() if k != "family"} for r in backward_rows()]
+    assert plots.plot_backward(rows, str(tmp_path / "b.png"), None, logged.append) is None
+    assert logged == ["backward_implicit_vs_unrolled: backward.csv lacks column(s) family; not drawn"]
+    assert not os.listdir(tmp_path)
+
+
+def test_backward_skips_and_names_a_row_without_a_family(figs):
+    rows = backward_rows()
+    rows.append({**rows[0], "family": ""})
+    notes = []
+    plots.plot_backward(rows, "b.png", None, notes.append)
+    assert [ax.get_title() for ax in figs["b"].axes] == ["axial (rows + columns)"]
+    assert len(notes) == 1 and "family" in notes[0]

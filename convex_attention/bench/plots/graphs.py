@@ -156,8 +156,10 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
 def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = None) -> str | None:
     """The dual solver's violation (top row) and dual gap ``g(λ) − f*`` (bottom row) per sweep,
     float64, one column per structure and one line per cell, labelled with its size and
-    number of levels (and temperature, where a structure's cells differ in it).  A gap that is not
-    positive (rounding at the optimum) is drawn at a marked floor.  Drawn when the rows hold a
+    number of levels (and temperature, where a structure's cells differ in it).  The gap is drawn
+    as its magnitude ``|g(λ) − f*|``, as the axis says: a gap below 0 (weak duality allows it only
+    within the reference's rounding) shows its size rather than hiding at the floor; values at or
+    below a marked floor (a gap of exactly 0 included) are drawn there.  Drawn when the rows hold a
     structure other than the chain; returns None otherwise."""
     log = log or warn
     need = ("cell", "structure", "size", "iteration", "violation_max", "dual_gap_max")
@@ -248,6 +250,8 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
         try:
             if kind not in KIND_STYLE:
                 raise BadValue(f"kind={plain(kind, 20)!r} is not one of {', '.join(KIND_STYLE)}")
+            if not text_of(r, "family"):  # a panel without a title would show numbers of no structure
+                raise BadValue("family is empty")
             pts.append((text_of(r, "family"), kind, number(r, "parameter", positive=True),
                         number(r, "bwd_per_sample_ms", time_ms=True), number(r, "gradient_error", nonneg=True),
                         number(r, "fwd_per_sample_ms", empty_ok=True, time_ms=True)))
