@@ -1,6 +1,7 @@
 import csv
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -950,6 +951,222 @@ def test_folder_train_and_val_images_must_share_one_shape(tmp_path):
     _write_folder(str(tmp_path / "ok" / "val"))
     train, val = build_datasets("folder", root=str(tmp_path / "ok"))
     assert train.image_shape == val.image_shape == (1, 16, 16)
+
+
+# ---------------------------------------------------------------- folder dataset, edge cases (mutation testing)
+
+class _RunsCodeWhenUnpickled:
+    """An object whose unpickling creates the file ``marker``: a .npy holding it must be refused unread."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _one_image_folder(root, name, write):
+    """``root`` with ``labels.csv`` listing one image ``name`` (label 0), written by ``write(path)``."""
+    os.makedirs(os.path.join(root, "images"))
+    write(os.path.join(root, "images", name))
+    (root / "labels.csv").write_text(f"filename,label\n{name},0\n")
+    return str(root)
+
+
+def _npy(arr):
+    return lambda path: np.save(path, arr)
+
+
+def _truncated_png(path):
+    from PIL import Image
+
+    Image.fromarray((np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)).save(path)
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:len(data) // 2])
+
+
+@pytest.mark.parametrize("name, write, message", [
+    ("a.npy", _npy(np.array(["abc", "def"])), "not real numbers"),
+    ("a.npy", _npy(np.ones((4, 4), np.complex64)), "not real numbers"),
+    ("a.npy", _npy(np.array([[1.0, np.nan], [0.0, 1.0]], np.float32)), "NaN or Inf.*nan_to_num"),
+    ("a.npy", _npy(np.array([[1.0, np.inf], [0.0, 1.0]])), "NaN or Inf"),
+    ("a.npy", _npy(np.zeros((0, 16), np.float32)), r"expected a \(H, W\) or \(C, H, W\) image, got shape"),
+    ("a.npy", _npy(np.ones(16, np.float32)), r"expected a \(H, W\) or \(C, H, W\) image, got shape"),
+    ("a.npy", _npy(np.ones((1, 2, 8, 8), np.float32)), r"expected a \(H, W\) or \(C, H, W\) image, got shape"),
+    ("a.png", _truncated_png, "not a readable PNG image.*convert it"),
+    ("a.png", lambda path: Path(path).write_text("not an image"), "not a readable PNG image.*convert it"),
+    ("a.npy", lambda path: Path(path).write_text(""), "cannot be read as a .npy array.*numpy.save"),
+])
+def test_folder_an_unreadable_image_is_refused_when_the_dataset_is_built_naming_the_file(tmp_path, name, write,
+                                                                                          message):
+    root = _one_image_folder(tmp_path / "r", name, write)
+    with pytest.raises(ValueError, match=rf"{name}'.*{message}"):
+        FolderDataset(root)
+    FolderDataset(root, scan=False)  # without the scan, found when the item is read
+    with pytest.raises(ValueError, match=rf"{name}'.*{message}"):
+        FolderDataset(root, scan=False)[0]
+
+
+def test_folder_a_npy_holding_python_objects_is_refused_and_never_unpickled(tmp_path):
+    marker = tmp_path / "code_ran"
+    root = _one_image_folder(tmp_path / "r", "a.npy",
+                             _npy(np.array([_RunsCodeWhenUnpickled(str(marker))], dtype=object)))
+    with pytest.raises(ValueError, match=r"a.npy'.*Python objects are never loaded.*numpy.save"):
+        FolderDataset(root)
+    assert not marker.exists()
+
+
+def _rows_folder(root, rows, names=None):
+    """A folder of 16x16 grey PNGs named in ``names`` (default: those in ``rows``), listed by the
+    label file text ``rows`` (after its header)."""
+    from PIL import Image
+
+    os.makedirs(os.path.join(root, "images"))
+    for name in names if names is not None else [line.split(",")[0].strip() for line in rows]:
+        Image.fromarray(np.zeros((16, 16), np.uint8)).save(os.path.join(root, "images", name), format="PNG")
+    (root / "labels.csv").write_text("filename,label\n" + "".join(line + "\n" for line in rows))
+    return str(root)
+
+
+@pytest.mark.parametrize("rows, names, message", [
+    (["a.png,0", "b.png,x"], None, r"label of 'b.png' must be an integer, got 'x' \(labels.csv line 3\)"),
+    (["a.png,-1"], None, r"label of 'a.png' is -1 \(labels.csv line 2\); labels must be 0 .. 1 for 2 classes"),
+    (["a.png,2"], None, r"label of 'a.png' is 2 .*labels must be 0 .. 1 for 2 classes"),
+    (["a.png,0", "a.png,1"], None, r"'a.png' is listed twice in labels.csv \(line 3\)"),
+    (["a.png,0", "b.png,1"], ["a.png"], r"image file '.*b.png' listed in labels.csv does not exist"),
+    (["a.jpg,0"], ["a.jpg"], r"'a.jpg' \(labels.csv line 2\): images must be PNG or NPY"),
+])
+def test_folder_label_file_errors_name_the_line_and_the_fix(tmp_path, rows, names, message):
+    root = _rows_folder(tmp_path / "r", rows, names)
+    with pytest.raises(ValueError, match=message):
+        FolderDataset(root, scan=False)
+
+
+def test_folder_labels_must_lie_below_num_classes(tmp_path):
+    root = _rows_folder(tmp_path / "r", ["a.png,0", "b.png,2"])
+    with pytest.raises(ValueError, match="labels must be 0 .. 1 for 2 classes"):
+        FolderDataset(root)  # two classes unless told
+    assert [int(FolderDataset(root, num_classes=3)[i][1]) for i in range(2)] == [0, 2]
+
+
+def test_folder_label_file_that_is_not_a_csv_of_filename_and_label_is_refused(tmp_path):
+    root = _rows_folder(tmp_path / "cols", [], names=["a.png"])
+    (tmp_path / "cols" / "labels.csv").write_text("file,class\na.png,0\n")
+    with pytest.raises(ValueError, match=r"labels.csv' lacks column\(s\) \['filename', 'label'\]"):
+        FolderDataset(root)
+    (tmp_path / "cols" / "labels.csv").write_bytes(b"filename,label\n\xff\xfe.png,0\n")
+    with pytest.raises(ValueError, match=r"labels.csv' is not a readable CSV file .*filename,label"):
+        FolderDataset(root)
+
+
+def test_folder_items_follow_the_label_file_in_its_order_with_any_case_of_extension(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "r"
+    os.makedirs(root / "images")
+    os.makedirs(root / "masks")
+    names = ["Z.PNG", "b.NPY", "a.png"]
+    for i, name in enumerate(names):
+        image = np.full((16, 16), i, np.uint8)
+        image[0, 0] = 9
+        mask = np.zeros((16, 16), np.uint8)
+        mask[:i + 1] = 1
+        for folder, arr in (("images", image), ("masks", mask)):  # the mask: the image's very name
+            if name.lower().endswith(".npy"):
+                with open(root / folder / name, "wb") as f:  # as named: np.save would append ".npy"
+                    np.save(f, arr)
+            else:
+                Image.fromarray(arr).save(root / folder / name, format="PNG")
+    (root / "labels.csv").write_text("filename,label\n" + "".join(f"{n},{i % 2}\n" for i, n in enumerate(names)))
+    ds = FolderDataset(str(root))
+    assert [int(ds[i][1]) for i in range(3)] == [0, 1, 0]
+    assert [int(ds[i][2].sum()) for i in range(3)] == [16, 32, 48]
+
+
+def _write_mask(path, mask):
+    from PIL import Image
+
+    if path.endswith(".npy"):
+        np.save(path, mask)
+    else:
+        Image.fromarray(mask).save(path)
+
+
+@pytest.mark.parametrize("mask_name, layout", [
+    ("img0.png", "rgb"),  # an RGB PNG mask: lesion where any channel is non-zero
+    ("img0.png", "grey"),  # a PNG mask of a .npy image: found by its stem
+    ("img0.npy", "hwc"),  # an (H, W, C) array
+    ("img0.npy", "chw"),
+])
+def test_folder_masks_of_every_layout_are_read_as_the_images_height_and_width(tmp_path, mask_name, layout):
+    root = tmp_path / "r"
+    _write_folder(str(root), n=1, masks=False, fmt="npy")
+    os.makedirs(root / "masks")
+    lesion = np.zeros((16, 16), bool)
+    lesion[2:5, 3:9] = True
+    mask = {"grey": lesion.astype(np.uint8) * 255,
+            "rgb": np.stack([np.zeros_like(lesion), lesion, np.zeros_like(lesion)], -1).astype(np.uint8) * 255,
+            "hwc": np.stack([lesion, np.zeros_like(lesion), np.zeros_like(lesion)], -1),
+            "chw": np.stack([np.zeros_like(lesion), lesion, np.zeros_like(lesion)])}[layout]
+    _write_mask(str(root / "masks" / mask_name), mask)
+    out = FolderDataset(str(root))[0][2]
+    assert out.dtype == torch.bool and torch.equal(out, torch.from_numpy(lesion))
+
+
+def test_folder_without_a_masks_folder_every_mask_is_empty(tmp_path):
+    _write_folder(str(tmp_path / "off"))
+    os.remove(tmp_path / "off" / "masks" / "img1.png")  # mask_dir=None: the masks are not read at all
+    ds = FolderDataset(str(tmp_path / "off"), mask_dir=None)
+    mask = ds[1][2]
+    assert not ds.has_masks and mask.dtype == torch.bool and mask.shape == (16, 16) and not mask.any()
+    _write_folder(str(tmp_path / "file"), masks=False)
+    (tmp_path / "file" / "masks").write_text("a file, not a folder of masks")
+    ds = FolderDataset(str(tmp_path / "file"))
+    assert not ds.has_masks and not ds[1][2].any()
+
+
+@pytest.mark.parametrize("layout, shape", [
+    ("rgb_png", (3, 16, 8)), ("grey_alpha_png", (2, 16, 4)), ("hwc_npy", (4, 16, 8)), ("chw_npy", (3, 16, 4)),
+])
+def test_folder_images_are_read_channels_first(tmp_path, layout, shape):
+    from PIL import Image
+
+    c, h, w = shape
+    chw = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
+    if layout.endswith("png"):
+        name, mode = "a.png", {3: "RGB", 2: "LA"}[c]
+        write = lambda path: Image.fromarray(np.moveaxis(chw, 0, -1), mode=mode).save(path)  # noqa: E731
+    else:
+        name = "a.npy"
+        write = _npy(np.moveaxis(chw, 0, -1) if layout == "hwc_npy" else chw)
+    ds = FolderDataset(_one_image_folder(tmp_path / "r", name, write))
+    image = ds[0][0]
+    assert ds.image_shape == shape and image.shape == shape and image.dtype == torch.float32
+    expected = torch.from_numpy(chw.astype(np.float32))
+    expected = (expected - expected.mean((1, 2), keepdim=True)) / expected.flatten(1).std(1).view(-1, 1, 1)
+    assert torch.allclose(image, expected, atol=1e-5)
+
+
+def test_folder_images_are_normalised_per_channel(tmp_path):
+    rng = np.random.default_rng(0)
+    arr = np.stack([rng.random((16, 16)) * 100 + 50, rng.random((16, 16)) * 0.5 - 3,
+                    np.full((16, 16), 7.0)]).astype(np.float32)  # a constant channel: zeros, not NaN
+    image, label = FolderDataset(_one_image_folder(tmp_path / "r", "a.npy", _npy(arr))).image_label(0)
+    assert image.dtype == torch.float32 and label.dtype == torch.int64 and int(label) == 0
+    assert torch.allclose(image[:2].flatten(1).mean(1), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(image[:2].flatten(1).std(1), torch.ones(2), atol=1e-4)
+    assert torch.equal(image[2], torch.zeros(16, 16))
+
+
+@pytest.mark.parametrize("other", [np.zeros((2, 16, 8), np.float32), np.zeros((3, 16, 16), np.float32)])
+def test_folder_images_of_another_size_or_channel_count_are_refused_naming_both_files(tmp_path, other):
+    root = tmp_path / "r"
+    _write_folder(str(root), masks=False, fmt="npy")  # (2, 16, 16) each
+    np.save(root / "images" / "img2.npy", other)
+    c, h, w = other.shape
+    with pytest.raises(ValueError, match=rf"img2.npy' is {c}x{h}x{w} .* but '.*img0.npy' is 2x16x16: every image "
+                                         r"must have one size and channel count"):
+        FolderDataset(str(root))
 
 def test_build_datasets_sources(tmp_path):
     train, val = build_datasets("synthetic", image_size=32, n_train=4, n_val=2, seed=5)

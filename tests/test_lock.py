@@ -151,7 +151,10 @@ def test_an_owner_record_with_an_impossible_time_does_not_crash_the_next_run(tmp
                                      # parse; a file larger than any record (found by mutation testing)
                                      '["pid", "host", "started", "command"]', '"pid host started command"',
                                      pytest.param("[" * 50000, id="deeply-nested"),
-                                     pytest.param("USER DATA\n" * 10000, id="larger-than-a-record")])
+                                     pytest.param("USER DATA\n" * 10000, id="larger-than-a-record"),
+                                     # a record whose first bytes parse, but in a file larger than any record
+                                     pytest.param(json.dumps({"pid": 1, "host": "h", "started": 0, "command": "c"})
+                                                  + " " * lock._MAX_RECORD, id="a-record-in-a-larger-file")])
 def test_a_users_own_file_named_like_the_lock_is_refused_and_left_untouched(tmp_path, content):
     """A plain results.lock of the user's was truncated, overwritten with the owner record
     and removed on release, without a word (found by a hostile review)."""
@@ -399,3 +402,63 @@ def test_a_stale_lock_with_this_processs_pid_is_still_said_to_be_taken_over(tmp_
     with results_lock(str(tmp_path), log=logged.append):
         pass
     assert any("took over" in m and "another-host" in m for m in logged), logged
+
+
+def test_a_run_into_a_free_folder_says_nothing_of_a_take_over(tmp_path):
+    """Only a lock left by another run is said to be taken over (found by mutation testing:
+    a fresh lock file, still empty, was reported as taken over from "pid ?")."""
+    logged = []
+    with results_lock(str(tmp_path / "new"), log=logged.append):
+        pass
+    with results_lock(str(tmp_path / "new"), log=logged.append):  # its lock file removed on release: free again
+        pass
+    assert logged == []
+
+
+def test_an_owner_that_finishes_while_it_is_named_is_refused_in_one_line(tmp_path, monkeypatch):
+    """The owner removes its lock file between this run's failed flock and its reading of the
+    record: the run is refused naming what is known, not stopped by a FileNotFoundError
+    (found by mutation testing)."""
+    real_try_lock = lock._try_lock
+
+    def owner_finishes(fd):
+        real_try_lock(fd)
+        os.remove(tmp_path / LOCK_NAME)
+        return False
+
+    monkeypatch.setattr(lock, "_try_lock", owner_finishes)
+    with pytest.raises(ResultsLocked, match=r"is in use by pid \? on host \?") as refused:
+        with results_lock(str(tmp_path)):
+            pass
+    assert "\n" not in str(refused.value)
+
+
+def _no_locks_on_this_file_system(monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+
+
+def test_a_lock_the_file_system_cannot_take_is_an_error_not_a_folder_in_use(tmp_path, monkeypatch):
+    """flock failing for another reason than another holder (ENOLCK: no locks on this file
+    system) is not taken for a folder in use: a --wait run would wait forever (found by
+    mutation testing)."""
+    _no_locks_on_this_file_system(monkeypatch)
+    monkeypatch.setattr(lock.time, "sleep", lambda seconds: pytest.fail("waited for a lock that cannot be taken"))
+    with pytest.raises((OSError, ResultsLocked)) as refused:
+        with results_lock(str(tmp_path), wait=True):
+            pass
+    assert "in use" not in str(refused.value)
+
+
+def test_a_lock_the_file_system_cannot_take_is_refused_in_one_line(tmp_path, monkeypatch):
+    _no_locks_on_this_file_system(monkeypatch)
+    before = open_fds()
+    with pytest.raises(ResultsLocked) as refused:
+        with results_lock(str(tmp_path)):
+            pass
+    assert open_fds() == before and str(tmp_path) in str(refused.value) and "\n" not in str(refused.value)

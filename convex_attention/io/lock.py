@@ -103,8 +103,9 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
     folder, or a file with other content: the user's) is refused and left untouched.
 
     Raises:
-        ResultsLocked: another live process holds the folder and ``wait`` is False, or the
-            folder's ``results.lock`` is not this tool's lock.
+        ResultsLocked: another live process holds the folder and ``wait`` is False, the
+            folder's ``results.lock`` is not this tool's lock, or its file system takes no
+            file lock (``flock`` fails with ENOLCK or EOPNOTSUPP: never waited on).
     """
     path = os.path.join(out_dir, LOCK_NAME)
     real = os.path.realpath(path)
@@ -128,7 +129,14 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         except OSError as err:
             raise ResultsLocked(f"results folder {out_dir}: its lock {LOCK_NAME} cannot be opened "
                                 f"({err.strerror or err}); choose another --out") from None
-        if _try_lock(fd):
+        try:
+            locked = _try_lock(fd)
+        except OSError as err:  # not another holder: this file system takes no lock (ENOLCK, EOPNOTSUPP)
+            os.close(fd)
+            raise ResultsLocked(f"results folder {out_dir}: its lock {LOCK_NAME} cannot be taken on this file system "
+                                f"({err.strerror or err}); choose an --out on a file system with file locks (a "
+                                f"local disk)") from None
+        if locked:
             try:  # the file may have been unlinked by a releasing owner: lock the one at `path`
                 same = os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path))
             except OSError:
