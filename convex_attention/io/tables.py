@@ -1,11 +1,12 @@
 """The one reader of results tables: CSV files that this toolkit wrote.
 
 :func:`read_table` reads a table as it is on disk: its header and its rows as strings,
-each with its line number (the line it starts on).  A file that cannot be a table (not UTF-8 text, a byte-order
-mark, NUL bytes, not CSV, a required column missing, a folder or named pipe of its name, a
-file that cannot be read) raises :class:`ResultsFormatError` naming the file and what is
-wrong; a row that is damaged (a field count other than the header's, the last line without
-its line end, a checksum that does not match) is left out and named in ``problems``.
+each with its line number (the line it starts on).  A file that cannot be a table (not
+UTF-8 text, a byte-order mark, NUL bytes, not CSV, a required column missing, a folder or
+named pipe of its name, a file that cannot be read) raises :class:`ResultsFormatError`
+naming the file and what is wrong; a row that is damaged (a field count other than the
+header's, the last line without its line end, a checksum that does not match) is left out
+and named in ``problems``.
 :func:`read_rows` reads a table of a known :class:`Schema`: the header must be the
 schema's (the error says which columns differ) and every value is typed (a row with an
 unparsable number or a value outside its choices is left out and named).  Every figure
