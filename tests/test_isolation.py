@@ -770,14 +770,20 @@ def test_an_answer_tagged_with_an_earlier_instance_is_not_taken_for_a_later_one(
     assert isinstance(second, SolverFailed) and "not its answer to this instance (unasked)" in str(second), second
 
 
+def _on_the_first_call_only(tmp_path, code: str) -> str:
+    """Lines of a solver's body that run on its first call only (of any of its processes: a
+    marker file remembers), then its other lines."""
+    marker = tmp_path / "done-once"
+    return (f"if not os.path.exists({str(marker)!r}):\n    open({str(marker)!r}, 'w').close()\n"
+            + textwrap.indent(code, "    ") + "\n")
+
+
 @pytest.mark.slow  # two Python processes
 def test_a_child_that_ends_after_its_answer_is_replaced_for_the_next_instance(tmp_path):
     """The solver answers and ends its process from a thread a moment later: no instance was
     asked of it, and a fresh one serves the next."""
-    marker = tmp_path / "done-once"
-    body = (f"if not os.path.exists({str(marker)!r}):\n    open({str(marker)!r}, 'w').close()\n"
-            "    import threading\n    threading.Timer(0.2, os._exit, (0,)).start()\n"
-            "return ca.solve(scores, h, 'exact', temperature=temps).duals")
+    body = (_on_the_first_call_only(tmp_path, "import threading\nthreading.Timer(0.2, os._exit, (0,)).start()")
+            + "return ca.solve(scores, h, 'exact', temperature=temps).duals")
     with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
         solver.solve(SCORES, H, TEMPS)
         first = solver._process
@@ -791,10 +797,9 @@ def test_a_child_that_closed_its_end_of_the_pipe_is_stopped(tmp_path):
     """The solver swaps the pipe it is given instances on for one nobody writes to, and
     answers: handing it the next instance fails (a broken pipe), the child is stopped, and a
     fresh one serves the instance after."""
-    marker = tmp_path / "done-once"
-    body = (f"if not os.path.exists({str(marker)!r}):\n    open({str(marker)!r}, 'w').close()\n"
-            "    read, sys.write_end_kept_open = os.pipe()\n    os.dup2(read, int(sys.argv[1]))\n"
-            "return ca.solve(scores, h, 'exact', temperature=temps).duals")
+    body = (_on_the_first_call_only(tmp_path, "read, sys.write_end_kept_open = os.pipe()\n"
+                                               "os.dup2(read, int(sys.argv[1]))")
+            + "return ca.solve(scores, h, 'exact', temperature=temps).duals")
     with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
         solver.solve(SCORES, H, TEMPS)
         child = solver._process
