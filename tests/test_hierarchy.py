@@ -176,6 +176,7 @@ def test_operator_shape_errors():
     ("42", [[0, 1, 1, 0]], TypeError, r"sizes must be a list of level sizes"),
     (None, [[0, 1, 1, 0]], TypeError, r"sizes must be a list of level sizes"),
     ([4.0, 2], [[0, 1, 1, 0]], TypeError, r"size of level 0 must be an int"),
+    ([4, 2], [torch.tensor([0, 1, 1, 0]), 0], ValueError, r"expected 1 parent maps for 2 levels, got 2$"),  # a map
     ([(2, 2), 2], [[0, 1, 1, 0]], ValueError, r"give the sizes as ints"),
 ])
 def test_from_parents_bad_partitions_get_clear_messages(sizes, parents, exc, message):
@@ -198,6 +199,8 @@ def test_from_parents_bad_partitions_get_clear_messages(sizes, parents, exc, mes
     ([(10 ** 6, 10 ** 6), (1, 1)], ValueError, r"level 0 has 1000000000000 cells .* above the limit"),
     ([(8, 8)], ValueError, r"at least 2 levels"),
     ([(8, 8), (3, 3)], ValueError, r"does not divide"),
+    ([(8, 8), (8, 3)], ValueError, r"dimension 1 of level 1 \(3\) does not divide dimension 1 of level 0 \(8\)"),
+    ([(8, 6), (4, 3), (4,)], ValueError, r"level 0 is 2-D \(8, 6\), level 2 is 1-D \(4,\)"),
 ])
 def test_grid_bad_shapes_get_clear_messages(shapes, exc, message):
     with pytest.raises(exc, match=message):
@@ -256,6 +259,8 @@ def test_bare_constructor_validates_like_the_factories():
         ca.Hierarchy([(8, 8), (4, 4)], None, [(4, 4)])
     with pytest.raises(ValueError, match=r"is not the parent map of the grid"):
         ca.Hierarchy([(4,), (2,)], [torch.tensor([0, 1, 0, 1])], [(2,)])
+    with pytest.raises(TypeError, match="integers"):  # the grid's map, but not integers: checked as from_parents does
+        ca.Hierarchy([(4,), (2,)], [g.parents(0).double()], [(2,)])
     with pytest.raises(ValueError, match="empty"):
         ca.Hierarchy([4, 2], [torch.tensor([0, 0, 0, 0])])
     with pytest.raises(ValueError, match="out of range"):

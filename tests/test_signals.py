@@ -214,3 +214,113 @@ def test_redeliveries_racing_the_commands_end_leave_nothing_behind(monkeypatch):
         assert not [t for t in threading.enumerate() if t.name == "sigterm-redelivery"]
     finally:
         sys.setswitchinterval(switch)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_forked_child_that_kept_the_handler_dies_of_sigterm():
+    """A child forked where the reset could not apply (from another thread) still runs the
+    handler: SIGTERM ends it as it would without the handler, not with Terminated."""
+    with _signals.sigterm_as_interruption():
+        pid = os.fork()
+        if pid == 0:  # the child, its handler as a fork from another thread leaves it
+            try:
+                signal.signal(signal.SIGTERM, _signals._raise_terminated)
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            except BaseException:
+                os._exit(3)
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == -signal.SIGTERM
+
+
+def test_a_sigterm_between_commands_raises_nothing():
+    """The handler run after a command's end (a SIGTERM pending as the default is restored)
+    returns: there is no command to interrupt."""
+    with _signals.sigterm_as_interruption():
+        pass
+    try:
+        _signals._raise_terminated(signal.SIGTERM, None)
+    except KeyboardInterrupt:
+        pytest.fail("Terminated raised outside any command")
+
+
+def test_no_redelivery_once_the_command_is_ending(monkeypatch):
+    """``ending`` set: a redelivery due finds it and stops, delivering nothing."""
+    import threading
+
+    monkeypatch.setattr(_signals, "REDELIVERY_S", 1e-3)
+    command = _signals.Command()
+    command.ending = True
+    thread = threading.Thread(target=_signals._deliver_again, args=(command,), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert not thread.is_alive() and not command.sigterm_arrived
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGCHLD"), reason="SIGCHLD")
+def test_sigchld_is_ignored_once_sigterm_arrived_and_restored_after(monkeypatch):
+    """Children dying of the same signal: from the first SIGTERM on, SIGCHLD is handled by a
+    no-op; the program's SIGCHLD handler is back after the command; a second SIGTERM starts
+    no second redelivery."""
+    import threading
+
+    monkeypatch.setattr(_signals, "REDELIVERY_S", 60.0)
+
+    def own(signum, frame):
+        raise AssertionError("the program's SIGCHLD handler ran while Terminated unwound")
+
+    previous = signal.signal(signal.SIGCHLD, own)
+    earlier = set(threading.enumerate())  # (an earlier command's redelivery may still be ending)
+    try:
+        with _signals.sigterm_as_interruption() as command:
+            assert signal.getsignal(signal.SIGCHLD) is own  # no SIGTERM yet: left alone
+            _swallow_a_sigterm()
+            _swallow_a_sigterm()
+            assert signal.getsignal(signal.SIGCHLD) is _signals._ignore_child
+            redelivery = [t for t in threading.enumerate() if t.name == "sigterm-redelivery" and t not in earlier]
+            assert len(redelivery) == 1
+        assert command.sigterm_arrived and command.ending
+        assert signal.getsignal(signal.SIGCHLD) is own
+        redelivery[0].join(10)  # the command's end wakes it: it does not wait REDELIVERY_S
+        assert not redelivery[0].is_alive()
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def test_a_program_with_its_own_sigterm_handler_keeps_it():
+    def own(signum, frame):
+        pass
+
+    previous = signal.signal(signal.SIGTERM, own)
+    try:
+        with _signals.sigterm_as_interruption() as command:
+            assert signal.getsignal(signal.SIGTERM) is own
+        assert signal.getsignal(signal.SIGTERM) is own and not command.sigterm_arrived
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_terminated_is_not_swallowed_by_a_handler_of_errors(monkeypatch):
+    """As Ctrl-C: a command's ``except Exception`` does not stop the interruption."""
+    monkeypatch.setattr(_signals, "REDELIVERY_S", 60.0)
+    with pytest.raises(KeyboardInterrupt):
+        with _signals.sigterm_as_interruption():
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(1)
+            except Exception:
+                pass
+
+
+def test_terminated_ends_on_a_context_cycle():
+    first, second = ValueError("first"), OSError("second")
+    first.__context__, second.__context__ = second, first
+    import threading
+
+    answers = []
+    thread = threading.Thread(target=lambda: answers.append(terminated(first)), daemon=True)
+    thread.start()
+    thread.join(10)
+    assert answers == [False]

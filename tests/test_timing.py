@@ -156,8 +156,17 @@ def test_warm_up_repetitions_are_run_but_neither_timed_nor_counted(monkeypatch):
     assert len(res["a"].bwd_ms) == len(res["b"].bwd_ms) == 3
 
 
+def test_every_repetition_starts_one_case_later(monkeypatch):
+    """Rotating order with three cases: each case is first, middle and last equally often."""
+    timing, clock = _fake_timing(monkeypatch)
+    names = ["a", "b", "c"]
+    measure_interleaved({n: _case(clock, n, 0.001, 0.001) for n in names}, repeats=4, warmup=0)
+    order = [e.split()[1] for e in clock.log if isinstance(e, str) and e.startswith("fwd")]
+    assert order == [names[(r + i) % 3] for r in range(4) for i in range(3)]
+
+
 @pytest.mark.parametrize("warmup", [0, 4])
-@pytest.mark.parametrize("budget_s, expected", [(None, 10), (0.0, 3), (0.5, 3), (4.5, 5), (100.0, 10)])
+@pytest.mark.parametrize("budget_s, expected", [(None, 10), (0.0, 3), (0.5, 3), (4.0, 5), (4.5, 5), (100.0, 10)])
 def test_the_budget_stops_adding_repetitions_but_keeps_at_least_three(monkeypatch, budget_s, expected, warmup):
     """Each repetition takes 1 s (fake clock): repetitions are added until more than
     ``budget_s`` has been spent on timed ones (the warm-up does not count), never fewer
@@ -174,6 +183,7 @@ def test_synchronize_waits_for_a_cuda_device_only(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: seen.append(str(device)))
     timing.synchronize("cpu")
     timing.synchronize(torch.device("cpu"))
+    timing.synchronize("meta")
     assert seen == []
     timing.synchronize("cuda:1")
     timing.synchronize(torch.device("cuda", 0))
@@ -242,6 +252,26 @@ def test_peak_memory_silences_file_descriptor_2_only_while_profiling(capfd):
     os.write(2, b"after the profiler\n")
     err = capfd.readouterr().err
     assert "inside the profiler" not in err and "after the profiler" in err
+
+
+def test_cpu_peak_memory_sums_the_profilers_memory_events_in_time_order(monkeypatch):
+    """CPU (profiler faked): the running sum of allocations minus frees of CPU memory events,
+    taken in the order they happened whatever order the profiler lists them in."""
+    import contextlib
+    import types
+
+    mib = 2**20
+
+    def event(start, nbytes, name="[memory]", device=torch.autograd.DeviceType.CPU):
+        return types.SimpleNamespace(start_ns=lambda: start, nbytes=lambda: nbytes, name=lambda: name,
+                                     device_type=lambda: device)
+
+    events = [event(3, mib), event(1, mib), event(2, -mib),  # in time order: +1, -1, +1 MiB
+              event(0, 5 * mib, name="aten::empty"), event(4, 7 * mib, device=torch.autograd.DeviceType.CUDA)]
+    prof = types.SimpleNamespace(profiler=types.SimpleNamespace(
+        kineto_results=types.SimpleNamespace(events=lambda: list(events))))
+    monkeypatch.setattr(torch.profiler, "profile", lambda **kwargs: contextlib.nullcontext(prof))
+    assert peak_memory_mb(lambda: torch.zeros(()), backward=False) == 1.0
 
 
 @pytest.mark.parametrize("backward", [True, False])
