@@ -230,6 +230,7 @@ def test_a_correct_solver_gives_its_duals_and_its_prints_do_not_reach_stdout(tmp
     assert "chatty solver" not in out and "chatty solver" in err
 
 
+@pytest.mark.slow  # a Python process, a dozen instances; the pure checks have fast tests above
 def test_every_exception_and_every_wrong_return_is_a_failure_with_its_reason(tmp_path):
     """One process, one behaviour per call (a counter file), none of which ends it."""
     counter = tmp_path / "calls"
@@ -378,7 +379,7 @@ def test_a_solver_cannot_send_the_verifier_its_own_messages(tmp_path):
 _RAW = "out = int(sys.argv[2])\nimport struct\n"
 
 
-@pytest.mark.parametrize("body", slow_beyond(keep=1, cases=[
+@pytest.mark.parametrize("body", slow_beyond(keep=0, cases=[  # waits out a 1.5 s timeout: slow, in CI
     "os.write(out, b'\\x00\\x00')",  # half the length of a message
     "os.write(out, struct.pack('!i', 100) + b'{\"status\"')",  # the length, then a tenth of the message
 ]))
