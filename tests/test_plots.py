@@ -904,6 +904,7 @@ def test_a_plot_that_draws_nothing_leaves_no_figure_folder_it_made(tmp_path, cap
     assert plot_cli(tmp_path, capsys, "--out", str(tmp_path / "mine"))[0] == 2 and (tmp_path / "mine").is_dir()
 
 
+@pytest.mark.slow  # draws every figure of a results folder (~0.7 s): CI runs it
 def test_an_older_results_file_without_backends_spreads_or_checksums_still_plots(tmp_path, figs):
     rows = [r for r in sweep_rows() if r["backend"] in ("", "diffcp-clarabel")]
     write_bench(str(tmp_path), rows, columns=OLD_COLUMNS)
@@ -1302,6 +1303,7 @@ def test_an_earlier_figure_is_removed_only_if_this_tool_wrote_it_from_these_resu
     assert "backward_implicit_vs_unrolled.png" in record["figures"] and "tradeoff.pdf" not in record["figures"]
 
 
+@pytest.mark.slow  # draws every figure of a results folder (~0.7 s): CI runs it
 def test_a_manifest_it_did_not_write_is_neither_trusted_nor_replaced(tmp_path, capsys, figs):
     results, out = str(tmp_path / "r"), tmp_path / "figs"
     chain_free_results(results)
@@ -1314,6 +1316,7 @@ def test_a_manifest_it_did_not_write_is_neither_trusted_nor_replaced(tmp_path, c
     assert (out / plots.MANIFEST).read_text() == forged and "not a record this tool wrote" in err
 
 
+@pytest.mark.slow  # draws every figure of a results folder (~0.7 s): CI runs it
 def test_plot_refuses_to_replace_a_figure_named_file_it_did_not_write(tmp_path, capsys, figs):
     """A file of a figure's name that this run would draw over (the user's own, or one changed
     since plot wrote it) is replaced only with --overwrite; plot's own recorded figures are
@@ -1331,6 +1334,7 @@ def test_plot_refuses_to_replace_a_figure_named_file_it_did_not_write(tmp_path, 
     assert plot_cli(results, capsys, "--out", str(out))[0] == 0  # its own record: redrawn without a word
 
 
+@pytest.mark.slow  # draws every figure of a results folder (~0.7 s): CI runs it
 def test_a_figure_that_cannot_be_written_removes_nothing(tmp_path, capsys, figs, monkeypatch):
     results = str(tmp_path / "r")
     write_bench(results, sweep_rows())
