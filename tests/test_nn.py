@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -581,3 +582,23 @@ def test_reprs_name_method_temperature_and_scale():
     assert "method='dual'" in repr(ca.ConsistentAttention(H, "dual", temperature=[0.5, 1.0, 2.0]))
     assert "temperature=[0.5, 1.0, 2.0]" in repr(ca.ConsistentAttention(H, "dual", temperature=[0.5, 1.0, 2.0]))
     assert "scale='learned'" in repr(ca.ScoreHead(3, scale="learned"))
+
+
+def test_a_final_loss_that_is_nan_keeps_the_parameters_of_the_lowest_training_loss():
+    """The loss after the last step is read too; NaN there is not lower than anything, so the
+    module goes back to the parameters of its lowest training loss (a comparison that took NaN
+    for "not higher" kept the last step's)."""
+    module, train = _small_fit()
+    steps, calls, snapshots = 6, [], []
+    module.register_forward_pre_hook(lambda m, args: snapshots.append(copy.deepcopy(m.state_dict())))
+
+    def nan_at_the_final_evaluation(m, args, out):
+        calls.append(1)
+        return [o * math.nan for o in out] if len(calls) == steps + 1 else None
+
+    module.register_forward_hook(nan_at_the_final_evaluation)
+    history = ca.fit_amortised_duals(module, train, steps=steps)
+    assert len(calls) == steps + 1 and all(math.isfinite(v) for v in history)
+    best = snapshots[min(range(steps), key=history.__getitem__)]
+    assert all(torch.equal(module.state_dict()[k], v) for k, v in best.items())
+    assert not all(torch.equal(module.state_dict()[k], v) for k, v in snapshots[steps].items())
