@@ -547,21 +547,30 @@ def test_chunked_dense_solves_take_a_tolerance_per_sample(monkeypatch):
     assert bool(chunked[3].all()) and bool((chunked[1] <= rtol).all())
 
 
-def test_the_dense_limit_is_inclusive(monkeypatch):
-    """``D <= dense_limit``: the dense Hessian preconditions (its Cholesky factor, or with
-    ``spectral`` its pseudo-inverse) at ``dense_limit = D``, block-Jacobi below."""
-    inst = random_graph_instance("mixed-two-resolutions", batch=2, seed=3, scale=2.0)
+def _dense_preconditioners_spied(monkeypatch, batch: int, seed: int):
+    """A solved mixed instance, its Hessian, a centred right-hand side (seeded) and the list
+    that records each dense preconditioner built: ``(name, number of samples)``, where name
+    is ``"factor"`` (Cholesky) or ``"pseudo_inverse"``."""
+    inst = random_graph_instance("mixed-two-resolutions", batch=batch, seed=3, scale=2.0)
     sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
     hess = get_hessian(inst.h, "cpu")
-    rhs = hess.centre(torch.randn(2, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(14)))
+    rhs = hess.centre(torch.randn(batch, hess.dim, dtype=torch.float64,
+                                  generator=torch.Generator().manual_seed(seed)))
     calls = []
     for name in ("factor", "pseudo_inverse"):
         method = getattr(hess, name)
-        monkeypatch.setattr(hess, name, lambda H, method=method, name=name: calls.append(name) or method(H))
+        monkeypatch.setattr(hess, name, lambda H, method=method, name=name: calls.append((name, len(H))) or method(H))
+    return inst, sol, hess, rhs, calls
+
+
+def test_the_dense_limit_is_inclusive(monkeypatch):
+    """``D <= dense_limit``: the dense Hessian preconditions (its Cholesky factor, or with
+    ``spectral`` its pseudo-inverse) at ``dense_limit = D``, block-Jacobi below."""
+    inst, sol, hess, rhs, calls = _dense_preconditioners_spied(monkeypatch, batch=2, seed=14)
     for spectral, used in ((False, "factor"), (True, "pseudo_inverse")):
         calls.clear()
         w, _, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, hess.dim, spectral=spectral)
-        assert calls == [used] and bool(solved.all()) and int(iterations.max()) <= 3
+        assert calls == [(used, 2)] and bool(solved.all()) and int(iterations.max()) <= 3
         calls.clear()
         _, _, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-11, 1000, hess.dim - 1,
                                              spectral=spectral)
@@ -766,14 +775,7 @@ def test_chunked_dense_solves_keep_their_preconditioner(monkeypatch):
     factor, up to the caller's ``dense_limit``."""
     import convex_attention.hessian as hessian_module
 
-    inst = random_graph_instance("mixed-two-resolutions", batch=3, seed=3, scale=2.0)
-    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
-    hess = get_hessian(inst.h, "cpu")
-    rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(28)))
-    calls = []
-    for name in ("factor", "pseudo_inverse"):
-        method = getattr(hess, name)
-        monkeypatch.setattr(hess, name, lambda H, method=method, name=name: calls.append((name, len(H))) or method(H))
+    inst, sol, hess, rhs, calls = _dense_preconditioners_spied(monkeypatch, batch=3, seed=28)
     monkeypatch.setattr(hessian_module, "DENSE_ENTRIES", 2 * hess.dim * hess.dim)  # two samples at once
     monkeypatch.setattr(hessian_module, "DENSE_LIMIT", 0)  # each chunk keeps the caller's dense_limit, not this
     for spectral, used in ((True, "pseudo_inverse"), (False, "factor")):

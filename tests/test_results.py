@@ -461,15 +461,21 @@ def test_a_history_whose_last_line_is_cut_inside_its_row_id_is_measured_again(tm
     assert R.row_key(bench_row(method="dual")) in done
 
 
-def test_a_kill_between_bench_csv_and_bench_json_still_counts_every_row_in_the_runs(tmp_path, monkeypatch):
-    """Before: the commit counter went up, bench.csv was renamed, then bench.json: a kill in
-    between left bench.json's runs one row short of the folder's rows for good."""
+def _bench_json_one_row_behind(tmp_path, monkeypatch) -> None:
+    """A run killed between the renames of its second commit: bench.csv holds two rows (exact,
+    softmax), bench.json one."""
     w = writer(tmp_path)
     w.commit(bench_row(method="exact"))
     _killed_when_writing(monkeypatch, "bench.json")
     with pytest.raises(KeyboardInterrupt):
         w.commit(bench_row(method="softmax"))
     monkeypatch.undo()
+
+
+def test_a_kill_between_bench_csv_and_bench_json_still_counts_every_row_in_the_runs(tmp_path, monkeypatch):
+    """Before: the commit counter went up, bench.csv was renamed, then bench.json: a kill in
+    between left bench.json's runs one row short of the folder's rows for good."""
+    _bench_json_one_row_behind(tmp_path, monkeypatch)
     assert len(read_table(str(tmp_path / "bench.csv")).rows) == 2
     assert strict_load(str(tmp_path / "bench.json"))["runs"][0]["rows"] == 1  # the row bench.json never saw
     logged = []
@@ -893,12 +899,7 @@ def test_a_numeric_text_in_an_integer_column_is_committed_exactly_however_many_d
 def test_a_last_run_record_without_a_row_count_survives_a_resume(tmp_path, monkeypatch):
     """A row bench.json missed (a kill between the renames) while its last run record holds no
     count: the resume goes on and leaves that record as it was."""
-    w = writer(tmp_path)
-    w.commit(bench_row(method="exact"))
-    _killed_when_writing(monkeypatch, "bench.json")
-    with pytest.raises(KeyboardInterrupt):
-        w.commit(bench_row(method="softmax"))
-    monkeypatch.undo()
+    _bench_json_one_row_behind(tmp_path, monkeypatch)
     data = strict_load(str(tmp_path / "bench.json"))
     data["runs"][0]["rows"] = None
     (tmp_path / "bench.json").write_text(json.dumps(data))
