@@ -1863,6 +1863,16 @@ def test_convergence_draws_a_value_at_or_below_its_floor_at_the_floor_never_off_
     assert "drawn at" in fig._suptitle.get_text()
 
 
+def test_convergence_draws_a_negative_gap_at_its_magnitude_as_the_per_structure_figure_does(figs):
+    """A gap below 0 beyond rounding (g < f*: a wrong reference or dual) shows at its size."""
+    rows = [{"cell": 0, "dims": 2, "size": 8, "levels": 2, "iteration": i, "violation_max": v, "dual_gap_max": g}
+            for i, (v, g) in enumerate([(1e-3, 1e-4), (1e-9, -1e-3)])]
+    plots.plot_convergence(rows, "c.png", log=pytest.fail)
+    gap_axis = figs["c"].axes[1]
+    assert gap_axis.get_ylabel().startswith(r"dual gap $|g(\lambda) - f^*|$")
+    assert list(gap_axis.lines[0].get_ydata()) == [1e-4, 1e-3]
+
+
 def test_convergence_colours_each_grid_size_and_skips_a_negative_violation_by_name(figs):
     rows = [{"cell": c, "dims": 2, "size": size, "levels": 2, "iteration": i, "violation_max": 10.0 ** -i,
              "dual_gap_max": 10.0 ** -i} for c, size in enumerate((8, 16)) for i in range(3)]

@@ -210,7 +210,10 @@ def _convergence_points(conv_rows, log: Log) -> list[tuple]:
 def plot_convergence(conv_rows, path, env=None, log: Log | None = None) -> str | None:
     """The per-sample dual solver (computed in float64): violation and dual gap against
     sweep, one line per cell, coloured by grid size (a sequential scale: small to large) and
-    dashed by number of levels.  Rows with unusable values are skipped and named.  Returns
+    dashed by number of levels.  The gap is drawn as its magnitude ``|g(λ) − f*|``, as the
+    axis says and as the per-structure figure draws it: a gap below 0 (weak duality allows it
+    only by rounding) shows at its size instead of hiding at the floor.  Values at or below
+    the floor are drawn there.  Rows with unusable values are skipped and named.  Returns
     None without data."""
     log = log or warn
     need = ("cell", "levels", "iteration", "violation_max", "dual_gap_max")
@@ -234,9 +237,9 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None) -> str |
                      "ms": 3}
             it = [p[4] for p in rs]
             axes[0].semilogy(it, [max(p[5], floor) for p in rs], **style)
-            axes[1].semilogy(it, [max(p[6], floor) for p in rs], **style)
+            axes[1].semilogy(it, [max(abs(p[6]), floor) for p in rs], **style)
         axes[0].set_ylabel("violation " + VIOLATION_TEX + "\n(max over batch)")
-        axes[1].set_ylabel(r"dual gap $g(\lambda) - f^*$" + "\n(max over batch)")
+        axes[1].set_ylabel(r"dual gap $|g(\lambda) - f^*|$" + "\n(max over batch)")
         for ax in axes:
             quiet_minor_ticks(ax)
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
