@@ -985,6 +985,13 @@ def _truncated_png(path):
     Path(path).write_bytes(data[:len(data) // 2])
 
 
+def _truncated_npy(path):
+    """A .npy cut inside its header: numpy raises ValueError, as for an object array, but nothing
+    here is a Python object."""
+    _npy(np.ones((16, 16), np.float32))(path)
+    Path(path).write_bytes(Path(path).read_bytes()[:100])
+
+
 @pytest.mark.parametrize("name, write, message", [
     ("a.npy", _npy(np.array(["abc", "def"])), "not real numbers"),
     ("a.npy", _npy(np.ones((4, 4), np.complex64)), "not real numbers"),
@@ -996,6 +1003,7 @@ def _truncated_png(path):
     ("a.png", _truncated_png, "not a readable PNG image.*convert it"),
     ("a.png", lambda path: Path(path).write_text("not an image"), "not a readable PNG image.*convert it"),
     ("a.npy", lambda path: Path(path).write_text(""), "cannot be read as a .npy array.*numpy.save"),
+    ("a.npy", _truncated_npy, r"cannot be read as a .npy array \((?!.*Python objects).*numpy.save"),
 ])
 def test_folder_an_unreadable_image_is_refused_when_the_dataset_is_built_naming_the_file(tmp_path, name, write,
                                                                                           message):

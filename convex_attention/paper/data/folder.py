@@ -40,8 +40,11 @@ def _read_array(path: str) -> np.ndarray:
         try:
             arr = np.load(path, allow_pickle=False)
         except ValueError as err:
-            raise ValueError(f"{path!r} is not a NumPy array of numbers ({err}); Python objects are never loaded: "
-                             f"save a plain numeric array with numpy.save") from None
+            if "allow_pickle" in str(err):  # numpy's refusal of an object array, the one case to explain
+                raise ValueError(f"{path!r} is not a NumPy array of numbers ({err}); Python objects are never "
+                                 f"loaded: save a plain numeric array with numpy.save") from None
+            raise ValueError(f"{path!r} cannot be read as a .npy array ({err}); save it again with numpy.save") \
+                from None
         except (OSError, EOFError) as err:
             raise ValueError(f"{path!r} cannot be read as a .npy array ({err}); save it again with numpy.save") \
                 from None
