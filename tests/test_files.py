@@ -279,6 +279,14 @@ def test_json_safe_makes_keys_strings_dataclasses_dicts_and_unknowns_their_str(t
     assert files.as_json(obj) == strict_load(path)
 
 
+def test_json_safe_writes_a_set_as_a_sorted_list_whatever_the_hash_order():
+    names = {f"name{i:02d}" for i in range(20)}  # iteration order of str sets follows the hash seed
+    assert files.json_safe(names) == sorted(names)
+    assert files.json_safe(frozenset({3, 1, 2})) == [1, 2, 3]
+    # members that do not compare are ordered by their JSON text ('"a"' before '1')
+    assert files.json_safe({1, "a", (2, 0)}) == ["a", 1, [2, 0]]
+
+
 def test_write_json_honours_its_indent(tmp_path):
     path = tmp_path / "x.json"
     obj = {"a": [1, 2], "b": {"c": None}}

@@ -123,7 +123,7 @@ def load_solver(spec: str) -> Callable:
         if module_spec is None or module_spec.loader is None:
             raise ValueError(f"--dual-solver file {target!r} cannot be imported as a Python module")
     try:
-        if module_spec is not None and module_spec.loader is not None:
+        if module_spec is not None and module_spec.loader is not None:  # refused above when None: for mypy
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:

@@ -144,8 +144,9 @@ def atomic_csv(path: str, columns, rows, checksum: bool = False) -> None:
 
 
 def json_safe(obj):
-    """``obj`` with NaN/±Inf floats as ``None``, tuples as lists, dataclasses as dicts,
-    numpy and torch scalars as Python numbers (small arrays as lists), anything else
+    """``obj`` with NaN/±Inf floats as ``None``, tuples as lists, sets as sorted lists (the
+    same set gives the same text in every process, whatever the hash seed), dataclasses as
+    dicts, numpy and torch scalars as Python numbers (small arrays as lists), anything else
     unknown as its ``str``: what strict JSON can hold."""
     if obj is None or isinstance(obj, (bool, str, int)):
         return obj
@@ -153,8 +154,14 @@ def json_safe(obj):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
         return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
+    if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        items = [json_safe(v) for v in obj]
+        try:
+            return sorted(items)
+        except TypeError:  # members that do not compare (a number and a string): by their JSON text
+            return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
     if is_dataclass(obj) and not isinstance(obj, type):
         return json_safe(asdict(obj))
     if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars, tensors
