@@ -1,9 +1,14 @@
 """convex_attention.bench.examples: the example instance the attention-map figure shows."""
 import gc
 import os
+import re
+import warnings
 
+import numpy as np
 import pytest
 from helpers import read_bytes
+
+from convex_attention.bench import examples
 
 
 def test_save_example_writes_arrays_only_and_the_lambdas_asked_for(tmp_path):
@@ -39,3 +44,92 @@ def test_example_has_duals_reads_the_lambdas_and_takes_a_damaged_file_for_none(t
         assert not example_has_duals(path)
         gc.collect()  # a leaked handle is reported when collected
     assert not example_has_duals(str(tmp_path / "missing.npz"))
+
+
+# ---------------------------------------------------------------- reading: load_example
+
+
+def test_an_example_that_cannot_be_opened_is_refused_by_name_and_an_unreadable_one_leaves_no_file_open(
+        tmp_path, monkeypatch):
+    path = tmp_path / "example.npz"
+    path.write_bytes(b"PK\x03\x04 garbage")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ResourceWarning)  # numpy's own handle was left open here
+        with pytest.raises(ValueError, match="not a readable .npz"):
+            examples.load_example(str(path))
+        gc.collect()
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(examples, "open", denied, raising=False)
+    with pytest.raises(ValueError, match=r"not a readable .npz file \(.*Permission denied"):
+        examples.load_example(str(path))
+
+
+def write_example(path, **changes):
+    """An example.npz of 2 levels (4x4 onto 2x2), with ``changes`` (None: left out)."""
+    arrays = {"levels": np.array(2), "temperature": np.array([1.0, 1.0]), "scores0": np.zeros((4, 4)),
+              "scores1": np.zeros((2, 2)), "fitted_dual0": np.zeros((2, 2))}
+    arrays.update(changes)
+    np.savez(str(path), **{k: v for k, v in arrays.items() if v is not None})
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"levels": None}, "lacks 'levels'"),
+    ({"temperature": None}, "lacks 'levels' or 'temperature'"),
+    ({"levels": np.array(1), "temperature": np.array([1.0])}, "'levels' must be an integer from 2 to 8"),
+    ({"levels": np.array(9)}, "'levels' must be an integer from 2 to 8"),
+    ({"levels": np.array([2])}, "'levels' must be an integer"),
+    ({"levels": np.array(2.0)}, "'levels' must be an integer"),
+    ({"temperature": np.array([1, 1])}, "'temperature' must hold 2 positive finite numbers"),
+    ({"temperature": np.array([1.0, 1.0, 1.0])}, "'temperature' must hold 2"),
+    ({"temperature": np.array([1.0, 0.0])}, "'temperature' must hold 2"),
+    ({"temperature": np.array([1.0, np.inf])}, "'temperature' must hold 2"),
+    ({"scores1": np.zeros((0, 0))}, "'scores1' must be a 2-D float array"),
+    ({"scores1": np.zeros((2, 2), dtype=np.int64)}, "'scores1' must be a 2-D float array"),
+    ({"scores1": np.zeros((2, 2, 1))}, "'scores1' must be a 2-D float array"),
+    ({"scores1": None}, "'scores1' must be"),
+    ({"levels": np.array(3), "temperature": np.ones(3), "scores2": np.zeros((1, 1))},
+     "'fitted_dual*' must hold one array per constraint (0 … 1)"),
+    ({"fitted_dual0": np.zeros((2, 2), dtype=np.int64)}, "'fitted_dual0' must be finite floats"),
+    ({"fitted_dual0": np.full((2, 2), np.nan)}, "'fitted_dual0' must be finite floats"),
+    ({"fitted_dual0": np.zeros((2, 1))}, "'fitted_dual0' must be finite floats shaped like 'scores1'"),
+])
+def test_an_example_is_checked_before_anything_is_drawn(tmp_path, changes, message):
+    write_example(tmp_path / "example.npz", **changes)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        examples.load_example(str(tmp_path / "example.npz"))
+
+
+def test_an_example_that_is_one_array_not_an_archive_is_refused(tmp_path):
+    with open(tmp_path / "example.npz", "wb") as f:
+        np.save(f, np.zeros((4, 4)))
+    with pytest.raises(ValueError, match="not an .npz archive"):
+        examples.load_example(str(tmp_path / "example.npz"))
+
+
+def test_an_example_of_up_to_the_cell_limit_is_read_as_written_in_float64(tmp_path, monkeypatch):
+    rng = np.random.default_rng(1)
+    written = {"scores0": rng.normal(size=(4, 4)), "scores1": rng.normal(size=(2, 2)),
+               "fitted_dual0": rng.normal(size=(2, 2)), "temperature": np.array([0.7, 1.3])}
+    write_example(tmp_path / "example.npz", **written)
+    monkeypatch.setattr(examples, "_MAX_EXAMPLE_CELLS", 4 * 4 + 2 * 2)  # exactly the limit: read
+    scores, temps, kinds = examples.load_example(str(tmp_path / "example.npz"))
+    assert all(s.dtype == np.float64 for s in scores) and np.array_equal(scores[0], written["scores0"])
+    assert np.array_equal(scores[1], written["scores1"]) and temps == [0.7, 1.3]
+    assert list(kinds) == ["fitted"] and np.array_equal(kinds["fitted"][0], written["fitted_dual0"])
+    monkeypatch.setattr(examples, "_MAX_EXAMPLE_CELLS", 4 * 4 + 2 * 2 - 1)
+    with pytest.raises(ValueError, match="too large for a figure"):
+        examples.load_example(str(tmp_path / "example.npz"))
+
+
+def test_example_has_duals_only_for_a_usable_example_the_figure_can_draw(tmp_path):
+    """One reader for both: an example whose fitted λ the figure would refuse is written again."""
+    path = tmp_path / "example.npz"
+    write_example(path)
+    assert examples.example_has_duals(str(path))
+    write_example(path, fitted_dual0=np.zeros((3, 3)))  # not shaped like scores1
+    assert not examples.example_has_duals(str(path))
+    write_example(path, fitted_dual0=None)
+    assert not examples.example_has_duals(str(path))

@@ -1,7 +1,6 @@
 """Figures: what they draw is what was measured (docs/design.md §6), and `plot` never
 tracebacks on damaged results."""
 import csv
-import gc
 import json
 import os
 import re
@@ -810,26 +809,6 @@ def test_an_unusable_example_is_refused_by_name_and_no_map_is_drawn(tmp_path, ma
     with pytest.raises(ValueError, match=re.escape(message)):
         plots.plot_attention_maps(str(tmp_path / "example.npz"), str(tmp_path / "maps.png"), log=pytest.fail)
     assert not os.path.exists(tmp_path / "maps.png")
-
-
-def test_an_example_that_cannot_be_opened_is_refused_by_name_and_an_unreadable_one_leaves_no_file_open(
-        tmp_path, monkeypatch, figs):
-    from convex_attention.bench.plots import maps
-
-    path = tmp_path / "example.npz"
-    path.write_bytes(b"PK\x03\x04 garbage")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ResourceWarning)  # numpy's own handle was left open here
-        with pytest.raises(ValueError, match="not a readable .npz"):
-            maps._load_example(str(path))
-        gc.collect()
-
-    def denied(*args, **kwargs):
-        raise PermissionError(13, "Permission denied")
-
-    monkeypatch.setattr(maps, "open", denied, raising=False)
-    with pytest.raises(ValueError, match=r"not a readable .npz file \(.*Permission denied"):
-        maps._load_example(str(path))
 
 
 # through the command: one case refused on reading (the pipe that used to block it), one after
@@ -2050,69 +2029,6 @@ def test_backward_without_a_usable_row_draws_nothing_and_says_why(tmp_path):
     assert plots.plot_backward(rows, str(tmp_path / "b.png"), None, logged.append) is None
     assert len(logged) == 2 and "skipped 4 row(s)" in logged[0] and "no usable rows; not written" in logged[1]
     assert not os.listdir(tmp_path)
-
-
-def save_example(path, **changes):
-    """An example.npz of 2 levels (4x4 onto 2x2), with ``changes`` (None: left out)."""
-    arrays = {"levels": np.array(2), "temperature": np.array([1.0, 1.0]), "scores0": np.zeros((4, 4)),
-              "scores1": np.zeros((2, 2)), "fitted_dual0": np.zeros((2, 2))}
-    arrays.update(changes)
-    np.savez(str(path), **{k: v for k, v in arrays.items() if v is not None})
-
-
-@pytest.mark.parametrize("changes, message", [
-    ({"levels": None}, "lacks 'levels'"),
-    ({"temperature": None}, "lacks 'levels' or 'temperature'"),
-    ({"levels": np.array(1), "temperature": np.array([1.0])}, "'levels' must be an integer from 2 to 8"),
-    ({"levels": np.array(9)}, "'levels' must be an integer from 2 to 8"),
-    ({"levels": np.array([2])}, "'levels' must be an integer"),
-    ({"levels": np.array(2.0)}, "'levels' must be an integer"),
-    ({"temperature": np.array([1, 1])}, "'temperature' must hold 2 positive finite numbers"),
-    ({"temperature": np.array([1.0, 1.0, 1.0])}, "'temperature' must hold 2"),
-    ({"temperature": np.array([1.0, 0.0])}, "'temperature' must hold 2"),
-    ({"temperature": np.array([1.0, np.inf])}, "'temperature' must hold 2"),
-    ({"scores1": np.zeros((0, 0))}, "'scores1' must be a 2-D float array"),
-    ({"scores1": np.zeros((2, 2), dtype=np.int64)}, "'scores1' must be a 2-D float array"),
-    ({"scores1": np.zeros((2, 2, 1))}, "'scores1' must be a 2-D float array"),
-    ({"scores1": None}, "'scores1' must be"),
-    ({"levels": np.array(3), "temperature": np.ones(3), "scores2": np.zeros((1, 1))},
-     "'fitted_dual*' must hold one array per constraint (0 … 1)"),
-    ({"fitted_dual0": np.zeros((2, 2), dtype=np.int64)}, "'fitted_dual0' must be finite floats"),
-    ({"fitted_dual0": np.full((2, 2), np.nan)}, "'fitted_dual0' must be finite floats"),
-    ({"fitted_dual0": np.zeros((2, 1))}, "'fitted_dual0' must be finite floats shaped like 'scores1'"),
-])
-def test_an_example_is_checked_before_anything_is_drawn(tmp_path, changes, message):
-    from convex_attention.bench.plots import maps
-
-    save_example(tmp_path / "example.npz", **changes)
-    with pytest.raises(ValueError, match=re.escape(message)):
-        maps._load_example(str(tmp_path / "example.npz"))
-
-
-def test_an_example_that_is_one_array_not_an_archive_is_refused(tmp_path):
-    from convex_attention.bench.plots import maps
-
-    with open(tmp_path / "example.npz", "wb") as f:
-        np.save(f, np.zeros((4, 4)))
-    with pytest.raises(ValueError, match="not an .npz archive"):
-        maps._load_example(str(tmp_path / "example.npz"))
-
-
-def test_an_example_of_up_to_the_cell_limit_is_read_as_written_in_float64(tmp_path, monkeypatch):
-    from convex_attention.bench.plots import maps
-
-    rng = np.random.default_rng(1)
-    written = {"scores0": rng.normal(size=(4, 4)), "scores1": rng.normal(size=(2, 2)),
-               "fitted_dual0": rng.normal(size=(2, 2)), "temperature": np.array([0.7, 1.3])}
-    save_example(tmp_path / "example.npz", **written)
-    monkeypatch.setattr(maps, "_MAX_EXAMPLE_CELLS", 4 * 4 + 2 * 2)  # exactly the limit: read
-    scores, temps, kinds = maps._load_example(str(tmp_path / "example.npz"))
-    assert all(s.dtype == np.float64 for s in scores) and np.array_equal(scores[0], written["scores0"])
-    assert np.array_equal(scores[1], written["scores1"]) and temps == [0.7, 1.3]
-    assert list(kinds) == ["fitted"] and np.array_equal(kinds["fitted"][0], written["fitted_dual0"])
-    monkeypatch.setattr(maps, "_MAX_EXAMPLE_CELLS", 4 * 4 + 2 * 2 - 1)
-    with pytest.raises(ValueError, match="too large for a figure"):
-        maps._load_example(str(tmp_path / "example.npz"))
 
 
 def test_attention_maps_draw_each_residual_on_a_shared_symmetric_scale_and_leave_out_a_failed_method(

@@ -1,9 +1,12 @@
 """One saved instance for the attention-map figure (``example.npz``: arrays only, written
-atomically; read it with ``numpy.load(..., allow_pickle=False)``)."""
+atomically by :func:`save_example`; read and validated by :func:`load_example`, which
+never unpickles)."""
 from __future__ import annotations
 
 import io
 import os
+import re
+import zipfile
 
 import numpy as np
 import torch
@@ -13,19 +16,89 @@ from ..io.files import atomic_write_bytes
 from .config import capped_instances
 from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
+from .results import DUAL_KINDS
 
-__all__ = ["save_example", "example_has_duals"]
+__all__ = ["save_example", "load_example", "example_has_duals"]
+
+_DUAL_KEY = re.compile(r"^([a-z_]+)_dual(\d+)$")
+_MAX_EXAMPLE_CELLS = 1 << 20  # cells over all levels: more is no figure
 
 
 def example_has_duals(path: str) -> bool:
     """Whether the ``example.npz`` at ``path`` holds the fitted shared λ (written by a sweep
-    of learned_dual); False where it cannot be read as one."""
+    of learned_dual); False where it cannot be read as an example (:func:`load_example`)."""
     try:
-        # opened here, not by np.load: numpy leaves its own handle open on an unreadable archive
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
-            return "fitted_dual0" in data.files
-    except Exception:  # noqa: BLE001 -- damaged in any way (a truncated zip is BadZipFile): written again
+        return "fitted" in load_example(path)[2]
+    except ValueError:  # damaged in any way: written again
         return False
+
+
+def _bounded(err: BaseException, limit: int = 80) -> str:
+    """An error's text on one line, at most ``limit`` characters (it ends up in a message)."""
+    text = str(err).replace("\n", " ")
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def load_example(example_path: str) -> tuple[list[np.ndarray], list[float], dict[str, list[np.ndarray]]]:
+    """``(scores, temperatures, λ per dual kind)`` of ``example.npz``, validated: ``scores[k]``
+    ``(H_k, W_k)`` float64, one temperature per level, and ``{kind: [λ_k (H_{k+1}, W_{k+1})]}``
+    in the order of :data:`~.results.DUAL_KINDS`.  ValueError naming the problem otherwise.
+    Nothing in the file can run code (no pickles), and nothing but a regular file is opened
+    (a named pipe of that name would block the read)."""
+    if not os.path.isfile(example_path):
+        raise ValueError("not a regular file (a folder, a named pipe or a device of that name)")
+    # opened here, not by np.load: numpy leaves its own handle open when the archive is unreadable
+    try:
+        f = open(example_path, "rb")
+    except OSError as err:
+        raise ValueError(f"not a readable .npz file ({_bounded(err)})") from None
+    with f:
+        try:
+            data = np.load(f, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"not a readable .npz file ({_bounded(err)})") from None
+        if not isinstance(data, np.lib.npyio.NpzFile):
+            raise ValueError("not an .npz archive")
+        try:
+            with data:
+                arrays = {k: data[k] for k in data.files}
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+            raise ValueError(f"an array cannot be read ({_bounded(err)})") from None
+    if "levels" not in arrays or "temperature" not in arrays:
+        raise ValueError("lacks 'levels' or 'temperature'")
+    lv = arrays["levels"]
+    if lv.shape != () or lv.dtype.kind not in "iu" or not 2 <= int(lv) <= 8:
+        raise ValueError("'levels' must be an integer from 2 to 8")
+    L = int(lv)
+    temps = arrays["temperature"]
+    if temps.dtype.kind != "f" or temps.shape != (L,) or not np.all(np.isfinite(temps)) or not np.all(temps > 0):
+        raise ValueError(f"'temperature' must hold {L} positive finite numbers")
+    scores = []
+    for k in range(L):
+        s = arrays.get(f"scores{k}")
+        if s is None or s.dtype.kind != "f" or s.ndim != 2 or s.size == 0:
+            raise ValueError(f"'scores{k}' must be a 2-D float array (the figure shows 2-D grids)")
+        if not np.all(np.isfinite(s)):
+            raise ValueError(f"'scores{k}' holds NaN or Inf")
+        scores.append(s.astype(np.float64))
+    if sum(s.size for s in scores) > _MAX_EXAMPLE_CELLS:
+        raise ValueError(f"more than {_MAX_EXAMPLE_CELLS} cells: too large for a figure")
+    duals: dict = {}
+    for key, arr in arrays.items():
+        m = _DUAL_KEY.match(key)
+        if m:
+            duals.setdefault(m.group(1), {})[int(m.group(2))] = arr
+    kinds = {}
+    for kind, parts in sorted(duals.items(), key=lambda kv: DUAL_KINDS.index(kv[0])
+                              if kv[0] in DUAL_KINDS else 99):
+        if sorted(parts) != list(range(L - 1)):
+            raise ValueError(f"'{kind}_dual*' must hold one array per constraint (0 … {L - 2})")
+        for k, arr in parts.items():
+            if arr.dtype.kind != "f" or arr.shape != scores[k + 1].shape or not np.all(np.isfinite(arr)):
+                raise ValueError(f"'{kind}_dual{k}' must be finite floats shaped like 'scores{k + 1}'")
+        kinds[kind] = [parts[k].astype(np.float64) for k in range(L - 1)]
+    return scores, [float(t) for t in temps], kinds
+
 
 
 def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels: int = 2, scale: float = 1.0,

@@ -2,10 +2,6 @@
 """
 from __future__ import annotations
 
-import os
-import re
-import zipfile
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -15,8 +11,8 @@ from ...io import figures
 from ...io.figures import FULL_WIDTH, STYLE, plain, sci
 from ...methods import get_method
 from ...solve import solve
+from ..examples import load_example
 from ._common import (
-    DUAL_KIND_ORDER,
     Log,
     Series,
     warn,
@@ -24,67 +20,6 @@ from ._common import (
 
 # what the attention-map figure shows, in this order (a choice of content)
 ATTENTION_MAP_METHODS = ("softmax", "learned_dual", "dual", "exact")
-_DUAL_KEY = re.compile(r"^([a-z_]+)_dual(\d+)$")
-_MAX_EXAMPLE_CELLS = 1 << 20
-
-
-def _load_example(example_path: str):
-    """Scores, temperatures and λ per dual kind of ``example.npz``, validated; ValueError
-    naming the problem otherwise.  Nothing in the file can run code (no pickles), and nothing
-    but a regular file is opened (a named pipe of that name would block the read)."""
-    if not os.path.isfile(example_path):
-        raise ValueError("not a regular file (a folder, a named pipe or a device of that name)")
-    # opened here, not by np.load: numpy leaves its own handle open when the archive is unreadable
-    try:
-        f = open(example_path, "rb")
-    except OSError as err:
-        raise ValueError(f"not a readable .npz file ({plain(err, 80)})") from None
-    with f:
-        try:
-            data = np.load(f, allow_pickle=False)
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(f"not a readable .npz file ({plain(err, 80)})") from None
-        if not isinstance(data, np.lib.npyio.NpzFile):
-            raise ValueError("not an .npz archive")
-        try:
-            with data:
-                arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(f"an array cannot be read ({plain(err, 80)})") from None
-    if "levels" not in arrays or "temperature" not in arrays:
-        raise ValueError("lacks 'levels' or 'temperature'")
-    lv = arrays["levels"]
-    if lv.shape != () or lv.dtype.kind not in "iu" or not 2 <= int(lv) <= 8:
-        raise ValueError("'levels' must be an integer from 2 to 8")
-    L = int(lv)
-    temps = arrays["temperature"]
-    if temps.dtype.kind != "f" or temps.shape != (L,) or not np.all(np.isfinite(temps)) or not np.all(temps > 0):
-        raise ValueError(f"'temperature' must hold {L} positive finite numbers")
-    scores = []
-    for k in range(L):
-        s = arrays.get(f"scores{k}")
-        if s is None or s.dtype.kind != "f" or s.ndim != 2 or s.size == 0:
-            raise ValueError(f"'scores{k}' must be a 2-D float array (the figure shows 2-D grids)")
-        if not np.all(np.isfinite(s)):
-            raise ValueError(f"'scores{k}' holds NaN or Inf")
-        scores.append(s.astype(np.float64))
-    if sum(s.size for s in scores) > _MAX_EXAMPLE_CELLS:
-        raise ValueError(f"more than {_MAX_EXAMPLE_CELLS} cells: too large for a figure")
-    duals: dict = {}
-    for key, arr in arrays.items():
-        m = _DUAL_KEY.match(key)
-        if m:
-            duals.setdefault(m.group(1), {})[int(m.group(2))] = arr
-    kinds = {}
-    for kind, parts in sorted(duals.items(), key=lambda kv: DUAL_KIND_ORDER.index(kv[0])
-                              if kv[0] in DUAL_KIND_ORDER else 99):
-        if sorted(parts) != list(range(L - 1)):
-            raise ValueError(f"'{kind}_dual*' must hold one array per constraint (0 … {L - 2})")
-        for k, arr in parts.items():
-            if arr.dtype.kind != "f" or arr.shape != scores[k + 1].shape or not np.all(np.isfinite(arr)):
-                raise ValueError(f"'{kind}_dual{k}' must be finite floats shaped like 'scores{k + 1}'")
-        kinds[kind] = [parts[k].astype(np.float64) for k in range(L - 1)]
-    return scores, [float(t) for t in temps], kinds
 
 
 def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None = None) -> str:
@@ -98,7 +33,7 @@ def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None 
     one symmetric scale per constraint and state ‖·‖₁ below the panel, off the data.
     ValueError (naming the problem) for an unusable file."""
     log = log or warn
-    scores_np, temps, kinds = _load_example(example_path)
+    scores_np, temps, kinds = load_example(example_path)
     L = len(scores_np)
     scores = [torch.from_numpy(s).unsqueeze(0) for s in scores_np]
     try:
