@@ -100,7 +100,6 @@ def load_example(example_path: str) -> tuple[list[np.ndarray], list[float], dict
     return scores, [float(t) for t in temps], kinds
 
 
-
 def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels: int = 2, scale: float = 1.0,
                  seed: int = 0, fit_instances: int = 128, fit_steps: int = 150, amortised_steps: int = 0,
                  fit_max_values: int | None = None) -> str:
