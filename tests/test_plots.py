@@ -1365,6 +1365,83 @@ def test_a_graphs_json_without_its_parts_gives_the_backward_figure_no_environmen
     assert figs["backward_implicit_vs_unrolled:footer"].startswith("environment not recorded")
 
 
+def test_plot_results_returns_the_figures_it_wrote_into_the_results_figures_folder_and_records_them(tmp_path, figs):
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_backward(folder)
+    written = plot_results(folder, log=pytest.fail)  # default out: folder/figures
+    out = os.path.join(folder, "figures")
+    assert written == [os.path.join(out, "backward_implicit_vs_unrolled.png")]
+    assert all(os.path.isfile(p) and os.path.isfile(p[:-4] + ".pdf") for p in written)
+    record = json.loads((tmp_path / "g" / "figures" / plots.MANIFEST).read_text())
+    assert sorted(record["figures"]) == ["backward_implicit_vs_unrolled.pdf", "backward_implicit_vs_unrolled.png"]
+    assert {e["results"] for e in record["figures"].values()} == {os.path.realpath(folder)}
+
+
+def test_an_unusable_input_is_said_once(tmp_path, figs):
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_backward(folder)
+    with open(os.path.join(folder, "convergence.csv"), "w") as f:
+        f.write("cell,dims\n0,2\n")  # no iteration column: not a convergence.csv
+    notes = []
+    assert len(plot_results(folder, log=notes.append)) == 1
+    assert len(notes) == 1 and "missing column(s) iteration" in notes[0], notes
+
+
+def test_a_folder_without_chains_names_the_chain_figures_it_does_not_draw_once(tmp_path, figs):
+    results = str(tmp_path / "r")
+    chain_free_results(results)
+    notes = []
+    written = plot_results(results, log=notes.append)
+    assert [os.path.basename(p) for p in written] == ["pareto_per_structure.png"]
+    assert len(notes) == 1 and notes[0].startswith("bench.csv holds no chain"), notes
+    assert all(name in notes[0] for name in ("time_vs_size", "violation", "speedup_exact_vs_cvxpylayers", "tradeoff"))
+
+
+def test_the_convergence_figures_split_chains_from_other_structures(tmp_path, figs):
+    folder = str(tmp_path / "c")
+    os.makedirs(folder)
+    write_convergence(folder)  # chains only: no per-structure figure
+    assert [os.path.basename(p) for p in plot_results(folder, log=pytest.fail)] == ["dual_convergence.png"]
+    other = str(tmp_path / "s")
+    os.makedirs(other)
+    write_structure_convergence(other)
+    rows = list(csv.DictReader((tmp_path / "s" / "convergence.csv").read_text().splitlines()))
+    atomic_csv(os.path.join(other, "convergence.csv"), list(rows[0]), [r for r in rows if r["structure"] != "chain"])
+    written = plot_results(other, log=pytest.fail)  # no chain: no chain figure, and nothing said about one
+    assert [os.path.basename(p) for p in written] == ["dual_convergence_per_structure.png"]
+
+
+def test_a_backward_csv_without_a_graphs_json_is_drawn_without_an_environment_line(tmp_path, figs):
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_backward(folder)
+    os.remove(os.path.join(folder, "graphs.json"))
+    assert [os.path.basename(p) for p in plot_results(folder, log=lambda m: None)] == \
+        ["backward_implicit_vs_unrolled.png"]
+    assert figs["backward_implicit_vs_unrolled:footer"].startswith("environment not recorded")
+
+
+def test_a_refusal_names_the_first_four_files_and_counts_the_rest():
+    names = ["time_vs_size.png", "time_vs_size.pdf", "violation.png", "violation.pdf", "tradeoff.png"]
+    four = str(plots.FigureConflict("figs", names[:4]))
+    assert all(n in four for n in names[:4]) and "more" not in four and "--overwrite" in four
+    five = plots.FigureConflict("figs", names)
+    assert five.names == names and all(n in str(five) for n in names[:4])
+    assert "tradeoff.png" not in str(five) and "and 1 more" in str(five)
+
+
+def test_remove_empty_folder_removes_only_an_empty_folder(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    plots.remove_empty_folder(str(tmp_path / "full"))
+    plots.remove_empty_folder(str(tmp_path / "empty"))
+    plots.remove_empty_folder(str(tmp_path / "full" / "notes.txt"))
+    assert (tmp_path / "full" / "notes.txt").read_text() == "mine" and not (tmp_path / "empty").exists()
+
+
 # ---------------------------------------------------------------------------- the values a figure reads
 
 
