@@ -4,6 +4,7 @@ import pytest
 import torch
 from helpers import read_csv_rows, read_text
 
+from convex_attention.paper.config import ExperimentConfig
 from convex_attention.paper.data import SyntheticLesions
 from convex_attention.paper.explain import (
     explain_models,
@@ -20,7 +21,7 @@ def test_explain_scores_attention_and_baselines_and_writes_outputs(tmp_path):
     torch.manual_seed(0)
     data = SyntheticLesions(24, image_size=32, seed=0, lesion_fraction=0.7)
     models = {m: AttentionUNet(method=m, width=4, image_size=32, embed_channels=8) for m in ("softmax", "exact")}
-    rows, examples = explain_models(models, data, n_images=3, batch_size=2, progress=False)
+    rows, examples = explain_models(models, data, n_images=3, batch_size=2, baseline_model="softmax", progress=False)
     kinds = {(r["model"], r["method"], r["level"]) for r in rows}
     assert ("exact", "attention", 0) in kinds and ("exact", "attention", 1) in kinds
     assert ("softmax", "gradcam", 0) in kinds and ("softmax", "gradcam", 1) in kinds
@@ -58,9 +59,19 @@ def test_zero_images_is_an_error_not_all_images_and_the_baseline_model_must_exis
             lesion_indices(data, n)
     model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
     with pytest.raises(ValueError, match="baseline model 'softmax' is not among the models"):
-        explain_models({"exact": model}, data, n_images=1, progress=False)
+        explain_models({"exact": model}, data, n_images=1, baseline_model="softmax", progress=False)
     rows, _ = explain_models({"exact": model}, data, n_images=1, baseline_model=None, progress=False)
     assert {r["method"] for r in rows} == {"attention"}
+
+
+def test_by_default_the_posthoc_methods_explain_every_model_as_the_command_does():
+    """The library's default is explain's (config and --baseline-model: every model); it was
+    'softmax', which refused a set of models without one."""
+    data = SyntheticLesions(30, image_size=32, seed=1)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    rows, _ = explain_models({"exact": model}, data, n_images=1, progress=False)
+    assert {r["method"] for r in rows} > {"attention", "gradcam"}
+    assert ExperimentConfig().baseline_model == "all"  # the experiment's setting, declared once
 
 
 def test_mean_and_standard_error_skip_nan():
@@ -603,3 +614,184 @@ def test_metric_summary_draws_each_interval_and_no_chance_line_that_is_not_a_num
     assert ends == [(0.3, 0.5), (0.6, 1.0)]  # mean ± half-width, clipped to [0, 1] (a bounded metric)
     assert ax.get_xlim() == (0.0, 1.0)
     assert not [line for line in ax.lines if line.get_linestyle() == "--"]
+
+
+# ----------------------------------------------------------------------------- options passed on, and edge cases
+
+
+def test_a_boolean_is_not_a_number_of_lesion_images():
+    data = _Listed(labels=[1, 1], lesion=[1, 1])
+    with pytest.raises(ValueError, match="positive integer"):
+        lesion_indices(data, True)
+
+
+def test_the_target_asked_for_is_the_one_the_posthoc_methods_explain(monkeypatch):
+    seen = []
+    _recording_gradcam(monkeypatch, seen)
+    torch.manual_seed(0)
+    data = SyntheticLesions(12, image_size=32, seed=0, lesion_fraction=0.7)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    idx = lesion_indices(data, 2)
+    explain_models({"exact": model}, data, indices=idx, baseline_model="exact", target="predicted", progress=False)
+    with torch.no_grad():
+        predicted = model(torch.stack([data[i][0] for i in idx])).logits.argmax(1)
+    assert seen and all(t.tolist() == predicted.tolist() for t in seen)
+
+
+def _brightest_and_model():
+    from convex_attention.paper.data import InMemory
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+
+    data = InMemory(SyntheticBrightestLesions(6, image_size=32, difficulty=0.3, seed=1))
+    torch.manual_seed(0)
+    return data, AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+
+
+def test_a_batch_of_decisive_images_only_is_scored_too():
+    data, model = _brightest_and_model()
+    lesion = lesion_indices(data, 1)
+    other = next(i for i in range(len(data)) if i not in lesion and data.decisive_mask(i).any())
+    rows, _ = explain_models({"exact": model}, data, indices=lesion, decisive=[other], baseline_model=None,
+                             batch_size=1, progress=False)
+    assert {(r["mask"], r["image"]) for r in rows} == {("lesion", lesion[0]), ("decisive", other)}
+
+
+def test_reference_block_maps_are_of_the_mask_they_are_scored_against():
+    from convex_attention.paper.explain_metrics import block_map, score_map, to_common_form
+
+    class Flipped(torch.utils.data.Dataset):
+        """Lesion images whose deciding structure is the lesion mask mirrored: two masks of one image."""
+
+        def __init__(self, data):
+            self.data = data
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, i):
+            return self.data[i]
+
+        def decisive_mask(self, i):
+            return self.data[i][2].flip(-1)
+
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    data = Flipped(SyntheticLesions(12, image_size=32, seed=0, lesion_fraction=0.7))
+    both = next(i for i in lesion_indices(data, 12) if not torch.equal(data[i][2], data.decisive_mask(i)))
+    rows, _ = explain_models({"exact": model}, data, indices=[both], decisive=[both], baseline_model=None,
+                             references=True, progress=False)
+    for kind in ("lesion", "decisive"):
+        mask = data.decisive_mask(both) if kind == "decisive" else data[both][2]
+        row = next(r for r in rows if r["mask"] == kind and r["method"] == "block_map" and r["level"] == 0)
+        expected = score_map(to_common_form(block_map(mask, (8, 8)), (32, 32), "nearest"), mask)
+        assert row["mass"] == pytest.approx(expected["mass"]) and row["ap"] == pytest.approx(expected["ap"])
+
+
+def test_example_maps_are_upsampled_as_the_pixel_protocol_says():
+    from convex_attention.paper.explain import explanations
+    from convex_attention.paper.explain_metrics import to_common_form
+
+    torch.manual_seed(0)
+    data = SyntheticLesions(6, image_size=32, seed=0, lesion_fraction=0.7)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    lesion = lesion_indices(data, 1)
+    _, examples = explain_models({"exact": model}, data, indices=lesion, baseline_model=None, upsampling="bilinear",
+                                 progress=False)
+    coarse = explanations(model, data[lesion[0]][0][None], posthoc=False)[("attention", 1)][0]
+    shown = next(e[6] for e in examples if e[2] == "attention" and e[3] == 1)
+    assert torch.allclose(shown, to_common_form(coarse, (32, 32), "bilinear"))
+    assert not torch.allclose(shown, to_common_form(coarse, (32, 32), "nearest"))
+
+
+def test_pooled_model_free_maps_are_normalised_and_the_tolerance_reaches_every_row():
+    from convex_attention.paper.explain import score_explanations
+    from convex_attention.paper.explain_metrics import pooled_form, score_map, to_common_form
+
+    mask = torch.zeros(1, 16, 16, dtype=torch.bool)
+    mask[0, 2:5, 2:5] = True
+    m = torch.rand(1, 16, 16, generator=torch.Generator().manual_seed(0)) * 3.0
+    m[0, 4, 8] = 10.0  # the peak lies 4 px from the mask: a hit within 5 px, not within the default 1 px
+    for method in ("model_free", "attention"):
+        rows = score_explanations({(method, -1): m}, mask, grids=[(4, 4)], pooled=True, tolerance=5.0)
+        pixel = next(r for r in rows if r["resolution"] == "pixel")
+        assert pixel["pointing_tol"] == score_map(m[0], mask[0], 5.0)["pointing_tol"] == 1.0
+        pooled = next(r for r in rows if r["resolution"] == "4x4")
+        grid = pooled_form(m[0], (4, 4), normalise=method == "model_free")
+        assert pooled["mass"] == pytest.approx(score_map(to_common_form(grid, (16, 16), "nearest"), mask[0])["mass"])
+
+
+def test_confidence_and_counts_of_summaries_as_documented():
+    from convex_attention.paper.explain import dropped_values, mean_ci, summary_cells
+
+    with pytest.raises(ValueError, match="confidence"):
+        mean_ci([1.0, 2.0], confidence=0.0)
+    values = [1.0, 2.0, 4.0]
+    assert summary_cells("x", values, confidence=0.9)["x_ci95"] == mean_ci(values, 0.9)[1] != mean_ci(values)[1]
+    # a mean over no number is NaN itself: not listed as having left values out
+    assert dropped_values([{"model": "m", "ap_n_used": 0, "ap_n_nan": 3}], ("model",), ("ap",), "images") == []
+    # a row that counts the images behind per-seed means names them even where none was NaN
+    summary = [{"model": "m", "ap_n_used": 2, "ap_n_nan": 1, "ap_images_used": 10, "ap_images_nan": 0}]
+    lines = dropped_values(summary, ("model",), ("ap",), "seeds")
+    assert lines == ["m: ap: 1 of 3 seeds left out (0 of 10 images NaN)"]
+
+
+def test_levels_sort_as_numbers_beyond_one_digit():
+    rows = [{"model": "m", "method": "x", "level": level, "image": 0, **{k: 0.5 for k in METRIC_NAMES}}
+            for level in (10, 2, -1)]
+    assert [s["level"] for s in summarise(rows)] == [-1, 2, 10]
+
+
+def test_every_path_returned_is_a_file_written(tmp_path):
+    rows = [{"model": "m", "method": "attention", "level": 0, "image": i, **{k: 0.5 for k in METRIC_NAMES}}
+            for i in range(2)]
+    paths = write_outputs(rows, [], str(tmp_path))
+    assert "figure" not in paths and all(os.path.isfile(p) for p in paths.values())
+    assert list(read_csv_rows(paths["summary"])[0]) == [str(k) for k in summarise(rows)[0]]  # every column
+
+
+def test_the_report_states_the_pointing_tolerance_at_the_images_size(tmp_path, saved_figure):
+    from convex_attention.paper.explain_metrics import pointing_tolerance_px
+
+    mask = torch.zeros(32, 32, dtype=torch.bool)
+    mask[4:8, 4:8] = True
+    examples = [(0, "m", "attention", 0, torch.rand(2, 32, 32), mask, torch.rand(32, 32))]
+    rows = [{"model": "m", "method": "attention", "level": 0, "image": 0, **{k: 0.5 for k in METRIC_NAMES}}]
+    paths = write_outputs(rows, examples, str(tmp_path))
+    assert f"a hit within {pointing_tolerance_px((32, 32)):.1f} px at 32x32" in read_text(paths["markdown"])
+
+
+def test_model_free_weights_may_be_an_array():
+    import numpy as np
+
+    from convex_attention.paper.explain import reference_maps
+
+    images, masks = torch.rand(1, 3, 8, 8), torch.ones(1, 8, 8, dtype=torch.bool)
+    weights = [0.5, -1.0, 2.0]
+    listed = reference_maps(images, masks, [(4, 4)], model_free_weights=weights)[("model_free", -1)]
+    arrayed = reference_maps(images, masks, [(4, 4)], model_free_weights=np.array(weights))[("model_free", -1)]
+    assert torch.equal(listed, arrayed)
+
+
+def test_a_non_square_map_is_pooled_to_every_grid_that_divides_it():
+    from convex_attention.paper.explain import score_explanations
+
+    masks = torch.zeros(1, 16, 8, dtype=torch.bool)
+    masks[0, 2:6, 1:3] = True
+    maps = {("attention", 0): torch.rand(1, 8, 4, generator=torch.Generator().manual_seed(0))}
+    rows = score_explanations(maps, masks, grids=[(8, 2), (2, 8)], pooled=True)
+    assert {r["resolution"] for r in rows} == {"pixel", "8x2"}  # 2x8 is finer than the map's 4 columns
+
+
+def test_metric_summary_names_the_test_split_and_the_model_free_reference(tmp_path, saved_figure):
+    from convex_attention.paper.explain import plot_metric_summary
+
+    rows = [{"condition": "c", "test_set": "test", "model": model, "method": method, "level": level,
+             "resolution": "pixel", "ap_mean": 0.5, "ap_ci95": 0.1}
+            for model, method, level in (("exact", "attention", 0), ("reference", "model_free", -1))]
+    plot_metric_summary(rows, str(tmp_path / "ap.png"))
+    (ax,) = [ax for ax in saved_figure["fig"].axes if ax.get_visible()]
+    assert ax.get_title() == "c, test split"
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["reference: model-free", "attention map, L0"]
+    nan_only = [{**r, "ap_mean": float("nan")} for r in rows]
+    with pytest.raises(ValueError, match="no finite"):  # a panel without a point is no panel
+        plot_metric_summary(nan_only, str(tmp_path / "none.png"))

@@ -237,7 +237,7 @@ def _posthoc_models(models: dict, baseline_model) -> set:
     return set(names)
 
 
-def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_model="softmax",
+def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_model="all",
                    target: str = "true", batch_size: int = 16, device="cpu", progress: bool = True,
                    indices: list[int] | None = None, upsampling: str = "nearest", pooled: bool = False,
                    references: bool = False, model_free_weights=None, n_examples: int = 4,
@@ -249,7 +249,7 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
     ``mask`` column says which.  An image in both lists is explained once.
 
     ``baseline_model``: the models the post-hoc methods explain (a name, a list of names,
-    ``"all"`` or ``None``).  ``upsampling``: of the pixel protocol; ``pooled``: also score
+    ``"all"``, the default as in ``explain``'s configuration, or ``None``).  ``upsampling``: of the pixel protocol; ``pooled``: also score
     under the pooled protocol at every attention grid; ``references``: add the reference
     rows (model ``"reference"``: block maps of the mask scored, and the model-free map when
     ``model_free_weights`` is given).  Returns ``(rows, examples)``: ``rows`` as in
