@@ -465,3 +465,87 @@ def test_a_plain_cnn_checkpoint_with_solver_options_it_ignores_loads(tmp_path):
     torch.save({**state, "config": {**state["config"], "solver_options": {"tol": 1e-6}}}, tmp_path / "opts.pt")
     model, _ = load_plain_cnn(str(tmp_path / "opts.pt"))
     assert isinstance(model, PlainCNN)
+
+
+# ----------------------------------------------------------------------------- found by mutation testing
+
+def test_an_epoch_given_as_a_number_of_another_type_is_stored_as_an_integer(tmp_path):
+    # save_checkpoint never writes a file that read_checkpoint refuses: an epoch counted in a
+    # numpy integer or a 0-d tensor is stored as a Python int
+    for epoch in (np.int64(2), torch.tensor(2)):
+        state = read_checkpoint(_saved(tmp_path, epoch=epoch))
+        assert type(state["epoch"]) is int and state["epoch"] == 2
+
+
+@pytest.mark.parametrize("optimizer", [{"state": [], "param_groups": []}, {"state": {}, "param_groups": [3]}])
+def test_an_optimiser_entry_of_the_wrong_structure_is_damage_found_on_reading(tmp_path, optimizer):
+    # read_checkpoint checks the structure: 'state' a dict, 'param_groups' a list of dicts
+    good = read_checkpoint(_saved(tmp_path))
+    torch.save({**good, "optimizer": optimizer}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="damaged convex-attention checkpoint: optimizer is not an optimiser's state"):
+        read_checkpoint(str(tmp_path / "bad.pt"))
+
+
+def test_a_configuration_that_is_not_a_dict_is_damage(tmp_path):
+    good = read_checkpoint(_saved(tmp_path))
+    for config in ("width=4", [["width", 4]]):
+        torch.save({**good, "config": config}, tmp_path / "bad.pt")
+        with pytest.raises(ValueError, match="damaged convex-attention checkpoint: no model configuration"):
+            read_checkpoint(str(tmp_path / "bad.pt"))
+
+
+def test_many_tensors_without_values_are_named_three_at_a_time(tmp_path):
+    good = read_checkpoint(_saved(tmp_path))
+    names = list(good["model"])[:5]
+    torch.save({**good, "model": {**good["model"], **{k: torch.empty(1, device="meta") for k in names}}},
+               tmp_path / "bad.pt")
+    with pytest.raises(ValueError) as err:
+        read_checkpoint(str(tmp_path / "bad.pt"))
+    message = str(err.value)
+    assert all(f"model[{k!r}] is a meta tensor" in message for k in names[:3]) and repr(names[3]) not in message
+    assert f"and {len(names) - 3} more;" in message
+
+
+def test_many_tensors_that_are_not_finite_are_named_three_at_a_time(tmp_path):
+    from convex_attention.paper.models import NonFiniteWeights
+
+    names = [k for k, v in AttentionUNet(method="exact", **SMALL).state_dict().items() if v.is_floating_point()][:5]
+
+    def poison(weights):
+        for k in names:
+            weights[k].view(-1)[0] = float("nan")
+
+    with pytest.raises(NonFiniteWeights) as err:
+        read_checkpoint(_with_weights(tmp_path, "bad.pt", poison))
+    message = str(err.value)
+    assert all(f"{k} (1 of" in message for k in names[:3]) and f"{names[3]} (" not in message
+    assert f"and {len(names) - 3} more tensor(s);" in message
+
+
+def test_a_checkpoint_already_read_is_not_read_again(tmp_path):
+    """load_checkpoint and model_from_state use the state given (the file is read once)."""
+    from convex_attention.paper.models import model_from_state
+
+    path = _saved(tmp_path)
+    state = read_checkpoint(path)
+    gone = str(tmp_path / "moved.pt")  # the file named in messages need not exist any more
+    assert load_checkpoint(gone, AttentionUNet(method="exact", **SMALL), state=state) is state
+    assert isinstance(model_from_state(gone, state), AttentionUNet)
+
+
+def test_an_optimiser_group_without_its_parameters_is_refused_with_a_value_error(tmp_path):
+    model = AttentionUNet(method="exact", **SMALL)
+    state = read_checkpoint(_saved(tmp_path))
+    torch.save({**state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt'?: its weights do not fit its own configuration") as err:
+        load_checkpoint(str(tmp_path / "bad.pt"), model, torch.optim.Adam(model.parameters()))
+    assert "\n" not in str(err.value)
+
+
+def test_solver_options_of_values_the_method_refuses_are_an_invalid_configuration(tmp_path):
+    good = read_checkpoint(_saved(tmp_path))
+    config = {**good["config"], "method": "dual", "solver_options": {"tol": -1.0}}
+    torch.save({**good, "config": config}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt'? holds an invalid model configuration: .*tol") as err:
+        load_model(str(tmp_path / "bad.pt"))
+    assert "\n" not in str(err.value)

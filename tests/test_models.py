@@ -291,3 +291,111 @@ def test_a_blobs_model_with_a_data_root_is_fed_blobs(tmp_path):
     path, _ = _trained_on(tmp_path, "blobs16", data="synthetic-blobs", data_root=str(tmp_path), image_size=16,
                           attention_blocks=(2, 3))
     check_model_sweep(path, [8], [2], [2], 2, seed=0)  # as without the data root: the blobs generator draws 16x16
+
+
+def _hooked_output(model, layer, images):
+    seen = {}
+    handle = layer.register_forward_hook(lambda module, inputs, out: seen.update(out=out))
+    try:
+        model(images)
+    finally:
+        handle.remove()
+    return seen["out"]
+
+
+@pytest.mark.parametrize("kind", ["attention", "plain"])
+def test_the_models_refuse_images_and_configurations_they_were_not_built_for(kind):
+    from convex_attention.paper.models import ModelConfig, PlainCNN
+
+    cls = AttentionUNet if kind == "attention" else PlainCNN
+    model = cls(method="exact", **SMALL)
+    with pytest.raises(ValueError, match=r"images must be a \(B, 4, 32, 32\) tensor"):
+        model(torch.randn(4, 32, 32))  # one image without its batch dimension
+    with pytest.raises(ValueError, match="expects 4 input channels, got 3"):
+        model(torch.randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="built for 32x32 images, got 32x48"):
+        model(torch.randn(2, 4, 32, 48))
+    with pytest.raises(TypeError, match="config must be a ModelConfig, got dict"):
+        cls(config=ModelConfig().to_dict())
+    with pytest.raises(ValueError, match="not divisible through the pooling stack"):
+        cls(image_size=40)
+
+
+def test_an_unknown_field_is_refused_naming_it():
+    with pytest.raises(TypeError, match=r"unknown ModelConfig field\(s\) \['tol'\]; solver options go in"):
+        AttentionUNet(method="exact", tol=1e-6, **SMALL)
+
+
+@pytest.mark.parametrize("kind", ["attention", "plain"])
+def test_the_attention_layer_is_the_last_relu_of_the_level_s_block(kind):
+    """GradCAM hooks attention_layer(level): its output is the block's output the level attends over."""
+    from convex_attention.paper.models import PlainCNN
+
+    torch.manual_seed(0)
+    model = (AttentionUNet(method="exact", **SMALL) if kind == "attention" else PlainCNN(**SMALL)).eval()
+    images = torch.randn(2, 4, 32, 32)
+    feats = model.features(images)
+    for level, block in enumerate(model.config.attention_blocks):
+        layer = model.attention_layer(level)
+        assert isinstance(layer, torch.nn.ReLU)
+        torch.testing.assert_close(_hooked_output(model, layer, images), feats[block], atol=0, rtol=0)
+
+
+def test_each_pooling_step_is_a_module_of_its_own():
+    """Attribution hooks (DeepLIFT, LRP) need unshared modules: each max-pooling of a forward
+    pass is done by a different module."""
+    model = AttentionUNet(attention_blocks=(3, 4, 5), method="exact", **SMALL)
+    calls = []
+    for pool in model.pools:
+        pool.register_forward_hook(lambda module, inputs, out: calls.append(module))
+    model(torch.randn(1, 4, 32, 32))
+    assert len(calls) == 4 and len({id(m) for m in calls}) == 4
+
+
+def test_the_classifier_sees_attended_features_and_the_bottleneck_s_plain_average():
+    torch.manual_seed(0)
+    model = AttentionUNet(bottleneck_in_classifier=True, method="exact", **SMALL).eval()
+    images = torch.randn(2, 4, 32, 32)
+    out, feats = model(images), model.features(images)
+    pooled = [(feats[k] * p.unsqueeze(1)).sum((2, 3)) for k, p in zip((3, 4), out.maps)]
+    expected = model.classifier(torch.cat(pooled + [feats[5].mean((2, 3))], dim=1))
+    torch.testing.assert_close(out.logits, expected)
+
+
+def test_the_plain_cnn_pools_uniformly_and_has_no_attention_loss():
+    from convex_attention.paper.models import PlainCNN
+
+    torch.manual_seed(0)
+    model = PlainCNN(bottleneck_in_classifier=True, **SMALL).eval()
+    images, labels = torch.randn(3, 4, 32, 32), torch.tensor([0, 1, 1])
+    out, feats = model(images), model.features(images)
+    expected = model.classifier(torch.cat([feats[k].mean((2, 3)) for k in (3, 4, 5)], dim=1))
+    torch.testing.assert_close(out.logits, expected)
+    assert [tuple(m.shape) for m in out.maps] == [(3, 8, 8), (3, 4, 4)]
+    for m in out.maps:  # the uniform maps it pools with
+        torch.testing.assert_close(m, torch.full_like(m, 1.0 / m[0].numel()))
+    assert float(out.aux_loss) == 0.0 and model.method == "plain_cnn" and not model.has_attention
+    torch.testing.assert_close(model.loss(out, labels), torch.nn.functional.cross_entropy(out.logits, labels))
+
+
+def test_non_finite_parts_names_each_part_and_the_images_that_hold_nan_or_inf():
+    from convex_attention.paper.models import AttentionOutput, non_finite_parts
+
+    logits = torch.zeros(3, 2)
+    maps = [torch.full((3, 2, 2), 0.25), torch.ones(3, 1, 1)]
+    assert non_finite_parts(AttentionOutput(logits, maps, None, maps, torch.zeros(()))) == []
+    logits[1, 0] = float("inf")
+    maps[1][2] = float("nan")
+    assert non_finite_parts(AttentionOutput(logits, maps, None, maps, torch.zeros(()))) == [
+        "logits (images [1] of the batch)", "the attention map of level 1 (images [2] of the batch)"]
+
+
+def test_group_norm_uses_up_to_eight_groups_that_divide_the_channels():
+    # the group count is not stored in a checkpoint: weights trained with it are only
+    # evaluated correctly with the same grouping
+    import math
+
+    model = AttentionUNet(method="exact", norm="group", **{**SMALL, "width": 6})
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == math.gcd(m.num_channels, 8) for m in norms)
+    assert {m.num_groups for m in norms} == {2, 4, 8}
