@@ -1,6 +1,7 @@
 """Figures: what they draw is what was measured (docs/design.md §6), and `plot` never
 tracebacks on damaged results."""
 import csv
+import hashlib
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from helpers import read_csv_rows
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from convex_attention import cli
@@ -1004,8 +1006,16 @@ def test_structures_get_their_own_figures_and_the_chain_figures_draw_chains_only
     # per-sample λ* has no time of its own that includes finding λ*: never on the front
     labels = {t.get_text() for t in pareto.legends[0].get_texts()}
     assert "learned_dual (per-sample λ*)" not in labels and "learned_dual (λ = 0)" in labels
-    # the tradeoff's panels are keyed by levels: an axial cell (3 maps) must not stand in for a 3-level chain
-    assert "16x16+16x1" not in all_texts(figs["tradeoff"])
+    # the chain figures' panels are keyed by levels: a structure's cell (3 maps) must not stand in for a 3-level chain
+    chains = {(r["dims"], r["levels"]) for r in rows if r.get("structure", "chain") == "chain"}
+    assert {t.split(":")[0] for t in (ax.get_title() for ax in figs["tradeoff"].axes) if t} == \
+        {f"{d}-D, {levels} levels" for d, levels in chains}
+    assert {t.split(":")[0] for t in (ax.get_title() for ax in figs["time_vs_size"].axes) if t} == \
+        {f"{d}-D grids, {levels} levels" for d, levels in chains}
+    assert not any(r["shapes"] in all_texts(figs["tradeoff"]) for r in rows if r.get("structure", "chain") != "chain")
+    conv_rows = read_csv_rows(os.path.join(folder, "convergence.csv"))
+    chain_cells = {r["cell"] for r in conv_rows if r["structure"] == "chain"}
+    assert len(figs["dual_convergence"].axes[0].get_lines()) == len(chain_cells), "one line per chain cell"
     conv = figs["dual_convergence_per_structure"]
     assert [ax.get_title() for ax in conv.axes[:3]] == ["chain", "axial (rows + columns)", "mixed (two resolutions)"]
     assert "1 row(s) over --cvx-max-cells (at the cells drawn)" in figs["pareto_per_structure:footer"]
@@ -1440,6 +1450,195 @@ def test_remove_empty_folder_removes_only_an_empty_folder(tmp_path):
     plots.remove_empty_folder(str(tmp_path / "empty"))
     plots.remove_empty_folder(str(tmp_path / "full" / "notes.txt"))
     assert (tmp_path / "full" / "notes.txt").read_text() == "mine" and not (tmp_path / "empty").exists()
+
+
+def recorded_figures(tmp_path):
+    """A figure folder holding the backward figure that plot_results drew there, and its record."""
+    folder, out = str(tmp_path / "g"), tmp_path / "figs"
+    os.makedirs(folder)
+    write_backward(folder)
+    plot_results(folder, str(out), log=pytest.fail)
+    return folder, out
+
+
+def _edit_record(out, edit):
+    path = out / plots.MANIFEST
+    record = json.loads(path.read_text())
+    edit(record)
+    path.write_text(json.dumps(record))
+
+
+def _link_record(out):
+    """The record moved elsewhere, and a symbolic link to it in its place."""
+    os.replace(out / plots.MANIFEST, out.parent / "elsewhere.json")
+    os.symlink(out.parent / "elsewhere.json", out / plots.MANIFEST)
+
+
+def _link_figure(out):
+    """The PNG moved elsewhere, and a symbolic link to it (the same bytes) in its place."""
+    os.replace(out / "backward_implicit_vs_unrolled.png", out.parent / "elsewhere.png")
+    os.symlink(out.parent / "elsewhere.png", out / "backward_implicit_vs_unrolled.png")
+
+
+BACKWARD_FILES = ["backward_implicit_vs_unrolled.png", "backward_implicit_vs_unrolled.pdf"]
+
+
+def _large_figure(out):
+    """The PNG replaced by a file of several MiB that the record lists by its size and SHA-256."""
+    data = b"\x89PNG" + bytes(range(256)) * (3 << 12)
+    (out / BACKWARD_FILES[0]).write_bytes(data)
+    _edit_record(out, lambda r: r["figures"][BACKWARD_FILES[0]].update(bytes=len(data),
+                                                                        sha256=hashlib.sha256(data).hexdigest()))
+
+
+@pytest.mark.parametrize("damage, unproven", [
+    (lambda out: None, []),
+    (lambda out: _edit_record(out, lambda r: r["figures"]["backward_implicit_vs_unrolled.png"].update(
+        bytes=r["figures"]["backward_implicit_vs_unrolled.png"]["bytes"] + 1)), BACKWARD_FILES[:1]),
+    (lambda out: _edit_record(out, lambda r: r["figures"]["backward_implicit_vs_unrolled.pdf"].update(
+        sha256="0" * 64)), BACKWARD_FILES[1:]),
+    (lambda out: _edit_record(out, lambda r: r["figures"].pop("backward_implicit_vs_unrolled.png")),
+     BACKWARD_FILES[:1]),
+    (lambda out: _edit_record(out, lambda r: r["figures"].update({"backward_implicit_vs_unrolled.png": "ok"})),
+     BACKWARD_FILES[:1]),
+    (lambda out: _edit_record(out, lambda r: r.pop("written_by")), BACKWARD_FILES),
+    (lambda out: _edit_record(out, lambda r: r.update(figures=sorted(r["figures"]))), BACKWARD_FILES),
+    (lambda out: (out / plots.MANIFEST).write_text((out / plots.MANIFEST).read_text()[:20]), BACKWARD_FILES),
+    (_link_record, BACKWARD_FILES),
+    (_link_figure, BACKWARD_FILES[:1]),
+    (_large_figure, []),
+], ids=["intact", "size", "sha256", "unlisted", "entry-no-object", "not-plots", "figures-no-object", "cut-short",
+        "record-a-link", "figure-a-link", "a-large-figure"])
+def test_only_an_intact_record_of_plots_own_proves_a_figure_unchanged(tmp_path, figs, damage, unproven):
+    """A figure counts as plot's own only where its record (a plain file plot wrote, strict
+    JSON) lists that very plain file by size and SHA-256; anything else is the user's."""
+    _, out = recorded_figures(tmp_path)
+    damage(out)
+    assert plots.unrecorded_figures(str(out)) == unproven
+    assert plots.unrecorded_figures(str(out), BACKWARD_FILES[1:]) == [n for n in unproven if n.endswith(".pdf")]
+
+
+def test_a_recorded_figure_that_cannot_be_read_is_not_proven_plots_own(tmp_path, figs, monkeypatch):
+    """Unreadable (permissions root cannot take away here: open refused instead), its hash
+    proves nothing, so it is the user's: never replaced nor removed without --overwrite."""
+    _, out = recorded_figures(tmp_path)
+
+    def refused_for_the_png(path, *args, **kwargs):
+        if os.path.basename(str(path)) == BACKWARD_FILES[0]:
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(plots, "open", refused_for_the_png, raising=False)
+    assert plots.unrecorded_figures(str(out)) == BACKWARD_FILES[:1]
+
+
+def test_files_of_a_figures_name_that_are_no_plain_file_are_never_taken_for_plots_own(tmp_path, figs):
+    out = tmp_path / "figs"
+    assert plots.unrecorded_figures(str(out)) == [], "no folder yet: nothing to replace"
+    out.mkdir()
+    (out / "tradeoff.png").mkdir()
+    os.symlink(tmp_path / "nowhere", out / "violation.pdf")  # a link to nothing is still the user's
+    assert plots.unrecorded_figures(str(out)) == ["violation.pdf", "tradeoff.png"]
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_backward(folder)
+    notes = []
+    assert plot_results(folder, str(out), log=notes.append)  # figures it does not draw: left, and named
+    assert (out / "tradeoff.png").is_dir() and os.path.islink(out / "violation.pdf")
+    (left,) = notes
+    assert "violation.pdf" in left and "tradeoff.png" in left and "untouched" in left
+
+
+def test_the_record_names_each_figures_size_sha256_and_the_real_results_folder(tmp_path, figs):
+    folder, out = recorded_figures(tmp_path)
+    record = json.loads((out / plots.MANIFEST).read_text())
+    assert sorted(record["figures"]) == sorted(BACKWARD_FILES)
+    for name, entry in record["figures"].items():
+        data = (out / name).read_bytes()
+        assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+                         "results": os.path.realpath(folder)}
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "results_format.md"), encoding="utf-8") as f:
+        assert f"`{plots.MANIFEST}`" in f.read(), "the record's name is the one the docs give"
+
+
+def test_a_stale_figure_of_these_results_is_removed_however_the_results_folder_is_spelt(tmp_path, figs):
+    folder, out = recorded_figures(tmp_path)
+    os.symlink(folder, tmp_path / "link")
+    os.remove(os.path.join(folder, "backward.csv"))
+    write_convergence(folder)
+    notes = []
+    plot_results(str(tmp_path / "link"), str(out), log=notes.append)
+    assert not any((out / name).exists() for name in BACKWARD_FILES), notes
+    record = json.loads((out / plots.MANIFEST).read_text())
+    assert {e["results"] for e in record["figures"].values()} == {os.path.realpath(folder)}
+
+
+def test_a_stale_figure_that_cannot_be_removed_is_said_and_left(tmp_path, figs, monkeypatch):
+    folder, out = recorded_figures(tmp_path)
+    os.remove(os.path.join(folder, "backward.csv"))
+    write_convergence(folder)
+    remove = os.remove
+
+    def refuse(path, *args, **kwargs):
+        if os.path.basename(path) == BACKWARD_FILES[0]:
+            raise PermissionError(13, "Permission denied", path)
+        return remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "remove", refuse)
+    notes = []
+    assert plot_results(folder, str(out), log=notes.append)
+    assert (out / BACKWARD_FILES[0]).exists() and not (out / BACKWARD_FILES[1]).exists()
+    png, pdf = (str(out / name) for name in BACKWARD_FILES)
+    assert [n for n in notes if png in n] == [f"could not remove {png} (Permission denied): an earlier run's figure "
+                                             f"these results do not support; left"]
+    assert len([n for n in notes if n.startswith(f"removed {pdf}")]) == 1
+    monkeypatch.setattr(os, "remove", remove)
+    plot_results(folder, str(out), log=notes.append)  # the record still lists it: a later run removes it
+    assert not (out / BACKWARD_FILES[0]).exists() and f"removed {png}" in notes[-1]
+
+
+@pytest.mark.parametrize("parts", [None, ["convergence"]])
+def test_a_graphs_json_without_a_backward_csv_says_nothing_about_one(tmp_path, figs, parts):
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_structure_convergence(folder)
+    write_graphs_json(folder, parts)
+    notes = []
+    assert plot_results(folder, log=notes.append)
+    assert not any("backward" in n for n in notes), notes
+
+
+@pytest.mark.parametrize("foreign", [
+    lambda path: path.write_text(json.dumps({"figures": {"tradeoff.png": {"bytes": 4, "sha256": "0" * 64}}})),
+    lambda path: path.mkdir(),
+], ids=["json-of-another-tool", "folder"])
+def test_a_record_it_did_not_write_is_left_and_the_figures_it_does_not_draw_are_named(tmp_path, figs, foreign):
+    folder, out = str(tmp_path / "g"), tmp_path / "figs"
+    os.makedirs(folder)
+    write_backward(folder)
+    out.mkdir()
+    (out / "tradeoff.png").write_bytes(b"mine")
+    foreign(out / plots.MANIFEST)
+    before = {name: (out / name).read_bytes() if (out / name).is_file() else None for name in os.listdir(out)}
+    notes = []
+    assert plot_results(folder, str(out), log=notes.append)
+    assert {name: (out / name).read_bytes() if (out / name).is_file() else None for name in before} == before
+    (note,) = notes
+    assert "not a record this tool wrote" in note and "tradeoff.png" in note and "untouched" in note
+
+
+def test_a_graphs_json_of_a_run_that_made_no_part_does_not_draw_an_earlier_backward_csv(tmp_path, figs):
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_backward(folder)
+    write_graphs_json(folder, [])
+    write_structure_convergence(folder)
+    notes = []
+    assert plot_results(folder, log=notes.append)
+    assert "backward_implicit_vs_unrolled" not in figs
+    assert [n for n in notes if "backward.csv" in n] == [
+        "backward.csv: an earlier run's (graphs.json records a run of no part, without backward): not drawn "
+        "under that run's environment; left as it is"]
 
 
 # ---------------------------------------------------------------------------- the values a figure reads
