@@ -79,6 +79,7 @@ def test_a_usage_error_is_one_line_on_stderr_with_exit_2(capsys):
     assert _exit_code(["bench", "--scale", "inf"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--scale" in err[0] and "Traceback" not in err[0]
+    assert err[0].endswith("(see convex-attention bench --help)")  # no usage block: where to read it instead
 
 
 @pytest.mark.parametrize("name", sorted(n for n in COMMANDS if any("--out" in a.option_strings
@@ -415,7 +416,7 @@ def test_earlier_results_are_replaced_only_with_overwrite(tmp_path):
 
     (tmp_path / "bench.csv").write_text("an earlier result\n")
     names = ["bench.csv", "verify.csv"]
-    with pytest.raises(_common.UsageError, match="bench.csv.*--overwrite"):
+    with pytest.raises(_common.UsageError, match="^argument --out .*bench.csv.*--overwrite"):
         _common.check_no_earlier(str(tmp_path), names, overwrite=False)
     assert _common.check_no_earlier(str(tmp_path), names, overwrite=True) == ["bench.csv"]
     assert _common.check_no_earlier(str(tmp_path / "new"), names, overwrite=False) == []
@@ -451,6 +452,37 @@ def test_holding_out_locks_for_the_command_and_a_failed_body_leaves_no_empty_fol
     with _common.holding_out(str(tmp_path / "rank 1"), "train", argparse.Namespace(wait=False), main=False):
         assert not (tmp_path / "rank 1").exists()  # rank 0 holds the lock
     assert sorted(os.listdir(tmp_path)) == ["a"]
+
+
+def test_a_hold_interrupted_before_anything_was_written_leaves_no_empty_folder(tmp_path):
+    """Ctrl-C is a failed body too: the folders the lock made are removed again."""
+    from convex_attention.cli import _common
+
+    with pytest.raises(KeyboardInterrupt):
+        with _common.holding_out(str(tmp_path / "a" / "out"), "explain", argparse.Namespace(wait=False)):
+            raise KeyboardInterrupt
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_lock_that_cannot_be_taken_is_a_usage_error_and_leaves_no_empty_folder(tmp_path, monkeypatch):
+    """A refused run leaves no empty --out, whichever check refuses it: here the lock file,
+    which cannot be opened once the folder was made (too many open files)."""
+    import errno
+
+    from convex_attention.cli import _common
+
+    real_open = os.open
+
+    def no_lock_file(path, *args, **kwargs):
+        if os.path.basename(path) == "results.lock":
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_lock_file)
+    with pytest.raises(_common.UsageError, match="results.lock cannot be opened"):
+        with _common.holding_out(str(tmp_path / "a" / "out"), "explain", argparse.Namespace(wait=False)):
+            raise AssertionError("ran without the lock")
+    assert os.listdir(tmp_path) == []
 
 
 def _held_by_another_run(out: pathlib.Path):
@@ -531,3 +563,31 @@ def test_printable_streams_leaves_a_stream_it_cannot_reconfigure(monkeypatch):
         monkeypatch.setattr(sys, "stdout", Unusual(error))
         monkeypatch.setattr(sys, "stderr", Unusual(error))
         _common.printable_streams()
+
+
+def test_printable_streams_makes_stderr_print_any_text_too(monkeypatch):
+    """A usage error may echo the user's value (a λ): stderr, like stdout, writes what its
+    encoding lacks as a backslash escape, also when stdout is a stream it leaves as it is."""
+    import io
+
+    from convex_attention.cli import _common
+
+    raw = io.BytesIO()
+    ascii_only = io.TextIOWrapper(raw, encoding="ascii", errors="strict")
+    monkeypatch.setattr(sys, "stdout", io.StringIO())  # no reconfigure: left as it is
+    monkeypatch.setattr(sys, "stderr", ascii_only)
+    _common.printable_streams()
+    print("λ", file=sys.stderr)
+    ascii_only.flush()
+    assert raw.getvalue() == b"\\u03bb\n"
+
+
+def test_without_the_output_options_everything_is_shown(capsys):
+    """Neither --no-progress nor --quiet given (a namespace that lacks them): progress bars
+    and info lines both show."""
+    from convex_attention.cli import _common
+
+    args = argparse.Namespace()
+    assert _common.show_progress(args)
+    _common.info(args, "an info line")
+    assert capsys.readouterr().out == "an info line\n"

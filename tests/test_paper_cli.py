@@ -586,7 +586,12 @@ def test_a_runtime_error_that_is_not_an_allocation_failure_is_not_disguised_as_o
                                         (["--n-dev", "900000", "--image-size", "64"], "pixels per channel and set"),
                                         (["--n-dev", "1000004"], "at most 1000003 images"),
                                         (["--validity-images", "3000000"], "--validity-images"),
-                                        (["--seeds", str(2 ** 64)], "--seeds")])
+                                        (["--seeds", str(2 ** 64)], "--seeds"),
+                                        # options the dev stage (the default) never reads
+                                        (["--variants-sha256", "0" * 64], "--variants-sha256: only the test stage"),
+                                        (["--force"], "--force: only the test stage"),
+                                        (["--allow-rejected-benchmark"],
+                                         "--allow-rejected-benchmark: only the test stage")])
 def test_experiment_usage_errors_before_work(argv, words, tmp_path, capsys, no_work):
     out = str(tmp_path / "exp")
     code, _, err = run(["experiment", "--quick", *argv, "--out", out], capsys)
@@ -1122,7 +1127,8 @@ def test_resume_from_a_best_pt_of_the_last_finished_epoch_goes_on(tmp_path, caps
 
 
 @pytest.mark.parametrize("argv, flag", [(["--difficulties", "0.5"], "--difficulties"),
-                                        (["--held-out-mimic", "none"], "--held-out-mimic")])
+                                        (["--held-out-mimic", "none"], "--held-out-mimic"),
+                                        (["--grid-head", "learned"], "--grid-head")])
 def test_the_test_stage_takes_what_the_variants_file_fixes_from_it_alone(argv, flag, tmp_path, capsys, no_work):
     code, _, err = run(["experiment", "--stage", "test", "--quick", *argv, "--out", str(tmp_path / "e")], capsys)
     assert_usage_error(code, err, flag, "from the committed variants file", "never from the command line")
@@ -1150,6 +1156,69 @@ def test_explain_passes_its_options_to_the_work(tmp_path, capsys, monkeypatch):
     assert code == 1 and "stopped here by the test" in err, err
     assert seen["models"] == ["exact", "softmax"] and sorted(seen["baseline_model"]) == ["exact", "softmax"]
     assert seen["target"] == "predicted" and seen["upsampling"] == "bilinear" and seen["pooled"] is False
+
+
+def _explain_reaching_the_work(tmp_path, capsys, monkeypatch, argv) -> dict:
+    """The options ``explain`` hands its work, the models' names with them (the work stops there)."""
+    import convex_attention.paper.explain as explain
+    from convex_attention.paper.models import NonFiniteOutput
+
+    seen = {}
+
+    def stop(models, val, **kwargs):
+        seen.update(kwargs, models=sorted(models))
+        raise NonFiniteOutput("stopped here by the test")
+
+    monkeypatch.setattr(explain, "explain_models", stop)
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt")
+    b = tiny_checkpoint(tmp_path / "b" / "best.pt", method="exact")
+    code, _, err = run(["explain", "--checkpoints", f"softmax={a}", f"exact={b}", *argv, "--out", str(tmp_path / "o"),
+                        "--no-progress"], capsys)
+    assert code == 1 and "stopped here by the test" in err, err
+    return seen
+
+
+def test_explain_defaults_are_the_ones_its_help_shows(tmp_path, capsys, monkeypatch):
+    import re
+
+    seen = _explain_reaching_the_work(tmp_path, capsys, monkeypatch, [])
+    for option, kwarg in (("--target", "target"), ("--n-images", "n_images"), ("--batch-size", "batch_size"),
+                          ("--upsampling", "upsampling"), ("--device", "device")):
+        (action,) = [a for a in _subparsers()["explain"]._actions if option in a.option_strings]
+        shown = re.search(r"\(default: ([^)]*)\)", action.help).group(1)
+        assert str(seen[kwarg]) == shown, (option, seen[kwarg], shown)
+
+
+@pytest.mark.parametrize("argv,explained", [(["--baseline-model", "none"], []),
+                                             (["--baseline-model", "exact"], ["exact"])])
+def test_explain_baseline_model_names_the_models_the_post_hoc_methods_explain(argv, explained, tmp_path, capsys,
+                                                                              monkeypatch):
+    seen = _explain_reaching_the_work(tmp_path, capsys, monkeypatch, argv)
+    assert list(seen["baseline_model"] or []) == explained
+
+
+@pytest.mark.parametrize("available,device", [(True, "cuda"), (False, "cpu")])
+def test_explain_on_auto_uses_cuda_where_there_is_one(available, device, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    assert _explain_reaching_the_work(tmp_path, capsys, monkeypatch, ["--device", "auto"])["device"] == device
+
+
+def test_train_into_a_file_is_refused_by_every_torchrun_rank_before_the_data_are_built(tmp_path, capsys, monkeypatch,
+                                                                                        no_work):
+    """A rank other than 0 takes no lock (whose check would refuse the file): it refuses
+    the file itself, before any work."""
+    import convex_attention.paper.train as train_module
+
+    def build(config):
+        raise AssertionError("the data were built before --out was checked")
+
+    monkeypatch.setattr(train_module, "build_checked_datasets", build)
+    monkeypatch.setenv("RANK", "1")
+    a_file = tmp_path / "file"
+    a_file.write_text("the user's")
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(a_file)], capsys)
+    assert_usage_error(code, err, "--out", "is a file")
+    assert a_file.read_text() == "the user's"
 
 
 def test_explain_with_overwrite_and_no_figure_removes_the_earlier_explanations_figure(tmp_path, capsys, monkeypatch):
