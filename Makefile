@@ -34,7 +34,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	@echo "make: 2/3 installing torch first ($(TORCH_REQUIREMENT)); pip is quiet and this is the largest download"
 	$(BIN)/python -m pip install --quiet $(TORCH_REQUIREMENT)
-	@echo "make: 3/3 installing convex-attention with every extra (cvxpy, cvxpylayers, the [paper], [moreau] and [test] extras)"
+	@echo "make: 3/3 installing convex-attention with every extra (cvxpy, cvxpylayers, the [paper], [moreau], [linsat] and [test] extras)"
 	$(BIN)/python -m pip install --quiet -e '.[all]'
 	@$(BIN)/python -c "import torch; print('make: done; torch', torch.__version__, '(CUDA' if torch.version.cuda else '(CPU only', 'build)')"
 	touch $(STAMP)

@@ -47,6 +47,7 @@ from .validation import (
     check_scores_and_peaks,
     check_temperatures,
     check_transforms,
+    given_indices,
 )
 
 __all__ = ["solve", "Solution", "StaleSolution", "consistency_loss", "METHODS"]
@@ -233,12 +234,10 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     record = get_method(method)
     check_transforms(f"solve(method={record.name!r})", record.func_transforms)
     record.check_structure(check_hierarchy(h))
-    if given is not None and not isinstance(given, dict):
-        raise TypeError(f"given must be a dict {{map index: probabilities}}, got {type(given).__name__}")
+    given_maps = given_indices(given, h)  # keys checked first: the scores' check relies on them
     if given and not record.given_maps:  # an empty dict gives no map: every method takes it, as None
         able = " or ".join(repr(m.name) for m in REGISTRY.values() if m.given_maps)
         raise ValueError(f"method {record.name!r} does not take given maps (given=...); use method {able}")
-    given_maps = frozenset(given or ())
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite, given=given_maps)
     free = next(s for s in scores if s is not None)
     temps = check_temperatures(temperature, h.num_maps, dtype=free.dtype,

@@ -122,6 +122,24 @@ def per_sample(x: Tensor, shape: tuple, batch: int | None, name: str, owner: str
     return x
 
 
+def _check_given_type(given, h: Graph) -> None:
+    if not isinstance(given, dict):
+        raise TypeError(f"given must be a dict {{{_unit(h)} index: probabilities}}, got {type(given).__name__}")
+
+
+def given_indices(given, h: Graph) -> frozenset:
+    """The map indices of ``given`` (a dict, or None for none), each checked to be an int in
+    ``[0, num_maps)`` (a bool is not one: ``True == 1`` would name map 1)."""
+    if given is None:
+        return frozenset()
+    unit, M = _unit(h), h.num_maps
+    _check_given_type(given, h)
+    for k in given:
+        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < M:
+            raise ValueError(f"given has key {k!r}: a {unit} index in [0, {M}) is needed")
+    return frozenset(given)
+
+
 def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_finite: bool = True) -> list:
     """Given probabilities (:func:`convex_attention.solve`'s ``given``): a dict ``{map: q}``
     with ``q`` shaped ``shapes[k]``, ``(1, *shapes[k])`` or ``(B, *shapes[k])``, in the scores'
@@ -132,13 +150,11 @@ def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_f
     A zero is refused: a given map with an empty cell forces every finer cell inside it to
     zero, which the entropy only reaches with infinite duals (mix in a little of the uniform
     map instead)."""
-    unit, M = _unit(h), h.num_maps
-    if not isinstance(given, dict):
-        raise TypeError(f"given must be a dict {{{unit} index: probabilities}}, got {type(given).__name__}")
-    out: list = [None] * M
+    unit = _unit(h)
+    _check_given_type(given, h)  # None included: here a dict is required
+    given_indices(given, h)
+    out: list = [None] * h.num_maps
     for k, q in given.items():
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < M:
-            raise ValueError(f"given has key {k!r}: a {unit} index in [0, {M}) is needed")
         if not isinstance(q, Tensor) or not q.dtype.is_floating_point:
             raise TypeError(f"given[{k}] must be a floating tensor of probabilities, got "
                             f"{type(q).__name__ if not isinstance(q, Tensor) else q.dtype}")

@@ -688,6 +688,9 @@ def test_given_maps_share_one_prior_over_the_batch():
     (lambda s, q: ("dual", s, {**q, 1: q[1].float()}), "dtype"),
     (lambda s, q: ("dual", s, {**q, 1: q[1][:, :2]}), r"given\[1\] must have shape"),
     (lambda s, q: ("dual", s, {**q, 5: q[1]}), "key 5"),
+    # a bool key was taken for map 1 (True == 1), and the scores of map 1 were blamed instead
+    (lambda s, q: ("dual", [s[0], torch.zeros(2, 4, 1, dtype=torch.float64), None], {True: q[1], 2: q[2]}),
+     "given has key True: a map index"),
     (lambda s, q: ("dual", [s[0], None, s[0][:, :1, :2]], {1: q[1]}), r"scores\[2\] must have shape"),
     (lambda s, q: ("dual", s, [q[1]]), "given must be a dict"),
 ])

@@ -249,12 +249,12 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
     ``mask`` column says which.  An image in both lists is explained once.
 
     ``baseline_model``: the models the post-hoc methods explain (a name, a list of names,
-    ``"all"``, the default as in ``explain``'s configuration, or ``None``).  ``upsampling``: of the pixel protocol; ``pooled``: also score
-    under the pooled protocol at every attention grid; ``references``: add the reference
-    rows (model ``"reference"``: block maps of the mask scored, and the model-free map when
-    ``model_free_weights`` is given).  Returns ``(rows, examples)``: ``rows`` as in
-    ``explain.csv``; ``examples`` the first ``n_examples`` lesion images with their masks
-    and pixel-protocol maps (for the figure).
+    ``"all"``, the default as in ``explain``'s configuration, or ``None``).  ``upsampling``: of
+    the pixel protocol; ``pooled``: also score under the pooled protocol at every attention
+    grid; ``references``: add the reference rows (model ``"reference"``: block maps of the
+    mask scored, and the model-free map when ``model_free_weights`` is given).  Returns
+    ``(rows, examples)``: ``rows`` as in ``explain.csv``; ``examples`` the first
+    ``n_examples`` lesion images with their masks and pixel-protocol maps (for the figure).
     """
     from tqdm.auto import tqdm
 
