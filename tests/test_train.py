@@ -884,3 +884,258 @@ def test_resume_refuses_a_checkpoint_of_another_architecture_before_any_work(tmp
     with pytest.raises(ValueError, match=rf"another architecture \({field}: checkpoint"):
         train(config)
     assert not os.path.exists(out)
+
+
+# ----------------------------------------------------------------------------- mutation-testing additions
+
+def test_a_checkpoint_that_stores_its_training_configuration_resumes_with_that_one(tmp_path):
+    from convex_attention.paper.train import stored_train_config
+
+    ran = TrainConfig.build(out=str(tmp_path), epochs=5, lr=2e-3, **FAST)
+    state = {"train_config": ran.to_dict(), "config": ran.model.to_dict()}
+    assert stored_train_config(str(tmp_path / "last.pt"), state) == ran  # no config.json needed
+    (tmp_path / "config.json").write_text(json.dumps({**ran.flat(), "lr": 1e-4}))  # a config.json edited since
+    assert stored_train_config(str(tmp_path / "last.pt"), state) == ran
+
+
+def _mann_whitney_auc(scores, positive):
+    """The probability that a positive scores above a negative (ties count half)."""
+    pos, neg = scores[positive], scores[~positive]
+    return float(((pos[:, None] > neg[None]).double() + 0.5 * (pos[:, None] == neg[None]).double()).mean())
+
+
+def test_more_classes_report_the_one_vs_rest_macro_auc_and_no_threshold():
+    logits = torch.randn(12, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    target = torch.tensor([0, 1, 2, 0, 1, 0] * 2)  # unequal classes: one-vs-one would average otherwise
+    m = classification_metrics(logits, target)
+    probs = torch.softmax(logits, 1)
+    assert m["val_auc"] == pytest.approx(sum(_mann_whitney_auc(probs[:, c], target == c) for c in range(3)) / 3)
+    assert math.isnan(m["val_threshold"]) and math.isnan(m["val_balanced_acc_at_threshold"])
+    missing = classification_metrics(logits[target != 2], target[target != 2])  # class 2 absent: undefined
+    assert math.isnan(missing["val_auc"]) and math.isnan(missing["val_balanced_acc"])
+
+
+def test_the_plain_cnn_s_attention_violation_is_nan_not_a_perfect_zero():
+    from convex_attention.paper.models import PlainCNN
+    from convex_attention.paper.train import evaluate
+
+    m = evaluate(PlainCNN(image_size=32, width=4), SyntheticLesions(4, 32, seed=2))
+    assert math.isnan(m["val_violation"]) and math.isfinite(m["val_loss"])
+
+
+def test_learning_rate_advice_only_where_it_may_help_and_the_rate_is_known():
+    from convex_attention.paper.train import TrainingDiverged
+
+    assert "smaller learning rate may help (lr 0.001)" in str(TrainingDiverged("the weights became NaN", True, 1e-3))
+    assert "learning rate" not in str(TrainingDiverged("the weights became NaN", False, 1e-3))
+    assert "learning rate" not in str(TrainingDiverged("the weights became NaN", True, None))
+
+
+@pytest.mark.parametrize("n_bad", [3, 4])
+def test_divergence_names_at_most_three_weights_and_says_when_there_are_more(n_bad):
+    from convex_attention.paper.train import diagnose_divergence
+
+    model = AttentionUNet(method="exact", image_size=32, width=4, embed_channels=8).eval()
+    images = torch.randn(2, 4, 32, 32)
+    out, loss = _one_step(model, images)
+    names = [n for n, _ in model.named_parameters()][:n_bad]
+    with torch.no_grad():
+        for _, p in list(model.named_parameters())[:n_bad]:
+            p.view(-1)[0] = float("nan")
+    err = str(diagnose_divergence(model, images, out, loss, "at epoch 1, step 2", updated=True, lr=1e-3))
+    assert all(name in err for name in names[:3]) and not any(name in err for name in names[3:])
+    assert ("and more" in err) == (n_bad > 3)
+
+
+@pytest.mark.parametrize("updated", [True, False])
+def test_divergence_names_a_non_finite_consistency_loss_with_finite_logits_and_maps(updated):
+    from convex_attention.paper.train import diagnose_divergence
+
+    model = AttentionUNet(method="exact", image_size=32, width=4, embed_channels=8).eval()
+    images = torch.randn(2, 4, 32, 32)
+    out, _ = _one_step(model, images)
+    out.aux_loss = torch.tensor(float("nan"))
+    err = diagnose_divergence(model, images, out, out.aux_loss, "at epoch 1, step 2", updated=updated, lr=1e-3)
+    assert "the consistency loss (alpha x the KL terms) is nan at epoch 1, step 2" in str(err)
+    assert err.lr_may_help == updated
+
+
+class _Labelled(torch.utils.data.Dataset):
+    """A dataset known only by its labels (check_validation_classes reads ``labels``)."""
+
+    def __init__(self, labels):
+        self.labels = labels
+
+    def __len__(self):
+        return len(self.labels)
+
+
+@pytest.mark.parametrize("data,fix", [("synthetic", "raise --n-val or change --data-seed"),
+                                      ("folder", "add images of every class to the validation data (root/val)"),
+                                      ("brats", "add images of every class to the validation data (or raise "
+                                                "--val-fraction)")])
+def test_a_validation_set_without_a_class_is_refused_naming_the_class_the_counts_and_the_fix(data, fix):
+    from convex_attention.paper.train import ValidationClassesError, check_validation_classes
+
+    config = TrainConfig.build(data=data, num_classes=3, **FAST)
+    with pytest.raises(ValidationClassesError) as err:
+        check_validation_classes(config, _Labelled([0, 1, 0]))
+    assert str(err.value).startswith("the validation set (3 images) holds no image of class 2 (per class: 2, 1, 0)")
+    assert str(err.value).endswith(fix)
+    with pytest.raises(ValidationClassesError, match=r"\(2 images\) holds no image of class 1, 2 "):
+        check_validation_classes(config, _Labelled([0, 0]))
+    check_validation_classes(config, _Labelled([2, 1, 0]))  # every class: accepted
+
+
+def test_an_empty_validation_set_and_images_of_another_size_are_refused():
+    from convex_attention.paper.train import check_data
+
+    config = TrainConfig.build(**FAST)
+    train_set = SyntheticLesions(4, 32)
+    with pytest.raises(ValueError, match="empty dataset: 4 training and 0 validation images"):
+        check_data(config, train_set, torch.utils.data.Subset(train_set, []))
+    wide = torch.utils.data.TensorDataset(torch.zeros(2, 4, 32, 16), torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="images are 32x16 but the model is built for 32x32"):
+        check_data(config, wide, wide)
+
+
+def _resume_state(config, epoch=1, **parts):
+    """A checkpoint's content as check_resume reads it: the model's settings, the epoch, ``parts``."""
+    return {"config": config.model.to_dict(), "epoch": epoch, **parts}
+
+
+def test_resume_starts_after_the_checkpoint_s_epoch_and_refuses_one_with_nothing_left():
+    from convex_attention.paper.train import check_resume
+
+    assert check_resume(TrainConfig.build(epochs=3, resume="last.pt", **FAST),
+                        _resume_state(TrainConfig.build(**FAST), epoch=2)) == 3
+    with pytest.raises(ValueError, match="is at epoch 2 and the run asks for 2 epochs: nothing to do"):
+        check_resume(TrainConfig.build(epochs=2, resume="last.pt", **FAST),
+                     _resume_state(TrainConfig.build(**FAST), epoch=2))
+
+
+def test_resume_refuses_a_non_finite_optimiser_state_naming_three_entries_and_how_many_more():
+    from convex_attention.paper.train import check_resume
+
+    config = TrainConfig.build(epochs=3, resume="last.pt", **FAST)
+    nan = torch.tensor([float("nan")])
+    state = {k: {"step": torch.tensor(1.0), "exp_avg": nan, "exp_avg_sq": torch.ones(1)} for k in range(5)}
+    with pytest.raises(ValueError, match=r"not all finite \(parameter 0 exp_avg, parameter 1 exp_avg, parameter 2 "
+                                         r"exp_avg and 2 more\)"):
+        check_resume(config, _resume_state(config, optimizer={"state": state, "param_groups": []}))
+    state = {0: {"step": torch.tensor(1.0), "exp_avg": torch.tensor([float("inf")])}}
+    with pytest.raises(ValueError, match=r"not all finite \(parameter 0 exp_avg\): the first update"):
+        check_resume(config, _resume_state(config, optimizer={"state": state, "param_groups": []}))
+
+
+@pytest.mark.parametrize("damage,words", [
+    ({"world": "1"}, "not a dict with the number of processes"),
+    ({"loader": torch.zeros(3, dtype=torch.uint8)}, "'loader' is not the state of a CPU random generator"),
+    ({"cuda": [torch.zeros(3)]}, "'cuda' is not a list of generator states"),
+    ({"cuda": torch.get_rng_state()}, "'cuda' is not a list of generator states")])
+def test_resume_refuses_damaged_random_states_naming_the_damage(damage, words):
+    from convex_attention.paper.train import check_resume
+
+    config = TrainConfig.build(epochs=3, resume="last.pt", **FAST)
+    good = {"world": 1, "torch": torch.get_rng_state(), "aug": torch.Generator().get_state(),
+            "loader": torch.Generator().get_state()}
+    assert check_resume(config, _resume_state(config, rng=good)) == 2
+    with pytest.raises(ValueError, match=f"damaged random state \\({words}\\)"):
+        check_resume(config, _resume_state(config, rng={**good, **damage}))
+
+
+def test_ddp_check_json_says_whether_every_rank_ended_with_the_same_weights(tmp_path, monkeypatch):
+    import convex_attention.paper.train as train_module
+    from convex_attention.paper.train import weights_digest
+
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    for other, identical in ((a, True), (b, False)):
+        run = object.__new__(train_module._Run)
+        run.world, run.main, run.model, run.net = 2, True, a, a
+        run.config = TrainConfig.build(out=str(tmp_path), **FAST)
+        mine = (weights_digest(a), weights_digest(a, buffers=False))
+        theirs = (weights_digest(other), weights_digest(other, buffers=False))
+        monkeypatch.setattr(train_module.dist, "all_gather_object",
+                            lambda out, _, theirs=theirs, mine=mine: out.__setitem__(slice(None), [mine, theirs]))
+        monkeypatch.setattr(train_module.dist, "barrier", lambda: None)
+        monkeypatch.setattr(train_module.dist, "is_initialized", lambda: False)
+        run.finish()
+        check = read_json(tmp_path / "ddp_check.json")
+        assert check["identical"] is identical and check["world_size"] == 2
+        assert check["digests"] == [mine[0], theirs[0]] and check["parameter_digests"] == [mine[1], theirs[1]]
+
+
+def test_the_process_group_is_nccl_on_cuda_and_gloo_on_cpu(monkeypatch):
+    import convex_attention.paper.train as train_module
+
+    monkeypatch.setattr(train_module.torch.cuda, "is_available", lambda: True)
+    assert train_module._backend(TrainConfig.build(**{**FAST, "device": "auto"})) == "nccl"
+    assert train_module._backend(TrainConfig.build(**FAST)) == "gloo"  # device cpu
+    monkeypatch.setattr(train_module.torch.cuda, "is_available", lambda: False)
+    assert train_module._backend(TrainConfig.build(**{**FAST, "device": "auto"})) == "gloo"
+
+
+def test_augment_flips_images_both_ways():
+    x = torch.randn(1, 1, 8, 8).expand(64, 1, 8, 8).contiguous()
+    a = augment(x, torch.Generator().manual_seed(0), max_rotation_deg=0.0, max_shift=0.0, max_zoom=0.0)
+    views = {"as given": x[0], "x": x[0].flip(-1), "y": x[0].flip(-2), "xy": x[0].flip(-1).flip(-2)}
+    seen = [next((k for k, v in views.items() if torch.allclose(image, v, atol=1e-5)), None) for image in a]
+    assert set(seen) == set(views)  # every image one of the four flips, and each flip drawn
+
+
+@pytest.mark.slow  # end-to-end: tiny training runs, resumed (0.4-1.5 s)
+def test_an_epoch_of_undefined_auc_is_best_only_until_an_epoch_has_one_also_after_resume(tmp_path, monkeypatch):
+    # epoch 1's AUC is NaN (kept as best.pt: the only checkpoint so far), epoch 2's 0.7 is
+    # the first defined one and becomes best; resumed without the best epoch stored, the
+    # selection is found again from the finite AUCs, never from the NaN
+    _scripted_aucs(monkeypatch, [float("nan"), 0.7, 0.6])
+    out = str(tmp_path / "run")
+    last = os.path.join(out, "last.pt")
+    assert train(TrainConfig.build(out=out, epochs=2, **FAST))["best_epoch"] == 2
+    assert read_checkpoint(os.path.join(out, "best.pt"))["epoch"] == read_checkpoint(last)["best_epoch"] == 2
+    state = torch.load(last, weights_only=True)
+    del state["best_epoch"]  # as checkpoints saved before the best epoch was stored
+    torch.save(state, last)
+    result = train(TrainConfig.build(out=out, epochs=3, resume=last, **FAST))
+    assert result["best_epoch"] == read_checkpoint(os.path.join(out, "best.pt"))["epoch"] == 2
+
+
+@pytest.mark.slow  # end-to-end: tiny training runs (0.2-0.5 s)
+def test_the_augmentations_are_drawn_from_the_run_s_seed(tmp_path):
+    train_set, val_set = SyntheticLesions(1, 32, seed=5), SyntheticLesions(8, 32, seed=6)
+
+    def augmented(seed, name):  # one image, one step: no shuffle, only the augmentation differs
+        seen = []
+        train(TrainConfig.build(out=str(tmp_path / name), epochs=1, **{**FAST, "seed": seed}),
+              datasets=(train_set, val_set), model_class=_recording(seen))
+        assert len(seen) == 1 and not torch.equal(seen[0][0], train_set[0][0])
+        return seen[0]
+
+    first = augmented(7, "a")
+    assert torch.equal(first, augmented(7, "b")) and not torch.equal(first, augmented(8, "c"))
+
+
+@pytest.mark.slow  # end-to-end: a tiny training run (0.5 s)
+@pytest.mark.parametrize("theirs", ["bytes", "no-history"])
+def test_a_best_pt_that_is_no_checkpoint_of_this_run_is_left_alone_on_resume(tmp_path, theirs):
+    # not a checkpoint at all, or a checkpoint without a history of epochs (nothing shows
+    # it is of this run): the user's file, never replaced nor removed
+    from helpers import tiny_checkpoint
+
+    import convex_attention.paper.train as T
+
+    out = str(tmp_path / "run")
+    train(TrainConfig.build(out=out, epochs=1, **FAST))
+    best = os.path.join(out, "best.pt")
+    if theirs == "bytes":
+        with open(best, "wb") as f:
+            f.write(b"not a checkpoint")
+    else:
+        tiny_checkpoint(best, epoch=2, epochs=2, **FAST)
+    with open(best, "rb") as f:
+        before = f.read()
+    config = TrainConfig.build(out=out, epochs=3, resume=os.path.join(out, "last.pt"), **FAST)
+    run = T._Run(config, T.build_checked_datasets(config), None, lambda *a: None)
+    run.restore(read_checkpoint(config.resume))
+    with open(best, "rb") as f:
+        assert f.read() == before
