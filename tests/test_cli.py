@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import read_json, read_text
+from helpers import read_bytes, read_json, read_text
 from test_lock import hold_lock
 
 from convex_attention import cli
@@ -449,10 +449,29 @@ def test_a_resume_that_adds_learned_dual_rewrites_the_example_with_its_duals(tmp
     assert "fitted_dual0" not in keys
     assert run(["bench", *FAST, "--methods", "exact", "softmax", "learned_dual", "--fit-steps", "3",
                 "--amortised-steps", "3", "--fit-instances", "4", "--out", str(out), "--resume"]) == 0
-    assert "example.npz rewritten" in capsys.readouterr().err
+    assert "example.npz written again: the resumed sweep adds learned_dual" in capsys.readouterr().err
     with np.load(out / "example.npz", allow_pickle=False) as data:
         assert {"fitted_dual0", "amortised_dual0"} <= set(data.files)
         np.testing.assert_array_equal(data["scores0"], scores)  # the same instance
+
+
+@pytest.mark.slow
+def test_a_resume_writes_a_damaged_example_again(tmp_path, capsys):
+    """Before: a resume without learned_dual kept a damaged example.npz (plot then refused
+    it), and one with learned_dual ended in a traceback on some damage (a review)."""
+    import numpy as np
+
+    out = tmp_path / "r"
+    assert run(["bench", *FAST, "--out", str(out)]) == 0
+    whole = read_bytes(out / "example.npz")
+    with np.load(out / "example.npz", allow_pickle=False) as data:
+        scores = data["scores0"].copy()
+    (out / "example.npz").write_bytes(whole[:len(whole) // 2])
+    capsys.readouterr()
+    assert run(["bench", *FAST, "--out", str(out), "--resume"]) == 0
+    assert "example.npz written again: it cannot be read as an example" in capsys.readouterr().err
+    with np.load(out / "example.npz", allow_pickle=False) as data:  # the same instance, written whole
+        np.testing.assert_array_equal(data["scores0"], scores)
 
 
 @pytest.mark.slow

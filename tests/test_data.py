@@ -1004,6 +1004,10 @@ def _truncated_npy(path):
     ("a.png", lambda path: Path(path).write_text("not an image"), "not a readable PNG image.*convert it"),
     ("a.npy", lambda path: Path(path).write_text(""), "cannot be read as a .npy array.*numpy.save"),
     ("a.npy", _truncated_npy, r"cannot be read as a .npy array \((?!.*Python objects).*numpy.save"),
+    # no NumPy header: numpy says it would read the file as a pickle, but nothing here is an object
+    ("a.npy", lambda path: Path(path).write_text("x,y\n1,2\n"), "not a .npy file: it lacks the NumPy header"),
+    ("a.npy", lambda path: (_npy(np.ones((4, 4), np.float32))(path),
+                            Path(path).write_bytes(b"X" + Path(path).read_bytes()[1:])), "lacks the NumPy header"),
 ])
 def test_folder_an_unreadable_image_is_refused_when_the_dataset_is_built_naming_the_file(tmp_path, name, write,
                                                                                           message):

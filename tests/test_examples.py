@@ -28,22 +28,25 @@ def test_save_example_writes_arrays_only_and_the_lambdas_asked_for(tmp_path):
 
 # a damaged file leaves no handle open (numpy's own was left to the garbage collector)
 @pytest.mark.filterwarnings("error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning")
-def test_example_has_duals_reads_the_lambdas_and_takes_a_damaged_file_for_none(tmp_path):
+def test_a_resume_keeps_an_example_with_the_lambdas_and_writes_a_damaged_one_again(tmp_path):
     """Before: a truncated example.npz raised zipfile.BadZipFile (neither OSError nor
     ValueError) and crashed a resume that adds learned_dual (found by a review)."""
-    from convex_attention.bench.examples import example_has_duals, save_example
+    from convex_attention.bench.examples import save_example, why_write_again
 
     path = save_example(str(tmp_path), size=8, fit_instances=4, fit_steps=2, amortised_steps=0)
-    assert example_has_duals(path)
+    assert why_write_again(path, need_duals=True) is None
     (tmp_path / "plain").mkdir()
-    assert not example_has_duals(save_example(str(tmp_path / "plain"), size=8, fit_steps=0))
+    plain = save_example(str(tmp_path / "plain"), size=8, fit_steps=0)
+    assert why_write_again(plain, need_duals=False) is None
+    assert "adds learned_dual, whose λ it lacked" in why_write_again(plain, need_duals=True)
     whole = read_bytes(path)
     for damaged in (whole[:200], b"", b"not a zip at all"):
         with open(path, "wb") as f:
             f.write(damaged)
-        assert not example_has_duals(path)
+        for need_duals in (True, False):
+            assert why_write_again(path, need_duals).startswith("it cannot be read as an example")
         gc.collect()  # a leaked handle is reported when collected
-    assert not example_has_duals(str(tmp_path / "missing.npz"))
+    assert "cannot be read" in why_write_again(str(tmp_path / "missing.npz"), need_duals=False)
 
 
 # ---------------------------------------------------------------- reading: load_example
@@ -124,12 +127,87 @@ def test_an_example_of_up_to_the_cell_limit_is_read_as_written_in_float64(tmp_pa
         examples.load_example(str(tmp_path / "example.npz"))
 
 
-def test_example_has_duals_only_for_a_usable_example_the_figure_can_draw(tmp_path):
-    """One reader for both: an example whose fitted λ the figure would refuse is written again."""
+def test_an_example_whose_lambdas_the_figure_would_refuse_is_written_again(tmp_path):
+    """One reader for both: what the figure cannot draw, a resume writes again."""
     path = tmp_path / "example.npz"
     write_example(path)
-    assert examples.example_has_duals(str(path))
+    assert examples.why_write_again(str(path), need_duals=True) is None
     write_example(path, fitted_dual0=np.zeros((3, 3)))  # not shaped like scores1
-    assert not examples.example_has_duals(str(path))
+    assert "'fitted_dual0' must be finite floats shaped like 'scores1'" in examples.why_write_again(str(path), False)
     write_example(path, fitted_dual0=None)
-    assert not examples.example_has_duals(str(path))
+    assert examples.why_write_again(str(path), need_duals=False) is None
+    assert "lacked" in examples.why_write_again(str(path), need_duals=True)
+    write_example(path, fitted_dual0=None, fitted_dual00=np.zeros((2, 2)))  # not the name of λ_0
+    assert "lacked" in examples.why_write_again(str(path), need_duals=True)
+
+
+def _member_edited(path, member, edit):
+    """The archive at ``path`` with the local and central headers of ``member`` passed
+    through ``edit(data, offset_of_header, central)``."""
+    import struct
+    import zipfile
+
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo(member)
+    edit(data, info.header_offset, False)
+    central = data.find(b"PK\x01\x02")
+    while central != -1:
+        (length,) = struct.unpack_from("<H", data, central + 28)
+        if data[central + 46:central + 46 + length] == member.encode():
+            edit(data, central, True)
+        central = data.find(b"PK\x01\x02", central + 4)
+    path.write_bytes(bytes(data))
+
+
+def _deflate_damaged(path):
+    import zipfile
+
+    rng = np.random.default_rng(0)  # noise: a deflate stream long enough to damage inside
+    arrays = {"levels": np.array(2), "temperature": np.ones(2), "scores0": rng.normal(size=(4, 4)),
+              "scores1": rng.normal(size=(2, 2))}
+    np.savez_compressed(str(path), **arrays)
+    data = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as z:
+        info = z.getinfo("scores0.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    for i in range(start + 10, start + 60):
+        data[i] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _not_npy_member(path):
+    import zipfile
+
+    write_example(path)
+    with zipfile.ZipFile(path, "a") as z:
+        z.writestr("extra.npy", b"not an npy")  # numpy hands such a member back as bytes
+
+
+def _method(number):
+    import struct
+
+    def edit(data, offset, central):
+        struct.pack_into("<H", data, offset + (10 if central else 8), number)
+    return lambda path: (write_example(path), _member_edited(path, "scores0.npy", edit))
+
+
+def _encrypted(path):
+    import struct
+
+    def edit(data, offset, central):
+        struct.pack_into("<H", data, offset + (8 if central else 6), 1)
+    write_example(path)
+    _member_edited(path, "scores0.npy", edit)
+
+
+@pytest.mark.parametrize("damage", [_deflate_damaged, _not_npy_member, _method(99), _encrypted],
+                         ids=["deflate-damaged", "member-not-npy", "unknown-compression", "encrypted"])
+def test_a_member_damaged_in_any_way_is_a_value_error_so_a_resume_writes_it_again(tmp_path, damage):
+    """Before: zlib.error, AttributeError, NotImplementedError and RuntimeError escaped the
+    reader, and a resume that adds learned_dual ended in a traceback (found by a review)."""
+    path = tmp_path / "example.npz"
+    damage(path)
+    with pytest.raises(ValueError, match="an array cannot be read|a member is not a .npy array"):
+        examples.load_example(str(path))
+    assert examples.why_write_again(str(path), need_duals=True).startswith("it cannot be read as an example")

@@ -285,6 +285,8 @@ def test_json_safe_writes_a_set_as_a_sorted_list_whatever_the_hash_order():
     assert files.json_safe(frozenset({3, 1, 2})) == [1, 2, 3]
     # members that do not compare are ordered by their JSON text ('"a"' before '1')
     assert files.json_safe({1, "a", (2, 0)}) == ["a", 1, [2, 0]]
+    # equal once converted (True == 1) but written differently: their JSON text decides
+    assert files.json_safe({("s", True), frozenset({"s", 1})}) == [["s", 1], ["s", True]]
 
 
 def test_write_json_honours_its_indent(tmp_path):

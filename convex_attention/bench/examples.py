@@ -7,6 +7,7 @@ import io
 import os
 import re
 import zipfile
+import zlib
 
 import numpy as np
 import torch
@@ -18,19 +19,23 @@ from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
 from .results import DUAL_KINDS
 
-__all__ = ["save_example", "load_example", "example_has_duals"]
+__all__ = ["save_example", "load_example", "why_write_again"]
 
-_DUAL_KEY = re.compile(r"^([a-z_]+)_dual(\d+)$")
+_DUAL_KEY = re.compile(r"^([a-z_]+)_dual(0|[1-9][0-9]*)$")  # fitted_dual00 is not λ_0
 _MAX_EXAMPLE_CELLS = 1 << 20  # cells over all levels: more is no figure
 
 
-def example_has_duals(path: str) -> bool:
-    """Whether the ``example.npz`` at ``path`` holds the fitted shared λ (written by a sweep
-    of learned_dual); False where it cannot be read as an example (:func:`load_example`)."""
+def why_write_again(path: str, need_duals: bool) -> str | None:
+    """Why a resumed sweep must write the ``example.npz`` at ``path`` again, or None to keep
+    it: it cannot be read as an example (:func:`load_example`'s reason), or ``need_duals``
+    (the sweep has learned_dual) and it holds no fitted λ."""
     try:
-        return "fitted" in load_example(path)[2]
-    except ValueError:  # damaged in any way: written again
-        return False
+        kinds = load_example(path)[2]
+    except ValueError as err:
+        return f"it cannot be read as an example ({err})"
+    if need_duals and "fitted" not in kinds:
+        return "the resumed sweep adds learned_dual, whose λ it lacked"
+    return None
 
 
 def _bounded(err: BaseException, limit: int = 80) -> str:
@@ -59,11 +64,14 @@ def load_example(example_path: str) -> tuple[list[np.ndarray], list[float], dict
             raise ValueError(f"not a readable .npz file ({_bounded(err)})") from None
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive")
-        try:
+        try:  # a damaged member fails in zipfile, zlib or numpy, each in its own way
             with data:
                 arrays = {k: data[k] for k in data.files}
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
+                MemoryError) as err:
             raise ValueError(f"an array cannot be read ({_bounded(err)})") from None
+    if not all(isinstance(a, np.ndarray) for a in arrays.values()):
+        raise ValueError("a member is not a .npy array")
     if "levels" not in arrays or "temperature" not in arrays:
         raise ValueError("lacks 'levels' or 'temperature'")
     lv = arrays["levels"]

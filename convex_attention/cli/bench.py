@@ -307,7 +307,7 @@ def cmd_bench(args) -> int:
 def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -> int:
     """The checked sweep into ``out`` (under its lock), the example instance, the summary
     (``offer_resume``: whether a refusal may name --resume; demo has none)."""
-    from ..bench.examples import example_has_duals, save_example
+    from ..bench.examples import save_example, why_write_again
     from ..bench.results import FinishedRows
     from ..bench.sweep import run_sweep
     from ..bench.targets import amortised_targets, format_targets
@@ -325,10 +325,11 @@ def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -
                              overwrite=getattr(args, "overwrite", False), offer_resume=offer_resume)
             learned = any(get_method(m).needs_duals for m in config.methods)  # λ only where they are swept
             example = os.path.join(out, "example.npz")
-            stale = args.resume and os.path.exists(example) and learned and not example_has_duals(example)
-            if stale:  # a resume that adds learned_dual: the same instance again, with its λ
-                log("example.npz rewritten: the resumed sweep adds learned_dual, whose λ it lacked")
-            if not args.resume or not os.path.exists(example) or stale:
+            # (anything but a file of that name was refused before any work, as for every output)
+            why = why_write_again(example, learned) if args.resume and os.path.exists(example) else None
+            if why:  # the same instance again (with its λ where the sweep learns them)
+                log(f"example.npz written again: {why}")
+            if not args.resume or not os.path.exists(example) or why:
                 save_example(out, generator="lesion" if config.generator == "model" else config.generator,
                              scale=config.scale, seed=config.seed, fit_instances=config.fit_instances,
                              fit_max_values=config.fit_max_values, fit_steps=config.fit_steps if learned else 0,

@@ -158,8 +158,8 @@ def json_safe(obj):
         return [json_safe(v) for v in obj]
     if isinstance(obj, (set, frozenset)):
         items = [json_safe(v) for v in obj]
-        try:
-            return sorted(items)
+        try:  # ties (members equal once converted, e.g. True and 1) broken by their JSON text
+            return sorted(items, key=lambda v: (v, json.dumps(v, sort_keys=True)))
         except TypeError:  # members that do not compare (a number and a string): by their JSON text
             return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
     if is_dataclass(obj) and not isinstance(obj, type):

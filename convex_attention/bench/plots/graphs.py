@@ -156,10 +156,11 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
 def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = None) -> str | None:
     """The dual solver's violation (top row) and dual gap ``g(λ) − f*`` (bottom row) per sweep,
     float64, one column per structure and one line per cell, labelled with its size and
-    number of levels (and temperature, where a structure's cells differ in it).  The gap is drawn
-    as its magnitude ``|g(λ) − f*|``, as the axis says: a gap below 0 (weak duality allows it only
-    within the reference's rounding) shows its size rather than hiding at the floor; values at or
-    below a marked floor (a gap of exactly 0 included) are drawn there.  Drawn when the rows hold a
+    number of levels (and temperature, where a structure's cells differ in it).  The gap is the
+    batch's largest signed gap (``dual_gap_max``), drawn as its magnitude ``|max (g(λ) − f*)|``,
+    as the axis says: a batch whose every gap is below 0 (weak duality allows it only within the
+    reference's rounding) shows rather than hiding at the floor; values at or below a marked
+    floor (a gap of exactly 0 included) are drawn there.  Drawn when the rows hold a
     structure other than the chain; returns None otherwise."""
     log = log or warn
     need = ("cell", "structure", "size", "iteration", "violation_max", "dual_gap_max")
@@ -221,7 +222,7 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
                 quiet_minor_ticks(ax)
                 ax.grid(True, which="major", alpha=0.25)
         axes[0, 0].set_ylabel("violation (batch max)")
-        axes[1, 0].set_ylabel(r"$|g(\lambda) - f^*|$ (batch max)")
+        axes[1, 0].set_ylabel(r"$|\max_{\mathrm{batch}}(g(\lambda) - f^*)|$")
         sides = sorted({p[2] for p in pts})
         fig.suptitle(rf"Dual solver per sweep, float64, finest side {', '.join(map(str, sides))} (dotted: values at "
                      rf"or below ${sci(floor)}$, drawn there)")

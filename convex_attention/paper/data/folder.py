@@ -40,9 +40,15 @@ def _read_array(path: str) -> np.ndarray:
         try:
             arr = np.load(path, allow_pickle=False)
         except ValueError as err:
-            if "allow_pickle" in str(err):  # numpy's refusal of an object array, the one case to explain
+            # numpy's own words tell the cases apart: an object array, a file without the
+            # NumPy header (which numpy would only try as a pickle), or a damaged array
+            if "Object arrays cannot be loaded" in str(err):
                 raise ValueError(f"{path!r} is not a NumPy array of numbers ({err}); Python objects are never "
                                  f"loaded: save a plain numeric array with numpy.save") from None
+            if "pickled" in str(err):
+                raise ValueError(f"{path!r} is not a .npy file: it lacks the NumPy header (numpy would read it "
+                                 f"only as a pickle, which is never loaded); save a numeric array with "
+                                 f"numpy.save") from None
             raise ValueError(f"{path!r} cannot be read as a .npy array ({err}); save it again with numpy.save") \
                 from None
         except (OSError, EOFError) as err:
