@@ -864,8 +864,9 @@ def _stub_sweep_and_example(monkeypatch) -> list:
 
     def save(out, **kwargs):
         written.append(kwargs)
-        duals = {"fitted_dual0": np.zeros(1)} if kwargs["fit_steps"] else {}
-        np.savez(os.path.join(out, "example.npz"), scores0=np.zeros(1), **duals)
+        duals = {"fitted_dual0": np.zeros((2, 2))} if kwargs["fit_steps"] else {}
+        np.savez(os.path.join(out, "example.npz"), levels=np.array(2), temperature=np.ones(2),
+                 scores0=np.zeros((4, 4)), scores1=np.zeros((2, 2)), **duals)
 
     monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: [])
     monkeypatch.setattr(examples, "save_example", save)
@@ -874,8 +875,9 @@ def _stub_sweep_and_example(monkeypatch) -> list:
 
 def test_bench_resume_keeps_the_example_unless_a_learned_dual_sweep_needs_its_duals(tmp_path, monkeypatch, capsys):
     """docs/results_format.md, example.npz: --resume keeps an existing example.npz, except
-    where the resumed sweep adds learned_dual and the file holds no λ (written again, said on
-    stderr); a folder without one gets one; λ are fitted only for a sweep of learned_dual."""
+    where it cannot be read as one, or the resumed sweep adds learned_dual and the file holds
+    no λ (written again, said on stderr); a folder without one gets one; λ are fitted only
+    for a sweep of learned_dual."""
     written = _stub_sweep_and_example(monkeypatch)
     out = tmp_path / "r"
     argv = ["bench", *FAST, "--out", str(out)]
@@ -885,10 +887,13 @@ def test_bench_resume_keeps_the_example_unless_a_learned_dual_sweep_needs_its_du
     assert "example.npz" not in capsys.readouterr().err
     learned = [*argv, "--methods", "exact", "learned_dual", "--resume"]
     assert run(learned) == 0 and len(written) == 2 and written[1]["fit_steps"] > 0
-    assert "example.npz rewritten" in capsys.readouterr().err
+    assert "example.npz written again: the resumed sweep adds learned_dual" in capsys.readouterr().err
     assert run(learned) == 0 and len(written) == 2  # it holds the λ now: kept
     (out / "example.npz").unlink()
     assert run([*argv, "--resume"]) == 0 and len(written) == 3  # a resumed folder without one gets one
+    (out / "example.npz").write_bytes(b"PK damaged")
+    assert run([*argv, "--resume"]) == 0 and len(written) == 4  # damaged: written again, whatever the methods
+    assert "example.npz written again: it cannot be read as an example" in capsys.readouterr().err
 
 
 def test_bench_example_of_a_model_sweep_is_a_lesion_instance(tmp_path, monkeypatch):
