@@ -26,6 +26,7 @@ def test_save_example_writes_arrays_only_and_the_lambdas_asked_for(tmp_path):
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
 
 
+@pytest.mark.slow  # fits λ for a real example (~0.8 s); the reasons are checked fast on written archives below
 # a damaged file leaves no handle open (numpy's own was left to the garbage collector)
 @pytest.mark.filterwarnings("error::ResourceWarning", "error::pytest.PytestUnraisableExceptionWarning")
 def test_a_resume_keeps_an_example_with_the_lambdas_and_writes_a_damaged_one_again(tmp_path):

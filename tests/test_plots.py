@@ -720,6 +720,7 @@ def test_a_row_cut_off_mid_write_is_named_and_never_plotted(tmp_path, capsys, fi
     assert f"line {n} (no line end: cut off)" in err
 
 
+@pytest.mark.slow  # draws every figure (~0.8 s); the checksum itself has fast tests in test_tables
 def test_a_value_cut_short_inside_the_file_fails_its_checksum_and_is_named(tmp_path, capsys, figs):
     rows = sweep_rows()
     rows[3]["violation_mean"] = 1.9665132189317092e-07
@@ -1259,6 +1260,8 @@ def test_plot_never_removes_a_file_it_did_not_write(tmp_path, capsys, figs):
     assert (out / "pareto_per_structure.png").exists(), "nor an earlier figure of its own, when it fails"
 
 
+@pytest.mark.slow  # draws every figure three times (~1 s); the record it relies on has fast tests
+# (test_only_an_intact_record_of_plots_own_proves_a_figure_unchanged and those after it)
 def test_an_earlier_figure_is_removed_only_if_this_tool_wrote_it_from_these_results_unchanged(tmp_path, capsys,
                                                                                               figs):
     results, other, out = str(tmp_path / "r"), str(tmp_path / "other"), tmp_path / "figs"

@@ -197,6 +197,8 @@ def test_the_cascade_reinitialises_from_the_top():
     assert "attention" not in [n for n, _ in cascade_stages(PlainCNN(width=4, image_size=32))]
 
 
+@pytest.mark.slow  # every post-hoc method on a model and its randomised copies (~1.4 s); the rows
+# themselves are checked fast against scipy in test_randomisation_check_rows_against_scipy
 def test_randomisation_check_compares_every_explanation(monkeypatch):
     import convex_attention.paper.sanity as sanity
 
