@@ -1135,9 +1135,9 @@ def test_the_test_stage_takes_what_the_variants_file_fixes_from_it_alone(argv, f
     assert not (tmp_path / "e").exists()
 
 
-def test_explain_passes_its_options_to_the_work(tmp_path, capsys, monkeypatch):
-    """--baseline-model defaults to every model; a PATH may hold '=' (NAME is what precedes
-    the first); --target, --upsampling and --pixel-only reach the scoring."""
+def _explain_reaching_the_work(tmp_path, capsys, monkeypatch, argv, first_folder: str = "a") -> dict:
+    """The options ``explain`` hands its work, the models' names with them (the work stops there);
+    the first checkpoint lies in ``first_folder``."""
     import convex_attention.paper.explain as explain
     from convex_attention.paper.models import NonFiniteOutput
 
@@ -1148,34 +1148,22 @@ def test_explain_passes_its_options_to_the_work(tmp_path, capsys, monkeypatch):
         raise NonFiniteOutput("stopped here by the test")
 
     monkeypatch.setattr(explain, "explain_models", stop)
-    a = tiny_checkpoint(tmp_path / "a=1" / "best.pt")
-    b = tiny_checkpoint(tmp_path / "b" / "best.pt", method="exact")
-    code, _, err = run(["explain", "--checkpoints", f"softmax={a}", f"exact={b}", "--target", "predicted",
-                        "--upsampling", "bilinear", "--pixel-only", "--out", str(tmp_path / "o"), "--no-progress"],
-                       capsys)
-    assert code == 1 and "stopped here by the test" in err, err
-    assert seen["models"] == ["exact", "softmax"] and sorted(seen["baseline_model"]) == ["exact", "softmax"]
-    assert seen["target"] == "predicted" and seen["upsampling"] == "bilinear" and seen["pooled"] is False
-
-
-def _explain_reaching_the_work(tmp_path, capsys, monkeypatch, argv) -> dict:
-    """The options ``explain`` hands its work, the models' names with them (the work stops there)."""
-    import convex_attention.paper.explain as explain
-    from convex_attention.paper.models import NonFiniteOutput
-
-    seen = {}
-
-    def stop(models, val, **kwargs):
-        seen.update(kwargs, models=sorted(models))
-        raise NonFiniteOutput("stopped here by the test")
-
-    monkeypatch.setattr(explain, "explain_models", stop)
-    a = tiny_checkpoint(tmp_path / "a" / "best.pt")
+    a = tiny_checkpoint(tmp_path / first_folder / "best.pt")
     b = tiny_checkpoint(tmp_path / "b" / "best.pt", method="exact")
     code, _, err = run(["explain", "--checkpoints", f"softmax={a}", f"exact={b}", *argv, "--out", str(tmp_path / "o"),
                         "--no-progress"], capsys)
     assert code == 1 and "stopped here by the test" in err, err
     return seen
+
+
+def test_explain_passes_its_options_to_the_work(tmp_path, capsys, monkeypatch):
+    """--baseline-model defaults to every model; a PATH may hold '=' (NAME is what precedes
+    the first); --target, --upsampling and --pixel-only reach the scoring."""
+    seen = _explain_reaching_the_work(tmp_path, capsys, monkeypatch,
+                                      ["--target", "predicted", "--upsampling", "bilinear", "--pixel-only"],
+                                      first_folder="a=1")
+    assert seen["models"] == ["exact", "softmax"] and sorted(seen["baseline_model"]) == ["exact", "softmax"]
+    assert seen["target"] == "predicted" and seen["upsampling"] == "bilinear" and seen["pooled"] is False
 
 
 def test_explain_defaults_are_the_ones_its_help_shows(tmp_path, capsys, monkeypatch):
