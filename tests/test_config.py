@@ -210,6 +210,10 @@ def test_a_temperature_below_the_models_float32_range_is_a_config_error():
     with pytest.raises(ConfigError, match="temperature") as err:
         ModelConfig(temperature=(1e-300,)).validate()
     assert err.value.field == "temperature" and "float32" in str(err.value)
+    assert "use a larger temperature" in str(err.value) and "float64" not in str(err.value)  # no float64 model
+    with pytest.raises(ConfigError, match="use smaller temperatures") as err:
+        ModelConfig(temperature=(1e38,)).validate()
+    assert "float64" not in str(err.value)
 
 
 def test_the_model_defaults_follow_the_paper():

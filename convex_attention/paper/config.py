@@ -231,7 +231,8 @@ def _check_with_the_core(cfg: ModelConfig) -> None:
         # precision is computed in float32), so 1e-300 passes float64's range but not the model's
         check_temperatures(list(cfg.temperature_per_level()), levels, dtype=torch.float32)
     except (TypeError, ValueError) as err:
-        raise ConfigError("temperature", str(err)) from None
+        # the core's remedy "or float64 scores" is no choice here: the model computes in float32
+        raise ConfigError("temperature", str(err).replace(" or float64 scores", "")) from None
     if cfg.learn_temperature and not method.tensor_temperature:
         learnable = ", ".join(n for n, r in _registry().items() if r.tensor_temperature)
         raise ConfigError("learn_temperature", f"method {cfg.method!r} cannot differentiate through the "
