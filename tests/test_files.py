@@ -326,16 +326,14 @@ def test_an_output_name_that_cannot_be_examined_is_a_one_line_value_error(tmp_pa
 def test_check_out_dir_refuses_a_folder_it_cannot_write_into(tmp_path, monkeypatch):
     """The probe write is the check (as root, permissions do not refuse it: the refusal is
     simulated; found by mutation testing: skipping the probe passed)."""
-    import builtins
-
-    real_open = builtins.open
+    real_open = os.open
 
     def refuse_probe(path, *args, **kwargs):
         if ".write-probe" in str(path):
             raise PermissionError(13, "Permission denied")
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(builtins, "open", refuse_probe)
+    monkeypatch.setattr(os, "open", refuse_probe)
     with pytest.raises(ValueError, match=r"not a writable folder \(Permission denied\)"):
         files.check_out_dir(str(tmp_path))
 
@@ -392,3 +390,25 @@ def test_a_dataclass_class_is_an_unknown_object_written_as_its_str():
         x: float
 
     assert files.json_safe({"kind": Point, "value": Point(1.0)}) == {"kind": str(Point), "value": {"x": 1.0}}
+
+
+def test_a_link_or_file_at_the_next_temporary_name_is_never_written_through(tmp_path, monkeypatch):
+    """Before: the temporary name is predictable (pid and a counter) and was opened without
+    O_EXCL, so a link put there (by a verified solver, say) received the write, and the
+    rename then made the target that link (an adversarial review)."""
+    import itertools
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's")
+    target = tmp_path / "verify.csv"
+    monkeypatch.setattr(files, "_TMP_COUNTER", itertools.count(0))
+    planted = [f"{target}.{os.getpid()}-0.tmp", f"{target}.{os.getpid()}-1.tmp"]
+    os.symlink(victim, planted[0])
+    with open(planted[1], "w") as f:
+        f.write("someone else's temporary file")
+    files.atomic_write_bytes(str(target), b"the results")
+    assert victim.read_text() == "the user's"
+    assert not os.path.islink(target) and target.read_bytes() == b"the results"
+    assert os.path.islink(planted[0]) and read_text(planted[1]) == "someone else's temporary file"  # left alone
+    assert sorted(os.listdir(tmp_path)) == sorted(["victim.txt", "verify.csv", *map(os.path.basename, planted)])
+

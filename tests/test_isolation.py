@@ -483,6 +483,25 @@ def test_forged_duals_that_are_not_one_float64_array_per_edge_are_refused_and_th
         assert solver._process is None
 
 
+@pytest.mark.slow  # a child process; the reading itself is checked fast above
+def test_an_answer_that_is_a_damaged_archive_stops_the_child(tmp_path):
+    """Before: a body with the zip signature and nothing readable raised BadZipFile, which the
+    reader did not catch: the instance failed, but the same child served the next one (an
+    adversarial review)."""
+    body = textwrap.dedent("""\
+        from convex_attention.bench.isolation import _pack
+        from multiprocessing.connection import Connection
+        number = sys._getframe(1).f_locals.get("number")
+        Connection(int(sys.argv[2]), readable=False).send_bytes(
+            _pack({"status": "duals", "instance": number}) + b"PK\\x03\\x04 not an archive")
+        time.sleep(600)""")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
+        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+        assert isinstance(err, SolverFailed), err
+        assert re.search(r"sent unreadable duals \(raised BadZipFile.*\); it was stopped", str(err)), err
+        assert solver._process is None
+
+
 @pytest.mark.slow  # 2.5 s; the timeout's path is in the fast suite through the tests above
 def test_the_timeout_covers_taking_the_instance_and_the_answer_together(tmp_path):
     """One deadline, set before the instance is handed over: a child that takes 0.9 s to take

@@ -34,8 +34,10 @@ What isolation cannot do: the child runs as the same user as the verifier, so co
 to fool it has that user's rights.  It can signal the verifier's process (a kill ends it
 without a result, never with a pass; ``SIGSTOP`` freezes it), write to its output through
 ``/proc``, change its memory (``/proc/<pid>/mem``), rewrite files it has not imported yet
-(``verify`` imports every module it runs before the child starts, which closed the route a
-review used: rewriting ``convex_attention.io.lock`` to pass every check), or leave a
+(``verify`` imports every module it runs before the child starts, running the verification
+once on a small instance so that what imports itself on first use is imported too, which
+closed the routes two reviews used: rewriting ``convex_attention.io.lock``, then
+cvxpylayers' diffcp interface, to pass every check), or leave a
 process of another session running that rewrites ``verify.csv`` after the run.  It guards
 against a solver's mistakes; code one does not trust is verified under another user or in
 a container (docs/user_guide.md §2).
@@ -186,6 +188,14 @@ def _unpack(data: bytes) -> tuple[dict, bytes]:
     if not isinstance(header, dict) or not isinstance(header.get("status"), str):
         raise ValueError("a message without a status")
     return header, data[_HEADER.size + size:]
+
+
+def import_the_reader() -> None:
+    """Read one answer as the verifier reads a child's: numpy's archive reader imports parts
+    of itself and a codec on first use, which must not happen after a solver's code has run
+    (it could have rewritten them)."""
+    _, body = _unpack(_pack({"status": "ok"}, [np.zeros(1)]))
+    _read_duals(body, [(1,)])
 
 
 def _read_duals(body: bytes, shapes: Sequence[tuple]) -> list[np.ndarray]:
@@ -510,8 +520,9 @@ class IsolatedSolver:
             raise SolverFailed(self._stop("its process sent an unexpected message; it was stopped"))
         try:
             return _read_duals(body, shapes)
-        except (ValueError, OSError, EOFError) as err:
-            raise SolverFailed(self._stop(f"its process sent unreadable duals ({err}); it was stopped")) from None
+        except Exception as err:  # noqa: BLE001 - the child's bytes: a damaged archive fails in zipfile, zlib, numpy
+            raise SolverFailed(self._stop(f"its process sent unreadable duals ({describe(err)}); it was "
+                                          f"stopped")) from None
 
     def close(self) -> None:
         """Stop the child (if any) and its process group; safe to call twice."""

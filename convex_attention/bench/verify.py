@@ -90,7 +90,7 @@ from .timing import nan_max
 
 __all__ = ["TOLERANCES", "CheckResult", "COLUMNS", "verify_instances", "random_instances", "load_solver",
            "solver_label", "backend_skips", "check_backends", "write_csv", "format_table", "all_passed", "KINDS",
-           "QUICK_INSTANCES", "check_tolerances"]
+           "QUICK_INSTANCES", "check_tolerances", "import_what_a_run_imports"]
 
 # Probabilities in float64 to 1e-6 (the reference's own accuracy is ~1e-9); duals are
 # less well conditioned (small probabilities), 1e-4; objectives to 1e-8 (relative).
@@ -321,13 +321,27 @@ def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = 
         backends: the ``cvxpylayers`` backends to check (:func:`check_backends`).
         solver_name: the rows' prefix for ``dual_solver`` (default :func:`solver_label`).
     """
-    from tqdm.auto import tqdm
-
     tol = check_tolerances(tolerances)
     backends = check_backends(backends)  # before any work
     if dual_solver is not None and not (callable(dual_solver) or isinstance(dual_solver, IsolatedSolver)):
         raise TypeError(f"dual_solver must be a function (scores, h, temps) -> duals or an IsolatedSolver, got "
                         f"{type(dual_solver).__name__}")
+    return _run_checks(instances, dual_solver, tol, progress, backends, solver_name)
+
+
+def import_what_a_run_imports(backends) -> None:
+    """Run every check once, silently, on one small instance with the built-in solver (its
+    rows are dropped): CVXPY, cvxpylayers' interfaces and the backends' solvers import parts
+    of themselves on first use, which must happen before a verified solver's code runs (it
+    could rewrite them first; an adversarial review found seven such modules)."""
+    _run_checks(list(random_instances(1, seed=0, quick=True)), None, check_tolerances(None), False,
+                check_backends(backends), None)
+
+
+def _run_checks(instances, dual_solver, tol: dict, progress: bool, backends: list, solver_name) -> list[CheckResult]:
+    """:func:`verify_instances` once its arguments are checked."""
+    from tqdm.auto import tqdm
+
     label = solver_name or solver_label(dual_solver)
     builtin = dual_solver is None
     dual_solver = dual_solver or _default_dual_solver

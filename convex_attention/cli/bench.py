@@ -430,9 +430,10 @@ def cmd_verify(args) -> int:
     check_out_leaving_nothing(args.out)  # a file, or a folder that cannot be made: before the solver's code runs
     if args.dual_solver is not None:
         # everything the verification runs is imported before the solver's code is: a module
-        # imported later could be one that code had rewritten (a review made verify pass
+        # imported later could be one that code had rewritten (two reviews made verify pass
         # with zero duals so); this narrows what the solver's process can reach, it does not
-        # sandbox it (docs/user_guide.md §2)
+        # sandbox it (docs/user_guide.md §2).  So a module that cannot be imported is refused
+        # after this silent run of about a second, never before: its import is its code running
         _import_the_verifier(backends)
     # the user's solver is imported (in its own process) before the out folder is made: a
     # solver that cannot be imported is a usage error that leaves nothing behind
@@ -447,20 +448,27 @@ def cmd_verify(args) -> int:
 
 def _import_the_verifier(backends) -> None:
     """Import the modules a verification runs: the checks, the results' lock and files, the
-    progress bar, CVXPY, cvxpylayers and each backend's solver package."""
+    progress bar, CVXPY, cvxpylayers and each backend's solver package, and then run the
+    verification once, without a solver, on one small instance and read one answer as a
+    child's is read: CVXPY, cvxpylayers' interfaces, the solvers and numpy's archive reader
+    import more of themselves on first use (a review found seven such modules imported after
+    the solver's code had run)."""
     import importlib
 
     import cvxpy  # noqa: F401
     import cvxpylayers.torch  # noqa: F401
     import tqdm.auto  # noqa: F401
 
-    from ..bench import verify  # noqa: F401
+    from ..bench import verify
+    from ..bench.isolation import import_the_reader
     from ..cvx import get_backend
     from ..io import files, lock  # noqa: F401
 
     for name in backends:
         for module in get_backend(name).modules:
             importlib.import_module(module)
+    verify.import_what_a_run_imports(backends)
+    import_the_reader()
 
 
 def _run_verify(args, config: VerifyConfig, solver, backends) -> int:

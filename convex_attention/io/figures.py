@@ -18,7 +18,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from .files import temporary_name  # noqa: E402
+from .files import temporary_file  # noqa: E402
 
 __all__ = ["FULL_WIDTH", "HALF_WIDTH", "STYLE", "FigureLayoutError", "layout_guard", "env_line", "save", "plain", "sci"]
 
@@ -176,15 +176,15 @@ def save(fig, path: str, env: dict | None = None, notes=()) -> str:
             fig.draw_without_rendering()  # the layout, without rasterising
             if line:
                 _add_footer(fig, line)
-            for target, options in ((path, {"dpi": 300}), (os.path.splitext(path)[0] + ".pdf", {})):
-                written.append((temporary_name(target), target))
-                fig.savefig(written[-1][0], bbox_inches="tight", format=os.path.splitext(target)[1][1:], **options)
-        for temporary, target in written:
-            os.replace(temporary, target)
+            with contextlib.ExitStack() as temporaries:  # each removed on leaving unless renamed
+                for target, options in ((path, {"dpi": 300}), (os.path.splitext(path)[0] + ".pdf", {})):
+                    temporary, f = temporaries.enter_context(temporary_file(target))
+                    with f:  # closed (flushed) before the rename
+                        fig.savefig(f, bbox_inches="tight", format=os.path.splitext(target)[1][1:], **options)
+                    written.append((temporary, target))
+                for temporary, target in written:
+                    os.replace(temporary, target)
     finally:
-        for temporary, _ in written:
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(temporary)
         plt.close(fig)
     return path
 

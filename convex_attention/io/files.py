@@ -4,8 +4,9 @@
   :func:`write_json`: a file is written to a temporary file in the same folder, flushed to
   disk and renamed over the target, so a reader (or a run killed half-way) sees the old
   file or the new one, never a mixture.  The temporary file is named
-  ``<target>.<pid>-<n>.tmp`` (:func:`temporary_name`), and :func:`clean_stale_tmp` removes
-  only files of exactly that form for the targets it is given: never a file of the user's.
+  ``<target>.<pid>-<n>.tmp`` (:func:`temporary_name`), created exclusively and never through
+  a link (:func:`temporary_file`), and :func:`clean_stale_tmp` removes only files of exactly
+  that form for the targets it is given: never a file of the user's.
 * JSON is strict: NaN and ±Inf become ``null`` (``json.dumps(..., allow_nan=False)``).
 * :func:`csv_field` writes floats with ``repr`` (they read back exactly) and NaN/None as an
   empty field; :func:`row_checksum` is the CRC-32 a checked table ends each row with;
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import itertools
 import json
@@ -29,8 +31,8 @@ import zlib
 from dataclasses import asdict, is_dataclass
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json", "to_json_text", "json_safe",
-           "csv_field", "row_checksum", "temporary_name", "clean_stale_tmp", "check_out_dir", "as_json",
-           "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason", "REASON_CHARS"]
+           "csv_field", "row_checksum", "temporary_name", "temporary_file", "clean_stale_tmp", "check_out_dir",
+           "as_json", "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason", "REASON_CHARS"]
 
 _TMP_COUNTER = itertools.count()
 
@@ -41,22 +43,46 @@ def temporary_name(path: str) -> str:
     return f"{path}.{os.getpid()}-{next(_TMP_COUNTER)}.tmp"
 
 
+# names tried before a temporary file is given up: each taken name is a file or link of that
+# name already there (a leftover of a process whose pid this one reuses, or one put there)
+_TEMPORARY_TRIES = 100
+
+
+@contextlib.contextmanager
+def temporary_file(path: str):
+    """A new temporary file beside ``path`` (:func:`temporary_name`), open for binary writing:
+    yields ``(name, file)``; renaming it over ``path`` is the caller's.  It is created
+    exclusively and never through a link: a file or link already of that name (a leftover, or
+    one put there to redirect the write) is left alone and the next name is taken.  Removed
+    again on leaving unless it was renamed."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(_TEMPORARY_TRIES):
+        tmp = temporary_name(os.path.abspath(path))
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, f"no free temporary name beside it after {_TEMPORARY_TRIES} tries", path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield tmp, f
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
 
     The temporary file is removed if anything fails; the target is then unchanged.
     """
-    tmp = temporary_name(os.path.abspath(path))
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with temporary_file(path) as (tmp, f):
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def atomic_write_text(path: str, text: str) -> None:
@@ -238,10 +264,8 @@ def check_out_dir(out_dir: str) -> None:
         raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder path")
     try:
         os.makedirs(out_dir, exist_ok=True)
-        probe = temporary_name(os.path.join(out_dir, ".write-probe"))
-        with open(probe, "w") as f:
-            f.write("")
-        os.remove(probe)
+        with temporary_file(os.path.join(out_dir, ".write-probe")):
+            pass  # made and removed again
     except OSError as err:
         raise ValueError(f"--out {out_dir} is not a writable folder ({err.strerror or err}); "
                          f"choose a folder you can write to") from err
