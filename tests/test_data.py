@@ -818,6 +818,27 @@ def test_brats_data_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
         BraTSSlices(root, "all", cache_dir=str(tmp_path / "c6"))
 
 
+def test_brats_cache_probe_never_writes_through_a_link(tmp_path, monkeypatch):
+    """Before: the cache's write probe opened '.write-probe-<pid>' for writing, so a link put
+    there truncated the file it pointed to (a review); it is an exclusive temporary file now."""
+    import itertools
+
+    from convex_attention.io import files
+
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1] = 1
+    root, cache = str(tmp_path / "b"), tmp_path / "c"
+    _write_patient(root, "Brats18_X_1", vols, seg)
+    cache.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("the user's")
+    monkeypatch.setattr(files, "_TMP_COUNTER", itertools.count(0))
+    for name in (f".write-probe-{os.getpid()}", f".write-probe.{os.getpid()}-0.tmp"):
+        os.symlink(victim, cache / name)
+    assert len(BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=str(cache))) == 2
+    assert victim.read_text() == "the user's"
+
+
 def test_brats_read_only_cache(tmp_path, monkeypatch):
     vols, seg = _anatomy()
     seg[4:16, 12:30, 1] = 1

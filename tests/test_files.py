@@ -412,3 +412,35 @@ def test_a_link_or_file_at_the_next_temporary_name_is_never_written_through(tmp_
     assert os.path.islink(planted[0]) and read_text(planted[1]) == "someone else's temporary file"  # left alone
     assert sorted(os.listdir(tmp_path)) == sorted(["victim.txt", "verify.csv", *map(os.path.basename, planted)])
 
+
+
+def test_a_temporary_file_is_removed_only_while_it_is_still_the_writes_own(tmp_path):
+    """Renamed, its name may be another writer's by now (the same pid in another namespace
+    sharing the folder): that file is left alone (a review)."""
+    target = tmp_path / "t.txt"
+    with files.temporary_file(str(target)) as (tmp, f):
+        f.write(b"mine")
+        f.flush()
+        os.replace(tmp, target)
+        with open(tmp, "w") as other:  # another writer takes the free name
+            other.write("theirs")
+    assert read_text(tmp) == "theirs" and target.read_bytes() == b"mine"
+
+
+def test_a_failed_removal_never_hides_the_error_of_the_write(tmp_path, monkeypatch):
+    """A disk error may leave the folder read-only: the removal's error replaced the write's
+    (a review); the write's is the one raised."""
+    real_remove = os.remove
+
+    def read_only(path, *args, **kwargs):
+        if str(path).endswith(".tmp"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_remove(path, *args, **kwargs)
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "remove", read_only)
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError, match="No space left on device"):
+        files.atomic_write_bytes(str(tmp_path / "t.bin"), b"x")

@@ -747,7 +747,8 @@ def _targets(results: dict) -> list[dict]:
         everyone = [r for r in grads if r["setting"] == setting_name]
         if (dual or failed) and not any(r["solver"] != "dual" for r in everyone):  # said, never left out
             out.append(_target(f"implicit gradient vs cvxpylayers ({setting_name})", None, "<=", 1e-5,
-                               "not measured: no cvxpylayers backend ran"))
+                               "not measured: no cvxpylayers gradient was computed (no backend ran, or the "
+                               "implicit backward failed on every instance)"))
         for solver in sorted({r["solver"] for r in everyone if r["solver"] != "dual"}):
             vs_dual = [r["error_vs_dual"] for r in rows if r["solver"] == solver]
             vs_fd = [r["error_vs_fd"] for r in rows if r["solver"] == solver]
@@ -777,9 +778,12 @@ def _targets(results: dict) -> list[dict]:
             continue
         out.append(_target(f"dual backward / forward time ({family})", _ratio(dual["bwd_ms"], dual["fwd_ms"]), "<=",
                            1.0))
-        cvx = {b: r for (f, m, b), r in by.items() if f == family and m == "cvxpylayers"}
-        failed = [r["backend"] for r in speed if r["family"] == family and r.get("status") == "error"
-                   and r.get("method") == "cvxpylayers"]
+        # a time that is no number is a failed measurement (results_format.md): that backend
+        # might have been the fastest, so it bounds the verdict as a failed backend does
+        cvx = {b: r for (f, m, b), r in by.items() if f == family and m == "cvxpylayers"
+               and _time_key(r) != math.inf}
+        failed = [r["backend"] for r in speed if r["family"] == family and r.get("method") == "cvxpylayers"
+                  and (r.get("status") == "error" or _time_key(r) == math.inf)]
         ratios = "; ".join(f"{b}: {_ratio(cvx[b]['per_sample_ms'], dual['per_sample_ms']):.3g}x" for b in cvx)
         if cvx and failed:  # the fastest backend cannot be named when one of them failed here
             # ... but the ratio against the backends that ran bounds it from above: below the

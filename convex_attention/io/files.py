@@ -65,12 +65,17 @@ def temporary_file(path: str):
             continue
     else:
         raise FileExistsError(errno.EEXIST, f"no free temporary name beside it after {_TEMPORARY_TRIES} tries", path)
+    mine = os.fstat(fd)
     try:
         with os.fdopen(fd, "wb") as f:
             yield tmp, f
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+        # removed only while it is still this file (renamed, the name may be another writer's
+        # by now), and never in place of the error that brought us here (a disk error may have
+        # left the folder read-only)
+        with contextlib.suppress(OSError):
+            if os.path.samestat(os.lstat(tmp), mine):
+                os.remove(tmp)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

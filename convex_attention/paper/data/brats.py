@@ -391,12 +391,10 @@ class BraTSSlices(Dataset):
         fix = "pass cache_dir (--cache-dir) pointing to a folder you can write to"
         if os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
             raise ValueError(f"cache folder {self.cache_dir!r} is a file; {fix}")
-        probe = os.path.join(self.cache_dir, f".write-probe-{os.getpid()}")
         try:
             os.makedirs(self.cache_dir, exist_ok=True)
-            with open(probe, "w"):
-                pass
-            os.remove(probe)
+            with temporary_file(os.path.join(self.cache_dir, ".write-probe")):
+                pass  # made and removed again; a file or link of that name is never written through
         except OSError as err:
             raise ValueError(f"cache folder {self.cache_dir!r} is not writable ({err.strerror or err}); {fix}") \
                 from None
