@@ -73,6 +73,7 @@ from ..cvx import (
     backend_unavailable_reason,
     certificate,
     check_options,
+    clear_cache,
     get_backend,
     get_layer,
 )
@@ -334,8 +335,6 @@ def import_what_a_run_imports(backends) -> None:
     rows are dropped): CVXPY, cvxpylayers' interfaces and the backends' solvers import parts
     of themselves on first use, which must happen before a verified solver's code runs (it
     could rewrite them first; an adversarial review found seven such modules)."""
-    from ..cvx import clear_cache
-
     _run_checks(list(random_instances(1, seed=0, quick=True)), None, check_tolerances(None), False,
                 check_backends(backends), None)
     clear_cache()  # the run builds its own layers, as without this: a failure there is the run's to report
