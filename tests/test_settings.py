@@ -397,6 +397,24 @@ def test_the_help_lists_the_choices_of_an_optional_choice_and_of_a_list_of_choic
         parser.parse_args(["--picks", "c"])
 
 
+def test_the_help_states_the_range_a_number_is_refused_outside_of():
+    """Before: `bench --warmup 0` was refused by a range its --help never showed (a review)."""
+    @dataclass
+    class Numbers:
+        warmup: int = setting(3, Int(low=1, high=10), "untimed repetitions")
+        scale: float = setting(1.0, Real(low=0.0, high=5.0, low_open=True), "a scale")
+        sizes: tuple = setting((8,), Many(Int(low=1)), "sides")
+        anything: float = setting(0.5, Real(), "unbounded")
+
+    parser = argparse.ArgumentParser()
+    add_options(parser, Numbers)
+    options = {a.dest: a for a in parser._actions if a.option_strings}
+    assert options["warmup"].help == "untimed repetitions; an integer from 1 to 10 (default: 3)"
+    assert options["scale"].help == "a scale; a finite number in (0, 5] (default: 1.0)"
+    assert options["sizes"].help == "sides; each an integer >= 1 (default: 8)"
+    assert options["anything"].help == "unbounded (default: 0.5)"  # no range to state
+
+
 def test_an_integer_beyond_floats_range_is_refused_naming_the_setting_not_an_overflow():
     from convex_attention.io.settings import ConfigError, Real
     from convex_attention.paper.config import TrainConfig

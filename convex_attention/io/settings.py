@@ -508,10 +508,15 @@ def add_options(parser: argparse.ArgumentParser, cls, base=None, names=None, sho
 
 
 def _choices_text(kind: Kind, listed=None) -> str:
+    """What ``--help`` adds to a setting's text: the values it accepts (the choices, or a
+    number's range where it has one), so that a refusal never names a rule the help hid."""
     inner = kind.item if isinstance(kind, Many) else kind
+    each = "each " if isinstance(kind, Many) else ""
     if isinstance(inner, Choice):
         values = tuple(listed) if listed is not None else inner.listed
         return f"; one of {', '.join(values)}" + (" or none" if inner.optional else "")
+    if isinstance(inner, (Int, Real)) and (inner.low is not None or inner.high is not None):
+        return f"; {each}{inner.describe()}"
     return ""
 
 
