@@ -335,12 +335,19 @@ def test_cli_usage_errors_exit_2_before_any_work(tmp_path, capsys, make_argv, me
 
 
 def test_cli_refuses_a_malformed_solver_spec_without_starting_its_process(tmp_path, capsys, monkeypatch):
+    """... nor the silent run that imports what the verification runs (it ran first for a
+    while: a malformed spec waited a second or two for its refusal)."""
     from convex_attention.bench import isolation
+    from convex_attention.cli import bench as bench_cli
 
     def no_process(*args, **kwargs):
         raise AssertionError("a process was started for a spec that could be refused without one")
 
+    def no_warm_up(*args, **kwargs):
+        raise AssertionError("the verification was run for a spec that could be refused without it")
+
     monkeypatch.setattr(isolation.subprocess, "Popen", no_process)
+    monkeypatch.setattr(bench_cli, "_import_the_verifier", no_warm_up)
     for spec, message in (("no_colon", "must look like module:function"), ("mod:", "must look like"),
                           (f"{tmp_path / 'missing.py'}:f", "does not exist")):
         assert _run(["verify", "--quick", "--no-progress", "--out", str(tmp_path / "v"), "--dual-solver", spec]) == 2
@@ -545,8 +552,8 @@ def test_no_module_is_imported_by_the_verifier_after_the_solvers_code_has_run(tm
         "from convex_attention.cli import bench\n"
         "real = bench._start_solver\n"
         "seen = {}\n"
-        "def start(args, config):\n"
-        "    solver = real(args, config)\n"
+        "def start(*arguments):\n"
+        "    solver = real(*arguments)\n"
         "    seen['before'] = set(sys.modules)\n"
         "    return solver\n"
         "bench._start_solver = start\n"

@@ -400,16 +400,25 @@ def _check_verify(args):
     return config, backends
 
 
-def _start_solver(args, config: VerifyConfig):
+def _start_solver(args, config: VerifyConfig, backends):
     """The user's dual solver, imported in a process of its own (``None``: the built-in
-    one); UsageError when its spec is malformed (no process is started) or it cannot be
-    imported (nothing has run yet)."""
+    one); UsageError when its spec is malformed (no process is started, nothing else has
+    run) or it cannot be imported.  Everything the verification runs is imported between
+    the two (:func:`_import_the_verifier`): a module imported later could be one the
+    solver's code had rewritten (two reviews made verify pass with zero duals so); this
+    narrows what the solver's process can reach, it does not sandbox it (docs/user_guide.md
+    §2).  So a module that cannot be imported is refused after that silent run of about a
+    second, never before: its import is its code running."""
     from ..bench.isolation import IsolatedSolver
 
     if args.dual_solver is None:  # an empty value is refused by _check_verify
         return None
     try:
-        solver = IsolatedSolver(args.dual_solver, config.timeout)
+        solver = IsolatedSolver(args.dual_solver, config.timeout)  # the spec's form: before any work
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+    _import_the_verifier(backends)
+    try:
         solver.start()
     except ValueError as err:
         raise UsageError(str(err)) from err
@@ -428,16 +437,9 @@ def cmd_verify(args) -> int:
     config, backends = _check_verify(args)
     _check_verify_out(args)
     check_out_leaving_nothing(args.out)  # a file, or a folder that cannot be made: before the solver's code runs
-    if args.dual_solver is not None:
-        # everything the verification runs is imported before the solver's code is: a module
-        # imported later could be one that code had rewritten (two reviews made verify pass
-        # with zero duals so); this narrows what the solver's process can reach, it does not
-        # sandbox it (docs/user_guide.md §2).  So a module that cannot be imported is refused
-        # after this silent run of about a second, never before: its import is its code running
-        _import_the_verifier(backends)
     # the user's solver is imported (in its own process) before the out folder is made: a
     # solver that cannot be imported is a usage error that leaves nothing behind
-    solver = _start_solver(args, config)
+    solver = _start_solver(args, config, backends)
     try:
         check_out(args.out)
         return _run_verify(args, config, solver, backends)
