@@ -658,6 +658,7 @@ def test_verify_refuses_to_replace_verify_csv_without_overwrite(tmp_path, capsys
     assert "verify.csv" in capsys.readouterr().err and sorted(os.listdir(out)) == ["verify.csv"]
 
 
+@pytest.mark.slow  # two whole verifications (~1 s); --n's reading is checked fast with the other options
 def test_verify_quick_honours_n(tmp_path, capsys):
     """Before: `verify --quick --n 1` ran 10 instances, ignoring --n (bench --quick takes the
     options given with it)."""

@@ -284,6 +284,7 @@ def test_every_part_at_tiny_sizes_gives_a_verdict_for_every_target(tmp_path):
     assert all(t["met"] in (True, False, None) for t in out["targets"])
 
 
+@pytest.mark.slow  # the amortised part end to end, twice (~0.8 s); its verdicts are checked fast on rows
 def test_the_amortised_part_reports_the_untrained_features_and_the_development_split_gives_no_verdict(tmp_path):
     rows = {}
     for split in ("development", "held_out"):

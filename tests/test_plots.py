@@ -779,6 +779,7 @@ def test_a_figure_matplotlib_cannot_lay_out_is_named_not_written_and_its_warning
     assert plt.get_fignums() == before  # the refused figure is closed
 
 
+@pytest.mark.slow  # draws every figure of a folder (~0.8 s)
 def test_nan_tokens_in_bench_json_are_read_as_null_with_a_warning(tmp_path, capsys, figs):
     write_bench(str(tmp_path), cell_rows())  # one cell: the JSON is what is read here
     (tmp_path / "bench.json").write_text('{"environment": {"torch": "2", "gpu": NaN}, "rows": [{"x": Infinity}]}')
