@@ -307,8 +307,6 @@ def train_config_from_args(args):
             trained_on = None if base is None else base.data_config()
             if base is None:  # a checkpoint saved outside training: its model, the other defaults
                 base = TrainConfig(model=ModelConfig.from_dict(state["config"]))
-            elif base.data in SYNTHETIC_SOURCES:  # an older run could record a data root its source ignored
-                base = replace(base, data_root=None)
             stored = base.model.architecture()
             for field, value in given.items():
                 if field in stored and value != stored[field]:

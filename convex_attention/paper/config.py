@@ -422,9 +422,7 @@ class TrainConfig:
         """What decides the validation images (what ``explain`` compares between checkpoints):
         the settings the source reads.  ``n_train`` is not part of it: every training set of
         one source and seed is disjoint from its validation images."""
-        # a synthetic source ignores a data root (older runs could record one beside it)
-        root = None if self.data in SYNTHETIC_SOURCES else self.data_root
-        common = {"data": self.data, "data_root": root, "image_size": self.model.image_size,
+        common = {"data": self.data, "data_root": self.data_root, "image_size": self.model.image_size,
                   "channels": self.model.in_channels}
         if self.data == "folder":  # root/val is the validation set, whatever the seed
             return common
@@ -460,7 +458,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         """Inverse of :meth:`to_dict` and :meth:`flat` (and of older flat ``config.json`` files,
-        with ``channels``); ConfigError for an unknown field."""
+        with ``channels``, and of older runs that recorded a data root beside a synthetic source,
+        read without it); ConfigError for an unknown field."""
         if not isinstance(data, dict):
             raise ConfigError("train_config", f"a training configuration must be a dict, got {type(data).__name__}")
         data = dict(data)
@@ -469,7 +468,12 @@ class TrainConfig:
             raise ConfigError("model", f"the model configuration must be a dict, got {type(model).__name__}")
         data = {_ALIASES.get(k, k): v for k, v in data.items()}
         model = {**model, **{k: data.pop(k) for k in list(data) if k in declared(ModelConfig)}}
-        return cls(model=ModelConfig.from_dict(model), **from_plain(cls, data, "training configuration"))
+        config = cls(model=ModelConfig.from_dict(model), **from_plain(cls, data, "training configuration"))
+        if config.data in SYNTHETIC_SOURCES and config.data_root is not None:
+            # an older run could record a data root its synthetic source ignored (refused now):
+            # read as today's, so that nothing that reads a stored run takes it for files
+            config = replace(config, data_root=None)
+        return config
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> TrainConfig:
