@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from ..hierarchy import Hierarchy
-from ..io.files import atomic_write_bytes
+from ..io.files import atomic_write_bytes, one_line
 from .config import capped_instances
 from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
@@ -38,12 +38,6 @@ def why_write_again(path: str, need_duals: bool) -> str | None:
     return None
 
 
-def _bounded(err: BaseException, limit: int = 80) -> str:
-    """An error's text on one line, at most ``limit`` characters (it ends up in a message)."""
-    text = str(err).replace("\n", " ")
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def load_example(example_path: str) -> tuple[list[np.ndarray], list[float], dict[str, list[np.ndarray]]]:
     """``(scores, temperatures, λ per dual kind)`` of ``example.npz``, validated: ``scores[k]``
     ``(H_k, W_k)`` float64, one temperature per level, and ``{kind: [λ_k (H_{k+1}, W_{k+1})]}``
@@ -56,12 +50,12 @@ def load_example(example_path: str) -> tuple[list[np.ndarray], list[float], dict
     try:
         f = open(example_path, "rb")
     except OSError as err:
-        raise ValueError(f"not a readable .npz file ({_bounded(err)})") from None
+        raise ValueError(f"not a readable .npz file ({one_line(err, 80)})") from None
     with f:
         try:
             data = np.load(f, allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-            raise ValueError(f"not a readable .npz file ({_bounded(err)})") from None
+            raise ValueError(f"not a readable .npz file ({one_line(err, 80)})") from None
         if not isinstance(data, np.lib.npyio.NpzFile):
             raise ValueError("not an .npz archive")
         try:  # a damaged member fails in zipfile, zlib or numpy, each in its own way
@@ -69,7 +63,7 @@ def load_example(example_path: str) -> tuple[list[np.ndarray], list[float], dict
                 arrays = {k: data[k] for k in data.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError, RuntimeError,
                 MemoryError) as err:
-            raise ValueError(f"an array cannot be read ({_bounded(err)})") from None
+            raise ValueError(f"an array cannot be read ({one_line(err, 80)})") from None
     if not all(isinstance(a, np.ndarray) for a in arrays.values()):
         raise ValueError("a member is not a .npy array")
     if "levels" not in arrays or "temperature" not in arrays:
