@@ -122,18 +122,12 @@ def per_sample(x: Tensor, shape: tuple, batch: int | None, name: str, owner: str
     return x
 
 
-def _check_given_type(given, h: Graph) -> None:
-    if not isinstance(given, dict):
-        raise TypeError(f"given must be a dict {{{_unit(h)} index: probabilities}}, got {type(given).__name__}")
-
-
 def given_indices(given, h: Graph) -> frozenset:
-    """The map indices of ``given`` (a dict, or None for none), each checked to be an int in
-    ``[0, num_maps)`` (a bool is not one: ``True == 1`` would name map 1)."""
-    if given is None:
-        return frozenset()
+    """The map indices of ``given`` (a dict), each checked to be an int in ``[0, num_maps)``
+    (a bool is not one: ``True == 1`` would name map 1); TypeError for anything but a dict."""
     unit, M = _unit(h), h.num_maps
-    _check_given_type(given, h)
+    if not isinstance(given, dict):
+        raise TypeError(f"given must be a dict {{{unit} index: probabilities}}, got {type(given).__name__}")
     for k in given:
         if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < M:
             raise ValueError(f"given has key {k!r}: a {unit} index in [0, {M}) is needed")
@@ -151,7 +145,6 @@ def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_f
     zero, which the entropy only reaches with infinite duals (mix in a little of the uniform
     map instead)."""
     unit = _unit(h)
-    _check_given_type(given, h)  # None included: here a dict is required
     given_indices(given, h)
     out: list = [None] * h.num_maps
     for k, q in given.items():
