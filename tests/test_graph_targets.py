@@ -161,6 +161,36 @@ def test_the_gradient_target_against_cvxpylayers_is_judged_by_its_worst_instance
     assert target["met"] is False and "FAILED on 1 instance" in target["detail"]
 
 
+def test_the_speed_targets_set_at_64_give_no_verdict_at_another_side():
+    """The issue sets the cvxpylayers ratio at 64² and the star at 4 × 64² into 16²: a run at
+    16² measured them and judged them against those thresholds (a review)."""
+    def row(family, method, backend, per_sample_ms, total_ms=1.0):
+        return {"family": family, "method": method, "backend": backend, "status": "ok", "fwd_ms": 1.0,
+                "bwd_ms": 0.2, "per_sample_ms": per_sample_ms, "batch": 1, "total_ms": total_ms}
+
+    speed = [row("axial", "dual", "", 0.01), row("axial", "cvxpylayers", "moreau", 20.0),  # 2000x
+             row("grid_regions", "dual", "", 0.01), row("grid_regions", "cvxpylayers", "moreau", 0.1),  # 10x
+             row("mixed", "dual", "", 0.0), row("mixed", "cvxpylayers", "moreau", 20.0),  # a zero time: failed
+             row("star", "exact", "", 1.0, total_ms=2.0), row("star", "softmax", "", 1.0, total_ms=1.0),
+             row("star", "dual", "", 1.0, total_ms=50.0)]  # dual / exact 25x: set at no side
+    for side, verdicts in ((64, [True, False, False, True, False]), (None, [True, False, False, True, False]),
+                           (16, [None, None, False, None, False])):
+        by = {t["target"]: t for t in gt._targets({"speed": speed}, side)}
+        got = [by["cvxpylayers[moreau] (fastest) / dual per sample (axial)"],
+               by["cvxpylayers[moreau] (fastest) / dual per sample (grid_regions)"],
+               by["cvxpylayers[moreau] (fastest) / dual per sample (mixed)"],  # a miss: a failed measurement...
+               by["exact / softmaxes, forward + backward (star)"], by["dual / exact, forward + backward (star)"]]
+        assert [t["met"] for t in got] == verdicts, side
+        assert [t["value"] for t in got] == [2000.0, 10.0, None, 2.0, 25.0]  # measured values kept
+        said = [t for t in got if "no verdict: measured at side 16, the target is set at 64²" in t["detail"]]
+        assert said == ([got[0], got[1], got[3]] if side == 16 else [])
+    # ... stays a miss at any side: no value was measured
+    assert "not a finite number, a miss" in by["cvxpylayers[moreau] (fastest) / dual per sample (mixed)"]["detail"]
+    line = format_graph_targets([by["exact / softmaxes, forward + backward (star)"]])
+    assert "no verdict   (no verdict: measured at side 16" in line and "not measured" not in line
+    assert gt.TARGET_SIDE == GraphBenchmark().size  # the default run judges them
+
+
 def test_the_speed_target_names_no_fastest_backend_when_one_failed():
     """A review found the survivor labelled "(fastest)" and the target met against it."""
     speed = [{"family": "axial", "method": "dual", "backend": "", "status": "ok", "fwd_ms": 1.0, "bwd_ms": 0.2,
