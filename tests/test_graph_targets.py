@@ -384,6 +384,51 @@ def test_a_gpu_asked_of_a_backend_that_would_solve_on_the_cpu_is_refused_before_
     assert not (tmp_path / "out").exists()  # refused before the folder was made
 
 
+def test_the_speed_part_solves_cvxpylayers_to_the_tolerance_asked_and_records_it(monkeypatch):
+    """``default``: each backend at its own tolerance (moreau's eps 1e-11, far tighter than
+    dual's tol 1e-6, a review); ``matched``: eps 1e-7 accepted at 1e-6.  Each cvxpylayers row
+    records what it ran with (an error row too), and the ratio's detail names it."""
+    from convex_attention.bench.timing import Measurement
+    from convex_attention.cvx import get_backend
+
+    if not {"moreau", "diffcp-scs"} <= set(gt.available_backends()):
+        pytest.skip("needs the moreau and diffcp-scs backends")
+    asked = []
+
+    def timed(h, scores, temps, methods, repeats, warmup=2):
+        asked.extend(options for name, (method, options) in methods.items() if method == "cvxpylayers")
+        if any(options.get("backend") in ("diffcp-scs", "cuclarabel") for _, options in methods.values()):
+            raise RuntimeError("solver failed")
+        return {name: Measurement([2.0 if method == "cvxpylayers" else 1.0], [0.5]) for name, (method, _) in
+                methods.items()}
+
+    monkeypatch.setattr(gt, "_timed", timed)
+    moreau = get_backend("moreau", check_installed=False)
+    default_accept = moreau.default_accept_tol or max(1e3 * moreau.default_eps, 1e-9)
+    for tolerance, eps, accept in (("default", moreau.default_eps, default_accept), ("matched", 1e-7, 1e-6)):
+        asked.clear()
+        config = GraphBenchmark(parts=("speed",), size=16, speed_batch=2, cvx_batch=1, cvx_tolerance=tolerance)
+        rows = gt._speed(config, ("axial",), ["moreau", "diffcp-scs"], log=lambda m: None)
+        assert asked == [{"backend": "moreau", **gt.CVX_TOLERANCES[tolerance]},
+                         {"backend": "diffcp-scs", **gt.CVX_TOLERANCES[tolerance]}]
+        cvx = {r["backend"]: r for r in rows if r["method"] == "cvxpylayers"}
+        assert (cvx["moreau"]["eps"], cvx["moreau"]["accept_tol"]) == (eps, accept)
+        assert cvx["diffcp-scs"]["status"] == "error" and cvx["diffcp-scs"]["eps"] == (
+            1e-7 if tolerance == "matched" else get_backend("diffcp-scs", check_installed=False).default_eps)
+        assert all("eps" not in r for r in rows if r["method"] != "cvxpylayers")  # dual's tol is its own
+        rows = [r for r in rows if r["backend"] != "diffcp-scs"]
+        (ratio,) = [t for t in gt._targets({"speed": rows}) if t["target"].startswith("cvxpylayers[moreau]")]
+        assert f"(batch 1, eps {eps:g} accepted at {accept:g})" in ratio["detail"]
+    assert set(gt.SPEED_COLUMNS) >= {"eps", "accept_tol"}
+    # a backend that cannot run here fails as a row, whose tolerance is not made up
+    asked.clear()
+    rows = gt._speed(config, ("axial",), ["cuclarabel"] if "cuclarabel" not in gt.available_backends() else [],
+                     log=lambda m: None)
+    assert all("eps" not in r for r in rows)
+    with pytest.raises(ValueError, match="cvx_tolerance"):
+        GraphBenchmark(cvx_tolerance="loose")
+
+
 def test_speed_rows_name_the_device_each_method_ran_on(monkeypatch):
     """The package's methods run on ``device``; cvxpylayers where its backend solves inputs on
     ``cvx_device`` (its row says so), and the ratio's detail names both devices and batches."""
@@ -399,7 +444,7 @@ def test_speed_rows_name_the_device_each_method_ran_on(monkeypatch):
     assert {(r["method"], r["device"]) for r in rows} == {("dual", "cpu:0"), ("cvxpylayers", "cpu"),
                                                          ("exact", "cpu:0"), ("softmax", "cpu:0")}
     (ratio,) = [t for t in gt._targets({"speed": rows}) if t["target"].startswith("cvxpylayers[moreau]")]
-    assert "dual on cpu:0 (batch 2), cvxpylayers[moreau] on cpu (batch 1)" in ratio["detail"]
+    assert "dual on cpu:0 (batch 2), cvxpylayers[moreau] on cpu (batch 1, eps " in ratio["detail"]
     # cvxpylayers' inputs go to cvx_device: a backend that solves where its inputs are (as
     # moreau's CUDA build does on a GPU) is named with that device
     monkeypatch.setattr(gt, "solve_device", lambda backend, device: device)

@@ -64,7 +64,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..cvx import DIFFCP_MODES, available_backends, solve_device
+from ..cvx import DIFFCP_MODES, BackendUnavailable, available_backends, check_options, solve_device
 from ..graph import Graph
 from ..hessian import ImplicitSolveError
 from ..hierarchy import Hierarchy
@@ -92,6 +92,11 @@ PARTS = ("convergence", "gradients", "speed", "backward", "amortised", "linsat")
 # 16x16 grid + regions instance here; pass it by name to include it.
 DEFAULT_BACKENDS = ("moreau", "diffcp-clarabel")
 NONTREE = ("axial", "grid_regions", "mixed")
+#: The tolerance cvxpylayers solves to in the speed part -> its options.  ``default``: each
+#: backend's own (moreau: eps 1e-11, accepted at a certificate of 1e-8), far tighter than
+#: the tol 1e-6 ``dual`` is timed at; ``matched``: eps 1e-7, accepted at 1e-6 (a primal
+#: residual and relative duality gap of 1e-6: ``dual``'s stopping rule, on violation and gap).
+CVX_TOLERANCES = {"default": {}, "matched": {"eps": 1e-7, "accept_tol": 1e-6}}
 
 
 class RunRefused(ValueError):
@@ -138,6 +143,11 @@ class GraphBenchmark:
     cvx_batch: int = setting(2, Int(low=1, high=4096), "samples per timed cvxpylayers call (at most --speed-batch: "
                              "the first samples of the speed part's batch)")
     cvx_repeats: int = setting(2, Int(low=1, high=100), "timed repetitions of each cvxpylayers backend")
+    cvx_tolerance: str = setting("default", Choice(tuple(CVX_TOLERANCES)),
+                                 "the accuracy cvxpylayers solves to in the speed part: 'default', each backend's "
+                                 "own (moreau: eps 1e-11, accepted at a certificate of 1e-8, tighter than dual's "
+                                 "tol 1e-6); 'matched', eps 1e-7 accepted at a certificate of 1e-6, dual's "
+                                 "accuracy (speed.csv records each row's eps and accept_tol)")
     amortised_steps: int = setting(150, Int(low=1, high=100_000), "Adam steps training the amortised dual")
     amortised_sweeps: tuple = setting((6,), Many(Int(low=0, high=1000), distinct=True),
                                       "block-coordinate sweeps in the amortised dual's features, one network "
@@ -417,7 +427,7 @@ def _median(rows, solver, column) -> float:
 
 SPEED_COLUMNS = ("family", "shapes", "method", "backend", "device", "status", "reason", "batch", "fwd_ms", "fwd_ms_q1",
                  "fwd_ms_q3", "bwd_ms", "bwd_ms_q1", "bwd_ms_q3", "total_ms", "total_ms_q1", "total_ms_q3",
-                 "per_sample_ms")
+                 "per_sample_ms", "eps", "accept_tol")
 
 
 def _leaves_and_weights(scores) -> tuple[list, list]:
@@ -443,6 +453,17 @@ def _speed_row(family, h, name, backend, meas, batch, device) -> dict:
             "per_sample_ms": meas.total_median / batch}
 
 
+def _solved_to(options: dict) -> dict:
+    """The solver tolerance and the certificate's threshold cvxpylayers ran with under
+    ``options`` (a backend's defaults made explicit), for its speed row; none for a backend
+    that cannot run here (its error row says why)."""
+    try:
+        checked = check_options(options)
+    except BackendUnavailable:
+        return {}
+    return {"eps": checked["eps"], "accept_tol": checked["accept_tol"]}
+
+
 def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
     rows = []
     g = torch.Generator().manual_seed(config.seed + 2)  # instances drawn on the CPU: the same on every device
@@ -462,18 +483,19 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
         rows.append(_speed_row(family, h, "dual", "", meas, config.speed_batch, device))
         sub = [s[:config.cvx_batch].double().to(cvx_device) for s in scores]
         for backend in backends:
+            options = {"backend": backend, **CVX_TOLERANCES[config.cvx_tolerance]}
             try:
-                cvx = _timed(h, sub, temps, {"cvx": ("cvxpylayers", {"backend": backend})}, config.cvx_repeats,
+                cvx = _timed(h, sub, temps, {"cvx": ("cvxpylayers", options)}, config.cvx_repeats,
                              warmup=1)["cvx"]
             except Exception as err:  # a failing backend is a row (a solver panic is a SolverFailure)
                 rows.append({"family": family, "method": "cvxpylayers", "backend": backend,
                              "device": str(solve_device(backend, cvx_device)), "status": "error",
                              "batch": len(sub[0]), "reason": error_reason(err),
-                             "shapes": rows[-1]["shapes"]})
+                             "shapes": rows[-1]["shapes"], **_solved_to(options)})
                 log(f"speed {family:<13}cvxpylayers[{backend}] failed: {rows[-1]['reason'][:120]}")
                 continue
-            rows.append(_speed_row(family, h, "cvxpylayers", backend, cvx, len(sub[0]),
-                                   solve_device(backend, cvx_device)))
+            rows.append({**_speed_row(family, h, "cvxpylayers", backend, cvx, len(sub[0]),
+                                      solve_device(backend, cvx_device)), **_solved_to(options)})
         log(f"speed {family:<13}" + "  ".join(f"{r['method']}{'[' + r['backend'] + ']' if r['backend'] else ''} "
                                              f"{r.get('per_sample_ms', math.nan):.3g} ms/sample"
                                              for r in rows if r["family"] == family))
@@ -822,7 +844,9 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
                 f"cvxpylayers[{fastest}] (fastest) / dual per sample ({family})",
                 _ratio(cvx[fastest]["per_sample_ms"], dual["per_sample_ms"]), ">=", 1e3,
                 ratios + f"; dual on {dual.get('device', 'cpu')} (batch {dual['batch']}), "
-                f"cvxpylayers[{fastest}] on {cvx[fastest].get('device', 'cpu')} (batch {cvx[fastest]['batch']})"),
+                f"cvxpylayers[{fastest}] on {cvx[fastest].get('device', 'cpu')} (batch {cvx[fastest]['batch']}"
+                + (f", eps {cvx[fastest]['eps']:g} accepted at {cvx[fastest]['accept_tol']:g}"
+                   if isinstance(cvx[fastest].get("eps"), float) else "") + ")"),
                 side))
         else:
             out.append(_target(f"cvxpylayers (fastest) / dual per sample ({family})", None, ">=", 1e3,
