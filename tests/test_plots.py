@@ -2270,7 +2270,7 @@ def test_convergence_per_structure_draws_a_negative_gap_at_its_magnitude_as_its_
     rows.append({**rows[-1], "iteration": 4, "violation_max": 1e-6, "dual_gap_max": -1e-3})  # g < f*
     plots.plot_convergence_per_structure(rows, "c.png", log=pytest.fail)
     bottom = figs["c"].axes[1]
-    assert bottom.get_ylabel() == r"$|\max_{\mathrm{batch}}(g(\lambda) - f^*)|$"
+    assert bottom.get_ylabel() == "dual gap\n" + r"$|\max_{\mathrm{batch}}(g(\lambda) - f^*)|$"
     (floor,) = {line.get_ydata()[0] for line in bottom.lines if line.get_linestyle() == ":"}
     assert floor < 1e-3 and bottom.lines[1].get_ydata()[-1] == 1e-3
 

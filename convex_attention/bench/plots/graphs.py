@@ -222,7 +222,7 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
                 quiet_minor_ticks(ax)
                 ax.grid(True, which="major", alpha=0.25)
         axes[0, 0].set_ylabel("violation (batch max)")
-        axes[1, 0].set_ylabel(r"$|\max_{\mathrm{batch}}(g(\lambda) - f^*)|$")
+        axes[1, 0].set_ylabel("dual gap\n" + r"$|\max_{\mathrm{batch}}(g(\lambda) - f^*)|$")
         sides = sorted({p[2] for p in pts})
         fig.suptitle(rf"Dual solver per sweep, float64, finest side {', '.join(map(str, sides))} (dotted: values at "
                      rf"or below ${sci(floor)}$, drawn there)")
