@@ -207,6 +207,41 @@ def test_the_speed_target_names_no_fastest_backend_when_one_failed():
     assert target["met"] is False and target["value"] == 500.0 and "at most" in target["detail"]
 
 
+def test_the_gradient_settings_share_their_draws_and_differ_by_scale_alone(monkeypatch):
+    """results_format.md: draw d of ``normal`` is draw d of ``mild`` with its scores scaled and
+    its temperatures spread wider (common random numbers), in every family."""
+    from convex_attention.hessian import ImplicitSolveError
+
+    drawn = []
+
+    def spy(family, size, g, log_tau, batch, scale=gt.SCORE_SCALE, **kw):
+        drawn.append((family, log_tau, scale, draw_instance(family, size, g, log_tau, batch, scale=scale, **kw)))
+        return drawn[-1][3]
+
+    def fail(*args, **kwargs):  # stops each draw before any solve: a failed backward is a row
+        raise ImplicitSolveError("stop")
+
+    monkeypatch.setattr(gt, "draw_instance", spy)
+    monkeypatch.setattr(gt, "_linear_loss", fail)
+    rows = gt._gradients(GraphBenchmark(grad_draws=2), ("axial", "mixed"), [], log=lambda m: None)
+    assert len(rows) == len(drawn) == 8 and all(r["status"] == "error" for r in rows)
+    by = {}
+    for family, log_tau, scale, instance in drawn:
+        by.setdefault((family, log_tau), []).append((scale, instance))
+    (mild_scale, mild_tau), (normal_scale, normal_tau) = gt.GRADIENT_SETTINGS["mild"], gt.GRADIENT_SETTINGS["normal"]
+    for family in ("axial", "mixed"):
+        for (_, (h1, s1, t1)), (_, (h2, s2, t2)) in zip(by[(family, mild_tau)], by[(family, normal_tau)]):
+            assert h1.shapes == h2.shapes and h1.edges == h2.edges
+            assert all(torch.equal(h1.parents(e), h2.parents(e)) for e in range(h1.num_edges))  # the same regions
+            assert all(torch.allclose(normal_scale / mild_scale * a, b) for a, b in zip(s1, s2))
+            spread = (normal_tau[1] - normal_tau[0]) / (mild_tau[1] - mild_tau[0])
+            assert t1 != t2 and all(math.isclose(math.log10(b) - normal_tau[0], spread * (math.log10(a) - mild_tau[0]))
+                                    for a, b in zip(t1, t2))
+    # ... and the two draws of a setting differ
+    (_, (_, a, _)), (_, (_, b, _)) = by[("axial", mild_tau)]
+    assert not torch.equal(a[0], b[0])
+
+
 def test_the_gradient_target_against_cvxpylayers_says_what_its_own_error_is():
     rows = [{"family": "axial", "setting": "mild", "draw": 0, "solver": "dual", "status": "ok", "reason": "",
              "error_vs_fd": 1e-9, "error_vs_dual": 0.0},

@@ -21,7 +21,9 @@ that was measured and is NaN or infinite is a miss, ``False``, never "not measur
   central finite differences of the solution, and every cvxpylayers backend's gradient
   against the same finite differences and against the implicit one, on *mild* (N(0, 1),
   τ within 10^±0.2) and *normal* (N(0, 3²), τ in [0.1, 10]) instances; the diffcp backends
-  once per derivative mode of ``diffcp_modes``.  -> ``gradients.csv``
+  once per derivative mode of ``diffcp_modes``.  Every family and setting draws from one
+  stream (``seed`` + 1): a normal instance is the mild one of its draw, scaled (common random
+  numbers: the settings differ by scale alone).  -> ``gradients.csv``
 * ``speed``: at side ``size``, ``dual`` forward and backward per sample (batch
   ``speed_batch``) against every cvxpylayers backend (``cvx_batch`` samples) on every
   family without a closed form, and on the forests (a star of 4 maps of side ``size`` into
