@@ -569,6 +569,49 @@ def test_no_module_is_imported_by_the_verifier_after_the_solvers_code_has_run(tm
     assert late == ["LATE []"], late
 
 
+def test_the_warm_up_returns_the_checks_it_failed_for_the_run_to_report(monkeypatch):
+    """A backend that fails only on its first call in a process failed in the warm-up, whose
+    rows were dropped, and passed in the run (the last note's open point)."""
+    rows = [CheckResult(0, "chain", f"c.{status}", 1.0, 1.0, status == "pass", status)
+            for status in ("pass", "fail", "error", "skipped", "info")]
+    cleared = []
+    monkeypatch.setattr(verify_mod, "_run_checks", lambda *args: rows)
+    monkeypatch.setattr(verify_mod, "clear_cache", lambda: cleared.append(True))
+    failed = verify_mod.import_what_a_run_imports([])
+    assert [(r.instance, r.case, r.check, r.status) for r in failed] == [
+        (verify_mod.WARM_UP_INSTANCE, "warm-up: chain", "c.fail", "fail"),
+        (verify_mod.WARM_UP_INSTANCE, "warm-up: chain", "c.error", "error")]
+    assert cleared and not all_passed(failed + rows[:1])
+
+
+@pytest.mark.slow  # a verification with a solver of its own process (seconds)
+def test_a_backend_failing_only_on_its_first_call_fails_the_verification(tmp_path, capsys, monkeypatch):
+    real = verify_mod.solve
+    calls = []
+
+    def first_call_fails(scores, h, method, **options):
+        if method == "cvxpylayers":
+            calls.append(method)
+            if len(calls) == 1:
+                raise RuntimeError("a first call's failure")
+        return real(scores, h, method, **options)
+
+    monkeypatch.setattr(verify_mod, "solve", first_call_fails)
+    solver = tmp_path / "s.py"
+    solver.write_text("import convex_attention as ca\ndef f(scores, h, temps):\n"
+                      "    return ca.solve(scores, h, 'dual', temperature=temps, tol=1e-11).duals\n")
+    code = _run(["verify", "--quick", "--no-progress", "--quiet", "--dual-solver", f"{solver}:f",
+                 "--backends", "diffcp-clarabel", "--out", str(tmp_path / "v")])
+    err = capsys.readouterr().err
+    assert code == 1 and "1 did not run" in err and len(calls) > 1  # an error row: the check raised
+    with open(tmp_path / "v" / "verify.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    warm = [r for r in rows if r["instance"] == str(verify_mod.WARM_UP_INSTANCE)]
+    assert warm and all(r["case"].startswith("warm-up: ") and r["status"] in ("fail", "error") for r in warm)
+    assert any("a first call's failure" in r["message"] for r in warm)
+    assert all(r["status"] in ("pass", "info") for r in rows if r not in warm)  # the run itself passed
+
+
 def test_an_out_that_cannot_be_made_is_refused_before_the_solvers_code_runs(tmp_path, capsys):
     """Before: `--out` a file (or under one) was refused only after the solver's module had
     been imported, and its import-time code had run."""

@@ -60,7 +60,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -91,7 +91,7 @@ from .timing import nan_max
 
 __all__ = ["TOLERANCES", "CheckResult", "COLUMNS", "verify_instances", "random_instances", "load_solver",
            "solver_label", "backend_skips", "check_backends", "write_csv", "format_table", "all_passed", "KINDS",
-           "QUICK_INSTANCES", "check_tolerances", "import_what_a_run_imports"]
+           "QUICK_INSTANCES", "check_tolerances", "import_what_a_run_imports", "WARM_UP_INSTANCE"]
 
 # Probabilities in float64 to 1e-6 (the reference's own accuracy is ~1e-9); duals are
 # less well conditioned (small probabilities), 1e-4; objectives to 1e-8 (relative).
@@ -330,14 +330,24 @@ def verify_instances(instances, dual_solver: Callable | IsolatedSolver | None = 
     return _run_checks(instances, dual_solver, tol, progress, backends, solver_name)
 
 
-def import_what_a_run_imports(backends) -> None:
-    """Run every check once, silently, on one small instance with the built-in solver (its
-    rows are dropped): CVXPY, cvxpylayers' interfaces and the backends' solvers import parts
-    of themselves on first use, which must happen before a verified solver's code runs (it
-    could rewrite them first; an adversarial review found seven such modules)."""
-    _run_checks(list(random_instances(1, seed=0, quick=True)), None, check_tolerances(None), False,
-                check_backends(backends), None)
+#: The ``instance`` of a warm-up row (:func:`import_what_a_run_imports`) in ``verify.csv``.
+WARM_UP_INSTANCE = -1
+
+
+def import_what_a_run_imports(backends) -> list[CheckResult]:
+    """Run every check once, silently, on one small instance with the built-in solver:
+    CVXPY, cvxpylayers' interfaces and the backends' solvers import parts of themselves on
+    first use, which must happen before a verified solver's code runs (it could rewrite them
+    first; an adversarial review found seven such modules).  Returns the checks that failed
+    or raised there (``instance`` :data:`WARM_UP_INSTANCE`, ``case`` prefixed ``warm-up:``),
+    for the run to report as its own: a backend that fails only on its first call in a
+    process would otherwise fail here unseen and pass in the run.  The checks that passed
+    are dropped (the run repeats them)."""
+    rows = _run_checks(list(random_instances(1, seed=0, quick=True)), None, check_tolerances(None), False,
+                       check_backends(backends), None)
     clear_cache()  # the run builds its own layers, as without this: a failure there is the run's to report
+    return [replace(r, instance=WARM_UP_INSTANCE, case=f"warm-up: {r.case}") for r in rows
+            if r.status in ("fail", "error")]
 
 
 def _run_checks(instances, dual_solver, tol: dict, progress: bool, backends: list, solver_name) -> list[CheckResult]:

@@ -400,29 +400,29 @@ def _check_verify(args):
     return config, backends
 
 
-def _start_solver(args, config: VerifyConfig, backends):
+def _start_solver(args, config: VerifyConfig, backends) -> tuple:
     """The user's dual solver, imported in a process of its own (``None``: the built-in
-    one); UsageError when its spec is malformed (no process is started, nothing else has
-    run) or it cannot be imported.  Everything the verification runs is imported between
-    the two (:func:`_import_the_verifier`): a module imported later could be one the
-    solver's code had rewritten (two reviews made verify pass with zero duals so); this
-    narrows what the solver's process can reach, it does not sandbox it (docs/user_guide.md
-    §2).  So a module that cannot be imported is refused after that silent run of about a
-    second, never before: its import is its code running."""
+    one), and the checks its warm-up failed; UsageError when its spec is malformed (no
+    process is started, nothing else has run) or it cannot be imported.  Everything the
+    verification runs is imported between the two (:func:`_import_the_verifier`): a module
+    imported later could be one the solver's code had rewritten (two reviews made verify
+    pass with zero duals so); this narrows what the solver's process can reach, it does not
+    sandbox it (docs/user_guide.md §2).  So a module that cannot be imported is refused after
+    that silent run of about a second, never before: its import is its code running."""
     from ..bench.isolation import IsolatedSolver
 
     if args.dual_solver is None:  # an empty value is refused by _check_verify
-        return None
+        return None, []
     try:
         solver = IsolatedSolver(args.dual_solver, config.timeout)  # the spec's form: before any work
     except ValueError as err:
         raise UsageError(str(err)) from err
-    _import_the_verifier(backends)
+    warm_up_failures = _import_the_verifier(backends)
     try:
         solver.start()
     except ValueError as err:
         raise UsageError(str(err)) from err
-    return solver
+    return solver, warm_up_failures
 
 
 def _check_verify_out(args) -> None:
@@ -439,22 +439,23 @@ def cmd_verify(args) -> int:
     check_out_leaving_nothing(args.out)  # a file, or a folder that cannot be made: before the solver's code runs
     # the user's solver is imported (in its own process) before the out folder is made: a
     # solver that cannot be imported is a usage error that leaves nothing behind
-    solver = _start_solver(args, config, backends)
+    solver, warm_up_failures = _start_solver(args, config, backends)
     try:
         check_out(args.out)
-        return _run_verify(args, config, solver, backends)
+        return _run_verify(args, config, solver, backends, warm_up_failures)
     finally:
         if solver is not None:
             solver.close()
 
 
-def _import_the_verifier(backends) -> None:
+def _import_the_verifier(backends) -> list:
     """Import the modules a verification runs: the checks, the results' lock and files, the
     progress bar, CVXPY, cvxpylayers and each backend's solver package, and then run the
     verification once, without a solver, on one small instance and read one answer as a
     child's is read: CVXPY, cvxpylayers' interfaces, the solvers and numpy's archive reader
     import more of themselves on first use (a review found seven such modules imported after
-    the solver's code had run)."""
+    the solver's code had run).  Returns the checks that failed in that run
+    (:func:`~convex_attention.bench.verify.import_what_a_run_imports`): the run reports them."""
     import importlib
 
     import cvxpy  # noqa: F401
@@ -469,13 +470,15 @@ def _import_the_verifier(backends) -> None:
     for name in backends:
         for module in get_backend(name).modules:
             importlib.import_module(module)
-    verify.import_what_a_run_imports(backends)
+    failures = verify.import_what_a_run_imports(backends)
     import_the_reader()
+    return failures
 
 
-def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
+def _run_verify(args, config: VerifyConfig, solver, backends, warm_up_failures=()) -> int:
     """The verification into ``args.out``, holding the folder's lock (re-entrant: ``demo``
-    already holds it)."""
+    already holds it).  ``warm_up_failures``: the checks the warm-up before the solver
+    started failed (:func:`_import_the_verifier`), reported first, as failures of the run."""
     from ..bench.verify import (
         QUICK_INSTANCES,
         all_passed,
@@ -498,8 +501,9 @@ def _run_verify(args, config: VerifyConfig, solver, backends) -> int:
             if stale:
                 print(f"verify: removed the temporary file(s) an interrupted run left: {', '.join(stale)}",
                       file=sys.stderr)
-            results = verify_instances(random_instances(n, config.seed, quick=args.quick), dual_solver=solver,
-                                       progress=show_progress(args), backends=backends)
+            results = list(warm_up_failures) + verify_instances(
+                random_instances(n, config.seed, quick=args.quick), dual_solver=solver,
+                progress=show_progress(args), backends=backends)
             info(args, format_table(results, backend_skips(args.backends)))
             path = os.path.join(args.out, "verify.csv")
             try:
