@@ -35,7 +35,7 @@ from convex_attention.io.lock import ResultsLocked
 from convex_attention.io.settings import add_options, given_settings
 
 TINY = dict(size=16, grad_size=16, instances=4, batch=2, grad_draws=1, speed_batch=2, repeats=2, cvx_batch=1,
-            cvx_repeats=1, amortised_steps=2, linsat_iters=(2,), linsat_batch=1, linsat_repeats=1)
+            diffcp_batch=1, cvx_repeats=1, amortised_steps=2, linsat_iters=(2,), linsat_batch=1, linsat_repeats=1)
 
 
 def main(argv=None) -> int:

@@ -464,6 +464,36 @@ def test_the_speed_part_solves_cvxpylayers_to_the_tolerance_asked_and_records_it
         GraphBenchmark(cvx_tolerance="loose")
 
 
+def test_batched_backends_are_timed_on_the_whole_speed_batch_and_diffcp_on_two_samples(monkeypatch):
+    """The strongest alternative: moreau is 2-6x cheaper per sample in calls of 16 at 64² than
+    of 2 (the old default for every backend); diffcp solves sample by sample, its time per
+    sample flat in the batch (docs/benchmarks.md)."""
+    from convex_attention.bench.timing import Measurement
+
+    timed_on = []
+
+    def timed(h, scores, temps, methods, repeats, warmup=2):
+        timed_on.extend((options["backend"], len(scores[0])) for method, options in methods.values()
+                        if method == "cvxpylayers")
+        return {name: Measurement([1.0], [0.5]) for name in methods}
+
+    monkeypatch.setattr(gt, "_timed", timed)
+    monkeypatch.setattr(gt, "_solved_to", lambda options: {})  # the backends need not be installed
+    backends = ["moreau", "diffcp-clarabel", "diffcp-scs", "cuclarabel"]
+    for kwargs, batches in (({}, (16, 2)), ({"speed_batch": 1}, (1, 1)), ({"speed_batch": 8, "cvx_batch": 4}, (4, 2)),
+                            ({"diffcp_batch": 5}, (16, 5))):
+        timed_on.clear()
+        config = GraphBenchmark(parts=("speed",), size=16, **kwargs)
+        assert (config.cvx_batch, config.diffcp_batch) == batches  # made explicit: graphs.json says what ran
+        rows = gt._speed(config, ("axial",), backends, log=lambda m: None)
+        cvx, diffcp = batches
+        assert timed_on == [("moreau", cvx), ("diffcp-clarabel", diffcp), ("diffcp-scs", diffcp), ("cuclarabel", cvx)]
+        assert [r["batch"] for r in rows if r["method"] == "cvxpylayers"] == [cvx, diffcp, diffcp, cvx]
+    with pytest.raises(ValueError, match="--diffcp-batch 3 exceeds --speed-batch 2"):
+        GraphBenchmark(speed_batch=2, diffcp_batch=3)
+    assert GraphBenchmark(parts=("convergence",), speed_batch=2, diffcp_batch=3).diffcp_batch == 3  # no speed part
+
+
 def test_speed_rows_name_the_device_each_method_ran_on(monkeypatch):
     """The package's methods run on ``device``; cvxpylayers where its backend solves inputs on
     ``cvx_device`` (its row says so), and the ratio's detail names both devices and batches."""

@@ -25,7 +25,9 @@ that was measured and is NaN or infinite is a miss, ``False``, never "not measur
   stream (``seed`` + 1): a normal instance is the mild one of its draw, scaled (common random
   numbers: the settings differ by scale alone).  -> ``gradients.csv``
 * ``speed``: at side ``size``, ``dual`` forward and backward per sample (batch
-  ``speed_batch``) against every cvxpylayers backend (``cvx_batch`` samples) on every
+  ``speed_batch``) against every cvxpylayers backend (the batched ones on ``cvx_batch``
+  samples, by default the whole batch; diffcp's, which solve sample by sample, on
+  ``diffcp_batch``, by default 2) on every
   family without a closed form, and on the forests (a star of 4 maps of side ``size`` into
   side ``size``/4, and a 2-level chain) ``dual`` against ``exact`` and ``exact`` against the
   maps' softmaxes.  The issue sets the cvxpylayers ratio and the star's at 64² (:data:`TARGET_SIDE`):
@@ -66,7 +68,14 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from ..cvx import DIFFCP_MODES, BackendUnavailable, available_backends, check_options, solve_device
+from ..cvx import (
+    DIFFCP_MODES,
+    BackendUnavailable,
+    available_backends,
+    check_options,
+    get_backend,
+    solve_device,
+)
 from ..graph import Graph
 from ..hessian import ImplicitSolveError
 from ..hierarchy import Hierarchy
@@ -99,6 +108,10 @@ NONTREE = ("axial", "grid_regions", "mixed")
 #: the tol 1e-6 ``dual`` is timed at; ``matched``: eps 1e-7, accepted at 1e-6 (a primal
 #: residual and relative duality gap of 1e-6: ``dual``'s stopping rule, on violation and gap).
 CVX_TOLERANCES = {"default": {}, "matched": {"eps": 1e-7, "accept_tol": 1e-6}}
+#: Samples per timed call of a diffcp backend by default: diffcp solves sample by sample, so
+#: its time per sample is flat in the batch (docs/benchmarks.md: 250 ms at 32² axial for
+#: batches 1-8, 9.7-10.1 s at 64² mixed for 1-4), and 16 samples would take minutes a call.
+DIFFCP_BATCH = 2
 
 
 class RunRefused(ValueError):
@@ -142,8 +155,16 @@ class GraphBenchmark:
                                   "matrix of the problem's size squared per sample)")
     speed_batch: int = setting(16, Int(low=1, high=4096), "samples per timed call of the package's methods")
     repeats: int = setting(10, Int(low=1, high=10_000), "timed repetitions (interleaved)")
-    cvx_batch: int = setting(2, Int(low=1, high=4096), "samples per timed cvxpylayers call (at most --speed-batch: "
-                             "the first samples of the speed part's batch)")
+    cvx_batch: int | None = setting(None, Int(low=1, high=4096, optional=True),
+                                    "samples per timed call of a batched cvxpylayers backend (moreau, cuclarabel, "
+                                    "mpax), the first of the speed part's batch (at most --speed-batch; at 64² "
+                                    "moreau was cheapest per sample in calls of 16, docs/benchmarks.md)",
+                                    shown="the whole --speed-batch")
+    diffcp_batch: int | None = setting(None, Int(low=1, high=4096, optional=True),
+                                       "samples per timed call of a diffcp backend (diffcp-clarabel, diffcp-scs), "
+                                       "which solves sample by sample: its time per sample does not fall with the "
+                                       "batch (measured, docs/benchmarks.md); at most --speed-batch",
+                                       shown="2, or the --speed-batch if smaller")
     cvx_repeats: int = setting(2, Int(low=1, high=100), "timed repetitions of each cvxpylayers backend")
     cvx_tolerance: str = setting("default", Choice(tuple(CVX_TOLERANCES)),
                                  "the accuracy cvxpylayers solves to in the speed part: 'default', each backend's "
@@ -180,10 +201,15 @@ class GraphBenchmark:
             raise ValueError(f"--size and --grad-size must be multiples of 16 (the shared grid of grid_regions and "
                              f"mixed has side size/8, the star's coarse map size/4), got {self.size} and "
                              f"{self.grad_size}")
-        if "speed" in self.parts and self.cvx_batch > self.speed_batch:
-            raise ValueError(f"--cvx-batch {self.cvx_batch} exceeds --speed-batch {self.speed_batch}: cvxpylayers "
-                             f"times the first samples of the speed part's batch; raise --speed-batch or lower "
-                             f"--cvx-batch")
+        for flag, value in (("--cvx-batch", self.cvx_batch), ("--diffcp-batch", self.diffcp_batch)):
+            if "speed" in self.parts and value is not None and value > self.speed_batch:
+                raise ValueError(f"{flag} {value} exceeds --speed-batch {self.speed_batch}: cvxpylayers times the "
+                                 f"first samples of the speed part's batch; raise --speed-batch or lower {flag}")
+        # the defaults made explicit (graphs.json records what ran)
+        if self.cvx_batch is None:
+            self.cvx_batch = self.speed_batch
+        if self.diffcp_batch is None:
+            self.diffcp_batch = min(DIFFCP_BATCH, self.speed_batch)
         check_device(self.device)
         check_device(self.cvx_device, "--cvx-device")
         for flag, value in (("--device", self.device), ("--cvx-device", self.cvx_device)):
@@ -455,6 +481,15 @@ def _speed_row(family, h, name, backend, meas, batch, device) -> dict:
             "per_sample_ms": meas.total_median / batch}
 
 
+def _cvx_samples(config: GraphBenchmark, backend: str) -> int:
+    """Samples per timed call of ``backend``: ``diffcp_batch`` for diffcp's backends (sample
+    by sample), ``cvx_batch`` for the batched ones."""
+    batch = config.diffcp_batch if get_backend(backend, check_installed=False).interface == "DIFFCP" \
+        else config.cvx_batch
+    assert batch is not None  # made explicit when the configuration was made
+    return batch
+
+
 def _solved_to(options: dict) -> dict:
     """The solver tolerance and the certificate's threshold cvxpylayers ran with under
     ``options`` (a backend's defaults made explicit), for its speed row; none for a backend
@@ -483,9 +518,9 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
             log(f"speed {family:<13}dual failed: {rows[-1]['reason'][:160]}")
             continue
         rows.append(_speed_row(family, h, "dual", "", meas, config.speed_batch, device))
-        sub = [s[:config.cvx_batch].double().to(cvx_device) for s in scores]
         for backend in backends:
             options = {"backend": backend, **CVX_TOLERANCES[config.cvx_tolerance]}
+            sub = [s[:_cvx_samples(config, backend)].double().to(cvx_device) for s in scores]
             try:
                 cvx = _timed(h, sub, temps, {"cvx": ("cvxpylayers", options)}, config.cvx_repeats,
                              warmup=1)["cvx"]
