@@ -283,44 +283,53 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     info: dict = {}
     outputs = DualSolveFunction.apply(h, temperature_argument(temps), options, info, *inputs)
     probs, lam = [p.to(dtype) for p in outputs[:h.num_maps]], outputs[h.num_maps:]
-    # judged where something was rounded: a float32 working dtype, or maps returned in a less
-    # precise dtype than the work.  Otherwise the maps are the iterate's up to ~1e-16 (they are
-    # recomputed at the centred duals), which a tol set at the iterate's own violation would fail.
+    # judged always: the maps are recomputed at the centred duals, and where the logits are
+    # far larger than their differences (temperatures 1e∓20, a start of 1e30) float64
+    # cannot resolve them there while the solver's own iterate met tol (a hostile review:
+    # violations of 1.5 and 2 returned as converged)
     rounded = work != torch.float64 or torch.finfo(dtype).eps > torch.finfo(work).eps
-    _check_returned_maps(probs, h, options["tol"], options["strict"], work, info, judge=rounded)
+    _check_returned_maps(probs, h, options["tol"], options["strict"], work, info, rounded=rounded)
     # duals in the compute dtype: half precision's range is narrower than theirs
     return probs, [d.to(compute_dtype(dtype)) for d in lam], info
 
 
 def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: bool, work: torch.dtype,
-                         info: dict, judge: bool = True) -> None:
+                         info: dict, rounded: bool = True) -> None:
     """The maps as returned must meet ``tol`` for a sample to count as converged.
 
-    The solver judges its iterate in the working dtype; the maps then come back in the
-    scores' dtype.  Both roundings can take them above ``tol``: a float32 working dtype
-    sums the L1 norm of 4096 cells in float32 (an axial 64² solve reported 9.4e-7 for maps
-    at 1.6e-6, a hostile review), and float16 maps cannot resolve 1e-6 at all (5e-4
-    measured).  So the returned maps' violation is measured in float64
-    (``info["returned_violation"]``, ``(B,)``), and a sample the solver called converged
-    but whose maps miss ``tol`` is not converged: :class:`ConvergenceError` with
-    ``strict``, else a warning.  ``judge`` False (nothing was rounded: float64 work and
-    maps) records the measure only."""
+    The solver judges its iterate in the working dtype; the maps then come back recomputed
+    at the centred duals, in the scores' dtype.  Both steps can take them above ``tol``: a
+    float32 working dtype sums the L1 norm of 4096 cells in float32 (an axial 64² solve
+    reported 9.4e-7 for maps at 1.6e-6, a hostile review), float16 maps cannot resolve 1e-6
+    at all (5e-4 measured), and in float64 the recomputation loses the logits' differences
+    where the logits are far larger (temperatures 1e∓20, a start of 1e30: violations up to 2
+    behind an iterate at 0, another review; a constant per map of 3e4 at τ 1e-6 did too
+    before :func:`solve_dual` centred the scores).
+    So the returned maps' violation is measured in float64 (``info["returned_violation"]``,
+    ``(B,)``), and a sample the solver called converged but whose maps miss ``tol`` is not
+    converged: :class:`ConvergenceError` with ``strict``, else a warning.  ``rounded``:
+    something was rounded (a float32 working dtype, or maps returned in a less precise
+    dtype); where nothing was (float64 work and maps), the maps may differ from the
+    iterate's by the recomputation's own rounding, :data:`RECOMPUTE_ROUNDING` units of
+    float64, which ``tol`` is given on top (a tol at the iterate's own violation stays met)."""
     returned = _violation([p.detach().to(torch.float64) for p in probs], h)
     info["returned_violation"] = returned
-    if not judge:
-        return
-    missed = info["converged"] & ~(returned <= tol)
+    allowed = tol if rounded else tol + RECOMPUTE_ROUNDING * rounding_margin(h, torch.float64)
+    missed = info["converged"] & ~(returned <= allowed)
     if not bool(missed.any()):
         return
     info["converged"] = info["converged"] & ~missed
     rows = torch.nonzero(missed).flatten().tolist()
     shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
     dtype = dtype_name(probs[0].dtype)
+    why = ("rounding in the working dtype or to the scores' dtype); raise tol above it, or solve in float64 "
+           "(float64 scores, or the default working dtype)" if rounded else
+           "recomputed at the returned duals, float64 cannot resolve the logits' differences, far smaller than "
+           "the logits: temperatures float64 cannot hold side by side, or a far-off init (leave init out)"
+           + (", where method 'exact' gives the closed form of this forest)" if h.is_forest else ")"))
     msg = (f"dual solver: the maps returned in {dtype} miss tol={tol:g} for sample(s) [{shown}]: their violation, "
            f"measured in float64, is up to {float(returned[missed].max()):.4g}, where the solver's "
-           f"{dtype_name(work)} iterate measured {float(info['violation'][missed].max()):.3g} "
-           f"(rounding in the working dtype or to the scores' dtype); raise tol above it, or solve in float64 "
-           f"(float64 scores, or the default working dtype)")
+           f"{dtype_name(work)} iterate measured {float(info['violation'][missed].max()):.3g} ({why}")
     if strict:
         raise ConvergenceError(msg)
     warnings.warn(msg, RuntimeWarning, stacklevel=4)
@@ -341,6 +350,11 @@ def _check_scores_fit(scores: Sequence[Tensor], work: torch.dtype) -> None:
 
 # Secant pairs kept by the Anderson step (the sweep map's last _ANDERSON_MEMORY + 1 points).
 _ANDERSON_MEMORY = 8
+# Units of rounding_margin(h, float64) the maps recomputed at the centred duals may differ
+# from the iterate's by, when nothing else was rounded: the recomputation rounds each logit
+# and probability again (a few units per cell, relative; each map sums to one).
+RECOMPUTE_ROUNDING = 16
+
 # Sweeps over which a non-converged sample's progress is judged for the error's advice.
 _PROGRESS_WINDOW = 10
 # Step lengths tried, in order, along a Newton direction (the first that lowers g is taken).
@@ -898,6 +912,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         ``history``: ``{"violation", "dual_objective", "gap"}``, each ``(iters+1, B)`` (row 0
         is the starting point).
 
+    The scores are centred per map and sample first: a constant per map changes neither the
+    solution nor the duals, and a large one (3e4 at τ 1e-6) would cost the logits the digits
+    of their differences (``history``'s ``g`` is given back at the scores as passed).
+
     NaN or Inf anywhere in a sample's state (scores, duals, ``g``, violation, gap) ends that
     sample as *not* converged.  Finished samples are frozen and every step is per sample,
     so a batch gives the result of a loop over its samples up to the rounding of batched
@@ -912,6 +930,12 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     newton, warm_start = _check_newton(newton), _check_warm_start(warm_start)
     given = _check_given(given, scores, h)
     scores, temps = _check_problem(with_given_scores(scores, given), h, temps)
+    # solved at scores centred per map and sample: a constant per map changes no solution and
+    # no dual, but a large one (3e4 at τ 1e-6) cost the logits the digits of their
+    # differences, and the maps recomputed at the duals missed tol (a hostile review)
+    history_offset = score_offset(scores)  # what the constants add to g(λ), for the history
+    centred: list[Tensor] = [centre(s) for s in scores]
+    scores = centred
     B, dtype, device = scores[0].shape[0], scores[0].dtype, scores[0].device
     init = _check_init(init, h, B, device)
     if init is not None and warm_start is True:
@@ -1005,8 +1029,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     out = {"duals": [centre(dual) for dual in lam], "iterations": iterations, "converged": converged,
            "violation": viol, "gap": gap, "newton_steps": newton_steps}
     if record_history:
-        out["history"] = {"violation": torch.stack(history_v), "dual_objective": torch.stack(history_g),
-                          "gap": torch.stack(history_gap)}
+        out["history"] = {"violation": torch.stack(history_v),
+                          "dual_objective": torch.stack(history_g) + history_offset, "gap": torch.stack(history_gap)}
     return out
 
 
@@ -1122,6 +1146,8 @@ class DualSolveFunction(torch.autograd.Function):
         if mask is not None:
             scores = [None if m else x for x, m in zip(inputs, mask)]
             given = [x if m else None for x, m in zip(inputs, mask)]
+        # the maps at the duals from the scores the solver solved at (centred: solve_dual)
+        scores = [None if x is None else centre(x) for x in scores]
         result = solve_dual(scores, h, floats, given=given, **options)
         probs, cond = dual_probs(with_given_scores(scores, given), result["duals"], h, floats, given)
         probs = [p.clone() if given is not None and given[k] is not None else p for k, p in enumerate(probs)]

@@ -1340,3 +1340,58 @@ def test_a_stall_is_judged_over_a_full_window_of_sweeps_only():
         ca.solve(scores, h, "dual", given=given, max_iter=_PROGRESS_WINDOW - 1)
     with pytest.raises(ConvergenceError, match=rf"stalled .*less than halved over the last {_PROGRESS_WINDOW} sweeps"):
         ca.solve(scores, h, "dual", given=given, max_iter=_PROGRESS_WINDOW)
+
+
+def test_dual_converged_float64_maps_meet_tol_with_offsets_and_cold_maps():
+    """A hostile review: with a constant per map (~3e4) at τ ~ 1e-6 the maps recomputed at the
+    duals missed tol (2e-6) behind an iterate at 7.8e-7, returned as converged: float64 work
+    was not judged as returned, and the logits had lost their differences' digits.  The
+    solver now works on scores centred per map (a constant changes no solution)."""
+    # the axial (4, 3) graph; scores 3τ·N(0, 1) plus a constant per map (which moves no solution)
+    h = make_graph("axial")
+    gen = torch.Generator().manual_seed(60)
+    tau = 10 ** float(-6 + 4 * torch.rand(1, generator=gen))
+    off = 10 ** float(3 + 4 * torch.rand(1, generator=gen))
+    base = [tau * 3 * torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    scores = [b + off * float(torch.randn(1, generator=gen)) for b in base]
+    temps = [tau * 10 ** float(torch.rand(1, generator=gen)) for _ in range(h.num_maps)]
+    sol = ca.solve(scores, h, "dual", temperature=temps)  # strict: returning means converged
+    assert bool(sol.info["converged"].all())
+    # documented: a sample counts as converged only if the maps *as returned* meet tol
+    assert float(sol.violation.max()) <= 1e-6
+
+
+def test_dual_unresolvable_temperatures_raise_or_meet_tol_on_star():
+    """A hostile review: at τ = 1e∓20 the iterate measured violation 0 and the returned maps
+    1.5 (0.75 from exact's), returned as converged."""
+    h = make_graph("star")  # maps 0, 1, 2 pooled onto map 3: a forest, 'exact' is the reference
+    temps = [1e-20, 1e20, 1e-20, 1e20]  # within validation.temperature_range(float64)
+    gen = torch.Generator().manual_seed(0)
+    scores = [2 * torch.rand((1,) + s, generator=gen, dtype=torch.float64) - 1 for s in h.shapes]
+    # documented: where float64 cannot resolve the optimum, ConvergenceError says so; else tol is met
+    try:
+        sol = ca.solve(scores, h, "dual", temperature=temps)
+    except ConvergenceError:
+        return
+    exact = ca.solve(scores, h, "exact", temperature=temps)
+    assert float(exact.violation.max()) <= 1e-12
+    assert float(sol.violation.max()) <= 1e-6
+    assert max(float((p - q).abs().max()) for p, q in zip(sol.probs, exact.probs)) <= 1e-6
+
+
+def test_dual_large_finite_init_still_meets_tol_when_converged():
+    """A hostile review: from init ~1e30 the iterate's logits drifted from η(λ); it measured
+    violation 0 and gap 0, and the returned maps violated by 2.0, returned as converged."""
+    h = make_graph("axial")
+    gen = torch.Generator().manual_seed(1)
+    scores = [2.0 * torch.randn((2,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    temps = [0.5, 0.7, 0.9]
+    gen = torch.Generator().manual_seed(5)
+    init = [1e30 * torch.randn((2,) + h.shapes[b], generator=gen, dtype=torch.float64) for _, b in h.edges]
+    try:  # documented: init is any finite starting point; the answer is the optimum to tol, or an error
+        sol = ca.solve(scores, h, "dual", temperature=temps, init=init)
+    except ConvergenceError:
+        return
+    reference = ca.solve(scores, h, "dual", temperature=temps)
+    assert float(sol.violation.max()) <= 1e-6
+    assert max(float((p - q).abs().max()) for p, q in zip(sol.probs, reference.probs)) <= 1e-5
