@@ -1395,3 +1395,33 @@ def test_dual_large_finite_init_still_meets_tol_when_converged():
     reference = ca.solve(scores, h, "dual", temperature=temps)
     assert float(sol.violation.max()) <= 1e-6
     assert max(float((p - q).abs().max()) for p, q in zip(sol.probs, reference.probs)) <= 1e-5
+
+
+def test_a_constant_per_map_moves_the_history_of_g_by_itself_and_nothing_else():
+    """The solver works on centred scores; ``history``'s ``g`` stays that of the scores as
+    passed (each map's probabilities sum to one: a constant c_k adds c_k to g)."""
+    h = make_graph("axial")
+    gen = torch.Generator().manual_seed(3)
+    scores = [torch.randn((2,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    constants = torch.tensor([[5.0, -2.0, 7.5], [0.25, 1.0, -3.0]], dtype=torch.float64)  # (B, M)
+    temps = [0.5, 1.0, 2.0]
+    plain = solve_dual(scores, h, temps, tol=1e-10, record_history=True)
+    shifted = solve_dual([s + constants[:, k].reshape((2,) + (1,) * (s.dim() - 1)) for k, s in enumerate(scores)],
+                         h, temps, tol=1e-10, record_history=True)
+    assert torch.equal(plain["iterations"], shifted["iterations"])
+    for a, b in zip(plain["duals"], shifted["duals"]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
+    torch.testing.assert_close(shifted["history"]["dual_objective"] - plain["history"]["dual_objective"],
+                               constants.sum(1).expand_as(plain["history"]["dual_objective"]), atol=1e-12, rtol=0)
+
+
+def test_float64_maps_that_miss_tol_as_returned_warn_and_are_not_converged_without_strict():
+    h = make_graph("axial")
+    gen = torch.Generator().manual_seed(1)
+    scores = [2.0 * torch.randn((2,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    gen = torch.Generator().manual_seed(5)
+    init = [1e30 * torch.randn((2,) + h.shapes[b], generator=gen, dtype=torch.float64) for _, b in h.edges]
+    with pytest.warns(RuntimeWarning, match="the maps returned in float64 miss tol=1e-06 .*leave init out"):
+        sol = ca.solve(scores, h, "dual", temperature=[0.5, 0.7, 0.9], init=init, strict=False)
+    missed = ~(sol.info["returned_violation"] <= 1e-6)
+    assert bool(missed.any()) and not bool(sol.info["converged"][missed].any())
