@@ -202,6 +202,23 @@ def _violation(probs: Sequence[Tensor], h: Graph) -> Tensor:
     return torch.stack([r.abs().flatten(1).sum(1) for r in _residuals(probs, h)]).amax(0)
 
 
+def _centred_scores(scores: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """Each map's scores less the midpoint of their range, per sample, and the sum of the
+    midpoints, ``(B,)`` (what they add to ``g`` and ``f`` on the simplices).  A constant per
+    map changes no solution and no dual, but a large one (3e4 at τ 1e-6) costs the logits the
+    digits of their differences.  The midpoint, ``max/2 + min/2``, never overflows for scores
+    within :func:`~convex_attention.validation.score_limit` (a mean's sum did: 0.45 of the
+    limit on a 16-cell map, a review), and the centred scores are within ``max |θ|``."""
+    out, total = [], None
+    for s in scores:
+        flat = s.flatten(1)
+        mid = flat.amax(1) / 2 + flat.amin(1) / 2
+        out.append(s - mid.view((-1,) + (1,) * (s.dim() - 1)))
+        total = mid if total is None else total + mid
+    assert total is not None
+    return out, total
+
+
 def score_offset(scores: Sequence[Tensor]) -> Tensor:
     """``Σ_k mean_i θ_k(b, i)`` per sample, ``(B,)``: what the maps' constants add to ``f`` and
     ``g`` alike on the simplices (zero for centred scores)."""
@@ -324,9 +341,8 @@ def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: 
     dtype = dtype_name(probs[0].dtype)
     why = ("rounding in the working dtype or to the scores' dtype); raise tol above it, or solve in float64 "
            "(float64 scores, or the default working dtype)" if rounded else
-           "recomputed at the returned duals, float64 cannot resolve the logits' differences, far smaller than "
-           "the logits: temperatures float64 cannot hold side by side, or a far-off init (leave init out)"
-           + (", where method 'exact' gives the closed form of this forest)" if h.is_forest else ")"))
+           "the maps recomputed at the returned duals differ from the solver's own measure of them by more than "
+           "their rounding, which the solver's confirmation at those duals should rule out: please report it)")
     msg = (f"dual solver: the maps returned in {dtype} miss tol={tol:g} for sample(s) [{shown}]: their violation, "
            f"measured in float64, is up to {float(returned[missed].max()):.4g}, where the solver's "
            f"{dtype_name(work)} iterate measured {float(info['violation'][missed].max()):.3g} ({why}")
@@ -591,6 +607,24 @@ def _evaluate(etas: Sequence[Tensor], h: Graph, temps: Sequence[float], violatio
         return g, None, None, []
     viol, gap, probs = _measure(pieces, h, g, duals, offset)
     return g, viol, gap, probs
+
+
+def _confirm_as_returned(scores, h: Graph, temps, lam, etas, g, viol, gap, stopping: Tensor, given, offset,
+                         stop_tol: float, gap_tol: float):
+    """The samples ``stopping`` (their iterate met the stopping test) measured again at the
+    logits recomputed from scratch at their centred duals, which is where their maps are
+    returned: the iterate's logits are updated sweep by sweep and drift from ``η(λ)`` by
+    their rounding (hundreds of float64 units after long solves at logits of hundreds; a
+    start of 1e30 left them nowhere near it, a review).  Those samples take the recomputed
+    state; the ones it does not meet go on sweeping from it.  Returns ``lam, etas, g, viol,
+    gap`` and the samples that stop."""
+    centred = _pick(stopping, [centre(x) for x in lam], lam)
+    fresh = _pick(stopping, reparameterized_logits(scores, centred, h), etas)
+    fresh_g, fresh_viol, fresh_gap, _ = _evaluate(fresh, h, temps, duals=centred, given=given, offset=offset)
+    g, viol, gap = (torch.where(stopping, new, old) for new, old in ((fresh_g, g), (fresh_viol, viol),
+                                                                      (fresh_gap, gap)))
+    met = torch.isfinite(g) & (viol <= stop_tol) & (gap <= gap_tol)
+    return centred, fresh, g, viol, gap, stopping & met
 
 
 def _measure(pieces: _Pieces, h: Graph, g: Tensor, duals: Sequence[Tensor] | None = None,
@@ -912,9 +946,12 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         ``history``: ``{"violation", "dual_objective", "gap"}``, each ``(iters+1, B)`` (row 0
         is the starting point).
 
-    The scores are centred per map and sample first: a constant per map changes neither the
-    solution nor the duals, and a large one (3e4 at τ 1e-6) would cost the logits the digits
-    of their differences (``history``'s ``g`` is given back at the scores as passed).
+    The scores are centred per map and sample first (:func:`_centred_scores`): a constant per
+    map changes neither the solution nor the duals, and a large one (3e4 at τ 1e-6) would cost
+    the logits the digits of their differences (``history``'s ``g`` is given back at the
+    scores as passed).  A sample whose iterate meets the stopping test is measured again at
+    the logits recomputed at its centred duals, where its maps are returned, and stops only
+    if they meet it too (:func:`_confirm_as_returned`); ``violation`` and ``gap`` are theirs.
 
     NaN or Inf anywhere in a sample's state (scores, duals, ``g``, violation, gap) ends that
     sample as *not* converged.  Finished samples are frozen and every step is per sample,
@@ -933,8 +970,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     # solved at scores centred per map and sample: a constant per map changes no solution and
     # no dual, but a large one (3e4 at τ 1e-6) cost the logits the digits of their
     # differences, and the maps recomputed at the duals missed tol (a hostile review)
-    history_offset = score_offset(scores)  # what the constants add to g(λ), for the history
-    centred: list[Tensor] = [centre(s) for s in scores]
+    centred, history_offset = _centred_scores(scores)  # the offset: what the constants add to g(λ)
     scores = centred
     B, dtype, device = scores[0].shape[0], scores[0].dtype, scores[0].device
     init = _check_init(init, h, B, device)
@@ -1007,7 +1043,11 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         finite = torch.isfinite(g) & torch.isfinite(viol) & torch.isfinite(gap) & torch.stack(
             [torch.isfinite(x.flatten(1)).all(1) for x in lam]).all(0)
         failed |= active & ~finite
-        active = active & finite & ~((viol <= stop_tol) & (gap <= gap_tol))
+        stopping = active & finite & (viol <= stop_tol) & (gap <= gap_tol)
+        if bool(stopping.any()):
+            lam, etas, g, viol, gap, stopping = _confirm_as_returned(scores, h, temps, lam, etas, g, viol, gap,
+                                                                    stopping, given, offset, stop_tol, gap_tol)
+        active = active & finite & ~stopping
         if record_history:
             history_v.append(viol.clone())
             history_g.append(g.clone())
@@ -1147,7 +1187,7 @@ class DualSolveFunction(torch.autograd.Function):
             scores = [None if m else x for x, m in zip(inputs, mask)]
             given = [x if m else None for x, m in zip(inputs, mask)]
         # the maps at the duals from the scores the solver solved at (centred: solve_dual)
-        scores = [None if x is None else centre(x) for x in scores]
+        scores = [None if x is None else _centred_scores([x])[0][0] for x in scores]
         result = solve_dual(scores, h, floats, given=given, **options)
         probs, cond = dual_probs(with_given_scores(scores, given), result["duals"], h, floats, given)
         probs = [p.clone() if given is not None and given[k] is not None else p for k, p in enumerate(probs)]
