@@ -191,6 +191,23 @@ def test_the_speed_targets_set_at_64_give_no_verdict_at_another_side():
     assert gt.TARGET_SIDE == GraphBenchmark().size  # the default run judges them
 
 
+@pytest.mark.parametrize("size, verdict", [(16, None), (64, False)])
+def test_a_run_judges_the_speed_targets_at_its_own_size(tmp_path, monkeypatch, size, verdict):
+    """A review: nothing tested that a run hands its --size to the targets (``_targets``
+    without ``side`` judges at any side; every test passed with the run's call so)."""
+    def speed(config, families, backends, log):
+        return [{"family": "axial", "method": m, "backend": b, "status": "ok", "fwd_ms": 1.0, "bwd_ms": 0.2,
+                 "total_ms": 1.2, "per_sample_ms": t, "batch": 1} for m, b, t in
+                [("dual", "", 1.0), ("cvxpylayers", "moreau", 10.0)]]  # 10x: a miss at 64²
+
+    monkeypatch.setattr(gt, "_speed", speed)
+    out = gt.graph_benchmark(GraphBenchmark(parts=("speed",), size=size), str(tmp_path), backends=[],
+                             log=lambda m: None)
+    (target,) = [t for t in out["targets"] if t["target"].startswith("cvxpylayers[moreau] (fastest)")]
+    assert target["value"] == 10.0 and target["met"] is verdict
+    assert target["detail"].startswith("no verdict") == (size != 64)
+
+
 def test_the_speed_target_names_no_fastest_backend_when_one_failed():
     """A review found the survivor labelled "(fastest)" and the target met against it."""
     speed = [{"family": "axial", "method": "dual", "backend": "", "status": "ok", "fwd_ms": 1.0, "bwd_ms": 0.2,
@@ -464,7 +481,7 @@ def test_the_speed_part_solves_cvxpylayers_to_the_tolerance_asked_and_records_it
         GraphBenchmark(cvx_tolerance="loose")
 
 
-def test_batched_backends_are_timed_on_the_whole_speed_batch_and_diffcp_on_two_samples(monkeypatch):
+def test_batched_backends_are_timed_on_16_samples_and_diffcp_on_two(monkeypatch):
     """The strongest alternative: moreau is 2-6x cheaper per sample in calls of 16 at 64² than
     of 2 (the old default for every backend); diffcp solves sample by sample, its time per
     sample flat in the batch (docs/benchmarks.md)."""
@@ -481,7 +498,7 @@ def test_batched_backends_are_timed_on_the_whole_speed_batch_and_diffcp_on_two_s
     monkeypatch.setattr(gt, "_solved_to", lambda options: {})  # the backends need not be installed
     backends = ["moreau", "diffcp-clarabel", "diffcp-scs", "cuclarabel"]
     for kwargs, batches in (({}, (16, 2)), ({"speed_batch": 1}, (1, 1)), ({"speed_batch": 8, "cvx_batch": 4}, (4, 2)),
-                            ({"diffcp_batch": 5}, (16, 5))):
+                            ({"diffcp_batch": 5}, (16, 5)), ({"speed_batch": 64}, (16, 2))):  # 16 at most by default
         timed_on.clear()
         config = GraphBenchmark(parts=("speed",), size=16, **kwargs)
         assert (config.cvx_batch, config.diffcp_batch) == batches  # made explicit: graphs.json says what ran

@@ -580,7 +580,8 @@ def test_the_warm_up_returns_the_checks_it_failed_for_the_run_to_report(monkeypa
     failed = verify_mod.import_what_a_run_imports([])
     assert [(r.instance, r.case, r.check, r.status) for r in failed] == [
         (verify_mod.WARM_UP_INSTANCE, "warm-up: chain", "c.fail", "fail"),
-        (verify_mod.WARM_UP_INSTANCE, "warm-up: chain", "c.error", "error")]
+        (verify_mod.WARM_UP_INSTANCE, "warm-up: chain", "c.error", "error"),
+        (verify_mod.WARM_UP_INSTANCE, "warm-up: chain", "c.skipped", "skipped")]  # a check that did not run
     assert cleared and not all_passed(failed + rows[:1])
 
 
@@ -603,13 +604,37 @@ def test_a_backend_failing_only_on_its_first_call_fails_the_verification(tmp_pat
     code = _run(["verify", "--quick", "--no-progress", "--quiet", "--dual-solver", f"{solver}:f",
                  "--backends", "diffcp-clarabel", "--out", str(tmp_path / "v")])
     err = capsys.readouterr().err
-    assert code == 1 and "1 did not run" in err and len(calls) > 1  # an error row: the check raised
+    assert code == 1 and "4 did not run" in err and len(calls) > 1  # the backend's error row, its 3 checks skipped
     with open(tmp_path / "v" / "verify.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     warm = [r for r in rows if r["instance"] == str(verify_mod.WARM_UP_INSTANCE)]
-    assert warm and all(r["case"].startswith("warm-up: ") and r["status"] in ("fail", "error") for r in warm)
+    assert warm and all(r["case"].startswith("warm-up: ") and r["status"] in ("error", "skipped") for r in warm)
     assert any("a first call's failure" in r["message"] for r in warm)
     assert all(r["status"] in ("pass", "info") for r in rows if r not in warm)  # the run itself passed
+
+
+@pytest.mark.slow  # one verification instance (about 2 s)
+def test_a_layer_failing_only_on_its_first_call_is_reported_by_the_warm_up(monkeypatch):
+    """user_guide.md §2: a check that fails or raises in the warm-up is reported as the run's
+    own.  With --backends naming only other backends, the layer (diffcp-clarabel) is solved
+    beside the checks; where its first call raises, the only rows are the dual's and the
+    closed form's ``*_vs_layer`` checks, 'skipped' (not run): a run fails them, the warm-up
+    dropped them, and the run (second call, which succeeds) passed."""
+    real = verify_mod.solve
+    calls = []
+
+    def layer_fails_first(scores, h, method, **options):
+        if method == "cvxpylayers" and "backend" not in options:  # the layer, not a checked backend
+            calls.append(method)
+            if len(calls) == 1:
+                raise RuntimeError("a first call's failure")
+        return real(scores, h, method, **options)
+
+    monkeypatch.setattr(verify_mod, "solve", layer_fails_first)
+    monkeypatch.setattr(verify_mod, "_check_gradients", lambda *args, **kwargs: None)  # not what is tested (time)
+    failed = verify_mod.import_what_a_run_imports([])  # --backends naming none of the default backend
+    assert calls  # the layer was solved (and failed) in the warm-up
+    assert failed and any("a first call's failure" in r.message for r in failed)
 
 
 def test_an_out_that_cannot_be_made_is_refused_before_the_solvers_code_runs(tmp_path, capsys):

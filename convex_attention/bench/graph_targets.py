@@ -26,8 +26,8 @@ that was measured and is NaN or infinite is a miss, ``False``, never "not measur
   numbers: the settings differ by scale alone).  -> ``gradients.csv``
 * ``speed``: at side ``size``, ``dual`` forward and backward per sample (batch
   ``speed_batch``) against every cvxpylayers backend (the batched ones on ``cvx_batch``
-  samples, by default the whole batch; diffcp's, which solve sample by sample, on
-  ``diffcp_batch``, by default 2) on every
+  samples, by default 16 or the whole batch if smaller; diffcp's, which solve sample by
+  sample, on ``diffcp_batch``, by default 2) on every
   family without a closed form, and on the forests (a star of 4 maps of side ``size`` into
   side ``size``/4, and a 2-level chain) ``dual`` against ``exact`` and ``exact`` against the
   maps' softmaxes.  The issue sets the cvxpylayers ratio and the star's at 64² (:data:`TARGET_SIDE`):
@@ -112,6 +112,11 @@ CVX_TOLERANCES = {"default": {}, "matched": {"eps": 1e-7, "accept_tol": 1e-6}}
 #: its time per sample is flat in the batch (docs/benchmarks.md: 250 ms at 32² axial for
 #: batches 1-8, 9.7-10.1 s at 64² mixed for 1-4), and 16 samples would take minutes a call.
 DIFFCP_BATCH = 2
+#: The most samples per timed call of a batched backend by default: moreau was cheapest per
+#: sample in calls of 16 at 64² (docs/benchmarks.md: 64 cost more, and failed on two
+#: families); a GPU run's --speed-batch of 1024 would otherwise time moreau on 1024 samples
+#: on the CPU, about an hour (a review).
+CVX_BATCH = 16
 
 
 class RunRefused(ValueError):
@@ -159,7 +164,7 @@ class GraphBenchmark:
                                     "samples per timed call of a batched cvxpylayers backend (moreau, cuclarabel, "
                                     "mpax), the first of the speed part's batch (at most --speed-batch; at 64² "
                                     "moreau was cheapest per sample in calls of 16, docs/benchmarks.md)",
-                                    shown="the whole --speed-batch")
+                                    shown="16, or the --speed-batch if smaller")
     diffcp_batch: int | None = setting(None, Int(low=1, high=4096, optional=True),
                                        "samples per timed call of a diffcp backend (diffcp-clarabel, diffcp-scs), "
                                        "which solves sample by sample: its time per sample does not fall with the "
@@ -170,7 +175,8 @@ class GraphBenchmark:
                                  "the accuracy cvxpylayers solves to in the speed part: 'default', each backend's "
                                  "own (moreau: eps 1e-11, accepted at a certificate of 1e-8, tighter than dual's "
                                  "tol 1e-6); 'matched', eps 1e-7 accepted at a certificate of 1e-6, dual's "
-                                 "accuracy (speed.csv records each row's eps and accept_tol)")
+                                 "accuracy: looser for moreau and diffcp-clarabel, stricter for diffcp-scs, "
+                                 "whose own accepts 1e-4 (speed.csv records each row's eps and accept_tol)")
     amortised_steps: int = setting(150, Int(low=1, high=100_000), "Adam steps training the amortised dual")
     amortised_sweeps: tuple = setting((6,), Many(Int(low=0, high=1000), distinct=True),
                                       "block-coordinate sweeps in the amortised dual's features, one network "
@@ -207,7 +213,7 @@ class GraphBenchmark:
                                  f"first samples of the speed part's batch; raise --speed-batch or lower {flag}")
         # the defaults made explicit (graphs.json records what ran)
         if self.cvx_batch is None:
-            self.cvx_batch = self.speed_batch
+            self.cvx_batch = min(CVX_BATCH, self.speed_batch)
         if self.diffcp_batch is None:
             self.diffcp_batch = min(DIFFCP_BATCH, self.speed_batch)
         check_device(self.device)
