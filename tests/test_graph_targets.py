@@ -222,6 +222,11 @@ def test_the_speed_target_names_no_fastest_backend_when_one_failed():
     speed[1]["per_sample_ms"] = 5.0  # 500x
     (target,) = [t for t in gt._targets({"speed": speed}) if "/ dual per sample" in t["target"]]
     assert target["met"] is False and target["value"] == 500.0 and "at most" in target["detail"]
+    # ... at the tolerance the survivor ran at, where its row records it (a review)
+    assert "accepted at" not in target["detail"]
+    speed[1].update(eps=1e-7, accept_tol=1e-6)
+    (target,) = [t for t in gt._targets({"speed": speed}) if "/ dual per sample" in t["target"]]
+    assert target["detail"].endswith("; diffcp-clarabel at eps 1e-07 accepted at 1e-06")
 
 
 def test_the_gradient_settings_share_their_draws_and_differ_by_scale_alone(monkeypatch):

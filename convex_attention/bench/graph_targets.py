@@ -880,7 +880,9 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
             out.append(_at_target_side(_target(
                 f"cvxpylayers (fastest) / dual per sample ({family})", bound if certain else None, ">=", 1e3,
                 ("at most the ratio to the backends that ran" if certain else "not measured")
-                + f": {', '.join(failed)} failed on this family; {ratios}", missed=certain), side))
+                + f": {', '.join(failed)} failed on this family; {ratios}"
+                + "".join(f"; {b} at eps {r['eps']:g} accepted at {r['accept_tol']:g}" for b, r in cvx.items()
+                          if isinstance(r.get("eps"), float)), missed=certain), side))
         elif cvx:
             fastest = min(cvx, key=lambda b: cvx[b]["per_sample_ms"])  # every time a number (above)
             out.append(_at_target_side(_target(
