@@ -1,6 +1,8 @@
 """The finite differences behind the gradient checks (convex_attention/bench/differences.py)."""
 import math
 
+import pytest
+
 from convex_attention.bench.differences import FD_STEP, five_point_derivative
 
 
@@ -41,3 +43,22 @@ def test_the_five_point_derivative_is_exact_to_degree_four_and_its_error_is_minu
     assert five_point_derivative(quartic, 0.5) == 2.0
     assert five_point_derivative(lambda t: (1.0 + t) ** 4, 0.25) == 4.0  # d/dt (1+t)⁴ at 0
     assert five_point_derivative(lambda t: t**5, 0.5) == -4 * 0.5**4
+
+
+def test_the_spread_is_the_distance_to_the_difference_at_twice_the_step_from_six_evaluations():
+    from convex_attention.bench.differences import five_point_with_spread
+
+    calls = []
+
+    def loss_at(t):
+        calls.append(t)
+        return math.sin(1.0 + t)
+
+    fine, spread = five_point_with_spread(loss_at, 1e-3)
+    assert fine == five_point_derivative(lambda t: math.sin(1.0 + t), 1e-3)
+    assert spread == abs(fine - five_point_derivative(lambda t: math.sin(1.0 + t), 2e-3))
+    assert sorted(calls) == [-4e-3, -2e-3, -1e-3, 1e-3, 2e-3, 4e-3]  # each point once
+    assert spread < 1e-11  # smooth: truncation (O(h⁴)) and rounding alone
+    # the solver's own error in the loss (here 1e-12 at one point) shows in the spread: 8e-12 / 12h
+    noisy = five_point_with_spread(lambda t: math.sin(1.0 + t) + (1e-12 if t == 1e-3 else 0.0), 1e-3)
+    assert noisy[1] == pytest.approx(8e-12 / 12e-3, rel=1e-3)

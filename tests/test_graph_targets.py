@@ -264,6 +264,22 @@ def test_the_gradient_settings_share_their_draws_and_differ_by_scale_alone(monke
     assert not torch.equal(a[0], b[0])
 
 
+def test_a_gradient_miss_against_finite_differences_gives_their_spread_on_the_worst_instance():
+    """On a degenerate instance the five-point difference cannot resolve 1e-5 (its spread was
+    1.0e-4 where the implicit gradient was 1.1e-4 from it, and moved 5e-7 when the solver
+    changed): the verdict stands, the detail shows the reference's spread there."""
+    rows = [{"family": "mixed", "setting": "normal", "draw": d, "solver": "dual", "status": "ok", "error_vs_fd": e,
+             "fd_spread": sp, "error_vs_dual": 0.0} for d, e, sp in ((0, 1e-9, 1e-8), (1, 1.13e-4, 1.01e-4))]
+    (target,) = [t for t in gt._targets({"gradients": rows}) if "finite differences (normal)" in t["target"]]
+    assert target["met"] is False and target["value"] == 1.13e-4
+    assert target["detail"].endswith("; worst mixed draw 1: 0.00011, where the finite differences' own spread is "
+                                     "0.0001 (the difference at twice the step lies that far from it)")
+    rows[1]["error_vs_fd"] = 9e-6  # met: nothing to explain
+    (target,) = [t for t in gt._targets({"gradients": rows}) if "finite differences (normal)" in t["target"]]
+    assert target["met"] is True and "spread" not in target["detail"]
+    assert "fd_spread" in gt.GRADIENT_COLUMNS
+
+
 def test_the_gradient_target_against_cvxpylayers_says_what_its_own_error_is():
     rows = [{"family": "axial", "setting": "mild", "draw": 0, "solver": "dual", "status": "ok", "reason": "",
              "error_vs_fd": 1e-9, "error_vs_dual": 0.0},
