@@ -949,9 +949,12 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     The scores are centred per map and sample first (:func:`_centred_scores`): a constant per
     map changes neither the solution nor the duals, and a large one (3e4 at τ 1e-6) would cost
     the logits the digits of their differences (``history``'s ``g`` is given back at the
-    scores as passed).  A sample whose iterate meets the stopping test is measured again at
-    the logits recomputed at its centred duals, where its maps are returned, and stops only
-    if they meet it too (:func:`_confirm_as_returned`); ``violation`` and ``gap`` are theirs.
+    scores as passed).  In float64 work a sample whose iterate meets the stopping test is
+    measured again at the logits recomputed at its centred duals (the ``duals`` returned),
+    where its maps are computed, and stops only if they meet it too
+    (:func:`_confirm_as_returned`); ``violation`` and ``gap`` are theirs.  In float32 work
+    that measure is too coarse near float32's floor; the dual method judges the maps as
+    returned instead.
 
     NaN or Inf anywhere in a sample's state (scores, duals, ``g``, violation, gap) ends that
     sample as *not* converged.  Finished samples are frozen and every step is per sample,
@@ -1044,7 +1047,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             [torch.isfinite(x.flatten(1)).all(1) for x in lam]).all(0)
         failed |= active & ~finite
         stopping = active & finite & (viol <= stop_tol) & (gap <= gap_tol)
-        if bool(stopping.any()):
+        # in float64 work only: a float32 measure of the recomputed maps is too coarse near
+        # float32's floor (a review: a sample whose maps met tol 1e-5 as returned was refused
+        # nine times, then stalled); float32 maps are judged as returned, in float64, instead
+        if dtype == torch.float64 and bool(stopping.any()):
             lam, etas, g, viol, gap, stopping = _confirm_as_returned(scores, h, temps, lam, etas, g, viol, gap,
                                                                     stopping, given, offset, stop_tol, gap_tol)
         active = active & finite & ~stopping
@@ -1066,7 +1072,12 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         if strict:
             raise ConvergenceError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    out = {"duals": [centre(dual) for dual in lam], "iterations": iterations, "converged": converged,
+    # in float64 work a stopped sample's duals are centred already (confirmed there, or
+    # started so): centring them again moves them by a rounding step, which a cold map
+    # magnifies past a tol of 1e-13 (a review); the others are centred here
+    confirmed = converged if dtype == torch.float64 else torch.zeros_like(converged)
+    out = {"duals": _pick(confirmed, lam, [centre(dual) for dual in lam]), "iterations": iterations,
+           "converged": converged,
            "violation": viol, "gap": gap, "newton_steps": newton_steps}
     if record_history:
         out["history"] = {"violation": torch.stack(history_v),

@@ -1452,3 +1452,15 @@ def test_dual_centring_keeps_scores_within_the_score_limit_finite():
     assert float(sol.violation.max()) <= 1e-6
     assert max(float((p - q).abs().max()) for p, q in zip(sol.probs, exact.probs)) <= 1e-6
 
+
+def test_float64_maps_of_a_confirmed_stop_meet_tol_at_a_cold_temperature():
+    """Documented (docs/design.md §4): a stopping sample is confirmed at the logits recomputed at
+    its centred duals, where its maps are returned; float64 maps may differ from that measure by
+    16 units of ``dual.rounding_margin``.  At τ = 0.003 the returned maps measured 1.457e-13
+    behind a confirmed iterate at 3.59e-14, and tol=1e-13 raised ConvergenceError: the returned
+    duals were centred a second time, a rounding step that τ = 0.003 magnified (a review)."""
+    h = ca.Graph.axial((16, 16))
+    scores = [3 * torch.randn((1,) + s, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+              for s in h.shapes]
+    sol = ca.solve(scores, h, "dual", temperature=[0.003, 0.5, 1.0], tol=1e-13, gap_tol=1.0, max_iter=300)
+    assert bool(sol.info["converged"].all())
