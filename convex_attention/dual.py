@@ -176,8 +176,12 @@ def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temp
     (for the tree VJP; empty on graphs that are not forests, and with given maps, whose
     probabilities ``given[k]`` are returned as they are)."""
     etas = reparameterized_logits(scores, duals, h)
-    probs = [level_softmax(e, t) if given is None or given[k] is None else given[k]
-             for k, (e, t) in enumerate(zip(etas, temps))]
+    # computed as the solver measures them (:func:`_objective`: the maximum subtracted before
+    # dividing by τ); ``level_softmax`` divides first for τ > 1, which at logits of 3e5 moved
+    # the maps by 5e-13 from what the solver had confirmed (a review)
+    _, pieces = _objective(etas, temps, given)
+    probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) if given is None or given[k] is None else given[k]
+             for k, (z, lse, shape) in enumerate(pieces)]
     if not h.is_forest or (given is not None and any(q is not None for q in given)):
         return probs, []
     cond = [h.block_softmax(_shifted(h, etas[a], e, temps[a]), e)[0] for e, (a, _) in enumerate(h.edges)]
@@ -1197,10 +1201,12 @@ class DualSolveFunction(torch.autograd.Function):
         if mask is not None:
             scores = [None if m else x for x, m in zip(inputs, mask)]
             given = [x if m else None for x, m in zip(inputs, mask)]
-        # the maps at the duals from the scores the solver solved at (centred: solve_dual)
-        scores = [None if x is None else _centred_scores([x])[0][0] for x in scores]
         result = solve_dual(scores, h, floats, given=given, **options)
-        probs, cond = dual_probs(with_given_scores(scores, given), result["duals"], h, floats, given)
+        # the maps at the duals from the scores the solver solved at: centred once, as
+        # solve_dual centres them (centring by the midpoint is not idempotent to the last
+        # bit, and a cold map magnifies the difference: a review)
+        centred, _ = _centred_scores(with_given_scores(scores, given))
+        probs, cond = dual_probs(centred, result["duals"], h, floats, given)
         probs = [p.clone() if given is not None and given[k] is not None else p for k, p in enumerate(probs)]
         duals = result.pop("duals")
         info.update(result)

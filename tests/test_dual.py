@@ -1464,3 +1464,40 @@ def test_float64_maps_of_a_confirmed_stop_meet_tol_at_a_cold_temperature():
               for s in h.shapes]
     sol = ca.solve(scores, h, "dual", temperature=[0.003, 0.5, 1.0], tol=1e-13, gap_tol=1.0, max_iter=300)
     assert bool(sol.info["converged"].all())
+
+
+def _review10_maps(seed, top, spread, low):
+    g = torch.Generator().manual_seed(seed)
+    s0 = top + spread * torch.randn((4, 8, 8), generator=g, dtype=torch.float64)
+    s0[:, 0, 0] = low
+    s1 = spread * torch.randn((4, 4, 4), generator=g, dtype=torch.float64)
+    return [s0, s1]
+
+
+def test_float64_maps_are_computed_at_the_scores_the_solver_confirmed_them_at():
+    """The returned float64 maps are those the reported violation was measured on, up to the
+    rounding of computing them again (docs/design.md §4: 16 units of rounding_margin), and a tol
+    at that violation stays met.  A review: the maps were computed at scores centred once and
+    confirmed at scores centred twice (the midpoint is not idempotent to the last bit; τ 1e-3
+    magnified it): 5.7e-14 returned for 4.5e-14 measured, and that tol raised."""
+    h = ca.Hierarchy([(8, 8), (4, 4)])
+    scores = [s[:1] for s in _review10_maps(1, 0.3, 1e-3, -1.211)]
+    first = ca.solve(scores, h, "dual", temperature=1e-3, tol=1e-9, gap_tol=1.0)
+    tol = float(first.info["violation"][0])
+    again = ca.solve(scores, h, "dual", temperature=1e-3, tol=tol, gap_tol=1.0)  # raised ConvergenceError
+    for sol in (first, again):
+        assert float(sol.info["returned_violation"][0]) == pytest.approx(float(sol.info["violation"][0]), rel=0,
+                                                                          abs=1e-15)
+
+
+def test_float64_maps_at_a_warm_temperature_and_large_logits_are_the_maps_that_were_confirmed():
+    """A review: the confirmation measured (η − max η)/τ, the returned maps were level_softmax's,
+    which divides by τ first for τ > 1: at logits of 3e5 and τ 7.3 they were 4e-13 apart."""
+    h = ca.Hierarchy([(8, 8), (4, 4)])
+    scores = [s[2:3] for s in _review10_maps(4, 3e5, 2.0, -3e5)]
+    first = ca.solve(scores, h, "dual", temperature=7.3, tol=1e-9, gap_tol=1.0)
+    tol = float(first.info["violation"][0])
+    again = ca.solve(scores, h, "dual", temperature=7.3, tol=tol, gap_tol=1.0)  # raised ConvergenceError
+    for sol in (first, again):
+        assert float(sol.info["returned_violation"][0]) == pytest.approx(float(sol.info["violation"][0]), rel=0,
+                                                                          abs=1e-15)

@@ -528,7 +528,11 @@ def test_the_gradient_checks_reference_is_accurate_enough_for_their_tolerance():
     _check_gradients(_Rows(results, 9, name), h, scores, temps, TOLERANCES, False, seed=9)
     errors = {r.check: r.error for r in results}
     assert set(errors) == {"dual.gradient_vs_fd", "dual.temperature_gradient_vs_fd"}
-    assert max(errors.values()) < 1e-8, errors  # 1.7e-6 before: the reference's error, not the gradient's
+    # 1.7e-6 before: the reference's error, not the gradient's.  Since the solver's stops moved
+    # (2026-12-05: confirmed at recomputed logits) the temperature difference is off by 2.8e-8
+    # (1.2e-9 before) while the implicit gradient is bitwise the same: the five-point
+    # difference's own spread there is 2.9e-8, still 35x below the check's tolerance of 1e-6
+    assert max(errors.values()) < 1e-7, errors
 
 
 # ------------------------------------------------------------- a review's attacks (2026-12-04)
