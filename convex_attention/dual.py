@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from . import hessian
-from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax
+from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax, upcast
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import (
@@ -170,18 +170,26 @@ def _block_logsumexp_or_neginf(h: Graph, x: Tensor, e: int) -> Tensor:
     return m + h.aggregate(torch.exp(h.combine_broadcast(x, m, e, torch.sub)), e).log()
 
 
+def _softmax_as_measured(eta: Tensor, tau) -> Tensor:
+    """One map's ``p(λ)`` from its logits, computed as the solver measures it
+    (:func:`_objective`: the maximum subtracted before dividing by τ, ``p = exp(z − lse)``), so
+    that float64 maps are bit for bit the ones the stopping test confirmed (``level_softmax``
+    divides first for τ > 1, which at logits of 3e5 moved them by 5e-13: a review).  As
+    ``level_softmax`` does, half precision is computed in float32 (its subtraction overflowed
+    in float16, a review) and a 0-d tensor τ keeps a finite temperature gradient."""
+    flat = upcast(eta).flatten(1)
+    z = divide_by_temperature(flat - flat.detach().amax(1, keepdim=True), tau)
+    return torch.exp(z - torch.logsumexp(z, dim=1, keepdim=True)).view(eta.shape).to(eta.dtype)
+
+
 def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temps: Sequence[float],
                given: Sequence[Tensor | None] | None = None):
     """``p(λ)`` and, per edge ``e = (a → b)``, the within-block conditionals of ``p_a`` at ``λ``
     (for the tree VJP; empty on graphs that are not forests, and with given maps, whose
     probabilities ``given[k]`` are returned as they are)."""
     etas = reparameterized_logits(scores, duals, h)
-    # computed as the solver measures them (:func:`_objective`: the maximum subtracted before
-    # dividing by τ); ``level_softmax`` divides first for τ > 1, which at logits of 3e5 moved
-    # the maps by 5e-13 from what the solver had confirmed (a review)
-    _, pieces = _objective(etas, temps, given)
-    probs = [torch.exp(z - lse.unsqueeze(1)).view(shape) if given is None or given[k] is None else given[k]
-             for k, (z, lse, shape) in enumerate(pieces)]
+    probs = [_softmax_as_measured(e, t) if given is None or given[k] is None else given[k]
+             for k, (e, t) in enumerate(zip(etas, temps))]
     if not h.is_forest or (given is not None and any(q is not None for q in given)):
         return probs, []
     cond = [h.block_softmax(_shifted(h, etas[a], e, temps[a]), e)[0] for e, (a, _) in enumerate(h.edges)]

@@ -28,6 +28,7 @@ from convex_attention.dual import (
     ConvergenceError,
     check_dual_options,
     dual_function,
+    dual_probs,
     reparameterized_probs,
     score_offset,
     solve_dual,
@@ -1502,3 +1503,24 @@ def test_float64_maps_at_a_warm_temperature_and_large_logits_are_the_maps_that_w
     for sol in (first, again):
         assert float(sol.info["returned_violation"][0]) == pytest.approx(float(sol.info["violation"][0]), rel=0,
                                                                           abs=1e-15)
+
+
+def test_public_dual_probs_of_half_precision_inputs_are_the_softmax_computed_in_float32():
+    """A review: computed as the solver measures the maps, in the inputs' dtype, η − max η
+    overflowed float16 at ±6e4, and a cell of probability 0.126 came back as 0."""
+    h = ca.Hierarchy([(4,), (2,)])
+    scores = [torch.tensor([[6e4, -6e4, 1.0, 0.0]]).half(), torch.zeros(1, 2).half()]
+    duals = [torch.zeros(1, 2).half()]
+    probs, _ = dual_probs(scores, duals, h, [1e5, 1e5])
+    want = torch.softmax(scores[0].double() / 1e5, dim=1)
+    assert torch.allclose(probs[0].double(), want, atol=2e-3)
+
+
+def test_public_dual_probs_temperature_gradient_is_finite_at_a_tiny_tensor_temperature():
+    """A review: a plain division by a tensor τ of 1e-30 made its gradient 0·inf = NaN."""
+    h = ca.Hierarchy([(4,), (2,)])
+    scores = [torch.tensor([[1.0, 0.0, -1.0, 0.5]]), torch.zeros(1, 2)]
+    tau = torch.tensor(1e-30, requires_grad=True)
+    probs, _ = dual_probs(scores, [torch.zeros(1, 2)], h, [tau, torch.tensor(1.0)])
+    (grad,) = torch.autograd.grad(probs[0][0, 1], tau)
+    assert torch.isfinite(grad)
