@@ -184,9 +184,10 @@ def _softmax_as_measured(eta: Tensor, tau) -> Tensor:
 
 def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temps: Sequence[float],
                given: Sequence[Tensor | None] | None = None):
-    """``p(λ)`` and, per edge ``e = (a → b)``, the within-block conditionals of ``p_a`` at ``λ``
-    (for the tree VJP; empty on graphs that are not forests, and with given maps, whose
-    probabilities ``given[k]`` are returned as they are)."""
+    """``p(λ)`` (each map computed as the solver measures it, :func:`_softmax_as_measured`) and,
+    per edge ``e = (a → b)``, the within-block conditionals of ``p_a`` at ``λ`` (for the tree
+    VJP; empty on graphs that are not forests, and with given maps, whose probabilities
+    ``given[k]`` are returned as they are)."""
     etas = reparameterized_logits(scores, duals, h)
     probs = [_softmax_as_measured(e, t) if given is None or given[k] is None else given[k]
              for k, (e, t) in enumerate(zip(etas, temps))]
