@@ -170,16 +170,26 @@ def _block_logsumexp_or_neginf(h: Graph, x: Tensor, e: int) -> Tensor:
     return m + h.aggregate(torch.exp(h.combine_broadcast(x, m, e, torch.sub)), e).log()
 
 
+def _softmax_pieces(eta: Tensor, tau) -> tuple[Tensor, Tensor, Tensor]:
+    """One map's softmax as the solver computes it, in one place: ``(top, z, lse)`` with
+    ``top = max η`` ``(B, 1)``, ``z = (η − top) / τ`` flattened ``(B, n)`` and
+    ``lse = log Σ exp z`` ``(B,)``, so that ``p = exp(z − lse)``.  The maximum is subtracted
+    before dividing by τ (``z`` is finite for every accepted temperature); a 0-d tensor τ keeps
+    a finite temperature gradient (:func:`~._ops.divide_by_temperature`)."""
+    flat = eta.flatten(1)
+    top = flat.detach().amax(1, keepdim=True)  # the shift changes no softmax: no gradient
+    z = divide_by_temperature(flat - top, tau)
+    return top, z, torch.logsumexp(z, dim=1)
+
+
 def _softmax_as_measured(eta: Tensor, tau) -> Tensor:
     """One map's ``p(λ)`` from its logits, computed as the solver measures it
-    (:func:`_objective`: the maximum subtracted before dividing by τ, ``p = exp(z − lse)``), so
-    that float64 maps are bit for bit the ones the stopping test confirmed (``level_softmax``
-    divides first for τ > 1, which at logits of 3e5 moved them by 5e-13: a review).  As
-    ``level_softmax`` does, half precision is computed in float32 (its subtraction overflowed
-    in float16, a review) and a 0-d tensor τ keeps a finite temperature gradient."""
-    flat = upcast(eta).flatten(1)
-    z = divide_by_temperature(flat - flat.detach().amax(1, keepdim=True), tau)
-    return torch.exp(z - torch.logsumexp(z, dim=1, keepdim=True)).view(eta.shape).to(eta.dtype)
+    (:func:`_softmax_pieces`), so that float64 maps are bit for bit the ones the stopping test
+    confirmed (``level_softmax`` divides first for τ > 1, which at logits of 3e5 moved them by
+    5e-13: a review).  As ``level_softmax`` does, half precision is computed in float32 (its
+    subtraction overflowed in float16, a review)."""
+    _, z, lse = _softmax_pieces(upcast(eta), tau)
+    return torch.exp(z - lse.unsqueeze(1)).view(eta.shape).to(eta.dtype)
 
 
 def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temps: Sequence[float],
@@ -598,10 +608,7 @@ def _objective(etas: Sequence[Tensor], temps: Sequence[float],
             g = g + (e.flatten(1) * q).sum(1)
             probs.append((q.log(), q.new_zeros(q.shape[0]), e.shape))
             continue
-        flat = e.flatten(1)
-        top = flat.amax(1, keepdim=True)
-        z = (flat - top) / t
-        lse = torch.logsumexp(z, dim=1)
+        top, z, lse = _softmax_pieces(e, t)
         g = g + (top.squeeze(1) + t * lse)
         probs.append((z, lse, e.shape))
     assert isinstance(g, Tensor)
@@ -989,6 +996,11 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     centred, history_offset = _centred_scores(scores)  # the offset: what the constants add to g(λ)
     scores = centred
     B, dtype, device = scores[0].shape[0], scores[0].dtype, scores[0].device
+    # a stopping sample is confirmed at recomputed logits in float64 work only: a float32
+    # measure of them is too coarse near float32's floor (a review: a sample whose maps met tol
+    # 1e-5 as returned was refused nine times, then stalled); float32 maps are judged as
+    # returned, in float64, by the dual method instead
+    confirms = dtype == torch.float64
     init = _check_init(init, h, B, device)
     if init is not None and warm_start is True:
         raise ValueError("dual options init and warm_start=True contradict each other: give starting duals or ask "
@@ -1060,10 +1072,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             [torch.isfinite(x.flatten(1)).all(1) for x in lam]).all(0)
         failed |= active & ~finite
         stopping = active & finite & (viol <= stop_tol) & (gap <= gap_tol)
-        # in float64 work only: a float32 measure of the recomputed maps is too coarse near
-        # float32's floor (a review: a sample whose maps met tol 1e-5 as returned was refused
-        # nine times, then stalled); float32 maps are judged as returned, in float64, instead
-        if dtype == torch.float64 and bool(stopping.any()):
+        if confirms and bool(stopping.any()):
             lam, etas, g, viol, gap, stopping = _confirm_as_returned(scores, h, temps, lam, etas, g, viol, gap,
                                                                     stopping, given, offset, stop_tol, gap_tol)
         active = active & finite & ~stopping
@@ -1085,10 +1094,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         if strict:
             raise ConvergenceError(msg)
         warnings.warn(msg, RuntimeWarning, stacklevel=3)
-    # in float64 work a stopped sample's duals are centred already (confirmed there, or
-    # started so): centring them again moves them by a rounding step, which a cold map
-    # magnifies past a tol of 1e-13 (a review); the others are centred here
-    confirmed = converged if dtype == torch.float64 else torch.zeros_like(converged)
+    # a confirmed stop's duals are centred already (confirmed there, or started so): centring
+    # them again moves them by a rounding step, which a cold map magnifies past a tol of 1e-13
+    # (a review); the others are centred here
+    confirmed = converged if confirms else torch.zeros_like(converged)
     out = {"duals": _pick(confirmed, lam, [centre(dual) for dual in lam]), "iterations": iterations,
            "converged": converged,
            "violation": viol, "gap": gap, "newton_steps": newton_steps}
