@@ -31,8 +31,9 @@ import zlib
 from dataclasses import asdict, is_dataclass
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json", "to_json_text", "json_safe",
-           "csv_field", "row_checksum", "temporary_name", "temporary_file", "clean_stale_tmp", "check_out_dir",
-           "as_json", "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason", "REASON_CHARS"]
+           "csv_field", "row_checksum", "temporary_name", "temporary_file", "atomic_file", "clean_stale_tmp",
+           "check_out_dir", "as_json", "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason",
+           "REASON_CHARS"]
 
 _TMP_COUNTER = itertools.count()
 
@@ -78,16 +79,23 @@ def temporary_file(path: str):
                 os.remove(tmp)
 
 
-def atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, rename).
-
-    The temporary file is removed if anything fails; the target is then unchanged.
-    """
+@contextlib.contextmanager
+def atomic_file(path: str):
+    """``path`` opened for binary writing, atomically: yields a temporary file beside it
+    (:func:`temporary_file`), which on leaving without an error is flushed, synced to disk and
+    renamed over ``path``; on an error it is removed and ``path`` is unchanged."""
     with temporary_file(path) as (tmp, f):
-        f.write(data)
+        yield f
         f.flush()
         os.fsync(f.fileno())
         os.replace(tmp, path)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_file`: temporary file in the same
+    folder, fsync, rename); the target is unchanged if anything fails."""
+    with atomic_file(path) as f:
+        f.write(data)
 
 
 def atomic_write_text(path: str, text: str) -> None:

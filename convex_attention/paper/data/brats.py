@@ -74,7 +74,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ...io.files import atomic_write_text, temporary_file
+from ...io.files import atomic_file, atomic_write_text, temporary_file
 from ..config import NORMALISATIONS
 
 __all__ = ["BraTSSlices", "find_patients", "split_patients", "load_patient", "split_slice", "resize_slice",
@@ -285,11 +285,8 @@ def preprocess_patient(folder: str, patient: str, min_tumour_area: int = 1000, i
 def _save_npy(path: str, array: np.ndarray) -> None:
     """``numpy.save`` atomically: into a temporary file of this write's own name, then renamed
     (a crash leaves the old file or none, never half a file; no file of the user's is touched)."""
-    with temporary_file(path) as (tmp, f):
+    with atomic_file(path) as f:
         np.save(f, np.ascontiguousarray(array), allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
-        os.replace(tmp, path)
 
 
 def _npy_problem(path: str, shape: tuple, dtype: np.dtype) -> str:
