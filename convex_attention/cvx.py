@@ -93,6 +93,13 @@ class Backend:
     exp_cones: bool = True  # can it solve the entropy's exponential cones at all?
     default_accept_tol: float | None = None
 
+    @property
+    def batched(self) -> bool:
+        """Whether one call solves the batch together.  diffcp solves (and differentiates)
+        sample by sample, so its time per sample does not fall with the batch
+        (docs/benchmarks.md); the other interfaces take the batch at once."""
+        return self.interface != "DIFFCP"
+
 
 # Defaults, measured on this problem (docs/performance.md).  Clarabel (interior point)
 # reaches a certificate ~1e-13 at eps=1e-12 in a few dozen iterations.  Moreau (interior

@@ -280,6 +280,7 @@ FAST = ["--methods", "exact", "softmax", "--sizes", "4", "--levels", "2", "--bat
     ([*FAST, "--methods", "exact", "--fit-instances", "9"], "--fit-instances applies to learned_dual"),
     ([*FAST, "--methods", "exact", "--cvx-backends", "diffcp-clarabel"], "--cvx-backends applies to cvxpylayers"),
     ([*FAST, "--methods", "exact", "--cvx-batch", "3"], "--cvx-batch applies to cvxpylayers"),
+    ([*FAST, "--methods", "exact", "--diffcp-batch", "3"], "--diffcp-batch applies to cvxpylayers"),
     ([*FAST, "--methods", "exact", "--cvx-max-cells", "5"], "--cvx-max-cells applies to cvxpylayers"),
     ([*FAST, "--methods", "exact", "--budget", "3"], "--budget applies to cvxpylayers"),
     ([*FAST, "--structure", "star", "--levels", "3"], "--levels applies to chain only, and --structure star leaves"),

@@ -285,14 +285,45 @@ def test_resume_refuses_rows_measured_under_other_settings_and_accepts_a_wider_g
     assert config["methods"] == list(SweepConfig().methods)
 
 
+def test_resume_compares_the_batch_setting_of_each_row_s_backend(tmp_path):
+    """A batched backend's rows (moreau) were timed on --cvx-batch samples, a diffcp
+    backend's on --diffcp-batch: each is compared where such a row is kept, and only there.
+    A bench.json written before --diffcp-batch existed timed diffcp on --cvx-batch: its
+    diffcp rows are held to that value."""
+    def config(**given):
+        return SweepConfig(sizes=(4,), levels=(2,), **given)
+
+    moreau_row = bench_row(method="cvxpylayers", backend="moreau", status="skipped")
+    sweep_writer(tmp_path / "m", cvx_batch=4).commit(moreau_row)
+    R.check_resume_config(str(tmp_path / "m"), config(cvx_batch=4, diffcp_batch=7))  # no diffcp row read it
+    with pytest.raises(R.ResumeMismatch, match=r"--cvx-batch 4, this run asks for --cvx-batch 16"):
+        R.check_resume_config(str(tmp_path / "m"), config())
+    folder = tmp_path / "d"
+    sweep_writer(folder, cvx_batch=4).commit(
+        bench_row(method="cvxpylayers", backend="diffcp-clarabel", status="skipped"))
+    R.check_resume_config(str(folder), config(diffcp_batch=2))  # the default; --cvx-batch unread
+    with pytest.raises(R.ResumeMismatch, match=r"--diffcp-batch 2, this run asks for --diffcp-batch 5"):
+        R.check_resume_config(str(folder), config(diffcp_batch=5))
+    record = json.loads((folder / "bench.json").read_text())
+    del record["config"]["diffcp_batch"]  # as an older version wrote it
+    (folder / "bench.json").write_text(json.dumps(record))
+    R.check_resume_config(str(folder), config(diffcp_batch=4))
+    with pytest.raises(R.ResumeMismatch, match=r"--diffcp-batch 4, this run asks for --diffcp-batch 2"):
+        R.check_resume_config(str(folder), config())
+    assert R.cvx_batch_setting("moreau") == "cvx_batch" and R.cvx_batch_setting("diffcp-scs") == "diffcp_batch"
+    assert R.cvx_batch_setting("a-backend-of-another-version") is None
+    assert R.reads_setting("cvx_batch", {"method": "cvxpylayers", "backend": "retired"})
+    assert R.reads_setting("diffcp_batch", {"method": "cvxpylayers", "backend": "retired"})
+
+
 def test_resume_compares_a_setting_only_where_a_kept_row_read_it(tmp_path):
     """Before: rows of exact alone, measured beside --fit-steps 5 (which no row read), made
     a resume that adds learned_dual refuse 'rows ... were measured with --fit-steps 5'."""
     sweep_writer(tmp_path, fit_steps=5, cvx_batch=3, dual_tol=1e-8).commit(bench_row(method="exact"))
     R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,)))  # no row read any of the three
     sweep_writer(tmp_path, resume=True, fit_steps=5, cvx_batch=3, dual_tol=1e-8).commit(
-        bench_row(method="cvxpylayers", backend="diffcp-scs", status="skipped"))  # a skipped row read the caps
-    with pytest.raises(R.ResumeMismatch, match=r"--cvx-batch 3, this run asks for --cvx-batch 2"):
+        bench_row(method="cvxpylayers", backend="moreau", status="skipped"))  # a skipped row read the caps
+    with pytest.raises(R.ResumeMismatch, match=r"--cvx-batch 3, this run asks for --cvx-batch 16"):
         R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), fit_steps=5, dual_tol=1e-8))
     R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), cvx_batch=3))
     assert [n for n in R.MEASUREMENT_SETTINGS if not R.reads_setting(n, {"method": "exact", "dual_kind": ""})] == \
@@ -501,7 +532,7 @@ def test_a_resume_after_bench_quick_suggests_quick(tmp_path):
         R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,)))
     with pytest.raises(R.ResumeMismatch, match=r"measured by a --quick sweep \(cvx_repeats 1\).*--quick --resume"):
         R.check_resume_config(str(tmp_path), SweepConfig(**{k: getattr(quick_sweep(), k) for k in (
-            "repeats", "warmup", "budget", "cvx_max_cells", "cvx_batch", "fit_instances", "fit_max_values",
+            "repeats", "warmup", "budget", "cvx_max_cells", "diffcp_batch", "fit_instances", "fit_max_values",
             "fit_steps", "amortised_steps")}))
     R.check_resume_config(str(tmp_path), quick_sweep(sizes=(8,)))  # --quick --resume: accepted
     with pytest.raises(R.ResumeMismatch, match=r"--scale 1.0, this run asks for --scale 2.0") as err:

@@ -697,16 +697,37 @@ def _cvx_config(**kwargs):
 
 
 def test_a_reference_cell_over_the_budget_is_skipped_with_its_estimate(tmp_path):
-    """docs/results_format.md, `estimate_s`: --cvx-batch samples x (1 warm-up + cvx_repeats)
-    calls, checked against --budget; a cell of exactly --cvx-max-cells cells is not over the cap."""
+    """docs/results_format.md, `estimate_s`: --diffcp-batch samples x (1 warm-up + cvx_repeats)
+    calls for a diffcp backend, checked against --budget; a cell of exactly --cvx-max-cells
+    cells is not over the cap."""
     from convex_attention.bench.sweep import run_sweep
     from convex_attention.cvx import CVX_PRIORS, prior_seconds_per_sample
 
-    config = _cvx_config(budget=1e-9, cvx_max_cells=20, cvx_batch=2)  # a 4x4+2x2 cell: 20 cells
+    config = _cvx_config(budget=1e-9, cvx_max_cells=20, diffcp_batch=3, cvx_batch=1)  # a 4x4+2x2 cell: 20 cells
     (row,) = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
-    expected = prior_seconds_per_sample(20, CVX_PRIORS["diffcp-clarabel"]) * 2 * (1 + config.cvx_repeats)
+    expected = prior_seconds_per_sample(20, CVX_PRIORS["diffcp-clarabel"]) * 3 * (1 + config.cvx_repeats)
     assert row["status"] == "skipped" and "budget" in row["reason"] and "cap" not in row["reason"]
     assert row["estimate_s"] == pytest.approx(expected)
+
+
+def test_a_batched_backend_is_timed_on_cvx_batch_samples_and_diffcp_on_diffcp_batch(tmp_path, monkeypatch):
+    """Each backend's estimate (and timed call) takes its own batch: moreau, which solves
+    the batch at once, --cvx-batch (default 16, its cheapest per sample); diffcp, which
+    solves sample by sample, --diffcp-batch (default 2)."""
+    from convex_attention.bench import sweep
+    from convex_attention.bench.config import CVX_BATCH, DIFFCP_BATCH
+    from convex_attention.cvx import CVX_PRIORS, prior_seconds_per_sample
+
+    monkeypatch.setattr(sweep, "backend_unavailable_reason", lambda backend: None)  # moreau need not be here
+    for given, batches in (({}, {"moreau": min(CVX_BATCH, 32), "diffcp-clarabel": DIFFCP_BATCH}),
+                           ({"cvx_batch": 5, "diffcp_batch": 3}, {"moreau": 5, "diffcp-clarabel": 3})):
+        config = _cvx_config(budget=1e-9, batches=[32], cvx_backends=["diffcp-clarabel", "moreau"], **given)
+        rows = sweep.run_sweep(config, str(tmp_path / str(len(given))), progress=False, log=lambda m: None)
+        for row in rows:
+            per_sample = prior_seconds_per_sample(20, CVX_PRIORS.get(row["backend"], sweep.cvx.CVX_PRIOR))
+            assert row["status"] == "skipped" and "budget" in row["reason"], row
+            assert row["estimate_s"] == pytest.approx(per_sample * batches[row["backend"]] * (1 + config.cvx_repeats))
+        assert {r["backend"] for r in rows} == set(batches)
 
 
 def _reference_solve_raises(monkeypatch, message: str) -> None:
@@ -740,13 +761,14 @@ def test_a_reference_cell_that_fails_is_an_error_row_never_ok(tmp_path, monkeypa
 
 @pytest.mark.slow
 def test_a_measured_reference_row_is_timed_on_cvx_batch_samples(tmp_path, monkeypatch):
-    """An ok cvxpylayers row: timed on --cvx-batch of the cell's samples and says so, no peak
+    """An ok cvxpylayers row: timed on --diffcp-batch of the cell's samples (diffcp-clarabel
+    solves sample by sample) and says so, no peak
     memory (NaN), accurate against the reference; where the reference is not certified, its
     accuracy columns are empty and its reason says so."""
     from convex_attention.bench.sweep import run_sweep
 
     _uncertified_reference(monkeypatch)
-    config = _cvx_config(structures=["chain", "axial"], cvx_batch=2)
+    config = _cvx_config(structures=["chain", "axial"], diffcp_batch=2, cvx_batch=1)
     rows = {r["structure"]: r for r in run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)}
     for r in rows.values():
         assert r["status"] == "ok" and r["reason"].startswith("timed on 2 of 4 samples")
@@ -1182,12 +1204,12 @@ def test_a_kinds_rows_committed_when_timed_apart_stay_ok_when_a_later_kind_fails
 
 
 def test_a_reference_cell_is_estimated_on_no_more_samples_than_it_has(tmp_path):
-    """--cvx-batch above the cell's batch: the reference is timed (and estimated) on the
+    """--diffcp-batch above the cell's batch: the reference is timed (and estimated) on the
     cell's samples only."""
     from convex_attention.bench.sweep import run_sweep
     from convex_attention.cvx import CVX_PRIORS, prior_seconds_per_sample
 
-    config = _cvx_config(budget=1e-9, cvx_batch=50)
+    config = _cvx_config(budget=1e-9, diffcp_batch=50)
     (row,) = run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
     expected = prior_seconds_per_sample(20, CVX_PRIORS["diffcp-clarabel"]) * 4 * (1 + config.cvx_repeats)
     assert row["status"] == "skipped" and row["estimate_s"] == pytest.approx(expected)
@@ -1211,9 +1233,9 @@ def test_a_reference_cell_estimated_at_exactly_the_budget_is_not_over_it(tmp_pat
     from convex_attention.cvx import CVX_PRIORS, prior_seconds_per_sample
 
     _reference_solve_raises(monkeypatch, "the solve was attempted (simulated)")
-    config = _cvx_config(cvx_batch=2)
+    config = _cvx_config(diffcp_batch=2)
     budget = prior_seconds_per_sample(20, CVX_PRIORS["diffcp-clarabel"]) * 2 * (1 + config.cvx_repeats)
-    (row,) = sweep.run_sweep(_cvx_config(cvx_batch=2, budget=budget), str(tmp_path), progress=False,
+    (row,) = sweep.run_sweep(_cvx_config(diffcp_batch=2, budget=budget), str(tmp_path), progress=False,
                              log=lambda m: None)
     assert row["status"] == "error" and "attempted" in row["reason"], "within the budget: measured"
 

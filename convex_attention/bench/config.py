@@ -32,7 +32,7 @@ __all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "check_values",
            "fit_instances", "capped_instances", "quick_sweep",
            "SCALE_MAX", "DTYPES", "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES",
            "BACKEND_NAMES", "STRUCTURES", "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure",
-           "structure_maps", "structure_cells", "check_device"]
+           "structure_maps", "structure_cells", "check_device", "CVX_BATCH", "DIFFCP_BATCH"]
 
 # Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
 # float16 (largest finite value 65504) included, far from overflow.
@@ -45,6 +45,16 @@ GENERATOR_NAMES = ("gaussian", "lesion", "model")
 #: which no tensor of the cell could be allocated on the machines this runs on.
 MAX_ELEMENTS = 2 ** 31
 MIN_FIT_INSTANCES = 4
+
+#: Samples per timed call of a batched cvxpylayers backend (moreau, cuclarabel, mpax) by
+#: default, at most the batch measured: moreau was cheapest per sample in calls of 16 at 64²
+#: (docs/benchmarks.md: 2-6x cheaper than in calls of 1-4; 64 cost more, and failed on two
+#: graph families), and a GPU run's batch of 1024 would otherwise time moreau on 1024 samples.
+CVX_BATCH = 16
+#: Samples per timed call of a diffcp backend by default: diffcp solves sample by sample, so
+#: its time per sample is flat in the batch (docs/benchmarks.md: 250 ms at 32² axial for
+#: batches 1-8, 9.7-10.1 s at 64² mixed for 1-4), and 16 samples would take minutes a call.
+DIFFCP_BATCH = 2
 
 #: The structure families a sweep may name (:mod:`convex_attention.bench.structures` builds their
 #: graphs; the facts below are the arithmetic the checks need, kept here so that the command
@@ -207,7 +217,14 @@ class SweepConfig:
                             "seconds a cvxpylayers cell may take (estimated from the cells measured so far); cells "
                             "over it are recorded as skipped with the estimate")
     cvx_max_cells: int = setting(6000, Int(low=1, high=1 << 30), "cap on problem size (total cells) for cvxpylayers")
-    cvx_batch: int = setting(2, Int(low=1, high=100_000), "samples timed per cvxpylayers cell")
+    cvx_batch: int = setting(CVX_BATCH, Int(low=1, high=100_000),
+                             "samples timed per cell of a batched cvxpylayers backend (moreau, cuclarabel, mpax), "
+                             "at most the cell's batch: moreau is cheapest per sample in calls of about 16 "
+                             "(docs/benchmarks.md)")
+    diffcp_batch: int = setting(DIFFCP_BATCH, Int(low=1, high=100_000),
+                                "samples timed per cell of a diffcp backend (diffcp-clarabel, diffcp-scs), at most "
+                                "the cell's batch: diffcp solves sample by sample, so its time per sample does not "
+                                "fall with the batch")
     cvx_repeats: int = setting(2, Int(low=1, high=100_000), "timed repetitions per cvxpylayers cell", flag="")
     cvx_backends: tuple | None = setting(None, Many(_BACKEND_NAMES, optional=True, distinct=True),
                                          "cvxpylayers backends, each its own row (one that cannot run here is a "
@@ -263,7 +280,7 @@ def quick_sweep(**given) -> SweepConfig:
     gives its measured wall time), with ``given`` settings replacing its own."""
     return SweepConfig(**{**dict(sizes=(4, 8, 16, 32), levels=(2, 3), batches=(8,), dims=(2, 3),
                                  temperatures=(1.0,), dtypes=("float32",), repeats=5, warmup=2, budget=15.0,
-                                 cvx_max_cells=1500, cvx_batch=1, cvx_repeats=1, fit_instances=64,
+                                 cvx_max_cells=1500, diffcp_batch=1, cvx_repeats=1, fit_instances=64,
                                  fit_max_values=2 ** 16, fit_steps=100, amortised_steps=150), **given})
 
 

@@ -73,7 +73,6 @@ from ..cvx import (
     BackendUnavailable,
     available_backends,
     check_options,
-    get_backend,
     solve_device,
 )
 from ..graph import Graph
@@ -86,10 +85,11 @@ from ..io.settings import SEED, Choice, Int, Many, Text, check_settings, setting
 from ..metrics import violation
 from ..solve import solve
 from .cases import shape_str, timed_case
-from .config import check_device
+from .config import CVX_BATCH, DIFFCP_BATCH, check_device
 from .differences import FD_STEP, five_point_with_spread
 from .duals import fit_amortiser
 from .generators import generate
+from .results import cvx_batch_setting
 from .structures import structure_graph
 from .timing import measure_interleaved, nan_max, nan_median
 
@@ -108,15 +108,6 @@ NONTREE = ("axial", "grid_regions", "mixed")
 #: the tol 1e-6 ``dual`` is timed at; ``matched``: eps 1e-7, accepted at 1e-6 (a primal
 #: residual and relative duality gap of 1e-6: ``dual``'s stopping rule, on violation and gap).
 CVX_TOLERANCES = {"default": {}, "matched": {"eps": 1e-7, "accept_tol": 1e-6}}
-#: Samples per timed call of a diffcp backend by default: diffcp solves sample by sample, so
-#: its time per sample is flat in the batch (docs/benchmarks.md: 250 ms at 32² axial for
-#: batches 1-8, 9.7-10.1 s at 64² mixed for 1-4), and 16 samples would take minutes a call.
-DIFFCP_BATCH = 2
-#: The most samples per timed call of a batched backend by default: moreau was cheapest per
-#: sample in calls of 16 at 64² (docs/benchmarks.md: 64 cost more, and failed on two
-#: families); a GPU run's --speed-batch of 1024 would otherwise time moreau on 1024 samples
-#: on the CPU, about an hour (a review).
-CVX_BATCH = 16
 
 
 class RunRefused(ValueError):
@@ -493,9 +484,9 @@ def _speed_row(family, h, name, backend, meas, batch, device) -> dict:
 
 def _cvx_samples(config: GraphBenchmark, backend: str) -> int:
     """Samples per timed call of ``backend``: ``diffcp_batch`` for diffcp's backends (sample
-    by sample), ``cvx_batch`` for the batched ones."""
-    batch = config.diffcp_batch if get_backend(backend, check_installed=False).interface == "DIFFCP" \
-        else config.cvx_batch
+    by sample), ``cvx_batch`` for the batched ones (the sweep's rule,
+    :func:`~.results.cvx_batch_setting`)."""
+    batch = getattr(config, cvx_batch_setting(backend) or "cvx_batch")
     assert batch is not None  # made explicit when the configuration was made
     return batch
 

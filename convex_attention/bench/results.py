@@ -25,7 +25,7 @@ import os
 from collections import Counter
 from dataclasses import asdict, fields, is_dataclass
 
-from ..cvx import backend_unavailable_reason
+from ..cvx import BACKENDS, backend_unavailable_reason, get_backend
 from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import (
     as_json,
@@ -47,7 +47,7 @@ __all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows"
            "check_start_over", "check_resume_config", "stored_config", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
            "CELL_KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "cell_key", "OUTPUTS", "GRID_SETTINGS",
            "RUN_SETTINGS", "MEASUREMENT_SETTINGS", "CVX_SETTINGS", "FIT_SETTINGS", "reads_setting", "run_reads_setting",
-           "records_history",
+           "records_history", "cvx_batch_setting",
            "PANDAS_DTYPES"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
@@ -87,8 +87,22 @@ RUN_SETTINGS = ("max_cells",)
 MEASUREMENT_SETTINGS = tuple(f.name for f in fields(SweepConfig) if f.name not in GRID_SETTINGS + RUN_SETTINGS)
 #: The measurement settings only cvxpylayers rows read, and those only the trained λ kinds
 #: (``fitted``, ``amortised``) read: rows of other methods were not measured with them.
-CVX_SETTINGS = ("budget", "cvx_max_cells", "cvx_batch", "cvx_repeats")
+CVX_SETTINGS = ("budget", "cvx_max_cells", "cvx_batch", "diffcp_batch", "cvx_repeats")
 FIT_SETTINGS = ("fit_instances", "fit_max_values", "fit_steps", "amortised_steps")
+#: The settings that say how many samples a cvxpylayers row is timed on, one per kind of
+#: backend (:func:`cvx_batch_setting`).
+BATCH_SETTINGS = ("cvx_batch", "diffcp_batch")
+
+
+def cvx_batch_setting(backend: str | None) -> str | None:
+    """The setting that gives the samples per timed call of the cvxpylayers ``backend``:
+    ``diffcp_batch`` for a backend that solves sample by sample (diffcp's), ``cvx_batch``
+    for one that solves the batch at once (:attr:`convex_attention.cvx.Backend.batched`);
+    ``None`` for a name this version's backend table does not hold (an older or newer
+    row), which may have read either."""
+    if backend not in BACKENDS:
+        return None
+    return "cvx_batch" if get_backend(backend, check_installed=False).batched else "diffcp_batch"
 
 
 def run_reads_setting(name: str, methods) -> bool:
@@ -104,16 +118,21 @@ def run_reads_setting(name: str, methods) -> bool:
 
 
 def reads_setting(name: str, row: dict) -> bool:
-    """Whether a bench row (its ``method`` and ``dual_kind``) was measured with the
-    :data:`MEASUREMENT_SETTINGS` setting ``name``: the cvxpylayers settings by cvxpylayers
-    rows, the training settings by the trained λ kinds, the dual solver's tolerance by
-    the methods that take a ``tol`` (or record the solver's history); every other setting by
-    every row.  A method this version does not register reads them all."""
+    """Whether a bench row (its ``method``, ``backend`` and ``dual_kind``) was measured with
+    the :data:`MEASUREMENT_SETTINGS` setting ``name``: the cvxpylayers settings by
+    cvxpylayers rows (of the two batch settings, the one of the row's backend,
+    :func:`cvx_batch_setting`; a row without a known backend reads both), the training
+    settings by the trained λ kinds, the dual solver's tolerance by the methods that take a
+    ``tol`` (or record the solver's history); every other setting by every row.  A method
+    this version does not register reads them all."""
     method = REGISTRY.get(row.get("method", ""))
     if method is None:
         return True
     if name in CVX_SETTINGS:
-        return row.get("method") == "cvxpylayers"
+        if row.get("method") != "cvxpylayers":
+            return False
+        batch_setting = cvx_batch_setting(row.get("backend"))
+        return name not in BATCH_SETTINGS or batch_setting in (None, name)
     if name in FIT_SETTINGS:
         return row.get("dual_kind") in ("fitted", "amortised")
     if name == "dual_tol":
@@ -275,6 +294,9 @@ def check_resume_config(out_dir: str, config) -> None:
         return  # no rows to keep (those of a bench.json without its bench.csv are dropped, and said)
     kept = [r for r in rows if r["status"] in FINISHED]  # the others are measured again
     stored = stored_config(out_dir)
+    if stored is not None and "cvx_batch" in stored and "diffcp_batch" not in stored:
+        # written before diffcp had a batch of its own: its rows were timed on --cvx-batch samples
+        stored = {**stored, "diffcp_batch": stored["cvx_batch"]}
     if stored is None:
         raise ResumeMismatch(
             f"--resume: {os.path.join(out_dir, 'bench.json')} records no readable configuration (it is missing, "

@@ -42,6 +42,7 @@ from .results import (
     DUAL_KINDS,
     KEY_FIELDS,
     ResultsWriter,
+    cvx_batch_setting,
     records_history,
     row_key,
 )
@@ -508,9 +509,10 @@ def _convergence_rows(config: SweepConfig, c: _Cell) -> list[dict]:
 def _reference_row(config: SweepConfig, c: _Cell, r: dict, rows: list[dict]) -> dict:
     """One backend's row of the reference solver: skipped (with the reason and the
     estimate), an error (with the solver's message), or measured on ``--cvx-batch``
-    samples of the cell."""
+    samples of the cell (``--diffcp-batch`` for a diffcp backend, which solves sample by
+    sample: :func:`~.results.cvx_batch_setting`)."""
     backend = r["backend"]
-    batch = min(c.spec["batch"], config.cvx_batch)
+    batch = min(c.spec["batch"], getattr(config, cvx_batch_setting(backend) or "cvx_batch"))
     calls = 1 + config.cvx_repeats
     n_cells = c.base["n_cells"]
     if backend:
