@@ -274,10 +274,35 @@ def test_a_gradient_miss_against_finite_differences_gives_their_spread_on_the_wo
     assert target["met"] is False and target["value"] == 1.13e-4
     assert target["detail"].endswith("; worst mixed draw 1: 0.00011, where the finite differences' own spread is "
                                      "0.0001 (the difference at twice the step lies that far from it)")
+    rows[1]["error_vs_fd_normwise"] = 2.3e-11  # newer files: the difference beside the gradient's norm too
+    (target,) = [t for t in gt._targets({"gradients": rows}) if "finite differences (normal)" in t["target"]]
+    assert target["met"] is False and target["detail"].endswith(
+        "lies that far from it); relative to |gradient| x |direction| the difference is 2.3e-11")
     rows[1]["error_vs_fd"] = 9e-6  # met: nothing to explain
     (target,) = [t for t in gt._targets({"gradients": rows}) if "finite differences (normal)" in t["target"]]
     assert target["met"] is True and "spread" not in target["detail"]
-    assert "fd_spread" in gt.GRADIENT_COLUMNS
+    assert {"fd_spread", "error_vs_fd_normwise"} <= set(gt.GRADIENT_COLUMNS)
+
+
+def test_the_normwise_error_divides_the_difference_by_the_gradient_and_direction_norms(monkeypatch):
+    """With the finite difference forced to 0 the difference is the whole derivative along
+    the direction: relative to |gradient| x |direction| it is |cos| of their angle, in
+    (0, 1] by Cauchy-Schwarz, while relative to the difference (clamped at 1e-12) it is huge.
+    Every draw keeps its setting's score scale (a first version named the norms ``scale``,
+    which drew the second instance of each setting at scale ~1e2)."""
+    scales = []
+
+    def spy(*args, scale, **kwargs):
+        scales.append(scale)
+        return draw_instance(*args, scale=scale, **kwargs)
+
+    monkeypatch.setattr(gt, "five_point_with_spread", lambda f: (0.0, 0.0))
+    monkeypatch.setattr(gt, "draw_instance", spy)
+    rows = gt._gradients(GraphBenchmark(grad_size=16, grad_draws=2), ("axial",), [], log=lambda m: None)
+    assert len(rows) == 4  # mild, normal: dual alone
+    for r in rows:
+        assert 0 < r["error_vs_fd_normwise"] <= 1 < r["error_vs_fd"]
+    assert scales == [gt.GRADIENT_SETTINGS["mild"][0]] * 2 + [gt.GRADIENT_SETTINGS["normal"][0]] * 2
 
 
 def test_the_gradient_target_against_cvxpylayers_says_what_its_own_error_is():
