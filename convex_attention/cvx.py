@@ -80,7 +80,7 @@ class Backend:
     when the caller gives none: about the tightest at which the solver still converges on
     this problem (measured: docs/performance.md).  ``default_accept_tol`` is the
     certificate's threshold when the caller gives neither ``eps`` nor ``accept_tol``
-    (``None``: ``max(1e3·eps, 1e-9)``, as for an explicit ``eps``).
+    (``None``: ``min(max(1e3·eps, 1e-9), 1e-3)``, as for an explicit ``eps``).
     """
 
     name: str
@@ -272,6 +272,10 @@ def _other_backend_hint(name: str) -> str | None:
     return f"try backend={others[0]!r}" if others else None
 
 
+#: The most the certificate's threshold derived from an explicit ``eps`` (``1e3·eps``) may be:
+#: beyond it a "certified" point need not be a distribution at all.
+MAX_DERIVED_ACCEPT_TOL = 1e-3
+
 #: Options of diffcp's derivative, and every option diffcp takes itself, not its conic solver
 #: (Clarabel and SCS reject them).
 _DERIVATIVE_OPTIONS = ("mode", "n_jobs_backward")
@@ -396,7 +400,10 @@ class CvxpyAttentionLayer:
             if needs_grad:
                 out = _PanicGuard.apply(run, self, *flat_scores)
             else:
-                out = run(flat_scores)
+                # no graph: moreau's outputs required grad whatever the inputs, and a backward
+                # then ran its derivative outside the panic guard (a review)
+                with torch.no_grad():
+                    out = run(flat_scores)
         except BaseException as err:  # noqa: B036  (a Rust panic is a BaseException: see is_solver_panic)
             if not is_solver_panic(err):
                 raise
@@ -614,7 +621,9 @@ def check_options(options: dict) -> dict:
     elif default_eps and backend.default_accept_tol is not None:
         accept_tol = backend.default_accept_tol
     else:
-        accept_tol = max(1e3 * eps, 1e-9)
+        # capped: a loose eps (1e-2, 1) made it 10 or 1e3, and a point with negative
+        # probabilities was certified (a review); an explicit accept_tol is the caller's
+        accept_tol = min(max(1e3 * eps, 1e-9), MAX_DERIVED_ACCEPT_TOL)
     given_mode = "mode" in opts
     mode = opts.pop("mode", None)
     if given_mode:
@@ -625,6 +634,22 @@ def check_options(options: dict) -> dict:
         if not isinstance(mode, str) or mode not in DIFFCP_MODES:
             raise ValueError(f"option mode (diffcp's derivative) must be one of {', '.join(DIFFCP_MODES)}; "
                              f"got {mode!r}")
+    for name in ("n_jobs_forward", "n_jobs_backward"):
+        if name in opts:
+            value = opts[name]
+            if backend.interface != "DIFFCP":
+                raise ValueError(f"option {name} is diffcp's (its thread pool): backends "
+                                 f"{', '.join(b for b in BACKENDS if _BACKENDS[b].interface == 'DIFFCP')} only, "
+                                 f"not {backend.name!r}")
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not (value >= 1 or value == -1):
+                raise ValueError(f"option {name} (diffcp's thread pool) must be an integer >= 1, or -1 for every "
+                                 f"core; got {value!r}")
+    if backend.solve_method == "SCS":
+        given = sorted({"eps_abs", "eps_rel"} & set(opts))
+        if given:
+            # diffcp sets both to eps whenever eps is given, and this layer always gives it
+            raise ValueError(f"option(s) {', '.join(given)} would be replaced by eps in diffcp's call of SCS: "
+                             f"give eps (SCS's eps_abs and eps_rel both)")
     get_backend(backend.name)  # installed? (after the values: a typo is reported first)
     return {"backend": backend, "eps": eps, "max_iters": max_iters, "accept_tol": accept_tol, "mode": mode,
             "extra": opts}
@@ -714,21 +739,25 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     it can be off by more than its own size: docs/design.md §4).
 
     Args:
-        scores: ``M`` tensors ``(B, *h.shapes[k])`` on any device.
-        temps: ``M`` positive floats (tensors that do not require grad are read as floats).
+        scores: ``M`` tensors ``(B, *h.shapes[k])`` on any device, finite (a NaN or an
+            infinite score is a ValueError naming the map).
+        temps: ``M`` finite positive floats, one per map (tensors that do not require grad
+            are read as floats).
         **options: ``backend`` (one of :data:`BACKENDS`, default ``"diffcp-clarabel"``);
             ``solve_method`` (``"Clarabel"`` or ``"SCS"``: the same as backend
             ``"diffcp-clarabel"`` / ``"diffcp-scs"``); ``eps`` (solver tolerance, finite
             > 0, default the backend's ``default_eps``: Clarabel 1e-12, Moreau 1e-11,
             SCS 1e-9); ``max_iters`` (an integer >= 1, default: the solver's);
             ``accept_tol`` (largest accepted primal residual and relative duality gap,
-            finite > 0, default ``max(1e3·eps, 1e-9)``, or the backend's
+            finite > 0, default ``max(1e3·eps, 1e-9)`` capped at
+            :data:`MAX_DERIVED_ACCEPT_TOL` (1e-3), or the backend's
             ``default_accept_tol`` when ``eps`` is not given: 1e-4 for SCS, which
             stalls near 1e-5 on this problem); ``mode`` (diffcp backends: how diffcp
             solves its derivative system, one of :data:`DIFFCP_MODES`; default
             ``"lsqr"``; ``"dense"`` is more accurate and slower); diffcp's ``n_jobs_forward``
-            and ``n_jobs_backward`` (its thread pools) default to ``torch.get_num_threads()``;
-            other keys go to the solver
+            and ``n_jobs_backward`` (its thread pools: integers >= 1, or -1 for every core)
+            default to ``torch.get_num_threads()``; SCS's ``eps_abs`` and ``eps_rel`` are
+            refused (diffcp replaces them by ``eps``); other keys go to the solver
             unchanged (diffcp passes them to SCS or to Clarabel's settings; Moreau takes
             ``moreau.Settings`` and ``moreau.IPMSettings`` fields), and one the solver
             rejects is a TypeError.
@@ -750,8 +779,19 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     """
     opts = check_options(options)
     temps = _float_temperatures(temps)
+    if len(temps) != h.num_maps or not all(math.isfinite(t) and t > 0 for t in temps):
+        # ca.solve checks them; this public entry point too (a third one was ignored, a negative
+        # one read "the attention problem must be DPP": a review)
+        raise ValueError(f"method 'cvxpylayers' needs {h.num_maps} temperatures, one finite positive float per "
+                         f"map; got {temps}")
     backend = opts["backend"]
     args = _solver_args(backend, opts["eps"], opts["max_iters"], opts["extra"])
+    for k, s in enumerate(scores):
+        if not bool(torch.isfinite(s).all()):
+            # check_finite=False skips the check of ca.solve; CVXPY's own refusal ("Parameter
+            # value must be real") names neither the scores nor the map
+            raise ValueError(f"method 'cvxpylayers' needs finite scores: map {k} has NaN or infinite entries (a "
+                             f"masked cell is -inf: method 'exact' or 'dual' solves it)")
     layer = get_layer(h, temps, backend.name)
     solving_on = solve_device(backend, scores[0].device)
     # each map's scores centred per sample: a constant per map moves no solution (every map sums
