@@ -62,7 +62,7 @@ from torch import Tensor
 
 from ._ops import compute_dtype
 from .graph import Graph
-from .metrics import dual_objective, objective
+from .metrics import dual_objective, objective, stationarity
 
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
            "certificate", "centred_scores", "primal_residual", "is_solver_panic", "solve_device", "Backend", "BACKENDS",
@@ -275,6 +275,15 @@ def _other_backend_hint(name: str) -> str | None:
 #: The most the certificate's threshold derived from an explicit ``eps`` (``1e3·eps``) may be:
 #: beyond it a "certified" point need not be a distribution at all.
 MAX_DERIVED_ACCEPT_TOL = 1e-3
+
+#: A certified solution's maps must also lie within this many ``accept_tol`` of the maps its
+#: duals imply (:func:`convex_attention.metrics.stationarity`), measured per sample.  The
+#: residual and the relative gap alone passed diffcp-clarabel's maps 2.6e-5 from the optimum
+#: at a certificate of 6.9e-10 (a 16² grid + regions, τ in [0.26, 1.8]), and moreau's 4.3e-4
+#: off at τ = (1e-6, 1e6): the gap is quadratic in the maps' error and relative to |f|.  The
+#: distance is of the size of the error (0.28-93x it over 120 solves of 16² families, up to
+#: 2.9e3x at τ ratios of 1e6, where the duals' error over τ dominates: docs/design.md §4).
+STATIONARITY_FACTOR = 1e3
 
 #: Options of diffcp's derivative, and every option diffcp takes itself, not its conic solver
 #: (Clarabel and SCS reject them).
@@ -772,7 +781,9 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
         SolverFailure: when the solver fails, or when a sample's primal residual
         (simplex, sign or consistency; max-abs) or its duality gap ``g(λ) − f(p)``
         (relative to ``max(1, |f̄(p)|)``, ``f̄`` the objective of the scores centred per map,
-        :func:`certificate`) exceeds ``accept_tol``: diffcp's Clarabel path
+        :func:`certificate`) exceeds ``accept_tol``, or its maps lie more than
+        :data:`STATIONARITY_FACTOR` × ``accept_tol`` from the maps its duals imply
+        (:func:`convex_attention.metrics.stationarity`): diffcp's Clarabel path
         never raises, its SCS path only warns and Moreau returns whatever it reached, so
         the certificate is checked here.  The message names the backend, the sample
         index and the solver status.
@@ -829,10 +840,15 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
                 raise
             raise TypeError(f"solver {backend.solve_method or backend.name} rejected the option(s) {passed}: "
                             f"{err}") from err
-    cert = certificate(h, temps, flat_cpu, [p.detach().cpu() for p in probs], [d.detach().cpu() for d in duals])
-    bad = (~(cert <= accept_tol)).nonzero().flatten().tolist()  # NaN counts as bad
+    probs_cpu, duals_cpu = [p.detach().cpu() for p in probs], [d.detach().cpu() for d in duals]
+    cert = certificate(h, temps, flat_cpu, probs_cpu, duals_cpu)
+    with torch.no_grad():
+        distance = stationarity(centred_scores(flat_cpu), probs_cpu, duals_cpu, h.flat(), temps)
+    # NaN counts as bad
+    bad = (~((cert <= accept_tol) & (distance <= STATIONARITY_FACTOR * accept_tol))).nonzero().flatten().tolist()
     if bad:
-        _raise_failure(layer, flat_cpu, args, bad, accept_tol, None, cert, max_iters=opts["max_iters"])
+        _raise_failure(layer, flat_cpu, args, bad, accept_tol, None, cert, max_iters=opts["max_iters"],
+                       distance=distance)
     B = scores[0].shape[0]
     probs = [p.reshape((B,) + h.shapes[k]).to(device=device, dtype=dtype) for k, p in enumerate(probs)]
     duals = [d.reshape((B,) + h.shapes[b]) for d, (_, b) in zip(duals, h.edges)]
@@ -888,7 +904,7 @@ _certificate = certificate
 
 
 def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, error, certificate=None,
-                   max_iters=None):
+                   max_iters=None, distance=None):
     """Raise :class:`SolverFailure` naming the backend, the first failing samples and
     their statuses.  ``flat``: detached CPU float64 scores ``(B, n_k)``; ``error``: the
     exception the batch's solve raised, or None where the certificate failed."""
@@ -897,9 +913,13 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
     lines = []
     for i in samples:
         status = layer.sample_status(i, [f[i].numpy() for f in flat], args)
-        if certificate is not None:
+        if certificate is not None and not float(certificate[i]) <= accept_tol:
             lines.append(f"sample {i}: primal residual or duality gap {float(certificate[i]):.2e} > "
                          f"accept_tol {accept_tol:.1e}; solver {solver} status '{status}'")
+        elif certificate is not None and distance is not None:
+            lines.append(f"sample {i}: its maps lie {float(distance[i]):.2e} from the maps its duals imply, > "
+                         f"{STATIONARITY_FACTOR:g} x accept_tol {accept_tol:.1e} (primal residual and duality gap "
+                         f"{float(certificate[i]):.2e}); solver {solver} status '{status}'")
         elif status != "optimal":  # the batch failed as a whole: find the culprits
             lines.append(f"sample {i}: solver {solver} status '{status}'")
         if len(lines) == 5:

@@ -12,11 +12,11 @@ import torch
 from torch import Tensor
 
 from ._ops import upcast
-from .dual import dual_function
+from .dual import dual_function, reparameterized_probs
 from .graph import Graph
 
 __all__ = ["violation", "objective", "dual_objective", "primal_gap", "dual_gap", "max_abs_err",
-           "consistency_residuals"]
+           "consistency_residuals", "stationarity"]
 
 
 def _flat_sum(x: Tensor) -> Tensor:
@@ -63,6 +63,17 @@ def dual_objective(scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: 
     scores are None and probabilities ``given[k]``, adds ``<η_k, q_k>`` instead)."""
     return dual_function([None if s is None else upcast(s) for s in scores], [upcast(d) for d in duals], h, temps,
                          None if given is None else [None if q is None else upcast(q) for q in given])
+
+
+def stationarity(scores: Sequence[Tensor], probs: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
+                 temps: Sequence[float]) -> Tensor:
+    """``max_k max_i |p_k − p_k(λ)|`` per sample, ``(B,)``: how far the maps lie from the maps
+    the duals imply, ``p_k(λ) = softmax(η_k(λ) / τ_k)``, the Lagrangian's stationarity
+    condition.  Both are exact at the optimum; unlike the duality gap, which is quadratic in
+    an error of the maps, this is of the size of the error (or of the duals' error over
+    ``τ``)."""
+    implied = reparameterized_probs([upcast(s) for s in scores], [upcast(d) for d in duals], h, temps)
+    return torch.stack([(upcast(p) - q).abs().flatten(1).amax(1) for p, q in zip(probs, implied)]).amax(0)
 
 
 def primal_gap(optimal_value: Tensor, scores: Sequence[Tensor], probs: Sequence[Tensor],

@@ -1,0 +1,127 @@
+#!/usr/bin/env python
+"""How well the cvxpylayers layer's acceptance tests track the true error of its maps
+(docs/design.md §4, "certified by its primal residual and its duality gap ... and by its
+stationarity").
+
+    python benchmarks/study_certificate.py --out docs/results/certificate-study
+    python benchmarks/study_certificate.py --draws 1 --out /tmp/cert    # about 15 s
+
+For each family of the graph benchmark (and a two-level chain), each temperature set
+(log10 τ uniform in [-1, 1], [-2, 1] and [-4, 4]; scores N(0, 3²)) and each backend, one
+sample per draw is solved by the layer at the backend's defaults *without* its acceptance
+test, and three numbers are recorded beside the true error of its maps against an
+independent reference (``exact`` on forests, ``dual`` at tol 1e-12 elsewhere): the
+certificate (primal residual and relative duality gap, :func:`convex_attention.cvx.certificate`),
+the stationarity distance (:func:`convex_attention.metrics.stationarity`) and whether the
+layer, with its acceptance test, would accept the solve.  Writes ``certificate.csv`` into
+``--out`` and prints, per backend and set, the worst error, the distance's ratio to the
+error, and what the acceptance test refuses.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+import torch
+
+import convex_attention as ca
+from convex_attention import cvx
+from convex_attention.bench.graph_targets import draw_instance
+from convex_attention.cvx import STATIONARITY_FACTOR, centred_scores, certificate
+from convex_attention.hierarchy import Hierarchy
+from convex_attention.io.environment import environment, load_average
+from convex_attention.io.files import atomic_csv, write_json
+from convex_attention.metrics import stationarity
+
+SETS = {"normal": (-1.0, 1.0), "hard": (-2.0, 1.0), "extreme": (-4.0, 4.0)}
+SCALE = 3.0
+FAMILIES = ("chain", "star", "axial", "grid_regions", "mixed")
+COLUMNS = ("set", "family", "draw", "backend", "status", "tau_min", "tau_max", "certificate", "accept_tol",
+           "stationarity", "error", "accepted")
+
+
+def instance(family: str, size: int, g: torch.Generator, log_tau):
+    """One sample of ``family`` at side ``size`` (the chain: size² onto (size/2)², its two
+    temperatures drawn as an axial instance's first two)."""
+    h, scores, temps = draw_instance("axial" if family == "chain" else family, size, g, log_tau, 1, scale=SCALE)
+    if family == "chain":
+        h = Hierarchy.grid([(size, size), (size // 2, size // 2)])
+        scores = [SCALE * torch.randn((1,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+        temps = temps[:2]
+    return h, scores, [float(t) for t in temps]
+
+
+def reference(h, scores, temps):
+    if h.is_forest:
+        return ca.solve(scores, h, "exact", temperature=temps).probs
+    return ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, max_iter=20000).probs
+
+
+def study(backend: str, h, scores, temps, ref) -> dict:
+    opts = cvx.check_options({"backend": backend})
+    flat = centred_scores([s.reshape(1, -1) for s in scores])
+    layer = cvx.get_layer(h, temps, backend)
+    args = cvx._solver_args(opts["backend"], opts["eps"], opts["max_iters"], opts["extra"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        probs, duals = layer(flat, args, derivative_mode=None)
+    probs, duals = [p.detach().cpu() for p in probs], [d.detach().cpu() for d in duals]
+    cert = float(certificate(h, temps, flat, probs, duals)[0])
+    distance = float(stationarity(flat, probs, duals, h.flat(), temps)[0])
+    error = max(float((p.reshape(-1) - r.reshape(-1)).abs().max()) for p, r in zip(probs, ref))
+    accept = opts["accept_tol"]
+    return {"certificate": cert, "accept_tol": accept, "stationarity": distance, "error": error,
+            "accepted": cert <= accept and distance <= STATIONARITY_FACTOR * accept}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", required=True)
+    p.add_argument("--draws", type=int, default=4)
+    p.add_argument("--size", type=int, default=16)
+    p.add_argument("--backends", nargs="+", default=["diffcp-clarabel", "moreau"])
+    p.add_argument("--seed", type=int, default=7)
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    os.makedirs(a.out, exist_ok=True)
+    start, load_start = time.time(), load_average()
+    rows = []
+    for set_name, log_tau in SETS.items():
+        for family in FAMILIES:
+            g = torch.Generator().manual_seed(a.seed)
+            for draw in range(a.draws):
+                h, scores, temps = instance(family, a.size, g, log_tau)
+                ref = reference(h, scores, temps)
+                for backend in a.backends:
+                    base = {"set": set_name, "family": family, "draw": draw, "backend": backend,
+                            "tau_min": min(temps), "tau_max": max(temps)}
+                    try:
+                        rows.append({**base, "status": "ok", **study(backend, h, scores, temps, ref)})
+                    except Exception as err:  # a failed solve is a row
+                        rows.append({**base, "status": f"error: {type(err).__name__}: {err}"[:200]})
+    atomic_csv(os.path.join(a.out, "certificate.csv"), COLUMNS, rows)
+    command = ["python", "benchmarks/study_certificate.py", *(sys.argv[1:] if argv is None else argv)]
+    write_json(os.path.join(a.out, "certificate.json"),
+               {"command": " ".join(command),
+                "environment": environment(),
+                "load_average_start": load_start, "load_average_end": load_average(),
+                "wall_s": time.time() - start, "stationarity_factor": STATIONARITY_FACTOR})
+    for backend in a.backends:
+        for set_name in SETS:
+            ok = [r for r in rows if r["backend"] == backend and r["set"] == set_name and r["status"] == "ok"]
+            if not ok:
+                continue
+            ratios = [r["stationarity"] / r["error"] for r in ok if r["error"] > 0]
+            refused = [r for r in ok if not r["accepted"]]
+            print(f"{backend:16} {set_name:8} n={len(ok):3}  worst error {max(r['error'] for r in ok):.2g}  "
+                  f"certificate <= {max(r['certificate'] for r in ok):.2g}  stationarity/error "
+                  f"{min(ratios):.2g}-{max(ratios):.2g}  refused {len(refused)}"
+                  + "".join(f"  [{r['family']} draw {r['draw']}: error {r['error']:.2g}]" for r in refused))
+    print(json.dumps({"rows": len(rows), "errors": sum(r["status"] != "ok" for r in rows)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
