@@ -995,3 +995,24 @@ def test_a_blank_line_before_a_cut_history_does_not_hide_the_cut(tmp_path):
     done = writer(tmp_path, resume=True).done()
     assert R.row_key(bench_row(method="dual", size=8)) not in done
     assert R.row_key(bench_row(method="dual")) in done
+
+
+def test_a_legacy_folder_keeps_its_diffcp_rows_batch_through_a_resume_that_does_not_read_it(tmp_path):
+    """Before (a review): the legacy rule held only in the resume check, so a resume that
+    reads no cvxpylayers setting recorded this run's --diffcp-batch default for a legacy
+    folder's diffcp rows (timed on its --cvx-batch), and a later resume then accepted
+    another --diffcp-batch for them."""
+    folder = tmp_path / "legacy"
+    sweep_writer(folder, cvx_batch=4).commit(
+        bench_row(method="cvxpylayers", backend="diffcp-clarabel", status="skipped"))
+    record = json.loads((folder / "bench.json").read_text())
+    del record["config"]["diffcp_batch"]  # written before --diffcp-batch: diffcp timed on --cvx-batch 4
+    (folder / "bench.json").write_text(json.dumps(record))
+    with pytest.raises(R.ResumeMismatch, match=r"--diffcp-batch 4"):
+        R.check_resume_config(str(folder), SweepConfig(sizes=(4,), levels=(2,)))  # the legacy rule holds
+    # a resume of exact alone (reads no cvxpylayers setting): accepted, and keeps the rows' value
+    R.check_resume_config(str(folder), SweepConfig(sizes=(4,), levels=(2,), methods=("exact",)))
+    sweep_writer(folder, resume=True, methods=("exact",)).commit(bench_row(method="exact", size=8))
+    assert json.loads((folder / "bench.json").read_text())["config"]["diffcp_batch"] == 4
+    with pytest.raises(R.ResumeMismatch, match=r"--diffcp-batch 4"):
+        R.check_resume_config(str(folder), SweepConfig(sizes=(4,), levels=(2,)))  # diffcp rows were timed on 4

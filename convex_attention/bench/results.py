@@ -263,6 +263,15 @@ def stored_config(out_dir: str) -> dict | None:
     return config if isinstance(config, dict) else None
 
 
+def _with_legacy_batch(stored: dict | None) -> dict | None:
+    """``stored`` (a bench.json's ``config``) with the batch its diffcp rows were timed on made
+    explicit: one written before diffcp had a batch of its own timed them on ``--cvx-batch``
+    samples.  Applied wherever a stored configuration is compared or carried forward."""
+    if stored is not None and "cvx_batch" in stored and "diffcp_batch" not in stored:
+        return {**stored, "diffcp_batch": stored["cvx_batch"]}
+    return stored
+
+
 def _option(name: str) -> str:
     """The command-line option of a sweep setting (its field name where it has none)."""
     s = declared(SweepConfig).get(name)
@@ -293,10 +302,7 @@ def check_resume_config(out_dir: str, config) -> None:
     if not rows and not problems:
         return  # no rows to keep (those of a bench.json without its bench.csv are dropped, and said)
     kept = [r for r in rows if r["status"] in FINISHED]  # the others are measured again
-    stored = stored_config(out_dir)
-    if stored is not None and "cvx_batch" in stored and "diffcp_batch" not in stored:
-        # written before diffcp had a batch of its own: its rows were timed on --cvx-batch samples
-        stored = {**stored, "diffcp_batch": stored["cvx_batch"]}
+    stored = _with_legacy_batch(stored_config(out_dir))
     if stored is None:
         raise ResumeMismatch(
             f"--resume: {os.path.join(out_dir, 'bench.json')} records no readable configuration (it is missing, "
@@ -552,7 +558,7 @@ class ResultsWriter:
             self._load()
             self.runs = self._earlier_runs()
             # check_start_over refused rows without a readable configuration
-            self.config = _grown_config(stored_config(out_dir), self.config)
+            self.config = _grown_config(_with_legacy_batch(stored_config(out_dir)), self.config)
         self.env = environment(device_env)
         self._started, self._load_start, self._committed = now_utc(), load_average(), 0
         if not resume or self.problems or self._renumbered:
