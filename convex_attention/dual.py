@@ -201,10 +201,17 @@ def dual_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temp
     etas = reparameterized_logits(scores, duals, h)
     probs = [_softmax_as_measured(e, t) if given is None or given[k] is None else given[k]
              for k, (e, t) in enumerate(zip(etas, temps))]
-    if not h.is_forest or (given is not None and any(q is not None for q in given)):
+    if given is not None and any(q is not None for q in given):
         return probs, []
-    cond = [h.block_softmax(_shifted(h, etas[a], e, temps[a]), e)[0] for e, (a, _) in enumerate(h.edges)]
-    return probs, cond
+    return probs, _conditionals(h, etas, temps)
+
+
+def _conditionals(h: Graph, etas: Sequence[Tensor], temps: Sequence[float]) -> list[Tensor]:
+    """Per edge ``e = (a → b)`` the within-block conditionals of ``p_a`` at the logits ``etas``
+    (the tree VJP's); none on a graph that is not a forest."""
+    if not h.is_forest:
+        return []
+    return [h.block_softmax(_shifted(h, etas[a], e, temps[a]), e)[0] for e, (a, _) in enumerate(h.edges)]
 
 
 def _shifted(h: Graph, eta: Tensor, e: int, tau: float) -> Tensor:
@@ -637,14 +644,15 @@ def _confirm_as_returned(scores, h: Graph, temps, lam, etas, g, viol, gap, stopp
     their rounding (hundreds of float64 units after long solves at logits of hundreds; a
     start of 1e30 left them nowhere near it, a review).  Those samples take the recomputed
     state; the ones it does not meet go on sweeping from it.  Returns ``lam, etas, g, viol,
-    gap`` and the samples that stop."""
+    gap``, the samples that stop and the maps measured at ``etas`` (those of the stopping
+    samples are the maps they return)."""
     centred = _pick(stopping, [centre(x) for x in lam], lam)
     fresh = _pick(stopping, reparameterized_logits(scores, centred, h), etas)
-    fresh_g, fresh_viol, fresh_gap, _ = _evaluate(fresh, h, temps, duals=centred, given=given, offset=offset)
+    fresh_g, fresh_viol, fresh_gap, probs = _evaluate(fresh, h, temps, duals=centred, given=given, offset=offset)
     g, viol, gap = (torch.where(stopping, new, old) for new, old in ((fresh_g, g), (fresh_viol, viol),
                                                                       (fresh_gap, gap)))
     met = torch.isfinite(g) & (viol <= stop_tol) & (gap <= gap_tol)
-    return centred, fresh, g, viol, gap, stopping & met
+    return centred, fresh, g, viol, gap, stopping & met, probs
 
 
 def _measure(pieces: _Pieces, h: Graph, g: Tensor, duals: Sequence[Tensor] | None = None,
@@ -899,7 +907,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
                max_iter: int = 1000, strict: bool = True, record_history: bool = False,
                init: Sequence[Tensor] | None = None, gap_tol: float | None = None, newton="auto",
                warm_start="auto", given: Sequence[Tensor | None] | None = None,
-               round_to: torch.dtype | None = None):
+               round_to: torch.dtype | None = None, _returned: dict | None = None):
     r"""Minimise ``g(λ)`` per sample until ``violation <= tol`` and ``gap <= gap_tol``:
     safeguarded, accelerated block-coordinate descent.
 
@@ -958,6 +966,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             ``tol / 2`` (half precision at small ``tol``, or float16 maps of tens of
             thousands of cells: their rounding alone can reach ``tol``) the iterate stops at
             ``tol / 2``; the dual method then judges the maps as returned.
+        _returned: private (the dual method's autograd function): a dict that receives, when
+            every sample converged at a point where its maps were measured (float64 work, no
+            given maps), those maps (``probs``) and their logits (``etas``), so that they are
+            not computed again.
 
     Returns:
         dict with ``duals`` (centred, ``(B, *shapes[coarse(e)])``), ``iterations`` ``(B,)``
@@ -1020,7 +1032,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         lam = [centre(start.to(dtype).expand((B,) + h.shapes[h.edges[e][1]]).clone()) for e, start in enumerate(init)]
     etas = reparameterized_logits(scores, lam, h)
     offset = score_offset(scores)
-    g, viol, gap, _ = _evaluate(etas, h, temps, duals=lam, given=given, offset=offset)
+    g, viol, gap, measured = _evaluate(etas, h, temps, duals=lam, given=given, offset=offset)
+    # each sample's maps where it stopped: at the start (at centred duals, from the logits
+    # computed from them) or at its confirmation (float64 work), recomputed nowhere else
+    stopped_maps = measured
     finite = torch.isfinite(g) & torch.isfinite(viol) & torch.isfinite(gap)
     failed = ~finite
     stop_tol = tol
@@ -1073,8 +1088,9 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         failed |= active & ~finite
         stopping = active & finite & (viol <= stop_tol) & (gap <= gap_tol)
         if confirms and bool(stopping.any()):
-            lam, etas, g, viol, gap, stopping = _confirm_as_returned(scores, h, temps, lam, etas, g, viol, gap,
-                                                                    stopping, given, offset, stop_tol, gap_tol)
+            lam, etas, g, viol, gap, stopping, measured = _confirm_as_returned(
+                scores, h, temps, lam, etas, g, viol, gap, stopping, given, offset, stop_tol, gap_tol)
+            stopped_maps = _pick(stopping, measured, stopped_maps)
         active = active & finite & ~stopping
         if record_history:
             history_v.append(viol.clone())
@@ -1098,6 +1114,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     # them again moves them by a rounding step, which a cold map magnifies past a tol of 1e-13
     # (a review); the others are centred here
     confirmed = converged if confirms else torch.zeros_like(converged)
+    if _returned is not None and confirms and given is None and bool(converged.all()):
+        # (for DualSolveFunction) every sample stopped where its maps were measured: those
+        # maps and their logits, not computed again (the forests paid 20-30 % for that)
+        _returned.update(probs=stopped_maps, etas=etas)
     out = {"duals": _pick(confirmed, lam, [centre(dual) for dual in lam]), "iterations": iterations,
            "converged": converged,
            "violation": viol, "gap": gap, "newton_steps": newton_steps}
@@ -1219,12 +1239,16 @@ class DualSolveFunction(torch.autograd.Function):
         if mask is not None:
             scores = [None if m else x for x, m in zip(inputs, mask)]
             given = [x if m else None for x, m in zip(inputs, mask)]
-        result = solve_dual(scores, h, floats, given=given, **options)
-        # the maps at the duals from the scores the solver solved at: centred once, as
-        # solve_dual centres them (centring by the midpoint is not idempotent to the last
-        # bit, and a cold map magnifies the difference: a review)
-        centred, _ = _centred_scores(with_given_scores(scores, given))
-        probs, cond = dual_probs(centred, result["duals"], h, floats, given)
+        returned: dict = {}
+        result = solve_dual(scores, h, floats, given=given, _returned=returned, **options)
+        if returned:  # every sample stopped where its maps were measured: those maps
+            probs, cond = returned["probs"], _conditionals(h, returned["etas"], floats)
+        else:
+            # the maps at the duals from the scores the solver solved at: centred once, as
+            # solve_dual centres them (centring by the midpoint is not idempotent to the last
+            # bit, and a cold map magnifies the difference: a review)
+            centred, _ = _centred_scores(with_given_scores(scores, given))
+            probs, cond = dual_probs(centred, result["duals"], h, floats, given)
         probs = [p.clone() if given is not None and given[k] is not None else p for k, p in enumerate(probs)]
         duals = result.pop("duals")
         info.update(result)

@@ -26,6 +26,8 @@ from helpers import (
 import convex_attention as ca
 from convex_attention.dual import (
     ConvergenceError,
+    _centred_scores,
+    _conditionals,
     check_dual_options,
     dual_function,
     dual_probs,
@@ -1524,3 +1526,49 @@ def test_public_dual_probs_temperature_gradient_is_finite_at_a_tiny_tensor_tempe
     probs, _ = dual_probs(scores, [torch.zeros(1, 2)], h, [tau, torch.tensor(1.0)])
     (grad,) = torch.autograd.grad(probs[0][0, 1], tau)
     assert torch.isfinite(grad)
+
+
+@pytest.mark.parametrize("case", ["2d-2lvl", "3d-3lvl"] + GRAPH_CASES)
+def test_the_maps_of_a_converged_batch_are_the_ones_measured_where_each_sample_stopped(case):
+    """A batch whose every sample stopped at a confirmed point returns the maps the solver
+    measured there (not computed again: the forests paid 20-30 % for that), bit for bit
+    p(λ) at the returned duals as dual_probs computes it.  On the grid chains one sample
+    meets tol at its start (constant scores: the uniform maps, λ = 0) and is never swept
+    while the others are; the forests start at their closed form (no sweep at all)."""
+    inst = random_instance(case, batch=3) if case in ALL_CASES else random_graph_instance(case, batch=3)
+    scores = [s.clone() for s in inst.scores]
+    for s in scores:
+        s[1] = 0.7
+    returned: dict = {}
+    result = solve_dual(scores, inst.h, inst.temps, tol=1e-10, _returned=returned)
+    assert returned, "the whole batch converged in float64: its measured maps are kept"
+    if case in ALL_CASES:
+        assert int(result["iterations"][1]) == 0 and int(result["iterations"].max()) > 0
+    elif case in NONTREE_CASES:
+        assert int(result["iterations"].max()) > 0  # swept, and confirmed where they stopped
+    centred, _ = _centred_scores(scores)
+    want, cond = dual_probs(centred, result["duals"], inst.h, inst.temps)
+    assert all(torch.equal(p, w) for p, w in zip(returned["probs"], want))
+    assert all(torch.equal(c, d) for c, d in zip(_conditionals(inst.h, returned["etas"], inst.temps), cond))
+    sol = ca.solve(scores, inst.h, "dual", temperature=inst.temps, tol=1e-10)  # the method returns them
+    assert all(torch.equal(p, w) for p, w in zip(sol.probs, want))
+
+
+def test_maps_are_computed_again_where_a_sample_missed_or_the_work_is_float32_or_maps_are_given():
+    """The measured maps are kept only where they are every sample's returned maps: not when
+    a sample missed tol (its maps are at its last duals), not in float32 work (no
+    confirmation there), not with given maps (returned as given)."""
+    inst = random_graph_instance("axial", batch=2, seed=3, scale=3.0)
+    for options in ({"tol": 1e-12, "max_iter": 1, "strict": False},):
+        returned: dict = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = solve_dual(inst.scores, inst.h, inst.temps, _returned=returned, **options)
+        assert not bool(result["converged"].all()) and returned == {}
+    returned = {}
+    solve_dual([s.float() for s in inst.scores], inst.h, inst.temps, tol=1e-5, _returned=returned)
+    assert returned == {}
+    q = torch.full((2, 4), 0.25, dtype=torch.float64)
+    returned = {}
+    solve_dual([inst.scores[0], None, inst.scores[2]], inst.h, inst.temps, given=[None, q, None], _returned=returned)
+    assert returned == {}
