@@ -1,6 +1,7 @@
 """convex_attention.bench.targets: the core speed targets and the amortised dual's targets, judged from
 measured rows."""
 import math
+import sys
 
 import pytest
 from helpers import read_json
@@ -620,3 +621,24 @@ def test_a_core_ratio_that_is_not_a_finite_number_is_not_measured(value):
     verdicts = _verdicts(_format([], {CVX_RATIO: value, "exact/softmax": value},
                                  {CVX_RATIO: (">=", 1e4), "exact/softmax": ("<=", 3.0)}, {}, None))
     assert verdicts == {CVX_RATIO: "NOT measured", "exact/softmax": "NOT measured"}, verdicts
+
+
+def test_core_benchmark_times_each_cvxpylayers_backend_on_its_own_batch(monkeypatch):
+    """The sweep's rule: moreau (batched) on cvx_batch samples, 16 by default; a diffcp
+    backend (sample by sample) on diffcp_batch, 2 by default.  The core benchmark timed
+    every backend on 2, where moreau is about 2x cheaper per sample in calls of 16
+    (docs/benchmarks.md)."""
+    from convex_attention.bench import targets
+    from convex_attention.bench.config import CVX_BATCH, DIFFCP_BATCH
+
+    times = {**CORE_TIMES, ("cvxpylayers", "moreau", 4): CORE_TIMES[("cvxpylayers", "fast", 4)],
+             ("cvxpylayers", "diffcp-clarabel", 4): CORE_TIMES[("cvxpylayers", "slow", 4)]}
+    monkeypatch.setattr(sys.modules[__name__], "CORE_TIMES", times)
+    measured = _stand_in_timing(monkeypatch, installed=("moreau", "diffcp-clarabel"))
+    kw = {k: v for k, v in CORE_KW.items() if k != "cvx_batch"}
+    for given, want in (({}, {"moreau": CVX_BATCH, "diffcp-clarabel": DIFFCP_BATCH}),
+                        ({"cvx_batch": 5, "diffcp_batch": 3}, {"moreau": 5, "diffcp-clarabel": 3})):
+        measured.clear()
+        out = targets.core_benchmark(log=lambda m: None, **kw, **given)
+        assert {c["backend"]: c["batch"] for c, _ in measured if c["method"] == "cvxpylayers"} == want
+        assert {r["backend"]: r["batch"] for r in out["rows"] if r["method"] == "cvxpylayers"} == want

@@ -25,6 +25,8 @@ from ..io.files import atomic_csv, error_reason, write_json
 from ..methods import get_method
 from ..validation import dtype_name
 from .cases import make_case, shape_str
+from .config import CVX_BATCH, DIFFCP_BATCH
+from .results import cvx_batch_setting
 from .timing import measure_interleaved, peak_memory_mb
 
 __all__ = ["core_benchmark", "plot_core_record", "amortised_targets", "format_targets", "AMORTISED_TARGETS",
@@ -48,13 +50,16 @@ def _row(method, backend, h, batch, dtype, device, meas, peak=float("nan")) -> d
 
 
 def core_benchmark(batch: int = 64, shapes=((64, 64), (32, 32)), cvx_shapes=((32, 32), (16, 16)),
-                   cvx_batch: int = 2, repeats: int = 50, cvx_repeats: int = 3, device="cpu",
-                   dtype=torch.float32, out_dir: str | None = None, log=print, backends=None) -> dict:
+                   cvx_batch: int = CVX_BATCH, repeats: int = 50, cvx_repeats: int = 3, device="cpu",
+                   dtype=torch.float32, out_dir: str | None = None, log=print, backends=None,
+                   diffcp_batch: int = DIFFCP_BATCH) -> dict:
     """The speed targets of the core, measured side by side in one run.
 
     Times ``softmax``, ``exact`` and ``learned_dual`` + its consistency loss on ``batch``
     samples of ``shapes`` (interleaved), then ``exact`` and cvxpylayers, per backend, at
-    ``cvx_shapes`` (cvxpylayers on ``cvx_batch`` samples, float64 on the CPU).
+    ``cvx_shapes`` (cvxpylayers float64 on the CPU, a batched backend such as moreau on
+    ``cvx_batch`` samples, a diffcp backend, which solves sample by sample, on
+    ``diffcp_batch``: the sweep's rule, :func:`~.results.cvx_batch_setting`).
 
     Args:
         backends: cvxpylayers backends to time (``None``: every installed one).
@@ -80,15 +85,16 @@ def core_benchmark(batch: int = 64, shapes=((64, 64), (32, 32)), cvx_shapes=((32
     rows.append(small)
     backend_ratios = {}
     for backend in backends:
-        case = make_case("cvxpylayers", hc, cvx_batch, torch.float64, "cpu", options={"backend": backend})
+        samples = diffcp_batch if cvx_batch_setting(backend) == "diffcp_batch" else cvx_batch
+        case = make_case("cvxpylayers", hc, samples, torch.float64, "cpu", options={"backend": backend})
         try:
             meas = measure_interleaved({"cvx": case}, device="cpu", repeats=cvx_repeats, warmup=1)["cvx"]
         except Exception as err:  # a failing backend is reported, the others still count
             rows.append({"method": "cvxpylayers", "backend": backend, "status": "error",
                          "reason": error_reason(err), "shapes": shape_str(hc),
-                         "batch": cvx_batch, "dtype": "float64", "device": "cpu"})
+                         "batch": samples, "dtype": "float64", "device": "cpu"})
             continue
-        row = _row("cvxpylayers", backend, hc, cvx_batch, torch.float64, "cpu", meas)
+        row = _row("cvxpylayers", backend, hc, samples, torch.float64, "cpu", meas)
         rows.append(row)
         backend_ratios[backend] = row["per_sample_us"] / small["per_sample_us"]
     by = {r["method"]: r for r in rows[:3]}
