@@ -1166,8 +1166,24 @@ def test_an_ordinary_instance_that_clarabel_solved_off_by_2e_5_is_refused_not_ce
         sol = ca.solve(scores, h, "cvxpylayers", temperature=temps, backend="diffcp-clarabel")
     except SolverFailure as err:
         assert "from the maps its duals imply" in str(err), str(err)
+        # Clarabel says 'optimal_inaccurate' there: the failure advises its smaller regularisation
+        assert "static_regularization_constant=1e-10" in str(err), str(err)
         return
     assert float(ca.metrics.max_abs_err(sol.probs, reference.probs).max()) < 1e-6
+
+
+@pytest.mark.slow  # 1.5 s: Clarabel at its smaller regularisation
+def test_the_regularisation_a_clarabel_failure_advises_certifies_the_instance_it_refused():
+    _needs("diffcp-clarabel")
+    from convex_attention.bench.graph_targets import draw_instance
+
+    g = torch.Generator().manual_seed(7)
+    for _ in range(4):  # the instance of the test above
+        h, scores, temps = draw_instance("grid_regions", 16, g, (-1.0, 1.0), 1, scale=3.0)
+    reference = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, max_iter=5000)
+    sol = ca.solve(scores, h, "cvxpylayers", temperature=temps, backend="diffcp-clarabel",
+                   static_regularization_constant=1e-10)
+    assert float(ca.metrics.max_abs_err(sol.probs, reference.probs).max()) < 1e-8  # measured 1.8e-10
 
 
 def test_stationarity_is_zero_at_the_optimum_and_of_the_size_of_a_perturbation():
