@@ -1046,6 +1046,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         # below the bound; the returned maps are judged as returned either way
         stop_tol = tol - margin if margin <= tol / 2 else tol / 2
     active = finite & ~((viol <= stop_tol) & (gap <= gap_tol))
+    recorded = ~active  # the samples whose stopped_maps are their returned maps: those done at the start
     iterations = torch.zeros(B, dtype=torch.long, device=device)
     newton_steps = torch.zeros(B, dtype=torch.long, device=device)
     history_v, history_g, history_gap = ([viol.clone()], [g.clone()], [gap.clone()]) if record_history else ([], [], [])
@@ -1091,6 +1092,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             lam, etas, g, viol, gap, stopping, measured = _confirm_as_returned(
                 scores, h, temps, lam, etas, g, viol, gap, stopping, given, offset, stop_tol, gap_tol)
             stopped_maps = _pick(stopping, measured, stopped_maps)
+            recorded = recorded | stopping
         active = active & finite & ~stopping
         if record_history:
             history_v.append(viol.clone())
@@ -1114,7 +1116,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     # them again moves them by a rounding step, which a cold map magnifies past a tol of 1e-13
     # (a review); the others are centred here
     confirmed = converged if confirms else torch.zeros_like(converged)
-    if _returned is not None and confirms and given is None and bool(converged.all()):
+    if _returned is not None and confirms and given is None and bool((converged & recorded).all()):
         # (for DualSolveFunction) every sample stopped where its maps were measured: those
         # maps and their logits, not computed again (the forests paid 20-30 % for that)
         _returned.update(probs=stopped_maps, etas=etas)

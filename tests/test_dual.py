@@ -1572,3 +1572,29 @@ def test_maps_are_computed_again_where_a_sample_missed_or_the_work_is_float32_or
     returned = {}
     solve_dual([inst.scores[0], None, inst.scores[2]], inst.h, inst.temps, given=[None, q, None], _returned=returned)
     assert returned == {}
+
+
+def test_maps_kept_after_a_refused_confirmation_are_those_of_the_confirmation_that_held(monkeypatch):
+    """A sample whose first confirmation is refused sweeps on from the recomputed state and
+    stops at a later one: the maps returned are those measured there, bit for bit p(λ) at
+    the returned duals (a review's suggested case; the first confirmation of every sample is
+    refused here by hand, as drift refuses it after a start of 1e30)."""
+    from convex_attention import dual
+
+    real, calls = dual._confirm_as_returned, []
+
+    def refuse_first(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(bool(out[5].any()))
+        if len(calls) == 1:
+            out = (*out[:5], torch.zeros_like(out[5]), out[6])  # every stopping sample refused, once
+        return out
+
+    monkeypatch.setattr(dual, "_confirm_as_returned", refuse_first)
+    inst = random_graph_instance("axial", batch=4, seed=3)
+    returned: dict = {}
+    result = solve_dual(inst.scores, inst.h, inst.temps, tol=1e-10, _returned=returned)
+    assert len(calls) >= 2 and calls[0] and returned and bool(result["converged"].all())
+    centred, _ = _centred_scores(inst.scores)
+    want, _ = dual_probs(centred, result["duals"], inst.h, inst.temps)
+    assert all(torch.equal(p, w) for p, w in zip(returned["probs"], want))
