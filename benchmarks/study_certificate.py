@@ -107,7 +107,8 @@ def main(argv=None) -> int:
                {"command": " ".join(command),
                 "environment": environment(),
                 "load_average_start": load_start, "load_average_end": load_average(),
-                "wall_s": time.time() - start, "stationarity_factor": STATIONARITY_FACTOR})
+                "wall_s": time.time() - start, "stationarity_factor": STATIONARITY_FACTOR,
+                "clarabel_static_regularization": cvx.CLARABEL_STATIC_REGULARIZATION})
     for backend in a.backends:
         for set_name in SETS:
             ok = [r for r in rows if r["backend"] == backend and r["set"] == set_name and r["status"] == "ok"]

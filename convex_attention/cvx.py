@@ -285,6 +285,14 @@ MAX_DERIVED_ACCEPT_TOL = 1e-3
 #: 2.9e3x at τ ratios of 1e6, where the duals' error over τ dominates: docs/design.md §4).
 STATIONARITY_FACTOR = 1e3
 
+#: Clarabel's static regularisation through diffcp (its own default is 1e-8).  At 1e-8 its
+#: reduced-accuracy exit ("optimal_inaccurate") left maps 2.6e-5 from the optimum on an
+#: ordinary 16² grid + regions instance, and 3.9e-6 on a 3-D cell of bench --quick (both
+#: refused by the stationarity check); at 1e-10 every one of 60 solves of
+#: benchmarks/study_certificate.py was certified, worst 6.4e-7 from the reference, in the
+#: same time (docs/design.md §4).  The reference solve retries with it first too.
+CLARABEL_STATIC_REGULARIZATION = 1e-10
+
 #: Options of diffcp's derivative, and every option diffcp takes itself, not its conic solver
 #: (Clarabel and SCS reject them).
 _DERIVATIVE_OPTIONS = ("mode", "n_jobs_backward")
@@ -676,6 +684,7 @@ def _solver_args(backend: Backend, eps: float, max_iters: int | None, extra: dic
     # Clarabel, through diffcp or CuClarabel: the same settings.
     args = {"tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps, "tol_ktratio": eps, **extra}
     if backend.solve_method is not None:
+        args = {"static_regularization_constant": CLARABEL_STATIC_REGULARIZATION, **args}
         args["solve_method"] = backend.solve_method
     if max_iters is not None:
         args["max_iter"] = max_iters
@@ -930,11 +939,7 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
         lines[-1] += (f" (each sample re-solved alone by CVXPY with {solver}; the batch's solve raised "
                       f"'{_message_line(error)}')")
     other = _other_backend_hint(backend.name)
-    # Clarabel's reduced-accuracy exit comes from its static regularisation (1e-8): a smaller
-    # one certified the bench --quick sample its stationarity refused (maps 7e-7 from exact)
-    regularisation = ["pass static_regularization_constant=1e-10 (Clarabel's setting)"] \
-        if backend.solve_method == "Clarabel" and "optimal_inaccurate" in " ".join(lines) else []
-    hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + regularisation + \
+    hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
         [f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] + ([other] if other else [])
     advice = ", ".join(hints[:-1]) + ", or " + hints[-1] if len(hints) > 1 else hints[0]
     raise SolverFailure(f"cvxpylayers[{backend.name}] solve failed for " + "; ".join(lines) + ". "
