@@ -285,13 +285,15 @@ MAX_DERIVED_ACCEPT_TOL = 1e-3
 #: 2.9e3x at τ ratios of 1e6, where the duals' error over τ dominates: docs/design.md §4).
 STATIONARITY_FACTOR = 1e3
 
-#: Clarabel's static regularisation through diffcp (its own default is 1e-8).  At 1e-8 its
-#: reduced-accuracy exit ("optimal_inaccurate") left maps 2.6e-5 from the optimum on an
-#: ordinary 16² grid + regions instance, and 3.9e-6 on a 3-D cell of bench --quick (both
-#: refused by the stationarity check); at 1e-10 every one of 60 solves of
-#: benchmarks/study_certificate.py was certified, worst 6.4e-7 from the reference, in the
-#: same time (docs/design.md §4).  The reference solve retries with it first too.
-CLARABEL_STATIC_REGULARIZATION = 1e-10
+#: diffcp-clarabel's retries of a batch the certificate refuses (where the caller set no
+#: regularisation of their own): Clarabel's reduced-accuracy exit comes from its static
+#: regularisation (1e-8), and at 1e-8 it left maps 2.6e-5 from the optimum on an ordinary 16²
+#: grid + regions instance and 3.9e-6 on a 3-D cell of bench --quick, which the stationarity
+#: check refuses; at 1e-10 both are certified (1.8e-10 and 7e-7 off).  No one setting serves
+#: every instance (at 1e-10 a small star of the tests came back 6.9e-6 off, certified at
+#: 1e-8), so the batch is solved again with each in turn until one certifies every sample:
+#: the reference solve's retries (docs/design.md §4).
+CLARABEL_RETRIES = _REFERENCE_RETRIES
 
 #: Options of diffcp's derivative, and every option diffcp takes itself, not its conic solver
 #: (Clarabel and SCS reject them).
@@ -684,7 +686,6 @@ def _solver_args(backend: Backend, eps: float, max_iters: int | None, extra: dic
     # Clarabel, through diffcp or CuClarabel: the same settings.
     args = {"tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps, "tol_ktratio": eps, **extra}
     if backend.solve_method is not None:
-        args = {"static_regularization_constant": CLARABEL_STATIC_REGULARIZATION, **args}
         args["solve_method"] = backend.solve_method
     if max_iters is not None:
         args["max_iter"] = max_iters
@@ -835,29 +836,41 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
         import diffcp
 
         solver_errors = (diffcp.cone_program.SolverError,)
-    with warnings.catch_warnings():
-        # diffcp only warns on inaccurate solves; the residual check below decides.
-        warnings.filterwarnings("ignore", message="Solved/Inaccurate")
-        try:
-            probs, duals = layer(flat, args, derivative_mode=opts["mode"])
-        except solver_errors as err:
-            _raise_failure(layer, flat_cpu, args, list(range(flat[0].shape[0])), accept_tol, err,
-                           max_iters=opts["max_iters"])
-        except (AttributeError, TypeError) as err:
-            passed = sorted(opts["extra"])
-            if not passed:  # not a rejected pass-through option: a genuine error
-                raise
-            raise TypeError(f"solver {backend.solve_method or backend.name} rejected the option(s) {passed}: "
-                            f"{err}") from err
-    probs_cpu, duals_cpu = [p.detach().cpu() for p in probs], [d.detach().cpu() for d in duals]
-    cert = certificate(h, temps, flat_cpu, probs_cpu, duals_cpu)
-    with torch.no_grad():
-        distance = stationarity(centred_scores(flat_cpu), probs_cpu, duals_cpu, h.flat(), temps)
-    # NaN counts as bad
-    bad = (~((cert <= accept_tol) & (distance <= STATIONARITY_FACTOR * accept_tol))).nonzero().flatten().tolist()
-    if bad:
-        _raise_failure(layer, flat_cpu, args, bad, accept_tol, None, cert, max_iters=opts["max_iters"],
-                       distance=distance)
+    retries: tuple[dict, ...] = CLARABEL_RETRIES if backend.solve_method == "Clarabel" and not \
+        {"static_regularization_constant"} & set(opts["extra"]) else ()
+    first_failure: tuple | None = None
+    attempts: tuple[dict, ...] = ({},) + retries
+    for attempt in attempts:
+        attempt_args = {**args, **attempt}
+        with warnings.catch_warnings():
+            # diffcp only warns on inaccurate solves; the residual check below decides.
+            warnings.filterwarnings("ignore", message="Solved/Inaccurate")
+            try:
+                probs, duals = layer(flat, attempt_args, derivative_mode=opts["mode"])
+            except solver_errors as err:
+                _raise_failure(layer, flat_cpu, attempt_args, list(range(flat[0].shape[0])), accept_tol, err,
+                               max_iters=opts["max_iters"])
+            except (AttributeError, TypeError) as err:
+                passed = sorted(opts["extra"])
+                if not passed:  # not a rejected pass-through option: a genuine error
+                    raise
+                raise TypeError(f"solver {backend.solve_method or backend.name} rejected the option(s) {passed}: "
+                                f"{err}") from err
+        probs_cpu, duals_cpu = [p.detach().cpu() for p in probs], [d.detach().cpu() for d in duals]
+        cert = certificate(h, temps, flat_cpu, probs_cpu, duals_cpu)
+        with torch.no_grad():
+            distance = stationarity(centred_scores(flat_cpu), probs_cpu, duals_cpu, h.flat(), temps)
+        # NaN counts as bad
+        bad = (~((cert <= accept_tol) & (distance <= STATIONARITY_FACTOR * accept_tol))).nonzero().flatten().tolist()
+        if not bad:
+            break
+        if first_failure is None:
+            first_failure = (attempt_args, bad, cert, distance)
+    else:  # no attempt certified every sample: the first attempt's failures, with the retries said
+        assert first_failure is not None
+        attempt_args, bad, cert, distance = first_failure
+        _raise_failure(layer, flat_cpu, attempt_args, bad, accept_tol, None, cert, max_iters=opts["max_iters"],
+                       distance=distance, retried=retries)
     B = scores[0].shape[0]
     probs = [p.reshape((B,) + h.shapes[k]).to(device=device, dtype=dtype) for k, p in enumerate(probs)]
     duals = [d.reshape((B,) + h.shapes[b]) for d, (_, b) in zip(duals, h.edges)]
@@ -913,7 +926,7 @@ _certificate = certificate
 
 
 def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, error, certificate=None,
-                   max_iters=None, distance=None):
+                   max_iters=None, distance=None, retried=()):
     """Raise :class:`SolverFailure` naming the backend, the first failing samples and
     their statuses.  ``flat``: detached CPU float64 scores ``(B, n_k)``; ``error``: the
     exception the batch's solve raised, or None where the certificate failed."""
@@ -942,5 +955,7 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
     hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
         [f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] + ([other] if other else [])
     advice = ", ".join(hints[:-1]) + ", or " + hints[-1] if len(hints) > 1 else hints[0]
-    raise SolverFailure(f"cvxpylayers[{backend.name}] solve failed for " + "; ".join(lines) + ". "
+    again = (f" (and again with each of {', '.join(str(r) for r in retried)}: none certified every sample)"
+             if retried else "")
+    raise SolverFailure(f"cvxpylayers[{backend.name}] solve failed for " + "; ".join(lines) + again + ". "
                         + advice[0].upper() + advice[1:] + ".")

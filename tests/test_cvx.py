@@ -1172,8 +1172,9 @@ def test_an_ordinary_instance_that_clarabel_solved_off_by_2e_5_is_refused_not_ce
 
 def test_the_refused_instance_under_clarabel_s_own_regularisation_is_refused_not_certified():
     """Clarabel's own static regularisation (1e-8) leaves that instance 2.6e-5 off with status
-    'optimal_inaccurate': the stationarity check refuses it (the layer now passes 1e-10,
-    cvx.CLARABEL_STATIC_REGULARIZATION, under which it is certified 1.8e-10 from the optimum)."""
+    'optimal_inaccurate': the stationarity check refuses it, and a caller who sets the
+    regularisation gets no retry (by default the layer retries at 1e-10, cvx.CLARABEL_RETRIES,
+    where it is certified 1.8e-10 from the optimum)."""
     _needs("diffcp-clarabel")
     from convex_attention.bench.graph_targets import draw_instance
 
@@ -1183,11 +1184,11 @@ def test_the_refused_instance_under_clarabel_s_own_regularisation_is_refused_not
     with pytest.raises(SolverFailure, match="from the maps its duals imply"):
         ca.solve(scores, h, "cvxpylayers", temperature=temps, backend="diffcp-clarabel",
                  static_regularization_constant=1e-8)
-    assert cvx.CLARABEL_STATIC_REGULARIZATION == 1e-10
+    assert cvx.CLARABEL_RETRIES[0] == {"static_regularization_constant": 1e-10}
 
 
 @pytest.mark.slow  # 1.5 s: Clarabel at its smaller regularisation
-def test_the_layer_s_clarabel_regularisation_certifies_the_instance_its_own_left_2e_5_off():
+def test_the_layer_s_clarabel_retry_certifies_the_instance_its_own_regularisation_left_2e_5_off():
     _needs("diffcp-clarabel")
     from convex_attention.bench.graph_targets import draw_instance
 
@@ -1195,7 +1196,7 @@ def test_the_layer_s_clarabel_regularisation_certifies_the_instance_its_own_left
     for _ in range(4):  # the instance of the test above
         h, scores, temps = draw_instance("grid_regions", 16, g, (-1.0, 1.0), 1, scale=3.0)
     reference = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, max_iter=5000)
-    sol = ca.solve(scores, h, "cvxpylayers", temperature=temps, backend="diffcp-clarabel")  # at 1e-10
+    sol = ca.solve(scores, h, "cvxpylayers", temperature=temps, backend="diffcp-clarabel")  # retried at 1e-10
     assert float(ca.metrics.max_abs_err(sol.probs, reference.probs).max()) < 1e-8  # measured 1.8e-10
 
 
@@ -1212,3 +1213,32 @@ def test_stationarity_is_zero_at_the_optimum_and_of_the_size_of_a_perturbation()
     moved[0][1, 1] -= 1e-4
     distance = ca.metrics.stationarity(inst.scores, moved, sol.duals, inst.h, temps)
     assert float(distance[1]) == pytest.approx(1e-4, rel=1e-6) and float(distance[[0, 2]].max()) < 1e-12
+
+
+def test_a_refused_clarabel_batch_is_solved_again_with_each_retry_setting_then_fails_saying_so(monkeypatch):
+    """diffcp-clarabel: a batch the certificate refuses is solved again with each of
+    cvx.CLARABEL_RETRIES until one certifies every sample; none: SolverFailure naming them.
+    A caller's own static_regularization_constant is used as given, with no retry; other
+    backends are not retried."""
+    _needs("diffcp-clarabel")
+    calls = []
+    real = cvx.CvxpyAttentionLayer.__call__
+
+    def spy(self, flat_scores, solver_args, derivative_mode=None):
+        calls.append(solver_args.get("static_regularization_constant"))
+        return real(self, flat_scores, solver_args, derivative_mode)
+
+    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "__call__", spy)
+    monkeypatch.setattr(cvx, "stationarity", lambda scores, probs, duals, h, temps: torch.ones(probs[0].shape[0]))
+    inst = random_instance("1d-2lvl", batch=2, seed=0)
+    with pytest.raises(SolverFailure, match="and again with each of"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps)
+    assert calls == [None] + [r.get("static_regularization_constant") for r in cvx.CLARABEL_RETRIES]
+    calls.clear()
+    with pytest.raises(SolverFailure) as err:
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, static_regularization_constant=1e-9)
+    assert calls == [1e-9] and "again" not in str(err.value)
+    monkeypatch.setattr(cvx, "stationarity", lambda scores, probs, duals, h, temps: torch.zeros(probs[0].shape[0]))
+    calls.clear()
+    ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps)
+    assert calls == [None]  # certified at once: solved once
