@@ -773,7 +773,9 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
             ``default_accept_tol`` when ``eps`` is not given: 1e-4 for SCS, which
             stalls near 1e-5 on this problem); ``mode`` (diffcp backends: how diffcp
             solves its derivative system, one of :data:`DIFFCP_MODES`; default
-            ``"lsqr"``; ``"dense"`` is more accurate and slower); diffcp's ``n_jobs_forward``
+            ``"lsqr"``; ``"dense"`` is more accurate and slower); diffcp-clarabel solves a
+            batch the certificate refuses again with each of :data:`CLARABEL_RETRIES` until one
+            certifies every sample, unless ``static_regularization_constant`` is given; diffcp's ``n_jobs_forward``
             and ``n_jobs_backward`` (its thread pools: integers >= 1, or -1 for every core)
             default to ``torch.get_num_threads()``; SCS's ``eps_abs`` and ``eps_rel`` are
             refused (diffcp replaces them by ``eps``); other keys go to the solver
@@ -840,14 +842,19 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
         {"static_regularization_constant"} & set(opts["extra"]) else ()
     first_failure: tuple | None = None
     attempts: tuple[dict, ...] = ({},) + retries
-    for attempt in attempts:
-        attempt_args = {**args, **attempt}
+    for index, attempt in enumerate(attempts):
+        # a retry changes only what the caller left to the layer (their own keys go unchanged)
+        attempt_args = {**args, **{k: v for k, v in attempt.items() if k not in opts["extra"]}}
         with warnings.catch_warnings():
             # diffcp only warns on inaccurate solves; the residual check below decides.
             warnings.filterwarnings("ignore", message="Solved/Inaccurate")
             try:
                 probs, duals = layer(flat, attempt_args, derivative_mode=opts["mode"])
-            except solver_errors as err:
+            except (*solver_errors, SolverFailure) as err:
+                if index:  # a retry is an extra chance: one that fails (a panic too) leaves the next
+                    continue
+                if isinstance(err, SolverFailure):
+                    raise
                 _raise_failure(layer, flat_cpu, attempt_args, list(range(flat[0].shape[0])), accept_tol, err,
                                max_iters=opts["max_iters"])
             except (AttributeError, TypeError) as err:

@@ -1242,3 +1242,57 @@ def test_a_refused_clarabel_batch_is_solved_again_with_each_retry_setting_then_f
     calls.clear()
     ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps)
     assert calls == [None]  # certified at once: solved once
+
+
+# --- a review of 1f87e7a (diffcp-clarabel's retries of a refused batch): each failed before its fix ---
+
+def _refuse_every_attempt_and_count_solves(monkeypatch, inst, raise_on=None, error=None):
+    """Every attempt refused by the stationarity check; the layer's solves recorded (their
+    ``solver_args``), and ``error`` raised by solve number ``raise_on`` (1-based)."""
+    monkeypatch.setattr(cvx, "stationarity", lambda scores, probs, duals, h, temps: torch.ones(probs[0].shape[0]))
+    layer = get_layer(inst.h, inst.temps)
+    real = layer.layer
+    seen = []
+
+    def call(*inputs, solver_args):
+        seen.append(dict(solver_args))
+        if len(seen) == raise_on:
+            raise error
+        return real(*inputs, solver_args=solver_args)
+
+    monkeypatch.setattr(layer, "layer", call)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["solver_error", "panic"])
+def test_an_error_raised_by_a_retry_does_not_hide_the_first_attempts_refusal_or_stop_the_retries(kind, monkeypatch):
+    """A retry is an extra chance, as in the reference solve (which continues past a
+    SolverError or a panic): the remaining retries are still made and, none certifying, the
+    failure is the first attempt's, saying which retries were made.  At 1f87e7a a SolverError
+    on the first retry gave 'the batch's solve raised ...' with statuses re-solved at the
+    retry's 1e-10 and no word of the refusal; a panic gave 'failed in its forward pass'."""
+    _needs("diffcp-clarabel")
+    import diffcp
+
+    error = diffcp.cone_program.SolverError("Solver clarabel failed") if kind == "solver_error" else \
+        Panic("a panic at the smaller regularisation")
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    seen = _refuse_every_attempt_and_count_solves(monkeypatch, inst, raise_on=2, error=error)
+    with pytest.raises(SolverFailure) as err:
+        solve_cvxpylayers(inst.scores, inst.h, inst.temps)
+    text = str(err.value)
+    assert len(seen) == 1 + len(cvx.CLARABEL_RETRIES), [s.get("static_regularization_constant") for s in seen]
+    assert "from the maps its duals imply" in text and "and again with each of" in text, text
+
+
+def test_a_retry_keeps_the_callers_own_clarabel_settings(monkeypatch):
+    """'other keys go to the solver unchanged' (solve_cvxpylayers): a retry changes only what
+    the caller left to the layer.  At 1f87e7a the third retry solved with
+    iterative_refinement_reltol 1e-16 where the caller had given 1e-13."""
+    _needs("diffcp-clarabel")
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    seen = _refuse_every_attempt_and_count_solves(monkeypatch, inst)
+    with pytest.raises(SolverFailure):
+        solve_cvxpylayers(inst.scores, inst.h, inst.temps, iterative_refinement_reltol=1e-13)
+    assert len(seen) > 1 and all(s["iterative_refinement_reltol"] == 1e-13 for s in seen), \
+        [s["iterative_refinement_reltol"] for s in seen]
