@@ -89,7 +89,7 @@ from .config import CVX_BATCH, DIFFCP_BATCH, check_device
 from .differences import FD_STEP, five_point_with_spread
 from .duals import fit_amortiser
 from .generators import generate
-from .results import cvx_batch_setting
+from .results import cvx_samples
 from .structures import structure_graph
 from .timing import measure_interleaved, nan_max, nan_median
 
@@ -491,10 +491,9 @@ def _speed_row(family, h, name, backend, meas, batch, device) -> dict:
 def _cvx_samples(config: GraphBenchmark, backend: str) -> int:
     """Samples per timed call of ``backend``: ``diffcp_batch`` for diffcp's backends (sample
     by sample), ``cvx_batch`` for the batched ones (the sweep's rule,
-    :func:`~.results.cvx_batch_setting`)."""
-    batch = getattr(config, cvx_batch_setting(backend) or "cvx_batch")
-    assert batch is not None  # made explicit when the configuration was made
-    return batch
+    :func:`~.results.cvx_samples`)."""
+    assert config.cvx_batch is not None and config.diffcp_batch is not None  # made explicit with the configuration
+    return cvx_samples(backend, config.cvx_batch, config.diffcp_batch)
 
 
 def _solved_to(options: dict) -> dict:

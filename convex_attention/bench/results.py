@@ -47,7 +47,7 @@ __all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows"
            "check_start_over", "check_resume_config", "stored_config", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
            "CELL_KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "cell_key", "OUTPUTS", "GRID_SETTINGS",
            "RUN_SETTINGS", "MEASUREMENT_SETTINGS", "CVX_SETTINGS", "FIT_SETTINGS", "reads_setting", "run_reads_setting",
-           "records_history", "cvx_batch_setting",
+           "records_history", "cvx_batch_setting", "cvx_samples",
            "PANDAS_DTYPES"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
@@ -103,6 +103,13 @@ def cvx_batch_setting(backend: str | None) -> str | None:
     if backend not in BACKENDS:
         return None
     return "cvx_batch" if get_backend(backend, check_installed=False).batched else "diffcp_batch"
+
+
+def cvx_samples(backend: str | None, cvx_batch: int, diffcp_batch: int) -> int:
+    """Samples per timed call of the cvxpylayers ``backend`` by :func:`cvx_batch_setting`'s
+    rule, one home for the sweep, the graph benchmark and the core benchmark: ``diffcp_batch``
+    for a diffcp backend, ``cvx_batch`` for any other (a name the table does not hold too)."""
+    return diffcp_batch if cvx_batch_setting(backend) == "diffcp_batch" else cvx_batch
 
 
 def run_reads_setting(name: str, methods) -> bool:

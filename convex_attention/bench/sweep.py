@@ -42,7 +42,7 @@ from .results import (
     DUAL_KINDS,
     KEY_FIELDS,
     ResultsWriter,
-    cvx_batch_setting,
+    cvx_samples,
     records_history,
     row_key,
 )
@@ -510,9 +510,9 @@ def _reference_row(config: SweepConfig, c: _Cell, r: dict, rows: list[dict]) -> 
     """One backend's row of the reference solver: skipped (with the reason and the
     estimate), an error (with the solver's message), or measured on ``--cvx-batch``
     samples of the cell (``--diffcp-batch`` for a diffcp backend, which solves sample by
-    sample: :func:`~.results.cvx_batch_setting`)."""
+    sample: :func:`~.results.cvx_samples`)."""
     backend = r["backend"]
-    batch = min(c.spec["batch"], getattr(config, cvx_batch_setting(backend) or "cvx_batch"))
+    batch = min(c.spec["batch"], cvx_samples(backend, config.cvx_batch, config.diffcp_batch))
     calls = 1 + config.cvx_repeats
     n_cells = c.base["n_cells"]
     if backend:

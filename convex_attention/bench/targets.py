@@ -26,7 +26,7 @@ from ..methods import get_method
 from ..validation import dtype_name
 from .cases import make_case, shape_str
 from .config import CVX_BATCH, DIFFCP_BATCH
-from .results import cvx_batch_setting
+from .results import cvx_samples
 from .timing import measure_interleaved, peak_memory_mb
 
 __all__ = ["core_benchmark", "plot_core_record", "amortised_targets", "format_targets", "AMORTISED_TARGETS",
@@ -59,7 +59,7 @@ def core_benchmark(batch: int = 64, shapes=((64, 64), (32, 32)), cvx_shapes=((32
     samples of ``shapes`` (interleaved), then ``exact`` and cvxpylayers, per backend, at
     ``cvx_shapes`` (cvxpylayers float64 on the CPU, a batched backend such as moreau on
     ``cvx_batch`` samples, a diffcp backend, which solves sample by sample, on
-    ``diffcp_batch``: the sweep's rule, :func:`~.results.cvx_batch_setting`).
+    ``diffcp_batch``: the sweep's rule, :func:`~.results.cvx_samples`).
 
     Args:
         backends: cvxpylayers backends to time (``None``: every installed one).
@@ -85,7 +85,7 @@ def core_benchmark(batch: int = 64, shapes=((64, 64), (32, 32)), cvx_shapes=((32
     rows.append(small)
     backend_ratios = {}
     for backend in backends:
-        samples = diffcp_batch if cvx_batch_setting(backend) == "diffcp_batch" else cvx_batch
+        samples = cvx_samples(backend, cvx_batch, diffcp_batch)
         case = make_case("cvxpylayers", hc, samples, torch.float64, "cpu", options={"backend": backend})
         try:
             meas = measure_interleaved({"cvx": case}, device="cpu", repeats=cvx_repeats, warmup=1)["cvx"]
