@@ -65,7 +65,8 @@ from .graph import Graph
 from .metrics import dual_objective, objective, stationarity
 
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
-           "certificate", "centred_scores", "primal_residual", "is_solver_panic", "solve_device", "Backend", "BACKENDS",
+           "certificate", "acceptance", "centred_scores", "primal_residual", "is_solver_panic", "solve_device",
+           "Backend", "BACKENDS",
            "DEFAULT_BACKEND", "available_backends", "backend_unavailable_reason", "get_backend", "check_options",
            "CACHE_SIZE", "clear_cache", "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "CVX_PRIORS", "prior_seconds_per_sample",
            "DIFFCP_MODES"]
@@ -863,12 +864,9 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
                     raise
                 raise TypeError(f"solver {backend.solve_method or backend.name} rejected the option(s) {passed}: "
                                 f"{err}") from err
-        probs_cpu, duals_cpu = [p.detach().cpu() for p in probs], [d.detach().cpu() for d in duals]
-        cert = certificate(h, temps, flat_cpu, probs_cpu, duals_cpu)
-        with torch.no_grad():
-            distance = stationarity(centred_scores(flat_cpu), probs_cpu, duals_cpu, h.flat(), temps)
-        # NaN counts as bad
-        bad = (~((cert <= accept_tol) & (distance <= STATIONARITY_FACTOR * accept_tol))).nonzero().flatten().tolist()
+        cert, distance, accepted = acceptance(h, temps, flat_cpu, [p.detach().cpu() for p in probs],
+                                              [d.detach().cpu() for d in duals], accept_tol)
+        bad = (~accepted).nonzero().flatten().tolist()
         if not bad:
             break
         if first_failure is None:
@@ -930,6 +928,18 @@ def certificate(h: Graph, temps, flat_scores, probs, duals) -> Tensor:
 
 
 _certificate = certificate
+
+
+def acceptance(h: Graph, temps, flat_scores, probs, duals, accept_tol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The layer's acceptance test of a solution, per sample: ``(certificate, stationarity,
+    accepted)``, each ``(B,)``.  Accepted where :func:`certificate` is at most ``accept_tol``
+    and the maps lie within :data:`STATIONARITY_FACTOR` × ``accept_tol`` of the maps the duals
+    imply (:func:`convex_attention.metrics.stationarity`); NaN is never accepted.  Arguments
+    as for :func:`certificate`."""
+    cert = certificate(h, temps, flat_scores, probs, duals)
+    with torch.no_grad():
+        distance = stationarity(centred_scores(flat_scores), probs, duals, h.flat(), temps)
+    return cert, distance, (cert <= accept_tol) & (distance <= STATIONARITY_FACTOR * accept_tol)
 
 
 def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, error, certificate=None,
