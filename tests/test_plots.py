@@ -229,6 +229,24 @@ def test_core_benchmark_ratio_is_computed_from_the_bars_it_draws(figs):
     assert core_ratios(rows, ["exact/softmax"])["exact/softmax"][0] == pytest.approx(2.0)
 
 
+def test_core_benchmark_title_names_each_backend_s_own_batch_one_line_each(figs):
+    """moreau is timed on 16 samples and diffcp on 2: the panel's title said 'cvxpylayers:
+    B = 2, float64; cvxpylayers: B = 16, float64' on one line, naming no backend, and ran into
+    the other panel's axis label."""
+    rows = [
+        {"method": "exact", "backend": "", "shapes": "4x4+2x2", "batch": 4, "dtype": "float32", "fwd_ms": 0.1,
+         "bwd_ms": 0.1, "total_ms": 0.2},
+        {"method": "cvxpylayers", "backend": "slow", "shapes": "4x4+2x2", "batch": 2, "dtype": "float64",
+         "fwd_ms": 50.0, "bwd_ms": 50.0, "total_ms": 100.0},
+        {"method": "cvxpylayers", "backend": "fast", "shapes": "4x4+2x2", "batch": 16, "dtype": "float64",
+         "fwd_ms": 5.0, "bwd_ms": 5.0, "total_ms": 10.0},
+    ]
+    plot_core_benchmark(rows, {}, "core.png")
+    (title,) = [ax.get_title() for ax in figs["core"].axes if ax.get_title()]
+    assert title.split("\n")[:4] == ["4x4+2x2, per sample", "exact: B = 4, float32", "slow: B = 2, float64",
+                                      "fast: B = 16, float64"]
+
+
 def test_attention_maps_share_one_colour_scale_per_level_and_state_n_max_p(tmp_path, figs):
     write_example(str(tmp_path))
     plots.plot_attention_maps(str(tmp_path / "example.npz"), "maps.png", log=pytest.fail)

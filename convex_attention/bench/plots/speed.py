@@ -149,14 +149,14 @@ def _core_title(shapes: str, bars, names, failed=()) -> str:
     and the series that failed at its shapes (``failed``: names)."""
     by_setting: dict = {}
     for b in bars:
-        by_setting.setdefault((b.batch, b.dtype), []).append(b.method)
+        # a cvxpylayers bar by its backend (as on the axis): backends can be timed on batches of their own
+        by_setting.setdefault((b.batch, b.dtype), []).append(b.backend or b.method)
     if len(by_setting) == 1:
         (batch, dtype), = by_setting
         lines = [f"{plain(shapes)}, B = {plain(batch)}, {plain(dtype)}"]
-    else:
-        parts = [f"{'/'.join(dict.fromkeys(ms))}: B = {plain(batch)}, {plain(dtype)}"
-                 for (batch, dtype), ms in by_setting.items()]
-        lines = [f"{plain(shapes)}, per sample", "; ".join(parts)]
+    else:  # one line per setting: several on one line ran into the next panel
+        lines = [f"{plain(shapes)}, per sample"] + [f"{', '.join(dict.fromkeys(ms))}: B = {plain(batch)}, "
+                                                   f"{plain(dtype)}" for (batch, dtype), ms in by_setting.items()]
     for name, (value, note) in _panel_ratios(bars, names).items():
         lines.append(f"{plain(name)} = {value:.3g}" + (f" ({plain(note)})" if note else ""))
     if failed:
@@ -242,8 +242,13 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
     backends = sorted({b.backend for bars in panels.values() for b in bars if b.backend})
     with plt.rc_context(STYLE):
         widths = [max(len(bars), 2) for bars in panels.values()]
-        fig, axes = plt.subplots(1, len(panels), figsize=(FULL_WIDTH, 3.2), squeeze=False, layout="constrained",
-                                 gridspec_kw={"width_ratios": widths})
+        titles = {shapes: _core_title(shapes, bars, list(ratios), [plain(n, 40) for n in failed.get(shapes, [])])
+                  for shapes, bars in panels.items()}
+        # taller for a title of more than 3 lines (one line per batch setting): the axes keep their
+        # height, and the two-line y label stays clear of the legend below
+        extra = 0.15 * max(0, max(t.count("\n") + 1 for t in titles.values()) - 3)
+        fig, axes = plt.subplots(1, len(panels), figsize=(FULL_WIDTH, 3.2 + extra), squeeze=False,
+                                 layout="constrained", gridspec_kw={"width_ratios": widths})
         on_log: dict = {}  # colours drawn as points on a log axis, and as bars on a linear one
         on_linear: dict = {}
         any_wide = False
@@ -258,7 +263,7 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
             ax.set_xticks(np.arange(len(bars)), ["\n".join(plain(t) for t in b.label.split("\n")) for b in bars],
                           fontsize=6.5)
             any_wide |= _mark_wide(ax, bars)
-            ax.set_title(_core_title(shapes, bars, list(ratios), [plain(n, 40) for n in failed.get(shapes, [])]))
+            ax.set_title(titles[shapes])
             ax.set_ylabel(f"time per sample (µs)\n{stat}")
         handles, labels = [], []
         if on_linear:  # the swatches in the methods' own colours
