@@ -1115,13 +1115,41 @@ def test_convergence_per_structure_labels_each_line_with_its_levels(figs):
              "dual_gap_max": 10.0 ** (-2 * i)}
             for c, s, levels in ((0, "chain", 2), (1, "chain", 3), (2, "axial", 3)) for i in range(4)]
     plots.plot_convergence_per_structure(rows, "c.png", log=pytest.fail)
-    labels = [t.get_text() for t in figs["c"].axes[0].get_legend().get_texts()]
+    labels = [t.get_text() for t in column_legend(figs["c"], 0).get_texts()]
     assert labels == ["side 16, 2 levels", "side 16, 3 levels"]
     # another structure's "levels" column counts its maps (a star of 4 maps onto one has 5)
     rows += [{**r, "cell": 3, "size": 32} for r in rows if r["structure"] == "axial"]
     plots.plot_convergence_per_structure(rows, "d.png", log=pytest.fail)
-    assert [t.get_text() for t in figs["d"].axes[1].get_legend().get_texts()] == ["side 16, 3 maps", "side 32, 3 maps"]
+    assert [t.get_text() for t in column_legend(figs["d"], 1).get_texts()] == ["side 16, 3 maps", "side 32, 3 maps"]
 
+
+def column_legend(fig, column):
+    """The legend of a convergence-per-structure column: under its bottom panel."""
+    top_row = [ax for ax in fig.axes if ax.get_title()]
+    return fig.axes[len(top_row) + column].get_legend()
+
+
+def test_convergence_per_structure_legends_sit_below_the_panels_clear_of_every_line(figs):
+    """In the 64² sweep's figure the legends of grid + regions and mixed sat inside their panels,
+    over the side-16 line near 1e-12."""
+    rows = [{"cell": c, "structure": s, "dims": 2, "size": size, "levels": 3, "temperature": 1.0, "iteration": i,
+             "violation_mean": 1.0, "violation_max": 10.0 ** -(i * k), "dual_gap_mean": 1.0,
+             "dual_gap_max": 10.0 ** (-2 * i)}
+            for c, (s, size, k) in enumerate((("axial", 16, 1), ("axial", 32, 2), ("mixed", 16, 3), ("mixed", 32, 4)))
+            for i in range(5)]
+    plots.plot_convergence_per_structure(rows, "c.png", log=pytest.fail)
+    fig = figs["c"]
+    canvas = FigureCanvasAgg(fig)  # the spy closed the figure: give it a canvas that can lay it out
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    legends = [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    assert len(legends) == 2
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+        assert box.y1 < min(ax.get_window_extent(renderer).y0 for ax in fig.axes), "below every panel"
+    assert legends == [column_legend(fig, j) for j in range(2)], "each under its own column"
 
 def test_the_backward_figure_compares_implicit_and_unrolled_per_structure_with_its_runs_load(tmp_path, figs):
     folder = str(tmp_path / "g")
@@ -2257,7 +2285,7 @@ def test_convergence_per_structure_tells_apart_cells_of_one_size_by_temperature_
     rows.reverse()  # in no order: each line is drawn by sweep
     plots.plot_convergence_per_structure(rows, "c.png", log=pytest.fail)
     top = figs["c"].axes[0]
-    assert [t.get_text() for t in top.get_legend().get_texts()] == [
+    assert [t.get_text() for t in column_legend(figs["c"], 0).get_texts()] == [
         "side 8, 3 maps, temperature 0.5", "side 8, 3 maps, temperature 1.0, cell 0",
         "side 8, 3 maps, temperature 1.0, cell 1"]
     assert all(list(line.get_xdata()) == [0, 1, 2, 3] for line in top.lines[:3])

@@ -211,7 +211,11 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
                     axes[1, j].plot(*zip(*gap_pts), color=color, marker=".", ms=3, lw=1)
             axes[0, j].set_title(STRUCTURE_TITLE.get(structure, plain(structure, 20)), fontsize=7)
             if len(cells) > 1:
-                axes[0, j].legend(fontsize=5.5, frameon=False)
+                # below the column, under its sweep axis: inside a panel the legend sat over lines
+                # (the 64² sweep's side-16 line near 1e-12 ran under it)
+                handles, texts = axes[0, j].get_legend_handles_labels()
+                axes[1, j].legend(handles, texts, fontsize=5.5, frameon=False, loc="upper center",
+                                  bbox_to_anchor=(0.5, -0.32), borderaxespad=0.0)
             last = max(p[3] for p in mine)
             axes[1, j].set_xlim(-0.3, max(last, 1) + 0.3)  # a solve certified at sweep 0 (a warm start) stays visible
             axes[1, j].xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
