@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -42,9 +43,10 @@ __all__ = ["LearnedDuals", "AmortisedDuals", "fit_amortised_duals", "ConsistentA
 
 
 def _check_positive_int(value, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    # numbers.Integral: NumPy's integers too (a review: np.int64(4) read "must be an integer")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return int(value)
 
 
 class LearnedDuals(nn.Module):
@@ -276,16 +278,20 @@ class AmortisedDuals(nn.Module):
             # hide it behind an output in the scores' dtype
             raise TypeError(f"AmortisedDuals holds {pdtype} parameters and the scores compute in {work}: its duals "
                             f"would have {pdtype}'s accuracy; convert the module (module.to({work}))")
-        out = []
-        for k, feat in enumerate(self.features(scores, temps)):
-            shape = feat.shape
-            if feat.dim() > 5:  # maps of more than 3 dimensions: pointwise on the flattened cells
-                feat = feat.flatten(2)
-            feat = feat.to(pdtype)
-            lam = self.linear[k](feat)
-            if self.residual is not None:
-                lam = lam + self.residual[k](feat)
-            out.append(centre(lam.squeeze(1).reshape((shape[0],) + tuple(shape[2:]))).to(work))
+        # never under the caller's autocast: its convolutions would run in bfloat16/float16 and the
+        # duals would get that accuracy behind an output in the scores' dtype (the chain's exact
+        # start went from violation 2e-7 to 6e-3 in a mixed-precision model: a review)
+        with torch.autocast(device_type=scores[0].device.type, enabled=False):
+            out = []
+            for k, feat in enumerate(self.features(scores, temps)):
+                shape = feat.shape
+                if feat.dim() > 5:  # maps of more than 3 dimensions: pointwise on the flattened cells
+                    feat = feat.flatten(2)
+                feat = feat.to(pdtype)
+                lam = self.linear[k](feat)
+                if self.residual is not None:
+                    lam = lam + self.residual[k](feat)
+                out.append(centre(lam.squeeze(1).reshape((shape[0],) + tuple(shape[2:]))).to(work))
         return out
 
     def cost(self) -> dict:
@@ -358,13 +364,16 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
         raise TypeError(f"module must be an AmortisedDuals, got {type(module).__name__}")
     steps = _check_positive_int(steps, "steps")
     for name, value, low in (("lr", lr, 0.0), ("residual_lr", residual_lr, None)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) \
                 or (value <= 0 if low is not None else value < 0):
             raise ValueError(f"{name} must be a finite number {'> 0' if low is not None else '>= 0'}, got {value!r}")
+    lr, residual_lr = float(lr), float(residual_lr)
     if loss not in _FIT_LOSSES:
         raise ValueError(f"loss must be one of {', '.join(_FIT_LOSSES)}, got {loss!r}")
     h = module.h
-    train = check_scores(train_scores, h, name="train_scores")
+    # training instances are data: no gradient reaches the model that made them (scores that
+    # carried its graph crashed the second step after writing into it: a review)
+    train = [s.detach() for s in check_scores(train_scores, h, name="train_scores")]
     temps = module.temperature
 
     # The loss is evaluated in float64 whatever the module's dtype: it picks the parameters kept,

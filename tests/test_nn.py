@@ -602,3 +602,50 @@ def test_a_final_loss_that_is_nan_keeps_the_parameters_of_the_lowest_training_lo
     best = snapshots[min(range(steps), key=history.__getitem__)]
     assert all(torch.equal(module.state_dict()[k], v) for k, v in best.items())
     assert not all(torch.equal(module.state_dict()[k], v) for k, v in snapshots[steps].items())
+
+
+@pytest.mark.parametrize("structure", ["chain", "axial"])
+def test_amortised_duals_keep_their_accuracy_under_autocast(structure):
+    """A review: under the caller's autocast the network ran in bfloat16 and its duals silently
+    got that accuracy (the chain's exact start: violation 2e-7 -> 6e-3), behind float32 outputs."""
+    h = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)]) if structure == "chain" else ca.Graph.axial((8, 8))
+    g = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((4,) + s, generator=g) for s in h.shapes]
+    module = ca.AmortisedDuals(h)
+    layer = ca.ConsistentAttention(h, "learned_dual", duals=module)
+    with torch.no_grad():
+        plain, plain_probs = module(scores), layer(scores).probs
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed, mixed_probs = module(scores), layer(scores).probs
+    assert all(d.dtype == torch.float32 for d in mixed)
+    # float32 work either way: the same duals and maps up to float32 rounding
+    assert max(float((a - b).abs().max()) for a, b in zip(plain, mixed)) < 1e-5
+    assert max(float((a - b).abs().max()) for a, b in zip(plain_probs, mixed_probs)) < 1e-5
+
+
+def test_fit_treats_its_training_scores_as_data():
+    """A review: scores carrying a model's graph crashed the second step ("backward through the
+    graph a second time") after writing gradients into that model; leaf scores accumulated .grad."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    gain = torch.nn.Parameter(torch.ones(()))  # stands for the model that produced the scores
+    train = [gain * torch.randn((8,) + s, generator=g) for s in h.shapes]
+    torch.manual_seed(0)
+    history = ca.fit_amortised_duals(ca.AmortisedDuals(h, hidden=4), train, steps=4)
+    assert len(history) == 4 and all(math.isfinite(v) for v in history)
+    assert gain.grad is None
+    leaves = [t.detach().clone().requires_grad_() for t in train]
+    ca.fit_amortised_duals(ca.AmortisedDuals(h, hidden=4), leaves, steps=2)
+    assert all(t.grad is None for t in leaves)
+
+
+def test_amortised_sizes_and_fit_arguments_take_numpy_scalars():
+    """A review: np.int64(3) read "steps must be an integer >= 1, got np.int64(3)"."""
+    np = pytest.importorskip("numpy")
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    module = ca.AmortisedDuals(h, np.float32(1.0), hidden=np.int64(4), layers=np.int64(2), sweeps=np.int64(3))
+    g = torch.Generator().manual_seed(0)
+    train = [torch.randn((8,) + s, generator=g) for s in h.shapes]
+    history = ca.fit_amortised_duals(module, train, steps=np.int64(3), lr=np.float32(0.1),
+                                      residual_lr=np.float32(1e-3))
+    assert len(history) == 3
