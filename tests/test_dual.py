@@ -1419,11 +1419,17 @@ def test_a_constant_per_map_moves_the_history_of_g_by_itself_and_nothing_else():
     plain = solve_dual(scores, h, temps, tol=1e-10, record_history=True)
     shifted = solve_dual([s + constants[:, k].reshape((2,) + (1,) * (s.dim() - 1)) for k, s in enumerate(scores)],
                          h, temps, tol=1e-10, record_history=True)
-    assert torch.equal(plain["iterations"], shifted["iterations"])
+    # the safeguard compares g of two good candidates near the optimum, where they differ by
+    # ~1e-14, the rounding of g: the shift's rounding may flip a choice and cost one sweep (it
+    # did on an Intel Xeon, and not on the AMD EPYC where this test was written)
+    assert int((plain["iterations"] - shifted["iterations"]).abs().max()) <= 1
     for a, b in zip(plain["duals"], shifted["duals"]):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=0)
-    torch.testing.assert_close(shifted["history"]["dual_objective"] - plain["history"]["dual_objective"],
-                               constants.sum(1).expand_as(plain["history"]["dual_objective"]), atol=1e-12, rtol=0)
+    g_plain, g_shifted = plain["history"]["dual_objective"], shifted["history"]["dual_objective"]
+    n = min(len(g_plain), len(g_shifted))
+    assert n >= 3
+    torch.testing.assert_close(g_shifted[:n] - g_plain[:n], constants.sum(1).expand_as(g_plain[:n]), atol=1e-12,
+                               rtol=0)
 
 
 def test_float64_maps_float64_cannot_resolve_warn_and_are_not_converged_without_strict():
