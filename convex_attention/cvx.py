@@ -815,7 +815,7 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
             # check_finite=False skips the check of ca.solve; CVXPY's own refusal ("Parameter
             # value must be real") names neither the scores nor the map
             raise ValueError(f"method 'cvxpylayers' needs finite scores: map {k} has NaN or infinite entries (a "
-                             f"masked cell is -inf: method 'exact' or 'dual' solves it)")
+                             f"masked cell is -inf: method 'exact' solves it)")
     layer = get_layer(h, temps, backend.name)
     solving_on = solve_device(backend, scores[0].device)
     # each map's scores centred per sample: a constant per map moves no solution (every map sums

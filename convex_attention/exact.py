@@ -45,6 +45,7 @@ temperature does not either: the output is finite for every temperature that
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 
 import torch
@@ -55,7 +56,7 @@ from .graph import Graph
 
 __all__ = ["exact_forward", "tree_backward", "ExactAttentionFunction", "exact_attention",
            "exact_log_probs", "exact_duals", "cumulative_temperatures", "subtree_temperatures", "solve_exact",
-           "temperature_gradient", "require_forest"]
+           "temperature_gradient", "require_forest", "second_order_temperature_floor"]
 
 
 def require_forest(g: Graph, who: str = "method 'exact'") -> None:
@@ -119,15 +120,19 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
         e = g.coarsening(k)
         if e is None:
             continue
-        mmax = g.block_max(mk, e)
+        mmax = _finite_block_max(g, mk, e)
         # (m − blockmax) ≤ 0 before the division: no overflow at any accepted T_k
         ex = g.combine_broadcast(mk, mmax, e, torch.sub)
         if T[k] != 1.0:
             ex.div_(T[k])
         ex.exp_()
         s = g.aggregate(ex, e)
-        cond[e], blocksum[e] = ex, s
-        message[e] = mmax + T[k] * s.log()
+        message[e] = _centred_message(mmax, T[k] * s.log())
+        # a block's sum is >= 1 (its maximum contributes exp(0) = 1) unless every cell of it is
+        # masked (-inf): then 0, and its coarse cell has probability 0, which the floor keeps
+        # from turning into 0/0 in p_c = cond · p_b / blocksum and in the backward
+        # (not in place: over one-cell blocks the sums may be a view of ex)
+        cond[e], blocksum[e] = ex, s.clamp_min(1.0)
     probs: list = [None] * g.num_maps
     for r in g.roots:
         flat = m[r].flatten(1)
@@ -137,6 +142,24 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
         if e is not None:
             probs[k] = g.combine_broadcast(cond[e], probs[g.edges[e][1]] / blocksum[e], e, torch.mul)
     return probs, cond, blocksum
+
+
+def _finite_block_max(g: Graph, m: Tensor, e: int) -> Tensor:
+    """The block maxima of ``m`` over edge ``e``, with a block whose every cell is masked (−∞)
+    given the dtype's lowest finite number instead: ``m − blockmax`` is then −∞ there (its
+    cells get probability 0), not −∞ − (−∞) = NaN."""
+    # not in place: over one-cell blocks the maxima may be a view of m itself
+    return g.block_max(m, e).clamp_min(torch.finfo(m.dtype).min)
+
+
+def _centred_message(mmax: Tensor, log_sum: Tensor) -> Tensor:
+    """The message ``A_c = blockmax + T_c log Σ`` of an edge, less its per-sample maximum block
+    maximum (a constant per coarse map, which moves no solution and is absent from the centred
+    duals).  The fine map's offset is removed by an exact subtraction before the message meets
+    the coarse scores: added in first, its rounding (ε·|offset|) was divided by the small
+    sub-tree temperatures and moved the maps (float32 scores 1024 + 2⁻¹²·δ at τ = 1e-3: 5e-3
+    off; a review)."""
+    return (mmax - mmax.detach().amax(sample_dims(mmax), keepdim=True)).add_(log_sum)
 
 
 def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
@@ -267,6 +290,15 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
     """
     g = ctx.g
     tau = [temps[k] for k in range(ctx.M)] if ctx.tau_tensor else list(temps)
+    coldest = min(ctx.temps)
+    if coldest < second_order_temperature_floor(scores[0].dtype):
+        # below it the second derivatives pass through 1/τ² (inf) times exact zeros: NaN, where the
+        # true value is about 0 (a review: Hessian-vector products at τ 1e-20 in float32); the
+        # first derivatives computed here stay right, a second one raises instead of being NaN
+        scores = [_SecondOrderGuard.apply(s, coldest) for s in scores]
+        grads = [_SecondOrderGuard.apply(x, coldest) for x in grads]
+        if ctx.tau_tensor:
+            tau = [_SecondOrderGuard.apply(t, coldest) for t in tau]
     with torch.enable_grad():
         T, r, _ = _log_terms(scores, g, tau)
         log_probs = [_scaled_log_probs(g, T, r, k, 1.0) for k in range(ctx.M)]
@@ -281,9 +313,41 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
     gtau = None
     if ctx.needs_input_grad[1]:
         # ∂L/∂τ_k = −Σ θ̄_k · log p_k (module docstring), with log p_k finite where p_k underflows
-        gtau = torch.stack([-(gs * lp).sum() for gs, lp in zip(gscores, log_probs)]).to(device=temps.device,
-                                                                                       dtype=temps.dtype)
+        # log p floored at the dtype's smallest normal number, as temperature_gradient floors it: where
+        # log p is beyond the dtype (-inf) θ̄ is 0, and 0·(-inf) was NaN (float32 [0, -1e4] at τ 1e-36)
+        gtau = torch.stack([-(gs * lp.clamp_min(math.log(torch.finfo(lp.dtype).tiny))).sum()
+                            for gs, lp in zip(gscores, log_probs)]).to(device=temps.device, dtype=temps.dtype)
     return (None, gtau, *out)
+
+
+def second_order_temperature_floor(dtype: torch.dtype) -> float:
+    """The smallest temperature at which :class:`ExactAttentionFunction`'s second derivatives
+    are formed without overflow in ``dtype``: ``1/sqrt(max)`` (5.4e-20 in float32, 7.5e-155 in
+    float64), since they pass through ``1/τ²``.  Below it a second derivative that overflows
+    raises (:class:`_SecondOrderGuard`); first derivatives are right at every accepted τ."""
+    return torch.finfo(dtype).max ** -0.5
+
+
+class _SecondOrderGuard(torch.autograd.Function):
+    """Identity whose backward refuses a non-finite gradient: placed on the inputs of the
+    second-order path below :func:`second_order_temperature_floor`, where a second derivative
+    passes through ``1/τ²`` (inf) times exact zeros and would come out NaN silently."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, coldest: float):
+        ctx.coldest = coldest
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if not bool(torch.isfinite(grad).all()):
+            floor = second_order_temperature_floor(grad.dtype)
+            raise FloatingPointError(
+                f"method 'exact': a second derivative overflowed at temperature {ctx.coldest:.3g}, below "
+                f"{floor:.2g}, where {grad.dtype} cannot hold 1/τ²; multiply the scores and every temperature by "
+                f"one factor (the solution is unchanged)" + (" or compute in float64" if grad.dtype != torch.float64
+                                                              else ""))
+        return grad, None
 
 
 def temperature_argument(temperature):
@@ -337,11 +401,11 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
             m = m + A[c]
         e = g.coarsening(k)
         if e is not None:
-            mmax = g.block_max(m, e).detach()
+            mmax = _finite_block_max(g, m.detach(), e)
             d = g.combine_broadcast(m, mmax, e, torch.sub)
-            a = mmax + T[k] * g.aggregate(torch.exp(divide_by_temperature(d, T[k])), e).log()
-            r[k] = g.combine_broadcast(m, a, e, torch.sub)
-            A[e] = a
+            log_sum = T[k] * g.aggregate(torch.exp(divide_by_temperature(d, T[k])), e).log()
+            r[k] = g.combine_broadcast(d, log_sum, e, torch.sub)  # m − A_c, as (m − blockmax) − T log Σ
+            A[e] = _centred_message(mmax, log_sum)
         else:
             flat = m.flatten(1)
             d = flat - flat.detach().amax(1, keepdim=True)
@@ -387,10 +451,14 @@ def exact_duals(scores: Sequence[Tensor], g: Graph, temps) -> list[Tensor]:
         duals = [A[e] - _scaled_log_probs(g, T, r, b, T[c]) for e, (c, b) in enumerate(g.edges)]
         return [centre(d) for d in duals]
     L = g.num_maps
-    lam = _scaled_log_probs(g, T, r, L - 1, temps[L - 1]) - scores[L - 1]
+    # each map's scores less their per-sample maximum: a constant per map, which the centred duals
+    # do not see, but which carried into the sums of centre() overflowed (a constant coarse map of
+    # -8e37 in float32, within score_limit, gave duals of -inf: a review)
+    top = [s - s.detach().amax(sample_dims(s), keepdim=True) for s in scores]
+    lam = _scaled_log_probs(g, T, r, L - 1, temps[L - 1]) - top[L - 1]
     duals = [lam]
     for k in range(L - 2, 0, -1):
-        lam = _scaled_log_probs(g, T, r, k, temps[k]) - scores[k] + g.broadcast(lam, k)
+        lam = _scaled_log_probs(g, T, r, k, temps[k]) - top[k] + g.broadcast(lam, k)
         duals.insert(0, lam)
     return [centre(d) for d in duals]
 

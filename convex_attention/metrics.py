@@ -40,7 +40,7 @@ def objective(scores: Sequence[Tensor | None], probs: Sequence[Tensor], temps: S
 
     ``H(p) = −Σ p log p`` with ``0 log 0 = 0``; negative entries (solver round-off) are
     clamped to zero inside the entropy.  A map whose scores are None (a given map) is data,
-    not a term of the problem: it adds nothing.
+    not a term of the problem: it adds nothing; nor does a masked cell (score −∞).
     """
     total: Tensor | float = 0.0
     for s, p, t in zip(scores, probs, temps):
@@ -52,6 +52,9 @@ def objective(scores: Sequence[Tensor | None], probs: Sequence[Tensor], temps: S
         # the zero derivative of an underflowed probability made the objective's gradient NaN
         # (same value: 0 where p = 0; below the floor, p·log(tiny) for p·log p, both ~1e-305)
         plogp = pc * torch.log(pc.clamp(min=torch.finfo(pc.dtype).tiny))
+        # a masked cell (score −∞, probability 0) adds nothing to <θ, p>: (−∞)·0 was NaN
+        # (replaced before the product, so that no NaN reaches the gradient either)
+        s = s.masked_fill(torch.isneginf(s), 0.0)
         total = total + _flat_sum(s * p) - t * _flat_sum(plogp)
     assert isinstance(total, Tensor)
     return total

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -23,6 +25,7 @@ from convex_attention.exact import (
     exact_duals,
     exact_forward,
     exact_log_probs,
+    second_order_temperature_floor,
 )
 
 
@@ -522,3 +525,132 @@ def test_cumulative_temperatures_are_the_subtree_temperatures_of_the_chain():
     assert cumulative_temperatures(temps) == subtree_temperatures(ca.Hierarchy.grid([8, 4, 2]), temps)
     star = subtree_temperatures(ca.Graph.star([4, 4], 2), temps)  # T_root = τ_root + Σ over its children
     assert star == [temps[0], temps[1], temps[2] + temps[0] + temps[1]]
+
+
+# ---------------------------------------------------------------- hostile review (numerics hunt)
+
+def test_a_fully_masked_block_gets_zero_mass_not_nan():
+    """docs/design.md §4 and the cvxpylayers error say a masked -inf cell is for 'exact' (one
+    masked cell works); masking every fine cell of one coarse cell returned NaN in every map,
+    silently.  The answer is well defined: that coarse cell and its block get zero mass."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    s0 = torch.tensor([[-float("inf"), -float("inf"), 0.5, -0.3]], dtype=torch.float64)
+    s1 = torch.tensor([[0.2, -0.1]], dtype=torch.float64)
+    sol = ca.solve([s0, s1], h, "exact", check_finite=False)
+    tail = torch.softmax(torch.tensor([0.5, -0.3], dtype=torch.float64), 0)
+    torch.testing.assert_close(sol.probs[1], torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+    torch.testing.assert_close(sol.probs[0], torch.cat([torch.zeros(2, dtype=torch.float64), tail]).unsqueeze(0))
+
+
+
+@pytest.mark.parametrize("structure", ["chain", "irregular", "star"])
+def test_masked_blocks_solve_and_differentiate_as_cells_of_vanishing_score(structure):
+    """Masked (−∞) cells, whole blocks among them, against the same problem with those scores at
+    −1e4 (probabilities e^-1e4 = 0 in float64): the maps, the score gradients (0 at the masked
+    cells, finite everywhere) and the temperature gradient agree."""
+    if structure == "chain":
+        h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)])
+    elif structure == "irregular":
+        h = ca.Graph.from_edges([6, 3], [(0, 1, torch.tensor([0, 0, 1, 2, 2, 2]))])
+    else:
+        h = ca.Graph.star([(4, 4), (4, 4)], (2, 2))
+    g = torch.Generator().manual_seed(3)
+    base = [torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    mask = torch.zeros_like(base[0], dtype=torch.bool)
+    if mask.dim() == 3:
+        mask[0, :2, :2] = True  # a whole 2x2 block of the first sample
+    else:
+        mask[0, :2] = True  # the whole of block 0 (cells 0 and 1)
+    mask[1].view(-1)[3] = True  # one cell of the second sample
+    weights = [torch.randn(b.shape, generator=g, dtype=torch.float64) for b in base]
+    results = []
+    for fill in (-math.inf, -1e4):
+        scores = [b.clone() for b in base]
+        scores[0] = scores[0].masked_fill(mask, fill)
+        scores = [x.requires_grad_() for x in scores]
+        tau = torch.tensor([0.7, 1.3, 0.9][:h.num_maps], dtype=torch.float64, requires_grad=True)
+        probs = ca.solve(scores, h, "exact", temperature=tau, check_finite=False).probs
+        grads = torch.autograd.grad(sum((p * w).sum() for p, w in zip(probs, weights)), [*scores, tau])
+        results.append(([p.detach() for p in probs], grads))
+    (p_inf, g_inf), (p_big, g_big) = results
+    for a, b in zip(p_inf, p_big):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, atol=1e-13, rtol=0)
+    assert all(torch.isfinite(x).all() for x in g_inf)
+    assert bool((g_inf[0][mask] == 0).all())
+    for a, b in zip(g_inf, g_big):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("dtype, tau0, gap", [(torch.float32, 1e-36, 1e4), (torch.float64, 1e-300, 1e10)])
+def test_second_order_path_temperature_gradient_is_finite_where_log_p_is_beyond_the_dtype(dtype, tau0, gap):
+    """Finite scores within score_limit, temperatures within temperature_range: the ordinary
+    backward gives ∂L/∂τ_0 = 0 (the solution is one-hot), the backward that builds its own graph
+    (create_graph=True, documented to give the same first derivatives) gave NaN."""
+    h = ca.Hierarchy.grid([(2,), (1,)])
+    weights = torch.tensor([[1.0, 2.0]], dtype=dtype)
+    grads = []
+    for create_graph in (False, True):
+        scores = [torch.tensor([[0.0, -gap]], dtype=dtype, requires_grad=True),
+                  torch.zeros(1, 1, dtype=dtype, requires_grad=True)]
+        tau = torch.tensor([tau0, 1.0], dtype=torch.float64, requires_grad=True)
+        probs = ca.solve(scores, h, "exact", temperature=tau).probs
+        (g_tau,) = torch.autograd.grad((probs[0] * weights).sum(), tau, create_graph=create_graph)
+        grads.append(g_tau.detach())
+    assert torch.isfinite(grads[0]).all()
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+@pytest.mark.parametrize("dtype, tau", [(torch.float32, 1e-20), (torch.float64, 1e-200), (torch.float32, 1e-19),
+                                        (torch.float64, 1e-150)])
+def test_hessian_vector_product_of_a_one_hot_solution_is_zero_or_refused_below_the_floor(dtype, tau):
+    """A review: at τ = 1e-20 in float32 (accepted down to 1.2e-38) or 1e-200 in float64 the
+    solution is one-hot, its HVP 0 up to terms like exp(-0.1/τ), and it was NaN in every entry:
+    the second derivatives pass through 1/τ², which the dtype cannot hold.  Below
+    second_order_temperature_floor it now raises, naming the floor; above it, it is 0."""
+    h = ca.Hierarchy.grid([4, 2])
+    theta = [torch.tensor([[0.3, -0.2, 1.0, 0.5]], dtype=dtype, requires_grad=True),
+             torch.tensor([[0.1, 0.4]], dtype=dtype, requires_grad=True)]
+    probs = ca.solve(theta, h, "exact", temperature=tau).probs
+    loss = (probs[0] * torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=dtype)).sum()
+    grads = torch.autograd.grad(loss, theta, create_graph=True)
+    assert all(bool((x == 0).all()) for x in grads)  # the first derivatives are right either way
+    directions = [torch.tensor([[1.0, -1.0, 0.5, 2.0]], dtype=dtype), torch.tensor([[0.3, 1.0]], dtype=dtype)]
+    second = sum((g * v).sum() for g, v in zip(grads, directions))
+    floor = second_order_temperature_floor(dtype)
+    if tau < floor:
+        with pytest.raises(FloatingPointError, match=f"below {floor:.2g}.*multiply the scores and every temperature"):
+            torch.autograd.grad(second, theta)
+        return
+    hvp = torch.autograd.grad(second, theta)
+    assert all(torch.isfinite(x).all() for x in hvp)
+    assert max(float(x.abs().max()) for x in hvp) < 1e-6  # 0 up to exponentially small terms
+
+
+@pytest.mark.parametrize("dtype, value", [(torch.float32, -8e37), (torch.float64, -4e307)])
+def test_chain_duals_are_finite_for_a_constant_coarse_map_within_the_score_limit(dtype, value):
+    """solve's docstring: within temperature_range and score_limit (8.5e37 in float32) every
+    method returns finite duals and objectives.  A constant coarse map (which moves nothing: the
+    centred duals are 0, as the forest formula gives for the same chain with other map
+    indices) gave duals of -inf and a NaN dual objective on a Hierarchy."""
+    h = ca.Hierarchy.grid([(16,), (8,)])
+    scores = [torch.zeros(1, 16, dtype=dtype), torch.full((1, 8), value, dtype=dtype)]
+    sol = ca.solve(scores, h, "exact")
+    assert torch.isfinite(sol.duals[0]).all(), sol.duals[0]
+    assert torch.isfinite(sol.dual_objective).all()
+    torch.testing.assert_close(sol.dual_objective, sol.objective)
+
+
+def test_an_exact_constant_offset_on_the_fine_map_moves_nothing_in_float32():
+    """Scores exactly representable in float32 (1024 + multiples of 2^-12), τ = 1e-3: the
+    solution must equal that of the unshifted scores (a constant per map moves nothing; a plain
+    softmax is exact here), but the coarse map was off by 7e-3 (6e-4 with an offset of 64)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    d0 = torch.tensor([[0.0, 3.0, 1.0, 2.0]]) * 2 ** -12
+    d1 = torch.tensor([[0.0, 1.0]]) * 2 ** -12
+    shifted = [d0 + 1024.0, d1]
+    assert torch.equal(shifted[0] - 1024.0, d0)  # the offset is exact
+    want = ca.solve([d0.double(), d1.double()], h, "exact", temperature=1e-3).probs
+    got = ca.solve(shifted, h, "exact", temperature=1e-3).probs
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=0)

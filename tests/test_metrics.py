@@ -91,3 +91,16 @@ def test_the_objective_s_gradient_is_finite_where_a_probability_underflows(metho
         assert bool(torch.isfinite(theta[0].grad).all())
         if method == "softmax":
             torch.testing.assert_close(theta[0].grad, sol.probs[0].detach())
+
+
+def test_objective_of_an_exact_solve_with_a_masked_cell_is_finite():
+    """docs/design.md §4: a masked -inf cell is for 'exact' (and with check_finite=False exact
+    solves it: that cell gets 0, the dual objective is finite); Solution.objective was NaN.  A
+    cell with zero probability adds nothing to <θ, p>, whatever its score."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    s0 = torch.tensor([[0.3, -math.inf, 1.0, 0.5]], dtype=torch.float64)
+    s1 = torch.tensor([[0.1, 0.4]], dtype=torch.float64)
+    sol = ca.solve([s0, s1], h, "exact", check_finite=False)
+    assert float(sol.probs[0][0, 1]) == 0.0
+    assert torch.isfinite(sol.dual_objective).all()
+    torch.testing.assert_close(sol.objective, sol.dual_objective)
