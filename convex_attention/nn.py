@@ -548,6 +548,12 @@ class ConsistentAttention(nn.Module):
         if not isinstance(check_finite, bool):
             raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
         self.check_finite = check_finite
+        if "given" in options:
+            # an argument of solve, not an option of a method: refused as an unknown option it read
+            # "method 'dual' takes no option(s) ['given']", while solve takes it (a review)
+            raise TypeError("ConsistentAttention does not take given= (an argument of ca.solve, not a solver "
+                            "option): call ca.solve(scores, h, method, given=...) for maps whose probabilities "
+                            "are given")
         record.check_option_names(options)
         if record.check_options is not None:
             record.check_options(dict(options), h)

@@ -649,3 +649,10 @@ def test_amortised_sizes_and_fit_arguments_take_numpy_scalars():
     history = ca.fit_amortised_duals(module, train, steps=np.int64(3), lr=np.float32(0.1),
                                       residual_lr=np.float32(1e-3))
     assert len(history) == 3
+
+
+def test_consistent_attention_refuses_given_naming_solve():
+    """A review: given= read "method 'dual' takes no option(s) ['given']", while ca.solve takes it."""
+    h = ca.Graph.from_edges([4, 2, 2], [(0, 1, torch.tensor([0, 0, 1, 1])), (0, 2, torch.tensor([0, 1, 0, 1]))])
+    with pytest.raises(TypeError, match=r"does not take given=.*ca\.solve\(scores, h, method, given=\.\.\.\)"):
+        ca.ConsistentAttention(h, "dual", given={2: torch.tensor([[0.3, 0.7]])})
