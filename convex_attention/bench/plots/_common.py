@@ -36,7 +36,6 @@ METHOD_MARKERS = {"softmax": "s", "exact": "o", "dual": "D", "learned_dual": "v"
 METHOD_ORDER = ("softmax", "learned_dual", "dual", "exact", "cvxpylayers")
 DUAL_KIND_LABEL = {"zero": "λ = 0", "fitted": "fitted λ", "amortised": "amortised λ",
                    "per_sample": "per-sample λ*"}
-DUAL_KIND_ORDER = DUAL_KINDS
 KIND_COLORS = {"zero": "#f4a582", "fitted": "#d62728", "amortised": "#e377c2", "per_sample": "#8c564b"}
 KIND_MARKERS = {"zero": "v", "fitted": "^", "amortised": "<", "per_sample": ">"}
 # cvxpylayers backends: colours told apart at a glance (not shades of one hue), each with its marker
@@ -211,7 +210,7 @@ class Series:
 
     def order(self) -> tuple:
         m = METHOD_ORDER.index(self.method) if self.method in METHOD_ORDER else len(METHOD_ORDER)
-        k = DUAL_KIND_ORDER.index(self.kind) if self.kind in DUAL_KIND_ORDER else len(DUAL_KIND_ORDER)
+        k = DUAL_KINDS.index(self.kind) if self.kind in DUAL_KINDS else len(DUAL_KINDS)
         return (m, self.method, k, self.kind, self.backend)
 
 
