@@ -292,8 +292,8 @@ STATIONARITY_FACTOR = 1e3
 #: grid + regions instance and 3.9e-6 on a 3-D cell of bench --quick, which the stationarity
 #: check refuses; at 1e-10 both are certified (1.8e-10 and 7e-7 off).  No one setting serves
 #: every instance (at 1e-10 a small star of the tests came back 6.9e-6 off, certified at
-#: 1e-8), so the batch is solved again with each in turn until one certifies every sample:
-#: the reference solve's retries (docs/design.md §4).
+#: 1e-8), so the refused samples are solved again with each in turn, each keeping the first
+#: that certifies it: the reference solve's retries (docs/design.md §4).
 CLARABEL_RETRIES = _REFERENCE_RETRIES
 
 #: Options of diffcp's derivative, and every option diffcp takes itself, not its conic solver
@@ -774,9 +774,10 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
             ``default_accept_tol`` when ``eps`` is not given: 1e-4 for SCS, which
             stalls near 1e-5 on this problem); ``mode`` (diffcp backends: how diffcp
             solves its derivative system, one of :data:`DIFFCP_MODES`; default
-            ``"lsqr"``; ``"dense"`` is more accurate and slower); diffcp-clarabel solves a
-            batch the certificate refuses again with each of :data:`CLARABEL_RETRIES` until one
-            certifies every sample, unless ``static_regularization_constant`` is given; diffcp's ``n_jobs_forward``
+            ``"lsqr"``; ``"dense"`` is more accurate and slower); diffcp-clarabel solves the
+            samples the certificate refuses (the whole batch where its solve raised) again with
+            each of :data:`CLARABEL_RETRIES` in turn, each sample keeping the first attempt that
+            certifies it, unless ``static_regularization_constant`` is given; diffcp's ``n_jobs_forward``
             and ``n_jobs_backward`` (its thread pools: integers >= 1, or -1 for every core)
             default to ``torch.get_num_threads()``; SCS's ``eps_abs`` and ``eps_rel`` are
             refused (diffcp replaces them by ``eps``); other keys go to the solver
@@ -841,42 +842,70 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
         solver_errors = (diffcp.cone_program.SolverError,)
     retries: tuple[dict, ...] = CLARABEL_RETRIES if backend.solve_method == "Clarabel" and not \
         {"static_regularization_constant"} & set(opts["extra"]) else ()
-    first_failure: tuple | None = None
-    attempts: tuple[dict, ...] = ({},) + retries
-    for index, attempt in enumerate(attempts):
+    B = flat[0].shape[0]
+    pending = list(range(B))  # the samples no attempt has certified yet
+    # the outputs so far: every sample's from the first attempt that returned, each refused one
+    # replaced by the first retry that certifies it (a retry solves the refused samples only)
+    probs: list[Tensor] | None = None
+    duals: list[Tensor] | None = None
+    first_failure: tuple | None = None  # the first attempt's refusal: (args, certificate, distance)
+    first_error: tuple | None = None  # or the error it raised: (args, error)
+    for index, attempt in enumerate(({},) + retries):
         # a retry changes only what the caller left to the layer (their own keys go unchanged)
         attempt_args = {**args, **{k: v for k, v in attempt.items() if k not in opts["extra"]}}
+        rows = pending if index else list(range(B))
+        part = torch.tensor(rows, dtype=torch.long)
         with warnings.catch_warnings():
             # diffcp only warns on inaccurate solves; the residual check below decides.
             warnings.filterwarnings("ignore", message="Solved/Inaccurate")
             try:
-                probs, duals = layer(flat, attempt_args, derivative_mode=opts["mode"])
+                inputs = flat if len(rows) == B else [f[part.to(f.device)] for f in flat]
+                got_probs, got_duals = layer(inputs, attempt_args, derivative_mode=opts["mode"])
             except (*solver_errors, SolverFailure) as err:
                 if index:  # a retry is an extra chance: one that fails (a panic too) leaves the next
                     continue
-                if isinstance(err, SolverFailure):
-                    raise
-                _raise_failure(layer, flat_cpu, attempt_args, list(range(flat[0].shape[0])), accept_tol, err,
-                               max_iters=opts["max_iters"])
+                if not retries:
+                    if isinstance(err, SolverFailure):
+                        raise
+                    _raise_failure(layer, flat_cpu, attempt_args, rows, accept_tol, err, max_iters=opts["max_iters"])
+                # the reference solve goes on past a first attempt that raised: so do the retries
+                first_error = (attempt_args, err)
+                continue
             except (AttributeError, TypeError) as err:
                 passed = sorted(opts["extra"])
                 if not passed:  # not a rejected pass-through option: a genuine error
                     raise
                 raise TypeError(f"solver {backend.solve_method or backend.name} rejected the option(s) {passed}: "
                                 f"{err}") from err
-        cert, distance, accepted = acceptance(h, temps, flat_cpu, [p.detach().cpu() for p in probs],
-                                              [d.detach().cpu() for d in duals], accept_tol)
-        bad = (~accepted).nonzero().flatten().tolist()
-        if not bad:
+        cert, distance, accepted = acceptance(h, temps, [f[part] for f in flat_cpu],
+                                              [p.detach().cpu() for p in got_probs],
+                                              [d.detach().cpu() for d in got_duals], accept_tol)
+        if probs is None or duals is None:  # the first outputs (a retry's where the first attempt raised)
+            assert len(rows) == B
+            probs, duals = got_probs, got_duals
+        else:
+            taken = accepted.nonzero().flatten()
+            if len(taken):
+                where = part[taken]
+                probs = [p.index_copy(0, where.to(p.device), q[taken.to(q.device)])
+                         for p, q in zip(probs, got_probs)]
+                duals = [d.index_copy(0, where.to(d.device), q[taken.to(q.device)])
+                         for d, q in zip(duals, got_duals)]
+        if first_failure is None and first_error is None and not bool(accepted.all()):
+            first_failure = (attempt_args, cert, distance)
+        pending = [r for r, ok in zip(rows, accepted.tolist()) if not ok]
+        if not pending:
             break
-        if first_failure is None:
-            first_failure = (attempt_args, bad, cert, distance)
-    else:  # no attempt certified every sample: the first attempt's failures, with the retries said
+    if pending:  # no attempt certified these samples: the first attempt's failure, with the retries said
+        if first_error is not None:
+            attempt_args, raised = first_error
+            _raise_failure(layer, flat_cpu, attempt_args, pending, accept_tol, raised, max_iters=opts["max_iters"],
+                           retried=retries)
         assert first_failure is not None
-        attempt_args, bad, cert, distance = first_failure
-        _raise_failure(layer, flat_cpu, attempt_args, bad, accept_tol, None, cert, max_iters=opts["max_iters"],
+        attempt_args, cert, distance = first_failure
+        _raise_failure(layer, flat_cpu, attempt_args, pending, accept_tol, None, cert, max_iters=opts["max_iters"],
                        distance=distance, retried=retries)
-    B = scores[0].shape[0]
+    assert probs is not None and duals is not None
     probs = [p.reshape((B,) + h.shapes[k]).to(device=device, dtype=dtype) for k, p in enumerate(probs)]
     duals = [d.reshape((B,) + h.shapes[b]) for d, (_, b) in zip(duals, h.edges)]
     # duals in the compute dtype: half precision's range is narrower than theirs (Solution.duals)
@@ -972,7 +1001,7 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
     hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
         [f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] + ([other] if other else [])
     advice = ", ".join(hints[:-1]) + ", or " + hints[-1] if len(hints) > 1 else hints[0]
-    again = (f" (and again with each of {', '.join(str(r) for r in retried)}: none certified every sample)"
+    again = (f" (and again with each of {', '.join(str(r) for r in retried)}: none certified these samples)"
              if retried else "")
     raise SolverFailure(f"cvxpylayers[{backend.name}] solve failed for " + "; ".join(lines) + again + ". "
                         + advice[0].upper() + advice[1:] + ".")
