@@ -317,7 +317,8 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     free = next(s for s, m in zip(scores, mask) if not m)
     dtype, B = free.dtype, free.shape[0]
     floats = [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
-    options = check_dual_options(options, h, B, free.device, [t for t, m in zip(floats, mask) if not m])
+    # None for a given map (its temperature is not used), so that a refusal names the right map
+    options = check_dual_options(options, h, B, free.device, [None if m else t for t, m in zip(floats, mask)])
     work = options.pop("dtype")
     if torch.finfo(work).max < torch.finfo(compute_dtype(dtype)).max:
         _check_scores_fit([s for s in scores if s is not None], work)
@@ -505,11 +506,12 @@ def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | Non
 
 
 def check_dual_options(options: dict, h: Graph, batch: int | None, device,
-                       temps: Sequence[float] | None = None) -> dict:
+                       temps: Sequence[float | None] | None = None) -> dict:
     """Validate the options of the ``"dual"`` method before any work; returns them with the
     defaults filled in (``dtype`` included).  Raises TypeError/ValueError naming the option
     and its accepted range.  With ``temps``, also checks that the working ``dtype`` can
-    represent them (float32 accepts a narrower range than float64)."""
+    represent them (float32 accepts a narrower range than float64; ``None`` for a map whose
+    temperature is not used: a given map)."""
     unknown = set(options) - set(_DUAL_OPTIONS)
     if unknown:
         raise TypeError(f"method 'dual' takes no option(s) {sorted(unknown)}; it accepts {sorted(_DUAL_OPTIONS)}")
@@ -530,20 +532,24 @@ def check_dual_options(options: dict, h: Graph, batch: int | None, device,
     if temps is not None:
         work = out["dtype"]
         assert isinstance(work, torch.dtype)
-        _check_temperature_range([float(t) for t in temps], work, "dual option dtype=torch.float32: ")
+        _check_temperature_range([None if t is None else float(t) for t in temps], work,
+                                 "dual option dtype=torch.float32: ", h._map_word)
     return out
 
 
-def _check_temperature_range(temps: Sequence[float], dtype: torch.dtype, prefix: str = "") -> None:
-    """The working dtype must represent ``1/τ_k`` and the sum of the temperatures."""
+def _check_temperature_range(temps: Sequence[float | None], dtype: torch.dtype, prefix: str = "",
+                              unit: str = "level") -> None:
+    """The working dtype must represent ``1/τ_k`` and the sum of the temperatures (``None``: a
+    map whose temperature is not used; ``unit`` names the maps: "level" or "map")."""
     low, high = temperature_range(dtype)
     name = dtype_name(dtype)
+    used = [t for t in temps if t is not None]
     for k, t in enumerate(temps):
-        if t < low:
-            raise ValueError(f"{prefix}temperature of level {k} is {t:g}, below the smallest that {name} can "
+        if t is not None and t < low:
+            raise ValueError(f"{prefix}temperature of {unit} {k} is {t:g}, below the smallest that {name} can "
                              f"divide by ({low:.3g}); use dtype=torch.float64 or a larger temperature")
-    if math.fsum(temps) > high:
-        raise ValueError(f"{prefix}the temperatures sum to {math.fsum(temps):g}, above the largest accepted in "
+    if math.fsum(used) > high:
+        raise ValueError(f"{prefix}the temperatures sum to {math.fsum(used):g}, above the largest accepted in "
                          f"{name} ({high:.3g}); use dtype=torch.float64 or smaller temperatures")
 
 
@@ -592,7 +598,7 @@ def _check_problem(scores, h: Graph, temps) -> tuple[list[Tensor], list[float]]:
         if not math.isfinite(t) or t <= 0:
             raise ValueError(f"temperature of {h._map_word} {k} must be positive and finite, got {t}")
         out.append(t)
-    _check_temperature_range(out, scores[0].dtype)
+    _check_temperature_range(out, scores[0].dtype, unit=h._map_word)
     return scores, out
 
 

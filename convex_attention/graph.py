@@ -27,10 +27,12 @@ nest: rows and columns, a grid and regions) is solved through its dual.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import numbers
 from collections.abc import Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -88,7 +90,12 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
     else:
         if par is None or isinstance(par, (str, bytes, numbers.Number)):
             raise TypeError(f"{expected}; got {type(par).__name__}")
+        if isinstance(par, Sequence) and any(isinstance(x, bool) for x in par):
+            # torch.as_tensor promotes [0, True, 1] to int64 and read True as cell 1 (a review)
+            raise TypeError(f"{label} must hold integers, got a bool among them")
         try:
+            if isinstance(par, np.ndarray):
+                par = np.ascontiguousarray(par)  # a flipped array (negative stride) is read as well
             par = torch.as_tensor(par)
         except (OverflowError, RuntimeError, TypeError, ValueError) as err:
             if "overflow" in str(err).lower():
@@ -238,58 +245,86 @@ class Graph:
 
     @staticmethod
     def _check_acyclic(M: int, pairs: list[tuple[int, int]]) -> None:
+        """ValueError naming a directed cycle of the edges, if any.  Depth-first with an explicit
+        stack (a recursive search raised RecursionError on a chain of 1200 maps: a review)."""
         out: list[list[int]] = [[] for _ in range(M)]
         for a, b in pairs:
             out[a].append(b)
-        state = [0] * M
-        stack: list[int] = []
-
-        def visit(node: int) -> None:
-            state[node] = 1
-            stack.append(node)
-            for nxt in out[node]:
-                if state[nxt] == 1:
-                    cycle = stack[stack.index(nxt):] + [nxt]
+        state = [0] * M  # 0 unseen, 1 on the current path, 2 done
+        for root in range(M):
+            if state[root]:
+                continue
+            path = [root]
+            todo = [iter(out[root])]
+            state[root] = 1
+            while todo:
+                nxt = next(todo[-1], None)
+                if nxt is None:
+                    state[path.pop()] = 2
+                    todo.pop()
+                elif state[nxt] == 1:
+                    cycle = path[path.index(nxt):] + [nxt]
                     raise ValueError("the edges form a directed cycle: " + " → ".join(f"map {k}" for k in cycle)
                                      + "; every edge must go from a finer map to a coarser one")
-                if state[nxt] == 0:
-                    visit(nxt)
-            stack.pop()
-            state[node] = 2
-
-        for node in range(M):
-            if state[node] == 0:
-                visit(node)
+                elif state[nxt] == 0:
+                    state[nxt] = 1
+                    path.append(nxt)
+                    todo.append(iter(out[nxt]))
 
     @staticmethod
     def _check_not_implied(M: int, pairs: list[tuple[int, int]], flat_parents: Callable[[int], Tensor]) -> None:
+        """ValueError where an edge ``a → c`` is the composition of the partitions along some
+        path ``a → … → c`` of the other edges (it adds no constraint), naming that path.  An
+        edge whose partition differs from every path's is a constraint of its own: kept.  Every
+        path is considered (the first one found alone let an edge implied by a second path
+        pass: a review); partitions that two paths compose alike are followed once."""
+        out: list[list[tuple[int, int]]] = [[] for _ in range(M)]
+        into: list[list[int]] = [[] for _ in range(M)]
+        for f, (x, y) in enumerate(pairs):
+            out[x].append((f, y))
+            into[y].append(x)
         for e, (a, c) in enumerate(pairs):
-            # a path a → … → c through the other edges (of length >= 2: a direct repeat is refused before)
-            previous = {a: -1}
-            frontier = [a]
-            while frontier and c not in previous:
-                nxt = []
-                for node in frontier:
-                    for f, (x, y) in enumerate(pairs):
-                        if f != e and x == node and y not in previous:
-                            previous[y] = node
-                            nxt.append(y)
-                frontier = nxt
-            if c in previous:
-                path = [c]
-                while path[-1] != a:
-                    path.append(previous[path[-1]])
-                path.reverse()
-                route = " → ".join(f"map {k}" for k in path)
-                along = torch.arange(len(flat_parents(e)))
-                for x, y in zip(path, path[1:]):
-                    along = flat_parents(pairs.index((x, y)))[along]
-                # a partition other than the path's is a constraint of its own (as two paths of
-                # different compositions are): kept; the same one adds nothing and is refused
-                if bool((along == flat_parents(e)).all()):
-                    raise ValueError(f"edge {e} (map {a} → map {c}) is implied by the path {route}: consistency "
-                                     f"along the path already makes map {c} the same coarsening of map {a}; drop "
-                                     f"edge {e}")
+            # the maps on some path a → … → c: reachable from a and reaching c (c's ancestors)
+            reaches_c = {c}
+            stack = [c]
+            while stack:
+                for x in into[stack.pop()]:
+                    if x not in reaches_c:
+                        reaches_c.add(x)
+                        stack.append(x)
+            # another route a → … → c at all (a plain search: parent maps are built only if so, a
+            # grid edge of 2**36 cells builds none)
+            found, stack = False, [a]
+            visited = {a}
+            while stack and not found:
+                for f, y in out[stack.pop()]:
+                    if f != e and y in reaches_c and y not in visited:
+                        found = found or y == c
+                        visited.add(y)
+                        stack.append(y)
+            if not found:
+                continue
+            target = flat_parents(e)
+            # depth-first over (map, composed partition of a's cells onto it, path), without edge e
+            seen: set[tuple[int, bytes]] = set()
+            todo: list[tuple[int, Tensor, list[int]]] = [(a, torch.arange(len(target)), [a])]
+            while todo:
+                node, along, path = todo.pop()
+                for f, y in out[node]:
+                    if f == e or y not in reaches_c:
+                        continue
+                    composed = flat_parents(f)[along]
+                    if y == c:
+                        if bool(torch.equal(composed, target)):
+                            route = " → ".join(f"map {k}" for k in path + [c])
+                            raise ValueError(f"edge {e} (map {a} → map {c}) is implied by the path {route}: "
+                                             f"consistency along the path already makes map {c} the same "
+                                             f"coarsening of map {a}; drop edge {e}")
+                        continue
+                    key = (y, composed.numpy().tobytes())
+                    if key not in seen:
+                        seen.add(key)
+                        todo.append((y, composed, path + [y]))
 
     # ------------------------------------------------------------------ set-up
     def _init_graph(self, shapes: list[tuple[int, ...]], edges: list[tuple[int, int]],
@@ -306,7 +341,10 @@ class Graph:
         self._flat: Graph | None = None
         self._facts()
         self._key = (tuple(self.shapes), tuple(self.edges),
-                     tuple(("grid", f) if f is not None else ("parents", hash(self._cpu_parents(e).numpy().tobytes()))
+                     # a digest, not hash(): Python salts hash(bytes) per process, so a graph
+                     # unpickled elsewhere compared unequal to the same graph built there (a review)
+                     tuple(("grid", f) if f is not None else
+                           ("parents", hashlib.blake2b(self._cpu_parents(e).numpy().tobytes(), digest_size=16).digest())
                            for e, f in enumerate(self._factors)))
 
     def _facts(self) -> None:
@@ -429,7 +467,8 @@ class Graph:
             raise TypeError("shapes must be a non-empty list of grid shapes, finest first")
         if num_regions is None:
             try:
-                num_regions = int(torch.as_tensor(regions).max()) + 1
+                counted = np.ascontiguousarray(regions) if isinstance(regions, np.ndarray) else regions
+                num_regions = int(torch.as_tensor(counted).max()) + 1
             except (TypeError, ValueError, RuntimeError) as err:
                 raise TypeError(f"regions must be an integer tensor shaped like the finest grid, got "
                                 f"{type(regions).__name__} ({err})") from None
@@ -488,8 +527,14 @@ class Graph:
     def parents(self, e: int, device=None) -> Tensor:
         """The flat parent map of edge ``e``: LongTensor ``(n_fine,)`` with values in ``[0, n_coarse)``.
 
-        Built on first use for grid edges (``8·n_fine`` bytes), then kept, once per device.
+        A copy, the caller's to change: the graph keeps its own (a write to the tensor this
+        returned changed the partition, unchecked: a review).
         """
+        return self._device_parents(e, device).clone()
+
+    def _device_parents(self, e: int, device=None) -> Tensor:
+        """The graph's own parent map of edge ``e`` on ``device`` (never handed out): built on
+        first use for grid edges (``8·n_fine`` bytes), then kept, once per device."""
         self._check_edge(e)
         device = torch.device("cpu") if device is None else torch.device(device)
         cpu = self._cpu_parents(e)
@@ -558,7 +603,7 @@ class Graph:
             return self._grid_broadcast(y, e, lead)
         if len(self.shapes[b]) != 1:
             y = y.reshape(lead + (self.sizes[b],))
-        out = y.index_select(-1, self.parents(e, y.device))
+        out = y.index_select(-1, self._device_parents(e, y.device))
         return out if len(self.shapes[a]) == 1 else out.reshape(lead + self.shapes[a])
 
     def block_max(self, x: Tensor, e: int) -> Tensor:
@@ -628,7 +673,7 @@ class Graph:
         if factors is None:
             if len(coarse) != 1:
                 y = y.reshape(tuple(y.shape[: y.dim() - len(coarse)]) + (self.sizes[b],))
-            return y.index_select(-1, self.parents(e, y.device))
+            return y.index_select(-1, self._device_parents(e, y.device))
         y = self._expand_last(y, factors[-1])
         shape: list[int] = []
         for d in range(len(coarse) - 1):
@@ -662,7 +707,7 @@ class Graph:
 
     def _scatter_reduce(self, x: Tensor, e: int, reduction: str) -> Tensor:
         a, b = self.edges[e]
-        par = self.parents(e, x.device)
+        par = self._device_parents(e, x.device)
         lead = x.shape[: x.dim() - len(self.shapes[a])]
         flat = x.reshape(-1, self.sizes[a])
         n_out = self.sizes[b]

@@ -186,6 +186,27 @@ class Hierarchy(Graph):
         sizes = _check_sizes(sizes)
         return cls._trusted([(n,) for n in sizes], _check_parents(sizes, parents), None)
 
+    # Graph's constructors of other structures: a Hierarchy is a chain (they built objects
+    # without its set-up, or failed with "a partition given by parent maps has flat levels")
+    @classmethod
+    def from_edges(cls, sizes: Sequence[int], edges: Sequence) -> Graph:
+        raise TypeError("Hierarchy.from_edges: a Hierarchy is the chain of Hierarchy.grid or Hierarchy.from_parents; "
+                        "use Graph.from_edges(sizes, edges) for a graph of maps (or Hierarchy.from_parents(sizes, "
+                        "parents) for a chain)")
+
+    @classmethod
+    def star(cls, shapes: Sequence, coarse) -> Graph:
+        raise TypeError("Hierarchy.star: a star is not a chain; use Graph.star(shapes, coarse)")
+
+    @classmethod
+    def axial(cls, shape) -> Graph:
+        raise TypeError("Hierarchy.axial: rows and columns are not a chain; use Graph.axial(shape)")
+
+    @classmethod
+    def grid_regions(cls, shapes: Sequence, regions, num_regions: int | None = None) -> Graph:
+        raise TypeError("Hierarchy.grid_regions: grids plus regions are not a chain; use Graph.grid_regions(shapes, "
+                        "regions)")
+
     # ------------------------------------------------------------------ basic facts
     @property
     def is_grid(self) -> bool:

@@ -322,3 +322,58 @@ def test_exact_refuses_every_non_forest_naming_the_map_and_dual(case):
     from convex_attention.exact import exact_attention
     with pytest.raises(ValueError, match=r"solves forests only .*use method 'dual'"):
         exact_attention(scores, g, [1.0] * g.num_maps)
+
+
+# ------------------------------------------------------------------ a review of the graph API (each failed before)
+
+def test_an_edge_implied_by_a_second_path_is_refused():
+    """0 → 1 → 2 composes to [0, 0, 1, 1], 0 → 3 → 2 to [0, 1, 0, 1]; edge 4 (0 → 2) is the
+    second composition, so it is implied (docs/design.md §4: refused, naming the path)."""
+    with pytest.raises(ValueError, match=r"edge 4 \(map 0 → map 2\) is implied by the path map 0 → map 3 → map 2"):
+        ca.Graph.from_edges([4, 2, 2, 2], [(0, 1, [0, 0, 1, 1]), (1, 2, [0, 1]), (0, 3, [0, 1, 0, 1]),
+                                           (3, 2, [0, 1]), (0, 2, [0, 1, 0, 1])])
+
+
+def test_a_graph_pickled_in_another_process_equals_the_same_graph_built_here():
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    code = ("import pickle, sys, convex_attention as ca; sys.stdout.buffer.write(pickle.dumps("
+            "ca.Graph.from_edges([4, 2], [(0, 1, [0, 0, 1, 1])])))")
+    seed = "2" if os.environ.get("PYTHONHASHSEED") == "1" else "1"  # never this process's seed
+    env = dict(os.environ, PYTHONHASHSEED=seed, OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, check=True, timeout=120).stdout
+    there = pickle.loads(out)
+    here = ca.Graph.from_edges([4, 2], [(0, 1, [0, 0, 1, 1])])
+    assert there == here and hash(there) == hash(here)
+
+
+def test_writing_to_the_tensor_parents_returns_does_not_change_the_graph():
+    g = ca.Graph.from_edges([4, 2], [(0, 1, [0, 0, 1, 1])])
+    merged = g.parents(0)
+    merged[merged == 1] = 0  # the caller derives another partition from this one
+    assert g.parents(0).tolist() == [0, 0, 1, 1]
+    h = ca.Hierarchy.grid([4, 2])
+    h.parents(0).zero_()
+    assert h.flat().parents(0).tolist() == [0, 0, 1, 1]
+
+
+def test_a_parent_sequence_holding_a_bool_is_refused():
+    with pytest.raises(TypeError, match=r"edge 0 \(map 0 → map 1\): parents must hold integers"):
+        ca.Graph.from_edges([4, 2], [(0, 1, [0, True, 1, 1])])
+
+
+def test_a_long_chain_of_maps_is_accepted():
+    M = 1200
+    g = ca.Graph([1] * M, [(k, k + 1) for k in range(M - 1)])
+    assert g.kind == "chain" and g.num_edges == M - 1
+
+
+def test_a_flipped_numpy_parent_map_is_accepted():
+    flat = np.array([1, 1, 0, 0])[::-1]
+    assert ca.Graph.from_edges([4, 2], [(0, 1, flat)]).parents(0).tolist() == [0, 0, 1, 1]
+    assert ca.Hierarchy.from_parents([4, 2], [flat]).parents(0).tolist() == [0, 0, 1, 1]
+    regions = np.flipud(np.array([[1, 1], [0, 0]]))
+    assert ca.Graph.grid_regions([(2, 2)], regions).parents(0).tolist() == [0, 0, 1, 1]

@@ -289,3 +289,17 @@ def test_repr_names_the_constructor():
     assert eval(repr(g), {"Hierarchy": ca.Hierarchy}) == g
     p = ca.Hierarchy.from_parents([4, 2], [torch.tensor([0, 1, 1, 0])])
     assert repr(p).startswith("Hierarchy.from_parents(") and "[4, 2]" in repr(p)
+
+
+# ------------------------------------------------------------------ a review of the graph API (each failed before)
+
+def test_hierarchy_from_edges_is_a_hierarchy_or_refused():
+    chain = ([4, 2], [(0, 1, [0, 0, 1, 1])])
+    star = ([4, 4, 2], [(0, 2, [0, 0, 1, 1]), (1, 2, [0, 1, 0, 1])])
+    for sizes, edges in (chain, star):
+        try:
+            h = ca.Hierarchy.from_edges(sizes, edges)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(h, ca.Hierarchy):  # then it must be one: the chain, fully set up
+            assert h.is_chain and h.num_levels == len(sizes) and "Hierarchy" in repr(h)

@@ -1054,3 +1054,11 @@ def test_cvxpylayers_takes_solver_options_and_reports_what_it_used():
     sol = ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, **options)
     assert sol.info == {"solver_options": options, "backend": "diffcp-clarabel", "eps": 1e-9,
                         "accept_tol": cvx.check_options(options)["accept_tol"]}
+
+
+def test_dual_float32_temperature_refusal_names_the_map_with_given_maps():
+    g = ca.Graph.from_edges([4, 2, 2], [(0, 1, [0, 0, 1, 1]), (0, 2, [0, 1, 0, 1])])
+    scores = [torch.zeros(2, 4, dtype=torch.float64), None, torch.zeros(2, 2, dtype=torch.float64)]
+    given = {1: torch.tensor([0.5, 0.5], dtype=torch.float64)}
+    with pytest.raises(ValueError, match=r"temperature of map 2 is 1e-40"):
+        ca.solve(scores, g, "dual", temperature=[1.0, 1.0, 1e-40], given=given, dtype=torch.float32)
