@@ -114,6 +114,11 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
     m: list = [None] * g.num_maps
     for k in g.order:
         mk = scores[k]
+        if g.in_edges[k]:
+            # a coarse map meets its messages less its own per-sample maximum (an exact
+            # subtraction, a constant per map): its offset, rounded in with them, moved float32
+            # maps by 7e-3 at 1024 + 2^-12·δ and τ = 1e-3 (a review)
+            mk = mk - mk.amax(sample_dims(mk), keepdim=True)
         for c in g.in_edges[k]:
             mk = mk + message[c]
         m[k] = mk
@@ -397,15 +402,22 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
     A: list = [None] * g.num_edges
     for k in g.order:
         m = scores[k]
+        if g.in_edges[k]:  # as exact_forward: the coarse map's own offset leaves first
+            m = m - m.detach().amax(sample_dims(m), keepdim=True)
         for c in g.in_edges[k]:
             m = m + A[c]
         e = g.coarsening(k)
         if e is not None:
-            mmax = _finite_block_max(g, m.detach(), e)
+            raw = g.block_max(m.detach(), e)
+            masked = torch.isneginf(raw)  # blocks whose every cell is masked
+            mmax = raw.clamp_min(torch.finfo(raw.dtype).min)
             d = g.combine_broadcast(m, mmax, e, torch.sub)
-            log_sum = T[k] * g.aggregate(torch.exp(divide_by_temperature(d, T[k])), e).log()
+            # the sums floored at 1, as in exact_forward: r stays -inf on a masked block's cells
+            # (not -inf - (-inf) = NaN, which made the create_graph backward NaN: a review), and
+            # the message is -inf there (its coarse cell gets probability 0), with no gradient
+            log_sum = T[k] * g.aggregate(torch.exp(divide_by_temperature(d, T[k])), e).clamp_min(1.0).log()
             r[k] = g.combine_broadcast(d, log_sum, e, torch.sub)  # m − A_c, as (m − blockmax) − T log Σ
-            A[e] = _centred_message(mmax, log_sum)
+            A[e] = _centred_message(mmax, log_sum).masked_fill(masked, -math.inf)
         else:
             flat = m.flatten(1)
             d = flat - flat.detach().amax(1, keepdim=True)
@@ -420,12 +432,22 @@ def _scaled_log_probs(g: Graph, T, r, k: int, c) -> Tensor:
     path = [k]
     while (up := g.coarsening(path[-1])) is not None:
         path.append(g.edges[up][1])
-    out = r[path[-1]] * (c / T[path[-1]])
+    out = _scaled(r[path[-1]], c / T[path[-1]])
     for j in reversed(path[:-1]):
         e = g.coarsening(j)
         assert e is not None
-        out = g.combine_broadcast(r[j] * (c / T[j]), out, e, torch.add)
+        out = g.combine_broadcast(_scaled(r[j], c / T[j]), out, e, torch.add)
     return out
+
+
+def _scaled(r: Tensor, factor) -> Tensor:
+    """``r · factor``; where ``r`` is −∞ (a masked cell) and the factor a tensor that requires
+    grad, the product is −∞ with no gradient: its derivative in the factor, 0·(−∞), made the
+    second derivative in a tensor temperature NaN (a review)."""
+    if isinstance(factor, Tensor) and factor.requires_grad:
+        masked = torch.isneginf(r)
+        return torch.where(masked, r.detach(), r.masked_fill(masked, 0.0) * factor)
+    return r * factor
 
 
 def exact_log_probs(scores: Sequence[Tensor], g: Graph, temps) -> list[Tensor]:

@@ -654,3 +654,68 @@ def test_an_exact_constant_offset_on_the_fine_map_moves_nothing_in_float32():
     got = ca.solve(shifted, h, "exact", temperature=1e-3).probs
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=0)
+
+
+# ---------------------------------------- a review of the masking and offset fixes (each failed before)
+
+@pytest.mark.parametrize("structure", ["chain", "star"])
+def test_create_graph_first_derivatives_with_a_fully_masked_block(structure):
+    """docs/design.md §4: exact solves masked cells, whole blocks included (probability 0, gradient 0),
+    and with create_graph=True it gives the same first derivatives (Hessian-vector products)."""
+    inf = math.inf
+    if structure == "chain":
+        h = ca.Hierarchy.grid([4, 2])
+        base = [torch.tensor([[-inf, -inf, 0.5, -0.3], [0.1, 0.2, 0.5, -0.3]], dtype=torch.float64),
+                torch.tensor([[0.2, -0.1], [0.3, 0.0]], dtype=torch.float64)]
+    else:
+        h = ca.Graph.star([(4,), (4,)], (2,))
+        base = [torch.tensor([[-inf, -inf, 0.5, -0.3], [0.1, 0.2, 0.5, -0.3]], dtype=torch.float64),
+                torch.tensor([[0.4, 0.1, -0.2, 0.3], [0.0, -0.5, 0.2, 0.6]], dtype=torch.float64),
+                torch.tensor([[0.2, -0.1], [0.3, 0.0]], dtype=torch.float64)]
+    weights = [torch.linspace(-1.0, 2.0, b[0].numel(), dtype=torch.float64).reshape(b[0].shape) for b in base]
+    grads = []
+    for create_graph in (False, True):
+        scores = [b.clone().requires_grad_() for b in base]
+        probs = ca.solve(scores, h, "exact", check_finite=False).probs
+        loss = sum((p * w).sum() for p, w in zip(probs, weights))
+        grads.append([x.detach() for x in torch.autograd.grad(loss, scores, create_graph=create_graph)])
+    assert all(torch.isfinite(x).all() for x in grads[0])
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-10)
+    log_probs = exact_log_probs(base, h, [1.0] * h.num_maps)
+    assert not any(bool(torch.isnan(lp).any()) for lp in log_probs)  # -inf on the masked block, not NaN
+    assert bool(torch.isneginf(log_probs[0][0, :2]).all())
+
+
+def test_second_derivative_in_a_tensor_temperature_with_a_masked_cell():
+    """A single masked cell (its block has finite cells): the temperature Hessian-vector product must be the
+    one of the same problem with that score at -1e4 (probability e^-1e4/0.7 = 0 in float64)."""
+    h = ca.Hierarchy.grid([4, 2])
+    w0 = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    w1 = torch.tensor([[0.5, -1.0]], dtype=torch.float64)
+    out = []
+    for fill in (-math.inf, -1e4):
+        s0 = torch.tensor([[0.3, fill, 1.0, 0.5]], dtype=torch.float64, requires_grad=True)
+        s1 = torch.tensor([[0.1, 0.4]], dtype=torch.float64, requires_grad=True)
+        tau = torch.tensor([0.7, 1.3], dtype=torch.float64, requires_grad=True)
+        p = ca.solve([s0, s1], h, "exact", temperature=tau, check_finite=False).probs
+        loss = (p[0] * w0).sum() + (p[1] * w1).sum()
+        (g_tau,) = torch.autograd.grad(loss, tau, create_graph=True)
+        (hvp,) = torch.autograd.grad(g_tau.sum(), tau)
+        out.append(hvp)
+    assert torch.isfinite(out[1]).all()
+    torch.testing.assert_close(out[0], out[1], atol=1e-12, rtol=1e-10)
+
+
+def test_an_exact_constant_offset_on_the_coarse_map_moves_nothing_in_float32():
+    """The mirror of test_an_exact_constant_offset_on_the_fine_map_moves_nothing_in_float32: a constant per
+    map moves no solution, and 1024 + multiples of 2^-12 is exact in float32."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    d0 = torch.tensor([[0.0, 3.0, 1.0, 2.0]]) * 2 ** -12
+    d1 = torch.tensor([[0.0, 1.0]]) * 2 ** -12
+    shifted = [d0, d1 + 1024.0]
+    assert torch.equal(shifted[1] - 1024.0, d1)  # the offset is exact
+    want = ca.solve([d0.double(), d1.double()], h, "exact", temperature=1e-3).probs
+    got = ca.solve(shifted, h, "exact", temperature=1e-3).probs
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=0)
