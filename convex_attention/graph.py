@@ -93,9 +93,15 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
         if isinstance(par, Sequence) and any(isinstance(x, bool) for x in par):
             # torch.as_tensor promotes [0, True, 1] to int64 and read True as cell 1 (a review)
             raise TypeError(f"{label} must hold integers, got a bool among them")
+        if isinstance(par, np.ndarray):
+            if par.dtype.kind == "u" and par.size and int(par.max()) > torch.iinfo(torch.long).max:
+                # (as int64 it read "got parent index -9223372036854775808": a review)
+                raise ValueError(f"{label} out of range: {coarse} has {n_coarse} cells, got parent index "
+                                 f"{int(par.max())}")
+            # a copy: a flipped array (negative stride) is read, a read-only one without torch's
+            # warning that it is not writable (the graph copies it anyway)
+            par = np.array(par)
         try:
-            if isinstance(par, np.ndarray):
-                par = np.ascontiguousarray(par)  # a flipped array (negative stride) is read as well
             par = torch.as_tensor(par)
         except (OverflowError, RuntimeError, TypeError, ValueError) as err:
             if "overflow" in str(err).lower():
@@ -467,11 +473,14 @@ class Graph:
             raise TypeError("shapes must be a non-empty list of grid shapes, finest first")
         if num_regions is None:
             try:
-                counted = np.ascontiguousarray(regions) if isinstance(regions, np.ndarray) else regions
+                counted = np.array(regions) if isinstance(regions, np.ndarray) else regions
                 num_regions = int(torch.as_tensor(counted).max()) + 1
             except (TypeError, ValueError, RuntimeError) as err:
                 raise TypeError(f"regions must be an integer tensor shaped like the finest grid, got "
                                 f"{type(regions).__name__} ({err})") from None
+            if num_regions < 1:  # it read "shape of map L must be positive" (a review)
+                raise ValueError(f"regions must hold region ids in [0, R), one per cell of the finest grid; got "
+                                 f"ids up to {num_regions - 1}")
         L = len(shapes)
         edges: list[tuple] = [(k, k + 1) for k in range(L - 1)]
         edges.append((0, L, regions))

@@ -1,4 +1,6 @@
 """The graph of maps (convex_attention.graph): structure, validation, facts and the kernels per edge."""
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -377,3 +379,18 @@ def test_a_flipped_numpy_parent_map_is_accepted():
     assert ca.Hierarchy.from_parents([4, 2], [flat]).parents(0).tolist() == [0, 0, 1, 1]
     regions = np.flipud(np.array([[1, 1], [0, 0]]))
     assert ca.Graph.grid_regions([(2, 2)], regions).parents(0).tolist() == [0, 0, 1, 1]
+
+
+def test_unsigned_read_only_and_negative_region_inputs_get_true_messages():
+    """A review: a uint64 id of 2**63 read "got parent index -9223372036854775808"; a read-only
+    array drew torch's 'not writable' warning though it is copied; all-negative regions read
+    "shape of map 1 must be positive"."""
+    with pytest.raises(ValueError, match=r"out of range: map 1 has 2 cells, got parent index 9223372036854775808"):
+        ca.Graph.from_edges([4, 2], [(0, 1, np.array([0, 0, 1, 2 ** 63], dtype=np.uint64))])
+    frozen = np.array([0, 0, 1, 1])
+    frozen.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert ca.Graph.from_edges([4, 2], [(0, 1, frozen)]).parents(0).tolist() == [0, 0, 1, 1]
+    with pytest.raises(ValueError, match=r"regions must hold region ids in \[0, R\)"):
+        ca.Graph.grid_regions([(2, 2)], np.array([[-1, -1], [-2, -1]]))
