@@ -730,6 +730,33 @@ def test_a_batched_backend_is_timed_on_cvx_batch_samples_and_diffcp_on_diffcp_ba
         assert {r["backend"] for r in rows} == set(batches)
 
 
+def test_a_reference_cell_whose_first_solve_overruns_the_budget_is_skipped_saying_so(tmp_path, monkeypatch):
+    """--budget was checked against the estimate only: diffcp-scs estimated at 4.3 s took 225 s
+    (SCS at its iteration limit).  The first (untimed) solve is timed; where the cell's calls
+    would overrun the budget at its pace, no timed call is made and the row says why."""
+    from convex_attention.bench import sweep
+
+    timed = []
+    real = sweep.measure_interleaved
+
+    def spy(cases, **kwargs):
+        timed.append((sorted(cases), kwargs.get("warmup")))
+        return real(cases, **kwargs)
+
+    monkeypatch.setattr(sweep, "measure_interleaved", spy)
+    monkeypatch.setattr(sweep, "time_once", lambda case, device="cpu", backward=True: 8.0)
+    config = _cvx_config(budget=15.0, cvx_repeats=1)  # 1 + cvx_repeats calls at 8 s each: 16 s > 15 s
+    (row,) = sweep.run_sweep(config, str(tmp_path / "a"), progress=False, log=lambda m: None)
+    assert row["status"] == "skipped" and row["estimate_s"] < 15.0
+    assert row["reason"].startswith("its first (untimed) solve took 8 s: 2 calls would take about 16 s > budget "
+                                    "--budget 15 s"), row["reason"]
+    assert not any("ref" in names for names, _ in timed)
+    # within the budget the first solve is the warm-up: the timed calls follow it with none of their own
+    monkeypatch.setattr(sweep, "time_once", lambda case, device="cpu", backward=True: 1.0)
+    (row,) = sweep.run_sweep(config, str(tmp_path / "b"), progress=False, log=lambda m: None)
+    assert row["status"] == "ok" and (["ref"], 0) in timed
+
+
 def _reference_solve_raises(monkeypatch, message: str) -> None:
     """The cell's cvxpylayers reference (the timed case ``ref``) raises ``RuntimeError(message)``;
     every other case is timed as usual."""
@@ -1233,6 +1260,7 @@ def test_a_reference_cell_estimated_at_exactly_the_budget_is_not_over_it(tmp_pat
     from convex_attention.cvx import CVX_PRIORS, prior_seconds_per_sample
 
     _reference_solve_raises(monkeypatch, "the solve was attempted (simulated)")
+    monkeypatch.setattr(sweep, "time_once", lambda case, device="cpu", backward=True: 0.0)  # the estimate's rule
     config = _cvx_config(diffcp_batch=2)
     budget = prior_seconds_per_sample(20, CVX_PRIORS["diffcp-clarabel"]) * 2 * (1 + config.cvx_repeats)
     (row,) = sweep.run_sweep(_cvx_config(diffcp_batch=2, budget=budget), str(tmp_path), progress=False,

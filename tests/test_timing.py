@@ -1,9 +1,10 @@
 import math
+import time
 
 import pytest
 import torch
 
-from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
+from convex_attention.bench.timing import measure_interleaved, peak_memory_mb, time_once
 
 
 def test_measure_interleaved_times_forward_and_backward_separately():
@@ -24,6 +25,18 @@ def test_measure_interleaved_times_forward_and_backward_separately():
     # interleaved: the order rotates, both run in every repetition
     assert calls[2:6] == ["heavy", "light", "light", "heavy"]
     assert res["heavy"].total_median > 0
+
+
+def test_time_once_times_one_forward_and_its_backward_in_seconds():
+    x = torch.randn(8, 8, requires_grad=True)
+    seen = []
+
+    def slow():
+        seen.append(1)
+        time.sleep(0.05)
+        return x.sum()
+
+    assert 0.05 <= time_once(slow) < 5.0 and seen == [1] and x.grad is not None
 
 
 def test_peak_memory_counts_allocations_during_the_call():

@@ -214,8 +214,9 @@ class SweepConfig:
                            "thread keeps the timings comparable on a shared machine, where threads wait on each "
                            "other")
     budget: float = setting(60.0, Real(low=0.0, high=1e7, low_open=True),
-                            "seconds a cvxpylayers cell may take (estimated from the cells measured so far); cells "
-                            "over it are recorded as skipped with the estimate")
+                            "seconds a cvxpylayers cell may take: estimated from the cells measured so far before "
+                            "it starts, then from its first (untimed) solve; cells over it are recorded as skipped "
+                            "with the estimate or that solve's time")
     cvx_max_cells: int = setting(6000, Int(low=1, high=1 << 30), "cap on problem size (total cells) for cvxpylayers")
     cvx_batch: int = setting(CVX_BATCH, Int(low=1, high=100_000),
                              "samples timed per cell of a batched cvxpylayers backend (moreau, cuclarabel, mpax), "

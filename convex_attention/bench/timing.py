@@ -107,6 +107,13 @@ def _once(forward: ForwardFn, device, backward: bool) -> tuple[float, float]:
     return (t1 - t0) * 1e3, (t2 - t1) * 1e3
 
 
+def time_once(forward: ForwardFn, device="cpu", backward: bool = True) -> float:
+    """Wall seconds of one call of ``forward`` (and ``loss.backward()``), the device
+    synchronised: what one untimed warm-up costs."""
+    f, b = _once(forward, device, backward)
+    return (f + (b if backward else 0.0)) / 1e3
+
+
 def measure_interleaved(cases: dict[str, ForwardFn], device="cpu", repeats: int = 30, warmup: int = 5,
                         backward: bool = True, budget_s: float | None = None) -> dict[str, Measurement]:
     """Time ``forward`` and ``loss.backward()`` of every case, interleaved.
