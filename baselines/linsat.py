@@ -14,8 +14,8 @@ unrolling them.  With ``E`` the stacked poolings and ``f`` the stacked given map
 problem above with one difference: LinSATNet's entropy is the binary entropy of every cell,
 which adds ``−τ Σ_i (1 − x_i) log(1 − x_i) ≈ τ Σ_i x_i`` (constant on the simplex) up to
 ``O(x_i²)``: on maps whose cells are small the two optima agree to second order in the
-cells' probabilities, and :func:`linsat_solve` reports where they do not (the benchmark
-measures the gap).
+cells' probabilities; where they are not small they do not (the benchmark measures the gap:
+1.1e-2 between the two optima on its 16² instance, docs/benchmarks.md).
 
 What it cannot express, and :func:`check_linsat_structure` refuses with the reason:
 

@@ -54,7 +54,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -848,11 +848,16 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
     # replaced by the first retry that certifies it (a retry solves the refused samples only)
     probs: list[Tensor] | None = None
     duals: list[Tensor] | None = None
-    first_failure: tuple | None = None  # the first attempt's refusal: (args, certificate, distance)
-    first_error: tuple | None = None  # or the error it raised: (args, error)
+    # the first refusal (the first attempt's, or where that raised, the first retry's that returned):
+    # (args, certificate, distance), indexed by sample of the whole batch
+    first_failure: tuple | None = None
+    first_error: tuple | None = None  # the error the first attempt raised: (args, error)
+    solved_retries: list[dict] = []  # each retry's own settings as solved (the caller's values kept)
     for index, attempt in enumerate(({},) + retries):
         # a retry changes only what the caller left to the layer (their own keys go unchanged)
         attempt_args = {**args, **{k: v for k, v in attempt.items() if k not in opts["extra"]}}
+        if index:
+            solved_retries.append({k: attempt_args[k] for k in attempt})
         rows = pending if index else list(range(B))
         part = torch.tensor(rows, dtype=torch.long)
         with warnings.catch_warnings():
@@ -891,20 +896,25 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
                          for p, q in zip(probs, got_probs)]
                 duals = [d.index_copy(0, where.to(d.device), q[taken.to(q.device)])
                          for d, q in zip(duals, got_duals)]
-        if first_failure is None and first_error is None and not bool(accepted.all()):
-            first_failure = (attempt_args, cert, distance)
+        if first_failure is None and not bool(accepted.all()):
+            whole = [torch.full((B,), math.nan, dtype=x.dtype) for x in (cert, distance)]
+            for x, y in zip(whole, (cert, distance)):
+                x[part] = y
+            first_failure = (attempt_args, *whole)
         pending = [r for r, ok in zip(rows, accepted.tolist()) if not ok]
         if not pending:
             break
-    if pending:  # no attempt certified these samples: the first attempt's failure, with the retries said
-        if first_error is not None:
-            attempt_args, raised = first_error
-            _raise_failure(layer, flat_cpu, attempt_args, pending, accept_tol, raised, max_iters=opts["max_iters"],
-                           retried=retries)
-        assert first_failure is not None
+    if pending:  # no attempt certified these samples: the first refusal (or error), with the retries said
+        raised = None if first_error is None else first_error[1]
+        if first_failure is None:  # every attempt raised
+            assert first_error is not None
+            _raise_failure(layer, flat_cpu, first_error[0], pending, accept_tol, raised, max_iters=opts["max_iters"],
+                           retried=tuple(solved_retries))
         attempt_args, cert, distance = first_failure
+        # where the first attempt raised, the refusal is a retry's: the message says both (it
+        # blamed "the batch" and named no sample: a review)
         _raise_failure(layer, flat_cpu, attempt_args, pending, accept_tol, None, cert, max_iters=opts["max_iters"],
-                       distance=distance, retried=retries)
+                       distance=distance, retried=tuple(solved_retries), first_raised=raised)
     assert probs is not None and duals is not None
     probs = [p.reshape((B,) + h.shapes[k]).to(device=device, dtype=dtype) for k, p in enumerate(probs)]
     duals = [d.reshape((B,) + h.shapes[b]) for d, (_, b) in zip(duals, h.edges)]
@@ -972,7 +982,7 @@ def acceptance(h: Graph, temps, flat_scores, probs, duals, accept_tol: float) ->
 
 
 def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, error, certificate=None,
-                   max_iters=None, distance=None, retried=()):
+                   max_iters=None, distance=None, retried=(), first_raised: BaseException | None = None) -> NoReturn:
     """Raise :class:`SolverFailure` naming the backend, the first failing samples and
     their statuses.  ``flat``: detached CPU float64 scores ``(B, n_k)``; ``error``: the
     exception the batch's solve raised, or None where the certificate failed."""
@@ -1003,5 +1013,7 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
     advice = ", ".join(hints[:-1]) + ", or " + hints[-1] if len(hints) > 1 else hints[0]
     again = (f" (and again with each of {', '.join(str(r) for r in retried)}: none certified these samples)"
              if retried else "")
+    if first_raised is not None:
+        again += f"; the first attempt raised '{_message_line(first_raised)}': these are the first retry's refusals"
     raise SolverFailure(f"cvxpylayers[{backend.name}] solve failed for " + "; ".join(lines) + again + ". "
                         + advice[0].upper() + advice[1:] + ".")

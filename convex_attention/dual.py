@@ -325,7 +325,7 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     if any(mask):
         _check_given_structure(h, mask, options)
         options["given_mask"] = mask
-    inputs = [(s if q is None else q.expand((B,) + h.shapes[k])).to(work)
+    inputs = [s.to(work) if q is None else _normalised(q.expand((B,) + h.shapes[k]).to(work))
               for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
     options["round_to"] = dtype  # the maps come back in the scores' dtype: they must meet tol there
     info: dict = {}
@@ -339,6 +339,15 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     _check_returned_maps(probs, h, options["tol"], options["strict"], work, info, rounded=rounded)
     # duals in the compute dtype: half precision's range is narrower than theirs
     return probs, [d.to(compute_dtype(dtype)) for d in lam], info
+
+
+def _normalised(q: Tensor) -> Tensor:
+    """A given map divided by its sum per sample, in the working dtype (differentiable).  Given
+    maps are accepted within a tolerance of summing to one (``validation.check_given``: 1e-4 in
+    float32); used as they were, a map off by 5e-5 could not be pooled onto by a scored map
+    summing to one: the solve stalled at that error and blamed contradicting given maps (a
+    review)."""
+    return q / q.sum(tuple(range(1, q.dim())), keepdim=True)
 
 
 def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: bool, work: torch.dtype,
@@ -573,8 +582,9 @@ def _check_given(given, scores, h: Graph) -> list[Tensor | None] | None:
     return None if all(q is None for q in out) else out
 
 
-def _check_problem(scores, h: Graph, temps) -> tuple[list[Tensor], list[float]]:
-    """The kernel's own checks (``solve`` has done them already; direct callers have not)."""
+def _check_problem(scores, h: Graph, temps, unused: frozenset = frozenset()) -> tuple[list[Tensor], list[float]]:
+    """The kernel's own checks (``solve`` has done them already; direct callers have not).
+    ``unused``: the given maps, whose temperatures are not used (nor range-checked)."""
     if not isinstance(h, Graph):
         raise TypeError(f"h must be a convex_attention.Hierarchy or Graph, got {type(h).__name__}")
     M = h.num_maps
@@ -598,7 +608,8 @@ def _check_problem(scores, h: Graph, temps) -> tuple[list[Tensor], list[float]]:
         if not math.isfinite(t) or t <= 0:
             raise ValueError(f"temperature of {h._map_word} {k} must be positive and finite, got {t}")
         out.append(t)
-    _check_temperature_range(out, scores[0].dtype, unit=h._map_word)
+    _check_temperature_range([None if k in unused else t for k, t in enumerate(out)], scores[0].dtype,
+                             unit=h._map_word)
     return scores, out
 
 
@@ -1007,7 +1018,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     strict, record_history = _check_flag(strict, "strict"), _check_flag(record_history, "record_history")
     newton, warm_start = _check_newton(newton), _check_warm_start(warm_start)
     given = _check_given(given, scores, h)
-    scores, temps = _check_problem(with_given_scores(scores, given), h, temps)
+    scores, temps = _check_problem(with_given_scores(scores, given), h, temps,
+                                   unused=frozenset(k for k, q in enumerate(given or ()) if q is not None))
     # solved at scores centred per map and sample: a constant per map changes no solution and
     # no dual, but a large one (3e4 at τ 1e-6) cost the logits the digits of their
     # differences, and the maps recomputed at the duals missed tol (a hostile review)

@@ -242,7 +242,8 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite, given=given_maps)
     free = next(s for s in scores if s is not None)
     temps = check_temperatures(temperature, h.num_maps, dtype=free.dtype,
-                               allow_grad=record.tensor_temperature, method=record.name, unit=h._map_word)
+                               allow_grad=record.tensor_temperature, method=record.name, unit=h._map_word,
+                               unused=given_maps)
     record.check_option_names(options)
     given_list = None
     if given:

@@ -219,7 +219,8 @@ def is_grad_temperature(temperature) -> bool:
 
 
 def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None = None,
-                       allow_grad: bool = False, method: str | None = None, unit: str = "level") -> list:
+                       allow_grad: bool = False, method: str | None = None, unit: str = "level",
+                       unused: frozenset = frozenset()) -> list:
     """Validate temperatures: one per level (per map of a graph: ``unit="map"``), never one per sample.
 
     Accepted: a positive real number of any type (Python ``int``/``float``, numpy's
@@ -229,7 +230,8 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
     ``(num_levels,)`` (one per level); any other shape is refused (a ``(B,)`` tensor is not
     per-sample temperatures).  A value is used as ``float(value)``, so ``np.float32(0.7)``
     gives the answer of the Python float ``float(np.float32(0.7))``.  The values must lie
-    in :func:`temperature_range` of ``dtype``.
+    in :func:`temperature_range` of ``dtype``, but for the maps in ``unused`` (given maps,
+    whose temperature is not used), which need only be positive and finite.
 
     Returns a list of ``num_levels`` floats; but a tensor that requires grad (with grad
     mode on) gives 0-d tensors in the list (views of it, so gradients flow back) when
@@ -249,7 +251,7 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
                                              "(temperature.detach())")
         values = temperature.detach().cpu().tolist()
         temps = _check_temperature_values(values if isinstance(values, list) else float(values), num_levels, dtype,
-                                          unit)
+                                          unit, unused)
         if not grad:
             return temps
         if temperature.dim() == 0:
@@ -267,14 +269,14 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
                 raise ValueError(f"temperature[{k}] must be a number or a 0-d real tensor (one temperature per "
                                  f"{unit}), got a tensor of shape {tuple(t.shape)}")
         values = [float(t.detach()) if isinstance(t, Tensor) else t for t in temperature]
-        temps = _check_temperature_values(values, num_levels, dtype, unit)
+        temps = _check_temperature_values(values, num_levels, dtype, unit, unused)
         grads = [is_grad_temperature(t) for t in temperature]
         if not any(grads):
             return temps
         if not allow_grad:
             _refuse_grad_temperature(method, "floats or tensors that do not require grad")
         return [t if g else v for t, g, v in zip(temperature, grads, temps)]
-    return _check_temperature_values(temperature, num_levels, dtype, unit)
+    return _check_temperature_values(temperature, num_levels, dtype, unit, unused)
 
 
 def _from_numpy(temperature, num_levels: int, unit: str):
@@ -315,7 +317,8 @@ def _as_float(value) -> float:
         return math.inf if value > 0 else -math.inf
 
 
-def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "level") -> list[float]:
+def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "level",
+                              unused: frozenset = frozenset()) -> list[float]:
     if _is_real(temperature):
         temps = [_as_float(temperature)] * num_levels
     elif isinstance(temperature, Sequence) and not isinstance(temperature, (str, bytes)):
@@ -343,12 +346,14 @@ def _check_temperature_values(temperature, num_levels: int, dtype, unit: str = "
     low, high = temperature_range(dtype)
     work = compute_dtype(dtype) if dtype is not None else torch.float64
     for k, t in enumerate(temps):
-        if t < low:
+        if t < low and k not in unused:
             raise ValueError(f"temperature of {unit} {k} is {t:g}, below the smallest accepted for {dtype_name(work)} "
                              f"computation ({low:.3g}, where 1/τ stops being finite); use a larger temperature"
                              + ("" if work == torch.float64 else " or float64 scores"))
     try:
-        total = math.fsum(temps)
+        # a given map's temperature is not used: neither its range nor the sum's (a review: an unused
+        # 1e200 read "every map is uniform")
+        total = math.fsum(t for k, t in enumerate(temps) if k not in unused)
     except OverflowError:  # finite values whose sum exceeds the float range: above any accepted range
         total = math.inf
     if total > high:

@@ -336,3 +336,21 @@ def test_linsat_solve_refuses_what_it_cannot_express_with_the_reason():
     h, theta, given = _given_axial()  # map 2 scored too: edge 1 (map 0 → map 2) joins two scored maps
     with pytest.raises(ValueError, match=r"edge 1 \(map 0 → map 2\): both maps are scored"):
         linsat_solve([theta, None, torch.zeros(2, 1, 3, dtype=torch.float64)], h, {1: given[1]})
+
+
+@pytest.mark.slow  # LinSATNet's own problem at 16² by CVXPY
+def test_linsat_s_distance_to_the_optimum_in_the_benchmark_is_its_other_entropy_not_its_stopping_test():
+    """A review: docs/benchmarks.md put LinSATNet's 1e-2 distance to the optimum on its 1e-3
+    stopping test.  On the benchmark's 16² instance it is 1.4e-4 from its own (binary-entropy)
+    optimum, which is itself 1.1e-2 from ours: the distance is the objective's."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+    from convex_attention.bench.graph_targets import GraphBenchmark, _given_problem
+
+    config = GraphBenchmark(size=16, linsat_batch=1)
+    h, theta, given = _given_problem(config, torch.Generator().manual_seed(config.seed + 4))  # the doc's 16² pair
+    probs = linsat_solve([theta, None, None], h, given, temperature=1.0, max_iter=100)[0].flatten(1)
+    own = _binary_entropy_reference(theta, h, given, 1.0)
+    ours = ca.solve([theta, None, None], h, "dual", temperature=1.0, given=given, tol=1e-12).probs[0].flatten(1)
+    assert float((probs - own).abs().max()) < 1e-3  # it solves its own problem to its stopping test
+    assert float((own - ours).abs().max()) > 5e-3  # which is not ours: measured 1.1e-2

@@ -1370,3 +1370,46 @@ def test_a_first_clarabel_attempt_that_raises_is_retried_as_the_reference_solve_
     with pytest.raises(SolverFailure, match="panicked"):
         ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, static_regularization_constant=1e-8)
     assert seen == [1e-8]
+
+
+def test_a_first_attempt_error_then_retries_refusing_one_sample_names_that_sample_not_the_batch(monkeypatch):
+    _needs("diffcp-clarabel")
+    import diffcp
+
+    inst = random_instance("1d-2lvl", batch=3, seed=0)
+    layer = get_layer(inst.h, inst.temps)
+    real = layer.layer
+    sizes = []
+
+    def call(*inputs, solver_args):
+        sizes.append(inputs[0].shape[0])
+        if len(sizes) == 1:
+            raise diffcp.cone_program.SolverError("Solver clarabel failed")
+        return real(*inputs, solver_args=solver_args)
+
+    def stationarity(scores, probs, duals, h, temps):
+        out = torch.zeros(probs[0].shape[0], dtype=torch.float64)
+        out[1 if len(out) == 3 else 0] = 1.0  # sample 1 refused by every retry (alone after the first)
+        return out
+
+    monkeypatch.setattr(layer, "layer", call)
+    monkeypatch.setattr(cvx, "stationarity", stationarity)
+    with pytest.raises(SolverFailure) as err:
+        solve_cvxpylayers(inst.scores, inst.h, inst.temps)
+    text = str(err.value)
+    assert sizes == [3, 3, 1, 1], sizes  # the retries did certify samples 0 and 2
+    assert "sample 1" in text and "the batch" not in text, text
+    assert "sample 0" not in text and "sample 2" not in text, text
+    assert "the first attempt raised 'Solver clarabel failed': these are the first retry's refusals" in text, text
+
+
+def test_the_failure_names_the_retries_as_they_were_solved_with_the_callers_own_settings(monkeypatch):
+    _needs("diffcp-clarabel")
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    seen = _refuse_every_attempt_and_count_solves(monkeypatch, inst)
+    with pytest.raises(SolverFailure) as err:
+        solve_cvxpylayers(inst.scores, inst.h, inst.temps, iterative_refinement_reltol=1e-13)
+    text = str(err.value)
+    assert [s["iterative_refinement_reltol"] for s in seen] == [1e-13] * 4
+    assert "and again with each of" in text, text
+    assert "'iterative_refinement_reltol': 1e-16" not in text and "'iterative_refinement_reltol': 1e-13" in text, text

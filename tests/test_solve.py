@@ -641,7 +641,8 @@ def test_given_maps_match_an_independent_cvxpy_reference(case):
     assert max_err(sol.probs, ref) < 1e-7
     assert sol.given == tuple(sorted(given))
     for k, q in given.items():
-        assert torch.equal(sol.probs[k], q), "a given map is returned as given"
+        # as given, divided by its sum (the map the solve used): equal to rounding
+        torch.testing.assert_close(sol.probs[k], q.expand_as(sol.probs[k]), atol=1e-15, rtol=0)
     torch.testing.assert_close(sol.objective, torch.from_numpy(value), atol=1e-7, rtol=0)
     # strong duality with the given maps' terms <η_k, q_k>
     torch.testing.assert_close(sol.dual_objective, sol.objective, atol=1e-9, rtol=0)
@@ -1062,3 +1063,24 @@ def test_dual_float32_temperature_refusal_names_the_map_with_given_maps():
     given = {1: torch.tensor([0.5, 0.5], dtype=torch.float64)}
     with pytest.raises(ValueError, match=r"temperature of map 2 is 1e-40"):
         ca.solve(scores, g, "dual", temperature=[1.0, 1.0, 1e-40], given=given, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ given maps: a hostile review (each failed before)
+
+@pytest.mark.parametrize("dtype, off, tol", [(torch.float32, 5e-5, 1e-6), (torch.float64, 5e-7, 1e-10)])
+def test_given_maps_summing_to_one_within_the_accepted_tolerance_are_solved(dtype, off, tol):
+    h = ca.Graph.axial((4, 3))
+    rows = torch.tensor([[[0.25], [0.25], [0.25], [0.25 + off]]], dtype=dtype)  # accepted: within the check
+    cols = torch.full((1, 1, 3), 1 / 3, dtype=dtype)
+    scores = [torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(0), dtype=dtype), None, None]
+    sol = ca.solve(scores, h, "dual", given={1: rows, 2: cols}, tol=tol, max_iter=100)  # 8 sweeps when exact
+    assert bool(sol.info["converged"].all())
+
+
+def test_the_unused_temperature_of_a_given_map_is_not_range_checked():
+    h = ca.Graph.axial((4, 3))
+    given = {1: torch.full((1, 4, 1), 0.25, dtype=torch.float64), 2: torch.full((1, 1, 3), 1 / 3, dtype=torch.float64)}
+    scores = [torch.randn(2, 4, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64), None, None]
+    plain = ca.solve(scores, h, "dual", temperature=[0.7, 1.0, 1.0], given=given, tol=1e-10)
+    unused = ca.solve(scores, h, "dual", temperature=[0.7, 1e200, 1.0], given=given, tol=1e-10)
+    torch.testing.assert_close(unused.probs[0], plain.probs[0], atol=1e-12, rtol=0)
