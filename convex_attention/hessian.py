@@ -472,6 +472,15 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     return w, relres, iterations, solved
 
 
+def _recentred(p: Tensor, v: Tensor) -> Tensor:
+    """``v − <p, v>`` per sample: the same ``J v`` (``J 1 = 0``), whose inner product ``J``
+    then forms again on a vector of its own size.  A constant ``c`` in ``v`` (a loss
+    ``Σ <c + w, p>``) otherwise left ``c·(Σp − 1)/τ`` along ``p`` in ``J v``, which no
+    right-hand side in the Hessian's range has (``p`` sums to one only to rounding)."""
+    dims = tuple(range(1, v.dim()))
+    return v - (p * v).sum(dims, keepdim=True)
+
+
 def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
                  rtol: float | None = None, max_iter: int = 1000, dense_limit: int | None = None,
                  given: Sequence[bool] | None = None,
@@ -506,8 +515,17 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         # at D = 1600 (160² mixed, 20 instances each, one thread) the backward's median fell from
         # 332 to 92 ms (normal) and 804 to 75 ms (hard), from 2.6 to 0.58 s for a batch of 8
         dense_limit = max(DENSE_LIMIT, DENSE_FALLBACK_LIMIT)  # read at call time (an ablation sets the cap to 0)
-    Jv = [DualHessian.apply_J(p, v, t) for p, v, t in zip(probs, grads, temps)]
+    # J_k v_k sums to zero per sample (J_k 1 = 0), but where v_k carries a constant c (a loss
+    # Σ <c + w_k, p_k>, e.g. the +1 of a KL divergence's gradient) the rounding left c·eps along
+    # p_k: outside the Hessian's range, it made the system inconsistent and the backward raise
+    # ImplicitSolveError on an ordinary loss (a review).  v_k is recentred first.
+    Jv = [DualHessian.apply_J(p, _recentred(p, v), t) for p, v, t in zip(probs, grads, temps)]
     rhs = hess.apply_At(Jv)
+    # a right-hand side within its own rounding error is zero: a loss constant on the simplices
+    # (∂L/∂p_k = c, e.g. sol.probs[0].sum()) gave one of pure rounding, which no solve reaches to a
+    # relative tolerance (ImplicitSolveError: a review); its gradient is 0
+    noise = rhs.norm(dim=1) <= hess._floor_of(probs, temps, list(grads), rhs)
+    rhs = torch.where(noise.unsqueeze(1), torch.zeros_like(rhs), rhs)
     if dual_grads is not None:
         shapes = [(rhs.shape[0],) + g.shapes[b] for _, b in g.edges]
         rhs = rhs + hess.centre(hess.flatten([torch.zeros(s, dtype=rhs.dtype, device=rhs.device) if u is None

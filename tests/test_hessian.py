@@ -110,9 +110,11 @@ def test_an_unsolvable_system_raises_naming_the_samples(monkeypatch):
 
 
 def _diamond():
-    """Two paths from map 0 to map 3 that pool it the same way (onto one cell): constraints
-    with redundancy beyond the gauge, so the Hessian is singular on the mean-zero subspace."""
-    return ca.Graph([(4, 4), (2, 2), (4, 1), (1, 1)], [(0, 1), (0, 2), (1, 3), (2, 3)])
+    """Two paths from map 0 to map 3 that pool it the same way (onto two cells): constraints
+    with redundancy beyond the gauge, so the Hessian is singular on the mean-zero subspace.
+    (A review: the diamond onto a single cell this was had none, an edge into a one-cell map
+    carrying only its gauge.)"""
+    return ca.Graph([(4, 4), (2, 2), (2, 2), (2, 1)], [(0, 1), (0, 2), (1, 3), (2, 3)])
 
 
 def test_a_redundant_diamond_is_solved_and_differentiated():
@@ -908,3 +910,14 @@ def test_the_cholesky_solves_stop_at_their_stall_but_the_last_attempt(monkeypatc
             calls.clear()
             _unsolvable_backward_message(monkeypatch, dense_limit=dense_limit)
             assert calls == first + [(fallback, True, True), (fallback, False, False)]
+
+
+def test_the_documented_example_of_redundant_constraints_is_redundant():
+    h = _diamond()
+    g = torch.Generator().manual_seed(5)
+    scores = [torch.randn((1,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    temps = [0.7, 1.3, 0.9, 2.0]
+    sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12)
+    hess = get_hessian(h, "cpu")
+    eig = torch.linalg.eigvalsh(hess.dense(sol.probs, temps)[0] + hess.gauge(torch.float64))
+    assert float(eig[0]) <= 1e-10 * float(eig[-1])  # a null direction on the mean-zero subspace
