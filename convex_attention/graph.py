@@ -30,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -44,6 +45,10 @@ _CHAIN_LIMIT = 8
 # The most cells one map may have: 2**36 ≈ 6.9e10, a float32 map of 275 GB, beyond any
 # single accelerator's memory.  Checked on the sizes alone, before anything is allocated.
 MAX_CELLS = 2 ** 36
+
+#: How many (map, composed partition) states the check for implied edges explores in all before
+#: it stops with a warning (paths that compose differently can be exponentially many).
+IMPLIED_CHECK_STATES = 20_000
 
 # The structure kinds, from the most special to the most general (each includes the ones before).
 KINDS = ("chain", "forest", "graph")
@@ -90,7 +95,7 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
     else:
         if par is None or isinstance(par, (str, bytes, numbers.Number)):
             raise TypeError(f"{expected}; got {type(par).__name__}")
-        if isinstance(par, Sequence) and any(isinstance(x, bool) for x in par):
+        if isinstance(par, Sequence) and _holds_bool(par):
             # torch.as_tensor promotes [0, True, 1] to int64 and read True as cell 1 (a review)
             raise TypeError(f"{label} must hold integers, got a bool among them")
         if isinstance(par, np.ndarray):
@@ -125,6 +130,12 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
         raise ValueError(f"{label} leaves {empty.numel()} cell(s) of {coarse} empty (first: cell {int(empty[0])}); "
                          f"every coarse cell needs at least one child")
     return par.contiguous()
+
+
+def _holds_bool(values: Sequence) -> bool:
+    """Whether a (nested) sequence holds a bool anywhere: a grid-shaped nested list too (a review)."""
+    return any(isinstance(x, bool) or (isinstance(x, Sequence) and not isinstance(x, (str, bytes)) and _holds_bool(x))
+               for x in values)
 
 
 def _grid_factor(fine: tuple[int, ...], coarse: tuple[int, ...], fine_name: str, coarse_name: str,
@@ -283,12 +294,17 @@ class Graph:
         path ``a → … → c`` of the other edges (it adds no constraint), naming that path.  An
         edge whose partition differs from every path's is a constraint of its own: kept.  Every
         path is considered (the first one found alone let an edge implied by a second path
-        pass: a review); partitions that two paths compose alike are followed once."""
+        pass: a review); partitions that two paths compose alike are followed once.  Paths
+        that compose differently can be exponentially many (a chain of diamonds of
+        relabellings: 2**D): after :data:`IMPLIED_CHECK_STATES` (map, partition) states in all
+        the check stops with a RuntimeWarning, and the edges it did not decide are kept (an
+        implied edge is a redundant constraint, which ``dual`` solves)."""
         out: list[list[tuple[int, int]]] = [[] for _ in range(M)]
         into: list[list[int]] = [[] for _ in range(M)]
         for f, (x, y) in enumerate(pairs):
             out[x].append((f, y))
             into[y].append(x)
+        budget = IMPLIED_CHECK_STATES
         for e, (a, c) in enumerate(pairs):
             # the maps on some path a → … → c: reachable from a and reaching c (c's ancestors)
             reaches_c = {c}
@@ -331,6 +347,14 @@ class Graph:
                     if key not in seen:
                         seen.add(key)
                         todo.append((y, composed, path + [y]))
+                        budget -= 1
+                        if budget < 0:
+                            warnings.warn(f"Graph: the check for edges implied by paths stopped at edge {e} after "
+                                          f"{IMPLIED_CHECK_STATES} path states (paths that compose differently "
+                                          f"multiply); edges {e} to {len(pairs) - 1} were not checked and are kept "
+                                          f"(an implied edge is a redundant constraint: 'dual' solves it)",
+                                          RuntimeWarning, stacklevel=4)
+                            return
 
     # ------------------------------------------------------------------ set-up
     def _init_graph(self, shapes: list[tuple[int, ...]], edges: list[tuple[int, int]],

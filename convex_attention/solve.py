@@ -167,9 +167,14 @@ class Solution:
     def dual_objective(self) -> Tensor | None:
         if self.duals is None:
             return None
+        # the given maps as the solve used them and returns them (each divided by its sum), not as
+        # passed: with those, <η_k, q_k> moved the dual objective off the objective by the sums'
+        # error (a review); the passed ones are still the inputs whose changes make it stale
+        used = None if self._given is None else [None if q is None else self.probs[k] for k, q in
+                                                 enumerate(self._given)]
         return self._cached("dual_objective",
                             lambda: metrics.dual_objective(self._scores, self.duals, self._h, self.temperature,
-                                                           self._given))
+                                                           used))
 
     def __repr__(self) -> str:
         B = self.probs[0].shape[0]

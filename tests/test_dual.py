@@ -1634,3 +1634,21 @@ def test_the_gradient_of_a_constant_loss_is_zero():
     grads = torch.autograd.grad(sol.probs[0].sum(), scores)
     for x in grads:
         assert float(x.abs().max()) <= 1e-12
+
+
+# ------------------------------------------------------------------ given maps: a review of b0ee9fd
+
+def test_the_gradient_in_a_given_map_is_the_one_math_md_states():
+    """A review: math.md §7.6 gave q̄_k = v_k − A_k w, but each given map is divided by its sum
+    first, so the gradient in the q passed is its projection q̄_k − <q̄_k, q_k> 1."""
+    reg = torch.tensor([[0, 1, 2, 2], [0, 1, 1, 2], [0, 0, 1, 2], [2, 2, 1, 0]])
+    h = ca.Graph.grid_regions([(4, 4), (2, 2)], reg)
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn(1, 4, 4, generator=gen, dtype=torch.float64),
+              torch.randn(1, 2, 2, generator=gen, dtype=torch.float64), None]
+    q = torch.softmax(torch.randn(1, 3, generator=gen, dtype=torch.float64), 1).requires_grad_()
+    sol = ca.solve(scores, h, "dual", given={2: q}, tol=1e-12)
+    c = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    (sol.probs[2] * c).sum().backward()
+    # math.md §7.6: v_2 = c, and w = 0 (no scored map's loss): q̄_2 = c, projected off q
+    torch.testing.assert_close(q.grad, c - (c * q.detach()).sum(), atol=1e-9, rtol=0)

@@ -394,3 +394,48 @@ def test_unsigned_read_only_and_negative_region_inputs_get_true_messages():
         assert ca.Graph.from_edges([4, 2], [(0, 1, frozen)]).parents(0).tolist() == [0, 0, 1, 1]
     with pytest.raises(ValueError, match=r"regions must hold region ids in \[0, R\)"):
         ca.Graph.grid_regions([(2, 2)], np.array([[-1, -1], [-2, -1]]))
+
+
+# ------------------------------------------------------------------ a hostile review of 5a481c0 (each failed before)
+
+def _diamond_chain_with_a_long_edge(diamonds: int, n: int = 16) -> tuple[list[int], list[tuple]]:
+    """Maps a_0 … a_D joined by diamonds a_i → b_i → a_{i+1}, a_i → c_i → a_{i+1} of permutation
+    edges (relabellings: every coarse cell has one child), the c-branch a random permutation,
+    plus one edge a_0 → a_D that no path implies: 2**D paths with distinct compositions."""
+    gen = torch.Generator().manual_seed(0)
+    sizes, edges = [n], []
+    for i in range(diamonds):
+        a, b, c, nxt = 3 * i, 3 * i + 1, 3 * i + 2, 3 * i + 3
+        sizes += [n, n, n]
+        edges += [(a, b, torch.arange(n)), (a, c, torch.randperm(n, generator=gen)),
+                  (b, nxt, torch.arange(n)), (c, nxt, torch.arange(n))]
+    edges.append((0, 3 * diamonds, torch.randperm(n, generator=gen)))
+    return sizes, edges
+
+
+def test_a_chain_of_diamonds_with_a_long_edge_is_validated_in_polynomial_time():
+    """A review: the check for implied edges enumerated every path's composition: 19 diamonds
+    (58 maps) took 8.6 s, 30 hung.  It now stops after IMPLIED_CHECK_STATES, saying so."""
+    import signal
+
+    sizes, edges = _diamond_chain_with_a_long_edge(30)
+
+    def too_slow(signum, frame):
+        raise TimeoutError("Graph.from_edges on 91 maps did not finish within 1.5 s")
+
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.setitimer(signal.ITIMER_REAL, 1.5)
+    try:
+        with pytest.warns(RuntimeWarning, match="stopped at edge .* after 20000 path states.*were not checked"):
+            g = ca.Graph.from_edges(sizes, edges)
+        assert g.num_maps == 91 and g.num_edges == 121
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_bool_in_a_grid_shaped_nested_parent_list_is_refused():
+    with pytest.raises(TypeError, match="bool"):
+        ca.Graph([(2, 2), (2,)], [(0, 1, [[0, True], [1, 1]])])
+    with pytest.raises(TypeError, match="bool"):
+        ca.Graph.grid_regions([(2, 2), (1, 1)], [[0, True], [1, 0]])

@@ -1084,3 +1084,22 @@ def test_the_unused_temperature_of_a_given_map_is_not_range_checked():
     plain = ca.solve(scores, h, "dual", temperature=[0.7, 1.0, 1.0], given=given, tol=1e-10)
     unused = ca.solve(scores, h, "dual", temperature=[0.7, 1e200, 1.0], given=given, tol=1e-10)
     torch.testing.assert_close(unused.probs[0], plain.probs[0], atol=1e-12, rtol=0)
+
+
+# ------------------------------------------------------------------ given maps: a review of b0ee9fd
+
+def test_the_dual_objective_uses_the_given_map_the_solve_used():
+    """A review: sol.dual_objective used the caller's q (summing to 1 + 9e-7, accepted), the solve
+    q / Σq: 3.5e-6 off the objective at the optimum."""
+    reg = torch.tensor([[0, 1, 2, 2], [0, 1, 1, 2], [0, 0, 1, 2], [2, 2, 1, 0]])
+    h = ca.Graph.grid_regions([(4, 4), (2, 2)], reg)
+    gen = torch.Generator().manual_seed(0)
+    scores = [30 * torch.randn(2, 4, 4, generator=gen, dtype=torch.float64),
+              30 * torch.randn(2, 2, 2, generator=gen, dtype=torch.float64), None]
+    q = torch.softmax(torch.randn(1, 3, generator=gen, dtype=torch.float64), 1) * (1 + 9e-7)  # accepted: 1e-6
+    sol = ca.solve(scores, h, "dual", given={2: q})
+    assert bool(sol.info["converged"].all())
+    used = [None, None, q / q.sum()]
+    torch.testing.assert_close(ca.metrics.dual_objective(scores, sol.duals, h, sol.temperature, used),
+                               sol.objective, atol=1e-9, rtol=0)  # holds: strong duality with the map used
+    torch.testing.assert_close(sol.dual_objective, sol.objective, atol=1e-9, rtol=0)
