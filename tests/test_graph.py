@@ -336,6 +336,7 @@ def test_an_edge_implied_by_a_second_path_is_refused():
                                            (3, 2, [0, 1]), (0, 2, [0, 1, 0, 1])])
 
 
+@pytest.mark.slow  # a second Python process (1.3 s)
 def test_a_graph_pickled_in_another_process_equals_the_same_graph_built_here():
     import os
     import pickle
