@@ -519,12 +519,15 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     # Σ <c + w_k, p_k>, e.g. the +1 of a KL divergence's gradient) the rounding left c·eps along
     # p_k: outside the Hessian's range, it made the system inconsistent and the backward raise
     # ImplicitSolveError on an ordinary loss (a review).  v_k is recentred first.
-    Jv = [DualHessian.apply_J(p, _recentred(p, v), t) for p, v, t in zip(probs, grads, temps)]
+    centred = [_recentred(p, v) for p, v in zip(probs, grads)]
+    Jv = [DualHessian.apply_J(p, vc, t) for p, vc, t in zip(probs, centred, temps)]
     rhs = hess.apply_At(Jv)
     # a right-hand side within its own rounding error is zero: a loss constant on the simplices
     # (∂L/∂p_k = c, e.g. sol.probs[0].sum()) gave one of pure rounding, which no solve reaches to a
-    # relative tolerance (ImplicitSolveError: a review); its gradient is 0
-    noise = rhs.norm(dim=1) <= hess._floor_of(probs, temps, list(grads), rhs)
+    # relative tolerance (ImplicitSolveError: a review); its gradient is 0.  The rounding is that
+    # of the recentred gradients (sized on v itself, a constant of 2**27 zeroed a signal held
+    # exactly in it: a review)
+    noise = rhs.norm(dim=1) <= hess._floor_of(probs, temps, centred, rhs)
     rhs = torch.where(noise.unsqueeze(1), torch.zeros_like(rhs), rhs)
     if dual_grads is not None:
         shapes = [(rhs.shape[0],) + g.shapes[b] for _, b in g.edges]
@@ -580,9 +583,9 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
                "probabilities only)" if dual_grads is not None else ""))
     Aw = hess.apply_A(w)
     out = []
-    for k, (p, v, t, aw) in enumerate(zip(probs, grads, temps, Aw)):
+    for k, (p, v, vc, t, aw) in enumerate(zip(probs, grads, centred, temps, Aw)):
         if given is not None and given[k]:
             out.append(v if aw is None else v - aw)
-        else:
-            out.append(DualHessian.apply_J(p, v if aw is None else v - aw, t))
+        else:  # J of the recentred gradient: the same, without a constant's rounding in it
+            out.append(DualHessian.apply_J(p, vc if aw is None else vc - aw, t))
     return out

@@ -1652,3 +1652,40 @@ def test_the_gradient_in_a_given_map_is_the_one_math_md_states():
     (sol.probs[2] * c).sum().backward()
     # math.md §7.6: v_2 = c, and w = 0 (no scored map's loss): q̄_2 = c, projected off q
     torch.testing.assert_close(q.grad, c - (c * q.detach()).sum(), atol=1e-9, rtol=0)
+
+
+def test_a_large_constant_in_the_incoming_gradient_does_not_zero_an_exactly_representable_signal():
+    """Σ_k ⟨c + w_k, p_k⟩ with c = 2²⁷ and w_k integer multiples of ulp(c) = 2⁻²⁵ in [-100, 100]
+    (c + w_k is exact in float64, so v carries w_k with no rounding at all): its gradient is that
+    of Σ_k ⟨w_k, p_k⟩.  8×8 axial graph, N(0, 2²) scores, τ = 0.5.  The recentred right-hand side
+    is computed to full precision, but the noise test compares it with 16·eps·|v| ≈ 16·eps·c and
+    zeroes it: the gradient was off by 90 % of itself (directional derivative 2.50e-6 against
+    central differences' 3.383e-6); floored on the recentred v it agrees to the output's own
+    rounding (eps·c·p/τ, 1-3 % here), and recentring the output too, to 1e-12."""
+    h = ca.Graph.axial((8, 8))
+    g = torch.Generator().manual_seed(1)
+    base = [2.0 * torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    temps = [0.5] * h.num_maps
+    c, ulp = 2.0 ** 27, 2.0 ** -25
+    w = [torch.randint(-100, 101, (2,) + s, generator=g).double() * ulp for s in h.shapes]
+    assert all(torch.equal((c + x) - c, x) for x in w)  # the signal survives in v exactly
+
+    def grads(shift):
+        scores = [s.clone().requires_grad_() for s in base]
+        sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-13)
+        return torch.autograd.grad(sum((p * (shift + x)).sum() for p, x in zip(sol.probs, w)), scores)
+
+    plain, shifted = grads(0.0), grads(c)
+    # the plain gradient is right: central differences (Richardson) of its loss
+    d = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in base]
+
+    def loss(step):
+        sol = ca.solve([s + step * u for s, u in zip(base, d)], h, "dual", temperature=temps, tol=1e-14)
+        return float(sum((p * x).sum() for p, x in zip(sol.probs, w)))
+
+    central = [(loss(s) - loss(-s)) / (2 * s) for s in (5e-4, 1e-3)]
+    richardson = (4 * central[0] - central[1]) / 3
+    assert float(sum((a * u).sum() for a, u in zip(plain, d))) == pytest.approx(richardson, rel=1e-6)
+    for a, b in zip(shifted, plain):
+        scale = float(b.abs().max())
+        assert float((a - b).abs().max()) <= 0.1 * scale
