@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["sample_dims", "centre", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature"]
+__all__ = ["sample_dims", "centre", "less_max", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature"]
 
 
 def sample_dims(x: Tensor) -> tuple[int, ...]:
@@ -15,6 +15,12 @@ def sample_dims(x: Tensor) -> tuple[int, ...]:
 def centre(x: Tensor) -> Tensor:
     """Remove the per-sample mean (the gauge of a dual variable)."""
     return x - x.mean(sample_dims(x), keepdim=True)
+
+
+def less_max(x: Tensor) -> Tensor:
+    """``x`` less its per-sample maximum (detached): a constant per map, which moves no softmax
+    and no centred dual, taken off by an exact subtraction before ``x`` meets other terms."""
+    return x - x.detach().amax(sample_dims(x), keepdim=True)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._ops import compute_dtype
+from ._ops import centre, compute_dtype
 from .graph import Graph
 from .metrics import dual_objective, objective, stationarity
 
@@ -919,8 +919,7 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
     probs = [p.reshape((B,) + h.shapes[k]).to(device=device, dtype=dtype) for k, p in enumerate(probs)]
     duals = [d.reshape((B,) + h.shapes[b]) for d, (_, b) in zip(duals, h.edges)]
     # duals in the compute dtype: half precision's range is narrower than theirs (Solution.duals)
-    duals = [(d - d.mean(tuple(range(1, d.dim())), keepdim=True)).to(device=device, dtype=compute_dtype(dtype))
-             for d in duals]
+    duals = [centre(d).to(device=device, dtype=compute_dtype(dtype)) for d in duals]
     return probs, duals
 
 

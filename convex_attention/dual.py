@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from . import hessian
-from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax, upcast
+from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax, sample_dims, upcast
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import (
@@ -347,7 +347,7 @@ def _normalised(q: Tensor) -> Tensor:
     float32); used as they were, a map off by 5e-5 could not be pooled onto by a scored map
     summing to one: the solve stalled at that error and blamed contradicting given maps (a
     review)."""
-    return q / q.sum(tuple(range(1, q.dim())), keepdim=True)
+    return q / q.sum(sample_dims(q), keepdim=True)
 
 
 def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: bool, work: torch.dtype,

@@ -51,7 +51,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ops import centre, compute_dtype, divide_by_temperature, sample_dims
+from ._ops import centre, compute_dtype, divide_by_temperature, less_max, sample_dims
 from .graph import Graph
 
 __all__ = ["exact_forward", "tree_backward", "ExactAttentionFunction", "exact_attention",
@@ -118,7 +118,7 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
             # a coarse map meets its messages less its own per-sample maximum (an exact
             # subtraction, a constant per map): its offset, rounded in with them, moved float32
             # maps by 7e-3 at 1024 + 2^-12·δ and τ = 1e-3 (a review)
-            mk = mk - mk.amax(sample_dims(mk), keepdim=True)
+            mk = less_max(mk)
         for c in g.in_edges[k]:
             mk = mk + message[c]
         m[k] = mk
@@ -164,7 +164,7 @@ def _centred_message(mmax: Tensor, log_sum: Tensor) -> Tensor:
     the coarse scores: added in first, its rounding (ε·|offset|) was divided by the small
     sub-tree temperatures and moved the maps (float32 scores 1024 + 2⁻¹²·δ at τ = 1e-3: 5e-3
     off; a review)."""
-    return (mmax - mmax.detach().amax(sample_dims(mmax), keepdim=True)).add_(log_sum)
+    return less_max(mmax).add_(log_sum)
 
 
 def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
@@ -403,7 +403,7 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
     for k in g.order:
         m = scores[k]
         if g.in_edges[k]:  # as exact_forward: the coarse map's own offset leaves first
-            m = m - m.detach().amax(sample_dims(m), keepdim=True)
+            m = less_max(m)
         for c in g.in_edges[k]:
             m = m + A[c]
         e = g.coarsening(k)
@@ -476,7 +476,7 @@ def exact_duals(scores: Sequence[Tensor], g: Graph, temps) -> list[Tensor]:
     # each map's scores less their per-sample maximum: a constant per map, which the centred duals
     # do not see, but which carried into the sums of centre() overflowed (a constant coarse map of
     # -8e37 in float32, within score_limit, gave duals of -inf: a review)
-    top = [s - s.detach().amax(sample_dims(s), keepdim=True) for s in scores]
+    top = [less_max(s) for s in scores]
     lam = _scaled_log_probs(g, T, r, L - 1, temps[L - 1]) - top[L - 1]
     duals = [lam]
     for k in range(L - 2, 0, -1):

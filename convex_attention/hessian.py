@@ -39,6 +39,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ._ops import sample_dims
 from .graph import Graph
 
 __all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT",
@@ -477,8 +478,7 @@ def _recentred(p: Tensor, v: Tensor) -> Tensor:
     then forms again on a vector of its own size.  A constant ``c`` in ``v`` (a loss
     ``Σ <c + w, p>``) otherwise left ``c·(Σp − 1)/τ`` along ``p`` in ``J v``, which no
     right-hand side in the Hessian's range has (``p`` sums to one only to rounding)."""
-    dims = tuple(range(1, v.dim()))
-    return v - (p * v).sum(dims, keepdim=True)
+    return v - (p * v).sum(sample_dims(v), keepdim=True)
 
 
 def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
