@@ -205,16 +205,11 @@ def test_every_figure_renders_as_png_and_pdf_for_a_paper_with_the_environment_fo
 
 def test_core_benchmark_ratio_is_computed_from_the_bars_it_draws(figs):
     rows = [
-        {"method": "softmax", "backend": "", "shapes": "8x8+4x4", "batch": 4, "dtype": "float32", "fwd_ms": 1.0,
-         "bwd_ms": 1.0, "total_ms": 1.5},
-        {"method": "exact", "backend": "", "shapes": "8x8+4x4", "batch": 4, "dtype": "float32", "fwd_ms": 1.0,
-         "bwd_ms": 1.0, "total_ms": 3.0},
-        {"method": "exact", "backend": "", "shapes": "4x4+2x2", "batch": 4, "dtype": "float32", "fwd_ms": 0.1,
-         "bwd_ms": 0.1, "total_ms": 0.2},
-        {"method": "cvxpylayers", "backend": "slow", "shapes": "4x4+2x2", "batch": 2, "dtype": "float64",
-         "fwd_ms": 50.0, "bwd_ms": 50.0, "total_ms": 100.0},
-        {"method": "cvxpylayers", "backend": "fast", "shapes": "4x4+2x2", "batch": 2, "dtype": "float64",
-         "fwd_ms": 5.0, "bwd_ms": 5.0, "total_ms": 10.0},
+        core_row("softmax", 1.5, fwd_ms=1.0, bwd_ms=1.0),
+        core_row("exact", 3.0, fwd_ms=1.0, bwd_ms=1.0),
+        core_row("exact", 0.2, shapes="4x4+2x2", fwd_ms=0.1, bwd_ms=0.1),
+        core_row("cvxpylayers", 100.0, shapes="4x4+2x2", backend="slow", batch=2, dtype="float64"),
+        core_row("cvxpylayers", 10.0, shapes="4x4+2x2", backend="fast", batch=2, dtype="float64"),
     ]
     # the caller's numbers disagree with the bars: the figure prints the bars' ratio
     plot_core_benchmark(rows, {"exact/softmax": 99.0, "cvxpylayers/exact per sample": 99.0}, "core.png")
@@ -234,12 +229,9 @@ def test_core_benchmark_title_names_each_backend_s_own_batch_one_line_each(figs)
     B = 2, float64; cvxpylayers: B = 16, float64' on one line, naming no backend, and ran into
     the other panel's axis label."""
     rows = [
-        {"method": "exact", "backend": "", "shapes": "4x4+2x2", "batch": 4, "dtype": "float32", "fwd_ms": 0.1,
-         "bwd_ms": 0.1, "total_ms": 0.2},
-        {"method": "cvxpylayers", "backend": "slow", "shapes": "4x4+2x2", "batch": 2, "dtype": "float64",
-         "fwd_ms": 50.0, "bwd_ms": 50.0, "total_ms": 100.0},
-        {"method": "cvxpylayers", "backend": "fast", "shapes": "4x4+2x2", "batch": 16, "dtype": "float64",
-         "fwd_ms": 5.0, "bwd_ms": 5.0, "total_ms": 10.0},
+        core_row("exact", 0.2, shapes="4x4+2x2", fwd_ms=0.1, bwd_ms=0.1),
+        core_row("cvxpylayers", 100.0, shapes="4x4+2x2", backend="slow", batch=2, dtype="float64"),
+        core_row("cvxpylayers", 10.0, shapes="4x4+2x2", backend="fast", batch=16, dtype="float64"),
     ]
     plot_core_benchmark(rows, {}, "core.png")
     (title,) = [ax.get_title() for ax in figs["core"].axes if ax.get_title()]
