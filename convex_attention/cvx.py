@@ -882,7 +882,7 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
                     raise
                 raise TypeError(f"solver {backend.solve_method or backend.name} rejected the option(s) {passed}: "
                                 f"{err}") from err
-        cert, distance, accepted = acceptance(h, temps, [f[part] for f in flat_cpu],
+        cert, distance, accepted = acceptance(h, temps, flat_cpu if len(rows) == B else [f[part] for f in flat_cpu],
                                               [p.detach().cpu() for p in got_probs],
                                               [d.detach().cpu() for d in got_duals], accept_tol)
         if probs is None or duals is None:  # the first outputs (a retry's where the first attempt raised)
