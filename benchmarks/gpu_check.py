@@ -20,6 +20,7 @@ device, no host synchronisation in the hot path, and speed.
 Writes gpu_check.json.  Exit status 1 if a correctness or synchronisation check fails.
 """
 import argparse
+import math
 import os
 import sys
 import time
@@ -79,6 +80,19 @@ def correctness(device) -> list[dict]:
             raise_exception=False)
         results.append({"check": "learned_dual gradcheck on cuda (float64)", "case": name, "error": 0.0,
                         "tol": 0.0, "passed": bool(ok)})
+    # a fine block whose every cell is masked (-inf, check_finite=False): its cells and its coarse
+    # cell get probability 0 and gradient 0 on the device, as on the CPU (not NaN)
+    h = ca.Hierarchy.grid([(8, 8), (4, 4)])
+    scores = [3 * torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    scores[0][0, :2, :2] = -math.inf
+    ref = ca.solve(scores, h, "exact", temperature=[0.5, 2.0], check_finite=False)
+    leaves = [s.to(device).requires_grad_() for s in scores]
+    sol = ca.solve(leaves, h, "exact", temperature=[0.5, 2.0], check_finite=False)
+    sum((p * p).sum() for p in sol.probs).backward()
+    err = float(ca.metrics.max_abs_err([p.detach().cpu() for p in sol.probs], ref.probs).max())
+    finite = all(torch.isfinite(p).all() for p in sol.probs) and all(torch.isfinite(s.grad).all() for s in leaves)
+    results.append({"check": "exact cuda float64 masked block vs cpu (finite, gradient too)", "case": "2d-2lvl",
+                    "error": err, "tol": 1e-12, "passed": bool(finite and err <= 1e-12)})
     h = ca.Hierarchy.grid([(32, 32), (16, 16), (8, 8)])
     for dtype in (torch.float16, torch.bfloat16):
         for scale in (1e4, -1e4):
