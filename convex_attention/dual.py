@@ -324,6 +324,76 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
         _check_scores_fit([s for s in scores if s is not None], work)
     if any(mask):
         _check_given_structure(h, mask, options)
+    parts = h.solved_apart()
+    if len(parts) == 1:
+        return _solve_checked(scores, h, temps, options, given, mask, work)
+    # several components with constraints: each is solved as the problem of its own that it is
+    # (docs/design.md §1).  Solved together, a component whose scores and temperatures were 1e16
+    # times another's stalled it (one Newton system, one step length and one stopping test per
+    # sample: a review); apart, each has its own, and its own implicit backward
+    probs: list = [None] * h.num_maps
+    duals: list = [None] * h.num_edges
+    infos = []
+    for maps, edges, part in parts:
+        sub = dict(options, init=None if options["init"] is None else [options["init"][e] for e in edges])
+        if sub["warm_start"] == "auto":  # decided on the whole graph: a chain among its parts starts warm too
+            sub["warm_start"] = options["init"] is None and not any(mask) and h.is_forest and not h.is_chain
+        where = (f" (in the component of {h._map_word}s {maps}, solved as a problem of its own, its "
+                 f"{h._map_word}s numbered from 0 there)")
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                p, d, info = _solve_checked([scores[k] for k in maps], part, [temps[k] for k in maps], sub,
+                                            None if given is None else [given[k] for k in maps],
+                                            tuple(mask[k] for k in maps), work)
+            except ConvergenceError as err:
+                raise ConvergenceError(f"{err}{where}") from None
+        for w in caught:  # the part's warnings, said of the whole graph
+            warnings.warn(f"{w.message}{where}" if issubclass(w.category, RuntimeWarning) else w.message,
+                          w.category, stacklevel=3)
+        for i, k in enumerate(maps):
+            probs[k] = p[i]
+        for i, e in enumerate(edges):
+            duals[e] = d[i]
+        infos.append(info)
+    return probs, duals, _merged_info(infos)
+
+
+def _merged_info(infos: Sequence[dict]) -> dict:
+    """One ``info`` for a graph solved component by component: per sample the worst component
+    (converged only where every one did; the most sweeps and Newton steps, the largest
+    violations and gaps).  ``history`` pads a component that stopped with its last values;
+    its dual objective is the sum of the components' (g is their sum), the violation and
+    gap per sweep the largest."""
+    out: dict = {}
+    for key in infos[0]:
+        values = [info[key] for info in infos]
+        if key == "converged":
+            out[key] = torch.stack(values).all(0)
+        elif key == "history":
+            sweeps = max(len(v["violation"]) for v in values)
+            out[key] = {}
+            for name in values[0]:
+                rows = torch.stack([_padded(v[name], sweeps) for v in values])
+                out[key][name] = rows.sum(0) if name == "dual_objective" else rows.amax(0)
+        else:
+            out[key] = torch.stack(values).amax(0)
+    return out
+
+
+def _padded(x: Tensor, rows: int) -> Tensor:
+    """``x`` ``(T, ...)`` with its last row repeated up to ``rows`` rows."""
+    return torch.cat([x, x[-1:].expand(rows - len(x), *x.shape[1:])]) if len(x) < rows else x
+
+
+def _solve_checked(scores: Sequence, h: Graph, temps: Sequence, options: dict, given, mask: tuple,
+                   work: torch.dtype):
+    """:func:`solve_dual_method` once its options are checked (``options`` without ``dtype``,
+    which is ``work``), on one graph solved as a whole."""
+    options = dict(options)
+    free = next(s for s, m in zip(scores, mask) if not m)
+    dtype, B = free.dtype, free.shape[0]
+    if any(mask):
         options["given_mask"] = mask
     inputs = [s.to(work) if q is None else _normalised(q.expand((B,) + h.shapes[k]).to(work))
               for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
@@ -446,7 +516,10 @@ _WORK_DTYPES = (torch.float32, torch.float64)
 def _check_tol(tol, name: str = "tol") -> float:
     if isinstance(tol, bool) or not isinstance(tol, numbers.Real):
         raise TypeError(f"dual option {name} must be a positive finite number (e.g. 1e-6), got {tol!r}")
-    tol = float(tol)
+    try:
+        tol = float(tol)
+    except OverflowError:  # an int beyond float's range (10**400): not finite either
+        tol = math.inf
     if not math.isfinite(tol) or tol <= 0:
         raise ValueError(f"dual option {name} must be a positive finite number (0 < {name} < inf, e.g. 1e-6), "
                          f"got {tol}")
@@ -511,7 +584,22 @@ def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | Non
         if not bool(torch.isfinite(start).all()):
             raise ValueError(f"dual option init[{k}] contains NaN or Inf values; starting duals must be finite")
         out.append(start.detach())
-    return out
+    # less each one's midpoint per sample, a constant that changes neither g nor p(λ): a constant
+    # start of 1e308 overflowed the solver's centring (a mean) and gave NaN maps, blamed on the
+    # scores (a review); the midpoint itself cannot overflow
+    return _centred_scores(out)[0]
+
+
+def _check_init_fits(init: Sequence[Tensor], scores: Sequence[Tensor], work: torch.dtype) -> None:
+    """ValueError naming ``init`` where the starting duals (centred by :func:`_check_init`) are
+    too large for the working dtype beside the scores: the logits ``θ_k + A_k λ`` must stay
+    within :func:`~convex_attention.validation.score_limit`, as the scores alone do."""
+    total, limit = math.fsum(score_peaks(scores)) + math.fsum(score_peaks(init)), score_limit(work)
+    if not total <= limit:
+        name = dtype_name(work)
+        raise ValueError(f"dual option init: the largest |value| of each starting dual (less its midpoint, a constant "
+                         f"that changes nothing) sums with the scores' largest to {total:.3g}, above {limit:.3g}, the "
+                         f"largest the {name} working dtype accepts; leave init out, or start from smaller duals")
 
 
 def check_dual_options(options: dict, h: Graph, batch: int | None, device,
@@ -1032,6 +1120,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     # returned, in float64, by the dual method instead
     confirms = dtype == torch.float64
     init = _check_init(init, h, B, device)
+    if init is not None:
+        _check_init_fits(init, scores, dtype)
     if init is not None and warm_start is True:
         raise ValueError("dual options init and warm_start=True contradict each other: give starting duals or ask "
                          "for the spanning forest's closed form, not both")

@@ -369,6 +369,7 @@ class Graph:
         self._parents: list[Tensor | None] = list(parents)
         self._parents_on: dict[torch.device, dict[int, Tensor]] = {}
         self._flat: Graph | None = None
+        self._solved_apart: list[tuple[list[int], list[int], Graph]] | None = None
         self._facts()
         self._key = (tuple(self.shapes), tuple(self.edges),
                      # a digest, not hash(): Python salts hash(bytes) per process, so a graph
@@ -587,6 +588,29 @@ class Graph:
             self._flat = Graph._build([(n,) for n in self.sizes], self.edges, [None] * self.num_edges,
                                         [self._cpu_parents(e) for e in range(self.num_edges)])
         return self._flat
+
+    def solved_apart(self) -> list[tuple[list[int], list[int], Graph]]:
+        """The parts a solver treats as problems of their own: ``(maps, edges, graph)`` for each
+        connected component with a constraint (``maps`` and ``edges`` ascending, numbered as in
+        this graph; ``graph`` the part alone, its maps and edges renumbered in that order).  Maps
+        without a constraint join the first part (they have no multiplier).  One part, this
+        graph itself, where at most one component has a constraint.  Built once, then kept."""
+        if self._solved_apart is None:
+            joined = [c for c in self.components if len(c) > 1]
+            if len(joined) <= 1:
+                self._solved_apart = [(list(range(self.num_maps)), list(range(self.num_edges)), self)]
+            else:
+                joined[0] = sorted(joined[0] + [c[0] for c in self.components if len(c) == 1])
+                parts = []
+                for maps in joined:
+                    index = {k: i for i, k in enumerate(maps)}
+                    edges = [e for e, (a, _) in enumerate(self.edges) if a in index]
+                    parts.append((maps, edges, Graph._build(
+                        [self.shapes[k] for k in maps], [(index[a], index[b]) for a, b in
+                                                          (self.edges[e] for e in edges)],
+                        [self._factors[e] for e in edges], [self._parents[e] for e in edges])))
+                self._solved_apart = parts
+        return self._solved_apart
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self._key == other._key and all(

@@ -1540,24 +1540,28 @@ def test_the_maps_of_a_converged_batch_are_the_ones_measured_where_each_sample_s
     measured there (not computed again: the forests paid 20-30 % for that), bit for bit
     p(λ) at the returned duals as dual_probs computes it.  On the grid chains one sample
     meets tol at its start (constant scores: the uniform maps, λ = 0) and is never swept
-    while the others are; the forests start at their closed form (no sweep at all)."""
+    while the others are; the forests start at their closed form (no sweep at all).  The
+    method solves each component with a constraint apart (Graph.solved_apart): per part."""
     inst = random_instance(case, batch=3) if case in ALL_CASES else random_graph_instance(case, batch=3)
     scores = [s.clone() for s in inst.scores]
     for s in scores:
         s[1] = 0.7
-    returned: dict = {}
-    result = solve_dual(scores, inst.h, inst.temps, tol=1e-10, _returned=returned)
-    assert returned, "the whole batch converged in float64: its measured maps are kept"
-    if case in ALL_CASES:
-        assert int(result["iterations"][1]) == 0 and int(result["iterations"].max()) > 0
-    elif case in NONTREE_CASES:
-        assert int(result["iterations"].max()) > 0  # swept, and confirmed where they stopped
-    centred, _ = _centred_scores(scores)
-    want, cond = dual_probs(centred, result["duals"], inst.h, inst.temps)
-    assert all(torch.equal(p, w) for p, w in zip(returned["probs"], want))
-    assert all(torch.equal(c, d) for c, d in zip(_conditionals(inst.h, returned["etas"], inst.temps), cond))
     sol = ca.solve(scores, inst.h, "dual", temperature=inst.temps, tol=1e-10)  # the method returns them
-    assert all(torch.equal(p, w) for p, w in zip(sol.probs, want))
+    warm = "auto" if inst.h.is_chain else inst.h.is_forest  # the method's default, decided on the whole graph
+    for maps, _, part in inst.h.solved_apart():
+        sub, temps = [scores[k] for k in maps], [inst.temps[k] for k in maps]
+        returned: dict = {}
+        result = solve_dual(sub, part, temps, tol=1e-10, warm_start=warm, _returned=returned)
+        assert returned, "the whole batch converged in float64: its measured maps are kept"
+        if case in ALL_CASES:
+            assert int(result["iterations"][1]) == 0 and int(result["iterations"].max()) > 0
+        elif case in NONTREE_CASES and not part.is_forest:
+            assert int(result["iterations"].max()) > 0  # swept, and confirmed where they stopped
+        centred, _ = _centred_scores(sub)
+        want, cond = dual_probs(centred, result["duals"], part, temps)
+        assert all(torch.equal(p, w) for p, w in zip(returned["probs"], want))
+        assert all(torch.equal(c, d) for c, d in zip(_conditionals(part, returned["etas"], temps), cond))
+        assert all(torch.equal(sol.probs[k], w) for k, w in zip(maps, want))
 
 
 def test_maps_are_computed_again_where_a_sample_missed_or_the_work_is_float32_or_maps_are_given():
@@ -1689,3 +1693,150 @@ def test_a_large_constant_in_the_incoming_gradient_does_not_zero_an_exactly_repr
     for a, b in zip(shifted, plain):
         scale = float(b.abs().max())
         assert float((a - b).abs().max()) <= 0.1 * scale
+
+
+# ---------------------------------------------------------------- hostile review 25 (forward, graphs)
+
+def _flat_union(*graphs):
+    """Disconnected union of graphs, as flat maps (``Graph.from_edges``)."""
+    sizes, edges, offset = [], [], 0
+    for g in graphs:
+        sizes += list(g.sizes)
+        edges += [(a + offset, b + offset, g.parents(e).reshape(-1)) for e, (a, b) in enumerate(g.edges)]
+        offset += g.num_maps
+    return ca.Graph.from_edges(sizes, edges)
+
+
+def test_dual_components_at_different_scales_are_solved_as_alone():
+    """docs/design.md §1: 'disconnected parts are independent problems solved in one call'; and a
+    common factor on a component's scores and temperatures leaves its solution unchanged (§4,
+    the advice of the score limit).  The oracle: each component solved on its own graph."""
+    from convex_attention.bench.graph_targets import draw_instance
+
+    g, scores, temps = draw_instance("mixed", 16, torch.Generator().manual_seed(1), (-2, 1), 1, pin_ends=True)
+    h = _flat_union(g)
+    scores = [s.reshape(1, -1) for s in scores]
+    alone = []
+    for c in (1e8, 1e-8):
+        sol = ca.solve([c * s for s in scores], h, "dual", temperature=[c * t for t in temps], tol=1e-10,
+                       max_iter=100)
+        assert sol.info["converged"].all() and int(sol.info["iterations"].max()) <= 20
+        alone.append(sol)
+    both = _flat_union(h, h)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sol = ca.solve([1e8 * s for s in scores] + [1e-8 * s for s in scores], both, "dual",
+                       temperature=[1e8 * t for t in temps] + [1e-8 * t for t in temps], tol=1e-10, max_iter=100,
+                       strict=False)
+    assert bool(sol.info["converged"].all()), (sol.info["iterations"], sol.info["violation"])
+    for got, want in zip(sol.probs, alone[0].probs + alone[1].probs):
+        assert float((got - want).abs().max()) <= 1e-8
+
+
+@pytest.mark.parametrize("start, work", [(1e308, torch.float64), (6e307, torch.float64), (1e39, torch.float32)])
+def test_dual_constant_init_is_only_a_gauge(start, work):
+    """docs/design.md §2: 'Adding a constant to λ_k changes neither g nor p(λ)'; `init` is
+    validated before any work (finite).  A constant start is the zero start: it must either be
+    refused naming `init` (a ValueError) or give the zero start's solution."""
+    inst = random_graph_instance("axial", batch=2, seed=3)
+    h = inst.h
+    init = [torch.full(h.shapes[b], start, dtype=torch.float64) for _, b in h.edges]
+    tol = 1e-8 if work == torch.float64 else 1e-5
+    ref = ca.solve(inst.scores, h, "dual", temperature=inst.temps, tol=tol, dtype=work)
+    try:
+        sol = ca.solve(inst.scores, h, "dual", temperature=inst.temps, tol=tol, dtype=work, init=init,
+                       max_iter=100)
+    except ValueError as err:
+        assert "init" in str(err)
+        return
+    assert bool(sol.info["converged"].all())
+    for got, want in zip(sol.probs, ref.probs):
+        assert float((got - want).abs().max()) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["tol", "gap_tol"])
+def test_dual_huge_integer_tolerance_is_refused_naming_it(name):
+    """check_dual_options: 'Raises TypeError/ValueError naming the option and its accepted range'."""
+    inst = random_graph_instance("axial", batch=1, seed=0)
+    with pytest.raises((TypeError, ValueError), match=name):
+        ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, **{name: 10 ** 400})
+
+
+# ---------------------------------------------------------------- components solved apart
+
+def _part_solutions(inst, **options):
+    """Each part of ``inst.h.solved_apart()`` solved as a graph of its own: the oracle of the
+    method's per-component solve (docs/design.md §1)."""
+    return [(maps, edges, ca.solve([inst.scores[k] for k in maps], part, "dual",
+                                   temperature=[inst.temps[k] for k in maps], **options))
+            for maps, edges, part in inst.h.solved_apart()]
+
+
+def test_components_are_solved_apart_and_reported_by_their_worst():
+    """The 'disconnected' graph (an axial part, a chain, a map on its own): every map and dual
+    is its part's, solved alone, and info gives per sample the worst part (the most sweeps,
+    the largest violation, converged where every part is); the history pads a part that
+    stopped, and its dual objective is the sum of the parts' (g is their sum)."""
+    inst = random_graph_instance("disconnected", batch=3, seed=4, scale=3.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-10, record_history=True)
+    parts = _part_solutions(inst, tol=1e-10, record_history=True, warm_start=False)
+    assert [maps for maps, _, _ in parts] == [[0, 1, 2, 5], [3, 4]]
+    for maps, edges, alone in parts:
+        assert all(torch.equal(sol.probs[k], p) for k, p in zip(maps, alone.probs))
+        assert all(torch.equal(sol.duals[e], d) for e, d in zip(edges, alone.duals))
+    infos = [alone.info for _, _, alone in parts]
+    assert torch.equal(sol.info["iterations"], torch.maximum(*[i["iterations"] for i in infos]))
+    assert torch.equal(sol.info["violation"], torch.maximum(*[i["violation"] for i in infos]))
+    assert torch.equal(sol.info["converged"], infos[0]["converged"] & infos[1]["converged"])
+    history = sol.info["history"]
+    assert len(history["violation"]) == max(len(i["history"]["violation"]) for i in infos)
+    final = sum(i["history"]["dual_objective"][-1] for i in infos)
+    assert torch.allclose(history["dual_objective"][-1], final, rtol=1e-14, atol=0)
+    assert torch.allclose(history["dual_objective"][-1], sol.dual_objective, rtol=1e-12, atol=1e-12)
+
+
+def test_components_solved_apart_carry_their_own_gradients():
+    """The gradient of a loss on every map, scores and temperatures, equals the parts' own
+    (each part has its own implicit backward): the isolated map's is its softmax's."""
+    inst = random_graph_instance("disconnected", batch=2, seed=1)
+    weights = [torch.randn(s.shape, generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+               for k, s in enumerate(inst.scores)]
+    leaves = [s.clone().requires_grad_() for s in inst.scores]
+    taus = [torch.tensor(t, dtype=torch.float64, requires_grad=True) for t in inst.temps]
+    sol = ca.solve(leaves, inst.h, "dual", temperature=taus, tol=1e-12)
+    whole = torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), leaves + taus)
+    for maps, _, part in inst.h.solved_apart():
+        sub = [inst.scores[k].clone().requires_grad_() for k in maps]
+        sub_taus = [torch.tensor(inst.temps[k], dtype=torch.float64, requires_grad=True) for k in maps]
+        alone = ca.solve(sub, part, "dual", temperature=sub_taus, tol=1e-12, warm_start=False)
+        grads = torch.autograd.grad(sum((p * weights[k]).sum() for k, p in zip(maps, alone.probs)), sub + sub_taus)
+        for i, k in enumerate(maps):
+            assert torch.allclose(whole[k], grads[i], rtol=1e-10, atol=1e-12)
+            assert torch.allclose(whole[len(leaves) + k], grads[len(maps) + i], rtol=1e-10, atol=1e-12)
+
+
+def test_a_component_that_fails_is_named_in_the_error_and_the_warning():
+    """A part that misses tol raises (strict) or warns (strict=False) naming its maps, whose
+    numbers in the part's own message are the part's."""
+    inst = random_graph_instance("disconnected", batch=2, seed=2, scale=4.0, temps=[0.05, 2.0, 0.1, 0.05, 3.0, 1.0])
+    with pytest.raises(ConvergenceError, match=r"in the component of maps \[0, 1, 2, 5\]"):
+        ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12, max_iter=1)
+    with pytest.warns(RuntimeWarning, match=r"in the component of maps \[0, 1, 2, 5\]"):
+        sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12, max_iter=1, strict=False)
+    assert not bool(sol.info["converged"].any())
+
+
+def test_components_solved_apart_take_their_share_of_init_and_given_maps():
+    """init (one start per edge) and given maps reach the part that owns them: the same as each
+    part solved alone with its own."""
+    inst = random_graph_instance("disconnected", batch=2, seed=5)
+    g = torch.Generator().manual_seed(9)
+    init = [torch.randn((2,) + inst.h.shapes[b], generator=g, dtype=torch.float64) for _, b in inst.h.edges]
+    prior = torch.softmax(torch.randn((2,) + inst.h.shapes[4], generator=g, dtype=torch.float64), 1)
+    scored = [None if k == 4 else s for k, s in enumerate(inst.scores)]
+    sol = ca.solve(scored, inst.h, "dual", temperature=inst.temps, given={4: prior}, init=init, tol=1e-11)
+    for maps, edges, part in inst.h.solved_apart():
+        given = {i: prior for i, k in enumerate(maps) if k == 4}
+        alone = ca.solve([scored[k] for k in maps], part, "dual", temperature=[inst.temps[k] for k in maps],
+                         given=given or None, init=[init[e] for e in edges], tol=1e-11)
+        assert all(torch.equal(sol.probs[k], p) for k, p in zip(maps, alone.probs))

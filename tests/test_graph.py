@@ -440,3 +440,22 @@ def test_a_bool_in_a_grid_shaped_nested_parent_list_is_refused():
         ca.Graph([(2, 2), (2,)], [(0, 1, [[0, True], [1, 1]])])
     with pytest.raises(TypeError, match="bool"):
         ca.Graph.grid_regions([(2, 2), (1, 1)], [[0, True], [1, 0]])
+
+
+def test_solved_apart_renumbers_each_component_with_a_constraint():
+    """Graph.solved_apart: one part per component with a constraint, its maps and edges
+    ascending and renumbered in that order, the same partitions; maps without a constraint
+    join the first part; the graph itself where at most one component has a constraint."""
+    g = make_graph("disconnected")  # an axial part [0, 1, 2], a chain [3, 4], map 5 alone
+    parts = g.solved_apart()
+    assert [(maps, edges) for maps, edges, _ in parts] == [([0, 1, 2, 5], [0, 1]), ([3, 4], [2])]
+    for maps, edges, part in parts:
+        assert part.shapes == [g.shapes[k] for k in maps]
+        assert part.edges == [(maps.index(a), maps.index(b)) for a, b in (g.edges[e] for e in edges)]
+        assert all(torch.equal(part.parents(i), g.parents(e)) for i, e in enumerate(edges))
+    assert g.solved_apart() is parts  # built once
+    for case in ("axial", "star"):
+        h = make_graph(case)
+        assert h.solved_apart() == [(list(range(h.num_maps)), list(range(h.num_edges)), h)]
+    lone = ca.Graph.from_edges([4, 2, 3], [(0, 1, torch.tensor([0, 0, 1, 1]))])  # map 2 alone: one part
+    assert lone.solved_apart()[0][2] is lone
