@@ -1007,8 +1007,19 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
         lines[-1] += (f" (each sample re-solved alone by CVXPY with {solver}; the batch's solve raised "
                       f"'{_message_line(error)}')")
     other = _other_backend_hint(backend.name)
+    # loosening accept_tol is advice only where the refused maps are near an optimum: a residual
+    # of 4.1 is no matter of accuracy, and no accept_tol the layer derives (at most
+    # MAX_DERIVED_ACCEPT_TOL) would take it (a review found that advice given for it)
+    worst = max([float(certificate[i]) for i in samples] if certificate is not None else [math.inf]) if samples \
+        else math.inf
+    if distance is not None and samples:
+        worst = max(worst, max(float(distance[i]) for i in samples) / STATIONARITY_FACTOR)
+    near = worst <= MAX_DERIVED_ACCEPT_TOL  # (NaN is not near)
     hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
-        [f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] + ([other] if other else [])
+        ([f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] if near else []) + \
+        ([other] if other else [])
+    if not hints:
+        hints = ["solve more tightly (a smaller eps) or with more iterations (max_iters)"]
     advice = ", ".join(hints[:-1]) + ", or " + hints[-1] if len(hints) > 1 else hints[0]
     again = (f" (and again with each of {', '.join(str(r) for r in retried)}: none certified these samples)"
              if retried else "")

@@ -1252,17 +1252,17 @@ def test_the_commands_that_write_a_results_folder_can_wait_for_its_lock():
 def test_verify_checks_its_folder_again_under_the_lock(tmp_path, monkeypatch, capsys):
     """A verify.csv written by another run between verify's first check and its taking the
     folder's lock is refused as well (exit 2), never replaced."""
-    from convex_attention.cli import bench as cli_bench
+    from convex_attention.cli import _common
 
     _stub_checks(monkeypatch)
     out = tmp_path / "v"
-    check_out = cli_bench.check_out
+    check_out = _common.check_out
 
     def meanwhile(folder):
         check_out(folder)
         (out / "verify.csv").write_text("another run's\n")
 
-    monkeypatch.setattr(cli_bench, "check_out", meanwhile)
+    monkeypatch.setattr(_common, "check_out", meanwhile)  # verify makes its folder through _common.making_out
     assert run(["verify", "--quick", "--quiet", "--out", str(out)]) == 2
     _one_line(capsys, "already holds verify.csv from an earlier run", "--overwrite")
     assert (out / "verify.csv").read_text() == "another run's\n"

@@ -591,3 +591,52 @@ def test_without_the_output_options_everything_is_shown(capsys):
     assert _common.show_progress(args)
     _common.info(args, "an info line")
     assert capsys.readouterr().out == "an info line\n"
+
+
+# ------------------------------------------------- review: --help and usage errors against the docs
+
+
+def _help_of(command: str, option: str) -> str:
+    parser = COMMANDS[command]
+    return next(a.help for a in parser._actions if option in a.option_strings)
+
+
+def test_data_check_help_states_the_range_of_every_number():
+    for option in ("--n", "--seed", "--attention-bacc", "--uniform-bacc"):
+        text = _help_of("data check", option)
+        assert re.search(r"from \d|in [\[(]", text), f"data check {option}: {text!r}"
+
+
+def test_data_check_n_usage_error_names_the_enforced_minimum(capsys):
+    assert _exit_code(["data", "check", "--n", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "20" in err, err
+
+
+def test_train_n_train_help_states_the_accepted_maximum():
+    text = _help_of("train", "--n-train")
+    top = int(re.search(r"from \d+ to (\d+)", text).group(1))
+    assert top <= 1_000_003, text
+
+
+@pytest.mark.parametrize("option", ["--no-augment", "--no-bn-recompute"])
+def test_a_no_flag_help_says_what_it_turns_off(option):
+    text = _help_of("train", option).lower()
+    assert re.search(r"\boff\b|\bwithout\b|\bno\b|\bdisable|\bskip", text), text
+
+
+def test_experiment_help_does_not_describe_options_it_lacks():
+    assert "resumed" not in _help_of("experiment", "--epochs")
+    assert "BraTS" not in _help_of("experiment", "--data-seed")
+
+
+def test_an_interrupted_verify_leaves_no_empty_out(tmp_path, monkeypatch, capsys):
+    from convex_attention.bench import verify
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(verify, "verify_instances", interrupted)
+    assert _exit_code(["verify", "--quick", "--backends", "diffcp-clarabel", "--out",
+                       str(tmp_path / "a" / "out")]) == 130
+    assert os.listdir(tmp_path) == []

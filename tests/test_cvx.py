@@ -858,7 +858,8 @@ def test_a_failure_names_every_failing_sample_and_only_the_advice_that_applies(m
     monkeypatch.setattr(cvx, "available_backends", lambda: ["diffcp-clarabel", "diffcp-scs", "moreau"])
     with pytest.raises(SolverFailure, match=r"sample 0: .*; sample 1: .*max_iters \(it was 1\)") as err:
         ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, max_iters=1)
-    assert str(err.value).endswith("need, or try backend='moreau'.")  # the most accurate other one here
+    # far from an optimum (one iteration): no looser accept_tol advised; the most accurate other backend
+    assert str(err.value).endswith("Raise max_iters (it was 1), or try backend='moreau'.")
     with pytest.raises(SolverFailure, match="Loosen accept_tol") as err:  # no max_iters given: none advised
         ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, accept_tol=1e-300)
     assert "max_iters" not in str(err.value)
@@ -1413,3 +1414,22 @@ def test_the_failure_names_the_retries_as_they_were_solved_with_the_callers_own_
     assert [s["iterative_refinement_reltol"] for s in seen] == [1e-13] * 4
     assert "and again with each of" in text, text
     assert "'iterative_refinement_reltol': 1e-16" not in text and "'iterative_refinement_reltol': 1e-13" in text, text
+
+
+def test_a_failure_far_from_any_optimum_is_not_advised_a_looser_accept_tol(monkeypatch):
+    """Loosening accept_tol is advice only where the refused maps are near an optimum (their
+    certificate within MAX_DERIVED_ACCEPT_TOL): a review found it given for a residual of 4.1,
+    which no accept_tol the layer derives would take."""
+    inst = random_instance("1d-2lvl", batch=2, seed=0)
+    monkeypatch.setattr(cvx, "available_backends", lambda: ["diffcp-clarabel", "moreau"])
+    real = cvx.acceptance
+
+    def far(h, temps, flat_scores, probs, duals, accept_tol):
+        cert, distance, _ = real(h, temps, flat_scores, probs, duals, accept_tol)
+        cert = torch.full_like(cert, 4.1)
+        return cert, distance, cert <= accept_tol
+
+    monkeypatch.setattr(cvx, "acceptance", far)
+    with pytest.raises(SolverFailure, match=r"4\.10e\+00 > accept_tol") as err:
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend="moreau")
+    assert "accept_tol if" not in str(err.value) and str(err.value).endswith(". Try backend='diffcp-clarabel'.")

@@ -94,7 +94,7 @@ TRAIN_BAD = [
     # sizes whose tensors could never be allocated (before: the run started, and failed inside)
     (["--n-train", "10000000", "--image-size", "8192"], "--n-train"),
     (["--n-val", "5000", "--image-size", "1024"], "pixels per channel and set"),
-    (["--n-val", "1000004"], "at most 1000003 images"),
+    (["--n-val", "1000004"], "from 1 to 1000003"),
     (["--batch-size", "100000", "--width", "1024", "--image-size", "128", "--n-train", "16", "--n-val", "8"],
      "first activation"),
     (["--temperature", "1e308"], "--temperature"),  # before: OverflowError (the sum of the levels' temperatures)
@@ -584,7 +584,7 @@ def test_a_runtime_error_that_is_not_an_allocation_failure_is_not_disguised_as_o
                                         (["--device", "tpu"], "--device"),
                                         (["--n-test", "3000000"], "--n-test"),
                                         (["--n-dev", "900000", "--image-size", "64"], "pixels per channel and set"),
-                                        (["--n-dev", "1000004"], "at most 1000003 images"),
+                                        (["--n-dev", "1000004"], "from 1 to 1000003"),
                                         (["--validity-images", "3000000"], "--validity-images"),
                                         (["--seeds", str(2 ** 64)], "--seeds"),
                                         # options the dev stage (the default) never reads

@@ -50,3 +50,11 @@ def test_the_readme_examples_run_in_order():
     for index, block in enumerate(blocks):  # the second goes on from the first's imports
         exec(compile(block, f"README.md example {index}", "exec"), namespace)
     assert bool(namespace["sol"].info["converged"].all())
+
+
+def test_the_guides_test_stage_command_passes_a_fresh_data_seed():
+    text = GUIDE.read_text(encoding="utf-8")
+    start = text.index("## 6.")
+    block = re.search(r"```sh\n(.*?)```", text[start:], flags=re.S).group(1)
+    test_line = next(line for line in block.splitlines() if "--stage test" in line)
+    assert "--data-seed" in test_line, test_line

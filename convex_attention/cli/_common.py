@@ -153,6 +153,20 @@ def _remove_empty(folders: list[str]) -> None:
             os.rmdir(folder)
 
 
+@contextlib.contextmanager
+def making_out(out: str):
+    """``check_out(out)`` for the body, with the folders it made removed again, if empty, when
+    the body fails: a run stopped before it wrote anything (Ctrl-C) leaves no empty ``--out``
+    (verify's did: a review)."""
+    made = _missing_folders(out)
+    try:
+        check_out(out)
+        yield
+    except BaseException:
+        _remove_empty(made)
+        raise
+
+
 def check_out_leaving_nothing(out: str) -> None:
     """``check_out`` (UsageError unless ``--out`` is, or can be made, a writable folder), with
     the folders it made removed again: a run that a later check refuses leaves no empty

@@ -16,6 +16,7 @@ import sys
 from ..io.settings import SEED, ConfigError, add_options, declared, finite_float, given_settings, int_in
 from ..paper.config import (
     BRATS_SETTINGS,
+    IMAGES_PER_SEED,
     MIMIC_SOURCES,
     MIMIC_TYPES,
     SYNTHETIC_GENERATORS,
@@ -70,13 +71,16 @@ def add_data_commands(sub) -> None:
                         "generator; synthetic-brightest: one lesion per image, label 1 when it is the brightest "
                         "structure (--mimic-rate defaults to 5 there); brats: BraTS 2018 slices (--data-root) "
                         "(default: synthetic)")
-    c.add_argument("--n", type=int_in(1, MAX_IMAGES, "n"), default=400,
-                   help="images in each of the training and held-out sets (brats: at most this many slices of each "
-                        "split, drawn at random) (default: 400)")
+    c.add_argument("--n", type=int_in(MIN_IMAGES, MAX_IMAGES, "n"), default=400,
+                   help=f"images in each of the training and held-out sets (brats: at most this many slices of each "
+                        f"split, drawn at random); an integer from {MIN_IMAGES} to {MAX_IMAGES} (synthetic data: "
+                        f"at most {IMAGES_PER_SEED}) (default: 400)")
     c.add_argument("--image-size", type=int_in(1, 8192, "image_size"), default=64,
-                   help="image side (brats: the resize target), at most 8192 (default: 64)")
+                   help="image side (brats: the resize target); an integer from 1 to 8192, at least 32 for "
+                        "synthetic and synthetic-brightest, 16 for synthetic-blobs (default: 64)")
     c.add_argument("--seed", type=_seed, default=0,
-                   help="the data's seed (held-out: seed + 10000; brats: the split) (default: 0)")
+                   help=f"the data's seed (held-out: seed + 10000; brats: the split); an integer from 0 to "
+                        f"{SEED.high} (default: 0)")
     # the synthetic options default to None, so that one given for data they do not apply to is refused
     c.add_argument("--difficulty", type=finite_float, default=None,
                    help=f"synthetic difficulty in [0, 1] (default: {DIFFICULTY})")
@@ -87,9 +91,11 @@ def add_data_commands(sub) -> None:
     c.add_argument("--data-root", default=None, help="brats: the unpacked BraTS training folder (default: none)")
     add_options(c, TrainConfig, names=BRATS_SETTINGS)  # as train declares them
     c.add_argument("--attention-bacc", type=finite_float, default=None,
-                   help="check (c): held-out balanced accuracy of the attention model (default: none, (c) not run)")
+                   help="check (c): held-out balanced accuracy of the attention model, in [0, 1] (default: none, "
+                        "(c) not run)")
     c.add_argument("--uniform-bacc", type=finite_float, default=None,
-                   help="check (c): held-out balanced accuracy of the same model pooling uniformly (default: none)")
+                   help="check (c): held-out balanced accuracy of the same model pooling uniformly, in [0, 1] "
+                        "(default: none)")
     c.add_argument("--out", default=None, help="folder for data_check.json (default: none, nothing is written)")
     c.add_argument("--overwrite", action="store_true",
                    help="replace the data_check.json an earlier check left in --out; without it such a folder is "
@@ -101,11 +107,11 @@ def add_data_commands(sub) -> None:
 # Images per set: beyond it no set's tensor could be allocated on the machines this runs on
 # (the pixels of one set are bounded by paper.config.MAX_SET_PIXELS, as for train).
 MAX_IMAGES = 10_000_000
+# ... and at least this many: fewer leave the checks' held-out estimates without meaning
+MIN_IMAGES = 20
 
 
 def _validate(args) -> None:
-    if args.n < 20:
-        raise UsageError(f"--n {args.n} is too small: the checks need at least 20 images per set")
     try:
         # BraTS's --n caps the slices read: no seed blocks there
         check_set_size("n", args.n, args.image_size, flag="--n", synthetic=args.data != "brats")

@@ -69,7 +69,11 @@ EXPERIMENT_OPTIONS = ((ExperimentConfig, None),
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.json")
 # the experiment's protocol splits synthetic data only (ExperimentConfig refuses the rest)
 _EXPERIMENT_HELPS = {"data": "; ".join(f"{k}: {DATA_SOURCE_HELP[k]}" for k in SYNTHETIC_SOURCES)
-                     + " (train and explain take brats and folder too)"}
+                     + " (train and explain take brats and folder too)",
+                     # train's texts speak of its --resume and of BraTS, which experiment has not
+                     "epochs": "epochs each model is trained for",
+                     "data_seed": "seed of the synthetic images of the dev stage's splits (the test stage needs one "
+                                  "that no recorded run used)"}
 # what the test stage takes from the variants file, never from the command line
 _FIXED_BY_VARIANTS = ("difficulties", "held_out_mimic")
 

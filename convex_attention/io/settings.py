@@ -495,8 +495,9 @@ def add_options(parser: argparse.ArgumentParser, cls, base=None, names=None, sho
         if isinstance(kind, Flag):
             # an option that is on by default is switched off by its --no-... flag
             store = "store_false" if default else "store_true"
-            parser.add_argument(option, dest=name, action=store, default=Unset(default, display),
-                                help=f"{text} (default: {display or show_value(default)})")
+            # the help of a --no-... flag says what it turns off (it read as what it turns on: a review)
+            said = f"{'turn off: ' if default else ''}{text} (default: {display or show_value(default)})"
+            parser.add_argument(option, dest=name, action=store, default=Unset(default, display), help=said)
             continue
         kwargs: dict[str, Any] = {"dest": name, "default": Unset(default, display),
                                   "type": _argument_type(kind, name), "metavar": kind.metavar}

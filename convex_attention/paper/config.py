@@ -114,7 +114,6 @@ def _method(name: str):
 
 
 _METHODS = Choice(lambda: tuple(_registry()), listed=METHOD_NAMES)
-_COUNT = Int(low=1, high=10_000_000)  # images: at least one, and a number that fits in memory
 #: Pixels per channel of one image set (images x side²): beyond it no set's tensor could be
 #: allocated on the machines this runs on (``train``, ``experiment`` and ``data check`` refuse it).
 MAX_SET_PIXELS = 2 ** 31
@@ -129,6 +128,10 @@ MAX_BATCH_VALUES = 2 ** 31
 #: key before it).
 IMAGES_PER_SEED = 1_000_003
 
+# synthetic images per set: at least one, and at most one seed's block (the help states the
+# range the check enforces; it said 10 000 000: a review)
+_COUNT = Int(low=1, high=IMAGES_PER_SEED)
+
 
 def check_seed_block(field: str, n, flag: str | None = None) -> None:
     """ConfigError (naming ``field``) when a set of ``n`` synthetic images would reach into the
@@ -138,11 +141,6 @@ def check_seed_block(field: str, n, flag: str | None = None) -> None:
                                  f"images, because the synthetic generators key image i of seed s as "
                                  f"s x {IMAGES_PER_SEED} + i, so a larger set would repeat the first images of "
                                  f"seed s + 1, which another split (validation, development or test) may use")
-
-
-def _seed_block(name: str):
-    """The cross-check of a set size: :func:`check_seed_block` on the setting ``name``."""
-    return lambda config: check_seed_block(name, getattr(config, name))
 
 
 def check_set_size(field: str, n: int, image_size: int, flag: str | None = None,
@@ -358,11 +356,15 @@ class TrainConfig:
     val_fraction: float = setting(0.2, Real(low=0.0, high=0.9, low_open=True),
                                   "brats: share of the patients held out for validation (the split is by patient)",
                                   cross=lambda c: _brats_only(c, "val_fraction"))
-    n_train: int = setting(2000, _COUNT, "synthetic training images", cross=_seed_block("n_train"))
-    n_val: int = setting(500, _COUNT, "synthetic validation images", cross=_seed_block("n_val"))
-    difficulty: float = setting(0.5, Real(low=0.0, high=1.0), "synthetic difficulty in [0, 1]")
+    n_train: int = setting(2000, _COUNT, "synthetic training images",
+                           cross=lambda c: _generated_only(c, "n_train"))
+    n_val: int = setting(500, _COUNT, "synthetic validation images",
+                         cross=lambda c: _generated_only(c, "n_val"))
+    difficulty: float = setting(0.5, Real(low=0.0, high=1.0), "synthetic difficulty in [0, 1]",
+                                cross=lambda c: _generated_only(c, "difficulty"))
     data_seed: int | None = setting(None, Int(low=0, high=SEED.high, optional=True),
-                                    "seed of the synthetic images / the BraTS split", shown="the --seed")
+                                    "seed of the synthetic images / the BraTS split", shown="the --seed",
+                                    cross=lambda c: _generated_only(c, "data_seed", also="brats"))
     epochs: int = setting(10, Int(low=1, high=100_000),
                           "epochs in all (a resumed run counts the epochs already done)")
     batch_size: int = setting(32, Int(low=1, high=100_000), "images per step")
@@ -499,6 +501,17 @@ def _files_only(config: TrainConfig) -> None:
                                        f"{config.data!r} is generated")
 
 
+def _generated_only(config: TrainConfig, name: str, also: str | None = None) -> None:
+    """ConfigError when a setting of the synthetic generators (or of ``also``'s data too) is
+    set away from its default for data read from files, which would ignore it: a run
+    recording it read as made with it (a review found `train --data folder --difficulty 0.9`
+    accepted and recorded)."""
+    default = next(f.default for f in fields(TrainConfig) if f.name == name)
+    if config.data not in SYNTHETIC_SOURCES and config.data != also and getattr(config, name) != default:
+        applies = "the synthetic data" + (f" and {also!r}" if also else "")
+        raise ConfigError(name, f"{name} applies to {applies} only (the data is {config.data!r}, read from files)")
+
+
 def _brats_only(config: TrainConfig, name: str) -> None:
     """ConfigError when a BraTS setting is set away from its default for other data (it would
     be ignored)."""
@@ -629,10 +642,6 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
     if cfg.train.data_seed > DATA_SEED_MAX:
         raise ConfigError("data_seed", f"the experiment's data seed must be from 0 to {DATA_SEED_MAX} (each owns "
                                        f"one block of generator seeds), got {cfg.train.data_seed}")
-    if cfg.train.data not in SYNTHETIC_SOURCES:
-        raise ConfigError("data", f"the experiment's protocol builds five disjoint splits of the synthetic data "
-                                  f"({', '.join(SYNTHETIC_SOURCES)}), not {cfg.train.data!r}; train and explain "
-                                  f"other data with the train and explain commands")
     if cfg.held_out_mimic is not None and cfg.train.data not in MIMIC_SOURCES:
         raise ConfigError("held_out_mimic", f"held_out_mimic needs data with mimic types "
                                             f"({', '.join(MIMIC_SOURCES)}), not {cfg.train.data!r}; set it to none")
@@ -687,13 +696,12 @@ class ExperimentConfig:
     baseline_model: str | None = setting("all", Text(optional=True), "the models the post-hoc methods explain "
                                                                      "('all', one model, or None)", flag="")
     plain_cnn: bool = setting(True, Flag(), "train the plain CNN too", flag="")
-    n_dev: int = setting(500, _COUNT, "development images", cross=_seed_block("n_dev"))
-    n_test: int = setting(500, _COUNT, "test images per test set", cross=_seed_block("n_test"))
+    n_dev: int = setting(500, _COUNT, "development images")
+    n_test: int = setting(500, _COUNT, "test images per test set")
     n_sanity: int = setting(32, Int(low=1, high=100_000),
                             "images per seed of the model-randomisation check (the first of the explained ones; "
                             "the protocol asks for at least 32)")
-    validity_images: int = setting(400, _COUNT, "images per set given to the benchmark's validity checks",
-                                   cross=_seed_block("validity_images"))
+    validity_images: int = setting(400, _COUNT, "images per set given to the benchmark's validity checks")
     dev_seeds: tuple = setting((0, 1, 2, 3, 4), Many(SEED, distinct=True),
                                "training seeds of the dev stage (check (c') needs at least 5)")
     difficulties: tuple = setting((0.3, 0.6), Many(Real(low=0.0, high=1.0), at_most=4, distinct=True),
@@ -754,6 +762,12 @@ class ExperimentConfig:
         """Check every setting of the chain (ConfigError naming the setting)."""
         if not isinstance(self.train, TrainConfig):
             raise ConfigError("train", f"train must be a TrainConfig, got {type(self.train).__name__}")
+        # the data source first: for data read from files the training settings' own refusals
+        # (a synthetic set size, say) would hide that the experiment takes none
+        if self.train.data not in SYNTHETIC_SOURCES:
+            raise ConfigError("data", f"the experiment's protocol builds five disjoint splits of the synthetic data "
+                                      f"({', '.join(SYNTHETIC_SOURCES)}), not {self.train.data!r}; train and explain "
+                                      f"other data with the train and explain commands")
         self.train.validate()
         check_settings(self)
         _check_experiment(self)
