@@ -325,38 +325,144 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     if any(mask):
         _check_given_structure(h, mask, options)
     parts = h.solved_apart()
+    inputs = _work_inputs(scores, given, h, B, work)
+    if options["init"] is not None:  # every part's starts, before any part is solved
+        _check_init_fits(options["init"], _centred_scores(with_given_scores(*_split_given(inputs, mask)))[0],
+                         work, h)
     if len(parts) == 1:
-        return _solve_checked(scores, h, temps, options, given, mask, work)
+        maps_of_one, lam, info = _solve_checked(inputs, h, temps, options, mask, dtype, work)
+        return maps_of_one, [d.to(compute_dtype(dtype)) for d in lam], info
     # several components with constraints: each is solved as the problem of its own that it is
     # (docs/design.md §1).  Solved together, a component whose scores and temperatures were 1e16
     # times another's stalled it (one Newton system, one step length and one stopping test per
     # sample: a review); apart, each has its own, and its own implicit backward
+    probs, duals, info = _solve_parts(inputs, h, temps, options, mask, dtype, work, parts)
+    # gap_tol bounds the whole problem's relative gap: each part met it relative to its own
+    # objective, and where the parts' objectives cancel (+3 and -3) the whole one's is larger (a
+    # review: 4.5e-5 at gap_tol 1e-6).  Such parts are solved again, from their duals, each held to
+    # its share of the whole problem's gap
+    for _ in range(_WHOLE_GAP_RETRIES):
+        gap, scale = _gap_and_scale(inputs, h, floats, duals, mask)
+        missed = info["converged"] & ~(gap <= options["gap_tol"])
+        if not bool(missed.any()):
+            break
+        shares = []
+        for maps, edges, part in parts:
+            _, part_scale = _gap_and_scale([inputs[k] for k in maps], part, [floats[k] for k in maps],
+                                           [duals[e] for e in edges], tuple(mask[k] for k in maps))
+            shares.append(float((scale / (len(parts) * part_scale))[missed].min()))
+        probs, duals, again = _solve_parts(inputs, h, temps, options, mask, dtype, work, parts,
+                                           gap_tols=[options["gap_tol"] * min(1.0, x) for x in shares],
+                                           starts=[[duals[e].detach() for e in edges] for _, edges, _ in parts])
+        info = _followed(info, again)
+    _check_whole_gap(inputs, h, floats, duals, mask, options, info)
+    return probs, [d.to(compute_dtype(dtype)) for d in duals], info
+
+
+# Times the parts of a disconnected graph are solved again, each held to its share of the whole
+# problem's gap, where that gap missed gap_tol (parts' objectives that cancel).
+_WHOLE_GAP_RETRIES = 2
+
+
+def _solve_parts(inputs: Sequence[Tensor], h: Graph, temps: Sequence, options: dict, mask: tuple,
+                 dtype: torch.dtype, work: torch.dtype, parts, gap_tols: Sequence[float] | None = None,
+                 starts: Sequence[Sequence[Tensor]] | None = None):
+    """Each part of ``parts`` (:meth:`Graph.solved_apart`) solved by :func:`_solve_checked`:
+    ``(probs, duals in work, merged info)`` in the whole graph's numbering.  ``gap_tols`` and
+    ``starts``: per part, the gap_tol it is held to and its starting duals (a second pass)."""
     probs: list = [None] * h.num_maps
     duals: list = [None] * h.num_edges
     infos = []
-    for maps, edges, part in parts:
-        sub = dict(options, init=None if options["init"] is None else [options["init"][e] for e in edges])
+    for i, (maps, edges, part) in enumerate(parts):
+        sub = dict(options, init=None if options["init"] is None else [options["init"][e] for e in edges],
+                   whole_is_forest=h.is_forest)  # for its advice: 'exact' only if it solves the whole graph
         if sub["warm_start"] == "auto":  # decided on the whole graph: a chain among its parts starts warm too
             sub["warm_start"] = options["init"] is None and not any(mask) and h.is_forest and not h.is_chain
         where = (f" (in the component of {h._map_word}s {maps}, solved as a problem of its own, its "
-                 f"{h._map_word}s numbered from 0 there)")
+                 f"{h._map_word}s numbered from 0 there")
+        if gap_tols is not None and starts is not None:
+            sub.update(gap_tol=gap_tols[i], init=list(starts[i]), warm_start=False)
+            if gap_tols[i] < options["gap_tol"]:
+                where += (f"; held to gap_tol {gap_tols[i]:.2g} so that the whole problem meets gap_tol "
+                          f"{options['gap_tol']:g}, the components' objectives nearly cancelling")
+        where += ")"
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
-                p, d, info = _solve_checked([scores[k] for k in maps], part, [temps[k] for k in maps], sub,
-                                            None if given is None else [given[k] for k in maps],
-                                            tuple(mask[k] for k in maps), work)
+                p, d, info = _solve_checked([inputs[k] for k in maps], part, [temps[k] for k in maps], sub,
+                                            tuple(mask[k] for k in maps), dtype, work)
             except ConvergenceError as err:
                 raise ConvergenceError(f"{err}{where}") from None
         for w in caught:  # the part's warnings, said of the whole graph
             warnings.warn(f"{w.message}{where}" if issubclass(w.category, RuntimeWarning) else w.message,
-                          w.category, stacklevel=3)
-        for i, k in enumerate(maps):
-            probs[k] = p[i]
-        for i, e in enumerate(edges):
-            duals[e] = d[i]
+                          w.category, stacklevel=4)
+        for j, k in enumerate(maps):
+            probs[k] = p[j]
+        for j, e in enumerate(edges):
+            duals[e] = d[j]
         infos.append(info)
     return probs, duals, _merged_info(infos)
+
+
+def _followed(first: dict, second: dict) -> dict:
+    """The ``info`` of a solve continued from where ``first`` stopped: ``second``'s, with the
+    sweeps and Newton steps of both, and both histories (the second's start is the first's end)."""
+    out = dict(second)
+    for key in ("iterations", "newton_steps"):
+        out[key] = first[key] + second[key]
+    if "history" in second:
+        out["history"] = {name: torch.cat([first["history"][name], second["history"][name][1:]])
+                          for name in second["history"]}
+    return out
+
+
+def _gap_and_scale(inputs: Sequence[Tensor], h: Graph, temps: Sequence[float], duals: Sequence[Tensor],
+                   mask: Sequence[bool]) -> tuple[Tensor, Tensor]:
+    """The relative duality gap at ``duals`` and the objective's scale it is relative to,
+    ``max(1, |f̄|)`` (:func:`dual_gap_terms`), per sample, in the inputs' (working) dtype."""
+    scores, given = _split_given(inputs, mask)
+    with torch.no_grad():
+        centred, _ = _centred_scores(with_given_scores(scores, given))
+        lam = [d.detach() for d in duals]
+        offset = score_offset(centred)
+        g, _, _, probs = _evaluate(reparameterized_logits(centred, lam, h), h, temps, duals=lam, given=given,
+                                   offset=offset)
+        f, gap = dual_gap_terms(g, probs, lam, h, offset)
+    return gap, (f - offset).abs().clamp_min(1.0)
+
+
+def _work_inputs(scores: Sequence, given, h: Graph, batch: int, work: torch.dtype) -> list[Tensor]:
+    """The inputs of :class:`DualSolveFunction` in the working dtype: the scores, and for a given
+    map its probabilities, normalised (:func:`_normalised`) and expanded to the batch."""
+    return [s.to(work) if q is None else _normalised(q.expand((batch,) + h.shapes[k]).to(work))
+            for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
+
+
+def _split_given(inputs: Sequence[Tensor], mask: Sequence[bool]):
+    """``(scores, given)`` of :func:`with_given_scores` from the function's inputs and the mask."""
+    return ([None if m else x for x, m in zip(inputs, mask)],
+            [x if m else None for x, m in zip(inputs, mask)] if any(mask) else None)
+
+
+def _check_whole_gap(inputs: Sequence[Tensor], h: Graph, temps: Sequence[float], duals: Sequence[Tensor],
+                     mask: Sequence[bool], options: dict, info: dict) -> None:
+    """Sets ``info["gap"]`` to the whole problem's relative gap (working dtype, at the returned
+    duals), which is what ``gap_tol`` bounds; a sample above it is not converged:
+    ConvergenceError with ``strict``, else a warning."""
+    gap, _ = _gap_and_scale(inputs, h, temps, duals, mask)
+    info["gap"] = gap
+    missed = info["converged"] & ~(gap <= options["gap_tol"])
+    if not bool(missed.any()):
+        return
+    info["converged"] = info["converged"] & ~missed
+    rows = torch.nonzero(missed).flatten().tolist()
+    msg = (f"dual solver did not reach gap_tol={options['gap_tol']:g} for sample(s) {rows[:10]}"
+           f"{' …' if len(rows) > 10 else ''}: each component met tol and its share of gap_tol, but the relative "
+           f"duality gap of the whole problem is up to {float(gap[missed].max()):.2e}, because the components' "
+           f"objectives nearly cancel; raise gap_tol, or solve the components as separate problems")
+    if options["strict"]:
+        raise ConvergenceError(msg)
+    warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
 
 def _merged_info(infos: Sequence[dict]) -> dict:
@@ -386,17 +492,14 @@ def _padded(x: Tensor, rows: int) -> Tensor:
     return torch.cat([x, x[-1:].expand(rows - len(x), *x.shape[1:])]) if len(x) < rows else x
 
 
-def _solve_checked(scores: Sequence, h: Graph, temps: Sequence, options: dict, given, mask: tuple,
-                   work: torch.dtype):
+def _solve_checked(inputs: Sequence[Tensor], h: Graph, temps: Sequence, options: dict, mask: tuple,
+                   dtype: torch.dtype, work: torch.dtype):
     """:func:`solve_dual_method` once its options are checked (``options`` without ``dtype``,
-    which is ``work``), on one graph solved as a whole."""
+    which is ``work``), on one graph solved as a whole: ``(probs in dtype, duals in work, info)``;
+    ``inputs`` as :func:`_work_inputs` makes them."""
     options = dict(options)
-    free = next(s for s, m in zip(scores, mask) if not m)
-    dtype, B = free.dtype, free.shape[0]
     if any(mask):
         options["given_mask"] = mask
-    inputs = [s.to(work) if q is None else _normalised(q.expand((B,) + h.shapes[k]).to(work))
-              for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
     options["round_to"] = dtype  # the maps come back in the scores' dtype: they must meet tol there
     info: dict = {}
     outputs = DualSolveFunction.apply(h, temperature_argument(temps), options, info, *inputs)
@@ -407,8 +510,8 @@ def _solve_checked(scores: Sequence, h: Graph, temps: Sequence, options: dict, g
     # violations of 1.5 and 2 returned as converged)
     rounded = work != torch.float64 or torch.finfo(dtype).eps > torch.finfo(work).eps
     _check_returned_maps(probs, h, options["tol"], options["strict"], work, info, rounded=rounded)
-    # duals in the compute dtype: half precision's range is narrower than theirs
-    return probs, [d.to(compute_dtype(dtype)) for d in lam], info
+    # (the caller returns the duals in the compute dtype: half precision's range is narrower than theirs)
+    return probs, list(lam), info
 
 
 def _normalised(q: Tensor) -> Tensor:
@@ -584,22 +687,37 @@ def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | Non
         if not bool(torch.isfinite(start).all()):
             raise ValueError(f"dual option init[{k}] contains NaN or Inf values; starting duals must be finite")
         out.append(start.detach())
-    # less each one's midpoint per sample, a constant that changes neither g nor p(λ): a constant
-    # start of 1e308 overflowed the solver's centring (a mean) and gave NaN maps, blamed on the
-    # scores (a review); the midpoint itself cannot overflow
-    return _centred_scores(out)[0]
+    # less each one's midpoint per sample, a constant that changes neither g nor p(λ), where it
+    # dominates the start's spread: a constant start of 1e308 overflowed the solver's centring (a
+    # mean) and gave NaN maps, blamed on the scores (a review); the midpoint itself cannot
+    # overflow.  An ordinary start (duals a solve returned: centred already) is left bit for bit
+    return [_less_large_midpoint(x) for x in out]
 
 
-def _check_init_fits(init: Sequence[Tensor], scores: Sequence[Tensor], work: torch.dtype) -> None:
+def _less_large_midpoint(x: Tensor) -> Tensor:
+    """``x`` less its per-sample midpoint ``max/2 + min/2`` where that exceeds its spread."""
+    flat = x.flatten(1)
+    high, low = flat.amax(1), flat.amin(1)
+    mid = high / 2 + low / 2
+    shift = torch.where(mid.abs() > high - low, mid, torch.zeros_like(mid))
+    return x - shift.view((-1,) + (1,) * (x.dim() - 1))
+
+
+def _check_init_fits(init: Sequence[Tensor], scores: Sequence[Tensor], work: torch.dtype, h: Graph) -> None:
     """ValueError naming ``init`` where the starting duals (centred by :func:`_check_init`) are
-    too large for the working dtype beside the scores: the logits ``θ_k + A_k λ`` must stay
-    within :func:`~convex_attention.validation.score_limit`, as the scores alone do."""
-    total, limit = math.fsum(score_peaks(scores)) + math.fsum(score_peaks(init)), score_limit(work)
-    if not total <= limit:
-        name = dtype_name(work)
-        raise ValueError(f"dual option init: the largest |value| of each starting dual (less its midpoint, a constant "
-                         f"that changes nothing) sums with the scores' largest to {total:.3g}, above {limit:.3g}, the "
-                         f"largest the {name} working dtype accepts; leave init out, or start from smaller duals")
+    too large for the working dtype beside the scores: each map's logits ``θ_k + A_k λ`` must stay
+    within :func:`~convex_attention.validation.score_limit`, its scores' largest value and its
+    constraints' starts' largest summed (a map meets only its own constraints: a sum over every
+    map and constraint refused the duals a solve had just returned, a review)."""
+    peaks, starts, limit = score_peaks(scores), score_peaks(init), score_limit(work)
+    for k in range(h.num_maps):
+        total = math.fsum([peaks[k]] + [starts[e] for e in h.in_edges[k] + h.out_edges[k]])
+        if not total <= limit:
+            name = dtype_name(work)
+            raise ValueError(f"dual option init: the largest |value| of the starting duals of {h._map_word} {k}'s "
+                             f"constraints (less their midpoints, constants that change nothing) sums with its "
+                             f"scores' largest to {total:.3g}, above {limit:.3g}, the largest the {name} working "
+                             f"dtype accepts; leave init out, or start from smaller duals")
 
 
 def check_dual_options(options: dict, h: Graph, batch: int | None, device,
@@ -1012,7 +1130,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
                max_iter: int = 1000, strict: bool = True, record_history: bool = False,
                init: Sequence[Tensor] | None = None, gap_tol: float | None = None, newton="auto",
                warm_start="auto", given: Sequence[Tensor | None] | None = None,
-               round_to: torch.dtype | None = None, _returned: dict | None = None):
+               round_to: torch.dtype | None = None, whole_is_forest: bool | None = None,
+               _returned: dict | None = None):
     r"""Minimise ``g(λ)`` per sample until ``violation <= tol`` and ``gap <= gap_tol``:
     safeguarded, accelerated block-coordinate descent.
 
@@ -1071,6 +1190,9 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             ``tol / 2`` (half precision at small ``tol``, or float16 maps of tens of
             thousands of cells: their rounding alone can reach ``tol``) the iterate stops at
             ``tol / 2``; the dual method then judges the maps as returned.
+        whole_is_forest: for ``h`` a part of a larger graph (:meth:`Graph.solved_apart`), whether
+            that graph is a forest: a stall's advice names method 'exact' only if it solves the
+            graph the user passed (None: ``h`` is that graph).
         _returned: private (the dual method's autograd function): a dict that receives, when
             every sample converged at a point where its maps were measured (float64 work, no
             given maps), those maps (``probs``) and their logits (``etas``), so that they are
@@ -1121,7 +1243,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     confirms = dtype == torch.float64
     init = _check_init(init, h, B, device)
     if init is not None:
-        _check_init_fits(init, scores, dtype)
+        _check_init_fits(init, scores, dtype, h)
     if init is not None and warm_start is True:
         raise ValueError("dual options init and warm_start=True contradict each other: give starting duals or ask "
                          "for the spanning forest's closed form, not both")
@@ -1211,8 +1333,9 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             dense |= active & ~(viol * _CRAWL_FACTOR <= recent[-1 - _CRAWL_WINDOW])
     converged = ~failed & (viol <= stop_tol) & (gap <= gap_tol)
     if not bool(converged.all()):
+        forest = h.is_forest if whole_is_forest is None else whole_is_forest
         msg = _failure_message(scores, h, temps, stop_tol, gap_tol, max_iter, converged, failed, viol, gap, recent,
-                               dtype, closed_form=h.is_forest and given is None, given=given is not None,
+                               dtype, closed_form=forest and given is None, given=given is not None,
                                inexact_dimension=dimension if dimension > hessian.DENSE_FALLBACK_LIMIT else 0)
         if stop_tol != tol and round_to is not None:  # (only a round_to moves stop_tol)
             msg += (f" (The maps are returned in {dtype_name(round_to)}: the iterate must reach "

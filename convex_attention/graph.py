@@ -594,8 +594,10 @@ class Graph:
         connected component with a constraint (``maps`` and ``edges`` ascending, numbered as in
         this graph; ``graph`` the part alone, its maps and edges renumbered in that order).  Maps
         without a constraint join the first part (they have no multiplier).  One part, this
-        graph itself, where at most one component has a constraint.  Built once, then kept."""
-        if self._solved_apart is None:
+        graph itself, where at most one component has a constraint.  Built once, then kept
+        (the lists returned are copies, the caller's to change)."""
+        # (getattr: a graph pickled before this attribute existed has none)
+        if getattr(self, "_solved_apart", None) is None:
             joined = [c for c in self.components if len(c) > 1]
             if len(joined) <= 1:
                 self._solved_apart = [(list(range(self.num_maps)), list(range(self.num_edges)), self)]
@@ -610,7 +612,8 @@ class Graph:
                                                           (self.edges[e] for e in edges)],
                         [self._factors[e] for e in edges], [self._parents[e] for e in edges])))
                 self._solved_apart = parts
-        return self._solved_apart
+        assert self._solved_apart is not None
+        return [(list(maps), list(edges), part) for maps, edges, part in self._solved_apart]
 
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self._key == other._key and all(

@@ -453,9 +453,45 @@ def test_solved_apart_renumbers_each_component_with_a_constraint():
         assert part.shapes == [g.shapes[k] for k in maps]
         assert part.edges == [(maps.index(a), maps.index(b)) for a, b in (g.edges[e] for e in edges)]
         assert all(torch.equal(part.parents(i), g.parents(e)) for i, e in enumerate(edges))
-    assert g.solved_apart() is parts  # built once
+    again = g.solved_apart()  # built once (the part graphs are the same), handed out as copies
+    assert again == parts and all(a[2] is b[2] and a[0] is not b[0] for a, b in zip(again, parts))
     for case in ("axial", "star"):
         h = make_graph(case)
         assert h.solved_apart() == [(list(range(h.num_maps)), list(range(h.num_edges)), h)]
     lone = ca.Graph.from_edges([4, 2, 3], [(0, 1, torch.tensor([0, 0, 1, 1]))])  # map 2 alone: one part
     assert lone.solved_apart()[0][2] is lone
+
+
+def test_review27_a_graph_pickled_by_the_previous_version_still_solves_with_dual():
+    """design.md §4: graphs pickle and compare equal across processes; unpickling restores
+    __dict__ as saved, so a graph (or a ConsistentAttention holding one) saved by 93ee0e3 has
+    no _solved_apart.  Simulated here exactly as pickle restores it (checked with real pickles of
+    93ee0e3: 'Graph' object has no attribute '_solved_apart', for a connected axial graph too).
+    Oracle: the same graph built now."""
+    for g in (make_graph("axial"), ca.Hierarchy([(4, 4), (2, 2), (1, 1)])):
+        old = object.__new__(type(g))
+        old.__dict__.update({k: v for k, v in g.__dict__.items() if k != "_solved_apart"})
+        assert old == g
+        scores = [torch.randn((2,) + s, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+                  for s in g.shapes]
+        want = ca.solve(scores, g, "dual").probs
+        got = ca.solve(scores, old, "dual").probs
+        assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_review27_a_write_to_what_solved_apart_returned_does_not_reach_the_graph():
+    """design.md §4 lists g.solved_apart() in the public API; g.parents(e) returns a copy because
+    'a write to the tensor this returned changed the partition, unchecked' (a review).  Two
+    components, the first with two edges onto 2-cell maps: reversing the edge list the caller got
+    back swapped sol.duals[0] and sol.duals[1] (same shapes, no error).  Oracle: the same graph
+    built afresh."""
+    def build():
+        return ca.Graph.from_edges([4, 2, 2, 3, 3], [(0, 1, [0, 0, 1, 1]), (0, 2, [0, 1, 0, 1]), (3, 4, [0, 1, 2])])
+    g, fresh = build(), build()
+    edges = g.solved_apart()[0][1]
+    edges.reverse()  # the caller's own copy, one would think
+    scores = [torch.randn((2,) + s, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+              for s in g.shapes]
+    got = ca.solve(scores, g, "dual", temperature=[0.5, 1.0, 2.0, 1.0, 1.0])
+    want = ca.solve(scores, fresh, "dual", temperature=[0.5, 1.0, 2.0, 1.0, 1.0])
+    assert all(torch.equal(a, b) for a, b in zip(got.duals, want.duals))
