@@ -236,11 +236,11 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
     (["--data", "synthetic-blobs", "--mimic-rate", "2"], "--mimic-rate applies to --data synthetic"),
     (["--data", "synthetic-brightest", "--image-size", "16"], "too small for the synthetic benchmark"),
     (["--image-size", "16"], "too small for the synthetic benchmark"),
-    (["--n", "5"], "at least 20 images"),
+    (["--n", "5"], "argument --n: must be an integer from 20 to 10000000, got 5"),
     (["--val-fraction", "2"], "argument --val-fraction: must be a finite number in (0, 0.9], got 2"),  # once ignored
     (["--normalisation", "dataset"], "--normalisation applies to --data brats only"),
     (["--min-tumour-area", "0"], "argument --min-tumour-area"),
-    (["--n", str(10 ** 12)], "argument --n: must be an integer from 1 to 10000000"),
+    (["--n", str(10 ** 12)], "argument --n: must be an integer from 20 to 10000000"),
     (["--image-size", "100000"], "argument --image-size: must be an integer from 1 to 8192"),
     (["--n", "1000000", "--image-size", "8192"], "pixels per channel and set, above"),
     (["--attention-bacc", "0.9"], "needs both --attention-bacc and --uniform-bacc"),
@@ -255,7 +255,7 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
      "--mimic-types applies to the synthetic data only"),
     (["--data", "synthetic-blobs", "--mimic-types", "split"], "--mimic-types applies to --data synthetic"),
     # one past each bound (found by mutation testing)
-    (["--n", "19"], "--n 19 is too small: the checks need at least 20 images per set"),
+    (["--n", "19"], "argument --n: must be an integer from 20 to 10000000, got 19"),
     (["--data", "brats", "--data-root", "r", "--image-size", "15"], "--image-size 15 is too small for brats"),
     (["--image-size", "31"], "--image-size 31 is too small for the synthetic benchmark"),
     (["--data", "synthetic-blobs", "--image-size", "15"], "--image-size 15 is too small (at least 16)"),
