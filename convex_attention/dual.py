@@ -346,15 +346,21 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
         missed = info["converged"] & ~(gap <= options["gap_tol"])
         if not bool(missed.any()):
             break
+        # only the samples that missed it, so that a batch gives what its samples alone give (a
+        # review: a retry of every sample gave one that had run out of max_iter more sweeps)
+        rows = torch.nonzero(missed).flatten()
         shares = []
         for maps, edges, part in parts:
-            _, part_scale = _gap_and_scale([inputs[k] for k in maps], part, [floats[k] for k in maps],
-                                           [duals[e] for e in edges], tuple(mask[k] for k in maps))
-            shares.append(float((scale / (len(parts) * part_scale))[missed].min()))
-        probs, duals, again = _solve_parts(inputs, h, temps, options, mask, dtype, work, parts,
-                                           gap_tols=[options["gap_tol"] * min(1.0, x) for x in shares],
-                                           starts=[[duals[e].detach() for e in edges] for _, edges, _ in parts])
-        info = _followed(info, again)
+            _, part_scale = _gap_and_scale([inputs[k][rows] for k in maps], part, [floats[k] for k in maps],
+                                           [duals[e][rows] for e in edges], tuple(mask[k] for k in maps))
+            shares.append(float((scale[rows] / (len(parts) * part_scale)).min()))
+        again_probs, again_duals, again = _solve_parts(
+            [x[rows] for x in inputs], h, temps, options, mask, dtype, work, parts,
+            gap_tols=[options["gap_tol"] * min(1.0, x) for x in shares],
+            starts=[[duals[e][rows].detach() for e in edges] for _, edges, _ in parts])
+        probs = [p.index_copy(0, rows, q) for p, q in zip(probs, again_probs)]
+        duals = [d.index_copy(0, rows, q) for d, q in zip(duals, again_duals)]
+        info = _followed(info, again, rows)
     _check_whole_gap(inputs, h, floats, duals, mask, options, info)
     return probs, [d.to(compute_dtype(dtype)) for d in duals], info
 
@@ -404,15 +410,24 @@ def _solve_parts(inputs: Sequence[Tensor], h: Graph, temps: Sequence, options: d
     return probs, duals, _merged_info(infos)
 
 
-def _followed(first: dict, second: dict) -> dict:
-    """The ``info`` of a solve continued from where ``first`` stopped: ``second``'s, with the
-    sweeps and Newton steps of both, and both histories (the second's start is the first's end)."""
-    out = dict(second)
-    for key in ("iterations", "newton_steps"):
-        out[key] = first[key] + second[key]
+def _followed(first: dict, second: dict, rows: Tensor) -> dict:
+    """The ``info`` of a batch whose samples ``rows`` were solved again from where ``first``
+    left them (``second``, theirs alone): for those samples the second solve's report, with the
+    sweeps and Newton steps of both; the history of both passes (the second's start is the
+    first's end; the other samples keep their last values through it)."""
+    out = dict(first)
+    for key, value in second.items():
+        if key == "history":
+            continue
+        was = first[key]
+        out[key] = was.index_copy(0, rows, was[rows] + value if key in ("iterations", "newton_steps") else value)
     if "history" in second:
-        out["history"] = {name: torch.cat([first["history"][name], second["history"][name][1:]])
-                          for name in second["history"]}
+        out["history"] = {}
+        for name, extra in second["history"].items():
+            before = first["history"][name]
+            more = before[-1:].expand(len(extra) - 1, *before.shape[1:]).clone()
+            more[:, rows] = extra[1:]
+            out["history"][name] = torch.cat([before, more])
     return out
 
 
@@ -704,20 +719,39 @@ def _less_large_midpoint(x: Tensor) -> Tensor:
 
 
 def _check_init_fits(init: Sequence[Tensor], scores: Sequence[Tensor], work: torch.dtype, h: Graph) -> None:
-    """ValueError naming ``init`` where the starting duals (centred by :func:`_check_init`) are
-    too large for the working dtype beside the scores: each map's logits ``θ_k + A_k λ`` must stay
-    within :func:`~convex_attention.validation.score_limit`, its scores' largest value and its
-    constraints' starts' largest summed (a map meets only its own constraints: a sum over every
-    map and constraint refused the duals a solve had just returned, a review)."""
-    peaks, starts, limit = score_peaks(scores), score_peaks(init), score_limit(work)
-    for k in range(h.num_maps):
-        total = math.fsum([peaks[k]] + [starts[e] for e in h.in_edges[k] + h.out_edges[k]])
-        if not total <= limit:
-            name = dtype_name(work)
-            raise ValueError(f"dual option init: the largest |value| of the starting duals of {h._map_word} {k}'s "
-                             f"constraints (less their midpoints, constants that change nothing) sums with its "
-                             f"scores' largest to {total:.3g}, above {limit:.3g}, the largest the {name} working "
-                             f"dtype accepts; leave init out, or start from smaller duals")
+    """ValueError naming ``init`` where the starting duals are too large for the working dtype
+    beside the scores: the starting logits ``η_k = θ_k + A_k λ`` must obey the scores' own rule,
+    the half-ranges of the maps summing within :func:`~convex_attention.validation.score_limit`
+    (with ``init`` zero it is the scores' rule itself; a half-range is blind to the constant
+    per constraint that changes nothing).  Checked per map, a start whose maps each fitted but
+    whose dual objective overflowed was accepted; summed over the starts' own peaks, the duals a
+    solve had just returned were refused (two reviews)."""
+    limit = score_limit(work)
+    with torch.no_grad():
+        # in float64, where the logits of any accepted start are finite or refused as inf
+        etas = reparameterized_logits([s.detach().double() for s in scores], [x.double() for x in init], h)
+        halves = []
+        for eta in etas:
+            flat = eta.flatten(1)
+            halves.append((flat.amax(1) / 2 - flat.amin(1) / 2).max())
+        try:
+            total = math.fsum(torch.stack(halves).tolist())
+        except OverflowError:  # (a sum beyond float's range is beyond the limit)
+            total = math.inf
+    if not total <= limit:
+        name = dtype_name(work)
+        raise ValueError(f"dual option init: the starting logits θ_k + A_k λ of the maps span half-ranges that sum to "
+                         f"{total:.3g}, above {limit:.3g}, the most the {name} working dtype accepts (the scores' own "
+                         f"rule); leave init out, or start from smaller duals")
+
+
+def _centred_start(x: Tensor) -> Tensor:
+    """:func:`centre` of a start, its mean formed without overflow where its cells could
+    overflow a sum (a start of many cells near the score limit: a review)."""
+    n = x[0].numel()
+    if float(x.detach().abs().amax()) * n < torch.finfo(x.dtype).max / 2:
+        return centre(x)  # (bit for bit as before for any ordinary start)
+    return x - (x / n).sum(sample_dims(x), keepdim=True)
 
 
 def check_dual_options(options: dict, h: Graph, batch: int | None, device,
@@ -1259,7 +1293,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     elif init is None:
         lam = [scores[0].new_zeros((B,) + h.shapes[b]) for _, b in h.edges]
     else:
-        lam = [centre(start.to(dtype).expand((B,) + h.shapes[h.edges[e][1]]).clone()) for e, start in enumerate(init)]
+        lam = [_centred_start(start.to(dtype).expand((B,) + h.shapes[h.edges[e][1]]).clone())
+               for e, start in enumerate(init)]
     etas = reparameterized_logits(scores, lam, h)
     offset = score_offset(scores)
     g, viol, gap, measured = _evaluate(etas, h, temps, duals=lam, given=given, offset=offset)

@@ -1916,3 +1916,74 @@ def test_review27_the_duals_of_a_solve_are_accepted_as_its_init():
     sol = ca.solve(scores, inst.h, "dual", temperature=temps, tol=1e-8)
     again = ca.solve(scores, inst.h, "dual", temperature=temps, tol=1e-8, init=sol.duals)
     assert all(torch.equal(a, b) for a, b in zip(sol.probs, again.probs))
+
+
+# ---------------------------------------------------------------- hostile review 28 (retry, init)
+
+def test_review28_a_start_with_many_large_cells_is_solved_or_refused_naming_init():
+    """design.md §4: init is 'taken less its midpoint per sample where that exceeds its spread',
+    and 'refused before any work, naming it, where what is left is too large for the working
+    dtype'.  A start [0, L, L, L, L, L] (L = 0.9 of the float64 score limit: finite, within the
+    per-map fit check, midpoint L/2 below its spread L, so kept as is) on a 6-cell identity pair.
+    Oracle: 7e7f16c (midpoint always taken) solved it to the maps of a solve without init; the
+    only other acceptable outcome is a ValueError naming init.  Now its centring (a mean of five
+    values of 4e307) overflows and the solve raises ConvergenceError blaming the scores ('rescale the
+    scores or raise the temperatures')."""
+    from convex_attention.validation import score_limit
+    h = ca.Graph.from_edges([6, 6], [(0, 1, torch.arange(6))])
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn((1, 6), generator=gen, dtype=torch.float64) for _ in range(2)]
+    big = 0.9 * score_limit(torch.float64)
+    init = [torch.tensor([0.0] + [big] * 5, dtype=torch.float64)]
+    want = ca.solve(scores, h, "dual").probs
+    try:
+        got = ca.solve(scores, h, "dual", init=init).probs
+    except ValueError as err:
+        assert "init" in str(err)
+        return
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, want))
+
+
+def test_review28_an_init_whose_maps_each_fit_but_whose_sum_overflows_is_refused_naming_init():
+    """design.md §4: an init is 'refused before any work, naming it, where what is left is too
+    large for the working dtype'; solve_dual_method: 'its iterates stay finite' for accepted inputs.
+    A chain of six 2-cell maps (identity edges), starts [L, -L] on edges 0, 2, 4 and 0 on 1, 3
+    (L = 0.9 of the float64 score limit): every map's logits are within the limit (the per-map
+    check passes), but g = Σ_k τ_k logsumexp(η_k/τ_k) ≈ 6 L = 1.35 × the float64 maximum.
+    Oracle: 7e7f16c refused it with a ValueError naming init; now a ConvergenceError blames the
+    scores ('max |θ_k|/τ_k = 1.4e+00: rescale the scores or raise the temperatures')."""
+    from convex_attention.validation import score_limit
+    n = 6
+    h = ca.Graph.from_edges([2] * n, [(i, i + 1, torch.arange(2)) for i in range(n - 1)])
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn((1, 2), generator=gen, dtype=torch.float64) for _ in range(n)]
+    big = 0.9 * score_limit(torch.float64)
+    init = [torch.tensor([big, -big], dtype=torch.float64) if e % 2 == 0 else torch.zeros(2, dtype=torch.float64)
+            for e in range(n - 1)]
+    with pytest.raises(ValueError, match="init"):
+        ca.solve(scores, h, "dual", init=init, max_iter=50)
+
+
+def test_review28_a_sample_that_missed_max_iter_is_not_converged_by_another_samples_retry():
+    """solve_dual: 'a batch gives the result of a loop over its samples'; max_iter bounds the
+    sweeps.  Sample 0: components whose objectives cancel (_opposite_parts_instance), so its
+    parts are solved again; sample 1: ordinary scores that need more than max_iter=4 sweeps on the
+    axial component.  Oracle: sample 1 solved alone (strict=False) is not converged after 4 sweeps.
+    In the batch, the retry (which re-solves every sample from its duals with max_iter more sweeps)
+    reports it converged after 8, while the first pass's warning still says it did not converge."""
+    h = ca.Graph.from_edges([2, 2, 4, 2, 2, 6, 3, 2], [(0, 1, torch.arange(2)), (2, 3, torch.tensor([0, 0, 0, 1])),
+                                                       (2, 4, torch.tensor([0, 1, 1, 1])),
+                                                       (5, 6, torch.tensor([0, 0, 1, 1, 2, 2])),
+                                                       (5, 7, torch.tensor([0, 1, 0, 1, 0, 1]))])
+    _, opposite = _opposite_parts_instance()
+    first = opposite + [torch.zeros((1, n), dtype=torch.float64) for n in (6, 3, 2)]
+    gen = torch.Generator().manual_seed(4)
+    second = [2.0 * torch.randn((1, n), generator=gen, dtype=torch.float64) for n in h.sizes]
+    kw = dict(temperature=0.3, tol=1e-8, strict=False, newton=False, max_iter=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        alone = ca.solve(second, h, "dual", **kw)
+        batch = ca.solve([torch.cat([a, b]) for a, b in zip(first, second)], h, "dual", **kw)
+    assert not bool(alone.info["converged"][0])
+    assert int(batch.info["iterations"][1]) <= 4
+    assert bool(batch.info["converged"][1]) == bool(alone.info["converged"][0])

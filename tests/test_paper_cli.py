@@ -1247,3 +1247,21 @@ def test_resume_of_an_older_synthetic_run_that_recorded_a_data_root_goes_on_with
     assert code == 0, err
     (config,) = seen
     assert config.data == "synthetic" and config.data_root is None
+
+
+# ----------------------------------------------------------------------------- hostile review 28
+
+def test_review28_resume_of_an_older_folder_run_that_recorded_a_synthetic_size(tmp_path):
+    """TrainConfig.from_dict reads 'older' runs 'as today's' (an older data_root beside a synthetic
+    source is dropped, not refused).  A folder run as 93ee0e3 recorded it with n_train=16 (TINY;
+    93ee0e3 accepted `train --data folder --n-train 16`, the setting ignored): `train --resume` of
+    it, with no other flag, is refused now with 'argument --n-train: n_train applies to the
+    synthetic data only', a flag the user never passed.  Oracle: 93ee0e3 resumed it."""
+    from convex_attention.cli.paper import train_config_from_args
+
+    root = tmp_path / "data"
+    (root / "train").mkdir(parents=True)
+    (root / "val").mkdir()
+    path = tiny_checkpoint(tmp_path / "run" / "last.pt", epoch=1, epochs=3, data="folder", data_root=str(root))
+    config, state = train_config_from_args(cli.build_parser().parse_args(["train", "--resume", path]))
+    assert config.data == "folder" and state["epoch"] == 1

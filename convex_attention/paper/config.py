@@ -461,7 +461,8 @@ class TrainConfig:
     def from_dict(cls, data: dict) -> TrainConfig:
         """Inverse of :meth:`to_dict` and :meth:`flat` (and of older flat ``config.json`` files,
         with ``channels``, and of older runs that recorded a data root beside a synthetic source,
-        read without it); ConfigError for an unknown field."""
+        read without it, or the generators' settings beside data read from files, read as their
+        defaults); ConfigError for an unknown field."""
         if not isinstance(data, dict):
             raise ConfigError("train_config", f"a training configuration must be a dict, got {type(data).__name__}")
         data = dict(data)
@@ -475,6 +476,12 @@ class TrainConfig:
             # an older run could record a data root its synthetic source ignored (refused now):
             # read as today's, so that nothing that reads a stored run takes it for files
             config = replace(config, data_root=None)
+        if config.data not in SYNTHETIC_SOURCES:
+            # likewise the generators' settings an older run recorded for data read from files
+            # (refused now, _generated_only): read as the defaults they never departed from in effect
+            unused = ("n_train", "n_val", "difficulty") + (("data_seed",) if config.data != "brats" else ())
+            defaults = {f.name: f.default for f in fields(cls) if f.name in unused}
+            config = replace(config, **defaults)
         return config
 
     # ------------------------------------------------------------------ checks
