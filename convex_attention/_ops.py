@@ -89,3 +89,9 @@ def level_softmax(x: Tensor, tau, log: bool = False) -> Tensor:
         flat = flat / tau
     out = torch.log_softmax(flat, dim=1) if log else torch.softmax(flat, dim=1)
     return out.view(x.shape).to(x.dtype)
+
+
+def named(rows: list[int], names=None) -> list[int]:
+    """``rows`` as the caller numbers them: ``names[i]`` for row ``i`` (a sub-batch solved again
+    for some samples only), or the rows themselves (``names`` None)."""
+    return rows if names is None else [int(names[i]) for i in rows]

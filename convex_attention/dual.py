@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from . import hessian
-from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax, sample_dims, upcast
+from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax, named, sample_dims, upcast
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import (
@@ -328,7 +328,7 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     inputs = _work_inputs(scores, given, h, B, work)
     if options["init"] is not None:  # every part's starts, before any part is solved
         _check_init_fits(options["init"], _centred_scores(with_given_scores(*_split_given(inputs, mask)))[0],
-                         work, h)
+                         work, h, floats, options["tol"], mask)
     if len(parts) == 1:
         maps_of_one, lam, info = _solve_checked(inputs, h, temps, options, mask, dtype, work)
         return maps_of_one, [d.to(compute_dtype(dtype)) for d in lam], info
@@ -357,7 +357,8 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
         again_probs, again_duals, again = _solve_parts(
             [x[rows] for x in inputs], h, temps, options, mask, dtype, work, parts,
             gap_tols=[options["gap_tol"] * min(1.0, x) for x in shares],
-            starts=[[duals[e][rows].detach() for e in edges] for _, edges, _ in parts])
+            starts=[[duals[e][rows].detach() for e in edges] for _, edges, _ in parts],
+            sample_names=rows.tolist())  # a message of the retry names the user's samples (a review)
         probs = [p.index_copy(0, rows, q) for p, q in zip(probs, again_probs)]
         duals = [d.index_copy(0, rows, q) for d, q in zip(duals, again_duals)]
         info = _followed(info, again, rows)
@@ -372,16 +373,18 @@ _WHOLE_GAP_RETRIES = 2
 
 def _solve_parts(inputs: Sequence[Tensor], h: Graph, temps: Sequence, options: dict, mask: tuple,
                  dtype: torch.dtype, work: torch.dtype, parts, gap_tols: Sequence[float] | None = None,
-                 starts: Sequence[Sequence[Tensor]] | None = None):
+                 starts: Sequence[Sequence[Tensor]] | None = None, sample_names: Sequence[int] | None = None):
     """Each part of ``parts`` (:meth:`Graph.solved_apart`) solved by :func:`_solve_checked`:
     ``(probs, duals in work, merged info)`` in the whole graph's numbering.  ``gap_tols`` and
-    ``starts``: per part, the gap_tol it is held to and its starting duals (a second pass)."""
+    ``starts``: per part, the gap_tol it is held to and its starting duals (a second pass);
+    ``sample_names``: the inputs' rows' numbers in the caller's batch (its messages use them)."""
     probs: list = [None] * h.num_maps
     duals: list = [None] * h.num_edges
     infos = []
     for i, (maps, edges, part) in enumerate(parts):
         sub = dict(options, init=None if options["init"] is None else [options["init"][e] for e in edges],
-                   whole_is_forest=h.is_forest)  # for its advice: 'exact' only if it solves the whole graph
+                   whole_is_forest=h.is_forest,  # for its advice: 'exact' only if it solves the whole graph
+                   sample_names=None if sample_names is None else list(sample_names))
         if sub["warm_start"] == "auto":  # decided on the whole graph: a chain among its parts starts warm too
             sub["warm_start"] = options["init"] is None and not any(mask) and h.is_forest and not h.is_chain
         where = (f" (in the component of {h._map_word}s {maps}, solved as a problem of its own, its "
@@ -524,7 +527,8 @@ def _solve_checked(inputs: Sequence[Tensor], h: Graph, temps: Sequence, options:
     # cannot resolve them there while the solver's own iterate met tol (a hostile review:
     # violations of 1.5 and 2 returned as converged)
     rounded = work != torch.float64 or torch.finfo(dtype).eps > torch.finfo(work).eps
-    _check_returned_maps(probs, h, options["tol"], options["strict"], work, info, rounded=rounded)
+    _check_returned_maps(probs, h, options["tol"], options["strict"], work, info, rounded=rounded,
+                         sample_names=options.get("sample_names"))
     # (the caller returns the duals in the compute dtype: half precision's range is narrower than theirs)
     return probs, list(lam), info
 
@@ -539,7 +543,7 @@ def _normalised(q: Tensor) -> Tensor:
 
 
 def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: bool, work: torch.dtype,
-                         info: dict, rounded: bool = True) -> None:
+                         info: dict, rounded: bool = True, sample_names: Sequence[int] | None = None) -> None:
     """The maps as returned must meet ``tol`` for a sample to count as converged.
 
     The solver judges its iterate in the working dtype; the maps then come back recomputed
@@ -564,7 +568,7 @@ def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: 
     if not bool(missed.any()):
         return
     info["converged"] = info["converged"] & ~missed
-    rows = torch.nonzero(missed).flatten().tolist()
+    rows = named(torch.nonzero(missed).flatten().tolist(), sample_names)
     shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
     dtype = dtype_name(probs[0].dtype)
     why = ("rounding in the working dtype or to the scores' dtype); raise tol above it, or solve in float64 "
@@ -718,14 +722,19 @@ def _less_large_midpoint(x: Tensor) -> Tensor:
     return x - shift.view((-1,) + (1,) * (x.dim() - 1))
 
 
-def _check_init_fits(init: Sequence[Tensor], scores: Sequence[Tensor], work: torch.dtype, h: Graph) -> None:
+def _check_init_fits(init: Sequence[Tensor], scores: Sequence[Tensor], work: torch.dtype, h: Graph,
+                     temps: Sequence[float], tol: float, given: Sequence[bool]) -> None:
     """ValueError naming ``init`` where the starting duals are too large for the working dtype
     beside the scores: the starting logits ``η_k = θ_k + A_k λ`` must obey the scores' own rule,
     the half-ranges of the maps summing within :func:`~convex_attention.validation.score_limit`
     (with ``init`` zero it is the scores' rule itself; a half-range is blind to the constant
     per constraint that changes nothing).  Checked per map, a start whose maps each fitted but
     whose dual objective overflowed was accepted; summed over the starts' own peaks, the duals a
-    solve had just returned were refused (two reviews)."""
+    solve had just returned were refused (two reviews).  And the start must not swamp the
+    scores: formed in the working dtype, ``θ_k + A_k λ − A_k λ`` must give back ``θ_k`` within
+    ``tol·τ_k`` beside the scores' own rounding (a start of 1e20 that cancels in the logits,
+    ``A λ = 0``, left N(0, 1) scores nothing but rounding, and the solve called maps 0.3 off
+    the optimum converged: a review); given maps have no scores to swamp."""
     limit = score_limit(work)
     with torch.no_grad():
         # in float64, where the logits of any accepted start are finite or refused as inf
@@ -743,6 +752,22 @@ def _check_init_fits(init: Sequence[Tensor], scores: Sequence[Tensor], work: tor
         raise ValueError(f"dual option init: the starting logits θ_k + A_k λ of the maps span half-ranges that sum to "
                          f"{total:.3g}, above {limit:.3g}, the most the {name} working dtype accepts (the scores' own "
                          f"rule); leave init out, or start from smaller duals")
+    with torch.no_grad():
+        own = [s.detach().to(work) for s in scores]
+        start = [x.to(work) for x in init]
+        back = reparameterized_logits(reparameterized_logits(own, start, h), [-x for x in start], h)
+        eps = torch.finfo(work).eps
+        for k, (theta, again) in enumerate(zip(own, back)):
+            if given[k]:
+                continue
+            lost = float((again - theta).abs().max())
+            allowed = tol * temps[k] + 64 * eps * float(theta.abs().max())
+            if not lost <= allowed:
+                raise ValueError(f"dual option init: the starting duals swamp the scores of {h._map_word} {k}: in the "
+                                 f"{dtype_name(work)} working dtype, θ + A λ − A λ is {lost:.3g} away from θ, beyond "
+                                 f"tol·τ = {tol * temps[k]:.3g} (a start much larger than the scores loses them to "
+                                 f"rounding, even where its terms cancel in the logits); leave init out, or start "
+                                 f"from smaller duals")
 
 
 def _centred_start(x: Tensor) -> Tensor:
@@ -1165,7 +1190,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
                init: Sequence[Tensor] | None = None, gap_tol: float | None = None, newton="auto",
                warm_start="auto", given: Sequence[Tensor | None] | None = None,
                round_to: torch.dtype | None = None, whole_is_forest: bool | None = None,
-               _returned: dict | None = None):
+               sample_names: Sequence[int] | None = None, _returned: dict | None = None):
     r"""Minimise ``g(λ)`` per sample until ``violation <= tol`` and ``gap <= gap_tol``:
     safeguarded, accelerated block-coordinate descent.
 
@@ -1224,6 +1249,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             ``tol / 2`` (half precision at small ``tol``, or float16 maps of tens of
             thousands of cells: their rounding alone can reach ``tol``) the iterate stops at
             ``tol / 2``; the dual method then judges the maps as returned.
+        sample_names: the samples' numbers in the caller's batch, for the messages (None: their
+            rows here): a part of a disconnected graph solved again for some samples only.
         whole_is_forest: for ``h`` a part of a larger graph (:meth:`Graph.solved_apart`), whether
             that graph is a forest: a stall's advice names method 'exact' only if it solves the
             graph the user passed (None: ``h`` is that graph).
@@ -1277,7 +1304,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     confirms = dtype == torch.float64
     init = _check_init(init, h, B, device)
     if init is not None:
-        _check_init_fits(init, scores, dtype, h)
+        _check_init_fits(init, scores, dtype, h, temps, tol, [False] * h.num_maps if given is None else
+                         [q is not None for q in given])
     if init is not None and warm_start is True:
         raise ValueError("dual options init and warm_start=True contradict each other: give starting duals or ask "
                          "for the spanning forest's closed form, not both")
@@ -1371,6 +1399,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
         forest = h.is_forest if whole_is_forest is None else whole_is_forest
         msg = _failure_message(scores, h, temps, stop_tol, gap_tol, max_iter, converged, failed, viol, gap, recent,
                                dtype, closed_form=forest and given is None, given=given is not None,
+                               sample_names=sample_names,
                                inexact_dimension=dimension if dimension > hessian.DENSE_FALLBACK_LIMIT else 0)
         if stop_tol != tol and round_to is not None:  # (only a round_to moves stop_tol)
             msg += (f" (The maps are returned in {dtype_name(round_to)}: the iterate must reach "
@@ -1406,11 +1435,16 @@ def rounding_margin(h: Graph, dtype: torch.dtype) -> float:
 
 
 def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged, failed, viol, gap, recent,
-                     dtype, closed_form: bool = True, given: bool = False, inexact_dimension: int = 0) -> str:
+                     dtype, closed_form: bool = True, given: bool = False, inexact_dimension: int = 0,
+                     sample_names: Sequence[int] | None = None) -> str:
     """Which samples missed ``tol``, why, and what helps (only advice that is true).
     ``inexact_dimension``: the stacked dual's size where its Newton systems are solved by
     conjugate gradients alone (above ``hessian.DENSE_FALLBACK_LIMIT``), else 0."""
     bad = torch.nonzero(~converged).flatten().tolist()
+
+    def shown(rows: list[int]) -> list[int]:  # the first ten, numbered as the caller's batch
+        return named(rows, sample_names)[:10]
+
     name = dtype_name(dtype)
     reasons = []
     broken = torch.nonzero(failed).flatten().tolist()
@@ -1423,12 +1457,12 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
             why = (f"max |θ_k|/τ_k = {ratio:.1e}"
                    + (f" exceeds the range of {name} ({big:.1e})" if ratio >= big else "")
                    + ": rescale the scores or raise the temperatures")
-        reasons.append(f"sample(s) {broken[:10]}: the solver state became NaN/Inf ({why})")
+        reasons.append(f"sample(s) {shown(broken)}: the solver state became NaN/Inf ({why})")
     rest = [i for i in bad if i not in set(broken)]
     gap_only = [i for i in rest if float(viol[i]) <= tol]
     rest = [i for i in rest if float(viol[i]) > tol]
     if gap_only:
-        reasons.append(f"sample(s) {gap_only[:10]} reached the violation tol but not the relative duality gap "
+        reasons.append(f"sample(s) {shown(gap_only)} reached the violation tol but not the relative duality gap "
                        f"gap_tol={gap_tol:g} (gap {', '.join(f'{float(gap[i]):.2e}' for i in gap_only[:5])}): raise "
                        f"max_iter or gap_tol")
     if rest:
@@ -1442,7 +1476,7 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
         slow = [i for i, m in zip(rest, moving) if m]
         stuck = [i for i, m in zip(rest, moving) if not m]
         if slow:
-            reasons.append(f"sample(s) {slow[:10]} still converging after max_iter={max_iter} sweeps (violation "
+            reasons.append(f"sample(s) {shown(slow)} still converging after max_iter={max_iter} sweeps (violation "
                            f"{', '.join(f'{float(viol[i]):.2e}' for i in slow[:5])}): raise max_iter")
         if stuck:
             other = ("use method='exact' (the same optimum in closed form)" if closed_form else
@@ -1462,7 +1496,7 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
             grain = max(torch.finfo(dtype).eps * float(s[rows].abs().max()) / t for s, t in zip(scores, temps))
             why = (f"; at these temperatures one rounding step of the logits moves log p by up to {grain:.1e}, "
                    f"so the dual cannot resolve the optimum in {name}" if grain > 1e-3 else "")
-            reasons.append(f"sample(s) {stuck[:10]} stalled at violation "
+            reasons.append(f"sample(s) {shown(stuck)} stalled at violation "
                            f"{', '.join(f'{float(viol[i]):.2e}' for i in stuck[:5])} in {name} (less than "
                            f"halved over the last {window} sweeps; raising max_iter is unlikely to help{why}): {fix}")
         if inexact_dimension:
@@ -1470,7 +1504,7 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
                            f"{hessian.DENSE_FALLBACK_LIMIT} up to which a sample that crawls takes dense Newton "
                            f"steps: its Newton systems are solved by a few conjugate-gradient iterations, which "
                            f"crawl on peaked maps (higher temperatures make the maps less peaked)")
-    return (f"dual solver did not reach tol={tol:g} for sample(s) {bad[:10]}{' …' if len(bad) > 10 else ''}; "
+    return (f"dual solver did not reach tol={tol:g} for sample(s) {shown(bad)}{' …' if len(bad) > 10 else ''}; "
             + "; ".join(reasons))
 
 
@@ -1521,6 +1555,7 @@ class DualSolveFunction(torch.autograd.Function):
         duals = result.pop("duals")
         info.update(result)
         ctx.h, ctx.temps, ctx.M, ctx.mask = h, floats, len(probs), mask
+        ctx.sample_names = options.get("sample_names")
         ctx.save_for_backward(*probs, *cond)
         ctx.set_materialize_grads(False)  # None for an output no loss used: the fast paths stay
         return (*probs, *duals)
@@ -1545,7 +1580,7 @@ class DualSolveFunction(torch.autograd.Function):
             gscores = tree_backward(ctx.h, probs, saved[ctx.M:], ctx.temps, grads)
         else:
             gscores = implicit_vjp(ctx.h, probs, hessian_temperatures(ctx.temps, ctx.mask), grads, given=ctx.mask,
-                                   dual_grads=gdual)
+                                   dual_grads=gdual, sample_names=ctx.sample_names)
         gtau = None
         if ctx.needs_input_grad[1]:
             dtype, device = ctx.tau_like

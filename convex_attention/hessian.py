@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ops import sample_dims
+from ._ops import named, sample_dims
 from .graph import Graph
 
 __all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT",
@@ -484,7 +484,8 @@ def _recentred(p: Tensor, v: Tensor) -> Tensor:
 def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
                  rtol: float | None = None, max_iter: int = 1000, dense_limit: int | None = None,
                  given: Sequence[bool] | None = None,
-                 dual_grads: Sequence[Tensor | None] | None = None) -> list[Tensor]:
+                 dual_grads: Sequence[Tensor | None] | None = None,
+                 sample_names: Sequence[int] | None = None) -> list[Tensor]:
     """``∂L/∂θ_k`` at a solution of any graph by implicit differentiation of ``∇g(λ*) = 0``.
 
     With ``v_k = grads[k]`` and ``ū`` the gradient on the mean-zero multipliers λ*
@@ -505,6 +506,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         given: one bool per map (None: none given).  A given map's entry of the result is the
             gradient with respect to its given probabilities, ``q̄_k = v_k − A_k w``
             (docs/math.md §7.6), not a score gradient.
+        sample_names: the samples' numbers in the caller's batch, for the error (None: their rows).
     """
     hess = get_hessian(g, probs[0].device)
     dtype = probs[0].dtype
@@ -570,7 +572,8 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         tried = ", by ".join(retries[:-1]) + (" and by " if len(retries) > 1 else "") + (retries[-1] if retries else "")
         raise ImplicitSolveError(
             f"the implicit backward of method 'dual' could not solve the dual's Hessian system for sample(s) "
-            f"{bad[:10]}: conjugate gradients reached relative residual {worst:.1e} at best (tolerance {rtol:.0e}"
+            f"{named(bad, sample_names)[:10]}: conjugate gradients reached relative residual {worst:.1e} at best "
+            f"(tolerance {rtol:.0e}"
             f"{', nor a stalled residual at its rounding error' if dtype == torch.float64 else ''}) after "
             f"{int(iterations[bad].max())} iterations{' over all attempts' if retries else ''}"
             f"{f' (with retries preconditioned by {tried})' if retries else ''}"
