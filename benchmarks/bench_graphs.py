@@ -21,6 +21,8 @@ import sys
 
 from convex_attention.baselines.linsat import linsat_solve
 from convex_attention.bench.graph_targets import (
+    PARTS,
+    SPEED_ONLY,
     GraphBenchmark,
     RunRefused,
     check_cvx_device,
@@ -49,24 +51,29 @@ def main(argv=None) -> int:
                         help=f"cvxpylayers backends, from {', '.join(BACKENDS)} (default: moreau and "
                              f"diffcp-clarabel where installed; diffcp-scs takes minutes per instance here)")
     parser.add_argument("--out", default="results/graphs", help="folder for the CSV and JSON files")
-    parser.add_argument("--tiny", action="store_true", help="tiny sizes (the smoke run)")
+    parser.add_argument("--tiny", action="store_true",
+                        help="tiny sizes (the smoke run): its targets are given no verdict, and graphs.json's config "
+                             "says tiny")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace the files an earlier run left in --out (without it such a folder is refused, "
-                             "exit 2)")
+                        help="replace the files an earlier run left in --out: graphs.json and the files of the parts "
+                             "asked for are removed when the run starts, so a run that fails leaves none of them "
+                             "(without it such a folder is refused, exit 2)")
     parser.add_argument("--wait", action="store_true",
                         help="wait for another run writing into --out to finish (without it such a folder is "
                              "refused, exit 2)")
     args = parser.parse_args(argv)
     given = given_settings(args, GraphBenchmark)
+    # the tiny settings the parts asked for read (a speed-only setting is refused without the speed part)
+    tiny = {k: v for k, v in TINY.items() if k not in SPEED_ONLY or "speed" in given.get("parts", PARTS)}
     # every check before the folder is made: a refused run leaves nothing behind
     try:
-        config = GraphBenchmark(**({**TINY, **given} if args.tiny else given))
+        config = GraphBenchmark(**({**tiny, **given} if args.tiny else given))
         missing = [b for b in args.backends or [] if b not in available_backends()]
         if missing:
             raise ValueError(f"backend(s) {', '.join(missing)} not installed here; installed: "
                              f"{', '.join(available_backends()) or 'none'}")
         check_cvx_device(config, args.backends or default_backends())
-        check_no_earlier_results(config, args.out, args.overwrite)
+        check_no_earlier_results(config, args.out, args.overwrite)  # and that its files' names are no folders
         check_out_dir(args.out)
     except ValueError as err:
         parser.error(str(err))
@@ -75,13 +82,13 @@ def main(argv=None) -> int:
     command = " ".join(["benchmarks/bench_graphs.py"] + list(sys.argv[1:] if argv is None else argv))
     try:
         graph_benchmark(config, args.out, baseline=baseline, backends=args.backends, overwrite=args.overwrite,
-                        wait=args.wait, command=command)
+                        wait=args.wait, command=command, tiny=args.tiny)
     except (ResultsLocked, RunRefused) as err:  # another run holds the folder, or left results there
         parser.error(str(err))
     except KeyboardInterrupt:
-        print("bench_graphs.py: interrupted; the parts that finished, if any, are in their CSV files and "
-              "graphs.json (the targets) was not written; rerun (with --overwrite if a part's file was written)",
-              file=sys.stderr)
+        print("bench_graphs.py: interrupted; the parts that finished, if any, are in their CSV files; graphs.json "
+              "(the targets) was not written (--overwrite removed an earlier one when the run started); rerun (with "
+              "--overwrite if a part's file was written)", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's)
         message = " ".join(f"{type(err).__name__}: {err}".split())

@@ -454,7 +454,8 @@ def test_the_device_is_checked_when_the_configuration_is_made():
         GraphBenchmark(parts=("convergence",), device="cpu:0")
     with pytest.raises(ValueError, match="--cvx-batch 8 exceeds --speed-batch 4"):
         GraphBenchmark(speed_batch=4, cvx_batch=8)
-    GraphBenchmark(parts=("convergence",), speed_batch=4, cvx_batch=8)  # no speed part: nothing to exceed
+    with pytest.raises(ValueError, match="--cvx-batch 8 is read only by the speed part"):  # nothing would read it
+        GraphBenchmark(parts=("convergence",), speed_batch=4, cvx_batch=8)
     with pytest.raises(ValueError, match="unknown device 'tpu' for --cvx-device"):
         GraphBenchmark(cvx_device="tpu")
     with pytest.raises(ValueError, match="--cvx-device cpu:0 moves only the speed part"):
@@ -554,7 +555,9 @@ def test_batched_backends_are_timed_on_16_samples_and_diffcp_on_two(monkeypatch)
         assert [r["batch"] for r in rows if r["method"] == "cvxpylayers"] == [cvx, diffcp, diffcp, cvx]
     with pytest.raises(ValueError, match="--diffcp-batch 3 exceeds --speed-batch 2"):
         GraphBenchmark(speed_batch=2, diffcp_batch=3)
-    assert GraphBenchmark(parts=("convergence",), speed_batch=2, diffcp_batch=3).diffcp_batch == 3  # no speed part
+    with pytest.raises(ValueError, match="--diffcp-batch 3 is read only by the speed part"):  # nothing would read it
+        GraphBenchmark(parts=("convergence",), speed_batch=2, diffcp_batch=3)
+    assert GraphBenchmark(parts=("convergence",)).diffcp_batch is None  # not made explicit: nothing ran with it
 
 
 def test_speed_rows_name_the_device_each_method_ran_on(monkeypatch):
@@ -1222,3 +1225,159 @@ def test_a_part_that_ran_without_its_reference_says_so_in_the_targets():
     assert by["implicit gradient vs cvxpylayers (mild)"]["met"] is None
     assert "no cvxpylayers gradient was computed" in by["implicit gradient vs cvxpylayers (mild)"]["detail"]
     assert by["baseline / dual time at the baseline's violation (given maps)"]["met"] is None
+
+
+# ----------------------------------------------------------------------------- hostile review (rev30)
+
+def test_rev30_a_failed_implicit_backward_is_never_met_against_cvxpylayers():
+    """Rows as _gradients writes them: dual and a backend agree on axial draw 0; the implicit
+    backward failed on mixed draw 0, so no backend was compared there (graph_targets.py:406).
+    The comparison with cvxpylayers did not run on that instance: it cannot be met."""
+    rows = [{"family": "axial", "setting": "mild", "draw": 0, "solver": "dual", "status": "ok", "reason": "",
+             "error_vs_fd": 1e-9, "error_vs_dual": 0.0},
+            {"family": "axial", "setting": "mild", "draw": 0, "solver": "cvxpylayers[x]", "status": "ok", "reason": "",
+             "error_vs_fd": 1e-9, "error_vs_dual": 1e-9},
+            {"family": "mixed", "setting": "mild", "draw": 0, "solver": "dual", "status": "error", "reason": "failed"}]
+    (target,) = [t for t in gt._targets({"gradients": rows}) if "cvxpylayers[x]" in t["target"]]
+    assert target["met"] is not True
+
+
+def test_rev30_a_failed_overwrite_run_leaves_no_earlier_verdicts_beside_its_own_rows(tmp_path, monkeypatch):
+    earlier = json.dumps({"command": "the earlier run", "targets": [{"target": "t", "met": True}]})
+    (tmp_path / "graphs.json").write_text(earlier)
+
+    def crashed(*args, **kwargs):
+        raise RuntimeError("the backward part crashed")
+
+    monkeypatch.setattr(gt, "_backward", crashed)
+    config = GraphBenchmark(parts=("convergence", "backward"), size=16, instances=1)
+    with pytest.raises(RuntimeError):
+        gt.graph_benchmark(config, str(tmp_path), backends=[], overwrite=True, log=lambda m: None)
+    assert (tmp_path / "convergence_instances.csv").exists()  # this run's rows...
+    # ... beside the earlier run's verdicts: the folder reads as one run that met its targets
+    assert not (tmp_path / "graphs.json").exists() or (tmp_path / "graphs.json").read_text() != earlier
+
+
+def test_rev30_an_overwrite_run_that_did_not_run_a_part_keeps_no_earlier_file_of_it(tmp_path):
+    (tmp_path / "graphs.json").write_text("{}")
+    (tmp_path / "linsat.csv").write_text("solver,parameter\nlinsat,10\n")  # an earlier run's rows
+    gt.graph_benchmark(GraphBenchmark(parts=("linsat",), size=16), str(tmp_path), backends=[], overwrite=True,
+                       log=lambda m: None)
+    record = read_json(tmp_path / "graphs.json")
+    assert "linsat" in record["config"]["parts"] and record["targets"][0]["met"] is None  # not measured here
+    assert not (tmp_path / "linsat.csv").exists()  # so no linsat.csv may pass as this run's
+
+
+def test_rev30_a_family_whose_backward_failed_is_recorded(tmp_path, monkeypatch):
+    from convex_attention.hessian import ImplicitSolveError
+
+    def family(config, name, *args):
+        if name == "mixed":
+            raise ImplicitSolveError("the implicit backward failed")
+        return [{"family": name, "kind": "implicit", "parameter": 1e-4, "batch": 1, "gradient_error": 0.0}]
+
+    monkeypatch.setattr(gt, "_backward_family", family)
+    gt.graph_benchmark(GraphBenchmark(parts=("backward",), size=16, batch=1), str(tmp_path), backends=[],
+                       log=lambda m: None)
+    in_csv = {r["family"] for r in read_table(str(tmp_path / "backward.csv")).rows}
+    in_json = (tmp_path / "graphs.json").read_text()
+    assert "mixed" in in_csv or "mixed" in in_json
+
+
+def test_rev30_the_cvx_tolerance_is_refused_where_nothing_reads_it():
+    # the gradients part solves cvxpylayers at each backend's own tolerance (graph_targets.py:418-419)
+    with pytest.raises(ValueError):
+        GraphBenchmark(parts=("gradients",), cvx_tolerance="matched")
+
+
+def test_rev30_the_backward_part_times_the_repeats_it_records(monkeypatch):
+    seen = []
+
+    def measure(cases, device="cpu", repeats=30, warmup=5, **kwargs):
+        seen.append(repeats)
+        from convex_attention.bench.timing import Measurement
+        return {name: Measurement([1.0] * repeats, [1.0] * repeats) for name in cases}
+
+    monkeypatch.setattr(gt, "measure_interleaved", measure)
+    monkeypatch.setattr(gt, "UNROLLED_SWEEPS", (1,))
+    monkeypatch.setattr(gt, "IMPLICIT_TOLS", (1e-4,))
+    config = GraphBenchmark(parts=("backward",), size=16, batch=1, repeats=10)
+    gt._backward(config, ("axial",), lambda m: None)
+    assert seen == [config.repeats]
+
+
+def test_rev30_a_convergence_pass_is_measured_not_reported(monkeypatch):
+    """A solver that returns each map's own softmax (inconsistent maps) and reports them converged at
+    violation 0: the harness measures nothing itself, so 100 such instances meet the target."""
+    from types import SimpleNamespace
+
+    from convex_attention.metrics import violation
+
+    def lying(scores, h, method, temperature, tol, max_iter, strict):
+        probs = ca.solve(scores, h, "softmax", temperature=temperature).probs
+        zero = torch.zeros(1, dtype=torch.float64)
+        return SimpleNamespace(probs=probs, info={"iterations": [1], "converged": [True], "violation": zero,
+                                                  "gap": zero, "returned_violation": zero, "newton_steps": [0]})
+
+    monkeypatch.setattr(gt, "_quiet_solve", lying)
+    monkeypatch.setattr(gt, "CONVERGENCE_SETS", {"normal": gt.CONVERGENCE_SETS["normal"]})
+    monkeypatch.setattr(gt, "CONVERGENCE_TOLS", {"float64": 1e-10})
+    _, summary = gt._convergence(GraphBenchmark(parts=("convergence",), size=16, instances=100), ("axial",),
+                                 lambda m: None)
+    _, _, h, scores, temps = next(gt.convergence_instances(0, "axial", "normal", 16, 1))
+    assert float(violation(ca.solve(scores, h, "softmax", temperature=temps).probs, h).max()) > 1e-3  # oracle
+    (target,) = gt._targets({"convergence_summary": summary})
+    assert target["met"] is not True
+
+
+def test_rev30_an_output_name_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys):
+    (tmp_path / "graphs.json").mkdir()
+    try:
+        code = _script("bench_graphs").main(["--parts", "convergence", "--size", "16", "--instances", "1",
+                                             "--overwrite", "--out", str(tmp_path)])
+    except SystemExit as stop:
+        code = stop.code
+    capsys.readouterr()
+    assert code == 2 and not (tmp_path / "convergence_instances.csv").exists()
+
+
+def test_rev30_the_settings_only_the_speed_part_reads_are_refused_without_it():
+    """--cvx-batch, --diffcp-batch, --cvx-repeats and --cvx-tolerance are read by the speed part
+    alone (the gradient part solves at each backend's own tolerance, one sample at a time)."""
+    for kwargs in ({"cvx_batch": 1}, {"diffcp_batch": 1}, {"cvx_repeats": 3}, {"cvx_tolerance": "matched"}):
+        with pytest.raises(ValueError, match="read only by the speed part"):
+            GraphBenchmark(parts=("gradients", "backward"), **kwargs)
+        GraphBenchmark(parts=("speed",), **kwargs)
+    config = GraphBenchmark(parts=("gradients",), cvx_repeats=2, cvx_tolerance="default")  # the defaults: accepted
+    assert config.cvx_batch is None and config.diffcp_batch is None  # graphs.json: nothing ran with them
+
+
+def test_rev30_a_tiny_run_gives_no_verdict_and_says_it_was_one(tmp_path, capsys, monkeypatch):
+    """--tiny's smoke sizes printed 'met' as a real run does; the tiny settings the speed part
+    alone reads are not passed to a run without it (they would be refused)."""
+    monkeypatch.setattr(gt, "default_backends", lambda: [])  # the implicit gradient alone: seconds
+    code = _script("bench_graphs").main(["--tiny", "--parts", "gradients", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    record = read_json(tmp_path / "graphs.json")
+    assert code == 0 and record["config"]["tiny"] is True and record["config"]["cvx_batch"] is None
+    targets = [t for t in record["targets"] if t["value"] is not None]
+    assert targets and all(t["met"] is None and t["detail"].startswith("no verdict: a --tiny run") for t in targets)
+    assert " met " not in out.replace("NOT met", "") and "no verdict" in out
+
+
+def test_rev30_an_overwrite_run_removes_the_earlier_files_it_names_and_keeps_the_others(tmp_path):
+    for name in ("graphs.json", "backward.csv", "speed.csv"):
+        (tmp_path / name).write_text("the earlier run's")
+    logged = []
+
+    def backward(config, families, log):
+        logged.append(sorted(p.name for p in tmp_path.iterdir() if p.name != "results.lock"))
+        return []
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(gt, "_backward", backward):
+        gt.graph_benchmark(GraphBenchmark(parts=("backward",), size=16), str(tmp_path), backends=[], overwrite=True,
+                           log=lambda m: None)
+    assert logged == [["speed.csv"]]  # removed before the part ran; another part's file is left as it is
+    assert (tmp_path / "speed.csv").read_text() == "the earlier run's"

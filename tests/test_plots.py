@@ -1170,6 +1170,47 @@ def test_backward_rows_of_an_unknown_kind_are_named_and_skipped(tmp_path, figs):
     assert len(notes) == 1 and "guessed" in notes[0]
 
 
+def _backward_with_a_failed_family(folder):
+    """backward.csv as the graph benchmark writes it: status and reason columns, and an error row
+    for grid_regions, whose implicit backward failed (no points)."""
+    write_backward(folder)
+    rows = [{"status": "ok", "reason": "", **r} for r in read_csv_rows(os.path.join(folder, "backward.csv"))]
+    rows.append({**{k: "" for k in rows[0]}, "family": "grid_regions", "status": "error", "batch": "4",
+                 "reason": "ImplicitSolveError: the implicit backward failed"})
+    atomic_csv(os.path.join(folder, "backward.csv"), list(rows[0]), rows)
+
+
+def test_a_family_whose_implicit_backward_failed_has_a_panel_that_says_so(tmp_path, figs):
+    """The graph benchmark writes an error row for such a family: never a bad row, and never left
+    out silently (a review: the family vanished without a record)."""
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    _backward_with_a_failed_family(folder)
+    written = plot_results(folder, log=pytest.fail)  # the error row is no skipped row
+    assert [os.path.basename(p) for p in written] == ["backward_implicit_vs_unrolled.png"]
+    fig = figs["backward_implicit_vs_unrolled"]
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles == ["axial (rows + columns)", "grid + regions\nFAILED: implicit backward", "mixed (two resolutions)"]
+    assert fig.axes[1].get_lines() == [] and "ImplicitSolveError" in fig.axes[1].texts[0].get_text()
+    assert "FAILED, not drawn: the implicit backward on grid_regions (ImplicitSolveError)" in " ".join(
+        figs["backward_implicit_vs_unrolled:footer"].split())
+    rows = read_results(os.path.join(folder, "backward.csv"))
+    notes = []
+    assert plots.plot_backward([r for r in rows if r["family"] == "grid_regions"], str(tmp_path / "b.png"), None,
+                               notes.append) is None
+    assert notes == ["backward_implicit_vs_unrolled: no usable rows (the implicit backward FAILED on grid_regions "
+                     "(ImplicitSolveError)); not written"]
+
+
+@pytest.mark.slow  # renders one figure at 300 dpi and as PDF
+def test_a_failed_familys_empty_panel_renders(tmp_path):
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    _backward_with_a_failed_family(folder)
+    (png,) = plot_results(folder, log=pytest.fail)
+    assert os.path.getsize(png) > 1000 and os.path.getsize(png[:-4] + ".pdf") > 1000
+
+
 @pytest.mark.slow  # renders three figures at 300 dpi and as PDF
 def test_the_structure_figures_render_as_png_and_pdf_within_a_paper_width(tmp_path):
     folder = str(tmp_path / "r")

@@ -13,9 +13,10 @@ that was measured and is NaN or infinite is a miss, ``False``, never "not measur
   temperature ratios up to 1e3, at most 200 sweeps), every fourth instance with two maps at
   the range's two ends (its largest ratio); tol 1e-6 for float32 scores and 1e-10
   for float64 (the working dtype is the solver's default, float64; the violation of the
-  returned maps is recorded too, and named in the target's detail where rounding took it
-  above tol).  Sweeps median and worst, the misses, the worst instances, the distinct
-  temperature draws and the largest ratio reached.  Fewer than 100 instances give no
+  returned maps is recorded too, as the solver reports it and as the harness measures it
+  itself in float64, and either above tol is a miss, named in the target's detail).  Sweeps
+  median and worst, the misses, the worst instances, the distinct temperature draws and the
+  largest ratio reached.  Fewer than 100 instances give no
   verdict (``None``: partial).  -> ``convergence.csv``
 * ``gradients``: at side ``grad_size``, the implicit gradient of a linear loss against
   central finite differences of the solution, and every cvxpylayers backend's gradient
@@ -34,7 +35,8 @@ that was measured and is NaN or infinite is a miss, ``False``, never "not measur
   at another side they are measured and given no verdict (``None``).  -> ``speed.csv``
 * ``backward``: the implicit backward (forward to tol 1e-4 … 1e-10) against unrolling
   plain sweeps with autograd (1 … 128 sweeps): time and the gradient's relative error
-  against the implicit gradient at tol 1e-13.  -> ``backward.csv`` (the figure
+  against the implicit gradient at tol 1e-13, ``repeats`` timed repetitions; a family whose
+  implicit backward failed is an error row.  -> ``backward.csv`` (the figure
   ``backward_implicit_vs_unrolled``)
 * ``amortised``: the amortised dual's held-out violation over λ = 0's on the axial family
   at side ``size`` (64 training, 16 held-out instances, float32), for each count of feature
@@ -54,6 +56,7 @@ so its ratio divides medians from adjacent stretches of the run.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import numbers
@@ -63,7 +66,7 @@ import time
 import warnings
 import zlib
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 import torch
@@ -79,7 +82,15 @@ from ..graph import Graph
 from ..hessian import ImplicitSolveError
 from ..hierarchy import Hierarchy
 from ..io.environment import environment, load_average, now_utc, run_record
-from ..io.files import REASON_CHARS, atomic_csv, check_no_earlier_outputs, error_reason, one_line, write_json
+from ..io.files import (
+    REASON_CHARS,
+    atomic_csv,
+    check_no_earlier_outputs,
+    check_output_files,
+    error_reason,
+    one_line,
+    write_json,
+)
 from ..io.lock import results_lock
 from ..io.settings import SEED, Choice, Int, Many, Text, check_settings, setting
 from ..metrics import violation
@@ -95,7 +106,7 @@ from .timing import measure_interleaved, nan_max, nan_median
 
 __all__ = ["GraphBenchmark", "graph_benchmark", "check_no_earlier_results", "unrolled_solve", "PARTS", "NONTREE",
            "CONVERGENCE_SETS", "CONVERGENCE_TOLS", "format_graph_targets", "DEFAULT_BACKENDS",
-           "default_backends", "check_cvx_device", "RunRefused", "convergence_instances", "draw_instance"]
+           "default_backends", "check_cvx_device", "RunRefused", "convergence_instances", "draw_instance", "SPEED_ONLY"]
 
 PARTS = ("convergence", "gradients", "speed", "backward", "amortised", "linsat")
 # The cvxpylayers backends compared by default (those installed): diffcp-scs is left out, the
@@ -150,7 +161,8 @@ class GraphBenchmark:
                                   "direct solve, more accurate, up to 100x slower on the star at 16², and a dense "
                                   "matrix of the problem's size squared per sample)")
     speed_batch: int = setting(16, Int(low=1, high=4096), "samples per timed call of the package's methods")
-    repeats: int = setting(10, Int(low=1, high=10_000), "timed repetitions (interleaved)")
+    repeats: int = setting(10, Int(low=1, high=10_000), "timed repetitions (interleaved) of the speed, backward and "
+                                                         "amortised parts (backward.csv records it per row)")
     cvx_batch: int | None = setting(None, Int(low=1, high=4096, optional=True),
                                     "samples per timed call of a batched cvxpylayers backend (moreau, cuclarabel, "
                                     "mpax), the first of the speed part's batch (at most --speed-batch; at 64² "
@@ -161,7 +173,8 @@ class GraphBenchmark:
                                        "which solves sample by sample: its time per sample does not fall with the "
                                        "batch (measured, docs/benchmarks.md); at most --speed-batch",
                                        shown="2, or the --speed-batch if smaller")
-    cvx_repeats: int = setting(2, Int(low=1, high=100), "timed repetitions of each cvxpylayers backend")
+    cvx_repeats: int = setting(2, Int(low=1, high=100), "timed repetitions of each cvxpylayers backend in the speed "
+                                                        "part (refused without it)")
     cvx_tolerance: str = setting("default", Choice(tuple(CVX_TOLERANCES)),
                                  "the accuracy cvxpylayers solves to in the speed part: 'default', each backend's "
                                  "own (moreau: eps 1e-11, accepted at a certificate of 1e-8, tighter than dual's "
@@ -198,8 +211,23 @@ class GraphBenchmark:
             raise ValueError(f"--size and --grad-size must be multiples of 16 (the shared grid of grid_regions and "
                              f"mixed has side size/8, the star's coarse map size/4), got {self.size} and "
                              f"{self.grad_size}")
+        check_device(self.device)
+        check_device(self.cvx_device, "--cvx-device")
+        for flag, value in (("--device", self.device), ("--cvx-device", self.cvx_device)):
+            if value != "cpu" and "speed" not in self.parts:
+                raise ValueError(f"{flag} {value} moves only the speed part; add speed to --parts, or leave "
+                                 f"{flag} at cpu")
+        if "speed" not in self.parts:
+            # only the speed part reads these (the gradient part solves cvxpylayers one sample at a
+            # time, at each backend's own tolerance): given without it, graphs.json would record a
+            # setting no solve ran with
+            for name, flag in SPEED_ONLY.items():
+                if getattr(self, name) != _SPEED_ONLY_DEFAULTS[name]:
+                    raise ValueError(f"{flag} {getattr(self, name)} is read only by the speed part; add speed to "
+                                     f"--parts, or leave {flag} out")
+            return  # the batches stay null in graphs.json: nothing ran with them
         for flag, value in (("--cvx-batch", self.cvx_batch), ("--diffcp-batch", self.diffcp_batch)):
-            if "speed" in self.parts and value is not None and value > self.speed_batch:
+            if value is not None and value > self.speed_batch:
                 raise ValueError(f"{flag} {value} exceeds --speed-batch {self.speed_batch}: cvxpylayers times the "
                                  f"first samples of the speed part's batch; raise --speed-batch or lower {flag}")
         # the defaults made explicit (graphs.json records what ran)
@@ -207,12 +235,13 @@ class GraphBenchmark:
             self.cvx_batch = min(CVX_BATCH, self.speed_batch)
         if self.diffcp_batch is None:
             self.diffcp_batch = min(DIFFCP_BATCH, self.speed_batch)
-        check_device(self.device)
-        check_device(self.cvx_device, "--cvx-device")
-        for flag, value in (("--device", self.device), ("--cvx-device", self.cvx_device)):
-            if value != "cpu" and "speed" not in self.parts:
-                raise ValueError(f"{flag} {value} moves only the speed part; add speed to --parts, or leave "
-                                 f"{flag} at cpu")
+
+
+#: The settings only the speed part reads (setting -> option), refused with other parts when
+#: they differ from their defaults, as ``--device`` and ``--cvx-device`` are.
+SPEED_ONLY = {"cvx_batch": "--cvx-batch", "diffcp_batch": "--diffcp-batch", "cvx_repeats": "--cvx-repeats",
+              "cvx_tolerance": "--cvx-tolerance"}
+_SPEED_ONLY_DEFAULTS = {f.name: f.default for f in fields(GraphBenchmark) if f.name in SPEED_ONLY}
 
 
 def default_backends() -> list[str]:
@@ -273,7 +302,8 @@ def _quiet_solve(*args, **kwargs):
 
 CONVERGENCE_COLUMNS = ("family", "set", "dtype", "tol", "max_sweeps", "draw", "sample", "temperatures",
                        "pinned_ends", "sweeps",
-                       "converged", "violation", "gap", "returned_violation", "newton_steps", "seconds")
+                       "converged", "violation", "gap", "returned_violation", "measured_violation", "newton_steps",
+                       "seconds")
 
 
 #: The instances per family and set the issue's convergence target asks for: a verdict on
@@ -330,6 +360,9 @@ def _convergence(config: GraphBenchmark, families, log) -> tuple[list[dict], lis
                                        strict=False)
                     seconds = time.perf_counter() - start
                     info = sol.info
+                    # the harness's own measure of the returned maps (float64): the verdict never
+                    # rests on the solver's report of itself alone
+                    measured = float(violation([p.detach().to(torch.float64) for p in sol.probs], h)[0])
                     group.append({"family": family, "set": set_name, "dtype": dtype_name, "tol": tol,
                                   "max_sweeps": max_sweeps, "draw": draw, "sample": 0,
                                   "temperatures": " ".join(f"{t:.4g}" for t in temps),
@@ -339,18 +372,23 @@ def _convergence(config: GraphBenchmark, families, log) -> tuple[list[dict], lis
                                   # measured in float64, as the solver and the docs measure it (in
                                   # float32 the measure itself was off by up to 4e-7)
                                   "returned_violation": float(info["returned_violation"][0]),
+                                  "measured_violation": measured,
                                   "newton_steps": int(info["newton_steps"][0]), "seconds": seconds})
                 rows += group
                 summary.append(_convergence_summary(group, family, set_name, dtype_name, tol, max_sweeps))
                 s = summary[-1]
                 log(f"convergence {family:<13}{set_name:<7}{dtype_name:<8} n={s['instances']:<4} sweeps median "
-                    f"{s['median_sweeps']:g} worst {s['worst_sweeps']} misses {s['misses']}")
+                    f"{s['median_sweeps']:g} worst {s['worst_sweeps']} misses {s['misses']}"
+                    + (f", measured above tol {s['measured_above_tol']}" if s["measured_above_tol"] else ""))
     return rows, summary
 
 
 def _convergence_summary(group, family, set_name, dtype_name, tol, max_sweeps) -> dict:
     sweeps = [r["sweeps"] for r in group]
     misses = [r for r in group if not r["converged"]]
+    # the harness's own float64 measure of the returned maps above tol (NaN is above any tol)
+    measured = [r["measured_violation"] for r in group if "measured_violation" in r]
+    above = [v for v in measured if not v <= tol]
     worst = sorted(group, key=lambda r: (-r["sweeps"], r["draw"], r["sample"]))[:3]
     ratios = [max(t) / min(t) for t in ([float(x) for x in r["temperatures"].split()] for r in group)]
     return {"family": family, "set": set_name, "dtype": dtype_name, "tol": tol, "max_sweeps": max_sweeps,
@@ -360,6 +398,7 @@ def _convergence_summary(group, family, set_name, dtype_name, tol, max_sweeps) -
             "median_sweeps": statistics.median(sweeps),
             "worst_sweeps": max(sweeps),
             "misses": len(misses), "worst_returned_violation": nan_max(r["returned_violation"] for r in group),
+            "worst_measured_violation": nan_max(measured) if measured else None, "measured_above_tol": len(above),
             # no verdict here: the target (graphs.json's targets) judges the set, partial sets and
             # the returned maps' violation included
             "worst": [{k: r[k] for k in ("draw", "sample", "temperatures", "sweeps", "converged", "violation")}
@@ -559,8 +598,8 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
 
 # ----------------------------------------------------------------------------- backward
 
-BACKWARD_COLUMNS = ("family", "kind", "parameter", "batch", "fwd_ms", "bwd_ms", "total_ms", "fwd_per_sample_ms",
-                    "bwd_per_sample_ms", "violation", "gradient_error")
+BACKWARD_COLUMNS = ("family", "status", "reason", "kind", "parameter", "batch", "repeats", "fwd_ms", "bwd_ms",
+                    "total_ms", "fwd_per_sample_ms", "bwd_per_sample_ms", "violation", "gradient_error")
 
 
 def unrolled_solve(scores, h: Graph, temps, sweeps: int) -> list[torch.Tensor]:
@@ -589,8 +628,10 @@ def _backward(config: GraphBenchmark, families, log) -> list[dict]:
         weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
         try:
             rows += _backward_family(config, family, h, scores, temps, weights)
-        except ImplicitSolveError as err:  # the family's row says so; the others go on
-            log(f"backward {family}: the implicit backward failed ({one_line(str(err), 160)}); no rows")
+        except ImplicitSolveError as err:  # an error row says so (a failure is a result); the others go on
+            rows.append({"family": family, "status": "error", "reason": one_line(str(err), REASON_CHARS),
+                         "batch": config.batch, "repeats": config.repeats})
+            log(f"backward {family}: the implicit backward failed ({rows[-1]['reason'][:160]}); an error row")
             continue
         log(f"backward {family:<13}" + "  ".join(f"{r['kind']} {r['parameter']:g}: {r['gradient_error']:.1e}"
                                                 for r in rows if r["family"] == family))
@@ -615,15 +656,16 @@ def _backward_family(config: GraphBenchmark, family: str, h: Graph, scores, temp
         variants[f"unrolled {sweeps}"] = ("unrolled", sweeps, lambda s, n=sweeps: unrolled_solve(s, h, temps, n))
     leaves = [s.clone().requires_grad_() for s in scores]
     cases = {name: (lambda fn=fn: loss_of(fn(leaves))) for name, (_, _, fn) in variants.items()}
-    timed = measure_interleaved(cases, repeats=max(3, config.repeats // 2), warmup=1)
+    timed = measure_interleaved(cases, repeats=config.repeats, warmup=1)  # the --repeats graphs.json records
     rows = []
     for name, (kind, parameter, fn) in variants.items():
         xs = [s.clone().requires_grad_() for s in scores]
         probs = fn(xs)
         grad = torch.cat([t.flatten() for t in torch.autograd.grad(loss_of(probs), xs)])
         meas = timed[name]
-        rows.append({"family": family, "kind": kind, "parameter": parameter, "batch": batch,
-                     "fwd_ms": meas.fwd_median, "bwd_ms": meas.bwd_median, "total_ms": meas.total_median,
+        rows.append({"family": family, "status": "ok", "reason": "", "kind": kind, "parameter": parameter,
+                     "batch": batch, "repeats": config.repeats, "fwd_ms": meas.fwd_median, "bwd_ms": meas.bwd_median,
+                     "total_ms": meas.total_median,
                      "fwd_per_sample_ms": meas.fwd_median / batch, "bwd_per_sample_ms": meas.bwd_median / batch,
                      "violation": float(violation([p.detach() for p in probs], h).max()),
                      "gradient_error": float((grad - ref).norm() / ref.norm())})
@@ -819,6 +861,8 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
         # the returned maps must meet tol too (the solver stops its iterate below tol by the
         # rounding); a NaN violation of the returned maps is above any tol
         above = isinstance(returned, float) and not returned <= s["tol"]
+        # ... and as the harness measured them itself (older files lack the count: 0)
+        measured_above = s.get("measured_above_tol") or 0
         partial = s["instances"] < TARGET_INSTANCES
         detail = (f"median {s['median_sweeps']:g}, worst {s['worst_sweeps']}, misses {s['misses']}"
                   + (f"; {s['distinct_temperatures']} distinct temperature draws, largest ratio "
@@ -828,11 +872,14 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
                   # the solver's violation is its float64 iterate's; rounding the maps adds to it
                   + (f"; the returned {s['dtype']} maps' worst violation {returned:.4g} is above tol "
                      f"(rounding to {s['dtype']})" if above else "")
+                  + (f"; measured by the harness in float64, the returned maps' violation is above tol on "
+                     f"{measured_above} instance(s) (worst {s['worst_measured_violation']:.4g})"
+                     if measured_above else "")
                   + (f"; partial: {s['instances']} of the {TARGET_INSTANCES} instances the target asks for"
                      if partial else ""))
         t = _target(f"dual sweeps, {s['family']} {s['set']} {s['dtype']} (tol {s['tol']:g}, "
                     f"{s['instances']} instances)", float(s["worst_sweeps"]), "<=", float(s["max_sweeps"]),
-                    detail, missed=bool(s["misses"]) or above)
+                    detail, missed=bool(s["misses"]) or above or bool(measured_above))
         if partial and t["met"]:
             t["met"] = None  # a verdict on fewer instances than the target's is no verdict
         out.append(t)
@@ -862,14 +909,19 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
             # than the tolerance asked of the implicit gradient against it
             ill_posed = "ill-posed: " if vs_fd and nan_median(vs_fd) > GRADIENT_TARGET else ""
             # judged by the worst instance (the median let one far-off instance pass), and not met
-            # where the reference failed on an instance (the verdict would rest on the others)
+            # where the reference failed on an instance (the verdict would rest on the others), nor
+            # where the implicit gradient failed on one: no backend is compared on such an instance
+            # (_gradients goes on to the next draw), so the comparison did not run there either
             out.append(_target(f"implicit gradient vs {solver} ({setting_name})", nan_max(vs_dual) if vs_dual else None,
-                               "<=", GRADIENT_TARGET,
-                               (f"{ill_posed}worst of {len(vs_dual)} instances (median {nan_median(vs_dual):.1e}); "
-                                f"{solver}'s own gradient is off finite differences by {nan_median(vs_fd):.1e} "
-                                f"(median; max {nan_max(vs_fd):.1e})" if vs_dual else "")
-                               + (f"; {solver} FAILED on {len(broke)} instance(s)" if broke else ""),
-                               missed=bool(broke)))
+                               "<=", GRADIENT_TARGET, "; ".join(filter(None, [
+                                   (f"{ill_posed}worst of {len(vs_dual)} instances (median {nan_median(vs_dual):.1e}); "
+                                    f"{solver}'s own gradient is off finite differences by {nan_median(vs_fd):.1e} "
+                                    f"(median; max {nan_max(vs_fd):.1e})" if vs_dual else ""),
+                                   f"{solver} FAILED on {len(broke)} instance(s)" if broke else "",
+                                   (f"the implicit backward FAILED on {len(failed)} instance(s) "
+                                    f"({', '.join(sorted({r['family'] for r in failed}))}), not compared there"
+                                    if failed else "")])),
+                               missed=bool(broke) or bool(failed)))
     speed = results.get("speed", [])
     by = {(r["family"], r["method"], r["backend"]): r for r in speed if r.get("status") == "ok"}
     for family in NONTREE:
@@ -981,25 +1033,47 @@ PART_FILES = {"convergence": "convergence_instances.csv", "gradients": "gradient
               "backward": "backward.csv", "amortised": "amortised.csv", "linsat": "linsat.csv"}
 
 
-def check_no_earlier_results(config: GraphBenchmark, out_dir: str, overwrite: bool = False) -> None:
+def _output_files(config: GraphBenchmark) -> list[str]:
+    """The files a run of ``config`` writes: graphs.json and its parts' files."""
+    return ["graphs.json"] + [PART_FILES[part] for part in config.parts]
+
+
+def check_no_earlier_results(config: GraphBenchmark, out_dir: str, overwrite: bool = False) -> list[str]:
     """ValueError, before any work, when ``out_dir`` holds a file this run would replace and
-    ``overwrite`` is not set: results are never replaced without a word."""
+    ``overwrite`` is not set (results are never replaced without a word), or when one of
+    those names is there as something other than a regular file (a folder, a named pipe:
+    it could be neither replaced nor removed, and the run would fail only after every part
+    had run).  Returns the names of the run's files that are there."""
     try:
-        check_no_earlier_outputs(out_dir, ["graphs.json"] + [PART_FILES[part] for part in config.parts], overwrite)
+        check_output_files(out_dir, _output_files(config))  # first: --overwrite would not help
+        return check_no_earlier_outputs(out_dir, _output_files(config), overwrite)
     except ValueError as err:
         raise RunRefused(str(err)) from None
 
 
+def _remove_earlier(out_dir: str, names) -> None:
+    """Remove the files ``names`` of an earlier run (``--overwrite``) before this run writes
+    any: a run that then fails or is interrupted leaves its own parts' files, never beside
+    the earlier run's graphs.json (its verdicts, on other rows) nor an earlier file of a part
+    it names but did not run (linsat without a baseline) under its own graphs.json."""
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(out_dir, name))
+
+
 def graph_benchmark(config: GraphBenchmark, out_dir: str, baseline: Callable | None = None, backends=None,
-                    log=print, command: str = "", overwrite: bool = False, wait: bool = False) -> dict:
+                    log=print, command: str = "", overwrite: bool = False, wait: bool = False,
+                    tiny: bool = False) -> dict:
     """Run the parts of ``config`` into ``out_dir`` (holding its lock); returns every result and
     the targets.  ``baseline``: the given-maps projection to compare with (``linsat_solve`` of
     :mod:`convex_attention.baselines.linsat`; without it the ``linsat`` part is not run and its
     target is not measured).  ``backends``: cvxpylayers backends (default: those of
     :data:`DEFAULT_BACKENDS` that are installed).  A folder that holds the files of an earlier
-    run is refused unless ``overwrite`` (:func:`check_no_earlier_results`).  A folder another
-    live process writes into raises :class:`~convex_attention.io.lock.ResultsLocked`, or is
-    waited for with ``wait``."""
+    run is refused unless ``overwrite`` (:func:`check_no_earlier_results`); with it, those files
+    (graphs.json and the files of this run's parts) are removed before any part runs.  A folder
+    another live process writes into raises :class:`~convex_attention.io.lock.ResultsLocked`,
+    or is waited for with ``wait``.  ``tiny``: a smoke run (the script's ``--tiny``): every
+    measured target is given no verdict, and graphs.json's ``config`` says ``tiny``."""
     backends = default_backends() if backends is None else list(backends)
     check_cvx_device(config, backends)
     os.makedirs(out_dir, exist_ok=True)
@@ -1007,13 +1081,25 @@ def graph_benchmark(config: GraphBenchmark, out_dir: str, baseline: Callable | N
     torch.set_num_threads(config.threads)  # the declared count, recorded with the run
     try:
         with results_lock(out_dir, command=command or "bench_graphs", wait=wait, log=log):
-            check_no_earlier_results(config, out_dir, overwrite)  # under the lock: no other run is writing
-            return _run(config, out_dir, baseline, backends, log, command)
+            # under the lock: no other run is writing
+            _remove_earlier(out_dir, check_no_earlier_results(config, out_dir, overwrite))
+            return _run(config, out_dir, baseline, backends, log, command, tiny)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _run(config: GraphBenchmark, out_dir: str, baseline, backends, log, command: str) -> dict:
+def _smoke_run(target: dict) -> dict:
+    """``target`` of a ``--tiny`` run, given no verdict as :func:`_at_target_side` gives one
+    measured at another side: smoke sizes (a few instances, a few repetitions at 16²) are no
+    measure of what the targets ask for, either way.  Its value stays; a target without a
+    value keeps its verdict (not measured, or a failed measurement's miss)."""
+    if target["value"] is None:
+        return target
+    note = "no verdict: a --tiny run (smoke sizes)"
+    return {**target, "met": None, "detail": "; ".join(filter(None, [note, target["detail"]]))}
+
+
+def _run(config: GraphBenchmark, out_dir: str, baseline, backends, log, command: str, tiny: bool = False) -> dict:
     results: dict = {}
     started, load_start, start = now_utc(), load_average(), time.perf_counter()
     if "convergence" in config.parts:
@@ -1039,11 +1125,13 @@ def _run(config: GraphBenchmark, out_dir: str, baseline, backends, log, command:
         results["linsat_not_run"] = True
         log("given maps: no baseline handed in (install linsatnet); that part is not measured")
     targets = _targets(results, config.size)
+    if tiny:
+        targets = [_smoke_run(t) for t in targets]
     log(format_graph_targets(targets))
     # the speed part's device; the other parts run on the CPU (--device needs the speed part)
     summary = {"environment": environment(config.device), "runs": [run_record(started, load_start,
                                                                       wall_s=time.perf_counter() - start)],
-               "config": asdict(config), "command": command, "cvx_backends": backends,
+               "config": {**asdict(config), "tiny": tiny}, "command": command, "cvx_backends": backends,
                "statistic": "median over interleaved repetitions of forward+backward time, per sample",
                "targets": targets, "convergence": results.get("convergence_summary", [])}
     write_json(os.path.join(out_dir, "graphs.json"), summary)

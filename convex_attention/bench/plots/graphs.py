@@ -24,6 +24,7 @@ from ._common import (
     Skips,
     cell_key,
     dtype_note,
+    error_name,
     failed_note,
     fewer_timed_note,
     floor_below,
@@ -244,15 +245,24 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
     the implicit gradient at tolerance 1e-13) against the backward time per sample, one panel
     per structure; the implicit backward after a forward solved to each tolerance, and autograd
     through each number of plain sweeps (the unrolled backward), each point labelled with its
-    tolerance or sweeps.  Returns None without data."""
+    tolerance or sweeps.  A family whose implicit backward failed (an ``error`` row) keeps an
+    empty panel titled FAILED, and the footer names it.  Returns None without data."""
     log = log or warn
     need = ("family", "kind", "parameter", "bwd_per_sample_ms", "gradient_error")
     if lacks_columns(rows, need, "backward_implicit_vs_unrolled", "backward.csv", log):
         return None
     skips, pts = Skips("backward_implicit_vs_unrolled", "backward.csv"), []
+    failed: dict[str, str] = {}  # family -> why its implicit backward failed (an error row: no points)
     for r in rows:
-        kind = text_of(r, "kind")
+        kind, status = text_of(r, "kind"), text_of(r, "status") or "ok"  # files before the status column: ok
         try:
+            if status == "error":
+                if not text_of(r, "family"):
+                    raise BadValue("family is empty")
+                failed[text_of(r, "family")] = error_name(text_of(r, "reason"))
+                continue
+            if status != "ok":
+                raise BadValue(f"status={plain(status, 20)!r} is not one of ok, error")
             if kind not in KIND_STYLE:
                 raise BadValue(f"kind={plain(kind, 20)!r} is not one of {', '.join(KIND_STYLE)}")
             if not text_of(r, "family"):  # a panel without a title would show numbers of no structure
@@ -263,10 +273,13 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
         except BadValue as err:
             skips.add(r, str(err))
     skips.report(log)
+    failed_text = ", ".join(f"{plain(f, 20)} ({why})" for f, why in failed.items())
     if not pts:
-        log("backward_implicit_vs_unrolled: no usable rows; not written")
+        log("backward_implicit_vs_unrolled: no usable rows" + (f" (the implicit backward FAILED on {failed_text})"
+                                                               if failed else "") + "; not written")
         return None
-    families = _ordered({p[0] for p in pts})
+    # a family whose implicit backward failed keeps its panel, which says so: never left out silently
+    families = _ordered({p[0] for p in pts} | set(failed))
     positive = [p[4] for p in pts if p[4] > 0]
     floor = floor_below(positive + [1e-16], default=math.nan)  # never empty: at most 1e-17
     with plt.rc_context(STYLE):
@@ -281,13 +294,22 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
                 for p, x, y in zip(line, xs, ys):
                     label = f"{p[2]:.0e}" if kind == "implicit" else f"{p[2]:g}"
                     ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=5, color=color)
+            if family in failed:
+                ax.text(0.5, 0.5, f"implicit backward FAILED\n({failed[family]}; backward.csv)", ha="center",
+                        va="center", fontsize=6.5, color="#d62728", transform=ax.transAxes)
             ax.set_xscale("log")
             ax.set_yscale("log")
             quiet_minor_ticks(ax)
-            ax.set_title(STRUCTURE_TITLE.get(family, plain(family, 20)), fontsize=7)
+            ax.set_title(STRUCTURE_TITLE.get(family, plain(family, 20))
+                         + ("\nFAILED: implicit backward" if family in failed else ""), fontsize=7)
+            if not any(p[0] == family for p in pts):  # no point: axes whose numbers would mean nothing
+                ax.tick_params(which="both", bottom=False, left=False, labelbottom=False, labelleft=False)
+                continue
             ax.set_xlabel("backward, ms per sample")
             ax.grid(True, which="major", alpha=0.25)
-        axes[0, 0].set_ylabel("gradient relative error\n(vs implicit at tol 1e-13)")
+        # on the first panel with points (a failed family's panel, first, has no axis to label)
+        labelled = next(ax for ax, family in zip(axes[0], families) if any(p[0] == family for p in pts))
+        labelled.set_ylabel("gradient relative error\n(vs implicit at tol 1e-13)")
         handles = [Line2D([], [], color=c, marker=m, label=label + (" — labels: tolerance" if k == "implicit"
                                                                     else " — labels: sweeps"))
                    for k, (c, m, label) in KIND_STYLE.items()]
@@ -295,4 +317,5 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
         fig.suptitle("The backward's cost and accuracy: implicit differentiation against unrolled sweeps")
         return figures.save(fig, path, env, notes=[
             "computed in float64; backward time per sample, median of interleaved repetitions (forward excluded); "
-            "error: relative 2-norm of the gradient of a random linear loss"])
+            "error: relative 2-norm of the gradient of a random linear loss",
+            f"FAILED, not drawn: the implicit backward on {failed_text}" if failed else ""])
