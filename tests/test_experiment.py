@@ -1272,3 +1272,22 @@ def test_each_methods_candidate_means_leave_a_nan_seed_out_and_count_it():
         mean_ci([0.95, 0.85])[1])
     assert (entry["exact_auc_n_used"], entry["exact_auc_n_nan"]) == (2, 1)
     assert (entry["softmax_auc_n_used"], entry["softmax_auc_n_nan"]) == (3, 0)
+
+
+def test_a_candidates_attention_ap_interval_is_over_the_dev_seeds():
+    from scipy.stats import t
+
+    from convex_attention.paper.experiment import _rank_candidates
+
+    config = _tiny_config(methods=("softmax", "exact"))
+    [u] = config.candidates()["upsampling"][:1]
+    per_seed = {0: 0.40, 1: 0.50, 2: 0.60, 3: 0.45, 4: 0.55}  # the seed decides; the two methods agree
+    rows = [{"variant": 0, "upsampling": u, "method": m, "seed": s, "auc": 0.9, "attention_ap": ap + d,
+             "bacc": 0.7} for s, ap in per_seed.items() for m, d in (("softmax", -0.01), ("exact", 0.01))]
+    [entry] = [e for e in _rank_candidates(config, config.variants(), rows) if e["upsampling"] == u]
+    # oracle, by hand: the mean over methods per seed, then a t interval with 5 - 1 degrees of freedom
+    means = [sum(r["attention_ap"] for r in rows if r["seed"] == s) / 2 for s in per_seed]
+    m = sum(means) / 5
+    sd = math.sqrt(sum((x - m) ** 2 for x in means) / 4)
+    assert entry["attention_ap_mean"] == pytest.approx(m)
+    assert entry["attention_ap_ci95"] == pytest.approx(t.ppf(0.975, 4) * sd / math.sqrt(5), rel=1e-6)

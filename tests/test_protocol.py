@@ -272,6 +272,7 @@ def test_the_dev_stage_verdict_travels_in_the_variants_file(tmp_path):
     assert _record(c_bacc=(0.95, 0.94))["accepted"] and _record(c_bacc=(None, None))["accepted"]
     assert accepted["judged"] == {"data": "synthetic", "variant": Variant().to_dict(), "difficulty": 0.3,
                                   "methods": ["softmax", "exact"], "dev_seeds": [0, 1, 2, 3, 4],
+                                  "held_out_mimic": "mottled",
                                   "settings": {"image_size": 64, "width": 8, "epochs": 8, "n_train": 1000}}
     assert _record(data_seed=7)["judged"]["data_seed"] == 7
     # a verdict without check (c′), or with a NaN number, is not an acceptance
@@ -862,3 +863,135 @@ def test_the_ledger_records_the_seed_and_size_of_every_split_a_test_run_spends()
                 for d in (0.3, 0.6) for name, n in sizes.items()]
     assert [(sp["name"], sp["seed"], sp["n"], sp["difficulty"]) for sp in entry["splits"]] == expected
     assert entry["stage"] == "test" and entry["data_seed"] == 1 and entry["where"] == "results/test"
+
+
+# ----------------------------------------------------------------------------- review 31: protocol holes
+
+
+def _committed_repo(root, variants, ledger_runs=()):
+    """A git repository ``root`` with ``configs/experiment_variants.json`` (``variants``) and,
+    where ``ledger_runs`` are given, ``configs/data_ledger.json`` holding them, committed."""
+    (root / "configs").mkdir(parents=True)
+    path = root / "configs" / "experiment_variants.json"
+    path.write_text(json.dumps(variants.to_dict()))
+    for run in ledger_runs:
+        spend(str(root / "configs" / "data_ledger.json"), run)
+    _git(root, "init", "-q")
+    _git(root, "add", ".")
+    _git(root, "commit", "-qm", "variants and ledger")
+    return path
+
+
+def test_a_symlink_to_the_committed_variants_file_still_reads_the_repository_ledger(outside_git, tmp_path):
+    from convex_attention.paper.protocol import check_test_data, ledger_entry, ledger_where, verify_variants
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    repo = tmp_path / "repo"
+    spent = ledger_entry(config.with_variants(variants), "results/test", "then")
+    _committed_repo(repo, variants, [spent])
+    # an untracked link inside the same checkout, to the committed file
+    (repo / "alt").mkdir()
+    os.symlink(os.path.join("..", "configs", "experiment_variants.json"), repo / "alt" / "experiment_variants.json")
+    alt = str(repo / "alt" / "experiment_variants.json")
+    record = verify_variants(alt)  # accepted as the committed file (it is)
+    assert record["verified_by"] == "git" and record["path_in_repository"] == os.path.join(
+        "configs", "experiment_variants.json")
+    # oracle: the repository's committed ledger records a test run on data seed 1
+    assert [r["data_seed"] for r in read_ledger(str(repo / "configs" / "data_ledger.json"))] == [1]
+    ledger = default_ledger_path(alt)  # what the CLI preflight and run_experiment use
+    with pytest.raises(VariantsError, match="reuse images"):
+        check_test_data(config, read_variants(alt), ledger, ledger_where(str(repo / "results" / "b" / "test"),
+                                                                          ledger))
+
+
+@pytest.mark.parametrize("how", ["deleted", "entry removed"])
+def test_a_spent_seed_that_the_committed_ledger_records_stays_spent(outside_git, tmp_path, how):
+    from convex_attention.paper.protocol import check_test_data, ledger_entry, write_json
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    repo = tmp_path / "repo"
+    path = _committed_repo(repo, variants, [ledger_entry(config.with_variants(variants), "results/test", "then")])
+    ledger = default_ledger_path(str(path))
+    # oracle: git's HEAD holds the ledger that spent data seed 1
+    head = json.loads(_git(repo, "show", "HEAD:configs/data_ledger.json").stdout)
+    assert [r["data_seed"] for r in head["spent"]] == [1]
+    if how == "deleted":
+        os.remove(ledger)
+    else:
+        write_json(ledger, {**head, "spent": []})
+    with pytest.raises(VariantsError):
+        check_test_data(config, variants, ledger, "results/other")
+
+
+def test_a_test_split_never_shares_random_streams_with_the_verdicts_dev_stage():
+    from convex_attention.paper.data.synthetic import render_rim_image
+    from convex_attention.paper.protocol import check_test_data
+
+    # the dev stage behind the verdict: data seed 0, difficulty 0.3; the test stage adds 0.101 at data seed 980
+    variants = Variants(difficulties=(0.3, 0.101), held_out_mimic="mottled",
+                        benchmark=_record(data_seed=0, data="synthetic"))
+    config = QUICK.override(data="synthetic", n_train=2000, n_val=250, n_dev=250, n_test=500, data_seed=980)
+    try:
+        check_test_data(config, variants, "/nonexistent/data_ledger.json", "results/test")
+        refused = False
+    except VariantsError:
+        refused = True
+    # independent oracle: torch keeps 32 bits of a seed, so keys equal mod 2**32 give one stream
+    a, b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5 + 2 ** 32)
+    assert torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))
+    dev_val = split_seed("synthetic", 0, 0.3, "val")
+    test = split_seed("synthetic", 980, 0.101, "test")
+    assert (test * 1_000_003 + 291 - dev_val * 1_000_003) % 2 ** 32 == 0
+    # test image 291 + j is the dev stage's validation image j, re-rendered at another difficulty:
+    # 40 labels in a row agree (2**-40 by chance)
+    types = tuple(t for t in ("inverted", "split", "mottled") if t != "mottled")
+    shared = all(render_rim_image(dev_val, j, 32, 4, 0.3, mimic_types=types)[1]
+                 == render_rim_image(test, 291 + j, 32, 4, 0.101, mimic_types=types)[1] for j in range(40))
+    assert refused or not shared
+
+
+def test_the_verdict_binds_the_held_out_mimic_type_its_dev_stage_kept_out():
+    # what run_dev writes: benchmark_record(...) of a dev stage run with held_out_mimic "mottled"
+    proposal = Variants(difficulties=(0.3,), held_out_mimic="mottled", benchmark=_record(data_seed=0))
+    data = proposal.to_dict()
+    # oracle: with "mottled" held out, the dev stage's train and dev splits drew "inverted" mimics
+    dev = split_specs("synthetic", 0, {"train": 4, "dev": 4}, 0.3, "mottled")
+    assert all("inverted" in s.mimic_types for s in dev.values())
+    with pytest.raises(VariantsError, match="held_out_mimic|held-out"):
+        Variants.from_dict({**data, "held_out_mimic": "inverted"})
+
+
+def test_uncommitted_code_beside_the_committed_variants_file_is_refused_or_recorded(outside_git, tmp_path):
+    from convex_attention.paper.protocol import verify_variants
+
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "scoring.py").write_text("def score(x):\n    return x\n")
+    path = _committed_repo(repo, Variants(difficulties=(0.3,)))
+    (repo / "pkg" / "scoring.py").write_text("def score(x):\n    return 2 * x  # changed after the commit\n")
+    assert "pkg/scoring.py" in _git(repo, "status", "--porcelain").stdout  # oracle: the tree is dirty
+    try:
+        record = verify_variants(str(path))
+    except VariantsError:
+        return  # refused: fine
+    # the record, without its paths (the test's own folder name holds "uncommitted")
+    text = json.dumps({k: v for k, v in record.items() if k not in ("path", "repository")}).lower()
+    assert "dirty" in text or "uncommitted" in text or "modified" in text or "scoring.py" in text, record
+
+
+def test_two_test_conditions_never_share_their_images():
+    from convex_attention.paper.protocol import check_test_data, test_stage_specs
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    try:
+        variants = Variants.from_dict(_variants_dict(difficulties=[0.3, 0.3004]))
+        check_test_data(config, variants, "/nonexistent/data_ledger.json", "results/test")
+    except VariantsError:
+        return  # refused: fine
+    specs = test_stage_specs(config.with_variants(variants))
+    # oracle: every split of one condition has the generator seed of the same split of the other
+    same = [n for n in ("train", "val", "dev", "test", "test_heldout")
+            if specs[f"difficulty0.3/{n}"].seed == specs[f"difficulty0.3004/{n}"].seed]
+    assert not same, f"conditions 0.3 and 0.3004 share the generator seeds of {same}"

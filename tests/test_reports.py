@@ -546,3 +546,45 @@ def test_the_dev_report_shows_a_per_method_mean_over_no_number_as_a_dash_and_nam
                              softmax_bacc_n_used=1, softmax_bacc_n_nan=1)
     assert _table(report, "| variant |")[0]["exact AUC"] == "–"
     assert "- best: attention_ap: 2 of 8 runs left out; softmax_bacc: 1 of 2 runs left out" in report
+
+
+def test_a_forced_rerun_with_another_variant_on_the_same_test_split_is_refused_or_said(tmp_path):
+    from convex_attention.paper.experiment import QUICK
+    from convex_attention.paper.protocol import (
+        Variant,
+        Variants,
+        VariantsError,
+        check_test_data,
+        history_of_test_runs,
+        ledger_entry,
+        read_ledger,
+        record_test_run,
+        spend,
+    )
+    from convex_attention.paper.reports import history_line
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    first_v = Variants(Variant(temperature=1.0), difficulties=(0.3,), held_out_mimic="mottled")
+    second_v = Variants(Variant(temperature=0.3), difficulties=(0.3,), held_out_mimic="mottled")
+    sha_first, sha_second = "a" * 64, "b" * 64
+    # the first test run, as run_test records it
+    first = record_test_run(config.with_variants(first_v), {"sha256": sha_first}, "t1", "results/test", False)
+    spend(ledger, ledger_entry(config.with_variants(first_v), "results/test", "t1",
+                               **{k: v for k, v in first.items()
+                                  if k not in ("stage", "data", "data_seed", "started", "variants")}))
+    # oracle: the ledger says data seed 1's test split was already touched, with another variants file
+    assert [(r["data_seed"], r["variants_sha256"]) for r in read_ledger(ledger)] == [(1, sha_first)]
+    try:
+        check_test_data(config, second_v, ledger, "results/test", force=True)
+    except VariantsError:
+        return  # refused: the variant changed after the test split was seen
+    second = record_test_run(config.with_variants(second_v), {"sha256": sha_second}, "t2", "results/test", True)
+    spend(ledger, ledger_entry(config.with_variants(second_v), "results/test", "t2",
+                               **{k: v for k, v in second.items()
+                                  if k not in ("stage", "data", "data_seed", "started", "variants")}))
+    line = history_line({"benchmark_runs": history_of_test_runs(read_ledger(ledger), config.train.data),
+                         "runs_in_folder": [first, second], "ledger": "configs/data_ledger.json"},
+                        config.train.data)
+    assert "test run 2" in line  # the rerun is counted ...
+    assert sha_first[:12] in line or "variant" in line.lower(), line  # ... but is the changed variant said?

@@ -655,7 +655,7 @@ def _experiment_preflight(args, config) -> None:
         return
     try:
         variants = read_variants(args.variants).validate(config.methods, where=args.variants)
-        verify_variants(args.variants, args.variants_sha256)
+        verified = verify_variants(args.variants, args.variants_sha256)
         check_benchmark_verdict(variants, args.allow_rejected_benchmark, where=args.variants, data=config.train.data)
         check_judged(config, variants, where=args.variants)
     except VariantsError as err:
@@ -667,7 +667,8 @@ def _experiment_preflight(args, config) -> None:
         raise UsageError(f"argument --out: {err}") from None
     ledger = default_ledger_path(args.variants)
     try:
-        check_test_data(config, variants, ledger, ledger_where(os.path.join(args.out, "test"), ledger), args.force)
+        check_test_data(config, variants, ledger, ledger_where(os.path.join(args.out, "test"), ledger), args.force,
+                        variants_sha256=verified.get("sha256"))
     except VariantsError as err:
         raise UsageError(f"argument --data-seed: {err}") from None
     check_out(args.out)

@@ -178,7 +178,8 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
     folder = os.path.join(out, "test")
     check_test_folder(folder, force)  # first: rerunning the same command is refused for its folder, not its seed
     read_test_runs(os.path.dirname(os.path.abspath(folder)))  # a damaged run log, before anything is spent
-    check_test_data(config, variants, ledger, ledger_where(folder, ledger), force)
+    check_test_data(config, variants, ledger, ledger_where(folder, ledger), force,
+                    variants_sha256=record.get("sha256"))
     return run_test(config, folder, variants, record, force=force, progress=progress, log=log, ledger_path=ledger)
 
 
@@ -297,6 +298,17 @@ def _summary(rows: list[dict], keys: tuple, metrics) -> list[dict]:
                 entry[f"{m}_images_used"] = sum(int(r[f"{m}_n_used"]) for r in rs)
                 entry[f"{m}_images_nan"] = sum(int(r[f"{m}_n_nan"]) for r in rs)
         out.append(entry)
+    return out
+
+
+def _per_seed_means(rows, key: str, methods) -> list[float]:
+    """Per seed (ascending), the mean of ``key`` over the rows of ``methods`` (NaN where one is
+    NaN: summary_cells counts it as a NaN seed)."""
+    seeds = sorted({r["seed"] for r in rows})
+    out = []
+    for seed in seeds:
+        values = [float(r[key]) for r in rows if r["seed"] == seed and r["method"] in methods]
+        out.append(sum(values) / len(values) if values and all(math.isfinite(v) for v in values) else math.nan)
     return out
 
 
@@ -480,10 +492,12 @@ def _rank_candidates(config: ExperimentConfig, variants: list[Variant], rows: li
         for u in config.candidates()["upsampling"]:
             rs = [r for r in rows if r["variant"] == vi and r["upsampling"] == u]
             compared = compared_methods(rs, config.methods)
+            # intervals over the seeds (the independent runs), of each seed's mean over the methods:
+            # over the methods' rows as if independent, a 2-method interval was 0.054 for 0.098 (a review)
             entry = {"variant": vi, "upsampling": u, "label": variant.replace(upsampling=u).label(),
                      "compared": " ".join(compared),
-                     **summary_cells("attention_ap", [r["attention_ap"] for r in rs if r["method"] in compared]),
-                     **summary_cells("bacc", [r["bacc"] for r in rs])}
+                     **summary_cells("attention_ap", _per_seed_means(rs, "attention_ap", compared)),
+                     **summary_cells("bacc", _per_seed_means(rs, "bacc", config.methods))}
             for method in config.methods:  # mean ± CI over its seeds, NaN seeds counted and left out
                 mine = [r for r in rs if r["method"] == method]
                 for metric, key in (("auc", "auc"), ("ap", "attention_ap"), ("bacc", "bacc")):
@@ -531,7 +545,8 @@ def _judge_benchmark(config: ExperimentConfig, validity: list, chosen_rows: list
     log(f"[dev] reported: {uniform.line()}")
     tc = config.train
     record = benchmark_record(validity, chosen, difficulty, config.methods, config.dev_seeds,
-                              judged_settings(config), data=tc.data, data_seed=tc.data_seed)
+                              judged_settings(config), data=tc.data, data_seed=tc.data_seed,
+                              held_out_mimic=config.held_out_mimic)
     failed = failed_checks(record["checks"])
     log(f"[dev] benchmark {'accepted' if record['accepted'] else 'REJECTED'} on the development split" + (
         "" if record["accepted"] else f" (failed or not run: {', '.join(failed)}); the test stage will refuse it "
@@ -572,7 +587,7 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     device = _device(config)
     ledger = ledger_path or default_ledger_path(variants_record.get("path") or DEFAULT_VARIANTS_PATH)
     where = ledger_where(folder, ledger)
-    replaced = check_test_data(config, variants, ledger, where, force)
+    replaced = check_test_data(config, variants, ledger, where, force, variants_sha256=variants_record.get("sha256"))
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     record = record_test_run(config, variants_record, started, where, force)
     target = None

@@ -113,6 +113,9 @@ LEDGER_FORMAT = "convex-attention-data-ledger/1"
 TEST_RUN_LOG = "test_runs.jsonl"
 MANIFEST = "test_stage.json"
 _KEY_STRIDE = 1_000_003  # the synthetic generators' image key: seed * stride + index
+# torch's CPU generator keeps a seed's low 32 bits: keys congruent modulo this draw the same
+# random stream (the keys reach 8e13; a review found a test split drawing the dev split's streams)
+_STREAMS = 2 ** 32
 
 
 class VariantsError(ValueError):
@@ -203,7 +206,7 @@ class Variants:
         out = cls(variant, tuple(difficulties), data["held_out_mimic"], note, benchmark)
         out.validate(where=where)
         if benchmark is not None:
-            _check_benchmark_record(benchmark, out.variant, out.difficulties, where)
+            _check_benchmark_record(benchmark, out.variant, out.difficulties, where, out.held_out_mimic)
         return out
 
     def validate(self, methods=("softmax", "learned_dual", "exact"), where: str = "variants") -> Variants:
@@ -211,9 +214,11 @@ class Variants:
         ds = self.difficulties
         if not isinstance(ds, tuple) or not 1 <= len(ds) <= 4 or not all(
                 isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and 0 <= d <= 1
-                for d in ds) or len(set(ds)) != len(ds):
-            raise VariantsError(f"{where}: difficulties must be 1 to 4 distinct numbers in [0, 1] (the protocol "
-                                f"checks the conclusion at two), got {list(ds) if isinstance(ds, tuple) else ds!r}")
+                for d in ds) or len({round(d * 1000) for d in ds}) != len(ds):
+            raise VariantsError(f"{where}: difficulties must be 1 to 4 numbers in [0, 1], distinct in their "
+                                f"thousandths (each condition's images are keyed by them: two in one thousandth would "
+                                f"be the same images; the protocol checks the conclusion at two), got "
+                                f"{list(ds) if isinstance(ds, tuple) else ds!r}")
         if self.held_out_mimic is not None and self.held_out_mimic not in MIMIC_TYPES:
             raise VariantsError(f"{where}: held_out_mimic must be one of {', '.join(MIMIC_TYPES)} or null, got "
                                 f"{self.held_out_mimic!r}")
@@ -280,14 +285,16 @@ def check_judged(config, variants: Variants, where: str = "variants") -> None:
 
 
 def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_seeds, settings: dict,
-                     data: str = "synthetic", data_seed: int | None = None) -> dict:
+                     data: str = "synthetic", data_seed: int | None = None,
+                     held_out_mimic: str | None = "mottled") -> dict:
     """The variants file's ``benchmark`` entry from the dev stage's validity checks
     (:class:`~convex_attention.paper.validity.CheckResult` list), with what they judged:
     ``{"accepted": bool, "checks": {name: {"value", "threshold", "passes_below", "ran",
     "passed"[, "ci95"]}}, "judged": {"data", "data_seed", "variant", "difficulty", "methods",
     "dev_seeds", "settings"}}`` (``data``: the synthetic source; ``settings``: those of
     :data:`JUDGED_SETTINGS` it is given, :func:`judged_settings`; image_size, width, epochs and
-    n_train at least).  Accepted only if every check that decides ran and passed, the
+    n_train at least; ``held_out_mimic``: the mimic type the dev stage kept out of its splits,
+    which the test stage's held-out condition must be).  Accepted only if every check that decides ran and passed, the
     three of :data:`REQUIRED_CHECKS` among them (the reported-only ones,
     :data:`~convex_attention.paper.validity.REPORTED_ONLY`, are kept but never decide).  A
     value that is not finite is stored as ``None`` (strict JSON) and fails."""
@@ -300,7 +307,7 @@ def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_
             checks[r.name]["ci95"] = float(r.ci95) if math.isfinite(r.ci95) else None
     accepted = not failed_checks(checks)
     judged = {"data": data, "variant": variant.to_dict(), "difficulty": float(difficulty), "methods": list(methods),
-              "dev_seeds": [int(x) for x in dev_seeds],
+              "dev_seeds": [int(x) for x in dev_seeds], "held_out_mimic": held_out_mimic,
               "settings": {k: as_json(settings[k]) for k in JUDGED_SETTINGS if k in settings or k in _JUDGED_SETTINGS}}
     if data_seed is not None:
         judged["data_seed"] = int(data_seed)
@@ -318,7 +325,8 @@ def _real(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where: str) -> None:
+def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where: str,
+                            held_out_mimic: str | None = None) -> None:
     """A ``benchmark`` entry must be what :func:`benchmark_record` writes, consistent with
     itself (each ``passed`` recomputed from its number and the check's own threshold) and
     with the file's variant and first difficulty (VariantsError otherwise)."""
@@ -361,7 +369,8 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
     judged = record["judged"]
     keys = {"data", "variant", "difficulty", "methods", "dev_seeds", "settings"}
     seed = judged.get("data_seed", 0)
-    if set(judged) not in (keys, keys | {"data_seed"}) \
+    # (verdicts written before 2026-12-05 record no held_out_mimic)
+    if not keys <= set(judged) or not set(judged) <= keys | {"data_seed", "held_out_mimic"} \
             or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= DATA_SEED_MAX \
             or judged["data"] not in SYNTHETIC_SOURCES or not _real(judged["difficulty"]) \
             or not isinstance(judged["methods"], list) or not all(isinstance(m, str) for m in judged["methods"]) \
@@ -375,6 +384,12 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
                             f"\"data_seed\": 0 .. {DATA_SEED_MAX}, \"variant\", \"difficulty\", \"methods\", "
                             f"\"dev_seeds\" (distinct), \"settings\": {{{', '.join(_JUDGED_SETTINGS)}[, "
                             f"{', '.join(JUDGED_SETTINGS[len(_JUDGED_SETTINGS):])}]}}}}")
+    if "held_out_mimic" in judged and judged["held_out_mimic"] != held_out_mimic:
+        # the dev stage trained and chose on splits without that type: the test stage's
+        # held-out condition is "used neither in training nor in development" only for it
+        raise VariantsError(f"{where}: held_out_mimic is {held_out_mimic!r}, but the dev stage's verdict kept "
+                            f"{judged['held_out_mimic']!r} out of its splits (its held-out condition): the test stage "
+                            f"holds out the type the dev stage held out; run the dev stage again to hold out another")
     ranking = record["checks"].get("maps_drive_ranking")
     if ranking is not None and ranking["ran"] and len(judged["dev_seeds"]) < MIN_RANKING_SEEDS:
         raise VariantsError(f"{where}: benchmark.checks.maps_drive_ranking says it ran, but the verdict judged "
@@ -464,7 +479,8 @@ def _matches_head(root: str, rel: str, path: str) -> bool:
 
 
 def commit_state(path: str) -> dict:
-    """``{"repository", "path_in_repository", "head", "file_commit"}`` when ``path`` is tracked by git and
+    """``{"repository", "path_in_repository", "head", "file_commit", "uncommitted_changes"}`` (the
+    tracked files that differ from HEAD, which the report names) when ``path`` is tracked by git and
     its bytes are those of the file in HEAD (compared byte for byte with the committed blob,
     so ``git update-index --assume-unchanged`` hides nothing); VariantsError otherwise ("committed-looking": a test run
     must read a file that was fixed, in the repository's history, before it ran)."""
@@ -491,7 +507,13 @@ def commit_state(path: str) -> dict:
         raise VariantsError(f"the variants file {rel} has uncommitted changes (it differs from HEAD:{rel}): "
                             f"commit them (or restore the file) before the test stage")
     file_commit = _git(["log", "-1", "--format=%H", "--", rel], root).stdout.strip()
-    return {"repository": root, "path_in_repository": rel, "head": head.stdout.strip(), "file_commit": file_commit}
+    # tracked files that differ from HEAD: the results name HEAD, so a reader must learn that the
+    # code that ran was not HEAD's (a review found such edits neither refused nor recorded)
+    status = _git(["status", "--porcelain", "--untracked-files=no"], root)
+    changed = sorted(line[3:] for line in status.stdout.splitlines() if line.strip()) if status.returncode == 0 \
+        else ["(git status failed)"]
+    return {"repository": root, "path_in_repository": rel, "head": head.stdout.strip(), "file_commit": file_commit,
+            "uncommitted_changes": changed}
 
 
 def verify_variants(path: str, sha256: str | None = None) -> dict:
@@ -698,14 +720,27 @@ def image_keys(spec: SplitSpec) -> range:
     return range(spec.seed * _KEY_STRIDE, spec.seed * _KEY_STRIDE + spec.n)
 
 
+def _keys_meet(a: range, b: range) -> bool:
+    """Whether two ranges of generator keys share a random stream: a key, or keys congruent
+    modulo :data:`_STREAMS` (the generator's seed is their low 32 bits)."""
+    if not len(a) or not len(b):  # an empty split uses no key
+        return False
+    if a.start < b.stop and b.start < a.stop:
+        return True
+    gap = (b.start - a.start) % _STREAMS  # where b starts, on the circle of streams, from a's start
+    return gap < len(a) or (a.start - b.start) % _STREAMS < len(b)
+
+
 def check_disjoint(specs: dict[str, SplitSpec]) -> None:
-    """ValueError unless no two splits share an image key (so no image)."""
+    """ValueError unless no two splits share an image key (so no image) or a random stream
+    (keys congruent modulo 2**32)."""
     items = sorted(specs.values(), key=lambda s: s.seed)
-    for a, b in zip(items, items[1:]):
-        ka, kb = image_keys(a), image_keys(b)
-        if a.seed == b.seed or ka.stop > kb.start:
-            raise ValueError(f"splits {a.name!r} and {b.name!r} overlap (seeds {a.seed} and {b.seed}, "
-                             f"{a.n} and {b.n} images)")
+    for i, a in enumerate(items):
+        for b in items[i + 1:]:
+            if a.seed == b.seed or _keys_meet(image_keys(a), image_keys(b)):
+                raise ValueError(f"splits {a.name!r} and {b.name!r} overlap (seeds {a.seed} and {b.seed}, "
+                                 f"{a.n} and {b.n} images; their generator keys, or their keys modulo 2**32, which "
+                                 f"torch's generator keeps, meet)")
     if any(s.n >= _KEY_STRIDE for s in items):
         raise ValueError(f"a split of {_KEY_STRIDE} images or more would reach the next seed's images")
 
@@ -714,8 +749,10 @@ def check_disjoint(specs: dict[str, SplitSpec]) -> None:
 
 
 def default_ledger_path(variants_path: str) -> str:
-    """The data ledger beside a variants file (``configs/data_ledger.json`` for the committed one)."""
-    return os.path.join(os.path.dirname(os.path.abspath(variants_path)), "data_ledger.json")
+    """The data ledger beside a variants file (``configs/data_ledger.json`` for the committed one),
+    the file a link points to resolved first: the ledger beside a link to the committed file was
+    an empty one, and a spent test seed ran again as "the first test run" (a review)."""
+    return os.path.join(os.path.dirname(os.path.realpath(variants_path)), "data_ledger.json")
 
 
 def read_ledger(path: str) -> list[dict]:
@@ -729,6 +766,33 @@ def read_ledger(path: str) -> list[dict]:
             data = json.load(f, parse_constant=_strict_constant)
     except (OSError, ValueError) as err:
         raise VariantsError(f"the data ledger {path} is not readable strict JSON ({err})") from None
+    return _ledger_entries(data, path)
+
+
+def committed_ledger(path: str) -> list[dict]:
+    """The runs the data ledger at ``path`` records in the repository's HEAD (``[]`` outside
+    git, or where HEAD has no such file): a ledger deleted or edited in the checkout must not
+    forget a spent seed that the committed one records (a review)."""
+    folder = os.path.dirname(os.path.realpath(path))
+    if shutil.which("git") is None or not os.path.isdir(folder):
+        return []
+    top = _git(["rev-parse", "--show-toplevel"], folder)
+    if top.returncode != 0:
+        return []
+    root = top.stdout.strip()
+    rel = os.path.relpath(os.path.join(folder, os.path.basename(path)), os.path.realpath(root))
+    shown = _git(["show", f"HEAD:{rel.replace(os.sep, '/')}"], root)
+    if shown.returncode != 0:
+        return []
+    try:
+        data = json.loads(shown.stdout, parse_constant=_strict_constant)
+    except ValueError as err:
+        raise VariantsError(f"the data ledger committed at HEAD:{rel} is not readable strict JSON ({err})") from None
+    return _ledger_entries(data, f"HEAD:{rel}")
+
+
+def _ledger_entries(data, path: str) -> list[dict]:
+    """The ``spent`` list of a ledger's parsed JSON, checked (VariantsError naming ``path``)."""
     if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT or not isinstance(data.get("spent"), list):
         raise VariantsError(f"the data ledger {path} is not a {LEDGER_FORMAT} file (an object with 'format' and "
                             f"a list 'spent')")
@@ -743,9 +807,7 @@ def read_ledger(path: str) -> list[dict]:
 
 
 def _overlaps(spec: SplitSpec, seed: int, n: int) -> bool:
-    a = image_keys(spec)
-    b = range(seed * _KEY_STRIDE, seed * _KEY_STRIDE + n)
-    return a.start < b.stop and b.start < a.stop
+    return _keys_meet(image_keys(spec), range(seed * _KEY_STRIDE, seed * _KEY_STRIDE + n))
 
 
 def check_unspent(specs: dict[str, SplitSpec], spent: list[dict], what: str = "the test stage") -> None:
@@ -798,15 +860,27 @@ def ledger_where(folder: str, ledger_path: str) -> str:
     return os.path.abspath(folder) if rel.startswith("..") else rel.replace(os.sep, "/")
 
 
-def check_test_data(config, variants, ledger_path: str, where: str, force: bool = False) -> list[dict]:
+def check_test_data(config, variants, ledger_path: str, where: str, force: bool = False,
+                    variants_sha256: str | None = None) -> list[dict]:
     """Refuse (VariantsError) a test run whose splits (:func:`test_stage_specs` of
     ``config`` with ``variants``) share an image with the dev stage behind the verdict or
     with any run the data ledger at ``ledger_path`` records.  With ``force``, the earlier
     test runs recorded for the same folder ``where`` are allowed (a run replaced by
-    ``--force``; its report says so).  Returns those replaced runs' ledger entries."""
+    ``--force``; its report says so), but only those of the same variants file
+    (``variants_sha256``, where given): a variant changed after the test split was seen is
+    refused (a review).  Returns those replaced runs' ledger entries."""
     config = config.with_variants(variants)
     spent = read_ledger(ledger_path)
+    spent += [r for r in committed_ledger(ledger_path) if r not in spent]  # what HEAD records stays spent
     replaced = [r for r in spent if force and r.get("stage") == "test" and r.get("where") == where]
+    changed = [r for r in replaced if variants_sha256 is not None and r.get("variants_sha256") not in
+               (None, variants_sha256)]
+    if changed:
+        raise VariantsError(f"--force replaces an interrupted test run of the same variants only: the test run into "
+                            f"{where} started {changed[0].get('started', '?')} ran the variants file with SHA-256 "
+                            f"{str(changed[0].get('variants_sha256'))[:12]}…, this one's is {variants_sha256[:12]}…; "
+                            f"a variant changed after its test split was seen breaks the protocol: test with an "
+                            f"unspent --data-seed, and report both runs")
     others = [r for r in spent if not any(r is x for x in replaced)]
     check_unspent(test_stage_specs(config), others + spent_by_verdict(variants, split_sizes(config),
                                                                        config.held_out_mimic))

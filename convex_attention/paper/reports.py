@@ -146,11 +146,18 @@ def history_line(history: dict, data: str | None = None) -> str:
             f"{r.get('started', 'start not recorded')}, data seed {r.get('data_seed', '?')}"
             f"{', seeds ' + str(r['seeds']) if r.get('seeds') is not None else ''}"
             f"{', methods ' + ' '.join(r['methods']) if r.get('methods') else ''}"
-            f"{', forced' if r.get('forced') else ''}: results in `{r.get('results') or r.get('where', '?')}`"
+            f"{', forced' if r.get('forced') else ''}"
+            f"{', variants SHA-256 ' + str(r['variants_sha256'])[:12] if r.get('variants_sha256') else ''}"
+            f": results in `{r.get('results') or r.get('where', '?')}`"
             for r in earlier)
         lines.append(f"**This is test run {len(runs)} of {what} recorded in the data ledger** (`{ledger}`); "
                      f"the earlier ones: {listed}. The protocol is one test run per benchmark: read every earlier "
                      f"run's results beside this one's.")
+        shas = {r.get("variants_sha256") for r in runs if r.get("variants_sha256")}
+        if len(shas) > 1:  # the variants were not fixed before the test split was touched
+            lines.append(f"**These test runs ran {len(shas)} different variants files** (SHA-256 "
+                         f"{', '.join(sorted(x[:12] for x in shas))}): the variant changed after a test split was "
+                         f"seen.")
         if len(here) > 1:
             lines.append(f"This results folder's log (`test_runs.jsonl`) records {len(here)} test runs into it.")
     moved = history.get("moved_aside")
@@ -415,7 +422,10 @@ def test_report(config, variants, record, conditions, accuracy, explain_summary,
              f"Variant (the same for every method), from `{record.get('path')}` (sha256 {record.get('sha256')}; "
              f"verified by {record.get('verified_by', 'git')}"
              f"{', commit ' + str(record.get('file_commit')) if record.get('file_commit') else ''}): "
-             f"{variants.variant.label()}.",
+             f"{variants.variant.label()}."
+             + (f" **The checkout had uncommitted changes to tracked files when this ran** (the code that ran is not "
+                f"HEAD's): {', '.join(record['uncommitted_changes'][:20])}."
+                if record.get("uncommitted_changes") else ""),
              verdict_line(variants),
              judged_line(variants, config),
              history_line(history or {}, tc.data),
