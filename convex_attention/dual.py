@@ -519,6 +519,7 @@ def _solve_checked(inputs: Sequence[Tensor], h: Graph, temps: Sequence, options:
     if any(mask):
         options["given_mask"] = mask
     options["round_to"] = dtype  # the maps come back in the scores' dtype: they must meet tol there
+    options["check_init"] = False  # (checked once, by solve_dual_method, before any part was solved)
     info: dict = {}
     outputs = DualSolveFunction.apply(h, temperature_argument(temps), options, info, *inputs)
     probs, lam = [p.to(dtype) for p in outputs[:h.num_maps]], outputs[h.num_maps:]
@@ -755,17 +756,25 @@ def _check_init_fits(init: Sequence[Tensor], scores: Sequence[Tensor], work: tor
     with torch.no_grad():
         own = [s.detach().to(work) for s in scores]
         start = [x.to(work) for x in init]
-        back = reparameterized_logits(reparameterized_logits(own, start, h), [-x for x in start], h)
+        logits = reparameterized_logits(own, start, h)
+        back = reparameterized_logits(logits, [-x for x in start], h)
         eps = torch.finfo(work).eps
-        for k, (theta, again) in enumerate(zip(own, back)):
+        for k, (theta, eta, again) in enumerate(zip(own, logits, back)):
             if given[k]:
                 continue
-            lost = float((again - theta).abs().max())
-            allowed = tol * temps[k] + 64 * eps * float(theta.abs().max())
-            if not lost <= allowed:
-                raise ValueError(f"dual option init: the starting duals swamp the scores of {h._map_word} {k}: in the "
-                                 f"{dtype_name(work)} working dtype, θ + A λ − A λ is {lost:.3g} away from θ, beyond "
-                                 f"tol·τ = {tol * temps[k]:.3g} (a start much larger than the scores loses them to "
+            # per sample (one sample's large scores allowed another's swamped ones: a review), and
+            # beside the rounding of the logits themselves, which any solve has (the duals a solve
+            # returned were refused where a map's logits are far larger than its scores: a review)
+            lost = (again - theta).abs().flatten(1).amax(1)
+            size = torch.maximum(theta.abs().flatten(1).amax(1), eta.abs().flatten(1).amax(1))
+            allowed = tol * temps[k] + 64 * eps * size
+            bad = ~(lost <= allowed)
+            if bool(bad.any()):
+                rows = torch.nonzero(bad).flatten().tolist()
+                raise ValueError(f"dual option init: the starting duals swamp the scores of {h._map_word} {k} for "
+                                 f"sample(s) {rows[:10]}: in the {dtype_name(work)} working dtype, θ + A λ − A λ is up "
+                                 f"to {float(lost[bad].max()):.3g} away from θ, beyond tol·τ = {tol * temps[k]:.3g} "
+                                 f"and the logits' own rounding (a start much larger than the scores loses them to "
                                  f"rounding, even where its terms cancel in the logits); leave init out, or start "
                                  f"from smaller duals")
 
@@ -1190,7 +1199,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
                init: Sequence[Tensor] | None = None, gap_tol: float | None = None, newton="auto",
                warm_start="auto", given: Sequence[Tensor | None] | None = None,
                round_to: torch.dtype | None = None, whole_is_forest: bool | None = None,
-               sample_names: Sequence[int] | None = None, _returned: dict | None = None):
+               sample_names: Sequence[int] | None = None, check_init: bool = True,
+               _returned: dict | None = None):
     r"""Minimise ``g(λ)`` per sample until ``violation <= tol`` and ``gap <= gap_tol``:
     safeguarded, accelerated block-coordinate descent.
 
@@ -1249,6 +1259,10 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             ``tol / 2`` (half precision at small ``tol``, or float16 maps of tens of
             thousands of cells: their rounding alone can reach ``tol``) the iterate stops at
             ``tol / 2``; the dual method then judges the maps as returned.
+        check_init: whether ``init`` is checked to fit the working dtype beside the scores
+            (:func:`_check_init_fits`); the dual method checks the user's start once, before
+            any part of the graph is solved, and passes False (its retries start from the
+            solver's own duals, which are not the user's to refuse).
         sample_names: the samples' numbers in the caller's batch, for the messages (None: their
             rows here): a part of a disconnected graph solved again for some samples only.
         whole_is_forest: for ``h`` a part of a larger graph (:meth:`Graph.solved_apart`), whether
@@ -1303,7 +1317,7 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     # returned, in float64, by the dual method instead
     confirms = dtype == torch.float64
     init = _check_init(init, h, B, device)
-    if init is not None:
+    if init is not None and check_init:
         _check_init_fits(init, scores, dtype, h, temps, tol, [False] * h.num_maps if given is None else
                          [q is not None for q in given])
     if init is not None and warm_start is True:
