@@ -241,12 +241,19 @@ def _centred_scores(scores: Sequence[Tensor]) -> tuple[list[Tensor], Tensor]:
     limit on a 16-cell map, a review), and the centred scores are within ``max |θ|``."""
     out, total = [], None
     for s in scores:
-        flat = s.flatten(1)
-        mid = flat.amax(1) / 2 + flat.amin(1) / 2
+        mid, _ = _midpoint(s)
         out.append(s - mid.view((-1,) + (1,) * (s.dim() - 1)))
         total = mid if total is None else total + mid
     assert total is not None
     return out, total
+
+
+def _midpoint(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per sample, the midpoint ``max/2 + min/2`` of ``x``'s values and their half-range
+    ``max/2 − min/2``, each ``(B,)``: halved first, so that neither overflows."""
+    flat = x.flatten(1)
+    high, low = flat.amax(1) / 2, flat.amin(1) / 2
+    return high + low, high - low
 
 
 def score_offset(scores: Sequence[Tensor]) -> Tensor:
@@ -341,10 +348,10 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     # objective, and where the parts' objectives cancel (+3 and -3) the whole one's is larger (a
     # review: 4.5e-5 at gap_tol 1e-6).  Such parts are solved again, from their duals, each held to
     # its share of the whole problem's gap
-    for _ in range(_WHOLE_GAP_RETRIES):
+    for attempt in range(_WHOLE_GAP_RETRIES + 1):
         gap, scale = _gap_and_scale(inputs, h, floats, duals, mask)
         missed = info["converged"] & ~(gap <= options["gap_tol"])
-        if not bool(missed.any()):
+        if not bool(missed.any()) or attempt == _WHOLE_GAP_RETRIES:
             break
         # only the samples that missed it, so that a batch gives what its samples alone give (a
         # review: a retry of every sample gave one that had run out of max_iter more sweeps)
@@ -362,7 +369,7 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
         probs = [p.index_copy(0, rows, q) for p, q in zip(probs, again_probs)]
         duals = [d.index_copy(0, rows, q) for d, q in zip(duals, again_duals)]
         info = _followed(info, again, rows)
-    _check_whole_gap(inputs, h, floats, duals, mask, options, info)
+    _check_whole_gap(gap, options, info)  # the gap of the duals returned, measured by the last pass
     return probs, [d.to(compute_dtype(dtype)) for d in duals], info
 
 
@@ -462,12 +469,10 @@ def _split_given(inputs: Sequence[Tensor], mask: Sequence[bool]):
             [x if m else None for x, m in zip(inputs, mask)] if any(mask) else None)
 
 
-def _check_whole_gap(inputs: Sequence[Tensor], h: Graph, temps: Sequence[float], duals: Sequence[Tensor],
-                     mask: Sequence[bool], options: dict, info: dict) -> None:
-    """Sets ``info["gap"]`` to the whole problem's relative gap (working dtype, at the returned
-    duals), which is what ``gap_tol`` bounds; a sample above it is not converged:
-    ConvergenceError with ``strict``, else a warning."""
-    gap, _ = _gap_and_scale(inputs, h, temps, duals, mask)
+def _check_whole_gap(gap: Tensor, options: dict, info: dict) -> None:
+    """Sets ``info["gap"]`` to ``gap``, the whole problem's relative gap at the returned duals
+    (:func:`_gap_and_scale`), which is what ``gap_tol`` bounds; a sample above it is not
+    converged: ConvergenceError with ``strict``, else a warning."""
     info["gap"] = gap
     missed = info["converged"] & ~(gap <= options["gap_tol"])
     if not bool(missed.any()):
@@ -716,10 +721,8 @@ def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | Non
 
 def _less_large_midpoint(x: Tensor) -> Tensor:
     """``x`` less its per-sample midpoint ``max/2 + min/2`` where that exceeds its spread."""
-    flat = x.flatten(1)
-    high, low = flat.amax(1), flat.amin(1)
-    mid = high / 2 + low / 2
-    shift = torch.where(mid.abs() > high - low, mid, torch.zeros_like(mid))
+    mid, half = _midpoint(x)
+    shift = torch.where(mid.abs() > 2 * half, mid, torch.zeros_like(mid))
     return x - shift.view((-1,) + (1,) * (x.dim() - 1))
 
 
@@ -733,30 +736,27 @@ def _check_init_fits(init: Sequence[Tensor], scores: Sequence[Tensor], work: tor
     whose dual objective overflowed was accepted; summed over the starts' own peaks, the duals a
     solve had just returned were refused (two reviews).  And the start must not swamp the
     scores: formed in the working dtype, ``θ_k + A_k λ − A_k λ`` must give back ``θ_k`` within
-    ``tol·τ_k`` beside the scores' own rounding (a start of 1e20 that cancels in the logits,
+    ``tol·τ_k`` beside the rounding of the scores and logits themselves, per sample (a start
+    of 1e20 that cancels in the logits,
     ``A λ = 0``, left N(0, 1) scores nothing but rounding, and the solve called maps 0.3 off
     the optimum converged: a review); given maps have no scores to swamp."""
     limit = score_limit(work)
     with torch.no_grad():
         # in float64, where the logits of any accepted start are finite or refused as inf
         etas = reparameterized_logits([s.detach().double() for s in scores], [x.double() for x in init], h)
-        halves = []
-        for eta in etas:
-            flat = eta.flatten(1)
-            halves.append((flat.amax(1) / 2 - flat.amin(1) / 2).max())
         try:
-            total = math.fsum(torch.stack(halves).tolist())
+            total = math.fsum(torch.stack([_midpoint(eta)[1].max() for eta in etas]).tolist())
         except OverflowError:  # (a sum beyond float's range is beyond the limit)
             total = math.inf
-    if not total <= limit:
-        name = dtype_name(work)
-        raise ValueError(f"dual option init: the starting logits θ_k + A_k λ of the maps span half-ranges that sum to "
-                         f"{total:.3g}, above {limit:.3g}, the most the {name} working dtype accepts (the scores' own "
-                         f"rule); leave init out, or start from smaller duals")
-    with torch.no_grad():
+        if not total <= limit:
+            name = dtype_name(work)
+            raise ValueError(f"dual option init: the starting logits θ_k + A_k λ of the maps span half-ranges that sum "
+                             f"to {total:.3g}, above {limit:.3g}, the most the {name} working dtype accepts (the "
+                             f"scores' own rule); leave init out, or start from smaller duals")
         own = [s.detach().to(work) for s in scores]
         start = [x.to(work) for x in init]
-        logits = reparameterized_logits(own, start, h)
+        # (in float64 work, the logits just formed: the same operations on the same values)
+        logits = etas if work == torch.float64 else reparameterized_logits(own, start, h)
         back = reparameterized_logits(logits, [-x for x in start], h)
         eps = torch.finfo(work).eps
         for k, (theta, eta, again) in enumerate(zip(own, logits, back)):
@@ -1550,11 +1550,7 @@ class DualSolveFunction(torch.autograd.Function):
             floats = tuple(float(t) for t in temps)
         options = dict(options)
         mask = options.pop("given_mask", None)
-        scores: list[Tensor | None] = list(inputs)
-        given: list[Tensor | None] | None = None
-        if mask is not None:
-            scores = [None if m else x for x, m in zip(inputs, mask)]
-            given = [x if m else None for x, m in zip(inputs, mask)]
+        scores, given = _split_given(inputs, mask) if mask is not None else (list(inputs), None)
         returned: dict = {}
         result = solve_dual(scores, h, floats, given=given, _returned=returned, **options)
         if returned:  # every sample stopped where its maps were measured: those maps

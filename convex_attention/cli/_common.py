@@ -196,18 +196,13 @@ def holding_out(out: str, command: str, args, main: bool = True):
     if not main:
         yield
         return
-    made = _missing_folders(out)
-    try:
-        check_out(out)  # a writable folder (made, if need be)
-        with results_lock(out, command=command, wait=getattr(args, "wait", False),
-                          log=lambda m: print(f"{command}: {m}", file=sys.stderr)):
-            yield
-    except ResultsLocked as err:
-        _remove_empty(made)
-        raise UsageError(str(err)) from None
-    except BaseException:
-        _remove_empty(made)
-        raise
+    with making_out(out):  # a writable folder (made, if need be; removed again if empty when this fails)
+        try:
+            with results_lock(out, command=command, wait=getattr(args, "wait", False),
+                              log=lambda m: print(f"{command}: {m}", file=sys.stderr)):
+                yield
+        except ResultsLocked as err:
+            raise UsageError(str(err)) from None
 
 
 def _installed(module: str) -> bool:

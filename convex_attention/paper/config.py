@@ -76,6 +76,11 @@ NORMALISATIONS = ("volume", "dataset")
 #: The settings of :class:`TrainConfig` that only the BraTS loader reads (``train`` and
 #: ``data check`` offer them from the same declarations).
 BRATS_SETTINGS = ("cache_dir", "normalisation", "min_tumour_area", "val_fraction")
+#: The settings of :class:`TrainConfig` that only the synthetic generators read, each with the
+#: other data that reads it too (the data seed is also the BraTS split): refused for other data
+#: (:func:`_generated_only`), and read as their defaults from older runs that recorded them
+#: (:meth:`TrainConfig.from_dict`).
+GENERATOR_SETTINGS = {"n_train": None, "n_val": None, "difficulty": None, "data_seed": "brats"}
 #: The validity checks' pass thresholds (:mod:`convex_attention.paper.validity`): (a), (b)
 #: and (d) at most; (c′) and the reported (c) at least.
 THRESHOLDS = {"location_free": 0.60, "pixel_map": 0.30, "maps_drive_ranking": 0.05, "uniform_attention": 0.10,
@@ -364,7 +369,7 @@ class TrainConfig:
                                 cross=lambda c: _generated_only(c, "difficulty"))
     data_seed: int | None = setting(None, Int(low=0, high=SEED.high, optional=True),
                                     "seed of the synthetic images / the BraTS split", shown="the --seed",
-                                    cross=lambda c: _generated_only(c, "data_seed", also="brats"))
+                                    cross=lambda c: _generated_only(c, "data_seed"))
     epochs: int = setting(10, Int(low=1, high=100_000),
                           "epochs in all (a resumed run counts the epochs already done)")
     batch_size: int = setting(32, Int(low=1, high=100_000), "images per step")
@@ -479,9 +484,8 @@ class TrainConfig:
         if config.data not in SYNTHETIC_SOURCES:
             # likewise the generators' settings an older run recorded for data read from files
             # (refused now, _generated_only): read as the defaults they never departed from in effect
-            unused = ("n_train", "n_val", "difficulty") + (("data_seed",) if config.data != "brats" else ())
-            defaults = {f.name: f.default for f in fields(cls) if f.name in unused}
-            config = replace(config, **defaults)
+            config = replace(config, **{name: _default_of(name) for name, also in GENERATOR_SETTINGS.items()
+                                        if config.data != also})
         return config
 
     # ------------------------------------------------------------------ checks
@@ -508,13 +512,18 @@ def _files_only(config: TrainConfig) -> None:
                                        f"{config.data!r} is generated")
 
 
-def _generated_only(config: TrainConfig, name: str, also: str | None = None) -> None:
-    """ConfigError when a setting of the synthetic generators (or of ``also``'s data too) is
-    set away from its default for data read from files, which would ignore it: a run
-    recording it read as made with it (a review found `train --data folder --difficulty 0.9`
-    accepted and recorded)."""
-    default = next(f.default for f in fields(TrainConfig) if f.name == name)
-    if config.data not in SYNTHETIC_SOURCES and config.data != also and getattr(config, name) != default:
+def _default_of(name: str):
+    """The declared default of the :class:`TrainConfig` setting ``name``."""
+    return next(f.default for f in fields(TrainConfig) if f.name == name)
+
+
+def _generated_only(config: TrainConfig, name: str) -> None:
+    """ConfigError when a setting of the synthetic generators (:data:`GENERATOR_SETTINGS`, with
+    the other data that reads it) is set away from its default for data read from files,
+    which would ignore it: a run recording it read as made with it (a review found `train
+    --data folder --difficulty 0.9` accepted and recorded)."""
+    also = GENERATOR_SETTINGS[name]
+    if config.data not in SYNTHETIC_SOURCES and config.data != also and getattr(config, name) != _default_of(name):
         applies = "the synthetic data" + (f" and {also!r}" if also else "")
         raise ConfigError(name, f"{name} applies to {applies} only (the data is {config.data!r}, read from files)")
 
@@ -522,8 +531,7 @@ def _generated_only(config: TrainConfig, name: str, also: str | None = None) -> 
 def _brats_only(config: TrainConfig, name: str) -> None:
     """ConfigError when a BraTS setting is set away from its default for other data (it would
     be ignored)."""
-    default = next(f.default for f in fields(TrainConfig) if f.name == name)
-    if config.data != "brats" and getattr(config, name) != default:
+    if config.data != "brats" and getattr(config, name) != _default_of(name):
         raise ConfigError(name, f"{name} applies to data 'brats' only (the data is {config.data!r})")
 
 

@@ -725,8 +725,7 @@ def _keys_meet(a: range, b: range) -> bool:
     modulo :data:`_STREAMS` (the generator's seed is their low 32 bits)."""
     if not len(a) or not len(b):  # an empty split uses no key
         return False
-    if a.start < b.stop and b.start < a.stop:
-        return True
+    # (two ranges that share a key share its stream too: the circle covers the plain overlap)
     gap = (b.start - a.start) % _STREAMS  # where b starts, on the circle of streams, from a's start
     return gap < len(a) or (a.start - b.start) % _STREAMS < len(b)
 
