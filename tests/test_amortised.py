@@ -257,6 +257,7 @@ def test_graph_features_are_the_solver_after_its_sweeps():
     assert (previous < 1e-3 * zero).all()
 
 
+@pytest.mark.slow  # fits a module (~0.9 s)
 def test_axial_held_out_violation_target_is_reachable():
     """The later benchmark's target: on the axial family, held-out violation of the amortised
     dual ≤ 1 % of λ = 0's (64 training instances, 150 steps, float32, N(0, 2²) scores)."""
@@ -354,6 +355,7 @@ def test_untrained_on_a_hierarchy_it_predicts_the_optimal_duals(shapes, temps):
     assert float(ca.solve(scores, h, "learned_dual", temperature=temps, duals=predicted).violation.max()) < 1e-6
 
 
+@pytest.mark.slow  # fits a module (~0.8 s)
 def test_fitting_a_float32_module_from_its_exact_start_keeps_it():
     """At the exact start a float32 consistency loss is rounding noise (~5e-8 against a true
     1e-14), under which a step a million times worse read lower and was kept: the held-out

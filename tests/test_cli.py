@@ -691,6 +691,7 @@ def test_a_bench_csv_that_cannot_be_read_is_one_line_not_a_traceback(tmp_path, c
         assert "cannot be read" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.slow  # starts verify and bench in processes of their own (~1.4 s)
 def test_the_temporaries_an_interrupted_verify_or_bench_left_are_removed(tmp_path, capsys):
     """Those of verify.csv and example.npz were never removed (found by a hostile review)."""
     out = tmp_path / "r"

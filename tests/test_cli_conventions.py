@@ -512,6 +512,7 @@ def test_a_folder_another_run_holds_is_a_usage_error_naming_it(tmp_path):
         os.close(fd)
 
 
+@pytest.mark.slow  # waits for a held lock (~0.5 s)
 def test_with_wait_a_held_folder_is_waited_for_said_on_stderr(tmp_path, capsys):
     import threading
 

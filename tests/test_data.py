@@ -46,6 +46,7 @@ def test_synthetic_is_deterministic_and_labelled():
     assert not torch.equal(a[0][0], SyntheticLesions(20, image_size=64, seed=4)[0][0])
 
 
+@pytest.mark.slow  # draws synthetic sets at several difficulties (~0.5 s)
 def test_lesions_are_visible_in_flair_and_difficulty_lowers_contrast():
     def contrast(difficulty):
         ds = SyntheticLesions(40, image_size=64, difficulty=difficulty, seed=0, lesion_fraction=1.0)
@@ -120,6 +121,7 @@ def test_rim_sizes_follow_the_papers_area_rule():
             assert int(r["mask"].sum()) >= min_lesion_area(S)
 
 
+@pytest.mark.slow  # draws a synthetic set large enough for its rates (~0.4 s)
 def test_rim_both_classes_carry_the_same_structures():
     ds = SyntheticRimLesions(30, image_size=64, seed=2)
     for i in range(len(ds)):
@@ -193,6 +195,7 @@ def test_rim_bad_arguments():
     assert render_rim_image(0, 0, 48, channels=6)[0].shape == (6, 48, 48)
 
 
+@pytest.mark.slow  # draws a synthetic set large enough for its rates (~1 s)
 def test_brightest_the_lesion_decides_only_when_it_is_the_brightest():
     from convex_attention.paper.data.synthetic import BRIGHTEST, SyntheticBrightestLesions, synthetic_dataset
 
@@ -317,6 +320,7 @@ def test_rim_mottled_mimics_are_not_enclosed():
     assert seen > 10
 
 
+@pytest.mark.slow  # draws synthetic sets for each edge case (~0.4 s)
 def test_brightest_rule_edge_cases_and_normalisation():
     from convex_attention.paper.data.synthetic import BRIGHTEST, SyntheticBrightestLesions
 
@@ -1213,6 +1217,7 @@ def test_build_datasets_sources(tmp_path):
         build_datasets("imagenet", root="x")
 
 
+@pytest.mark.slow  # draws a synthetic set of every kind (~0.7 s)
 def test_the_decisive_mask_marks_the_structure_that_decides_the_label():
     from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
 

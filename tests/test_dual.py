@@ -727,6 +727,9 @@ def test_the_rounding_margin_counts_float16_s_subnormal_steps():
     assert bool(ca.solve(scores, large, "dual", temperature=1.0, tol=5e-3).info["converged"].all())
 
 
+# axial 64² in float32, three draws (~2.5 s); the float32 rounding rule has a fast test of its own,
+# test_maps_returned_in_float32_meet_tol_after_rounding
+@pytest.mark.slow
 def test_maps_that_miss_tol_as_returned_are_never_called_converged():
     """A float32 working dtype judged its iterate in float32 arithmetic: on axial 64² it called
     a sample converged at 9.7e-7 whose returned maps measured 1.001e-6 (up to 3.9e-6 on other

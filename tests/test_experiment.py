@@ -131,6 +131,7 @@ def test_old_checkpoints_load_with_the_old_defaults(tmp_path):
 # ----------------------------------------------------------------------------- the plain CNN
 
 
+@pytest.mark.slow  # trains two models (~0.5 s)
 def test_the_plain_cnn_is_the_encoder_with_uniform_pooling_and_trains_by_the_same_loop(tmp_path):
     from convex_attention.paper.data import InMemory
     from convex_attention.paper.data.synthetic import SyntheticRimLesions

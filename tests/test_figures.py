@@ -39,6 +39,7 @@ def test_sci_and_plain_are_safe_to_draw():
     assert figures.plain("a$b$" + "x" * 100, 10) == "a\\$b\\$xxxxx…" and "\n" not in figures.plain("a\nb")
 
 
+@pytest.mark.slow  # renders a figure at 300 dpi and as PDF (~0.4 s)
 def test_save_writes_png_and_pdf_with_the_footer_below_everything(tmp_path):
 
     env = {"torch": "2.13.0", "processor": "cpu", "torch_threads": 1}
@@ -102,6 +103,7 @@ def test_save_writes_nothing_of_a_figure_whose_layout_fails(tmp_path):
     assert os.listdir(tmp_path) == [] and not plt.fignum_exists(fig.number)
 
 
+@pytest.mark.slow  # renders a figure at 300 dpi and as PDF (~0.7 s)
 def test_the_guard_passes_other_warnings_on_and_lets_a_drawable_figure_be_saved(tmp_path):
     with pytest.warns(UserWarning, match="unrelated"), figures.layout_guard():
         warnings.warn("unrelated", UserWarning, stacklevel=1)
@@ -109,6 +111,7 @@ def test_the_guard_passes_other_warnings_on_and_lets_a_drawable_figure_be_saved(
     assert os.path.exists(path) and os.path.exists(tmp_path / "fine.pdf")
 
 
+@pytest.mark.slow  # renders a crowded figure at 300 dpi and as PDF (~1 s)
 def test_a_crowded_figure_is_written_with_matplotlibs_warning_not_refused(tmp_path):
     """A layout matplotlib gives up on (panels too narrow for their labels) is not an axis
     over hundreds of decades: the figure is written, and matplotlib's warning reaches the caller."""

@@ -87,6 +87,7 @@ def test_every_measured_nan_is_a_miss_in_the_graph_targets():
     assert by["cvxpylayers (fastest) / dual per sample (axial)"]["met"] is None  # no backend ran: not measured
 
 
+@pytest.mark.slow  # draws every convergence instance (~0.9 s)
 def test_every_convergence_instance_is_a_draw_of_its_own_and_every_family_and_set_a_stream_of_its_own():
     """A review found 100 "instances" to be 2-4 draws of temperatures and regions (a batch
     shared one), the same temperatures in every family, and the hard set reusing the normal
@@ -105,6 +106,7 @@ def test_every_convergence_instance_is_a_draw_of_its_own_and_every_family_and_se
     assert s["distinct_temperatures"] == 6 and s["largest_temperature_ratio"] > 1
 
 
+@pytest.mark.slow  # draws every convergence instance of three families (~1.3 s)
 def test_every_fourth_convergence_instance_reaches_the_largest_temperature_ratio_of_its_set():
     """Log-uniform draws alone never reached the hard set's ratio of 1e3 (619-794 in 100 draws):
     draws 0, 4, 8, ... pin two maps to the range's ends; the others are drawn as before."""
@@ -560,6 +562,7 @@ def test_batched_backends_are_timed_on_16_samples_and_diffcp_on_two(monkeypatch)
     assert GraphBenchmark(parts=("convergence",)).diffcp_batch is None  # not made explicit: nothing ran with it
 
 
+@pytest.mark.slow  # a benchmark run (~0.5 s)
 def test_speed_rows_name_the_device_each_method_ran_on(monkeypatch):
     """The package's methods run on ``device``; cvxpylayers where its backend solves inputs on
     ``cvx_device`` (its row says so), and the ratio's detail names both devices and batches."""
@@ -598,6 +601,7 @@ def test_every_setting_is_checked_when_the_configuration_is_made():
         GraphBenchmark(amortised_sweeps=(-1,))
 
 
+@pytest.mark.slow  # two benchmark runs (~0.4 s)
 def test_a_folder_with_an_earlier_runs_results_is_refused_before_any_work(tmp_path, capsys):
     script = _script("bench_graphs")
     (tmp_path / "amortised.csv").write_text("earlier results\n")
@@ -624,6 +628,7 @@ def _script(name):
     return module
 
 
+@pytest.mark.slow  # runs the profile script (~0.3 s)
 def test_the_profile_script_times_each_batch_and_refuses_a_bad_size(capsys):
     script = _script("profile_dual")
     before = torch.get_num_threads()
@@ -1242,6 +1247,7 @@ def test_rev30_a_failed_implicit_backward_is_never_met_against_cvxpylayers():
     assert target["met"] is not True
 
 
+@pytest.mark.slow  # two benchmark runs (~0.3 s)
 def test_rev30_a_failed_overwrite_run_leaves_no_earlier_verdicts_beside_its_own_rows(tmp_path, monkeypatch):
     earlier = json.dumps({"command": "the earlier run", "targets": [{"target": "t", "met": True}]})
     (tmp_path / "graphs.json").write_text(earlier)
@@ -1352,6 +1358,7 @@ def test_rev30_the_settings_only_the_speed_part_reads_are_refused_without_it():
     assert config.cvx_batch is None and config.diffcp_batch is None  # graphs.json: nothing ran with them
 
 
+@pytest.mark.slow  # a whole benchmark run (~0.7 s)
 def test_rev30_a_tiny_run_gives_no_verdict_and_says_it_was_one(tmp_path, capsys, monkeypatch):
     """--tiny's smoke sizes printed 'met' as a real run does; the tiny settings the speed part
     alone reads are not passed to a run without it (they would be refused)."""

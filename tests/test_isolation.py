@@ -213,6 +213,7 @@ def test_load_solver_gives_the_function(tmp_path):
 
 # ---------------------------------------------------------------- in a process of its own
 
+@pytest.mark.slow  # a solver in a process of its own (~1.2 s)
 def test_a_correct_solver_gives_its_duals_and_its_prints_do_not_reach_stdout(tmp_path, capfd):
     spec = _solver(tmp_path, "print('chatty solver')\nreturn ca.solve(scores, h, 'exact', temperature=temps).duals",
                    "good")

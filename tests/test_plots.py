@@ -157,6 +157,7 @@ def all_texts(fig):
 
 # ---------------------------------------------------------------------------- basics
 
+@pytest.mark.slow  # draws every core figure (~0.5 s)
 def test_core_benchmark_figure(tmp_path):
     rows = [{"method": m, "shapes": "8x8+4x4", "batch": 4, "dtype": "float32", "fwd_ms": 1.0 + i, "bwd_ms": 0.5}
             for i, m in enumerate(["softmax", "exact", "learned_dual+loss"])]
@@ -437,6 +438,7 @@ def test_speedup_never_joins_cells_of_another_dtype_batch_or_device_into_one_lin
         assert by_style[(color, "--")] == pytest.approx([2 * y for y in by_style[(color, "-")]])
 
 
+@pytest.mark.slow  # draws the speed figures (~0.5 s)
 def test_time_vs_size_keeps_batches_and_temperatures_apart_and_each_bar_is_one_cells_quartiles(figs):
     """A review found the time figure pooling batch sizes (and temperatures) into one median, a value
     no cell measured, and labelling the min-max of their quartiles an interquartile range."""
@@ -710,6 +712,7 @@ def test_plot_refuses_an_unusable_bench_csv_with_one_line_and_writes_nothing(tmp
     assert not os.path.exists(tmp_path / "figures")  # no empty figure folder left behind
 
 
+@pytest.mark.slow  # draws every figure of a results folder (~0.7 s)
 def test_a_row_cut_off_mid_write_is_named_and_never_plotted(tmp_path, capsys, figs):
     rows = sweep_rows()
     path = write_bench(str(tmp_path), rows)
@@ -760,6 +763,7 @@ def test_rows_with_unusable_numbers_are_skipped_and_named_the_rest_is_plotted(tm
     assert set(figs) >= {"time_vs_size", "violation", "tradeoff", "speedup_exact_vs_cvxpylayers"}
 
 
+@pytest.mark.slow  # draws the speed figures per case (~0.5 s)
 @pytest.mark.parametrize("value", [1e300, 1e-300])
 def test_a_time_no_clock_can_measure_is_skipped_and_named(tmp_path, capsys, figs, value):
     rows = sweep_rows()
@@ -827,6 +831,7 @@ def test_an_unusable_example_is_refused_by_name_and_no_map_is_drawn(tmp_path, ma
 
 # through the command: one case refused on reading (the pipe that used to block it), one after
 # (grids that do not nest); every refusal is the same ValueError to `plot`
+@pytest.mark.slow  # draws the attention-map figure per case (~0.8 s)
 @pytest.mark.parametrize("make, message", [_UNUSABLE_EXAMPLES[i] for i in (4, 6)])
 def test_an_unusable_example_is_reported_and_no_map_is_drawn(tmp_path, capsys, make, message, figs):
     make(tmp_path / "example.npz")
@@ -863,6 +868,7 @@ def test_convergence_rows_with_unusable_values_are_named(tmp_path, capsys, figs)
     assert code == 0 and "dual_convergence: skipped 1 row(s) of convergence.csv" in err and "line 4" in err
 
 
+@pytest.mark.slow  # draws every figure of a results folder (~0.6 s)
 def test_no_figure_is_written_without_data_and_a_stale_one_is_removed(tmp_path, capsys, figs):
     rows = sweep_rows()
     write_bench(str(tmp_path), rows)
@@ -988,6 +994,7 @@ def write_graphs_json(folder, parts, threads=1):
         json.dump(record, f)
 
 
+@pytest.mark.slow  # draws every figure of a results folder (~1 s)
 def test_structures_get_their_own_figures_and_the_chain_figures_draw_chains_only(tmp_path, figs):
     folder = str(tmp_path / "r")
     rows = structure_rows()
@@ -1680,6 +1687,7 @@ def test_a_stale_figure_that_cannot_be_removed_is_said_and_left(tmp_path, figs, 
     assert not (out / BACKWARD_FILES[0]).exists() and f"removed {png}" in notes[-1]
 
 
+@pytest.mark.slow  # draws the graph figures (~0.6 s)
 @pytest.mark.parametrize("parts", [None, ["convergence"]])
 def test_a_graphs_json_without_a_backward_csv_says_nothing_about_one(tmp_path, figs, parts):
     folder = str(tmp_path / "g")
@@ -2391,6 +2399,7 @@ def test_backward_without_a_usable_row_draws_nothing_and_says_why(tmp_path):
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.slow  # draws the attention-map figure (~0.5 s)
 def test_attention_maps_draw_each_residual_on_a_shared_symmetric_scale_and_leave_out_a_failed_method(
         tmp_path, figs, monkeypatch):
     from convex_attention.bench.plots import maps

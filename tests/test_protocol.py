@@ -532,6 +532,7 @@ def test_force_moves_the_earlier_results_aside_and_never_deletes_them(tmp_path):
     assert sorted(os.listdir(tmp_path)) == ["test", "test.run-1", "test.run-2", "test.run-8", "test_runs.jsonl"]
 
 
+@pytest.mark.slow  # fits the reference on drawn data (~0.4 s)
 def test_the_model_free_reference_is_fitted_on_the_dev_split():
     dev = build_split(split_specs("synthetic", 0, {"dev": 24}, 0.3)["dev"], "synthetic", 32, 4)
     ref = fit_model_free(dev, seed=0)
@@ -925,6 +926,7 @@ def test_a_spent_seed_that_the_committed_ledger_records_stays_spent(outside_git,
         check_test_data(config, variants, ledger, "results/other")
 
 
+@pytest.mark.slow  # draws every split's data (~0.6 s)
 def test_a_test_split_never_shares_random_streams_with_the_verdicts_dev_stage():
     from convex_attention.paper.data.synthetic import render_rim_image
     from convex_attention.paper.protocol import check_test_data

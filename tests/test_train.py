@@ -710,6 +710,7 @@ def test_the_learning_rate_is_blamed_only_after_an_update_here_or_before_the_res
     assert resumed.value.lr_may_help  # the checkpoint's epoch took updates
 
 
+@pytest.mark.slow  # trains a model per case (~0.5 s)
 @pytest.mark.parametrize("progress", [True, False])
 def test_progress_shows_bars_and_epoch_lines_and_no_progress_is_silent(tmp_path, capsys, progress):
     train(TrainConfig.build(out=str(tmp_path / "run"), epochs=1, **{**FAST, "progress": progress}))
@@ -731,6 +732,7 @@ def _recording(seen):
     return Recording
 
 
+@pytest.mark.slow  # trains a model per case (~0.6 s)
 @pytest.mark.parametrize("augment_", [False, True])
 def test_training_sees_the_images_as_given_without_augmentation_and_shuffled_each_epoch(tmp_path, augment_):
     train_set, val_set = SyntheticLesions(16, 32, seed=5), SyntheticLesions(8, 32, seed=6)
@@ -767,6 +769,7 @@ def test_batchnorm_statistics_after_each_epoch_are_recomputed_only_when_asked(tm
     assert same == recompute_bn  # otherwise the running averages of training mode
 
 
+@pytest.mark.slow  # trains a model (~0.3 s)
 def test_train_loss_and_accuracy_are_the_epochs_means_over_its_images(tmp_path):
     steps = []
 

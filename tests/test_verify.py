@@ -364,6 +364,7 @@ def _pick(seed, index):
     return list(random_instances(index + 1, seed=seed))[index]
 
 
+@pytest.mark.slow  # a verify run on the hard instances (~0.5 s)
 def test_hard_instances_of_the_random_set_pass():
     """Instances of verify's own set that used to fail it on a correct solver:
     seed 3 #14 (CVXPY's value is -inf: a probability a hair below 0, so f* was NaN),
@@ -401,6 +402,7 @@ def test_quick_instances_cover_chains_and_every_structure_family():
     assert all(len(set(t)) > 1 for *_, t in instances if len(t) > 2), "unequal temperatures per map"
 
 
+@pytest.mark.slow  # a whole verify run with its gradient checks (~0.6 s)
 def test_exact_is_checked_where_it_applies_and_gradients_of_the_builtin_dual_on_every_instance():
     instances = [i for i in random_instances(QUICK_INSTANCES, seed=1, quick=True)
                  if i[0].split()[0] in ("star", "axial", "mixed")]
