@@ -1069,7 +1069,9 @@ def _rows_folder(root, rows, names=None):
     (["a.png,0", "b.png,x"], None, r"label of 'b.png' must be an integer, got 'x' \(labels.csv line 3\)"),
     (["a.png,-1"], None, r"label of 'a.png' is -1 \(labels.csv line 2\); labels must be 0 .. 1 for 2 classes"),
     (["a.png,2"], None, r"label of 'a.png' is 2 .*labels must be 0 .. 1 for 2 classes"),
-    (["a.png,0", "a.png,1"], None, r"'a.png' is listed twice in labels.csv \(line 3\)"),
+    (["a.png,0", "a.png,1"], None, r"'a.png' is listed twice in labels.csv \(line 3: the file of an earlier line\)"),
+    # one file under two names (before: taken as two images)
+    (["a.png,0", "./a.png,1"], ["a.png"], r"'./a.png' is listed twice in labels.csv \(line 3"),
     (["a.png,0", "b.png,1"], ["a.png"], r"image file '.*b.png' listed in labels.csv does not exist"),
     (["a.jpg,0"], ["a.jpg"], r"'a.jpg' \(labels.csv line 2\): images must be PNG or NPY"),
 ])
@@ -1118,6 +1120,38 @@ def test_folder_items_follow_the_label_file_in_its_order_with_any_case_of_extens
     ds = FolderDataset(str(root))
     assert [int(ds[i][1]) for i in range(3)] == [0, 1, 0]
     assert [int(ds[i][2].sum()) for i in range(3)] == [16, 32, 48]
+
+
+def test_folder_a_palette_png_image_is_read_by_its_colours_and_a_palette_mask_by_its_indices(tmp_path):
+    """A palette PNG stores indices into its colour table, in no order of brightness: read as
+    stored, a grey ramp came back as indices 15, 15, 15, 14, ... (brightness reversed)."""
+    from PIL import Image
+
+    root = tmp_path / "r"
+    os.makedirs(root / "images")
+    os.makedirs(root / "masks")
+    ramp = (np.arange(256).reshape(16, 16)).astype(np.uint8)
+    rgb = Image.fromarray(np.stack([ramp, ramp // 2, 255 - ramp], -1))
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=16).save(root / "images" / "a.png")
+    expected = np.moveaxis(np.asarray(Image.open(root / "images" / "a.png").convert("RGB"), np.float32), -1, 0)
+    mask = Image.fromarray(np.where(ramp < 128, 0, 1).astype(np.uint8), mode="L").convert("P")
+    mask.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)  # index 0 (the background) drawn white
+    mask.save(root / "masks" / "a.png")
+    (root / "labels.csv").write_text("filename,label\na.png,1\n")
+    image, _, read_mask = FolderDataset(str(root))[0]
+    want = torch.from_numpy(expected)
+    want = (want - want.flatten(1).mean(1).view(-1, 1, 1)) / want.flatten(1).std(1).view(-1, 1, 1)
+    torch.testing.assert_close(image, want)
+    assert torch.equal(read_mask, torch.from_numpy(ramp >= 128))
+
+
+def test_folder_a_label_file_with_a_byte_order_mark_is_read(tmp_path):
+    """A spreadsheet's UTF-8 export starts with a byte-order mark, which made the first column
+    '\ufefffilename' and the file 'lacks column(s) ['filename']'."""
+    _write_folder(str(tmp_path / "a"), n=2)
+    path = tmp_path / "a" / "labels.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert [int(FolderDataset(str(tmp_path / "a"))[i][1]) for i in range(2)] == [0, 1]
 
 
 def _write_mask(path, mask):

@@ -6,6 +6,9 @@ Layout::
     root/images/<filename> PNG (grey or RGB) or NPY ((H, W) or (C, H, W))
     root/masks/<filename>  optional; same name (or stem) as the image, non-zero = lesion
 
+A palette PNG image is read by its colours (RGB; RGBA where it has transparency), a palette
+mask by its indices.  The label file may start with a byte-order mark (as spreadsheets write it).
+
 Items are ``(image (C, H, W) float32, label int64, mask (H, W) bool)``; without masks
 the mask is all False and ``has_masks`` is False.  Images are normalised per channel
 (zero mean, unit variance).
@@ -33,9 +36,12 @@ __all__ = ["FolderDataset"]
 _EXTENSIONS = (".png", ".npy")
 
 
-def _read_array(path: str) -> np.ndarray:
+def _read_array(path: str, palette_as_colours: bool = True) -> np.ndarray:
     """The file's pixels as an array (PNG: ``(H, W)`` or ``(H, W, C)``; NPY: as stored);
-    ValueError naming the file when it is not a readable image of numbers."""
+    ValueError naming the file when it is not a readable image of numbers.  A palette PNG
+    stores indices into its colour table: an image is read by its colours (RGB, or RGBA with
+    transparency; its indices are in no order of brightness), a mask
+    (``palette_as_colours=False``) by its indices, whose 0 is the background."""
     if path.lower().endswith(".npy"):
         try:
             arr = np.load(path, allow_pickle=False)
@@ -63,7 +69,11 @@ def _read_array(path: str) -> np.ndarray:
 
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im, dtype=np.float32)
+            if palette_as_colours and im.mode in ("P", "PA"):
+                arr = np.asarray(im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB"),
+                                 dtype=np.float32)
+            else:
+                arr = np.asarray(im, dtype=np.float32)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise ValueError(f"{path!r} is not a readable PNG image ({err}); convert it to PNG or NPY") from None
     if arr.ndim == 3:
@@ -103,7 +113,7 @@ class FolderDataset(Dataset):
         if not os.path.exists(csv_path):
             raise ValueError(f"label file {csv_path!r} does not exist (columns: filename,label)")
         try:
-            with open(csv_path, newline="") as f:
+            with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
                 reader = csv.DictReader(f)
                 missing = {"filename", "label"} - set(reader.fieldnames or [])
                 if missing:
@@ -120,10 +130,12 @@ class FolderDataset(Dataset):
             where = f"{labels_csv} line {line}"
             if not name.lower().endswith(_EXTENSIONS):
                 raise ValueError(f"{name!r} ({where}): images must be PNG or NPY")
-            if name in seen:
-                raise ValueError(f"{name!r} is listed twice in {labels_csv} (line {line}); list every image once")
-            seen.add(name)
             path = os.path.join(root, image_dir, name)
+            same = os.path.normcase(os.path.realpath(path))  # 'a.png' and './a.png' are one image
+            if same in seen:
+                raise ValueError(f"{name!r} is listed twice in {labels_csv} (line {line}: the file of an earlier "
+                                 f"line); list every image once")
+            seen.add(same)
             if not os.path.isfile(path):
                 raise ValueError(f"image file {path!r} listed in {labels_csv} does not exist")
             text = (row.get("label") or "").strip()
@@ -165,7 +177,7 @@ class FolderDataset(Dataset):
     def _load_mask(self, name: str, size) -> torch.Tensor:
         """``(H, W)`` bool mask of image ``name``, checked against the image's ``size`` ``(H, W)``."""
         mask_path = self._mask_path(name)
-        raw = np.asarray(_read_array(mask_path))
+        raw = np.asarray(_read_array(mask_path, palette_as_colours=False))
         mask = torch.from_numpy(np.nan_to_num(raw.astype(np.float64)) > 0)
         if mask.ndim == 3:
             # PNG masks arrive channel-first; an NPY mask may be (H, W, C) or (C, H, W)
