@@ -549,3 +549,21 @@ def test_solver_options_of_values_the_method_refuses_are_an_invalid_configuratio
     with pytest.raises(ValueError, match="bad.pt'? holds an invalid model configuration: .*tol") as err:
         load_model(str(tmp_path / "bad.pt"))
     assert "\n" not in str(err.value)
+
+
+# ----------------------------------------------------------------------------- review 34
+
+def test_rev34_an_optimiser_state_of_other_shapes_is_refused_when_loaded(tmp_path):
+    import torch
+
+    from convex_attention.paper.models import AttentionUNet, ModelConfig, load_checkpoint, save_checkpoint
+
+    config = ModelConfig(image_size=32, width=4, embed_channels=8)
+    model = AttentionUNet(config=config)
+    opt = torch.optim.Adam(model.parameters())
+    first = next(iter(model.parameters()))
+    opt.state[first] = {"step": torch.tensor(1.0), "exp_avg": torch.zeros(1), "exp_avg_sq": torch.ones(1)}
+    path = save_checkpoint(str(tmp_path / "last.pt"), model, opt, epoch=1)
+    fresh = AttentionUNet(config=config)
+    with pytest.raises(ValueError, match="optimi"):
+        load_checkpoint(path, fresh, torch.optim.Adam(fresh.parameters()))

@@ -873,8 +873,9 @@ def _stub_sweep_and_example(monkeypatch) -> list:
     def save(out, **kwargs):
         written.append(kwargs)
         duals = {"fitted_dual0": np.zeros((2, 2))} if kwargs["fit_steps"] else {}
+        settings = np.array(json.dumps(examples._full_settings(kwargs)))  # as the real one records them
         np.savez(os.path.join(out, "example.npz"), levels=np.array(2), temperature=np.ones(2),
-                 scores0=np.zeros((4, 4)), scores1=np.zeros((2, 2)), **duals)
+                 scores0=np.zeros((4, 4)), scores1=np.zeros((2, 2)), settings=settings, **duals)
 
     monkeypatch.setattr(sweep, "run_sweep", lambda *args, **kwargs: [])
     monkeypatch.setattr(examples, "save_example", save)
@@ -1267,3 +1268,30 @@ def test_verify_checks_its_folder_again_under_the_lock(tmp_path, monkeypatch, ca
     assert run(["verify", "--quick", "--quiet", "--out", str(out)]) == 2
     _one_line(capsys, "already holds verify.csv from an earlier run", "--overwrite")
     assert (out / "verify.csv").read_text() == "another run's\n"
+
+
+# ----------------------------------------------------------------------------- review 34
+
+def test_rev34_an_interrupted_overwrite_leaves_no_earlier_example_for_resume_to_keep(tmp_path, monkeypatch):
+    import numpy as np
+
+    from convex_attention.bench import sweep
+    from convex_attention.bench.generators import generate
+    from convex_attention.hierarchy import Hierarchy
+
+    out = str(tmp_path / "r")
+    assert run(["bench", *FAST, "--out", out]) == 0  # seed 0: its example is drawn at seed 100
+    real = sweep.run_sweep
+
+    def interrupted(*args, **kwargs):  # Ctrl-C once the rows are committed, before the example is written
+        real(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    assert run(["bench", *FAST, "--seed", "1", "--out", out, "--overwrite"]) == 130
+    monkeypatch.setattr(sweep, "run_sweep", real)
+    assert run(["bench", *FAST, "--seed", "1", "--out", out, "--resume"]) == 0
+    h = Hierarchy.grid([(32, 32), (16, 16)])
+    with np.load(os.path.join(out, "example.npz"), allow_pickle=False) as z:
+        assert np.array_equal(z["scores0"], generate("lesion", h, 1, seed=101, scale=1.0)[0][0].numpy()), \
+            "example.npz is still the --seed 0 run's instance"

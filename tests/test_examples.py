@@ -18,12 +18,34 @@ def test_save_example_writes_arrays_only_and_the_lambdas_asked_for(tmp_path):
 
     path = save_example(str(tmp_path), size=8, fit_instances=4, fit_steps=0, amortised_steps=0)
     with np.load(path, allow_pickle=False) as data:  # data only, nothing to unpickle
-        assert sorted(data.files) == ["levels", "scores0", "scores1", "temperature"]
+        assert sorted(data.files) == ["levels", "scores0", "scores1", "settings", "temperature"]
+        assert data["settings"].dtype.kind == "U"  # its settings: a JSON string, never an object array
     save_example(str(tmp_path), size=8, fit_instances=4, fit_steps=3, amortised_steps=3)
     with np.load(path, allow_pickle=False) as data:
         assert data["fitted_dual0"].shape == data["amortised_dual0"].shape == data["scores1"].shape == (4, 4)
         assert np.isfinite(data["amortised_dual0"]).all()
     assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+
+
+def test_an_example_of_other_settings_or_of_none_is_written_again(tmp_path):
+    """An interrupted ``bench --overwrite`` left the earlier run's example.npz (another --seed)
+    beside the new rows, and ``--resume`` kept it as readable (a review): the example records
+    the settings that made it, and a resume with others writes it again."""
+    import numpy as np
+
+    from convex_attention.bench.examples import save_example, why_write_again
+
+    path = save_example(str(tmp_path), size=8, seed=0, fit_steps=0)
+    assert why_write_again(path, False, dict(size=8, seed=0, fit_steps=0)) is None
+    assert why_write_again(path, False, dict(size=8, seed=0, fit_steps=0, scale=1)) is None  # 1 and 1.0: one scale
+    assert why_write_again(path, False, dict(size=8, seed=1, fit_steps=0)) == \
+        "it is the instance of other settings (seed 0, not 1)"
+    assert "fit_instances 128, not 4" in why_write_again(path, False, dict(size=8, fit_steps=0, fit_instances=4))
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: data[k] for k in data.files if k != "settings"}
+    np.savez(path, **arrays)  # as an earlier version wrote it
+    assert why_write_again(path, False) is None  # nothing to compare with: kept, as before
+    assert "records no settings" in why_write_again(path, False, dict(size=8, fit_steps=0))
 
 
 @pytest.mark.slow  # fits λ for a real example (~0.8 s); the reasons are checked fast on written archives below

@@ -1265,3 +1265,31 @@ def test_review28_resume_of_an_older_folder_run_that_recorded_a_synthetic_size(t
     path = tiny_checkpoint(tmp_path / "run" / "last.pt", epoch=1, epochs=3, data="folder", data_root=str(root))
     config, state = train_config_from_args(cli.build_parser().parse_args(["train", "--resume", path]))
     assert config.data == "folder" and state["epoch"] == 1
+
+
+# ----------------------------------------------------------------------------- review 34
+
+def test_rev34_resume_refuses_an_optimiser_state_of_other_shapes_before_any_work(tmp_path, capsys, no_work):
+    import convex_attention.paper.models as models
+    from convex_attention.paper.config import TrainConfig
+
+    config = TrainConfig.build(image_size=32, width=4, embed_channels=8, device="cpu")
+    model = models.AttentionUNet(config=config.model)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 4, 32, 32)).logits.sum().backward()
+    opt.step()
+    for entry in opt.state.values():
+        entry["exp_avg"], entry["exp_avg_sq"] = torch.zeros(1), torch.ones(1)
+        break
+    path = save_checkpoint(str(tmp_path / "x" / "last.pt"), model, opt, epoch=1,
+                           extra={"train_config": {**config.to_dict(), "epochs": 2}})
+    code, _, err = run(["train", "--resume", path, "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "--resume")
+
+
+def test_rev34_resume_refuses_metrics_rows_without_their_epoch_before_any_work(tmp_path, capsys, no_work):
+    path = tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=1, epochs=2)
+    state = read_checkpoint(path)
+    torch.save({**state, "metrics": [{"val_auc": 0.5}]}, path)
+    code, _, err = run(["train", "--resume", path, "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "--resume")

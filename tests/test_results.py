@@ -1016,3 +1016,28 @@ def test_a_legacy_folder_keeps_its_diffcp_rows_batch_through_a_resume_that_does_
     assert json.loads((folder / "bench.json").read_text())["config"]["diffcp_batch"] == 4
     with pytest.raises(R.ResumeMismatch, match=r"--diffcp-batch 4"):
         R.check_resume_config(str(folder), SweepConfig(sizes=(4,), levels=(2,)))  # diffcp rows were timed on 4
+
+
+# ----------------------------------------------------------------------------- review 34
+
+def test_rev34_resume_refuses_a_checkpoint_file_that_changed_since_its_rows_were_measured(tmp_path):
+    checkpoint = tmp_path / "best.pt"
+    checkpoint.write_bytes(b"the model the stored rows were measured with")
+    out = tmp_path / "r"
+    sweep_writer(out, generator="model", checkpoint=str(checkpoint)).commit(bench_row(generator="model"))
+    R.check_resume_config(str(out), SweepConfig(sizes=(4,), levels=(2,), generator="model",
+                                                checkpoint=str(checkpoint)))  # unchanged: resumed
+    checkpoint.write_bytes(b"another model, trained into the same file since")
+    with pytest.raises(R.ResumeMismatch, match=r"as it was then \(SHA-256 [0-9a-f]{12}…\); the file has changed"):
+        R.check_resume_config(str(out), SweepConfig(sizes=(4,), levels=(2,), generator="model",
+                                                    checkpoint=str(checkpoint)))
+
+
+def test_rev34_a_resume_keeps_the_environment_the_earlier_rows_were_measured_in(tmp_path):
+    sweep_writer(tmp_path).commit(bench_row())
+    data = strict_load(str(tmp_path / "bench.json"))
+    data["environment"] = {**data["environment"], "processor": "The Earlier CPU 9000", "torch": "0.0.1"}
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    with pytest.raises(R.ResumeMismatch, match="measured with processor \"The Earlier CPU 9000\", this machine has"):
+        sweep_writer(tmp_path, resume=True)
+    assert "The Earlier CPU 9000" in (tmp_path / "bench.json").read_text()  # refused before anything is written

@@ -1321,3 +1321,20 @@ def test_a_model_sweep_scores_its_cells_with_the_checkpoint(tmp_path, monkeypatc
     config = _tiny(sizes=[8], generator="model", checkpoint=ckpt)
     rows = run_sweep(config, str(tmp_path / "r"), progress=False, log=lambda m: None)
     assert [(r["method"], r["status"]) for r in rows] == [("softmax", "ok"), ("exact", "ok")], rows[0]["reason"]
+
+
+# ----------------------------------------------------------------------------- review 34
+
+def test_rev34_a_resume_under_another_name_of_the_same_device_measures_no_cell_twice(tmp_path):
+    from dataclasses import replace
+
+    from convex_attention.bench.results import ResumeMismatch
+    from convex_attention.bench.sweep import run_sweep
+
+    out = str(tmp_path / "r")
+    config = SweepConfig(methods=("exact",), sizes=(4,), levels=(2,), batches=(2,), repeats=1, warmup=1,
+                         devices=("cpu",))
+    assert len(run_sweep(config, out, progress=False, log=lambda m: None)) == 1
+    with pytest.raises(ResumeMismatch, match="measured on --device cpu, which this run names cpu:0: one device"):
+        run_sweep(replace(config, devices=("cpu:0",)), out, resume=True, progress=False, log=lambda m: None)
+    assert len(run_sweep(config, out, resume=True, progress=False, log=lambda m: None)) == 1  # as named: resumed

@@ -334,14 +334,24 @@ def _check_with_the_core(config: SweepConfig) -> None:
                 raise ValueError(f"--temperature {t:g} with {levels} levels in {dt}: {err}") from err
     seen: dict = {}
     for dev in config.devices:
-        device = check_device(dev)
-        if device.index is not None:
-            index = device.index
-        else:  # the default device of its type: cuda is cuda:<current>, cpu is cpu:0
-            index = torch.cuda.current_device() if device.type == "cuda" else 0
-        same = seen.setdefault((device.type, index), dev)
+        check_device(dev)
+        same = seen.setdefault(device_identity(dev), dev)
         if same != dev:  # e.g. cuda and cuda:0: every cell measured twice, as two rows
             raise ValueError(f"--device {same} {dev}: the same device, listed twice; list each device once")
+
+
+def device_identity(dev: str) -> tuple[str, int]:
+    """``(type, index)`` of the device ``dev`` names, whatever its spelling: ``cpu`` and
+    ``cpu:0`` are one device, as are ``cuda`` and ``cuda:<current>``.  Parsed only: the
+    device need not be on this machine (a stored run's may not be)."""
+    import torch
+
+    device = torch.device(dev)
+    if device.index is not None:
+        return device.type, device.index
+    # the default device of its type: cuda is cuda:<current>, cpu is cpu:0
+    current = torch.cuda.current_device() if device.type == "cuda" and torch.cuda.is_available() else 0
+    return device.type, current
 
 
 def check_device(dev: str, flag: str = "--device"):

@@ -3,7 +3,9 @@ atomically by :func:`save_example`; read and validated by :func:`load_example`, 
 never unpickles)."""
 from __future__ import annotations
 
+import inspect
 import io
+import json
 import os
 import re
 import zipfile
@@ -25,17 +27,52 @@ _DUAL_KEY = re.compile(r"^([a-z_]+)_dual(0|[1-9][0-9]*)$")  # fitted_dual00 is n
 _MAX_EXAMPLE_CELLS = 1 << 20  # cells over all levels: more is no figure
 
 
-def why_write_again(path: str, need_duals: bool) -> str | None:
+def why_write_again(path: str, need_duals: bool, settings: dict | None = None) -> str | None:
     """Why a resumed sweep must write the ``example.npz`` at ``path`` again, or None to keep
-    it: it cannot be read as an example (:func:`load_example`'s reason), or ``need_duals``
-    (the sweep has learned_dual) and it holds no fitted λ."""
+    it: it cannot be read as an example (:func:`load_example`'s reason); ``need_duals`` (the
+    sweep has learned_dual) and it holds no fitted λ; or, given the ``settings`` (the keyword
+    arguments of :func:`save_example`) the sweep would write it with, it records others or
+    none (an interrupted ``--overwrite`` leaves the earlier run's example beside the new rows)."""
     try:
         kinds = load_example(path)[2]
     except ValueError as err:
         return f"it cannot be read as an example ({err})"
     if need_duals and "fitted" not in kinds:
         return "the resumed sweep adds learned_dual, whose λ it lacked"
+    if settings is not None:
+        recorded = _recorded_settings(path)
+        if recorded is None:
+            return "it records no settings (an earlier version wrote it), so it may be another run's instance"
+        wanted = _full_settings(settings)
+        if recorded != wanted:
+            differ = ", ".join(f"{k} {recorded.get(k)!r}, not {wanted.get(k)!r}"
+                               for k in sorted(set(recorded) | set(wanted)) if recorded.get(k) != wanted.get(k))
+            return f"it is the instance of other settings ({differ})"
     return None
+
+
+def _full_settings(settings: dict) -> dict:
+    """The record of :func:`save_example` called with ``settings``: its defaults filled in, as
+    JSON reads them back (a float stays a float, a tuple becomes a list)."""
+    defaults = {name: p.default for name, p in inspect.signature(save_example).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+    return json.loads(json.dumps({**defaults, **settings}, allow_nan=False, sort_keys=True))
+
+
+def _recorded_settings(path: str) -> dict | None:
+    """The settings :func:`save_example` recorded in ``path`` (its ``settings`` member, a JSON
+    object in a string array), or None where there are none or they cannot be read."""
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as data:
+            if "settings" not in data.files:
+                return None
+            text = data["settings"]
+        if text.shape != () or text.dtype.kind != "U":
+            return None
+        recorded = json.loads(str(text))
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def load_example(example_path: str) -> tuple[list[np.ndarray], list[float], dict[str, list[np.ndarray]]]:
@@ -108,7 +145,8 @@ def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels
     """One 2-D instance for the attention-map figure: ``scores{k}`` ``(size/2^k, size/2^k)``;
     with ``fit_steps > 0`` the fitted shared λ ``fitted_dual{k}`` ``(size/2^(k+1), …)``; with
     ``amortised_steps > 0`` and the amortised dual available, its prediction for this
-    instance ``amortised_dual{k}`` (same shapes); ``levels`` and ``temperature`` (L,).
+    instance ``amortised_dual{k}`` (same shapes); ``levels`` and ``temperature`` (L,);
+    ``settings``: these arguments, as a JSON object in a 0-d string array.
 
     The instance (seed ``seed + 100``) is held out from the training instances (``seed + 1``),
     ``fit_instances`` of them, fewer where ``fit_max_values`` caps instances × cells as it
@@ -129,8 +167,13 @@ def save_example(out_dir: str, generator: str = "lesion", size: int = 32, levels
         with torch.no_grad():
             predicted = net([s.float() for s in scores])
         arrays.update({f"amortised_dual{k}": d[0].double().numpy() for k, d in enumerate(predicted)})
+    # what made it, for a resume to tell this run's example from an earlier run's
+    settings = _full_settings(dict(generator=generator, size=size, levels=levels, scale=scale, seed=seed,
+                                   fit_instances=fit_instances, fit_steps=fit_steps,
+                                   amortised_steps=amortised_steps, fit_max_values=fit_max_values))
     buf = io.BytesIO()
-    np.savez(buf, levels=np.array(levels), temperature=np.array(temps), **arrays)
+    np.savez(buf, levels=np.array(levels), temperature=np.array(temps),
+             settings=np.array(json.dumps(settings, sort_keys=True)), **arrays)
     path = os.path.join(out_dir, "example.npz")
     atomic_write_bytes(path, buf.getvalue())
     return path

@@ -26,7 +26,7 @@ from collections import Counter
 from dataclasses import asdict, fields, is_dataclass
 
 from ..cvx import BACKENDS, backend_unavailable_reason, get_backend
-from ..io.environment import environment, load_average, now_utc, run_record
+from ..io.environment import SOLVER_PACKAGES, environment, load_average, now_utc, run_record
 from ..io.files import (
     as_json,
     atomic_csv,
@@ -41,7 +41,7 @@ from ..io.files import (
 from ..io.settings import declared
 from ..io.tables import ResultsFormatError, Schema, read_rows
 from ..methods import REGISTRY
-from .config import STRUCTURES, SweepConfig, quick_sweep
+from .config import STRUCTURES, SweepConfig, device_identity, quick_sweep
 
 __all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows", "ResumeMismatch", "existing_rows",
            "check_start_over", "check_resume_config", "stored_config", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
@@ -262,12 +262,64 @@ class ResumeMismatch(FinishedRows):
 def stored_config(out_dir: str) -> dict | None:
     """The ``config`` recorded in ``out_dir/bench.json``; ``None`` when there is no such
     file, it cannot be read or it records no configuration."""
+    return _stored_entry(out_dir, "config")
+
+
+def _stored_entry(out_dir: str, name: str) -> dict | None:
+    """The object ``name`` of ``out_dir/bench.json``; ``None`` where there is none or the file
+    cannot be read."""
     try:
         with open(os.path.join(out_dir, "bench.json"), encoding="utf-8") as f:
-            config = json.load(f).get("config")
+            entry = json.load(f).get(name)
     except (OSError, ValueError, AttributeError):
         return None
-    return config if isinstance(config, dict) else None
+    return entry if isinstance(entry, dict) else None
+
+
+#: What a resume must find unchanged in bench.json's ``environment`` (where both record it):
+#: the machine and the versions the rows were timed with.  Not the threads (a setting, checked
+#: as one), the platform string (a kernel update changes it) or the device (a grid column).
+RESUME_ENVIRONMENT = ("processor", "cpu_count", "gpu", "python", "torch", "numpy", "cuda", *SOLVER_PACKAGES)
+
+
+def _file_sha256(path: str) -> str | None:
+    """The SHA-256 of the file at ``path``; None where it cannot be read."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
+    return digest.hexdigest()
+
+
+def run_inputs(config) -> dict:
+    """bench.json's ``inputs``: the SHA-256 of the files the rows were measured from (the
+    ``--checkpoint`` of ``--generator model``), for a resume to find them unchanged."""
+    new = asdict(config) if is_dataclass(config) else dict(config or {})
+    if new.get("generator") == "model" and new.get("checkpoint"):
+        digest = _file_sha256(new["checkpoint"])
+        if digest is not None:
+            return {"checkpoint_sha256": digest}
+    return {}
+
+
+def _check_same_environment(out_dir: str, new: dict) -> None:
+    """:class:`ResumeMismatch` where this machine or its versions (:data:`RESUME_ENVIRONMENT`)
+    are not those bench.json records the kept rows were measured with: resumed, the folder
+    would hold timings of two environments under one (its figures' footers name one)."""
+    stored = _stored_entry(out_dir, "environment")
+    if not stored:
+        return
+    devices = new.get("devices") or ["cpu"]
+    here = environment(devices[0])
+    for key in RESUME_ENVIRONMENT:
+        if key in stored and key in here and stored[key] != here[key]:
+            raise ResumeMismatch(
+                f"--resume: the rows in {out_dir} were measured with {key} {_show(stored[key])}, this machine has "
+                f"{_show(here[key])}; timings of two environments in one folder would be read as one's: resume "
+                f"there, pass --overwrite to start over, or choose another --out")
 
 
 def _with_legacy_batch(stored: dict | None) -> dict | None:
@@ -316,6 +368,18 @@ def check_resume_config(out_dir: str, config) -> None:
             f"damaged or holds no config), so the settings the rows of {os.path.join(out_dir, 'bench.csv')} were "
             f"measured with cannot be checked against this run's; restore that bench.json, pass --overwrite to "
             f"start over, or choose another --out")
+    _check_same_devices(out_dir, stored.get("devices"), new.get("devices"))
+    _check_same_environment(out_dir, new)
+    inputs = _stored_entry(out_dir, "inputs") or {}
+    if "checkpoint_sha256" in inputs and new.get("generator") == "model" and \
+            stored.get("checkpoint") == as_json(new.get("checkpoint")):
+        now = run_inputs(new).get("checkpoint_sha256")
+        if now != inputs["checkpoint_sha256"]:
+            raise ResumeMismatch(
+                f"--resume: the rows in {out_dir} were measured with --checkpoint {_show(stored['checkpoint'])} as "
+                f"it was then (SHA-256 {inputs['checkpoint_sha256'][:12]}…); the file "
+                f"{'cannot be read' if now is None else f'has changed since ({now[:12]}…)'}: its instances would "
+                f"be another model's; restore it, pass --overwrite to start over, or choose another --out")
     default = asdict(SweepConfig())
     quick = {k: as_json(v) for k, v in asdict(quick_sweep()).items()
              if as_json(v) != as_json(default[k])}  # the settings whose value --quick changes
@@ -349,6 +413,25 @@ def check_resume_config(out_dir: str, config) -> None:
                 f"{option} {_show(now)}; settings that change how each row is measured must match the stored run "
                 f"(only the sweep's grid may grow: docs/results_format.md); rerun with {option} {_show(was)}, pass "
                 f"--overwrite to start over, or choose another --out")
+
+
+def _check_same_devices(out_dir: str, stored, new) -> None:
+    """:class:`ResumeMismatch` where ``new`` names a device of ``stored`` another way (``cpu:0``
+    for ``cpu``, ``cuda:0`` for ``cuda``): its rows would be measured again under the new name,
+    every cell twice (one run refuses such a pair as the same device listed twice)."""
+    if not isinstance(stored, list) or not new:
+        return
+    known = {}
+    for dev in stored:
+        with contextlib.suppress(RuntimeError, TypeError):  # a name torch cannot parse names no device of ours
+            known.setdefault(device_identity(dev), dev)
+    for dev in new:
+        was = known.get(device_identity(dev))
+        if was is not None and was != dev:
+            raise ResumeMismatch(
+                f"--resume: the rows in {out_dir} were measured on --device {was}, which this run names {dev}: "
+                f"one device, whose every cell would be measured again under the other name; rerun with --device "
+                f"{was}, pass --overwrite to start over, or choose another --out")
 
 
 def _bench_rows(out_dir: str) -> tuple[list[dict], list[str]]:
@@ -567,6 +650,7 @@ class ResultsWriter:
             # check_start_over refused rows without a readable configuration
             self.config = _grown_config(_with_legacy_batch(stored_config(out_dir)), self.config)
         self.env = environment(device_env)
+        self.inputs = run_inputs(config)
         self._started, self._load_start, self._committed = now_utc(), load_average(), 0
         if not resume or self.problems or self._renumbered:
             # a fresh start, or rows were dropped: the files hold exactly the kept rows from now on
@@ -767,12 +851,14 @@ class ResultsWriter:
         self._row_json[key] = json.dumps(json_safe(row), allow_nan=False)
 
     def _json(self) -> dict:
-        return {"environment": self.env, "runs": self.run_records(), "config": self.config, "columns": list(COLUMNS),
-                "rows": self.rows, **self.extra}
+        return {"environment": self.env, "runs": self.run_records(), "config": self.config,
+                **({"inputs": self.inputs} if self.inputs else {}), "columns": list(COLUMNS), "rows": self.rows,
+                **self.extra}
 
     def _json_text(self) -> str:
         """Strict JSON of :meth:`_json`, one row per line."""
-        meta = {"environment": self.env, "runs": self.run_records(), "config": self.config, "columns": list(COLUMNS)}
+        meta = {"environment": self.env, "runs": self.run_records(), "config": self.config,
+                **({"inputs": self.inputs} if self.inputs else {}), "columns": list(COLUMNS)}
         parts = [f" {json.dumps(k)}: {json.dumps(json_safe(v), allow_nan=False)}" for k, v in meta.items()]
         parts.append(' "rows": [' + ",".join("\n  " + self._row_json[k] for k in self._rows) + "\n ]")
         parts += [f" {json.dumps(str(k))}: {json.dumps(json_safe(v), allow_nan=False)}" for k, v in self.extra.items()]

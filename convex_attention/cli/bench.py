@@ -328,14 +328,16 @@ def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -
             learned = any(get_method(m).needs_duals for m in config.methods)  # λ only where they are swept
             example = os.path.join(out, "example.npz")
             # (anything but a file of that name was refused before any work, as for every output)
-            why = why_write_again(example, learned) if args.resume and os.path.exists(example) else None
-            if why:  # the same instance again (with its λ where the sweep learns them)
+            settings = dict(generator="lesion" if config.generator == "model" else config.generator,
+                            scale=config.scale, seed=config.seed, fit_instances=config.fit_instances,
+                            fit_max_values=config.fit_max_values, fit_steps=config.fit_steps if learned else 0,
+                            amortised_steps=config.amortised_steps if learned else 0)
+            why = why_write_again(example, learned, settings) \
+                if args.resume and os.path.exists(example) else None
+            if why:  # this run's instance again (with its λ where the sweep learns them)
                 log(f"example.npz written again: {why}")
             if not args.resume or not os.path.exists(example) or why:
-                save_example(out, generator="lesion" if config.generator == "model" else config.generator,
-                             scale=config.scale, seed=config.seed, fit_instances=config.fit_instances,
-                             fit_max_values=config.fit_max_values, fit_steps=config.fit_steps if learned else 0,
-                             amortised_steps=config.amortised_steps if learned else 0)
+                save_example(out, **settings)
     except (ResultsLocked, FinishedRows) as err:
         raise UsageError(str(err)) from err
     except ResultsFormatError as err:

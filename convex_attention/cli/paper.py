@@ -289,7 +289,7 @@ def _check_same_data(parser, given: dict, trained_on: dict, asked: dict) -> None
 def train_config_from_args(args):
     """The :class:`TrainConfig` the ``train`` options ask for, and the checkpoint state it
     resumes from (read once; or ``None``), validated; UsageError for anything wrong."""
-    from ..paper.models import model_from_state, read_checkpoint
+    from ..paper.models import check_optimizer_fits, model_from_state, read_checkpoint
     from ..paper.train import check_resume, stored_train_config
 
     if args.resume and getattr(args, "overwrite", False):
@@ -329,7 +329,8 @@ def train_config_from_args(args):
     if state is not None:
         try:
             check_resume(config, state)
-            model_from_state(args.resume, state)  # its weights fit the model trained on (shapes, kind)
+            # its weights fit the model trained on (shapes, kind), and its optimiser state that model
+            check_optimizer_fits(args.resume, state, model_from_state(args.resume, state))
         except ValueError as err:
             raise UsageError(f"argument --resume: {err}") from None
     return config, state

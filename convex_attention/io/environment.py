@@ -16,10 +16,10 @@ from importlib import metadata
 import numpy
 import torch
 
-__all__ = ["environment", "cpu_name", "load_average", "run_record", "now_utc", "device_unavailable"]
+__all__ = ["environment", "SOLVER_PACKAGES", "cpu_name", "load_average", "run_record", "now_utc", "device_unavailable"]
 
 # Versions recorded without importing the packages (some are slow to import).
-_SOLVER_PACKAGES = ("cvxpy", "cvxpylayers", "diffcp", "clarabel", "scs", "moreau")
+SOLVER_PACKAGES = ("cvxpy", "cvxpylayers", "diffcp", "clarabel", "scs", "moreau")
 
 
 def environment(device="cpu") -> dict:
@@ -27,7 +27,7 @@ def environment(device="cpu") -> dict:
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
            "platform": platform.platform(), "processor": cpu_name(), "cpu_count": os.cpu_count(),
            "torch_threads": torch.get_num_threads(), "device": str(device)}
-    for package in _SOLVER_PACKAGES:
+    for package in SOLVER_PACKAGES:
         try:
             env[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -3,6 +3,7 @@ multi-level attention) and the plain CNN without attention it is compared with, 
 checkpoints."""
 from .checkpoint import (
     NonFiniteWeights,
+    check_optimizer_fits,
     load_any_model,
     load_checkpoint,
     load_model,
@@ -16,4 +17,4 @@ from .unet import AttentionOutput, AttentionUNet, ConfigError, ModelConfig, NonF
 
 __all__ = ["AttentionUNet", "AttentionOutput", "ModelConfig", "ConfigError", "PlainCNN", "is_plain_cnn_checkpoint",
            "save_checkpoint", "load_checkpoint", "load_model", "load_plain_cnn", "load_any_model", "read_checkpoint",
-           "model_from_state", "NonFiniteWeights", "NonFiniteOutput", "non_finite_parts"]
+           "model_from_state", "check_optimizer_fits", "NonFiniteWeights", "NonFiniteOutput", "non_finite_parts"]

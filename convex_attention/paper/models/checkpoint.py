@@ -25,7 +25,7 @@ from .plain_cnn import PlainCNN, is_plain_cnn_checkpoint
 from .unet import AttentionUNet, ConfigError, ModelConfig
 
 __all__ = ["save_checkpoint", "load_checkpoint", "load_model", "load_plain_cnn", "load_any_model", "read_checkpoint",
-           "model_from_state", "NonFiniteWeights", "FORMAT"]
+           "model_from_state", "check_optimizer_fits", "NonFiniteWeights", "FORMAT"]
 
 FORMAT = "convex-attention-checkpoint/1"
 #: The entries every checkpoint holds, which ``extra`` may not replace.
@@ -150,8 +150,13 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
     epoch = state.get("epoch")
     if type(epoch) is not int or epoch < 0:
         problems.append(f"epoch {epoch!r} is not a non-negative integer")
-    if not isinstance(state.get("metrics", []), list) or not all(isinstance(m, dict) for m in state.get("metrics", [])):
+    metrics = state.get("metrics", [])
+    if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
         problems.append("metrics are not a list of rows")
+    else:  # each an epoch's row: a resume reads its epoch (it raised KeyError in the middle of the work)
+        wrong = [i for i, m in enumerate(metrics) if type(m.get("epoch")) is not int or m["epoch"] < 0]
+        if wrong:
+            problems.append(f"metrics row {wrong[0]} has no epoch (a non-negative integer)")
     if state.get("train_config") is not None and not isinstance(state["train_config"], dict):
         problems.append("train_config is not a dict")
     optimizer_problem = _optimizer_problem(state.get("optimizer"))
@@ -230,7 +235,38 @@ def load_checkpoint(path: str, model, optimizer=None, map_location="cpu", state:
         # torch's first line names the model only; the next one says what does not fit (missing keys, a shape)
         raise ValueError(f"{path!r}: its weights do not fit its own configuration "
                          f"({one_line(str(err) or type(err).__name__, _QUOTED_CHARS)})") from None
+    if optimizer is not None and state.get("optimizer") is not None:
+        check_optimizer_fits(path, state, model)
     return state
+
+
+def check_optimizer_fits(path: str, state: dict, model) -> None:
+    """ValueError, one line, where the optimiser state of the checkpoint ``state`` (read by
+    :func:`read_checkpoint`) does not fit ``model``'s parameters, as training builds its
+    optimiser on them (in ``model.parameters()`` order): a parameter's state tensor (Adam's
+    moments) of another shape than the parameter, or a parameter number the model lacks.
+    torch loads such a state without a word, and the first step fails."""
+    entry = state.get("optimizer")
+    if entry is None:
+        return
+    shapes = [tuple(p.shape) for p in _unwrap(model).parameters()]
+    numbers = [n for group in entry["param_groups"] for n in group.get("params", [])]
+    problem = None
+    if sorted(numbers) != list(range(len(shapes))):
+        problem = f"it lists {len(numbers)} parameters, the model has {len(shapes)}"
+    else:
+        for number, values in sorted(entry["state"].items(), key=lambda kv: str(kv[0])):
+            if type(number) is not int or not 0 <= number < len(shapes) or not isinstance(values, dict):
+                problem = f"a state of parameter {number!r}, which the model lacks"
+                break
+            odd = [(name, tuple(v.shape)) for name, v in values.items()
+                   if isinstance(v, torch.Tensor) and v.dim() > 0 and tuple(v.shape) != shapes[number]]
+            if odd:
+                problem = f"parameter {number}'s {odd[0][0]} has shape {odd[0][1]}, the parameter {shapes[number]}"
+                break
+    if problem:
+        raise ValueError(f"{path!r}: its optimiser state does not fit the model's parameters ({problem}); it is "
+                         f"damaged or another model's")
 
 
 def _load(path: str, map_location, kinds: tuple) -> tuple:
