@@ -719,3 +719,60 @@ def test_an_exact_constant_offset_on_the_coarse_map_moves_nothing_in_float32():
     got = ca.solve(shifted, h, "exact", temperature=1e-3).probs
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=0)
+
+
+def _rev33_brute_chain_probs(s0, s1, t0, t1):
+    """Closed form of the 2-level chain 4 → 2 (blocks {0, 1}, {2, 3}) written out in float64
+    torch ops: autograd through it is the reference gradient (for a one-hot block the
+    within-block softmax has derivative exactly 0 and dA/dθ is the block's one-hot q)."""
+    blocks = s0.view(1, 2, 2)
+    A = t0 * torch.logsumexp(blocks / t0, -1)
+    p1 = torch.softmax((s1 + A) / (t0 + t1), -1)
+    q = torch.softmax(blocks / t0, -1)
+    return (p1.unsqueeze(-1) * q).view(1, 4), p1
+
+
+_REV33_FINE = [[0.0, 3.0, 1.0, -2.0]]
+_REV33_COARSE = [[0.2, 0.0]]
+_REV33_W = [[1.0, 2.0, -1.0, 0.5]]
+
+
+@pytest.mark.parametrize("dtype, cold", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_rev33_fine_map_gradient_at_a_wide_temperature_ratio(dtype, cold):
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    s0 = torch.tensor(_REV33_FINE, dtype=dtype, requires_grad=True)
+    s1 = torch.tensor(_REV33_COARSE, dtype=dtype, requires_grad=True)
+    sol = ca.solve([s0, s1], h, "exact", temperature=[cold, 1.0])
+    (sol.probs[0] * torch.tensor(_REV33_W, dtype=dtype)).sum().backward()
+    r0 = s0.detach().double().requires_grad_()
+    r1 = s1.detach().double().requires_grad_()
+    p0, _ = _rev33_brute_chain_probs(r0, r1, cold, 1.0)
+    (p0 * torch.tensor(_REV33_W, dtype=torch.float64)).sum().backward()
+    tol = 1e-5 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(s0.grad.double(), r0.grad, atol=tol, rtol=0)
+    # docs: each map's score gradient sums to zero per sample
+    assert abs(float(s0.grad.double().sum())) < tol
+
+
+def test_rev33_temperature_gradient_at_a_wide_temperature_ratio():
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    s0 = torch.tensor(_REV33_FINE, dtype=torch.float32)
+    s1 = torch.tensor(_REV33_COARSE, dtype=torch.float32)
+    t = torch.tensor([1e-6, 1.0], dtype=torch.float32, requires_grad=True)
+    sol = ca.solve([s0, s1], h, "exact", temperature=t)
+    (sol.probs[0] * torch.tensor(_REV33_W)).sum().backward()
+    rt = t.detach().double().requires_grad_()
+    p0, _ = _rev33_brute_chain_probs(s0.double(), s1.double(), rt[0], rt[1])
+    (p0 * torch.tensor(_REV33_W, dtype=torch.float64)).sum().backward()
+    torch.testing.assert_close(t.grad.double(), rt.grad, atol=0, rtol=1e-4)
+
+
+def test_a_sample_without_a_feasible_cell_comes_back_nan_never_a_number():
+    """docs/design.md §4 (masked cells): a whole fine map masked leaves its root no feasible
+    cell; that sample's maps and violation are NaN, and the other samples are solved."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    fine = torch.tensor([[-math.inf] * 4, [-math.inf, -math.inf, 0.0, 1.0]], dtype=torch.float64)
+    sol = ca.solve([fine, torch.zeros(2, 2, dtype=torch.float64)], h, "exact", check_finite=False)
+    assert all(bool(p[0].isnan().all()) for p in sol.probs)
+    assert bool(ca.metrics.violation(sol.probs, h)[0].isnan())
+    torch.testing.assert_close(sol.probs[1][1], torch.tensor([0.0, 1.0], dtype=torch.float64))
