@@ -265,6 +265,22 @@ def stored_config(out_dir: str) -> dict | None:
     return _stored_entry(out_dir, "config")
 
 
+def stored_targets(out_dir: str) -> list[dict]:
+    """The amortised targets ``out_dir/bench.json`` records (:func:`~.targets.amortised_targets`,
+    judged by the sweep that wrote them, which knew the cells it left unmeasured), with the
+    ratios strict JSON stored as ``null`` read back as NaN; ``[]`` where there are none."""
+    try:
+        with open(os.path.join(out_dir, "bench.json"), encoding="utf-8") as f:
+            targets = json.load(f).get("targets")
+    except (OSError, ValueError, AttributeError):
+        return []
+    if not isinstance(targets, list):
+        return []
+    numbers = ("worst_ratio", "median_ratio", "time_vs_exact")
+    return [{**t, **{k: float("nan") if t.get(k) is None else t[k] for k in numbers}}
+            for t in targets if isinstance(t, dict)]
+
+
 def _stored_entry(out_dir: str, name: str) -> dict | None:
     """The object ``name`` of ``out_dir/bench.json``; ``None`` where there is none or the file
     cannot be read."""

@@ -224,7 +224,9 @@ def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log,
             todo = [r for r in _wanted_rows(config, cell, backends) if row_key(r) not in done]
             if todo:
                 pending.append((index, cell, todo))
+        later: list = []  # the rows of the cells --max-cells leaves for a later run
         if config.max_cells is not None and len(pending) > config.max_cells:
+            later = [r for _, _, todo in pending[config.max_cells:] for r in todo]
             pending, stopped = pending[:config.max_cells], True
         else:
             stopped = False
@@ -243,7 +245,7 @@ def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log,
         if stopped:
             log(f"stopped after {config.max_cells} new cell(s) (--max-cells); rerun with --resume to continue")
 
-        writer.set_extra(targets=amortised_targets(writer.rows), cvx_backends=backends)
+        writer.set_extra(targets=amortised_targets(writer.rows, later), cvx_backends=backends)
         return writer.rows
 
 

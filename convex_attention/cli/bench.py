@@ -310,9 +310,9 @@ def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -
     """The checked sweep into ``out`` (under its lock), the example instance, the summary
     (``offer_resume``: whether a refusal may name --resume; demo has none)."""
     from ..bench.examples import save_example, why_write_again
-    from ..bench.results import FinishedRows
+    from ..bench.results import FinishedRows, stored_targets
     from ..bench.sweep import run_sweep
-    from ..bench.targets import amortised_targets, format_targets
+    from ..bench.targets import format_targets
     from ..io.lock import ResultsLocked, results_lock
     from ..io.tables import ResultsFormatError
     from ..methods import get_method
@@ -338,13 +338,13 @@ def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -
                 log(f"example.npz written again: {why}")
             if not args.resume or not os.path.exists(example) or why:
                 save_example(out, **settings)
+            targets = stored_targets(out)  # as the sweep judged them (it knew the cells --max-cells left)
     except (ResultsLocked, FinishedRows) as err:
         raise UsageError(str(err)) from err
     except ResultsFormatError as err:
         raise UsageError(f"{err}; rerun with --overwrite instead of --resume (it starts over) or choose another "
                          f"--out") from err
     info(args, _bench_summary(rows))
-    targets = amortised_targets(rows)
     if targets:
         info(args, format_targets(targets))
     info(args, f"bench: {len(rows)} rows in {os.path.join(out, 'bench.csv')} ({time.perf_counter() - start:.0f} s)")
