@@ -953,7 +953,7 @@ def _fake_dev_stage(monkeypatch, auc=None):
         return {"model": (method, seed, head), "threshold": 0.5, "best_epoch": 1, "epoch_time_s": 0.1,
                 "train_time_s": 0.1, "val_auc": 0.9}
 
-    def evaluate(model, dataset, threshold, device, ablation, seed):
+    def evaluate(model, dataset, threshold, device, ablation, seed, threshold_log_odds=None):
         seen["evaluate"].append((model, dataset, ablation))
         method, seed, _ = model
         row = {"auc": auc[method], "bacc": bacc[method] + 0.02 * seed, "bacc_argmax": 0.5, "violation": 0.0}
@@ -1145,7 +1145,7 @@ def test_one_test_condition_trains_on_train_and_val_compares_on_dev_and_reports_
         return {"model": (method, seed), "threshold": 0.5, "best_epoch": 1, "epoch_time_s": 0.1,
                 "train_time_s": 0.1, "val_auc": 0.9}
 
-    def evaluate(model, dataset, threshold, device, ablation, seed):
+    def evaluate(model, dataset, threshold, device, ablation, seed, threshold_log_odds=None):
         seen["evaluate"].append((model[0], dataset.name, ablation))
         auc = dev_auc if dataset.name == "dev set" else test_auc
         return {"auc": auc[model[0]], "bacc": bacc.get((dataset.name, model[0]), 0.5) + 0.01 * seed,

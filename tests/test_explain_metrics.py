@@ -462,3 +462,30 @@ def test_score_map_reports_each_metric_under_its_own_name():
         assert math.isclose(s[f"qiou@{q}"], 4 / 5)        # ties with the threshold included
         assert s[f"qiou_strict@{q}"] == 0.0              # np.quantile is 1 at each q: nothing is strictly above
     assert math.isclose(s["pointing"], 4 / 5) and math.isclose(s["mass"], 4 / 5)
+
+
+# ----------------------------------------------------------------------------- review 35 (strict xfail: known defects)
+
+
+def test_rev35_a_map_holding_minus_inf_is_refused_through_the_common_form():
+    from convex_attention.paper.explain_metrics import pooled_form
+
+    m = torch.rand(4, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    m[0, 0] = -math.inf
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[:2, :2] = True
+    for score in (lambda: score_map(to_common_form(m, (8, 8), "nearest"), mask),
+                  lambda: score_map(to_common_form(m, (8, 8), "bilinear"), mask),
+                  lambda: score_map(to_common_form(pooled_form(m, (2, 2), normalise=False), (8, 8)), mask)):
+        with pytest.raises(ValueError, match="NaN or Inf"):
+            score()
+
+
+def test_rev35_metrics_do_not_depend_on_a_float16_map_dtype():
+    g = torch.Generator().manual_seed(0)
+    m = (torch.rand(128, 128, generator=g, dtype=torch.float64) * 10).half()
+    mask = torch.zeros(128, 128, dtype=torch.bool)
+    mask[:64] = True
+    low, high = score_map(m, mask), score_map(m.double(), mask)  # the same values, only the dtype differs
+    for name in high:
+        assert math.isclose(low[name], high[name], rel_tol=1e-9, abs_tol=1e-12), name

@@ -427,3 +427,33 @@ def test_map_ablation_of_sharp_maps_against_average_pooling_by_hand():
         assert result[f"auc_shuffled_L{k}"] == expected["auc"] and result[f"bacc_shuffled_L{k}"] == expected["bacc"]
     alone = map_ablation(model, data, threshold=threshold, seed=4, per_level=False)
     assert {k: v for k, v in result.items() if "_L" not in k} == alone
+
+
+# ----------------------------------------------------------------------------- review 35 (strict xfail: known defects)
+
+
+def test_rev35_test_auc_ranks_by_the_log_odds_not_the_saturated_probability():
+    from sklearn.metrics import roc_auc_score
+
+    from convex_attention.paper.sanity import classification
+
+    logits = torch.tensor([[0.0, 40.0], [0.0, 50.0], [0.0, 60.0], [0.0, -5.0]])
+    labels = torch.tensor([0, 1, 1, 0])
+    expected = roc_auc_score(labels.numpy(), (logits[:, 1] - logits[:, 0]).numpy())  # 1.0: the positives rank first
+    assert expected == 1.0
+    assert classification(logits, labels, 0.5)["auc"] == expected  # it gives 0.75 (three images tied at p = 1.0)
+
+
+def test_rev35_balanced_accuracy_at_the_validation_threshold_agrees_with_its_log_odds_rule():
+    from convex_attention.paper.sanity import classification
+    from convex_attention.paper.train import classification_metrics
+
+    val = torch.tensor([[0.0, 35.0], [0.0, 39.0], [0.0, 41.0], [0.0, 45.0]])
+    chosen = classification_metrics(val, torch.tensor([0, 0, 1, 1]))
+    assert chosen["val_balanced_acc_at_threshold"] == 1.0  # the log-odds threshold 41 separates them
+    test = torch.tensor([[0.0, 38.0], [0.0, 50.0]])  # log-odds 38 < 41 (negative), 50 >= 41 (positive)
+    assert chosen["val_threshold"] == 1.0 and chosen["val_threshold_log_odds"] == 41.0  # p rounds to 1.0 there
+    both = classification(test, torch.tensor([0, 1]), chosen["val_threshold"], chosen["val_threshold_log_odds"])
+    assert both["bacc"] == 1.0  # on p(class 1) alone it gives 0.5
+    # a checkpoint written before the log-odds were stored: the probability, as before
+    assert classification(test, torch.tensor([0, 1]), chosen["val_threshold"])["bacc"] == 0.5

@@ -205,7 +205,8 @@ def _splits(config: ExperimentConfig, difficulty: float, names) -> tuple[dict, d
 def _train_one(config: ExperimentConfig, datasets, folder: str, method: str, seed: int, difficulty: float,
                model_fields: dict | None, progress: bool, log) -> dict:
     """Train one model (``method``; ``PLAIN_CNN`` for the plain CNN) and load its selected
-    checkpoint: ``{"model", "threshold", "best_epoch", "epoch_time_s", "train_time_s", "val_auc"}``."""
+    checkpoint: ``{"model", "threshold", "threshold_log_odds", "best_epoch", "epoch_time_s", "train_time_s",
+    "val_auc"}`` (``threshold_log_odds``: None for a checkpoint written before it was stored)."""
     plain = method == PLAIN_CNN
     fields_ = {"method": "softmax"} if plain else {"method": method, **(model_fields or {})}
     tc = replace(config.train.override(difficulty=difficulty, **fields_), out=folder, seed=seed, progress=progress,
@@ -215,17 +216,20 @@ def _train_one(config: ExperimentConfig, datasets, folder: str, method: str, see
     elapsed = time.perf_counter() - start
     model, state = (load_plain_cnn if plain else load_model)(result["best"])
     best = next(m for m in result["metrics"] if m["epoch"] == result["best_epoch"])
-    threshold = state.get("threshold")
+    threshold, log_odds = state.get("threshold"), state.get("threshold_log_odds")
     return {"model": model, "threshold": float(threshold) if isinstance(threshold, (int, float)) else math.nan,
+            # where the checkpoint has it: p(class 1) rounds to 1.0 above log-odds ~37
+            "threshold_log_odds": float(log_odds) if isinstance(log_odds, (int, float)) else None,
             "best_epoch": best["epoch"], "val_auc": best["val_auc"], "train_time_s": elapsed,
             "epoch_time_s": float(np.mean([m["epoch_time_s"] for m in result["metrics"]]))}
 
 
-def _evaluate(model, dataset, threshold: float, device, ablation: bool, seed: int) -> dict:
+def _evaluate(model, dataset, threshold: float, device, ablation: bool, seed: int,
+              threshold_log_odds: float | None = None) -> dict:
     """Classification at ``threshold``, mean violation, map statistics per level and (for
     attention models, with ``ablation``) the map ablation, on ``dataset``."""
     pred = predict(model, dataset, device=device, keep_maps=True)
-    row = classification(pred["logits"], pred["labels"], threshold)
+    row = classification(pred["logits"], pred["labels"], threshold, threshold_log_odds)
     row["violation"] = math.nan  # a model without attention has no maps to be consistent
     if getattr(model, "has_attention", True):
         row["violation"] = float(pred["violation"].mean())
@@ -233,7 +237,8 @@ def _evaluate(model, dataset, threshold: float, device, ablation: bool, seed: in
             for key in ("n_max_p", "entropy_ratio", "score_range"):
                 row[f"{key}_L{s['level']}"] = s[key]
         if ablation:
-            ab = map_ablation(model, dataset, threshold, device=device, seed=seed)
+            ab = map_ablation(model, dataset, threshold, device=device, seed=seed,
+                              threshold_log_odds=threshold_log_odds)
             row.update({k: ab[k] for k in ab if k.startswith(("bacc_", "auc_", "delta_"))
                         and k != "bacc_argmax"})
     return row
@@ -411,7 +416,7 @@ def _dev_candidates(config: ExperimentConfig, variants: list[Variant], sets: dic
                                      variant.model_fields(method), progress, log)
                     result = {k: v for k, v in got.items() if k != "model"}
                     result.update(_evaluate(got["model"], sets["dev"], got["threshold"], device, ablation=True,
-                                            seed=seed))
+                                            seed=seed, threshold_log_odds=got.get("threshold_log_odds")))
                     result.update(_dev_ap(config, got["model"], sets["dev"], indices, upsamplings, device))
                     trained[key] = result
                     model_label = variant.label().rsplit(", upsampling=", 1)[0]  # one model serves every upsampling
@@ -461,7 +466,8 @@ def _dev_plain_cnns(config: ExperimentConfig, sets: dict, folder: str, device, p
     for seed in config.dev_seeds:
         got = _train_one(config, (sets["train"], sets["val"]), os.path.join(folder, "runs", f"{PLAIN_CNN}-seed{seed}"),
                          PLAIN_CNN, seed, config.difficulties[0], None, progress, log)
-        result = _evaluate(got["model"], sets["dev"], got["threshold"], device, ablation=False, seed=seed)
+        result = _evaluate(got["model"], sets["dev"], got["threshold"], device, ablation=False, seed=seed,
+                           threshold_log_odds=got.get("threshold_log_odds"))
         plain_rows.append({"method": PLAIN_CNN, "seed": seed,
                            **{k: got[k] for k in ("best_epoch", "threshold", "val_auc")},
                            **{k: result[k] for k in ("auc", "bacc", "bacc_argmax")}})
@@ -683,14 +689,16 @@ def _test_seed(config: ExperimentConfig, variant: Variant, cond: str, difficulty
                                    os.path.join(folder, "runs", cond, f"{name}-seed{seed}"), name, seed,
                                    difficulty, fields_, progress, log)
         trained[name]["dev_auc"] = _evaluate(trained[name]["model"], sets["dev"], trained[name]["threshold"],
-                                             device, ablation=False, seed=seed)["auc"]
+                                             device, ablation=False, seed=seed,
+                                             threshold_log_odds=trained[name].get("threshold_log_odds"))["auc"]
     models = {n: t["model"] for n, t in trained.items()}
     for tname, tset in test_sets.items():
         for name, t in trained.items():
             row = {"condition": cond, "test_set": tname, "model": name, "seed": seed,
                    **{k: t[k] for k in ("best_epoch", "epoch_time_s", "train_time_s", "val_auc", "dev_auc",
                                         "threshold")},
-                   **_evaluate(t["model"], tset, t["threshold"], device, ablation=True, seed=seed)}
+                   **_evaluate(t["model"], tset, t["threshold"], device, ablation=True, seed=seed,
+                               threshold_log_odds=t.get("threshold_log_odds"))}
             gathered.runs.append(row)
             ablated = (f" (AUC change: uniform maps {row['delta_auc_uniform']:+.3f}, shuffled "
                        f"{row['delta_auc_shuffled']:+.3f})") if "delta_auc_uniform" in row else ""

@@ -97,6 +97,7 @@ def to_common_form(explanation: Tensor, size: tuple[int, int], upsampling: str =
     """
     _check_upsampling(upsampling)
     m = explanation.detach().to(torch.float64)
+    _check_finite(m)  # else clamp(min=0) would turn -Inf into 0, a number
     if m.dim() == 3:
         m = m.abs().sum(0)
     if m.dim() != 2:
@@ -125,6 +126,7 @@ def pooled_form(explanation: Tensor, grid: tuple[int, int], normalise: bool) -> 
     ``(gh, gw)`` float64.
     """
     m = explanation.detach().to(torch.float64)
+    _check_finite(m)
     if m.dim() == 2:
         m = m[None]
     if m.dim() != 3:
@@ -173,13 +175,20 @@ def block_map(mask: Tensor, grid: tuple[int, int]) -> Tensor:
     return counts + torch.where(counts > 0, offset, torch.zeros_like(offset))
 
 
+def _check_finite(m: Tensor) -> None:
+    """Refuse a map holding NaN or Inf before it is transformed (clipping would turn -Inf into 0)."""
+    if not bool(torch.isfinite(m).all()):
+        raise ValueError(f"the map holds {int((~torch.isfinite(m)).sum())} NaN or Inf value(s) of {m.numel()}: "
+                         f"it ranks no pixels, so it is not scored")
+
+
 def _check(m: Tensor, mask: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """``(values, truth)``: the map and the mask flattened, after checking that their shapes
     agree and that the map is finite (a NaN would otherwise sort as a value, and a score of
     a map that is not a number would be reported as one)."""
     if tuple(m.shape) != tuple(mask.shape):
         raise ValueError(f"map {tuple(m.shape)} and mask {tuple(mask.shape)} differ in shape")
-    values = m.detach().cpu().numpy().ravel()
+    values = m.detach().cpu().to(torch.float64).numpy().ravel()  # float64: a float16 sum overflows at 65504
     if not np.isfinite(values).all():
         raise ValueError(f"the map holds {int((~np.isfinite(values)).sum())} NaN or Inf value(s) of {values.size}: "
                          f"it ranks no pixels, so it is not scored")

@@ -79,7 +79,8 @@ def predict(model, dataset: Dataset, batch_size: int = 64, device="cpu", keep_ma
 
 def balanced_accuracy_at(p1, labels, threshold: float) -> float:
     """Balanced accuracy of predicting class 1 where ``p1 >= threshold`` (``p1``: ``(N,)``
-    probabilities of class 1, ``labels`` ``(N,)`` in {0, 1}): the mean of the recalls of the
+    probabilities of class 1, or log-odds with a threshold on them; ``labels`` ``(N,)`` in
+    {0, 1}): the mean of the recalls of the
     two classes; NaN for a NaN threshold, no labels, or a class absent (the mean of the
     recalls present would score one class's recall as balanced)."""
     p1, labels = np.asarray(p1, dtype=float), np.asarray(labels).astype(int)
@@ -96,11 +97,14 @@ def _balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean([float((pred[labels == c] == c).mean()) for c in (0, 1)]))
 
 
-def classification(logits: Tensor, labels: Tensor, threshold: float) -> dict:
-    """Test metrics of two-class ``logits`` ``(N, 2)``: ``auc`` (ROC AUC of p(class 1);
-    NaN with one class present), ``bacc`` (balanced accuracy at ``threshold``, the one
-    chosen on validation; NaN with one class present), ``bacc_argmax`` (the same at the
-    argmax) and ``acc`` (argmax)."""
+def classification(logits: Tensor, labels: Tensor, threshold: float, threshold_log_odds: float | None = None) -> dict:
+    """Test metrics of two-class ``logits`` ``(N, 2)``: ``auc`` (ROC AUC of the log-odds, the ranking
+    of p(class 1) without the ties its rounding to 1.0 makes;
+    NaN with one class present), ``bacc`` (balanced accuracy at the threshold chosen on
+    validation: ``threshold_log_odds`` on the log-odds where given and finite, else
+    ``threshold`` on p(class 1), as older checkpoints store it, which rounds to 1.0 above
+    log-odds ~37; NaN with one class present), ``bacc_argmax`` (the same at the argmax) and
+    ``acc`` (argmax)."""
     from sklearn.metrics import roc_auc_score
 
     if logits.dim() != 2 or logits.shape[1] != 2:
@@ -108,8 +112,15 @@ def classification(logits: Tensor, labels: Tensor, threshold: float) -> dict:
     probs = torch.softmax(logits.double(), 1).numpy()
     y = labels.numpy().astype(int)
     pred = probs.argmax(1)
-    auc = float(roc_auc_score(y, probs[:, 1])) if len(np.unique(y)) == 2 else math.nan
-    return {"auc": auc, "bacc": balanced_accuracy_at(probs[:, 1], y, threshold),
+    # ranked by the log-odds, as train.classification_metrics: p(class 1) rounds to exactly 1.0 for margins
+    # above ~37, and the ties there would lose the ranking
+    log_odds = (logits[:, 1].double() - logits[:, 0].double()).numpy()
+    auc = float(roc_auc_score(y, log_odds)) if len(np.unique(y)) == 2 else math.nan
+    if threshold_log_odds is not None and math.isfinite(threshold_log_odds):
+        bacc = balanced_accuracy_at(log_odds, y, threshold_log_odds)
+    else:
+        bacc = balanced_accuracy_at(probs[:, 1], y, threshold)
+    return {"auc": auc, "bacc": bacc,
             "bacc_argmax": _balanced_accuracy(pred, y),
             "acc": float((pred == y).mean())}
 
@@ -175,7 +186,7 @@ def maps_replaced(model, transform):
 
 
 def map_ablation(model, dataset: Dataset, threshold: float, batch_size: int = 64, device="cpu",
-                 seed: int = 0, per_level: bool = True) -> dict:
+                 seed: int = 0, per_level: bool = True, threshold_log_odds: float | None = None) -> dict:
     """Balanced accuracy (at ``threshold``) and AUC of ``model`` on ``dataset`` with its own
     maps, with uniform maps and with shuffled maps, and the changes (``delta_bacc_uniform``
     = uniform − own, ``delta_auc_shuffled``, etc.: every level replaced at once).  With
@@ -184,7 +195,8 @@ def map_ablation(model, dataset: Dataset, threshold: float, batch_size: int = 64
     if not getattr(model, "has_attention", True):
         raise ValueError("the map ablation needs a model with attention maps")
     own = predict(model, dataset, batch_size, device)
-    result = {f"{k}": v for k, v in classification(own["logits"], own["labels"], threshold).items()}
+    result = {f"{k}": v for k, v in classification(own["logits"], own["labels"], threshold,
+                                                    threshold_log_odds).items()}
     levels = len(model.config.attention_blocks)
     scopes = [("", None)] + ([(f"_L{k}", (k,)) for k in range(levels)] if per_level else [])
     for name in ABLATIONS:
@@ -196,7 +208,7 @@ def map_ablation(model, dataset: Dataset, threshold: float, batch_size: int = 64
 
             with maps_replaced(model, transform):
                 changed = predict(model, dataset, batch_size, device)
-            metrics = classification(changed["logits"], changed["labels"], threshold)
+            metrics = classification(changed["logits"], changed["labels"], threshold, threshold_log_odds)
             result[f"bacc_{name}{suffix}"], result[f"auc_{name}{suffix}"] = metrics["bacc"], metrics["auc"]
             result[f"delta_bacc_{name}{suffix}"] = metrics["bacc"] - result["bacc"]
             result[f"delta_auc_{name}{suffix}"] = metrics["auc"] - result["auc"]

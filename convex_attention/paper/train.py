@@ -63,7 +63,8 @@ __all__ = ["TrainConfig", "train", "evaluate", "augment", "classification_metric
            "TrainingDiverged", "diagnose_divergence", "METRIC_COLUMNS"]
 
 METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "val_balanced_acc", "val_violation",
-                  "epoch_time_s", "lr", "val_auc", "val_threshold", "val_balanced_acc_at_threshold")
+                  "epoch_time_s", "lr", "val_auc", "val_threshold", "val_threshold_log_odds",
+                  "val_balanced_acc_at_threshold")
 
 
 
@@ -189,7 +190,7 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict:
     pred = probs.argmax(1)
     out = {"val_acc": float((pred == y).mean()), "val_balanced_acc": balanced_accuracy(
         torch.from_numpy(pred), target, num_classes), "val_auc": math.nan, "val_threshold": math.nan,
-        "val_balanced_acc_at_threshold": math.nan}
+        "val_threshold_log_odds": math.nan, "val_balanced_acc_at_threshold": math.nan}
     present = np.unique(y)
     if num_classes == 2 and len(present) == 2:
         # ranked by the log-odds, not p(class 1): softmax rounds to exactly 1.0 for margins above
@@ -201,6 +202,9 @@ def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict:
         j = np.where(finite, tpr - fpr, -np.inf)
         threshold = float(thresholds[int(np.argmax(j))])
         out["val_threshold"] = float(torch.sigmoid(torch.tensor(threshold, dtype=torch.float64)))  # on p(class 1)
+        # and as chosen: above ~37 the probability rounds to exactly 1.0 and can no longer tell
+        # a test image below the threshold from one above it (a review)
+        out["val_threshold_log_odds"] = threshold
         out["val_balanced_acc_at_threshold"] = float(balanced_accuracy_score(y, (log_odds >= threshold).astype(int)))
     elif num_classes > 2 and len(present) == num_classes:
         out["val_auc"] = float(roc_auc_score(y, probs, multi_class="ovr"))
@@ -727,7 +731,8 @@ def _extra(config: TrainConfig, row: dict, best_epoch, rng: dict | None = None) 
     """What a training checkpoint stores beyond the weights: the whole configuration, the
     selected epoch, the decision threshold chosen on validation and the random states the
     next epoch starts from (``rng``: so ``--resume`` continues as an uninterrupted run)."""
-    extra = {"train_config": config.to_dict(), "best_epoch": best_epoch, "threshold": row["val_threshold"]}
+    extra = {"train_config": config.to_dict(), "best_epoch": best_epoch, "threshold": row["val_threshold"],
+             "threshold_log_odds": row.get("val_threshold_log_odds", math.nan)}
     if rng is not None:
         extra["rng"] = rng
     return extra
