@@ -186,14 +186,21 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
     """
     require_forest(g, "tree_backward")
     T = subtree_temperatures(g, temps)
+    inverse = [1.0 / t for t in T]
     # under grad mode (a backward that builds its own graph) nothing is updated in place
     in_place = not torch.is_grad_enabled()
+    # upward: Gs_k = G_k / T_k, G_k = p_k ⊙ ∂L/∂p_k + Σ_{c → k} P_c G_c, scaled as it is formed
+    # (the division costs no pass of its own); pooled[e] = P_e Gs_c, the child's scaled block sums
     G: list = [None] * g.num_maps
     pooled: list = [None] * g.num_edges
     for k in g.order:
-        gk = (probs[k] * grads[k]).contiguous()
+        if isinstance(inverse[k], float):
+            gk = torch.addcmul(probs[k].new_zeros(()), probs[k], grads[k], value=inverse[k]).contiguous()
+        else:
+            gk = (probs[k] * grads[k]).mul_(inverse[k]).contiguous()
         for c in g.in_edges[k]:
-            gk = gk.add_(pooled[c]) if in_place else gk + pooled[c]
+            child = pooled[c] * (T[g.edges[c][0]] * inverse[k])  # P_c G_c / T_k, on the coarse map
+            gk = gk.add_(child) if in_place else gk + child
         G[k] = gk
         e = g.coarsening(k)
         if e is not None:
@@ -201,28 +208,25 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
     out: list = [None] * g.num_maps
     for r in g.roots:
         top = G[r]
-        out[r] = (top - probs[r] * top.sum(sample_dims(top), keepdim=True)) / T[r]
+        out[r] = top - probs[r] * top.sum(sample_dims(top), keepdim=True)
     for k in reversed(g.order):
         e = g.coarsening(k)
         if e is None:
             continue
-        # θ̄_c = (G_c − q_c ⊙ P_eᵀ pooled_c) / T_c + q_c ⊙ P_eᵀ θ̄_b: the two terms that cancel
-        # where a block is one-hot are subtracted before the division by T_c (exactly 0 there),
-        # and the coarse gradient θ̄_b is added after it; formed as Ā_c = θ̄_b − pooled_c / T_c it
-        # was lost below ε·|G_c|/T_c (float32 at τ = (1e-6, 1): a fine map's gradient 7 % off, a
-        # review), and a division in one term and a rounded reciprocal in the other had left
-        # ε·|G|/τ where the true gradient is 0
-        inverse = 1.0 / T[k]
+        # θ̄_c = Gs_c − q_c ⊙ P_eᵀ (P_e Gs_c) + q_c ⊙ P_eᵀ θ̄_b: the two terms that cancel where a
+        # block is one-hot cancel first (exactly: the block's sum is its one cell there), and the
+        # coarse gradient θ̄_b is added after; formed as G_c/T_c + q_c ⊙ P_eᵀ(θ̄_b − P_e G_c/T_c),
+        # θ̄_b was lost below ε·|G_c|/T_c (float32 at τ = (1e-6, 1): a fine map's gradient 7 % off,
+        # a review). Gs is scaled by one reciprocal, so both cancelling terms carry its rounding.
         pooled_e, coarse = pooled[e], out[g.edges[e][1]]
         if blocksum is not None:
             pooled_e, coarse = pooled_e / blocksum[e], coarse / blocksum[e]
         if in_place:
             gk = G[k]
             g.fine_view(gk, e).addcmul_(g.fine_view(cond[e], e), g.coarse_view(pooled_e, e), value=-1.0)
-            gk.mul_(inverse)
             g.fine_view(gk, e).addcmul_(g.fine_view(cond[e], e), g.coarse_view(coarse, e))
         else:
-            gk = ((G[k] - g.combine_broadcast(cond[e], pooled_e, e, torch.mul)) * inverse
+            gk = (G[k] - g.combine_broadcast(cond[e], pooled_e, e, torch.mul)
                   + g.combine_broadcast(cond[e], coarse, e, torch.mul))
         out[k] = gk
     return out

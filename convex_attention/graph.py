@@ -782,9 +782,7 @@ class Graph:
     def _expand_last(y: Tensor, f: int) -> Tensor:
         if f == 1:
             return y
-        if f <= _CHAIN_LIMIT:
-            return torch.stack([y] * f, dim=-1).flatten(-2)
-        return y.unsqueeze(-1).expand(y.shape + (f,)).flatten(-2)
+        return y.repeat_interleave(f, dim=-1)
 
     def _grid_broadcast(self, y: Tensor, e: int, lead: tuple[int, ...]) -> Tensor:
         factors = self._factors[e]

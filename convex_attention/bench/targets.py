@@ -302,7 +302,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
                 failed += 1
                 continue
             ratios.append(a / z if math.isfinite(a) else math.inf)
-            if key in exact:
+            if exact.get(key, 0.0) > 0:  # a time the clock could not resolve gives no cost, not a crash
                 costs.append(_float(amortised[-1].get("per_sample_ms")) / exact[key])
         worst = max(ratios) if ratios else float("nan")
         finite_costs = [c for c in costs if math.isfinite(c)]
