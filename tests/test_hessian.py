@@ -921,3 +921,68 @@ def test_the_documented_example_of_redundant_constraints_is_redundant():
     hess = get_hessian(h, "cpu")
     eig = torch.linalg.eigvalsh(hess.dense(sol.probs, temps)[0] + hess.gauge(torch.float64))
     assert float(eig[0]) <= 1e-10 * float(eig[-1])  # a null direction on the mean-zero subspace
+
+
+# ---------------------------------------------------------------- review 37: wide temperature ratios
+def _rev37_axial_reference(h, p0, temps, grads):
+    """θ̄ of ``L = Σ_k <v_k, p_k>`` on an axial graph from the primal KKT system on map 0 alone
+    (maps 1, 2 are its marginals), in float64: ``Q = τ_0 diag(1/p_0) + Σ_e P_eᵀ diag(τ_b/p_b) P_e``
+    bordered by the simplex constraint.  At a hot map 0 ``Q`` is dominated by its diagonal and is
+    well conditioned: no cancellation, independent of the dual's Hessian."""
+    n = h.sizes[0]
+    pools = []
+    for e in range(h.num_edges):
+        P = torch.zeros(h.sizes[h.edges[e][1]], n, dtype=torch.float64)
+        P[h.parents(e), torch.arange(n)] = 1.0
+        pools.append(P)
+    p = p0.reshape(-1).double()
+    Q = torch.diag(temps[0] / p)
+    for P, (_, b) in zip(pools, h.edges):
+        Q = Q + P.T @ torch.diag(temps[b] / (P @ p)) @ P
+    v = grads[0].reshape(-1) + sum(P.T @ grads[b].reshape(-1) for P, (_, b) in zip(pools, h.edges))
+    K = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+    K[:n, :n], K[:n, n], K[n, :n] = Q, 1.0, 1.0
+    t0 = torch.linalg.solve(K, torch.cat([v, v.new_zeros(1)]))[:n]
+    return [t0] + [P @ t0 for P in pools]
+
+
+def _rev37_case(shape, temps, seed, dtype=None):
+    h = ca.Graph.axial(shape)
+    gen = torch.Generator().manual_seed(seed)
+    scores = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    grads = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    leaves = [s.clone().requires_grad_(True) for s in scores]
+    tau = torch.tensor(temps, dtype=torch.float64, requires_grad=True)
+    options = {} if dtype is None else {"dtype": dtype}
+    sol = ca.solve(leaves, h, "dual", temperature=tau, tol=1e-12 if dtype is None else 1e-6, strict=True, **options)
+    assert bool(sol.info["converged"].all())
+    loss = sum((p * v).sum() for p, v in zip(sol.probs, grads))
+    got = torch.autograd.grad(loss, leaves + [tau])
+    p64 = ca.solve(scores, h, "dual", temperature=list(temps), tol=1e-13).probs
+    want = _rev37_axial_reference(h, p64[0], temps, grads)
+    want_tau = torch.stack([-(w * p.reshape(-1).log()).sum() for w, p in zip(want, p64)])
+    top = max(float(w.abs().max()) for w in want)
+    score_err = max(float((a.reshape(-1) - w).abs().max()) for a, w in zip(got[:-1], want)) / top
+    tau_err = float(((got[-1] - want_tau).abs() / want_tau.abs()).max())
+    return score_err, tau_err
+
+
+def test_rev37_wide_temperature_ratio_float64_gradient_is_right_or_raises():
+    """A hot full map with cold marginals (axial): the implicit gradient in float64 must agree with
+    an independent primal-KKT reference to 1e-3 of its largest entry, or the backward must raise
+    ImplicitSolveError; a silently wrong gradient is the defect."""
+    for shape in ((2, 3), (3, 3)):
+        try:
+            score_err, tau_err = _rev37_case(shape, (1e8, 1.0, 1e-3), seed=0)
+        except ImplicitSolveError:
+            continue
+        assert score_err < 1e-3 and tau_err < 1e-3, (shape, score_err, tau_err)
+
+
+def test_rev37_float32_work_wide_temperature_ratio_gradient_is_right_or_raises():
+    for seed in (0, 1):
+        try:
+            score_err, tau_err = _rev37_case((2, 3), (1e6, 1.0, 1.0), seed=seed, dtype=torch.float32)
+        except ImplicitSolveError:
+            continue
+        assert score_err < 1e-2 and tau_err < 1e-2, (seed, score_err, tau_err)
