@@ -664,9 +664,10 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     if not bool(suspect.any()):
         return out
     rows = torch.nonzero(suspect).flatten()
-    unresolved = _beyond_rounding(out, cancelling, tol, dtype, rows)
+    unresolved = _beyond_rounding(out, cancelling, tol, dtype, rows)  # no solve can help these
+    rows = rows[~torch.isin(rows, unresolved)]
     for _ in range(REFINEMENTS):
-        if unresolved.numel():
+        if rows.numel() == 0:
             break
         sub = [p[rows] for p in probs]
         residual = rhs[rows] - hess.matvec(sub, temps, w[rows])
@@ -682,12 +683,13 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         scale = torch.maximum(now, now.amax(1, keepdim=True) * tol ** 0.5)
         settled = (moved <= tol * scale).all(1)
         rows = rows[~settled]
-        if rows.numel() == 0:
-            return out
     bad = sorted(set(rows.tolist()) | set(unresolved.tolist()))
+    if not bad:
+        return out
     raise ImplicitSolveError(
         f"the implicit backward of method 'dual' could not resolve the gradient of sample(s) "
         f"{named(bad, sample_names)[:10]} to {tol:.0e} of itself in {dtype}: a map far hotter than its "
         f"neighbours (temperatures far apart) makes its gradient the small difference of large terms, "
-        f"which {REFINEMENTS} refinements of the solve did not settle; solve in float64 (dtype=torch.float64), "
-        f"bring the temperatures closer, or use method 'exact' where the graph is a forest")
+        f"which the dtype's rounding of them alone, or {REFINEMENTS} refinements of the solve, leave unsettled; "
+        f"solve in float64 (dtype=torch.float64), bring the temperatures closer, or use method 'exact' where "
+        f"the graph is a forest")

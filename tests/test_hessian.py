@@ -986,3 +986,21 @@ def test_rev37_float32_work_wide_temperature_ratio_gradient_is_right_or_raises()
         except ImplicitSolveError:
             continue
         assert score_err < 1e-2 and tau_err < 1e-2, (seed, score_err, tau_err)
+
+
+def test_rev37_a_sample_its_dtype_cannot_resolve_does_not_take_a_resolvable_one_with_it(monkeypatch):
+    """In one batch, a sample beyond its dtype's rounding is refused by name; the refinement
+    still runs for the others, which are not named (the first version named every sample it
+    had meant to refine once one was beyond rounding).  Sample 0 stands in for the hopeless one."""
+    from convex_attention import hessian
+
+    h = ca.Graph.axial((2, 3))
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn((2,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    grads = [torch.randn((2,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    temps = [1e4, 1.0, 1e-3]  # both samples need refining in float64, and both can be refined
+    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12).probs
+    hessian.implicit_vjp(h, probs, temps, grads)  # refined, and resolved: no error
+    monkeypatch.setattr(hessian, "_beyond_rounding", lambda out, c, tol, dtype, rows: rows[rows == 0])
+    with pytest.raises(ImplicitSolveError, match=r"sample\(s\) \[0\] to 1e-06"):
+        hessian.implicit_vjp(h, probs, temps, grads)
