@@ -240,9 +240,8 @@ def test_resume_refuses_a_checkpoint_whose_weights_are_not_finite(tmp_path, caps
     assert len(err.strip().splitlines()) == 1
 
 
-def test_resume_refuses_an_optimiser_state_that_is_not_finite(tmp_path, capsys, no_work):
-    """Before: the weights were finite, so the checkpoint loaded; the first Adam step made
-    them NaN, and the message blamed the learning rate."""
+def _checkpoint_with_optimiser_state(tmp_path, spoil) -> str:
+    """``x/last.pt`` of a tiny model after one Adam step, its optimiser state spoilt by ``spoil``."""
     import convex_attention.paper.models as models
     from convex_attention.paper.config import TrainConfig
 
@@ -251,10 +250,19 @@ def test_resume_refuses_an_optimiser_state_that_is_not_finite(tmp_path, capsys, 
     opt = torch.optim.Adam(model.parameters())
     model(torch.randn(2, 4, 32, 32)).logits.sum().backward()
     opt.step()
-    for entry in opt.state.values():
-        entry["exp_avg_sq"].fill_(float("nan"))
-    path = save_checkpoint(str(tmp_path / "x" / "last.pt"), model, opt, epoch=1,
+    spoil(opt.state)
+    return save_checkpoint(str(tmp_path / "x" / "last.pt"), model, opt, epoch=1,
                            extra={"train_config": {**config.to_dict(), "epochs": 2}})
+
+
+def test_resume_refuses_an_optimiser_state_that_is_not_finite(tmp_path, capsys, no_work):
+    """Before: the weights were finite, so the checkpoint loaded; the first Adam step made
+    them NaN, and the message blamed the learning rate."""
+    def nan_moments(state):
+        for entry in state.values():
+            entry["exp_avg_sq"].fill_(float("nan"))
+
+    path = _checkpoint_with_optimiser_state(tmp_path, nan_moments)
     code, _, err = run(["train", "--resume", path], capsys)
     assert_usage_error(code, err, "--resume", "optimiser state that is not all finite", "exp_avg_sq")
 
@@ -1270,19 +1278,11 @@ def test_review28_resume_of_an_older_folder_run_that_recorded_a_synthetic_size(t
 # ----------------------------------------------------------------------------- review 34
 
 def test_rev34_resume_refuses_an_optimiser_state_of_other_shapes_before_any_work(tmp_path, capsys, no_work):
-    import convex_attention.paper.models as models
-    from convex_attention.paper.config import TrainConfig
-
-    config = TrainConfig.build(image_size=32, width=4, embed_channels=8, device="cpu")
-    model = models.AttentionUNet(config=config.model)
-    opt = torch.optim.Adam(model.parameters())
-    model(torch.randn(2, 4, 32, 32)).logits.sum().backward()
-    opt.step()
-    for entry in opt.state.values():
+    def other_shapes(state):
+        entry = next(iter(state.values()))
         entry["exp_avg"], entry["exp_avg_sq"] = torch.zeros(1), torch.ones(1)
-        break
-    path = save_checkpoint(str(tmp_path / "x" / "last.pt"), model, opt, epoch=1,
-                           extra={"train_config": {**config.to_dict(), "epochs": 2}})
+
+    path = _checkpoint_with_optimiser_state(tmp_path, other_shapes)
     code, _, err = run(["train", "--resume", path, "--out", str(tmp_path / "o")], capsys)
     assert_usage_error(code, err, "--resume")
 
