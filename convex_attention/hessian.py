@@ -660,7 +660,14 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     cancelling = _cancelling(probs, temps, grads, centred, Aw, given)
     # a sample whose right-hand side was rounding alone (a loss constant on the simplices) has no
     # gradient: what is left of it is rounding, zero, not unresolved
-    suspect = finite & ~zeroed & (largest > 0) & (cancelling.amax(1) * rtol > tol * largest)
+    # sized on the relative residual the solve reached, not the one it was asked for: a solve at
+    # 1e-12 of its right-hand side, flagged at rtol = 1e-10, was refined on a residual no solve
+    # reduces further, and its right gradient refused (a review)
+    solved_w = torch.where(finite.unsqueeze(1), w, torch.zeros_like(w))
+    reached = (rhs - hess.matvec(probs, temps, solved_w)).norm(dim=1)
+    reached = torch.minimum(reached / rhs.norm(dim=1).clamp_min(torch.finfo(dtype).tiny),
+                            torch.full_like(reached, rtol))
+    suspect = finite & ~zeroed & (largest > 0) & (cancelling.amax(1) * reached > tol * largest)
     if not bool(suspect.any()):
         return out
     rows = torch.nonzero(suspect).flatten()
@@ -671,8 +678,12 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
             break
         sub = [p[rows] for p in probs]
         residual = rhs[rows] - hess.matvec(sub, temps, w[rows])
-        delta = solve_psd(hess, sub, temps, hess.centre(residual), rtol, max_iter, dense_limit)[0]
-        delta = torch.where(torch.isfinite(delta), delta, torch.zeros_like(delta))
+        # a correction that was not solved is not applied, nor its sample settled (added, one that ran to
+        # max_iter at a relative residual of 3e3 made w worse: a review); a stalled one stops there
+        delta, _, _, ok = solve_psd(hess, sub, temps, hess.centre(residual), rtol, max_iter, dense_limit,
+                                    stop_stalled=True)
+        ok = ok & torch.isfinite(delta).all(1)
+        delta = torch.where(ok.unsqueeze(1), delta, torch.zeros_like(delta))
         w[rows] = w[rows] + delta
         moved = _sizes(_formed(hess, sub, temps, [torch.zeros_like(v[rows]) for v in grads],
                                [torch.zeros_like(c[rows]) for c in centred], -delta, given)[0])
@@ -681,7 +692,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
             out[k] = out[k].index_copy(0, rows, formed[k])
         now = _sizes(formed)
         scale = torch.maximum(now, now.amax(1, keepdim=True) * tol ** 0.5)
-        settled = (moved <= tol * scale).all(1)
+        settled = (moved <= tol * scale).all(1) & ok
         rows = rows[~settled]
     bad = sorted(set(rows.tolist()) | set(unresolved.tolist()))
     if not bad:

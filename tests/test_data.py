@@ -1645,3 +1645,18 @@ def test_brats_refuses_a_negative_min_tumour_area(tmp_path):
         with pytest.raises(ValueError, match=r"min_tumour_area must be an integer >= 0 \(pixels\)"):
             BraTSSlices(root, "all", min_tumour_area=bad, image_size=40, cache_dir=str(tmp_path / "c"))
     assert not os.path.exists(tmp_path / "c")  # refused before any work
+
+
+def test_rev38_a_grey_palette_png_beside_grey_images_is_read_as_grey(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "r"
+    os.makedirs(root / "images")
+    ramp = np.arange(256).reshape(16, 16).astype(np.uint8)
+    Image.fromarray(ramp, mode="L").save(root / "images" / "a.png")
+    Image.fromarray(255 - ramp, mode="L").convert("P").save(root / "images" / "b.png")  # a grey palette
+    (root / "labels.csv").write_text("filename,label\na.png,0\nb.png,1\n")
+    ds = FolderDataset(str(root), mask_dir=None)
+    a, b = ds[0][0], ds[1][0]
+    assert a.shape == b.shape == (1, 16, 16)
+    assert torch.allclose(a, -b, atol=1e-5)  # the reversed ramp, normalised

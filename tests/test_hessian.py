@@ -11,6 +11,7 @@ from helpers import (
     GRAPH_CASES,
     benchmark_instance,
     flat_np,
+    make_graph,
     max_err,
     peaked_mixed_instances,
     random_graph_instance,
@@ -1004,3 +1005,59 @@ def test_rev37_a_sample_its_dtype_cannot_resolve_does_not_take_a_resolvable_one_
     monkeypatch.setattr(hessian, "_beyond_rounding", lambda out, c, tol, dtype, rows: rows[rows == 0])
     with pytest.raises(ImplicitSolveError, match=r"sample\(s\) \[0\] to 1e-06"):
         hessian.implicit_vjp(h, probs, temps, grads)
+
+
+# ---------------------------------------------------------------- review 38: the refinement itself
+def _rev38_mixed_instance():
+    """A 'mixed' graph at τ ≈ (1e-3, 1.6e-3, 1.6, 8.5), one sample, solved at the default tol:
+    its implicit gradient is right to ~1e-8 of each map's own before any refinement."""
+    h = make_graph("mixed", 3)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(4):  # the fourth draw of temperatures (spread 10^±3) and scores
+        u = 2 * torch.rand(h.num_maps, generator=g, dtype=torch.float64) - 1
+        scores = [3 * torch.randn((3,) + s, generator=g, dtype=torch.float64)[2:] for s in h.shapes]
+    temps = (10 ** (3.0 * u)).tolist()
+    gg = torch.Generator().manual_seed(10)
+    grads = [torch.randn((3,) + s, generator=gg, dtype=torch.float64)[2:] for s in h.shapes]
+    probs = ca.solve(scores, h, "dual", temperature=temps).probs
+    return h, probs, temps, grads
+
+
+def _rev38_dense_reference(h, probs, temps, grads):
+    """θ̄_k = J_k (v_k − A_k w), w from the pseudo-inverse of the dense Hessian (no CG, no refinement)."""
+    hess = get_hessian(h, "cpu")
+    centred = [v - (p * v).flatten(1).sum(1).view((-1,) + (1,) * (p.dim() - 1)) for p, v in zip(probs, grads)]
+    rhs = hess.apply_At([DualHessian.apply_J(p, v, t) for p, v, t in zip(probs, centred, temps)])
+    H = hess.dense(probs, temps)
+    w = torch.stack([torch.linalg.pinv(H[i], hermitian=True, rtol=1e-14) @ rhs[i] for i in range(rhs.shape[0])])
+    return [DualHessian.apply_J(p, v if a is None else v - a, t)
+            for p, v, t, a in zip(probs, centred, temps, hess.apply_A(w))]
+
+
+def test_rev38_refinement_does_not_refuse_a_gradient_that_was_already_right():
+    h, probs, temps, grads = _rev38_mixed_instance()
+    want = _rev38_dense_reference(h, probs, temps, grads)
+    got = implicit_vjp(h, probs, temps, grads, max_iter=500)  # ImplicitSolveError before (at 1000 too)
+    top = max(float(x.abs().max()) for x in want)
+    for a, b in zip(got, want):
+        assert float((a - b).abs().max()) <= 1e-6 * max(float(b.abs().max()), 1e-3 * top)
+
+
+def test_rev38_refinement_does_not_run_corrections_to_max_iter(monkeypatch):
+    from convex_attention import hessian
+
+    h, probs, temps, grads = _rev38_mixed_instance()
+    iterations = []
+    real = hessian.solve_psd
+
+    def counting(*args, **kwargs):
+        result = real(*args, **kwargs)
+        iterations.append(int(result[2].max()))
+        return result
+
+    monkeypatch.setattr(hessian, "solve_psd", counting)
+    try:
+        implicit_vjp(h, probs, temps, grads, max_iter=100)
+    except ImplicitSolveError:
+        pass
+    assert sum(iterations) <= 30, iterations  # the first solve takes 1

@@ -70,8 +70,12 @@ def _read_array(path: str, palette_as_colours: bool = True) -> np.ndarray:
     try:
         with Image.open(path) as im:
             if palette_as_colours and im.mode in ("P", "PA"):
-                arr = np.asarray(im.convert("RGBA" if im.mode == "PA" or "transparency" in im.info else "RGB"),
-                                 dtype=np.float32)
+                alpha = im.mode == "PA" or "transparency" in im.info
+                arr = np.asarray(im.convert("RGBA" if alpha else "RGB"), dtype=np.float32)
+                if (arr[..., 0] == arr[..., 1]).all() and (arr[..., 0] == arr[..., 2]).all():
+                    # a grey palette (pngquant, an 8-bit export): one channel, as the grey PNGs beside it
+                    # (read as RGB, a grey folder holding one was refused for its channel count: a review)
+                    arr = arr[..., [0, 3]] if alpha else arr[..., 0]
             else:
                 arr = np.asarray(im, dtype=np.float32)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
