@@ -7,7 +7,8 @@ Layout::
     root/masks/<filename>  optional; same name (or stem) as the image, non-zero = lesion
 
 A palette PNG image is read by its colours (RGB; RGBA where it has transparency; one grey
-channel, with its alpha, where every colour is grey), a palette mask by its indices.  The label file may start with a byte-order mark (as spreadsheets write it).
+channel, with its alpha, where every colour is grey), a palette mask by its indices.  The
+label file may start with a byte-order mark (as spreadsheets write it).
 
 Items are ``(image (C, H, W) float32, label int64, mask (H, W) bool)``; without masks
 the mask is all False and ``has_masks`` is False.  Images are normalised per channel
