@@ -649,11 +649,12 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     ``J_k`` is small, ``v_k − A_k w`` nearly zero): a solve stopped at ``rtol ‖rhs‖``, which the
     coldest map dominates, left the gradients of the others percent off, returned as solved
     (τ = (1e8, 1, 1e-3) on an axial graph: up to 35 %; a review).  Where the size of the terms
-    that cancel, over the gradient, times ``rtol`` exceeds the gradient's tolerance, the
-    solution is refined (``w += (∇²g)⁻¹ (rhs − ∇²g w)``, up to :data:`REFINEMENTS` times) until
-    each map's gradient moves by at most ``GRADIENT_RTOL`` of itself (of the sample's largest,
-    for a map whose gradient is below its square root); a sample that does not get there
-    cannot be resolved in its dtype and is named in the error."""
+    that cancel, over the gradient, times the relative residual the solve reached (at most
+    ``rtol``) exceeds the gradient's tolerance, the solution is refined (``w += (∇²g)⁻¹ (rhs −
+    ∇²g w)``, up to :data:`REFINEMENTS` times; a correction not solved is not applied) until each
+    map's gradient moves by at most ``GRADIENT_RTOL`` of itself (of the sample's largest, for a
+    map whose gradient is below its square root); a sample that does not get there, or whose
+    dtype's rounding of those terms alone exceeds that, is named in the error."""
     dtype = rhs.dtype
     tol = GRADIENT_RTOL[dtype] if dtype in GRADIENT_RTOL else GRADIENT_RTOL[torch.float32]
     largest = _sizes(out).amax(1)
