@@ -2171,3 +2171,50 @@ def test_rev39_float32_work_converged_solution_meets_gap_tol_at_a_wide_temperatu
     relative = (sol.dual_objective - sol.objective).abs() / (sol.objective - offset).abs().clamp_min(1.0)
     # converged only where the solution returned meets gap_tol (a refusal is fine)
     assert not bool(sol.info["converged"][0]) or float(relative[0]) <= 1e-5, (sol.info, float(relative[0]))
+
+
+def _rev40_disconnected_forest_sample():
+    """disconnected-forest (seed 1), N(0, 3²) scores, τ in [0.1, 10]: one sample whose whole-problem
+    relative gap at the returned duals is 5.7e-8 (float64 oracle 5.6e-8), below gap_tol=1e-7,
+    while one part's gap relative to its own objective is 1.3e-7."""
+    h = make_graph("disconnected-forest", 1)
+    g = torch.Generator().manual_seed(1)
+    scores = [3 * torch.randn((4,) + s, generator=g, dtype=torch.float64)[:1] for s in h.shapes]
+    temps = (10 ** (2 * torch.rand(h.num_maps, generator=g, dtype=torch.float64) - 1)).tolist()
+    return h, scores, temps
+
+
+def test_rev40_disconnected_float32_converged_is_not_withdrawn_where_the_whole_gap_meets_gap_tol():
+    h, scores, temps = _rev40_disconnected_forest_sample()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-5, gap_tol=1e-7, dtype=torch.float32,
+                       strict=False)
+    offset = sum(s.flatten(1).mean(1) for s in scores)
+    whole = float(((sol.dual_objective - sol.objective).abs() / (sol.objective - offset).abs().clamp_min(1.0))[0])
+    assert whole <= 1e-7 and float(sol.info["gap"][0]) <= 1e-7
+    assert float(sol.info["returned_violation"][0]) <= 1e-5
+    assert bool(sol.info["converged"][0]), sol.info
+
+
+def test_rev40_disconnected_float32_strict_solve_meeting_the_whole_gap_does_not_raise():
+    h, scores, temps = _rev40_disconnected_forest_sample()
+    sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-5, gap_tol=1e-7, dtype=torch.float32)
+    assert bool(sol.info["converged"].all())
+
+
+@pytest.mark.xfail(strict=True, reason="ca274a8 measures the gap at the duals in float32 (5.3e-8), not at the solution "
+                   "returned: axial, ordinary N(0,3²) scores and τ in [0.1, 10], converged is kept while the returned "
+                   "solution's gap (the commit's own oracle, float64) is 1.14e-7 > gap_tol 1e-7 (not new: as before)")
+def test_rev40_float32_converged_solution_meets_gap_tol_on_ordinary_scores():
+    h = make_graph("axial", 2)
+    g = torch.Generator().manual_seed(2)
+    scores = [3 * torch.randn((4,) + s, generator=g, dtype=torch.float64)[:1] for s in h.shapes]
+    temps = (10 ** (2 * torch.rand(h.num_maps, generator=g, dtype=torch.float64) - 1)).tolist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        sol = ca.solve(scores, h, "dual", temperature=temps, tol=1e-5, gap_tol=1e-7, dtype=torch.float32,
+                       strict=False)
+    offset = sum(s.flatten(1).mean(1) for s in scores)
+    relative = (sol.dual_objective - sol.objective).abs() / (sol.objective - offset).abs().clamp_min(1.0)
+    assert not bool(sol.info["converged"][0]) or float(relative[0]) <= 1e-7, (sol.info, float(relative[0]))
