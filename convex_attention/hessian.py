@@ -630,9 +630,14 @@ def _beyond_rounding(out: Sequence[Tensor], cancelling: Tensor, tol: float, dtyp
     """The samples of ``rows`` where some map's gradient is below what its dtype's rounding of
     the terms that cancel (:func:`_cancelling`) lets it resolve to ``tol`` of itself (of the
     sample's largest, for a map below its square root): no solve can make those accurate."""
-    now = _sizes([o[rows] for o in out])
-    scale = torch.maximum(now, now.amax(1, keepdim=True) * tol ** 0.5)
+    scale = _held_to(_sizes([o[rows] for o in out]), tol)
     return rows[(torch.finfo(dtype).eps * cancelling[rows] > tol * scale).any(1)]
+
+
+def _held_to(sizes: Tensor, tol: float) -> Tensor:
+    """What each map's gradient (``sizes``, :func:`_sizes`) is held to ``tol`` of: itself, or for
+    a map below the square root of ``tol`` times the sample's largest, that."""
+    return torch.maximum(sizes, sizes.amax(1, keepdim=True) * tol ** 0.5)
 
 
 def _sizes(out: Sequence[Tensor]) -> Tensor:
@@ -656,22 +661,22 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     map whose gradient is below its square root); a sample that does not get there, or whose
     dtype's rounding of those terms alone exceeds that, is named in the error."""
     dtype = rhs.dtype
-    tol = GRADIENT_RTOL[dtype] if dtype in GRADIENT_RTOL else GRADIENT_RTOL[torch.float32]
+    tol = GRADIENT_RTOL.get(dtype, GRADIENT_RTOL[torch.float32])
     largest = _sizes(out).amax(1)
     cancelling = _cancelling(probs, temps, grads, centred, Aw, given)
     # a sample whose right-hand side was rounding alone (a loss constant on the simplices) has no
-    # gradient: what is left of it is rounding, zero, not unresolved
-    # sized on the relative residual the solve reached, not the one it was asked for: a solve at
-    # 1e-12 of its right-hand side, flagged at rtol = 1e-10, was refined on a residual no solve
-    # reduces further, and its right gradient refused (a review)
-    solved_w = torch.where(finite.unsqueeze(1), w, torch.zeros_like(w))
-    reached = (rhs - hess.matvec(probs, temps, solved_w)).norm(dim=1)
-    reached = torch.minimum(reached / rhs.norm(dim=1).clamp_min(torch.finfo(dtype).tiny),
-                            torch.full_like(reached, rtol))
-    suspect = finite & ~zeroed & (largest > 0) & (cancelling.amax(1) * reached > tol * largest)
+    # gradient: what is left of it is rounding, zero, not unresolved.  Screened first at rtol, the
+    # most the solve left, so that the residual's product is formed only where one may need it
+    suspect = finite & ~zeroed & (largest > 0) & (cancelling.amax(1) * rtol > tol * largest)
     if not bool(suspect.any()):
         return out
     rows = torch.nonzero(suspect).flatten()
+    # then sized on the relative residual the solve reached, not the one it was asked for: a solve
+    # at 1e-12 of its right-hand side, flagged at rtol = 1e-10, was refined on a residual no solve
+    # reduces further, and its right gradient refused (a review)
+    reached = (rhs[rows] - hess.matvec([p[rows] for p in probs], temps, w[rows])).norm(dim=1)
+    reached = reached / rhs[rows].norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
+    rows = rows[cancelling[rows].amax(1) * reached > tol * largest[rows]]
     unresolved = _beyond_rounding(out, cancelling, tol, dtype, rows)  # no solve can help these
     rows = rows[~torch.isin(rows, unresolved)]
     for _ in range(REFINEMENTS):
@@ -691,9 +696,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         formed, _ = _formed(hess, sub, temps, [v[rows] for v in grads], [c[rows] for c in centred], w[rows], given)
         for k in range(len(out)):
             out[k] = out[k].index_copy(0, rows, formed[k])
-        now = _sizes(formed)
-        scale = torch.maximum(now, now.amax(1, keepdim=True) * tol ** 0.5)
-        settled = (moved <= tol * scale).all(1) & ok
+        settled = (moved <= tol * _held_to(_sizes(formed), tol)).all(1) & ok
         rows = rows[~settled]
     bad = sorted(set(rows.tolist()) | set(unresolved.tolist()))
     if not bad:
