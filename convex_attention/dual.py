@@ -323,7 +323,7 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     mask = tuple(q is not None for q in given) if given is not None else (False,) * h.num_maps
     free = next(s for s, m in zip(scores, mask) if not m)
     dtype, B = free.dtype, free.shape[0]
-    floats = [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
+    floats = _as_floats(temps)
     # None for a given map (its temperature is not used), so that a refusal names the right map
     options = check_dual_options(options, h, B, free.device, [None if m else t for t, m in zip(floats, mask)])
     work = options.pop("dtype")
@@ -369,7 +369,9 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
         probs = [p.index_copy(0, rows, q) for p, q in zip(probs, again_probs)]
         duals = [d.index_copy(0, rows, q) for d, q in zip(duals, again_duals)]
         info = _followed(info, again, rows)
-    _check_whole_gap(gap, options, info)  # the gap of the duals returned, measured by the last pass
+    # the gap of the duals returned, measured by the last pass
+    _check_returned_gap(gap, options, info, "each component met tol and its share of gap_tol, but the components' "
+                        "objectives nearly cancel; raise gap_tol, or solve the components as separate problems")
     return probs, [d.to(compute_dtype(dtype)) for d in duals], info
 
 
@@ -469,20 +471,19 @@ def _split_given(inputs: Sequence[Tensor], mask: Sequence[bool]):
             [x if m else None for x, m in zip(inputs, mask)] if any(mask) else None)
 
 
-def _check_whole_gap(gap: Tensor, options: dict, info: dict) -> None:
-    """Sets ``info["gap"]`` to ``gap``, the whole problem's relative gap at the returned duals
+def _check_returned_gap(gap: Tensor, options: dict, info: dict, cause: str) -> None:
+    """Sets ``info["gap"]`` to ``gap``, the relative duality gap at the duals returned
     (:func:`_gap_and_scale`), which is what ``gap_tol`` bounds; a sample above it is not
-    converged: ConvergenceError with ``strict``, else a warning."""
+    converged: ConvergenceError with ``strict``, else a warning, each saying why (``cause``)."""
     info["gap"] = gap
     missed = info["converged"] & ~(gap <= options["gap_tol"])
     if not bool(missed.any()):
         return
     info["converged"] = info["converged"] & ~missed
-    rows = torch.nonzero(missed).flatten().tolist()
+    rows = named(torch.nonzero(missed).flatten().tolist(), options.get("sample_names"))
     msg = (f"dual solver did not reach gap_tol={options['gap_tol']:g} for sample(s) {rows[:10]}"
-           f"{' …' if len(rows) > 10 else ''}: each component met tol and its share of gap_tol, but the relative "
-           f"duality gap of the whole problem is up to {float(gap[missed].max()):.2e}, because the components' "
-           f"objectives nearly cancel; raise gap_tol, or solve the components as separate problems")
+           f"{' …' if len(rows) > 10 else ''}: the relative duality gap at the duals returned is up to "
+           f"{float(gap[missed].max()):.2e}; {cause}")
     if options["strict"]:
         raise ConvergenceError(msg)
     warnings.warn(msg, RuntimeWarning, stacklevel=4)
@@ -538,28 +539,16 @@ def _solve_checked(inputs: Sequence[Tensor], h: Graph, temps: Sequence, options:
     if work != torch.float64 and not whole_gap_checked:  # (a part: the whole problem's gap is judged)
         # float32 work confirms no stop at the returned (centred) duals: its gap was the iterate's,
         # and at the duals and maps returned it was 26x gap_tol (a review: 1.3e-4 at gap_tol 1e-5)
-        floats = [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
-        gap, _ = _gap_and_scale(inputs, h, floats, lam, mask)
-        _check_returned_gap(gap, options, info)
+        gap, _ = _gap_and_scale(inputs, h, _as_floats(temps), lam, mask)
+        _check_returned_gap(gap, options, info, "the float32 iterate met it before its duals were centred; solve "
+                                                "in float64 (the default working dtype) or raise gap_tol")
     # (the caller returns the duals in the compute dtype: half precision's range is narrower than theirs)
     return probs, list(lam), info
 
 
-def _check_returned_gap(gap: Tensor, options: dict, info: dict) -> None:
-    """``info["gap"]`` becomes the relative gap at the returned duals; a sample above
-    ``gap_tol`` there is not converged: ConvergenceError with ``strict``, else a warning."""
-    info["gap"] = gap
-    missed = info["converged"] & ~(gap <= options["gap_tol"])
-    if not bool(missed.any()):
-        return
-    info["converged"] = info["converged"] & ~missed
-    rows = named(torch.nonzero(missed).flatten().tolist(), options.get("sample_names"))
-    msg = (f"dual solver: at the duals returned the relative duality gap is up to {float(gap[missed].max()):.2e}, "
-           f"above gap_tol={options['gap_tol']:g}, for sample(s) {rows[:10]} (the float32 iterate met it before its "
-           f"duals were centred); solve in float64 (the default working dtype) or raise gap_tol")
-    if options["strict"]:
-        raise ConvergenceError(msg)
-    warnings.warn(msg, RuntimeWarning, stacklevel=4)
+def _as_floats(temps: Sequence) -> list[float]:
+    """The temperatures as floats (a tensor's value, detached)."""
+    return [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
 
 
 def _normalised(q: Tensor) -> Tensor:
