@@ -262,18 +262,15 @@ class ResumeMismatch(FinishedRows):
 def stored_config(out_dir: str) -> dict | None:
     """The ``config`` recorded in ``out_dir/bench.json``; ``None`` when there is no such
     file, it cannot be read or it records no configuration."""
-    return _stored_entry(out_dir, "config")
+    config = _bench_json(out_dir).get("config")
+    return config if isinstance(config, dict) else None
 
 
 def stored_targets(out_dir: str) -> list[dict]:
     """The amortised targets ``out_dir/bench.json`` records (:func:`~.targets.amortised_targets`,
     judged by the sweep that wrote them, which knew the cells it left unmeasured), with the
     ratios strict JSON stored as ``null`` read back as NaN; ``[]`` where there are none."""
-    try:
-        with open(os.path.join(out_dir, "bench.json"), encoding="utf-8") as f:
-            targets = json.load(f).get("targets")
-    except (OSError, ValueError, AttributeError):
-        return []
+    targets = _bench_json(out_dir).get("targets")
     if not isinstance(targets, list):
         return []
     numbers = ("worst_ratio", "median_ratio", "time_vs_exact")
@@ -281,15 +278,14 @@ def stored_targets(out_dir: str) -> list[dict]:
             for t in targets if isinstance(t, dict)]
 
 
-def _stored_entry(out_dir: str, name: str) -> dict | None:
-    """The object ``name`` of ``out_dir/bench.json``; ``None`` where there is none or the file
-    cannot be read."""
+def _bench_json(out_dir: str) -> dict:
+    """``out_dir/bench.json`` as read; ``{}`` where there is none or it cannot be read."""
     try:
         with open(os.path.join(out_dir, "bench.json"), encoding="utf-8") as f:
-            entry = json.load(f).get(name)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return entry if isinstance(entry, dict) else None
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 #: What a resume must find unchanged in bench.json's ``environment`` (where both record it):
@@ -321,12 +317,12 @@ def run_inputs(config) -> dict:
     return {}
 
 
-def _check_same_environment(out_dir: str, new: dict) -> None:
+def _check_same_environment(out_dir: str, stored, new: dict) -> None:
     """:class:`ResumeMismatch` where this machine or its versions (:data:`RESUME_ENVIRONMENT`)
-    are not those bench.json records the kept rows were measured with: resumed, the folder
-    would hold timings of two environments under one (its figures' footers name one)."""
-    stored = _stored_entry(out_dir, "environment")
-    if not stored:
+    are not those bench.json records (``stored``, its ``environment``) the kept rows were
+    measured with: resumed, the folder would hold timings of two environments under one (its
+    figures' footers name one)."""
+    if not isinstance(stored, dict) or not stored:
         return
     devices = new.get("devices") or ["cpu"]
     here = environment(devices[0])
@@ -377,7 +373,8 @@ def check_resume_config(out_dir: str, config) -> None:
     if not rows and not problems:
         return  # no rows to keep (those of a bench.json without its bench.csv are dropped, and said)
     kept = [r for r in rows if r["status"] in FINISHED]  # the others are measured again
-    stored = _with_legacy_batch(stored_config(out_dir))
+    recorded = _bench_json(out_dir)  # read once for its config, environment and inputs
+    stored = _with_legacy_batch(recorded["config"] if isinstance(recorded.get("config"), dict) else None)
     if stored is None:
         raise ResumeMismatch(
             f"--resume: {os.path.join(out_dir, 'bench.json')} records no readable configuration (it is missing, "
@@ -385,8 +382,8 @@ def check_resume_config(out_dir: str, config) -> None:
             f"measured with cannot be checked against this run's; restore that bench.json, pass --overwrite to "
             f"start over, or choose another --out")
     _check_same_devices(out_dir, stored.get("devices"), new.get("devices"))
-    _check_same_environment(out_dir, new)
-    inputs = _stored_entry(out_dir, "inputs") or {}
+    _check_same_environment(out_dir, recorded.get("environment"), new)
+    inputs = recorded.get("inputs") if isinstance(recorded.get("inputs"), dict) else {}
     if "checkpoint_sha256" in inputs and new.get("generator") == "model" and \
             stored.get("checkpoint") == as_json(new.get("checkpoint")):
         now = run_inputs(new).get("checkpoint_sha256")
