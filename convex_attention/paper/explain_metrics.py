@@ -188,10 +188,8 @@ def _check(m: Tensor, mask: Tensor) -> tuple[np.ndarray, np.ndarray]:
     a map that is not a number would be reported as one)."""
     if tuple(m.shape) != tuple(mask.shape):
         raise ValueError(f"map {tuple(m.shape)} and mask {tuple(mask.shape)} differ in shape")
+    _check_finite(m)
     values = m.detach().cpu().to(torch.float64).numpy().ravel()  # float64: a float16 sum overflows at 65504
-    if not np.isfinite(values).all():
-        raise ValueError(f"the map holds {int((~np.isfinite(values)).sum())} NaN or Inf value(s) of {values.size}: "
-                         f"it ranks no pixels, so it is not scored")
     return values, mask.detach().cpu().numpy().astype(bool).ravel()
 
 

@@ -80,9 +80,9 @@ def predict(model, dataset: Dataset, batch_size: int = 64, device="cpu", keep_ma
 def balanced_accuracy_at(p1, labels, threshold: float) -> float:
     """Balanced accuracy of predicting class 1 where ``p1 >= threshold`` (``p1``: ``(N,)``
     probabilities of class 1, or log-odds with a threshold on them; ``labels`` ``(N,)`` in
-    {0, 1}): the mean of the recalls of the
-    two classes; NaN for a NaN threshold, no labels, or a class absent (the mean of the
-    recalls present would score one class's recall as balanced)."""
+    {0, 1}): the mean of the recalls of the two classes; NaN for a NaN threshold, no labels,
+    or a class absent (the mean of the recalls present would score one class's recall as
+    balanced)."""
     p1, labels = np.asarray(p1, dtype=float), np.asarray(labels).astype(int)
     if threshold is None or not math.isfinite(threshold):
         return math.nan
@@ -98,9 +98,9 @@ def _balanced_accuracy(pred: np.ndarray, labels: np.ndarray) -> float:
 
 
 def classification(logits: Tensor, labels: Tensor, threshold: float, threshold_log_odds: float | None = None) -> dict:
-    """Test metrics of two-class ``logits`` ``(N, 2)``: ``auc`` (ROC AUC of the log-odds, the ranking
-    of p(class 1) without the ties its rounding to 1.0 makes;
-    NaN with one class present), ``bacc`` (balanced accuracy at the threshold chosen on
+    """Test metrics of two-class ``logits`` ``(N, 2)``: ``auc`` (ROC AUC of the log-odds, the
+    ranking of p(class 1) without the ties its rounding to 1.0 makes; NaN with one class
+    present), ``bacc`` (balanced accuracy at the threshold chosen on
     validation: ``threshold_log_odds`` on the log-odds where given and finite, else
     ``threshold`` on p(class 1), as older checkpoints store it, which rounds to 1.0 above
     log-odds ~37; NaN with one class present), ``bacc_argmax`` (the same at the argmax) and

@@ -235,7 +235,7 @@ def load_checkpoint(path: str, model, optimizer=None, map_location="cpu", state:
         # torch's first line names the model only; the next one says what does not fit (missing keys, a shape)
         raise ValueError(f"{path!r}: its weights do not fit its own configuration "
                          f"({one_line(str(err) or type(err).__name__, _QUOTED_CHARS)})") from None
-    if optimizer is not None and state.get("optimizer") is not None:
+    if optimizer is not None:
         check_optimizer_fits(path, state, model)
     return state
 
