@@ -703,3 +703,18 @@ def test_rev36_a_sweep_stopped_by_max_cells_does_not_record_its_amortised_target
     assert {r["size"] for r in rows} == {4}  # the 8x8+4x4 cell never ran
     (target,) = read_json(tmp_path / "bench.json")["targets"]
     assert target["met"] is not True, target
+
+
+def test_a_cell_with_one_row_measured_and_the_other_waiting_is_not_measured_yet_not_failed():
+    """A cell cut by ``--max-cells`` (or an interrupted run) after λ = 0's row: the amortised
+    row the sweep still wants makes the cell not measured yet, and the target not judged; it
+    had counted as FAILED, a miss no measurement showed (review 38)."""
+    from convex_attention.bench.targets import amortised_targets, format_targets
+
+    good = [learned_row("zero", 0.3, size=8), learned_row("amortised", 0.0015, size=8)]
+    half = [learned_row("zero", 0.3, size=16)]
+    (t,) = amortised_targets(good + half, unmeasured=[learned_row("amortised", math.nan, size=16)])
+    assert t["met"] is None and t["failed_cells"] == 0 and t["unmeasured_cells"] == 1 and t["cells"] == 1, t
+    assert "1 cell(s) not measured yet" in format_targets([t]) and "FAILED" not in format_targets([t])
+    (missing,) = amortised_targets(good + half)  # nothing waits for it: the row is missing, a failed cell
+    assert missing["met"] is False and missing["failed_cells"] == 1

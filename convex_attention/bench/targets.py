@@ -236,7 +236,8 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
     none failed.  ``unmeasured``: the rows a sweep wants but has not measured yet (one stopped
     by ``--max-cells``); a target with such cells (``unmeasured_cells``) is not met before
     they are measured: ``met`` is ``False`` where the cells measured already miss, else
-    ``None``.  Each entry also gives its cost: the amortised dual's time per sample over the
+    ``None``.  A cell with one row measured and the other waiting is not measured yet, not
+    failed.  Each entry also gives its cost: the amortised dual's time per sample over the
     fastest exact method's in the same cell (median over cells; the closed form in practice).
 
     Returns a list of dicts: ``structure``, ``generator``, ``levels``, ``threshold``,
@@ -270,6 +271,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
             if math.isfinite(t) and t < exact.get(cell_key(r), math.inf):
                 exact[cell_key(r)] = t
     waiting: dict = {}  # group -> the cells of it not measured yet
+    waiting_rows: set = set()  # (cell, kind) of each row not measured yet
     for r in unmeasured:
         try:
             if not get_method(r.get("method")).needs_duals or r.get("dual_kind") not in ("zero", "amortised"):
@@ -279,12 +281,13 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
         group = (structure(r), str(r.get("generator")), int(r.get("levels")))
         groups.add(group)
         waiting.setdefault(group, set()).add(cell_key(r))
+        waiting_rows.add((cell_key(r), r.get("dual_kind")))
     out = []
     for struct, generator, levels in sorted(groups):
         threshold = (AMORTISED_TARGETS.get(levels) if struct == "chain" else STRUCTURE_AMORTISED_TARGETS.get(struct))
         if threshold is None:
             continue
-        ratios, costs, failed, skipped = [], [], 0, 0
+        ratios, costs, failed, skipped, partly = [], [], 0, 0, 0
         for key in sorted(k for k, g in cell_group.items() if g == (struct, generator, levels)):
             zeros, amortised = learned.get((key, "zero"), []), learned.get((key, "amortised"), [])
             statuses = {r.get("status") for r in zeros + amortised}
@@ -294,8 +297,11 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
             if "skipped" in statuses:
                 skipped += 1
                 continue
-            if not zeros or not amortised:  # a row is missing
-                failed += 1
+            if not zeros or not amortised:  # a row is missing: not measured yet where the sweep wants it
+                if (key, "zero" if not zeros else "amortised") in waiting_rows:
+                    partly += 1
+                else:
+                    failed += 1
                 continue
             z, a = _float(zeros[-1].get("violation_mean")), _float(amortised[-1].get("violation_mean"))
             if not (z > 0 and math.isfinite(z)):  # λ = 0's violation cannot scale a ratio
@@ -306,7 +312,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
                 costs.append(_float(amortised[-1].get("per_sample_ms")) / exact[key])
         worst = max(ratios) if ratios else float("nan")
         finite_costs = [c for c in costs if math.isfinite(c)]
-        later = len(waiting.get((struct, generator, levels), set()) - set(cell_group))
+        later = len(waiting.get((struct, generator, levels), set()) - set(cell_group)) + partly
         if failed or (ratios and worst > threshold):
             met = False  # a miss whatever the cells not measured yet give
         elif later or not ratios:
