@@ -1295,3 +1295,21 @@ def test_rev34_an_interrupted_overwrite_leaves_no_earlier_example_for_resume_to_
     with np.load(os.path.join(out, "example.npz"), allow_pickle=False) as z:
         assert np.array_equal(z["scores0"], generate("lesion", h, 1, seed=101, scale=1.0)[0][0].numpy()), \
             "example.npz is still the --seed 0 run's instance"
+
+
+# ----------------------------------------------------------------------------- review 42
+
+def test_rev42_plot_into_a_figure_folder_another_run_holds_exits_2_naming_the_owner(tmp_path, monkeypatch, capsys):
+    results = tmp_path / "r"
+    (results / "figures").mkdir(parents=True)
+    (results / "bench.csv").write_text("not read: plot_results is stubbed\n")
+    calls = _stub_plot_results(monkeypatch, ["violation"])
+    holder = hold_lock(results / "figures", 60)  # another plot drawing into the same folder
+    try:
+        assert run(["plot", str(results), "--no-progress"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert f"in use by pid {holder.pid}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert calls == [], "plot drew while another run held the folder"

@@ -795,3 +795,20 @@ def test_metric_summary_names_the_test_split_and_the_model_free_reference(tmp_pa
     nan_only = [{**r, "ap_mean": float("nan")} for r in rows]
     with pytest.raises(ValueError, match="no finite"):  # a panel without a point is no panel
         plot_metric_summary(nan_only, str(tmp_path / "none.png"))
+
+
+# ----------------------------------------------------------------------------- review 42
+
+def test_rev42_the_report_table_names_the_mask_of_each_row(tmp_path):
+    from convex_attention.paper.explain import markdown_table
+
+    rows = [{"model": "m", "method": "attention", "level": 0, "resolution": "pixel", "upsampling": "nearest",
+             "mask": mask, "image": i, **{k: v for k in METRIC_NAMES}}
+            for mask, v in (("lesion", 0.9), ("decisive", 0.1)) for i in range(2)]
+    table = markdown_table(summarise(rows)).splitlines()
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    assert "mask" in head
+    labels = [tuple(c.strip() for c in line.strip("|").split("|")[:head.index("n")]) for line in table[2:]]
+    assert len(set(labels)) == len(labels) == 2, labels  # one row per mask, told apart
+    report = read_text(write_outputs(rows, [], str(tmp_path))["markdown"])
+    assert "| decisive |" in report and "| lesion |" in report

@@ -250,3 +250,26 @@ def test_sci_never_gives_pythons_e_notation():
         assert "e+" not in figures.sci(x), x
     assert figures.sci(1234.5) == r"1.2\times10^{3}" and figures.sci(-2500.0) == r"-2.5\times10^{3}"
     assert figures.sci(999.7) == r"1.0\times10^{3}" and figures.sci(123.4) == "123"  # plain where Python is
+
+
+# ----------------------------------------------------------------------------- review 42
+
+def test_rev42_save_syncs_each_file_to_disk_before_renaming_it_over_the_target(tmp_path, monkeypatch):
+    synced: list = []
+    renamed: list = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else fd)
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        renamed.append((os.fspath(src), os.fspath(dst)))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    figures.save(_tiny_figure(), str(tmp_path / "f.png"))
+    assert [os.path.basename(dst) for _, dst in renamed] == ["f.png", "f.pdf"]
+    assert sorted(os.path.basename(s) for s in synced) == sorted(os.path.basename(src) for src, _ in renamed), \
+        "each temporary file is synced before it is renamed over its target"

@@ -1293,3 +1293,26 @@ def test_rev34_resume_refuses_metrics_rows_without_their_epoch_before_any_work(t
     torch.save({**state, "metrics": [{"val_auc": 0.5}]}, path)
     code, _, err = run(["train", "--resume", path, "--out", str(tmp_path / "o")], capsys)
     assert_usage_error(code, err, "--resume")
+
+
+# ----------------------------------------------------------------------------- review 42
+
+def test_rev42_explain_refuses_an_output_name_that_is_a_folder_before_any_work(tmp_path, capsys, no_work):
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt")
+    out = tmp_path / "ex"
+    (out / "explain.csv").mkdir(parents=True)
+    (out / "explain.csv" / "mine.txt").write_text("the user's")
+    code, _, err = run(["explain", "--checkpoints", f"a={a}", "--out", str(out), "--overwrite", "--no-progress"],
+                       capsys)
+    assert_usage_error(code, err, "explain.csv", "folder")
+    assert (out / "explain.csv" / "mine.txt").read_text() == "the user's"
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "best.pt"])
+def test_rev42_train_refuses_a_run_file_name_that_is_a_folder_before_any_work(name, tmp_path, capsys, no_work):
+    out = tmp_path / "run"
+    (out / name).mkdir(parents=True)
+    for overwrite in ([], ["--overwrite"]):
+        code, _, err = run(["train", *_SMALL_RUN, "--out", str(out), *overwrite], capsys)
+        assert_usage_error(code, err, name, "folder")
+        assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).is_dir()

@@ -1041,3 +1041,22 @@ def test_rev34_a_resume_keeps_the_environment_the_earlier_rows_were_measured_in(
     with pytest.raises(R.ResumeMismatch, match="measured with processor \"The Earlier CPU 9000\", this machine has"):
         sweep_writer(tmp_path, resume=True)
     assert "The Earlier CPU 9000" in (tmp_path / "bench.json").read_text()  # refused before anything is written
+
+
+# ----------------------------------------------------------------------------- review 42
+
+def test_rev42_a_resume_that_lists_another_device_first_still_compares_the_gpu_of_the_kept_rows(tmp_path,
+                                                                                                  monkeypatch):
+    import torch
+
+    gpu = {"name": "GPU A"}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu["name"])
+    stored = SweepConfig(sizes=(4,), levels=(2,), devices=("cuda",))
+    R.ResultsWriter(str(tmp_path), stored, "cuda", False, log=lambda m: None).commit(bench_row(device="cuda"))
+    assert strict_load(str(tmp_path / "bench.json"))["environment"]["gpu"] == "GPU A"
+    gpu["name"] = "GPU B"  # the same folder, resumed on a machine with another GPU
+    with pytest.raises(R.ResumeMismatch, match='gpu "GPU A", this machine has "GPU B"'):
+        R.check_resume_config(str(tmp_path), stored)  # --device cuda: refused
+    with pytest.raises(R.ResumeMismatch, match='gpu "GPU A", this machine has "GPU B"'):
+        # --device cpu cuda (the grid grew): the kept cuda rows and the new ones would be two GPUs' timings
+        R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), devices=("cpu", "cuda")))

@@ -324,8 +324,17 @@ def _check_same_environment(out_dir: str, stored, new: dict) -> None:
     figures' footers name one)."""
     if not isinstance(stored, dict) or not stored:
         return
-    devices = new.get("devices") or ["cpu"]
-    here = environment(devices[0])
+    devices = list(new.get("devices") or ["cpu"])
+    # the environment of the device the record was taken on (its gpu and cuda are that device's),
+    # wherever this run lists it: a resume that lists another device first (--device cpu cuda after
+    # --device cuda) must still compare the GPU the kept rows were timed on; else the first device's
+    device = devices[0]
+    recorded_on = stored.get("device")
+    if isinstance(recorded_on, str):
+        with contextlib.suppress(RuntimeError, TypeError, ValueError):  # a name torch cannot parse
+            wanted = device_identity(recorded_on)
+            device = next((d for d in devices if device_identity(d) == wanted), device)
+    here = environment(device)
     for key in RESUME_ENVIRONMENT:
         if key in stored and key in here and stored[key] != here[key]:
             raise ResumeMismatch(

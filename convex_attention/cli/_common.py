@@ -129,7 +129,10 @@ def check_files(out: str, names) -> None:
 def check_no_earlier(out: str, names, overwrite: bool) -> list[str]:
     """The files ``names`` an earlier run left in ``out`` (those that are there); UsageError,
     before any work, when there are some and ``overwrite`` was not given: an earlier result
-    is never replaced without a word (:func:`convex_attention.io.files.check_no_earlier_outputs`)."""
+    is never replaced without a word (:func:`convex_attention.io.files.check_no_earlier_outputs`).
+    A name that exists as something other than a regular file (a folder, a named pipe) is a
+    UsageError whatever ``overwrite`` says (:func:`check_files`): it could not be replaced."""
+    check_files(out, names)
     try:
         return check_no_earlier_outputs(out, names, overwrite)
     except ValueError as err:

@@ -23,6 +23,7 @@ from ._common import (
     check_no_earlier,
     check_out,
     check_out_leaving_nothing,
+    holding_out,
     info,
     making_out,
     show_progress,
@@ -181,7 +182,8 @@ def _add_plot(sub) -> None:
                     "threads, the load average at the start and end of the run (or that it was not recorded) and "
                     "the dtype; rows the sweep skipped or timed elsewhere are counted there. Rows with unreadable "
                     "or impossible values (a time outside 1e-12 to 1e12 ms) are skipped and named on stderr; a "
-                    "figure without data, or whose log axis would overflow, is not written.")
+                    "figure without data, or whose log axis would overflow, is not written. One run writes a "
+                    "figure folder at a time (FOLDER/results.lock).")
     p.add_argument("results", help="results folder written by `bench`")
     p.add_argument("--out", default=None, help="figure folder (default: RESULTS/figures)")
     p.add_argument("--overwrite", action="store_true",
@@ -189,6 +191,7 @@ def _add_plot(sub) -> None:
                         "(its record, FOLDER/.convex-attention-figures.json, lists what it wrote); without it such "
                         "a run writes nothing and exits 2. Figures plot recorded there are replaced, and removed "
                         "where these results no longer support them, without it")
+    add_wait_option(p)
     add_output_options(p)
 
 
@@ -551,10 +554,11 @@ def cmd_plot(args) -> int:
         raise UsageError(f"{results} holds no {', '.join(inputs)} to plot (run `convex-attention bench --out "
                          f"{results}` or benchmarks/bench_graphs.py --out {results} first)")
     out = args.out or os.path.join(results, "figures")
-    check_files(out, _figure_folder_files())  # before check_out, which makes the folder
-    made = not os.path.isdir(out)
-    check_out(out)
-    return _run_plot(args, results, out, made)
+    check_files(out, _figure_folder_files())  # before the folder is made
+    # one writer per figure folder, as demo's plot step holds it: the figures and their record
+    # (a folder it made is removed again, if empty, when the run fails: holding_out)
+    with holding_out(out, "plot", args):
+        return _run_plot(args, results, out)
 
 
 def _figure_folder_files() -> tuple:
@@ -580,10 +584,10 @@ def _check_figure_folder(out: str, overwrite: bool) -> None:
                          f"{MANIFEST}) or changed since; pass --overwrite to replace them, or choose another --out")
 
 
-def _run_plot(args, results: str, out: str, made: bool = False) -> int:
-    """Draw the figures of ``results`` into ``out`` (``made``: this command made that folder,
-    so a run that draws nothing removes it again, if it is still empty)."""
-    from ..bench.plots import FigureConflict, plot_results, remove_empty_folder
+def _run_plot(args, results: str, out: str) -> int:
+    """Draw the figures of ``results`` into ``out``, whose lock the caller holds (a folder it
+    made for them is removed again, if empty, where nothing is drawn: :func:`holding_out`)."""
+    from ..bench.plots import FigureConflict, plot_results
 
     notes: list = []
     written: list = []
@@ -593,9 +597,6 @@ def _run_plot(args, results: str, out: str, made: bool = False) -> int:
         raise UsageError(str(err)) from err
     except OSError as err:
         raise UsageError(f"--out {out}: a figure cannot be written there ({err.strerror or err})") from err
-    finally:
-        if made and not written:
-            remove_empty_folder(out)
     if not written:
         raise UsageError(f"nothing to plot in {results}: " + "; ".join(notes))
     for note in notes:  # what was skipped and why: on stderr, even with --quiet
@@ -661,7 +662,10 @@ def cmd_demo(args) -> int:
             step(2, "verify --quick: the dual solutions against CVXPY and the closed form")
             status = _run_verify(verify_args, verify_config, None, backends)
             step(3, "plot: every figure")
-            _run_plot(plot_args, args.out, os.path.join(args.out, "figures"))
+            figures = os.path.join(args.out, "figures")
+            with results_lock(figures, command="demo", wait=getattr(args, "wait", False),
+                              log=lambda m: print(f"demo: {m}", file=sys.stderr)):  # as plot holds it
+                _run_plot(plot_args, args.out, figures)
     except ResultsLocked as err:
         raise UsageError(str(err)) from err
     info(args, f"demo: done in {time.perf_counter() - start:.0f} s; figures in {os.path.join(args.out, 'figures')}/")

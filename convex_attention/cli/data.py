@@ -24,7 +24,15 @@ from ..paper.config import (
     TrainConfig,
     check_set_size,
 )
-from ._common import UsageError, add_output_options, add_wait_option, check_no_earlier, check_out, holding_out, info
+from ._common import (
+    UsageError,
+    add_output_options,
+    add_wait_option,
+    check_no_earlier,
+    check_out_leaving_nothing,
+    holding_out,
+    info,
+)
 
 __all__ = ["add_data_commands", "DATA_HANDLERS", "DATASETS", "OUTPUT"]
 
@@ -159,7 +167,7 @@ def _validate(args) -> None:
                 raise UsageError(f"{flag} applies with --out only (nothing is written without it)")
     else:
         _check_no_earlier_check(args)
-        check_out(args.out)
+        check_out_leaving_nothing(args.out)  # made under the lock (holding_out), removed there if the run is refused
 
 
 def _check_no_earlier_check(args) -> None:

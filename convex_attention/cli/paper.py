@@ -45,6 +45,7 @@ from ._common import (
     UsageError,
     add_output_options,
     add_wait_option,
+    check_files,
     check_no_earlier,
     check_out,
     check_out_leaving_nothing,
@@ -437,6 +438,7 @@ def cmd_train(args) -> int:
 
     config, state = train_config_from_args(args)
     _refuse_a_file(config.out)
+    check_files(config.out, RUN_FILES)  # a folder of a run file's name: no run could write it (--overwrite either)
     check_run_folder(config, args, remove=False)
     check_resume_folder(config, args, state)
     rank = _distributed()[1]  # under torchrun rank 0 holds the folder for the run, and alone removes files
@@ -450,6 +452,7 @@ def cmd_train(args) -> int:
         except ValueError as err:
             raise UsageError(f"the data: {err}") from None
         check_out(config.out)
+        check_files(config.out, RUN_FILES)  # again, under the lock
         check_run_folder(config, args, remove=rank == 0)
         try:
             result = train(config, datasets=datasets, log=lambda *m, **_: info(args, *m), resume_state=state)

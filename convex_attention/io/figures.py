@@ -179,8 +179,10 @@ def save(fig, path: str, env: dict | None = None, notes=()) -> str:
             with contextlib.ExitStack() as temporaries:  # each removed on leaving unless renamed
                 for target, options in ((path, {"dpi": 300}), (os.path.splitext(path)[0] + ".pdf", {})):
                     temporary, f = temporaries.enter_context(temporary_file(target))
-                    with f:  # closed (flushed) before the rename
+                    with f:  # flushed, synced to disk and closed before the rename (as io.files.atomic_file)
                         fig.savefig(f, bbox_inches="tight", format=os.path.splitext(target)[1][1:], **options)
+                        f.flush()
+                        os.fsync(f.fileno())
                     written.append((temporary, target))
                 for temporary, target in written:
                     os.replace(temporary, target)

@@ -425,13 +425,14 @@ def _level(level: int) -> str:
 
 def markdown_table(summary: list[dict], metrics=METRIC_NAMES) -> str:
     """One row per group of :func:`summarise`, every metric as mean ± 95 % CI half-width."""
-    head = "| model | method | level | resolution | upsampling | n | " + " | ".join(metrics) + " |"
-    sep = "|" + "---|" * (6 + len(metrics))
+    head = "| model | method | level | resolution | upsampling | mask | n | " + " | ".join(metrics) + " |"
+    sep = "|" + "---|" * (7 + len(metrics))
     lines = [head, sep]
     for s in summary:
         cells = [format_ci(s[f"{m}_mean"], s[f"{m}_ci95"]) for m in metrics]
         lines.append(f"| {s['model']} | {s['method']} | {_level(s['level'])} | {s.get('resolution', 'pixel')} | "
-                     f"{s.get('upsampling', 'nearest')} | {s['n']} | " + " | ".join(cells) + " |")
+                     f"{s.get('upsampling', 'nearest')} | {s.get('mask', 'lesion')} | {s['n']} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
