@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._ops import centre, compute_dtype, level_softmax
+from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax
 from .dual import consistency_loss_unchecked, dual_function, reparameterized_logits, spanning_forest_duals
 from .exact import cumulative_temperatures
 from .graph import Graph
@@ -72,7 +72,8 @@ def _block_lse(h: Graph, x: Tensor, k: int, t) -> Tensor:
     ``k``; the block maxima are subtracted before dividing (finite at every accepted temperature)."""
     m = h.block_max(x, k).detach()
     d = h.combine_broadcast(x, m, k, torch.sub)
-    return m + t * h.aggregate(torch.exp(d / t), k).log()
+    # (a tensor t's gradient never forms d / t², which overflows at tiny temperatures: 0·inf was NaN)
+    return m + t * h.aggregate(torch.exp(divide_by_temperature(d, t)), k).log()
 
 
 def _block_step(h: Graph, e: int, eta_a: Tensor, eta_b: Tensor, ta, tb) -> Tensor:
@@ -262,9 +263,11 @@ class AmortisedDuals(nn.Module):
         dtype of the scores.  ``temperature`` (optional) replaces the module's for this call,
         e.g. a learnable tensor shared with the attention layer."""
         scores = check_scores(scores, self.h, check_finite=False)
-        temps = None if temperature is None else check_temperatures(
-            temperature, self.h.num_maps, dtype=scores[0].dtype, allow_grad=True, unit=self.h._map_word)
-        return self.predict(scores, temps)
+        # the module's own temperatures too must lie in the range of the scores' compute dtype:
+        # checked only at construction (in float64's), 1e-300 gave float32 scores NaN duals
+        checked = check_temperatures(self.temperature if temperature is None else temperature, self.h.num_maps,
+                                     dtype=scores[0].dtype, allow_grad=True, unit=self.h._map_word)
+        return self.predict(scores, None if temperature is None else checked)
 
     def predict(self, scores: Sequence[Tensor], temps=None) -> list[Tensor]:
         """:meth:`forward` without its checks, for callers that validated ``scores`` and the

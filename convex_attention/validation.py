@@ -214,8 +214,14 @@ def temperature_range(dtype: torch.dtype | None = None) -> tuple[float, float]:
 
 
 def is_grad_temperature(temperature) -> bool:
-    """True iff ``temperature`` is a tensor that gradients will flow into (now)."""
-    return isinstance(temperature, Tensor) and temperature.requires_grad and torch.is_grad_enabled()
+    """True iff ``temperature`` is a tensor that gradients will flow into (now): one that
+    requires grad (with grad mode on), or one that carries a forward-mode tangent
+    (``torch.func.jvp``, ``torch.autograd.forward_ad``), which read as a float was dropped."""
+    if not isinstance(temperature, Tensor):
+        return False
+    if temperature.requires_grad and torch.is_grad_enabled():
+        return True
+    return torch.autograd.forward_ad.unpack_dual(temperature).tangent is not None
 
 
 def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None = None,

@@ -372,3 +372,52 @@ def test_fitting_a_float32_module_from_its_exact_start_keeps_it():
         after = float(ca.solve(test, h, "learned_dual", duals=module(test)).violation.mean())
     assert before < 1e-6 and after <= 2 * before, (before, after)
     assert min(history) == history[0] < 1e-12  # the float64 loss of the exact start: nothing beat it
+
+
+# ----------------------------------------------------------------------------- review 41
+
+def _review41_instance(structure, dtype):
+    from helpers import random_graph_instance
+
+    if structure == "chain":
+        return random_instance("2d-3lvl-unequal", batch=2, dtype=dtype)
+    return random_graph_instance(structure, batch=2, dtype=dtype)
+
+
+@pytest.mark.parametrize("structure", ["chain", "axial", "star", "mixed"])
+@pytest.mark.parametrize("dtype, tau", [(torch.float64, 1e-160), (torch.float32, 1e-20)])
+def test_amortised_temperature_gradient_is_right_at_tiny_accepted_temperatures(structure, dtype, tau):
+    """``AmortisedDuals.features`` is "differentiable in the scores and in tensor temperatures",
+    and τ = 1e-160 (float64) or 1e-20 (float32) is within ``validation.temperature_range``.
+    Untrained (residual zero) the module is homogeneous of degree one in (scores, τ):
+    λ(cθ, cτ) = c λ(θ, τ) (its features are block log-sum-exps and logits, linear in both), so
+    by Euler's identity τ ∂⟨w, λ⟩/∂τ = ⟨w, λ⟩ − Σ_k ⟨θ_k, ∂⟨w, λ⟩/∂θ_k⟩: an independent reference
+    for the temperature gradient.  Before: NaN on every structure."""
+    inst = _review41_instance(structure, dtype)
+    module = ca.AmortisedDuals(inst.h, 1.0).to(dtype)
+    t = torch.tensor(tau, dtype=dtype, requires_grad=True)
+    scores = [s.clone().requires_grad_() for s in inst.scores]
+    lam = module(scores, temperature=t)
+    g = torch.Generator().manual_seed(5)
+    w = [torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype) for x in lam]
+    out = sum((x * v).sum() for x, v in zip(lam, w))
+    grad_t, *grad_s = torch.autograd.grad(out, [t] + scores)
+    assert math.isfinite(float(grad_t)), float(grad_t)
+    euler = float(out.detach()) - sum(float((s.double() * x.double()).sum()) for s, x in zip(inst.scores, grad_s))
+    scale = sum(float((s.double().abs() * x.double().abs()).sum()) for s, x in zip(inst.scores, grad_s))
+    eps = torch.finfo(dtype).eps
+    assert abs(tau * float(grad_t) - euler) <= 64 * eps * max(1.0, scale), (tau * float(grad_t), euler)
+
+
+@pytest.mark.parametrize("structure, tau", [("chain", 1e-300), ("axial", 1e-300), ("axial", 1e30)])
+def test_the_module_temperature_is_held_to_the_range_of_the_scores_dtype(structure, tau):
+    """docs/design.md §4: "The accepted range is documented in solve's docstring and enforced with
+    a clear error"; in float32 it is [1.2e-38, 1.8e19].  The same temperature passed per call is
+    refused; as the module's own it gave non-finite duals, returned as if fine."""
+    inst = _review41_instance(structure, torch.float32)
+    module = ca.AmortisedDuals(inst.h, tau)  # accepted: float64's range (no scores yet)
+    with pytest.raises(ValueError, match="temperature"):
+        module(inst.scores, temperature=tau)
+    with pytest.raises(ValueError, match="temperature"):
+        duals = module(inst.scores)
+        assert all(bool(torch.isfinite(d).all()) for d in duals)  # (before: NaN or inf, and no error)

@@ -1103,3 +1103,33 @@ def test_the_dual_objective_uses_the_given_map_the_solve_used():
     torch.testing.assert_close(ca.metrics.dual_objective(scores, sol.duals, h, sol.temperature, used),
                                sol.objective, atol=1e-9, rtol=0)  # holds: strong duality with the map used
     torch.testing.assert_close(sol.dual_objective, sol.objective, atol=1e-9, rtol=0)
+
+
+# ----------------------------------------------------------------------------- review 41
+
+@pytest.mark.parametrize("method", ["softmax", "learned_dual", "consistency_loss"])
+def test_torch_func_jvp_differentiates_through_a_tensor_temperature(method):
+    """docs/design.md §4: ``torch.func.grad``, ``jacrev`` and ``jvp`` work for ``softmax`` and
+    ``learned_dual`` (and ``consistency_loss``), and these differentiate through a tensor
+    temperature.  jvp's directional derivative along a temperature direction ``v`` must be
+    autograd's ⟨∇_τ, v⟩ (it was 0 where autograd gives −0.18, −0.82 and 0.59 for softmax,
+    learned_dual and consistency_loss on this axial instance)."""
+    inst = random_graph_instance("axial", batch=2)
+    h = inst.h
+    g = torch.Generator().manual_seed(3)
+    lam = [torch.randn((2,) + h.shapes[b], generator=g, dtype=torch.float64) for _, b in h.edges]
+    w = torch.randn(inst.scores[0].shape, generator=g, dtype=torch.float64)
+
+    def out(t):
+        if method == "consistency_loss":
+            return ca.consistency_loss(inst.scores, lam, h, temperature=t)
+        kw = {"duals": lam} if method == "learned_dual" else {}
+        return (ca.solve(inst.scores, h, method, temperature=t, **kw).probs[0] * w).sum()
+
+    tau = torch.tensor(inst.temps, dtype=torch.float64)
+    v = torch.randn(tau.shape, generator=g, dtype=torch.float64)
+    t = tau.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(out(t), t)
+    assert float(grad.abs().max()) > 1e-3  # a temperature direction that matters
+    _, tangent = torch.func.jvp(out, (tau,), (v,))
+    torch.testing.assert_close(tangent, (grad * v).sum())
