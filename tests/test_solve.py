@@ -1133,3 +1133,18 @@ def test_torch_func_jvp_differentiates_through_a_tensor_temperature(method):
     assert float(grad.abs().max()) > 1e-3  # a temperature direction that matters
     _, tangent = torch.func.jvp(out, (tau,), (v,))
     torch.testing.assert_close(tangent, (grad * v).sum())
+
+
+@pytest.mark.parametrize("method", ["exact", "dual"])
+def test_forward_mode_along_a_temperature_is_refused_by_the_autograd_functions(method):
+    """``exact`` and ``dual`` have no forward-mode rule: a temperature carrying a tangent is
+    refused (torch's NotImplementedError), never read as floats with its tangent dropped
+    (review 41: the output then had no tangent at all, a silent zero derivative)."""
+    import torch.autograd.forward_ad as fwAD
+
+    inst = random_instance("2d-2lvl", batch=2)
+    with fwAD.dual_level():
+        tau = fwAD.make_dual(torch.tensor([1.0, 2.0], dtype=torch.float64),
+                             torch.tensor([1.0, 0.0], dtype=torch.float64))
+        with pytest.raises(NotImplementedError):
+            ca.solve(inst.scores, inst.h, method, temperature=tau)
