@@ -1060,3 +1060,24 @@ def test_rev42_a_resume_that_lists_another_device_first_still_compares_the_gpu_o
     with pytest.raises(R.ResumeMismatch, match='gpu "GPU A", this machine has "GPU B"'):
         # --device cpu cuda (the grid grew): the kept cuda rows and the new ones would be two GPUs' timings
         R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), devices=("cpu", "cuda")))
+
+
+def test_a_run_over_the_cpu_and_a_gpu_records_the_gpu_and_a_resume_on_another_gpu_is_refused(tmp_path, monkeypatch):
+    """bench.json records the environment of the run's GPU where it lists one after the CPU
+    (``--device cpu cuda``): it recorded the CPU's, so the figures named no GPU and a resume on
+    another GPU passed, mixing two GPUs' timings in one folder (review 42's remainder)."""
+    import torch
+
+    from convex_attention.bench.config import environment_device
+
+    assert environment_device(("cpu", "cuda")) == environment_device(("cuda", "cpu")) == "cuda"
+    assert environment_device(("cpu",)) == "cpu"
+    gpu = {"name": "GPU A"}
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu["name"])
+    config = SweepConfig(sizes=(4,), levels=(2,), devices=("cpu", "cuda"))
+    R.ResultsWriter(str(tmp_path), config, environment_device(config.devices), False,
+                    log=lambda m: None).commit(bench_row(device="cuda"))
+    assert strict_load(str(tmp_path / "bench.json"))["environment"]["gpu"] == "GPU A"
+    gpu["name"] = "GPU B"
+    with pytest.raises(R.ResumeMismatch, match='gpu "GPU A", this machine has "GPU B"'):
+        R.check_resume_config(str(tmp_path), config)

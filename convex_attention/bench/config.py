@@ -340,6 +340,15 @@ def _check_with_the_core(config: SweepConfig) -> None:
             raise ValueError(f"--device {same} {dev}: the same device, listed twice; list each device once")
 
 
+def environment_device(devices) -> str:
+    """The device of ``devices`` whose environment bench.json records: the first that is not
+    the CPU (its GPU is what the figures' footers name and what a resume must find again),
+    else the first.  A run over ``--device cpu cuda`` recorded the CPU's, naming no GPU at all."""
+    import torch
+
+    return next((d for d in devices if torch.device(d).type != "cpu"), devices[0])
+
+
 def device_identity(dev: str) -> tuple[str, int]:
     """``(type, index)`` of the device ``dev`` names, whatever its spelling: ``cpu`` and
     ``cpu:0`` are one device, as are ``cuda`` and ``cuda:<current>``.  Parsed only: the

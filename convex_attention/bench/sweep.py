@@ -33,7 +33,7 @@ from ..io.lock import results_lock
 from ..methods import get_method
 from ..solve import solve
 from .cases import amortised_case, make_case, shape_str, timed_case
-from .config import MIN_FIT_INSTANCES, SweepConfig, check_sweep, fit_instances
+from .config import MIN_FIT_INSTANCES, SweepConfig, check_sweep, environment_device, fit_instances
 from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
 from .results import (
@@ -216,8 +216,8 @@ def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log,
     from tqdm.auto import tqdm
 
     with results_lock(out_dir, command="bench", wait=wait, log=log):
-        writer = ResultsWriter(out_dir, config, config.devices[0], resume, log=log, overwrite=overwrite,
-                               offer_resume=offer_resume)
+        writer = ResultsWriter(out_dir, config, environment_device(config.devices), resume, log=log,
+                               overwrite=overwrite, offer_resume=offer_resume)
         done = writer.done()
         pending = []
         for index, cell in enumerate(config.cells()):
