@@ -4,7 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["sample_dims", "centre", "less_max", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature"]
+__all__ = ["sample_dims", "centre", "less_max", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature",
+           "GRADIENT_RTOL"]
 
 
 def sample_dims(x: Tensor) -> tuple[int, ...]:
@@ -21,6 +22,11 @@ def less_max(x: Tensor) -> Tensor:
     """``x`` less its per-sample maximum (detached): a constant per map, which moves no softmax
     and no centred dual, taken off by an exact subtraction before ``x`` meets other terms."""
     return x - x.detach().amax(sample_dims(x), keepdim=True)
+
+
+#: How accurate a derivative the package returns must be, relative to its own size, by working
+#: dtype (the implicit backward's refinement, exact's second order); others are held to float32's.
+GRADIENT_RTOL = {torch.float64: 1e-6, torch.float32: 1e-3}
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

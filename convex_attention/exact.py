@@ -51,12 +51,13 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ops import centre, compute_dtype, divide_by_temperature, less_max, sample_dims
+from ._ops import GRADIENT_RTOL, centre, compute_dtype, divide_by_temperature, less_max, sample_dims
 from .graph import Graph
 
 __all__ = ["exact_forward", "tree_backward", "ExactAttentionFunction", "exact_attention",
            "exact_log_probs", "exact_duals", "cumulative_temperatures", "subtree_temperatures", "solve_exact",
-           "temperature_gradient", "require_forest", "second_order_temperature_floor"]
+           "temperature_gradient", "require_forest", "second_order_temperature_floor", "second_order_ratio",
+           "second_order_ratio_limit"]
 
 
 def require_forest(g: Graph, who: str = "method 'exact'") -> None:
@@ -187,19 +188,27 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
     require_forest(g, "tree_backward")
     T = subtree_temperatures(g, temps)
     inverse = [1.0 / t for t in T]
+    # G_k is carried scaled by S_k = 1/T_k where T_k >= 1 (the division then costs no pass of its
+    # own and cannot overflow) and unscaled where T_k < 1: there 1/T_k (up to 8.5e37 in float32,
+    # 4.5e307 in float64) times |G_k| overflowed to inf, and inf - inf made every gradient NaN where
+    # the true one is finite (0 for a one-hot solution at the smallest accepted temperature);
+    # such a map's difference is divided by T_k after its cancelling terms are subtracted
+    wide = [float(t.detach() if isinstance(t, Tensor) else t) >= 1.0 for t in T]
+    scale = [inv if w else 1.0 for inv, w in zip(inverse, wide)]
+    after = [1.0 if w else inv for inv, w in zip(inverse, wide)]
     # under grad mode (a backward that builds its own graph) nothing is updated in place
     in_place = not torch.is_grad_enabled()
-    # upward: Gs_k = G_k / T_k, G_k = p_k ⊙ ∂L/∂p_k + Σ_{c → k} P_c G_c, scaled as it is formed
-    # (the division costs no pass of its own); pooled[e] = P_e Gs_c, the child's scaled block sums
+    # upward: Gs_k = S_k G_k, G_k = p_k ⊙ ∂L/∂p_k + Σ_{c → k} P_c G_c, scaled as it is formed;
+    # pooled[e] = P_e Gs_c, the child's scaled block sums
     G: list = [None] * g.num_maps
     pooled: list = [None] * g.num_edges
     for k in g.order:
-        if isinstance(inverse[k], float):
-            gk = torch.addcmul(probs[k].new_zeros(()), probs[k], grads[k], value=inverse[k]).contiguous()
+        if isinstance(scale[k], float):
+            gk = torch.addcmul(probs[k].new_zeros(()), probs[k], grads[k], value=scale[k]).contiguous()
         else:
-            gk = (probs[k] * grads[k]).mul_(inverse[k]).contiguous()
+            gk = (probs[k] * grads[k]).mul_(scale[k]).contiguous()
         for c in g.in_edges[k]:
-            child = pooled[c] * (T[g.edges[c][0]] * inverse[k])  # P_c G_c / T_k, on the coarse map
+            child = pooled[c] * (scale[k] / scale[g.edges[c][0]])  # S_k P_c G_c, on the coarse map
             gk = gk.add_(child) if in_place else gk + child
         G[k] = gk
         e = g.coarsening(k)
@@ -209,6 +218,8 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
     for r in g.roots:
         top = G[r]
         out[r] = top - probs[r] * top.sum(sample_dims(top), keepdim=True)
+        if not wide[r]:
+            out[r] = out[r] * after[r]
     for k in reversed(g.order):
         e = g.coarsening(k)
         if e is None:
@@ -224,9 +235,11 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
         if in_place:
             gk = G[k]
             g.fine_view(gk, e).addcmul_(g.fine_view(cond[e], e), g.coarse_view(pooled_e, e), value=-1.0)
+            if not wide[k]:
+                gk.mul_(after[k])
             g.fine_view(gk, e).addcmul_(g.fine_view(cond[e], e), g.coarse_view(coarse, e))
         else:
-            gk = (G[k] - g.combine_broadcast(cond[e], pooled_e, e, torch.mul)
+            gk = ((G[k] - g.combine_broadcast(cond[e], pooled_e, e, torch.mul)) * after[k]
                   + g.combine_broadcast(cond[e], coarse, e, torch.mul))
         out[k] = gk
     return out
@@ -313,6 +326,16 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
         grads = [_SecondOrderGuard.apply(x, coldest) for x in grads]
         if ctx.tau_tensor:
             tau = [_SecondOrderGuard.apply(t, coldest) for t in tau]
+    ratio = second_order_ratio(g, ctx.temps)
+    if ratio > second_order_ratio_limit(compute_dtype(scores[0].dtype)):
+        # the second derivatives in a fine map's scores pass through terms of size |G|/T_k whose
+        # derivatives cancel at the (T_b/T_k)² scale, and the O(1) part is lost in the rounding
+        # (a review: 13 % off in float32 at T_b/T_k = 1e3, exactly 0 from 1e4; 2e-4 off in float64
+        # at 1e6, 3.6x at 1e8); first derivatives are right, a second one raises instead
+        scores = [_WideRatioGuard.apply(s, ratio) for s in scores]
+        grads = [_WideRatioGuard.apply(x, ratio) for x in grads]
+        if ctx.tau_tensor:
+            tau = [_WideRatioGuard.apply(t, ratio) for t in tau]
     with torch.enable_grad():
         T, r, _ = _log_terms(scores, g, tau)
         log_probs = [_scaled_log_probs(g, T, r, k, 1.0) for k in range(ctx.M)]
@@ -340,6 +363,41 @@ def second_order_temperature_floor(dtype: torch.dtype) -> float:
     float64), since they pass through ``1/τ²``.  Below it a second derivative that overflows
     raises (:class:`_SecondOrderGuard`); first derivatives are right at every accepted τ."""
     return torch.finfo(dtype).max ** -0.5
+
+
+def second_order_ratio(g: Graph, temps: Sequence[float]) -> float:
+    """The widest ratio ``T_b / T_k`` of a map's sub-tree temperature (:func:`subtree_temperatures`)
+    to its coarsening's, over the edges ``k → b`` of the forest ``g`` (1 without edges)."""
+    T = subtree_temperatures(g, [float(t) for t in temps])
+    return max((T[b] / T[a] for a, b in g.edges), default=1.0)
+
+
+def second_order_ratio_limit(dtype: torch.dtype) -> float:
+    """The widest :func:`second_order_ratio` at which :class:`ExactAttentionFunction`'s second
+    derivatives hold ``GRADIENT_RTOL`` in ``dtype``: their rounding error grows as ``eps·ratio²``
+    (measured on one-hot fine blocks), so ``sqrt(GRADIENT_RTOL / eps)``: 91 in float32, 6.7e4
+    in float64.  Beyond it a second derivative raises (:class:`_WideRatioGuard`)."""
+    return math.sqrt(GRADIENT_RTOL.get(dtype, GRADIENT_RTOL[torch.float32]) / torch.finfo(dtype).eps)
+
+
+class _WideRatioGuard(torch.autograd.Function):
+    """Identity whose backward refuses every gradient: placed on the inputs of the second-order
+    path where the temperatures' :func:`second_order_ratio` exceeds its limit, where a second
+    derivative would come back silently wrong (its O(1) part lost in the rounding)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, ratio: float):
+        ctx.ratio = ratio
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        limit = second_order_ratio_limit(grad.dtype)
+        raise FloatingPointError(
+            f"method 'exact': a second derivative at temperatures whose sub-tree ratio is {ctx.ratio:.3g}, beyond "
+            f"{limit:.2g} in {grad.dtype}, would lose its digits (its rounding grows as eps·ratio²); compute in "
+            f"float64" + (" (a ratio up to 6.7e4)" if grad.dtype != torch.float64 else "")
+            + " or bring the temperatures closer; first derivatives are right at every ratio")
 
 
 class _SecondOrderGuard(torch.autograd.Function):

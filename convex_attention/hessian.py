@@ -39,7 +39,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ops import named, sample_dims
+from ._ops import GRADIENT_RTOL, named, sample_dims
 from .graph import Graph
 
 __all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT",
@@ -85,10 +85,9 @@ ROUNDING_UNITS = 16.0
 # 2026-12-03: 21 of 61 float32 solves; in float64, 38 acceptances, each within 3x of a dense
 # solve's own error).
 STALL_ITERATIONS = 3
-#: How far the implicit backward's gradient may move under one more refinement of its solve,
-#: relative to each map's own gradient (:func:`implicit_vjp`): checked where the terms that
-#: cancel in ``J_k (v_k − A_k w)`` are large against the gradient (temperatures far apart).
-GRADIENT_RTOL = {torch.float64: 1e-6, torch.float32: 1e-3}
+# GRADIENT_RTOL (from _ops): how far the implicit backward's gradient may move under one more
+# refinement of its solve, relative to each map's own gradient (:func:`implicit_vjp`): checked
+# where the terms that cancel in ``J_k (v_k − A_k w)`` are large against the gradient.
 #: The refinements of that solve before the gradient is declared unresolved.
 REFINEMENTS = 3
 

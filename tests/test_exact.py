@@ -27,6 +27,7 @@ from convex_attention.exact import (
     exact_log_probs,
     second_order_temperature_floor,
 )
+from convex_attention.validation import temperature_range
 
 
 @pytest.mark.parametrize("case", ALL_CASES)
@@ -776,3 +777,63 @@ def test_a_sample_without_a_feasible_cell_comes_back_nan_never_a_number():
     assert all(bool(p[0].isnan().all()) for p in sol.probs)
     assert bool(ca.metrics.violation(sol.probs, h)[0].isnan())
     torch.testing.assert_close(sol.probs[1][1], torch.tensor([0.0, 1.0], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method, create_graph, dtype", [
+    ("exact", False, torch.float32), ("exact", False, torch.float64), ("exact", True, torch.float32),
+    ("exact", True, torch.float64),
+    ("dual", False, torch.float64)])  # the dual's forest backward (float32 scores: its work is float64)
+def test_rev43_the_backward_at_the_smallest_accepted_temperature_is_finite_and_right(method, create_graph, dtype):
+    """docs/design.md §4: temperatures down to validation.temperature_range's tau_min (the dtype's
+    smallest normal number) are accepted, and first derivatives are right at every accepted τ
+    (exact.second_order_temperature_floor).  Row 0 is one-hot (true gradient 0); row 1 ties
+    within each fine block, whose gradient is ±q(1 - q)·(w_2 - w_3)/τ_0 = ±0.75/τ (finite)."""
+    tau = temperature_range(dtype)[0]
+    h = ca.Hierarchy.grid([4, 2])
+    theta = [torch.tensor([[0.3, -0.2, 1.0, 0.5], [0.3, 0.3, 1.0, 1.0]], dtype=dtype, requires_grad=True),
+             torch.tensor([[0.1, 0.4], [0.1, 0.4]], dtype=dtype, requires_grad=True)]
+    t = torch.tensor(tau, dtype=torch.float64, requires_grad=True)
+    probs = ca.solve(theta, h, method, temperature=t).probs
+    loss = (probs[0] * torch.tensor([[1.0, 2.0, 7.0, 4.0]], dtype=dtype)).sum()
+    g0, g1, gt = torch.autograd.grad(loss, theta + [t], create_graph=create_graph)
+    assert bool(torch.isfinite(g0).all()) and bool(torch.isfinite(g1).all()) and math.isfinite(float(gt.detach()))
+    assert float(g0[0].abs().max()) == 0.0 and float(g1.abs().max()) == 0.0
+    want = torch.tensor([0.0, 0.0, 0.75 / tau, -0.75 / tau], dtype=torch.float64)
+    torch.testing.assert_close(g0[1].detach().double(), want, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("dtype, cold", [(torch.float32, 1e-3), (torch.float32, 1e-6), (torch.float64, 1e-8),
+                                         (torch.float64, 1e-12), (torch.float32, 0.05), (torch.float64, 1e-4)])
+def test_rev43_hessian_vector_product_in_the_fine_scores_at_a_wide_temperature_ratio(dtype, cold):
+    """docs/design.md §4 / ExactAttentionFunction: with create_graph=True a higher derivative
+    is the closed form's own, or refused.  A fine map with one-hot blocks at a small temperature
+    under a coarse map at τ = 1: its winning cells act as coarse scores (dA/dθ = q one-hot), so
+    the HVP in the fine scores is that of the coarse softmax, O(1); the reference is autograd
+    through the independent float64 closed form above.  It was silently wrong beyond
+    exact.second_order_ratio_limit (13 % off in float32 at ratio 1e3, exactly 0 from 1e4 in
+    float32 and 1e10 in float64: a review); there it raises, within it it is right."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    w0, w1 = [[1.0, 2.0, -1.0, 0.5]], [[0.3, -0.7]]
+    v0, v1 = [[0.5, -1.0, 2.0, 0.25]], [[1.0, -0.5]]
+
+    def hvp(dt, solve):
+        s0 = torch.tensor(_REV33_FINE, dtype=dt, requires_grad=True)
+        s1 = torch.tensor(_REV33_COARSE, dtype=dt, requires_grad=True)
+        p0, p1 = solve(s0, s1)
+        loss = (p0 * torch.tensor(w0, dtype=dt)).sum() + (p1 * torch.tensor(w1, dtype=dt)).sum()
+        g0, g1 = torch.autograd.grad(loss, [s0, s1], create_graph=True)
+        second = (g0 * torch.tensor(v0, dtype=dt)).sum() + (g1 * torch.tensor(v1, dtype=dt)).sum()
+        return [x.double() for x in torch.autograd.grad(second, [s0, s1])]
+
+    from convex_attention.exact import second_order_ratio_limit
+
+    want = hvp(torch.float64, lambda a, b: _rev33_brute_chain_probs(a, b, cold, 1.0))
+    if (1.0 + cold) / cold > second_order_ratio_limit(dtype):
+        with pytest.raises(FloatingPointError, match="would lose its digits"):
+            hvp(dtype, lambda a, b: ca.solve([a, b], h, "exact", temperature=[cold, 1.0]).probs)
+        return
+    got = hvp(dtype, lambda a, b: ca.solve([a, b], h, "exact", temperature=[cold, 1.0]).probs)
+    assert float(want[0].abs().max()) > 0.4  # the coarse softmax's curvature, carried by the winning fine cells
+    tol = 1e-3 if dtype == torch.float32 else 1e-6
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=tol * float(b.abs().max()), rtol=0)

@@ -5,6 +5,7 @@ Layout::
     root/labels.csv        filename,label            (one row per image)
     root/images/<filename> PNG (grey or RGB) or NPY ((H, W) or (C, H, W))
     root/masks/<filename>  optional; same name (or stem) as the image, non-zero = lesion
+                           (a PNG mask's alpha channel is no value: transparent pixels are background)
 
 A palette PNG image is read by its colours (RGB; RGBA where it has transparency; one grey
 channel, with its alpha, where every colour is grey), a palette mask by its indices.  The
@@ -77,6 +78,13 @@ def _read_array(path: str, palette_as_colours: bool = True) -> np.ndarray:
                     # a grey palette (pngquant, an 8-bit export): one channel, as the grey PNGs beside it
                     # (read as RGB, a grey folder holding one was refused for its channel count: a review)
                     arr = arr[..., [0, 3]] if alpha else arr[..., 0]
+            elif not palette_as_colours and im.mode in ("LA", "PA", "RGBA"):
+                # a mask's alpha is no value: an editor's opaque export (255 everywhere) made every
+                # pixel a lesion (a review); a pixel is a lesion where its colour (or index) is
+                # non-zero and it is not transparent
+                both = np.asarray(im, dtype=np.float32)
+                arr = np.where(both[..., -1:] > 0, both[..., :-1], 0.0)
+                arr = arr[..., 0] if arr.shape[-1] == 1 else arr
             else:
                 arr = np.asarray(im, dtype=np.float32)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
