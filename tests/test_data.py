@@ -1682,3 +1682,40 @@ def test_rev43_a_mask_with_an_alpha_channel_is_read_by_its_colour_not_its_alpha(
     (root / "labels.csv").write_text("filename,label\na.png,1\n")
     read_mask = FolderDataset(str(root))[0][2]
     assert torch.equal(read_mask, torch.from_numpy(lesion > 0))
+
+
+# ----------------------------------------------------------------------------- review 42
+
+def test_rev42_data_check_refuses_a_data_check_json_that_is_a_folder_before_any_work(tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
+
+    import convex_attention.paper.validity as validity
+
+    out = tmp_path / "dc"
+    (out / "data_check.json").mkdir(parents=True)
+    (out / "data_check.json" / "mine.txt").write_text("the user's")
+    monkeypatch.setattr(validity, "run_checks", lambda *a, **k: pytest.fail("work started before the check"))
+    code, _, err = run_cli(["data", "check", "--out", str(out), "--overwrite", "--quiet"], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "data_check.json" in err and "folder" in err
+    assert (out / "data_check.json" / "mine.txt").read_text() == "the user's"
+
+
+@pytest.mark.parametrize("why", ["missing data", "locked"])
+def test_rev42_a_refused_data_check_leaves_no_out_folder(why, tmp_path, capsys, monkeypatch):
+    from helpers import run_cli
+
+    out = tmp_path / "deep" / "out"
+    if why == "missing data":
+        argv = ["data", "check", "--data", "brats", "--data-root", str(tmp_path / "nonexist"), "--out", str(out)]
+        code, _, err = run_cli(argv, capsys)
+    else:
+        from convex_attention.io.lock import ResultsLocked
+
+        def locked(*args, **kwargs):  # another live run holds the folder
+            raise ResultsLocked("results folder is in use by pid 1 (bench)")
+
+        monkeypatch.setattr("convex_attention.io.lock.results_lock", locked)  # holding_out imports it when it runs
+        code, _, err = run_cli(["data", "check", "--out", str(out)], capsys)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "deep").exists()
