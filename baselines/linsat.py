@@ -73,6 +73,11 @@ def check_linsat_structure(h: Graph, given: Sequence[int]) -> int:
     if len(scored) != 1:
         raise ValueError(f"LinSATNet projects one scored map onto fixed marginals; this structure has {len(scored)} "
                          f"scored maps ({scored}): call it once per map, or use method 'dual'")
+    for e, (a, b) in enumerate(h.edges):
+        if a in given and b in given:  # left out of E x = f, it would go unchecked (ca.solve refuses it too)
+            raise ValueError(f"LinSATNet cannot express edge {e} (map {a} → map {b}): it joins two given maps, whose "
+                             f"agreement is data, not a constraint on the scored map; drop the edge (and check "
+                             f"P_e q_{a} = q_{b} yourself)")
     return scored[0]
 
 

@@ -354,3 +354,16 @@ def test_linsat_s_distance_to_the_optimum_in_the_benchmark_is_its_other_entropy_
     ours = ca.solve([theta, None, None], h, "dual", temperature=1.0, given=given, tol=1e-12).probs[0].flatten(1)
     assert float((probs - own).abs().max()) < 1e-3  # it solves its own problem to its stopping test
     assert float((own - ours).abs().max()) > 5e-3  # which is not ours: measured 1.1e-2
+
+
+def test_linsat_refuses_an_edge_between_two_given_maps():
+    """check_linsat_structure's contract: "every edge must go from [the scored map] to a given
+    map" (ca.solve refuses such an edge too: docs/design.md §4).  An edge between two given maps
+    was accepted, then left out of the constraints: given maps that disagree ([0.3, 0.7] pooled
+    onto [0.35, 0.65] through a swap) came back as the solution's maps with that edge's violation,
+    0.7, which LinSATNet never saw."""
+    from convex_attention.baselines.linsat import check_linsat_structure
+
+    h = ca.Graph.from_edges([4, 2, 2], [(0, 1, torch.tensor([0, 0, 1, 1])), (1, 2, torch.tensor([1, 0]))])
+    with pytest.raises(ValueError, match=r"edge 1 \(map 1 → map 2\)"):
+        check_linsat_structure(h, (1, 2))

@@ -1000,3 +1000,27 @@ def test_a_dual_solver_that_cannot_be_called_is_refused_before_any_work(monkeypa
     with pytest.raises(TypeError, match="dual_solver must be a function .* or an IsolatedSolver, got str"):
         verify_instances(_instances(), dual_solver="convex_attention.bench.verify:kkt_residual", progress=False,
                          backends=[])
+
+
+def test_the_closed_forms_duality_gap_is_relative_to_the_centred_objective_too(monkeypatch):
+    """The closed form's duality gap row, like the solver's (and ``cvx.certificate``), must not
+    shrink when a constant is added to each map's scores (docs/design.md §2: a constant per map
+    moves no solution, so it must not shrink the measure either).  Duals off by a few 1e-2
+    give a relative gap of 2.9e-4 (failed); the same duals with 1e6 added to every score
+    gave 5.3e-10 and passed its 1e-8."""
+    real = verify_mod.solve
+
+    def wrong_duals(scores, h, method="exact", **kwargs):
+        sol = real(scores, h, method, **kwargs)
+        if method != "exact":
+            return sol
+        bumped = [d + 0.05 * torch.arange(d[0].numel(), dtype=d.dtype).reshape(d.shape[1:]).sin() for d in sol.duals]
+        return ca.Solution(sol.probs, list(scores), h, sol.temperature, "exact", bumped)
+
+    monkeypatch.setattr(verify_mod, "solve", wrong_duals)
+    name, h, scores, temps = next(iter(_instances()))
+    for offset in (0.0, 1e6):
+        shifted = [s + offset for s in scores]
+        results = verify_instances([(name, h, shifted, temps)], progress=False, backends=[])
+        gap = next(r for r in results if r.check == "exact.duality_gap")
+        assert gap.status == "fail" and gap.error > 1e-5, (offset, gap.error)
