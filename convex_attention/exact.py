@@ -322,20 +322,22 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
         # below it the second derivatives pass through 1/τ² (inf) times exact zeros: NaN, where the
         # true value is about 0 (a review: Hessian-vector products at τ 1e-20 in float32); the
         # first derivatives computed here stay right, a second one raises instead of being NaN
-        scores = [_SecondOrderGuard.apply(s, coldest) for s in scores]
-        grads = [_SecondOrderGuard.apply(x, coldest) for x in grads]
+        refusal = functools.partial(_overflowed, coldest)
+        scores = [_SecondOrderGuard.apply(s, refusal) for s in scores]
+        grads = [_SecondOrderGuard.apply(x, refusal) for x in grads]
         if ctx.tau_tensor:
-            tau = [_SecondOrderGuard.apply(t, coldest) for t in tau]
+            tau = [_SecondOrderGuard.apply(t, refusal) for t in tau]
     ratio = second_order_ratio(g, ctx.temps)
     if ratio > second_order_ratio_limit(compute_dtype(scores[0].dtype)):
         # the second derivatives in a fine map's scores pass through terms of size |G|/T_k whose
         # derivatives cancel at the (T_b/T_k)² scale, and the O(1) part is lost in the rounding
         # (a review: 13 % off in float32 at T_b/T_k = 1e3, exactly 0 from 1e4; 2e-4 off in float64
         # at 1e6, 3.6x at 1e8); first derivatives are right, a second one raises instead
-        scores = [_WideRatioGuard.apply(s, ratio) for s in scores]
-        grads = [_WideRatioGuard.apply(x, ratio) for x in grads]
+        too_wide = functools.partial(_too_wide, ratio)
+        scores = [_SecondOrderGuard.apply(s, too_wide) for s in scores]
+        grads = [_SecondOrderGuard.apply(x, too_wide) for x in grads]
         if ctx.tau_tensor:
-            tau = [_WideRatioGuard.apply(t, ratio) for t in tau]
+            tau = [_SecondOrderGuard.apply(t, too_wide) for t in tau]
     with torch.enable_grad():
         T, r, _ = _log_terms(scores, g, tau)
         log_probs = [_scaled_log_probs(g, T, r, k, 1.0) for k in range(ctx.M)]
@@ -376,49 +378,48 @@ def second_order_ratio_limit(dtype: torch.dtype) -> float:
     """The widest :func:`second_order_ratio` at which :class:`ExactAttentionFunction`'s second
     derivatives hold ``GRADIENT_RTOL`` in ``dtype``: their rounding error grows as ``eps·ratio²``
     (measured on one-hot fine blocks), so ``sqrt(GRADIENT_RTOL / eps)``: 91 in float32, 6.7e4
-    in float64.  Beyond it a second derivative raises (:class:`_WideRatioGuard`)."""
+    in float64.  Beyond it a second derivative raises (:class:`_SecondOrderGuard`)."""
     return math.sqrt(GRADIENT_RTOL.get(dtype, GRADIENT_RTOL[torch.float32]) / torch.finfo(dtype).eps)
 
 
-class _WideRatioGuard(torch.autograd.Function):
-    """Identity whose backward refuses every gradient: placed on the inputs of the second-order
-    path where the temperatures' :func:`second_order_ratio` exceeds its limit, where a second
-    derivative would come back silently wrong (its O(1) part lost in the rounding)."""
+def _overflowed(coldest: float, grad: Tensor) -> str | None:
+    """Why a second derivative at temperature ``coldest`` (below
+    :func:`second_order_temperature_floor`) is refused: it overflowed (None where it is finite)."""
+    if bool(torch.isfinite(grad).all()):
+        return None
+    floor = second_order_temperature_floor(grad.dtype)
+    return (f"method 'exact': a second derivative overflowed at temperature {coldest:.3g}, below {floor:.2g}, where "
+            f"{grad.dtype} cannot hold 1/τ²; multiply the scores and every temperature by one factor (the solution "
+            f"is unchanged)" + (" or compute in float64" if grad.dtype != torch.float64 else ""))
 
-    @staticmethod
-    def forward(ctx, x: Tensor, ratio: float):
-        ctx.ratio = ratio
-        return x.view_as(x)
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        limit = second_order_ratio_limit(grad.dtype)
-        raise FloatingPointError(
-            f"method 'exact': a second derivative at temperatures whose sub-tree ratio is {ctx.ratio:.3g}, beyond "
+def _too_wide(ratio: float, grad: Tensor) -> str:
+    """Why a second derivative at a sub-tree temperature ratio beyond
+    :func:`second_order_ratio_limit` is refused, whatever its value: its digits are lost."""
+    limit = second_order_ratio_limit(grad.dtype)
+    return (f"method 'exact': a second derivative at temperatures whose sub-tree ratio is {ratio:.3g}, beyond "
             f"{limit:.2g} in {grad.dtype}, would lose its digits (its rounding grows as eps·ratio²); compute in "
             f"float64" + (" (a ratio up to 6.7e4)" if grad.dtype != torch.float64 else "")
             + " or bring the temperatures closer; first derivatives are right at every ratio")
 
 
 class _SecondOrderGuard(torch.autograd.Function):
-    """Identity whose backward refuses a non-finite gradient: placed on the inputs of the
-    second-order path below :func:`second_order_temperature_floor`, where a second derivative
-    passes through ``1/τ²`` (inf) times exact zeros and would come out NaN silently."""
+    """Identity whose backward refuses a second derivative that would be silently wrong, with
+    ``FloatingPointError(refusal(grad))`` where ``refusal`` gives a reason: placed on the inputs
+    of the second-order path below :func:`second_order_temperature_floor` (:func:`_overflowed`:
+    ``1/τ²`` is inf there, times exact zeros NaN) and beyond :func:`second_order_ratio_limit`
+    (:func:`_too_wide`: the O(1) part lost in the rounding)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, coldest: float):
-        ctx.coldest = coldest
+    def forward(ctx, x: Tensor, refusal):
+        ctx.refusal = refusal
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        if not bool(torch.isfinite(grad).all()):
-            floor = second_order_temperature_floor(grad.dtype)
-            raise FloatingPointError(
-                f"method 'exact': a second derivative overflowed at temperature {ctx.coldest:.3g}, below "
-                f"{floor:.2g}, where {grad.dtype} cannot hold 1/τ²; multiply the scores and every temperature by "
-                f"one factor (the solution is unchanged)" + (" or compute in float64" if grad.dtype != torch.float64
-                                                              else ""))
+        reason = ctx.refusal(grad)
+        if reason is not None:
+            raise FloatingPointError(reason)
         return grad, None
 
 
