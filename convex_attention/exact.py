@@ -328,14 +328,16 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
         if ctx.tau_tensor:
             tau = [_SecondOrderGuard.apply(t, refusal) for t in tau]
     ratio = second_order_ratio(g, ctx.temps)
-    if ratio > second_order_ratio_limit(compute_dtype(scores[0].dtype)):
+    work = compute_dtype(scores[0].dtype)
+    if ratio > second_order_ratio_limit(work):
         # the second derivatives in a fine map's scores pass through terms of size |G|/T_k whose
-        # derivatives cancel at the (T_b/T_k)² scale, and the O(1) part is lost in the rounding
+        # derivatives cancel at the (T_root/T_k)² scale, and the O(1) part is lost in the rounding
         # (a review: 13 % off in float32 at T_b/T_k = 1e3, exactly 0 from 1e4; 2e-4 off in float64
-        # at 1e6, 3.6x at 1e8); first derivatives are right, a second one raises instead
-        too_wide = functools.partial(_too_wide, ratio)
+        # at 1e6, 3.6x at 1e8); first derivatives are right, a second one raises instead.  The
+        # incoming gradients are not guarded: this backward is linear in them, and its derivative
+        # in them (torch.autograd.functional.jvp's double backward) is a first derivative
+        too_wide = functools.partial(_too_wide, ratio, work)
         scores = [_SecondOrderGuard.apply(s, too_wide) for s in scores]
-        grads = [_SecondOrderGuard.apply(x, too_wide) for x in grads]
         if ctx.tau_tensor:
             tau = [_SecondOrderGuard.apply(t, too_wide) for t in tau]
     with torch.enable_grad():
@@ -368,10 +370,18 @@ def second_order_temperature_floor(dtype: torch.dtype) -> float:
 
 
 def second_order_ratio(g: Graph, temps: Sequence[float]) -> float:
-    """The widest ratio ``T_b / T_k`` of a map's sub-tree temperature (:func:`subtree_temperatures`)
-    to its coarsening's, over the edges ``k → b`` of the forest ``g`` (1 without edges)."""
+    """The widest ratio ``T_r / T_k`` of a root's sub-tree temperature (:func:`subtree_temperatures`)
+    to that of a map ``k`` of its tree, over the maps of the forest ``g`` (1 without edges): the
+    product of the ratios ``T_b / T_k`` along the path from ``k`` to its root (a chain whose every
+    edge's ratio was within the limit lost all the digits of its finest map's second derivatives:
+    τ = (1e-4, 8.9e-3, 0.8) in float32, a review)."""
     T = subtree_temperatures(g, [float(t) for t in temps])
-    return max((T[b] / T[a] for a, b in g.edges), default=1.0)
+    top = list(T)
+    for k in reversed(g.order):  # coarsest first: a map's coarsening is visited before it
+        e = g.coarsening(k)
+        if e is not None:
+            top[k] = top[g.edges[e][1]]
+    return max((top[k] / T[k] for k in range(g.num_maps)), default=1.0)
 
 
 def second_order_ratio_limit(dtype: torch.dtype) -> float:
@@ -393,13 +403,15 @@ def _overflowed(coldest: float, grad: Tensor) -> str | None:
             f"is unchanged)" + (" or compute in float64" if grad.dtype != torch.float64 else ""))
 
 
-def _too_wide(ratio: float, grad: Tensor) -> str:
+def _too_wide(ratio: float, work: torch.dtype, grad: Tensor) -> str:
     """Why a second derivative at a sub-tree temperature ratio beyond
-    :func:`second_order_ratio_limit` is refused, whatever its value: its digits are lost."""
-    limit = second_order_ratio_limit(grad.dtype)
+    :func:`second_order_ratio_limit` is refused, whatever its value: its digits are lost.  ``work``:
+    the working dtype, whose limit was passed (not ``grad``'s: a float64 temperature beside float32
+    scores was told "beyond 6.7e4" of a ratio of 1e3)."""
+    limit = second_order_ratio_limit(work)
     return (f"method 'exact': a second derivative at temperatures whose sub-tree ratio is {ratio:.3g}, beyond "
-            f"{limit:.2g} in {grad.dtype}, would lose its digits (its rounding grows as eps·ratio²); compute in "
-            f"float64" + (" (a ratio up to 6.7e4)" if grad.dtype != torch.float64 else "")
+            f"{limit:.2g} in {work}, would lose its digits (its rounding grows as eps·ratio²); compute in "
+            f"float64" + (" (a ratio up to 6.7e4)" if work != torch.float64 else "")
             + " or bring the temperatures closer; first derivatives are right at every ratio")
 
 

@@ -837,3 +837,62 @@ def test_rev43_hessian_vector_product_in_the_fine_scores_at_a_wide_temperature_r
     tol = 1e-3 if dtype == torch.float32 else 1e-6
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, atol=tol * float(b.abs().max()), rtol=0)
+
+
+def _rev45_brute_chain3_probs(s0, s1, s2, taus):
+    """Closed form of the 3-level chain 8 → 4 → 2 (blocks of two) written out in float64 torch
+    ops: autograd through it is the reference (it agrees with mpmath's to 3e-9 below)."""
+    t0, t1, t2 = taus
+    T0, T1, T2 = t0, t0 + t1, t0 + t1 + t2
+    A0 = T0 * torch.logsumexp(s0.view(-1, 4, 2) / T0, -1)
+    m1 = s1 + A0
+    A1 = T1 * torch.logsumexp(m1.view(-1, 2, 2) / T1, -1)
+    p2 = torch.softmax((s2 + A1) / T2, -1)
+    p1 = p2.repeat_interleave(2, -1) * torch.exp((m1 - A1.repeat_interleave(2, -1)) / T1)
+    p0 = p1.repeat_interleave(2, -1) * torch.exp((s0 - A0.repeat_interleave(2, -1)) / T0)
+    return p0, p1, p2
+
+
+def test_rev45_hvp_on_a_three_level_chain_whose_edges_are_each_within_the_ratio_limit():
+    """docs/design.md §4 (second order): beyond exact.second_order_ratio_limit a second
+    derivative raises FloatingPointError, "never silently wrong".  Each edge of this chain is
+    within the limit; its finest map's sub-tree temperature is 8090 times its root's."""
+    h = ca.Hierarchy.from_parents([8, 4, 2], [[0, 0, 1, 1, 2, 2, 3, 3], [0, 0, 1, 1]])
+    taus = (1e-4, 8.9e-3, 0.8)
+    S = [[[0.0, 3.0, 1.0, -2.0, 0.5, -1.0, 2.0, 0.0]], [[0.2, -0.5, 1.0, 0.1]], [[0.3, -0.2]]]
+    g = torch.Generator().manual_seed(2)
+    W = [torch.randn(1, n, generator=g, dtype=torch.float64) for n in (8, 4, 2)]
+    V = [torch.randn(1, n, generator=g, dtype=torch.float64) for n in (8, 4, 2)]
+
+    def hvp(dt, solve):
+        s = [torch.tensor(x, dtype=dt, requires_grad=True) for x in S]
+        p = solve(s)
+        loss = sum((pi * w.to(dt)).sum() for pi, w in zip(p, W))
+        gs = torch.autograd.grad(loss, s, create_graph=True)
+        second = sum((gi * v.to(dt)).sum() for gi, v in zip(gs, V))
+        return [x.double() for x in torch.autograd.grad(second, s)]
+
+    want = hvp(torch.float64, lambda s: _rev45_brute_chain3_probs(*s, taus))
+    assert float(want[0].abs().max()) > 0.05
+    try:
+        got = hvp(torch.float32, lambda s: ca.solve(s, h, "exact", temperature=list(taus)).probs)
+    except FloatingPointError:
+        return  # refused: right
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-3 * float(b.abs().max()), rtol=0)
+
+
+@pytest.mark.parametrize("dtype, cold", [(torch.float32, 1e-3), (torch.float64, 1e-6)])
+def test_rev45_a_jacobian_vector_product_by_double_backward_at_a_wide_ratio_is_a_first_derivative(dtype, cold):
+    """docs/design.md §4: "first derivatives are right at every accepted temperature" and only
+    second derivatives raise beyond exact.second_order_ratio_limit."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    s0, s1 = torch.tensor(_REV33_FINE, dtype=dtype), torch.tensor(_REV33_COARSE, dtype=dtype)
+    v0, v1 = torch.tensor([[0.5, -1.0, 2.0, 0.25]], dtype=dtype), torch.tensor([[1.0, -0.5]], dtype=dtype)
+    _, got = torch.autograd.functional.jvp(
+        lambda a, b: ca.solve([a, b], h, "exact", temperature=[cold, 1.0]).probs[0], (s0, s1), (v0, v1))
+    _, want = torch.autograd.functional.jvp(lambda a, b: _rev33_brute_chain_probs(a, b, cold, 1.0)[0],
+                                            (s0.double(), s1.double()), (v0.double(), v1.double()))
+    assert float(want.abs().max()) > 0.1
+    tol = 1e-4 if dtype == torch.float32 else 1e-8
+    torch.testing.assert_close(got.double(), want, atol=tol * float(want.abs().max()), rtol=0)

@@ -1024,3 +1024,14 @@ def test_the_closed_forms_duality_gap_is_relative_to_the_centred_objective_too(m
         results = verify_instances([(name, h, shifted, temps)], progress=False, backends=[])
         gap = next(r for r in results if r.check == "exact.duality_gap")
         assert gap.status == "fail" and gap.error > 1e-5, (offset, gap.error)
+
+
+def test_rev45_a_dual_solvers_duality_gap_row_does_not_fail_right_duals_when_a_constant_is_added():
+    """docs/design.md §2: a constant per map moves no solution, so it must not move the relative
+    gap either (44a3f28 made the exact row so, "as every other gap")."""
+    name, h, scores, temps = next(iter(_instances()))
+    shifted = [s + 1e6 for s in scores]
+    results = verify_instances([(name, h, shifted, temps)], dual_solver=_builtin_duals, progress=False, backends=[])
+    label = solver_label(_builtin_duals)
+    gap = next(r for r in results if r.check == f"{label}.duality_gap")
+    assert gap.status == "pass", gap.error
