@@ -718,3 +718,45 @@ def test_a_cell_with_one_row_measured_and_the_other_waiting_is_not_measured_yet_
     assert "1 cell(s) not measured yet" in format_targets([t]) and "FAILED" not in format_targets([t])
     (missing,) = amortised_targets(good + half)  # nothing waits for it: the row is missing, a failed cell
     assert missing["met"] is False and missing["failed_cells"] == 1
+
+
+def test_rev46_core_rows_record_how_many_repetitions_their_times_rest_on(monkeypatch):
+    """``bench_core.py --repeats 1`` at the target sides: every time is one repetition, its
+    quartiles equal to its median.  The rows must say so (``repeats``, a column of
+    ``bench_core.csv``), as ``bench.csv`` does, or the spread of one timing reads as 0 %."""
+    from convex_attention.bench import targets
+    from convex_attention.bench.targets import CORE_COLUMNS
+    from convex_attention.bench.timing import Measurement
+
+    _stand_in_timing(monkeypatch)
+    stand_in = targets.measure_interleaved
+
+    def one_repetition(cases, device="cpu", repeats=30, warmup=5, **kwargs):
+        return {k: Measurement(m.fwd_ms[:1], m.bwd_ms[:1])
+                for k, m in stand_in(cases, device, repeats, warmup, **kwargs).items()}
+
+    monkeypatch.setattr(targets, "measure_interleaved", one_repetition)
+    out = core_benchmark(log=lambda m: None, **{**CORE_KW, "repeats": 1, "cvx_repeats": 1})
+    ok = [r for r in out["rows"] if r["status"] == "ok"]
+    assert ok and all(r["total_ms_q1"] == r["total_ms"] == r["total_ms_q3"] for r in ok)  # no spread measured
+    assert "repeats" in CORE_COLUMNS
+    assert all(r.get("repeats") == 1 for r in ok), [(r["method"], r.get("repeats")) for r in ok]
+
+
+def test_rev46_a_core_run_on_a_gpu_gives_its_cross_device_speed_up_no_verdict(monkeypatch):
+    """At the target sides but ``device="cuda:0"``: exact runs on the GPU, cvxpylayers on the
+    CPU (its rows say ``cpu``).  The per-sample speed-up then divides times of two machines'
+    processors, against no GPU build of the solver a user of that GPU could pick; the
+    targets (docs/performance.md, "CPU: the targets of the core issue") are CPU ones, so
+    the run is measured and given no verdict, as a run at other sides is."""
+    from convex_attention.bench.targets import CVX_RATIO
+
+    _stand_in_timing(monkeypatch)
+    lines = []
+    out = core_benchmark(log=lines.append, device="cuda:0", **CORE_KW)
+    devices = {(r["method"], r["device"]) for r in out["rows"] if r["status"] == "ok"}
+    assert ("exact", "cuda:0") in devices and ("cvxpylayers", "cpu") in devices
+    assert math.isfinite(out["ratios"][CVX_RATIO])  # measured
+    assert out["off_target_sides"] is not None
+    verdicts = _verdicts(lines[0])
+    assert all(v == "no verdict" for v in verdicts.values()), verdicts

@@ -170,12 +170,15 @@ def test_warm_up_repetitions_are_run_but_neither_timed_nor_counted(monkeypatch):
 
 
 def test_every_repetition_starts_one_case_later(monkeypatch):
-    """Rotating order with three cases: each case is first, middle and last equally often."""
+    """Rotating order with three cases, backwards every other cycle: each case is first, middle
+    and last equally often."""
     timing, clock = _fake_timing(monkeypatch)
     names = ["a", "b", "c"]
-    measure_interleaved({n: _case(clock, n, 0.001, 0.001) for n in names}, repeats=4, warmup=0)
+    measure_interleaved({n: _case(clock, n, 0.001, 0.001) for n in names}, repeats=6, warmup=0)
     order = [e.split()[1] for e in clock.log if isinstance(e, str) and e.startswith("fwd")]
-    assert order == [names[(r + i) % 3] for r in range(4) for i in range(3)]
+    forward = [[names[(r + i) % 3] for i in range(3)] for r in range(3)]
+    assert order == [n for rep in forward + [rep[::-1] for rep in forward] for n in rep]
+    assert all(sorted(order[i::3]) == sorted(names * 2) for i in range(3))
 
 
 @pytest.mark.parametrize("warmup", [0, 4])
@@ -319,3 +322,28 @@ def test_cuda_peak_memory_is_measured_above_the_starting_level(monkeypatch, back
     peak = peak_memory_mb(forward, device="cuda:0", backward=backward)
     assert peak == (3.0 if backward else 1.0)
     assert log == ["sync", "reset", "base", "fwd"] + ["bwd"] * backward + ["sync", "max"]
+
+
+def test_rev46_a_cost_one_case_leaves_to_the_next_does_not_become_that_cases_median(monkeypatch):
+    """Three cases of 1 ms each; ``b`` costs 1 ms more whenever it runs right after ``a`` (what a
+    case that evicts the caches or lowers the clock leaves to the next one).  Interleaving is
+    there so that such effects are shared, not billed to one case: over 6 repetitions, ``b``
+    must not follow ``a`` in most of them, so its median stays 1 ms.  The rotation kept the
+    cyclic order a -> b -> c and measured b at 2 ms (the penalty in 4 of 6 repetitions)."""
+    timing, clock = _fake_timing(monkeypatch)
+    last = []
+
+    def case(name):
+        def forward():
+            penalty = 0.001 if name == "b" and last and last[-1] == "a" else 0.0
+            last.append(name)
+            clock.spend(0.001 + penalty, f"fwd {name}")
+            return _FakeLoss(clock, name, 0.0)
+        return forward
+
+    res = measure_interleaved({n: case(n) for n in "abc"}, repeats=6, warmup=1)
+    timed = last[3:]  # after the warm-up
+    after_a = sum(1 for prev, cur in zip(last[2:], timed) if cur == "b" and prev == "a")
+    assert after_a <= 3, timed  # at most half of b's 6 repetitions
+    assert res["b"].fwd_median == pytest.approx(1.0)
+    assert all(len(m.fwd_ms) == 6 for m in res.values())

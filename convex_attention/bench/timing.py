@@ -1,7 +1,8 @@
 """Wall-clock and memory measurement of forward and backward passes.
 
 Shared machines are noisy, so methods are measured *interleaved*: every repetition runs
-each method once, in rotating order; the figures are medians with their quartiles (the
+each method once, in rotating order (backwards every other cycle, so that no case always
+follows the same one); the figures are medians with their quartiles (the
 spread).  Ratios of two methods measured this way share their noise.
 """
 from __future__ import annotations
@@ -114,6 +115,18 @@ def time_once(forward: ForwardFn, device="cpu", backward: bool = True) -> float:
     return (f + (b if backward else 0.0)) / 1e3
 
 
+def _order(names: list[str], r: int) -> list[str]:
+    """The cases of repetition ``r``: each repetition starts one case later; from three cases
+    on, every other cycle of ``len(names)`` repetitions runs the rotation backwards, so that no
+    case follows the same case in most repetitions (a pure rotation kept the cyclic order,
+    and whatever one case leaves behind, cold caches or a lowered clock, was billed to the
+    same next case every time: its median).  Over each two cycles every case is first, in
+    every position and after each of its two cyclic neighbours equally often."""
+    n = len(names)
+    order = names[r % n:] + names[: r % n]
+    return order[::-1] if n > 2 and (r // n) % 2 else order
+
+
 def measure_interleaved(cases: dict[str, ForwardFn], device="cpu", repeats: int = 30, warmup: int = 5,
                         backward: bool = True, budget_s: float | None = None) -> dict[str, Measurement]:
     """Time ``forward`` and ``loss.backward()`` of every case, interleaved.
@@ -135,8 +148,7 @@ def measure_interleaved(cases: dict[str, ForwardFn], device="cpu", repeats: int 
     out = {name: Measurement() for name in names}
     start = time.perf_counter()
     for r in range(repeats):
-        order = names[r % len(names):] + names[: r % len(names)]
-        for name in order:
+        for name in _order(names, r):
             f, b = _once(cases[name], device, backward)
             out[name].fwd_ms.append(f)
             if backward:

@@ -72,6 +72,7 @@ class _Bar:
     bwd: float | None   # µs per sample, where the row records it
     batch: str
     dtype: str
+    repeats: int | None = None  # the timed repetitions, where the row records them
 
 
 def _measured(row) -> bool:
@@ -96,7 +97,8 @@ def _core_bars(rows) -> tuple[dict, str]:
             1e3 * float(r["fwd_ms"]) / batch, 1e3 * float(q1) / batch if spread else None,
             1e3 * float(q3) / batch if spread else None,
             1e3 * float(r["bwd_ms"]) / batch if is_finite_value(r.get("bwd_ms")) else None,
-            str(r["batch"]), str(r.get("dtype", ""))))
+            str(r["batch"]), str(r.get("dtype", "")),
+            int(float(r["repeats"])) if is_finite_value(r.get("repeats")) else None))
     stat = ("median of forward + backward per repetition" if has_total
             else "median forward + median backward")
     return out, stat
@@ -180,8 +182,10 @@ def _core_spread(b: _Bar) -> float | None:
 
 def _mark_wide(ax, bars) -> bool:
     """Dotted squares on the bars whose interquartile range exceeds LOW_CONFIDENCE_IQR of the
-    median (bench_core records no repetition count, so only the spread can say)."""
-    wide = [i for i, b in enumerate(bars) if (_core_spread(b) or 0.0) > LOW_CONFIDENCE_IQR]
+    median, or that rest on fewer than MIN_CONFIDENT_REPEATS repetitions (where the row
+    records them: records written before review 46 do not)."""
+    wide = [i for i, b in enumerate(bars) if (_core_spread(b) or 0.0) > LOW_CONFIDENCE_IQR
+            or (b.repeats is not None and b.repeats < MIN_CONFIDENT_REPEATS)]
     mark_low_confidence(ax, wide, [bars[i].total for i in wide])
     return bool(wide)
 
@@ -275,13 +279,17 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
             labels += ["point: forward + backward (bar: IQR)", "forward", "backward"]
         if any_wide:
             handles.append(low_confidence_handle())
-            labels.append(f"dotted square: low confidence (IQR > {LOW_CONFIDENCE_IQR:.0%} of the median)")
+            labels.append(f"dotted square: low confidence (IQR > {LOW_CONFIDENCE_IQR:.0%} of the median, or < "
+                          f"{MIN_CONFIDENT_REPEATS} repetitions)")
         fig.legend(handles, labels, handler_map={tuple: HandlerTuple(ndivide=None, pad=0.2)}, frameon=False,
                    loc="outside lower center", ncol=3, fontsize=6.5)
         fig.suptitle("Time per sample (bars and error bars: interquartile range); ratios computed from what is drawn")
         spreads = [v for bars in panels.values() for v in map(_core_spread, bars) if v is not None]
+        counted = all(b.repeats is not None for bars in panels.values() for b in bars)
         spread_note = (f"widest interquartile range: {max(spreads):.0%} of its median; low confidence: IQR > "
-                       f"{LOW_CONFIDENCE_IQR:.0%} of the median (repetitions are not recorded)" if spreads
+                       f"{LOW_CONFIDENCE_IQR:.0%} of the median"
+                       + (f" or < {MIN_CONFIDENT_REPEATS} repetitions" if counted else
+                          " (repetitions are not recorded)") if spreads
                        else "interquartile ranges not recorded")
         unplaced = sorted(set(failed) - set(panels))  # failed at shapes no panel draws
         skipped, failures = not_drawn_notes([r for r in rows if not _measured(r)])
