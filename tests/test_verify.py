@@ -1035,3 +1035,14 @@ def test_rev45_a_dual_solvers_duality_gap_row_does_not_fail_right_duals_when_a_c
     label = solver_label(_builtin_duals)
     gap = next(r for r in results if r.check == f"{label}.duality_gap")
     assert gap.status == "pass", gap.error
+
+
+def test_kkt_stationarity_rows_do_not_fail_right_solutions_when_a_constant_is_added():
+    """A constant per map moves no solution, so it must not fail stationarity: the residual was
+    taken on the raw scores, where a constant of 1e8 left its rounding (1e8·eps ≈ 1.5e-8) in
+    r − <p, r>, and exact's and the built-in solver's kkt rows failed right solutions (review 45)."""
+    name, h, scores, temps = next(iter(_instances()))
+    shifted = [s + 1e8 for s in scores]
+    results = verify_instances([(name, h, shifted, temps)], dual_solver=_builtin_duals, progress=False, backends=[])
+    rows = [r for r in results if r.check.endswith("kkt_stationarity")]
+    assert len(rows) == 2 and all(r.status == "pass" for r in rows), [(r.check, r.value, r.error) for r in rows]

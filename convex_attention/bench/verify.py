@@ -245,8 +245,10 @@ def kkt_residual(probs, duals, scores, h: Graph, temps) -> float:
     """Stationarity of the Lagrangian: ``r_k = η_k(λ) − τ_k log p_k`` must be constant over
     the cells of each level.  Returns ``max_k max_i p_k(i) |r_k(i) − Σ_j p_k(j) r_k(j)|``
     (weighted by ``p`` so that vanishing probabilities, whose logarithm is ill-determined,
-    do not dominate)."""
-    etas = reparameterized_logits(scores, duals, h)
+    do not dominate).  Taken on the scores centred per map: a constant per map moves neither
+    the solution nor ``r_k − <p_k, r_k>``, and a constant of 1e8 left its rounding there,
+    failing right solutions (a review)."""
+    etas = reparameterized_logits(_centred_per_map(scores), duals, h)
     worst = 0.0
     for eta, p, t in zip(etas, probs, temps):
         p = p.reshape(eta.shape).clamp(min=0)
