@@ -483,7 +483,7 @@ def _check_returned_gap(gap: Tensor, options: dict, info: dict, cause: str) -> N
     (:func:`_gap_and_scale`), which is what ``gap_tol`` bounds; a sample above it is not
     converged: ConvergenceError with ``strict``, else a warning, each saying why (``cause``)."""
     missed = info["converged"] & ~(gap <= options["gap_tol"])
-    info["gap"] = gap.to(info["gap"].dtype) if isinstance(info.get("gap"), Tensor) else gap
+    info["gap"] = gap  # float64: rounded to float32, a gap just above gap_tol could read as within it
     if not bool(missed.any()):
         return
     info["converged"] = info["converged"] & ~missed
