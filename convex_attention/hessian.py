@@ -703,7 +703,9 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     raise ImplicitSolveError(
         f"the implicit backward of method 'dual' could not resolve the gradient of sample(s) "
         f"{named(bad, sample_names)[:10]} to {tol:.0e} of itself in {dtype}: a map far hotter than its "
-        f"neighbours (temperatures far apart) makes its gradient the small difference of large terms, "
-        f"which the dtype's rounding of them alone, or {REFINEMENTS} refinements of the solve, leave unsettled; "
-        f"solve in float64 (dtype=torch.float64), bring the temperatures closer, or use method 'exact' where "
-        f"the graph is a forest")
+        f"neighbours (temperatures far apart), or maps saturated to one-hot blocks (scores far apart against "
+        f"the temperature), make its gradient the small difference of large terms, which the dtype's rounding "
+        f"of them alone, or {REFINEMENTS} refinements of the solve, leave unsettled; "
+        + ("solve in float64 (dtype=torch.float64), " if dtype != torch.float64 else "")
+        + "bring the temperatures closer (or raise them against the scores' spread), or use method 'exact' "
+          "where the graph is a forest")
