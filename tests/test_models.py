@@ -399,3 +399,18 @@ def test_group_norm_uses_up_to_eight_groups_that_divide_the_channels():
     norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(m.num_groups == math.gcd(m.num_channels, 8) for m in norms)
     assert {m.num_groups for m in norms} == {2, 4, 8}
+
+
+def test_model_scores_refuse_a_seed_whose_images_share_the_training_images_random_streams(tmp_path):
+    from convex_attention.paper.data import build_datasets, datasets_of
+    from convex_attention.paper.model_scores import SCORE_SEED_OFFSET, check_score_seed
+
+    path, cfg = _trained_on(tmp_path, "m", data_seed=0)
+    seed = 2 ** 32 - SCORE_SEED_OFFSET  # a valid --seed (at most 2**32 - 1)
+    # oracle: the images model_scores draws at that seed are the model's training images
+    train, _ = datasets_of(cfg)
+    scored, _ = build_datasets("synthetic", None, cfg.model.image_size, cfg.model.in_channels, 3, 1,
+                               cfg.difficulty, SCORE_SEED_OFFSET + seed)
+    assert all(torch.equal(scored[i][0], train[i][0]) for i in range(3))
+    with pytest.raises(ValueError, match="own training images"):
+        check_score_seed(path, seed)

@@ -997,3 +997,114 @@ def test_two_test_conditions_never_share_their_images():
     same = [n for n in ("train", "val", "dev", "test", "test_heldout")
             if specs[f"difficulty0.3/{n}"].seed == specs[f"difficulty0.3004/{n}"].seed]
     assert not same, f"conditions 0.3 and 0.3004 share the generator seeds of {same}"
+
+
+# ----------------------------------------------------------------------------- review 48: the ledger's blind spots
+
+
+def test_a_committed_copy_of_the_variants_file_elsewhere_in_the_repository_still_reads_its_ledger(outside_git,
+                                                                                                  tmp_path):
+    from convex_attention.paper.protocol import check_test_data, ledger_entry, ledger_where, verify_variants
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    repo = tmp_path / "repo"
+    spent = ledger_entry(config.with_variants(variants), "results/test", "then")
+    path = _committed_repo(repo, variants, [spent])
+    # the same variants file, byte for byte, committed in another folder of the same repository
+    (repo / "configs" / "v2").mkdir()
+    copy = repo / "configs" / "v2" / "experiment_variants.json"
+    copy.write_bytes(path.read_bytes())
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "a copy of the variants")
+    record = verify_variants(str(copy))  # accepted: it is committed and unchanged
+    assert record["verified_by"] == "git" and record["sha256"] == variants_digest(str(path))
+    # oracle: the repository's ledger (working tree and HEAD) records a test run on data seed 1
+    assert [r["data_seed"] for r in read_ledger(str(repo / "configs" / "data_ledger.json"))] == [1]
+    assert json.loads(_git(repo, "show", "HEAD:configs/data_ledger.json").stdout)["spent"][0]["data_seed"] == 1
+    ledger = default_ledger_path(str(copy))  # what the CLI preflight and run_experiment use
+    with pytest.raises(VariantsError, match="reuse images"):
+        check_test_data(config, read_variants(str(copy)), ledger,
+                        ledger_where(str(repo / "results" / "b" / "test"), ledger))
+
+
+def test_force_refuses_other_variants_that_the_folders_own_log_records(outside_git, tmp_path, monkeypatch):
+    from convex_attention.paper import experiment
+    from convex_attention.paper.protocol import ledger_where, record_test_run, verify_variants
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    first = Variants(Variant(temperature=1.0), difficulties=(0.3,), held_out_mimic="mottled")
+    second = Variants(Variant(temperature=0.3), difficulties=(0.3,), held_out_mimic="mottled")
+    repo = tmp_path / "repo"
+    path = _committed_repo(repo, first)
+    (repo / "configs" / "v2").mkdir()
+    other = repo / "configs" / "v2" / "experiment_variants.json"
+    other.write_text(json.dumps(second.to_dict()))
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "second variants")
+    # the first test run into results/test, as run_test logs it beside its folder (and its manifest)
+    out = repo / "results"
+    folder = str(out / "test")
+    ledger = default_ledger_path(str(path))
+    rec = record_test_run(config.with_variants(first), verify_variants(str(path)), "then",
+                          ledger_where(folder, ledger), False)
+    log_test_run(str(out), {**rec, "folder": rec["results"]})
+    claim_test_folder(folder, record=rec)
+    # oracle: the folder's log records a test run with the first variants file's SHA-256
+    assert read_json(os.path.join(folder, MANIFEST))["variants_sha256"] == variants_digest(str(path))
+    assert variants_digest(str(other)) != variants_digest(str(path))
+    ran = []
+    monkeypatch.setattr(experiment, "run_test", lambda *a, **k: ran.append(1) or {})
+    with pytest.raises(VariantsError, match="--force|variants"):
+        experiment.run_experiment(config, str(out), progress=False, log=lambda *a, **k: None, stage="test",
+                                  variants_path=str(other), force=True, allow_rejected_benchmark=True)
+    assert not ran
+
+
+def test_the_verdicts_dev_split_is_spent_at_the_size_the_dev_stage_drew():
+    from convex_attention.paper.experiment import _judge_benchmark
+    from convex_attention.paper.protocol import _KEY_STRIDE, check_test_data
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking, check_uniform_attention
+
+    # the dev stage as run_dev judges it: data seed 980, difficulty 0.3, 500 development images
+    dev_config = QUICK.override(data="synthetic-brightest", methods=("softmax",), n_train=8, n_val=4, n_dev=500,
+                                n_test=4, data_seed=980, dev_seeds=(0, 1, 2, 3, 4), difficulties=(0.3,))
+    validity = [CheckResult("location_free", "t", "bacc", 0.52, 0.60), CheckResult("pixel_map", "t", "ap", 0.2, 0.30),
+                check_maps_drive_ranking(None), check_uniform_attention(None, None)]  # judged after the models
+    rows = [{"method": "softmax", "seed": s, "delta_auc_shuffled": -d, "bacc": 0.9} for s, d in enumerate(_DRIVES)]
+    plain = [{"seed": s, "bacc": 0.85} for s in range(5)]
+    _, record = _judge_benchmark(dev_config, validity, rows, plain, Variant(), 0.3, lambda *a, **k: None)
+    assert record["accepted"]
+    variants = Variants(difficulties=(0.3, 0.499), held_out_mimic="mottled", benchmark=record)
+    # the test stage: data seed 0, its own --n-dev 250
+    config = dev_config.override(data_seed=0, n_dev=250)
+    # oracle: its training split at difficulty 0.499 draws the random streams of the dev stage's
+    # development images 291 .. 499 (keys congruent modulo 2**32, which torch's generator keeps)
+    dev = split_seed("synthetic-brightest", 980, 0.3, "dev")
+    train = split_seed("synthetic-brightest", 0, 0.499, "train")
+    assert (train * _KEY_STRIDE - (dev * _KEY_STRIDE + 291)) % 2 ** 32 == 0
+    with pytest.raises(VariantsError, match="reuse images"):
+        check_test_data(config, variants, "/nonexistent/data_ledger.json", "results/test")
+
+
+def test_the_dev_stage_refuses_splits_that_share_streams_with_a_recorded_test_split(monkeypatch, tmp_path):
+    from convex_attention.paper import experiment
+    from convex_attention.paper.protocol import _KEY_STRIDE
+
+    # oracle: the committed ledger records the test split of synthetic-brightest, data seed 1 (500
+    # images at 0.3); a dev stage at data seed 781, difficulty 0.125 trains on its streams: training
+    # image 1162 + j and test image j share a generator key modulo 2**32
+    (test,) = [sp for r in read_ledger(default_ledger_path(DEFAULT_VARIANTS_PATH)) if r["stage"] == "test"
+               and r["data"] == "synthetic-brightest" for sp in r["splits"] if sp["name"] == "difficulty0.3/test"][:1]
+    train = split_seed("synthetic-brightest", 781, 0.125, "train")
+    assert (test["seed"] * _KEY_STRIDE - (train * _KEY_STRIDE + 1162)) % 2 ** 32 == 0 and test["n"] == 500
+    config = QUICK.override(data="synthetic-brightest", data_seed=781, difficulties=(0.125,), n_train=2000,
+                            methods=("softmax",))
+
+    def drawn(*a, **k):
+        raise RuntimeError("the dev stage drew its splits")
+
+    monkeypatch.setattr(experiment, "build_split", drawn)
+    with pytest.raises(VariantsError, match="reuse images|test split"):
+        experiment.run_experiment(config, str(tmp_path / "out"), progress=False, log=lambda *a, **k: None,
+                                  stage="dev")

@@ -588,3 +588,22 @@ def test_a_forced_rerun_with_another_variant_on_the_same_test_split_is_refused_o
                         config.train.data)
     assert "test run 2" in line  # the rerun is counted ...
     assert sha_first[:12] in line or "variant" in line.lower(), line  # ... but is the changed variant said?
+
+
+def test_the_history_line_never_calls_a_run_the_first_when_its_folders_log_records_an_earlier_one():
+    from convex_attention.paper.reports import history_line
+
+    # the first run (variants a) was recorded in a ledger this run does not read (its entry was
+    # discarded with `git checkout configs/data_ledger.json`, or it sat beside another variants file)
+    first = {"run_id": "r1", "started": "t1", "data": "synthetic-brightest", "data_seed": 1, "seeds": [0, 1],
+             "variants_sha256": "a" * 64, "results": "results/test.run-1"}
+    second = {"run_id": "r2", "started": "t2", "data": "synthetic-brightest", "data_seed": 1, "seeds": [0, 1],
+              "variants_sha256": "b" * 64, "results": "results/test"}
+    history = {"benchmark_runs": [second], "runs_in_folder": [first, second],
+               "moved_aside": {"from": "results/test", "to": "results/test.run-1", "run_id": "r1"}}
+    line = history_line(history, "synthetic-brightest")
+    # oracle: the folder's log, which the report cites, holds two test runs of two variants files
+    assert len(history["runs_in_folder"]) == 2
+    assert len({r["variants_sha256"] for r in history["runs_in_folder"]}) == 2
+    assert "first test run" not in line
+    assert "different variants files" in line

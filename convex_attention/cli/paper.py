@@ -643,6 +643,7 @@ def _experiment_preflight(args, config) -> None:
         ledger_where,
         read_test_runs,
         read_variants,
+        runs_into,
         verify_variants,
     )
 
@@ -672,7 +673,7 @@ def _experiment_preflight(args, config) -> None:
     ledger = default_ledger_path(args.variants)
     try:
         check_test_data(config, variants, ledger, ledger_where(os.path.join(args.out, "test"), ledger), args.force,
-                        variants_sha256=verified.get("sha256"))
+                        variants_sha256=verified.get("sha256"), folder_runs=runs_into(os.path.join(args.out, "test")))
     except VariantsError as err:
         raise UsageError(f"argument --data-seed: {err}") from None
     check_out(args.out)

@@ -104,6 +104,7 @@ from .protocol import (
     check_judged,
     check_test_data,
     check_test_folder,
+    check_unspent,
     claim_test_folder,
     condition_name,
     default_ledger_path,
@@ -120,6 +121,8 @@ from .protocol import (
     read_test_runs,
     read_variants,
     record_test_run,
+    repository_ledgers,
+    runs_into,
     spend,
     split_sizes,
     split_specs,
@@ -164,6 +167,14 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
         raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
     config.validate()
     if stage == "dev":
+        # the dev stage chooses on its splits: none may share an image (or a random stream) with a
+        # recorded test split (a review: data seed 781 at difficulty 0.125 trained on a spent test split)
+        ledger = ledger_path or default_ledger_path(variants_path or DEFAULT_VARIANTS_PATH)
+        runs = read_ledger(ledger) + repository_ledgers(ledger)
+        sizes = split_sizes(config)
+        specs = split_specs(config.train.data, config.train.data_seed, {k: sizes[k] for k in ("train", "val", "dev")},
+                            config.difficulties[0], config.held_out_mimic)
+        check_unspent(specs, [r for r in runs if r.get("stage") == "test"], what="the dev stage")
         return run_dev(config, os.path.join(out, "dev"), progress=progress, log=log)
     path = variants_path or DEFAULT_VARIANTS_PATH
     variants = read_variants(path)
@@ -179,7 +190,7 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
     check_test_folder(folder, force)  # first: rerunning the same command is refused for its folder, not its seed
     read_test_runs(os.path.dirname(os.path.abspath(folder)))  # a damaged run log, before anything is spent
     check_test_data(config, variants, ledger, ledger_where(folder, ledger), force,
-                    variants_sha256=record.get("sha256"))
+                    variants_sha256=record.get("sha256"), folder_runs=runs_into(folder))
     return run_test(config, folder, variants, record, force=force, progress=progress, log=log, ledger_path=ledger)
 
 
@@ -552,7 +563,7 @@ def _judge_benchmark(config: ExperimentConfig, validity: list, chosen_rows: list
     tc = config.train
     record = benchmark_record(validity, chosen, difficulty, config.methods, config.dev_seeds,
                               judged_settings(config), data=tc.data, data_seed=tc.data_seed,
-                              held_out_mimic=config.held_out_mimic)
+                              held_out_mimic=config.held_out_mimic, sizes=split_sizes(config))
     failed = failed_checks(record["checks"])
     log(f"[dev] benchmark {'accepted' if record['accepted'] else 'REJECTED'} on the development split" + (
         "" if record["accepted"] else f" (failed or not run: {', '.join(failed)}); the test stage will refuse it "
@@ -593,7 +604,8 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     device = _device(config)
     ledger = ledger_path or default_ledger_path(variants_record.get("path") or DEFAULT_VARIANTS_PATH)
     where = ledger_where(folder, ledger)
-    replaced = check_test_data(config, variants, ledger, where, force, variants_sha256=variants_record.get("sha256"))
+    replaced = check_test_data(config, variants, ledger, where, force, variants_sha256=variants_record.get("sha256"),
+                               folder_runs=runs_into(folder))
     started = time.strftime("%Y-%m-%d %H:%M:%S")
     record = record_test_run(config, variants_record, started, where, force)
     target = None
@@ -619,11 +631,22 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     for difficulty in config.difficulties:
         _test_condition(config, variants.variant, difficulty, folder, device, gathered, progress, log)
     history = {"runs_in_folder": runs_here, "replaced_in_ledger": replaced, "ledger": ledger,
-               "benchmark_runs": history_of_test_runs(read_ledger(ledger), config.train.data),
+               "benchmark_runs": history_of_test_runs(_ledger_runs(ledger), config.train.data),
                "moved_aside": record.get("moved_aside")}
     result = _write_test(config, variants, variants_record, gathered, folder, device, log, history)
     finish_test_folder(folder, {**record, "finished": time.strftime("%Y-%m-%d %H:%M:%S")})
     return result
+
+
+def _ledger_runs(ledger: str) -> list[dict]:
+    """The runs of ``ledger`` (this run last), after those that only another ledger of the
+    repository records (:func:`~convex_attention.paper.protocol.repository_ledgers`)."""
+    mine = read_ledger(ledger)
+    others = []
+    for r in repository_ledgers(ledger):
+        if r not in mine and r not in others:
+            others.append(r)
+    return others + mine
 
 
 def _posthoc_models(config: ExperimentConfig) -> tuple:

@@ -56,10 +56,16 @@ def _training_streams(stored: TrainConfig, source: str) -> dict[int, str]:
     return streams
 
 
+_STREAMS = 2 ** 32  # torch's generator keeps a seed's low 32 bits: seeds congruent modulo it draw one stream
+
+
 def _score_seed_problem(streams: dict[int, str], seeds) -> str:
-    """Why scoring at ``seeds`` would score the model's own images ("" when it would not)."""
+    """Why scoring at ``seeds`` would score the model's own images ("" when it would not):
+    a generator seed of the model's images, or one congruent to it modulo 2**32 (the image
+    keys ``seed · 1000003 + i`` are then congruent too, and torch draws the same images)."""
+    wrapped = {seed % _STREAMS: what for seed, what in streams.items()}
     for s in seeds:
-        what = streams.get(SCORE_SEED_OFFSET + s)
+        what = streams.get(SCORE_SEED_OFFSET + s, wrapped.get((SCORE_SEED_OFFSET + s) % _STREAMS))
         if what is not None:
             return f"the images of seed {s} (generator seed {SCORE_SEED_OFFSET + s}) are the model's own {what} images"
     return ""

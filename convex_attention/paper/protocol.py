@@ -286,7 +286,7 @@ def check_judged(config, variants: Variants, where: str = "variants") -> None:
 
 def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_seeds, settings: dict,
                      data: str = "synthetic", data_seed: int | None = None,
-                     held_out_mimic: str | None = "mottled") -> dict:
+                     held_out_mimic: str | None = "mottled", sizes: dict | None = None) -> dict:
     """The variants file's ``benchmark`` entry from the dev stage's validity checks
     (:class:`~convex_attention.paper.validity.CheckResult` list), with what they judged:
     ``{"accepted": bool, "checks": {name: {"value", "threshold", "passes_below", "ran",
@@ -311,6 +311,8 @@ def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_
               "settings": {k: as_json(settings[k]) for k in JUDGED_SETTINGS if k in settings or k in _JUDGED_SETTINGS}}
     if data_seed is not None:
         judged["data_seed"] = int(data_seed)
+    if sizes is not None:  # the dev stage's own split sizes: the test stage's --n-dev is its own
+        judged["sizes"] = {k: int(sizes[k]) for k in ("train", "val", "dev")}
     return {"accepted": accepted, "checks": checks, "judged": judged}
 
 
@@ -370,7 +372,10 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
     keys = {"data", "variant", "difficulty", "methods", "dev_seeds", "settings"}
     seed = judged.get("data_seed", 0)
     # (verdicts written before 2026-12-05 record no held_out_mimic)
-    if not keys <= set(judged) or not set(judged) <= keys | {"data_seed", "held_out_mimic"} \
+    recorded = judged.get("sizes", {"train": 1, "val": 1, "dev": 1})
+    if not keys <= set(judged) or not set(judged) <= keys | {"data_seed", "held_out_mimic", "sizes"} \
+            or not isinstance(recorded, dict) or set(recorded) != {"train", "val", "dev"} \
+            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in recorded.values()) \
             or isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= DATA_SEED_MAX \
             or judged["data"] not in SYNTHETIC_SOURCES or not _real(judged["difficulty"]) \
             or not isinstance(judged["methods"], list) or not all(isinstance(m, str) for m in judged["methods"]) \
@@ -790,6 +795,36 @@ def committed_ledger(path: str) -> list[dict]:
     return _ledger_entries(data, f"HEAD:{rel}")
 
 
+def repository_ledgers(path: str) -> list[dict]:
+    """The runs of every ``data_ledger.json`` that the repository holding ``path`` tracks, as
+    committed at HEAD and as in the working tree (``[]`` outside git): a variants file committed
+    in another folder reads the ledger beside it, which must not forget the runs another folder's
+    ledger of the same repository records (a review: a spent test seed ran again as the first)."""
+    folder = os.path.dirname(os.path.realpath(path))
+    if shutil.which("git") is None or not os.path.isdir(folder):
+        return []
+    top = _git(["rev-parse", "--show-toplevel"], folder)
+    if top.returncode != 0:
+        return []
+    root = top.stdout.strip()
+    listed = _git(["ls-tree", "-r", "--name-only", "HEAD"], root)
+    if listed.returncode != 0:
+        return []
+    out: list[dict] = []
+    for rel in listed.stdout.splitlines():
+        if os.path.basename(rel) != "data_ledger.json":
+            continue
+        shown = _git(["show", f"HEAD:{rel}"], root)
+        if shown.returncode == 0:
+            try:
+                out += _ledger_entries(json.loads(shown.stdout, parse_constant=_strict_constant), f"HEAD:{rel}")
+            except ValueError as err:
+                raise VariantsError(f"the data ledger committed at HEAD:{rel} is not readable strict JSON ({err})") \
+                    from None
+        out += read_ledger(os.path.join(root, rel))
+    return out
+
+
 def _ledger_entries(data, path: str) -> list[dict]:
     """The ``spent`` list of a ledger's parsed JSON, checked (VariantsError naming ``path``)."""
     if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT or not isinstance(data.get("spent"), list):
@@ -860,19 +895,25 @@ def ledger_where(folder: str, ledger_path: str) -> str:
 
 
 def check_test_data(config, variants, ledger_path: str, where: str, force: bool = False,
-                    variants_sha256: str | None = None) -> list[dict]:
+                    variants_sha256: str | None = None, folder_runs: list | None = None) -> list[dict]:
     """Refuse (VariantsError) a test run whose splits (:func:`test_stage_specs` of
     ``config`` with ``variants``) share an image with the dev stage behind the verdict or
     with any run the data ledger at ``ledger_path`` records.  With ``force``, the earlier
     test runs recorded for the same folder ``where`` are allowed (a run replaced by
     ``--force``; its report says so), but only those of the same variants file
     (``variants_sha256``, where given): a variant changed after the test split was seen is
-    refused (a review).  Returns those replaced runs' ledger entries."""
+    refused (a review), and so is one that the folder's own log records (``folder_runs``: the
+    test runs ``test_runs.jsonl`` beside the folder records into it, :func:`runs_into`), which
+    a ledger beside another variants file does not hold.  Returns those replaced runs' ledger
+    entries."""
     config = config.with_variants(variants)
     spent = read_ledger(ledger_path)
     spent += [r for r in committed_ledger(ledger_path) if r not in spent]  # what HEAD records stays spent
+    spent += [r for r in repository_ledgers(ledger_path) if r not in spent]  # and every ledger of the repository
     replaced = [r for r in spent if force and r.get("stage") == "test" and r.get("where") == where]
-    changed = [r for r in replaced if variants_sha256 is not None and r.get("variants_sha256") not in
+    # the folder's own log (test_runs.jsonl) records the runs into it even where this ledger does not
+    logged = [r for r in (folder_runs or ()) if force and r.get("stage") == "test"]
+    changed = [r for r in replaced + logged if variants_sha256 is not None and r.get("variants_sha256") not in
                (None, variants_sha256)]
     if changed:
         raise VariantsError(f"--force replaces an interrupted test run of the same variants only: the test run into "
@@ -943,6 +984,7 @@ def spent_by_verdict(variants, sizes: dict, held_out_mimic: str | None) -> list[
     if variants.benchmark is None or "data_seed" not in variants.benchmark["judged"]:
         return []
     judged = variants.benchmark["judged"]
+    sizes = {**sizes, **judged.get("sizes", {})}  # the sizes the dev stage drew, where its verdict records them
     specs = split_specs(judged["data"], judged["data_seed"], {k: sizes[k] for k in ("train", "val", "dev")},
                         judged["difficulty"], held_out_mimic)
     return [{"stage": "dev", "data": judged["data"], "data_seed": judged["data_seed"], "where": "the verdict",
@@ -989,6 +1031,16 @@ def read_test_runs(folder: str) -> list[dict]:
             raise VariantsError(f"the test run log {path}, line {number}, is not a JSON object; {fix}")
         runs.append(record)
     return runs
+
+
+def runs_into(folder: str) -> list[dict]:
+    """The test runs that the log beside ``folder`` (``test_runs.jsonl`` of its parent) records
+    into it: those whose ``folder`` names it (relative or absolute: two ledgers name one folder
+    differently, so it is matched by its name in that parent)."""
+    folder = os.path.abspath(folder)
+    name = os.path.basename(folder)
+    return [r for r in read_test_runs(os.path.dirname(folder))
+            if isinstance(r.get("folder"), str) and os.path.basename(r["folder"].rstrip("/")) == name]
 
 
 def log_test_run(folder: str, record: dict) -> list[dict]:

@@ -136,6 +136,11 @@ def history_line(history: dict, data: str | None = None) -> str:
     lines = []
     if runs is None:  # a history from before the ledger listed the benchmark's runs
         runs = here
+    # the runs the folder's own log records that the ledger read does not (its entry discarded, or
+    # kept beside another variants file): a run the folder remembers is never forgotten here
+    known = {r.get("run_id") for r in runs if r.get("run_id")}
+    missing = [r for r in here[:-1] if r.get("run_id") and r.get("run_id") not in known]
+    runs = missing + list(runs)
     earlier = runs[:-1]
     what = f"the benchmark {data!r}" if data else "this benchmark"
     if not earlier:
