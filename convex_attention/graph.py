@@ -92,6 +92,11 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
                 f"one {coarse} cell id in [0, {n_coarse}) per {fine} cell")
     if isinstance(par, Tensor):
         par = par.detach().cpu()
+        if par.dtype == torch.uint64 and par.numel() and int(par.numpy().max()) > torch.iinfo(torch.long).max:
+            # (cast to int64 it read "got parent index -9223372036854775807", as numpy's did: review 47;
+            # torch has no max of uint64, numpy has)
+            raise ValueError(f"{label} out of range: {coarse} has {n_coarse} cells, got parent index "
+                             f"{int(par.numpy().max())}")
     else:
         if par is None or isinstance(par, (str, bytes, numbers.Number)):
             raise TypeError(f"{expected}; got {type(par).__name__}")
@@ -134,7 +139,11 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
 
 def _holds_bool(values: Sequence) -> bool:
     """Whether a (nested) sequence holds a bool anywhere: a grid-shaped nested list too (a review)."""
-    return any(isinstance(x, bool) or (isinstance(x, Sequence) and not isinstance(x, (str, bytes)) and _holds_bool(x))
+    return any(isinstance(x, (bool, np.bool_))
+               # a bool carried by a tensor or array element: torch.as_tensor promoted it to int64 too (review 47)
+               or (isinstance(x, Tensor) and x.dtype == torch.bool)
+               or (isinstance(x, np.ndarray) and x.dtype == np.bool_)
+               or (isinstance(x, Sequence) and not isinstance(x, (str, bytes)) and _holds_bool(x))
                for x in values)
 
 

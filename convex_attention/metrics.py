@@ -23,9 +23,26 @@ def _flat_sum(x: Tensor) -> Tensor:
     return x.flatten(1).sum(1)
 
 
+def _same_length(what: str, **lists) -> None:
+    """ValueError unless every per-map (or per-edge) list has the length the others have: zip
+    drops what is left over, and a list one map short gave a number without that map's terms
+    (objective 2.19 for 5.19, max_abs_err 0 for 0.5: review 47)."""
+    lengths = {name: len(x) for name, x in lists.items()}
+    if len(set(lengths.values())) > 1:
+        raise ValueError(f"{what}: one entry per map is needed in each list, got lengths "
+                         + ", ".join(f"{name} {n}" for name, n in lengths.items()))
+
+
+def _graph_lengths(what: str, h: Graph, duals: Sequence, **per_map) -> None:
+    _same_length(what, maps=range(h.num_maps), **per_map)
+    if len(duals) != h.num_edges:
+        raise ValueError(f"{what}: one dual per edge is needed, the graph has {h.num_edges} edges, got {len(duals)}")
+
+
 def consistency_residuals(probs: Sequence[Tensor], h: Graph) -> list[Tensor]:
     """``‖P_e p_a − p_b‖₁`` per constraint (edge ``e = (a → b)``; on a hierarchy ``P_k p_k − p_{k+1}``):
     ``E`` tensors ``(B,)``."""
+    _same_length("consistency_residuals", maps=range(h.num_maps), probs=probs)
     return [_flat_sum((h.aggregate(upcast(probs[a]), e) - upcast(probs[b])).abs())
             for e, (a, b) in enumerate(h.edges)]
 
@@ -40,8 +57,11 @@ def objective(scores: Sequence[Tensor | None], probs: Sequence[Tensor], temps: S
 
     ``H(p) = −Σ p log p`` with ``0 log 0 = 0``; negative entries (solver round-off) are
     clamped to zero inside the entropy.  A map whose scores are None (a given map) is data,
-    not a term of the problem: it adds nothing; nor does a masked cell (score −∞).
+    not a term of the problem: it adds nothing; nor does a masked cell (score −∞) with probability
+    0 (mass on a masked cell makes ``f`` −∞: the point is infeasible).  Lists of another length
+    than the others are a ValueError.
     """
+    _same_length("objective", scores=scores, probs=probs, temps=temps)
     total: Tensor | float = 0.0
     for s, p, t in zip(scores, probs, temps):
         if s is None:
@@ -53,8 +73,10 @@ def objective(scores: Sequence[Tensor | None], probs: Sequence[Tensor], temps: S
         # (same value: 0 where p = 0; below the floor, p·log(tiny) for p·log p, both ~1e-305)
         plogp = pc * torch.log(pc.clamp(min=torch.finfo(pc.dtype).tiny))
         # a masked cell (score −∞, probability 0) adds nothing to <θ, p>: (−∞)·0 was NaN
-        # (replaced before the product, so that no NaN reaches the gradient either)
-        s = s.masked_fill(torch.isneginf(s), 0.0)
+        # (replaced before the product, so that no NaN reaches the gradient either); with
+        # mass on it the point is infeasible and f is −∞ (filled whatever its probability, it
+        # scored 0.693 for half the mass on a masked cell: review 47)
+        s = torch.where(torch.isneginf(s) & (pc == 0), 0.0, s)
         total = total + _flat_sum(s * p) - t * _flat_sum(plogp)
     assert isinstance(total, Tensor)
     return total
@@ -64,6 +86,8 @@ def dual_objective(scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: 
                    temps: Sequence[float], given: Sequence[Tensor | None] | None = None) -> Tensor:
     """``g(λ) = Σ_k τ_k logsumexp(η_k / τ_k)`` per sample: ``(B,)`` (a given map ``k``, whose
     scores are None and probabilities ``given[k]``, adds ``<η_k, q_k>`` instead)."""
+    _graph_lengths("dual_objective", h, duals, scores=scores, temps=temps,
+                   **({} if given is None else {"given": given}))
     return dual_function([None if s is None else upcast(s) for s in scores], [upcast(d) for d in duals], h, temps,
                          None if given is None else [None if q is None else upcast(q) for q in given])
 
@@ -75,6 +99,7 @@ def stationarity(scores: Sequence[Tensor], probs: Sequence[Tensor], duals: Seque
     condition.  Both are exact at the optimum; unlike the duality gap, which is quadratic in
     an error of the maps, this is of the size of the error (or of the duals' error over
     ``τ``)."""
+    _graph_lengths("stationarity", h, duals, scores=scores, probs=probs, temps=temps)
     implied = reparameterized_probs([upcast(s) for s in scores], [upcast(d) for d in duals], h, temps)
     return torch.stack([(upcast(p) - q).abs().flatten(1).amax(1) for p, q in zip(probs, implied)]).amax(0)
 
@@ -93,5 +118,6 @@ def dual_gap(optimal_value: Tensor, scores: Sequence[Tensor | None], duals: Sequ
 
 def max_abs_err(probs: Sequence[Tensor], reference: Sequence[Tensor]) -> Tensor:
     """``max |p − p_ref|`` over all cells and maps, per sample: ``(B,)``."""
+    _same_length("max_abs_err", probs=probs, reference=reference)
     return torch.stack([(upcast(p) - upcast(r)).abs().flatten(1).amax(1)
                         for p, r in zip(probs, reference)]).amax(0)

@@ -495,3 +495,26 @@ def test_review27_a_write_to_what_solved_apart_returned_does_not_reach_the_graph
     got = ca.solve(scores, g, "dual", temperature=[0.5, 1.0, 2.0, 1.0, 1.0])
     want = ca.solve(scores, fresh, "dual", temperature=[0.5, 1.0, 2.0, 1.0, 1.0])
     assert all(torch.equal(a, b) for a, b in zip(got.duals, want.duals))
+
+
+# ------------------------------------------------------------------ review 47 (strict xfail: known defects)
+
+def test_review47_a_bool_tensor_among_the_parents_of_a_sequence_is_refused():
+    """docs/design.md §4: parent maps may be '(nested) sequences of ints: a bool anywhere among
+    them is refused' (a review found [0, True, 1] read as [0, 1, 1]).  The same bool carried by
+    a tensor element, as a list built from indexing a mask gives, passed: torch.as_tensor
+    promotes it to int64 and the graph reads True as cell 1, silently."""
+    for holder in (torch.tensor(True), torch.tensor([True])):
+        with pytest.raises(TypeError, match="bool"):
+            ca.Graph.from_edges([3, 2], [(0, 1, [torch.tensor(0), holder, torch.tensor(1)])])
+        with pytest.raises(TypeError, match="bool"):
+            ca.Hierarchy.from_parents([3, 2], [[torch.tensor(0), holder, torch.tensor(1)]])
+
+
+def test_review47_a_torch_uint64_id_beyond_int64_is_named_as_given():
+    """The refusal is right; its number is not: the tensor is cast to int64 before the range
+    check, so 2**63 + 1 reads 'got parent index -9223372036854775807'.  The numpy uint64 case
+    names 9223372036854775808 (test_unsigned_read_only_and_negative_region_inputs_get_true_messages)."""
+    par = torch.tensor([0, 1, 2 ** 63 + 1], dtype=torch.uint64)
+    with pytest.raises(ValueError, match=r"out of range: map 1 has 2 cells, got parent index 9223372036854775809"):
+        ca.Graph.from_edges([3, 2], [(0, 1, par)])

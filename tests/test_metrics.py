@@ -104,3 +104,41 @@ def test_objective_of_an_exact_solve_with_a_masked_cell_is_finite():
     assert float(sol.probs[0][0, 1]) == 0.0
     assert torch.isfinite(sol.dual_objective).all()
     torch.testing.assert_close(sol.objective, sol.dual_objective)
+
+
+# ----------------------------------------------------------------------------- review 47 (strict xfail: known defects)
+
+def test_review47_the_measures_refuse_per_map_lists_of_the_wrong_length():
+    """docs/design.md §6: the objective sums every map's term, max_abs_err is over all maps.
+    With temps = [1.0] for two maps objective() returned map 0's term alone (2.193 where the
+    two maps give 5.193), dual_objective() map 0's logsumexp alone, and max_abs_err() against a
+    reference one map short compared map 0 only (0.0 where map 1 is 0.5 off).  A wrong-length
+    list is a caller's slip that must be an error, never a smaller number."""
+    h = ca.Hierarchy.grid([(2,), (1,)])
+    theta = [torch.tensor([[1.0, 2.0]], dtype=torch.float64), torch.tensor([[3.0]], dtype=torch.float64)]
+    probs = [torch.tensor([[0.5, 0.5]], dtype=torch.float64), torch.tensor([[1.0]], dtype=torch.float64)]
+    off = [probs[0], torch.tensor([[0.5]], dtype=torch.float64)]
+    lam = [torch.zeros(1, 1, dtype=torch.float64)]
+    with pytest.raises((ValueError, TypeError, IndexError)):
+        metrics.objective(theta, probs, [1.0])  # one temperature for two maps
+    with pytest.raises((ValueError, TypeError, IndexError)):
+        metrics.objective(theta[:1], probs, [1.0, 1.0])  # one map's scores for two maps
+    with pytest.raises((ValueError, TypeError, IndexError)):
+        metrics.dual_objective(theta, lam, h, [1.0])
+    with pytest.raises((ValueError, TypeError, IndexError)):
+        metrics.stationarity(theta, probs[:1], lam, h, [1.0, 1.0])
+    with pytest.raises((ValueError, TypeError, IndexError)):
+        metrics.max_abs_err(off, probs[:1])
+
+
+def test_review47_mass_on_a_masked_cell_makes_the_objective_minus_infinity():
+    """docs/design.md §1/§4: a masked cell (score -inf) is infeasible for any positive
+    probability; f(p) = <θ, p> + τH(p) is -inf there.  The masked-cell rule exists for cells
+    with probability 0 (0·(-inf) is taken as 0, tests above); objective() applied it to every
+    masked cell, and p = (0.5, 0.5) with θ = (0, -inf) scored log 2 = 0.693, higher than the
+    feasible optimum p = (1, 0), whose objective is 0: primal_gap was then negative."""
+    theta = [torch.tensor([[0.0, -math.inf]], dtype=torch.float64)]
+    wrong = [torch.tensor([[0.5, 0.5]], dtype=torch.float64)]
+    right = [torch.tensor([[1.0, 0.0]], dtype=torch.float64)]
+    assert float(metrics.objective(theta, right, [1.0])[0]) == 0.0  # holds today: zero mass counts nothing
+    assert float(metrics.objective(theta, wrong, [1.0])[0]) == -math.inf
