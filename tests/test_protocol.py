@@ -1108,3 +1108,57 @@ def test_the_dev_stage_refuses_splits_that_share_streams_with_a_recorded_test_sp
     with pytest.raises(VariantsError, match="reuse images|test split"):
         experiment.run_experiment(config, str(tmp_path / "out"), progress=False, log=lambda *a, **k: None,
                                   stage="dev")
+
+
+# ----------------------------------------------------------------------------- review 49: the repository's ledgers
+
+
+def test_a_committed_ledger_in_a_folder_with_a_non_ascii_name_is_read_too(outside_git, tmp_path):
+    from convex_attention.paper.protocol import check_test_data, ledger_entry, ledger_where, repository_ledgers
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    repo = tmp_path / "repo"
+    path = _committed_repo(repo, variants)  # configs/: the variants file, no ledger yet
+    # a committed copy of the variants file in another folder, whose ledger records a test run on data seed 1
+    other = repo / "expériences"
+    other.mkdir()
+    (other / "experiment_variants.json").write_bytes(path.read_bytes())
+    spend(str(other / "data_ledger.json"), ledger_entry(config.with_variants(variants), "results/test", "then"))
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "a test run from expériences/")
+    # oracle: git tracks that ledger, at HEAD and in the working tree, and it records data seed 1
+    tracked = _git(repo, "-c", "core.quotePath=false", "ls-files").stdout.splitlines()
+    assert "expériences/data_ledger.json" in tracked
+    assert [r["data_seed"] for r in read_ledger(str(other / "data_ledger.json"))] == [1]
+    ledger = default_ledger_path(str(path))
+    assert [r["data_seed"] for r in repository_ledgers(ledger)] == [1, 1]  # HEAD's and the working tree's
+    with pytest.raises(VariantsError, match="reuse images"):
+        check_test_data(config, variants, ledger, ledger_where(str(repo / "results" / "b" / "test"), ledger))
+
+
+def test_a_verdict_whose_sizes_disagree_with_its_own_settings_is_refused():
+    from convex_attention.paper.experiment import _judge_benchmark
+    from convex_attention.paper.protocol import spent_by_verdict, split_sizes
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking, check_uniform_attention
+
+    dev_config = QUICK.override(data="synthetic-brightest", methods=("softmax",), n_train=2000, n_val=250,
+                                n_dev=250, n_test=4, data_seed=980, dev_seeds=(0, 1, 2, 3, 4), difficulties=(0.3,))
+    validity = [CheckResult("location_free", "t", "bacc", 0.52, 0.60), CheckResult("pixel_map", "t", "ap", 0.2, 0.30),
+                check_maps_drive_ranking(None), check_uniform_attention(None, None)]
+    rows = [{"method": "softmax", "seed": s, "delta_auc_shuffled": -d, "bacc": 0.9} for s, d in enumerate(_DRIVES)]
+    plain = [{"seed": s, "bacc": 0.85} for s in range(5)]
+    _, record = _judge_benchmark(dev_config, validity, rows, plain, Variant(), 0.3, lambda *a, **k: None)
+    data = Variants(difficulties=(0.3,), held_out_mimic="mottled", benchmark=record).to_dict()
+    # oracle: the dev stage drew the training split its settings say (2000 images), and recorded it so
+    assert record["judged"]["settings"]["n_train"] == 2000 == record["judged"]["sizes"]["train"]
+    assert record["judged"]["settings"]["n_val"] == 250 == record["judged"]["sizes"]["val"]
+    data["benchmark"]["judged"]["sizes"]["train"] = 1  # edited by hand, every other field as written
+    try:
+        edited = Variants.from_dict(data)
+    except VariantsError:
+        return  # refused: the verdict contradicts itself
+    # accepted: the test stage would spend 1 of the dev stage's 2000 training images
+    (verdict,) = spent_by_verdict(edited, split_sizes(dev_config.override(data_seed=0)), "mottled")
+    train = [sp["n"] for sp in verdict["splits"] if sp["name"] == "train"]
+    assert train == [2000], f"the verdict's dev training split is spent at {train} images, not the 2000 it drew"

@@ -607,3 +607,46 @@ def test_the_history_line_never_calls_a_run_the_first_when_its_folders_log_recor
     assert len({r["variants_sha256"] for r in history["runs_in_folder"]}) == 2
     assert "first test run" not in line
     assert "different variants files" in line
+
+
+# ----------------------------------------------------------------------------- review 49: the folder log's runs
+
+
+def _logged(run_id, started, data="synthetic-brightest", **extra):
+    """A test run as run_test logs it in OUT/test_runs.jsonl: its results are in its folder when it starts."""
+    return {"stage": "test", "run_id": run_id, "started": started, "data": data, "data_seed": 1, "seeds": [0, 1],
+            "variants_sha256": "a" * 64, "forced": bool(extra.get("moved_aside")), "results": "results/test",
+            "folder": "results/test", **extra}
+
+
+def test_a_run_only_the_folder_log_records_is_listed_where_a_later_force_moved_its_results():
+    from convex_attention.paper.protocol import history_of_test_runs
+    from convex_attention.paper.reports import history_line
+
+    moved = {"from": "results/test", "to": "results/test.run-1", "run_started": "t1", "run_id": "r1"}
+    first = _logged("r1", "t1")  # recorded in a ledger this run does not read (beside another variants file)
+    second = _logged("r2", "t2", moved_aside=moved)
+    # oracle: read from a ledger, the same first run is listed where the move put its results
+    assert [r["results"] for r in history_of_test_runs([first, second], "synthetic-brightest")] == \
+        ["results/test.run-1", "results/test"]
+    history = {"benchmark_runs": history_of_test_runs([second], "synthetic-brightest"),
+               "runs_in_folder": [first, second], "moved_aside": moved}
+    line = history_line(history, "synthetic-brightest")
+    assert "test run 2" in line
+    assert "results in `results/test.run-1`" in line, line
+
+
+def test_a_run_of_another_benchmark_in_the_same_folder_is_not_counted_as_one_of_this_benchmark():
+    from convex_attention.paper.protocol import history_of_test_runs
+    from convex_attention.paper.reports import history_line
+
+    moved = {"from": "results/test", "to": "results/test.run-1", "run_started": "t1", "run_id": "r1"}
+    first = _logged("r1", "t1", data="synthetic")  # the rim benchmark, then --force with --data synthetic-brightest
+    second = _logged("r2", "t2", moved_aside=moved)
+    ledger = [first, second]  # one ledger records both
+    # oracle: the ledger's history of synthetic-brightest holds one test run, this one
+    assert [r["run_id"] for r in history_of_test_runs(ledger, "synthetic-brightest")] == ["r2"]
+    history = {"benchmark_runs": history_of_test_runs(ledger, "synthetic-brightest"),
+               "runs_in_folder": [first, second], "moved_aside": moved}
+    line = history_line(history, "synthetic-brightest")
+    assert "first test run of the benchmark 'synthetic-brightest'" in line, line

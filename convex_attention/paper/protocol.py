@@ -389,6 +389,15 @@ def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where
                             f"\"data_seed\": 0 .. {DATA_SEED_MAX}, \"variant\", \"difficulty\", \"methods\", "
                             f"\"dev_seeds\" (distinct), \"settings\": {{{', '.join(_JUDGED_SETTINGS)}[, "
                             f"{', '.join(JUDGED_SETTINGS[len(_JUDGED_SETTINGS):])}]}}}}")
+    # the sizes the dev stage drew are those its settings say (n_train always, n_val where recorded):
+    # a verdict that contradicts itself would spend fewer of its images than it drew (a review)
+    differ = [k for k, name in (("train", "n_train"), ("val", "n_val"))
+              if "sizes" in judged and name in judged["settings"] and recorded[k] != judged["settings"][name]]
+    if differ:
+        raise VariantsError(f"{where}: benchmark.judged.sizes records {', '.join(f'{k} {recorded[k]}' for k in differ)}"
+                            f", but the settings it judged say " + ", ".join(
+                                f"{n} {judged['settings'][n]}" for n in (("n_" + k) for k in differ))
+                            + "; run the dev stage again rather than editing the file")
     if "held_out_mimic" in judged and judged["held_out_mimic"] != held_out_mimic:
         # the dev stage trained and chose on splits without that type: the test stage's
         # held-out condition is "used neither in training nor in development" only for it
@@ -807,11 +816,13 @@ def repository_ledgers(path: str) -> list[dict]:
     if top.returncode != 0:
         return []
     root = top.stdout.strip()
-    listed = _git(["ls-tree", "-r", "--name-only", "HEAD"], root)
+    # -z: paths as they are (without it git quotes a name that is not ASCII, and the ledger of
+    # such a folder, its basename ending in a quote, was skipped: a review)
+    listed = _git(["ls-tree", "-r", "-z", "--name-only", "HEAD"], root)
     if listed.returncode != 0:
         return []
     out: list[dict] = []
-    for rel in listed.stdout.splitlines():
+    for rel in filter(None, listed.stdout.split("\0")):
         if os.path.basename(rel) != "data_ledger.json":
             continue
         shown = _git(["show", f"HEAD:{rel}"], root)

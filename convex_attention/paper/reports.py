@@ -126,6 +126,18 @@ def verdict_line(variants) -> str:
             "was made anyway (--allow-rejected-benchmark).")
 
 
+def _moved_to(run: dict, others: list) -> str | None:
+    """Where ``run``'s results are now: its folder, or where a run of ``others`` that moved
+    that folder aside (its ``moved_aside`` naming ``run``'s id) put them."""
+    results = run.get("results") or run.get("where")
+    for other in others:
+        moved = other.get("moved_aside")
+        if isinstance(moved, dict) and moved.get("run_id") and moved.get("run_id") == run.get("run_id") \
+                and moved.get("from") == results:
+            return moved.get("to")
+    return results
+
+
 def history_line(history: dict, data: str | None = None) -> str:
     """The report's line on earlier test runs: those of the benchmark that the data ledger
     records (``benchmark_runs``, across result folders, this run last), each with where its
@@ -138,8 +150,13 @@ def history_line(history: dict, data: str | None = None) -> str:
         runs = here
     # the runs the folder's own log records that the ledger read does not (its entry discarded, or
     # kept beside another variants file): a run the folder remembers is never forgotten here
+    # (runs of this benchmark only, each where a later run's --force moved its results: a review)
     known = {r.get("run_id") for r in runs if r.get("run_id")}
-    missing = [r for r in here[:-1] if r.get("run_id") and r.get("run_id") not in known]
+    missing = [r for r in here[:-1] if r.get("run_id") and r.get("run_id") not in known
+               and (data is None or r.get("data") == data)]
+    if missing:
+        later = [*here, *runs]
+        missing = [{**r, "results": _moved_to(r, later)} for r in missing]
     runs = missing + list(runs)
     earlier = runs[:-1]
     what = f"the benchmark {data!r}" if data else "this benchmark"
