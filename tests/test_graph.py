@@ -518,3 +518,16 @@ def test_review47_a_torch_uint64_id_beyond_int64_is_named_as_given():
     par = torch.tensor([0, 1, 2 ** 63 + 1], dtype=torch.uint64)
     with pytest.raises(ValueError, match=r"out of range: map 1 has 2 cells, got parent index 9223372036854775809"):
         ca.Graph.from_edges([3, 2], [(0, 1, par)])
+
+
+# ------------------------------------------------------------------ review 50 (strict xfail: known defects)
+
+def test_review50_a_sequence_of_unsigned_64_bit_ids_is_read_as_the_array_of_them_is():
+    """docs/design.md §4: parent maps are integer tensors, NumPy arrays or (nested) sequences of
+    ints.  np.uint64 is an int (numbers.Integral); a list of them is what list(array) or
+    iterating a uint64 array gives.  Oracle: the same ids as one uint64 array, or tensor."""
+    ids = np.array([0, 0, 1, 1], dtype=np.uint64)
+    want = ca.Graph.from_edges([4, 2], [(0, 1, ids)])
+    assert want == ca.Graph.from_edges([4, 2], [(0, 1, torch.from_numpy(ids.astype(np.int64)).to(torch.uint64))])
+    assert ca.Graph.from_edges([4, 2], [(0, 1, list(ids))]) == want
+    assert ca.Graph.from_edges([4, 2], [(0, 1, list(torch.tensor([0, 0, 1, 1], dtype=torch.uint64)))]) == want

@@ -1162,3 +1162,66 @@ def test_a_verdict_whose_sizes_disagree_with_its_own_settings_is_refused():
     (verdict,) = spent_by_verdict(edited, split_sizes(dev_config.override(data_seed=0)), "mottled")
     train = [sp["n"] for sp in verdict["splits"] if sp["name"] == "train"]
     assert train == [2000], f"the verdict's dev training split is spent at {train} images, not the 2000 it drew"
+
+
+# ----------------------------------------------------------------------------- review 50 (strict xfail: known defects)
+
+
+def _test_run(run_id, started, results="results/test", **extra):
+    """A ledger entry of a test run as run_test spends it (one split suffices here)."""
+    return {"stage": "test", "run_id": run_id, "started": started, "data": "synthetic-brightest", "data_seed": 1,
+            "where": results, "results": results, "variants_sha256": "a" * 64,
+            "splits": [{"name": "difficulty0.3/test", "seed": 1, "n": 1, "difficulty": 0.3}], **extra}
+
+
+def test_review50_a_run_moved_by_a_run_of_another_ledger_of_the_repository_is_listed_where_it_is_now(outside_git,
+                                                                                                      tmp_path):
+    from convex_attention.paper.experiment import _ledger_runs
+    from convex_attention.paper.protocol import history_of_test_runs
+
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    repo = tmp_path / "repo"
+    moved = {"from": "results/test", "to": "results/test.run-1", "run_started": "t1", "run_id": "r1"}
+    # run 1 from configs/; run 2 from a committed copy of the variants file in alt/ (same SHA-256),
+    # --force into the same folder: run 1's results went to results/test.run-1; run 3 from configs/ again
+    path = _committed_repo(repo, variants, [_test_run("r1", "t1")])
+    (repo / "alt").mkdir()
+    (repo / "alt" / "experiment_variants.json").write_bytes(path.read_bytes())
+    spend(str(repo / "alt" / "data_ledger.json"), _test_run("r2", "t2", forced=True, moved_aside=moved))
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "run 2 from alt/")
+    ledger = default_ledger_path(str(path))
+    spend(ledger, _test_run("r3", "t3", results="results/other"))
+    runs = _ledger_runs(ledger)
+    # oracle: the repository's ledgers hold all three runs, and run 2's record says where run 1's results went
+    assert sorted(r["run_id"] for r in runs) == ["r1", "r2", "r3"]
+    assert [r["results"] for r in history_of_test_runs(sorted(runs, key=lambda r: r["started"]),
+                                                       "synthetic-brightest")] == \
+        ["results/test.run-1", "results/test", "results/other"]
+    where = {r["run_id"]: r["results"] for r in history_of_test_runs(runs, "synthetic-brightest")}
+    assert where["r1"] == "results/test.run-1", where
+
+
+def test_review50_a_ledger_written_but_not_yet_committed_beside_a_copy_of_the_variants_is_read_too(outside_git,
+                                                                                                   tmp_path):
+    from convex_attention.paper.protocol import check_test_data, ledger_entry, ledger_where, repository_ledgers
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    repo = tmp_path / "repo"
+    path = _committed_repo(repo, variants)  # configs/: the variants file, no ledger yet
+    other = repo / "alt"
+    other.mkdir()
+    (other / "experiment_variants.json").write_bytes(path.read_bytes())
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "a copy of the variants file")
+    # a test run from alt/ on data seed 1: its ledger is written to the working tree, not committed
+    # (docs/experiment.md: "a test run's entry is written to the working tree, not committed")
+    spend(str(other / "data_ledger.json"), ledger_entry(config.with_variants(variants), "results/test", "then"))
+    # oracle: the working tree of this repository holds that ledger, and it records data seed 1
+    assert [r["data_seed"] for r in read_ledger(str(other / "data_ledger.json"))] == [1]
+    assert "alt/data_ledger.json" in _git(repo, "status", "--porcelain", "-uall").stdout
+    ledger = default_ledger_path(str(path))
+    assert [r["data_seed"] for r in repository_ledgers(ledger)] == [1]
+    with pytest.raises(VariantsError, match="reuse images"):
+        check_test_data(config, variants, ledger, ledger_where(str(repo / "results" / "b" / "test"), ledger))

@@ -650,3 +650,46 @@ def test_a_run_of_another_benchmark_in_the_same_folder_is_not_counted_as_one_of_
                "runs_in_folder": [first, second], "moved_aside": moved}
     line = history_line(history, "synthetic-brightest")
     assert "first test run of the benchmark 'synthetic-brightest'" in line, line
+
+
+# ----------------------------------------------------------------------------- review 50 (strict xfail: known defects)
+
+
+def test_review50_a_ledger_run_moved_by_a_run_only_the_folder_log_records_is_listed_where_it_is_now():
+    from convex_attention.paper.protocol import history_of_test_runs
+    from convex_attention.paper.reports import history_line
+
+    # run 1 and run 3 in the ledger; run 2 (--force over run 1) only in the folder log (its ledger
+    # entry discarded with `git checkout configs/data_ledger.json`); run 3 --force over run 2
+    moved1 = {"from": "results/test", "to": "results/test.run-1", "run_started": "t1", "run_id": "r1"}
+    moved2 = {"from": "results/test", "to": "results/test.run-2", "run_started": "t2", "run_id": "r2"}
+    first, second = _logged("r1", "t1"), _logged("r2", "t2", moved_aside=moved1)
+    third = _logged("r3", "t3", moved_aside=moved2)
+    # oracle: with every run in one ledger, run 1 is in results/test.run-1 (and results/test holds run 3's)
+    assert [r["results"] for r in history_of_test_runs([first, second, third], "synthetic-brightest")] == \
+        ["results/test.run-1", "results/test.run-2", "results/test"]
+    history = {"benchmark_runs": history_of_test_runs([first, third], "synthetic-brightest"),
+               "runs_in_folder": [first, second, third], "moved_aside": moved2}
+    line = history_line(history, "synthetic-brightest")
+    assert "test run 3" in line
+    assert "t1, data seed 1, seeds [0, 1], variants SHA-256 aaaaaaaaaaaa: results in `results/test.run-1`" in line, line
+
+
+def test_review50_a_log_only_run_recorded_beside_another_ledger_is_listed_where_a_force_moved_it(tmp_path):
+    from convex_attention.paper.protocol import history_of_test_runs, ledger_where
+    from convex_attention.paper.reports import history_line
+
+    repo = tmp_path / "repo"
+    folder, aside = str(repo / "results" / "test"), str(repo / "results" / "test.run-1")
+    main = str(repo / "configs" / "data_ledger.json")
+    copy = str(repo / "configs" / "alt" / "data_ledger.json")  # beside a copy of the variants file
+    # oracle: the two ledgers name the one folder differently
+    assert ledger_where(folder, main) == "results/test" and ledger_where(folder, copy) == folder
+    first = _logged("r1", "t1", results=ledger_where(folder, copy), folder=ledger_where(folder, copy))
+    moved = {"from": ledger_where(folder, main), "to": ledger_where(aside, main), "run_started": "t1", "run_id": "r1"}
+    second = _logged("r2", "t2", moved_aside=moved)
+    history = {"benchmark_runs": history_of_test_runs([second], "synthetic-brightest"),
+               "runs_in_folder": [first, second], "moved_aside": moved}
+    line = history_line(history, "synthetic-brightest")
+    assert "test run 2" in line
+    assert "results in `results/test.run-1`" in line, line

@@ -821,8 +821,14 @@ def repository_ledgers(path: str) -> list[dict]:
     listed = _git(["ls-tree", "-r", "-z", "--name-only", "HEAD"], root)
     if listed.returncode != 0:
         return []
+    # and those in the working tree that are not committed yet: a test run writes its ledger
+    # there, not to HEAD (review 50: the ledger a run beside a copy of the variants file had
+    # just created was not read)
+    fresh = _git(["ls-files", "-z", "--others", "--exclude-standard"], root)
+    names = list(filter(None, listed.stdout.split("\0")))
+    names += [n for n in filter(None, fresh.stdout.split("\0") if fresh.returncode == 0 else ()) if n not in names]
     out: list[dict] = []
-    for rel in filter(None, listed.stdout.split("\0")):
+    for rel in names:
         if os.path.basename(rel) != "data_ledger.json":
             continue
         shown = _git(["show", f"HEAD:{rel}"], root)
@@ -977,6 +983,13 @@ def history_of_test_runs(runs: list[dict], data: str) -> list[dict]:
     out = []
     for i, run in enumerate(tests):
         results = run.get("results") or run.get("where")
+        # a run with an id is moved by the run whose moved_aside names that id, wherever it is
+        # listed (another ledger's runs come first: review 50) and however its ledger names the folder
+        mover = [m for m in (r.get("moved_aside") for r in tests) if isinstance(m, dict) and run.get("run_id")
+                 and m.get("run_id") == run["run_id"] and isinstance(m.get("to"), str)]
+        if mover:
+            out.append({**{k: v for k, v in run.items() if k != "splits"}, "results": mover[0]["to"]})
+            continue
         for later in tests[i + 1:]:
             moved = later.get("moved_aside")
             same = (moved.get("run_id") == run["run_id"] if isinstance(moved, dict) and moved.get("run_id")

@@ -132,9 +132,11 @@ def _moved_to(run: dict, others: list) -> str | None:
     results = run.get("results") or run.get("where")
     for other in others:
         moved = other.get("moved_aside")
+        # by the run's id alone (unique): two ledgers name one folder differently (relative to
+        # each one's repository, or absolute), so "from" may spell it otherwise (review 50)
         if isinstance(moved, dict) and moved.get("run_id") and moved.get("run_id") == run.get("run_id") \
-                and moved.get("from") == results:
-            return moved.get("to")
+                and isinstance(moved.get("to"), str):
+            return moved["to"]
     return results
 
 
@@ -154,10 +156,10 @@ def history_line(history: dict, data: str | None = None) -> str:
     known = {r.get("run_id") for r in runs if r.get("run_id")}
     missing = [r for r in here[:-1] if r.get("run_id") and r.get("run_id") not in known
                and (data is None or r.get("data") == data)]
-    if missing:
-        later = [*here, *runs]
-        missing = [{**r, "results": _moved_to(r, later)} for r in missing]
-    runs = missing + list(runs)
+    # every run where it is now, the ledger's too: a run that moved one of them aside may be
+    # one only the folder log records (review 50)
+    movers = [*here, *runs]
+    runs = [{**r, "results": _moved_to(r, movers)} for r in missing + list(runs)]
     earlier = runs[:-1]
     what = f"the benchmark {data!r}" if data else "this benchmark"
     if not earlier:
