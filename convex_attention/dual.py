@@ -319,6 +319,16 @@ def solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, optio
     given probabilities ``(1 or B, *shapes[k])`` or None; a given map's scores are None.  The
     given tensors are inputs of the autograd function (the gradient reaches them).
     """
+    # never under the caller's autocast: in float32 work its matrix products (Anderson's Gram
+    # matrices, Newton's and the backward's Hessians) would run in bfloat16/float16, and
+    # torch.linalg refused them (a review: '"lu_cpu" not implemented for BFloat16')
+    device = next(s for s in scores if s is not None).device
+    with torch.autocast(device_type=device.type, enabled=False):
+        return _solve_dual_method(scores, h, temps, options)
+
+
+def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, options: dict):
+    """:func:`solve_dual_method` outside any autocast."""
     given = options.pop("given", None)
     mask = tuple(q is not None for q in given) if given is not None else (False,) * h.num_maps
     free = next(s for s, m in zip(scores, mask) if not m)
@@ -1602,6 +1612,11 @@ class DualSolveFunction(torch.autograd.Function):
                 "on a forest of maps (a hierarchy, a star) method 'exact' gives the same solution and supports "
                 "second-order differentiation")
         saved = ctx.saved_tensors
+        with torch.autocast(device_type=saved[0].device.type, enabled=False):  # as the forward
+            return DualSolveFunction._backward(ctx, saved, grads)
+
+    @staticmethod
+    def _backward(ctx, saved, grads):
         probs = saved[: ctx.M]
         gdual: tuple | None = grads[ctx.M:]
         grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(probs, grads[: ctx.M]))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 
+import torch
 from torch import Tensor
 
 from . import metrics
@@ -139,20 +140,26 @@ class Solution:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._inputs = [(t, t._version) for t in state["_inputs"] if not t.is_inference()]  # copies start afresh
+        # (a Solution pickled before the cache recorded the grad mode of each value: as computed with it)
+        self._cache = {k: v if isinstance(v, tuple) else (v, True) for k, v in self._cache.items()}
 
     @property
     def duals(self) -> list[Tensor] | None:
-        if callable(self._duals):
-            self._check_fresh("duals")
-            self._duals = self._duals()
+        if callable(self._duals):  # lazy (a functools.partial): computed, and kept, by _cached
+            return self._cached("duals", self._duals)
         return self._duals
 
     def _cached(self, name: str, fn, reads_inputs: bool = True):
-        if name not in self._cache:
+        # a value computed without grad (read first under torch.no_grad() or inference_mode, as a
+        # log line does) is computed again when read with grad on: kept, it had given a loss built
+        # from it no gradient for that term, silently (a review: a loss on the objective, the dual
+        # objective and exact's duals got a gradient 0.83 off)
+        entry = self._cache.get(name)
+        if entry is None or (torch.is_grad_enabled() and not entry[1]):
             if reads_inputs:
                 self._check_fresh(name)
-            self._cache[name] = fn()
-        return self._cache[name]
+            entry = self._cache[name] = (fn(), torch.is_grad_enabled())
+        return entry[0]
 
     @property
     def violation(self) -> Tensor:

@@ -2243,3 +2243,25 @@ def test_float32_work_judges_its_gap_in_float64_at_the_duals_returned():
     assert float(sol.info["gap"][0]) == pytest.approx(gap, rel=1e-3, abs=1e-9)
     # kept in float64: rounded to float32 a gap just above gap_tol could read as within it
     assert sol.info["gap"].dtype == torch.float64
+
+
+@pytest.mark.parametrize("structure", ["chain", "axial"])
+def test_the_float32_dual_solver_is_unaffected_by_the_callers_autocast(structure):
+    """A mixed-precision model (torch.autocast on CPU, bfloat16) that solves with ``dtype=torch.float32``
+    must get the solve it gets without autocast: the solver's own products are not the model's."""
+    h = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)]) if structure == "chain" else ca.Graph.axial((6, 6))
+    g = torch.Generator().manual_seed(1)
+    base = [torch.randn((3,) + s, generator=g) for s in h.shapes]
+    weights = [torch.randn((3,) + s, generator=g) for s in h.shapes]
+
+    def run(autocast: bool):
+        scores = [b.clone().requires_grad_() for b in base]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            sol = ca.solve(scores, h, "dual", 0.8, dtype=torch.float32)
+            loss = sum((p * w).sum() for p, w in zip(sol.probs, weights))
+        loss.backward()
+        return [p.detach() for p in sol.probs] + [s.grad for s in scores]
+
+    plain, mixed = run(False), run(True)
+    assert all(a.dtype == b.dtype for a, b in zip(plain, mixed))
+    assert max(float((a - b).abs().max()) for a, b in zip(plain, mixed)) < 1e-6

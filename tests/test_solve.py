@@ -1148,3 +1148,27 @@ def test_forward_mode_along_a_temperature_is_refused_by_the_autograd_functions(m
                              torch.tensor([1.0, 0.0], dtype=torch.float64))
         with pytest.raises(NotImplementedError):
             ca.solve(inst.scores, inst.h, method, temperature=tau)
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("method", ["exact", "dual"])
+def test_a_field_first_read_without_grad_still_differentiates_when_read_with_grad(method, context):
+    """design.md §4: ``duals``, ``objective`` and ``dual_objective`` are differentiable functions of the
+    scores.  Reading them first for a log line under ``torch.no_grad()`` must not take that away from
+    the loss that reads them next, with grad on."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn((2,) + s, generator=g, dtype=torch.float64, requires_grad=True) for s in h.shapes]
+    w = torch.randn(2, 2, 2, generator=g, dtype=torch.float64)
+
+    def loss(sol):
+        return sol.objective.sum() + sol.dual_objective.sum() + (sol.duals[0] * w).sum() + sol.probs[0].pow(2).sum()
+
+    expected = torch.autograd.grad(loss(ca.solve(scores, h, method, 0.8)), scores)
+    sol = ca.solve(scores, h, method, 0.8)
+    with context():  # a training loop's logging
+        logged = [float(sol.objective.mean()), float(sol.dual_objective.mean()), float(sol.duals[0].abs().max())]
+    assert all(math.isfinite(v) for v in logged)
+    got = torch.autograd.grad(loss(sol), scores)
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
