@@ -633,6 +633,14 @@ class Graph:
         assert self._solved_apart is not None
         return [(list(maps), list(edges), part) for maps, edges, part in self._solved_apart]
 
+    def __getstate__(self) -> dict:
+        """The graph as pickled (``torch.save`` of a model holding it, ``copy.deepcopy``): without
+        its copies of the parent maps on other devices, a cache made again on first use, so that
+        a model saved after running on a GPU loads where there is none (a review)."""
+        state = dict(self.__dict__)
+        state["_parents_on"] = {}
+        return state
+
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self._key == other._key and all(
             torch.equal(self._cpu_parents(e), other._cpu_parents(e))

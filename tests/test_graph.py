@@ -531,3 +531,19 @@ def test_review50_a_sequence_of_unsigned_64_bit_ids_is_read_as_the_array_of_them
     assert want == ca.Graph.from_edges([4, 2], [(0, 1, torch.from_numpy(ids.astype(np.int64)).to(torch.uint64))])
     assert ca.Graph.from_edges([4, 2], [(0, 1, list(ids))]) == want
     assert ca.Graph.from_edges([4, 2], [(0, 1, list(torch.tensor([0, 0, 1, 1], dtype=torch.uint64)))]) == want
+
+
+def test_a_pickled_graph_leaves_its_parent_maps_on_other_devices_behind():
+    """A model that ran on a GPU holds its graph's parent maps there too (a cache, one copy per
+    device): pickled with them, a saved model would not load where there is no GPU (review 51's
+    remark).  Stood in for by the meta device, which pickles its tensors the same way."""
+    import copy
+    import pickle
+
+    g = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    on_meta = g._device_parents(0, "meta")
+    assert on_meta.device.type == "meta" and g._parents_on
+    for again in (pickle.loads(pickle.dumps(g)), copy.deepcopy(g)):
+        assert again._parents_on == {} and again == g
+        assert torch.equal(again._device_parents(0, "cpu"), torch.tensor([0, 0, 1, 1]))
+    assert g._parents_on  # the original keeps its cache
