@@ -24,6 +24,7 @@ Reports of what was left out go to the ``log`` callable of :func:`plot_results` 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ from ._common import (
     graph_parts,
     load_env,
     load_record,
+    not_drawn_notes,
     read_results,
     warn,
 )
@@ -181,12 +183,16 @@ def _draw(folder: str, out: str, log: Log) -> list[str]:
     if chain_rows:
         for name, fn in _BENCH_FIGURES.items():
             written.append(draw(name, fn, chain_rows, env))
+    # the dual rows with no history to draw (skipped, or failed): the convergence figures name them
+    dual_rows = [r for r in rows or [] if r.get("method") == "dual"]
     if chain_conv:
-        written.append(draw("dual_convergence", plot_convergence, chain_conv, env))
+        written.append(draw("dual_convergence", functools.partial(
+            plot_convergence, notes=not_drawn_notes([r for r in dual_rows if is_chain(r)])), chain_conv, env))
     if rows and len(chain_rows) < len(rows):
         written.append(draw("pareto_per_structure", plot_pareto_per_structure, rows, env))
     if conv_rows and len(chain_conv) < len(conv_rows):
-        written.append(draw("dual_convergence_per_structure", plot_convergence_per_structure, conv_rows, env))
+        written.append(draw("dual_convergence_per_structure", functools.partial(
+            plot_convergence_per_structure, notes=not_drawn_notes(dual_rows)), conv_rows, env))
     draw_backward, backward_env = _backward_source(folder, log)
     backward_rows = rows_of("backward.csv", ("kind",)) if draw_backward else None
     if backward_rows:

@@ -207,7 +207,7 @@ def _convergence_points(conv_rows, log: Log) -> list[tuple]:
     return pts
 
 
-def plot_convergence(conv_rows, path, env=None, log: Log | None = None) -> str | None:
+def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()) -> str | None:
     """The per-sample dual solver (computed in float64): violation and dual gap against
     sweep, one line per cell, coloured by grid size (a sequential scale: small to large) and
     dashed by number of levels.  The gap is the batch's largest signed gap (``convergence.csv``'s
@@ -215,7 +215,9 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None) -> str |
     per-structure figure draws it: a batch whose every gap is below 0 (weak duality allows it
     only by the reference's rounding) shows instead of hiding at the floor; a negative gap beside
     larger ones is not seen in a maximum.  Values at or below the floor are drawn there.  Rows
-    with unusable values are skipped and named.  Returns None without data."""
+    with unusable values are skipped and named.  ``notes``: the dual rows of ``bench.csv`` that
+    have no history to draw (skipped, or failed: :func:`._common.not_drawn_notes`), for the
+    footer.  Returns None without data."""
     log = log or warn
     need = ("cell", "levels", "iteration", "violation_max", "dual_gap_max")
     if lacks_columns(conv_rows, need, "dual_convergence", "convergence.csv", log):
@@ -254,7 +256,7 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None) -> str |
         fig.suptitle(rf"Per-sample dual solver, float64: convergence (values $\leq {sci(floor)}$ drawn at "
                      rf"${sci(floor)}$)")
         return figures.save(fig, path, env, notes=["computed in float64 (the solver's working dtype), on each "
-                                                   "cell's held-out instances"])
+                                                   "cell's held-out instances", *notes])
 
 
 # ====================================================================== speed against consistency

@@ -89,11 +89,15 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
         return None
     numbers = {**TRADEOFF_NUMBERS, "n_cells": {"positive": True, "integer": True}}
     points = ok_points(rows, "pareto_per_structure", numbers, log)
-    panels, not_measured = [], []
+    panels, not_measured, undrawn = [], [], []
     for structure in structures:
         mine = [p for p in points if _structure(p.row) == structure]
         duals = [p for p in mine if p.series.method == "dual" and p.v["per_sample_ms"] is not None]
-        if not duals:
+        if not duals:  # no cell to draw: said, never left out silently
+            theirs = [r for r in rows if _structure(r) == structure and text_of(r, "method") == "dual"]
+            why = sorted({skip_reason(r) for r in theirs if skip_reason(r)})
+            undrawn.append(f"{plain(structure, 20)} (no timed dual row"
+                           + (f"; dual {', '.join(why)}" if why else "" if theirs else "; none in bench.csv") + ")")
             continue
         largest = max(duals, key=lambda p: p.v["n_cells"])
         cell = cell_key(largest.row)
@@ -109,6 +113,8 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
     if not panels:
         log("pareto_per_structure: no structure has a timed dual row; not written")
         return None
+    if undrawn:  # a figure written without them: said here and in its footer
+        log(f"pareto_per_structure: no panel for {', '.join(undrawn)}")
     style = styles_for({s for _, _, shown, _, _ in panels for s in shown})
     positive = [e[1] for _, _, shown, _, _ in panels for es in shown.values() for e in es if e[1] > 0]
     floor = floor_below(positive, default=1e-16)
@@ -148,13 +154,14 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
                  "fitted row's time (the same computation); per-sample λ* is not drawn (its time would exclude "
                  "finding λ*)", fewer_timed_note(drawn_points),
                  skipped_note(not_measured) + (" (at the cells drawn)" if not_measured else ""),
-                 failed_here + (" (at the cells drawn)" if failed_here else "")]
+                 failed_here + (" (at the cells drawn)" if failed_here else ""),
+                 f"NOT DRAWN, no panel: {', '.join(undrawn)}" if undrawn else ""]
         return figures.save(fig, path, env, notes=notes)
 
 
 # ----------------------------------------------------------------------------- convergence per structure
 
-def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = None) -> str | None:
+def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = None, notes=()) -> str | None:
     """The dual solver's violation (top row) and dual gap ``g(λ) − f*`` (bottom row) per sweep,
     float64, one column per structure and one line per cell, labelled with its size and
     number of levels (and temperature, where a structure's cells differ in it).  The gap is the
@@ -235,7 +242,7 @@ def plot_convergence_per_structure(conv_rows, path, env=None, log: Log | None = 
                                                    "cell's held-out instances; gap: g(λ) − f* against the float64 "
                                                    "certified reference; on forests that are not chains (the star) "
                                                    "the solver starts from the closed form (warm_start) and "
-                                                   "certifies it at sweep 0"])
+                                                   "certifies it at sweep 0", *notes])
 
 
 # ----------------------------------------------------------------------------- backward
@@ -293,6 +300,8 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
                 ax.plot(xs, ys, color=color, marker=marker, ms=4, lw=1)
                 for p, x, y in zip(line, xs, ys):
                     label = f"{p[2]:.0e}" if kind == "implicit" else f"{p[2]:g}"
+                    if float(label) != p[2]:  # a tolerance that is no power of ten: the file's, not a rounding
+                        label = f"{p[2]:.6g}"
                     ax.annotate(label, (x, y), textcoords="offset points", xytext=(3, 3), fontsize=5, color=color)
             if family in failed:
                 ax.text(0.5, 0.5, f"implicit backward FAILED\n({failed[family]}; backward.csv)", ha="center",

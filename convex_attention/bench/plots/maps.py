@@ -41,6 +41,7 @@ def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None 
     except ValueError as err:
         raise ValueError(f"the score grids do not nest ({plain(err, 80)})") from None
     sols = {}
+    left_out = []  # what the figure must say it does not show
     for name in ATTENTION_MAP_METHODS:
         try:
             if get_method(name).needs_duals:
@@ -51,8 +52,10 @@ def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None 
                 sols[name] = solve(scores, h, name, temperature=temps)
         except (ValueError, RuntimeError) as err:
             log(f"attention_maps: {name} failed on the example ({plain(err, 80)}); its row is left out")
+            left_out.append(f"{name} ({plain(err, 80)})")
     for name in [n for n, sol in sols.items() if not all(bool(torch.isfinite(p).all()) for p in sol.probs)]:
         log(f"attention_maps: {name} gave NaN or Inf on the example; its row is left out")
+        left_out.append(f"{name} (NaN or Inf)")
         del sols[name]
     if not sols:
         raise ValueError("no method solved the example")
@@ -101,4 +104,5 @@ def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None 
             "computed in float64 from example.npz's scores and λ (the sweep's timings are in their own dtype); "
             "λ: the sweep's fitted shared λ and the amortised network's prediction for this instance",
             "under each map: N·max p, its peak over a uniform map's (N: the level's cells); under each residual: "
-            "its L1 norm"])
+            "its L1 norm",
+            f"FAILED on this example, not drawn: {'; '.join(left_out)}" if left_out else ""])

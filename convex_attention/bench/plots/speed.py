@@ -73,11 +73,24 @@ class _Bar:
     batch: str
     dtype: str
     repeats: int | None = None  # the timed repetitions, where the row records them
+    device: str = ""    # where it ran, where the row records it
 
 
 def _measured(row) -> bool:
-    """Whether a core-benchmark row was measured (status ``ok``; rows without a status are)."""
-    return str(row.get("status") or "ok") == "ok"
+    """Whether a core-benchmark row was measured (status ``ok``; rows without a status are)
+    and has a time to draw: a finite forward and a finite total (or backward, for the sum)."""
+    return str(row.get("status") or "ok") == "ok" and _timed(row)
+
+
+def _timed(row) -> bool:
+    return is_finite_value(row.get("fwd_ms")) and (is_finite_value(row.get("total_ms"))
+                                                   or is_finite_value(row.get("bwd_ms")))
+
+
+def _untimed(row) -> bool:
+    """An ``ok`` row whose time is no number (bench_core.json: null): counted as failed by the
+    targets, never drawn, and named."""
+    return str(row.get("status") or "ok") == "ok" and not _timed(row)
 
 
 def _core_bars(rows) -> tuple[dict, str]:
@@ -98,7 +111,7 @@ def _core_bars(rows) -> tuple[dict, str]:
             1e3 * float(q3) / batch if spread else None,
             1e3 * float(r["bwd_ms"]) / batch if is_finite_value(r.get("bwd_ms")) else None,
             str(r["batch"]), str(r.get("dtype", "")),
-            int(float(r["repeats"])) if is_finite_value(r.get("repeats")) else None))
+            int(float(r["repeats"])) if is_finite_value(r.get("repeats")) else None, str(r.get("device") or "")))
     stat = ("median of forward + backward per repetition" if has_total
             else "median forward + median backward")
     return out, stat
@@ -111,11 +124,13 @@ def is_finite_value(v) -> bool:
         return False
 
 
-def _panel_ratios(bars, names) -> dict:
+def _panel_ratios(bars, names, failed_methods=()) -> dict:
     """The ratios ``names`` (``"A/B"``, or ``"A/B per sample"``) of one panel's bars: median
     time per sample of method A over method B, where both are in the panel; a method with
     several bars (one per cvxpylayers backend) counts its fastest.  ``{name: (ratio, note)}``,
-    the note naming the fastest backend."""
+    the note naming the fastest backend.  Where a series of A or B failed in the panel
+    (``failed_methods``) it might have been the fastest: the ratio is then only a bound, and
+    the name says so (``"A/B ≤"`` or ``"A/B ≥"``; both failed: no ratio)."""
     out = {}
     for name in names:
         pair = name.replace(" per sample", "").split("/")
@@ -125,9 +140,13 @@ def _panel_ratios(bars, names) -> dict:
         c = [b for b in bars if b.method == pair[1]]
         if a and c:
             fa, fc = min(a, key=lambda b: b.total), min(c, key=lambda b: b.total)
-            note = ", ".join(f"fastest: {f.backend or f.method}" for f, group in ((fa, a), (fc, c))
-                             if len(group) > 1)
-            out[name] = (fa.total / fc.total, note)
+            note = ", ".join(("fastest that ran" if f.method in failed_methods else "fastest")
+                             + f": {f.backend or f.method}" for f, group in ((fa, a), (fc, c)) if len(group) > 1)
+            bound = ("" if pair[0] not in failed_methods and pair[1] not in failed_methods else
+                     " ≤" if pair[1] not in failed_methods else " ≥" if pair[0] not in failed_methods else None)
+            if bound is None:
+                continue  # either side might have been faster: no ratio, not even a bound
+            out[name + bound] = (fa.total / fc.total, note)
     return out
 
 
@@ -145,22 +164,31 @@ def core_ratios(rows, names) -> dict:
     return out
 
 
-def _core_title(shapes: str, bars, names, failed=()) -> str:
-    """The panel's problem, each method's batch and dtype (per-sample times at different
-    batches are not like for like: the title says so), the ratios ``names`` of its own bars,
-    and the series that failed at its shapes (``failed``: names)."""
+def _core_title(shapes: str, bars, names, failed=(), show_device: bool = False, failed_methods=()) -> str:
+    """The panel's problem, each method's batch and dtype (and device, where the figure's bars
+    ran on several: ``show_device``; per-sample times at different batches are not like for
+    like: the title says so), the ratios ``names`` of its own bars (a bound where a series of
+    ``failed_methods`` failed here), and the series that failed at its shapes (``failed``: names)."""
     by_setting: dict = {}
     for b in bars:
         # a cvxpylayers bar by its backend (as on the axis): backends can be timed on batches of their own
-        by_setting.setdefault((b.batch, b.dtype), []).append(b.backend or b.method)
+        by_setting.setdefault((b.batch, b.dtype, b.device if show_device else ""), []).append(b.backend or b.method)
+
+    def where(device):
+        return f", {plain(device or 'device not recorded', 20)}" if show_device else ""
+
     if len(by_setting) == 1:
-        (batch, dtype), = by_setting
-        lines = [f"{plain(shapes)}, B = {plain(batch)}, {plain(dtype)}"]
+        (batch, dtype, device), = by_setting
+        lines = [f"{plain(shapes)}, B = {plain(batch)}, {plain(dtype)}{where(device)}"]
     else:  # one line per setting: several on one line ran into the next panel
         lines = [f"{plain(shapes)}, per sample"] + [f"{', '.join(dict.fromkeys(ms))}: B = {plain(batch)}, "
-                                                   f"{plain(dtype)}" for (batch, dtype), ms in by_setting.items()]
-    for name, (value, note) in _panel_ratios(bars, names).items():
-        lines.append(f"{plain(name)} = {value:.3g}" + (f" ({plain(note)})" if note else ""))
+                                                   f"{plain(dtype)}{where(device)}"
+                                                   for (batch, dtype, device), ms in by_setting.items()]
+    for name, (value, note) in _panel_ratios(bars, names, failed_methods).items():
+        sign = "" if name.endswith(("≤", "≥")) else " ="
+        lines.append(f"{plain(name)}{sign} {value:.3g}" + (f" ({plain(note)})" if note else ""))
+        if not sign:  # a series failed here: the ratio is a bound
+            lines.append("(a bound: a series that failed might have been faster)")
     if failed:
         lines.append(f"FAILED, not drawn: {', '.join(failed)}")
     return "\n".join(lines)
@@ -239,14 +267,19 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
     shapes names them, and the footer gives their reason.
     """
     panels, stat = _core_bars(rows)
-    failed: dict = {}  # shapes -> the series that failed there
+    failed: dict = {}  # shapes -> the series that failed there (an error, or an ok row whose time is no number)
+    failed_methods: dict = {}  # shapes -> their methods
     for r in rows:
-        if str(r.get("status")) == "error":
-            failed.setdefault(str(r.get("shapes", "")), []).append(series_name(r))
+        if str(r.get("status")) == "error" or _untimed(r):
+            failed.setdefault(str(r.get("shapes", "")), []).append(series_name(r) + (" (no time)" if _untimed(r)
+                                                                                      else ""))
+            failed_methods.setdefault(str(r.get("shapes", "")), set()).add(str(r.get("method", "")))
     backends = sorted({b.backend for bars in panels.values() for b in bars if b.backend})
+    devices = {b.device for bars in panels.values() for b in bars}
     with plt.rc_context(STYLE):
         widths = [max(len(bars), 2) for bars in panels.values()]
-        titles = {shapes: _core_title(shapes, bars, list(ratios), [plain(n, 40) for n in failed.get(shapes, [])])
+        titles = {shapes: _core_title(shapes, bars, list(ratios), [plain(n, 40) for n in failed.get(shapes, [])],
+                                      len(devices) > 1, failed_methods.get(shapes, ()))
                   for shapes, bars in panels.items()}
         # taller for a title of more than 3 lines (one line per batch setting): the axes keep their
         # height, and the two-line y label stays clear of the legend below
@@ -272,7 +305,11 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
         handles, labels = [], []
         if on_linear:  # the swatches in the methods' own colours
             handles += [tuple(Patch(color=c) for c in on_linear), tuple(Patch(color=c, alpha=0.45) for c in on_linear)]
-            labels += ["bar: forward (median)", "bar: backward (rest of the bar)"]
+            # the whole bar is the total: the rest above the forward is the backward median only where
+            # the total is the sum of the medians
+            labels += ["bar, darker: forward (median)", "whole bar: forward + backward"
+                       + (" (median of the sums: the rest is not the backward median)"
+                          if stat.startswith("median of") else " (sum of the medians)")]
         if on_log:
             handles += [tuple(Line2D([], [], color=c, marker=m, ls="none", ms=4, mfc=f) for c in on_log)
                         for m, f in (("o", None), (">", None), ("<", "none"))]
@@ -293,6 +330,10 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
                        else "interquartile ranges not recorded")
         unplaced = sorted(set(failed) - set(panels))  # failed at shapes no panel draws
         skipped, failures = not_drawn_notes([r for r in rows if not _measured(r)])
+        untimed = [r for r in rows if _untimed(r)]
+        if untimed:
+            failures = "; ".join(filter(None, [failures, f"NOT TIMED, not drawn: {len(untimed)} row(s) whose time is "
+                                                         f"no number: {', '.join(series_name(r) for r in untimed)}"]))
         return figures.save(fig, path, env, notes=[
             "times per sample; a ratio across batch sizes credits the larger batch with its batching", spread_note,
             skipped, failures + (f" (at {', '.join(plain(s, 30) for s in unplaced)}: no panel)" if unplaced else "")])
@@ -607,7 +648,10 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
         fig.suptitle("Speed-up of exact over cvxpylayers (forward + backward, per sample, same sweep cell)")
         exact_b = "/".join(str(b) for b in sorted(batches[SPEEDUP_BASE]))
         cvx_b = "/".join(str(b) for b in sorted(batches[SPEEDUP_OVER]))
-        base_dtypes = "/".join(sorted({text_of(p.row, "dtype") for p in points if p.series.method == SPEEDUP_BASE}))
+        # the dtypes of the exact times the drawn ratios divide by (cells without cvxpylayers draw none)
+        paired = {cell_key(p.row) for p in points if p.series.method == SPEEDUP_OVER}
+        base_dtypes = "/".join(sorted({text_of(p.row, "dtype") for p in points
+                                       if p.series.method == SPEEDUP_BASE and cell_key(p.row) in paired}))
         notes = [f"per-sample times: exact timed on B = {exact_b} samples in {base_dtypes}, cvxpylayers on "
                  f"{cvx_b} of them in float64 (its only mode)"
                  + ("; one line per backend and setting (line style), never pooled across them"
