@@ -124,8 +124,11 @@ class Solution:
                         if not t.is_inference()]
         self._stale_when_pickled = False
 
+    def _stale(self) -> bool:
+        return self._stale_when_pickled or any(t._version != v for t, v in self._inputs)
+
     def _check_fresh(self, name: str) -> None:
-        if self._stale_when_pickled or any(t._version != v for t, v in self._inputs):
+        if self._stale():
             raise StaleSolution(f"Solution.{name}: an input of this solve (scores, temperature, duals or given "
                                 f"maps) was modified in place after it (an optimiser step?), so {name} would "
                                 f"describe another problem than the one solved; read it before modifying the "
@@ -157,6 +160,12 @@ class Solution:
         entry = self._cache.get(name)
         if entry is None or (torch.is_grad_enabled() and not entry[1]):
             if reads_inputs:
+                if entry is not None and self._stale():
+                    # read before an input changed in place (a log line before the optimiser step):
+                    # that value describes the problem solved and stays readable (design.md §4
+                    # refuses only a first read after the change); computed again it would
+                    # describe another problem
+                    return entry[0]
                 self._check_fresh(name)
             entry = self._cache[name] = (fn(), torch.is_grad_enabled())
         return entry[0]

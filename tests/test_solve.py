@@ -1172,3 +1172,25 @@ def test_a_field_first_read_without_grad_still_differentiates_when_read_with_gra
     got = torch.autograd.grad(loss(sol), scores)
     for a, b in zip(got, expected):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("context", [torch.no_grad, torch.inference_mode])
+@pytest.mark.parametrize("method", ["exact", "dual"])
+def test_a_field_logged_without_grad_before_an_optimiser_step_reads_the_same_after_it(method, context):
+    """design.md §4: the lazy fields raise StaleSolution when read *for the first time* after an input
+    of the solve was modified in place; one read before (here under no_grad, as a training loop's log
+    line reads it) describes the problem solved and stays readable: a metrics line outside no_grad
+    after ``optimizer.step()`` must give the value logged, not raise."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn((2,) + s, generator=g, dtype=torch.float64, requires_grad=True) for s in h.shapes]
+    tau = torch.nn.Parameter(torch.tensor([0.8, 1.3], dtype=torch.float64))
+    sol = ca.solve(scores, h, method, temperature=tau)
+    with context():  # the training step's log line
+        logged = [sol.objective.clone(), sol.dual_objective.clone(), sol.violation.clone()]
+    loss = sum((p * p).sum() for p in sol.probs)
+    loss.backward()
+    torch.optim.SGD([tau, *scores], lr=0.1).step()  # an in-place step on the solve's inputs
+    after = [sol.objective, sol.dual_objective, sol.violation]  # the epoch's metrics, grad on
+    for a, b in zip(after, logged):
+        torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
