@@ -786,15 +786,27 @@ def committed_ledger(path: str) -> list[dict]:
     """The runs the data ledger at ``path`` records in the repository's HEAD (``[]`` outside
     git, or where HEAD has no such file): a ledger deleted or edited in the checkout must not
     forget a spent seed that the committed one records (a review)."""
+    root = _repository_root(path)
+    if root is None:
+        return []
+    folder = os.path.dirname(os.path.realpath(path))
+    rel = os.path.relpath(os.path.join(folder, os.path.basename(path)), os.path.realpath(root))
+    return _committed_entries(root, rel.replace(os.sep, "/"))
+
+
+def _repository_root(path: str) -> str | None:
+    """The top of the git repository holding the file ``path`` (None outside git)."""
     folder = os.path.dirname(os.path.realpath(path))
     if shutil.which("git") is None or not os.path.isdir(folder):
-        return []
+        return None
     top = _git(["rev-parse", "--show-toplevel"], folder)
-    if top.returncode != 0:
-        return []
-    root = top.stdout.strip()
-    rel = os.path.relpath(os.path.join(folder, os.path.basename(path)), os.path.realpath(root))
-    shown = _git(["show", f"HEAD:{rel.replace(os.sep, '/')}"], root)
+    return top.stdout.strip() if top.returncode == 0 else None
+
+
+def _committed_entries(root: str, rel: str) -> list[dict]:
+    """The runs of the ledger at ``rel`` (a path in the repository at ``root``) as committed at
+    HEAD (``[]`` where HEAD has no such file); VariantsError where it is not strict JSON."""
+    shown = _git(["show", f"HEAD:{rel}"], root)
     if shown.returncode != 0:
         return []
     try:
@@ -809,13 +821,9 @@ def repository_ledgers(path: str) -> list[dict]:
     committed at HEAD and as in the working tree (``[]`` outside git): a variants file committed
     in another folder reads the ledger beside it, which must not forget the runs another folder's
     ledger of the same repository records (a review: a spent test seed ran again as the first)."""
-    folder = os.path.dirname(os.path.realpath(path))
-    if shutil.which("git") is None or not os.path.isdir(folder):
+    root = _repository_root(path)
+    if root is None:
         return []
-    top = _git(["rev-parse", "--show-toplevel"], folder)
-    if top.returncode != 0:
-        return []
-    root = top.stdout.strip()
     # -z: paths as they are (without it git quotes a name that is not ASCII, and the ledger of
     # such a folder, its basename ending in a quote, was skipped: a review)
     listed = _git(["ls-tree", "-r", "-z", "--name-only", "HEAD"], root)
@@ -831,13 +839,7 @@ def repository_ledgers(path: str) -> list[dict]:
     for rel in names:
         if os.path.basename(rel) != "data_ledger.json":
             continue
-        shown = _git(["show", f"HEAD:{rel}"], root)
-        if shown.returncode == 0:
-            try:
-                out += _ledger_entries(json.loads(shown.stdout, parse_constant=_strict_constant), f"HEAD:{rel}")
-            except ValueError as err:
-                raise VariantsError(f"the data ledger committed at HEAD:{rel} is not readable strict JSON ({err})") \
-                    from None
+        out += _committed_entries(root, rel)
         out += read_ledger(os.path.join(root, rel))
     return out
 
