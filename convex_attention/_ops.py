@@ -5,7 +5,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["sample_dims", "centre", "less_max", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature",
-           "GRADIENT_RTOL"]
+           "GRADIENT_RTOL", "gradient_rtol"]
 
 
 def sample_dims(x: Tensor) -> tuple[int, ...]:
@@ -27,6 +27,11 @@ def less_max(x: Tensor) -> Tensor:
 #: How accurate a derivative the package returns must be, relative to its own size, by working
 #: dtype (the implicit backward's refinement, exact's second order); others are held to float32's.
 GRADIENT_RTOL = {torch.float64: 1e-6, torch.float32: 1e-3}
+
+
+def gradient_rtol(dtype: torch.dtype) -> float:
+    """:data:`GRADIENT_RTOL` of ``dtype`` (float32's for any other)."""
+    return GRADIENT_RTOL.get(dtype, GRADIENT_RTOL[torch.float32])
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:

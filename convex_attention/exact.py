@@ -51,7 +51,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ops import GRADIENT_RTOL, centre, compute_dtype, divide_by_temperature, less_max, sample_dims
+from ._ops import centre, compute_dtype, divide_by_temperature, gradient_rtol, less_max, sample_dims
 from .graph import Graph
 
 __all__ = ["exact_forward", "tree_backward", "ExactAttentionFunction", "exact_attention",
@@ -389,7 +389,7 @@ def second_order_ratio_limit(dtype: torch.dtype) -> float:
     derivatives hold ``GRADIENT_RTOL`` in ``dtype``: their rounding error grows as ``eps·ratio²``
     (measured on one-hot fine blocks), so ``sqrt(GRADIENT_RTOL / eps)``: 91 in float32, 6.7e4
     in float64.  Beyond it a second derivative raises (:class:`_SecondOrderGuard`)."""
-    return math.sqrt(GRADIENT_RTOL.get(dtype, GRADIENT_RTOL[torch.float32]) / torch.finfo(dtype).eps)
+    return math.sqrt(gradient_rtol(dtype) / torch.finfo(dtype).eps)
 
 
 def _overflowed(coldest: float, grad: Tensor) -> str | None:

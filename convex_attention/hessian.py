@@ -39,12 +39,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ops import GRADIENT_RTOL, named, sample_dims
+from ._ops import GRADIENT_RTOL, gradient_rtol, named, sample_dims
 from .graph import Graph
 
 __all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT",
            "DENSE_FALLBACK_LIMIT", "RETRY_PRECONDITIONERS",
-           "dense_chunks", "cholesky_apply", "ROUNDING_UNITS", "STALL_ITERATIONS"]
+           "dense_chunks", "cholesky_apply", "ROUNDING_UNITS", "STALL_ITERATIONS", "GRADIENT_RTOL", "REFINEMENTS"]
 
 # The largest stacked dual (entries per sample) whose Hessian is assembled densely and
 # factorised (Cholesky, O(D³) per sample; D = 1344 takes ~0.1 s per factorisation on one core).
@@ -660,7 +660,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     map whose gradient is below its square root); a sample that does not get there, or whose
     dtype's rounding of those terms alone exceeds that, is named in the error."""
     dtype = rhs.dtype
-    tol = GRADIENT_RTOL.get(dtype, GRADIENT_RTOL[torch.float32])
+    tol = gradient_rtol(dtype)
     largest = _sizes(out).amax(1)
     cancelling = _cancelling(probs, temps, grads, centred, Aw, given)
     # a sample whose right-hand side was rounding alone (a loss constant on the simplices) has no
