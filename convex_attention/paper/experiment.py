@@ -121,7 +121,7 @@ from .protocol import (
     read_test_runs,
     read_variants,
     record_test_run,
-    repository_ledgers,
+    runs_elsewhere,
     runs_into,
     spend,
     split_sizes,
@@ -170,7 +170,8 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
         # the dev stage chooses on its splits: none may share an image (or a random stream) with a
         # recorded test split (a review: data seed 781 at difficulty 0.125 trained on a spent test split)
         ledger = ledger_path or default_ledger_path(variants_path or DEFAULT_VARIANTS_PATH)
-        runs = read_ledger(ledger) + repository_ledgers(ledger)
+        runs = read_ledger(ledger)
+        runs += runs_elsewhere(ledger, runs)
         sizes = split_sizes(config)
         specs = split_specs(config.train.data, config.train.data_seed, {k: sizes[k] for k in ("train", "val", "dev")},
                             config.difficulties[0], config.held_out_mimic)
@@ -639,14 +640,10 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
 
 
 def _ledger_runs(ledger: str) -> list[dict]:
-    """The runs of ``ledger`` (this run last), after those that only another ledger of the
-    repository records (:func:`~convex_attention.paper.protocol.repository_ledgers`)."""
+    """The runs of ``ledger`` (this run last), after those that only its HEAD version or another
+    ledger of the repository records (:func:`~convex_attention.paper.protocol.runs_elsewhere`)."""
     mine = read_ledger(ledger)
-    others = []
-    for r in repository_ledgers(ledger):
-        if r not in mine and r not in others:
-            others.append(r)
-    return others + mine
+    return runs_elsewhere(ledger, mine) + mine
 
 
 def _posthoc_models(config: ExperimentConfig) -> tuple:

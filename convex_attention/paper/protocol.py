@@ -844,6 +844,18 @@ def repository_ledgers(path: str) -> list[dict]:
     return out
 
 
+def runs_elsewhere(ledger_path: str, mine: list[dict]) -> list[dict]:
+    """The runs that the ledger at ``ledger_path`` (whose runs are ``mine``) lacks and its HEAD
+    version (:func:`committed_ledger`) or another ledger of the repository
+    (:func:`repository_ledgers`) records, each once, in that order: a spent seed stays spent
+    wherever it is recorded."""
+    out: list[dict] = []
+    for r in committed_ledger(ledger_path) + repository_ledgers(ledger_path):
+        if r not in mine and r not in out:
+            out.append(r)
+    return out
+
+
 def _ledger_entries(data, path: str) -> list[dict]:
     """The ``spent`` list of a ledger's parsed JSON, checked (VariantsError naming ``path``)."""
     if not isinstance(data, dict) or data.get("format") != LEDGER_FORMAT or not isinstance(data.get("spent"), list):
@@ -927,8 +939,7 @@ def check_test_data(config, variants, ledger_path: str, where: str, force: bool 
     entries."""
     config = config.with_variants(variants)
     spent = read_ledger(ledger_path)
-    spent += [r for r in committed_ledger(ledger_path) if r not in spent]  # what HEAD records stays spent
-    spent += [r for r in repository_ledgers(ledger_path) if r not in spent]  # and every ledger of the repository
+    spent += runs_elsewhere(ledger_path, spent)  # what HEAD or another ledger of the repository records stays spent
     replaced = [r for r in spent if force and r.get("stage") == "test" and r.get("where") == where]
     # the folder's own log (test_runs.jsonl) records the runs into it even where this ledger does not
     logged = [r for r in (folder_runs or ()) if force and r.get("stage") == "test"]
