@@ -883,6 +883,15 @@ def _committed_repo(root, variants, ledger_runs=()):
     return path
 
 
+def _copy_variants(path, folder):
+    """The variants file ``path`` copied, byte for byte, into ``folder`` (made; not committed):
+    the copy's path."""
+    folder.mkdir(parents=True)
+    copy = folder / "experiment_variants.json"
+    copy.write_bytes(path.read_bytes())
+    return copy
+
+
 def test_a_symlink_to_the_committed_variants_file_still_reads_the_repository_ledger(outside_git, tmp_path):
     from convex_attention.paper.protocol import check_test_data, ledger_entry, ledger_where, verify_variants
 
@@ -1012,9 +1021,7 @@ def test_a_committed_copy_of_the_variants_file_elsewhere_in_the_repository_still
     spent = ledger_entry(config.with_variants(variants), "results/test", "then")
     path = _committed_repo(repo, variants, [spent])
     # the same variants file, byte for byte, committed in another folder of the same repository
-    (repo / "configs" / "v2").mkdir()
-    copy = repo / "configs" / "v2" / "experiment_variants.json"
-    copy.write_bytes(path.read_bytes())
+    copy = _copy_variants(path, repo / "configs" / "v2")
     _git(repo, "add", ".")
     _git(repo, "commit", "-qm", "a copy of the variants")
     record = verify_variants(str(copy))  # accepted: it is committed and unchanged
@@ -1121,9 +1128,7 @@ def test_a_committed_ledger_in_a_folder_with_a_non_ascii_name_is_read_too(outsid
     repo = tmp_path / "repo"
     path = _committed_repo(repo, variants)  # configs/: the variants file, no ledger yet
     # a committed copy of the variants file in another folder, whose ledger records a test run on data seed 1
-    other = repo / "expériences"
-    other.mkdir()
-    (other / "experiment_variants.json").write_bytes(path.read_bytes())
+    other = _copy_variants(path, repo / "expériences").parent
     spend(str(other / "data_ledger.json"), ledger_entry(config.with_variants(variants), "results/test", "then"))
     _git(repo, "add", ".")
     _git(repo, "commit", "-qm", "a test run from expériences/")
@@ -1185,8 +1190,7 @@ def test_review50_a_run_moved_by_a_run_of_another_ledger_of_the_repository_is_li
     # run 1 from configs/; run 2 from a committed copy of the variants file in alt/ (same SHA-256),
     # --force into the same folder: run 1's results went to results/test.run-1; run 3 from configs/ again
     path = _committed_repo(repo, variants, [_test_run("r1", "t1")])
-    (repo / "alt").mkdir()
-    (repo / "alt" / "experiment_variants.json").write_bytes(path.read_bytes())
+    _copy_variants(path, repo / "alt")
     spend(str(repo / "alt" / "data_ledger.json"), _test_run("r2", "t2", forced=True, moved_aside=moved))
     _git(repo, "add", ".")
     _git(repo, "commit", "-qm", "run 2 from alt/")
@@ -1210,9 +1214,7 @@ def test_review50_a_ledger_written_but_not_yet_committed_beside_a_copy_of_the_va
     variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
     repo = tmp_path / "repo"
     path = _committed_repo(repo, variants)  # configs/: the variants file, no ledger yet
-    other = repo / "alt"
-    other.mkdir()
-    (other / "experiment_variants.json").write_bytes(path.read_bytes())
+    other = _copy_variants(path, repo / "alt").parent
     _git(repo, "add", ".")
     _git(repo, "commit", "-qm", "a copy of the variants file")
     # a test run from alt/ on data seed 1: its ledger is written to the working tree, not committed
