@@ -165,7 +165,7 @@ def test_every_installed_backend_is_checked_against_the_reference():
     results = verify_instances(_instances(), progress=False)
     for backend in cvx.available_backends():
         rows = {r.check: r for r in results if r.check.startswith(f"cvxpylayers[{backend}].")}
-        assert set(rows) == {f"cvxpylayers[{backend}].{c}" for c in ("certificate", "primal_vs_cvxpy",
+        assert set(rows) == {f"cvxpylayers[{backend}].{c}" for c in ("certificate", "stationarity", "primal_vs_cvxpy",
                                                                       "dual_gap_vs_cvxpy")}
         assert all(r.passed for r in rows.values()), rows
     assert not any("[mpax]" in r.check for r in results)
@@ -610,7 +610,7 @@ def test_a_backend_failing_only_on_its_first_call_fails_the_verification(tmp_pat
     code = _run(["verify", "--quick", "--no-progress", "--quiet", "--dual-solver", f"{solver}:f",
                  "--backends", "diffcp-clarabel", "--out", str(tmp_path / "v")])
     err = capsys.readouterr().err
-    assert code == 1 and "4 did not run" in err and len(calls) > 1  # the backend's error row, its 3 checks skipped
+    assert code == 1 and "5 did not run" in err and len(calls) > 1  # the backend's error row, its 4 checks skipped
     with open(tmp_path / "v" / "verify.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     warm = [r for r in rows if r["instance"] == str(verify_mod.WARM_UP_INSTANCE)]
@@ -859,7 +859,8 @@ def test_a_reference_that_fails_is_an_error_row_and_every_comparison_is_listed_a
     by = {r.check: r for r in results}
     assert by["reference.run"].status == "error"
     assert ("no solver" if "raise" in how else "called sys.exit(3)") in by["reference.run"].message
-    expected = {"reference.certificate"} | {f"_builtin_duals.{c}" for c in verify_mod._SOLVER_CHECKS} | \
+    expected = {"reference.certificate", "reference.stationarity"} | \
+        {f"_builtin_duals.{c}" for c in verify_mod._SOLVER_CHECKS} | \
         {f"exact.{c}" for c in verify_mod._EXACT_CHECKS} | \
         {f"cvxpylayers[{ONE[0]}].{c}" for c in verify_mod._BACKEND_CHECKS}
     assert {c for c, r in by.items() if r.status == "skipped"} == expected
@@ -1046,3 +1047,145 @@ def test_kkt_stationarity_rows_do_not_fail_right_solutions_when_a_constant_is_ad
     results = verify_instances([(name, h, shifted, temps)], dual_solver=_builtin_duals, progress=False, backends=[])
     rows = [r for r in results if r.check.endswith("kkt_stationarity")]
     assert len(rows) == 2 and all(r.status == "pass" for r in rows), [(r.check, r.value, r.error) for r in rows]
+
+
+# ------------------------------------------------------------- ca_rev55 (hostile review of verify)
+def _rev55_instance():
+    """The 3-D chain of the quick set (seed 0, instance 1): flat maps, τ ≈ (2.79, 2.04)."""
+    (inst,) = list(random_instances(2, seed=0, quick=True))[1:]
+    assert inst[0].startswith("3d-2lvl")
+    return inst
+
+
+def _rev55_shift_within_a_block(h, flat_p0, delta):
+    """``flat_p0`` (n0,) with ``delta`` moved between the two likeliest fine cells of one coarse
+    cell: every map still consistent and summing to one, no longer optimal."""
+    parent = h.flat().aggregate(torch.eye(flat_p0.shape[-1], dtype=torch.float64), 0)  # (n0, n1) one-hot
+    best = None
+    for j in range(parent.shape[1]):
+        kids = torch.nonzero(parent[:, j]).flatten()
+        if len(kids) < 2:
+            continue
+        two = kids[torch.argsort(-torch.as_tensor(flat_p0)[kids])][:2]
+        if best is None or flat_p0[two[1]] > best[0]:
+            best = (flat_p0[two[1]], two)
+    out = flat_p0.copy() if isinstance(flat_p0, np.ndarray) else flat_p0.clone()
+    out[int(best[1][0])] += delta
+    out[int(best[1][1])] -= delta
+    return out
+
+
+def test_ca_rev55_a_reference_off_the_optimum_by_ten_times_the_primal_tolerance_fails_its_certificate(monkeypatch):
+    """The candidates' probabilities are held to 1e-6 against the reference, but the reference is
+    certified only by its primal residual and relative duality gap (1e-9), which is quadratic in
+    the maps' error: docs/design.md says this gap alone passed diffcp-clarabel's maps 2.6e-5 off
+    (Clarabel's reduced-accuracy exit, which the reference solve retries and may keep).  A
+    reference with consistent maps 1e-5 off the optimum (exact duals) passed its certificate at
+    2.6e-10, and the built-in solver and the closed form, both right to 1e-10, FAILED
+    primal_vs_cvxpy (1.0e-5) and the solver its kkt_stationarity (2.8e-5)."""
+    from helpers import reference_solve
+
+    name, h, scores, temps = _rev55_instance()
+    true_p, _, _ = reference_solve(h, scores, temps)  # tests' own CVXPY + Newton-polished reference
+    real = cvx.CvxpyAttentionLayer.reference_solve
+    moved = []
+
+    def off_the_optimum(self, sample, *args, **kwargs):
+        probs, duals, value, status = real(self, sample, *args, **kwargs)
+        probs = [_rev55_shift_within_a_block(h, probs[0], 1e-5)] + list(probs[1:])
+        moved.append(probs)
+        return probs, duals, value, status
+
+    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "reference_solve", off_the_optimum)
+    results = verify_instances([(name, h, scores, temps)], dual_solver=_builtin_duals, progress=False, backends=[])
+    # independently: the reference handed to the checks is 1e-5 from the optimum
+    distance = max(np.abs(p[k] - true_p[k][b]).max() for b, p in enumerate(moved) for k in range(len(p)))
+    assert distance == pytest.approx(1e-5, rel=1e-3)
+    blamed = [(r.check, r.error) for r in results if r.status == "fail"]  # the right solver and exact are blamed
+    # while every row of the reference passes (certificate 2.6e-10 <= 1e-9): one of them must not
+    assert any(r.status != "pass" for r in results if r.check.startswith("reference.")), blamed
+
+
+def test_ca_rev55_a_backend_solution_off_the_optimum_fails_one_of_its_rows(monkeypatch):
+    """docs/design.md: a backend's solution is certified by its certificate AND its stationarity,
+    because the gap alone is quadratic in the maps' error (it passed diffcp-clarabel's maps 2.6e-5
+    off); a certified diffcp-clarabel solve is accurate to about 1e-6.  verify's rows for a backend
+    hold it only to the certificate and to the distance the certificate allows,
+    sqrt(2·accept_tol·max(1,|f̄*|)/min τ) + accept_tol = 1.15e-4 here: a diffcp-clarabel solution
+    with consistent maps 1.5e-5 off the optimum (exact duals; certificate 5.9e-10 <= 1e-9,
+    stationarity 1.5e-5 > 10³·accept_tol = 1e-6) passes all three cvxpylayers rows."""
+    from helpers import reference_solve
+
+    from convex_attention import metrics
+
+    name, h, scores, temps = _rev55_instance()
+    real = verify_mod.solve
+    handed = []
+
+    def off_the_optimum(s, graph, method, **kwargs):
+        sol = real(s, graph, method, **kwargs)
+        if method != "cvxpylayers" or s[0].requires_grad:  # the gradient's info row: untouched
+            return sol
+        p0 = sol.probs[0].detach().reshape(s[0].shape[0], -1)
+        p0 = torch.stack([_rev55_shift_within_a_block(graph, p0[b], 1.5e-5) for b in range(p0.shape[0])])
+        probs = [p0.reshape(sol.probs[0].shape)] + [p.detach() for p in sol.probs[1:]]
+        handed.append((probs, [d.detach() for d in sol.duals]))
+        return ca.Solution(probs, list(s), graph, sol.temperature, method, handed[-1][1])
+
+    monkeypatch.setattr(verify_mod, "solve", off_the_optimum)
+    results = verify_instances([(name, h, scores, temps)], dual_solver=_builtin_duals, progress=False, backends=ONE)
+    # independently: the backend's maps are 1.5e-5 from the tests' own reference, 15x from its duals' maps
+    true_p, _, _ = reference_solve(h, scores, temps)
+    probs, duals = handed[0]
+    distance = max(float(np.abs(p.reshape(p.shape[0], -1).numpy() - q).max()) for p, q in zip(probs, true_p))
+    assert distance == pytest.approx(1.5e-5, rel=1e-3)
+    assert float(metrics.stationarity(scores, probs, duals, h, temps).max()) > 10 * 1e3 * cvx.check_options(
+        {"backend": ONE[0]})["accept_tol"]
+    rows = [r for r in results if r.check.startswith(f"cvxpylayers[{ONE[0]}].")]
+    assert rows and any(r.status != "pass" for r in rows), [(r.check, r.error, r.tol) for r in rows]
+
+
+def test_ca_rev55_the_table_prints_the_tolerance_each_row_was_held_to():
+    """The tolerances verify derives are not round numbers (the layer's 1.48e-6 and the backend's
+    1.15e-4 on instance 1 of the quick set); printed with ``.0e`` a passing row reads as an error
+    above its tolerance and a failing one as an error below it."""
+    rows = [CheckResult(0, "c", "x.primal_vs_layer", 1.2e-6, 1.4832490621002797e-06, True),
+            CheckResult(0, "c", "x.primal_vs_cvxpy", 1.6e-6, 1.5e-6, False),
+            CheckResult(0, "c", "cvxpylayers[b].primal_vs_cvxpy", 1.2e-4, 1.1501561027461525e-4, False)]
+    for row, line in zip(rows, format_table(rows).splitlines()[1:]):
+        words = line.split()
+        error, tol = float(words[3]), float(words[4])
+        assert (error <= tol) == (row.status == "pass"), line
+        assert tol == pytest.approx(row.tol, rel=0.01), line
+
+
+def test_ca_rev55_a_solver_named_info_gets_no_info_rows():
+    """docs/results_format.md: the part ``info`` is a measurement reported beside the checks, not
+    a check; ``solver_label`` renames dual/exact/reference/cvxpylayers but not ``info``: the
+    checks of ``--dual-solver solver.py:info`` (failed ones here) are written as ``info.*`` rows."""
+    def info(scores, h, temps):  # wrong duals: its checks fail
+        return [torch.zeros((scores[0].shape[0],) + tuple(h.shapes[b]), dtype=torch.float64) for _, b in h.edges]
+
+    results = verify_instances(_instances(), dual_solver=info, progress=False, backends=[])
+    named_info = [(r.check, r.status) for r in results if r.check.startswith("info.")]
+    assert all(status == "info" for _, status in named_info), named_info
+    assert solver_label("info") != "info"
+
+
+def test_ca_rev55_a_tolerance_too_large_for_a_float_is_a_value_error():
+    """check_tolerances' docstring: ValueError, before any work, for a value that is not a positive
+    finite number; 10**400 passed its ``0 < value < inf`` test and then overflowed in ``float``."""
+    try:
+        verify_mod.check_tolerances({"primal": 10 ** 400})
+        raised = None
+    except Exception as exc:  # noqa: BLE001 - which exception is the point
+        raised = exc
+    assert isinstance(raised, ValueError), repr(raised)
+
+
+def test_a_numpy_float_tolerance_is_taken_as_its_value():
+    """cvx takes numpy's floats; check_tolerances did not ("must be a positive finite number")."""
+    out = verify_mod.check_tolerances({"primal": np.float32(1e-6), "duals": np.float64(2e-4)})
+    assert out["primal"] == pytest.approx(1e-6) and out["duals"] == 2e-4 and type(out["primal"]) is float
+    with pytest.raises(ValueError, match="positive finite"):
+        verify_mod.check_tolerances({"primal": np.float64("nan")})
