@@ -103,7 +103,8 @@ class Solution:
     first time after an input was modified in place
     (an optimiser step on learned duals or on a temperature, ``scores.mul_``) raises
     :class:`StaleSolution` rather than describe another problem than the one solved; read
-    them before the step, or solve again.
+    them before the step, or solve again.  (Inference tensors keep no version counter: of
+    those alone a copy is kept, and compared when a field is read.)
     """
 
     def __init__(self, probs: list[Tensor], scores: list, h: Graph, temperature: list,
@@ -118,14 +119,20 @@ class Solution:
         self._scores, self._h = scores, h
         self._duals = duals
         self._cache: dict = {}
-        # every tensor the lazy fields read, with its version now (in-place changes bump it)
-        # (inference tensors keep no version: they are left out)
-        self._inputs = [(t, t._version) for t in _tensors_in((scores, temperature, given, duals))
-                        if not t.is_inference()]
+        self._watch(_tensors_in((scores, temperature, given, duals)))
         self._stale_when_pickled = False
 
+    def _watch(self, tensors: list[Tensor]) -> None:
+        """Every tensor the lazy fields read, with its version now (in-place changes bump it);
+        an inference tensor keeps no version, so a copy of it is kept to compare with (one made
+        under ``torch.inference_mode()`` and changed in place after the solve gave the fields of
+        another problem, silently: a review)."""
+        self._inputs = [(t, t._version) for t in tensors if not t.is_inference()]
+        self._frozen = [(t, t.clone()) for t in tensors if t.is_inference()]
+
     def _stale(self) -> bool:
-        return self._stale_when_pickled or any(t._version != v for t, v in self._inputs)
+        return (self._stale_when_pickled or any(t._version != v for t, v in self._inputs)
+                or any(not torch.allclose(t, c, rtol=0.0, atol=0.0, equal_nan=True) for t, c in self._frozen))
 
     def _check_fresh(self, name: str) -> None:
         if self._stale():
@@ -136,13 +143,14 @@ class Solution:
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
-        state["_stale_when_pickled"] = self._stale_when_pickled or any(t._version != v for t, v in self._inputs)
-        state["_inputs"] = [t for t, _ in self._inputs]
+        state["_stale_when_pickled"] = self._stale()
+        state["_inputs"] = [t for t, _ in self._inputs] + [t for t, _ in self._frozen]
+        del state["_frozen"]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        self._inputs = [(t, t._version) for t in state["_inputs"] if not t.is_inference()]  # copies start afresh
+        self._watch(state["_inputs"])  # copies start afresh
         # (a Solution pickled before the cache recorded the grad mode of each value: as computed with it)
         self._cache = {k: v if isinstance(v, tuple) else (v, True) for k, v in self._cache.items()}
 

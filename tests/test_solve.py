@@ -1194,3 +1194,27 @@ def test_a_field_logged_without_grad_before_an_optimiser_step_reads_the_same_aft
     after = [sol.objective, sol.dual_objective, sol.violation]  # the epoch's metrics, grad on
     for a, b in zip(after, logged):
         torch.testing.assert_close(a.detach(), b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("field", ["objective", "dual_objective", "duals"])
+def test_rev54_an_inference_input_changed_in_place_is_never_read_as_the_solved_problem(field):
+    """design.md §4: the lazy fields "read the solve's inputs, which are not copied: read for the
+    first time after one of them was modified in place ..., they raise ca.StaleSolution instead of
+    describing another problem than the one solved".  Inference tensors (an evaluation script
+    under torch.inference_mode(), where in-place ops are allowed) keep no version counter and are
+    not watched: after ``scores[0].mul_(3)`` the objective read 5.0985 for the solved problem's
+    2.2406 and the dual objective 5.7008 (no longer equal to it).  Either refused, or the value of
+    the problem solved."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    with torch.inference_mode():
+        scores = [torch.tensor([[0.5, -1.0, 2.0, 0.3]], dtype=torch.float64),
+                  torch.tensor([[0.1, -0.4]], dtype=torch.float64)]
+        want = getattr(ca.solve([s.clone() for s in scores], h, "exact", temperature=[0.5, 1.0]), field)
+        sol = ca.solve(scores, h, "exact", temperature=[0.5, 1.0])
+        scores[0].mul_(3.0)
+        try:
+            got = getattr(sol, field)
+        except ca.StaleSolution:
+            return  # refused: right
+    for a, b in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
