@@ -57,7 +57,7 @@ from .graph import Graph
 __all__ = ["exact_forward", "tree_backward", "ExactAttentionFunction", "exact_attention",
            "exact_log_probs", "exact_duals", "cumulative_temperatures", "subtree_temperatures", "solve_exact",
            "temperature_gradient", "require_forest", "second_order_temperature_floor", "second_order_ratio",
-           "second_order_ratio_limit"]
+           "second_order_ratio_limit", "SECOND_ORDER_ROUNDING"]
 
 
 def require_forest(g: Graph, who: str = "method 'exact'") -> None:
@@ -317,8 +317,9 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
     """
     g = ctx.g
     tau = [temps[k] for k in range(ctx.M)] if ctx.tau_tensor else list(temps)
+    dtype = scores[0].dtype
     coldest = min(ctx.temps)
-    if coldest < second_order_temperature_floor(scores[0].dtype):
+    if coldest < second_order_temperature_floor(dtype):
         # below it the second derivatives pass through 1/τ² (inf) times exact zeros: NaN, where the
         # true value is about 0 (a review: Hessian-vector products at τ 1e-20 in float32); the
         # first derivatives computed here stay right, a second one raises instead of being NaN
@@ -327,19 +328,14 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
         grads = [_SecondOrderGuard.apply(x, refusal) for x in grads]
         if ctx.tau_tensor:
             tau = [_SecondOrderGuard.apply(t, refusal) for t in tau]
-    ratio = second_order_ratio(g, ctx.temps)
-    work = compute_dtype(scores[0].dtype)
-    if ratio > second_order_ratio_limit(work):
-        # the second derivatives in a fine map's scores pass through terms of size |G|/T_k whose
-        # derivatives cancel at the (T_root/T_k)² scale, and the O(1) part is lost in the rounding
-        # (a review: 13 % off in float32 at T_b/T_k = 1e3, exactly 0 from 1e4; 2e-4 off in float64
-        # at 1e6, 3.6x at 1e8); first derivatives are right, a second one raises instead.  The
-        # incoming gradients are not guarded: this backward is linear in them, and its derivative
-        # in them (torch.autograd.functional.jvp's double backward) is a first derivative
-        too_wide = functools.partial(_too_wide, ratio, work)
-        scores = [_SecondOrderGuard.apply(s, too_wide) for s in scores]
-        if ctx.tau_tensor:
-            tau = [_SecondOrderGuard.apply(t, too_wide) for t in tau]
+    scores, tau = _guard_wide_ratio(scores, g, ctx.temps, tau if ctx.tau_tensor else None, _SecondOrderGuard,
+                                    compute_dtype(dtype))
+    if not ctx.tau_tensor:
+        tau = list(temps)
+    # formed in float64 whatever the scores' dtype (their rounding grows as eps·R², and float32's
+    # was 8 % off at R = 60, a review), and returned in it
+    scores = [s.to(torch.float64) for s in scores]
+    grads = [x.to(torch.float64) for x in grads]
     with torch.enable_grad():
         T, r, _ = _log_terms(scores, g, tau)
         log_probs = [_scaled_log_probs(g, T, r, k, 1.0) for k in range(ctx.M)]
@@ -350,7 +346,7 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
             if e is not None:
                 cond[e] = torch.exp(divide_by_temperature(r[k], T[k]))
         gscores = tree_backward(g, [lp.exp() for lp in log_probs], cond, tau, grads)
-    out = [gs if ctx.needs_input_grad[2 + i] else None for i, gs in enumerate(gscores)]
+    out = [gs.to(dtype) if ctx.needs_input_grad[2 + i] else None for i, gs in enumerate(gscores)]
     gtau = None
     if ctx.needs_input_grad[1]:
         # ∂L/∂τ_k = −Σ θ̄_k · log p_k (module docstring), with log p_k finite where p_k underflows
@@ -363,9 +359,10 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
 
 def second_order_temperature_floor(dtype: torch.dtype) -> float:
     """The smallest temperature at which :class:`ExactAttentionFunction`'s second derivatives
-    are formed without overflow in ``dtype``: ``1/sqrt(max)`` (5.4e-20 in float32, 7.5e-155 in
-    float64), since they pass through ``1/τ²``.  Below it a second derivative that overflows
-    raises (:class:`_SecondOrderGuard`); first derivatives are right at every accepted τ."""
+    cannot overflow ``dtype``: ``1/sqrt(max)`` (5.4e-20 in float32, 7.5e-155 in float64), since
+    they pass through ``1/τ²``.  Below it a second derivative that overflows (in the float64 it
+    is formed in, or returned in ``dtype``) raises (:class:`_SecondOrderGuard`); first
+    derivatives are right at every accepted τ."""
     return torch.finfo(dtype).max ** -0.5
 
 
@@ -384,12 +381,40 @@ def second_order_ratio(g: Graph, temps: Sequence[float]) -> float:
     return max((top[k] / T[k] for k in range(g.num_maps)), default=1.0)
 
 
+#: The constant ``C`` of the second derivatives' rounding error, ``C·eps·R²`` relative to their
+#: largest entry (:func:`second_order_ratio_limit`), with a margin: measured up to 25 on a 4 → 2
+#: chain at R = 6e4 (a review) and up to 69 over 232 random chains and stars (8 + 4 + 2 and
+#: 6, 4 → 2 maps, scores N(0, S²), S in 1..10, R in 1e3..3e4, float64) against five-point
+#: differences of the analytic gradient resolved to 1e-8 of the product (docs/design.md §4).
+SECOND_ORDER_ROUNDING = 400.0
+
+
 def second_order_ratio_limit(dtype: torch.dtype) -> float:
     """The widest :func:`second_order_ratio` at which :class:`ExactAttentionFunction`'s second
-    derivatives hold ``GRADIENT_RTOL`` in ``dtype``: their rounding error grows as ``eps·ratio²``
-    (measured on one-hot fine blocks), so ``sqrt(GRADIENT_RTOL / eps)``: 91 in float32, 6.7e4
-    in float64.  Beyond it a second derivative raises (:class:`_SecondOrderGuard`)."""
-    return math.sqrt(gradient_rtol(dtype) / torch.finfo(dtype).eps)
+    derivatives for scores of ``dtype`` hold its ``GRADIENT_RTOL``: they are formed in float64,
+    whose rounding error grows as ``C·eps·ratio²`` (:data:`SECOND_ORDER_ROUNDING`), so
+    ``sqrt(GRADIENT_RTOL / (C·eps))``: 1.1e5 for float32 scores, 3.4e3 in float64.  Beyond it a
+    second derivative raises (:class:`_SecondOrderGuard`)."""
+    eps = torch.finfo(torch.float64).eps
+    return math.sqrt(gradient_rtol(compute_dtype(dtype)) / (SECOND_ORDER_ROUNDING * eps))
+
+
+def _guard_wide_ratio(scores: Sequence[Tensor], g: Graph, temps: Sequence[float], tau, guard, work: torch.dtype):
+    """``scores`` and ``tau`` (a list of 0-d tensors, or None) behind ``guard`` where the
+    sub-tree temperature ratio is beyond :func:`second_order_ratio_limit`: the second
+    derivatives in a fine map's scores pass through terms of size ``|G|/T_k`` whose derivatives
+    cancel at the ``(T_root/T_k)²`` scale, and the O(1) part is lost in the rounding (reviews:
+    13 % off in float32 at 1e3, exactly 0 from 1e4; 2e-5 off in float64 at 6e4); first
+    derivatives are right, a second one raises instead.  The incoming gradients are not
+    guarded: the backward is linear in them, and its derivative in them
+    (torch.autograd.functional.jvp's double backward) is a first derivative.  ``work``: the
+    dtype the scores were given in, whose limit applies."""
+    ratio = second_order_ratio(g, temps)
+    if not ratio > second_order_ratio_limit(work):
+        return list(scores), tau
+    too_wide = functools.partial(_too_wide, ratio, work)
+    return ([guard.apply(s, too_wide) for s in scores],
+            None if tau is None else [guard.apply(t, too_wide) for t in tau])
 
 
 def _overflowed(coldest: float, grad: Tensor) -> str | None:
@@ -410,9 +435,28 @@ def _too_wide(ratio: float, work: torch.dtype, grad: Tensor) -> str:
     scores was told "beyond 6.7e4" of a ratio of 1e3)."""
     limit = second_order_ratio_limit(work)
     return (f"method 'exact': a second derivative at temperatures whose sub-tree ratio is {ratio:.3g}, beyond "
-            f"{limit:.2g} in {work}, would lose its digits (its rounding grows as eps·ratio²); compute in "
-            f"float64" + (" (a ratio up to 6.7e4)" if work != torch.float64 else "")
-            + " or bring the temperatures closer; first derivatives are right at every ratio")
+            f"{limit:.2g} for {work} scores, would lose its digits (its rounding grows as eps·ratio²); bring "
+            f"the temperatures closer; first derivatives are right at every ratio")
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity whose backward puts :class:`_SecondOrderGuard` on the gradient it passes on
+    where that backward builds a graph (``create_graph=True``): the first derivative through it
+    is the plain one, and a derivative of that gradient raises ``FloatingPointError(refusal)``.
+    For the paths that autograd differentiates by itself (:func:`exact_duals`, behind
+    ``Solution.dual_objective``: its second derivatives at wide ratios came back 26 % off, and
+    0 for ±0.085 at τ = (1e-8, 1) in float32, a review)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, refusal):
+        ctx.refusal = refusal
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if torch.is_grad_enabled():
+            return _SecondOrderGuard.apply(grad, ctx.refusal), None
+        return grad, None
 
 
 class _SecondOrderGuard(torch.autograd.Function):
@@ -548,6 +592,23 @@ def exact_duals(scores: Sequence[Tensor], g: Graph, temps) -> list[Tensor]:
     Returns ``E`` tensors, ``duals[e]``: ``(B, *g.shapes[coarse(e)])``; differentiable in the
     scores and in tensor temperatures.
     """
+    dtype = scores[0].dtype
+    scores = [s.to(torch.float64) for s in scores]  # formed in float64 (second derivatives: as the layer's)
+    floats = [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
+    coldest = min(floats)
+    if coldest < second_order_temperature_floor(dtype):
+        refusal = functools.partial(_overflowed, coldest)
+        scores = [_FirstOrderOnly.apply(s, refusal) for s in scores]
+    scores, tensors = _guard_wide_ratio(scores, g, floats, [t for t in temps if isinstance(t, Tensor)] or None,
+                                        _FirstOrderOnly, compute_dtype(dtype))
+    if tensors is not None:
+        given = iter(tensors)
+        temps = [next(given) if isinstance(t, Tensor) else t for t in temps]
+    return [d.to(dtype) for d in _exact_duals(scores, g, temps)]
+
+
+def _exact_duals(scores: Sequence[Tensor], g: Graph, temps) -> list[Tensor]:
+    """:func:`exact_duals`, in the scores' dtype, with no guard."""
     T, r, A = _log_terms(scores, g, temps)
     if not g._index_chain:
         duals = [A[e] - _scaled_log_probs(g, T, r, b, T[c]) for e, (c, b) in enumerate(g.edges)]

@@ -607,8 +607,9 @@ def test_second_order_path_temperature_gradient_is_finite_where_log_p_is_beyond_
 def test_hessian_vector_product_of_a_one_hot_solution_is_zero_or_refused_below_the_floor(dtype, tau):
     """A review: at τ = 1e-20 in float32 (accepted down to 1.2e-38) or 1e-200 in float64 the
     solution is one-hot, its HVP 0 up to terms like exp(-0.1/τ), and it was NaN in every entry:
-    the second derivatives pass through 1/τ², which the dtype cannot hold.  Below
-    second_order_temperature_floor it now raises, naming the floor; above it, it is 0."""
+    the second derivatives pass through 1/τ², which the dtype cannot hold.  They are formed in
+    float64 (ca_rev54), so float32's 1e-20 is computed, 0; below float64's
+    second_order_temperature_floor it raises, naming the floor; above it, it is 0."""
     h = ca.Hierarchy.grid([4, 2])
     theta = [torch.tensor([[0.3, -0.2, 1.0, 0.5]], dtype=dtype, requires_grad=True),
              torch.tensor([[0.1, 0.4]], dtype=dtype, requires_grad=True)]
@@ -619,7 +620,7 @@ def test_hessian_vector_product_of_a_one_hot_solution_is_zero_or_refused_below_t
     directions = [torch.tensor([[1.0, -1.0, 0.5, 2.0]], dtype=dtype), torch.tensor([[0.3, 1.0]], dtype=dtype)]
     second = sum((g * v).sum() for g, v in zip(grads, directions))
     floor = second_order_temperature_floor(dtype)
-    if tau < floor:
+    if tau < second_order_temperature_floor(torch.float64):
         with pytest.raises(FloatingPointError, match=f"below {floor:.2g}.*multiply the scores and every temperature"):
             torch.autograd.grad(second, theta)
         return
@@ -896,3 +897,86 @@ def test_rev45_a_jacobian_vector_product_by_double_backward_at_a_wide_ratio_is_a
     assert float(want.abs().max()) > 0.1
     tol = 1e-4 if dtype == torch.float32 else 1e-8
     torch.testing.assert_close(got.double(), want, atol=tol * float(want.abs().max()), rtol=0)
+
+
+_REV54_S = ([[0.9685, -0.5962, -0.7224, 1.2194]], [[-0.5223, 0.0264]])
+_REV54_W = ([[-0.1601, -0.7032, -0.4154, 2.5738]], [[0.4155, -0.7620]])
+_REV54_V = ([[-0.3680, 0.9899, -0.5552, -0.8304]], [[0.3267, 0.3911]])
+
+
+def _rev54_hvp(dtype, solve):
+    s = [torch.tensor(x, dtype=dtype, requires_grad=True) for x in _REV54_S]
+    p = solve(*s)
+    loss = sum((pi * torch.tensor(w, dtype=dtype)).sum() for pi, w in zip(p, _REV54_W))
+    gs = torch.autograd.grad(loss, s, create_graph=True)
+    second = sum((gi * torch.tensor(v, dtype=dtype)).sum() for gi, v in zip(gs, _REV54_V))
+    return [x.double() for x in torch.autograd.grad(second, s)]
+
+
+@pytest.mark.parametrize("dtype, ratio", [(torch.float32, 60.0), (torch.float64, 6e4), (torch.float32, 1e4),
+                                          (torch.float64, 3e3)])
+def test_rev54_hvp_within_the_ratio_limit_holds_gradient_rtol_or_raises(dtype, ratio):
+    """docs/design.md §4 (second order) and exact.second_order_ratio_limit: within the limit the
+    second derivatives "hold GRADIENT_RTOL" (1e-3 in float32, 1e-6 in float64); beyond it they
+    raise.  On an ordinary 4 → 2 chain (scores O(1), τ_1 = 0.2, τ_0 = τ_1 / (ratio − 1), the ratio
+    inside the limit) the HVP in the fine scores came back 0.25 for 0.2717 in float32 (8 %) and
+    0.2641907 for 0.2641854 in float64 (2e-5); both must sum to zero per map (a constant per map
+    moves nothing), and did not.  Reference: autograd through the independent float64 closed form."""
+    from convex_attention._ops import gradient_rtol
+    from convex_attention.exact import second_order_ratio_limit
+
+    t1 = 0.2
+    t0 = t1 / (ratio - 1.0)
+    within = (t0 + t1) / t0 <= second_order_ratio_limit(dtype)  # was inside for both before the fix
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    want = _rev54_hvp(torch.float64, lambda a, b: _rev33_brute_chain_probs(a, b, t0, t1))
+    assert float(want[0].abs().max()) > 0.25
+    try:
+        got = _rev54_hvp(dtype, lambda a, b: ca.solve([a, b], h, "exact", temperature=[t0, t1]).probs)
+    except FloatingPointError:
+        assert not within  # refused: allowed beyond the limit only
+        return
+    scale = max(float(w.abs().max()) for w in want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=gradient_rtol(dtype) * scale, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, cold", [(torch.float32, 1e-6), (torch.float64, 1e-12)])
+def test_rev54_hvp_of_the_dual_objective_at_a_wide_ratio_is_right_or_refused(dtype, cold):
+    """docs/design.md §4: beyond exact.second_order_ratio_limit a second derivative in the scores
+    "raises FloatingPointError saying so, never silently wrong".  The same HVP taken through
+    ``sol.objective`` raises; taken through ``sol.dual_objective`` (g at exact's lazy duals, plain
+    autograd through exact_duals, no guard) it came back [0, 0, 0, 0] in the fine scores for
+    ±0.0851 at τ = (1e-6, 1) in float32 (26 % off) and with a 4.9e-4 relative error at τ = (1e-12, 1)
+    in float64.  At the optimum g(λ*(θ)) = f*(θ), whose Hessian is ∂p*/∂θ (∇f* = p*), so the
+    reference is a first derivative: the VJP of the float64 maps along V (∂p*/∂θ is symmetric),
+    which docs/design.md promises right at every accepted temperature (checked here against the
+    independent closed form where that is well conditioned)."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    temps = [cold, 1.0]
+    v = [torch.tensor(x, dtype=torch.float64) for x in _REV54_V]
+    r = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in _REV54_S]
+    probs = ca.solve(r, h, "exact", temperature=temps).probs
+    want = torch.autograd.grad(sum((p * vi).sum() for p, vi in zip(probs, v)), r)
+    if cold >= 1e-6:
+        b = [torch.tensor(x, dtype=torch.float64, requires_grad=True) for x in _REV54_S]
+        bp = _rev33_brute_chain_probs(*b, cold, 1.0)
+        for x, y in zip(torch.autograd.grad(sum((p * vi).sum() for p, vi in zip(bp, v)), b), want):
+            torch.testing.assert_close(x, y, atol=1e-9, rtol=0)
+    assert float(want[0].abs().max()) > 0.08
+    s = [torch.tensor(x, dtype=dtype, requires_grad=True) for x in _REV54_S]
+    sol = ca.solve(s, h, "exact", temperature=temps)
+    with pytest.raises(FloatingPointError):  # the guarded path refuses this ratio
+        g = torch.autograd.grad(sol.objective.sum(), s, create_graph=True)
+        torch.autograd.grad(sum((gi.double() * vi).sum() for gi, vi in zip(g, v)), s)
+    sol = ca.solve(s, h, "exact", temperature=temps)
+    g = torch.autograd.grad(sol.dual_objective.sum(), s, create_graph=True)
+    try:
+        got = torch.autograd.grad(sum((gi.double() * vi).sum() for gi, vi in zip(g, v)), s)
+    except FloatingPointError:
+        return  # refused: right
+    from convex_attention._ops import gradient_rtol
+
+    scale = max(float(w.abs().max()) for w in want)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.double(), b, atol=gradient_rtol(dtype) * scale, rtol=0)
