@@ -547,3 +547,87 @@ def test_a_pickled_graph_leaves_its_parent_maps_on_other_devices_behind():
         assert again._parents_on == {} and again == g
         assert torch.equal(again._device_parents(0, "cpu"), torch.tensor([0, 0, 1, 1]))
     assert g._parents_on  # the original keeps its cache
+
+
+# ------------------------------------------------------------------ review ca_rev57 (strict xfail: known defects)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev57: block_logsumexp of a fully masked (-inf) block is NaN, not -inf")
+def test_rev57_block_logsumexp_of_a_fully_masked_block_is_minus_inf():
+    """log Σ exp(x) over a block whose every cell is -inf is log 0 = -inf (torch.logsumexp says
+    so); the kernel subtracts the block maximum first, -inf - (-inf) = NaN.  dual.py carries its
+    own _block_logsumexp_or_neginf for this; the public kernel and block_softmax's lse do not.
+    Grid and parent-map edges alike.  Oracle: torch.logsumexp per block."""
+    inf = float("inf")
+    x = torch.tensor([[-inf, -inf, 0.0, 1.0]], dtype=torch.float64)
+    want = torch.logsumexp(x.view(1, 2, 2), -1)  # [-inf, 1.3133]
+    for g in (ca.Graph([(4,), (2,)], [(0, 1)]), ca.Graph.from_edges([4, 2], [(0, 1, [0, 0, 1, 1])])):
+        assert torch.equal(g.block_logsumexp(x, 0), want)
+        assert torch.equal(g.block_softmax(x, 0)[1], want)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev57: grid_regions refuses uint16/32/64 region ids that from_edges takes")
+def test_rev57_grid_regions_takes_unsigned_region_ids():
+    """design.md §4: parent maps may be integer tensors or NumPy arrays (unsigned ones too: review
+    50).  Graph.grid_regions infers R with torch's max, which has no kernel for uint16/32/64, and
+    refuses the label image with 'regions must be an integer tensor' (a TypeError) although the
+    same ids pass from_edges and grid_regions with num_regions given.  Oracle: the int64 ids."""
+    regions = np.array([[0, 0, 1, 1], [0, 2, 2, 1], [3, 3, 2, 1], [3, 3, 3, 1]])
+    want = ca.Graph.grid_regions([(4, 4), (2, 2)], regions)
+    assert ca.Graph.grid_regions([(4, 4), (2, 2)], regions.astype(np.uint16), num_regions=4) == want
+    for ids in (regions.astype(np.uint16), regions.astype(np.uint64), torch.from_numpy(regions).to(torch.uint32)):
+        try:
+            got = ca.Graph.grid_regions([(4, 4), (2, 2)], ids)
+        except TypeError as err:  # 'regions must be an integer tensor ... ("max_all" not implemented for 'UInt16')'
+            got = err
+        assert got == want, f"{ids.dtype}: {got}"
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev57: g.edges is the graph's own list; sorting it re-pairs partitions")
+def test_rev57_sorting_the_edges_list_a_graph_hands_out_does_not_change_its_solution():
+    """g.edges is public (design.md §4) and is the list the kernels read; solved_apart was made to
+    return copies for the same reason (review 27).  Sorting it in place, an innocent-looking call,
+    re-pairs edge e's maps with edge e's old partition: dual then solves another problem (map 0
+    went from [0.59, 0.10, 0.02, 0.29] to [2.6e-7, 2.5e-16, 1.0, 9.5e-8]), reports violation
+    5e-7, and the graph still compares equal to a fresh one (a cache keyed by it is poisoned).
+    Oracle: the same graph built afresh."""
+    def build():
+        return ca.Graph.from_edges([4, 2, 2], [(0, 2, [0, 0, 1, 1]), (0, 1, [0, 1, 0, 1])])
+    g, fresh = build(), build()
+    g.edges.sort()
+    scores = [torch.randn((1, n), generator=torch.Generator().manual_seed(k), dtype=torch.float64)
+              for k, n in enumerate([4, 2, 2])]
+    got, want = ca.solve(scores, g, "dual"), ca.solve(scores, fresh, "dual")
+    assert all(torch.allclose(a, b, atol=1e-8) for a, b in zip(got.probs, want.probs))
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev57: combine_broadcast/fine_view reshape a transposed map silently")
+def test_rev57_combine_broadcast_refuses_inputs_not_shaped_like_the_edge_s_maps():
+    """combine_broadcast(x, y, e, op) is op(x, P_eᵀ y) for x (..., *shapes[fine]) and y (...,
+    *shapes[coarse]); aggregate and broadcast refuse a map of the wrong shape (_split), but this
+    kernel and fine_view / coarse_view only reshape: a (6, 4) map on a (4, 6) edge, or a (3, 2)
+    coarse map on a (2, 3) one, comes back as a (4, 6) result with the cells scrambled.
+    Oracle: broadcast's own refusal of the same y."""
+    g = ca.Graph([(4, 6), (2, 3)], [(0, 1)])
+    with pytest.raises(ValueError, match="must have shape"):
+        g.broadcast(torch.ones(1, 3, 2), 0)
+    with pytest.raises(ValueError):
+        g.combine_broadcast(torch.ones(1, 4, 6), torch.ones(1, 3, 2), 0, torch.mul)
+    with pytest.raises(ValueError):
+        g.combine_broadcast(torch.ones(1, 6, 4), torch.ones(1, 2, 3), 0, torch.mul)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev57: on an identity grid edge aggregate/broadcast return the input itself")
+def test_rev57_aggregate_and_broadcast_return_a_new_tensor_on_one_cell_blocks():
+    """P_e p on an identity grid edge (shapes equal: a star arm of the coarse map's shape, a level
+    kept at its size) returns p itself, not a tensor equal to it, so a caller's in-place update of
+    the pooled map rewrites the scores it came from (exact.py codes around this twice: 'over
+    one-cell blocks the sums may be a view').  The parent-map path and torch's own reductions
+    over size-1 dimensions return new tensors.  Oracle: the flat graph of the same structure."""
+    g = ca.Graph([(2, 3), (2, 3), (1, 1)], [(0, 1), (1, 2)])
+    for graph in (g.flat(), g):
+        p = torch.rand(1, 6) if graph is not g else torch.rand(1, 2, 3)
+        before = p.clone()
+        graph.aggregate(p, 0).mul_(2.0)
+        graph.broadcast(p, 0).add_(1.0)
+        graph.block_max(p, 0).zero_()
+        assert torch.equal(p, before)

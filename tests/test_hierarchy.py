@@ -303,3 +303,23 @@ def test_hierarchy_from_edges_is_a_hierarchy_or_refused():
             continue
         if isinstance(h, ca.Hierarchy):  # then it must be one: the chain, fully set up
             assert h.is_chain and h.num_levels == len(sizes) and "Hierarchy" in repr(h)
+
+
+# ------------------------------------------------------------------ review ca_rev57 (strict xfail: known defects)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev57: a NumPy integer level/edge index is refused as out of [0, 0]")
+def test_rev57_a_numpy_integer_constraint_index_is_taken():
+    """Edge endpoints take any integer (numbers.Integral: np.int64 too), but the kernels' index
+    check wants a Python int and refuses np.int64(0) with 'constraint index k must be in [0, 0],
+    got np.int64(0)', a message that contradicts itself (iterating np.arange(E), or an index read
+    from an array, gives them).  Oracle: the same call with int(k)."""
+    import numpy as np
+
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    p = torch.rand(2, 4, 4, dtype=torch.float64)
+    want = h.aggregate(p, 0)
+    try:
+        got = h.aggregate(p, np.int64(0))
+    except ValueError as err:  # 'constraint index k must be in [0, 0], got np.int64(0)'
+        got = err
+    assert isinstance(got, torch.Tensor) and torch.equal(got, want), f"refused: {got}"

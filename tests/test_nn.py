@@ -656,3 +656,31 @@ def test_consistent_attention_refuses_given_naming_solve():
     h = ca.Graph.from_edges([4, 2, 2], [(0, 1, torch.tensor([0, 0, 1, 1])), (0, 2, torch.tensor([0, 1, 0, 1]))])
     with pytest.raises(TypeError, match=r"does not take given=.*ca\.solve\(scores, h, method, given=\.\.\.\)"):
         ca.ConsistentAttention(h, "dual", given={2: torch.tensor([[0.3, 0.7]])})
+
+
+# ----------------------------------------------------------------------------- ca_rev56
+
+@pytest.mark.xfail(strict=True, reason="ca_rev56: ConsistentAttention takes an AmortisedDuals built for other "
+                                       "temperatures and silently runs it at its own (violation 1.1 vs 6e-9)")
+def test_ca_rev56_amortised_duals_built_for_other_temperatures_are_refused_or_still_right():
+    """``ConsistentAttention(h, "learned_dual", temperature=τ, duals=module)`` checks that the
+    module was built for ``h`` (a module for another structure is refused) but not for ``τ``:
+    it then feeds the module features at the layer's τ through a formula path whose weights
+    T_k/T_j are those of the module's temperatures.  With fixed (float) temperatures on both
+    sides nothing can reconcile them later.  Measured on a 3-level chain, τ = (0.3, 1, 3):
+    an untrained module built at τ = 1 gives violation 1.11 (λ = 0 gives 1.98), the same module
+    built at the layer's τ 6e-9.  Either refuse it, as for another h, or give the right duals."""
+    h = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((4,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    temps = [0.3, 1.0, 3.0]
+    right = ca.ConsistentAttention(h, "learned_dual", temperature=temps, duals=ca.AmortisedDuals(h, temps).double())
+    with torch.no_grad():
+        assert float(right(scores).violation.max()) < 1e-6
+    try:
+        layer = ca.ConsistentAttention(h, "learned_dual", temperature=temps, duals=ca.AmortisedDuals(h).double())
+    except ValueError:
+        return  # refused, as a module for another structure is
+    with torch.no_grad():
+        violation = float(layer(scores).violation.max())
+    assert violation < 1e-6, violation
