@@ -54,6 +54,24 @@ IMPLIED_CHECK_STATES = 20_000
 KINDS = ("chain", "forest", "graph")
 
 
+class FrozenList(list):
+    """A list that refuses to change: the structure a graph hands out (``edges``, ``shapes``,
+    ``order``, …) is the one its kernels read, so changing it in place (``g.edges.sort()``)
+    paired an edge's maps with another edge's partition and solved another problem silently,
+    while the graph still compared equal to a fresh one (a review).  It compares equal to a
+    plain list of the same items; ``list(x)`` gives a copy to change."""
+
+    def _refuse(self, *args, **kwargs):
+        raise TypeError("a graph's structure cannot be changed in place (its kernels and its cache key read it); "
+                        "take a copy with list(...) and build a new Graph")
+
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+
+    def __reduce_ex__(self, protocol):  # pickle and deepcopy rebuild it whole (not by extend)
+        return (type(self), (list(self),))
+
+
 def _as_shape(shape, owner: str, what: str = "shape", unit: str = "level") -> tuple[int, ...]:
     """A map's grid shape as a tuple of positive ints, at most ``MAX_CELLS`` cells.
 
@@ -445,6 +463,10 @@ class Graph:
         self.roots: list[int] = [k for k in order if not self.out_edges[k]]
         # the chain of the old API: edge k = (k → k+1)
         self._index_chain = self.edges == [(k, k + 1) for k in range(M - 1)]
+        for name in ("shapes", "sizes", "edges", "order", "sweep_order", "roots"):
+            setattr(self, name, FrozenList(getattr(self, name)))
+        for name in ("out_edges", "in_edges", "components"):
+            setattr(self, name, FrozenList(FrozenList(x) for x in getattr(self, name)))
 
     @classmethod
     def _build(cls, shapes, edges, factors, parents) -> Graph:

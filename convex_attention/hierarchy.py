@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from .graph import MAX_CELLS, Graph, _as_parent_map, _as_shape
+from .graph import MAX_CELLS, FrozenList, Graph, _as_parent_map, _as_shape
 
 __all__ = ["Hierarchy", "MAX_CELLS"]
 
@@ -149,7 +149,7 @@ class Hierarchy(Graph):
         edge_factors: list[tuple[int, ...] | None] = list(factors) if factors is not None else [None] * (L - 1)
         self._init_graph(list(shapes), [(k, k + 1) for k in range(L - 1)], edge_factors, list(parents))
         self.num_levels: int = self.num_maps
-        self.factors: list[tuple[int, ...]] | None = None if factors is None else [tuple(f) for f in factors]
+        self.factors: list[tuple[int, ...]] | None = None if factors is None else FrozenList(tuple(f) for f in factors)
 
     @classmethod
     def _trusted(cls, shapes, parents, factors) -> Hierarchy:

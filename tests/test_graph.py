@@ -1,4 +1,6 @@
 """The graph of maps (convex_attention.graph): structure, validation, facts and the kernels per edge."""
+import copy
+import pickle
 import warnings
 
 import numpy as np
@@ -582,7 +584,6 @@ def test_rev57_grid_regions_takes_unsigned_region_ids():
         assert got == want, f"{ids.dtype}: {got}"
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev57: g.edges is the graph's own list; sorting it re-pairs partitions")
 def test_rev57_sorting_the_edges_list_a_graph_hands_out_does_not_change_its_solution():
     """g.edges is public (design.md §4) and is the list the kernels read; solved_apart was made to
     return copies for the same reason (review 27).  Sorting it in place, an innocent-looking call,
@@ -593,7 +594,15 @@ def test_rev57_sorting_the_edges_list_a_graph_hands_out_does_not_change_its_solu
     def build():
         return ca.Graph.from_edges([4, 2, 2], [(0, 2, [0, 0, 1, 1]), (0, 1, [0, 1, 0, 1])])
     g, fresh = build(), build()
-    g.edges.sort()
+    with pytest.raises(TypeError, match="cannot be changed in place"):  # refused (after the fix) ...
+        g.edges.sort()
+    for name in ("shapes", "sizes", "edges", "order", "roots", "in_edges", "out_edges", "components"):
+        with pytest.raises(TypeError):
+            getattr(g, name).append(0)
+    with pytest.raises(TypeError):
+        g.in_edges[0].append(0)
+    assert g.edges == [(0, 2), (0, 1)] and list(g.edges) == [(0, 2), (0, 1)]
+    assert pickle.loads(pickle.dumps(g)) == g and copy.deepcopy(g).edges == g.edges
     scores = [torch.randn((1, n), generator=torch.Generator().manual_seed(k), dtype=torch.float64)
               for k, n in enumerate([4, 2, 2])]
     got, want = ca.solve(scores, g, "dual"), ca.solve(scores, fresh, "dual")
