@@ -1,11 +1,14 @@
 """Small tensor operations every solver shares (one home each)."""
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
 __all__ = ["sample_dims", "centre", "less_max", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature",
-           "GRADIENT_RTOL", "gradient_rtol"]
+           "GRADIENT_RTOL", "gradient_rtol", "second_order_temperature_floor", "overflowed", "SecondOrderGuard",
+           "FirstOrderOnly", "guard_below_floor"]
 
 
 def sample_dims(x: Tensor) -> tuple[int, ...]:
@@ -106,3 +109,109 @@ def named(rows: list[int], names=None) -> list[int]:
     """``rows`` as the caller numbers them: ``names[i]`` for row ``i`` (a sub-batch solved again
     for some samples only), or the rows themselves (``names`` None)."""
     return rows if names is None else [int(names[i]) for i in rows]
+
+
+# ------------------------------------------------------------------ second-order guards
+def second_order_temperature_floor(dtype: torch.dtype) -> float:
+    """The smallest temperature at which a second derivative cannot overflow ``dtype``:
+    ``1/sqrt(max)`` (5.4e-20 in float32, 7.5e-155 in float64), since second derivatives in the
+    scores or a temperature pass through ``1/τ²``.  Below it a second derivative that overflows
+    raises (:func:`guard_below_floor`); first derivatives are right at every accepted τ."""
+    return torch.finfo(dtype).max ** -0.5
+
+
+def overflowed(who: str, coldest: float, dtype: torch.dtype, grad: Tensor) -> str | None:
+    """Why a second derivative ``grad`` at temperature ``coldest`` (below ``dtype``'s
+    :func:`second_order_temperature_floor`) is refused: it overflowed (None where it is finite)."""
+    if bool(torch.isfinite(grad).all()):
+        return None
+    floor = second_order_temperature_floor(dtype)
+    return (f"{who}: a second derivative overflowed at temperature {coldest:.3g}, below {floor:.2g}, where "
+            f"{dtype} cannot hold 1/τ²; multiply the scores and every temperature by one factor (the solution "
+            f"is unchanged)" + (" or compute in float64" if dtype != torch.float64 else ""))
+
+
+class SecondOrderGuard(torch.autograd.Function):
+    """Identity whose backward refuses a derivative that would be silently wrong, with
+    ``FloatingPointError(refusal(grad))`` where ``refusal`` gives a reason (None: none): placed on
+    the inputs of a second-order path (exact's differentiable backward) or on a first
+    derivative (:class:`FirstOrderOnly`).  Forward mode refuses the same way."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, refusal):
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.refusal = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        reason = ctx.refusal(grad)
+        if reason is not None:
+            raise FloatingPointError(reason)
+        return grad, None
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor, refusal_t):
+        reason = ctx.refusal(x_t)
+        if reason is not None:
+            raise FloatingPointError(reason)
+        return x_t
+
+
+def _judges_values(refusal) -> bool:
+    """Whether ``refusal`` refuses by the value it is given (:func:`overflowed`: only a
+    non-finite one), so that it can judge every derivative that reaches an input."""
+    return getattr(refusal, "func", None) is overflowed
+
+
+class FirstOrderOnly(torch.autograd.Function):
+    """Identity for an input of a path that autograd differentiates by itself, whose first
+    derivative is right and whose second may not be: where a backward builds a graph
+    (``create_graph=True``) the gradient it passes on goes behind :class:`SecondOrderGuard`, so
+    a derivative of it raises ``FloatingPointError(refusal)``; and with a refusal that judges
+    values (:func:`overflowed`), a later derivative reaching this input along another path is
+    judged too (a tensor temperature's second derivative of the dual objective below the floor
+    came back NaN: a review).  Written for torch.func as well (first derivatives by ``jacrev``,
+    ``jacfwd`` and ``vmap`` must work: a review): forward mode passes the tangent on behind the
+    same guard."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x: Tensor, refusal):
+        return x.view_as(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.refusal = inputs[1]
+        ctx.built_second_order = False
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if torch.is_grad_enabled():
+            ctx.built_second_order = True
+            return SecondOrderGuard.apply(grad, ctx.refusal), None
+        if ctx.built_second_order and _judges_values(ctx.refusal):
+            reason = ctx.refusal(grad)
+            if reason is not None:
+                raise FloatingPointError(reason)
+        return grad, None
+
+    @staticmethod
+    def jvp(ctx, x_t: Tensor, refusal_t):
+        return SecondOrderGuard.apply(x_t, ctx.refusal)
+
+
+def guard_below_floor(tensors: list, temps, dtype: torch.dtype, who: str, guard=FirstOrderOnly) -> list:
+    """``tensors`` (None kept) behind ``guard`` with the :func:`overflowed` refusal where the
+    coldest of ``temps`` (floats or tensors) is below :func:`second_order_temperature_floor` of
+    ``dtype``; unchanged otherwise."""
+    coldest = min(float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps)
+    if not coldest < second_order_temperature_floor(dtype):
+        return list(tensors)
+    refusal = functools.partial(overflowed, who, coldest, dtype)
+    return [None if t is None else guard.apply(t, refusal) for t in tensors]

@@ -51,7 +51,18 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._ops import centre, compute_dtype, divide_by_temperature, gradient_rtol, less_max, sample_dims
+from ._ops import (
+    FirstOrderOnly,
+    SecondOrderGuard,
+    centre,
+    compute_dtype,
+    divide_by_temperature,
+    gradient_rtol,
+    guard_below_floor,
+    less_max,
+    sample_dims,
+    second_order_temperature_floor,
+)
 from .graph import Graph
 
 __all__ = ["exact_forward", "tree_backward", "ExactAttentionFunction", "exact_attention",
@@ -60,7 +71,11 @@ __all__ = ["exact_forward", "tree_backward", "ExactAttentionFunction", "exact_at
            "second_order_ratio_limit", "SECOND_ORDER_ROUNDING"]
 
 
-def require_forest(g: Graph, who: str = "method 'exact'") -> None:
+#: How the refusals of a second derivative name this method.
+WHO = "method 'exact'"
+
+
+def require_forest(g: Graph, who: str = WHO) -> None:
     """ValueError naming the first map with two coarsenings when ``g`` is not a forest."""
     reason = g.not_forest_reason()
     if reason is not None:
@@ -318,17 +333,16 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
     g = ctx.g
     tau = [temps[k] for k in range(ctx.M)] if ctx.tau_tensor else list(temps)
     dtype = scores[0].dtype
-    coldest = min(ctx.temps)
-    if coldest < second_order_temperature_floor(dtype):
-        # below it the second derivatives pass through 1/τ² (inf) times exact zeros: NaN, where the
-        # true value is about 0 (a review: Hessian-vector products at τ 1e-20 in float32); the
-        # first derivatives computed here stay right, a second one raises instead of being NaN
-        refusal = functools.partial(_overflowed, coldest)
-        scores = [_SecondOrderGuard.apply(s, refusal) for s in scores]
-        grads = [_SecondOrderGuard.apply(x, refusal) for x in grads]
-        if ctx.tau_tensor:
-            tau = [_SecondOrderGuard.apply(t, refusal) for t in tau]
-    scores, tau = _guard_wide_ratio(scores, g, ctx.temps, tau if ctx.tau_tensor else None, _SecondOrderGuard,
+    # below the floor the second derivatives pass through 1/τ² (inf) times exact zeros: NaN, where
+    # the true value is about 0 (a review: Hessian-vector products at τ 1e-20 in float32); the
+    # first derivatives computed here stay right, a second one that overflows raises instead
+    n, m = len(scores), len(grads)
+    guarded = guard_below_floor([*scores, *grads, *(tau if ctx.tau_tensor else [])], ctx.temps, dtype, WHO,
+                                SecondOrderGuard)
+    scores, grads = guarded[:n], guarded[n:n + m]
+    if ctx.tau_tensor:
+        tau = guarded[n + m:]
+    scores, tau = _guard_wide_ratio(scores, g, ctx.temps, tau if ctx.tau_tensor else None, SecondOrderGuard,
                                     compute_dtype(dtype))
     if not ctx.tau_tensor:
         tau = list(temps)
@@ -355,15 +369,6 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
         gtau = torch.stack([-(gs * lp.clamp_min(math.log(torch.finfo(lp.dtype).tiny))).sum()
                             for gs, lp in zip(gscores, log_probs)]).to(device=temps.device, dtype=temps.dtype)
     return (None, gtau, *out)
-
-
-def second_order_temperature_floor(dtype: torch.dtype) -> float:
-    """The smallest temperature at which :class:`ExactAttentionFunction`'s second derivatives
-    cannot overflow ``dtype``: ``1/sqrt(max)`` (5.4e-20 in float32, 7.5e-155 in float64), since
-    they pass through ``1/τ²``.  Below it a second derivative that overflows (in the float64 it
-    is formed in, or returned in ``dtype``) raises (:class:`_SecondOrderGuard`); first
-    derivatives are right at every accepted τ."""
-    return torch.finfo(dtype).max ** -0.5
 
 
 def second_order_ratio(g: Graph, temps: Sequence[float]) -> float:
@@ -394,7 +399,7 @@ def second_order_ratio_limit(dtype: torch.dtype) -> float:
     derivatives for scores of ``dtype`` hold its ``GRADIENT_RTOL``: they are formed in float64,
     whose rounding error grows as ``C·eps·ratio²`` (:data:`SECOND_ORDER_ROUNDING`), so
     ``sqrt(GRADIENT_RTOL / (C·eps))``: 1.1e5 for float32 scores, 3.4e3 in float64.  Beyond it a
-    second derivative raises (:class:`_SecondOrderGuard`)."""
+    second derivative raises (:class:`~convex_attention._ops.SecondOrderGuard`)."""
     eps = torch.finfo(torch.float64).eps
     return math.sqrt(gradient_rtol(compute_dtype(dtype)) / (SECOND_ORDER_ROUNDING * eps))
 
@@ -417,17 +422,6 @@ def _guard_wide_ratio(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]
             None if tau is None else [guard.apply(t, too_wide) for t in tau])
 
 
-def _overflowed(coldest: float, grad: Tensor) -> str | None:
-    """Why a second derivative at temperature ``coldest`` (below
-    :func:`second_order_temperature_floor`) is refused: it overflowed (None where it is finite)."""
-    if bool(torch.isfinite(grad).all()):
-        return None
-    floor = second_order_temperature_floor(grad.dtype)
-    return (f"method 'exact': a second derivative overflowed at temperature {coldest:.3g}, below {floor:.2g}, where "
-            f"{grad.dtype} cannot hold 1/τ²; multiply the scores and every temperature by one factor (the solution "
-            f"is unchanged)" + (" or compute in float64" if grad.dtype != torch.float64 else ""))
-
-
 def _too_wide(ratio: float, work: torch.dtype, grad: Tensor) -> str:
     """Why a second derivative at a sub-tree temperature ratio beyond
     :func:`second_order_ratio_limit` is refused, whatever its value: its digits are lost.  ``work``:
@@ -437,46 +431,6 @@ def _too_wide(ratio: float, work: torch.dtype, grad: Tensor) -> str:
     return (f"method 'exact': a second derivative at temperatures whose sub-tree ratio is {ratio:.3g}, beyond "
             f"{limit:.2g} for {work} scores, would lose its digits (its rounding grows as eps·ratio²); bring "
             f"the temperatures closer; first derivatives are right at every ratio")
-
-
-class _FirstOrderOnly(torch.autograd.Function):
-    """Identity whose backward puts :class:`_SecondOrderGuard` on the gradient it passes on
-    where that backward builds a graph (``create_graph=True``): the first derivative through it
-    is the plain one, and a derivative of that gradient raises ``FloatingPointError(refusal)``.
-    For the paths that autograd differentiates by itself (:func:`exact_duals`, behind
-    ``Solution.dual_objective``: its second derivatives at wide ratios came back 26 % off, and
-    0 for ±0.085 at τ = (1e-8, 1) in float32, a review)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, refusal):
-        ctx.refusal = refusal
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        if torch.is_grad_enabled():
-            return _SecondOrderGuard.apply(grad, ctx.refusal), None
-        return grad, None
-
-
-class _SecondOrderGuard(torch.autograd.Function):
-    """Identity whose backward refuses a second derivative that would be silently wrong, with
-    ``FloatingPointError(refusal(grad))`` where ``refusal`` gives a reason: placed on the inputs
-    of the second-order path below :func:`second_order_temperature_floor` (:func:`_overflowed`:
-    ``1/τ²`` is inf there, times exact zeros NaN) and beyond :func:`second_order_ratio_limit`
-    (:func:`_too_wide`: the O(1) part lost in the rounding)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, refusal):
-        ctx.refusal = refusal
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        reason = ctx.refusal(grad)
-        if reason is not None:
-            raise FloatingPointError(reason)
-        return grad, None
 
 
 def temperature_argument(temperature):
@@ -595,14 +549,14 @@ def exact_duals(scores: Sequence[Tensor], g: Graph, temps) -> list[Tensor]:
     dtype = scores[0].dtype
     scores = [s.to(torch.float64) for s in scores]  # formed in float64 (second derivatives: as the layer's)
     floats = [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
-    coldest = min(floats)
-    if coldest < second_order_temperature_floor(dtype):
-        refusal = functools.partial(_overflowed, coldest)
-        scores = [_FirstOrderOnly.apply(s, refusal) for s in scores]
-    scores, tensors = _guard_wide_ratio(scores, g, floats, [t for t in temps if isinstance(t, Tensor)] or None,
-                                        _FirstOrderOnly, compute_dtype(dtype))
-    if tensors is not None:
-        given = iter(tensors)
+    tensors = [t for t in temps if isinstance(t, Tensor)]
+    # the scores and the temperatures, as the layer's second-order path guards them (a tensor
+    # temperature's second derivative came back NaN here: a review)
+    guarded = guard_below_floor([*scores, *tensors], floats, dtype, WHO)
+    scores, wide = _guard_wide_ratio(guarded[:len(scores)], g, floats, guarded[len(scores):] or None,
+                                     FirstOrderOnly, compute_dtype(dtype))
+    if wide is not None:
+        given = iter(wide)
         temps = [next(given) if isinstance(t, Tensor) else t for t in temps]
     return [d.to(dtype) for d in _exact_duals(scores, g, temps)]
 

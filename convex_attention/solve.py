@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from . import metrics
-from ._ops import compute_dtype
+from ._ops import compute_dtype, guard_below_floor
 from .dual import consistency_loss_unchecked
 from .graph import Graph
 from .methods import METHODS, REGISTRY, get_method
@@ -132,7 +132,8 @@ class Solution:
 
     def _stale(self) -> bool:
         return (self._stale_when_pickled or any(t._version != v for t, v in self._inputs)
-                or any(not torch.allclose(t, c, rtol=0.0, atol=0.0, equal_nan=True) for t, c in self._frozen))
+                or any(t.shape != c.shape or t.dtype != c.dtype  # resize_ too (allclose raised on it)
+                       or not torch.allclose(t, c, rtol=0.0, atol=0.0, equal_nan=True) for t, c in self._frozen))
 
     def _check_fresh(self, name: str) -> None:
         if self._stale():
@@ -196,9 +197,26 @@ class Solution:
         # error (a review); the passed ones are still the inputs whose changes make it stale
         used = None if self._given is None else [None if q is None else self.probs[k] for k, q in
                                                  enumerate(self._given)]
-        return self._cached("dual_objective",
-                            lambda: metrics.dual_objective(self._scores, self.duals, self._h, self.temperature,
-                                                           used))
+        return self._cached("dual_objective", lambda: self._dual_objective(used))
+
+    def _dual_objective(self, used) -> Tensor:
+        # g's own second derivatives in a temperature pass through 1/τ², which the working dtype
+        # cannot hold below its floor: there one that overflows raises, never NaN (a review: the
+        # τ-τ derivative of exact's dual objective at τ 1e-200 was [nan, nan])
+        temps = list(self.temperature)
+        at = [k for k, t in enumerate(temps) if isinstance(t, Tensor)]
+        scored = [k for k, s in enumerate(self._scores) if s is not None]
+        work = compute_dtype(next(s for s in self._scores if s is not None).dtype)
+        guarded = guard_below_floor([*(self._scores[k] for k in scored), *(temps[k] for k in at)], temps, work,
+                                    "Solution.dual_objective")
+        scores = list(self._scores)
+        for i, k in enumerate(scored):
+            scores[k] = guarded[i]
+        for i, k in enumerate(at):
+            temps[k] = guarded[len(scored) + i]
+        duals = self.duals
+        assert duals is not None  # dual_objective reads it only where there are duals
+        return metrics.dual_objective(scores, duals, self._h, temps, used)
 
     def __repr__(self) -> str:
         B = self.probs[0].shape[0]

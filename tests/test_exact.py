@@ -980,3 +980,46 @@ def test_rev54_hvp_of_the_dual_objective_at_a_wide_ratio_is_right_or_refused(dty
     scale = max(float(w.abs().max()) for w in want)
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, atol=gradient_rtol(dtype) * scale, rtol=0)
+
+
+@pytest.mark.parametrize("dtype, cold", [(torch.float64, 1e-200), (torch.float32, 1e-30)])
+def test_rev58_dual_objective_second_derivative_in_a_temperature_below_the_floor_is_refused(dtype, cold):
+    """ca_rev54 (docs/design.md §4, exact._FirstOrderOnly): a derivative of exact_duals' first
+    derivative "raises beyond the limit or below the floor".  Below the floor the guard is put on
+    the scores only, not on tensor temperatures (the layer's _differentiable_backward guards
+    both): at τ = (c, 3c), a sub-tree ratio of 4, well within the limit, the second derivative
+    of sol.dual_objective in τ came back NaN (true value about 0: the solution is one-hot)."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    tau = torch.tensor([cold, 3 * cold], dtype=torch.float64, requires_grad=True)
+    s = [torch.tensor(x, dtype=dtype) for x in _REV54_S]
+    sol = ca.solve(s, h, "exact", temperature=tau)
+    g, = torch.autograd.grad(sol.dual_objective.sum(), tau, create_graph=True)
+    try:
+        got, = torch.autograd.grad(g[0], tau)
+    except FloatingPointError:
+        return  # refused: right
+    assert torch.isfinite(got).all(), got
+
+
+@pytest.mark.parametrize("transform", ["jacrev", "jacfwd"])
+def test_rev58_torch_func_first_derivatives_of_exact_duals_beyond_the_ratio_limit(transform):
+    """docs/design.md §4: first derivatives are right at every ratio.  Before ca_rev54
+    torch.func.jacrev / jacfwd of exact_duals worked at τ = (1e-5, 1) in float64 (ratio 1e5,
+    beyond the new 3.4e3 limit); the _FirstOrderOnly guard now put on the scores has no
+    setup_context / jvp, so both raise RuntimeError ("must override the setup_context
+    staticmethod") for a first derivative.  Reference: the ordinary autograd Jacobian."""
+    from convex_attention.exact import exact_duals
+
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    s = [torch.tensor(x, dtype=torch.float64) for x in _REV54_S]
+
+    def f(a, b):
+        return exact_duals([a, b], h, [1e-5, 1.0])[0]
+
+    want = torch.autograd.functional.jacobian(f, tuple(s))
+    try:
+        got = getattr(torch.func, transform)(f, argnums=(0, 1))(*s)
+    except RuntimeError as exc:
+        raise AssertionError(f"a first derivative refused beyond the ratio limit: {exc}") from exc
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)

@@ -1218,3 +1218,25 @@ def test_rev54_an_inference_input_changed_in_place_is_never_read_as_the_solved_p
             return  # refused: right
     for a, b in zip(got if isinstance(got, list) else [got], want if isinstance(want, list) else [want]):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_rev58_an_inference_input_resized_in_place_is_stale():
+    """ca_rev54 (Solution._stale): a copy of each inference input is compared with it when a
+    field is read, StaleSolution where it changed.  The comparison is torch.allclose, which
+    raises "The size of tensor a (8) must match the size of tensor b (4)" when the input was
+    resized in place (``resize_``), so the changed input gives a RuntimeError from inside
+    allclose instead of StaleSolution (compare shapes and dtypes before values)."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    with torch.inference_mode():
+        s = [torch.tensor([[0.9685, -0.5962, -0.7224, 1.2194]], dtype=torch.float64),
+             torch.tensor([[-0.5223, 0.0264]], dtype=torch.float64)]
+    sol = ca.solve(s, h, "exact", temperature=[0.3, 1.0])
+    with torch.inference_mode():
+        s[0].resize_(1, 8)
+    try:
+        sol.objective
+    except ca.StaleSolution:
+        return  # refused: right
+    except RuntimeError as exc:
+        raise AssertionError(f"a changed inference input gave {exc!r}, not StaleSolution") from exc
+    raise AssertionError("a resized inference input was read as the solved problem")
