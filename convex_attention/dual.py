@@ -45,7 +45,7 @@ import torch
 from torch import Tensor
 
 from . import hessian
-from ._ops import centre, compute_dtype, divide_by_temperature, level_softmax, named, sample_dims, upcast
+from ._ops import centre, compute_dtype, divide_by_temperature, less_max, level_softmax, named, sample_dims, upcast
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import (
@@ -133,6 +133,15 @@ def dual_function(scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: G
     return total
 
 
+def _gauge_free(scores: Sequence[Tensor], duals: Sequence[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    """Each map's scores less their per-sample maximum and each edge's duals less their mean:
+    a constant per map and one per edge move no ``p(λ)`` and no consistency loss, but added in
+    as given they were rounded into ``η`` before the softmax took them off (float32 at
+    τ = 1e-3: ``p(λ)`` 1.1e-2 off with 1024 added to the scores, 1.2e-2 with it added to the
+    duals; a review), as ``exact`` takes a map's maximum off first (docs/math.md §3)."""
+    return [less_max(s) for s in scores], [centre(d) for d in duals]
+
+
 def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
                                temps: Sequence[float], detach_target: bool = False) -> Tensor:
     """Σ_e KL(b_e ‖ a_e), ``a_e = P_e p_a(λ)``, ``b_e = p_b(λ)`` for every edge ``e = (a → b)``,
@@ -145,7 +154,7 @@ def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor]
     ``+inf``, the KL divergence's value; never NaN.  ``temps``: floats or 0-d tensors
     (differentiated through).  ``detach_target`` stops the gradient through ``b_e``.
     """
-    etas = reparameterized_logits(scores, duals, h)
+    etas = reparameterized_logits(*_gauge_free(scores, duals), h)
     logp = [level_softmax(e, t, log=True) for e, t in zip(etas, temps)]
     total: Tensor | float = 0.0
     for e, (a, b) in enumerate(h.edges):
@@ -288,7 +297,7 @@ def solve_learned_dual(scores: Sequence[Tensor], h: Graph, temps: Sequence[float
     """
     dtype = scores[0].dtype
     work = compute_dtype(dtype)
-    probs = reparameterized_probs([s.to(work) for s in scores], lam, h, temps)
+    probs = reparameterized_probs(*_gauge_free([s.to(work) for s in scores], lam), h, temps)
     # computed when first read; a partial of a module function, not a closure, so that the
     # Solution holding it pickles
     duals = functools.partial(_centred_duals, list(lam), h, scores[0].shape[0], work)

@@ -425,8 +425,6 @@ def test_the_module_temperature_is_held_to_the_range_of_the_scores_dtype(structu
 
 # ----------------------------------------------------------------------------- ca_rev56
 
-@pytest.mark.xfail(strict=True, reason="ca_rev56: the chain features carry each level's constant through the "
-                                       "messages and centre it off after float32 rounding (duals 8e-5 off at +1e3)")
 def test_ca_rev56_untrained_chain_duals_do_not_move_with_a_constant_per_level_in_float32():
     """docs/design.md §4: untrained on a hierarchy the module "is exact up to float32 rounding of
     those weights", and its features are centred because "a constant per level moves no dual".

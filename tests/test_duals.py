@@ -36,8 +36,6 @@ def _rev56_reference(theta, lam, tau):
     return [p0, p1], float(loss)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev56: learned_dual/consistency_loss add the duals to un-shifted scores: "
-                                       "a constant per map moves p(λ) in float32 (0.011 at τ=1e-3)")
 def test_ca_rev56_a_constant_per_map_moves_neither_p_of_lambda_nor_the_consistency_loss_in_float32():
     """A constant added to a map's scores moves no p(λ) and no consistency loss (a constant per
     map changes no softmax; docs/math.md §2–3).  Scores on a 2⁻¹² grid plus 1024 are exact in
@@ -61,8 +59,6 @@ def test_ca_rev56_a_constant_per_map_moves_neither_p_of_lambda_nor_the_consisten
         assert abs(loss - ref_loss) <= 1e-5 * max(1.0, ref_loss), (c, loss, ref_loss)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev56: learned_dual uses the duals uncentred: a gauge constant per edge "
-                                       "moves p(λ) in float32 (0.012 at τ=1e-3)")
 def test_ca_rev56_a_constant_per_edge_on_the_duals_moves_no_p_of_lambda_in_float32():
     """The gauge (docs/math.md §2): λ_e + c gives the same g and p(λ).  The method reports its
     duals centred, but computes with them as passed: η_1 = θ_1 + λ + 1024 and

@@ -91,6 +91,11 @@ def test_the_dual_source_of_learned_dual():
     amortised = AttentionUNet(method="learned_dual", duals="amortised", learn_temperature=True, **SMALL)
     assert isinstance(amortised.attention.learned_duals, AmortisedDuals)
     assert isinstance(AttentionUNet(method="learned_dual", **SMALL).attention.learned_duals, LearnedDuals)
+    # untrained, its duals start at the optimum, where the consistency loss and its gradient are 0
+    # (since the loss takes the scores' maxima off first, exactly): moved off it, they get one
+    with torch.no_grad():
+        for p in amortised.attention.learned_duals.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
     out = amortised(torch.randn(2, 4, 32, 32))
     out.aux_loss.backward()
     assert amortised.log_temperature.grad is not None

@@ -660,8 +660,6 @@ def test_consistent_attention_refuses_given_naming_solve():
 
 # ----------------------------------------------------------------------------- ca_rev56
 
-@pytest.mark.xfail(strict=True, reason="ca_rev56: ConsistentAttention takes an AmortisedDuals built for other "
-                                       "temperatures and silently runs it at its own (violation 1.1 vs 6e-9)")
 def test_ca_rev56_amortised_duals_built_for_other_temperatures_are_refused_or_still_right():
     """``ConsistentAttention(h, "learned_dual", temperature=τ, duals=module)`` checks that the
     module was built for ``h`` (a module for another structure is refused) but not for ``τ``:
