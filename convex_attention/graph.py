@@ -54,6 +54,12 @@ IMPLIED_CHECK_STATES = 20_000
 KINDS = ("chain", "forest", "graph")
 
 
+def _finite_or_zero(m: Tensor) -> Tensor:
+    """Block maxima with ``-inf`` (a block whose every cell is masked) replaced by 0, the shift
+    that keeps such a block's log-sum-exp ``-inf`` rather than ``-inf - (-inf)`` = NaN."""
+    return torch.where(m > -math.inf, m, 0.0)
+
+
 class FrozenList(list):
     """A list that refuses to change: the structure a graph hands out (``edges``, ``shapes``,
     ``order``, …) is the one its kernels read, so changing it in place (``g.edges.sort()``)
@@ -539,7 +545,12 @@ class Graph:
         if num_regions is None:
             try:
                 counted = np.array(regions) if isinstance(regions, np.ndarray) else regions
-                num_regions = int(torch.as_tensor(counted).max()) + 1
+                ids = torch.as_tensor(counted)
+                # torch has no max for uint16/32/64 (they were refused); their ids are checked in range later
+                if ids.dtype in (torch.uint16, torch.uint32, torch.uint64):
+                    num_regions = int(ids.cpu().numpy().max()) + 1 if ids.numel() else 0
+                else:
+                    num_regions = int(ids.max()) + 1
             except (TypeError, ValueError, RuntimeError) as err:
                 raise TypeError(f"regions must be an integer tensor shaped like the finest grid, got "
                                 f"{type(regions).__name__} ({err})") from None
@@ -676,7 +687,8 @@ class Graph:
         return f"Graph(shapes={self.shapes}, edges={edges})"
 
     def _check_edge(self, e: int) -> None:
-        if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < self.num_edges:
+        # any integer, NumPy's too, as edge endpoints take (np.int64(0) read "must be in [0, 0]")
+        if isinstance(e, bool) or not isinstance(e, numbers.Integral) or not 0 <= e < self.num_edges:
             raise ValueError(f"constraint index {self._edge_index} must be in [0, {self.num_edges - 1}], got {e!r}")
 
     def _split(self, x: Tensor, k: int, what: str) -> tuple[int, ...]:
@@ -721,8 +733,9 @@ class Graph:
         return self._reduce(x, e, torch.maximum, "amax")
 
     def block_logsumexp(self, x: Tensor, e: int) -> Tensor:
-        """``log Σ_{fine cells} exp(x)`` per coarse cell, stabilised by the block maxima; differentiable."""
-        m = self.block_max(x, e).detach()
+        """``log Σ_{fine cells} exp(x)`` per coarse cell, stabilised by the block maxima; differentiable.
+        A block whose every cell is ``-inf`` gives ``-inf`` (log 0), as ``torch.logsumexp`` does."""
+        m = _finite_or_zero(self.block_max(x, e).detach())
         return m + self.aggregate(torch.exp(self.combine_broadcast(x, m, e, torch.sub)), e).log()
 
     def block_exp(self, z: Tensor, e: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -730,10 +743,13 @@ class Graph:
 
         Returns ``(q, blocksum, blockmax)``: ``q`` shaped like ``z`` (its largest entry in every
         block is 1, so nothing overflows), ``blocksum`` and ``blockmax`` shaped
-        ``(..., *shapes[coarse])``; the block log-sum-exp is ``blockmax + log(blocksum)``.
+        ``(..., *shapes[coarse])``; the block log-sum-exp is ``blockmax + log(blocksum)``.  A
+        block whose every cell is ``-inf`` has ``blockmax`` 0, ``q`` and ``blocksum`` 0 there.
         Not differentiable (a kernel for the solvers).
         """
-        zmax = self.block_max(z, e)
+        # a block whose every cell is -inf has maximum -inf, and -inf - (-inf) was NaN: it is shifted
+        # by 0 instead, so its q and sum are 0 and its log-sum-exp -inf (a review)
+        zmax = _finite_or_zero(self.block_max(z, e))
         q = self.combine_broadcast(z, zmax, e, torch.sub).exp_()
         return q, self.aggregate(q, e), zmax
 
@@ -754,11 +770,14 @@ class Graph:
         broadcast against each other); the result has ``x``'s grid shape.  An in-place
         ``op`` such as ``Tensor.mul_`` updates a contiguous ``x`` in place.
         """
+        self._check_edge(e)
         out = op(self.fine_view(x, e), self.coarse_view(y, e))
         return out.reshape(tuple(out.shape[: out.dim() - self._view_ndim(e)]) + self.shapes[self.edges[e][0]])
 
     def fine_view(self, x: Tensor, e: int) -> Tensor:
         """``x`` ``(..., *shapes[fine])`` reshaped to pair with :meth:`coarse_view` (a view if contiguous)."""
+        # a map of another shape was reshaped into this one, its cells scrambled (a review)
+        self._split(x, self.edges[e][0], "fine map")
         fine = self.shapes[self.edges[e][0]]
         factors = self._factors[e]
         if factors is None:
@@ -776,6 +795,7 @@ class Graph:
         because their inner rows are contiguous.
         """
         a, b = self.edges[e]
+        self._split(y, b, "coarse map")
         factors = self._factors[e]
         coarse = self.shapes[b]
         if factors is None:
@@ -811,7 +831,9 @@ class Graph:
                     y = combine(y, v.select(-2, r))
             cur[d] //= f
             x = y.reshape(lead + tuple(cur))
-        return x
+        # one-cell blocks everywhere (an identity edge) left x itself: a new tensor, as on other
+        # edges, so that an update of the result in place leaves the caller's map alone (a review)
+        return x.clone() if all(f == 1 for f in factors) else x
 
     def _scatter_reduce(self, x: Tensor, e: int, reduction: str) -> Tensor:
         a, b = self.edges[e]
@@ -847,4 +869,4 @@ class Graph:
             v = v.expand(lead + tuple(cur[:d]) + (cur[d], f, rest))
             cur[d] *= f
             y = v.reshape(lead + tuple(cur))
-        return y
+        return y.clone() if all(f == 1 for f in factors) else y  # a new tensor, as _reduce gives

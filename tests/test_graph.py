@@ -553,7 +553,6 @@ def test_a_pickled_graph_leaves_its_parent_maps_on_other_devices_behind():
 
 # ------------------------------------------------------------------ review ca_rev57 (strict xfail: known defects)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev57: block_logsumexp of a fully masked (-inf) block is NaN, not -inf")
 def test_rev57_block_logsumexp_of_a_fully_masked_block_is_minus_inf():
     """log Σ exp(x) over a block whose every cell is -inf is log 0 = -inf (torch.logsumexp says
     so); the kernel subtracts the block maximum first, -inf - (-inf) = NaN.  dual.py carries its
@@ -567,7 +566,6 @@ def test_rev57_block_logsumexp_of_a_fully_masked_block_is_minus_inf():
         assert torch.equal(g.block_softmax(x, 0)[1], want)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev57: grid_regions refuses uint16/32/64 region ids that from_edges takes")
 def test_rev57_grid_regions_takes_unsigned_region_ids():
     """design.md §4: parent maps may be integer tensors or NumPy arrays (unsigned ones too: review
     50).  Graph.grid_regions infers R with torch's max, which has no kernel for uint16/32/64, and
@@ -609,7 +607,6 @@ def test_rev57_sorting_the_edges_list_a_graph_hands_out_does_not_change_its_solu
     assert all(torch.allclose(a, b, atol=1e-8) for a, b in zip(got.probs, want.probs))
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev57: combine_broadcast/fine_view reshape a transposed map silently")
 def test_rev57_combine_broadcast_refuses_inputs_not_shaped_like_the_edge_s_maps():
     """combine_broadcast(x, y, e, op) is op(x, P_eᵀ y) for x (..., *shapes[fine]) and y (...,
     *shapes[coarse]); aggregate and broadcast refuse a map of the wrong shape (_split), but this
@@ -625,7 +622,6 @@ def test_rev57_combine_broadcast_refuses_inputs_not_shaped_like_the_edge_s_maps(
         g.combine_broadcast(torch.ones(1, 6, 4), torch.ones(1, 2, 3), 0, torch.mul)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev57: on an identity grid edge aggregate/broadcast return the input itself")
 def test_rev57_aggregate_and_broadcast_return_a_new_tensor_on_one_cell_blocks():
     """P_e p on an identity grid edge (shapes equal: a star arm of the coarse map's shape, a level
     kept at its size) returns p itself, not a tensor equal to it, so a caller's in-place update of

@@ -307,7 +307,6 @@ def test_hierarchy_from_edges_is_a_hierarchy_or_refused():
 
 # ------------------------------------------------------------------ review ca_rev57 (strict xfail: known defects)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev57: a NumPy integer level/edge index is refused as out of [0, 0]")
 def test_rev57_a_numpy_integer_constraint_index_is_taken():
     """Edge endpoints take any integer (numbers.Integral: np.int64 too), but the kernels' index
     check wants a Python int and refuses np.int64(0) with 'constraint index k must be in [0, 0],
