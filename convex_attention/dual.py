@@ -77,7 +77,7 @@ def reparameterized_logits(scores: Sequence[Tensor], duals: Sequence[Tensor], h:
         for e in h.in_edges[k]:
             eta = eta + duals[e]
         for e in h.out_edges[k]:
-            eta = h.combine_broadcast(eta, duals[e], e, torch.sub)
+            eta = h._combine(eta, duals[e], e, torch.sub)
         etas.append(eta)
     return etas
 
@@ -176,7 +176,7 @@ def _block_logsumexp_or_neginf(h: Graph, x: Tensor, e: int) -> Tensor:
     """Block log-sum-exp that gives ``-inf`` (not NaN) for a block of ``-inf`` entries."""
     m = h.block_max(x, e).detach()
     m = torch.where(m > -math.inf, m, 0.0)
-    return m + h.aggregate(torch.exp(h.combine_broadcast(x, m, e, torch.sub)), e).log()
+    return m + h.aggregate(torch.exp(h._combine(x, m, e, torch.sub)), e).log()
 
 
 def _softmax_pieces(eta: Tensor, tau) -> tuple[Tensor, Tensor, Tensor]:
@@ -227,7 +227,7 @@ def _shifted(h: Graph, eta: Tensor, e: int, tau: float) -> Tensor:
     """``(η − P_eᵀ blockmax_e(η)) / τ``: the block softmax's argument, shifted *before* the
     division so that it stays finite (≤ 0) at any accepted temperature (``η / τ`` alone
     overflows for tiny ``τ``)."""
-    return h.combine_broadcast(eta, h.block_max(eta, e), e, torch.sub).div_(tau)
+    return h._combine(eta, h.block_max(eta, e), e, torch.sub).div_(tau)
 
 
 def _residuals(probs: Sequence[Tensor], h: Graph) -> list[Tensor]:
@@ -1031,7 +1031,7 @@ def _sweep(h: Graph, temps: Sequence[float], lam: list[Tensor], etas: list[Tenso
         else:
             bmax = h.block_max(etas[a], e)
             # (η_a − blockmax) / τ_a is at most 0 with a 0 in every block, so its exp needs no second shift
-            blocksum = h.aggregate(h.combine_broadcast(etas[a], bmax, e, torch.sub).div_(ta).exp_(), e)
+            blocksum = h.aggregate(h._combine(etas[a], bmax, e, torch.sub).div_(ta).exp_(), e)
             message = bmax + ta * blocksum.log()
             if given_b:
                 delta = centre(message - ta * given[b].log())  # type: ignore[index, union-attr]
@@ -1045,7 +1045,7 @@ def _sweep(h: Graph, temps: Sequence[float], lam: list[Tensor], etas: list[Tenso
                 delta = centre(weighted)
         delta = delta * mask.view((-1,) + (1,) * len(h.shapes[b]))
         lam[e] = lam[e] + delta
-        etas[a] = h.combine_broadcast(etas[a], delta, e, torch.sub)
+        etas[a] = h._combine(etas[a], delta, e, torch.sub)
         etas[b] = etas[b] + delta
     return lam, etas
 

@@ -143,7 +143,7 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
             continue
         mmax = _finite_block_max(g, mk, e)
         # (m − blockmax) ≤ 0 before the division: no overflow at any accepted T_k
-        ex = g.combine_broadcast(mk, mmax, e, torch.sub)
+        ex = g._combine(mk, mmax, e, torch.sub)
         if T[k] != 1.0:
             ex.div_(T[k])
         ex.exp_()
@@ -161,7 +161,7 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
     for k in reversed(g.order):
         e = g.coarsening(k)
         if e is not None:
-            probs[k] = g.combine_broadcast(cond[e], probs[g.edges[e][1]] / blocksum[e], e, torch.mul)
+            probs[k] = g._combine(cond[e], probs[g.edges[e][1]] / blocksum[e], e, torch.mul)
     return probs, cond, blocksum
 
 
@@ -249,13 +249,13 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
             pooled_e, coarse = pooled_e / blocksum[e], coarse / blocksum[e]
         if in_place:
             gk = G[k]
-            g.fine_view(gk, e).addcmul_(g.fine_view(cond[e], e), g.coarse_view(pooled_e, e), value=-1.0)
+            g._fine_view(gk, e).addcmul_(g._fine_view(cond[e], e), g._coarse_view(pooled_e, e), value=-1.0)
             if not wide[k]:
                 gk.mul_(after[k])
-            g.fine_view(gk, e).addcmul_(g.fine_view(cond[e], e), g.coarse_view(coarse, e))
+            g._fine_view(gk, e).addcmul_(g._fine_view(cond[e], e), g._coarse_view(coarse, e))
         else:
-            gk = ((G[k] - g.combine_broadcast(cond[e], pooled_e, e, torch.mul)) * after[k]
-                  + g.combine_broadcast(cond[e], coarse, e, torch.mul))
+            gk = ((G[k] - g._combine(cond[e], pooled_e, e, torch.mul)) * after[k]
+                  + g._combine(cond[e], coarse, e, torch.mul))
         out[k] = gk
     return out
 
@@ -489,12 +489,12 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
             raw = g.block_max(m.detach(), e)
             masked = torch.isneginf(raw)  # blocks whose every cell is masked
             mmax = raw.clamp_min(torch.finfo(raw.dtype).min)
-            d = g.combine_broadcast(m, mmax, e, torch.sub)
+            d = g._combine(m, mmax, e, torch.sub)
             # the sums floored at 1, as in exact_forward: r stays -inf on a masked block's cells
             # (not -inf - (-inf) = NaN, which made the create_graph backward NaN: a review), and
             # the message is -inf there (its coarse cell gets probability 0), with no gradient
             log_sum = T[k] * g.aggregate(torch.exp(divide_by_temperature(d, T[k])), e).clamp_min(1.0).log()
-            r[k] = g.combine_broadcast(d, log_sum, e, torch.sub)  # m − A_c, as (m − blockmax) − T log Σ
+            r[k] = g._combine(d, log_sum, e, torch.sub)  # m − A_c, as (m − blockmax) − T log Σ
             A[e] = _centred_message(mmax, log_sum).masked_fill(masked, -math.inf)
         else:
             flat = m.flatten(1)
@@ -514,7 +514,7 @@ def _scaled_log_probs(g: Graph, T, r, k: int, c) -> Tensor:
     for j in reversed(path[:-1]):
         e = g.coarsening(j)
         assert e is not None
-        out = g.combine_broadcast(_scaled(r[j], c / T[j]), out, e, torch.add)
+        out = g._combine(_scaled(r[j], c / T[j]), out, e, torch.add)
     return out
 
 

@@ -736,7 +736,7 @@ class Graph:
         """``log Σ_{fine cells} exp(x)`` per coarse cell, stabilised by the block maxima; differentiable.
         A block whose every cell is ``-inf`` gives ``-inf`` (log 0), as ``torch.logsumexp`` does."""
         m = _finite_or_zero(self.block_max(x, e).detach())
-        return m + self.aggregate(torch.exp(self.combine_broadcast(x, m, e, torch.sub)), e).log()
+        return m + self.aggregate(torch.exp(self._combine(x, m, e, torch.sub)), e).log()
 
     def block_exp(self, z: Tensor, e: int) -> tuple[Tensor, Tensor, Tensor]:
         """``q = exp(z − P_eᵀ blockmax(z))`` and its block sums: the stable core of a block softmax.
@@ -750,7 +750,7 @@ class Graph:
         # a block whose every cell is -inf has maximum -inf, and -inf - (-inf) was NaN: it is shifted
         # by 0 instead, so its q and sum are 0 and its log-sum-exp -inf (a review)
         zmax = _finite_or_zero(self.block_max(z, e))
-        q = self.combine_broadcast(z, zmax, e, torch.sub).exp_()
+        q = self._combine(z, zmax, e, torch.sub).exp_()
         return q, self.aggregate(q, e), zmax
 
     def block_softmax(self, z: Tensor, e: int) -> tuple[Tensor, Tensor]:
@@ -760,7 +760,7 @@ class Graph:
         log-sum-exps ``(..., *shapes[coarse])``.  Not differentiable (a kernel for the solvers).
         """
         q, s, zmax = self.block_exp(z, e)
-        self.combine_broadcast(q, s.reciprocal(), e, Tensor.mul_)
+        self._combine(q, s.reciprocal(), e, Tensor.mul_)
         return q, zmax + s.log()
 
     def combine_broadcast(self, x: Tensor, y: Tensor, e: int, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
@@ -771,13 +771,24 @@ class Graph:
         ``op`` such as ``Tensor.mul_`` updates a contiguous ``x`` in place.
         """
         self._check_edge(e)
-        out = op(self.fine_view(x, e), self.coarse_view(y, e))
+        # a map of another shape was reshaped into this one, its cells scrambled (a review)
+        self._split(x, self.edges[e][0], "fine map")
+        self._split(y, self.edges[e][1], "coarse map")
+        return self._combine(x, y, e, op)
+
+    def _combine(self, x: Tensor, y: Tensor, e: int, op: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """:meth:`combine_broadcast` without its checks: the solvers' inner loops, whose maps are
+        shaped by construction (the checks cost a few per cent of a dual solve)."""
+        out = op(self._fine_view(x, e), self._coarse_view(y, e))
         return out.reshape(tuple(out.shape[: out.dim() - self._view_ndim(e)]) + self.shapes[self.edges[e][0]])
 
     def fine_view(self, x: Tensor, e: int) -> Tensor:
         """``x`` ``(..., *shapes[fine])`` reshaped to pair with :meth:`coarse_view` (a view if contiguous)."""
-        # a map of another shape was reshaped into this one, its cells scrambled (a review)
+        self._check_edge(e)
         self._split(x, self.edges[e][0], "fine map")
+        return self._fine_view(x, e)
+
+    def _fine_view(self, x: Tensor, e: int) -> Tensor:
         fine = self.shapes[self.edges[e][0]]
         factors = self._factors[e]
         if factors is None:
@@ -794,8 +805,12 @@ class Graph:
         there); the outer dimensions broadcast through stride-0 views, which stay fast
         because their inner rows are contiguous.
         """
+        self._check_edge(e)
+        self._split(y, self.edges[e][1], "coarse map")
+        return self._coarse_view(y, e)
+
+    def _coarse_view(self, y: Tensor, e: int) -> Tensor:
         a, b = self.edges[e]
-        self._split(y, b, "coarse map")
         factors = self._factors[e]
         coarse = self.shapes[b]
         if factors is None:

@@ -71,7 +71,7 @@ def _block_lse(h: Graph, x: Tensor, k: int, t) -> Tensor:
     """``t · blocklogsumexp_k(x / t)``, ``(B, *shapes[fine]) -> (B, *shapes[coarse])`` for edge
     ``k``; the block maxima are subtracted before dividing (finite at every accepted temperature)."""
     m = h.block_max(x, k).detach()
-    d = h.combine_broadcast(x, m, k, torch.sub)
+    d = h._combine(x, m, k, torch.sub)
     # (a tensor t's gradient never forms d / t², which overflows at tiny temperatures: 0·inf was NaN)
     return m + t * h.aggregate(torch.exp(divide_by_temperature(d, t)), k).log()
 
@@ -262,7 +262,7 @@ class AmortisedDuals(nn.Module):
                 a, b = h.edges[e]
                 delta = _block_step(h, e, etas[a], etas[b], temps[a], temps[b])
                 lam[e] = lam[e] + delta
-                etas[a] = h.combine_broadcast(etas[a], delta, e, torch.sub)
+                etas[a] = h._combine(etas[a], delta, e, torch.sub)
                 etas[b] = etas[b] + delta
         feats = []
         for e, (a, b) in enumerate(h.edges):
