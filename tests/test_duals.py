@@ -19,7 +19,6 @@ def test_fitted_shared_duals_lower_the_training_consistency_loss():
 
 # ----------------------------------------------------------------------------- ca_rev56
 
-import pytest  # noqa: E402
 
 
 def _rev56_reference(theta, lam, tau):
