@@ -67,6 +67,12 @@ class FrozenList(list):
     while the graph still compared equal to a fresh one (a review).  It compares equal to a
     plain list of the same items; ``list(x)`` gives a copy to change."""
 
+    def __init__(self, items=()):
+        if getattr(self, "_built", False):  # list.__init__ would refill it in place
+            self._refuse()
+        super().__init__(items)
+        self._built = True
+
     def _refuse(self, *args, **kwargs):
         raise TypeError("a graph's structure cannot be changed in place (its kernels and its cache key read it); "
                         "take a copy with list(...) and build a new Graph")
@@ -469,10 +475,16 @@ class Graph:
         self.roots: list[int] = [k for k in order if not self.out_edges[k]]
         # the chain of the old API: edge k = (k → k+1)
         self._index_chain = self.edges == [(k, k + 1) for k in range(M - 1)]
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """The structure a graph hands out, as :class:`FrozenList` s."""
         for name in ("shapes", "sizes", "edges", "order", "sweep_order", "roots"):
             setattr(self, name, FrozenList(getattr(self, name)))
         for name in ("out_edges", "in_edges", "components"):
             setattr(self, name, FrozenList(FrozenList(x) for x in getattr(self, name)))
+        if type(getattr(self, "factors", None)) is list:  # a Hierarchy's, pickled before they were frozen
+            self.factors = FrozenList(self.factors)
 
     @classmethod
     def _build(cls, shapes, edges, factors, parents) -> Graph:
@@ -674,6 +686,9 @@ class Graph:
         state["_parents_on"] = {}
         return state
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._freeze()  # a graph pickled before its lists were frozen (plain lists) gets them frozen
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self._key == other._key and all(
             torch.equal(self._cpu_parents(e), other._cpu_parents(e))

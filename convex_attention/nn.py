@@ -82,6 +82,12 @@ def _block_step(h: Graph, e: int, eta_a: Tensor, eta_b: Tensor, ta, tb) -> Tenso
     return centre((tb * _block_lse(h, eta_a, e, ta) - ta * eta_b) / (ta + tb))
 
 
+#: How close (relative) the fixed temperatures of ConsistentAttention and of the AmortisedDuals it
+#: is given must be: float32's rounding of one value apart (0.1 and float32's 0.1 were refused: a
+#: review), far below a difference that would matter to duals held in float32.
+TEMPERATURE_MATCH = 1e-6
+
+
 def _fixed(temps) -> bool:
     """Whether ``temps`` (a list of floats or tensors, or a tensor) are fixed numbers: none is a
     tensor that requires grad (a learned temperature moves, and is passed at each call)."""
@@ -607,8 +613,9 @@ class ConsistentAttention(nn.Module):
                 raise ValueError(f"duals are only used by methods that need them, not {record.name!r}")
             if duals.h != self.h:
                 raise ValueError(f"duals were built for {duals.h}, the module for {self.h}")
-            if isinstance(duals, AmortisedDuals) and _fixed(temps) and _fixed(duals.temperature) and \
-                    [float(t) for t in temps] != [float(t) for t in duals.temperature]:
+            if isinstance(duals, AmortisedDuals) and _fixed(temps) and _fixed(duals.temperature) and not all(
+                    math.isclose(float(a), float(b), rel_tol=TEMPERATURE_MATCH)
+                    for a, b in zip(temps, duals.temperature)):
                 # its formula path is weighted for its own temperatures, and the layer would give it
                 # the features of its own: violation 1.1 where the right module gives 6e-9 (a review)
                 raise ValueError(f"the AmortisedDuals were built for temperatures {list(duals.temperature)}, the "

@@ -567,3 +567,25 @@ def test_rev34_an_optimiser_state_of_other_shapes_is_refused_when_loaded(tmp_pat
     fresh = AttentionUNet(config=config)
     with pytest.raises(ValueError, match="optimi"):
         load_checkpoint(path, fresh, torch.optim.Adam(fresh.parameters()))
+
+
+def test_rev60_a_checkpoint_recording_the_hierarchy_s_shapes_reads_back(tmp_path):
+    """save_checkpoint's _plain accepts any list (it rebuilds it as type(value)) and the file is
+    read with torch.load(weights_only=True).  Since 32ea9c4 a graph's structure (h.shapes,
+    h.edges, ...) is a convex_attention.graph.FrozenList, a list subclass: recording the model's
+    attention levels in extra (model.hierarchy.shapes, a plain list of tuples until today)
+    writes a FrozenList into the file, the save succeeds, and read_checkpoint then refuses the
+    file ("Unsupported global: GLOBAL convex_attention.graph.FrozenList").  Either _plain makes
+    a list subclass a plain list, or it refuses it at save time (TypeError, as for other
+    objects); never a file that cannot be read back."""
+    model = AttentionUNet(method="exact", **SMALL)
+    levels = model.hierarchy.shapes
+    try:
+        path = _saved(tmp_path, extra={"levels": levels})
+    except TypeError:
+        return  # refused before writing: acceptable
+    try:
+        state = read_checkpoint(path)
+    except ValueError as exc:
+        raise AssertionError(f"a checkpoint that save_checkpoint wrote is refused: {exc}") from exc
+    assert state["levels"] == [tuple(s) for s in levels]

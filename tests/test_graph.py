@@ -636,3 +636,18 @@ def test_rev57_aggregate_and_broadcast_return_a_new_tensor_on_one_cell_blocks():
         graph.broadcast(p, 0).add_(1.0)
         graph.block_max(p, 0).zero_()
         assert torch.equal(p, before)
+
+
+def test_rev60_a_frozen_structure_cannot_be_refilled_through_init():
+    """32ea9c4: the structure a graph hands out "refuses to change".  FrozenList refuses
+    append/extend/.../__setitem__/__iadd__ but inherits list.__init__, which clears and refills
+    the list in place: g.edges.__init__([(0, 1), (0, 2)]) swaps the two edges under the kernels
+    (edges [(0, 1), (0, 2)] with the partitions of (0, 2), (0, 1)), and the graph still
+    compares equal to a fresh one (its _key was taken before).  Refuse it as the other
+    mutators are (or build FrozenList in __new__ and make __init__ a no-op)."""
+    g = ca.Graph.from_edges([4, 2, 2], [(0, 2, [0, 0, 1, 1]), (0, 1, [0, 1, 0, 1])])
+    try:
+        g.edges.__init__([(0, 1), (0, 2)])
+    except TypeError:
+        pass  # refused: right
+    assert g.edges == [(0, 2), (0, 1)], g.edges

@@ -682,3 +682,21 @@ def test_ca_rev56_amortised_duals_built_for_other_temperatures_are_refused_or_st
     with torch.no_grad():
         violation = float(layer(scores).violation.max())
     assert violation < 1e-6, violation
+
+
+@pytest.mark.parametrize("module_temperature", [torch.tensor(0.1), torch.tensor([0.1, 0.1, 0.1])])
+def test_rev60_amortised_duals_built_for_the_same_temperature_in_float32_are_accepted(module_temperature):
+    """docs/design.md: ConsistentAttention "refuses one built for other fixed temperatures than
+    its own".  The same temperature 0.1 given to the module as a float32 tensor (not requiring
+    grad: fixed) and to AmortisedDuals as a float is compared as float(t) lists,
+    [0.10000000149011612]*3 != [0.1]*3, and refused ("the AmortisedDuals were built for
+    temperatures [0.1, 0.1, 0.1], the module's are [0.10000000149011612, ...]") although the
+    weights its formula path is built from are float32 themselves (they differ by 1.5e-9
+    relative, below float32's rounding).  The reverse (float module, float32 tensor duals) is
+    refused too."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)])
+    duals = ca.AmortisedDuals(h, 0.1)
+    try:
+        ca.ConsistentAttention(h, "learned_dual", temperature=module_temperature, duals=duals)
+    except ValueError as exc:
+        raise AssertionError(f"the same temperature refused: {exc}") from exc

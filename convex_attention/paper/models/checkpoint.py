@@ -48,7 +48,10 @@ def _plain(value, where: str = "checkpoint"):
     if isinstance(value, dict):
         return {_plain(k, where): _plain(v, f"{where}[{k!r}]") for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
+        # a plain list or tuple, not the subclass (a graph's FrozenList was written, then refused
+        # on reading by weights_only: a review)
+        plain = list if isinstance(value, list) else tuple
+        return plain(_plain(v, f"{where}[{i}]") for i, v in enumerate(value))
     if hasattr(value, "item") and getattr(value, "shape", None) == ():  # numpy scalar
         return value.item()
     raise TypeError(f"{where} holds a {type(value).__name__}: checkpoints hold only tensors and plain containers")
