@@ -8,7 +8,7 @@ from torch import Tensor
 
 __all__ = ["sample_dims", "centre", "less_max", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature",
            "GRADIENT_RTOL", "gradient_rtol", "second_order_temperature_floor", "overflowed", "SecondOrderGuard",
-           "FirstOrderOnly", "guard_below_floor"]
+           "FirstOrderOnly", "guard_below_floor", "temperature_floats"]
 
 
 def sample_dims(x: Tensor) -> tuple[int, ...]:
@@ -111,6 +111,14 @@ def named(rows: list[int], names=None) -> list[int]:
     return rows if names is None else [int(names[i]) for i in rows]
 
 
+def temperature_floats(temps) -> list[float]:
+    """The temperatures' values as floats, detached: ``temps`` floats, 0-d tensors, or one
+    ``(M,)`` tensor (the one home of this conversion, which five sites wrote out)."""
+    if isinstance(temps, Tensor):
+        return [float(t) for t in temps.detach().reshape(-1).tolist()]
+    return [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
+
+
 # ------------------------------------------------------------------ second-order guards
 def second_order_temperature_floor(dtype: torch.dtype) -> float:
     """The smallest temperature at which a second derivative cannot overflow ``dtype``:
@@ -210,7 +218,7 @@ def guard_below_floor(tensors: list, temps, dtype: torch.dtype, who: str, guard=
     """``tensors`` (None kept) behind ``guard`` with the :func:`overflowed` refusal where the
     coldest of ``temps`` (floats or tensors) is below :func:`second_order_temperature_floor` of
     ``dtype``; unchanged otherwise."""
-    coldest = min(float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps)
+    coldest = min(temperature_floats(temps))
     if not coldest < second_order_temperature_floor(dtype):
         return list(tensors)
     refusal = functools.partial(overflowed, who, coldest, dtype)

@@ -45,7 +45,17 @@ import torch
 from torch import Tensor
 
 from . import hessian
-from ._ops import centre, compute_dtype, divide_by_temperature, less_max, level_softmax, named, sample_dims, upcast
+from ._ops import (
+    centre,
+    compute_dtype,
+    divide_by_temperature,
+    less_max,
+    level_softmax,
+    named,
+    sample_dims,
+    temperature_floats,
+    upcast,
+)
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import (
@@ -342,7 +352,7 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
     mask = tuple(q is not None for q in given) if given is not None else (False,) * h.num_maps
     free = next(s for s, m in zip(scores, mask) if not m)
     dtype, B = free.dtype, free.shape[0]
-    floats = _as_floats(temps)
+    floats = temperature_floats(temps)
     # None for a given map (its temperature is not used), so that a refusal names the right map
     options = check_dual_options(options, h, B, free.device, [None if m else t for t, m in zip(floats, mask)])
     work = options.pop("dtype")
@@ -566,17 +576,12 @@ def _solve_checked(inputs: Sequence[Tensor], h: Graph, temps: Sequence, options:
         # float32 work confirms no stop at the returned (centred) duals: its gap was the iterate's,
         # and at the duals and maps returned it was 26x gap_tol (a review: 1.3e-4 at gap_tol 1e-5);
         # measured in float64, as float32's own rounding misjudges a gap_tol near its resolution
-        gap, _ = _gap_and_scale(inputs, h, _as_floats(temps), lam, mask)
+        gap, _ = _gap_and_scale(inputs, h, temperature_floats(temps), lam, mask)
         _check_returned_gap(gap, options, info, "the float32 iterate met it as measured in float32, before its "
                                                 "duals were centred; solve in float64 (the default working dtype) "
                                                 "or raise gap_tol")
     # (the caller returns the duals in the compute dtype: half precision's range is narrower than theirs)
     return probs, list(lam), info
-
-
-def _as_floats(temps: Sequence) -> list[float]:
-    """The temperatures as floats (a tensor's value, detached)."""
-    return [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
 
 
 def _normalised(q: Tensor) -> Tensor:
@@ -1583,11 +1588,9 @@ class DualSolveFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, h: Graph, temps, options: dict, info: dict, *inputs: Tensor):
+        floats = tuple(temperature_floats(temps))
         if isinstance(temps, Tensor):
-            floats = tuple(float(t) for t in temps.detach().reshape(-1).tolist())
             ctx.tau_like = (temps.dtype, temps.device)
-        else:
-            floats = tuple(float(t) for t in temps)
         options = dict(options)
         mask = options.pop("given_mask", None)
         scores, given = _split_given(inputs, mask) if mask is not None else (list(inputs), None)

@@ -62,6 +62,7 @@ from ._ops import (
     less_max,
     sample_dims,
     second_order_temperature_floor,
+    temperature_floats,
 )
 from .graph import Graph
 
@@ -293,11 +294,9 @@ class ExactAttentionFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, g: Graph, temps, *scores: Tensor):
         tau_tensor = isinstance(temps, Tensor)
+        floats = tuple(temperature_floats(temps))
         if tau_tensor:
-            floats = tuple(float(t) for t in temps.detach().reshape(-1).tolist())
             ctx.tau_like = (temps.dtype, temps.device)
-        else:
-            floats = tuple(float(t) for t in temps)
         probs, cond, blocksum = exact_forward(scores, g, floats)
         ctx.g, ctx.temps, ctx.M, ctx.E, ctx.tau_tensor = g, floats, len(probs), len(cond), tau_tensor
         # the inputs too, for a backward that builds its own graph (second order)
@@ -377,7 +376,7 @@ def second_order_ratio(g: Graph, temps: Sequence[float]) -> float:
     product of the ratios ``T_b / T_k`` along the path from ``k`` to its root (a chain whose every
     edge's ratio was within the limit lost all the digits of its finest map's second derivatives:
     τ = (1e-4, 8.9e-3, 0.8) in float32, a review)."""
-    T = subtree_temperatures(g, [float(t) for t in temps])
+    T = subtree_temperatures(g, temperature_floats(temps))
     top = list(T)
     for k in reversed(g.order):  # coarsest first: a map's coarsening is visited before it
         e = g.coarsening(k)
@@ -548,7 +547,7 @@ def exact_duals(scores: Sequence[Tensor], g: Graph, temps) -> list[Tensor]:
     """
     dtype = scores[0].dtype
     scores = [s.to(torch.float64) for s in scores]  # formed in float64 (second derivatives: as the layer's)
-    floats = [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
+    floats = temperature_floats(temps)
     tensors = [t for t in temps if isinstance(t, Tensor)]
     # the scores and the temperatures, as the layer's second-order path guards them (a tensor
     # temperature's second derivative came back NaN here: a review)

@@ -483,8 +483,9 @@ class Graph:
             setattr(self, name, FrozenList(getattr(self, name)))
         for name in ("out_edges", "in_edges", "components"):
             setattr(self, name, FrozenList(FrozenList(x) for x in getattr(self, name)))
-        if type(getattr(self, "factors", None)) is list:  # a Hierarchy's, pickled before they were frozen
-            self.factors = FrozenList(self.factors)
+        factors = vars(self).get("factors")
+        if type(factors) is list:  # a Hierarchy's, pickled before they were frozen
+            vars(self)["factors"] = FrozenList(factors)
 
     @classmethod
     def _build(cls, shapes, edges, factors, parents) -> Graph:

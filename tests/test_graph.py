@@ -651,3 +651,23 @@ def test_rev60_a_frozen_structure_cannot_be_refilled_through_init():
     except TypeError:
         pass  # refused: right
     assert g.edges == [(0, 2), (0, 1)], g.edges
+
+
+def test_a_graph_pickled_before_its_lists_were_frozen_gets_them_frozen():
+    """A graph (or hierarchy) pickled by an older version holds plain lists: unpickled, they are
+    frozen like a new graph's, and it still equals the same graph built now."""
+    for g in (ca.Graph.from_edges([4, 2, 2], [(0, 2, [0, 0, 1, 1]), (0, 1, [0, 1, 0, 1])]),
+              ca.Hierarchy.grid([(4, 4), (2, 2)])):
+        old = copy.copy(g)
+        for name in ("shapes", "sizes", "edges", "order", "sweep_order", "roots", "in_edges", "out_edges",
+                     "components") + (("factors",) if isinstance(g, ca.Hierarchy) else ()):
+            value = getattr(g, name)
+            vars(old)[name] = [list(x) if isinstance(x, list) else x for x in value]
+            assert type(vars(old)[name]) is list
+        back = pickle.loads(pickle.dumps(old))
+        assert back == g
+        for name in ("edges", "in_edges", "components") + (("factors",) if isinstance(g, ca.Hierarchy) else ()):
+            with pytest.raises(TypeError, match="cannot be changed in place"):
+                getattr(back, name).append(0)
+        with pytest.raises(TypeError):
+            back.in_edges[0].append(0)
