@@ -63,6 +63,7 @@ from torch import Tensor
 from ._ops import centre, compute_dtype
 from .graph import Graph
 from .metrics import dual_objective, objective, stationarity
+from .validation import is_grad_temperature
 
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
            "certificate", "acceptance", "centred_scores", "primal_residual", "is_solver_panic", "solve_device",
@@ -295,6 +296,13 @@ STATIONARITY_FACTOR = 1e3
 #: 1e-8), so the refused samples are solved again with each in turn, each keeping the first
 #: that certifies it: the reference solve's retries (docs/design.md §4).
 CLARABEL_RETRIES = _REFERENCE_RETRIES
+
+#: Below this largest temperature a refusal advises scaling the problem up (the solvers'
+#: tolerances are absolute; docs/design.md §4).
+SMALL_SCALE = 1e-2
+
+#: The largest ``max_iters`` the solvers hold (their iteration limits are 32-bit integers).
+MAX_ITERS = 2 ** 31 - 1
 
 #: Options of diffcp's derivative, and every option diffcp takes itself, not its conic solver
 #: (Clarabel and SCS reject them).
@@ -633,8 +641,11 @@ def check_options(options: dict) -> dict:
         except TypeError:
             raise TypeError(f"option max_iters must be {rule}; got {max_iters!r} ({type(max_iters).__name__})") \
                 from None
-        if max_iters < 1:
-            raise ValueError(f"option max_iters must be {rule}; got {max_iters}")
+        if not 1 <= max_iters <= MAX_ITERS:
+            # Clarabel's and Moreau's limits are 32-bit: 2**40 passed here, then raised a bare
+            # OverflowError from the solver after the layer was built (a review)
+            raise ValueError(f"option max_iters must be {rule}, at most {MAX_ITERS} (the solvers' 32-bit limit); "
+                             f"got {max_iters}")
     accept_tol = opts.pop("accept_tol", None)
     if accept_tol is not None:
         accept_tol = _positive_finite("accept_tol", accept_tol, "1e-7")
@@ -745,10 +756,14 @@ def _float_temperatures(temps) -> list[float]:
     out = []
     for t in temps:
         if isinstance(t, Tensor):
-            if t.requires_grad:
+            # a forward-mode tangent too (torch.func.jvp, forward_ad): read with .item() it was
+            # dropped, the maps carrying none (a review)
+            if t.requires_grad or is_grad_temperature(t):
                 raise ValueError("method 'cvxpylayers' does not differentiate through the temperature; pass "
                                  "floats, or detach the temperature tensor")
             t = t.item()
+        if isinstance(t, bool):
+            raise ValueError(f"method 'cvxpylayers' needs temperatures as numbers, got {t!r}")
         out.append(float(t))
     return out
 
@@ -811,6 +826,7 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
                          f"map; got {temps}")
     backend = opts["backend"]
     args = _solver_args(backend, opts["eps"], opts["max_iters"], opts["extra"])
+    _check_score_shapes(scores, h)
     for k, s in enumerate(scores):
         if not bool(torch.isfinite(s).all()):
             # check_finite=False skips the check of ca.solve; CVXPY's own refusal ("Parameter
@@ -828,6 +844,21 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     # the statuses a failure reports are this call's
     with layer.lock:
         return _solve_certified(layer, h, temps, scores, flat, flat_cpu, opts, args)
+
+
+def _check_score_shapes(scores: Sequence[Tensor], h: Graph) -> None:
+    """ValueError unless ``scores`` are ``M`` tensors ``(B, *h.shapes[k])`` with one ``B``: each is
+    flattened to ``(B, n_k)``, so scores of a (2, 4) map given as (1, 4, 2) were solved as another
+    problem, silently (a review; ``ca.solve`` checks them, this public entry point too)."""
+    if len(scores) != h.num_maps:
+        raise ValueError(f"method 'cvxpylayers' needs {h.num_maps} score tensors, one per map; got {len(scores)}")
+    batch = scores[0].shape[0] if scores[0].dim() else None
+    for k, s in enumerate(scores):
+        if not isinstance(s, Tensor) or s.dim() != 1 + len(h.shapes[k]) or tuple(s.shape[1:]) != h.shapes[k] \
+                or s.shape[0] != batch:
+            raise ValueError(f"method 'cvxpylayers': scores[{k}] must have shape (B, "
+                             f"{', '.join(map(str, h.shapes[k]))}) with the batch B of scores[0]; got "
+                             f"{tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__}")
 
 
 def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, flat_cpu, opts: dict, args: dict):
@@ -1015,7 +1046,13 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
     if distance is not None and samples:
         worst = max(worst, max(float(distance[i]) for i in samples) / STATIONARITY_FACTOR)
     near = worst <= MAX_DERIVED_ACCEPT_TOL  # (NaN is not near)
-    hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
+    # the solvers' tolerances are absolute: a problem scaled down (scores and temperatures times
+    # 1e-5) is solved to the unit-scale problem's absolute accuracy, and refused (a review: 66 of
+    # 150 tiny chains at 10^U(-5, -2) by diffcp-clarabel, every one solved at unit scale)
+    scale = max(layer.temps)
+    small = ([f"multiply the scores and every temperature by one factor (the largest temperature is {scale:.2g}; "
+              f"the solution is unchanged, the duals scale with it)"] if scale < SMALL_SCALE else [])
+    hints = small + ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
         ([f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] if near else []) + \
         ([other] if other else [])
     if not hints:

@@ -1477,3 +1477,112 @@ def test_review47_the_certificate_refuses_temperatures_that_are_not_one_per_map(
         cvx.certificate(h, [1.0, 1.0], scores, sol.probs, sol.duals)
     with pytest.raises((ValueError, TypeError)):
         cvx.acceptance(h, [1.0, 1.0], scores, sol.probs, sol.duals, 1e-9)
+
+
+# ------------------------------------------------------------------ review ca_rev62 (strict xfail: known defects)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev62: a problem scaled by one factor (scores and temperatures x 1e-5, the "
+                                       "same solution) is refused: the layer centres the scores but never rescales "
+                                       "(documented in design.md; the refusal advises scaling up)")
+def test_rev62_scores_and_temperatures_scaled_by_one_factor_are_solved_not_refused():
+    """docs/design.md §1: dividing the scores and every temperature by one factor leaves the
+    solution unchanged (the library itself advises it for the score limit), and §4 accepts
+    temperatures down to 2.2e-308.  The simplest chain (4 cells onto 2) at scores N(0, 1) and
+    τ = 1 is solved by diffcp-clarabel to 4.5e-12; the same problem times 1e-5 (scores ~1e-5,
+    τ = (1e-5, 1e-5)) is refused after every retry (its maps lie 2.3e-6 from the maps its duals
+    imply: Clarabel's tolerances are absolute, so at this scale its point really is 1.6e-6 off).
+    Measured on 150 random tiny chains scaled by 10^U(-5, -2): diffcp-clarabel refused 66 and
+    moreau 92, every one of which both solve at unit scale.  The layer centres each map's scores
+    (a constant per map moves nothing) but does not divide by a common scale (max τ_k, say, with
+    the duals multiplied back), which would solve these as the unit-scale problem."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    gen = torch.Generator().manual_seed(0)
+    unit = [torch.randn(1, n, generator=gen, dtype=torch.float64) for n in (4, 2)]
+    c = 1e-5
+    scores, temps = [s * c for s in unit], [c, c]
+    exact = ca.solve(scores, h, "exact", temperature=temps)
+    refused = None
+    try:
+        sol = ca.solve(scores, h, "cvxpylayers", temperature=temps)
+    except SolverFailure as err:
+        refused = str(err)
+    assert refused is None, f"refused a problem equal to its unit-scale one up to a factor 1e-5: {refused}"
+    assert float(ca.metrics.max_abs_err(sol.probs, exact.probs).max()) < 1e-6
+
+
+@pytest.mark.parametrize("backend", ["diffcp-clarabel", "moreau"])
+def test_rev62_a_max_iters_the_solver_cannot_hold_is_refused_before_any_work(backend, monkeypatch):
+    """docs/design.md §4: options are validated before any work; max_iters is 'an integer >= 1'.
+    2**40 is one, and check_options passes it; Clarabel's and Moreau's iteration limits are
+    32-bit, so the solve raises a bare OverflowError ('out of range integral type conversion
+    attempted'), naming no option, after the CVXPY layer was built and canonicalised.  Either
+    solve it (clamped to the solver's largest) or refuse it before the layer, naming max_iters."""
+    _needs(backend)
+    built = []
+    real = cvx.get_layer
+
+    def counting(*args, **kwargs):
+        built.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cvx, "get_layer", counting)
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    try:
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend=backend, max_iters=2 ** 40)
+    except (ValueError, TypeError) as err:
+        assert "max_iters" in str(err) and not built, (str(err), built)
+    except Exception as err:  # noqa: BLE001  (the defect: any other error, after the layer was built)
+        raise AssertionError(f"max_iters=2**40 gave {type(err).__name__}: {err} (layers built: {len(built)})") \
+            from None
+
+
+def test_rev62_solve_cvxpylayers_refuses_scores_shaped_unlike_their_map():
+    """solve_cvxpylayers is public (cvx.__all__; its docstring: scores[k] is (B, *h.shapes[k]))
+    and checks its temperatures itself (review 47: 'ca.solve checks them; this public entry
+    point too'), but not the scores' shapes: it reshapes each to (B, -1).  Scores of a 2 x 4 map
+    given transposed, (1, 4, 2), are solved as if laid out (2, 4) and returned as (1, 2, 4): a
+    different problem, silently (ca.solve refuses them: 'scores[0] must have shape (B, 2, 4)')."""
+    h = ca.Hierarchy.grid([(2, 4), (1, 2)])
+    gen = torch.Generator().manual_seed(0)
+    s0 = torch.randn(1, 2, 4, generator=gen, dtype=torch.float64)
+    s1 = torch.randn(1, 1, 2, generator=gen, dtype=torch.float64)
+    with pytest.raises(ValueError):
+        solve_cvxpylayers([s0.transpose(1, 2).contiguous(), s1], h, [1.0, 1.0])
+
+
+def test_rev62_solve_cvxpylayers_refuses_a_temperature_with_a_forward_mode_tangent():
+    """docs/design.md §4: a temperature carrying a forward-mode tangent is differentiated, never
+    read as a float; the methods that cannot differentiate through it refuse it (ca.solve:
+    'method cvxpylayers cannot differentiate through the temperature', via
+    validation.is_grad_temperature).  cvx._float_temperatures checks requires_grad only, so the
+    public solve_cvxpylayers reads a forward-AD dual temperature with .item() and returns maps
+    with no tangent: d p / d τ_0 reads as zero where it is (-0.15, 0.13, 0.06, -0.04)."""
+    import torch.autograd.forward_ad as fwAD
+
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn(1, n, generator=gen, dtype=torch.float64) for n in (4, 2)]
+    with fwAD.dual_level():
+        temps = fwAD.make_dual(torch.tensor([1.0, 2.0], dtype=torch.float64),
+                               torch.tensor([1.0, 0.0], dtype=torch.float64))
+        try:
+            probs, _ = solve_cvxpylayers(scores, h, temps)
+        except (ValueError, TypeError):
+            return  # refused, as ca.solve refuses it
+        tangent = fwAD.unpack_dual(probs[0]).tangent
+    assert tangent is not None, "the temperature's tangent was dropped: the maps carry none"
+
+
+def test_a_refusal_at_small_temperatures_advises_scaling_the_problem_up():
+    """The solvers' tolerances are absolute, so a problem scaled down by 1e-5 is refused where the
+    same problem at unit scale is solved (ca_rev62, a strict-xfail above): the refusal says how
+    to solve it (one factor on the scores and every temperature leaves the solution unchanged)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    gen = torch.Generator().manual_seed(0)
+    unit = [torch.randn(1, n, generator=gen, dtype=torch.float64) for n in (4, 2)]
+    with pytest.raises(SolverFailure, match="(?i)multiply the scores and every temperature by one factor .the largest "
+                                            "temperature is 1e-05"):
+        ca.solve([s * 1e-5 for s in unit], h, "cvxpylayers", temperature=[1e-5, 1e-5])
+    solved = ca.solve(unit, h, "cvxpylayers", temperature=[1.0, 1.0])  # the same problem at unit scale
+    exact = ca.solve(unit, h, "exact", temperature=[1.0, 1.0])
+    assert float(ca.metrics.max_abs_err(solved.probs, exact.probs).max()) < 1e-6
