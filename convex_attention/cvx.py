@@ -631,21 +631,9 @@ def check_options(options: dict) -> dict:
     eps = opts.pop("eps", None)
     default_eps = eps is None
     eps = backend.default_eps if default_eps else _positive_finite("eps", eps, "1e-10")
-    max_iters = opts.pop("max_iters", None)
-    if max_iters is not None:
-        rule = "an integer >= 1, or None for the solver's default"
-        if isinstance(max_iters, bool):
-            raise TypeError(f"option max_iters must be {rule}; got {max_iters!r}")
-        try:
-            max_iters = operator.index(max_iters)
-        except TypeError:
-            raise TypeError(f"option max_iters must be {rule}; got {max_iters!r} ({type(max_iters).__name__})") \
-                from None
-        if not 1 <= max_iters <= MAX_ITERS:
-            # Clarabel's and Moreau's limits are 32-bit: 2**40 passed here, then raised a bare
-            # OverflowError from the solver after the layer was built (a review)
-            raise ValueError(f"option max_iters must be {rule}, at most {MAX_ITERS} (the solvers' 32-bit limit); "
-                             f"got {max_iters}")
+    max_iters = _iteration_limit("max_iters", opts.pop("max_iters", None))
+    if "max_iter" in opts:  # Clarabel's and Moreau's own name, passed through to them: the same limit
+        opts["max_iter"] = _iteration_limit("max_iter", opts["max_iter"])
     accept_tol = opts.pop("accept_tol", None)
     if accept_tol is not None:
         accept_tol = _positive_finite("accept_tol", accept_tol, "1e-7")
@@ -762,7 +750,7 @@ def _float_temperatures(temps) -> list[float]:
                 raise ValueError("method 'cvxpylayers' does not differentiate through the temperature; pass "
                                  "floats, or detach the temperature tensor")
             t = t.item()
-        if isinstance(t, bool):
+        if isinstance(t, (bool, np.bool_)):  # numpy's too (np.True_ read as 1.0: a review)
             raise ValueError(f"method 'cvxpylayers' needs temperatures as numbers, got {t!r}")
         out.append(float(t))
     return out
@@ -782,7 +770,8 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
             ``solve_method`` (``"Clarabel"`` or ``"SCS"``: the same as backend
             ``"diffcp-clarabel"`` / ``"diffcp-scs"``); ``eps`` (solver tolerance, finite
             > 0, default the backend's ``default_eps``: Clarabel 1e-12, Moreau 1e-11,
-            SCS 1e-9); ``max_iters`` (an integer >= 1, default: the solver's);
+            SCS 1e-9); ``max_iters`` (an integer from 1 to :data:`MAX_ITERS`, default: the
+            solver's; the solvers' own ``max_iter`` is held to the same range);
             ``accept_tol`` (largest accepted primal residual and relative duality gap,
             finite > 0, default ``max(1e3·eps, 1e-9)`` capped at
             :data:`MAX_DERIVED_ACCEPT_TOL` (1e-3), or the backend's
@@ -846,13 +835,33 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
         return _solve_certified(layer, h, temps, scores, flat, flat_cpu, opts, args)
 
 
+def _iteration_limit(name: str, value):
+    """``value`` as an iteration limit (None: the solver's default), else TypeError/ValueError
+    naming the option ``name``: an integer from 1 to :data:`MAX_ITERS` (Clarabel's and Moreau's
+    limits are 32-bit: 2**40 passed, then raised a bare OverflowError from the solver after the
+    layer was built; a review)."""
+    if value is None:
+        return None
+    rule = "an integer >= 1, or None for the solver's default"
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"option {name} must be {rule}; got {value!r}")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(f"option {name} must be {rule}; got {value!r} ({type(value).__name__})") from None
+    if not 1 <= value <= MAX_ITERS:
+        raise ValueError(f"option {name} must be {rule}, at most {MAX_ITERS} (the solvers' 32-bit limit); got {value}")
+    return value
+
+
 def _check_score_shapes(scores: Sequence[Tensor], h: Graph) -> None:
     """ValueError unless ``scores`` are ``M`` tensors ``(B, *h.shapes[k])`` with one ``B``: each is
     flattened to ``(B, n_k)``, so scores of a (2, 4) map given as (1, 4, 2) were solved as another
     problem, silently (a review; ``ca.solve`` checks them, this public entry point too)."""
     if len(scores) != h.num_maps:
         raise ValueError(f"method 'cvxpylayers' needs {h.num_maps} score tensors, one per map; got {len(scores)}")
-    batch = scores[0].shape[0] if scores[0].dim() else None
+    first = scores[0]
+    batch = first.shape[0] if isinstance(first, Tensor) and first.dim() else None
     for k, s in enumerate(scores):
         if not isinstance(s, Tensor) or s.dim() != 1 + len(h.shapes[k]) or tuple(s.shape[1:]) != h.shapes[k] \
                 or s.shape[0] != batch:

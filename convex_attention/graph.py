@@ -690,6 +690,7 @@ class Graph:
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
         self._freeze()  # a graph pickled before its lists were frozen (plain lists) gets them frozen
+
     def __eq__(self, other) -> bool:
         return type(self) is type(other) and self._key == other._key and all(
             torch.equal(self._cpu_parents(e), other._cpu_parents(e))

@@ -1586,3 +1586,41 @@ def test_a_refusal_at_small_temperatures_advises_scaling_the_problem_up():
     solved = ca.solve(unit, h, "cvxpylayers", temperature=[1.0, 1.0])  # the same problem at unit scale
     exact = ca.solve(unit, h, "exact", temperature=[1.0, 1.0])
     assert float(ca.metrics.max_abs_err(solved.probs, exact.probs).max()) < 1e-6
+
+
+def test_rev63_solve_cvxpylayers_refuses_a_numpy_bool_temperature():
+    """61d0770 refuses a bool temperature (``isinstance(t, bool)``), but numpy's ``np.True_`` is no
+    Python bool: it is read as 1.0 and solved, where validation._is_real (ca.solve) refuses
+    ``np.bool_`` as it refuses ``bool``."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn(1, n, generator=gen, dtype=torch.float64) for n in (4, 2)]
+    with pytest.raises(ValueError, match="(?i)number"):
+        solve_cvxpylayers(scores, h, [np.True_, 0.5])
+
+
+def test_rev63_solver_native_max_iter_above_the_32_bit_limit_is_refused_before_any_work():
+    """61d0770 refuses max_iters above cvx.MAX_ITERS before any work; the docstring passes other
+    keys to the solver unchanged, and Clarabel's (and Moreau's) own name for it, ``max_iter``,
+    reaches the solver: 2**40 raises the bare OverflowError ('out of range integral type
+    conversion attempted') that the fix was for, after the layer was built."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn(1, n, generator=gen, dtype=torch.float64) for n in (4, 2)]
+    with pytest.raises(Exception) as raised:
+        solve_cvxpylayers(scores, h, [1.0, 0.5], backend="diffcp-clarabel", max_iter=2 ** 40)
+    assert isinstance(raised.value, (ValueError, TypeError)) and "max_iter" in str(raised.value), \
+        f"{type(raised.value).__name__}: {raised.value}"
+
+
+def test_rev63_solve_cvxpylayers_names_a_non_tensor_first_score():
+    """_check_score_shapes reads ``scores[0].dim()`` before its own ``isinstance(s, Tensor)``
+    test, so a numpy array (or None) as the first map's scores raises AttributeError
+    ("'numpy.ndarray' object has no attribute 'dim'"), not the check's ValueError naming
+    scores[0] (before 61d0770: a TypeError from torch.isfinite)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    s1 = torch.zeros(2, 2, dtype=torch.float64)
+    with pytest.raises(Exception) as raised:
+        solve_cvxpylayers([np.zeros((2, 4)), s1], h, [1.0, 0.5])
+    assert isinstance(raised.value, (ValueError, TypeError)) and "scores[0]" in str(raised.value), \
+        f"{type(raised.value).__name__}: {raised.value}"

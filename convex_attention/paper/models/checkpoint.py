@@ -39,8 +39,9 @@ def _unwrap(model):
 
 
 def _plain(value, where: str = "checkpoint"):
-    """``value`` with numpy scalars made Python numbers; TypeError for anything that is not a
-    tensor or a plain container (``weights_only`` loading would refuse it)."""
+    """``value`` with numpy scalars made Python numbers and list or tuple subclasses (a graph's
+    FrozenList, ``torch.Size``, a namedtuple) plain lists and tuples; TypeError for anything that
+    is not a tensor or a plain container (``weights_only`` loading would refuse it)."""
     if value is None or type(value) in (bool, int, float, str):
         return value
     if isinstance(value, torch.Tensor):
