@@ -139,6 +139,23 @@ def overflowed(who: str, coldest: float, dtype: torch.dtype, grad: Tensor) -> st
             f"is unchanged)" + (" or compute in float64" if dtype != torch.float64 else ""))
 
 
+def _refuse_if(refusal, x: Tensor) -> None:
+    """``FloatingPointError(refusal(x))`` where ``refusal`` gives a reason (None: none)."""
+    reason = refusal(x)
+    if reason is not None:
+        raise FloatingPointError(reason)
+
+
+def _identity(x: Tensor, refusal) -> Tensor:
+    """The forward of the guards below: ``x`` (a view), whatever ``refusal``."""
+    return x.view_as(x)
+
+
+def _keep_refusal(ctx, inputs, output) -> None:
+    """The guards' context (set apart from the forward, as torch.func asks): the refusal."""
+    ctx.refusal = inputs[1]
+
+
 class SecondOrderGuard(torch.autograd.Function):
     """Identity whose backward refuses a derivative that would be silently wrong, with
     ``FloatingPointError(refusal(grad))`` where ``refusal`` gives a reason (None: none): placed on
@@ -146,27 +163,17 @@ class SecondOrderGuard(torch.autograd.Function):
     derivative (:class:`FirstOrderOnly`).  Forward mode refuses the same way."""
 
     generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: Tensor, refusal):
-        return x.view_as(x)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.refusal = inputs[1]
+    forward = staticmethod(_identity)
+    setup_context = staticmethod(_keep_refusal)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        reason = ctx.refusal(grad)
-        if reason is not None:
-            raise FloatingPointError(reason)
+        _refuse_if(ctx.refusal, grad)
         return grad, None
 
     @staticmethod
     def jvp(ctx, x_t: Tensor, refusal_t):
-        reason = ctx.refusal(x_t)
-        if reason is not None:
-            raise FloatingPointError(reason)
+        _refuse_if(ctx.refusal, x_t)
         return x_t
 
 
@@ -188,14 +195,11 @@ class FirstOrderOnly(torch.autograd.Function):
     same guard."""
 
     generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: Tensor, refusal):
-        return x.view_as(x)
+    forward = staticmethod(_identity)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        ctx.refusal = inputs[1]
+        _keep_refusal(ctx, inputs, output)
         ctx.built_second_order = False
 
     @staticmethod
@@ -204,9 +208,7 @@ class FirstOrderOnly(torch.autograd.Function):
             ctx.built_second_order = True
             return SecondOrderGuard.apply(grad, ctx.refusal), None
         if ctx.built_second_order and _judges_values(ctx.refusal):
-            reason = ctx.refusal(grad)
-            if reason is not None:
-                raise FloatingPointError(reason)
+            _refuse_if(ctx.refusal, grad)
         return grad, None
 
     @staticmethod
