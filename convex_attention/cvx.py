@@ -634,6 +634,10 @@ def check_options(options: dict) -> dict:
     max_iters = _iteration_limit("max_iters", opts.pop("max_iters", None))
     if "max_iter" in opts:  # Clarabel's and Moreau's own name, passed through to them: the same limit
         opts["max_iter"] = _iteration_limit("max_iter", opts["max_iter"])
+        if max_iters is not None and opts["max_iter"] is not None and opts["max_iter"] != max_iters:
+            # one of them was dropped, silently, and not the same one on every backend (a review)
+            raise ValueError(f"options max_iters={max_iters} and max_iter={opts['max_iter']} contradict each "
+                             f"other; give max_iters only")
     accept_tol = opts.pop("accept_tol", None)
     if accept_tol is not None:
         accept_tol = _positive_finite("accept_tol", accept_tol, "1e-7")
@@ -750,7 +754,8 @@ def _float_temperatures(temps) -> list[float]:
                 raise ValueError("method 'cvxpylayers' does not differentiate through the temperature; pass "
                                  "floats, or detach the temperature tensor")
             t = t.item()
-        if isinstance(t, (bool, np.bool_)):  # numpy's too (np.True_ read as 1.0: a review)
+        if isinstance(t, (bool, np.bool_)) or np.asarray(t).dtype.kind == "b":  # numpy's too, 0-d arrays
+            # included (np.True_ and np.array(True) read as 1.0: reviews)
             raise ValueError(f"method 'cvxpylayers' needs temperatures as numbers, got {t!r}")
         out.append(float(t))
     return out
@@ -843,7 +848,9 @@ def _iteration_limit(name: str, value):
     if value is None:
         return None
     rule = "an integer >= 1, or None for the solver's default"
-    if isinstance(value, (bool, np.bool_)):
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, Tensor) and (
+            value.dim() != 0 or value.dtype == torch.bool or value.is_floating_point() or value.is_complex())):
+        # a bool tensor read as 1 iteration, tensor([7]) as 7 (a review)
         raise TypeError(f"option {name} must be {rule}; got {value!r}")
     try:
         value = operator.index(value)

@@ -1624,3 +1624,33 @@ def test_rev63_solve_cvxpylayers_names_a_non_tensor_first_score():
         solve_cvxpylayers([np.zeros((2, 4)), s1], h, [1.0, 0.5])
     assert isinstance(raised.value, (ValueError, TypeError)) and "scores[0]" in str(raised.value), \
         f"{type(raised.value).__name__}: {raised.value}"
+
+
+# ---------------------------------------------------------------- hostile review 64 (ca_rev64)
+
+def test_rev64_a_numpy_bool_array_temperature_is_refused():
+    """ac9b344 refuses NumPy's bool as a temperature (np.True_ read as 1.0), and ca.solve refuses
+    np.array(True) ('a numpy array of dtype bool'); solve_cvxpylayers, a public entry point, still
+    reads a 0-d bool array as float(np.array(True)) = 1.0 and solves at that temperature."""
+    h = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn((2,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    with pytest.raises((ValueError, TypeError)):
+        solve_cvxpylayers(scores, h, [np.array(True), 1.0])
+
+
+def test_rev64_a_torch_bool_iteration_limit_is_refused():
+    """_iteration_limit refuses Python's and NumPy's bool ('an integer >= 1'), but operator.index
+    reads torch.tensor(True) as 1: max_iters=torch.tensor(True) is one iteration, silently."""
+    for name in ("max_iters", "max_iter"):
+        with pytest.raises(TypeError):
+            cvx.check_options({name: torch.tensor(True)})
+
+
+def test_rev64_contradicting_max_iters_and_max_iter_are_refused():
+    """ac9b344 holds the solvers' own max_iter to max_iters' range as 'the same limit', and the
+    docstring says other keys 'go to the solver unchanged'; given both, _solver_args overwrites the
+    caller's max_iter=200 by max_iters=5 on Clarabel (Moreau's path keeps max_iter instead).  Like
+    solve_method against backend, a contradiction should be refused before any work."""
+    with pytest.raises(ValueError, match="max_iter"):
+        cvx.check_options({"max_iters": 5, "max_iter": 200})
