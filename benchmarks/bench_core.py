@@ -35,9 +35,9 @@ OUTPUTS = ("bench_core.csv", "bench_core.json", "bench_core.png", "bench_core.pd
 def main(argv=None):
     parser = CommandParser(prog="bench_core.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=positive_int, default=64, help=f"samples per batch, 1 to {MAX_BATCH} "
-                                                                          f"(default 64)")
-    parser.add_argument("--repeats", type=positive_int, default=100,
+    parser.add_argument("--batch", type=positive_int, default=None, help=f"samples per batch, 1 to {MAX_BATCH} "
+                                                                            f"(default 64)")
+    parser.add_argument("--repeats", type=positive_int, default=None,
                         help=f"timed repetitions per method (interleaved), 1 to {MAX_REPEATS} (default 100)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS, metavar="NAME",
@@ -53,12 +53,16 @@ def main(argv=None):
                         help="wait for another run writing into --out to finish (without it: exit 2)")
     args = parser.parse_args(argv)
     if args.plot_only:
-        return _replot(parser, args.out)
+        _replot(parser, args.out)
+        return 0
+    if args.tiny and (args.batch is not None or args.repeats is not None):
+        # (given at its default value, --batch 64 was taken for not given: a review)
+        parser.error("--tiny sets its own sizes (batch 4, 5 repeats): leave --batch and --repeats out, or drop --tiny")
+    args.batch = 64 if args.batch is None else args.batch
+    args.repeats = 100 if args.repeats is None else args.repeats
     if args.batch > MAX_BATCH or args.repeats > MAX_REPEATS:
         parser.error(f"--batch must be at most {MAX_BATCH} and --repeats at most {MAX_REPEATS}, got {args.batch} "
                      f"and {args.repeats}")
-    if args.tiny and (args.batch != 64 or args.repeats != 100):
-        parser.error("--tiny sets its own sizes (batch 4, 5 repeats): leave --batch and --repeats out, or drop --tiny")
     missing = [b for b in args.backends or [] if b not in available_backends()]
     if missing:
         parser.error(f"backend(s) {', '.join(missing)} not installed here; installed: "
@@ -79,9 +83,17 @@ def main(argv=None):
             except ValueError as err:
                 parser.error(str(err))
             clean_stale_tmp(args.out, OUTPUTS)
-            return core_benchmark(device=args.device, out_dir=args.out, backends=args.backends, **sizes)
+            core_benchmark(device=args.device, out_dir=args.out, backends=args.backends, **sizes)
+            return 0
     except ResultsLocked as err:
         parser.error(str(err))
+    except KeyboardInterrupt:
+        print("bench_core.py: interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's: a review)
+        message = " ".join(f"{type(err).__name__}: {err}".split())
+        print(f"bench_core.py: error: the run failed: {message}", file=sys.stderr)
+        return 1
 
 
 def _replot(parser, out: str):
@@ -103,4 +115,4 @@ def _replot(parser, out: str):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

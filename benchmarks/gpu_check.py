@@ -31,7 +31,7 @@ import torch
 import convex_attention as ca
 from convex_attention.bench.cases import make_case
 from convex_attention.bench.graph_targets import draw_instance
-from convex_attention.bench.timing import measure_interleaved, peak_memory_mb
+from convex_attention.bench.timing import measure_interleaved, nan_max, peak_memory_mb
 from convex_attention.cli import CommandParser
 from convex_attention.io.environment import environment
 from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, one_line, write_json
@@ -122,7 +122,8 @@ def _linear_loss_gradient(scores, h, method, temps, weights, **options):
 
 def _max_rel(a, b) -> float:
     """Largest ``|a - b| / (|b|_max + tiny)`` over lists of tensors (``b`` on the CPU)."""
-    return max(float((x.cpu().double() - y).abs().max() / (y.abs().max() + 1e-300)) for x, y in zip(a, b))
+    # nan_max: Python's max kept a NaN only where it came first (a NaN second map read 0.0: a review)
+    return nan_max(float((x.cpu().double() - y).abs().max() / (y.abs().max() + 1e-300)) for x, y in zip(a, b))
 
 
 def graph_correctness(device, size: int = 16, batch: int = 3) -> list[dict]:
@@ -182,7 +183,7 @@ def graph_correctness(device, size: int = 16, batch: int = 3) -> list[dict]:
     weights = [torch.randn(s.shape, generator=gen, dtype=torch.float64).to(device) for s in scores]
     twice = [torch.autograd.grad(sum((p * w).sum() for p, w in zip(probs_of(*leaves), weights)), leaves)
              for _ in range(2)]
-    spread = max(float((a - b).abs().max()) for a, b in zip(*twice))
+    spread = nan_max(float((a - b).abs().max()) for a, b in zip(*twice))
     record(f"dual backward run twice on {device}: largest difference", "axial", spread, NONDET_TOL)
     try:
         ok, detail = torch.autograd.gradcheck(probs_of, leaves, eps=1e-6, atol=1e-6, rtol=1e-4,

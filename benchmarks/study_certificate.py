@@ -32,12 +32,16 @@ import torch
 import convex_attention as ca
 from convex_attention import cvx
 from convex_attention.bench.graph_targets import draw_instance
-from convex_attention.cvx import STATIONARITY_FACTOR, centred_scores
+from convex_attention.bench.timing import nan_max
+from convex_attention.cli import CommandParser
+from convex_attention.cvx import BACKENDS, STATIONARITY_FACTOR, available_backends, centred_scores
 from convex_attention.hierarchy import Hierarchy
 from convex_attention.io.environment import environment, load_average
-from convex_attention.io.files import atomic_csv, write_json
+from convex_attention.io.files import atomic_csv, check_no_earlier_outputs, check_out_dir, write_json
+from convex_attention.io.settings import positive_int
 
 SETS = {"normal": (-1.0, 1.0), "hard": (-2.0, 1.0), "extreme": (-4.0, 4.0)}
+OUTPUTS = ("certificate.csv", "certificate.json")
 SCALE = 3.0
 FAMILIES = ("chain", "star", "axial", "grid_regions", "mixed")
 COLUMNS = ("set", "family", "draw", "backend", "status", "tau_min", "tau_max", "certificate", "accept_tol",
@@ -73,23 +77,41 @@ def study(backend: str, h, scores, temps, ref, regularization: float | None = No
         probs, duals = layer(flat, args, derivative_mode=None)
     probs, duals = [p.detach().cpu() for p in probs], [d.detach().cpu() for d in duals]
     cert, distance, accepted = cvx.acceptance(h, temps, flat, probs, duals, opts["accept_tol"])
-    error = max(float((p.reshape(-1) - r.reshape(-1)).abs().max()) for p, r in zip(probs, ref))
+    # nan_max: Python's max dropped a NaN map that did not come first (error 0.0: a review)
+    error = nan_max(float((p.reshape(-1) - r.reshape(-1)).abs().max()) for p, r in zip(probs, ref))
     return {"certificate": float(cert[0]), "accept_tol": opts["accept_tol"], "stationarity": float(distance[0]),
             "error": error, "accepted": bool(accepted[0])}
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", required=True)
-    p.add_argument("--draws", type=int, default=4)
-    p.add_argument("--size", type=int, default=16)
-    p.add_argument("--backends", nargs="+", default=["diffcp-clarabel", "moreau"])
+    p = CommandParser(prog="study_certificate.py", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for certificate.csv and certificate.json")
+    p.add_argument("--draws", type=positive_int, default=4, help="draws per family and set (default 4)")
+    p.add_argument("--size", type=positive_int, default=16, help="map side, a multiple of 16 (default 16)")
+    p.add_argument("--backends", nargs="+", default=["diffcp-clarabel", "moreau"], choices=BACKENDS, metavar="NAME",
+                   help=f"from {', '.join(BACKENDS)} (default diffcp-clarabel moreau)")
     p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the certificate.csv and certificate.json of an earlier study in --out (without it "
+                        "such a folder is refused, exit 2)")
     p.add_argument("--static-regularization", type=float, default=None,
                    help="Clarabel's static_regularization_constant for diffcp-clarabel (default: Clarabel's own, "
                         "1e-8; the layer retries a refused batch with cvx.CLARABEL_RETRIES, which one attempt "
                         "here does not)")
     a = p.parse_args(argv)
+    # before any work (a review: --draws 0 wrote empty files and exited 0, and an earlier study
+    # was replaced silently)
+    if a.size % 16:
+        p.error(f"--size must be a multiple of 16 (the families' coarsest maps), got {a.size}")
+    missing = [b for b in a.backends if b not in available_backends()]
+    if missing:
+        p.error(f"backend(s) {', '.join(missing)} not installed here; installed: {', '.join(available_backends())}")
+    try:
+        check_no_earlier_outputs(a.out, OUTPUTS, a.overwrite)
+        check_out_dir(a.out)
+    except ValueError as err:
+        p.error(str(err))
     torch.set_num_threads(1)
     os.makedirs(a.out, exist_ok=True)
     start, load_start = time.time(), load_average()
@@ -123,8 +145,8 @@ def main(argv=None) -> int:
                 continue
             ratios = [r["stationarity"] / r["error"] for r in ok if r["error"] > 0]
             refused = [r for r in ok if not r["accepted"]]
-            print(f"{backend:16} {set_name:8} n={len(ok):3}  worst error {max(r['error'] for r in ok):.2g}  "
-                  f"certificate <= {max(r['certificate'] for r in ok):.2g}  stationarity/error "
+            print(f"{backend:16} {set_name:8} n={len(ok):3}  worst error {nan_max(r['error'] for r in ok):.2g}  "
+                  f"certificate <= {nan_max(r['certificate'] for r in ok):.2g}  stationarity/error "
                   f"{min(ratios):.2g}-{max(ratios):.2g}  refused {len(refused)}"
                   + "".join(f"  [{r['family']} draw {r['draw']}: error {r['error']:.2g}]" for r in refused))
     print(json.dumps({"rows": len(rows), "errors": sum(r["status"] != "ok" for r in rows)}))

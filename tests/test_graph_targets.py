@@ -1388,3 +1388,64 @@ def test_rev30_an_overwrite_run_removes_the_earlier_files_it_names_and_keeps_the
                            log=lambda m: None)
     assert logged == [["speed.csv"]]  # removed before the part ran; another part's file is left as it is
     assert (tmp_path / "speed.csv").read_text() == "the earlier run's"
+
+
+def test_rev65_gpu_check_relative_error_is_nan_when_a_later_map_is_nan():
+    """graph_correctness judges the device by _max_rel(device, cpu) <= tol; a NaN in any map
+    must fail it (the package's own nan_max rule), wherever the map comes in the list."""
+    script = _script("gpu_check")
+    ref = [torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64)]
+    dev = [ref[0].clone(), torch.full((2, 2), math.nan, dtype=torch.float64)]
+    assert math.isnan(script._max_rel(dev[::-1], ref[::-1]))  # a NaN first is kept ...
+    error = script._max_rel(dev, ref)
+    assert not error <= 1e-9, f"a NaN second map gave a relative error of {error}: the check would pass"
+
+
+def test_rev65_study_certificate_refuses_bad_options_before_any_work(tmp_path, capsys):
+    script = _script("study_certificate")
+    before = torch.get_num_threads()
+    for argv in (["--draws", "0"], ["--draws", "-3"], ["--size", "0", "--draws", "0"]):
+        out = tmp_path / "out"
+        try:
+            with pytest.raises(SystemExit) as stop:
+                script.main([*argv, "--out", str(out)])
+        finally:
+            torch.set_num_threads(before)
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and len(err.strip().splitlines()) == 1, (argv, err)
+        assert not out.exists(), argv  # refused before the folder was made
+
+
+def test_rev65_study_certificate_does_not_replace_an_earlier_study_without_a_flag(tmp_path, monkeypatch, capsys):
+    script = _script("study_certificate")
+    monkeypatch.setattr(script, "reference", lambda h, scores, temps: None)
+    monkeypatch.setattr(script, "study", lambda *a, **k: {"certificate": 1e-9, "accept_tol": 1e-8,
+                                                          "stationarity": 1e-9, "error": 1e-9, "accepted": True})
+    (tmp_path / "certificate.csv").write_text("my earlier study\n")
+    before = torch.get_num_threads()
+    try:
+        code = script.main(["--draws", "1", "--backends", "moreau", "--out", str(tmp_path)])
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        torch.set_num_threads(before)
+    assert code == 2, code
+    assert (tmp_path / "certificate.csv").read_text() == "my earlier study\n"
+
+
+def test_rev65_study_certificate_error_is_nan_when_a_later_map_is_nan(monkeypatch):
+    from convex_attention import cvx
+
+    script = _script("study_certificate")
+    h, scores, temps = script.instance("chain", 16, torch.Generator().manual_seed(0), (-1.0, 1.0))
+    ref = script.reference(h, scores, temps)
+
+    def layer(flat, args, derivative_mode=None):  # the first map right, the second NaN
+        probs = [ref[0].reshape(1, -1).clone(), torch.full((1, ref[1].numel()), math.nan, dtype=torch.float64)]
+        return probs, [torch.zeros(1, ref[1].numel(), dtype=torch.float64)]
+
+    monkeypatch.setattr(cvx, "get_layer", lambda h, temps, backend: layer)
+    monkeypatch.setattr(cvx, "acceptance", lambda *a: (torch.tensor([1.0]), torch.tensor([1.0]),
+                                                       torch.tensor([False])))
+    row = script.study("moreau", h, scores, temps, ref)
+    assert not row["error"] <= 1e-3, f"maps with a NaN map were recorded {row['error']} from the reference"

@@ -760,3 +760,34 @@ def test_rev46_a_core_run_on_a_gpu_gives_its_cross_device_speed_up_no_verdict(mo
     assert out["off_target_sides"] is not None
     verdicts = _verdicts(lines[0])
     assert all(v == "no verdict" for v in verdicts.values()), verdicts
+
+
+def test_rev65_bench_core_tiny_refuses_a_batch_given_at_its_default_value(tmp_path, capsys, monkeypatch):
+    script = _bench_core_script()
+    ran = {}
+    monkeypatch.setattr(script, "core_benchmark", lambda **kw: ran.update(kw) or {})
+    for argv in (["--tiny", "--batch", "64"], ["--tiny", "--repeats", "100"]):
+        ran.clear()
+        try:
+            script.main([*argv, "--out", str(tmp_path / "a")])
+        except SystemExit as stop:
+            assert stop.code == 2
+            continue
+        pytest.fail(f"{argv} ran with batch {ran.get('batch')} and repeats {ran.get('repeats')}")
+
+
+def test_rev65_bench_core_a_failed_run_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
+    script = _bench_core_script()
+
+    def fails(**kw):
+        raise RuntimeError("the softmax case failed\nsecond line")
+
+    monkeypatch.setattr(script, "core_benchmark", fails)
+    try:
+        code = script.main(["--tiny", "--out", str(tmp_path / "a")])
+    except SystemExit as stop:
+        code = stop.code
+    except RuntimeError as err:
+        pytest.fail(f"the failure escaped main as {type(err).__name__} (a traceback)")
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1, (code, err)
