@@ -88,7 +88,10 @@ def main(argv=None):
     except ResultsLocked as err:
         parser.error(str(err))
     except KeyboardInterrupt:
-        print("bench_core.py: interrupted; nothing was written", file=sys.stderr)
+        # the CSV may have been written before the JSON and the figure (a review): say which are there
+        left = [name for name in OUTPUTS if os.path.exists(os.path.join(args.out, name))]
+        print("bench_core.py: interrupted; " + (f"{', '.join(left)} left in {args.out} (rerun with --overwrite)"
+                                               if left else "nothing was written"), file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's: a review)
         message = " ".join(f"{type(err).__name__}: {err}".split())

@@ -158,7 +158,8 @@ def graph_correctness(device, size: int = 16, batch: int = 3) -> list[dict]:
         if h.is_forest:
             ref_e, ref_ge, _ = _linear_loss_gradient(scores, h, "exact", temps, weights)
             pe, ge, _ = _linear_loss_gradient(dev_scores, h, "exact", temps, dev_weights)
-            record(f"exact {device} float64 vs cpu", family, max(_max_rel(pe, ref_e), _max_rel(ge, ref_ge)), 1e-12)
+            record(f"exact {device} float64 vs cpu", family,
+                   nan_max((_max_rel(pe, ref_e), _max_rel(ge, ref_ge))), 1e-12)
     # a given map: grid_regions with its region map given (a prior over regions)
     h, scores, temps = draw_instance("grid_regions", size, gen, (-1.0, 1.0), batch)
     regions = h.num_maps - 1

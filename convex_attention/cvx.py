@@ -634,7 +634,9 @@ def check_options(options: dict) -> dict:
     max_iters = _iteration_limit("max_iters", opts.pop("max_iters", None))
     if "max_iter" in opts:  # Clarabel's and Moreau's own name, passed through to them: the same limit
         opts["max_iter"] = _iteration_limit("max_iter", opts["max_iter"])
-        if max_iters is not None and opts["max_iter"] is not None and opts["max_iter"] != max_iters:
+        if opts["max_iter"] is None:  # the solver's default: as not given (passed on, it replaced max_iters)
+            del opts["max_iter"]
+        elif max_iters is not None and opts["max_iter"] != max_iters:
             # one of them was dropped, silently, and not the same one on every backend (a review)
             raise ValueError(f"options max_iters={max_iters} and max_iter={opts['max_iter']} contradict each "
                              f"other; give max_iters only")

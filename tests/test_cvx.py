@@ -1654,3 +1654,17 @@ def test_rev64_contradicting_max_iters_and_max_iter_are_refused():
     solve_method against backend, a contradiction should be refused before any work."""
     with pytest.raises(ValueError, match="max_iter"):
         cvx.check_options({"max_iters": 5, "max_iter": 200})
+
+
+def test_rev66_max_iters_with_max_iter_none_is_not_dropped_on_moreau():
+    """af4d7d0 refuses max_iters and max_iter with different values, but only where max_iter
+    is not None: max_iters=5, max_iter=None passes check_options, and _moreau_settings sets
+    max_iter=5, then replaces it with the extra's None (the solver's default): max_iters is
+    dropped silently, the defect the fix names (Clarabel's path keeps 5)."""
+    pytest.importorskip("moreau")
+    try:
+        opts = cvx.check_options({"backend": "moreau", "max_iters": 5, "max_iter": None})
+    except ValueError:
+        return  # refused: as good as kept
+    args = cvx._solver_args(opts["backend"], opts["eps"], opts["max_iters"], opts["extra"])
+    assert args.get("max_iter") == 5, args.get("max_iter")

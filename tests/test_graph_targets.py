@@ -1449,3 +1449,47 @@ def test_rev65_study_certificate_error_is_nan_when_a_later_map_is_nan(monkeypatc
                                                        torch.tensor([False])))
     row = script.study("moreau", h, scores, temps, ref)
     assert not row["error"] <= 1e-3, f"maps with a NaN map were recorded {row['error']} from the reference"
+
+
+def test_rev66_gpu_check_exact_record_fails_on_a_nan_gradient(monkeypatch):
+    """3f9e9f8 keeps a NaN inside _max_rel, but graph_correctness's 'exact ... vs cpu' record
+    is max(_max_rel(values), _max_rel(gradient)): Python's max(0.0, nan) is 0.0, a pass."""
+    import types
+
+    script = _script("gpu_check")
+    exact_calls = []
+
+    def fake(scores, h, method, temps, weights, **options):
+        probs = [torch.zeros_like(s) for s in scores]
+        grads = [torch.zeros_like(s) for s in scores]
+        if method == "exact":
+            exact_calls.append(1)
+            if len(exact_calls) % 2 == 0:  # the device's solve: right values, a NaN gradient
+                grads = [torch.full_like(s, math.nan) for s in scores]
+        return probs, grads, types.SimpleNamespace(info={"converged": torch.tensor([True])})
+
+    monkeypatch.setattr(script, "_linear_loss_gradient", fake)
+    monkeypatch.setattr(torch.autograd, "gradcheck", lambda *a, **k: True)
+    checks = script.graph_correctness("cpu", size=16, batch=1)
+    exact = [c for c in checks if c["check"].startswith("exact")]
+    assert exact and exact_calls
+    assert not any(c["passed"] for c in exact), [(c["case"], c["error"], c["passed"]) for c in exact]
+
+
+def test_rev66_study_certificate_accepts_every_size_its_families_draw(tmp_path, monkeypatch, capsys):
+    """3f9e9f8 refuses --size unless a multiple of 16 ('the families' coarsest maps'); the
+    families' own rule (bench.config.check_structure) is a multiple of 8, at least 16, and
+    instance('mixed', 24, ...) etc. draw and solve."""
+    script = _script("study_certificate")
+    monkeypatch.setattr(script, "reference", lambda h, scores, temps: None)
+    monkeypatch.setattr(script, "study", lambda *a, **k: {"certificate": 1e-9, "accept_tol": 1e-8,
+                                                          "stationarity": 1e-9, "error": 1e-9, "accepted": True})
+    before = torch.get_num_threads()
+    try:
+        code = script.main(["--size", "24", "--draws", "1", "--backends", "diffcp-clarabel",
+                            "--out", str(tmp_path / "s")])
+    except SystemExit as stop:
+        code = stop.code
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0, (code, capsys.readouterr().err)

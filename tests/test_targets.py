@@ -791,3 +791,21 @@ def test_rev65_bench_core_a_failed_run_is_one_line_and_exit_1(tmp_path, capsys, 
         pytest.fail(f"the failure escaped main as {type(err).__name__} (a traceback)")
     err = capsys.readouterr().err
     assert code == 1 and len(err.strip().splitlines()) == 1, (code, err)
+
+
+def test_rev66_bench_core_interrupt_does_not_claim_nothing_was_written(tmp_path, capsys, monkeypatch):
+    """3f9e9f8: a KeyboardInterrupt anywhere in core_benchmark prints 'interrupted; nothing was
+    written', but core_benchmark writes bench_core.csv, then .json, then the figure: interrupted
+    after the CSV, the folder holds it (and the next run is refused without --overwrite)."""
+    script = _bench_core_script()
+    out = tmp_path / "a"
+
+    def interrupted_after_the_csv(**kw):
+        (out / "bench_core.csv").write_text("rows\n")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(script, "core_benchmark", interrupted_after_the_csv)
+    code = script.main(["--tiny", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130 and (out / "bench_core.csv").exists()
+    assert "nothing was written" not in err, err
