@@ -366,7 +366,8 @@ def _dev_validity():
 
 def test_the_dev_report_lists_what_each_table_left_out_as_nan():
     report, *_ = _dev_report(True)
-    assert "- best: attention_ap: 2 of 8 runs left out" in report  # compared methods x seeds: runs
+    # seeds (each the mean over the compared methods): what _rank_candidates counts (ca_rev67)
+    assert "- best: attention_ap: 2 of 8 seeds left out" in report
     assert "- exact, 0: ap_lesion: 1 of 3 seeds left out" in report
 
 
@@ -545,7 +546,7 @@ def test_the_dev_report_shows_a_per_method_mean_over_no_number_as_a_dash_and_nam
     report, *_ = _dev_report(True, exact_auc_mean=math.nan, exact_auc_n_used=0, exact_auc_n_nan=2,
                              softmax_bacc_n_used=1, softmax_bacc_n_nan=1)
     assert _table(report, "| variant |")[0]["exact AUC"] == "–"
-    assert "- best: attention_ap: 2 of 8 runs left out; softmax_bacc: 1 of 2 runs left out" in report
+    assert "- best: attention_ap: 2 of 8 seeds left out; softmax_bacc: 1 of 2 seeds left out" in report
 
 
 def test_a_forced_rerun_with_another_variant_on_the_same_test_split_is_refused_or_said(tmp_path):
@@ -693,3 +694,47 @@ def test_review50_a_log_only_run_recorded_beside_another_ledger_is_listed_where_
     line = history_line(history, "synthetic-brightest")
     assert "test run 2" in line
     assert "results in `results/test.run-1`" in line, line
+
+
+def test_ca_rev67_the_dev_report_counts_the_attention_ap_left_out_in_what_it_averaged():
+    """A candidate's attention ap is the mean over dev seeds of each seed's mean over the compared
+    methods (``_per_seed_means``): one NaN run drops its whole seed, both methods' runs.  With 2
+    compared methods x 5 seeds and one NaN run, what was left out is 1 of 5 seeds, or 2 of 10 runs;
+    the report must not say "1 of 5 runs" (it counts seeds and names them runs)."""
+    from types import SimpleNamespace
+
+    from convex_attention.paper.experiment import QUICK, _rank_candidates
+    from convex_attention.paper.protocol import Variant, Variants
+    from convex_attention.paper.reports import dev_report
+
+    config = QUICK.override(methods=("softmax", "exact"), dev_seeds=(0, 1, 2, 3, 4))
+    [u] = config.candidates()["upsampling"][:1]
+    rows = [{"variant": vi, "upsampling": uu, "method": m, "seed": s, "auc": 0.9, "bacc": 0.7,
+             "attention_ap": math.nan if (m, s) == ("exact", 2) else 0.5 + 0.01 * s}
+            for vi in range(len(config.variants())) for uu in config.candidates()["upsampling"]
+            for m in config.methods for s in config.dev_seeds]
+    summary = _rank_candidates(config, config.variants(), rows)
+    entry = [e for e in summary if e["upsampling"] == u][0]
+    assert entry["compared"] == "softmax exact"
+    split = SimpleNamespace(n=16, seed=1, difficulty=0.3, mimic_types=("mottled",))
+    report = dev_report(config, {"dev": split, "train": split, "val": split}, _dev_validity(), summary,
+                        Variants(Variant(), benchmark=_verdict_record(True)), {"lesion": 5}, [], [], "lesion")
+    line = [x for x in report.splitlines() if x.startswith(f"- {entry['label']}: attention_ap")][0]
+    assert "attention_ap: 1 of 5 seeds left out" in line or "attention_ap: 2 of 10 runs left out" in line, line
+
+
+def test_ca_rev67_the_accepted_verdict_line_does_not_claim_the_reported_only_check_passed():
+    """(c) ``uniform_attention`` never decides (validity.REPORTED_ONLY): an accepted verdict may
+    hold it failed or not run (docs/results_format.md).  The line must not say that *every*
+    validity check ran and passed when (c) failed."""
+    from convex_attention.paper.protocol import Variant, Variants, benchmark_record
+    from convex_attention.paper.reports import verdict_line
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
+
+    checks = [CheckResult("location_free", "t", "b", 0.5, 0.6), CheckResult("pixel_map", "t", "a", 0.2, 0.3),
+              check_maps_drive_ranking([0.1] * 5), check_uniform_attention(0.70, 0.75)]
+    record = benchmark_record(checks, Variant(), 0.3, ("softmax",), (0, 1, 2, 3, 4),
+                              {"image_size": 64, "width": 8, "epochs": 4, "n_train": 512})
+    assert record["accepted"] and not record["checks"]["uniform_attention"]["passed"]  # oracle: (c) failed
+    line = verdict_line(Variants(benchmark=record))
+    assert "every validity check ran and passed" not in line, line

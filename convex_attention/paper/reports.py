@@ -11,7 +11,7 @@ import math
 from .explain import MASKS, POSTHOC, dropped_values, format_ci
 from .explain_metrics import METRIC_NAMES, pointing_tolerance_px
 from .protocol import JUDGED_SETTINGS, failed_checks, judged_settings
-from .validity import MIN_COMPARED_AUC
+from .validity import MIN_COMPARED_AUC, REPORTED_ONLY
 
 __all__ = ["dev_report", "test_report", "history_line", "judged_line", "cell", "validity_lines", "nan_lines",
            "ACCURACY", "ABLATION"]
@@ -85,8 +85,10 @@ def dev_report(config, specs, validity, summary, proposal, n_images: dict, plain
         lines.append(f"| {e['label']} | {e['compared'] or 'none'} | {cell(e, 'attention_ap')} | {cell(e, 'bacc')} | "
                      + " | ".join(f"{cell(e, f'{m}_auc')} | {cell(e, f'{m}_ap')} | {cell(e, f'{m}_bacc')}"
                                   for m in config.methods) + " |")
-    lines += [""] + nan_lines(summary, ("label",), "candidates; the attention ap counts compared methods x seeds",
-                              "runs")
+    # seeds, not runs: each seed's value is the mean over the compared methods, and one NaN run takes
+    # its seed out (the report said "1 of 5 runs" for 1 of 5 seeds: a review)
+    lines += [""] + nan_lines(summary, ("label",), "candidates; the attention ap counts seeds, each the mean over "
+                              "the compared methods (a NaN run leaves its seed out)", "seeds")
     masks = [m for m in MASKS if m in n_images]
     lines += ["", f"## The proposed variant per level: {proposal.variant.label()}", "",
               "AP of the attention maps against each mask (pixel protocol), and the change of dev AUC when that "
@@ -115,7 +117,13 @@ def level_tag(level) -> str:
 def verdict_line(variants) -> str:
     verdict = variants.verdict()
     if verdict == "accepted":
-        return "The dev stage accepted the benchmark: every validity check ran and passed on the development split."
+        # every check that decides; a reported-only one may have failed or not run (a review: the line
+        # said "every validity check" beside a (c) that failed)
+        checks = variants.benchmark.get("checks", {})
+        reported = [f"{name} {'passed' if c.get('passed') else 'FAILED' if c.get('ran') else 'did not run'}"
+                    for name, c in checks.items() if name in REPORTED_ONLY]
+        return ("The dev stage accepted the benchmark: every validity check that decides ran and passed on the "
+                "development split" + (f" (reported only, not deciding: {', '.join(reported)})." if reported else "."))
     if verdict == "rejected":
         failed = failed_checks(variants.benchmark["checks"])
         return (f"**The dev stage REJECTED this benchmark** (failed or not run on the development split: "
