@@ -1493,3 +1493,16 @@ def test_rev66_study_certificate_accepts_every_size_its_families_draw(tmp_path, 
     finally:
         torch.set_num_threads(before)
     assert code == 0, (code, capsys.readouterr().err)
+
+
+def test_ca_rev68_study_certificate_size_error_states_its_own_rule(tmp_path, capsys):
+    """bd01570 refuses --size through check_structure per family, and passes on the first
+    family's message: --size 10 is refused with '--structure star ... a multiple of 4' (a flag
+    study_certificate does not have, and a rule 12 meets, which is then refused by grid_regions).  The
+    command's own rule, as its --help says, is a multiple of 8, at least 16."""
+    script = _script("study_certificate")
+    with pytest.raises(SystemExit) as stop:
+        script.main(["--size", "10", "--draws", "1", "--backends", "diffcp-clarabel", "--out", str(tmp_path / "s")])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert "--structure" not in err and "multiple of 8" in err, err
