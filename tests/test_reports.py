@@ -620,9 +620,19 @@ def _logged(run_id, started, data="synthetic-brightest", **extra):
             "folder": "results/test", **extra}
 
 
-def test_a_run_only_the_folder_log_records_is_listed_where_a_later_force_moved_its_results():
+def _history_line(ledger, in_folder, moved):
+    """The report's history line of synthetic-brightest: the ledger's test runs of it, the
+    folder log's runs and the move the last run made (as the test stage records them)."""
     from convex_attention.paper.protocol import history_of_test_runs
     from convex_attention.paper.reports import history_line
+
+    history = {"benchmark_runs": history_of_test_runs(ledger, "synthetic-brightest"), "runs_in_folder": in_folder,
+               "moved_aside": moved}
+    return history_line(history, "synthetic-brightest")
+
+
+def test_a_run_only_the_folder_log_records_is_listed_where_a_later_force_moved_its_results():
+    from convex_attention.paper.protocol import history_of_test_runs
 
     moved = {"from": "results/test", "to": "results/test.run-1", "run_started": "t1", "run_id": "r1"}
     first = _logged("r1", "t1")  # recorded in a ledger this run does not read (beside another variants file)
@@ -630,16 +640,13 @@ def test_a_run_only_the_folder_log_records_is_listed_where_a_later_force_moved_i
     # oracle: read from a ledger, the same first run is listed where the move put its results
     assert [r["results"] for r in history_of_test_runs([first, second], "synthetic-brightest")] == \
         ["results/test.run-1", "results/test"]
-    history = {"benchmark_runs": history_of_test_runs([second], "synthetic-brightest"),
-               "runs_in_folder": [first, second], "moved_aside": moved}
-    line = history_line(history, "synthetic-brightest")
+    line = _history_line([second], [first, second], moved)
     assert "test run 2" in line
     assert "results in `results/test.run-1`" in line, line
 
 
 def test_a_run_of_another_benchmark_in_the_same_folder_is_not_counted_as_one_of_this_benchmark():
     from convex_attention.paper.protocol import history_of_test_runs
-    from convex_attention.paper.reports import history_line
 
     moved = {"from": "results/test", "to": "results/test.run-1", "run_started": "t1", "run_id": "r1"}
     first = _logged("r1", "t1", data="synthetic")  # the rim benchmark, then --force with --data synthetic-brightest
@@ -647,9 +654,7 @@ def test_a_run_of_another_benchmark_in_the_same_folder_is_not_counted_as_one_of_
     ledger = [first, second]  # one ledger records both
     # oracle: the ledger's history of synthetic-brightest holds one test run, this one
     assert [r["run_id"] for r in history_of_test_runs(ledger, "synthetic-brightest")] == ["r2"]
-    history = {"benchmark_runs": history_of_test_runs(ledger, "synthetic-brightest"),
-               "runs_in_folder": [first, second], "moved_aside": moved}
-    line = history_line(history, "synthetic-brightest")
+    line = _history_line(ledger, [first, second], moved)
     assert "first test run of the benchmark 'synthetic-brightest'" in line, line
 
 
@@ -658,7 +663,6 @@ def test_a_run_of_another_benchmark_in_the_same_folder_is_not_counted_as_one_of_
 
 def test_review50_a_ledger_run_moved_by_a_run_only_the_folder_log_records_is_listed_where_it_is_now():
     from convex_attention.paper.protocol import history_of_test_runs
-    from convex_attention.paper.reports import history_line
 
     # run 1 and run 3 in the ledger; run 2 (--force over run 1) only in the folder log (its ledger
     # entry discarded with `git checkout configs/data_ledger.json`); run 3 --force over run 2
@@ -669,16 +673,13 @@ def test_review50_a_ledger_run_moved_by_a_run_only_the_folder_log_records_is_lis
     # oracle: with every run in one ledger, run 1 is in results/test.run-1 (and results/test holds run 3's)
     assert [r["results"] for r in history_of_test_runs([first, second, third], "synthetic-brightest")] == \
         ["results/test.run-1", "results/test.run-2", "results/test"]
-    history = {"benchmark_runs": history_of_test_runs([first, third], "synthetic-brightest"),
-               "runs_in_folder": [first, second, third], "moved_aside": moved2}
-    line = history_line(history, "synthetic-brightest")
+    line = _history_line([first, third], [first, second, third], moved2)
     assert "test run 3" in line
     assert "t1, data seed 1, seeds [0, 1], variants SHA-256 aaaaaaaaaaaa: results in `results/test.run-1`" in line, line
 
 
 def test_review50_a_log_only_run_recorded_beside_another_ledger_is_listed_where_a_force_moved_it(tmp_path):
-    from convex_attention.paper.protocol import history_of_test_runs, ledger_where
-    from convex_attention.paper.reports import history_line
+    from convex_attention.paper.protocol import ledger_where
 
     repo = tmp_path / "repo"
     folder, aside = str(repo / "results" / "test"), str(repo / "results" / "test.run-1")
@@ -689,9 +690,7 @@ def test_review50_a_log_only_run_recorded_beside_another_ledger_is_listed_where_
     first = _logged("r1", "t1", results=ledger_where(folder, copy), folder=ledger_where(folder, copy))
     moved = {"from": ledger_where(folder, main), "to": ledger_where(aside, main), "run_started": "t1", "run_id": "r1"}
     second = _logged("r2", "t2", moved_aside=moved)
-    history = {"benchmark_runs": history_of_test_runs([second], "synthetic-brightest"),
-               "runs_in_folder": [first, second], "moved_aside": moved}
-    line = history_line(history, "synthetic-brightest")
+    line = _history_line([second], [first, second], moved)
     assert "test run 2" in line
     assert "results in `results/test.run-1`" in line, line
 
