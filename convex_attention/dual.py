@@ -386,13 +386,15 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
         # review: a retry of every sample gave one that had run out of max_iter more sweeps), each
         # on its own, held to its own shares (one share for the rows together, the strictest,
         # solved a sample further than it alone: 6 sweeps for 5, a review)
-        for row in torch.nonzero(missed).flatten().tolist():
-            rows = torch.tensor([row], device=missed.device)
-            shares = []
-            for maps, edges, part in parts:
-                _, part_scale = _gap_and_scale([inputs[k][rows] for k in maps], part, [floats[k] for k in maps],
-                                               [duals[e][rows] for e in edges], tuple(mask[k] for k in maps))
-                shares.append(float((scale[rows] / (len(parts) * part_scale)).min()))
+        retried = torch.nonzero(missed).flatten()
+        # each part's scale at those samples, measured once (a sample's own duals are those of this
+        # pass until its retry)
+        part_scales = [_gap_and_scale([inputs[k][retried] for k in maps], part, [floats[k] for k in maps],
+                                      [duals[e][retried] for e in edges], tuple(mask[k] for k in maps))[1]
+                       for maps, edges, part in parts]
+        for i, row in enumerate(retried.tolist()):
+            rows = retried[i:i + 1]
+            shares = [float(scale[row] / (len(parts) * part_scale[i])) for part_scale in part_scales]
             again_probs, again_duals, again = _solve_parts(
                 [x[rows] for x in inputs], h, temps, options, mask, dtype, work, parts,
                 gap_tols=[options["gap_tol"] * min(1.0, x) for x in shares],
