@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._ops import centre, compute_dtype
+from ._ops import centre, compute_dtype, sample_dims
 from .graph import Graph
 from .metrics import dual_objective, objective, stationarity
 from .validation import is_grad_temperature
@@ -973,10 +973,10 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
 
 
 def centred_scores(flat_scores: Sequence[Tensor]) -> list[Tensor]:
-    """Each map's scores ``(B, n_k)`` minus their per-sample mean: the same solution (every map
-    sums to one), an objective whose size does not depend on an arbitrary constant.  The mean
-    is detached: the gradient passes through unchanged."""
-    return [s - s.detach().mean(1, keepdim=True) for s in flat_scores]
+    """Each map's scores ``(B, n_k)`` (or ``(B, *shapes[k])``) minus their per-sample mean: the
+    same solution (every map sums to one), an objective whose size does not depend on an
+    arbitrary constant.  The mean is detached: the gradient passes through unchanged."""
+    return [s - s.detach().mean(sample_dims(s), keepdim=True) for s in flat_scores]
 
 
 def primal_residual(h: Graph, probs: Sequence[Tensor]) -> Tensor:

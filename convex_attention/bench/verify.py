@@ -79,6 +79,7 @@ from ..cvx import (
     STATIONARITY_FACTOR,
     available_backends,
     backend_unavailable_reason,
+    centred_scores,
     certificate,
     check_options,
     clear_cache,
@@ -267,7 +268,7 @@ def kkt_residual(probs, duals, scores, h: Graph, temps) -> float:
     do not dominate).  Taken on the scores centred per map: a constant per map moves neither
     the solution nor ``r_k − <p_k, r_k>``, and a constant of 1e8 left its rounding there,
     failing right solutions (a review)."""
-    etas = reparameterized_logits(_centred_per_map(scores), duals, h)
+    etas = reparameterized_logits(centred_scores(scores), duals, h)
     worst = 0.0
     for eta, p, t in zip(etas, probs, temps):
         p = p.reshape(eta.shape).clamp(min=0)
@@ -419,12 +420,6 @@ class _Layer:
     tol: float
 
 
-def _centred_per_map(scores) -> list:
-    """Each map's scores less their mean per sample (a constant per map: no solution moves, and
-    ``f`` and ``g`` both lose :func:`~convex_attention.dual.score_offset`)."""
-    return [s - s.reshape(s.shape[0], -1).mean(1).view((-1,) + (1,) * (s.dim() - 1)) for s in scores]
-
-
 def _flat(scores) -> list:
     B = scores[0].shape[0]
     return [s.reshape(B, -1) for s in scores]
@@ -445,7 +440,7 @@ def _reference(rows: _Rows, h: Graph, scores, temps, tol: dict) -> _Reference | 
         # at the scores centred per map: the reference maps' sums are one only to ~1e-13, and a
         # constant of 1e6 added to the scores carried that into f* (a correct solver failed the gap
         # row at 7e-8: a review); a constant per map moves no solution, and g and f alike
-        f_star = metrics.objective(_centred_per_map(flat), ref_p, temps)
+        f_star = metrics.objective(centred_scores(flat), ref_p, temps)
     except (SystemExit, Exception) as exc:
         rows.broke("reference", ("certificate", "stationarity"), exc)
         return None
@@ -471,7 +466,7 @@ def _check_backends(rows: _Rows, h: Graph, scores, temps, ref: _Reference, backe
             cert = _backend_certificate(h, temps, flat, sol)
             distance = _stationarity(h, temps, flat, [p.detach() for p in sol.probs], [d.detach() for d in sol.duals])
             bound = math.sqrt(2 * accept * ref.scale / min(temps)) + accept
-            centred = _centred_per_map(scores)
+            centred = centred_scores(scores)
             gap = (metrics.dual_objective(centred, sol.duals, h, temps) - ref.f_star) / ref.normaliser
             checks = [("certificate", cert, accept), ("stationarity", distance, STATIONARITY_FACTOR * accept),
                       ("primal_vs_cvxpy", _max_abs(sol.probs, ref.probs), bound),
@@ -527,7 +522,7 @@ def _check_dual_solver(rows: _Rows, label: str, found: tuple[list, list] | str, 
         return
     lam, p_dual = found
     _compare(rows, label, p_dual, lam, ref, layer, tol)
-    gap = (metrics.dual_objective(_centred_per_map(scores), lam, h, temps) - ref.f_star) / ref.normaliser
+    gap = (metrics.dual_objective(centred_scores(scores), lam, h, temps) - ref.f_star) / ref.normaliser
     rows.add(f"{label}.duality_gap", float(gap.abs().max()), tol["gap"])
     rows.add(f"{label}.kkt_stationarity", kkt_residual(ref.probs, lam, scores, h, temps), tol["kkt"])
     rows.add(f"{label}.feasibility", float(metrics.violation(p_dual, h).max()), tol["feasibility"])
@@ -625,7 +620,7 @@ def _stationarity(h: Graph, temps, flat_scores, probs, duals) -> float:
     B = flat_scores[0].shape[0]
     probs = [p.reshape(B, -1).to(torch.float64) for p in probs]
     duals = [d.reshape(B, -1).to(torch.float64) for d in duals]
-    distance = metrics.stationarity(_centred_per_map(flat_scores), probs, duals, h.flat(), temps)
+    distance = metrics.stationarity(centred_scores(flat_scores), probs, duals, h.flat(), temps)
     return nan_max(float(x) for x in distance)
 
 
