@@ -168,7 +168,7 @@ def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor]
     logp = [level_softmax(e, t, log=True) for e, t in zip(etas, temps)]
     total: Tensor | float = 0.0
     for e, (a, b) in enumerate(h.edges):
-        log_a = _block_logsumexp_or_neginf(h, logp[a], e)
+        log_a = h.block_logsumexp(logp[a], e)  # -inf (not NaN) for a block of -inf entries
         log_b = logp[b].detach() if detach_target else logp[b]
         # where b = 0 the term is 0; masking the difference (not the product) keeps the
         # gradient free of 0·inf
@@ -180,13 +180,6 @@ def consistency_loss_unchecked(scores: Sequence[Tensor], duals: Sequence[Tensor]
         total = total + kl
     assert isinstance(total, Tensor)
     return total.mean()
-
-
-def _block_logsumexp_or_neginf(h: Graph, x: Tensor, e: int) -> Tensor:
-    """Block log-sum-exp that gives ``-inf`` (not NaN) for a block of ``-inf`` entries."""
-    m = h.block_max(x, e).detach()
-    m = torch.where(m > -math.inf, m, 0.0)
-    return m + h.aggregate(torch.exp(h._combine(x, m, e, torch.sub)), e).log()
 
 
 def _softmax_pieces(eta: Tensor, tau) -> tuple[Tensor, Tensor, Tensor]:

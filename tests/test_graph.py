@@ -555,8 +555,8 @@ def test_a_pickled_graph_leaves_its_parent_maps_on_other_devices_behind():
 
 def test_rev57_block_logsumexp_of_a_fully_masked_block_is_minus_inf():
     """log Σ exp(x) over a block whose every cell is -inf is log 0 = -inf (torch.logsumexp says
-    so); the kernel subtracts the block maximum first, -inf - (-inf) = NaN.  dual.py carries its
-    own _block_logsumexp_or_neginf for this; the public kernel and block_softmax's lse do not.
+    so); the kernel subtracts the block maximum first, -inf - (-inf) = NaN.  dual.py carried its
+    own block log-sum-exp for this (it now calls this kernel); block_softmax's lse too.
     Grid and parent-map edges alike.  Oracle: torch.logsumexp per block."""
     inf = float("inf")
     x = torch.tensor([[-inf, -inf, 0.0, 1.0]], dtype=torch.float64)
