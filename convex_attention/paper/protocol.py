@@ -99,7 +99,7 @@ __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS
            "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
            "claim_test_folder", "move_aside", "aside_target", "read_manifest", "finish_test_folder", "judged_settings",
            "check_judged",
-           "JUDGED_SETTINGS", "EVALUATION_SETTINGS", "record_test_run", "history_of_test_runs",
+           "JUDGED_SETTINGS", "EVALUATION_SETTINGS", "record_test_run", "history_of_test_runs", "moved_by_id",
            "check_benchmark_verdict", "benchmark_record",
            "failed_checks", "REQUIRED_CHECKS", "fit_model_free", "MANIFEST", "SYNTHETIC_SOURCES", "MIMIC_SOURCES"]
 
@@ -988,6 +988,19 @@ def record_test_run(config, variants_record: dict, started: str, where: str, for
     return out
 
 
+def moved_by_id(run: dict, runs: list[dict]) -> str | None:
+    """Where the first of ``runs`` whose ``moved_aside`` names ``run``'s id moved its results
+    (None: ``run`` has no id, or none moved it).  By the id alone (unique): two ledgers name one
+    folder differently (relative to each one's repository, or absolute), so ``from`` may spell
+    it otherwise (review 50)."""
+    for other in runs:
+        moved = other.get("moved_aside")
+        if isinstance(moved, dict) and run.get("run_id") and moved.get("run_id") == run["run_id"] \
+                and isinstance(moved.get("to"), str):
+            return moved["to"]
+    return None
+
+
 def history_of_test_runs(runs: list[dict], data: str) -> list[dict]:
     """The test runs of the benchmark ``data`` among ledger entries ``runs``, in order, each
     with ``results``: where its results are kept now (its folder, or where a later
@@ -998,10 +1011,9 @@ def history_of_test_runs(runs: list[dict], data: str) -> list[dict]:
         results = run.get("results") or run.get("where")
         # a run with an id is moved by the run whose moved_aside names that id, wherever it is
         # listed (another ledger's runs come first: review 50) and however its ledger names the folder
-        mover = [m for m in (r.get("moved_aside") for r in tests) if isinstance(m, dict) and run.get("run_id")
-                 and m.get("run_id") == run["run_id"] and isinstance(m.get("to"), str)]
-        if mover:
-            out.append({**{k: v for k, v in run.items() if k != "splits"}, "results": mover[0]["to"]})
+        to = moved_by_id(run, tests)
+        if to is not None:
+            out.append({**{k: v for k, v in run.items() if k != "splits"}, "results": to})
             continue
         for later in tests[i + 1:]:
             moved = later.get("moved_aside")

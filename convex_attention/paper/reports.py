@@ -10,7 +10,7 @@ import math
 
 from .explain import MASKS, POSTHOC, dropped_values, format_ci
 from .explain_metrics import METRIC_NAMES, pointing_tolerance_px
-from .protocol import JUDGED_SETTINGS, failed_checks, judged_settings
+from .protocol import JUDGED_SETTINGS, failed_checks, judged_settings, moved_by_id
 from .validity import MIN_COMPARED_AUC, REPORTED_ONLY
 
 __all__ = ["dev_report", "test_report", "history_line", "judged_line", "cell", "validity_lines", "nan_lines",
@@ -137,15 +137,8 @@ def verdict_line(variants) -> str:
 def _moved_to(run: dict, others: list) -> str | None:
     """Where ``run``'s results are now: its folder, or where a run of ``others`` that moved
     that folder aside (its ``moved_aside`` naming ``run``'s id) put them."""
-    results = run.get("results") or run.get("where")
-    for other in others:
-        moved = other.get("moved_aside")
-        # by the run's id alone (unique): two ledgers name one folder differently (relative to
-        # each one's repository, or absolute), so "from" may spell it otherwise (review 50)
-        if isinstance(moved, dict) and moved.get("run_id") and moved.get("run_id") == run.get("run_id") \
-                and isinstance(moved.get("to"), str):
-            return moved["to"]
-    return results
+    to = moved_by_id(run, others)
+    return to if to is not None else run.get("results") or run.get("where")
 
 
 def history_line(history: dict, data: str | None = None) -> str:
