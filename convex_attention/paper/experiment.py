@@ -170,8 +170,7 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
         # the dev stage chooses on its splits: none may share an image (or a random stream) with a
         # recorded test split (a review: data seed 781 at difficulty 0.125 trained on a spent test split)
         ledger = ledger_path or default_ledger_path(variants_path or DEFAULT_VARIANTS_PATH)
-        runs = read_ledger(ledger)
-        runs += runs_elsewhere(ledger, runs)
+        runs = _ledger_runs(ledger)
         sizes = split_sizes(config)
         specs = split_specs(config.train.data, config.train.data_seed, {k: sizes[k] for k in ("train", "val", "dev")},
                             config.difficulties[0], config.held_out_mimic)
