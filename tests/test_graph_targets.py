@@ -1506,3 +1506,32 @@ def test_ca_rev68_study_certificate_size_error_states_its_own_rule(tmp_path, cap
     err = capsys.readouterr().err
     assert stop.value.code == 2, err
     assert "--structure" not in err and "multiple of 8" in err, err
+
+
+def test_a_backend_with_a_zero_time_is_a_failed_backend_not_the_fastest():
+    """timing.fastest: a zero time is a failed measurement.  Before, the speed target named a
+    backend with a zero time the fastest (a ratio of 0, a certain miss) although the backend
+    that was measured reached the target: the zero one's real time is unknown."""
+    speed = [_speed_row("axial", "dual", 1.0), _speed_row("axial", "cvxpylayers", 0.0, backend="a"),
+             _speed_row("axial", "cvxpylayers", 2000.0, backend="b")]
+    (target,) = [t for t in gt._targets({"speed": speed}) if "/ dual per sample" in t["target"]]
+    assert target["met"] is None and "a failed on this family" in target["detail"]
+
+
+def test_a_dual_tolerance_with_no_measured_time_bounds_the_baseline_target_from_below():
+    """A reaching dual tolerance whose time failed might have been the fastest: the ratio to
+    the others is a lower bound, so it can be met but never certainly missed; before, min()
+    took the NaN row or not depending on the rows' order."""
+    def targets(times):
+        linsat = [{"solver": "linsat", "parameter": 10, "violation": 1e-3, "per_sample_ms": 4.0}]
+        linsat += [{"solver": "dual", "parameter": 10.0 ** -k, "violation": 10.0 ** -(k + 1), "per_sample_ms": t}
+                   for k, t in zip((6, 8), times)]
+        (target,) = gt._targets({"linsat": linsat})
+        return target
+    for times in ((math.nan, 2.0), (2.0, math.nan)):
+        met = targets(times)
+        assert met["met"] is True and met["value"] == 2.0 and "at least this ratio" in met["detail"]
+    for times in ((math.nan, 8.0), (8.0, math.nan)):
+        assert targets(times)["met"] is None
+    none = targets((math.nan, 0.0))
+    assert none["met"] is False and none["value"] is None

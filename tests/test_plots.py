@@ -2593,3 +2593,18 @@ def test_backward_labels_each_point_with_the_tolerance_the_file_records(figs):
     plots.plot_backward(rows, "b.png", None, pytest.fail)
     labels = [t.get_text() for t in figs["b"].axes[0].texts]
     assert float(labels[0]) == 2.5e-7 and float(labels[1]) == 1e-4, labels
+
+
+def test_core_benchmark_names_a_row_with_a_zero_time_as_failed_and_computes_no_ratio_from_it():
+    """timing.is_measured_time: a zero time is a failed measurement.  Before, the panel's
+    ratio divided by it (ZeroDivisionError while drawing)."""
+    from convex_attention.bench.plots.speed import _core_bars, _core_title, _untimed
+    rows = [dict(method="exact", backend="", shapes="64", batch=8, fwd_ms=0.0, total_ms=0.0, bwd_ms=0.0,
+                 dtype="float32", status="ok"),
+            dict(method="softmax", backend="", shapes="64", batch=8, fwd_ms=0.1, total_ms=0.2, bwd_ms=0.1,
+                 dtype="float32", status="ok")]
+    assert _untimed(rows[0]) and not _untimed(rows[1])
+    panels, _ = _core_bars(rows)
+    assert [b.method for b in panels["64"]] == ["softmax"]
+    assert "exact/softmax" not in _core_title("64", panels["64"], ["exact/softmax"], ["exact (no time)"],
+                                              failed_methods={"exact"})

@@ -809,3 +809,31 @@ def test_rev66_bench_core_interrupt_does_not_claim_nothing_was_written(tmp_path,
     err = capsys.readouterr().err
     assert code == 130 and (out / "bench_core.csv").exists()
     assert "nothing was written" not in err, err
+
+
+@pytest.mark.parametrize("zero", ["backend", "exact", "softmax"])
+def test_a_zero_time_in_the_core_benchmark_is_a_failed_measurement_not_a_crash_or_the_fastest(monkeypatch, zero):
+    """timing.fastest and timing.time_ratio: a zero time is a failed measurement.  Before, a
+    zero time of the small exact (or of the softmax) raised ZeroDivisionError after every row
+    was measured, and a backend with a zero time was named the fastest (a ratio of 0, a miss
+    although the backend that was measured reached the target)."""
+    from convex_attention.bench.targets import CVX_RATIO, core_benchmark
+
+    times = {**CORE_TIMES, ("cvxpylayers", "zero", 4): ([0.0] * 3, [0.0] * 3)}
+    if zero == "exact":
+        times[("exact", "", 4)] = ([0.0] * 3, [0.0] * 3)
+    if zero == "softmax":
+        times[("softmax", "", 8)] = ([0.0] * 3, [0.0] * 3)
+    monkeypatch.setattr(sys.modules[__name__], "CORE_TIMES", times)
+    _stand_in_timing(monkeypatch, installed=("slow", "zero" if zero == "backend" else "fast"))
+    lines = []
+    out = core_benchmark(log=lines.append, **CORE_KW)
+    if zero == "backend":  # slow alone reaches 1e4; zero might have been faster: not measured
+        assert out["fastest_backend"] == "slow" and math.isnan(out["ratios"][CVX_RATIO])
+        assert math.isnan(out["backend_ratios"]["zero"])
+    elif zero == "exact":
+        assert math.isnan(out["ratios"][CVX_RATIO])
+        assert all(math.isnan(v) for v in out["backend_ratios"].values())
+    else:
+        assert math.isnan(out["ratios"]["exact/softmax"])
+        assert _verdicts(lines[0])["exact/softmax"] == "NOT measured"

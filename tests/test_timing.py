@@ -4,6 +4,7 @@ import time
 import pytest
 import torch
 
+from convex_attention.bench import timing
 from convex_attention.bench.timing import measure_interleaved, peak_memory_mb, time_once
 
 
@@ -392,3 +393,27 @@ def test_a_cost_one_case_leaves_to_the_next_is_not_its_median_at_any_number_of_r
     after = sum(1 for prev, cur in zip(last, last[1:]) if cur == victim and prev == before)
     assert after <= repeats // 2, f"{victim} follows {before} in {after} of its {repeats} repetitions"
     assert res[victim].fwd_median < 2.0
+
+
+# ----------------------------------------------------------------------------- the fastest series
+
+def test_the_fastest_series_is_the_quickest_measured_time_and_says_whether_one_failed():
+    """One rule for every verdict and figure that names a fastest series (the core targets,
+    the graph targets, the speed figure): a zero, negative, NaN, infinite or missing time is a
+    failed measurement, never the fastest, and makes the answer incomplete, as a series that
+    raised does."""
+    assert timing.fastest({"a": 2.0, "b": 1.0}) == ("b", 1.0, True)
+    for bad in (0.0, -1.0, math.nan, math.inf, None, ""):
+        quickest = timing.fastest({"a": 2.0, "b": bad})
+        assert quickest == ("a", 2.0, False), bad
+    assert timing.fastest({"a": 2.0}, ["c"]) == ("a", 2.0, False)
+    none = timing.fastest({"a": math.nan})
+    assert none.name is None and math.isnan(none.time) and not none.complete
+
+
+def test_a_ratio_of_times_is_nan_where_either_time_failed():
+    """Before: the core targets divided by a zero time (ZeroDivisionError after every row was
+    measured) and took a backend with a zero time as the fastest."""
+    assert timing.time_ratio(3.0, 2.0) == 1.5
+    for a, b in ((0.0, 1.0), (1.0, 0.0), (math.nan, 1.0), (1.0, None)):
+        assert math.isnan(timing.time_ratio(a, b)), (a, b)

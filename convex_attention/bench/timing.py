@@ -15,13 +15,15 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 
 __all__ = ["Measurement", "measure_interleaved", "peak_memory_mb", "synchronize", "quartiles", "nan_max",
-           "nan_median"]
+           "nan_median", "Fastest", "fastest", "is_measured_time",
+           "time_ratio"]
 
 # A case returns a fresh closure pair: forward() -> loss tensor; the harness calls
 # loss.backward() itself so that the two passes are timed separately.
@@ -64,6 +66,50 @@ class Measurement:
             q1, med, q3 = quartiles(samples)
             out.update({name: med, f"{name}_q1": q1, f"{name}_q3": q3})
         return out
+
+
+def is_measured_time(t) -> bool:
+    """Whether ``t`` is a time a measurement gave: a positive finite number.  Zero (the timer
+    resolved nothing), a negative time, NaN, ±inf and anything that is no number (``None``,
+    ``""``) are failed measurements."""
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        return False
+    return math.isfinite(t) and t > 0
+
+
+class Fastest(NamedTuple):
+    """The fastest of several series (:func:`fastest`).  ``name``: the fastest series that
+    gave a time (``None`` where none did); ``time``: its time (NaN where none did);
+    ``complete``: no series failed, so ``name`` is the fastest of all.  Where one failed it
+    might have been the fastest: ``name`` is only the fastest that ran, and a ratio taken
+    against ``time`` is a bound."""
+
+    name: str | None
+    time: float
+    complete: bool
+
+
+def fastest(times: Mapping[str, object], failed: Iterable[str] = ()) -> Fastest:
+    """The fastest of ``times`` (series → time).  A series in ``failed`` (it raised) or whose
+    time is no measured time (:func:`is_measured_time`) failed.  The one rule every verdict and
+    figure that names a fastest series follows (the core targets, the graph targets, the
+    speed figure's ratios): a failed series is never the fastest, and never forgotten."""
+    timed = {name: float(t) for name, t in times.items() if is_measured_time(t)}  # type: ignore[arg-type]
+    complete = len(timed) == len(times) and not any(True for _ in failed)
+    if not timed:
+        return Fastest(None, math.nan, complete)
+    name = min(timed, key=timed.__getitem__)
+    return Fastest(name, timed[name], complete)
+
+
+def time_ratio(numerator, denominator) -> float:
+    """``numerator / denominator`` of two times, NaN unless both are measured times
+    (:func:`is_measured_time`): a ratio involving a failed measurement is no measurement."""
+    if not (is_measured_time(numerator) and is_measured_time(denominator)):
+        return math.nan
+    return float(numerator) / float(denominator)
 
 
 def nan_max(values) -> float:

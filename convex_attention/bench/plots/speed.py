@@ -20,6 +20,7 @@ from matplotlib.patches import Patch
 
 from ...io import figures
 from ...io.figures import FULL_WIDTH, STYLE, plain
+from ..timing import is_measured_time
 from ._common import (
     BACKEND_COLORS,
     LOW_CONFIDENCE_IQR,
@@ -83,8 +84,11 @@ def _measured(row) -> bool:
 
 
 def _timed(row) -> bool:
-    return is_finite_value(row.get("fwd_ms")) and (is_finite_value(row.get("total_ms"))
-                                                   or is_finite_value(row.get("bwd_ms")))
+    """Whether ``row`` has times to draw: measured times (timing.is_measured_time; a zero
+    time is a failed measurement, as the targets count it) for the forward and the total (or
+    the backward, for the sum)."""
+    return is_measured_time(row.get("fwd_ms")) and (is_measured_time(row.get("total_ms"))
+                                                    or is_measured_time(row.get("bwd_ms")))
 
 
 def _untimed(row) -> bool:
@@ -98,7 +102,7 @@ def _core_bars(rows) -> tuple[dict, str]:
     the heights are."""
     out: dict = {}
     rows = [r for r in rows if _measured(r)]
-    has_total = all(is_finite_value(r.get("total_ms")) for r in rows)
+    has_total = all(is_measured_time(r.get("total_ms")) for r in rows)
     for r in rows:
         batch = float(r["batch"])
         total = float(r["total_ms"]) if has_total else float(r["fwd_ms"]) + float(r["bwd_ms"])
@@ -139,6 +143,8 @@ def _panel_ratios(bars, names, failed_methods=()) -> dict:
         a = [b for b in bars if b.method == pair[0]]
         c = [b for b in bars if b.method == pair[1]]
         if a and c:
+            # every bar's total is a measured time (_core_bars, timing.is_measured_time): the
+            # series that failed are not bars, and failed_methods names their methods
             fa, fc = min(a, key=lambda b: b.total), min(c, key=lambda b: b.total)
             note = ", ".join(("fastest that ran" if f.method in failed_methods else "fastest")
                              + f": {f.backend or f.method}" for f, group in ((fa, a), (fc, c)) if len(group) > 1)
