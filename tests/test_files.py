@@ -444,3 +444,12 @@ def test_a_failed_removal_never_hides_the_error_of_the_write(tmp_path, monkeypat
     monkeypatch.setattr(os, "fsync", disk_full)
     with pytest.raises(OSError, match="No space left on device"):
         files.atomic_write_bytes(str(tmp_path / "t.bin"), b"x")
+
+
+def test_ca_rev70_a_lone_carriage_return_in_a_field_reads_back(tmp_path):
+    path = str(tmp_path / "t.csv")
+    values = ["a\rb", "a\r\nb", "a\nb", "x,y", 'q"q', "é中"]
+    files.atomic_csv(path, ["s", "f", "checksum"], [{"s": v, "f": 0.1} for v in values], checksum=True)
+    table = read_table(path)
+    assert table.problems == []
+    assert [r["s"] for r in table.rows] == values

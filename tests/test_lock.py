@@ -462,3 +462,45 @@ def test_a_lock_the_file_system_cannot_take_is_refused_in_one_line(tmp_path, mon
         with results_lock(str(tmp_path)):
             pass
     assert open_fds() == before and str(tmp_path) in str(refused.value) and "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("failure", ["pwrite", "log"])
+def test_ca_rev70_an_error_while_taking_the_lock_leaves_the_folder_free(tmp_path, monkeypatch, failure):
+    import errno
+
+    out = str(tmp_path)
+    opened = []
+    real_open = os.open
+
+    def tracking_open(*args, **kwargs):
+        fd = real_open(*args, **kwargs)
+        opened.append((fd, os.fstat(fd)))
+        return fd
+
+    monkeypatch.setattr(lock.os, "open", tracking_open)
+    log = None
+    if failure == "pwrite":
+        def no_space(*args):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(lock.os, "pwrite", no_space)
+    else:  # a stale record is taken over, and saying so fails (stderr closed: a broken pipe)
+        (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 999999999, "host": "elsewhere", "started": 0,
+                                                      "command": "bench"}))
+
+        def log(message):
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+    try:
+        with pytest.raises(OSError):
+            with results_lock(out, log=log):
+                pass
+        monkeypatch.undo()
+        with results_lock(out):  # the run that failed is over: the folder is free again
+            pass
+    finally:
+        monkeypatch.undo()
+        for fd, was in opened:  # what the failed attempt left open (still that file): no other test inherits it
+            try:
+                if os.path.samestat(os.fstat(fd), was):
+                    os.close(fd)
+            except OSError:
+                pass

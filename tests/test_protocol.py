@@ -1227,3 +1227,13 @@ def test_review50_a_ledger_written_but_not_yet_committed_beside_a_copy_of_the_va
     assert [r["data_seed"] for r in repository_ledgers(ledger)] == [1]
     with pytest.raises(VariantsError, match="reuse images"):
         check_test_data(config, variants, ledger, ledger_where(str(repo / "results" / "b" / "test"), ledger))
+
+
+def test_ca_rev70_appending_to_a_log_whose_last_line_has_no_line_end_keeps_it_readable(tmp_path):
+    from convex_attention.paper.protocol import TEST_RUN_LOG, read_test_runs
+
+    path = tmp_path / TEST_RUN_LOG
+    path.write_text('{"run": 1}')  # a valid log, saved by an editor without the final line end
+    assert read_test_runs(str(tmp_path)) == [{"run": 1}]
+    assert log_test_run(str(tmp_path), {"run": 2}) == [{"run": 1}, {"run": 2}]
+    assert read_test_runs(str(tmp_path)) == [{"run": 1}, {"run": 2}]

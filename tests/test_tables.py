@@ -346,3 +346,12 @@ def test_a_path_that_is_no_file_is_named_in_full(tmp_path):
     with pytest.raises(ResultsFormatError) as info:
         read_table(str(tmp_path / "bench.csv"))
     assert str(info.value).startswith(f"{tmp_path / 'bench.csv'}: is a folder")
+
+
+@pytest.mark.parametrize("header", ["a,b,checksum,b", "a,b,checksum,checksum"])
+def test_ca_rev70_a_header_with_a_repeated_column_is_a_format_error(tmp_path, header):
+    path = tmp_path / "t.csv"
+    path.write_text(header + "\n")
+    schema = Schema("t", ("a", "b", "checksum"), frozenset(), frozenset())
+    with pytest.raises(ResultsFormatError, match="t.csv"):
+        read_rows(str(path), schema)

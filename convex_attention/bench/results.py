@@ -37,6 +37,7 @@ from ..io.files import (
     json_safe,
     one_line,
     row_checksum,
+    write_csv_row,
 )
 from ..io.settings import declared
 from ..io.tables import ResultsFormatError, Schema, read_rows
@@ -868,7 +869,7 @@ class ResultsWriter:
         key = row_key(row)
         self._rows[key] = row
         buf = io.StringIO()
-        csv.writer(buf, lineterminator="\n").writerow([csv_field(row[c]) for c in COLUMNS])
+        write_csv_row(buf, [csv_field(row[c]) for c in COLUMNS])
         self._lines[key] = buf.getvalue()
         self._row_json[key] = json.dumps(json_safe(row), allow_nan=False)
 

@@ -33,7 +33,7 @@ from dataclasses import asdict, is_dataclass
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json", "to_json_text", "json_safe",
            "csv_field", "row_checksum", "temporary_name", "temporary_file", "atomic_file", "clean_stale_tmp",
            "check_out_dir", "as_json", "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason",
-           "REASON_CHARS"]
+           "REASON_CHARS", "write_csv_row"]
 
 _TMP_COUNTER = itertools.count()
 
@@ -172,14 +172,22 @@ def atomic_csv(path: str, columns, rows, checksum: bool = False) -> None:
     columns = list(columns)
     data_columns = [c for c in columns if c != "checksum"] if checksum else columns
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(columns)
+    write_csv_row(buf, columns)
     for r in rows:
         values = [csv_field(r.get(c)) for c in data_columns]
         if checksum:
             values.append(row_checksum(values))
-        writer.writerow(values)
+        write_csv_row(buf, values)
     atomic_write_text(path, buf.getvalue())
+
+
+def write_csv_row(out, values) -> None:
+    """Write one CSV row of the strings ``values`` to the text stream ``out``, ended by
+    ``\n``: the one writer of every table.  csv's minimal quoting quotes a field holding the
+    line terminator but not a lone ``\r``, which every reader (csv's, pandas') takes for the end
+    of a line: such a row is written with every field quoted, so it reads back whole."""
+    quoting = csv.QUOTE_ALL if any("\r" in v for v in values) else csv.QUOTE_MINIMAL
+    csv.writer(out, lineterminator="\n", quoting=quoting).writerow(values)
 
 
 def json_safe(obj):

@@ -162,19 +162,21 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         time.sleep(poll_s)
     # every record names a dead owner here, this pid included: pids are reused (a container's
     # pid 1, another host), and this process's own re-entry was answered above
-    if previous and log:
-        dead = previous.get("host") == socket.gethostname() and not _pid_alive(previous.get("pid"))
-        log(f"took over the lock of {out_dir} left by {_describe(previous)}"
-            f"{', a process that no longer runs' if dead else ''}")
-    owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": command}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps(owner).encode("utf-8"), 0)
-    os.fsync(fd)
-    _HELD[real] = fd
     try:
+        if previous and log:
+            dead = previous.get("host") == socket.gethostname() and not _pid_alive(previous.get("pid"))
+            log(f"took over the lock of {out_dir} left by {_describe(previous)}"
+                f"{', a process that no longer runs' if dead else ''}")
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(), "command": command}
+        # an error from here on (a full disk, a log that raises) must not leave the folder locked
+        # for the rest of the process: the finally below releases it as a normal end does
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(owner).encode("utf-8"), 0)
+        os.fsync(fd)
+        _HELD[real] = fd
         yield path
     finally:
-        del _HELD[real]
+        _HELD.pop(real, None)
         with contextlib.suppress(OSError):  # before unlocking: a waiter re-checks that it locked the live file
             if os.path.samestat(os.fstat(fd), os.lstat(path)):  # ours still, not a file put there since
                 os.remove(path)

@@ -148,6 +148,9 @@ def _header_difference(expected: tuple, got: tuple) -> str:
         parts.append(f"missing {_listing(missing)}")
     if extra:
         parts.append(f"unexpected {_listing([repr(c) for c in extra])}")
+    repeated = sorted({c for c in got if got.count(c) > 1})
+    if repeated:
+        parts.append(f"repeated {_listing([repr(c) for c in repeated])}")
     if not parts:
         first = next(i for i, (a, b) in enumerate(zip(expected, got)) if a != b)
         parts.append(f"the same columns in another order (column {first + 1} is {got[first]!r}, expected "

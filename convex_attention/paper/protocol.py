@@ -1099,8 +1099,15 @@ def log_test_run(folder: str, record: dict) -> list[dict]:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, TEST_RUN_LOG)
     previous = read_test_runs(folder)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, allow_nan=False) + "\n")
+    with open(path, "a+b") as f:
+        # a last line without its line end (read_test_runs accepts it: an editor's save) would
+        # run into this record, and the log would read no more
+        size = f.seek(0, os.SEEK_END)
+        unended = False
+        if size:
+            f.seek(size - 1)
+            unended = f.read(1) != b"\n"
+        f.write((("\n" if unended else "") + json.dumps(record, allow_nan=False) + "\n").encode("utf-8"))
         f.flush()
         os.fsync(f.fileno())
     return [*previous, record]
