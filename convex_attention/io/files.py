@@ -186,8 +186,10 @@ def write_csv_row(out, values) -> None:
     ``\n``: the one writer of every table.  csv's minimal quoting quotes a field holding the
     line terminator but not a lone ``\r``, which every reader (csv's, pandas') takes for the end
     of a line: such a row is written with every field quoted, so it reads back whole."""
-    quoting = csv.QUOTE_ALL if any("\r" in v for v in values) else csv.QUOTE_MINIMAL
-    csv.writer(out, lineterminator="\n", quoting=quoting).writerow(values)
+    if any("\r" in v for v in values):
+        csv.writer(out, lineterminator="\n", quoting=csv.QUOTE_ALL).writerow(values)
+    else:
+        csv.writer(out, lineterminator="\n").writerow(values)
 
 
 def json_safe(obj):
