@@ -812,3 +812,16 @@ def test_rev42_the_report_table_names_the_mask_of_each_row(tmp_path):
     assert len(set(labels)) == len(labels) == 2, labels  # one row per mask, told apart
     report = read_text(write_outputs(rows, [], str(tmp_path))["markdown"])
     assert "| decisive |" in report and "| lesion |" in report
+
+
+# ----------------------------------------------------------------------------- review ca_rev69
+
+
+def test_ca_rev69_explanations_refuse_an_unknown_target():
+    from convex_attention.paper.explain import explanations
+
+    torch.manual_seed(0)
+    model = AttentionUNet(method="softmax", width=4, image_size=32, embed_channels=8).eval()
+    images = torch.randn(2, 4, 32, 32)
+    with pytest.raises(ValueError):
+        explanations(model, images, target="lesion", posthoc=False)  # randomisation_check passes it on unchecked

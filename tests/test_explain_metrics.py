@@ -489,3 +489,29 @@ def test_rev35_metrics_do_not_depend_on_a_float16_map_dtype():
     low, high = score_map(m, mask), score_map(m.double(), mask)  # the same values, only the dtype differs
     for name in high:
         assert math.isclose(low[name], high[name], rel_tol=1e-9, abs_tol=1e-12), name
+
+
+# ----------------------------------------------------------------------------- review ca_rev69
+
+
+def test_ca_rev69_a_tolerance_that_is_not_a_distance_is_refused():
+    m = torch.zeros(8, 8, dtype=torch.float64)
+    m[0, 0] = 1.0  # the top pixel lies in the mask: any tolerance >= 0 is a hit
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[0, 0] = True
+    assert score_map(m, mask, tolerance=0.0)["pointing_tol"] == 1.0
+    for bad in (math.nan, -1.0):
+        with pytest.raises(ValueError):
+            score_map(m, mask, tolerance=bad)  # it gives pointing_tol 0.0 for both
+
+
+def test_ca_rev69_quantile_iou_refuses_a_quantile_outside_0_1():
+    from convex_attention.paper.explain_metrics import quantile_iou, quantile_iou_strict
+
+    m = torch.arange(16.0, dtype=torch.float64).reshape(4, 4)
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 0] = True
+    with pytest.raises(ValueError):
+        quantile_iou_strict(m, mask, -0.5)  # the authors' variant refuses it (numpy)
+    with pytest.raises(ValueError):
+        quantile_iou(m, mask, -0.5)  # it gives 0.0: the top "150 %" read as the 8 largest pixels

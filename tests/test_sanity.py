@@ -457,3 +457,28 @@ def test_rev35_balanced_accuracy_at_the_validation_threshold_agrees_with_its_log
     assert both["bacc"] == 1.0  # on p(class 1) alone it gives 0.5
     # a checkpoint written before the log-odds were stored: the probability, as before
     assert classification(test, torch.tensor([0, 1]), chosen["val_threshold"])["bacc"] == 0.5
+
+
+# ----------------------------------------------------------------------------- review ca_rev69
+
+
+def test_ca_rev69_rank_correlation_of_a_nan_map_is_not_minus_one():
+    from convex_attention.paper.sanity import rank_correlation
+
+    a = np.array([[1.0, 2.0], [float("nan"), 4.0]])
+    b = np.array([[1.0, 2.0], [3.0, 4.0]])
+    try:
+        r = rank_correlation(a, b)
+    except ValueError:
+        return  # refusing the map is a fix too
+    assert math.isnan(r), r  # it gives -1.0: perfect anti-correlation, reported as a number
+
+
+def test_ca_rev69_balanced_accuracy_of_nan_probabilities_is_not_a_number():
+    from convex_attention.paper.sanity import balanced_accuracy_at
+
+    try:
+        bacc = balanced_accuracy_at([math.nan] * 4, [0, 1, 0, 1], 0.5)
+    except ValueError:
+        return  # refusing them is a fix too
+    assert math.isnan(bacc), bacc  # it gives 0.5: every NaN predicted as class 0

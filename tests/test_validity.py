@@ -116,17 +116,18 @@ def test_a_check_that_did_not_run_never_passes():
     assert not b.ran and not b.passed
     nan = CheckResult("x", "t", "m", math.nan, 0.6)
     assert not nan.passed and nan.status == "FAIL"
-    good = CheckResult("x", "t", "m", 0.5, 0.6)
+    # (a) and (b) passed: every check accepted() requires besides the optional (c')
+    good = [CheckResult("location_free", "t", "m", 0.5, 0.6), CheckResult("pixel_map", "t", "m", 0.2, 0.3)]
     not_run_c = check_uniform_attention(None, None)
     assert not not_run_c.passed and not not_run_c.ran
-    assert accepted([good, not_run_c])  # (c) is reported, never decides
-    assert accepted([good, check_uniform_attention(0.9, 0.89)])
+    assert accepted([*good, not_run_c])  # (c) is reported, never decides
+    assert accepted([*good, check_uniform_attention(0.9, 0.89)])
     not_run_ranking = check_maps_drive_ranking(None)
-    assert not not_run_ranking.passed and accepted([good, not_run_ranking])  # data check: no trained models
-    assert not accepted([good, not_run_ranking], optional=())  # the dev stage needs it
-    assert not accepted([good, check_maps_drive_ranking([0.0] * 5)])
-    assert not accepted([good, a])  # (a) is required
-    assert not accepted([good, nan]) and not accepted([])
+    assert not not_run_ranking.passed and accepted([*good, not_run_ranking])  # data check: no trained models
+    assert not accepted([*good, not_run_ranking], optional=())  # the dev stage needs it
+    assert not accepted([*good, check_maps_drive_ranking([0.0] * 5)])
+    assert not accepted([good[1], a])  # (a) is required
+    assert not accepted([*good, nan]) and not accepted([])
     with pytest.raises(ValueError, match="NaN"):
         check_location_free(np.full((12, 4, 8, 8), np.nan, np.float32), one_class, images, one_class)
 
@@ -735,3 +736,26 @@ def test_data_check_defaults_are_those_its_help_states():
         if action.dest in ("n", "image_size"):
             stated = re.search(r"\(default: (\d+)\)", action.help)
             assert stated and int(stated.group(1)) == getattr(args, action.dest) == action.default, action.dest
+
+
+# ----------------------------------------------------------------------------- review ca_rev69
+
+
+def test_ca_rev69_a_missing_deciding_check_is_not_accepted():
+    # protocol.failed_checks counts a missing required check as failed; accepted() does not
+    only_a = [CheckResult("location_free", "t", "m", 0.5, 0.60)]
+    only_b = [CheckResult("pixel_map", "t", "m", 0.2, 0.30)]
+    assert only_a[0].passed and only_b[0].passed
+    assert not accepted(only_a)  # it gives True: (b) never ran, yet the benchmark is accepted
+    assert not accepted(only_b)
+
+
+def test_ca_rev69_ranking_check_refuses_a_mapping_and_values_that_are_not_auc_drops():
+    per_seed = {0: 0.001, 1: 0.002, 2: 0.0, 3: 0.001, 4: 0.003}  # drops far below 0.05: a FAIL
+    try:
+        result = check_maps_drive_ranking(per_seed)
+    except (TypeError, ValueError):
+        result = None  # refusing the mapping is a fix too
+    assert result is None or (result.value < 0.01 and not result.passed), result  # gives value 2.0 PASS
+    with pytest.raises(ValueError):
+        check_maps_drive_ranking([12.0, 10.0, 11.0, 13.0, 9.0])  # an AUC drop lies in [-1, 1]; percent passes

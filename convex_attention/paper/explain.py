@@ -148,6 +148,8 @@ def explanations(model, images: torch.Tensor, target: str = "true", posthoc: boo
     :class:`~convex_attention.paper.models.NonFiniteOutput` (naming the parts) when the
     model's logits or maps, or an explanation map, hold NaN or Inf: such maps are never
     scored, so no metric of them is reported as a number."""
+    if target not in ("true", "predicted"):  # anything else was explained as the prediction
+        raise ValueError(f"target is 'true' or 'predicted', got {target!r}")
     model.eval()
     with torch.no_grad():
         out = model(images)

@@ -52,6 +52,7 @@ affects.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 import torch
@@ -208,9 +209,16 @@ def average_precision(m: Tensor, mask: Tensor) -> float:
     return float((np.diff(tp, prepend=0) / tp[-1] * precision).sum())
 
 
+def _check_quantile(q) -> None:
+    if isinstance(q, bool) or not isinstance(q, numbers.Real) or not 0.0 <= float(q) < 1.0:
+        raise ValueError(f"a quantile of q-IoU is a number in [0, 1), got {q!r}")
+
+
 def quantile_iou(m: Tensor, mask: Tensor, q: float) -> float:
     """IoU of the mask with the top ``1 − q`` of pixels, ties with the threshold included;
-    NaN for an empty mask."""
+    NaN for an empty mask.  ValueError unless ``0 <= q < 1`` (outside, the share of pixels is
+    no share: the partition's index would wrap)."""
+    _check_quantile(q)
     values, truth = _check(m, mask)
     if not truth.any():
         return math.nan
@@ -255,13 +263,23 @@ def pointing_tolerance_px(size) -> float:
     return POINTING_TOLERANCE_PX * max(int(s) for s in size) / POINTING_REFERENCE_SIZE
 
 
+def _check_tolerance(tolerance) -> None:
+    if tolerance is None:
+        return
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not (
+            math.isfinite(float(tolerance)) and float(tolerance) >= 0):
+        raise ValueError(f"a pointing tolerance is a finite distance in pixels, at least 0; got {tolerance!r}")
+
+
 def pointing_tolerance(m: Tensor, mask: Tensor, tolerance: float | None = None) -> float:
     """The pointing game within ``tolerance`` pixels (Euclidean) of a mask pixel, ties for
     the top broken as in :func:`pointing`: the share of the map's maximal pixels within
     ``tolerance`` of the mask (1 or 0 when one pixel is the top); ``tolerance`` defaults to
-    :func:`pointing_tolerance_px` of the mask's size.  NaN for an empty mask."""
+    :func:`pointing_tolerance_px` of the mask's size.  NaN for an empty mask; ValueError for
+    a tolerance that is not a distance (negative or not finite: no pixel would be within it)."""
     from scipy.ndimage import distance_transform_edt
 
+    _check_tolerance(tolerance)
     values, truth = _check(m, mask)
     if not truth.any():
         return math.nan
@@ -284,8 +302,10 @@ def score_map(m: Tensor, mask: Tensor, tolerance: float | None = None) -> dict[s
     """Every metric of :data:`METRIC_NAMES` of one image-resolution map ``m`` ``(H, W)``
     against one mask ``(H, W)`` (``tolerance``: of ``pointing_tol``, default
     :func:`pointing_tolerance_px`).  Every metric is NaN for an empty mask (no score is
-    defined); a map holding NaN or Inf is refused (ValueError)."""
+    defined); a map holding NaN or Inf, and a tolerance that is not a distance, are refused
+    (ValueError)."""
     _check(m, mask)  # refused before any metric, whatever the mask
+    _check_tolerance(tolerance)
     out = {"ap": average_precision(m, mask)}
     for q in QUANTILES:
         out[f"qiou@{q:g}"] = quantile_iou(m, mask, q)

@@ -83,6 +83,7 @@ from .validity import (
     MIN_RANKING_SEEDS,
     PASSES_BELOW,
     REPORTED_ONLY,
+    REQUIRED_CHECKS,
     THRESHOLDS,
     CheckResult,
     check_pixel_map,
@@ -231,8 +232,6 @@ class Variants:
         return self
 
 
-#: The checks a dev-stage verdict must hold (``brain_mask`` too where the data has brain masks).
-REQUIRED_CHECKS = ("location_free", "pixel_map", "maps_drive_ranking")
 #: The settings every verdict records (a verdict written before :data:`JUDGED_SETTINGS` grew records only these).
 _JUDGED_SETTINGS = ("image_size", "width", "epochs", "n_train")
 #: The settings of the judged protocol (:func:`judged_settings`): the recipe of every model the

@@ -81,10 +81,11 @@ def balanced_accuracy_at(p1, labels, threshold: float) -> float:
     """Balanced accuracy of predicting class 1 where ``p1 >= threshold`` (``p1``: ``(N,)``
     probabilities of class 1, or log-odds with a threshold on them; ``labels`` ``(N,)`` in
     {0, 1}): the mean of the recalls of the two classes; NaN for a NaN threshold, no labels,
-    or a class absent (the mean of the recalls present would score one class's recall as
-    balanced)."""
+    a class absent (the mean of the recalls present would score one class's recall as
+    balanced), or a probability that is no number (a failed model: ``p1 >= threshold`` would
+    predict class 0 for it)."""
     p1, labels = np.asarray(p1, dtype=float), np.asarray(labels).astype(int)
-    if threshold is None or not math.isfinite(threshold):
+    if threshold is None or not math.isfinite(threshold) or np.isnan(p1).any():
         return math.nan
     return _balanced_accuracy((p1 >= threshold).astype(int), labels)
 
@@ -257,13 +258,17 @@ def cascading_copies(model, seed: int = 0):
 def rank_correlation(a, b) -> float:
     """Spearman's rank correlation of two maps of one shape (ties share their mean rank);
     NaN when either is constant: a constant map ranks no pixels, so it neither agrees nor
-    disagrees with the other, and neither 0 nor 1 would be true of it.  The experiment
-    leaves such NaN out of its means and counts them (``_n_nan``, ``_images_nan``)."""
+    disagrees with the other, and neither 0 nor 1 would be true of it.  NaN too when either
+    holds a value that is no number (NaN or ±Inf: no ranking of its pixels is the map's; the
+    clamp below turned NaN into -1).  The experiment leaves such NaN out of its means and
+    counts them (``_n_nan``, ``_images_nan``)."""
     from scipy.stats import rankdata
 
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if x.shape != y.shape:  # (3, 4) against (4, 3) too: the pixels would not correspond
         raise ValueError(f"maps of different shapes: {x.shape} and {y.shape}")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return math.nan
     rx, ry = rankdata(x.ravel()), rankdata(y.ravel())
     sx, sy = rx.std(), ry.std()
     if sx == 0 or sy == 0:

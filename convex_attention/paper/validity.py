@@ -76,6 +76,7 @@ bool (lesion pixels), ``brain`` (N, H, W) bool.  scikit-learn is imported lazily
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -85,7 +86,7 @@ from .config import THRESHOLDS
 __all__ = ["CheckResult", "QUANTILES", "THRESHOLDS", "PASSES_BELOW", "collect", "location_free_features",
            "check_location_free", "check_pixel_map", "check_maps_drive_ranking", "check_uniform_attention",
            "check_brain_mask", "REPORTED_ONLY", "MIN_RANKING_SEEDS", "MIN_COMPARED_AUC",
-           "brain_mask_features", "run_checks", "accepted"]
+           "brain_mask_features", "run_checks", "accepted", "REQUIRED_CHECKS"]
 
 QUANTILES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.999, 1.0)
 #: Which side of its threshold each check passes on (True: at most).
@@ -144,11 +145,18 @@ class CheckResult:
 
 #: Checks that are reported but never decide the verdict.
 REPORTED_ONLY = ("uniform_attention",)
+#: The checks every verdict must hold (``brain_mask`` too where the data has brain masks).
+REQUIRED_CHECKS = ("location_free", "pixel_map", "maps_drive_ranking")
 
 
 def accepted(results: list[CheckResult], optional=("maps_drive_ranking",)) -> bool:
     """True when every check that decides (all but :data:`REPORTED_ONLY`) ran and passed,
-    except ``optional`` checks that did not run (``data check`` has no trained models)."""
+    :data:`REQUIRED_CHECKS` among them, except ``optional`` checks that did not run or are
+    absent (``data check`` has no trained models).  A required check missing from
+    ``results`` did not run, so it never passes (protocol.failed_checks' rule)."""
+    present = {r.name for r in results}
+    if any(name not in present and name not in optional for name in REQUIRED_CHECKS):
+        return False
     required = [r for r in results if r.name not in REPORTED_ONLY and (r.ran or r.name not in optional)]
     return bool(required) and all(r.passed for r in required)
 
@@ -370,12 +378,22 @@ def check_maps_drive_ranking(drops, min_drop: float = THRESHOLDS["maps_drive_ran
     """Check (c′): ``drops`` holds, per dev seed, the reference (softmax) model's dev AUC
     minus its AUC with every map's cells shuffled; passes when their mean is at least
     ``min_drop`` and its 95 % t-interval excludes 0, over at least ``min_seeds`` seeds.
-    Not run (never passed) with fewer seeds or a value that is not finite."""
+    Not run (never passed) with fewer seeds or a value that is not finite.  TypeError for a
+    mapping (its keys, the seeds, would be read as the drops: give its values) and ValueError
+    for a drop outside [-1, 1] (a difference of two AUCs; a drop in per cent would pass) or
+    ``min_seeds`` below 2 (one seed has no interval)."""
     from scipy.stats import t
 
     title, metric = "the maps drive the ranking", "AUC drop when the maps are shuffled"
     below = PASSES_BELOW["maps_drive_ranking"]
+    if isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 2:
+        raise ValueError(f"min_seeds is a whole number of seeds, at least 2 (a t-interval needs two), "
+                         f"got {min_seeds!r}")
+    if isinstance(drops, Mapping):
+        raise TypeError("drops is a sequence of AUC drops, one per dev seed; got a mapping (pass its values)")
     values = [] if drops is None else [float(d) for d in drops]
+    if any(abs(v) > 1 for v in values if math.isfinite(v)):
+        raise ValueError(f"an AUC drop is a difference of two AUCs, in [-1, 1]; got {values}")
     if len(values) < min_seeds or not all(math.isfinite(v) for v in values):
         why = (f"needs the reference model's AUC drop on at least {min_seeds} dev seeds, got {len(values)}"
                if len(values) < min_seeds else "an AUC drop is not finite (a model failed to train)")
