@@ -1165,7 +1165,8 @@ def test_one_test_condition_trains_on_train_and_val_compares_on_dev_and_reports_
         return [CheckResult("location_free", "t", "b", 0.5, 0.6), check_maps_drive_ranking(None),
                 check_uniform_attention(None, None)]
 
-    def randomisation_check(model, images, target, seed, posthoc):
+    def randomisation_check(model, images, target, seed, posthoc, labels):
+        assert labels.shape == (len(images),) and set(labels.tolist()) <= {0, 1}  # the images' own labels
         seen["randomisation"].append((model[0], seed, posthoc))
         return []
 

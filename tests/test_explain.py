@@ -383,7 +383,7 @@ def test_explanation_maps_that_are_not_finite_are_never_scored(monkeypatch):
     monkeypatch.setattr(explain, "BASELINES", {})
     model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
     with pytest.raises(NonFiniteOutput, match=r"explanation maps gradcam \(level 0\), gradcam \(level 1\)"):
-        explain.explanations(model, torch.randn(2, 4, 32, 32))
+        explain.explanations(model, torch.randn(2, 4, 32, 32), labels=torch.tensor([1, 0]))
 
 
 # ----------------------------------------------------------------------------- which images, which rows
@@ -448,6 +448,24 @@ def test_an_image_in_both_lists_is_explained_once_per_mask():
     assert len(keys) == len(set(keys)) == 2 * 2 * len(lesion)  # two masks, two levels, each image once
 
 
+def test_explain_models_explains_the_normal_images_of_the_decisive_masks_as_class_0(monkeypatch):
+    """The decisive masks add normal images (label 0): their true class is 0.  Before, every
+    image was explained as class 1 (ca_rev69's near-miss)."""
+    from convex_attention.paper.data import InMemory
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+
+    seen = []
+    _recording_gradcam(monkeypatch, seen)
+    data = InMemory(SyntheticBrightestLesions(12, image_size=32, difficulty=0.3, seed=1))
+    lesion = lesion_indices(data, 2)
+    decisive = [i for i in range(len(data)) if int(data[i][1]) == 0][:2]
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    explain_models({"exact": model}, data, indices=lesion, decisive=decisive, baseline_model="exact",
+                   progress=False, batch_size=16)
+    assert seen and all(t.tolist() == [1, 1, 0, 0] for t in seen)
+
+
 # ----------------------------------------------------------------------------- the post-hoc target and finiteness
 
 
@@ -462,7 +480,10 @@ def _recording_gradcam(monkeypatch, seen, value=0.5):
     monkeypatch.setattr(explain, "BASELINES", {})
 
 
-def test_posthoc_methods_explain_the_lesion_class_or_the_prediction(monkeypatch):
+def test_posthoc_methods_explain_each_image_s_own_label_or_the_prediction(monkeypatch):
+    """Before: target "true" explained class 1 on every image ("only lesion images are
+    explained"), but the decisive masks add normal images, whose true class is 0 (ca_rev69's
+    near-miss); without labels it is refused, never assumed."""
     from convex_attention.paper import explain
 
     seen = []
@@ -470,8 +491,14 @@ def test_posthoc_methods_explain_the_lesion_class_or_the_prediction(monkeypatch)
     torch.manual_seed(0)
     model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
     images = torch.randn(3, 4, 32, 32)
-    explain.explanations(model, images, target="true")
-    assert seen and all(t.tolist() == [1, 1, 1] for t in seen)
+    explain.explanations(model, images, target="true", labels=torch.tensor([1, 0, 1]))
+    assert seen and all(t.tolist() == [1, 0, 1] for t in seen)
+    seen.clear()
+    for labels in (None, torch.tensor([1, 0]), torch.tensor([1, 2, 0])):
+        with pytest.raises(ValueError, match="label"):
+            explain.explanations(model, images, target="true", labels=labels)
+    assert not seen
+    explain.explanations(model, images, target="true", posthoc=False)  # attention alone needs no label
     seen.clear()
     explain.explanations(model, images, target="predicted")
     with torch.no_grad():
@@ -492,7 +519,7 @@ def test_a_map_with_a_single_nan_is_never_scored(monkeypatch):
     monkeypatch.setattr(explain, "BASELINES", {})
     model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
     with pytest.raises(NonFiniteOutput, match=r"gradcam \(level 0\)"):
-        explain.explanations(model, torch.randn(2, 4, 32, 32))
+        explain.explanations(model, torch.randn(2, 4, 32, 32), labels=torch.tensor([1, 1]))
 
 
 # ----------------------------------------------------------------------------- references and scoring

@@ -204,7 +204,7 @@ def test_randomisation_check_compares_every_explanation(monkeypatch):
 
     model = _tiny("exact")
     images = _data(4).images[:2]
-    rows = sanity.randomisation_check(model, images, seed=1)
+    rows = sanity.randomisation_check(model, images, seed=1, labels=torch.tensor([1, 0]))
     methods = {(r["method"], r["level"]) for r in rows}
     assert methods == {("attention", 0), ("attention", 1), ("gradcam", 0), ("gradcam", 1), ("deeplift", -1),
                        ("lrp", -1), ("input_x_gradient", -1), ("integrated_gradients", -1)}
@@ -218,7 +218,7 @@ def test_randomisation_check_compares_every_explanation(monkeypatch):
                for r in rows if r["method"] == "attention")
     # against the model itself every explanation correlates perfectly: the comparison pairs like with like
     monkeypatch.setattr(sanity, "randomised_copy", lambda m, seed=0: m)
-    same = sanity.randomisation_check(model, images, seed=1)
+    same = sanity.randomisation_check(model, images, seed=1, labels=torch.tensor([1, 0]))
     for key in ("spearman_abs", "spearman_signed"):
         assert all(r[key] == pytest.approx(1.0) or math.isnan(r[key]) for r in same)
         # GradCAM of an untrained model may be 0
@@ -341,7 +341,7 @@ def test_randomisation_check_rows_against_scipy(monkeypatch):
 
     calls = []
 
-    def fake_explanations(model, images, target, posthoc):  # new, signed maps on every call
+    def fake_explanations(model, images, target, posthoc, labels=None):  # new, signed maps on every call
         g = torch.Generator().manual_seed(len(calls))
         maps = {("attention", 0): torch.randn(len(images), 3, 3, generator=g),
                 ("lrp", -1): torch.randn(len(images), 2, 3, 3, generator=g)}

@@ -187,8 +187,8 @@ def _add_explain(sub) -> None:
     e.add_argument("--baseline-model", nargs="+", default=None, metavar="NAME",
                    help="the NAMEs whose models the post-hoc methods explain, or 'none' (default: every model)")
     e.add_argument("--target", default="true", choices=["true", "predicted"],
-                   help="class explained by the post-hoc methods: the true class (1, lesion) or the prediction "
-                        "(default: true)")
+                   help="class explained by the post-hoc methods: each image's true class (1, lesion: the "
+                        "images explained hold a lesion) or the prediction (default: true)")
     e.add_argument("--n-images", type=int_in(1, 100_000, "n_images"), default=64,
                    help="the first N validation images with a lesion are explained, at most 100000 (default: 64)")
     e.add_argument("--upsampling", default="nearest", choices=list(UPSAMPLINGS),

@@ -706,8 +706,8 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=_default_train)
     n_explain: int = setting(64, Int(low=1, high=100_000),
                              "the first N lesion images of the test (dev) split are explained")
-    target: str = setting("true", Choice(("true", "predicted")), "the class the post-hoc methods explain",
-                          flag="")
+    target: str = setting("true", Choice(("true", "predicted")), "the class the post-hoc methods explain "
+                          "(each image's own label, or the prediction)", flag="")
     baseline_model: str | None = setting("all", Text(optional=True), "the models the post-hoc methods explain "
                                                                      "('all', one model, or None)", flag="")
     plain_cnn: bool = setting(True, Flag(), "train the plain CNN too", flag="")

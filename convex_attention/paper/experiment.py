@@ -745,9 +745,10 @@ def _test_seed(config: ExperimentConfig, variant: Variant, cond: str, difficulty
         if tname == "test":
             sanity_idx = by_mask[primary_mask(by_mask)][:config.n_sanity]
             images = torch.stack([tset[i][0] for i in sanity_idx]).to(device)
+            labels = torch.tensor([int(tset[i][1]) for i in sanity_idx])
             for name, model in models.items():
                 for r in randomisation_check(model, images, config.target, seed=10_000 + seed,
-                                             posthoc=name in posthoc):
+                                             posthoc=name in posthoc, labels=labels):
                     gathered.randomisation.append({"condition": cond, "test_set": tname, "model": name, "seed": seed,
                                                    "stage": r["stage"], "stage_index": r["stage_index"],
                                                    "method": r["method"], "level": r["level"],

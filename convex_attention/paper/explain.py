@@ -13,8 +13,11 @@ pixel protocol (``resolution`` ``"pixel"``, with the stated ``upsampling``) and,
 ``pooled=True``, under the authors' pooled protocol at every attention grid at most as
 fine as the map (``resolution`` ``"32x32"`` etc., upsampling always ``nearest``).
 
-The post-hoc methods explain ``target``: ``"true"`` (default; the lesion class, 1, since
-only lesion images are explained) or ``"predicted"`` (the model's argmax).
+The post-hoc methods explain ``target``: ``"true"`` (default; each image's own label: the
+lesion class, 1, on lesion images, and class 0 on the normal images the decisive masks add)
+or ``"predicted"`` (the model's argmax).  Runs before 2026-12-06 explained class 1 on every
+image, normal ones included (docs/experiment.md, "Scoring rules changed after the committed
+runs").
 
 Statistics: :func:`mean_ci` (mean and the half-width of its 95 % confidence interval,
 Student t) is the one summary used by ``explain`` (over images) and ``experiment`` (over
@@ -53,8 +56,9 @@ from .explain_metrics import (
 )
 from .models import NonFiniteOutput, non_finite_parts
 
-__all__ = ["MASKS", "has_decisive_masks", "decisive_indices", "explained_indices", "primary_mask", "lesion_indices",
-           "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of", "summarise",
+__all__ = ["MASKS", "TARGETS", "has_decisive_masks", "decisive_indices", "explained_indices", "primary_mask",
+           "lesion_indices", "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of",
+           "summarise",
            "write_outputs", "mean_ci", "mean_se", "nan_counts", "summary_cells", "dropped_values",
            "format_ci", "markdown_table", "plot_examples",
            "plot_metric_summary", "EXPLAIN_COLUMNS", "POSTHOC", "GROUP_KEYS", "OUTPUT_FILES"]
@@ -63,6 +67,8 @@ GROUP_KEYS = ("model", "method", "level", "resolution", "upsampling", "mask")
 #: The masks a map is scored against: the lesion (lesion images), and the structure that
 #: decides the label (every image whose data say which structure decides).
 MASKS = ("lesion", "decisive")
+#: What the post-hoc methods explain: each image's own label, or the model's prediction.
+TARGETS = ("true", "predicted")
 EXPLAIN_COLUMNS = GROUP_KEYS + ("image",) + METRIC_NAMES
 #: The post-hoc methods, in report order (GradCAM has one map per attention level; the others are input attributions).
 POSTHOC = ("gradcam", "deeplift", "lrp", "input_x_gradient", "integrated_gradients")
@@ -137,29 +143,34 @@ def grids_of(model) -> list[tuple[int, int]]:
     return [tuple(s) for s in model.hierarchy.shapes]
 
 
-def explanations(model, images: torch.Tensor, target: str = "true", posthoc: bool = True) -> dict:
+def explanations(model, images: torch.Tensor, target: str = "true", posthoc: bool = True,
+                 labels: torch.Tensor | None = None) -> dict:
     """``{(method, level): maps}`` of one batch ``images`` ``(B, C, H, W)``.
 
     ``("attention", k)``: ``(B, h_k, w_k)``, the model's attention at level ``k`` (models
     with attention); with ``posthoc``: ``("gradcam", k)`` ``(B, h_k, w_k)`` and
     ``(name, -1)`` ``(B, C, H, W)`` for the input attributions.  The post-hoc methods
-    explain the lesion class (``target="true"``) or the model's prediction.
+    explain each image's own label (``target="true"``; ``labels`` ``(B,)`` in {0, 1}, which
+    it needs: ValueError without them) or the model's prediction (``"predicted"``).
 
     :class:`~convex_attention.paper.models.NonFiniteOutput` (naming the parts) when the
     model's logits or maps, or an explanation map, hold NaN or Inf: such maps are never
     scored, so no metric of them is reported as a number."""
-    if target not in ("true", "predicted"):  # anything else was explained as the prediction
+    if target not in TARGETS:  # anything else was explained as the prediction
         raise ValueError(f"target is 'true' or 'predicted', got {target!r}")
+    if posthoc and target == "true":
+        if labels is None:  # class 1 was assumed here: a normal image's true class is 0
+            raise ValueError("target 'true' explains each image's own label: pass the images' labels")
+        labels = torch.as_tensor(labels).to(device=images.device, dtype=torch.long).reshape(-1)
+        if labels.shape != (len(images),) or not bool(((labels == 0) | (labels == 1)).all()):
+            raise ValueError(f"labels are one 0 or 1 per image ({len(images)}), got {labels.tolist()}")
     model.eval()
     with torch.no_grad():
         out = model(images)
     bad = non_finite_parts(out)
     if bad:  # a map or a prediction that is not a number is never scored
         raise NonFiniteOutput(f"the model's {', '.join(bad)} hold NaN or Inf: its explanations are not scored")
-    if target == "true":
-        targets = torch.ones(len(images), dtype=torch.long, device=images.device)
-    else:
-        targets = out.logits.argmax(1)
+    targets = labels if target == "true" else out.logits.argmax(1)
     maps = {}
     if getattr(model, "has_attention", True):
         maps = {("attention", k): p.detach() for k, p in enumerate(out.maps)}
@@ -260,7 +271,7 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
     """
     from tqdm.auto import tqdm
 
-    if target not in ("true", "predicted"):
+    if target not in TARGETS:
         raise ValueError(f"target must be 'true' or 'predicted', got {target!r}")
     if not models:
         raise ValueError("no model to explain")
@@ -277,6 +288,7 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
         chosen = order[start:start + batch_size]
         batch = [dataset[i] for i in chosen]
         images = torch.stack([b[0] for b in batch]).to(device)
+        labels = torch.tensor([int(b[1]) for b in batch])
         masks = {"lesion": torch.stack([b[2] for b in batch])}
         if wanted["decisive"] & set(chosen):
             masks["decisive"] = torch.stack([dataset.decisive_mask(i) for i in chosen])
@@ -285,7 +297,7 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
         for name, model in models.items():
             model.to(device)
             try:
-                model_maps.append((name, explanations(model, images, target, name in posthoc)))
+                model_maps.append((name, explanations(model, images, target, name in posthoc, labels)))
             except NonFiniteOutput as err:
                 raise NonFiniteOutput(f"model {name!r}, on images {chosen[:10]}: {err}") from None
         for kind, kind_masks in masks.items():

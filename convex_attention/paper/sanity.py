@@ -288,22 +288,23 @@ def native_form(m: Tensor, signed: bool = False) -> Tensor:
 
 
 def randomisation_check(model, images: Tensor, target: str = "true", seed: int = 0, posthoc: bool = True,
-                        original: dict | None = None) -> list[dict]:
+                        original: dict | None = None, labels: Tensor | None = None) -> list[dict]:
     """The cascading model-parameter randomisation check (Adebayo et al., 2018).
 
     The model's layers are re-initialised in turn from the top (:func:`cascade_stages`:
     the classifier, the attention, then the blocks from the deepest), each stage keeping
     the ones before re-initialised; after every stage each explanation of ``images``
     ``(B, C, H, W)`` (:func:`convex_attention.paper.explain.explanations`; ``original``:
-    the trained model's, if already computed) is compared with the trained model's by
+    the trained model's, if already computed; ``labels`` ``(B,)``: the images' labels, which
+    ``target="true"`` needs for the post-hoc methods) is compared with the trained model's by
     Spearman's rank correlation, on absolute and on signed maps.  Rows ``{stage,
     stage_index, method, level, position, spearman_abs, spearman_signed}`` (near 0: the
     explanation depends on those weights; near 1: it does not)."""
     if original is None:
-        original = explanations(model, images, target, posthoc)
+        original = explanations(model, images, target, posthoc, labels)
     rows = []
     for index, (stage, randomised_model) in enumerate(cascading_copies(model, seed)):
-        randomised = explanations(randomised_model, images, target, posthoc)
+        randomised = explanations(randomised_model, images, target, posthoc, labels)
         for key, m in original.items():
             r = randomised[key]
             for j in range(len(images)):
