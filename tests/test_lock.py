@@ -504,3 +504,26 @@ def test_ca_rev70_an_error_while_taking_the_lock_leaves_the_folder_free(tmp_path
                     os.close(fd)
             except OSError:
                 pass
+
+
+def test_a_folder_lock_makes_a_second_process_wait_and_creates_no_file(tmp_path):
+    """The data ledger's read-modify-write (protocol.spend) runs under it: two test stages
+    started together each read the ledger and wrote it back with their own run alone, so one
+    entry was lost (ca_rev70's near-miss)."""
+    import subprocess
+    import sys
+    import time
+
+    from convex_attention.io.lock import folder_lock
+
+    code = ("import sys, time; from convex_attention.io.lock import folder_lock\n"
+            "t = time.monotonic()\n"
+            "with folder_lock(sys.argv[1]): print(time.monotonic() - t)\n")
+    with folder_lock(str(tmp_path)):
+        with folder_lock(str(tmp_path)):  # re-entry from this process does not wait for itself
+            pass
+        other = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        time.sleep(1.0)
+        assert other.poll() is None  # still waiting
+    out, _ = other.communicate(timeout=60)
+    assert float(out) >= 0.9 and list(tmp_path.iterdir()) == []

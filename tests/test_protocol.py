@@ -1237,3 +1237,18 @@ def test_ca_rev70_appending_to_a_log_whose_last_line_has_no_line_end_keeps_it_re
     assert read_test_runs(str(tmp_path)) == [{"run": 1}]
     assert log_test_run(str(tmp_path), {"run": 2}) == [{"run": 1}, {"run": 2}]
     assert read_test_runs(str(tmp_path)) == [{"run": 1}, {"run": 2}]
+
+
+def test_spending_through_a_ledger_that_is_a_link_writes_where_it_points(tmp_path):
+    """A ledger shared by several checkouts through a symbolic link: write_json replaced the
+    link by a regular file, so the shared ledger never learned of the run (ca_rev70's near-miss)."""
+    from convex_attention.paper.protocol import read_ledger, spend
+
+    shared = tmp_path / "shared" / "data_ledger.json"
+    shared.parent.mkdir()
+    link = tmp_path / "checkout" / "data_ledger.json"
+    link.parent.mkdir()
+    link.symlink_to(shared)
+    spend(str(link), {"stage": "test", "data": "synthetic-brightest", "data_seed": 3,
+                      "splits": [{"seed": 3, "n": 10}]})
+    assert link.is_symlink() and [r["data_seed"] for r in read_ledger(str(shared))] == [3]

@@ -16,7 +16,7 @@ import os
 import socket
 import time
 
-__all__ = ["results_lock", "ResultsLocked", "LOCK_NAME", "RECORD_FIELDS"]
+__all__ = ["results_lock", "ResultsLocked", "LOCK_NAME", "RECORD_FIELDS", "folder_lock"]
 
 LOCK_NAME = "results.lock"
 #: The fields of the owner record the lock writes: a file that lacks one is not this tool's.
@@ -180,4 +180,30 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         with contextlib.suppress(OSError):  # before unlocking: a waiter re-checks that it locked the live file
             if os.path.samestat(os.fstat(fd), os.lstat(path)):  # ours still, not a file put there since
                 os.remove(path)
+        os.close(fd)
+
+
+_FOLDERS_HELD: set = set()  # realpaths this process holds folder_lock on: re-entry takes it freely
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str):
+    """Hold an exclusive OS lock (``flock``) on the folder ``folder`` itself while the block
+    runs, waiting for any other process that holds it: for a short read-modify-write of a
+    file in it that several runs share (the data ledger), which would otherwise lose one of
+    two concurrent updates.  No file is created; the system releases the lock when its
+    process dies.  Re-entry from this process (a nested call) does not wait for itself."""
+    real = os.path.realpath(folder)
+    if real in _FOLDERS_HELD:
+        yield real
+        return
+    fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        _FOLDERS_HELD.add(real)
+        yield real
+    finally:
+        _FOLDERS_HELD.discard(real)
         os.close(fd)

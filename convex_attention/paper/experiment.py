@@ -114,6 +114,7 @@ from .protocol import (
     history_of_test_runs,
     judged_settings,
     ledger_entry,
+    ledger_lock,
     ledger_where,
     log_test_run,
     read_ledger,
@@ -604,24 +605,25 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     device = _device(config)
     ledger = ledger_path or default_ledger_path(variants_record.get("path") or DEFAULT_VARIANTS_PATH)
     where = ledger_where(folder, ledger)
-    replaced = check_test_data(config, variants, ledger, where, force, variants_sha256=variants_record.get("sha256"),
-                               folder_runs=runs_into(folder))
-    started = time.strftime("%Y-%m-%d %H:%M:%S")
-    record = record_test_run(config, variants_record, started, where, force)
-    target = None
-    if check_test_folder(folder, force):  # --force over an earlier run: where its results will go
-        if os.path.ismount(folder):  # a rename cannot move it: refused before anything is recorded
-            raise TestFolderExists(f"{folder} is a mount point: --force cannot move its earlier results aside (they "
-                                   f"are never deleted); choose another --out")
-        earlier = read_manifest(folder) or {}
-        target = aside_target(folder)
-        record["moved_aside"] = {"from": where, "to": ledger_where(target, ledger),
-                                 "run_started": earlier.get("started"), "run_id": earlier.get("run_id")}
-    # recorded before anything moves: a run that fails to write its record moves nothing, so
-    # no earlier results can sit where no record says
-    spend(ledger, ledger_entry(config, where, started, **{k: v for k, v in record.items()
-                                                          if k not in ("stage", "data", "data_seed", "started",
-                                                                       "variants")}))
+    with ledger_lock(ledger):  # checked and spent as one step: a run started beside this one waits
+        replaced = check_test_data(config, variants, ledger, where, force,
+                                   variants_sha256=variants_record.get("sha256"), folder_runs=runs_into(folder))
+        started = time.strftime("%Y-%m-%d %H:%M:%S")
+        record = record_test_run(config, variants_record, started, where, force)
+        target = None
+        if check_test_folder(folder, force):  # --force over an earlier run: where its results will go
+            if os.path.ismount(folder):  # a rename cannot move it: refused before anything is recorded
+                raise TestFolderExists(f"{folder} is a mount point: --force cannot move its earlier results aside "
+                                       f"(they are never deleted); choose another --out")
+            earlier = read_manifest(folder) or {}
+            target = aside_target(folder)
+            record["moved_aside"] = {"from": where, "to": ledger_where(target, ledger),
+                                     "run_started": earlier.get("started"), "run_id": earlier.get("run_id")}
+        # recorded before anything moves: a run that fails to write its record moves nothing, so
+        # no earlier results can sit where no record says
+        spend(ledger, ledger_entry(config, where, started, **{k: v for k, v in record.items()
+                                                              if k not in ("stage", "data", "data_seed", "started",
+                                                                           "variants")}))
     runs_here = log_test_run(os.path.dirname(os.path.abspath(folder)), {**record, "folder": where})
     moved = claim_test_folder(folder, force, record, target)
     if moved is not None:

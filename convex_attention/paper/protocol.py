@@ -55,6 +55,7 @@ it moves aside whole (``test.run-<N>``, a name never reused), never deletes.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -65,6 +66,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..io.files import as_json, write_json
+from ..io.lock import folder_lock
 from ..methods import get_method
 from .config import (
     DATA_SEED_MAX,
@@ -93,7 +95,7 @@ from .validity import (
 
 __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS_FORMAT", "DEFAULT_VARIANTS_PATH",
            "SPLITS", "split_seed", "DATA_SEED_MAX", "SplitSpec", "split_specs", "read_ledger", "check_unspent",
-           "spend", "log_test_run", "read_test_runs", "split_sizes", "test_stage_specs", "ledger_where",
+           "spend", "ledger_lock", "log_test_run", "read_test_runs", "split_sizes", "test_stage_specs", "ledger_where",
            "check_test_data",
            "ledger_entry", "TEST_RUN_LOG", "LEDGER_FORMAT", "default_ledger_path", "spent_by_verdict",
            "build_split", "image_keys", "check_disjoint",
@@ -1039,14 +1041,29 @@ def spent_by_verdict(variants, sizes: dict, held_out_mimic: str | None) -> list[
              "splits": [{"name": s.name, "seed": s.seed, "n": s.n} for s in specs.values()]}]
 
 
+@contextlib.contextmanager
+def ledger_lock(path: str):
+    """Hold the data ledger at ``path`` for one run's check-and-spend (:func:`spend` takes
+    it too): a lock on its folder (:func:`~convex_attention.io.lock.folder_lock`, created if
+    absent), so two test stages started together neither both take one data seed nor lose
+    one of their entries (each read the ledger, then wrote it with its own run alone)."""
+    folder = os.path.dirname(os.path.realpath(path))
+    os.makedirs(folder, exist_ok=True)
+    with folder_lock(folder):
+        yield
+
+
 def spend(path: str, entry: dict) -> None:
-    """Add a run to the data ledger at ``path`` (created if absent), atomically."""
-    runs = read_ledger(path)
+    """Add a run to the data ledger at ``path`` (created if absent), atomically, under
+    :func:`ledger_lock`.  A ledger that is a symbolic link (one ledger shared by several
+    checkouts) is written where it points: it stays a link."""
+    real = os.path.realpath(path)
     note = ("The splits every run of the experiment spent (generator seeds and sizes): the test stage refuses a "
             "data seed whose images a recorded run already used. The test stage adds its run here before any "
             "work; commit this file with the run's results.")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    write_json(path, {"format": LEDGER_FORMAT, "note": note, "spent": [*runs, entry]})
+    with ledger_lock(real):
+        runs = read_ledger(real)
+        write_json(real, {"format": LEDGER_FORMAT, "note": note, "spent": [*runs, entry]})
 
 
 def read_test_runs(folder: str) -> list[dict]:
