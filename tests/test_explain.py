@@ -852,3 +852,29 @@ def test_ca_rev69_explanations_refuse_an_unknown_target():
     images = torch.randn(2, 4, 32, 32)
     with pytest.raises(ValueError):
         explanations(model, images, target="lesion", posthoc=False)  # randomisation_check passes it on unchecked
+
+
+def test_ca_rev71_explanations_refuse_a_label_that_is_not_0_or_1_before_any_work():
+    from convex_attention.paper.explain import explanations
+
+    class Untouchable:
+        def eval(self):
+            raise RuntimeError("the model was used before the labels were checked")
+
+        __call__ = eval
+
+    with pytest.raises(ValueError, match="label"):
+        explanations(Untouchable(), torch.zeros(2, 4, 8, 8), target="true", labels=torch.tensor([0.6, 1.0]))
+
+
+def test_ca_rev71_the_target_rule_change_is_in_the_scoring_rules_docs_point_to():
+    """design.md (and explain.py) send the reader to docs/experiment.md, "Scoring rules changed
+    after the committed runs", rule 5, for target 'true' explaining class 1 on every image; that
+    section still has four rules and says the headline is unaffected by all four."""
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs")
+    with open(os.path.join(root, "design.md"), encoding="utf-8") as f:
+        assert "rule 5" in f.read()
+    with open(os.path.join(root, "experiment.md"), encoding="utf-8") as f:
+        text = f.read()
+    section = text.split("## Scoring rules changed after the committed runs", 1)[1].split("\n## ", 1)[0]
+    assert "\n5. " in section

@@ -515,3 +515,13 @@ def test_ca_rev69_quantile_iou_refuses_a_quantile_outside_0_1():
         quantile_iou_strict(m, mask, -0.5)  # the authors' variant refuses it (numpy)
     with pytest.raises(ValueError):
         quantile_iou(m, mask, -0.5)  # it gives 0.0: the top "150 %" read as the 8 largest pixels
+
+
+def test_ca_rev71_the_strict_q_iou_refuses_a_quantile_outside_0_1_as_q_iou_does():
+    from convex_attention.paper.explain_metrics import quantile_iou_strict
+
+    m = torch.arange(20, dtype=torch.float32).reshape(4, 5)
+    with pytest.raises(ValueError):
+        quantile_iou(m, MASK, 1.0)
+    with pytest.raises(ValueError):
+        quantile_iou_strict(m, MASK, 1.0)  # every pixel strictly above the max: none; IoU 0.0

@@ -1535,3 +1535,24 @@ def test_a_dual_tolerance_with_no_measured_time_bounds_the_baseline_target_from_
         assert targets(times)["met"] is None
     none = targets((math.nan, 0.0))
     assert none["met"] is False and none["value"] is None
+
+
+
+def test_ca_rev71_a_zero_time_in_a_graph_ratio_target_is_never_met():
+    """timing.is_measured_time: a zero time is a failed measurement "everywhere" (12d7b00), but
+    the graph targets' own _ratio divides a zero numerator to 0, which meets every "<=" target:
+    dual backward / forward with a zero backward, dual / exact with a zero dual total, exact /
+    softmaxes with a zero exact total (the core targets give that ratio NaN: NOT measured)."""
+    def target(name, speed):
+        (t,) = [t for t in gt._targets({"speed": speed}, side=gt.TARGET_SIDE) if t["target"] == name]
+        return t
+
+    zero = {"fwd_ms": 0.0, "bwd_ms": 0.0}
+    cases = {"dual backward / forward time (axial)": [_speed_row("axial", "dual", 1.0, bwd_ms=0.0)],
+             "dual / exact, forward + backward (star)": [_speed_row("star", "dual", 1.0, **zero),
+                                                         _speed_row("star", "exact", 1.0),
+                                                         _speed_row("star", "softmax", 1.0)],
+             "exact / softmaxes, forward + backward (star)": [_speed_row("star", "exact", 1.0, **zero),
+                                                              _speed_row("star", "softmax", 1.0)]}
+    met = {name: target(name, speed)["met"] for name, speed in cases.items()}
+    assert not any(v is True for v in met.values()), met

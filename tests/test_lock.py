@@ -527,3 +527,20 @@ def test_a_folder_lock_makes_a_second_process_wait_and_creates_no_file(tmp_path)
         assert other.poll() is None  # still waiting
     out, _ = other.communicate(timeout=60)
     assert float(out) >= 0.9 and list(tmp_path.iterdir()) == []
+
+
+def test_an_error_reading_the_lock_record_releases_the_lock(tmp_path, monkeypatch):
+    """Found beside ca_rev71: an OSError from reading the owner record (after flock succeeded)
+    left the descriptor open, and the folder locked for the rest of the process."""
+    from convex_attention.io import lock
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(lock, "_record_in", broken)
+    with pytest.raises(lock.ResultsLocked, match="cannot be read"):
+        with lock.results_lock(str(tmp_path)):
+            pass
+    monkeypatch.undo()
+    with lock.results_lock(str(tmp_path)):  # free again
+        pass

@@ -2608,3 +2608,15 @@ def test_core_benchmark_names_a_row_with_a_zero_time_as_failed_and_computes_no_r
     assert [b.method for b in panels["64"]] == ["softmax"]
     assert "exact/softmax" not in _core_title("64", panels["64"], ["exact/softmax"], ["exact (no time)"],
                                               failed_methods={"exact"})
+
+
+def test_ca_rev71_core_ratios_bound_a_ratio_where_a_series_failed():
+    """timing.fastest's rule ("a failed series is never the fastest, and never forgotten"): a
+    backend with a zero time is not drawn, and the panel's title gives cvxpylayers/exact as a
+    bound (≤); core_ratios, which says it computes "the ratios plot_core_benchmark draws",
+    drops the failed backend and returns the ratio to the slow one as exact, "fastest: slow"."""
+    rows = [core_row("exact", 0.2, shapes="4x4+2x2"),
+            core_row("cvxpylayers", 100.0, shapes="4x4+2x2", backend="slow", batch=2, dtype="float64"),
+            core_row("cvxpylayers", 0.0, shapes="4x4+2x2", backend="zero", batch=2, dtype="float64")]
+    out = core_ratios(rows, ["cvxpylayers/exact per sample"])
+    assert "cvxpylayers/exact per sample" not in out, out

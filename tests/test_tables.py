@@ -355,3 +355,16 @@ def test_ca_rev70_a_header_with_a_repeated_column_is_a_format_error(tmp_path, he
     schema = Schema("t", ("a", "b", "checksum"), frozenset(), frozenset())
     with pytest.raises(ResultsFormatError, match="t.csv"):
         read_rows(str(path), schema)
+
+
+def test_ca_rev71_read_table_refuses_a_header_with_a_repeated_column(tmp_path):
+    """98c12c8 made a repeated column a format error in read_rows only; read_table, which every
+    figure reads bench.csv with (plots._common), zips the header into a dict: the first
+    fwd_ms is lost and the second drawn, with no problem reported."""
+    path = tmp_path / "bench.csv"
+    path.write_text("status,fwd_ms,fwd_ms\nok,1.0,99.0\n")
+    try:
+        table = read_table(str(path), ("status", "fwd_ms"))
+    except ResultsFormatError:
+        return
+    assert table.problems, table.rows

@@ -417,3 +417,10 @@ def test_a_ratio_of_times_is_nan_where_either_time_failed():
     assert timing.time_ratio(3.0, 2.0) == 1.5
     for a, b in ((0.0, 1.0), (1.0, 0.0), (math.nan, 1.0), (1.0, None)):
         assert math.isnan(timing.time_ratio(a, b)), (a, b)
+
+
+def test_ca_rev71_a_bool_is_no_measured_time():
+    """'anything that is no number is a failed measurement' (is_measured_time): float(True) is
+    1.0, so a flag in a time field is the fastest series at 1 ms."""
+    assert not timing.is_measured_time(True)
+    assert timing.fastest({"a": True, "b": 2.0}).name == "b"

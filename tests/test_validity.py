@@ -759,3 +759,8 @@ def test_ca_rev69_ranking_check_refuses_a_mapping_and_values_that_are_not_auc_dr
     assert result is None or (result.value < 0.01 and not result.passed), result  # gives value 2.0 PASS
     with pytest.raises(ValueError):
         check_maps_drive_ranking([12.0, 10.0, 11.0, 13.0, 9.0])  # an AUC drop lies in [-1, 1]; percent passes
+
+
+def test_ca_rev71_maps_drive_ranking_takes_a_numpy_integer_seed_count():
+    result = check_maps_drive_ranking([0.05, 0.06, 0.07], min_seeds=np.int64(3))
+    assert result.ran

@@ -247,7 +247,9 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
     they are measured: ``met`` is ``False`` where the cells measured already miss, else
     ``None``.  A cell with one row measured and the other waiting is not measured yet, not
     failed.  Each entry also gives its cost: the amortised dual's time per sample over the
-    fastest exact method's in the same cell (median over cells; the closed form in practice).
+    fastest exact method's in the same cell (median over cells; the closed form in practice),
+    over the cells where every exact method gave a measured time (timing.fastest: a zero or
+    failed time might have been the fastest; NaN where no cell qualifies).
 
     Returns a list of dicts: ``structure``, ``generator``, ``levels``, ``threshold``,
     ``cells`` (measured), ``failed_cells``, ``skipped_cells``, ``unmeasured_cells``,
@@ -275,10 +277,12 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
             if r.get("dual_kind") in ("zero", "amortised"):
                 cell_group[cell_key(r)] = group
                 learned.setdefault((cell_key(r), r.get("dual_kind")), []).append(r)
-        elif method.exact and r.get("status") == "ok":
-            t = _float(r.get("per_sample_ms"))
-            if math.isfinite(t) and t < exact.get(cell_key(r), math.inf):
-                exact[cell_key(r)] = t
+        elif method.exact:  # its time, or its failure (timing.fastest: a failed one might have been the fastest)
+            times, broke = exact.setdefault(cell_key(r), ({}, []))
+            if r.get("status") == "ok":
+                times[f"{r.get('method')} {r.get('backend', '')} {len(times)}"] = _float(r.get("per_sample_ms"))
+            elif r.get("status") != "skipped":
+                broke.append(str(r.get("method")))
     waiting: dict = {}  # group -> the cells of it not measured yet
     waiting_rows: set = set()  # (cell, kind) of each row not measured yet
     for r in unmeasured:
@@ -317,8 +321,9 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
                 failed += 1
                 continue
             ratios.append(a / z if math.isfinite(a) else math.inf)
-            if exact.get(key, 0.0) > 0:  # a time the clock could not resolve gives no cost, not a crash
-                costs.append(_float(amortised[-1].get("per_sample_ms")) / exact[key])
+            quickest = fastest(*exact.get(key, ({}, [])))
+            if quickest.complete:  # a cost only against the fastest exact method known to be it
+                costs.append(time_ratio(amortised[-1].get("per_sample_ms"), quickest.time))
         worst = max(ratios) if ratios else float("nan")
         finite_costs = [c for c in costs if math.isfinite(c)]
         later = len(waiting.get((struct, generator, levels), set()) - set(cell_group)) + partly

@@ -71,7 +71,9 @@ class Measurement:
 def is_measured_time(t) -> bool:
     """Whether ``t`` is a time a measurement gave: a positive finite number.  Zero (the timer
     resolved nothing), a negative time, NaN, ±inf and anything that is no number (``None``,
-    ``""``) are failed measurements."""
+    ``""``, a bool, bytes) are failed measurements."""
+    if isinstance(t, (bool, bytes, bytearray)):  # float(True) is 1.0, float(b"2") 2.0: no time either
+        return False
     try:
         t = float(t)
     except (TypeError, ValueError):

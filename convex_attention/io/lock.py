@@ -144,7 +144,12 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
             if not same:
                 os.close(fd)
                 continue
-            previous = _record_in(fd)
+            try:
+                previous = _record_in(fd)
+            except OSError as err:  # an I/O error reading it: never leave the file locked by this process
+                os.close(fd)
+                raise ResultsLocked(f"results folder {out_dir}: its lock {LOCK_NAME} cannot be read "
+                                    f"({err.strerror or err}); choose another --out") from None
             if previous is not None:
                 break
             os.close(fd)  # never truncated, taken over or removed: it is not this tool's record

@@ -114,6 +114,10 @@ def read_table(path: str, required=(), checksum: bool | None = None) -> Table:
     except csv.Error as err:
         raise ResultsFormatError(f"{path}: not a readable CSV file ({err})") from None
     header = tuple(h.strip() for h in records[0][1])
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:  # a row would keep only the last of its values (dict(zip(...)) below)
+        raise ResultsFormatError(f"{path}: column(s) {', '.join(map(repr, repeated))} repeated in the header (not a "
+                                 f"{name} this toolkit wrote?)")
     missing = [c for c in required if c not in header]
     if missing:
         raise ResultsFormatError(f"{path}: missing column(s) {', '.join(missing)} (not a {name} this toolkit "

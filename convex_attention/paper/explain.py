@@ -161,9 +161,10 @@ def explanations(model, images: torch.Tensor, target: str = "true", posthoc: boo
     if posthoc and target == "true":
         if labels is None:  # class 1 was assumed here: a normal image's true class is 0
             raise ValueError("target 'true' explains each image's own label: pass the images' labels")
-        labels = torch.as_tensor(labels).to(device=images.device, dtype=torch.long).reshape(-1)
-        if labels.shape != (len(images),) or not bool(((labels == 0) | (labels == 1)).all()):
-            raise ValueError(f"labels are one 0 or 1 per image ({len(images)}), got {labels.tolist()}")
+        given = torch.as_tensor(labels).reshape(-1)  # checked before the cast: 0.6 would truncate to class 0
+        if given.shape != (len(images),) or not bool(((given == 0) | (given == 1)).all()):
+            raise ValueError(f"labels are one 0 or 1 per image ({len(images)}), got {given.tolist()}")
+        labels = given.to(device=images.device, dtype=torch.long)
     model.eval()
     with torch.no_grad():
         out = model(images)

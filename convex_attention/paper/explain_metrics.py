@@ -231,7 +231,9 @@ def quantile_iou(m: Tensor, mask: Tensor, q: float) -> float:
 
 def quantile_iou_strict(m: Tensor, mask: Tensor, q: float) -> float:
     """The authors' q-IoU: pixels strictly above ``np.quantile(map, q)`` against the mask;
-    NaN for an empty mask."""
+    NaN for an empty mask.  ValueError unless ``0 <= q < 1``, as :func:`quantile_iou` (at
+    ``q = 1`` no pixel is above the maximum: an IoU of 0 whatever the map)."""
+    _check_quantile(q)
     values, truth = _check(m, mask)
     if not truth.any():
         return math.nan

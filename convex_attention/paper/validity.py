@@ -76,6 +76,7 @@ bool (lesion pixels), ``brain`` (N, H, W) bool.  scikit-learn is imported lazily
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 
@@ -386,7 +387,7 @@ def check_maps_drive_ranking(drops, min_drop: float = THRESHOLDS["maps_drive_ran
 
     title, metric = "the maps drive the ranking", "AUC drop when the maps are shuffled"
     below = PASSES_BELOW["maps_drive_ranking"]
-    if isinstance(min_seeds, bool) or not isinstance(min_seeds, int) or min_seeds < 2:
+    if isinstance(min_seeds, bool) or not isinstance(min_seeds, numbers.Integral) or min_seeds < 2:
         raise ValueError(f"min_seeds is a whole number of seeds, at least 2 (a t-interval needs two), "
                          f"got {min_seeds!r}")
     if isinstance(drops, Mapping):

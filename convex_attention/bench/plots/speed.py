@@ -163,11 +163,26 @@ def core_ratios(rows, names) -> dict:
     whose methods share no panel are left out.  Returns ``{name: (ratio, note)}``, the note
     naming the fastest backend."""
     panels, _ = _core_bars(rows)
+    _, failed_methods = _failed_series(rows)
     out: dict = {}
-    for bars in panels.values():
-        for name, value in _panel_ratios(bars, names).items():
+    for shapes, bars in panels.items():
+        for name, value in _panel_ratios(bars, names, failed_methods.get(shapes, ())).items():
             out.setdefault(name, value)
     return out
+
+
+def _failed_series(rows) -> tuple[dict, dict]:
+    """``(failed, failed_methods)``: shapes -> the series that failed there (an error, or an
+    ``ok`` row whose time is no measured time), named for a title; shapes -> their methods,
+    whose ratios are then only bounds (:func:`_panel_ratios`)."""
+    failed: dict = {}
+    failed_methods: dict = {}
+    for r in rows:
+        if str(r.get("status")) == "error" or _untimed(r):
+            failed.setdefault(str(r.get("shapes", "")), []).append(series_name(r) + (" (no time)" if _untimed(r)
+                                                                                      else ""))
+            failed_methods.setdefault(str(r.get("shapes", "")), set()).add(str(r.get("method", "")))
+    return failed, failed_methods
 
 
 def _core_title(shapes: str, bars, names, failed=(), show_device: bool = False, failed_methods=()) -> str:
@@ -273,13 +288,7 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
     shapes names them, and the footer gives their reason.
     """
     panels, stat = _core_bars(rows)
-    failed: dict = {}  # shapes -> the series that failed there (an error, or an ok row whose time is no number)
-    failed_methods: dict = {}  # shapes -> their methods
-    for r in rows:
-        if str(r.get("status")) == "error" or _untimed(r):
-            failed.setdefault(str(r.get("shapes", "")), []).append(series_name(r) + (" (no time)" if _untimed(r)
-                                                                                      else ""))
-            failed_methods.setdefault(str(r.get("shapes", "")), set()).add(str(r.get("method", "")))
+    failed, failed_methods = _failed_series(rows)
     backends = sorted({b.backend for bars in panels.values() for b in bars if b.backend})
     devices = {b.device for bars in panels.values() for b in bars}
     with plt.rc_context(STYLE):
