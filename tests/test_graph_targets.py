@@ -1556,3 +1556,22 @@ def test_ca_rev71_a_zero_time_in_a_graph_ratio_target_is_never_met():
                                                               _speed_row("star", "softmax", 1.0)]}
     met = {name: target(name, speed)["met"] for name, speed in cases.items()}
     assert not any(v is True for v in met.values()), met
+
+
+def test_a_tree_target_whose_one_side_failed_is_a_miss_named_not_left_out_or_a_crash():
+    """Before: the star's exact / softmaxes target raised KeyError where the softmax row
+    errored (graphs.json never written), and dual / exact was left out where exact failed."""
+    speed = [_speed_row("star", "exact", 1.0), _speed_row("star", "softmax", math.nan, status="error"),
+             _speed_row("chain", "dual", 1.0), _speed_row("chain", "exact", math.nan, status="error")]
+    by = {t["target"]: t for t in gt._targets({"speed": speed})}
+    star = by["exact / softmaxes, forward + backward (star)"]
+    assert star["met"] is False and "softmax failed" in star["detail"]
+    chain = by["dual / exact, forward + backward (chain)"]
+    assert chain["met"] is False and "exact failed" in chain["detail"]
+
+
+def test_a_baseline_without_a_measured_time_gives_no_verdict_not_dual_s_miss():
+    linsat = [{"solver": "linsat", "parameter": 10, "violation": 1e-3, "per_sample_ms": math.nan},
+              {"solver": "dual", "parameter": 1e-6, "violation": 1e-7, "per_sample_ms": 1.0}]
+    (target,) = gt._targets({"linsat": linsat})
+    assert target["met"] is None and "baseline's time" in target["detail"]
