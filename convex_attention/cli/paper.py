@@ -327,6 +327,12 @@ def train_config_from_args(args):
         raise _config_error(parser, err) from None
     if state is not None and trained_on is not None:
         _check_same_data(parser, given, trained_on, config.data_config())
+        if "seed" in given and given["seed"] != base.seed:
+            # the resumed run draws from the checkpoint's random state (its weights came from
+            # that seed too): another --seed would be recorded in its files and used nowhere
+            raise UsageError(f"argument --seed: {given['seed']!r} differs from the checkpoint's seed {base.seed!r}; "
+                             f"a resumed run keeps its seed (drop the option, or train a new model into another "
+                             f"--out)")
     if state is not None:
         try:
             check_resume(config, state)
