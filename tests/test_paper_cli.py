@@ -1322,3 +1322,23 @@ def test_rev42_train_refuses_a_run_file_name_that_is_a_folder_before_any_work(na
         code, _, err = run(["train", *_SMALL_RUN, "--out", str(out), *overwrite], capsys)
         assert_usage_error(code, err, name, "folder")
         assert sorted(p.name for p in out.iterdir()) == [name] and (out / name).is_dir()
+
+
+@pytest.mark.parametrize("argv,field", [(["--temperature", "0.7"], "temperature"), (["--alpha", "3"], "alpha")])
+def test_resume_refuses_other_model_settings(argv, field, tmp_path, capsys, no_work):
+    """The temperature, the learned dual's alpha and the solver options decide what the
+    earlier epochs computed, and best.pt is chosen among them: a resumed run took another
+    value silently and recorded only the new one (a reviewer's near-miss)."""
+    path = tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=1, epochs=2)
+    code, _, err = run(["train", "--resume", path, *argv], capsys)
+    assert_usage_error(code, err, field, "a resumed run keeps them")
+
+
+def test_every_model_setting_is_either_architecture_or_kept_on_resume():
+    import dataclasses
+
+    from convex_attention.paper.config import ModelConfig
+    from convex_attention.paper.train import RESUME_KEEPS
+
+    names = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert names == set(ModelConfig.ARCHITECTURE) | set(RESUME_KEEPS)

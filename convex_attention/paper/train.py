@@ -376,15 +376,30 @@ def _rng_problem(rng) -> str:
     return ""
 
 
+#: The model settings outside its architecture that a resumed run keeps (they decide what its
+#: earlier epochs computed).
+RESUME_KEEPS = ("temperature", "alpha", "solver_options")
+
+
 def check_resume(config: TrainConfig, state: dict) -> int:
     """The first epoch to train after ``state``; ValueError for a checkpoint that does not
     fit ``config``, whose optimiser state is not all finite, or has nothing left to do."""
-    theirs = ModelConfig.from_dict(state["config"]).architecture()
+    stored = ModelConfig.from_dict(state["config"])
+    theirs = stored.architecture()
     mine = config.model.architecture()
     diff = [f"{k}: checkpoint {theirs[k]!r} vs asked {mine[k]!r}" for k in mine if mine[k] != theirs[k]]
     if diff:
         raise ValueError(f"checkpoint {config.resume!r} is of another architecture ({', '.join(diff)}); resume "
                          f"without changing these, or train a new model into another --out")
+    # the model's other settings decide its computation too: its earlier epochs trained, and
+    # best.pt is chosen among them, at the checkpoint's (a review: a resumed run took another
+    # temperature silently, and recorded only the new one)
+    diff = [f"{k}: checkpoint {getattr(stored, k)!r} vs asked {getattr(config.model, k)!r}"
+            for k in RESUME_KEEPS if getattr(stored, k) != getattr(config.model, k)]
+    if diff:
+        raise ValueError(f"checkpoint {config.resume!r} was trained with other model settings ({', '.join(diff)}); "
+                         f"a resumed run keeps them: resume without changing these, or train a new model into "
+                         f"another --out")
     bad = _non_finite_optimizer_state(state.get("optimizer"))
     if bad:
         raise ValueError(f"checkpoint {config.resume!r} holds an optimiser state that is not all finite ({bad}): "
