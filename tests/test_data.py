@@ -322,13 +322,16 @@ def test_rim_mottled_mimics_are_not_enclosed():
 
 @pytest.mark.slow  # draws synthetic sets for each edge case (~0.4 s)
 def test_brightest_rule_edge_cases_and_normalisation():
-    from convex_attention.paper.data.synthetic import BRIGHTEST, SyntheticBrightestLesions
+    from convex_attention.paper.data.synthetic import BRIGHTEST, SyntheticBrightestLesions, render_rim_image
 
-    # a lesion alone is the brightest structure: label 1, its mask set
-    alone = SyntheticBrightestLesions(6, image_size=48, seed=1, mimic_rate=0.0, lesion_fraction=0.0)
-    for i in range(len(alone)):
-        r = alone.render(i)
+    # a lesion alone is the brightest structure: label 1, its mask set (the dataset refuses a
+    # mimic_rate below 1, where that is the common case: the generator function takes it)
+    for i in range(6):
+        r = render_rim_image(1, i, image_size=48, mimic_rate=0.0, lesion_fraction=0.0, details=True,
+                             label_rule="brightest")
         assert r["kinds"] == ["lesion"] and r["label"] == 1 and torch.equal(r["mask"], r["structure"] == 0)
+    with pytest.raises(ValueError, match="mimic_rate must be at least 1"):
+        SyntheticBrightestLesions(6, image_size=48, seed=1, mimic_rate=0.5)
     # mimic_types reach the brightest generator too
     split = SyntheticBrightestLesions(4, image_size=48, seed=1, mimic_types=("split",))
     assert all(set(split.render(i)["kinds"]) == {"lesion", "split"} for i in range(4))
@@ -1719,3 +1722,85 @@ def test_rev42_a_refused_data_check_leaves_no_out_folder(why, tmp_path, capsys, 
         code, _, err = run_cli(["data", "check", "--out", str(out)], capsys)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "deep").exists()
+
+
+# ---------------------------------------------------------------- ca_rev72: review of the data layer
+
+def test_the_lesion_core_is_enclosed_from_56_on_and_the_docstring_says_where_it_is_not():
+    """ca_rev72: at 32² about half the lesions' cores touch the tissue (a rim thinner than a
+    pixel); the lesion's core share is kept equal to the mimics' (its pixel values must say
+    nothing), so the module says from which size the enclosure holds."""
+    from convex_attention.paper.data import synthetic
+
+    checked = 0
+    for cls in (SyntheticRimLesions, synthetic.SyntheticBrightestLesions):
+        ds = cls(8, image_size=56, difficulty=1.0, seed=3)
+        for i in range(len(ds)):
+            r = ds.render(i)
+            if "lesion" not in r["kinds"]:
+                continue
+            structure, compartment = r["structure"].numpy(), r["compartment"].numpy()
+            edge = compartment[_boundary(structure == r["kinds"].index("lesion"))]
+            assert (edge == 2).all(), f"{cls.__name__} image {i}: core pixels on the lesion's outline"
+            checked += 1
+    assert checked >= 8
+    assert "from 56² on" in " ".join(synthetic.__doc__.split())
+
+
+def test_ca_rev72_blobs_lesion_image_has_lesion_pixels_at_the_smallest_allowed_size():
+    image, label, mask = SyntheticLesions(30, image_size=16, difficulty=1.0, seed=0)[23]
+    assert int(label) == 1
+    assert mask.any(), "a lesion image (label 1) whose mask marks no lesion pixel"
+
+
+@pytest.mark.parametrize("kwargs", [dict(lesion_fraction=1.5), dict(lesion_fraction=-0.5), dict(channels=0)])
+def test_ca_rev72_blobs_bad_arguments_are_refused_when_the_dataset_is_built(kwargs):
+    with pytest.raises(ValueError, match="lesion_fraction|channels"):
+        SyntheticLesions(4, image_size=32, **kwargs)
+
+
+def test_ca_rev72_brightest_label_share_follows_lesion_fraction_or_mimic_rate_below_one_is_refused():
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+
+    try:
+        ds = SyntheticBrightestLesions(100, image_size=32, mimic_rate=0.5, lesion_fraction=0.5, seed=0)
+    except ValueError:
+        return  # refusing a rate that leaves normal images without a mimic is a fix too
+    share = float(np.mean([int(ds[i][1]) for i in range(len(ds))]))
+    assert abs(share - 0.5) < 0.12, f"lesion_fraction 0.5 gave {share:.2f} label-1 images"
+
+
+def test_ca_rev72_brightest_documents_the_structures_it_drops_at_the_experiments_size():
+    """ca_rev72: the docstring said 'mimic_rate defaults to 5: six structures'; at 64² most
+    images hold 5 (a structure that finds no room is dropped).  It now says so, with counts."""
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+
+    ds = SyntheticBrightestLesions(3, image_size=64, difficulty=0.3, seed=0)  # the committed run's size
+    rendered = [ds.render(i) for i in range(len(ds))]
+    assert all(len(r["kinds"]) + r["dropped"] == 6 for r in rendered)
+    doc = " ".join((SyntheticBrightestLesions.__doc__ or "").split())
+    assert "up to six" in doc and "dropped" in doc
+
+
+def test_ca_rev72_folder_mask_non_zero_means_lesion_also_for_negative_values(tmp_path):
+    root = tmp_path / "r"
+    _one_image_folder(root, "a.npy", _npy(np.random.default_rng(0).normal(size=(8, 8)).astype(np.float32)))
+    os.makedirs(root / "masks")
+    mask = np.zeros((8, 8), np.int8)
+    mask[2:4, 2:4] = -1  # e.g. 255 saved as int8; the docstring: 'non-zero = lesion'
+    np.save(str(root / "masks" / "a.npy"), mask)
+    assert int(FolderDataset(str(root))[0][2].sum()) == 4
+
+
+def test_ca_rev72_folder_a_one_pixel_image_stays_finite(tmp_path):
+    root = _one_image_folder(tmp_path / "r", "a.npy", _npy(np.array([[5.0]], np.float32)))
+    image, _, _ = FolderDataset(root)[0]
+    assert torch.isfinite(image).all(), image
+
+
+def test_ca_rev72_folder_a_finite_image_of_large_values_stays_finite(tmp_path):
+    arr = np.full((4, 4), 3e38, np.float32)
+    arr[0, 0] = -3e38  # finite: accepted by the scan
+    root = _one_image_folder(tmp_path / "r", "a.npy", _npy(arr))
+    image, _, _ = FolderDataset(root)[0]
+    assert torch.isfinite(image).all(), image

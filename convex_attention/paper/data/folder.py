@@ -95,7 +95,11 @@ def _read_array(path: str, palette_as_colours: bool = True) -> np.ndarray:
 
 
 def _as_chw(arr: np.ndarray, path: str) -> np.ndarray:
-    arr = arr.astype(np.float32)
+    source = np.asarray(arr)
+    if source.dtype.kind == "f" and np.isfinite(source).all() and not np.isfinite(source.astype(np.float32)).all():
+        raise ValueError(f"{path!r} holds values beyond float32's range (|x| > 3.4e38), which images are read "
+                         f"in; rescale the image")
+    arr = source.astype(np.float32)
     if arr.ndim == 2:
         arr = arr[None]
     elif arr.ndim == 3 and path.lower().endswith(".npy") and arr.shape[-1] in (3, 4) and arr.shape[0] not in (3, 4):
@@ -190,8 +194,11 @@ class FolderDataset(Dataset):
     def _load_mask(self, name: str, size) -> torch.Tensor:
         """``(H, W)`` bool mask of image ``name``, checked against the image's ``size`` ``(H, W)``."""
         mask_path = self._mask_path(name)
-        raw = np.asarray(_read_array(mask_path, palette_as_colours=False))
-        mask = torch.from_numpy(np.nan_to_num(raw.astype(np.float64)) > 0)
+        raw = np.asarray(_read_array(mask_path, palette_as_colours=False)).astype(np.float64)
+        if not np.isfinite(raw).all():  # NaN was read as background before
+            raise ValueError(f"mask of {name!r} ({mask_path!r}) holds NaN or Inf values; a mask is 0 for background "
+                             f"and non-zero for lesion")
+        mask = torch.from_numpy(raw != 0)  # non-zero = lesion, a negative value too (255 saved as int8 is -1)
         if mask.ndim == 3:
             # PNG masks arrive channel-first; an NPY mask may be (H, W, C) or (C, H, W)
             mask = mask.any(-1) if mask_path.lower().endswith(".npy") and mask.shape[-1] in (3, 4) \
@@ -218,10 +225,14 @@ class FolderDataset(Dataset):
         """``(image, label)`` of item ``index``, normalised as in ``dataset[index]``; the mask
         is not read."""
         path, label, _ = self.items[index]
-        image = torch.from_numpy(self._load_image(path))
-        mean = image.flatten(1).mean(1).view(-1, 1, 1)
-        std = image.flatten(1).std(1).clamp(min=1e-6).view(-1, 1, 1)
-        return (image - mean) / std, torch.tensor(label)
+        # in float64: float32 sums of values near its range overflow (every pixel came out NaN);
+        # one pixel has no spread (the unbiased std of one value is NaN): it is only centred
+        arr = self._load_image(path)
+        image = torch.from_numpy(arr).double().flatten(1)
+        mean = image.mean(1, keepdim=True)
+        std = image.std(1, keepdim=True) if image.shape[1] > 1 else torch.zeros_like(mean)
+        normalised = (image - mean) / std.clamp(min=1e-6)
+        return normalised.float().view(arr.shape), torch.tensor(label)
 
     def __getitem__(self, index: int):
         image, label = self.image_label(index)
