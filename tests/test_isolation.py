@@ -803,7 +803,7 @@ def _on_the_first_call_only(tmp_path, code: str) -> str:
 def test_a_child_that_ends_after_its_answer_is_replaced_for_the_next_instance(tmp_path):
     """The solver answers and ends its process from a thread a moment later: no instance was
     asked of it, and a fresh one serves the next."""
-    body = (_on_the_first_call_only(tmp_path, "import threading\nthreading.Timer(0.2, os._exit, (0,)).start()")
+    body = (_on_the_first_call_only(tmp_path, "import threading\nthreading.Timer(2.0, os._exit, (0,)).start()")
             + "return ca.solve(scores, h, 'exact', temperature=temps).duals")
     with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
         solver.solve(SCORES, H, TEMPS)
@@ -856,3 +856,65 @@ def test_a_message_just_larger_than_the_instances_duals_can_take_is_not_read(tmp
     with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
         err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
     assert isinstance(err, SolverFailed) and f"sent more than {limit} bytes; it was stopped" in str(err), err
+
+
+# ---------------------------------------------------------------- review ca_rev73
+
+@pytest.mark.slow  # a Python process of its own
+def test_rev73_a_crashed_solver_is_an_error_row_even_where_the_reference_failed(tmp_path, monkeypatch):
+    """docs/results_format.md: whatever the solver does becomes its instance's <name>.run row with
+    status error and the reason; an instance whose reference also failed must keep that row."""
+    from convex_attention.bench import verify
+
+    def reference_fails(*args, **kwargs):
+        raise RuntimeError("the CVXPY reference failed (simulated)")
+
+    monkeypatch.setattr(verify, "get_layer", reference_fails)
+    with IsolatedSolver(_solver(tmp_path, "os._exit(3)"), timeout=60) as solver:
+        results = verify.verify_instances(list(random_instances(1, seed=0, quick=True)), dual_solver=solver,
+                                          progress=False, backends=[])
+    runs = [r for r in results if r.check == "f.run"]
+    assert runs and runs[0].status == "error" and "exit status 3" in runs[0].message, \
+        [(r.check, r.status, r.message) for r in results if r.check.startswith("f.")]
+
+
+@pytest.mark.slow  # two Python processes
+def test_rev73_what_a_child_that_ended_after_its_answer_started_in_its_group_is_stopped(tmp_path):
+    """A child is stopped with its process group; one that ends on its own after answering is
+    reaped by the next solve() (poll) before its group is killed, so what it started there
+    (here a sleep) outlives the verifier's close().  The child ends 2 s into its first call:
+    after its answer (0.2 s let it end before answering, now and then, under load)."""
+    pid_file = tmp_path / "pid"
+    code = (f"import subprocess, threading\np = subprocess.Popen(['sleep', '60'])\n"
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\nthreading.Timer(0.2, os._exit, (0,)).start()")
+    body = _on_the_first_call_only(tmp_path, code) + "return ca.solve(scores, h, 'exact', temperature=temps).duals"
+    pid = None
+    try:
+        with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
+            solver.solve(SCORES, H, TEMPS)
+            pid = int(pid_file.read_text())
+            child, deadline = solver._process.pid, time.monotonic() + 60
+            while time.monotonic() < deadline and _state(child) != "Z":  # ended, not reaped (solve() finds it)
+                time.sleep(0.05)
+            solver.solve(SCORES, H, TEMPS)  # a fresh child
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if _state(pid) == "Z":
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"process {pid}, started in the ended child's group, is still running after close()")
+    except FileNotFoundError:
+        pass  # gone (reaped): stopped
+    finally:
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _state(pid: int) -> str:
+    """The state letter of process ``pid`` (``Z``: ended, not reaped); FileNotFoundError once it is gone."""
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]

@@ -1081,3 +1081,22 @@ def test_a_run_over_the_cpu_and_a_gpu_records_the_gpu_and_a_resume_on_another_gp
     gpu["name"] = "GPU B"
     with pytest.raises(R.ResumeMismatch, match='gpu "GPU A", this machine has "GPU B"'):
         R.check_resume_config(str(tmp_path), config)
+
+
+# ----------------------------------------------------------------------------- review ca_rev73
+
+def test_rev73_bench_csv_and_bench_json_hold_the_same_value_for_an_infinite_float(tmp_path):
+    """bench.csv and bench.json hold the same rows: a value bench.json cannot hold (±inf, written
+    as null there) must not be a number in bench.csv (or must be refused, as in an integer column)."""
+    w = writer(tmp_path)
+    try:
+        w.commit(bench_row(violation_max=float("inf"), total_ms=float("-inf")))
+    except ValueError:
+        return  # refused before anything is written: both files agree
+    (csv_row,), problems = R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)
+    json_row = strict_load(str(tmp_path / "bench.json"))["rows"][0]
+    assert not problems
+    for column in ("violation_max", "total_ms"):
+        csv_value, json_value = csv_row[column], json_row[column]
+        same = csv_value != csv_value if json_value is None else csv_value == json_value  # NaN is null
+        assert same, f"{column}: bench.csv holds {csv_value!r}, bench.json {json_value!r}"

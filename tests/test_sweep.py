@@ -1338,3 +1338,39 @@ def test_rev34_a_resume_under_another_name_of_the_same_device_measures_no_cell_t
     with pytest.raises(ResumeMismatch, match="measured on --device cpu, which this run names cpu:0: one device"):
         run_sweep(replace(config, devices=("cpu:0",)), out, resume=True, progress=False, log=lambda m: None)
     assert len(run_sweep(config, out, resume=True, progress=False, log=lambda m: None)) == 1  # as named: resumed
+
+
+# ----------------------------------------------------------------------------- review ca_rev73
+
+def test_rev73_a_row_measured_again_for_its_history_is_not_timed_again_when_its_group_fails(tmp_path, monkeypatch):
+    """--resume measures a dual row whose convergence history is gone; once committed in the
+    cell's interleaved group, it is finished: a later method's failure in that group must not
+    time it again apart (a committed row is never re-measured)."""
+    from convex_attention.bench import sweep
+
+    config = SweepConfig(methods=["dual", "softmax"], sizes=[4], levels=[2], batches=[2], repeats=1, warmup=1)
+    real_accuracy, real_fast = sweep._accuracy, sweep._measure_fast
+
+    def softmax_fails(sol, *args, **kwargs):
+        if sol.method == "softmax":
+            raise RuntimeError("the accuracy failed (simulated)")
+        return real_accuracy(sol, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "_accuracy", softmax_fails)
+    first = {r["method"]: r["status"] for r in sweep.run_sweep(config, str(tmp_path), progress=False,
+                                                                 log=lambda m: None)}
+    assert first == {"dual": "ok", "softmax": "error"}
+    (tmp_path / "convergence.csv").unlink()  # the dual row's history is incomplete: measured again
+    timed: list = []
+
+    def spy(config, c, todo, writer, note=""):
+        timed.extend(r["method"] for r in todo)
+        return real_fast(config, c, todo, writer, note)
+
+    monkeypatch.setattr(sweep, "_measure_fast", spy)
+    rows = {r["method"]: r for r in sweep.run_sweep(config, str(tmp_path), resume=True, progress=False,
+                                                      log=lambda m: None)}
+    assert rows["softmax"]["status"] == "error" and rows["dual"]["status"] == "ok"
+    assert timed.count("dual") == 1, f"the dual row was timed {timed.count('dual')} times in one run: {timed}"
+    assert rows["dual"]["reason"] == "", "the committed interleaved timing was replaced by a timing apart"
+    assert [run["rows"] for run in read_json(tmp_path / "bench.json")["runs"]] == [2, 2]

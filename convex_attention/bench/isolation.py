@@ -481,10 +481,26 @@ class IsolatedSolver:
         except OSError:
             return False
 
+    def _has_ended(self) -> bool:
+        """Whether the child has ended since its last answer.  What it started in its process
+        group is killed before it is reaped (as :func:`_ended` does: ``poll`` alone reaped it, and
+        then :func:`_kill_group` could no longer reach its group)."""
+        process = self._process
+        assert process is not None
+        if process.returncode is None and hasattr(os, "waitid"):
+            try:  # ended, without reaping it
+                ended = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+            except ChildProcessError:  # reaped elsewhere
+                ended = True
+            if not ended:
+                return False
+            _kill_group(process)
+        return process.poll() is not None
+
     def solve(self, scores: Sequence[torch.Tensor], h: Graph, temps: Sequence[float]) -> list[np.ndarray]:
         """The solver's duals of one instance (``scores``: ``M`` tensors ``(B, *h.shapes[k])``),
         as float64 arrays ``(B, *h.shapes[b])`` per edge; SolverFailed with the reason."""
-        if self._process is None or self._process.poll() is not None:
+        if self._process is None or self._has_ended():
             try:
                 self._spawn()
             except ValueError as err:  # imported before, fails now

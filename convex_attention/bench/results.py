@@ -21,6 +21,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import os
 from collections import Counter
 from dataclasses import asdict, fields, is_dataclass
@@ -196,7 +197,8 @@ def _as_column_type(column: str, value):
     checksum taken over "2", was written back as "2.0" on a resume, and the next resume
     dropped it as damaged): a number of a float column as a Python float, of an integer
     column as a Python int (numpy and torch scalars included; a numeric string as its
-    number); ValueError naming the column for a value the reader would refuse (a bool, a
+    number; ±inf in a float column as NaN, which both files write empty); ValueError naming the
+    column for a value the reader would refuse (a bool, a
     fraction or a non-finite number in an integer column, text that is no number, a float
     beyond float64).  Text is left as it is, and ``None`` in a text column is ``""`` (an empty
     text field reads back as "", in bench.json as in bench.csv); ``None`` in a number column
@@ -211,7 +213,10 @@ def _as_column_type(column: str, value):
         if isinstance(value, bool):
             raise ValueError
         if column in BENCH_SCHEMA.floats:
-            return float(value)
+            number = float(value)
+            # ±inf as NaN, a failed number alike: bench.json (strict JSON) writes null for both,
+            # and bench.csv wrote "inf" beside it, so the two files disagreed on the row
+            return number if math.isfinite(number) else math.nan
         if isinstance(value, int):
             return value
         if isinstance(value, str):
@@ -841,6 +846,7 @@ class ResultsWriter:
         stored["row_id"] = row_id(stored)
         stored["checksum"] = row_checksum([csv_field(stored[c]) for c in COLUMNS if c != "checksum"])
         self._store(stored)
+        self._redo.discard(row_key(stored))  # measured again: done, or a later group retry timed it twice
         self._committed += 1
         changed = False
         if convergence is not None:

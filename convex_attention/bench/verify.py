@@ -391,6 +391,8 @@ def _run_checks(instances, dual_solver, tol: dict, progress: bool, backends: lis
         ref = _reference(rows, h, scores, temps, tol)
         closed_form = get_method("exact").accepts(h)
         if ref is None:  # every comparison needs it; the gradients' finite differences do not
+            if isinstance(found, str):  # the solver failed whatever the reference did: its error row stays
+                rows.add(f"{label}.run", math.nan, math.nan, "error", found)
             for part, checks in [(label, _SOLVER_CHECKS)] + ([("exact", _EXACT_CHECKS)] if closed_form else []) + \
                     [(f"{cvx_method}[{b}]", _BACKEND_CHECKS) for b in backends]:
                 for c in checks:
