@@ -1804,3 +1804,15 @@ def test_ca_rev72_folder_a_finite_image_of_large_values_stays_finite(tmp_path):
     root = _one_image_folder(tmp_path / "r", "a.npy", _npy(arr))
     image, _, _ = FolderDataset(root)[0]
     assert torch.isfinite(image).all(), image
+
+
+def test_ca_rev74_brightest_refuses_a_numpy_mimic_rate_below_one():
+    """The refusal checks isinstance(mimic_rate, (int, float)): np.float32(0.5) and np.int64(0)
+    are neither, pass, and the parent stores float(mimic_rate) = 0.5 / 0.0, the case refused."""
+    import numpy as np
+
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+
+    for rate in (np.float32(0.5), np.int64(0)):
+        with pytest.raises(ValueError, match="mimic_rate must be at least 1"):
+            SyntheticBrightestLesions(4, 32, mimic_rate=rate)

@@ -544,3 +544,24 @@ def test_an_error_reading_the_lock_record_releases_the_lock(tmp_path, monkeypatc
     monkeypatch.undo()
     with lock.results_lock(str(tmp_path)):  # free again
         pass
+
+
+def test_ca_rev74_folder_lock_excludes_another_thread(tmp_path):
+    """_FOLDERS_HELD is one set for the whole process: a second thread that takes the lock
+    while the first holds it sees the folder as held and runs its read-modify-write at once."""
+    import threading
+
+    from convex_attention.io.lock import folder_lock
+
+    entered = threading.Event()
+
+    def other():
+        with folder_lock(str(tmp_path)):
+            entered.set()
+
+    with folder_lock(str(tmp_path)):
+        thread = threading.Thread(target=other, daemon=True)
+        thread.start()
+        inside = entered.wait(0.5)
+    thread.join(5)
+    assert not inside  # it waited for the holder

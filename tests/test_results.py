@@ -1,6 +1,7 @@
 """convex_attention.bench.results: the sweep's tables and their one writer (idempotent
 commits, resume, strict JSON; docs/results_format.md)."""
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -1100,3 +1101,13 @@ def test_rev73_bench_csv_and_bench_json_hold_the_same_value_for_an_infinite_floa
         csv_value, json_value = csv_row[column], json_row[column]
         same = csv_value != csv_value if json_value is None else csv_value == json_value  # NaN is null
         assert same, f"{column}: bench.csv holds {csv_value!r}, bench.json {json_value!r}"
+
+
+def test_a_float_beyond_float64_written_as_text_is_refused_not_stored_as_nan():
+    """ca_rev74's near-miss: since ±inf is stored as NaN, the text "1e400" became NaN silently;
+    _as_column_type's docstring promises a ValueError for a float beyond float64."""
+    from convex_attention.bench.results import _as_column_type
+
+    with pytest.raises(ValueError, match="total_ms"):
+        _as_column_type("total_ms", "1e400")
+    assert math.isnan(_as_column_type("total_ms", "inf")) and math.isnan(_as_column_type("total_ms", math.inf))

@@ -1142,3 +1142,35 @@ def test_a_best_pt_that_is_no_checkpoint_of_this_run_is_left_alone_on_resume(tmp
     run.restore(read_checkpoint(config.resume))
     with open(best, "rb") as f:
         assert f.read() == before
+
+
+def _ca_rev74_resume(tmp_path, **changes):
+    from dataclasses import replace
+
+    from helpers import tiny_checkpoint
+
+    from convex_attention.paper.train import check_resume, stored_train_config
+
+    path = tiny_checkpoint(tmp_path / "x" / "last.pt", epoch=1, epochs=2)
+    state = read_checkpoint(path)
+    config = replace(stored_train_config(path, state), resume=path)
+    model = {k: changes.pop(k) for k in list(changes) if hasattr(config.model, k)}
+    config = replace(config, model=replace(config.model, **model), **changes)
+    return check_resume(config, state), config
+
+
+def test_ca_rev74_resume_takes_the_same_temperature_written_per_level(tmp_path):
+    """(1.0,) and (1.0, 1.0) are one temperature for a two-level model (temperature_per_level):
+    `train --resume CKPT --temperature 1 1` computes exactly what the checkpoint did, yet is refused."""
+    from convex_attention.paper.config import TrainConfig
+
+    levels = len(TrainConfig.build(image_size=32, width=4).model.temperature_per_level())
+    assert levels > 1
+    assert _ca_rev74_resume(tmp_path, temperature=(1.0,) * levels)[0] == 2
+
+
+def test_ca_rev74_library_resume_refuses_another_seed(tmp_path):
+    """e160476 refuses `--seed` on `train --resume` in the CLI only: train(config) with
+    config.resume and another seed still records the new seed, used nowhere."""
+    with pytest.raises(ValueError, match="seed"):
+        _ca_rev74_resume(tmp_path, seed=12345)

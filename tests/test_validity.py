@@ -261,6 +261,8 @@ def test_data_check_exit_codes_output_and_json(tmp_path, monkeypatch, capsys):
     (["--image-size", "31"], "--image-size 31 is too small for the synthetic benchmark"),
     (["--data", "synthetic-blobs", "--image-size", "15"], "--image-size 15 is too small (at least 16)"),
     (["--mimic-rate", "8.5"], "--mimic-rate must be in [0, 8]"),
+    # refused before the dataset is built (it refused there, after the command had started: ca_rev74)
+    (["--data", "synthetic-brightest", "--mimic-rate", "0.5"], "--mimic-rate must be at least 1"),
     (["--uniform-bacc", "0.6"], "needs both --attention-bacc and --uniform-bacc"),
     (["--attention-bacc", "0.9", "--uniform-bacc", "1.5"], "--uniform-bacc must be a balanced accuracy"),
     (["--wait"], "--wait applies with --out only"),

@@ -214,6 +214,8 @@ def _as_column_type(column: str, value):
             raise ValueError
         if column in BENCH_SCHEMA.floats:
             number = float(value)
+            if isinstance(value, str) and math.isinf(number) and "inf" not in value.lower():
+                raise ValueError  # text of a float beyond float64 ("1e400"), as the docstring says
             # ±inf as NaN, a failed number alike: bench.json (strict JSON) writes null for both,
             # and bench.csv wrote "inf" beside it, so the two files disagreed on the row
             return number if math.isfinite(number) else math.nan

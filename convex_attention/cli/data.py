@@ -156,6 +156,9 @@ def _validate(args) -> None:
             args.mimic_types = list(MIMIC_TYPES)
         if args.mimic_rate is not None and not 0.0 <= args.mimic_rate <= 8.0:
             raise UsageError(f"--mimic-rate must be in [0, 8] (mimics per lesion image), got {args.mimic_rate}")
+        if args.mimic_rate is not None and args.data == "synthetic-brightest" and args.mimic_rate < 1:
+            raise UsageError(f"--mimic-rate must be at least 1 with --data synthetic-brightest (an image without a "
+                             f"mimic is a lesion image whatever the lesion share), got {args.mimic_rate}")
     if (args.attention_bacc is None) != (args.uniform_bacc is None):
         raise UsageError("check (c) needs both --attention-bacc and --uniform-bacc")
     for flag, value in (("--attention-bacc", args.attention_bacc), ("--uniform-bacc", args.uniform_bacc)):

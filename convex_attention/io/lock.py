@@ -14,6 +14,7 @@ import errno
 import json
 import os
 import socket
+import threading
 import time
 
 __all__ = ["results_lock", "ResultsLocked", "LOCK_NAME", "RECORD_FIELDS", "folder_lock"]
@@ -188,27 +189,49 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         os.close(fd)
 
 
-_FOLDERS_HELD: set = set()  # realpaths this process holds folder_lock on: re-entry takes it freely
+_FOLDER_GUARDS: dict = {}  # realpath -> threading.RLock: one thread of this process at a time
+_FOLDER_DEPTH: dict = {}  # realpath -> how deep its holding thread has entered (the flock is taken once)
+_FOLDER_GUARDS_LOCK = threading.Lock()
+
+
+def _forget_folder_locks() -> None:
+    """In a forked child: the parent's threads, and so their holds, are not there."""
+    global _FOLDER_GUARDS_LOCK
+    _FOLDER_GUARDS.clear()
+    _FOLDER_DEPTH.clear()
+    _FOLDER_GUARDS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_folder_locks)
 
 
 @contextlib.contextmanager
 def folder_lock(folder: str):
-    """Hold an exclusive OS lock (``flock``) on the folder ``folder`` itself while the block
-    runs, waiting for any other process that holds it: for a short read-modify-write of a
-    file in it that several runs share (the data ledger), which would otherwise lose one of
-    two concurrent updates.  No file is created; the system releases the lock when its
-    process dies.  Re-entry from this process (a nested call) does not wait for itself."""
+    """Hold an exclusive lock on the folder ``folder`` itself while the block runs, waiting
+    for any other holder: for a short read-modify-write of a file in it that several runs
+    share (the data ledger), which would otherwise lose one of two concurrent updates.  Other
+    processes are kept out by an OS lock (``flock`` on the folder: no file is created; the
+    system releases it when its process dies), other threads of this one by a lock of its
+    own.  Re-entry from the holding thread (a nested call) does not wait for itself."""
     real = os.path.realpath(folder)
-    if real in _FOLDERS_HELD:
-        yield real
-        return
-    fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        import fcntl
+    with _FOLDER_GUARDS_LOCK:
+        guard = _FOLDER_GUARDS.setdefault(real, threading.RLock())
+    with guard:
+        if _FOLDER_DEPTH.get(real):  # this thread holds it already (only the holder gets past the guard)
+            _FOLDER_DEPTH[real] += 1
+            try:
+                yield real
+            finally:
+                _FOLDER_DEPTH[real] -= 1
+            return
+        fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            import fcntl
 
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        _FOLDERS_HELD.add(real)
-        yield real
-    finally:
-        _FOLDERS_HELD.discard(real)
-        os.close(fd)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            _FOLDER_DEPTH[real] = 1
+            yield real
+        finally:
+            _FOLDER_DEPTH.pop(real, None)
+            os.close(fd)

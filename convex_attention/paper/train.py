@@ -394,10 +394,18 @@ def check_resume(config: TrainConfig, state: dict) -> int:
     # the model's other settings decide its computation too: its earlier epochs trained, and
     # best.pt is chosen among them, at the checkpoint's (a review: a resumed run took another
     # temperature silently, and recorded only the new one)
-    diff = [f"{k}: checkpoint {getattr(stored, k)!r} vs asked {getattr(config.model, k)!r}"
-            for k in RESUME_KEEPS if getattr(stored, k) != getattr(config.model, k)]
+    def kept(model: ModelConfig, k: str):  # the temperature as every level gets it: (1.0,) is (1.0, 1.0)
+        return model.temperature_per_level() if k == "temperature" else getattr(model, k)
+
+    diff = [f"{k}: checkpoint {kept(stored, k)!r} vs asked {kept(config.model, k)!r}"
+            for k in RESUME_KEEPS if kept(stored, k) != kept(config.model, k)]
+    stored_train = state.get("train_config")
+    seed = stored_train.get("seed") if isinstance(stored_train, dict) else None
+    if isinstance(seed, int) and seed != config.seed:  # the library's path too, not the command's alone
+        diff.append(f"seed: checkpoint {seed!r} vs asked {config.seed!r} (the resumed run draws from the "
+                    f"checkpoint's random state; its weights came from that seed)")
     if diff:
-        raise ValueError(f"checkpoint {config.resume!r} was trained with other model settings ({', '.join(diff)}); "
+        raise ValueError(f"checkpoint {config.resume!r} was trained with other settings ({', '.join(diff)}); "
                          f"a resumed run keeps them: resume without changing these, or train a new model into "
                          f"another --out")
     bad = _non_finite_optimizer_state(state.get("optimizer"))
