@@ -36,6 +36,7 @@ import convex_attention.dual as dual
 import convex_attention.hessian as hessian
 from convex_attention.bench import graph_targets as gt
 from convex_attention.cli import CommandParser
+from convex_attention.io.settings import SEED_MAX, int_in
 
 LADDER = dual._REGULARISED_NEWTON
 FALLBACK = hessian.DENSE_FALLBACK_LIMIT
@@ -143,9 +144,12 @@ def _convergence(size: int, instances: int, seed: int, families, sets, backward:
 def main(argv=None):
     parser = CommandParser(prog="ablate_newton.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int, default=64, help="side of the finest maps, a multiple of 16 (default: 64)")
-    parser.add_argument("--instances", type=int, default=100, help="instances per family and set (default: 100)")
-    parser.add_argument("--seed", type=int, default=0, help="the graph benchmark's seed (default: 0)")
+    parser.add_argument("--size", type=int_in(16, 4096, "size"), default=64,
+                        help="side of the finest maps, a multiple of 16 from 16 to 4096 (default: 64)")
+    parser.add_argument("--instances", type=int_in(1, 100_000, "instances"), default=100,
+                        help="instances per family and set, from 1 to 100000 (default: 100)")
+    parser.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=0,
+                        help=f"the graph benchmark's seed, from 0 to {SEED_MAX} (default: 0)")
     parser.add_argument("--ablate", choices=ABLATIONS, default=ABLATIONS[0],
                         help="the safeguard switched off in the 'off' runs (default: %(default)s)")
     parser.add_argument("--families", nargs="+", choices=gt.NONTREE, default=list(gt.NONTREE),

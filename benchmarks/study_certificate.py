@@ -39,7 +39,7 @@ from convex_attention.cvx import BACKENDS, STATIONARITY_FACTOR, available_backen
 from convex_attention.hierarchy import Hierarchy
 from convex_attention.io.environment import environment, load_average
 from convex_attention.io.files import atomic_csv, check_no_earlier_outputs, check_out_dir, write_json
-from convex_attention.io.settings import positive_int
+from convex_attention.io.settings import SEED_MAX, int_in, positive_float, positive_int
 
 SETS = {"normal": (-1.0, 1.0), "hard": (-2.0, 1.0), "extreme": (-4.0, 4.0)}
 OUTPUTS = ("certificate.csv", "certificate.json")
@@ -93,11 +93,12 @@ def main(argv=None) -> int:
                    help="map side, one every family draws (a multiple of 8, at least 16; default 16)")
     p.add_argument("--backends", nargs="+", default=["diffcp-clarabel", "moreau"], choices=BACKENDS, metavar="NAME",
                    help=f"from {', '.join(BACKENDS)} (default diffcp-clarabel moreau)")
-    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=7,
+                   help=f"seed of the draws, from 0 to {SEED_MAX} (default 7)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the certificate.csv and certificate.json of an earlier study in --out (without it "
                         "such a folder is refused, exit 2)")
-    p.add_argument("--static-regularization", type=float, default=None,
+    p.add_argument("--static-regularization", type=positive_float, default=None,
                    help="Clarabel's static_regularization_constant for diffcp-clarabel (default: Clarabel's own, "
                         "1e-8; the layer retries a refused batch with cvx.CLARABEL_RETRIES, which one attempt "
                         "here does not)")

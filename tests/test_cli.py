@@ -1313,3 +1313,42 @@ def test_rev42_plot_into_a_figure_folder_another_run_holds_exits_2_naming_the_ow
     err = capsys.readouterr().err
     assert f"in use by pid {holder.pid}" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert calls == [], "plot drew while another run held the folder"
+
+
+# ----------------------------------------------------------------------------- review ca_rev75
+
+def test_ca_rev75_plot_refuses_an_empty_out(tmp_path, capsys, monkeypatch):
+    from convex_attention.bench import plots
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("plot drew figures for --out ''")
+
+    monkeypatch.setattr(plots, "plot_results", drawn)
+    (tmp_path / "bench.csv").write_text("not read: plot_results is stubbed\n")
+    assert run(["plot", str(tmp_path), "--out", "", "--quiet"]) == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "figures").exists()
+
+
+def test_ca_rev75_demo_refuses_a_figures_file_before_the_bench_step(tmp_path, capsys, monkeypatch):
+    from convex_attention.cli import bench as bench_cli
+
+    def measured(*args, **kwargs):
+        raise AssertionError("demo's bench step started")
+
+    monkeypatch.setattr(bench_cli, "_run_bench", measured)
+    (tmp_path / "figures").write_text("mine")
+    assert run(["demo", "--out", str(tmp_path), "--quiet"]) == 2
+    assert (tmp_path / "figures").read_text() == "mine" and "figures" in capsys.readouterr().err
+
+
+def test_ca_rev75_verify_refuses_timeout_without_a_dual_solver(tmp_path, capsys, monkeypatch):
+    from convex_attention.bench import verify
+
+    def checked(*args, **kwargs):
+        raise AssertionError("verify ran with an option it never reads")
+
+    monkeypatch.setattr(verify, "verify_instances", checked)
+    monkeypatch.setattr(verify, "random_instances", lambda *a, **k: [])
+    out = tmp_path / "v"
+    assert run(["verify", "--quick", "--timeout", "5", "--out", str(out), "--quiet"]) == 2
+    assert "--timeout" in capsys.readouterr().err and not out.exists()

@@ -641,3 +641,78 @@ def test_an_interrupted_verify_leaves_no_empty_out(tmp_path, monkeypatch, capsys
     assert _exit_code(["verify", "--quick", "--backends", "diffcp-clarabel", "--out",
                        str(tmp_path / "a" / "out")]) == 130
     assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------- review ca_rev75: the benchmarks' scripts
+
+
+def _ca_rev75_script(name):
+    import importlib.util
+
+    path = ROOT / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"ca_rev75_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_HUGE_SEED = "99999999999999999999999"
+
+
+@pytest.mark.parametrize("name,argv", [
+    ("profile_dual", ["--size", "16", "--batches", "1", "--family", "axial"]),
+    ("ablate_newton", ["--size", "16", "--instances", "1", "--families", "axial"]),
+])
+def test_ca_rev75_benchmark_scripts_refuse_a_seed_torch_cannot_take(name, argv, capsys):
+    import torch
+
+    script = _ca_rev75_script(name)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            script.main([*argv, "--seed", _HUGE_SEED])
+    finally:
+        torch.set_num_threads(before)
+    assert stop.value.code == 2 and "--seed" in capsys.readouterr().err
+
+
+def test_ca_rev75_study_certificate_refuses_a_huge_seed_before_making_out(tmp_path, capsys):
+    import torch
+
+    script = _ca_rev75_script("study_certificate")
+    before = torch.get_num_threads()
+    out = tmp_path / "o"
+    try:
+        with pytest.raises(SystemExit) as stop:
+            script.main(["--out", str(out), "--draws", "1", "--backends", "diffcp-clarabel", "--seed", _HUGE_SEED])
+    finally:
+        torch.set_num_threads(before)
+    assert stop.value.code == 2 and not out.exists()
+
+
+def test_ca_rev75_study_certificate_refuses_a_nan_regularization(tmp_path, capsys, monkeypatch):
+    import torch
+
+    script = _ca_rev75_script("study_certificate")
+
+    def drawn(*args, **kwargs):
+        raise AssertionError("the study started with --static-regularization nan")
+
+    monkeypatch.setattr(script, "instance", drawn)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            script.main(["--out", str(tmp_path / "o"), "--draws", "1", "--backends", "diffcp-clarabel",
+                         "--static-regularization", "nan"])
+    finally:
+        torch.set_num_threads(before)
+    assert stop.value.code == 2 and "--static-regularization" in capsys.readouterr().err
+
+
+def test_ca_rev75_study_certificate_seed_has_help(capsys):
+    script = _ca_rev75_script("study_certificate")
+    with pytest.raises(SystemExit):
+        script.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    said = text.split("options:", 1)[1].split("--seed SEED", 1)[1].split("--overwrite", 1)[0]
+    assert said.strip() and "7" in said, f"--seed's help: {said!r}"

@@ -1342,3 +1342,27 @@ def test_every_model_setting_is_either_architecture_or_kept_on_resume():
 
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     assert names == set(ModelConfig.ARCHITECTURE) | set(RESUME_KEEPS)
+
+
+# ----------------------------------------------------------------------------- review ca_rev75
+
+def test_ca_rev75_dev_stage_refuses_variants(tmp_path, capsys, no_work):
+    out = tmp_path / "x"
+    code, _, err = run(["experiment", "--quick", "--variants", str(tmp_path / "v.json"), "--out", str(out)], capsys)
+    assert_usage_error(code, err, "--variants")
+    assert not out.exists()
+
+
+def test_ca_rev75_train_refuses_alpha_for_a_method_without_consistency_loss(tmp_path, capsys, no_work):
+    out = tmp_path / "x"
+    code, _, err = run(["train", "--method", "exact", "--alpha", "5", *_SMALL_RUN, "--out", str(out)], capsys)
+    assert_usage_error(code, err, "--alpha")
+    assert not out.exists()
+
+
+def test_ca_rev75_test_stage_example_gives_an_unspent_data_seed():
+    from convex_attention.cli.paper import SUBCOMMAND_EXAMPLES
+
+    (line,) = [e for e in SUBCOMMAND_EXAMPLES["experiment"] if "--stage test" in e]
+    # the dev stage spends --data-seed 0 (the default), so the test stage needs another (docs/user_guide.md §6)
+    assert "--data-seed" in line.split("#")[0], line

@@ -397,6 +397,9 @@ def _check_verify(args):
     from ..bench.verify import check_backends
 
     config = _verify_config(args)
+    if args.dual_solver is None and "timeout" in given_settings(args, VerifyConfig):
+        raise UsageError("argument --timeout: it bounds the time of a --dual-solver's instance, and no "
+                         "--dual-solver was given (the package's own solver runs in this process)")
     if args.dual_solver is not None and not args.dual_solver.strip():
         raise UsageError("argument --dual-solver: an empty value; give module:function or file.py:function, or "
                          "leave the option out to verify the package's own dual solver")
@@ -553,7 +556,8 @@ def cmd_plot(args) -> int:
     if not any(os.path.exists(os.path.join(results, name)) for name in inputs):
         raise UsageError(f"{results} holds no {', '.join(inputs)} to plot (run `convex-attention bench --out "
                          f"{results}` or benchmarks/bench_graphs.py --out {results} first)")
-    out = args.out or os.path.join(results, "figures")
+    out = args.out if args.out is not None else os.path.join(results, "figures")  # '' is refused, not the default
+    check_out_leaving_nothing(out)
     check_files(out, _figure_folder_files())  # before the folder is made
     # one writer per figure folder, as demo's plot step holds it: the figures and their record
     # (a folder it made is removed again, if empty, when the run fails: holding_out)
@@ -576,6 +580,8 @@ def _check_figure_folder(out: str, overwrite: bool) -> None:
     not known yet; ``plot`` itself refuses only the figures it draws)."""
     from ..bench.plots import MANIFEST, unrecorded_figures
 
+    if os.path.lexists(out) and not os.path.isdir(out):  # before demo's minutes of work, not at its plot step
+        raise UsageError(f"{out} is a file, not a folder: the figures go there; move it, or choose another --out")
     check_files(out, _figure_folder_files())  # a folder of a figure's name: --overwrite cannot replace it
     foreign = [] if overwrite else unrecorded_figures(out)
     if foreign:

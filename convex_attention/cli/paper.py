@@ -129,7 +129,8 @@ SUBCOMMAND_EXAMPLES = {
     "experiment": (
         "convex-attention experiment --quick                            # a smoke test of the dev stage (1 seed)",
         "convex-attention experiment --stage dev --out results/experiment   # choose the variants on the dev split",
-        "convex-attention experiment --stage test --out results/experiment  # once, after committing the variants",
+        "convex-attention experiment --stage test --data-seed 1 --out results/experiment  # once, after committing "
+        "the variants (a data seed the dev stage did not use)",
     ),
 }
 
@@ -233,8 +234,8 @@ def _add_experiment(sub) -> None:
                    help="dev: compare variants on the development split; test: the final run on the test split "
                         "(default: dev)")
     x.add_argument("--variants", default=DEFAULT_VARIANTS_PATH,
-                   help="the committed variants file the test stage reads (default: configs/experiment_variants.json "
-                        "of this checkout)")
+                   help="the committed variants file the test stage reads; both stages read the data ledger beside "
+                        "it (default: configs/experiment_variants.json of this checkout)")
     x.add_argument("--variants-sha256", default=None, metavar="HEX",
                    help="test stage without a git checkout (e.g. a copy of the working tree on another machine): the "
                         "SHA-256 of the committed variants file, which the file must match (default: none, git "
@@ -325,6 +326,11 @@ def train_config_from_args(args):
         config.validate()
     except ConfigError as err:
         raise _config_error(parser, err) from None
+    from ..methods import get_method
+
+    if "alpha" in given and not get_method(config.model.method).needs_duals:  # read by learned_dual's loss only
+        raise UsageError(f"argument --alpha: the consistency loss it weighs is learned_dual's; method "
+                         f"{config.model.method!r} has none")
     if state is not None and trained_on is not None:
         _check_same_data(parser, given, trained_on, config.data_config())
         if "seed" in given and given["seed"] != base.seed:
@@ -662,6 +668,11 @@ def _experiment_preflight(args, config) -> None:
         if args.allow_rejected_benchmark:
             raise UsageError("argument --allow-rejected-benchmark: only the test stage reads the dev stage's verdict; "
                              "the dev stage records it")
+        if args.variants != DEFAULT_VARIANTS_PATH and not os.path.isfile(args.variants):
+            # the dev stage reads the data ledger beside it (the test splits already spent): a path
+            # to nothing found no ledger, and so no spent split, whatever the real ledger records
+            raise UsageError(f"argument --variants: {args.variants} is no file; the dev stage reads the data ledger "
+                             f"beside the variants file (the test splits spent so far): give the committed one")
         check_out(args.out)
         return
     try:
