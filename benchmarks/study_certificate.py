@@ -39,7 +39,7 @@ from convex_attention.cvx import BACKENDS, STATIONARITY_FACTOR, available_backen
 from convex_attention.hierarchy import Hierarchy
 from convex_attention.io.environment import environment, load_average
 from convex_attention.io.files import atomic_csv, check_no_earlier_outputs, check_out_dir, write_json
-from convex_attention.io.settings import SEED_MAX, int_in, positive_float, positive_int
+from convex_attention.io.settings import SEED_MAX, int_in, positive_float
 
 SETS = {"normal": (-1.0, 1.0), "hard": (-2.0, 1.0), "extreme": (-4.0, 4.0)}
 OUTPUTS = ("certificate.csv", "certificate.json")
@@ -88,9 +88,10 @@ def main(argv=None) -> int:
     p = CommandParser(prog="study_certificate.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="folder for certificate.csv and certificate.json")
-    p.add_argument("--draws", type=positive_int, default=4, help="draws per family and set (default 4)")
-    p.add_argument("--size", type=positive_int, default=16,
-                   help="map side, one every family draws (a multiple of 8, at least 16; default 16)")
+    p.add_argument("--draws", type=int_in(1, 100_000, "draws"), default=4,
+                   help="draws per family and set, from 1 to 100000 (default 4)")
+    p.add_argument("--size", type=int_in(16, 4096, "size"), default=16,
+                   help="map side, one every family draws (a multiple of 8 from 16 to 4096; default 16)")
     p.add_argument("--backends", nargs="+", default=["diffcp-clarabel", "moreau"], choices=BACKENDS, metavar="NAME",
                    help=f"from {', '.join(BACKENDS)} (default diffcp-clarabel moreau)")
     p.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=7,

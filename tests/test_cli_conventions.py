@@ -716,3 +716,22 @@ def test_ca_rev75_study_certificate_seed_has_help(capsys):
     text = " ".join(capsys.readouterr().out.split())
     said = text.split("options:", 1)[1].split("--seed SEED", 1)[1].split("--overwrite", 1)[0]
     assert said.strip() and "7" in said, f"--seed's help: {said!r}"
+
+
+# ----------------------------------------------------------------------------- review ca_rev76
+
+def test_ca_rev76_study_certificate_refuses_a_huge_size_before_making_out(tmp_path):
+    """The seed got a range; --size (positive_int, no upper bound) did not: a multiple of 8
+    every family accepts, 2**40, passes the checks, --out is made, and the first draw is a
+    ValueError traceback (above hierarchy.MAX_CELLS)."""
+    import torch
+
+    script = _ca_rev75_script("study_certificate")
+    before = torch.get_num_threads()
+    out = tmp_path / "o"
+    try:
+        with pytest.raises(SystemExit) as stop:
+            script.main(["--out", str(out), "--draws", "1", "--backends", "diffcp-clarabel", "--size", str(2 ** 40)])
+    finally:
+        torch.set_num_threads(before)
+    assert stop.value.code == 2 and not out.exists()

@@ -1816,3 +1816,16 @@ def test_ca_rev74_brightest_refuses_a_numpy_mimic_rate_below_one():
     for rate in (np.float32(0.5), np.int64(0)):
         with pytest.raises(ValueError, match="mimic_rate must be at least 1"):
             SyntheticBrightestLesions(4, 32, mimic_rate=rate)
+
+
+# ----------------------------------------------------------------------------- review ca_rev76
+
+@pytest.mark.parametrize("kind", ["numpy 0-d array", "torch scalar", "bool"])
+def test_ca_rev76_brightest_refuses_every_mimic_rate_below_one(kind):
+    """The refusal tests isinstance(mimic_rate, numbers.Real) and skips bools: np.array(0.5),
+    torch.tensor(0.5) and False pass it, and the parent stores float(mimic_rate) = 0.5 / 0.0."""
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+
+    rate = {"numpy 0-d array": np.array(0.5), "torch scalar": torch.tensor(0.5), "bool": False}[kind]
+    with pytest.raises(ValueError, match="mimic_rate must be at least 1"):
+        SyntheticBrightestLesions(4, 32, mimic_rate=rate)

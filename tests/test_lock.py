@@ -565,3 +565,46 @@ def test_ca_rev74_folder_lock_excludes_another_thread(tmp_path):
         inside = entered.wait(0.5)
     thread.join(5)
     assert not inside  # it waited for the holder
+
+
+# ----------------------------------------------------------------------------- review ca_rev76
+
+def test_ca_rev76_a_forked_child_takes_folder_lock_once_the_parent_released_it(tmp_path):
+    """_forget_folder_locks clears the holds in a forked child but leaves open the fd whose
+    flock another thread of the parent took: that fd, the child's copy, keeps the lock after
+    the parent releases it, so the child's own folder_lock waits for itself forever."""
+    import signal
+    import threading
+
+    from convex_attention.io.lock import folder_lock
+
+    held, release = threading.Event(), threading.Event()
+
+    def holder():
+        with folder_lock(str(tmp_path)):
+            held.set()
+            release.wait(10)
+
+    thread = threading.Thread(target=holder, daemon=True)
+    thread.start()
+    assert held.wait(5)
+    result_r, result_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: wait until the parent released the lock, then take it (1 s at most)
+        try:
+            os.read(go_r, 1)
+            signal.alarm(1)  # SIGALRM's default action ends the child if it is still waiting
+            with folder_lock(str(tmp_path)):
+                os.write(result_w, b"1")
+        finally:
+            os._exit(0)
+    os.close(result_w)
+    release.set()
+    thread.join(5)
+    os.write(go_w, b"x")
+    os.waitpid(pid, 0)
+    taken = os.read(result_r, 1)
+    for fd in (result_r, go_r, go_w):
+        os.close(fd)
+    assert taken == b"1", "the child could not take the lock its parent had released"

@@ -1366,3 +1366,17 @@ def test_ca_rev75_test_stage_example_gives_an_unspent_data_seed():
     (line,) = [e for e in SUBCOMMAND_EXAMPLES["experiment"] if "--stage test" in e]
     # the dev stage spends --data-seed 0 (the default), so the test stage needs another (docs/user_guide.md §6)
     assert "--data-seed" in line.split("#")[0], line
+
+
+# ----------------------------------------------------------------------------- review ca_rev76
+
+def test_ca_rev76_dev_stage_refuses_variants_that_find_no_ledger(tmp_path, capsys, no_work):
+    """ca_rev75 refuses a --variants that is no file, since the ledger beside it is found
+    nowhere; any existing file (here not even a variants file) in a folder without
+    data_ledger.json finds no ledger either, and the dev stage runs with no spent split."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a variants file\n")
+    out = tmp_path / "x"
+    code, _, err = run(["experiment", "--quick", "--variants", str(notes), "--out", str(out)], capsys)
+    assert_usage_error(code, err, "--variants")
+    assert not out.exists()

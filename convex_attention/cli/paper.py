@@ -668,11 +668,15 @@ def _experiment_preflight(args, config) -> None:
         if args.allow_rejected_benchmark:
             raise UsageError("argument --allow-rejected-benchmark: only the test stage reads the dev stage's verdict; "
                              "the dev stage records it")
-        if args.variants != DEFAULT_VARIANTS_PATH and not os.path.isfile(args.variants):
+        if args.variants != DEFAULT_VARIANTS_PATH:
             # the dev stage reads the data ledger beside it (the test splits already spent): a path
-            # to nothing found no ledger, and so no spent split, whatever the real ledger records
-            raise UsageError(f"argument --variants: {args.variants} is no file; the dev stage reads the data ledger "
-                             f"beside the variants file (the test splits spent so far): give the committed one")
+            # to nothing, or to another file, found no ledger, and so no spent split, whatever the
+            # real ledger records
+            try:
+                read_variants(args.variants)
+            except VariantsError as err:
+                raise UsageError(f"argument --variants: {err}; the dev stage reads the data ledger beside the "
+                                 f"variants file (the test splits spent so far): give the committed one") from None
         check_out(args.out)
         return
     try:

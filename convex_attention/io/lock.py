@@ -191,15 +191,25 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
 
 _FOLDER_GUARDS: dict = {}  # realpath -> threading.RLock: one thread of this process at a time
 _FOLDER_DEPTH: dict = {}  # realpath -> how deep its holding thread has entered (the flock is taken once)
+_FOLDER_FDS: dict = {}  # realpath -> the descriptor its flock is on
 _FOLDER_GUARDS_LOCK = threading.Lock()
+_GENERATION = [0]  # bumped in a forked child: holds from before the fork are the parent's
 
 
 def _forget_folder_locks() -> None:
-    """In a forked child: the parent's threads, and so their holds, are not there."""
+    """In a forked child: the parent's threads, and so their holds, are not there.  The
+    child's copies of their descriptors are closed (a flock belongs to the open file, which
+    the child shares: kept, it held the folder until the child ended, and the child's own
+    folder_lock waited on itself); closing a copy leaves the parent's lock as it is."""
     global _FOLDER_GUARDS_LOCK
+    for fd in _FOLDER_FDS.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _FOLDER_FDS.clear()
     _FOLDER_GUARDS.clear()
     _FOLDER_DEPTH.clear()
     _FOLDER_GUARDS_LOCK = threading.Lock()
+    _GENERATION[0] += 1
 
 
 if hasattr(os, "register_at_fork"):
@@ -213,25 +223,34 @@ def folder_lock(folder: str):
     share (the data ledger), which would otherwise lose one of two concurrent updates.  Other
     processes are kept out by an OS lock (``flock`` on the folder: no file is created; the
     system releases it when its process dies), other threads of this one by a lock of its
-    own.  Re-entry from the holding thread (a nested call) does not wait for itself."""
+    own.  Re-entry from the holding thread (a nested call) does not wait for itself.  A child
+    forked while it is held holds nothing (:func:`_forget_folder_locks`)."""
     real = os.path.realpath(folder)
     with _FOLDER_GUARDS_LOCK:
         guard = _FOLDER_GUARDS.setdefault(real, threading.RLock())
-    with guard:
+    generation = _GENERATION[0]
+    guard.acquire()
+    try:
         if _FOLDER_DEPTH.get(real):  # this thread holds it already (only the holder gets past the guard)
             _FOLDER_DEPTH[real] += 1
             try:
                 yield real
             finally:
-                _FOLDER_DEPTH[real] -= 1
+                if _GENERATION[0] == generation:
+                    _FOLDER_DEPTH[real] -= 1
             return
         fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
         try:
             import fcntl
 
             fcntl.flock(fd, fcntl.LOCK_EX)
-            _FOLDER_DEPTH[real] = 1
+            _FOLDER_DEPTH[real], _FOLDER_FDS[real] = 1, fd
             yield real
         finally:
-            _FOLDER_DEPTH.pop(real, None)
-            os.close(fd)
+            if _GENERATION[0] == generation:  # else a forked child: the descriptor is closed already
+                _FOLDER_DEPTH.pop(real, None)
+                _FOLDER_FDS.pop(real, None)
+                os.close(fd)
+    finally:
+        if _GENERATION[0] == generation:  # a forked child's guard is the parent's, left to it
+            guard.release()

@@ -116,7 +116,6 @@ lesions are smaller than the area rule allows.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -704,7 +703,11 @@ class SyntheticBrightestLesions(SyntheticRimLesions):
     def __init__(self, n: int, image_size: int = 128, channels: int = 4, difficulty: float = 0.5,
                  lesion_fraction: float = 0.5, seed: int = 0, mimic_rate: float = 5.0,
                  mimic_types=MIMIC_TYPES):
-        if isinstance(mimic_rate, numbers.Real) and not isinstance(mimic_rate, bool) and float(mimic_rate) < 1:
+        try:  # the number, whatever holds it (a 0-d array, a tensor, a bool); the parent refuses what is none
+            below_one = float(mimic_rate) < 1
+        except (TypeError, ValueError):
+            below_one = False
+        if below_one:
             raise ValueError(f"mimic_rate must be at least 1 for the brightest rule (an image without a mimic is a "
                              f"lesion image whatever lesion_fraction says), got {mimic_rate}")
         super().__init__(n, image_size, channels, difficulty, lesion_fraction, seed, mimic_rate, mimic_types)
