@@ -162,7 +162,7 @@ def main(argv=None):
                         help="the loss whose --backward is counted: random weights on the maps, -log of each map's "
                              "least probable cell, or random weights on the duals alone (default: %(default)s)")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed part's instances")
-    parser.add_argument("--dense-limit", type=int, default=None,
+    parser.add_argument("--dense-limit", type=int_in(0, 2 ** 31 - 1, "dense_limit"), default=None,
                         help="stacked-dual entries above which the Newton systems, and those of the --backward "
                              f"count, are solved by conjugate gradients, in both runs (default: the shipped limits, "
                              f"{hessian.DENSE_LIMIT} for the Newton systems and {hessian.DENSE_FALLBACK_LIMIT} for "

@@ -35,7 +35,7 @@ from convex_attention.bench.timing import measure_interleaved, nan_max, peak_mem
 from convex_attention.cli import CommandParser
 from convex_attention.io.environment import environment
 from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, one_line, write_json
-from convex_attention.io.settings import positive_int
+from convex_attention.io.settings import int_in
 
 
 def correctness(device) -> list[dict]:
@@ -249,7 +249,8 @@ def main(argv=None) -> int:
     parser = CommandParser(prog="gpu_check.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/gpu", help="folder for gpu_check.json (default results/gpu)")
-    parser.add_argument("--repeats", type=positive_int, default=50, help="timed repetitions (default 50)")
+    parser.add_argument("--repeats", type=int_in(1, 100_000, "repeats"), default=50,
+                        help="timed repetitions, from 1 to 100000 (default 50)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the gpu_check.json an earlier run left in --out (without it: exit 2)")
     args = parser.parse_args(argv)

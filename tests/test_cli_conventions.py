@@ -735,3 +735,16 @@ def test_ca_rev76_study_certificate_refuses_a_huge_size_before_making_out(tmp_pa
     finally:
         torch.set_num_threads(before)
     assert stop.value.code == 2 and not out.exists()
+
+
+@pytest.mark.parametrize("script, argv", [("gpu_check.py", ["--repeats", "1000000000"]),
+                                          ("ablate_newton.py", ["--dense-limit", "-1"])])
+def test_the_benchmark_scripts_bound_every_numeric_option(script, argv):
+    """ca_rev76's near-miss: gpu_check --repeats and ablate_newton --dense-limit had no range
+    ("every numeric option has a range")."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *argv], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "must be an integer from" in done.stderr and "Traceback" not in done.stderr
