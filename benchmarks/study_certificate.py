@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="folder for certificate.csv and certificate.json")
     p.add_argument("--draws", type=int_in(1, 100_000, "draws"), default=4,
                    help="draws per family and set, from 1 to 100000 (default 4)")
-    p.add_argument("--size", type=int_in(16, 4096, "size"), default=16,
+    p.add_argument("--size", type=int_in(1, 4096, "size"), default=16,
                    help="map side, one every family draws (a multiple of 8 from 16 to 4096; default 16)")
     p.add_argument("--backends", nargs="+", default=["diffcp-clarabel", "moreau"], choices=BACKENDS, metavar="NAME",
                    help=f"from {', '.join(BACKENDS)} (default diffcp-clarabel moreau)")

@@ -1037,7 +1037,7 @@ def test_structures_get_their_own_figures_and_the_chain_figures_draw_chains_only
     assert len(figs["dual_convergence"].axes[0].get_lines()) == len(chain_cells), "one line per chain cell"
     conv = figs["dual_convergence_per_structure"]
     assert [ax.get_title() for ax in conv.axes[:3]] == ["chain", "axial (rows + columns)", "mixed (two resolutions)"]
-    assert "1 row(s) over --cvx-max-cells (at the cells drawn)" in figs["pareto_per_structure:footer"]
+    assert "1 row(s) over --cvx-max-cells (at the cells drawn)" in " ".join(figs["pareto_per_structure:footer"].split())
     for name in ("pareto_per_structure", "dual_convergence_per_structure"):
         footer = figs[name + ":footer"]
         assert "load average (1 min) 3.10 at start, 2.20 at end, 2 CPUs" in footer, name
@@ -2382,11 +2382,12 @@ def test_backward_skips_and_names_unusable_rows_and_draws_an_exact_gradient_at_a
     for col in ("parameter", "gradient_error", "bwd_per_sample_ms"):
         assert col in notes[0], col
     ax = figs["b"].axes[0]
-    implicit, unrolled = ax.get_lines()
+    implicit, unrolled, zero_line = ax.get_lines()  # the third: where an error of exactly 0 is drawn (ca_rev77)
     assert list(implicit.get_ydata()) == [1e-7, 1e-3]  # tolerance ascending
     assert list(unrolled.get_xdata()) == [0.4, 3.2, 6.4]
     floor = unrolled.get_ydata()[-1]
     assert 0 < floor < 1e-7 and list(unrolled.get_ydata()[:2]) == [0.5, 0.0625]
+    assert list(zero_line.get_ydata()) == [floor, floor]
     assert [t.get_text() for t in ax.texts] == ["1e-08", "1e-04", "1", "8", "16"]  # tolerance, sweeps
     assert "computed in float64" in figs["b:footer"]
 
@@ -2620,3 +2621,83 @@ def test_ca_rev71_core_ratios_bound_a_ratio_where_a_series_failed():
             core_row("cvxpylayers", 0.0, shapes="4x4+2x2", backend="zero", batch=2, dtype="float64")]
     out = core_ratios(rows, ["cvxpylayers/exact per sample"])
     assert "cvxpylayers/exact per sample" not in out, out
+
+
+# ---------------------------------------------------------------------------- review ca_rev77
+
+def _ca_rev77_text(figs, name):
+    """Every text of figure ``name`` and its footer, on one line, lower case."""
+    return " ".join((all_texts(figs[name]) + " " + figs[name + ":footer"]).split()).lower()
+
+
+def test_ca_rev77_dual_convergence_draws_the_violation_of_a_cell_whose_gap_was_not_certified(figs):
+    """sweep._convergence_rows writes the gap columns empty where the reference is not
+    certified; the violation history is still measured.  The chain figure skipped every such
+    row ("dual_gap_max is empty"), so the cell's violation line was not drawn at all (the
+    per-structure figure draws it)."""
+    rows = [{"cell": c, "dims": 2, "size": 8, "levels": 2, "temperature": 1.0, "iteration": i,
+             "violation_max": 10.0 ** -i, "dual_gap_max": "" if c == 1 else 10.0 ** (-2 * i)}
+            for c in (0, 1) for i in range(5)]
+    plots.plot_convergence(rows, "c.png", log=lambda message: None)
+    assert len(figs["c"].axes[0].lines) == 2  # one violation line per cell
+
+
+def test_ca_rev77_time_vs_size_says_which_series_were_timed_on_fewer_samples_than_the_batch(figs):
+    """Per-sample times of cvxpylayers (timed_batch 2) beside the others' (timed_batch 4):
+    tradeoff and pareto_per_structure say so (fewer_timed_note), time_vs_size did not."""
+    rows = [r for r in sweep_rows() if r["dims"] == 2]
+    assert {r["timed_batch"] for r in rows if r["method"] == "cvxpylayers"} == {2}
+    plots.plot_time_vs_size(rows, "t.png", log=pytest.fail)
+    assert "timed on fewer samples than the batch" in _ca_rev77_text(figs, "t")
+
+
+def test_ca_rev77_backward_marks_times_that_rest_on_fewer_than_3_repetitions(figs):
+    """design.md §6: a time resting on fewer than 3 repetitions is low-confidence, "the
+    figures mark it"; backward.csv records repeats, which the figure never read."""
+    rows = [{**r, "repeats": 1} for r in backward_rows()]
+    plots.plot_backward(rows, "b.png", None, pytest.fail)
+    ax = figs["b"].axes[0]
+    assert dotted_squares(ax) or "low confidence" in _ca_rev77_text(figs, "b")
+
+
+def test_ca_rev77_backward_says_where_it_draws_a_gradient_error_of_exactly_0(figs):
+    """The other log-axis figures name the floor a 0 is drawn at ("violation exactly 0, drawn
+    at ..."); the backward figure moved the 0 to 1e-17 and said nothing."""
+    rows = backward_rows()
+    rows.append({**rows[3], "parameter": 16, "bwd_per_sample_ms": 6.4, "gradient_error": 0.0})
+    plots.plot_backward(rows, "b.png", None, pytest.fail)
+    assert min(figs["b"].axes[0].get_lines()[1].get_ydata()) > 0  # drawn at the floor
+    assert "exactly 0" in _ca_rev77_text(figs, "b")
+
+
+def test_ca_rev77_tradeoff_names_its_statistic_and_its_error_bars(figs):
+    """Points at the median time with the interquartile range as x error bars: nothing on
+    the figure said median or interquartile (unless a point happened to be low-confidence)."""
+    rows = [r for r in sweep_rows() if r["dims"] == 2]
+    plots.plot_tradeoff(rows, "tr.png", log=pytest.fail)
+    assert any(len(line.get_segments()) for c in figs["tr"].axes[0].containers for line in c.lines[2])
+    text = _ca_rev77_text(figs, "tr")
+    assert "median" in text and ("interquartile" in text or "iqr" in text)
+
+
+def test_ca_rev77_speedup_names_the_statistic_its_ratios_are_of(figs):
+    rows = [r for r in sweep_rows() if r["dims"] == 2]
+    plots.plot_speedup(rows, "s.png", log=pytest.fail)
+    assert "median" in _ca_rev77_text(figs, "s")
+
+
+def test_ca_rev77_core_benchmark_sums_no_backward_a_row_does_not_have(figs):
+    """_timed accepts a row with a total but no backward and one with a backward but no
+    total; together, every bar becomes fwd + bwd and the first row's null backward is summed."""
+    rows = [core_row("exact", 1.0, bwd_ms=None), core_row("softmax", 0.5, total_ms=None)]
+    plot_core_benchmark(rows, {"exact/softmax": 2.0}, "core.png")
+    ax = figs["core"].axes[0]
+    heights = [p.get_height() for p in ax.patches] + [float(y) for line in ax.lines for y in line.get_ydata()]
+    assert heights and all(np.isfinite(heights)), heights
+    assert "nan" not in ax.get_title()
+
+
+def test_ca_rev77_core_benchmark_of_rows_that_all_failed_says_so_instead_of_crashing(figs):
+    rows = [{**core_row("exact", 1.0), "status": "error", "reason": "RuntimeError: out of memory"}]
+    out = plot_core_benchmark(rows, {"exact/softmax": 2.0}, "core.png")
+    assert out is None or "failed" in _ca_rev77_text(figs, "core")

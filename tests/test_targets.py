@@ -131,7 +131,9 @@ def test_bench_core_refuses_before_any_work_in_one_line(tmp_path, capsys, monkey
     finally:
         proc.kill()
         proc.wait()
-    for record in ('{"rows": [1, 2], "ratios": {}}', '{"rows": [{"batch": 0}], "ratios": {}}', '[]'):
+    # (a record whose rows all lack a time draws a figure that says nothing was measured: ca_rev77)
+    zero_batch = '{"rows": [{"batch": 0, "method": "exact", "shapes": "4", "fwd_ms": 1, "total_ms": 2}], "ratios": {}}'
+    for record in ('{"rows": [1, 2], "ratios": {}}', zero_batch, '[]'):
         (tmp_path / "c").mkdir(exist_ok=True)
         (tmp_path / "c" / "bench_core.json").write_text(record)
         assert "--plot-only" in refused("--plot-only", "--out", str(tmp_path / "c"))

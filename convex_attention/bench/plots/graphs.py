@@ -19,6 +19,7 @@ from ...io import figures
 from ...io.figures import FULL_WIDTH, STYLE, plain, sci
 from ._common import (
     FORESTS_ONLY,
+    MIN_CONFIDENT_REPEATS,
     BadValue,
     Log,
     Skips,
@@ -29,6 +30,8 @@ from ._common import (
     fewer_timed_note,
     floor_below,
     lacks_columns,
+    low_confidence_handle,
+    mark_low_confidence,
     number,
     ok_points,
     quiet_minor_ticks,
@@ -150,7 +153,8 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
                      if _structure(r) == _structure(largest.row) and cell_key(r) == cell_key(largest.row)]
         failed_here = failed_note(here_rows)
         notes = [dtype_note(drawn_points),
-                 "forward + backward per sample, median of interleaved repetitions; learned_dual at λ = 0 takes the "
+                 "forward + backward per sample, median of interleaved repetitions (error bar: the interquartile "
+                 "range); learned_dual at λ = 0 takes the "
                  "fitted row's time (the same computation); per-sample λ* is not drawn (its time would exclude "
                  "finding λ*)", fewer_timed_note(drawn_points),
                  skipped_note(not_measured) + (" (at the cells drawn)" if not_measured else ""),
@@ -276,7 +280,8 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
                 raise BadValue("family is empty")
             pts.append((text_of(r, "family"), kind, number(r, "parameter", positive=True),
                         number(r, "bwd_per_sample_ms", time_ms=True), number(r, "gradient_error", nonneg=True),
-                        number(r, "fwd_per_sample_ms", empty_ok=True, time_ms=True)))
+                        number(r, "fwd_per_sample_ms", empty_ok=True, time_ms=True),
+                        number(r, "repeats", empty_ok=True, positive=True, integer=True)))
         except BadValue as err:
             skips.add(r, str(err))
     skips.report(log)
@@ -298,6 +303,8 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
                     continue
                 xs, ys = [p[3] for p in line], [max(p[4], floor) for p in line]
                 ax.plot(xs, ys, color=color, marker=marker, ms=4, lw=1)
+                few = [(x, y) for p, x, y in zip(line, xs, ys) if p[6] is not None and p[6] < MIN_CONFIDENT_REPEATS]
+                mark_low_confidence(ax, [x for x, _ in few], [y for _, y in few])
                 for p, x, y in zip(line, xs, ys):
                     label = f"{p[2]:.0e}" if kind == "implicit" else f"{p[2]:g}"
                     if float(label) != p[2]:  # a tolerance that is no power of ten: the file's, not a rounding
@@ -316,15 +323,24 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
                 continue
             ax.set_xlabel("backward, ms per sample")
             ax.grid(True, which="major", alpha=0.25)
+            if any(p[0] == family and p[4] == 0 for p in pts):
+                ax.axhline(floor, color="#999999", ls=":", lw=0.8)
         # on the first panel with points (a failed family's panel, first, has no axis to label)
         labelled = next(ax for ax, family in zip(axes[0], families) if any(p[0] == family for p in pts))
         labelled.set_ylabel("gradient relative error\n(vs implicit at tol 1e-13)")
         handles = [Line2D([], [], color=c, marker=m, label=label + (" — labels: tolerance" if k == "implicit"
                                                                     else " — labels: sweeps"))
                    for k, (c, m, label) in KIND_STYLE.items()]
+        if any(p[4] == 0 for p in pts):
+            handles.append(Line2D([], [], color="#999999", ls=":", lw=0.8,
+                                  label=rf"error exactly 0, drawn at ${sci(floor)}$"))
+        if any(p[6] is not None and p[6] < MIN_CONFIDENT_REPEATS for p in pts):
+            handles.append(low_confidence_handle())
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6.5)
         fig.suptitle("The backward's cost and accuracy: implicit differentiation against unrolled sweeps")
+        counts = sorted({int(p[6]) for p in pts if p[6] is not None})
+        repeats = (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}") if counts else "?"
         return figures.save(fig, path, env, notes=[
-            "computed in float64; backward time per sample, median of interleaved repetitions (forward excluded); "
-            "error: relative 2-norm of the gradient of a random linear loss",
+            f"computed in float64; backward time per sample, median of {repeats} interleaved repetitions (forward "
+            f"excluded; no spread recorded); error: relative 2-norm of the gradient of a random linear loss",
             f"FAILED, not drawn: the implicit backward on {failed_text}" if failed else ""])

@@ -39,6 +39,7 @@ from ._common import (
     compute_dtype_of,
     dims_title,
     dtype_note,
+    fewer_timed_note,
     fit_power_law,
     lacks_columns,
     low_confidence,
@@ -91,18 +92,30 @@ def _timed(row) -> bool:
                                                     or is_measured_time(row.get("bwd_ms")))
 
 
-def _untimed(row) -> bool:
+def _untimed(row, use_total: bool | None = None) -> bool:
     """An ``ok`` row whose time is no number (bench_core.json: null): counted as failed by the
-    targets, never drawn, and named."""
-    return str(row.get("status") or "ok") == "ok" and not _timed(row)
+    targets, never drawn, and named.  ``use_total`` (:func:`_uses_total`): the figure's
+    statistic; a row that cannot give it (no backward where the figure sums forward and
+    backward) is untimed too."""
+    if str(row.get("status") or "ok") != "ok":
+        return False
+    if not _timed(row):
+        return True
+    return use_total is False and not is_measured_time(row.get("bwd_ms"))
+
+
+def _uses_total(rows) -> bool:
+    """Whether the core figure draws ``total_ms`` (every measured row has it) or the sum of
+    the forward and backward medians (older records)."""
+    return all(is_measured_time(r.get("total_ms")) for r in rows if _measured(r))
 
 
 def _core_bars(rows) -> tuple[dict, str]:
     """shapes -> bars (one per method and backend) of the measured rows, and the statistic
     the heights are."""
     out: dict = {}
-    rows = [r for r in rows if _measured(r)]
-    has_total = all(is_measured_time(r.get("total_ms")) for r in rows)
+    has_total = _uses_total(rows)
+    rows = [r for r in rows if _measured(r) and not _untimed(r, has_total)]
     for r in rows:
         batch = float(r["batch"])
         total = float(r["total_ms"]) if has_total else float(r["fwd_ms"]) + float(r["bwd_ms"])
@@ -177,9 +190,11 @@ def _failed_series(rows) -> tuple[dict, dict]:
     whose ratios are then only bounds (:func:`_panel_ratios`)."""
     failed: dict = {}
     failed_methods: dict = {}
+    use_total = _uses_total(rows)
     for r in rows:
-        if str(r.get("status")) == "error" or _untimed(r):
-            failed.setdefault(str(r.get("shapes", "")), []).append(series_name(r) + (" (no time)" if _untimed(r)
+        untimed = _untimed(r, use_total)
+        if str(r.get("status")) == "error" or untimed:
+            failed.setdefault(str(r.get("shapes", "")), []).append(series_name(r) + (" (no time)" if untimed
                                                                                       else ""))
             failed_methods.setdefault(str(r.get("shapes", "")), set()).add(str(r.get("method", "")))
     return failed, failed_methods
@@ -289,6 +304,15 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
     """
     panels, stat = _core_bars(rows)
     failed, failed_methods = _failed_series(rows)
+    if not panels:  # nothing measured: a figure that says so, naming every row, not a crash
+        with plt.rc_context(STYLE):
+            fig, ax = plt.subplots(figsize=(FULL_WIDTH, 1.6), layout="constrained")
+            ax.axis("off")
+            names = "; ".join(f"{plain(shapes, 30)}: {', '.join(plain(n, 40) for n in which)}"
+                              for shapes, which in failed.items())
+            ax.text(0.5, 0.5, f"nothing measured: every row failed\n({names or 'no rows'})", ha="center",
+                    va="center", fontsize=7, color="#d62728", transform=ax.transAxes)
+            return figures.save(fig, path, env, notes=["every row failed: no time to draw"])
     backends = sorted({b.backend for bars in panels.values() for b in bars if b.backend})
     devices = {b.device for bars in panels.values() for b in bars}
     with plt.rc_context(STYLE):
@@ -508,7 +532,7 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6,
                    handlelength=SETTING_HANDLE_LENGTH)
         fig.suptitle("Time per sample vs problem size (log-log; bars: interquartile range of each cell)")
-        notes = [dtype_note(points),
+        notes = [dtype_note(points), fewer_timed_note(points),
                  f"each point one cell's median, its bar that cell's interquartile range (widest: {widest:.0%} of its "
                  f"median; bars narrower than a marker are hidden by it); low confidence: IQR > "
                  f"{LOW_CONFIDENCE_IQR:.0%} of the median or < {MIN_CONFIDENT_REPEATS} repetitions",
@@ -667,7 +691,9 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
         paired = {cell_key(p.row) for p in points if p.series.method == SPEEDUP_OVER}
         base_dtypes = "/".join(sorted({text_of(p.row, "dtype") for p in points
                                        if p.series.method == SPEEDUP_BASE and cell_key(p.row) in paired}))
-        notes = [f"per-sample times: exact timed on B = {exact_b} samples in {base_dtypes}, cvxpylayers on "
+        notes = ["each ratio: cvxpylayers' per-sample median of forward + backward per repetition over exact's, "
+                 "in the same cell; no interval drawn (low confidence marked)",
+                 f"per-sample times: exact timed on B = {exact_b} samples in {base_dtypes}, cvxpylayers on "
                  f"{cvx_b} of them in float64 (its only mode)"
                  + ("; one line per backend and setting (line style), never pooled across them"
                     if len(settings) > 1 else ""), *not_drawn_notes(rows)]
