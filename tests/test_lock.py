@@ -608,3 +608,71 @@ def test_ca_rev76_a_forked_child_takes_folder_lock_once_the_parent_released_it(t
     for fd in (result_r, go_r, go_w):
         os.close(fd)
     assert taken == b"1", "the child could not take the lock its parent had released"
+
+
+# ----------------------------------------------------------------------------- review ca_rev78
+
+def test_ca_rev78_a_fork_while_a_thread_waits_for_the_flock_does_not_keep_the_folder_locked(tmp_path):
+    """folder_lock records its descriptor in _FOLDER_FDS only after flock returns; a thread
+    waiting in flock (another process holds the folder) has it open, unrecorded.  A fork
+    then gives the child a copy that _forget_folder_locks does not close: once the thread
+    takes the lock and releases it (os.close), the child's copy still holds it."""
+    import fcntl
+    import signal
+    import threading
+
+    from convex_attention.io.lock import folder_lock
+
+    real = os.path.realpath(str(tmp_path))
+
+    def open_on_folder():
+        out = 0
+        for name in os.listdir("/proc/self/fd"):
+            try:
+                out += os.readlink(f"/proc/self/fd/{name}") == real
+            except OSError:
+                pass
+        return out
+
+    blocker = os.open(real, os.O_RDONLY | os.O_DIRECTORY)  # "another process": an open file of its own
+    fcntl.flock(blocker, fcntl.LOCK_EX)
+    done = threading.Event()
+
+    def waiter():
+        with folder_lock(real):
+            pass
+        done.set()
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 5
+    while open_on_folder() < 2 and time.monotonic() < deadline:  # the thread's descriptor is open: it waits
+        time.sleep(0.01)
+    time.sleep(0.05)
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: holds nothing of its own; waits for the parent's word (5 s at most)
+        try:
+            os.close(blocker)  # the test's own: only folder_lock's descriptor is at issue
+            signal.alarm(5)
+            os.read(go_r, 1)
+        finally:
+            os._exit(0)
+    try:
+        os.close(blocker)  # the other holder leaves: the thread takes the lock, and releases it
+        assert done.wait(5)
+        probe = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            free = True
+        except BlockingIOError:
+            free = False
+        finally:
+            os.close(probe)
+    finally:
+        os.write(go_w, b"x")
+        os.waitpid(pid, 0)
+        os.close(go_r)
+        os.close(go_w)
+    thread.join(5)
+    assert free, "the folder stays locked by the forked child's copy of the waiting thread's descriptor"

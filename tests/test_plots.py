@@ -2701,3 +2701,54 @@ def test_ca_rev77_core_benchmark_of_rows_that_all_failed_says_so_instead_of_cras
     rows = [{**core_row("exact", 1.0), "status": "error", "reason": "RuntimeError: out of memory"}]
     out = plot_core_benchmark(rows, {"exact/softmax": 2.0}, "core.png")
     assert out is None or "failed" in _ca_rev77_text(figs, "core")
+
+
+# ---------------------------------------------------------------------------- review ca_rev78
+
+def test_ca_rev78_dual_convergence_no_gap_note_is_a_whole_sentence(figs):
+    rows = [{"cell": c, "dims": 2, "size": 8, "levels": 2, "temperature": 1.0, "iteration": i,
+             "violation_max": 10.0 ** -i, "dual_gap_max": "" if c == 1 else 10.0 ** (-2 * i)}
+            for c in (0, 1) for i in range(5)]
+    plots.plot_convergence(rows, "c.png", log=pytest.fail)
+    footer = " ".join(figs["c:footer"].split())
+    assert "no dual gap drawn" in footer
+    assert "the violation is drawn" in footer, footer
+
+
+def test_ca_rev78_core_footer_names_the_row_it_leaves_out_for_want_of_a_backward(figs):
+    """With the medians summed (a row lacks total_ms), a row without a backward is untimed
+    (_failed_series: the title says '(no time)'); the footer's NOT TIMED note calls
+    _untimed(r) without the statistic and leaves it out."""
+    rows = [core_row("exact", 1.0, bwd_ms=None), core_row("softmax", 0.5, total_ms=None)]
+    plot_core_benchmark(rows, {}, "core.png")
+    assert "exact (no time)" in " ".join(figs["core"].axes[0].get_title().split())
+    footer = " ".join(figs["core:footer"].split())
+    assert "NOT TIMED" in footer and "exact" in footer, footer
+
+
+def test_ca_rev78_core_nothing_measured_of_no_rows_claims_no_failure(figs):
+    plot_core_benchmark([], {}, "core.png")
+    assert "every row failed" not in _ca_rev77_text(figs, "core")
+
+
+def test_ca_rev78_core_nothing_measured_gives_each_failure_its_reason(figs):
+    """plot_core_benchmark's docstring (and plot_core_record's): the footer gives a failed
+    row's reason; the normal figure does (failed_note), the 'nothing measured' one does not."""
+    rows = [{**core_row("exact", 1.0), "status": "error", "reason": "RuntimeError: out of memory"}]
+    plot_core_benchmark(rows, {}, "core.png")
+    assert "out of memory" in _ca_rev77_text(figs, "core")
+
+
+def test_ca_rev78_core_nothing_measured_tells_untimed_rows_from_failed_ones(figs):
+    """The normal figure keeps 'FAILED' (status error) apart from 'NOT TIMED' (an ok row whose
+    time is no number); the 'nothing measured' figure says 'every row failed' of ok rows."""
+    rows = [core_row("exact", 1.0, fwd_ms=None), core_row("softmax", 0.5, fwd_ms=None)]
+    plot_core_benchmark(rows, {}, "core.png")
+    text = _ca_rev77_text(figs, "core")
+    assert "every row failed" not in text and "not timed" in text, text
+
+
+def test_ca_rev78_backward_footer_says_so_where_repetitions_are_not_recorded(figs):
+    plots.plot_backward(backward_rows(), "b.png", None, pytest.fail)
+    footer = " ".join(figs["b:footer"].split())
+    assert "median of ?" not in footer, footer

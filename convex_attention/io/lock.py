@@ -240,11 +240,12 @@ def folder_lock(folder: str):
                     _FOLDER_DEPTH[real] -= 1
             return
         fd = os.open(real, os.O_RDONLY | os.O_DIRECTORY)
+        _FOLDER_FDS[real] = fd  # before the wait: a child forked while this thread waits closes its copy too
         try:
             import fcntl
 
             fcntl.flock(fd, fcntl.LOCK_EX)
-            _FOLDER_DEPTH[real], _FOLDER_FDS[real] = 1, fd
+            _FOLDER_DEPTH[real] = 1
             yield real
         finally:
             if _GENERATION[0] == generation:  # else a forked child: the descriptor is closed already

@@ -261,7 +261,7 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()
                      rf"${sci(floor)}$)")
         no_gap = sorted({p[0] for p in pts if p[6] is None})
         gap_note = ([f"cell(s) {', '.join(map(str, no_gap))}: no dual gap drawn (its reference was not certified: "
-                     f"convergence.csv leaves the gap empty); the violation is"] if no_gap else [])
+                     f"convergence.csv leaves the gap empty); the violation is drawn"] if no_gap else [])
         return figures.save(fig, path, env, notes=["computed in float64 (the solver's working dtype), on each "
                                                    "cell's held-out instances", *gap_note, *notes])
 

@@ -339,8 +339,11 @@ def plot_backward(rows, path, env=None, log: Log | None = None) -> str | None:
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6.5)
         fig.suptitle("The backward's cost and accuracy: implicit differentiation against unrolled sweeps")
         counts = sorted({int(p[6]) for p in pts if p[6] is not None})
-        repeats = (f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}–{counts[-1]}") if counts else "?"
+        unrecorded = sum(p[6] is None for p in pts)
+        repeats = ("median of interleaved repetitions (their number not recorded)" if not counts else
+                   f"median of {counts[0] if len(counts) == 1 else f'{counts[0]}–{counts[-1]}'} interleaved "
+                   f"repetitions" + (f" ({unrecorded} point(s) without a recorded number)" if unrecorded else ""))
         return figures.save(fig, path, env, notes=[
-            f"computed in float64; backward time per sample, median of {repeats} interleaved repetitions (forward "
-            f"excluded; no spread recorded); error: relative 2-norm of the gradient of a random linear loss",
+            f"computed in float64; backward time per sample, {repeats} (forward excluded; no spread recorded); "
+            f"error: relative 2-norm of the gradient of a random linear loss",
             f"FAILED, not drawn: the implicit backward on {failed_text}" if failed else ""])

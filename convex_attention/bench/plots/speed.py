@@ -104,6 +104,19 @@ def _untimed(row, use_total: bool | None = None) -> bool:
     return use_total is False and not is_measured_time(row.get("bwd_ms"))
 
 
+def _core_not_drawn(rows) -> tuple[str, str]:
+    """The core figure's footer notes on the rows it does not draw: ``(skipped, failures)``,
+    failures naming each failed row with its reason (FAILED) and each ``ok`` row without a
+    time it can draw (NOT TIMED: no number, or no backward where the figure sums the two)."""
+    use_total = _uses_total(rows)
+    skipped, failures = not_drawn_notes([r for r in rows if not _measured(r)])
+    untimed = [r for r in rows if _untimed(r, use_total)]
+    if untimed:
+        failures = "; ".join(filter(None, [failures, f"NOT TIMED, not drawn: {len(untimed)} row(s) without a time "
+                                                     f"to draw: {', '.join(series_name(r) for r in untimed)}"]))
+    return skipped, failures
+
+
 def _uses_total(rows) -> bool:
     """Whether the core figure draws ``total_ms`` (every measured row has it) or the sum of
     the forward and backward medians (older records)."""
@@ -304,15 +317,17 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
     """
     panels, stat = _core_bars(rows)
     failed, failed_methods = _failed_series(rows)
-    if not panels:  # nothing measured: a figure that says so, naming every row, not a crash
+    if not panels:  # nothing to draw: a figure that says why, naming every row, not a crash
         with plt.rc_context(STYLE):
             fig, ax = plt.subplots(figsize=(FULL_WIDTH, 1.6), layout="constrained")
             ax.axis("off")
             names = "; ".join(f"{plain(shapes, 30)}: {', '.join(plain(n, 40) for n in which)}"
                               for shapes, which in failed.items())
-            ax.text(0.5, 0.5, f"nothing measured: every row failed\n({names or 'no rows'})", ha="center",
-                    va="center", fontsize=7, color="#d62728", transform=ax.transAxes)
-            return figures.save(fig, path, env, notes=["every row failed: no time to draw"])
+            why = (f"no row has a time to draw (failed, or not timed: see below)\n({names})" if rows
+                   else "the record holds no rows")
+            ax.text(0.5, 0.5, f"nothing measured: {why}", ha="center", va="center", fontsize=7, color="#d62728",
+                    transform=ax.transAxes)
+            return figures.save(fig, path, env, notes=list(_core_not_drawn(rows)))
     backends = sorted({b.backend for bars in panels.values() for b in bars if b.backend})
     devices = {b.device for bars in panels.values() for b in bars}
     with plt.rc_context(STYLE):
@@ -368,11 +383,7 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
                           " (repetitions are not recorded)") if spreads
                        else "interquartile ranges not recorded")
         unplaced = sorted(set(failed) - set(panels))  # failed at shapes no panel draws
-        skipped, failures = not_drawn_notes([r for r in rows if not _measured(r)])
-        untimed = [r for r in rows if _untimed(r)]
-        if untimed:
-            failures = "; ".join(filter(None, [failures, f"NOT TIMED, not drawn: {len(untimed)} row(s) whose time is "
-                                                         f"no number: {', '.join(series_name(r) for r in untimed)}"]))
+        skipped, failures = _core_not_drawn(rows)
         return figures.save(fig, path, env, notes=[
             "times per sample; a ratio across batch sizes credits the larger batch with its batching", spread_note,
             skipped, failures + (f" (at {', '.join(plain(s, 30) for s in unplaced)}: no panel)" if unplaced else "")])
