@@ -1829,3 +1829,14 @@ def test_ca_rev76_brightest_refuses_every_mimic_rate_below_one(kind):
     rate = {"numpy 0-d array": np.array(0.5), "torch scalar": torch.tensor(0.5), "bool": False}[kind]
     with pytest.raises(ValueError, match="mimic_rate must be at least 1"):
         SyntheticBrightestLesions(4, 32, mimic_rate=rate)
+
+
+@pytest.mark.parametrize("cls", [SyntheticRimLesions, "brightest"])
+def test_a_bool_mimic_rate_is_refused(cls):
+    """ca_rev78's near-miss: True read as 1.0 (False was refused by the brightest rule alone)."""
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+
+    cls = SyntheticBrightestLesions if cls == "brightest" else cls
+    for rate in (True, False):
+        with pytest.raises(ValueError, match="mimic_rate"):
+            cls(2, image_size=32, mimic_rate=rate)

@@ -357,7 +357,7 @@ def _check_rim_options(image_size: int, channels: int, difficulty: float, lesion
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
     if not 0.0 <= lesion_fraction <= 1.0:
         raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
-    if not (math.isfinite(mimic_rate) and 0.0 <= mimic_rate <= 8.0):
+    if isinstance(mimic_rate, bool) or not (math.isfinite(mimic_rate) and 0.0 <= mimic_rate <= 8.0):
         raise ValueError(f"mimic_rate must be in [0, 8] (mimics per lesion image), got {mimic_rate}")
     if isinstance(mimic_types, str):
         mimic_types = (mimic_types,)
