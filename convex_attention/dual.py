@@ -66,7 +66,7 @@ from .hessian import (
     implicit_vjp,
     solve_psd,
 )
-from .validation import dtype_name, per_sample, score_limit, score_peaks, temperature_range
+from .validation import SCORE_DTYPES, dtype_name, per_sample, score_limit, score_peaks, temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
@@ -747,11 +747,15 @@ def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | Non
     for k, start in enumerate(init):
         if not isinstance(start, Tensor):
             raise TypeError(f"dual option init[{k}] must be a torch.Tensor, got {type(start).__name__}")
-        if not start.dtype.is_floating_point:
-            raise TypeError(f"dual option init[{k}] must be a floating tensor, got dtype {start.dtype}")
+        if start.dtype not in SCORE_DTYPES or start.layout != torch.strided:  # float8 too: no kernel takes it
+            raise TypeError(f"dual option init[{k}] must be a dense floating tensor of dtype "
+                            f"{', '.join(map(dtype_name, SCORE_DTYPES))}, got dtype "
+                            f"{start.dtype} ({start.layout})")
         start = per_sample(start, h.shapes[h.edges[k][1]], batch, f"dual option init[{k}]", f"constraint {k}")
         if device is not None and start.device != torch.device(device):
             raise ValueError(f"dual option init[{k}] is on {start.device}, the scores on {device}")
+        if start.is_meta:  # checked before the scores' device is known too (solve's option check)
+            raise ValueError(f"dual option init[{k}] is on meta: it holds no values to start from")
         if not bool(torch.isfinite(start).all()):
             raise ValueError(f"dual option init[{k}] contains NaN or Inf values; starting duals must be finite")
         out.append(start.detach())

@@ -33,6 +33,29 @@ def _same_length(what: str, **lists) -> None:
                          + ", ".join(f"{name} {n}" for name, n in lengths.items()))
 
 
+def _same_shapes(what: str, shapes: Sequence[tuple] | None = None, **per_map) -> None:
+    """ValueError unless every map's tensors in ``per_map`` (lists, one entry per map; None
+    skipped: a given map's scores) have shape ``(B, *shapes[k])``, one ``B`` for all, or
+    (without ``shapes``) one shape per map across the lists: shapes that merely broadcast
+    gave a number (a coarse map of shape ``(B,)`` gave a violation of 0.6 for 0.1: a review)."""
+    batch = None
+    for k in range(max((len(x) for x in per_map.values()), default=0)):
+        first = None
+        for name, maps in per_map.items():
+            t = maps[k] if k < len(maps) else None
+            if t is None:
+                continue
+            if not isinstance(t, Tensor) or t.dim() < 1:
+                raise ValueError(f"{what}: {name}[{k}] must be a tensor (B, ...) of map {k}, got "
+                                 f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
+            want = (t.shape[0], *shapes[k]) if shapes is not None else (first if first is not None else tuple(t.shape))
+            if tuple(t.shape) != tuple(want) or (batch is not None and t.shape[0] != batch):
+                expected = f"(B, {', '.join(map(str, shapes[k]))})" if shapes is not None else str(tuple(want))
+                raise ValueError(f"{what}: {name}[{k}] has shape {tuple(t.shape)}, map {k} needs {expected} with "
+                                 f"one batch B for every map" + (f" (B = {batch})" if batch is not None else ""))
+            batch, first = t.shape[0], tuple(t.shape)
+
+
 def _graph_lengths(what: str, h: Graph, duals: Sequence, **per_map) -> None:
     _same_length(what, maps=range(h.num_maps), **per_map)
     if len(duals) != h.num_edges:
@@ -43,6 +66,7 @@ def consistency_residuals(probs: Sequence[Tensor], h: Graph) -> list[Tensor]:
     """``‖P_e p_a − p_b‖₁`` per constraint (edge ``e = (a → b)``; on a hierarchy ``P_k p_k − p_{k+1}``):
     ``E`` tensors ``(B,)``."""
     _same_length("consistency_residuals", maps=range(h.num_maps), probs=probs)
+    _same_shapes("consistency_residuals", h.shapes, probs=probs)
     return [_flat_sum((h.aggregate(upcast(probs[a]), e) - upcast(probs[b])).abs())
             for e, (a, b) in enumerate(h.edges)]
 
@@ -62,6 +86,7 @@ def objective(scores: Sequence[Tensor | None], probs: Sequence[Tensor], temps: S
     than the others are a ValueError.
     """
     _same_length("objective", scores=scores, probs=probs, temps=temps)
+    _same_shapes("objective", scores=scores, probs=probs)
     total: Tensor | float = 0.0
     for s, p, t in zip(scores, probs, temps):
         if s is None:
@@ -100,6 +125,7 @@ def stationarity(scores: Sequence[Tensor], probs: Sequence[Tensor], duals: Seque
     an error of the maps, this is of the size of the error (or of the duals' error over
     ``τ``)."""
     _graph_lengths("stationarity", h, duals, scores=scores, probs=probs, temps=temps)
+    _same_shapes("stationarity", h.shapes, scores=scores, probs=probs)
     implied = reparameterized_probs([upcast(s) for s in scores], [upcast(d) for d in duals], h, temps)
     return torch.stack([(upcast(p) - q).abs().flatten(1).amax(1) for p, q in zip(probs, implied)]).amax(0)
 
@@ -119,5 +145,6 @@ def dual_gap(optimal_value: Tensor, scores: Sequence[Tensor | None], duals: Sequ
 def max_abs_err(probs: Sequence[Tensor], reference: Sequence[Tensor]) -> Tensor:
     """``max |p − p_ref|`` over all cells and maps, per sample: ``(B,)``."""
     _same_length("max_abs_err", probs=probs, reference=reference)
+    _same_shapes("max_abs_err", probs=probs, reference=reference)
     return torch.stack([(upcast(p) - upcast(r)).abs().flatten(1).amax(1)
                         for p, r in zip(probs, reference)]).amax(0)

@@ -49,6 +49,7 @@ from .validation import (
     check_temperatures,
     check_transforms,
     given_indices,
+    has_tangent,
 )
 
 __all__ = ["solve", "Solution", "StaleSolution", "consistency_loss", "METHODS"]
@@ -292,6 +293,18 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
                                allow_grad=record.tensor_temperature, method=record.name, unit=h._map_word,
                                unused=given_maps)
     record.check_option_names(options)
+    if not record.func_transforms:  # a forward-mode tangent: refused here, not by torch after the solve
+        tangent = [f"scores[{k}]" for k, sc in enumerate(scores) if sc is not None and has_tangent(sc)] + \
+            (["temperature"] if any(has_tangent(t) for t in (temperature if isinstance(temperature, (list, tuple))
+                                                              else [temperature])) else [])
+        if tangent:
+            raise NotImplementedError(
+                f"solve(method={record.name!r}): {' and '.join(tangent)} carry a forward-mode tangent "
+                f"(torch.autograd.forward_ad or torch.func.jvp), which its autograd.Function has no rule for; "
+                f"differentiate with torch.autograd.grad or torch.autograd.functional.jacobian (methods 'softmax' "
+                f"and 'learned_dual' take forward mode)")
+    if record.check_options:  # the values too, before any work (the method's own rules: methods.py)
+        record.check_options(dict(options), h)
     given_list = None
     if given:
         given_list = check_given(given, h, free.shape[0], free.dtype, free.device, check_finite=check_finite)

@@ -70,6 +70,9 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True, name: st
         if s.dtype not in SCORE_DTYPES:  # float8 is floating too, and no kernel here takes it
             raise TypeError(f"{name}[{k}] must be a floating tensor of dtype "
                             f"{', '.join(map(dtype_name, SCORE_DTYPES))}, got dtype {s.dtype}")
+        if s.layout != torch.strided:  # a sparse tensor failed deep inside torch (aminmax, softmax, reshape)
+            raise TypeError(f"{name}[{k}] must be a dense (strided) tensor, got layout {s.layout}; pass "
+                            f"{name}[{k}].to_dense()")
         expected = h.shapes[k]
         if s.dim() != 1 + len(expected) or tuple(s.shape[1:]) != expected:
             raise ValueError(f"{name}[{k}] must have shape (B, {', '.join(map(str, expected))}) "
@@ -213,6 +216,12 @@ def temperature_range(dtype: torch.dtype | None = None) -> tuple[float, float]:
     return float(info.tiny), math.sqrt(float(info.max))
 
 
+def has_tangent(t) -> bool:
+    """Whether ``t`` is a tensor carrying a forward-mode tangent (``torch.autograd.forward_ad``,
+    ``torch.func.jvp``)."""
+    return isinstance(t, Tensor) and torch.autograd.forward_ad.unpack_dual(t).tangent is not None
+
+
 def is_grad_temperature(temperature) -> bool:
     """True iff ``temperature`` is a tensor that gradients will flow into (now): one that
     requires grad (with grad mode on), or one that carries a forward-mode tangent
@@ -221,7 +230,7 @@ def is_grad_temperature(temperature) -> bool:
         return False
     if temperature.requires_grad and torch.is_grad_enabled():
         return True
-    return torch.autograd.forward_ad.unpack_dual(temperature).tangent is not None
+    return has_tangent(temperature)
 
 
 def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None = None,
@@ -260,6 +269,9 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
                                           unit, unused)
         if not grad:
             return temps
+        # in the scores' compute dtype (the cast keeps the gradient): a float16 temperature did
+        # exact's dual arithmetic in float16 (duals 1.3e-3 off; NaN where the sum passed 65504)
+        temperature = temperature.to(compute_dtype(dtype)) if dtype is not None else temperature
         if temperature.dim() == 0:
             return [temperature] * num_levels
         return [temperature[k] for k in range(num_levels)]
@@ -281,7 +293,8 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
             return temps
         if not allow_grad:
             _refuse_grad_temperature(method, "floats or tensors that do not require grad")
-        return [t if g else v for t, g, v in zip(temperature, grads, temps)]
+        return [(t.to(compute_dtype(dtype)) if dtype is not None else t) if g else v
+                for t, g, v in zip(temperature, grads, temps)]
     return _check_temperature_values(temperature, num_levels, dtype, unit, unused)
 
 
@@ -395,8 +408,9 @@ def check_duals(duals, h: Graph, batch: int, dtype, device, check_finite: bool =
     for k, lam in enumerate(duals):
         if not isinstance(lam, Tensor):
             raise TypeError(f"duals[{k}] must be a torch.Tensor, got {type(lam).__name__}")
-        if not lam.dtype.is_floating_point:
-            raise TypeError(f"duals[{k}] must be a floating tensor, got dtype {lam.dtype}")
+        if lam.dtype not in SCORE_DTYPES or lam.layout != torch.strided:  # float8 is floating too: no kernel
+            raise TypeError(f"duals[{k}] must be a dense floating tensor of dtype "
+                            f"{', '.join(map(dtype_name, SCORE_DTYPES))}, got dtype {lam.dtype} ({lam.layout})")
         lam = per_sample(lam, coarse_shapes[k], batch, f"duals[{k}]", f"constraint {k}")
         if lam.device != device:
             raise ValueError(f"duals[{k}] is on {lam.device}, scores on {device}")

@@ -321,7 +321,7 @@ def _three_level(batch=2, seed=0, scale=2.0):
     ({"init": [torch.zeros(5, 3, 2), torch.zeros(1, 2)]}, ValueError, r"init\[0\] must have shape"),
     ({"init": [torch.full((3, 2), float("nan")), torch.zeros(1, 2)]}, ValueError, r"init\[0\] contains NaN"),
     ({"init": [torch.zeros(3, 2), torch.tensor([[float("inf"), 0.0]])]}, ValueError, r"init\[1\] contains NaN or Inf"),
-    ({"init": [torch.zeros(3, 2, dtype=torch.long), torch.zeros(1, 2)]}, TypeError, r"init\[0\] must be a floating"),
+    ({"init": [torch.zeros(3, 2, dtype=torch.long), torch.zeros(1, 2)]}, TypeError, r"init\[0\] must be a dense"),
     ({"init": [[0.0] * 6, torch.zeros(1, 2)]}, TypeError, r"init\[0\] must be a torch.Tensor"),
     # a string of the right length is not a list of tensors (it was read as one, item by item)
     ({"init": "ab"}, TypeError, r"init must be None or a list of 2 tensors"),

@@ -124,3 +124,31 @@ def test_the_records_name_the_options_solve_documents():
     sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-8, gap_tol=1e-8, max_iter=200,
                    strict=True, record_history=True, newton="auto", warm_start="auto", dtype=torch.float64)
     assert bool(sol.info["converged"].all()) and "history" in sol.info
+
+
+# ----------------------------------------------------------------------------- ca_rev79 (strict xfail: known defects)
+
+def test_ca_rev79_solve_runs_a_registered_methods_check_options_before_any_work():
+    """methods.py: ``check_options`` validates option values before any work, and a method
+    function is called by ``solve`` after every input has been validated.  ``solve`` checks
+    the option names only (``check_option_names``); a registered method's ``check_options``
+    is never called, so ``alpha="bad"`` reached the method function."""
+    calls = []
+
+    def function(scores, h, temps, duals, options):
+        calls.append(dict(options))
+        return [torch.softmax(s, -1) for s in scores], None, {}
+
+    def check(options, h):
+        if not isinstance(options.get("alpha", 1.0), float):
+            raise TypeError(f"option alpha must be a float, got {options['alpha']!r}")
+
+    register_method(Method("ca_rev79_toy", function, "toy", options=frozenset({"alpha"}), has_duals=False,
+                           structures="graph", check_options=check))
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    try:
+        with pytest.raises(TypeError, match="alpha"):
+            ca.solve([torch.zeros(1, 4), torch.zeros(1, 2)], h, "ca_rev79_toy", alpha="bad")
+        assert calls == []
+    finally:
+        REGISTRY.pop("ca_rev79_toy", None)

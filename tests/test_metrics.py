@@ -142,3 +142,19 @@ def test_review47_mass_on_a_masked_cell_makes_the_objective_minus_infinity():
     right = [torch.tensor([[1.0, 0.0]], dtype=torch.float64)]
     assert float(metrics.objective(theta, right, [1.0])[0]) == 0.0  # holds today: zero mass counts nothing
     assert float(metrics.objective(theta, wrong, [1.0])[0]) == -math.inf
+
+
+# ----------------------------------------------------------------------------- ca_rev79 (strict xfail: known defects)
+
+def test_ca_rev79_violation_refuses_maps_whose_shapes_only_broadcast():
+    """design.md §6: violation is max_e ‖P_e p_a − p_b‖₁ per sample.  A coarse map missing its
+    trailing dimension ((B,) for (B, 1)) broadcasts against the pooled fine map to (B, B):
+    [0.6, 0.6] came back where the maps give [0.1, 0.0]; a coarse map of batch 1 against a
+    fine map of batch 2 compared sample 1 with sample 0's map ([0.1, 0.6]).  Neither is refused."""
+    p0 = torch.tensor([[0.2, 0.3], [0.5, 0.5]], dtype=torch.float64)
+    torch.testing.assert_close(metrics.violation([p0, torch.tensor([[0.4], [1.0]], dtype=torch.float64)], H),
+                               torch.tensor([0.1, 0.0], dtype=torch.float64))  # holds today
+    with pytest.raises(ValueError):
+        metrics.violation([p0, torch.tensor([0.4, 1.0], dtype=torch.float64)], H)  # gave [0.6, 0.6]
+    with pytest.raises(ValueError):
+        metrics.violation([p0, torch.tensor([[0.4]], dtype=torch.float64)], H)  # gave [0.1, 0.6]

@@ -1240,3 +1240,49 @@ def test_rev58_an_inference_input_resized_in_place_is_stale():
     except RuntimeError as exc:
         raise AssertionError(f"a changed inference input gave {exc!r}, not StaleSolution") from exc
     raise AssertionError("a resized inference input was read as the solved problem")
+
+
+# ----------------------------------------------------------------------------- ca_rev79 (strict xfail: known defects)
+
+def test_ca_rev79_exact_duals_are_not_computed_in_a_half_precision_temperature():
+    """A float16 temperature tensor that requires grad is accepted (its values are checked
+    against the scores' range) and handed to exact as 0-d float16 tensors; the lazy duals
+    then do temperature arithmetic in float16: at τ = (0.3, 1, 3) (float16 values) they are
+    1.3e-3 off the duals at the same values given as floats (float64 scores), and where the
+    temperatures sum beyond 65504 (τ = (4e4, 4e4, 1), accepted: float64's bound is 1.3e154)
+    duals and dual_objective are NaN while probs and objective are right."""
+    h = ca.Hierarchy.grid([(4,), (2,), (1,)])
+    g = torch.Generator().manual_seed(0)
+    scores = [3 * torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    for values in ([0.3, 1.0, 3.0], [40000.0, 40000.0, 1.0]):
+        tau = torch.tensor(values, dtype=torch.float16, requires_grad=True)
+        got = ca.solve(scores, h, "exact", temperature=tau)
+        want = ca.solve(scores, h, "exact", temperature=tau.detach().double().tolist())
+        assert torch.isfinite(got.dual_objective).all()
+        for a, b in zip(got.duals, want.duals):
+            torch.testing.assert_close(a.detach(), b, atol=1e-9, rtol=0)
+
+
+def test_ca_rev79_dual_refuses_a_float8_init_with_a_message_naming_it():
+    """dual option init: '_check_init' accepts any floating dtype, float8 included, then calls
+    torch.isfinite on it: NotImplementedError '"isfinite" not implemented for Float8_e4m3fn'
+    from inside torch, not a TypeError naming the option."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.zeros(2, 4, dtype=torch.float64), torch.zeros(2, 2, dtype=torch.float64)]
+    with pytest.raises(TypeError, match="init"):
+        ca.solve(scores, h, "dual", init=[torch.zeros(2).to(torch.float8_e4m3fn)])
+
+
+def test_ca_rev79_exact_refuses_forward_mode_tangents_before_any_work_naming_itself():
+    """validation.is_grad_temperature detects a torch.autograd.forward_ad tangent and
+    cvxpylayers refuses it up front, but exact (an autograd.Function without jvp) accepts a
+    tangent on the scores or the temperature, solves, and then fails with torch's generic
+    'You must implement the jvp function for custom autograd.Function', naming neither the
+    method nor the alternatives that design.md §4 gives for torch.func transforms."""
+    import torch.autograd.forward_ad as fwad
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)]
+    with fwad.dual_level():
+        tangent = fwad.make_dual(scores[0], torch.ones_like(scores[0]))
+        with pytest.raises(NotImplementedError, match="'exact'"):
+            ca.solve([tangent, scores[1]], h, "exact")

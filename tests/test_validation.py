@@ -452,3 +452,27 @@ def test_under_no_grad_a_temperature_that_requires_grad_is_a_plain_value():
     with torch.no_grad():
         assert V.check_temperatures(tau, 2, method="dual") == [1.0, 2.0]
         assert V.check_temperatures([learnable, 1.0], 2, method="dual") == [3.0, 1.0]
+
+
+# ----------------------------------------------------------------------------- ca_rev79 (strict xfail: known defects)
+
+def test_ca_rev79_float8_duals_are_refused_with_a_message_naming_them():
+    """check_duals accepts any ``dtype.is_floating_point``, float8 included (the scores'
+    check refuses float8: no kernel here takes it); with check_finite its values are then read
+    by ``aminmax``, which raises NotImplementedError "aminmax_cpu not implemented for
+    'Float8_e4m3fn'" from inside torch instead of a TypeError naming duals[0]."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.zeros(2, 4), torch.zeros(2, 2)]
+    with pytest.raises(TypeError, match=r"duals\[0\]"):
+        ca.solve(scores, h, "learned_dual", duals=[torch.zeros(2).to(torch.float8_e4m3fn)])
+
+
+def test_ca_rev79_sparse_scores_are_refused_with_a_message_naming_them():
+    """Scores are strided tensors ``(B, *shapes[k])``; a sparse COO tensor of the right shape
+    and dtype passes check_scores and fails inside torch: NotImplementedError from
+    ``aten::aminmax`` (validation.score_peaks) with check_finite, and from ``_softmax``,
+    ``reshape`` (graph.py) or ``amax`` (dual.py) without it."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(2, 4).to_sparse(), torch.randn(2, 2).to_sparse()]
+    with pytest.raises((TypeError, ValueError), match=r"scores\[0\]"):
+        V.check_scores(scores, h)
