@@ -732,9 +732,12 @@ def _check_dtype(dtype) -> torch.dtype:
     return dtype
 
 
-def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | None:
+def _check_init(init, h: Graph, batch: int | None, device, values: bool = True) -> list[Tensor] | None:
     """``None``, or ``E`` finite floating tensors ``(B, *shapes[coarse(e)])``, ``(1, …)`` or ``shapes[coarse(e)]``
-    (``batch`` None: any leading size, for checks made before the scores are known)."""
+    (``batch`` None: any leading size, for checks made before the scores are known).  ``values``
+    False: their form only (types, layout, shapes), not the passes over their values (finite,
+    midpoint), which the solver's own check makes (solve's check before any work: twice cost a
+    host sync per tensor on a GPU)."""
     if init is None:
         return None
     n = h.num_edges
@@ -756,6 +759,9 @@ def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | Non
             raise ValueError(f"dual option init[{k}] is on {start.device}, the scores on {device}")
         if start.is_meta:  # checked before the scores' device is known too (solve's option check)
             raise ValueError(f"dual option init[{k}] is on meta: it holds no values to start from")
+        if not values:
+            out.append(start)
+            continue
         if not bool(torch.isfinite(start).all()):
             raise ValueError(f"dual option init[{k}] contains NaN or Inf values; starting duals must be finite")
         out.append(start.detach())
@@ -763,7 +769,7 @@ def _check_init(init, h: Graph, batch: int | None, device) -> list[Tensor] | Non
     # dominates the start's spread: a constant start of 1e308 overflowed the solver's centring (a
     # mean) and gave NaN maps, blamed on the scores (a review); the midpoint itself cannot
     # overflow.  An ordinary start (duals a solve returned: centred already) is left bit for bit
-    return [_less_large_midpoint(x) for x in out]
+    return [_less_large_midpoint(x) for x in out] if values else out
 
 
 def _less_large_midpoint(x: Tensor) -> Tensor:
@@ -836,12 +842,13 @@ def _centred_start(x: Tensor) -> Tensor:
 
 
 def check_dual_options(options: dict, h: Graph, batch: int | None, device,
-                       temps: Sequence[float | None] | None = None) -> dict:
+                       temps: Sequence[float | None] | None = None, init_values: bool = True) -> dict:
     """Validate the options of the ``"dual"`` method before any work; returns them with the
     defaults filled in (``dtype`` included).  Raises TypeError/ValueError naming the option
     and its accepted range.  With ``temps``, also checks that the working ``dtype`` can
     represent them (float32 accepts a narrower range than float64; ``None`` for a map whose
-    temperature is not used: a given map)."""
+    temperature is not used: a given map).  ``init_values`` False: ``init``'s form only
+    (:func:`_check_init`)."""
     unknown = set(options) - set(_DUAL_OPTIONS)
     if unknown:
         raise TypeError(f"method 'dual' takes no option(s) {sorted(unknown)}; it accepts {sorted(_DUAL_OPTIONS)}")
@@ -852,7 +859,7 @@ def check_dual_options(options: dict, h: Graph, batch: int | None, device,
            "max_iter": _check_max_iter(options.get("max_iter", 1000)),
            "strict": _check_flag(options.get("strict", True), "strict"),
            "record_history": _check_flag(options.get("record_history", False), "record_history"),
-           "init": _check_init(options.get("init"), h, batch, device),
+           "init": _check_init(options.get("init"), h, batch, device, values=init_values),
            "newton": _check_newton(options.get("newton", "auto")),
            "warm_start": _check_warm_start(options.get("warm_start", "auto")),
            "dtype": _check_dtype(options.get("dtype", torch.float64))}

@@ -155,8 +155,8 @@ def _dual(scores, h, temps, duals, options):
 
 
 def _check_dual_options(options, h):
-    # the batch of init is checked with the scores, by solve
-    check_dual_options(options, h, None, None)
+    # the batch of init is checked with the scores, and its values, by the solver itself
+    check_dual_options(options, h, None, None, init_values=False)
 
 
 def _check_cvxpylayers_options(options, h):

@@ -35,7 +35,8 @@ def _same_length(what: str, **lists) -> None:
 
 def _same_shapes(what: str, shapes: Sequence[tuple] | None = None, **per_map) -> None:
     """ValueError unless every map's tensors in ``per_map`` (lists, one entry per map; None
-    skipped: a given map's scores) have shape ``(B, *shapes[k])``, one ``B`` for all, or
+    skipped: a given map's scores) have shape ``(B, *shapes[k])``, one ``B`` for all (a given
+    map, ``per_map["given"]``, may have batch 1: shared by the samples), or
     (without ``shapes``) one shape per map across the lists: shapes that merely broadcast
     gave a number (a coarse map of shape ``(B,)`` gave a violation of 0.6 for 0.1: a review)."""
     batch = None
@@ -49,11 +50,13 @@ def _same_shapes(what: str, shapes: Sequence[tuple] | None = None, **per_map) ->
                 raise ValueError(f"{what}: {name}[{k}] must be a tensor (B, ...) of map {k}, got "
                                  f"{tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__}")
             want = (t.shape[0], *shapes[k]) if shapes is not None else (first if first is not None else tuple(t.shape))
-            if tuple(t.shape) != tuple(want) or (batch is not None and t.shape[0] != batch):
+            shared = name == "given" and t.shape[0] == 1  # a given map of batch 1 is every sample's
+            if tuple(t.shape) != tuple(want) or (batch is not None and t.shape[0] != batch and not shared):
                 expected = f"(B, {', '.join(map(str, shapes[k]))})" if shapes is not None else str(tuple(want))
                 raise ValueError(f"{what}: {name}[{k}] has shape {tuple(t.shape)}, map {k} needs {expected} with "
                                  f"one batch B for every map" + (f" (B = {batch})" if batch is not None else ""))
-            batch, first = t.shape[0], tuple(t.shape)
+            if not shared:
+                batch, first = t.shape[0], tuple(t.shape)
 
 
 def _graph_lengths(what: str, h: Graph, duals: Sequence, **per_map) -> None:
@@ -113,6 +116,7 @@ def dual_objective(scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: 
     scores are None and probabilities ``given[k]``, adds ``<η_k, q_k>`` instead)."""
     _graph_lengths("dual_objective", h, duals, scores=scores, temps=temps,
                    **({} if given is None else {"given": given}))
+    _same_shapes("dual_objective", h.shapes, scores=scores, **({} if given is None else {"given": given}))
     return dual_function([None if s is None else upcast(s) for s in scores], [upcast(d) for d in duals], h, temps,
                          None if given is None else [None if q is None else upcast(q) for q in given])
 

@@ -295,11 +295,12 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     record.check_option_names(options)
     if not record.func_transforms:  # a forward-mode tangent: refused here, not by torch after the solve
         tangent = [f"scores[{k}]" for k, sc in enumerate(scores) if sc is not None and has_tangent(sc)] + \
-            (["temperature"] if any(has_tangent(t) for t in (temperature if isinstance(temperature, (list, tuple))
-                                                              else [temperature])) else [])
+            (["the temperature"] if any(has_tangent(t) for t in temps) else []) + \
+            [f"given[{k}]" for k, q in (given or {}).items() if has_tangent(q)]
         if tangent:
             raise NotImplementedError(
-                f"solve(method={record.name!r}): {' and '.join(tangent)} carry a forward-mode tangent "
+                f"solve(method={record.name!r}): {' and '.join(tangent)} "
+                f"{'carries' if len(tangent) == 1 else 'carry'} a forward-mode tangent "
                 f"(torch.autograd.forward_ad or torch.func.jvp), which its autograd.Function has no rule for; "
                 f"differentiate with torch.autograd.grad or torch.autograd.functional.jacobian (methods 'softmax' "
                 f"and 'learned_dual' take forward mode)")

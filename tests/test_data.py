@@ -1840,3 +1840,18 @@ def test_a_bool_mimic_rate_is_refused(cls):
     for rate in (True, False):
         with pytest.raises(ValueError, match="mimic_rate"):
             cls(2, image_size=32, mimic_rate=rate)
+
+
+# ----------------------------------------------------------------------------- ca_rev80 (strict xfail: known defects)
+
+@pytest.mark.parametrize("cls", [SyntheticRimLesions, "brightest"])
+def test_ca_rev80_numpy_bools_and_bool_fractions_are_refused(cls):
+    """396d306 refuses isinstance(mimic_rate, bool) only: np.True_ (not a Python bool) passes
+    math.isfinite and the range and is used as 1.0; _check_rim_options' difficulty and
+    lesion_fraction take True as 1.0 (the hardest setting, all images lesioned) unrefused."""
+    from convex_attention.paper.data.synthetic import SyntheticBrightestLesions
+
+    cls = SyntheticBrightestLesions if cls == "brightest" else cls
+    for kw in ({"mimic_rate": np.True_}, {"difficulty": True}, {"lesion_fraction": True}):
+        with pytest.raises((TypeError, ValueError)):
+            cls(2, image_size=32, **kw)

@@ -227,7 +227,9 @@ def test_a_stalled_solve_above_its_rounding_floor_is_not_solved(monkeypatch):
     assert bool(solved.all()) and float(relres.max()) > 1e-12  # by the floor
     monkeypatch.setattr(hessian_module, "ROUNDING_UNITS", 1e-3)
     _, relres, _, solved = solve_psd(hess, probs, temps, rhs, 1e-12, 1000)
-    assert not bool(solved.any()) and float(relres.max()) < 1e-9  # stalled far below √eps, and refused
+    # stalled below √eps, and refused (the true residual, reported since ca_rev81: 2.5e-9 where the
+    # iteration tracked 8.1e-10)
+    assert not bool(solved.any()) and float(relres.max()) < 5e-9
 
 
 def test_the_rounding_floor_accepts_no_unsolved_system():
@@ -1061,3 +1063,91 @@ def test_rev38_refinement_does_not_run_corrections_to_max_iter(monkeypatch):
     except ImplicitSolveError:
         pass
     assert sum(iterations) <= 30, iterations  # the first solve takes 1
+
+
+# ---------------------------------------------------------------- review 81: solves accepted above rtol
+def _rev81_axial(n, seed):
+    """An axial n×n instance, peaked (τ ≈ 10^-2 .. 10^-0.5): one sample, solved at tol 1e-12."""
+    h = ca.Graph.axial((n, n))
+    gen = torch.Generator().manual_seed(seed)
+    scale, lo = [1, 3, 6][seed % 3], [-2, -1.5, -1][seed % 3]
+    scores = [scale * torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    temps = (10 ** (lo + torch.rand(h.num_maps, generator=gen, dtype=torch.float64))).tolist()
+    grads = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12).probs
+    return h, probs, temps, grads
+
+
+def _rev81_mp_vjp(h, probs, temps, grads):
+    """θ̄_k = J_k (v_k − A_k w), ∇²g w = Σ A_kᵀ J_k v_k at the given (float64) probabilities, in
+    60-digit arithmetic (mpmath): A_k's entries are 0/±1, so nothing but the solve's rounding differs."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 60
+    hess = get_hessian(h, "cpu")
+    D = hess.dim
+    mats = [a.reshape(D, -1).T.to(torch.int64).tolist() for a in hess.apply_A(torch.eye(D, dtype=torch.float64))]
+    ps = [[mp.mpf(float(x)) for x in p.reshape(-1)] for p in probs]
+    vs = [[mp.mpf(float(x)) for x in v.reshape(-1)] for v in grads]
+
+    def J(p, y, t):
+        inner = mp.fsum(a * b for a, b in zip(p, y))
+        return [a * (b - inner) / mp.mpf(t) for a, b in zip(p, y)]
+
+    H, rhs = mp.matrix(D, D), mp.matrix(D, 1)
+    for A, p, v, t in zip(mats, ps, vs, temps):
+        for j in range(D):
+            col = J(p, [row[j] for row in A], t)
+            for r in range(D):
+                H[r, j] += mp.fsum(row[r] * c for row, c in zip(A, col) if row[r])
+        jv = J(p, v, t)
+        for r in range(D):
+            rhs[r] += mp.fsum(row[r] * c for row, c in zip(A, jv) if row[r])
+    for e in range(h.num_edges):
+        lo, hi = hess.offsets[e], hess.offsets[e + 1]
+        for r in range(lo, hi):
+            for c in range(lo, hi):
+                H[r, c] += mp.mpf(1) / (hi - lo)
+    w = mp.lu_solve(H, rhs)
+    out = []
+    for A, p, v, t, shape in zip(mats, ps, vs, temps, h.shapes):
+        aw = [mp.fsum(x * w[j] for j, x in enumerate(row) if x) for row in A]
+        g = J(p, [a - b for a, b in zip(v, aw)], t)
+        out.append(torch.tensor([float(x) for x in g], dtype=torch.float64).view((1,) + shape))
+    return out
+
+
+def test_rev81_a_solve_accepted_at_its_rounding_floor_still_gives_a_gradient_within_gradient_rtol():
+    """The first solve stops at its rounding floor (relative residual 1.1e-8, 110× rtol); _refined screens
+    samples assuming the solve reached rtol, so nothing is refined and map gradients come back 1.8e-6 (12²,
+    seed 3) and 6.1e-6 (8², seed 33) of their own size off a 60-digit reference: above GRADIENT_RTOL (1e-6),
+    with no ImplicitSolveError.  Either is acceptable: the gradient within 1e-6 per map, or the error."""
+    from convex_attention.hessian import _held_to, _sizes
+
+    for n, seed in ((12, 3), (8, 33)):
+        h, probs, temps, grads = _rev81_axial(n, seed)
+        want = _rev81_mp_vjp(h, probs, temps, grads)
+        try:
+            got = implicit_vjp(h, probs, temps, grads)
+        except ImplicitSolveError:
+            continue
+        held = _held_to(_sizes(want), 1e-6)[0]
+        errors = [float((a - b).abs().max() / held[k]) for k, (a, b) in enumerate(zip(got, want))]
+        assert max(errors) <= 1e-6, (n, seed, errors)
+
+
+def test_rev81_a_solved_system_meets_its_acceptance_test_on_the_true_residual():
+    """solve_psd's contract: solved means ‖∇²g w − rhs‖ ≤ rtol ‖rhs‖, or a stalled residual at most √eps
+    relative and below its rounding floor.  The tests are made on the recursively updated residual, which
+    drifts from the true one: on axial 8², seed 33 (the backward's last attempt, Cholesky-preconditioned
+    without the stall stop), 65 iterations end at a recursive 1.15e-8 ≤ √eps but a true 3.6e-7 (24× √eps)."""
+    from convex_attention.hessian import _recentred
+
+    h, probs, temps, grads = _rev81_axial(8, 33)
+    hess = get_hessian(h, "cpu")
+    centred = [_recentred(p, v) for p, v in zip(probs, grads)]
+    rhs = hess.centre(hess.apply_At([DualHessian.apply_J(p, v, t) for p, v, t in zip(probs, centred, temps)]))
+    w, _, _, solved = solve_psd(hess, probs, temps, rhs, 1e-10, 1000, 2048, spectral=False, stop_stalled=False)
+    true, floor = hess.residual_and_floor(probs, temps, w, rhs)
+    relres = float(true[0] / rhs[0].norm())
+    ok = relres <= 1e-10 or (relres <= math.sqrt(torch.finfo(torch.float64).eps) and bool(true[0] <= floor[0]))
+    assert not bool(solved[0]) or ok, (relres, float(true[0]), float(floor[0]))

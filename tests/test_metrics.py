@@ -158,3 +158,28 @@ def test_ca_rev79_violation_refuses_maps_whose_shapes_only_broadcast():
         metrics.violation([p0, torch.tensor([0.4, 1.0], dtype=torch.float64)], H)  # gave [0.6, 0.6]
     with pytest.raises(ValueError):
         metrics.violation([p0, torch.tensor([[0.4]], dtype=torch.float64)], H)  # gave [0.1, 0.6]
+
+
+# ----------------------------------------------------------------------------- ca_rev80 (strict xfail: known defects)
+
+def test_ca_rev80_dual_objective_refuses_scores_whose_shapes_only_broadcast():
+    """b376849 gave objective, stationarity, consistency_residuals and max_abs_err a shape check
+    (_same_shapes), not dual_objective: scores of the (1, 1) top map given as (B,) or (B, 1)
+    give g = [6.84, 7.33, 6.73] where the right shapes give [4.44, 5.08, 6.51]; stationarity,
+    given the same scores, refuses them."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn((3,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    duals = [d.detach() for d in ca.solve(scores, h, "exact").duals]
+    temps = [1.0, 1.0, 1.0]
+    right = metrics.dual_objective(scores, duals, h, temps)
+    with pytest.raises(ValueError):
+        metrics.stationarity([*scores[:2], scores[2].reshape(3)], [p.detach() for p in
+                             ca.solve(scores, h, "exact").probs], duals, h, temps)  # holds today
+    for top in (scores[2].reshape(3), scores[2].reshape(3, 1)):
+        try:
+            got = metrics.dual_objective([*scores[:2], top], duals, h, temps)
+        except ValueError:
+            continue
+        raise AssertionError(f"dual_objective gave {got.tolist()} for {right.tolist()} with scores[2] of shape "
+                             f"{tuple(top.shape)}")

@@ -1286,3 +1286,76 @@ def test_ca_rev79_exact_refuses_forward_mode_tangents_before_any_work_naming_its
         tangent = fwad.make_dual(scores[0], torch.ones_like(scores[0]))
         with pytest.raises(NotImplementedError, match="'exact'"):
             ca.solve([tangent, scores[1]], h, "exact")
+
+
+# ----------------------------------------------------------------------------- ca_rev80 (strict xfail: known defects)
+
+def test_ca_rev80_a_float64_grad_temperature_is_not_rounded_to_the_scores_compute_dtype():
+    """check_temperatures casts a grad temperature to compute_dtype(scores) (b376849), down as well
+    as up: a float64 τ = 0.7 with float32 scores is used as float32(0.7), while the float 0.7 is
+    used as itself ('a value is used as float(value)'); 'dual' solves in float64, and its maps
+    then differ by 1.5e-8 (bitwise equal before b376849).  Only a less precise temperature
+    (float16, bfloat16) needs the cast (torch.promote_types)."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)])
+    g = torch.Generator().manual_seed(0)
+    scores = [30 * torch.randn((2,) + s, generator=g) for s in h.shapes]
+    tau = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    got = ca.solve(scores, h, "dual", temperature=tau)
+    want = ca.solve(scores, h, "dual", temperature=0.7)
+    for a, b in zip(got.probs, want.probs):
+        assert torch.equal(a.detach(), b)
+
+
+def test_ca_rev80_dual_refuses_a_forward_mode_tangent_on_a_given_map_before_the_solve():
+    """solve refuses tangents on the scores and the temperature for methods without
+    func_transforms, but a given map is an input of dual's autograd.Function too (the
+    gradient reaches it): with a tangent on it the whole solve runs, then torch raises 'You
+    must implement the jvp function for custom autograd.Function', naming neither 'given' nor
+    the alternatives."""
+    import torch.autograd.forward_ad as fwad
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 4, generator=g, dtype=torch.float64)
+    q = torch.tensor([[0.3, 0.7], [0.6, 0.4]], dtype=torch.float64)
+    with fwad.dual_level():
+        dual_q = fwad.make_dual(q, torch.tensor([[1.0, -1.0], [-1.0, 1.0]], dtype=torch.float64))
+        with pytest.raises(NotImplementedError, match="given"):
+            ca.solve([scores, None], h, "dual", given={1: dual_q})
+
+
+def test_ca_rev80_exact_refuses_a_forward_mode_tangent_in_any_temperature_sequence():
+    """check_temperatures accepts any Sequence of M numbers or 0-d tensors, but solve's tangent
+    check looks inside list and tuple only: a collections.UserList holding a tangent passes,
+    exact solves, and torch's generic jvp error follows (the check should read the validated
+    temps instead)."""
+    import collections
+
+    import torch.autograd.forward_ad as fwad
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)]
+    with fwad.dual_level():
+        tau = fwad.make_dual(torch.tensor(0.7, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64))
+        with pytest.raises(NotImplementedError, match="forward-mode"):
+            ca.solve(scores, h, "exact", temperature=collections.UserList([tau, 1.0]))
+
+
+def test_ca_rev80_solves_pre_check_does_not_validate_dual_init_again(monkeypatch):
+    """b376849 runs record.check_options before any work; for 'dual' that is
+    check_dual_options(options, h, None, None), which validates init in full (isfinite: one
+    host synchronisation per tensor on CUDA; the midpoint pass), on top of the two checks
+    made before (solve_dual_method's, with the batch and device, and solve_dual's): ~100 µs
+    more per call on CPU with two small init tensors, on every forward of a
+    ConsistentAttention(method='dual', init=...), which checked the options at construction."""
+    from convex_attention import dual as dual_module
+    calls = []
+    original = dual_module._check_init
+
+    def counting(*args, **kwargs):
+        calls.extend([1] if kwargs.get("values", True) else [])  # the passes over the values (the cost)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dual_module, "_check_init", counting)
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)]
+    ca.solve(scores, h, "dual", init=[torch.zeros(2, 2, dtype=torch.float64)])
+    assert len(calls) <= 2, len(calls)  # 2 before b376849 (itself one more than needed)

@@ -249,9 +249,11 @@ def folder_lock(folder: str):
             yield real
         finally:
             if _GENERATION[0] == generation:  # else a forked child: the descriptor is closed already
-                _FOLDER_DEPTH.pop(real, None)
-                _FOLDER_FDS.pop(real, None)
+                # closed before it leaves the table: a child forked between the two finds it closed, never an
+                # unrecorded copy that keeps the folder locked
                 os.close(fd)
+                _FOLDER_FDS.pop(real, None)
+                _FOLDER_DEPTH.pop(real, None)
     finally:
         if _GENERATION[0] == generation:  # a forked child's guard is the parent's, left to it
             guard.release()

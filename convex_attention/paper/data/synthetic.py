@@ -300,12 +300,9 @@ class SyntheticLesions(Dataset):
                  lesion_fraction: float = 0.5, seed: int = 0):
         if n <= 0:
             raise ValueError(f"a dataset needs at least one image, got n={n}")
-        if not 0.0 <= difficulty <= 1.0:
-            raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {image_size}")
-        if not 0.0 <= lesion_fraction <= 1.0:
-            raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
+        _check_fractions(difficulty, lesion_fraction)
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
             raise ValueError(f"channels must be a positive integer, got {channels!r}")
         self.n, self.image_size, self.channels = n, image_size, channels
@@ -346,6 +343,17 @@ def min_lesion_area(image_size: int) -> int:
     return int(math.ceil(1000.0 * (image_size / 240.0) ** 2 - 1e-9))
 
 
+def _is_bool(x) -> bool:
+    return isinstance(x, (bool, np.bool_))
+
+
+def _check_fractions(difficulty, lesion_fraction) -> None:
+    """ValueError unless both are numbers in [0, 1] (a bool, NumPy's too, read as 0 or 1: refused)."""
+    for name, value in (("difficulty", difficulty), ("lesion_fraction", lesion_fraction)):
+        if _is_bool(value) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+
+
 def _check_rim_options(image_size: int, channels: int, difficulty: float, lesion_fraction: float,
                        mimic_rate: float, mimic_types) -> tuple[str, ...]:
     if not isinstance(image_size, int) or image_size < 32:
@@ -353,11 +361,8 @@ def _check_rim_options(image_size: int, channels: int, difficulty: float, lesion
                          f"got {image_size!r}")
     if not isinstance(channels, int) or channels < 1:
         raise ValueError(f"channels must be a positive integer, got {channels!r}")
-    if not 0.0 <= difficulty <= 1.0:
-        raise ValueError(f"difficulty must be in [0, 1], got {difficulty}")
-    if not 0.0 <= lesion_fraction <= 1.0:
-        raise ValueError(f"lesion_fraction must be in [0, 1], got {lesion_fraction}")
-    if isinstance(mimic_rate, bool) or not (math.isfinite(mimic_rate) and 0.0 <= mimic_rate <= 8.0):
+    _check_fractions(difficulty, lesion_fraction)
+    if _is_bool(mimic_rate) or not (math.isfinite(mimic_rate) and 0.0 <= mimic_rate <= 8.0):
         raise ValueError(f"mimic_rate must be in [0, 8] (mimics per lesion image), got {mimic_rate}")
     if isinstance(mimic_types, str):
         mimic_types = (mimic_types,)
