@@ -344,7 +344,8 @@ def get_hessian(g: Graph, device) -> DualHessian:
 
 def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], rhs: Tensor, rtol: float | Tensor,
               max_iter: int, dense_limit: int = DENSE_LIMIT,
-              spectral: bool = False, stop_stalled: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+              spectral: bool = False, stop_stalled: bool = False,
+              _restart: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Solve ``∇²g w = rhs`` on the mean-zero subspace by preconditioned conjugate gradients.
 
     ``rhs``: ``(B, D)`` in the Hessian's range (each edge's part sums to zero).  The
@@ -377,7 +378,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         # one chunk of samples at a time: their Cholesky factors are kept through the iterations
         parts = [solve_psd(hess, [p[c] for p in probs], temps, rhs[c],
                            rtol[c] if isinstance(rtol, Tensor) else rtol, max_iter, dense_limit, spectral,
-                           stop_stalled)
+                           stop_stalled, _restart)
                  for c in dense_chunks(rhs.shape[0], hess.dim)]
         ws, relres_parts, iteration_parts, solved_parts = zip(*parts)
         return torch.cat(ws), torch.cat(relres_parts), torch.cat(iteration_parts), torch.cat(solved_parts)
@@ -416,6 +417,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     iterations = torch.zeros(B, dtype=torch.long, device=rhs.device)
     relres = torch.zeros(B, dtype=rhs.dtype, device=rhs.device)
     solved = norm_b == 0  # a zero right-hand side; a non-finite one is never solved (nor iterated)
+    floored = torch.zeros(B, dtype=torch.bool, device=rhs.device)  # accepted at the rounding floor (stalled)
     # the floor in float64 only: in float32 it overestimated the product's rounding up to 500x
     # and accepted solves with gradients 5x worse than the tolerance gives (hostile review)
     cap = math.sqrt(torch.finfo(rhs.dtype).eps) if rhs.dtype == torch.float64 else 0.0
@@ -439,12 +441,17 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
 
     def stopped(relres: Tensor) -> Tensor:
         """``solved`` after this iterate, whose relative residual is ``relres``."""
+        nonlocal floored
         recent.append(relres)
         del recent[:-(STALL_ITERATIONS + 1)]
         done = solved | (active & (relres <= rtol))
         # the true residual and its floor cost a product more: computed only where the tolerance is not met yet
         unverifiable = active & ~done & (relres <= cap)
-        return done | at_rounding(unverifiable) if bool(unverifiable.any()) else done
+        if not bool(unverifiable.any()):
+            return done
+        at_floor = at_rounding(unverifiable)
+        floored = floored | at_floor
+        return done | at_floor
 
     for _ in range(max_iter):
         relres = r.norm(dim=1) / norm_b.clamp_min(tiny)
@@ -482,8 +489,30 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         true_residual, floor = hess.residual_and_floor(probs, temps, w, rhs)
         true_relres = true_residual / norm_b.clamp_min(tiny)
         # the tolerance on the true residual; the rounding floor only where the iteration had
-        # accepted it there (a stalled solve: at_rounding)
-        holds = (true_relres <= rtol) | (solved & (true_relres <= cap) & (true_residual <= floor))
+        # accepted it there (a stalled solve: at_rounding; a review found solves stopped after
+        # 2 iterations on the tracked tolerance accepted at the floor, never having stalled)
+        holds = (true_relres <= rtol) | (floored & (true_relres <= cap) & (true_residual <= floor))
+        # stopped on the tracked residual, which the true one misses: restarted once from the true
+        # residual (a retry from w = 0 stops in the same place), for the iterations left
+        missed = checked & solved & ~holds & torch.isfinite(true_relres)
+        left = max_iter - int(iterations.max())
+        if _restart and left > 0 and bool(missed.any()):
+            rows = torch.nonzero(missed).flatten()
+            sub = [p[rows] for p in probs]
+            remainder = rhs[rows] - hess.matvec(sub, temps, w[rows])
+            # the correction's own tolerance, relative to its right-hand side, that leaves rtol of rhs
+            scale = norm_b[rows] / remainder.norm(dim=1).clamp_min(tiny)
+            wanted = (rtol[rows] if isinstance(rtol, Tensor) else rtol) * scale
+            delta, _, more, _ = solve_psd(hess, sub, temps, remainder, wanted, left, dense_limit, spectral,
+                                          stop_stalled, _restart=False)
+            w[rows] = w[rows] + torch.where(torch.isfinite(delta).all(1, keepdim=True), delta,
+                                            torch.zeros_like(delta))
+            iterations[rows] += more
+            again, again_floor = hess.residual_and_floor(sub, temps, w[rows], rhs[rows])
+            true_residual[rows], floor[rows] = again, again_floor
+            true_relres[rows] = again / norm_b[rows].clamp_min(tiny)
+            # held to the tolerance alone: whether the correction stalled at the floor is its own solve's
+            holds[rows] = true_relres[rows] <= (rtol[rows] if isinstance(rtol, Tensor) else rtol)
         solved = torch.where(checked, holds, solved)
         relres = torch.where(checked, true_relres, relres)
     # a non-finite right-hand side (NaN in an incoming gradient) gives NaN, as autograd would: a
@@ -668,7 +697,8 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     coldest map dominates, left the gradients of the others percent off, returned as solved
     (τ = (1e8, 1, 1e-3) on an axial graph: up to 35 %; a review).  Where the size of the terms
     that cancel, over the gradient, times the relative residual the solve reached (at most
-    ``rtol``) exceeds the gradient's tolerance, the solution is refined (``w += (∇²g)⁻¹ (rhs −
+    ``rtol``, or ``sqrt(eps)`` for a float64 solve accepted at its rounding floor) exceeds the
+    gradient's tolerance, the solution is refined (``w += (∇²g)⁻¹ (rhs −
     ∇²g w)``, up to :data:`REFINEMENTS` times; a correction not solved is not applied) until each
     map's gradient moves by at most ``GRADIENT_RTOL`` of itself (of the sample's largest, for a
     map whose gradient is below its square root); a sample that does not get there, or whose
