@@ -24,7 +24,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._ops import centre, compute_dtype, divide_by_temperature, less_max, level_softmax
-from .dual import consistency_loss_unchecked, dual_function, reparameterized_logits, spanning_forest_duals
+from .dual import (
+    check_dual_options,
+    consistency_loss_unchecked,
+    dual_function,
+    reparameterized_logits,
+    spanning_forest_duals,
+)
 from .exact import cumulative_temperatures
 from .graph import Graph
 from .hierarchy import Hierarchy
@@ -578,6 +584,10 @@ class ConsistentAttention(nn.Module):
         record.check_option_names(options)
         if record.check_options is not None:
             record.check_options(dict(options), h)
+        if record.name == "dual" and options.get("init") is not None:
+            # the registry's check reads init's form only (solve's pre-check; the solver reads its
+            # values): at construction its values too, as before (a NaN start was refused here)
+            check_dual_options(dict(options), h, None, None)
         self.options = options
         self.learned_duals = self._make_duals(record, duals, temps)
 

@@ -700,3 +700,11 @@ def test_rev60_amortised_duals_built_for_the_same_temperature_in_float32_are_acc
         ca.ConsistentAttention(h, "learned_dual", temperature=module_temperature, duals=duals)
     except ValueError as exc:
         raise AssertionError(f"the same temperature refused: {exc}") from exc
+
+
+def test_a_dual_module_refuses_a_start_that_is_not_finite_at_construction():
+    """ca_rev82's near-miss: since solve's pre-check reads init's form only, a NaN start passed
+    ConsistentAttention's construction (refused at the first forward only)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    with pytest.raises(ValueError, match="init"):
+        ca.ConsistentAttention(h, "dual", init=[torch.full((1, 2), float("nan"), dtype=torch.float64)])
