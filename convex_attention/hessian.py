@@ -342,6 +342,13 @@ def get_hessian(g: Graph, device) -> DualHessian:
     return hess
 
 
+def floor_acceptance_cap(dtype: torch.dtype) -> float:
+    """The largest relative residual at which :func:`solve_psd` accepts a stalled solve at its
+    rounding floor: ``sqrt(eps)`` in float64; 0 otherwise (the floor test is made in float64
+    only: in float32 it overestimated the product's rounding up to 500x)."""
+    return math.sqrt(torch.finfo(dtype).eps) if dtype == torch.float64 else 0.0
+
+
 def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], rhs: Tensor, rtol: float | Tensor,
               max_iter: int, dense_limit: int = DENSE_LIMIT,
               spectral: bool = False, stop_stalled: bool = False,
@@ -420,7 +427,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     floored = torch.zeros(B, dtype=torch.bool, device=rhs.device)  # accepted at the rounding floor (stalled)
     # the floor in float64 only: in float32 it overestimated the product's rounding up to 500x
     # and accepted solves with gradients 5x worse than the tolerance gives (hostile review)
-    cap = math.sqrt(torch.finfo(rhs.dtype).eps) if rhs.dtype == torch.float64 else 0.0
+    cap = floor_acceptance_cap(rhs.dtype)
     recent: list[Tensor] = []  # the relative residuals of the last STALL_ITERATIONS + 1 iterations
 
     def stalled() -> Tensor:
@@ -502,7 +509,8 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
             remainder = rhs[rows] - hess.matvec(sub, temps, w[rows])
             # the correction's own tolerance, relative to its right-hand side, that leaves rtol of rhs
             scale = norm_b[rows] / remainder.norm(dim=1).clamp_min(tiny)
-            wanted = (rtol[rows] if isinstance(rtol, Tensor) else rtol) * scale
+            rtol_rows = rtol[rows] if isinstance(rtol, Tensor) else rtol
+            wanted = rtol_rows * scale
             delta, _, more, _ = solve_psd(hess, sub, temps, remainder, wanted, left, dense_limit, spectral,
                                           stop_stalled, _restart=False)
             w[rows] = w[rows] + torch.where(torch.isfinite(delta).all(1, keepdim=True), delta,
@@ -512,7 +520,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
             true_residual[rows], floor[rows] = again, again_floor
             true_relres[rows] = again / norm_b[rows].clamp_min(tiny)
             # held to the tolerance alone: whether the correction stalled at the floor is its own solve's
-            holds[rows] = true_relres[rows] <= (rtol[rows] if isinstance(rtol, Tensor) else rtol)
+            holds[rows] = true_relres[rows] <= rtol_rows
         solved = torch.where(checked, holds, solved)
         relres = torch.where(checked, true_relres, relres)
     # a non-finite right-hand side (NaN in an incoming gradient) gives NaN, as autograd would: a
@@ -715,8 +723,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     # review found one accepted at 1.1e-8 and never looked at again), map by map as the
     # refinement settles them (screened on the sample's largest, a small map went unchecked),
     # so that the residual's product is formed only where one may need it
-    bound = max(float(rtol) if not isinstance(rtol, Tensor) else float(rtol.max()),
-                math.sqrt(torch.finfo(dtype).eps) if dtype == torch.float64 else 0.0)
+    bound = max(float(rtol) if not isinstance(rtol, Tensor) else float(rtol.max()), floor_acceptance_cap(dtype))
     suspect = finite & ~zeroed & (largest > 0) & (cancelling * bound > tol * held).any(1)
     if not bool(suspect.any()):
         return out

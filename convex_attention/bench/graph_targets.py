@@ -824,13 +824,6 @@ def _worst_beside_spread(rows: list[dict]) -> str:
                            if isinstance(normwise, float) else ""))
 
 
-def _ratio(numerator: float, denominator: float) -> float:
-    """``numerator / denominator`` of two times, NaN where either is no measured time
-    (:func:`~convex_attention.bench.timing.time_ratio`: a zero time is a failed measurement,
-    whichever side it is on): :func:`_target` makes it a miss, never met."""
-    return time_ratio(numerator, denominator)
-
-
 def _at_target_side(target: dict, side: int | None) -> dict:
     """``target`` (one of the speed targets the issue sets at :data:`TARGET_SIDE`), given no
     verdict when its value was measured at another ``side`` (``None``: the side is not known,
@@ -924,7 +917,7 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
                 out.append(_target(f"dual backward / forward time ({family})", None, "<=", 1.0,
                                    "dual failed: see speed.csv", missed=True))
             continue
-        out.append(_target(f"dual backward / forward time ({family})", _ratio(dual["bwd_ms"], dual["fwd_ms"]), "<=",
+        out.append(_target(f"dual backward / forward time ({family})", time_ratio(dual["bwd_ms"], dual["fwd_ms"]), "<=",
                            1.0))
         # a time that is no measured time is a failed measurement (timing.fastest,
         # results_format.md): that backend might have been the fastest, so it bounds the
@@ -935,12 +928,12 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
         quickest = fastest({b: r["per_sample_ms"] for b, r in ran.items()}, failed)
         cvx = {b: r for b, r in ran.items() if is_measured_time(r["per_sample_ms"])}
         failed += [b for b in ran if b not in cvx]
-        ratios = "; ".join(f"{b}: {_ratio(cvx[b]['per_sample_ms'], dual['per_sample_ms']):.3g}x" for b in cvx)
+        ratios = "; ".join(f"{b}: {time_ratio(cvx[b]['per_sample_ms'], dual['per_sample_ms']):.3g}x" for b in cvx)
         if quickest.name and not quickest.complete:  # the fastest backend cannot be named: one failed here
             # ... but the ratio against the backends that ran bounds it from above: below the
             # target, the miss is certain whatever the failed one would have measured (as is a
             # bound that is no number: a zero or NaN time of dual is a miss)
-            bound = _ratio(quickest.time, dual["per_sample_ms"])
+            bound = time_ratio(quickest.time, dual["per_sample_ms"])
             certain = not (math.isfinite(bound) and bound >= 1e3)
             out.append(_at_target_side(_target(
                 f"cvxpylayers (fastest) / dual per sample ({family})", bound if certain else None, ">=", 1e3,
@@ -952,7 +945,7 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
             best = cvx[quickest.name]
             out.append(_at_target_side(_target(
                 f"cvxpylayers[{quickest.name}] (fastest) / dual per sample ({family})",
-                _ratio(quickest.time, dual["per_sample_ms"]), ">=", 1e3,
+                time_ratio(quickest.time, dual["per_sample_ms"]), ">=", 1e3,
                 ratios + f"; dual on {dual.get('device', 'cpu')} (batch {dual['batch']}), "
                 f"cvxpylayers[{quickest.name}] on {best.get('device', 'cpu')} (batch {best['batch']}"
                 + (f", eps {best['eps']:g} accepted at {best['accept_tol']:g}"
@@ -967,20 +960,19 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
 
     for family in ("star", "chain"):
         name = f"dual / exact, forward + backward ({family})"
+        broke = failed_rows(family, ("dual", "exact"))
         if (family, "exact", "") in by and (family, "dual", "") in by:
-            ratio = _ratio(by[(family, "dual", "")]["total_ms"], by[(family, "exact", "")]["total_ms"])
+            ratio = time_ratio(by[(family, "dual", "")]["total_ms"], by[(family, "exact", "")]["total_ms"])
             out.append(_target(name, ratio, "<=", 10.0))
-        elif failed_rows(family, ("dual", "exact")):  # a side failed: said, never left out
-            out.append(_target(name, None, "<=", 10.0, f"{' and '.join(failed_rows(family, ('dual', 'exact')))} "
-                               f"failed: see speed.csv", missed=True))
+        elif broke:  # a side failed: said, never left out
+            out.append(_target(name, None, "<=", 10.0, f"{' and '.join(broke)} failed: see speed.csv", missed=True))
     name = "exact / softmaxes, forward + backward (star)"
+    broke = failed_rows("star", ("exact", "softmax"))
     if ("star", "exact", "") in by and ("star", "softmax", "") in by:
-        out.append(_at_target_side(_target(
-            name, _ratio(by[("star", "exact", "")]["total_ms"], by[("star", "softmax", "")]["total_ms"]), "<=", 3.0),
-            side))
-    elif failed_rows("star", ("exact", "softmax")):  # before: a KeyError where the softmaxes failed
-        out.append(_target(name, None, "<=", 3.0, f"{' and '.join(failed_rows('star', ('exact', 'softmax')))} "
-                           f"failed: see speed.csv", missed=True))
+        ratio = time_ratio(by[("star", "exact", "")]["total_ms"], by[("star", "softmax", "")]["total_ms"])
+        out.append(_at_target_side(_target(name, ratio, "<=", 3.0), side))
+    elif broke:  # before: a KeyError where the softmaxes failed
+        out.append(_target(name, None, "<=", 3.0, f"{' and '.join(broke)} failed: see speed.csv", missed=True))
     for r in results.get("amortised", []):
         if r.get("split", "held_out") != "held_out":
             continue  # the development split chooses settings; it gives no verdict
@@ -996,22 +988,20 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
     linsat = results.get("linsat", [])
     duals = [r for r in linsat if r["solver"] == "dual"]
     for r in (r for r in linsat if r["solver"] == "linsat"):
+        name = f"baseline / dual time at the baseline's violation (given maps, {r['parameter']:g} iterations)"
         if not (isinstance(r["violation"], numbers.Real) and math.isfinite(r["violation"])):
             # the baseline failed: there is no violation for dual to reach (not dual's miss)
-            out.append(_target(f"baseline / dual time at the baseline's violation (given maps, {r['parameter']:g} "
-                               f"iterations)", None, ">=", 1.0, f"the baseline failed (violation {r['violation']})"))
+            out.append(_target(name, None, ">=", 1.0, f"the baseline failed (violation {r['violation']})"))
             continue
         if not is_measured_time(r["per_sample_ms"]):  # no time to compare with: not dual's miss either
-            out.append(_target(f"baseline / dual time at the baseline's violation (given maps, {r['parameter']:g} "
-                               f"iterations)", None, ">=", 1.0,
+            out.append(_target(name, None, ">=", 1.0,
                                f"not measured: the baseline's time {r['per_sample_ms']} is no measured time"))
             continue
         reaching = [d for d in duals if d["violation"] <= r["violation"]]
         if not reaching:
             # measured and lost (or failed: a NaN violation reaches nothing) where dual rows
             # exist; not measured only where dual did not run
-            out.append(_target(f"baseline / dual time at the baseline's violation (given maps, {r['parameter']:g} "
-                               f"iterations)", None, ">=", 1.0,
+            out.append(_target(name, None, ">=", 1.0,
                                "no dual tolerance reached its violation" if duals else "dual did not run",
                                missed=bool(duals)))
             continue
@@ -1019,13 +1009,12 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
         # measured time it might have been faster, so the ratio bounds the target from below:
         # met is certain, a miss is not; where none has, the measurement failed (a miss)
         quickest = fastest({str(i): d["per_sample_ms"] for i, d in enumerate(reaching)})
-        name = f"baseline / dual time at the baseline's violation (given maps, {r['parameter']:g} iterations)"
         if quickest.name is None:
             out.append(_target(name, math.nan, ">=", 1.0, "no measured time for the dual tolerances that "
                                "reached its violation"))
             continue
         best = reaching[int(quickest.name)]
-        ratio = _ratio(r["per_sample_ms"], quickest.time)
+        ratio = time_ratio(r["per_sample_ms"], quickest.time)
         detail = (f"baseline violation {r['violation']:.1e}; dual at tol {best['parameter']:g}: violation "
                   f"{best['violation']:.1e}")
         if not quickest.complete and not ratio >= 1.0:

@@ -392,7 +392,7 @@ def _run_checks(instances, dual_solver, tol: dict, progress: bool, backends: lis
         closed_form = get_method("exact").accepts(h)
         if ref is None:  # every comparison needs it; the gradients' finite differences do not
             if isinstance(found, str):  # the solver failed whatever the reference did: its error row stays
-                rows.add(f"{label}.run", math.nan, math.nan, "error", found)
+                rows.broke(label, (), found)
             for part, checks in [(label, _SOLVER_CHECKS)] + ([("exact", _EXACT_CHECKS)] if closed_form else []) + \
                     [(f"{cvx_method}[{b}]", _BACKEND_CHECKS) for b in backends]:
                 for c in checks:
@@ -466,7 +466,7 @@ def _check_backends(rows: _Rows, h: Graph, scores, temps, ref: _Reference, backe
             # the threshold of the backend's default options, not what its solution reports
             accept = float(check_options({"backend": backend})["accept_tol"])
             cert = _backend_certificate(h, temps, flat, sol)
-            distance = _stationarity(h, temps, flat, [p.detach() for p in sol.probs], [d.detach() for d in sol.duals])
+            distance = _stationarity(h, temps, flat, sol.probs, sol.duals)
             bound = math.sqrt(2 * accept * ref.scale / min(temps)) + accept
             centred = centred_scores(scores)
             gap = (metrics.dual_objective(centred, sol.duals, h, temps) - ref.f_star) / ref.normaliser
@@ -616,21 +616,24 @@ def _check_gradients(rows: _Rows, h: Graph, scores, temps, tol: dict, report_lay
              "cvxpylayers' own gradient against the same finite differences (not a check)")
 
 
+def _flat64(tensors, batch: int) -> list:
+    """Each of ``tensors`` detached, ``(batch, n)`` in float64: how the certificate and the
+    stationarity read a solution."""
+    return [t.detach().reshape(batch, -1).to(torch.float64) for t in tensors]
+
+
 def _stationarity(h: Graph, temps, flat_scores, probs, duals) -> float:
     """The largest :func:`~convex_attention.metrics.stationarity` over the batch (NaN kept: a
     failed check), on the scores centred per map as the layer's acceptance takes it."""
     B = flat_scores[0].shape[0]
-    probs = [p.reshape(B, -1).to(torch.float64) for p in probs]
-    duals = [d.reshape(B, -1).to(torch.float64) for d in duals]
-    distance = metrics.stationarity(centred_scores(flat_scores), probs, duals, h.flat(), temps)
+    distance = metrics.stationarity(centred_scores(flat_scores), _flat64(probs, B), _flat64(duals, B), h.flat(),
+                                    temps)
     return nan_max(float(x) for x in distance)
 
 
 def _backend_certificate(h: Graph, temps, flat_scores, sol) -> float:
     B = flat_scores[0].shape[0]
-    probs = [p.detach().reshape(B, -1).to(torch.float64) for p in sol.probs]
-    duals = [d.detach().reshape(B, -1).to(torch.float64) for d in sol.duals]
-    return float(certificate(h, temps, flat_scores, probs, duals).max())
+    return float(certificate(h, temps, flat_scores, _flat64(sol.probs, B), _flat64(sol.duals, B)).max())
 
 
 def all_passed(results: list[CheckResult]) -> bool:
