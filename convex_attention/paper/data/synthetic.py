@@ -567,8 +567,7 @@ def _draw_structure(g: torch.Generator, canvas: _Canvas, number: int, kind: str,
     # every kind has n_core core pixels, the lesion too where its rim is thinner than a pixel
     # (below 56², module docstring): a lesion with fewer would differ from a mimic in its
     # pixel values, which intensity statistics and per-pixel maps would then read
-    is_core = torch.arange(area) < n_core  # in `order`'s order
-    core, rim = pixels[order[is_core]], pixels[order[~is_core]]
+    core, rim = pixels[order[:n_core]], pixels[order[n_core:]]
     # The structure replaces the tissue: the brain's mean level plus the compartment's
     # gains, with i.i.d. per-pixel heterogeneity.  Nothing spatially correlated is left
     # inside (no texture, no bias field), so every arrangement of core and rim pixels
@@ -579,8 +578,8 @@ def _draw_structure(g: torch.Generator, canvas: _Canvas, number: int, kind: str,
         c.flat[:, pixels] += BRIGHTEST["pixel_noise"] * torch.randn(channels, area, generator=g)
     else:
         gain = 1.0 + HETEROGENEITY * torch.randn(area, generator=g)
-        c.flat[:, core] = c.level + core_gain.view(-1, 1) * gain[order[is_core]]
-        c.flat[:, rim] = c.level + rim_gain.view(-1, 1) * gain[order[~is_core]]
+        c.flat[:, core] = c.level + core_gain.view(-1, 1) * gain[order[:n_core]]
+        c.flat[:, rim] = c.level + rim_gain.view(-1, 1) * gain[order[n_core:]]
     c.compartment[core], c.compartment[rim] = 1, 2
     c.structure[pixels] = number
     return pixels
