@@ -803,7 +803,7 @@ def _on_the_first_call_only(tmp_path, code: str) -> str:
 def test_a_child_that_ends_after_its_answer_is_replaced_for_the_next_instance(tmp_path):
     """The solver answers and ends its process from a thread a moment later: no instance was
     asked of it, and a fresh one serves the next."""
-    body = (_on_the_first_call_only(tmp_path, "import threading\nthreading.Timer(2.0, os._exit, (0,)).start()")
+    body = (_on_the_first_call_only(tmp_path, "import threading\nthreading.Timer(0.2, os._exit, (0,)).start()")
             + "return ca.solve(scores, h, 'exact', temperature=temps).duals")
     with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
         solver.solve(SCORES, H, TEMPS)
@@ -883,10 +883,10 @@ def test_rev73_what_a_child_that_ended_after_its_answer_started_in_its_group_is_
     """A child is stopped with its process group; one that ends on its own after answering is
     reaped by the next solve() (poll) before its group is killed, so what it started there
     (here a sleep) outlives the verifier's close().  The child ends 2 s into its first call:
-    after its answer (0.2 s let it end before answering, now and then, under load)."""
+    after its answer (0.2 s let it end before answering, now and then, under CI's load)."""
     pid_file = tmp_path / "pid"
     code = (f"import subprocess, threading\np = subprocess.Popen(['sleep', '60'])\n"
-            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\nthreading.Timer(0.2, os._exit, (0,)).start()")
+            f"open({str(pid_file)!r}, 'w').write(str(p.pid))\nthreading.Timer(2.0, os._exit, (0,)).start()")
     body = _on_the_first_call_only(tmp_path, code) + "return ca.solve(scores, h, 'exact', temperature=temps).duals"
     pid = None
     try:
