@@ -41,6 +41,13 @@ from torch import Tensor
 
 from convex_attention.cvx import aggregation_matrix
 from convex_attention.graph import Graph
+from convex_attention.validation import (
+    check_given,
+    check_hierarchy,
+    check_scores_and_peaks,
+    check_temperatures,
+    given_indices,
+)
 
 __all__ = ["linsat_solve", "linsat_constraints", "check_linsat_structure", "LINSAT_INSTALL"]
 
@@ -107,11 +114,12 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
 
     Args:
         scores: ``M`` entries, the scored map's ``(B, *h.shapes[k])``, None for the given maps.
-        given: ``{k: q_k}``, ``q_k`` shaped ``(1 or B, *h.shapes[k])``, non-negative, summing to one.
+        given: ``{k: q_k}``, ``q_k`` shaped ``(1 or B, *h.shapes[k])`` (taken in the scores' dtype and
+            device), strictly positive, summing to one (checked as :func:`convex_attention.solve` does).
             With batch 1 (a prior shared by the batch) one LinSATNet call projects the whole
             batch; otherwise one call per sample.
-        temperature: ``τ`` of the scored map (LinSATNet's ``tau``).
-        max_iter: LinSATNet's Sinkhorn iterations (it also stops, for the whole call, once every
+        temperature: ``τ`` of the scored map (LinSATNet's ``tau``), a positive finite number.
+        max_iter: LinSATNet's Sinkhorn iterations, at least 1 (it also stops, for the whole call, once every
             constraint of every sample holds to 1e-3 in log space: a hard-coded test, so its
             violation does not go much below 1e-3 of a cell's mass however many iterations).
 
@@ -120,13 +128,10 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
         unrolled iterations) and the given maps broadcast to the batch.
     """
     linsat_layer, init_constraints = _layer()
-    free = check_linsat_structure(h, list(given))
-    theta = scores[free]
-    if theta is None:
-        raise ValueError(f"scores[{free}] is None but map {free} is the scored map")
+    free, theta, given_maps = _checked(scores, h, given, temperature, max_iter)
     B = theta.shape[0]
     E, edges = _sparse_constraints(h, free, theta.dtype, theta.device)
-    targets = [given[h.edges[e][1]].reshape(given[h.edges[e][1]].shape[0], -1).to(theta) for e in edges]
+    targets = [given_maps[h.edges[e][1]].reshape(given_maps[h.edges[e][1]].shape[0], -1) for e in edges]
     shared = all(t.shape[0] == 1 for t in targets)
     flat = theta.reshape(B, -1)
 
@@ -153,6 +158,26 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
         if k == free:
             probs.append(out.reshape((B,) + h.shapes[k]))
         else:
-            q = given[k]
-            probs.append(q.reshape((q.shape[0],) + h.shapes[k]).expand((B,) + h.shapes[k]).to(theta))
+            probs.append(given_maps[k].expand((B,) + h.shapes[k]))
     return probs
+
+
+def _checked(scores, h: Graph, given, temperature, max_iter) -> tuple[int, Tensor, list]:
+    """The scored map, its scores and the given maps (one entry per map, ``(1 or B, *shape)``),
+    checked before LinSATNet runs as :func:`convex_attention.solve` checks its inputs: a given map
+    of no map, scores that do not fit the graph, given maps of another batch, not
+    strictly positive or not summing to one (an infeasible ``E x = f``, whose unmet projection
+    LinSATNet returns with its warning off), a temperature that is not positive and finite, and
+    fewer than one iteration (LinSATNet's unprojected start) are refused (ValueError or TypeError)."""
+    check_hierarchy(h)
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be an integer of at least 1 (LinSATNet's Sinkhorn iterations), got "
+                         f"{max_iter!r}")
+    indices = given_indices(given, h)
+    free = check_linsat_structure(h, sorted(indices))
+    checked, _ = check_scores_and_peaks(scores, h, given=indices)
+    theta = checked[free]
+    check_temperatures(temperature, 1, theta.dtype, unit="map")  # one, the scored map's
+    # given maps of another floating dtype or device are taken in the scores' (as before the checks)
+    given = {k: q.to(theta) if isinstance(q, Tensor) and q.dtype.is_floating_point else q for k, q in given.items()}
+    return free, theta, check_given(given, h, theta.shape[0], theta.dtype, theta.device)

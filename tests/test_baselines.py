@@ -270,7 +270,7 @@ def test_linsat_scored_map_passed_as_none_is_a_one_line_value_error():
     from convex_attention.baselines.linsat import linsat_solve
 
     h, theta, given = _given_axial()
-    with pytest.raises(ValueError, match=r"scores\[0\] is None but map 0 is the scored map"):
+    with pytest.raises(TypeError, match=r"scores\[0\] is None but map 0 is not given"):  # as ca.solve says
         linsat_solve([None, theta, None], h, given)
 
 
@@ -367,3 +367,71 @@ def test_linsat_refuses_an_edge_between_two_given_maps():
     h = ca.Graph.from_edges([4, 2, 2], [(0, 1, torch.tensor([0, 0, 1, 1])), (1, 2, torch.tensor([1, 0]))])
     with pytest.raises(ValueError, match=r"edge 1 \(map 1 → map 2\)"):
         check_linsat_structure(h, (1, 2))
+
+
+# ----------------------------------------------------------------------------- review ca_rev84
+
+def test_rev84_linsat_refuses_given_maps_that_do_not_sum_to_one():
+    """ca.solve refuses such given maps ("given[1] must sum to one per sample"); linsat_solve hands them to
+    LinSATNet with its warning switched off (no_warning=True) and returns its unmet projection beside the
+    given maps, as if the scored map agreed with them."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    halved = {1: given[1] * 0.5, 2: given[2]}
+    with pytest.raises(ValueError, match="sum"):
+        probs = linsat_solve([theta, None, None], h, halved, max_iter=200)
+        # what comes back otherwise: the scored map does not pool onto the given map it is returned with
+        raise AssertionError(f"accepted; violation {float(ca.metrics.violation(probs, h).max()):.3g}")
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan")])
+def test_rev84_linsat_refuses_a_temperature_that_is_not_positive_and_finite(temperature):
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    with pytest.raises(ValueError, match="temperature"):
+        linsat_solve([theta, None, None], h, given, temperature=temperature, max_iter=20)
+
+
+@pytest.mark.parametrize("max_iter", [0, -3])
+def test_rev84_linsat_refuses_fewer_than_one_iteration(max_iter):
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    with pytest.raises(ValueError, match="max_iter"):
+        probs = linsat_solve([theta, None, None], h, given, max_iter=max_iter)
+        raise AssertionError(f"accepted; the scored map sums to {probs[0].flatten(1).sum(1).tolist()}")
+
+
+@pytest.mark.parametrize("case", ["given key not a map", "scores of another length", "given of another batch"])
+def test_rev84_linsat_refuses_inputs_that_do_not_fit_the_graph_with_a_value_error(case):
+    """ca.solve refuses each with a ValueError naming it; linsat_solve silently drops the first two and raises
+    torch's RuntimeError ("The expanded size of the tensor (2) must match ...") on the third."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    scores = [theta, None, None]
+    if case == "given key not a map":
+        given = {**given, 7: given[1]}
+    elif case == "scores of another length":
+        scores = [theta, None]
+    else:
+        given = {k: q.expand(3, *q.shape[1:]).clone() for k, q in given.items()}
+    with pytest.raises(ValueError):
+        linsat_solve(scores, h, given, max_iter=20)
+
+
+@pytest.mark.parametrize("level", [-1, 2])
+def test_rev84_gradcam_refuses_a_level_the_model_has_not(level):
+    torch.manual_seed(0)
+    model = AttentionUNet(method="softmax", width=4, image_size=32, embed_channels=8)  # levels 0 and 1
+    images, targets = torch.randn(2, 4, 32, 32), torch.tensor([1, 0])
+    with pytest.raises(ValueError, match="level"):
+        cam = gradcam(model, images, targets, level)
+        same = torch.equal(cam, gradcam(model, images, targets, len(model.config.attention_blocks) + level))
+        raise AssertionError(f"level {level} accepted: a {tuple(cam.shape)} map, the last level's: {same}")

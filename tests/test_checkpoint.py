@@ -589,3 +589,32 @@ def test_rev60_a_checkpoint_recording_the_hierarchy_s_shapes_reads_back(tmp_path
     except ValueError as exc:
         raise AssertionError(f"a checkpoint that save_checkpoint wrote is refused: {exc}") from exc
     assert state["levels"] == [tuple(s) for s in levels]
+
+
+# ----------------------------------------------------------------------------- review ca_rev84
+
+def test_rev84_a_checkpoint_whose_weight_bytes_changed_on_disk_is_refused_as_damaged(tmp_path):
+    """torch.save writes a zip whose every record carries a CRC-32; torch.load does not check them.  Four bytes
+    of the first weight tensor changed (a bit rot, a bad copy) give a finite value, so the finiteness check does
+    not see it either: load_model returns a model whose weights differ from those saved.  zipfile's testzip()
+    names the damaged record; the file should be refused with a one-line ValueError."""
+    import struct
+    import zipfile
+
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", **SMALL)
+    path = save_checkpoint(str(tmp_path / "m.pt"), model, epoch=1)
+    with zipfile.ZipFile(path) as archive:
+        record = next(i for i in archive.infolist() if "/data/" in i.filename and i.file_size >= 8)
+    raw = bytearray((tmp_path / "m.pt").read_bytes())
+    name_len, extra_len = struct.unpack("<HH", raw[record.header_offset + 26:record.header_offset + 30])
+    start = record.header_offset + 30 + name_len + extra_len
+    raw[start:start + 4] = struct.pack("<f", 1234.5)  # a finite value no init draws
+    (tmp_path / "m.pt").write_bytes(bytes(raw))
+    with zipfile.ZipFile(path) as archive:
+        assert archive.testzip() == record.filename  # the archive itself says the record is damaged
+    with pytest.raises(ValueError, match="damaged|corrupt|CRC|checksum") as refused:
+        loaded, _ = load_model(path)
+        changed = [k for k, v in model.state_dict().items() if not torch.equal(v, loaded.state_dict()[k])]
+        raise AssertionError(f"loaded silently; weights changed: {changed}")
+    assert "\n" not in str(refused.value)

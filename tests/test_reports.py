@@ -487,8 +487,11 @@ def test_the_test_report_shows_every_accuracy_and_explanation_number_under_its_h
 
     report, *_ = _test_report()
     _, accuracy, explain, *_ = _test_report_inputs()
-    columns = dict(zip(("AUC", "bacc", "bacc argmax", "violation", "N·max p L0", "N·max p L1", "H/log N L0",
-                        "H/log N L1", "score range L0", "score range L1", "time/epoch (s)", "best epoch"), ACCURACY))
+    columns = {"AUC": "auc", "bacc": "bacc", "bacc argmax": "bacc_argmax", "violation": "violation",
+               **{f"{header} L{k}": f"{m}_L{k}" for m, header in (("n_max_p", "N·max p"), ("entropy_ratio", "H/log N"),
+                                                                  ("score_range", "score range")) for k in range(3)},
+               "time/epoch (s)": "epoch_time_s", "best epoch": "best_epoch"}
+    assert set(columns.values()) == set(ACCURACY) - {"dev_auc"}
     digits = {"violation": 4, "epoch_time_s": 2, "best_epoch": 1}
     rows = _table(report, "| condition | test set | model | AUC |")
     for row, s in zip(rows, accuracy, strict=True):
@@ -737,3 +740,21 @@ def test_ca_rev67_the_accepted_verdict_line_does_not_claim_the_reported_only_che
     assert record["accepted"] and not record["checks"]["uniform_attention"]["passed"]  # oracle: (c) failed
     line = verdict_line(Variants(benchmark=record))
     assert "every validity check ran and passed" not in line, line
+
+
+# ----------------------------------------------------------------------------- review ca_rev84
+
+def test_rev84_the_accuracy_summary_and_table_keep_every_level_s_map_statistics():
+    from convex_attention.paper.config import ModelConfig
+    from convex_attention.paper.experiment import RUN_COLUMNS
+    from convex_attention.paper.reports import ACCURACY, _accuracy_section
+
+    ModelConfig(attention_blocks=(2, 3, 4)).validate()  # three levels are a valid model
+    per_level = [c for c in RUN_COLUMNS if c.startswith(("n_max_p_L", "entropy_ratio_L", "score_range_L"))]
+    assert "n_max_p_L2" in per_level  # runs.csv records level 2
+    row = {"condition": "c", "test_set": "test", "model": "exact",
+           **_stats(tuple(dict.fromkeys(ACCURACY + tuple(per_level))), 0.5)}
+    row |= {"n_max_p_L2_mean": 7.125, "n_max_p_L2_ci95": 0.25}  # a value no other cell shows
+    table = "\n".join(_accuracy_section([row]))
+    summarised = [c for c in per_level if c not in ACCURACY]
+    assert not summarised and cell(row, "n_max_p_L2") in table, (summarised, table)

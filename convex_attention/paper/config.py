@@ -208,6 +208,11 @@ def _check_image_size(cfg: ModelConfig) -> None:
                                         f"(e.g. 128 or 256)")
 
 
+#: The most attention levels a model has (its attention_blocks); runs.csv and the reports
+#: have a column per level up to it.
+MAX_ATTENTION_LEVELS = 3
+
+
 def _check_blocks(cfg: ModelConfig) -> None:
     blocks = list(cfg.attention_blocks)
     if blocks != list(range(blocks[0], blocks[0] + len(blocks))):
@@ -273,7 +278,8 @@ class ModelConfig:
     image_size: int = setting(128, Int(low=16, high=8192),
                               "image side in pixels, a multiple of 16 (the paper: 256 for BraTS)",
                               cross=_check_image_size)
-    attention_blocks: tuple = setting((3, 4), Many(Int(low=1, high=5), at_least=2, at_most=3),
+    attention_blocks: tuple = setting((3, 4), Many(Int(low=1, high=5), at_least=2,
+                                                                 at_most=MAX_ATTENTION_LEVELS),
                                       "2 or 3 consecutive blocks (1-4, 5 = bottleneck)", cross=_check_blocks)
     method: str = setting("learned_dual", _METHODS, "how the attention levels are made consistent (the method "
                                                     "registry)", cross=_check_with_the_core)

@@ -71,7 +71,16 @@ import torch
 
 from ..io.environment import environment, load_average, now_utc, run_record
 from ..io.files import atomic_csv, atomic_write_text, write_json
-from .config import FULL, PLAIN_CNN, QUICK, STAGES, SYNTHETIC_GENERATORS, ExperimentConfig, Variant
+from .config import (
+    FULL,
+    MAX_ATTENTION_LEVELS,
+    PLAIN_CNN,
+    QUICK,
+    STAGES,
+    SYNTHETIC_GENERATORS,
+    ExperimentConfig,
+    Variant,
+)
 from .data.synthetic import DECIDING_CHANNELS
 from .explain import (
     EXPLAIN_COLUMNS,
@@ -129,7 +138,7 @@ from .protocol import (
     split_specs,
     verify_variants,
 )
-from .reports import ABLATION, ACCURACY, dev_report, test_report
+from .reports import ABLATION, ACCURACY, MAP_STATISTICS, dev_report, test_report
 from .sanity import classification, map_ablation, map_statistics, predict, randomisation_check
 from .train import check_validation_classes, train
 from .validity import MIN_COMPARED_AUC, check_maps_drive_ranking, check_uniform_attention, run_checks
@@ -137,14 +146,12 @@ from .validity import MIN_COMPARED_AUC, check_maps_drive_ranking, check_uniform_
 __all__ = ["ExperimentConfig", "QUICK", "FULL", "run_experiment", "run_dev", "run_test", "STAGES",
            "RUN_COLUMNS", "PLAIN_CNN"]
 
-RUN_COLUMNS = ("condition", "test_set", "model", "seed", "best_epoch", "epoch_time_s", "train_time_s", "val_auc",
-               "dev_auc", "threshold", "auc", "bacc", "bacc_argmax", "acc", "violation", "n_max_p_L0", "n_max_p_L1",
-               "n_max_p_L2", "entropy_ratio_L0", "entropy_ratio_L1", "entropy_ratio_L2", "score_range_L0",
-               "score_range_L1", "score_range_L2", "bacc_uniform", "bacc_shuffled", "delta_bacc_uniform",
-               "delta_bacc_shuffled", "auc_uniform", "auc_shuffled", "delta_auc_uniform", "delta_auc_shuffled") + tuple(
-    f"{c}_L{k}" for k in range(3) for c in ("bacc_uniform", "bacc_shuffled", "delta_bacc_uniform",
-                                            "delta_bacc_shuffled", "auc_uniform", "auc_shuffled", "delta_auc_uniform",
-                                            "delta_auc_shuffled"))
+_ABLATED = ("bacc_uniform", "bacc_shuffled", "delta_bacc_uniform", "delta_bacc_shuffled", "auc_uniform", "auc_shuffled",
+            "delta_auc_uniform", "delta_auc_shuffled")
+RUN_COLUMNS = (("condition", "test_set", "model", "seed", "best_epoch", "epoch_time_s", "train_time_s", "val_auc",
+                "dev_auc", "threshold", "auc", "bacc", "bacc_argmax", "acc", "violation")
+               + tuple(f"{c}_L{k}" for c in MAP_STATISTICS for k in range(MAX_ATTENTION_LEVELS))
+               + _ABLATED + tuple(f"{c}_L{k}" for k in range(MAX_ATTENTION_LEVELS) for c in _ABLATED))
 # the dev stage's explanation batches
 _DEV_BATCH = 16
 
@@ -775,7 +782,7 @@ def _write_test(config: ExperimentConfig, variants, variants_record: dict, gathe
     per_seed_cols = ("condition", "test_set", "seed") + tuple(k for k in seed_means[0] if k not in
                                                                ("condition", "test_set", "seed"))
     atomic_csv(os.path.join(folder, "explain_per_seed.csv"), per_seed_cols, seed_means)
-    accuracy = _summary(runs, ("condition", "test_set", "model"), ACCURACY)
+    accuracy = _summary(runs, ("condition", "test_set", "model"), accuracy_columns(config))
     ablation = _summary([r for r in runs if r["model"] != PLAIN_CNN], ("condition", "test_set", "model"),
                         ablation_columns(config))
     explain_summary = _summary([{**s, **{m: s[f"{m}_mean"] for m in METRIC_NAMES}} for s in seed_means],
@@ -817,6 +824,14 @@ def _write_test(config: ExperimentConfig, variants, variants_record: dict, gathe
         except ValueError as exc:  # the numbers are written; a figure without data is only worth a warning
             log(f"[test] no AP figure for the {mask} masks: {exc}")
     return {**result, "runs": runs, "report": report}
+
+
+def accuracy_columns(config: ExperimentConfig) -> tuple[str, ...]:
+    """The accuracy and map-statistic columns of ``runs.csv`` summarised per model: those of
+    :data:`ACCURACY` whose level the configured model has."""
+    levels = len(config.train.model.attention_blocks)
+    return tuple(c for c in ACCURACY if not any(c == f"{m}_L{k}" for m in MAP_STATISTICS
+                                                for k in range(levels, MAX_ATTENTION_LEVELS)))
 
 
 def ablation_columns(config: ExperimentConfig) -> tuple[str, ...]:

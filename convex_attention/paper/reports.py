@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from .config import MAX_ATTENTION_LEVELS
 from .explain import MASKS, POSTHOC, dropped_values, format_ci
 from .explain_metrics import METRIC_NAMES, pointing_tolerance_px
 from .protocol import JUDGED_SETTINGS, failed_checks, judged_settings, moved_by_id
@@ -16,9 +17,13 @@ from .validity import MIN_COMPARED_AUC, REPORTED_ONLY
 __all__ = ["dev_report", "test_report", "history_line", "judged_line", "cell", "validity_lines", "nan_lines",
            "ACCURACY", "ABLATION"]
 
-#: The accuracy and map-statistic columns summarised per model (runs.csv) and their order in the report.
-ACCURACY = ("auc", "bacc", "bacc_argmax", "violation", "n_max_p_L0", "n_max_p_L1", "entropy_ratio_L0",
-            "entropy_ratio_L1", "score_range_L0", "score_range_L1", "epoch_time_s", "best_epoch", "dev_auc")
+#: The map statistics runs.csv has per attention level (``{name}_L{k}``), and their headers in the report.
+MAP_STATISTICS = {"n_max_p": "N·max p", "entropy_ratio": "H/log N", "score_range": "score range"}
+#: The accuracy and map-statistic columns summarised per model (runs.csv; a model with fewer levels
+#: has fewer: experiment.accuracy_columns) and their order in the report.
+ACCURACY = (("auc", "bacc", "bacc_argmax", "violation")
+            + tuple(f"{m}_L{k}" for m in MAP_STATISTICS for k in range(MAX_ATTENTION_LEVELS))
+            + ("epoch_time_s", "best_epoch", "dev_auc"))
 #: The map-ablation columns (runs.csv).
 ABLATION = ("delta_bacc_uniform", "delta_bacc_shuffled", "delta_auc_uniform", "delta_auc_shuffled")
 
@@ -374,16 +379,20 @@ def _headline_nan_lines(headline) -> list[str]:
 
 
 def _accuracy_section(accuracy) -> list[str]:
-    """Accuracy and map statistics per condition, test set and model."""
-    lines = ["## Accuracy and map statistics (test splits)", "",
-             "| condition | test set | model | AUC | bacc | bacc argmax | violation | N·max p L0 | N·max p L1 | "
-             "H/log N L0 | H/log N L1 | score range L0 | score range L1 | time/epoch (s) | best epoch |",
-             "|" + "---|" * 15]
+    """Accuracy and map statistics per condition, test set and model; a map statistic per
+    level the summary has (the configured model's levels)."""
+    levels = [k for k in range(MAX_ATTENTION_LEVELS)
+              if any(f"{m}_L{k}_mean" in s for s in accuracy for m in MAP_STATISTICS)]
+    per_level = [(f"{m}_L{k}", f"{header} L{k}") for m, header in MAP_STATISTICS.items() for k in levels]
+    headers = (["condition", "test set", "model", "AUC", "bacc", "bacc argmax", "violation"]
+               + [header for _, header in per_level] + ["time/epoch (s)", "best epoch"])
+    lines = ["## Accuracy and map statistics (test splits)", "", "| " + " | ".join(headers) + " |",
+             "|" + "---|" * len(headers)]
     for s in accuracy:
-        lines.append(f"| {s['condition']} | {s['test_set']} | {s['model']} | " + " | ".join(
-            cell(s, m) for m in ACCURACY[:3]) + " | " +
-            cell(s, "violation", 4) + " | " + " | ".join(cell(s, m) for m in ACCURACY[4:10]) + " | " +
-            cell(s, "epoch_time_s", 2) + " | " + cell(s, "best_epoch", 1) + " |")
+        cells = ([s["condition"], s["test_set"], s["model"]] + [cell(s, m) for m in ("auc", "bacc", "bacc_argmax")]
+                 + [cell(s, "violation", 4)] + [cell(s, m) for m, _ in per_level]
+                 + [cell(s, "epoch_time_s", 2), cell(s, "best_epoch", 1)])
+        lines.append("| " + " | ".join(cells) + " |")
     return lines
 
 

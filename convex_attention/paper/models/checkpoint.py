@@ -136,6 +136,9 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
     if not zipfile.is_zipfile(path):
         raise ValueError(f"{path!r} is not a convex-attention checkpoint (format {FORMAT}): not a torch.save "
                          f"archive; it is corrupt or another kind of file")
+    damaged = _damaged_record(path)
+    if damaged:  # torch.load checks no CRC: changed weight bytes would load as another model
+        raise ValueError(f"{path!r} is a damaged convex-attention checkpoint: {damaged}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - any failure of an untrusted file is reported, never raised raw
@@ -180,6 +183,17 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         raise ValueError(f"{path!r} holds an invalid model configuration: {_first_line(err)}") from None
     _check_finite_weights(path, weights)
     return state
+
+
+def _damaged_record(path) -> str:
+    """Why the archive's records do not match their CRC-32s (``""`` when every one does): read
+    whole, as ``zipfile.testzip`` does."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except Exception as err:  # noqa: BLE001 - a damaged archive fails in zipfile, zlib or the OS
+        return f"its archive cannot be read ({_first_line(err)})"
+    return f"record {bad!r} does not match its CRC-32 (changed on disk)" if bad is not None else ""
 
 
 def _unusable_tensors(value, where: str = "") -> list[str]:

@@ -24,7 +24,15 @@ from torch import Tensor, nn
 
 from ...hierarchy import Hierarchy
 from ...solve import Solution
-from .unet import AttentionOutput, ModelConfig, build_encoder, check_images, classifier_features, encoder_features
+from .unet import (
+    AttentionOutput,
+    ModelConfig,
+    attention_block,
+    build_encoder,
+    check_images,
+    classifier_features,
+    encoder_features,
+)
 
 __all__ = ["PlainCNN", "is_plain_cnn_checkpoint"]
 
@@ -82,7 +90,7 @@ class PlainCNN(nn.Module):
 
     def attention_layer(self, level: int) -> nn.Module:
         """The last ReLU of the block of attention level ``level`` (for GradCAM), as in the attention model."""
-        return self.blocks[self.config.attention_blocks[level] - 1][-1]
+        return self.blocks[attention_block(self.config, level)][-1]
 
 
 def is_plain_cnn_checkpoint(state: dict) -> bool:

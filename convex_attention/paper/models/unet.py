@@ -210,7 +210,16 @@ class AttentionUNet(nn.Module):
 
     def attention_layer(self, level: int) -> nn.Module:
         """The last ReLU of the block behind attention level ``level`` (for GradCAM)."""
-        return self.blocks[self.config.attention_blocks[level] - 1][-1]
+        return self.blocks[attention_block(self.config, level)][-1]
+
+
+def attention_block(cfg: ModelConfig, level: int) -> int:
+    """The index in ``blocks`` of attention level ``level``; ValueError for a level the model
+    has not (a negative one too: -1, the experiment's code for the input, is no level)."""
+    levels = len(cfg.attention_blocks)
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < levels:
+        raise ValueError(f"level must be an attention level of the model, an integer in [0, {levels}), got {level!r}")
+    return cfg.attention_blocks[level] - 1
 
 
 def check_images(cfg: ModelConfig, images: Tensor) -> None:
