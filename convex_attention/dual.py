@@ -1313,10 +1313,12 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
             ``tol / 2`` (half precision at small ``tol``, or float16 maps of tens of
             thousands of cells: their rounding alone can reach ``tol``) the iterate stops at
             ``tol / 2``; the dual method then judges the maps as returned.
-        check_init: whether ``init`` is checked to fit the working dtype beside the scores
-            (:func:`_check_init_fits`); the dual method checks the user's start once, before
-            any part of the graph is solved, and passes False (its retries start from the
-            solver's own duals, which are not the user's to refuse).
+        check_init: whether ``init``'s values are checked (finite, less a dominating midpoint:
+            :func:`_check_init`) and checked to fit the working dtype beside the scores
+            (:func:`_check_init_fits`); False: only its form, the values being the caller's
+            to have checked, detached from any graph.  The dual method checks the user's start
+            once, before any part of the graph is solved, and passes False (its retries start
+            from the solver's own duals, which are not the user's to refuse).
         sample_names: the samples' numbers in the caller's batch, for the messages (None: their
             rows here): a part of a disconnected graph solved again for some samples only.
         whole_is_forest: for ``h`` a part of a larger graph (:meth:`Graph.solved_apart`), whether
@@ -1370,7 +1372,8 @@ def solve_dual(scores: Sequence[Tensor | None], h: Graph, temps: Sequence[float]
     # 1e-5 as returned was refused nine times, then stalled); float32 maps are judged as
     # returned, in float64, by the dual method instead
     confirms = dtype == torch.float64
-    init = _check_init(init, h, B, device)
+    # its form always (cheap); its values (a pass and a host sync per tensor) where the caller has not
+    init = _check_init(init, h, B, device, values=check_init)
     if init is not None and check_init:
         _check_init_fits(init, scores, dtype, h, temps, tol, [False] * h.num_maps if given is None else
                          [q is not None for q in given])
