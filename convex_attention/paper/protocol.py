@@ -84,12 +84,12 @@ from .data.synthetic import synthetic_dataset
 from .validity import (
     MIN_RANKING_SEEDS,
     PASSES_BELOW,
-    REPORTED_ONLY,
     REQUIRED_CHECKS,
     THRESHOLDS,
     CheckResult,
     check_pixel_map,
     collect,
+    failing,
     fixed_channel_maps,
 )
 
@@ -319,9 +319,9 @@ def benchmark_record(results, variant: Variant, difficulty: float, methods, dev_
 
 def failed_checks(checks: dict) -> list[str]:
     """The checks of a ``benchmark`` entry's ``checks`` that decide and did not pass (failed,
-    did not run, or missing from :data:`REQUIRED_CHECKS`): empty exactly when it is accepted."""
-    return [n for n, c in checks.items() if n not in REPORTED_ONLY and not c["passed"]] + \
-        [n for n in REQUIRED_CHECKS if n not in checks]
+    did not run, or missing from :data:`REQUIRED_CHECKS`): empty exactly when it is accepted
+    (:func:`~convex_attention.paper.validity.failing`, no check optional)."""
+    return failing({n: (c["ran"], c["passed"]) for n, c in checks.items()})
 
 
 def _real(x) -> bool:

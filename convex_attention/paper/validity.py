@@ -150,16 +150,21 @@ REPORTED_ONLY = ("uniform_attention",)
 REQUIRED_CHECKS = ("location_free", "pixel_map", "maps_drive_ranking")
 
 
+def failing(checks: dict, optional=()) -> list[str]:
+    """The one rule of a verdict: the names of the checks that decide (all but
+    :data:`REPORTED_ONLY`) and did not pass, ``checks`` being ``{name: (ran, passed)}``: those
+    that failed or did not run, then those of :data:`REQUIRED_CHECKS` missing (a check that did
+    not run never passes); ``optional`` checks may be missing or not have run (``data check``
+    has no trained models).  Empty exactly when the verdict is accepted."""
+    return ([n for n, (ran, passed) in checks.items()
+             if n not in REPORTED_ONLY and not passed and (ran or n not in optional)]
+            + [n for n in REQUIRED_CHECKS if n not in checks and n not in optional])
+
+
 def accepted(results: list[CheckResult], optional=("maps_drive_ranking",)) -> bool:
-    """True when every check that decides (all but :data:`REPORTED_ONLY`) ran and passed,
-    :data:`REQUIRED_CHECKS` among them, except ``optional`` checks that did not run or are
-    absent (``data check`` has no trained models).  A required check missing from
-    ``results`` did not run, so it never passes (protocol.failed_checks' rule)."""
-    present = {r.name for r in results}
-    if any(name not in present and name not in optional for name in REQUIRED_CHECKS):
-        return False
-    required = [r for r in results if r.name not in REPORTED_ONLY and (r.ran or r.name not in optional)]
-    return bool(required) and all(r.passed for r in required)
+    """True when :func:`failing` names no check of ``results`` (with at least one that decides)."""
+    deciding = [r for r in results if r.name not in REPORTED_ONLY and (r.ran or r.name not in optional)]
+    return bool(deciding) and not failing({r.name: (r.ran, r.passed) for r in results}, optional)
 
 
 # ----------------------------------------------------------------------------- data
