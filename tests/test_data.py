@@ -185,6 +185,7 @@ def test_rim_bad_arguments():
                           (dict(image_size=24), "image_size"), (dict(mimic_rate=-1.0), "mimic_rate"),
                           (dict(mimic_rate=float("nan")), "mimic_rate"), (dict(mimic_types=()), "mimic_types"),
                           (dict(mimic_types=("ring",)), "mimic_types"), (dict(channels=0), "channels"),
+                          (dict(channels=True), "channels"), (dict(channels=np.True_), "channels"),
                           (dict(lesion_fraction=2.0), "lesion_fraction")):
         with pytest.raises(ValueError, match=match):
             SyntheticRimLesions(**{"n": 4, **kwargs})

@@ -303,8 +303,7 @@ class SyntheticLesions(Dataset):
         if image_size < 16:
             raise ValueError(f"image_size must be at least 16, got {image_size}")
         _check_fractions(difficulty, lesion_fraction)
-        if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1:
-            raise ValueError(f"channels must be a positive integer, got {channels!r}")
+        _check_channels(channels)
         self.n, self.image_size, self.channels = n, image_size, channels
         self.difficulty, self.lesion_fraction, self.seed = difficulty, lesion_fraction, seed
 
@@ -347,6 +346,12 @@ def _is_bool(x) -> bool:
     return isinstance(x, (bool, np.bool_))
 
 
+def _check_channels(channels) -> None:
+    """Both generators' rule (the rim generator took ``True`` as one channel)."""
+    if _is_bool(channels) or not isinstance(channels, int) or channels < 1:
+        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+
+
 def _check_fractions(difficulty, lesion_fraction) -> None:
     """ValueError unless both are numbers in [0, 1] (a bool, NumPy's too, read as 0 or 1: refused)."""
     for name, value in (("difficulty", difficulty), ("lesion_fraction", lesion_fraction)):
@@ -359,8 +364,7 @@ def _check_rim_options(image_size: int, channels: int, difficulty: float, lesion
     if not isinstance(image_size, int) or image_size < 32:
         raise ValueError(f"image_size must be an integer >= 32 (lesions of the area rule need room), "
                          f"got {image_size!r}")
-    if not isinstance(channels, int) or channels < 1:
-        raise ValueError(f"channels must be a positive integer, got {channels!r}")
+    _check_channels(channels)
     _check_fractions(difficulty, lesion_fraction)
     if _is_bool(mimic_rate) or not (math.isfinite(mimic_rate) and 0.0 <= mimic_rate <= 8.0):
         raise ValueError(f"mimic_rate must be in [0, 8] (mimics per lesion image), got {mimic_rate}")
