@@ -44,6 +44,8 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True, name: st
 
     ``given``: the maps whose probabilities are given (:func:`check_given`): their ``scores``
     entry must be None, every other entry a tensor; the returned list keeps their None."""
+    if not isinstance(check_finite, bool):  # None or 0 would skip the checks, "no" run them: neither is meant
+        raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
     check_hierarchy(h)
     unit, M = _unit(h), h.num_maps
     if isinstance(scores, Tensor) or not isinstance(scores, Sequence):

@@ -476,3 +476,14 @@ def test_ca_rev79_sparse_scores_are_refused_with_a_message_naming_them():
     scores = [torch.randn(2, 4).to_sparse(), torch.randn(2, 2).to_sparse()]
     with pytest.raises((TypeError, ValueError), match=r"scores\[0\]"):
         V.check_scores(scores, h)
+
+
+@pytest.mark.parametrize("flag", [None, 0, "no", 1.0])
+def test_check_finite_must_be_a_bool_where_it_could_silently_skip_the_checks(flag):
+    """check_finite=None (or 0) skipped the NaN check, and "no" ran it: neither is what was meant."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.tensor([[float("nan"), 0.0, 0.0, 0.0]]), torch.zeros(1, 2)]
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        ca.solve(scores, h, "exact", check_finite=flag)
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        ca.consistency_loss(scores, [torch.zeros(1, 2)], h, check_finite=flag)
