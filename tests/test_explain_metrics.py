@@ -525,3 +525,15 @@ def test_ca_rev71_the_strict_q_iou_refuses_a_quantile_outside_0_1_as_q_iou_does(
         quantile_iou(m, MASK, 1.0)
     with pytest.raises(ValueError):
         quantile_iou_strict(m, MASK, 1.0)  # every pixel strictly above the max: none; IoU 0.0
+
+
+def test_mass_and_score_map_refuse_a_signed_map_whose_share_is_no_share():
+    """A signed map's "share inside the mask" passed 1 (here 5.0): mass is defined on the non-negative
+    common form only, which to_common_form gives any map."""
+    m = torch.zeros(4, 5, dtype=torch.float64)
+    m[0, 0], m[3, 4] = 4.0, -3.2  # inside 4, total 0.8
+    with pytest.raises(ValueError, match="non-negative"):
+        mass(m, MASK)
+    with pytest.raises(ValueError, match="non-negative"):
+        score_map(m, MASK)
+    assert mass(to_common_form(m, (4, 5)), MASK) == 1.0

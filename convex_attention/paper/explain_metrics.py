@@ -292,8 +292,13 @@ def pointing_tolerance(m: Tensor, mask: Tensor, tolerance: float | None = None) 
 
 def mass(m: Tensor, mask: Tensor) -> float:
     """The share of the map's mass inside the mask (0 for an all-zero map); NaN for an
-    empty mask."""
+    empty mask.  The map must be non-negative (ValueError): a signed map's "share" can pass 1
+    or fall below 0 (:func:`to_common_form` gives every map its non-negative form)."""
     values, truth = _check(m, mask)
+    if values.size and values.min() < 0:
+        raise ValueError(f"mass is a share of a non-negative map's mass; this map has negative values (down to "
+                         f"{values.min():.3g}): score its to_common_form (absolute values summed over channels, "
+                         f"negative values clipped)")
     if not truth.any():
         return math.nan
     total = values.sum()
@@ -304,9 +309,11 @@ def score_map(m: Tensor, mask: Tensor, tolerance: float | None = None) -> dict[s
     """Every metric of :data:`METRIC_NAMES` of one image-resolution map ``m`` ``(H, W)``
     against one mask ``(H, W)`` (``tolerance``: of ``pointing_tol``, default
     :func:`pointing_tolerance_px`).  Every metric is NaN for an empty mask (no score is
-    defined); a map holding NaN or Inf, and a tolerance that is not a distance, are refused
-    (ValueError)."""
-    _check(m, mask)  # refused before any metric, whatever the mask
+    defined); a map holding NaN or Inf or negative values (:func:`to_common_form` gives a map
+    its non-negative form), and a tolerance that is not a distance, are refused (ValueError)."""
+    values, _ = _check(m, mask)  # refused before any metric, whatever the mask
+    if values.size and values.min() < 0:
+        mass(m, mask)  # its refusal, before any metric
     _check_tolerance(tolerance)
     out = {"ap": average_precision(m, mask)}
     for q in QUANTILES:
