@@ -453,3 +453,12 @@ def test_ca_rev70_a_lone_carriage_return_in_a_field_reads_back(tmp_path):
     table = read_table(path)
     assert table.problems == []
     assert [r["s"] for r in table.rows] == values
+
+
+def test_json_safe_refuses_two_keys_that_become_one_rather_than_drop_a_value():
+    """{1: a, "1": b} became {"1": b}: a value lost without a word."""
+    with pytest.raises(ValueError, match="both '1' in JSON"):
+        files.json_safe({1: "a", "1": "b"})
+    with pytest.raises(ValueError, match="both 'True' in JSON"):
+        files.json_safe({"outer": {True: 1, "True": 2}})
+    assert files.json_safe({1: "a", 2: "b"}) == {"1": "a", "2": "b"}

@@ -196,13 +196,22 @@ def json_safe(obj):
     """``obj`` with NaN/±Inf floats as ``None``, tuples as lists, sets as sorted lists (the
     same set gives the same text in every process, whatever the hash seed), dataclasses as
     dicts, numpy and torch scalars as Python numbers (small arrays as lists), anything else
-    unknown as its ``str``: what strict JSON can hold."""
+    unknown as its ``str``: what strict JSON can hold.  Dict keys become their ``str``; two keys
+    that would become one (``1`` and ``"1"``) are refused (ValueError), never one value dropped."""
     if obj is None or isinstance(obj, (bool, str, int)):
         return obj
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
+        out = {str(k): json_safe(v) for k, v in obj.items()}
+        if len(out) < len(obj):  # keys equal as text (1 and "1"): one value would be lost unsaid
+            seen: dict = {}
+            for k in obj:
+                if str(k) in seen:
+                    raise ValueError(f"keys {seen[str(k)]!r} and {k!r} are both {str(k)!r} in JSON: one value would be "
+                                     f"lost")
+                seen[str(k)] = k
+        return out
     if isinstance(obj, (list, tuple)):
         return [json_safe(v) for v in obj]
     if isinstance(obj, (set, frozenset)):
