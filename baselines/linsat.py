@@ -33,9 +33,11 @@ the scores' dtype for the duration of the call (float32 and float64 both run).
 from __future__ import annotations
 
 import functools
+import numbers
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -115,10 +117,13 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
     Args:
         scores: ``M`` entries, the scored map's ``(B, *h.shapes[k])``, None for the given maps.
         given: ``{k: q_k}``, ``q_k`` shaped ``(1 or B, *h.shapes[k])`` (taken in the scores' dtype and
-            device), strictly positive, summing to one (checked as :func:`convex_attention.solve` does).
+            device), non-negative, summing to one (checked as :func:`convex_attention.solve` does, but
+            for a zero cell, which LinSATNet fixes to zero: it has no duals to diverge).
             With batch 1 (a prior shared by the batch) one LinSATNet call projects the whole
             batch; otherwise one call per sample.
-        temperature: ``τ`` of the scored map (LinSATNet's ``tau``), a positive finite number.
+        temperature: ``τ`` of the scored map (LinSATNet's ``tau``), a positive finite number or a
+            0-d tensor (differentiated through where it requires grad).  A projection that is not
+            finite (LinSATNet overflows at small ``τ``) is refused (ValueError).
         max_iter: LinSATNet's Sinkhorn iterations, at least 1 (it also stops, for the whole call, once every
             constraint of every sample holds to 1e-3 in log space: a hard-coded test, so its
             violation does not go much below 1e-3 of a cell's mass however many iterations).
@@ -128,7 +133,7 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
         unrolled iterations) and the given maps broadcast to the batch.
     """
     linsat_layer, init_constraints = _layer()
-    free, theta, given_maps = _checked(scores, h, given, temperature, max_iter)
+    free, theta, given_maps, tau, max_iter = _checked(scores, h, given, temperature, max_iter)
     B = theta.shape[0]
     E, edges = _sparse_constraints(h, free, theta.dtype, theta.device)
     targets = [given_maps[h.edges[e][1]].reshape(given_maps[h.edges[e][1]].shape[0], -1) for e in edges]
@@ -144,7 +149,7 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
             with warnings.catch_warnings():  # torch's note on sparse tensors LinSATNet builds
                 warnings.filterwarnings("ignore", message="Sparse invariant checks")
                 constraints = init_constraints(x.shape[1], E=E, f=f)
-            return linsat_layer(x, constr_dict=constraints, tau=temperature, max_iter=max_iter, no_warning=no_warning)
+            return linsat_layer(x, constr_dict=constraints, tau=tau, max_iter=max_iter, no_warning=no_warning)
         finally:
             torch.set_default_dtype(default)
 
@@ -153,6 +158,10 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
     else:
         out = torch.cat([project(flat[i:i + 1], torch.cat([t[i if t.shape[0] > 1 else 0] for t in targets]))
                          for i in range(B)])
+    if not bool(torch.isfinite(out).all()):  # LinSATNet's own arithmetic: it says nothing of it
+        raise ValueError(f"LinSATNet's projection of map {free} is not finite at temperature {float(tau):g}: its "
+                         f"Sinkhorn iterations overflow at small temperatures against the scores' spread (below "
+                         f"about 1e-2 for N(0, 1) scores); raise the temperature, or use method 'dual'")
     probs = []
     for k in range(h.num_maps):
         if k == free:
@@ -162,22 +171,43 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
     return probs
 
 
-def _checked(scores, h: Graph, given, temperature, max_iter) -> tuple[int, Tensor, list]:
-    """The scored map, its scores and the given maps (one entry per map, ``(1 or B, *shape)``),
-    checked before LinSATNet runs as :func:`convex_attention.solve` checks its inputs: a given map
-    of no map, scores that do not fit the graph, given maps of another batch, not
-    strictly positive or not summing to one (an infeasible ``E x = f``, whose unmet projection
-    LinSATNet returns with its warning off), a temperature that is not positive and finite, and
-    fewer than one iteration (LinSATNet's unprojected start) are refused (ValueError or TypeError)."""
+def _checked(scores, h: Graph, given, temperature, max_iter) -> tuple[int, Tensor, list, float | Tensor, int]:
+    """The scored map, its scores, the given maps (one entry per map, ``(1 or B, *shape)``),
+    ``τ`` (a float, or a 0-d tensor to differentiate through) and ``max_iter`` (an int), checked
+    before LinSATNet runs as :func:`convex_attention.solve` checks its inputs: a given map of no
+    map, scores that do not fit the graph, given maps of another batch, negative or not summing
+    to one (an infeasible ``E x = f``, whose unmet projection LinSATNet returns with its warning
+    off), a temperature that is not one positive finite number, and fewer than one iteration
+    (LinSATNet's unprojected start) are refused (ValueError or TypeError).  A given map's zero
+    cell is accepted: LinSATNet has no duals, and fixes the cells inside it to zero."""
     check_hierarchy(h)
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+    if isinstance(max_iter, (bool, np.bool_)) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer of at least 1 (LinSATNet's Sinkhorn iterations), got "
                          f"{max_iter!r}")
     indices = given_indices(given, h)
     free = check_linsat_structure(h, sorted(indices))
     checked, _ = check_scores_and_peaks(scores, h, given=indices)
     theta = checked[free]
-    check_temperatures(temperature, 1, theta.dtype, unit="map")  # one, the scored map's
+    tau = _checked_temperature(temperature, free, theta.dtype)
     # given maps of another floating dtype or device are taken in the scores' (as before the checks)
     given = {k: q.to(theta) if isinstance(q, Tensor) and q.dtype.is_floating_point else q for k, q in given.items()}
-    return free, theta, check_given(given, h, theta.shape[0], theta.dtype, theta.device)
+    return (free, theta, check_given(given, h, theta.shape[0], theta.dtype, theta.device, positive=False), tau,
+            int(max_iter))
+
+
+def _checked_temperature(temperature, free: int, dtype: torch.dtype) -> float | Tensor:
+    """LinSATNet's one ``τ`` (the scored map's): a real number, or a 0-d real tensor (one that
+    requires grad is kept, for LinSATNet's ``x / τ`` to differentiate through), positive and
+    finite and within ca.solve's range for ``dtype``; the refusal names map ``free``."""
+    if isinstance(temperature, Tensor) and temperature.dim() != 0:
+        raise ValueError(f"temperature must be one number (LinSATNet's τ of the scored map {free}) or a 0-d tensor, "
+                         f"got a tensor of shape {tuple(temperature.shape)}")
+    if not isinstance(temperature, Tensor) and (isinstance(temperature, (bool, np.bool_))
+                                                 or not isinstance(temperature, numbers.Real)):
+        raise TypeError(f"temperature must be one number (LinSATNet's τ of the scored map {free}) or a 0-d tensor, "
+                        f"got {temperature!r}")
+    try:
+        (tau,) = check_temperatures(temperature, 1, dtype, allow_grad=True, unit="map")
+    except (TypeError, ValueError) as err:  # it numbers the one temperature 0: the scored map is `free`
+        raise type(err)(str(err).replace("of map 0", f"of the scored map {free}")) from None
+    return tau

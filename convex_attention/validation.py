@@ -139,7 +139,8 @@ def given_indices(given, h: Graph) -> frozenset:
     return frozenset(given)
 
 
-def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_finite: bool = True) -> list:
+def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_finite: bool = True,
+                positive: bool = True) -> list:
     """Given probabilities (:func:`convex_attention.solve`'s ``given``): a dict ``{map: q}``
     with ``q`` shaped ``shapes[k]``, ``(1, *shapes[k])`` or ``(B, *shapes[k])``, in the scores'
     dtype and device, strictly positive and summing to one per sample (to 1e-6 in float64,
@@ -148,7 +149,8 @@ def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_f
 
     A zero is refused: a given map with an empty cell forces every finer cell inside it to
     zero, which the entropy only reaches with infinite duals (mix in a little of the uniform
-    map instead)."""
+    map instead).  ``positive`` False: zeros are accepted, negative values refused (a solver
+    without duals, such as LinSATNet's projection, fixes those cells to zero)."""
     unit = _unit(h)
     given_indices(given, h)
     out: list = [None] * h.num_maps
@@ -165,7 +167,9 @@ def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_f
             flat = q.detach().reshape(q.shape[0], -1).to(torch.float64)
             if not bool(torch.isfinite(flat).all()):
                 raise ValueError(f"given[{k}] contains NaN or Inf values")
-            if not bool((flat > 0).all()):
+            if not positive and not bool((flat >= 0).all()):
+                raise ValueError(f"given[{k}] has a negative probability: given maps are non-negative")
+            if positive and not bool((flat > 0).all()):
                 raise ValueError(f"given[{k}] has a zero (or negative) probability: a given {unit} with an empty "
                                  f"cell forces every finer cell inside it to zero, which needs infinite duals; give "
                                  f"strictly positive probabilities (e.g. mix in 1e-6 of the uniform map)")

@@ -435,3 +435,81 @@ def test_rev84_gradcam_refuses_a_level_the_model_has_not(level):
         cam = gradcam(model, images, targets, level)
         same = torch.equal(cam, gradcam(model, images, targets, len(model.config.attention_blocks) + level))
         raise AssertionError(f"level {level} accepted: a {tuple(cam.shape)} map, the last level's: {same}")
+
+
+# ----------------------------------------------------------------------------- review ca_rev85
+
+def test_rev85_linsat_differentiates_through_a_temperature_tensor():
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    w = torch.randn(theta.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+
+    def loss(tau):
+        return (linsat_solve([theta, None, None], h, given, temperature=tau, max_iter=50)[0] * w).sum()
+
+    tau = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(loss(tau), tau)
+    eps = 1e-6
+    assert abs(float(grad) - float(loss(0.5 + eps) - loss(0.5 - eps)) / (2 * eps)) < 1e-6
+
+
+def test_rev85_linsat_takes_a_numpy_integer_max_iter():
+    pytest.importorskip("LinSATNet")
+    import numpy as np
+
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    expected = linsat_solve([theta, None, None], h, given, max_iter=50)[0]
+    torch.testing.assert_close(linsat_solve([theta, None, None], h, given, max_iter=np.int64(50))[0], expected)
+
+
+def test_rev85_linsat_never_returns_nan_maps_for_a_temperature_it_accepts():
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    try:
+        probs = linsat_solve([theta, None, None], h, given, temperature=1e-3, max_iter=20)
+    except ValueError:
+        return  # refused: fine
+    assert bool(torch.isfinite(probs[0]).all()), f"{int(torch.isnan(probs[0]).sum())} NaN cells returned"
+
+
+def test_rev85_linsat_projects_onto_a_given_map_with_an_empty_cell():
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    given = {1: torch.tensor([[[0.0], [0.5], [0.25], [0.25]]], dtype=torch.float64), 2: given[2]}
+    probs = linsat_solve([theta, None, None], h, given, max_iter=200)
+    assert float(ca.metrics.violation(probs, h).max()) < 2e-3
+    assert float(probs[0][:, 0].abs().max()) < 1e-6  # the empty row is empty
+
+
+def test_rev85_linsat_names_the_scored_map_in_a_temperature_refusal():
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h = ca.Graph.from_edges([2, 4], [(1, 0, torch.tensor([0, 0, 1, 1]))])  # map 1 pools onto map 0
+    theta = torch.randn(2, 4, dtype=torch.float64)
+    given = {0: torch.tensor([[0.3, 0.7]], dtype=torch.float64)}
+    with pytest.raises(ValueError, match="temperature") as refused:
+        linsat_solve([None, theta], h, given, temperature=0.0, max_iter=20)
+    assert "map 0" not in str(refused.value), str(refused.value)
+
+
+def test_rev85_linsat_a_temperature_list_is_used_or_refused_by_the_check():
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    try:
+        probs = linsat_solve([theta, None, None], h, given, temperature=[0.5], max_iter=20)
+    except (ValueError, TypeError) as exc:
+        assert "unsupported operand" not in str(exc), str(exc)
+        return
+    torch.testing.assert_close(probs[0], linsat_solve([theta, None, None], h, given, temperature=0.5,
+                                                      max_iter=20)[0])

@@ -618,3 +618,18 @@ def test_rev84_a_checkpoint_whose_weight_bytes_changed_on_disk_is_refused_as_dam
         changed = [k for k, v in model.state_dict().items() if not torch.equal(v, loaded.state_dict()[k])]
         raise AssertionError(f"loaded silently; weights changed: {changed}")
     assert "\n" not in str(refused.value)
+
+
+# ----------------------------------------------------------------------------- review ca_rev85
+
+def test_rev85_a_checkpoint_save_checkpoint_wrote_reads_back_whatever_torch_s_crc_option(tmp_path):
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", **SMALL)
+    before = torch.serialization.get_crc32_options()
+    torch.serialization.set_crc32_options(False)
+    try:
+        path = save_checkpoint(str(tmp_path / "m.pt"), model, epoch=1)
+    finally:
+        torch.serialization.set_crc32_options(before)
+    loaded, _ = load_model(path)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())

@@ -414,3 +414,12 @@ def test_model_scores_refuse_a_seed_whose_images_share_the_training_images_rando
     assert all(torch.equal(scored[i][0], train[i][0]) for i in range(3))
     with pytest.raises(ValueError, match="own training images"):
         check_score_seed(path, seed)
+
+
+# ----------------------------------------------------------------------------- review ca_rev85
+
+def test_rev85_the_attention_layer_takes_a_numpy_integer_level():
+    import numpy as np
+
+    model = AttentionUNet(method="softmax", **SMALL)
+    assert model.attention_layer(np.int64(1)) is model.attention_layer(1)

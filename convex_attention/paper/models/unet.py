@@ -42,8 +42,10 @@ declared once there), the first link of the chain ``ModelConfig`` ⊂ ``TrainCon
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -217,9 +219,9 @@ def attention_block(cfg: ModelConfig, level: int) -> int:
     """The index in ``blocks`` of attention level ``level``; ValueError for a level the model
     has not (a negative one too: -1, the experiment's code for the input, is no level)."""
     levels = len(cfg.attention_blocks)
-    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level < levels:
+    if isinstance(level, (bool, np.bool_)) or not isinstance(level, numbers.Integral) or not 0 <= level < levels:
         raise ValueError(f"level must be an attention level of the model, an integer in [0, {levels}), got {level!r}")
-    return cfg.attention_blocks[level] - 1
+    return cfg.attention_blocks[int(level)] - 1
 
 
 def check_images(cfg: ModelConfig, images: Tensor) -> None:
