@@ -346,7 +346,7 @@ def test_the_optimiser_state_is_saved_and_restored(tmp_path):
 def test_an_optimiser_state_that_does_not_fit_is_refused_in_one_line(tmp_path):
     state = read_checkpoint(_saved(tmp_path))
     for optimizer, message in (({"state": {}}, "damaged .* optimizer is not an optimiser's state"),
-                               ({"state": {}, "param_groups": []}, "weights do not fit its own configuration")):
+                               ({"state": {}, "param_groups": []}, "optimiser state does not fit this Adam")):
         torch.save({**state, "optimizer": optimizer}, tmp_path / "bad.pt")
         model = AttentionUNet(method="exact", **SMALL)
         with pytest.raises(ValueError, match=message) as err:
@@ -537,7 +537,7 @@ def test_an_optimiser_group_without_its_parameters_is_refused_with_a_value_error
     model = AttentionUNet(method="exact", **SMALL)
     state = read_checkpoint(_saved(tmp_path))
     torch.save({**state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}}, tmp_path / "bad.pt")
-    with pytest.raises(ValueError, match="bad.pt'?: its weights do not fit its own configuration") as err:
+    with pytest.raises(ValueError, match="bad.pt'?: its optimiser state does not fit this Adam optimiser") as err:
         load_checkpoint(str(tmp_path / "bad.pt"), model, torch.optim.Adam(model.parameters()))
     assert "\n" not in str(err.value)
 
@@ -633,3 +633,20 @@ def test_rev85_a_checkpoint_save_checkpoint_wrote_reads_back_whatever_torch_s_cr
         torch.serialization.set_crc32_options(before)
     loaded, _ = load_model(path)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_an_optimiser_state_of_another_optimiser_is_refused_naming_the_optimiser(tmp_path):
+    """An SGD state loaded into Adam was refused as "its weights do not fit its own configuration ('step')":
+    the weights fit; the optimiser does not."""
+    from convex_attention.paper.models.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", **SMALL)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    model(torch.randn(2, 4, 32, 32)).logits.sum().backward()
+    sgd.step()
+    path = save_checkpoint(str(tmp_path / "m.pt"), model, optimizer=sgd, epoch=1)
+    fresh = AttentionUNet(method="exact", **SMALL)
+    with pytest.raises(ValueError, match="its optimiser state does not fit this Adam optimiser") as refused:
+        load_checkpoint(path, fresh, torch.optim.Adam(fresh.parameters()))
+    assert "weights do not fit" not in str(refused.value)

@@ -254,13 +254,18 @@ def load_checkpoint(path: str, model, optimizer=None, map_location="cpu", state:
     if diff:
         detail = ", ".join(f"{k}: checkpoint {a!r} vs model {b!r}" for k, (a, b) in diff.items())
         raise ValueError(f"checkpoint {path!r} is of another architecture ({detail})")
+    failures = (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError)
     try:
         model.load_state_dict(state["model"])
-        if optimizer is not None and state.get("optimizer") is not None:
-            optimizer.load_state_dict(state["optimizer"])
-    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError, IndexError) as err:
+    except failures as err:
         # torch's first line names the model only; the next one says what does not fit (missing keys, a shape)
         raise ValueError(f"{path!r}: its weights do not fit its own configuration "
+                         f"({one_line(str(err) or type(err).__name__, _QUOTED_CHARS)})") from None
+    try:
+        if optimizer is not None and state.get("optimizer") is not None:
+            optimizer.load_state_dict(state["optimizer"])
+    except failures as err:  # (an SGD state given to Adam read "its weights do not fit": a review's near-miss)
+        raise ValueError(f"{path!r}: its optimiser state does not fit this {type(optimizer).__name__} optimiser "
                          f"({one_line(str(err) or type(err).__name__, _QUOTED_CHARS)})") from None
     if optimizer is not None:
         check_optimizer_fits(path, state, model)
