@@ -1052,3 +1052,26 @@ def test_rev60_forward_mode_second_derivative_of_exact_duals_below_the_floor_is_
     except FloatingPointError:
         return  # refused: right
     assert torch.isfinite(got).all(), got
+
+
+def test_rev87_float32_temperature_gradient_does_not_cancel_away_at_a_wide_temperature_ratio():
+    """exact.temperature_gradient: dL/dtau_k = -sum_i gbar_k(i) log p_k(i), where gbar_k sums to zero per
+    sample, so a constant may be taken off log p_k (the docstring: "one constant per map moves nothing").
+    Taken as it is, the terms (|gbar log p| ~ 5e-4) cancel to 7.5e-7, and float32's rounding of gbar's sum
+    (a one-hot block at tau_0 = 2.5e-3 beside tau_1 = 500) comes back as 2.6e-8 on a gradient of 7.5e-7:
+    float32 7.756e-7 against float64 (and mpmath) 7.4916e-7.  Suggested fix: log p_k less its per-sample
+    maximum (or the p-weighted mean) before the product; measured 5e-5 off then."""
+    h = ca.Hierarchy.from_parents([7, 3], [[2, 0, 1, 2, 1, 2, 1]])
+    fine = [[0.0736, -0.0972, 0.1257, -0.0391, -0.0080, 0.0200, 0.0390]]
+    w = [[-0.31, 1.25, 0.02, 1.30, -0.13, 0.06, 0.12]]
+    grads = {}
+    for dtype in (torch.float32, torch.float64):
+        scores = [torch.tensor(fine, dtype=torch.float32).to(dtype), torch.zeros(1, 3, dtype=dtype)]
+        t = torch.tensor([2.5e-3, 500.0], dtype=torch.float64, requires_grad=True)
+        sol = ca.solve(scores, h, "exact", temperature=t)
+        (sol.probs[0] * torch.tensor(w, dtype=torch.float32).to(dtype)).sum().backward()
+        grads[dtype] = t.grad
+    # float64 is right (mpmath, 50 digits: 7.4915780716e-7, 2.3259630798e-7)
+    torch.testing.assert_close(grads[torch.float64], torch.tensor([7.4915780716e-7, 2.3259630798e-7],
+                                                                  dtype=torch.float64), rtol=1e-8, atol=0)
+    torch.testing.assert_close(grads[torch.float32], grads[torch.float64], rtol=1e-3, atol=0)
