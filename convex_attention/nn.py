@@ -674,6 +674,9 @@ class ConsistentAttention(nn.Module):
 
     def consistency_loss(self, scores: Sequence[Tensor], detach_target: bool = False, temperature=None) -> Tensor:
         """The paper's loss at the module's duals (zeros if it has none)."""
+        if not isinstance(detach_target, bool):  # consistency_loss(scores, 2.0) read a temperature as True
+            raise TypeError(f"detach_target must be True or False, got {detach_target!r} (the temperature is the "
+                            f"third argument: consistency_loss(scores, temperature=...))")
         temperature = self.temperature if temperature is None else temperature
         scores = check_scores(scores, self.h, check_finite=False)
         duals = self._duals(scores, check_temperatures(temperature, self.h.num_maps, dtype=scores[0].dtype,
@@ -686,11 +689,17 @@ class ConsistentAttention(nn.Module):
     def attend(self, scores: Sequence[Tensor], temperature=None) -> Attended:
         """The layer as a model uses it: maps to pool with, and the loss to add.
 
-        For a method that needs duals (``"learned_dual"``, the paper) the maps are the
-        per-level softmax of the scores (the paper's forward pass) and ``aux_loss`` is the
-        consistency loss at the module's duals (shared or amortised), which trains the
-        scores (and the duals) towards consistent maps.  For every other method the maps are
-        the method's probabilities and ``aux_loss`` is zero.  ``aux_loss`` is unweighted.
+        For a method that needs duals (``"learned_dual"``, the paper) with shared duals the
+        maps are the per-level softmax of the scores (the paper's forward pass) and
+        ``aux_loss`` is the consistency loss at the module's duals, which trains the scores
+        (and the duals) towards consistent maps.  With amortised duals the maps are ``p(λ̂)``
+        at the duals predicted for these scores (what :meth:`forward` returns), and
+        ``aux_loss`` the consistency loss there, which trains the network towards consistent
+        maps: the predicted duals start at the optimum of each input (on a hierarchy), where
+        that loss is zero whatever the scores, so with softmax maps it gave no signal and the
+        maps stayed as inconsistent as the scores made them (violation up to 1.96 of 2:
+        ca_rev88).  For every other method the maps are the method's probabilities and
+        ``aux_loss`` is zero.  ``aux_loss`` is unweighted.
         ``temperature`` (optional) replaces the module's for this pass, as in :meth:`forward`.
 
         Scores and temperatures are validated once per pass.
@@ -703,12 +712,15 @@ class ConsistentAttention(nn.Module):
         scores, peak_sum = check_scores_and_peaks(scores, self.h, check_finite=self.check_finite)
         temps = self._temperatures(temperature, scores[0].dtype)
         work = compute_dtype(scores[0].dtype)
-        maps = [level_softmax(s, t) for s, t in zip(scores, temps)]
-        solution = Solution(maps, scores, self.h, temps, "softmax")
         duals = check_duals(self._duals(scores, temps), self.h, scores[0].shape[0], work, scores[0].device,
                             check_finite=self.check_finite, score_peak_sum=peak_sum)
+        if isinstance(self.learned_duals, AmortisedDuals):
+            probs, lam, info = record.function(scores, self.h, temps, duals, dict(self.options))
+            solution = Solution(probs, scores, self.h, temps, record.name, lam, info)
+        else:
+            solution = Solution([level_softmax(s, t) for s, t in zip(scores, temps)], scores, self.h, temps, "softmax")
         aux = consistency_loss_unchecked([s.to(work) for s in scores], duals, self.h, temps)
-        return Attended(maps, solution, aux)
+        return Attended(list(solution.probs), solution, aux)
 
     def extra_repr(self) -> str:
         temperature = self.temperature if isinstance(self.temperature, list) else "tensor"

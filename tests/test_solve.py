@@ -1359,3 +1359,16 @@ def test_ca_rev80_solves_pre_check_does_not_validate_dual_init_again(monkeypatch
     scores = [torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)]
     ca.solve(scores, h, "dual", init=[torch.zeros(2, 2, dtype=torch.float64)])
     assert len(calls) <= 1, len(calls)  # 2 before b376849 (one more than needed: solve_dual's, now form only)
+
+
+def test_rev88_consistency_loss_refuses_a_detach_target_that_is_not_a_bool():
+    """check_finite must be True or False (None or 0 "would have skipped the checks unasked",
+    docs/design.md §4); detach_target is read as `if detach_target`, so detach_target="False"
+    (a config string) detaches b_e: the coarse scores get no gradient (None) where False gives
+    them one (|grad| 0.77 on this instance).  Refuse it, as check_finite is refused."""
+    torch.manual_seed(0)
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    scores = [torch.randn((2,) + s, dtype=torch.float64, requires_grad=True) for s in h.shapes]
+    duals = [torch.randn(1, 2, 2, dtype=torch.float64)]
+    with pytest.raises((TypeError, ValueError), match="detach_target"):
+        ca.consistency_loss(scores, duals, h, detach_target="False")
