@@ -44,7 +44,8 @@ from .graph import Graph
 
 __all__ = ["DualHessian", "get_hessian", "solve_psd", "implicit_vjp", "ImplicitSolveError", "DENSE_LIMIT",
            "DENSE_FALLBACK_LIMIT", "RETRY_PRECONDITIONERS",
-           "dense_chunks", "cholesky_apply", "ROUNDING_UNITS", "STALL_ITERATIONS", "GRADIENT_RTOL", "REFINEMENTS"]
+           "dense_chunks", "cholesky_apply", "ROUNDING_UNITS", "STALL_ITERATIONS", "GRADIENT_RTOL", "REFINEMENTS",
+           "CORRECTION_RTOL"]
 
 # The largest stacked dual (entries per sample) whose Hessian is assembled densely and
 # factorised (Cholesky, O(D³) per sample; D = 1344 takes ~0.1 s per factorisation on one core).
@@ -90,6 +91,9 @@ STALL_ITERATIONS = 3
 # where the terms that cancel in ``J_k (v_k − A_k w)`` are large against the gradient.
 #: The refinements of that solve before the gradient is declared unresolved.
 REFINEMENTS = 3
+#: The loosest relative residual a refinement's correction is asked for (of its own right-hand
+#: side, the residual it corrects), per dtype.
+CORRECTION_RTOL = {torch.float64: 1e-3, torch.float32: 1e-2}
 
 
 def dense_chunks(batch: int, dim: int) -> list[slice]:
@@ -603,9 +607,6 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     w, relres, iterations, solved = solve_psd(hess, probs, temps, rhs, rtol, max_iter, dense_limit,
                                               stop_stalled=pseudo_inverse_follows and hess.dim <= dense_limit)
     finite = torch.isfinite(rhs).all(1)  # elsewhere w is NaN, and so is the gradient: NaN in, NaN out
-    # the samples block-Jacobi conjugate gradients solved (not a factorised retry): _refined measures
-    # their error, which their relative residual does not bound
-    by_block_jacobi = solved.clone() if hess.dim > dense_limit else torch.zeros_like(solved)
     attempts = []  # (what preconditions it, spectral, stop_stalled), in turn, on the samples still unsolved
     if hess.dim <= DENSE_FALLBACK_LIMIT:
         for preconditioner in RETRY_PRECONDITIONERS:  # read at call time
@@ -653,7 +654,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
                "probabilities only)" if dual_grads is not None else ""))
     out, Aw = _formed(hess, probs, temps, grads, centred, w, given)
     return _refined(hess, probs, temps, grads, centred, rhs, w, out, Aw, given, rtol, max_iter, dense_limit,
-                    finite, noise if dual_grads is None else torch.zeros_like(noise), sample_names, by_block_jacobi)
+                    finite, noise if dual_grads is None else torch.zeros_like(noise), sample_names)
 
 
 def _formed(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
@@ -708,20 +709,22 @@ def _sizes(out: Sequence[Tensor]) -> Tensor:
 
 def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Tensor, out: list, Aw: list,
              given, rtol: float, max_iter: int, dense_limit: int, finite: Tensor, zeroed: Tensor,
-             sample_names, by_block_jacobi: Tensor) -> list[Tensor]:
+             sample_names) -> list[Tensor]:
     """``out`` made as accurate as :data:`GRADIENT_RTOL` asks, or ImplicitSolveError.
 
     ``θ̄_k = J_k (v_k − A_k w)`` cancels where a map is far hotter than its neighbours (its
     ``J_k`` is small, ``v_k − A_k w`` nearly zero): a solve stopped at ``rtol ‖rhs‖``, which the
     coldest map dominates, left the gradients of the others percent off, returned as solved
     (τ = (1e8, 1, 1e-3) on an axial graph: up to 35 %; a review).  Where the size of the terms
-    that cancel, over the gradient, times the relative residual the solve reached (at most
-    ``rtol``, or ``sqrt(eps)`` for a float64 solve accepted at its rounding floor) exceeds the
-    gradient's tolerance, the solution is refined (``w += (∇²g)⁻¹ (rhs −
-    ∇²g w)``, up to :data:`REFINEMENTS` times; a correction not solved is not applied) until each
-    map's gradient moves by at most ``GRADIENT_RTOL`` of itself (of the sample's largest, for a
-    map whose gradient is below its square root); a sample that does not get there, or whose
-    dtype's rounding of those terms alone exceeds that, is named in the error."""
+    that cancel, over the gradient, times ``max(rtol, sqrt(eps))`` exceeds the gradient's
+    tolerance, the sample's error is measured: refined (``w += (∇²g)⁻¹ (rhs − ∇²g w)``, up to
+    :data:`REFINEMENTS` times; a correction not solved is not applied) until a correction
+    moves each map's gradient by at most ``GRADIENT_RTOL`` of itself (of the sample's largest,
+    for a map whose gradient is below its square root), or, where no correction can be solved
+    (a residual at its rounding), until a second solve by the dense Hessian's pseudo-inverse
+    agrees with it to that.  A sample that does not get there, or whose dtype's rounding of
+    those terms alone can exceed that (refused before any correction, which cannot measure it),
+    is named in the error."""
     dtype = rhs.dtype
     tol = gradient_rtol(dtype)
     sizes = _sizes(out)
@@ -729,48 +732,47 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     held = _held_to(sizes, tol)  # each map to itself (to the sample's largest below its square root)
     cancelling = _cancelling(probs, temps, grads, centred, Aw, given)
     # a sample whose right-hand side was rounding alone (a loss constant on the simplices) has no
-    # gradient: what is left of it is rounding, zero, not unresolved.  Screened first at the most
-    # the solve can have left (rtol, or the sqrt(eps) a stalled float64 solve is accepted at: a
-    # review found one accepted at 1.1e-8 and never looked at again), map by map as the
-    # refinement settles them (screened on the sample's largest, a small map went unchecked),
-    # so that the residual's product is formed only where one may need it
+    # gradient: what is left of it is rounding, zero, not unresolved.  Screened at the most a
+    # solve can have left, or the square root of the dtype's eps where that is more (rtol of a
+    # float32 solve let a gradient 8x its tolerance off through: ca_rev83), map by map (screened
+    # on the sample's largest, a small map went unchecked: ca_rev81)
     candidates = finite & ~zeroed & (largest > 0)
-    bound = max(float(rtol) if not isinstance(rtol, Tensor) else float(rtol.max()), floor_acceptance_cap(dtype))
-    suspect = candidates & ~by_block_jacobi & (cancelling * bound > tol * held).any(1)
-    rows = torch.nonzero(suspect).flatten()
-    if rows.numel():
-        # then sized on the relative residual the solve reached, not the one it was asked for: a solve
-        # at 1e-12 of its right-hand side, flagged at rtol = 1e-10, was refined on a residual no solve
-        # reduces further, and its right gradient refused (a review)
-        reached = (rhs[rows] - hess.matvec([p[rows] for p in probs], temps, w[rows])).norm(dim=1)
-        reached = reached / rhs[rows].norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
-        rows = rows[(cancelling[rows] * reached.unsqueeze(1) > tol * held[rows]).any(1)]
-    # A factorised (dense) solve's relative residual, times the terms that cancel, bounds its error;
-    # block-Jacobi conjugate gradients' does not: the Hessian's conditioning multiplies it (and, on a
-    # disconnected graph, a cold component's share of the residual hides a hot one's), and screened
-    # on it gradients 8x and 16x their tolerance off came back unflagged (ca_rev83).  Their error is
-    # measured instead, by at least one correction, as the refinement below settles a sample
-    rows = torch.cat([rows, torch.nonzero(candidates & by_block_jacobi).flatten()]).sort().values
-    if rows.numel() == 0:
-        return out
-    unresolved = _beyond_rounding(out, cancelling, tol, dtype, rows)  # no solve can help these
+    bound = max(float(rtol) if not isinstance(rtol, Tensor) else float(rtol.max()), math.sqrt(torch.finfo(dtype).eps))
+    rows = torch.nonzero(candidates & (cancelling * bound > tol * held).any(1)).flatten()
+    # A flagged sample's error is measured, by at least one correction, never estimated from the
+    # relative residual its solve reached: the Hessian's conditioning multiplies that residual,
+    # for a factorised solve as for conjugate gradients (on the default path, D = 10, float64: a
+    # residual of 5.1e-13 left a gradient 64x its tolerance off, the estimate 0.0018 of it:
+    # ca_rev86; block-Jacobi: 8x and 16x, ca_rev83).  The correction is asked for what brings the
+    # whole residual to rtol of the right-hand side, and at least CORRECTION_RTOL of its own (a
+    # residual at its rounding floor cannot be divided by rtol again).
+    # A sample is settled once a correction moves no map's gradient by more than GRADIENT_RTOL;
+    # one whose correction cannot be solved is not (a check that did not run never passes).  A
+    # correction measures the error of w only, not the rounding of the terms that cancel as the
+    # gradient is formed: a sample where that rounding alone can exceed the tolerance
+    # (_beyond_rounding, a worst-case bound) is refused before any correction (measured without
+    # it, float32 gradients 3-330x their tolerance off a 50-digit solve came back settled)
+    unresolved = _beyond_rounding(out, cancelling, tol, dtype, rows)
     rows = rows[~torch.isin(rows, unresolved)]
+    rhs_norms = rhs.norm(dim=1)
+    tiny = torch.finfo(dtype).tiny
     for _ in range(REFINEMENTS):
         if rows.numel() == 0:
             break
         sub = [p[rows] for p in probs]
-        residual = rhs[rows] - hess.matvec(sub, temps, w[rows])
-        # a correction that was not solved is not applied, nor its sample settled (added, one that ran to
-        # max_iter at a relative residual of 3e3 made w worse: a review); a stalled one stops there
-        delta, _, _, ok = solve_psd(hess, sub, temps, hess.centre(residual), rtol, max_iter, dense_limit,
-                                    stop_stalled=True)
+        residual = hess.centre(rhs[rows] - hess.matvec(sub, temps, w[rows]))
+        loosest = CORRECTION_RTOL.get(dtype, 1e-2)
+        wanted = (rtol * rhs_norms[rows] / residual.norm(dim=1).clamp_min(tiny)).clamp(max=loosest)
+        delta, _, _, ok = solve_psd(hess, sub, temps, residual, wanted, max_iter, dense_limit, stop_stalled=True)
         ok = ok & torch.isfinite(delta).all(1)
         if hess.dim > dense_limit and hess.dim <= DENSE_FALLBACK_LIMIT and not bool(ok.all()):
             # as the first solve: a correction block-Jacobi left unsolved, with the dense Hessian
             redo = torch.nonzero(~ok).flatten()
-            again, _, _, again_ok = solve_psd(hess, [p[redo] for p in sub], temps, hess.centre(residual[redo]), rtol,
+            again, _, _, again_ok = solve_psd(hess, [p[redo] for p in sub], temps, residual[redo], wanted[redo],
                                               max_iter, DENSE_FALLBACK_LIMIT, stop_stalled=True)
             delta[redo], ok[redo] = again, again_ok & torch.isfinite(again).all(1)
+        # a correction that was not solved is not applied (one that ran to max_iter at a relative
+        # residual of 3e3 made w worse: a review), nor is its sample settled by it
         delta = torch.where(ok.unsqueeze(1), delta, torch.zeros_like(delta))
         w[rows] = w[rows] + delta
         moved = _sizes(_formed(hess, sub, temps, [torch.zeros_like(v[rows]) for v in grads],
@@ -779,12 +781,20 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         for k in range(len(out)):
             out[k] = out[k].index_copy(0, rows, formed[k])
         settled = (moved <= tol * _held_to(_sizes(formed), tol)).all(1) & ok
-        # a block-Jacobi sample whose correction could not be solved (a residual at its rounding,
-        # which no solve reduces) is judged as a factorised one is, on the residual it reached
-        unmeasured = ~ok & by_block_jacobi[rows]
-        if bool(unmeasured.any()):
-            reached = residual.norm(dim=1) / rhs[rows].norm(dim=1).clamp_min(torch.finfo(dtype).tiny)
-            settled |= unmeasured & ~(cancelling[rows] * reached.unsqueeze(1) > tol * held[rows]).any(1)
+        if not bool(ok.all()) and hess.dim <= DENSE_FALLBACK_LIMIT:
+            # a residual at its rounding (its part outside the Hessian's range, where two paths pool
+            # one map onto another alike, cannot fall) leaves no correction to solve: the gradient
+            # is measured against a second solve by the dense Hessian's pseudo-inverse instead, and
+            # settled where the two agree (ca_rev38's right gradient was refused without it)
+            redo = torch.nonzero(~ok).flatten()
+            rows_redo = rows[redo]
+            second, _, _, second_ok = solve_psd(hess, [p[rows_redo] for p in probs], temps, rhs[rows_redo], rtol,
+                                                max_iter, DENSE_FALLBACK_LIMIT, spectral=True, stop_stalled=True)
+            other, _ = _formed(hess, [p[rows_redo] for p in probs], temps, [v[rows_redo] for v in grads],
+                               [c[rows_redo] for c in centred], second, given)
+            apart = _sizes([a - b[redo] for a, b in zip(other, formed)])
+            agree = second_ok & torch.isfinite(second).all(1) & (apart <= tol * held[rows_redo]).all(1)
+            settled[redo] = agree
         rows = rows[~settled]
     bad = sorted(set(rows.tolist()) | set(unresolved.tolist()))
     if not bad:
