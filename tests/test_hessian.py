@@ -1093,15 +1093,17 @@ def _rev81_axial(n, seed):
 
 
 def _rev81_mp_vjp(h, probs, temps, grads):
-    """θ̄_k = J_k (v_k − A_k w), ∇²g w = Σ A_kᵀ J_k v_k at the given (float64) probabilities, in
-    60-digit arithmetic (mpmath): A_k's entries are 0/±1, so nothing but the solve's rounding differs."""
+    """θ̄_k = J_k (v_k − A_k w), ∇²g w = Σ A_kᵀ J_k v_k at the given probabilities (upcast exactly), one
+    sample, in 60-digit arithmetic (mpmath): A_k's entries are 0/±1, so nothing but the solve's rounding
+    differs; a map without edges gets J_k v_k."""
     mp = pytest.importorskip("mpmath")
     mp.mp.dps = 60
     hess = get_hessian(h, "cpu")
     D = hess.dim
-    mats = [a.reshape(D, -1).T.to(torch.int64).tolist() for a in hess.apply_A(torch.eye(D, dtype=torch.float64))]
-    ps = [[mp.mpf(float(x)) for x in p.reshape(-1)] for p in probs]
-    vs = [[mp.mpf(float(x)) for x in v.reshape(-1)] for v in grads]
+    mats = [[[0] * D] * h.sizes[k] if a is None else a.reshape(D, -1).T.to(torch.int64).tolist()
+            for k, a in enumerate(hess.apply_A(torch.eye(D, dtype=torch.float64)))]
+    ps = [[mp.mpf(float(x)) for x in p.double().reshape(-1)] for p in probs]
+    vs = [[mp.mpf(float(x)) for x in v.double().reshape(-1)] for v in grads]
 
     def J(p, y, t):
         inner = mp.fsum(a * b for a, b in zip(p, y))
@@ -1192,43 +1194,7 @@ def test_ca_rev82_a_solve_that_never_stalled_is_not_accepted_at_its_rounding_flo
 
 
 # ----------------------------------------------------------------------------- ca_rev83 (strict xfail: known defects)
-def _rev83_mp_vjp(h, probs, temps, grads):
-    """θ̄_k = J_k (v_k − A_k w), ∇²g w = Σ A_kᵀ J_k v_k at the given probabilities (upcast exactly), in
-    50-digit arithmetic (mpmath), one sample; a map without edges gets J_k v_k (``_rev81_mp_vjp`` needs edges)."""
-    mp = pytest.importorskip("mpmath")
-    mp.mp.dps = 50
-    hess = get_hessian(h, "cpu")
-    D = hess.dim
-    mats = [[[0] * D] * h.sizes[k] if a is None else a.reshape(D, -1).T.to(torch.int64).tolist()
-            for k, a in enumerate(hess.apply_A(torch.eye(D, dtype=torch.float64)))]
-    ps = [[mp.mpf(float(x)) for x in p.double().reshape(-1)] for p in probs]
-    vs = [[mp.mpf(float(x)) for x in v.double().reshape(-1)] for v in grads]
-
-    def J(p, y, t):
-        inner = mp.fsum(a * b for a, b in zip(p, y))
-        return [a * (b - inner) / mp.mpf(t) for a, b in zip(p, y)]
-
-    H, rhs = mp.matrix(D, D), mp.matrix(D, 1)
-    for A, p, v, t in zip(mats, ps, vs, temps):
-        for j in range(D):
-            col = J(p, [row[j] for row in A], t)
-            for r in range(D):
-                H[r, j] += mp.fsum(row[r] * c for row, c in zip(A, col) if row[r])
-        jv = J(p, v, t)
-        for r in range(D):
-            rhs[r] += mp.fsum(row[r] * c for row, c in zip(A, jv) if row[r])
-    for e in range(h.num_edges):
-        lo, hi = hess.offsets[e], hess.offsets[e + 1]
-        for r in range(lo, hi):
-            for c in range(lo, hi):
-                H[r, c] += mp.mpf(1) / (hi - lo)
-    w = mp.lu_solve(H, rhs)
-    out = []
-    for A, p, v, t, shape in zip(mats, ps, vs, temps, h.shapes):
-        aw = [mp.fsum(x * w[j] for j, x in enumerate(row) if x) for row in A]
-        out.append(torch.tensor([float(x) for x in J(p, [a - b for a, b in zip(v, aw)], t)],
-                                dtype=torch.float64).view((1,) + shape))
-    return out
+_rev83_mp_vjp = _rev81_mp_vjp  # (ca_rev83's copy of it, merged: the reviews' tests call it by this name)
 
 
 def _rev83_wide_instance(case, seed, draw):
