@@ -707,6 +707,28 @@ def _sizes(out: Sequence[Tensor]) -> Tensor:
     return torch.stack([o.flatten(1).abs().amax(1) for o in out], 1)
 
 
+def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list, allowed: Tensor,
+                    max_iter: int) -> Tensor:
+    """Per sample, whether the gradients ``formed`` agree, within ``allowed`` (``(B, M)``), with
+    a second solve by the dense Hessian's pseudo-inverse, always in float64: in float32 a second
+    solve shares the first one's rounded system and agreed on a gradient 1.75x its tolerance off
+    (ca_rev89).  The probabilities are taken in float64 and renormalised (float32's do not sum
+    to one in float64, and the Hessian's gauge would not close).  The second solve is held to
+    what a first one is accepted at (rtol, or sqrt(eps) at its rounding: held to rtol alone,
+    one 58x better than the first was refused, ca_rev89)."""
+    wide = [p.detach().to(torch.float64) for p in probs]
+    wide = [p / p.flatten(1).sum(1).view((-1,) + (1,) * (p.dim() - 1)) for p in wide]
+    grads64 = [v.detach().to(torch.float64) for v in grads]
+    centred = [_recentred(p, v) for p, v in zip(wide, grads64)]
+    rhs = hess.apply_At([DualHessian.apply_J(p, vc, t) for p, vc, t in zip(wide, centred, temps)])
+    second, relres, _, ok = solve_psd(hess, wide, temps, rhs, 1e-10, max_iter, DENSE_FALLBACK_LIMIT, spectral=True,
+                                      stop_stalled=True)
+    other, _ = _formed(hess, wide, temps, grads64, centred, second, given)
+    apart = _sizes([a - b.to(torch.float64) for a, b in zip(other, formed)])
+    usable = (ok | (relres <= floor_acceptance_cap(torch.float64))) & torch.isfinite(second).all(1)
+    return usable & (apart <= allowed.to(torch.float64)).all(1)
+
+
 def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Tensor, out: list, Aw: list,
              given, rtol: float, max_iter: int, dense_limit: int, finite: Tensor, zeroed: Tensor,
              sample_names) -> list[Tensor]:
@@ -781,25 +803,15 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         for k in range(len(out)):
             out[k] = out[k].index_copy(0, rows, formed[k])
         settled = (moved <= tol * _held_to(_sizes(formed), tol)).all(1) & ok
-        if not bool(ok.all()) and hess.dim <= DENSE_FALLBACK_LIMIT and dtype == torch.float64:
+        if not bool(ok.all()) and hess.dim <= DENSE_FALLBACK_LIMIT:
             # a residual at its rounding (its part outside the Hessian's range, where two paths pool
             # one map onto another alike, cannot fall) leaves no correction to solve: the gradient
             # is measured against a second solve by the dense Hessian's pseudo-inverse instead, and
-            # settled where the two agree (ca_rev38's right gradient was refused without it).  The
-            # second solve is held to what a first one is accepted at (rtol, or sqrt(eps) at its
-            # rounding: held to rtol alone, one 58x better than the first was refused: ca_rev89).
-            # Float64 only: in float32 both solves share the same rounded system, and agreed on a
-            # gradient 1.75x its tolerance off (ca_rev89); such a sample is refused, as before
+            # settled where the two agree (ca_rev38's right gradient was refused without it)
             redo = torch.nonzero(~ok).flatten()
-            rows_redo = rows[redo]
-            second, second_relres, _, second_ok = solve_psd(
-                hess, [p[rows_redo] for p in probs], temps, rhs[rows_redo], rtol, max_iter, DENSE_FALLBACK_LIMIT,
-                spectral=True, stop_stalled=True)
-            other, _ = _formed(hess, [p[rows_redo] for p in probs], temps, [v[rows_redo] for v in grads],
-                               [c[rows_redo] for c in centred], second, given)
-            apart = _sizes([a - b[redo] for a, b in zip(other, formed)])
-            usable = (second_ok | (second_relres <= floor_acceptance_cap(dtype))) & torch.isfinite(second).all(1)
-            settled[redo] = usable & (apart <= tol * held[rows_redo]).all(1)
+            settled[redo] = _second_opinion(hess, [p[rows[redo]] for p in probs], temps,
+                                            [v[rows[redo]] for v in grads], given, [o[redo] for o in formed],
+                                            tol * held[rows[redo]], max_iter)
         rows = rows[~settled]
     bad = sorted(set(rows.tolist()) | set(unresolved.tolist()))
     if not bad:
