@@ -596,10 +596,12 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     # exactly in it: a review)
     noise = rhs.norm(dim=1) <= hess._floor_of(probs, temps, centred, rhs)
     rhs = torch.where(noise.unsqueeze(1), torch.zeros_like(rhs), rhs)
+    on_duals = None  # ū, centred, (B, D): the second opinion of _refined adds it to its own right-hand side
     if dual_grads is not None:
         shapes = [(rhs.shape[0],) + g.shapes[b] for _, b in g.edges]
-        rhs = rhs + hess.centre(hess.flatten([torch.zeros(s, dtype=rhs.dtype, device=rhs.device) if u is None
-                                              else u.to(rhs.dtype).expand(s) for u, s in zip(dual_grads, shapes)]))
+        on_duals = hess.centre(hess.flatten([torch.zeros(s, dtype=torch.float64, device=rhs.device) if u is None
+                                             else u.to(torch.float64).expand(s) for u, s in zip(dual_grads, shapes)]))
+        rhs = rhs + on_duals.to(rhs.dtype)
     # where the pseudo-inverse retry follows, a Cholesky-preconditioned solve that stalled stops
     # there, and goes on to max_iter only if that retry fails too: going on first took 0.3-0.6 s
     # per failing 64² sample (measured), where the retry solves most of them at once
@@ -654,7 +656,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
                "probabilities only)" if dual_grads is not None else ""))
     out, Aw = _formed(hess, probs, temps, grads, centred, w, given)
     return _refined(hess, probs, temps, grads, centred, rhs, w, out, Aw, given, rtol, max_iter, dense_limit,
-                    finite, noise if dual_grads is None else torch.zeros_like(noise), sample_names)
+                    finite, noise if dual_grads is None else torch.zeros_like(noise), sample_names, on_duals)
 
 
 def _formed(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
@@ -708,19 +710,23 @@ def _sizes(out: Sequence[Tensor]) -> Tensor:
 
 
 def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list, allowed: Tensor,
-                    max_iter: int) -> Tensor:
+                    max_iter: int, on_duals: Tensor | None = None) -> Tensor:
     """Per sample, whether the gradients ``formed`` agree, within ``allowed`` (``(B, M)``), with
     a second solve by the dense Hessian's pseudo-inverse, always in float64: in float32 a second
     solve shares the first one's rounded system and agreed on a gradient 1.75x its tolerance off
     (ca_rev89).  The probabilities are taken in float64 and renormalised (float32's do not sum
     to one in float64, and the Hessian's gauge would not close).  The second solve is held to
     what a first one is accepted at (rtol, or sqrt(eps) at its rounding: held to rtol alone,
-    one 58x better than the first was refused, ca_rev89)."""
+    one 58x better than the first was refused, ca_rev89).  ``on_duals``: the loss's centred
+    gradient on the duals, in float64, part of the system (left out, a right gradient was
+    refused: ca_rev90)."""
     wide = [p.detach().to(torch.float64) for p in probs]
     wide = [p / p.flatten(1).sum(1).view((-1,) + (1,) * (p.dim() - 1)) for p in wide]
     grads64 = [v.detach().to(torch.float64) for v in grads]
     centred = [_recentred(p, v) for p, v in zip(wide, grads64)]
     rhs = hess.apply_At([DualHessian.apply_J(p, vc, t) for p, vc, t in zip(wide, centred, temps)])
+    if on_duals is not None:
+        rhs = rhs + on_duals
     second, relres, _, ok = solve_psd(hess, wide, temps, rhs, 1e-10, max_iter, DENSE_FALLBACK_LIMIT, spectral=True,
                                       stop_stalled=True)
     other, _ = _formed(hess, wide, temps, grads64, centred, second, given)
@@ -731,7 +737,7 @@ def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list,
 
 def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Tensor, out: list, Aw: list,
              given, rtol: float, max_iter: int, dense_limit: int, finite: Tensor, zeroed: Tensor,
-             sample_names) -> list[Tensor]:
+             sample_names, on_duals: Tensor | None = None) -> list[Tensor]:
     """``out`` made as accurate as :data:`GRADIENT_RTOL` asks, or ImplicitSolveError.
 
     ``θ̄_k = J_k (v_k − A_k w)`` cancels where a map is far hotter than its neighbours (its
@@ -811,7 +817,8 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
             redo = torch.nonzero(~ok).flatten()
             settled[redo] = _second_opinion(hess, [p[rows[redo]] for p in probs], temps,
                                             [v[rows[redo]] for v in grads], given, [o[redo] for o in formed],
-                                            tol * held[rows[redo]], max_iter)
+                                            tol * held[rows[redo]], max_iter,
+                                            None if on_duals is None else on_duals[rows[redo]])
         rows = rows[~settled]
     bad = sorted(set(rows.tolist()) | set(unresolved.tolist()))
     if not bad:

@@ -1444,3 +1444,68 @@ def test_rev89_a_float64_sample_whose_second_opinion_agrees_is_not_refused():
     probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
     got = implicit_vjp(h, probs, temps, grads)
     assert _rev89_error_over_tolerance(h, probs, temps, grads, got, 2, 1e-6) <= 1
+
+
+# ---------------------------------------------------------------- review 90: the float64 second opinion
+def _rev90_mp_vjp_with_duals(h, probs, temps, grads, dual):
+    """_rev81_mp_vjp with the dual gradient ``dual`` ((D,), one sample; centred per edge here) added to the
+    right-hand side: ∇²g w = Σ A_kᵀ J_k v_k + ū, θ̄_k = J_k (v_k − A_k w), in 60-digit arithmetic."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 60
+    hess = get_hessian(h, "cpu")
+    D = hess.dim
+    mats = [[[0] * D] * h.sizes[k] if a is None else a.reshape(D, -1).T.to(torch.int64).tolist()
+            for k, a in enumerate(hess.apply_A(torch.eye(D, dtype=torch.float64)))]
+    ps = [[mp.mpf(float(x)) for x in p.double().reshape(-1)] for p in probs]
+    vs = [[mp.mpf(float(x)) for x in v.double().reshape(-1)] for v in grads]
+    u = [mp.mpf(float(x)) for x in dual.double().reshape(-1)]
+
+    def J(p, y, t):
+        inner = mp.fsum(a * b for a, b in zip(p, y))
+        return [a * (b - inner) / mp.mpf(t) for a, b in zip(p, y)]
+
+    H, rhs = mp.matrix(D, D), mp.matrix(D, 1)
+    for e in range(h.num_edges):
+        lo, hi = hess.offsets[e], hess.offsets[e + 1]
+        mean = mp.fsum(u[lo:hi]) / (hi - lo)
+        for r in range(lo, hi):
+            rhs[r] += u[r] - mean
+            for c in range(lo, hi):
+                H[r, c] += mp.mpf(1) / (hi - lo)
+    for A, p, v, t in zip(mats, ps, vs, temps):
+        for j in range(D):
+            col = J(p, [row[j] for row in A], t)
+            for r in range(D):
+                H[r, j] += mp.fsum(row[r] * c for row, c in zip(A, col) if row[r])
+        jv = J(p, v, t)
+        for r in range(D):
+            rhs[r] += mp.fsum(row[r] * c for row, c in zip(A, jv) if row[r])
+    w = mp.lu_solve(H, rhs)
+    out = []
+    for A, p, v, t, shape in zip(mats, ps, vs, temps, h.shapes):
+        aw = [mp.fsum(x * w[j] for j, x in enumerate(row) if x) for row in A]
+        g = J(p, [a - b for a, b in zip(v, aw)], t)
+        out.append(torch.tensor([float(x) for x in g], dtype=torch.float64).view((1,) + shape))
+    return out
+
+
+def test_rev90_the_second_opinion_keeps_the_dual_gradients():
+    """'mixed' seed 9 (D = 10), τ ≈ (0.055, 10, 0.11, 0.01), N(0, 20²) scores, float32 probabilities from a 3-sample
+    forward at tol 1e-6, sample 0, with a loss on the duals too (ū = 1e-4 ∇²g z, z ~ N(0, 1): in the Hessian's range,
+    its share of the gradient ~2.7 % of each map's): the sample is flagged, no correction is solved, and
+    _second_opinion solves ∇²g w = Σ A_kᵀ J_k v_k without ū, so its gradients differ from the first's by
+    ū's share (~27x GRADIENT_RTOL[float32]); the sample is refused ('could not resolve').  The first gradient is 0.10x
+    its tolerance off a 60-digit solve of the whole system (with ū added to the second opinion's right-hand side
+    it is returned as that).  Before 7c2f4b2 the second opinion solved rhs[rows], which holds ū."""
+    h, scores, temps, grads = _rev83_wide_instance("mixed", 9, [(10, 1e-2, 20)])
+    probs = [p[:1] for p in ca.solve([s.float() for s in scores], h, "dual", temperature=temps, tol=1e-6,
+                                     strict=True).probs]
+    v32 = [v[:1].float() for v in grads]
+    hess = get_hessian(h, "cpu")
+    z = torch.randn(1, hess.dim, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    u = (1e-4 * hess.centre(hess.matvec([p.double() for p in probs], temps, z))).float()
+    got = implicit_vjp(h, probs, temps, v32, dual_grads=hess.split(u))  # ImplicitSolveError on the current code
+    want = _rev90_mp_vjp_with_duals(h, probs, temps, v32, u[0])
+    from convex_attention.hessian import _held_to, _sizes
+    held = _held_to(_sizes(want), 1e-3)[0]
+    assert max(float((a.double() - b).abs().max() / held[k]) for k, (a, b) in enumerate(zip(got, want))) <= 1e-3
