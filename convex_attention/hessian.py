@@ -520,13 +520,12 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
             candidate = w[rows] + torch.where(torch.isfinite(delta).all(1, keepdim=True), delta,
                                               torch.zeros_like(delta))
             iterations[rows] += more
-            again, again_floor = hess.residual_and_floor(sub, temps, candidate, rhs[rows])
+            again = (hess.matvec(sub, temps, candidate) - rhs[rows]).norm(dim=1)
             # kept only where it lowers the true residual (an unsolved correction, applied, took one
             # sample from 3.6e-7 to 2.7e-5: ca_rev83's near-miss)
             better = again < true_residual[rows]
             w[rows] = torch.where(better.unsqueeze(1), candidate, w[rows])
             true_residual[rows] = torch.where(better, again, true_residual[rows])
-            floor[rows] = torch.where(better, again_floor, floor[rows])
             true_relres[rows] = true_residual[rows] / norm_b[rows].clamp_min(tiny)
             # held to the tolerance alone: whether the correction stalled at the floor is its own solve's
             holds[rows] = true_relres[rows] <= rtol_rows
@@ -536,6 +535,13 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     # zero solution there dropped the NaN of a loss on the duals from the gradient (a review)
     w = torch.where(torch.isfinite(norm_b).unsqueeze(1), w, torch.full_like(w, math.nan))
     return w, relres, iterations, solved
+
+
+def _right_hand_side(hess: DualHessian, probs, temps, grads) -> tuple[list[Tensor], Tensor]:
+    """``(centred, rhs)``: each map's incoming gradient recentred (:func:`_recentred`) and the
+    implicit backward's right-hand side ``Σ_k A_kᵀ J_k v_k`` formed from them."""
+    centred = [_recentred(p, v) for p, v in zip(probs, grads)]
+    return centred, hess.apply_At([DualHessian.apply_J(p, vc, t) for p, vc, t in zip(probs, centred, temps)])
 
 
 def _recentred(p: Tensor, v: Tensor) -> Tensor:
@@ -586,9 +592,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     # Σ <c + w_k, p_k>, e.g. the +1 of a KL divergence's gradient) the rounding left c·eps along
     # p_k: outside the Hessian's range, it made the system inconsistent and the backward raise
     # ImplicitSolveError on an ordinary loss (a review).  v_k is recentred first.
-    centred = [_recentred(p, v) for p, v in zip(probs, grads)]
-    Jv = [DualHessian.apply_J(p, vc, t) for p, vc, t in zip(probs, centred, temps)]
-    rhs = hess.apply_At(Jv)
+    centred, rhs = _right_hand_side(hess, probs, temps, grads)
     # a right-hand side within its own rounding error is zero: a loss constant on the simplices
     # (∂L/∂p_k = c, e.g. sol.probs[0].sum()) gave one of pure rounding, which no solve reaches to a
     # relative tolerance (ImplicitSolveError: a review); its gradient is 0.  The rounding is that
@@ -723,8 +727,7 @@ def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list,
     wide = [p.detach().to(torch.float64) for p in probs]
     wide = [p / p.flatten(1).sum(1).view((-1,) + (1,) * (p.dim() - 1)) for p in wide]
     grads64 = [v.detach().to(torch.float64) for v in grads]
-    centred = [_recentred(p, v) for p, v in zip(wide, grads64)]
-    rhs = hess.apply_At([DualHessian.apply_J(p, vc, t) for p, vc, t in zip(wide, centred, temps)])
+    centred, rhs = _right_hand_side(hess, wide, temps, grads64)
     if on_duals is not None:
         rhs = rhs + on_duals
     second, relres, _, ok = solve_psd(hess, wide, temps, rhs, 1e-10, max_iter, DENSE_FALLBACK_LIMIT, spectral=True,
@@ -784,12 +787,12 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     rows = rows[~torch.isin(rows, unresolved)]
     rhs_norms = rhs.norm(dim=1)
     tiny = torch.finfo(dtype).tiny
+    loosest = CORRECTION_RTOL.get(dtype, 1e-2)
     for _ in range(REFINEMENTS):
         if rows.numel() == 0:
             break
         sub = [p[rows] for p in probs]
         residual = hess.centre(rhs[rows] - hess.matvec(sub, temps, w[rows]))
-        loosest = CORRECTION_RTOL.get(dtype, 1e-2)
         wanted = (rtol * rhs_norms[rows] / residual.norm(dim=1).clamp_min(tiny)).clamp(max=loosest)
         delta, _, _, ok = solve_psd(hess, sub, temps, residual, wanted, max_iter, dense_limit, stop_stalled=True)
         ok = ok & torch.isfinite(delta).all(1)
