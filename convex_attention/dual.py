@@ -66,7 +66,7 @@ from .hessian import (
     implicit_vjp,
     solve_psd,
 )
-from .validation import SCORE_DTYPES, dtype_name, per_sample, score_limit, score_peaks, temperature_range
+from .validation import SCORE_DTYPES, check_flag, dtype_name, per_sample, score_limit, score_peaks, temperature_range
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
@@ -706,9 +706,7 @@ def _check_max_iter(max_iter) -> int:
 
 
 def _check_flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"dual option {name} must be True or False, got {value!r}")
-    return value
+    return check_flag(value, f"dual option {name}")
 
 
 def _check_warm_start(value) -> str | bool:

@@ -38,6 +38,7 @@ from .methods import get_method
 from .solve import Solution, consistency_loss, solve
 from .validation import (
     check_duals,
+    check_flag,
     check_hierarchy,
     check_scores,
     check_scores_and_peaks,
@@ -572,9 +573,7 @@ class ConsistentAttention(nn.Module):
             values = temps
         self._temperature_layout: list | None = layout
         self._temperature_values: list | None = values
-        if not isinstance(check_finite, bool):
-            raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
-        self.check_finite = check_finite
+        self.check_finite = check_flag(check_finite, "check_finite")
         if "given" in options:
             # an argument of solve, not an option of a method: refused as an unknown option it read
             # "method 'dual' takes no option(s) ['given']", while solve takes it (a review)
@@ -674,9 +673,9 @@ class ConsistentAttention(nn.Module):
 
     def consistency_loss(self, scores: Sequence[Tensor], detach_target: bool = False, temperature=None) -> Tensor:
         """The paper's loss at the module's duals (zeros if it has none)."""
-        if not isinstance(detach_target, bool):  # consistency_loss(scores, 2.0) read a temperature as True
-            raise TypeError(f"detach_target must be True or False, got {detach_target!r} (the temperature is the "
-                            f"third argument: consistency_loss(scores, temperature=...))")
+        # consistency_loss(scores, 2.0) read a temperature as True
+        check_flag(detach_target, "detach_target",
+                   "the temperature is the third argument: consistency_loss(scores, temperature=...)")
         temperature = self.temperature if temperature is None else temperature
         scores = check_scores(scores, self.h, check_finite=False)
         duals = self._duals(scores, check_temperatures(temperature, self.h.num_maps, dtype=scores[0].dtype,

@@ -43,6 +43,7 @@ from .graph import Graph
 from .methods import METHODS, REGISTRY, get_method
 from .validation import (
     check_duals,
+    check_flag,
     check_given,
     check_hierarchy,
     check_scores_and_peaks,
@@ -340,8 +341,7 @@ def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph
     smallest accepted), the loss is ``+inf`` (the KL divergence is), never NaN.
     """
     check_transforms("consistency_loss", True)
-    if not isinstance(detach_target, bool):  # read as a truth value, "False" detached the coarse maps
-        raise TypeError(f"detach_target must be True or False, got {detach_target!r}")
+    check_flag(detach_target, "detach_target")  # read as a truth value, "False" detached the coarse maps
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
     temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype, allow_grad=True, unit=h._map_word)
     work = compute_dtype(scores[0].dtype)

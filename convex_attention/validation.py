@@ -44,8 +44,7 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True, name: st
 
     ``given``: the maps whose probabilities are given (:func:`check_given`): their ``scores``
     entry must be None, every other entry a tensor; the returned list keeps their None."""
-    if not isinstance(check_finite, bool):  # None or 0 would skip the checks, "no" run them: neither is meant
-        raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
+    check_flag(check_finite, "check_finite")  # None or 0 would skip the checks, "no" run them: neither is meant
     check_hierarchy(h)
     unit, M = _unit(h), h.num_maps
     if isinstance(scores, Tensor) or not isinstance(scores, Sequence):
@@ -220,6 +219,14 @@ def temperature_range(dtype: torch.dtype | None = None) -> tuple[float, float]:
     """
     info = torch.finfo(compute_dtype(dtype) if dtype is not None else torch.float64)
     return float(info.tiny), math.sqrt(float(info.max))
+
+
+def check_flag(value, name: str, hint: str = "") -> bool:
+    """``value``, a bool; TypeError naming ``name`` for anything else (read as a truth value, the
+    string "False" is True and None is False: a flag asked for by one value and taken as another)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}{f' ({hint})' if hint else ''}")
+    return value
 
 
 def has_tangent(t) -> bool:
