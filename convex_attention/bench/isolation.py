@@ -340,10 +340,7 @@ def _ended(process: subprocess.Popen) -> str:
     if process.returncode is None:
         deadline = time.monotonic() + 5
         while True:
-            try:  # ended, without reaping it
-                ended = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-            except ChildProcessError:  # reaped elsewhere
-                ended = True
+            ended = _ended_unreaped(process)
             if ended or time.monotonic() > deadline:
                 break
             time.sleep(0.01)
@@ -358,6 +355,15 @@ def _ended(process: subprocess.Popen) -> str:
             name = f"signal {-code}"
         return f"was killed by {name}"
     return f"ended its process with exit status {code}"
+
+
+def _ended_unreaped(process: subprocess.Popen) -> bool:
+    """Whether the child has ended, looked at without reaping it (``waitid`` with ``WNOWAIT``:
+    its zombie keeps its process group's id its own until :func:`_kill_group` has run)."""
+    try:
+        return os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped elsewhere
+        return True
 
 
 def _kill_group(process: subprocess.Popen) -> None:
@@ -488,11 +494,7 @@ class IsolatedSolver:
         process = self._process
         assert process is not None
         if process.returncode is None and hasattr(os, "waitid"):
-            try:  # ended, without reaping it
-                ended = os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-            except ChildProcessError:  # reaped elsewhere
-                ended = True
-            if not ended:
+            if not _ended_unreaped(process):
                 return False
             _kill_group(process)
         return process.poll() is not None
