@@ -282,11 +282,7 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
                                           unit, unused)
         if not grad:
             return temps
-        # at least in the scores' compute dtype (the cast keeps the gradient): a float16 temperature
-        # did exact's dual arithmetic in float16 (duals 1.3e-3 off; NaN where the sum passed 65504)
-        # raised, never lowered: a float64 temperature beside float32 scores stays float64
-        temperature = temperature.to(torch.promote_types(temperature.dtype, compute_dtype(dtype))) \
-            if dtype is not None else temperature
+        temperature = _promoted(temperature, dtype)
         if temperature.dim() == 0:
             return [temperature] * num_levels
         return [temperature[k] for k in range(num_levels)]
@@ -308,9 +304,17 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
             return temps
         if not allow_grad:
             _refuse_grad_temperature(method, "floats or tensors that do not require grad")
-        return [(t.to(torch.promote_types(t.dtype, compute_dtype(dtype))) if dtype is not None else t) if g else v
-                for t, g, v in zip(temperature, grads, temps)]
+        return [_promoted(t, dtype) if g else v for t, g, v in zip(temperature, grads, temps)]
     return _check_temperature_values(temperature, num_levels, dtype, unit, unused)
+
+
+def _promoted(temperature: Tensor, dtype: torch.dtype | None) -> Tensor:
+    """A temperature that gradients flow into, at least in the scores' compute dtype (the cast
+    keeps the gradient): a float16 temperature did exact's dual arithmetic in float16 (duals
+    1.3e-3 off; NaN where the sum passed 65504).  Raised, never lowered: a float64 temperature
+    beside float32 scores stays float64."""
+    return temperature if dtype is None else temperature.to(torch.promote_types(temperature.dtype,
+                                                                                compute_dtype(dtype)))
 
 
 def _from_numpy(temperature, num_levels: int, unit: str):

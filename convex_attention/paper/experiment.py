@@ -830,8 +830,8 @@ def accuracy_columns(config: ExperimentConfig) -> tuple[str, ...]:
     """The accuracy and map-statistic columns of ``runs.csv`` summarised per model: those of
     :data:`ACCURACY` whose level the configured model has."""
     levels = len(config.train.model.attention_blocks)
-    return tuple(c for c in ACCURACY if not any(c == f"{m}_L{k}" for m in MAP_STATISTICS
-                                                for k in range(levels, MAX_ATTENTION_LEVELS)))
+    absent = {f"{m}_L{k}" for m in MAP_STATISTICS for k in range(levels, MAX_ATTENTION_LEVELS)}
+    return tuple(c for c in ACCURACY if c not in absent)
 
 
 def ablation_columns(config: ExperimentConfig) -> tuple[str, ...]:

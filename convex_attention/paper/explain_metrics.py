@@ -290,15 +290,20 @@ def pointing_tolerance(m: Tensor, mask: Tensor, tolerance: float | None = None) 
     return float((distance.ravel()[_top(values)] <= tol).mean())
 
 
+def _check_non_negative(values: np.ndarray) -> None:
+    """ValueError for a map with negative values, whose share of mass is no share (:func:`mass`)."""
+    if values.size and values.min() < 0:
+        raise ValueError(f"mass is a share of a non-negative map's mass; this map has negative values (down to "
+                         f"{values.min():.3g}): score its to_common_form (absolute values summed over channels, "
+                         f"negative values clipped)")
+
+
 def mass(m: Tensor, mask: Tensor) -> float:
     """The share of the map's mass inside the mask (0 for an all-zero map); NaN for an
     empty mask.  The map must be non-negative (ValueError): a signed map's "share" can pass 1
     or fall below 0 (:func:`to_common_form` gives every map its non-negative form)."""
     values, truth = _check(m, mask)
-    if values.size and values.min() < 0:
-        raise ValueError(f"mass is a share of a non-negative map's mass; this map has negative values (down to "
-                         f"{values.min():.3g}): score its to_common_form (absolute values summed over channels, "
-                         f"negative values clipped)")
+    _check_non_negative(values)
     if not truth.any():
         return math.nan
     total = values.sum()
@@ -311,9 +316,7 @@ def score_map(m: Tensor, mask: Tensor, tolerance: float | None = None) -> dict[s
     :func:`pointing_tolerance_px`).  Every metric is NaN for an empty mask (no score is
     defined); a map holding NaN or Inf or negative values (:func:`to_common_form` gives a map
     its non-negative form), and a tolerance that is not a distance, are refused (ValueError)."""
-    values, _ = _check(m, mask)  # refused before any metric, whatever the mask
-    if values.size and values.min() < 0:
-        mass(m, mask)  # its refusal, before any metric
+    _check_non_negative(_check(m, mask)[0])  # refused before any metric, whatever the mask
     _check_tolerance(tolerance)
     out = {"ap": average_precision(m, mask)}
     for q in QUANTILES:
