@@ -66,7 +66,15 @@ from .hessian import (
     implicit_vjp,
     solve_psd,
 )
-from .validation import SCORE_DTYPES, check_flag, dtype_name, per_sample, score_limit, score_peaks, temperature_range
+from .validation import (
+    check_dense_floating,
+    check_flag,
+    dtype_name,
+    per_sample,
+    score_limit,
+    score_peaks,
+    temperature_range,
+)
 
 __all__ = ["reparameterized_logits", "reparameterized_probs", "dual_function",
            "consistency_loss_unchecked", "solve_dual", "DualSolveFunction", "ConvergenceError",
@@ -748,10 +756,7 @@ def _check_init(init, h: Graph, batch: int | None, device, values: bool = True) 
     for k, start in enumerate(init):
         if not isinstance(start, Tensor):
             raise TypeError(f"dual option init[{k}] must be a torch.Tensor, got {type(start).__name__}")
-        if start.dtype not in SCORE_DTYPES or start.layout != torch.strided:  # float8 too: no kernel takes it
-            raise TypeError(f"dual option init[{k}] must be a dense floating tensor of dtype "
-                            f"{', '.join(map(dtype_name, SCORE_DTYPES))}, got dtype "
-                            f"{start.dtype} ({start.layout})")
+        check_dense_floating(start, f"dual option init[{k}]")
         start = per_sample(start, h.shapes[h.edges[k][1]], batch, f"dual option init[{k}]", f"constraint {k}")
         if device is not None and start.device != torch.device(device):
             raise ValueError(f"dual option init[{k}] is on {start.device}, the scores on {device}")

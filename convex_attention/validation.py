@@ -221,6 +221,14 @@ def temperature_range(dtype: torch.dtype | None = None) -> tuple[float, float]:
     return float(info.tiny), math.sqrt(float(info.max))
 
 
+def check_dense_floating(t: Tensor, name: str) -> None:
+    """TypeError naming ``name`` unless ``t`` is a dense tensor of one of :data:`SCORE_DTYPES`
+    (float8 is floating too, and no kernel here takes it; a sparse one fails deep in torch)."""
+    if t.dtype not in SCORE_DTYPES or t.layout != torch.strided:
+        raise TypeError(f"{name} must be a dense floating tensor of dtype {', '.join(map(dtype_name, SCORE_DTYPES))}, "
+                        f"got dtype {t.dtype} ({t.layout})")
+
+
 def check_flag(value, name: str, hint: str = "") -> bool:
     """``value``, a bool; TypeError naming ``name`` for anything else (read as a truth value, the
     string "False" is True and None is False: a flag asked for by one value and taken as another)."""
@@ -427,9 +435,7 @@ def check_duals(duals, h: Graph, batch: int, dtype, device, check_finite: bool =
     for k, lam in enumerate(duals):
         if not isinstance(lam, Tensor):
             raise TypeError(f"duals[{k}] must be a torch.Tensor, got {type(lam).__name__}")
-        if lam.dtype not in SCORE_DTYPES or lam.layout != torch.strided:  # float8 is floating too: no kernel
-            raise TypeError(f"duals[{k}] must be a dense floating tensor of dtype "
-                            f"{', '.join(map(dtype_name, SCORE_DTYPES))}, got dtype {lam.dtype} ({lam.layout})")
+        check_dense_floating(lam, f"duals[{k}]")
         lam = per_sample(lam, coarse_shapes[k], batch, f"duals[{k}]", f"constraint {k}")
         if lam.device != device:
             raise ValueError(f"duals[{k}] is on {lam.device}, scores on {device}")
