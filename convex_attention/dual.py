@@ -49,6 +49,7 @@ from ._ops import (
     centre,
     compute_dtype,
     divide_by_temperature,
+    gradient_rtol,
     less_max,
     level_softmax,
     named,
@@ -1582,6 +1583,54 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
             + "; ".join(reasons))
 
 
+def _logit_rounding(h: Graph, lam: Sequence[Tensor], temps: Sequence[float], eps: float) -> list[Tensor]:
+    """Per map, how far the rounding of the duals to the working dtype (``eps`` of each) can move
+    each cell's log-probability: ``eps · (|A_k| |λ|) / τ_k``, shaped like the map (``(B, *shape)``;
+    the scores are the problem's data, exact)."""
+    out = []
+    for k in range(h.num_maps):
+        size = None
+        for e in h.in_edges[k]:
+            size = lam[e].abs() if size is None else size + lam[e].abs()
+        for e in h.out_edges[k]:
+            down = h.broadcast(lam[e].abs(), e)
+            size = down if size is None else size + down
+        if size is None:  # a map without edges: its log-probabilities are its scores'
+            size = torch.zeros((lam[0].shape[0] if lam else 1,) + h.shapes[k], dtype=torch.float64)
+        out.append(size * (eps / temps[k]))
+    return out
+
+
+def _check_temperature_gradient(gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
+                                work: torch.dtype) -> None:
+    """ImplicitSolveError where the duals' rounding to the working dtype (:func:`_logit_rounding`)
+    can move a map's ``∂L/∂τ_k = −Σ θ̄_k log p_k`` by more than :data:`GRADIENT_RTOL` of itself
+    (of the largest, for one below its square root, as the score gradients are held): the
+    returned solution does not determine it.  A float32 solve at τ = (1e6, 1, 1) on an axial
+    2×3 map returned the gradient of a two-cell map at p = (0.49999997, 0.5), whose
+    log-probabilities differ by one float32 unit, 11 % off the float64 optimum's (ca_rev37's
+    test), silently."""
+    tol = gradient_rtol(work)
+    bound = torch.stack([(g.abs().to(torch.float64) * r).sum() for g, r in zip(gscores, rounding)])
+    size = gtau.abs()
+    held = torch.maximum(size, size.max() * tol ** 0.5)
+    unresolved = torch.nonzero(bound > tol * held).flatten().tolist()
+    if unresolved:
+        raise hessian.ImplicitSolveError(
+            f"the temperature gradient of method 'dual' for map(s) {unresolved} cannot be resolved to {tol:.0e} of "
+            f"itself in {work}: the duals, rounded to it, move the maps' log-probabilities by up to "
+            f"{max(float(r.max()) for r in rounding):.1e}, which moves it by up to "
+            f"{max(float(bound[k] / held[k]) for k in unresolved):.1e} of itself (maps whose cells are nearly "
+            f"equal, or hot maps, against the duals' size); solve in float64 (dtype=torch.float64), or keep the "
+            f"temperatures fixed (floats)")
+
+
+def _shifted_logits(eta: Tensor, tau: float) -> Tensor:
+    """``(η − max η) / τ`` per sample in float64: ``log p`` up to a constant per sample."""
+    eta = eta.detach().to(torch.float64)
+    return (eta - eta.amax(sample_dims(eta), keepdim=True)) / tau
+
+
 class DualSolveFunction(torch.autograd.Function):
     """``autograd.Function``: forward = per-sample dual solve, backward = implicit gradient.
 
@@ -1620,11 +1669,24 @@ class DualSolveFunction(torch.autograd.Function):
             centred, _ = _centred_scores(with_given_scores(scores, given))
             probs, cond = dual_probs(centred, result["duals"], h, floats, given)
         probs = [p.clone() if given is not None and given[k] is not None else p for k, p in enumerate(probs)]
+        log_probs = []
+        if ctx.needs_input_grad[1]:
+            # for the temperature gradient, log p_k up to a constant per sample: the logits
+            # η_k = θ_k + A_k λ* formed in float64 from the scores and duals (exact there, for a
+            # float32 solve too), over τ_k.  The log of the probabilities loses a hot map's
+            # differences, and float32 logits a map's whose cells are nearly equal (11 % off, a
+            # two-cell map at p = (0.49999997, 0.5): temperature_gradient)
+            wide = [s.detach().to(torch.float64) for s in with_given_scores(scores, given)]
+            lam = [d.detach().to(torch.float64) for d in result["duals"]]
+            etas = reparameterized_logits(wide, lam, h)
+            log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
+            log_probs += _logit_rounding(h, lam, floats, torch.finfo(probs[0].dtype).eps)
         duals = result.pop("duals")
         info.update(result)
         ctx.h, ctx.temps, ctx.M, ctx.mask = h, floats, len(probs), mask
+        ctx.conditionals = len(cond)
         ctx.sample_names = options.get("sample_names")
-        ctx.save_for_backward(*probs, *cond)
+        ctx.save_for_backward(*probs, *cond, *log_probs)
         ctx.set_materialize_grads(False)  # None for an output no loss used: the fast paths stay
         return (*probs, *duals)
 
@@ -1650,7 +1712,7 @@ class DualSolveFunction(torch.autograd.Function):
         if gdual is not None and all(g is None for g in gdual):
             gdual = None
         if ctx.mask is None and ctx.h.is_forest and gdual is None:
-            gscores = tree_backward(ctx.h, probs, saved[ctx.M:], ctx.temps, grads)
+            gscores = tree_backward(ctx.h, probs, saved[ctx.M:ctx.M + ctx.conditionals], ctx.temps, grads)
         else:
             gscores = implicit_vjp(ctx.h, probs, hessian_temperatures(ctx.temps, ctx.mask), grads, given=ctx.mask,
                                    dual_grads=gdual, sample_names=ctx.sample_names)
@@ -1660,5 +1722,8 @@ class DualSolveFunction(torch.autograd.Function):
             # a given map has no temperature in the problem: its share is zero
             scored = [torch.zeros_like(gs) if ctx.mask is not None and ctx.mask[k] else gs
                       for k, gs in enumerate(gscores)]
-            gtau = temperature_gradient(probs, scored).to(device=device, dtype=dtype)
+            log_probs, rounding = saved[ctx.M + ctx.conditionals:][:ctx.M], saved[ctx.M + ctx.conditionals:][ctx.M:]
+            gtau = temperature_gradient(probs, scored, log_probs)
+            _check_temperature_gradient(gtau, scored, rounding, probs[0].dtype)
+            gtau = gtau.to(device=device, dtype=dtype)
         return (None, gtau, None, None, *gscores)

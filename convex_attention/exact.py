@@ -261,23 +261,32 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
     return out
 
 
-def temperature_gradient(probs: Sequence[Tensor], gscores: Sequence[Tensor]) -> Tensor:
+def temperature_gradient(probs: Sequence[Tensor], gscores: Sequence[Tensor],
+                         log_probs: Sequence[Tensor] | None = None) -> Tensor:
     """``∂L/∂τ_k = −Σ_{b,i} θ̄_k(b, i) · log p_k(b, i)``: ``(M,)`` (see the module docstring).
 
     Holds at the optimum of any graph (the implicit function theorem needs only the
-    optimality condition).  ``θ̄_k`` vanishes wherever ``p_k`` underflows to zero, so
-    ``log p_k`` is floored at the dtype's smallest normal number: the omitted terms are
-    below ``p · |log p|``.  ``θ̄_k`` sums to zero per sample, so one constant per sample moves
-    nothing: each sample's largest ``log p_k`` comes off first, so that the rounding of that sum
-    (about 1000 eps of the terms in float32) is not multiplied by the log of the dominant cells
-    into a result that is itself a small difference (3.5 % off at τ = (2.5e-3, 500) in float32:
-    ca_rev87).
+    optimality condition).  ``log_probs``: each map's ``log p_k`` up to one constant per
+    sample, formed from the logits (:func:`exact_log_probs`, or the dual's ``η_k / τ_k``);
+    None: the log of ``probs``.  The log of rounded probabilities is not enough where a map is
+    hot: its cells' log-probabilities differ by ``Δθ / τ``, which the rounding of ``p`` (``eps``
+    relative) swamps (float32, a chain with τ = (1e4, 1): 4.5 % off; (1e6, 1): 560 %).
+    ``θ̄_k`` vanishes wherever ``p_k`` underflows to zero, so ``log p_k`` is floored at the
+    dtype's smallest normal number: the omitted terms are below ``p · |log p|``.  ``θ̄_k`` sums
+    to zero per sample, so one constant per sample moves nothing: each sample's largest
+    ``log p_k`` comes off first, so that the rounding of that sum (about 1000 eps of the terms in
+    float32) is not multiplied by the log of the dominant cells into a result that is itself a
+    small difference (3.5 % off at τ = (2.5e-3, 500) in float32: ca_rev87).
     """
     out = []
-    for p, g in zip(probs, gscores):
-        floor = torch.finfo(p.dtype).tiny
-        log_p = p.clamp_min(floor).log()
-        out.append(-(g * (log_p - log_p.amax(sample_dims(log_p), keepdim=True))).sum())
+    for k, (p, g) in enumerate(zip(probs, gscores)):
+        if log_probs is None:
+            log_p = p.clamp_min(torch.finfo(p.dtype).tiny).log()
+        else:
+            log_p = log_probs[k]
+        log_p = (log_p - log_p.amax(sample_dims(log_p), keepdim=True))
+        log_p = log_p.clamp_min(math.log(torch.finfo(log_p.dtype).tiny))
+        out.append(-(g.to(log_p.dtype) * log_p).sum())
     return torch.stack(out)
 
 
@@ -319,7 +328,11 @@ class ExactAttentionFunction(torch.autograd.Function):
         gtau = None
         if ctx.needs_input_grad[1]:
             dtype, device = ctx.tau_like
-            gtau = temperature_gradient(saved[:M], gscores).to(device=device, dtype=dtype)
+            # log p from the closed form of the scores, in float64 (the log of the returned
+            # probabilities loses a hot map's differences: temperature_gradient)
+            scores = [s.to(torch.float64) for s in saved[M + 2 * E:2 * M + 2 * E]]
+            gtau = temperature_gradient(saved[:M], gscores, exact_log_probs(scores, ctx.g, ctx.temps))
+            gtau = gtau.to(device=device, dtype=dtype)
         return (None, gtau, *gscores)
 
 

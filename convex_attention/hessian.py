@@ -163,45 +163,68 @@ class DualHessian:
         return self.flatten(parts)
 
     @staticmethod
-    def apply_J(p: Tensor, y: Tensor, tau: float) -> Tensor:
-        """``(diag p − p pᵀ) y / τ`` per sample (``p``, ``y``: ``(B, *shape)``)."""
+    def apply_J(p: Tensor, y: Tensor, tau: float, peak: Tensor | None = None) -> Tensor:
+        """``(diag p − p pᵀ) y / τ`` per sample (``p``, ``y``: ``(B, *shape)``), at ``p`` normalised.
+
+        Formed as ``p ∘ (y' − <p, y'>) / τ`` with ``y' = y − y_m``, ``m`` each sample's most
+        probable cell (``J 1 = 0``): at a cell of probability near one, ``y_m − <p, y>`` otherwise
+        cancels to ``(1 − p_m)``'s share of ``y_m`` and keeps ``eps·|y_m|`` of rounding, which is
+        relatively ``eps / (1 − p_m)`` of it (one-hot maps: 1e4 in float64, a float32 gradient
+        2.2x its tolerance off a 60-digit solve: ca_rev89).  The form is also the one of ``p``
+        normalised, to a relative ``|1 − Σp|``: ``diag p − p pᵀ`` at ``p`` as given is
+        ill-conditioned in ``p`` there (its ``p_m − p_m²`` moves by ``eps`` as ``p_m`` does).
+        ``peak``: ``m`` per sample, ``(B, 1)`` (:meth:`peaks`; None: found here)."""
+        flat = y.flatten(1)
+        y = (flat - flat.gather(1, _peak(p) if peak is None else peak)).view_as(y)
         inner = (p * y).flatten(1).sum(1).view((-1,) + (1,) * (p.dim() - 1))
         return p * (y - inner) / tau
 
-    def matvec(self, probs: Sequence[Tensor], temps: Sequence[float], x: Tensor) -> Tensor:
-        """``∇²g x`` at the probabilities ``probs``, matrix-free: ``(B, D) -> (B, D)``."""
-        return self._matvec_of(probs, temps, self.apply_A(x))
+    @staticmethod
+    def peaks(probs: Sequence[Tensor]) -> list[Tensor]:
+        """Each map's most probable cell per sample, ``(B, 1)`` (:meth:`apply_J`'s ``m``): found
+        once per solve (finding it in every product doubled the product's cost)."""
+        return [_peak(p) for p in probs]
 
-    def _matvec_of(self, probs: Sequence[Tensor], temps: Sequence[float], y: Sequence[Tensor | None]) -> Tensor:
+    def matvec(self, probs: Sequence[Tensor], temps: Sequence[float], x: Tensor,
+               peaks: Sequence[Tensor] | None = None) -> Tensor:
+        """``∇²g x`` at the probabilities ``probs``, matrix-free: ``(B, D) -> (B, D)``
+        (``peaks``: :meth:`peaks` of ``probs``, or None)."""
+        return self._matvec_of(probs, temps, self.apply_A(x), peaks)
+
+    def _matvec_of(self, probs: Sequence[Tensor], temps: Sequence[float], y: Sequence[Tensor | None],
+                   peaks: Sequence[Tensor] | None = None) -> Tensor:
         """:meth:`matvec` from ``y = A x`` (:meth:`apply_A`)."""
-        z = [None if yk is None else self.apply_J(p, yk, t) for p, yk, t in zip(probs, y, temps)]
+        peaks = self.peaks(probs) if peaks is None else peaks
+        z = [None if yk is None else self.apply_J(p, yk, t, m) for p, yk, t, m in zip(probs, y, temps, peaks)]
         return self.apply_At(z)
 
     def rounding_floor(self, probs: Sequence[Tensor], temps: Sequence[float], x: Tensor, rhs: Tensor) -> Tensor:
         """The rounding error to expect in ``‖∇²g x − rhs‖``: ``ROUNDING_UNITS · eps ·
-        (‖ |A|ᵀ (p ∘ (|A x| + |<p, A x>|) / τ) ‖ + ‖rhs‖)`` per sample, the size of the terms
-        that cancel in :meth:`matvec` (``(B,)``).  A residual below it cannot be told from zero."""
+        (‖ |A|ᵀ z ‖ + ‖rhs‖)`` per sample, ``z_k`` the size of the terms that cancel in
+        :meth:`apply_J` on ``A_k x`` (:func:`_product_rounding`); ``(B,)``.  A residual below it
+        cannot be told from zero."""
         return self._floor_of(probs, temps, self.apply_A(x), rhs)
 
     def residual_and_floor(self, probs: Sequence[Tensor], temps: Sequence[float], x: Tensor,
-                           rhs: Tensor) -> tuple[Tensor, Tensor]:
+                           rhs: Tensor, peaks: Sequence[Tensor] | None = None) -> tuple[Tensor, Tensor]:
         """``(‖∇²g x − rhs‖, rounding_floor(...))`` per sample, ``(B,)`` each, with ``A x``
         computed once for both."""
         y = self.apply_A(x)
-        residual = (self._matvec_of(probs, temps, y) - rhs).norm(dim=1)
-        return residual, self._floor_of(probs, temps, y, rhs)
+        peaks = self.peaks(probs) if peaks is None else peaks
+        residual = (self._matvec_of(probs, temps, y, peaks) - rhs).norm(dim=1)
+        return residual, self._floor_of(probs, temps, y, rhs, peaks)
 
     def _floor_of(self, probs: Sequence[Tensor], temps: Sequence[float], y: Sequence[Tensor | None],
-                  rhs: Tensor) -> Tensor:
+                  rhs: Tensor, peaks: Sequence[Tensor] | None = None) -> Tensor:
         """:meth:`rounding_floor` from ``y = A x``."""
         g = self.g
+        peaks = self.peaks(probs) if peaks is None else peaks
         z: list[Tensor | None] = []
-        for p, yk, t in zip(probs, y, temps):
+        for p, yk, t, m in zip(probs, y, temps, peaks):
             if yk is None:
                 z.append(None)
                 continue
-            inner = (p * yk).flatten(1).sum(1).abs().view((-1,) + (1,) * (p.dim() - 1))
-            z.append(p * (yk.abs() + inner) / t)
+            z.append(_product_rounding(p, yk, t, m))
         parts = []
         for e, (a, b) in enumerate(g.edges):
             za, zb = z[a], z[b]
@@ -316,6 +339,27 @@ class DualHessian:
         return scale
 
 
+def _peak(p: Tensor) -> Tensor:
+    """The most probable cell of each sample of one map, ``(B, 1)``, over its flattened cells."""
+    return p.flatten(1).argmax(1, keepdim=True)
+
+
+def _product_rounding(p: Tensor, y: Tensor, tau: float, peak: Tensor) -> Tensor:
+    """Per cell, the size of the terms whose rounding :meth:`DualHessian.apply_J` leaves in
+    ``J y``: those of ``y' = y − y_m`` as it forms them, ``p ∘ (|y'| + |<p, y'>|) / τ``, and
+    those of ``y``'s own rounding carried through ``J``, ``p ∘ ((1 − 2p) ∘ |y| + <p, |y|>) / τ``
+    (:func:`_cancelling`'s bound: a cell's own error cancels where its probability is near one).
+    Sized on ``|y|`` at every cell (``p ∘ (|y| + |<p, y>|)``, the form before the product was
+    cancellation-free) it was up to ``1 / (1 − p_m)`` times the product's rounding at a cell of
+    probability near one, and accepted as rounding residuals a solve could still lower."""
+    flat = y.flatten(1)
+    shifted = (flat - flat.gather(1, peak)).view_as(y)
+    shape = (-1,) + (1,) * (p.dim() - 1)
+    inner = (p * shifted).flatten(1).sum(1).abs().view(shape)
+    carried = ((1 - 2 * p) * y.abs() + (p * y.abs()).flatten(1).sum(1).view(shape)).clamp_min(0)
+    return p * (shifted.abs() + inner + carried) / tau
+
+
 def cholesky_apply(L: Tensor, rhs: Tensor) -> Tensor:
     """``(L Lᵀ)⁻¹ rhs`` per sample: ``L`` ``(B, D, D)`` lower triangular, ``rhs`` ``(B, D)``.
     Two triangular solves: on the CPU, 5-6x faster than ``torch.cholesky_solve`` at D = 256
@@ -419,6 +463,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     def precondition(r: Tensor) -> Tensor:
         return hess.centre(inverse_of(r))
 
+    peaks = hess.peaks(probs)
     w = torch.zeros_like(rhs)
     r = rhs.clone()
     z = precondition(r)
@@ -447,7 +492,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         candidates = candidates & stalled()
         if not bool(candidates.any()):
             return candidates
-        true_residual, floor = hess.residual_and_floor(probs, temps, w, rhs)
+        true_residual, floor = hess.residual_and_floor(probs, temps, w, rhs, peaks)
         return candidates & (true_residual <= floor)
 
     def stopped(relres: Tensor) -> Tensor:
@@ -476,7 +521,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
             active = active & ~stalled()
         if not bool(active.any()):
             break
-        Hd = hess.matvec(probs, temps, d)
+        Hd = hess.matvec(probs, temps, d, peaks)
         dHd = (d * Hd).sum(1)
         alpha = torch.where(active & (dHd > 0), rz / torch.where(dHd > 0, dHd, torch.ones_like(dHd)),
                             torch.zeros_like(dHd)).unsqueeze(1)
@@ -497,7 +542,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     # at "at most sqrt(eps)"; tracked below 1e-10 with a true 9e-10).  One product more.
     checked = (norm_b > 0) & torch.isfinite(norm_b)
     if bool(checked.any()):
-        true_residual, floor = hess.residual_and_floor(probs, temps, w, rhs)
+        true_residual, floor = hess.residual_and_floor(probs, temps, w, rhs, peaks)
         true_relres = true_residual / norm_b.clamp_min(tiny)
         # the tolerance on the true residual; the rounding floor only where the iteration had
         # accepted it there (a stalled solve: at_rounding; a review found solves stopped after
@@ -713,10 +758,22 @@ def _sizes(out: Sequence[Tensor]) -> Tensor:
     return torch.stack([o.flatten(1).abs().amax(1) for o in out], 1)
 
 
-def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list, allowed: Tensor,
+def _widened(probs: Sequence[Tensor]) -> list[Tensor]:
+    """``probs`` in float64, renormalised where they were narrower (float32's do not sum to one in
+    float64); float64 probabilities as they are."""
+    wide = [p.detach().to(torch.float64) for p in probs]
+    if probs[0].dtype == torch.float64:
+        return wide
+    return [p / p.flatten(1).sum(1).view((-1,) + (1,) * (p.dim() - 1)) for p in wide]
+
+
+def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list, tol: float,
                     max_iter: int, on_duals: Tensor | None = None) -> Tensor:
-    """Per sample, whether the gradients ``formed`` agree, within ``allowed`` (``(B, M)``), with
-    a second solve by the dense Hessian's pseudo-inverse, always in float64: in float32 a second
+    """Per sample, whether the gradients ``formed`` agree, to ``tol`` of what each map is held to
+    (:func:`_held_to`, on the smaller of the two answers' sizes: held to the size of a gradient
+    first formed in float32, whose rounding made it 1e5 times too large, a gradient 2.7x its
+    tolerance off agreed), with a second solve by the dense Hessian's pseudo-inverse, always in
+    float64: in float32 a second
     solve shares the first one's rounded system and agreed on a gradient 1.75x its tolerance off
     (ca_rev89).  The probabilities are taken in float64 and renormalised (float32's do not sum
     to one in float64, and the Hessian's gauge would not close).  The second solve is held to
@@ -724,8 +781,7 @@ def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list,
     one 58x better than the first was refused, ca_rev89).  ``on_duals``: the loss's centred
     gradient on the duals, in float64, part of the system (left out, a right gradient was
     refused: ca_rev90)."""
-    wide = [p.detach().to(torch.float64) for p in probs]
-    wide = [p / p.flatten(1).sum(1).view((-1,) + (1,) * (p.dim() - 1)) for p in wide]
+    wide = _widened(probs)
     grads64 = [v.detach().to(torch.float64) for v in grads]
     centred, rhs = _right_hand_side(hess, wide, temps, grads64)
     if on_duals is not None:
@@ -733,9 +789,11 @@ def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list,
     second, relres, _, ok = solve_psd(hess, wide, temps, rhs, 1e-10, max_iter, DENSE_FALLBACK_LIMIT, spectral=True,
                                       stop_stalled=True)
     other, _ = _formed(hess, wide, temps, grads64, centred, second, given)
-    apart = _sizes([a - b.to(torch.float64) for a, b in zip(other, formed)])
+    formed = [b.to(torch.float64) for b in formed]
+    apart = _sizes([a - b for a, b in zip(other, formed)])
+    held = torch.minimum(_held_to(_sizes(other), tol), _held_to(_sizes(formed), tol))
     usable = (ok | (relres <= floor_acceptance_cap(torch.float64))) & torch.isfinite(second).all(1)
-    return usable & (apart <= allowed.to(torch.float64)).all(1)
+    return usable & (apart <= tol * held).all(1)
 
 
 def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Tensor, out: list, Aw: list,
@@ -783,34 +841,55 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     # gradient is formed: a sample where that rounding alone can exceed the tolerance
     # (_beyond_rounding, a worst-case bound) is refused before any correction (measured without
     # it, float32 gradients 3-330x their tolerance off a 50-digit solve came back settled)
-    unresolved = _beyond_rounding(out, cancelling, tol, dtype, rows)
+    # The refinement is mixed-precision: the residual, w and the gradient are carried in float64,
+    # and only the corrections are solved in the working dtype.  In float32, a correction solved
+    # against the float32 product cannot see the error that product's rounding leaves in w (it
+    # settled a gradient 2.2x its tolerance off: ca_rev89), and a gradient formed in float32 from
+    # a float32 w keeps eps32 of the terms that cancel, which the worst-case refusal below then
+    # had to refuse, right gradients with the wrong ones (ca_rev86).  In float64 nothing changes.
+    wide = torch.float64
+    unresolved = _beyond_rounding(out, cancelling, tol, wide, rows)
     rows = rows[~torch.isin(rows, unresolved)]
-    rhs_norms = rhs.norm(dim=1)
-    tiny = torch.finfo(dtype).tiny
+    if rows.numel() and dtype != wide:
+        probs_w = _widened(probs)
+        grads_w = [v.detach().to(wide) for v in grads]
+        centred_w, rhs_w = _right_hand_side(hess, probs_w, temps, grads_w)
+        if on_duals is not None:
+            rhs_w = rhs_w + on_duals
+        w_w = w.to(wide)
+    else:
+        probs_w, grads_w, centred_w, rhs_w, w_w = probs, grads, centred, rhs, w
+    rhs_norms = rhs_w.norm(dim=1)
+    tiny = torch.finfo(wide).tiny
     loosest = CORRECTION_RTOL.get(dtype, 1e-2)
     for _ in range(REFINEMENTS):
         if rows.numel() == 0:
             break
         sub = [p[rows] for p in probs]
-        residual = hess.centre(rhs[rows] - hess.matvec(sub, temps, w[rows]))
-        wanted = (rtol * rhs_norms[rows] / residual.norm(dim=1).clamp_min(tiny)).clamp(max=loosest)
-        delta, _, _, ok = solve_psd(hess, sub, temps, residual, wanted, max_iter, dense_limit, stop_stalled=True)
+        sub_w = [p[rows] for p in probs_w]
+        residual = hess.centre(rhs_w[rows] - hess.matvec(sub_w, temps, w_w[rows]))
+        size = residual.norm(dim=1).clamp_min(tiny)
+        wanted = (rtol * rhs_norms[rows] / size).clamp(max=loosest)
+        # solved at unit size in the working dtype (a float64 residual can be below float32's range)
+        unit = (residual / size.unsqueeze(1)).to(dtype)
+        delta, _, _, ok = solve_psd(hess, sub, temps, unit, wanted, max_iter, dense_limit, stop_stalled=True)
         ok = ok & torch.isfinite(delta).all(1)
         if hess.dim > dense_limit and hess.dim <= DENSE_FALLBACK_LIMIT and not bool(ok.all()):
             # as the first solve: a correction block-Jacobi left unsolved, with the dense Hessian
             redo = torch.nonzero(~ok).flatten()
-            again, _, _, again_ok = solve_psd(hess, [p[redo] for p in sub], temps, residual[redo], wanted[redo],
+            again, _, _, again_ok = solve_psd(hess, [p[redo] for p in sub], temps, unit[redo], wanted[redo],
                                               max_iter, DENSE_FALLBACK_LIMIT, stop_stalled=True)
             delta[redo], ok[redo] = again, again_ok & torch.isfinite(again).all(1)
         # a correction that was not solved is not applied (one that ran to max_iter at a relative
         # residual of 3e3 made w worse: a review), nor is its sample settled by it
-        delta = torch.where(ok.unsqueeze(1), delta, torch.zeros_like(delta))
-        w[rows] = w[rows] + delta
-        moved = _sizes(_formed(hess, sub, temps, [torch.zeros_like(v[rows]) for v in grads],
-                               [torch.zeros_like(c[rows]) for c in centred], -delta, given)[0])
-        formed, _ = _formed(hess, sub, temps, [v[rows] for v in grads], [c[rows] for c in centred], w[rows], given)
+        delta = torch.where(ok.unsqueeze(1), delta, torch.zeros_like(delta)).to(wide) * size.unsqueeze(1)
+        w_w[rows] = w_w[rows] + delta
+        moved = _sizes(_formed(hess, sub_w, temps, [torch.zeros_like(v[rows]) for v in grads_w],
+                               [torch.zeros_like(c[rows]) for c in centred_w], -delta, given)[0])
+        formed, _ = _formed(hess, sub_w, temps, [v[rows] for v in grads_w], [c[rows] for c in centred_w],
+                            w_w[rows], given)
         for k in range(len(out)):
-            out[k] = out[k].index_copy(0, rows, formed[k])
+            out[k] = out[k].index_copy(0, rows, formed[k].to(out[k].dtype))
         settled = (moved <= tol * _held_to(_sizes(formed), tol)).all(1) & ok
         if not bool(ok.all()) and hess.dim <= DENSE_FALLBACK_LIMIT:
             # a residual at its rounding (its part outside the Hessian's range, where two paths pool
@@ -820,7 +899,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
             redo = torch.nonzero(~ok).flatten()
             settled[redo] = _second_opinion(hess, [p[rows[redo]] for p in probs], temps,
                                             [v[rows[redo]] for v in grads], given, [o[redo] for o in formed],
-                                            tol * held[rows[redo]], max_iter,
+                                            tol, max_iter,
                                             None if on_duals is None else on_duals[rows[redo]])
         rows = rows[~settled]
     bad = sorted(set(rows.tolist()) | set(unresolved.tolist()))

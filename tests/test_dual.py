@@ -2286,3 +2286,31 @@ def test_rev61_a_whole_gap_retry_gives_each_sample_what_it_gets_alone():
         assert int(batch.info["iterations"][i]) == int(sol.info["iterations"][0]), (i, batch.info["iterations"])
         err = max(float((p[i] - q[0]).abs().max()) for p, q in zip(batch.probs, sol.probs))
         assert err <= 1e-12, (i, err)
+
+
+def test_the_temperature_gradient_is_refused_where_float32_duals_do_not_determine_it():
+    """Axial 2×3, τ = (1e6, 1, 1), a float32 solve: the two-cell map's probabilities are
+    (0.49999997, 0.5), their log-probabilities one float32 unit apart, so the rounding of the
+    duals to float32 moves that map's ∂L/∂τ by 42 % of itself (it came back 11 % off the
+    float64 optimum's, silently, once the score gradients were resolved in float64).  Refused,
+    naming the maps and the way out; the score gradients alone are returned, and float64 work
+    gives the temperature gradient."""
+    h = ca.Graph.axial((2, 3))
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    weights = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+
+    def gradients(dtype, with_tau=True):
+        leaves = [s.clone().requires_grad_(True) for s in scores]
+        tau = torch.tensor([1e6, 1.0, 1.0], dtype=torch.float64, requires_grad=with_tau)
+        sol = ca.solve(leaves, h, "dual", temperature=tau, tol=1e-6 if dtype == torch.float32 else 1e-12,
+                       dtype=dtype)
+        loss = sum((p * w).sum() for p, w in zip(sol.probs, weights))
+        return torch.autograd.grad(loss, leaves + ([tau] if with_tau else []))
+
+    with pytest.raises(ImplicitSolveError, match=r"temperature gradient of method 'dual' for map\(s\) \[1, 2\] "
+                                                 r"cannot be resolved to 1e-03 of itself in torch\.float32.*"
+                                                 r"solve in float64"):
+        gradients(torch.float32)
+    assert all(torch.isfinite(g).all() for g in gradients(torch.float32, with_tau=False))
+    assert torch.isfinite(gradients(torch.float64)[-1]).all()
