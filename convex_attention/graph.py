@@ -220,6 +220,13 @@ def _map_index(value, num_maps: int, e: int, end: str) -> int:
     return int(value)
 
 
+
+def _integer_dtype(array) -> bool:
+    """Whether a tensor or numpy array holds integers (bool is not one)."""
+    if isinstance(array, Tensor):
+        return not array.dtype.is_floating_point and not array.dtype.is_complex and array.dtype != torch.bool
+    return getattr(array.dtype, "kind", "") in "iu" and getattr(array.dtype, "kind", "") != ""
+
 class Graph:
     r"""A graph of attention maps: maps with their own grids, edges "map b is a coarsening of map a".
 
@@ -506,8 +513,15 @@ class Graph:
                 ``[0, sizes[coarse])``, every coarse cell receiving at least one fine cell.
 
         ``scores[k]`` for :func:`convex_attention.solve` then has shape ``(B, sizes[k])``.
+        ``sizes`` may also be a one-dimensional integer tensor or numpy array.
         """
-        if isinstance(sizes, (str, bytes, Tensor)) or not isinstance(sizes, Sequence):
+        if isinstance(sizes, Tensor) or (hasattr(sizes, "tolist") and hasattr(sizes, "dtype")):
+            if getattr(sizes, "ndim", None) != 1 or not _integer_dtype(sizes):
+                raise TypeError(f"sizes must be a list of map sizes (cells per map), or a one-dimensional "
+                                f"integer array of them, got {type(sizes).__name__} of shape "
+                                f"{tuple(sizes.shape)} and dtype {sizes.dtype}")
+            sizes = sizes.tolist()
+        if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence):
             raise TypeError(f"sizes must be a list of map sizes (cells per map), got {type(sizes).__name__}")
         if len(sizes) < 2:
             raise ValueError(f"a graph needs at least 2 maps, got {len(sizes)}")

@@ -150,6 +150,7 @@ def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_f
     zero, which the entropy only reaches with infinite duals (mix in a little of the uniform
     map instead).  ``positive`` False: zeros are accepted, negative values refused (a solver
     without duals, such as LinSATNet's projection, fixes those cells to zero)."""
+    check_flag(check_finite, "check_finite")  # (solve checks it once; a direct call too)
     unit = _unit(h)
     given_indices(given, h)
     out: list = [None] * h.num_maps
@@ -422,6 +423,7 @@ def check_duals(duals, h: Graph, batch: int, dtype, device, check_finite: bool =
     must stay within :func:`score_limit`: ``score_peak_sum + 2 Σ_e max |λ_e|`` (each dual
     enters two maps) at most the limit.
     """
+    check_flag(check_finite, "check_finite")  # (solve checks it once; a direct call too)
     E = h.num_edges
     coarse_shapes = [h.shapes[b] for _, b in h.edges]
     if duals is None:

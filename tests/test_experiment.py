@@ -1298,3 +1298,13 @@ def test_a_candidates_attention_ap_interval_is_over_the_dev_seeds():
     sd = math.sqrt(sum((x - m) ** 2 for x in means) / 4)
     assert entry["attention_ap_mean"] == pytest.approx(m)
     assert entry["attention_ap_ci95"] == pytest.approx(t.ppf(0.975, 4) * sd / math.sqrt(5), rel=1e-6)
+
+
+def test_the_dev_runs_keep_every_level_s_map_statistics():
+    """A near-miss of the last reviews: the dev rows copied n_max_p of levels 0 and 1 and the entropy and score
+    range of level 0 only, so a 3-level model's dev_runs.csv had no level-2 statistics (runs.csv has them).  The
+    dev columns now hold every map statistic that runs.csv records, at every level."""
+    from convex_attention.paper.experiment import _DEV_COLUMNS, RUN_COLUMNS
+
+    per_level = [c for c in RUN_COLUMNS if c.startswith(("n_max_p_L", "entropy_ratio_L", "score_range_L"))]
+    assert "score_range_L2" in per_level and set(per_level) <= set(_DEV_COLUMNS)

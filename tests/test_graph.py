@@ -250,10 +250,21 @@ IDENTITY = torch.arange(4)
     ([4, 2], [(0, 1, 3)], TypeError, r"edge 0 \(map 0 → map 1\): parents must be a 1-D integer tensor .*got int"),
     ([4, 2], [(0, 1, "0110")], TypeError, r"edge 0 \(map 0 → map 1\): parents must be a 1-D integer tensor"),
     ("42", [(0, 1, P4)], TypeError, r"sizes must be a list of map sizes"),
+    (np.array([4.0, 2.0]), [(0, 1, P4)], TypeError, r"one-dimensional integer array .* dtype float64"),
+    (torch.tensor([[4, 2]]), [(0, 1, P4)], TypeError, r"one-dimensional integer array .* shape \(1, 2\)"),
+    (torch.tensor([True, True]), [(0, 1, P4)], TypeError, r"one-dimensional integer array .* torch\.bool"),
+    (np.array([4, 0]), [(0, 1, P4)], ValueError, r"size of map 1 must be positive"),
 ])
 def test_from_edges_refusals_name_the_map_or_edge(sizes, edges, exc, message):
     with pytest.raises(exc, match=message):
         ca.Graph.from_edges(sizes, edges)
+
+
+@pytest.mark.parametrize("sizes", [np.array([4, 2]), torch.tensor([4, 2]), np.array([4, 2], dtype=np.uint8)])
+def test_from_edges_takes_sizes_as_an_integer_array(sizes):
+    """A near-miss of the last reviews: ``sizes`` from numpy or torch (a one-dimensional integer
+    array) was refused as 'not a list'; it builds the graph the list does."""
+    assert ca.Graph.from_edges(sizes, [(0, 1, P4)]) == ca.Graph.from_edges([4, 2], [(0, 1, P4)])
 
 
 @pytest.mark.parametrize("shapes, edges, exc, message", [

@@ -487,3 +487,14 @@ def test_check_finite_must_be_a_bool_where_it_could_silently_skip_the_checks(fla
         ca.solve(scores, h, "exact", check_finite=flag)
     with pytest.raises(TypeError, match="check_finite must be True or False"):
         ca.consistency_loss(scores, [torch.zeros(1, 2)], h, check_finite=flag)
+
+
+@pytest.mark.parametrize("flag", [None, 0, "no"])
+def test_check_given_and_check_duals_take_check_finite_as_a_bool_only(flag):
+    """A near-miss of the last reviews: called directly (solve checks the flag once before them),
+    they read None or 0 as 'skip the NaN checks' and "no" as 'run them'."""
+    h = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        V.check_given({1: torch.tensor([0.5, 0.5])}, h, 1, torch.float64, "cpu", check_finite=flag)
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        V.check_duals([torch.zeros(2)], h, 1, torch.float64, "cpu", check_finite=flag)

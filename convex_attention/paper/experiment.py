@@ -342,9 +342,10 @@ def _finite(x) -> float:
 
 # ----------------------------------------------------------------------------- the dev stage
 
-# the dev runs' columns copied from an evaluation (beside the variant, the method, the seed and the AP)
-_DEV_COLUMNS = ("auc", "bacc", "bacc_argmax", "violation", "best_epoch", "threshold", "val_auc", "n_max_p_L0",
-                "n_max_p_L1", "entropy_ratio_L0", "score_range_L0")
+# the dev runs' columns copied from an evaluation (beside the variant, the method, the seed and the AP): every
+# level's map statistics (a fixed few of levels 0 and 1 left a 3-level model's third out, as runs.csv once did)
+_DEV_COLUMNS = (("auc", "bacc", "bacc_argmax", "violation", "best_epoch", "threshold", "val_auc")
+                + tuple(f"{c}_L{k}" for c in MAP_STATISTICS for k in range(MAX_ATTENTION_LEVELS)))
 # checks that need the trained models: judged and logged after them
 _NEEDS_MODELS = ("maps_drive_ranking", "uniform_attention")
 
