@@ -221,11 +221,11 @@ def _map_index(value, num_maps: int, e: int, end: str) -> int:
 
 
 
-def _integer_dtype(array) -> bool:
+def _integer_dtype(array: Tensor | np.ndarray) -> bool:
     """Whether a tensor or numpy array holds integers (bool is not one)."""
     if isinstance(array, Tensor):
         return not array.dtype.is_floating_point and not array.dtype.is_complex and array.dtype != torch.bool
-    return getattr(array.dtype, "kind", "") in "iu" and getattr(array.dtype, "kind", "") != ""
+    return array.dtype.kind in ("i", "u")
 
 class Graph:
     r"""A graph of attention maps: maps with their own grids, edges "map b is a coarsening of map a".
@@ -503,7 +503,7 @@ class Graph:
 
     # ------------------------------------------------------------------ constructors
     @classmethod
-    def from_edges(cls, sizes: Sequence[int], edges: Sequence) -> Graph:
+    def from_edges(cls, sizes: Sequence[int] | Tensor | np.ndarray, edges: Sequence) -> Graph:
         """Flat maps and parent-map edges: the fixed entry point for outside scripts.
 
         Args:
@@ -515,8 +515,8 @@ class Graph:
         ``scores[k]`` for :func:`convex_attention.solve` then has shape ``(B, sizes[k])``.
         ``sizes`` may also be a one-dimensional integer tensor or numpy array.
         """
-        if isinstance(sizes, Tensor) or (hasattr(sizes, "tolist") and hasattr(sizes, "dtype")):
-            if getattr(sizes, "ndim", None) != 1 or not _integer_dtype(sizes):
+        if isinstance(sizes, (Tensor, np.ndarray)):
+            if sizes.ndim != 1 or not _integer_dtype(sizes):
                 raise TypeError(f"sizes must be a list of map sizes (cells per map), or a one-dimensional "
                                 f"integer array of them, got {type(sizes).__name__} of shape "
                                 f"{tuple(sizes.shape)} and dtype {sizes.dtype}")

@@ -189,7 +189,7 @@ class Hierarchy(Graph):
     # Graph's constructors of other structures: a Hierarchy is a chain (they built objects
     # without its set-up, or failed with "a partition given by parent maps has flat levels")
     @classmethod
-    def from_edges(cls, sizes: Sequence[int], edges: Sequence) -> Graph:
+    def from_edges(cls, sizes, edges: Sequence) -> Graph:
         raise TypeError("Hierarchy.from_edges: a Hierarchy is the chain of Hierarchy.grid or Hierarchy.from_parents; "
                         "use Graph.from_edges(sizes, edges) for a graph of maps (or Hierarchy.from_parents(sizes, "
                         "parents) for a chain)")
