@@ -1583,43 +1583,45 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
             + "; ".join(reasons))
 
 
-def _logit_rounding(h: Graph, lam: Sequence[Tensor], temps: Sequence[float], eps: float) -> list[Tensor]:
-    """Per map, how far the rounding of the duals to the working dtype (``eps`` of each) can move
-    each cell's log-probability: ``eps · (|A_k| |λ|) / τ_k``, shaped like the map (``(B, *shape)``;
-    the scores are the problem's data, exact)."""
-    out = []
-    for k in range(h.num_maps):
-        size = None
-        for e in h.in_edges[k]:
-            size = lam[e].abs() if size is None else size + lam[e].abs()
-        for e in h.out_edges[k]:
-            down = h.broadcast(lam[e].abs(), e)
-            size = down if size is None else size + down
-        if size is None:  # a map without edges: its log-probabilities are its scores'
-            size = torch.zeros((lam[0].shape[0] if lam else 1,) + h.shapes[k], dtype=torch.float64)
-        out.append(size * (eps / temps[k]))
-    return out
+def _dual_rounding(lam: Sequence[Tensor], eps: float) -> list[Tensor]:
+    """Per edge, how far the rounding of the duals to the working dtype can move them:
+    ``eps · |λ_e|`` (float64, shaped like the duals)."""
+    return [d.abs() * eps for d in lam]
 
 
-def _check_temperature_gradient(gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
-                                work: torch.dtype) -> None:
-    """ImplicitSolveError where the duals' rounding to the working dtype (:func:`_logit_rounding`)
-    can move a map's ``∂L/∂τ_k = −Σ θ̄_k log p_k`` by more than :data:`GRADIENT_RTOL` of itself
-    (of the largest, for one below its square root, as the score gradients are held): the
-    returned solution does not determine it.  A float32 solve at τ = (1e6, 1, 1) on an axial
-    2×3 map returned the gradient of a two-cell map at p = (0.49999997, 0.5), whose
+def _check_temperature_gradient(h: Graph, gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
+                                temps: Sequence[float], work: torch.dtype) -> None:
+    """ImplicitSolveError where the duals' rounding to the working dtype (``rounding``,
+    :func:`_dual_rounding`) moves a map's ``∂L/∂τ_k = −Σ θ̄_k log p_k`` by more than
+    :data:`GRADIENT_RTOL` of itself (of the largest, for one below its square root, as the
+    score gradients are held): the returned solution does not determine it.  A move ``δλ``
+    moves ``log p_k`` by ``A_k δλ / τ_k`` (and a constant), so ``τ̄_k`` by ``<A_kᵀ θ̄_k, δλ> / τ_k``:
+    per edge, ``θ̄_k`` (``k`` its coarse map) or ``P_e θ̄_k`` (``k`` its fine map) against ``δλ_e``.
+    Each dual is rounded to nearest, independently, within ``±eps |λ_e| / 2``: the move is taken
+    at three standard deviations of that sum, ``√3 / 2 · ‖(A_kᵀ θ̄_k) ∘ eps |λ|‖₂ / τ_k`` (the
+    worst case, every rounding aligned with ``A_kᵀ θ̄_k``, refused ordinary float32 trees whose
+    gradient was 2 % of its tolerance off, ca_rev92).  A float32 solve at τ = (1e6, 1, 1) on an
+    axial 2×3 map returned the gradient of a two-cell map at p = (0.49999997, 0.5), whose
     log-probabilities differ by one float32 unit, 11 % off the float64 optimum's (ca_rev37's
     test), silently."""
     tol = gradient_rtol(work)
-    bound = torch.stack([(g.abs().to(torch.float64) * r).sum() for g, r in zip(gscores, rounding)])
+    bounds = []
+    for k, g in enumerate(gscores):
+        g = g.detach().to(torch.float64)
+        squares = g.new_zeros(())
+        for e in h.in_edges[k]:
+            squares = squares + ((g * rounding[e]) ** 2).sum()
+        for e in h.out_edges[k]:
+            squares = squares + ((h.aggregate(g, e) * rounding[e]) ** 2).sum()
+        bounds.append(math.sqrt(3) / 2 * squares.sqrt() / temps[k])
+    bound = torch.stack(bounds)
     size = gtau.abs()
     held = torch.maximum(size, size.max() * tol ** 0.5)
     unresolved = torch.nonzero(bound > tol * held).flatten().tolist()
     if unresolved:
         raise hessian.ImplicitSolveError(
             f"the temperature gradient of method 'dual' for map(s) {unresolved} cannot be resolved to {tol:.0e} of "
-            f"itself in {work}: the duals, rounded to it, move the maps' log-probabilities by up to "
-            f"{max(float(r.max()) for r in rounding):.1e}, which moves it by up to "
+            f"itself in {work}: the duals' rounding to it moves it by about "
             f"{max(float(bound[k] / held[k]) for k in unresolved):.1e} of itself (maps whose cells are nearly "
             f"equal, or hot maps, against the duals' size); solve in float64 (dtype=torch.float64), or keep the "
             f"temperatures fixed (floats)")
@@ -1680,7 +1682,7 @@ class DualSolveFunction(torch.autograd.Function):
             lam = [d.detach().to(torch.float64) for d in result["duals"]]
             etas = reparameterized_logits(wide, lam, h)
             log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
-            log_probs += _logit_rounding(h, lam, floats, torch.finfo(probs[0].dtype).eps)
+            log_probs += _dual_rounding(lam, torch.finfo(probs[0].dtype).eps)
         duals = result.pop("duals")
         info.update(result)
         ctx.h, ctx.temps, ctx.M, ctx.mask = h, floats, len(probs), mask
@@ -1724,6 +1726,6 @@ class DualSolveFunction(torch.autograd.Function):
                       for k, gs in enumerate(gscores)]
             log_probs, rounding = saved[ctx.M + ctx.conditionals:][:ctx.M], saved[ctx.M + ctx.conditionals:][ctx.M:]
             gtau = temperature_gradient(probs, scored, log_probs)
-            _check_temperature_gradient(gtau, scored, rounding, probs[0].dtype)
+            _check_temperature_gradient(ctx.h, gtau, scored, rounding, ctx.temps, probs[0].dtype)
             gtau = gtau.to(device=device, dtype=dtype)
         return (None, gtau, None, None, *gscores)

@@ -271,8 +271,10 @@ def temperature_gradient(probs: Sequence[Tensor], gscores: Sequence[Tensor],
     None: the log of ``probs``.  The log of rounded probabilities is not enough where a map is
     hot: its cells' log-probabilities differ by ``Δθ / τ``, which the rounding of ``p`` (``eps``
     relative) swamps (float32, a chain with τ = (1e4, 1): 4.5 % off; (1e6, 1): 560 %).
-    ``θ̄_k`` vanishes wherever ``p_k`` underflows to zero, so ``log p_k`` is floored at the
-    dtype's smallest normal number: the omitted terms are below ``p · |log p|``.  ``θ̄_k`` sums
+    ``θ̄_k`` vanishes wherever ``p_k`` underflows to zero, so ``log p_k`` is floored just below the
+    log of the dtype's smallest subnormal number, where ``0 · (−∞)`` would be NaN (floored at the
+    smallest normal number, a subnormal probability's term was cut: 1.6 % off at log p = −720 in
+    float64, ca_rev92).  ``θ̄_k`` sums
     to zero per sample, so one constant per sample moves nothing: each sample's largest
     ``log p_k`` comes off first, so that the rounding of that sum (about 1000 eps of the terms in
     float32) is not multiplied by the log of the dominant cells into a result that is itself a
@@ -285,7 +287,8 @@ def temperature_gradient(probs: Sequence[Tensor], gscores: Sequence[Tensor],
         else:
             log_p = log_probs[k]
         log_p = (log_p - log_p.amax(sample_dims(log_p), keepdim=True))
-        log_p = log_p.clamp_min(math.log(torch.finfo(log_p.dtype).tiny))
+        finfo = torch.finfo(log_p.dtype)
+        log_p = log_p.clamp_min(math.log(finfo.tiny * finfo.eps) - 1)
         out.append(-(g.to(log_p.dtype) * log_p).sum())
     return torch.stack(out)
 
@@ -381,9 +384,11 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
     gtau = None
     if ctx.needs_input_grad[1]:
         # ∂L/∂τ_k = −Σ θ̄_k · log p_k (module docstring), with log p_k finite where p_k underflows
-        # log p floored at the dtype's smallest normal number, as temperature_gradient floors it: where
-        # log p is beyond the dtype (-inf) θ̄ is 0, and 0·(-inf) was NaN (float32 [0, -1e4] at τ 1e-36)
-        gtau = torch.stack([-(gs * lp.clamp_min(math.log(torch.finfo(lp.dtype).tiny))).sum()
+        # log p floored just below the dtype's smallest subnormal number, as temperature_gradient floors
+        # it: where log p is beyond the dtype (-inf) θ̄ is 0, and 0·(-inf) was NaN (float32 [0, -1e4] at
+        # τ 1e-36); a floor at the smallest normal number cut a subnormal probability's term (ca_rev92)
+        floor = math.log(torch.finfo(torch.float64).tiny * torch.finfo(torch.float64).eps) - 1
+        gtau = torch.stack([-(gs * lp.clamp_min(floor)).sum()
                             for gs, lp in zip(gscores, log_probs)]).to(device=temps.device, dtype=temps.dtype)
     return (None, gtau, *out)
 

@@ -2314,3 +2314,44 @@ def test_the_temperature_gradient_is_refused_where_float32_duals_do_not_determin
         gradients(torch.float32)
     assert all(torch.isfinite(g).all() for g in gradients(torch.float32, with_tau=False))
     assert torch.isfinite(gradients(torch.float64)[-1]).all()
+
+
+def test_rev92_dual_temperature_gradient_is_not_floored_at_a_subnormal_probability():
+    """As exact's (test_exact.py): θ = (0, −720 τ, −0.5 τ) over one coarse cell, τ = (1e-20, 1),
+    L = p_0[1] = 1.2e-313 (subnormal, 4e-10 relative in float64).  The logits η/τ give its
+    log-probability −720.47, clamped at log(tiny) = −708.4 by temperature_gradient, so
+    ∂L/∂τ_0 = 8.9587e-291 against the closed form's 9.1055e-291: 1.6 % off, no refusal."""
+    h = ca.Graph.from_edges([3, 1], [(0, 1, torch.tensor([0, 0, 0]))])
+    tau0, gap = 1e-20, 720.0
+    scores = [torch.tensor([[0.0, -gap * tau0, -0.5 * tau0]], dtype=torch.float64),
+              torch.zeros(1, 1, dtype=torch.float64)]
+    tau = torch.tensor([tau0, 1.0], dtype=torch.float64, requires_grad=True)
+    sol = ca.solve(scores, h, "dual", temperature=tau, tol=1e-12)
+    got = torch.autograd.grad(sol.probs[0][0, 1], tau)[0]
+    log_z = np.log1p(np.exp(-0.5))
+    want = np.exp(-gap - log_z - 2 * np.log(tau0)) * (gap * tau0 - 0.5 * tau0 * np.exp(-0.5 - log_z))
+    assert abs(float(got[0]) - want) <= 1e-6 * want, (float(got[0]), want)
+
+
+def test_rev92_float32_temperature_gradient_is_not_refused_on_an_ordinary_tree():
+    """A false alarm of _check_temperature_gradient on ordinary training data: the 'tree' graph
+    (make_graph('tree', 11)), 16 samples of N(0, 1) scores, τ = (10, 10, 0.1, 10, 0.1), a
+    linear loss, float32 work (dtype=torch.float32, tol=1e-5).  Its bound puts the duals'
+    rounding at 1.57× GRADIENT_RTOL of map 2's ∂L/∂τ (−2.7259e-3) and raises; the τ-gradient
+    it computes (check bypassed) is −2.72581e-3, 6.4e-8 off the float64 closed form's at the
+    float32-rounded scores: 2.3 % of the 1e-3 it is held to (every map within 2.6 %)."""
+    h = make_graph("tree", 11)
+    g = torch.Generator().manual_seed(111)
+    scores = [torch.randn((16,) + s, generator=g, dtype=torch.float64).float().double() for s in h.shapes]
+    weights = [torch.randn((16,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    temps = [10.0, 10.0, 0.1, 10.0, 0.1]
+
+    def tau_grad(method, **options):
+        tau = torch.tensor(temps, dtype=torch.float64, requires_grad=True)
+        sol = ca.solve(scores, h, method, temperature=tau, **options)
+        return torch.autograd.grad(sum((p.double() * w).sum() for p, w in zip(sol.probs, weights)), tau)[0]
+
+    want = tau_grad("exact")
+    got = tau_grad("dual", dtype=torch.float32, tol=1e-5)  # raises ImplicitSolveError today
+    held = torch.maximum(want.abs(), want.abs().max() * 1e-3 ** 0.5)
+    assert bool(((got - want).abs() <= 1e-3 * held).all()), (got, want)

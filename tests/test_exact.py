@@ -1095,3 +1095,28 @@ def test_the_float32_temperature_gradient_of_a_hot_map_is_formed_from_its_logits
             sol = ca.solve([s.to(dtype) for s in scores], h, "exact", temperature=tau)
             grads[dtype] = torch.autograd.grad(sum((p.double() * w).sum() for p, w in zip(sol.probs, weights)), tau)[0]
         torch.testing.assert_close(grads[torch.float32], grads[torch.float64], rtol=1e-3, atol=0)
+
+
+def test_rev92_temperature_gradient_is_not_floored_at_a_subnormal_probability():
+    """A map whose only loss-carrying cell has a subnormal probability: one level of three cells
+    over a single coarse cell, θ = (0, −720 τ, −0.5 τ), τ = (1e-20, 1), L = p_0[1].  p_0[1] =
+    e^-720 / (1 + e^-0.5) = 1.2e-313 is held to 4e-10 relative in float64, and θ̄ there is
+    1.2e-313 / τ, normal; the log-probabilities come from the closed form in float64 (exact,
+    −720.47), but temperature_gradient clamps them at log(tiny) = −708.4 after the shift, so
+    ∂L/∂τ_0 comes back 8.9587e-291 against the closed form's 9.1055e-291 (1.6 % off,
+    silently; at −737 τ: 3.9 %).  The floor was for the log of rounded probabilities; logits
+    need none (only a −∞ masked cell, where θ̄ is 0)."""
+    h = ca.Graph.from_edges([3, 1], [(0, 1, torch.tensor([0, 0, 0]))])
+    tau0, gap = 1e-20, 720.0
+    scores = [torch.tensor([[0.0, -gap * tau0, -0.5 * tau0]], dtype=torch.float64),
+              torch.zeros(1, 1, dtype=torch.float64)]
+    tau = torch.tensor([tau0, 1.0], dtype=torch.float64, requires_grad=True)
+    sol = ca.solve(scores, h, "exact", temperature=tau)
+    got = torch.autograd.grad(sol.probs[0][0, 1], tau)[0]
+    # dp_1/dτ = p_1 (⟨p, x⟩ − x_1) / τ², x = θ: formed in logs (p_1 / τ² is normal)
+    log_z = math.log1p(math.exp(-0.5))
+    p2 = math.exp(-0.5 - log_z)
+    p1_over_tau2 = math.exp(-gap - log_z - 2 * math.log(tau0))
+    want = p1_over_tau2 * (gap * tau0 - 0.5 * tau0 * p2)  # ⟨p, x⟩ − x_1, the p_1 x_1 term below 1e-300
+    assert float(got[1]) == 0.0
+    assert abs(float(got[0]) - want) <= 1e-6 * want, (float(got[0]), want)
