@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "SolverFailure": "cvx",
     "ConvergenceError": "dual",
+    "TemperatureGradientWarning": "dual",
     "Graph": "graph",
     "ImplicitSolveError": "hessian",
     "Hierarchy": "hierarchy",
@@ -40,11 +41,11 @@ _PUBLIC = {
 __all__ = ["Hierarchy", "Graph", "ImplicitSolveError", "solve", "Solution", "consistency_loss", "METHODS",
            "LearnedDuals", "ConsistentAttention", "ScoreHead", "ConvergenceError", "SolverFailure", "__version__",
            "Method", "REGISTRY", "get_method", "register_method", "AmortisedDuals", "Attended",
-           "fit_amortised_duals", "StaleSolution"]
+           "fit_amortised_duals", "StaleSolution", "TemperatureGradientWarning"]
 
 if TYPE_CHECKING:  # what type checkers and editors see: the same names, imported eagerly
     from .cvx import SolverFailure
-    from .dual import ConvergenceError
+    from .dual import ConvergenceError, TemperatureGradientWarning
     from .graph import Graph
     from .hessian import ImplicitSolveError
     from .hierarchy import Hierarchy

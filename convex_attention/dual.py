@@ -429,6 +429,7 @@ def _solve_parts(inputs: Sequence[Tensor], h: Graph, temps: Sequence, options: d
     for i, (maps, edges, part) in enumerate(parts):
         sub = dict(options, init=None if options["init"] is None else [options["init"][e] for e in edges],
                    whole_is_forest=h.is_forest,  # for its advice: 'exact' only if it solves the whole graph
+                   map_names=list(maps),
                    sample_names=None if sample_names is None else list(sample_names))
         if sub["warm_start"] == "auto":  # decided on the whole graph: a chain among its parts starts warm too
             sub["warm_start"] = options["init"] is None and not any(mask) and h.is_forest and not h.is_chain
@@ -1589,21 +1590,20 @@ def _dual_rounding(lam: Sequence[Tensor], eps: float) -> list[Tensor]:
     return [d.abs() * eps for d in lam]
 
 
-def _check_temperature_gradient(h: Graph, gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
-                                temps: Sequence[float], work: torch.dtype) -> None:
-    """ImplicitSolveError where the duals' rounding to the working dtype (``rounding``,
-    :func:`_dual_rounding`) moves a map's ``∂L/∂τ_k = −Σ θ̄_k log p_k`` by more than
-    :data:`GRADIENT_RTOL` of itself (of the largest, for one below its square root, as the
-    score gradients are held): the returned solution does not determine it.  A move ``δλ``
-    moves ``log p_k`` by ``A_k δλ / τ_k`` (and a constant), so ``τ̄_k`` by ``<A_kᵀ θ̄_k, δλ> / τ_k``:
-    per edge, ``θ̄_k`` (``k`` its coarse map) or ``P_e θ̄_k`` (``k`` its fine map) against ``δλ_e``.
-    Each dual is rounded to nearest, independently, within ``±eps |λ_e| / 2``: the move is taken
-    at three standard deviations of that sum, ``√3 / 2 · ‖(A_kᵀ θ̄_k) ∘ eps |λ|‖₂ / τ_k`` (the
-    worst case, every rounding aligned with ``A_kᵀ θ̄_k``, refused ordinary float32 trees whose
-    gradient was 2 % of its tolerance off, ca_rev92).  A float32 solve at τ = (1e6, 1, 1) on an
-    axial 2×3 map returned the gradient of a two-cell map at p = (0.49999997, 0.5), whose
-    log-probabilities differ by one float32 unit, 11 % off the float64 optimum's (ca_rev37's
-    test), silently."""
+def _undetermined_temperatures(h: Graph, gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
+                               temps: Sequence[float], work: torch.dtype) -> list[int]:
+    """The maps whose ``∂L/∂τ_k = −Σ θ̄_k log p_k`` the duals' rounding to the working dtype
+    (``rounding``, :func:`_dual_rounding`) moves by more than :data:`GRADIENT_RTOL` of itself (of
+    the largest, for one below its square root, as the score gradients are held): the returned
+    solution does not determine it.  A move ``δλ`` moves ``log p_k`` by ``A_k δλ / τ_k`` (and a
+    constant), so ``τ̄_k`` by ``<A_kᵀ θ̄_k, δλ> / τ_k``: per edge, ``θ̄_k`` (``k`` its coarse map)
+    or ``P_e θ̄_k`` (``k`` its fine map) against ``δλ_e``.  Each dual is rounded to nearest,
+    independently, within ``±eps |λ_e| / 2``: the move is taken at three standard deviations of
+    that sum, ``√3 / 2 · ‖(A_kᵀ θ̄_k) ∘ eps |λ|‖₂ / τ_k`` (the worst case, every rounding aligned
+    with ``A_kᵀ θ̄_k``, refused ordinary float32 trees whose gradient was 2 % of its tolerance
+    off, ca_rev92).  A float32 solve at τ = (1e6, 1, 1) on an axial 2×3 map returned the gradient
+    of a two-cell map at p = (0.49999997, 0.5), whose log-probabilities differ by one float32
+    unit, 11 % off the float64 optimum's (ca_rev37's test), silently."""
     tol = gradient_rtol(work)
     bounds = []
     for k, g in enumerate(gscores):
@@ -1617,14 +1617,28 @@ def _check_temperature_gradient(h: Graph, gtau: Tensor, gscores: Sequence[Tensor
     bound = torch.stack(bounds)
     size = gtau.abs()
     held = torch.maximum(size, size.max() * tol ** 0.5)
-    unresolved = torch.nonzero(bound > tol * held).flatten().tolist()
-    if unresolved:
-        raise hessian.ImplicitSolveError(
-            f"the temperature gradient of method 'dual' for map(s) {unresolved} cannot be resolved to {tol:.0e} of "
-            f"itself in {work}: the duals' rounding to it moves it by about "
-            f"{max(float(bound[k] / held[k]) for k in unresolved):.1e} of itself (maps whose cells are nearly "
-            f"equal, or hot maps, against the duals' size); solve in float64 (dtype=torch.float64), or keep the "
-            f"temperatures fixed (floats)")
+    return torch.nonzero(bound > tol * held).flatten().tolist()
+
+
+class TemperatureGradientWarning(RuntimeWarning):
+    """A temperature gradient that the working dtype's solution does not determine, returned NaN."""
+
+
+def _unresolved_as_nan(gtau: Tensor, unresolved: list[int], map_names, work: torch.dtype) -> Tensor:
+    """``gtau`` with NaN for the ``unresolved`` maps, and a warning naming them (in the whole
+    graph's numbering, ``map_names``).  NaN, not an error: the backward computes the temperature
+    gradient whenever the temperature requires grad, also for a call that asked for the score
+    gradients only, which an error refused (ca_rev93); NaN is never a number taken for right."""
+    if not unresolved:
+        return gtau
+    gtau = gtau.clone()
+    gtau[unresolved] = math.nan
+    warnings.warn(
+        f"the temperature gradient of method 'dual' for map(s) {named(unresolved, map_names)} cannot be resolved "
+        f"to {gradient_rtol(work):.0e} of itself in {work}: the duals' rounding to it moves it by more (maps whose "
+        f"cells are nearly equal, or hot maps, against the duals' size); it is NaN; solve in float64 "
+        f"(dtype=torch.float64), or keep those temperatures fixed", TemperatureGradientWarning, stacklevel=2)
+    return gtau
 
 
 def _shifted_logits(eta: Tensor, tau: float) -> Tensor:
@@ -1659,6 +1673,7 @@ class DualSolveFunction(torch.autograd.Function):
             ctx.tau_like = (temps.dtype, temps.device)
         options = dict(options)
         mask = options.pop("given_mask", None)
+        ctx.map_names = options.pop("map_names", None)  # the maps' numbers in the whole graph (a component)
         scores, given = _split_given(inputs, mask) if mask is not None else (list(inputs), None)
         returned: dict = {}
         result = solve_dual(scores, h, floats, given=given, _returned=returned, **options)
@@ -1726,6 +1741,9 @@ class DualSolveFunction(torch.autograd.Function):
                       for k, gs in enumerate(gscores)]
             log_probs, rounding = saved[ctx.M + ctx.conditionals:][:ctx.M], saved[ctx.M + ctx.conditionals:][ctx.M:]
             gtau = temperature_gradient(probs, scored, log_probs)
-            _check_temperature_gradient(ctx.h, gtau, scored, rounding, ctx.temps, probs[0].dtype)
+            if probs[0].dtype != torch.float64:  # (in float64 the duals are as exact as the solution is)
+                gtau = _unresolved_as_nan(gtau, _undetermined_temperatures(ctx.h, gtau, scored, rounding, ctx.temps,
+                                                                           probs[0].dtype), ctx.map_names,
+                                          probs[0].dtype)
             gtau = gtau.to(device=device, dtype=dtype)
         return (None, gtau, None, None, *gscores)

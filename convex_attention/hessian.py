@@ -211,7 +211,7 @@ class DualHessian:
         computed once for both."""
         y = self.apply_A(x)
         peaks = self.peaks(probs) if peaks is None else peaks
-        residual = (self._matvec_of(probs, temps, y, peaks) - rhs).norm(dim=1)
+        residual = _norm(self._matvec_of(probs, temps, y, peaks) - rhs)
         return residual, self._floor_of(probs, temps, y, rhs, peaks)
 
     def _floor_of(self, probs: Sequence[Tensor], temps: Sequence[float], y: Sequence[Tensor | None],
@@ -230,7 +230,7 @@ class DualHessian:
             za, zb = z[a], z[b]
             assert za is not None and zb is not None
             parts.append(zb + g.aggregate(za, e))
-        size = self.flatten(parts).norm(dim=1) + rhs.norm(dim=1)
+        size = _norm(self.flatten(parts)) + _norm(rhs)
         return ROUNDING_UNITS * torch.finfo(rhs.dtype).eps * size
 
     def gradient(self, probs: Sequence[Tensor]) -> Tensor:
@@ -339,6 +339,17 @@ class DualHessian:
         return scale
 
 
+def _norm(x: Tensor) -> Tensor:
+    """The 2-norm of each row of ``x`` ``(B, D)``, scaled by the row's largest entry first: the
+    sum of squares of entries beyond ``sqrt`` of the dtype's range (1e19 in float32) overflowed,
+    and that of entries below ``sqrt`` of its smallest number underflowed to 0, which read a
+    right-hand side of 1e-25 as zero and one of 1e18 as rounding (ca_rev91)."""
+    top = x.abs().amax(1)
+    unit = torch.where((top > 0) & torch.isfinite(top), top, torch.ones_like(top))
+    norm = (x / unit.unsqueeze(1)).norm(dim=1) * unit
+    return torch.where(torch.isinf(top), top, norm)
+
+
 def _peak(p: Tensor) -> Tensor:
     """The most probable cell of each sample of one map, ``(B, 1)``, over its flattened cells."""
     return p.flatten(1).argmax(1, keepdim=True)
@@ -437,7 +448,10 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
                  for c in dense_chunks(rhs.shape[0], hess.dim)]
         ws, relres_parts, iteration_parts, solved_parts = zip(*parts)
         return torch.cat(ws), torch.cat(relres_parts), torch.cat(iteration_parts), torch.cat(solved_parts)
-    norm_b = rhs.norm(dim=1)
+    # solved at unit size, by a power of two per sample (exact), and w scaled back: conjugate
+    # gradients' inner products of a right-hand side of 1e-25 underflowed in float32 (ca_rev91)
+    rhs, exponent = _unit_scaled(rhs)
+    norm_b = _norm(rhs)
     tiny = torch.finfo(rhs.dtype).tiny
     if hess.dim <= dense_limit and spectral:
         vectors, inverse = hess.pseudo_inverse(hess.dense(probs, temps))
@@ -510,7 +524,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         return done | at_floor
 
     for _ in range(max_iter):
-        relres = r.norm(dim=1) / norm_b.clamp_min(tiny)
+        relres = _norm(r) / norm_b.clamp_min(tiny)
         solved = stopped(relres)
         active = active & ~solved & torch.isfinite(relres)
         if spectral or stop_stalled:
@@ -534,7 +548,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         d = torch.where(active.unsqueeze(1), z + beta * d, d)
         rz = torch.where(active, rz_new, rz)
         iterations += active.long()
-    relres = torch.where(norm_b == 0, torch.zeros_like(norm_b), r.norm(dim=1) / norm_b.clamp_min(tiny))
+    relres = torch.where(norm_b == 0, torch.zeros_like(norm_b), _norm(r) / norm_b.clamp_min(tiny))
     if bool(active.any()):  # out of iterations: the last iterate may still have stopped
         solved = stopped(relres)
     # accepted on the residual the iteration tracks, which drifts from the true one: checked on
@@ -557,7 +571,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
             sub = [p[rows] for p in probs]
             remainder = rhs[rows] - hess.matvec(sub, temps, w[rows])
             # the correction's own tolerance, relative to its right-hand side, that leaves rtol of rhs
-            scale = norm_b[rows] / remainder.norm(dim=1).clamp_min(tiny)
+            scale = norm_b[rows] / _norm(remainder).clamp_min(tiny)
             rtol_rows = rtol[rows] if isinstance(rtol, Tensor) else rtol
             wanted = rtol_rows * scale
             delta, _, more, _ = solve_psd(hess, sub, temps, remainder, wanted, left, dense_limit, spectral,
@@ -565,7 +579,7 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
             candidate = w[rows] + torch.where(torch.isfinite(delta).all(1, keepdim=True), delta,
                                               torch.zeros_like(delta))
             iterations[rows] += more
-            again = (hess.matvec(sub, temps, candidate) - rhs[rows]).norm(dim=1)
+            again = _norm(hess.matvec(sub, temps, candidate) - rhs[rows])
             # kept only where it lowers the true residual (an unsolved correction, applied, took one
             # sample from 3.6e-7 to 2.7e-5: ca_rev83's near-miss)
             better = again < true_residual[rows]
@@ -579,7 +593,19 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
     # a non-finite right-hand side (NaN in an incoming gradient) gives NaN, as autograd would: a
     # zero solution there dropped the NaN of a loss on the duals from the gradient (a review)
     w = torch.where(torch.isfinite(norm_b).unsqueeze(1), w, torch.full_like(w, math.nan))
-    return w, relres, iterations, solved
+    return torch.ldexp(w, exponent.unsqueeze(1)).to(w.dtype), relres, iterations, solved
+
+
+def _unit_scaled(x: Tensor) -> tuple[Tensor, Tensor]:
+    """``(x · 2^−e, e)``: each row of ``x`` ``(B, D)`` scaled by a power of two (exactly) so that
+    its largest entry is in [0.5, 1); ``e`` ``(B,)`` integers (0 for a zero or non-finite row;
+    clamped to the dtype's exponent range, so that ``2^±e`` stays finite)."""
+    top = x.abs().amax(1)
+    usable = torch.isfinite(top) & (top > 0)
+    exponent = torch.frexp(torch.where(usable, top, torch.ones_like(top)))[1]
+    limit = int(math.log2(torch.finfo(x.dtype).max)) - 1  # within the dtype's exponents: 2^±limit is finite
+    exponent = torch.where(usable, exponent.clamp(-limit, limit), torch.zeros_like(exponent))
+    return torch.ldexp(x, -exponent.unsqueeze(1)).to(x.dtype), exponent
 
 
 def _right_hand_side(hess: DualHessian, probs, temps, grads) -> tuple[list[Tensor], Tensor]:
@@ -643,7 +669,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     # relative tolerance (ImplicitSolveError: a review); its gradient is 0.  The rounding is that
     # of the recentred gradients (sized on v itself, a constant of 2**27 zeroed a signal held
     # exactly in it: a review)
-    noise = rhs.norm(dim=1) <= hess._floor_of(probs, temps, centred, rhs)
+    noise = _norm(rhs) <= hess._floor_of(probs, temps, centred, rhs)
     rhs = torch.where(noise.unsqueeze(1), torch.zeros_like(rhs), rhs)
     on_duals = None  # ū, centred, (B, D): the second opinion of _refined adds it to its own right-hand side
     if dual_grads is not None:
@@ -670,6 +696,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
             # systems unsolved that going on solves (measured, three losses at 64²)
             attempts.append(("the dense Hessian again, without the stall stop", False, False))
     closest = relres.clone()  # each sample's smallest relative residual over the attempts, for the error
+    by_pseudo_inverse = torch.zeros_like(solved)  # the samples the pseudo-inverse retry solved
     retries = []
     for description, spectral, stop_stalled in attempts:
         unsolved = ~solved & finite
@@ -679,6 +706,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         again = solve_psd(hess, [p[rows] for p in probs], temps, rhs[rows], rtol, max_iter, DENSE_FALLBACK_LIMIT,
                           spectral=spectral, stop_stalled=stop_stalled)
         w[rows], solved[rows] = again[0], again[3]  # (tensors of this call's own: written in place)
+        by_pseudo_inverse[rows] = again[3] & spectral
         closest[rows] = torch.fmin(closest[rows], again[1])
         iterations[rows] += again[2]
         retries.append(description)
@@ -705,7 +733,8 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
                "probabilities only)" if dual_grads is not None else ""))
     out, Aw = _formed(hess, probs, temps, grads, centred, w, given)
     return _refined(hess, probs, temps, grads, centred, rhs, w, out, Aw, given, rtol, max_iter, dense_limit,
-                    finite, noise if dual_grads is None else torch.zeros_like(noise), sample_names, on_duals)
+                    finite, noise if dual_grads is None else torch.zeros_like(noise), sample_names, on_duals,
+                    by_pseudo_inverse)
 
 
 def _formed(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
@@ -768,7 +797,7 @@ def _widened(probs: Sequence[Tensor]) -> list[Tensor]:
 
 
 def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list, tol: float,
-                    max_iter: int, on_duals: Tensor | None = None) -> Tensor:
+                    max_iter: int, on_duals: Tensor | None = None, spectral: Tensor | None = None) -> Tensor:
     """Per sample, whether the gradients ``formed`` agree, to ``tol`` of what each map is held to
     (:func:`_held_to`, on the smaller of the two answers' sizes: held to the size of a gradient
     first formed in float32, whose rounding made it 1e5 times too large, a gradient 2.7x its
@@ -780,14 +809,27 @@ def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list,
     what a first one is accepted at (rtol, or sqrt(eps) at its rounding: held to rtol alone,
     one 58x better than the first was refused, ca_rev89).  ``on_duals``: the loss's centred
     gradient on the duals, in float64, part of the system (left out, a right gradient was
-    refused: ca_rev90)."""
+    refused: ca_rev90).
+
+    ``spectral`` (per sample, None: all): solved by the pseudo-inverse where True, else by
+    conjugate gradients preconditioned by the Cholesky factor: a float64 sample whose first
+    answer came from the pseudo-inverse retry is checked by the other solve (by the same one,
+    of the same system, it agreed with a gradient 198x its tolerance off: ca_rev91)."""
     wide = _widened(probs)
     grads64 = [v.detach().to(torch.float64) for v in grads]
     centred, rhs = _right_hand_side(hess, wide, temps, grads64)
     if on_duals is not None:
         rhs = rhs + on_duals
-    second, relres, _, ok = solve_psd(hess, wide, temps, rhs, 1e-10, max_iter, DENSE_FALLBACK_LIMIT, spectral=True,
-                                      stop_stalled=True)
+    spectral = torch.ones(rhs.shape[0], dtype=torch.bool, device=rhs.device) if spectral is None else spectral
+    second = torch.zeros_like(rhs)
+    relres = torch.zeros(rhs.shape[0], dtype=rhs.dtype, device=rhs.device)
+    ok = torch.zeros(rhs.shape[0], dtype=torch.bool, device=rhs.device)
+    for by_pseudo_inverse in (True, False):
+        rows = torch.nonzero(spectral == by_pseudo_inverse).flatten()
+        if rows.numel():
+            got = solve_psd(hess, [p[rows] for p in wide], temps, rhs[rows], 1e-10, max_iter, DENSE_FALLBACK_LIMIT,
+                            spectral=by_pseudo_inverse, stop_stalled=by_pseudo_inverse)
+            second[rows], relres[rows], ok[rows] = got[0], got[1], got[3]
     other, _ = _formed(hess, wide, temps, grads64, centred, second, given)
     formed = [b.to(torch.float64) for b in formed]
     apart = _sizes([a - b for a, b in zip(other, formed)])
@@ -798,7 +840,7 @@ def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list,
 
 def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Tensor, out: list, Aw: list,
              given, rtol: float, max_iter: int, dense_limit: int, finite: Tensor, zeroed: Tensor,
-             sample_names, on_duals: Tensor | None = None) -> list[Tensor]:
+             sample_names, on_duals: Tensor | None = None, by_pseudo_inverse: Tensor | None = None) -> list[Tensor]:
     """``out`` made as accurate as :data:`GRADIENT_RTOL` asks, or ImplicitSolveError.
 
     ``θ̄_k = J_k (v_k − A_k w)`` cancels where a map is far hotter than its neighbours (its
@@ -848,6 +890,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     # a float32 w keeps eps32 of the terms that cancel, which the worst-case refusal below then
     # had to refuse, right gradients with the wrong ones (ca_rev86).  In float64 nothing changes.
     wide = torch.float64
+    by_pseudo_inverse = torch.zeros_like(finite) if by_pseudo_inverse is None else by_pseudo_inverse
     unresolved = _beyond_rounding(out, cancelling, tol, wide, rows)
     rows = rows[~torch.isin(rows, unresolved)]
     if rows.numel() and dtype != wide:
@@ -859,7 +902,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         w_w = w.to(wide)
     else:
         probs_w, grads_w, centred_w, rhs_w, w_w = probs, grads, centred, rhs, w
-    rhs_norms = rhs_w.norm(dim=1)
+    rhs_norms = _norm(rhs_w)
     tiny = torch.finfo(wide).tiny
     loosest = CORRECTION_RTOL.get(dtype, 1e-2)
     for _ in range(REFINEMENTS):
@@ -868,7 +911,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         sub = [p[rows] for p in probs]
         sub_w = [p[rows] for p in probs_w]
         residual = hess.centre(rhs_w[rows] - hess.matvec(sub_w, temps, w_w[rows]))
-        size = residual.norm(dim=1).clamp_min(tiny)
+        size = _norm(residual).clamp_min(tiny)
         wanted = (rtol * rhs_norms[rows] / size).clamp(max=loosest)
         # solved at unit size in the working dtype (a float64 residual can be below float32's range)
         unit = (residual / size.unsqueeze(1)).to(dtype)
@@ -891,16 +934,18 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         for k in range(len(out)):
             out[k] = out[k].index_copy(0, rows, formed[k].to(out[k].dtype))
         settled = (moved <= tol * _held_to(_sizes(formed), tol)).all(1) & ok
+        # a residual at its rounding (its part outside the Hessian's range, where two paths pool
+        # one map onto another alike, cannot fall) leaves no correction to solve: the gradient is
+        # measured against a second solve by the dense Hessian's pseudo-inverse instead, and
+        # settled where the two agree (ca_rev38's right gradient was refused without it); a float64
+        # sample first solved by the pseudo-inverse is checked by the Cholesky-preconditioned solve
         if not bool(ok.all()) and hess.dim <= DENSE_FALLBACK_LIMIT:
-            # a residual at its rounding (its part outside the Hessian's range, where two paths pool
-            # one map onto another alike, cannot fall) leaves no correction to solve: the gradient
-            # is measured against a second solve by the dense Hessian's pseudo-inverse instead, and
-            # settled where the two agree (ca_rev38's right gradient was refused without it)
             redo = torch.nonzero(~ok).flatten()
+            independent = ~(by_pseudo_inverse[rows[redo]] & (dtype == wide))
             settled[redo] = _second_opinion(hess, [p[rows[redo]] for p in probs], temps,
                                             [v[rows[redo]] for v in grads], given, [o[redo] for o in formed],
                                             tol, max_iter,
-                                            None if on_duals is None else on_duals[rows[redo]])
+                                            None if on_duals is None else on_duals[rows[redo]], independent)
         rows = rows[~settled]
     bad = sorted(set(rows.tolist()) | set(unresolved.tolist()))
     if not bad:

@@ -855,7 +855,8 @@ def test_a_solve_that_cannot_progress_stops_at_its_stall_unsolved(monkeypatch):
     assert float(hess.matvec(probs, inst.temps, rhs).abs().max()) < 1e-15  # a null direction of the Hessian
     for kwargs in (dict(spectral=True), dict(stop_stalled=True)):
         _, relres, iterations, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, 20, **kwargs)
-        assert iterations.tolist() == [3, 3] and not bool(solved.any()) and float(relres.min()) >= 1.0
+        # no progress: the relative residual stays at 1 (to the rounding of the norms' ratio)
+        assert iterations.tolist() == [3, 3] and not bool(solved.any()) and float(relres.min()) >= 1.0 - 1e-12
     _, _, iterations, solved = solve_psd(hess, probs, inst.temps, rhs, 1e-11, 20)
     assert iterations.tolist() == [20, 20] and not bool(solved.any())
     monkeypatch.setattr(hessian_module, "ROUNDING_UNITS", 1e30)
@@ -976,7 +977,8 @@ def _rev37_case(shape, temps, seed, dtype=None):
     want_tau = torch.stack([-(w * p.reshape(-1).log()).sum() for w, p in zip(want, p64)])
     top = max(float(w.abs().max()) for w in want)
     score_err = max(float((a.reshape(-1) - w).abs().max()) for a, w in zip(got[:-1], want)) / top
-    tau_err = float(((got[-1] - want_tau).abs() / want_tau.abs()).max())
+    # a temperature gradient the working dtype cannot resolve is NaN (TemperatureGradientWarning): not measured
+    tau_err = float(torch.nan_to_num((got[-1] - want_tau).abs() / want_tau.abs(), nan=0.0).max())
     return score_err, tau_err
 
 
@@ -992,6 +994,7 @@ def test_rev37_wide_temperature_ratio_float64_gradient_is_right_or_raises():
         assert score_err < 1e-3 and tau_err < 1e-3, (shape, score_err, tau_err)
 
 
+@pytest.mark.filterwarnings("ignore::convex_attention.dual.TemperatureGradientWarning")
 def test_rev37_float32_work_wide_temperature_ratio_gradient_is_right_or_raises():
     for seed in (0, 1):
         try:
@@ -1593,3 +1596,118 @@ def test_a_system_the_old_product_could_not_verify_is_solved_and_right():
     want = _mp_vjp_structured(h, sol.probs, temps, grads, 700)
     held = _held_to(_sizes(want), 1e-6)[0]
     assert max(float((a - b).abs().max() / held[k]) for k, (a, b) in enumerate(zip(got, want))) <= 1e-8
+
+
+# ----------------------------------------------------------------------------- ca_rev91 (strict xfail: known defects)
+@pytest.mark.xfail(strict=True, reason="ca_rev91, open: a float64 sample at the limit of its precision (Hessian "
+                                       "conditioned 1e11), settled by corrections its float64 residual cannot "
+                                       "check, 1.5x off (the parent commit: 0.42x); documented in design.md")
+def test_rev91_a_float64_sample_settled_by_its_corrections_is_within_gradient_rtol_or_raises():
+    """'chain-graph' seed 1 (maps of 4, 9, 2 cells; D = 6), τ = (1e-3, 0.30, 1e8), N(0, 10²) scores, float64, the
+    default (dense Cholesky) path, sample 2 (map 0: two cells at 0.5 ± 1.5e-8, the rest ≤ 1e-8): the first solve
+    meets rtol (4.9e-15), the sample is flagged, two corrections are solved and the second moves no map by
+    GRADIENT_RTOL, so it is settled; map 0's gradient (entries ~1e-7, the difference of O(1) terms over τ = 1e-3)
+    comes back 1.50x GRADIENT_RTOL (1e-6) of itself off a 60-digit (and a 150-digit) solve at the same
+    probabilities; the same sample alone, 1.50x.  Formed in float64 from the exact w it is 0.35x: the rest is
+    w's error, which a correction against the float64 product (a Hessian conditioned ~1e11 here) does not
+    see.  Within 1e-6 per map, or ImplicitSolveError."""
+    h, scores, temps, grads = _rev83_wide_instance("chain-graph", 1, [(1e8, 1e-3, 10)])
+    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
+    try:
+        got = implicit_vjp(h, probs, temps, grads)
+    except ImplicitSolveError:
+        return
+    assert _rev89_error_over_tolerance(h, probs, temps, grads, got, 2, 1e-6) <= 1
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev91: block-Jacobi float64 sample settled, 1.4-1.8x off")
+def test_rev91_block_jacobi_float64_sample_settled_by_one_correction_is_within_gradient_rtol_or_raises(monkeypatch):
+    """Dense limits at 0 (the path above DENSE_FALLBACK_LIMIT), float64, draw (1e5, 0.1, 1) of
+    :func:`_rev83_wide_instance` (no one-hot maps; Hessians conditioned 1e6 and 3e4): 'mixed' seed 0, τ ≈ (0.1, 1e5,
+    57, 3.3e4), sample 2: the first solve meets rtol (7.1e-11), the sample is flagged, its one correction is solved
+    to 1.4e-4 of its own right-hand side (asked 1e-3) and moves no map by GRADIENT_RTOL, so it is settled; map 3
+    comes back 1.36x GRADIENT_RTOL (1e-6) off a 60-digit (and 150-digit) solve.  'mixed-two-resolutions' seed 2,
+    τ ≈ (1e5, 0.1, 1.8e3, 1.7e2), sample 1: two corrections (3.6e-5, 4.7e-7), settled, map 2 1.76x off (map 3 1.03x).
+    The same alone (batch of 1); the default (dense) path gets 0.014x and 0.011x; the parent commit returns the
+    same 1.36x / 1.76x (pre-existing).  A correction solved to 1e-3 moves the gradient by less than the error it
+    leaves where a small map's share of the residual is below the solve's tolerance.  Within 1e-6 per map, or
+    ImplicitSolveError."""
+    errors = {}
+    for case, seed, b in (("mixed", 0, 2), ("mixed-two-resolutions", 2, 1)):
+        h, scores, temps, grads = _rev83_wide_instance(case, seed, [(1e5, 0.1, 1)])
+        probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
+        errors[case] = _rev83_off_the_oracle_by_conjugate_gradients(monkeypatch, h, probs, temps, grads, 1e-6, (b,))
+    assert all(e is None or e[0] <= 1e-6 for e in errors.values()), errors
+
+
+def test_rev91_a_float64_sample_solved_by_the_pseudo_inverse_is_not_settled_by_the_same_solve():
+    """'mixed-two-resolutions' seed 1, τ = 0.05 on every map, N(0, 3²) scores (one-hot maps, cells down to 1e-97),
+    float64, the default path, sample 2 (every map's gradient below 7e-19): the Cholesky-preconditioned solve stalls
+    (3.4e-5), the pseudo-inverse retry reaches 2.5e-11, the sample is flagged, its correction is not solved (16,
+    asked 1e-3), and _second_opinion, in float64 the very same pseudo-inverse solve of the very same system, agrees
+    with it, so it is settled; map 1 comes back 198x GRADIENT_RTOL (1e-6) of what it is held to off a 60-digit solve
+    (150 and 400 digits: the same), map 3 100x, map 2 2.5x.  Alone (batch of 1): the same.  The parent commit
+    refused the sample (ImplicitSolveError: the product could not verify the solve).  A second opinion that repeats
+    the first solve measures nothing.  Within 1e-6 per map, or ImplicitSolveError."""
+    h, scores, temps, grads = _rev83_wide_instance("mixed-two-resolutions", 1, [(0.05, 0.05, 3)])
+    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
+    try:
+        got = implicit_vjp(h, probs, temps, grads)
+    except ImplicitSolveError:
+        return
+    assert _rev89_error_over_tolerance(h, probs, temps, grads, got, 2, 1e-6) <= 1
+
+
+def test_rev91_a_large_incoming_gradient_is_not_zeroed_as_rounding():
+    """The backward is linear in the incoming gradient: ``v·s`` must give ``s`` times the gradient of ``v``.  'mixed'
+    seed 3, τ ≈ (0.11, 1, 0.1, 0.15), N(0, 1) scores: in float32 at s = 1e18 (entries ~1e18, far inside float32's
+    range) the right-hand side's norm is 8e18 but implicit_vjp's noise floor (:meth:`DualHessian._floor_of`,
+    the norm of 1e19-sized terms, squared past float32's range) is inf, so samples 1 and 2 are taken for a
+    right-hand side of pure rounding and zeroed: their gradient comes back 7.25x its own size off (w = 0), no error,
+    no NaN.  In float64 the same at s = 1e153 (1e152 is right).  The parent commit got both right (its floor
+    overflowed from 3e18 and 3e153 on: the carried term added here moved the threshold down).
+    Within GRADIENT_RTOL of s times the unscaled gradient, or an error."""
+    h, scores, temps, grads = _rev83_wide_instance("mixed", 3, [(1, 0.1, 1)])
+    for dtype, s in ((torch.float32, 1e18), (torch.float64, 1e153)):
+        probs = ca.solve([x.to(dtype) for x in scores], h, "dual", temperature=temps,
+                         tol=1e-6 if dtype == torch.float32 else 1e-12, strict=True).probs
+        base = implicit_vjp(h, probs, temps, [v.to(dtype) for v in grads])
+        try:
+            got = implicit_vjp(h, probs, temps, [(v * s).to(dtype) for v in grads])
+        except (ImplicitSolveError, ValueError, RuntimeError):
+            continue
+        from convex_attention._ops import gradient_rtol
+        from convex_attention.hessian import _held_to, _sizes
+
+        tol = gradient_rtol(dtype)
+        held = _held_to(_sizes([b.double() for b in base]), tol)
+        for k, (a, b) in enumerate(zip(got, base)):
+            off = (a.double() / s - b.double()).flatten(1).abs().amax(1) / held[:, k]
+            assert float(off.max()) <= tol, (dtype, k, off.tolist())
+
+
+def test_rev91_a_small_incoming_gradient_is_not_taken_for_a_zero_right_hand_side():
+    """As above, the other way: 'mixed' seed 3, float32, the incoming gradient times 1e-25 (entries ~1e-25, normal
+    float32 numbers): the right-hand side's entries are ~1e-25, its norm (the sum of their squares) underflows to 0,
+    solve_psd takes it for a zero right-hand side (w = 0, no iteration) and the gradient comes back 7.25x its own size
+    off, silently; at 1e-22 it is right (6e-8).  In float64 the same from 1e-165 (1e-160: 5e-12).  The parent commit
+    does the same (pre-existing).  Found on a natural instance too: 'star-irregular' seed 5, τ = 0.05, N(0, 3²)
+    scores, float32, sample 1 (cells at 1.3e-31, gradients ~1.7e-30): maps 2.4x off a 400-digit solve.  Within
+    GRADIENT_RTOL of s times the unscaled gradient, or an error."""
+    from convex_attention._ops import gradient_rtol
+    from convex_attention.hessian import _held_to, _sizes
+
+    h, scores, temps, grads = _rev83_wide_instance("mixed", 3, [(1, 0.1, 1)])
+    for dtype, s in ((torch.float32, 1e-25), (torch.float64, 1e-165)):
+        probs = ca.solve([x.to(dtype) for x in scores], h, "dual", temperature=temps,
+                         tol=1e-6 if dtype == torch.float32 else 1e-12, strict=True).probs
+        base = implicit_vjp(h, probs, temps, [v.to(dtype) for v in grads])
+        try:
+            got = implicit_vjp(h, probs, temps, [(v * s).to(dtype) for v in grads])
+        except (ImplicitSolveError, ValueError, RuntimeError):
+            continue
+        tol = gradient_rtol(dtype)
+        held = _held_to(_sizes([b.double() for b in base]), tol)
+        for k, (a, b) in enumerate(zip(got, base)):
+            off = (a.double() / s - b.double()).flatten(1).abs().amax(1) / held[:, k]
+            assert float(off.max()) <= tol, (dtype, k, off.tolist())
