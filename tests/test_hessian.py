@@ -1658,56 +1658,30 @@ def test_rev91_a_float64_sample_solved_by_the_pseudo_inverse_is_not_settled_by_t
     assert _rev89_error_over_tolerance(h, probs, temps, grads, got, 2, 1e-6) <= 1
 
 
-def test_rev91_a_large_incoming_gradient_is_not_zeroed_as_rounding():
+@pytest.mark.parametrize("dtype, s", [(torch.float32, 1e18), (torch.float64, 1e153),
+                                      (torch.float32, 1e-25), (torch.float64, 1e-165)])
+def test_rev91_the_backward_is_linear_in_the_incoming_gradient_over_the_dtype_s_range(dtype, s):
     """The backward is linear in the incoming gradient: ``v·s`` must give ``s`` times the gradient of ``v``.  'mixed'
-    seed 3, τ ≈ (0.11, 1, 0.1, 0.15), N(0, 1) scores: in float32 at s = 1e18 (entries ~1e18, far inside float32's
-    range) the right-hand side's norm is 8e18 but implicit_vjp's noise floor (:meth:`DualHessian._floor_of`,
-    the norm of 1e19-sized terms, squared past float32's range) is inf, so samples 1 and 2 are taken for a
-    right-hand side of pure rounding and zeroed: their gradient comes back 7.25x its own size off (w = 0), no error,
-    no NaN.  In float64 the same at s = 1e153 (1e152 is right).  The parent commit got both right (its floor
-    overflowed from 3e18 and 3e153 on: the carried term added here moved the threshold down).
-    Within GRADIENT_RTOL of s times the unscaled gradient, or an error."""
-    h, scores, temps, grads = _rev83_wide_instance("mixed", 3, [(1, 0.1, 1)])
-    for dtype, s in ((torch.float32, 1e18), (torch.float64, 1e153)):
-        probs = ca.solve([x.to(dtype) for x in scores], h, "dual", temperature=temps,
-                         tol=1e-6 if dtype == torch.float32 else 1e-12, strict=True).probs
-        base = implicit_vjp(h, probs, temps, [v.to(dtype) for v in grads])
-        try:
-            got = implicit_vjp(h, probs, temps, [(v * s).to(dtype) for v in grads])
-        except (ImplicitSolveError, ValueError, RuntimeError):
-            continue
-        from convex_attention._ops import gradient_rtol
-        from convex_attention.hessian import _held_to, _sizes
-
-        tol = gradient_rtol(dtype)
-        held = _held_to(_sizes([b.double() for b in base]), tol)
-        for k, (a, b) in enumerate(zip(got, base)):
-            off = (a.double() / s - b.double()).flatten(1).abs().amax(1) / held[:, k]
-            assert float(off.max()) <= tol, (dtype, k, off.tolist())
-
-
-def test_rev91_a_small_incoming_gradient_is_not_taken_for_a_zero_right_hand_side():
-    """As above, the other way: 'mixed' seed 3, float32, the incoming gradient times 1e-25 (entries ~1e-25, normal
-    float32 numbers): the right-hand side's entries are ~1e-25, its norm (the sum of their squares) underflows to 0,
-    solve_psd takes it for a zero right-hand side (w = 0, no iteration) and the gradient comes back 7.25x its own size
-    off, silently; at 1e-22 it is right (6e-8).  In float64 the same from 1e-165 (1e-160: 5e-12).  The parent commit
-    does the same (pre-existing).  Found on a natural instance too: 'star-irregular' seed 5, τ = 0.05, N(0, 3²)
-    scores, float32, sample 1 (cells at 1.3e-31, gradients ~1.7e-30): maps 2.4x off a 400-digit solve.  Within
-    GRADIENT_RTOL of s times the unscaled gradient, or an error."""
+    seed 3, τ ≈ (0.11, 1, 0.1, 0.15), N(0, 1) scores.  Large: in float32 at s = 1e18 (entries ~1e18, far inside
+    float32's range) the right-hand side's norm is 8e18 but implicit_vjp's noise floor (the norm of 1e19-sized terms,
+    squared past float32's range) was inf, so samples 1 and 2 were taken for a right-hand side of pure rounding and
+    zeroed: their gradient came back 7.25x its own size off (w = 0), no error, no NaN; in float64 the same at
+    s = 1e153 (the parent commit got both right: the carried term of the floor moved the threshold down).  Small: at
+    1e-25 in float32 the right-hand side's norm (the sum of squares of 1e-25 entries) underflowed to 0, solve_psd took
+    it for a zero right-hand side, and the gradient came back 7.25x off; in float64 from 1e-165 (pre-existing; found
+    on a natural instance too: 'star-irregular' seed 5, τ = 0.05, N(0, 3²) scores, float32, sample 1, cells at
+    1.3e-31, 2.4x off a 400-digit solve).  Solved at unit size, with norms scaled before squaring: within
+    GRADIENT_RTOL of s times the unscaled gradient."""
     from convex_attention._ops import gradient_rtol
     from convex_attention.hessian import _held_to, _sizes
 
     h, scores, temps, grads = _rev83_wide_instance("mixed", 3, [(1, 0.1, 1)])
-    for dtype, s in ((torch.float32, 1e-25), (torch.float64, 1e-165)):
-        probs = ca.solve([x.to(dtype) for x in scores], h, "dual", temperature=temps,
-                         tol=1e-6 if dtype == torch.float32 else 1e-12, strict=True).probs
-        base = implicit_vjp(h, probs, temps, [v.to(dtype) for v in grads])
-        try:
-            got = implicit_vjp(h, probs, temps, [(v * s).to(dtype) for v in grads])
-        except (ImplicitSolveError, ValueError, RuntimeError):
-            continue
-        tol = gradient_rtol(dtype)
-        held = _held_to(_sizes([b.double() for b in base]), tol)
-        for k, (a, b) in enumerate(zip(got, base)):
-            off = (a.double() / s - b.double()).flatten(1).abs().amax(1) / held[:, k]
-            assert float(off.max()) <= tol, (dtype, k, off.tolist())
+    probs = ca.solve([x.to(dtype) for x in scores], h, "dual", temperature=temps,
+                     tol=1e-6 if dtype == torch.float32 else 1e-12, strict=True).probs
+    base = implicit_vjp(h, probs, temps, [v.to(dtype) for v in grads])
+    got = implicit_vjp(h, probs, temps, [(v * s).to(dtype) for v in grads])
+    tol = gradient_rtol(dtype)
+    held = _held_to(_sizes([b.double() for b in base]), tol)
+    for k, (a, b) in enumerate(zip(got, base)):
+        off = (a.double() / s - b.double()).flatten(1).abs().amax(1) / held[:, k]
+        assert float(off.max()) <= tol, (dtype, k, off.tolist())
