@@ -1383,6 +1383,21 @@ def test_rev86_a_block_jacobi_sample_is_measured_before_it_is_refused_as_beyond_
 
 
 # ----------------------------------------------------------------------------- ca_rev89 (strict xfail: known defects)
+def _float64_off_the_oracle(case, seed, draw, sample, refusal_allowed=True):
+    """Draw ``draw`` of ``case``/``seed`` (:func:`_rev83_wide_instance`) solved at tol 1e-12 in float64: the
+    backward's error on ``sample`` over GRADIENT_RTOL (1e-6) against the 60-digit oracle, or None where it raises
+    ImplicitSolveError (and ``refusal_allowed``)."""
+    h, scores, temps, grads = _rev83_wide_instance(case, seed, [draw])
+    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
+    try:
+        got = implicit_vjp(h, probs, temps, grads)
+    except ImplicitSolveError:
+        if not refusal_allowed:
+            raise
+        return None
+    return _rev89_error_over_tolerance(h, probs, temps, grads, got, sample, 1e-6)
+
+
 def _rev89_error_over_tolerance(h, probs, temps, grads, got, b, tol):
     """The largest error of sample ``b``'s map gradients off a 60-digit solve, over ``tol`` × what each is held to."""
     from convex_attention.hessian import _held_to, _sizes
@@ -1405,13 +1420,8 @@ def test_rev89_an_unflagged_float64_sample_is_within_gradient_rtol_or_raises():
     that sum to one only to rounding, which is ill-conditioned in them at a cell near one (its ``p_m − p_m²``
     moves by eps as ``p_m`` does): at ``p`` normalised it is 0.105x the tolerance off (0.021x with the
     cancellation-free product), and the two oracles differ by 3.05x the tolerance."""
-    h, scores, temps, grads = _rev83_wide_instance("mixed", 14, [(1, 1, 30)])
-    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
-    try:
-        got = implicit_vjp(h, probs, temps, grads)
-    except ImplicitSolveError:
-        return
-    assert _rev89_error_over_tolerance(h, probs, temps, grads, got, 1, 1e-6) <= 1
+    error = _float64_off_the_oracle("mixed", 14, (1, 1, 30), 1)
+    assert error is None or error <= 1, error
 
 
 def test_rev89_a_float32_sample_settled_by_its_correction_is_within_gradient_rtol_or_raises():
@@ -1462,10 +1472,7 @@ def test_rev89_a_float64_sample_whose_second_opinion_agrees_is_not_refused():
     0.02 of it off a 60-digit solve; but second_ok holds the second solve to rtol (1e-10), with no rounding-floor
     acceptance, so the sample is refused ('could not resolve').  The code before 085c6ca returned it 0.017x
     its tolerance off.  A new refusal of a right float64 gradient."""
-    h, scores, temps, grads = _rev83_wide_instance("mixed", 10, [(1, 1, 30)])
-    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
-    got = implicit_vjp(h, probs, temps, grads)
-    assert _rev89_error_over_tolerance(h, probs, temps, grads, got, 2, 1e-6) <= 1
+    assert _float64_off_the_oracle("mixed", 10, (1, 1, 30), 2, refusal_allowed=False) <= 1
 
 
 # ---------------------------------------------------------------- review 90: the float64 second opinion
@@ -1611,13 +1618,8 @@ def test_rev91_a_float64_sample_settled_by_its_corrections_is_within_gradient_rt
     probabilities; the same sample alone, 1.50x.  Formed in float64 from the exact w it is 0.35x: the rest is
     w's error, which a correction against the float64 product (a Hessian conditioned ~1e11 here) does not
     see.  Within 1e-6 per map, or ImplicitSolveError."""
-    h, scores, temps, grads = _rev83_wide_instance("chain-graph", 1, [(1e8, 1e-3, 10)])
-    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
-    try:
-        got = implicit_vjp(h, probs, temps, grads)
-    except ImplicitSolveError:
-        return
-    assert _rev89_error_over_tolerance(h, probs, temps, grads, got, 2, 1e-6) <= 1
+    error = _float64_off_the_oracle("chain-graph", 1, (1e8, 1e-3, 10), 2)
+    assert error is None or error <= 1, error
 
 
 @pytest.mark.xfail(strict=True, reason="ca_rev91: block-Jacobi float64 sample settled, 1.4-1.8x off")
@@ -1649,13 +1651,8 @@ def test_rev91_a_float64_sample_solved_by_the_pseudo_inverse_is_not_settled_by_t
     (150 and 400 digits: the same), map 3 100x, map 2 2.5x.  Alone (batch of 1): the same.  The parent commit
     refused the sample (ImplicitSolveError: the product could not verify the solve).  A second opinion that repeats
     the first solve measures nothing.  Within 1e-6 per map, or ImplicitSolveError."""
-    h, scores, temps, grads = _rev83_wide_instance("mixed-two-resolutions", 1, [(0.05, 0.05, 3)])
-    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
-    try:
-        got = implicit_vjp(h, probs, temps, grads)
-    except ImplicitSolveError:
-        return
-    assert _rev89_error_over_tolerance(h, probs, temps, grads, got, 2, 1e-6) <= 1
+    error = _float64_off_the_oracle("mixed-two-resolutions", 1, (0.05, 0.05, 3), 2)
+    assert error is None or error <= 1, error
 
 
 @pytest.mark.parametrize("dtype, s", [(torch.float32, 1e18), (torch.float64, 1e153),
