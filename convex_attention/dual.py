@@ -1616,8 +1616,13 @@ def _undetermined_temperatures(h: Graph, gtau: Tensor, gscores: Sequence[Tensor]
         bounds.append(math.sqrt(3) / 2 * squares.sqrt() / temps[k])
     bound = torch.stack(bounds)
     size = gtau.abs()
-    held = torch.maximum(size, size.max() * tol ** 0.5)
-    return torch.nonzero(bound > tol * held).flatten().tolist()
+    # the largest among the maps with a constraint: an isolated map (which joins whichever part is
+    # first) excused the others' by its own size, so that the numbering decided (ca_rev94)
+    constrained = torch.tensor([bool(h.in_edges[k] or h.out_edges[k]) for k in range(h.num_maps)],
+                               device=size.device)
+    largest = torch.where(constrained, size, torch.zeros_like(size)).max()
+    held = torch.maximum(size, largest * tol ** 0.5)
+    return torch.nonzero(constrained & (bound > tol * held)).flatten().tolist()
 
 
 class TemperatureGradientWarning(RuntimeWarning):

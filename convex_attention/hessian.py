@@ -658,6 +658,37 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
             (docs/math.md §7.6), not a score gradient.
         sample_names: the samples' numbers in the caller's batch, for the error (None: their rows).
     """
+    # the incoming gradients at unit size per sample, by a power of two (exact), and the result
+    # scaled back: the rounding floor of a right-hand side near the top of the dtype's range (float32
+    # gradients of 2^123) overflowed to inf and zeroed it as rounding (ca_rev94)
+    B = probs[0].shape[0]
+    tops = [v.detach().abs().reshape(v.shape[0], -1).amax(1).expand(B) for v in grads]
+    if dual_grads is not None:
+        tops += [u.detach().abs().reshape(u.shape[0], -1).amax(1).expand(B) for u in dual_grads if u is not None]
+    top = torch.stack(tops).amax(0)
+    usable = torch.isfinite(top) & (top > 0)
+    exponent = torch.frexp(torch.where(usable, top, torch.ones_like(top)))[1]
+    limit = int(math.log2(torch.finfo(probs[0].dtype).max)) - 1
+    exponent = torch.where(usable, exponent.clamp(-limit, limit), torch.zeros_like(exponent))
+
+    def scaled(x: Tensor, sign: int) -> Tensor:
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        return torch.ldexp(x, (sign * exponent).view(shape).to(x.device)).to(x.dtype)
+
+    out = _implicit_vjp(g, probs, temps, [scaled(v, -1) for v in grads], rtol=rtol, max_iter=max_iter,
+                        dense_limit=dense_limit, given=given,
+                        dual_grads=None if dual_grads is None else [None if u is None else scaled(u, -1)
+                                                                    for u in dual_grads],
+                        sample_names=sample_names)
+    return [scaled(o, 1) for o in out]
+
+
+def _implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
+                  rtol: float | None = None, max_iter: int = 1000, dense_limit: int | None = None,
+                  given: Sequence[bool] | None = None,
+                  dual_grads: Sequence[Tensor | None] | None = None,
+                  sample_names: Sequence[int] | None = None) -> list[Tensor]:
+    """:func:`implicit_vjp` at incoming gradients of unit size (per sample)."""
     hess = get_hessian(g, probs[0].device)
     dtype = probs[0].dtype
     if rtol is None:
