@@ -1617,9 +1617,10 @@ def _undetermined_temperatures(h: Graph, gtau: Tensor, gscores: Sequence[Tensor]
     bound = torch.stack(bounds)
     size = gtau.abs()
     # the largest among the maps with a constraint: an isolated map (which joins whichever part is
-    # first) excused the others' by its own size, so that the numbering decided (ca_rev94)
-    constrained = torch.tensor([bool(h.in_edges[k] or h.out_edges[k]) for k in range(h.num_maps)],
-                               device=size.device)
+    # first) excused the others' by its own size, so that the numbering decided (ca_rev94); an edge
+    # onto a one-cell map constrains nothing (its dual, centred, is 0: ca_rev95)
+    constrained = torch.tensor([any(h.sizes[h.edges[e][1]] > 1 for e in (*h.in_edges[k], *h.out_edges[k]))
+                                for k in range(h.num_maps)], device=size.device)
     largest = torch.where(constrained, size, torch.zeros_like(size)).max()
     held = torch.maximum(size, largest * tol ** 0.5)
     return torch.nonzero(constrained & (bound > tol * held)).flatten().tolist()

@@ -662,9 +662,11 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     # scaled back: the rounding floor of a right-hand side near the top of the dtype's range (float32
     # gradients of 2^123) overflowed to inf and zeroed it as rounding (ca_rev94)
     B = probs[0].shape[0]
+    if dual_grads is not None:  # each with the batch's first dimension (given without one, or with 1: broadcast)
+        dual_grads = [None if u is None else u.expand((B,) + g.shapes[b]) for u, (_, b) in zip(dual_grads, g.edges)]
     tops = [v.detach().abs().reshape(v.shape[0], -1).amax(1).expand(B) for v in grads]
     if dual_grads is not None:
-        tops += [u.detach().abs().reshape(u.shape[0], -1).amax(1).expand(B) for u in dual_grads if u is not None]
+        tops += [u.detach().abs().reshape(B, -1).amax(1) for u in dual_grads if u is not None]
     top = torch.stack(tops).amax(0)
     usable = torch.isfinite(top) & (top > 0)
     exponent = torch.frexp(torch.where(usable, top, torch.ones_like(top)))[1]

@@ -2508,3 +2508,36 @@ def test_rev94_an_isolated_map_does_not_hide_an_undetermined_temperature_gradien
         for k in axial:
             assert bool(torch.isnan(g32[k])) or float((g32[k] - want[k]).abs()) <= 1e-3 * float(want[k].abs()), (
                 isolated_first, k, float(g32[k]), float(want[k]))
+
+
+# ------------------------------------------------------------------------- ca_rev95 (strict xfail: review of d408c90)
+def test_rev95_a_map_constrained_only_through_a_one_cell_map_does_not_hide_an_undetermined_gradient():
+    """ca_rev94's instance (_rev94_axial_beside_an_isolated_map's axial 2×3 maps at τ = (1e6, 1, 1) and its lone
+    map (1, 3), scores (0.1, 0.2, −0.3), weights (0.5, −0.2, 0.1)), the lone map now joined to the axial maps through
+    a one-cell map (1, 1): Graph([(2, 3), (2, 1), (1, 3), (1, 3), (1, 1)], [(0, 1), (0, 2), (2, 4), (3, 4)]), τ = (1e6,
+    1, 1, 1, 1).  Pooling onto one cell only says each map sums to one: the same problem as the axial maps beside an
+    isolated lone map (ca_rev94's graph), the same maps and gradients, and no dual of edge (3, 4) moves map 3's
+    ∂L/∂τ (Σ θ̄ = 0).  _undetermined_temperatures counts map 3 as constrained (it has an edge), its ∂L/∂τ (0.0105)
+    is the largest, the axial maps (1.8e-12, 5.1e-14, 1.7e-12 in float64) are held to √1e-3 of it, and float32
+    returns 5.70e-14 (11.6 % off) and 1.617e-12 (3.1 % off) for maps 1 and 2, finite, with no warning, where the
+    axial graph alone (or beside the isolated map, since ca_rev94) gives NaN with the warning.  Each axial map's
+    ∂L/∂τ within 1e-3 of itself, or NaN with the warning."""
+    gen = torch.Generator().manual_seed(0)
+    axial = ca.Graph.axial((2, 3))
+    scores = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in axial.shapes]
+    weights = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in axial.shapes]
+    scores += [torch.tensor([[[0.1, 0.2, -0.3]]], dtype=torch.float64), torch.zeros(1, 1, 1, dtype=torch.float64)]
+    weights += [torch.tensor([[[0.5, -0.2, 0.1]]], dtype=torch.float64), torch.zeros(1, 1, 1, dtype=torch.float64)]
+    h = ca.Graph([(2, 3), (2, 1), (1, 3), (1, 3), (1, 1)], [(0, 1), (0, 2), (2, 4), (3, 4)])
+    got = {}
+    for dtype in (torch.float32, torch.float64):
+        tau = torch.tensor([1e6, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
+            sol = ca.solve(scores, h, "dual", temperature=tau, tol=1e-6 if dtype == torch.float32 else 1e-12,
+                           dtype=dtype)
+            got[dtype] = torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), tau)[0]
+    want, g32 = got[torch.float64], got[torch.float32]
+    for k in (1, 2):
+        assert bool(torch.isnan(g32[k])) or float((g32[k] - want[k]).abs()) <= 1e-3 * float(want[k].abs()), (
+            k, float(g32[k]), float(want[k]))

@@ -1797,3 +1797,58 @@ def test_rev94_a_redundant_diamond_with_a_loss_on_the_duals_is_not_refused_by_th
         held = _held_to(_sizes(want), 1e-6)[0]
         assert all(float((a[b:b + 1] - w).abs().max()) <= 1e-6 * float(held[k])
                    for k, (a, w) in enumerate(zip(got, want))), b
+
+
+# ------------------------------------------------------------------------- ca_rev95 (strict xfail: review of d408c90)
+def _rev95_pooled_with_dual_loss(batch):
+    """A 4×4 map pooled onto 2×2 (D = 4), τ = (0.7, 1.3), N(0, 1) scores, float64, ``batch`` samples whose incoming
+    gradients are N(0, 1) times (1, 1e6, 1e-6, ...) (so the samples' power-of-two scales differ), and one loss on
+    the duals ``u`` (one per edge) of batch 1: ``(h, probs, temps, grads, u)``."""
+    h = ca.Graph([(4, 4), (2, 2)], [(0, 1)])
+    hess = get_hessian(h, "cpu")
+    g = torch.Generator().manual_seed(3)
+    temps = [0.7, 1.3]
+    scores = [torch.randn((batch,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
+    size = torch.tensor([1.0, 1e6, 1e-6][:batch], dtype=torch.float64).view(-1, 1, 1)
+    grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) * size for p in probs]
+    u = hess.split(torch.randn(1, hess.dim, generator=g, dtype=torch.float64))
+    return h, probs, temps, grads, u
+
+
+def test_rev95_a_batch_one_loss_on_the_duals_is_differentiated_without_a_warning():
+    """_rev95_pooled_with_dual_loss(3) (4×4 → 2×2): dual_grads of batch 1 (which _implicit_vjp broadcasts with
+    ``expand``) and 3 samples.  implicit_vjp's new ``scaled(u, -1)`` calls ``torch.ldexp(u (1, 2, 2), −e (3, 1, 1))``,
+    whose output is resized from [1, 2, 2] to [3, 2, 2]: 'UserWarning: An output with one or more elements was
+    resized ... This behavior is deprecated, and in a future PyTorch release outputs will not be resized' on every
+    call (torch 2.13), an error under -W error.  The numbers are right (equal to the call with u expanded to the
+    batch); the warning is not the user's: no warning, and the same numbers as the expanded call."""
+    import warnings
+
+    h, probs, temps, grads, u = _rev95_pooled_with_dual_loss(3)
+    want = implicit_vjp(h, probs, temps, grads, dual_grads=[x.expand((3,) + x.shape[1:]).clone() for x in u])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = implicit_vjp(h, probs, temps, grads, dual_grads=u)  # UserWarning (an error here) today
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_rev95_an_unbatched_loss_on_the_duals_is_broadcast_or_refused():
+    """_rev95_pooled_with_dual_loss(2) (4×4 → 2×2), the loss on the duals given without a batch dimension
+    (``u[0][0]``, (2, 2), shaped like the coarse map), which the parent's ``u.to(float64).expand((B, 2, 2))``
+    broadcast to every sample (the parent's _implicit_vjp on it: equal to the expanded call, to the bit).
+    implicit_vjp now reads ``u.shape[0]`` as the batch: with B = 2 the dual's row i is scaled by sample i's
+    2^-e_i (e = 2 and 21: the gradients' 1e6 apart), so each sample gets one row of ū scaled wrongly by 2^±19;
+    the score gradients come back 1.00x and 0.85x (sample 0) and 0.63x and 0.62x (sample 1) of their size off the
+    broadcast answer, finite, no error.  At B = 3 the same call fails in ``expand`` ('The expanded size of the
+    tensor (3) must match the existing size (2)').  The broadcast answer, or a ValueError refusing the shape."""
+    h, probs, temps, grads, u = _rev95_pooled_with_dual_loss(2)
+    want = implicit_vjp(h, probs, temps, grads, dual_grads=[x.expand((2,) + x.shape[1:]).clone() for x in u])
+    try:
+        got = implicit_vjp(h, probs, temps, grads, dual_grads=[x[0] for x in u])
+    except ValueError:
+        return
+    for k, (a, b) in enumerate(zip(got, want)):
+        off = float((a - b).abs().max() / b.abs().max())
+        assert off <= 1e-12, (k, off)
