@@ -2496,18 +2496,24 @@ def test_rev94_an_isolated_map_does_not_hide_an_undetermined_temperature_gradien
     each axial map's temperature gradient within 1e-3 of itself, or NaN with the warning, in both numberings."""
     for isolated_first in (False, True):
         h, scores, weights, temps, axial = _rev94_axial_beside_an_isolated_map(isolated_first)
-        got = {}
-        for dtype in (torch.float32, torch.float64):
-            tau = torch.tensor(temps, dtype=torch.float64, requires_grad=True)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
-                sol = ca.solve(scores, h, "dual", temperature=tau, tol=1e-6 if dtype == torch.float32 else 1e-12,
-                               dtype=dtype)
-                got[dtype] = torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), tau)[0]
-        want, g32 = got[torch.float64], got[torch.float32]
+        g32, want = _float32_and_float64_temperature_gradients(scores, h, weights, temps)
         for k in axial:
             assert bool(torch.isnan(g32[k])) or float((g32[k] - want[k]).abs()) <= 1e-3 * float(want[k].abs()), (
                 isolated_first, k, float(g32[k]), float(want[k]))
+
+
+def _float32_and_float64_temperature_gradients(scores, h, weights, temps):
+    """``∂L/∂τ`` of ``L = Σ <w_k, p_k>`` by method 'dual' in float32 work (tol 1e-6; NaN where undetermined, its
+    TemperatureGradientWarning ignored) and in float64 work (tol 1e-12): ``(float32's, float64's)``."""
+    got = {}
+    for dtype in (torch.float32, torch.float64):
+        tau = torch.tensor(temps, dtype=torch.float64, requires_grad=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
+            sol = ca.solve(scores, h, "dual", temperature=tau, tol=1e-6 if dtype == torch.float32 else 1e-12,
+                           dtype=dtype)
+            got[dtype] = torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), tau)[0]
+    return got[torch.float32], got[torch.float64]
 
 
 # ------------------------------------------------------------------------- ca_rev95 (strict xfail: review of d408c90)
@@ -2529,15 +2535,7 @@ def test_rev95_a_map_constrained_only_through_a_one_cell_map_does_not_hide_an_un
     scores += [torch.tensor([[[0.1, 0.2, -0.3]]], dtype=torch.float64), torch.zeros(1, 1, 1, dtype=torch.float64)]
     weights += [torch.tensor([[[0.5, -0.2, 0.1]]], dtype=torch.float64), torch.zeros(1, 1, 1, dtype=torch.float64)]
     h = ca.Graph([(2, 3), (2, 1), (1, 3), (1, 3), (1, 1)], [(0, 1), (0, 2), (2, 4), (3, 4)])
-    got = {}
-    for dtype in (torch.float32, torch.float64):
-        tau = torch.tensor([1e6, 1.0, 1.0, 1.0, 1.0], dtype=torch.float64, requires_grad=True)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
-            sol = ca.solve(scores, h, "dual", temperature=tau, tol=1e-6 if dtype == torch.float32 else 1e-12,
-                           dtype=dtype)
-            got[dtype] = torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), tau)[0]
-    want, g32 = got[torch.float64], got[torch.float32]
+    g32, want = _float32_and_float64_temperature_gradients(scores, h, weights, [1e6, 1.0, 1.0, 1.0, 1.0])
     for k in (1, 2):
         assert bool(torch.isnan(g32[k])) or float((g32[k] - want[k]).abs()) <= 1e-3 * float(want[k].abs()), (
             k, float(g32[k]), float(want[k]))

@@ -1102,14 +1102,16 @@ def _rev81_axial(n, seed):
     return h, probs, temps, grads
 
 
-def _rev81_mp_vjp(h, probs, temps, grads, dual=None):
+def _rev81_mp_vjp(h, probs, temps, grads, dual=None, pseudo_inverse=False):
     """θ̄_k = J_k (v_k − A_k w), ∇²g w = Σ A_kᵀ J_k v_k (+ ū, the gradient on the duals ``dual``, ``(D,)``,
     centred per edge here) at the given probabilities (upcast exactly, then normalised), one sample, in 60-digit
     arithmetic (mpmath): A_k's entries are 0/±1, so nothing but the solve's rounding differs; a map without edges
     gets J_k v_k.  Normalised: ``diag p − p pᵀ`` at probabilities that sum to one only to rounding is
     ill-conditioned in them where a cell's is near one (``p_m − p_m²`` moves by eps as ``p_m`` does): on one-hot
     float64 maps the two references differed by 3x GRADIENT_RTOL (ca_rev89's first test; the backward forms
-    the Jacobian at ``p`` normalised, :meth:`DualHessian.apply_J`)."""
+    the Jacobian at ``p`` normalised, :meth:`DualHessian.apply_J`).  ``pseudo_inverse``: ``w`` by the pseudo-inverse
+    of the (gauged) Hessian, for a graph whose Hessian is singular beyond the gauge (ca_rev94's redundant diamond,
+    ``dual`` in its range)."""
     mp = pytest.importorskip("mpmath")
     mp.mp.dps = 60
     hess = get_hessian(h, "cpu")
@@ -1142,7 +1144,17 @@ def _rev81_mp_vjp(h, probs, temps, grads, dual=None):
                 rhs[r] += u[r] - mean
             for c in range(lo, hi):
                 H[r, c] += mp.mpf(1) / (hi - lo)
-    w = mp.lu_solve(H, rhs)
+    if pseudo_inverse:  # its eigendecomposition, eigenvalues below 1e-40 of the largest dropped
+        values, vectors = mp.eigsy(H)
+        top = max(abs(x) for x in values)
+        w = mp.matrix(D, 1)
+        for i in range(D):
+            if abs(values[i]) > mp.mpf("1e-40") * top:
+                c = mp.fsum(vectors[r, i] * rhs[r] for r in range(D)) / values[i]
+                for r in range(D):
+                    w[r] += c * vectors[r, i]
+    else:
+        w = mp.lu_solve(H, rhs)
     out = []
     for A, p, v, t, shape in zip(mats, ps, vs, temps, h.shapes):
         aw = [mp.fsum(x * w[j] for j, x in enumerate(row) if x) for row in A]
@@ -1718,54 +1730,8 @@ def test_rev94_an_incoming_gradient_near_the_top_of_the_range_is_not_zeroed_as_r
 
 
 def _rev94_mp_pinv_vjp(h, probs, temps, grads, dual):
-    """As :func:`_rev81_mp_vjp` (one sample, 60 digits, ``dual`` the gradient on the duals, ``(D,)``), with ``w``
-    by the pseudo-inverse of the (gauged) Hessian: its eigendecomposition, eigenvalues below 1e-40 of the largest
-    dropped (a redundant graph's Hessian is singular beyond the gauge; ``dual`` in its range, as ``Σ A_kᵀ y_k``)."""
-    mp = pytest.importorskip("mpmath")
-    mp.mp.dps = 60
-    hess = get_hessian(h, "cpu")
-    D = hess.dim
-    mats = [[[0] * D] * h.sizes[k] if a is None else a.reshape(D, -1).T.to(torch.int64).tolist()
-            for k, a in enumerate(hess.apply_A(torch.eye(D, dtype=torch.float64)))]
-    ps = [[mp.mpf(float(x)) for x in p.double().reshape(-1)] for p in probs]
-    ps = [[x / mp.fsum(p) for x in p] for p in ps]
-    vs = [[mp.mpf(float(x)) for x in v.double().reshape(-1)] for v in grads]
-
-    def J(p, y, t):
-        inner = mp.fsum(a * b for a, b in zip(p, y))
-        return [a * (b - inner) / mp.mpf(t) for a, b in zip(p, y)]
-
-    H, rhs = mp.matrix(D, D), mp.matrix(D, 1)
-    for A, p, v, t in zip(mats, ps, vs, temps):
-        for j in range(D):
-            col = J(p, [row[j] for row in A], t)
-            for r in range(D):
-                H[r, j] += mp.fsum(row[r] * c for row, c in zip(A, col) if row[r])
-        jv = J(p, v, t)
-        for r in range(D):
-            rhs[r] += mp.fsum(row[r] * c for row, c in zip(A, jv) if row[r])
-    u = [mp.mpf(float(x)) for x in dual.double().reshape(-1)]
-    for e in range(h.num_edges):
-        lo, hi = hess.offsets[e], hess.offsets[e + 1]
-        mean = mp.fsum(u[lo:hi]) / (hi - lo)
-        for r in range(lo, hi):
-            rhs[r] += u[r] - mean
-            for c in range(lo, hi):
-                H[r, c] += mp.mpf(1) / (hi - lo)
-    values, vectors = mp.eigsy(H)
-    top = max(abs(x) for x in values)
-    w = mp.matrix(D, 1)
-    for i in range(D):
-        if abs(values[i]) > mp.mpf("1e-40") * top:
-            c = mp.fsum(vectors[r, i] * rhs[r] for r in range(D)) / values[i]
-            for r in range(D):
-                w[r] += c * vectors[r, i]
-    out = []
-    for A, p, v, t, shape in zip(mats, ps, vs, temps, h.shapes):
-        aw = [mp.fsum(x * w[j] for j, x in enumerate(row) if x) for row in A]
-        g = J(p, [a - b for a, b in zip(v, aw)], t)
-        out.append(torch.tensor([float(x) for x in g], dtype=torch.float64).view((1,) + shape))
-    return out
+    """ca_rev94's oracle: :func:`_rev81_mp_vjp` by the pseudo-inverse."""
+    return _rev81_mp_vjp(h, probs, temps, grads, dual, pseudo_inverse=True)
 
 
 @pytest.mark.xfail(strict=True, reason="ca_rev94, kept: the Cholesky second opinion refuses a right diamond gradient "
