@@ -662,8 +662,9 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     # scaled back: the rounding floor of a right-hand side near the top of the dtype's range (float32
     # gradients of 2^123) overflowed to inf and zeroed it as rounding (ca_rev94)
     B = probs[0].shape[0]
-    if dual_grads is not None:  # each with the batch's first dimension (given without one, or with 1: broadcast)
-        dual_grads = [None if u is None else u.expand((B,) + g.shapes[b]) for u, (_, b) in zip(dual_grads, g.edges)]
+    grads = [v.expand_as(p) for v, p in zip(grads, probs)]  # (a batch of 1 broadcast: ldexp would resize it)
+    if dual_grads is not None:  # each in float64 (as the system takes it), with the batch's first dimension
+        dual_grads = _batched_dual_grads(g, dual_grads, B)
     tops = [v.detach().abs().reshape(v.shape[0], -1).amax(1).expand(B) for v in grads]
     if dual_grads is not None:
         tops += [u.detach().abs().reshape(B, -1).amax(1) for u in dual_grads if u is not None]
@@ -683,6 +684,26 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
                                                                     for u in dual_grads],
                         sample_names=sample_names)
     return [scaled(o, 1) for o in out]
+
+
+def _batched_dual_grads(g: Graph, dual_grads: Sequence[Tensor | None], batch: int) -> list[Tensor | None]:
+    """``dual_grads`` (one per edge, or None) each ``(batch, *shapes[coarse])`` in float64: given
+    without a batch dimension, or with one of 1, broadcast; any other shape refused.  Scaled in
+    their own dtype, a float16 loss on the duals underflowed to 0 and was dropped; expanded as
+    given, a (1, 1, 2) loss on a 2×2 map was copied across its rows (ca_rev96)."""
+    if len(dual_grads) != g.num_edges:
+        raise ValueError(f"dual_grads must hold one entry per edge ({g.num_edges}), got {len(dual_grads)}")
+    out: list[Tensor | None] = []
+    for e, (u, (_, b)) in enumerate(zip(dual_grads, g.edges)):
+        if u is None:
+            out.append(None)
+            continue
+        shape = tuple(u.shape)
+        if shape != g.shapes[b] and shape not in ((1,) + g.shapes[b], (batch,) + g.shapes[b]):
+            raise ValueError(f"dual_grads[{e}] must have shape {g.shapes[b]}, (1, *that) or ({batch}, *that) (edge "
+                             f"{e}'s coarse map), got {shape}")
+        out.append(u.to(torch.float64).expand((batch,) + g.shapes[b]))
+    return out
 
 
 def _implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],

@@ -1818,3 +1818,61 @@ def test_rev95_an_unbatched_loss_on_the_duals_is_broadcast_or_refused():
     for k, (a, b) in enumerate(zip(got, want)):
         off = float((a - b).abs().max() / b.abs().max())
         assert off <= 1e-12, (k, off)
+
+
+# ------------------------------------------------------------------------- ca_rev96 (strict xfail: review of b857c48)
+def _rev96_pooled(batch, size=1.0):
+    """A 4×4 map pooled onto 2×2, τ = (0.7, 1.3), float64, ``batch`` samples, N(0, 1)·size incoming gradients and a
+    N(0, 1) loss on the duals of batch 1: ``(h, probs, temps, grads, u)``."""
+    h = ca.Graph([(4, 4), (2, 2)], [(0, 1)])
+    hess = get_hessian(h, "cpu")
+    g = torch.Generator().manual_seed(3)
+    temps = [0.7, 1.3]
+    scores = [torch.randn((batch,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
+    grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) * size for p in probs]
+    u = hess.split(torch.randn(1, hess.dim, generator=g, dtype=torch.float64))
+    return h, probs, temps, grads, u
+
+
+def test_rev96_a_batch_one_incoming_gradient_is_differentiated_without_a_warning():
+    """implicit_vjp's ``tops`` expands a gradient of batch 1 to the batch (so it means to accept one), but
+    ``scaled(v, -1)`` is ``torch.ldexp(v (1, 4, 4), −e (2, 1, 1))``: 'An output with one or more elements was
+    resized' UserWarning (an error under -W error), the ca_rev95 defect fixed for dual_grads only.  The numbers
+    equal the expanded call's; the warning should not be raised."""
+    import warnings
+
+    h, probs, temps, grads, _ = _rev96_pooled(2)
+    one = [v[:1] for v in grads]
+    want = implicit_vjp(h, probs, temps, [v.expand_as(p).clone() for v, p in zip(one, probs)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = implicit_vjp(h, probs, temps, one)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def test_rev96_a_float16_loss_on_the_duals_is_not_flushed_by_the_scaling():
+    """Float64 probabilities and gradients of size 2^28, a loss on the duals ``u`` of size 1 in float16.  The
+    scaling ``torch.ldexp(u, −29).to(float16)`` is below float16's smallest subnormal: ū becomes 0, and the result
+    equals the call without dual_grads, to the bit (the parent of d408c90 converted u to float64 first).  The dual
+    loss moves the result by 0.56 (1.5e-8 of its largest, 150× float64's 1e-10).  Want: the same answer as with
+    u converted to float64 (the same values)."""
+    h, probs, temps, grads, u = _rev96_pooled(1, 2.0 ** 28)
+    u16 = [x.half() for x in u]
+    want = implicit_vjp(h, probs, temps, grads, dual_grads=[x.double() for x in u16])
+    got = implicit_vjp(h, probs, temps, grads, dual_grads=u16)
+    for k, (a, b) in enumerate(zip(got, want)):
+        assert float((a - b).abs().max()) <= 1e-10 * float(b.abs().max()), k
+
+
+@pytest.mark.parametrize("case", ["singleton_map_dim", "extra_entry"])
+def test_rev96_misshapen_dual_grads_are_refused(case):
+    """4×4 → 2×2, one edge.  implicit_vjp broadcasts each dual loss with ``u.expand((B,) + coarse)``, meant for
+    the batch dimension only, so a (1, 1, 2) loss (one row of the 2×2 coarse map) is silently broadcast over the
+    rows; and the dual_grads list is zipped with g.edges, so a second entry for a one-edge graph is silently
+    dropped.  Both return finite numbers with no error; a ValueError naming the shape/length is wanted."""
+    h, probs, temps, grads, u = _rev96_pooled(2)
+    bad = [u[0][:, :1]] if case == "singleton_map_dim" else [u[0], u[0]]
+    with pytest.raises((ValueError, TypeError)):
+        implicit_vjp(h, probs, temps, grads, dual_grads=bad)
