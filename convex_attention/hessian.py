@@ -864,10 +864,10 @@ def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list,
     (:func:`_held_to`, on the smaller of the two answers' sizes: held to the size of a gradient
     first formed in float32, whose rounding made it 1e5 times too large, a gradient 2.7x its
     tolerance off agreed), with a second solve by the dense Hessian's pseudo-inverse, always in
-    float64: in float32 a second
-    solve shares the first one's rounded system and agreed on a gradient 1.75x its tolerance off
-    (ca_rev89).  The probabilities are taken in float64 and renormalised (float32's do not sum
-    to one in float64, and the Hessian's gauge would not close).  The second solve is held to
+    float64: in float32 a second solve shares the first one's rounded system and agreed on a
+    gradient 1.75x its tolerance off (ca_rev89).  The probabilities are taken in float64, a
+    narrower dtype's renormalised (:func:`_widened`: float32's do not sum to one in float64,
+    and the Hessian's gauge would not close).  The second solve is held to
     what a first one is accepted at (rtol, or sqrt(eps) at its rounding: held to rtol alone,
     one 58x better than the first was refused, ca_rev89).  ``on_duals``: the loss's centred
     gradient on the duals, in float64, part of the system (left out, a right gradient was
