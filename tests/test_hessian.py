@@ -1766,17 +1766,18 @@ def test_rev94_a_redundant_diamond_with_a_loss_on_the_duals_is_not_refused_by_th
 
 
 # ------------------------------------------------------------------------- ca_rev95 (strict xfail: review of d408c90)
-def _rev95_pooled_with_dual_loss(batch):
+def _rev95_pooled_with_dual_loss(batch, size=None):
     """A 4×4 map pooled onto 2×2 (D = 4), τ = (0.7, 1.3), N(0, 1) scores, float64, ``batch`` samples whose incoming
-    gradients are N(0, 1) times (1, 1e6, 1e-6, ...) (so the samples' power-of-two scales differ), and one loss on
-    the duals ``u`` (one per edge) of batch 1: ``(h, probs, temps, grads, u)``."""
+    gradients are N(0, 1) times ``size`` (default (1, 1e6, 1e-6, ...) per sample, so that the samples' power-of-two
+    scales differ), and one loss on the duals ``u`` (one per edge) of batch 1: ``(h, probs, temps, grads, u)``."""
     h = ca.Graph([(4, 4), (2, 2)], [(0, 1)])
     hess = get_hessian(h, "cpu")
     g = torch.Generator().manual_seed(3)
     temps = [0.7, 1.3]
     scores = [torch.randn((batch,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
     probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
-    size = torch.tensor([1.0, 1e6, 1e-6][:batch], dtype=torch.float64).view(-1, 1, 1)
+    if size is None:
+        size = torch.tensor([1.0, 1e6, 1e-6][:batch], dtype=torch.float64).view(-1, 1, 1)
     grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) * size for p in probs]
     u = hess.split(torch.randn(1, hess.dim, generator=g, dtype=torch.float64))
     return h, probs, temps, grads, u
@@ -1821,20 +1822,6 @@ def test_rev95_an_unbatched_loss_on_the_duals_is_broadcast_or_refused():
 
 
 # ------------------------------------------------------------------------- ca_rev96 (strict xfail: review of b857c48)
-def _rev96_pooled(batch, size=1.0):
-    """A 4×4 map pooled onto 2×2, τ = (0.7, 1.3), float64, ``batch`` samples, N(0, 1)·size incoming gradients and a
-    N(0, 1) loss on the duals of batch 1: ``(h, probs, temps, grads, u)``."""
-    h = ca.Graph([(4, 4), (2, 2)], [(0, 1)])
-    hess = get_hessian(h, "cpu")
-    g = torch.Generator().manual_seed(3)
-    temps = [0.7, 1.3]
-    scores = [torch.randn((batch,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
-    probs = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, strict=True).probs
-    grads = [torch.randn(p.shape, generator=g, dtype=torch.float64) * size for p in probs]
-    u = hess.split(torch.randn(1, hess.dim, generator=g, dtype=torch.float64))
-    return h, probs, temps, grads, u
-
-
 def test_rev96_a_batch_one_incoming_gradient_is_differentiated_without_a_warning():
     """implicit_vjp's ``tops`` expands a gradient of batch 1 to the batch (so it means to accept one), but
     ``scaled(v, -1)`` is ``torch.ldexp(v (1, 4, 4), −e (2, 1, 1))``: 'An output with one or more elements was
@@ -1842,7 +1829,7 @@ def test_rev96_a_batch_one_incoming_gradient_is_differentiated_without_a_warning
     equal the expanded call's; the warning should not be raised."""
     import warnings
 
-    h, probs, temps, grads, _ = _rev96_pooled(2)
+    h, probs, temps, grads, _ = _rev95_pooled_with_dual_loss(2, 1.0)
     one = [v[:1] for v in grads]
     want = implicit_vjp(h, probs, temps, [v.expand_as(p).clone() for v, p in zip(one, probs)])
     with warnings.catch_warnings():
@@ -1858,7 +1845,7 @@ def test_rev96_a_float16_loss_on_the_duals_is_not_flushed_by_the_scaling():
     equals the call without dual_grads, to the bit (the parent of d408c90 converted u to float64 first).  The dual
     loss moves the result by 0.56 (1.5e-8 of its largest, 150× float64's 1e-10).  Want: the same answer as with
     u converted to float64 (the same values)."""
-    h, probs, temps, grads, u = _rev96_pooled(1, 2.0 ** 28)
+    h, probs, temps, grads, u = _rev95_pooled_with_dual_loss(1, 2.0 ** 28)
     u16 = [x.half() for x in u]
     want = implicit_vjp(h, probs, temps, grads, dual_grads=[x.double() for x in u16])
     got = implicit_vjp(h, probs, temps, grads, dual_grads=u16)
@@ -1872,7 +1859,7 @@ def test_rev96_misshapen_dual_grads_are_refused(case):
     the batch dimension only, so a (1, 1, 2) loss (one row of the 2×2 coarse map) is silently broadcast over the
     rows; and the dual_grads list is zipped with g.edges, so a second entry for a one-edge graph is silently
     dropped.  Both return finite numbers with no error; a ValueError naming the shape/length is wanted."""
-    h, probs, temps, grads, u = _rev96_pooled(2)
+    h, probs, temps, grads, u = _rev95_pooled_with_dual_loss(2, 1.0)
     bad = [u[0][:, :1]] if case == "singleton_map_dim" else [u[0], u[0]]
     with pytest.raises((ValueError, TypeError)):
         implicit_vjp(h, probs, temps, grads, dual_grads=bad)
