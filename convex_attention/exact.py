@@ -261,6 +261,13 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
     return out
 
 
+def _log_floor(dtype: torch.dtype) -> float:
+    """Just below the log of ``dtype``'s smallest subnormal number: where a probability is 0 its
+    gradient is too, and ``0 · (−∞)`` would be NaN (:func:`temperature_gradient`)."""
+    finfo = torch.finfo(dtype)
+    return math.log(finfo.tiny * finfo.eps) - 1
+
+
 def temperature_gradient(probs: Sequence[Tensor], gscores: Sequence[Tensor],
                          log_probs: Sequence[Tensor] | None = None) -> Tensor:
     """``∂L/∂τ_k = −Σ_{b,i} θ̄_k(b, i) · log p_k(b, i)``: ``(M,)`` (see the module docstring).
@@ -286,9 +293,7 @@ def temperature_gradient(probs: Sequence[Tensor], gscores: Sequence[Tensor],
             log_p = p.clamp_min(torch.finfo(p.dtype).tiny).log()
         else:
             log_p = log_probs[k]
-        log_p = (log_p - log_p.amax(sample_dims(log_p), keepdim=True))
-        finfo = torch.finfo(log_p.dtype)
-        log_p = log_p.clamp_min(math.log(finfo.tiny * finfo.eps) - 1)
+        log_p = (log_p - log_p.amax(sample_dims(log_p), keepdim=True)).clamp_min(_log_floor(log_p.dtype))
         out.append(-(g.to(log_p.dtype) * log_p).sum())
     return torch.stack(out)
 
@@ -387,8 +392,7 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
         # log p floored just below the dtype's smallest subnormal number, as temperature_gradient floors
         # it: where log p is beyond the dtype (-inf) θ̄ is 0, and 0·(-inf) was NaN (float32 [0, -1e4] at
         # τ 1e-36); a floor at the smallest normal number cut a subnormal probability's term (ca_rev92)
-        floor = math.log(torch.finfo(torch.float64).tiny * torch.finfo(torch.float64).eps) - 1
-        gtau = torch.stack([-(gs * lp.clamp_min(floor)).sum()
+        gtau = torch.stack([-(gs * lp.clamp_min(_log_floor(lp.dtype))).sum()
                             for gs, lp in zip(gscores, log_probs)]).to(device=temps.device, dtype=temps.dtype)
     return (None, gtau, *out)
 

@@ -220,12 +220,12 @@ def _map_index(value, num_maps: int, e: int, end: str) -> int:
     return int(value)
 
 
-
 def _integer_dtype(array: Tensor | np.ndarray) -> bool:
     """Whether a tensor or numpy array holds integers (bool is not one)."""
     if isinstance(array, Tensor):
         return not array.dtype.is_floating_point and not array.dtype.is_complex and array.dtype != torch.bool
     return array.dtype.kind in ("i", "u")
+
 
 class Graph:
     r"""A graph of attention maps: maps with their own grids, edges "map b is a coarsening of map a".

@@ -174,8 +174,7 @@ class DualHessian:
         normalised, to a relative ``|1 − Σp|``: ``diag p − p pᵀ`` at ``p`` as given is
         ill-conditioned in ``p`` there (its ``p_m − p_m²`` moves by ``eps`` as ``p_m`` does).
         ``peak``: ``m`` per sample, ``(B, 1)`` (:meth:`peaks`; None: found here)."""
-        flat = y.flatten(1)
-        y = (flat - flat.gather(1, _peak(p) if peak is None else peak)).view_as(y)
+        y = _less_peak(y, _peak(p) if peak is None else peak)
         inner = (p * y).flatten(1).sum(1).view((-1,) + (1,) * (p.dim() - 1))
         return p * (y - inner) / tau
 
@@ -363,6 +362,12 @@ def _peak(p: Tensor) -> Tensor:
     return p.flatten(1).argmax(1, keepdim=True)
 
 
+def _less_peak(y: Tensor, peak: Tensor) -> Tensor:
+    """``y − y_m`` per sample, ``m`` the cell ``peak`` ``(B, 1)`` of the flattened map."""
+    flat = y.flatten(1)
+    return (flat - flat.gather(1, peak)).view_as(y)
+
+
 def _product_rounding(p: Tensor, y: Tensor, tau: float, peak: Tensor) -> Tensor:
     """Per cell, the size of the terms whose rounding :meth:`DualHessian.apply_J` leaves in
     ``J y``: those of ``y' = y − y_m`` as it forms them, ``p ∘ (|y'| + |<p, y'>|) / τ``, and
@@ -371,8 +376,7 @@ def _product_rounding(p: Tensor, y: Tensor, tau: float, peak: Tensor) -> Tensor:
     Sized on ``|y|`` at every cell (``p ∘ (|y| + |<p, y>|)``, the form before the product was
     cancellation-free) it was up to ``1 / (1 − p_m)`` times the product's rounding at a cell of
     probability near one, and accepted as rounding residuals a solve could still lower."""
-    flat = y.flatten(1)
-    shifted = (flat - flat.gather(1, peak)).view_as(y)
+    shifted = _less_peak(y, peak)
     shape = (-1,) + (1,) * (p.dim() - 1)
     inner = (p * shifted).flatten(1).sum(1).abs().view(shape)
     carried = ((1 - 2 * p) * y.abs() + (p * y.abs()).flatten(1).sum(1).view(shape)).clamp_min(0)
@@ -608,12 +612,18 @@ def _unit_scaled(x: Tensor) -> tuple[Tensor, Tensor]:
     """``(x · 2^−e, e)``: each row of ``x`` ``(B, D)`` scaled by a power of two (exactly) so that
     its largest entry is in [0.5, 1); ``e`` ``(B,)`` integers (0 for a zero or non-finite row;
     clamped to the dtype's exponent range, so that ``2^±e`` stays finite)."""
-    top = x.abs().amax(1)
+    exponent = _unit_exponent(x.abs().amax(1), x.dtype)
+    return torch.ldexp(x, -exponent.unsqueeze(1)).to(x.dtype), exponent
+
+
+def _unit_exponent(top: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per sample, the ``e`` with ``top · 2^−e`` in [0.5, 1) (``top``: each sample's largest
+    magnitude, ``(B,)``); 0 where ``top`` is zero or not finite; clamped to ``dtype``'s exponent
+    range, so that ``2^±e`` stays finite there."""
     usable = torch.isfinite(top) & (top > 0)
     exponent = torch.frexp(torch.where(usable, top, torch.ones_like(top)))[1]
-    limit = int(math.log2(torch.finfo(x.dtype).max)) - 1  # within the dtype's exponents: 2^±limit is finite
-    exponent = torch.where(usable, exponent.clamp(-limit, limit), torch.zeros_like(exponent))
-    return torch.ldexp(x, -exponent.unsqueeze(1)).to(x.dtype), exponent
+    limit = int(math.log2(torch.finfo(dtype).max)) - 1
+    return torch.where(usable, exponent.clamp(-limit, limit), torch.zeros_like(exponent))
 
 
 def _right_hand_side(hess: DualHessian, probs, temps, grads) -> tuple[list[Tensor], Tensor]:
@@ -665,14 +675,9 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     grads = [v.expand_as(p) for v, p in zip(grads, probs)]  # (a batch of 1 broadcast: ldexp would resize it)
     if dual_grads is not None:  # each in float64 (as the system takes it), with the batch's first dimension
         dual_grads = _batched_dual_grads(g, dual_grads, B)
-    tops = [v.detach().abs().reshape(v.shape[0], -1).amax(1).expand(B) for v in grads]
-    if dual_grads is not None:
-        tops += [u.detach().abs().reshape(B, -1).amax(1) for u in dual_grads if u is not None]
-    top = torch.stack(tops).amax(0)
-    usable = torch.isfinite(top) & (top > 0)
-    exponent = torch.frexp(torch.where(usable, top, torch.ones_like(top)))[1]
-    limit = int(math.log2(torch.finfo(probs[0].dtype).max)) - 1
-    exponent = torch.where(usable, exponent.clamp(-limit, limit), torch.zeros_like(exponent))
+    given_size = list(grads) + ([u for u in dual_grads if u is not None] if dual_grads is not None else [])
+    top = torch.stack([x.detach().abs().reshape(B, -1).amax(1) for x in given_size]).amax(0)
+    exponent = _unit_exponent(top, probs[0].dtype)
 
     def scaled(x: Tensor, sign: int) -> Tensor:
         shape = (-1,) + (1,) * (x.dim() - 1)
@@ -734,10 +739,10 @@ def _implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], gra
     noise = _norm(rhs) <= hess._floor_of(probs, temps, centred, rhs)
     rhs = torch.where(noise.unsqueeze(1), torch.zeros_like(rhs), rhs)
     on_duals = None  # ū, centred, (B, D): the second opinion of _refined adds it to its own right-hand side
-    if dual_grads is not None:
-        shapes = [(rhs.shape[0],) + g.shapes[b] for _, b in g.edges]
-        on_duals = hess.centre(hess.flatten([torch.zeros(s, dtype=torch.float64, device=rhs.device) if u is None
-                                             else u.to(torch.float64).expand(s) for u, s in zip(dual_grads, shapes)]))
+    if dual_grads is not None:  # (each (B, *shape) in float64, or None: _batched_dual_grads)
+        on_duals = hess.centre(hess.flatten([torch.zeros((rhs.shape[0],) + g.shapes[b], dtype=torch.float64,
+                                                         device=rhs.device) if u is None else u
+                                             for u, (_, b) in zip(dual_grads, g.edges)]))
         rhs = rhs + on_duals.to(rhs.dtype)
     # where the pseudo-inverse retry follows, a Cholesky-preconditioned solve that stalled stops
     # there, and goes on to max_iter only if that retry fails too: going on first took 0.3-0.6 s
