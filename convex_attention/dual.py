@@ -360,6 +360,7 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
     work = options.pop("dtype")
     if torch.finfo(work).max < torch.finfo(compute_dtype(dtype)).max:
         _check_scores_fit([s for s in scores if s is not None], work)
+    temps = _sharing_judged(temps, work, options)
     if any(mask):
         _check_given_structure(h, mask, options)
     parts = h.solved_apart()
@@ -1590,8 +1591,32 @@ def _dual_rounding(lam: Sequence[Tensor], eps: float) -> list[Tensor]:
     return [d.abs() * eps for d in lam]
 
 
+def _rounding_squares(h: Graph, gscores: Sequence[Tensor], rounding: Sequence[Tensor], maps) -> Tensor:
+    """``Σ_e ‖c_e ∘ rounding_e‖²`` (float64, 0-d): how far the duals' rounding moves the sum of the
+    temperature gradients of ``maps`` (times their one τ), ``c_e = θ̄_b − P_e θ̄_a`` on an edge
+    ``e = (a → b)`` (a term for each end in ``maps``): ``η_b`` carries ``+λ_e``, ``η_a`` carries
+    ``−P_eᵀ λ_e``, so for one map alone the two ends' terms never meet, and for maps that share
+    a temperature the two ends' moves offset each other."""
+    chosen = set(maps)
+    squares = torch.zeros((), dtype=torch.float64, device=rounding[0].device if rounding else None)
+    for e, (a, b) in enumerate(h.edges):
+        if a not in chosen and b not in chosen:
+            continue
+        coefficient = gscores[b].detach().to(torch.float64) if b in chosen else 0
+        if a in chosen:
+            coefficient = coefficient - h.aggregate(gscores[a].detach().to(torch.float64), e)
+        squares = squares + ((coefficient * rounding[e]) ** 2).sum()
+    return squares
+
+
+def _constrained_maps(h: Graph) -> list[bool]:
+    """Per map, whether an edge constrains it: an edge onto a one-cell map constrains nothing
+    (its dual, centred, is 0: ca_rev95)."""
+    return [any(h.sizes[h.edges[e][1]] > 1 for e in (*h.in_edges[k], *h.out_edges[k])) for k in range(h.num_maps)]
+
+
 def _undetermined_temperatures(h: Graph, gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
-                               temps: Sequence[float], work: torch.dtype) -> list[int]:
+                               temps: Sequence[float], work: torch.dtype, judged_elsewhere=()) -> list[int]:
     """The maps whose ``∂L/∂τ_k = −Σ θ̄_k log p_k`` the duals' rounding to the working dtype
     (``rounding``, :func:`_dual_rounding`) moves by more than :data:`GRADIENT_RTOL` of itself (of
     the largest, for one below its square root, as the score gradients are held): the returned
@@ -1603,27 +1628,22 @@ def _undetermined_temperatures(h: Graph, gtau: Tensor, gscores: Sequence[Tensor]
     with ``A_kᵀ θ̄_k``, refused ordinary float32 trees whose gradient was 2 % of its tolerance
     off, ca_rev92).  A float32 solve at τ = (1e6, 1, 1) on an axial 2×3 map returned the gradient
     of a two-cell map at p = (0.49999997, 0.5), whose log-probabilities differ by one float32
-    unit, 11 % off the float64 optimum's (ca_rev37's test), silently."""
+    unit, 11 % off the float64 optimum's (ca_rev37's test), silently.
+
+    The maps in ``judged_elsewhere`` share one temperature tensor with others: the user receives
+    their sum, which :class:`_SharingLedger` judges (a component alone may be undetermined where
+    the sum is not, ca_rev94); they are never returned here."""
     tol = gradient_rtol(work)
-    bounds = []
-    for k, g in enumerate(gscores):
-        g = g.detach().to(torch.float64)
-        squares = g.new_zeros(())
-        for e in h.in_edges[k]:
-            squares = squares + ((g * rounding[e]) ** 2).sum()
-        for e in h.out_edges[k]:
-            squares = squares + ((h.aggregate(g, e) * rounding[e]) ** 2).sum()
-        bounds.append(math.sqrt(3) / 2 * squares.sqrt() / temps[k])
-    bound = torch.stack(bounds)
+    bound = torch.stack([math.sqrt(3) / 2 * _rounding_squares(h, gscores, rounding, [k]).sqrt() / temps[k]
+                         for k in range(h.num_maps)]).to(gtau.device)
     size = gtau.abs()
     # the largest among the maps with a constraint: an isolated map (which joins whichever part is
-    # first) excused the others' by its own size, so that the numbering decided (ca_rev94); an edge
-    # onto a one-cell map constrains nothing (its dual, centred, is 0: ca_rev95)
-    constrained = torch.tensor([any(h.sizes[h.edges[e][1]] > 1 for e in (*h.in_edges[k], *h.out_edges[k]))
-                                for k in range(h.num_maps)], device=size.device)
+    # first) excused the others' by its own size, so that the numbering decided (ca_rev94)
+    constrained = torch.tensor(_constrained_maps(h), device=size.device)
     largest = torch.where(constrained, size, torch.zeros_like(size)).max()
     held = torch.maximum(size, largest * tol ** 0.5)
-    return torch.nonzero(constrained & (bound > tol * held)).flatten().tolist()
+    return [k for k in torch.nonzero(constrained & (bound > tol * held)).flatten().tolist()
+            if k not in judged_elsewhere]
 
 
 class TemperatureGradientWarning(RuntimeWarning):
@@ -1639,12 +1659,129 @@ def _unresolved_as_nan(gtau: Tensor, unresolved: list[int], map_names, work: tor
         return gtau
     gtau = gtau.clone()
     gtau[unresolved] = math.nan
-    warnings.warn(
-        f"the temperature gradient of method 'dual' for map(s) {named(unresolved, map_names)} cannot be resolved "
-        f"to {gradient_rtol(work):.0e} of itself in {work}: the duals' rounding to it moves it by more (maps whose "
-        f"cells are nearly equal, or hot maps, against the duals' size); it is NaN; solve in float64 "
-        f"(dtype=torch.float64), or keep those temperatures fixed", TemperatureGradientWarning, stacklevel=2)
+    _warn_unresolved(f"for map(s) {named(unresolved, map_names)}", work)
     return gtau
+
+
+def _warn_unresolved(which: str, work: torch.dtype, why: str = "") -> None:
+    """The :class:`TemperatureGradientWarning` of a temperature gradient returned NaN."""
+    why = why or ("the duals' rounding to it moves it by more (maps whose cells are nearly equal, or hot maps, "
+                  "against the duals' size)")
+    warnings.warn(
+        f"the temperature gradient of method 'dual' {which} cannot be resolved to {gradient_rtol(work):.0e} of "
+        f"itself in {work}: {why}; it is NaN; solve in float64 (dtype=torch.float64), or keep those temperatures "
+        f"fixed", TemperatureGradientWarning, stacklevel=3)
+
+
+def _graph_task() -> int | None:
+    """The autograd engine's id of the backward pass running now (None where this PyTorch has no
+    such call): a ledger entry is judged only by the pass that wrote it."""
+    current = getattr(torch._C, "_current_graph_task_id", None)
+    return None if current is None else int(current())
+
+
+class _SharingLedger:
+    """The float32 temperature gradients of maps that share one temperature tensor (a 0-d
+    temperature given for every map, a learned one), judged as the user receives them: summed.
+
+    Each backward of the solve (one per part of a graph solved apart, and per retry) records,
+    per group of maps that share a tensor, the sum of their components, their magnitudes, the
+    squares of the duals' rounding move of that sum (:func:`_rounding_squares`) and their
+    largest constrained component; the group's :class:`_SharedTemperature` node, which autograd
+    runs after every consumer of the tensor, judges the sum as :func:`_undetermined_temperatures`
+    judges one map's.  Judged per map, a part whose maps are exactly uniform (gradient 0,
+    undetermined) made the user's one temperature gradient NaN where the sum was determined
+    (ca_rev94)."""
+
+    def __init__(self, groups: list[list[int]], temps: Sequence[float], work: torch.dtype):
+        self.groups = groups
+        self.group_of = {k: i for i, group in enumerate(groups) for k in group}
+        self.temps = [temps[group[0]] for group in groups]
+        self.work = work
+        self.entries: list[tuple] = []  # (pass, group, sum, magnitude, squares, largest constrained)
+
+    def record(self, h: Graph, gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
+               map_names) -> list[int]:
+        """Record the groups' shares of one backward (``h`` a part, its maps named ``map_names``
+        in the whole graph); return the part's maps that a group judges."""
+        whole = list(range(h.num_maps)) if map_names is None else list(map_names)
+        mine: dict[int, list[int]] = {}
+        for k, name in enumerate(whole):
+            if name in self.group_of:
+                mine.setdefault(self.group_of[name], []).append(k)
+        constrained = _constrained_maps(h)
+        values = gtau.detach().to(torch.float64).cpu().tolist()
+        for group, maps in mine.items():
+            self.entries.append((_graph_task(), group, math.fsum(values[k] for k in maps),
+                                 math.fsum(abs(values[k]) for k in maps),
+                                 float(_rounding_squares(h, gscores, rounding, maps)),
+                                 max((abs(values[k]) for k in maps if constrained[k]), default=0.0)))
+        return [k for maps in mine.values() for k in maps]
+
+    def judged(self, group: int, grad: Tensor) -> Tensor:
+        """``grad`` (the sum autograd formed for the group's tensor), or NaN with a warning where
+        the duals' rounding moves it by more than :data:`GRADIENT_RTOL` of itself (of the largest
+        component, below its square root), or where this pass's records do not add up to it."""
+        task = _graph_task()
+        mine = [entry for entry in self.entries if entry[0] == task and entry[1] == group]
+        # this pass's records of the other groups stay for their nodes; a record of a pass that
+        # never reached its group's node (a call that asked for the score gradients only) goes
+        self.entries = [entry for entry in self.entries if entry[0] == task and entry[1] != group]
+        total, magnitude = math.fsum(e[2] for e in mine), math.fsum(e[3] for e in mine)
+        got = float(grad.detach().double().sum())
+        maps = self.groups[group]
+        if math.isnan(got):
+            return grad
+        if abs(got - total) > 16 * torch.finfo(grad.dtype).eps * magnitude + torch.finfo(torch.float64).tiny:
+            _warn_unresolved(f"for the temperature shared by maps {maps}", self.work,
+                             f"its backward passes recorded {total:.6g}, not the {got:.6g} it received")
+            return torch.full_like(grad, math.nan)
+        tol = gradient_rtol(self.work)
+        bound = math.sqrt(3) / 2 * math.sqrt(math.fsum(e[4] for e in mine)) / self.temps[group]
+        held = max(abs(total), max((e[5] for e in mine), default=0.0) * tol ** 0.5)
+        if bound > tol * held:
+            _warn_unresolved(f"for the temperature shared by maps {maps}", self.work)
+            return torch.full_like(grad, math.nan)
+        return grad
+
+
+class _SharedTemperature(torch.autograd.Function):
+    """``_SharedTemperature.apply(tau, ledger, group) -> tau``: the identity, whose backward hands
+    the gradient of the group's shared temperature to :meth:`_SharingLedger.judged`."""
+
+    @staticmethod
+    def forward(ctx, tau: Tensor, ledger: _SharingLedger, group: int):
+        ctx.ledger, ctx.group = ledger, group
+        return tau.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.ledger.judged(ctx.group, grad), None, None
+
+
+def _sharing_judged(temps: Sequence, work: torch.dtype, options: dict) -> list:
+    """``temps`` with every tensor that several maps share (one that requires grad, in float32
+    work) passed through a :class:`_SharedTemperature` node, and ``options["sharing"]`` the
+    ledger their backward records to (None where no tensor is shared or the work is float64,
+    whose duals are as exact as the solution)."""
+    temps = list(temps)
+    options["sharing"] = None
+    if work == torch.float64:
+        return temps
+    holders: dict[int, list[int]] = {}
+    for k, t in enumerate(temps):
+        if isinstance(t, Tensor) and t.requires_grad:
+            holders.setdefault(id(t), []).append(k)
+    groups = [maps for maps in holders.values() if len(maps) > 1]
+    if not groups or not torch.is_grad_enabled():
+        return temps
+    ledger = _SharingLedger(groups, temperature_floats(temps), work)
+    options["sharing"] = ledger
+    for i, maps in enumerate(groups):
+        shared = _SharedTemperature.apply(temps[maps[0]], ledger, i)
+        for k in maps:
+            temps[k] = shared
+    return temps
 
 
 def _shifted_logits(eta: Tensor, tau: float) -> Tensor:
@@ -1680,6 +1817,7 @@ class DualSolveFunction(torch.autograd.Function):
         options = dict(options)
         mask = options.pop("given_mask", None)
         ctx.map_names = options.pop("map_names", None)  # the maps' numbers in the whole graph (a component)
+        ctx.sharing = options.pop("sharing", None)  # maps that share a temperature tensor: judged summed
         scores, given = _split_given(inputs, mask) if mask is not None else (list(inputs), None)
         returned: dict = {}
         result = solve_dual(scores, h, floats, given=given, _returned=returned, **options)
@@ -1748,8 +1886,10 @@ class DualSolveFunction(torch.autograd.Function):
             log_probs, rounding = saved[ctx.M + ctx.conditionals:][:ctx.M], saved[ctx.M + ctx.conditionals:][ctx.M:]
             gtau = temperature_gradient(probs, scored, log_probs)
             if probs[0].dtype != torch.float64:  # (in float64 the duals are as exact as the solution is)
+                summed = () if ctx.sharing is None else ctx.sharing.record(ctx.h, gtau, scored, rounding,
+                                                                            ctx.map_names)
                 gtau = _unresolved_as_nan(gtau, _undetermined_temperatures(ctx.h, gtau, scored, rounding, ctx.temps,
-                                                                           probs[0].dtype), ctx.map_names,
+                                                                           probs[0].dtype, summed), ctx.map_names,
                                           probs[0].dtype)
             gtau = gtau.to(device=device, dtype=dtype)
         return (None, gtau, None, None, *gscores)

@@ -1,4 +1,5 @@
 import inspect
+import math
 import warnings
 
 import numpy as np
@@ -28,9 +29,11 @@ from convex_attention.dual import (
     ConvergenceError,
     _centred_scores,
     _conditionals,
+    _rounding_squares,
     check_dual_options,
     dual_function,
     dual_probs,
+    reparameterized_logits,
     reparameterized_probs,
     score_offset,
     solve_dual,
@@ -2427,9 +2430,6 @@ def test_rev93_a_zero_temperature_gradient_is_not_refused_in_float64():
 
 
 # ------------------------------------------------------------------------- ca_rev94 (strict xfail: review of 5f02b81)
-@pytest.mark.xfail(strict=True, reason="ca_rev94, open: a shared 0-d temperature's gradient is NaN where one "
-                                       "component's maps (exact gradient 0) are undetermined; the sum is determined "
-                                       "(0.4769); documented in design.md")
 def test_rev94_a_shared_temperature_is_not_nan_for_an_undetermined_component_of_zero():
     """Two chains 4 → 2 side by side (maps 0 → 1, 2 → 3), one 0-d temperature τ = 1 shared by all four maps
     (``temperature=tau``, requires_grad), float32 work, tol 1e-6, loss Σ <p_k, w_k>.  Chain 0 → 1 is the instance
@@ -2459,9 +2459,102 @@ def test_rev94_a_shared_temperature_is_not_nan_for_an_undetermined_component_of_
     assert want == pytest.approx(0.4769, abs=1e-4)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
-        got = tau_grad("dual", tol=1e-6, dtype=torch.float32)  # NaN today
+        got = tau_grad("dual", tol=1e-6, dtype=torch.float32)  # NaN when judged per map
     assert abs(got - want) <= 1e-3 * abs(want), (got, want)
 
+
+
+# ------------------------------------------------- a temperature tensor shared by maps: its gradient judged summed
+def _two_chains_shared():
+    """ca_rev94's two chains 4 → 2 side by side: maps 0 → 1 exactly uniform at τ = 1 (their ∂L/∂τ_k is 0, and
+    float32 duals do not determine it), maps 2 → 3 ordinary.  ``(graph, scores, weights)``, float64, batch 1."""
+    h = ca.Graph.from_edges([4, 2, 4, 2], [(0, 1, torch.tensor([0, 0, 1, 1])), (2, 3, torch.tensor([0, 1, 0, 1]))])
+    rows = [[1.0, 1.0, -1.0, -1.0], [-1.0, 1.0], [0.3, -1.2, 0.8, 0.1], [0.5, -0.4]]
+    weights = [[1.0, -2.0, 0.5, 0.3], [0.4, -0.9], [0.7, 0.2, -1.1, 0.6], [-0.3, 0.8]]
+    return (h, [torch.tensor([r], dtype=torch.float64) for r in rows],
+            [torch.tensor([w], dtype=torch.float64) for w in weights])
+
+
+def _tau_grads(h, scores, weights, temperature, leaves, method="dual", **options):
+    """The gradients of Σ <p_k, w_k> in ``leaves`` (the tensors ``temperature`` is made of)."""
+    sol = ca.solve(scores, h, method, temperature=temperature, **options)
+    loss = sum((p * w).sum() for p, w in zip(sol.probs, weights))
+    return [float(g) for g in torch.autograd.grad(loss, leaves)]
+
+
+def test_a_shared_temperature_whose_sum_is_undetermined_is_nan_with_a_warning_naming_its_maps():
+    """The uniform chain alone (maps 0 → 1), one 0-d τ for both, float32: the sum of two undetermined zeros is
+    undetermined: NaN, and the warning names the temperature shared by maps [0, 1] (not a wrong number)."""
+    h, scores, weights = _two_chains_shared()
+    part = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    tau = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    with pytest.warns(ca.TemperatureGradientWarning, match=r"shared by maps \[0, 1\]"):
+        got = _tau_grads(part, scores[:2], weights[:2], tau, [tau], tol=1e-6, dtype=torch.float32)
+    assert math.isnan(got[0])
+
+
+def test_maps_sharing_a_temperature_are_judged_per_shared_tensor():
+    """Temperatures (a, a, b, b) on the two chains, float32: a's maps are the uniform chain (its sum
+    undetermined: NaN, one warning naming maps [0, 1]); b's sum is determined and within 1e-3 of exact's."""
+    h, scores, weights = _two_chains_shared()
+    a = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    b = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    want = _tau_grads(h, scores, weights, [a, a, b, b], [a, b], "exact")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _tau_grads(h, scores, weights, [a, a, b, b], [a, b], tol=1e-6, dtype=torch.float32)
+    said = [str(w.message) for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
+    assert len(said) == 1 and "shared by maps [0, 1]" in said[0], said
+    assert math.isnan(got[0]) and abs(got[1] - want[1]) <= 1e-3 * abs(want[1]), (got, want)
+
+
+def test_a_shared_temperature_is_judged_once_per_backward_pass():
+    """A first pass that asks for the score gradients only records the parts' shares but never reaches the
+    shared temperature's node; a second pass over the same graph (retain_graph) that reaches it is judged on its
+    own records, and a third gives the same number (records neither pile up nor go stale)."""
+    h, scores, weights = _two_chains_shared()
+    free = [s.clone().requires_grad_() for s in scores]
+    tau = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    sol = ca.solve(free, h, "dual", temperature=tau, tol=1e-6, dtype=torch.float32)
+    loss = sum((p * w).sum() for p, w in zip(sol.probs, weights))
+    torch.autograd.grad(loss, free, retain_graph=True)
+    first = float(torch.autograd.grad(loss, tau, retain_graph=True)[0])
+    second = float(torch.autograd.grad(loss, tau)[0])
+    assert first == second and first == pytest.approx(0.4769, abs=5e-4), (first, second)
+
+
+def test_a_loss_on_one_part_judges_a_shared_temperature_on_that_part_alone():
+    """After a pass over both chains that asked for the scores' gradients only, a loss on the ordinary chain's
+    maps alone: the shared temperature's gradient is that chain's (exact's, to 1e-3), not NaN and not the sum
+    of a stale record."""
+    h, scores, weights = _two_chains_shared()
+    tau = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    free = [s.clone().requires_grad_() for s in scores]
+    sol = ca.solve(free, h, "dual", temperature=tau, tol=1e-6, dtype=torch.float32)
+    torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), free, retain_graph=True)
+    got = float(torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs[2:], weights[2:])), tau)[0])
+    ref = ca.solve(scores, h, "exact", temperature=tau)
+    want = float(torch.autograd.grad(sum((p * w).sum() for p, w in zip(ref.probs[2:], weights[2:])), tau)[0])
+    assert abs(got - want) <= 1e-3 * abs(want), (got, want)
+
+
+@pytest.mark.parametrize("family", ["axial", "grid-regions", "mixed", "tree"])
+def test_the_rounding_move_of_maps_sharing_a_temperature_is_the_autograd_coefficient(family):
+    """_rounding_squares(maps) = Σ_e ‖c_e ∘ r_e‖², c_e the derivative of −τ Σ_{k in maps} <θ̄_k, log p_k(λ)> in
+    λ_e (log p_k from the logits θ_k + A_k λ, by autograd): signs included, so the two ends of an edge offset."""
+    h = make_graph(family, 2)
+    gen = torch.Generator().manual_seed(5)
+    lam = [torch.randn((1,) + h.shapes[b], generator=gen, dtype=torch.float64, requires_grad=True)
+           for _, b in h.edges]
+    scores = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    gscores = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+    rounding = [torch.rand((1,) + h.shapes[b], generator=gen, dtype=torch.float64) for _, b in h.edges]
+    for maps in ([0], list(range(h.num_maps)), [0, h.num_maps - 1]):
+        etas = reparameterized_logits(scores, lam, h)
+        moved = -sum((gscores[k] * etas[k]).sum() for k in maps)
+        coefficients = torch.autograd.grad(moved, lam, allow_unused=True)
+        want = sum(float(((c * r) ** 2).sum()) for c, r in zip(coefficients, rounding) if c is not None)
+        assert float(_rounding_squares(h, gscores, rounding, maps)) == pytest.approx(want, rel=1e-12), maps
 
 def _rev94_axial_beside_an_isolated_map(isolated_first):
     """The axial 2×3 instance of the float32 refusal (maps (2, 3), (2, 1), (1, 3) at τ = (1e6, 1, 1)), a chain
