@@ -203,6 +203,19 @@ def test_equality_and_hash():
     assert "Graph(shapes=[(6, 5), (6, 1), (1, 5)]" in repr(ca.Graph.axial((6, 5)))
 
 
+
+def test_a_grid_edge_equals_the_parent_map_it_implies():
+    """A graph is its maps and partitions, however an edge was given: a grid edge and its parent map build one
+    graph (equal, one hash, one set member); a different partition of the same shapes is another."""
+    grid = ca.Graph([(4, 4), (2, 2)], [(0, 1)])
+    parents = ca.Graph([(4, 4), (2, 2)], [(0, 1, grid.parents(0).reshape(4, 4))])
+    other = ca.Graph([(4, 4), (2, 2)], [(0, 1, grid.parents(0).flip(0).reshape(4, 4))])
+    assert grid == parents and parents == grid and hash(grid) == hash(parents) and len({grid, parents}) == 1
+    assert grid != other and other != grid
+    chain = ca.Graph([(4,), (2,)], [(0, 1)])
+    assert chain == ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    assert chain != ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 1, 0, 1]))])
+
 def test_a_grid_shaped_parent_map_is_read_in_c_order():
     regions = torch.tensor([[0, 1], [2, 2]])
     g = ca.Graph([(2, 2), 3], [(0, 1, regions)])
