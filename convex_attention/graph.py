@@ -723,6 +723,16 @@ class Graph:
     def __hash__(self) -> int:
         return hash(self._key[:2])  # (equal graphs may give their edges as grids or as parent maps)
 
+    def fingerprint(self) -> bytes:
+        """16 bytes (BLAKE2b) of the maps' shapes, the edges and every edge's parent map (a grid
+        edge's too): graphs equal as :meth:`__eq__` judges them have one fingerprint, in any
+        process.  Modules whose parameters belong to the graph keep it in their state
+        (:class:`convex_attention.nn.LearnedDuals`)."""
+        digest = hashlib.blake2b(repr((tuple(self.shapes), tuple(self.edges))).encode(), digest_size=16)
+        for e in range(self.num_edges):
+            digest.update(self._cpu_parents(e).numpy().tobytes())
+        return digest.digest()
+
     def __repr__(self) -> str:
         edges = [(a, b) if f is not None else (a, b, "parents") for (a, b), f in zip(self.edges, self._factors)]
         return f"Graph(shapes={self.shapes}, edges={edges})"

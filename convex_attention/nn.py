@@ -56,18 +56,55 @@ def _check_positive_int(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
-class LearnedDuals(nn.Module):
+class _GraphBoundState(nn.Module):
+    """A module whose parameters belong to its graph ``self.h``: its state carries the graph's
+    :meth:`Graph.fingerprint` (the buffer ``graph_fingerprint``, 16 bytes as a uint8 tensor, so
+    that a state stays a dict of tensors), and a state learned on another graph is refused on
+    load (a ValueError, also with ``strict=False``, before any of it is loaded into the module).  Per-edge parameters
+    of one shape fit any graph with the same coarse shapes (the rows of a map and its columns,
+    two partitions into as many regions): loaded into such a module they gave its maps duals
+    learned for other constraints, silently.  A state saved without it (before 2026-12-06: a
+    model's checkpoint of a run in progress) still loads, unchecked, as it did."""
+
+    h: Graph
+    graph_fingerprint: Tensor
+
+    def _bind_graph(self) -> None:
+        self.register_buffer("graph_fingerprint", torch.tensor(list(self.h.fingerprint()), dtype=torch.uint8))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        key = prefix + "graph_fingerprint"
+        theirs = state_dict.get(key)
+        if theirs is not None and not (isinstance(theirs, Tensor) and theirs.dtype == torch.uint8 and
+                                       torch.equal(theirs.cpu(), self.graph_fingerprint.cpu())):
+            # raised, not PyTorch's collected error: that is raised after the module's children (its
+            # parameters) were loaded, and the state of another graph would have stayed in it
+            raise ValueError(f"{type(self).__name__}{f' {prefix[:-1]!r}' if prefix else ''}: the state to load was "
+                             f"learned on another graph than this module's ({len(self.h.shapes)} maps "
+                             f"{list(self.h.shapes)}, edges {list(self.h.edges)}): its graph_fingerprint differs; "
+                             f"build the module on the graph the state was learned on; nothing of it was loaded "
+                             f"into this module")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if key in missing_keys:  # a state saved before the graph was recorded
+            missing_keys.remove(key)
+
+
+class LearnedDuals(_GraphBoundState):
     """The paper's "dual witness": one learnable ``λ_e`` per constraint, shared across the batch.
 
     ``LearnedDuals(h)()`` returns one tensor per edge ``e = (a → b)`` shaped ``(1, *h.shapes[b])``
     (on a hierarchy ``L-1`` tensors ``(1, *h.shapes[k+1])``), initialised to zero (the
-    unconstrained softmax).
+    unconstrained softmax).  Its state (``state_dict``) carries the graph, and loads only into
+    a module on the same graph (:class:`_GraphBoundState`).
     """
 
     def __init__(self, h: Graph):
         super().__init__()
         check_hierarchy(h)
         self.h = h
+        self._bind_graph()
         self.duals = nn.ParameterList([nn.Parameter(torch.zeros((1,) + h.shapes[b])) for _, b in h.edges])
 
     def forward(self) -> list[Tensor]:
@@ -103,7 +140,7 @@ def _fixed(temps) -> bool:
     return not any(isinstance(t, Tensor) and t.requires_grad for t in temps)
 
 
-class AmortisedDuals(nn.Module):
+class AmortisedDuals(_GraphBoundState):
     r"""Amortised duals: ``λ_e`` predicted for every sample from its own scores.
 
     ``AmortisedDuals(h, temperature)(scores)`` returns one tensor per edge ``e = (a → b)``,
@@ -111,7 +148,8 @@ class AmortisedDuals(nn.Module):
     per sample, for ``scores[k]``: ``(B, *h.shapes[k])``.  Use them with
     ``solve(..., "learned_dual", duals=...)`` or
     ``ConsistentAttention(h, "learned_dual", duals="amortised")``; train them with
-    :func:`fit_amortised_duals` (the paper's consistency loss on training instances).
+    :func:`fit_amortised_duals` (the paper's consistency loss on training instances).  Its state
+    carries the graph, and loads only into a module on the same graph (:class:`_GraphBoundState`).
 
     **Inputs on a hierarchy** (per constraint ``k``, on the grid of level ``k+1``, in score
     units).  With ``T_k = τ_0 + … + τ_k`` and the closed form's upward message ``m_0 = θ_0``,
@@ -175,6 +213,7 @@ class AmortisedDuals(nn.Module):
         super().__init__()
         check_hierarchy(h)
         self.h = h
+        self._bind_graph()
         self.temperature = check_temperatures(temperature, h.num_maps, unit=h._map_word)
         self.hidden = _check_positive_int(hidden, "hidden")
         self.layers = _check_positive_int(layers, "layers", minimum=0)

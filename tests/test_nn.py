@@ -600,8 +600,9 @@ def test_a_final_loss_that_is_nan_keeps_the_parameters_of_the_lowest_training_lo
     history = ca.fit_amortised_duals(module, train, steps=steps)
     assert len(calls) == steps + 1 and all(math.isfinite(v) for v in history)
     best = snapshots[min(range(steps), key=history.__getitem__)]
-    assert all(torch.equal(module.state_dict()[k], v) for k, v in best.items())
-    assert not all(torch.equal(module.state_dict()[k], v) for k, v in snapshots[steps].items())
+    weights = [k for k, v in best.items() if isinstance(v, torch.Tensor)]  # (not the graph the state records)
+    assert all(torch.equal(module.state_dict()[k], best[k]) for k in weights)
+    assert not all(torch.equal(module.state_dict()[k], snapshots[steps][k]) for k in weights)
 
 
 @pytest.mark.parametrize("structure", ["chain", "axial"])
@@ -743,3 +744,74 @@ def test_rev88_attend_with_amortised_duals_gives_consistent_maps_or_a_consistenc
     violation = float(out.solution.violation.detach().max())
     signal = sum(float(g.norm()) for g in torch.autograd.grad(out.aux_loss, scores))
     assert violation < 1e-3 or signal > 1e-3, (violation, float(out.aux_loss), signal)
+
+
+# ------------------------------------------------------------------ a learned state belongs to its graph
+def _same_shapes_other_partition():
+    """Two chains 4 → 2 whose one parameter per edge has one shape, (1, 2): cells paired (0, 1), (2, 3) and
+    (0, 2), (1, 3)."""
+    return (ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))]),
+            ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 1, 0, 1]))]))
+
+
+def _saved_and_loaded(state):
+    """``state`` through torch.save and torch.load(weights_only=True): what a user's file gives back."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_learned_duals_load_only_into_a_module_on_the_graph_they_were_learned_on():
+    """A state of LearnedDuals (saved and read back with weights_only) loads into a module on the same graph (also
+    built as a grid), and a module on another partition of the same shapes refuses it, strict or not; before, its
+    λ loaded without a word and gave the maps duals learned for other constraints."""
+    rows, cols = _same_shapes_other_partition()
+    learned = ca.LearnedDuals(rows)
+    with torch.no_grad():
+        learned.duals[0].copy_(torch.tensor([[0.7, -0.7]]))
+    state = _saved_and_loaded(learned.state_dict())
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    same = ca.LearnedDuals(ca.Graph([(4,), (2,)], [(0, 1)]))
+    same.load_state_dict(state)
+    assert torch.equal(same.duals[0], learned.duals[0])
+    for strict in (True, False):
+        other = ca.LearnedDuals(cols)
+        with pytest.raises(ValueError, match=r"learned on another graph than this module's \(2 maps"):
+            other.load_state_dict(state, strict=strict)
+        assert float(other.duals[0].detach().abs().sum()) == 0.0  # nothing of it was loaded
+    wider = ca.LearnedDuals(ca.Graph.from_edges([6, 2], [(0, 1, torch.tensor([0, 0, 0, 1, 1, 1]))]))
+    with pytest.raises(ValueError, match="learned on another graph"):
+        wider.load_state_dict(state)
+
+
+def test_a_duals_state_saved_without_its_graph_still_loads_unchecked():
+    """A state without the graph (saved before it was recorded: a checkpoint of a run in progress) loads, strict
+    too, as it did; a state missing a parameter is still refused."""
+    rows, _ = _same_shapes_other_partition()
+    learned = ca.LearnedDuals(rows)
+    with torch.no_grad():
+        learned.duals[0].copy_(torch.tensor([[0.3, -0.3]]))
+    state = {k: v for k, v in learned.state_dict().items() if k != "graph_fingerprint"}
+    loaded = ca.LearnedDuals(rows)
+    loaded.load_state_dict(state)
+    assert torch.equal(loaded.duals[0], learned.duals[0])
+    with pytest.raises(RuntimeError, match="duals.0"):
+        ca.LearnedDuals(rows).load_state_dict({})
+
+
+def test_amortised_duals_and_a_module_holding_duals_carry_their_graph():
+    """AmortisedDuals and a ConsistentAttention with learned duals: their states load back on the same graph
+    and are refused on another partition of the same shapes; the fingerprint is one in any dtype and device."""
+    rows, cols = _same_shapes_other_partition()
+    amortised = _saved_and_loaded(ca.AmortisedDuals(rows, 1.0).state_dict())
+    ca.AmortisedDuals(rows, 1.0).load_state_dict(amortised)
+    with pytest.raises(ValueError, match="learned on another graph"):
+        ca.AmortisedDuals(cols, 1.0).load_state_dict(amortised)
+    layer = _saved_and_loaded(ca.ConsistentAttention(rows, "learned_dual").state_dict())
+    ca.ConsistentAttention(rows, "learned_dual").double().load_state_dict(layer)
+    with pytest.raises(ValueError, match="learned_duals'. the state to load was learned on another graph"):
+        ca.ConsistentAttention(cols, "learned_dual").load_state_dict(layer)
+    assert ca.LearnedDuals(rows).double().graph_fingerprint.dtype == torch.uint8
