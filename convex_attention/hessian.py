@@ -577,17 +577,20 @@ def solve_psd(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float]
         # stopped on the tracked residual, which the true one misses: restarted once from the true
         # residual (a retry from w = 0 stops in the same place), for the iterations left
         missed = checked & solved & ~holds & torch.isfinite(true_relres)
-        left = max_iter - int(iterations.max())
-        if _restart and left > 0 and bool(missed.any()):
-            rows = torch.nonzero(missed).flatten()
+        # each sample restarted with the iterations it has left, as alone (the batch's most used had
+        # cut every sample's restart short, and a batch gave other gradients than its samples alone)
+        left = max_iter - iterations
+        restarting = missed & (left > 0)
+        for budget in sorted(set(left[restarting].tolist())) if _restart else []:
+            rows = torch.nonzero(restarting & (left == budget)).flatten()
             sub = [p[rows] for p in probs]
             remainder = rhs[rows] - hess.matvec(sub, temps, w[rows])
             # the correction's own tolerance, relative to its right-hand side, that leaves rtol of rhs
             scale = norm_b[rows] / _norm(remainder).clamp_min(tiny)
             rtol_rows = rtol[rows] if isinstance(rtol, Tensor) else rtol
             wanted = rtol_rows * scale
-            delta, _, more, _ = solve_psd(hess, sub, temps, remainder, wanted, left, dense_limit, spectral,
-                                          stop_stalled, _restart=False)
+            delta, _, more, _ = solve_psd(hess, sub, temps, remainder, wanted, int(budget), dense_limit,
+                                          spectral, stop_stalled, _restart=False)
             candidate = w[rows] + torch.where(torch.isfinite(delta).all(1, keepdim=True), delta,
                                               torch.zeros_like(delta))
             iterations[rows] += more
