@@ -313,7 +313,14 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
             return temps
         if not allow_grad:
             _refuse_grad_temperature(method, "floats or tensors that do not require grad")
-        return [_promoted(t, dtype) if g else v for t, g, v in zip(temperature, grads, temps)]
+        # one tensor given for several maps stays one tensor (promoted once): its maps share it,
+        # and method 'dual' judges their temperature gradients summed, as the user receives them
+        # (promoted per map, they were four tensors and judged one by one: ca_rev97)
+        promoted: dict[int, Tensor] = {}
+        for t, g in zip(temperature, grads):
+            if g and id(t) not in promoted:
+                promoted[id(t)] = _promoted(t, dtype)
+        return [promoted[id(t)] if g else v for t, g, v in zip(temperature, grads, temps)]
     return _check_temperature_values(temperature, num_levels, dtype, unit, unused)
 
 
