@@ -426,12 +426,8 @@ class Graph:
         self._flat: Graph | None = None
         self._solved_apart: list[tuple[list[int], list[int], Graph]] | None = None
         self._facts()
-        self._key = (tuple(self.shapes), tuple(self.edges),
-                     # a digest, not hash(): Python salts hash(bytes) per process, so a graph
-                     # unpickled elsewhere compared unequal to the same graph built there (a review)
-                     tuple(("grid", f) if f is not None else
-                           ("parents", hashlib.blake2b(self._cpu_parents(e).numpy().tobytes(), digest_size=16).digest())
-                           for e, f in enumerate(self._factors)))
+        self._structure: tuple | None = None  # (shapes, edges, each edge's partition): _partitions()
+        self._fingerprint: bytes | None = None
 
     def _facts(self) -> None:
         """Derived structure: coarsenings and finer maps of each map, an order with every map
@@ -591,9 +587,11 @@ class Graph:
 
     @staticmethod
     def _grid_parents(fine: tuple[int, ...], factor: tuple[int, ...]) -> Tensor:
-        coords = torch.meshgrid(*[torch.arange(n) // f for n, f in zip(fine, factor)], indexing="ij")
+        # on the CPU whatever the default device (under torch.device("meta") they were meta
+        # tensors, kept as the graph's CPU parent map: ca_rev98)
+        coords = torch.meshgrid(*[torch.arange(n, device="cpu") // f for n, f in zip(fine, factor)], indexing="ij")
         coarse = tuple(n // f for n, f in zip(fine, factor))
-        flat = torch.zeros(fine, dtype=torch.long)
+        flat = torch.zeros(fine, dtype=torch.long, device="cpu")
         for d, c in enumerate(coords):
             flat = flat * coarse[d] + c
         return flat.flatten()
@@ -705,33 +703,60 @@ class Graph:
         self.__dict__.update(state)
         self._freeze()  # a graph pickled before its lists were frozen (plain lists) gets them frozen
 
+    def _partitions(self) -> tuple:
+        """``(shapes, edges, per edge its partition)``, the partition as ``("grid", factor)`` for
+        an edge that pools blocks, however it was given (a parent map that is a grid's pooling
+        too), else ``("parents", digest)``: what equality, the hash and the fingerprint compare.
+        Made on first use and kept; a grid edge's parent map is never built for it (a 2**36-cell
+        edge's is 512 GiB, and under ``torch.device("meta")`` it was a meta tensor: ca_rev98)."""
+        if getattr(self, "_structure", None) is None:  # (a graph pickled before it was kept has none)
+            signatures: list[tuple] = []
+            for e, factor in enumerate(self._factors):
+                if factor is None:
+                    factor = self._grid_factor_of(e)
+                if factor is not None:
+                    signatures.append(("grid", tuple(factor)))
+                else:
+                    # a digest, not hash(): Python salts hash(bytes) per process, so a graph
+                    # unpickled elsewhere compared unequal to the same graph built there (a review)
+                    par = self._parents[e]
+                    assert par is not None
+                    signatures.append(("parents", hashlib.blake2b(par.numpy().tobytes(), digest_size=16).digest()))
+            self._structure = (tuple(self.shapes), tuple(self.edges), tuple(signatures))
+        assert self._structure is not None
+        return self._structure
+
+    def _grid_factor_of(self, e: int) -> tuple[int, ...] | None:
+        """The block factor of parent-map edge ``e`` where its parent map is exactly a grid's
+        pooling of the fine map onto the coarse one (same dimensions, each divisible), else None."""
+        a, b = self.edges[e]
+        fine, coarse = self.shapes[a], self.shapes[b]
+        if len(fine) != len(coarse) or any(n % c for n, c in zip(fine, coarse)):
+            return None
+        factor = tuple(n // c for n, c in zip(fine, coarse))
+        par = self._parents[e]
+        return factor if par is not None and torch.equal(par, self._grid_parents(fine, factor)) else None
+
     def __eq__(self, other) -> bool:
         """The same maps and the same partitions, however each edge was given: a grid edge equals
         the parent map it implies (built as ``Graph.grid`` and as ``Graph.from_edges`` with its
         parents, the same graph compared unequal, and a module refused duals made for it)."""
-        if type(self) is not type(other) or self._key[:2] != other._key[:2]:
-            return False
-        for e, (mine, theirs) in enumerate(zip(self._key[2], other._key[2])):
-            if mine == theirs and mine[0] == "grid":
-                continue
-            if mine[0] == theirs[0] == "parents" and mine != theirs:
-                return False
-            if not torch.equal(self._cpu_parents(e), other._cpu_parents(e)):
-                return False
-        return True
+        return type(self) is type(other) and self._partitions() == other._partitions()
 
     def __hash__(self) -> int:
-        return hash(self._key[:2])  # (equal graphs may give their edges as grids or as parent maps)
+        return hash(self._partitions())
 
     def fingerprint(self) -> bytes:
-        """16 bytes (BLAKE2b) of the maps' shapes, the edges and every edge's parent map (a grid
-        edge's too): graphs equal as :meth:`__eq__` judges them have one fingerprint, in any
-        process.  Modules whose parameters belong to the graph keep it in their state
+        """16 bytes (BLAKE2b) of the structure's kind (``Graph`` or ``Hierarchy``), the maps'
+        shapes, the edges and every edge's partition: graphs equal as :meth:`__eq__` judges them
+        have one fingerprint, in any process, and a grid edge builds no parent map for it.
+        Modules whose parameters belong to the graph keep it in their state
         (:class:`convex_attention.nn.LearnedDuals`)."""
-        digest = hashlib.blake2b(repr((tuple(self.shapes), tuple(self.edges))).encode(), digest_size=16)
-        for e in range(self.num_edges):
-            digest.update(self._cpu_parents(e).numpy().tobytes())
-        return digest.digest()
+        known = getattr(self, "_fingerprint", None)  # (a graph pickled before it was kept has none)
+        if known is None:
+            known = self._fingerprint = hashlib.blake2b(repr((type(self).__name__,) + self._partitions()).encode(),
+                                                        digest_size=16).digest()
+        return known
 
     def __repr__(self) -> str:
         edges = [(a, b) if f is not None else (a, b, "parents") for (a, b), f in zip(self.edges, self._factors)]

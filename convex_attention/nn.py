@@ -58,13 +58,17 @@ def _check_positive_int(value, name: str, minimum: int = 1) -> int:
 
 class _GraphBoundState(nn.Module):
     """A module whose parameters belong to its graph ``self.h``: its state carries the graph's
-    :meth:`Graph.fingerprint` (the buffer ``graph_fingerprint``, 16 bytes as a uint8 tensor, so
-    that a state stays a dict of tensors), and a state learned on another graph is refused on
-    load (a ValueError, also with ``strict=False``, before any of it is loaded into the module).  Per-edge parameters
-    of one shape fit any graph with the same coarse shapes (the rows of a map and its columns,
-    two partitions into as many regions): loaded into such a module they gave its maps duals
-    learned for other constraints, silently.  A state saved without it (before 2026-12-06: a
-    model's checkpoint of a run in progress) still loads, unchecked, as it did."""
+    :meth:`Graph.fingerprint` (the buffer ``graph_fingerprint``, its 16 bytes as a uint8 tensor,
+    so that a state stays a dict of tensors), and a state learned on another graph is refused on
+    load (a ValueError, also with ``strict=False``) before any of it is loaded into the module,
+    and, held by a :class:`ConsistentAttention`, before any is loaded into that (in another
+    container, modules that PyTorch loads earlier keep what they loaded, as in any failed load).
+    Per-edge parameters of one shape fit any graph with the same coarse shapes (the rows of a
+    map and its columns, two partitions into as many regions): loaded into such a module they
+    gave its maps duals learned for other constraints, silently.  The check reads the state's
+    fingerprint against the module's graph, not against the buffer (which a cast, ``to_empty``
+    or the meta device changes).  A state saved without it (before 2026-12-06: a model's
+    checkpoint of a run in progress) still loads, unchecked, as it did."""
 
     h: Graph
     graph_fingerprint: Tensor
@@ -75,20 +79,33 @@ class _GraphBoundState(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         key = prefix + "graph_fingerprint"
-        theirs = state_dict.get(key)
-        if theirs is not None and not (isinstance(theirs, Tensor) and theirs.dtype == torch.uint8 and
-                                       torch.equal(theirs.cpu(), self.graph_fingerprint.cpu())):
-            # raised, not PyTorch's collected error: that is raised after the module's children (its
-            # parameters) were loaded, and the state of another graph would have stayed in it
-            raise ValueError(f"{type(self).__name__}{f' {prefix[:-1]!r}' if prefix else ''}: the state to load was "
-                             f"learned on another graph than this module's ({len(self.h.shapes)} maps "
-                             f"{list(self.h.shapes)}, edges {list(self.h.edges)}): its graph_fingerprint differs; "
-                             f"build the module on the graph the state was learned on; nothing of it was loaded "
-                             f"into this module")
+        if key in state_dict:
+            check_graph_state(state_dict[key], self, prefix)
+        if "graph_fingerprint" not in self._buffers:  # a module pickled whole before the buffer existed
+            self._bind_graph()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
         if key in missing_keys:  # a state saved before the graph was recorded
             missing_keys.remove(key)
+
+
+def check_graph_state(recorded, module: _GraphBoundState, prefix: str = "") -> None:
+    """Refuse (ValueError) a state's ``graph_fingerprint`` that is not ``module``'s graph's: any
+    real tensor of its 16 byte values is read (a cast module's float64 one too); a meta tensor
+    (no values) is not checked."""
+    where = f"{type(module).__name__}{f' {prefix[:-1]!r}' if prefix else ''}"
+    if isinstance(recorded, Tensor) and recorded.is_meta:
+        return
+    values = recorded.detach().cpu().flatten() if isinstance(recorded, Tensor) else None
+    if values is None or values.numel() != 16 or values.is_complex() or not bool(
+            ((values >= 0) & (values <= 255) & (values == values.round())).all()):
+        raise ValueError(f"{where}: the state's graph_fingerprint is not a graph's fingerprint (16 byte values); "
+                         f"nothing of it was loaded into this module")
+    if bytes(int(v) for v in values.tolist()) != module.h.fingerprint():
+        raise ValueError(f"{where}: the state to load was learned on another graph than this module's "
+                         f"({type(module.h).__name__} of {len(module.h.shapes)} maps {list(module.h.shapes)}, edges "
+                         f"{list(module.h.edges)}): its graph_fingerprint differs; build the module on the graph the "
+                         f"state was learned on; nothing of it was loaded into this module")
 
 
 class LearnedDuals(_GraphBoundState):
@@ -680,6 +697,16 @@ class ConsistentAttention(nn.Module):
         if duals == "amortised":
             return AmortisedDuals(self.h, [float(t.detach()) if isinstance(t, Tensor) else t for t in temps])
         return LearnedDuals(self.h)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        # the duals' graph checked before this module's own parameters (a learned temperature)
+        # are loaded: PyTorch loads them first, and a refused state had set them (ca_rev98)
+        key = prefix + "learned_duals.graph_fingerprint"
+        if isinstance(self.learned_duals, _GraphBoundState) and key in state_dict:
+            check_graph_state(state_dict[key], self.learned_duals, prefix + "learned_duals.")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def _duals(self, scores: Sequence[Tensor], temps) -> list[Tensor] | None:
         """The module's duals for ``scores`` at the validated temperatures ``temps``."""

@@ -216,6 +216,22 @@ def test_a_grid_edge_equals_the_parent_map_it_implies():
     assert chain == ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
     assert chain != ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 1, 0, 1]))])
 
+
+def test_the_fingerprint_is_the_structure_however_its_edges_were_given():
+    """Graph.fingerprint: one for equal graphs (a grid edge and its parent map; after pickling), another for another
+    partition or for the Hierarchy of the same chain (a structure of another kind: modules treat it otherwise), and
+    built without a grid edge's parent map."""
+    import pickle
+
+    grid = ca.Graph([(4, 4), (2, 2)], [(0, 1)])
+    given = ca.Graph([(4, 4), (2, 2)], [(0, 1, ca.Graph([(4, 4), (2, 2)], [(0, 1)]).parents(0).reshape(4, 4))])
+    assert len(grid.fingerprint()) == 16 and grid.fingerprint() == given.fingerprint()
+    assert grid._parents[0] is None  # (built no parent map)
+    assert pickle.loads(pickle.dumps(given)).fingerprint() == grid.fingerprint()
+    assert ca.Hierarchy.grid([(4, 4), (2, 2)]).fingerprint() != grid.fingerprint()
+    other = ca.Graph([(4, 4), (2, 2)], [(0, 1, torch.arange(16).reshape(4, 4) % 4)])
+    assert other.fingerprint() != grid.fingerprint() and other != grid
+
 def test_a_grid_shaped_parent_map_is_read_in_c_order():
     regions = torch.tensor([[0, 1], [2, 2]])
     g = ca.Graph([(2, 2), 3], [(0, 1, regions)])

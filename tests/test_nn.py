@@ -779,7 +779,7 @@ def test_learned_duals_load_only_into_a_module_on_the_graph_they_were_learned_on
     assert torch.equal(same.duals[0], learned.duals[0])
     for strict in (True, False):
         other = ca.LearnedDuals(cols)
-        with pytest.raises(ValueError, match=r"learned on another graph than this module's \(2 maps"):
+        with pytest.raises(ValueError, match=r"learned on another graph than this module's \(Graph of 2 maps"):
             other.load_state_dict(state, strict=strict)
         assert float(other.duals[0].detach().abs().sum()) == 0.0  # nothing of it was loaded
     wider = ca.LearnedDuals(ca.Graph.from_edges([6, 2], [(0, 1, torch.tensor([0, 0, 0, 1, 1, 1]))]))
@@ -815,3 +815,122 @@ def test_amortised_duals_and_a_module_holding_duals_carry_their_graph():
     with pytest.raises(ValueError, match="learned_duals'. the state to load was learned on another graph"):
         ca.ConsistentAttention(cols, "learned_dual").load_state_dict(layer)
     assert ca.LearnedDuals(rows).double().graph_fingerprint.dtype == torch.uint8
+
+
+def test_rev98_amortised_duals_refuse_a_state_of_the_chain_graph_of_their_hierarchy():
+    """Hierarchy.grid([(4, 4), (2, 2)]) and Graph([(4, 4), (2, 2)], [(0, 1)]) compare unequal (ConsistentAttention
+    refuses duals built for one in a module on the other) and AmortisedDuals compute other features on them (the
+    closed form's messages; the spanning forest's λ and a sweep step) with parameters of the same shapes; yet their
+    fingerprints are one, so the chain graph's state loads into the hierarchy's module without a word: its largest
+    violation went from 1.9e-7 to 1.49 (B = 8, N(0, 4) scores, τ = 1).  Such a state should be refused (or, if the
+    two are made one structure, load without spoiling the module's duals)."""
+    hier, chain = ca.Hierarchy.grid([(4, 4), (2, 2)]), ca.Graph([(4, 4), (2, 2)], [(0, 1)])
+    torch.manual_seed(0)
+    scores = [2 * torch.randn(8, 4, 4), 2 * torch.randn(8, 2, 2)]
+    module = ca.AmortisedDuals(hier, 1.0)
+    try:
+        module.load_state_dict(ca.AmortisedDuals(chain, 1.0).state_dict())
+    except ValueError:
+        return
+    with torch.no_grad():
+        violation = float(ca.solve(scores, hier, "learned_dual", 1.0, duals=module(scores)).violation.max())
+    assert violation < 1e-3, violation
+
+
+def test_rev98_a_refused_state_leaves_a_layer_with_a_learned_temperature_as_it_was():
+    """ConsistentAttention(rows, "learned_dual", temperature=Parameter(1.0)) loading the state of the same layer on
+    another partition of the same shapes (temperature 3.0): the ValueError says "nothing of it was loaded into this
+    module" (docs/design.md: refused "before anything of it is loaded"), but the layer's own parameter is loaded
+    before its duals are checked: its temperature was 3.0 after the refusal.  It should still be 1.0."""
+    rows, cols = _same_shapes_other_partition()
+    layer = ca.ConsistentAttention(rows, "learned_dual", temperature=torch.nn.Parameter(torch.tensor(1.0)))
+    other = ca.ConsistentAttention(cols, "learned_dual", temperature=torch.nn.Parameter(torch.tensor(3.0)))
+    with pytest.raises(ValueError, match="learned on another graph"):
+        layer.load_state_dict(other.state_dict())
+    assert float(layer.temperature.detach()) == 1.0
+
+
+def test_rev98_duals_built_on_the_meta_device_leave_their_grid_graph_as_it_was():
+    """`with torch.device("meta"): ca.LearnedDuals(Graph([(4, 4), (2, 2)], [(0, 1)]))` built meta parameters before
+    (PyTorch's way to build a large model without memory); now Graph.fingerprint builds the grid edge's parent map
+    under the default device, a meta tensor, and fails (TypeError: can't convert meta device type tensor to numpy),
+    and the graph keeps that meta tensor as its CPU parent map: g.parents(0) is a meta tensor from then on
+    (AmortisedDuals alike).  The module should build, and the graph stay as it was."""
+    g = ca.Graph([(4, 4), (2, 2)], [(0, 1)])
+    try:
+        with torch.device("meta"):
+            duals = ca.LearnedDuals(g)
+        assert duals.duals[0].is_meta
+    finally:
+        assert g.parents(0).device.type == "cpu"
+    assert g.parents(0).tolist() == [0, 0, 1, 1, 0, 0, 1, 1, 2, 2, 3, 3, 2, 2, 3, 3]
+
+
+def test_rev98_a_module_built_on_the_meta_device_loads_the_state_of_its_graph():
+    """LearnedDuals on a parent-map graph built under torch.device("meta"), then loaded the ways PyTorch documents
+    for it: load_state_dict(state, assign=True) raised NotImplementedError (Cannot copy out of meta tensor: the check
+    reads the module's own meta buffer), and to_empty(device="cpu") then load_state_dict(state) raised ValueError
+    "learned on another graph" (the buffer holds uninitialised bytes, e.g. [96, 0, 0, ...]).  Before the fingerprint
+    both loaded.  The module's graph is known: both should load."""
+    rows, _ = _same_shapes_other_partition()
+    learned = ca.LearnedDuals(rows)
+    with torch.no_grad():
+        learned.duals[0].copy_(torch.tensor([[0.5, -0.5]]))
+    with torch.device("meta"):
+        assigned, emptied = ca.LearnedDuals(rows), ca.LearnedDuals(rows)
+    assigned.load_state_dict(learned.state_dict(), assign=True)
+    assert torch.equal(assigned.duals[0], learned.duals[0])
+    emptied = emptied.to_empty(device="cpu")
+    emptied.load_state_dict(learned.state_dict())
+    assert torch.equal(emptied.duals[0], learned.duals[0])
+
+
+def test_rev98_duals_on_a_grid_graph_build_no_parent_map():
+    """A grid edge builds no parent map (test_graph: "a grid edge builds nothing"; Hierarchy: "large grids cost
+    nothing to describe").  LearnedDuals(Graph([2**36, 1], [(0, 1)])) (one parameter) built in 0.06 s before; now
+    Graph.fingerprint asks for the parent map: RuntimeError, "you tried to allocate 549755813888 bytes".  At 2**24
+    cells it took 0.72 s instead of 0.06 s and the peak memory rose 226 -> 741 MB, the 128 MB map kept in the graph.
+    The module should leave the grid edge without a parent map (here 2**20 cells)."""
+    g = ca.Graph([2 ** 20, 1], [(0, 1)])
+    ca.LearnedDuals(g)
+    assert g._parents[0] is None
+
+
+def test_rev98_a_module_pickled_before_the_fingerprint_loads_a_state_of_its_graph():
+    """A ConsistentAttention saved whole (torch.save, weights_only=False) by the version before this one has duals
+    without the buffer; given a state saved now on the same graph, load_state_dict raised AttributeError
+    ("'LearnedDuals' object has no attribute 'graph_fingerprint'"; measured with a file written by commit 3e79175;
+    here the buffer is taken out to stand for it).  The module's graph is known: the state should load (checked
+    against it)."""
+    rows, _ = _same_shapes_other_partition()
+    old = ca.LearnedDuals(rows)
+    del old._buffers["graph_fingerprint"]  # what an object pickled before the buffer existed holds
+    old = copy.deepcopy(old)
+    learned = ca.LearnedDuals(rows)
+    with torch.no_grad():
+        learned.duals[0].copy_(torch.tensor([[0.25, -0.25]]))
+    old.load_state_dict(learned.state_dict())
+    assert torch.equal(old.duals[0], learned.duals[0])
+
+
+def test_rev98_a_module_cast_with_type_loads_its_own_state():
+    """nn.Module.type(dst_type) casts parameters and buffers alike: LearnedDuals(rows).type(torch.float64) holds a
+    float64 fingerprint, and loading its own state_dict back into itself (or into a fresh module on rows) raised
+    ValueError "the state to load was learned on another graph": the check demands dtype uint8 (so does a state whose
+    fingerprint holds the same 16 values as int64, e.g. read back from lists).  The graph is the same: it should
+    load."""
+    rows, _ = _same_shapes_other_partition()
+    cast = ca.LearnedDuals(rows).type(torch.float64)
+    cast.load_state_dict(cast.state_dict())
+    ca.LearnedDuals(rows).load_state_dict(cast.state_dict())
+
+
+def test_a_state_whose_fingerprint_is_no_fingerprint_is_refused_saying_so():
+    """A graph_fingerprint that is not 16 byte values (three values; a value of 300) is refused as no fingerprint,
+    not as another graph; the same 16 values in another dtype (a cast module's state) load."""
+    rows, _ = _same_shapes_other_partition()
+    state = ca.LearnedDuals(rows).state_dict()
+    for wrong in (torch.tensor([1, 2, 3], dtype=torch.uint8), torch.full((16,), 300.0)):
+        with pytest.raises(ValueError, match="is not a graph's fingerprint"):
+            ca.LearnedDuals(rows).load_state_dict(dict(state, graph_fingerprint=wrong))
+    ca.LearnedDuals(rows).load_state_dict(dict(state, graph_fingerprint=state["graph_fingerprint"].long()))
