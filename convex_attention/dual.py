@@ -39,6 +39,7 @@ import functools
 import math
 import numbers
 import warnings
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -1630,9 +1631,9 @@ def _undetermined_temperatures(h: Graph, gtau: Tensor, gscores: Sequence[Tensor]
     of a two-cell map at p = (0.49999997, 0.5), whose log-probabilities differ by one float32
     unit, 11 % off the float64 optimum's (ca_rev37's test), silently.
 
-    The maps in ``judged_elsewhere`` share one temperature tensor with others: the user receives
-    their sum, which :class:`_SharingLedger` judges (a component alone may be undetermined where
-    the sum is not, ca_rev94); they are never returned here."""
+    The maps in ``judged_elsewhere`` have a 0-d temperature tensor: the user receives its whole
+    gradient, which :class:`_TemperatureLedger` judges (a component alone may be undetermined
+    where the sum is not, ca_rev94); they are never returned here."""
     tol = gradient_rtol(work)
     bound = torch.stack([math.sqrt(3) / 2 * _rounding_squares(h, gscores, rounding, [k]).sqrt() / temps[k]
                          for k in range(h.num_maps)]).to(gtau.device)
@@ -1680,108 +1681,133 @@ def _graph_task() -> int | None:
     return None if current is None else int(current())
 
 
-class _SharingLedger:
-    """The float32 temperature gradients of maps that share one temperature tensor (a 0-d
-    temperature given for every map, a learned one), judged as the user receives them: summed.
+class _TemperatureLedger:
+    """The float32 temperature gradients that reach one temperature tensor of the user's (a 0-d
+    one: shared by several maps, or given again to another solve), judged as the user receives
+    them: summed over every map and every solve that used it in one backward pass.
 
-    Each backward of the solve (one per part of a graph solved apart, and per retry) records,
-    per group of maps that share a tensor, the sum of their components, their magnitudes, the
-    squares of the duals' rounding move of that sum (:func:`_rounding_squares`) and their
-    largest constrained component; the group's :class:`_SharedTemperature` node, which autograd
-    runs after every consumer of the tensor, judges the sum as :func:`_undetermined_temperatures`
-    judges one map's.  Judged per map, a part whose maps are exactly uniform (gradient 0,
-    undetermined) made the user's one temperature gradient NaN where the sum was determined
-    (ca_rev94)."""
+    Each backward of a solve (one per part of a graph solved apart, per retry, per call)
+    records, for the maps whose temperature is this tensor, the sum of their components, the
+    squares of the duals' rounding move of that sum (:func:`_rounding_squares`) and its part's
+    largest constrained component; a hook on the tensor, which autograd runs once its gradient
+    is whole (every use added, the user's own too), judges it as
+    :func:`_undetermined_temperatures` judges one map's, and returns NaN with a
+    :class:`TemperatureGradientWarning` where the rounding moves it by more than
+    :data:`GRADIENT_RTOL`.  Judged per map, a part whose maps were exactly uniform (gradient 0,
+    undetermined) made a shared temperature's gradient NaN where the sum was determined
+    (ca_rev94); judged per solve, so did a temperature given to two solves (ca_rev97).  Records
+    carry the backward pass's id (the autograd engine's): a pass that never reaches the tensor
+    (one asking for the score gradients only) leaves records that the next one drops."""
 
-    def __init__(self, groups: list[list[int]], temps: Sequence[float], work: torch.dtype):
-        self.groups = groups
-        self.group_of = {k: i for i, group in enumerate(groups) for k in group}
-        self.temps = [temps[group[0]] for group in groups]
+    def __init__(self, value: float, work: torch.dtype):
+        self.value = value
         self.work = work
-        self.entries: list[tuple] = []  # (pass, group, sum, magnitude, squares, largest constrained)
+        # (pass, the solve, its maps named, their sum, squares, the part's largest constrained)
+        self.records: list[tuple] = []
 
-    def record(self, h: Graph, gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
-               map_names) -> list[int]:
-        """Record the groups' shares of one backward (``h`` a part, its maps named ``map_names``
-        in the whole graph); return the part's maps that a group judges."""
-        whole = list(range(h.num_maps)) if map_names is None else list(map_names)
-        mine: dict[int, list[int]] = {}
-        for k, name in enumerate(whole):
-            if name in self.group_of:
-                mine.setdefault(self.group_of[name], []).append(k)
-        constrained = _constrained_maps(h)
-        values = gtau.detach().to(torch.float64).cpu().tolist()
-        for group, maps in mine.items():
-            self.entries.append((_graph_task(), group, math.fsum(values[k] for k in maps),
-                                 math.fsum(abs(values[k]) for k in maps),
-                                 float(_rounding_squares(h, gscores, rounding, maps)),
-                                 max((abs(values[k]) for k in maps if constrained[k]), default=0.0)))
-        return [k for maps in mine.values() for k in maps]
-
-    def judged(self, group: int, grad: Tensor) -> Tensor:
-        """``grad`` (the sum autograd formed for the group's tensor), or NaN with a warning where
-        the duals' rounding moves it by more than :data:`GRADIENT_RTOL` of itself (of the largest
-        component, below its square root), or where this pass's records do not add up to it."""
+    def record(self, solve: int, maps: list[int], total: float, squares: float, largest: float) -> None:
         task = _graph_task()
-        mine = [entry for entry in self.entries if entry[0] == task and entry[1] == group]
-        # this pass's records of the other groups stay for their nodes; a record of a pass that
-        # never reached its group's node (a call that asked for the score gradients only) goes
-        self.entries = [entry for entry in self.entries if entry[0] == task and entry[1] != group]
-        total, magnitude = math.fsum(e[2] for e in mine), math.fsum(e[3] for e in mine)
-        got = float(grad.detach().double().sum())
-        maps = self.groups[group]
-        if math.isnan(got):
-            return grad
-        if abs(got - total) > 16 * torch.finfo(grad.dtype).eps * magnitude + torch.finfo(torch.float64).tiny:
-            _warn_unresolved(f"for the temperature shared by maps {maps}", self.work,
-                             f"its backward passes recorded {total:.6g}, not the {got:.6g} it received")
-            return torch.full_like(grad, math.nan)
+        self.records = [r for r in self.records if r[0] == task] + [(task, solve, maps, total, squares, largest)]
+
+    def judged(self, grad: Tensor) -> Tensor | None:
+        """The hook: ``grad`` as it is, or NaN with a warning where this pass's records do not
+        determine it."""
+        task = _graph_task()
+        mine = [r for r in self.records if r[0] == task]
+        self.records = []
+        if not mine or not bool(torch.isfinite(grad).all()):
+            return None
         tol = gradient_rtol(self.work)
-        bound = math.sqrt(3) / 2 * math.sqrt(math.fsum(e[4] for e in mine)) / self.temps[group]
-        held = max(abs(total), max((e[5] for e in mine), default=0.0) * tol ** 0.5)
-        if bound > tol * held:
-            _warn_unresolved(f"for the temperature shared by maps {maps}", self.work)
-            return torch.full_like(grad, math.nan)
-        return grad
+        total = abs(float(grad.detach().double().sum()))
+        bound = math.sqrt(3) / 2 * math.sqrt(math.fsum(r[4] for r in mine)) / self.value
+        held = max(total, max(r[5] for r in mine) * tol ** 0.5)
+        if bound <= tol * held:
+            return None
+        solves: dict[int, set] = {}
+        for r in mine:
+            solves.setdefault(r[1], set()).update(r[2])
+        named = [sorted(maps) for maps in solves.values()]
+        which = (f"for map(s) {named[0]}" if len(named) == 1 and len(named[0]) == 1 else
+                 f"for the temperature shared by maps {named[0]}" if len(named) == 1 else
+                 f"for the temperature given to {len(named)} solves (its maps there: "
+                 f"{'; '.join(map(str, named))})")
+        _warn_unresolved(which, self.work)
+        return torch.full_like(grad, math.nan)
 
 
-class _SharedTemperature(torch.autograd.Function):
-    """``_SharedTemperature.apply(tau, ledger, group) -> tau``: the identity, whose backward hands
-    the gradient of the group's shared temperature to :meth:`_SharingLedger.judged`."""
+# One ledger per temperature tensor of the user's, kept while the tensor lives: id -> (a weak
+# reference to it, its ledger).  Its hook is registered once.
+_LEDGERS: dict[int, tuple] = {}
 
-    @staticmethod
-    def forward(ctx, tau: Tensor, ledger: _SharingLedger, group: int):
-        ctx.ledger, ctx.group = ledger, group
-        return tau.clone()
 
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        return ctx.ledger.judged(ctx.group, grad), None, None
+def _ledger_of(source: Tensor, value: float, work: torch.dtype) -> _TemperatureLedger:
+    """The ledger of ``source``, made (and its hook registered) on first use."""
+    known = _LEDGERS.get(id(source))
+    if known is not None and known[0]() is source:
+        ledger = known[1]
+        ledger.value, ledger.work = value, work
+        return ledger
+    ledger = _TemperatureLedger(value, work)
+    key = id(source)
+    _LEDGERS[key] = (weakref.ref(source, lambda _ref: _LEDGERS.pop(key, None)), ledger)
+    def judged(grad: Tensor) -> Tensor | None:
+        return ledger.judged(grad)
+
+    # (unserializable: a tensor saved with it gets no warning; the hook is remade on first use)
+    source.register_hook(torch.utils.hooks.unserializable_hook(judged))
+    return ledger
+
+
+def _temperature_source(t: Tensor) -> Tensor:
+    """The user's tensor behind a temperature: ``t``, or the leaf it was cast from
+    (:func:`validation.check_temperatures` casts a float32 temperature to the scores' compute
+    dtype, a new tensor per call: its uses in two calls meet only at the leaf)."""
+    node = t.grad_fn
+    if node is not None and type(node).__name__ == "ToCopyBackward0":
+        inner = [f for f, _ in node.next_functions if f is not None]
+        leaf = getattr(inner[0], "variable", None) if len(inner) == 1 else None  # an AccumulateGrad's
+        if isinstance(leaf, Tensor):
+            return leaf
+    return t
 
 
 def _sharing_judged(temps: Sequence, work: torch.dtype, options: dict) -> list:
-    """``temps`` with every tensor that several maps share (one that requires grad, in float32
-    work) passed through a :class:`_SharedTemperature` node, and ``options["sharing"]`` the
-    ledger their backward records to (None where no tensor is shared or the work is float64,
-    whose duals are as exact as the solution)."""
+    """``options["sharing"]``: per map whose temperature is a 0-d tensor that requires grad (in
+    float32 work), the :class:`_TemperatureLedger` of the user's tensor behind it (None where
+    there is none, or the work is float64, whose duals are as exact as the solution).  The
+    temperatures themselves are returned unchanged."""
     temps = list(temps)
     options["sharing"] = None
-    if work == torch.float64:
+    if work == torch.float64 or not torch.is_grad_enabled():
         return temps
-    holders: dict[int, list[int]] = {}
+    floats = temperature_floats(temps)
+    ledgers = {}
     for k, t in enumerate(temps):
-        if isinstance(t, Tensor) and t.requires_grad:
-            holders.setdefault(id(t), []).append(k)
-    groups = [maps for maps in holders.values() if len(maps) > 1]
-    if not groups or not torch.is_grad_enabled():
-        return temps
-    ledger = _SharingLedger(groups, temperature_floats(temps), work)
-    options["sharing"] = ledger
-    for i, maps in enumerate(groups):
-        shared = _SharedTemperature.apply(temps[maps[0]], ledger, i)
-        for k in maps:
-            temps[k] = shared
+        if isinstance(t, Tensor) and t.requires_grad and t.dim() == 0:
+            source = _temperature_source(t)
+            if not source._is_view():  # (a component of a (M,) tensor is judged with its solve's maps)
+                ledgers[k] = _ledger_of(source, floats[k], work)
+    options["sharing"] = ledgers or None
     return temps
+
+
+def _record_shares(ledgers: dict, h: Graph, gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
+                   map_names) -> list[int]:
+    """Record one backward's shares in the ledgers of the tensors behind its maps' temperatures
+    (``h`` a part, its maps named ``map_names`` in the whole graph); return the part's maps that
+    a ledger judges."""
+    whole = list(range(h.num_maps)) if map_names is None else list(map_names)
+    values = gtau.detach().to(torch.float64).cpu().tolist()
+    constrained = _constrained_maps(h)
+    largest = max((abs(v) for v, c in zip(values, constrained) if c), default=0.0)
+    mine: dict[int, tuple] = {}
+    for k, name in enumerate(whole):
+        if name in ledgers:
+            mine.setdefault(id(ledgers[name]), (ledgers[name], []))[1].append(k)
+    for ledger, maps in mine.values():
+        ledger.record(id(ledgers), [whole[k] for k in maps], math.fsum(values[k] for k in maps),
+                      float(_rounding_squares(h, gscores, rounding, maps)), largest)
+    return [k for _, maps in mine.values() for k in maps]
 
 
 def _shifted_logits(eta: Tensor, tau: float) -> Tensor:
@@ -1817,7 +1843,7 @@ class DualSolveFunction(torch.autograd.Function):
         options = dict(options)
         mask = options.pop("given_mask", None)
         ctx.map_names = options.pop("map_names", None)  # the maps' numbers in the whole graph (a component)
-        ctx.sharing = options.pop("sharing", None)  # maps that share a temperature tensor: judged summed
+        ctx.sharing = options.pop("sharing", None)  # maps whose temperature tensor is judged where it is whole
         scores, given = _split_given(inputs, mask) if mask is not None else (list(inputs), None)
         returned: dict = {}
         result = solve_dual(scores, h, floats, given=given, _returned=returned, **options)
@@ -1886,8 +1912,8 @@ class DualSolveFunction(torch.autograd.Function):
             log_probs, rounding = saved[ctx.M + ctx.conditionals:][:ctx.M], saved[ctx.M + ctx.conditionals:][ctx.M:]
             gtau = temperature_gradient(probs, scored, log_probs)
             if probs[0].dtype != torch.float64:  # (in float64 the duals are as exact as the solution is)
-                summed = () if ctx.sharing is None else ctx.sharing.record(ctx.h, gtau, scored, rounding,
-                                                                            ctx.map_names)
+                summed = () if ctx.sharing is None else _record_shares(ctx.sharing, ctx.h, gtau, scored, rounding,
+                                                                        ctx.map_names)
                 gtau = _unresolved_as_nan(gtau, _undetermined_temperatures(ctx.h, gtau, scored, rounding, ctx.temps,
                                                                            probs[0].dtype, summed), ctx.map_names,
                                           probs[0].dtype)
