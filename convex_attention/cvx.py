@@ -572,7 +572,7 @@ def get_layer(h: Graph, temps: Sequence[float], backend: str = DEFAULT_BACKEND) 
     temperatures or sizes does not grow it without bound).
     """
     name = get_backend(backend).name
-    key = (h, tuple(float(t) for t in temps), name)
+    key = (h._kernels_key(), tuple(float(t) for t in temps), name)
     with _CACHE_LOCK:
         layer = _CACHE.get(key)
         if layer is not None:

@@ -701,6 +701,9 @@ class Graph:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        # its parent maps on the CPU, as the graph keeps them, whatever map_location a load gave
+        # (torch.load(..., map_location="cuda") of a model holding it moved them)
+        self._parents = [None if p is None else p.cpu() for p in self._parents]
         self._freeze()  # a graph pickled before its lists were frozen (plain lists) gets them frozen
 
     def _partitions(self) -> tuple:
@@ -745,6 +748,14 @@ class Graph:
 
     def __hash__(self) -> int:
         return hash(self._partitions())
+
+    def _kernels_key(self) -> tuple:
+        """What decides the graph's kernels, for caches of objects built from them: the graph and
+        how each edge was given (a grid factor, or None for a parent map).  Equal graphs whose
+        edges are given otherwise pool in other summation orders; keyed by the graph alone, a
+        cached Hessian built for one served the other, and a solve's last bits depended on which
+        had run before (ca_rev99)."""
+        return (self, tuple(self._factors))
 
     def fingerprint(self) -> bytes:
         """16 bytes (BLAKE2b) of the structure's kind (``Graph`` or ``Hierarchy``), the maps'

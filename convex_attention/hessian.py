@@ -401,7 +401,7 @@ _CACHE_SIZE = 16
 
 def get_hessian(g: Graph, device) -> DualHessian:
     """The cached :class:`DualHessian` of ``(g, device)`` (its index tensors are built once)."""
-    key = (g, torch.device(device))
+    key = (g._kernels_key(), torch.device(device))
     with _CACHE_LOCK:
         hess = _CACHE.get(key)
         if hess is None:

@@ -76,6 +76,16 @@ class _GraphBoundState(nn.Module):
     def _bind_graph(self) -> None:
         self.register_buffer("graph_fingerprint", torch.tensor(list(self.h.fingerprint()), dtype=torch.uint8))
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "graph_fingerprint"
+        if key in destination:
+            # the graph's, not the buffer's bytes: to_empty (deferred initialisation on the meta device)
+            # leaves the buffer uninitialised, and its state was refused everywhere (ca_rev99)
+            held = destination[key]
+            device = torch.device("cpu") if held.is_meta else held.device
+            destination[key] = torch.tensor(list(self.h.fingerprint()), dtype=torch.uint8, device=device)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         key = prefix + "graph_fingerprint"

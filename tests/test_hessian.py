@@ -1898,3 +1898,39 @@ def test_a_restart_gets_the_iterations_its_own_sample_has_left_not_the_batchs(mo
     assert int(iterations[0]) == limit and not bool(solved[0])
     assert bool(solved_alone[0]) and bool(solved[1]), (solved_alone, solved)
     torch.testing.assert_close(w[1], w_alone[0], atol=1e-12, rtol=1e-10)
+
+
+def test_rev99_a_solve_does_not_depend_on_which_equal_graph_was_solved_before(monkeypatch):
+    """Graph([(8, 8), (4, 4), (1, 2), 5]) with grid edges 0 → 1 → 2 and regions 0 → 3 (cutting_regions seed 0),
+    built twice: with grid edges (g1) and with their parent maps (g2, block_parents).  g1 == g2 (efcbe72: a parent
+    map that is a grid's pooling compares as that grid), so get_hessian's cache, keyed by the graph, gives g2 the
+    DualHessian built for g1, whose products sum in another order.  'dual' (default tol, Newton steps) on N(0, 9)
+    scores, B = 8, τ = (0.3, 0.1, 1, 0.05): g2 solved alone twice gives identical maps, but g2 solved after g1 gives
+    maps 3.8e-9 away (within 2.7e-12 of g1's): the same call returns other maps by the process's history.  It
+    should give the same maps whatever was solved before."""
+    from collections import OrderedDict
+
+    from helpers import block_parents, cutting_regions
+
+    import convex_attention.hessian as hessian
+
+    regions = cutting_regions((8, 8), 5, 0)
+
+    def build(grid):
+        down = [(0, 1), (1, 2)] if grid else [(0, 1, block_parents((8, 8), (4, 4))),
+                                              (1, 2, block_parents((4, 4), (1, 2)))]
+        return ca.Graph([(8, 8), (4, 4), (1, 2), 5], down + [(0, 3, regions)])
+
+    g1, g2 = build(True), build(False)
+    assert g1 == g2
+    gen = torch.Generator().manual_seed(0)
+    scores = [3 * torch.randn((8,) + s, generator=gen, dtype=torch.float64) for s in g1.shapes]
+    temps = [0.3, 0.1, 1.0, 0.05]
+    monkeypatch.setattr(hessian, "_CACHE", OrderedDict())
+    alone = ca.solve(scores, g2, "dual", temperature=temps).probs
+    assert all(torch.equal(a, b) for a, b in zip(alone, ca.solve(scores, g2, "dual", temperature=temps).probs))
+    monkeypatch.setattr(hessian, "_CACHE", OrderedDict())
+    ca.solve(scores, g1, "dual", temperature=temps)
+    after = ca.solve(scores, g2, "dual", temperature=temps).probs
+    off = max(float((a - b).abs().max()) for a, b in zip(alone, after))
+    assert off == 0.0, off

@@ -934,3 +934,23 @@ def test_a_state_whose_fingerprint_is_no_fingerprint_is_refused_saying_so():
         with pytest.raises(ValueError, match="is not a graph's fingerprint"):
             ca.LearnedDuals(rows).load_state_dict(dict(state, graph_fingerprint=wrong))
     ca.LearnedDuals(rows).load_state_dict(dict(state, graph_fingerprint=state["graph_fingerprint"].long()))
+
+
+def test_rev99_duals_built_on_the_meta_device_save_a_state_their_graph_loads():
+    """PyTorch's deferred initialisation: LearnedDuals(rows) built under torch.device("meta"), then
+    to_empty(device="cpu") and its parameters set (here λ = [[0.5, -0.5]]).  The graph_fingerprint buffer is left as
+    to_empty leaves it, uninitialised (measured [171, 2, 0, 0, ...]; AmortisedDuals and a ConsistentAttention
+    alike), and state_dict() saves those bytes: loading the state into LearnedDuals(rows), or back into the module
+    itself, raises ValueError "learned on another graph than this module's".  The check reads the module's graph,
+    not the buffer, on load (efcbe72); the state saved should carry the graph's fingerprint and load."""
+    rows, _ = _same_shapes_other_partition()
+    with torch.device("meta"):
+        deferred = ca.LearnedDuals(rows)
+    deferred = deferred.to_empty(device="cpu")
+    with torch.no_grad():
+        deferred.duals[0].copy_(torch.tensor([[0.5, -0.5]]))
+    state = deferred.state_dict()
+    fresh = ca.LearnedDuals(rows)
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh.duals[0], deferred.duals[0])
+    deferred.load_state_dict(state)
