@@ -107,7 +107,7 @@ def check_graph_state(recorded, module: _GraphBoundState, prefix: str = "") -> N
     if isinstance(recorded, Tensor) and recorded.is_meta:
         return
     values = recorded.detach().cpu().flatten() if isinstance(recorded, Tensor) else None
-    if values is None or values.numel() != 16 or values.is_complex() or not bool(
+    if values is None or values.numel() != 16 or values.is_complex() or values.dtype == torch.bool or not bool(
             ((values >= 0) & (values <= 255) & (values == values.round())).all()):
         raise ValueError(f"{where}: the state's graph_fingerprint is not a graph's fingerprint (16 byte values); "
                          f"nothing of it was loaded into this module")

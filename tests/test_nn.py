@@ -930,7 +930,7 @@ def test_a_state_whose_fingerprint_is_no_fingerprint_is_refused_saying_so():
     not as another graph; the same 16 values in another dtype (a cast module's state) load."""
     rows, _ = _same_shapes_other_partition()
     state = ca.LearnedDuals(rows).state_dict()
-    for wrong in (torch.tensor([1, 2, 3], dtype=torch.uint8), torch.full((16,), 300.0)):
+    for wrong in (torch.tensor([1, 2, 3], dtype=torch.uint8), torch.full((16,), 300.0), torch.ones(16, dtype=bool)):
         with pytest.raises(ValueError, match="is not a graph's fingerprint"):
             ca.LearnedDuals(rows).load_state_dict(dict(state, graph_fingerprint=wrong))
     ca.LearnedDuals(rows).load_state_dict(dict(state, graph_fingerprint=state["graph_fingerprint"].long()))
