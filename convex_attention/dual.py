@@ -38,8 +38,8 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import threading
 import warnings
-import weakref
 from collections.abc import Sequence
 
 import torch
@@ -1704,17 +1704,26 @@ class _TemperatureLedger:
         self.work = work
         # (pass, the solve, its maps named, their sum, squares, the part's largest constrained)
         self.records: list[tuple] = []
+        self._lock = threading.Lock()
 
     def record(self, solve: int, maps: list[int], total: float, squares: float, largest: float) -> None:
-        task = _graph_task()
-        self.records = [r for r in self.records if r[0] == task] + [(task, solve, maps, total, squares, largest)]
+        with self._lock:
+            self.records.append((_graph_task(), solve, maps, total, squares, largest))
+            # every pass's records kept until its hook runs (a pass in another thread, or one nested
+            # in this one, dropped this one's: ca_rev100); those of passes that never reach it (a
+            # call asking for the score gradients only) are dropped once more passes have recorded
+            passes = list(dict.fromkeys(r[0] for r in self.records))
+            if len(passes) > _PASSES_KEPT:
+                kept = set(passes[-_PASSES_KEPT:])
+                self.records = [r for r in self.records if r[0] in kept]
 
     def judged(self, grad: Tensor) -> Tensor | None:
         """The hook: ``grad`` as it is, or NaN with a warning where this pass's records do not
         determine it."""
         task = _graph_task()
-        mine = [r for r in self.records if r[0] == task]
-        self.records = []
+        with self._lock:
+            mine = [r for r in self.records if r[0] == task]
+            self.records = [r for r in self.records if r[0] != task]
         if not mine or not bool(torch.isfinite(grad).all()):
             return None
         tol = gradient_rtol(self.work)
@@ -1735,27 +1744,30 @@ class _TemperatureLedger:
         return torch.full_like(grad, math.nan)
 
 
-# One ledger per temperature tensor of the user's, kept while the tensor lives: id -> (a weak
-# reference to it, its ledger).  Its hook is registered once.
-_LEDGERS: dict[int, tuple] = {}
+# How many backward passes' records a ledger keeps that have not reached its hook yet.
+_PASSES_KEPT = 16
 
 
 def _ledger_of(source: Tensor, value: float, work: torch.dtype) -> _TemperatureLedger:
-    """The ledger of ``source``, made (and its hook registered) on first use."""
-    known = _LEDGERS.get(id(source))
-    if known is not None and known[0]() is source:
-        ledger = known[1]
-        ledger.value, ledger.work = value, work
-        return ledger
-    ledger = _TemperatureLedger(value, work)
-    key = id(source)
-    _LEDGERS[key] = (weakref.ref(source, lambda _ref: _LEDGERS.pop(key, None)), ledger)
-    def judged(grad: Tensor) -> Tensor | None:
-        return ledger.judged(grad)
+    """The ledger of ``source``, held by the hook it registers on it (once: found again among
+    the tensor's hooks).  Kept nowhere else: a registry's weak reference to the tensor made
+    ``torch.utils.swap_tensors`` refuse it (a module's ``.double()`` under
+    ``set_swap_module_params_on_conversion``: ca_rev100); a copy of the tensor (``deepcopy``)
+    has no hooks and gets its own."""
+    for hook in (source._backward_hooks or {}).values():
+        ledger = getattr(hook, "temperature_ledger", None)
+        if isinstance(ledger, _TemperatureLedger):
+            ledger.value, ledger.work = value, work
+            return ledger
+    made = _TemperatureLedger(value, work)
 
+    def judged(grad: Tensor) -> Tensor | None:
+        return made.judged(grad)
+
+    judged.temperature_ledger = made  # type: ignore[attr-defined]
     # (unserializable: a tensor saved with it gets no warning; the hook is remade on first use)
     source.register_hook(torch.utils.hooks.unserializable_hook(judged))
-    return ledger
+    return made
 
 
 def _temperature_source(t: Tensor) -> Tensor:
@@ -1785,7 +1797,11 @@ def _sharing_judged(temps: Sequence, work: torch.dtype, options: dict) -> list:
     for k, t in enumerate(temps):
         if isinstance(t, Tensor) and t.requires_grad and t.dim() == 0:
             source = _temperature_source(t)
-            if not source._is_view():  # (a component of a (M,) tensor is judged with its solve's maps)
+            # (a component of a (M,) tensor is judged with its solve's maps; a 0-d view of a
+            # one-element tensor, p.squeeze() of an nn.Parameter(torch.ones(1)), is a temperature
+            # of its own: skipped, it was judged map by map, ca_rev100)
+            base = source._base if source._is_view() else None
+            if base is None or base.numel() == 1:
                 ledgers[k] = _ledger_of(source, floats[k], work)
     options["sharing"] = ledgers or None
     return temps

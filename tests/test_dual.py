@@ -2763,3 +2763,117 @@ def test_a_temperature_given_to_two_solves_is_nan_where_their_sum_is_undetermine
     with pytest.warns(ca.TemperatureGradientWarning, match=r"given to 2 solves \(its maps there: \[0, 1\]; \[0, 1\]\)"):
         (got,) = torch.autograd.grad(loss, tau)
     assert math.isnan(float(got))
+
+
+def test_rev100_a_0d_view_temperature_given_for_every_map_is_judged_summed():
+    """ca_rev94's two chains (float32 work, tol 1e-6) with the temperature p.squeeze(), p a (1,) float64 tensor
+    that requires grad (a learned nn.Parameter(torch.ones(1)), squeezed: one 0-d tensor for all four maps).  'exact'
+    gives ∂L/∂p = 0.4768663; a leaf 0-d τ gives 0.4768663 in 'dual'.  _sharing_judged skips a source that is a view,
+    so the four maps are judged one by one and the uniform chain's exact zeros are NaN ('for map(s) [0, 1]'): p's
+    gradient is NaN.  The parent (3e79175/43d1291) grouped the tensor by identity and returned 0.4768663."""
+    h, scores, weights = _two_chains_shared()
+    p = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
+    want = _tau_grads(h, scores, weights, p.squeeze(), [p], "exact")[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
+        got = _tau_grads(h, scores, weights, p.squeeze(), [p], tol=1e-6, dtype=torch.float32)[0]
+    assert abs(got - want) <= 1e-3 * abs(want), (got, want)
+
+
+def _rev100_uniform_and_ordinary_chains():
+    """The uniform chain 4 → 2 of _two_chains_shared (∂L/∂τ exactly 0, undetermined in float32) and an ordinary
+    input on the same graph: ``(graph, [uniform scores, ordinary scores], weights)``, float64."""
+    _, scores, weights = _two_chains_shared()
+    part = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    ordinary = [torch.tensor([[0.3, -1.2, 0.8, 0.1]], dtype=torch.float64),
+                torch.tensor([[0.5, -0.4]], dtype=torch.float64)]
+    return part, [scores[:2], ordinary], weights[:2]
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev100: one float32 τ = exp(log τ) given to two solves beside float64 "
+                                       "scores is cast per call and judged per solve: NaN where the sum is determined")
+def test_rev100_a_non_leaf_temperature_given_to_two_solves_with_float64_scores_is_judged_on_its_sum():
+    """τ = exp(log τ) computed once (log τ a float32 leaf at 0) and given to two solves of the chain 4 → 2 (float64
+    scores, float32 work, tol 1e-6): the uniform input (share exactly 0) and an ordinary one.  The user's tensor τ
+    receives the sum, −0.4259356 ('exact'; 'dual' with a leaf τ gives −0.4259356).  check_temperatures casts τ to
+    float64 per call and _temperature_source looks through the cast only to a leaf, so each call's cast gets its
+    own ledger and the uniform call's share is judged alone: NaN, 'the temperature shared by maps [0, 1]'."""
+    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
+    log_tau = torch.tensor(0.0, requires_grad=True)
+
+    def grad_of(method, **options):
+        tau, loss = log_tau.exp(), 0
+        for x in inputs:
+            sol = ca.solve(x, part, method, temperature=tau, **options)
+            loss = loss + sum((p * w).sum() for p, w in zip(sol.probs, weights))
+        return float(torch.autograd.grad(loss, log_tau)[0])
+
+    want = grad_of("exact")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
+        got = grad_of("dual", tol=1e-6, dtype=torch.float32)
+    assert abs(got - want) <= 1e-3 * abs(want), (got, want)
+
+
+def test_rev100_a_module_whose_learned_temperature_was_trained_converts_with_swapped_parameters():
+    """ConsistentAttention(chain 4 → 2, 'dual', float32 work) with a learned float32 Parameter τ, after one
+    backward: with torch.__future__.set_swap_module_params_on_conversion(True) (and for tensor subclasses, where
+    nn.Module._apply always swaps) layer.double() raises RuntimeError "_apply(): Couldn't swap
+    ConsistentAttention.temperature" (torch.utils.swap_tensors: "Cannot swap t1 because it has weakref associated
+    with it", the weakref _LEDGERS keeps).  Before the backward, or on the parent commit, it converts: τ float64."""
+    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
+    layer = ca.ConsistentAttention(part, "dual", temperature=torch.nn.Parameter(torch.tensor(1.0)), tol=1e-6,
+                                   dtype=torch.float32)
+    sum((p * w).sum() for p, w in zip(layer(inputs[1]).probs, weights)).backward()
+    swapping = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        layer.double()
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swapping)
+    (tau,) = layer.parameters()
+    assert tau.dtype == torch.float64
+
+
+def test_rev100_a_backward_pass_in_another_thread_does_not_drop_this_passs_records():
+    """One float32 leaf τ (float64 scores, float32 work, tol 1e-6).  Thread A: torch.autograd.grad of the uniform
+    chain's loss in τ (alone: undetermined, NaN with a warning, as in the single-threaded run); its solve's backward
+    records, then (a node created before the solve, run after it) A waits while the main thread takes its own
+    torch.autograd.grad of the ordinary input's loss in τ (−0.4259356).  _TemperatureLedger.record keeps only the
+    records of the pass recording now, so the main thread's record drops A's: A's hook finds no record of its pass
+    and returns 0.0 unjudged, no warning.  The parent (a ledger per solve) returned NaN for A."""
+    import threading
+
+    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
+    tau = torch.tensor(1.0, requires_grad=True)
+    paused, done, got = threading.Event(), threading.Event(), {}
+
+    class Wait(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            paused.set()
+            done.wait(60)
+            return grad
+
+    def loss_of(x):
+        sol = ca.solve(x, part, "dual", temperature=tau, tol=1e-6, dtype=torch.float32)
+        return sum((p * w).sum() for p, w in zip(sol.probs, weights))
+
+    def uniform_pass():
+        loss = Wait.apply(tau) * 0 + loss_of(inputs[0])
+        got["uniform"] = float(torch.autograd.grad(loss, tau)[0])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
+        thread = threading.Thread(target=uniform_pass)
+        thread.start()
+        paused.wait(60)
+        got["ordinary"] = float(torch.autograd.grad(loss_of(inputs[1]), tau)[0])
+        done.set()
+        thread.join(60)
+    assert got["ordinary"] == pytest.approx(-0.4259356, abs=1e-5), got
+    assert math.isnan(got["uniform"]), got
