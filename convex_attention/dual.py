@@ -35,6 +35,7 @@ Hessian (:func:`convex_attention.hessian.implicit_vjp`) on other graphs; never t
 """
 from __future__ import annotations
 
+import collections
 import functools
 import math
 import numbers
@@ -1704,6 +1705,7 @@ class _TemperatureLedger:
         self.work = work
         # (pass, the solve, its maps named, their sum, squares, the part's largest constrained)
         self.records: list[tuple] = []
+        self.dropped: collections.deque = collections.deque(maxlen=_PASSES_KEPT * 64)  # passes whose records went
         self._lock = threading.Lock()
 
     def record(self, solve: int, maps: list[int], total: float, squares: float, largest: float) -> None:
@@ -1715,6 +1717,7 @@ class _TemperatureLedger:
             passes = list(dict.fromkeys(r[0] for r in self.records))
             if len(passes) > _PASSES_KEPT:
                 kept = set(passes[-_PASSES_KEPT:])
+                self.dropped.extend(p for p in passes if p not in kept)
                 self.records = [r for r in self.records if r[0] in kept]
 
     def judged(self, grad: Tensor) -> Tensor | None:
@@ -1724,6 +1727,13 @@ class _TemperatureLedger:
         with self._lock:
             mine = [r for r in self.records if r[0] == task]
             self.records = [r for r in self.records if r[0] != task]
+            lost = task in self.dropped
+        if lost and bool(torch.isfinite(grad).all()):
+            # a pass still running when more than _PASSES_KEPT others had recorded: its records went,
+            # and a gradient judged on part of them, or none, is not judged (ca_rev101)
+            _warn_unresolved("for a temperature", self.work, f"the records of this backward pass were dropped "
+                                                             f"while more than {_PASSES_KEPT} other passes recorded")
+            return torch.full_like(grad, math.nan)
         if not mine or not bool(torch.isfinite(grad).all()):
             return None
         tol = gradient_rtol(self.work)
@@ -1748,17 +1758,26 @@ class _TemperatureLedger:
 _PASSES_KEPT = 16
 
 
-def _ledger_of(source: Tensor, value: float, work: torch.dtype) -> _TemperatureLedger:
-    """The ledger of ``source``, held by the hook it registers on it (once: found again among
-    the tensor's hooks).  Kept nowhere else: a registry's weak reference to the tensor made
-    ``torch.utils.swap_tensors`` refuse it (a module's ``.double()`` under
-    ``set_swap_module_params_on_conversion``: ca_rev100); a copy of the tensor (``deepcopy``)
-    has no hooks and gets its own."""
-    for hook in (source._backward_hooks or {}).values():
+def _ledger_of(source: Tensor, value: float, work: torch.dtype) -> _TemperatureLedger | None:
+    """The ledger of ``source``, held by the hook it registers on it, once; None where a hook
+    added now might never run (its solve's maps are then judged one by one, as before).
+
+    The tensor carries the ledger's id (``_temperature_ledger_id``), which moves with its
+    internals and their hooks: ``torch.utils.swap_tensors`` (a module's ``.cpu()`` under
+    ``set_swap_module_params_on_conversion``) moves them to the discarded tensor and leaves this
+    one a stale hooks dict, to which a hook added is never run (ca_rev101: an undetermined
+    gradient came back unjudged); so a tensor with hooks but without the id is not hooked.  A
+    copy (``deepcopy``: the id, no hooks) gets its own.  No registry: a weak reference to the
+    tensor made ``swap_tensors`` refuse it (ca_rev100)."""
+    hooks = source._backward_hooks or {}
+    mark = source.__dict__.get("_temperature_ledger_id")
+    for hook in hooks.values():
         ledger = getattr(hook, "temperature_ledger", None)
-        if isinstance(ledger, _TemperatureLedger):
+        if isinstance(ledger, _TemperatureLedger) and id(ledger) == mark:
             ledger.value, ledger.work = value, work
             return ledger
+    if hooks:  # hooks of unknown wiring (another's, or those a swap left): judged with the maps
+        return None
     made = _TemperatureLedger(value, work)
 
     def judged(grad: Tensor) -> Tensor | None:
@@ -1767,6 +1786,7 @@ def _ledger_of(source: Tensor, value: float, work: torch.dtype) -> _TemperatureL
     judged.temperature_ledger = made  # type: ignore[attr-defined]
     # (unserializable: a tensor saved with it gets no warning; the hook is remade on first use)
     source.register_hook(torch.utils.hooks.unserializable_hook(judged))
+    source.__dict__["_temperature_ledger_id"] = id(made)
     return made
 
 
@@ -1797,12 +1817,14 @@ def _sharing_judged(temps: Sequence, work: torch.dtype, options: dict) -> list:
     for k, t in enumerate(temps):
         if isinstance(t, Tensor) and t.requires_grad and t.dim() == 0:
             source = _temperature_source(t)
-            # (a component of a (M,) tensor is judged with its solve's maps; a 0-d view of a
-            # one-element tensor, p.squeeze() of an nn.Parameter(torch.ones(1)), is a temperature
-            # of its own: skipped, it was judged map by map, ca_rev100)
-            base = source._base if source._is_view() else None
-            if base is None or base.numel() == 1:
-                ledgers[k] = _ledger_of(source, floats[k], work)
+            # (a component of a (M,) tensor that requires grad is judged with its solve's maps; a
+            # 0-d view of a one-element tensor, p.squeeze() of nn.Parameter(torch.ones(1)), or a
+            # leaf that is a view, ones(4)[0].requires_grad_(), is a temperature of its own:
+            # skipped, they were judged map by map, ca_rev100, ca_rev101)
+            base = source._base if source._is_view() and not source.is_leaf else None
+            ledger = _ledger_of(source, floats[k], work) if base is None or base.numel() == 1 else None
+            if ledger is not None:
+                ledgers[k] = ledger
     options["sharing"] = ledgers or None
     return temps
 

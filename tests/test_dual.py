@@ -2877,3 +2877,98 @@ def test_rev100_a_backward_pass_in_another_thread_does_not_drop_this_passs_recor
         thread.join(60)
     assert got["ordinary"] == pytest.approx(-0.4259356, abs=1e-5), got
     assert math.isnan(got["uniform"]), got
+
+
+def test_rev101_a_learned_temperature_swapped_by_a_conversion_is_still_judged():
+    """ConsistentAttention(chain 4 → 2, 'dual', float32 work, tol 1e-6) with a learned float32 Parameter τ, after
+    one pass on the ordinary input (−0.4259356; the ledger's hook registered).  With
+    torch.__future__.set_swap_module_params_on_conversion(True), layer.cpu() (a no-op move, as .double() then
+    .float()) runs torch.utils.swap_tensors(τ, new): τ keeps its Python _backward_hooks dict, whose hook holds the
+    ledger, but the hook autograd runs moves with the tensor's impl to the discarded one.  _ledger_of(τ) finds the
+    ledger in the dict and records into it; no hook of τ judges it: the uniform input's undetermined gradient came
+    back −0.0 with no warning (NaN with 'shared by maps [0, 1]' before the conversion, or without the swap).  Now a
+    tensor with hooks it did not mark is not hooked: its maps are judged one by one, NaN with a warning."""
+    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
+    layer = ca.ConsistentAttention(part, "dual", temperature=torch.nn.Parameter(torch.tensor(1.0)), tol=1e-6,
+                                   dtype=torch.float32)
+    (tau,) = layer.parameters()
+
+    def grad_of(x):
+        loss = sum((p * w).sum() for p, w in zip(layer(x).probs, weights))
+        return float(torch.autograd.grad(loss, tau)[0])
+
+    assert grad_of(inputs[1]) == pytest.approx(-0.4259356, abs=1e-5)
+    swapping = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        layer.cpu()
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swapping)
+    assert next(layer.parameters()) is tau
+    # (its maps judged one by one: a hook added to a swapped tensor is never run)
+    with pytest.warns(ca.TemperatureGradientWarning, match=r"\[0, 1\] cannot be resolved"):
+        got = grad_of(inputs[0])
+    assert math.isnan(got), got
+
+
+def test_rev101_a_0d_leaf_that_is_a_view_given_for_every_map_is_judged_summed():
+    """ca_rev94's two chains (float32 work, tol 1e-6) with one temperature for all four maps, the 0-d leaf
+    torch.ones(4, dtype=torch.float64)[0].requires_grad_() (a leaf of its own: its base does not require grad, and
+    the user receives its whole gradient).  'exact' gives 0.4768663, as does 'dual' with torch.tensor(1.0).
+    _sharing_judged skips any source that is a view of a tensor of more than one element, so the maps are judged
+    one by one and the uniform chain's exact zeros are NaN ('for map(s) [0, 1]'): the gradient is NaN."""
+    h, scores, weights = _two_chains_shared()
+    tau = torch.ones(4, dtype=torch.float64)[0].requires_grad_()
+    assert tau.is_leaf
+    want = _tau_grads(h, scores, weights, tau, [tau], "exact")[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
+        got = _tau_grads(h, scores, weights, tau, [tau], tol=1e-6, dtype=torch.float32)[0]
+    assert abs(got - want) <= 1e-3 * abs(want), (got, want)
+
+
+def test_rev101_a_pass_in_flight_keeps_its_records_while_other_passes_record():
+    """One float32 leaf τ (float64 scores, float32 work, tol 1e-6).  Thread A: torch.autograd.grad of the uniform
+    chain's loss in τ (alone: undetermined, NaN with a warning); its solve's backward records, then A waits (a node
+    made before the solve, run after it) while the main thread takes _PASSES_KEPT = 16 gradients of the ordinary
+    input's loss in its scores only (passes that record and never reach τ's hook).  _TemperatureLedger.record keeps
+    the 16 latest passes and drops A's, which is still running: A's hook finds no record of its pass and returns
+    0.0 with no warning (with 15 such passes, NaN).  A pass that reaches the hook should be judged."""
+    import threading
+
+    import convex_attention.dual as dual
+
+    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
+    tau = torch.tensor(1.0, requires_grad=True)
+    paused, done, got = threading.Event(), threading.Event(), {}
+
+    class Wait(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            paused.set()
+            done.wait(60)
+            return grad
+
+    def loss_of(x):
+        sol = ca.solve(x, part, "dual", temperature=tau, tol=1e-6, dtype=torch.float32)
+        return sum((p * w).sum() for p, w in zip(sol.probs, weights))
+
+    def uniform_pass():
+        loss = Wait.apply(tau) * 0 + loss_of(inputs[0])
+        got["uniform"] = float(torch.autograd.grad(loss, tau)[0])
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
+        thread = threading.Thread(target=uniform_pass)
+        thread.start()
+        paused.wait(60)
+        for _ in range(dual._PASSES_KEPT):
+            x = [s.clone().requires_grad_() for s in inputs[1]]
+            torch.autograd.grad(loss_of(x), x)
+        done.set()
+        thread.join(60)
+    assert math.isnan(got["uniform"]), got
