@@ -35,7 +35,6 @@ Hessian (:func:`convex_attention.hessian.implicit_vjp`) on other graphs; never t
 """
 from __future__ import annotations
 
-import collections
 import functools
 import math
 import numbers
@@ -1632,9 +1631,9 @@ def _undetermined_temperatures(h: Graph, gtau: Tensor, gscores: Sequence[Tensor]
     of a two-cell map at p = (0.49999997, 0.5), whose log-probabilities differ by one float32
     unit, 11 % off the float64 optimum's (ca_rev37's test), silently.
 
-    The maps in ``judged_elsewhere`` have a 0-d temperature tensor: the user receives its whole
-    gradient, which :class:`_TemperatureLedger` judges (a component alone may be undetermined
-    where the sum is not, ca_rev94); they are never returned here."""
+    The maps in ``judged_elsewhere`` share one temperature tensor with others: the user receives
+    their sum, which :class:`_SharingLedger` judges (a component alone may be undetermined where
+    the sum is not, ca_rev94); they are never returned here."""
     tol = gradient_rtol(work)
     bound = torch.stack([math.sqrt(3) / 2 * _rounding_squares(h, gscores, rounding, [k]).sqrt() / temps[k]
                          for k in range(h.num_maps)]).to(gtau.device)
@@ -1682,170 +1681,137 @@ def _graph_task() -> int | None:
     return None if current is None else int(current())
 
 
-class _TemperatureLedger:
-    """The float32 temperature gradients that reach one temperature tensor of the user's (a 0-d
-    one: shared by several maps, or given again to another solve), judged as the user receives
-    them: summed over every map and every solve that used it in one backward pass.
+class _SharingLedger:
+    """The float32 temperature gradients of the maps of one solve that share one temperature
+    tensor (a 0-d temperature given for every map, one tensor given for several maps), judged
+    as the solve hands them on: summed.
 
-    Each backward of a solve (one per part of a graph solved apart, per retry, per call)
-    records, for the maps whose temperature is this tensor, the sum of their components, the
+    Each backward of the solve (one per part of a graph solved apart, and per retry) records,
+    per group of maps that share a tensor, the sum of their components, their magnitudes, the
     squares of the duals' rounding move of that sum (:func:`_rounding_squares`) and its part's
-    largest constrained component; a hook on the tensor, which autograd runs once its gradient
-    is whole (every use added, the user's own too), judges it as
-    :func:`_undetermined_temperatures` judges one map's, and returns NaN with a
-    :class:`TemperatureGradientWarning` where the rounding moves it by more than
-    :data:`GRADIENT_RTOL`.  Judged per map, a part whose maps were exactly uniform (gradient 0,
-    undetermined) made a shared temperature's gradient NaN where the sum was determined
-    (ca_rev94); judged per solve, so did a temperature given to two solves (ca_rev97).  Records
-    carry the backward pass's id (the autograd engine's): a pass that never reaches the tensor
-    (one asking for the score gradients only) leaves records that the next one drops."""
+    largest constrained component, tagged with the autograd engine's id of the backward pass;
+    the group's :class:`_SharedTemperature` node, which autograd runs after every part's
+    backward, judges the sum as :func:`_undetermined_temperatures` judges one map's.  Judged per
+    map, a part whose maps were exactly uniform (gradient 0, undetermined) made a shared
+    temperature's gradient NaN where the sum was determined (ca_rev94).  The node lies on every
+    path from the solve to the user's tensor, so no gradient passes it unjudged: records that do
+    not add up to the gradient it receives, and a pass whose records were dropped, give NaN.
+    (A hook on the user's own tensor, which would judge the sum over several solves, is not run
+    on every path: a gradient taken at a cast of it, or a tensor swapped by ``swap_tensors``,
+    came back unjudged, ca_rev102.)"""
 
-    def __init__(self, value: float, work: torch.dtype):
-        self.value = value
+    def __init__(self, groups: list[list[int]], temps: Sequence[float], work: torch.dtype):
+        self.groups = groups
+        self.group_of = {k: i for i, group in enumerate(groups) for k in group}
+        self.temps = [temps[group[0]] for group in groups]
         self.work = work
-        # (pass, the solve, its maps named, their sum, squares, the part's largest constrained)
+        # (pass, group, sum, magnitude, squares, the part's largest constrained component)
         self.records: list[tuple] = []
-        self.dropped: collections.deque = collections.deque(maxlen=_PASSES_KEPT * 64)  # passes whose records went
+        self.dropped: set[int | None] = set()  # passes whose records went (see record)
         self._lock = threading.Lock()
 
-    def record(self, solve: int, maps: list[int], total: float, squares: float, largest: float) -> None:
+    def record(self, h: Graph, gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
+               map_names) -> list[int]:
+        """Record the groups' shares of one backward (``h`` a part, its maps named ``map_names``
+        in the whole graph); return the part's maps that a group judges."""
+        whole = list(range(h.num_maps)) if map_names is None else list(map_names)
+        mine: dict[int, list[int]] = {}
+        for k, name in enumerate(whole):
+            if name in self.group_of:
+                mine.setdefault(self.group_of[name], []).append(k)
+        values = gtau.detach().to(torch.float64).cpu().tolist()
+        constrained = _constrained_maps(h)
+        largest = max((abs(v) for v, c in zip(values, constrained) if c), default=0.0)
+        task = _graph_task()
+        new = [(task, group, math.fsum(values[k] for k in maps), math.fsum(abs(values[k]) for k in maps),
+                float(_rounding_squares(h, gscores, rounding, maps)), largest) for group, maps in mine.items()]
         with self._lock:
-            self.records.append((_graph_task(), solve, maps, total, squares, largest))
-            # every pass's records kept until its hook runs (a pass in another thread, or one nested
-            # in this one, dropped this one's: ca_rev100); those of passes that never reach it (a
-            # call asking for the score gradients only) are dropped once more passes have recorded
+            self.records.extend(new)
+            # every pass's records kept until its node runs (a pass in another thread must not drop
+            # this one's: ca_rev100); those of passes that never reach it (asking for the score
+            # gradients only) go once _PASSES_KEPT later passes have recorded, and a pass whose
+            # records went so is not judged (NaN) if it does reach it (ca_rev101)
             passes = list(dict.fromkeys(r[0] for r in self.records))
             if len(passes) > _PASSES_KEPT:
                 kept = set(passes[-_PASSES_KEPT:])
-                self.dropped.extend(p for p in passes if p not in kept)
+                self.dropped.update(p for p in passes if p not in kept)
                 self.records = [r for r in self.records if r[0] in kept]
+        return [k for maps in mine.values() for k in maps]
 
-    def judged(self, grad: Tensor) -> Tensor | None:
-        """The hook: ``grad`` as it is, or NaN with a warning where this pass's records do not
-        determine it."""
+    def judged(self, group: int, grad: Tensor) -> Tensor:
+        """``grad`` (the sum autograd formed for the group's tensor), or NaN with a warning where
+        the duals' rounding moves it by more than :data:`GRADIENT_RTOL` of itself (of the largest
+        component, below its square root), or where this pass's records do not determine it."""
         task = _graph_task()
         with self._lock:
-            mine = [r for r in self.records if r[0] == task]
-            self.records = [r for r in self.records if r[0] != task]
+            mine = [r for r in self.records if r[0] == task and r[1] == group]
+            self.records = [r for r in self.records if not (r[0] == task and r[1] == group)]
             lost = task in self.dropped
-        if lost and bool(torch.isfinite(grad).all()):
-            # a pass still running when more than _PASSES_KEPT others had recorded: its records went,
-            # and a gradient judged on part of them, or none, is not judged (ca_rev101)
-            _warn_unresolved("for a temperature", self.work, f"the records of this backward pass were dropped "
-                                                             f"while more than {_PASSES_KEPT} other passes recorded")
+        got = float(grad.detach().double().sum())
+        if math.isnan(got):
+            return grad
+        which = f"for the temperature shared by maps {self.groups[group]}"
+        if lost:
+            _warn_unresolved(which, self.work, f"the records of this backward pass were dropped when {_PASSES_KEPT} "
+                                               f"other passes had recorded")
             return torch.full_like(grad, math.nan)
-        if not mine or not bool(torch.isfinite(grad).all()):
-            return None
+        total, magnitude = math.fsum(r[2] for r in mine), math.fsum(r[3] for r in mine)
+        if abs(got - total) > 16 * torch.finfo(grad.dtype).eps * magnitude + torch.finfo(torch.float64).tiny:
+            _warn_unresolved(which, self.work, f"its backward passes recorded {total:.6g}, not the {got:.6g} it "
+                                               f"received")
+            return torch.full_like(grad, math.nan)
         tol = gradient_rtol(self.work)
-        total = abs(float(grad.detach().double().sum()))
-        bound = math.sqrt(3) / 2 * math.sqrt(math.fsum(r[4] for r in mine)) / self.value
-        held = max(total, max(r[5] for r in mine) * tol ** 0.5)
-        if bound <= tol * held:
-            return None
-        solves: dict[int, set] = {}
-        for r in mine:
-            solves.setdefault(r[1], set()).update(r[2])
-        named = [sorted(maps) for maps in solves.values()]
-        which = (f"for map(s) {named[0]}" if len(named) == 1 and len(named[0]) == 1 else
-                 f"for the temperature shared by maps {named[0]}" if len(named) == 1 else
-                 f"for the temperature given to {len(named)} solves (its maps there: "
-                 f"{'; '.join(map(str, named))})")
-        _warn_unresolved(which, self.work)
-        return torch.full_like(grad, math.nan)
+        bound = math.sqrt(3) / 2 * math.sqrt(math.fsum(r[4] for r in mine)) / self.temps[group]
+        held = max(abs(total), max((r[5] for r in mine), default=0.0) * tol ** 0.5)
+        if bound > tol * held:
+            _warn_unresolved(which, self.work)
+            return torch.full_like(grad, math.nan)
+        return grad
 
 
-# How many backward passes' records a ledger keeps that have not reached its hook yet.
+# How many backward passes' records a ledger keeps that have not reached its node yet.
 _PASSES_KEPT = 16
 
 
-def _ledger_of(source: Tensor, value: float, work: torch.dtype) -> _TemperatureLedger | None:
-    """The ledger of ``source``, held by the hook it registers on it, once; None where a hook
-    added now might never run (its solve's maps are then judged one by one, as before).
+class _SharedTemperature(torch.autograd.Function):
+    """``_SharedTemperature.apply(tau, ledger, group) -> tau``: the identity, whose backward hands
+    the gradient of the group's shared temperature to :meth:`_SharingLedger.judged`."""
 
-    The tensor carries the ledger's id (``_temperature_ledger_id``), which moves with its
-    internals and their hooks: ``torch.utils.swap_tensors`` (a module's ``.cpu()`` under
-    ``set_swap_module_params_on_conversion``) moves them to the discarded tensor and leaves this
-    one a stale hooks dict, to which a hook added is never run (ca_rev101: an undetermined
-    gradient came back unjudged); so a tensor with hooks but without the id is not hooked.  A
-    copy (``deepcopy``: the id, no hooks) gets its own.  No registry: a weak reference to the
-    tensor made ``swap_tensors`` refuse it (ca_rev100)."""
-    hooks = source._backward_hooks or {}
-    mark = source.__dict__.get("_temperature_ledger_id")
-    for hook in hooks.values():
-        ledger = getattr(hook, "temperature_ledger", None)
-        if isinstance(ledger, _TemperatureLedger) and id(ledger) == mark:
-            ledger.value, ledger.work = value, work
-            return ledger
-    if hooks:  # hooks of unknown wiring (another's, or those a swap left): judged with the maps
-        return None
-    made = _TemperatureLedger(value, work)
+    @staticmethod
+    def forward(ctx, tau: Tensor, ledger: _SharingLedger, group: int):
+        ctx.ledger, ctx.group = ledger, group
+        return tau.clone()
 
-    def judged(grad: Tensor) -> Tensor | None:
-        return made.judged(grad)
-
-    judged.temperature_ledger = made  # type: ignore[attr-defined]
-    # (unserializable: a tensor saved with it gets no warning; the hook is remade on first use)
-    source.register_hook(torch.utils.hooks.unserializable_hook(judged))
-    source.__dict__["_temperature_ledger_id"] = id(made)
-    return made
-
-
-def _temperature_source(t: Tensor) -> Tensor:
-    """The user's tensor behind a temperature: ``t``, or the leaf it was cast from
-    (:func:`validation.check_temperatures` casts a float32 temperature to the scores' compute
-    dtype, a new tensor per call: its uses in two calls meet only at the leaf)."""
-    node = t.grad_fn
-    if node is not None and type(node).__name__ == "ToCopyBackward0":
-        inner = [f for f, _ in node.next_functions if f is not None]
-        leaf = getattr(inner[0], "variable", None) if len(inner) == 1 else None  # an AccumulateGrad's
-        if isinstance(leaf, Tensor):
-            return leaf
-    return t
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return ctx.ledger.judged(ctx.group, grad), None, None
 
 
 def _sharing_judged(temps: Sequence, work: torch.dtype, options: dict) -> list:
-    """``options["sharing"]``: per map whose temperature is a 0-d tensor that requires grad (in
-    float32 work), the :class:`_TemperatureLedger` of the user's tensor behind it (None where
-    there is none, or the work is float64, whose duals are as exact as the solution).  The
-    temperatures themselves are returned unchanged."""
+    """``temps`` with every tensor that several maps share (one object, that requires grad, in
+    float32 work) passed through a :class:`_SharedTemperature` node, and ``options["sharing"]``
+    the ledger their backward records to (None where no tensor is shared or the work is
+    float64, whose duals are as exact as the solution).  Shared by identity: one tensor given
+    for several maps (``validation.check_temperatures`` promotes it once), a 0-d view or leaf
+    view given for every map, not two views of one vector."""
     temps = list(temps)
     options["sharing"] = None
     if work == torch.float64 or not torch.is_grad_enabled():
         return temps
-    floats = temperature_floats(temps)
-    ledgers = {}
+    holders: dict[int, list[int]] = {}
     for k, t in enumerate(temps):
-        if isinstance(t, Tensor) and t.requires_grad and t.dim() == 0:
-            source = _temperature_source(t)
-            # (a component of a (M,) tensor that requires grad is judged with its solve's maps; a
-            # 0-d view of a one-element tensor, p.squeeze() of nn.Parameter(torch.ones(1)), or a
-            # leaf that is a view, ones(4)[0].requires_grad_(), is a temperature of its own:
-            # skipped, they were judged map by map, ca_rev100, ca_rev101)
-            base = source._base if source._is_view() and not source.is_leaf else None
-            ledger = _ledger_of(source, floats[k], work) if base is None or base.numel() == 1 else None
-            if ledger is not None:
-                ledgers[k] = ledger
-    options["sharing"] = ledgers or None
+        if isinstance(t, Tensor) and t.requires_grad:
+            holders.setdefault(id(t), []).append(k)
+    groups = [maps for maps in holders.values() if len(maps) > 1]
+    if not groups:
+        return temps
+    ledger = _SharingLedger(groups, temperature_floats(temps), work)
+    options["sharing"] = ledger
+    for i, maps in enumerate(groups):
+        shared = _SharedTemperature.apply(temps[maps[0]], ledger, i)
+        for k in maps:
+            temps[k] = shared
     return temps
-
-
-def _record_shares(ledgers: dict, h: Graph, gtau: Tensor, gscores: Sequence[Tensor], rounding: Sequence[Tensor],
-                   map_names) -> list[int]:
-    """Record one backward's shares in the ledgers of the tensors behind its maps' temperatures
-    (``h`` a part, its maps named ``map_names`` in the whole graph); return the part's maps that
-    a ledger judges."""
-    whole = list(range(h.num_maps)) if map_names is None else list(map_names)
-    values = gtau.detach().to(torch.float64).cpu().tolist()
-    constrained = _constrained_maps(h)
-    largest = max((abs(v) for v, c in zip(values, constrained) if c), default=0.0)
-    mine: dict[int, tuple] = {}
-    for k, name in enumerate(whole):
-        if name in ledgers:
-            mine.setdefault(id(ledgers[name]), (ledgers[name], []))[1].append(k)
-    for ledger, maps in mine.values():
-        ledger.record(id(ledgers), [whole[k] for k in maps], math.fsum(values[k] for k in maps),
-                      float(_rounding_squares(h, gscores, rounding, maps)), largest)
-    return [k for _, maps in mine.values() for k in maps]
 
 
 def _shifted_logits(eta: Tensor, tau: float) -> Tensor:
@@ -1881,7 +1847,7 @@ class DualSolveFunction(torch.autograd.Function):
         options = dict(options)
         mask = options.pop("given_mask", None)
         ctx.map_names = options.pop("map_names", None)  # the maps' numbers in the whole graph (a component)
-        ctx.sharing = options.pop("sharing", None)  # maps whose temperature tensor is judged where it is whole
+        ctx.sharing = options.pop("sharing", None)  # maps that share a temperature tensor: judged summed
         scores, given = _split_given(inputs, mask) if mask is not None else (list(inputs), None)
         returned: dict = {}
         result = solve_dual(scores, h, floats, given=given, _returned=returned, **options)
@@ -1950,8 +1916,8 @@ class DualSolveFunction(torch.autograd.Function):
             log_probs, rounding = saved[ctx.M + ctx.conditionals:][:ctx.M], saved[ctx.M + ctx.conditionals:][ctx.M:]
             gtau = temperature_gradient(probs, scored, log_probs)
             if probs[0].dtype != torch.float64:  # (in float64 the duals are as exact as the solution is)
-                summed = () if ctx.sharing is None else _record_shares(ctx.sharing, ctx.h, gtau, scored, rounding,
-                                                                        ctx.map_names)
+                summed = () if ctx.sharing is None else ctx.sharing.record(ctx.h, gtau, scored, rounding,
+                                                                            ctx.map_names)
                 gtau = _unresolved_as_nan(gtau, _undetermined_temperatures(ctx.h, gtau, scored, rounding, ctx.temps,
                                                                            probs[0].dtype, summed), ctx.map_names,
                                           probs[0].dtype)

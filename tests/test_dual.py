@@ -2656,6 +2656,9 @@ def test_rev97_a_float32_temperature_tensor_given_for_every_map_is_judged_summed
     assert abs(got - want) <= 1e-3 * abs(want) and not said, (got, want, said)
 
 
+@pytest.mark.xfail(strict=True, reason="ca_rev97, open: a temperature given to two solves is judged per solve "
+                                       "(a hook on the user's tensor is not run on every path: ca_rev102); NaN where "
+                                       "the sum (0.4769) is determined; documented in design.md")
 def test_rev97_a_temperature_shared_by_two_solves_is_not_nan_for_a_determined_sum():
     """ca_rev94's instance split into two calls: one 0-d τ = 1 (requires grad) passed to ca.solve for the uniform
     chain 4 → 2 (maps 0 → 1 of _two_chains_shared, ∂L/∂τ exactly 0) and again for the ordinary chain (maps 2 → 3),
@@ -2711,48 +2714,39 @@ def test_gradients_at_the_default_tol_are_within_tol_times_the_loss_scale_of_the
         assert relative > 1e-3, relative
 
 
+@pytest.mark.xfail(strict=True, reason="ca_rev97, open: a layer's learned temperature is judged per call; NaN where "
+                                       "the sum over its calls is determined; documented in design.md")
 def test_a_learned_float32_temperature_of_a_layer_called_twice_is_judged_on_its_whole_gradient():
     """ConsistentAttention(chain 4 → 2, 'dual', float32 work) with one learned float32 0-d Parameter τ and float64
-    scores (cast per call, a new tensor each time), called on the uniform instance (its share exactly 0, undetermined)
-    and on an ordinary one: the Parameter's gradient is their sum, judged where it is whole (a hook on the
-    Parameter): within 1e-3 of 'exact''s, no warning (per call it was NaN, ca_rev97's note).  One hook however
-    many calls; the module pickles with torch.save without a warning, and a deep copy is judged as well."""
-    import copy
-    import io
-
-    h, scores, weights = _two_chains_shared()
+    scores, called on the uniform instance (its share exactly 0, undetermined) and on an ordinary one: the
+    Parameter's gradient is their sum, determined (exact's, to 1e-3).  Each call is judged on its own: the uniform
+    call's NaN makes the sum NaN (a hook on the Parameter, which would judge the sum, is not run on every path:
+    ca_rev102)."""
+    _, scores, weights = _two_chains_shared()
     part = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
     ordinary = [torch.tensor([[0.3, -1.2, 0.8, 0.1]], dtype=torch.float64), torch.tensor([[0.5, -0.4]],
                                                                                         dtype=torch.float64)]
 
-    def grad_of(method, layer=None):
-        layer = layer or ca.ConsistentAttention(part, method, temperature=torch.nn.Parameter(torch.tensor(1.0)), **(
+    def grad_of(method):
+        layer = ca.ConsistentAttention(part, method, temperature=torch.nn.Parameter(torch.tensor(1.0)), **(
             {"tol": 1e-6, "dtype": torch.float32} if method == "dual" else {}))
         (tau,) = layer.parameters()
         loss = 0
         for x in (scores[:2], ordinary):
             loss = loss + sum((p * w).sum() for p, w in zip(layer(x).probs, weights[:2]))
         loss.backward()
-        return layer, float(tau.grad)
+        return float(tau.grad)
 
-    _, want = grad_of("exact")
+    want = grad_of("exact")
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        layer, got = grad_of("dual")
-        buffer = io.BytesIO()
-        torch.save(layer, buffer)
-        _, again = grad_of("dual", copy.deepcopy(layer))
+        warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
+        got = grad_of("dual")
     assert abs(got - want) <= 1e-3 * abs(want), (got, want)
-    assert abs(again - want) <= 1e-3 * abs(want), (again, want)
-    (tau,) = layer.parameters()
-    for _ in range(3):
-        layer(ordinary)
-    assert len(tau._backward_hooks or {}) == 1
 
 
-def test_a_temperature_given_to_two_solves_is_nan_where_their_sum_is_undetermined_naming_both():
+def test_a_temperature_given_to_two_solves_is_nan_where_their_sum_is_undetermined():
     """The uniform chain solved twice with one 0-d τ (float32 work): the sum of undetermined zeros is undetermined:
-    NaN, and the warning says the temperature was given to 2 solves, with its maps in each."""
+    NaN, with a warning naming the maps that share it (each solve judged on its own)."""
     _, scores, weights = _two_chains_shared()
     part = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
     tau = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
@@ -2760,7 +2754,7 @@ def test_a_temperature_given_to_two_solves_is_nan_where_their_sum_is_undetermine
     for _ in range(2):
         sol = ca.solve(scores[:2], part, "dual", temperature=tau, tol=1e-6, dtype=torch.float32)
         loss = loss + sum((p * w).sum() for p, w in zip(sol.probs, weights[:2]))
-    with pytest.warns(ca.TemperatureGradientWarning, match=r"given to 2 solves \(its maps there: \[0, 1\]; \[0, 1\]\)"):
+    with pytest.warns(ca.TemperatureGradientWarning, match=r"shared by maps \[0, 1\]"):
         (got,) = torch.autograd.grad(loss, tau)
     assert math.isnan(float(got))
 
@@ -2788,31 +2782,6 @@ def _rev100_uniform_and_ordinary_chains():
     ordinary = [torch.tensor([[0.3, -1.2, 0.8, 0.1]], dtype=torch.float64),
                 torch.tensor([[0.5, -0.4]], dtype=torch.float64)]
     return part, [scores[:2], ordinary], weights[:2]
-
-
-@pytest.mark.xfail(strict=True, reason="ca_rev100: one float32 τ = exp(log τ) given to two solves beside float64 "
-                                       "scores is cast per call and judged per solve: NaN where the sum is determined")
-def test_rev100_a_non_leaf_temperature_given_to_two_solves_with_float64_scores_is_judged_on_its_sum():
-    """τ = exp(log τ) computed once (log τ a float32 leaf at 0) and given to two solves of the chain 4 → 2 (float64
-    scores, float32 work, tol 1e-6): the uniform input (share exactly 0) and an ordinary one.  The user's tensor τ
-    receives the sum, −0.4259356 ('exact'; 'dual' with a leaf τ gives −0.4259356).  check_temperatures casts τ to
-    float64 per call and _temperature_source looks through the cast only to a leaf, so each call's cast gets its
-    own ledger and the uniform call's share is judged alone: NaN, 'the temperature shared by maps [0, 1]'."""
-    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
-    log_tau = torch.tensor(0.0, requires_grad=True)
-
-    def grad_of(method, **options):
-        tau, loss = log_tau.exp(), 0
-        for x in inputs:
-            sol = ca.solve(x, part, method, temperature=tau, **options)
-            loss = loss + sum((p * w).sum() for p, w in zip(sol.probs, weights))
-        return float(torch.autograd.grad(loss, log_tau)[0])
-
-    want = grad_of("exact")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
-        got = grad_of("dual", tol=1e-6, dtype=torch.float32)
-    assert abs(got - want) <= 1e-3 * abs(want), (got, want)
 
 
 def test_rev100_a_module_whose_learned_temperature_was_trained_converts_with_swapped_parameters():
@@ -2972,3 +2941,145 @@ def test_rev101_a_pass_in_flight_keeps_its_records_while_other_passes_record():
         done.set()
         thread.join(60)
     assert math.isnan(got["uniform"]), got
+
+
+def test_rev102_a_loaded_module_converted_with_swapped_parameters_judges_its_temperature():
+    """ConsistentAttention(chain 4 → 2, 'dual', float32 work, tol 1e-6) with a learned float32 Parameter τ, saved
+    with torch.save and loaded with torch.load (τ's _backward_hooks is an empty OrderedDict, the one unpickling
+    sets), then layer.cpu() under set_swap_module_params_on_conversion(True): torch.utils.swap_tensors leaves τ
+    that empty dict, stale (registered with the internals that moved to the discarded tensor).  _ledger_of sees no
+    hooks ({} is falsy), registers the ledger's hook into the stale dict, where it never runs, and marks τ: the
+    uniform input's undetermined gradient comes back −0.0 with no warning (NaN with a warning without the
+    save/load round trip: rev101).  The same holds for a τ whose own hook the user removed (handle.remove())."""
+    import io
+
+    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
+    layer = ca.ConsistentAttention(part, "dual", temperature=torch.nn.Parameter(torch.tensor(1.0)), tol=1e-6,
+                                   dtype=torch.float32)
+    buffer = io.BytesIO()
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    layer = torch.load(buffer, weights_only=False)
+    swapping = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        layer.cpu()
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swapping)
+    (tau,) = layer.parameters()
+    loss = sum((p * w).sum() for p, w in zip(layer(inputs[0]).probs, weights))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = float(torch.autograd.grad(loss, tau)[0])
+    assert math.isnan(got), got
+    assert any(issubclass(w.category, ca.TemperatureGradientWarning) for w in caught)
+
+
+def test_rev102_a_temperature_swapped_with_its_deep_copy_is_judged():
+    """A float32 leaf τ = 1 (chain 4 → 2, float64 scores, float32 work, tol 1e-6): one gradient of the ordinary
+    input's loss (−0.4259356; the ledger L's hook registered, τ marked id(L)).  copy.deepcopy(τ) copies the mark in
+    __dict__ (no hooks); torch.utils.swap_tensors(τ, copy) gives τ the copy's __dict__ (mark id(L)) and internals
+    and leaves it its stale hooks dict, whose hook holds L.  _ledger_of matches mark and hook and records into L,
+    whose hook never runs: the uniform input's undetermined gradient comes back −0.0 with no warning.  (The
+    Parameter's deepcopy does not copy __dict__, and is judged map by map: NaN.)"""
+    import copy
+
+    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
+    tau = torch.tensor(1.0, requires_grad=True)
+
+    def grad_of(x):
+        sol = ca.solve(x, part, "dual", temperature=tau, tol=1e-6, dtype=torch.float32)
+        return float(torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), tau)[0])
+
+    assert grad_of(inputs[1]) == pytest.approx(-0.4259356, abs=1e-5)
+    torch.utils.swap_tensors(tau, copy.deepcopy(tau))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = grad_of(inputs[0])
+    assert math.isnan(got), got
+    assert any(issubclass(w.category, ca.TemperatureGradientWarning) for w in caught)
+
+
+def test_rev102_the_gradient_taken_in_a_cast_temperature_is_judged():
+    """A float32 leaf τ = 1 and its cast t = τ.double(), the temperature of the uniform chain 4 → 2 (float64 scores,
+    float32 work, tol 1e-6); the user asks torch.autograd.grad(loss, t).  _temperature_source looks through the
+    cast (ToCopyBackward0) to τ and records into τ's ledger, which judges only in τ's hook; the pass stops at t and
+    never reaches τ, and the maps the ledger was to judge are not judged one by one: the undetermined gradient comes
+    back −0.0 with no warning (NaN, 'shared by maps [0, 1]', in τ itself).  The same for a float32 cast of a float64
+    leaf beside float32 scores.  (Since aefeb54.)"""
+    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
+    tau = torch.tensor(1.0, requires_grad=True)
+    cast = tau.double()
+    sol = ca.solve(inputs[0], part, "dual", temperature=cast, tol=1e-6, dtype=torch.float32)
+    loss = sum((p * w).sum() for p, w in zip(sol.probs, weights))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = float(torch.autograd.grad(loss, cast)[0])
+    assert math.isnan(got), got
+    assert any(issubclass(w.category, ca.TemperatureGradientWarning) for w in caught)
+
+
+def _rev102_pass_in_flight(others):
+    """The uniform chain's gradient in a float32 leaf τ (float64 scores, float32 work, tol 1e-6) taken in a thread
+    that pauses after its solve's backward recorded, while the main thread takes ``others`` gradients of the ordinary
+    input's loss in its scores only (passes that record and never reach τ's hook): ``(gradient, warning texts)``."""
+    import threading
+
+    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
+    tau = torch.tensor(1.0, requires_grad=True)
+    paused, done, got = threading.Event(), threading.Event(), {}
+
+    class Wait(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, grad):
+            paused.set()
+            done.wait(120)
+            return grad
+
+    def loss_of(x):
+        sol = ca.solve(x, part, "dual", temperature=tau, tol=1e-6, dtype=torch.float32)
+        return sum((p * w).sum() for p, w in zip(sol.probs, weights))
+
+    def uniform_pass():
+        loss = Wait.apply(tau) * 0 + loss_of(inputs[0])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            got["uniform"] = float(torch.autograd.grad(loss, tau)[0])
+        got["texts"] = [str(w.message) for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
+
+    thread = threading.Thread(target=uniform_pass)
+    thread.start()
+    paused.wait(60)
+    for _ in range(others):
+        x = [s.clone().requires_grad_() for s in inputs[1]]
+        torch.autograd.grad(loss_of(x), x)
+    done.set()
+    thread.join(120)
+    return got["uniform"], got["texts"]
+
+
+def test_rev102_a_pass_in_flight_stays_judged_however_many_other_passes_record():
+    """As rev101's pass in flight, with 1040 score-only passes recorded meanwhile instead of 16 (about 3 s): the
+    pass's records go at the 16th, its id into _TemperatureLedger.dropped (a deque of maxlen _PASSES_KEPT·64 =
+    1024), and each later pass drops one more id, so after 1040 its id is gone as well: its hook finds neither
+    records nor the drop and returns 0.0 with no warning (1039: NaN with the warning).  A pass whose records went
+    should not be judged, however long it ran."""
+    import convex_attention.dual as dual
+
+    got, texts = _rev102_pass_in_flight(dual._PASSES_KEPT * 65)
+    assert math.isnan(got) and texts, (got, texts)
+
+
+def test_rev102_the_dropped_records_warning_counts_the_other_passes_right():
+    """rev101's instance: exactly _PASSES_KEPT = 16 other passes record while the uniform pass is in flight, and its
+    records go (with 15 they are kept).  The warning says 'the records of this backward pass were dropped while
+    more than 16 other passes recorded': 16 did; the text should not say more than 16."""
+    import convex_attention.dual as dual
+
+    got, texts = _rev102_pass_in_flight(dual._PASSES_KEPT)
+    assert math.isnan(got) and len(texts) == 1, (got, texts)
+    assert f"more than {dual._PASSES_KEPT} other" not in texts[0], texts
