@@ -2774,6 +2774,8 @@ def test_rev100_a_0d_view_temperature_given_for_every_map_is_judged_summed():
     assert abs(got - want) <= 1e-3 * abs(want), (got, want)
 
 
+# (ca_rev100–102 reviewed a hook on the user's temperature tensor, withdrawn in f188796: their scenarios stay as
+# regression tests of the per-solve node, which judges them all)
 def _rev100_uniform_and_ordinary_chains():
     """The uniform chain 4 → 2 of _two_chains_shared (∂L/∂τ exactly 0, undetermined in float32) and an ordinary
     input on the same graph: ``(graph, [uniform scores, ordinary scores], weights)``, float64."""
@@ -2855,8 +2857,8 @@ def test_rev101_a_learned_temperature_swapped_by_a_conversion_is_still_judged():
     .float()) runs torch.utils.swap_tensors(τ, new): τ keeps its Python _backward_hooks dict, whose hook holds the
     ledger, but the hook autograd runs moves with the tensor's impl to the discarded one.  _ledger_of(τ) finds the
     ledger in the dict and records into it; no hook of τ judges it: the uniform input's undetermined gradient came
-    back −0.0 with no warning (NaN with 'shared by maps [0, 1]' before the conversion, or without the swap).  Now a
-    tensor with hooks it did not mark is not hooked: its maps are judged one by one, NaN with a warning."""
+    back −0.0 with no warning (NaN with 'shared by maps [0, 1]' before the conversion, or without the swap).  Since
+    f188796 the solve's own node judges it: NaN with a warning."""
     part, inputs, weights = _rev100_uniform_and_ordinary_chains()
     layer = ca.ConsistentAttention(part, "dual", temperature=torch.nn.Parameter(torch.tensor(1.0)), tol=1e-6,
                                    dtype=torch.float32)
@@ -2874,7 +2876,6 @@ def test_rev101_a_learned_temperature_swapped_by_a_conversion_is_still_judged():
     finally:
         torch.__future__.set_swap_module_params_on_conversion(swapping)
     assert next(layer.parameters()) is tau
-    # (its maps judged one by one: a hook added to a swapped tensor is never run)
     with pytest.warns(ca.TemperatureGradientWarning, match=r"\[0, 1\] cannot be resolved"):
         got = grad_of(inputs[0])
     assert math.isnan(got), got
