@@ -1,3 +1,4 @@
+import contextlib
 import inspect
 import math
 import warnings
@@ -2482,6 +2483,21 @@ def _tau_grads(h, scores, weights, temperature, leaves, method="dual", **options
     return [float(g) for g in torch.autograd.grad(loss, leaves)]
 
 
+def _float32_tau_grads_and_warnings(h, scores, weights, temperature, leaves):
+    """:func:`_tau_grads` of method 'dual' in float32 work (tol 1e-6), and the TemperatureGradientWarnings' texts."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = _tau_grads(h, scores, weights, temperature, leaves, tol=1e-6, dtype=torch.float32)
+    return got, [str(w.message) for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
+
+
+def _assert_float32_tau_grad_determined(h, scores, weights, temperature, leaves, want):
+    """The first leaf's float32 'dual' gradient (:func:`_float32_tau_grads_and_warnings`) is within 1e-3 of ``want``,
+    with no TemperatureGradientWarning."""
+    got, said = _float32_tau_grads_and_warnings(h, scores, weights, temperature, leaves)
+    assert abs(got[0] - want) <= 1e-3 * abs(want) and not said, (got, want, said)
+
+
 def test_a_shared_temperature_whose_sum_is_undetermined_is_nan_with_a_warning_naming_its_maps():
     """The uniform chain alone (maps 0 → 1), one 0-d τ for both, float32: the sum of two undetermined zeros is
     undetermined: NaN, and the warning names the temperature shared by maps [0, 1] (not a wrong number)."""
@@ -2500,10 +2516,7 @@ def test_maps_sharing_a_temperature_are_judged_per_shared_tensor():
     a = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
     b = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
     want = _tau_grads(h, scores, weights, [a, a, b, b], [a, b], "exact")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = _tau_grads(h, scores, weights, [a, a, b, b], [a, b], tol=1e-6, dtype=torch.float32)
-    said = [str(w.message) for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
+    got, said = _float32_tau_grads_and_warnings(h, scores, weights, [a, a, b, b], [a, b])
     assert len(said) == 1 and "shared by maps [0, 1]" in said[0], said
     assert math.isnan(got[0]) and abs(got[1] - want[1]) <= 1e-3 * abs(want[1]), (got, want)
 
@@ -2649,11 +2662,7 @@ def test_rev97_a_float32_temperature_tensor_given_for_every_map_is_judged_summed
     want = _tau_grads(h, scores, weights, [a64] * 4, [a64], "exact")[0]
     assert want == pytest.approx(0.4769, abs=1e-4)
     a = torch.tensor(1.0, dtype=torch.float32, requires_grad=True)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = _tau_grads(h, scores, weights, [a] * 4, [a], tol=1e-6, dtype=torch.float32)[0]
-    said = [str(w.message) for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
-    assert abs(got - want) <= 1e-3 * abs(want) and not said, (got, want, said)
+    _assert_float32_tau_grad_determined(h, scores, weights, [a] * 4, [a], want)
 
 
 @pytest.mark.xfail(strict=True, reason="ca_rev97, open: a temperature given to two solves is judged per solve "
@@ -2786,6 +2795,23 @@ def _rev100_uniform_and_ordinary_chains():
     return part, [scores[:2], ordinary], weights[:2]
 
 
+def _learned_temperature_layer(graph):
+    """ConsistentAttention(graph, 'dual', float32 work, tol 1e-6) with a learned float32 Parameter τ = 1."""
+    return ca.ConsistentAttention(graph, "dual", temperature=torch.nn.Parameter(torch.tensor(1.0)), tol=1e-6,
+                                  dtype=torch.float32)
+
+
+@contextlib.contextmanager
+def _swapping_on_conversion():
+    """torch.__future__.set_swap_module_params_on_conversion(True) inside, the setting as it was after."""
+    swapping = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        yield
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(swapping)
+
+
 def test_rev100_a_module_whose_learned_temperature_was_trained_converts_with_swapped_parameters():
     """ConsistentAttention(chain 4 → 2, 'dual', float32 work) with a learned float32 Parameter τ, after one
     backward: with torch.__future__.set_swap_module_params_on_conversion(True) (and for tensor subclasses, where
@@ -2793,15 +2819,10 @@ def test_rev100_a_module_whose_learned_temperature_was_trained_converts_with_swa
     ConsistentAttention.temperature" (torch.utils.swap_tensors: "Cannot swap t1 because it has weakref associated
     with it", the weakref _LEDGERS keeps).  Before the backward, or on the parent commit, it converts: τ float64."""
     part, inputs, weights = _rev100_uniform_and_ordinary_chains()
-    layer = ca.ConsistentAttention(part, "dual", temperature=torch.nn.Parameter(torch.tensor(1.0)), tol=1e-6,
-                                   dtype=torch.float32)
+    layer = _learned_temperature_layer(part)
     sum((p * w).sum() for p, w in zip(layer(inputs[1]).probs, weights)).backward()
-    swapping = torch.__future__.get_swap_module_params_on_conversion()
-    torch.__future__.set_swap_module_params_on_conversion(True)
-    try:
+    with _swapping_on_conversion():
         layer.double()
-    finally:
-        torch.__future__.set_swap_module_params_on_conversion(swapping)
     (tau,) = layer.parameters()
     assert tau.dtype == torch.float64
 
@@ -2813,41 +2834,9 @@ def test_rev100_a_backward_pass_in_another_thread_does_not_drop_this_passs_recor
     torch.autograd.grad of the ordinary input's loss in τ (−0.4259356).  _TemperatureLedger.record keeps only the
     records of the pass recording now, so the main thread's record drops A's: A's hook finds no record of its pass
     and returns 0.0 unjudged, no warning.  The parent (a ledger per solve) returned NaN for A."""
-    import threading
-
-    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
-    tau = torch.tensor(1.0, requires_grad=True)
-    paused, done, got = threading.Event(), threading.Event(), {}
-
-    class Wait(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            paused.set()
-            done.wait(60)
-            return grad
-
-    def loss_of(x):
-        sol = ca.solve(x, part, "dual", temperature=tau, tol=1e-6, dtype=torch.float32)
-        return sum((p * w).sum() for p, w in zip(sol.probs, weights))
-
-    def uniform_pass():
-        loss = Wait.apply(tau) * 0 + loss_of(inputs[0])
-        got["uniform"] = float(torch.autograd.grad(loss, tau)[0])
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
-        thread = threading.Thread(target=uniform_pass)
-        thread.start()
-        paused.wait(60)
-        got["ordinary"] = float(torch.autograd.grad(loss_of(inputs[1]), tau)[0])
-        done.set()
-        thread.join(60)
-    assert got["ordinary"] == pytest.approx(-0.4259356, abs=1e-5), got
-    assert math.isnan(got["uniform"]), got
+    uniform, _, ordinary = _pass_in_flight(1, in_tau=True)
+    assert ordinary == pytest.approx(-0.4259356, abs=1e-5), ordinary
+    assert math.isnan(uniform), uniform
 
 
 def test_rev101_a_learned_temperature_swapped_by_a_conversion_is_still_judged():
@@ -2860,8 +2849,7 @@ def test_rev101_a_learned_temperature_swapped_by_a_conversion_is_still_judged():
     back −0.0 with no warning (NaN with 'shared by maps [0, 1]' before the conversion, or without the swap).  Since
     f188796 the solve's own node judges it: NaN with a warning."""
     part, inputs, weights = _rev100_uniform_and_ordinary_chains()
-    layer = ca.ConsistentAttention(part, "dual", temperature=torch.nn.Parameter(torch.tensor(1.0)), tol=1e-6,
-                                   dtype=torch.float32)
+    layer = _learned_temperature_layer(part)
     (tau,) = layer.parameters()
 
     def grad_of(x):
@@ -2869,12 +2857,8 @@ def test_rev101_a_learned_temperature_swapped_by_a_conversion_is_still_judged():
         return float(torch.autograd.grad(loss, tau)[0])
 
     assert grad_of(inputs[1]) == pytest.approx(-0.4259356, abs=1e-5)
-    swapping = torch.__future__.get_swap_module_params_on_conversion()
-    torch.__future__.set_swap_module_params_on_conversion(True)
-    try:
+    with _swapping_on_conversion():
         layer.cpu()
-    finally:
-        torch.__future__.set_swap_module_params_on_conversion(swapping)
     assert next(layer.parameters()) is tau
     with pytest.warns(ca.TemperatureGradientWarning, match=r"\[0, 1\] cannot be resolved"):
         got = grad_of(inputs[0])
@@ -2904,44 +2888,10 @@ def test_rev101_a_pass_in_flight_keeps_its_records_while_other_passes_record():
     input's loss in its scores only (passes that record and never reach τ's hook).  _TemperatureLedger.record keeps
     the 16 latest passes and drops A's, which is still running: A's hook finds no record of its pass and returns
     0.0 with no warning (with 15 such passes, NaN).  A pass that reaches the hook should be judged."""
-    import threading
-
     import convex_attention.dual as dual
 
-    part, inputs, weights = _rev100_uniform_and_ordinary_chains()
-    tau = torch.tensor(1.0, requires_grad=True)
-    paused, done, got = threading.Event(), threading.Event(), {}
-
-    class Wait(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            return x.clone()
-
-        @staticmethod
-        def backward(ctx, grad):
-            paused.set()
-            done.wait(60)
-            return grad
-
-    def loss_of(x):
-        sol = ca.solve(x, part, "dual", temperature=tau, tol=1e-6, dtype=torch.float32)
-        return sum((p * w).sum() for p, w in zip(sol.probs, weights))
-
-    def uniform_pass():
-        loss = Wait.apply(tau) * 0 + loss_of(inputs[0])
-        got["uniform"] = float(torch.autograd.grad(loss, tau)[0])
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
-        thread = threading.Thread(target=uniform_pass)
-        thread.start()
-        paused.wait(60)
-        for _ in range(dual._PASSES_KEPT):
-            x = [s.clone().requires_grad_() for s in inputs[1]]
-            torch.autograd.grad(loss_of(x), x)
-        done.set()
-        thread.join(60)
-    assert math.isnan(got["uniform"]), got
+    uniform, _, _ = _pass_in_flight(dual._PASSES_KEPT)
+    assert math.isnan(uniform), uniform
 
 
 def test_rev102_a_loaded_module_converted_with_swapped_parameters_judges_its_temperature():
@@ -2955,18 +2905,13 @@ def test_rev102_a_loaded_module_converted_with_swapped_parameters_judges_its_tem
     import io
 
     part, inputs, weights = _rev100_uniform_and_ordinary_chains()
-    layer = ca.ConsistentAttention(part, "dual", temperature=torch.nn.Parameter(torch.tensor(1.0)), tol=1e-6,
-                                   dtype=torch.float32)
+    layer = _learned_temperature_layer(part)
     buffer = io.BytesIO()
     torch.save(layer, buffer)
     buffer.seek(0)
     layer = torch.load(buffer, weights_only=False)
-    swapping = torch.__future__.get_swap_module_params_on_conversion()
-    torch.__future__.set_swap_module_params_on_conversion(True)
-    try:
+    with _swapping_on_conversion():
         layer.cpu()
-    finally:
-        torch.__future__.set_swap_module_params_on_conversion(swapping)
     (tau,) = layer.parameters()
     loss = sum((p * w).sum() for p, w in zip(layer(inputs[0]).probs, weights))
     with warnings.catch_warnings(record=True) as caught:
@@ -3020,10 +2965,11 @@ def test_rev102_the_gradient_taken_in_a_cast_temperature_is_judged():
     assert any(issubclass(w.category, ca.TemperatureGradientWarning) for w in caught)
 
 
-def _rev102_pass_in_flight(others):
+def _pass_in_flight(others, in_tau=False):
     """The uniform chain's gradient in a float32 leaf τ (float64 scores, float32 work, tol 1e-6) taken in a thread
     that pauses after its solve's backward recorded, while the main thread takes ``others`` gradients of the ordinary
-    input's loss in its scores only (passes that record and never reach τ's hook): ``(gradient, warning texts)``."""
+    input's loss, in its scores only (passes that record and never reach τ's node) or, ``in_tau``, in τ:
+    ``(gradient, warning texts, the main thread's last gradient in τ or None)``."""
     import threading
 
     part, inputs, weights = _rev100_uniform_and_ordinary_chains()
@@ -3055,12 +3001,16 @@ def _rev102_pass_in_flight(others):
     thread = threading.Thread(target=uniform_pass)
     thread.start()
     paused.wait(60)
+    main = None
     for _ in range(others):
         x = [s.clone().requires_grad_() for s in inputs[1]]
-        torch.autograd.grad(loss_of(x), x)
+        if in_tau:
+            main = float(torch.autograd.grad(loss_of(x), tau)[0])
+        else:
+            torch.autograd.grad(loss_of(x), x)
     done.set()
     thread.join(120)
-    return got["uniform"], got["texts"]
+    return got["uniform"], got["texts"], main
 
 
 def test_rev102_a_pass_in_flight_stays_judged_however_many_other_passes_record():
@@ -3071,7 +3021,7 @@ def test_rev102_a_pass_in_flight_stays_judged_however_many_other_passes_record()
     should not be judged, however long it ran."""
     import convex_attention.dual as dual
 
-    got, texts = _rev102_pass_in_flight(dual._PASSES_KEPT * 65)
+    got, texts = _pass_in_flight(dual._PASSES_KEPT * 65)[:2]
     assert math.isnan(got) and texts, (got, texts)
 
 
@@ -3081,7 +3031,7 @@ def test_rev102_the_dropped_records_warning_counts_the_other_passes_right():
     more than 16 other passes recorded': 16 did; the text should not say more than 16."""
     import convex_attention.dual as dual
 
-    got, texts = _rev102_pass_in_flight(dual._PASSES_KEPT)
+    got, texts = _pass_in_flight(dual._PASSES_KEPT)[:2]
     assert math.isnan(got) and len(texts) == 1, (got, texts)
     assert f"more than {dual._PASSES_KEPT} other" not in texts[0], texts
 
@@ -3103,11 +3053,7 @@ def test_rev103_the_add_up_check_allows_autograd_s_rounding_of_a_sum_of_many_sha
     tau = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
     want = _tau_grads(h, scores, weights, tau, [tau], "exact")[0]
     assert want == pytest.approx(chains * 0.4768663, rel=1e-6)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        got = _tau_grads(h, scores, weights, tau, [tau], tol=1e-6, dtype=torch.float32)[0]
-    said = [str(w.message) for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
-    assert abs(got - want) <= 1e-3 * abs(want) and not said, (got, want, said)
+    _assert_float32_tau_grad_determined(h, scores, weights, tau, [tau], want)
 
 
 @pytest.mark.xfail(strict=True, reason="ca_rev103, open: the rounding bound leaves out the float32 backward's "
