@@ -73,8 +73,18 @@ class _GraphBoundState(nn.Module):
     h: Graph
     graph_fingerprint: Tensor
 
+    def __init__(self, h: Graph):
+        super().__init__()
+        check_hierarchy(h)
+        self.h = h
+        self._bind_graph()
+
+    def _fingerprint_tensor(self, device=None) -> Tensor:
+        """The graph's fingerprint as the uint8 tensor the state carries."""
+        return torch.tensor(list(self.h.fingerprint()), dtype=torch.uint8, device=device)
+
     def _bind_graph(self) -> None:
-        self.register_buffer("graph_fingerprint", torch.tensor(list(self.h.fingerprint()), dtype=torch.uint8))
+        self.register_buffer("graph_fingerprint", self._fingerprint_tensor())
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
@@ -83,8 +93,7 @@ class _GraphBoundState(nn.Module):
             # the graph's, not the buffer's bytes: to_empty (deferred initialisation on the meta device)
             # leaves the buffer uninitialised, and its state was refused everywhere (ca_rev99)
             held = destination[key]
-            device = torch.device("cpu") if held.is_meta else held.device
-            destination[key] = torch.tensor(list(self.h.fingerprint()), dtype=torch.uint8, device=device)
+            destination[key] = self._fingerprint_tensor(torch.device("cpu") if held.is_meta else held.device)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
@@ -128,10 +137,7 @@ class LearnedDuals(_GraphBoundState):
     """
 
     def __init__(self, h: Graph):
-        super().__init__()
-        check_hierarchy(h)
-        self.h = h
-        self._bind_graph()
+        super().__init__(h)
         self.duals = nn.ParameterList([nn.Parameter(torch.zeros((1,) + h.shapes[b])) for _, b in h.edges])
 
     def forward(self) -> list[Tensor]:
@@ -237,10 +243,7 @@ class AmortisedDuals(_GraphBoundState):
     """
 
     def __init__(self, h: Graph, temperature=1.0, hidden: int = 16, layers: int = 2, sweeps: int = 3):
-        super().__init__()
-        check_hierarchy(h)
-        self.h = h
-        self._bind_graph()
+        super().__init__(h)
         self.temperature = check_temperatures(temperature, h.num_maps, unit=h._map_word)
         self.hidden = _check_positive_int(hidden, "hidden")
         self.layers = _check_positive_int(layers, "layers", minimum=0)
