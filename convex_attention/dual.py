@@ -58,7 +58,7 @@ from ._ops import (
     temperature_floats,
     upcast,
 )
-from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
+from .exact import exact_duals, exact_log_probs, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import (
     DENSE_LIMIT,
@@ -1818,6 +1818,30 @@ def _sharing_judged(temps: Sequence, work: torch.dtype, options: dict) -> list:
     return temps
 
 
+#: The float64 solve that polishes a narrower solve's duals for its temperature gradient
+#: (:func:`_polished_duals`) stops at this violation.
+POLISH_TOL = 1e-12
+
+
+def _polished_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], lam: list[Tensor]) -> list[Tensor]:
+    """The duals of a float32 solve, polished by a float64 solve started at them (``scores`` and
+    ``lam`` in float64), for the log-probabilities of the temperature gradient; a sample the
+    polish does not bring to :data:`POLISH_TOL` keeps its duals (its gradient is judged by the
+    duals' rounding, as before).  A float32 solve's duals sit at float32's floor in logit units,
+    about ``eps·τ·|log p|`` in score units, and a hot, nearly uniform map's ``log p_k`` (cells
+    ``Δθ/τ`` apart) lost its digits to them: an axial 16² map at τ up to 1e5, up to 12 % off,
+    unwarned (benchmarks/study_temperature_gradients.py)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a sample that misses keeps its own duals
+        try:
+            result = solve_dual(scores, h, temps, tol=POLISH_TOL, strict=False, init=lam, check_init=False)
+        except (ValueError, ConvergenceError, hessian.ImplicitSolveError):
+            return lam
+    done = result["converged"]
+    return [torch.where(done.view((-1,) + (1,) * (p.dim() - 1)), p, d)
+            for p, d in zip(result["duals"], lam)]
+
+
 def _shifted_logits(eta: Tensor, tau: float) -> Tensor:
     """``(η − max η) / τ`` per sample in float64: ``log p`` up to a constant per sample."""
     eta = eta.detach().to(torch.float64)
@@ -1873,8 +1897,17 @@ class DualSolveFunction(torch.autograd.Function):
             # two-cell map at p = (0.49999997, 0.5): temperature_gradient)
             wide = [s.detach().to(torch.float64) for s in with_given_scores(scores, given)]
             lam = [d.detach().to(torch.float64) for d in result["duals"]]
-            etas = reparameterized_logits(wide, lam, h)
-            log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
+            if given is None and h.is_forest and probs[0].dtype != torch.float64:
+                # on a forest the optimum's log p_k has a closed form, formed in float64 from the
+                # scores: a float32 solve's duals sit at float32's floor in logit units, eps·τ·|log p|
+                # in score units, and a hot, nearly uniform map's log p_k (differences Δθ/τ) lost its
+                # digits to them (a 16² → 8² chain at τ = (7e4, 2.5e3): 0.2-10 % off, unwarned)
+                log_probs = [lp.detach() for lp in exact_log_probs(wide, h, floats)]
+            else:
+                if given is None and probs[0].dtype != torch.float64:
+                    lam = _polished_duals(wide, h, floats, lam)
+                etas = reparameterized_logits(wide, lam, h)
+                log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
             log_probs += _dual_rounding(lam, torch.finfo(probs[0].dtype).eps)
         duals = result.pop("duals")
         info.update(result)
