@@ -58,7 +58,7 @@ from ._ops import (
     temperature_floats,
     upcast,
 )
-from .exact import exact_duals, exact_log_probs, temperature_argument, temperature_gradient, tree_backward
+from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
 from .graph import Graph
 from .hessian import (
     DENSE_LIMIT,
@@ -1586,10 +1586,13 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
             + "; ".join(reasons))
 
 
-def _dual_rounding(lam: Sequence[Tensor], eps: float) -> list[Tensor]:
-    """Per edge, how far the rounding of the duals to the working dtype can move them:
-    ``eps · |λ_e|`` (float64, shaped like the duals)."""
-    return [d.abs() * eps for d in lam]
+def _dual_rounding(lam: Sequence[Tensor], eps: Tensor) -> list[Tensor]:
+    """Per edge, how far the rounding of the duals ``lam`` that form ``log p`` can move them:
+    ``eps · |λ_e|`` (float64, shaped like the duals), ``eps`` ``(B,)`` per sample: the working
+    dtype's for a float32 solve's own duals, 0 for duals of the closed form or polished in
+    float64 (:func:`_optimum_duals`), as exact as the solution is (as in float64 work, where
+    the check is not made)."""
+    return [d.abs() * eps.view((-1,) + (1,) * (d.dim() - 1)) for d in lam]
 
 
 def _rounding_squares(h: Graph, gscores: Sequence[Tensor], rounding: Sequence[Tensor], maps) -> Tensor:
@@ -1819,27 +1822,33 @@ def _sharing_judged(temps: Sequence, work: torch.dtype, options: dict) -> list:
 
 
 #: The float64 solve that polishes a narrower solve's duals for its temperature gradient
-#: (:func:`_polished_duals`) stops at this violation.
+#: (:func:`_optimum_duals`, on graphs that are not forests) stops at this violation.
 POLISH_TOL = 1e-12
 
 
-def _polished_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], lam: list[Tensor]) -> list[Tensor]:
-    """The duals of a float32 solve, polished by a float64 solve started at them (``scores`` and
-    ``lam`` in float64), for the log-probabilities of the temperature gradient; a sample the
-    polish does not bring to :data:`POLISH_TOL` keeps its duals (its gradient is judged by the
-    duals' rounding, as before).  A float32 solve's duals sit at float32's floor in logit units,
-    about ``eps·τ·|log p|`` in score units, and a hot, nearly uniform map's ``log p_k`` (cells
-    ``Δθ/τ`` apart) lost its digits to them: an axial 16² map at τ up to 1e5, up to 12 % off,
-    unwarned (benchmarks/study_temperature_gradients.py)."""
+def _optimum_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float],
+                   lam: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """The optimum's duals in float64 for the log-probabilities of a narrower solve's temperature
+    gradient (``scores`` and the solve's duals ``lam`` in float64), and which samples have them,
+    ``(B,)`` bool: on a forest the closed form's (:func:`~convex_attention.exact.exact_duals`);
+    on other graphs ``lam`` polished by a float64 solve started at them, to :data:`POLISH_TOL`,
+    where a sample the polish does not bring there keeps its own (its gradient judged by their
+    rounding).  A float32 solve's duals sit at float32's floor in logit units, about
+    ``eps·τ·|log p|`` in score units, and a hot, nearly uniform map's ``log p_k`` (cells
+    ``Δθ/τ`` apart) lost its digits to them: up to 12 % off, unwarned (a 16² → 8² chain at
+    τ = (7e4, 2.5e3): 0.2-10 %; an axial 16² map at τ up to 1e5;
+    benchmarks/study_temperature_gradients.py)."""
+    if h.is_forest:
+        return exact_duals(scores, h, temps), torch.ones(lam[0].shape[0], dtype=torch.bool, device=lam[0].device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a sample that misses keeps its own duals
         try:
             result = solve_dual(scores, h, temps, tol=POLISH_TOL, strict=False, init=lam, check_init=False)
         except (ValueError, ConvergenceError, hessian.ImplicitSolveError):
-            return lam
+            return lam, torch.zeros(lam[0].shape[0], dtype=torch.bool, device=lam[0].device)
     done = result["converged"]
     return [torch.where(done.view((-1,) + (1,) * (p.dim() - 1)), p, d)
-            for p, d in zip(result["duals"], lam)]
+            for p, d in zip(result["duals"], lam)], done
 
 
 def _shifted_logits(eta: Tensor, tau: float) -> Tensor:
@@ -1897,18 +1906,17 @@ class DualSolveFunction(torch.autograd.Function):
             # two-cell map at p = (0.49999997, 0.5): temperature_gradient)
             wide = [s.detach().to(torch.float64) for s in with_given_scores(scores, given)]
             lam = [d.detach().to(torch.float64) for d in result["duals"]]
-            if given is None and h.is_forest and probs[0].dtype != torch.float64:
-                # on a forest the optimum's log p_k has a closed form, formed in float64 from the
-                # scores: a float32 solve's duals sit at float32's floor in logit units, eps·τ·|log p|
-                # in score units, and a hot, nearly uniform map's log p_k (differences Δθ/τ) lost its
-                # digits to them (a 16² → 8² chain at τ = (7e4, 2.5e3): 0.2-10 % off, unwarned)
-                log_probs = [lp.detach() for lp in exact_log_probs(wide, h, floats)]
-            else:
-                if given is None and probs[0].dtype != torch.float64:
-                    lam = _polished_duals(wide, h, floats, lam)
-                etas = reparameterized_logits(wide, lam, h)
-                log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
-            log_probs += _dual_rounding(lam, torch.finfo(probs[0].dtype).eps)
+            # the rounding of the duals that form log p, per sample: none where they are the optimum's
+            # in float64, as in float64 work, where the check is not made (judged by the float32
+            # duals' rounding, right gradients of polished samples were refused: ca_rev104)
+            eps = torch.full((probs[0].shape[0],), torch.finfo(probs[0].dtype).eps, dtype=torch.float64,
+                             device=probs[0].device)
+            if given is None and probs[0].dtype != torch.float64:
+                lam, exact = _optimum_duals(wide, h, floats, lam)
+                eps[exact] = 0.0
+            etas = reparameterized_logits(wide, lam, h)
+            log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
+            log_probs += _dual_rounding(lam, eps)
         duals = result.pop("duals")
         info.update(result)
         ctx.h, ctx.temps, ctx.M, ctx.mask = h, floats, len(probs), mask

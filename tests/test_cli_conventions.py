@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import json
 import os
 import pathlib
 import re
@@ -748,3 +749,52 @@ def test_the_benchmark_scripts_bound_every_numeric_option(script, argv):
     done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *argv], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 2 and "must be an integer from" in done.stderr and "Traceback" not in done.stderr
+
+
+# --------------------------------------------------------- benchmarks/study_temperature_gradients.py
+
+
+@pytest.mark.parametrize("argv, named", [(["--size", "12"], "--size"), (["--scale", "1e300"], "--scale"),
+                                         (["--tol", "2"], "--tol"), (["--draws", "0"], "--draws"),
+                                         (["--seed", _HUGE_SEED], "--seed")])
+def test_study_temperature_gradients_refuses_a_bad_option_before_making_out(tmp_path, capsys, argv, named):
+    import torch
+
+    script = _ca_rev75_script("study_temperature_gradients")
+    before = torch.get_num_threads()
+    out = tmp_path / "o"
+    try:
+        with pytest.raises(SystemExit) as stop:
+            script.main(["--out", str(out), *argv])
+    finally:
+        torch.set_num_threads(before)
+    assert stop.value.code == 2 and named in capsys.readouterr().err and not out.exists()
+
+
+def test_study_temperature_gradients_writes_a_row_per_map_and_refuses_to_replace_them(tmp_path, capsys):
+    """One draw per family and set at 16², one sample: a CSV that pandas reads, one row per map with the four
+    gradients and their errors (finite where the row is ok), the JSON with its command, and a second run into the
+    same folder refused (exit 2) with the files untouched."""
+    import pandas as pd
+    import torch
+
+    script = _ca_rev75_script("study_temperature_gradients")
+    before = torch.get_num_threads()
+    out = tmp_path / "o"
+    try:
+        assert script.main(["--out", str(out), "--draws", "1", "--batch", "1"]) == 0
+        rows = pd.read_csv(out / "temperature_gradients.csv")
+        written = (out / "temperature_gradients.csv").read_bytes()
+        with pytest.raises(SystemExit) as stop:
+            script.main(["--out", str(out), "--draws", "1", "--batch", "1"])
+    finally:
+        torch.set_num_threads(before)
+    assert stop.value.code == 2 and (out / "temperature_gradients.csv").read_bytes() == written
+    assert set(rows["set"]) == set(script.SETS) and set(rows["family"]) == set(script.STRUCTURES)
+    ok = rows[rows["status"] == "ok"]
+    assert len(ok) >= len(rows) - 8 and len(ok) > 0
+    assert ok[["reference", "float64_at_tol", "float32_unchecked", "held", "float32_error"]].notna().all().all()
+    assert (ok["refused"] == ok["float32"].isna()).all()
+    said = json.loads((out / "temperature_gradients.json").read_text())
+    assert said["command"].startswith("python benchmarks/study_temperature_gradients.py") and said["rtol"] == 1e-3
+    assert "unwarned" in capsys.readouterr().out

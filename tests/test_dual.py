@@ -2292,14 +2292,28 @@ def test_rev61_a_whole_gap_retry_gives_each_sample_what_it_gets_alone():
         assert err <= 1e-12, (i, err)
 
 
+@pytest.fixture
+def float32_duals_kept(monkeypatch):
+    """Switch off the optimum's duals of a float32 solve's temperature gradient (the closed form on a forest, the
+    float64 polish elsewhere): every sample keeps its own duals, as one whose polish does not converge, and log p is
+    formed at them and judged by their rounding.  The judgement's tests take this path: with the optimum's duals
+    nothing is left for the duals' rounding to leave undetermined (an exactly uniform chain's share is 0, exact)."""
+    import convex_attention.dual as dual_module
+
+    monkeypatch.setattr(dual_module, "_optimum_duals", lambda scores, h, temps, lam: (
+        lam, torch.zeros(lam[0].shape[0], dtype=torch.bool)))
+
+
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_the_temperature_gradient_is_refused_where_float32_duals_do_not_determine_it():
-    """Axial 2×3, τ = (1e6, 1, 1), a float32 solve: the two-cell map's probabilities are
-    (0.49999997, 0.5), their log-probabilities one float32 unit apart, so the rounding of the
+    """Axial 2×3, τ = (1e6, 1, 1), a float32 solve, log p formed at its own duals (the float64
+    polish switched off, as for a sample it does not converge): the two-cell map's probabilities
+    are (0.49999997, 0.5), their log-probabilities one float32 unit apart, so the rounding of the
     duals to float32 moves that map's ∂L/∂τ by 42 % of itself (it came back 11 % off the
     float64 optimum's, silently, once the score gradients were resolved in float64).  Its
     components are NaN, with a TemperatureGradientWarning naming the maps and the way out (an
     error refused the score gradients too: ca_rev93); map 0's is returned, and float64 work
-    gives them all."""
+    gives them all.  With the polish they are right: the next test."""
     h = ca.Graph.axial((2, 3))
     gen = torch.Generator().manual_seed(0)
     scores = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
@@ -2320,6 +2334,28 @@ def test_the_temperature_gradient_is_refused_where_float32_duals_do_not_determin
     assert torch.isnan(got[-1][1:]).all() and torch.isfinite(got[-1][0])
     assert all(torch.isfinite(g).all() for g in got[:-1])
     assert torch.isfinite(gradients(torch.float64)[-1]).all()
+
+
+def test_a_float32_temperature_gradient_at_polished_duals_is_right_where_the_float32_duals_left_it_undetermined():
+    """The instance above as a user runs it: log p is formed at the float32 duals polished in float64
+    (_optimum_duals), and every component is within 1e-6 of the float64 optimum's at the same
+    (float32-rounded) scores (it is 1e-8), with no warning (ca_rev104: judged by the float32 duals'
+    rounding, which no longer forms log p, they were refused)."""
+    h = ca.Graph.axial((2, 3))
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn((1,) + s, generator=gen, dtype=torch.float64).float().double() for s in h.shapes]
+    weights = [torch.randn((1,) + s, generator=gen, dtype=torch.float64) for s in h.shapes]
+
+    def tau_grad(**options):
+        tau = torch.tensor([1e6, 1.0, 1.0], dtype=torch.float64, requires_grad=True)
+        sol = ca.solve(scores, h, "dual", temperature=tau, **options)
+        return torch.autograd.grad(sum((p.double() * w).sum() for p, w in zip(sol.probs, weights)), tau)[0]
+
+    want = tau_grad(tol=1e-12)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ca.TemperatureGradientWarning)
+        got = tau_grad(tol=1e-6, dtype=torch.float32)
+    assert bool(((got - want).abs() <= 1e-6 * want.abs()).all()), (got, want)
 
 
 def test_rev92_dual_temperature_gradient_is_not_floored_at_a_subnormal_probability():
@@ -2363,9 +2399,11 @@ def test_rev92_float32_temperature_gradient_is_not_refused_on_an_ordinary_tree()
     assert bool(((got - want).abs() <= 1e-3 * held).all()), (got, want)
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_rev93_temperature_gradient_refusal_names_the_user_s_maps_on_a_disconnected_graph():
     """A chain 0 → 1 beside the axial 2×3 graph of the float32 refusal above (maps 2, 3, 4; edges
-    (0, 1), (2, 3), (2, 4)), τ = (1, 1, 1e6, 1, 1), float32 work, tol 1e-6.  The two components are
+    (0, 1), (2, 3), (2, 4)), τ = (1, 1, 1e6, 1, 1), float32 work, tol 1e-6, the float64 polish
+    switched off (as for a sample it does not converge).  The two components are
     solved apart, each by its own DualSolveFunction, and _check_temperature_gradient raises in the
     part's numbering: 'map(s) [1, 2]' (the chain's coarse map and the axial map), where the maps that
     cannot be resolved are the user's 3 and 4 (a forward ConvergenceError says which component)."""
@@ -2498,6 +2536,7 @@ def _assert_float32_tau_grad_determined(h, scores, weights, temperature, leaves,
     assert abs(got[0] - want) <= 1e-3 * abs(want) and not said, (got, want, said)
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_a_shared_temperature_whose_sum_is_undetermined_is_nan_with_a_warning_naming_its_maps():
     """The uniform chain alone (maps 0 → 1), one 0-d τ for both, float32: the sum of two undetermined zeros is
     undetermined: NaN, and the warning names the temperature shared by maps [0, 1] (not a wrong number)."""
@@ -2509,6 +2548,7 @@ def test_a_shared_temperature_whose_sum_is_undetermined_is_nan_with_a_warning_na
     assert math.isnan(got[0])
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_maps_sharing_a_temperature_are_judged_per_shared_tensor():
     """Temperatures (a, a, b, b) on the two chains, float32: a's maps are the uniform chain (its sum
     undetermined: NaN, one warning naming maps [0, 1]); b's sum is determined and within 1e-3 of exact's."""
@@ -2665,10 +2705,12 @@ def test_rev97_a_float32_temperature_tensor_given_for_every_map_is_judged_summed
     _assert_float32_tau_grad_determined(h, scores, weights, [a] * 4, [a], want)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev97, open: a temperature given to two solves is judged per solve "
-                                       "(a hook on the user's tensor is not run on every path: ca_rev102); NaN where "
-                                       "the sum (0.4769) is determined; documented in design.md")
-def test_rev97_a_temperature_shared_by_two_solves_is_not_nan_for_a_determined_sum():
+@pytest.mark.parametrize("duals", ["optimum", pytest.param("float32", marks=pytest.mark.xfail(
+    strict=True, reason="ca_rev97, open where log p is formed at the float32 duals (a sample whose polish does not "
+                        "converge): a temperature given to two solves is judged per solve (a hook on the user's tensor "
+                        "is not run on every path: ca_rev102); NaN where the sum (0.4769) is determined; documented in "
+                        "design.md"))])
+def test_rev97_a_temperature_shared_by_two_solves_is_not_nan_for_a_determined_sum(duals, request):
     """ca_rev94's instance split into two calls: one 0-d τ = 1 (requires grad) passed to ca.solve for the uniform
     chain 4 → 2 (maps 0 → 1 of _two_chains_shared, ∂L/∂τ exactly 0) and again for the ordinary chain (maps 2 → 3),
     float32 work, tol 1e-6, loss Σ <p_k, w_k> over both solves (as a ConsistentAttention with a learned 0-d
@@ -2676,7 +2718,11 @@ def test_rev97_a_temperature_shared_by_two_solves_is_not_nan_for_a_determined_su
     the same as the one solve of the two chains, which 'dual' in float32 now returns to 3e-8).  Each solve has
     its own ledger and node (3e79175), so the uniform chain's share (two undetermined zeros) was judged alone: NaN
     with 'the temperature shared by maps [0, 1]', and autograd's sum was NaN.  The sum the user receives is judged
-    (a hook on the tensor): within 1e-3 of 'exact'."""
+    (a hook on the tensor): within 1e-3 of 'exact'.  With the optimum's duals forming log p (the closed form on these
+    chains, as a user runs them) the uniform share is exactly 0, determined, and the sum is right; with the float32
+    duals kept (``duals="float32"``: as for a sample whose polish does not converge) the case stays open."""
+    if duals == "float32":
+        request.getfixturevalue("float32_duals_kept")
     h, scores, weights = _two_chains_shared()
     chains = [ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))]),
               ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 1, 0, 1]))])]
@@ -2723,14 +2769,18 @@ def test_gradients_at_the_default_tol_are_within_tol_times_the_loss_scale_of_the
         assert relative > 1e-3, relative
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev97, open: a layer's learned temperature is judged per call; NaN where "
-                                       "the sum over its calls is determined; documented in design.md")
-def test_a_learned_float32_temperature_of_a_layer_called_twice_is_judged_on_its_whole_gradient():
+@pytest.mark.parametrize("duals", ["optimum", pytest.param("float32", marks=pytest.mark.xfail(
+    strict=True, reason="ca_rev97, open where log p is formed at the float32 duals: a layer's learned temperature is "
+                        "judged per call; NaN where the sum over its calls is determined; documented in design.md"))])
+def test_a_learned_float32_temperature_of_a_layer_called_twice_is_judged_on_its_whole_gradient(duals, request):
     """ConsistentAttention(chain 4 → 2, 'dual', float32 work) with one learned float32 0-d Parameter τ and float64
     scores, called on the uniform instance (its share exactly 0, undetermined) and on an ordinary one: the
     Parameter's gradient is their sum, determined (exact's, to 1e-3).  Each call is judged on its own: the uniform
     call's NaN makes the sum NaN (a hook on the Parameter, which would judge the sum, is not run on every path:
-    ca_rev102)."""
+    ca_rev102).  Right with the optimum's duals forming log p (the closed form, as a user runs it); open with the
+    float32 duals kept (``duals="float32"``)."""
+    if duals == "float32":
+        request.getfixturevalue("float32_duals_kept")
     _, scores, weights = _two_chains_shared()
     part = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
     ordinary = [torch.tensor([[0.3, -1.2, 0.8, 0.1]], dtype=torch.float64), torch.tensor([[0.5, -0.4]],
@@ -2753,6 +2803,7 @@ def test_a_learned_float32_temperature_of_a_layer_called_twice_is_judged_on_its_
     assert abs(got - want) <= 1e-3 * abs(want), (got, want)
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_a_temperature_given_to_two_solves_is_nan_where_their_sum_is_undetermined():
     """The uniform chain solved twice with one 0-d τ (float32 work): the sum of undetermined zeros is undetermined:
     NaN, with a warning naming the maps that share it (each solve judged on its own)."""
@@ -2827,6 +2878,7 @@ def test_rev100_a_module_whose_learned_temperature_was_trained_converts_with_swa
     assert tau.dtype == torch.float64
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_rev100_a_backward_pass_in_another_thread_does_not_drop_this_passs_records():
     """One float32 leaf τ (float64 scores, float32 work, tol 1e-6).  Thread A: torch.autograd.grad of the uniform
     chain's loss in τ (alone: undetermined, NaN with a warning, as in the single-threaded run); its solve's backward
@@ -2839,6 +2891,7 @@ def test_rev100_a_backward_pass_in_another_thread_does_not_drop_this_passs_recor
     assert math.isnan(uniform), uniform
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_rev101_a_learned_temperature_swapped_by_a_conversion_is_still_judged():
     """ConsistentAttention(chain 4 → 2, 'dual', float32 work, tol 1e-6) with a learned float32 Parameter τ, after
     one pass on the ordinary input (−0.4259356; the ledger's hook registered).  With
@@ -2881,6 +2934,7 @@ def test_rev101_a_0d_leaf_that_is_a_view_given_for_every_map_is_judged_summed():
     assert abs(got - want) <= 1e-3 * abs(want), (got, want)
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_rev101_a_pass_in_flight_keeps_its_records_while_other_passes_record():
     """One float32 leaf τ (float64 scores, float32 work, tol 1e-6).  Thread A: torch.autograd.grad of the uniform
     chain's loss in τ (alone: undetermined, NaN with a warning); its solve's backward records, then A waits (a node
@@ -2894,6 +2948,7 @@ def test_rev101_a_pass_in_flight_keeps_its_records_while_other_passes_record():
     assert math.isnan(uniform), uniform
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_rev102_a_loaded_module_converted_with_swapped_parameters_judges_its_temperature():
     """ConsistentAttention(chain 4 → 2, 'dual', float32 work, tol 1e-6) with a learned float32 Parameter τ, saved
     with torch.save and loaded with torch.load (τ's _backward_hooks is an empty OrderedDict, the one unpickling
@@ -2921,6 +2976,7 @@ def test_rev102_a_loaded_module_converted_with_swapped_parameters_judges_its_tem
     assert any(issubclass(w.category, ca.TemperatureGradientWarning) for w in caught)
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_rev102_a_temperature_swapped_with_its_deep_copy_is_judged():
     """A float32 leaf τ = 1 (chain 4 → 2, float64 scores, float32 work, tol 1e-6): one gradient of the ordinary
     input's loss (−0.4259356; the ledger L's hook registered, τ marked id(L)).  copy.deepcopy(τ) copies the mark in
@@ -2946,6 +3002,7 @@ def test_rev102_a_temperature_swapped_with_its_deep_copy_is_judged():
     assert any(issubclass(w.category, ca.TemperatureGradientWarning) for w in caught)
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_rev102_the_gradient_taken_in_a_cast_temperature_is_judged():
     """A float32 leaf τ = 1 and its cast t = τ.double(), the temperature of the uniform chain 4 → 2 (float64 scores,
     float32 work, tol 1e-6); the user asks torch.autograd.grad(loss, t).  _temperature_source looks through the
@@ -3013,6 +3070,7 @@ def _pass_in_flight(others, in_tau=False):
     return got["uniform"], got["texts"], main
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_rev102_a_pass_in_flight_stays_judged_however_many_other_passes_record():
     """As rev101's pass in flight, with 1040 score-only passes recorded meanwhile instead of 16 (about 3 s): the
     pass's records go at the 16th, its id into _TemperatureLedger.dropped (a deque of maxlen _PASSES_KEPT·64 =
@@ -3025,6 +3083,7 @@ def test_rev102_a_pass_in_flight_stays_judged_however_many_other_passes_record()
     assert math.isnan(got) and texts, (got, texts)
 
 
+@pytest.mark.usefixtures("float32_duals_kept")
 def test_rev102_the_dropped_records_warning_counts_the_other_passes_right():
     """rev101's instance: exactly _PASSES_KEPT = 16 other passes record while the uniform pass is in flight, and its
     records go (with 15 they are kept).  The warning says 'the records of this backward pass were dropped while
@@ -3066,7 +3125,7 @@ def test_rev103_a_shared_temperature_s_sum_off_by_more_than_1e_3_is_nan_with_a_w
     25 float32 units of each dual off the optimum's (the solve at float32's floor, violation 1.2e-7), against
     log-probabilities ~1e-5 apart.  (At τ = (8e4, b, b): 3.4e-3 off, bound 0.83; per map, a (3,) tensor at
     (1e5, 1, 1): map 2 4.2e-3 off, bound 0.57.)  Now log p is formed at the duals polished in float64
-    (_polished_duals).  A gradient the float32 solution does not determine to 1e-3: NaN with a
+    (_optimum_duals).  A gradient the float32 solution does not determine to 1e-3: NaN with a
     TemperatureGradientWarning, or within 1e-3 of float64's."""
     h = ca.Graph.axial((2, 3))
     gen = torch.Generator().manual_seed(0)
@@ -3122,14 +3181,14 @@ def test_float32_temperature_gradients_of_hot_maps_on_a_chain_match_the_closed_f
 def test_float32_temperature_gradients_of_hot_maps_on_an_axial_graph_match_float64(seed):
     """An axial 8×8 map at τ = (1e4, 1e3, 50), float32 work: components up to 5 % of their held size off the float64
     optimum's (seeds 0, 2, 3 past 1e-3), unwarned, for the same reason as on the chain above.  On a graph that is not
-    a forest the float32 duals are now polished by a float64 solve started at them (_polished_duals) before log p is
+    a forest the float32 duals are now polished by a float64 solve started at them (_optimum_duals) before log p is
     formed: within 1e-4 (about 1e-6)."""
     got, want, held = _hot_tau_grads(ca.Graph.axial((8, 8)), [1e4, 1e3, 50.0], seed, ("dual", {"tol": 1e-12}))
     assert bool(((got - want).abs() <= 1e-4 * held).all()), (got, want)
 
 
 def test_a_sample_the_polish_does_not_bring_to_its_tol_keeps_the_float32_duals(monkeypatch):
-    """_polished_duals takes the polished duals of the samples whose float64 solve converged, keeps the float32
+    """_optimum_duals takes the polished duals of the samples whose float64 solve converged, keeps the float32
     solve's for the others (their gradient judged by the duals' rounding, as before), and keeps them all where the
     polish raises."""
     import convex_attention.dual as dual_module
@@ -3143,11 +3202,55 @@ def test_a_sample_the_polish_does_not_bring_to_its_tol_keeps_the_float32_duals(m
         return {"duals": polished, "converged": torch.tensor([False, True])}
 
     monkeypatch.setattr(dual_module, "solve_dual", half_converged)
-    out = dual_module._polished_duals([], h, [1.0] * 3, lam)
+    out, done = dual_module._optimum_duals([], h, [1.0] * 3, lam)
     assert all(torch.equal(o[0], d[0]) and torch.equal(o[1], p[1]) for o, d, p in zip(out, lam, polished))
+    assert done.tolist() == [False, True]
 
     def raising(*args, **kwargs):
         raise ca.ConvergenceError("the polish stalled")
 
     monkeypatch.setattr(dual_module, "solve_dual", raising)
-    assert dual_module._polished_duals([], h, [1.0] * 3, lam) is lam
+    out, done = dual_module._optimum_duals([], h, [1.0] * 3, lam)
+    assert out is lam and done.tolist() == [False, False]
+
+
+def test_rev104_a_polished_hot_axial_gradient_that_is_right_is_not_refused():
+    """Axial 16² at τ = (1e6, 1e4, 100), seed 1 of _hot_tau_grads, float32 work: log p is now formed at the duals
+    polished in float64, and the backward's map-2 component before the judgement is 4.5e-8 of its held size off the
+    float64 optimum's (tol 1e-12), yet _undetermined_temperatures (still judging the float32 duals' rounding, which
+    no longer enters log p) returns it as NaN with a TemperatureGradientWarning (seed 2: 1.8e-7 off, NaN too).
+    got NaN, want the float64 value, relative error 4.5e-8 before the NaN.  A false refusal."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, want, held = _hot_tau_grads(ca.Graph.axial((16, 16)), [1e6, 1e4, 100.0], 1, ("dual", {"tol": 1e-12}))
+    said = [w for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
+    assert not said and bool(((got - want).abs() <= 1e-3 * held).all()), (got, want, len(said))
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev104, open: nearly one-hot maps (1 − p_max = 1.9e-11), the float32 "
+                                       "τ-gradient 23 % off, unwarned (float64 at the default tol: 1.3 % off, the "
+                                       "documented accuracy against the optimum, design.md §4); not log p's error")
+def test_rev104_a_cold_axial_float32_temperature_gradient_is_right_or_refused():
+    """Axial 8×8, batch 2, scores 3·N(0, 1) (seed 0, rounded to float32), weights N(0, 1), τ = (0.01, 0.01, 0.01),
+    float32 'dual' work (tol 1e-6): ∂L/∂τ = (1.3349e-8, 1.3348e-8, 1.3345e-8) against float64 'dual' at tol 1e-12
+    (1.7284e-8, 1.7284e-8, 1.7280e-8): 23 % off each, finite, no TemperatureGradientWarning (before this change:
+    (1.366e-8, 1.272e-8, 1.366e-8), 21-26 % off; the polish leaves it: not log p's error).  A gradient the float32
+    solution does not determine to 1e-3: NaN with a TemperatureGradientWarning, or within 1e-3 of float64's."""
+    h = ca.Graph.axial((8, 8))
+    g = torch.Generator().manual_seed(0)
+    scores = [(3.0 * torch.randn((2,) + s, generator=g, dtype=torch.float64)).float().double() for s in h.shapes]
+    weights = [torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+
+    def grad(**options):
+        tau = torch.tensor([0.01] * 3, dtype=torch.float64, requires_grad=True)
+        sol = ca.solve(scores, h, "dual", temperature=tau, **options)
+        return torch.autograd.grad(sum((p.double() * w).sum() for p, w in zip(sol.probs, weights)), tau)[0]
+
+    want = grad(tol=1e-12)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = grad(tol=1e-6, dtype=torch.float32)
+    said = [w for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
+    held = torch.maximum(want.abs(), want.abs().max() * 1e-3 ** 0.5)
+    ok = [(bool(torch.isnan(a)) and bool(said)) or bool((a - b).abs() <= 1e-3 * c) for a, b, c in zip(got, want, held)]
+    assert all(ok), (got, want, len(said))

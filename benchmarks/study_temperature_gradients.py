@@ -1,0 +1,166 @@
+#!/usr/bin/env python
+"""How well method 'dual''s float32 temperature gradients, and the check that returns NaN for
+those the float32 solution does not determine, track the float64 optimum's
+(docs/design.md §4, "temperature gradients").
+
+    python benchmarks/study_temperature_gradients.py --out docs/results/temperature-gradient-study
+    python benchmarks/study_temperature_gradients.py --draws 1 --out /tmp/taugrad    # about 10 s
+
+For each family of the graph benchmark, each temperature set (log10 τ uniform in [-1, 1],
+"normal", and in [-1, 5], "hot": maps from nearly one-hot to nearly uniform) and each draw,
+``--batch`` samples of N(0, ``--scale``²) scores (rounded to float32 first, so that both works
+solve one problem) are solved with a (M,) temperature tensor that requires grad, and the
+gradient of a random linear loss in it is taken four ways: the reference (``exact`` on forests,
+``dual`` in float64 at tol 1e-12 elsewhere), ``dual`` in float64 at ``--tol``, ``dual`` in
+float32 at ``--tol`` as a user gets it (NaN with a TemperatureGradientWarning where the check
+refuses), and the same float32 gradient with the check switched off.  Each map's error is
+taken relative to the size the check holds it to, ``max(|g_k|, max_j |g_j| · sqrt(rtol))``
+(``rtol`` = ``GRADIENT_RTOL[float32]``, 1e-3).  Writes ``temperature_gradients.csv`` (one row
+per map) and ``.json`` into ``--out`` and prints, per set: the maps, the refusals (and how many
+of them were more than rtol off), and the maps returned more than rtol off, unwarned.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from unittest import mock
+
+import torch
+
+import convex_attention as ca
+from convex_attention import dual
+from convex_attention.bench.config import STRUCTURES, check_structure
+from convex_attention.bench.graph_targets import draw_instance
+from convex_attention.cli import CommandParser
+from convex_attention.hessian import GRADIENT_RTOL
+from convex_attention.io.environment import environment, load_average
+from convex_attention.io.files import atomic_csv, check_no_earlier_outputs, check_out_dir, write_json
+from convex_attention.io.settings import SEED_MAX, int_in, positive_float
+
+SETS = {"normal": (-1.0, 1.0), "hot": (-1.0, 5.0)}
+OUTPUTS = ("temperature_gradients.csv", "temperature_gradients.json")
+RTOL = GRADIENT_RTOL[torch.float32]
+COLUMNS = ("set", "family", "draw", "map", "status", "tau", "reference", "float64_at_tol", "float32",
+           "float32_unchecked", "held", "float32_error", "float64_error", "refused")
+
+
+def temperature_gradient(h, scores, weights, temps, method, **options) -> torch.Tensor:
+    """``∂L/∂τ`` ``(M,)`` of ``L = Σ_k <p_k, w_k>`` (float64)."""
+    tau = torch.tensor(temps, dtype=torch.float64, requires_grad=True)
+    sol = ca.solve(scores, h, method, temperature=tau, **options)
+    loss = sum((p.double() * w).sum() for p, w in zip(sol.probs, weights))
+    return torch.autograd.grad(loss, tau)[0].detach()
+
+
+def study(h, scores, weights, temps, tol: float) -> dict:
+    """The four gradients of one instance (see the module docstring), each ``(M,)``."""
+    ref = (temperature_gradient(h, scores, weights, temps, "exact") if h.is_forest else
+           temperature_gradient(h, scores, weights, temps, "dual", tol=1e-12, max_iter=20000))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ca.TemperatureGradientWarning)  # a refusal is the row's NaN
+        f32 = temperature_gradient(h, scores, weights, temps, "dual", tol=tol, dtype=torch.float32)
+        # the same backward with the check switched off: what a refused map would have been given
+        with mock.patch.object(dual, "_undetermined_temperatures", lambda *args, **kwargs: []):
+            unchecked = temperature_gradient(h, scores, weights, temps, "dual", tol=tol, dtype=torch.float32)
+    f64 = temperature_gradient(h, scores, weights, temps, "dual", tol=tol)
+    return {"reference": ref, "float64_at_tol": f64, "float32": f32, "float32_unchecked": unchecked}
+
+
+def rows_of(base: dict, temps, got: dict) -> list[dict]:
+    ref = got["reference"]
+    held = torch.maximum(ref.abs(), ref.abs().max() * math.sqrt(RTOL))
+    rows = []
+    for k, tau in enumerate(temps):
+        row = {**base, "map": k, "status": "ok", "tau": tau, "held": float(held[k]),
+               **{name: float(value[k]) for name, value in got.items()}}
+        row["float32_error"] = abs(row["float32_unchecked"] - row["reference"]) / row["held"]
+        row["float64_error"] = abs(row["float64_at_tol"] - row["reference"]) / row["held"]
+        row["refused"] = math.isnan(row["float32"])
+        rows.append(row)
+    return rows
+
+
+def summary(rows: list[dict], set_name: str) -> str:
+    ok = [r for r in rows if r["set"] == set_name and r["status"] == "ok"]
+    refused = [r for r in ok if r["refused"]]
+    silent = [r for r in ok if not r["refused"] and not r["float32_error"] <= RTOL]
+    failed = {(r["family"], r["draw"]) for r in rows if r["set"] == set_name and r["status"] != "ok"}
+    worst = max((r["float32_error"] for r in ok if not r["refused"]), default=math.nan)
+    worst64 = max((r["float64_error"] for r in ok), default=math.nan)
+    wrongly_kept = sum(r["float32_error"] > RTOL for r in refused)
+    return (f"{set_name:7} maps {len(ok):4}  refused {len(refused):3} ({wrongly_kept} of them more than {RTOL:g} "
+            f"off)  returned more than {RTOL:g} off, unwarned: {len(silent):3}  worst returned {worst:.3g}  float64 "
+            f"at tol worst {worst64:.3g}  instances that raised: {len(failed)}"
+            + "".join(f"\n    unwarned: {r['family']} draw {r['draw']} map {r['map']} τ {r['tau']:.3g}: "
+                      f"{r['float32_error']:.3g}" for r in silent))
+
+
+def main(argv=None) -> int:
+    p = CommandParser(prog="study_temperature_gradients.py", description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", required=True, help="folder for temperature_gradients.csv and .json")
+    p.add_argument("--draws", type=int_in(1, 100_000, "draws"), default=12,
+                   help="draws per family and set, from 1 to 100000 (default 12)")
+    p.add_argument("--size", type=int_in(1, 4096, "size"), default=16,
+                   help="map side, one every family draws (a multiple of 8 from 16 to 4096; default 16)")
+    p.add_argument("--batch", type=int_in(1, 4096, "batch"), default=16,
+                   help="samples per draw, from 1 to 4096 (default 16)")
+    p.add_argument("--scale", type=positive_float, default=1.0,
+                   help="the scores' standard deviation, in (0, 100] (default 1)")
+    p.add_argument("--tol", type=positive_float, default=1e-6,
+                   help="'dual''s tol in float32 and in the float64 solve beside it, in (0, 0.1] (default 1e-6)")
+    p.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=7,
+                   help=f"seed of the draws, from 0 to {SEED_MAX} (default 7)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the files of an earlier study in --out (without it such a folder is refused, "
+                        "exit 2)")
+    a = p.parse_args(argv)
+    try:
+        for family in STRUCTURES:
+            check_structure(family, a.size, dims=2)
+    except ValueError:
+        p.error(f"--size must be one every family draws: a multiple of 8, at least 16; got {a.size}")
+    if not a.scale <= 100:
+        p.error(f"--scale must be a number in (0, 100]; got {a.scale}")
+    if not a.tol <= 0.1:
+        p.error(f"--tol must be a number in (0, 0.1]; got {a.tol}")
+    try:
+        check_no_earlier_outputs(a.out, OUTPUTS, a.overwrite)
+        check_out_dir(a.out)
+    except ValueError as err:
+        p.error(str(err))
+    torch.set_num_threads(1)
+    os.makedirs(a.out, exist_ok=True)
+    start, load_start = time.time(), load_average()
+    rows: list[dict] = []
+    for set_name, log_tau in SETS.items():
+        for family in STRUCTURES:
+            g = torch.Generator().manual_seed(a.seed)
+            for draw in range(a.draws):
+                h, scores, temps = draw_instance(family, a.size, g, log_tau, a.batch, scale=a.scale)
+                scores = [s.float().double() for s in scores]
+                weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+                base = {"set": set_name, "family": family, "draw": draw}
+                try:
+                    rows += rows_of(base, temps, study(h, scores, weights, temps, a.tol))
+                except (ca.ConvergenceError, ca.ImplicitSolveError) as err:  # a refused solve is a row per map
+                    rows += [{**base, "map": k, "tau": t, "status": f"error: {type(err).__name__}: {err}"[:200]}
+                             for k, t in enumerate(temps)]
+            print(f"{set_name} {family}: {time.time() - start:.0f} s", file=sys.stderr, flush=True)
+    atomic_csv(os.path.join(a.out, OUTPUTS[0]), COLUMNS, rows)
+    command = ["python", "benchmarks/study_temperature_gradients.py", *(sys.argv[1:] if argv is None else argv)]
+    write_json(os.path.join(a.out, OUTPUTS[1]),
+               {"command": " ".join(command), "environment": environment(),
+                "load_average_start": load_start, "load_average_end": load_average(),
+                "wall_s": time.time() - start, "rtol": RTOL, "sets": SETS})
+    for set_name in SETS:
+        print(summary(rows, set_name))
+    print(json.dumps({"rows": len(rows), "errors": sum(r["status"] != "ok" for r in rows)}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
