@@ -31,15 +31,15 @@ import torch
 
 import convex_attention as ca
 from convex_attention import cvx
-from convex_attention.bench.config import check_structure
+from convex_attention.bench.config import add_study_arguments, check_study_arguments
 from convex_attention.bench.graph_targets import draw_instance
 from convex_attention.bench.timing import nan_max
 from convex_attention.cli import CommandParser
 from convex_attention.cvx import BACKENDS, STATIONARITY_FACTOR, available_backends, centred_scores
 from convex_attention.hierarchy import Hierarchy
 from convex_attention.io.environment import environment, load_average
-from convex_attention.io.files import atomic_csv, check_no_earlier_outputs, check_out_dir, write_json
-from convex_attention.io.settings import SEED_MAX, int_in, positive_float
+from convex_attention.io.files import atomic_csv, write_json
+from convex_attention.io.settings import positive_float
 
 SETS = {"normal": (-1.0, 1.0), "hard": (-2.0, 1.0), "extreme": (-4.0, 4.0)}
 OUTPUTS = ("certificate.csv", "certificate.json")
@@ -87,18 +87,9 @@ def study(backend: str, h, scores, temps, ref, regularization: float | None = No
 def main(argv=None) -> int:
     p = CommandParser(prog="study_certificate.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="folder for certificate.csv and certificate.json")
-    p.add_argument("--draws", type=int_in(1, 100_000, "draws"), default=4,
-                   help="draws per family and set, from 1 to 100000 (default 4)")
-    p.add_argument("--size", type=int_in(1, 4096, "size"), default=16,
-                   help="map side, one every family draws (a multiple of 8 from 16 to 4096; default 16)")
+    add_study_arguments(p, OUTPUTS, draws=4)
     p.add_argument("--backends", nargs="+", default=["diffcp-clarabel", "moreau"], choices=BACKENDS, metavar="NAME",
                    help=f"from {', '.join(BACKENDS)} (default diffcp-clarabel moreau)")
-    p.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=7,
-                   help=f"seed of the draws, from 0 to {SEED_MAX} (default 7)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the certificate.csv and certificate.json of an earlier study in --out (without it "
-                        "such a folder is refused, exit 2)")
     p.add_argument("--static-regularization", type=positive_float, default=None,
                    help="Clarabel's static_regularization_constant for diffcp-clarabel (default: Clarabel's own, "
                         "1e-8; the layer retries a refused batch with cvx.CLARABEL_RETRIES, which one attempt "
@@ -106,19 +97,10 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     # before any work (a review: --draws 0 wrote empty files and exited 0, and an earlier study
     # was replaced silently)
-    try:  # the families' own rule (a multiple of 16 was asked: 24 draws every family, a review)
-        for family in FAMILIES:
-            check_structure(family, a.size, dims=2)
-    except ValueError:  # one family's message names another command's flags: this command's rule
-        p.error(f"--size must be one every family draws: a multiple of 8, at least 16; got {a.size}")
     missing = [b for b in a.backends if b not in available_backends()]
     if missing:
         p.error(f"backend(s) {', '.join(missing)} not installed here; installed: {', '.join(available_backends())}")
-    try:
-        check_no_earlier_outputs(a.out, OUTPUTS, a.overwrite)
-        check_out_dir(a.out)
-    except ValueError as err:
-        p.error(str(err))
+    check_study_arguments(p, a, OUTPUTS)
     torch.set_num_threads(1)
     os.makedirs(a.out, exist_ok=True)
     start, load_start = time.time(), load_average()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How well method 'dual''s float32 temperature gradients, and the check that returns NaN for
+"""How well method dual's float32 temperature gradients, and the check that returns NaN for
 those the float32 solution does not determine, track the float64 optimum's
 (docs/design.md §4, "temperature gradients").
 
@@ -32,13 +32,13 @@ import torch
 
 import convex_attention as ca
 from convex_attention import dual
-from convex_attention.bench.config import STRUCTURES, check_structure
+from convex_attention.bench.config import STRUCTURES, add_study_arguments, check_study_arguments
 from convex_attention.bench.graph_targets import draw_instance
 from convex_attention.cli import CommandParser
 from convex_attention.hessian import GRADIENT_RTOL
 from convex_attention.io.environment import environment, load_average
-from convex_attention.io.files import atomic_csv, check_no_earlier_outputs, check_out_dir, write_json
-from convex_attention.io.settings import SEED_MAX, int_in, positive_float
+from convex_attention.io.files import atomic_csv, write_json
+from convex_attention.io.settings import int_in, positive_float
 
 SETS = {"normal": (-1.0, 1.0), "hot": (-1.0, 5.0)}
 OUTPUTS = ("temperature_gradients.csv", "temperature_gradients.json")
@@ -101,37 +101,19 @@ def summary(rows: list[dict], set_name: str) -> str:
 def main(argv=None) -> int:
     p = CommandParser(prog="study_temperature_gradients.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True, help="folder for temperature_gradients.csv and .json")
-    p.add_argument("--draws", type=int_in(1, 100_000, "draws"), default=12,
-                   help="draws per family and set, from 1 to 100000 (default 12)")
-    p.add_argument("--size", type=int_in(1, 4096, "size"), default=16,
-                   help="map side, one every family draws (a multiple of 8 from 16 to 4096; default 16)")
+    add_study_arguments(p, OUTPUTS, draws=12)
     p.add_argument("--batch", type=int_in(1, 4096, "batch"), default=16,
                    help="samples per draw, from 1 to 4096 (default 16)")
     p.add_argument("--scale", type=positive_float, default=1.0,
                    help="the scores' standard deviation, in (0, 100] (default 1)")
     p.add_argument("--tol", type=positive_float, default=1e-6,
-                   help="'dual''s tol in float32 and in the float64 solve beside it, in (0, 0.1] (default 1e-6)")
-    p.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=7,
-                   help=f"seed of the draws, from 0 to {SEED_MAX} (default 7)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace the files of an earlier study in --out (without it such a folder is refused, "
-                        "exit 2)")
+                   help="method dual's tol in float32 and in the float64 solve beside it, in (0, 0.1] (default 1e-6)")
     a = p.parse_args(argv)
-    try:
-        for family in STRUCTURES:
-            check_structure(family, a.size, dims=2)
-    except ValueError:
-        p.error(f"--size must be one every family draws: a multiple of 8, at least 16; got {a.size}")
     if not a.scale <= 100:
         p.error(f"--scale must be a number in (0, 100]; got {a.scale}")
     if not a.tol <= 0.1:
         p.error(f"--tol must be a number in (0, 0.1]; got {a.tol}")
-    try:
-        check_no_earlier_outputs(a.out, OUTPUTS, a.overwrite)
-        check_out_dir(a.out)
-    except ValueError as err:
-        p.error(str(err))
+    check_study_arguments(p, a, OUTPUTS)
     torch.set_num_threads(1)
     os.makedirs(a.out, exist_ok=True)
     start, load_start = time.time(), load_average()

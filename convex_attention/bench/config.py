@@ -11,11 +11,14 @@ This module is light (no torch at import): building the command line's parser re
 """
 from __future__ import annotations
 
+import argparse
 import itertools
 from dataclasses import dataclass
 
+from ..io.files import check_fresh_out_dir
 from ..io.settings import (
     SEED,
+    SEED_MAX,
     Choice,
     ConfigError,
     Int,
@@ -24,6 +27,7 @@ from ..io.settings import (
     Text,
     check_settings,
     declared,
+    int_in,
     normalise_settings,
     setting,
 )
@@ -32,6 +36,7 @@ __all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "check_values",
            "fit_instances", "capped_instances", "quick_sweep",
            "SCALE_MAX", "DTYPES", "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES",
            "BACKEND_NAMES", "STRUCTURES", "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure",
+           "check_size_of_every_structure", "add_study_arguments", "check_study_arguments",
            "structure_maps", "structure_cells", "check_device", "CVX_BATCH", "DIFFCP_BATCH"]
 
 # Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
@@ -101,6 +106,44 @@ def check_structure(structure: str, size: int, dims: int, levels: int = 2, facto
         raise ValueError(f"--structure {structure} has a shared grid of side size / {REGION_FACTOR} (and as many "
                          f"regions): each size must be a multiple of {REGION_FACTOR}, at least {2 * REGION_FACTOR}; "
                          f"got {size}")
+
+
+def add_study_arguments(parser: argparse.ArgumentParser, outputs, draws: int) -> None:
+    """The options every study script over the structures shares (benchmarks/study_*.py):
+    ``--out`` (the folder of ``outputs``), ``--draws`` per family and set, ``--size`` (checked
+    by :func:`check_size_of_every_structure`), ``--seed`` and ``--overwrite``."""
+    parser.add_argument("--out", required=True, help=f"folder for {' and '.join(outputs)}")
+    parser.add_argument("--draws", type=int_in(1, 100_000, "draws"), default=draws,
+                        help=f"draws per family and set, from 1 to 100000 (default {draws})")
+    parser.add_argument("--size", type=int_in(1, 4096, "size"), default=16,
+                        help="map side, one every family draws (a multiple of 8 from 16 to 4096; default 16)")
+    parser.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=7,
+                        help=f"seed of the draws, from 0 to {SEED_MAX} (default 7)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace the {' and '.join(outputs)} of an earlier study in --out (without it such a "
+                             f"folder is refused, exit 2)")
+
+
+def check_study_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, outputs) -> None:
+    """The shared options of :func:`add_study_arguments` checked before any work, each failure a
+    usage error (exit 2): ``--size`` (:func:`check_size_of_every_structure`) and ``--out`` (no
+    earlier study's ``outputs`` there without ``--overwrite``, a folder that can be written)."""
+    try:  # the families' own rule (a multiple of 16 was asked: 24 draws every family, a review)
+        check_size_of_every_structure(args.size)
+        check_fresh_out_dir(args.out, outputs, args.overwrite)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def check_size_of_every_structure(size: int) -> None:
+    """ValueError unless every structure draws 2-D maps of side ``size`` (a study over all of
+    them: a multiple of 8, at least 16), in one message for the ``--size`` of the script that
+    asks (one family's own message names another command's flags)."""
+    try:
+        for structure in STRUCTURES:
+            check_structure(structure, size, dims=2)
+    except ValueError:
+        raise ValueError(f"--size must be one every family draws: a multiple of 8, at least 16; got {size}") from None
 
 
 #: The built-in methods (:data:`convex_attention.METHODS`) and cvxpylayers backends

@@ -32,7 +32,8 @@ from dataclasses import asdict, is_dataclass
 
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json", "to_json_text", "json_safe",
            "csv_field", "row_checksum", "temporary_name", "temporary_file", "atomic_file", "clean_stale_tmp",
-           "check_out_dir", "as_json", "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason",
+           "check_out_dir", "check_fresh_out_dir", "as_json",
+           "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason",
            "REASON_CHARS", "write_csv_row"]
 
 _TMP_COUNTER = itertools.count()
@@ -288,6 +289,14 @@ def check_output_files(out_dir: str, names) -> None:
 def write_json(path: str, obj, indent: int | None = 1) -> None:
     """Write ``obj`` as strict JSON (NaN/Inf as ``null``), atomically."""
     atomic_write_text(path, to_json_text(obj, indent))
+
+
+def check_fresh_out_dir(out_dir: str, names, overwrite: bool) -> None:
+    """Both checks of a script's ``--out`` before any work (ValueError naming the fix): no
+    earlier run's ``names`` there unless ``overwrite`` (:func:`check_no_earlier_outputs`), and
+    a folder that is, or can be made, writable (:func:`check_out_dir`)."""
+    check_no_earlier_outputs(out_dir, names, overwrite)
+    check_out_dir(out_dir)
 
 
 def check_out_dir(out_dir: str) -> None:
