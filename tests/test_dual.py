@@ -3254,3 +3254,34 @@ def test_rev104_a_cold_axial_float32_temperature_gradient_is_right_or_refused():
     held = torch.maximum(want.abs(), want.abs().max() * 1e-3 ** 0.5)
     ok = [(bool(torch.isnan(a)) and bool(said)) or bool((a - b).abs() <= 1e-3 * c) for a, b, c in zip(got, want, held)]
     assert all(ok), (got, want, len(said))
+
+
+def test_ca_rev105_hot_grid_regions_float32_temperature_gradient_centred():
+    """A float32 solve (tol 1e-5) of a grid_regions 16² map at τ = (1.57e3, 2.88e4, 1.02e6), N(0, 3²) scores,
+    batch 8: ∂L/∂τ_0 came back 6.8356e-9, unwarned, where the float64 optimum's (tol 1e-12) is 7.0023e-9:
+    2.4e-2 off (the old code, 490257d, 6.8413e-9, 2.3e-2 off, unwarned too; float64 at tol 1e-5: 2.6e-4).  The
+    duals forming log p are the optimum's now (eps 0, so nothing is judged), and the float32 score gradient θ̄_0 is
+    3e-7 off, but its per-sample sums are ~1e-10 (float64's ~1e-19): −Σ θ̄_0 log p is invariant to a constant per
+    sample only where Σ θ̄_0 = 0, and the log p saved is shifted by the maximum logit.  With θ̄_0 centred per sample:
+    7.0088e-9 (9e-4 off).  temperature_gradient now takes log p less its mean under p, where the sum's rounding
+    sits."""
+    from convex_attention.bench.graph_targets import draw_instance
+    g = torch.Generator().manual_seed(103)
+    for _ in range(6):
+        h, scores, temps = draw_instance("grid_regions", 16, g, (2.0, 8.0), 8, scale=3.0)
+        weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
+    scores = [s.float() for s in scores]
+
+    def grad(scores, **options):
+        tau = torch.tensor(temps, dtype=torch.float64, requires_grad=True)
+        sol = ca.solve(scores, h, "dual", temperature=tau, **options)
+        return torch.autograd.grad(sum((p.double() * w).sum() for p, w in zip(sol.probs, weights)), tau)[0]
+
+    want = grad([s.double() for s in scores], tol=1e-12, max_iter=20000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = grad(scores, tol=1e-5, dtype=torch.float32)
+    said = [w for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
+    held = torch.maximum(want.abs(), want.abs().max() * 1e-3 ** 0.5)
+    ok = [(bool(torch.isnan(a)) and bool(said)) or bool((a - b).abs() <= 1e-3 * c) for a, b, c in zip(got, want, held)]
+    assert all(ok), (got, want, len(said))
