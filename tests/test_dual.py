@@ -3229,7 +3229,8 @@ def test_rev104_a_polished_hot_axial_gradient_that_is_right_is_not_refused():
 
 @pytest.mark.xfail(strict=True, reason="ca_rev104, open: nearly one-hot maps (1 − p_max = 1.9e-11), the float32 "
                                        "τ-gradient 23 % off, unwarned (float64 at the default tol: 1.3 % off, the "
-                                       "documented accuracy against the optimum, design.md §4); not log p's error")
+                                       "documented accuracy against the optimum, design.md §4); not log p's error: "
+                                       "θ̄ is formed at the float32 maps, whose small cells (1e-11) are 44 % off")
 def test_rev104_a_cold_axial_float32_temperature_gradient_is_right_or_refused():
     """Axial 8×8, batch 2, scores 3·N(0, 1) (seed 0, rounded to float32), weights N(0, 1), τ = (0.01, 0.01, 0.01),
     float32 'dual' work (tol 1e-6): ∂L/∂τ = (1.3349e-8, 1.3348e-8, 1.3345e-8) against float64 'dual' at tol 1e-12
