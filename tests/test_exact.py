@@ -1171,3 +1171,26 @@ def test_rev93_second_order_path_temperature_gradient_of_a_hot_map():
     assert abs(got(1e14, create_graph=True) / want(1e14) - 1) <= 1e-3, (got(1e14, True), want(1e14))
     want, got = _rev93_hot_map_instance(torch.float64)
     assert abs(got(1e11, create_graph=True) / want(1e11) - 1) <= 1e-6, (got(1e11, True), want(1e11))
+
+
+def test_ca_rev106_float32_temperature_gradient_mean_centring_of_a_cold_block():
+    """A chain 4 -> 2, fine θ = (0, −0.09, 0, −1) at τ_0 = 5e-3 (one-hot blocks, q_1 = e^-18), coarse
+    θ = (0, −100) at τ_1 = 500 (p = 0.55, 0.45), L = p_0[0] + 3 p_0[1], float32 scores.  The float32 θ̄_0 loses
+    cell 1's compensation at its block's dominant cell 0 (ḡ_0 − <q, ḡ> ~ q_1, under eps), so Σ θ̄_0 = θ̄_0[1];
+    that rounding is multiplied by log p_0[0] − E_p[log p_0] = 0.09 (max shift: 0).  ∂L/∂τ_0: got −3.9014e-5,
+    want −3.87121e-5 (float64 exact, dual tol 1e-13, 5-point FD, the create_graph path all agree): 7.8e-3 off,
+    silently, with log p centred at its mean under p (850ea21, withdrawn); with each sample's largest log p taken
+    off (as before and again now) −3.87122e-5, 2.7e-6 off."""
+    h = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    w = torch.tensor([[1.0, 3.0, 0.0, 0.0]], dtype=torch.float64)
+
+    def grad(dtype):
+        scores = [torch.tensor([[0.0, -0.09, 0.0, -1.0]], dtype=dtype), torch.tensor([[0.0, -100.0]], dtype=dtype)]
+        tau = torch.tensor([5e-3, 500.0], dtype=torch.float64, requires_grad=True)
+        sol = ca.solve(scores, h, "exact", temperature=tau)
+        return torch.autograd.grad((sol.probs[0].double() * w).sum(), tau)[0]
+
+    want = grad(torch.float64)
+    assert abs(float(want[0]) + 3.87121e-5) <= 1e-5 * 3.87121e-5, want
+    got = grad(torch.float32)
+    assert abs(float(got[0] / want[0]) - 1) <= 1e-3, (float(got[0]), float(want[0]))
