@@ -1917,10 +1917,16 @@ class DualSolveFunction(torch.autograd.Function):
             etas = reparameterized_logits(wide, lam, h)
             log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
             log_probs += _dual_rounding(lam, eps)
+            if given is None and probs[0].dtype != torch.float64:
+                # and the maps at those duals in float64, for the temperature gradient's score
+                # gradients (:meth:`_wide_score_gradients`)
+                wide_probs, wide_cond = dual_probs(wide, lam, h, floats)
+                log_probs += [*wide_probs, *wide_cond]
         duals = result.pop("duals")
         info.update(result)
         ctx.h, ctx.temps, ctx.M, ctx.mask = h, floats, len(probs), mask
         ctx.conditionals = len(cond)
+        ctx.wide = len(log_probs) > len(probs) + h.num_edges
         ctx.sample_names = options.get("sample_names")
         ctx.save_for_backward(*probs, *cond, *log_probs)
         ctx.set_materialize_grads(False)  # None for an output no loss used: the fast paths stay
@@ -1941,6 +1947,23 @@ class DualSolveFunction(torch.autograd.Function):
             return DualSolveFunction._backward(ctx, saved, grads)
 
     @staticmethod
+    def _wide_score_gradients(ctx, wide_probs, wide_cond, grads, gdual, probs, scored):
+        """The maps and score gradients the temperature gradient of a narrower solve is formed
+        from: in float64 at the optimum's maps (``wide_probs``, ``wide_cond``: the forward's, at
+        :func:`_optimum_duals`), where the float32 backward's left it off (its maps' small cells
+        off the optimum's, ca_rev104; the rounding of its per-sample sums, which the constant
+        of ``log p`` multiplies, ca_rev105); the float32 solve's own (``probs``, ``scored``)
+        where the float64 solve fails."""
+        wide_grads = [g.detach().to(torch.float64) for g in grads]
+        try:
+            if ctx.h.is_forest and gdual is None:
+                return wide_probs, tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads)
+            return wide_probs, implicit_vjp(ctx.h, wide_probs, hessian_temperatures(ctx.temps, None), wide_grads,
+                                            dual_grads=gdual, sample_names=ctx.sample_names)
+        except hessian.ImplicitSolveError:
+            return probs, scored
+
+    @staticmethod
     def _backward(ctx, saved, grads):
         probs = saved[: ctx.M]
         gdual: tuple | None = grads[ctx.M:]
@@ -1958,8 +1981,14 @@ class DualSolveFunction(torch.autograd.Function):
             # a given map has no temperature in the problem: its share is zero
             scored = [torch.zeros_like(gs) if ctx.mask is not None and ctx.mask[k] else gs
                       for k, gs in enumerate(gscores)]
-            log_probs, rounding = saved[ctx.M + ctx.conditionals:][:ctx.M], saved[ctx.M + ctx.conditionals:][ctx.M:]
-            gtau = temperature_gradient(probs, scored, log_probs)
+            extra = saved[ctx.M + ctx.conditionals:]
+            log_probs, rounding = extra[:ctx.M], extra[ctx.M:ctx.M + ctx.h.num_edges]
+            tau_probs = probs
+            if ctx.wide:
+                wide = extra[ctx.M + ctx.h.num_edges:]
+                tau_probs, scored = DualSolveFunction._wide_score_gradients(ctx, wide[:ctx.M], wide[ctx.M:], grads,
+                                                                           gdual, probs, scored)
+            gtau = temperature_gradient(tau_probs, scored, log_probs)
             if probs[0].dtype != torch.float64:  # (in float64 the duals are as exact as the solution is)
                 summed = () if ctx.sharing is None else ctx.sharing.record(ctx.h, gtau, scored, rounding,
                                                                             ctx.map_names)

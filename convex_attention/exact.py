@@ -339,7 +339,15 @@ class ExactAttentionFunction(torch.autograd.Function):
             # log p from the closed form of the scores, in float64 (the log of the returned
             # probabilities loses a hot map's differences: temperature_gradient)
             scores = [s.to(torch.float64) for s in saved[M + 2 * E:2 * M + 2 * E]]
-            gtau = temperature_gradient(saved[:M], gscores, exact_log_probs(scores, ctx.g, ctx.temps))
+            probs, tau_scores = saved[:M], gscores
+            if probs[0].dtype != torch.float64:
+                # and the score gradients it is formed from, in float64 too: a float32 backward's
+                # per-sample sums carry its rounding, which the constant of log p multiplies, and
+                # no one constant is right wherever that rounding sits (ca_rev105, ca_rev106)
+                probs, cond, blocksum = exact_forward(scores, ctx.g, ctx.temps)
+                tau_scores = tree_backward(ctx.g, probs, cond, ctx.temps, [x.to(torch.float64) for x in grads],
+                                           blocksum)
+            gtau = temperature_gradient(probs, tau_scores, exact_log_probs(scores, ctx.g, ctx.temps))
             gtau = gtau.to(device=device, dtype=dtype)
         return (None, gtau, *gscores)
 
