@@ -1826,18 +1826,26 @@ def _sharing_judged(temps: Sequence, work: torch.dtype, options: dict) -> list:
 POLISH_TOL = 1e-12
 
 
+def _temperature_gradient_in_float64(given, work: torch.dtype) -> bool:
+    """Whether a solve's temperature gradient is formed in float64 at the optimum
+    (:func:`_optimum_duals`, :meth:`DualSolveFunction._wide_score_gradients`): in a narrower
+    working dtype without given maps.  Otherwise (given maps) it is formed at the solve's own
+    duals and maps, and judged by their rounding (:func:`_undetermined_temperatures`)."""
+    return given is None and work != torch.float64
+
+
 def _optimum_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float],
                    lam: list[Tensor]) -> tuple[list[Tensor], Tensor]:
     """The optimum's duals in float64 for the log-probabilities of a narrower solve's temperature
     gradient (``scores`` and the solve's duals ``lam`` in float64), and which samples have them,
     ``(B,)`` bool: on a forest the closed form's (:func:`~convex_attention.exact.exact_duals`);
     on other graphs ``lam`` polished by a float64 solve started at them, to :data:`POLISH_TOL`,
-    where a sample the polish does not bring there keeps its own (its gradient judged by their
-    rounding).  A float32 solve's duals sit at float32's floor in logit units, about
-    ``eps·τ·|log p|`` in score units, and a hot, nearly uniform map's ``log p_k`` (cells
-    ``Δθ/τ`` apart) lost its digits to them: up to 12 % off, unwarned (a 16² → 8² chain at
-    τ = (7e4, 2.5e3): 0.2-10 %; an axial 16² map at τ up to 1e5;
-    benchmarks/study_temperature_gradients.py)."""
+    where a sample the polish does not bring there keeps its own (and the temperature gradient
+    is NaN: formed there it was 26 % off, unwarned, on a nearly one-hot map, ca_rev107).  A
+    float32 solve's duals sit at float32's floor in logit units, about ``eps·τ·|log p|`` in
+    score units, and a hot, nearly uniform map's ``log p_k`` (cells ``Δθ/τ`` apart) lost its
+    digits to them: up to 12 % off, unwarned (a 16² → 8² chain at τ = (7e4, 2.5e3): 0.2-10 %;
+    an axial 16² map at τ up to 1e5; benchmarks/study_temperature_gradients.py)."""
     if h.is_forest:
         return exact_duals(scores, h, temps), torch.ones(lam[0].shape[0], dtype=torch.bool, device=lam[0].device)
     with warnings.catch_warnings():
@@ -1911,13 +1919,15 @@ class DualSolveFunction(torch.autograd.Function):
             # duals' rounding, right gradients of polished samples were refused: ca_rev104)
             eps = torch.full((probs[0].shape[0],), torch.finfo(probs[0].dtype).eps, dtype=torch.float64,
                              device=probs[0].device)
-            if given is None and probs[0].dtype != torch.float64:
+            in_float64 = _temperature_gradient_in_float64(given, probs[0].dtype)
+            if in_float64:
                 lam, exact = _optimum_duals(wide, h, floats, lam)
                 eps[exact] = 0.0
+                unpolished = torch.nonzero(~exact).flatten().tolist()
             etas = reparameterized_logits(wide, lam, h)
             log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
             log_probs += _dual_rounding(lam, eps)
-            if given is None and probs[0].dtype != torch.float64:
+            if in_float64:
                 # and the maps at those duals in float64, for the temperature gradient's score
                 # gradients (:meth:`_wide_score_gradients`)
                 wide_probs, wide_cond = dual_probs(wide, lam, h, floats)
@@ -1927,6 +1937,7 @@ class DualSolveFunction(torch.autograd.Function):
         ctx.h, ctx.temps, ctx.M, ctx.mask = h, floats, len(probs), mask
         ctx.conditionals = len(cond)
         ctx.wide = len(log_probs) > len(probs) + h.num_edges
+        ctx.unpolished = unpolished if ctx.wide else []
         ctx.sample_names = options.get("sample_names")
         ctx.save_for_backward(*probs, *cond, *log_probs)
         ctx.set_materialize_grads(False)  # None for an output no loss used: the fast paths stay
@@ -1949,19 +1960,20 @@ class DualSolveFunction(torch.autograd.Function):
     @staticmethod
     def _wide_score_gradients(ctx, wide_probs, wide_cond, grads, gdual, probs, scored):
         """The maps and score gradients the temperature gradient of a narrower solve is formed
-        from: in float64 at the optimum's maps (``wide_probs``, ``wide_cond``: the forward's, at
-        :func:`_optimum_duals`), where the float32 backward's left it off (its maps' small cells
-        off the optimum's, ca_rev104; the rounding of its per-sample sums, which the constant
-        of ``log p`` multiplies, ca_rev105); the float32 solve's own (``probs``, ``scored``)
-        where the float64 solve fails."""
+        from, and why not in float64 ("" where they are): in float64 at the optimum's maps
+        (``wide_probs``, ``wide_cond``: the forward's, at :func:`_optimum_duals`), where the
+        float32 backward's left it off (its maps' small cells off the optimum's, ca_rev104; the
+        rounding of its per-sample sums, which the constant of ``log p`` multiplies, ca_rev105);
+        the float32 solve's own (``probs``, ``scored``) where the float64 solve fails, and then
+        the temperature gradient is NaN (ca_rev107)."""
         wide_grads = [g.detach().to(torch.float64) for g in grads]
         try:
             if ctx.h.is_forest and gdual is None:
-                return wide_probs, tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads)
+                return wide_probs, tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads), ""
             return wide_probs, implicit_vjp(ctx.h, wide_probs, hessian_temperatures(ctx.temps, None), wide_grads,
-                                            dual_grads=gdual, sample_names=ctx.sample_names)
-        except hessian.ImplicitSolveError:
-            return probs, scored
+                                            dual_grads=gdual, sample_names=ctx.sample_names), ""
+        except hessian.ImplicitSolveError as err:
+            return probs, scored, f"its float64 backward at the optimum failed ({err})"
 
     @staticmethod
     def _backward(ctx, saved, grads):
@@ -1983,12 +1995,20 @@ class DualSolveFunction(torch.autograd.Function):
                       for k, gs in enumerate(gscores)]
             extra = saved[ctx.M + ctx.conditionals:]
             log_probs, rounding = extra[:ctx.M], extra[ctx.M:ctx.M + ctx.h.num_edges]
-            tau_probs = probs
+            tau_probs, failed = probs, ""
             if ctx.wide:
                 wide = extra[ctx.M + ctx.h.num_edges:]
-                tau_probs, scored = DualSolveFunction._wide_score_gradients(ctx, wide[:ctx.M], wide[ctx.M:], grads,
-                                                                           gdual, probs, scored)
+                tau_probs, scored, failed = DualSolveFunction._wide_score_gradients(
+                    ctx, wide[:ctx.M], wide[ctx.M:], grads, gdual, probs, scored)
             gtau = temperature_gradient(tau_probs, scored, log_probs)
+            if ctx.unpolished or failed:
+                # formed at float32 duals or with the float32 backward's θ̄, it may be far off (a
+                # nearly one-hot map 26 % and 23 %, unwarned: ca_rev107), which the duals'
+                # rounding check does not see: NaN, as a gradient not determined
+                gtau = torch.full_like(gtau, math.nan)
+                _warn_unresolved(f"for map(s) {named(list(range(ctx.M)), ctx.map_names)}", probs[0].dtype, failed or (
+                    f"the float64 polish of the float32 duals did not converge for sample(s) "
+                    f"{named(ctx.unpolished, ctx.sample_names)}"))
             if probs[0].dtype != torch.float64:  # (in float64 the duals are as exact as the solution is)
                 summed = () if ctx.sharing is None else ctx.sharing.record(ctx.h, gtau, scored, rounding,
                                                                             ctx.map_names)
