@@ -1917,8 +1917,8 @@ class DualSolveFunction(torch.autograd.Function):
             # the rounding of the duals that form log p, per sample: none where they are the optimum's
             # in float64, as in float64 work, where the check is not made (judged by the float32
             # duals' rounding, right gradients of polished samples were refused: ca_rev104)
-            eps = torch.full((probs[0].shape[0],), torch.finfo(probs[0].dtype).eps, dtype=torch.float64,
-                             device=probs[0].device)
+            work_eps = torch.finfo(probs[0].dtype).eps
+            eps = torch.full((probs[0].shape[0],), work_eps, dtype=torch.float64, device=probs[0].device)
             in_float64 = _temperature_gradient_in_float64(given, probs[0].dtype)
             if in_float64:
                 lam, exact = _optimum_duals(wide, h, floats, lam)
@@ -1929,9 +1929,10 @@ class DualSolveFunction(torch.autograd.Function):
             log_probs += _dual_rounding(lam, eps)
             if in_float64:
                 # and the maps at those duals in float64, for the temperature gradient's score
-                # gradients (:meth:`_wide_score_gradients`)
+                # gradients (:meth:`_wide_score_gradients`), and the duals' rounding to float32,
+                # which judges it where the float64 backward fails
                 wide_probs, wide_cond = dual_probs(wide, lam, h, floats)
-                log_probs += [*wide_probs, *wide_cond]
+                log_probs += [*wide_probs, *wide_cond, *_dual_rounding(lam, torch.full_like(eps, work_eps))]
         duals = result.pop("duals")
         info.update(result)
         ctx.h, ctx.temps, ctx.M, ctx.mask = h, floats, len(probs), mask
@@ -1960,20 +1961,20 @@ class DualSolveFunction(torch.autograd.Function):
     @staticmethod
     def _wide_score_gradients(ctx, wide_probs, wide_cond, grads, gdual, probs, scored):
         """The maps and score gradients the temperature gradient of a narrower solve is formed
-        from, and why not in float64 ("" where they are): in float64 at the optimum's maps
-        (``wide_probs``, ``wide_cond``: the forward's, at :func:`_optimum_duals`), where the
-        float32 backward's left it off (its maps' small cells off the optimum's, ca_rev104; the
-        rounding of its per-sample sums, which the constant of ``log p`` multiplies, ca_rev105);
-        the float32 solve's own (``probs``, ``scored``) where the float64 solve fails, and then
-        the temperature gradient is NaN (ca_rev107)."""
+        from, and whether in float64: at the optimum's maps (``wide_probs``, ``wide_cond``: the
+        forward's, at :func:`_optimum_duals`), where the float32 backward's left it off (its
+        maps' small cells off the optimum's, ca_rev104; the rounding of its per-sample sums,
+        which the constant of ``log p`` multiplies, ca_rev105); the float32 solve's own
+        (``probs``, ``scored``) where the float64 system fails (saturated maps, ca_rev108),
+        judged then by the float32 duals' rounding."""
         wide_grads = [g.detach().to(torch.float64) for g in grads]
         try:
             if ctx.h.is_forest and gdual is None:
-                return wide_probs, tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads), ""
+                return wide_probs, tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads), True
             return wide_probs, implicit_vjp(ctx.h, wide_probs, hessian_temperatures(ctx.temps, None), wide_grads,
-                                            dual_grads=gdual, sample_names=ctx.sample_names), ""
-        except hessian.ImplicitSolveError as err:
-            return probs, scored, f"its float64 backward at the optimum failed ({err})"
+                                            dual_grads=gdual, sample_names=ctx.sample_names), True
+        except hessian.ImplicitSolveError:
+            return probs, scored, False
 
     @staticmethod
     def _backward(ctx, saved, grads):
@@ -1995,20 +1996,25 @@ class DualSolveFunction(torch.autograd.Function):
                       for k, gs in enumerate(gscores)]
             extra = saved[ctx.M + ctx.conditionals:]
             log_probs, rounding = extra[:ctx.M], extra[ctx.M:ctx.M + ctx.h.num_edges]
-            tau_probs, failed = probs, ""
+            tau_probs = probs
             if ctx.wide:
-                wide = extra[ctx.M + ctx.h.num_edges:]
-                tau_probs, scored, failed = DualSolveFunction._wide_score_gradients(
-                    ctx, wide[:ctx.M], wide[ctx.M:], grads, gdual, probs, scored)
+                E = ctx.h.num_edges
+                wide = extra[ctx.M + E:]
+                tau_probs, scored, done = DualSolveFunction._wide_score_gradients(
+                    ctx, wide[:ctx.M], wide[ctx.M:len(wide) - E], grads, gdual, probs, scored)
+                if not done:
+                    # the float32 backward's θ̄, judged as the float32 solution's (a float64 system
+                    # that fails is one of saturated maps, whose temperature gradient its rounding
+                    # leaves alone: NaN there refused right zeros, ca_rev108)
+                    rounding = wide[len(wide) - E:]
             gtau = temperature_gradient(tau_probs, scored, log_probs)
-            if ctx.unpolished or failed:
-                # formed at float32 duals or with the float32 backward's θ̄, it may be far off (a
-                # nearly one-hot map 26 % and 23 %, unwarned: ca_rev107), which the duals'
-                # rounding check does not see: NaN, as a gradient not determined
+            if ctx.unpolished:
+                # formed at float32 duals, it may be far off (a nearly one-hot map 26 % off,
+                # unwarned: ca_rev107), which the duals' rounding check does not see
                 gtau = torch.full_like(gtau, math.nan)
-                _warn_unresolved(f"for map(s) {named(list(range(ctx.M)), ctx.map_names)}", probs[0].dtype, failed or (
-                    f"the float64 polish of the float32 duals did not converge for sample(s) "
-                    f"{named(ctx.unpolished, ctx.sample_names)}"))
+                _warn_unresolved(f"for map(s) {named(list(range(ctx.M)), ctx.map_names)}", probs[0].dtype,
+                                 f"the float64 polish of the float32 duals did not converge for sample(s) "
+                                 f"{named(ctx.unpolished, ctx.sample_names)}")
             if probs[0].dtype != torch.float64:  # (in float64 the duals are as exact as the solution is)
                 summed = () if ctx.sharing is None else ctx.sharing.record(ctx.h, gtau, scored, rounding,
                                                                             ctx.map_names)
