@@ -2008,13 +2008,16 @@ class DualSolveFunction(torch.autograd.Function):
                     # leaves alone: NaN there refused right zeros, ca_rev108)
                     rounding = wide[len(wide) - E:]
             gtau = temperature_gradient(tau_probs, scored, log_probs)
-            if ctx.unpolished:
-                # formed at float32 duals, it may be far off (a nearly one-hot map 26 % off,
-                # unwarned: ca_rev107), which the duals' rounding check does not see
+            # a sample whose polish missed, formed at its float32 duals, may be far off (a nearly
+            # one-hot map 26 % off, unwarned: ca_rev107), which the duals' rounding check does not
+            # see; one whose score gradients are all zero adds nothing (a padded sample made the
+            # batch's gradient NaN: ca_rev109)
+            missed = [i for i in ctx.unpolished if any(bool(gs[i].ne(0).any()) for gs in scored)]
+            if missed:
                 gtau = torch.full_like(gtau, math.nan)
                 _warn_unresolved(f"for map(s) {named(list(range(ctx.M)), ctx.map_names)}", probs[0].dtype,
                                  f"the float64 polish of the float32 duals did not converge for sample(s) "
-                                 f"{named(ctx.unpolished, ctx.sample_names)}")
+                                 f"{named(missed, ctx.sample_names)}")
             if probs[0].dtype != torch.float64:  # (in float64 the duals are as exact as the solution is)
                 summed = () if ctx.sharing is None else ctx.sharing.record(ctx.h, gtau, scored, rounding,
                                                                             ctx.map_names)
