@@ -3226,6 +3226,16 @@ def test_rev104_a_polished_hot_axial_gradient_that_is_right_is_not_refused():
     assert not said and bool(((got - want).abs() <= 1e-3 * held).all()), (got, want, len(said))
 
 
+def _axial_cold_instance():
+    """ca_rev104's instance: an axial 8×8 map, batch 2, scores 3·N(0, 1) (seed 0) rounded to float32, weights
+    N(0, 1); ``(graph, scores, weights)`` in float64."""
+    h = ca.Graph.axial((8, 8))
+    g = torch.Generator().manual_seed(0)
+    scores = [(3.0 * torch.randn((2,) + s, generator=g, dtype=torch.float64)).float().double() for s in h.shapes]
+    weights = [torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    return h, scores, weights
+
+
 def test_rev104_a_cold_axial_float32_temperature_gradient_is_right_or_refused():
     """Axial 8×8, batch 2, scores 3·N(0, 1) (seed 0, rounded to float32), weights N(0, 1), τ = (0.01, 0.01, 0.01),
     float32 'dual' work (tol 1e-6): ∂L/∂τ = (1.3349e-8, 1.3348e-8, 1.3345e-8) against float64 'dual' at tol 1e-12
@@ -3234,10 +3244,7 @@ def test_rev104_a_cold_axial_float32_temperature_gradient_is_right_or_refused():
     float32 maps, whose second cell is 1.07e-11 against the optimum's 1.92e-11).  A gradient the float32 solution
     does not determine to 1e-3: NaN with a TemperatureGradientWarning, or within 1e-3 of float64's.  Now θ̄ for the
     temperature gradient is formed by a float64 backward at the optimum's maps (_wide_score_gradients)."""
-    h = ca.Graph.axial((8, 8))
-    g = torch.Generator().manual_seed(0)
-    scores = [(3.0 * torch.randn((2,) + s, generator=g, dtype=torch.float64)).float().double() for s in h.shapes]
-    weights = [torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    h, scores, weights = _axial_cold_instance()
 
     def grad(**options):
         tau = torch.tensor([0.01] * 3, dtype=torch.float64, requires_grad=True)
@@ -3316,10 +3323,7 @@ def test_ca_rev106_dual_float32_temperature_gradient_mean_centring_of_a_cold_blo
 def _ca_rev107_axial_cold_gradients(**options):
     """ca_rev104's instance (axial 8², τ = 0.01 each, N(0, 3²) float32-rounded scores, batch 2): the temperature
     gradient (float64 tol 1e-12 without options) and the TemperatureGradientWarnings it raised."""
-    h = ca.Graph.axial((8, 8))
-    g = torch.Generator().manual_seed(0)
-    scores = [(3.0 * torch.randn((2,) + s, generator=g, dtype=torch.float64)).float().double() for s in h.shapes]
-    weights = [torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    h, scores, weights = _axial_cold_instance()
     tau = torch.tensor([0.01] * 3, dtype=torch.float64, requires_grad=True)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -3360,15 +3364,11 @@ def test_ca_rev107_wide_vjp_fallback_unjudged(monkeypatch):
     assert _ca_rev107_judged(got, want, said), (got, want, len(said))
 
 
-def test_ca_rev107_unpolished_sample_unwarned(monkeypatch):
-    """_optimum_duals: 'a sample the polish does not bring there keeps its own (its gradient judged by their
-    rounding)'.  With the polish of sample 0 failing (forced: converged False; the same when solve_dual raises
-    ConvergenceError, every sample), ca_rev104's instance (float32, tol 1e-6) gives ∂L/∂τ = (1.3662e-8, 1.2721e-8,
-    1.3658e-8) against float64's (1.7284e-8, 1.7284e-8, 1.7280e-8): 21-26 % off, no TemperatureGradientWarning:
-    θ̄ by the float64 VJP at the unpolished duals' maps (whose small cells are off the optimum's) and the rounding
-    check of the float32 duals do not see it."""
+def _polish_misses_sample_0(monkeypatch):
+    """Force the float64 polish of a float32 solve's duals (_optimum_duals) to miss sample 0: its solve_dual at
+    POLISH_TOL reports that sample unconverged; every other solve is left alone."""
     import convex_attention.dual as dual_module
-    want, _ = _ca_rev107_axial_cold_gradients()
+
     real = dual_module.solve_dual
 
     def polish_misses_sample_0(*args, **kwargs):
@@ -3379,6 +3379,17 @@ def test_ca_rev107_unpolished_sample_unwarned(monkeypatch):
         return result
 
     monkeypatch.setattr(dual_module, "solve_dual", polish_misses_sample_0)
+
+
+def test_ca_rev107_unpolished_sample_unwarned(monkeypatch):
+    """_optimum_duals: 'a sample the polish does not bring there keeps its own (its gradient judged by their
+    rounding)'.  With the polish of sample 0 failing (forced: converged False; the same when solve_dual raises
+    ConvergenceError, every sample), ca_rev104's instance (float32, tol 1e-6) gives ∂L/∂τ = (1.3662e-8, 1.2721e-8,
+    1.3658e-8) against float64's (1.7284e-8, 1.7284e-8, 1.7280e-8): 21-26 % off, no TemperatureGradientWarning:
+    θ̄ by the float64 VJP at the unpolished duals' maps (whose small cells are off the optimum's) and the rounding
+    check of the float32 duals do not see it."""
+    want, _ = _ca_rev107_axial_cold_gradients()
+    _polish_misses_sample_0(monkeypatch)
     got, said = _ca_rev107_axial_cold_gradients(tol=1e-6, dtype=torch.float32)
     assert _ca_rev107_judged(got, want, said), (got, want, len(said))
 
@@ -3447,11 +3458,7 @@ def test_ca_rev109_unpolished_sample_without_loss_refuses_the_gradient(monkeypat
     the backward returns (nan, nan, nan) with one TemperatureGradientWarning ('... did not converge for sample(s)
     [0]'), where float64 (tol 1e-12) gives (0.3398, 0.2778, 0.1163) and the float32 solve unforced gives it within
     1e-3.  A padded or masked sample whose polish misses stops a learned temperature of the whole batch."""
-    import convex_attention.dual as dual_module
-    h = ca.Graph.axial((8, 8))
-    g = torch.Generator().manual_seed(0)
-    scores = [(3.0 * torch.randn((2,) + s, generator=g, dtype=torch.float64)).float().double() for s in h.shapes]
-    weights = [torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    h, scores, weights = _axial_cold_instance()
 
     def grad(**options):
         tau = torch.tensor([0.5] * 3, dtype=torch.float64, requires_grad=True)
@@ -3463,16 +3470,7 @@ def test_ca_rev109_unpolished_sample_without_loss_refuses_the_gradient(monkeypat
         return got, [w for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
 
     want, _ = grad(tol=1e-12)
-    real = dual_module.solve_dual
-
-    def polish_misses_sample_0(*args, **kwargs):
-        result = real(*args, **kwargs)
-        if kwargs.get("tol") == dual_module.POLISH_TOL:
-            result["converged"] = result["converged"].clone()
-            result["converged"][0] = False
-        return result
-
-    monkeypatch.setattr(dual_module, "solve_dual", polish_misses_sample_0)
+    _polish_misses_sample_0(monkeypatch)
     got, said = grad(tol=1e-6, dtype=torch.float32)
     held = torch.maximum(want.abs(), want.abs().max() * 1e-3 ** 0.5)
     assert bool(((got - want).abs() <= 1e-3 * held).all()), (got, want, [str(w.message) for w in said])
