@@ -1586,13 +1586,22 @@ def _failure_message(scores, h: Graph, temps, tol, gap_tol, max_iter, converged,
             + "; ".join(reasons))
 
 
-def _dual_rounding(lam: Sequence[Tensor], eps: Tensor) -> list[Tensor]:
-    """Per edge, how far the rounding of the duals ``lam`` that form ``log p`` can move them:
-    ``eps · |λ_e|`` (float64, shaped like the duals), ``eps`` ``(B,)`` per sample: the working
-    dtype's for a float32 solve's own duals, 0 for duals of the closed form or polished in
-    float64 (:func:`_optimum_duals`), as exact as the solution is (as in float64 work, where
-    the check is not made)."""
-    return [d.abs() * eps.view((-1,) + (1,) * (d.dim() - 1)) for d in lam]
+def _dual_rounding(lam: Sequence[Tensor], eps: float) -> list[Tensor]:
+    """Per edge, how far the rounding of the duals to the working dtype can move them:
+    ``eps · |λ_e|`` (float64, shaped like the duals)."""
+    return [d.abs() * eps for d in lam]
+
+
+def _judged_samples_only(rounding: Sequence[Tensor], judged: list[int]) -> list[Tensor]:
+    """``rounding`` kept for the samples ``judged`` and 0 for the others, whose duals are the
+    optimum's in float64 (:func:`_optimum_duals`), as exact as the solution is: not judged, as
+    float64 work is not (judged by the float32 duals' rounding, right gradients at polished
+    duals were refused: ca_rev104)."""
+    if not rounding:
+        return list(rounding)
+    kept = torch.zeros(rounding[0].shape[0], dtype=rounding[0].dtype, device=rounding[0].device)
+    kept[judged] = 1.0
+    return [r * kept.view((-1,) + (1,) * (r.dim() - 1)) for r in rounding]
 
 
 def _rounding_squares(h: Graph, gscores: Sequence[Tensor], rounding: Sequence[Tensor], maps) -> Tensor:
@@ -1914,31 +1923,24 @@ class DualSolveFunction(torch.autograd.Function):
             # two-cell map at p = (0.49999997, 0.5): temperature_gradient)
             wide = [s.detach().to(torch.float64) for s in with_given_scores(scores, given)]
             lam = [d.detach().to(torch.float64) for d in result["duals"]]
-            # the rounding of the duals that form log p, per sample: none where they are the optimum's
-            # in float64, as in float64 work, where the check is not made (judged by the float32
-            # duals' rounding, right gradients of polished samples were refused: ca_rev104)
-            work_eps = torch.finfo(probs[0].dtype).eps
-            eps = torch.full((probs[0].shape[0],), work_eps, dtype=torch.float64, device=probs[0].device)
             in_float64 = _temperature_gradient_in_float64(given, probs[0].dtype)
             if in_float64:
                 lam, exact = _optimum_duals(wide, h, floats, lam)
-                eps[exact] = 0.0
                 unpolished = torch.nonzero(~exact).flatten().tolist()
             etas = reparameterized_logits(wide, lam, h)
             log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
-            log_probs += _dual_rounding(lam, eps)
+            log_probs += _dual_rounding(lam, torch.finfo(probs[0].dtype).eps)
             if in_float64:
                 # and the maps at those duals in float64, for the temperature gradient's score
-                # gradients (:meth:`_wide_score_gradients`), and the duals' rounding to float32,
-                # which judges it where the float64 backward fails
+                # gradients (:meth:`_wide_score_gradients`)
                 wide_probs, wide_cond = dual_probs(wide, lam, h, floats)
-                log_probs += [*wide_probs, *wide_cond, *_dual_rounding(lam, torch.full_like(eps, work_eps))]
+                log_probs += [*wide_probs, *wide_cond]
         duals = result.pop("duals")
         info.update(result)
         ctx.h, ctx.temps, ctx.M, ctx.mask = h, floats, len(probs), mask
         ctx.conditionals = len(cond)
         ctx.wide = len(log_probs) > len(probs) + h.num_edges
-        ctx.unpolished = unpolished if ctx.wide else []
+        ctx.unpolished = unpolished if ctx.wide else []  # the samples whose duals are not the optimum's
         ctx.sample_names = options.get("sample_names")
         ctx.save_for_backward(*probs, *cond, *log_probs)
         ctx.set_materialize_grads(False)  # None for an output no loss used: the fast paths stay
@@ -1998,15 +2000,15 @@ class DualSolveFunction(torch.autograd.Function):
             log_probs, rounding = extra[:ctx.M], extra[ctx.M:ctx.M + ctx.h.num_edges]
             tau_probs = probs
             if ctx.wide:
-                E = ctx.h.num_edges
-                wide = extra[ctx.M + E:]
+                wide = extra[ctx.M + ctx.h.num_edges:]
                 tau_probs, scored, done = DualSolveFunction._wide_score_gradients(
-                    ctx, wide[:ctx.M], wide[ctx.M:len(wide) - E], grads, gdual, probs, scored)
-                if not done:
-                    # the float32 backward's θ̄, judged as the float32 solution's (a float64 system
-                    # that fails is one of saturated maps, whose temperature gradient its rounding
-                    # leaves alone: NaN there refused right zeros, ca_rev108)
-                    rounding = wide[len(wide) - E:]
+                    ctx, wide[:ctx.M], wide[ctx.M:], grads, gdual, probs, scored)
+                # where the float64 backward fails, the float32 backward's θ̄ is judged as the
+                # float32 solution's, every sample (a float64 system that fails is one of saturated
+                # maps, whose temperature gradient its rounding leaves alone: NaN there refused
+                # right zeros, ca_rev108)
+                if done:
+                    rounding = _judged_samples_only(rounding, ctx.unpolished)
             gtau = temperature_gradient(tau_probs, scored, log_probs)
             # a sample whose polish missed, formed at its float32 duals, may be far off (a nearly
             # one-hot map 26 % off, unwarned: ca_rev107), which the duals' rounding check does not
