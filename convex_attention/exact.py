@@ -339,15 +339,16 @@ class ExactAttentionFunction(torch.autograd.Function):
             # log p from the closed form of the scores, in float64 (the log of the returned
             # probabilities loses a hot map's differences: temperature_gradient)
             scores = [s.to(torch.float64) for s in saved[M + 2 * E:2 * M + 2 * E]]
-            probs, tau_scores = saved[:M], gscores
-            if probs[0].dtype != torch.float64:
-                # and the score gradients it is formed from, in float64 too: a float32 backward's
-                # per-sample sums carry its rounding, which the constant of log p multiplies, and
-                # no one constant is right wherever that rounding sits (ca_rev105, ca_rev106)
-                probs, cond, blocksum = exact_forward(scores, ctx.g, ctx.temps)
-                tau_scores = tree_backward(ctx.g, probs, cond, ctx.temps, [x.to(torch.float64) for x in grads],
-                                           blocksum)
-            gtau = temperature_gradient(probs, tau_scores, exact_log_probs(scores, ctx.g, ctx.temps))
+            if saved[0].dtype == torch.float64:
+                log_probs, probs, tau_scores = exact_log_probs(scores, ctx.g, ctx.temps), saved[:M], gscores
+            else:
+                # and the score gradients it is formed from, in float64 too, from the same upward
+                # pass: a float32 backward's per-sample sums carry its rounding, which the constant
+                # of log p multiplies, and no one constant is right wherever that rounding sits
+                # (ca_rev105, ca_rev106)
+                log_probs, probs, cond = _closed_form_in_float64(scores, ctx.g, ctx.temps)
+                tau_scores = tree_backward(ctx.g, probs, cond, ctx.temps, [x.to(torch.float64) for x in grads])
+            gtau = temperature_gradient(probs, tau_scores, log_probs)
             gtau = gtau.to(device=device, dtype=dtype)
         return (None, gtau, *gscores)
 
@@ -384,15 +385,8 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
     scores = [s.to(torch.float64) for s in scores]
     grads = [x.to(torch.float64) for x in grads]
     with torch.enable_grad():
-        T, r, _ = _log_terms(scores, g, tau)
-        log_probs = [_scaled_log_probs(g, T, r, k, 1.0) for k in range(ctx.M)]
-        # the within-block conditionals q_c = exp(r_c / T_c) of the edge c → b (log p_c − P_cᵀ log p_b)
-        cond: list = [None] * ctx.E
-        for k in range(ctx.M):
-            e = g.coarsening(k)
-            if e is not None:
-                cond[e] = torch.exp(divide_by_temperature(r[k], T[k]))
-        gscores = tree_backward(g, [lp.exp() for lp in log_probs], cond, tau, grads)
+        log_probs, probs, cond = _closed_form_in_float64(scores, g, tau)
+        gscores = tree_backward(g, probs, cond, tau, grads)
     out = [gs.to(dtype) if ctx.needs_input_grad[2 + i] else None for i, gs in enumerate(gscores)]
     gtau = None
     if ctx.needs_input_grad[1]:
@@ -403,6 +397,21 @@ def _differentiable_backward(ctx, scores: Sequence[Tensor], temps, grads: Sequen
         gtau = torch.stack([-(gs * lp.clamp_min(_log_floor(lp.dtype))).sum()
                             for gs, lp in zip(gscores, log_probs)]).to(device=temps.device, dtype=temps.dtype)
     return (None, gtau, *out)
+
+
+def _closed_form_in_float64(scores: Sequence[Tensor], g: Graph, temps) -> tuple[list, list, list]:
+    """``(log p_k, p_k, per edge c → b the within-block conditionals q_c)`` of the closed form by
+    one upward pass of differentiable torch operations (:func:`_log_terms`), for ``scores`` in
+    float64: ``q_c = exp(r_c / T_c)`` (``log p_c − P_cᵀ log p_b``), given to
+    :func:`tree_backward` as its conditionals (``blocksum`` None)."""
+    T, r, _ = _log_terms(scores, g, temps)
+    log_probs = [_scaled_log_probs(g, T, r, k, 1.0) for k in range(g.num_maps)]
+    cond: list = [None] * g.num_edges
+    for k in range(g.num_maps):
+        e = g.coarsening(k)
+        if e is not None:
+            cond[e] = torch.exp(divide_by_temperature(r[k], T[k]))
+    return log_probs, [lp.exp() for lp in log_probs], cond
 
 
 def second_order_ratio(g: Graph, temps: Sequence[float]) -> float:
