@@ -1961,22 +1961,24 @@ class DualSolveFunction(torch.autograd.Function):
             return DualSolveFunction._backward(ctx, saved, grads)
 
     @staticmethod
-    def _wide_score_gradients(ctx, wide_probs, wide_cond, grads, gdual, probs, scored):
-        """The maps and score gradients the temperature gradient of a narrower solve is formed
-        from, and whether in float64: at the optimum's maps (``wide_probs``, ``wide_cond``: the
-        forward's, at :func:`_optimum_duals`), where the float32 backward's left it off (its
-        maps' small cells off the optimum's, ca_rev104; the rounding of its per-sample sums,
-        which the constant of ``log p`` multiplies, ca_rev105); the float32 solve's own
-        (``probs``, ``scored``) where the float64 system fails (saturated maps, ca_rev108),
-        judged then by the float32 duals' rounding."""
+    def _wide_score_gradients(ctx, wide_probs, wide_cond, grads, gdual):
+        """The score gradients in float64 at the optimum's maps (``wide_probs``, ``wide_cond``:
+        the forward's, at :func:`_optimum_duals`), for a narrower solve whose temperature
+        requires grad, or None where the float64 system fails (saturated maps, ca_rev108).
+        The temperature gradient is formed from them: the float32 backward's, at the float32
+        maps, left it off (their small cells off the optimum's, ca_rev104; the rounding of its
+        per-sample sums, which the constant of ``log p`` multiplies, ca_rev105); and they are
+        returned for the scores too, in place of the float32 backward's (at most about
+        ``tol·‖v‖/τ`` apart: the gradient at the optimum against that at the returned maps),
+        which that backward would cost again."""
         wide_grads = [g.detach().to(torch.float64) for g in grads]
         try:
             if ctx.h.is_forest and gdual is None:
-                return wide_probs, tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads), True
-            return wide_probs, implicit_vjp(ctx.h, wide_probs, hessian_temperatures(ctx.temps, None), wide_grads,
-                                            dual_grads=gdual, sample_names=ctx.sample_names), True
+                return tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads)
+            return implicit_vjp(ctx.h, wide_probs, hessian_temperatures(ctx.temps, None), wide_grads,
+                                dual_grads=gdual, sample_names=ctx.sample_names)
         except hessian.ImplicitSolveError:
-            return probs, scored, False
+            return None
 
     @staticmethod
     def _backward(ctx, saved, grads):
@@ -1985,7 +1987,15 @@ class DualSolveFunction(torch.autograd.Function):
         grads = tuple(torch.zeros_like(p) if g is None else g for p, g in zip(probs, grads[: ctx.M]))
         if gdual is not None and all(g is None for g in gdual):
             gdual = None
-        if ctx.mask is None and ctx.h.is_forest and gdual is None:
+        extra = saved[ctx.M + ctx.conditionals:]
+        wide_probs = extra[ctx.M + ctx.h.num_edges:ctx.M + ctx.h.num_edges + ctx.M]  # () but on the float64 path
+        wide_scored = None
+        if ctx.needs_input_grad[1] and ctx.wide:
+            wide_scored = DualSolveFunction._wide_score_gradients(
+                ctx, wide_probs, extra[ctx.M + ctx.h.num_edges + ctx.M:], grads, gdual)
+        if wide_scored is not None:
+            gscores = [s.to(p.dtype) for s, p in zip(wide_scored, probs)]
+        elif ctx.mask is None and ctx.h.is_forest and gdual is None:
             gscores = tree_backward(ctx.h, probs, saved[ctx.M:ctx.M + ctx.conditionals], ctx.temps, grads)
         else:
             gscores = implicit_vjp(ctx.h, probs, hessian_temperatures(ctx.temps, ctx.mask), grads, given=ctx.mask,
@@ -1996,19 +2006,14 @@ class DualSolveFunction(torch.autograd.Function):
             # a given map has no temperature in the problem: its share is zero
             scored = [torch.zeros_like(gs) if ctx.mask is not None and ctx.mask[k] else gs
                       for k, gs in enumerate(gscores)]
-            extra = saved[ctx.M + ctx.conditionals:]
             log_probs, rounding = extra[:ctx.M], extra[ctx.M:ctx.M + ctx.h.num_edges]
+            # where the float64 backward failed, the float32 backward's θ̄ is judged as the float32
+            # solution's, every sample (a float64 system that fails is one of saturated maps, whose
+            # temperature gradient its rounding leaves alone: NaN there refused right zeros, ca_rev108)
             tau_probs = probs
-            if ctx.wide:
-                wide = extra[ctx.M + ctx.h.num_edges:]
-                tau_probs, scored, done = DualSolveFunction._wide_score_gradients(
-                    ctx, wide[:ctx.M], wide[ctx.M:], grads, gdual, probs, scored)
-                # where the float64 backward fails, the float32 backward's θ̄ is judged as the
-                # float32 solution's, every sample (a float64 system that fails is one of saturated
-                # maps, whose temperature gradient its rounding leaves alone: NaN there refused
-                # right zeros, ca_rev108)
-                if done:
-                    rounding = _judged_samples_only(rounding, ctx.unpolished)
+            if wide_scored is not None:
+                tau_probs, scored = wide_probs, wide_scored
+                rounding = _judged_samples_only(rounding, ctx.unpolished)
             gtau = temperature_gradient(tau_probs, scored, log_probs)
             # a sample whose polish missed, formed at its float32 duals, may be far off (a nearly
             # one-hot map 26 % off, unwarned: ca_rev107), which the duals' rounding check does not
