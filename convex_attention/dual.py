@@ -1965,12 +1965,12 @@ class DualSolveFunction(torch.autograd.Function):
         """The score gradients in float64 at the optimum's maps (``wide_probs``, ``wide_cond``:
         the forward's, at :func:`_optimum_duals`), for a narrower solve whose temperature
         requires grad, or None where the float64 system fails (saturated maps, ca_rev108).
-        The temperature gradient is formed from them: the float32 backward's, at the float32
-        maps, left it off (their small cells off the optimum's, ca_rev104; the rounding of its
-        per-sample sums, which the constant of ``log p`` multiplies, ca_rev105); and they are
-        returned for the scores too, in place of the float32 backward's (at most about
+        The temperature gradient is formed from them: the backward's at the returned float32
+        maps left it off (their small cells off the optimum's, ca_rev104; the rounding of a
+        float32 θ̄'s per-sample sums, which the constant of ``log p`` multiplies, ca_rev105); and
+        they are returned for the scores too, in place of that backward's (at most about
         ``tol·‖v‖/τ`` apart: the gradient at the optimum against that at the returned maps),
-        which that backward would cost again."""
+        which would cost a second solve."""
         wide_grads = [g.detach().to(torch.float64) for g in grads]
         try:
             if ctx.h.is_forest and gdual is None:
@@ -1999,7 +1999,7 @@ class DualSolveFunction(torch.autograd.Function):
             gscores = tree_backward(ctx.h, probs, saved[ctx.M:ctx.M + ctx.conditionals], ctx.temps, grads)
         else:
             gscores = implicit_vjp(ctx.h, probs, hessian_temperatures(ctx.temps, ctx.mask), grads, given=ctx.mask,
-                                   dual_grads=gdual, sample_names=ctx.sample_names)
+                                   dual_grads=gdual, sample_names=ctx.sample_names, widen=True)
         gtau = None
         if ctx.needs_input_grad[1]:
             dtype, device = ctx.tau_like
@@ -2007,7 +2007,7 @@ class DualSolveFunction(torch.autograd.Function):
             scored = [torch.zeros_like(gs) if ctx.mask is not None and ctx.mask[k] else gs
                       for k, gs in enumerate(gscores)]
             log_probs, rounding = extra[:ctx.M], extra[ctx.M:ctx.M + ctx.h.num_edges]
-            # where the float64 backward failed, the float32 backward's θ̄ is judged as the float32
+            # where the float64 backward failed, the θ̄ at the returned maps is judged as the float32
             # solution's, every sample (a float64 system that fails is one of saturated maps, whose
             # temperature gradient its rounding leaves alone: NaN there refused right zeros, ca_rev108)
             tau_probs = probs

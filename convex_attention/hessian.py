@@ -103,7 +103,14 @@ def dense_chunks(batch: int, dim: int) -> list[slice]:
 
 
 class ImplicitSolveError(RuntimeError):
-    """The linear system of the implicit backward could not be solved to its tolerance."""
+    """The linear system of the implicit backward could not be solved to its tolerance.
+
+    ``rows``: the samples it names, as rows of the call that raised it (the message numbers them
+    as the caller does)."""
+
+    def __init__(self, message: str, rows: Sequence[int] = ()):
+        super().__init__(message)
+        self.rows = list(rows)
 
 
 class DualHessian:
@@ -648,7 +655,7 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
                  rtol: float | None = None, max_iter: int = 1000, dense_limit: int | None = None,
                  given: Sequence[bool] | None = None,
                  dual_grads: Sequence[Tensor | None] | None = None,
-                 sample_names: Sequence[int] | None = None) -> list[Tensor]:
+                 sample_names: Sequence[int] | None = None, widen: bool = False) -> list[Tensor]:
     """``∂L/∂θ_k`` at a solution of any graph by implicit differentiation of ``∇g(λ*) = 0``.
 
     With ``v_k = grads[k]`` and ``ū`` the gradient on the mean-zero multipliers λ*
@@ -670,7 +677,11 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
             gradient with respect to its given probabilities, ``q̄_k = v_k − A_k w``
             (docs/math.md §7.6), not a score gradient.
         sample_names: the samples' numbers in the caller's batch, for the error (None: their rows).
+        widen: a narrower dtype's system is solved in float64 at its maps widened
+            (:func:`_widened_vjp`), and in that dtype only for the samples float64 cannot resolve.
     """
+    if widen and probs[0].dtype != torch.float64:
+        return _widened_vjp(g, probs, temps, grads, max_iter, dense_limit, given, dual_grads, sample_names)
     # the incoming gradients at unit size per sample, by a power of two (exact), and the result
     # scaled back: the rounding floor of a right-hand side near the top of the dtype's range (float32
     # gradients of 2^123) overflowed to inf and zeroed it as rounding (ca_rev94)
@@ -692,6 +703,57 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
                                                                     for u in dual_grads],
                         sample_names=sample_names)
     return [scaled(o, 1) for o in out]
+
+
+def _widened_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor], max_iter: int,
+                 dense_limit: int | None, given: Sequence[bool] | None, dual_grads: Sequence[Tensor | None] | None,
+                 sample_names: Sequence[int] | None) -> list[Tensor]:
+    """:func:`implicit_vjp` of narrower maps solved in float64 at the maps widened (renormalised:
+    :func:`_widened`), held to float64's tolerances, and returned in their dtype; the samples that
+    float64 cannot resolve (:class:`ImplicitSolveError`: saturated maps, whose float32 cells are
+    zero and whose system is singular to float64 precision) are solved in the narrower dtype, to
+    its tolerances, and only those refused there too are named in the error.  The float32 solve
+    refines its flagged samples in float64 (:func:`_refined`) after a first solve in float32, a
+    second factorisation: measured slower (axial, grid + regions and mixed at 16² and 64², batch
+    16, one thread: the float64 backward 0.54-0.77x its time) and held to float32's 1e-3 of each
+    map's gradient rather than float64's 1e-6; on maps of temperatures 1e-3 to 1e4 apart it
+    refused samples that float64 resolves to 5e-8 of a 60-digit solve (tests/test_hessian.py)."""
+    batch = probs[0].shape[0]
+    grads = [v.expand_as(p) for v, p in zip(grads, probs)]  # (a batch of 1 broadcast)
+    names = list(range(batch)) if sample_names is None else [int(n) for n in sample_names]
+    wide_probs, wide_grads = _widened(probs), [v.detach().to(torch.float64) for v in grads]
+    dual = None if dual_grads is None else _batched_dual_grads(g, dual_grads, batch)
+
+    def solve(rows: list[int], maps: Sequence[Tensor], incoming: Sequence[Tensor]) -> list[Tensor]:
+        index = torch.tensor(rows, dtype=torch.long, device=maps[0].device)
+        return implicit_vjp(g, [p[index] for p in maps], temps, [v[index] for v in incoming], max_iter=max_iter,
+                            dense_limit=dense_limit, given=given,
+                            dual_grads=None if dual is None else [None if u is None else u[index] for u in dual],
+                            sample_names=[names[i] for i in rows])
+
+    refused: list[int] = []
+    while True:  # each refusal names at least one sample: at most one try per sample
+        kept = [i for i in range(batch) if i not in refused]
+        try:
+            wide = solve(kept, wide_probs, wide_grads) if kept else []
+            break
+        except ImplicitSolveError as err:
+            refused += [kept[r] for r in err.rows] or kept  # (an error naming none: every sample of the try)
+    out = [torch.empty_like(p) for p in probs]
+    if kept:
+        rows = torch.tensor(kept, dtype=torch.long, device=probs[0].device)
+        for o, w in zip(out, wide):
+            o[rows] = w.to(o.dtype)
+    if refused:
+        refused.sort()
+        rows = torch.tensor(refused, dtype=torch.long, device=probs[0].device)
+        try:
+            narrow = solve(refused, probs, grads)
+        except ImplicitSolveError as err:  # its rows as this call's
+            raise ImplicitSolveError(str(err), [refused[r] for r in err.rows]) from None
+        for o, n in zip(out, narrow):
+            o[rows] = n.to(o.dtype)
+    return out
 
 
 def _batched_dual_grads(g: Graph, dual_grads: Sequence[Tensor | None], batch: int) -> list[Tensor | None]:
@@ -800,7 +862,7 @@ def _implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], gra
             f"use method 'exact' where the graph is a forest"
             + ("; and a loss on the duals needs them unique: where two paths pool one map onto another in the "
                "same way (redundant constraints) they are not, and have no derivative (differentiate the "
-               "probabilities only)" if dual_grads is not None else ""))
+               "probabilities only)" if dual_grads is not None else ""), bad)
     out, Aw = _formed(hess, probs, temps, grads, centred, w, given)
     return _refined(hess, probs, temps, grads, centred, rhs, w, out, Aw, given, rtol, max_iter, dense_limit,
                     finite, noise if dual_grads is None else torch.zeros_like(noise), sample_names, on_duals,
@@ -1028,4 +1090,4 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         f"of them alone, or {REFINEMENTS} refinements of the solve, leave unsettled; "
         + ("solve in float64 (dtype=torch.float64), " if dtype != torch.float64 else "")
         + "bring the temperatures closer (or raise them against the scores' spread), or use method 'exact' "
-          "where the graph is a forest")
+          "where the graph is a forest", bad)

@@ -1934,3 +1934,88 @@ def test_rev99_a_solve_does_not_depend_on_which_equal_graph_was_solved_before(mo
     after = ca.solve(scores, g2, "dual", temperature=temps).probs
     off = max(float((a - b).abs().max()) for a, b in zip(alone, after))
     assert off == 0.0, off
+
+
+# ------------------------------------------------------------- float32 work's system solved in float64 (widen)
+_FLOAT32_REFUSED = [("axial", 9, (1e4, 1e-3, 3)), ("mixed", 6, (1e4, 1e-3, 3)), ("grid-regions", 7, (1e3, 0.01, 1))]
+
+
+def _float32_maps(case, seed, draw):
+    """:func:`_rev83_wide_instance`'s draw solved in float32 (a 3-sample forward at tol 1e-6): the graph, the
+    float32 maps, the temperatures and the float32 incoming gradients."""
+    h, scores, temps, grads = _rev83_wide_instance(case, seed, [draw])
+    probs = ca.solve([s.float() for s in scores], h, "dual", temperature=temps, tol=1e-6, strict=True).probs
+    return h, [p.detach() for p in probs], temps, [v.float() for v in grads]
+
+
+def _worst_off_the_oracle(h, probs, temps, grads, got, pseudo_inverse=False) -> float:
+    """The largest map gradient's distance from the 60-digit oracle at ``probs`` (normalised), over each sample,
+    relative to the size the map is held to at GRADIENT_RTOL[float64] (:func:`_held_to`: its own, or the
+    sample's largest times √1e-6); ``pseudo_inverse``: the
+    oracle's Hessian inverted by its pseudo-inverse (maps with cells of probability 0, whose Hessian is
+    singular beyond the gauge)."""
+    from convex_attention.hessian import _held_to, _sizes
+    worst = 0.0
+    for i in range(probs[0].shape[0]):
+        want = _rev81_mp_vjp(h, [p[i:i + 1] for p in probs], temps, [v[i:i + 1] for v in grads],
+                             pseudo_inverse=pseudo_inverse)
+        held = _held_to(_sizes(want), 1e-6)[0]
+        worst = max(worst, max(float((a[i:i + 1].double() - b).abs().max() / held[k])
+                               for k, (a, b) in enumerate(zip(got, want))))
+    return worst
+
+
+@pytest.mark.parametrize("case, seed, draw", _FLOAT32_REFUSED)
+def test_a_float32_system_solved_in_float64_resolves_what_the_float32_solve_refused(case, seed, draw):
+    """Float32 maps of wide temperature spans (τ from 1e-3 or 1e-2 to 1e4 or 1e3): the float32 solve (first solve
+    in float32, its flagged samples refined in float64) refuses them (ImplicitSolveError: not resolved to 1e-3);
+    ``widen=True`` solves the same system in float64 at the maps widened and returns float32 gradients within
+    GRADIENT_RTOL[float64] = 1e-6 of the size each map is held to off a 60-digit solve at the same maps
+    (measured 3e-8 to 5e-8: float32's rounding of the result)."""
+    h, probs, temps, grads = _float32_maps(case, seed, draw)
+    with pytest.raises(ImplicitSolveError):
+        implicit_vjp(h, probs, temps, grads)
+    got = implicit_vjp(h, probs, temps, grads, widen=True)
+    assert all(o.dtype == torch.float32 for o in got)
+    assert _worst_off_the_oracle(h, probs, temps, grads, got) <= 1e-6
+
+
+def test_a_float32_sample_the_float64_solve_refuses_is_solved_in_float32():
+    """'axial' seed 1, τ from 1e-3 to 1e4, N(0, 3²) scores, 3 samples: the float64 solve at the float32 maps widened
+    cannot resolve sample 1 to 1e-6 (ImplicitSolveError, rows [1]), the float32 solve resolves it to 1e-3;
+    ``widen=True`` returns sample 1 as the float32 solve of it gives it, bit for bit, and samples 0 and 2 as float64
+    resolves them (within 1e-6 of the size each map is held to off a 60-digit solve by the pseudo-inverse;
+    measured 1.5e-7)."""
+    from convex_attention.hessian import _widened
+    h, probs, temps, grads = _float32_maps("axial", 1, (1e4, 1e-3, 3))
+    with pytest.raises(ImplicitSolveError) as refused:
+        implicit_vjp(h, _widened(probs), temps, [v.double() for v in grads])
+    assert refused.value.rows == [1]
+    got = implicit_vjp(h, probs, temps, grads, widen=True)
+    want = implicit_vjp(h, [p[1:2] for p in probs], temps, [v[1:2] for v in grads])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a[1:2], b, rtol=0, atol=0)
+    others = [0, 2]  # (cells of probability 0 in float32: the oracle's Hessian is singular beyond the gauge)
+    assert _worst_off_the_oracle(h, [p[others] for p in probs], temps, [v[others] for v in grads],
+                                 [o[others] for o in got], pseudo_inverse=True) <= 1e-6
+
+
+def test_a_float32_sample_both_solves_refuse_is_named_as_the_caller_numbers_it():
+    """'axial' seed 7, τ from 1e-3 to 1e6, N(0, 10²) scores: sample 2 is refused in float64 and in float32; with
+    sample_names (10, 11, 12), the error names sample 12 and its rows are [2], the row of the call."""
+    h, probs, temps, grads = _float32_maps("axial", 7, (1e6, 1e-3, 10))
+    with pytest.raises(ImplicitSolveError, match=r"sample\(s\) \[12\]") as refused:
+        implicit_vjp(h, probs, temps, grads, widen=True, sample_names=[10, 11, 12])
+    assert refused.value.rows == [2]
+
+
+def test_float32_dual_backward_solves_its_system_in_float64():
+    """ca.solve(..., 'dual', dtype=torch.float32) with a fixed temperature, 'axial' seed 11 (τ from 1e-2 to 1e3),
+    a linear loss Σ <v_k, p_k>: the backward raised ImplicitSolveError (its float32 solve); it now returns score
+    gradients within 1e-6 of the size each map is held to off a 60-digit solve at the returned maps."""
+    h, scores, temps, grads = _rev83_wide_instance("axial", 11, [(1e3, 0.01, 1)])
+    leaves = [s.float().requires_grad_(True) for s in scores]
+    sol = ca.solve(leaves, h, "dual", temperature=temps, tol=1e-6, strict=True, dtype=torch.float32)
+    v32 = [v.float() for v in grads]
+    got = torch.autograd.grad(sum((p * v).sum() for p, v in zip(sol.probs, v32)), leaves)
+    assert _worst_off_the_oracle(h, [p.detach() for p in sol.probs], temps, v32, got) <= 1e-6
