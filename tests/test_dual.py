@@ -3511,19 +3511,11 @@ def test_a_learned_float32_temperature_returns_the_optimum_s_score_gradients():
             assert float((got[i].double() - want[i]).abs().max()) <= 1e-4 * size, (i, size)
 
 
-@pytest.mark.xfail(strict=True, reason="open (found 2026-12-06): with given maps the float32 temperature gradient is "
-                                       "formed at the float32 solve's own duals and maps (no float64 path: a polish "
-                                       "with float32-rounded given maps may be infeasible); 3.0e-3 of its held size "
-                                       "off, unwarned; in design.md")
-def test_a_hot_float32_temperature_gradient_with_a_given_map_is_right_or_refused():
+def _hot_given_map_temperature_gradients():
     """grid_regions 16² (draw_instance, seed 109, log τ in [2, 8]: τ = (4.4e4, 626, 7.4e4)), N(0, 3²) scores rounded
     to float32, batch 8, map 0 (the 16² map) given as the float64 optimum's, a random linear loss on maps 1 and 2:
-    float32 work at tol 1e-5 returns ∂L/∂τ_1 = −5.949e-17 against −5.931e-17 (float64 at tol 1e-12, and float64
-    at tol 1e-5 alike), 3.0e-3 of its held size max(|g_k|, max_j |g_j|·√1e-3) off, with no
-    TemperatureGradientWarning.  Within 1e-3 of it, or NaN with the warning (as the study holds scored maps).
-    At f047fa7 (θ̄ from the float32 solve of the Hessian system) it was 1.7e-11, 2.9e5 times its held size off,
-    unwarned; the system solved in float64 (implicit_vjp(widen=True)) brought it to 3.0e-3, and θ̄ kept in
-    float64 for it leaves 2.98e-3: what is left is log p at the float32 duals (ca_rev103's cause)."""
+    ``(float32 work at tol 1e-5, float64 at tol 1e-12, the TemperatureGradientWarnings, the held sizes)`` of
+    ∂L/∂τ, each held to max(|g_k|, max_j |g_j|·√1e-3) as the study holds them."""
     from convex_attention.bench.graph_targets import draw_instance
     g = torch.Generator().manual_seed(109)
     h, scores, temps = draw_instance("grid_regions", 16, g, (2.0, 8.0), 8, scale=3.0)
@@ -3541,6 +3533,27 @@ def test_a_hot_float32_temperature_gradient_with_a_given_map_is_right_or_refused
         warnings.simplefilter("always")
         got = grad([s.float() for s in wide[1:]], given.float(), tol=1e-5, dtype=torch.float32)
     said = [w for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
-    held = torch.maximum(want.abs(), want.abs().max() * 1e-3 ** 0.5)
+    return got, want, said, torch.maximum(want.abs(), want.abs().max() * 1e-3 ** 0.5)
+
+
+def test_a_hot_float32_temperature_gradient_with_a_given_map_is_not_far_off():
+    """:func:`_hot_given_map_temperature_gradients`: at f047fa7 (θ̄ from the float32 solve of the backward's
+    Hessian system) ∂L/∂τ_1 came back 1.7e-11 against −5.931e-17, 2.9e5 times its held size off, unwarned (the
+    rounding of θ̄'s per-sample sums times the constant of log p); with the system solved in float64
+    (implicit_vjp(widen=True)) −5.949e-17, 3.0e-3 of it (the open test below).  Within 1e-2 of its held size."""
+    got, want, _, held = _hot_given_map_temperature_gradients()
+    assert bool(((got - want).abs() <= 1e-2 * held).all()), (got, want)
+
+
+@pytest.mark.xfail(strict=True, reason="open (found 2026-12-06): with given maps the float32 temperature gradient is "
+                                       "formed at the float32 solve's own duals and maps (no float64 path: a polish "
+                                       "with float32-rounded given maps may be infeasible); 3.0e-3 of its held size "
+                                       "off, unwarned; in design.md")
+def test_a_hot_float32_temperature_gradient_with_a_given_map_is_right_or_refused():
+    """:func:`_hot_given_map_temperature_gradients`: float32 work returns ∂L/∂τ_1 = −5.949e-17 against −5.931e-17
+    (float64 at tol 1e-12, and float64 at tol 1e-5 alike), 3.0e-3 of its held size off, with no
+    TemperatureGradientWarning.  Within 1e-3 of it, or NaN with the warning (as the study holds scored maps).
+    θ̄ kept in float64 for it leaves 2.98e-3: what is left is log p at the float32 duals (ca_rev103's cause)."""
+    got, want, said, held = _hot_given_map_temperature_gradients()
     ok = [(bool(torch.isnan(a)) and bool(said)) or bool((a - b).abs() <= 1e-3 * c) for a, b, c in zip(got, want, held)]
     assert all(ok), (got, want, len(said))
