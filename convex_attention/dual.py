@@ -66,6 +66,7 @@ from .hessian import (
     dense_chunks,
     get_hessian,
     implicit_vjp,
+    resolvable_samples,
     solve_psd,
 )
 from .validation import (
@@ -1592,6 +1593,19 @@ def _dual_rounding(lam: Sequence[Tensor], eps: float) -> list[Tensor]:
     return [d.abs() * eps for d in lam]
 
 
+def _rows(tensors: Sequence[Tensor | None], index: Tensor | None) -> list:
+    """The samples ``index`` of each tensor (None kept; every sample where ``index`` is None)."""
+    return [x if index is None or x is None else x[index] for x in tensors]
+
+
+def _in_batch(parts: Sequence[Tensor], rows: list[int], batch: int) -> list[Tensor]:
+    """``parts`` (the samples ``rows``, in order, of a batch of ``batch``) in a batch of zeros."""
+    if len(rows) == batch:
+        return list(parts)
+    index = torch.tensor(rows, dtype=torch.long, device=parts[0].device)
+    return [x.new_zeros((batch,) + tuple(x.shape[1:])).index_copy(0, index, x) for x in parts]
+
+
 def _judged_samples_only(rounding: Sequence[Tensor], judged: list[int]) -> list[Tensor]:
     """``rounding`` kept for the samples ``judged`` and 0 for the others, whose duals are the
     optimum's in float64 (:func:`_optimum_duals`), as exact as the solution is: not judged, as
@@ -1961,10 +1975,12 @@ class DualSolveFunction(torch.autograd.Function):
             return DualSolveFunction._backward(ctx, saved, grads)
 
     @staticmethod
-    def _wide_score_gradients(ctx, wide_probs, wide_cond, grads, gdual):
+    def _wide_score_gradients(ctx, wide_probs, wide_cond, grads, gdual) -> tuple[list[int], list[Tensor]]:
         """The score gradients in float64 at the optimum's maps (``wide_probs``, ``wide_cond``:
         the forward's, at :func:`_optimum_duals`), for a narrower solve whose temperature
-        requires grad, or None where the float64 system fails (saturated maps, ca_rev108).
+        requires grad: ``(rows, gradients)`` of the samples whose float64 system is solved
+        (:func:`~convex_attention.hessian.resolvable_samples`: not those of saturated maps,
+        singular to float64 precision, ca_rev108; per sample, ca_rev110).
         The temperature gradient is formed from them: the backward's at the returned float32
         maps left it off (their small cells off the optimum's, ca_rev104; the rounding of a
         float32 θ̄'s per-sample sums, which the constant of ``log p`` multiplies, ca_rev105); and
@@ -1972,13 +1988,18 @@ class DualSolveFunction(torch.autograd.Function):
         ``tol·‖v‖/τ`` apart: the gradient at the optimum against that at the returned maps),
         which would cost a second solve."""
         wide_grads = [g.detach().to(torch.float64) for g in grads]
-        try:
-            if ctx.h.is_forest and gdual is None:
-                return tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads)
-            return implicit_vjp(ctx.h, wide_probs, hessian_temperatures(ctx.temps, None), wide_grads,
-                                dual_grads=gdual, sample_names=ctx.sample_names)
-        except hessian.ImplicitSolveError:
-            return None
+        batch = wide_probs[0].shape[0]
+        if ctx.h.is_forest and gdual is None:
+            return list(range(batch)), tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads)
+
+        def solve(rows: list[int]) -> list[Tensor]:
+            index = torch.tensor(rows, dtype=torch.long, device=wide_probs[0].device)
+            return implicit_vjp(ctx.h, [p[index] for p in wide_probs], hessian_temperatures(ctx.temps, None),
+                                [g[index] for g in wide_grads],
+                                dual_grads=None if gdual is None else _rows(gdual, index),
+                                sample_names=named(rows, ctx.sample_names))
+
+        return resolvable_samples(solve, batch)
 
     @staticmethod
     def _backward(ctx, saved, grads):
@@ -1988,18 +2009,33 @@ class DualSolveFunction(torch.autograd.Function):
         if gdual is not None and all(g is None for g in gdual):
             gdual = None
         extra = saved[ctx.M + ctx.conditionals:]
+        batch = probs[0].shape[0]
         wide_probs = extra[ctx.M + ctx.h.num_edges:ctx.M + ctx.h.num_edges + ctx.M]  # () but on the float64 path
-        wide_scored = None
+        wide_rows: list[int] = []
         if ctx.needs_input_grad[1] and ctx.wide:
-            wide_scored = DualSolveFunction._wide_score_gradients(
+            wide_rows, wide_scored = DualSolveFunction._wide_score_gradients(
                 ctx, wide_probs, extra[ctx.M + ctx.h.num_edges + ctx.M:], grads, gdual)
-        if wide_scored is not None:
-            gscores = [s.to(p.dtype) for s, p in zip(wide_scored, probs)]
-        elif ctx.mask is None and ctx.h.is_forest and gdual is None:
-            gscores = tree_backward(ctx.h, probs, saved[ctx.M:ctx.M + ctx.conditionals], ctx.temps, grads)
+        # the samples whose score gradients come from the backward at the returned maps: every
+        # sample, but where the float64 backward at the optimum gave them
+        rest = [i for i in range(batch) if i not in set(wide_rows)]
+        index = torch.tensor(rest, dtype=torch.long, device=probs[0].device)
+        narrow: list[Tensor] = []
+        if not wide_rows and ctx.mask is None and ctx.h.is_forest and gdual is None:
+            narrow = tree_backward(ctx.h, probs, saved[ctx.M:ctx.M + ctx.conditionals], ctx.temps, grads)
+        elif rest:
+            sub = index if wide_rows else None  # (None, the common case: the whole batch)
+            narrow = implicit_vjp(ctx.h, _rows(probs, sub), hessian_temperatures(ctx.temps, ctx.mask),
+                                  _rows(grads, sub), given=ctx.mask,
+                                  dual_grads=None if gdual is None else _rows(gdual, sub),
+                                  sample_names=ctx.sample_names if sub is None else named(rest, ctx.sample_names),
+                                  widen=True)
+        if wide_rows:
+            wide_full = _in_batch(wide_scored, wide_rows, batch)  # float64, zero at the rest
+            gscores = [w.to(p.dtype) for w, p in zip(wide_full, probs)]
+            if rest:
+                gscores = [gs.index_copy(0, index, n.to(gs.dtype)) for gs, n in zip(gscores, narrow)]
         else:
-            gscores = implicit_vjp(ctx.h, probs, hessian_temperatures(ctx.temps, ctx.mask), grads, given=ctx.mask,
-                                   dual_grads=gdual, sample_names=ctx.sample_names, widen=True)
+            gscores = narrow
         gtau = None
         if ctx.needs_input_grad[1]:
             dtype, device = ctx.tau_like
@@ -2007,13 +2043,17 @@ class DualSolveFunction(torch.autograd.Function):
             scored = [torch.zeros_like(gs) if ctx.mask is not None and ctx.mask[k] else gs
                       for k, gs in enumerate(gscores)]
             log_probs, rounding = extra[:ctx.M], extra[ctx.M:ctx.M + ctx.h.num_edges]
-            # where the float64 backward failed, the θ̄ at the returned maps is judged as the float32
-            # solution's, every sample (a float64 system that fails is one of saturated maps, whose
-            # temperature gradient its rounding leaves alone: NaN there refused right zeros, ca_rev108)
             tau_probs = probs
-            if wide_scored is not None:
-                tau_probs, scored = wide_probs, wide_scored
-                rounding = _judged_samples_only(rounding, ctx.unpolished)
+            if wide_rows:
+                # each sample's θ̄ and maps in float64: the optimum's where its float64 backward was
+                # solved, else those at the returned maps, judged then as the float32 solution's (a
+                # float64 system that fails is one of saturated maps, whose temperature gradient its
+                # rounding leaves alone: NaN there refused right zeros, ca_rev108)
+                tau_probs, scored = list(wide_probs), wide_full
+                if rest:
+                    tau_probs = [w.index_copy(0, index, p[index].to(w.dtype)) for w, p in zip(wide_probs, probs)]
+                    scored = [w.index_copy(0, index, n.to(w.dtype)) for w, n in zip(wide_full, narrow)]
+                rounding = _judged_samples_only(rounding, sorted(set(ctx.unpolished) | set(rest)))
             gtau = temperature_gradient(tau_probs, scored, log_probs)
             # a sample whose polish missed, formed at its float32 duals, may be far off (a nearly
             # one-hot map 26 % off, unwarned: ca_rev107), which the duals' rounding check does not

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -678,10 +678,11 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
             (docs/math.md §7.6), not a score gradient.
         sample_names: the samples' numbers in the caller's batch, for the error (None: their rows).
         widen: a narrower dtype's system is solved in float64 at its maps widened
-            (:func:`_widened_vjp`), and in that dtype only for the samples float64 cannot resolve.
+            (:func:`_widened_vjp`, to float64's own ``rtol``), and in that dtype (to ``rtol``) only
+            for the samples float64 cannot resolve.
     """
     if widen and probs[0].dtype != torch.float64:
-        return _widened_vjp(g, probs, temps, grads, max_iter, dense_limit, given, dual_grads, sample_names)
+        return _widened_vjp(g, probs, temps, grads, rtol, max_iter, dense_limit, given, dual_grads, sample_names)
     # the incoming gradients at unit size per sample, by a power of two (exact), and the result
     # scaled back: the rounding floor of a right-hand side near the top of the dtype's range (float32
     # gradients of 2^123) overflowed to inf and zeroed it as rounding (ca_rev94)
@@ -705,8 +706,9 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     return [scaled(o, 1) for o in out]
 
 
-def _widened_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor], max_iter: int,
-                 dense_limit: int | None, given: Sequence[bool] | None, dual_grads: Sequence[Tensor | None] | None,
+def _widened_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
+                 rtol: float | None, max_iter: int, dense_limit: int | None, given: Sequence[bool] | None,
+                 dual_grads: Sequence[Tensor | None] | None,
                  sample_names: Sequence[int] | None) -> list[Tensor]:
     """:func:`implicit_vjp` of narrower maps solved in float64 at the maps widened (renormalised:
     :func:`_widened`), held to float64's tolerances, and returned in their dtype; the samples that
@@ -715,9 +717,10 @@ def _widened_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     its tolerances, and only those refused there too are named in the error.  The float32 solve
     refines its flagged samples in float64 (:func:`_refined`) after a first solve in float32, a
     second factorisation: measured slower (axial, grid + regions and mixed at 16² and 64², batch
-    16, one thread: the float64 backward 0.54-0.77x its time) and held to float32's 1e-3 of each
-    map's gradient rather than float64's 1e-6; on maps of temperatures 1e-3 to 1e4 apart it
-    refused samples that float64 resolves to 5e-8 of a 60-digit solve (tests/test_hessian.py)."""
+    16, one thread, two runs: the float64 backward 0.54-0.84x its time) and held to float32's 1e-3
+    of each map's gradient rather than float64's 1e-6; on maps of temperatures 1e-3 to 1e4 apart
+    it refused samples that float64 resolves to 3e-8-1.5e-7 of a 60-digit solve
+    (tests/test_hessian.py).  ``rtol`` is the narrower solve's (float64's is its default)."""
     batch = probs[0].shape[0]
     grads = [v.expand_as(p) for v, p in zip(grads, probs)]  # (a batch of 1 broadcast)
     names = list(range(batch)) if sample_names is None else [int(n) for n in sample_names]
@@ -726,26 +729,21 @@ def _widened_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
 
     def solve(rows: list[int], maps: Sequence[Tensor], incoming: Sequence[Tensor]) -> list[Tensor]:
         index = torch.tensor(rows, dtype=torch.long, device=maps[0].device)
-        return implicit_vjp(g, [p[index] for p in maps], temps, [v[index] for v in incoming], max_iter=max_iter,
+        narrower = maps[0].dtype != torch.float64  # (the caller's rtol is the narrower dtype's)
+        return implicit_vjp(g, [p[index] for p in maps], temps, [v[index] for v in incoming],
+                            rtol=rtol if narrower else None, max_iter=max_iter,
                             dense_limit=dense_limit, given=given,
                             dual_grads=None if dual is None else [None if u is None else u[index] for u in dual],
                             sample_names=[names[i] for i in rows])
 
-    refused: list[int] = []
-    while True:  # each refusal names at least one sample: at most one try per sample
-        kept = [i for i in range(batch) if i not in refused]
-        try:
-            wide = solve(kept, wide_probs, wide_grads) if kept else []
-            break
-        except ImplicitSolveError as err:
-            refused += [kept[r] for r in err.rows] or kept  # (an error naming none: every sample of the try)
+    kept, wide = resolvable_samples(lambda rows: solve(rows, wide_probs, wide_grads), batch)
+    refused = [i for i in range(batch) if i not in set(kept)]
     out = [torch.empty_like(p) for p in probs]
     if kept:
         rows = torch.tensor(kept, dtype=torch.long, device=probs[0].device)
         for o, w in zip(out, wide):
             o[rows] = w.to(o.dtype)
     if refused:
-        refused.sort()
         rows = torch.tensor(refused, dtype=torch.long, device=probs[0].device)
         try:
             narrow = solve(refused, probs, grads)
@@ -754,6 +752,23 @@ def _widened_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         for o, n in zip(out, narrow):
             o[rows] = n.to(o.dtype)
     return out
+
+
+def resolvable_samples(solve: Callable[[list[int]], list[Tensor]], batch: int) -> tuple[list[int], list[Tensor]]:
+    """The samples (rows ``0 … batch − 1``) that ``solve`` resolves, and its results for them:
+    ``solve(rows)`` returns tensors of ``len(rows)`` samples or raises :class:`ImplicitSolveError`
+    naming rows of its call (``.rows``).  Tried on every sample, then again without the samples
+    each try refused (a sample that a solve refuses at its refinement is named only once the
+    solve has passed for all): at most one try per sample.  A sample's answer then does not
+    depend on which samples share its batch (one saturated batch-mate sent every sample to the
+    fallback: ca_rev110)."""
+    refused: set[int] = set()
+    while True:
+        kept = [i for i in range(batch) if i not in refused]
+        try:
+            return kept, (solve(kept) if kept else [])
+        except ImplicitSolveError as err:
+            refused.update([kept[r] for r in err.rows] or kept)  # (an error naming none: every sample of the try)
 
 
 def _batched_dual_grads(g: Graph, dual_grads: Sequence[Tensor | None], batch: int) -> list[Tensor | None]:

@@ -3557,3 +3557,47 @@ def test_a_hot_float32_temperature_gradient_with_a_given_map_is_right_or_refused
     got, want, said, held = _hot_given_map_temperature_gradients()
     ok = [(bool(torch.isnan(a)) and bool(said)) or bool((a - b).abs() <= 1e-3 * c) for a, b, c in zip(got, want, held)]
     assert all(ok), (got, want, len(said))
+
+
+
+def test_ca_rev110_a_saturated_batch_mate_moves_a_learned_temperature_s_score_gradients():
+    """c77d5d6: with a learned temperature in float32 work the score gradients are the float64 backward's at the
+    optimum's maps, 'where that backward succeeds'; where it raises ImplicitSolveError for any sample, the whole
+    batch falls back to the backward at the returned float32 maps.  Instance: ca_rev104's nearly one-hot axial 8×8
+    sample 0 (:func:`_axial_cold_instance`, τ = 0.01 each, tol 1e-6, dtype float32) batched with one saturated
+    sample (ca_rev108's draw 2: N(0, 30²) scores, float32-rounded, seed 0, i.e. its τ = 1e-3 instance at τ = 0.01),
+    whose float64 system is singular.  Sample 0's score gradients come back 22.8 % of the sample's largest off
+    float64 'dual' at tol 1e-12 on sample 0 alone (and ∂L/∂τ (1.3349e-8, …) against (1.7284e-8, …), 22.8 % off,
+    no TemperatureGradientWarning: ca_rev107's 'forced only' fallback, met unforced); sample 0 solved alone in the
+    same float32 call is 5.5e-7 off.  A batch should give what its samples alone give: per-sample fallback (as
+    hessian._widened_vjp does) would keep sample 0 at the optimum's.  Measured: max |got − want| / max |want| over
+    the three maps of sample 0.  Fixed: the float64 backward at the optimum falls back per sample
+    (hessian.resolvable_samples); sample 0's score gradients and ∂L/∂τ (1.7285e-8, …) are the optimum's."""
+    h, scores, weights = _axial_cold_instance()
+    g = torch.Generator().manual_seed(0)
+    saturated = [(3.0 * torch.randn((4,) + s, generator=g, dtype=torch.float64)).float().double() * 10
+                 for s in h.shapes]
+    sat_weights = [torch.randn((4,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+
+    def score_gradients(sc, w, **options):
+        leaves = [s.clone().requires_grad_(True) for s in sc]
+        tau = torch.tensor([0.01] * 3, dtype=torch.float64, requires_grad=True)
+        sol = ca.solve(leaves, h, "dual", temperature=tau, **options)
+        return torch.autograd.grad(sum((p.double() * x).sum() for p, x in zip(sol.probs, w)), leaves)
+
+    reference = score_gradients([s[:1] for s in scores], [x[:1] for x in weights], tol=1e-12)
+    batch = [torch.cat([s[:1], t[2:3]]) for s, t in zip(scores, saturated)]
+    batch_weights = [torch.cat([a[:1], b[2:3]]) for a, b in zip(weights, sat_weights)]
+    got = score_gradients(batch, batch_weights, tol=1e-6, dtype=torch.float32)
+    size = max(float(r[0].abs().max()) for r in reference)
+    off = max(float((a[0].double() - r[0]).abs().max()) for a, r in zip(got, reference)) / size
+    assert off <= 1e-4, off
+
+    def temperature_gradient(sc, w, **options):  # (the saturated sample's share is about 0)
+        tau = torch.tensor([0.01] * 3, dtype=torch.float64, requires_grad=True)
+        sol = ca.solve(sc, h, "dual", temperature=tau, **options)
+        return torch.autograd.grad(sum((p.double() * x).sum() for p, x in zip(sol.probs, w)), tau)[0]
+
+    want = temperature_gradient([s[:1] for s in scores], [x[:1] for x in weights], tol=1e-12)
+    tau_got = temperature_gradient(batch, batch_weights, tol=1e-6, dtype=torch.float32)
+    assert bool(((tau_got - want).abs() <= 1e-3 * want.abs()).all()), (tau_got, want)

@@ -2019,3 +2019,23 @@ def test_float32_dual_backward_solves_its_system_in_float64():
     v32 = [v.float() for v in grads]
     got = torch.autograd.grad(sum((p * v).sum() for p, v in zip(sol.probs, v32)), leaves)
     assert _worst_off_the_oracle(h, [p.detach() for p in sol.probs], temps, v32, got) <= 1e-6
+
+
+def test_a_widened_solve_passes_the_caller_s_rtol_to_the_narrower_solve_only(monkeypatch):
+    """``implicit_vjp(..., rtol=1e-6, widen=True)`` on 'axial' seed 1 (float64 refuses sample 1): the float64 solves
+    take float64's own default rtol (None), the float32 solve of the refused sample the caller's 1e-6 (it was
+    dropped: a review's remark)."""
+    from convex_attention import hessian
+    h, probs, temps, grads = _float32_maps("axial", 1, (1e4, 1e-3, 3))
+    calls = []
+    inner = hessian.implicit_vjp
+
+    def spy(g, maps, *args, **kwargs):
+        calls.append((maps[0].dtype, kwargs.get("rtol"), maps[0].shape[0]))
+        return inner(g, maps, *args, **kwargs)
+
+    monkeypatch.setattr(hessian, "implicit_vjp", spy)
+    hessian.implicit_vjp(h, probs, temps, grads, rtol=1e-6, widen=True)
+    assert calls[0] == (torch.float32, 1e-6, 3)  # the caller's own call
+    assert {rtol for dtype, rtol, _ in calls[1:] if dtype == torch.float64} == {None}
+    assert [(rtol, n) for dtype, rtol, n in calls[1:] if dtype == torch.float32] == [(1e-6, 1)]
