@@ -66,7 +66,7 @@ from .hessian import (
     dense_chunks,
     get_hessian,
     implicit_vjp,
-    resolvable_samples,
+    resolved_vjp,
     solve_psd,
 )
 from .validation import (
@@ -1979,7 +1979,7 @@ class DualSolveFunction(torch.autograd.Function):
         """The score gradients in float64 at the optimum's maps (``wide_probs``, ``wide_cond``:
         the forward's, at :func:`_optimum_duals`), for a narrower solve whose temperature
         requires grad: ``(rows, gradients)`` of the samples whose float64 system is solved
-        (:func:`~convex_attention.hessian.resolvable_samples`: not those of saturated maps,
+        (:func:`~convex_attention.hessian.resolved_vjp`: not those of saturated maps,
         singular to float64 precision, ca_rev108; per sample, ca_rev110).
         The temperature gradient is formed from them: the backward's at the returned float32
         maps left it off (their small cells off the optimum's, ca_rev104; the rounding of a
@@ -1988,18 +1988,10 @@ class DualSolveFunction(torch.autograd.Function):
         ``tol·‖v‖/τ`` apart: the gradient at the optimum against that at the returned maps),
         which would cost a second solve."""
         wide_grads = [g.detach().to(torch.float64) for g in grads]
-        batch = wide_probs[0].shape[0]
         if ctx.h.is_forest and gdual is None:
-            return list(range(batch)), tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads)
-
-        def solve(rows: list[int]) -> list[Tensor]:
-            index = torch.tensor(rows, dtype=torch.long, device=wide_probs[0].device)
-            return implicit_vjp(ctx.h, [p[index] for p in wide_probs], hessian_temperatures(ctx.temps, None),
-                                [g[index] for g in wide_grads],
-                                dual_grads=None if gdual is None else _rows(gdual, index),
-                                sample_names=named(rows, ctx.sample_names))
-
-        return resolvable_samples(solve, batch)
+            return list(range(len(wide_probs[0]))), tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads)
+        return resolved_vjp(ctx.h, wide_probs, hessian_temperatures(ctx.temps, None), wide_grads, dual_grads=gdual,
+                            sample_names=ctx.sample_names)
 
     @staticmethod
     def _backward(ctx, saved, grads):
@@ -2017,7 +2009,8 @@ class DualSolveFunction(torch.autograd.Function):
                 ctx, wide_probs, extra[ctx.M + ctx.h.num_edges + ctx.M:], grads, gdual)
         # the samples whose score gradients come from the backward at the returned maps: every
         # sample, but where the float64 backward at the optimum gave them
-        rest = [i for i in range(batch) if i not in set(wide_rows)]
+        resolved = set(wide_rows)
+        rest = [i for i in range(batch) if i not in resolved]
         index = torch.tensor(rest, dtype=torch.long, device=probs[0].device)
         narrow: list[Tensor] = []
         if not wide_rows and ctx.mask is None and ctx.h.is_forest and gdual is None:

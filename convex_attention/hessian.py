@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -723,30 +723,21 @@ def _widened_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     (tests/test_hessian.py).  ``rtol`` is the narrower solve's (float64's is its default)."""
     batch = probs[0].shape[0]
     grads = [v.expand_as(p) for v, p in zip(grads, probs)]  # (a batch of 1 broadcast)
-    names = list(range(batch)) if sample_names is None else [int(n) for n in sample_names]
-    wide_probs, wide_grads = _widened(probs), [v.detach().to(torch.float64) for v in grads]
     dual = None if dual_grads is None else _batched_dual_grads(g, dual_grads, batch)
-
-    def solve(rows: list[int], maps: Sequence[Tensor], incoming: Sequence[Tensor]) -> list[Tensor]:
-        index = torch.tensor(rows, dtype=torch.long, device=maps[0].device)
-        narrower = maps[0].dtype != torch.float64  # (the caller's rtol is the narrower dtype's)
-        return implicit_vjp(g, [p[index] for p in maps], temps, [v[index] for v in incoming],
-                            rtol=rtol if narrower else None, max_iter=max_iter,
-                            dense_limit=dense_limit, given=given,
-                            dual_grads=None if dual is None else [None if u is None else u[index] for u in dual],
-                            sample_names=[names[i] for i in rows])
-
-    kept, wide = resolvable_samples(lambda rows: solve(rows, wide_probs, wide_grads), batch)
-    refused = [i for i in range(batch) if i not in set(kept)]
+    options = {"max_iter": max_iter, "dense_limit": dense_limit, "given": given}
+    kept, wide = _resolved_rows(g, _widened(probs), temps, [v.detach().to(torch.float64) for v in grads], dual,
+                                sample_names, options)
     out = [torch.empty_like(p) for p in probs]
     if kept:
         rows = torch.tensor(kept, dtype=torch.long, device=probs[0].device)
         for o, w in zip(out, wide):
             o[rows] = w.to(o.dtype)
+    resolved = set(kept)
+    refused = [i for i in range(batch) if i not in resolved]
     if refused:
         rows = torch.tensor(refused, dtype=torch.long, device=probs[0].device)
-        try:
-            narrow = solve(refused, probs, grads)
+        try:  # (the caller's rtol is the narrower dtype's)
+            narrow = _vjp_of_rows(g, refused, probs, temps, grads, dual, sample_names, {**options, "rtol": rtol})
         except ImplicitSolveError as err:  # its rows as this call's
             raise ImplicitSolveError(str(err), [refused[r] for r in err.rows]) from None
         for o, n in zip(out, narrow):
@@ -754,21 +745,42 @@ def _widened_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     return out
 
 
-def resolvable_samples(solve: Callable[[list[int]], list[Tensor]], batch: int) -> tuple[list[int], list[Tensor]]:
-    """The samples (rows ``0 … batch − 1``) that ``solve`` resolves, and its results for them:
-    ``solve(rows)`` returns tensors of ``len(rows)`` samples or raises :class:`ImplicitSolveError`
-    naming rows of its call (``.rows``).  Tried on every sample, then again without the samples
-    each try refused (a sample that a solve refuses at its refinement is named only once the
-    solve has passed for all): at most one try per sample.  A sample's answer then does not
-    depend on which samples share its batch (one saturated batch-mate sent every sample to the
-    fallback: ca_rev110)."""
+def resolved_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
+                 dual_grads: Sequence[Tensor | None] | None = None, sample_names: Sequence[int] | None = None,
+                 **options) -> tuple[list[int], list[Tensor]]:
+    """:func:`implicit_vjp` (its ``options``) of the samples it resolves: ``(rows, gradients)``,
+    the gradients of those rows only, in order.  Tried on every sample, then again without the
+    samples each try refused (:class:`ImplicitSolveError`, ``.rows``; a sample refused at the
+    refinement is named only once the solve has passed for all): at most one try per sample.  A
+    sample's answer then does not depend on which samples share its batch (one saturated
+    batch-mate sent every sample to a fallback: ca_rev110)."""
+    batch = probs[0].shape[0]
+    grads = [v.expand_as(p) for v, p in zip(grads, probs)]
+    dual = None if dual_grads is None else _batched_dual_grads(g, dual_grads, batch)
+    return _resolved_rows(g, probs, temps, grads, dual, sample_names, options)
+
+
+def _resolved_rows(g: Graph, probs, temps, grads, dual, sample_names, options: dict) -> tuple[list[int], list[Tensor]]:
+    """:func:`resolved_vjp` on inputs of the whole batch (``dual`` batched, or None)."""
     refused: set[int] = set()
     while True:
-        kept = [i for i in range(batch) if i not in refused]
+        kept = [i for i in range(probs[0].shape[0]) if i not in refused]
         try:
-            return kept, (solve(kept) if kept else [])
+            return kept, (_vjp_of_rows(g, kept, probs, temps, grads, dual, sample_names, options) if kept else [])
         except ImplicitSolveError as err:
             refused.update([kept[r] for r in err.rows] or kept)  # (an error naming none: every sample of the try)
+
+
+def _vjp_of_rows(g: Graph, rows: list[int], probs, temps, grads, dual, sample_names, options: dict) -> list[Tensor]:
+    """:func:`implicit_vjp` of the samples ``rows`` of whole-batch inputs (``dual`` batched, or
+    None), the samples named in its error as the caller numbers them."""
+    index = torch.tensor(rows, dtype=torch.long, device=probs[0].device)
+
+    def picked(tensors):
+        return [None if x is None else x[index] for x in tensors]
+
+    return implicit_vjp(g, picked(probs), temps, picked(grads), dual_grads=None if dual is None else picked(dual),
+                        sample_names=named(rows, sample_names), **options)
 
 
 def _batched_dual_grads(g: Graph, dual_grads: Sequence[Tensor | None], batch: int) -> list[Tensor | None]:

@@ -3354,23 +3354,20 @@ def _ca_rev107_judged(got, want, said):
                                        "its error on a nearly one-hot map (22.8 % off); NaN there refused right zeros "
                                        "on saturated maps, where it fails unforced (ca_rev108); in design.md")
 def test_ca_rev107_wide_vjp_fallback_unjudged(monkeypatch):
-    """Where the float64 implicit VJP of _wide_score_gradients raises ImplicitSolveError (forced here; its rtol is
-    1e-10 against float32's 1e-5), it falls back to the float32 backward's θ̄ at the float32 maps, but log p is the
+    """Where the float64 implicit VJP of _wide_score_gradients refuses every sample (forced here, by its
+    hessian.resolved_vjp; its rtol is 1e-10 against float32's 1e-5), it falls back to the float32 backward's θ̄ at
+    the float32 maps, but log p is the
     polished duals' and their rounding eps was set to 0, so nothing is judged: ca_rev104's instance (float32, tol
     1e-6) gives ∂L/∂τ = (1.3349e-8, 1.3348e-8, 1.3345e-8) against float64's (1.7284e-8, 1.7284e-8, 1.7280e-8):
     22.8 % off, no TemperatureGradientWarning (without the forced failure 5e-5 off).  Should be NaN and warned (or
     right) wherever θ̄ is not the float64 backward's."""
     import convex_attention.dual as dual_module
-    from convex_attention import hessian
     want, _ = _ca_rev107_axial_cold_gradients()
-    real = dual_module.implicit_vjp
 
-    def failing_in_float64(h, probs, *args, **kwargs):
-        if probs[0].dtype == torch.float64:
-            raise hessian.ImplicitSolveError("forced: the float64 Hessian system not solved")
-        return real(h, probs, *args, **kwargs)
+    def refusing_every_sample(*args, **kwargs):  # forced: the float64 Hessian system not solved for any sample
+        return [], []
 
-    monkeypatch.setattr(dual_module, "implicit_vjp", failing_in_float64)
+    monkeypatch.setattr(dual_module, "resolved_vjp", refusing_every_sample)
     got, said = _ca_rev107_axial_cold_gradients(tol=1e-6, dtype=torch.float32)
     assert _ca_rev107_judged(got, want, said), (got, want, len(said))
 
@@ -3572,7 +3569,7 @@ def test_ca_rev110_a_saturated_batch_mate_moves_a_learned_temperature_s_score_gr
     same float32 call is 5.5e-7 off.  A batch should give what its samples alone give: per-sample fallback (as
     hessian._widened_vjp does) would keep sample 0 at the optimum's.  Measured: max |got − want| / max |want| over
     the three maps of sample 0.  Fixed: the float64 backward at the optimum falls back per sample
-    (hessian.resolvable_samples); sample 0's score gradients and ∂L/∂τ (1.7285e-8, …) are the optimum's."""
+    (hessian.resolved_vjp); sample 0's score gradients and ∂L/∂τ (1.7285e-8, …) are the optimum's."""
     h, scores, weights = _axial_cold_instance()
     g = torch.Generator().manual_seed(0)
     saturated = [(3.0 * torch.randn((4,) + s, generator=g, dtype=torch.float64)).float().double() * 10
