@@ -5,9 +5,12 @@ those the float32 solution does not determine, track the float64 optimum's
 
     python benchmarks/study_temperature_gradients.py --out docs/results/temperature-gradient-study
     python benchmarks/study_temperature_gradients.py --draws 1 --out /tmp/taugrad    # about 10 s
+    python benchmarks/study_temperature_gradients.py --given --sets normal hot hotter --draws 5 \
+        --batch 8 --scale 3 --tol 1e-5 --out /tmp/taugrad-given                       # given maps
 
-For each family of the graph benchmark, each temperature set (log10 τ uniform in [-1, 1],
-"normal", and in [-1, 5], "hot": maps from nearly one-hot to nearly uniform) and each draw,
+For each family of the graph benchmark, each temperature set (``--sets``: log10 τ uniform in
+[-1, 1], "normal", in [-1, 5], "hot": maps from nearly one-hot to nearly uniform, and in
+[2, 8], "hotter") and each draw,
 ``--batch`` samples of N(0, ``--scale``²) scores (rounded to float32 first, so that both works
 solve one problem) are solved with a (M,) temperature tensor that requires grad, and the
 gradient of a random linear loss in it is taken four ways: the reference (``exact`` on forests,
@@ -18,6 +21,15 @@ taken relative to the size the check holds it to, ``max(|g_k|, max_j |g_j| · sq
 (``rtol`` = ``GRADIENT_RTOL[float32]``, 1e-3).  Writes ``temperature_gradients.csv`` (one row
 per map) and ``.json`` into ``--out`` and prints, per set: the maps, the refusals (and how many
 of them were more than rtol off), and the maps returned more than rtol off, unwarned.
+
+With ``--given`` each map of each draw is given in turn (its probabilities: the float64 optimum
+with every map scored, rounded to float32 and renormalised, which both works are given, as the
+scores are rounded) and the others scored; the loss is on the scored maps, whose rows are
+written (``given_map`` names the given one; -1 without ``--given``), the reference is ``dual``
+in float64 at tol 1e-12 (``exact`` takes no given maps), and a map's held size has a floor of
+rtol times the largest reference component of the same loss with every map scored
+(``scored_size``): maps that are poolings of the given one are fixed by it, their gradient is
+0 and a float64 solve returns rounding, which held to itself measures noise.
 """
 import argparse
 import json
@@ -40,47 +52,94 @@ from convex_attention.io.environment import environment, load_average
 from convex_attention.io.files import atomic_csv, write_json
 from convex_attention.io.settings import int_in, positive_float
 
-SETS = {"normal": (-1.0, 1.0), "hot": (-1.0, 5.0)}
+SETS = {"normal": (-1.0, 1.0), "hot": (-1.0, 5.0), "hotter": (2.0, 8.0)}
+DEFAULT_SETS = ("normal", "hot")
 OUTPUTS = ("temperature_gradients.csv", "temperature_gradients.json")
 RTOL = GRADIENT_RTOL[torch.float32]
-COLUMNS = ("set", "family", "draw", "map", "status", "tau", "reference", "float64_at_tol", "float32",
-           "float32_unchecked", "held", "float32_error", "float64_error", "refused")
+COLUMNS = ("set", "family", "draw", "given_map", "map", "status", "tau", "reference", "float64_at_tol", "float32",
+           "float32_unchecked", "scored_size", "held", "float32_error", "float64_error", "refused")
 
 
-def temperature_gradient(h, scores, weights, temps, method, **options) -> torch.Tensor:
-    """``∂L/∂τ`` ``(M,)`` of ``L = Σ_k <p_k, w_k>`` (float64)."""
+def temperature_gradient(h, scores, weights, temps, method, given_map: int = -1, given=None,
+                         **options) -> torch.Tensor:
+    """``∂L/∂τ`` ``(M,)`` of ``L = Σ_k <p_k, w_k>`` over the scored maps (float64); map
+    ``given_map`` (if not -1) given as ``given``, its scores unused."""
     tau = torch.tensor(temps, dtype=torch.float64, requires_grad=True)
+    if given_map >= 0:
+        scores = [None if k == given_map else s for k, s in enumerate(scores)]
+        options["given"] = {given_map: given}
     sol = ca.solve(scores, h, method, temperature=tau, **options)
-    loss = sum((p.double() * w).sum() for p, w in zip(sol.probs, weights))
+    loss = sum((p.double() * w).sum() for k, (p, w) in enumerate(zip(sol.probs, weights)) if k != given_map)
     return torch.autograd.grad(loss, tau)[0].detach()
 
 
-def study(h, scores, weights, temps, tol: float) -> dict:
+def given_probabilities(h, scores, temps, given_map: int) -> torch.Tensor:
+    """Map ``given_map``'s probabilities at the float64 optimum with every map scored, rounded to
+    float32 and renormalised in float64: what both works are given."""
+    q = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, max_iter=20000).probs[given_map]
+    q = q.float().double()
+    return q / q.sum(dim=tuple(range(1, q.dim())), keepdim=True)
+
+
+def study(h, scores, weights, temps, tol: float, given_map: int = -1) -> dict:
     """The four gradients of one instance (see the module docstring), each ``(M,)``."""
-    ref = (temperature_gradient(h, scores, weights, temps, "exact") if h.is_forest else
-           temperature_gradient(h, scores, weights, temps, "dual", tol=1e-12, max_iter=20000))
+    given = None if given_map < 0 else given_probabilities(h, scores, temps, given_map)
+    ref = (temperature_gradient(h, scores, weights, temps, "exact") if h.is_forest and given is None else
+           temperature_gradient(h, scores, weights, temps, "dual", given_map, given, tol=1e-12, max_iter=20000))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ca.TemperatureGradientWarning)  # a refusal is the row's NaN
-        f32 = temperature_gradient(h, scores, weights, temps, "dual", tol=tol, dtype=torch.float32)
+        f32 = temperature_gradient(h, scores, weights, temps, "dual", given_map, given, tol=tol, dtype=torch.float32)
         # the same backward with the check switched off: what a refused map would have been given
         with mock.patch.object(dual, "_undetermined_temperatures", lambda *args, **kwargs: []):
-            unchecked = temperature_gradient(h, scores, weights, temps, "dual", tol=tol, dtype=torch.float32)
-    f64 = temperature_gradient(h, scores, weights, temps, "dual", tol=tol)
+            unchecked = temperature_gradient(h, scores, weights, temps, "dual", given_map, given, tol=tol,
+                                             dtype=torch.float32)
+    f64 = temperature_gradient(h, scores, weights, temps, "dual", given_map, given, tol=tol)
     return {"reference": ref, "float64_at_tol": f64, "float32": f32, "float32_unchecked": unchecked}
 
 
-def rows_of(base: dict, temps, got: dict) -> list[dict]:
+def rows_of(base: dict, temps, got: dict, scored_size: float = 0.0) -> list[dict]:
+    """One row per scored map; held sizes ``max(|g_k|, max_j |g_j|·√rtol, rtol·scored_size)``."""
     ref = got["reference"]
-    held = torch.maximum(ref.abs(), ref.abs().max() * math.sqrt(RTOL))
+    held = torch.maximum(ref.abs(), ref.abs().max() * math.sqrt(RTOL)).clamp(min=RTOL * scored_size)
     rows = []
     for k, tau in enumerate(temps):
-        row = {**base, "map": k, "status": "ok", "tau": tau, "held": float(held[k]),
+        if k == base["given_map"]:
+            continue
+        row = {**base, "map": k, "status": "ok", "tau": tau, "scored_size": scored_size, "held": float(held[k]),
                **{name: float(value[k]) for name, value in got.items()}}
         row["float32_error"] = abs(row["float32_unchecked"] - row["reference"]) / row["held"]
         row["float64_error"] = abs(row["float64_at_tol"] - row["reference"]) / row["held"]
         row["refused"] = math.isnan(row["float32"])
         rows.append(row)
     return rows
+
+
+def instance_rows(base: dict, h, scores, weights, temps, tol: float, given: bool) -> list[dict]:
+    """The rows of one draw: its maps with every map scored, or (``given``) each map given in turn."""
+    if not given:
+        return rows_of({**base, "given_map": -1}, temps, study(h, scores, weights, temps, tol))
+    scored_size = float(study_size(h, scores, weights, temps))
+    rows: list[dict] = []
+    for k in range(h.num_maps):
+        there = {**base, "given_map": k}
+        try:
+            rows += rows_of(there, temps, study(h, scores, weights, temps, tol, given_map=k), scored_size)
+        except (ca.ConvergenceError, ca.ImplicitSolveError, ValueError) as err:  # (a given map with an empty cell)
+            rows += failed_rows(there, temps, err)
+    return rows
+
+
+def study_size(h, scores, weights, temps) -> float:
+    """The largest component of the reference gradient with every map scored (``scored_size``)."""
+    ref = (temperature_gradient(h, scores, weights, temps, "exact") if h.is_forest else
+           temperature_gradient(h, scores, weights, temps, "dual", tol=1e-12, max_iter=20000))
+    return float(ref.abs().max())
+
+
+def failed_rows(base: dict, temps, err: Exception) -> list[dict]:
+    """A refused solve: a row per (scored) map with its error."""
+    return [{**base, "map": k, "tau": t, "status": f"error: {type(err).__name__}: {err}"[:200]}
+            for k, t in enumerate(temps) if k != base["given_map"]]
 
 
 def summary(rows: list[dict], set_name: str) -> str:
@@ -94,8 +153,9 @@ def summary(rows: list[dict], set_name: str) -> str:
     return (f"{set_name:7} maps {len(ok):4}  refused {len(refused):3} ({wrongly_kept} of them more than {RTOL:g} "
             f"off)  returned more than {RTOL:g} off, unwarned: {len(silent):3}  worst returned {worst:.3g}  float64 "
             f"at tol worst {worst64:.3g}  instances that raised: {len(failed)}"
-            + "".join(f"\n    unwarned: {r['family']} draw {r['draw']} map {r['map']} τ {r['tau']:.3g}: "
-                      f"{r['float32_error']:.3g}" for r in silent))
+            + "".join(f"\n    unwarned: {r['family']} draw {r['draw']} map {r['map']} τ {r['tau']:.3g}"
+                      + (f" (map {r['given_map']} given)" if r["given_map"] >= 0 else "")
+                      + f": {r['float32_error']:.3g}" for r in silent))
 
 
 def main(argv=None) -> int:
@@ -108,6 +168,11 @@ def main(argv=None) -> int:
                    help="the scores' standard deviation, in (0, 100] (default 1)")
     p.add_argument("--tol", type=positive_float, default=1e-6,
                    help="method dual's tol in float32 and in the float64 solve beside it, in (0, 0.1] (default 1e-6)")
+    p.add_argument("--sets", nargs="+", choices=tuple(SETS), default=list(DEFAULT_SETS),
+                   help="temperature sets, log10 τ uniform in: " + ", ".join(f"{k} {list(v)}" for k, v in SETS.items())
+                        + f" (default {' '.join(DEFAULT_SETS)})")
+    p.add_argument("--given", action="store_true",
+                   help="give each map in turn (the float64 optimum's, rounded to float32) and score the others")
     a = p.parse_args(argv)
     if not a.scale <= 100:
         p.error(f"--scale must be a number in (0, 100]; got {a.scale}")
@@ -118,27 +183,27 @@ def main(argv=None) -> int:
     os.makedirs(a.out, exist_ok=True)
     start, load_start = time.time(), load_average()
     rows: list[dict] = []
-    for set_name, log_tau in SETS.items():
+    sets = list(dict.fromkeys(a.sets))
+    for set_name in sets:
         for family in STRUCTURES:
             g = torch.Generator().manual_seed(a.seed)
             for draw in range(a.draws):
-                h, scores, temps = draw_instance(family, a.size, g, log_tau, a.batch, scale=a.scale)
+                h, scores, temps = draw_instance(family, a.size, g, SETS[set_name], a.batch, scale=a.scale)
                 scores = [s.float().double() for s in scores]
                 weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in scores]
                 base = {"set": set_name, "family": family, "draw": draw}
                 try:
-                    rows += rows_of(base, temps, study(h, scores, weights, temps, a.tol))
+                    rows += instance_rows(base, h, scores, weights, temps, a.tol, a.given)
                 except (ca.ConvergenceError, ca.ImplicitSolveError) as err:  # a refused solve is a row per map
-                    rows += [{**base, "map": k, "tau": t, "status": f"error: {type(err).__name__}: {err}"[:200]}
-                             for k, t in enumerate(temps)]
+                    rows += failed_rows({**base, "given_map": -1}, temps, err)
             print(f"{set_name} {family}: {time.time() - start:.0f} s", file=sys.stderr, flush=True)
     atomic_csv(os.path.join(a.out, OUTPUTS[0]), COLUMNS, rows)
     command = ["python", "benchmarks/study_temperature_gradients.py", *(sys.argv[1:] if argv is None else argv)]
     write_json(os.path.join(a.out, OUTPUTS[1]),
                {"command": " ".join(command), "environment": environment(),
                 "load_average_start": load_start, "load_average_end": load_average(),
-                "wall_s": time.time() - start, "rtol": RTOL, "sets": SETS})
-    for set_name in SETS:
+                "wall_s": time.time() - start, "rtol": RTOL, "sets": {k: SETS[k] for k in sets}, "given": a.given})
+    for set_name in sets:
         print(summary(rows, set_name))
     print(json.dumps({"rows": len(rows), "errors": sum(r["status"] != "ok" for r in rows)}))
     return 0

@@ -1845,39 +1845,55 @@ def _sharing_judged(temps: Sequence, work: torch.dtype, options: dict) -> list:
 
 
 #: The float64 solve that polishes a narrower solve's duals for its temperature gradient
-#: (:func:`_optimum_duals`, on graphs that are not forests) stops at this violation.
+#: (:func:`_optimum_duals`, on graphs that are not forests or with given maps) stops at this
+#: violation, or after ``POLISH_MAX_ITER`` sweeps: started at the float32 duals it took 1 to
+#: 17 (benchmarks/study_temperature_gradients.py, 2026-12-06, with and without ``--given``),
+#: and given maps rounded apart, which no map pools onto exactly, kept it at the default 1000.
 POLISH_TOL = 1e-12
+POLISH_MAX_ITER = 100
 
 
-def _temperature_gradient_in_float64(given, work: torch.dtype) -> bool:
+def _temperature_gradient_in_float64(work: torch.dtype) -> bool:
     """Whether a solve's temperature gradient is formed in float64 at the optimum
     (:func:`_optimum_duals`, :meth:`DualSolveFunction._wide_score_gradients`): in a narrower
-    working dtype without given maps.  Otherwise (given maps) it is formed at the solve's own
-    duals and maps, and judged by their rounding (:func:`_undetermined_temperatures`)."""
-    return given is None and work != torch.float64
+    working dtype.  (Switched off, it is formed at the solve's own duals and maps, and judged by
+    their rounding, :func:`_undetermined_temperatures`: the tests of that judgement do so.)"""
+    return work != torch.float64
 
 
-def _optimum_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float],
-                   lam: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+def _optimum_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], lam: list[Tensor],
+                   given: Sequence[Tensor | None] | None = None,
+                   work: torch.dtype = torch.float32) -> tuple[list[Tensor], Tensor]:
     """The optimum's duals in float64 for the log-probabilities of a narrower solve's temperature
-    gradient (``scores`` and the solve's duals ``lam`` in float64), and which samples have them,
-    ``(B,)`` bool: on a forest the closed form's (:func:`~convex_attention.exact.exact_duals`);
-    on other graphs ``lam`` polished by a float64 solve started at them, to :data:`POLISH_TOL`,
-    where a sample the polish does not bring there keeps its own (and the temperature gradient
-    is NaN: formed there it was 26 % off, unwarned, on a nearly one-hot map, ca_rev107).  A
+    gradient (``scores`` and the solve's duals ``lam`` in float64; ``given``, the given maps'
+    probabilities in float64, renormalised, or None; ``work``, the solve's dtype), and which
+    samples have them, ``(B,)`` bool: on a forest without given maps the closed form's
+    (:func:`~convex_attention.exact.exact_duals`); otherwise ``lam`` polished by a float64
+    solve started at them, to :data:`POLISH_TOL`, where a sample the polish does not bring there
+    keeps its own (and the temperature gradient is NaN: formed there it was 26 % off, unwarned,
+    on a nearly one-hot map, ca_rev107; with given maps 41-58 % on a hot axial map).  With given
+    maps a sample counts as brought there where its polish stalls within their rounding to
+    ``work`` (:func:`rounding_margin`): two given maps that constrain one map, rounded apart,
+    leave no map that pools onto both (4.7e-9 apart: the polish stopped at 4.8e-9 after
+    :data:`POLISH_MAX_ITER` sweeps), and what is left of the violation is theirs, not the duals'.  A
     float32 solve's duals sit at float32's floor in logit units, about ``eps·τ·|log p|`` in
     score units, and a hot, nearly uniform map's ``log p_k`` (cells ``Δθ/τ`` apart) lost its
     digits to them: up to 12 % off, unwarned (a 16² → 8² chain at τ = (7e4, 2.5e3): 0.2-10 %;
     an axial 16² map at τ up to 1e5; benchmarks/study_temperature_gradients.py)."""
-    if h.is_forest:
+    if h.is_forest and given is None:
         return exact_duals(scores, h, temps), torch.ones(lam[0].shape[0], dtype=torch.bool, device=lam[0].device)
+    if given is not None:
+        scores = [s if q is None else None for s, q in zip(scores, given)]  # type: ignore[misc]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a sample that misses keeps its own duals
         try:
-            result = solve_dual(scores, h, temps, tol=POLISH_TOL, strict=False, init=lam, check_init=False)
+            result = solve_dual(scores, h, temps, tol=POLISH_TOL, max_iter=POLISH_MAX_ITER, strict=False, init=lam,
+                                check_init=False, given=given)
         except (ValueError, ConvergenceError, hessian.ImplicitSolveError):
             return lam, torch.zeros(lam[0].shape[0], dtype=torch.bool, device=lam[0].device)
     done = result["converged"]
+    if given is not None:
+        done = done | (result["violation"] <= rounding_margin(h, work))
     return [torch.where(done.view((-1,) + (1,) * (p.dim() - 1)), p, d)
             for p, d in zip(result["duals"], lam)], done
 
@@ -1937,9 +1953,12 @@ class DualSolveFunction(torch.autograd.Function):
             # two-cell map at p = (0.49999997, 0.5): temperature_gradient)
             wide = [s.detach().to(torch.float64) for s in with_given_scores(scores, given)]
             lam = [d.detach().to(torch.float64) for d in result["duals"]]
-            in_float64 = _temperature_gradient_in_float64(given, probs[0].dtype)
+            in_float64 = _temperature_gradient_in_float64(probs[0].dtype)
+            wide_given = None
             if in_float64:
-                lam, exact = _optimum_duals(wide, h, floats, lam)
+                if given is not None:  # each renormalised in float64: a float32 map's sum is 1 ± ulps
+                    wide_given = [None if q is None else _normalised(q.detach().to(torch.float64)) for q in given]
+                lam, exact = _optimum_duals(wide, h, floats, lam, wide_given, probs[0].dtype)
                 unpolished = torch.nonzero(~exact).flatten().tolist()
             etas = reparameterized_logits(wide, lam, h)
             log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
@@ -1947,7 +1966,7 @@ class DualSolveFunction(torch.autograd.Function):
             if in_float64:
                 # and the maps at those duals in float64, for the temperature gradient's score
                 # gradients (:meth:`_wide_score_gradients`)
-                wide_probs, wide_cond = dual_probs(wide, lam, h, floats)
+                wide_probs, wide_cond = dual_probs(wide, lam, h, floats, wide_given)
                 log_probs += [*wide_probs, *wide_cond]
         duals = result.pop("duals")
         info.update(result)
@@ -1988,10 +2007,10 @@ class DualSolveFunction(torch.autograd.Function):
         ``tol·‖v‖/τ`` apart: the gradient at the optimum against that at the returned maps),
         which would cost a second solve."""
         wide_grads = [g.detach().to(torch.float64) for g in grads]
-        if ctx.h.is_forest and gdual is None:
+        if ctx.h.is_forest and gdual is None and ctx.mask is None:
             return list(range(len(wide_probs[0]))), tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads)
-        return resolved_vjp(ctx.h, wide_probs, hessian_temperatures(ctx.temps, None), wide_grads, dual_grads=gdual,
-                            sample_names=ctx.sample_names)
+        return resolved_vjp(ctx.h, wide_probs, hessian_temperatures(ctx.temps, ctx.mask), wide_grads,
+                            dual_grads=gdual, given=ctx.mask, sample_names=ctx.sample_names)
 
     @staticmethod
     def _backward(ctx, saved, grads):
@@ -2032,11 +2051,8 @@ class DualSolveFunction(torch.autograd.Function):
         gtau = None
         if ctx.needs_input_grad[1]:
             dtype, device = ctx.tau_like
-            # a given map has no temperature in the problem: its share is zero
-            scored = [torch.zeros_like(gs) if ctx.mask is not None and ctx.mask[k] else gs
-                      for k, gs in enumerate(gscores)]
             log_probs, rounding = extra[:ctx.M], extra[ctx.M:ctx.M + ctx.h.num_edges]
-            tau_probs = probs
+            tau_probs, scored = probs, gscores
             if wide_rows:
                 # each sample's θ̄ and maps in float64: the optimum's where its float64 backward was
                 # solved, else those at the returned maps, judged then as the float32 solution's (a
@@ -2047,6 +2063,9 @@ class DualSolveFunction(torch.autograd.Function):
                     tau_probs = [w.index_copy(0, index, p[index].to(w.dtype)) for w, p in zip(wide_probs, probs)]
                     scored = [w.index_copy(0, index, n.to(w.dtype)) for w, n in zip(wide_full, narrow)]
                 rounding = _judged_samples_only(rounding, sorted(set(ctx.unpolished) | set(rest)))
+            # a given map has no temperature in the problem: its share is zero
+            scored = [torch.zeros_like(gs) if ctx.mask is not None and ctx.mask[k] else gs
+                      for k, gs in enumerate(scored)]
             gtau = temperature_gradient(tau_probs, scored, log_probs)
             # a sample whose polish missed, formed at its float32 duals, may be far off (a nearly
             # one-hot map 26 % off, unwarned: ca_rev107), which the duals' rounding check does not

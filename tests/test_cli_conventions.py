@@ -756,7 +756,7 @@ def test_the_benchmark_scripts_bound_every_numeric_option(script, argv):
 
 @pytest.mark.parametrize("argv, named", [(["--size", "12"], "--size"), (["--scale", "1e300"], "--scale"),
                                          (["--tol", "2"], "--tol"), (["--draws", "0"], "--draws"),
-                                         (["--seed", _HUGE_SEED], "--seed")])
+                                         (["--seed", _HUGE_SEED], "--seed"), (["--sets", "warm"], "--sets")])
 def test_study_temperature_gradients_refuses_a_bad_option_before_making_out(tmp_path, capsys, argv, named):
     import torch
 
@@ -790,7 +790,8 @@ def test_study_temperature_gradients_writes_a_row_per_map_and_refuses_to_replace
     finally:
         torch.set_num_threads(before)
     assert stop.value.code == 2 and (out / "temperature_gradients.csv").read_bytes() == written
-    assert set(rows["set"]) == set(script.SETS) and set(rows["family"]) == set(script.STRUCTURES)
+    assert set(rows["set"]) == set(script.DEFAULT_SETS) and set(rows["family"]) == set(script.STRUCTURES)
+    assert (rows["given_map"] == -1).all()
     ok = rows[rows["status"] == "ok"]
     assert len(ok) >= len(rows) - 8 and len(ok) > 0
     assert ok[["reference", "float64_at_tol", "float32_unchecked", "held", "float32_error"]].notna().all().all()
@@ -798,3 +799,27 @@ def test_study_temperature_gradients_writes_a_row_per_map_and_refuses_to_replace
     said = json.loads((out / "temperature_gradients.json").read_text())
     assert said["command"].startswith("python benchmarks/study_temperature_gradients.py") and said["rtol"] == 1e-3
     assert "unwarned" in capsys.readouterr().out
+
+
+def test_study_temperature_gradients_gives_each_map_in_turn(tmp_path):
+    """--given, one draw, one set (the hotter one), one sample: each draw's maps given in turn, a row per scored map
+    (none for the given one), the held size floored at rtol times the all-scored gradient's largest component."""
+    import pandas as pd
+    import torch
+
+    script = _ca_rev75_script("study_temperature_gradients")
+    before = torch.get_num_threads()
+    out = tmp_path / "o"
+    try:
+        assert script.main(["--out", str(out), "--draws", "1", "--batch", "1", "--sets", "hotter", "--given"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    rows = pd.read_csv(out / "temperature_gradients.csv")
+    assert set(rows["set"]) == {"hotter"} and set(rows["family"]) == set(script.STRUCTURES)
+    assert (rows["given_map"] >= 0).all() and (rows["given_map"] != rows["map"]).all()
+    for (family, given), part in rows.groupby(["family", "given_map"]):
+        assert sorted(part["map"]) == [m for m in range(len(part) + 1) if m != given], (family, given)
+    ok = rows[rows["status"] == "ok"]
+    assert len(ok) > 0 and (ok["scored_size"] > 0).all()
+    assert (ok["held"] >= ok["scored_size"] * script.RTOL * (1 - 1e-12)).all()
+    assert json.loads((out / "temperature_gradients.json").read_text())["given"] is True
