@@ -1861,21 +1861,85 @@ def _temperature_gradient_in_float64(work: torch.dtype) -> bool:
     return work != torch.float64
 
 
+def _pooled_into_given(h: Graph, mask: Sequence[bool], m: int) -> list[tuple[int, Tensor]]:
+    """The given maps that map ``m`` pools into along paths through scored maps, each with the
+    composed parent map of ``m``'s cells: ``[(given map, (n_m,) block of each cell)]``."""
+    out, stack = [], [(m, torch.arange(h.sizes[m]))]
+    while stack:
+        a, cells = stack.pop()
+        for e, (fine, coarse) in enumerate(h.edges):
+            if fine == a:
+                onto = h._cpu_parents(e)[cells]
+                (out.append((coarse, onto)) if mask[coarse] else stack.append((coarse, onto)))
+    return out
+
+
+def _joined_given_blocks(h: Graph, mask: Sequence[bool]) -> dict[int, Tensor] | None:
+    """The blocks of the given maps joined where they hold the same cells: a cell of any map
+    joins the blocks it lies in, one per given map it pools into along scored maps (and itself,
+    in a given map); the join closed transitively (a union-find by label propagation).
+    ``{given map: (n_k,) component ids}``, or None where no cell lies in two given blocks."""
+    offset, total = {}, 0
+    for k in range(h.num_maps):
+        if mask[k]:
+            offset[k], total = total, total + h.sizes[k]
+    nodes = []
+    for m in range(h.num_maps):
+        ids = [offset[t] + onto for t, onto in _pooled_into_given(h, mask, m)]
+        ids += [offset[m] + torch.arange(h.sizes[m])] if mask[m] else []
+        if len(ids) >= 2:
+            nodes.append(ids)
+    if not nodes:
+        return None
+    labels = torch.arange(total)
+    while True:
+        before = labels.clone()
+        for ids in nodes:
+            least = torch.stack([labels[i] for i in ids]).amin(0)  # per cell
+            for i in ids:
+                labels.scatter_reduce_(0, i, least, "amin")
+        if torch.equal(labels, before):
+            break
+    _, labels = torch.unique(labels, return_inverse=True)
+    return {k: labels[o:o + h.sizes[k]] for k, o in offset.items()}
+
+
+def _consistent_given(h: Graph, given: list[Tensor | None]) -> list[Tensor | None]:
+    """Given maps (float64, each summing to one) made to agree where they hold the same cells:
+    the blocks of each component of :func:`_joined_given_blocks` are one set of cells of some
+    map, so every given map's mass there must be the same; each is scaled to their mean.
+    Rounded to float32 apart (a map's quadrants and its halves, each half two quadrants) they
+    differ by rounding, no map pools onto them all, and a float64 solve drifts its duals without
+    bound (to 8.4e17, its gradient 62 % off: ca_rev111)."""
+    joined = _joined_given_blocks(h, [q is not None for q in given])
+    if joined is None:
+        return given
+    maps = {k: q for k, q in enumerate(given) if q is not None}
+    first = next(iter(maps.values()))
+    batch, components = first.shape[0], int(max(int(c.max()) for c in joined.values())) + 1
+    ids = {k: c.to(first.device) for k, c in joined.items()}
+    mass = {k: first.new_zeros(batch, components).index_add_(1, c, maps[k].reshape(batch, -1)) for k, c in ids.items()}
+    present = torch.stack([torch.bincount(c, minlength=components).clamp(max=1) for c in ids.values()]).sum(0)
+    target = torch.stack(list(mass.values())).sum(0) / present.to(first.dtype)
+    out = list(given)
+    for k, c in ids.items():
+        out[k] = (maps[k].reshape(batch, -1) * (target[:, c] / mass[k][:, c])).reshape(maps[k].shape)
+    return out
+
+
 def _optimum_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], lam: list[Tensor],
-                   given: Sequence[Tensor | None] | None = None,
-                   work: torch.dtype = torch.float32) -> tuple[list[Tensor], Tensor]:
+                   given: Sequence[Tensor | None] | None = None) -> tuple[list[Tensor], Tensor]:
     """The optimum's duals in float64 for the log-probabilities of a narrower solve's temperature
     gradient (``scores`` and the solve's duals ``lam`` in float64; ``given``, the given maps'
-    probabilities in float64, renormalised, or None; ``work``, the solve's dtype), and which
-    samples have them, ``(B,)`` bool: on a forest without given maps the closed form's
+    probabilities in float64, renormalised, or None), and which samples have them, ``(B,)``
+    bool: on a forest without given maps the closed form's
     (:func:`~convex_attention.exact.exact_duals`); otherwise ``lam`` polished by a float64
     solve started at them, to :data:`POLISH_TOL`, where a sample the polish does not bring there
     keeps its own (and the temperature gradient is NaN: formed there it was 26 % off, unwarned,
-    on a nearly one-hot map, ca_rev107; with given maps 41-58 % on a hot axial map).  With given
-    maps a sample counts as brought there where its polish stalls within their rounding to
-    ``work`` (:func:`rounding_margin`): two given maps that constrain one map, rounded apart,
-    leave no map that pools onto both (4.7e-9 apart: the polish stopped at 4.8e-9 after
-    :data:`POLISH_MAX_ITER` sweeps), and what is left of the violation is theirs, not the duals'.  A
+    on a nearly one-hot map, ca_rev107; with a given map 41-58 % on a hot axial map).  Given maps
+    are first made to agree where they hold the same cells (:func:`_consistent_given`): rounded
+    apart, no map pools onto them all and the polish does not converge (its duals drift without
+    bound; accepted at a small violation they were 8.4e17 and the gradient 62 % off, ca_rev111).  A
     float32 solve's duals sit at float32's floor in logit units, about ``eps·τ·|log p|`` in
     score units, and a hot, nearly uniform map's ``log p_k`` (cells ``Δθ/τ`` apart) lost its
     digits to them: up to 12 % off, unwarned (a 16² → 8² chain at τ = (7e4, 2.5e3): 0.2-10 %;
@@ -1892,8 +1956,6 @@ def _optimum_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], l
         except (ValueError, ConvergenceError, hessian.ImplicitSolveError):
             return lam, torch.zeros(lam[0].shape[0], dtype=torch.bool, device=lam[0].device)
     done = result["converged"]
-    if given is not None:
-        done = done | (result["violation"] <= rounding_margin(h, work))
     return [torch.where(done.view((-1,) + (1,) * (p.dim() - 1)), p, d)
             for p, d in zip(result["duals"], lam)], done
 
@@ -1956,9 +2018,10 @@ class DualSolveFunction(torch.autograd.Function):
             in_float64 = _temperature_gradient_in_float64(probs[0].dtype)
             wide_given = None
             if in_float64:
-                if given is not None:  # each renormalised in float64: a float32 map's sum is 1 ± ulps
-                    wide_given = [None if q is None else _normalised(q.detach().to(torch.float64)) for q in given]
-                lam, exact = _optimum_duals(wide, h, floats, lam, wide_given, probs[0].dtype)
+                if given is not None:  # each renormalised in float64 (a float32 map's sum is 1 ± ulps), agreeing
+                    wide_given = _consistent_given(h, [None if q is None else _normalised(q.detach().to(torch.float64))
+                                                       for q in given])
+                lam, exact = _optimum_duals(wide, h, floats, lam, wide_given)
                 unpolished = torch.nonzero(~exact).flatten().tolist()
             etas = reparameterized_logits(wide, lam, h)
             log_probs = [_shifted_logits(e, t) for e, t in zip(etas, floats)]
