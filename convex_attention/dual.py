@@ -2073,7 +2073,17 @@ class DualSolveFunction(torch.autograd.Function):
         if ctx.h.is_forest and gdual is None and ctx.mask is None:
             return list(range(len(wide_probs[0]))), tree_backward(ctx.h, wide_probs, wide_cond, ctx.temps, wide_grads)
         return resolved_vjp(ctx.h, wide_probs, hessian_temperatures(ctx.temps, ctx.mask), wide_grads,
-                            dual_grads=gdual, given=ctx.mask, sample_names=ctx.sample_names)
+                            dual_grads=gdual, given=ctx.mask, sample_names=ctx.sample_names,
+                            measured=DualSolveFunction._measured(ctx))
+
+    @staticmethod
+    def _measured(ctx) -> list[bool] | None:
+        """The maps whose gradients the caller uses (``hessian.implicit_vjp``'s ``measured``): every
+        scored map (the temperature gradient contracts them all), and a given map only where its
+        probabilities require grad (given maps that hold the same cells have no unique gradient)."""
+        if ctx.mask is None:
+            return None
+        return [not given or bool(ctx.needs_input_grad[4 + k]) for k, given in enumerate(ctx.mask)]
 
     @staticmethod
     def _backward(ctx, saved, grads):
@@ -2103,7 +2113,7 @@ class DualSolveFunction(torch.autograd.Function):
                                   _rows(grads, sub), given=ctx.mask,
                                   dual_grads=None if gdual is None else _rows(gdual, sub),
                                   sample_names=ctx.sample_names if sub is None else named(rest, ctx.sample_names),
-                                  widen=True)
+                                  widen=True, measured=DualSolveFunction._measured(ctx))
         if wide_rows:
             wide_full = _in_batch(wide_scored, wide_rows, batch)  # float64, zero at the rest
             gscores = [w.to(p.dtype) for w, p in zip(wide_full, probs)]

@@ -655,7 +655,8 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
                  rtol: float | None = None, max_iter: int = 1000, dense_limit: int | None = None,
                  given: Sequence[bool] | None = None,
                  dual_grads: Sequence[Tensor | None] | None = None,
-                 sample_names: Sequence[int] | None = None, widen: bool = False) -> list[Tensor]:
+                 sample_names: Sequence[int] | None = None, widen: bool = False,
+                 measured: Sequence[bool] | None = None) -> list[Tensor]:
     """``∂L/∂θ_k`` at a solution of any graph by implicit differentiation of ``∇g(λ*) = 0``.
 
     With ``v_k = grads[k]`` and ``ū`` the gradient on the mean-zero multipliers λ*
@@ -680,9 +681,16 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
         widen: a narrower dtype's system is solved in float64 at its maps widened
             (:func:`_widened_vjp`, to float64's own ``rtol``), and in that dtype (to ``rtol``) only
             for the samples float64 cannot resolve.
+        measured: one bool per map (None: all), the maps whose gradients the caller uses: only
+            those are held to :data:`GRADIENT_RTOL` (:func:`_refined`).  Given maps that hold the
+            same cells (two given coarsenings of one map sharing a block) leave ``w`` free along
+            a redundant direction that moves their gradients and no score gradient: theirs are
+            not unique, and measured where nobody asked for them they refused right score
+            gradients (float64, 4 of 12 six-cell draws).
     """
     if widen and probs[0].dtype != torch.float64:
-        return _widened_vjp(g, probs, temps, grads, rtol, max_iter, dense_limit, given, dual_grads, sample_names)
+        return _widened_vjp(g, probs, temps, grads, rtol, max_iter, dense_limit, given, dual_grads, sample_names,
+                            measured)
     # the incoming gradients at unit size per sample, by a power of two (exact), and the result
     # scaled back: the rounding floor of a right-hand side near the top of the dtype's range (float32
     # gradients of 2^123) overflowed to inf and zeroed it as rounding (ca_rev94)
@@ -702,14 +710,14 @@ def implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
                         dense_limit=dense_limit, given=given,
                         dual_grads=None if dual_grads is None else [None if u is None else scaled(u, -1)
                                                                     for u in dual_grads],
-                        sample_names=sample_names)
+                        sample_names=sample_names, measured=measured)
     return [scaled(o, 1) for o in out]
 
 
 def _widened_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
                  rtol: float | None, max_iter: int, dense_limit: int | None, given: Sequence[bool] | None,
                  dual_grads: Sequence[Tensor | None] | None,
-                 sample_names: Sequence[int] | None) -> list[Tensor]:
+                 sample_names: Sequence[int] | None, measured: Sequence[bool] | None = None) -> list[Tensor]:
     """:func:`implicit_vjp` of narrower maps solved in float64 at the maps widened (renormalised:
     :func:`_widened`), held to float64's tolerances, and returned in their dtype; the samples that
     float64 cannot resolve (:class:`ImplicitSolveError`: saturated maps, whose float32 cells are
@@ -724,7 +732,7 @@ def _widened_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], grad
     batch = probs[0].shape[0]
     grads = [v.expand_as(p) for v, p in zip(grads, probs)]  # (a batch of 1 broadcast)
     dual = None if dual_grads is None else _batched_dual_grads(g, dual_grads, batch)
-    options = {"max_iter": max_iter, "dense_limit": dense_limit, "given": given}
+    options = {"max_iter": max_iter, "dense_limit": dense_limit, "given": given, "measured": measured}
     kept, wide = _resolved_rows(g, _widened(probs), temps, [v.detach().to(torch.float64) for v in grads], dual,
                                 sample_names, options)
     out = [torch.empty_like(p) for p in probs]
@@ -807,7 +815,7 @@ def _implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], gra
                   rtol: float | None = None, max_iter: int = 1000, dense_limit: int | None = None,
                   given: Sequence[bool] | None = None,
                   dual_grads: Sequence[Tensor | None] | None = None,
-                  sample_names: Sequence[int] | None = None) -> list[Tensor]:
+                  sample_names: Sequence[int] | None = None, measured: Sequence[bool] | None = None) -> list[Tensor]:
     """:func:`implicit_vjp` at incoming gradients of unit size (per sample)."""
     hess = get_hessian(g, probs[0].device)
     dtype = probs[0].dtype
@@ -893,7 +901,7 @@ def _implicit_vjp(g: Graph, probs: Sequence[Tensor], temps: Sequence[float], gra
     out, Aw = _formed(hess, probs, temps, grads, centred, w, given)
     return _refined(hess, probs, temps, grads, centred, rhs, w, out, Aw, given, rtol, max_iter, dense_limit,
                     finite, noise if dual_grads is None else torch.zeros_like(noise), sample_names, on_duals,
-                    by_pseudo_inverse)
+                    by_pseudo_inverse, measured)
 
 
 def _formed(hess: DualHessian, probs: Sequence[Tensor], temps: Sequence[float], grads: Sequence[Tensor],
@@ -930,7 +938,8 @@ def _beyond_rounding(out: Sequence[Tensor], cancelling: Tensor, tol: float, dtyp
                      rows: Tensor) -> Tensor:
     """The samples of ``rows`` where some map's gradient is below what its dtype's rounding of
     the terms that cancel (:func:`_cancelling`) lets it resolve to ``tol`` of itself (of the
-    sample's largest, for a map below its square root): no solve can make those accurate."""
+    sample's largest, for a map below its square root): no solve can make those accurate.
+    (A map not measured has ``cancelling`` 0: :func:`_refined`.)"""
     scale = _held_to(_sizes([o[rows] for o in out]), tol)
     return rows[(torch.finfo(dtype).eps * cancelling[rows] > tol * scale).any(1)]
 
@@ -941,9 +950,12 @@ def _held_to(sizes: Tensor, tol: float) -> Tensor:
     return torch.maximum(sizes, sizes.amax(1, keepdim=True) * tol ** 0.5)
 
 
-def _sizes(out: Sequence[Tensor]) -> Tensor:
-    """Each map's largest gradient entry per sample: ``(B, M)``."""
-    return torch.stack([o.flatten(1).abs().amax(1) for o in out], 1)
+def _sizes(out: Sequence[Tensor], keep: Tensor | None = None) -> Tensor:
+    """Each map's largest gradient entry per sample: ``(B, M)``; 0 for a map that ``keep``
+    (``(M,)`` bool, :func:`implicit_vjp`'s ``measured``) leaves out: used on errors (how far a
+    map's gradient moved), never on what they are held to, to which every map's size counts."""
+    sizes = torch.stack([o.flatten(1).abs().amax(1) for o in out], 1)
+    return sizes if keep is None else sizes * keep.to(sizes.device, sizes.dtype)
 
 
 def _widened(probs: Sequence[Tensor]) -> list[Tensor]:
@@ -956,7 +968,8 @@ def _widened(probs: Sequence[Tensor]) -> list[Tensor]:
 
 
 def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list, tol: float,
-                    max_iter: int, on_duals: Tensor | None = None, spectral: Tensor | None = None) -> Tensor:
+                    max_iter: int, on_duals: Tensor | None = None, spectral: Tensor | None = None,
+                    keep: Tensor | None = None) -> Tensor:
     """Per sample, whether the gradients ``formed`` agree, to ``tol`` of what each map is held to
     (:func:`_held_to`, on the smaller of the two answers' sizes: held to the size of a gradient
     first formed in float32, whose rounding made it 1e5 times too large, a gradient 2.7x its
@@ -991,7 +1004,7 @@ def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list,
             second[rows], relres[rows], ok[rows] = got[0], got[1], got[3]
     other, _ = _formed(hess, wide, temps, grads64, centred, second, given)
     formed = [b.to(torch.float64) for b in formed]
-    apart = _sizes([a - b for a, b in zip(other, formed)])
+    apart = _sizes([a - b for a, b in zip(other, formed)], keep)
     held = torch.minimum(_held_to(_sizes(other), tol), _held_to(_sizes(formed), tol))
     usable = (ok | (relres <= floor_acceptance_cap(torch.float64))) & torch.isfinite(second).all(1)
     return usable & (apart <= tol * held).all(1)
@@ -999,7 +1012,8 @@ def _second_opinion(hess: DualHessian, probs, temps, grads, given, formed: list,
 
 def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Tensor, out: list, Aw: list,
              given, rtol: float, max_iter: int, dense_limit: int, finite: Tensor, zeroed: Tensor,
-             sample_names, on_duals: Tensor | None = None, by_pseudo_inverse: Tensor | None = None) -> list[Tensor]:
+             sample_names, on_duals: Tensor | None = None, by_pseudo_inverse: Tensor | None = None,
+             measured: Sequence[bool] | None = None) -> list[Tensor]:
     """``out`` made as accurate as :data:`GRADIENT_RTOL` asks, or ImplicitSolveError.
 
     ``θ̄_k = J_k (v_k − A_k w)`` cancels where a map is far hotter than its neighbours (its
@@ -1014,13 +1028,16 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
     (a residual at its rounding), until a second solve by the dense Hessian's pseudo-inverse
     agrees with it to that.  A sample that does not get there, or whose dtype's rounding of
     those terms alone can exceed that (refused before any correction, which cannot measure it),
-    is named in the error."""
+    is named in the error.  Only the ``measured`` maps (None: all) are held so."""
     dtype = rhs.dtype
     tol = gradient_rtol(dtype)
-    sizes = _sizes(out)
+    keep = None if measured is None else torch.tensor(list(measured), dtype=torch.bool)
+    sizes = _sizes(out)  # (every map's size counts to what the others are held to: only errors are masked)
     largest = sizes.amax(1)
     held = _held_to(sizes, tol)  # each map to itself (to the sample's largest below its square root)
     cancelling = _cancelling(probs, temps, grads, centred, Aw, given)
+    if keep is not None:
+        cancelling = cancelling * keep.to(cancelling.device, cancelling.dtype)
     # a sample whose right-hand side was rounding alone (a loss constant on the simplices) has no
     # gradient: what is left of it is rounding, zero, not unresolved.  Screened at the most a
     # solve can have left, or the square root of the dtype's eps where that is more (rtol of a
@@ -1087,7 +1104,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         delta = torch.where(ok.unsqueeze(1), delta, torch.zeros_like(delta)).to(wide) * size.unsqueeze(1)
         w_w[rows] = w_w[rows] + delta
         moved = _sizes(_formed(hess, sub_w, temps, [torch.zeros_like(v[rows]) for v in grads_w],
-                               [torch.zeros_like(c[rows]) for c in centred_w], -delta, given)[0])
+                               [torch.zeros_like(c[rows]) for c in centred_w], -delta, given)[0], keep)
         formed, _ = _formed(hess, sub_w, temps, [v[rows] for v in grads_w], [c[rows] for c in centred_w],
                             w_w[rows], given)
         for k in range(len(out)):
@@ -1104,7 +1121,7 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
             settled[redo] = _second_opinion(hess, [p[rows[redo]] for p in probs], temps,
                                             [v[rows[redo]] for v in grads], given, [o[redo] for o in formed],
                                             tol, max_iter,
-                                            None if on_duals is None else on_duals[rows[redo]], independent)
+                                            None if on_duals is None else on_duals[rows[redo]], independent, keep)
         rows = rows[~settled]
     bad = sorted(set(rows.tolist()) | set(unresolved.tolist()))
     if not bad:
@@ -1117,4 +1134,8 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
         f"of them alone, or {REFINEMENTS} refinements of the solve, leave unsettled; "
         + ("solve in float64 (dtype=torch.float64), " if dtype != torch.float64 else "")
         + "bring the temperatures closer (or raise them against the scores' spread), or use method 'exact' "
-          "where the graph is a forest", bad)
+          "where the graph is a forest"
+        + ("; given maps that hold the same cells (two given coarsenings of one map sharing a block) have no unique "
+           "gradient: leave them out of what is differentiated (detach them)"
+           if given is not None and any(q and (measured is None or m) for q, m in
+                                        zip(given, measured if measured is not None else given)) else ""), bad)

@@ -2039,3 +2039,37 @@ def test_a_widened_solve_passes_the_caller_s_rtol_to_the_narrower_solve_only(mon
     assert calls[0] == (torch.float32, 1e-6, 3)  # the caller's own call
     assert {rtol for dtype, rtol, _ in calls[1:] if dtype == torch.float64} == {None}
     assert [(rtol, n) for dtype, rtol, n in calls[1:] if dtype == torch.float32] == [(1e-6, 1)]
+
+
+def test_only_the_measured_maps_are_held_to_the_gradient_tolerance():
+    """A 6-cell map scored (τ 0.7), two given coarsenings sharing a block ([0,0,0,1,1,1] and [0,0,0,1,2,2]), their
+    pools consistent in float64 (seed 1 of test_dual's _two_given_coarsenings: sample 2's refinement moved the
+    given maps' gradients by 1.7e-5 of 0.2 and the score gradient by 1e-13).  ``w`` is free along the redundant
+    direction, which moves only the given maps' gradients: with every map measured implicit_vjp refuses, naming that
+    cause; with the given maps left out (``measured``) it returns, and the score gradient is the one the refusal
+    withheld (the same solve), exact to the float64 central difference of the solution within 1e-6 of its size."""
+    h = ca.Graph.from_edges([6, 2, 3], [(0, 1, torch.tensor([0, 0, 0, 1, 1, 1])),
+                                        (0, 2, torch.tensor([0, 0, 0, 1, 2, 2]))])
+    g = torch.Generator().manual_seed(1)
+    scores = (2 * torch.randn(4, 6, generator=g, dtype=torch.float64)).float().double()
+    weights = torch.randn(4, 6, generator=g, dtype=torch.float64)
+    p = torch.softmax(torch.randn(4, 6, generator=g, dtype=torch.float64), -1)
+    pools = [torch.stack([p[:, :3].sum(-1), p[:, 3:].sum(-1)], -1),
+             torch.stack([p[:, :3].sum(-1), p[:, 3], p[:, 4:].sum(-1)], -1)]
+
+    def solution(s):
+        return ca.solve([s, None, None], h, "dual", temperature=[0.7, 1.0, 1.0], given={1: pools[0], 2: pools[1]},
+                        tol=1e-12, max_iter=20000).probs[0]
+
+    probs = [solution(scores), pools[0], pools[1]]
+    temps = [0.7, math.inf, math.inf]
+    grads = [weights, torch.zeros_like(pools[0]), torch.zeros_like(pools[1])]
+    with pytest.raises(ImplicitSolveError, match="no unique gradient"):
+        implicit_vjp(h, probs, temps, grads, given=[False, True, True])
+    got = implicit_vjp(h, probs, temps, grads, given=[False, True, True], measured=[True, False, False])[0]
+    want = torch.zeros_like(scores)
+    for j in range(6):
+        step = torch.zeros_like(scores)
+        step[:, j] = 1e-6
+        want[:, j] = ((solution(scores + step) - solution(scores - step)) * weights).sum(1) / 2e-6
+    assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max()), (got - want).abs().max()
