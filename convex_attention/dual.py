@@ -70,6 +70,7 @@ from .hessian import (
     solve_psd,
 )
 from .validation import (
+    GIVEN_SUM_TOLERANCE,
     check_dense_floating,
     check_flag,
     dtype_name,
@@ -507,9 +508,29 @@ def _gap_and_scale(inputs: Sequence[Tensor], h: Graph, temps: Sequence[float], d
 
 def _work_inputs(scores: Sequence, given, h: Graph, batch: int, work: torch.dtype) -> list[Tensor]:
     """The inputs of :class:`DualSolveFunction` in the working dtype: the scores, and for a given
-    map its probabilities, normalised (:func:`_normalised`) and expanded to the batch."""
-    return [s.to(work) if q is None else _normalised(q.expand((batch,) + h.shapes[k]).to(work))
-            for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
+    map its probabilities, normalised (:func:`_normalised`) and expanded to the batch; given maps
+    that hold the same cells made to agree there (:func:`_agreeing_given`, by factors that
+    carry no gradient) where they disagree by no more than a map's sum is allowed to be off
+    (``validation.GIVEN_SUM_TOLERANCE``, in the given maps' dtype): rounded apart (float32 pools
+    of one map given to float64 work) the problem had no solution, and the solve stopped on its
+    duality gap (0.04 to 7.6 at tol 1e-6: ca_rev111); given maps further apart are left to
+    contradict each other, which the solve reports."""
+    inputs = [s.to(work) if q is None else _normalised(q.expand((batch,) + h.shapes[k]).to(work))
+              for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
+    if given is None:
+        return inputs
+    wide = [None if q is None else _normalised(x.detach().to(torch.float64)) for x, q in zip(inputs, given)]
+    agreed = _agreeing_given(h, wide)
+    if agreed is not None:
+        allowed = GIVEN_SUM_TOLERANCE.get(next(q for q in given if q is not None).dtype, 1e-2)
+        factors = {k: (a / w).reshape(batch, -1) for k, (a, w) in enumerate(zip(agreed, wide))
+                   if a is not None and w is not None}
+        apart = torch.stack([(f - 1).abs().amax(1) for f in factors.values()]).amax(0)  # per sample
+        near = (apart <= allowed).view(-1, 1)
+        for k, f in factors.items():
+            f = torch.where(near, f, torch.ones_like(f)).to(work)
+            inputs[k] = (inputs[k].reshape(batch, -1) * f).reshape(inputs[k].shape)
+    return inputs
 
 
 def _split_given(inputs: Sequence[Tensor], mask: Sequence[bool]):
@@ -1861,69 +1882,128 @@ def _temperature_gradient_in_float64(work: torch.dtype) -> bool:
     return work != torch.float64
 
 
-def _pooled_into_given(h: Graph, mask: Sequence[bool], m: int) -> list[tuple[int, Tensor]]:
-    """The given maps that map ``m`` pools into along paths through scored maps, each with the
-    composed parent map of ``m``'s cells: ``[(given map, (n_m,) block of each cell)]``."""
-    out, stack = [], [(m, torch.arange(h.sizes[m]))]
-    while stack:
-        a, cells = stack.pop()
-        for e, (fine, coarse) in enumerate(h.edges):
-            if fine == a:
-                onto = h._cpu_parents(e)[cells]
-                (out.append((coarse, onto)) if mask[coarse] else stack.append((coarse, onto)))
-    return out
+def _given_reach(h: Graph, mask: Sequence[bool]) -> tuple[list[list], list[list]]:
+    """Per map ``m``, the given maps related to it along edges through scored maps only:
+    ``down[m]``, those ``m`` pools into, each ``(given map, (n_m,) its block of each cell of m)``;
+    ``up[m]``, those that pool into ``m``, each ``(given map, (n_g,) the cell of m of each of its
+    cells)``.  Built once per map over the maps in order (fine before coarse for ``up``), two
+    paths that pool alike kept once (one entry per path grew 4x per stacked diamond: ca_rev112)."""
+    M = h.num_maps
+    order: list[int] = []
+    placed = [False] * M
+    while len(order) < M:  # fine before coarse: a map after every map that pools into it
+        for m in range(M):
+            if not placed[m] and all(placed[a] for a, b in h.edges if b == m):
+                order.append(m)
+                placed[m] = True
+
+    def add(entries: list, t: int, parents: Tensor) -> None:
+        if not any(u == t and torch.equal(parents, q) for u, q in entries):
+            entries.append((t, parents))
+
+    down: list[list] = [[] for _ in range(M)]
+    for m in reversed(order):
+        for e, (a, b) in enumerate(h.edges):
+            if a == m:
+                par = h._cpu_parents(e)
+                if mask[b]:
+                    add(down[m], b, par)
+                for t, onto in down[b] if not mask[b] else []:
+                    add(down[m], t, onto[par])
+    up: list[list] = [[] for _ in range(M)]
+    for m in order:
+        for e, (a, b) in enumerate(h.edges):
+            if b == m:
+                par = h._cpu_parents(e)
+                if mask[a]:
+                    add(up[m], a, par)
+                for g, into in up[a] if not mask[a] else []:
+                    add(up[m], g, par[into])
+    return down, up
 
 
-def _joined_given_blocks(h: Graph, mask: Sequence[bool]) -> dict[int, Tensor] | None:
-    """The blocks of the given maps joined where they hold the same cells: a cell of any map
-    joins the blocks it lies in, one per given map it pools into along scored maps (and itself,
-    in a given map); the join closed transitively (a union-find by label propagation).
-    ``{given map: (n_k,) component ids}``, or None where no cell lies in two given blocks."""
+def _joined_given_blocks(h: Graph, mask: Sequence[bool], reach=None) -> dict[int, Tensor] | None:
+    """The cells of the given maps joined where they hold the same cells of some map: a cell of
+    a map joins the blocks of the given maps it pools into, the cells of the given maps that pool
+    into it, and itself in a given map (:func:`_given_reach`); closed transitively (a union-find by
+    label propagation with pointer jumping).  ``{given map: (n_k,) component ids}``, or None
+    where no two given maps are related."""
+    down, up = _given_reach(h, mask) if reach is None else reach
     offset, total = {}, 0
     for k in range(h.num_maps):
         if mask[k]:
             offset[k], total = total, total + h.sizes[k]
-    nodes = []
+    src, dst = [], []
     for m in range(h.num_maps):
-        ids = [offset[t] + onto for t, onto in _pooled_into_given(h, mask, m)]
-        ids += [offset[m] + torch.arange(h.sizes[m])] if mask[m] else []
-        if len(ids) >= 2:
-            nodes.append(ids)
-    if not nodes:
+        if len(down[m]) + len(up[m]) + int(mask[m]) < 2:
+            continue
+        cells = total + torch.arange(h.sizes[m])  # the map's own cells, as nodes of their own
+        total += h.sizes[m]
+        for t, onto in down[m]:
+            src.append(cells)
+            dst.append(offset[t] + onto)
+        for g, into in up[m]:
+            src.append(offset[g] + torch.arange(h.sizes[g]))
+            dst.append(cells[into])
+        if mask[m]:
+            src.append(cells)
+            dst.append(offset[m] + torch.arange(h.sizes[m]))
+    if not src:
         return None
+    a, b = torch.cat(src), torch.cat(dst)
     labels = torch.arange(total)
     while True:
         before = labels.clone()
-        for ids in nodes:
-            least = torch.stack([labels[i] for i in ids]).amin(0)  # per cell
-            for i in ids:
-                labels.scatter_reduce_(0, i, least, "amin")
+        least = torch.minimum(labels[a], labels[b])
+        labels.scatter_reduce_(0, a, least, "amin").scatter_reduce_(0, b, least, "amin")
+        labels = labels[labels]  # (a label is a node: jumping to its label halves the paths)
         if torch.equal(labels, before):
             break
-    _, labels = torch.unique(labels, return_inverse=True)
+    given_nodes = sum(h.sizes[k] for k in offset)
+    _, labels = torch.unique(labels[:given_nodes], return_inverse=True)
     return {k: labels[o:o + h.sizes[k]] for k, o in offset.items()}
 
 
-def _consistent_given(h: Graph, given: list[Tensor | None]) -> list[Tensor | None]:
-    """Given maps (float64, each summing to one) made to agree where they hold the same cells:
-    the blocks of each component of :func:`_joined_given_blocks` are one set of cells of some
-    map, so every given map's mass there must be the same; each is scaled to their mean.
-    Rounded to float32 apart (a map's quadrants and its halves, each half two quadrants) they
-    differ by rounding, no map pools onto them all, and a float64 solve drifts its duals without
-    bound (to 8.4e17, its gradient 62 % off: ca_rev111)."""
-    joined = _joined_given_blocks(h, [q is not None for q in given])
+def _agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | None] | None:
+    """Given maps (float64, each summing to one) made to agree where they hold the same cells,
+    or None where no two are related.  First a given map whose blocks are unions of another's
+    (of the cells of a map that pools into both: a map's halves and its quadrants) becomes that
+    one's pooling, the finest first; then the cells of each component of
+    :func:`_joined_given_blocks` are scaled, map by map, to the mean mass of the component over
+    the given maps there (two coarsenings sharing a block; the leaves of a star pooled onto its
+    centre).  Rounded to float32 apart they differ by rounding, no map pools onto them all, and a
+    float64 solve drifts its duals without bound (to 8.4e17, its gradient 62 % off: ca_rev111)."""
+    mask = [q is not None for q in given]
+    reach = _given_reach(h, mask)
+    joined = _joined_given_blocks(h, mask, reach)
     if joined is None:
-        return given
-    maps = {k: q for k, q in enumerate(given) if q is not None}
-    first = next(iter(maps.values()))
-    batch, components = first.shape[0], int(max(int(c.max()) for c in joined.values())) + 1
-    ids = {k: c.to(first.device) for k, c in joined.items()}
-    mass = {k: first.new_zeros(batch, components).index_add_(1, c, maps[k].reshape(batch, -1)) for k, c in ids.items()}
-    present = torch.stack([torch.bincount(c, minlength=components).clamp(max=1) for c in ids.values()]).sum(0)
-    target = torch.stack(list(mass.values())).sum(0) / present.to(first.dtype)
+        return None
     out = list(given)
+    batch = next(q for q in given if q is not None).shape[0]
+    flat = {k: q.reshape(batch, -1) for k, q in enumerate(given) if q is not None}
+    pooled_from: dict[int, tuple[int, Tensor]] = {}
+    for entries in reach[0]:  # nested given maps: the coarser from the finer
+        for b, pb in entries:
+            for a, pa in entries:
+                if a == b or h.sizes[a] <= h.sizes[b]:
+                    continue
+                low = torch.full((h.sizes[a],), h.sizes[b]).scatter_reduce(0, pa, pb, "amin")
+                high = torch.full((h.sizes[a],), -1).scatter_reduce(0, pa, pb, "amax")
+                if torch.equal(low, high) and (b not in pooled_from or h.sizes[pooled_from[b][0]] < h.sizes[a]):
+                    pooled_from[b] = (a, low)
+    for b in sorted(pooled_from, key=lambda k: -h.sizes[k]):  # the finest first
+        a, onto = pooled_from[b]
+        flat[b] = flat[a].new_zeros(batch, h.sizes[b]).index_add_(1, onto.to(flat[a].device), flat[a])
+    components = int(max(int(c.max()) for c in joined.values())) + 1
+    ids = {k: c.to(flat[k].device) for k, c in joined.items()}
+    first = next(iter(flat.values()))
+    mass = {k: first.new_zeros(batch, components).index_add_(1, c, flat[k]) for k, c in ids.items()}
+    present = torch.stack([torch.bincount(c, minlength=components).clamp(max=1) for c in ids.values()]).sum(0)
+    target = torch.stack(list(mass.values())).sum(0) / present.to(first.device, first.dtype)
     for k, c in ids.items():
-        out[k] = (maps[k].reshape(batch, -1) * (target[:, c] / mass[k][:, c])).reshape(maps[k].shape)
+        q = given[k]
+        assert q is not None
+        out[k] = (flat[k] * (target[:, c] / mass[k][:, c])).reshape(q.shape)
     return out
 
 
@@ -1937,7 +2017,7 @@ def _optimum_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], l
     solve started at them, to :data:`POLISH_TOL`, where a sample the polish does not bring there
     keeps its own (and the temperature gradient is NaN: formed there it was 26 % off, unwarned,
     on a nearly one-hot map, ca_rev107; with a given map 41-58 % on a hot axial map).  Given maps
-    are first made to agree where they hold the same cells (:func:`_consistent_given`): rounded
+    are first made to agree where they hold the same cells (:func:`_agreeing_given`): rounded
     apart, no map pools onto them all and the polish does not converge (its duals drift without
     bound; accepted at a small violation they were 8.4e17 and the gradient 62 % off, ca_rev111).  A
     float32 solve's duals sit at float32's floor in logit units, about ``eps·τ·|log p|`` in
@@ -2019,8 +2099,8 @@ class DualSolveFunction(torch.autograd.Function):
             wide_given = None
             if in_float64:
                 if given is not None:  # each renormalised in float64 (a float32 map's sum is 1 ± ulps), agreeing
-                    wide_given = _consistent_given(h, [None if q is None else _normalised(q.detach().to(torch.float64))
-                                                       for q in given])
+                    wide_given = [None if q is None else _normalised(q.detach().to(torch.float64)) for q in given]
+                    wide_given = _agreeing_given(h, wide_given) or wide_given
                 lam, exact = _optimum_duals(wide, h, floats, lam, wide_given)
                 unpolished = torch.nonzero(~exact).flatten().tolist()
             etas = reparameterized_logits(wide, lam, h)

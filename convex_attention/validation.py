@@ -138,6 +138,12 @@ def given_indices(given, h: Graph) -> frozenset:
     return frozenset(given)
 
 
+#: How far a given map's sum may be off one per sample (then normalised), by its dtype; given
+#: maps that hold the same cells may disagree there by as much, relatively, and are made to
+#: agree (``dual._work_inputs``); half precision 1e-2.
+GIVEN_SUM_TOLERANCE: dict = {torch.float64: 1e-6, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
 def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_finite: bool = True,
                 positive: bool = True) -> list:
     """Given probabilities (:func:`convex_attention.solve`'s ``given``): a dict ``{map: q}``
@@ -174,7 +180,7 @@ def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_f
                                  f"cell forces every finer cell inside it to zero, which needs infinite duals; give "
                                  f"strictly positive probabilities (e.g. mix in 1e-6 of the uniform map)")
             err = float((flat.sum(1) - 1).abs().max())
-            allowed = 1e-6 if dtype == torch.float64 else 1e-4 if dtype == torch.float32 else 1e-2
+            allowed = GIVEN_SUM_TOLERANCE.get(dtype, 1e-2)
             if err > allowed:
                 raise ValueError(f"given[{k}] must sum to one per sample (to {allowed:g} in {dtype_name(dtype)}), "
                                  f"off by {err:.3g}")

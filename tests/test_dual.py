@@ -3596,7 +3596,7 @@ def test_given_maps_that_round_apart_keep_their_temperature_gradient(monkeypatch
     other by up to 4.7e-9 (seed 3) and no map pools onto both: the float64 polish of the duals could not converge
     (samples 0 and 2 of seed 3 ran to the default 1000 sweeps; 75f10c2 took duals within rounding_margin, which had
     drifted, and refused seeds 0, 6 and 11 above it: ca_rev111).  The given maps are made to agree first
-    (dual._consistent_given): every sample polished, finite, no warning, within 1e-3 of float64's at the consistent
+    (dual._agreeing_given): every sample polished, finite, no warning, within 1e-3 of float64's at the consistent
     float64 pools."""
     import convex_attention.dual as dual_module
     h, scores, weights, pools, rounded = _two_given_coarsenings(seed)
@@ -3643,7 +3643,7 @@ def _chain_joined_gradient(h, scores, weights, pools, **options) -> torch.Tensor
 
 def test_given_maps_joined_through_scored_maps_are_made_to_agree():
     """:func:`_chain_joined_given_maps`: dual._joined_given_blocks joins block i of map 2 with block i of map 3 (map
-    0's cells reach both, map 2 through map 1); dual._consistent_given scales each block pair to its mean, after
+    0's cells reach both, map 2 through map 1); dual._agreeing_given scales each block pair to its mean, after
     which they are equal (to a few float64 units), each map still sums to one, and nothing moved more than the one
     unit they were apart.  The float32 temperature gradient is then the float64 one's at the consistent pools within
     1e-6, unwarned (at 75f10c2 its float64 polish could not converge: NaN with a warning)."""
@@ -3652,7 +3652,7 @@ def test_given_maps_joined_through_scored_maps_are_made_to_agree():
     joined = dual_module._joined_given_blocks(h, [False, False, True, True])
     assert joined is not None and joined[2].tolist() == joined[3].tolist() and len(set(joined[2].tolist())) == 2
     wide = [None, None, *[dual_module._normalised(q.double()) for q in rounded]]
-    agreed = dual_module._consistent_given(h, wide)
+    agreed = dual_module._agreeing_given(h, wide)
     assert float((agreed[2] - agreed[3]).abs().max()) <= 4e-16
     assert bool(((agreed[2].sum(-1) - 1).abs() <= 1e-15).all())
     assert float((agreed[3] - wide[3]).abs().max()) <= float((wide[3] - wide[2]).abs().max())
@@ -3665,23 +3665,26 @@ def test_given_maps_joined_through_scored_maps_are_made_to_agree():
 
 
 def test_given_maps_with_no_cell_in_common_are_left_alone():
-    """A single given map, and given maps no cell of any map reaches both of (a star's leaves given, its centre
-    scored, pools into the centre only): nothing to join (None), and dual._consistent_given returns them as they
-    are, bit for bit."""
+    """A single given map, and two given maps in two parts of a graph that no map relates (0 → 2 and 1 → 3, maps 2
+    and 3 given): nothing to join (None), and dual._agreeing_given says so (None: they are used as they are).  The
+    leaves of a star pooled onto its scored centre are related (ca_rev112: they were left apart and a right
+    temperature gradient refused): joined cell by cell of the centre."""
     import convex_attention.dual as dual_module
-    h = ca.Graph.from_edges([4, 4, 2], [(0, 2, torch.tensor([0, 0, 1, 1])), (1, 2, torch.tensor([0, 1, 0, 1]))])
-    assert dual_module._joined_given_blocks(h, [True, False, False]) is None
-    assert dual_module._joined_given_blocks(h, [True, True, False]) is None
-    q = torch.softmax(torch.randn(3, 4, dtype=torch.float64), -1)
-    given = [q, q.flip(-1), None]
-    assert all(a is b for a, b in zip(dual_module._consistent_given(h, given), given))
+    h = ca.Graph.from_edges([4, 4, 2, 2], [(0, 2, torch.tensor([0, 0, 1, 1])), (1, 3, torch.tensor([0, 1, 0, 1]))])
+    assert dual_module._joined_given_blocks(h, [False, False, True, False]) is None
+    assert dual_module._joined_given_blocks(h, [False, False, True, True]) is None
+    q = torch.softmax(torch.randn(3, 2, dtype=torch.float64), -1)
+    assert dual_module._agreeing_given(h, [None, None, q, q.flip(-1)]) is None
+    star = ca.Graph.from_edges([4, 4, 2], [(0, 2, torch.tensor([0, 0, 1, 1])), (1, 2, torch.tensor([0, 1, 0, 1]))])
+    joined = dual_module._joined_given_blocks(star, [True, True, False])
+    assert joined is not None and joined[0].tolist() == [0, 0, 1, 1] and joined[1].tolist() == [0, 1, 0, 1]
 
 
 @hypothesis.settings(max_examples=40, deadline=None)
 @hypothesis.given(hst.integers(2, 5), hst.integers(2, 5), hst.integers(0, 2 ** 31 - 1))
 def test_consistent_given_maps_agree_on_every_joined_component(blocks_a, blocks_b, seed):
     """A scored map of 12 cells with two given coarsenings drawn at random (irregular; every block non-empty), their
-    pools rounded to float32 and renormalised: after dual._consistent_given every component of
+    pools rounded to float32 and renormalised: after dual._agreeing_given every component of
     dual._joined_given_blocks holds the same mass in both (to 1e-15), each map sums to one, and no block moved by
     more than 1e-6 of itself (the rounding they differ by)."""
     import convex_attention.dual as dual_module
@@ -3697,7 +3700,7 @@ def test_consistent_given_maps_agree_on_every_joined_component(blocks_a, blocks_
     pools = [torch.zeros(3, n, dtype=torch.float64).index_add_(1, par, p)
              for n, par in ((blocks_a, pa), (blocks_b, pb))]
     wide = [None, *[dual_module._normalised(q.float().double()) for q in pools]]
-    agreed = dual_module._consistent_given(h, wide)
+    agreed = dual_module._agreeing_given(h, wide)
     joined = dual_module._joined_given_blocks(h, [False, True, True])
     assert joined is not None
     for k in (1, 2):
@@ -3850,7 +3853,7 @@ def test_ca_rev111_given_maps_rounded_apart_polish_cost(monkeypatch):
     POLISH_TOL on the (infeasible) rounded pools and runs all POLISH_MAX_ITER = 100 sweeps, where the float32 solve
     took a few (docs/design.md measured 1.20-1.26x with one given map).  Its ∂L/∂τ_0 is also further off than
     9888703's: −1.2956668 against −1.2955507 (float64, tol 1e-12, consistent pools; 9888703: −1.2955508).
-    Fixed (the given maps made to agree first, dual._consistent_given): the polish converges in 1 sweep; held here by
+    Fixed (the given maps made to agree first, dual._agreeing_given): the polish converges in 1 sweep; held here by
     its sweeps (a timing is not asserted in a test) and by ∂L/∂τ_0 within 1e-6 of float64's."""
     import convex_attention.dual as dual_module
     h, scores, weights, pools = _ca_rev111_quadrants_and_halves(64, 16, 0)
@@ -3919,3 +3922,170 @@ def test_ca_rev111_drifted_given_map_polish_moves_the_score_gradients():
         warnings.simplefilter("ignore", ca.TemperatureGradientWarning)
         got, _ = _ca_rev111_hot_quadrants_and_halves_gradients(True, tol=1e-5, dtype=torch.float32)
     assert float((got - want).abs().max()) <= 1e-4 * size, float((got - want).abs().max()) / size
+
+
+# ------------------------------------------------------------------------------------------- ca_rev112 (9193438)
+def _ca_rev112_quadrants_and_both_halves(n: int, batch: int, seed: int):
+    """:func:`_ca_rev111_quadrants_and_halves` with a third given coarsening: the n² map's quadrants, its top and
+    bottom halves and its left and right halves, all pooled from one random float64 map (consistent): ``(graph,
+    scores rounded to float32, weights, the three pools in float64)``.  Every quadrant lies in one half of each kind,
+    so dual._joined_given_blocks joins all eight blocks into ONE component, whose mass is 1 in every map."""
+    cells = torch.arange(n * n)
+    rows, cols = cells // n, cells % n
+    quadrant = (rows // (n // 2)) * 2 + cols // (n // 2)
+    top, left = rows // (n // 2), cols // (n // 2)
+    h = ca.Graph.from_edges([n * n, 4, 2, 2], [(0, 1, quadrant), (0, 2, top), (0, 3, left)])
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randn(batch, n * n, generator=g, dtype=torch.float64).float().double()
+    weights = torch.randn(batch, n * n, generator=g, dtype=torch.float64)
+    p = torch.softmax(torch.randn(batch, n * n, generator=g, dtype=torch.float64), -1)
+    pools = [torch.zeros(batch, k, dtype=torch.float64).index_add_(1, par, p)
+             for k, par in ((4, quadrant), (2, top), (2, left))]
+    return h, scores, weights, pools
+
+
+# fixed: each pair of halves becomes the quadrants' pooling (dual._agreeing_given), before the mass per component
+def test_ca_rev112_quadrants_and_both_halves_given_refuse_a_right_temperature_gradient():
+    """:func:`_ca_rev112_quadrants_and_both_halves` (16², batch 8, seed 0), τ = (0.7, 1, 1, 1) learned, the three
+    pools rounded to float32, float32 work at tol 1e-5, a linear loss on map 0.  dual._joined_given_blocks joins all
+    eight blocks into one component (every map's mass there is 1), so dual._agreeing_given changes nothing (scale
+    1), and a half still differs from the sum of its two quadrants by rounding: the float64 polish has no solution,
+    misses every sample, and ∂L/∂τ comes back NaN for all four maps with a TemperatureGradientWarning ("the float64
+    polish of the float32 duals did not converge for sample(s) [0, 1, ...]").  Component-level mass is only enough
+    when the blocks are poolings of a scored map; a given quadrant map fixes each half cell by cell.  float64
+    (tol 1e-12, consistent pools): ∂L/∂τ = (0.972436, 0, 0, 0); 9888703 returned it unwarned (75f10c2 refused
+    sample 0 only).  Expected: finite, unwarned, within 1e-3 of float64's."""
+    h, scores, weights, pools = _ca_rev112_quadrants_and_both_halves(16, 8, 0)
+
+    def gradient(sc, qs, **options):
+        tau = torch.tensor([0.7, 1.0, 1.0, 1.0], dtype=torch.float64, requires_grad=True)
+        sol = ca.solve([sc, None, None, None], h, "dual", temperature=tau, given={1: qs[0], 2: qs[1], 3: qs[2]},
+                       **options)
+        return torch.autograd.grad((sol.probs[0].double() * weights).sum(), tau)[0]
+
+    want = gradient(scores, pools, tol=1e-12, max_iter=20000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = gradient(scores.float(), [q.float() for q in pools], tol=1e-5, dtype=torch.float32)
+    said = [str(w.message)[:160] for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
+    assert not said and bool(torch.isfinite(got).all()), (got, said)
+    assert bool(((got - want).abs() <= 1e-3 * want.abs().max()).all()), (got, want)
+
+
+# fixed: given maps pooled onto a common map are joined cell by cell of it (dual._given_reach's up)
+def test_ca_rev112_star_with_two_given_leaves_refuses_a_right_temperature_gradient():
+    """A star: leaves 0, 1, 2 (16 cells each) pool onto centre 3 (4 cells; leaf 1 through a permuted partition),
+    batch 8, seed 0, τ = (1, 1, 0.7, 1.3) learned; leaves 0 and 1 given as the float64 optimum's maps of the
+    all-scored problem (so they agree on the centre), rounded to float32; float32 work at tol 1e-5, a linear loss on
+    maps 2 and 3.  Both leaves must pool onto the same centre, but dual._pooled_into_given only walks from a map to
+    its coarsenings, and no map pools INTO both leaves, so dual._joined_given_blocks returns None (the test
+    test_given_maps_with_no_cell_in_common_are_left_alone asserts exactly this for a star) and the leaves' pools onto
+    the centre stay rounded apart: the float64 polish has no solution, and ∂L/∂τ is NaN for every map with a
+    TemperatureGradientWarning.  float64 (tol 1e-12): (0, 0, −0.3907126345, −2.7e-17); 75f10c2 returned
+    −0.3907126340 and 9888703 −0.3907128048, unwarned.  (The cells of two given maps that pool into one cell of a
+    scored map are joined as much as those one cell pools into.)  Expected: finite, unwarned, within 1e-3."""
+    n, batch = 16, 8
+    block = torch.arange(n) // 4
+    permuted = block[torch.randperm(n, generator=torch.Generator().manual_seed(1))]
+    h = ca.Graph.from_edges([n, n, n, 4], [(0, 3, block), (1, 3, permuted), (2, 3, block)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(batch, k, generator=g, dtype=torch.float64).float().double() for k in (n, n, n, 4)]
+    weights = [torch.randn(batch, k, generator=g, dtype=torch.float64) for k in (n, n, n, 4)]
+    temps = [1.0, 1.0, 0.7, 1.3]
+    full = ca.solve(scores, h, "dual", temperature=temps, tol=1e-13, max_iter=20000)
+    leaves = [full.probs[0].detach(), full.probs[1].detach()]
+
+    def gradient(sc, qs, **options):
+        tau = torch.tensor(temps, dtype=torch.float64, requires_grad=True)
+        sol = ca.solve([None, None, sc[2], sc[3]], h, "dual", temperature=tau, given={0: qs[0], 1: qs[1]}, **options)
+        return torch.autograd.grad(sum((sol.probs[k].double() * weights[k]).sum() for k in (2, 3)), tau)[0]
+
+    want = gradient(scores, leaves, tol=1e-12, max_iter=20000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = gradient([s.float() for s in scores], [q.float() for q in leaves], tol=1e-5, dtype=torch.float32)
+    said = [str(w.message)[:160] for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
+    assert not said and bool(torch.isfinite(got).all()), (got, said)
+    assert bool(((got - want).abs() <= 1e-3 * want.abs().max()).all()), (got, want)
+
+
+def _ca_rev112_diamond_ladder(diamonds: int):
+    """Map 0 (64 cells, scored) pools into map 1 (8 cells, cell mod 8), then ``diamonds`` diamonds of scored 8-cell
+    maps (c → a, c → b, a → c', b → c', identity partitions), the last c' given; map 0 also pools into a given map of
+    2 cells (its halves).  ``(graph, given mask)``: 4·diamonds + 3 maps, 4·diamonds + 2 edges; 2**diamonds paths
+    lead from map 0 to the top."""
+    sizes, edges, identity = [64, 8], [(0, 1, torch.arange(64) % 8)], torch.arange(8)
+    below = 1
+    for _ in range(diamonds):
+        a = len(sizes)
+        sizes += [8, 8, 8]
+        edges += [(below, a, identity), (below, a + 1, identity), (a, a + 2, identity), (a + 1, a + 2, identity)]
+        below = a + 2
+    sizes.append(2)
+    edges.append((0, len(sizes) - 1, torch.arange(64) // 32))
+    mask = [False] * len(sizes)
+    mask[below] = mask[-1] = True
+    return ca.Graph.from_edges(sizes, edges), mask
+
+
+# fixed: each map's reach built once, over the maps in order (dual._given_reach)
+def test_ca_rev112_joined_given_blocks_walks_every_path_of_a_diamond_ladder():
+    """:func:`_ca_rev112_diamond_ladder` with 10 diamonds (33 maps, 42 edges): dual._joined_given_blocks, which every
+    float32 forward with given maps and a temperature that requires grad runs, calls the graph's parent map
+    (Graph._cpu_parents) 20,362 times: dual._pooled_into_given pushes one stack entry per PATH from a map to the given
+    maps (1,025 entries from map 0 alone, 1,024 of them the same composed map onto the top), and each entry is
+    stacked and scattered again in every label-propagation sweep.  It grows 4× per diamond (8: 5,022; 12: 81,782,
+    0.47-0.67 s here against 0.27 s for the whole fixed-temperature float32 forward at batch 4; the learned one
+    0.91 s).  Expected: each map walked once per map it starts from, at most (maps × edges) = 1,386 parent maps
+    read, and the same join (the top's blocks joined with the halves: one component)."""
+    import convex_attention.dual as dual_module
+    h, mask = _ca_rev112_diamond_ladder(10)
+    real, calls = h._cpu_parents, []
+
+    def counted(e):
+        calls.append(e)
+        return real(e)
+
+    h._cpu_parents = counted
+    try:
+        joined = dual_module._joined_given_blocks(h, mask)
+    finally:
+        del h._cpu_parents
+    assert joined is not None and {int(c.max()) for c in joined.values()} == {0}, joined
+    assert len(calls) <= h.num_maps * h.num_edges, (len(calls), h.num_maps, h.num_edges)
+
+
+# fixed: the forward's given maps made to agree within GIVEN_SUM_TOLERANCE (dual._work_inputs)
+def test_ca_rev112_float32_given_maps_sharing_cells_refused_by_default_float64_work():
+    """:func:`_ca_rev111_quadrants_and_halves` (16², batch 8, seed 0), τ = (0.7, 1, 1) fixed, scores and both pools
+    rounded to float32, tol 1e-5, the default working dtype (float64): ConvergenceError, samples [0, 1, 2, 3, 4, 7]
+    'reached the violation tol but not the relative duality gap' (gap 0.46, 0.077, 0.42, 1.6, 21): each given map
+    renormalised in float64 (dual._normalised) leaves a half and its two quadrants about 1.5e-8 apart, the float64
+    problem has no solution and its duals drift.  The same call with dtype=torch.float32 solves every sample (gap
+    6.9e-9), and float64 scores and pools solve at gap 1e-17.  9193438 makes such maps agree (dual._agreeing_given)
+    only for the float32 work's float64 polish, not for float64 work's own solve.  Expected: solved, map 0 within
+    1e-4 (of its largest cell) of the float64 solve at the float64 pools."""
+    h, scores, _, pools = _ca_rev111_quadrants_and_halves(16, 8, 0)
+    want = ca.solve([scores, None, None], h, "dual", temperature=[0.7, 1.0, 1.0], given={1: pools[0], 2: pools[1]},
+                    tol=1e-12, max_iter=20000).probs[0]
+    got = ca.solve([scores.float(), None, None], h, "dual", temperature=[0.7, 1.0, 1.0],
+                   given={1: pools[0].float(), 2: pools[1].float()}, tol=1e-5).probs[0]
+    assert float((got.double() - want).abs().max()) <= 1e-4 * float(want.abs().max())
+
+
+def test_given_maps_that_contradict_each_other_are_not_made_to_agree():
+    """:func:`_ca_rev111_quadrants_and_halves` (16², batch 4) in float64 work, the halves moved by 1e-3 (then
+    renormalised): 1e3 times what a given map's sum may be off in float64 (validation.GIVEN_SUM_TOLERANCE), so not
+    made to agree (dual._work_inputs): the solve stalls and says the given maps may contradict each other, as it did
+    before given maps were made to agree; a move of 1e-8 (rounding) is agreed and solved."""
+    h, scores, _, pools = _ca_rev111_quadrants_and_halves(16, 4, 0)
+    options = dict(temperature=[0.7, 1.0, 1.0], tol=1e-6)
+    for move, solved in ((1e-3, False), (1e-8, True)):
+        halves = pools[1].clone()
+        halves[:, 0] += move
+        halves = halves / halves.sum(-1, keepdim=True)
+        if solved:
+            ca.solve([scores, None, None], h, "dual", given={1: pools[0], 2: halves}, **options)
+        else:
+            with pytest.raises(ca.ConvergenceError, match="contradict each other"):
+                ca.solve([scores, None, None], h, "dual", given={1: pools[0], 2: halves}, **options)
