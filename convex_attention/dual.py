@@ -1969,7 +1969,8 @@ def _agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | N
     batch = next(q for q in given if q is not None).shape[0]
     flat = {k: q.reshape(batch, -1) for k, q in enumerate(given) if q is not None}
     pooled_from: dict[int, tuple[int, Tensor]] = {}
-    for entries in reach[0]:  # nested given maps: the coarser from the finer
+    for m, below in enumerate(reach[0]):  # nested given maps: the coarser from the finer (m itself, if given)
+        entries = below + ([(m, torch.arange(h.sizes[m]))] if mask[m] else [])
         for b, pb in entries:
             for a, pa in entries:
                 if a == b or h.sizes[a] <= h.sizes[b]:

@@ -4089,3 +4089,32 @@ def test_given_maps_that_contradict_each_other_are_not_made_to_agree():
         else:
             with pytest.raises(ca.ConvergenceError, match="contradict each other"):
                 ca.solve([scores, None, None], h, "dual", given={1: pools[0], 2: halves}, **options)
+
+
+def test_a_given_fine_map_fixes_the_given_maps_below_it():
+    """An 8² map given (float32), pooled into its quadrants (scored), which pool into top/bottom and left/right halves
+    (both given, float32, pooled from the same float64 map): each pair of halves is the given fine map's pooling, and
+    the two pairs overlap, so mass per joined component cannot make them agree; the given fine map's own partition
+    must count among the nested ones (dual._agreeing_given).  Left out (07bd8f8), ∂L/∂τ of a learned temperature was
+    NaN with a warning; now finite, unwarned, and 0 for every map (the quadrants are fixed by the given map) to
+    1e-9 of the loss's size."""
+    n = 8
+    cells = torch.arange(n * n)
+    quadrant = (cells // n // (n // 2)) * 2 + cells % n // (n // 2)
+    h = ca.Graph.from_edges([n * n, 4, 2, 2], [(0, 1, quadrant), (1, 2, torch.tensor([0, 0, 1, 1])),
+                                               (1, 3, torch.tensor([0, 1, 0, 1]))])
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(4, n * n, generator=g, dtype=torch.float64), -1)
+    q = torch.zeros(4, 4, dtype=torch.float64).index_add_(1, quadrant, p)
+    halves = [torch.stack([q[:, :2].sum(-1), q[:, 2:].sum(-1)], -1), torch.stack([q[:, [0, 2]].sum(-1),
+                                                                                  q[:, [1, 3]].sum(-1)], -1)]
+    scores = torch.randn(4, 4, generator=g, dtype=torch.float64).float()
+    weights = torch.randn(4, 4, generator=g, dtype=torch.float64)
+    tau = torch.tensor([1.0, 0.7, 1.0, 1.0], dtype=torch.float64, requires_grad=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sol = ca.solve([None, scores, None, None], h, "dual", temperature=tau, tol=1e-6, dtype=torch.float32,
+                       given={0: p.float(), 2: halves[0].float(), 3: halves[1].float()})
+        got = torch.autograd.grad((sol.probs[1].double() * weights).sum(), tau)[0]
+    assert not [w for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
+    assert bool(torch.isfinite(got).all()) and float(got.abs().max()) <= 1e-9 * float(weights.abs().sum()), got
