@@ -526,7 +526,8 @@ def _work_inputs(scores: Sequence, given, h: Graph, batch: int, work: torch.dtyp
         factors = {k: (a / w).reshape(batch, -1) for k, (a, w) in enumerate(zip(agreed, wide))
                    if a is not None and w is not None}
         apart = torch.stack([(f - 1).abs().amax(1) for f in factors.values()]).amax(0)  # per sample
-        near = (apart <= allowed).view(-1, 1)
+        # (apart by no more than POLISH_TOL, what no solve resolves, they are left bit for bit as given)
+        near = ((apart <= allowed) & (apart > POLISH_TOL)).view(-1, 1)
         for k, f in factors.items():
             f = torch.where(near, f, torch.ones_like(f)).to(work)
             inputs[k] = (inputs[k].reshape(batch, -1) * f).reshape(inputs[k].shape)
@@ -1912,8 +1913,8 @@ def _given_reach(h: Graph, mask: Sequence[bool]) -> tuple[list[list], list[list]
 def _joined_given_blocks(h: Graph, mask: Sequence[bool], reach=None) -> dict[int, Tensor] | None:
     """The cells of the given maps joined where they hold the same cells of some map: a cell of
     a map joins the blocks of the given maps it pools into, the cells of the given maps that pool
-    into it, and itself in a given map (:func:`_given_reach`); closed transitively (a union-find by
-    label propagation with pointer jumping).  ``{given map: (n_k,) component ids}``, or None
+    into it, and itself in a given map (:func:`_given_reach`); closed transitively (the connected
+    components of that graph of cells, by scipy).  ``{given map: (n_k,) component ids}``, or None
     where no two given maps are related."""
     down, up = _given_reach(h, mask) if reach is None else reach
     offset, total = {}, 0
@@ -1937,25 +1938,55 @@ def _joined_given_blocks(h: Graph, mask: Sequence[bool], reach=None) -> dict[int
             dst.append(offset[m] + torch.arange(h.sizes[m]))
     if not src:
         return None
-    a, b = torch.cat(src), torch.cat(dst)
-    labels = torch.arange(total)
-    while True:
-        before = labels.clone()
-        least = torch.minimum(labels[a], labels[b])
-        labels.scatter_reduce_(0, a, least, "amin").scatter_reduce_(0, b, least, "amin")
-        labels = labels[labels]  # (a label is a node: jumping to its label halves the paths)
-        if torch.equal(labels, before):
-            break
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b = torch.cat(src).numpy(), torch.cat(dst).numpy()
+    # (label propagation took sweeps that grow with the map where blocks are numbered at random:
+    # 1,507 at 4,096 cells, 21,717 at 65,536, ca_rev113)
+    _, found = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(total, total)), directed=False)
     given_nodes = sum(h.sizes[k] for k in offset)
-    _, labels = torch.unique(labels[:given_nodes], return_inverse=True)
+    _, labels = torch.unique(torch.from_numpy(found[:given_nodes]).long(), return_inverse=True)
     return {k: labels[o:o + h.sizes[k]] for k, o in offset.items()}
+
+
+def _least_squares_cells(size: int, parents: Sequence[Tensor], pools: Sequence[Tensor]) -> Tensor:
+    """``x`` ``(B, size)`` of least norm minimising ``Σ_a ‖P_a x − q_a‖²`` (``P_a`` pools by
+    ``parents[a]``, ``q_a = pools[a]``, float64), by conjugate gradients on the normal equations
+    from zero (exact in at most their rank steps; twice that allowed for rounding)."""
+    parents = [p.to(pools[0].device) for p in parents]
+
+    def pooled(x: Tensor) -> list[Tensor]:
+        return [x.new_zeros(x.shape[0], q.shape[1]).index_add_(1, p, x) for p, q in zip(parents, pools)]
+
+    def spread(ys: Sequence[Tensor]) -> Tensor:
+        return torch.stack([y[:, p] for y, p in zip(ys, parents)]).sum(0)
+
+    rhs = spread(pools)
+    x, r = torch.zeros_like(rhs), rhs.clone()
+    d, rr = r.clone(), (r * r).sum(1)
+    stop = 1e-30 * rr
+    for _ in range(2 * sum(q.shape[1] for q in pools) + 10):
+        if bool((rr <= stop).all()):
+            break
+        nd = spread(pooled(d))
+        dnd = (d * nd).sum(1)
+        alpha = torch.where(dnd > 0, rr / dnd.clamp_min(torch.finfo(rr.dtype).tiny), torch.zeros_like(rr))
+        x, r = x + alpha[:, None] * d, r - alpha[:, None] * nd
+        new = (r * r).sum(1)
+        beta = torch.where(rr > 0, new / rr.clamp_min(torch.finfo(rr.dtype).tiny), torch.zeros_like(rr))
+        d, rr = r + beta[:, None] * d, new
+    return x
 
 
 def _agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | None] | None:
     """Given maps (float64, each summing to one) made to agree where they hold the same cells,
-    or None where no two are related.  First a given map whose blocks are unions of another's
-    (of the cells of a map that pools into both: a map's halves and its quadrants) becomes that
-    one's pooling, the finest first; then the cells of each component of
+    or None where no two are related.  First the given maps a map pools into become pools of one
+    map of its cells: of the given map itself, or of the cells that fit them best
+    (:func:`_least_squares_cells`; a map's quadrants and both its pairs of halves, three
+    coarsenings none nested in another: ca_rev112, ca_rev113), the coarsest maps first; then the
+    cells of each component of
     :func:`_joined_given_blocks` are scaled, map by map, to the mean mass of the component over
     the given maps there (two coarsenings sharing a block; the leaves of a star pooled onto its
     centre).  Rounded to float32 apart they differ by rounding, no map pools onto them all, and a
@@ -1968,20 +1999,17 @@ def _agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | N
     out = list(given)
     batch = next(q for q in given if q is not None).shape[0]
     flat = {k: q.reshape(batch, -1) for k, q in enumerate(given) if q is not None}
-    pooled_from: dict[int, tuple[int, Tensor]] = {}
-    for m, below in enumerate(reach[0]):  # nested given maps: the coarser from the finer (m itself, if given)
-        entries = below + ([(m, torch.arange(h.sizes[m]))] if mask[m] else [])
-        for b, pb in entries:
-            for a, pa in entries:
-                if a == b or h.sizes[a] <= h.sizes[b]:
-                    continue
-                low = torch.full((h.sizes[a],), h.sizes[b]).scatter_reduce(0, pa, pb, "amin")
-                high = torch.full((h.sizes[a],), -1).scatter_reduce(0, pa, pb, "amax")
-                if torch.equal(low, high) and (b not in pooled_from or h.sizes[pooled_from[b][0]] < h.sizes[a]):
-                    pooled_from[b] = (a, low)
-    for b in sorted(pooled_from, key=lambda k: -h.sizes[k]):  # the finest first
-        a, onto = pooled_from[b]
-        flat[b] = flat[a].new_zeros(batch, h.sizes[b]).index_add_(1, onto.to(flat[a].device), flat[a])
+    for m in reversed(h.order):  # the given maps a map pools into: pools of one map of it
+        below = reach[0][m]
+        if len(below) + int(mask[m]) < 2:
+            continue
+        if mask[m]:  # a given map fixes those below it
+            fixed = flat[m]
+        else:
+            fixed = _least_squares_cells(h.sizes[m], [onto for _, onto in below], [flat[t] for t, _ in below])
+            fixed = fixed / fixed.sum(1, keepdim=True)  # (its pools then sum to one each, as a scored map must)
+        for t, onto in below:
+            flat[t] = fixed.new_zeros(batch, h.sizes[t]).index_add_(1, onto.to(fixed.device), fixed)
     components = int(max(int(c.max()) for c in joined.values())) + 1
     ids = {k: c.to(flat[k].device) for k, c in joined.items()}
     first = next(iter(flat.values()))
