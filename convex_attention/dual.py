@@ -1883,14 +1883,23 @@ def _temperature_gradient_in_float64(work: torch.dtype) -> bool:
     return work != torch.float64
 
 
+#: How many differently pooling paths between a map and a given map :func:`_given_reach` keeps:
+#: where a diamond's two paths pool one map onto another differently, their compositions grow
+#: 4x per stacked diamond (981 for 10, ca_rev113); paths past these are not used to make given
+#: maps agree (where that leaves them apart, the polish misses and the gradient is NaN, warned).
+REACH_PATHS = 2
+
+
 def _given_reach(h: Graph, mask: Sequence[bool]) -> tuple[list[list], list[list]]:
     """Per map ``m``, the given maps related to it along edges through scored maps only:
     ``down[m]``, those ``m`` pools into, each ``(given map, (n_m,) its block of each cell of m)``;
     ``up[m]``, those that pool into ``m``, each ``(given map, (n_g,) the cell of m of each of its
     cells)``.  Built once per map over the maps in order (``h.order``, fine before coarse), two
-    paths that pool alike kept once (one entry per path grew 4x per stacked diamond: ca_rev112)."""
+    paths that pool alike kept once (one entry per path grew 4x per stacked diamond: ca_rev112),
+    and at most :data:`REACH_PATHS` that pool differently."""
     def add(entries: list, t: int, parents: Tensor) -> None:
-        if not any(u == t and torch.equal(parents, q) for u, q in entries):
+        alike = [q for u, q in entries if u == t]
+        if len(alike) < REACH_PATHS and not any(torch.equal(parents, q) for q in alike):
             entries.append((t, parents))
 
     def walk(order, edges_of: list[list[int]], end: int, compose) -> list[list]:

@@ -4190,7 +4190,7 @@ def test_ca_rev113_joined_given_blocks_sweeps_grow_with_the_map(monkeypatch):
     assert len(sweeps) <= 64, len(sweeps)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev113: _given_reach keeps one entry per path where the paths pool apart")
+# fixed: at most REACH_PATHS differently pooling paths kept per map and given map (dual._given_reach)
 def test_ca_rev113_given_reach_grows_4x_per_diamond_with_permuted_branches(monkeypatch):
     """:func:`_ca_rev112_diamond_ladder`'s shape with 10 diamonds (33 maps, 42 edges), but each diamond's two branches
     pool through two different permutations of the 8 cells (seed 0: σ and τ, not commuting; identity partitions
