@@ -4009,17 +4009,18 @@ def test_ca_rev112_star_with_two_given_leaves_refuses_a_right_temperature_gradie
     assert bool(((got - want).abs() <= 1e-3 * want.abs().max()).all()), (got, want)
 
 
-def _ca_rev112_diamond_ladder(diamonds: int):
+def _ca_rev112_diamond_ladder(diamonds: int, branches=None):
     """Map 0 (64 cells, scored) pools into map 1 (8 cells, cell mod 8), then ``diamonds`` diamonds of scored 8-cell
-    maps (c → a, c → b, a → c', b → c', identity partitions), the last c' given; map 0 also pools into a given map of
-    2 cells (its halves).  ``(graph, given mask)``: 4·diamonds + 3 maps, 4·diamonds + 2 edges; 2**diamonds paths
-    lead from map 0 to the top."""
+    maps (c → a, c → b, a → c', b → c', identity partitions, or ``branches`` for c → a and c → b), the last c' given;
+    map 0 also pools into a given map of 2 cells (its halves).  ``(graph, given mask)``: 4·diamonds + 3 maps,
+    4·diamonds + 2 edges; 2**diamonds paths lead from map 0 to the top."""
     sizes, edges, identity = [64, 8], [(0, 1, torch.arange(64) % 8)], torch.arange(8)
+    first, second = (identity, identity) if branches is None else branches  # (each diamond's two branches)
     below = 1
     for _ in range(diamonds):
         a = len(sizes)
         sizes += [8, 8, 8]
-        edges += [(below, a, identity), (below, a + 1, identity), (a, a + 2, identity), (a + 1, a + 2, identity)]
+        edges += [(below, a, first), (below, a + 1, second), (a, a + 2, identity), (a + 1, a + 2, identity)]
         below = a + 2
     sizes.append(2)
     edges.append((0, len(sizes) - 1, torch.arange(64) // 32))
@@ -4201,18 +4202,7 @@ def test_ca_rev113_given_reach_grows_4x_per_diamond_with_permuted_branches(monke
     paths compose alike.  Expected: the reach within maps × edges entries in all and as many comparisons."""
     import convex_attention.dual as dual_module
     g = torch.Generator().manual_seed(0)
-    sigma, tau = torch.randperm(8, generator=g), torch.randperm(8, generator=g)
-    sizes, edges, identity, below = [64, 8], [(0, 1, torch.arange(64) % 8)], torch.arange(8), 1
-    for _ in range(10):
-        a = len(sizes)
-        sizes += [8, 8, 8]
-        edges += [(below, a, sigma), (below, a + 1, tau), (a, a + 2, identity), (a + 1, a + 2, identity)]
-        below = a + 2
-    sizes.append(2)
-    edges.append((0, len(sizes) - 1, torch.arange(64) // 32))
-    mask = [False] * len(sizes)
-    mask[below] = mask[-1] = True
-    h = ca.Graph.from_edges(sizes, edges)
+    h, mask = _ca_rev112_diamond_ladder(10, (torch.randperm(8, generator=g), torch.randperm(8, generator=g)))
     real, calls = torch.equal, []
 
     def counted(x, y):
