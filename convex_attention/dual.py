@@ -1960,6 +1960,16 @@ def _joined_given_blocks(h: Graph, mask: Sequence[bool], reach=None) -> dict[int
     return {k: labels[o:o + h.sizes[k]] for k, o in offset.items()}
 
 
+@functools.lru_cache(maxsize=16)
+def _given_structure(h: Graph, mask: tuple[bool, ...]) -> tuple[tuple[list, list], dict | None]:
+    """:func:`_given_reach` and :func:`_joined_given_blocks` of ``(h, mask)``, built once: they
+    depend on the structure alone, and :func:`_agreeing_given` runs twice per forward with a
+    learned temperature (the inputs, then the polish) and again every step of a training loop.
+    (Kept read-only by their users.)"""
+    reach = _given_reach(h, mask)
+    return reach, _joined_given_blocks(h, mask, reach)
+
+
 def _least_squares_cells(size: int, parents: Sequence[Tensor], pools: Sequence[Tensor]) -> Tensor:
     """``x`` ``(B, size)`` of least norm minimising ``Σ_a ‖P_a x − q_a‖²`` (``P_a`` pools by
     ``parents[a]``, ``q_a = pools[a]``, float64), by conjugate gradients on the normal equations
@@ -1995,14 +2005,13 @@ def _agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | N
     map of its cells: of the given map itself, or of the cells that fit them best
     (:func:`_least_squares_cells`; a map's quadrants and both its pairs of halves, three
     coarsenings none nested in another: ca_rev112, ca_rev113), the coarsest maps first; then the
-    cells of each component of
-    :func:`_joined_given_blocks` are scaled, map by map, to the mean mass of the component over
-    the given maps there (two coarsenings sharing a block; the leaves of a star pooled onto its
-    centre).  Rounded to float32 apart they differ by rounding, no map pools onto them all, and a
-    float64 solve drifts its duals without bound (to 8.4e17, its gradient 62 % off: ca_rev111)."""
-    mask = [q is not None for q in given]
-    reach = _given_reach(h, mask)
-    joined = _joined_given_blocks(h, mask, reach)
+    cells of each component of :func:`_joined_given_blocks` are scaled, map by map, to the mean
+    mass of the component over the given maps there (two coarsenings sharing a block; the leaves
+    of a star pooled onto its centre).  Rounded to float32 apart they differ by rounding, no map
+    pools onto them all, and a float64 solve drifts its duals without bound (to 8.4e17, its
+    gradient 62 % off: ca_rev111)."""
+    mask = tuple(q is not None for q in given)
+    reach, joined = _given_structure(h, mask)
     if joined is None:
         return None
     out = list(given)

@@ -1137,5 +1137,5 @@ def _refined(hess: DualHessian, probs, temps, grads, centred, rhs: Tensor, w: Te
           "where the graph is a forest"
         + ("; given maps that hold the same cells (two given coarsenings of one map sharing a block) have no unique "
            "gradient: leave them out of what is differentiated (detach them)"
-           if given is not None and any(q and (measured is None or m) for q, m in
-                                        zip(given, measured if measured is not None else given)) else ""), bad)
+           if given is not None and any(q and (measured is None or measured[k]) for k, q in enumerate(given))
+           else ""), bad)
