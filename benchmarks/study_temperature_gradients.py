@@ -27,8 +27,8 @@ with every map scored, rounded to float32 and renormalised, which both works are
 scores are rounded) and the others scored; the loss is on the scored maps, whose rows are
 written (``given_map`` names the given one; -1 without ``--given``), the reference is ``dual``
 in float64 at tol 1e-12 (``exact`` takes no given maps), and a map's held size has a floor of
-rtol times the largest reference component of the same loss with every map scored
-(``scored_size``): maps that are poolings of the given one are fixed by it, their gradient is
+rtol times the largest reference component with every map scored and the loss on every map
+(``scored_size``, one per draw): maps that are poolings of the given one are fixed by it, their gradient is
 0 and a float64 solve returns rounding, which held to itself measures noise.
 """
 import argparse
@@ -73,19 +73,24 @@ def temperature_gradient(h, scores, weights, temps, method, given_map: int = -1,
     return torch.autograd.grad(loss, tau)[0].detach()
 
 
-def given_probabilities(h, scores, temps, given_map: int) -> torch.Tensor:
-    """Map ``given_map``'s probabilities at the float64 optimum with every map scored, rounded to
-    float32 and renormalised in float64: what both works are given."""
-    q = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, max_iter=20000).probs[given_map]
+def rounded_given(q: torch.Tensor) -> torch.Tensor:
+    """Probabilities rounded to float32 and renormalised in float64: what both works are given."""
     q = q.float().double()
     return q / q.sum(dim=tuple(range(1, q.dim())), keepdim=True)
 
 
-def study(h, scores, weights, temps, tol: float, given_map: int = -1) -> dict:
-    """The four gradients of one instance (see the module docstring), each ``(M,)``."""
-    given = None if given_map < 0 else given_probabilities(h, scores, temps, given_map)
-    ref = (temperature_gradient(h, scores, weights, temps, "exact") if h.is_forest and given is None else
-           temperature_gradient(h, scores, weights, temps, "dual", given_map, given, tol=1e-12, max_iter=20000))
+def reference_gradient(h, scores, weights, temps, given_map: int = -1, given=None) -> torch.Tensor:
+    """The reference ``∂L/∂τ``: ``exact`` on a forest without given maps, else ``dual`` in
+    float64 at tol 1e-12."""
+    if h.is_forest and given is None:
+        return temperature_gradient(h, scores, weights, temps, "exact")
+    return temperature_gradient(h, scores, weights, temps, "dual", given_map, given, tol=1e-12, max_iter=20000)
+
+
+def study(h, scores, weights, temps, tol: float, given_map: int = -1, given=None) -> dict:
+    """The four gradients of one instance (see the module docstring), each ``(M,)``; map
+    ``given_map`` (if not -1) given as ``given``."""
+    ref = reference_gradient(h, scores, weights, temps, given_map, given)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ca.TemperatureGradientWarning)  # a refusal is the row's NaN
         f32 = temperature_gradient(h, scores, weights, temps, "dual", given_map, given, tol=tol, dtype=torch.float32)
@@ -118,22 +123,17 @@ def instance_rows(base: dict, h, scores, weights, temps, tol: float, given: bool
     """The rows of one draw: its maps with every map scored, or (``given``) each map given in turn."""
     if not given:
         return rows_of({**base, "given_map": -1}, temps, study(h, scores, weights, temps, tol))
-    scored_size = float(study_size(h, scores, weights, temps))
+    scored_size = float(reference_gradient(h, scores, weights, temps).abs().max())
+    optimum = ca.solve(scores, h, "dual", temperature=temps, tol=1e-12, max_iter=20000).probs  # (every map scored)
     rows: list[dict] = []
     for k in range(h.num_maps):
         there = {**base, "given_map": k}
         try:
-            rows += rows_of(there, temps, study(h, scores, weights, temps, tol, given_map=k), scored_size)
+            rows += rows_of(there, temps, study(h, scores, weights, temps, tol, k, rounded_given(optimum[k])),
+                            scored_size)
         except (ca.ConvergenceError, ca.ImplicitSolveError, ValueError) as err:  # (a given map with an empty cell)
             rows += failed_rows(there, temps, err)
     return rows
-
-
-def study_size(h, scores, weights, temps) -> float:
-    """The largest component of the reference gradient with every map scored (``scored_size``)."""
-    ref = (temperature_gradient(h, scores, weights, temps, "exact") if h.is_forest else
-           temperature_gradient(h, scores, weights, temps, "dual", tol=1e-12, max_iter=20000))
-    return float(ref.abs().max())
 
 
 def failed_rows(base: dict, temps, err: Exception) -> list[dict]:
