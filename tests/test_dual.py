@@ -3796,20 +3796,22 @@ def test_ca_rev110_a_saturated_batch_mate_moves_a_learned_temperature_s_score_gr
     assert bool(((tau_got - want).abs() <= 1e-3 * want.abs()).all()), (tau_got, want)
 
 
-def _ca_rev111_quadrants_and_halves(n: int, batch: int, seed: int):
+def _ca_rev111_quadrants_and_halves(n: int, batch: int, seed: int, left_right: bool = False):
     """A scored n² map (flattened) with two given coarsenings that share blocks: its 2×2 quadrants and its top and
-    bottom halves (each half the union of two quadrants), pooled from a random float64 map: ``(graph, scores rounded
-    to float32, weights, the pools in float64)``.  Rounded to float32 the two pools of a half differ by rounding."""
+    bottom halves (each half the union of two quadrants), and with ``left_right`` its left and right halves as a
+    third, pooled from a random float64 map: ``(graph, scores rounded to float32, weights, the pools in float64)``.
+    Rounded to float32 the pools of a half differ by rounding."""
     cells = torch.arange(n * n)
     rows, cols = cells // n, cells % n
     quadrant, half = (rows // (n // 2)) * 2 + cols // (n // 2), rows // (n // 2)
-    h = ca.Graph.from_edges([n * n, 4, 2], [(0, 1, quadrant), (0, 2, half)])
+    partitions = [(4, quadrant), (2, half)] + ([(2, cols // (n // 2))] if left_right else [])
+    h = ca.Graph.from_edges([n * n] + [k for k, _ in partitions], [(0, i + 1, par) for i, (_, par) in
+                                                                   enumerate(partitions)])
     g = torch.Generator().manual_seed(seed)
     scores = torch.randn(batch, n * n, generator=g, dtype=torch.float64).float().double()
     weights = torch.randn(batch, n * n, generator=g, dtype=torch.float64)
     p = torch.softmax(torch.randn(batch, n * n, generator=g, dtype=torch.float64), -1)
-    pools = [torch.zeros(batch, 4, dtype=torch.float64).index_add_(1, quadrant, p),
-             torch.zeros(batch, 2, dtype=torch.float64).index_add_(1, half, p)]
+    pools = [torch.zeros(batch, k, dtype=torch.float64).index_add_(1, par, p) for k, par in partitions]
     return h, scores, weights, pools
 
 
@@ -3930,18 +3932,7 @@ def _ca_rev112_quadrants_and_both_halves(n: int, batch: int, seed: int):
     bottom halves and its left and right halves, all pooled from one random float64 map (consistent): ``(graph,
     scores rounded to float32, weights, the three pools in float64)``.  Every quadrant lies in one half of each kind,
     so dual._joined_given_blocks joins all eight blocks into ONE component, whose mass is 1 in every map."""
-    cells = torch.arange(n * n)
-    rows, cols = cells // n, cells % n
-    quadrant = (rows // (n // 2)) * 2 + cols // (n // 2)
-    top, left = rows // (n // 2), cols // (n // 2)
-    h = ca.Graph.from_edges([n * n, 4, 2, 2], [(0, 1, quadrant), (0, 2, top), (0, 3, left)])
-    g = torch.Generator().manual_seed(seed)
-    scores = torch.randn(batch, n * n, generator=g, dtype=torch.float64).float().double()
-    weights = torch.randn(batch, n * n, generator=g, dtype=torch.float64)
-    p = torch.softmax(torch.randn(batch, n * n, generator=g, dtype=torch.float64), -1)
-    pools = [torch.zeros(batch, k, dtype=torch.float64).index_add_(1, par, p)
-             for k, par in ((4, quadrant), (2, top), (2, left))]
-    return h, scores, weights, pools
+    return _ca_rev111_quadrants_and_halves(n, batch, seed, left_right=True)
 
 
 # fixed: each pair of halves becomes the quadrants' pooling (dual._agreeing_given), before the mass per component
