@@ -59,6 +59,7 @@ from ._ops import (
     upcast,
 )
 from .exact import exact_duals, temperature_argument, temperature_gradient, tree_backward
+from .given_maps import agreeing_given, agreement_factors, normalised
 from .graph import Graph
 from .hessian import (
     DENSE_LIMIT,
@@ -493,7 +494,7 @@ def _gap_and_scale(inputs: Sequence[Tensor], h: Graph, temps: Sequence[float], d
     (axial, grid + regions, mixed, star; 16², N(0, 3²), τ in [0.1, 10]) were called converged
     at gaps of up to 7× it (of the scores rounded to float32, the problem solved), and 2
     withdrawn within it."""
-    inputs = [_normalised(x.detach().double()) if m else x.detach().double() for x, m in zip(inputs, mask)]
+    inputs = [normalised(x.detach().double()) if m else x.detach().double() for x, m in zip(inputs, mask)]
     duals = [d.detach().double() for d in duals]
     scores, given = _split_given(inputs, mask)
     with torch.no_grad():
@@ -508,29 +509,23 @@ def _gap_and_scale(inputs: Sequence[Tensor], h: Graph, temps: Sequence[float], d
 
 def _work_inputs(scores: Sequence, given, h: Graph, batch: int, work: torch.dtype) -> list[Tensor]:
     """The inputs of :class:`DualSolveFunction` in the working dtype: the scores, and for a given
-    map its probabilities, normalised (:func:`_normalised`) and expanded to the batch; given maps
-    that hold the same cells made to agree there (:func:`_agreeing_given`, by factors that
-    carry no gradient) where they disagree by no more than a map's sum is allowed to be off
-    (``validation.GIVEN_SUM_TOLERANCE``, in the given maps' dtype): rounded apart (float32 pools
-    of one map given to float64 work) the problem had no solution, and the solve stopped on its
-    duality gap (0.04 to 7.6 at tol 1e-6: ca_rev111); given maps further apart are left to
+    map its probabilities, normalised (:func:`~convex_attention.given_maps.normalised`) and
+    expanded to the batch; given maps that hold the same cells made to agree there
+    (:func:`~convex_attention.given_maps.agreement_factors`, by factors that carry no gradient)
+    where they disagree by more than ``POLISH_TOL`` and no more than a map's sum is allowed to be
+    off (``validation.GIVEN_SUM_TOLERANCE``, in the given maps' dtype): rounded apart (float32
+    pools of one map given to float64 work) the problem had no solution, and the solve stopped on
+    its duality gap (0.04 to 7.6 at tol 1e-6: ca_rev111); given maps further apart are left to
     contradict each other, which the solve reports."""
-    inputs = [s.to(work) if q is None else _normalised(q.expand((batch,) + h.shapes[k]).to(work))
+    inputs = [s.to(work) if q is None else normalised(q.expand((batch,) + h.shapes[k]).to(work))
               for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
     if given is None:
         return inputs
-    wide = [None if q is None else _normalised(x.detach().to(torch.float64)) for x, q in zip(inputs, given)]
-    agreed = _agreeing_given(h, wide)
-    if agreed is not None:
-        allowed = GIVEN_SUM_TOLERANCE.get(next(q for q in given if q is not None).dtype, 1e-2)
-        factors = {k: (a / w).reshape(batch, -1) for k, (a, w) in enumerate(zip(agreed, wide))
-                   if a is not None and w is not None}
-        apart = torch.stack([(f - 1).abs().amax(1) for f in factors.values()]).amax(0)  # per sample
-        # (apart by no more than POLISH_TOL, what no solve resolves, they are left bit for bit as given)
-        near = ((apart <= allowed) & (apart > POLISH_TOL)).view(-1, 1)
-        for k, f in factors.items():
-            f = torch.where(near, f, torch.ones_like(f)).to(work)
-            inputs[k] = (inputs[k].reshape(batch, -1) * f).reshape(inputs[k].shape)
+    wide = [None if q is None else normalised(x.detach().to(torch.float64)) for x, q in zip(inputs, given)]
+    allowed = GIVEN_SUM_TOLERANCE.get(next(q for q in given if q is not None).dtype, 1e-2)
+    # (apart by no more than POLISH_TOL, what no solve resolves, they are left bit for bit as given)
+    for k, f in agreement_factors(h, wide, floor=POLISH_TOL, allowed=allowed).items():
+        inputs[k] = (inputs[k].reshape(batch, -1) * f.to(work)).reshape(inputs[k].shape)
     return inputs
 
 
@@ -615,15 +610,6 @@ def _solve_checked(inputs: Sequence[Tensor], h: Graph, temps: Sequence, options:
                                                 "or raise gap_tol")
     # (the caller returns the duals in the compute dtype: half precision's range is narrower than theirs)
     return probs, list(lam), info
-
-
-def _normalised(q: Tensor) -> Tensor:
-    """A given map divided by its sum per sample, in the working dtype (differentiable).  Given
-    maps are accepted within a tolerance of summing to one (``validation.check_given``: 1e-4 in
-    float32); used as they were, a map off by 5e-5 could not be pooled onto by a scored map
-    summing to one: the solve stalled at that error and blamed contradicting given maps (a
-    review)."""
-    return q / q.sum(sample_dims(q), keepdim=True)
 
 
 def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: bool, work: torch.dtype,
@@ -1883,164 +1869,6 @@ def _temperature_gradient_in_float64(work: torch.dtype) -> bool:
     return work != torch.float64
 
 
-#: How many differently pooling paths between a map and a given map :func:`_given_reach` keeps:
-#: where a diamond's two paths pool one map onto another differently, their compositions grow
-#: 4x per stacked diamond (981 for 10, ca_rev113); paths past these are not used to make given
-#: maps agree (where that leaves them apart, the polish misses and the gradient is NaN, warned).
-REACH_PATHS = 2
-
-
-def _given_reach(h: Graph, mask: Sequence[bool]) -> tuple[list[list], list[list]]:
-    """Per map ``m``, the given maps related to it along edges through scored maps only:
-    ``down[m]``, those ``m`` pools into, each ``(given map, (n_m,) its block of each cell of m)``;
-    ``up[m]``, those that pool into ``m``, each ``(given map, (n_g,) the cell of m of each of its
-    cells)``.  Built once per map over the maps in order (``h.order``, fine before coarse), two
-    paths that pool alike kept once (one entry per path grew 4x per stacked diamond: ca_rev112),
-    and at most :data:`REACH_PATHS` that pool differently."""
-    def add(entries: list, t: int, parents: Tensor) -> None:
-        alike = [q for u, q in entries if u == t]
-        if len(alike) < REACH_PATHS and not any(torch.equal(parents, q) for q in alike):
-            entries.append((t, parents))
-
-    def walk(order, edges_of: list[list[int]], end: int, compose) -> list[list]:
-        out: list[list] = [[] for _ in range(h.num_maps)]
-        for m in order:
-            for e in edges_of[m]:
-                n, par = h.edges[e][end], h._cpu_parents(e)
-                if mask[n]:
-                    add(out[m], n, par)
-                for t, onto in out[n] if not mask[n] else []:
-                    add(out[m], t, compose(onto, par))
-        return out
-
-    # (h.order: every map after the maps finer than it)
-    down = walk(reversed(h.order), h.out_edges, 1, lambda onto, par: onto[par])
-    up = walk(h.order, h.in_edges, 0, lambda into, par: par[into])
-    return down, up
-
-
-def _joined_given_blocks(h: Graph, mask: Sequence[bool], reach=None) -> dict[int, Tensor] | None:
-    """The cells of the given maps joined where they hold the same cells of some map: a cell of
-    a map joins the blocks of the given maps it pools into, the cells of the given maps that pool
-    into it, and itself in a given map (:func:`_given_reach`); closed transitively (the connected
-    components of that graph of cells, by scipy).  ``{given map: (n_k,) component ids}``, or None
-    where no two given maps are related."""
-    down, up = _given_reach(h, mask) if reach is None else reach
-    offset, total = {}, 0
-    for k in range(h.num_maps):
-        if mask[k]:
-            offset[k], total = total, total + h.sizes[k]
-    src, dst = [], []
-    for m in range(h.num_maps):
-        if len(down[m]) + len(up[m]) + int(mask[m]) < 2:
-            continue
-        cells = total + torch.arange(h.sizes[m])  # the map's own cells, as nodes of their own
-        total += h.sizes[m]
-        for t, onto in down[m]:
-            src.append(cells)
-            dst.append(offset[t] + onto)
-        for g, into in up[m]:
-            src.append(offset[g] + torch.arange(h.sizes[g]))
-            dst.append(cells[into])
-        if mask[m]:
-            src.append(cells)
-            dst.append(offset[m] + torch.arange(h.sizes[m]))
-    if not src:
-        return None
-    import numpy as np
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
-    a, b = torch.cat(src).numpy(), torch.cat(dst).numpy()
-    # (label propagation took sweeps that grow with the map where blocks are numbered at random:
-    # 1,507 at 4,096 cells, 21,717 at 65,536, ca_rev113)
-    _, found = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(total, total)), directed=False)
-    given_nodes = sum(h.sizes[k] for k in offset)
-    _, labels = torch.unique(torch.from_numpy(found[:given_nodes]).long(), return_inverse=True)
-    return {k: labels[o:o + h.sizes[k]] for k, o in offset.items()}
-
-
-@functools.lru_cache(maxsize=16)
-def _given_structure(h: Graph, mask: tuple[bool, ...]) -> tuple[tuple[list, list], dict | None]:
-    """:func:`_given_reach` and :func:`_joined_given_blocks` of ``(h, mask)``, built once: they
-    depend on the structure alone, and :func:`_agreeing_given` runs twice per forward with a
-    learned temperature (the inputs, then the polish) and again every step of a training loop.
-    (Kept read-only by their users.)"""
-    reach = _given_reach(h, mask)
-    return reach, _joined_given_blocks(h, mask, reach)
-
-
-def _least_squares_cells(size: int, parents: Sequence[Tensor], pools: Sequence[Tensor]) -> Tensor:
-    """``x`` ``(B, size)`` of least norm minimising ``Σ_a ‖P_a x − q_a‖²`` (``P_a`` pools by
-    ``parents[a]``, ``q_a = pools[a]``, float64), by conjugate gradients on the normal equations
-    from zero (exact in at most their rank steps; twice that allowed for rounding)."""
-    parents = [p.to(pools[0].device) for p in parents]
-
-    def pooled(x: Tensor) -> list[Tensor]:
-        return [x.new_zeros(x.shape[0], q.shape[1]).index_add_(1, p, x) for p, q in zip(parents, pools)]
-
-    def spread(ys: Sequence[Tensor]) -> Tensor:
-        return torch.stack([y[:, p] for y, p in zip(ys, parents)]).sum(0)
-
-    rhs = spread(pools)
-    x, r = torch.zeros_like(rhs), rhs.clone()
-    d, rr = r.clone(), (r * r).sum(1)
-    stop = 1e-30 * rr
-    for _ in range(2 * sum(q.shape[1] for q in pools) + 10):
-        if bool((rr <= stop).all()):
-            break
-        nd = spread(pooled(d))
-        dnd = (d * nd).sum(1)
-        alpha = torch.where(dnd > 0, rr / dnd.clamp_min(torch.finfo(rr.dtype).tiny), torch.zeros_like(rr))
-        x, r = x + alpha[:, None] * d, r - alpha[:, None] * nd
-        new = (r * r).sum(1)
-        beta = torch.where(rr > 0, new / rr.clamp_min(torch.finfo(rr.dtype).tiny), torch.zeros_like(rr))
-        d, rr = r + beta[:, None] * d, new
-    return x
-
-
-def _agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | None] | None:
-    """Given maps (float64, each summing to one) made to agree where they hold the same cells,
-    or None where no two are related.  First the given maps a map pools into become pools of one
-    map of its cells: of the given map itself, or of the cells that fit them best
-    (:func:`_least_squares_cells`; a map's quadrants and both its pairs of halves, three
-    coarsenings none nested in another: ca_rev112, ca_rev113), the coarsest maps first; then the
-    cells of each component of :func:`_joined_given_blocks` are scaled, map by map, to the mean
-    mass of the component over the given maps there (two coarsenings sharing a block; the leaves
-    of a star pooled onto its centre).  Rounded to float32 apart they differ by rounding, no map
-    pools onto them all, and a float64 solve drifts its duals without bound (to 8.4e17, its
-    gradient 62 % off: ca_rev111)."""
-    mask = tuple(q is not None for q in given)
-    reach, joined = _given_structure(h, mask)
-    if joined is None:
-        return None
-    out = list(given)
-    batch = next(q for q in given if q is not None).shape[0]
-    flat = {k: q.reshape(batch, -1) for k, q in enumerate(given) if q is not None}
-    for m in reversed(h.order):  # the given maps a map pools into: pools of one map of it
-        below = reach[0][m]
-        if len(below) + int(mask[m]) < 2:
-            continue
-        if mask[m]:  # a given map fixes those below it
-            fixed = flat[m]
-        else:
-            fixed = _least_squares_cells(h.sizes[m], [onto for _, onto in below], [flat[t] for t, _ in below])
-            fixed = fixed / fixed.sum(1, keepdim=True)  # (its pools then sum to one each, as a scored map must)
-        for t, onto in below:
-            flat[t] = fixed.new_zeros(batch, h.sizes[t]).index_add_(1, onto.to(fixed.device), fixed)
-    components = int(max(int(c.max()) for c in joined.values())) + 1
-    ids = {k: c.to(flat[k].device) for k, c in joined.items()}
-    first = next(iter(flat.values()))
-    mass = {k: first.new_zeros(batch, components).index_add_(1, c, flat[k]) for k, c in ids.items()}
-    present = torch.stack([torch.bincount(c, minlength=components).clamp(max=1) for c in ids.values()]).sum(0)
-    target = torch.stack(list(mass.values())).sum(0) / present.to(first.device, first.dtype)
-    for k, c in ids.items():
-        q = given[k]
-        assert q is not None
-        out[k] = (flat[k] * (target[:, c] / mass[k][:, c])).reshape(q.shape)
-    return out
-
-
 def _optimum_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], lam: list[Tensor],
                    given: Sequence[Tensor | None] | None = None) -> tuple[list[Tensor], Tensor]:
     """The optimum's duals in float64 for the log-probabilities of a narrower solve's temperature
@@ -2051,9 +1879,10 @@ def _optimum_duals(scores: Sequence[Tensor], h: Graph, temps: Sequence[float], l
     solve started at them, to :data:`POLISH_TOL`, where a sample the polish does not bring there
     keeps its own (and the temperature gradient is NaN: formed there it was 26 % off, unwarned,
     on a nearly one-hot map, ca_rev107; with a given map 41-58 % on a hot axial map).  Given maps
-    are first made to agree where they hold the same cells (:func:`_agreeing_given`): rounded
-    apart, no map pools onto them all and the polish does not converge (its duals drift without
-    bound; accepted at a small violation they were 8.4e17 and the gradient 62 % off, ca_rev111).  A
+    are first made to agree where they hold the same cells
+    (:func:`~convex_attention.given_maps.agreeing_given`): rounded apart, no map pools onto them
+    all and the polish does not converge (its duals drift without bound; accepted at a small
+    violation they were 8.4e17 and the gradient 62 % off, ca_rev111).  A
     float32 solve's duals sit at float32's floor in logit units, about ``eps·τ·|log p|`` in
     score units, and a hot, nearly uniform map's ``log p_k`` (cells ``Δθ/τ`` apart) lost its
     digits to them: up to 12 % off, unwarned (a 16² → 8² chain at τ = (7e4, 2.5e3): 0.2-10 %;
@@ -2133,8 +1962,8 @@ class DualSolveFunction(torch.autograd.Function):
             wide_given = None
             if in_float64:
                 if given is not None:  # each renormalised in float64 (a float32 map's sum is 1 ± ulps), agreeing
-                    wide_given = [None if q is None else _normalised(q.detach().to(torch.float64)) for q in given]
-                    wide_given = _agreeing_given(h, wide_given) or wide_given
+                    wide_given = [None if q is None else normalised(q.detach().to(torch.float64)) for q in given]
+                    wide_given = agreeing_given(h, wide_given) or wide_given
                 lam, exact = _optimum_duals(wide, h, floats, lam, wide_given)
                 unpolished = torch.nonzero(~exact).flatten().tolist()
             etas = reparameterized_logits(wide, lam, h)

@@ -249,8 +249,10 @@ def test_the_distribution_lists_every_package_and_no_generic_top_level_name():
 
 
 def test_core_stays_small():
+    # (13 since given_maps.py took given maps' agreement out of dual.py, 2,274 lines then: a concept of
+    # its own, with its own tests; a fourteenth module should first ask whether two can share a home)
     core = [p for p in PACKAGE.glob("*.py") if p.name not in ("__init__.py", "__main__.py")]
-    assert len(core) <= 12, sorted(p.name for p in core)
+    assert len(core) <= 13, sorted(p.name for p in core)
 
 
 @pytest.mark.slow  # end to end (a subprocess, a whole check or a benchmark run)

@@ -3,8 +3,6 @@ import inspect
 import math
 import warnings
 
-import hypothesis
-import hypothesis.strategies as hst
 import numpy as np
 import pytest
 import torch
@@ -28,6 +26,7 @@ from helpers import (
 )
 
 import convex_attention as ca
+from convex_attention import given_maps
 from convex_attention.dual import (
     ConvergenceError,
     _centred_scores,
@@ -2514,7 +2513,6 @@ def test_rev94_a_shared_temperature_is_not_nan_for_an_undetermined_component_of_
     assert abs(got - want) <= 1e-3 * abs(want), (got, want)
 
 
-
 # ------------------------------------------------- a temperature tensor shared by maps: its gradient judged summed
 def _two_chains_shared():
     """ca_rev94's two chains 4 → 2 side by side: maps 0 → 1 exactly uniform at τ = 1 (their ∂L/∂τ_k is 0, and
@@ -3596,7 +3594,7 @@ def test_given_maps_that_round_apart_keep_their_temperature_gradient(monkeypatch
     other by up to 4.7e-9 (seed 3) and no map pools onto both: the float64 polish of the duals could not converge
     (samples 0 and 2 of seed 3 ran to the default 1000 sweeps; 75f10c2 took duals within rounding_margin, which had
     drifted, and refused seeds 0, 6 and 11 above it: ca_rev111).  The given maps are made to agree first
-    (dual._agreeing_given): every sample polished, finite, no warning, within 1e-3 of float64's at the consistent
+    (given_maps.agreeing_given): every sample polished, finite, no warning, within 1e-3 of float64's at the consistent
     float64 pools."""
     import convex_attention.dual as dual_module
     h, scores, weights, pools, rounded = _two_given_coarsenings(seed)
@@ -3642,17 +3640,16 @@ def _chain_joined_gradient(h, scores, weights, pools, **options) -> torch.Tensor
 
 
 def test_given_maps_joined_through_scored_maps_are_made_to_agree():
-    """:func:`_chain_joined_given_maps`: dual._joined_given_blocks joins block i of map 2 with block i of map 3 (map
-    0's cells reach both, map 2 through map 1); dual._agreeing_given scales each block pair to its mean, after
-    which they are equal (to a few float64 units), each map still sums to one, and nothing moved more than the one
-    unit they were apart.  The float32 temperature gradient is then the float64 one's at the consistent pools within
-    1e-6, unwarned (at 75f10c2 its float64 polish could not converge: NaN with a warning)."""
-    import convex_attention.dual as dual_module
+    """:func:`_chain_joined_given_maps`: given_maps.joined_given_blocks joins block i of map 2 with block i of map 3
+    (map 0's cells reach both, map 2 through map 1); given_maps.agreeing_given scales each block pair to its mean,
+    after which they are equal (to a few float64 units), each map still sums to one, and nothing moved more than the
+    one unit they were apart. The float32 temperature gradient is then the float64 one's at the consistent pools
+    within 1e-6, unwarned (at 75f10c2 its float64 polish could not converge: NaN with a warning)."""
     h, scores, weights, pools, rounded = _chain_joined_given_maps()
-    joined = dual_module._joined_given_blocks(h, [False, False, True, True])
+    joined = given_maps.joined_given_blocks(h, [False, False, True, True])
     assert joined is not None and joined[2].tolist() == joined[3].tolist() and len(set(joined[2].tolist())) == 2
-    wide = [None, None, *[dual_module._normalised(q.double()) for q in rounded]]
-    agreed = dual_module._agreeing_given(h, wide)
+    wide = [None, None, *[given_maps.normalised(q.double()) for q in rounded]]
+    agreed = given_maps.agreeing_given(h, wide)
     assert float((agreed[2] - agreed[3]).abs().max()) <= 4e-16
     assert bool(((agreed[2].sum(-1) - 1).abs() <= 1e-15).all())
     assert float((agreed[3] - wide[3]).abs().max()) <= float((wide[3] - wide[2]).abs().max())
@@ -3662,53 +3659,6 @@ def test_given_maps_joined_through_scored_maps_are_made_to_agree():
     assert not [w for w in caught if issubclass(w.category, ca.TemperatureGradientWarning)]
     want = _chain_joined_gradient(h, scores, weights, pools, tol=1e-12, max_iter=20000)
     assert bool(((got - want).abs() <= 1e-6 * want.abs().max()).all()), (got, want)
-
-
-def test_given_maps_with_no_cell_in_common_are_left_alone():
-    """A single given map, and two given maps in two parts of a graph that no map relates (0 → 2 and 1 → 3, maps 2
-    and 3 given): nothing to join (None), and dual._agreeing_given says so (None: they are used as they are).  The
-    leaves of a star pooled onto its scored centre are related (ca_rev112: they were left apart and a right
-    temperature gradient refused): joined cell by cell of the centre."""
-    import convex_attention.dual as dual_module
-    h = ca.Graph.from_edges([4, 4, 2, 2], [(0, 2, torch.tensor([0, 0, 1, 1])), (1, 3, torch.tensor([0, 1, 0, 1]))])
-    assert dual_module._joined_given_blocks(h, [False, False, True, False]) is None
-    assert dual_module._joined_given_blocks(h, [False, False, True, True]) is None
-    q = torch.softmax(torch.randn(3, 2, dtype=torch.float64), -1)
-    assert dual_module._agreeing_given(h, [None, None, q, q.flip(-1)]) is None
-    star = ca.Graph.from_edges([4, 4, 2], [(0, 2, torch.tensor([0, 0, 1, 1])), (1, 2, torch.tensor([0, 1, 0, 1]))])
-    joined = dual_module._joined_given_blocks(star, [True, True, False])
-    assert joined is not None and joined[0].tolist() == [0, 0, 1, 1] and joined[1].tolist() == [0, 1, 0, 1]
-
-
-@hypothesis.settings(max_examples=40, deadline=None)
-@hypothesis.given(hst.integers(2, 5), hst.integers(2, 5), hst.integers(0, 2 ** 31 - 1))
-def test_consistent_given_maps_agree_on_every_joined_component(blocks_a, blocks_b, seed):
-    """A scored map of 12 cells with two given coarsenings drawn at random (irregular; every block non-empty), their
-    pools rounded to float32 and renormalised: after dual._agreeing_given every component of
-    dual._joined_given_blocks holds the same mass in both (to 1e-15), each map sums to one, and no block moved by
-    more than 1e-6 of itself (the rounding they differ by)."""
-    import convex_attention.dual as dual_module
-    g = torch.Generator().manual_seed(seed)
-
-    def partition(n_blocks):
-        parents = torch.cat([torch.arange(n_blocks), torch.randint(0, n_blocks, (12 - n_blocks,), generator=g)])
-        return parents[torch.randperm(12, generator=g)]
-
-    pa, pb = partition(blocks_a), partition(blocks_b)
-    h = ca.Graph.from_edges([12, blocks_a, blocks_b], [(0, 1, pa), (0, 2, pb)])
-    p = torch.softmax(torch.randn(3, 12, generator=g, dtype=torch.float64), -1)
-    pools = [torch.zeros(3, n, dtype=torch.float64).index_add_(1, par, p)
-             for n, par in ((blocks_a, pa), (blocks_b, pb))]
-    wide = [None, *[dual_module._normalised(q.float().double()) for q in pools]]
-    agreed = dual_module._agreeing_given(h, wide)
-    joined = dual_module._joined_given_blocks(h, [False, True, True])
-    assert joined is not None
-    for k in (1, 2):
-        assert bool(((agreed[k].sum(-1) - 1).abs() <= 1e-15).all())
-        assert bool(((agreed[k] - wide[k]).abs() <= 1e-6 * wide[k]).all())
-    components = int(joined[1].max()) + 1
-    mass = [torch.zeros(3, components, dtype=torch.float64).index_add_(1, joined[k], agreed[k]) for k in (1, 2)]
-    assert bool(((mass[0] - mass[1]).abs() <= 1e-15).all()), (mass[0] - mass[1]).abs().max()
 
 
 @pytest.mark.parametrize("seed", [1, 4, 7, 10])
@@ -3855,7 +3805,7 @@ def test_ca_rev111_given_maps_rounded_apart_polish_cost(monkeypatch):
     POLISH_TOL on the (infeasible) rounded pools and runs all POLISH_MAX_ITER = 100 sweeps, where the float32 solve
     took a few (docs/design.md measured 1.20-1.26x with one given map).  Its ∂L/∂τ_0 is also further off than
     9888703's: −1.2956668 against −1.2955507 (float64, tol 1e-12, consistent pools; 9888703: −1.2955508).
-    Fixed (the given maps made to agree first, dual._agreeing_given): the polish converges in 1 sweep; held here by
+    Fixed (the given maps made to agree first, given_maps.agreeing_given): the polish converges in 1 sweep; held here by
     its sweeps (a timing is not asserted in a test) and by ∂L/∂τ_0 within 1e-6 of float64's."""
     import convex_attention.dual as dual_module
     h, scores, weights, pools = _ca_rev111_quadrants_and_halves(64, 16, 0)
@@ -3931,21 +3881,21 @@ def _ca_rev112_quadrants_and_both_halves(n: int, batch: int, seed: int):
     """:func:`_ca_rev111_quadrants_and_halves` with a third given coarsening: the n² map's quadrants, its top and
     bottom halves and its left and right halves, all pooled from one random float64 map (consistent): ``(graph,
     scores rounded to float32, weights, the three pools in float64)``.  Every quadrant lies in one half of each kind,
-    so dual._joined_given_blocks joins all eight blocks into ONE component, whose mass is 1 in every map."""
+    so given_maps.joined_given_blocks joins all eight blocks into ONE component, whose mass is 1 in every map."""
     return _ca_rev111_quadrants_and_halves(n, batch, seed, left_right=True)
 
 
-# fixed: each pair of halves becomes the quadrants' pooling (dual._agreeing_given), before the mass per component
+# fixed: each pair of halves becomes the quadrants' pooling (given_maps.agreeing_given), before the mass per component
 def test_ca_rev112_quadrants_and_both_halves_given_refuse_a_right_temperature_gradient():
     """:func:`_ca_rev112_quadrants_and_both_halves` (16², batch 8, seed 0), τ = (0.7, 1, 1, 1) learned, the three
-    pools rounded to float32, float32 work at tol 1e-5, a linear loss on map 0.  dual._joined_given_blocks joins all
-    eight blocks into one component (every map's mass there is 1), so dual._agreeing_given changes nothing (scale
-    1), and a half still differs from the sum of its two quadrants by rounding: the float64 polish has no solution,
-    misses every sample, and ∂L/∂τ comes back NaN for all four maps with a TemperatureGradientWarning ("the float64
-    polish of the float32 duals did not converge for sample(s) [0, 1, ...]").  Component-level mass is only enough
-    when the blocks are poolings of a scored map; a given quadrant map fixes each half cell by cell.  float64
-    (tol 1e-12, consistent pools): ∂L/∂τ = (0.972436, 0, 0, 0); 9888703 returned it unwarned (75f10c2 refused
-    sample 0 only).  Expected: finite, unwarned, within 1e-3 of float64's."""
+    pools rounded to float32, float32 work at tol 1e-5, a linear loss on map 0. given_maps.joined_given_blocks joins
+    all eight blocks into one component (every map's mass there is 1), so given_maps.agreeing_given changes nothing
+    (scale 1), and a half still differs from the sum of its two quadrants by rounding: the float64 polish has no
+    solution, misses every sample, and ∂L/∂τ comes back NaN for all four maps with a TemperatureGradientWarning
+    ("the float64 polish of the float32 duals did not converge for sample(s) [0, 1, ...]"). Component-level mass is
+    only enough when the blocks are poolings of a scored map; a given quadrant map fixes each half cell by cell.
+    float64 (tol 1e-12, consistent pools): ∂L/∂τ = (0.972436, 0, 0, 0); 9888703 returned it unwarned (75f10c2
+    refused sample 0 only). Expected: finite, unwarned, within 1e-3 of float64's."""
     h, scores, weights, pools = _ca_rev112_quadrants_and_both_halves(16, 8, 0)
 
     def gradient(sc, qs, **options):
@@ -3963,13 +3913,13 @@ def test_ca_rev112_quadrants_and_both_halves_given_refuse_a_right_temperature_gr
     assert bool(((got - want).abs() <= 1e-3 * want.abs().max()).all()), (got, want)
 
 
-# fixed: given maps pooled onto a common map are joined cell by cell of it (dual._given_reach's up)
+# fixed: given maps pooled onto a common map are joined cell by cell of it (given_maps.given_reach's up)
 def test_ca_rev112_star_with_two_given_leaves_refuses_a_right_temperature_gradient():
     """A star: leaves 0, 1, 2 (16 cells each) pool onto centre 3 (4 cells; leaf 1 through a permuted partition),
     batch 8, seed 0, τ = (1, 1, 0.7, 1.3) learned; leaves 0 and 1 given as the float64 optimum's maps of the
     all-scored problem (so they agree on the centre), rounded to float32; float32 work at tol 1e-5, a linear loss on
     maps 2 and 3.  Both leaves must pool onto the same centre, but dual._pooled_into_given only walks from a map to
-    its coarsenings, and no map pools INTO both leaves, so dual._joined_given_blocks returns None (the test
+    its coarsenings, and no map pools INTO both leaves, so given_maps.joined_given_blocks returns None (the test
     test_given_maps_with_no_cell_in_common_are_left_alone asserts exactly this for a star) and the leaves' pools onto
     the centre stay rounded apart: the float64 polish has no solution, and ∂L/∂τ is NaN for every map with a
     TemperatureGradientWarning.  float64 (tol 1e-12): (0, 0, −0.3907126345, −2.7e-17); 75f10c2 returned
@@ -4000,61 +3950,14 @@ def test_ca_rev112_star_with_two_given_leaves_refuses_a_right_temperature_gradie
     assert bool(((got - want).abs() <= 1e-3 * want.abs().max()).all()), (got, want)
 
 
-def _ca_rev112_diamond_ladder(diamonds: int, branches=None):
-    """Map 0 (64 cells, scored) pools into map 1 (8 cells, cell mod 8), then ``diamonds`` diamonds of scored 8-cell
-    maps (c → a, c → b, a → c', b → c', identity partitions, or ``branches`` for c → a and c → b), the last c' given;
-    map 0 also pools into a given map of 2 cells (its halves).  ``(graph, given mask)``: 4·diamonds + 3 maps,
-    4·diamonds + 2 edges; 2**diamonds paths lead from map 0 to the top."""
-    sizes, edges, identity = [64, 8], [(0, 1, torch.arange(64) % 8)], torch.arange(8)
-    first, second = (identity, identity) if branches is None else branches  # (each diamond's two branches)
-    below = 1
-    for _ in range(diamonds):
-        a = len(sizes)
-        sizes += [8, 8, 8]
-        edges += [(below, a, first), (below, a + 1, second), (a, a + 2, identity), (a + 1, a + 2, identity)]
-        below = a + 2
-    sizes.append(2)
-    edges.append((0, len(sizes) - 1, torch.arange(64) // 32))
-    mask = [False] * len(sizes)
-    mask[below] = mask[-1] = True
-    return ca.Graph.from_edges(sizes, edges), mask
-
-
-# fixed: each map's reach built once, over the maps in order (dual._given_reach)
-def test_ca_rev112_joined_given_blocks_walks_every_path_of_a_diamond_ladder():
-    """:func:`_ca_rev112_diamond_ladder` with 10 diamonds (33 maps, 42 edges): dual._joined_given_blocks, which every
-    float32 forward with given maps and a temperature that requires grad runs, calls the graph's parent map
-    (Graph._cpu_parents) 20,362 times: dual._pooled_into_given pushes one stack entry per PATH from a map to the given
-    maps (1,025 entries from map 0 alone, 1,024 of them the same composed map onto the top), and each entry is
-    stacked and scattered again in every label-propagation sweep.  It grows 4× per diamond (8: 5,022; 12: 81,782,
-    0.47-0.67 s here against 0.27 s for the whole fixed-temperature float32 forward at batch 4; the learned one
-    0.91 s).  Expected: each map walked once per map it starts from, at most (maps × edges) = 1,386 parent maps
-    read, and the same join (the top's blocks joined with the halves: one component)."""
-    import convex_attention.dual as dual_module
-    h, mask = _ca_rev112_diamond_ladder(10)
-    real, calls = h._cpu_parents, []
-
-    def counted(e):
-        calls.append(e)
-        return real(e)
-
-    h._cpu_parents = counted
-    try:
-        joined = dual_module._joined_given_blocks(h, mask)
-    finally:
-        del h._cpu_parents
-    assert joined is not None and {int(c.max()) for c in joined.values()} == {0}, joined
-    assert len(calls) <= h.num_maps * h.num_edges, (len(calls), h.num_maps, h.num_edges)
-
-
 # fixed: the forward's given maps made to agree within GIVEN_SUM_TOLERANCE (dual._work_inputs)
 def test_ca_rev112_float32_given_maps_sharing_cells_refused_by_default_float64_work():
     """:func:`_ca_rev111_quadrants_and_halves` (16², batch 8, seed 0), τ = (0.7, 1, 1) fixed, scores and both pools
     rounded to float32, tol 1e-5, the default working dtype (float64): ConvergenceError, samples [0, 1, 2, 3, 4, 7]
     'reached the violation tol but not the relative duality gap' (gap 0.46, 0.077, 0.42, 1.6, 21): each given map
-    renormalised in float64 (dual._normalised) leaves a half and its two quadrants about 1.5e-8 apart, the float64
+    renormalised in float64 (given_maps.normalised) leaves a half and its two quadrants about 1.5e-8 apart, the float64
     problem has no solution and its duals drift.  The same call with dtype=torch.float32 solves every sample (gap
-    6.9e-9), and float64 scores and pools solve at gap 1e-17.  9193438 makes such maps agree (dual._agreeing_given)
+    6.9e-9), and float64 scores and pools solve at gap 1e-17.  9193438 makes such maps agree (given_maps.agreeing_given)
     only for the float32 work's float64 polish, not for float64 work's own solve.  Expected: solved, map 0 within
     1e-4 (of its largest cell) of the float64 solve at the float64 pools."""
     h, scores, _, pools = _ca_rev111_quadrants_and_halves(16, 8, 0)
@@ -4084,12 +3987,12 @@ def test_given_maps_that_contradict_each_other_are_not_made_to_agree():
 
 
 def test_a_given_fine_map_fixes_the_given_maps_below_it():
-    """An 8² map given (float32), pooled into its quadrants (scored), which pool into top/bottom and left/right halves
-    (both given, float32, pooled from the same float64 map): each pair of halves is the given fine map's pooling, and
-    the two pairs overlap, so mass per joined component cannot make them agree; the given fine map's own partition
-    must count among the nested ones (dual._agreeing_given).  Left out (07bd8f8), ∂L/∂τ of a learned temperature was
-    NaN with a warning; now finite, unwarned, and 0 for every map (the quadrants are fixed by the given map) to
-    1e-9 of the loss's size."""
+    """An 8² map given (float32), pooled into its quadrants (scored), which pool into top/bottom and left/right
+    halves (both given, float32, pooled from the same float64 map): each pair of halves is the given fine map's
+    pooling, and the two pairs overlap, so mass per joined component cannot make them agree; the given fine map's
+    own partition must count among the nested ones (given_maps.agreeing_given). Left out (07bd8f8), ∂L/∂τ of a
+    learned temperature was NaN with a warning; now finite, unwarned, and 0 for every map (the quadrants are fixed
+    by the given map) to 1e-9 of the loss's size."""
     n = 8
     cells = torch.arange(n * n)
     quadrant = (cells // n // (n // 2)) * 2 + cells % n // (n // 2)
@@ -4128,19 +4031,19 @@ def _ca_rev113_three_coarsenings(batch: int = 4, seed: int = 0):
     return h, scores, pools
 
 
-# fixed: the given maps a map pools into become pools of the least-squares fit of its cells (dual._agreeing_given)
+# fixed: the given maps a map pools into become pools of the least-squares fit of its cells (given_maps.agreeing_given)
 def test_ca_rev113_three_given_coarsenings_rounded_apart_refused_by_float64_work():
     """:func:`_ca_rev113_three_coarsenings` (batch 4, seed 0), τ = (0.7, 1, 1, 1), scores and the three pools rounded
-    to float32, default float64 work at tol 1e-6.  dual._joined_given_blocks puts all 8 blocks into ONE component
+    to float32, default float64 work at tol 1e-6.  given_maps.joined_given_blocks puts all 8 blocks into ONE component
     (mass 1 in every map, so the mean-mass scaling changes nothing) and no map's blocks are unions of another's (A and
-    C have 3 blocks each, B splits {0, 1}): dual._agreeing_given leaves A's and C's shared block 1.2e-9 to 5.9e-9
+    C have 3 blocks each, B splits {0, 1}): given_maps.agreeing_given leaves A's and C's shared block 1.2e-9 to 5.9e-9
     apart (the lstsq residual of the stacked pooling system 6e-10 to 3e-9, against 1e-16 for consistent maps), the
     float64 problem has no solution, and the solve raises ConvergenceError on all 4 samples (sample 1 'gap 6.92e+03',
     0, 2, 3 'stalled at violation 0.53, 0.16, 0.38 ... check the given maps').  Float32 work with τ learned returns
     ∂L/∂τ NaN for all four maps with a TemperatureGradientWarning (float64 at the float64 pools: 0.0220).  Component
     mass and nesting are not all the relations three coarsenings can have: of 300 random draws of three coarsenings
     of a 12-cell map (2-5 blocks each, pools rounded to float32), 60 were apart (lstsq residual, gelsd, above 1e-13)
-    and 59 still were after dual._agreeing_given (up to 1.0e-8); of two coarsenings 9 and 0.  Expected: solved, map
+    and 59 still were after given_maps.agreeing_given (up to 1.0e-8); of two coarsenings 9 and 0.  Expected: solved, map
     0 within 1e-4 of the float64 solve at the float64 pools (as the same maps with float64 pools solve)."""
     h, scores, pools = _ca_rev113_three_coarsenings()
     temps = [0.7, 1.0, 1.0, 1.0]
@@ -4151,58 +4054,3 @@ def test_ca_rev113_three_given_coarsenings_rounded_apart_refused_by_float64_work
     assert float((got.double() - want).abs().max()) <= 1e-4 * float(want.abs().max())
 
 
-# fixed: connected components by scipy (dual._joined_given_blocks)
-def test_ca_rev113_joined_given_blocks_sweeps_grow_with_the_map(monkeypatch):
-    """A scored map of 4096 cells with two given coarsenings into pairs, one shifted by a cell ([c // 2] and
-    [(c + 1) // 2 mod 2048]), each's block labels randomly permuted (seed 0): one component, a cycle through every
-    cell.  dual._joined_given_blocks' label propagation with pointer jumping (one torch.equal per sweep) takes 1,507
-    sweeps here (577 at 1,024 cells, 10,105 at 16,384, 21,717 at 65,536: 32 s of CPU at 256², 2.9 s at 128², run by
-    every forward with two related given maps, dual._work_inputs), each sweep over all the edges: quadratic in the
-    map.  The same blocks unpermuted take 13-19 sweeps at every size.  Expected: a join whose sweeps do not grow with
-    the map (a union-find; here at most 64 sweeps) and the same single component."""
-    import convex_attention.dual as dual_module
-    n, half = 4096, 2048
-    cells = torch.arange(n)
-    g = torch.Generator().manual_seed(0)
-    a = torch.randperm(half, generator=g)[cells // 2]
-    b = torch.randperm(half, generator=g)[((cells + 1) // 2) % half]
-    h = ca.Graph.from_edges([n, half, half], [(0, 1, a), (0, 2, b)])
-    mask = [False, True, True]
-    reach = dual_module._given_reach(h, mask)
-    real, sweeps = torch.equal, []
-
-    def counted(x, y):
-        sweeps.append(1)
-        return real(x, y)
-
-    monkeypatch.setattr(torch, "equal", counted)
-    joined = dual_module._joined_given_blocks(h, mask, reach)
-    monkeypatch.undo()
-    assert joined is not None and {int(c.max()) for c in joined.values()} == {0}
-    assert len(sweeps) <= 64, len(sweeps)
-
-
-# fixed: at most REACH_PATHS differently pooling paths kept per map and given map (dual._given_reach)
-def test_ca_rev113_given_reach_grows_4x_per_diamond_with_permuted_branches(monkeypatch):
-    """:func:`_ca_rev112_diamond_ladder`'s shape with 10 diamonds (33 maps, 42 edges), but each diamond's two branches
-    pool through two different permutations of the 8 cells (seed 0: σ and τ, not commuting; identity partitions
-    above them): the compositions along the 1,024 paths from map 0 to the top are nearly all different, so
-    dual._given_reach's dedupe (torch.equal against every entry kept) keeps 981 entries for map 0 alone and calls
-    torch.equal 1,460,644 times (4 diamonds: 345; 6: 5,985; 8: 95,265: 4x per diamond, 16x per two), in every
-    forward with two given maps (dual._work_inputs).  9193438's 4x per diamond (ca_rev112) is fixed only where the
-    paths compose alike.  Expected: the reach within maps × edges entries in all and as many comparisons."""
-    import convex_attention.dual as dual_module
-    g = torch.Generator().manual_seed(0)
-    h, mask = _ca_rev112_diamond_ladder(10, (torch.randperm(8, generator=g), torch.randperm(8, generator=g)))
-    real, calls = torch.equal, []
-
-    def counted(x, y):
-        calls.append(1)
-        return real(x, y)
-
-    monkeypatch.setattr(torch, "equal", counted)
-    down, up = dual_module._given_reach(h, mask)
-    monkeypatch.undo()
-    entries = sum(len(d) + len(u) for d, u in zip(down, up))
-    bound = h.num_maps * h.num_edges
-    assert entries <= bound and len(calls) <= bound, (entries, len(calls), len(down[0]), bound)

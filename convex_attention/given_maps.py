@@ -1,0 +1,203 @@
+"""Given maps: a map's probabilities given rather than scored (a prior over regions, a
+segmentation; docs/design.md §4).  Their normalisation in the working dtype, and given maps that
+hold the same cells made to agree there before a float64 solve: rounded to float32 apart, no map
+pools onto them all and the float64 problem has no solution (its duals drift without bound,
+ca_rev111).  Used by :mod:`convex_attention.dual`; the structure each agreement needs depends on
+the graph and which maps are given alone, and is built once per pair."""
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._ops import sample_dims
+from .graph import Graph
+
+__all__ = ["normalised", "agreeing_given", "agreement_factors", "given_reach", "joined_given_blocks", "REACH_PATHS"]
+
+
+def normalised(q: Tensor) -> Tensor:
+    """A given map divided by its sum per sample, in the working dtype (differentiable).  Given
+    maps are accepted within a tolerance of summing to one (``validation.check_given``: 1e-4 in
+    float32); used as they were, a map off by 5e-5 could not be pooled onto by a scored map
+    summing to one: the solve stalled at that error and blamed contradicting given maps (a
+    review)."""
+    return q / q.sum(sample_dims(q), keepdim=True)
+
+
+#: How many differently pooling paths between a map and a given map :func:`given_reach` keeps:
+#: where a diamond's two paths pool one map onto another differently, their compositions grow
+#: 4x per stacked diamond (981 for 10, ca_rev113); paths past these are not used to make given
+#: maps agree (where that leaves them apart, the polish misses and the gradient is NaN, warned).
+REACH_PATHS = 2
+
+
+def given_reach(h: Graph, mask: Sequence[bool]) -> tuple[list[list], list[list]]:
+    """Per map ``m``, the given maps related to it along edges through scored maps only:
+    ``down[m]``, those ``m`` pools into, each ``(given map, (n_m,) its block of each cell of m)``;
+    ``up[m]``, those that pool into ``m``, each ``(given map, (n_g,) the cell of m of each of its
+    cells)``.  Built once per map over the maps in order (``h.order``, fine before coarse), two
+    paths that pool alike kept once (one entry per path grew 4x per stacked diamond: ca_rev112),
+    and at most :data:`REACH_PATHS` that pool differently."""
+    def add(entries: list, t: int, parents: Tensor) -> None:
+        alike = [q for u, q in entries if u == t]
+        if len(alike) < REACH_PATHS and not any(torch.equal(parents, q) for q in alike):
+            entries.append((t, parents))
+
+    def walk(order, edges_of: list[list[int]], end: int, compose) -> list[list]:
+        out: list[list] = [[] for _ in range(h.num_maps)]
+        for m in order:
+            for e in edges_of[m]:
+                n, par = h.edges[e][end], h._cpu_parents(e)
+                if mask[n]:
+                    add(out[m], n, par)
+                for t, onto in out[n] if not mask[n] else []:
+                    add(out[m], t, compose(onto, par))
+        return out
+
+    # (h.order: every map after the maps finer than it)
+    down = walk(reversed(h.order), h.out_edges, 1, lambda onto, par: onto[par])
+    up = walk(h.order, h.in_edges, 0, lambda into, par: par[into])
+    return down, up
+
+
+def joined_given_blocks(h: Graph, mask: Sequence[bool], reach=None) -> dict[int, Tensor] | None:
+    """The cells of the given maps joined where they hold the same cells of some map: a cell of
+    a map joins the blocks of the given maps it pools into, the cells of the given maps that pool
+    into it, and itself in a given map (:func:`given_reach`); closed transitively (the connected
+    components of that graph of cells, by scipy).  ``{given map: (n_k,) component ids}``, or None
+    where no two given maps are related."""
+    down, up = given_reach(h, mask) if reach is None else reach
+    offset, total = {}, 0
+    for k in range(h.num_maps):
+        if mask[k]:
+            offset[k], total = total, total + h.sizes[k]
+    src, dst = [], []
+    for m in range(h.num_maps):
+        if len(down[m]) + len(up[m]) + int(mask[m]) < 2:
+            continue
+        cells = total + torch.arange(h.sizes[m])  # the map's own cells, as nodes of their own
+        total += h.sizes[m]
+        for t, onto in down[m]:
+            src.append(cells)
+            dst.append(offset[t] + onto)
+        for g, into in up[m]:
+            src.append(offset[g] + torch.arange(h.sizes[g]))
+            dst.append(cells[into])
+        if mask[m]:
+            src.append(cells)
+            dst.append(offset[m] + torch.arange(h.sizes[m]))
+    if not src:
+        return None
+    import numpy as np
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b = torch.cat(src).numpy(), torch.cat(dst).numpy()
+    # (label propagation took sweeps that grow with the map where blocks are numbered at random:
+    # 1,507 at 4,096 cells, 21,717 at 65,536, ca_rev113)
+    _, found = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(total, total)), directed=False)
+    given_nodes = sum(h.sizes[k] for k in offset)
+    _, labels = torch.unique(torch.from_numpy(found[:given_nodes]).long(), return_inverse=True)
+    return {k: labels[o:o + h.sizes[k]] for k, o in offset.items()}
+
+
+@functools.lru_cache(maxsize=16)
+def _given_structure(h: Graph, mask: tuple[bool, ...]) -> tuple[tuple[list, list], dict | None]:
+    """:func:`given_reach` and :func:`joined_given_blocks` of ``(h, mask)``, built once: they
+    depend on the structure alone, and :func:`agreeing_given` runs twice per forward with a
+    learned temperature (the inputs, then the polish) and again every step of a training loop.
+    (Kept read-only by their users.)"""
+    reach = given_reach(h, mask)
+    return reach, joined_given_blocks(h, mask, reach)
+
+
+def _least_squares_cells(size: int, parents: Sequence[Tensor], pools: Sequence[Tensor]) -> Tensor:
+    """``x`` ``(B, size)`` of least norm minimising ``Σ_a ‖P_a x − q_a‖²`` (``P_a`` pools by
+    ``parents[a]``, ``q_a = pools[a]``, float64), by conjugate gradients on the normal equations
+    from zero (exact in at most their rank steps; twice that allowed for rounding)."""
+    parents = [p.to(pools[0].device) for p in parents]
+
+    def pooled(x: Tensor) -> list[Tensor]:
+        return [x.new_zeros(x.shape[0], q.shape[1]).index_add_(1, p, x) for p, q in zip(parents, pools)]
+
+    def spread(ys: Sequence[Tensor]) -> Tensor:
+        return torch.stack([y[:, p] for y, p in zip(ys, parents)]).sum(0)
+
+    rhs = spread(pools)
+    x, r = torch.zeros_like(rhs), rhs.clone()
+    d, rr = r.clone(), (r * r).sum(1)
+    stop = 1e-30 * rr
+    for _ in range(2 * sum(q.shape[1] for q in pools) + 10):
+        if bool((rr <= stop).all()):
+            break
+        nd = spread(pooled(d))
+        dnd = (d * nd).sum(1)
+        alpha = torch.where(dnd > 0, rr / dnd.clamp_min(torch.finfo(rr.dtype).tiny), torch.zeros_like(rr))
+        x, r = x + alpha[:, None] * d, r - alpha[:, None] * nd
+        new = (r * r).sum(1)
+        beta = torch.where(rr > 0, new / rr.clamp_min(torch.finfo(rr.dtype).tiny), torch.zeros_like(rr))
+        d, rr = r + beta[:, None] * d, new
+    return x
+
+
+def agreeing_given(h: Graph, given: Sequence[Tensor | None]) -> list[Tensor | None] | None:
+    """Given maps (float64, each summing to one) made to agree where they hold the same cells,
+    or None where no two are related.  First the given maps a map pools into become pools of one
+    map of its cells: of the given map itself, or of the cells that fit them best
+    (:func:`_least_squares_cells`; a map's quadrants and both its pairs of halves, three
+    coarsenings none nested in another: ca_rev112, ca_rev113), the coarsest maps first; then the
+    cells of each component of :func:`joined_given_blocks` are scaled, map by map, to the mean
+    mass of the component over the given maps there (two coarsenings sharing a block; the leaves
+    of a star pooled onto its centre).  Rounded to float32 apart they differ by rounding, no map
+    pools onto them all, and a float64 solve drifts its duals without bound (to 8.4e17, its
+    gradient 62 % off: ca_rev111)."""
+    mask = tuple(q is not None for q in given)
+    reach, joined = _given_structure(h, mask)
+    if joined is None:
+        return None
+    out = list(given)
+    batch = next(q for q in given if q is not None).shape[0]
+    flat = {k: q.reshape(batch, -1) for k, q in enumerate(given) if q is not None}
+    for m in reversed(h.order):  # the given maps a map pools into: pools of one map of it
+        below = reach[0][m]
+        if len(below) + int(mask[m]) < 2:
+            continue
+        if mask[m]:  # a given map fixes those below it
+            fixed = flat[m]
+        else:
+            fixed = _least_squares_cells(h.sizes[m], [onto for _, onto in below], [flat[t] for t, _ in below])
+            fixed = fixed / fixed.sum(1, keepdim=True)  # (its pools then sum to one each, as a scored map must)
+        for t, onto in below:
+            flat[t] = fixed.new_zeros(batch, h.sizes[t]).index_add_(1, onto.to(fixed.device), fixed)
+    components = int(max(int(c.max()) for c in joined.values())) + 1
+    ids = {k: c.to(flat[k].device) for k, c in joined.items()}
+    first = next(iter(flat.values()))
+    mass = {k: first.new_zeros(batch, components).index_add_(1, c, flat[k]) for k, c in ids.items()}
+    present = torch.stack([torch.bincount(c, minlength=components).clamp(max=1) for c in ids.values()]).sum(0)
+    target = torch.stack(list(mass.values())).sum(0) / present.to(first.device, first.dtype)
+    for k, c in ids.items():
+        q = given[k]
+        assert q is not None
+        out[k] = (flat[k] * (target[:, c] / mass[k][:, c])).reshape(q.shape)
+    return out
+
+
+def agreement_factors(h: Graph, given: Sequence[Tensor | None], floor: float, allowed: float) -> dict[int, Tensor]:
+    """``{given map: (B, n_k) factors}`` that make the given maps ``given`` (float64, each summing
+    to one, ``(B, *shape)``) agree (:func:`agreeing_given`), carrying no gradient, per sample only
+    where they are apart by more than ``floor`` and no more than ``allowed`` (1 elsewhere: maps
+    closer than a solve resolves are used bit for bit as given; maps further apart than a map's
+    sum may be off are left to contradict each other, which the solve reports); empty where no
+    two given maps are related."""
+    agreed = agreeing_given(h, given)
+    if agreed is None:
+        return {}
+    batch = next(q for q in given if q is not None).shape[0]
+    factors = {k: (a / w).reshape(batch, -1) for k, (a, w) in enumerate(zip(agreed, given))
+               if a is not None and w is not None}
+    apart = torch.stack([(f - 1).abs().amax(1) for f in factors.values()]).amax(0)  # per sample
+    near = ((apart <= allowed) & (apart > floor)).view(-1, 1)
+    return {k: torch.where(near, f, torch.ones_like(f)) for k, f in factors.items()}
