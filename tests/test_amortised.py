@@ -447,3 +447,45 @@ def test_ca_rev56_untrained_chain_duals_do_not_move_with_a_constant_per_level_in
         err = max(float((a.double() - b).abs().max()) for a, b in zip(got, want))
         assert max(float((a.double() - b).abs().max()) for a, b in zip(shifted, want)) <= 1e-6
         assert err <= 1e-6, (offset, err)
+
+
+# ---- ca_rev115 (strict xfail: review of 0646abe)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev115: equal graphs (same fingerprint) give AmortisedDuals of other shapes")
+def test_ca_rev115_amortised_duals_of_equal_graphs_share_their_state():
+    """Run: one grid + regions graph built twice, its 4×4 → 2×2 edge once as a grid edge and once
+    as the parent map that grid pooling gives (``helpers.block_parents``): the graphs compare
+    equal, hash alike and have one fingerprint (docs/design.md §4: "a grid edge equals the parent
+    map it implies"), and ConsistentAttention accepts AmortisedDuals of either for the other.
+    Expected: their AmortisedDuals have the same parameters, and a state saved on one loads into
+    the other (the fingerprint check passes).  Observed: the residual net is 3×3 on the grid
+    edge's coarse map and 1×1 on the other ((16, 2, 3, 3) against (16, 2, 1, 1)), and
+    ``load_state_dict`` fails with "size mismatch for residual.0.0.weight" (nn.AmortisedDuals
+    picks kernels by ``h.is_grid_edge``, which is how the edge was given, not the graph)."""
+    from helpers import block_parents, cutting_regions
+
+    regions = cutting_regions((4, 4), 3, 0)
+    as_grid = ca.Graph([(4, 4), (2, 2), 3], [(0, 1), (0, 2, regions)])
+    as_parents = ca.Graph([(4, 4), (2, 2), 3], [(0, 1, block_parents((4, 4), (2, 2))), (0, 2, regions)])
+    assert as_grid == as_parents and as_grid.fingerprint() == as_parents.fingerprint()
+    torch.manual_seed(0)
+    saved, fresh = ca.AmortisedDuals(as_grid), ca.AmortisedDuals(as_parents)
+    assert [p.shape for p in saved.parameters()] == [p.shape for p in fresh.parameters()]
+    fresh.load_state_dict(saved.state_dict())
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev115: AmortisedDuals(h, Parameter) refused as 'this method'")
+def test_ca_rev115_amortised_duals_refuse_a_learned_temperature_saying_what_to_do():
+    """Run: ``ca.AmortisedDuals(h, temperature=nn.Parameter(torch.ones(2)))`` (a learned
+    temperature, as a model that learns τ would pass it).  Expected: accepted, or refused naming
+    AmortisedDuals and the way to pass a learned temperature (``forward(scores, temperature=τ)``,
+    or ``ConsistentAttention(..., duals="amortised")``).  Observed: TypeError "this method
+    cannot differentiate through the temperature: pass a float or a tensor that does not require
+    grad (temperature.detach()); 'softmax', 'exact', 'dual' and 'learned_dual' differentiate
+    through a tensor temperature": no method is involved, and the advice names solve's methods
+    (nn.AmortisedDuals.__init__ calls check_temperatures without a method or owner)."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    try:
+        ca.AmortisedDuals(h, temperature=torch.nn.Parameter(torch.ones(2)))
+    except TypeError as err:
+        assert "AmortisedDuals" in str(err) and "this method" not in str(err), str(err)

@@ -152,3 +152,32 @@ def test_ca_rev79_solve_runs_a_registered_methods_check_options_before_any_work(
         assert calls == []
     finally:
         REGISTRY.pop("ca_rev79_toy", None)
+
+
+# ---- ca_rev115 (strict xfail: review of 0646abe)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev115: exact refused on nested coarsenings with 'which do not nest'")
+def test_ca_rev115_a_map_with_nested_coarsenings_is_not_called_unnested():
+    """Run: a 4×4 map pooled onto its 2×2 grid (edge 0 → 1) and onto 3 regions that are unions of
+    those grid blocks (edge 0 → 2: blocks (0,0) → 0, (0,1) → 1, (1,·) → 2), then
+    ``ca.solve(..., "exact")``.  Expected: either `exact` solves it (it is the chain 0 → 1 → 2
+    with parents [0, 1, 2, 2], whose closed form `dual` matches to 1.6e-15), or a refusal
+    that describes the graph.  Observed: ValueError "map 0 has 2 coarsenings (map 1 (edge 0),
+    map 2 (edge 1)), which do not nest; use method 'dual' or 'cvxpylayers'": they do nest, and
+    the way to `exact` (the edge 1 → 2) is not named (methods.Method.check_structure appends
+    "which do not nest" to every graph's reason)."""
+    rows = torch.arange(4)[:, None].expand(4, 4)
+    cols = torch.arange(4)[None, :].expand(4, 4)
+    regions = torch.where(rows < 2, cols // 2, torch.full_like(cols, 2))  # unions of the 2×2 grid's blocks
+    g = ca.Graph([(4, 4), (2, 2), 3], [(0, 1), (0, 2, regions)])
+    chain = ca.Graph([(4, 4), (2, 2), 3], [(0, 1), (1, 2, torch.tensor([0, 1, 2, 2]))])
+    torch.manual_seed(0)
+    scores = [torch.randn((2,) + s, dtype=torch.float64) for s in g.shapes]
+    try:
+        sol = ca.solve(scores, g, "exact")
+    except ValueError as err:
+        assert "do not nest" not in str(err), str(err)
+    else:
+        want = ca.solve(scores, chain, "exact")
+        for p, q in zip(sol.probs, want.probs):
+            torch.testing.assert_close(p, q)

@@ -1372,3 +1372,24 @@ def test_rev88_consistency_loss_refuses_a_detach_target_that_is_not_a_bool():
     duals = [torch.randn(1, 2, 2, dtype=torch.float64)]
     with pytest.raises((TypeError, ValueError), match="detach_target"):
         ca.consistency_loss(scores, duals, h, detach_target="False")
+
+
+# ---- ca_rev115 (strict xfail: review of 0646abe)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev115: given={np.int64(1): q} refused as 'not a level index in [0, 2)'")
+def test_ca_rev115_a_numpy_integer_names_a_given_map():
+    """Run: ``ca.solve([s0, None], h, "dual", given={np.int64(1): q})`` on a 4×4 → 2×2 hierarchy
+    (float64).  Expected: map 1 given, the solution of ``given={1: q}`` (a NumPy integer is a map
+    index: ``Graph.from_edges`` takes ``np.int64`` map indices, and the modules' sizes take
+    NumPy integers since a review).  Observed: ValueError "given has key np.int64(1): a level
+    index in [0, 2) is needed", false for 1 (validation.given_indices tests
+    ``isinstance(k, int)``)."""
+    torch.manual_seed(0)
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    s0 = torch.randn(2, 4, 4, dtype=torch.float64)
+    q = torch.softmax(torch.randn(2, 4, dtype=torch.float64), 1).view(2, 2, 2)
+    want = ca.solve([s0, None], h, "dual", given={1: q})
+    got = ca.solve([s0, None], h, "dual", given={np.int64(1): q})
+    assert got.given == (1,)
+    for p, r in zip(got.probs, want.probs):
+        torch.testing.assert_close(p, r)
