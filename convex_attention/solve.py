@@ -285,6 +285,8 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     record.check_structure(check_hierarchy(h))
     # keys checked first: the scores' check relies on them
     given_maps = frozenset() if given is None else given_indices(given, h)
+    if given:  # (keyed by int from here: a NumPy integer names the same map)
+        given = {int(k): q for k, q in given.items()}
     if given and not record.given_maps:  # an empty dict gives no map: every method takes it, as None
         able = " or ".join(repr(m.name) for m in REGISTRY.values() if m.given_maps)
         raise ValueError(f"method {record.name!r} does not take given maps (given=...); use method {able}")

@@ -127,15 +127,16 @@ def per_sample(x: Tensor, shape: tuple, batch: int | None, name: str, owner: str
 
 
 def given_indices(given, h: Graph) -> frozenset:
-    """The map indices of ``given`` (a dict), each checked to be an int in ``[0, num_maps)``
-    (a bool is not one: ``True == 1`` would name map 1); TypeError for anything but a dict."""
+    """The map indices of ``given`` (a dict) as ints, each checked to be an integer (a NumPy one
+    too, as ``Graph.from_edges`` takes) in ``[0, num_maps)`` (a bool is not one: ``True == 1``
+    would name map 1); TypeError for anything but a dict."""
     unit, M = _unit(h), h.num_maps
     if not isinstance(given, dict):
         raise TypeError(f"given must be a dict {{{unit} index: probabilities}}, got {type(given).__name__}")
     for k in given:
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < M:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or not 0 <= k < M:
             raise ValueError(f"given has key {k!r}: a {unit} index in [0, {M}) is needed")
-    return frozenset(given)
+    return frozenset(int(k) for k in given)
 
 
 #: How far a given map's sum may be off one per sample (then normalised), by its dtype; given

@@ -1376,7 +1376,6 @@ def test_rev88_consistency_loss_refuses_a_detach_target_that_is_not_a_bool():
 
 # ---- ca_rev115 (strict xfail: review of 0646abe)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev115: given={np.int64(1): q} refused as 'not a level index in [0, 2)'")
 def test_ca_rev115_a_numpy_integer_names_a_given_map():
     """Run: ``ca.solve([s0, None], h, "dual", given={np.int64(1): q})`` on a 4×4 → 2×2 hierarchy
     (float64).  Expected: map 1 given, the solution of ``given={1: q}`` (a NumPy integer is a map
