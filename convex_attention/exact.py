@@ -81,7 +81,7 @@ def require_forest(g: Graph, who: str = WHO) -> None:
     reason = g.not_forest_reason()
     if reason is not None:
         raise ValueError(f"{who} solves forests only (every map with at most one coarsening: chains, stars), "
-                         f"but {reason}, which do not nest; use method 'dual' (or 'cvxpylayers') for this graph")
+                         f"but {reason}; use method 'dual' (or 'cvxpylayers') for this graph")
 
 
 def cumulative_temperatures(temps: Sequence) -> list:

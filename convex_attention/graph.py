@@ -610,11 +610,34 @@ class Graph:
         return self.out_edges[k][0] if len(self.out_edges[k]) == 1 else None
 
     def not_forest_reason(self) -> str | None:
-        """Why the graph is not a forest (names the first map with two or more coarsenings), or None."""
+        """Why the graph is not a forest (names the first map with two or more coarsenings, and
+        whether they nest: where one's cells are unions of another's, the graph says the same as
+        one with that edge from the finer coarsening, which may be a forest), or None."""
         for k, out in enumerate(self.out_edges):
             if len(out) > 1:
                 coarse = ", ".join(f"map {self.edges[e][1]} (edge {e})" for e in out)
-                return f"map {k} has {len(out)} coarsenings ({coarse})"
+                nested = self._nested_coarsenings(out)
+                if nested is None:
+                    return f"map {k} has {len(out)} coarsenings ({coarse}), which do not nest"
+                finer, coarser, e = nested
+                return (f"map {k} has {len(out)} coarsenings ({coarse}), which nest: map {coarser}'s cells are "
+                        f"unions of map {finer}'s, so edge {e} ({k} → {coarser}) can be replaced by an edge {finer} → "
+                        f"{coarser} (its parents: map {coarser}'s cell of each cell of map {finer}), the same "
+                        f"constraints, which may make the graph a forest")
+        return None
+
+    def _nested_coarsenings(self, out: Sequence[int]) -> tuple[int, int, int] | None:
+        """``(finer, coarser, edge into coarser)`` for the first two edges of ``out`` (edges from one
+        map) where the coarser map's cells are unions of the finer's, or None where none nest."""
+        for e in out:
+            for f in out:
+                if e == f:
+                    continue
+                finer, coarser = self.edges[e][1], self.edges[f][1]
+                n = self.sizes[coarser]
+                pairs = self._cpu_parents(e) * n + self._cpu_parents(f)  # each finer cell in one coarser cell
+                if int(torch.unique(pairs).numel()) == self.sizes[finer]:
+                    return finer, coarser, f
         return None
 
     def spanning_forest(self) -> list[int]:

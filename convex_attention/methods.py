@@ -95,7 +95,7 @@ class Method:
         able = [m.name for m in sorted(REGISTRY.values(), key=lambda m: (not m.consistent, m.cpu_only))
                 if m.accepts(h)]
         if h.kind == "graph":
-            why = f"{h.not_forest_reason()}, which do not nest"
+            why = h.not_forest_reason()
         elif h.kind == "chain":
             why = (f"its edges {h.edges} are not numbered as a hierarchy's (edge k = (k → k+1), from the finest "
                    f"map: build it with Hierarchy, or number the maps finest first)")

@@ -134,7 +134,7 @@ def given_indices(given, h: Graph) -> frozenset:
     if not isinstance(given, dict):
         raise TypeError(f"given must be a dict {{{unit} index: probabilities}}, got {type(given).__name__}")
     for k in given:
-        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or not 0 <= k < M:
+        if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral) or not 0 <= int(k) < M:
             raise ValueError(f"given has key {k!r}: a {unit} index in [0, {M}) is needed")
     return frozenset(int(k) for k in given)
 

@@ -112,7 +112,7 @@ def test_hierarchy_is_the_chain_graph():
 def test_components_of_a_disconnected_graph():
     g = make_graph("disconnected")
     assert g.components == [[0, 1, 2], [3, 4], [5]] and g.kind == "graph"
-    assert g.not_forest_reason() == "map 0 has 2 coarsenings (map 1 (edge 0), map 2 (edge 1))"
+    assert g.not_forest_reason() == "map 0 has 2 coarsenings (map 1 (edge 0), map 2 (edge 1)), which do not nest"
 
 
 def test_components_are_sorted_lists_ordered_by_their_first_map():
