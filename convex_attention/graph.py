@@ -601,6 +601,12 @@ class Graph:
         """True for a grid edge (strided kernels), False for a parent-map edge."""
         return self._factors[e] is not None
 
+    def pools_blocks(self, e: int) -> bool:
+        """True where edge ``e`` pools blocks of a grid, however it was given (a grid factor, or a
+        parent map that is a grid's pooling): a fact of the graph, as equality judges it, where
+        :meth:`is_grid_edge` says how the edge was written."""
+        return self._partitions()[2][e][0] == "grid"
+
     def edge_factor(self, e: int) -> tuple[int, ...] | None:
         """The per-dimension block factor of grid edge ``e``; ``None`` for a parent-map edge."""
         return self._factors[e]

@@ -216,8 +216,9 @@ class AmortisedDuals(_GraphBoundState):
     optimum, weight 1 on ``d_k`` and ``T_k / T_j`` on each broadcast ``d_j``, 0 on the ``s``
     channels, for the module's temperatures; ``λ_e + δ_e`` on other graphs) and
     ``residual`` ``layers`` convolutions ``C_e → hidden → … → 1`` with GELU between them,
-    kernel 3 (``Conv1d/2d/3d``, ``padding=1``) on grids (a coarse map that ends a grid edge;
-    every level of ``Hierarchy.grid``) or kernel 1 (a pointwise MLP) on irregular maps; its
+    kernel 3 (``Conv1d/2d/3d``, ``padding=1``) on grids (a coarse map that ends an edge pooling
+    grid blocks, however given: :meth:`Graph.pools_blocks`; every level of ``Hierarchy.grid``)
+    or kernel 1 (a pointwise MLP) on irregular maps; its
     last layer starts at zero, so an untrained residual adds nothing.  ``layers=0``: no
     residual.
 
@@ -252,14 +253,16 @@ class AmortisedDuals(_GraphBoundState):
         convs, kernels = [], []
         if isinstance(h, Hierarchy):
             L = h.num_levels
-            ndim = len(h.shapes[0]) if h.is_grid else 1
+            # (by the partitions, not how the edges were written: equal structures, one state; ca_rev115)
+            grid = all(h.pools_blocks(e) for e in range(h.num_edges))
+            ndim = len(h.shapes[0]) if grid else 1
             self.channels = [2 + 2 * (L - 2 - k) for k in range(L - 1)]
             # maps of more than 3 dimensions: pointwise on the flattened cells, as on graphs
             convs = [ndim if ndim <= 3 else 1] * (L - 1)
-            kernels = [3 if h.is_grid and ndim <= 3 else 1] * (L - 1)
+            kernels = [3 if grid and ndim <= 3 else 1] * (L - 1)
         else:
             self.channels = [2] * h.num_edges
-            grid_maps = {m for e in range(h.num_edges) if h.is_grid_edge(e) for m in h.edges[e]}
+            grid_maps = {m for e in range(h.num_edges) if h.pools_blocks(e) for m in h.edges[e]}
             for _, b in h.edges:
                 nd = len(h.shapes[b])
                 convs.append(nd if nd <= 3 else 1)

@@ -451,7 +451,6 @@ def test_ca_rev56_untrained_chain_duals_do_not_move_with_a_constant_per_level_in
 
 # ---- ca_rev115 (strict xfail: review of 0646abe)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev115: equal graphs (same fingerprint) give AmortisedDuals of other shapes")
 def test_ca_rev115_amortised_duals_of_equal_graphs_share_their_state():
     """Run: one grid + regions graph built twice, its 4×4 → 2×2 edge once as a grid edge and once
     as the parent map that grid pooling gives (``helpers.block_parents``): the graphs compare

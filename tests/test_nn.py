@@ -501,10 +501,13 @@ def test_a_frozen_parameter_in_a_temperature_list_is_registered():
 
 def test_amortised_residual_is_pointwise_on_an_irregular_hierarchy():
     """Kernel 1 (a pointwise MLP) on irregular maps, so K = 1 in the documented count
-    C + C·h·K + h + h·K + 1 (two layers, C = 2 on two levels)."""
-    h = ca.Hierarchy.from_parents([6, 3], [torch.arange(6) // 2])
+    C + C·h·K + h + h·K + 1 (two layers, C = 2 on two levels).  A parent map that is a grid's
+    pooling (arange(6) // 2: 1-D blocks of 2) is a grid, as equality judges it: K = 3 (ca_rev115)."""
+    h = ca.Hierarchy.from_parents([6, 3], [torch.tensor([0, 1, 1, 2, 0, 2])])
     module = ca.AmortisedDuals(h, hidden=4, layers=2)
     assert sum(p.numel() for p in module.parameters()) == 2 + 2 * 4 + 4 + 4 + 1
+    blocks = ca.AmortisedDuals(ca.Hierarchy.from_parents([6, 3], [torch.arange(6) // 2]), hidden=4, layers=2)
+    assert sum(p.numel() for p in blocks.parameters()) == 2 + 2 * 4 * 3 + 4 + 4 * 3 + 1
 
 
 @pytest.mark.parametrize("structure", ["hierarchy", "graph"])
