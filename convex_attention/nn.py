@@ -245,7 +245,12 @@ class AmortisedDuals(_GraphBoundState):
 
     def __init__(self, h: Graph, temperature=1.0, hidden: int = 16, layers: int = 2, sweeps: int = 3):
         super().__init__(h)
-        self.temperature = check_temperatures(temperature, h.num_maps, unit=h._map_word)
+        self.temperature = check_temperatures(
+            temperature, h.num_maps, unit=h._map_word,
+            grad_refusal="AmortisedDuals(h, temperature) takes fixed temperatures (floats, or tensors that do not "
+                         "require grad: temperature.detach()), from which its network starts; pass a learned "
+                         "temperature per call instead: module(scores, temperature=τ), or "
+                         "ConsistentAttention(h, 'learned_dual', temperature=τ, duals=module)")
         self.hidden = _check_positive_int(hidden, "hidden")
         self.layers = _check_positive_int(layers, "layers", minimum=0)
         self.sweeps = _check_positive_int(sweeps, "sweeps", minimum=0)

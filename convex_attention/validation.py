@@ -264,7 +264,7 @@ def is_grad_temperature(temperature) -> bool:
 
 def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None = None,
                        allow_grad: bool = False, method: str | None = None, unit: str = "level",
-                       unused: frozenset = frozenset()) -> list:
+                       unused: frozenset = frozenset(), grad_refusal: str | None = None) -> list:
     """Validate temperatures: one per level (per map of a graph: ``unit="map"``), never one per sample.
 
     Accepted: a positive real number of any type (Python ``int``/``float``, numpy's
@@ -279,7 +279,8 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
 
     Returns a list of ``num_levels`` floats; but a tensor that requires grad (with grad
     mode on) gives 0-d tensors in the list (views of it, so gradients flow back) when
-    ``allow_grad``, and a TypeError naming ``method`` otherwise.
+    ``allow_grad``, and a TypeError naming ``method`` otherwise (or saying ``grad_refusal``, for
+    an owner that is not a method).
     """
     temperature = _from_numpy(temperature, num_levels, unit)
     grad = is_grad_temperature(temperature)
@@ -291,6 +292,8 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
                 f"temperature tensor must have shape () (one for every {unit}) or ({num_levels},) (one per "
                 f"{unit}), got {tuple(temperature.shape)}; temperatures are per {unit}, never per sample")
         if grad and not allow_grad:
+            if grad_refusal is not None:
+                raise TypeError(grad_refusal)
             _refuse_grad_temperature(method, "a float or a tensor that does not require grad "
                                              "(temperature.detach())")
         values = temperature.detach().cpu().tolist()
@@ -319,6 +322,8 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
         if not any(grads):
             return temps
         if not allow_grad:
+            if grad_refusal is not None:
+                raise TypeError(grad_refusal)
             _refuse_grad_temperature(method, "floats or tensors that do not require grad")
         # one tensor given for several maps stays one tensor (promoted once): its maps share it,
         # and method 'dual' judges their temperature gradients summed, as the user receives them

@@ -473,7 +473,6 @@ def test_ca_rev115_amortised_duals_of_equal_graphs_share_their_state():
     fresh.load_state_dict(saved.state_dict())
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev115: AmortisedDuals(h, Parameter) refused as 'this method'")
 def test_ca_rev115_amortised_duals_refuse_a_learned_temperature_saying_what_to_do():
     """Run: ``ca.AmortisedDuals(h, temperature=nn.Parameter(torch.ones(2)))`` (a learned
     temperature, as a model that learns τ would pass it).  Expected: accepted, or refused naming
