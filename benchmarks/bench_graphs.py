@@ -21,14 +21,15 @@ import sys
 
 from convex_attention.baselines.linsat import linsat_solve
 from convex_attention.bench.graph_targets import (
+    CVX_PARTS,
     PARTS,
-    SPEED_ONLY,
     GraphBenchmark,
     RunRefused,
     check_cvx_device,
     check_no_earlier_results,
     default_backends,
     graph_benchmark,
+    reads_setting,
 )
 from convex_attention.cli import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends
@@ -63,11 +64,18 @@ def main(argv=None) -> int:
                              "refused, exit 2)")
     args = parser.parse_args(argv)
     given = given_settings(args, GraphBenchmark)
-    # the tiny settings the parts asked for read (a speed-only setting is refused without the speed part)
-    tiny = {k: v for k, v in TINY.items() if k not in SPEED_ONLY or "speed" in given.get("parts", PARTS)}
+    # the tiny settings the parts asked for read (a part's own setting is refused without that part)
+    tiny = {k: v for k, v in TINY.items() if reads_setting(k, given.get("parts", PARTS))}
     # every check before the folder is made: a refused run leaves nothing behind
     try:
         config = GraphBenchmark(**({**tiny, **given} if args.tiny else given))
+        if args.backends is not None:
+            twice = sorted({b for b in args.backends if args.backends.count(b) > 1})
+            if twice:  # (each was timed twice, its rows written twice: ca_rev114)
+                raise ValueError(f"--backends lists {', '.join(twice)} more than once; name each backend once")
+            if not set(CVX_PARTS) & set(config.parts):
+                raise ValueError(f"--backends is read only by the {' and '.join(CVX_PARTS)} parts; add one to "
+                                 f"--parts, or leave --backends out")
         missing = [b for b in args.backends or [] if b not in available_backends()]
         if missing:
             raise ValueError(f"backend(s) {', '.join(missing)} not installed here; installed: "

@@ -1365,7 +1365,6 @@ def _ca_rev114_stub_bench(monkeypatch) -> list:
     return started
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev114: bench accepts --factor for a sweep without the chain (unread)")
 def test_ca_rev114_factor_without_the_chain_is_refused(tmp_path, capsys, monkeypatch):
     """Run: bench --methods exact --structure star --sizes 4 --batch 2 --factor 3 (and the same with
     --structure axial --methods softmax --sizes 8 --factor 4). Expected: exit 2 before any work, as
@@ -1381,7 +1380,6 @@ def test_ca_rev114_factor_without_the_chain_is_refused(tmp_path, capsys, monkeyp
     assert "--factor" in capsys.readouterr().err and started == [] and not out.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev114: bench accepts --diffcp-batch/--cvx-batch no swept backend reads")
 @pytest.mark.skipif(not {"moreau", "diffcp-clarabel"} <= set(available_backends()),
                     reason="needs moreau and diffcp-clarabel")
 def test_ca_rev114_a_batch_setting_of_a_backend_not_swept_is_refused(tmp_path, capsys, monkeypatch):
@@ -1400,7 +1398,6 @@ def test_ca_rev114_a_batch_setting_of_a_backend_not_swept_is_refused(tmp_path, c
     assert started == []
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev114: a bench whose results cannot be written ends in a traceback")
 def test_ca_rev114_a_bench_that_cannot_write_its_rows_fails_in_one_line(tmp_path, capsys, monkeypatch):
     """Run: bench into a folder that stops taking writes once the run has started (the disk fills up;
     reproduced without a stub by `rm -rf OUT` 2 s into a 3 s sweep). Expected: one line on stderr naming

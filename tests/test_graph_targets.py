@@ -1596,7 +1596,6 @@ def _ca_rev114_script_that_measures_nothing() -> tuple:
     return script, handed
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev114: bench_graphs.py --backends takes a backend twice and times it twice")
 def test_ca_rev114_bench_graphs_refuses_a_backend_listed_twice(tmp_path, capsys):
     """Run: bench_graphs.py --tiny --parts gradients --backends diffcp-clarabel diffcp-clarabel.
     Expected: exit 2 (bench refuses '--cvx-backends diffcp-clarabel diffcp-clarabel': must hold
@@ -1613,7 +1612,6 @@ def test_ca_rev114_bench_graphs_refuses_a_backend_listed_twice(tmp_path, capsys)
     assert code == 2 and handed == [], (code, handed)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev114: bench_graphs.py accepts settings only parts not asked for read")
 def test_ca_rev114_the_settings_of_a_part_not_run_are_refused():
     """Run: bench_graphs.py --parts convergence --instances 1 --size 16 --amortised-steps 7 --grad-draws 3
     --linsat-iters 5. Expected: a usage error, as --cvx-batch/--cvx-repeats are refused without the speed
@@ -1625,7 +1623,6 @@ def test_ca_rev114_the_settings_of_a_part_not_run_are_refused():
             GraphBenchmark(parts=("convergence",), **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev114: bench_graphs.py --backends accepted without a part that reads it")
 def test_ca_rev114_bench_graphs_refuses_backends_no_part_reads(tmp_path, capsys):
     """Run: bench_graphs.py --parts convergence --instances 1 --size 16 --backends diffcp-scs. Expected:
     exit 2 (only the gradients and speed parts solve with cvxpylayers). Observed: exit 0, nothing solved

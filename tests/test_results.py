@@ -1111,3 +1111,22 @@ def test_a_float_beyond_float64_written_as_text_is_refused_not_stored_as_nan():
     with pytest.raises(ValueError, match="total_ms"):
         _as_column_type("total_ms", "1e400")
     assert math.isnan(_as_column_type("total_ms", "inf")) and math.isnan(_as_column_type("total_ms", math.inf))
+
+
+def test_factor_is_read_by_the_chain_rows_alone(tmp_path):
+    """--factor shapes the chain's grids alone (structures.structure_graph): rows of a star measured with
+    --factor 3 (as a sweep took before it refused the option without the chain, ca_rev114) resume at the
+    default factor, and so does a resume over star alone; a chain row holds the folder to its factor."""
+    w = sweep_writer(tmp_path, structures=("star",), factor=3)
+    w.commit(bench_row(method="exact", structure="star"))
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), structures=("star",)))
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), structures=("star", "chain")))
+    w2 = sweep_writer(tmp_path, resume=True, structures=("chain",), factor=3)
+    w2.commit(bench_row(method="exact", structure="chain"))
+    with pytest.raises(R.ResumeMismatch, match=r"--factor 3, this run asks for --factor 2"):
+        R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), structures=("chain",)))
+    R.check_resume_config(str(tmp_path), SweepConfig(sizes=(4,), levels=(2,), structures=("star",)))
+    assert not R.run_reads_setting("factor", ("exact",), ("star", "axial"))
+    assert R.run_reads_setting("factor", ("exact",), ("star", "chain")) and R.run_reads_setting("factor", ("exact",))
+    assert R.reads_setting("factor", {"method": "exact"}) and not R.reads_setting("factor", {"method": "exact",
+                                                                                          "structure": "star"})

@@ -106,7 +106,8 @@ from .timing import fastest, is_measured_time, measure_interleaved, nan_max, nan
 
 __all__ = ["GraphBenchmark", "graph_benchmark", "check_no_earlier_results", "unrolled_solve", "PARTS", "NONTREE",
            "CONVERGENCE_SETS", "CONVERGENCE_TOLS", "format_graph_targets", "DEFAULT_BACKENDS",
-           "default_backends", "check_cvx_device", "RunRefused", "convergence_instances", "draw_instance", "SPEED_ONLY"]
+           "default_backends", "check_cvx_device", "RunRefused", "convergence_instances", "draw_instance",
+           "PART_SETTINGS", "CVX_PARTS", "reads_setting"]
 
 PARTS = ("convergence", "gradients", "speed", "backward", "amortised", "linsat")
 # The cvxpylayers backends compared by default (those installed): diffcp-scs is left out, the
@@ -217,14 +218,18 @@ class GraphBenchmark:
             if value != "cpu" and "speed" not in self.parts:
                 raise ValueError(f"{flag} {value} moves only the speed part; add speed to --parts, or leave "
                                  f"{flag} at cpu")
+        # a setting of parts not asked for: given, graphs.json would record a setting no solve ran
+        # with (the cvxpylayers settings: the gradient part solves one sample at a time, at each
+        # backend's own tolerance; --amortised-steps, --grad-draws, ... were taken unread: ca_rev114)
+        for name, parts in PART_SETTINGS.items():
+            if not reads_setting(name, self.parts) and getattr(self, name) != _PART_SETTING_DEFAULTS[name]:
+                flag = "--" + name.replace("_", "-")
+                value = getattr(self, name)
+                shown = " ".join(map(str, value)) if isinstance(value, tuple) else value
+                raise ValueError(f"{flag} {shown} is read only by the {' and '.join(parts)} part"
+                                 f"{'s' if len(parts) > 1 else ''}; add {' or '.join(parts)} to --parts, or leave "
+                                 f"{flag} out")
         if "speed" not in self.parts:
-            # only the speed part reads these (the gradient part solves cvxpylayers one sample at a
-            # time, at each backend's own tolerance): given without it, graphs.json would record a
-            # setting no solve ran with
-            for name, flag in SPEED_ONLY.items():
-                if getattr(self, name) != _SPEED_ONLY_DEFAULTS[name]:
-                    raise ValueError(f"{flag} {getattr(self, name)} is read only by the speed part; add speed to "
-                                     f"--parts, or leave {flag} out")
             return  # the batches stay null in graphs.json: nothing ran with them
         for flag, value in (("--cvx-batch", self.cvx_batch), ("--diffcp-batch", self.diffcp_batch)):
             if value is not None and value > self.speed_batch:
@@ -237,11 +242,25 @@ class GraphBenchmark:
             self.diffcp_batch = min(DIFFCP_BATCH, self.speed_batch)
 
 
-#: The settings only the speed part reads (setting -> option), refused with other parts when
-#: they differ from their defaults, as ``--device`` and ``--cvx-device`` are.
-SPEED_ONLY = {"cvx_batch": "--cvx-batch", "diffcp_batch": "--diffcp-batch", "cvx_repeats": "--cvx-repeats",
-              "cvx_tolerance": "--cvx-tolerance"}
-_SPEED_ONLY_DEFAULTS = {f.name: f.default for f in fields(GraphBenchmark) if f.name in SPEED_ONLY}
+#: The settings that some parts alone read (setting -> those parts), refused without them when
+#: they differ from their defaults, as ``--device`` and ``--cvx-device`` are; every other
+#: setting is read by every part, or nearly (``--size``: all but the gradients).
+PART_SETTINGS = {
+    "cvx_batch": ("speed",), "diffcp_batch": ("speed",), "cvx_repeats": ("speed",), "cvx_tolerance": ("speed",),
+    "speed_batch": ("speed",), "instances": ("convergence",), "grad_size": ("gradients",),
+    "grad_draws": ("gradients",), "diffcp_modes": ("gradients",), "batch": ("backward",),
+    "repeats": ("speed", "backward", "amortised"), "amortised_steps": ("amortised",),
+    "amortised_sweeps": ("amortised",), "amortised_split": ("amortised",), "linsat_iters": ("linsat",),
+    "linsat_batch": ("linsat",), "linsat_repeats": ("linsat",),
+}
+#: The parts that solve with cvxpylayers (its backends, ``--backends``).
+CVX_PARTS = ("gradients", "speed")
+_PART_SETTING_DEFAULTS = {f.name: f.default for f in fields(GraphBenchmark) if f.name in PART_SETTINGS}
+
+
+def reads_setting(name: str, parts) -> bool:
+    """Whether a run of ``parts`` reads the setting ``name`` (:data:`PART_SETTINGS`)."""
+    return name not in PART_SETTINGS or bool(set(PART_SETTINGS[name]) & set(parts))
 
 
 def default_backends() -> list[str]:

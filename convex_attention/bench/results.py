@@ -94,6 +94,8 @@ FIT_SETTINGS = ("fit_instances", "fit_max_values", "fit_steps", "amortised_steps
 #: The settings that say how many samples a cvxpylayers row is timed on, one per kind of
 #: backend (:func:`cvx_batch_setting`).
 BATCH_SETTINGS = ("cvx_batch", "diffcp_batch")
+#: The measurement settings only the chain's rows read (the other structures have sizes of their own).
+CHAIN_SETTINGS = ("factor",)
 
 
 def cvx_batch_setting(backend: str | None) -> str | None:
@@ -114,10 +116,12 @@ def cvx_samples(backend: str | None, cvx_batch: int, diffcp_batch: int) -> int:
     return diffcp_batch if cvx_batch_setting(backend) == "diffcp_batch" else cvx_batch
 
 
-def run_reads_setting(name: str, methods) -> bool:
-    """Whether a run of ``methods`` measures a row that reads the setting ``name``
-    (:func:`reads_setting` over the rows each method gives: every λ kind of a method that
-    needs duals)."""
+def run_reads_setting(name: str, methods, structures=None) -> bool:
+    """Whether a run of ``methods`` (over ``structures``, where given) measures a row that reads
+    the setting ``name`` (:func:`reads_setting` over the rows each method gives: every λ kind of
+    a method that needs duals; a chain setting by a run with the chain alone)."""
+    if name in CHAIN_SETTINGS and structures is not None and "chain" not in structures:
+        return False
     for m in methods:
         method = REGISTRY.get(m)
         kinds = DUAL_KINDS if method is not None and method.needs_duals else ("",)
@@ -146,6 +150,8 @@ def reads_setting(name: str, row: dict) -> bool:
         return row.get("dual_kind") in ("fitted", "amortised")
     if name == "dual_tol":
         return method.options is not None and bool({"tol", "record_history"} & method.options)
+    if name in CHAIN_SETTINGS:  # (a row from before the structure axis is the chain's)
+        return row.get("structure") in (None, "", "chain")
     return True
 
 BENCH_SCHEMA = Schema(
@@ -418,7 +424,7 @@ def check_resume_config(out_dir: str, config) -> None:
             continue
         if not any(reads_setting(name, r) for r in kept):
             continue  # no kept row was measured with it (e.g. --fit-steps where no row is learned_dual's)
-        if "methods" in new and not run_reads_setting(name, new["methods"]):
+        if "methods" in new and not run_reads_setting(name, new["methods"], new.get("structures")):
             continue  # no row of this run reads it: the kept rows keep theirs (bench.json records the stored value)
         was, now = stored[name], as_json(new[name])
         if name == "checkpoint" and "model" not in (stored.get("generator"), new.get("generator")):
@@ -481,7 +487,7 @@ def _grown_config(stored: dict | None, new: dict) -> dict:
         return new
     out = dict(new)
     for name in MEASUREMENT_SETTINGS:
-        if name in stored and "methods" in new and not run_reads_setting(name, new["methods"]):
+        if name in stored and "methods" in new and not run_reads_setting(name, new["methods"], new.get("structures")):
             out[name] = stored[name]
     for name in GRID_SETTINGS:
         if name not in stored or name not in new:

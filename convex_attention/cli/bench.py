@@ -231,7 +231,8 @@ def _check_read(config: SweepConfig, given: dict) -> None:
     ``--checkpoint`` without ``--generator model`` is refused: its value would be recorded
     for rows it never touched.  Which rows read which setting is the resume rule's
     (:func:`convex_attention.bench.results.run_reads_setting`)."""
-    from ..bench.results import CVX_SETTINGS, FIT_SETTINGS, run_reads_setting
+    from ..bench.results import BATCH_SETTINGS, CVX_SETTINGS, FIT_SETTINGS, cvx_batch_setting, run_reads_setting
+    from ..cvx import BACKENDS, available_backends
     from ..io.settings import declared
 
     options = declared(SweepConfig)
@@ -241,10 +242,19 @@ def _check_read(config: SweepConfig, given: dict) -> None:
         unread.append(("cvx_backends", "methods", "cvxpylayers"))
     if "levels" in given and "chain" not in config.structures:  # the chain's alone
         unread.append(("levels", "structures", "chain"))
+    if "factor" in given and not run_reads_setting("factor", config.methods, config.structures):
+        unread.append(("factor", "structures", "chain"))
+    swept = list(config.cvx_backends) if config.cvx_backends is not None else available_backends()
+    for name in BATCH_SETTINGS:  # each read by its kind of backend alone (diffcp's, or the batched ones)
+        if name in given and "cvxpylayers" in config.methods and \
+                not any(cvx_batch_setting(b) in (None, name) for b in swept):
+            kind = [b for b in BACKENDS if cvx_batch_setting(b) == name]
+            unread.append((name, "cvx_backends", f"{' or '.join(kind)}"))
     if unread:
         name, axis, reader = unread[0]
         option, axis_option = options[name].option(name), options[axis].option(axis)
-        raise UsageError(f"{option} applies to {reader} only, and {axis_option} {' '.join(getattr(config, axis))} "
+        values = swept if axis == "cvx_backends" else getattr(config, axis)
+        raise UsageError(f"{option} applies to {reader} only, and {axis_option} {' '.join(values)} "
                          f"leaves it out: add {reader} to {axis_option}, or leave {option} out")
 
 
@@ -347,6 +357,11 @@ def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -
     except ResultsFormatError as err:
         raise UsageError(f"{err}; rerun with --overwrite instead of --resume (it starts over) or choose another "
                          f"--out") from err
+    except OSError as err:  # a full disk, a folder removed under the run: one line, as verify's
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"bench: stopped, a results file could not be written or read{where}: {err.strerror or err}; "
+              f"--resume continues from the rows {out} holds once it can be written", file=sys.stderr)
+        return 1
     info(args, _bench_summary(rows))
     if targets:
         info(args, format_targets(targets))
