@@ -1389,8 +1389,6 @@ _CA_REV117_DEV = ["experiment", "--stage", "dev", "--quick", "--image-size", "32
                   "--validity-images", "20", "--batch-size", "8", "--no-progress", "--quiet"]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev117: a second dev stage into the same --out replaces the first's results "
-                                       "without --force/--overwrite and leaves the first's runs/ among its own")
 def test_ca_rev117_a_second_dev_stage_into_one_folder_neither_replaces_nor_mixes_the_first(tmp_path, capsys):
     """Run: `experiment --stage dev` (tiny, softmax, --dev-seeds 0) into OUT, then the same
     with --dev-seeds 1 into the same OUT (no --force, no --overwrite).  Expected: refused
@@ -1414,8 +1412,6 @@ def test_ca_rev117_a_second_dev_stage_into_one_folder_neither_replaces_nor_mixes
     assert sorted(os.listdir(out / "dev" / "runs")) == ["plain_cnn-seed1", "softmax-0-seed1"]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev117: train --overwrite leaves an earlier DDP run's ddp_check.json "
-                                       "beside the new run's files (RUN_FILES omits it)")
 def test_ca_rev117_train_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys):
     """Run: `train` (1 epoch) into OUT, then OUT/ddp_check.json as a 2-process torchrun run
     writes it (_Run.finish: world_size 2, identical true), then `train --overwrite --seed 3`
@@ -1436,8 +1432,6 @@ def test_ca_rev117_train_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, c
     assert not (out / "ddp_check.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev117: explain of a plain CNN with --baseline-model none explains "
-                                       "nothing, and fails after the work with a traceback")
 def test_ca_rev117_explain_with_nothing_to_explain_is_a_usage_error_before_work(tmp_path, capsys, no_work):
     """Run: `explain --checkpoints p=<plain CNN checkpoint> --baseline-model none --n-images 2`
     (a plain CNN has no attention maps, and 'none' asks for no post-hoc method).  Expected:

@@ -65,9 +65,13 @@ EXPERIMENT_OPTIONS = ((ExperimentConfig, None),
                       (TrainConfig, ("data", "data_seed", "epochs", "n_train", "n_val", "batch_size", "device")),
                       (ModelConfig, ("image_size", "width")))
 #: The files a training run writes into its --out (train.py): a folder that holds one of
-#: them holds an earlier run.  --overwrite removes the first three (config.json is
-#: rewritten when the new run starts).
-RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.json")
+#: them holds an earlier run.  --overwrite removes all but config.json (rewritten when the
+#: new run starts); ddp_check.json (a torchrun run's weight digests, written at its end)
+#: describes weights a new or resumed run replaces, and an earlier one was left claiming
+#: identical ranks beside a one-process run's files (ca_rev117).
+RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.json", "ddp_check.json")
+#: What a resumed run removes when it starts: the digests of the weights it goes on from.
+_STALE_ON_RESUME = ("ddp_check.json",)
 # the experiment's protocol splits synthetic data only (ExperimentConfig refuses the rest)
 _EXPERIMENT_HELPS = {"data": "; ".join(f"{k}: {DATA_SOURCE_HELP[k]}" for k in SYNTHETIC_SOURCES)
                      + " (train and explain take brats and folder too)",
@@ -210,9 +214,9 @@ def _add_experiment(sub) -> None:
     x = sub.add_parser(
         "experiment", examples=SUBCOMMAND_EXAMPLES["experiment"],
         help="the paper's experiment under a protocol that cannot be tuned to (--stage dev|test)",
-        description="Stage 'dev' (may be repeated): trains every candidate variant (--grid-*) of the attention "
-                    "models on the training split, selects checkpoints on a label-only validation split, scores the "
-                    "attention maps per level on the development split against the lesion masks and the masks of "
+        description="Stage 'dev' (may be repeated, each into its own --out): trains every candidate variant "
+                    "(--grid-*) of the attention models on the training split, selects checkpoints on a label-only "
+                    "validation split, scores the attention maps per level on the development split against the lesion masks and the masks of "
                     "the structure that decides the label, runs the validity checks there ((a), (b), and (c'): "
                     "shuffling the softmax models' maps must lower their dev AUC by 0.05 or more, over 5 seeds or "
                     "more, its 95 % interval excluding 0; the accuracy gap to a plain CNN is reported) and proposes "
@@ -378,7 +382,12 @@ def check_run_folder(config, args, remove: bool = True) -> None:
     when the run starts).  ``remove=False``: the check alone, before anything is done."""
     out = os.path.abspath(config.out)
     found = [n for n in RUN_FILES if os.path.isfile(os.path.join(out, n))]
-    if not found or (args.resume and os.path.dirname(os.path.abspath(args.resume)) == out):
+    if args.resume and os.path.dirname(os.path.abspath(args.resume)) == out:
+        for name in _STALE_ON_RESUME if remove else ():
+            with contextlib.suppress(FileNotFoundError):  # (another rank may have removed it)
+                os.remove(os.path.join(out, name))
+        return
+    if not found:
         return
     if args.overwrite and not remove:
         return
@@ -572,7 +581,7 @@ def cmd_explain(args) -> int:
     from ..paper.config import SYNTHETIC_GENERATORS, check_device
     from ..paper.data import datasets_of
     from ..paper.data.synthetic import DECIDING_CHANNELS
-    from ..paper.explain import OUTPUT_FILES, explain_models, lesion_indices, write_outputs
+    from ..paper.explain import OUTPUT_FILES, check_explained, explain_models, lesion_indices, write_outputs
     from ..paper.models import NonFiniteOutput
 
     try:
@@ -587,6 +596,10 @@ def cmd_explain(args) -> int:
     with holding_out(args.out, "explain", args):
         earlier = _earlier_explanation(args, OUTPUT_FILES)  # again, under the lock: another run may have written it
         models, data, first = _explain_models(specs)
+        try:
+            check_explained(models, baseline)
+        except ValueError as err:
+            raise UsageError(f"argument --baseline-model: {err}") from None
         try:
             _, val = datasets_of(data)
             indices = lesion_indices(val, args.n_images)
@@ -645,9 +658,11 @@ def experiment_config_from_args(args):
 def _experiment_preflight(args, config) -> None:
     """Everything the stage refuses, checked before any work (UsageError)."""
     from ..paper.protocol import (
+        DevFolderExists,
         TestFolderExists,
         VariantsError,
         check_benchmark_verdict,
+        check_dev_folder,
         check_judged,
         check_test_data,
         check_test_folder,
@@ -661,8 +676,8 @@ def _experiment_preflight(args, config) -> None:
 
     if args.stage != "test":
         if args.force:
-            raise UsageError("argument --force: only the test stage writes its results once; dev runs may be "
-                             "repeated without it")
+            raise UsageError("argument --force: only the test stage replaces its results with it; a dev stage "
+                             "may be repeated into another --out")
         if args.variants_sha256 is not None:
             raise UsageError("argument --variants-sha256: only the test stage reads the variants file")
         if args.allow_rejected_benchmark:
@@ -678,6 +693,10 @@ def _experiment_preflight(args, config) -> None:
                 raise UsageError(f"argument --variants: {err}; the dev stage reads the data ledger beside the "
                                  f"variants file (the test splits spent so far): give the committed one") from None
         check_out(args.out)
+        try:
+            check_dev_folder(os.path.join(args.out, "dev"))
+        except DevFolderExists as err:
+            raise UsageError(f"argument --out: {err}") from None
         return
     try:
         variants = read_variants(args.variants).validate(config.methods, where=args.variants)
@@ -703,7 +722,7 @@ def _experiment_preflight(args, config) -> None:
 def cmd_experiment(args) -> int:
     from ..paper.experiment import run_experiment
     from ..paper.models import NonFiniteOutput, NonFiniteWeights
-    from ..paper.protocol import TestFolderExists, VariantsError
+    from ..paper.protocol import DevFolderExists, TestFolderExists, VariantsError
     from ..paper.train import TrainingDiverged, ValidationClassesError
 
     config = experiment_config_from_args(args)
@@ -715,7 +734,7 @@ def cmd_experiment(args) -> int:
                                     log=lambda *m, **_: info(args, *m), stage=args.stage, variants_path=args.variants,
                                     force=args.force, variants_sha256=args.variants_sha256,
                                     allow_rejected_benchmark=args.allow_rejected_benchmark)
-        except (VariantsError, TestFolderExists) as err:
+        except (VariantsError, TestFolderExists, DevFolderExists) as err:
             raise UsageError(str(err)) from None
         except ValidationClassesError as err:  # a validation split drawn without both classes
             return _failed("experiment", err)

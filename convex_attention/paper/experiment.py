@@ -6,7 +6,7 @@ same loop) are trained on the synthetic weakly-annotated lesions, on labels alon
 their explanations are scored against the lesion masks.  The protocol
 (:mod:`convex_attention.paper.protocol`) has two stages:
 
-* ``--stage dev`` (may be repeated): trains every candidate variant (the grid of τ, α,
+* ``--stage dev`` (may be repeated, each into its own ``--out``): trains every candidate variant (the grid of τ, α,
   the score head, a learned temperature and the dual source) with ``dev_seeds`` at the
   first difficulty, runs the map ablation (every level at once and each alone) and scores
   the attention maps per level on the **development** split (with masks) under every
@@ -109,6 +109,7 @@ from .protocol import (
     benchmark_record,
     build_split,
     check_benchmark_verdict,
+    check_dev_folder,
     check_disjoint,
     check_judged,
     check_test_data,
@@ -183,6 +184,7 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
         specs = split_specs(config.train.data, config.train.data_seed, {k: sizes[k] for k in ("train", "val", "dev")},
                             config.difficulties[0], config.held_out_mimic)
         check_unspent(specs, [r for r in runs if r.get("stage") == "test"], what="the dev stage")
+        check_dev_folder(os.path.join(out, "dev"))  # (again under the command's lock)
         return run_dev(config, os.path.join(out, "dev"), progress=progress, log=log)
     path = variants_path or DEFAULT_VARIANTS_PATH
     variants = read_variants(path)

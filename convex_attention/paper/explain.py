@@ -57,8 +57,8 @@ from .explain_metrics import (
 from .models import NonFiniteOutput, non_finite_parts
 
 __all__ = ["MASKS", "TARGETS", "has_decisive_masks", "decisive_indices", "explained_indices", "primary_mask",
-           "lesion_indices", "explain_models", "explanations", "score_explanations", "reference_maps", "grids_of",
-           "summarise",
+           "lesion_indices", "check_explained", "explain_models", "explanations", "score_explanations",
+           "reference_maps", "grids_of", "summarise",
            "write_outputs", "mean_ci", "mean_se", "nan_counts", "summary_cells", "dropped_values",
            "format_ci", "markdown_table", "plot_examples",
            "plot_metric_summary", "EXPLAIN_COLUMNS", "POSTHOC", "GROUP_KEYS", "OUTPUT_FILES"]
@@ -251,6 +251,18 @@ def _posthoc_models(models: dict, baseline_model) -> set:
     return set(names)
 
 
+def check_explained(models: dict, baseline_model) -> None:
+    """ValueError, before any work, naming a model of which nothing would be scored: one with no
+    attention maps (a plain CNN) that the post-hoc methods do not explain (``baseline_model``,
+    as :func:`explain_models` takes it).  Such a model was run over every image and left no row
+    (with no other model: 'nothing was explained' after the work, ca_rev117)."""
+    posthoc = _posthoc_models(models, baseline_model)
+    silent = [n for n, m in models.items() if not getattr(m, "has_attention", True) and n not in posthoc]
+    if silent:
+        raise ValueError(f"model {silent[0]!r} has no attention maps, and the post-hoc methods do not explain it: "
+                         f"nothing of it would be scored; name it in the baseline models, or leave it out")
+
+
 def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_model="all",
                    target: str = "true", batch_size: int = 16, device="cpu", progress: bool = True,
                    indices: list[int] | None = None, upsampling: str = "nearest", pooled: bool = False,
@@ -278,6 +290,7 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
         raise ValueError("no model to explain")
     if upsampling not in UPSAMPLINGS:
         raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLINGS)}, got {upsampling!r}")
+    check_explained(models, baseline_model)
     posthoc = _posthoc_models(models, baseline_model)
     if indices is None:
         indices = lesion_indices(dataset, n_images)

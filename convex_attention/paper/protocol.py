@@ -567,6 +567,25 @@ def verify_variants(path: str, sha256: str | None = None) -> dict:
 # ----------------------------------------------------------------------------- the test folder
 
 
+class DevFolderExists(ValueError):
+    """The dev stage's result folder holds an earlier stage's files: each dev stage writes its own."""
+
+
+def check_dev_folder(folder: str) -> None:
+    """DevFolderExists unless ``folder`` (``OUT/dev``) is absent or empty: a second dev stage
+    there replaced the first's ``proposed_variants.json`` (the file the user commits as the
+    variants) and left the first's ``runs/`` among its own, which no file of the second names
+    (ca_rev117)."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise DevFolderExists(f"{folder} is a file, not a folder; choose another --out")
+    found = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+    if found:
+        shown = ", ".join(found[:4]) + (f" and {len(found) - 4} more" if len(found) > 4 else "")
+        raise DevFolderExists(f"{folder} already holds a dev stage's files ({shown}): a second dev stage there "
+                              f"would replace its proposed_variants.json and mix its runs with the new ones; give "
+                              f"each dev stage its own --out")
+
+
 def check_test_folder(folder: str, force: bool = False) -> bool:
     """Whether ``folder`` may become the test stage's result folder, without touching it:
     False if absent or empty, True if it is an earlier test result that ``force`` allows
