@@ -1635,3 +1635,27 @@ def test_ca_rev114_bench_graphs_refuses_backends_no_part_reads(tmp_path, capsys)
     code, err = _ca_rev114_main(script, ["--parts", "convergence", "--instances", "1", "--size", "16",
                                          "--backends", "diffcp-scs", "--out", str(tmp_path / "g")], capsys)
     assert code == 2 and handed == [], (code, handed)
+
+
+# ---- ca_rev116 (strict xfail: review of 8e6f256)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev116: bench_graphs.py takes --diffcp-batch with no diffcp backend, unread")
+def test_ca_rev116_bench_graphs_refuses_a_batch_setting_of_a_backend_not_timed(tmp_path, capsys):
+    """Run: bench_graphs.py --parts speed --backends moreau --diffcp-batch 4, and --backends
+    diffcp-clarabel --cvx-batch 4 (graph_benchmark stubbed). Expected: exit 2 before any work, as bench
+    refuses '--diffcp-batch applies to diffcp-clarabel or diffcp-scs only, and --cvx-backends moreau leaves
+    it out' since ca_rev114, and as this script refuses settings of parts not run (PART_SETTINGS).
+    Observed: exit 0 both times; a real run of --tiny --parts speed --backends moreau --diffcp-batch 2 wrote
+    speed.csv with moreau rows alone (timed on 1 sample, --cvx-batch) and graphs.json's config records
+    diffcp_batch 2, a setting no solve read."""
+    from convex_attention.cvx import available_backends
+
+    if not {"moreau", "diffcp-clarabel"} <= set(available_backends()):
+        pytest.skip("needs moreau and diffcp-clarabel")
+    codes = []
+    for backend, option in (("moreau", "--diffcp-batch"), ("diffcp-clarabel", "--cvx-batch")):
+        script, handed = _ca_rev114_script_that_measures_nothing()
+        code, _ = _ca_rev114_main(script, ["--parts", "speed", "--backends", backend, option, "4",
+                                           "--out", str(tmp_path / backend)], capsys)
+        codes.append((code, len(handed)))
+    assert codes == [(2, 0), (2, 0)], codes
