@@ -618,33 +618,59 @@ class Graph:
     def not_forest_reason(self) -> str | None:
         """Why the graph is not a forest (names the first map with two or more coarsenings, and
         whether they nest: where one's cells are unions of another's, the graph says the same as
-        one with that edge from the finer coarsening, which may be a forest), or None."""
+        one with that edge from the finer coarsening, which is named where the graph lacks it;
+        only where every two of them nest can that make it a forest), or None.  Builds no grid
+        edge's parent map (a 2**36-cell edge's is 512 GiB: ca_rev98, ca_rev116)."""
         for k, out in enumerate(self.out_edges):
             if len(out) > 1:
-                coarse = ", ".join(f"map {self.edges[e][1]} (edge {e})" for e in out)
-                nested = self._nested_coarsenings(out)
-                if nested is None:
-                    return f"map {k} has {len(out)} coarsenings ({coarse}), which do not nest"
-                finer, coarser, e = nested
-                return (f"map {k} has {len(out)} coarsenings ({coarse}), which nest: map {coarser}'s cells are "
-                        f"unions of map {finer}'s, so edge {e} ({k} → {coarser}) can be replaced by an edge {finer} → "
-                        f"{coarser} (its parents: map {coarser}'s cell of each cell of map {finer}), the same "
-                        f"constraints, which may make the graph a forest")
+                reason = f"map {k} has {len(out)} coarsenings (" + \
+                    ", ".join(f"map {self.edges[e][1]} (edge {e})" for e in out) + ")"
+                nested = {(e, f) for e in out for f in out if e != f and self._blocks_nest(e, f)}
+                if not nested:
+                    return f"{reason}, which do not nest"
+                apart = [(e, f) for e in out for f in out if e < f and (e, f) not in nested and (f, e) not in nested]
+                # (advice only where no path joins the two maps already: the edge it names would repeat
+                # an edge, be implied by a path, or close a cycle, ca_rev116)
+                advice = [(e, f) for e, f in sorted(nested)
+                          if not self._reaches(self.edges[e][1], self.edges[f][1])
+                          and not self._reaches(self.edges[f][1], self.edges[e][1])]
+                said = ""
+                if advice:
+                    e, f = advice[0]
+                    finer, coarser = self.edges[e][1], self.edges[f][1]
+                    said = (f"map {coarser}'s cells are unions of map {finer}'s, so edge {f} ({k} → {coarser}) can "
+                            f"be replaced by an edge {finer} → {coarser} (its parents: map {coarser}'s cell of each "
+                            f"cell of map {finer}), the same constraints")
+                if not apart:
+                    return f"{reason}, which nest" + (f": {said}, which may make the graph a forest" if said else "")
+                a, b = (self.edges[e][1] for e in apart[0])
+                return f"{reason}, not all nested" + (f": {said}" if said else "") + \
+                    f"; maps {a} and {b} do not nest"
         return None
 
-    def _nested_coarsenings(self, out: Sequence[int]) -> tuple[int, int, int] | None:
-        """``(finer, coarser, edge into coarser)`` for the first two edges of ``out`` (edges from one
-        map) where the coarser map's cells are unions of the finer's, or None where none nest."""
-        for e in out:
-            for f in out:
-                if e == f:
-                    continue
-                finer, coarser = self.edges[e][1], self.edges[f][1]
-                n = self.sizes[coarser]
-                pairs = self._cpu_parents(e) * n + self._cpu_parents(f)  # each finer cell in one coarser cell
-                if int(torch.unique(pairs).numel()) == self.sizes[finer]:
-                    return finer, coarser, f
-        return None
+    def _reaches(self, a: int, b: int) -> bool:
+        """Whether a path of edges leads from map ``a`` to map ``b``."""
+        seen, todo = {a}, [a]
+        while todo:
+            for e in self.out_edges[todo.pop()]:
+                n = self.edges[e][1]
+                if n == b:
+                    return True
+                if n not in seen:
+                    seen.add(n)
+                    todo.append(n)
+        return False
+
+    def _blocks_nest(self, e: int, f: int) -> bool:
+        """Whether the coarse map of edge ``f`` has cells that are unions of the coarse map of edge
+        ``e``'s (both edges from one map): by their factors where both pool grid blocks (no parent
+        map built), else by the parent maps (a grid edge's built only beside a parent map of the
+        same size)."""
+        ge, gf = (self._partitions()[2][x] for x in (e, f))
+        if ge[0] == gf[0] == "grid":
+            return len(ge[1]) == len(gf[1]) and all(b % a == 0 for a, b in zip(ge[1], gf[1]))
+        pairs = self._cpu_parents(e) * self.sizes[self.edges[f][1]] + self._cpu_parents(f)
+        return int(torch.unique(pairs).numel()) == self.sizes[self.edges[e][1]]  # each cell of e's map in one of f's
 
     def spanning_forest(self) -> list[int]:
         """Edges of a spanning forest: for every map its coarsening with the most cells (ties:

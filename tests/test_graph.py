@@ -715,7 +715,6 @@ def test_a_graph_pickled_before_its_lists_were_frozen_gets_them_frozen():
 
 # ---- ca_rev116 (strict xfail: review of 8e6f256)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev116: not_forest_reason builds a grid edge's parent map (2**36 cells)")
 def test_ca_rev116_not_forest_reason_builds_no_parent_map_of_a_grid_edge(monkeypatch):
     """Run: Graph.axial((2**18, 2**18)).not_forest_reason() and ConsistentAttention(that graph, "exact"),
     with Graph._grid_parents spied on (it raises MemoryError above 2**24 cells instead of allocating).
@@ -744,7 +743,6 @@ def test_ca_rev116_not_forest_reason_builds_no_parent_map_of_a_grid_edge(monkeyp
     assert built == []
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev116: 3 coarsenings called 'which nest' where only one pair nests")
 def test_ca_rev116_not_forest_reason_does_not_say_coarsenings_nest_that_do_not():
     """Run: Graph([(4, 4), (4, 1), (1, 4), (2, 1)], [(0, 1), (0, 2), (0, 3)]).not_forest_reason(): map 0's
     rows (map 1), columns (map 2) and row pairs (map 3). Expected: the reason says which coarsenings
@@ -760,7 +758,6 @@ def test_ca_rev116_not_forest_reason_does_not_say_coarsenings_nest_that_do_not()
     assert "do not nest" in reason or "which nest" not in reason, reason
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev116: nesting advice names an edge the graph already has")
 def test_ca_rev116_nesting_advice_gives_a_graph_that_can_be_built():
     """Run: Graph.from_edges([4, 2, 2], [(0, 1, [0, 0, 1, 1]), (0, 2, [0, 0, 1, 1]), (1, 2, [1, 0])])
     (map 0's two coarsenings are one partition; map 1 -> map 2 swaps its cells, so the edges are not
