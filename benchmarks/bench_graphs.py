@@ -31,6 +31,7 @@ from convex_attention.bench.graph_targets import (
     graph_benchmark,
     reads_setting,
 )
+from convex_attention.bench.results import BATCH_SETTINGS, cvx_batch_setting
 from convex_attention.cli import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends
 from convex_attention.io.files import check_out_dir
@@ -76,6 +77,14 @@ def main(argv=None) -> int:
             if not set(CVX_PARTS) & set(config.parts):
                 raise ValueError(f"--backends is read only by the {' and '.join(CVX_PARTS)} parts; add one to "
                                  f"--parts, or leave --backends out")
+        timed = args.backends or default_backends()
+        for name in BATCH_SETTINGS:  # read by the speed part's backends of its kind alone (as bench refuses it)
+            if name in given and "speed" in config.parts and not any(cvx_batch_setting(b) in (None, name)
+                                                                     for b in timed):
+                flag, kind = "--" + name.replace("_", "-"), [b for b in BACKENDS if cvx_batch_setting(b) == name]
+                raise ValueError(f"{flag} applies to {' or '.join(kind)} only, and the backends timed "
+                                 f"({' '.join(timed) or 'none'}) leave it out: add one to --backends, or leave "
+                                 f"{flag} out")
         missing = [b for b in args.backends or [] if b not in available_backends()]
         if missing:
             raise ValueError(f"backend(s) {', '.join(missing)} not installed here; installed: "

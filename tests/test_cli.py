@@ -1425,7 +1425,6 @@ def test_ca_rev114_a_bench_that_cannot_write_its_rows_fails_in_one_line(tmp_path
 
 @pytest.mark.skipif(not {"moreau", "diffcp-clarabel"} <= set(available_backends()),
                     reason="needs moreau and diffcp-clarabel")
-@pytest.mark.xfail(strict=True, reason="ca_rev116: --resume asks for --diffcp-batch, which _check_read then refuses")
 def test_ca_rev116_a_resume_with_other_backends_is_not_refused_both_ways(tmp_path, capsys, monkeypatch):
     """Run: bench --methods cvxpylayers --cvx-backends diffcp-clarabel --diffcp-batch 1 (sizes 4, levels 2,
     batch 2) into OUT (1 row), then bench ... --cvx-backends moreau --resume, then the same with
@@ -1447,7 +1446,6 @@ def test_ca_rev116_a_resume_with_other_backends_is_not_refused_both_ways(tmp_pat
     assert 0 in codes and len(started) == 1, codes
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev116: demo goes on to verify and plot, exit 0, after bench's OSError")
 def test_ca_rev116_demo_stops_when_its_bench_step_cannot_write(tmp_path, capsys, monkeypatch):
     """Run: demo --out OUT with the sweep raising OSError(ENOSPC, 'No space left on device', OUT/bench.csv)
     (bench.sweep.run_sweep stubbed; verify and plot stubbed to record that they ran). Expected: demo

@@ -1639,7 +1639,6 @@ def test_ca_rev114_bench_graphs_refuses_backends_no_part_reads(tmp_path, capsys)
 
 # ---- ca_rev116 (strict xfail: review of 8e6f256)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev116: bench_graphs.py takes --diffcp-batch with no diffcp backend, unread")
 def test_ca_rev116_bench_graphs_refuses_a_batch_setting_of_a_backend_not_timed(tmp_path, capsys):
     """Run: bench_graphs.py --parts speed --backends moreau --diffcp-batch 4, and --backends
     diffcp-clarabel --cvx-batch 4 (graph_benchmark stubbed). Expected: exit 2 before any work, as bench

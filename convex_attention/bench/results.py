@@ -116,12 +116,15 @@ def cvx_samples(backend: str | None, cvx_batch: int, diffcp_batch: int) -> int:
     return diffcp_batch if cvx_batch_setting(backend) == "diffcp_batch" else cvx_batch
 
 
-def run_reads_setting(name: str, methods, structures=None) -> bool:
-    """Whether a run of ``methods`` (over ``structures``, where given) measures a row that reads
-    the setting ``name`` (:func:`reads_setting` over the rows each method gives: every λ kind of
-    a method that needs duals; a chain setting by a run with the chain alone)."""
+def run_reads_setting(name: str, methods, structures=None, backends=None) -> bool:
+    """Whether a run of ``methods`` (over ``structures`` and cvxpylayers ``backends``, where
+    given) measures a row that reads the setting ``name`` (:func:`reads_setting` over the rows
+    each method gives: every λ kind of a method that needs duals; a chain setting by a run with
+    the chain; a batch setting by a run with a backend of its kind)."""
     if name in CHAIN_SETTINGS and structures is not None and "chain" not in structures:
         return False
+    if name in BATCH_SETTINGS and backends is not None:
+        return "cvxpylayers" in methods and any(cvx_batch_setting(b) in (None, name) for b in backends)
     for m in methods:
         method = REGISTRY.get(m)
         kinds = DUAL_KINDS if method is not None and method.needs_duals else ("",)
@@ -424,7 +427,8 @@ def check_resume_config(out_dir: str, config) -> None:
             continue
         if not any(reads_setting(name, r) for r in kept):
             continue  # no kept row was measured with it (e.g. --fit-steps where no row is learned_dual's)
-        if "methods" in new and not run_reads_setting(name, new["methods"], new.get("structures")):
+        if "methods" in new and not run_reads_setting(name, new["methods"], new.get("structures"),
+                                                      new.get("cvx_backends")):
             continue  # no row of this run reads it: the kept rows keep theirs (bench.json records the stored value)
         was, now = stored[name], as_json(new[name])
         if name == "checkpoint" and "model" not in (stored.get("generator"), new.get("generator")):
@@ -487,7 +491,8 @@ def _grown_config(stored: dict | None, new: dict) -> dict:
         return new
     out = dict(new)
     for name in MEASUREMENT_SETTINGS:
-        if name in stored and "methods" in new and not run_reads_setting(name, new["methods"], new.get("structures")):
+        if name in stored and "methods" in new and \
+                not run_reads_setting(name, new["methods"], new.get("structures"), new.get("cvx_backends")):
             out[name] = stored[name]
     for name in GRID_SETTINGS:
         if name not in stored or name not in new:

@@ -246,8 +246,8 @@ def _check_read(config: SweepConfig, given: dict) -> None:
         unread.append(("factor", "structures", "chain"))
     swept = list(config.cvx_backends) if config.cvx_backends is not None else available_backends()
     for name in BATCH_SETTINGS:  # each read by its kind of backend alone (diffcp's, or the batched ones)
-        if name in given and "cvxpylayers" in config.methods and \
-                not any(cvx_batch_setting(b) in (None, name) for b in swept):
+        if name in given and "cvxpylayers" in config.methods and not run_reads_setting(name, config.methods,
+                                                                                        backends=swept):
             kind = [b for b in BACKENDS if cvx_batch_setting(b) == name]
             unread.append((name, "cvx_backends", f"{' or '.join(kind)}"))
     if unread:
@@ -359,8 +359,9 @@ def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -
                          f"--out") from err
     except OSError as err:  # a full disk, a folder removed under the run: one line, as verify's
         where = f" ({err.filename})" if err.filename else ""
-        print(f"bench: stopped, a results file could not be written or read{where}: {err.strerror or err}; "
-              f"--resume continues from the rows {out} holds once it can be written", file=sys.stderr)
+        then = f"; --resume continues from the rows {out} holds once it can be written" if offer_resume else ""
+        print(f"bench: stopped, a results file could not be written or read{where}: {err.strerror or err}{then}",
+              file=sys.stderr)
         return 1
     info(args, _bench_summary(rows))
     if targets:
@@ -679,7 +680,8 @@ def cmd_demo(args) -> int:
                           log=lambda m: print(f"demo: {m}", file=sys.stderr)):
             threads = f"{config.threads} torch thread" + ("s" if config.threads != 1 else "")
             step(1, f"bench --quick: {len(list(config.cells()))} sweep cells, {threads}")
-            _run_bench(config, bench_args, args.out, offer_resume=False)
+            if _run_bench(config, bench_args, args.out, offer_resume=False):
+                return 1  # (its line said why; verify and the figures would run on nothing: ca_rev116)
             step(2, "verify --quick: the dual solutions against CVXPY and the closed form")
             status = _run_verify(verify_args, verify_config, None, backends)
             step(3, "plot: every figure")
