@@ -273,3 +273,18 @@ def test_rev42_save_syncs_each_file_to_disk_before_renaming_it_over_the_target(t
     assert [os.path.basename(dst) for _, dst in renamed] == ["f.png", "f.pdf"]
     assert sorted(os.path.basename(s) for s in synced) == sorted(os.path.basename(src) for src, _ in renamed), \
         "each temporary file is synced before it is renamed over its target"
+
+
+# ---- ca_rev118 (strict xfail: review of c09fa87)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev118: a run record whose torch_threads is a list (a hand-edited "
+                                       "bench.json) is a TypeError traceback in env_line")
+def test_ca_rev118_a_run_record_of_the_wrong_type_is_no_traceback():
+    """Ran env_line on an environment whose runs[0].torch_threads is [1] (bench.json edited
+    by hand; `convex-attention plot` on such a folder ends in the same traceback, exit 1).
+    Expected: a footer (the threads said as not readable, or the value shown).  Observed:
+    TypeError: unhashable type: 'list' from the set of the runs' threads."""
+    runs = [{"torch_threads": [1], "load_average_start": [1.0, 1.0, 1.0], "load_average_end": [1.0, 1.0, 1.0]}]
+    line = figures.env_line({"torch": "2.13.0", "processor": "cpu", "torch_threads": 1, "runs": runs})
+    assert "torch 2.13.0" in line

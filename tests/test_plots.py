@@ -2752,3 +2752,189 @@ def test_ca_rev78_backward_footer_says_so_where_repetitions_are_not_recorded(fig
     plots.plot_backward(backward_rows(), "b.png", None, pytest.fail)
     footer = " ".join(figs["b:footer"].split())
     assert "median of ?" not in footer, footer
+
+
+# ---- ca_rev118 (strict xfail: review of c09fa87)
+
+
+def _ca_rev118_example(folder, settings=None, duals=("fitted", "amortised")):
+    """An 8x8+4x4 example.npz with the λ kinds ``duals`` and, where given, a settings record."""
+    rng = np.random.default_rng(0)
+    arrays = {"scores0": rng.normal(size=(8, 8)), "scores1": rng.normal(size=(4, 4))}
+    arrays.update({f"{kind}_dual0": 0.1 * rng.normal(size=(4, 4)) for kind in duals})
+    if settings is not None:
+        arrays["settings"] = np.array(json.dumps(settings, sort_keys=True))
+    np.savez(os.path.join(folder, "example.npz"), levels=np.array(2), temperature=np.array([1.0, 1.0]), **arrays)
+
+
+_CA_REV118_SETTINGS = {"generator": "lesion", "size": 32, "levels": 2, "scale": 1.0, "seed": 0, "fit_instances": 128,
+                       "fit_max_values": None, "fit_steps": 150, "amortised_steps": 300}
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev118: two bench.csv rows of one key are both drawn, the tradeoff point "
+                                       "at their median (a time neither row holds), without a word")
+def test_ca_rev118_rows_of_one_key_are_not_drawn_as_a_value_nor_left_out_unsaid(figs):
+    """Ran plot_tradeoff on one cell's rows plus a second `exact` row of the same key (every
+    key field alike: a line pasted from another run's bench.csv; its checksum is valid) whose
+    times are 10x.  Expected: the copies are named (bench --resume drops every copy, since
+    which one is right is not known), and no point is drawn at a time no row holds.
+    Observed: nothing said, and exact is drawn at the median of the two copies (5.5x the
+    first row's time), a value neither row measured."""
+    rows = cell_rows()
+    exact = next(r for r in rows if r["method"] == "exact")
+    copy = {**exact, **{c: 10 * exact[c] for c in ("per_sample_ms", "total_ms", "total_ms_q1", "total_ms_q3")}}
+    logs: list = []
+    consistency.plot_tradeoff(rows + [copy], "t.png", None, logs.append)
+    xs = [float(line.get_xdata()[0]) for line in figs["t"].axes[0].get_lines()  # the points, not the bars' caps
+          if len(line.get_xdata()) == 1 and line.get_color() == plots.METHOD_COLORS["exact"]
+          and line.get_marker() not in ("|", "_")]
+    recorded = (exact["per_sample_ms"], copy["per_sample_ms"])
+    assert all(any(np.isclose(x, r) for r in recorded) for x in xs), (xs, recorded)
+    assert logs, "the duplicated row is not named"
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev118: attention_maps is drawn from an example.npz that records another "
+                                       "run's settings than bench.json's config, without a word")
+def test_ca_rev118_an_example_of_another_run_is_not_drawn_under_this_runs_footer(tmp_path, figs):
+    """Ran plot_results on a folder whose bench.json config is lesion, seed 0 and whose
+    example.npz records (its `settings`) gaussian, seed 7: what an interrupted `bench
+    --overwrite` leaves (the example is written after the sweep; results_format.md says so,
+    and bench --resume writes such an example again).  Expected: attention_maps not drawn
+    from it, or drawn with a line (stderr or footer) saying the example is another run's.
+    Observed: drawn silently, under this run's environment, its footer calling the λ 'the
+    sweep's fitted shared λ'."""
+    folder = str(tmp_path / "r")
+    write_bench(folder, sweep_rows())
+    config = {k: v for k, v in _CA_REV118_SETTINGS.items() if k not in ("size", "levels")}
+    with open(os.path.join(folder, "bench.json"), "w") as f:
+        json.dump({"environment": ENV, "config": config}, f)
+    _ca_rev118_example(folder, {**_CA_REV118_SETTINGS, "generator": "gaussian", "seed": 7})
+    logs: list = []
+    written = plot_results(folder, str(tmp_path / "figs"), log=logs.append)
+    drawn = any(p.endswith("attention_maps.png") for p in written)
+    assert not drawn or any("example.npz" in m for m in logs) or "another run" in figs["attention_maps:footer"]
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev118: the attention_maps footer says the λ are the sweep's fitted and "
+                                       "amortised λ when example.npz holds none (a sweep without learned_dual)")
+def test_ca_rev118_the_maps_footer_names_only_the_lambdas_the_example_holds(tmp_path, figs):
+    """Ran plot_attention_maps on an example.npz without any *_dual array (what bench writes
+    for a sweep without learned_dual: fit_steps and amortised_steps 0).  Expected: the
+    footer does not claim fitted or amortised λ.  Observed: it says 'λ: the sweep's fitted
+    shared λ and the amortised network's prediction for this instance', and no learned_dual
+    row is drawn."""
+    _ca_rev118_example(str(tmp_path), duals=())
+    plots.plot_attention_maps(str(tmp_path / "example.npz"), "maps.png", log=pytest.fail)
+    footer = " ".join(figs["maps:footer"].split())
+    assert "fitted shared λ" not in footer and "amortised network's prediction" not in footer, footer
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev118: a bench.csv row whose shapes are enormous makes the violation "
+                                       "figure allocate them (rounding_level): MemoryError traceback")
+def test_ca_rev118_enormous_shapes_in_a_row_fail_like_a_command(tmp_path, capsys, figs):
+    """Ran `convex-attention plot` on a folder whose bench.csv (checksums recomputed: a row
+    edited by hand) holds one row with shapes '100000000x100000000+50000000x50000000'.
+    Expected: the row (or its rounding level) left out and named on stderr, the figures
+    written, exit 0 (or one line and exit 2).  Observed: numpy's ArrayMemoryError from
+    consistency.rounding_level ('Unable to allocate ... PiB'), a traceback."""
+    rows = cell_rows()
+    rows[1]["shapes"] = "100000000x100000000+50000000x50000000"
+    write_bench(str(tmp_path), rows)
+    code, err = plot_cli(tmp_path, capsys)
+    assert code in (0, 2)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev118: a bench.json nested deeper than the JSON decoder's recursion "
+                                       "limit is a RecursionError traceback, not 'not readable JSON'")
+def test_ca_rev118_a_deeply_nested_bench_json_is_said_not_a_traceback(tmp_path, figs):
+    """Ran plot_results on a folder whose bench.json is valid JSON nested 100000 deep
+    ('[[[...]]]': a hostile or corrupted file).  Expected: said through log ('not readable
+    JSON'), the figures drawn without an environment line.  Observed: RecursionError from
+    json.load in _common.load_record (it catches ValueError, not RecursionError)."""
+    folder = str(tmp_path)
+    write_bench(folder, cell_rows())
+    (tmp_path / "bench.json").write_text("[" * 100000 + "]" * 100000)
+    logs: list = []
+    written = plot_results(folder, str(tmp_path / "figs"), log=logs.append)
+    assert written and any("bench.json" in m for m in logs)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev118: plot replaces figures its record says were drawn from OTHER "
+                                       "results without a word (removing them needs the same results)")
+def test_ca_rev118_figures_of_other_results_are_not_replaced_unsaid(tmp_path, figs):
+    """Ran plot_results(A, OUT), then plot_results(B, OUT) for another results folder B into
+    the same figure folder.  Expected: B's time_vs_size (and the other chain figures) replace
+    A's only with a word (or need --overwrite): the record proves they were drawn from A, and
+    plot removes a figure only where it was drawn from the same results, keeping (and
+    naming) A's other figures.  Observed: A's time_vs_size, violation, speed-up and tradeoff
+    are replaced silently; the only line says A's dual_convergence and attention_maps were
+    'kept', so OUT mixes the two results with no line saying which figures are whose."""
+    a, b, out = str(tmp_path / "A"), str(tmp_path / "B"), str(tmp_path / "figs")
+    write_bench(a, sweep_rows())
+    write_convergence(a)
+    write_bench(b, sweep_rows())
+    plot_results(a, out, log=pytest.fail)
+    logs: list = []
+    try:
+        plot_results(b, out, log=logs.append)
+    except plots.FigureConflict:
+        return  # refused: nothing replaced
+    assert any("time_vs_size.png" in m for m in logs), logs
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev118: dual_convergence draws convergence.csv rows whose row_id has no "
+                                       "dual row in bench.csv (bench --resume drops them), without a word")
+def test_ca_rev118_convergence_of_a_row_never_committed_is_not_drawn_unsaid(tmp_path, figs):
+    """Ran plot_results on a folder whose convergence.csv holds the histories of the two dual
+    rows of bench.csv and one more (row_id ffffffffffff, cell 9) that no bench.csv row has:
+    a run stopped between the renames of convergence.csv and bench.csv
+    (results_format.md: such rows 'are dropped on --resume').  Expected: that history not
+    drawn, or named.  Observed: three lines drawn, nothing said."""
+    folder = str(tmp_path)
+    rows = cell_rows(cell=0) + cell_rows(size=16, cell=1)
+    for r in rows:
+        r["row_id"] = f"{r['cell']:012x}" if r["method"] == "dual" else ""
+    write_bench(folder, rows)
+    conv = [{"row_id": rid, "cell": cell, "structure": "chain", "dims": 2, "size": size, "levels": 2,
+             "temperature": 1.0, "iteration": i, "violation_mean": 10.0 ** -i, "violation_max": 10.0 ** -i,
+             "dual_gap_mean": 10.0 ** -i, "dual_gap_max": 10.0 ** -i}
+            for rid, cell, size in ((f"{0:012x}", 0, 8), (f"{1:012x}", 1, 16), ("ffffffffffff", 9, 32))
+            for i in range(4)]
+    atomic_csv(os.path.join(folder, "convergence.csv"), tuple(conv[0]) + ("checksum",), conv, checksum=True)
+    logs: list = []
+    plot_results(folder, str(tmp_path / "figs"), log=logs.append)
+    lines = figs["dual_convergence"].axes[0].get_lines()
+    assert len(lines) == 2 or any("convergence.csv" in m for m in logs), (len(lines), logs)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev118: the tradeoff draws one of two cells that differ in temperature "
+                                       "and says neither which temperature it drew nor that one was left out")
+def test_ca_rev118_tradeoff_says_the_temperature_of_the_cell_it_draws(figs):
+    """Ran plot_tradeoff on a sweep of two cells alike but for the temperature (1.0 and 0.1,
+    the second's violations 100x).  Expected: the panel (or footer) names the temperature of
+    the cell drawn, as time_vs_size keeps temperatures apart.  Observed: title
+    '2-D, 2 levels: 8x8+4x4, B=4, float32 cell', no temperature anywhere, the other cell
+    dropped without a word."""
+    rows = cell_rows(cell=0)
+    hot = [dict(r, temperature=0.1, cell=1, violation_mean=100 * r["violation_mean"]) for r in cell_rows(cell=1)]
+    consistency.plot_tradeoff(rows + hot, "t.png", None, pytest.fail)
+    text = " ".join(ax.get_title() for ax in figs["t"].axes) + figs["t:footer"]
+    assert "temperature" in text or "τ" in text, text
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev118: one skipped cvxpylayers row with n_cells 'inf' loses the whole "
+                                       "speed-up figure, said as an axis that 'spans more decades'")
+def test_ca_rev118_a_skipped_row_with_an_unusable_size_loses_no_figure(tmp_path, figs):
+    """Ran plot_results on one measured cell plus a skipped cvxpylayers row (over the cap)
+    whose n_cells is 'inf' (checksum recomputed).  Expected: that row named and left out,
+    the speed-up figure written (rows with unusable values are skipped and named).
+    Observed: OverflowError in speed._not_measured (int(float('inf'))), caught by
+    layout_guard: the figure is not written and stderr blames an axis spanning more decades
+    than floating point can draw."""
+    rows = cell_rows()
+    skipped = bench_row("cvxpylayers", backend="moreau", size=64, cell=1, timed=False)
+    skipped.update(status="skipped", reason="over the cap (--cvx-max-cells)", n_cells="inf")
+    write_bench(str(tmp_path), rows + [skipped])
+    logs: list = []
+    written = plot_results(str(tmp_path), str(tmp_path / "figs"), log=logs.append)
+    assert any(p.endswith("speedup_exact_vs_cvxpylayers.png") for p in written), logs
