@@ -278,8 +278,6 @@ def test_rev42_save_syncs_each_file_to_disk_before_renaming_it_over_the_target(t
 # ---- ca_rev118 (strict xfail: review of c09fa87)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev118: a run record whose torch_threads is a list (a hand-edited "
-                                       "bench.json) is a TypeError traceback in env_line")
 def test_ca_rev118_a_run_record_of_the_wrong_type_is_no_traceback():
     """Ran env_line on an environment whose runs[0].torch_threads is [1] (bench.json edited
     by hand; `convex-attention plot` on such a folder ends in the same traceback, exit 1).

@@ -2829,8 +2829,6 @@ def test_ca_rev118_the_maps_footer_names_only_the_lambdas_the_example_holds(tmp_
     assert "fitted shared λ" not in footer and "amortised network's prediction" not in footer, footer
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev118: a bench.csv row whose shapes are enormous makes the violation "
-                                       "figure allocate them (rounding_level): MemoryError traceback")
 def test_ca_rev118_enormous_shapes_in_a_row_fail_like_a_command(tmp_path, capsys, figs):
     """Ran `convex-attention plot` on a folder whose bench.csv (checksums recomputed: a row
     edited by hand) holds one row with shapes '100000000x100000000+50000000x50000000'.
@@ -2844,8 +2842,6 @@ def test_ca_rev118_enormous_shapes_in_a_row_fail_like_a_command(tmp_path, capsys
     assert code in (0, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev118: a bench.json nested deeper than the JSON decoder's recursion "
-                                       "limit is a RecursionError traceback, not 'not readable JSON'")
 def test_ca_rev118_a_deeply_nested_bench_json_is_said_not_a_traceback(tmp_path, figs):
     """Ran plot_results on a folder whose bench.json is valid JSON nested 100000 deep
     ('[[[...]]]': a hostile or corrupted file).  Expected: said through log ('not readable
@@ -2922,8 +2918,6 @@ def test_ca_rev118_tradeoff_says_the_temperature_of_the_cell_it_draws(figs):
     assert "temperature" in text or "τ" in text, text
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev118: one skipped cvxpylayers row with n_cells 'inf' loses the whole "
-                                       "speed-up figure, said as an axis that 'spans more decades'")
 def test_ca_rev118_a_skipped_row_with_an_unusable_size_loses_no_figure(tmp_path, figs):
     """Ran plot_results on one measured cell plus a skipped cvxpylayers row (over the cap)
     whose n_cells is 'inf' (checksum recomputed).  Expected: that row named and left out,

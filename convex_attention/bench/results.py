@@ -300,7 +300,7 @@ def _bench_json(out_dir: str) -> dict:
     try:
         with open(os.path.join(out_dir, "bench.json"), encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -523,7 +523,7 @@ def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
         try:
             with open(json_path, encoding="utf-8") as f:
                 rows = json.load(f).get("rows")
-        except (OSError, ValueError, AttributeError) as err:
+        except (OSError, ValueError, RecursionError, AttributeError) as err:
             return 0, 0, f"{json_path}: not readable JSON ({' '.join(str(err).split())[:200]})"
         if not isinstance(rows, list):
             return 0, 0, f"{json_path}: no list of rows"
@@ -815,7 +815,7 @@ class ResultsWriter:
             with open(self.json_path, encoding="utf-8") as f:
                 data = json.load(f)
             runs, stored_rows = data.get("runs", []), data.get("rows")
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError, RecursionError, AttributeError):
             return []
         runs = [dict(r) for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
         if not isinstance(stored_rows, list):

@@ -143,9 +143,11 @@ def env_line(env: dict | None, notes=()) -> str:
     if env and isinstance(env, dict):
         threads = env.get("torch_threads")
         runs = env.get("runs")
-        per_run = {r.get("torch_threads") for r in runs if isinstance(r, dict)} if isinstance(runs, list) else set()
-        if per_run - {None}:  # the runs' own record: the threads they ran with
-            threads = "/".join(str(t) for t in sorted(per_run - {None}, key=str))
+        recorded = [r.get("torch_threads") for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
+        # (a count that is not an integer, e.g. a list in a hand-edited file, shown as '?': ca_rev118)
+        per_run = {t if isinstance(t, int) and not isinstance(t, bool) else "?" for t in recorded if t is not None}
+        if per_run:  # the runs' own record: the threads they ran with
+            threads = "/".join(str(t) for t in sorted(per_run, key=str))
         parts = [f"torch {plain(env.get('torch', '?'), 40)}", plain(env.get("processor", "") or "", 80),
                  plain(_plural(threads, "torch thread"), 60) if threads is not None else "torch threads not recorded",
                  plain(env.get("gpu", "") or "", 80), _load_text(runs)]

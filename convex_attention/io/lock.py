@@ -46,7 +46,7 @@ def _read_owner(path: str) -> dict:
         with open(path, encoding="utf-8") as f:
             owner = json.load(f)
         return owner if isinstance(owner, dict) else {}
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
 
 

@@ -465,7 +465,7 @@ def read_variants(path: str) -> Variants:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f, parse_constant=_strict_constant)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise VariantsError(f"the variants file {path} is not readable strict JSON ({err})") from None
     return Variants.from_dict(data, where=path)
 
@@ -663,7 +663,7 @@ def read_manifest(folder: str) -> dict | None:
     try:
         with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
             data = json.load(f, parse_constant=_strict_constant)
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
 
@@ -797,7 +797,7 @@ def read_ledger(path: str) -> list[dict]:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f, parse_constant=_strict_constant)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:
         raise VariantsError(f"the data ledger {path} is not readable strict JSON ({err})") from None
     return _ledger_entries(data, path)
 
@@ -831,7 +831,7 @@ def _committed_entries(root: str, rel: str) -> list[dict]:
         return []
     try:
         data = json.loads(shown.stdout, parse_constant=_strict_constant)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise VariantsError(f"the data ledger committed at HEAD:{rel} is not readable strict JSON ({err})") from None
     return _ledger_entries(data, f"HEAD:{rel}")
 
@@ -1109,7 +1109,7 @@ def read_test_runs(folder: str) -> list[dict]:
             continue
         try:
             record = json.loads(line, parse_constant=_strict_constant)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise VariantsError(f"the test run log {path}, line {number}, is not strict JSON ({err}); {fix}") from None
         if not isinstance(record, dict):
             raise VariantsError(f"the test run log {path}, line {number}, is not a JSON object; {fix}")

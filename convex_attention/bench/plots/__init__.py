@@ -249,7 +249,7 @@ def _read_manifest(out: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, UnicodeDecodeError, ValueError):
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("written_by") != _MANIFEST_TAG or not isinstance(
             data.get("figures"), dict):

@@ -570,7 +570,7 @@ def load_record(folder: str, log: Log, name: str) -> dict | None:
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f, parse_constant=constant)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         log(f"{name}: not readable JSON ({plain(err, 80)}); its figures carry no environment line")
         return None
     if bad_tokens:

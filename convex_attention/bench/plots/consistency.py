@@ -95,11 +95,29 @@ def rounding_level(shapes, dtype: str, batch: int = 8, seed: int = 0) -> float:
     return float(violation(probs, Hierarchy.grid([tuple(s) for s in shapes])).mean())
 
 
-def _rounding_levels(points, dtype: str) -> list[float]:
-    """:func:`rounding_level` at every grid cell of ``dtype``'s panel."""
+#: The largest finest grid whose rounding level is drawn, in cells; up to it the level is
+#: formed on fewer samples where the grid is large (at most ROUNDING_LEVEL_VALUES values per
+#: map in extended precision, about 64 MiB).  A row claiming more (a hand-edited shapes of
+#: 1e16 cells had numpy allocate 568 PiB: ca_rev118) is said and gets no level.
+ROUNDING_LEVEL_MAX_CELLS = 2 ** 23
+ROUNDING_LEVEL_VALUES = 2 ** 22
+
+
+def _rounding_levels(points, dtype: str, log: Log) -> list[float]:
+    """:func:`rounding_level` at every grid cell of ``dtype``'s panel (within
+    :data:`ROUNDING_LEVEL_MAX_CELLS`; a larger one is said to ``log``)."""
     cells = {s for _, d, _, _, s in points if d == dtype}
     grids = [g for g in (_grid_shapes(c) for c in sorted(cells)) if g is not None]
-    return [rounding_level(g, dtype) for g in grids]
+    levels = []
+    for g in grids:
+        n = math.prod(g[0])
+        if n > ROUNDING_LEVEL_MAX_CELLS:
+            shapes = "+".join("x".join(map(str, s)) for s in g)
+            log(f"violation: no {dtype} rounding level for the cell of shapes {shapes} ({n:.3g} finest cells, "
+                f"more than {ROUNDING_LEVEL_MAX_CELLS:,})")
+            continue
+        levels.append(rounding_level(g, dtype, batch=max(1, min(8, ROUNDING_LEVEL_VALUES // n))))
+    return levels
 
 
 def _tick_label(s: Series) -> str:
@@ -129,7 +147,7 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
         return None
     dtypes = sorted({d for _, d, *_ in points}, key=lambda d: -DTYPE_EPS[d])
     by_dtype = {d: sorted({s for s, d2, *_ in points if d2 == d}, key=Series.order) for d in dtypes}
-    levels = {d: [v for v in _rounding_levels(points, d) if v > 0] for d in dtypes}
+    levels = {d: [v for v in _rounding_levels(points, d, log) if v > 0] for d in dtypes}
     positive = [v for _, _, v, _, _ in points if v > 0] + [v for vs in levels.values() for v in vs]
     floor = floor_below(positive + [min(DTYPE_EPS[d] for d in dtypes)], default=math.nan)  # never empty
     rng = np.random.default_rng(0)

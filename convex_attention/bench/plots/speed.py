@@ -594,10 +594,11 @@ SHAPE_NAMES = {"v": "triangle", "o": "circle", "s": "square", "D": "diamond", "^
                ">": "triangle right"}
 
 
-def _not_measured(rows, panels) -> dict:
+def _not_measured(rows, panels, log: Log) -> dict:
     """``{(panel, backend, why): [n]}``: the cvxpylayers cells of a panel drawn (``panels``)
     that the sweep did not measure (skipped, or failed: :func:`._common.skip_reason` says
-    why)."""
+    why); a row whose size is not a finite count is said to ``log`` and left out (an
+    ``n_cells`` of inf had lost the whole figure, blamed on its axes: ca_rev118)."""
     out: dict = {}
     for r in rows:
         why = skip_reason(r)
@@ -606,7 +607,9 @@ def _not_measured(rows, panels) -> dict:
         try:
             panel = (int(float(r["dims"])), text_of(r, "device"), int(float(r["levels"])))
             n = int(float(r["n_cells"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):
+            log(f"speedup_exact_vs_cvxpylayers: a {text_of(r, 'status') or 'not measured'} cvxpylayers row "
+                f"(row_id {text_of(r, 'row_id') or '?'}) has no finite size: its marker is left out")
             continue
         if panel in panels:
             out.setdefault((panel, text_of(r, "backend"), why), []).append(n)
@@ -641,7 +644,7 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
     panels = sorted({k[0] for k in lines})
     # the device named in the titles wherever the rows have several (cells of one may draw no line)
     devices = {text_of(r, "device") for r in rows if text_of(r, "method") in (SPEEDUP_BASE, SPEEDUP_OVER)}
-    skipped = _not_measured(rows, set(panels))
+    skipped = _not_measured(rows, set(panels), log)
     series = sorted({k[1] for k in lines} | {Series(SPEEDUP_OVER, "", b) for _, b, _ in skipped}, key=Series.order)
     styles = styles_for(set(series))
     settings = setting_styles(k[2] for k in lines)
