@@ -243,6 +243,35 @@ def _as_column_type(column: str, value):
                          f"the CSV could hold and read back") from None
 
 
+def unique_rows(rows) -> tuple[list[dict], list[str]]:
+    """The bench rows whose key (:func:`row_key`) no other row holds, in order, and one problem
+    per key held more than once: which copy is right is not known, so every copy is dropped
+    (``--resume`` measures it again; a figure leaves it out: drawn, two copies made a median
+    neither row held, ca_rev118).  Typed rows or rows of strings."""
+    copies = Counter(row_key(r) for r in rows)
+    problems, reported = [], set()
+    for r in rows:
+        key = row_key(r)
+        if copies[key] > 1 and key not in reported:
+            reported.add(key)
+            what = " ".join(str(x) for x in (r.get("method"), r.get("backend") or "", r.get("dual_kind") or "") if x)
+            problems.append(f"bench.csv: {copies[key]} rows of {what} cell {r.get('cell')} (the same row more than "
+                            f"once): every copy is dropped")
+    return [r for r in rows if copies[row_key(r)] == 1], problems
+
+
+def committed_histories(conv_rows, bench_rows) -> tuple[list[dict], list[str]]:
+    """The ``convergence.csv`` rows of a committed ``ok`` bench row (``bench_rows``, their
+    ``row_id``), and the problem that names the others: rows of a cell whose bench row was
+    never committed (a run killed between the two files' renames), which ``--resume`` drops
+    and a figure must not draw (ca_rev118)."""
+    ok_ids = {r.get("row_id") for r in bench_rows if r.get("status") == "ok"}
+    kept = [r for r in conv_rows if r.get("row_id") in ok_ids]
+    orphans = len(conv_rows) - len(kept)
+    return kept, ([f"convergence.csv: {orphans} row(s) of a cell whose bench row was never committed are dropped"]
+                  if orphans else [])
+
+
 def row_key(row: dict) -> tuple:
     """The identity of a bench row: the values of :data:`KEY_FIELDS` as strings (each typed
     as the reader reads it, :func:`_as_column_type`, and written as the CSV writes it, so
@@ -707,32 +736,18 @@ class ResultsWriter:
             if held or unreadable:
                 problems.append(f"bench.csv is missing and bench.json {'cannot be read' if unreadable else ''}"
                                 f"{f'holds {held} row(s)' if held else ''}: its rows are dropped")
-        copies: dict[tuple, int] = {}
-        for r in rows:
-            copies[row_key(r)] = copies.get(row_key(r), 0) + 1
-        reported: set = set()
-        for r in rows:
-            key = row_key(r)
-            if copies[key] == 1:
-                self._store(r)
-            elif key not in reported:  # which copy is right is not known: every one is dropped
-                reported.add(key)
-                what = " ".join(x for x in (r["method"], r.get("backend") or "", r.get("dual_kind") or "") if x)
-                problems.append(f"bench.csv: {copies[key]} rows of {what} cell {r['cell']} (the same row more than "
-                                f"once): every copy is dropped")
+        unique, copied = unique_rows(rows)
+        for r in unique:
+            self._store(r)
+        problems += copied
         self._read_rows = Counter((r["row_id"], r["checksum"]) for r in rows)  # bench.csv as read
         conv, conv_problems = read_rows(self.conv_path, CONVERGENCE_SCHEMA)
         damaged = bool(conv_problems)
         ok_ids = {r["row_id"] for r in self._rows.values() if r["status"] == "ok"}
-        orphans = 0
-        for r in conv:
-            if r["row_id"] in ok_ids:
-                self._conv.setdefault(r["row_id"], []).append(r)
-            else:
-                orphans += 1
-        if orphans:
-            conv_problems.append(f"convergence.csv: {orphans} row(s) of a cell whose bench row was never "
-                                 f"committed are dropped")
+        kept, orphaned = committed_histories(conv, self._rows.values())
+        for r in kept:
+            self._conv.setdefault(r["row_id"], []).append(r)
+        conv_problems += orphaned
         conv_problems += self._drop_incomplete_histories(_row_ids_on_lines(self.conv_path, ok_ids) if damaged
                                                          else Counter())
         self.problems = problems + conv_problems
