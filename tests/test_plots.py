@@ -2793,8 +2793,6 @@ def test_ca_rev118_rows_of_one_key_are_not_drawn_as_a_value_nor_left_out_unsaid(
     assert logs, "the duplicated row is not named"
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev118: attention_maps is drawn from an example.npz that records another "
-                                       "run's settings than bench.json's config, without a word")
 def test_ca_rev118_an_example_of_another_run_is_not_drawn_under_this_runs_footer(tmp_path, figs):
     """Ran plot_results on a folder whose bench.json config is lesion, seed 0 and whose
     example.npz records (its `settings`) gaussian, seed 7: what an interrupted `bench
@@ -2815,8 +2813,6 @@ def test_ca_rev118_an_example_of_another_run_is_not_drawn_under_this_runs_footer
     assert not drawn or any("example.npz" in m for m in logs) or "another run" in figs["attention_maps:footer"]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev118: the attention_maps footer says the λ are the sweep's fitted and "
-                                       "amortised λ when example.npz holds none (a sweep without learned_dual)")
 def test_ca_rev118_the_maps_footer_names_only_the_lambdas_the_example_holds(tmp_path, figs):
     """Ran plot_attention_maps on an example.npz without any *_dual array (what bench writes
     for a sweep without learned_dual: fit_steps and amortised_steps 0).  Expected: the

@@ -16,15 +16,29 @@ import torch
 
 from ..hierarchy import Hierarchy
 from ..io.files import atomic_write_bytes, one_line
+from ..methods import get_method
 from .config import capped_instances
 from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
 from .results import DUAL_KINDS
 
-__all__ = ["save_example", "load_example", "why_write_again"]
+__all__ = ["save_example", "load_example", "why_write_again", "sweep_example_settings", "recorded_settings"]
 
 _DUAL_KEY = re.compile(r"^([a-z_]+)_dual(0|[1-9][0-9]*)$")  # fitted_dual00 is not λ_0
 _MAX_EXAMPLE_CELLS = 1 << 20  # cells over all levels: more is no figure
+
+
+def sweep_example_settings(config) -> dict:
+    """The keyword arguments of :func:`save_example` for the sweep of ``config`` (a mapping of
+    :class:`~.config.SweepConfig`'s settings: ``asdict(config)``, or ``bench.json``'s
+    ``config``): its instance generator (the lesion generator in place of a model's), scale and
+    seed, and its training settings where it has learned_dual (0 steps without).  One home for
+    the sweep that writes the example and the figure that checks it is the sweep's own."""
+    learned = any(get_method(m).needs_duals for m in config.get("methods") or ())
+    return dict(generator="lesion" if config.get("generator") == "model" else config.get("generator"),
+                scale=config.get("scale"), seed=config.get("seed"), fit_instances=config.get("fit_instances"),
+                fit_max_values=config.get("fit_max_values"), fit_steps=config.get("fit_steps") if learned else 0,
+                amortised_steps=config.get("amortised_steps") if learned else 0)
 
 
 def why_write_again(path: str, need_duals: bool, settings: dict | None = None) -> str | None:
@@ -40,7 +54,7 @@ def why_write_again(path: str, need_duals: bool, settings: dict | None = None) -
     if need_duals and "fitted" not in kinds:
         return "the resumed sweep adds learned_dual, whose λ it lacked"
     if settings is not None:
-        recorded = _recorded_settings(path)
+        recorded = recorded_settings(path)
         if recorded is None:
             return "it records no settings (an earlier version wrote it), so it may be another run's instance"
         wanted = _full_settings(settings)
@@ -59,7 +73,7 @@ def _full_settings(settings: dict) -> dict:
     return json.loads(json.dumps({**defaults, **settings}, allow_nan=False, sort_keys=True))
 
 
-def _recorded_settings(path: str) -> dict | None:
+def recorded_settings(path: str) -> dict | None:
     """The settings :func:`save_example` recorded in ``path`` (its ``settings`` member, a JSON
     object in a string array), or None where there are none or they cannot be read."""
     try:

@@ -6,6 +6,7 @@ Subcommands share one results format (a folder with ``bench.csv``/``bench.json``
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import statistics
@@ -322,7 +323,7 @@ def cmd_bench(args) -> int:
 def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -> int:
     """The checked sweep into ``out`` (under its lock), the example instance, the summary
     (``offer_resume``: whether a refusal may name --resume; demo has none)."""
-    from ..bench.examples import save_example, why_write_again
+    from ..bench.examples import save_example, sweep_example_settings, why_write_again
     from ..bench.results import FinishedRows, stored_targets
     from ..bench.sweep import run_sweep
     from ..bench.targets import format_targets
@@ -341,10 +342,7 @@ def _run_bench(config: SweepConfig, args, out: str, offer_resume: bool = True) -
             learned = any(get_method(m).needs_duals for m in config.methods)  # λ only where they are swept
             example = os.path.join(out, "example.npz")
             # (anything but a file of that name was refused before any work, as for every output)
-            settings = dict(generator="lesion" if config.generator == "model" else config.generator,
-                            scale=config.scale, seed=config.seed, fit_instances=config.fit_instances,
-                            fit_max_values=config.fit_max_values, fit_steps=config.fit_steps if learned else 0,
-                            amortised_steps=config.amortised_steps if learned else 0)
+            settings = sweep_example_settings(dataclasses.asdict(config))
             why = why_write_again(example, learned, settings) \
                 if args.resume and os.path.exists(example) else None
             if why:  # this run's instance again (with its λ where the sweep learns them)

@@ -33,6 +33,7 @@ import tempfile
 
 from ...io.figures import FigureLayoutError, layout_guard
 from ...io.files import write_json
+from ..examples import recorded_settings, sweep_example_settings, why_write_again
 from ..results import committed_histories, unique_rows
 from ._common import (
     DTYPE_COLORS,
@@ -42,7 +43,6 @@ from ._common import (
     PlotWarning,
     env_of,
     graph_parts,
-    load_env,
     load_record,
     not_drawn_notes,
     read_results,
@@ -147,7 +147,8 @@ def remove_empty_folder(path: str) -> None:
 
 def _draw(folder: str, out: str, log: Log) -> list[str]:
     """Draw every figure the results have data for into ``out``; the PNG paths written."""
-    env = load_env(folder, log)
+    record = load_record(folder, log, "bench.json")
+    env = env_of(record, "bench.json", log)
     written = []
 
     def figure_path(name):
@@ -210,13 +211,33 @@ def _draw(folder: str, out: str, log: Log) -> list[str]:
     if backward_rows:
         written.append(draw("backward_implicit_vs_unrolled", plot_backward, backward_rows, backward_env))
     example = os.path.join(folder, "example.npz")
-    if os.path.exists(example):
+    other = _example_of_another_run(example, record) if os.path.exists(example) else None
+    if other:
+        log(f"example.npz: {other}; attention_maps not drawn under this run's footer (bench --resume writes it "
+            f"again)")
+    elif os.path.exists(example):
         try:  # draw() says a layout failure (a FigureLayoutError, itself a ValueError) first
             written.append(draw("attention_maps", plot_attention_maps, example, env))
         except ValueError as err:
             log(f"example.npz: {err}; attention_maps not written")
             written.append(None)
     return [p for p in written if p]
+
+
+def _example_of_another_run(example: str, record: dict | None) -> str | None:
+    """Why ``example.npz`` is not the instance of the sweep ``bench.json`` (``record``)
+    records, or None: it records other settings than that sweep's (an interrupted ``bench
+    --overwrite`` leaves the earlier run's example beside the new rows; drawn, its footer
+    called another run's λ this sweep's: ca_rev118).  An example that records no settings (an
+    earlier version wrote it), or a folder without the sweep's configuration, cannot be
+    checked, and is drawn as before."""
+    config = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(config, dict) or recorded_settings(example) is None:
+        return None
+    try:
+        return why_write_again(example, False, sweep_example_settings(config))
+    except (KeyError, TypeError, ValueError) as err:  # (a config naming no method this version knows)
+        return f"its sweep's settings cannot be read from bench.json ({err})"
 
 
 def _backward_source(folder: str, log: Log) -> tuple[bool, dict | None]:

@@ -22,6 +22,20 @@ from ._common import (
 ATTENTION_MAP_METHODS = ("softmax", "learned_dual", "dual", "exact")
 
 
+#: What each kind of λ an example holds is, for the footer.
+_LAMBDA_SOURCES = {"zero": "λ = 0", "fitted": "the sweep's fitted shared λ",
+                   "amortised": "the amortised network's prediction for this instance",
+                   "per_sample": "this instance's own optimal λ*"}
+
+
+def _lambda_note(kinds) -> str:
+    """The footer's account of the λ drawn: those the example holds, or that it holds none
+    (a sweep without learned_dual: the footer had named fitted and amortised λ, ca_rev118)."""
+    if not kinds:
+        return "the example holds no λ (its sweep had no learned_dual): no learned_dual row"
+    return "λ: " + ", ".join(_LAMBDA_SOURCES.get(k, k) for k in kinds)
+
+
 def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None = None) -> str:
     """The levels of one instance under softmax, learned_dual (each λ the file holds),
     dual and exact, with each constraint's residual P_k p_k − p_{k+1}, all computed in
@@ -101,8 +115,8 @@ def plot_attention_maps(example_path: str, path: str, env=None, log: Log | None 
         fig.suptitle("Attention maps of one instance, computed in float64: one colour scale per level (and per "
                      "residual), shared by all methods", fontsize=8)
         return figures.save(fig, path, env, notes=[
-            "computed in float64 from example.npz's scores and λ (the sweep's timings are in their own dtype); "
-            "λ: the sweep's fitted shared λ and the amortised network's prediction for this instance",
+            "computed in float64 from example.npz's scores" + (" and λ" if kinds else "") +
+            " (the sweep's timings are in their own dtype); " + _lambda_note(kinds),
             "under each map: N·max p, its peak over a uniform map's (N: the level's cells); under each residual: "
             "its L1 norm",
             f"FAILED on this example, not drawn: {'; '.join(left_out)}" if left_out else ""])
