@@ -2851,8 +2851,6 @@ def test_ca_rev118_a_deeply_nested_bench_json_is_said_not_a_traceback(tmp_path, 
     assert written and any("bench.json" in m for m in logs)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev118: plot replaces figures its record says were drawn from OTHER "
-                                       "results without a word (removing them needs the same results)")
 def test_ca_rev118_figures_of_other_results_are_not_replaced_unsaid(tmp_path, figs):
     """Ran plot_results(A, OUT), then plot_results(B, OUT) for another results folder B into
     the same figure folder.  Expected: B's time_vs_size (and the other chain figures) replace

@@ -127,6 +127,7 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None, ov
         conflicts = unrecorded_figures(out, names)
         if conflicts and not overwrite:
             raise FigureConflict(out, conflicts)
+        _say_replaced_from_other_results(out, folder, names, log)
         for name in names:
             os.replace(os.path.join(staging, name), os.path.join(out, name))
     finally:
@@ -136,6 +137,23 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None, ov
     paths = [os.path.join(out, os.path.basename(p)) for p in drawn]
     _tidy(out, folder, paths, log)
     return paths
+
+
+def _say_replaced_from_other_results(out: str, folder: str, names, log: Log) -> None:
+    """Says which of the figure files ``names`` about to be written into ``out`` replace this
+    tool's figures of another results folder (its record says whose): replaced without a
+    word, ``out`` mixed two results' figures, and only the ones kept were named (ca_rev118)."""
+    record = _read_manifest(out) or {}
+    results = os.path.realpath(folder)
+    others: dict = {}
+    for name in names:
+        entry = record.get(name)
+        if name.endswith(".png") and isinstance(entry, dict) and entry.get("results") not in (None, results) \
+                and os.path.exists(os.path.join(out, name)):
+            others.setdefault(str(entry["results"]), []).append(name)
+    for source, figures_of in sorted(others.items()):
+        log(f"{out}: replaced {', '.join(figures_of)} (and their PDFs), drawn before from {source} (other "
+            f"results)")
 
 
 def remove_empty_folder(path: str) -> None:
