@@ -2895,8 +2895,6 @@ def test_ca_rev118_convergence_of_a_row_never_committed_is_not_drawn_unsaid(tmp_
     assert len(lines) == 2 or any("convergence.csv" in m for m in logs), (len(lines), logs)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev118: the tradeoff draws one of two cells that differ in temperature "
-                                       "and says neither which temperature it drew nor that one was left out")
 def test_ca_rev118_tradeoff_says_the_temperature_of_the_cell_it_draws(figs):
     """Ran plot_tradeoff on a sweep of two cells alike but for the temperature (1.0 and 0.1,
     the second's violations 100x).  Expected: the panel (or footer) names the temperature of

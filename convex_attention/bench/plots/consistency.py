@@ -449,9 +449,10 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
             ax.set_xscale("log")
             ax.set_yscale("log")
             quiet_minor_ticks(ax)
-            ax.set_title(f"{panel[0]}-D, {panel[1]} levels: {plain(text_of(meta.row, 'shapes'), 40)}, "
-                         f"B={plain(text_of(meta.row, 'batch'), 8)}, {plain(panel[2], 10)} cell"
-                         + (f", {plain(panel[3], 10)}" if len(devices) > 1 else ""))
+            # (the temperature too: two cells apart only in it were drawn one, unsaid, ca_rev118)
+            ax.set_title(f"{panel[0]}-D, {panel[1]} levels: {plain(text_of(meta.row, 'shapes'), 40)}\n"
+                         f"B={plain(text_of(meta.row, 'batch'), 8)}, τ={plain(text_of(meta.row, 'temperature'), 12)}, "
+                         f"{plain(panel[2], 10)} cell" + (f", {plain(panel[3], 10)}" if len(devices) > 1 else ""))
             ax.grid(True, which="major", alpha=0.25)
             ax.margins(x=0.15, y=0.15)
         for ax in axes[-1]:
@@ -466,5 +467,10 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
                  "repetition, its error bar the interquartile range", fewer_timed_note(drawn_points)]
         if untimed:
             notes.append(f"{untimed} ok row(s) carry no time (and no fitted row to share one): not drawn")
+        others = sum(len(by_cell) - 1 for by_cell in cells.values())
+        if others:
+            notes.append(f"each panel draws one sweep cell (the most series measured, then the largest): {others} "
+                         f"other cell(s) (other sizes, batches, temperatures or instances) not drawn here; the "
+                         f"violation figure has every cell")
         notes += not_drawn_notes(rows)
         return figures.save(fig, path, env, notes=notes)

@@ -137,7 +137,9 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
             quiet_minor_ticks(ax)
             ax.margins(x=0.15, y=0.15)
             ax.set_title(f"{STRUCTURE_TITLE.get(structure, plain(structure, 20))}\n"
-                         f"{plain(text_of(largest.row, 'shapes'), 48)}, {plain(text_of(largest.row, 'dtype'), 10)}"
+                         f"{plain(text_of(largest.row, 'shapes'), 48)}, "
+                         f"τ={plain(text_of(largest.row, 'temperature'), 12)}, "
+                         f"{plain(text_of(largest.row, 'dtype'), 10)}"
                          + (f"\n({', '.join(refused)}: solves forests only)" if refused else "")
                          + (f"\nFAILED: {plain(', '.join(failed), 60)}" if failed else ""), fontsize=7)
             ax.grid(True, which="major", alpha=0.25)
