@@ -1668,3 +1668,110 @@ def test_rev66_max_iters_with_max_iter_none_is_not_dropped_on_moreau():
         return  # refused: as good as kept
     args = cvx._solver_args(opts["backend"], opts["eps"], opts["max_iters"], opts["extra"])
     assert args.get("max_iter") == 5, args.get("max_iter")
+
+
+# ---- ca_rev119 (strict xfail: review of b4dc226)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev119: moreau's gradient is 44% off the true one on an ordinary "
+                                       "8 + 4 + 2 chain (smallest probability 0.027), silently")
+def test_ca_rev119_moreau_gradient_on_a_chain_that_is_not_peaked_matches_exact():
+    """docs/design.md §4: the backend's gradient is not certified and 'on peaked maps can be off
+    by more than the gradient itself' (its example: smallest probability 1.2e-7).  Run: sample 1
+    of random_instance('1d-3lvl', batch=3, seed=5) alone (τ = (2.32, 0.485, 2.98); smallest
+    probability 0.027, so not peaked; moreau's maps certified 2.8e-7 from exact's), the gradient
+    of the linear loss Σ_k <p_k, w_k> (w ~ N(0, 1), seed 7).  Expected: within 1e-3 (relative,
+    2-norm) of exact's analytic gradient, which a central difference confirms to 1e-10 along a
+    random direction; diffcp-clarabel is 7e-7 off.  Observed: moreau is 0.443 off; the top map's
+    gradient is [6.1e-6, -9.4e-6] for exact's [0.0759, -0.0759].  Unchanged at eps 1e-9 and 1e-12,
+    and the same from a plain cvxpylayers CvxpyLayer(solver='MOREAU'): cvxpylayers' Moreau
+    backward, which the layer passes on unchecked.  Over 796 samples of random_instance (every
+    case of ALL_CASES, seeds 0-24, batch 4), 60 were more than 1e-2 off, among them samples with
+    smallest probability 6.7e-3 (irregular-3lvl, seed 20: 0.74 off) and 4.3e-4."""
+    _needs("moreau")
+    inst = random_instance("1d-3lvl", batch=3, seed=5)
+    g = torch.Generator().manual_seed(7)
+    weights = [torch.randn(s.shape, generator=g, dtype=torch.float64)[1:2] for s in inst.scores]
+    inst.scores = [s[1:2] for s in inst.scores]
+    exact = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    assert float(min(p.min() for p in exact.probs)) > 0.02  # not a peaked map
+    want = linear_loss_gradient(inst, "exact", weights)
+
+    def error(got):
+        return float(torch.cat([(a - b).flatten() for a, b in zip(got, want)]).norm()
+                     / torch.cat([b.flatten() for b in want]).norm())
+
+    assert error(linear_loss_gradient(inst, "cvxpylayers", weights, backend="diffcp-clarabel")) < 1e-5  # holds
+    got = linear_loss_gradient(inst, "cvxpylayers", weights, backend="moreau")
+    assert error(got) < 1e-3, f"moreau's gradient is {error(got):.3g} off exact's (top map {got[2].tolist()})"
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev119: solve_cvxpylayers takes integer scores and returns its certified "
+                                       "maps cast to int64: every probability 0, no error")
+def test_ca_rev119_solve_cvxpylayers_refuses_scores_that_are_not_floating():
+    """docs/design.md §4: solve_cvxpylayers is a public entry point that checks the scores; its
+    docstring returns the maps 'in the dtype ... of scores'.  Run: solve_cvxpylayers on a 4 -> 2
+    chain with int64 scores [[1, 0, 2, 0]], [[0, 1]], τ = (1, 1).  Expected: refused (ca.solve
+    says 'scores[0] must be a floating tensor'), or maps that are distributions.  Observed: probs
+    [[0, 0, 0, 0]], [[0, 0]] and duals [[0, 0]] (int64: the solved maps truncated); bool scores
+    give maps of all True."""
+    _needs("diffcp-clarabel")
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.tensor([[1, 0, 2, 0]]), torch.tensor([[0, 1]])]
+    try:
+        probs, _ = solve_cvxpylayers(scores, h, [1.0, 1.0])
+    except (TypeError, ValueError):
+        return
+    assert probs[0].is_floating_point() and float(probs[0].sum()) == pytest.approx(1.0), probs
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev119: solve_cvxpylayers takes scores of two dtypes and returns a float64 "
+                                       "map's probabilities in float32")
+def test_ca_rev119_solve_cvxpylayers_refuses_scores_of_two_dtypes():
+    """Run: solve_cvxpylayers on a 4 -> 2 chain with scores[0] float32 and scores[1] float64.
+    Expected: refused, as ca.solve refuses it ('scores[1] has dtype torch.float64, scores[0] has
+    torch.float32; use one dtype'), or each map in its own scores' dtype.  Observed: both maps
+    (and the duals) come back float32: the float64 map is rounded to float32, silently."""
+    _needs("diffcp-clarabel")
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(2, 4, generator=g, dtype=torch.float32), torch.randn(2, 2, generator=g, dtype=torch.float64)]
+    try:
+        probs, _ = solve_cvxpylayers(scores, h, [1.0, 1.0])
+    except (TypeError, ValueError):
+        return
+    assert probs[1].dtype == torch.float64, f"map 1's scores are float64, its probabilities {probs[1].dtype}"
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev119: solve_cvxpylayers given a batch of 0 raises torch's bare "
+                                       "RuntimeError from a reshape, not the shape check's ValueError")
+def test_ca_rev119_solve_cvxpylayers_names_an_empty_batch():
+    """Run: solve_cvxpylayers on a 4 -> 2 chain with scores of shape (0, 4) and (0, 2), on every
+    installed backend.  Expected: a ValueError from its shape check, as ca.solve gives ('scores
+    have batch size 0'), or empty maps.  Observed: RuntimeError 'cannot reshape tensor of 0
+    elements into shape [0, -1] because the unspecified dimension size -1 can be any value and is
+    ambiguous' (diffcp-clarabel, diffcp-scs and moreau alike)."""
+    _needs("diffcp-clarabel")
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.zeros(0, 4, dtype=torch.float64), torch.zeros(0, 2, dtype=torch.float64)]
+    try:
+        probs, _ = solve_cvxpylayers(scores, h, [1.0, 1.0])
+    except ValueError:
+        return
+    assert [tuple(p.shape) for p in probs] == [(0, 4), (0, 2)]
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev119: a moreau setting with a bad value escapes as pydantic's "
+                                       "ValidationError after the layer is built, not the documented TypeError")
+def test_ca_rev119_a_moreau_setting_with_a_bad_value_is_a_type_error():
+    """docs/design.md §4: 'Other keys go to the solver unchanged; one it rejects is a TypeError'
+    (diffcp-clarabel's tol_feas='x': TypeError 'solver Clarabel rejected the option(s)
+    ['tol_feas']').  _moreau_settings checks moreau's field names only.  Run: ca.solve(...,
+    'cvxpylayers', backend='moreau', tol_feas=-1.0) on a 4x4 + 2x2 chain (tol_feas='x' and
+    ipm_settings={'tol_feas': 'x'} alike).  Expected: TypeError naming tol_feas, before any work
+    (check_options passes it; moreau.IPMSettings could be built there).  Observed:
+    pydantic_core.ValidationError ('Input should be greater than 0'), a ValueError, raised
+    from inside the solve after the CVXPY layer was built and cached (the cache held 1 layer)."""
+    _needs("moreau")
+    inst = random_instance("2d-2lvl", batch=1, seed=1)
+    with pytest.raises(TypeError, match="tol_feas"):
+        ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend="moreau", tol_feas=-1.0)

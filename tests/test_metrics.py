@@ -183,3 +183,35 @@ def test_ca_rev80_dual_objective_refuses_scores_whose_shapes_only_broadcast():
             continue
         raise AssertionError(f"dual_objective gave {got.tolist()} for {right.tolist()} with scores[2] of shape "
                              f"{tuple(top.shape)}")
+
+
+# ---- ca_rev119 (strict xfail: review of b4dc226)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev119: primal_gap and dual_gap broadcast an optimal value shaped (B, 1) "
+                                       "(or (1,)) against the (B,) objective: a (B, B) table, or other samples' f*")
+def test_ca_rev119_the_gaps_refuse_an_optimal_value_that_is_not_one_per_sample():
+    """docs/design.md §6: dual_gap is g(λ) − f* ≥ 0, zero exactly at the optimal λ; both gaps are
+    (B,).  _same_shapes (ca_rev80) checks the lists, not optimal_value.  Run: random_instance(
+    '2d-3lvl-unequal', batch=3), f* = exact's objective, λ = exact's duals.  With f* shaped (3,)
+    the dual gap is [0, 1.8e-15, -8.9e-16].  Observed with f* shaped (3, 1): a (3, 3) table whose
+    max is 1.91 (primal_gap of softmax's maps: max -0.23 for -2.04); with f* of sample 0 alone
+    (shape (1,)): dual gaps [0, 0.176, -1.73] at the optimal duals, no error.  Expected: a
+    ValueError, or the (B,) gaps."""
+    inst = random_instance("2d-3lvl-unequal", batch=3)
+    exact = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    soft = ca.solve(inst.scores, inst.h, "softmax", temperature=inst.temps)
+    f_star = exact.objective.detach()
+    duals = [d.detach() for d in exact.duals]
+    probs = [p.detach() for p in soft.probs]
+    right_dual = metrics.dual_gap(f_star, inst.scores, duals, inst.h, inst.temps)
+    right_primal = metrics.primal_gap(f_star, inst.scores, probs, inst.temps)
+    assert float(right_dual.abs().max()) < 1e-12  # holds today
+    for bad in (f_star.reshape(3, 1), f_star[:1]):
+        try:
+            got_dual = metrics.dual_gap(bad, inst.scores, duals, inst.h, inst.temps)
+            got_primal = metrics.primal_gap(bad, inst.scores, probs, inst.temps)
+        except ValueError:
+            continue
+        assert got_dual.shape == (3,) and got_primal.shape == (3,), (tuple(got_dual.shape), tuple(got_primal.shape))
+        torch.testing.assert_close(got_dual, right_dual)
+        torch.testing.assert_close(got_primal, right_primal)
