@@ -62,6 +62,7 @@ from torch import Tensor
 
 from ._ops import centre, compute_dtype, sample_dims
 from .graph import Graph
+from .hessian import ImplicitSolveError, implicit_vjp
 from .metrics import dual_objective, objective, stationarity
 from .validation import is_grad_temperature
 
@@ -353,6 +354,93 @@ class _PanicGuard(torch.autograd.Function):
         return (None, None, *result)
 
 
+#: How far a backend's gradient may lie from the implicit gradient at its own certified maps
+#: (:class:`_GradientCheck`), per sample, in the largest entry: relative to that gradient's, and
+#: absolutely to ``GRADIENT_CHECK_ATOL`` × the largest ``|v_k| / τ_k`` of the incoming gradient
+#: (the most a score gradient can be), for a gradient that is nearly zero.  The certified maps
+#: are about 1e-6 from the optimum; diffcp-clarabel's gradients measured 7e-7 off `exact`'s,
+#: moreau's up to 0.44 (ca_rev119).
+GRADIENT_CHECK_RTOL = 1e-3
+GRADIENT_CHECK_ATOL = 1e-5
+
+
+class _GradientCheck:
+    """The gradient certificate of one :func:`solve_cvxpylayers` call: the backend's own
+    derivative (cvxpylayers' backward) is compared, in the backward pass, with the implicit
+    gradient at the maps the forward certified (:func:`convex_attention.hessian.implicit_vjp`:
+    the same problem differentiated at the same point, independently of the backend), and a
+    disagreement is a :class:`SolverFailure`.  :class:`_CheckedOutputs` records the incoming
+    gradient; :class:`_CheckedScores` receives the backend's and judges it."""
+
+    def __init__(self, h: Graph, temps: Sequence[float], backend: str):
+        self.h, self.temps, self.backend = h, tuple(temps), backend
+        self.probs: list[Tensor] | None = None  # the certified maps, float64 (B, *shapes[k])
+        self.incoming: list[Tensor] | None = None  # dL/d(probs, duals), from the outputs' node
+
+    def judge(self, got: Sequence[Tensor | None]) -> None:
+        """SolverFailure unless ``got`` (the backend's gradient on each map's centred scores,
+        ``(B, n_k)``) is the implicit gradient's within the tolerances above."""
+        if self.probs is None or self.incoming is None:
+            return
+        h, M = self.h, self.h.num_maps
+        B = self.probs[0].shape[0]
+        v = [x.detach().to(torch.float64).reshape((B,) + h.shapes[k]) for k, x in enumerate(self.incoming[:M])]
+        u = [x.detach().to(torch.float64).reshape((B,) + h.shapes[b]) for x, (_, b) in zip(self.incoming[M:], h.edges)]
+        try:
+            want = implicit_vjp(h, self.probs, self.temps, v, dual_grads=u)
+        except ImplicitSolveError as err:
+            raise SolverFailure(f"method 'cvxpylayers' ({self.backend}): its gradient could not be checked, the "
+                                f"implicit gradient at its certified maps was refused ({err}); nothing is returned "
+                                f"unchecked: use method 'dual' or 'exact' for this gradient") from None
+        scale = torch.stack([x.flatten(1).abs().amax(1) / t for x, t in zip(v, self.temps)]).amax(0)
+        for k, (g, w) in enumerate(zip(got, want)):
+            if g is None:  # (a map whose scores do not require grad: the backend gave it none)
+                continue
+            g = g.detach().to(torch.float64).reshape(B, -1)
+            g = g - g.mean(1, keepdim=True)  # (a constant per map moves nothing: the centring takes it off)
+            w = w.reshape(B, -1)
+            off = (g - w).abs().amax(1)
+            allowed = GRADIENT_CHECK_RTOL * w.abs().amax(1) + GRADIENT_CHECK_ATOL * scale
+            bad = torch.nonzero(~(off <= allowed)).flatten().tolist()  # (NaN is never within)
+            if bad:
+                i = bad[0]
+                raise SolverFailure(
+                    f"method 'cvxpylayers' ({self.backend}): its gradient on map {k}'s scores is {float(off[i]):.3g} "
+                    f"from the implicit gradient at its own certified maps (sample {i}, whose largest entry is "
+                    f"{float(w[i].abs().max()):.3g}; allowed {float(allowed[i]):.3g}); the backend's derivative is "
+                    f"wrong there: use backend 'diffcp-clarabel', or method 'dual' or 'exact'")
+
+
+class _CheckedOutputs(torch.autograd.Function):
+    """Identity on the outputs ``(probs, duals)``; its backward records their incoming gradient
+    for :class:`_GradientCheck`."""
+
+    @staticmethod
+    def forward(ctx, check: _GradientCheck, *outs: Tensor):
+        ctx.check = check
+        return tuple(o.view_as(o) for o in outs)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        ctx.check.incoming = list(grads)
+        return (None, *grads)
+
+
+class _CheckedScores(torch.autograd.Function):
+    """Identity on the centred scores the backend solves; its backward judges the backend's
+    gradient on them (:meth:`_GradientCheck.judge`) before passing it on."""
+
+    @staticmethod
+    def forward(ctx, check: _GradientCheck, *flat: Tensor):
+        ctx.check = check
+        return tuple(f.view_as(f) for f in flat)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor):
+        ctx.check.judge(grads)
+        return (None, *grads)
+
+
 class CvxpyAttentionLayer:
     """The CVXPY problem of one ``(structure, temperatures)`` and its ``CvxpyLayer`` on one
     backend (a name of :data:`BACKENDS`).
@@ -603,9 +691,10 @@ def check_options(options: dict) -> dict:
     """Validate the options of method ``"cvxpylayers"`` before any work.
 
     Returns ``{"backend": Backend, "eps": float, "max_iters": int | None,
-    "accept_tol": float, "mode": str | None, "extra": dict}``: ``mode`` diffcp's derivative
-    mode (given to diffcp only with a derivative), ``extra`` the options passed to the
-    solver unchanged.
+    "accept_tol": float, "mode": str | None, "check_gradient": bool, "extra": dict}``: ``mode``
+    diffcp's derivative mode (given to diffcp only with a derivative), ``check_gradient``
+    whether the backward checks the backend's gradient (:class:`_GradientCheck`; default
+    True), ``extra`` the options passed to the solver unchanged.
 
     Raises:
         ValueError / TypeError: a bad value or type; the message names the option and its
@@ -613,6 +702,9 @@ def check_options(options: dict) -> dict:
         BackendUnavailable: the backend cannot run here (names what to install).
     """
     opts = dict(options)
+    check_gradient = opts.pop("check_gradient", True)
+    if not isinstance(check_gradient, (bool, np.bool_)):
+        raise TypeError(f"option check_gradient must be True or False, got {check_gradient!r}")
     backend = opts.pop("backend", None)
     method = opts.pop("solve_method", None)
     if backend is not None and (not isinstance(backend, str) or backend not in _BACKENDS):
@@ -677,7 +769,7 @@ def check_options(options: dict) -> dict:
                              f"give eps (SCS's eps_abs and eps_rel both)")
     get_backend(backend.name)  # installed? (after the values: a typo is reported first)
     return {"backend": backend, "eps": eps, "max_iters": max_iters, "accept_tol": accept_tol, "mode": mode,
-            "extra": opts}
+            "check_gradient": bool(check_gradient), "extra": opts}
 
 
 def _solver_args(backend: Backend, eps: float, max_iters: int | None, extra: dict) -> dict:
@@ -836,10 +928,21 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     flat = centred_scores([s.to(device=solving_on, dtype=torch.float64).reshape(s.shape[0], -1) for s in scores])
     # The certificate and any diagnosis read detached CPU copies (inputs may require grad).
     flat_cpu = [f.detach().cpu() for f in flat]
+    # the backend's gradient is checked against the implicit gradient at the certified maps
+    # (moreau's was 0.44 off on an ordinary chain, unwarned: ca_rev119)
+    check = _GradientCheck(h, temps, backend.name) \
+        if opts["check_gradient"] and torch.is_grad_enabled() and any(f.requires_grad for f in flat) else None
+    if check is not None:
+        flat = list(_CheckedScores.apply(check, *flat))
     # the layer is shared (cached): held from the solve to the certificate's verdict, so that
     # the statuses a failure reports are this call's
     with layer.lock:
-        return _solve_certified(layer, h, temps, scores, flat, flat_cpu, opts, args)
+        probs, duals = _solve_certified(layer, h, temps, scores, flat, flat_cpu, opts, args)
+    if check is None:
+        return probs, duals
+    check.probs = [p.detach().to(torch.float64) for p in probs]
+    outs = _CheckedOutputs.apply(check, *probs, *duals)
+    return list(outs[:h.num_maps]), list(outs[h.num_maps:])
 
 
 def _iteration_limit(name: str, value):

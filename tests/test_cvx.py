@@ -1672,8 +1672,6 @@ def test_rev66_max_iters_with_max_iter_none_is_not_dropped_on_moreau():
 
 # ---- ca_rev119 (strict xfail: review of b4dc226)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev119: moreau's gradient is 44% off the true one on an ordinary "
-                                       "8 + 4 + 2 chain (smallest probability 0.027), silently")
 def test_ca_rev119_moreau_gradient_on_a_chain_that_is_not_peaked_matches_exact():
     """docs/design.md §4: the backend's gradient is not certified and 'on peaked maps can be off
     by more than the gradient itself' (its example: smallest probability 1.2e-7).  Run: sample 1
@@ -1701,8 +1699,17 @@ def test_ca_rev119_moreau_gradient_on_a_chain_that_is_not_peaked_matches_exact()
                      / torch.cat([b.flatten() for b in want]).norm())
 
     assert error(linear_loss_gradient(inst, "cvxpylayers", weights, backend="diffcp-clarabel")) < 1e-5  # holds
-    got = linear_loss_gradient(inst, "cvxpylayers", weights, backend="moreau")
-    assert error(got) < 1e-3, f"moreau's gradient is {error(got):.3g} off exact's (top map {got[2].tolist()})"
+    # fixed: the backward checks the backend's gradient against the implicit gradient at its certified
+    # maps (cvx._GradientCheck) and refuses it; check_gradient=False returns the backend's own, as measured
+    try:
+        got = linear_loss_gradient(inst, "cvxpylayers", weights, backend="moreau")
+        assert error(got) < 1e-3, f"moreau's gradient is {error(got):.3g} off exact's (top map {got[2].tolist()})"
+    except ca.SolverFailure as err:  # refused: fine (a silent wrong gradient is not)
+        assert "(moreau): its gradient on map" in str(err) and "from the implicit gradient" in str(err), str(err)
+    raw = linear_loss_gradient(inst, "cvxpylayers", weights, backend="moreau", check_gradient=False)
+    assert all(bool(torch.isfinite(t).all()) for t in raw)  # the backend's own, unchecked
+    with pytest.raises(TypeError, match="check_gradient must be True or False"):
+        linear_loss_gradient(inst, "cvxpylayers", weights, backend="moreau", check_gradient="yes")
 
 
 @pytest.mark.xfail(strict=True, reason="ca_rev119: solve_cvxpylayers takes integer scores and returns its certified "
@@ -1775,3 +1782,29 @@ def test_ca_rev119_a_moreau_setting_with_a_bad_value_is_a_type_error():
     inst = random_instance("2d-2lvl", batch=1, seed=1)
     with pytest.raises(TypeError, match="tol_feas"):
         ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend="moreau", tol_feas=-1.0)
+
+
+def test_the_gradient_check_refuses_a_backend_gradient_that_is_not_the_implicit_one(monkeypatch):
+    """The layer's outputs made to carry 1.5x their gradient (the values unchanged: p + 0.5 (p - p.detach())),
+    diffcp-clarabel on an ordinary chain: the backward compares the backend's gradient with the implicit gradient
+    at the certified maps (cvx._GradientCheck) and raises SolverFailure naming the backend; unchanged, it passes
+    (the backend's gradient within 1e-5 of exact's), and check_gradient=False returns the scaled one."""
+    _needs("diffcp-clarabel")
+    inst = random_instance("2d-3lvl-unequal", batch=2, seed=3)
+    g = torch.Generator().manual_seed(4)
+    weights = [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in inst.scores]
+    want = linear_loss_gradient(inst, "exact", weights)
+    got = linear_loss_gradient(inst, "cvxpylayers", weights, backend="diffcp-clarabel")
+    assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-5
+    real = cvx.CvxpyAttentionLayer.__call__
+
+    def scaled(self, *args, **kwargs):
+        probs, duals = real(self, *args, **kwargs)
+        return [p + 0.5 * (p - p.detach()) for p in probs], duals
+
+    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "__call__", scaled)
+    with pytest.raises(ca.SolverFailure, match=r"\(diffcp-clarabel\): its gradient on map \d's scores is"):
+        linear_loss_gradient(inst, "cvxpylayers", weights, backend="diffcp-clarabel")
+    raw = linear_loss_gradient(inst, "cvxpylayers", weights, backend="diffcp-clarabel", check_gradient=False)
+    assert max(float((a - 1.5 * b).abs().max()) for a, b in zip(raw, want)) < 1e-4
+

@@ -47,7 +47,12 @@ def timed_case(method, h, scores, weights, temps, duals, options, last: dict | N
 
     ``scores``, ``weights``: ``L`` tensors ``(B, *h.shapes[k])``; ``duals``: ``L-1`` tensors
     ``(1 or B, *h.shapes[k+1])`` or None.  ``last["solution"]`` keeps the latest Solution
-    when ``last`` is given (so a slow solver is not run again for its accuracy)."""
+    when ``last`` is given (so a slow solver is not run again for its accuracy).  cvxpylayers
+    is timed without its gradient check (``check_gradient=False``, unless the options say
+    otherwise): the backend's own cost, the strongest alternative a user could pick."""
+    if method == "cvxpylayers":
+        options = {"check_gradient": False, **options}
+
     def forward():
         sol = solve(scores, h, method, temperature=temps, duals=duals, **options)
         if last is not None:
