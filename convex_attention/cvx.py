@@ -816,6 +816,16 @@ def _moreau_settings(eps: float, max_iters: int | None, extra: dict) -> dict:
     if rejected:
         raise TypeError(f"solver moreau rejected the option(s) {sorted(rejected)}: moreau.Settings and "
                         f"moreau.IPMSettings have no such field")
+    # the values too, before any work (pydantic's ValidationError, a ValueError, escaped from
+    # inside the solve after the layer was built and cached: ca_rev119)
+    for fields, values in ((moreau.IPMSettings, ipm), (moreau.Settings, args)):
+        try:
+            fields(**values)
+        except ValueError as err:
+            errors = err.errors() if hasattr(err, "errors") else []
+            named = [".".join(map(str, e.get("loc", ()))) for e in errors] or ["?"]
+            first = errors[0].get("msg", "") if errors else str(err)
+            raise TypeError(f"solver moreau rejected the option(s) {named}: {first}") from None
     return {**args, "ipm_settings": ipm}
 
 
@@ -980,6 +990,15 @@ def _check_score_shapes(scores: Sequence[Tensor], h: Graph) -> None:
             raise ValueError(f"method 'cvxpylayers': scores[{k}] must have shape (B, "
                              f"{', '.join(map(str, h.shapes[k]))}) with the batch B of scores[0]; got "
                              f"{tuple(s.shape) if isinstance(s, Tensor) else type(s).__name__}")
+        # (as ca.solve checks them: integer scores came back as maps truncated to 0, scores of
+        # two dtypes as maps all in the first's, and an empty batch as torch's reshape error: ca_rev119)
+        if not s.dtype.is_floating_point:
+            raise TypeError(f"method 'cvxpylayers': scores[{k}] must be a floating tensor, got {s.dtype}")
+        if s.dtype != first.dtype:
+            raise TypeError(f"method 'cvxpylayers': scores[{k}] has dtype {s.dtype}, scores[0] has {first.dtype}; "
+                            f"use one dtype")
+    if batch == 0:
+        raise ValueError("method 'cvxpylayers': the scores have batch size 0; give at least one sample")
 
 
 def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, flat_cpu, opts: dict, args: dict):

@@ -1712,8 +1712,6 @@ def test_ca_rev119_moreau_gradient_on_a_chain_that_is_not_peaked_matches_exact()
         linear_loss_gradient(inst, "cvxpylayers", weights, backend="moreau", check_gradient="yes")
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev119: solve_cvxpylayers takes integer scores and returns its certified "
-                                       "maps cast to int64: every probability 0, no error")
 def test_ca_rev119_solve_cvxpylayers_refuses_scores_that_are_not_floating():
     """docs/design.md §4: solve_cvxpylayers is a public entry point that checks the scores; its
     docstring returns the maps 'in the dtype ... of scores'.  Run: solve_cvxpylayers on a 4 -> 2
@@ -1731,8 +1729,6 @@ def test_ca_rev119_solve_cvxpylayers_refuses_scores_that_are_not_floating():
     assert probs[0].is_floating_point() and float(probs[0].sum()) == pytest.approx(1.0), probs
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev119: solve_cvxpylayers takes scores of two dtypes and returns a float64 "
-                                       "map's probabilities in float32")
 def test_ca_rev119_solve_cvxpylayers_refuses_scores_of_two_dtypes():
     """Run: solve_cvxpylayers on a 4 -> 2 chain with scores[0] float32 and scores[1] float64.
     Expected: refused, as ca.solve refuses it ('scores[1] has dtype torch.float64, scores[0] has
@@ -1749,8 +1745,6 @@ def test_ca_rev119_solve_cvxpylayers_refuses_scores_of_two_dtypes():
     assert probs[1].dtype == torch.float64, f"map 1's scores are float64, its probabilities {probs[1].dtype}"
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev119: solve_cvxpylayers given a batch of 0 raises torch's bare "
-                                       "RuntimeError from a reshape, not the shape check's ValueError")
 def test_ca_rev119_solve_cvxpylayers_names_an_empty_batch():
     """Run: solve_cvxpylayers on a 4 -> 2 chain with scores of shape (0, 4) and (0, 2), on every
     installed backend.  Expected: a ValueError from its shape check, as ca.solve gives ('scores
@@ -1767,8 +1761,6 @@ def test_ca_rev119_solve_cvxpylayers_names_an_empty_batch():
     assert [tuple(p.shape) for p in probs] == [(0, 4), (0, 2)]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev119: a moreau setting with a bad value escapes as pydantic's "
-                                       "ValidationError after the layer is built, not the documented TypeError")
 def test_ca_rev119_a_moreau_setting_with_a_bad_value_is_a_type_error():
     """docs/design.md §4: 'Other keys go to the solver unchanged; one it rejects is a TypeError'
     (diffcp-clarabel's tol_feas='x': TypeError 'solver Clarabel rejected the option(s)
