@@ -136,14 +136,28 @@ def stationarity(scores: Sequence[Tensor], probs: Sequence[Tensor], duals: Seque
 
 def primal_gap(optimal_value: Tensor, scores: Sequence[Tensor], probs: Sequence[Tensor],
                temps: Sequence[float]) -> Tensor:
-    """``f* − f(p)`` (meaningful for feasible ``p``): ``(B,)``."""
-    return optimal_value - objective(scores, probs, temps)
+    """``f* − f(p)`` (meaningful for feasible ``p``): ``(B,)``; ``optimal_value`` ``(B,)``, one
+    per sample (another shape is a ValueError: a ``(B, 1)`` one broadcast to a ``(B, B)`` table,
+    ca_rev119)."""
+    value = objective(scores, probs, temps)
+    return _one_per_sample("primal_gap", optimal_value, value) - value
 
 
 def dual_gap(optimal_value: Tensor, scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: Graph,
              temps: Sequence[float], given: Sequence[Tensor | None] | None = None) -> Tensor:
-    """``g(λ) − f* ≥ 0``, zero exactly when ``λ`` is optimal: ``(B,)``."""
-    return dual_objective(scores, duals, h, temps, given) - optimal_value
+    """``g(λ) − f* ≥ 0``, zero exactly when ``λ`` is optimal: ``(B,)``; ``optimal_value`` ``(B,)``,
+    one per sample (another shape is a ValueError, as :func:`primal_gap`'s)."""
+    value = dual_objective(scores, duals, h, temps, given)
+    return value - _one_per_sample("dual_gap", optimal_value, value)
+
+
+def _one_per_sample(name: str, optimal_value, value: Tensor) -> Tensor:
+    """``optimal_value`` as given, where it is a tensor shaped like ``value`` (``(B,)``)."""
+    if not isinstance(optimal_value, Tensor) or tuple(optimal_value.shape) != tuple(value.shape):
+        shape = tuple(optimal_value.shape) if isinstance(optimal_value, Tensor) else type(optimal_value).__name__
+        raise ValueError(f"{name}: optimal_value must hold one value per sample, shape {tuple(value.shape)}; got "
+                         f"{shape}")
+    return optimal_value
 
 
 def max_abs_err(probs: Sequence[Tensor], reference: Sequence[Tensor]) -> Tensor:

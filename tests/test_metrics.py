@@ -187,8 +187,6 @@ def test_ca_rev80_dual_objective_refuses_scores_whose_shapes_only_broadcast():
 
 # ---- ca_rev119 (strict xfail: review of b4dc226)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev119: primal_gap and dual_gap broadcast an optimal value shaped (B, 1) "
-                                       "(or (1,)) against the (B,) objective: a (B, B) table, or other samples' f*")
 def test_ca_rev119_the_gaps_refuse_an_optimal_value_that_is_not_one_per_sample():
     """docs/design.md §6: dual_gap is g(λ) − f* ≥ 0, zero exactly at the optimal λ; both gaps are
     (B,).  _same_shapes (ca_rev80) checks the lists, not optimal_value.  Run: random_instance(
