@@ -2922,3 +2922,33 @@ def test_ca_rev118_a_skipped_row_with_an_unusable_size_loses_no_figure(tmp_path,
     logs: list = []
     written = plot_results(str(tmp_path), str(tmp_path / "figs"), log=logs.append)
     assert any(p.endswith("speedup_exact_vs_cvxpylayers.png") for p in written), logs
+
+
+# ---- ca_rev120 (strict xfail: review of f56c36b)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev120: after bench + bench --resume with fewer methods, plot calls the "
+                                       "example the resume wrote another run's and leaves attention_maps out")
+def test_ca_rev120_a_resumed_sweeps_own_example_is_drawn(tmp_path, figs, capsys):
+    """Ran (in-process) `bench --methods exact learned_dual --fit-instances 4 --fit-steps 2
+    --amortised-steps 2` (sizes 8, levels 2, batch 2, float64, cpu, 1 repeat) into R, then
+    `bench --methods exact softmax --resume` into R (the fit options left out: bench refuses them
+    without learned_dual), then plot_results(R).  The resume writes example.npz again ('written
+    again: it is the instance of other settings'), so R's example is the latest run's.
+    Expected: attention_maps drawn, no line calling the example another run's.  Observed:
+    'example.npz: it is the instance of other settings (amortised_steps 0, not 2, fit_instances
+    128, not 4, fit_steps 0, not 2); attention_maps not drawn under this run's footer (bench
+    --resume writes it again)': plots._example_of_another_run compares the example with
+    bench.json's grown config (methods of every run, the stored fit settings), the writer
+    (cli/bench._run_bench) with the resumed run's own; the advised resume writes the same again."""
+    folder = str(tmp_path / "r")
+    common = ["--sizes", "8", "--levels", "2", "--batch", "2", "--repeats", "1", "--warmup", "1", "--threads", "1",
+              "--dtype", "float64", "--device", "cpu", "--no-progress", "--quiet", "--out", folder]
+    assert run(["bench", "--methods", "exact", "learned_dual", "--fit-instances", "4", "--fit-steps", "2",
+                "--amortised-steps", "2", *common]) == 0
+    assert run(["bench", "--methods", "exact", "softmax", "--resume", *common]) == 0
+    capsys.readouterr()
+    logs: list = []
+    written = plot_results(folder, str(tmp_path / "figs"), log=logs.append)
+    assert not [m for m in logs if "example.npz" in m], logs
+    assert any(p.endswith("attention_maps.png") for p in written), written
