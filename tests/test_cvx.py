@@ -1810,8 +1810,6 @@ def _ca_rev120_weights(inst, seed=7):
     return [torch.randn(s.shape, generator=g, dtype=torch.float64) for s in inst.scores]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev120: every float32 cvxpylayers backward is refused as 'could not be "
-                                       "checked' (implicit gradient at the float32-rounded maps)")
 def test_ca_rev120_float32_scores_gradient_is_checked_not_refused():
     """Run: random_instance('1d-2lvl', batch=3, seed=1) with its scores cast to float32, the
     gradient of Σ_k <p_k, w_k> (w ~ N(0, 1), seed 7) through ca.solve(..., 'cvxpylayers',
@@ -1831,8 +1829,6 @@ def test_ca_rev120_float32_scores_gradient_is_checked_not_refused():
     assert max(float((a.double() - b).abs().max() / b.abs().max()) for a, b in zip(got, want)) < 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev120: a loss on Solution.objective (right gradient, 2e-7) is refused "
-                                       "as 'could not be checked'")
 def test_ca_rev120_a_loss_on_the_objective_is_not_refused():
     """Run: random_instance('1d-2lvl', batch=1, seed=0) (smallest probability > 1e-3), the
     gradient of sol.objective.sum() through ca.solve(..., 'cvxpylayers') (diffcp-clarabel).
@@ -1851,8 +1847,6 @@ def test_ca_rev120_a_loss_on_the_objective_is_not_refused():
     assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev120: a loss on Solution.dual_objective (right to 1e-10) is refused: "
-                                       "the absolute tolerance ignores the duals' incoming gradient")
 def test_ca_rev120_a_loss_on_the_dual_objective_is_not_refused():
     """Run: random_instance('2d-2lvl', batch=2, seed=0) (smallest probability 5.8e-3), the
     gradient of sol.dual_objective.sum() through ca.solve(..., 'cvxpylayers') (diffcp-clarabel).
@@ -1872,8 +1866,6 @@ def test_ca_rev120_a_loss_on_the_dual_objective_is_not_refused():
     assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-6
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev120: a backend gradient off by a constant per map passes the check "
-                                       "and reaches the caller (judge compares it centred, passes it uncentred)")
 def test_ca_rev120_a_backend_gradient_off_by_a_constant_is_not_passed_on(monkeypatch):
     """Run: as test_the_gradient_check_refuses_a_backend_gradient_that_is_not_the_implicit_one
     (2d-3lvl-unequal, batch 2, seed 3, diffcp-clarabel), the layer's outputs made to carry an
@@ -1901,8 +1893,6 @@ def test_ca_rev120_a_backend_gradient_off_by_a_constant_is_not_passed_on(monkeyp
     assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-4
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev120: a refused diffcp-clarabel gradient is told to use backend "
-                                       "'diffcp-clarabel'")
 def test_ca_rev120_the_refusal_does_not_advise_the_backend_refused():
     """Run: random_instance('2d-2lvl', batch=2, seed=1) (smallest probability 2.9e-8), the
     gradient of Σ_k <p_k, w_k> through ca.solve(..., 'cvxpylayers', backend='diffcp-clarabel').
