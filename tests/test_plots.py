@@ -2927,8 +2927,6 @@ def test_ca_rev118_a_skipped_row_with_an_unusable_size_loses_no_figure(tmp_path,
 # ---- ca_rev120 (strict xfail: review of f56c36b)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev120: after bench + bench --resume with fewer methods, plot calls the "
-                                       "example the resume wrote another run's and leaves attention_maps out")
 def test_ca_rev120_a_resumed_sweeps_own_example_is_drawn(tmp_path, figs, capsys):
     """Ran (in-process) `bench --methods exact learned_dual --fit-instances 4 --fit-steps 2
     --amortised-steps 2` (sizes 8, levels 2, batch 2, float64, cpu, 1 repeat) into R, then

@@ -22,7 +22,8 @@ from .duals import fit_amortiser, fit_shared_duals
 from .generators import generate
 from .results import DUAL_KINDS
 
-__all__ = ["save_example", "load_example", "why_write_again", "sweep_example_settings", "recorded_settings"]
+__all__ = ["save_example", "load_example", "why_write_again", "sweep_example_settings", "recorded_settings",
+           "not_the_sweeps_example"]
 
 _DUAL_KEY = re.compile(r"^([a-z_]+)_dual(0|[1-9][0-9]*)$")  # fitted_dual00 is not λ_0
 _MAX_EXAMPLE_CELLS = 1 << 20  # cells over all levels: more is no figure
@@ -39,6 +40,29 @@ def sweep_example_settings(config) -> dict:
                 scale=config.get("scale"), seed=config.get("seed"), fit_instances=config.get("fit_instances"),
                 fit_max_values=config.get("fit_max_values"), fit_steps=config.get("fit_steps") if learned else 0,
                 amortised_steps=config.get("amortised_steps") if learned else 0)
+
+
+#: The settings of :func:`save_example` that make its instance (the rest train its λ).
+_INSTANCE_SETTINGS = ("generator", "scale", "seed", "size", "levels")
+
+
+def not_the_sweeps_example(path: str, config) -> str | None:
+    """Why ``example.npz`` at ``path`` is not an instance of the sweep ``config`` (a folder's
+    ``bench.json`` ``config``, which a resumed folder widens over its runs), or None: its
+    instance settings differ, or it holds fitted λ trained with other settings than the
+    folder's learned_dual rows were.  An example without λ is the sweep's wherever its instance
+    is (a resume without learned_dual writes it so: compared with every setting, it was called
+    another run's, ca_rev120).  None also where it records no settings (not checkable)."""
+    recorded = recorded_settings(path)
+    if recorded is None:
+        return None
+    wanted = _full_settings(sweep_example_settings(config))
+    keys = list(_INSTANCE_SETTINGS)
+    if recorded.get("fit_steps") or recorded.get("amortised_steps"):  # it holds λ: trained as the rows' were
+        keys += [k for k in ("fit_instances", "fit_max_values", "fit_steps") if recorded.get("fit_steps")]
+        keys += ["amortised_steps"] if recorded.get("amortised_steps") else []
+    differ = [f"{k} {recorded.get(k)!r}, not {wanted.get(k)!r}" for k in keys if recorded.get(k) != wanted.get(k)]
+    return f"it is the instance of other settings ({', '.join(differ)})" if differ else None
 
 
 def why_write_again(path: str, need_duals: bool, settings: dict | None = None) -> str | None:

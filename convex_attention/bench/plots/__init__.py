@@ -33,7 +33,7 @@ import tempfile
 
 from ...io.figures import FigureLayoutError, layout_guard
 from ...io.files import write_json
-from ..examples import recorded_settings, sweep_example_settings, why_write_again
+from ..examples import not_the_sweeps_example
 from ..results import committed_histories, unique_rows
 from ._common import (
     DTYPE_COLORS,
@@ -250,10 +250,10 @@ def _example_of_another_run(example: str, record: dict | None) -> str | None:
     earlier version wrote it), or a folder without the sweep's configuration, cannot be
     checked, and is drawn as before."""
     config = record.get("config") if isinstance(record, dict) else None
-    if not isinstance(config, dict) or recorded_settings(example) is None:
+    if not isinstance(config, dict):
         return None
     try:
-        return why_write_again(example, False, sweep_example_settings(config))
+        return not_the_sweeps_example(example, config)
     except (KeyError, TypeError, ValueError) as err:  # (a config naming no method this version knows)
         return f"its sweep's settings cannot be read from bench.json ({err})"
 
