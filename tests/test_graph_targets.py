@@ -1658,3 +1658,27 @@ def test_ca_rev116_bench_graphs_refuses_a_batch_setting_of_a_backend_not_timed(t
                                            "--out", str(tmp_path / backend)], capsys)
         codes.append((code, len(handed)))
     assert codes == [(2, 0), (2, 0)], codes
+
+
+# ---- ca_rev121 (strict xfail: review of 96d96df)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev121: --parts linsat without LinSATNet exits 0, measuring nothing")
+def test_ca_rev121_bench_graphs_refuses_the_linsat_part_it_cannot_run(tmp_path, capsys, monkeypatch):
+    """Run (a fresh venv: `pip install /tmp/ca_rev121`, no extras): python benchmarks/bench_graphs.py --parts
+    linsat --tiny --out g1. Expected: as for a cvxpylayers backend asked for and not installed (--backends
+    moreau: exit 2 before any work), one line naming the [linsat] extra and its install command (pip install
+    'convex-attention[linsat]', baselines.linsat.LINSAT_INSTALL), exit 2. Observed: exit 0; it prints 'given
+    maps: no baseline handed in (install linsatnet); that part is not measured' and writes g1/graphs.json
+    whose only target reads 'not measured'. Here LinSATNet is hidden (sys.modules entry None, which
+    importlib.util.find_spec reads as not installed) and graph_benchmark is stubbed."""
+    monkeypatch.setitem(__import__("sys").modules, "LinSATNet", None)
+    script = _script("bench_graphs")
+    handed: list = []
+    script.graph_benchmark = lambda config, out, **kwargs: handed.append(kwargs["baseline"])
+    try:
+        code = script.main(["--parts", "linsat", "--tiny", "--out", str(tmp_path / "g")])
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err
+    assert (code, handed) == (2, []), (code, handed, err)
+    assert len(err.strip().splitlines()) == 1 and "convex-attention[linsat]" in err, err
