@@ -79,3 +79,35 @@ class _Package(types.ModuleType):
 
 
 sys.modules[__name__].__class__ = _Package
+
+
+class _BaselinesBeside:
+    """Finds ``convex_attention.baselines`` in the ``baselines/`` folder beside this package,
+    for a source checkout run in place: that folder becomes the subpackage through setup.cfg's
+    ``package_dir`` in an install alone, and the checkout's ``convex_attention/``, first on the
+    path, hid the installed one (tests and ``explain`` failed to import it: ca_rev121).  Asked
+    last, so an install's own copy (or an editable install's finder) wins."""
+
+    def __init__(self, folder: str):
+        self.folder = folder
+
+    def find_spec(self, name: str, path=None, target=None):
+        if name != f"{__name__}.baselines":
+            return None
+        import importlib.util
+        import os
+
+        return importlib.util.spec_from_file_location(name, os.path.join(self.folder, "__init__.py"),
+                                                      submodule_search_locations=[self.folder])
+
+
+def _find_baselines_beside() -> None:
+    import os
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    beside = os.path.join(os.path.dirname(here), "baselines")
+    if not os.path.isdir(os.path.join(here, "baselines")) and os.path.isfile(os.path.join(beside, "__init__.py")):
+        sys.meta_path.append(_BaselinesBeside(beside))
+
+
+_find_baselines_beside()

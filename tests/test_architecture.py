@@ -341,7 +341,6 @@ def _ca_rev121_requirements() -> tuple[str, list[str]]:
     return options["python_requires"].strip(), [line for line in lines if line]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev121: python_requires >=3.10, but cvxpylayers>=1.2 needs Python 3.11")
 def test_ca_rev121_every_requirement_at_its_floor_installs_on_the_oldest_python_allowed():
     """Run: in a fresh venv of Python 3.10.13 (python_requires = >=3.10; README "Python >= 3.10"),
     `pip install --dry-run /tmp/ca_rev121`. Expected: it resolves, or setup.cfg says the Python it needs.
@@ -376,7 +375,6 @@ def test_ca_rev121_every_requirement_at_its_floor_installs_on_the_oldest_python_
 
 
 @pytest.mark.slow  # a Python process of its own that imports torch (2-4 s)
-@pytest.mark.xfail(strict=True, reason="ca_rev121: the checkout imports convex_attention.baselines only via -e")
 def test_ca_rev121_the_checkout_runs_in_place_without_an_editable_install():
     """Run: a fresh venv, `pip install '/tmp/ca_rev121[all]'` (not -e), then from the checkout's root
     `python -m pytest --co -q` and `python -m convex_attention.cli explain --checkpoints a=x.pt`.

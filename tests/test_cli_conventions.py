@@ -827,7 +827,6 @@ def test_study_temperature_gradients_gives_each_map_in_turn(tmp_path):
 
 # ---- ca_rev121 (strict xfail: review of 96d96df)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev121: [moreau]'s moreau>=0.1 admits 0.1.0.x, PyPI's placeholder")
 def test_ca_rev121_the_moreau_extra_asks_for_a_moreau_that_cvxpylayers_can_use():
     """Run: a fresh venv with `pip install '/tmp/ca_rev121[all]'`, then `pip install moreau==0.1.0.2`
     (setup.cfg's [moreau] is moreau>=0.1; PyPI holds 0.1.0.1, 0.1.0.2, 0.3.1 ... 0.4.1), then

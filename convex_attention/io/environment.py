@@ -82,7 +82,7 @@ def load_average() -> list[float] | None:
 
 def now_utc() -> str:
     """The time now, UTC, to the second (ISO 8601)."""
-    return datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.datetime.now(datetime.UTC).replace(microsecond=0).isoformat()
 
 
 def run_record(started: str, load_start: list[float] | None, **more) -> dict:
