@@ -1475,7 +1475,6 @@ def test_ca_rev116_demo_stops_when_its_bench_step_cannot_write(tmp_path, capsys,
 
 # ---- ca_rev121 (strict xfail: review of 96d96df)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev121: top-level --help's 'bench --out results/big --resume' is refused")
 def test_ca_rev121_the_top_level_resume_example_continues_the_sweep_above_it(tmp_path, capsys, monkeypatch):
     """Run: `convex-attention --help` shows 'bench --sizes 32 64 128 ... --out results/big --budget 120' and,
     next, 'bench --out results/big --resume # continue an interrupted sweep'. Ran in a fresh venv: bench

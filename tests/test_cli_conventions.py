@@ -856,7 +856,6 @@ def _setup_cfg_lines(extra: str) -> list[str]:
     return [line.strip() for line in cfg["options.extras_require"][extra].splitlines() if line.strip()]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev121: verify --backends --help names none of the backends it takes")
 def test_ca_rev121_verify_backends_help_lists_the_values_it_accepts():
     """Run: convex-attention verify --help. Expected (README: every --help states 'the values each option
     accepts (choices, ...)'; bench --cvx-backends lists 'one of diffcp-clarabel, diffcp-scs, moreau,

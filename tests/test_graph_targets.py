@@ -1662,7 +1662,6 @@ def test_ca_rev116_bench_graphs_refuses_a_batch_setting_of_a_backend_not_timed(t
 
 # ---- ca_rev121 (strict xfail: review of 96d96df)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev121: --parts linsat without LinSATNet exits 0, measuring nothing")
 def test_ca_rev121_bench_graphs_refuses_the_linsat_part_it_cannot_run(tmp_path, capsys, monkeypatch):
     """Run (a fresh venv: `pip install /tmp/ca_rev121`, no extras): python benchmarks/bench_graphs.py --parts
     linsat --tiny --out g1. Expected: as for a cvxpylayers backend asked for and not installed (--backends

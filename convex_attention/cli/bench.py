@@ -13,7 +13,7 @@ import statistics
 import sys
 import time
 
-from ..bench.config import SweepConfig, VerifyConfig, quick_sweep
+from ..bench.config import BACKEND_NAMES, SweepConfig, VerifyConfig, quick_sweep
 from ..io.settings import add_options, given_settings
 from ._common import (
     CommandParser,
@@ -38,7 +38,9 @@ examples:
   convex-attention bench --quick --out results      # a small sweep (timed in docs/benchmarks.md)
   convex-attention bench --sizes 32 64 128 --levels 2 3 4 --batch 16 64 --dims 2 3 \\
                          --dtype float32 float64 --out results/big --budget 120
-  convex-attention bench --out results/big --resume # continue an interrupted sweep
+  convex-attention bench --sizes 32 64 128 --levels 2 3 4 --batch 16 64 --dims 2 3 \\
+                         --dtype float32 float64 --out results/big --budget 120 --resume
+                                                    # continue it: the same options, plus --resume
   convex-attention bench --quick --out results --overwrite  # discard the rows of an earlier run, start over
   convex-attention bench --structure star axial grid_regions mixed --sizes 16 32 64 --out results/graphs
   convex-attention verify --n 30 --seed 1           # exits 1 if any check fails
@@ -156,8 +158,8 @@ def _add_verify(sub) -> None:
                         "fails its checks, with the reason); its rows are named after the function (default: none, "
                         "the package's own dual solver; an empty value is a usage error)")
     v.add_argument("--backends", nargs="+", default=None, metavar="B",
-                   help="cvxpylayers backends to check (default: every installed one); one named here that is "
-                        "not installed is a usage error")
+                   help=f"cvxpylayers backends to check, from {', '.join(BACKEND_NAMES)} (default: every installed "
+                        f"one); one named here that is not installed is a usage error")
     v.add_argument("--out", default="results", help="results folder, for verify.csv (default: results)")
     v.add_argument("--overwrite", action="store_true",
                    help="replace the verify.csv an earlier run left in OUT; without it such a folder is refused "
