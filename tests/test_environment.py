@@ -129,7 +129,8 @@ def test_now_utc_is_utc_to_the_second(monkeypatch):
         def now(cls, tz=None):
             return datetime.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=tz)
 
-    monkeypatch.setattr(module, "datetime", types.SimpleNamespace(datetime=Fixed, timezone=datetime.timezone, UTC=datetime.UTC))
+    fake = types.SimpleNamespace(datetime=Fixed, timezone=datetime.timezone, UTC=datetime.UTC)
+    monkeypatch.setattr(module, "datetime", fake)
     assert module.now_utc() == "2026-01-02T03:04:05+00:00"
 
 
