@@ -1906,3 +1906,56 @@ def test_ca_rev120_the_refusal_does_not_advise_the_backend_refused():
     with pytest.raises(ca.SolverFailure, match="from the implicit gradient") as err:
         linear_loss_gradient(inst, "cvxpylayers", _ca_rev120_weights(inst), backend="diffcp-clarabel")
     assert "use backend 'diffcp-clarabel'" not in str(err.value), str(err.value)
+
+
+# ---- ca_rev122 (strict xfail: review of b3f1e07)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev122: a loss on Solution.duals alone skips the gradient check, and "
+                                       "diffcp-clarabel's gradient 3.25 off (largest entry 0.64) reaches the caller")
+def test_ca_rev122_a_wrong_gradient_through_the_duals_alone_is_not_passed_on():
+    """Run: random_instance('2d-2lvl', batch=2, seed=1) (sample 1's smallest probability 2.9e-8: the
+    instance whose loss on the maps test_ca_rev120_the_refusal_does_not_advise_the_backend_refused sees
+    refused, 3.95 off), the gradient of the ordinary loss Σ_e <λ_e, w_e> (w: _ca_rev120_weights' for
+    map 1) on sol.duals through ca.solve(..., 'cvxpylayers', backend='diffcp-clarabel').  Expected:
+    refused (SolverFailure) or exact's gradient (method 'dual' agrees to 2.6e-12; a central difference
+    of exact's forward, step 1e-5 along a random direction on sample 1, gives 0.24157, exact 0.24157).
+    Observed: no SolverFailure; sample 1's gradient 3.25 off exact's (largest entry 0.64; along that
+    direction 9.95), sample 0's 3.5e-7; moreau passes 0.43 off.  (With other weights, seed 7 drawn
+    on the duals' shapes: 13.1 off, largest entry 1.04.)  _GradientCheck.judge passes on every sample
+    whose maps' incoming gradient is zero (v = 0), on the ground that only the dual objective's
+    gradient arrives there; any loss on the duals does too."""
+    _needs("diffcp-clarabel")
+    inst = random_instance("2d-2lvl", batch=2, seed=1)
+    weights = _ca_rev120_weights(inst)[1:]  # one per constraint, shaped like the coarser map
+
+    def dual_loss_gradient(method, **options):
+        scores = [s.clone().requires_grad_() for s in inst.scores]
+        sol = ca.solve(scores, inst.h, method, temperature=inst.temps, **options)
+        return torch.autograd.grad(sum((d * w).sum() for d, w in zip(sol.duals, weights)), scores)
+
+    want = dual_loss_gradient("exact")
+    try:
+        got = dual_loss_gradient("cvxpylayers", backend="diffcp-clarabel")
+    except ca.SolverFailure:
+        return
+    assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-3
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev122: the gradient check's refusal on a graph that is not a forest "
+                                       "advises method 'exact', which refuses that graph")
+def test_ca_rev122_the_refusal_on_a_graph_advises_no_method_that_refuses_it():
+    """Run: random_graph_instance('grid-regions', batch=2, seed=0, scale=6.0), the gradient of Σ_k <p_k, w_k>
+    (w: _ca_rev120_weights) through ca.solve(..., 'cvxpylayers', backend='diffcp-clarabel').  Refused,
+    rightly (the backend's own gradient is 2.77e3 off method 'dual''s, largest entry 0.239).  Expected: the
+    advice names methods that solve this structure ('dual').  Observed: '... the backend's derivative is
+    wrong there: use method 'dual' or 'exact' for this gradient', and ca.solve(..., 'exact') on it raises
+    ValueError "method 'exact' solves forests only, and this structure is a graph" (_GradientCheck._instead
+    names 'exact' whatever the graph)."""
+    _needs("diffcp-clarabel")
+    inst = random_graph_instance("grid-regions", batch=2, seed=0, scale=6.0)
+    with pytest.raises(ValueError, match="solves forests only"):
+        ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
+    with pytest.raises(ca.SolverFailure, match="from the implicit gradient") as err:
+        linear_loss_gradient(inst, "cvxpylayers", _ca_rev120_weights(inst), backend="diffcp-clarabel")
+    assert "'exact'" not in str(err.value), str(err.value)
