@@ -386,12 +386,12 @@ class _GradientCheck:
         B = self.probs[0].shape[0]
         v = [x.detach().to(torch.float64).reshape((B,) + h.shapes[k]) for k, x in enumerate(self.incoming[:M])]
         u = [x.detach().to(torch.float64).reshape((B,) + h.shapes[b]) for x, (_, b) in zip(self.incoming[M:], h.edges)]
-        rows = [i for i in range(B) if any(bool(x[i].any()) for x in v)]
-        # A sample whose loss reaches the layer through its duals alone is passed on unchecked: the
-        # dual objective's gradient there is the forward's own inexactness (∂g/∂λ = 0 at the
-        # optimum), and the backend's derivative of it (diffcp's 5.9e-11 where the implicit share
-        # is ~0; the caller's gradient 0.62, right to 7e-10) cannot be judged without the loss's
-        # own scale, which this node does not see (refused, ca_rev120)
+        # every sample whose loss reaches the layer (a sample with none: nothing to judge); one
+        # reaching it through its duals alone is judged too: passed on unchecked, a loss on the
+        # duals got diffcp's gradient 3.25 off and moreau's 0.43 through (ca_rev122).  (The dual
+        # objective reaches it no more: Solution.dual_objective holds the duals fixed, as the
+        # envelope theorem allows.)
+        rows = [i for i in range(B) if any(bool(x[i].any()) for x in v + u)]
         if not rows:
             return
         try:
@@ -427,9 +427,11 @@ class _GradientCheck:
                     f"wrong there: {self._instead()}")
 
     def _instead(self) -> str:
-        """What to use instead (not the backend refused: ca_rev120)."""
+        """What to use instead: neither the backend refused (ca_rev120) nor a method that cannot
+        solve the structure (``exact`` on a graph that is not a forest: ca_rev122)."""
         other = "" if self.backend == "diffcp-clarabel" else "backend 'diffcp-clarabel', or "
-        return f"use {other}method 'dual' or 'exact' for this gradient"
+        methods = "method 'dual' or 'exact'" if self.h.is_forest else "method 'dual'"
+        return f"use {other}{methods} for this gradient"
 
 
 class _CheckedOutputs(torch.autograd.Function):

@@ -1911,8 +1911,6 @@ def test_ca_rev120_the_refusal_does_not_advise_the_backend_refused():
 # ---- ca_rev122 (strict xfail: review of b3f1e07)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev122: a loss on Solution.duals alone skips the gradient check, and "
-                                       "diffcp-clarabel's gradient 3.25 off (largest entry 0.64) reaches the caller")
 def test_ca_rev122_a_wrong_gradient_through_the_duals_alone_is_not_passed_on():
     """Run: random_instance('2d-2lvl', batch=2, seed=1) (sample 1's smallest probability 2.9e-8: the
     instance whose loss on the maps test_ca_rev120_the_refusal_does_not_advise_the_backend_refused sees
@@ -1942,8 +1940,6 @@ def test_ca_rev122_a_wrong_gradient_through_the_duals_alone_is_not_passed_on():
     assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev122: the gradient check's refusal on a graph that is not a forest "
-                                       "advises method 'exact', which refuses that graph")
 def test_ca_rev122_the_refusal_on_a_graph_advises_no_method_that_refuses_it():
     """Run: random_graph_instance('grid-regions', batch=2, seed=0, scale=6.0), the gradient of Σ_k <p_k, w_k>
     (w: _ca_rev120_weights) through ca.solve(..., 'cvxpylayers', backend='diffcp-clarabel').  Refused,
