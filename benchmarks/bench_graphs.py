@@ -33,7 +33,7 @@ from convex_attention.bench.graph_targets import (
 )
 from convex_attention.bench.results import BATCH_SETTINGS, cvx_batch_setting
 from convex_attention.cli import CommandParser
-from convex_attention.cvx import BACKENDS, BackendUnavailable, available_backends, get_backend
+from convex_attention.cvx import BACKENDS, available_backends, backend_unavailable_reason
 from convex_attention.io.files import check_out_dir
 from convex_attention.io.lock import ResultsLocked
 from convex_attention.io.settings import add_options, given_settings
@@ -86,14 +86,9 @@ def main(argv=None) -> int:
                                  f"({' '.join(timed) or 'none'}) leave it out: add one to --backends, or leave "
                                  f"{flag} out")
         missing = [b for b in args.backends or [] if b not in available_backends()]
-        if missing:  # (its reason names what to install, as bench's --cvx-backends does: ca_rev121)
-            try:
-                get_backend(missing[0])
-                why = "not installed here"
-            except BackendUnavailable as err:
-                why = str(err)
-            raise ValueError(f"backend(s) {', '.join(missing)} not installed here ({why}); installed: "
-                             f"{', '.join(available_backends()) or 'none'}")
+        if missing:  # each with its own reason (what to install, or why it cannot solve this: ca_rev121, ca_rev122)
+            why = "; ".join(f"{b}: {backend_unavailable_reason(b) or 'cannot run here'}" for b in missing)
+            raise ValueError(f"--backends: {why}; these can: {', '.join(available_backends()) or 'none'}")
         if "parts" in given and "linsat" in config.parts and importlib.util.find_spec("LinSATNet") is None:
             # asked for by name and not installed: refused, as a backend is (it ran and measured nothing)
             raise ValueError(f"--parts linsat needs the LinSATNet baseline, not installed here: {LINSAT_INSTALL}")

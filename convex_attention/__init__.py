@@ -86,7 +86,9 @@ class _BaselinesBeside:
     for a source checkout run in place: that folder becomes the subpackage through setup.cfg's
     ``package_dir`` in an install alone, and the checkout's ``convex_attention/``, first on the
     path, hid the installed one (tests and ``explain`` failed to import it: ca_rev121).  Asked
-    last, so an install's own copy (or an editable install's finder) wins."""
+    first, for this name alone: the folder beside the package imported, not one an editable
+    install's finder maps to another checkout (ca_rev122); an install holds its own copy, and
+    then this finder is not added."""
 
     def __init__(self, folder: str):
         self.folder = folder
@@ -107,7 +109,7 @@ def _find_baselines_beside() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     beside = os.path.join(os.path.dirname(here), "baselines")
     if not os.path.isdir(os.path.join(here, "baselines")) and os.path.isfile(os.path.join(beside, "__init__.py")):
-        sys.meta_path.append(_BaselinesBeside(beside))
+        sys.meta_path.insert(0, _BaselinesBeside(beside))
 
 
 _find_baselines_beside()

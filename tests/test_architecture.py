@@ -398,8 +398,6 @@ def test_ca_rev121_the_checkout_runs_in_place_without_an_editable_install():
 # ---- ca_rev122 (strict xfail: review of b3f1e07)
 
 @pytest.mark.slow  # a Python process of its own that imports the package (1-3 s)
-@pytest.mark.xfail(strict=True, reason="ca_rev122: a checkout run in place beside an editable install of another "
-                                       "checkout imports that checkout's baselines under its own convex_attention")
 def test_ca_rev122_a_checkout_run_in_place_imports_its_own_baselines(tmp_path):
     """Run: a copy of the checkout (tar of /work/main into /tmp/ca_rev122), the venv's editable install
     pointing at /work/main (setuptools' _EditableFinder, MAPPING 'convex_attention.baselines':
@@ -432,8 +430,6 @@ def test_ca_rev122_a_checkout_run_in_place_imports_its_own_baselines(tmp_path):
     assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev122: setup.cfg's comment on the torch requirement still says 'any "
-                                       "release from 2.1', the requirement below it torch>=2.3")
 def test_ca_rev122_setup_cfg_says_the_torch_floor_it_requires():
     """Read: setup.cfg after 53f0e26 (torch >=2.3: 'the core uses torch.uint16/32/64, new in 2.3'; README
     'PyTorch 2.3–2.13').  Expected: the comment above install_requires states the range the requirement

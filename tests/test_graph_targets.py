@@ -1685,8 +1685,6 @@ def test_ca_rev121_bench_graphs_refuses_the_linsat_part_it_cannot_run(tmp_path, 
 
 # ---- ca_rev122 (strict xfail: review of b3f1e07)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev122: bench_graphs.py --backends with two unusable backends says why of "
-                                       "the first alone, and calls mpax (which can never run) 'not installed'")
 def test_ca_rev122_bench_graphs_says_why_of_every_backend_it_refuses(tmp_path, capsys, monkeypatch):
     """Run: python benchmarks/bench_graphs.py --backends mpax cuclarabel --tiny --out g (here cuclarabel is
     not installed, mpax cannot solve this problem).  Expected (f385fee: 'a missing --backends name says what
