@@ -1392,3 +1392,42 @@ def test_ca_rev115_a_numpy_integer_names_a_given_map():
     assert got.given == (1,)
     for p, r in zip(got.probs, want.probs):
         torch.testing.assert_close(p, r)
+
+
+# ---- ca_rev123 (strict xfail: review of b3f1e07)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev123: learned_dual and consistency_loss refuse a forward_ad tangent "
+                                       "whenever the temperature requires grad (no jvp in _DivideByTemperature)")
+@pytest.mark.parametrize("what", ["learned_dual", "consistency_loss"])
+def test_ca_rev123_forward_mode_passes_a_temperature_that_requires_grad(what):
+    """Run: a 4×4 → 2×2 hierarchy, float64 scores, duals N(0, 1), the temperature an
+    ``nn.Parameter([0.7, 1.3])`` (a learned temperature, as ``ConsistentAttention`` registers it);
+    a ``torch.autograd.forward_ad`` tangent on ``scores[0]``, then ``ca.solve(..., "learned_dual")``
+    (its ``probs[0]``) or ``ca.consistency_loss``.  Expected: the tangent is the derivative along it
+    (docs/design.md §4: learned_dual and consistency_loss are torch operations that take forward
+    mode, and solve's own refusal says "methods 'softmax' and 'learned_dual' take forward mode");
+    with the same temperature detached it is (within 1.7e-10 of central differences, tangents up
+    to 0.36).  Observed: NotImplementedError "You must implement the jvp function for custom
+    autograd.Function to use it with forward mode AD" (``_ops.divide_by_temperature`` routes a
+    temperature that requires grad through ``_DivideByTemperature``, which has no ``jvp``); a
+    tangent on the Parameter temperature itself fails alike, while ``torch.func.jvp`` passes."""
+    import torch.autograd.forward_ad as fwad
+
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    duals = [torch.randn(2, 2, 2, generator=g, dtype=torch.float64)]
+    v = torch.randn(scores[0].shape, generator=g, dtype=torch.float64)
+    tau = torch.nn.Parameter(torch.tensor([0.7, 1.3], dtype=torch.float64))
+
+    def out(s0, t):
+        if what == "consistency_loss":
+            return ca.consistency_loss([s0, scores[1]], duals, h, t)
+        return ca.solve([s0, scores[1]], h, "learned_dual", t, duals=duals).probs[0]
+
+    eps = 1e-6
+    with torch.no_grad():
+        want = (out(scores[0] + eps * v, tau) - out(scores[0] - eps * v, tau)) / (2 * eps)
+    with fwad.dual_level():
+        got = fwad.unpack_dual(out(fwad.make_dual(scores[0], v), tau)).tangent
+    torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-9)
