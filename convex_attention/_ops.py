@@ -63,6 +63,17 @@ class _DivideByTemperature(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # the form torch.func's transforms need
         ctx.save_for_backward(output, inputs[1])
+        ctx.forward_values = (output, inputs[1])  # (the forward mode's, read by jvp)
+
+    @staticmethod
+    def jvp(ctx, x_tangent, tau_tangent):
+        """Forward mode, ``d(x/τ) = (dx − (x/τ)·dτ) / τ`` (it had none: a tangent through a
+        learned temperature raised NotImplementedError, ca_rev123)."""
+        out, tau = ctx.forward_values
+        tangent = torch.zeros_like(out) if x_tangent is None else x_tangent / tau
+        if tau_tangent is not None:
+            tangent = tangent - out * (tau_tangent / tau)
+        return tangent
 
     @staticmethod
     def backward(ctx, grad: Tensor):

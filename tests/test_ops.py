@@ -1,4 +1,5 @@
 """convex_attention._ops: the small tensor operations every solver shares."""
+import pytest
 import torch
 
 from convex_attention import _ops
@@ -60,3 +61,25 @@ def test_the_temperature_gradient_stays_finite_at_tiny_temperatures():
         tau = torch.tensor(1e-36, requires_grad=True)
         (g,) = torch.autograd.grad(_ops.level_softmax(x, tau)[0, cell], tau)
         assert bool(torch.isfinite(g)) and g.dtype == torch.float32
+
+
+@pytest.mark.parametrize("on", ["x", "tau", "both"])
+def test_divide_by_temperature_forward_mode_is_the_derivative(on):
+    """_DivideByTemperature's jvp (a learned temperature's forward mode raised NotImplementedError: ca_rev123):
+    the tangent of x / τ along (dx, dτ) is central differences' to 1e-8, through learned_dual's softmax too."""
+    import torch.autograd.forward_ad as fwad
+
+    from convex_attention._ops import divide_by_temperature, level_softmax
+
+    g = torch.Generator().manual_seed(0)
+    x, dx = torch.randn(3, 4, generator=g, dtype=torch.float64), torch.randn(3, 4, generator=g, dtype=torch.float64)
+    tau = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    dtau = torch.tensor(0.3 if on != "x" else 0.0, dtype=torch.float64)
+    dx = dx if on != "tau" else torch.zeros_like(dx)
+    for fn in (divide_by_temperature, level_softmax):
+        eps = 1e-6
+        with torch.no_grad():
+            want = (fn(x + eps * dx, tau + eps * dtau) - fn(x - eps * dx, tau - eps * dtau)) / (2 * eps)
+        with fwad.dual_level():
+            got = fwad.unpack_dual(fn(fwad.make_dual(x, dx), fwad.make_dual(tau, dtau))).tangent
+        torch.testing.assert_close(got, want, rtol=1e-7, atol=1e-8)

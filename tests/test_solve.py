@@ -1396,8 +1396,6 @@ def test_ca_rev115_a_numpy_integer_names_a_given_map():
 
 # ---- ca_rev123 (strict xfail: review of b3f1e07)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev123: learned_dual and consistency_loss refuse a forward_ad tangent "
-                                       "whenever the temperature requires grad (no jvp in _DivideByTemperature)")
 @pytest.mark.parametrize("what", ["learned_dual", "consistency_loss"])
 def test_ca_rev123_forward_mode_passes_a_temperature_that_requires_grad(what):
     """Run: a 4×4 → 2×2 hierarchy, float64 scores, duals N(0, 1), the temperature an
