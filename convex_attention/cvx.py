@@ -369,8 +369,8 @@ class _GradientCheck:
     derivative (cvxpylayers' backward) is compared, in the backward pass, with the implicit
     gradient at the maps the forward certified (:func:`convex_attention.hessian.implicit_vjp`:
     the same problem differentiated at the same point, independently of the backend), and a
-    disagreement is a :class:`SolverFailure`.  :class:`_CheckedOutputs` records the incoming
-    gradient; :class:`_CheckedScores` receives the backend's and judges it."""
+    disagreement is a :class:`SolverFailure`.  :class:`_Checkpoint` on the outputs records the
+    incoming gradient; on the scores it receives the backend's and judges it."""
 
     def __init__(self, h: Graph, temps: Sequence[float], backend: str):
         self.h, self.temps, self.backend = h, tuple(temps), backend
@@ -434,34 +434,24 @@ class _GradientCheck:
         return f"use {other}{methods} for this gradient"
 
 
-class _CheckedOutputs(torch.autograd.Function):
-    """Identity on the outputs ``(probs, duals)``; its backward records their incoming gradient
-    for :class:`_GradientCheck`."""
+class _Checkpoint(torch.autograd.Function):
+    """Identity on tensors, whose backward hands their incoming gradient to a
+    :class:`_GradientCheck` before passing it on: on the outputs ``(probs, duals)``
+    (``judge=False``) it records the loss's gradient; on the centred scores the backend solves
+    (``judge=True``) it judges the backend's gradient."""
 
     @staticmethod
-    def forward(ctx, check: _GradientCheck, *outs: Tensor):
-        ctx.check = check
-        return tuple(o.view_as(o) for o in outs)
-
-    @staticmethod
-    def backward(ctx, *grads: Tensor):
-        ctx.check.incoming = list(grads)
-        return (None, *grads)
-
-
-class _CheckedScores(torch.autograd.Function):
-    """Identity on the centred scores the backend solves; its backward judges the backend's
-    gradient on them (:meth:`_GradientCheck.judge`) before passing it on."""
-
-    @staticmethod
-    def forward(ctx, check: _GradientCheck, *flat: Tensor):
-        ctx.check = check
-        return tuple(f.view_as(f) for f in flat)
+    def forward(ctx, check: _GradientCheck, judge: bool, *tensors: Tensor):
+        ctx.check, ctx.judge = check, judge
+        return tuple(t.view_as(t) for t in tensors)
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
-        ctx.check.judge(grads)
-        return (None, *grads)
+        if ctx.judge:
+            ctx.check.judge(grads)
+        else:
+            ctx.check.incoming = list(grads)
+        return (None, None, *grads)
 
 
 class CvxpyAttentionLayer:
@@ -966,14 +956,14 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     check = _GradientCheck(h, temps, backend.name) \
         if opts["check_gradient"] and torch.is_grad_enabled() and any(f.requires_grad for f in flat) else None
     if check is not None:
-        flat = list(_CheckedScores.apply(check, *flat))
+        flat = list(_Checkpoint.apply(check, True, *flat))
     # the layer is shared (cached): held from the solve to the certificate's verdict, so that
     # the statuses a failure reports are this call's
     with layer.lock:
         probs, duals = _solve_certified(layer, h, temps, scores, flat, flat_cpu, opts, args, check)
     if check is None:
         return probs, duals
-    outs = _CheckedOutputs.apply(check, *probs, *duals)
+    outs = _Checkpoint.apply(check, False, *probs, *duals)
     return list(outs[:h.num_maps]), list(outs[h.num_maps:])
 
 
