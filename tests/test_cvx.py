@@ -1873,7 +1873,7 @@ def test_ca_rev120_a_backend_gradient_off_by_a_constant_is_not_passed_on(monkeyp
     unchanged).  Expected: refused (SolverFailure) or the true gradient (every score gradient
     sums to zero per map and sample: a constant moves no solution).  Observed: passed; the
     gradient is 2.76 off exact's (largest entry 0.105), its sums per map up to 64 (exact's
-    < 1e-16).  judge subtracts each map's mean before comparing, but the scores checkpoint (then _CheckedScores.backward)
+    < 1e-16).  judge subtracts each map's mean before comparing, but the scores checkpoint (_CheckedScores then)
     returns the backend's gradient as it came, and centred_scores' mean is detached."""
     _needs("diffcp-clarabel")
     inst = random_instance("2d-3lvl-unequal", batch=2, seed=3)
