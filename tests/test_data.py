@@ -1856,3 +1856,195 @@ def test_ca_rev80_numpy_bools_and_bool_fractions_are_refused(cls):
     for kw in ({"mimic_rate": np.True_}, {"difficulty": True}, {"lesion_fraction": True}):
         with pytest.raises((TypeError, ValueError)):
             cls(2, image_size=32, **kw)
+
+
+# ---- ca_rev125 (strict xfail: review of bd11512)
+
+def _ca_rev125_png16(path, arr):
+    """Write ``arr`` ``(H, W, C)`` uint16 (C = 1, 2, 3 or 4) as a 16-bit PNG (the layout a scanner's or
+    microscope's export has), without a library that could read it back differently."""
+    import struct
+    import zlib
+
+    H, W, C = arr.shape
+    raw = b"".join(b"\x00" + np.ascontiguousarray(arr[r]).astype(">u2").tobytes() for r in range(H))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", W, H, 16, {1: 0, 2: 4, 3: 2, 4: 6}[C], 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw))
+                           + chunk(b"IEND", b""))
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev125: a 16-bit RGB PNG is read as its high bytes only (0 below 256)")
+def test_ca_rev125_a_16_bit_rgb_png_image_is_read_at_its_values_or_refused(tmp_path):
+    """Run: a folder whose one image is a 16-bit RGB PNG with values 0..199 (a 16-bit export of
+    dim data); FolderDataset read it.  Expected: its values (as a 16-bit grey PNG's are read) or
+    a one-line refusal.  Observed: Pillow opens 16-bit colour PNGs as 8-bit "RGB", keeping each
+    value's high byte: every pixel read 0.0, silently (any 16-bit RGB image loses its low byte)."""
+    from convex_attention.paper.data.folder import _read_array
+
+    arr = np.random.default_rng(0).integers(0, 200, (16, 16, 3)).astype(np.uint16)
+    root = _one_image_folder(tmp_path / "f", "a.png", lambda path: _ca_rev125_png16(path, arr))
+    try:
+        FolderDataset(root)
+        read = _read_array(os.path.join(root, "images", "a.png"))
+    except ValueError:
+        return  # refused: as good as read right
+    assert np.array_equal(read, np.moveaxis(arr, -1, 0).astype(np.float32)), float(read.max())
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev125: a 16-bit RGB PNG mask of 1s is read as an empty mask")
+def test_ca_rev125_a_16_bit_rgb_png_mask_keeps_its_lesion_or_is_refused(tmp_path):
+    """Run: a folder (labels.csv: a.npy,1) whose mask masks/a.png is a 16-bit RGB PNG, 1 on a
+    4x4 lesion and 0 elsewhere; FolderDataset(root)[0].  Expected: a mask of 16 lesion pixels, or a
+    one-line refusal.  Observed: the mask is read as its high bytes (0 everywhere): an empty mask,
+    accepted without a word (explain would skip the image as one without a lesion)."""
+    root = _one_image_folder(tmp_path / "f", "a.npy", _npy(np.random.default_rng(0).random((3, 16, 16))))
+    (tmp_path / "f" / "labels.csv").write_text("filename,label\na.npy,1\n")
+    os.makedirs(tmp_path / "f" / "masks")
+    mask = np.zeros((16, 16, 3), np.uint16)
+    mask[4:8, 4:8] = 1
+    _ca_rev125_png16(tmp_path / "f" / "masks" / "a.png", mask)
+    try:
+        item = FolderDataset(root)[0]
+    except ValueError:
+        return
+    assert int(item[2].sum()) == 16
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev125: a '.png' that is PostScript is handed to Ghostscript")
+def test_ca_rev125_a_png_name_holding_postscript_never_runs_ghostscript(tmp_path, monkeypatch):
+    """Run: images/a.png holding an EPS file (PostScript, a program) and FolderDataset(root), with
+    Ghostscript's call recorded (EpsImagePlugin.gs_binary set to "gs", subprocess.check_call
+    replaced).  Expected: the file refused as not a PNG, no program run (nothing loaded from disk
+    runs code).  Observed: Image.open is called without formats=["PNG"], so Pillow's EPS plugin
+    ran ['gs', ..., '-f', '<root>/images/a.png'] (JPEG, TIFF, BMP and GIF files named .png are
+    likewise decoded and accepted)."""
+    from PIL import EpsImagePlugin
+
+    calls = []
+
+    def record(cmd, **kwargs):
+        calls.append(cmd)
+        raise OSError("ghostscript was called")
+
+    monkeypatch.setattr(EpsImagePlugin, "gs_binary", "gs")
+    monkeypatch.setattr(EpsImagePlugin.subprocess, "check_call", record)
+    eps = "%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n0 0 moveto 16 16 lineto stroke\nshowpage\n"
+    root = _one_image_folder(tmp_path / "f", "a.png", lambda path: Path(path).write_text(eps))
+    with pytest.raises(ValueError):
+        FolderDataset(root)
+    assert calls == []
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev125: an image over Pillow's pixel limit escapes as a traceback")
+def test_ca_rev125_a_png_over_pillows_pixel_limit_is_refused_in_one_line(tmp_path):
+    """Run: images/a.png a valid 1-bit PNG of 14000 x 13000 pixels (22 kB; over Pillow's
+    decompression-bomb limit of 178,956,970 pixels); FolderDataset(root).  Expected: ValueError
+    naming the file (train: one line, exit 2).  Observed: PIL.Image.DecompressionBombError, which
+    _read_array does not catch: `train --data folder` ends in a 38-line traceback, exit 1."""
+    import struct
+    import zlib
+
+    def write(path, W=14000, H=13000):
+        comp = zlib.compressobj()
+        row = b"\x00" * (1 + (W + 7) // 8)
+        data = b"".join(comp.compress(row) for _ in range(H)) + comp.flush()
+
+        def chunk(kind, payload):
+            return struct.pack(">I", len(payload)) + kind + payload + struct.pack(
+                ">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+
+        Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", W, H, 1, 0, 0, 0, 0))
+                               + chunk(b"IDAT", data) + chunk(b"IEND", b""))
+
+    root = _one_image_folder(tmp_path / "f", "a.png", write)
+    with pytest.raises(ValueError, match="a.png"):
+        FolderDataset(root)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev125: the same image in root/train and root/val is accepted")
+@pytest.mark.parametrize("how", ["copy", "link"])
+def test_ca_rev125_an_image_in_both_the_training_and_the_validation_folder_is_refused(tmp_path, how):
+    """Run: root/train from _write_folder and root/val the same files (a copy of the folder, or
+    val/images/* links to train/images/*); build_datasets("folder", root).  Expected: ValueError
+    naming the shared image (validation AUC picks best.pt: scored on training images it is
+    meaningless).  Observed: accepted; `train --data folder` on such a root trains and reports
+    its validation AUC without a word (FolderDataset checks duplicates within one labels.csv
+    only)."""
+    import shutil
+
+    _write_folder(str(tmp_path / "r" / "train"))
+    shutil.copytree(tmp_path / "r" / "train", tmp_path / "r" / "val")
+    if how == "link":
+        for name in os.listdir(tmp_path / "r" / "val" / "images"):
+            os.remove(tmp_path / "r" / "val" / "images" / name)
+            os.symlink(tmp_path / "r" / "train" / "images" / name, tmp_path / "r" / "val" / "images" / name)
+    with pytest.raises(ValueError, match="img0"):
+        build_datasets("folder", root=str(tmp_path / "r"))
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev125: a segmentation stored mirrored (R vs L) is accepted unflipped")
+def test_ca_rev125_a_segmentation_whose_affine_mirrors_the_images_is_aligned_or_refused(tmp_path):
+    """Run: a patient written as BraTS stores it (affine diag(-1, -1, 1): L, P, S), its lesion at
+    left-right index 4..15, then its segmentation re-saved by nibabel.as_closest_canonical (R, A, S:
+    the same anatomy, its array flipped on both in-plane axes); BraTSSlices(root, "all").
+    Expected: the segmentation read in the images' orientation (mask columns 4..15) or a refusal
+    (the docstring: "files of one patient must agree on their axes").  Observed: accepted; only
+    the permutation of the axes is compared, never their direction, so the mask lies at
+    columns 24..35, the mirror image: the tumour image (label 1) is the healthy hemisphere."""
+    import nibabel as nib
+
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1:3] = 1
+    root = str(tmp_path / "b")
+    folder = _write_patient(root, "P", vols, seg, signs=(-1, -1, 1))
+    path = os.path.join(folder, "P_seg.nii.gz")
+    canonical = nib.as_closest_canonical(nib.load(path))
+    assert nib.aff2axcodes(canonical.affine) == ("R", "A", "S")
+    nib.save(nib.Nifti1Image(np.asarray(canonical.dataobj).astype(np.int16), canonical.affine), path)
+    try:
+        ds = BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=str(tmp_path / "c"))
+    except ValueError:
+        return
+    image, label, mask = ds[0]
+    cols = mask.any(0).nonzero().flatten()
+    assert int(label) == 1 and (int(cols.min()), int(cols.max())) == (4, 15)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev125: a complex-valued NIfTI volume loses its imaginary part silently")
+def test_ca_rev125_a_complex_nifti_volume_is_refused(tmp_path):
+    """Run: a patient whose T2 volume is complex64 (2+3j in the brain); BraTSSlices(root, "all").
+    Expected: ValueError naming the file, as the folder source refuses complex NPY ("not real
+    numbers").  Observed: accepted; get_fdata(dtype=float32) drops the imaginary part (a
+    ComplexWarning at most) and the slices are built from the real part."""
+    import warnings
+
+    import nibabel as nib
+
+    vols, seg = _anatomy()
+    seg[4:16, 12:30, 1:3] = 1
+    root = str(tmp_path / "b")
+    folder = _write_patient(root, "P", vols, seg)
+    t2 = (vols["t2"] != 0) * np.complex64(2 + 3j)
+    nib.save(nib.Nifti1Image(t2.astype(np.complex64), np.eye(4)), os.path.join(folder, "P_t2.nii.gz"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", np.exceptions.ComplexWarning)
+        with pytest.raises(ValueError, match="P_t2"):
+            BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=str(tmp_path / "c"))
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev125: an image labelled 0 whose mask marks a lesion is accepted")
+def test_ca_rev125_a_label_0_image_with_a_lesion_mask_is_refused(tmp_path):
+    """Run: _write_folder (img1 labelled 1 with a 4x4 lesion mask) with labels.csv's labels
+    swapped (img0 1, img1 0, img2 1: rows out of step with the masks); FolderDataset(root).
+    Expected: ValueError naming img1.png (a mask marks lesion pixels, label 0 is the normal
+    class; explain takes label 1 with a non-empty mask as its lesion images).  Observed:
+    accepted; explain would then skip img1 and find no lesion in img0/img2 without a word."""
+    root = str(tmp_path / "f")
+    _write_folder(root)
+    (tmp_path / "f" / "labels.csv").write_text("filename,label\nimg0.png,1\nimg1.png,0\nimg2.png,1\n")
+    with pytest.raises(ValueError, match="img1.png"):
+        FolderDataset(root)

@@ -1448,3 +1448,20 @@ def test_ca_rev117_explain_with_nothing_to_explain_is_a_usage_error_before_work(
                         "--out", str(out)], capsys)
     assert_usage_error(code, err, "--baseline-model")
     assert not out.exists()
+
+
+# ---- ca_rev125 (strict xfail: review of bd11512)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev125: a training folder holding one class only is trained on")
+def test_ca_rev125_train_on_a_training_folder_of_one_class_is_a_usage_error_before_work(tmp_path, capsys, no_work):
+    """Run: `train --data folder --data-root R --image-size 16` where R/train lists 4 images all
+    labelled 0 and R/val both classes.  Expected: one line on stderr naming the training folder
+    and its class counts, exit 2, before any work (as a validation set without a class is
+    refused: check_validation_classes).  Observed: the run starts (no_work's AssertionError);
+    without no_work it trains to exit 0, reporting train acc 0.000 and a validation AUC."""
+    root = tmp_path / "data"
+    write_folder(str(root / "train"), fmt="npy", labels={1: 0, 3: 0})
+    write_folder(str(root / "val"), fmt="npy")
+    code, _, err = run(["train", "--data", "folder", "--data-root", str(root), "--image-size", "16",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "class")
