@@ -1877,7 +1877,6 @@ def _ca_rev125_png16(path, arr):
                            + chunk(b"IEND", b""))
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev125: a 16-bit RGB PNG is read as its high bytes only (0 below 256)")
 def test_ca_rev125_a_16_bit_rgb_png_image_is_read_at_its_values_or_refused(tmp_path):
     """Run: a folder whose one image is a 16-bit RGB PNG with values 0..199 (a 16-bit export of
     dim data); FolderDataset read it.  Expected: its values (as a 16-bit grey PNG's are read) or
@@ -1895,7 +1894,6 @@ def test_ca_rev125_a_16_bit_rgb_png_image_is_read_at_its_values_or_refused(tmp_p
     assert np.array_equal(read, np.moveaxis(arr, -1, 0).astype(np.float32)), float(read.max())
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev125: a 16-bit RGB PNG mask of 1s is read as an empty mask")
 def test_ca_rev125_a_16_bit_rgb_png_mask_keeps_its_lesion_or_is_refused(tmp_path):
     """Run: a folder (labels.csv: a.npy,1) whose mask masks/a.png is a 16-bit RGB PNG, 1 on a
     4x4 lesion and 0 elsewhere; FolderDataset(root)[0].  Expected: a mask of 16 lesion pixels, or a
@@ -1914,7 +1912,6 @@ def test_ca_rev125_a_16_bit_rgb_png_mask_keeps_its_lesion_or_is_refused(tmp_path
     assert int(item[2].sum()) == 16
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev125: a '.png' that is PostScript is handed to Ghostscript")
 def test_ca_rev125_a_png_name_holding_postscript_never_runs_ghostscript(tmp_path, monkeypatch):
     """Run: images/a.png holding an EPS file (PostScript, a program) and FolderDataset(root), with
     Ghostscript's call recorded (EpsImagePlugin.gs_binary set to "gs", subprocess.check_call
@@ -1939,7 +1936,6 @@ def test_ca_rev125_a_png_name_holding_postscript_never_runs_ghostscript(tmp_path
     assert calls == []
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev125: an image over Pillow's pixel limit escapes as a traceback")
 def test_ca_rev125_a_png_over_pillows_pixel_limit_is_refused_in_one_line(tmp_path):
     """Run: images/a.png a valid 1-bit PNG of 14000 x 13000 pixels (22 kB; over Pillow's
     decompression-bomb limit of 178,956,970 pixels); FolderDataset(root).  Expected: ValueError

@@ -69,8 +69,11 @@ def _read_array(path: str, palette_as_colours: bool = True) -> np.ndarray:
         return arr
     from PIL import Image, UnidentifiedImageError
 
+    _check_png_depth(path)
     try:
-        with Image.open(path) as im:
+        # PNG alone: Pillow would otherwise hand a .png holding PostScript to Ghostscript, and
+        # decode a JPEG or TIFF of that name (ca_rev125)
+        with Image.open(path, formats=["PNG"]) as im:
             if palette_as_colours and im.mode in ("P", "PA"):
                 alpha = im.mode == "PA" or "transparency" in im.info
                 arr = np.asarray(im.convert("RGBA" if alpha else "RGB"), dtype=np.float32)
@@ -87,11 +90,33 @@ def _read_array(path: str, palette_as_colours: bool = True) -> np.ndarray:
                 arr = arr[..., 0] if arr.shape[-1] == 1 else arr
             else:
                 arr = np.asarray(im, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        # (DecompressionBombError, an image over Pillow's pixel limit, is no OSError: it was a traceback)
         raise ValueError(f"{path!r} is not a readable PNG image ({err}); convert it to PNG or NPY") from None
     if arr.ndim == 3:
         arr = np.moveaxis(arr, -1, 0)  # PNG: (H, W, C) -> (C, H, W)
     return arr
+
+
+#: PNG colour types with more than one channel (grey + alpha, RGB, RGBA): at 16 bits per
+#: channel Pillow reads them as 8-bit images, keeping the high bytes alone.
+_PNG_MULTICHANNEL = {4: "grey + alpha", 2: "RGB", 6: "RGBA"}
+
+
+def _check_png_depth(path: str) -> None:
+    """ValueError for a PNG of 16 bits per channel and several channels: Pillow reads it at 8
+    bits, the low byte of every value lost (values 0 to 199 read as 0; a mask's lesion read as
+    empty: ca_rev125).  16-bit grey PNGs are read exactly, and are not refused."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(26)
+    except OSError:
+        return  # (the reader says why it cannot be read)
+    if len(head) == 26 and head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR" and head[24] == 16 \
+            and head[25] in _PNG_MULTICHANNEL:
+        raise ValueError(f"{path!r} is a 16-bit {_PNG_MULTICHANNEL[head[25]]} PNG, which is read at 8 bits per "
+                         f"channel (the low byte of every value lost); save it as NPY, or as 8-bit or 16-bit grey "
+                         f"PNGs")
 
 
 def _as_chw(arr: np.ndarray, path: str) -> np.ndarray:
