@@ -804,7 +804,8 @@ def test_brats_data_errors_name_the_file_and_the_fix(tmp_path, monkeypatch):
     root, folder = patient("axes")
     swapped = np.array([[0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])
     nib.save(nib.Nifti1Image(np.zeros((40, 40, 4), np.float32), swapped), os.path.join(folder, "Brats18_X_1_t2.nii.gz"))
-    with pytest.raises(ValueError, match=r"patient 'Brats18_X_1': the files' NIfTI affines order the axes differently"):
+    with pytest.raises(ValueError, match=r"patient 'Brats18_X_1': the files' NIfTI affines orient the axes "
+                                         r"differently"):
         BraTSSlices(root, "all", cache_dir=str(tmp_path / "c3"))
 
     root, folder = patient("nan")
@@ -1982,7 +1983,6 @@ def test_ca_rev125_an_image_in_both_the_training_and_the_validation_folder_is_re
         build_datasets("folder", root=str(tmp_path / "r"))
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev125: a segmentation stored mirrored (R vs L) is accepted unflipped")
 def test_ca_rev125_a_segmentation_whose_affine_mirrors_the_images_is_aligned_or_refused(tmp_path):
     """Run: a patient written as BraTS stores it (affine diag(-1, -1, 1): L, P, S), its lesion at
     left-right index 4..15, then its segmentation re-saved by nibabel.as_closest_canonical (R, A, S:
@@ -2010,7 +2010,6 @@ def test_ca_rev125_a_segmentation_whose_affine_mirrors_the_images_is_aligned_or_
     assert int(label) == 1 and (int(cols.min()), int(cols.max())) == (4, 15)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev125: a complex-valued NIfTI volume loses its imaginary part silently")
 def test_ca_rev125_a_complex_nifti_volume_is_refused(tmp_path):
     """Run: a patient whose T2 volume is complex64 (2+3j in the brain); BraTSSlices(root, "all").
     Expected: ValueError naming the file, as the folder source refuses complex NPY ("not real

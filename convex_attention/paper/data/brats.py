@@ -163,8 +163,11 @@ def _source_signature(folder: str, patient: str) -> dict:
     return {"source": os.path.realpath(folder), "files": files}
 
 
-def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple[int, int, int], str]:
-    """``(volume permuted to (LR, AP, SI), the original axes of (LR, AP, SI), path)``."""
+def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple, str]:
+    """``(volume permuted to (LR, AP, SI), its orientation, path)``: the orientation is the
+    original axes of (LR, AP, SI) and the affine's axis codes, which carry each axis's direction
+    too (compared by the axes alone, a segmentation stored mirrored was accepted unflipped, its
+    lesion on the healthy side: ca_rev125)."""
     import nibabel as nib
 
     candidates = _candidates(folder, patient, name)
@@ -174,7 +177,16 @@ def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple[int
                          f"or remove the patient's folder {folder!r}")
     try:
         image = nib.load(path)
+        if np.iscomplexobj(np.empty(0, dtype=image.get_data_dtype())):
+            # (read as float32 its imaginary part was dropped, without a word: ca_rev125)
+            raise ValueError(f"patient {patient!r}: {path!r} holds complex voxels "
+                             f"({image.get_data_dtype()}); a volume of real numbers is needed")
         data = np.asarray(image.get_fdata(dtype=np.float32))
+    except ValueError as err:
+        if "holds complex voxels" in str(err):
+            raise
+        raise ValueError(f"patient {patient!r}: cannot read {path!r} ({type(err).__name__}: {err}); "
+                         f"re-extract the file") from None
     except Exception as err:  # nibabel raises many kinds on a damaged file
         raise ValueError(f"patient {patient!r}: cannot read {path!r} ({type(err).__name__}: {err}); "
                          f"re-extract the file") from None
@@ -183,7 +195,7 @@ def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple[int
     if not np.isfinite(data).all():
         raise ValueError(f"patient {patient!r}: {path!r} holds NaN or Inf voxels; re-extract the file")
     axes = _orientation(image.affine, path)
-    return np.transpose(data, axes), axes, path
+    return np.transpose(data, axes), (axes, tuple(nib.aff2axcodes(image.affine))), path
 
 
 def load_patient(folder: str, patient: str) -> tuple[np.ndarray, np.ndarray]:
@@ -192,9 +204,9 @@ def load_patient(folder: str, patient: str) -> tuple[np.ndarray, np.ndarray]:
     shapes = {name: v.shape for name, (v, _, _) in loaded.items()}
     axes = {name: a for name, (_, a, _) in loaded.items()}
     if len(set(axes.values())) > 1:
-        raise ValueError(f"patient {patient!r}: the files' NIfTI affines order the axes differently "
-                         f"({', '.join(f'{n} {a}' for n, a in axes.items())}); re-export them on one grid, "
-                         f"or remove the patient's folder {folder!r}")
+        raise ValueError(f"patient {patient!r}: the files' NIfTI affines orient the axes differently (axes and "
+                         f"directions: {', '.join(f'{n} {a[1]}' for n, a in axes.items())}); re-export them on one "
+                         f"grid, or remove the patient's folder {folder!r}")
     if len(set(shapes.values())) > 1:
         raise ValueError(f"patient {patient!r}: volumes differ in shape "
                          f"({', '.join(f'{n} {s}' for n, s in shapes.items())}); every modality and the "
