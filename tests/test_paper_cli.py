@@ -1452,7 +1452,6 @@ def test_ca_rev117_explain_with_nothing_to_explain_is_a_usage_error_before_work(
 
 # ---- ca_rev125 (strict xfail: review of bd11512)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev125: a training folder holding one class only is trained on")
 def test_ca_rev125_train_on_a_training_folder_of_one_class_is_a_usage_error_before_work(tmp_path, capsys, no_work):
     """Run: `train --data folder --data-root R --image-size 16` where R/train lists 4 images all
     labelled 0 and R/val both classes.  Expected: one line on stderr naming the training folder

@@ -305,8 +305,30 @@ def build_checked_datasets(config: TrainConfig) -> CheckedData:
     ValueError naming the problem and the option to change."""
     train_set, val_set = datasets_of(config)
     check_data(config, train_set, val_set)
+    check_training_classes(config, train_set)
     check_validation_classes(config, val_set)
     return CheckedData(train_set, val_set)
+
+
+def _class_counts(config: TrainConfig, dataset: Dataset) -> np.ndarray:
+    labels = getattr(dataset, "labels", None)
+    if labels is None:
+        labels = [int(dataset[i][1]) for i in range(len(dataset))]
+    return np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1), minlength=config.model.num_classes)
+
+
+def check_training_classes(config: TrainConfig, train_set: Dataset) -> None:
+    """ValueError unless the training set holds an image of every class: trained on one class a
+    classifier learns nothing of the others (a folder of label 0 alone trained to exit 0, train
+    accuracy 0: ca_rev125)."""
+    counts = _class_counts(config, train_set)
+    absent = [c for c in range(config.model.num_classes) if counts[c] == 0]
+    if absent:
+        fix = ("raise --n-train or change --data-seed" if config.data not in ("brats", "folder") else
+               "add images of every class to the training data" + (" (root/train)" if config.data == "folder" else
+                                                                   ""))
+        raise ValueError(f"the training set ({len(train_set)} images) holds no image of class "
+                         f"{', '.join(map(str, absent))} (per class: {', '.join(map(str, counts.tolist()))}); {fix}")
 
 
 class ValidationClassesError(ValueError):
@@ -317,10 +339,7 @@ def check_validation_classes(config: TrainConfig, val_set: Dataset) -> None:
     """ValueError unless the validation set holds an image of every class: without one, its
     ROC AUC (which picks ``best.pt``) and balanced accuracy are undefined, and every epoch
     would be reported, and selected, on no criterion."""
-    labels = getattr(val_set, "labels", None)
-    if labels is None:
-        labels = [int(val_set[i][1]) for i in range(len(val_set))]
-    counts = np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1), minlength=config.model.num_classes)
+    counts = _class_counts(config, val_set)
     absent = [c for c in range(config.model.num_classes) if counts[c] == 0]
     if absent:
         fix = ("raise --n-val or change --data-seed" if config.data not in ("brats", "folder") else
