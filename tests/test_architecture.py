@@ -440,3 +440,35 @@ def test_ca_rev122_setup_cfg_says_the_torch_floor_it_requires():
     stated = re.search(r"#\s*torch: any release from ([0-9.]+)", text)
     floor = re.search(r"^\s*torch>=([0-9.]+)", text, flags=re.M).group(1)
     assert stated is None or stated.group(1) == floor, (stated.group(0), floor)
+
+
+# ---- ca_rev124 (strict xfail: review of 4e56f86)
+
+@pytest.mark.slow  # a Python process of its own that imports the package (1-3 s)
+@pytest.mark.xfail(strict=True, reason="ca_rev124: the checkout's baselines finder, first on sys.meta_path, serves "
+                                       "its baselines to a convex_attention imported later from another path")
+def test_ca_rev124_a_later_import_from_another_path_gets_its_own_baselines(tmp_path):
+    """Run: one Python process imports convex_attention and convex_attention.baselines from the checkout
+    (ROOT first on sys.path: _BaselinesBeside is inserted at sys.meta_path[0]), drops them from
+    sys.modules, takes ROOT off sys.path and imports convex_attention from another folder, an install's
+    layout (convex_attention/baselines/ inside the package, so no finder of its own is added), then
+    convex_attention.baselines.  Expected: that install's own baselines (at fee9163, where the finder
+    was appended: site/convex_attention/baselines/__init__.py).  Observed: ROOT/baselines/__init__.py:
+    the first checkout's finder, still first, answers for the name whichever convex_attention is
+    imported now (it never compares its folder with the package in sys.modules)."""
+    site = tmp_path / "site" / "convex_attention"
+    (site / "baselines").mkdir(parents=True)
+    (site / "__init__.py").write_text("", encoding="utf-8")
+    (site / "baselines" / "__init__.py").write_text("INSTALLED = True\n", encoding="utf-8")
+    code = ("import sys\n"
+            f"sys.path.insert(0, {str(ROOT)!r})\n"
+            "import convex_attention, convex_attention.baselines\n"
+            "for name in [n for n in sys.modules if n.split('.')[0] == 'convex_attention']:\n"
+            "    del sys.modules[name]\n"
+            f"sys.path.remove({str(ROOT)!r})\n"
+            f"sys.path.insert(0, {str(site.parent)!r})\n"
+            "import convex_attention, convex_attention.baselines as b\n"
+            f"assert convex_attention.__file__.startswith({str(site)!r}), convex_attention.__file__\n"
+            f"assert b.__file__.startswith({str(site)!r}), b.__file__\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr.strip().splitlines()[-1:]

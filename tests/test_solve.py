@@ -1429,3 +1429,38 @@ def test_ca_rev123_forward_mode_passes_a_temperature_that_requires_grad(what):
     with fwad.dual_level():
         got = fwad.unpack_dual(out(fwad.make_dual(scores[0], v), tau)).tangent
     torch.testing.assert_close(got.detach(), want, rtol=1e-6, atol=1e-9)
+
+
+# ---- ca_rev124 (strict xfail: review of 4e56f86)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev124: cvxpylayers' Solution.dual_objective detaches its duals, so its "
+                                       "second derivatives are silently wrong (they were the layer's, right)")
+def test_ca_rev124_cvxpylayers_dual_objective_second_derivative_is_right_or_refused():
+    """Run: random_instance('1d-2lvl', batch=1, seed=0); g = ca.solve(scores, h, 'cvxpylayers',
+    backend='diffcp-clarabel').dual_objective; ∂g/∂θ with create_graph=True, then the gradient of its
+    entry [0, 0] of map 0 in the scores.  Expected: exact's Hessian row (∂²g/∂θ0[0]∂θ0[1] = -7.907e-5,
+    central differences of exact's gradient -7.907e-5; ∂²g/∂θ0[0]∂θ1[0] = 1.317e-3), or a refusal; at
+    fee9163 cvxpylayers gave exactly these (its second order is the layer's: design.md, 'cvxpylayers is
+    the reference library's layer, as it is'; test_the_guarded_layer_s_second_order_is_the_layers_own).
+    Observed: -3.10e-5 for -7.907e-5, and None (no path) for map 1's 1.317e-3, silently:
+    Solution._dual_objective detaches the duals for 'cvxpylayers' (envelope theorem, first order only;
+    its comment says 'the layer has no second derivatives', which it has)."""
+    from convex_attention.cvx import backend_unavailable_reason
+
+    if backend_unavailable_reason("diffcp-clarabel") is not None:
+        pytest.skip("diffcp-clarabel cannot run here")
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+
+    def hessian_row(method, **options):
+        scores = [s.clone().requires_grad_() for s in inst.scores]
+        sol = ca.solve(scores, inst.h, method, temperature=inst.temps, **options)
+        first = torch.autograd.grad(sol.dual_objective.sum(), scores, create_graph=True)
+        return torch.autograd.grad(first[0][0, 0], scores, allow_unused=True)
+
+    want = hessian_row("exact")
+    try:
+        got = hessian_row("cvxpylayers", backend="diffcp-clarabel")
+    except (RuntimeError, NotImplementedError):  # refused: not silently wrong
+        return
+    assert all(g is not None for g in got), [g is None for g in got]
+    assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-6

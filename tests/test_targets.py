@@ -852,3 +852,29 @@ def test_ca_rev71_the_amortised_cost_of_a_zero_time_is_no_number():
             {**learned_row("", 0.0), "method": "exact", "per_sample_ms": 0.5}]
     (t,) = amortised_targets(rows)
     assert math.isnan(t["time_vs_exact"]), t
+
+
+# ---- ca_rev124 (strict xfail: review of 4e56f86)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev124: bench_core.py --backends mpax says 'not installed here' (the "
+                                       "message a05f957 fixed in bench_graphs.py alone)")
+def test_ca_rev124_bench_core_says_why_of_every_backend_it_refuses(tmp_path, capsys):
+    """Run: python benchmarks/bench_core.py --backends mpax --tiny --out b.  Expected (as bench_graphs.py
+    since a05f957, ca_rev122): mpax's own reason, cvx.backend_unavailable_reason('mpax') ('MPAX solves
+    LPs and QPs only, and this problem's entropy needs exponential cones; ...'), which holds whether or
+    not mpax is installed.  Observed: exit 2, 'backend(s) mpax not installed here; installed:
+    diffcp-clarabel, diffcp-scs, moreau' (main tests available_backends() and names no reason)."""
+    from convex_attention import cvx
+
+    reason = cvx.backend_unavailable_reason("mpax")
+    if reason is None:
+        pytest.skip("mpax can run here")
+    script = _bench_core_script()
+    script.core_benchmark = lambda **kwargs: None
+    try:
+        code = script.main(["--backends", "mpax", "--tiny", "--out", str(tmp_path / "b")])
+    except SystemExit as stop:
+        code = stop.code
+    err = " ".join(capsys.readouterr().err.split())
+    assert code == 2, err
+    assert " ".join(reason.split()) in err and "mpax not installed" not in err, err
