@@ -99,6 +99,11 @@ class _BaselinesBeside:
         import importlib.util
         import os
 
+        package = sys.modules.get(__name__)  # (only for the package this finder came with: ca_rev124)
+        here = os.path.dirname(os.path.abspath(getattr(package, "__file__", "") or ""))
+        if os.path.join(os.path.dirname(here), "baselines") != self.folder:
+            return None
+
         return importlib.util.spec_from_file_location(name, os.path.join(self.folder, "__init__.py"),
                                                       submodule_search_locations=[self.folder])
 
@@ -108,7 +113,8 @@ def _find_baselines_beside() -> None:
 
     here = os.path.dirname(os.path.abspath(__file__))
     beside = os.path.join(os.path.dirname(here), "baselines")
-    if not os.path.isdir(os.path.join(here, "baselines")) and os.path.isfile(os.path.join(beside, "__init__.py")):
+    if not os.path.isdir(os.path.join(here, "baselines")) and os.path.isfile(os.path.join(beside, "__init__.py")) \
+            and not any(isinstance(f, _BaselinesBeside) and f.folder == beside for f in sys.meta_path):
         sys.meta_path.insert(0, _BaselinesBeside(beside))
 
 

@@ -63,13 +63,15 @@ class _DivideByTemperature(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # the form torch.func's transforms need
         ctx.save_for_backward(output, inputs[1])
-        ctx.forward_values = (output, inputs[1])  # (the forward mode's, read by jvp)
+        # (saved, not kept as attributes: output -> grad_fn -> ctx -> output was a reference cycle,
+        # freed by the collector alone: ca_rev124)
+        ctx.save_for_forward(output, inputs[1])
 
     @staticmethod
     def jvp(ctx, x_tangent, tau_tangent):
         """Forward mode, ``d(x/τ) = (dx − (x/τ)·dτ) / τ`` (it had none: a tangent through a
         learned temperature raised NotImplementedError, ca_rev123)."""
-        out, tau = ctx.forward_values
+        out, tau = ctx.saved_tensors
         tangent = torch.zeros_like(out) if x_tangent is None else x_tangent / tau
         if tau_tangent is not None:
             tangent = tangent - out * (tau_tangent / tau)

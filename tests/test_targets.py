@@ -856,8 +856,6 @@ def test_ca_rev71_the_amortised_cost_of_a_zero_time_is_no_number():
 
 # ---- ca_rev124 (strict xfail: review of 4e56f86)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev124: bench_core.py --backends mpax says 'not installed here' (the "
-                                       "message a05f957 fixed in bench_graphs.py alone)")
 def test_ca_rev124_bench_core_says_why_of_every_backend_it_refuses(tmp_path, capsys):
     """Run: python benchmarks/bench_core.py --backends mpax --tiny --out b.  Expected (as bench_graphs.py
     since a05f957, ca_rev122): mpax's own reason, cvx.backend_unavailable_reason('mpax') ('MPAX solves
