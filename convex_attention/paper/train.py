@@ -310,13 +310,15 @@ def build_checked_datasets(config: TrainConfig) -> CheckedData:
     return CheckedData(train_set, val_set)
 
 
-def _class_counts(config: TrainConfig, dataset: Dataset) -> np.ndarray:
+def _class_counts(config: TrainConfig, dataset: Dataset) -> tuple[np.ndarray, list[int]]:
+    """``(images per class, the classes with none)``."""
     labels = getattr(dataset, "labels", None)
     if labels is None and hasattr(dataset, "items"):  # (a folder's: read from its labels.csv)
         labels = [item[1] for item in dataset.items]
     if labels is None:
         labels = [int(dataset[i][1]) for i in range(len(dataset))]
-    return np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1), minlength=config.model.num_classes)
+    counts = np.bincount(np.asarray(labels, dtype=np.int64).reshape(-1), minlength=config.model.num_classes)
+    return counts, [c for c in range(config.model.num_classes) if counts[c] == 0]
 
 
 def check_training_classes(config: TrainConfig, train_set: Dataset) -> None:
@@ -326,12 +328,9 @@ def check_training_classes(config: TrainConfig, train_set: Dataset) -> None:
     classes, and counting them would render every training image (12 s at 2,000)."""
     if config.data not in ("folder", "brats"):
         return
-    counts = _class_counts(config, train_set)
-    absent = [c for c in range(config.model.num_classes) if counts[c] == 0]
+    counts, absent = _class_counts(config, train_set)
     if absent:
-        fix = ("raise --n-train or change --data-seed" if config.data not in ("brats", "folder") else
-               "add images of every class to the training data" + (" (root/train)" if config.data == "folder" else
-                                                                   ""))
+        fix = "add images of every class to the training data" + (" (root/train)" if config.data == "folder" else "")
         raise ValueError(f"the training set ({len(train_set)} images) holds no image of class "
                          f"{', '.join(map(str, absent))} (per class: {', '.join(map(str, counts.tolist()))}); {fix}")
 
@@ -344,8 +343,7 @@ def check_validation_classes(config: TrainConfig, val_set: Dataset) -> None:
     """ValueError unless the validation set holds an image of every class: without one, its
     ROC AUC (which picks ``best.pt``) and balanced accuracy are undefined, and every epoch
     would be reported, and selected, on no criterion."""
-    counts = _class_counts(config, val_set)
-    absent = [c for c in range(config.model.num_classes) if counts[c] == 0]
+    counts, absent = _class_counts(config, val_set)
     if absent:
         fix = ("raise --n-val or change --data-seed" if config.data not in ("brats", "folder") else
                "add images of every class to the validation data" + (" (root/val)" if config.data == "folder" else
