@@ -23,7 +23,7 @@ import torch
 from convex_attention.bench.config import check_device
 from convex_attention.bench.targets import core_benchmark, plot_core_record
 from convex_attention.cli import CommandParser
-from convex_attention.cvx import BACKENDS, available_backends, backend_unavailable_reason
+from convex_attention.cvx import BACKENDS, available_backends, unavailable_backends_reason
 from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, clean_stale_tmp
 from convex_attention.io.lock import ResultsLocked, results_lock
 from convex_attention.io.settings import positive_int
@@ -63,9 +63,8 @@ def main(argv=None):
     if args.batch > MAX_BATCH or args.repeats > MAX_REPEATS:
         parser.error(f"--batch must be at most {MAX_BATCH} and --repeats at most {MAX_REPEATS}, got {args.batch} "
                      f"and {args.repeats}")
-    missing = [b for b in args.backends or [] if b not in available_backends()]
-    if missing:  # each with its own reason, as bench_graphs.py says them (ca_rev124)
-        why = "; ".join(f"{b}: {backend_unavailable_reason(b) or 'cannot run here'}" for b in missing)
+    why = unavailable_backends_reason(args.backends or [])
+    if why:
         parser.error(f"--backends: {why}; these can: {', '.join(available_backends()) or 'none'}")
     try:
         check_device(args.device)

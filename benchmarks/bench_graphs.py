@@ -31,9 +31,9 @@ from convex_attention.bench.graph_targets import (
     graph_benchmark,
     reads_setting,
 )
-from convex_attention.bench.results import BATCH_SETTINGS, cvx_batch_setting
+from convex_attention.bench.results import BATCH_SETTINGS, cvx_batch_setting, run_reads_setting
 from convex_attention.cli import CommandParser
-from convex_attention.cvx import BACKENDS, available_backends, backend_unavailable_reason
+from convex_attention.cvx import BACKENDS, available_backends, unavailable_backends_reason
 from convex_attention.io.files import check_out_dir
 from convex_attention.io.lock import ResultsLocked
 from convex_attention.io.settings import add_options, given_settings
@@ -79,15 +79,14 @@ def main(argv=None) -> int:
                                  f"--parts, or leave --backends out")
         timed = args.backends or default_backends()
         for name in BATCH_SETTINGS:  # read by the speed part's backends of its kind alone (as bench refuses it)
-            if name in given and "speed" in config.parts and not any(cvx_batch_setting(b) in (None, name)
-                                                                     for b in timed):
+            if name in given and "speed" in config.parts and \
+                    not run_reads_setting(name, ("cvxpylayers",), backends=timed):
                 flag, kind = "--" + name.replace("_", "-"), [b for b in BACKENDS if cvx_batch_setting(b) == name]
                 raise ValueError(f"{flag} applies to {' or '.join(kind)} only, and the backends timed "
                                  f"({' '.join(timed) or 'none'}) leave it out: add one to --backends, or leave "
                                  f"{flag} out")
-        missing = [b for b in args.backends or [] if b not in available_backends()]
-        if missing:  # each with its own reason (what to install, or why it cannot solve this: ca_rev121, ca_rev122)
-            why = "; ".join(f"{b}: {backend_unavailable_reason(b) or 'cannot run here'}" for b in missing)
+        why = unavailable_backends_reason(args.backends or [])
+        if why:
             raise ValueError(f"--backends: {why}; these can: {', '.join(available_backends()) or 'none'}")
         if "parts" in given and "linsat" in config.parts and importlib.util.find_spec("LinSATNet") is None:
             # asked for by name and not installed: refused, as a backend is (it ran and measured nothing)

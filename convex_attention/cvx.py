@@ -69,7 +69,8 @@ from .validation import is_grad_temperature
 __all__ = ["CvxpyAttentionLayer", "get_layer", "solve_cvxpylayers", "SolverFailure", "BackendUnavailable",
            "certificate", "acceptance", "centred_scores", "primal_residual", "is_solver_panic", "solve_device",
            "Backend", "BACKENDS",
-           "DEFAULT_BACKEND", "available_backends", "backend_unavailable_reason", "get_backend", "check_options",
+           "DEFAULT_BACKEND", "available_backends", "backend_unavailable_reason", "unavailable_backends_reason",
+           "get_backend", "check_options",
            "CACHE_SIZE", "clear_cache", "DEFAULT_SOLVER_OPTIONS", "CVX_PRIOR", "CVX_PRIORS", "prior_seconds_per_sample",
            "DIFFCP_MODES"]
 
@@ -175,6 +176,14 @@ def _installed(module: str) -> bool:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):  # a broken or half-installed package
         return False
+
+
+def unavailable_backends_reason(names: Sequence[str]) -> str | None:
+    """The reason of each of ``names`` that cannot run here (:func:`backend_unavailable_reason`),
+    backend by backend, or None where all can: one home for the benchmark scripts' refusals
+    (each named with its own reason: ca_rev121, ca_rev122, ca_rev124)."""
+    refused = [(b, backend_unavailable_reason(b)) for b in names if b not in available_backends()]
+    return "; ".join(f"{b}: {why or 'cannot run here'}" for b, why in refused) or None
 
 
 def backend_unavailable_reason(name: str) -> str | None:
@@ -356,8 +365,8 @@ class _PanicGuard(torch.autograd.Function):
 
 #: How far a backend's gradient may lie from the implicit gradient at its own certified maps
 #: (:class:`_GradientCheck`), per sample, in the largest entry: relative to that gradient's, and
-#: absolutely to ``GRADIENT_CHECK_ATOL`` × the largest ``|v_k| / τ_k`` of the incoming gradient
-#: (the most a score gradient can be), for a gradient that is nearly zero.  The certified maps
+#: absolutely to ``GRADIENT_CHECK_ATOL`` × the largest ``|v_k| / τ_k`` or ``|ū_e|`` of the incoming
+#: gradient (the most a score gradient can be), for a gradient that is nearly zero.  The certified maps
 #: are about 1e-6 from the optimum; diffcp-clarabel's gradients measured 7e-7 off `exact`'s,
 #: moreau's up to 0.44 (ca_rev119).
 GRADIENT_CHECK_RTOL = 1e-3
@@ -388,9 +397,9 @@ class _GradientCheck:
         u = [x.detach().to(torch.float64).reshape((B,) + h.shapes[b]) for x, (_, b) in zip(self.incoming[M:], h.edges)]
         # every sample whose loss reaches the layer (a sample with none: nothing to judge); one
         # reaching it through its duals alone is judged too: passed on unchecked, a loss on the
-        # duals got diffcp's gradient 3.25 off and moreau's 0.43 through (ca_rev122).  (The dual
-        # objective reaches it no more: Solution.dual_objective holds the duals fixed, as the
-        # envelope theorem allows.)
+        # duals got diffcp's gradient 3.25 off and moreau's 0.43 through (ca_rev122).  A loss
+        # stationary in the duals (the dual objective) brings the forward's rounding here, and its
+        # right gradient is refused: open, ca_rev124 (design.md §4)
         rows = [i for i in range(B) if any(bool(x[i].any()) for x in v + u)]
         if not rows:
             return

@@ -61,6 +61,11 @@ def not_the_sweeps_example(path: str, config) -> str | None:
     if recorded.get("fit_steps") or recorded.get("amortised_steps"):  # it holds λ: trained as the rows' were
         keys += [k for k in ("fit_instances", "fit_max_values", "fit_steps") if recorded.get("fit_steps")]
         keys += ["amortised_steps"] if recorded.get("amortised_steps") else []
+    return _other_settings(recorded, wanted, keys)
+
+
+def _other_settings(recorded: dict, wanted: dict, keys) -> str | None:
+    """Why an example recording ``recorded`` is not one of ``wanted``, compared on ``keys``, or None."""
     differ = [f"{k} {recorded.get(k)!r}, not {wanted.get(k)!r}" for k in keys if recorded.get(k) != wanted.get(k)]
     return f"it is the instance of other settings ({', '.join(differ)})" if differ else None
 
@@ -82,10 +87,7 @@ def why_write_again(path: str, need_duals: bool, settings: dict | None = None) -
         if recorded is None:
             return "it records no settings (an earlier version wrote it), so it may be another run's instance"
         wanted = _full_settings(settings)
-        if recorded != wanted:
-            differ = ", ".join(f"{k} {recorded.get(k)!r}, not {wanted.get(k)!r}"
-                               for k in sorted(set(recorded) | set(wanted)) if recorded.get(k) != wanted.get(k))
-            return f"it is the instance of other settings ({differ})"
+        return _other_settings(recorded, wanted, sorted(set(recorded) | set(wanted)))
     return None
 
 

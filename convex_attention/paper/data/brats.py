@@ -177,19 +177,14 @@ def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple, st
                          f"or remove the patient's folder {folder!r}")
     try:
         image = nib.load(path)
-        if np.iscomplexobj(np.empty(0, dtype=image.get_data_dtype())):
-            # (read as float32 its imaginary part was dropped, without a word: ca_rev125)
-            raise ValueError(f"patient {patient!r}: {path!r} holds complex voxels "
-                             f"({image.get_data_dtype()}); a volume of real numbers is needed")
-        data = np.asarray(image.get_fdata(dtype=np.float32))
-    except ValueError as err:
-        if "holds complex voxels" in str(err):
-            raise
-        raise ValueError(f"patient {patient!r}: cannot read {path!r} ({type(err).__name__}: {err}); "
-                         f"re-extract the file") from None
+        complex_voxels = np.iscomplexobj(np.empty(0, dtype=image.get_data_dtype()))
+        data = None if complex_voxels else np.asarray(image.get_fdata(dtype=np.float32))
     except Exception as err:  # nibabel raises many kinds on a damaged file
         raise ValueError(f"patient {patient!r}: cannot read {path!r} ({type(err).__name__}: {err}); "
                          f"re-extract the file") from None
+    if data is None:  # (read as float32 its imaginary part was dropped, without a word: ca_rev125)
+        raise ValueError(f"patient {patient!r}: {path!r} holds complex voxels ({image.get_data_dtype()}); a "
+                         f"volume of real numbers is needed")
     if data.ndim != 3:
         raise ValueError(f"patient {patient!r}: {path!r} has shape {data.shape}, expected a 3-D volume")
     if not np.isfinite(data).all():
