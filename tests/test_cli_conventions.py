@@ -740,15 +740,20 @@ def test_ca_rev76_study_certificate_refuses_a_huge_size_before_making_out(tmp_pa
 
 @pytest.mark.parametrize("script, argv", [("gpu_check.py", ["--repeats", "1000000000"]),
                                           ("ablate_newton.py", ["--dense-limit", "-1"])])
-def test_the_benchmark_scripts_bound_every_numeric_option(script, argv):
+def test_the_benchmark_scripts_bound_every_numeric_option(script, argv, capsys):
     """ca_rev76's near-miss: gpu_check --repeats and ablate_newton --dense-limit had no range
-    ("every numeric option has a range")."""
-    import subprocess
-    import sys
+    ("every numeric option has a range").  Run in this process (a subprocess spent 1.2 s importing torch)."""
+    import torch
 
-    done = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", script), *argv], capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 2 and "must be an integer from" in done.stderr and "Traceback" not in done.stderr
+    module = _ca_rev75_script(script.removesuffix(".py"))
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            module.main(argv)
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "must be an integer from" in err and "Traceback" not in err
 
 
 # --------------------------------------------------------- benchmarks/study_temperature_gradients.py
@@ -801,6 +806,7 @@ def test_study_temperature_gradients_writes_a_row_per_map_and_refuses_to_replace
     assert "unwarned" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # end to end or a boundary of a path a lighter test takes (fast suite < 1 min)
 def test_study_temperature_gradients_gives_each_map_in_turn(tmp_path):
     """--given, one draw, one set (the hotter one), one sample: each draw's maps given in turn, a row per scored map
     (none for the given one), the held size floored at rtol times the all-scored gradient's largest component."""

@@ -506,6 +506,7 @@ def test_ca_rev70_an_error_while_taking_the_lock_leaves_the_folder_free(tmp_path
                 pass
 
 
+@pytest.mark.slow  # end to end or a boundary of a path a lighter test takes (fast suite < 1 min)
 def test_a_folder_lock_makes_a_second_process_wait_and_creates_no_file(tmp_path):
     """The data ledger's read-modify-write (protocol.spend) runs under it: two test stages
     started together each read the ledger and wrote it back with their own run alone, so one

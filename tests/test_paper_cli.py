@@ -1389,6 +1389,7 @@ _CA_REV117_DEV = ["experiment", "--stage", "dev", "--quick", "--image-size", "32
                   "--validity-images", "20", "--batch-size", "8", "--no-progress", "--quiet"]
 
 
+@pytest.mark.slow  # end to end or a boundary of a path a lighter test takes (fast suite < 1 min)
 def test_ca_rev117_a_second_dev_stage_into_one_folder_neither_replaces_nor_mixes_the_first(tmp_path, capsys):
     """Run: `experiment --stage dev` (tiny, softmax, --dev-seeds 0) into OUT, then the same
     with --dev-seeds 1 into the same OUT (no --force, no --overwrite).  Expected: refused

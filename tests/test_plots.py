@@ -2793,6 +2793,7 @@ def test_ca_rev118_rows_of_one_key_are_not_drawn_as_a_value_nor_left_out_unsaid(
     assert logs, "the duplicated row is not named"
 
 
+@pytest.mark.slow  # end to end or a boundary of a path a lighter test takes (fast suite < 1 min)
 def test_ca_rev118_an_example_of_another_run_is_not_drawn_under_this_runs_footer(tmp_path, figs):
     """Ran plot_results on a folder whose bench.json config is lesion, seed 0 and whose
     example.npz records (its `settings`) gaussian, seed 7: what an interrupted `bench
@@ -2851,6 +2852,7 @@ def test_ca_rev118_a_deeply_nested_bench_json_is_said_not_a_traceback(tmp_path, 
     assert written and any("bench.json" in m for m in logs)
 
 
+@pytest.mark.slow  # end to end or a boundary of a path a lighter test takes (fast suite < 1 min)
 def test_ca_rev118_figures_of_other_results_are_not_replaced_unsaid(tmp_path, figs):
     """Ran plot_results(A, OUT), then plot_results(B, OUT) for another results folder B into
     the same figure folder.  Expected: B's time_vs_size (and the other chain figures) replace
