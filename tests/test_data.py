@@ -880,7 +880,9 @@ def test_brats_read_only_cache(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- folder dataset
 
-def _write_folder(root, n=3, masks=True, fmt="png"):
+def _write_folder(root, n=3, masks=True, fmt="png", seed=0):
+    """A FolderDataset of ``n`` random 16x16 images (image i drawn with seed ``seed + i``: a validation folder
+    takes another ``seed``, since a set sharing an image with the training set is refused)."""
     from PIL import Image
 
     os.makedirs(os.path.join(root, "images"))
@@ -889,7 +891,7 @@ def _write_folder(root, n=3, masks=True, fmt="png"):
     rows = []
     for i in range(n):
         name = f"img{i}.{fmt}"
-        arr = (np.random.default_rng(i).random((16, 16)) * 255).astype(np.uint8)
+        arr = (np.random.default_rng(seed + i).random((16, 16)) * 255).astype(np.uint8)
         if fmt == "png":
             Image.fromarray(arr).save(os.path.join(root, "images", name))
         else:
@@ -970,7 +972,7 @@ def test_folder_train_and_val_images_must_share_one_shape(tmp_path):
     from PIL import Image
 
     _write_folder(str(tmp_path / "r" / "train"))
-    _write_folder(str(tmp_path / "r" / "val"))
+    _write_folder(str(tmp_path / "r" / "val"), seed=100)
     for i in range(3):
         Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "r" / "val" / "images" / f"img{i}.png")
         Image.fromarray(np.zeros((32, 32), np.uint8)).save(tmp_path / "r" / "val" / "masks" / f"img{i}.png")
@@ -978,9 +980,38 @@ def test_folder_train_and_val_images_must_share_one_shape(tmp_path):
                                          r"are 1x32x32: both sets must share one size"):
         build_datasets("folder", root=str(tmp_path / "r"))
     _write_folder(str(tmp_path / "ok" / "train"))
-    _write_folder(str(tmp_path / "ok" / "val"))
+    _write_folder(str(tmp_path / "ok" / "val"), seed=100)
     train, val = build_datasets("folder", root=str(tmp_path / "ok"))
     assert train.image_shape == val.image_shape == (1, 16, 16)
+
+
+def test_a_validation_image_saved_again_in_another_format_is_found_and_a_blank_image_is_allowed(tmp_path):
+    """The training set's img1.png saved as val/images/copy.npy (the same pixels, float32 (1, 16, 16)) is refused,
+    naming both files and the count; a constant image (a blank slice) in both sets is not counted; a set built
+    without the scan cannot be compared."""
+    from PIL import Image
+
+    root = tmp_path / "r"
+    _write_folder(str(root / "train"))
+    _write_folder(str(root / "val"), seed=100)
+    pixels = np.asarray(Image.open(root / "train" / "images" / "img1.png"), np.float32)[None]
+    np.save(root / "val" / "images" / "copy.npy", pixels)
+    blank = np.zeros((16, 16), np.uint8)
+    for folder in ("train", "val"):
+        Image.fromarray(blank).save(root / folder / "images" / "blank.png")
+        Image.fromarray(blank).save(root / folder / "masks" / "blank.png")
+        with open(root / folder / "labels.csv", "a") as f:
+            f.write("blank.png,0\n")
+    with open(root / "val" / "labels.csv", "a") as f:
+        f.write("copy.npy,1\n")
+    np.save(root / "val" / "masks" / "copy.npy", np.zeros((16, 16), np.float32))
+    with pytest.raises(ValueError, match=r"^1 validation image\(s\) .* the first 'copy.npy' \(in training: "
+                                         r"'img1.png'\)"):
+        build_datasets("folder", root=str(root))
+    train = FolderDataset(str(root / "train"))
+    assert FolderDataset(str(root / "val")).images_shared_with(train) == [("copy.npy", "img1.png")]
+    with pytest.raises(ValueError, match="scan=True"):
+        FolderDataset(str(root / "val"), scan=False).images_shared_with(train)
 
 
 # ---------------------------------------------------------------- folder dataset, edge cases (mutation testing)
@@ -1962,7 +1993,6 @@ def test_ca_rev125_a_png_over_pillows_pixel_limit_is_refused_in_one_line(tmp_pat
         FolderDataset(root)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev125: the same image in root/train and root/val is accepted")
 @pytest.mark.parametrize("how", ["copy", "link"])
 def test_ca_rev125_an_image_in_both_the_training_and_the_validation_folder_is_refused(tmp_path, how):
     """Run: root/train from _write_folder and root/val the same files (a copy of the folder, or

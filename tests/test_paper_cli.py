@@ -439,7 +439,7 @@ def test_explain_refuses_corrupt_foreign_and_unconfigured_checkpoints(tmp_path, 
 def test_explain_without_lesion_images_is_a_usage_error(tmp_path, capsys, no_work):
     root = tmp_path / "data"
     write_folder(str(root / "train"), fmt="npy")
-    write_folder(str(root / "val"), fmt="npy")  # no masks: nothing to score against
+    write_folder(str(root / "val"), fmt="npy", seed=100)  # no masks: nothing to score against
     a = tiny_checkpoint(tmp_path / "a" / "best.pt", image_size=16, data="folder", data_root=str(root))
     code, _, err = run(["explain", "--checkpoints", f"softmax={a}", "--out", str(tmp_path / "o")], capsys)
     assert_usage_error(code, err, "no validation image with a lesion")
@@ -670,7 +670,9 @@ def test_a_planted_pickle_never_runs(tmp_path, capsys, no_work):
 # ----------------------------------------------------------------------------- folder data
 
 
-def write_folder(root, n=4, size=16, fmt="png", labels=None, shapes=None, nan_at=None, garbage_at=None):
+def write_folder(root, n=4, size=16, fmt="png", labels=None, shapes=None, nan_at=None, garbage_at=None, seed=0):
+    """A FolderDataset of ``n`` random images (image i drawn with seed ``seed + i``: a validation folder takes
+    another ``seed``, since a set sharing an image with the training set is refused)."""
     from PIL import Image
 
     os.makedirs(os.path.join(root, "images"))
@@ -678,7 +680,7 @@ def write_folder(root, n=4, size=16, fmt="png", labels=None, shapes=None, nan_at
     for i in range(n):
         name = f"img{i}.{fmt}"
         s = (shapes or {}).get(i, size)
-        arr = (np.random.default_rng(i).random((s, s)) * 255).astype(np.uint8)
+        arr = (np.random.default_rng(seed + i).random((s, s)) * 255).astype(np.uint8)
         path = os.path.join(root, "images", name)
         if i == garbage_at:
             with open(path, "wb") as f:
@@ -747,12 +749,12 @@ def test_folder_duplicates_and_a_good_folder(tmp_path):
 def test_train_on_a_bad_folder_is_a_usage_error_naming_the_file(tmp_path, capsys, no_work):
     root = tmp_path / "data"
     write_folder(str(root / "train"), fmt="npy", nan_at=2)
-    write_folder(str(root / "val"), fmt="npy")
+    write_folder(str(root / "val"), fmt="npy", seed=100)
     code, _, err = run(["train", "--data", "folder", "--data-root", str(root), "--image-size", "16",
                         "--out", str(tmp_path / "o")], capsys)
     assert_usage_error(code, err, "img2.npy", "NaN")
     write_folder(str(tmp_path / "d2" / "train"), fmt="npy")
-    write_folder(str(tmp_path / "d2" / "val"), fmt="npy")
+    write_folder(str(tmp_path / "d2" / "val"), fmt="npy", seed=100)
     code, _, err = run(["train", "--data", "folder", "--data-root", str(tmp_path / "d2"), "--image-size", "32",
                         "--out", str(tmp_path / "o")], capsys)
     assert_usage_error(code, err, "16x16", "--image-size")
@@ -850,7 +852,7 @@ def test_explain_refuses_to_replace_an_earlier_explanation_without_overwrite(tmp
 def _val_of_one_class(tmp_path):
     root = tmp_path / "data"
     write_folder(str(root / "train"), fmt="npy")
-    write_folder(str(root / "val"), fmt="npy", labels={i: 0 for i in range(4)})
+    write_folder(str(root / "val"), fmt="npy", seed=100, labels={i: 0 for i in range(4)})
     return ["--data", "folder", "--data-root", str(root), "--image-size", "16"]
 
 
@@ -1461,7 +1463,7 @@ def test_ca_rev125_train_on_a_training_folder_of_one_class_is_a_usage_error_befo
     without no_work it trains to exit 0, reporting train acc 0.000 and a validation AUC."""
     root = tmp_path / "data"
     write_folder(str(root / "train"), fmt="npy", labels={1: 0, 3: 0})
-    write_folder(str(root / "val"), fmt="npy")
+    write_folder(str(root / "val"), fmt="npy", seed=100)
     code, _, err = run(["train", "--data", "folder", "--data-root", str(root), "--image-size", "16",
                         "--out", str(tmp_path / "o")], capsys)
     assert_usage_error(code, err, "class")

@@ -23,10 +23,16 @@ one size and channel count with the others; labels must be integers in
 readable image of the image's height and width.  Each error names the file and the fix.
 (Without the scan, these checks run when an item is read.)  :meth:`FolderDataset.image_label`
 reads an item without its mask (what training reads, through ``labels_only``).
+
+The scan also notes each image's pixels (a digest of the array read), so that
+:meth:`FolderDataset.images_shared_with` finds the images two sets have in common however they
+are stored (a copy, a link, the same array in another file); ``build_datasets("folder")``
+refuses a validation set that shares an image with the training set.
 """
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 
 import numpy as np
@@ -194,14 +200,27 @@ class FolderDataset(Dataset):
         self.has_masks = bool(self.mask_root and os.path.isdir(self.mask_root))
         self.image_shape = None
         self._mask_paths: dict[str, str] = {}
+        self._pixels: dict[bytes, str] = {}  # the digest of an image's array -> its file name (filled by the scan)
+        self.scanned = scan
         if scan:
             for path, _, name in self.items:
                 image = self._load_image(path)
+                if image.min() != image.max():  # a constant image (a blank slice) may occur in any set
+                    self._pixels.setdefault(hashlib.blake2b(image.tobytes(), digest_size=16).digest(), name)
                 if self.has_masks:  # every mask found and of the image's size now, not in the middle of training
                     self._load_mask(name, image.shape[1:])
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def images_shared_with(self, other: FolderDataset) -> list[tuple[str, str]]:
+        """``(name here, name in other)`` of every image whose pixels both sets hold (a copy, a
+        link, or the same array saved again; constant images are not counted), in this set's
+        order.  Both sets must have been scanned (ValueError otherwise)."""
+        if not (self.scanned and other.scanned):
+            raise ValueError("images_shared_with compares the pixels that the scan notes: build both sets with "
+                             "scan=True")
+        return [(name, other._pixels[digest]) for digest, name in self._pixels.items() if digest in other._pixels]
 
     def _mask_path(self, name: str) -> str:
         if name in self._mask_paths:
