@@ -947,9 +947,9 @@ def test_folder_masks_are_checked_when_the_dataset_is_built(tmp_path):
     with pytest.raises(ValueError, match=r"mask of 'img1.png' .* has shape \(8, 16\), the image \(16, 16\)"):
         FolderDataset(str(tmp_path / "shape"))
     _write_folder(str(tmp_path / "npy_mask"))
-    os.remove(tmp_path / "npy_mask" / "masks" / "img0.png")
-    np.save(tmp_path / "npy_mask" / "masks" / "img0.npy", np.ones((16, 16), bool))  # found by its stem
-    assert bool(FolderDataset(str(tmp_path / "npy_mask"))[0][2].all())
+    os.remove(tmp_path / "npy_mask" / "masks" / "img1.png")
+    np.save(tmp_path / "npy_mask" / "masks" / "img1.npy", np.ones((16, 16), bool))  # found by its stem
+    assert bool(FolderDataset(str(tmp_path / "npy_mask"))[1][2].all())
 
 
 def test_training_reads_no_mask_of_a_folder(tmp_path, monkeypatch):
@@ -1152,9 +1152,10 @@ def test_folder_items_follow_the_label_file_in_its_order_with_any_case_of_extens
                     np.save(f, arr)
             else:
                 Image.fromarray(arr).save(root / folder / name, format="PNG")
-    (root / "labels.csv").write_text("filename,label\n" + "".join(f"{n},{i % 2}\n" for i, n in enumerate(names)))
-    ds = FolderDataset(str(root))
-    assert [int(ds[i][1]) for i in range(3)] == [0, 1, 0]
+    # labels 1, 2, 1 of three classes: every mask marks a lesion, and label 0 (the normal class) has none
+    (root / "labels.csv").write_text("filename,label\n" + "".join(f"{n},{1 + i % 2}\n" for i, n in enumerate(names)))
+    ds = FolderDataset(str(root), num_classes=3)
+    assert [int(ds[i][1]) for i in range(3)] == [1, 2, 1]
     assert [int(ds[i][2].sum()) for i in range(3)] == [16, 32, 48]
 
 
@@ -1208,6 +1209,7 @@ def _write_mask(path, mask):
 def test_folder_masks_of_every_layout_are_read_as_the_images_height_and_width(tmp_path, mask_name, layout):
     root = tmp_path / "r"
     _write_folder(str(root), n=1, masks=False, fmt="npy")
+    (root / "labels.csv").write_text("filename,label\nimg0.npy,1\n")  # a lesion image
     os.makedirs(root / "masks")
     lesion = np.zeros((16, 16), bool)
     lesion[2:5, 3:9] = True
@@ -1822,6 +1824,7 @@ def test_ca_rev72_folder_mask_non_zero_means_lesion_also_for_negative_values(tmp
     mask = np.zeros((8, 8), np.int8)
     mask[2:4, 2:4] = -1  # e.g. 255 saved as int8; the docstring: 'non-zero = lesion'
     np.save(str(root / "masks" / "a.npy"), mask)
+    (root / "labels.csv").write_text("filename,label\na.npy,1\n")  # a lesion image
     assert int(FolderDataset(str(root))[0][2].sum()) == 4
 
 
@@ -2061,7 +2064,6 @@ def test_ca_rev125_a_complex_nifti_volume_is_refused(tmp_path):
             BraTSSlices(root, "all", min_tumour_area=50, image_size=40, cache_dir=str(tmp_path / "c"))
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev125: an image labelled 0 whose mask marks a lesion is accepted")
 def test_ca_rev125_a_label_0_image_with_a_lesion_mask_is_refused(tmp_path):
     """Run: _write_folder (img1 labelled 1 with a 4x4 lesion mask) with labels.csv's labels
     swapped (img0 1, img1 0, img2 1: rows out of step with the masks); FolderDataset(root).

@@ -5,7 +5,8 @@ Layout::
     root/labels.csv        filename,label            (one row per image)
     root/images/<filename> PNG (grey or RGB) or NPY ((H, W) or (C, H, W))
     root/masks/<filename>  optional; same name (or stem) as the image, non-zero = lesion
-                           (a PNG mask's alpha channel is no value: transparent pixels are background)
+                           (a PNG mask's alpha channel is no value: transparent pixels are background);
+                           an image labelled 0 (the normal class) has an empty mask
 
 A palette PNG image is read by its colours (RGB; RGBA where it has transparency; one grey
 channel, with its alpha, where every colour is grey), a palette mask by its indices.  The
@@ -203,12 +204,12 @@ class FolderDataset(Dataset):
         self._pixels: dict[bytes, str] = {}  # the digest of an image's array -> its file name (filled by the scan)
         self.scanned = scan
         if scan:
-            for path, _, name in self.items:
+            for path, label, name in self.items:
                 image = self._load_image(path)
                 if image.min() != image.max():  # a constant image (a blank slice) may occur in any set
                     self._pixels.setdefault(hashlib.blake2b(image.tobytes(), digest_size=16).digest(), name)
                 if self.has_masks:  # every mask found and of the image's size now, not in the middle of training
-                    self._load_mask(name, image.shape[1:])
+                    self._load_mask(name, image.shape[1:], label)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -235,8 +236,9 @@ class FolderDataset(Dataset):
         raise ValueError(f"mask file for {name!r} is missing in {self.mask_root!r} (looked for {stem}.png/.npy); add "
                          f"it, or move the masks folder away to use the images without masks")
 
-    def _load_mask(self, name: str, size) -> torch.Tensor:
-        """``(H, W)`` bool mask of image ``name``, checked against the image's ``size`` ``(H, W)``."""
+    def _load_mask(self, name: str, size, label: int) -> torch.Tensor:
+        """``(H, W)`` bool mask of image ``name``, checked against the image's ``size`` ``(H, W)`` and its
+        ``label`` (an image of the normal class, 0, has no lesion)."""
         mask_path = self._mask_path(name)
         raw = np.asarray(_read_array(mask_path, palette_as_colours=False)).astype(np.float64)
         if not np.isfinite(raw).all():  # NaN was read as background before
@@ -250,6 +252,10 @@ class FolderDataset(Dataset):
         if tuple(mask.shape) != tuple(size):
             raise ValueError(f"mask of {name!r} ({mask_path!r}) has shape {tuple(mask.shape)}, the image "
                              f"{tuple(size)}; masks must have the image's height and width")
+        if label == 0 and bool(mask.any()):  # explain would pass over the lesion and score the label-1 images alone
+            raise ValueError(f"mask of {name!r} ({mask_path!r}) marks {int(mask.sum())} lesion pixel(s) but its "
+                             f"label is 0, the normal class; a mask marks the lesion of a lesion image: correct "
+                             f"the label, or save an empty mask (all 0)")
         return mask
 
     def _load_image(self, path: str) -> np.ndarray:
@@ -281,7 +287,7 @@ class FolderDataset(Dataset):
     def __getitem__(self, index: int):
         image, label = self.image_label(index)
         if self.has_masks:
-            mask = self._load_mask(self.items[index][2], image.shape[1:])
+            mask = self._load_mask(self.items[index][2], image.shape[1:], self.items[index][1])
         else:
             mask = torch.zeros(image.shape[1:], dtype=torch.bool)
         return image, label, mask
