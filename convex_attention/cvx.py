@@ -374,17 +374,40 @@ GRADIENT_CHECK_ATOL = 1e-5
 
 
 class _GradientCheck:
-    """The gradient certificate of one :func:`solve_cvxpylayers` call: the backend's own
-    derivative (cvxpylayers' backward) is compared, in the backward pass, with the implicit
-    gradient at the maps the forward certified (:func:`convex_attention.hessian.implicit_vjp`:
-    the same problem differentiated at the same point, independently of the backend), and a
-    disagreement is a :class:`SolverFailure`.  :class:`_Checkpoint` on the outputs records the
-    incoming gradient; on the scores it receives the backend's and judges it."""
+    """The backward of one :func:`solve_cvxpylayers` call around the backend's.
 
-    def __init__(self, h: Graph, temps: Sequence[float], backend: str):
-        self.h, self.temps, self.backend = h, tuple(temps), backend
+    Each sample's incoming gradient is handed to the backend divided by its largest entry, and
+    the backend's gradient multiplied back (the derivative is linear in it: the same gradient):
+    diffcp's derivative came back exactly 0 for a loss on the duals scaled by 1e-8 or less, where
+    its absolute tolerances met the cotangent's size, and so did every loss stationary in the
+    duals (the dual objective), whose gradient there is the forward's rounding (ca_rev120,
+    ca_rev124).
+
+    With ``judging`` (option ``check_gradient``), the gradient certificate: the backend's own
+    derivative (cvxpylayers' backward) is compared with the implicit gradient at the maps the
+    forward certified (:func:`convex_attention.hessian.implicit_vjp`: the same problem
+    differentiated at the same point, independently of the backend), and a disagreement is a
+    :class:`SolverFailure`.  :class:`_Checkpoint` on the outputs records and scales the incoming
+    gradient; on the scores it receives the backend's, scales it back and judges it."""
+
+    def __init__(self, h: Graph, temps: Sequence[float], backend: str, judging: bool = True):
+        self.h, self.temps, self.backend, self.judging = h, tuple(temps), backend, judging
         self.probs: list[Tensor] | None = None  # the certified maps, float64 (B, *shapes[k])
         self.incoming: list[Tensor] | None = None  # dL/d(probs, duals), from the outputs' node
+        self.scale: Tensor | None = None  # (B,) what each sample's incoming gradient was divided by
+
+    def scaled_down(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        """``grads`` (the incoming gradient on the outputs, each ``(B, ...)``), each sample divided
+        by its largest |entry| (1 where that is 0 or not finite: NaN is passed on as it came)."""
+        largest = torch.stack([g.detach().flatten(1).abs().amax(1).to(torch.float64) for g in grads]).amax(0)
+        self.scale = torch.where((largest > 0) & torch.isfinite(largest), largest, torch.ones_like(largest))
+        return [g / self.scale.to(g.dtype).view((-1,) + (1,) * (g.dim() - 1)) for g in grads]
+
+    def scaled_back(self, grads: Sequence[Tensor]) -> list[Tensor]:
+        """The backend's gradient on the scores (each ``(B, n_k)``) times each sample's scale."""
+        if self.scale is None:  # (the outputs' node never ran: nothing was scaled)
+            return list(grads)
+        return [g * self.scale.to(g.dtype).view((-1,) + (1,) * (g.dim() - 1)) for g in grads]
 
     def judge(self, got: Sequence[Tensor | None]) -> None:
         """SolverFailure unless ``got`` (the backend's gradient on each map's centred scores,
@@ -397,9 +420,7 @@ class _GradientCheck:
         u = [x.detach().to(torch.float64).reshape((B,) + h.shapes[b]) for x, (_, b) in zip(self.incoming[M:], h.edges)]
         # every sample whose loss reaches the layer (a sample with none: nothing to judge); one
         # reaching it through its duals alone is judged too: passed on unchecked, a loss on the
-        # duals got diffcp's gradient 3.25 off and moreau's 0.43 through (ca_rev122).  A loss
-        # stationary in the duals (the dual objective) brings the forward's rounding here, and its
-        # right gradient is refused: open, ca_rev124 (design.md §4)
+        # duals got diffcp's gradient 3.25 off and moreau's 0.43 through (ca_rev122)
         rows = [i for i in range(B) if any(bool(x[i].any()) for x in v + u)]
         if not rows:
             return
@@ -446,8 +467,9 @@ class _GradientCheck:
 class _Checkpoint(torch.autograd.Function):
     """Identity on tensors, whose backward hands their incoming gradient to a
     :class:`_GradientCheck` before passing it on: on the outputs ``(probs, duals)``
-    (``judge=False``) it records the loss's gradient; on the centred scores the backend solves
-    (``judge=True``) it judges the backend's gradient."""
+    (``judge=False``) it records the loss's gradient and passes it on scaled per sample; on the
+    centred scores the backend solves (``judge=True``) it scales the backend's gradient back and
+    judges it (where the check is on)."""
 
     @staticmethod
     def forward(ctx, check: _GradientCheck, judge: bool, *tensors: Tensor):
@@ -456,10 +478,14 @@ class _Checkpoint(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
+        check = ctx.check
         if ctx.judge:
-            ctx.check.judge(grads)
+            grads = tuple(check.scaled_back(grads))
+            if check.judging:
+                check.judge(grads)
         else:
-            ctx.check.incoming = list(grads)
+            check.incoming = list(grads)
+            grads = tuple(check.scaled_down(grads))
         return (None, None, *grads)
 
 
@@ -962,8 +988,8 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     flat_cpu = [f.detach().cpu() for f in flat]
     # the backend's gradient is checked against the implicit gradient at the certified maps
     # (moreau's was 0.44 off on an ordinary chain, unwarned: ca_rev119)
-    check = _GradientCheck(h, temps, backend.name) \
-        if opts["check_gradient"] and torch.is_grad_enabled() and any(f.requires_grad for f in flat) else None
+    check = _GradientCheck(h, temps, backend.name, judging=opts["check_gradient"]) \
+        if torch.is_grad_enabled() and any(f.requires_grad for f in flat) else None
     if check is not None:
         flat = list(_Checkpoint.apply(check, True, *flat))
     # the layer is shared (cached): held from the solve to the certificate's verdict, so that
@@ -1111,7 +1137,7 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
         _raise_failure(layer, flat_cpu, attempt_args, pending, accept_tol, None, cert, max_iters=opts["max_iters"],
                        distance=distance, retried=tuple(solved_retries), first_raised=raised)
     assert probs is not None and duals is not None
-    if check is not None:
+    if check is not None and check.judging:
         check.probs = [p.detach().to(torch.float64).reshape((B,) + h.shapes[k]) for k, p in enumerate(probs)]
     probs = [p.reshape((B,) + h.shapes[k]).to(device=device, dtype=dtype) for k, p in enumerate(probs)]
     duals = [d.reshape((B,) + h.shapes[b]) for d, (_, b) in zip(duals, h.edges)]
