@@ -307,8 +307,8 @@ STATIONARITY_FACTOR = 1e3
 #: that certifies it: the reference solve's retries (docs/design.md §4).
 CLARABEL_RETRIES = _REFERENCE_RETRIES
 
-#: Below this largest temperature a refusal advises scaling the problem up (the solvers'
-#: tolerances are absolute; docs/design.md §4).
+#: Below this largest temperature the problem is solved divided by it, the duals multiplied back
+#: (the solvers' tolerances are absolute; docs/design.md §4).
 SMALL_SCALE = 1e-2
 
 #: The largest ``max_iters`` the solvers hold (their iteration limits are 32-bit integers).
@@ -979,11 +979,22 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
             # value must be real") names neither the scores nor the map
             raise ValueError(f"method 'cvxpylayers' needs finite scores: map {k} has NaN or infinite entries (a "
                              f"masked cell is -inf: method 'exact' solves it)")
+    # the solvers' tolerances are absolute: a problem scaled down (scores and temperatures times
+    # 1e-5) was solved only to the unit-scale problem's absolute accuracy, and refused (ca_rev62:
+    # 66 of 150 tiny chains at 10^U(-5, -2) by diffcp-clarabel, every one solved at unit scale).
+    # Below SMALL_SCALE the problem is solved divided by its largest temperature: the same maps,
+    # the duals multiplied back
+    factor = max(temps) if max(temps) < SMALL_SCALE else 1.0
+    temps = [t / factor for t in temps]
     layer = get_layer(h, temps, backend.name)
     solving_on = solve_device(backend, scores[0].device)
     # each map's scores centred per sample: a constant per map moves no solution (every map sums
     # to one), but an offset of 1e9 left SCS 0.35 from the optimum
-    flat = centred_scores([s.to(device=solving_on, dtype=torch.float64).reshape(s.shape[0], -1) for s in scores])
+    flat = centred_scores([s.to(device=solving_on, dtype=torch.float64).reshape(s.shape[0], -1) / factor
+                           for s in scores])
+    if factor != 1.0 and not all(bool(torch.isfinite(f).all()) for f in flat):
+        raise ValueError(f"method 'cvxpylayers': the scores divided by the largest temperature ({factor:.3g}) "
+                         f"overflow float64; the problem is too cold for any solver (method 'exact' or 'dual')")
     # The certificate and any diagnosis read detached CPU copies (inputs may require grad).
     flat_cpu = [f.detach().cpu() for f in flat]
     # the backend's gradient is checked against the implicit gradient at the certified maps
@@ -996,10 +1007,10 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     # the statuses a failure reports are this call's
     with layer.lock:
         probs, duals = _solve_certified(layer, h, temps, scores, flat, flat_cpu, opts, args, check)
-    if check is None:
-        return probs, duals
-    outs = _Checkpoint.apply(check, False, *probs, *duals)
-    return list(outs[:h.num_maps]), list(outs[h.num_maps:])
+    if check is not None:
+        outs = _Checkpoint.apply(check, False, *probs, *duals)
+        probs, duals = list(outs[:h.num_maps]), list(outs[h.num_maps:])
+    return probs, [d * factor for d in duals] if factor != 1.0 else duals
 
 
 def _iteration_limit(name: str, value):
@@ -1238,13 +1249,7 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
     if distance is not None and samples:
         worst = max(worst, max(float(distance[i]) for i in samples) / STATIONARITY_FACTOR)
     near = worst <= MAX_DERIVED_ACCEPT_TOL  # (NaN is not near)
-    # the solvers' tolerances are absolute: a problem scaled down (scores and temperatures times
-    # 1e-5) is solved to the unit-scale problem's absolute accuracy, and refused (a review: 66 of
-    # 150 tiny chains at 10^U(-5, -2) by diffcp-clarabel, every one solved at unit scale)
-    scale = max(layer.temps)
-    small = ([f"multiply the scores and every temperature by one factor (the largest temperature is {scale:.2g}; "
-              f"the solution is unchanged, the duals scale with it)"] if scale < SMALL_SCALE else [])
-    hints = small + ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
+    hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
         ([f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] if near else []) + \
         ([other] if other else [])
     if not hints:

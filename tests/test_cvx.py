@@ -1481,9 +1481,6 @@ def test_review47_the_certificate_refuses_temperatures_that_are_not_one_per_map(
 
 # ------------------------------------------------------------------ review ca_rev62 (strict xfail: known defects)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev62: a problem scaled by one factor (scores and temperatures x 1e-5, the "
-                                       "same solution) is refused: the layer centres the scores but never rescales "
-                                       "(documented in design.md; the refusal advises scaling up)")
 def test_rev62_scores_and_temperatures_scaled_by_one_factor_are_solved_not_refused():
     """docs/design.md §1: dividing the scores and every temperature by one factor leaves the
     solution unchanged (the library itself advises it for the score limit), and §4 accepts
@@ -1573,19 +1570,41 @@ def test_rev62_solve_cvxpylayers_refuses_a_temperature_with_a_forward_mode_tange
     assert tangent is not None, "the temperature's tangent was dropped: the maps carry none"
 
 
-def test_a_refusal_at_small_temperatures_advises_scaling_the_problem_up():
-    """The solvers' tolerances are absolute, so a problem scaled down by 1e-5 is refused where the
-    same problem at unit scale is solved (ca_rev62, a strict-xfail above): the refusal says how
-    to solve it (one factor on the scores and every temperature leaves the solution unchanged)."""
+@pytest.mark.parametrize("backend", ["diffcp-clarabel", "moreau"])
+def test_a_problem_at_small_temperatures_is_solved_as_its_unit_scale_one(backend):
+    """The solvers' tolerances are absolute, so a problem scaled down by 1e-5 was refused where the same problem at
+    unit scale is solved (ca_rev62): below cvx.SMALL_SCALE the layer solves it divided by its largest temperature.
+    The maps are the unit-scale maps, the duals 1e-5 times its duals, and the score gradient 1e5 times its
+    gradient, as exact's are (checked and unchecked)."""
+    _needs(backend)
     h = ca.Hierarchy.grid([(4,), (2,)])
     gen = torch.Generator().manual_seed(0)
-    unit = [torch.randn(1, n, generator=gen, dtype=torch.float64) for n in (4, 2)]
-    with pytest.raises(SolverFailure, match="(?i)multiply the scores and every temperature by one factor .the largest "
-                                            "temperature is 1e-05"):
-        ca.solve([s * 1e-5 for s in unit], h, "cvxpylayers", temperature=[1e-5, 1e-5])
-    solved = ca.solve(unit, h, "cvxpylayers", temperature=[1.0, 1.0])  # the same problem at unit scale
-    exact = ca.solve(unit, h, "exact", temperature=[1.0, 1.0])
-    assert float(ca.metrics.max_abs_err(solved.probs, exact.probs).max()) < 1e-6
+    unit = [torch.randn(2, n, generator=gen, dtype=torch.float64) for n in (4, 2)]
+    weights = [torch.randn(2, n, generator=gen, dtype=torch.float64) for n in (4, 2)]
+
+    def solved(method, c, **options):
+        scores = [(s * c).requires_grad_() for s in unit]
+        sol = ca.solve(scores, h, method, temperature=[0.5 * c, c], **options)
+        grad = torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), scores)
+        return sol, grad
+
+    want, want_grad = solved("exact", 1.0)
+    for check in (True, False):
+        sol, grad = solved("cvxpylayers", 1e-5, backend=backend, check_gradient=check)
+        assert float(ca.metrics.max_abs_err(sol.probs, want.probs).max()) < 1e-6
+        torch.testing.assert_close(sol.duals[0] / 1e-5, want.duals[0], rtol=0, atol=1e-5)
+        for a, b in zip(grad, want_grad):
+            torch.testing.assert_close(a * 1e-5, b, rtol=0, atol=1e-4 * float(b.abs().max()))
+
+
+def test_a_problem_too_cold_for_float64_once_divided_by_its_temperature_is_refused_in_one_line():
+    """Scores of 1e10 at temperatures 1e-300: divided by the largest temperature they overflow float64, and
+    solve_cvxpylayers (a public entry point, without ca.solve's score limit) says so instead of solving inf."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.full((1, 4), 1e10, dtype=torch.float64), torch.zeros(1, 2, dtype=torch.float64)]
+    scores[0][0, 0] = -1e10
+    with pytest.raises(ValueError, match="divided by the largest temperature .* overflow float64"):
+        solve_cvxpylayers(scores, h, [1e-300, 1e-300])
 
 
 def test_rev63_solve_cvxpylayers_refuses_a_numpy_bool_temperature():
