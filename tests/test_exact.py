@@ -1194,3 +1194,60 @@ def test_ca_rev106_float32_temperature_gradient_mean_centring_of_a_cold_block():
     assert abs(float(want[0]) + 3.87121e-5) <= 1e-5 * 3.87121e-5, want
     got = grad(torch.float32)
     assert abs(float(got[0] / want[0]) - 1) <= 1e-3, (float(got[0]), float(want[0]))
+
+
+# ---- ca_rev126 (strict xfail: review of eb4ed2c)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev126: torch.autograd.functional.jacobian(vectorize=True) of exact's "
+                                       "probs[0] dies in tree_backward's in-place add_ (a vmap RuntimeError)")
+def test_ca_rev126_vectorized_jacobian_of_one_map_is_the_jacobian_or_refused():
+    """Run: a 4×4 → 2×2 hierarchy, float64 scores N(0, 1) batch 2, τ = (0.7, 1.3);
+    f(s0, s1) = ca.solve([s0, s1], h, "exact", temperature=τ).probs[0] (the finest map alone, as a loss on
+    one attention level reads it); torch.autograd.functional.jacobian(f, scores, vectorize=True).
+    Expected: the Jacobian that vectorize=False gives (docs/design.md §4 names
+    torch.autograd.functional.jacobian as the way to differentiate exact), or a NotImplementedError that
+    names the method.  Observed: RuntimeError "vmap: aten::add_(self, *extra_args) is not possible because
+    there exists a Tensor `other` in extra_args that has more elements than `self`": the unused map's
+    cotangent is unbatched zeros, and tree_backward adds the batched child terms into it in place.  With
+    every map in f's output the vectorized Jacobian is right (0.0 off); hessian(vectorize=True) and
+    torch.autograd.grad(is_grads_batched=True) of one map fail alike."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    scores = tuple(torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes)
+
+    def f(s0, s1):
+        return ca.solve([s0, s1], h, "exact", temperature=[0.7, 1.3]).probs[0]
+
+    want = torch.autograd.functional.jacobian(f, scores)
+    try:
+        got = torch.autograd.functional.jacobian(f, scores, vectorize=True)
+    except NotImplementedError as exc:
+        assert "exact" in str(exc)
+        return
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-14)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev126: a large score on a coarse cell whose block is masked moves the "
+                                       "other cells' probabilities (float32 1e7: 0.378 for 0.549), silently")
+def test_ca_rev126_the_score_of_a_coarse_cell_whose_block_is_masked_moves_nothing():
+    """Run: one map of 6 cells onto 3 (parents 0, 0, 1, 1, 2, 2), fine scores (−∞, −∞, 0.2, −0.4, 0.1, 0),
+    coarse scores (S, 0.3, −0.2), τ = 1, check_finite=False (docs/design.md §4: exact solves masked cells,
+    whole blocks of them included; the masked block's coarse cell gets probability 0, so its score S enters
+    no feasible point).  Expected: the solution at S = 0, coarse map (0, 0.54898, 0.45102).  Observed: float32
+    S = 1e6 gives (0, 0.54674, 0.45326), 2.2e-3 off; S = 1e7 gives (0, 0.37754, 0.62246), the order of the two
+    cells reversed; float64 S = 1e15 is 2.2e-3 off.  exact_forward takes the coarse map's own per-sample
+    maximum off its scores (less_max) before the messages come in; that maximum is S, at the infeasible cell,
+    and θ_j − S rounds the other cells' scores to the spacing of S (1 at 1e7 in float32).  Every score is
+    accepted (float32's score limit is 8.5e37)."""
+    h = ca.Hierarchy.from_parents([6, 3], [[0, 0, 1, 1, 2, 2]])
+
+    def coarse(dtype, big):
+        fine = torch.tensor([[-math.inf, -math.inf, 0.2, -0.4, 0.1, 0.0]], dtype=dtype)
+        top = torch.tensor([[big, 0.3, -0.2]], dtype=dtype)
+        return ca.solve([fine, top], h, "exact", check_finite=False).probs[1].double()
+
+    want = coarse(torch.float64, 0.0)
+    torch.testing.assert_close(coarse(torch.float32, 0.0), want, rtol=0, atol=1e-6)  # holds today
+    torch.testing.assert_close(coarse(torch.float32, 1e7), want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(coarse(torch.float64, 1e15), want, rtol=0, atol=1e-12)

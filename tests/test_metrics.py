@@ -213,3 +213,33 @@ def test_ca_rev119_the_gaps_refuse_an_optimal_value_that_is_not_one_per_sample()
         assert got_dual.shape == (3,) and got_primal.shape == (3,), (tuple(got_dual.shape), tuple(got_primal.shape))
         torch.testing.assert_close(got_dual, right_dual)
         torch.testing.assert_close(got_primal, right_primal)
+
+
+# ---- ca_rev126 (strict xfail: review of eb4ed2c)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev126: dual_objective/stationarity/dual_gap take duals (B, 1, 2, 2) for a "
+                                       "(2, 2) map and broadcast them: g 7.25 for 4.30, no error")
+def test_ca_rev126_the_dual_measures_refuse_duals_whose_shapes_only_broadcast():
+    """Run: a 4×4 → 2×2 hierarchy, float64 scores N(0, 1) batch 3, τ = (0.5, 1.5); λ = exact's duals,
+    (3, 2, 2); metrics.dual_objective(scores, [λ.unsqueeze(1)], h, τ), i.e. the duals shaped (3, 1, 2, 2).
+    Expected: a ValueError (ca.solve refuses these duals: "duals[0] must have shape (2, 2), (1, *(2, 2))
+    or (3, *(2, 2))"; docs/design.md §4: shapes that merely broadcast must not give a number), or g at λ,
+    [4.30, 4.66, 4.14].  Observed: [7.25, 7.42, 7.42] (η of map 1 broadcast to (3, 3, 2, 2)); stationarity
+    [0.33, 0.31, 0.33] for [1e-16, ...], dual_gap [2.95, 2.76, 3.27] for 0; duals flattened to (3, 4) raise
+    torch's "shape '[2, 1, 4]' is invalid for input of size 24"."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn((3,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    temps = [0.5, 1.5]
+    sol = ca.solve(scores, h, "exact", temperature=temps)
+    duals = [d.detach() for d in sol.duals]
+    probs = [p.detach() for p in sol.probs]
+    right = metrics.dual_objective(scores, duals, h, temps)
+    torch.testing.assert_close(right, sol.objective)  # holds today
+    bad = [duals[0].unsqueeze(1)]
+    for name, measure in (("dual_objective", lambda: metrics.dual_objective(scores, bad, h, temps)),
+                          ("stationarity", lambda: metrics.stationarity(scores, probs, bad, h, temps)),
+                          ("dual_gap", lambda: metrics.dual_gap(right, scores, bad, h, temps))):
+        with pytest.raises(ValueError):
+            got = measure()
+            raise AssertionError(f"{name} gave {got.tolist()} for duals of shape {tuple(bad[0].shape)}")

@@ -957,3 +957,32 @@ def test_rev99_duals_built_on_the_meta_device_save_a_state_their_graph_loads():
     fresh.load_state_dict(state)
     assert torch.equal(fresh.duals[0], deferred.duals[0])
     deferred.load_state_dict(state)
+
+
+# ---- ca_rev126 (strict xfail: review of eb4ed2c)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev126: amortised duals are NaN for a sample with a whole block masked "
+                                       "(-inf), so learned_dual's maps and aux_loss are NaN; exact solves it")
+def test_ca_rev126_amortised_duals_give_finite_maps_where_a_whole_block_is_masked():
+    """Run: a 4×4 → 2×2 hierarchy, float64 scores N(0, 2²) batch 2; sample 0's two right-hand columns set to
+    −∞ (a padding mask: the 2×2 blocks of coarse cells (0, 1) and (1, 1) wholly masked; every map keeps
+    finite cells); ConsistentAttention(h, "learned_dual", duals="amortised", check_finite=False).double()
+    .attend(scores).  Expected: finite maps with 0 on the masked cells (docs/design.md §4, check_finite:
+    "softmax and learned_dual are softmaxes, which give a masked cell 0 where its map has a finite cell");
+    untrained on a hierarchy the module starts at the optimum, so exact's maps (which solve this sample:
+    [[0.632, 0], [0.368, 0]] on the coarse map).  Observed: every cell of sample 0's maps NaN, aux_loss NaN
+    (AmortisedDuals._block_lse takes −∞ − (−∞) on a masked block, and centring spreads the −∞ message);
+    sample 1 is right.  A single masked cell in a block is fine."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    scores[0][0, :, 2:] = -math.inf
+    want = ca.solve(scores, h, "exact", check_finite=False).probs
+    assert all(bool(torch.isfinite(p).all()) for p in want)  # holds today
+    module = ca.ConsistentAttention(h, "learned_dual", duals="amortised", check_finite=False).double()
+    with torch.no_grad():
+        got = module.attend(scores)
+    assert all(bool(torch.isfinite(p).all()) for p in got.maps), [p[0] for p in got.maps]
+    assert bool(torch.isfinite(got.aux_loss))
+    for p, q in zip(got.maps, want):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
