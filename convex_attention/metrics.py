@@ -14,6 +14,7 @@ from torch import Tensor
 from ._ops import upcast
 from .dual import dual_function, reparameterized_probs
 from .graph import Graph
+from .validation import per_sample
 
 __all__ = ["violation", "objective", "dual_objective", "primal_gap", "dual_gap", "max_abs_err",
            "consistency_residuals", "stationarity"]
@@ -63,6 +64,20 @@ def _graph_lengths(what: str, h: Graph, duals: Sequence, **per_map) -> None:
     _same_length(what, maps=range(h.num_maps), **per_map)
     if len(duals) != h.num_edges:
         raise ValueError(f"{what}: one dual per edge is needed, the graph has {h.num_edges} edges, got {len(duals)}")
+
+
+def _dual_shapes(what: str, h: Graph, duals: Sequence, scores: Sequence) -> list[Tensor]:
+    """The duals, each of shape ``shapes[b]``, ``(1, *shapes[b])`` or ``(B, *shapes[b])`` for edge
+    ``(a → b)`` (``B`` the scores'), as ``(1 or B, *shapes[b])``; ValueError otherwise, as
+    ``ca.solve`` refuses them: duals ``(B, 1, 2, 2)`` of a ``(2, 2)`` map broadcast to a
+    ``(B, B, 2, 2)`` η and gave g = 7.25 for 4.30 (ca_rev126)."""
+    batch = next((s.shape[0] for s in scores if isinstance(s, Tensor) and s.dim()), None)
+    out = []
+    for e, (d, (a, b)) in enumerate(zip(duals, h.edges)):
+        if not isinstance(d, Tensor):
+            raise ValueError(f"{what}: duals[{e}] must be a tensor, got {type(d).__name__}")
+        out.append(per_sample(d, tuple(h.shapes[b]), batch, f"{what}: duals[{e}]", f"edge {e} ({a} -> {b})"))
+    return out
 
 
 def consistency_residuals(probs: Sequence[Tensor], h: Graph) -> list[Tensor]:
@@ -117,6 +132,7 @@ def dual_objective(scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: 
     _graph_lengths("dual_objective", h, duals, scores=scores, temps=temps,
                    **({} if given is None else {"given": given}))
     _same_shapes("dual_objective", h.shapes, scores=scores, **({} if given is None else {"given": given}))
+    duals = _dual_shapes("dual_objective", h, duals, scores)
     return dual_function([None if s is None else upcast(s) for s in scores], [upcast(d) for d in duals], h, temps,
                          None if given is None else [None if q is None else upcast(q) for q in given])
 
@@ -130,6 +146,7 @@ def stationarity(scores: Sequence[Tensor], probs: Sequence[Tensor], duals: Seque
     ``τ``)."""
     _graph_lengths("stationarity", h, duals, scores=scores, probs=probs, temps=temps)
     _same_shapes("stationarity", h.shapes, scores=scores, probs=probs)
+    duals = _dual_shapes("stationarity", h, duals, scores)
     implied = reparameterized_probs([upcast(s) for s in scores], [upcast(d) for d in duals], h, temps)
     return torch.stack([(upcast(p) - q).abs().flatten(1).amax(1) for p, q in zip(probs, implied)]).amax(0)
 

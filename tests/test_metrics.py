@@ -217,8 +217,6 @@ def test_ca_rev119_the_gaps_refuse_an_optimal_value_that_is_not_one_per_sample()
 
 # ---- ca_rev126 (strict xfail: review of eb4ed2c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev126: dual_objective/stationarity/dual_gap take duals (B, 1, 2, 2) for a "
-                                       "(2, 2) map and broadcast them: g 7.25 for 4.30, no error")
 def test_ca_rev126_the_dual_measures_refuse_duals_whose_shapes_only_broadcast():
     """Run: a 4×4 → 2×2 hierarchy, float64 scores N(0, 1) batch 3, τ = (0.5, 1.5); λ = exact's duals,
     (3, 2, 2); metrics.dual_objective(scores, [λ.unsqueeze(1)], h, τ), i.e. the duals shaped (3, 1, 2, 2).
@@ -236,6 +234,8 @@ def test_ca_rev126_the_dual_measures_refuse_duals_whose_shapes_only_broadcast():
     probs = [p.detach() for p in sol.probs]
     right = metrics.dual_objective(scores, duals, h, temps)
     torch.testing.assert_close(right, sol.objective)  # holds today
+    with pytest.raises(ValueError, match=r"duals\[0\] must have shape \(2, 2\)"):  # flattened: torch's error was
+        metrics.dual_objective(scores, [duals[0].flatten(1)], h, temps)
     bad = [duals[0].unsqueeze(1)]
     for name, measure in (("dual_objective", lambda: metrics.dual_objective(scores, bad, h, temps)),
                           ("stationarity", lambda: metrics.stationarity(scores, probs, bad, h, temps)),
