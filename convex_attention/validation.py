@@ -93,6 +93,10 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True, name: st
         raise ValueError(f"{name} have batch size 0")
     if not check_finite:
         return out, None
+    if first.is_meta:  # (torch's own error was "Cannot copy out of meta tensor; no data!": ca_rev126)
+        raise ValueError(f"{name} are on the meta device: they hold no values, so they cannot be checked; to trace "
+                         f"shapes pass check_finite=False (methods that are torch operations: softmax, exact, "
+                         f"learned_dual)")
     peaks = score_peaks([s for _, s in scored])
     for (k, s), peak in zip(scored, peaks):
         if not math.isfinite(peak):

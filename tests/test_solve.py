@@ -1466,8 +1466,6 @@ def test_ca_rev124_cvxpylayers_dual_objective_second_derivative_is_right_or_refu
 
 # ---- ca_rev126 (strict xfail: review of eb4ed2c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev126: scores on the meta device fail in validation.score_peaks with "
-                                       "torch's 'Cannot copy out of meta tensor; no data!'")
 @pytest.mark.parametrize("method", ["exact", "softmax"])
 def test_ca_rev126_meta_scores_are_refused_by_name_or_solved_for_their_shapes(method):
     """Run: ca.solve(scores, h, method) with scores = torch.empty((2, 4, 4), device="meta") and (2, 2, 2) on a
