@@ -132,10 +132,9 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
     for k in g.order:
         mk = scores[k]
         if g.in_edges[k]:
-            # a coarse map meets its messages less its own per-sample maximum (an exact
-            # subtraction, a constant per map): its offset, rounded in with them, moved float32
-            # maps by 7e-3 at 1024 + 2^-12·δ and τ = 1e-3 (a review)
-            mk = less_max(mk)
+            # a coarse map meets its messages less its own offset (a constant per map): rounded in
+            # with them, it moved float32 maps by 7e-3 at 1024 + 2^-12·δ and τ = 1e-3 (a review)
+            mk = _less_leading_score(mk, [message[c] for c in g.in_edges[k]])
         for c in g.in_edges[k]:
             mk = mk + message[c]
         m[k] = mk
@@ -164,6 +163,23 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
         if e is not None:
             probs[k] = g._combine(cond[e], probs[g.edges[e][1]] / blocksum[e], e, torch.mul)
     return probs, cond, blocksum
+
+
+def _less_leading_score(m: Tensor, messages: Sequence[Tensor]) -> Tensor:
+    """A coarse map's scores ``m`` less, per sample, their value at the cell where ``m`` plus its
+    incoming ``messages`` is largest (detached: a constant per map, which moves no solution).
+    Near that cell the subtraction is exact.  The map's own maximum was taken before: where it
+    lay on a cell whose block is masked (message −∞, probability 0), ``θ_j − max`` rounded every
+    other cell's score to the spacing of that maximum (float32 scores of 1e7 there: 0.378 for
+    0.549, the order of two cells reversed; ca_rev126)."""
+    total = m.detach()
+    for message in messages:
+        total = total + message.detach()
+    batch = m.shape[0]
+    leading = m.detach().reshape(batch, -1).gather(1, total.reshape(batch, -1).argmax(1, keepdim=True))
+    # (a map whose every cell is dead or masked is infeasible; its offset is left at 0)
+    leading = torch.where(torch.isfinite(leading), leading, torch.zeros_like(leading))
+    return m - leading.view((batch,) + (1,) * (m.dim() - 1))
 
 
 def _finite_block_max(g: Graph, m: Tensor, e: int) -> Tensor:
@@ -524,7 +540,7 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
     for k in g.order:
         m = scores[k]
         if g.in_edges[k]:  # as exact_forward: the coarse map's own offset leaves first
-            m = less_max(m)
+            m = _less_leading_score(m, [A[c] for c in g.in_edges[k]])
         for c in g.in_edges[k]:
             m = m + A[c]
         e = g.coarsening(k)
