@@ -105,6 +105,26 @@ def reparameterized_logits(scores: Sequence[Tensor], duals: Sequence[Tensor], h:
     return etas
 
 
+def with_implied_masks(scores: Sequence[Tensor], h: Graph) -> list[Tensor]:
+    """``scores`` with −∞ on every cell to which no feasible point gives mass: a coarse cell
+    whose block of a finer map is wholly masked (−∞), a fine cell whose coarse cell is masked,
+    repeated until nothing changes.  The feasible set, and so the solution, is unchanged;
+    ``p(λ)`` at any finite duals then gives those cells 0, where it had given a coarse cell over
+    a masked block its share (and amortised duals were NaN there: ca_rev126).  For scores that
+    may hold −∞ (``check_finite=False``); each round reads whether anything changed."""
+    dead = [torch.isneginf(s) for s in scores]
+    for _ in range(h.num_maps):
+        changed = False
+        for e, (a, b) in enumerate(h.edges):
+            coarse = dead[b] | (h.block_max((~dead[a]).to(scores[a].dtype), e) == 0)
+            fine = dead[a] | h.broadcast(coarse, e)
+            changed = changed or not (torch.equal(coarse, dead[b]) and torch.equal(fine, dead[a]))
+            dead[a], dead[b] = fine, coarse
+        if not changed:
+            break
+    return [s.masked_fill(d, -math.inf) for s, d in zip(scores, dead)]
+
+
 def reparameterized_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
                           temps: Sequence[float]) -> list[Tensor]:
     """``p_k(λ) = softmax(η_k / τ_k)`` for every map; each ``(B, *shapes[k])``."""

@@ -23,13 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._ops import centre, compute_dtype, divide_by_temperature, less_max, level_softmax
+from ._ops import centre, compute_dtype, divide_by_temperature, less_max, level_softmax, sample_dims
 from .dual import (
     check_dual_options,
     consistency_loss_unchecked,
     dual_function,
     reparameterized_logits,
     spanning_forest_duals,
+    with_implied_masks,
 )
 from .exact import cumulative_temperatures
 from .graph import Graph
@@ -147,10 +148,40 @@ class LearnedDuals(_GraphBoundState):
 def _block_lse(h: Graph, x: Tensor, k: int, t) -> Tensor:
     """``t · blocklogsumexp_k(x / t)``, ``(B, *shapes[fine]) -> (B, *shapes[coarse])`` for edge
     ``k``; the block maxima are subtracted before dividing (finite at every accepted temperature)."""
-    m = h.block_max(x, k).detach()
+    raw = h.block_max(x, k).detach()
+    m = raw.clamp_min(torch.finfo(raw.dtype).min)  # a wholly masked block: -inf - (-inf) was NaN (ca_rev126)
     d = h._combine(x, m, k, torch.sub)
-    # (a tensor t's gradient never forms d / t², which overflows at tiny temperatures: 0·inf was NaN)
-    return m + t * h.aggregate(torch.exp(divide_by_temperature(d, t)), k).log()
+    # (a tensor t's gradient never forms d / t², which overflows at tiny temperatures: 0·inf was NaN;
+    # the sums floored at 1, which only a wholly masked block's are below: its message is -inf, no NaN
+    # in the gradient)
+    lse = m + t * h.aggregate(torch.exp(divide_by_temperature(d, t)), k).clamp_min(1.0).log()
+    return lse.masked_fill(torch.isneginf(raw), -math.inf)
+
+
+#: How many temperatures below its map's lowest finite score a masked cell enters the amortised
+#: sweeps on a graph (its weight there is at most e^-MASK_MARGIN of a cell's that counts).
+MASK_MARGIN = 64.0
+
+
+def _masked_held_low(s: Tensor, t) -> Tensor:
+    """``s`` with each −∞ cell at :data:`MASK_MARGIN` temperatures ``t`` below the sample's lowest
+    finite score (detached; a sample with none keeps 0 there)."""
+    masked = torch.isneginf(s)
+    finite = torch.where(masked, torch.full_like(s, math.inf), s).detach()
+    low = finite.amin(sample_dims(s), keepdim=True)
+    low = torch.where(torch.isfinite(low), low, torch.zeros_like(low)) - MASK_MARGIN * float(t)
+    return torch.where(masked, low, s)
+
+
+def _centre_live(x: Tensor) -> Tensor:
+    """``x`` less the per-sample mean of its finite entries, with 0 at the others: a feature of a
+    coarse cell over a wholly masked block is -inf, which centred spread NaN over the sample
+    (ca_rev126); that cell gets probability 0 whatever its dual (dual.with_implied_masks)."""
+    live = torch.isfinite(x)
+    kept = torch.where(live, x, torch.zeros_like(x))
+    dims = sample_dims(x)
+    mean = kept.sum(dims, keepdim=True) / live.sum(dims, keepdim=True).clamp_min(1)
+    return torch.where(live, x - mean, torch.zeros_like(x))
 
 
 def _block_step(h: Graph, e: int, eta_a: Tensor, eta_b: Tensor, ta, tb) -> Tensor:
@@ -328,7 +359,7 @@ class AmortisedDuals(_GraphBoundState):
             a = _block_lse(h, m, k, T[k])
             u = a * (temps[k + 1] / T[k + 1])
             v = nxt * (T[k] / T[k + 1])
-            own.append((centre(u - v), centre(u + v)))
+            own.append((_centre_live(u - v), _centre_live(u + v)))
             m = nxt + a
         feats = []
         for k in range(L - 1):
@@ -345,6 +376,10 @@ class AmortisedDuals(_GraphBoundState):
         h = self.h
         work = compute_dtype(scores[0].dtype)
         scores = [less_max(s.to(work)) for s in scores]  # as on a hierarchy (a review: 1.2e-3 off at +1e4)
+        # a masked cell (-inf) enters the sweeps MASK_MARGIN temperatures below its map's lowest
+        # score: its -inf messages made every dual NaN (ca_rev126); the maps give it 0 whatever its
+        # dual (dual.with_implied_masks), and the features stay those of the cells that count
+        scores = [_masked_held_low(s, t) for s, t in zip(scores, temps)]
         lam = list(spanning_forest_duals(scores, h, temps))
         etas = reparameterized_logits(scores, lam, h)
         for _ in range(self.sweeps):
@@ -796,6 +831,8 @@ class ConsistentAttention(nn.Module):
             aux = torch.zeros((), dtype=compute_dtype(solution.probs[0].dtype), device=solution.probs[0].device)
             return Attended(list(solution.probs), solution, aux)
         scores, peak_sum = check_scores_and_peaks(scores, self.h, check_finite=self.check_finite)
+        if not self.check_finite:  # as solve: p(λ) gives a cell that no feasible point fills 0 (ca_rev126)
+            scores = with_implied_masks(scores, self.h)
         temps = self._temperatures(temperature, scores[0].dtype)
         work = compute_dtype(scores[0].dtype)
         duals = check_duals(self._duals(scores, temps), self.h, scores[0].shape[0], work, scores[0].device,

@@ -38,7 +38,7 @@ from torch import Tensor
 
 from . import metrics
 from ._ops import compute_dtype, guard_below_floor
-from .dual import consistency_loss_unchecked
+from .dual import consistency_loss_unchecked, with_implied_masks
 from .graph import Graph
 from .methods import METHODS, REGISTRY, get_method
 from .validation import (
@@ -319,7 +319,10 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     if record.needs_duals:
         duals = check_duals(duals, h, free.shape[0], compute_dtype(free.dtype), free.device,
                             check_finite=check_finite, score_peak_sum=peak_sum)
-    probs, lam, info = record.function(scores, h, temps, duals, dict(options))
+    solved = scores
+    if not check_finite and record.needs_duals:  # p(λ) gives a cell that no feasible point fills 0 (ca_rev126)
+        solved = with_implied_masks(scores, h)
+    probs, lam, info = record.function(solved, h, temps, duals, dict(options))
     return Solution(probs, scores, h, temps, record.name, lam, info, given_list)
 
 
@@ -345,6 +348,8 @@ def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph
     check_transforms("consistency_loss", True)
     check_flag(detach_target, "detach_target")  # read as a truth value, "False" detached the coarse maps
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
+    if not check_finite:  # as solve: p(λ) gives a cell that no feasible point fills 0 (ca_rev126)
+        scores = with_implied_masks(scores, h)
     temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype, allow_grad=True, unit=h._map_word)
     work = compute_dtype(scores[0].dtype)
     lam = check_duals(duals, h, scores[0].shape[0], work, scores[0].device, check_finite=check_finite,

@@ -961,8 +961,6 @@ def test_rev99_duals_built_on_the_meta_device_save_a_state_their_graph_loads():
 
 # ---- ca_rev126 (strict xfail: review of eb4ed2c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev126: amortised duals are NaN for a sample with a whole block masked "
-                                       "(-inf), so learned_dual's maps and aux_loss are NaN; exact solves it")
 def test_ca_rev126_amortised_duals_give_finite_maps_where_a_whole_block_is_masked():
     """Run: a 4×4 → 2×2 hierarchy, float64 scores N(0, 2²) batch 2; sample 0's two right-hand columns set to
     −∞ (a padding mask: the 2×2 blocks of coarse cells (0, 1) and (1, 1) wholly masked; every map keeps
@@ -986,3 +984,21 @@ def test_ca_rev126_amortised_duals_give_finite_maps_where_a_whole_block_is_maske
     assert bool(torch.isfinite(got.aux_loss))
     for p, q in zip(got.maps, want):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+
+
+def test_amortised_duals_on_a_graph_with_a_wholly_masked_row_give_finite_consistent_maps():
+    """Axial 4×4 (rows and columns), sample 0's first row masked (−∞), check_finite=False: the untrained
+    amortised duals (the sweeps' start) were NaN there (ca_rev126); now every map is finite, the masked row's
+    cells and its row cell get 0, the auxiliary loss is finite, and the violation is about the unmasked
+    sample's (both < 1e-3)."""
+    cells = torch.arange(16)
+    h = ca.Graph.from_edges([16, 4, 4], [(0, 1, cells // 4), (0, 2, cells % 4)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(2, n, generator=g, dtype=torch.float64) for n in (16, 4, 4)]
+    scores[0][0, :4] = -math.inf
+    module = ca.ConsistentAttention(h, "learned_dual", duals="amortised", check_finite=False).double()
+    with torch.no_grad():
+        got = module.attend(scores)
+    assert all(bool(torch.isfinite(p).all()) for p in got.maps) and bool(torch.isfinite(got.aux_loss))
+    assert float(got.maps[0][0, :4].abs().max()) == 0.0 and float(got.maps[1][0, 0]) == 0.0
+    assert float(ca.metrics.violation(got.maps, h).max()) < 1e-3

@@ -1485,3 +1485,41 @@ def test_ca_rev126_meta_scores_are_refused_by_name_or_solved_for_their_shapes(me
         assert "meta" in str(exc)
         return
     assert [tuple(p.shape) for p in sol.probs] == [(2, 4, 4), (2, 2, 2)]
+
+
+def test_implied_masks_reach_every_cell_that_no_feasible_point_fills():
+    """dual.with_implied_masks on a 3-level chain 8 → 4 → 2: fine cells 0, 1 masked (the block of level-1
+    cell 0), so that cell is masked, and with it nothing else (its level-2 block keeps cell 1); level-2 cell 1
+    masked, so its level-1 block (cells 2, 3) and their fine cells 4..7 are masked.  Another sample, unmasked,
+    is left as it is; the scores' values elsewhere are unchanged."""
+    from convex_attention.dual import with_implied_masks
+
+    h = ca.Hierarchy.from_parents([8, 4, 2], [[0, 0, 1, 1, 2, 2, 3, 3], [0, 0, 1, 1]])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(2, n, generator=g, dtype=torch.float64) for n in (8, 4, 2)]
+    scores[0][0, :2] = -math.inf
+    scores[2][0, 1] = -math.inf
+    got = with_implied_masks(scores, h)
+    assert [torch.isneginf(s[0]).nonzero().flatten().tolist() for s in got] == [[0, 1, 4, 5, 6, 7], [0, 2, 3], [1]]
+    for before, after in zip(scores, got):
+        assert torch.equal(after[1], before[1])
+        live = ~torch.isneginf(after[0])
+        assert torch.equal(after[0][live], before[0][live])
+
+
+def test_learned_dual_gives_a_cell_over_a_wholly_masked_block_nothing_at_any_finite_duals():
+    """check_finite=False, a 4 → 2 chain whose fine block of coarse cell 0 is masked, duals N(0, 1): the coarse
+    cell gets probability 0 (it had its softmax share, ca_rev126) and the consistency loss is finite (it was
+    +inf); the score gradient is finite, 0 on the masked cells."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    g = torch.Generator().manual_seed(1)
+    scores = [torch.randn(2, n, generator=g, dtype=torch.float64) for n in (4, 2)]
+    scores[0][0, :2] = -math.inf
+    scores = [s.requires_grad_() for s in scores]
+    duals = [torch.randn(2, 2, generator=g, dtype=torch.float64)]
+    sol = ca.solve(scores, h, "learned_dual", duals=duals, check_finite=False)
+    assert float(sol.probs[1][0, 0]) == 0.0 and float(sol.probs[1][1, 0]) > 0
+    loss = ca.consistency_loss(scores, duals, h, check_finite=False)
+    assert bool(torch.isfinite(loss))
+    grads = torch.autograd.grad(loss + sum((p * p).sum() for p in sol.probs), scores)
+    assert all(bool(torch.isfinite(x).all()) for x in grads) and float(grads[0][0, :2].abs().max()) == 0.0
