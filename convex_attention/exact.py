@@ -228,8 +228,10 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
     wide = [float(t.detach() if isinstance(t, Tensor) else t) >= 1.0 for t in T]
     scale = [inv if w else 1.0 for inv, w in zip(inverse, wide)]
     after = [1.0 if w else inv for inv, w in zip(inverse, wide)]
-    # under grad mode (a backward that builds its own graph) nothing is updated in place
-    in_place = not torch.is_grad_enabled()
+    # under grad mode (a backward that builds its own graph) nothing is updated in place, nor under
+    # vmap (jacobian(vectorize=True), is_grads_batched): an unused map's gradient is an unbatched
+    # zero there, and adding batched terms into it in place raised (ca_rev126)
+    in_place = not torch.is_grad_enabled() and not any(_is_vmapped(x) for x in grads)
     # upward: Gs_k = S_k G_k, G_k = p_k ⊙ ∂L/∂p_k + Σ_{c → k} P_c G_c, scaled as it is formed;
     # pooled[e] = P_e Gs_c, the child's scaled block sums
     G: list = [None] * g.num_maps
@@ -275,6 +277,15 @@ def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
                   + g._combine(cond[e], coarse, e, torch.mul))
         out[k] = gk
     return out
+
+
+def _is_vmapped(x: Tensor) -> bool:
+    """Whether ``x`` is batched by a vmap: ``torch.vmap``'s, or the one ``torch.autograd.grad``
+    runs for ``is_grads_batched`` (``jacobian(vectorize=True)``), by functorch's checks where torch
+    has them."""
+    functorch = getattr(torch._C, "_functorch", None)
+    checks = [getattr(functorch, name, None) for name in ("is_batchedtensor", "is_legacy_batchedtensor")]
+    return any(bool(check(x)) for check in checks if check is not None)
 
 
 def _log_floor(dtype: torch.dtype) -> float:

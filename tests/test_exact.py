@@ -1198,8 +1198,6 @@ def test_ca_rev106_float32_temperature_gradient_mean_centring_of_a_cold_block():
 
 # ---- ca_rev126 (strict xfail: review of eb4ed2c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev126: torch.autograd.functional.jacobian(vectorize=True) of exact's "
-                                       "probs[0] dies in tree_backward's in-place add_ (a vmap RuntimeError)")
 def test_ca_rev126_vectorized_jacobian_of_one_map_is_the_jacobian_or_refused():
     """Run: a 4×4 → 2×2 hierarchy, float64 scores N(0, 1) batch 2, τ = (0.7, 1.3);
     f(s0, s1) = ca.solve([s0, s1], h, "exact", temperature=τ).probs[0] (the finest map alone, as a loss on
