@@ -1502,3 +1502,25 @@ def test_ca_rev121_the_top_level_resume_example_continues_the_sweep_above_it(tmp
     code = run([*argv, "--quiet"])
     err = capsys.readouterr().err
     assert (code, len(started)) == (0, 1), (code, err)
+
+
+# ---- ca_rev127 (strict xfail: review of eb4ed2c)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev127: a resume without learned_dual rewrites example.npz without its λ")
+def test_ca_rev127_a_resume_without_learned_dual_keeps_the_examples_duals(tmp_path, monkeypatch, capsys):
+    """docs/results_format.md, example.npz: --resume keeps an existing example.npz except where it cannot
+    be read, where the resumed sweep has learned_dual and the file holds no λ, or where it is another
+    run's instance; "What --resume may change": a folder with learned_dual rows may be widened with
+    --methods exact alone, and bench.json keeps the training settings those rows were measured with.
+    Observed (real runs: bench --methods ... learned_dual --fit-steps 5 ..., then bench --methods softmax
+    --sizes 16 --resume): 'bench: example.npz written again: it is the instance of other settings
+    (amortised_steps 5, not 0, fit_instances 4, not 128, fit_steps 5, not 0)'; the λ are gone, and plot's
+    attention-map footer says 'the example holds no λ (its sweep had no learned_dual)' of a folder whose
+    learned_dual rows are still there."""
+    written = _stub_sweep_and_example(monkeypatch)
+    out = tmp_path / "r"
+    first = ["bench", *FAST, "--methods", "exact", "learned_dual", "--fit-steps", "3", "--out", str(out)]
+    assert run(first) == 0 and len(written) == 1 and written[0]["fit_steps"] == 3
+    assert run(["bench", *FAST, "--sizes", "8", "--out", str(out), "--resume"]) == 0  # the grid grows
+    err = capsys.readouterr().err
+    assert len(written) == 1, err  # the example (and its fitted λ) kept
