@@ -1506,7 +1506,6 @@ def test_ca_rev121_the_top_level_resume_example_continues_the_sweep_above_it(tmp
 
 # ---- ca_rev127 (strict xfail: review of eb4ed2c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev127: a resume without learned_dual rewrites example.npz without its λ")
 def test_ca_rev127_a_resume_without_learned_dual_keeps_the_examples_duals(tmp_path, monkeypatch, capsys):
     """docs/results_format.md, example.npz: --resume keeps an existing example.npz except where it cannot
     be read, where the resumed sweep has learned_dual and the file holds no λ, or where it is another

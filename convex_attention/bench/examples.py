@@ -75,7 +75,11 @@ def why_write_again(path: str, need_duals: bool, settings: dict | None = None) -
     it: it cannot be read as an example (:func:`load_example`'s reason); ``need_duals`` (the
     sweep has learned_dual) and it holds no fitted λ; or, given the ``settings`` (the keyword
     arguments of :func:`save_example`) the sweep would write it with, it records others or
-    none (an interrupted ``--overwrite`` leaves the earlier run's example beside the new rows)."""
+    none (an interrupted ``--overwrite`` leaves the earlier run's example beside the new rows).
+    A sweep without learned_dual compares the instance settings alone: its own training
+    settings are none, and the λ the example holds were trained as the folder's learned_dual
+    rows were (compared with every setting, a resume with ``--methods exact`` wrote the example
+    again without them: ca_rev127)."""
     try:
         kinds = load_example(path)[2]
     except ValueError as err:
@@ -87,7 +91,8 @@ def why_write_again(path: str, need_duals: bool, settings: dict | None = None) -
         if recorded is None:
             return "it records no settings (an earlier version wrote it), so it may be another run's instance"
         wanted = _full_settings(settings)
-        return _other_settings(recorded, wanted, sorted(set(recorded) | set(wanted)))
+        keys = sorted(set(recorded) | set(wanted)) if need_duals else list(_INSTANCE_SETTINGS)
+        return _other_settings(recorded, wanted, keys)
     return None
 
 
