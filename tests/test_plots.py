@@ -1475,7 +1475,8 @@ def test_plot_results_returns_the_figures_it_wrote_into_the_results_figures_fold
     assert all(os.path.isfile(p) and os.path.isfile(p[:-4] + ".pdf") for p in written)
     record = json.loads((tmp_path / "g" / "figures" / plots.MANIFEST).read_text())
     assert sorted(record["figures"]) == ["backward_implicit_vs_unrolled.pdf", "backward_implicit_vs_unrolled.png"]
-    assert {e["results"] for e in record["figures"].values()} == {os.path.realpath(folder)}
+    # relative to the figure folder: a committed or moved pair of folders keeps its record
+    assert {e["results"] for e in record["figures"].values()} == {".."}
 
 
 def test_an_unusable_input_is_said_once(tmp_path, figs):
@@ -1646,7 +1647,7 @@ def test_the_record_names_each_figures_size_sha256_and_the_real_results_folder(t
     for name, entry in record["figures"].items():
         data = (out / name).read_bytes()
         assert entry == {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(),
-                         "results": os.path.realpath(folder)}
+                         "results": os.path.relpath(os.path.realpath(folder), os.path.realpath(out))}
     with open(os.path.join(os.path.dirname(__file__), "..", "docs", "results_format.md"), encoding="utf-8") as f:
         assert f"`{plots.MANIFEST}`" in f.read(), "the record's name is the one the docs give"
 
@@ -1660,7 +1661,7 @@ def test_a_stale_figure_of_these_results_is_removed_however_the_results_folder_i
     plot_results(str(tmp_path / "link"), str(out), log=notes.append)
     assert not any((out / name).exists() for name in BACKWARD_FILES), notes
     record = json.loads((out / plots.MANIFEST).read_text())
-    assert {e["results"] for e in record["figures"].values()} == {os.path.realpath(folder)}
+    assert {plots._recorded_results(str(out), e) for e in record["figures"].values()} == {os.path.realpath(folder)}
 
 
 def test_a_stale_figure_that_cannot_be_removed_is_said_and_left(tmp_path, figs, monkeypatch):
@@ -2952,3 +2953,29 @@ def test_ca_rev120_a_resumed_sweeps_own_example_is_drawn(tmp_path, figs, capsys)
     written = plot_results(folder, str(tmp_path / "figs"), log=logs.append)
     assert not [m for m in logs if "example.npz" in m], logs
     assert any(p.endswith("attention_maps.png") for p in written), written
+
+
+def test_a_record_of_figures_moved_with_their_results_still_proves_them_and_an_absolute_one_is_read(tmp_path, figs):
+    """The record names the results folder relative to the figure folder: a results folder moved (or committed and
+    cloned elsewhere) with its figures is still the same results (a redraw names no 'other results'), and a record
+    of an earlier version, holding the absolute path, is read as it was."""
+    import shutil
+
+    folder = str(tmp_path / "g")
+    os.makedirs(folder)
+    write_backward(folder)
+    plot_results(folder, log=pytest.fail)
+    moved = shutil.move(folder, str(tmp_path / "moved"))
+    notes: list = []
+    plot_results(moved, log=notes.append)
+    assert not any("other results" in n for n in notes), notes
+    path = os.path.join(moved, "figures", plots.MANIFEST)
+    with open(path) as f:
+        record = json.load(f)
+    for entry in record["figures"].values():
+        entry["results"] = os.path.realpath(moved)  # as an earlier version wrote it
+    with open(path, "w") as f:
+        json.dump(record, f)
+    notes.clear()
+    plot_results(moved, log=notes.append)
+    assert not any("other results" in n for n in notes), notes

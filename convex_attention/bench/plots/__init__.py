@@ -148,12 +148,31 @@ def _say_replaced_from_other_results(out: str, folder: str, names, log: Log) -> 
     others: dict = {}
     for name in names:
         entry = record.get(name)
-        if name.endswith(".png") and isinstance(entry, dict) and entry.get("results") not in (None, results) \
-                and os.path.exists(os.path.join(out, name)):
-            others.setdefault(str(entry["results"]), []).append(name)
+        source = _recorded_results(out, entry)
+        if name.endswith(".png") and source not in (None, results) and os.path.exists(os.path.join(out, name)):
+            others.setdefault(source, []).append(name)
     for source, figures_of in sorted(others.items()):
         log(f"{out}: replaced {', '.join(figures_of)} (and their PDFs), drawn before from {source} (other "
             f"results)")
+
+
+def _recorded_results(out: str, entry) -> str | None:
+    """The results folder a record entry of figure folder ``out`` names, resolved: recorded
+    relative to ``out`` (a committed figure folder's record names no machine's path), or
+    absolute as earlier versions wrote it; None where the entry names none."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("results"), str):
+        return None
+    where = entry["results"]
+    return where if os.path.isabs(where) else os.path.realpath(os.path.join(out, where))
+
+
+def _results_entry(out: str, results: str) -> str:
+    """``results`` (a real path) as the record of figure folder ``out`` keeps it: relative to
+    ``out`` (absolute where no relative path exists: another drive)."""
+    try:
+        return os.path.relpath(results, os.path.realpath(out))
+    except ValueError:
+        return results
 
 
 def remove_empty_folder(path: str) -> None:
@@ -359,14 +378,14 @@ def _tidy(out: str, folder: str, written: list[str], log: Log) -> None:
         return
     ours = {name: entry for name, entry in earlier.items()
             if name in others and _is_recorded(os.path.join(out, name), entry)}
-    remove = [name for name in others if name in ours and ours[name].get("results") == results]
+    remove = [name for name in others if name in ours and _recorded_results(out, ours[name]) == results]
     kept = [name for name in others if name in ours and name not in remove]
     foreign = [name for name in others if name not in ours]
     record = dict(ours)  # the entries of files still to remove go when a later run finds them gone
     for name in sorted(drawn):
         path = os.path.join(out, name)
         if os.path.isfile(path):
-            record[name] = {**_digest(path), "results": results}
+            record[name] = {**_digest(path), "results": _results_entry(out, results)}
     write_json(os.path.join(out, MANIFEST), {"written_by": _MANIFEST_TAG, "figures": record})
     for name in remove:
         stale = os.path.join(out, name)
@@ -378,7 +397,7 @@ def _tidy(out: str, folder: str, written: list[str], log: Log) -> None:
             continue
         log(f"removed {stale}: an earlier run's figure (recorded in {MANIFEST}) that these results do not support")
     if kept:
-        sources = sorted({str(ours[name].get("results")) for name in kept})
+        sources = sorted({str(_recorded_results(out, ours[name])) for name in kept})
         log(f"kept {', '.join(kept)} in {out}: drawn by an earlier plot from other results "
             f"({', '.join(sources)}), not from these")
     if foreign:
