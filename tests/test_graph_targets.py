@@ -1709,3 +1709,49 @@ def test_ca_rev122_bench_graphs_says_why_of_every_backend_it_refuses(tmp_path, c
     assert code == 2, err
     assert all(" ".join(reason.split()) in err for reason in reasons.values()), err
     assert "mpax not installed" not in err and "mpax, cuclarabel not installed" not in err, err
+
+
+# ---- ca_rev129 (strict xfail: review of ce904a6)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev129: study_certificate.py --draws 29 --backends moreau stopped after "
+                                       "87 s with a ConvergenceError traceback (reference dual tol 1e-12 stalled at "
+                                       "1.05e-12, extreme grid_regions draw 28), rc 1, no file written")
+def test_ca_rev129_study_certificate_records_an_instance_whose_reference_fails_as_a_row(tmp_path, monkeypatch):
+    """Run: python benchmarks/study_certificate.py --draws 29 --backends moreau --out c (seed 7).  Observed: the
+    independent reference of extreme grid_regions draw 28 (dual, tol 1e-12) stalls at 1.05e-12 and raises
+    outside the loop's try, so every row of the 87 s before is lost and a traceback ends the run.  Expected: the
+    instance is an error row per backend ('a failed solve is a row'), as study_temperature_gradients.py makes
+    one of a reference that raises.  Here the reference raises on the first instance; the solves are stubbed."""
+    script = _script("study_certificate")
+    calls = []
+
+    def reference(h, scores, temps):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ca.ConvergenceError("dual solver did not reach tol=1e-12 for sample(s) [0]")
+        return None
+
+    monkeypatch.setattr(script, "reference", reference)
+    monkeypatch.setattr(script, "study", lambda *a, **k: {"certificate": 1e-9, "accept_tol": 1e-8,
+                                                          "stationarity": 1e-9, "error": 1e-9, "accepted": True})
+    before = torch.get_num_threads()
+    try:
+        code = script.main(["--draws", "1", "--backends", "moreau", "--out", str(tmp_path / "c")])
+    finally:
+        torch.set_num_threads(before)
+    assert code == 0
+    rows = (tmp_path / "c" / "certificate.csv").read_text().splitlines()[1:]
+    assert len(rows) == 15  # 3 sets x 5 families x 1 draw x 1 backend, the failed instance among them
+    assert sum("error" in r for r in rows) == 1, rows
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev129: --linsat-iters 2 2 is accepted: graphs.json's config says "
+                                       "[2, 2], linsat.csv has one linsat row (the second is dropped); "
+                                       "--parts/--amortised-sweeps/--diffcp-modes refuse a repeat")
+def test_ca_rev129_graph_benchmark_refuses_a_linsat_iteration_count_listed_twice():
+    """Run: python benchmarks/bench_graphs.py --tiny --parts linsat --linsat-iters 2 2 --out g.  Observed: exit 0,
+    graphs.json config linsat_iters [2, 2], linsat.csv one 'linsat,2' row and one target (the variants are keyed
+    by name, so the repeat overwrites itself).  Expected: refused as a repeated --parts, --amortised-sweeps or
+    --backends entry is (a ValueError naming the setting), so the config records only what ran."""
+    with pytest.raises(ValueError, match="linsat_iters|linsat-iters"):
+        GraphBenchmark(parts=("linsat",), linsat_iters=(10, 10))
