@@ -177,8 +177,6 @@ def test_lesion_noise_that_is_not_a_finite_number_at_least_0_is_refused(noise):
 
 # ---- ca_rev129 (strict xfail: review of ce904a6)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev129: generate('lesion', h, 2, nosie=0.0) returns the noise-0.3 scores: "
-                                       "lesion_scores(**_) and gaussian_scores(**_) drop any option unread")
 def test_ca_rev129_generate_refuses_an_option_its_generator_does_not_read():
     """Observed: a misspelt option (nosie=0.0) is swallowed by lesion_scores' **_ and the scores carry the
     default noise 0.3 (bit for bit generate('lesion', h, 2) ); gaussian_scores takes noise=-1 unread too.

@@ -1713,9 +1713,6 @@ def test_ca_rev122_bench_graphs_says_why_of_every_backend_it_refuses(tmp_path, c
 
 # ---- ca_rev129 (strict xfail: review of ce904a6)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev129: study_certificate.py --draws 29 --backends moreau stopped after "
-                                       "87 s with a ConvergenceError traceback (reference dual tol 1e-12 stalled at "
-                                       "1.05e-12, extreme grid_regions draw 28), rc 1, no file written")
 def test_ca_rev129_study_certificate_records_an_instance_whose_reference_fails_as_a_row(tmp_path, monkeypatch):
     """Run: python benchmarks/study_certificate.py --draws 29 --backends moreau --out c (seed 7).  Observed: the
     independent reference of extreme grid_regions draw 28 (dual, tol 1e-12) stalls at 1.05e-12 and raises
@@ -1745,9 +1742,6 @@ def test_ca_rev129_study_certificate_records_an_instance_whose_reference_fails_a
     assert sum("error" in r for r in rows) == 1, rows
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev129: --linsat-iters 2 2 is accepted: graphs.json's config says "
-                                       "[2, 2], linsat.csv has one linsat row (the second is dropped); "
-                                       "--parts/--amortised-sweeps/--diffcp-modes refuse a repeat")
 def test_ca_rev129_graph_benchmark_refuses_a_linsat_iteration_count_listed_twice():
     """Run: python benchmarks/bench_graphs.py --tiny --parts linsat --linsat-iters 2 2 --out g.  Observed: exit 0,
     graphs.json config linsat_iters [2, 2], linsat.csv one 'linsat,2' row and one target (the variants are keyed

@@ -27,7 +27,8 @@ from ..hierarchy import Hierarchy
 __all__ = ["GENERATORS", "generate", "gaussian_scores", "lesion_scores", "register_generator", "random_parents"]
 
 
-def gaussian_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, **_) -> list[Tensor]:
+def gaussian_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0) -> list[Tensor]:
+    """N(0, scale²) scores (it takes no other option: a misspelt one is a TypeError, not dropped, ca_rev129)."""
     g = torch.Generator().manual_seed(seed)
     return [scale * torch.randn((batch,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
 
@@ -47,8 +48,7 @@ def _blob_map(shape: tuple[int, ...], batch: int, g: torch.Generator, max_blobs:
     return out.clamp(max=1.0)
 
 
-def lesion_scores(h: Graph, batch: int, seed: int = 0, scale: float = 1.0, noise: float = 0.3,
-                  **_) -> list[Tensor]:
+def lesion_scores(h: Graph, batch: int, seed: int = 0, scale: float = 1.0, noise: float = 0.3) -> list[Tensor]:
     """Peaked maps: ``scale · (4·blobs + noise)`` with blobs shared across levels (maps);
     ``noise`` is the standard deviation of the Gaussian noise, a finite number ≥ 0 (ValueError
     otherwise).  On a hierarchy whose levels are not grids (``from_parents``) there are no

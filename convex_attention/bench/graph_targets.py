@@ -190,7 +190,7 @@ class GraphBenchmark:
     amortised_split: str = setting("held_out", Choice(tuple(AMORTISED_SPLITS)),
                                    "instances the amortised dual is evaluated on: 'held_out' (the verdict) or "
                                    "'development' (other instances, for choosing --amortised-sweeps; no verdict)")
-    linsat_iters: tuple = setting((10, 30, 100), Many(Int(low=1, high=100_000)),
+    linsat_iters: tuple = setting((10, 30, 100), Many(Int(low=1, high=100_000), distinct=True),
                                   "the baseline's iteration counts (given maps)")
     linsat_batch: int = setting(4, Int(low=1, high=256), "samples per timed call of the given-maps comparison")
     linsat_repeats: int = setting(3, Int(low=1, high=100), "timed repetitions of the given-maps comparison")
