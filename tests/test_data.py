@@ -2075,3 +2075,30 @@ def test_ca_rev125_a_label_0_image_with_a_lesion_mask_is_refused(tmp_path):
     (tmp_path / "f" / "labels.csv").write_text("filename,label\nimg0.png,1\nimg1.png,0\nimg2.png,1\n")
     with pytest.raises(ValueError, match="img1.png"):
         FolderDataset(root)
+
+
+# ---- ca_rev128 (strict xfail: review of 5bbdc7a)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev128: two validation files holding one training image's pixels: "
+                   "images_shared_with lists one pair and build_datasets says '1 validation image(s)' (the scan keeps "
+                   "one name per digest), where the docstring says every image")
+def test_ca_rev128_every_validation_copy_of_a_training_image_is_named(tmp_path):
+    from PIL import Image
+
+    from convex_attention.paper.data import build_datasets
+
+    root = tmp_path / "r"
+    _write_folder(str(root / "train"))
+    _write_folder(str(root / "val"), seed=100)
+    pixels = np.asarray(Image.open(root / "train" / "images" / "img1.png"), np.float32)[None]
+    for name in ("copy.npy", "again.npy"):
+        np.save(root / "val" / "images" / name, pixels)
+        np.save(root / "val" / "masks" / name, np.zeros((16, 16), np.float32))
+    with open(root / "val" / "labels.csv", "a") as f:
+        f.write("copy.npy,1\nagain.npy,1\n")
+    train = FolderDataset(str(root / "train"))
+    assert sorted(FolderDataset(str(root / "val")).images_shared_with(train)) == [("again.npy", "img1.png"),
+                                                                                 ("copy.npy", "img1.png")]
+    with pytest.raises(ValueError, match=r"^2 validation image\(s\)"):
+        build_datasets("folder", root=str(root))
