@@ -1007,9 +1007,6 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     # the statuses a failure reports are this call's
     with layer.lock:
         probs, duals = _solve_certified(layer, h, temps, scores, flat, flat_cpu, opts, args, check)
-    if check is not None:
-        outs = _Checkpoint.apply(check, False, *probs, *duals)
-        probs, duals = list(outs[:h.num_maps]), list(outs[h.num_maps:])
     return probs, [d * factor for d in duals] if factor != 1.0 else duals
 
 
@@ -1148,8 +1145,13 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
         _raise_failure(layer, flat_cpu, attempt_args, pending, accept_tol, None, cert, max_iters=opts["max_iters"],
                        distance=distance, retried=tuple(solved_retries), first_raised=raised)
     assert probs is not None and duals is not None
-    if check is not None and check.judging:
-        check.probs = [p.detach().to(torch.float64).reshape((B,) + h.shapes[k]) for k, p in enumerate(probs)]
+    if check is not None:
+        if check.judging:
+            check.probs = [p.detach().to(torch.float64).reshape((B,) + h.shapes[k]) for k, p in enumerate(probs)]
+        # on the float64 outputs, before the casts: the incoming gradient is scaled in float64 (in
+        # float16 a scale of 1e-9 was 0, and the gradient NaN: ca_rev128)
+        outs = _Checkpoint.apply(check, False, *probs, *duals)
+        probs, duals = list(outs[:h.num_maps]), list(outs[h.num_maps:])
     probs = [p.reshape((B,) + h.shapes[k]).to(device=device, dtype=dtype) for k, p in enumerate(probs)]
     duals = [d.reshape((B,) + h.shapes[b]) for d, (_, b) in zip(duals, h.edges)]
     # duals in the compute dtype: half precision's range is narrower than theirs (Solution.duals)

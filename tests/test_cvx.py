@@ -2042,9 +2042,6 @@ def test_ca_rev124_a_loss_stationary_in_the_duals_is_not_refused(loss):
 # ---- ca_rev128 (strict xfail: review of 5bbdc7a)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev128: float16 scores, a 1e-9 loss on the (float32) duals: the per-sample "
-                   "scale 1.1e-9 is cast to float16 (0) and the maps' zero gradient / 0 is NaN: the score gradient is "
-                   "NaN unchecked, a SolverFailure 'is nan from the implicit gradient' checked; exact gives 0")
 @pytest.mark.parametrize("check_gradient", [True, False])
 def test_ca_rev128_a_small_loss_on_the_duals_of_float16_scores_gets_a_finite_gradient(check_gradient):
     _needs("diffcp-clarabel")
