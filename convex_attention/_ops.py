@@ -129,6 +129,10 @@ def temperature_floats(temps) -> list[float]:
     ``(M,)`` tensor (the one home of this conversion, which five sites wrote out)."""
     if isinstance(temps, Tensor):
         return [float(t) for t in temps.detach().reshape(-1).tolist()]
+    tensors = [t.detach().reshape(()) for t in temps if isinstance(t, Tensor)]
+    if len({(t.device, t.dtype) for t in tensors}) == 1:  # one read for all (one host synchronisation, not M)
+        values = iter(torch.stack(tensors).tolist())
+        return [float(next(values)) if isinstance(t, Tensor) else float(t) for t in temps]
     return [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
 
 

@@ -106,22 +106,29 @@ def reparameterized_logits(scores: Sequence[Tensor], duals: Sequence[Tensor], h:
 
 
 def with_implied_masks(scores: Sequence[Tensor], h: Graph) -> list[Tensor]:
-    """``scores`` with −∞ on every cell to which no feasible point gives mass: a coarse cell
-    whose block of a finer map is wholly masked (−∞), a fine cell whose coarse cell is masked,
-    repeated until nothing changes.  The feasible set, and so the solution, is unchanged;
-    ``p(λ)`` at any finite duals then gives those cells 0, where it had given a coarse cell over
-    a masked block its share (and amortised duals were NaN there: ca_rev126).  For scores that
-    may hold −∞ (``check_finite=False``); each round reads whether anything changed."""
+    """``scores`` with −∞ on the cells that pooling rules out, by two local rules: a coarse cell
+    whose block of a finer map is wholly masked (−∞) is masked, and so are the fine cells under a
+    masked coarse cell.  Each holds no mass at any feasible point, so the solution is unchanged;
+    ``p(λ)`` at any finite duals then gives those cells 0, where it had given a coarse cell over a
+    masked block its share (and amortised duals were NaN there: ca_rev126).
+
+    The rules are applied in a pass up the graph (finest maps first) and a pass down, which on a
+    forest reaches every cell they imply; on another graph the two passes are repeated once per
+    map, and the rules are local: a cell ruled out only by the maps' masses together (a linear
+    program over several coarsenings) can stay open (9 of 56 random masks on a graph of two
+    resolutions sharing a grid and regions, ca_rev128).  Tensor operations only: no value is read
+    on the host (the no-synchronisation path of ``check_finite=False``: torch.equal had read
+    them, and failed on the meta device, ca_rev128)."""
     dead = [torch.isneginf(s) for s in scores]
-    for _ in range(h.num_maps):
-        changed = False
-        for e, (a, b) in enumerate(h.edges):
-            coarse = dead[b] | (h.block_max((~dead[a]).to(scores[a].dtype), e) == 0)
-            fine = dead[a] | h.broadcast(coarse, e)
-            changed = changed or not (torch.equal(coarse, dead[b]) and torch.equal(fine, dead[a]))
-            dead[a], dead[b] = fine, coarse
-        if not changed:
-            break
+    rounds = 1 if h.is_forest else h.num_maps
+    upward = sorted(range(h.num_edges), key=lambda e: h.order.index(h.edges[e][0]))
+    for _ in range(rounds):
+        for e in upward:
+            a, b = h.edges[e]
+            dead[b] = dead[b] | (h.block_max((~dead[a]).to(scores[a].dtype), e) == 0)
+        for e in reversed(upward):
+            a, b = h.edges[e]
+            dead[a] = dead[a] | h.broadcast(dead[b], e)
     return [s.masked_fill(d, -math.inf) for s, d in zip(scores, dead)]
 
 

@@ -169,7 +169,9 @@ def _masked_held_low(s: Tensor, t) -> Tensor:
     masked = torch.isneginf(s)
     finite = torch.where(masked, torch.full_like(s, math.inf), s).detach()
     low = finite.amin(sample_dims(s), keepdim=True)
-    low = torch.where(torch.isfinite(low), low, torch.zeros_like(low)) - MASK_MARGIN * float(t)
+    # (t a tensor stays one: float(t) read a learned temperature on the host per map and call, ca_rev128)
+    low = torch.where(torch.isfinite(low), low, torch.zeros_like(low)) - MASK_MARGIN * (
+        t.detach() if isinstance(t, Tensor) else t)
     return torch.where(masked, low, s)
 
 

@@ -2080,9 +2080,6 @@ def test_ca_rev125_a_label_0_image_with_a_lesion_mask_is_refused(tmp_path):
 # ---- ca_rev128 (strict xfail: review of 5bbdc7a)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev128: two validation files holding one training image's pixels: "
-                   "images_shared_with lists one pair and build_datasets says '1 validation image(s)' (the scan keeps "
-                   "one name per digest), where the docstring says every image")
 def test_ca_rev128_every_validation_copy_of_a_training_image_is_named(tmp_path):
     from PIL import Image
 

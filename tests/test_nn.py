@@ -1007,9 +1007,6 @@ def test_amortised_duals_on_a_graph_with_a_wholly_masked_row_give_finite_consist
 # ---- ca_rev128 (strict xfail: review of 5bbdc7a)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev128: AmortisedDuals on a graph reads a learned temperature with "
-                   "float(t) in nn._masked_held_low, masks or none: 3 host reads per call on the axial graph beyond "
-                   "the checks' (a sync each on CUDA) and torch's 'requires_grad=True to a scalar' UserWarning")
 def test_ca_rev128_amortised_duals_on_a_graph_read_no_learned_temperature_as_a_float(monkeypatch):
     import traceback
 

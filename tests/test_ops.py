@@ -140,3 +140,17 @@ def test_ca_rev124_forward_mode_temperature_tangent_stays_finite_at_small_temper
         tangent = fwad.unpack_dual(out).tangent
     assert bool(torch.isfinite(tangent).all()), tangent
     torch.testing.assert_close(tangent.reshape(-1), reverse)
+
+
+def test_temperature_floats_reads_a_list_of_temperature_tensors_at_once(monkeypatch):
+    """Three 0-d temperature tensors (a learned one per map) are read in one tolist (one host synchronisation on
+    CUDA), not one float() each (ca_rev128 counted 3 per call of amortised duals on a graph); mixed floats and
+    tensors keep their order."""
+    reads = []
+    for name in ("tolist", "__float__", "item"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name, **k: (
+            reads.append(_name), _real(self, *a, **k))[1])
+    temps = [torch.tensor(0.5), 2.0, torch.tensor(1.5, requires_grad=True)]
+    assert _ops.temperature_floats(temps) == [0.5, 2.0, 1.5]
+    assert reads == ["tolist"]

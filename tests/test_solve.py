@@ -1528,9 +1528,6 @@ def test_learned_dual_gives_a_cell_over_a_wholly_masked_block_nothing_at_any_fin
 # ---- ca_rev128 (strict xfail: review of 5bbdc7a)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev128: with check_finite=False learned_dual and consistency_loss run "
-                   "dual.with_implied_masks, whose torch.equal reads the values back (8 per step on a 3-level grid): "
-                   "a host synchronisation each on CUDA, where user_guide.md says this path makes none")
 def test_ca_rev128_the_learned_dual_hot_path_reads_nothing_back(monkeypatch):
     import traceback
 
@@ -1557,9 +1554,6 @@ def test_ca_rev128_the_learned_dual_hot_path_reads_nothing_back(monkeypatch):
     assert calls == []
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev128: meta-device scores with check_finite=False: learned_dual and "
-                   "consistency_loss raise NotImplementedError (aten::equal has no meta kernel, in "
-                   "dual.with_implied_masks), where design.md §4 and the meta refusal say they trace shapes")
 def test_ca_rev128_learned_dual_traces_meta_scores_with_check_finite_off():
     h = ca.Hierarchy.grid([(4,), (2,)])
     scores = [torch.empty(2, 4, device="meta"), torch.empty(2, 2, device="meta")]
@@ -1569,9 +1563,6 @@ def test_ca_rev128_learned_dual_traces_meta_scores_with_check_finite_off():
     assert ca.consistency_loss(scores, duals, h, check_finite=False).is_meta
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev128: learned_dual's maps are p(λ) of the scores with implied masks, "
-                   "Solution.dual_objective g(λ) of the raw ones: at maps equal to exact's (violation 0, consistency "
-                   "loss 0) it is 1.787 where the objective is 0.874 (g of the masked scores: 0.874)")
 def test_ca_rev128_learned_duals_dual_objective_is_that_of_the_problem_its_maps_solve():
     h = ca.Hierarchy.grid([(4,), (2,)])
     scores = [torch.tensor([[-math.inf, -math.inf, 0.3, -0.2]], dtype=torch.float64),

@@ -201,13 +201,14 @@ class FolderDataset(Dataset):
         self.has_masks = bool(self.mask_root and os.path.isdir(self.mask_root))
         self.image_shape = None
         self._mask_paths: dict[str, str] = {}
-        self._pixels: dict[bytes, str] = {}  # the digest of an image's array -> its file name (filled by the scan)
+        # each scanned image's (file name, digest of its array), in the label file's order
+        self._pixels: list[tuple[str, bytes]] = []
         self.scanned = scan
         if scan:
             for path, label, name in self.items:
                 image = self._load_image(path)
                 if image.min() != image.max():  # a constant image (a blank slice) may occur in any set
-                    self._pixels.setdefault(hashlib.blake2b(image.tobytes(), digest_size=16).digest(), name)
+                    self._pixels.append((name, hashlib.blake2b(image.tobytes(), digest_size=16).digest()))
                 if self.has_masks:  # every mask found and of the image's size now, not in the middle of training
                     self._load_mask(name, image.shape[1:], label)
 
@@ -221,7 +222,11 @@ class FolderDataset(Dataset):
         if not (self.scanned and other.scanned):
             raise ValueError("images_shared_with compares the pixels that the scan notes: build both sets with "
                              "scan=True")
-        return [(name, other._pixels[digest]) for digest, name in self._pixels.items() if digest in other._pixels]
+        theirs: dict[bytes, str] = {}
+        for name, digest in other._pixels:
+            theirs.setdefault(digest, name)
+        # every copy here (one digest per name: two copies of one training image were counted once, ca_rev128)
+        return [(name, theirs[digest]) for name, digest in self._pixels if digest in theirs]
 
     def _mask_path(self, name: str) -> str:
         if name in self._mask_paths:
