@@ -235,3 +235,20 @@ def test_a_member_damaged_in_any_way_is_a_value_error_so_a_resume_writes_it_agai
     with pytest.raises(ValueError, match="an array cannot be read|a member is not a .npy array"):
         examples.load_example(str(path))
     assert examples.why_write_again(str(path), need_duals=True).startswith("it cannot be read as an example")
+
+
+# ---- ca_rev130 (strict xfail: review of 9ef579d)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev130: recorded_settings lets json's RecursionError out: plot and "
+                                       "bench --resume end in a traceback, exit 1")
+def test_ca_rev130_settings_nested_too_deep_to_read_are_unreadable_settings_not_a_crash(tmp_path):
+    """example.npz whose 'settings' member is JSON nested 10000 deep (a 0-d string array, as
+    save_example stores its settings).  Expected: recorded_settings returns None ('None where
+    there are none or they cannot be read'), so plot and bench --resume treat the example as
+    one of unknown settings.  Observed: RecursionError from json.loads; on the CLI (a copy of a
+    results folder with such an example.npz) `plot R` and `bench ... --resume --out R` (after
+    its sweep) both print a traceback and exit 1."""
+    path = tmp_path / "example.npz"
+    np.savez(path, levels=np.array(2), settings=np.array("[" * 10000 + "]" * 10000))
+    assert examples.recorded_settings(str(path)) is None

@@ -1174,3 +1174,21 @@ def test_ca_rev74_library_resume_refuses_another_seed(tmp_path):
     config.resume and another seed still records the new seed, used nowhere."""
     with pytest.raises(ValueError, match="seed"):
         _ca_rev74_resume(tmp_path, seed=12345)
+
+
+# ---- ca_rev130 (strict xfail: review of 9ef579d)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev130: stored_train_config catches OSError and ValueError, not json's "
+                                       "RecursionError: train --resume ends in a traceback, exit 1")
+def test_ca_rev130_a_config_json_nested_too_deep_beside_a_checkpoint_is_refused_as_unreadable(tmp_path):
+    """A checkpoint without train_config (save_checkpoint(path, model), as an older run wrote it)
+    beside a config.json holding '[' * 100000 + ']' * 100000.  Expected: ValueError naming
+    config.json ('beside the checkpoint is not readable JSON'), which `train --resume` and
+    `explain` report in one line, exit 2, as they do for NaN in that file.  Observed: `train
+    --resume w/ck/a.pt --epochs 1` printed a RecursionError traceback, exit 1."""
+    from convex_attention.paper.train import stored_train_config
+
+    (tmp_path / "config.json").write_text("[" * 10000 + "]" * 10000)
+    with pytest.raises(ValueError, match="config.json"):
+        stored_train_config(str(tmp_path / "old.pt"), {"config": {}})
