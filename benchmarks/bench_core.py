@@ -104,7 +104,7 @@ def _replot(parser, out: str):
         with open(path, encoding="utf-8") as f:
             record = json.load(f)
         rows, ratios = record["rows"], record["ratios"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
         parser.error(f"--plot-only: {path} is not a bench_core.json ({' '.join(str(err).split())})")
     if not isinstance(rows, list) or not isinstance(ratios, dict) or not all(isinstance(r, dict) for r in rows):
         parser.error(f"--plot-only: {path} holds no rows and ratios")

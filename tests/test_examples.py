@@ -240,8 +240,6 @@ def test_a_member_damaged_in_any_way_is_a_value_error_so_a_resume_writes_it_agai
 # ---- ca_rev130 (strict xfail: review of 9ef579d)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev130: recorded_settings lets json's RecursionError out: plot and "
-                                       "bench --resume end in a traceback, exit 1")
 def test_ca_rev130_settings_nested_too_deep_to_read_are_unreadable_settings_not_a_crash(tmp_path):
     """example.npz whose 'settings' member is JSON nested 10000 deep (a 0-d string array, as
     save_example stores its settings).  Expected: recorded_settings returns None ('None where

@@ -1179,8 +1179,6 @@ def test_ca_rev74_library_resume_refuses_another_seed(tmp_path):
 # ---- ca_rev130 (strict xfail: review of 9ef579d)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev130: stored_train_config catches OSError and ValueError, not json's "
-                                       "RecursionError: train --resume ends in a traceback, exit 1")
 def test_ca_rev130_a_config_json_nested_too_deep_beside_a_checkpoint_is_refused_as_unreadable(tmp_path):
     """A checkpoint without train_config (save_checkpoint(path, model), as an older run wrote it)
     beside a config.json holding '[' * 100000 + ']' * 100000.  Expected: ValueError naming

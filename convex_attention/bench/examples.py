@@ -115,7 +115,7 @@ def recorded_settings(path: str) -> dict | None:
         if text.shape != () or text.dtype.kind != "U":
             return None
         recorded = json.loads(str(text))
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+    except (OSError, ValueError, RecursionError, EOFError, zipfile.BadZipFile, zlib.error):
         return None
     return recorded if isinstance(recorded, dict) else None
 

@@ -475,7 +475,7 @@ class IsolatedSolver:
             why = _ended(process)
             self.close()
             raise SolverFailed(f"{why} without returning") from None
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (a header nested too deep: ca_rev130)
             raise SolverFailed(self._stop("its process sent something that is not a message; it was stopped")) \
                 from None
 

@@ -84,8 +84,9 @@ def stored_train_config(path: str, state: dict) -> TrainConfig | None:
     try:
         with open(cfg_path, encoding="utf-8") as f:
             data = json.load(f, parse_constant=_strict_constant)  # config.json is written strict: NaN never
-    except (OSError, ValueError) as err:
-        raise ValueError(f"{cfg_path!r} beside the checkpoint is not readable JSON ({err})") from None
+    except (OSError, ValueError, RecursionError) as err:  # (nested too deep: a traceback before, ca_rev130)
+        raise ValueError(f"{cfg_path!r} beside the checkpoint is not readable JSON ({type(err).__name__}: "
+                         f"{str(err)[:200]})") from None
     config = TrainConfig.from_dict(data)
     return replace(config, model=ModelConfig.from_dict(state["config"]))
 

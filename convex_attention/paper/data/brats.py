@@ -425,7 +425,7 @@ class BraTSSlices(Dataset):
             count, moments = info["count"], info["moments"]
             if type(count) is not int or count < 0 or np.asarray(moments, dtype=np.float64).shape != (4, 3):
                 raise ValueError("count or moments")
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, RecursionError):
             return None, "damaged (unreadable metadata)"
         if info.get("source") != signature["source"] or info.get("files") != signature["files"]:
             return None, "stale (the patient's files changed since it was written)"
