@@ -1472,8 +1472,6 @@ def test_ca_rev125_train_on_a_training_folder_of_one_class_is_a_usage_error_befo
 # ---- ca_rev130 (strict xfail: review of 9ef579d)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev130: only bench and verify remove a killed run's temporaries; "
-                                       "train leaves last.pt.<pid>-<n>.tmp (a model's size) in OUT for good")
 def test_ca_rev130_train_removes_the_temporaries_a_killed_run_left_in_its_folder(tmp_path, capsys):
     """OUT holds last.pt.4242-0.tmp, best.pt.4242-1.tmp and metrics.csv.4242-2.tmp: what a train
     killed inside save_checkpoint / atomic_csv leaves (io.files.temporary_file's names).
@@ -1487,3 +1485,25 @@ def test_ca_rev130_train_removes_the_temporaries_a_killed_run_left_in_its_folder
     code, _, err = run(["train", *_SMALL_RUN, "--epochs", "1", "--quiet", "--out", str(out)], capsys)
     assert code == 0, err
     assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_explain_data_check_and_experiment_remove_the_temporaries_a_killed_run_left(tmp_path, capsys):
+    """As train (ca_rev130): holding --out, explain, data check and experiment remove the NAME.<pid>-<n>.tmp of
+    their own outputs (the experiment in its sub-folders too, and of any file present there), name them on
+    stderr, and leave a file of another name or pattern alone."""
+    from convex_attention.cli._common import holding_out
+    from convex_attention.cli.paper import EXPERIMENT_FILES
+
+    out = tmp_path / "o"
+    (out / "dev").mkdir(parents=True)
+    (out / "dev" / "explain-a-b-seed0.csv").write_text("kept")
+    for name in ("explain.csv.4242-0.tmp", "notes.txt.1-1.tmp", "runs.csv.7-x.tmp"):
+        (out / name).write_text("")
+    for name in ("dev_runs.csv.4242-1.tmp", "explain-a-b-seed0.csv.4242-2.tmp", "mine.csv.4242-3.tmp"):
+        (out / "dev" / name).write_text("")
+    with holding_out(str(out), "experiment", object(), outputs=EXPERIMENT_FILES + ("explain.csv",), recursive=True):
+        pass
+    left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "results.lock")
+    assert left == ["dev/explain-a-b-seed0.csv", "dev/mine.csv.4242-3.tmp", "notes.txt.1-1.tmp", "runs.csv.7-x.tmp"]
+    err = capsys.readouterr().err
+    assert "experiment: removed explain.csv.4242-0.tmp" in err and "dev_runs.csv.4242-1.tmp" in err

@@ -14,7 +14,7 @@ import importlib.util
 import os
 import sys
 
-from ..io.files import check_no_earlier_outputs, check_out_dir, check_output_files
+from ..io.files import check_no_earlier_outputs, check_out_dir, check_output_files, clean_stale_tmp
 
 __all__ = ["CommandParser", "UsageError", "add_output_options", "show_progress", "info", "check_out",
            "check_files", "printable_streams", "check_out_leaving_nothing", "add_wait_option", "holding_out",
@@ -187,22 +187,33 @@ def add_wait_option(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def holding_out(out: str, command: str, args, main: bool = True):
+def holding_out(out: str, command: str, args, main: bool = True, outputs=(), recursive: bool = False):
     """``--out``'s lock (:func:`convex_attention.io.lock.results_lock`, one writer per
     folder, as ``bench`` holds it) while the body runs: a folder another live run holds is a
     UsageError naming that run (unless ``--wait``), and so is a ``results.lock`` that is not
     the tool's.  The folders the lock had to make are removed again, if empty, when the body
     fails (a refused run leaves no empty ``--out``).  ``main=False`` (a torchrun rank other
-    than 0): no lock, rank 0 holds it for the run."""
+    than 0): no lock, rank 0 holds it for the run.  Under the lock, the temporaries a killed
+    run left of the files named ``outputs`` (in ``out``, and with ``recursive`` in its
+    sub-folders too, there also of every file present: the experiment names some by condition)
+    are removed and named (:func:`~convex_attention.io.files.clean_stale_tmp`; only bench and
+    verify did: ca_rev130)."""
     from ..io.lock import ResultsLocked, results_lock
 
     if not main:
         yield
         return
+    def say(message: str) -> None:
+        print(f"{command}: {message}", file=sys.stderr)
+
     with making_out(out):  # a writable folder (made, if need be; removed again if empty when this fails)
         try:
-            with results_lock(out, command=command, wait=getattr(args, "wait", False),
-                              log=lambda m: print(f"{command}: {m}", file=sys.stderr)):
+            with results_lock(out, command=command, wait=getattr(args, "wait", False), log=say):
+                walked = [(root, tuple(files)) for root, _, files in os.walk(out)] if recursive else [(out, ())]
+                for folder, present in walked:
+                    stale = clean_stale_tmp(folder, (*outputs, *present))
+                    if stale:
+                        say(f"removed {', '.join(stale)} from {folder}: temporaries a killed run left")
                 yield
         except ResultsLocked as err:
             raise UsageError(str(err)) from None

@@ -236,7 +236,7 @@ def cmd_data_check(args) -> int:
     _validate(args)
     if args.out is None:
         return _data_check(args)
-    with holding_out(args.out, "data check", args):
+    with holding_out(args.out, "data check", args, outputs=(OUTPUT,)):
         _check_no_earlier_check(args)  # again, under the lock: another run may have written it meanwhile
         return _data_check(args)
 

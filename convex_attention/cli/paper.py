@@ -70,6 +70,13 @@ EXPERIMENT_OPTIONS = ((ExperimentConfig, None),
 #: describes weights a new or resumed run replaces, and an earlier one was left claiming
 #: identical ranks beside a one-process run's files (ca_rev117).
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.json", "ddp_check.json")
+#: What an experiment writes, in its folder and the stages' (beside each file present, and the runs'
+#: RUN_FILES): the temporaries a killed experiment left of them are removed when the next one starts.
+EXPERIMENT_FILES = RUN_FILES + (
+    "ablation_summary.csv", "accuracy_summary.csv", "dev.json", "dev.md", "dev_levels.csv", "dev_runs.csv",
+    "dev_summary.csv", "experiment.json", "experiment.md", "experiment_config.json", "explain_per_seed.csv",
+    "explain_summary.csv", "proposed_variants.json", "randomisation.csv", "randomisation_summary.csv", "runs.csv",
+    "test_stage.json")
 #: What a resumed run removes when it starts: the digests of the weights it goes on from.
 _STALE_ON_RESUME = ("ddp_check.json",)
 # the experiment's protocol splits synthetic data only (ExperimentConfig refuses the rest)
@@ -463,7 +470,7 @@ def cmd_train(args) -> int:
     check_run_folder(config, args, remove=False)
     check_resume_folder(config, args, state)
     rank = _distributed()[1]  # under torchrun rank 0 holds the folder for the run, and alone removes files
-    with holding_out(config.out, "train", args, main=rank == 0):
+    with holding_out(config.out, "train", args, main=rank == 0, outputs=RUN_FILES):
         if args.resume:  # again, under the lock: the run that held the folder may have gone on meanwhile
             config, state = train_config_from_args(args)
         check_run_folder(config, args, remove=False)
@@ -593,7 +600,7 @@ def cmd_explain(args) -> int:
     specs, baseline = _explain_specs(args)
     check_out_leaving_nothing(args.out)
     _earlier_explanation(args, OUTPUT_FILES)
-    with holding_out(args.out, "explain", args):
+    with holding_out(args.out, "explain", args, outputs=OUTPUT_FILES):
         earlier = _earlier_explanation(args, OUTPUT_FILES)  # again, under the lock: another run may have written it
         models, data, first = _explain_models(specs)
         try:
@@ -728,7 +735,7 @@ def cmd_experiment(args) -> int:
     config = experiment_config_from_args(args)
     _experiment_preflight(args, config)
     # the stage checks its folder again (OUT/test, the run log, the data ledger) under the lock
-    with holding_out(args.out, "experiment", args):
+    with holding_out(args.out, "experiment", args, outputs=EXPERIMENT_FILES, recursive=True):
         try:
             result = run_experiment(config, args.out, progress=show_progress(args),
                                     log=lambda *m, **_: info(args, *m), stage=args.stage, variants_path=args.variants,
