@@ -1135,8 +1135,6 @@ def test_factor_is_read_by_the_chain_rows_alone(tmp_path):
 # ---- ca_rev130 (strict xfail: review of 9ef579d)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev130: a kept row read as scale '2' (checksum over '2') is rewritten "
-                                       "'2.0' under its old checksum; the next read drops both kept rows as damaged")
 def test_ca_rev130_a_resume_rewrites_the_rows_it_keeps_so_that_they_still_pass_their_checksum(tmp_path):
     """bench.csv whose rows hold a float in a shorter form than repr's with a checksum over that
     text (scale '2', as the version before _as_column_type wrote a row committed with scale=2; a
