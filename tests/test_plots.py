@@ -2984,8 +2984,6 @@ def test_a_record_of_figures_moved_with_their_results_still_proves_them_and_an_a
 # ---- ca_rev130 (strict xfail: review of 9ef579d)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev130: a killed plot's .plot-staging-* folder (its half-drawn figures) "
-                                       "stays in the figure folder; the next plot neither removes nor names it")
 def test_ca_rev130_the_staging_folder_of_a_killed_plot_is_removed_by_the_next_plot(tmp_path, capsys, figs):
     """SIGKILL of `plot R` 3.5 s in left R/figures/.plot-staging-50bjuupn/ with time_vs_size,
     violation and tradeoff (.png/.pdf) and dual_convergence.png.5741-8.tmp (1.2 MB); the next
@@ -3002,8 +3000,6 @@ def test_ca_rev130_the_staging_folder_of_a_killed_plot_is_removed_by_the_next_pl
     assert not [n for n in os.listdir(tmp_path / "figures") if n.startswith(".plot-staging-")]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev130: figures are renamed into place before their record is written; "
-                                       "a plot stopped between the two finds its own figures unrecorded: exit 2")
 def test_ca_rev130_a_plot_stopped_before_its_record_is_written_is_redrawn_without_overwrite(tmp_path, monkeypatch):
     """plot_results into R/figures (recorded), then again with the record's write failing
     (OSError ENOSPC: a full disk; a SIGKILL after the renames does the same), then again.
@@ -3033,5 +3029,10 @@ def test_ca_rev130_a_plot_stopped_before_its_record_is_written_is_redrawn_withou
     with monkeypatch.context() as patch:
         patch.setattr(plots, "write_json", disk_full)
         with pytest.raises(OSError):
+            plot_results(str(tmp_path), log=lambda m: None)
+    assert plot_results(str(tmp_path), log=lambda m: None)
+    with monkeypatch.context() as patch:  # stopped after the renames, before the final record (a SIGKILL there)
+        patch.setattr(plots, "_tidy", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+        with pytest.raises(KeyboardInterrupt):
             plot_results(str(tmp_path), log=lambda m: None)
     assert plot_results(str(tmp_path), log=lambda m: None)

@@ -609,8 +609,10 @@ def _check_figure_folder(out: str, overwrite: bool) -> None:
 def _run_plot(args, results: str, out: str) -> int:
     """Draw the figures of ``results`` into ``out``, whose lock the caller holds (a folder it
     made for them is removed again, if empty, where nothing is drawn: :func:`holding_out`)."""
-    from ..bench.plots import FigureConflict, plot_results
+    from ..bench.plots import FigureConflict, plot_results, remove_stale_staging
 
+    for left in remove_stale_staging(out):  # the caller holds the lock: no other plot stages there now
+        print(f"plot: removed {left} from {out}: the staging folder of a plot that was stopped", file=sys.stderr)
     notes: list = []
     written: list = []
     try:

@@ -28,6 +28,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 
@@ -119,7 +120,7 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None, ov
     out = out or os.path.join(folder, "figures")
     made = not os.path.isdir(out)
     os.makedirs(out, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".plot-staging-", dir=out)  # this run's own: removed at the end
+    staging = tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out)  # this run's own: removed at the end
     drawn: list = []
     try:
         drawn = _draw(folder, staging, log)
@@ -128,6 +129,7 @@ def plot_results(folder: str, out: str | None = None, log: Log | None = None, ov
         if conflicts and not overwrite:
             raise FigureConflict(out, conflicts)
         _say_replaced_from_other_results(out, folder, names, log)
+        _record_pending(out, folder, staging, names)
         for name in names:
             os.replace(os.path.join(staging, name), os.path.join(out, name))
     finally:
@@ -328,14 +330,62 @@ def _read_manifest(out: str) -> dict | None:
             if name in _FIGURE_FILES and isinstance(entry, dict)}
 
 
-def _is_recorded(path: str, entry: dict) -> bool:
-    """Whether ``path`` is the very file ``entry`` records (a plain file, same size and hash)."""
+#: The prefix of the staging folder a plot draws into inside its figure folder.
+STAGING_PREFIX = ".plot-staging-"
+
+
+def remove_stale_staging(out: str) -> list[str]:
+    """Remove the staging folders (:data:`STAGING_PREFIX` and ``tempfile``'s eight characters)
+    that stopped plots left in figure folder ``out``; returns their names.  Only while holding
+    ``out``'s lock (a running plot's own would go too): a killed plot's stayed for good, with
+    its half-drawn figures (ca_rev130).  A link or a file of that name is left alone."""
+    pattern = re.compile(re.escape(STAGING_PREFIX) + r"[a-z0-9_]{8}")
+    removed = []
+    if not os.path.isdir(out):
+        return removed
+    for name in sorted(os.listdir(out)):
+        path = os.path.join(out, name)
+        if pattern.fullmatch(name) and os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+            if not os.path.lexists(path):
+                removed.append(name)
+    return removed
+
+
+def _matching_entry(path: str, entry: dict) -> dict | None:
+    """The part of record ``entry`` that ``path`` is the very file of (a plain file, same size and
+    hash): the entry itself, or its ``pending`` figure (recorded before a plot renames its new
+    figures into place, so that one stopped among the renames still knows each file as its own:
+    renamed first and recorded after, they were the user's to the next plot, ca_rev130); None."""
     if os.path.islink(path) or not os.path.isfile(path):
-        return False
+        return None
     try:
-        return _digest(path) == {"bytes": entry.get("bytes"), "sha256": entry.get("sha256")}
+        found = _digest(path)
     except OSError:
-        return False
+        return None
+    pending = entry.get("pending")
+    for candidate in (entry, pending if isinstance(pending, dict) else {}):
+        if found == {"bytes": candidate.get("bytes"), "sha256": candidate.get("sha256")}:
+            return candidate
+    return None
+
+
+def _is_recorded(path: str, entry: dict) -> bool:
+    """Whether ``path`` is a file ``entry`` records (:func:`_matching_entry`)."""
+    return _matching_entry(path, entry) is not None
+
+
+def _record_pending(out: str, folder: str, staging: str, names) -> None:
+    """Add to ``out``'s record, before the figures ``names`` drawn in ``staging`` are renamed into
+    place, each one's digest as its entry's ``pending`` figure (a record this tool did not write is
+    left alone: its figures need ``overwrite`` anyway)."""
+    record = _read_manifest(out) if names else None  # (nothing to rename: no record is written)
+    if record is None:
+        return
+    where = _results_entry(out, os.path.realpath(folder))
+    for name in names:
+        record[name] = {**record.get(name, {}), "pending": {**_digest(os.path.join(staging, name)), "results": where}}
+    write_json(os.path.join(out, MANIFEST), {"written_by": _MANIFEST_TAG, "figures": record})
 
 
 def _figure_files(pngs) -> list[str]:
@@ -376,8 +426,9 @@ def _tidy(out: str, folder: str, written: list[str], log: Log) -> None:
             f"written are not recorded" + (f" and {', '.join(others)} (which these results do not support) "
                                            f"left untouched" if others else ""))
         return
-    ours = {name: entry for name, entry in earlier.items()
-            if name in others and _is_recorded(os.path.join(out, name), entry)}
+    matched = {name: _matching_entry(os.path.join(out, name), entry) for name, entry in earlier.items()
+               if name in others}
+    ours = {name: entry for name, entry in matched.items() if entry is not None}
     remove = [name for name in others if name in ours and _recorded_results(out, ours[name]) == results]
     kept = [name for name in others if name in ours and name not in remove]
     foreign = [name for name in others if name not in ours]
