@@ -833,7 +833,7 @@ class ConsistentAttention(nn.Module):
             aux = torch.zeros((), dtype=compute_dtype(solution.probs[0].dtype), device=solution.probs[0].device)
             return Attended(list(solution.probs), solution, aux)
         scores, peak_sum = check_scores_and_peaks(scores, self.h, check_finite=self.check_finite)
-        if not self.check_finite:  # as solve: p(λ) gives a cell that no feasible point fills 0 (ca_rev126)
+        if not self.check_finite:  # as solve: p(λ) gives a cell that pooling rules out 0 (ca_rev126)
             scores = with_implied_masks(scores, self.h)
         temps = self._temperatures(temperature, scores[0].dtype)
         work = compute_dtype(scores[0].dtype)

@@ -348,7 +348,7 @@ def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph
     check_transforms("consistency_loss", True)
     check_flag(detach_target, "detach_target")  # read as a truth value, "False" detached the coarse maps
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
-    if not check_finite:  # as solve: p(λ) gives a cell that no feasible point fills 0 (ca_rev126)
+    if not check_finite:  # as solve: p(λ) gives a cell that pooling rules out 0 (ca_rev126)
         scores = with_implied_masks(scores, h)
     temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype, allow_grad=True, unit=h._map_word)
     work = compute_dtype(scores[0].dtype)
