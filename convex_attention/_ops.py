@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
@@ -112,6 +113,12 @@ def level_softmax(x: Tensor, tau, log: bool = False) -> Tensor:
         # the shift does not change the softmax, so it needs no gradient
         shifted = torch.sub(flat, flat.detach().amax(1, keepdim=True))
         flat = divide_by_temperature(shifted, tau) if isinstance(tau, Tensor) else shifted.div_(tau)
+        if not log and isinstance(tau, Tensor) and torch.autograd.forward_ad.unpack_dual(tau).tangent is not None:
+            # forward mode along a temperature: a cell whose probability underflows to exactly 0
+            # passes no tangent (its derivative is 0); its tangent x·dτ/τ² overflows at small τ,
+            # and softmax's rule multiplied it by that 0: NaN where reverse mode is finite (ca_rev124)
+            gone = flat.detach() < math.log(torch.finfo(flat.dtype).tiny * torch.finfo(flat.dtype).eps)
+            flat = torch.where(gone, flat.detach(), flat)
     elif tau != 1.0:
         flat = flat / tau
     out = torch.log_softmax(flat, dim=1) if log else torch.softmax(flat, dim=1)

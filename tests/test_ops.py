@@ -117,8 +117,6 @@ def test_ca_rev124_divide_by_temperature_output_is_freed_by_reference_counting()
     assert alive == 0, f"{alive} of {len(refs)} outputs alive"
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev124: forward mode through a learned temperature is NaN at small "
-                                       "accepted temperatures where reverse mode gives the finite derivative")
 @pytest.mark.parametrize("dtype,value", [(torch.float32, 1e-20), (torch.float64, 1e-160)])
 def test_ca_rev124_forward_mode_temperature_tangent_stays_finite_at_small_temperatures(dtype, value):
     """Run: x = [[0, 1, -2, 0.5]], τ an nn.Parameter at 1e-20 (float32) / 1e-160 (float64), both within
