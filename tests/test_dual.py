@@ -4056,3 +4056,41 @@ def test_ca_rev113_three_given_coarsenings_rounded_apart_refused_by_float64_work
     assert float((got.double() - want).abs().max()) <= 1e-4 * float(want.abs().max())
 
 
+
+
+# ---- ca_rev131 (strict xfail: review of a83c028)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev131: two fine maps sharing two coarse maps (K=2 zig-zag): the local "
+                   "rules mask 13 cells, with_implied_masks' 4 rounds mask 9; coarse cell 2 stays open over a wholly "
+                   "masked block and consistency_loss at zero duals is inf")
+def test_ca_rev131_with_implied_masks_reaches_every_cell_the_local_rules_imply():
+    """A (5 cells) and E (6 cells) both pooled onto B and C (4 cells each, a 'graph'): each fine
+    cell is a pair (b, c).  A holds (i, i) for i <= 2 and (3, 3) twice; E holds (i + 1, i) for
+    i < 2, (0, 3), (3, 2) and (3, 3) twice.  Masking B's cell 0 implies, by the two local rules
+    alone, a chain B0 -> A(0,0) -> C0 -> E(1,0) -> B1 -> A(1,1) -> C1 -> E(2,1) -> B2 -> ...
+    that ends with only the (3, 3) cells open.  Expected (design.md: 'elsewhere local rules that
+    can leave open a cell only the maps' masses together rule out'): every cell the rules imply is
+    masked, and the consistency loss at finite duals is finite.  Observed: the up/down passes,
+    repeated num_maps = 4 times, stop part-way (each round advances the chain one up and one down
+    step), so B2 keeps its softmax share while its block of E is masked."""
+    from convex_attention.dual import with_implied_masks
+
+    K, z = 2, 3
+    A = [(i, i) for i in range(K + 1)] + [(z, z), (z, z)]
+    E = [(i + 1, i) for i in range(K)] + [(0, z), (z, K), (z, z), (z, z)]
+    h = ca.Graph.from_edges([len(A), len(E), K + 2, K + 2],
+                            [(0, 2, [b for b, _ in A]), (0, 3, [c for _, c in A]),
+                             (1, 2, [b for b, _ in E]), (1, 3, [c for _, c in E])])
+    scores = [torch.zeros(1, n, dtype=torch.float64) for n in h.sizes]
+    scores[2][0, 0] = -math.inf
+    dead = [torch.isneginf(s) for s in scores]  # the rules applied until nothing changes (brute force)
+    for _ in range(sum(h.sizes)):
+        for e, (a, b) in enumerate(h.edges):
+            dead[b] = dead[b] | (h.block_max((~dead[a]).double(), e) == 0)
+            dead[a] = dead[a] | h.broadcast(dead[b], e)
+    assert [int(d.sum()) for d in dead] == [3, 4, 3, 3]
+    got = with_implied_masks(scores, h)
+    assert [torch.isneginf(g).tolist() for g in got] == [d.tolist() for d in dead]
+    lam = [torch.zeros(1, h.sizes[b], dtype=torch.float64) for _, b in h.edges]
+    assert math.isfinite(float(ca.consistency_loss(scores, lam, h, check_finite=False)))

@@ -1507,3 +1507,36 @@ def test_explain_data_check_and_experiment_remove_the_temporaries_a_killed_run_l
     assert left == ["dev/explain-a-b-seed0.csv", "dev/mine.csv.4242-3.tmp", "notes.txt.1-1.tmp", "runs.csv.7-x.tmp"]
     err = capsys.readouterr().err
     assert "experiment: removed explain.csv.4242-0.tmp" in err and "dev_runs.csv.4242-1.tmp" in err
+
+
+# ---- ca_rev131 (strict xfail: review of a83c028)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev131: experiment's recursive clean walks every sub-folder of --out: "
+                   "it removed metrics.csv.<pid>-0.tmp, the in-flight write of a live train that holds OUT/extra_run's "
+                   "own lock (its rename then fails)")
+def test_ca_rev131_experiment_leaves_the_temporaries_of_a_live_run_in_a_sub_folder_it_does_not_hold(tmp_path):
+    """`train --out OUT/extra_run` is running (it holds OUT/extra_run/results.lock) and is writing
+    metrics.csv through metrics.csv.<its pid>-0.tmp when `experiment --out OUT` starts.  Expected
+    (io.files.clean_stale_tmp: 'Call it only while holding the folder's lock (no other writer is
+    alive then)'; results_format.md: the experiment cleans 'its stages' folders'): the live
+    temporary stays.  Observed: holding_out(recursive=True) walks every folder below OUT, whoever
+    holds it, and removes it (a user's notes/draft.md.1-2.tmp beside notes/draft.md goes too)."""
+    import argparse
+
+    from convex_attention.cli._common import holding_out
+    from convex_attention.cli.paper import EXPERIMENT_FILES
+    from convex_attention.io.files import temporary_name
+    from convex_attention.io.lock import results_lock
+
+    run_dir = tmp_path / "out" / "extra_run"
+    run_dir.mkdir(parents=True)
+    (run_dir / "metrics.csv").write_text("epoch\n0\n")
+    with results_lock(str(run_dir), command="train"):  # the live train's lock
+        live = temporary_name(str(run_dir / "metrics.csv"))
+        with open(live, "w") as f:
+            f.write("epoch\n0\n1\n")
+        with holding_out(str(tmp_path / "out"), "experiment", argparse.Namespace(wait=False), outputs=EXPERIMENT_FILES,
+                         recursive=True):
+            pass
+        assert os.path.exists(live)
