@@ -106,29 +106,40 @@ def reparameterized_logits(scores: Sequence[Tensor], duals: Sequence[Tensor], h:
 
 
 def with_implied_masks(scores: Sequence[Tensor], h: Graph) -> list[Tensor]:
-    """``scores`` with −∞ on the cells that pooling rules out, by two local rules: a coarse cell
-    whose block of a finer map is wholly masked (−∞) is masked, and so are the fine cells under a
-    masked coarse cell.  Each holds no mass at any feasible point, so the solution is unchanged;
-    ``p(λ)`` at any finite duals then gives those cells 0, where it had given a coarse cell over a
-    masked block its share (and amortised duals were NaN there: ca_rev126).
+    """``scores`` with −∞ on the cells that pooling rules out, by two local rules applied until
+    nothing changes: a coarse cell whose block of a finer map is wholly masked (−∞) is masked, and
+    so are the fine cells under a masked coarse cell.  Each holds no mass at any feasible point,
+    so the solution is unchanged; ``p(λ)`` at any finite duals then gives those cells 0, where it
+    had given a coarse cell over a masked block its share (and amortised duals were NaN there:
+    ca_rev126).  A cell that only the maps' masses together rule out (a linear program over
+    several coarsenings) can stay open (9 of 56 random masks on a graph of two resolutions
+    sharing a grid and regions, ca_rev128).
 
-    The rules are applied in a pass up the graph (finest maps first) and a pass down, which on a
-    forest reaches every cell they imply; on another graph the two passes are repeated once per
-    map, and the rules are local: a cell ruled out only by the maps' masses together (a linear
-    program over several coarsenings) can stay open (9 of 56 random masks on a graph of two
-    resolutions sharing a grid and regions, ca_rev128).  Tensor operations only: no value is read
-    on the host (the no-synchronisation path of ``check_finite=False``: torch.equal had read
-    them, and failed on the meta device, ca_rev128)."""
+    On a forest one pass up the graph (finest maps first) and one down reach every cell the rules
+    imply, by tensor operations alone: no value is read on the host (the no-synchronisation path
+    of ``check_finite=False``; torch.equal had read them, and failed on the meta device,
+    ca_rev128).  On another graph a chain of implications can zig-zag between maps for longer
+    (ca_rev131: 13 cells, where a pass per map reached 9), so the passes repeat until one changes
+    nothing, which reads one flag per pass (meta tensors, holding no values: a pass per map)."""
     dead = [torch.isneginf(s) for s in scores]
-    rounds = 1 if h.is_forest else h.num_maps
     upward = sorted(range(h.num_edges), key=lambda e: h.order.index(h.edges[e][0]))
-    for _ in range(rounds):
+    meta = any(s.is_meta for s in scores)
+    for round_ in range(sum(h.sizes) + 1):  # (each pass that changes something masks one more cell at least)
+        changed = []
         for e in upward:
             a, b = h.edges[e]
-            dead[b] = dead[b] | (h.block_max((~dead[a]).to(scores[a].dtype), e) == 0)
+            grown = dead[b] | (h.block_max((~dead[a]).to(scores[a].dtype), e) == 0)
+            changed.append(grown != dead[b])
+            dead[b] = grown
         for e in reversed(upward):
             a, b = h.edges[e]
-            dead[a] = dead[a] | h.broadcast(dead[b], e)
+            grown = dead[a] | h.broadcast(dead[b], e)
+            changed.append(grown != dead[a])
+            dead[a] = grown
+        if h.is_forest or (meta and round_ + 1 >= h.num_maps):
+            break
+        if not meta and not bool(torch.stack([c.any() for c in changed]).any()):
+            break
     return [s.masked_fill(d, -math.inf) for s, d in zip(scores, dead)]
 
 

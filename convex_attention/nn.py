@@ -786,14 +786,25 @@ class ConsistentAttention(nn.Module):
         """The method's :class:`~convex_attention.Solution`; ``temperature`` (optional)
         replaces the module's for this pass (e.g. a temperature computed from a learned
         parameter, which the module must not keep between passes)."""
-        temperature = self.temperature if temperature is None else temperature
         record = get_method(self.method)
-        duals = None
-        if record.needs_duals:
-            scores = check_scores(scores, self.h, check_finite=False)
-            duals = self._duals(scores, self._temperatures(temperature, scores[0].dtype))
-        return solve(scores, self.h, self.method, temperature, duals=duals, check_finite=self.check_finite,
-                     **self.options)
+        if record.needs_duals:  # validated once (through solve too, a learned temperature was read twice more)
+            scores, temps, duals = self._checked_pass(scores, temperature)
+            probs, lam, info = record.function(scores, self.h, temps, duals, dict(self.options))
+            return Solution(probs, scores, self.h, temps, record.name, lam, info)
+        temperature = self.temperature if temperature is None else temperature
+        return solve(scores, self.h, self.method, temperature, check_finite=self.check_finite, **self.options)
+
+    def _checked_pass(self, scores: Sequence[Tensor], temperature) -> tuple[list, list, list]:
+        """``(scores, temps, duals)`` of one pass of a method that needs duals, each checked once:
+        the scores (with the masks pooling implies, where ``check_finite`` is off: as solve), the
+        temperatures (the module's, or ``temperature``) and the module's duals for these scores."""
+        scores, peak_sum = check_scores_and_peaks(scores, self.h, check_finite=self.check_finite)
+        if not self.check_finite:  # as solve: p(λ) gives a cell that pooling rules out 0 (ca_rev126)
+            scores = with_implied_masks(scores, self.h)
+        temps = self._temperatures(temperature, scores[0].dtype)
+        duals = check_duals(self._duals(scores, temps), self.h, scores[0].shape[0], compute_dtype(scores[0].dtype),
+                            scores[0].device, check_finite=self.check_finite, score_peak_sum=peak_sum)
+        return scores, temps, duals
 
     def consistency_loss(self, scores: Sequence[Tensor], detach_target: bool = False, temperature=None) -> Tensor:
         """The paper's loss at the module's duals (zeros if it has none)."""
@@ -832,13 +843,8 @@ class ConsistentAttention(nn.Module):
             solution = self(scores, temperature)
             aux = torch.zeros((), dtype=compute_dtype(solution.probs[0].dtype), device=solution.probs[0].device)
             return Attended(list(solution.probs), solution, aux)
-        scores, peak_sum = check_scores_and_peaks(scores, self.h, check_finite=self.check_finite)
-        if not self.check_finite:  # as solve: p(λ) gives a cell that pooling rules out 0 (ca_rev126)
-            scores = with_implied_masks(scores, self.h)
-        temps = self._temperatures(temperature, scores[0].dtype)
+        scores, temps, duals = self._checked_pass(scores, temperature)
         work = compute_dtype(scores[0].dtype)
-        duals = check_duals(self._duals(scores, temps), self.h, scores[0].shape[0], work, scores[0].device,
-                            check_finite=self.check_finite, score_peak_sum=peak_sum)
         if isinstance(self.learned_duals, AmortisedDuals):
             probs, lam, info = record.function(scores, self.h, temps, duals, dict(self.options))
             solution = Solution(probs, scores, self.h, temps, record.name, lam, info)

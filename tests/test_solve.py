@@ -1578,9 +1578,6 @@ def test_ca_rev128_learned_duals_dual_objective_is_that_of_the_problem_its_maps_
 # ---- ca_rev131 (strict xfail: review of a83c028)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev131: temperature=[t0, t1, t2], one learnable 0-d tensor per level: "
-                   "softmax and learned_dual read it 3 times per call (a float() per map in check_temperatures), "
-                   "exact 4; user_guide.md says one or two reads, each of every map's temperature at once")
 @pytest.mark.parametrize("method", ["softmax", "learned_dual", "exact"])
 def test_ca_rev131_a_list_of_learned_temperatures_is_read_at_most_twice_per_call(monkeypatch, method):
     h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)])
