@@ -1489,10 +1489,10 @@ def test_ca_rev130_train_removes_the_temporaries_a_killed_run_left_in_its_folder
 
 def test_explain_data_check_and_experiment_remove_the_temporaries_a_killed_run_left(tmp_path, capsys):
     """As train (ca_rev130): holding --out, explain, data check and experiment remove the NAME.<pid>-<n>.tmp of
-    their own outputs (the experiment in its sub-folders too, and of any file present there), name them on
+    their own outputs (the experiment in its sub-folders too, its per-condition names by pattern), name them on
     stderr, and leave a file of another name or pattern alone."""
     from convex_attention.cli._common import holding_out
-    from convex_attention.cli.paper import EXPERIMENT_FILES
+    from convex_attention.cli.paper import EXPERIMENT_FILES, EXPERIMENT_NAMED
 
     out = tmp_path / "o"
     (out / "dev").mkdir(parents=True)
@@ -1501,7 +1501,8 @@ def test_explain_data_check_and_experiment_remove_the_temporaries_a_killed_run_l
         (out / name).write_text("")
     for name in ("dev_runs.csv.4242-1.tmp", "explain-a-b-seed0.csv.4242-2.tmp", "mine.csv.4242-3.tmp"):
         (out / "dev" / name).write_text("")
-    with holding_out(str(out), "experiment", object(), outputs=EXPERIMENT_FILES + ("explain.csv",), recursive=True):
+    with holding_out(str(out), "experiment", object(), outputs=EXPERIMENT_FILES + ("explain.csv",),
+                     patterns=EXPERIMENT_NAMED, recursive=True):
         pass
     left = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and p.name != "results.lock")
     assert left == ["dev/explain-a-b-seed0.csv", "dev/mine.csv.4242-3.tmp", "notes.txt.1-1.tmp", "runs.csv.7-x.tmp"]
@@ -1512,9 +1513,6 @@ def test_explain_data_check_and_experiment_remove_the_temporaries_a_killed_run_l
 # ---- ca_rev131 (strict xfail: review of a83c028)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev131: experiment's recursive clean walks every sub-folder of --out: "
-                   "it removed metrics.csv.<pid>-0.tmp, the in-flight write of a live train that holds OUT/extra_run's "
-                   "own lock (its rename then fails)")
 def test_ca_rev131_experiment_leaves_the_temporaries_of_a_live_run_in_a_sub_folder_it_does_not_hold(tmp_path):
     """`train --out OUT/extra_run` is running (it holds OUT/extra_run/results.lock) and is writing
     metrics.csv through metrics.csv.<its pid>-0.tmp when `experiment --out OUT` starts.  Expected

@@ -3041,9 +3041,6 @@ def test_ca_rev130_a_plot_stopped_before_its_record_is_written_is_redrawn_withou
 # ---- ca_rev131 (strict xfail: review of a83c028)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev131: a plot killed inside its record's write leaves "
-                   ".convex-attention-figures.json.<pid>-<n>.tmp in the figure folder; the next plot (exit 0) "
-                   "neither removes nor names it (holding_out gets no outputs for plot)")
 def test_ca_rev131_the_next_plot_removes_the_record_temporary_a_killed_plot_left(tmp_path, capsys, figs):
     """plot writes its record (plots.MANIFEST) through write_json's NAME.<pid>-<n>.tmp, twice per
     run now (_record_pending, then _tidy).  Expected (docs/results_format.md: 'A temporary left by
@@ -3058,9 +3055,6 @@ def test_ca_rev131_the_next_plot_removes_the_record_temporary_a_killed_plot_left
     assert not left.exists()
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev131: plot from B into A's figure folder stopped after its renames; "
-                   "plot from A then replaces B's time_vs_size (matched as B's pending figure) without the "
-                   "'drawn before from B' line: _say_replaced_from_other_results reads the old entry (A)")
 def test_ca_rev131_figures_renamed_in_by_a_stopped_plot_of_other_results_are_not_replaced_unsaid(tmp_path,
                                                                                                   monkeypatch):
     """plot_results(A, OUT); plot_results(B, OUT) stopped after the renames, before its final

@@ -187,36 +187,62 @@ def add_wait_option(parser: argparse.ArgumentParser) -> None:
 
 
 @contextlib.contextmanager
-def holding_out(out: str, command: str, args, main: bool = True, outputs=(), recursive: bool = False):
+def holding_out(out: str, command: str, args, main: bool = True, outputs=(), patterns=(), recursive: bool = False):
     """``--out``'s lock (:func:`convex_attention.io.lock.results_lock`, one writer per
     folder, as ``bench`` holds it) while the body runs: a folder another live run holds is a
     UsageError naming that run (unless ``--wait``), and so is a ``results.lock`` that is not
     the tool's.  The folders the lock had to make are removed again, if empty, when the body
     fails (a refused run leaves no empty ``--out``).  ``main=False`` (a torchrun rank other
     than 0): no lock, rank 0 holds it for the run.  Under the lock, the temporaries a killed
-    run left of the files named ``outputs`` (in ``out``, and with ``recursive`` in its
-    sub-folders too, there also of every file present: the experiment names some by condition)
-    are removed and named (:func:`~convex_attention.io.files.clean_stale_tmp`; only bench and
-    verify did: ca_rev130)."""
+    run left of the files named ``outputs`` (or matching the regular expressions ``patterns``:
+    files named per condition) are removed and named, in ``out`` and with ``recursive`` in its
+    sub-folders too, but for a sub-folder that holds a ``results.lock`` of its own, which is
+    cleaned only while that lock can be taken (a live run there keeps its files: ca_rev131)
+    (:func:`~convex_attention.io.files.clean_stale_tmp`; only bench and verify did: ca_rev130)."""
     from ..io.lock import ResultsLocked, results_lock
 
     if not main:
         yield
         return
+
     def say(message: str) -> None:
         print(f"{command}: {message}", file=sys.stderr)
 
     with making_out(out):  # a writable folder (made, if need be; removed again if empty when this fails)
         try:
             with results_lock(out, command=command, wait=getattr(args, "wait", False), log=say):
-                walked = [(root, tuple(files)) for root, _, files in os.walk(out)] if recursive else [(out, ())]
-                for folder, present in walked:
-                    stale = clean_stale_tmp(folder, (*outputs, *present))
-                    if stale:
-                        say(f"removed {', '.join(stale)} from {folder}: temporaries a killed run left")
+                _clean_left_temporaries(out, outputs, patterns, recursive, say)
                 yield
         except ResultsLocked as err:
             raise UsageError(str(err)) from None
+
+
+def _clean_left_temporaries(folder: str, outputs, patterns, recursive: bool, say) -> None:
+    """:func:`holding_out`'s cleaning of ``folder`` (whose lock the caller holds, or which holds none),
+    then, with ``recursive``, of each sub-folder (links not followed), under that one's own lock
+    where it holds a ``results.lock`` (a sub-folder a live run holds is left as it is)."""
+    from ..io.lock import LOCK_NAME, ResultsLocked, held_here, results_lock
+
+    stale = clean_stale_tmp(folder, outputs, patterns)
+    if stale:
+        say(f"removed {', '.join(stale)} from {folder}: temporaries a killed run left")
+    if not recursive:
+        return
+    for name in sorted(os.listdir(folder)):
+        sub = os.path.join(folder, name)
+        if os.path.islink(sub) or not os.path.isdir(sub):
+            continue
+        if os.path.lexists(os.path.join(sub, LOCK_NAME)):
+            if held_here(sub):  # a run of this process writes there (its lock is re-entrant here)
+                say(f"left {sub} as it is: another run holds it")
+                continue
+            try:
+                with results_lock(sub, command="cleaning", wait=False, log=lambda m: None):
+                    _clean_left_temporaries(sub, outputs, patterns, recursive, say)
+            except ResultsLocked:
+                say(f"left {sub} as it is: another run holds it")
+            continue
+        _clean_left_temporaries(sub, outputs, patterns, recursive, say)
 
 
 def _installed(module: str) -> bool:

@@ -577,7 +577,7 @@ def cmd_plot(args) -> int:
     check_files(out, _figure_folder_files())  # before the folder is made
     # one writer per figure folder, as demo's plot step holds it: the figures and their record
     # (a folder it made is removed again, if empty, when the run fails: holding_out)
-    with holding_out(out, "plot", args):
+    with holding_out(out, "plot", args, outputs=_figure_folder_files()):  # (its record's temporary too: ca_rev131)
         return _run_plot(args, results, out)
 
 

@@ -70,13 +70,16 @@ EXPERIMENT_OPTIONS = ((ExperimentConfig, None),
 #: describes weights a new or resumed run replaces, and an earlier one was left claiming
 #: identical ranks beside a one-process run's files (ca_rev117).
 RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.json", "ddp_check.json")
-#: What an experiment writes, in its folder and the stages' (beside each file present, and the runs'
-#: RUN_FILES): the temporaries a killed experiment left of them are removed when the next one starts.
+#: What an experiment writes, in its folder and the stages' (and the runs' RUN_FILES): the temporaries
+#: a killed experiment left of them are removed when the next one starts (EXPERIMENT_NAMED too).
 EXPERIMENT_FILES = RUN_FILES + (
     "ablation_summary.csv", "accuracy_summary.csv", "dev.json", "dev.md", "dev_levels.csv", "dev_runs.csv",
     "dev_summary.csv", "experiment.json", "experiment.md", "experiment_config.json", "explain_per_seed.csv",
     "explain_summary.csv", "proposed_variants.json", "randomisation.csv", "randomisation_summary.csv", "runs.csv",
     "test_stage.json")
+#: The experiment's files named per condition (explain rows, example and AP figures), as patterns.
+EXPERIMENT_NAMED = (r"explain-[A-Za-z0-9_.-]+\.csv", r"explain_examples_[A-Za-z0-9_-]+\.(?:png|pdf)",
+                    r"explain_ap_[A-Za-z0-9_-]+\.(?:png|pdf)")
 #: What a resumed run removes when it starts: the digests of the weights it goes on from.
 _STALE_ON_RESUME = ("ddp_check.json",)
 # the experiment's protocol splits synthetic data only (ExperimentConfig refuses the rest)
@@ -735,7 +738,8 @@ def cmd_experiment(args) -> int:
     config = experiment_config_from_args(args)
     _experiment_preflight(args, config)
     # the stage checks its folder again (OUT/test, the run log, the data ledger) under the lock
-    with holding_out(args.out, "experiment", args, outputs=EXPERIMENT_FILES, recursive=True):
+    with holding_out(args.out, "experiment", args, outputs=EXPERIMENT_FILES, patterns=EXPERIMENT_NAMED,
+                     recursive=True):
         try:
             result = run_experiment(config, args.out, progress=show_progress(args),
                                     log=lambda *m, **_: info(args, *m), stage=args.stage, variants_path=args.variants,

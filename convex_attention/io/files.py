@@ -104,19 +104,20 @@ def atomic_write_text(path: str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def clean_stale_tmp(folder: str, targets) -> list[str]:
-    """Remove the temporary files a killed writer of ``targets`` (file names in ``folder``)
+def clean_stale_tmp(folder: str, targets, target_patterns=()) -> list[str]:
+    """Remove the temporary files a killed writer of ``targets`` (file names in ``folder``, or
+    names matching one of the regular expressions ``target_patterns``: files named per run)
     left behind; returns their names.
 
     Only names of exactly the form ``<target>.<pid>-<n>.tmp`` for one of ``targets`` are
     touched: a file the user put there, whatever its name, is never removed.  Call it only
     while holding the folder's lock (no other writer is alive then).
     """
-    names = [t for t in targets if t]  # an empty name would leave `.<pid>-<n>.tmp` itself to match
-    if not names or not os.path.isdir(folder):
+    alternatives = [re.escape(t) for t in targets if t] + [p for p in target_patterns if p]
+    if not alternatives or not os.path.isdir(folder):  # (an empty name would leave `.<pid>-<n>.tmp` to match)
         return []
     # fullmatch and ASCII digits: `$` also matched before a final newline, and \d any digit
-    pattern = re.compile("(?:" + "|".join(re.escape(t) for t in names) + r")\.[0-9]+-[0-9]+\.tmp")
+    pattern = re.compile("(?:" + "|".join(alternatives) + r")\.[0-9]+-[0-9]+\.tmp")
     removed = []
     for name in sorted(os.listdir(folder)):
         path = os.path.join(folder, name)

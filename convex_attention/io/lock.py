@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-__all__ = ["results_lock", "ResultsLocked", "LOCK_NAME", "RECORD_FIELDS", "folder_lock"]
+__all__ = ["results_lock", "ResultsLocked", "LOCK_NAME", "RECORD_FIELDS", "folder_lock", "held_here"]
 
 LOCK_NAME = "results.lock"
 #: The fields of the owner record the lock writes: a file that lacks one is not this tool's.
@@ -89,6 +89,12 @@ def _try_lock(fd: int) -> bool:
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
         raise
+
+
+def held_here(out_dir: str) -> bool:
+    """Whether this process holds ``out_dir``'s :func:`results_lock` now (a run in this process
+    writes there: :func:`results_lock` would let another of its callers in)."""
+    return os.path.realpath(os.path.join(out_dir, LOCK_NAME)) in _HELD
 
 
 @contextlib.contextmanager

@@ -150,7 +150,10 @@ def _say_replaced_from_other_results(out: str, folder: str, names, log: Log) -> 
     others: dict = {}
     for name in names:
         entry = record.get(name)
-        source = _recorded_results(out, entry)
+        # the part of the record the file there is (its pending figure, where a plot of other results
+        # stopped after renaming it in: the old entry named these results, ca_rev131)
+        matched = _matching_entry(os.path.join(out, name), entry) if isinstance(entry, dict) else None
+        source = _recorded_results(out, matched if matched is not None else entry)
         if name.endswith(".png") and source not in (None, results) and os.path.exists(os.path.join(out, name)):
             others.setdefault(source, []).append(name)
     for source, figures_of in sorted(others.items()):
