@@ -1160,9 +1160,6 @@ def test_ca_rev130_a_resume_rewrites_the_rows_it_keeps_so_that_they_still_pass_t
 # ---- ca_rev131 (strict xfail: review of a83c028)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev131: a resume re-signs 2 kept rows (scale '2' -> '2.0') and is stopped "
-                   "between the renames of bench.csv and bench.json; the next resume counts all 3 rows as committed "
-                   "after bench.json (runs rows 5 for a folder of 3), not the 1 new one")
 def test_ca_rev131_rows_re_signed_by_a_stopped_resume_are_not_counted_as_new_rows(tmp_path, monkeypatch):
     """A folder an earlier version wrote (scale as '2' in bench.csv, 2 in bench.json, each row's
     checksum over '2' in both): 2 rows, its run record rows=2.  A resume keeps both (signed again

@@ -193,6 +193,19 @@ def records_history(method: str) -> bool:
     return m is not None and m.options is not None and "record_history" in m.options
 
 
+def _signed_again(row: dict) -> tuple:
+    """``(row_id, checksum)`` of ``row`` with the checksum over the text this writer gives its
+    values: a row of bench.csv and its copy in bench.json compare equal whatever text an earlier
+    version wrote (a resume signs the rows it keeps again, and rows it re-signed and committed
+    before a stop were counted as new: ca_rev131); a row whose values cannot be typed keeps its
+    own checksum."""
+    try:
+        text = [csv_field(_as_column_type(c, row.get(c))) for c in COLUMNS if c != "checksum"]
+    except ValueError:
+        return row.get("row_id"), row.get("checksum")
+    return row.get("row_id"), row_checksum(text)
+
+
 def _key_value(v) -> str:
     if v is None:
         return ""
@@ -743,7 +756,7 @@ class ResultsWriter:
             # at the next read, and were measured again (ca_rev130); the read verified that one
             self._store({**r, "checksum": row_checksum([csv_field(r[c]) for c in COLUMNS if c != "checksum"])})
         problems += copied
-        self._read_rows = Counter((r["row_id"], r["checksum"]) for r in rows)  # bench.csv as read
+        self._read_rows = Counter(_signed_again(r) for r in rows)  # bench.csv as read (as bench.json is compared)
         conv, conv_problems = read_rows(self.conv_path, CONVERGENCE_SCHEMA)
         damaged = bool(conv_problems)
         ok_ids = {r["row_id"] for r in self._rows.values() if r["status"] == "ok"}
@@ -838,7 +851,7 @@ class ResultsWriter:
         runs = [dict(r) for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
         if not isinstance(stored_rows, list):
             return runs
-        known = Counter((r.get("row_id"), r.get("checksum")) for r in stored_rows if isinstance(r, dict))
+        known = Counter(_signed_again(r) for r in stored_rows if isinstance(r, dict))
         missed = sum((self._read_rows - known).values())
         if missed and runs and isinstance(runs[-1].get("rows"), int):
             runs[-1]["rows"] += missed
