@@ -1378,8 +1378,6 @@ def test_rev73_a_row_measured_again_for_its_history_is_not_timed_again_when_its_
 
 # ---- ca_rev132 (strict xfail: review of a83c028)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev132: after --resume adds learned_dual, time_vs_exact divides the "
-                                       "amortised time of this run by exact's of the earlier run (100x here)")
 def test_ca_rev132_time_vs_exact_is_a_ratio_of_times_measured_in_one_run(tmp_path, monkeypatch):
     """Run: bench --methods exact, then bench --resume --methods exact learned_dual (docs/results_format.md: a
     folder of exact rows can be resumed with learned_dual added).  Every time of the first run is 1 ms, every

@@ -51,8 +51,9 @@ that was measured and is NaN or infinite is a miss, ``False``, never "not measur
 Every time is a median over repetitions (:func:`~.timing.measure_interleaved`) of forward +
 backward, per sample, and every ratio a ratio of such medians measured in one run.  The
 package's methods of one part are interleaved with each other; each cvxpylayers backend is
-timed in calls of its own (a call takes seconds), right after ``dual`` on the same instance,
-so its ratio divides medians from adjacent stretches of the run.
+timed in calls of its own (a call takes seconds), after ``dual`` on the same instance (the
+first backend right after it, each later one after the backends before it), so its ratio
+divides medians from stretches of one run (ca_rev132: only the first is adjacent).
 """
 from __future__ import annotations
 

@@ -221,7 +221,14 @@ def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log,
         done = writer.done()
         pending = []
         for index, cell in enumerate(config.cells()):
-            todo = [r for r in _wanted_rows(config, cell, backends) if row_key(r) not in done]
+            wanted = _wanted_rows(config, cell, backends)
+            todo = [r for r in wanted if row_key(r) not in done]
+            # the amortised dual's time is divided by the fastest exact method's of its cell
+            # (amortised_targets): where either side is measured now, both are, so the ratio is of
+            # one run (a resume adding learned_dual divided by an earlier run's exact: ca_rev132)
+            paired = [r for r in wanted if _timed_against_each_other(r)]
+            if any(r in todo for r in paired):
+                todo += [r for r in paired if r not in todo]
             if todo:
                 pending.append((index, cell, todo))
         later: list = []  # the rows of the cells --max-cells leaves for a later run
@@ -247,6 +254,13 @@ def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log,
 
         writer.set_extra(targets=amortised_targets(writer.rows, later), cvx_backends=backends)
         return writer.rows
+
+
+def _timed_against_each_other(row: dict) -> bool:
+    """Whether ``row`` is of the amortised dual's time ratio: a learned-dual row, or a fast
+    exact method's (the ratio's denominator; cvxpylayers is never the fastest)."""
+    method = get_method(row["method"])
+    return method.needs_duals or (method.exact and not _has_backends(method))
 
 
 def _wanted_rows(config: SweepConfig, cell: dict, backends: list[str]) -> list[dict]:
