@@ -121,26 +121,39 @@ def with_implied_masks(scores: Sequence[Tensor], h: Graph) -> list[Tensor]:
     ca_rev128).  On another graph a chain of implications can zig-zag between maps for longer
     (ca_rev131: 13 cells, where a pass per map reached 9), so the passes repeat until one changes
     nothing, which reads one flag per pass (meta tensors, holding no values: a pass per map)."""
-    dead = [torch.isneginf(s) for s in scores]
     upward = sorted(range(h.num_edges), key=lambda e: h.order.index(h.edges[e][0]))
-    meta = any(s.is_meta for s in scores)
-    for round_ in range(sum(h.sizes) + 1):  # (each pass that changes something masks one more cell at least)
-        changed = []
+    if h.is_forest:  # on the scores themselves: a block maximum and a coarse-to-fine sum per edge, no more
+        out = list(scores)
         for e in upward:
             a, b = h.edges[e]
-            grown = dead[b] | (h.block_max((~dead[a]).to(scores[a].dtype), e) == 0)
-            changed.append(grown != dead[b])
-            dead[b] = grown
+            out[b] = out[b].masked_fill(torch.isneginf(h.block_max(out[a].detach(), e)), -math.inf)
         for e in reversed(upward):
             a, b = h.edges[e]
-            grown = dead[a] | h.broadcast(dead[b], e)
-            changed.append(grown != dead[a])
-            dead[a] = grown
-        if h.is_forest or (meta and round_ + 1 >= h.num_maps):
+            out[a] = h._combine(out[a], _masked_as_minus_inf(out[b]), e, torch.add)
+        return out
+    # elsewhere on detached copies of the scores, -inf marking a masked cell, until a pass changes nothing
+    work = [s.detach() for s in scores]
+    meta = any(s.is_meta for s in scores)
+    counts = None
+    for round_ in range(sum(h.sizes) + 1):  # (each pass that changes something masks one more cell at least)
+        for e in upward:
+            a, b = h.edges[e]
+            work[b] = work[b].masked_fill(torch.isneginf(h.block_max(work[a], e)), -math.inf)
+        for e in reversed(upward):
+            a, b = h.edges[e]
+            work[a] = h._combine(work[a], _masked_as_minus_inf(work[b]), e, torch.add)
+        if meta and round_ + 1 >= h.num_maps:
             break
-        if not meta and not bool(torch.stack([c.any() for c in changed]).any()):
+        now = torch.stack([torch.isneginf(w).sum() for w in work])
+        if not meta and counts is not None and bool((now == counts).all()):
             break
-    return [s.masked_fill(d, -math.inf) for s, d in zip(scores, dead)]
+        counts = now
+    return [s.masked_fill(torch.isneginf(w), -math.inf) for s, w in zip(scores, work)]
+
+
+def _masked_as_minus_inf(x: Tensor) -> Tensor:
+    """-inf where ``x`` is -inf, 0 elsewhere (detached): added to the fine cells below, it masks them."""
+    return torch.where(torch.isneginf(x.detach()), -math.inf, 0.0).to(x.dtype)
 
 
 def reparameterized_probs(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
