@@ -1055,3 +1055,23 @@ def test_ca_rev131_a_learned_dual_layer_on_a_graph_reads_its_learned_temperature
     layer(scores)
     monkeypatch.undo()
     assert len(reads) <= 2, reads
+
+
+# ---- ca_rev133 (strict xfail: review of f492f23)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev133: ConsistentAttention(h, 'learned_dual').forward under "
+                   "torch.func.vmap no longer calls check_transforms: RuntimeError 'Cannot access data "
+                   "pointer' (check_finite=True) or a silent run (False); before f492f23 solve's "
+                   "NotImplementedError")
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_ca_rev133_a_learned_dual_layer_refuses_vmap_as_solve_does(check_finite):
+    """forward for learned_dual now calls the method directly instead of ca.solve (ca_rev131), and skips
+    solve's check_transforms (docs/design.md, torch.func: under vmap, jacfwd and hessian solve 'raise
+    NotImplementedError saying so, since their input checks read values').  Expected: that error, as before."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)])
+    layer = ca.ConsistentAttention(h, "learned_dual", check_finite=check_finite)
+    generator = torch.Generator().manual_seed(0)
+    scores = [torch.randn(3, 2, *shape, generator=generator) for shape in h.shapes]
+    with pytest.raises(NotImplementedError, match="vmap"):
+        torch.func.vmap(lambda *s: layer(list(s)).probs[0])(*scores)

@@ -498,3 +498,27 @@ def test_check_given_and_check_duals_take_check_finite_as_a_bool_only(flag):
         V.check_given({1: torch.tensor([0.5, 0.5])}, h, 1, torch.float64, "cpu", check_finite=flag)
     with pytest.raises(TypeError, match="check_finite must be True or False"):
         V.check_duals([torch.zeros(2)], h, 1, torch.float64, "cpu", check_finite=flag)
+
+
+# ---- ca_rev133 (strict xfail: review of f492f23)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev133: temperature=[float32, float64, float32] learnable 0-d tensors: "
+                   "check_temperatures reads them with one float() each (3 reads; exact 4 per call), "
+                   "_tensor_values_at_once stacks only tensors of one dtype")
+def test_ca_rev133_a_list_of_learned_temperatures_of_mixed_dtypes_is_read_at_once(monkeypatch):
+    """docs/user_guide.md: a tensor temperature is read 'once per call for its range check ... one or two
+    synchronisations per call, each reading every map's temperature at once'.  A list mixing a float64 and
+    float32 Parameters is a valid temperature (each 0-d and real).  Expected: one read (torch.stack promotes
+    float32 to float64 exactly); observed: one __float__ per map."""
+    temps = [torch.tensor(t, dtype=d, requires_grad=True)
+             for t, d in zip((0.7, 1.0, 1.3), (torch.float32, torch.float64, torch.float32))]
+    reads = []
+    for name in ("tolist", "__float__", "item", "__bool__"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(torch.Tensor, name, lambda self, *a, _real=real, _name=name, **k: (
+            reads.append(_name), _real(self, *a, **k))[1])
+    got = V.check_temperatures(temps, 3, dtype=torch.float32, allow_grad=True)
+    monkeypatch.undo()
+    assert len(reads) <= 1, reads
+    assert [float(t) for t in got] == [float(t) for t in temps]
