@@ -137,8 +137,8 @@ def temperature_floats(temps) -> list[float]:
     if isinstance(temps, Tensor):
         return [float(t) for t in temps.detach().reshape(-1).tolist()]
     tensors = [t.detach().reshape(()) for t in temps if isinstance(t, Tensor)]
-    if len({(t.device, t.dtype) for t in tensors}) == 1:  # one read for all (one host synchronisation, not M)
-        values = iter(torch.stack(tensors).tolist())
+    if len({t.device for t in tensors}) == 1:  # one read for all (one host synchronisation, not M), in float64
+        values = iter(torch.stack([t.to(torch.float64) for t in tensors]).tolist())
         return [float(next(values)) if isinstance(t, Tensor) else float(t) for t in temps]
     return [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
 

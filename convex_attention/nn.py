@@ -44,6 +44,7 @@ from .validation import (
     check_scores,
     check_scores_and_peaks,
     check_temperatures,
+    check_transforms,
 )
 
 __all__ = ["LearnedDuals", "AmortisedDuals", "fit_amortised_duals", "ConsistentAttention", "Attended",
@@ -797,7 +798,10 @@ class ConsistentAttention(nn.Module):
     def _checked_pass(self, scores: Sequence[Tensor], temperature) -> tuple[list, list, list]:
         """``(scores, temps, duals)`` of one pass of a method that needs duals, each checked once:
         the scores (with the masks pooling implies, where ``check_finite`` is off: as solve), the
-        temperatures (the module's, or ``temperature``) and the module's duals for these scores."""
+        temperatures (the module's, or ``temperature``) and the module's duals for these scores;
+        under torch.func.vmap the pass is refused, as solve refuses it (ca_rev133)."""
+        record = get_method(self.method)
+        check_transforms(f"ConsistentAttention(method={record.name!r})", record.func_transforms)
         scores, peak_sum = check_scores_and_peaks(scores, self.h, check_finite=self.check_finite)
         if not self.check_finite:  # as solve: p(λ) gives a cell that pooling rules out 0 (ca_rev126)
             scores = with_implied_masks(scores, self.h)

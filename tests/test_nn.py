@@ -1060,10 +1060,6 @@ def test_ca_rev131_a_learned_dual_layer_on_a_graph_reads_its_learned_temperature
 # ---- ca_rev133 (strict xfail: review of f492f23)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev133: ConsistentAttention(h, 'learned_dual').forward under "
-                   "torch.func.vmap no longer calls check_transforms: RuntimeError 'Cannot access data "
-                   "pointer' (check_finite=True) or a silent run (False); before f492f23 solve's "
-                   "NotImplementedError")
 @pytest.mark.parametrize("check_finite", [True, False])
 def test_ca_rev133_a_learned_dual_layer_refuses_vmap_as_solve_does(check_finite):
     """forward for learned_dual now calls the method directly instead of ca.solve (ca_rev131), and skips

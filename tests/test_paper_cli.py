@@ -1543,9 +1543,6 @@ def test_ca_rev131_experiment_leaves_the_temporaries_of_a_live_run_in_a_sub_fold
 # ---- ca_rev133 (strict xfail: review of f492f23)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev133: OUT/test/explain_examples_difficulty0.3.png.4242-1.tmp (and .pdf) "
-                   "a killed experiment left are kept and unnamed: EXPERIMENT_NAMED's [A-Za-z0-9_-]+ has no '.', "
-                   "and condition_name(0.3) is 'difficulty0.3' (the default difficulties 0.3, 0.6)")
 def test_ca_rev133_experiment_removes_the_example_figure_temporaries_of_a_fractional_difficulty(tmp_path, capsys):
     """The test stage writes explain_examples_<condition_name(d)>.png and .pdf (figures.save: NAME.<pid>-<n>.tmp,
     then renamed).  docs/results_format.md: a temporary a killed run left is removed and named when the next
@@ -1571,9 +1568,6 @@ def test_ca_rev133_experiment_removes_the_example_figure_temporaries_of_a_fracti
     assert [name for name in left if (test_dir / name).exists() or name not in err] == []
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev133: experiment --out OUT takes over OUT/run_a/results.lock (a killed "
-                   "train's record) to clean that sub-folder and removes it on release, silently (log=lambda m: None); "
-                   "results_format.md: 'A file of another name is never removed'")
 def test_ca_rev133_experiment_keeps_or_names_a_killed_runs_lock_in_a_sub_folder(tmp_path, capsys):
     """A train into OUT/run_a was killed: its results.lock names a dead pid.  `experiment --out OUT` cleans the
     temporaries in OUT/run_a under that folder's lock (ca_rev131).  Expected (results_format.md: only the

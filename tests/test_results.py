@@ -1198,9 +1198,6 @@ def test_ca_rev131_rows_re_signed_by_a_stopped_resume_are_not_counted_as_new_row
 # ---- ca_rev133 (strict xfail: review of f492f23)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev133: a resume renumbers a row whose cell number another cell has too "
-                   "(flushed at once) and is stopped between the renames; the next resume counts that renumbered row "
-                   "as committed after bench.json (runs rows 3 for a folder of 2): _signed_again compares the cell")
 def test_ca_rev133_rows_renumbered_by_a_stopped_resume_are_not_counted_as_new_rows(tmp_path, monkeypatch):
     """A folder an earlier resume wrote before cells were numbered per folder: two cells (size 4 and 8) both
     numbered 0 in bench.csv and bench.json, its run record rows=2.  A resume renumbers the size-8 row

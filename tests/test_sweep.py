@@ -1410,9 +1410,6 @@ def test_ca_rev132_time_vs_exact_is_a_ratio_of_times_measured_in_one_run(tmp_pat
 # ---- ca_rev133 (strict xfail: review of f492f23)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev133: bench --methods exact, then --resume --methods learned_dual "
-                   "(exact left out: its rows kept): exact is not timed again and time_vs_exact is 100, the "
-                   "resume's amortised time over the first run's exact")
 def test_ca_rev133_time_vs_exact_is_of_one_run_when_the_resume_names_only_learned_dual(tmp_path, monkeypatch):
     """docs/results_format.md: a resume may leave a --methods value out (its rows stay), and 'where a run
     measures a cell's learned_dual rows or its fast exact methods' (exact, dual), it measures both groups

@@ -503,9 +503,6 @@ def test_check_given_and_check_duals_take_check_finite_as_a_bool_only(flag):
 # ---- ca_rev133 (strict xfail: review of f492f23)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev133: temperature=[float32, float64, float32] learnable 0-d tensors: "
-                   "check_temperatures reads them with one float() each (3 reads; exact 4 per call), "
-                   "_tensor_values_at_once stacks only tensors of one dtype")
 def test_ca_rev133_a_list_of_learned_temperatures_of_mixed_dtypes_is_read_at_once(monkeypatch):
     """docs/user_guide.md: a tensor temperature is read 'once per call for its range check ... one or two
     synchronisations per call, each reading every map's temperature at once'.  A list mixing a float64 and
@@ -521,4 +518,4 @@ def test_ca_rev133_a_list_of_learned_temperatures_of_mixed_dtypes_is_read_at_onc
     got = V.check_temperatures(temps, 3, dtype=torch.float32, allow_grad=True)
     monkeypatch.undo()
     assert len(reads) <= 1, reads
-    assert [float(t) for t in got] == [float(t) for t in temps]
+    assert [float(t.detach()) for t in got] == [float(t.detach()) for t in temps]

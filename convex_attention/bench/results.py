@@ -195,12 +195,12 @@ def records_history(method: str) -> bool:
 
 def _signed_again(row: dict) -> tuple:
     """``(row_id, checksum)`` of ``row`` with the checksum over the text this writer gives its
-    values: a row of bench.csv and its copy in bench.json compare equal whatever text an earlier
-    version wrote (a resume signs the rows it keeps again, and rows it re-signed and committed
+    values but its cell number: a row of bench.csv and its copy in bench.json compare equal
+    whatever text an earlier version wrote (a resume signs the rows it keeps again, and rows it re-signed and committed
     before a stop were counted as new: ca_rev131); a row whose values cannot be typed keeps its
     own checksum."""
-    try:
-        text = [csv_field(_as_column_type(c, row.get(c))) for c in COLUMNS if c != "checksum"]
+    try:  # (not the cell number either: a resume that renumbers cells rewrites it, ca_rev133)
+        text = [csv_field(_as_column_type(c, row.get(c))) for c in COLUMNS if c not in ("checksum", "cell")]
     except ValueError:
         return row.get("row_id"), row.get("checksum")
     return row.get("row_id"), row_checksum(text)

@@ -30,7 +30,7 @@ from ..graph import Graph
 from ..hierarchy import Hierarchy
 from ..io.files import REASON_CHARS, error_reason, one_line
 from ..io.lock import results_lock
-from ..methods import get_method
+from ..methods import REGISTRY, get_method
 from ..solve import solve
 from .cases import amortised_case, make_case, shape_str, timed_case
 from .config import MIN_FIT_INSTANCES, SweepConfig, check_sweep, environment_device, fit_instances
@@ -229,6 +229,9 @@ def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log,
             paired = [r for r in wanted if _timed_against_each_other(r)]
             if any(r in todo for r in paired):
                 todo += [r for r in paired if r not in todo]
+                if any(get_method(r["method"]).needs_duals for r in todo):  # the folder's own exact rows too,
+                    # where this run does not name them (a resume of learned_dual alone: ca_rev133)
+                    todo += [r for r in _stored_fast_exact_rows(cell, done) if r not in todo]
             if todo:
                 pending.append((index, cell, todo))
         later: list = []  # the rows of the cells --max-cells leaves for a later run
@@ -261,6 +264,14 @@ def _timed_against_each_other(row: dict) -> bool:
     exact method's (the ratio's denominator; cvxpylayers is never the fastest)."""
     method = get_method(row["method"])
     return method.needs_duals or (method.exact and not _has_backends(method))
+
+
+def _stored_fast_exact_rows(cell: dict, done: set) -> list[dict]:
+    """The cell's rows of fast exact methods (:func:`_timed_against_each_other`) that the folder
+    holds finished, whatever this run names."""
+    rows = [{**cell, "method": name, "backend": "", "dual_kind": ""} for name, method in REGISTRY.items()
+            if method.exact and not _has_backends(method)]
+    return [r for r in rows if row_key(r) in done]
 
 
 def _wanted_rows(config: SweepConfig, cell: dict, backends: list[str]) -> list[dict]:

@@ -197,7 +197,8 @@ def holding_out(out: str, command: str, args, main: bool = True, outputs=(), pat
     run left of the files named ``outputs`` (or matching the regular expressions ``patterns``:
     files named per condition) are removed and named, in ``out`` and with ``recursive`` in its
     sub-folders too, but for a sub-folder that holds a ``results.lock`` of its own, which is
-    cleaned only while that lock can be taken (a live run there keeps its files: ca_rev131)
+    cleaned only while no live run holds it, its lock file left as it is (a live run there keeps
+    its files: ca_rev131; a dead one's record stays: ca_rev133)
     (:func:`~convex_attention.io.files.clean_stale_tmp`; only bench and verify did: ca_rev130)."""
     from ..io.lock import ResultsLocked, results_lock
 
@@ -219,9 +220,9 @@ def holding_out(out: str, command: str, args, main: bool = True, outputs=(), pat
 
 def _clean_left_temporaries(folder: str, outputs, patterns, recursive: bool, say) -> None:
     """:func:`holding_out`'s cleaning of ``folder`` (whose lock the caller holds, or which holds none),
-    then, with ``recursive``, of each sub-folder (links not followed), under that one's own lock
-    where it holds a ``results.lock`` (a sub-folder a live run holds is left as it is)."""
-    from ..io.lock import LOCK_NAME, ResultsLocked, held_here, results_lock
+    then, with ``recursive``, of each sub-folder (links not followed), holding that one's lock
+    where it has a ``results.lock`` (a sub-folder a live run holds is left as it is)."""
+    from ..io.lock import LOCK_NAME, while_unheld
 
     stale = clean_stale_tmp(folder, outputs, patterns)
     if stale:
@@ -233,14 +234,11 @@ def _clean_left_temporaries(folder: str, outputs, patterns, recursive: bool, say
         if os.path.islink(sub) or not os.path.isdir(sub):
             continue
         if os.path.lexists(os.path.join(sub, LOCK_NAME)):
-            if held_here(sub):  # a run of this process writes there (its lock is re-entrant here)
-                say(f"left {sub} as it is: another run holds it")
-                continue
-            try:
-                with results_lock(sub, command="cleaning", wait=False, log=lambda m: None):
+            with while_unheld(sub) as free:  # (its lock file is left as it is, a dead run's record too)
+                if free:
                     _clean_left_temporaries(sub, outputs, patterns, recursive, say)
-            except ResultsLocked:
-                say(f"left {sub} as it is: another run holds it")
+                else:
+                    say(f"left {sub} as it is: another run holds it (or its {LOCK_NAME} is not this tool's)")
             continue
         _clean_left_temporaries(sub, outputs, patterns, recursive, say)
 

@@ -78,8 +78,8 @@ EXPERIMENT_FILES = RUN_FILES + (
     "explain_summary.csv", "proposed_variants.json", "randomisation.csv", "randomisation_summary.csv", "runs.csv",
     "test_stage.json")
 #: The experiment's files named per condition (explain rows, example and AP figures), as patterns.
-EXPERIMENT_NAMED = (r"explain-[A-Za-z0-9_.-]+\.csv", r"explain_examples_[A-Za-z0-9_-]+\.(?:png|pdf)",
-                    r"explain_ap_[A-Za-z0-9_-]+\.(?:png|pdf)")
+EXPERIMENT_NAMED = (r"explain-[A-Za-z0-9_.-]+\.csv", r"explain_examples_[A-Za-z0-9_.-]+\.(?:png|pdf)",
+                    r"explain_ap_[A-Za-z0-9_.-]+\.(?:png|pdf)")  # (a condition holds a '.': difficulty0.3)
 #: What a resumed run removes when it starts: the digests of the weights it goes on from.
 _STALE_ON_RESUME = ("ddp_check.json",)
 # the experiment's protocol splits synthetic data only (ExperimentConfig refuses the rest)

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 
-__all__ = ["results_lock", "ResultsLocked", "LOCK_NAME", "RECORD_FIELDS", "folder_lock", "held_here"]
+__all__ = ["results_lock", "ResultsLocked", "LOCK_NAME", "RECORD_FIELDS", "folder_lock", "held_here", "while_unheld"]
 
 LOCK_NAME = "results.lock"
 #: The fields of the owner record the lock writes: a file that lacks one is not this tool's.
@@ -89,6 +89,32 @@ def _try_lock(fd: int) -> bool:
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
             return False
         raise
+
+
+@contextlib.contextmanager
+def while_unheld(out_dir: str):
+    """Whether no live run holds ``out_dir``'s existing ``results.lock`` (yielded), holding its
+    ``flock`` meanwhile where it is free.  The file is never made, written, taken over or removed:
+    a dead run's record stays for its own command to report (a lock taken to clean a sub-folder
+    had removed it unsaid, ca_rev133).  False for a lock of this process, or a file that is not
+    a plain one (not this tool's: left alone)."""
+    path = os.path.join(out_dir, LOCK_NAME)
+    if held_here(out_dir) or os.path.islink(path) or not os.path.isfile(path):
+        yield False
+        return
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        yield False
+        return
+    try:
+        try:
+            free = _try_lock(fd)
+        except OSError:  # a file system without locks: nothing can be known of its holder
+            free = False
+        yield free
+    finally:
+        os.close(fd)  # (closing releases the flock)
 
 
 def held_here(out_dir: str) -> bool:
