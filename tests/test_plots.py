@@ -2981,6 +2981,23 @@ def test_a_record_of_figures_moved_with_their_results_still_proves_them_and_an_a
     assert not any("other results" in n for n in notes), notes
 
 
+def _numbered_drawings():
+    """A stand-in for figures.save whose every drawing's files differ (as real redraws do)."""
+    import itertools
+
+    drawings = itertools.count()
+
+    def save(fig, path, env=None, notes=()):
+        plt.close(fig)
+        number = next(drawings)
+        for ext in (".png", ".pdf"):
+            with open(os.path.splitext(path)[0] + ext, "wb") as f:
+                f.write(b"drawing %d" % number)
+        return path
+
+    return save
+
+
 # ---- ca_rev130 (strict xfail: review of 9ef579d)
 
 
@@ -3008,17 +3025,8 @@ def test_ca_rev130_a_plot_stopped_before_its_record_is_written_is_redrawn_withou
     time_vs_size.png, ... named like plot's figures but not recorded as its output ... pass
     --overwrite'): on the CLI, exit 2 until the user passes --overwrite over plot's own output."""
     import errno
-    import itertools
 
-    drawings = itertools.count()
-
-    def save(fig, path, env=None, notes=()):  # each drawing's files differ, as real redraws do
-        plt.close(fig)
-        number = next(drawings)
-        for ext in (".png", ".pdf"):
-            with open(os.path.splitext(path)[0] + ext, "wb") as f:
-                f.write(b"drawing %d" % number)
-        return path
+    save = _numbered_drawings()
 
     def disk_full(path, obj, indent=1):
         raise OSError(errno.ENOSPC, "No space left on device", path)
@@ -3062,17 +3070,7 @@ def test_ca_rev131_figures_renamed_in_by_a_stopped_plot_of_other_results_are_not
     beside A's entries.  Then plot_results(A, OUT).  Expected (ca_rev118, results_format.md:
     figures of other results are 'kept, and said'; the pending record 'knows every figure there'):
     replacing B's figures is said, naming B.  Observed: no line; OUT's record still says A."""
-    import itertools
-
-    drawings = itertools.count()
-
-    def save(fig, path, env=None, notes=()):  # each drawing's files differ, as real redraws do
-        plt.close(fig)
-        number = next(drawings)
-        for ext in (".png", ".pdf"):
-            with open(os.path.splitext(path)[0] + ext, "wb") as f:
-                f.write(b"drawing %d" % number)
-        return path
+    save = _numbered_drawings()
 
     monkeypatch.setattr(figures, "save", save)
     a, b, out = str(tmp_path / "A"), str(tmp_path / "B"), str(tmp_path / "figs")

@@ -1,5 +1,6 @@
 """convex_attention.bench.results: the sweep's tables and their one writer (idempotent
 commits, resume, strict JSON; docs/results_format.md)."""
+import contextlib
 import json
 import math
 import os
@@ -1160,6 +1161,36 @@ def test_ca_rev130_a_resume_rewrites_the_rows_it_keeps_so_that_they_still_pass_t
 # ---- ca_rev131 (strict xfail: review of a83c028)
 
 
+def _as_an_earlier_version_wrote(folder, csv_text: dict, json_value: dict) -> dict:
+    """bench.csv's rows rewritten with the fields ``csv_text`` (text as an earlier version wrote it) and signed over
+    them, bench.json's rows with ``json_value`` and those checksums; returns bench.json's record."""
+    path = str(folder / "bench.csv")
+    rows, _ = R.read_rows(path, R.BENCH_SCHEMA)
+    R.atomic_csv(path, R.COLUMNS, [{**r, **csv_text} for r in rows], checksum=True)
+    signed = {r["row_id"]: r["checksum"] for r in R.read_rows(path, R.BENCH_SCHEMA)[0]}
+    record = json.loads((folder / "bench.json").read_text())
+    record["rows"] = [{**r, **json_value, "checksum": signed[r["row_id"]]} for r in record["rows"]]
+    (folder / "bench.json").write_text(json.dumps(record))
+    return record
+
+
+@contextlib.contextmanager
+def _stopped_before_bench_json(monkeypatch):
+    """Writes of bench.json raise KeyboardInterrupt (a SIGKILL after bench.csv's rename) while inside."""
+    real = R.atomic_write_text
+
+    def stopped(target, text):
+        if target.endswith("bench.json"):
+            raise KeyboardInterrupt
+        return real(target, text)
+
+    monkeypatch.setattr(R, "atomic_write_text", stopped)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(R, "atomic_write_text", real)
+
+
 def test_ca_rev131_rows_re_signed_by_a_stopped_resume_are_not_counted_as_new_rows(tmp_path, monkeypatch):
     """A folder an earlier version wrote (scale as '2' in bench.csv, 2 in bench.json, each row's
     checksum over '2' in both): 2 rows, its run record rows=2.  A resume keeps both (signed again
@@ -1171,25 +1202,10 @@ def test_ca_rev131_rows_re_signed_by_a_stopped_resume_are_not_counted_as_new_row
     w = writer(tmp_path)
     w.commit(bench_row(method="softmax"))
     w.commit(bench_row(method="exact"))
-    path = str(tmp_path / "bench.csv")
-    rows, _ = R.read_rows(path, R.BENCH_SCHEMA)
-    R.atomic_csv(path, R.COLUMNS, [{**r, "scale": "2"} for r in rows], checksum=True)
-    signed = {r["row_id"]: r["checksum"] for r in R.read_rows(path, R.BENCH_SCHEMA)[0]}
-    record = json.loads((tmp_path / "bench.json").read_text())
-    record["rows"] = [{**r, "scale": 2, "checksum": signed[r["row_id"]]} for r in record["rows"]]
-    (tmp_path / "bench.json").write_text(json.dumps(record))
+    _as_an_earlier_version_wrote(tmp_path, csv_text={"scale": "2"}, json_value={"scale": 2})
     resumed = writer(tmp_path, resume=True)
-    real = R.atomic_write_text
-
-    def stopped(target, text):
-        if target.endswith("bench.json"):
-            raise KeyboardInterrupt
-        return real(target, text)
-
-    monkeypatch.setattr(R, "atomic_write_text", stopped)
-    with pytest.raises(KeyboardInterrupt):
+    with _stopped_before_bench_json(monkeypatch), pytest.raises(KeyboardInterrupt):
         resumed.commit(bench_row(method="softmax", size=8, scale=2.0))
-    monkeypatch.setattr(R, "atomic_write_text", real)
     again = writer(tmp_path, resume=True)
     assert len(again.rows) == 3
     assert [r.get("rows") for r in again.runs] == [3]
@@ -1209,24 +1225,10 @@ def test_ca_rev133_rows_renumbered_by_a_stopped_resume_are_not_counted_as_new_ro
     w.commit(bench_row(method="exact"))
     w.commit(bench_row(method="exact", size=8))
     path = str(tmp_path / "bench.csv")
-    rows, _ = R.read_rows(path, R.BENCH_SCHEMA)
-    R.atomic_csv(path, R.COLUMNS, [{**r, "cell": 0} for r in rows], checksum=True)
-    signed = {r["row_id"]: r["checksum"] for r in R.read_rows(path, R.BENCH_SCHEMA)[0]}
-    record = json.loads((tmp_path / "bench.json").read_text())
-    record["rows"] = [{**r, "cell": 0, "checksum": signed[r["row_id"]]} for r in record["rows"]]
-    (tmp_path / "bench.json").write_text(json.dumps(record))
+    record = _as_an_earlier_version_wrote(tmp_path, csv_text={"cell": 0}, json_value={"cell": 0})
     assert [r.get("rows") for r in record["runs"]] == [2]
-    real = R.atomic_write_text
-
-    def stopped(target, text):
-        if target.endswith("bench.json"):
-            raise KeyboardInterrupt
-        return real(target, text)
-
-    monkeypatch.setattr(R, "atomic_write_text", stopped)
-    with pytest.raises(KeyboardInterrupt):
+    with _stopped_before_bench_json(monkeypatch), pytest.raises(KeyboardInterrupt):
         writer(tmp_path, resume=True)  # renumbered, and the files rewritten at once
-    monkeypatch.setattr(R, "atomic_write_text", real)
     assert sorted(r["cell"] for r in R.read_rows(path, R.BENCH_SCHEMA)[0]) == [0, 1]
     again = writer(tmp_path, resume=True)
     assert len(again.rows) == 2

@@ -1376,14 +1376,15 @@ def test_rev73_a_row_measured_again_for_its_history_is_not_timed_again_when_its_
     assert [run["rows"] for run in read_json(tmp_path / "bench.json")["runs"]] == [2, 2]
 
 
-# ---- ca_rev132 (strict xfail: review of a83c028)
+# ---- ca_rev132, ca_rev133 (reviews of a83c028 and f492f23)
 
-def test_ca_rev132_time_vs_exact_is_a_ratio_of_times_measured_in_one_run(tmp_path, monkeypatch):
-    """Run: bench --methods exact, then bench --resume --methods exact learned_dual (docs/results_format.md: a
-    folder of exact rows can be resumed with learned_dual added).  Every time of the first run is 1 ms, every
-    time of the second 100 ms (measure_interleaved replaced).  Expected (the charter: ratios measured side by side
-    in one run): the target's time_vs_exact is 1 (exact timed again beside the amortised dual) or NaN (no ratio
-    across runs).  Observed: 100, the amortised dual's time of the second run over exact's of the first."""
+@pytest.mark.parametrize("resumed", [("exact", "learned_dual"), ("learned_dual",)])
+def test_time_vs_exact_is_a_ratio_of_times_measured_in_one_run(tmp_path, monkeypatch, resumed):
+    """ca_rev132, ca_rev133: bench --methods exact (every time 1 ms: measure_interleaved replaced), then bench
+    --resume with learned_dual added, or with learned_dual alone (docs/results_format.md: a value left out keeps
+    its rows), every time 100 ms.  The charter: ratios measured side by side in one run, so the target's
+    time_vs_exact is 1 (the folder's exact rows timed again beside the amortised dual) or NaN; it was 100, the
+    amortised dual's time of the second run over exact's of the first."""
     from dataclasses import replace
 
     from convex_attention.bench import sweep
@@ -1400,40 +1401,7 @@ def test_ca_rev132_time_vs_exact_is_a_ratio_of_times_measured_in_one_run(tmp_pat
                          warmup=1, fit_instances=4, fit_steps=1, amortised_steps=1)
     sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
     run_ms[0] = 100.0
-    sweep.run_sweep(replace(config, methods=("exact", "learned_dual")), str(tmp_path), resume=True,
-                    progress=False, log=lambda m: None)
-    (target,) = read_json(tmp_path / "bench.json")["targets"]
-    ratio = target["time_vs_exact"]
-    assert ratio is None or math.isnan(ratio) or ratio == pytest.approx(1.0), ratio
-
-
-# ---- ca_rev133 (strict xfail: review of f492f23)
-
-
-def test_ca_rev133_time_vs_exact_is_of_one_run_when_the_resume_names_only_learned_dual(tmp_path, monkeypatch):
-    """docs/results_format.md: a resume may leave a --methods value out (its rows stay), and 'where a run
-    measures a cell's learned_dual rows or its fast exact methods' (exact, dual), it measures both groups
-    again, so that targets' time_vs_exact divides times of one run'.  Run 1 (every time 1 ms): --methods
-    exact; run 2 (every time 100 ms): --resume --methods learned_dual.  Expected: time_vs_exact 1 (exact timed
-    again beside it) or NaN; observed 100 (_wanted_rows pairs only the methods this run names)."""
-    from dataclasses import replace
-
-    from convex_attention.bench import sweep
-    from convex_attention.bench.timing import Measurement
-
-    run_ms = [1.0]
-
-    def fake(cases, **kwargs):
-        return {name: Measurement([run_ms[0]] * 3, [0.0] * 3) for name in cases}
-
-    monkeypatch.setattr(sweep, "measure_interleaved", fake)
-    monkeypatch.setattr(sweep, "peak_memory_mb", lambda *args, **kwargs: 0.0)
-    config = SweepConfig(methods=["exact"], generator="gaussian", sizes=[4], levels=[2], batches=[2], repeats=3,
-                         warmup=1, fit_instances=4, fit_steps=1, amortised_steps=1)
-    sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
-    run_ms[0] = 100.0
-    sweep.run_sweep(replace(config, methods=("learned_dual",)), str(tmp_path), resume=True,
-                    progress=False, log=lambda m: None)
+    sweep.run_sweep(replace(config, methods=resumed), str(tmp_path), resume=True, progress=False, log=lambda m: None)
     (target,) = read_json(tmp_path / "bench.json")["targets"]
     ratio = target["time_vs_exact"]
     assert ratio is None or math.isnan(ratio) or ratio == pytest.approx(1.0), ratio
