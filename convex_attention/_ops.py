@@ -137,8 +137,9 @@ def temperature_floats(temps) -> list[float]:
     if isinstance(temps, Tensor):
         return [float(t) for t in temps.detach().reshape(-1).tolist()]
     tensors = [t.detach().reshape(()) for t in temps if isinstance(t, Tensor)]
-    if len({t.device for t in tensors}) == 1:  # one read for all (one host synchronisation, not M), in float64
-        values = iter(torch.stack([t.to(torch.float64) for t in tensors]).tolist())
+    if len({t.device for t in tensors}) == 1:  # one read for all (one host synchronisation, not M)
+        common = functools.reduce(torch.promote_types, [t.dtype for t in tensors])  # (MPS has no float64)
+        values = iter(torch.stack([t.to(common) for t in tensors]).tolist())
         return [float(next(values)) if isinstance(t, Tensor) else float(t) for t in temps]
     return [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
 

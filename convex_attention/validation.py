@@ -1,6 +1,7 @@
 """Input checks shared by every entry point: clear errors instead of silent wrong answers."""
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -342,11 +343,12 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
 
 def _tensor_values_at_once(temperature: Sequence) -> list:
     """``temperature`` (numbers and 0-d tensors) with each tensor read as a float, in one host read
-    where the tensors share a device, whatever their dtypes (one synchronisation on CUDA, not one
+    where the tensors share a device, in their promoted dtype (one synchronisation on CUDA, not one
     per map: ca_rev131, ca_rev133); the numbers are left as given, for their own checks."""
     tensors = [t.detach() for t in temperature if isinstance(t, Tensor)]
-    if len({t.device for t in tensors}) == 1:  # (in float64, which holds every accepted dtype's values exactly)
-        read = iter(torch.stack([t.to(torch.float64) for t in tensors]).tolist())
+    if len({t.device for t in tensors}) == 1:  # in their promoted dtype, which holds each one's value exactly
+        common = functools.reduce(torch.promote_types, [t.dtype for t in tensors])  # (MPS has no float64)
+        read = iter(torch.stack([t.to(common) for t in tensors]).tolist())
         return [float(next(read)) if isinstance(t, Tensor) else t for t in temperature]
     return [float(t.detach()) if isinstance(t, Tensor) else t for t in temperature]
 

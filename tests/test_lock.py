@@ -680,3 +680,34 @@ def test_ca_rev78_a_fork_while_a_thread_waits_for_the_flock_does_not_keep_the_fo
         os.close(go_w)
     thread.join(5)
     assert free, "the folder stays locked by the forked child's copy of the waiting thread's descriptor"
+
+
+# ---- ca_rev134 (strict xfail: review of 494a7f0)
+
+def test_ca_rev134_a_probe_whose_lock_file_was_replaced_before_its_flock_sees_the_live_run(tmp_path, monkeypatch):
+    """A live run ends (its lock file removed) and a new run makes and locks a new one between while_unheld's
+    open and its flock: the probe locks the removed file and says the folder is free, so the experiment's
+    cleaning removes the new run's temporaries.  results_lock checks the file it locked is the one at the path
+    (test_a_lock_file_replaced_between_its_opening_and_its_locking_is_not_the_one_held); the probe does not."""
+    import fcntl
+
+    path = tmp_path / LOCK_NAME
+    path.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0.0, "command": "bench"}))
+    real_try_lock, new_holder = lock._try_lock, []
+
+    def replaced(fd):
+        if not new_holder:
+            os.remove(path)  # the live owner releases
+            held = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # and a new run locks a new file there
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            new_holder.append(held)
+        return real_try_lock(fd)
+
+    monkeypatch.setattr(lock, "_try_lock", replaced)
+    try:
+        with lock.while_unheld(str(tmp_path)) as free:
+            said = free
+    finally:
+        for fd in new_holder:
+            os.close(fd)
+    assert new_holder and said is False, "the file at the path is held by a live run"

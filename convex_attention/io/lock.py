@@ -102,9 +102,14 @@ def while_unheld(out_dir: str):
     if held_here(out_dir) or os.path.islink(path) or not os.path.isfile(path):
         yield False
         return
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
+    fd = None
+    for mode in (os.O_RDWR, os.O_RDONLY):  # (read-write first: NFS's emulated flock needs write access)
+        try:
+            fd = os.open(path, mode | getattr(os, "O_NOFOLLOW", 0))
+            break
+        except OSError:
+            continue
+    if fd is None:
         yield False
         return
     try:
@@ -112,6 +117,11 @@ def while_unheld(out_dir: str):
             free = _try_lock(fd)
         except OSError:  # a file system without locks: nothing can be known of its holder
             free = False
+        if free:  # the file locked must still be the one at the path: a run may have replaced it meanwhile
+            try:  # (and locked the new one: results_lock checks the same, ca_rev134)
+                free = os.path.samestat(os.fstat(fd), os.lstat(path))
+            except OSError:
+                free = False
         yield free
     finally:
         os.close(fd)  # (closing releases the flock)
