@@ -220,9 +220,10 @@ def holding_out(out: str, command: str, args, main: bool = True, outputs=(), pat
 
 def _clean_left_temporaries(folder: str, outputs, patterns, recursive: bool, say) -> None:
     """:func:`holding_out`'s cleaning of ``folder`` (whose lock the caller holds, or which holds none),
-    then, with ``recursive``, of each sub-folder (links not followed), holding that one's lock
-    where it has a ``results.lock`` (a sub-folder a live run holds is left as it is)."""
-    from ..io.lock import LOCK_NAME, while_unheld
+    then, with ``recursive``, of each sub-folder (links not followed), under that one's lock: probed
+    where it has a ``results.lock`` (a sub-folder a live run holds is left as it is), taken (and
+    its file removed again) where it has none, so that no run starts there while it is cleaned."""
+    from ..io.lock import LOCK_NAME, ResultsLocked, results_lock, while_unheld
 
     stale = clean_stale_tmp(folder, outputs, patterns)
     if stale:
@@ -240,7 +241,11 @@ def _clean_left_temporaries(folder: str, outputs, patterns, recursive: bool, say
                 else:
                     say(f"left {sub} as it is: another run holds it (or its {LOCK_NAME} is not this tool's)")
             continue
-        _clean_left_temporaries(sub, outputs, patterns, recursive, say)
+        try:  # held while cleaned, so that a run starting there meanwhile waits (its lock file goes again after)
+            with results_lock(sub, command="cleaning", wait=False, log=lambda message: None):
+                _clean_left_temporaries(sub, outputs, patterns, recursive, say)
+        except ResultsLocked:  # a run took it since, or its folder takes no lock: its files are its own
+            say(f"left {sub} as it is: another run holds it (or it takes no lock)")
 
 
 def _installed(module: str) -> bool:
