@@ -537,3 +537,34 @@ def test_mass_and_score_map_refuse_a_signed_map_whose_share_is_no_share():
     with pytest.raises(ValueError, match="non-negative"):
         score_map(m, MASK)
     assert mass(to_common_form(m, (4, 5)), MASK) == 1.0
+
+
+# ---- ca_rev135 (strict xfail: review of a7365f0)
+@pytest.mark.xfail(strict=True, reason="ca_rev135: 'nearest' 3 -> 7 px gives cells 3, 2, 2 px wide (torch's legacy "
+                                       "floor(i * 3 / 7)); pixel 2's centre lies in cell 1")
+def test_ca_rev135_nearest_upsampling_assigns_each_pixel_the_cell_holding_its_centre():
+    m = torch.tensor([[0.0, 1.0, 2.0]]).repeat(3, 1)
+    up = to_common_form(m, (7, 7), "nearest")
+    # pixel i's centre (i + 0.5) * 3 / 7 lies in cell floor((i + 0.5) * 3 / 7): widths 2, 3, 2 (symmetric)
+    assert up[0].tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 2.0]
+    assert torch.equal(to_common_form(m.flip(1), (7, 7), "nearest"), up.flip(1))  # mirroring commutes
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev135: block map at 4x4 pooled to 2x2 ties two 2-pixel cells (offsets "
+                                       "14+11 = 13+12): ap 0.883, the 2x2 block map's 0.898")
+def test_ca_rev135_the_pooled_block_map_reference_is_the_best_map_on_the_coarser_grid():
+    from convex_attention.paper.explain import reference_maps, score_explanations
+    from convex_attention.paper.explain_metrics import block_map
+
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[4:8, 0:4] = True  # one coarse cell full
+    mask[0, 2] = mask[2, 0] = True  # coarse cell (0, 0): 2 lesion pixels, in fine cells 1 and 4
+    mask[0, 4] = mask[0, 6] = True  # coarse cell (0, 1): 2 lesion pixels, in fine cells 2 and 3
+    grids = [(4, 4), (2, 2)]
+    best = average_precision(to_common_form(block_map(mask, (2, 2)), (8, 8)), mask)
+    assert best == pytest.approx(0.8979166666666667)  # ranked; the two 2-pixel cells tied give 0.8833
+    rows = score_explanations(reference_maps(torch.zeros(1, 1, 8, 8), mask[None], grids), mask[None], grids,
+                              pooled=True)
+    pooled = {r["level"]: r["ap"] for r in rows if r["resolution"] == "2x2"}
+    assert pooled[1] == pytest.approx(best)
+    assert pooled[0] == pytest.approx(best)  # the level-0 block map pooled to 2x2 is a 2x2 block map too
