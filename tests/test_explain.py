@@ -881,8 +881,6 @@ def test_ca_rev71_the_target_rule_change_is_in_the_scoring_rules_docs_point_to()
 
 
 # ---- ca_rev135 (strict xfail: review of a7365f0)
-@pytest.mark.xfail(strict=True, reason="ca_rev135: 3 lesion images + 1 normal decisive image -> explain.md says "
-                                       "'on 4 lesion images'")
 def test_ca_rev135_the_report_counts_only_the_lesion_images_as_lesion_images(tmp_path):
     from convex_attention.paper.explain import explained_indices
 
@@ -897,8 +895,6 @@ def test_ca_rev135_the_report_counts_only_the_lesion_images_as_lesion_images(tmp
     assert "4 lesion images" not in text and f"on {n_lesion} lesion images" in text
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev135: models with grids 8x8/4x4 then 16x16/8x8: the second's 16x16 "
-                                       "level is never pooled at 16x16 (grids of the first model only), no refusal")
 def test_ca_rev135_each_model_is_pooled_at_its_own_grids_or_mixed_grids_are_refused():
     from convex_attention.paper.explain import grids_of
 
@@ -916,8 +912,6 @@ def test_ca_rev135_each_model_is_pooled_at_its_own_grids_or_mixed_grids_are_refu
     assert ("second", 0, "16x16") in scored
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev135: maps of 3 images against 2 masks give rows for positions 0, 1 "
-                                       "only (image 2 dropped silently); 1 map against 2 masks: an IndexError")
 def test_ca_rev135_score_explanations_refuses_maps_and_masks_of_different_batches():
     from convex_attention.paper.explain import score_explanations
 

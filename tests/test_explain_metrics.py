@@ -540,8 +540,6 @@ def test_mass_and_score_map_refuse_a_signed_map_whose_share_is_no_share():
 
 
 # ---- ca_rev135 (strict xfail: review of a7365f0)
-@pytest.mark.xfail(strict=True, reason="ca_rev135: 'nearest' 3 -> 7 px gives cells 3, 2, 2 px wide (torch's legacy "
-                                       "floor(i * 3 / 7)); pixel 2's centre lies in cell 1")
 def test_ca_rev135_nearest_upsampling_assigns_each_pixel_the_cell_holding_its_centre():
     m = torch.tensor([[0.0, 1.0, 2.0]]).repeat(3, 1)
     up = to_common_form(m, (7, 7), "nearest")

@@ -591,7 +591,14 @@ def cmd_explain(args) -> int:
     from ..paper.config import SYNTHETIC_GENERATORS, check_device
     from ..paper.data import datasets_of
     from ..paper.data.synthetic import DECIDING_CHANNELS
-    from ..paper.explain import OUTPUT_FILES, check_explained, explain_models, lesion_indices, write_outputs
+    from ..paper.explain import (
+        OUTPUT_FILES,
+        check_explained,
+        check_pooled_grids,
+        explain_models,
+        lesion_indices,
+        write_outputs,
+    )
     from ..paper.models import NonFiniteOutput
 
     try:
@@ -610,6 +617,11 @@ def cmd_explain(args) -> int:
             check_explained(models, baseline)
         except ValueError as err:
             raise UsageError(f"argument --baseline-model: {err}") from None
+        if not args.pixel_only:
+            try:
+                check_pooled_grids(models)
+            except ValueError as err:
+                raise UsageError(f"argument --checkpoints: {err}") from None
         try:
             _, val = datasets_of(data)
             indices = lesion_indices(val, args.n_images)

@@ -224,6 +224,9 @@ def score_explanations(maps: dict, masks: torch.Tensor, grids=(), upsampling: st
     size = tuple(masks.shape[1:])
     rows = []
     for (method, level), m in maps.items():
+        if len(m) != len(masks):  # (a larger batch of maps had its extra images dropped unsaid: ca_rev135)
+            raise ValueError(f"score_explanations: the maps of {method} level {level} hold {len(m)} images, the "
+                             f"masks {len(masks)}: both must have batch B")
         m = m.detach().cpu()
         h, w = _spatial(m)
         usable = [g for g in grids if g[0] <= h and g[1] <= w and h % g[0] == 0 and w % g[1] == 0] if pooled else []
@@ -263,6 +266,17 @@ def check_explained(models: dict, baseline_model) -> None:
                          f"nothing of it would be scored; name it in the baseline models, or leave it out")
 
 
+def check_pooled_grids(models: dict) -> None:
+    """ValueError unless every model of ``models`` attends on the same grids: the pooled protocol
+    pools every model's maps at one set of grids (the first model's had pooled them all, ca_rev135)."""
+    first = next(iter(models))
+    grids = grids_of(models[first])
+    other = next((name for name, model in models.items() if grids_of(model) != grids), None)
+    if other is not None:
+        raise ValueError(f"the pooled protocol needs one set of attention grids: model {other!r} attends on "
+                         f"{grids_of(models[other])}, {first!r} on {grids}; explain them apart, or pass --pixel-only")
+
+
 def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_model="all",
                    target: str = "true", batch_size: int = 16, device="cpu", progress: bool = True,
                    indices: list[int] | None = None, upsampling: str = "nearest", pooled: bool = False,
@@ -297,6 +311,8 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
     wanted = {"lesion": set(indices), "decisive": set(decisive or ())}
     order = list(dict.fromkeys([*indices, *(decisive or ())]))
     grids = grids_of(next(iter(models.values())))
+    if pooled:
+        check_pooled_grids(models)
     rows, examples = [], []
     for start in tqdm(range(0, len(order), batch_size), desc="explain", disable=not progress):
         chosen = order[start:start + batch_size]
@@ -743,11 +759,15 @@ def write_outputs(rows, examples, out_dir: str, env: dict | None = None, channel
     atomic_csv(paths["csv"], EXPLAIN_COLUMNS, rows)
     summary = summarise(rows)
     atomic_csv(paths["summary"], list(summary[0]), summary)
-    n_images = len({r["image"] for r in rows})
+    n_images = len({r["image"] for r in rows if r.get("mask", "lesion") == "lesion"})  # (not the decisive
+    # masks' normal images: ca_rev135)
+    n_decisive = len({r["image"] for r in rows if r.get("mask") == "decisive"})
     size = tuple(examples[0][5].shape) if examples else None
-    tol = f"{pointing_tolerance_px(size):.1f} px at {size[0]}x{size[1]}" if size else "15 px at 240x240, scaled"
+    tol = f"{pointing_tolerance_px(size):.1f} px at {size[0]}x{size[1]}" if size else "a tolerance"
+    decisive = f" and {n_decisive} images scored against their decisive masks" if n_decisive else ""
     atomic_write_text(paths["markdown"],
-                      f"Explanation metrics on {n_images} lesion images (mean ± half-width of the 95 % confidence "
+                      f"Explanation metrics on {n_images} lesion images{decisive} (mean ± half-width of the 95 % "
+                      f"confidence "
                       f"interval over images, Student t; level 'input' = input attribution; GradCAM level k = the "
                       f"block of attention level k). Resolution 'pixel': the pixel protocol, coarse maps upsampled as "
                       f"the 'upsampling' column says; 'HxW': the authors' pooled protocol at that attention grid "

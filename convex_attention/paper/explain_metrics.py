@@ -83,8 +83,9 @@ def _upsample(m: Tensor, size, upsampling: str) -> Tensor:
     """``(h, w)`` -> ``(H, W)`` float64; ``bilinear`` with ``align_corners=False`` (cell centres)."""
     if tuple(m.shape) == tuple(size):
         return m
-    if upsampling == "nearest":
-        return F.interpolate(m[None, None], size=tuple(size), mode="nearest")[0, 0]
+    if upsampling == "nearest":  # each pixel takes the cell holding its centre (torch's "nearest" is half a pixel
+        # off at scales that are not whole numbers; at whole ones the two agree: ca_rev135)
+        return F.interpolate(m[None, None], size=tuple(size), mode="nearest-exact")[0, 0]
     return F.interpolate(m[None, None], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
 
 
