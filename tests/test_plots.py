@@ -3017,6 +3017,7 @@ def test_ca_rev130_the_staging_folder_of_a_killed_plot_is_removed_by_the_next_pl
     assert not [n for n in os.listdir(tmp_path / "figures") if n.startswith(".plot-staging-")]
 
 
+@pytest.mark.slow  # three whole plots (1-1.5 s): the fast suite stays under the minute
 def test_ca_rev130_a_plot_stopped_before_its_record_is_written_is_redrawn_without_overwrite(tmp_path, monkeypatch):
     """plot_results into R/figures (recorded), then again with the record's write failing
     (OSError ENOSPC: a full disk; a SIGKILL after the renames does the same), then again.
@@ -3063,6 +3064,7 @@ def test_ca_rev131_the_next_plot_removes_the_record_temporary_a_killed_plot_left
     assert not left.exists()
 
 
+@pytest.mark.slow  # three whole plots (1-1.5 s): the fast suite stays under the minute
 def test_ca_rev131_figures_renamed_in_by_a_stopped_plot_of_other_results_are_not_replaced_unsaid(tmp_path,
                                                                                                   monkeypatch):
     """plot_results(A, OUT); plot_results(B, OUT) stopped after the renames, before its final
