@@ -9,7 +9,7 @@ from torch import Tensor
 
 __all__ = ["sample_dims", "centre", "less_max", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature",
            "GRADIENT_RTOL", "gradient_rtol", "second_order_temperature_floor", "overflowed", "SecondOrderGuard",
-           "FirstOrderOnly", "guard_below_floor", "temperature_floats"]
+           "FirstOrderOnly", "guard_below_floor", "temperature_floats", "tensor_values_read_at_once"]
 
 
 def sample_dims(x: Tensor) -> tuple[int, ...]:
@@ -136,12 +136,20 @@ def temperature_floats(temps) -> list[float]:
     ``(M,)`` tensor (the one home of this conversion, which five sites wrote out)."""
     if isinstance(temps, Tensor):
         return [float(t) for t in temps.detach().reshape(-1).tolist()]
-    tensors = [t.detach().reshape(()) for t in temps if isinstance(t, Tensor)]
-    if len({t.device for t in tensors}) == 1:  # one read for all (one host synchronisation, not M)
-        common = functools.reduce(torch.promote_types, [t.dtype for t in tensors])  # (MPS has no float64)
-        values = iter(torch.stack([t.to(common) for t in tensors]).tolist())
-        return [float(next(values)) if isinstance(t, Tensor) else float(t) for t in temps]
-    return [float(t.detach()) if isinstance(t, Tensor) else float(t) for t in temps]
+    return [float(t) for t in tensor_values_read_at_once(temps)]
+
+
+def tensor_values_read_at_once(values) -> list:
+    """``values`` (numbers and 0-d tensors) with each tensor read as a float, in one host read
+    where the tensors share a device, in their promoted dtype, which holds each one's value
+    exactly (MPS has no float64): one synchronisation on CUDA, not one per map (ca_rev131,
+    ca_rev133).  The numbers are left as given (for checks of their own)."""
+    tensors = [t.detach().reshape(()) for t in values if isinstance(t, Tensor)]
+    if len({t.device for t in tensors}) == 1:
+        common = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
+        read = iter(torch.stack([t.to(common) for t in tensors]).tolist())
+        return [float(next(read)) if isinstance(t, Tensor) else t for t in values]
+    return [float(t.detach()) if isinstance(t, Tensor) else t for t in values]
 
 
 # ------------------------------------------------------------------ second-order guards

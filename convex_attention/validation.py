@@ -1,7 +1,6 @@
 """Input checks shared by every entry point: clear errors instead of silent wrong answers."""
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 from collections.abc import Sequence
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._ops import compute_dtype
+from ._ops import compute_dtype, tensor_values_read_at_once
 from .graph import Graph
 
 #: The dtypes scores may have: half precision is computed in float32.
@@ -321,7 +320,7 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
             if t.dim() != 0:
                 raise ValueError(f"temperature[{k}] must be a number or a 0-d real tensor (one temperature per "
                                  f"{unit}), got a tensor of shape {tuple(t.shape)}")
-        values = _tensor_values_at_once(temperature)
+        values = tensor_values_read_at_once(temperature)
         temps = _check_temperature_values(values, num_levels, dtype, unit, unused)
         grads = [is_grad_temperature(t) for t in temperature]
         if not any(grads):
@@ -339,18 +338,6 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
                 promoted[id(t)] = _promoted(t, dtype)
         return [promoted[id(t)] if g else v for t, g, v in zip(temperature, grads, temps)]
     return _check_temperature_values(temperature, num_levels, dtype, unit, unused)
-
-
-def _tensor_values_at_once(temperature: Sequence) -> list:
-    """``temperature`` (numbers and 0-d tensors) with each tensor read as a float, in one host read
-    where the tensors share a device, in their promoted dtype (one synchronisation on CUDA, not one
-    per map: ca_rev131, ca_rev133); the numbers are left as given, for their own checks."""
-    tensors = [t.detach() for t in temperature if isinstance(t, Tensor)]
-    if len({t.device for t in tensors}) == 1:  # in their promoted dtype, which holds each one's value exactly
-        common = functools.reduce(torch.promote_types, [t.dtype for t in tensors])  # (MPS has no float64)
-        read = iter(torch.stack([t.to(common) for t in tensors]).tolist())
-        return [float(next(read)) if isinstance(t, Tensor) else t for t in temperature]
-    return [float(t.detach()) if isinstance(t, Tensor) else t for t in temperature]
 
 
 def _promoted(temperature: Tensor, dtype: torch.dtype | None) -> Tensor:
