@@ -123,25 +123,13 @@ def with_implied_masks(scores: Sequence[Tensor], h: Graph) -> list[Tensor]:
     nothing, which reads one flag per pass (meta tensors, holding no values: a pass per map)."""
     upward = sorted(range(h.num_edges), key=lambda e: h.order.index(h.edges[e][0]))
     if h.is_forest:  # on the scores themselves: a block maximum and a coarse-to-fine sum per edge, no more
-        out = list(scores)
-        for e in upward:
-            a, b = h.edges[e]
-            out[b] = out[b].masked_fill(torch.isneginf(h.block_max(out[a].detach(), e)), -math.inf)
-        for e in reversed(upward):
-            a, b = h.edges[e]
-            out[a] = h._combine(out[a], _masked_as_minus_inf(out[b]), e, torch.add)
-        return out
+        return _spread_masks_once(list(scores), h, upward)
     # elsewhere on detached copies of the scores, -inf marking a masked cell, until a pass changes nothing
     work = [s.detach() for s in scores]
     meta = any(s.is_meta for s in scores)
     counts = None
     for round_ in range(sum(h.sizes) + 1):  # (each pass that changes something masks one more cell at least)
-        for e in upward:
-            a, b = h.edges[e]
-            work[b] = work[b].masked_fill(torch.isneginf(h.block_max(work[a], e)), -math.inf)
-        for e in reversed(upward):
-            a, b = h.edges[e]
-            work[a] = h._combine(work[a], _masked_as_minus_inf(work[b]), e, torch.add)
+        work = _spread_masks_once(work, h, upward)
         if meta and round_ + 1 >= h.num_maps:
             break
         now = torch.stack([torch.isneginf(w).sum() for w in work])
@@ -149,6 +137,19 @@ def with_implied_masks(scores: Sequence[Tensor], h: Graph) -> list[Tensor]:
             break
         counts = now
     return [s.masked_fill(torch.isneginf(w), -math.inf) for s, w in zip(scores, work)]
+
+
+def _spread_masks_once(maps: list, h: Graph, upward: Sequence[int]) -> list:
+    """One pass of :func:`with_implied_masks`' two rules over ``maps`` (scores, -inf masked): up the
+    edges ``upward`` (finest maps first), a coarse cell over a wholly masked block masked; then down,
+    the fine cells under a masked coarse cell masked (by adding -inf, so a score's gradient stays)."""
+    for e in upward:
+        a, b = h.edges[e]
+        maps[b] = maps[b].masked_fill(torch.isneginf(h.block_max(maps[a].detach(), e)), -math.inf)
+    for e in reversed(upward):
+        a, b = h.edges[e]
+        maps[a] = h._combine(maps[a], _masked_as_minus_inf(maps[b]), e, torch.add)
+    return maps
 
 
 def _masked_as_minus_inf(x: Tensor) -> Tensor:
