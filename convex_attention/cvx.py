@@ -401,13 +401,18 @@ class _GradientCheck:
         by its largest |entry| (1 where that is 0 or not finite: NaN is passed on as it came)."""
         largest = torch.stack([g.detach().flatten(1).abs().amax(1).to(torch.float64) for g in grads]).amax(0)
         self.scale = torch.where((largest > 0) & torch.isfinite(largest), largest, torch.ones_like(largest))
-        return [g / self.scale.to(g.dtype).view((-1,) + (1,) * (g.dim() - 1)) for g in grads]
+        return [g / self._scale_like(g) for g in grads]
 
     def scaled_back(self, grads: Sequence[Tensor]) -> list[Tensor]:
         """The backend's gradient on the scores (each ``(B, n_k)``) times each sample's scale."""
         if self.scale is None:  # (the outputs' node never ran: nothing was scaled)
             return list(grads)
-        return [g * self.scale.to(g.dtype).view((-1,) + (1,) * (g.dim() - 1)) for g in grads]
+        return [g * self._scale_like(g) for g in grads]
+
+    def _scale_like(self, g: Tensor) -> Tensor:
+        """Each sample's scale in ``g``'s dtype, shaped to broadcast over ``g`` ``(B, ...)``."""
+        assert self.scale is not None
+        return self.scale.to(g.dtype).view((-1,) + (1,) * (g.dim() - 1))
 
     def judge(self, got: Sequence[Tensor | None]) -> None:
         """SolverFailure unless ``got`` (the backend's gradient on each map's centred scores,
@@ -436,7 +441,7 @@ class _GradientCheck:
                                 f"implicit gradient at its certified maps was refused ({err}); nothing is returned "
                                 f"unchecked: {self._instead()}") from None
         # the most a score gradient can be: |v_k| / τ_k from the maps, about |u_e| from the duals
-        scale = torch.stack([x.flatten(1).abs().amax(1) / t for x, t in zip(v, self.temps)]
+        reach = torch.stack([x.flatten(1).abs().amax(1) / t for x, t in zip(v, self.temps)]
                             + [x.flatten(1).abs().amax(1) for x in u]).amax(0)[index]
         for k, (g, w) in enumerate(zip(got, want)):
             if g is None:  # (a map whose scores do not require grad: the backend gave it none)
@@ -446,7 +451,7 @@ class _GradientCheck:
             g = g.detach().to(torch.float64).reshape(B, -1)[index.to(g.device)].to(w.device)
             w = w.reshape(len(rows), -1)
             off = (g - w).abs().amax(1)
-            allowed = GRADIENT_CHECK_RTOL * w.abs().amax(1) + GRADIENT_CHECK_ATOL * scale
+            allowed = GRADIENT_CHECK_RTOL * w.abs().amax(1) + GRADIENT_CHECK_ATOL * reach
             bad = torch.nonzero(~(off <= allowed)).flatten().tolist()  # (NaN is never within)
             if bad:
                 i = bad[0]  # (its position among rows; the message names the sample)
