@@ -193,6 +193,12 @@ def records_history(method: str) -> bool:
     return m is not None and m.options is not None and "record_history" in m.options
 
 
+def _signature(row: dict, leave_out=("checksum",)) -> str:
+    """The checksum of a typed row: over the text this writer gives each column's value, but
+    ``leave_out``'s (the one home of the row's signing: a commit, a renumbering, a resume)."""
+    return row_checksum([csv_field(row[c]) for c in COLUMNS if c not in leave_out])
+
+
 def _signed_again(row: dict) -> tuple:
     """``(row_id, checksum)`` of ``row`` with the checksum over the text this writer gives its
     values but its cell number: a row of bench.csv and its copy in bench.json compare equal
@@ -200,10 +206,10 @@ def _signed_again(row: dict) -> tuple:
     before a stop were counted as new: ca_rev131); a row whose values cannot be typed keeps its
     own checksum."""
     try:  # (not the cell number either: a resume that renumbers cells rewrites it, ca_rev133)
-        text = [csv_field(_as_column_type(c, row.get(c))) for c in COLUMNS if c not in ("checksum", "cell")]
+        typed = {c: _as_column_type(c, row.get(c)) for c in COLUMNS if c not in ("checksum", "cell")}
     except ValueError:
         return row.get("row_id"), row.get("checksum")
-    return row.get("row_id"), row_checksum(text)
+    return row.get("row_id"), _signature(typed, leave_out=("checksum", "cell"))
 
 
 def _key_value(v) -> str:
@@ -754,7 +760,7 @@ class ResultsWriter:
             # signed again over the text this writer gives its values ("2" as "2.0", "nan" as ""):
             # kept under the checksum of their text as read, the rows a resume wrote back failed it
             # at the next read, and were measured again (ca_rev130); the read verified that one
-            self._store({**r, "checksum": row_checksum([csv_field(r[c]) for c in COLUMNS if c != "checksum"])})
+            self._store({**r, "checksum": _signature(r)})
         problems += copied
         self._read_rows = Counter(_signed_again(r) for r in rows)  # bench.csv as read (as bench.json is compared)
         conv, conv_problems = read_rows(self.conv_path, CONVERGENCE_SCHEMA)
@@ -808,7 +814,7 @@ class ResultsWriter:
             if number != row["cell"]:
                 moved += 1
                 fixed = {**row, "cell": number}
-                fixed["checksum"] = row_checksum([csv_field(fixed[c]) for c in COLUMNS if c != "checksum"])
+                fixed["checksum"] = _signature(fixed)
                 self._store(fixed)
                 for r in self._conv.get(fixed["row_id"], []):
                     r["cell"] = number
@@ -888,7 +894,7 @@ class ResultsWriter:
         stored = {c: _as_column_type(c, row.get(c)) for c in COLUMNS}
         stored["cell"] = self._cell_number(stored)
         stored["row_id"] = row_id(stored)
-        stored["checksum"] = row_checksum([csv_field(stored[c]) for c in COLUMNS if c != "checksum"])
+        stored["checksum"] = _signature(stored)
         self._store(stored)
         self._redo.discard(row_key(stored))  # measured again: done, or a later group retry timed it twice
         self._committed += 1

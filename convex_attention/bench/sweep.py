@@ -263,14 +263,18 @@ def _timed_against_each_other(row: dict) -> bool:
     """Whether ``row`` is of the amortised dual's time ratio: a learned-dual row, or a fast
     exact method's (the ratio's denominator; cvxpylayers is never the fastest)."""
     method = get_method(row["method"])
-    return method.needs_duals or (method.exact and not _has_backends(method))
+    return method.needs_duals or _fast_exact(method)
+
+
+def _fast_exact(method) -> bool:
+    """An exact method the amortised dual's time is divided by (cvxpylayers is never the fastest)."""
+    return method.exact and not _has_backends(method)
 
 
 def _stored_fast_exact_rows(cell: dict, done: set) -> list[dict]:
-    """The cell's rows of fast exact methods (:func:`_timed_against_each_other`) that the folder
-    holds finished, whatever this run names."""
+    """The cell's rows of fast exact methods that the folder holds finished, whatever this run names."""
     rows = [{**cell, "method": name, "backend": "", "dual_kind": ""} for name, method in REGISTRY.items()
-            if method.exact and not _has_backends(method)]
+            if _fast_exact(method)]
     return [r for r in rows if row_key(r) in done]
 
 
