@@ -688,6 +688,23 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert "test run 2 of the benchmark" in again["report"] and "--force" in again["report"]
     assert "moved, not deleted" in again["report"] and os.path.isfile(os.path.join(out, "test.run-1", "runs.csv"))
     assert len(read_text(os.path.join(out, "test_runs.jsonl")).splitlines()) == 2
+    _assert_every_file_is_one_the_command_cleans(out)
+
+
+def _assert_every_file_is_one_the_command_cleans(out):
+    """The command's list of what the experiment writes (for removing a killed run's
+    temporaries) is kept by hand beside experiment.py: every file a run leaves is in it."""
+    import re
+
+    from convex_attention.cli.paper import EXPERIMENT_FILES, EXPERIMENT_NAMED
+    from convex_attention.paper.protocol import TEST_RUN_LOG
+
+    not_written_through_a_temporary = {TEST_RUN_LOG, "results.lock"}  # an appended log; the command's lock
+    unlisted = sorted(
+        os.path.relpath(os.path.join(root, name), out) for root, _, names in os.walk(out) for name in names
+        if name not in EXPERIMENT_FILES and name not in not_written_through_a_temporary
+        and not any(re.fullmatch(pattern, name) for pattern in EXPERIMENT_NAMED))
+    assert unlisted == []
 
 
 def test_the_experiment_never_scores_a_model_whose_outputs_are_not_finite():
