@@ -565,7 +565,7 @@ def test_a_checkpoint_recorded_without_the_model_generator_does_not_block_resume
 def _digits_only_checksum_row() -> dict:
     """A row without backend, λ kind or reason whose checksum has decimal digits only."""
     for i in range(10_000):
-        row = {**bench_row(value=0.5 + i), "backend": "", "dual_kind": "", "reason": ""}
+        row = {**bench_row(value=0.5 + i), "backend": "", "dual_kind": "", "reason": "", "run": 1}  # a fresh run's
         row["row_id"] = R.row_id(row)
         if R.row_checksum([R.csv_field(row.get(c)) for c in COLUMNS if c != "checksum"]).isdigit():
             return row
@@ -1233,3 +1233,41 @@ def test_ca_rev133_rows_renumbered_by_a_stopped_resume_are_not_counted_as_new_ro
     again = writer(tmp_path, resume=True)
     assert len(again.rows) == 2
     assert [r.get("rows") for r in again.runs] == [2]
+
+
+def test_each_row_records_the_run_that_measured_it_and_a_resume_keeps_the_numbers_of_the_rows_it_keeps(tmp_path):
+    """Rows had recorded no run, so a ratio of two rows could divide the times of two runs
+    unseen; each row now records its run, the number of its entry in bench.json's runs."""
+    writer(tmp_path).commit(bench_row("exact"))
+    second = writer(tmp_path, resume=True)
+    second.commit(bench_row("dual"))
+    rows = {r["method"]: r for r in R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)[0]}
+    assert (rows["exact"]["run"], rows["dual"]["run"]) == (1, 2)
+    stored = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["run"] for r in stored["runs"]] == [1, 2]
+    assert {r["method"]: r["run"] for r in stored["rows"]} == {"exact": 1, "dual": 2}
+    # bench.json's runs lost (an older file, a hand edit): the next run's number is still past every kept row's
+    (tmp_path / "bench.json").write_text(json.dumps({k: v for k, v in stored.items() if k != "runs"}))
+    third = writer(tmp_path, resume=True)
+    assert third.runs == [] and third.run == 3
+
+
+def test_a_bench_csv_written_before_rows_recorded_their_run_is_read_and_resumed(tmp_path):
+    """A folder written before the run column existed is read (its rows' run empty); a resume
+    rewrites it with the column, and its own rows get a number no earlier row has."""
+    writer(tmp_path).commit(bench_row("exact"))
+    older = [c for c in COLUMNS if c != "run"]
+    table = read_table(str(tmp_path / "bench.csv"))
+    lines = [",".join(older)]
+    for raw in table.rows:
+        fields = [raw[c] for c in older[:-1]]
+        lines.append(",".join([*fields, R.row_checksum(fields)]))
+    (tmp_path / "bench.csv").write_text("\n".join(lines) + "\n")
+    rows, problems = R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)
+    assert problems == [] and [r["run"] for r in rows] == [None]
+    again = writer(tmp_path, resume=True)
+    assert [r["run"] for r in again.rows] == [None] and again.run == 2  # bench.json records one run before
+    again.commit(bench_row("dual"))
+    assert read_table(str(tmp_path / "bench.csv")).header == COLUMNS
+    rows = {r["method"]: r["run"] for r in R.read_rows(str(tmp_path / "bench.csv"), R.BENCH_SCHEMA)[0]}
+    assert rows == {"exact": None, "dual": 2}

@@ -876,3 +876,18 @@ def test_ca_rev124_bench_core_says_why_of_every_backend_it_refuses(tmp_path, cap
     err = " ".join(capsys.readouterr().err.split())
     assert code == 2, err
     assert " ".join(reason.split()) in err and "mpax not installed" not in err, err
+
+
+def test_the_amortised_cost_divides_times_of_one_run_only():
+    """A resume naming the exact methods alone measures a cell's exact rows again, not its
+    learned_dual rows: their ratio divided times of two runs (under two loads), unseen."""
+    from convex_attention.bench.targets import amortised_targets
+
+    def rows(exact_run):
+        return [{**learned_row("zero", 0.1), "run": 1}, {**learned_row("amortised", 0.0001), "run": 1},
+                {**learned_row("", 0.0), "method": "exact", "per_sample_ms": 0.5, "run": exact_run}]
+
+    assert amortised_targets(rows(1))[0]["time_vs_exact"] == pytest.approx(2.0)
+    assert math.isnan(amortised_targets(rows(2))[0]["time_vs_exact"])
+    older = [{k: v for k, v in r.items() if k != "run"} for r in rows(1)]  # written before rows recorded a run
+    assert amortised_targets(older)[0]["time_vs_exact"] == pytest.approx(2.0)

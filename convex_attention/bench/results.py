@@ -60,7 +60,7 @@ _TIMES = ("fwd_ms", "fwd_ms_q1", "fwd_ms_q3", "bwd_ms", "bwd_ms_q1", "bwd_ms_q3"
 COLUMNS = ("cell", "status", "reason") + KEY_FIELDS + (
     "shapes", "n_cells", "timed_batch", "repeats") + _TIMES + (
     "per_sample_ms", "peak_mem_mb", "estimate_s", "violation_max", "violation_mean", "max_abs_err", "primal_gap",
-    "dual_gap", "iterations_mean", "iterations_max", "row_id", "checksum")
+    "dual_gap", "iterations_mean", "iterations_max", "run", "row_id", "checksum")
 CONVERGENCE_COLUMNS = ("row_id", "cell", "structure", "dims", "size", "levels", "temperature", "iteration",
                        "violation_mean", "violation_max", "dual_gap_mean", "dual_gap_max", "checksum")
 # the key fields that name a cell of the sweep (the key without the series: method, backend, λ kind)
@@ -160,11 +160,12 @@ def reads_setting(name: str, row: dict) -> bool:
 BENCH_SCHEMA = Schema(
     "bench", COLUMNS,
     ints=frozenset({"cell", "dims", "size", "levels", "batch", "seed", "n_cells", "timed_batch", "repeats",
-                    "iterations_max"}),
+                    "iterations_max", "run"}),
     floats=frozenset({"scale", "temperature", *_TIMES, "per_sample_ms", "peak_mem_mb", "estimate_s",
                       "violation_max", "violation_mean", "max_abs_err", "primal_gap", "dual_gap",
                       "iterations_mean"}),
-    choices=(("status", STATUSES), ("structure", STRUCTURES)))
+    choices=(("status", STATUSES), ("structure", STRUCTURES)),
+    added=("run",))  # rows written before it record no run: read with it empty
 CONVERGENCE_SCHEMA = Schema(
     "convergence", CONVERGENCE_COLUMNS,
     ints=frozenset({"cell", "dims", "size", "levels", "iteration"}),
@@ -741,6 +742,9 @@ class ResultsWriter:
         self.env = environment(device_env)
         self.inputs = run_inputs(config)
         self._started, self._load_start, self._committed = now_utc(), load_average(), 0
+        # this run's number, which its rows record: past every earlier run's (a bench.json lost
+        # with its runs record must not give this run the number of one whose rows are kept)
+        self.run = 1 + max([len(self.runs), *(r["run"] for r in self._rows.values() if r.get("run") is not None)])
         if not resume or self.problems or self._renumbered:
             # a fresh start, or rows were dropped: the files hold exactly the kept rows from now on
             self._flush(convergence=True)
@@ -868,8 +872,8 @@ class ResultsWriter:
     def run_records(self) -> list[dict]:
         """Every run into this folder, this one last: its start, its latest commit (its end,
         once it is done), the load average at both, its torch threads and the rows it
-        committed."""
-        return self.runs + [run_record(self._started, self._load_start, rows=self._committed)]
+        committed, and its number (``run``, which its rows record)."""
+        return self.runs + [run_record(self._started, self._load_start, rows=self._committed, run=self.run)]
 
     @property
     def rows(self) -> list[dict]:
@@ -893,6 +897,7 @@ class ResultsWriter:
         """
         stored = {c: _as_column_type(c, row.get(c)) for c in COLUMNS}
         stored["cell"] = self._cell_number(stored)
+        stored["run"] = self.run
         stored["row_id"] = row_id(stored)
         stored["checksum"] = _signature(stored)
         self._store(stored)

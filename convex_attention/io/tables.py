@@ -8,7 +8,8 @@ naming the file and what is wrong; a row that is damaged (a field count other th
 header's, the last line without its line end, a checksum that does not match) is left out
 and named in ``problems``.
 :func:`read_rows` reads a table of a known :class:`Schema`: the header must be the
-schema's (the error says which columns differ) and every value is typed (a row with an
+schema's (the error says which columns differ; a file written before the schema's
+``added`` columns existed is read with them empty) and every value is typed (a row with an
 unparsable number or a value outside its choices is left out and named).  Every figure
 and every ``--resume`` reads through these two functions.
 """
@@ -40,6 +41,9 @@ class Schema:
     floats: frozenset
     checksum: bool = True
     choices: tuple = ()  # (column, allowed values) pairs
+    # columns added after files were written: a file whose header is the schema's without
+    # them (in order) is read, its rows holding those columns empty
+    added: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,9 @@ def read_rows(path: str, schema: Schema) -> tuple[list[dict], list[str]]:
     table = read_table(path, checksum=schema.checksum)
     if not table.header:
         return [], [f"{os.path.basename(path)}: {p}" for p in table.problems]
+    older = tuple(c for c in schema.columns if c not in schema.added)
+    if table.header == older and schema.added:  # written before the added columns existed
+        table = Table(schema.columns, [{**r, **dict.fromkeys(schema.added, "")} for r in table.rows], table.problems)
     if table.header != schema.columns:
         raise ResultsFormatError(f"{path} does not have the columns of a {schema.name} table written by this "
                                  f"version: {_header_difference(schema.columns, table.header)}")

@@ -564,9 +564,11 @@ SPEEDUP_TARGET = 1e4
 
 
 def _speedup_lines(points) -> tuple[dict, dict]:
-    """``{(panel, series, setting): [(n, speed-up, low confidence)]}`` from the cells where
-    both were measured (panel: :func:`_panel_of`; setting: :func:`._common.setting_of`, so
-    cells of another dtype, batch or device are never one line), and the timed batches
+    """``{(panel, series, setting): [(n, speed-up, low confidence, across runs)]}`` from the
+    cells where both were measured (panel: :func:`_panel_of`; setting:
+    :func:`._common.setting_of`, so cells of another dtype, batch or device are never one
+    line; across runs: the two times were measured by different runs into the folder, as
+    bench.csv's ``run`` says, a resume having measured one again), and the timed batches
     ``{method: {batch}}``."""
     base: dict = {}
     for p in points:
@@ -580,12 +582,16 @@ def _speedup_lines(points) -> tuple[dict, dict]:
         ref = base[cell_key(p.row)]
         ratio = p.v["per_sample_ms"] / float(np.median([b.v["per_sample_ms"] for b in ref]))
         unsure = low_confidence(p.v, "total_ms") or any(low_confidence(b.v, "total_ms") for b in ref)
+        across = {text_of(b.row, "run") for b in ref} != {text_of(p.row, "run")}
         lines.setdefault((_panel_of(p), p.series, setting_of(p.row)), []).append(
-            (int(p.v["n_cells"]), ratio, unsure))
+            (int(p.v["n_cells"]), ratio, unsure, across))
         batches[SPEEDUP_OVER].add(int(p.v["timed_batch"]))
         batches[SPEEDUP_BASE].update(int(b.v["timed_batch"]) for b in ref)
     return lines, batches
 
+
+# a ratio of two runs' times: a cross over its point (the legend and the footer say what it means)
+_ACROSS_RUNS_MARK = {"marker": "x", "ms": 7, "color": "#222222", "mew": 0.9, "ls": "none", "zorder": 7}
 
 # how a cell not measured is marked along the bottom edge: a hollow marker in the backend's colour, its
 # shape the reason (the legend names each); shapes no backend uses (BACKEND_MARKERS)
@@ -659,7 +665,7 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
                                  sharey=True, layout="constrained")
         for ax in axes.flat[len(panels):]:
             ax.set_visible(False)
-        any_low = False
+        any_low, across_runs = False, 0
         for ax, panel in zip(axes.flat, panels):
             for s in series:
                 color, marker = styles[s]
@@ -671,6 +677,10 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
                         low = [p for p in pts if p[2]]
                         mark_low_confidence(ax, [p[0] for p in low], [p[1] for p in low])
                         any_low |= bool(low)
+                        across = [p for p in pts if p[3]]
+                        if across:
+                            ax.plot([p[0] for p in across], [p[1] for p in across], **_ACROSS_RUNS_MARK)
+                        across_runs += len(across)
             for i, s in enumerate(gone_rows):
                 for why, shape in shapes.items():
                     gone = sorted(set(skipped.get((panel, s.backend, why), [])))
@@ -696,6 +706,9 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
                     for why, shape in shapes.items()]
         if any_low:
             handles.append(low_confidence_handle())
+        if across_runs:
+            handles.append(Line2D([], [], **_ACROSS_RUNS_MARK, label="times of two runs into the folder (a resume "
+                                                                      "measured one again)"))
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6.5,
                    handlelength=SETTING_HANDLE_LENGTH)
         fig.suptitle("Speed-up of exact over cvxpylayers (forward + backward, per sample, same sweep cell)")
@@ -711,4 +724,7 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
                  f"{cvx_b} of them in float64 (its only mode)"
                  + ("; one line per backend and setting (line style), never pooled across them"
                     if len(settings) > 1 else ""), *not_drawn_notes(rows)]
+        if across_runs:
+            notes.append(f"{across_runs} ratio(s), crossed, divide times measured by two runs into the folder "
+                         f"(bench.csv's run), under each run's own load")
         return figures.save(fig, path, env, notes=notes)
