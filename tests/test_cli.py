@@ -1523,3 +1523,35 @@ def test_ca_rev127_a_resume_without_learned_dual_keeps_the_examples_duals(tmp_pa
     assert run(["bench", *FAST, "--sizes", "8", "--out", str(out), "--resume"]) == 0  # the grid grows
     err = capsys.readouterr().err
     assert len(written) == 1, err  # the example (and its fitted λ) kept
+
+
+# ---- ca_rev138 (strict xfail: review of 8f7bdd7)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev138: verify --dual-solver runs the solver's code before --out's lock")
+def test_ca_rev138_verify_into_a_held_folder_is_refused_before_the_solvers_code_runs(tmp_path, capsys, monkeypatch):
+    """Run: verify --quick --n 1 --backends moreau --dual-solver solver.py:solve_duals --out OUT while another
+    run holds OUT/results.lock (solver.py writes a marker file when imported). Expected: exit 2 naming the
+    holder before any work, as bench, plot and data check refuse a held folder (and as an --out that is a
+    file is refused 'before your module's code runs', docs/user_guide.md §2). Observed: exit 2 only after
+    5 s: the warm-up verification ran and the solver's module was imported in its process (the marker
+    exists); cmd_verify takes the lock in _run_verify, after _start_solver."""
+    from convex_attention.bench.isolation import IsolatedSolver
+    from convex_attention.cli import bench as cli_bench
+
+    ran: list = []
+    monkeypatch.setattr(cli_bench, "_import_the_verifier", lambda backends: ran.append("warm-up") or [])
+    monkeypatch.setattr(IsolatedSolver, "start", lambda self: ran.append("solver imported"))
+    solver = tmp_path / "solver.py"
+    solver.write_text("def solve_duals(scores, h, temps):\n    return []\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = hold_lock(out, 60)
+    try:
+        code = run(["verify", "--quick", "--n", "1", "--no-progress", "--dual-solver", f"{solver}:solve_duals",
+                    "--out", str(out)])
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert code == 2 and f"pid {holder.pid}" in err, (code, err)
+    assert ran == [], ran
