@@ -1527,7 +1527,6 @@ def test_ca_rev127_a_resume_without_learned_dual_keeps_the_examples_duals(tmp_pa
 
 # ---- ca_rev138 (strict xfail: review of 8f7bdd7)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev138: verify --dual-solver runs the solver's code before --out's lock")
 def test_ca_rev138_verify_into_a_held_folder_is_refused_before_the_solvers_code_runs(tmp_path, capsys, monkeypatch):
     """Run: verify --quick --n 1 --backends moreau --dual-solver solver.py:solve_duals --out OUT while another
     run holds OUT/results.lock (solver.py writes a marker file when imported). Expected: exit 2 naming the

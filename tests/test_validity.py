@@ -770,7 +770,6 @@ def test_ca_rev71_maps_drive_ranking_takes_a_numpy_integer_seed_count():
 
 # ---- ca_rev138 (strict xfail: review of 8f7bdd7)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev138: data check lets an OSError writing data_check.json escape main")
 def test_ca_rev138_a_data_check_that_cannot_write_its_json_fails_in_one_line(tmp_path, monkeypatch, capsys):
     """Run: data check --out OUT, where OUT/data_check.json cannot be written once the checks have run
     (the disk fills up: ENOSPC; or OUT removed under the run: FileNotFoundError). Expected: one line on

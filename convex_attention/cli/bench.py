@@ -462,16 +462,17 @@ def _check_verify_out(args) -> None:
 def cmd_verify(args) -> int:
     config, backends = _check_verify(args)
     _check_verify_out(args)
-    check_out_leaving_nothing(args.out)  # a file, or a folder that cannot be made: before the solver's code runs
-    # the user's solver is imported (in its own process) before the out folder is made: a
-    # solver that cannot be imported is a usage error that leaves nothing behind
-    solver, warm_up_failures = _start_solver(args, config, backends)
-    try:
-        with making_out(args.out):
+    # --out's lock is taken before the user's solver is imported (in its own process), so a
+    # folder another run holds is refused before that code runs (ca_rev138), or --wait waits
+    # first; a solver that cannot be imported is a usage error, and the folders the lock made
+    # are removed again (holding_out). _run_verify's own lock is this one (re-entrant).
+    with holding_out(args.out, "verify", args, outputs=("verify.csv",)):
+        solver, warm_up_failures = _start_solver(args, config, backends)
+        try:
             return _run_verify(args, config, solver, backends, warm_up_failures)
-    finally:
-        if solver is not None:
-            solver.close()
+        finally:
+            if solver is not None:
+                solver.close()
 
 
 def _import_the_verifier(backends) -> list:

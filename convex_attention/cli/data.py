@@ -279,7 +279,11 @@ def _data_check(args) -> int:
                   "n_test": len(held), "image_size": args.image_size}
         if args.data == "brats":  # the loader's settings: the split, the slice rule, the normalisation, the cache
             record["brats"] = {"data_root": args.data_root, **_brats_settings(args).brats_options()}
-        write_json(path, {**record, "accepted": ok, "checks": [r.to_dict() for r in results]})
+        try:
+            write_json(path, {**record, "accepted": ok, "checks": [r.to_dict() for r in results]})
+        except OSError as err:  # a full disk, a folder removed meanwhile: one line, as verify's (ca_rev138)
+            print(f"data check: cannot write {path}: {err.strerror or err}", file=sys.stderr)
+            return 1
         info(args, f"data check: {path}")
     return 0 if ok else 1
 
