@@ -1325,3 +1325,54 @@ def test_the_dev_runs_keep_every_level_s_map_statistics():
 
     per_level = [c for c in RUN_COLUMNS if c.startswith(("n_max_p_L", "entropy_ratio_L", "score_range_L"))]
     assert "score_range_L2" in per_level and set(per_level) <= set(_DEV_COLUMNS)
+
+
+# ---- ca_rev137 (strict xfail: review of 8f7bdd7)
+
+
+class _Rev137Started(Exception):
+    """Raised by the stand-in for the work: the data it was handed are in ``args``."""
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev137: an experiment run's checkpoint records data settings that rebuild "
+                                       "other images than its protocol splits (resume and explain use them)")
+@pytest.mark.parametrize("command", ["train", "explain"])
+def test_ca_rev137_an_experiment_runs_checkpoint_is_continued_or_explained_on_its_own_splits(command, tmp_path,
+                                                                                              capsys, monkeypatch):
+    """A model of the experiment (_train_one: QUICK at 32x32, the protocol's train and val splits at difficulty
+    0.3, generator seeds 1001500 and 1001501, mimic types without the held-out 'mottled') stores train_config
+    data 'synthetic', data_seed 0, n_val 8, as if trained by `train`.  `train --resume RUN/last.pt --epochs 2
+    --out OTHER` and `explain --checkpoints a=RUN/best.pt` rebuild the data from it (datasets_of: seeds 0 and
+    10000, every mimic type).  Expected: refused (exit 2), or handed the validation split the model was selected
+    on.  Observed: both start, on 8 other validation images (the resumed run picks best.pt across two validation
+    sets; explain scores 'validation images' that may hold the held-out mimic type)."""
+    import convex_attention.paper.explain as explain_module
+    import convex_attention.paper.train as train_module
+    from convex_attention.paper.experiment import _splits, _train_one
+
+    config = QUICK.override(n_train=16, n_val=8, epochs=1, batch_size=8, methods=("softmax",), **SMALL)
+    _, sets = _splits(config, 0.3, ("train", "val"))
+    folder = tmp_path / "run"
+    _train_one(config, (sets["train"], sets["val"]), str(folder), "softmax", 0, 0.3, None, False,
+               lambda *a, **k: None)
+
+    def started(*args, **kwargs):
+        raise _Rev137Started(args, kwargs)
+
+    if command == "train":
+        monkeypatch.setattr(train_module, "train", started)
+        argv = ["train", "--resume", str(folder / "last.pt"), "--epochs", "2", "--quiet", "--out", str(tmp_path / "o")]
+    else:
+        monkeypatch.setattr(explain_module, "explain_models", started)
+        argv = ["explain", "--checkpoints", f"a={folder / 'best.pt'}", "--n-images", "1", "--quiet",
+                "--out", str(tmp_path / "o")]
+    try:
+        code, _, err = run(argv, capsys)
+    except _Rev137Started as work:
+        args, kwargs = work.args
+        val = kwargs["datasets"][1] if command == "train" else args[1]
+        images = torch.stack([val[i][0] for i in range(len(val))])
+        same = images.shape == sets["val"].images.shape and torch.equal(images, sets["val"].images)
+        assert same, "handed other validation images than the model was selected on"
+        return
+    assert code == 2 and "Traceback" not in err, err  # refused, in one line

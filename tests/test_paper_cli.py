@@ -1594,3 +1594,19 @@ def test_ca_rev133_experiment_keeps_or_names_a_killed_runs_lock_in_a_sub_folder(
     assert not (run_dir / "metrics.csv.77-0.tmp").exists()
     err = capsys.readouterr().err
     assert lock.exists() or "results.lock" in err or "took over" in err, err
+
+
+# ---- ca_rev137 (strict xfail: review of 8f7bdd7)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev137: experiment --stage dev takes --seeds (the test stage's training "
+                                       "seeds), ignores it and trains its --dev-seeds")
+def test_ca_rev137_the_dev_stage_refuses_the_test_stages_seeds_before_work(tmp_path, capsys, no_work):
+    """Run: `experiment --stage dev --quick --seeds 0 1 2 3 4` (help: 'training seeds (test stage)').  Expected: one
+    line on stderr naming --seeds (and --dev-seeds), exit 2, before any work, as the dev stage refuses the test
+    stage's --force, --variants-sha256 and --allow-rejected-benchmark.  Observed: the stage starts (no_work's
+    AssertionError); without no_work it trains --quick's one dev seed (0), so check (c') does not run ('needs ... at
+    least 5 dev seeds, got 1') and the benchmark is rejected, with no word on the five seeds asked for."""
+    code, _, err = run(["experiment", "--stage", "dev", "--quick", "--seeds", "0", "1", "2", "3", "4",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "--seeds")
