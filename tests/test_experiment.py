@@ -856,8 +856,9 @@ def test_train_one_sets_each_run_and_reads_the_selected_epoch(monkeypatch):
     metrics = [{"epoch": 1, "val_auc": 0.61, "epoch_time_s": 1.0}, {"epoch": 2, "val_auc": 0.83, "epoch_time_s": 2.0},
                {"epoch": 3, "val_auc": 0.70, "epoch_time_s": 6.0}]
 
-    def fake_train(tc, datasets=None, log=None, model_class=None):
+    def fake_train(tc, datasets=None, log=None, model_class=None, data_split=None):
         seen.append((tc, datasets, model_class))
+        assert data_split["difficulty"] == 0.6  # the checkpoints say their data are the protocol's splits
         return {"best": "best.pt", "best_epoch": 2, "metrics": metrics}
 
     states = iter([{"threshold": 0.25}, {}])
@@ -1334,8 +1335,6 @@ class _Rev137Started(Exception):
     """Raised by the stand-in for the work: the data it was handed are in ``args``."""
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev137: an experiment run's checkpoint records data settings that rebuild "
-                                       "other images than its protocol splits (resume and explain use them)")
 @pytest.mark.parametrize("command", ["train", "explain"])
 def test_ca_rev137_an_experiment_runs_checkpoint_is_continued_or_explained_on_its_own_splits(command, tmp_path,
                                                                                               capsys, monkeypatch):

@@ -1599,8 +1599,6 @@ def test_ca_rev133_experiment_keeps_or_names_a_killed_runs_lock_in_a_sub_folder(
 # ---- ca_rev137 (strict xfail: review of 8f7bdd7)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev137: experiment --stage dev takes --seeds (the test stage's training "
-                                       "seeds), ignores it and trains its --dev-seeds")
 def test_ca_rev137_the_dev_stage_refuses_the_test_stages_seeds_before_work(tmp_path, capsys, no_work):
     """Run: `experiment --stage dev --quick --seeds 0 1 2 3 4` (help: 'training seeds (test stage)').  Expected: one
     line on stderr naming --seeds (and --dev-seeds), exit 2, before any work, as the dev stage refuses the test

@@ -306,7 +306,7 @@ def train_config_from_args(args):
     """The :class:`TrainConfig` the ``train`` options ask for, and the checkpoint state it
     resumes from (read once; or ``None``), validated; UsageError for anything wrong."""
     from ..paper.models import check_optimizer_fits, model_from_state, read_checkpoint
-    from ..paper.train import check_resume, stored_train_config
+    from ..paper.train import check_resume, data_not_rebuilt, stored_train_config
 
     if args.resume and getattr(args, "overwrite", False):
         raise UsageError("--resume and --overwrite contradict each other: --resume continues the checkpoint's run, "
@@ -324,6 +324,8 @@ def train_config_from_args(args):
                 base = stored_train_config(args.resume, state)
             except ValueError as err:
                 raise UsageError(f"argument --resume: {err}") from None
+            if data_not_rebuilt(state):
+                raise UsageError(f"argument --resume: {args.resume}: {data_not_rebuilt(state)}")
             trained_on = None if base is None else base.data_config()
             if base is None:  # a checkpoint saved outside training: its model, the other defaults
                 base = TrainConfig(model=ModelConfig.from_dict(state["config"]))
@@ -553,7 +555,7 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
     """The checkpoints' models (each read once), the training configuration of the first
     (whose data every other must share) and its ``(name, path)``."""
     from ..paper.models import load_any_model
-    from ..paper.train import stored_train_config
+    from ..paper.train import data_not_rebuilt, stored_train_config
 
     models, data, first = {}, None, None
     for name, path in specs:
@@ -562,6 +564,8 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
             config = stored_train_config(path, state)
         except (ValueError, TypeError) as err:
             raise UsageError(f"argument --checkpoints: {name}={path}: {err}") from None
+        if data_not_rebuilt(state):
+            raise UsageError(f"argument --checkpoints: {name}={path}: {data_not_rebuilt(state)}")
         if config is None:
             raise UsageError(f"argument --checkpoints: {name}={path}: the checkpoint stores no training "
                              f"configuration and no config.json lies beside it, so its data cannot be rebuilt")
@@ -660,6 +664,13 @@ def experiment_config_from_args(args):
     given = _given(args, EXPERIMENT_OPTIONS)
     grid = given_grid(args, _variant_settings())
     parser = _subparser("experiment")
+    # each stage's own seeds: the other stage's would be taken and never used (ca_rev137)
+    if getattr(args, "stage", "dev") != "test" and "seeds" in given:
+        raise UsageError(f"argument {_flag(parser, 'seeds')}: the test stage's training seeds; the dev stage trains "
+                         f"{_flag(parser, 'dev_seeds')}")
+    if getattr(args, "stage", "dev") == "test" and "dev_seeds" in given:
+        raise UsageError(f"argument {_flag(parser, 'dev_seeds')}: the dev stage's training seeds; the test stage "
+                         f"trains {_flag(parser, 'seeds')} (the variants file records the dev seeds it judged)")
     if getattr(args, "stage", "dev") == "test":
         fixed = [d for d in _FIXED_BY_VARIANTS if d in given] + [f"grid_{n}" for n in grid]
         if fixed:

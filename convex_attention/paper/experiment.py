@@ -233,7 +233,9 @@ def _train_one(config: ExperimentConfig, datasets, folder: str, method: str, see
     tc = replace(config.train.override(difficulty=difficulty, **fields_), out=folder, seed=seed, progress=progress,
                  resume=None)
     start = time.perf_counter()
-    result = train(tc, datasets=datasets, log=log, model_class=PlainCNN if plain else None)
+    split = {"by": "the experiment's protocol", "difficulty": difficulty, "data_seed": tc.data_seed,
+             "held_out_mimic": config.held_out_mimic}  # its splits, which tc's data settings do not rebuild
+    result = train(tc, datasets=datasets, log=log, model_class=PlainCNN if plain else None, data_split=split)
     elapsed = time.perf_counter() - start
     model, state = (load_plain_cnn if plain else load_model)(result["best"])
     best = next(m for m in result["metrics"] if m["epoch"] == result["best_epoch"])

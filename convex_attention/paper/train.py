@@ -58,7 +58,8 @@ from .models import (
 )
 
 __all__ = ["TrainConfig", "train", "evaluate", "augment", "classification_metrics", "check_device",
-           "recompute_batchnorm", "stored_train_config", "build_checked_datasets", "check_data", "check_resume",
+           "recompute_batchnorm", "stored_train_config", "data_not_rebuilt", "build_checked_datasets", "check_data",
+           "check_resume",
            "check_validation_classes", "ValidationClassesError", "CheckedData",
            "TrainingDiverged", "diagnose_divergence", "METRIC_COLUMNS"]
 
@@ -450,7 +451,7 @@ def check_resume(config: TrainConfig, state: dict) -> int:
 # ---------------------------------------------------------------------------- training
 
 def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, log=None,
-          model_class=None, resume_state: dict | None = None) -> dict:
+          model_class=None, resume_state: dict | None = None, data_split: dict | None = None) -> dict:
     """Train; returns ``{"metrics": rows, "best": path, "last": path, "best_epoch": int, "model": model}``.
 
     The configuration (and a checkpoint to resume from) is checked before any work.
@@ -461,10 +462,16 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     ``log``: where the per-epoch lines go (default: ``print`` when ``config.progress``).
     ``model_class``: built as ``model_class(config=config.model)`` instead of
     :class:`AttentionUNet` (e.g. the plain CNN baseline, trained by the same loop).
+    ``data_split``: what ``datasets`` are where the configuration's data settings do not
+    rebuild them (the experiment's protocol splits): the checkpoints record it, and a run
+    that would rebuild their data from the configuration (``train --resume``, ``explain``)
+    refuses them (:func:`data_not_rebuilt`).
     """
     config.validate()
     if config.resume and resume_state is None:
         resume_state = read_checkpoint(config.resume)
+    if resume_state is not None and datasets is None and data_not_rebuilt(resume_state):
+        raise ValueError(f"{config.resume}: {data_not_rebuilt(resume_state)}")
     start_epoch = check_resume(config, resume_state) if resume_state is not None else 1
     agreeing = bool(config.resume) and _distributed()[0] > 1  # the ranks start their group here
     if agreeing:
@@ -479,7 +486,7 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
         if agreeing and dist.is_initialized():
             dist.destroy_process_group()  # started by _agree_on_the_resume: closed as _Run.close_group would
         raise
-    run = _Run(config, CheckedData(*datasets), model_class, log)
+    run = _Run(config, CheckedData(*datasets), model_class, log, data_split)
     try:
         if resume_state is not None:
             run.restore(resume_state)
@@ -531,8 +538,9 @@ def _agree_on_the_resume(config: TrainConfig, resume_state: dict, start_epoch: i
 class _Run:
     """One training run on one rank: its model, optimiser, data loader and selection state."""
 
-    def __init__(self, config: TrainConfig, data: CheckedData, model_class, log):
+    def __init__(self, config: TrainConfig, data: CheckedData, model_class, log, data_split: dict | None = None):
         self.config = config
+        self.data_split = data_split
         self.log = log if log is not None else (print if config.progress else (lambda *a, **k: None))
         self.world, self.rank, local_rank = _distributed()
         if self.world > 1 and not dist.is_initialized():
@@ -733,9 +741,9 @@ class _Run:
         if self.best is None or (math.isfinite(auc) and auc > self.best):
             self.best, self.best_epoch = (auc if math.isfinite(auc) else -math.inf), epoch
             save_checkpoint(self.best_path, self.model, self.optimizer, epoch, self.metrics,
-                            extra=_extra(config, row, self.best_epoch, rng))
+                            extra=_extra(config, row, self.best_epoch, rng, self.data_split))
         save_checkpoint(self.last_path, self.model, self.optimizer, epoch, self.metrics,
-                        extra=_extra(config, row, self.best_epoch, rng))
+                        extra=_extra(config, row, self.best_epoch, rng, self.data_split))
         self.log(f"[{config.method}] epoch {epoch}: loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
                  f"val auc {auc:.3f} bal.acc {row['val_balanced_acc']:.3f} (at threshold "
                  f"{row['val_balanced_acc_at_threshold']:.3f}) violation {row['val_violation']:.2e} "
@@ -773,12 +781,29 @@ class _Run:
         dist.destroy_process_group()
 
 
-def _extra(config: TrainConfig, row: dict, best_epoch, rng: dict | None = None) -> dict:
+def _extra(config: TrainConfig, row: dict, best_epoch, rng: dict | None = None, data_split: dict | None = None) -> dict:
     """What a training checkpoint stores beyond the weights: the whole configuration, the
     selected epoch, the decision threshold chosen on validation and the random states the
-    next epoch starts from (``rng``: so ``--resume`` continues as an uninterrupted run)."""
+    next epoch starts from (``rng``: so ``--resume`` continues as an uninterrupted run), and
+    the split it was trained on where the configuration does not rebuild it (``data_split``)."""
     extra = {"train_config": config.to_dict(), "best_epoch": best_epoch, "threshold": row["val_threshold"],
              "threshold_log_odds": row.get("val_threshold_log_odds", math.nan)}
     if rng is not None:
         extra["rng"] = rng
+    if data_split is not None:
+        extra["data_split"] = data_split
     return extra
+
+
+def data_not_rebuilt(state: dict) -> str | None:
+    """Why a checkpoint's data cannot be rebuilt from its training configuration (None when
+    they can): a model trained on data handed to :func:`train` with a ``data_split`` (the
+    experiment's protocol splits) records it, and its configuration's data settings would
+    rebuild other images (a resume would select its best epoch across two validation sets;
+    explain would score images that are not its validation split: ca_rev137)."""
+    split = state.get("data_split")
+    if split is None:
+        return None
+    what = ", ".join(f"{k} {v}" for k, v in split.items()) if isinstance(split, dict) else str(split)
+    return (f"the model was trained on splits its training configuration does not rebuild ({what[:200]}): "
+            f"continuing or explaining it here would use other images; the experiment scores its own models")
