@@ -1608,3 +1608,10 @@ def test_ca_rev137_the_dev_stage_refuses_the_test_stages_seeds_before_work(tmp_p
     code, _, err = run(["experiment", "--stage", "dev", "--quick", "--seeds", "0", "1", "2", "3", "4",
                         "--out", str(tmp_path / "o")], capsys)
     assert_usage_error(code, err, "--seeds")
+
+
+def test_the_test_stage_refuses_the_dev_stages_seeds_before_work(tmp_path, capsys, no_work):
+    """The mirror of ca_rev137: the test stage trains --seeds; --dev-seeds would be taken and never used."""
+    code, _, err = run(["experiment", "--stage", "test", "--quick", "--dev-seeds", "0", "1",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "--dev-seeds")
