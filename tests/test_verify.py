@@ -759,7 +759,7 @@ def test_solver_labels_rename_every_reserved_prefix_and_use_the_given_name():
     assert solver_label(isolated) == "solve_duals"
 
 
-def test_backends_are_checked_before_any_work_and_each_is_verified_once():
+def test_backends_are_checked_before_any_work_and_each_is_named_once():
     called = []
 
     def solver(scores, h, temps):
@@ -769,7 +769,9 @@ def test_backends_are_checked_before_any_work_and_each_is_verified_once():
     with pytest.raises(ValueError, match="gurobi"):
         verify_instances(_instances(), dual_solver=solver, progress=False, backends=["gurobi"])
     assert called == []
-    assert verify_mod.check_backends(ONE * 2) == ONE
+    assert verify_mod.check_backends(ONE) == ONE
+    with pytest.raises(ValueError, match="listed twice"):  # as bench's grid options refuse a repeated value
+        verify_mod.check_backends(ONE * 2)
 
 
 @pytest.mark.parametrize("primal, factor", [(1e-15, 1.0), (0.25, 0.01)])  # 0.01: |f̄*| < 1

@@ -237,11 +237,15 @@ def check_tolerances(tolerances: dict | None = None) -> dict:
 
 def check_backends(backends=None) -> list[str]:
     """The backends to verify: ``None`` -> every one that can run here; else each name is
-    checked (ValueError for an unknown one, ``BackendUnavailable`` with what to install
-    for one that cannot run)."""
+    checked (ValueError for an unknown one or one listed twice, as bench's grid options
+    refuse it; ``BackendUnavailable`` with what to install for one that cannot run)."""
     if backends is None:
         return available_backends()
-    return [get_backend(b).name for b in dict.fromkeys(backends)]
+    names = [get_backend(b).name for b in backends]
+    twice = next((b for i, b in enumerate(names) if b in names[:i]), None)
+    if twice is not None:
+        raise ValueError(f"{twice} listed twice; list each backend once")
+    return names
 
 
 def backend_skips(backends=None) -> list[str]:
