@@ -891,3 +891,12 @@ def test_the_amortised_cost_divides_times_of_one_run_only():
     assert math.isnan(amortised_targets(rows(2))[0]["time_vs_exact"])
     older = [{k: v for k, v in r.items() if k != "run"} for r in rows(1)]  # written before rows recorded a run
     assert amortised_targets(older)[0]["time_vs_exact"] == pytest.approx(2.0)
+
+
+def test_a_negative_amortised_violation_fails_its_cell():
+    """A violation is a largest absolute difference: a negative one is no measurement (λ = 0's
+    already failed the cell; the amortised one had given a ratio of -5, judged met)."""
+    from convex_attention.bench.targets import amortised_targets
+
+    (t,) = amortised_targets([learned_row("zero", 0.1), learned_row("amortised", -0.5)])
+    assert t["met"] is False and t["failed_cells"] == 1 and t["cells"] == 0

@@ -320,7 +320,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
                     failed += 1
                 continue
             z, a = _float(zeros[-1].get("violation_mean")), _float(amortised[-1].get("violation_mean"))
-            if not (z > 0 and math.isfinite(z)):  # λ = 0's violation cannot scale a ratio
+            if not (z > 0 and math.isfinite(z)) or a < 0:  # λ = 0's cannot scale a ratio; no violation is negative
                 failed += 1
                 continue
             ratios.append(a / z if math.isfinite(a) else math.inf)
