@@ -198,7 +198,7 @@ def test_masks_never_reach_training_or_checkpoint_selection(monkeypatch, tmp_pat
     class Stop(Exception):
         pass
 
-    def fake_train(config, datasets=None, log=None, model_class=None):
+    def fake_train(config, datasets=None, log=None, model_class=None, data_split=None):
         seen["datasets"] = datasets
         raise Stop
 
