@@ -436,9 +436,15 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
     # objective, and where the parts' objectives cancel (+3 and -3) the whole one's is larger (a
     # review: 4.5e-5 at gap_tol 1e-6).  Such parts are solved again, from their duals, each held to
     # its share of the whole problem's gap
+    spent = False  # a sample that missed had no sweep of max_iter left for a retry
     for attempt in range(_WHOLE_GAP_RETRIES + 1):
         gap, scale = _gap_and_scale(inputs, h, floats, duals, mask)
         missed = info["converged"] & ~(gap <= options["gap_tol"])
+        # a retry has the sweeps of max_iter its sample has left: max_iter bounds a sample's sweeps
+        # over every pass (each retry had run max_iter more: 3 sweeps at max_iter=2, ca_rev136)
+        left = options["max_iter"] - info["iterations"].to(torch.long)
+        spent = spent or bool((missed & (left <= 0)).any())
+        missed = missed & (left > 0)
         if not bool(missed.any()) or attempt == _WHOLE_GAP_RETRIES:
             break
         # only the samples that missed it, so that a batch gives what its samples alone give (a
@@ -455,7 +461,7 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
             rows = retried[i:i + 1]
             shares = [float(scale[row] / (len(parts) * part_scale[i])) for part_scale in part_scales]
             again_probs, again_duals, again = _solve_parts(
-                [x[rows] for x in inputs], h, temps, options, mask, dtype, work, parts,
+                [x[rows] for x in inputs], h, temps, {**options, "max_iter": int(left[row])}, mask, dtype, work, parts,
                 gap_tols=[options["gap_tol"] * min(1.0, x) for x in shares],
                 starts=[[duals[e][rows].detach() for e in edges] for _, edges, _ in parts],
                 sample_names=[row])  # a message of the retry names the user's sample (a review)
@@ -464,7 +470,9 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
             info = _followed(info, again, rows)
     # the gap of the duals returned, measured by the last pass
     _check_returned_gap(gap, options, info, "each component met tol and its share of gap_tol, but the components' "
-                        "objectives nearly cancel; raise gap_tol, or solve the components as separate problems")
+                        "objectives nearly cancel; raise gap_tol" + (", or max_iter (a retry had no sweeps left)"
+                                                                     if spent else "")
+                        + ", or solve the components as separate problems")
     return probs, [d.to(compute_dtype(dtype)) for d in duals], info
 
 

@@ -4096,8 +4096,6 @@ def test_ca_rev131_with_implied_masks_reaches_every_cell_the_local_rules_imply()
 # ---- ca_rev136 (strict xfail: review of 8f7bdd7)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev136: the whole-gap retry of a graph solved apart runs max_iter more "
-                                       "sweeps, so a solve reports more sweeps than max_iter allows")
 def test_ca_rev136_max_iter_bounds_the_sweeps_of_a_graph_solved_apart_with_its_retry():
     """solve_dual: 'max_iter: maximum number of sweeps'; design.md §4: 'max_iter (sweeps, 1000)'.  Two components
     whose objectives cancel (_opposite_parts_instance, τ 0.3, tol 1e-6): each part meets tol and gap_tol within 2
