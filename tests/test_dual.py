@@ -4108,3 +4108,14 @@ def test_ca_rev136_max_iter_bounds_the_sweeps_of_a_graph_solved_apart_with_its_r
         sol = ca.solve(scores, h, "dual", temperature=0.3, tol=1e-6, max_iter=2, strict=False, record_history=True)
     assert int(sol.info["iterations"].max()) <= 2, sol.info["iterations"]
     assert len(sol.info["history"]["violation"]) <= 3
+
+
+def test_a_graph_solved_apart_whose_retry_has_no_sweeps_left_is_not_converged_and_says_max_iter():
+    """The mirror of ca_rev136: at max_iter=2 each part meets its tolerances in 2 sweeps, the whole
+    problem's gap misses, and no sweep is left for a retry: the sample is not converged, and the
+    warning names max_iter beside gap_tol."""
+    h, scores = _opposite_parts_instance()
+    with pytest.warns(RuntimeWarning, match="max_iter"):
+        sol = ca.solve(scores, h, "dual", temperature=0.3, tol=1e-6, max_iter=2, strict=False)
+    assert not bool(sol.info["converged"].any()) and int(sol.info["iterations"].max()) == 2
+    assert bool(ca.solve(scores, h, "dual", temperature=0.3, tol=1e-6).info["converged"].all())  # with sweeps left
