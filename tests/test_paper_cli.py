@@ -1615,3 +1615,29 @@ def test_the_test_stage_refuses_the_dev_stages_seeds_before_work(tmp_path, capsy
     code, _, err = run(["experiment", "--stage", "test", "--quick", "--dev-seeds", "0", "1",
                         "--out", str(tmp_path / "o")], capsys)
     assert_usage_error(code, err, "--dev-seeds")
+
+
+# ---- ca_rev139 (strict xfail: review of 3de4598)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev139: train --out on an experiment model's folder advises "
+                                       "--resume OUT/last.pt, which train --resume then refuses")
+def test_ca_rev139_train_into_an_experiment_models_folder_does_not_advise_a_resume_it_refuses(tmp_path, capsys):
+    """A folder of a model trained on splits its configuration does not rebuild (train(..., data_split=...), as
+    the experiment's runs/*/).  Run: `train --out RUN --epochs 2`.  Observed: exit 2, 'holds an earlier run
+    (...); pass --resume RUN/last.pt to continue it, or --overwrite ...'; following it, `train --resume
+    RUN/last.pt --out RUN` is refused ('trained on splits its training configuration does not rebuild').
+    Expected: the refusal names only ways on that are taken (--overwrite, another --out)."""
+    from convex_attention.paper.data import SyntheticLesions
+    from convex_attention.paper.train import TrainConfig, train
+
+    folder = tmp_path / "run"
+    train(TrainConfig.build(out=str(folder), epochs=1, image_size=32, width=4, embed_channels=8, n_train=16,
+                            n_val=8, batch_size=8, seed=3, progress=False, device="cpu"),
+          datasets=(SyntheticLesions(16, 32, seed=5), SyntheticLesions(8, 32, seed=6)),
+          data_split={"by": "the experiment's protocol"})
+    code, _, err = run(["train", "--out", str(folder), "--epochs", "2", "--quiet"], capsys)
+    assert_usage_error(code, err, "--overwrite")
+    if "--resume" in err:  # the advice, followed
+        code, _, followed = run(["train", "--resume", str(folder / "last.pt"), "--out", str(folder), "--epochs",
+                                 "2", "--quiet"], capsys)
+        assert code != 2, followed

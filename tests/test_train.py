@@ -1190,3 +1190,27 @@ def test_ca_rev130_a_config_json_nested_too_deep_beside_a_checkpoint_is_refused_
     (tmp_path / "config.json").write_text("[" * 10000 + "]" * 10000)
     with pytest.raises(ValueError, match="config.json"):
         stored_train_config(str(tmp_path / "old.pt"), {"config": {}})
+
+
+# ---- ca_rev139 (strict xfail: review of 3de4598)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev139: train() resuming a data_split checkpoint with datasets given "
+                                       "writes checkpoints without data_split, which train --resume then accepts")
+def test_ca_rev139_a_resume_with_datasets_keeps_the_checkpoints_data_split(tmp_path):
+    """train(config, datasets=(t, v), data_split={...}) (as the experiment's _train_one), then train(config with
+    resume=RUN/last.pt and 2 epochs, datasets=(t, v)) (the API's resume with the data handed again).  Expected:
+    the new checkpoints still record the split (data_not_rebuilt is not None: epoch 1 was trained on data the
+    configuration does not rebuild), or the resume refused.  Observed: its last.pt records none, so
+    `train --resume OUT/last.pt` and `explain` accept it and rebuild other images (measured with the
+    experiment's own _train_one on its protocol splits: data_not_rebuilt False after the resume)."""
+    from dataclasses import replace
+
+    from convex_attention.paper.train import data_not_rebuilt
+
+    train_set, val_set = SyntheticLesions(16, 32, seed=5), SyntheticLesions(8, 32, seed=6)
+    config = TrainConfig.build(out=str(tmp_path / "run"), epochs=1, **FAST)
+    first = train(config, datasets=(train_set, val_set), data_split={"by": "a protocol", "data_seed": 7})
+    assert data_not_rebuilt(read_checkpoint(first["last"])) is not None
+    more = replace(config, out=str(tmp_path / "more"), epochs=2, resume=first["last"])
+    again = train(more, datasets=(train_set, val_set))
+    assert data_not_rebuilt(read_checkpoint(again["last"])) is not None
