@@ -1619,8 +1619,6 @@ def test_the_test_stage_refuses_the_dev_stages_seeds_before_work(tmp_path, capsy
 
 # ---- ca_rev139 (strict xfail: review of 3de4598)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev139: train --out on an experiment model's folder advises "
-                                       "--resume OUT/last.pt, which train --resume then refuses")
 def test_ca_rev139_train_into_an_experiment_models_folder_does_not_advise_a_resume_it_refuses(tmp_path, capsys):
     """A folder of a model trained on splits its configuration does not rebuild (train(..., data_split=...), as
     the experiment's runs/*/).  Run: `train --out RUN --epochs 2`.  Observed: exit 2, 'holds an earlier run

@@ -904,8 +904,6 @@ def test_a_negative_amortised_violation_fails_its_cell():
 
 # ---- ca_rev139 (strict xfail: review of 3de4598)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev139: a cvxpylayers row of an earlier run drops time_vs_exact although "
-                                       "the amortised row and every fast exact row are of one run")
 def test_ca_rev139_a_cvxpylayers_row_of_an_earlier_run_does_not_drop_the_amortised_cost():
     """Run: `bench --methods exact cvxpylayers --cvx-backends moreau --sizes 4 --levels 2 --out B`, then
     `bench --methods exact cvxpylayers learned_dual --fit-steps 5 ... --out B --resume`.  The resume measures

@@ -1194,8 +1194,6 @@ def test_ca_rev130_a_config_json_nested_too_deep_beside_a_checkpoint_is_refused_
 
 # ---- ca_rev139 (strict xfail: review of 3de4598)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev139: train() resuming a data_split checkpoint with datasets given "
-                                       "writes checkpoints without data_split, which train --resume then accepts")
 def test_ca_rev139_a_resume_with_datasets_keeps_the_checkpoints_data_split(tmp_path):
     """train(config, datasets=(t, v), data_split={...}) (as the experiment's _train_one), then train(config with
     resume=RUN/last.pt and 2 epochs, datasets=(t, v)) (the API's resume with the data handed again).  Expected:

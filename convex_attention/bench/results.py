@@ -41,7 +41,7 @@ from ..io.files import (
     write_csv_row,
 )
 from ..io.settings import declared
-from ..io.tables import ResultsFormatError, Schema, read_rows
+from ..io.tables import ResultsFormatError, Schema, lacks_added_columns, read_rows
 from ..methods import REGISTRY
 from .config import STRUCTURES, SweepConfig, device_identity, quick_sweep
 
@@ -192,6 +192,10 @@ def records_history(method: str) -> bool:
     history in ``convergence.csv`` (the methods whose options take ``record_history``)."""
     m = REGISTRY.get(method)
     return m is not None and m.options is not None and "record_history" in m.options
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _signature(row: dict, leave_out=("checksum",)) -> str:
@@ -726,7 +730,8 @@ class ResultsWriter:
         self._cells: dict[tuple, int] = {}  # cell_key -> the cell's number in this folder
         self._renumbered = False  # loaded rows whose cell numbers collided were renumbered
         self._redo: set = set()  # keys of loaded ok rows measured again (their convergence history is incomplete)
-        self._read_rows: Counter = Counter()  # (row_id, checksum) of the rows of bench.csv as read (resume)
+        # ((row_id, checksum), run) of the rows of bench.csv as read (resume)
+        self._read_rows: list[tuple[tuple, int | None]] = []
         self.problems: list[str] = []
         self.extra: dict = {}
         stale = clean_stale_tmp(out_dir, (*OUTPUTS, EXAMPLE))  # every file bench writes there
@@ -744,8 +749,12 @@ class ResultsWriter:
         self._started, self._load_start, self._committed = now_utc(), load_average(), 0
         # this run's number, which its rows record: past every earlier run's (a bench.json lost
         # with its runs record must not give this run the number of one whose rows are kept)
-        self.run = 1 + max([len(self.runs), *(r["run"] for r in self._rows.values() if r.get("run") is not None)])
-        if not resume or self.problems or self._renumbered:
+        self.run = 1 + max([len(self.runs), *(r["run"] for r in self.runs if _is_count(r.get("run"))),
+                            *(r["run"] for r in self._rows.values() if r.get("run") is not None)])
+        # rewritten at once where bench.csv was written before its run column: bench.json, which a
+        # resume rewrites whatever it commits, would list a column and checksums bench.csv lacks (ca_rev139)
+        older = resume and lacks_added_columns(self.csv_path, BENCH_SCHEMA)
+        if not resume or self.problems or self._renumbered or older:
             # a fresh start, or rows were dropped: the files hold exactly the kept rows from now on
             self._flush(convergence=True)
 
@@ -766,7 +775,7 @@ class ResultsWriter:
             # at the next read, and were measured again (ca_rev130); the read verified that one
             self._store({**r, "checksum": _signature(r)})
         problems += copied
-        self._read_rows = Counter(_signed_again(r) for r in rows)  # bench.csv as read (as bench.json is compared)
+        self._read_rows = [(_signed_again(r), r.get("run")) for r in rows]  # bench.csv as read (as bench.json is)
         conv, conv_problems = read_rows(self.conv_path, CONVERGENCE_SCHEMA)
         damaged = bool(conv_problems)
         ok_ids = {r["row_id"] for r in self._rows.values() if r["status"] == "ok"}
@@ -851,7 +860,10 @@ class ResultsWriter:
 
         A run killed between the renames of bench.csv and bench.json committed rows that
         bench.json's record does not count (it holds the rows of the commit before): they
-        are added to the last run's ``rows``, so that the runs' counts cover the folder's rows."""
+        are added to the ``rows`` of the run their ``run`` column names, so that the runs'
+        counts cover the folder's rows; a run killed on its first commit has no record, and
+        gets one (``recovered``: its rows counted, its times and load not recorded: ca_rev139).
+        Rows that record no run (written before the column) are added to the last run."""
         try:
             with open(self.json_path, encoding="utf-8") as f:
                 data = json.load(f)
@@ -862,11 +874,28 @@ class ResultsWriter:
         if not isinstance(stored_rows, list):
             return runs
         known = Counter(_signed_again(r) for r in stored_rows if isinstance(r, dict))
-        missed = sum((self._read_rows - known).values())
-        if missed and runs and isinstance(runs[-1].get("rows"), int):
-            runs[-1]["rows"] += missed
-            self.log(f"resume: {missed} row(s) of bench.csv were committed after bench.json was last written (a run "
-                     f"stopped between the two): they are counted in the rows of the last run it records")
+        missed: Counter = Counter()  # run -> rows of bench.csv that bench.json does not hold
+        for signed, run in self._read_rows:
+            if known[signed]:
+                known[signed] -= 1
+            else:
+                missed[run] += 1
+        for run, count in sorted(missed.items(), key=lambda item: (item[0] is None, item[0] or 0)):
+            # a run's record: the one naming it, else (older records name none) the one in its place
+            entry = next((r for i, r in enumerate(runs) if r.get("run", i + 1) == run), None) if run is not None \
+                else (runs[-1] if runs else None)
+            if entry is None and run is not None:  # killed on its first commit: bench.json never recorded it
+                entry = {"run": run, "recovered": True, "started": None, "finished": None,
+                         "load_average_start": None, "load_average_end": None, "torch_threads": None,
+                         "cpu_count": None, "rows": 0}
+                runs = sorted([*runs, entry], key=lambda r: r["run"] if _is_count(r.get("run")) else 0)
+            if entry is None or not isinstance(entry.get("rows"), int):
+                continue
+            entry["rows"] += count
+            self.log(f"resume: {count} row(s) of bench.csv were committed after bench.json was last written (a run "
+                     f"stopped between the two): they are counted in the rows of "
+                     + (f"run {run}" + (", which bench.json had not recorded" if entry.get("recovered") else "")
+                        if run is not None else "the last run it records"))
         return runs
 
     def run_records(self) -> list[dict]:

@@ -249,9 +249,9 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
     failed.  Each entry also gives its cost: the amortised dual's time per sample over the
     fastest exact method's in the same cell (median over cells; the closed form in practice),
     over the cells where every exact method gave a measured time (timing.fastest: a zero or
-    failed time might have been the fastest) in the amortised row's run (the rows' ``run``;
-    rows that record none, written before it existed, count as one run); NaN where no cell
-    qualifies.
+    failed time might have been the fastest), where the fastest was timed in the amortised
+    row's run (the rows' ``run``; rows that record none, written before it existed, count as
+    one run); NaN where no cell qualifies.
 
     Returns a list of dicts: ``structure``, ``generator``, ``levels``, ``threshold``,
     ``cells`` (measured), ``failed_cells``, ``skipped_cells``, ``unmeasured_cells``,
@@ -280,10 +280,10 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
                 cell_group[cell_key(r)] = group
                 learned.setdefault((cell_key(r), r.get("dual_kind")), []).append(r)
         elif method.exact:  # its time, or its failure (timing.fastest: a failed one might have been the fastest)
-            times, broke, runs = exact.setdefault(cell_key(r), ({}, [], set()))
+            times, broke, runs = exact.setdefault(cell_key(r), ({}, [], {}))
             if r.get("status") == "ok":
-                times[f"{r.get('method')} {r.get('backend', '')} {len(times)}"] = _float(r.get("per_sample_ms"))
-                runs.add(_run_of(r))
+                name = f"{r.get('method')} {r.get('backend', '')} {len(times)}"
+                times[name], runs[name] = _float(r.get("per_sample_ms")), _run_of(r)
             elif r.get("status") != "skipped":
                 broke.append(str(r.get("method")))
     waiting: dict = {}  # group -> the cells of it not measured yet
@@ -324,11 +324,13 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
                 failed += 1
                 continue
             ratios.append(a / z if math.isfinite(a) else math.inf)
-            times, broke, runs = exact.get(key, ({}, [], set()))
+            times, broke, runs = exact.get(key, ({}, [], {}))
             quickest = fastest(times, broke)
             # a cost only against the fastest exact method known to be it, timed in the amortised
-            # row's run (rows of one folder can be of several runs: --resume --methods exact)
-            if quickest.complete and runs == {_run_of(amortised[-1])}:
+            # row's run (rows of one folder can be of several runs: --resume --methods exact; the
+            # slower cvxpylayers rows, never measured again for their cost, may keep an earlier
+            # run's number: ca_rev139)
+            if quickest.complete and runs.get(quickest.name) == _run_of(amortised[-1]):
                 costs.append(time_ratio(amortised[-1].get("per_sample_ms"), quickest.time))
         worst = max(ratios) if ratios else float("nan")
         finite_costs = [c for c in costs if math.isfinite(c)]

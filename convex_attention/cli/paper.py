@@ -405,6 +405,10 @@ def check_run_folder(config, args, remove: bool = True) -> None:
         return
     if not args.overwrite:
         last = os.path.join(config.out, "last.pt")
+        if _not_resumable(last):  # an experiment's model: the advice must not be a resume it refuses (ca_rev139)
+            raise UsageError(f"argument --out: {config.out} holds an earlier run ({', '.join(found)}) of a model "
+                             f"trained on splits its settings do not rebuild, which train cannot continue; pass "
+                             f"--overwrite to replace it and start over, or choose another --out")
         raise UsageError(f"argument --out: {config.out} holds an earlier run ({', '.join(found)}); pass --resume "
                          f"{last} to continue it, or --overwrite to replace it and start over (or choose another "
                          f"--out)")
@@ -413,6 +417,21 @@ def check_run_folder(config, args, remove: bool = True) -> None:
             # under torchrun every rank runs this check before the ranks meet: another may have removed it
             with contextlib.suppress(FileNotFoundError):
                 os.remove(os.path.join(out, name))
+
+
+def _not_resumable(last: str) -> bool:
+    """Whether ``train --resume`` refuses the run whose ``last.pt`` is ``last`` for its data
+    (:func:`~convex_attention.paper.train.data_not_rebuilt`); not where it cannot be read
+    (``--resume`` names that itself)."""
+    from ..paper.models import read_checkpoint
+    from ..paper.train import data_not_rebuilt
+
+    if not os.path.isfile(last):
+        return False
+    try:
+        return data_not_rebuilt(read_checkpoint(last)) is not None
+    except (ValueError, OSError):
+        return False
 
 
 def _finished_epochs(out: str, resumed: str) -> tuple[int, str] | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .files import file_kind, row_checksum
 
-__all__ = ["Table", "Schema", "ResultsFormatError", "read_table", "read_rows"]
+__all__ = ["Table", "Schema", "ResultsFormatError", "read_table", "read_rows", "lacks_added_columns"]
 
 
 class ResultsFormatError(ValueError):
@@ -220,3 +220,18 @@ def read_rows(path: str, schema: Schema) -> tuple[list[dict], list[str]]:
         else:
             rows.append(row)
     return rows, problems
+
+
+def lacks_added_columns(path: str, schema: Schema) -> bool:
+    """Whether the table at ``path``, which :func:`read_rows` read, was written before
+    ``schema``'s ``added`` columns existed (its header lacks one): a writer that keeps its
+    rows rewrites it with them at once, so that no file it writes beside it (bench.json's
+    columns and checksums) speaks of columns the table does not have."""
+    if not schema.added or not os.path.isfile(path):
+        return False
+    try:
+        with open(path, encoding="utf-8", newline="") as f:
+            header = next(csv.reader([f.readline()]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return False
+    return any(c not in (h.strip() for h in header) for c in schema.added)

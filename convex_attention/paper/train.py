@@ -472,6 +472,13 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
         resume_state = read_checkpoint(config.resume)
     if resume_state is not None and datasets is None and data_not_rebuilt(resume_state):
         raise ValueError(f"{config.resume}: {data_not_rebuilt(resume_state)}")
+    if resume_state is not None and resume_state.get("data_split") is not None:
+        # its checkpoints go on saying what it was trained on (else a resume with its splits handed
+        # in wrote checkpoints that train --resume and explain accepted: ca_rev139)
+        if data_split is not None and data_split != resume_state["data_split"]:
+            raise ValueError(f"{config.resume}: the checkpoint was trained on {resume_state['data_split']}, "
+                             f"not {data_split}")
+        data_split = resume_state["data_split"]
     start_epoch = check_resume(config, resume_state) if resume_state is not None else 1
     agreeing = bool(config.resume) and _distributed()[0] > 1  # the ranks start their group here
     if agreeing:
