@@ -772,3 +772,19 @@ def test_ca_rev116_nesting_advice_gives_a_graph_that_can_be_built():
     reason = g.not_forest_reason()
     if "can be replaced by an edge 1 → 2" in reason:
         ca.Graph.from_edges([4, 2, 2], [(0, 1, halves), (1, 2, torch.tensor([0, 1])), (1, 2, torch.tensor([1, 0]))])
+
+
+# ---- ca_rev140 (strict xfail: review of 3de4598)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev140: block_logsumexp of a block holding +inf is NaN (its shift "
+                                       "inf - inf), where log Σ exp and torch.logsumexp give +inf")
+@pytest.mark.parametrize("given", ["grid", "parents"])
+def test_ca_rev140_block_logsumexp_of_a_block_holding_inf_is_inf(given):
+    """docs/design.md §4 holds the block kernels to torch's answers at the infinities (an all -inf block gives
+    -inf, 'as torch.logsumexp does').  Run: a 4 -> 2 edge (grid, or the same parent map), x = [inf, 0, 1, 2].
+    Expected: [inf, 2.3133] (torch.logsumexp of the blocks).  Observed: [nan, 2.3133]: _finite_or_zero keeps
+    the block maximum inf, and exp(x - inf) is exp(nan) in the inf cell."""
+    g = ca.Graph([4, 2], [(0, 1)]) if given == "grid" else ca.Graph.from_edges([4, 2], [(0, 1, [0, 0, 1, 1])])
+    x = torch.tensor([[float("inf"), 0.0, 1.0, 2.0]], dtype=torch.float64)
+    torch.testing.assert_close(g.block_logsumexp(x, 0), torch.logsumexp(x.reshape(1, 2, 2), -1))
