@@ -821,8 +821,31 @@ def check_options(options: dict) -> dict:
             raise ValueError(f"option(s) {', '.join(given)} would be replaced by eps in diffcp's call of SCS: "
                              f"give eps (SCS's eps_abs and eps_rel both)")
     get_backend(backend.name)  # installed? (after the values: a typo is reported first)
+    _check_solver_settings(backend, eps, max_iters, opts)
     return {"backend": backend, "eps": eps, "max_iters": max_iters, "accept_tol": accept_tol, "mode": mode,
             "check_gradient": bool(check_gradient), "extra": opts}
+
+
+def _check_solver_settings(backend: Backend, eps: float, max_iters: int | None, extra: dict) -> None:
+    """TypeError, before any work, for a setting the backend's solver rejects (a name it has
+    not, a value it refuses), where the solver's settings can be built without solving:
+    Moreau's (:func:`_moreau_settings`) and Clarabel's (as diffcp sets them, attribute by
+    attribute).  Found only at the first forward before, after the layer was built and cached
+    (ca_rev140); SCS's and the GPU backends' settings are checked by their solve."""
+    if backend.interface == "MOREAU":
+        _moreau_settings(eps, max_iters, extra)
+    elif backend.interface == "DIFFCP" and backend.solve_method == "Clarabel":
+        import clarabel
+
+        settings = clarabel.DefaultSettings()
+        passed = {k: v for k, v in extra.items() if k not in _DIFFCP_OWN_OPTIONS}
+        for key, value in _solver_args(backend, eps, max_iters, passed).items():
+            if key == "solve_method":
+                continue
+            try:
+                setattr(settings, key, value)
+            except (AttributeError, TypeError, ValueError, OverflowError) as err:
+                raise TypeError(f"solver Clarabel rejected the option(s) {[key]}: {err} (value {value!r})") from None
 
 
 def _solver_args(backend: Backend, eps: float, max_iters: int | None, extra: dict) -> dict:

@@ -2065,8 +2065,6 @@ def test_ca_rev128_a_small_loss_on_the_duals_of_float16_scores_gets_a_finite_gra
 # ---- ca_rev140 (strict xfail: review of 3de4598)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev140: cvx.check_options passes solver settings the solver rejects, so "
-                                       "ConsistentAttention is built with them and fails at its first forward")
 @pytest.mark.parametrize("backend, options", [("moreau", {"tolerance_typo": 1e-3}), ("moreau", {"tol_feas": -1.0}),
                                               ("diffcp-clarabel", {"tolerance_typo": 1e-3})])
 def test_ca_rev140_the_options_check_refuses_a_setting_the_solver_rejects(backend, options):
