@@ -427,6 +427,10 @@ class _GradientCheck:
         # reaching it through its duals alone is judged too: passed on unchecked, a loss on the
         # duals got diffcp's gradient 3.25 off and moreau's 0.43 through (ca_rev122)
         rows = [i for i in range(B) if any(bool(x[i].any()) for x in v + u)]
+        # the most a score gradient can be: |v_k| / τ_k from the maps, about |u_e| from the duals
+        reach = torch.stack([x.flatten(1).abs().amax(1) / t for x, t in zip(v, self.temps)]
+                            + [x.flatten(1).abs().amax(1) for x in u]).amax(0)
+        self._judge_unreached(got, sorted(set(range(B)) - set(rows)), float(reach.max()) if B else 0.0)
         if not rows:
             return
         try:
@@ -440,9 +444,7 @@ class _GradientCheck:
             raise SolverFailure(f"method 'cvxpylayers' ({self.backend}): its gradient could not be checked, the "
                                 f"implicit gradient at its certified maps was refused ({err}); nothing is returned "
                                 f"unchecked: {self._instead()}") from None
-        # the most a score gradient can be: |v_k| / τ_k from the maps, about |u_e| from the duals
-        reach = torch.stack([x.flatten(1).abs().amax(1) / t for x, t in zip(v, self.temps)]
-                            + [x.flatten(1).abs().amax(1) for x in u]).amax(0)[index]
+        reach = reach[index]
         for k, (g, w) in enumerate(zip(got, want)):
             if g is None:  # (a map whose scores do not require grad: the backend gave it none)
                 continue
@@ -460,6 +462,26 @@ class _GradientCheck:
                     f"from the implicit gradient at its own certified maps (sample {rows[i]}, whose largest entry is "
                     f"{float(w[i].abs().max()):.3g}; allowed {float(allowed[i]):.3g}); the backend's derivative is "
                     f"wrong there: {self._instead()}")
+
+    def _judge_unreached(self, got: Sequence[Tensor | None], rows: list[int], reach: float) -> None:
+        """SolverFailure where the backend gives a gradient to a sample ``rows`` names, which the
+        loss does not reach (its implicit gradient is 0): a backend that mixed a batch's samples
+        had passed 0.19 to such a sample unjudged (ca_rev140).  Allowed: the absolute part of the
+        check, at the batch's ``reach`` (0 where no sample's loss reaches the layer)."""
+        if not rows:
+            return
+        B = self.probs[0].shape[0] if self.probs is not None else 0
+        for k, g in enumerate(got):
+            if g is None:
+                continue
+            off = g.detach().to(torch.float64).reshape(B, -1)[torch.tensor(rows, device=g.device)].abs().amax(1)
+            bad = torch.nonzero(~(off <= GRADIENT_CHECK_ATOL * reach)).flatten().tolist()  # (NaN is never within)
+            if bad:
+                i = bad[0]
+                raise SolverFailure(
+                    f"method 'cvxpylayers' ({self.backend}): its gradient on map {k}'s scores is {float(off[i]):.3g} "
+                    f"at sample {rows[i]}, which the loss does not reach (its gradient there is 0); the backend's "
+                    f"derivative is wrong there: {self._instead()}")
 
     def _instead(self) -> str:
         """What to use instead: neither the backend refused (ca_rev120) nor a method that cannot

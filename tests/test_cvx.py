@@ -2081,8 +2081,6 @@ def test_ca_rev140_the_options_check_refuses_a_setting_the_solver_rejects(backen
         ca.get_method("cvxpylayers").check_options({"backend": backend, **options}, h)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev140: the gradient check judges only samples the loss reaches; a "
-                                       "backend gradient on another sample is passed on unjudged (0.19 off)")
 def test_ca_rev140_a_backend_gradient_on_a_sample_the_loss_does_not_reach_is_judged(monkeypatch):
     """docs/design.md §4: the backend's gradient 'is checked ... per sample and map' (_GradientCheck).  Run: a
     4 -> 2 chain, batch 2, a linear loss on sample 0's maps only, diffcp-clarabel whose layer outputs carry,
