@@ -1042,9 +1042,10 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
     # to one), but an offset of 1e9 left SCS 0.35 from the optimum
     flat = centred_scores([s.to(device=solving_on, dtype=torch.float64).reshape(s.shape[0], -1) / factor
                            for s in scores])
-    if factor != 1.0 and not all(bool(torch.isfinite(f).all()) for f in flat):
-        raise ValueError(f"method 'cvxpylayers': the scores divided by the largest temperature ({factor:.3g}) "
-                         f"overflow float64; the problem is too cold for any solver (method 'exact' or 'dual')")
+    if not all(bool(torch.isfinite(f).all()) for f in flat):  # (whatever the factor: CVXPY's refusal names none)
+        raise ValueError("method 'cvxpylayers': the scores, centred per map" + (
+            f" and divided by the largest temperature ({factor:.3g})," if factor != 1.0 else ",")
+            + " overflow float64; the problem is too cold for any solver (method 'exact' or 'dual')")
     # The certificate and any diagnosis read detached CPU copies (inputs may require grad).
     flat_cpu = [f.detach().cpu() for f in flat]
     # the backend's gradient is checked against the implicit gradient at the certified maps
@@ -1212,8 +1213,17 @@ def _solve_certified(layer: CvxpyAttentionLayer, h: Graph, temps, scores, flat, 
 def centred_scores(flat_scores: Sequence[Tensor]) -> list[Tensor]:
     """Each map's scores ``(B, n_k)`` (or ``(B, *shapes[k])``) minus their per-sample mean: the
     same solution (every map sums to one), an objective whose size does not depend on an
-    arbitrary constant.  The mean is detached: the gradient passes through unchanged."""
-    return [s - s.detach().mean(sample_dims(s), keepdim=True) for s in flat_scores]
+    arbitrary constant.  The mean is detached: the gradient passes through unchanged.  Where
+    torch's mean overflows (it sums first: 8 cells of 4e307 gave -inf, ca_rev140) it is summed
+    over the cells divided by their count, which never overflows for scores within
+    :func:`~convex_attention.validation.score_limit`."""
+    out = []
+    for s in flat_scores:
+        x, dims = s.detach(), sample_dims(s)
+        mean = x.mean(dims, keepdim=True)
+        mean = torch.where(torch.isfinite(mean), mean, (x / max(1, x[:1].numel())).sum(dims, keepdim=True))
+        out.append(s - mean)
+    return out
 
 
 def primal_residual(h: Graph, probs: Sequence[Tensor]) -> Tensor:

@@ -55,9 +55,10 @@ KINDS = ("chain", "forest", "graph")
 
 
 def _finite_or_zero(m: Tensor) -> Tensor:
-    """Block maxima with ``-inf`` (a block whose every cell is masked) replaced by 0, the shift
-    that keeps such a block's log-sum-exp ``-inf`` rather than ``-inf - (-inf)`` = NaN."""
-    return torch.where(m > -math.inf, m, 0.0)
+    """Block maxima that are not finite replaced by 0: the shift that keeps a block whose every
+    cell is masked (``-inf``) at log-sum-exp ``-inf``, and one holding ``+inf`` at ``+inf`` as
+    ``torch.logsumexp`` gives, rather than ``∓inf - (∓inf)`` = NaN (ca_rev140)."""
+    return torch.where(torch.isfinite(m), m, 0.0)
 
 
 class FrozenList(list):

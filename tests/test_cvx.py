@@ -2117,8 +2117,6 @@ def test_ca_rev140_a_backend_gradient_on_a_sample_the_loss_does_not_reach_is_jud
     assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-5
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev140: centred_scores overflows on scores solve accepts (the mean of "
-                                       "8 x 4e307 is inf): the layer is handed -inf, the certificate is NaN")
 def test_ca_rev140_scores_that_solve_accepts_are_centred_without_overflow():
     """solve's docstring: within validation.score_limit (4.5e307 in float64) 'every method returns finite
     probabilities'.  Run: Hierarchy.grid([(8,), (2,)]), scores[0] = 4e307 in every cell (one sample),

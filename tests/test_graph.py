@@ -777,8 +777,6 @@ def test_ca_rev116_nesting_advice_gives_a_graph_that_can_be_built():
 # ---- ca_rev140 (strict xfail: review of 3de4598)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev140: block_logsumexp of a block holding +inf is NaN (its shift "
-                                       "inf - inf), where log Σ exp and torch.logsumexp give +inf")
 @pytest.mark.parametrize("given", ["grid", "parents"])
 def test_ca_rev140_block_logsumexp_of_a_block_holding_inf_is_inf(given):
     """docs/design.md §4 holds the block kernels to torch's answers at the infinities (an all -inf block gives
