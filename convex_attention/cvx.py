@@ -953,7 +953,7 @@ def _float_temperatures(temps) -> list[float]:
             # a forward-mode tangent too (torch.func.jvp, forward_ad): read with .item() it was
             # dropped, the maps carrying none (a review)
             if t.requires_grad or is_grad_temperature(t):
-                raise ValueError("method 'cvxpylayers' does not differentiate through the temperature; pass "
+                raise TypeError("method 'cvxpylayers' does not differentiate through the temperature; pass "
                                  "floats, or detach the temperature tensor")
             t = t.item()
         if isinstance(t, (bool, np.bool_)) or np.asarray(t).dtype.kind == "b":  # numpy's too, 0-d arrays

@@ -482,7 +482,7 @@ def test_float_temperatures_and_tensors_without_grad_work_one_with_grad_is_refus
     p1, _ = solve_cvxpylayers(inst.scores, inst.h, [1.0, 2.0])
     p2, _ = solve_cvxpylayers(inst.scores, inst.h, torch.tensor([1.0, 2.0]))
     torch.testing.assert_close(p1[0], p2[0])
-    with pytest.raises(ValueError, match="does not differentiate through the temperature"):
+    with pytest.raises(TypeError, match="does not differentiate through the temperature"):
         solve_cvxpylayers(inst.scores, inst.h, torch.tensor([1.0, 2.0], requires_grad=True))
 
 
