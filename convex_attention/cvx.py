@@ -954,7 +954,7 @@ def _float_temperatures(temps) -> list[float]:
             # dropped, the maps carrying none (a review)
             if t.requires_grad or is_grad_temperature(t):
                 raise TypeError("method 'cvxpylayers' does not differentiate through the temperature; pass "
-                                 "floats, or detach the temperature tensor")
+                                "floats, or detach the temperature tensor")
             t = t.item()
         if isinstance(t, (bool, np.bool_)) or np.asarray(t).dtype.kind == "b":  # numpy's too, 0-d arrays
             # included (np.True_ and np.array(True) read as 1.0: reviews)
