@@ -917,3 +917,69 @@ def test_ca_rev139_a_cvxpylayers_row_of_an_earlier_run_does_not_drop_the_amortis
             {**learned_row("", 0.0), "method": "exact", "per_sample_ms": 0.5, "run": 2},
             {**learned_row("", 0.0), "method": "cvxpylayers", "backend": "moreau", "per_sample_ms": 40.0, "run": 1}]
     assert amortised_targets(rows)[0]["time_vs_exact"] == pytest.approx(2.0)
+
+
+# ---- ca_rev141 (strict xfail: review of c2cb010)
+
+def _ca_rev141_exit(script, argv) -> int:
+    try:
+        return script.main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev141: bench_core.py times a backend listed twice in --backends twice")
+def test_ca_rev141_bench_core_refuses_a_backend_listed_twice(tmp_path, monkeypatch):
+    """Run: bench_core.py --tiny --backends moreau moreau --out b.  Observed: exit 0, core_benchmark given
+    ['moreau', 'moreau']: the backend timed twice, two rows in bench_core.csv and the figure, one entry in
+    backend_ratios.  Expected: refused (exit 2) as bench_graphs.py refuses it (ca_rev114), or timed once."""
+    from convex_attention.cvx import available_backends
+
+    installed = available_backends()
+    if not installed:
+        pytest.skip("no cvxpylayers backend installed")
+    script = _bench_core_script()
+    given = []
+    monkeypatch.setattr(script, "core_benchmark", lambda **kw: given.append(list(kw["backends"])))
+    code = _ca_rev141_exit(script, ["--tiny", "--backends", installed[0], installed[0], "--out", str(tmp_path / "b")])
+    assert code == 2 or (given and len(given[0]) == len(set(given[0]))), (code, given)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev141: bench_core.py --plot-only takes measuring options and ignores them")
+def test_ca_rev141_bench_core_plot_only_refuses_the_options_it_does_not_read(tmp_path, capsys, monkeypatch):
+    """Run: bench_core.py --plot-only --batch 8 --out c (a folder with a bench_core.json); also --tiny, --device
+    cuda (on a machine without CUDA).  Observed: exit 0 each time, the figure redrawn, the option unread and
+    unchecked.  Expected: refused in one line, exit 2, before drawing (as bench_graphs refuses a setting no part
+    reads, ca_rev114)."""
+    script = _bench_core_script()
+    drawn = []
+    monkeypatch.setattr(script, "plot_core_record", lambda record, path: drawn.append(path) or path)
+    (tmp_path / "bench_core.json").write_text('{"rows": [], "ratios": {}}')
+    codes = {}
+    for extra in (["--batch", "8"], ["--tiny"], ["--device", "cuda"]):
+        codes[" ".join(extra)] = _ca_rev141_exit(script, ["--plot-only", *extra, "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert all(code == 2 for code in codes.values()) and not drawn, (codes, len(drawn))
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev141: bench_core.py --plot-only writes its figure into a folder "
+                                       "another run holds (no results lock)")
+def test_ca_rev141_bench_core_plot_only_does_not_write_into_a_folder_another_run_holds(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """Run: a bench_core.py run writing into OUT (its results.lock held), then bench_core.py --plot-only --out OUT.
+    Observed: exit 0, bench_core.png and .pdf written beside the live run's files (_replot takes no lock).
+    Expected: refused in one line, exit 2, naming the holder (or waited for with --wait): one writer per folder."""
+    from test_lock import hold_lock
+
+    script = _bench_core_script()
+    drawn = []
+    monkeypatch.setattr(script, "plot_core_record", lambda record, path: drawn.append(path) or path)
+    (tmp_path / "bench_core.json").write_text('{"rows": [], "ratios": {}}')
+    proc = hold_lock(tmp_path, 60)
+    try:
+        code = _ca_rev141_exit(script, ["--plot-only", "--out", str(tmp_path)])
+    finally:
+        proc.kill()
+        proc.wait()
+    err = capsys.readouterr().err
+    assert code == 2 and not drawn and f"pid {proc.pid}" in err, (code, drawn, err)
