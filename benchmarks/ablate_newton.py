@@ -36,7 +36,7 @@ import convex_attention.dual as dual
 import convex_attention.hessian as hessian
 from convex_attention.bench import graph_targets as gt
 from convex_attention.cli import CommandParser
-from convex_attention.io.settings import SEED_MAX, int_in
+from convex_attention.io.settings import SEED_MAX, check_listed_once, int_in
 
 LADDER = dual._REGULARISED_NEWTON
 FALLBACK = hessian.DENSE_FALLBACK_LIMIT
@@ -172,6 +172,11 @@ def main(argv=None):
     if args.size < 16 or args.size % 16 or args.instances < 1 or (args.dense_limit is not None
                                                                    and args.dense_limit < 0):
         parser.error("--size must be a positive multiple of 16, --instances at least 1 and --dense-limit at least 0")
+    try:  # (each would be solved and printed twice: ca_rev141)
+        check_listed_once("--families", args.families, "family")
+        check_listed_once("--sets", args.sets, "set")
+    except ValueError as err:
+        parser.error(str(err))
     global _ablation, _backward_dense_limit
     _ablation = args.ablate
     if args.dense_limit is not None:

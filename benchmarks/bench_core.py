@@ -11,7 +11,9 @@ against every installed cvxpylayers backend (one line each) and judged against t
 fastest.  Every ratio is a ratio of medians of forward+backward time.  Writes
 bench_core.csv, bench_core.json (with the load average at the start and end) and
 bench_core.png/.pdf into --out (one run at a time: OUT/results.lock; an earlier run's files are
-replaced only with --overwrite); --plot-only redraws the figure from bench_core.json.
+replaced only with --overwrite); --plot-only redraws the figure from bench_core.json, under the
+folder's lock, and refuses the options only a measurement reads. A list option names each
+backend once.
 """
 import argparse
 import json
@@ -26,7 +28,7 @@ from convex_attention.cli import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends, unavailable_backends_reason
 from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, clean_stale_tmp
 from convex_attention.io.lock import ResultsLocked, results_lock
-from convex_attention.io.settings import positive_int
+from convex_attention.io.settings import check_listed_once, positive_int
 
 MAX_BATCH, MAX_REPEATS = 1 << 20, 100_000  # as bench's own limits: beyond them a run overflows or never ends
 OUTPUTS = ("bench_core.csv", "bench_core.json", "bench_core.png", "bench_core.pdf")
@@ -53,7 +55,22 @@ def main(argv=None):
                         help="wait for another run writing into --out to finish (without it: exit 2)")
     args = parser.parse_args(argv)
     if args.plot_only:
-        _replot(parser, args.out)
+        # it measures nothing: an option only a measurement reads would be taken and ignored (ca_rev141)
+        unread = [flag for flag, given in (("--batch", args.batch is not None), ("--repeats", args.repeats is not None),
+                                           ("--device", args.device != "cpu"), ("--backends", args.backends),
+                                           ("--tiny", args.tiny), ("--overwrite", args.overwrite)) if given]
+        if unread:
+            parser.error(f"--plot-only measures nothing: {', '.join(unread)} would be ignored; leave "
+                         f"{'it' if len(unread) == 1 else 'them'} out")
+        record = os.path.join(args.out, "bench_core.json")
+        if not os.path.isfile(record):  # (before the lock, which would make the folder)
+            parser.error(f"--plot-only: {record} is not a bench_core.json (no such file)")
+        try:  # the figure is written beside the files of the run that may hold the folder: one writer
+            with results_lock(args.out, command="bench_core --plot-only", wait=args.wait,
+                              log=lambda m: print(f"bench_core.py: {m}", file=sys.stderr)):
+                _replot(parser, args.out)
+        except ResultsLocked as err:
+            parser.error(str(err))
         return 0
     if args.tiny and (args.batch is not None or args.repeats is not None):
         # (given at its default value, --batch 64 was taken for not given: a review)
@@ -63,6 +80,10 @@ def main(argv=None):
     if args.batch > MAX_BATCH or args.repeats > MAX_REPEATS:
         parser.error(f"--batch must be at most {MAX_BATCH} and --repeats at most {MAX_REPEATS}, got {args.batch} "
                      f"and {args.repeats}")
+    try:
+        check_listed_once("--backends", args.backends, "backend")  # (each timed twice, its rows twice: ca_rev141)
+    except ValueError as err:
+        parser.error(str(err))
     why = unavailable_backends_reason(args.backends or [])
     if why:
         parser.error(f"--backends: {why}; these can: {', '.join(available_backends()) or 'none'}")

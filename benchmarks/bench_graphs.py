@@ -36,7 +36,7 @@ from convex_attention.cli import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends, unavailable_backends_reason
 from convex_attention.io.files import check_out_dir
 from convex_attention.io.lock import ResultsLocked
-from convex_attention.io.settings import add_options, given_settings
+from convex_attention.io.settings import add_options, check_listed_once, given_settings
 
 TINY = dict(size=16, grad_size=16, instances=4, batch=2, grad_draws=1, speed_batch=2, repeats=2, cvx_batch=1,
             diffcp_batch=1, cvx_repeats=1, amortised_steps=2, linsat_iters=(2,), linsat_batch=1, linsat_repeats=1)
@@ -71,9 +71,7 @@ def main(argv=None) -> int:
     try:
         config = GraphBenchmark(**({**tiny, **given} if args.tiny else given))
         if args.backends is not None:
-            twice = sorted({b for b in args.backends if args.backends.count(b) > 1})
-            if twice:  # (each was timed twice, its rows written twice: ca_rev114)
-                raise ValueError(f"--backends lists {', '.join(twice)} more than once; name each backend once")
+            check_listed_once("--backends", args.backends, "backend")  # (each was timed twice: ca_rev114)
             if not set(CVX_PARTS) & set(config.parts):
                 raise ValueError(f"--backends is read only by the {' and '.join(CVX_PARTS)} parts; add one to "
                                  f"--parts, or leave --backends out")

@@ -31,7 +31,7 @@ import torch
 import convex_attention as ca
 from convex_attention.bench.cases import make_case
 from convex_attention.bench.graph_targets import draw_instance
-from convex_attention.bench.timing import measure_interleaved, nan_max, peak_memory_mb
+from convex_attention.bench.timing import measure_interleaved, nan_max, peak_memory_mb, time_ratio
 from convex_attention.cli import CommandParser
 from convex_attention.io.environment import environment
 from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, one_line, write_json
@@ -266,6 +266,14 @@ def main(argv=None) -> int:
         check_out_dir(args.out)
     except ValueError as err:
         parser.error(str(err))
+    try:
+        return _check(args)
+    except Exception as err:  # noqa: BLE001  (one line, exit 1, as every command: ca_rev141)
+        return parser.run_failed(err)
+
+
+def _check(args) -> int:
+    """The checks and timings of :func:`main`'s checked options ``args``, into ``args.out``."""
     device = torch.device("cuda")
     start = time.perf_counter()
     checks = correctness(device) + graph_correctness(device) + no_sync(device)
@@ -279,8 +287,9 @@ def main(argv=None) -> int:
     ratios = {}
     for shapes in dict.fromkeys(r["shapes"] for r in rows):
         by = {r["method"]: r["total_ms"] for r in rows if r["shapes"] == shapes}
-        ratios[shapes] = {"exact/softmax": by["exact"] / by["softmax"],
-                          "exact/learned_dual+loss": by["exact"] / by["learned_dual+loss"]}
+        # (time_ratio: NaN, never a ZeroDivisionError or a ratio, where a time is no measured time)
+        ratios[shapes] = {"exact/softmax": time_ratio(by["exact"], by["softmax"]),
+                          "exact/learned_dual+loss": time_ratio(by["exact"], by["learned_dual+loss"])}
         print(f"{shapes:<26} exact/softmax {ratios[shapes]['exact/softmax']:.2f}   "
               f"exact/(learned_dual+loss) {ratios[shapes]['exact/learned_dual+loss']:.2f}")
     write_json(os.path.join(args.out, "gpu_check.json"),  # atomic, strict JSON (a NaN error is null)

@@ -22,7 +22,7 @@ from convex_attention import solve
 from convex_attention.bench.config import STRUCTURES
 from convex_attention.bench.graph_targets import draw_instance
 from convex_attention.cli import CommandParser
-from convex_attention.io.settings import SEED_MAX, int_in
+from convex_attention.io.settings import SEED_MAX, check_listed_once, int_in
 
 
 def _forward_backward(h, leaves, temps, weights, info: dict) -> None:
@@ -48,6 +48,10 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.size < 16 or args.size % 16 or min(args.batches) < 1 or args.threads < 1:
         parser.error("--size must be a positive multiple of 16; --batches and --threads at least 1")
+    try:  # (each would be timed and printed twice: ca_rev141)
+        check_listed_once("--batches", args.batches, "batch size")
+    except ValueError as err:
+        parser.error(str(err))
     torch.set_num_threads(args.threads)
     for batch in args.batches:
         h, scores, temps = draw_instance(args.family, args.size, torch.Generator().manual_seed(args.seed),

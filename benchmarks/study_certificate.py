@@ -22,6 +22,7 @@ error, the distance's ratio to the error, and what the acceptance test refuses.
 """
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -39,7 +40,7 @@ from convex_attention.cvx import BACKENDS, STATIONARITY_FACTOR, available_backen
 from convex_attention.hierarchy import Hierarchy
 from convex_attention.io.environment import environment, load_average
 from convex_attention.io.files import atomic_csv, write_json
-from convex_attention.io.settings import positive_float
+from convex_attention.io.settings import check_listed_once, positive_float
 
 SETS = {"normal": (-1.0, 1.0), "hard": (-2.0, 1.0), "extreme": (-4.0, 4.0)}
 OUTPUTS = ("certificate.csv", "certificate.json")
@@ -84,6 +85,14 @@ def study(backend: str, h, scores, temps, ref, regularization: float | None = No
             "error": error, "accepted": bool(accepted[0])}
 
 
+def _ratio_range(ratios) -> str:
+    """The range of the finite ratios, and how many are NaN (Python's min and max keep a NaN
+    only where it comes first: a NaN stationarity had read '1-1', ca_rev141)."""
+    finite = [x for x in ratios if not math.isnan(x)]
+    text = f"{min(finite):.2g}-{max(finite):.2g}" if finite else "none finite"
+    return text + (f" ({len(ratios) - len(finite)} NaN)" if len(finite) < len(ratios) else "")
+
+
 def main(argv=None) -> int:
     p = CommandParser(prog="study_certificate.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -100,9 +109,22 @@ def main(argv=None) -> int:
     missing = [b for b in a.backends if b not in available_backends()]
     if missing:
         p.error(f"backend(s) {', '.join(missing)} not installed here; installed: {', '.join(available_backends())}")
+    try:
+        check_listed_once("--backends", a.backends, "backend")  # (each studied twice, its rows twice: ca_rev141)
+    except ValueError as err:
+        p.error(str(err))
     check_study_arguments(p, a, OUTPUTS)
     torch.set_num_threads(1)
+    made = None if os.path.exists(a.out) else a.out
     os.makedirs(a.out, exist_ok=True)
+    try:
+        return _study(a, argv)
+    except Exception as err:  # noqa: BLE001  (one line, exit 1, as every command: ca_rev141)
+        return p.run_failed(err, made)
+
+
+def _study(a, argv) -> int:
+    """The study of :func:`main`'s checked options ``a``, into ``a.out``."""
     start, load_start = time.time(), load_average()
     rows = []
     for set_name, log_tau in SETS.items():
@@ -142,7 +164,7 @@ def main(argv=None) -> int:
             refused = [r for r in ok if not r["accepted"]]
             print(f"{backend:16} {set_name:8} n={len(ok):3}  worst error {nan_max(r['error'] for r in ok):.2g}  "
                   f"certificate <= {nan_max(r['certificate'] for r in ok):.2g}  stationarity/error "
-                  + (f"{min(ratios):.2g}-{max(ratios):.2g}" if ratios else "n/a (no error above 0)")
+                  + (_ratio_range(ratios) if ratios else "n/a (no error above 0)")
                   + f"  refused {len(refused)}"
                   + "".join(f"  [{r['family']} draw {r['draw']}: error {r['error']:.2g}]" for r in refused))
     print(json.dumps({"rows": len(rows), "errors": sum(r["status"] != "ok" for r in rows)}))

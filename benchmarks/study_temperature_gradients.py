@@ -46,11 +46,12 @@ import convex_attention as ca
 from convex_attention import dual
 from convex_attention.bench.config import STRUCTURES, add_study_arguments, check_study_arguments
 from convex_attention.bench.graph_targets import draw_instance
+from convex_attention.bench.timing import nan_max
 from convex_attention.cli import CommandParser
 from convex_attention.hessian import GRADIENT_RTOL
 from convex_attention.io.environment import environment, load_average
 from convex_attention.io.files import atomic_csv, write_json
-from convex_attention.io.settings import int_in, positive_float
+from convex_attention.io.settings import check_listed_once, int_in, positive_float
 
 SETS = {"normal": (-1.0, 1.0), "hot": (-1.0, 5.0), "hotter": (2.0, 8.0)}
 DEFAULT_SETS = ("normal", "hot")
@@ -147,8 +148,9 @@ def summary(rows: list[dict], set_name: str) -> str:
     refused = [r for r in ok if r["refused"]]
     silent = [r for r in ok if not r["refused"] and not r["float32_error"] <= RTOL]
     failed = {(r["family"], r["draw"]) for r in rows if r["set"] == set_name and r["status"] != "ok"}
-    worst = max((r["float32_error"] for r in ok if not r["refused"]), default=math.nan)
-    worst64 = max((r["float64_error"] for r in ok), default=math.nan)
+    # nan_max: Python's max keeps a NaN only where it comes first (a NaN error had read 1e-07: ca_rev141)
+    worst = nan_max([r["float32_error"] for r in ok if not r["refused"]] or [math.nan])
+    worst64 = nan_max([r["float64_error"] for r in ok] or [math.nan])
     wrongly_kept = sum(r["float32_error"] > RTOL for r in refused)
     return (f"{set_name:7} maps {len(ok):4}  refused {len(refused):3} ({wrongly_kept} of them more than {RTOL:g} "
             f"off)  returned more than {RTOL:g} off, unwarned: {len(silent):3}  worst returned {worst:.3g}  float64 "
@@ -178,12 +180,25 @@ def main(argv=None) -> int:
         p.error(f"--scale must be a number in (0, 100]; got {a.scale}")
     if not a.tol <= 0.1:
         p.error(f"--tol must be a number in (0, 0.1]; got {a.tol}")
+    try:
+        check_listed_once("--sets", a.sets, "set")  # (as every list option of the benchmarks: ca_rev141)
+    except ValueError as err:
+        p.error(str(err))
     check_study_arguments(p, a, OUTPUTS)
     torch.set_num_threads(1)
+    made = None if os.path.exists(a.out) else a.out
     os.makedirs(a.out, exist_ok=True)
+    try:
+        return _study(a, argv)
+    except Exception as err:  # noqa: BLE001  (one line, exit 1, as every command: ca_rev141)
+        return p.run_failed(err, made)
+
+
+def _study(a, argv) -> int:
+    """The study of :func:`main`'s checked options ``a``, into ``a.out``."""
     start, load_start = time.time(), load_average()
     rows: list[dict] = []
-    sets = list(dict.fromkeys(a.sets))
+    sets = list(a.sets)
     for set_name in sets:
         for family in STRUCTURES:
             g = torch.Generator().manual_seed(a.seed)

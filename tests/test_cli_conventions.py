@@ -877,8 +877,6 @@ def test_ca_rev121_verify_backends_help_lists_the_values_it_accepts():
 
 # ---- ca_rev141 (strict xfail: review of c2cb010)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev141: study_temperature_gradients.py's summary prints a worst error "
-                                       "that drops NaN (Python's max)")
 @pytest.mark.parametrize("column, label", [("float64_error", "float64 at tol worst"),
                                            ("float32_error", "worst returned")])
 def test_ca_rev141_study_temperature_gradients_summary_keeps_a_nan_worst(column, label):
@@ -899,8 +897,6 @@ def _ca_rev141_boom(*args, **kwargs):
     raise RuntimeError("CUDA error: out of memory (forced)")
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev141: gpu_check.py and the study scripts end a failed run with a "
-                                       "traceback, not one line and exit 1")
 @pytest.mark.parametrize("name, stub, argv", [
     ("gpu_check", "correctness", []),
     ("study_certificate", "instance", ["--draws", "1", "--backends", "diffcp-clarabel"]),

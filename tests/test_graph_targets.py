@@ -1763,8 +1763,6 @@ def _ca_rev141_main(script, argv) -> int:
         torch.set_num_threads(before)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev141: study_certificate.py studies a backend listed twice twice, "
-                                       "its rows duplicated")
 def test_ca_rev141_study_certificate_refuses_a_backend_listed_twice(tmp_path, monkeypatch, capsys):
     """Run: study_certificate.py --draws 1 --backends diffcp-clarabel diffcp-clarabel --out c.  Observed: exit 0,
     certificate.csv 30 rows for 15 (set, family, draw, backend) keys, each solve twice, the summary printed twice
@@ -1788,8 +1786,6 @@ def test_ca_rev141_study_certificate_refuses_a_backend_listed_twice(tmp_path, mo
     assert len(keys) == len(set(keys)), f"{len(keys)} rows for {len(set(keys))} keys"
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev141: study_certificate.py prints a stationarity/error range that "
-                                       "drops NaN ratios (min/max)")
 def test_ca_rev141_study_certificate_summary_does_not_hide_a_nan_stationarity(tmp_path, monkeypatch, capsys):
     """Run: study_certificate.py --draws 2 with every draw 1's stationarity NaN (a certificate that could not be
     formed).  Observed: 'stationarity/error 1-1' on every line: Python's min and max keep a NaN only where it comes
@@ -1818,8 +1814,6 @@ def test_ca_rev141_study_certificate_summary_does_not_hide_a_nan_stationarity(tm
     assert all("nan" in r.lower() for r in ranges), ranges
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev141: a forest's failure in the speed part ends the whole run "
-                                       "(no error row, no graphs.json)")
 def test_ca_rev141_a_forest_that_fails_in_the_speed_part_is_a_row_not_the_end_of_the_run(tmp_path, monkeypatch):
     """Forced: _timed raising ImplicitSolveError for the star's softmax/exact/dual (the non-tree families' dual
     failure is caught, _speed records an error row and goes on).  Observed: graph_benchmark raises
@@ -1846,8 +1840,6 @@ def test_ca_rev141_a_forest_that_fails_in_the_speed_part_is_a_row_not_the_end_of
     assert (tmp_path / "graphs.json").exists() and (tmp_path / "speed.csv").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev141: ablate_newton.py and profile_dual.py run a family, set or "
-                                       "batch listed twice twice")
 @pytest.mark.parametrize("name", ["ablate_newton", "profile_dual"])
 def test_ca_rev141_the_ablation_and_profile_scripts_refuse_an_entry_listed_twice(name, monkeypatch, capsys):
     """Run: ablate_newton.py --families axial axial --sets normal normal --no-speed (100 instances each, twice

@@ -928,7 +928,6 @@ def _ca_rev141_exit(script, argv) -> int:
         return stop.code
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev141: bench_core.py times a backend listed twice in --backends twice")
 def test_ca_rev141_bench_core_refuses_a_backend_listed_twice(tmp_path, monkeypatch):
     """Run: bench_core.py --tiny --backends moreau moreau --out b.  Observed: exit 0, core_benchmark given
     ['moreau', 'moreau']: the backend timed twice, two rows in bench_core.csv and the figure, one entry in
@@ -945,7 +944,6 @@ def test_ca_rev141_bench_core_refuses_a_backend_listed_twice(tmp_path, monkeypat
     assert code == 2 or (given and len(given[0]) == len(set(given[0]))), (code, given)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev141: bench_core.py --plot-only takes measuring options and ignores them")
 def test_ca_rev141_bench_core_plot_only_refuses_the_options_it_does_not_read(tmp_path, capsys, monkeypatch):
     """Run: bench_core.py --plot-only --batch 8 --out c (a folder with a bench_core.json); also --tiny, --device
     cuda (on a machine without CUDA).  Observed: exit 0 each time, the figure redrawn, the option unread and
@@ -962,8 +960,6 @@ def test_ca_rev141_bench_core_plot_only_refuses_the_options_it_does_not_read(tmp
     assert all(code == 2 for code in codes.values()) and not drawn, (codes, len(drawn))
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev141: bench_core.py --plot-only writes its figure into a folder "
-                                       "another run holds (no results lock)")
 def test_ca_rev141_bench_core_plot_only_does_not_write_into_a_folder_another_run_holds(tmp_path, capsys,
                                                                                       monkeypatch):
     """Run: a bench_core.py run writing into OUT (its results.lock held), then bench_core.py --plot-only --out OUT.

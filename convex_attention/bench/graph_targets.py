@@ -608,8 +608,16 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
                       ("chain", Hierarchy.grid([(side, side), (side // 2, side // 2)]))):
         scores = [(SCORE_SCALE * torch.randn((config.speed_batch,) + s, generator=g)).to(device) for s in h.shapes]
         temps = (10 ** _uniform(g, h.num_maps, -1.0, 1.0)).tolist()
-        timed = _timed(h, scores, temps, {"softmax": ("softmax", {}), "exact": ("exact", {}), "dual": ("dual", {})},
-                       config.repeats)
+        methods = {"softmax": ("softmax", {}), "exact": ("exact", {}), "dual": ("dual", {})}
+        try:
+            timed = _timed(h, scores, temps, methods, config.repeats)
+        except Exception as err:  # a row per method, as the non-tree families' (it had ended the run: ca_rev141)
+            for name in methods:
+                rows.append({"family": family, "method": name, "backend": "", "device": str(device),
+                             "status": "error", "batch": config.speed_batch, "reason": error_reason(err),
+                             "shapes": shape_str(h)})
+            log(f"speed {family:<13}failed: {rows[-1]['reason'][:160]}")
+            continue
         for name, meas in timed.items():
             rows.append(_speed_row(family, h, name, "", meas, config.speed_batch, device))
         log(f"speed {family:<13}" + "  ".join(f"{n} {m.total_median / config.speed_batch:.3g} ms/sample"

@@ -40,7 +40,7 @@ from .files import one_line
 __all__ = ["ConfigError", "Kind", "Int", "Real", "Choice", "Flag", "Text", "Many", "Mapping", "Setting", "setting",
            "declared", "normalise_settings", "check_settings", "to_plain", "from_plain", "add_options",
            "given_settings", "add_grid_options", "given_grid", "variant_settings", "SEED", "Unset", "show_value",
-           "positive_int", "positive_float", "finite_float", "int_in"]
+           "positive_int", "positive_float", "finite_float", "int_in", "check_listed_once"]
 
 # Seeds seed numpy too, whose generator takes 32-bit seeds.
 SEED_MAX = 2 ** 32 - 1
@@ -597,3 +597,14 @@ def positive_float(text: str) -> float:
 def finite_float(text: str) -> float:
     """An argparse type: any finite number (``inf`` and ``nan`` are refused)."""
     return _argument_type(Real(), "finite_float")(text)
+
+
+def check_listed_once(flag: str, values, what: str) -> None:
+    """ValueError naming ``flag`` and each value of ``values`` (a list option's) listed more than
+    once: each would be measured twice, its rows written twice (bench's grid options hold
+    distinct values; a script's lists the same: ca_rev114, ca_rev141).  ``what``: one value, in
+    words ("backend")."""
+    values = list(values or ())
+    twice = list(dict.fromkeys(str(v) for i, v in enumerate(values) if v in values[:i]))
+    if twice:
+        raise ValueError(f"{flag} lists {', '.join(twice)} more than once; name each {what} once")
