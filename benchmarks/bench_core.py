@@ -114,9 +114,7 @@ def main(argv=None):
                                                if left else "nothing was written"), file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's: a review)
-        message = " ".join(f"{type(err).__name__}: {err}".split())
-        print(f"bench_core.py: error: the run failed: {message}", file=sys.stderr)
-        return 1
+        return parser.run_failed(err)
 
 
 def _replot(parser, out: str):

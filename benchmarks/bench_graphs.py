@@ -108,9 +108,7 @@ def main(argv=None) -> int:
               "--overwrite if a part's file was written)", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's)
-        message = " ".join(f"{type(err).__name__}: {err}".split())
-        print(f"bench_graphs.py: error: the run failed: {message}", file=sys.stderr)
-        return 1
+        return parser.run_failed(err)
     return 0
 
 
