@@ -2099,3 +2099,30 @@ def test_ca_rev128_every_validation_copy_of_a_training_image_is_named(tmp_path):
                                                                                  ("copy.npy", "img1.png")]
     with pytest.raises(ValueError, match=r"^2 validation image\(s\)"):
         build_datasets("folder", root=str(root))
+
+
+# ---- ca_rev143 (strict xfail: review of ea9699c)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev143: a validation image that is a training image rescaled (PNG saved "
+                                       "as NPY / 255) is not found: digests of raw values, inputs z-scored")
+def test_ca_rev143_a_training_image_saved_again_rescaled_is_refused_in_the_validation_set(tmp_path):
+    """Run: root/train from _write_folder (PNG, 0..255) and root/val another folder plus copy.npy, the
+    pixels of train/images/img1.png divided by 255 (the usual PNG -> NPY in [0, 1] conversion), with
+    img1's mask; build_datasets("folder", root).  Expected: ValueError naming copy.npy (the model's
+    inputs are z-scored per image and channel, so the two files are one input).  Observed: accepted;
+    images_shared_with digests the raw values, and the normalised tensors differ by 1.2e-7 at most."""
+    from PIL import Image
+
+    root = tmp_path / "r"
+    _write_folder(str(root / "train"))
+    _write_folder(str(root / "val"), seed=100)
+    pixels = np.asarray(Image.open(root / "train" / "images" / "img1.png"), np.float32)
+    np.save(root / "val" / "images" / "copy.npy", pixels / 255.0)
+    Image.open(root / "train" / "masks" / "img1.png").save(root / "val" / "masks" / "copy.png")
+    with open(root / "val" / "labels.csv", "a") as f:
+        f.write("copy.npy,1\n")
+    train, val = FolderDataset(str(root / "train")), FolderDataset(str(root / "val"))
+    # oracle: what the model is fed (image_label: z-scored per channel) is the same image, to float32 rounding
+    assert float((train.image_label(1)[0] - val.image_label(3)[0]).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="copy.npy"):
+        build_datasets("folder", root=str(root))

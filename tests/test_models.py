@@ -423,3 +423,48 @@ def test_rev85_the_attention_layer_takes_a_numpy_integer_level():
 
     model = AttentionUNet(method="softmax", **SMALL)
     assert model.attention_layer(np.int64(1)) is model.attention_layer(1)
+
+
+# ---- ca_rev143 (strict xfail: review of ea9699c)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev143: check_score_seed compares seeds modulo 2**32 only, not the key "
+                                       "ranges: a seed whose images are the training images shifted by one passes")
+def test_ca_rev143_model_scores_refuse_a_seed_whose_image_keys_overlap_the_training_images(tmp_path):
+    """Run: a checkpoint trained at data seed 0 (20 training images); check_score_seed(path, seed) with
+    seed = 1000003**-1 mod 2**32 - 20000 (2021739595, a valid --seed).  Expected: ValueError (the
+    generator keys image i of seed s as s * 1000003 + i and torch keeps 32 bits of it, so the scored
+    image i is training image i + 1).  Observed: accepted: _score_seed_problem only looks for a seed
+    congruent to a training seed, never for key ranges that meet (protocol._keys_meet does)."""
+    from convex_attention.paper.data import build_datasets, datasets_of
+    from convex_attention.paper.model_scores import SCORE_SEED_OFFSET, check_score_seed
+
+    path, cfg = _trained_on(tmp_path, "m", data_seed=0)
+    seed = pow(1_000_003, -1, 2 ** 32) - SCORE_SEED_OFFSET
+    train, _ = datasets_of(cfg)
+    scored, _ = build_datasets("synthetic", None, cfg.model.image_size, cfg.model.in_channels, 2, 1,
+                               cfg.difficulty, SCORE_SEED_OFFSET + seed)
+    assert all(torch.equal(scored[i][0], train[i + 1][0]) for i in range(2))  # oracle: the model's own images
+    with pytest.raises(ValueError, match="own training images"):
+        check_score_seed(path, seed)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev143: model_scores returns NaN scores of a checkpoint with finite "
+                                       "weights; predict refuses such outputs (NonFiniteOutput), it does not")
+def test_ca_rev143_model_scores_refuse_scores_that_are_not_finite(tmp_path):
+    """Run: a softmax model with the learned head whose level-0 log_gain is 89 (finite; exp(89) is beyond
+    float32), saved; model_scores(h, 2, checkpoint=path).  Expected: NonFiniteOutput (a ValueError)
+    naming the scores, as predict does for logits and maps.  Observed: level 0's scores are NaN and are
+    returned as the sweep's instance (a sweep then writes 'scores[0] contains NaN values' error rows)."""
+    from convex_attention.paper.model_scores import model_scores
+
+    torch.manual_seed(0)
+    model = AttentionUNet(method="softmax", head="learned", **SMALL)
+    with torch.no_grad():
+        model.heads["3"].log_gain.fill_(89.0)
+    path = save_checkpoint(str(tmp_path / "m.pt"), model)
+    h = ca.Hierarchy.grid([(8, 8), (4, 4)])
+    try:
+        scores = model_scores(h, 2, seed=0, checkpoint=path)
+    except ValueError:
+        return
+    assert all(bool(torch.isfinite(s).all()) for s in scores), [bool(torch.isfinite(s).all()) for s in scores]

@@ -793,3 +793,26 @@ def test_ca_rev138_a_data_check_that_cannot_write_its_json_fails_in_one_line(tmp
     err = capsys.readouterr().err
     assert code == 1, code
     assert "No space left on device" in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---- ca_rev143 (strict xfail: review of ea9699c)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev143: check (b) pixel_map runs and passes on one lesion image per set "
+                                       "(2 in all), where (a) and (d) ask for 5 images of each label")
+def test_ca_rev143_the_pixel_map_check_does_not_pass_on_one_lesion_image_per_set():
+    """Run: a training and a held-out set of 20 noise images 16 x 16, each with one lesion image (a 2 x 2
+    mask, no signal); check_pixel_map.  Expected: not run (or not passed): an AP averaged over two
+    images says nothing of the benchmark, and (a) on these labels is NOT RUN ('at least 5 of each').
+    Observed: ran, value 0.053, PASS (n_lesion_images 2)."""
+    rng = np.random.default_rng(0)
+    sets = []
+    for _ in range(2):
+        images = rng.uniform(1.0, 2.0, (20, 4, 16, 16)).astype(np.float32)
+        masks = np.zeros((20, 16, 16), bool)
+        masks[0, 2:4, 2:4] = True
+        sets.append((images, masks))
+    (tr_img, tr_mask), (te_img, te_mask) = sets
+    labels = np.array([1] + [0] * 19)
+    assert not check_location_free(tr_img, labels, te_img, labels).ran  # the sibling check's rule
+    b = check_pixel_map(tr_img, tr_mask, te_img, te_mask)
+    assert not b.passed, (b.value, b.detail["n_lesion_images"])
