@@ -2103,8 +2103,6 @@ def test_ca_rev128_every_validation_copy_of_a_training_image_is_named(tmp_path):
 
 # ---- ca_rev143 (strict xfail: review of ea9699c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev143: a validation image that is a training image rescaled (PNG saved "
-                                       "as NPY / 255) is not found: digests of raw values, inputs z-scored")
 def test_ca_rev143_a_training_image_saved_again_rescaled_is_refused_in_the_validation_set(tmp_path):
     """Run: root/train from _write_folder (PNG, 0..255) and root/val another folder plus copy.npy, the
     pixels of train/images/img1.png divided by 255 (the usual PNG -> NPY in [0, 1] conversion), with

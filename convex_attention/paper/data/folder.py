@@ -144,6 +144,26 @@ def _as_chw(arr: np.ndarray, path: str) -> np.ndarray:
     return arr
 
 
+def _normalised(arr: np.ndarray) -> torch.Tensor:
+    """``(C, H·W)`` float64: each channel of a ``(C, H, W)`` image less its mean, over its standard
+    deviation (at least 1e-6), as the model sees it.  In float64: float32 sums of values near its
+    range overflow (every pixel came out NaN); one pixel has no spread (the unbiased std of one
+    value is NaN): it is only centred."""
+    image = torch.from_numpy(arr).double().flatten(1)
+    mean = image.mean(1, keepdim=True)
+    std = image.std(1, keepdim=True) if image.shape[1] > 1 else torch.zeros_like(mean)
+    return (image - mean) / std.clamp(min=1e-6)
+
+
+def _digests(arr: np.ndarray) -> tuple[bytes, bytes]:
+    """Two digests of an image: of its values as stored (a copy, a link, the array saved again),
+    and of the image the model sees, rounded to 1e-3 (the same picture stored at another scale
+    or offset, a PNG saved as an NPY divided by 255, is the same input: ca_rev143)."""
+    seen = np.rint(_normalised(arr).numpy() * 1e3).astype(np.int64)
+    return (hashlib.blake2b(arr.tobytes(), digest_size=16).digest(),
+            hashlib.blake2b(seen.tobytes(), digest_size=16).digest())
+
+
 class FolderDataset(Dataset):
     """See the module docstring.
 
@@ -201,14 +221,15 @@ class FolderDataset(Dataset):
         self.has_masks = bool(self.mask_root and os.path.isdir(self.mask_root))
         self.image_shape = None
         self._mask_paths: dict[str, str] = {}
-        # each scanned image's (file name, digest of its array), in the label file's order
-        self._pixels: list[tuple[str, bytes]] = []
+        # each scanned image's (file name, digests of its array: as stored, and as the model sees
+        # it), in the label file's order
+        self._pixels: list[tuple[str, tuple[bytes, bytes]]] = []
         self.scanned = scan
         if scan:
             for path, label, name in self.items:
                 image = self._load_image(path)
                 if image.min() != image.max():  # a constant image (a blank slice) may occur in any set
-                    self._pixels.append((name, hashlib.blake2b(image.tobytes(), digest_size=16).digest()))
+                    self._pixels.append((name, _digests(image)))
                 if self.has_masks:  # every mask found and of the image's size now, not in the middle of training
                     self._load_mask(name, image.shape[1:], label)
 
@@ -223,10 +244,12 @@ class FolderDataset(Dataset):
             raise ValueError("images_shared_with compares the pixels that the scan notes: build both sets with "
                              "scan=True")
         theirs: dict[bytes, str] = {}
-        for name, digest in other._pixels:
-            theirs.setdefault(digest, name)
-        # every copy here (one digest per name: two copies of one training image were counted once, ca_rev128)
-        return [(name, theirs[digest]) for name, digest in self._pixels if digest in theirs]
+        for name, digests in other._pixels:
+            for digest in digests:
+                theirs.setdefault(digest, name)
+        # every copy here (one entry per name: two copies of one training image were counted once, ca_rev128)
+        return [(name, next(theirs[d] for d in digests if d in theirs)) for name, digests in self._pixels
+                if any(d in theirs for d in digests)]
 
     def _mask_path(self, name: str) -> str:
         if name in self._mask_paths:
@@ -283,11 +306,7 @@ class FolderDataset(Dataset):
         # in float64: float32 sums of values near its range overflow (every pixel came out NaN);
         # one pixel has no spread (the unbiased std of one value is NaN): it is only centred
         arr = self._load_image(path)
-        image = torch.from_numpy(arr).double().flatten(1)
-        mean = image.mean(1, keepdim=True)
-        std = image.std(1, keepdim=True) if image.shape[1] > 1 else torch.zeros_like(mean)
-        normalised = (image - mean) / std.clamp(min=1e-6)
-        return normalised.float().view(arr.shape), torch.tensor(label)
+        return _normalised(arr).float().view(arr.shape), torch.tensor(label)
 
     def __getitem__(self, index: int):
         image, label = self.image_label(index)
