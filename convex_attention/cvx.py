@@ -315,9 +315,11 @@ SMALL_SCALE = 1e-2
 MAX_ITERS = 2 ** 31 - 1
 
 #: Options of diffcp's derivative, and every option diffcp takes itself, not its conic solver
-#: (Clarabel and SCS reject them).
+#: (Clarabel and SCS reject them): the keywords of its batched and single solves (diffcp 1.1:
+#: ``raise_on_error``, ``warm_starts`` and ``Ps`` had been refused as Clarabel's, ca_rev142).
 _DERIVATIVE_OPTIONS = ("mode", "n_jobs_backward")
-_DIFFCP_OWN_OPTIONS = ("n_jobs_forward",) + _DERIVATIVE_OPTIONS
+_DIFFCP_OWN_OPTIONS = ("n_jobs_forward", "raise_on_error", "warm_starts", "warm_start", "Ps", "P") \
+    + _DERIVATIVE_OPTIONS
 
 
 class _PanicGuard(torch.autograd.Function):

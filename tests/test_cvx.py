@@ -2138,8 +2138,6 @@ def test_ca_rev140_scores_that_solve_accepts_are_centred_without_overflow():
 # ---- ca_rev142 (strict xfail: review of ea9699c)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev142: check_options refuses diffcp's own raise_on_error as a Clarabel "
-                                       "setting")
 def test_ca_rev142_a_diffcp_option_that_clarabel_never_sees_is_not_refused_as_clarabels():
     """solve_cvxpylayers: 'other keys go to the solver unchanged (diffcp passes them to SCS or to Clarabel's
     settings ...), and one the solver rejects is a TypeError'; _DIFFCP_OWN_OPTIONS: 'every option diffcp takes

@@ -1869,8 +1869,6 @@ def test_ca_rev141_the_ablation_and_profile_scripts_refuse_an_entry_listed_twice
 
 # ---- ca_rev142 (strict xfail: review of ea9699c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev142: a forest whose dual fails in the speed part records softmax and "
-                                       "exact as failed too")
 def test_ca_rev142_a_forest_whose_dual_fails_in_the_speed_part_does_not_fail_softmax_and_exact(tmp_path, monkeypatch):
     """_speed times a forest's softmax, exact and dual together (one _timed call) and, since ea9699c, writes an error
     row for each of the three with one reason whenever the call raises.  Forced: the dual's timed case raises

@@ -610,18 +610,26 @@ def _speed(config: GraphBenchmark, families, backends, log) -> list[dict]:
         temps = (10 ** _uniform(g, h.num_maps, -1.0, 1.0)).tolist()
         methods = {"softmax": ("softmax", {}), "exact": ("exact", {}), "dual": ("dual", {})}
         try:
-            timed = _timed(h, scores, temps, methods, config.repeats)
-        except Exception as err:  # a row per method, as the non-tree families' (it had ended the run: ca_rev141)
-            for name in methods:
+            timed = {name: (meas, "") for name, meas in _timed(h, scores, temps, methods, config.repeats).items()}
+        except Exception as err:  # noqa: BLE001  (it had ended the run: ca_rev141)
+            # each method timed on its own, so that only the one that fails is an error row (all three
+            # had been, for a failing dual: ca_rev142), as the sweep does
+            apart = f"timed apart from the family's other methods (their interleaved run failed: {error_reason(err)})"
+            timed = {}
+            for name, spec in methods.items():
+                try:
+                    timed[name] = (_timed(h, scores, temps, {name: spec}, config.repeats)[name], apart)
+                except Exception as alone:  # noqa: BLE001  (a failing method is a row)
+                    timed[name] = (None, error_reason(alone))
+        for name, (meas, reason) in timed.items():
+            if meas is None:
                 rows.append({"family": family, "method": name, "backend": "", "device": str(device),
-                             "status": "error", "batch": config.speed_batch, "reason": error_reason(err),
-                             "shapes": shape_str(h)})
-            log(f"speed {family:<13}failed: {rows[-1]['reason'][:160]}")
-            continue
-        for name, meas in timed.items():
-            rows.append(_speed_row(family, h, name, "", meas, config.speed_batch, device))
-        log(f"speed {family:<13}" + "  ".join(f"{n} {m.total_median / config.speed_batch:.3g} ms/sample"
-                                             for n, m in timed.items()))
+                             "status": "error", "batch": config.speed_batch, "reason": reason, "shapes": shape_str(h)})
+            else:
+                rows.append({**_speed_row(family, h, name, "", meas, config.speed_batch, device),
+                             "reason": one_line(reason, REASON_CHARS)})
+        log(f"speed {family:<13}" + "  ".join(f"{n} {m.total_median / config.speed_batch:.3g} ms/sample" if m
+                                             else f"{n} failed ({why[:80]})" for n, (m, why) in timed.items()))
     return rows
 
 
