@@ -654,8 +654,6 @@ def test_an_optimiser_state_of_another_optimiser_is_refused_naming_the_optimiser
 
 # ---- ca_rev143 (strict xfail: review of ea9699c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev143: float64 weights beyond float32's range pass the finite-weights "
-                                       "check and load as Inf into the float32 model")
 def test_ca_rev143_weights_that_are_not_finite_as_loaded_are_refused(tmp_path):
     """Run: a model in float64 whose classifier weight [0, 0] is 1e300 (finite), saved with
     save_checkpoint; load_model(path).  Expected: ValueError (NonFiniteWeights, or a refusal of

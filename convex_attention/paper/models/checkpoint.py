@@ -223,13 +223,17 @@ def _unusable_tensors(value, where: str = "") -> list[str]:
 
 
 def _check_finite_weights(path, weights: dict) -> None:
-    """NonFiniteWeights naming the tensors (and how many of their values) that are NaN or Inf."""
+    """NonFiniteWeights naming the tensors (and how many of their values) that are NaN or Inf,
+    as the float32 model will hold them: a float64 weight beyond float32's range loaded as Inf
+    (ca_rev143)."""
     bad = []
     for name, tensor in weights.items():
         if tensor.is_floating_point() or tensor.is_complex():
-            count = int((~torch.isfinite(tensor)).sum())
+            held = tensor.float() if tensor.dtype == torch.float64 else tensor
+            count = int((~torch.isfinite(held)).sum())
             if count:
-                bad.append(f"{_name(name)} ({count} of {tensor.numel()} values NaN or Inf)")
+                beyond = " or beyond float32, the model's type" if held is not tensor else ""
+                bad.append(f"{_name(name)} ({count} of {tensor.numel()} values NaN or Inf{beyond})")
     if bad:
         more = f" and {len(bad) - 3} more tensor(s)" if len(bad) > 3 else ""
         raise NonFiniteWeights(f"{path!r} holds weights that are not all finite: {', '.join(bad[:3])}{more}; the run "
