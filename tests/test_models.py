@@ -427,8 +427,6 @@ def test_rev85_the_attention_layer_takes_a_numpy_integer_level():
 
 # ---- ca_rev143 (strict xfail: review of ea9699c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev143: check_score_seed compares seeds modulo 2**32 only, not the key "
-                                       "ranges: a seed whose images are the training images shifted by one passes")
 def test_ca_rev143_model_scores_refuse_a_seed_whose_image_keys_overlap_the_training_images(tmp_path):
     """Run: a checkpoint trained at data seed 0 (20 training images); check_score_seed(path, seed) with
     seed = 1000003**-1 mod 2**32 - 20000 (2021739595, a valid --seed).  Expected: ValueError (the
@@ -448,8 +446,6 @@ def test_ca_rev143_model_scores_refuse_a_seed_whose_image_keys_overlap_the_train
         check_score_seed(path, seed)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev143: model_scores returns NaN scores of a checkpoint with finite "
-                                       "weights; predict refuses such outputs (NonFiniteOutput), it does not")
 def test_ca_rev143_model_scores_refuse_scores_that_are_not_finite(tmp_path):
     """Run: a softmax model with the learned head whose level-0 log_gain is 89 (finite; exp(89) is beyond
     float32), saved; model_scores(h, 2, checkpoint=path).  Expected: NonFiniteOutput (a ValueError)
@@ -468,3 +464,17 @@ def test_ca_rev143_model_scores_refuse_scores_that_are_not_finite(tmp_path):
     except ValueError:
         return
     assert all(bool(torch.isfinite(s).all()) for s in scores), [bool(torch.isfinite(s).all()) for s in scores]
+
+
+def test_a_sweeps_example_seed_and_its_batch_are_checked_against_the_models_images(tmp_path):
+    """The sweep's example (seed + 100) draws the model's images too, and a seed's batch of images
+    reaches past the seed's first key: both are held to the training streams (ca_rev143)."""
+    from convex_attention.paper.model_scores import check_model_sweep, check_score_seed
+
+    path, _ = _trained_on(tmp_path, "m", data_seed=20_100)
+    with pytest.raises(ValueError, match=r"--seed 0: the images of seed 100 "):
+        check_model_sweep(path, [8], [2], [2], 2, seed=0)
+    path, _ = _trained_on(tmp_path, "n", data_seed=20_001)
+    check_score_seed(path, 0)  # one image of seed 0: its key is not seed 1's
+    with pytest.raises(ValueError, match="own training images"):
+        check_score_seed(path, 0, images=1_000_003 + 1)  # a batch reaching the next seed's keys

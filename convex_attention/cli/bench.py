@@ -276,7 +276,8 @@ def _check_sweep(config: SweepConfig, args) -> None:
             register_generator("model", model_scores.model_scores)
             if config.checkpoint:
                 model_scores.check_model_sweep(config.checkpoint, config.sizes, config.levels, config.dims,
-                                               config.factor, seed=config.seed)
+                                               config.factor, seed=config.seed,
+                                               images=max(*config.batches, config.fit_instances))
         check_values(config)
     except ValueError as err:
         raise UsageError(str(err)) from err

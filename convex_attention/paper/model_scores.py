@@ -13,8 +13,8 @@ from ..hierarchy import Hierarchy
 from ..io.settings import SEED_MAX
 from .config import DATA_SEED_MAX, SYNTHETIC_SOURCES, ModelConfig, TrainConfig
 from .data import build_datasets
-from .models import load_model, read_checkpoint
-from .protocol import split_seed
+from .models import NonFiniteOutput, load_model, read_checkpoint
+from .protocol import keys_meet, seed_keys, split_seed
 from .train import stored_train_config
 
 __all__ = ["model_scores", "checkpoint_shapes", "check_model_sweep", "check_score_seed"]
@@ -42,56 +42,63 @@ def _scoring_setup(checkpoint: str, state: dict) -> tuple[TrainConfig, str]:
     return stored, source
 
 
-def _training_streams(stored: TrainConfig, source: str) -> dict[int, str]:
-    """``{generator seed: what the model saw there}``: the seeds of its training and validation
+def _training_streams(stored: TrainConfig, source: str) -> list[tuple[range, str]]:
+    """``[(generator keys, what the model saw there)]``: the keys of its training and validation
     images, where those are the synthetic images the generator draws from (``train``'s
     streams, and the experiment protocol's training and validation splits at its data seed)."""
     if stored.data != source:
-        return {}  # trained on files: no synthetic image of its was ever drawn
+        return []  # trained on files: no synthetic image of its was ever drawn
     seed = stored.data_seed_used
-    streams = {seed: "training", seed + VAL_SEED_OFFSET: "validation"}
-    if seed <= DATA_SEED_MAX:  # the experiment trains on its own splits of this data seed
-        for split, what in (("train", "training"), ("val", "validation")):
-            streams.setdefault(split_seed(stored.data, seed, stored.difficulty, split), what)
+    streams = [(seed_keys(seed, stored.n_train), "training"), (seed_keys(seed + VAL_SEED_OFFSET, stored.n_val),
+                                                               "validation")]
+    if seed <= DATA_SEED_MAX:  # the experiment trains on its own splits of this data seed (split_sizes: n_train, n_val)
+        for split, what, n in (("train", "training", stored.n_train), ("val", "validation", stored.n_val)):
+            streams.append((seed_keys(split_seed(stored.data, seed, stored.difficulty, split), n), what))
     return streams
 
 
-_STREAMS = 2 ** 32  # torch's generator keeps a seed's low 32 bits: seeds congruent modulo it draw one stream
-
-
-def _score_seed_problem(streams: dict[int, str], seeds) -> str:
-    """Why scoring at ``seeds`` would score the model's own images ("" when it would not):
-    a generator seed of the model's images, or one congruent to it modulo 2**32 (the image
-    keys ``seed · 1000003 + i`` are then congruent too, and torch draws the same images)."""
-    wrapped = {seed % _STREAMS: what for seed, what in streams.items()}
-    for s in seeds:
-        what = streams.get(SCORE_SEED_OFFSET + s, wrapped.get((SCORE_SEED_OFFSET + s) % _STREAMS))
+def _score_seed_problem(streams: list[tuple[range, str]], draws) -> str:
+    """Why scoring ``draws`` (``(seed, images)`` pairs: the first ``images`` images of generator
+    seed ``20000 + seed``) would score the model's own images ("" when it would not): their
+    keys ``seed · 1000003 + i`` meet a training or validation stream's, or are congruent to
+    one modulo 2**32, which torch's generator keeps (:func:`~.protocol.keys_meet`; a seed
+    whose keys were the training images' shifted by one had passed: ca_rev143)."""
+    for s, images in draws:
+        keys = seed_keys(SCORE_SEED_OFFSET + s, max(1, images))
+        what = next((what for trained, what in streams if keys_meet(trained, keys)), None)
         if what is not None:
             return f"the images of seed {s} (generator seed {SCORE_SEED_OFFSET + s}) are the model's own {what} images"
     return ""
 
 
-def _free_seed(streams: dict[int, str], seed: int, span: int) -> int:
-    """The seed nearest ``seed`` (above first) whose ``span`` consecutive seeds all avoid ``streams``."""
-    def free(s: int) -> bool:
-        return 0 <= s and s + span - 1 <= SEED_MAX and not _score_seed_problem(streams, range(s, s + span))
+def _free_seed(streams: list[tuple[range, str]], seed: int, draws) -> int:
+    """The seed nearest ``seed`` (above first) at which every draw of ``draws`` (``(offset,
+    images)``, the seeds drawn relative to it) avoids ``streams``."""
+    reach = max(offset for offset, _ in draws)
 
-    return next((s for step in range(1, 2 * len(streams) * span + 2) for s in (seed + step, seed - step) if free(s)),
-                seed)
+    def free(s: int) -> bool:
+        return 0 <= s and s + reach <= SEED_MAX and not _score_seed_problem(
+            streams, [(s + offset, images) for offset, images in draws])
+
+    return next((s for step in range(1, 4 * len(streams) * len(draws) + 2) for s in (seed + step, seed - step)
+                 if free(s)), seed)
 
 
 def check_score_seed(checkpoint: str, seed: int, span: int = 1, state: dict | None = None,
-                     flag: str = "--seed") -> None:
+                     flag: str = "--seed", images: int = 1, more=()) -> None:
     """ValueError, naming a seed to use instead, when the images the generator draws for
-    seeds ``seed .. seed + span - 1`` are the checkpoint's own training or validation images."""
+    seeds ``seed .. seed + span - 1`` (``images`` of each), and ``more`` (``(offset, images)``
+    pairs: a sweep's example at ``seed + 100``), are the checkpoint's own training or
+    validation images."""
     state = state if state is not None else read_checkpoint(checkpoint)
     stored, source = _scoring_setup(checkpoint, state)
     streams = _training_streams(stored, source)
-    problem = _score_seed_problem(streams, range(seed, seed + span))
+    draws = [(offset, images) for offset in range(span)] + list(more)
+    problem = _score_seed_problem(streams, [(seed + offset, n) for offset, n in draws])
     if problem:
         uses = f" (a sweep draws seed {seed}, and seed {seed + 1} for its training instances)" if span > 1 else ""
         raise ValueError(f"{flag} {seed}: {problem}{uses}, and scores on images the model was trained or selected "
-                         f"on say nothing of new images; use {flag} {_free_seed(streams, seed, span)}")
+                         f"on say nothing of new images; use {flag} {_free_seed(streams, seed, draws)}")
 
 
 def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, checkpoint: str | None = None,
@@ -112,21 +119,28 @@ def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, ch
                          f"--dims 2 --factor 2 --sizes {shapes[0][0]} --levels {len(shapes)}")
     model, state = load_model(checkpoint)
     model.eval()
-    check_score_seed(checkpoint, seed, state=state)
+    check_score_seed(checkpoint, seed, state=state, images=batch)
     stored, source = _scoring_setup(checkpoint, state)
     data, _ = build_datasets(source, None, model.config.image_size, model.config.in_channels, batch, 1,
                              stored.difficulty, SCORE_SEED_OFFSET + seed)
     images = torch.stack([data[i][0] for i in range(batch)])
     with torch.no_grad():
         scores = model(images).scores
+    bad = [k for k, s in enumerate(scores) if not bool(torch.isfinite(s).all())]
+    if bad:  # as predict refuses such outputs (they had reached the sweep as its instance: ca_rev143)
+        raise NonFiniteOutput(f"{checkpoint!r}: the model's attention scores of level(s) {bad} hold NaN or Inf on "
+                              f"the generator's images (seed {seed}): its heads overflow, so it is not scored")
     return [scale * s.to(torch.float64) for s in scores]
 
 
-def check_model_sweep(checkpoint: str, sizes, levels, dims, factor, seed: int | None = None) -> None:
+def check_model_sweep(checkpoint: str, sizes, levels, dims, factor, seed: int | None = None,
+                      images: int = 1) -> None:
     """Refuse (ValueError) a sweep the checkpoint's model cannot score: grids that differ from
     its attention levels, images the synthetic generator cannot draw at the model's size, or
     (given the sweep's ``seed``) a seed whose images, or those of ``seed + 1`` (the sweep's
-    training instances), are the model's own training or validation images."""
+    training instances) or ``seed + 100`` (its example), are the model's own training or
+    validation images; ``images``: the most a sweep draws at a seed (its largest batch or
+    training instances)."""
     state = read_checkpoint(checkpoint)
     cfg = ModelConfig.from_dict(state["config"])
     shapes = [(cfg.image_size // 2 ** (k - 1),) * 2 for k in cfg.attention_blocks]
@@ -141,5 +155,5 @@ def check_model_sweep(checkpoint: str, sizes, levels, dims, factor, seed: int | 
         raise ValueError(f"the model generator cannot score {checkpoint!r} ({trained}, {cfg.image_size}x"
                          f"{cfg.image_size} images): it feeds the model {source} images of the model's size, and "
                          f"{err}; use a checkpoint of a model of 32x32 images or more") from None
-    if seed is not None:
-        check_score_seed(checkpoint, seed, span=2, state=state)
+    if seed is not None:  # the sweep's instances, its training instances, and its example (seed + 100, one image)
+        check_score_seed(checkpoint, seed, span=2, state=state, images=images, more=((100, 1),))

@@ -98,7 +98,7 @@ __all__ = ["Variant", "Variants", "VariantsError", "TestFolderExists", "VARIANTS
            "spend", "ledger_lock", "log_test_run", "read_test_runs", "split_sizes", "test_stage_specs", "ledger_where",
            "check_test_data",
            "ledger_entry", "TEST_RUN_LOG", "LEDGER_FORMAT", "default_ledger_path", "spent_by_verdict",
-           "build_split", "image_keys", "check_disjoint",
+           "build_split", "image_keys", "seed_keys", "keys_meet", "check_disjoint",
            "read_variants", "variants_digest", "commit_state", "verify_variants", "check_test_folder",
            "claim_test_folder", "move_aside", "aside_target", "read_manifest", "finish_test_folder", "judged_settings",
            "check_judged",
@@ -751,10 +751,15 @@ def build_split(spec: SplitSpec, data: str, image_size: int, channels: int, in_m
 
 def image_keys(spec: SplitSpec) -> range:
     """The generator keys of the split's images (``seed · 1000003 + i``)."""
-    return range(spec.seed * _KEY_STRIDE, spec.seed * _KEY_STRIDE + spec.n)
+    return seed_keys(spec.seed, spec.n)
 
 
-def _keys_meet(a: range, b: range) -> bool:
+def seed_keys(seed: int, n: int) -> range:
+    """The generator keys of the first ``n`` images a synthetic generator draws at ``seed``."""
+    return range(seed * _KEY_STRIDE, seed * _KEY_STRIDE + n)
+
+
+def keys_meet(a: range, b: range) -> bool:
     """Whether two ranges of generator keys share a random stream: a key, or keys congruent
     modulo :data:`_STREAMS` (the generator's seed is their low 32 bits)."""
     if not len(a) or not len(b):  # an empty split uses no key
@@ -770,7 +775,7 @@ def check_disjoint(specs: dict[str, SplitSpec]) -> None:
     items = sorted(specs.values(), key=lambda s: s.seed)
     for i, a in enumerate(items):
         for b in items[i + 1:]:
-            if a.seed == b.seed or _keys_meet(image_keys(a), image_keys(b)):
+            if a.seed == b.seed or keys_meet(image_keys(a), image_keys(b)):
                 raise ValueError(f"splits {a.name!r} and {b.name!r} overlap (seeds {a.seed} and {b.seed}, "
                                  f"{a.n} and {b.n} images; their generator keys, or their keys modulo 2**32, which "
                                  f"torch's generator keeps, meet)")
@@ -892,7 +897,7 @@ def _ledger_entries(data, path: str) -> list[dict]:
 
 
 def _overlaps(spec: SplitSpec, seed: int, n: int) -> bool:
-    return _keys_meet(image_keys(spec), range(seed * _KEY_STRIDE, seed * _KEY_STRIDE + n))
+    return keys_meet(image_keys(spec), seed_keys(seed, n))
 
 
 def check_unspent(specs: dict[str, SplitSpec], spent: list[dict], what: str = "the test stage") -> None:
