@@ -549,8 +549,9 @@ def test_the_model_free_reference_passes_its_seed_on_and_a_check_that_did_not_ru
     dev = build_split(split_specs("synthetic", 0, {"dev": 8}, 0.3)["dev"], "synthetic", 32, 4)
     seen = []
 
-    def not_run(train_images, train_masks, test_images, test_masks, seed=0):
+    def not_run(train_images, train_masks, test_images, test_masks, seed=0, min_lesion_images=5):
         seen.append((len(train_images), len(test_images), seed))
+        assert min_lesion_images == 1  # a choice of map, not a verdict
         return CheckResult("pixel_map", "t", "ap", None, 0.30, ran=False, reason="no lesion pixel")
 
     monkeypatch.setattr(protocol, "check_pixel_map", not_run)

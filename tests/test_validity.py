@@ -584,7 +584,7 @@ def test_the_pixel_map_check_needs_lesions_in_both_sets_and_records_its_threshol
     (tr_img, tr_mask), (te_img, te_mask) = _lesion_set(rng, 6), _lesion_set(rng, 6, 6)
     for args in ((tr_img, tr_mask, te_img, te_mask), (te_img, te_mask, tr_img, tr_mask)):
         r = check_pixel_map(*args)
-        assert not r.ran and not r.passed and "no lesion pixel" in r.reason
+        assert not r.ran and not r.passed and "at least 5 image(s) with lesion pixels" in r.reason
     (te_img, te_mask) = _lesion_set(rng, 6)
     r = check_pixel_map(tr_img, tr_mask, te_img, te_mask, threshold=1.0)
     assert r.ran and r.threshold == 1.0 and r.passed  # the lesion channel reaches AP 1, not above
@@ -797,8 +797,6 @@ def test_ca_rev138_a_data_check_that_cannot_write_its_json_fails_in_one_line(tmp
 
 # ---- ca_rev143 (strict xfail: review of ea9699c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev143: check (b) pixel_map runs and passes on one lesion image per set "
-                                       "(2 in all), where (a) and (d) ask for 5 images of each label")
 def test_ca_rev143_the_pixel_map_check_does_not_pass_on_one_lesion_image_per_set():
     """Run: a training and a held-out set of 20 noise images 16 x 16, each with one lesion image (a 2 x 2
     mask, no signal); check_pixel_map.  Expected: not run (or not passed): an AP averaged over two

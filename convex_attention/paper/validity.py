@@ -94,6 +94,9 @@ QUANTILES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.99
 PASSES_BELOW = {name: name not in ("maps_drive_ranking", "uniform_attention") for name in THRESHOLDS}
 #: (c′) is judged over at least this many dev seeds.
 MIN_RANKING_SEEDS = 5
+#: Check (b)'s least number of images with lesion pixels in each set (the floor (a) and (d)
+#: hold each label to).
+MIN_LESION_IMAGES = 5
 #: A model is compared (its maps scored against the others') only if its mean dev AUC reaches this.
 MIN_COMPARED_AUC = 0.80
 
@@ -332,13 +335,16 @@ def fixed_channel_maps(C: int) -> dict[str, np.ndarray]:
 
 
 def check_pixel_map(train_images, train_masks, test_images, test_masks, seed: int = 0,
-                    threshold: float = THRESHOLDS["pixel_map"], max_pixels: int = 200_000) -> CheckResult:
+                    threshold: float = THRESHOLDS["pixel_map"], max_pixels: int = 200_000,
+                    min_lesion_images: int = MIN_LESION_IMAGES) -> CheckResult:
     """Check (b): the best per-pixel linear channel combination's held-out pixel AP
     (module docstring).  Cross-fitted like the other checks: the maps fitted on the
     training set are scored on the held-out lesion images and those fitted on the
     held-out set on the training lesion images; the value is the mean AP over all of
     them.  ``detail`` holds every candidate's AP, the pooled AP of the fitted map over
-    all pixels of the other set and the lesion pixel prevalence."""
+    all pixels of the other set and the lesion pixel prevalence.  It runs only where each set
+    holds ``min_lesion_images`` images with lesion pixels (a verdict's floor; a caller that only
+    picks a map, :func:`~.protocol.fit_model_free`, asks for one)."""
     from sklearn.metrics import average_precision_score
 
     title, metric = "best per-pixel channel combination", "held-out pixel AP"
@@ -346,9 +352,12 @@ def check_pixel_map(train_images, train_masks, test_images, test_masks, seed: in
     for images, masks in ((train_images, train_masks), (test_images, test_masks)):
         _check_arrays(images, np.zeros(len(images)), masks)
         sets.append((images, masks, masks.reshape(len(masks), -1).any(1)))
-    if not all(lesion.any() for *_, lesion in sets):
+    # as (a) and (d) need 5 images of each label: an AP of one lesion image per set had passed (ca_rev143)
+    counts = [int(lesion.sum()) for *_, lesion in sets]
+    if min(counts) < max(1, min_lesion_images):
         return CheckResult("pixel_map", title, metric, None, threshold, ran=False,
-                           reason="no lesion pixel in the training or the held-out images")
+                           reason=f"the training and the held-out images need at least {max(1, min_lesion_images)} "
+                                  f"image(s) with lesion pixels each (counts {counts})")
     C = train_images.shape[1]
     fits = [_pixel_fits(images, masks, seed, max_pixels) for images, masks, _ in sets]
     fixed = fixed_channel_maps(C)
