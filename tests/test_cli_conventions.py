@@ -933,8 +933,6 @@ def test_ca_rev141_a_benchmark_script_that_fails_mid_run_says_so_in_one_line(nam
 
 # ---- ca_rev144 (strict xfail: review of ea9699c)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev144: --learn-temperature's help names softmax, exact, learned_dual; "
-                                       "the code learns a temperature with dual too")
 @pytest.mark.parametrize("command, option", [("train", "--learn-temperature"),
                                              ("experiment", "--grid-learn-temperature")])
 def test_ca_rev144_learn_temperature_help_names_every_method_that_learns_one(command, option):
@@ -952,8 +950,6 @@ def test_ca_rev144_learn_temperature_help_names_every_method_that_learns_one(com
     assert named == set(learners), (named, learners)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev144: explain --n-images/--batch-size help says 'at most 100000' "
-                                       "only; 0 and negatives are refused, a range the help does not state")
 @pytest.mark.parametrize("option", ["--n-images", "--batch-size"])
 def test_ca_rev144_explain_help_states_the_whole_range_of_its_numbers(option, capsys):
     """Run: convex-attention explain --help; then explain --checkpoints a=x.pt --n-images 0.  Observed: the help

@@ -205,12 +205,13 @@ def _add_explain(sub) -> None:
                    help="class explained by the post-hoc methods: each image's true class (1, lesion: the "
                         "images explained hold a lesion) or the prediction (default: true)")
     e.add_argument("--n-images", type=int_in(1, 100_000, "n_images"), default=64,
-                   help="the first N validation images with a lesion are explained, at most 100000 (default: 64)")
+                   help="the first N validation images with a lesion are explained, an integer from 1 to 100000 "
+                        "(default: 64)")
     e.add_argument("--upsampling", default="nearest", choices=list(UPSAMPLINGS),
                    help="how the pixel protocol brings coarse maps to the image (default: nearest)")
     e.add_argument("--pixel-only", action="store_true", help="score under the pixel protocol only (not the pooled)")
     e.add_argument("--batch-size", type=int_in(1, 100_000, "batch_size"), default=16,
-                   help="images per batch, at most 100000 (default: 16)")
+                   help="images per batch, an integer from 1 to 100000 (default: 16)")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
     e.add_argument("--out", default="results/explain", help="output folder (default: results/explain)")
     e.add_argument("--overwrite", action="store_true",

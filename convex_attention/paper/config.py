@@ -295,7 +295,7 @@ class ModelConfig:
     head: str = setting("bounded", Choice(HEADS), "score head: the paper's bounded head, or one with a learnable "
                                                   "gain that can sharpen maps", variant=True)
     learn_temperature: bool = setting(False, Flag(), "learn one log-temperature shared by the levels (softmax, "
-                                                     "exact, learned_dual)", variant=True)
+                                                     "exact, dual, learned_dual)", variant=True)
     duals: str = setting("shared", Choice(DUAL_SOURCES), "dual source of learned_dual: the paper's shared learned "
                                                          "duals, or amortised per sample", variant=True)
 
