@@ -490,3 +490,11 @@ def test_a_data_root_is_for_data_read_from_files_and_a_synthetic_source_ignores_
         assert recorded.data_config() == TrainConfig.build(data=data).data_config()
         assert recorded.data_root is None
     assert TrainConfig.build(data="folder", data_root="r").data_config()["data_root"] == "r"
+
+
+def test_the_randomisation_check_takes_no_more_images_than_are_explained():
+    """Its images are the first explained ones: n_sanity above n_explain was accepted, the check
+    used n_explain images, and the report said n_sanity (ca_rev144's note)."""
+    QUICK.override(n_sanity=8, n_explain=8).validate()
+    with pytest.raises(ConfigError, match="n_sanity .10. must be at most n_explain .8."):
+        QUICK.override(n_sanity=10, n_explain=8).validate()

@@ -658,6 +658,9 @@ def _default_train() -> TrainConfig:
 def _check_experiment(cfg: ExperimentConfig) -> None:
     for name in ("n_dev", "n_test", "validity_images"):
         check_set_size(name, getattr(cfg, name), cfg.train.model.image_size)
+    if cfg.n_sanity > cfg.n_explain:  # the check takes the first explained images (ca_rev144)
+        raise ConfigError("n_sanity", f"n_sanity ({cfg.n_sanity}) must be at most n_explain ({cfg.n_explain}): the "
+                                      f"randomisation check takes the first of the explained images")
     if cfg.train.data_seed is None:
         raise ConfigError("data_seed", "the experiment's runs share one dataset: set train.data_seed")
     if cfg.train.data_seed > DATA_SEED_MAX:
@@ -720,8 +723,8 @@ class ExperimentConfig:
     n_dev: int = setting(500, _COUNT, "development images")
     n_test: int = setting(500, _COUNT, "test images per test set")
     n_sanity: int = setting(32, Int(low=1, high=100_000),
-                            "images per seed of the model-randomisation check (the first of the explained ones; "
-                            "the protocol asks for at least 32)")
+                            "images per seed of the model-randomisation check (the first of the explained ones, "
+                            "so at most n_explain; the protocol asks for at least 32)")
     validity_images: int = setting(400, _COUNT, "images per set given to the benchmark's validity checks")
     dev_seeds: tuple = setting((0, 1, 2, 3, 4), Many(SEED, distinct=True),
                                "training seeds of the dev stage (check (c') needs at least 5)")
