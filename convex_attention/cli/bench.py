@@ -200,7 +200,7 @@ def _add_plot(sub) -> None:
 
 # The demo's wall time as measured (docs/benchmarks.md gives the command, machine, load and spread).
 DEMO_EXPECTED = ("about 1.5 min, as measured on a 2-core AMD EPYC machine shared with other jobs (load average 5), "
-                 "1 torch thread; nearly 3 min on a 2-core Intel Xeon, where one SCS solve runs to its iteration "
+                 "1 torch thread; 2.5 to 3 min on a 2-core Intel Xeon, where one SCS solve runs to its iteration "
                  "limit, and nearly 4 min at the lowest priority (docs/benchmarks.md)")
 
 
