@@ -3088,18 +3088,18 @@ def test_ca_rev131_figures_renamed_in_by_a_stopped_plot_of_other_results_are_not
     assert any("time_vs_size.png" in m and os.path.realpath(b) in m for m in logs), logs
 
 
-def test_speedup_crosses_a_ratio_of_two_runs_times_and_counts_them_in_the_footer(figs):
+def test_speedup_rings_a_ratio_of_two_runs_times_and_counts_them_in_the_footer(figs):
     """The speed-up divides cvxpylayers' time by exact's in one cell; a resume can measure one
     of them again: that ratio divides two runs' times, and said nothing."""
     rows = [r for r in cell_rows() if r["method"] in ("exact", "cvxpylayers")]
     for r in rows:
         r["run"] = 2 if r["method"] == "exact" else 1
     plots.plot_speedup(rows, "s.png", log=pytest.fail)
-    crossed = [line for line in figs["s"].axes[0].lines if line.get_marker() == "x"]
-    assert sum(len(line.get_xdata()) for line in crossed) == 2
-    assert "2 ratio(s), crossed, divide times measured by two runs" in " ".join(figs["s:footer"].split())
+    ringed = [line for line in figs["s"].axes[0].lines if line.get_marker() == "o" and line.get_markersize() == 11]
+    assert sum(len(line.get_xdata()) for line in ringed) == 2
+    assert "2 ratio(s), ringed, divide times measured by two runs" in " ".join(figs["s:footer"].split())
     for r in rows:
         r["run"] = 1
     plots.plot_speedup(rows, "s2.png", log=pytest.fail)
-    assert not [line for line in figs["s2"].axes[0].lines if line.get_marker() == "x"]
+    assert not [line for line in figs["s2"].axes[0].lines if line.get_marker() == "o" and line.get_markersize() == 11]
     assert "two runs" not in figs["s2:footer"]

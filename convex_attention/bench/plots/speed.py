@@ -590,8 +590,10 @@ def _speedup_lines(points) -> tuple[dict, dict]:
     return lines, batches
 
 
-# a ratio of two runs' times: a cross over its point (the legend and the footer say what it means)
-_ACROSS_RUNS_MARK = {"marker": "x", "ms": 7, "color": "#222222", "mew": 0.9, "ls": "none", "zorder": 7}
+# a ratio of two runs' times: a black ring around its point, which no backend's marker and no
+# other mark is (diffcp-scs's is a filled X; low confidence a dotted square); the legend and the
+# footer say what it means
+_ACROSS_RUNS_MARK = {"marker": "o", "ms": 11, "mfc": "none", "mec": "#111111", "mew": 1.0, "ls": "none", "zorder": 7}
 
 # how a cell not measured is marked along the bottom edge: a hollow marker in the backend's colour, its
 # shape the reason (the legend names each); shapes no backend uses (BACKEND_MARKERS)
@@ -707,8 +709,8 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
         if any_low:
             handles.append(low_confidence_handle())
         if across_runs:
-            handles.append(Line2D([], [], **_ACROSS_RUNS_MARK, label="times of two runs into the folder (a resume "
-                                                                      "measured one again)"))
+            handles.append(Line2D([], [], **_ACROSS_RUNS_MARK, label="ringed: times of two runs into the folder "
+                                                                      "(a resume measured one again)"))
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6.5,
                    handlelength=SETTING_HANDLE_LENGTH)
         fig.suptitle("Speed-up of exact over cvxpylayers (forward + backward, per sample, same sweep cell)")
@@ -725,6 +727,6 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
                  + ("; one line per backend and setting (line style), never pooled across them"
                     if len(settings) > 1 else ""), *not_drawn_notes(rows)]
         if across_runs:
-            notes.append(f"{across_runs} ratio(s), crossed, divide times measured by two runs into the folder "
+            notes.append(f"{across_runs} ratio(s), ringed, divide times measured by two runs into the folder "
                          f"(bench.csv's run), under each run's own load")
         return figures.save(fig, path, env, notes=notes)
