@@ -1247,3 +1247,54 @@ def test_ca_rev126_the_score_of_a_coarse_cell_whose_block_is_masked_moves_nothin
     torch.testing.assert_close(coarse(torch.float32, 0.0), want, rtol=0, atol=1e-6)  # holds today
     torch.testing.assert_close(coarse(torch.float32, 1e7), want, rtol=0, atol=1e-6)
     torch.testing.assert_close(coarse(torch.float64, 1e15), want, rtol=0, atol=1e-12)
+
+
+# ---- ca_rev147 (strict xfail: review of 0ef415e)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev147: a huge score on a fine cell under a masked coarse cell rounds "
+                                       "every other block's message (centred on the fine map's largest block max)")
+def test_ca_rev147_the_score_of_a_fine_cell_under_a_masked_coarse_cell_moves_nothing():
+    """Run: one map of 6 cells onto 3 (parents 0, 0, 1, 1, 2, 2), fine scores (S, 0, 0.2, −0.4, 0.1, 0),
+    coarse scores (−∞, 0.3, −0.2), τ = 1, check_finite=False.  The masked coarse cell 0 forces its block to 0
+    (docs/design.md §4), so S enters no feasible point.  Expected: the solution at S = 0, coarse map
+    (0, 0.548979, 0.451021).  Observed: float32 S = 1e7 gives (0, 0.377541, 0.622459), the two cells' order
+    reversed (S = 1e6: 2.2e-3 off); float64 S = 1e17 gives (0, 0.5, 0.5), and its temperature gradient of
+    L = <(0, 1, −2), p_1> is (−0.0157, 0) for (−0.0885, −0.0730).  ca_rev126's twin on the fine side:
+    _centred_message subtracts the largest block maximum of the fine map, S, from every block's message,
+    and mmax_j − S rounds the feasible blocks' maxima and their T·log Σ to the spacing of S."""
+    h = ca.Hierarchy.from_parents([6, 3], [[0, 0, 1, 1, 2, 2]])
+
+    def solved(dtype, big):
+        fine = torch.tensor([[big, 0.0, 0.2, -0.4, 0.1, 0.0]], dtype=dtype)
+        top = torch.tensor([[-math.inf, 0.3, -0.2]], dtype=dtype)
+        return [p.double() for p in ca.solve([fine, top], h, "exact", check_finite=False).probs]
+
+    want = solved(torch.float64, 0.0)
+    torch.testing.assert_close(want[1], torch.tensor([[0.0, 0.548979, 0.451021]], dtype=torch.float64),
+                               rtol=0, atol=1e-6)  # holds today
+    for got, ref in zip(solved(torch.float32, 1e7), want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    for got, ref in zip(solved(torch.float64, 1e17), want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev147: tree_backward's gradient of a nearly one-hot block cancels "
+                                       "(G_c - q_c P^T P G_c, no peak shifted out): 6.5e-4 off in float64")
+def test_ca_rev147_the_gradient_of_a_nearly_one_hot_block_holds_its_tolerance():
+    """Run: a map of 2 cells onto 1, float64 scores (0, −0.3) at τ = (0.01, 1): the fine map is
+    softmax(θ / 0.01), p = (1 − q, q), q = e^−30/(1 + e^−30) = 9.36e-14; L = 0.7 p_0[0] − 0.6 p_0[1].
+    Expected: ∂L/∂θ_0 = ±1.3·q(1 − q)/0.01 = ±1.2164910e-11 (closed form), to GRADIENT_RTOL 1e-6 of itself, as
+    hessian.implicit_vjp gives it (1e-16 off: DualHessian.apply_J shifts the peak out, ca_rev89).  Observed:
+    (1.2156942e-11, −1.2164910e-11), 6.5e-4 off, summing to −8e-15 instead of 0; method 'dual', which takes
+    tree_backward on forests, 2.9e-4 off; float32 scores (θ = (0.4386, 2.7477, 2.6813), τ_0 = 4.19e-3)
+    13.5 % off.  tree_backward forms G_c − q_c ⊙ P_cᵀ(P_c G_c) with G_c = p_c ⊙ ∂L/∂p_c: at the peak cell the two
+    terms are 0.7 each and agree to q·1.3, so eps·0.7/τ of rounding is left in a gradient of q·1.3/τ."""
+    h = ca.Graph.from_edges([2, 1], [(0, 1, torch.tensor([0, 0]))])
+    scores = [torch.tensor([[0.0, -0.3]], dtype=torch.float64, requires_grad=True),
+              torch.zeros(1, 1, dtype=torch.float64, requires_grad=True)]
+    probs = ca.solve(scores, h, "exact", temperature=[0.01, 1.0]).probs
+    loss = 0.7 * probs[0][0, 0] - 0.6 * probs[0][0, 1]
+    got = torch.autograd.grad(loss, scores[0])[0]
+    q = math.exp(-30.0) / (1.0 + math.exp(-30.0))
+    want = 1.3 * q * (1.0 - q) / 0.01
+    torch.testing.assert_close(got, torch.tensor([[want, -want]], dtype=torch.float64), rtol=0, atol=1e-6 * want)
