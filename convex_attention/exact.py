@@ -148,7 +148,7 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
             ex.div_(T[k])
         ex.exp_()
         s = g.aggregate(ex, e)
-        message[e] = _centred_message(mmax, T[k] * s.log())
+        message[e] = _centred_message(mmax, T[k] * s.log(), scores[g.edges[e][1]])
         # a block's sum is >= 1 (its maximum contributes exp(0) = 1) unless every cell of it is
         # masked (-inf): then 0, and its coarse cell has probability 0, which the floor keeps
         # from turning into 0/0 in p_c = cond · p_b / blocksum and in the backward
@@ -190,14 +190,23 @@ def _finite_block_max(g: Graph, m: Tensor, e: int) -> Tensor:
     return g.block_max(m, e).clamp_min(torch.finfo(m.dtype).min)
 
 
-def _centred_message(mmax: Tensor, log_sum: Tensor) -> Tensor:
-    """The message ``A_c = blockmax + T_c log Σ`` of an edge, less its per-sample maximum block
-    maximum (a constant per coarse map, which moves no solution and is absent from the centred
-    duals).  The fine map's offset is removed by an exact subtraction before the message meets
-    the coarse scores: added in first, its rounding (ε·|offset|) was divided by the small
-    sub-tree temperatures and moved the maps (float32 scores 1024 + 2⁻¹²·δ at τ = 1e-3: 5e-3
-    off; a review)."""
-    return less_max(mmax).add_(log_sum)
+def _centred_message(mmax: Tensor, log_sum: Tensor, coarse: Tensor) -> Tensor:
+    """The message ``A_c = blockmax + T_c log Σ`` of an edge, less, per sample, its block maximum
+    at the coarse cell where the coarse map's scores ``coarse`` plus the message are largest (a
+    constant per coarse map, which moves no solution and is absent from the centred duals).
+    The fine map's offset is removed by an exact subtraction before the message meets the
+    coarse scores: added in first, its rounding (ε·|offset|) was divided by the small sub-tree
+    temperatures and moved the maps (float32 scores 1024 + 2⁻¹²·δ at τ = 1e-3: 5e-3 off; a
+    review).  The largest block maximum was taken before: under a masked coarse cell (score
+    −∞, probability 0) it rounded every other block's to its spacing (float32 1e7 there: 0.378
+    for 0.549, two cells' order reversed; ca_rev147, the fine side of ca_rev126)."""
+    batch = mmax.shape[0]
+    peaks = mmax.detach().reshape(batch, -1)
+    total = (coarse.detach().reshape(batch, -1) + peaks + log_sum.detach().reshape(batch, -1))
+    at = total.argmax(1, keepdim=True)
+    # (a coarse map every cell of which is masked: infeasible; its largest block maximum, as before)
+    lead = torch.where(torch.isfinite(total.gather(1, at)), peaks.gather(1, at), peaks.amax(1, keepdim=True))
+    return (mmax - lead.view((batch,) + (1,) * (mmax.dim() - 1))).add_(log_sum)
 
 
 def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
@@ -565,7 +574,7 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
             # the message is -inf there (its coarse cell gets probability 0), with no gradient
             log_sum = T[k] * g.aggregate(torch.exp(divide_by_temperature(d, T[k])), e).clamp_min(1.0).log()
             r[k] = g._combine(d, log_sum, e, torch.sub)  # m − A_c, as (m − blockmax) − T log Σ
-            A[e] = _centred_message(mmax, log_sum).masked_fill(masked, -math.inf)
+            A[e] = _centred_message(mmax, log_sum, scores[g.edges[e][1]]).masked_fill(masked, -math.inf)
         else:
             flat = m.flatten(1)
             d = flat - flat.detach().amax(1, keepdim=True)

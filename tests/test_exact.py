@@ -1251,8 +1251,6 @@ def test_ca_rev126_the_score_of_a_coarse_cell_whose_block_is_masked_moves_nothin
 
 # ---- ca_rev147 (strict xfail: review of 0ef415e)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev147: a huge score on a fine cell under a masked coarse cell rounds "
-                                       "every other block's message (centred on the fine map's largest block max)")
 def test_ca_rev147_the_score_of_a_fine_cell_under_a_masked_coarse_cell_moves_nothing():
     """Run: one map of 6 cells onto 3 (parents 0, 0, 1, 1, 2, 2), fine scores (S, 0, 0.2, −0.4, 0.1, 0),
     coarse scores (−∞, 0.3, −0.2), τ = 1, check_finite=False.  The masked coarse cell 0 forces its block to 0
