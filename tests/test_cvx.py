@@ -2153,3 +2153,22 @@ def test_ca_rev142_a_diffcp_option_that_clarabel_never_sees_is_not_refused_as_cl
     sol = ca.solve(scores, h, "cvxpylayers", backend="diffcp-clarabel", raise_on_error=False)
     exact = ca.solve(scores, h, "exact")
     assert float(ca.metrics.max_abs_err(sol.probs, exact.probs).max()) < 1e-6
+
+
+# ---- ca_rev145 (strict xfail: review of 0ef415e)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev145: warm_start and P pass the options check but the batched solve "
+                                       "refuses them")
+@pytest.mark.parametrize("option", ["warm_start", "P"])
+def test_ca_rev145_an_option_the_batched_diffcp_call_refuses_is_refused_before_any_work(option):
+    """_DIFFCP_OWN_OPTIONS (0ef415e) exempts warm_start and P from the Clarabel options check as 'keywords of its
+    batched and single solves'; cvxpylayers calls only diffcp's batched solve, whose own warm_starts[i] and
+    P=Ps[i] collide with them.  Run: ca.solve(scores, Hierarchy.grid([(4,), (2,)]), 'cvxpylayers',
+    backend='diffcp-clarabel', warm_start=None): TypeError "solver Clarabel rejected the option(s) ['warm_start']:
+    diffcp.cone_program.solve_only() got multiple values for keyword argument 'warm_start'" at the first solve.
+    Expected (ca_rev140: validated before any work): check_options refuses it, as at ea9699c.  Observed: accepted."""
+    _needs("diffcp-clarabel")
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    with pytest.raises(TypeError, match=option):
+        ca.get_method("cvxpylayers").check_options({"backend": "diffcp-clarabel", option: None}, h)

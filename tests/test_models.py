@@ -478,3 +478,25 @@ def test_a_sweeps_example_seed_and_its_batch_are_checked_against_the_models_imag
     check_score_seed(path, 0)  # one image of seed 0: its key is not seed 1's
     with pytest.raises(ValueError, match="own training images"):
         check_score_seed(path, 0, images=1_000_003 + 1)  # a batch reaching the next seed's keys
+
+
+# ---- ca_rev145 (strict xfail: review of 0ef415e)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev145: a refused sweep seed near SEED_MAX is suggested as its own fix")
+def test_ca_rev145_the_seed_a_refused_sweep_is_told_to_use_is_accepted(tmp_path):
+    """Run: a checkpoint trained at data seed 19999 (its training keys 19999 * 1000003 + i); check_model_sweep(path,
+    [8], [2], [2], 2, seed=2**32 - 1), a valid --seed (SEED_MAX): its generator seed 20000 + 2**32 - 1 keeps the
+    training keys modulo 2**32, so it is refused.  Expected: the seed named instead ('use --seed N') passes the same
+    check.  Observed: 'use --seed 4294967295', the refused seed: _free_seed takes only seeds s with s + 100 <=
+    SEED_MAX, searches 26 steps either side, and falls back to the seed it was given."""
+    import re
+
+    from convex_attention.paper.model_scores import check_model_sweep
+
+    path, _ = _trained_on(tmp_path, "m", data_seed=19_999)
+    refused = 2 ** 32 - 1
+    with pytest.raises(ValueError, match="own training images") as err:
+        check_model_sweep(path, [8], [2], [2], 2, seed=refused)
+    suggested = int(re.search(r"use --seed (\d+)$", str(err.value)).group(1))
+    assert suggested != refused, str(err.value)
+    check_model_sweep(path, [8], [2], [2], 2, seed=suggested)

@@ -1071,3 +1071,84 @@ def test_ca_rev133_a_learned_dual_layer_refuses_vmap_as_solve_does(check_finite)
     scores = [torch.randn(3, 2, *shape, generator=generator) for shape in h.shapes]
     with pytest.raises(NotImplementedError, match="vmap"):
         torch.func.vmap(lambda *s: layer(list(s)).probs[0])(*scores)
+
+
+# ---- ca_rev146 (strict xfail: review of 0ef415e)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev146: AmortisedDuals.features multiplies a -inf block message by a "
+                                       "temperature ratio: a learned temperature's gradient is NaN where a block "
+                                       "or a coarse cell is masked")
+@pytest.mark.parametrize("mask", ["fine block", "coarse cell"])
+def test_ca_rev146_amortised_duals_give_a_learned_temperature_a_finite_gradient_where_cells_are_masked(mask):
+    """Run: 4×4 → 2×2 hierarchy, float64 scores 2·N(0, 1) batch 2, sample 0 with its top-left 2×2 block
+    (or coarse cell (0, 0)) at −∞; ConsistentAttention(h, "learned_dual", temperature=Parameter([0.7, 1.3]),
+    duals="amortised", check_finite=False).double(); loss = attend(scores).aux_loss + Σ w ⊙ maps[1].  Maps and
+    loss are finite (docs/design.md §4 check_finite: learned_dual masks what pooling rules out); the loss is
+    smooth in τ (central differences: [-0.370, -0.340] for the block, [-0.224, -0.158] for the coarse cell).
+    Observed: τ.grad [nan, nan] in both cases.  nn.py AmortisedDuals.features: u = a · (τ_{k+1} / T_{k+1}) with
+    a = −∞ on the masked coarse cells (and v = θ_{k+1} · (T_k / T_{k+1}) with θ = −∞): _centre_live gives those
+    cells 0 and no gradient, but the product's backward forms Σ 0 · (−∞) = NaN for the ratio.  With one masked
+    fine cell (no whole block) the gradient matches the differences to 1e-9."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    generator = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((2,) + s, generator=generator, dtype=torch.float64) for s in h.shapes]
+    if mask == "fine block":
+        scores[0][0, :2, :2] = -math.inf
+    else:
+        scores[1][0, 0, 0] = -math.inf
+    tau = torch.nn.Parameter(torch.tensor([0.7, 1.3], dtype=torch.float64))
+    layer = ca.ConsistentAttention(h, "learned_dual", temperature=tau, duals="amortised", check_finite=False).double()
+    weights = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)
+
+    def loss(temperature):
+        got = layer.attend(scores, temperature=temperature)
+        return got.aux_loss + (got.maps[1] * weights).sum()
+
+    value = loss(tau)
+    assert bool(torch.isfinite(value))  # holds today
+    (grad,) = torch.autograd.grad(value, tau)
+    step = 1e-6
+    with torch.no_grad():
+        central = torch.stack([(loss(tau.detach() + step * e) - loss(tau.detach() - step * e)) / (2 * step)
+                               for e in torch.eye(2, dtype=torch.float64)])
+    assert bool(torch.isfinite(grad).all()), grad
+    torch.testing.assert_close(grad, central, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev146: fit_amortised_duals' divergence error advises lowering lr when the "
+                                       "residual phase (residual_lr) diverged")
+def test_ca_rev146_a_fit_that_diverges_in_the_residual_phase_names_residual_lr():
+    """Run: 4 → 2 hierarchy, 8 N(0, 1) training instances, fit_amortised_duals(steps=30, lr=1e-3,
+    residual_lr=1e20): the linear path takes steps 1-20 (loss ~1e-8), the residual net steps 21-30, and the
+    loss is NaN at step 23.  Observed: FloatingPointError "... lower lr (0.001) or check the training scores"
+    (nn.py fit_amortised_duals names lr whatever the phase): the advice is the wrong argument; lowering lr
+    changes nothing there.  Expected: the message names residual_lr (1e+20), the rate of the phase that
+    diverged."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    generator = torch.Generator().manual_seed(0)
+    train = [torch.randn(8, 4, generator=generator), torch.randn(8, 2, generator=generator)]
+    module = ca.AmortisedDuals(h)
+    with pytest.raises(FloatingPointError, match="step 2[1-9]") as raised:
+        ca.fit_amortised_duals(module, train, steps=30, lr=1e-3, residual_lr=1e20)
+    assert "residual_lr" in str(raised.value), str(raised.value)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev146: AmortisedDuals.predict enters torch.autocast(device_type='meta'), "
+                                       "which torch refuses: a learned_dual layer with amortised duals cannot trace "
+                                       "meta scores")
+@pytest.mark.parametrize("structure", ["hierarchy", "graph"])
+def test_ca_rev146_a_layer_with_amortised_duals_traces_meta_scores_as_with_shared_duals(structure):
+    """docs/design.md §4: with check_finite=False meta scores are traced through the methods that are torch
+    operations (learned_dual among them), and a layer with shared duals does so.  Run: the same layer with
+    duals="amortised", moved to the meta device, attend(meta scores).  Observed: RuntimeError "unsupported
+    scalarType" from torch.autocast(device_type="meta", enabled=False), the guard in AmortisedDuals.predict
+    (nn.py) that keeps a caller's autocast off its convolutions (meta has no autocast); with that guard skipped
+    where autocast is not available the whole pass traces, maps (2, 4, 4) and a 0-d loss."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)]) if structure == "hierarchy" else ca.Graph.axial((4, 4))
+    scores = [torch.empty((2,) + s, device="meta") for s in h.shapes]
+    shared = ca.ConsistentAttention(h, "learned_dual", check_finite=False).to("meta").attend(scores)
+    assert [tuple(p.shape) for p in shared.maps] == [(2,) + s for s in h.shapes]  # holds today
+    layer = ca.ConsistentAttention(h, "learned_dual", duals="amortised", check_finite=False).to("meta")
+    got = layer.attend(scores)
+    assert [tuple(p.shape) for p in got.maps] == [(2,) + s for s in h.shapes]
+    assert got.aux_loss.shape == () and got.aux_loss.is_meta
