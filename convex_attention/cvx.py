@@ -314,12 +314,13 @@ SMALL_SCALE = 1e-2
 #: The largest ``max_iters`` the solvers hold (their iteration limits are 32-bit integers).
 MAX_ITERS = 2 ** 31 - 1
 
-#: Options of diffcp's derivative, and every option diffcp takes itself, not its conic solver
-#: (Clarabel and SCS reject them): the keywords of its batched and single solves (diffcp 1.1:
-#: ``raise_on_error``, ``warm_starts`` and ``Ps`` had been refused as Clarabel's, ca_rev142).
+#: Options of diffcp's derivative, and every option diffcp's batched solve (the one cvxpylayers
+#: calls) takes itself, not its conic solver (Clarabel and SCS reject them): diffcp 1.1's
+#: ``raise_on_error``, ``warm_starts`` and ``Ps`` had been refused as Clarabel's (ca_rev142).
+#: Its single solve's ``warm_start`` and ``P`` are not among them: the batch passes its own
+#: (``warm_starts[i]``, ``Ps[i]``), and a second value failed at the first solve (ca_rev145).
 _DERIVATIVE_OPTIONS = ("mode", "n_jobs_backward")
-_DIFFCP_OWN_OPTIONS = ("n_jobs_forward", "raise_on_error", "warm_starts", "warm_start", "Ps", "P") \
-    + _DERIVATIVE_OPTIONS
+_DIFFCP_OWN_OPTIONS = ("n_jobs_forward", "raise_on_error", "warm_starts", "Ps") + _DERIVATIVE_OPTIONS
 
 
 class _PanicGuard(torch.autograd.Function):

@@ -2158,8 +2158,6 @@ def test_ca_rev142_a_diffcp_option_that_clarabel_never_sees_is_not_refused_as_cl
 # ---- ca_rev145 (strict xfail: review of 0ef415e)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev145: warm_start and P pass the options check but the batched solve "
-                                       "refuses them")
 @pytest.mark.parametrize("option", ["warm_start", "P"])
 def test_ca_rev145_an_option_the_batched_diffcp_call_refuses_is_refused_before_any_work(option):
     """_DIFFCP_OWN_OPTIONS (0ef415e) exempts warm_start and P from the Clarabel options check as 'keywords of its
