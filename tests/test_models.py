@@ -482,7 +482,6 @@ def test_a_sweeps_example_seed_and_its_batch_are_checked_against_the_models_imag
 
 # ---- ca_rev145 (strict xfail: review of 0ef415e)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev145: a refused sweep seed near SEED_MAX is suggested as its own fix")
 def test_ca_rev145_the_seed_a_refused_sweep_is_told_to_use_is_accepted(tmp_path):
     """Run: a checkpoint trained at data seed 19999 (its training keys 19999 * 1000003 + i); check_model_sweep(path,
     [8], [2], [2], 2, seed=2**32 - 1), a valid --seed (SEED_MAX): its generator seed 20000 + 2**32 - 1 keeps the

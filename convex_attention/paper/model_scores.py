@@ -71,17 +71,21 @@ def _score_seed_problem(streams: list[tuple[range, str]], draws) -> str:
     return ""
 
 
-def _free_seed(streams: list[tuple[range, str]], seed: int, draws) -> int:
-    """The seed nearest ``seed`` (above first) at which every draw of ``draws`` (``(offset,
-    images)``, the seeds drawn relative to it) avoids ``streams``."""
+def _free_seed(streams: list[tuple[range, str]], seed: int, draws) -> int | None:
+    """The seed nearest ``seed`` (above first), other than ``seed``, at which every draw of
+    ``draws`` (``(offset, images)``, the seeds drawn relative to it) avoids ``streams`` and
+    stays within the seeds the generator takes; None where none is found near it.  A seed near
+    ``SEED_MAX`` is looked for below ``SEED_MAX − reach`` (it had named the refused seed itself
+    there: ca_rev145)."""
     reach = max(offset for offset, _ in draws)
+    start = min(seed, SEED_MAX - reach)
 
     def free(s: int) -> bool:
-        return 0 <= s and s + reach <= SEED_MAX and not _score_seed_problem(
+        return s != seed and 0 <= s and s + reach <= SEED_MAX and not _score_seed_problem(
             streams, [(s + offset, images) for offset, images in draws])
 
-    return next((s for step in range(1, 4 * len(streams) * len(draws) + 2) for s in (seed + step, seed - step)
-                 if free(s)), seed)
+    candidates = (s for step in range(0, 4 * len(streams) * len(draws) + 2) for s in (start + step, start - step))
+    return next((s for s in candidates if free(s)), None)
 
 
 def check_score_seed(checkpoint: str, seed: int, span: int = 1, state: dict | None = None,
@@ -97,8 +101,10 @@ def check_score_seed(checkpoint: str, seed: int, span: int = 1, state: dict | No
     problem = _score_seed_problem(streams, [(seed + offset, n) for offset, n in draws])
     if problem:
         uses = f" (a sweep draws seed {seed}, and seed {seed + 1} for its training instances)" if span > 1 else ""
+        instead = _free_seed(streams, seed, draws)
         raise ValueError(f"{flag} {seed}: {problem}{uses}, and scores on images the model was trained or selected "
-                         f"on say nothing of new images; use {flag} {_free_seed(streams, seed, draws)}")
+                         f"on say nothing of new images; " + (f"use {flag} {instead}" if instead is not None
+                                                               else f"choose another {flag}"))
 
 
 def model_scores(h: Hierarchy, batch: int, seed: int = 0, scale: float = 1.0, checkpoint: str | None = None,
