@@ -60,7 +60,8 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
     of :class:`BraTSSlices` (``val_fraction``, ``normalisation``, ``cache_dir``,
     ``min_tumour_area``; the loader's defaults for those not given).  ``folder``:
     ``root/train`` and ``root/val``, each a :class:`FolderDataset`; their images must share
-    one shape, and no image may be in both (the same pixels, however stored; constant images
+    one shape, and no image may be in both (the same pixels, however stored, or the same
+    picture at another scale or offset per channel; blank images, constant in every channel,
     excepted): ValueError otherwise, before any work.
     """
     if source in SYNTHETIC_GENERATORS:  # rim lesions among mimics (default), the previous blobs, the brightest rule
@@ -83,8 +84,9 @@ def build_datasets(source: str = "synthetic", root: str | None = None, image_siz
         if shared:  # best.pt is picked by the validation AUC: scored on images it trained on, it means nothing
             first_val, first_train = shared[0]
             raise ValueError(f"{len(shared)} validation image(s) in {val.root!r} are also training images in "
-                             f"{train.root!r} (the same pixels), the first {first_val!r} (in training: "
-                             f"{first_train!r}); a validation set must not share images with the training set: "
+                             f"{train.root!r} (the same pixels, or the same picture at another scale or offset), "
+                             f"the first {first_val!r} (in training: {first_train!r}); a validation set must not "
+                             f"share images with the training set: "
                              f"move them to one of the two")
         return train, val
     raise ValueError(f"unknown data source {source!r}; choose one of {', '.join(DATA_SOURCES)}")

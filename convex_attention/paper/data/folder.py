@@ -25,10 +25,11 @@ readable image of the image's height and width.  Each error names the file and t
 (Without the scan, these checks run when an item is read.)  :meth:`FolderDataset.image_label`
 reads an item without its mask (what training reads, through ``labels_only``).
 
-The scan also notes each image's pixels (a digest of the array read), so that
-:meth:`FolderDataset.images_shared_with` finds the images two sets have in common however they
-are stored (a copy, a link, the same array in another file); ``build_datasets("folder")``
-refuses a validation set that shares an image with the training set.
+The scan also notes each image's pixels (a digest of the array read, and a sketch of the
+image as the model sees it), so that :meth:`FolderDataset.images_shared_with` finds the images two
+sets have in common however they are stored (a copy, a link, the same array in another file,
+the same picture at another scale or offset); ``build_datasets("folder")`` refuses a
+validation set that shares an image with the training set.
 """
 from __future__ import annotations
 
@@ -155,13 +156,25 @@ def _normalised(arr: np.ndarray) -> torch.Tensor:
     return (image - mean) / std.clamp(min=1e-6)
 
 
-def _digests(arr: np.ndarray) -> tuple[bytes, bytes]:
-    """Two digests of an image: of its values as stored (a copy, a link, the array saved again),
-    and of the image the model sees, rounded to 1e-3 (the same picture stored at another scale
-    or offset, a PNG saved as an NPY divided by 255, is the same input: ca_rev143)."""
-    seen = np.rint(_normalised(arr).numpy() * 1e3).astype(np.int64)
-    return (hashlib.blake2b(arr.tobytes(), digest_size=16).digest(),
-            hashlib.blake2b(seen.tobytes(), digest_size=16).digest())
+#: How close two images must be as the model sees them (normalised per channel: the largest
+#: difference of a z-score) to be one picture, in :meth:`FolderDataset.images_shared_with`.
+SAME_PICTURE_ATOL = 1e-3
+
+
+def _digest(arr: np.ndarray) -> bytes:
+    """A digest of an image's values as stored: a copy, a link, the array saved again."""
+    return hashlib.blake2b(arr.tobytes(), digest_size=16).digest()
+
+
+def _sketch(arr: np.ndarray) -> np.ndarray:
+    """The image as the model sees it (:func:`_normalised`), averaged onto 4x4 cells per channel,
+    ``(C·16,)`` float64: a filter for pictures stored again at another scale or offset (a PNG
+    saved as an ``.npy`` divided by 255), which the full comparison then decides (ca_rev143).
+    Digests of values rounded to a grid had missed such a copy wherever one value sat at a
+    boundary, and digests of the pixels' order wherever rounding tied two (ca_rev145)."""
+    c, h, w = arr.shape
+    seen = _normalised(arr).view(1, c, h, w)
+    return torch.nn.functional.adaptive_avg_pool2d(seen, (min(4, h), min(4, w))).reshape(-1).numpy()
 
 
 class FolderDataset(Dataset):
@@ -221,15 +234,18 @@ class FolderDataset(Dataset):
         self.has_masks = bool(self.mask_root and os.path.isdir(self.mask_root))
         self.image_shape = None
         self._mask_paths: dict[str, str] = {}
-        # each scanned image's (file name, digests of its array: as stored, and as the model sees
-        # it), in the label file's order
-        self._pixels: list[tuple[str, tuple[bytes, bytes]]] = []
+        # each scanned image's (file name, digest of its array, sketch of it as the model sees it),
+        # in the label file's order
+        self._pixels: list[tuple[str, bytes, np.ndarray]] = []
         self.scanned = scan
         if scan:
             for path, label, name in self.items:
                 image = self._load_image(path)
-                if image.min() != image.max():  # a constant image (a blank slice) may occur in any set
-                    self._pixels.append((name, _digests(image)))
+                flat = image.reshape(image.shape[0], -1)
+                # a blank slice, constant in every channel (the model sees zeros), may occur in any set
+                # (one constant per channel at other levels had been called the same image: ca_rev145)
+                if not bool((flat.min(1) == flat.max(1)).all()):
+                    self._pixels.append((name, _digest(image), _sketch(image)))
                 if self.has_masks:  # every mask found and of the image's size now, not in the middle of training
                     self._load_mask(name, image.shape[1:], label)
 
@@ -238,18 +254,41 @@ class FolderDataset(Dataset):
 
     def images_shared_with(self, other: FolderDataset) -> list[tuple[str, str]]:
         """``(name here, name in other)`` of every image whose pixels both sets hold (a copy, a
-        link, or the same array saved again; constant images are not counted), in this set's
-        order.  Both sets must have been scanned (ValueError otherwise)."""
+        link, or the same array saved again), or that the model sees alike (the same picture at
+        another scale or offset per channel: within :data:`SAME_PICTURE_ATOL` after the
+        normalisation, judged on the full images of the pairs whose sketches are that close;
+        blank images, constant in every channel, are not counted), in this set's order.  Both
+        sets must have been scanned (ValueError otherwise)."""
         if not (self.scanned and other.scanned):
             raise ValueError("images_shared_with compares the pixels that the scan notes: build both sets with "
                              "scan=True")
         theirs: dict[bytes, str] = {}
-        for name, digests in other._pixels:
-            for digest in digests:
-                theirs.setdefault(digest, name)
+        for name, digest, _ in other._pixels:
+            theirs.setdefault(digest, name)
         # every copy here (one entry per name: two copies of one training image were counted once, ca_rev128)
-        return [(name, next(theirs[d] for d in digests if d in theirs)) for name, digests in self._pixels
-                if any(d in theirs for d in digests)]
+        found = {name: theirs[digest] for name, digest, _ in self._pixels if digest in theirs}
+        rest = [(name, sketch) for name, _, sketch in self._pixels if name not in found]
+        if rest and other._pixels:
+            mine = torch.from_numpy(np.stack([sketch for _, sketch in rest]))
+            their_sketches = torch.from_numpy(np.stack([sketch for _, _, sketch in other._pixels]))
+            for start in range(0, len(rest), 256):  # (a block of pairs at a time: memory stays bounded)
+                near = torch.cdist(mine[start:start + 256], their_sketches, p=float("inf")) <= SAME_PICTURE_ATOL
+                for i, j in torch.nonzero(near).tolist():
+                    name, their_name = rest[start + i][0], other._pixels[j][0]
+                    if name not in found and self._same_picture(name, other, their_name):
+                        found[name] = their_name
+        return [(name, found[name]) for name, _, _ in self._pixels if name in found]
+
+    def _same_picture(self, name: str, other: FolderDataset, their_name: str) -> bool:
+        """Whether this set's image ``name`` and ``other``'s ``their_name`` are one input to the
+        model: within :data:`SAME_PICTURE_ATOL` everywhere, normalised (read again: the scan keeps
+        no images)."""
+        mine, theirs = self._normalised_image(name), other._normalised_image(their_name)
+        return mine.shape == theirs.shape and bool(((mine - theirs).abs() <= SAME_PICTURE_ATOL).all())
+
+    def _normalised_image(self, name: str) -> torch.Tensor:
+        path = next(p for p, _, n in self.items if n == name)
+        return _normalised(self._load_image(path))
 
     def _mask_path(self, name: str) -> str:
         if name in self._mask_paths:
