@@ -13,6 +13,7 @@ The mathematics is docs/design.md §1–2; the public API §4.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import numbers
@@ -174,6 +175,13 @@ def _masked_held_low(s: Tensor, t) -> Tensor:
     low = torch.where(torch.isfinite(low), low, torch.zeros_like(low)) - MASK_MARGIN * (
         t.detach() if isinstance(t, Tensor) else t)
     return torch.where(masked, low, s)
+
+
+def _times_finite(x: Tensor, factor) -> Tensor:
+    """``x · factor`` with ``x``'s non-finite entries (−∞: masked) kept as they are and passing
+    ``factor`` no gradient: ``0·(−∞)`` in the product's backward was NaN."""
+    finite = torch.isfinite(x)
+    return torch.where(finite, torch.where(finite, x, torch.zeros_like(x)) * factor, x)
 
 
 def _centre_live(x: Tensor) -> Tensor:
@@ -360,8 +368,10 @@ class AmortisedDuals(_GraphBoundState):
         for k in range(L - 1):
             nxt = scores[k + 1]
             a = _block_lse(h, m, k, T[k])
-            u = a * (temps[k + 1] / T[k + 1])
-            v = nxt * (T[k] / T[k + 1])
+            # (times a temperature ratio with the −∞ of a masked block or cell held out: its share
+            # of the ratio's gradient, 0·(−∞), made a learned temperature's gradient NaN, ca_rev146)
+            u = _times_finite(a, temps[k + 1] / T[k + 1])
+            v = _times_finite(nxt, T[k] / T[k + 1])
             own.append((_centre_live(u - v), _centre_live(u + v)))
             m = nxt + a
         feats = []
@@ -424,7 +434,10 @@ class AmortisedDuals(_GraphBoundState):
         # never under the caller's autocast: its convolutions would run in bfloat16/float16 and the
         # duals would get that accuracy behind an output in the scores' dtype (the chain's exact
         # start went from violation 2e-7 to 6e-3 in a mixed-precision model: a review)
-        with torch.autocast(device_type=scores[0].device.type, enabled=False):
+        # (torch has no autocast on every device: meta scores, traced, had raised there: ca_rev146)
+        device_type = scores[0].device.type
+        with (torch.autocast(device_type=device_type, enabled=False) if torch.amp.is_autocast_available(device_type)
+              else contextlib.nullcontext()):
             out = []
             for k, feat in enumerate(self.features(scores, temps)):
                 shape = feat.shape
@@ -567,9 +580,12 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
                 if not math.isfinite(current):
                     if best[1] is not None:  # the weights of the last finite loss, not the diverged ones
                         module.load_state_dict(best[1])
+                    # (the phase's own rate: a residual phase that diverged had been told to lower lr: ca_rev146)
+                    name = "lr" if params is linear else "residual_lr"
                     raise FloatingPointError(f"fit_amortised_duals: the training loss became {current} at step "
                                              f"{len(history)}; the module keeps the parameters of its lowest "
-                                             f"training loss so far; lower lr ({lr}) or check the training scores")
+                                             f"training loss so far; lower {name} ({rate}) or check the training "
+                                             f"scores")
                 if current < best[0]:
                     best = (current, copy.deepcopy(module.state_dict()))
                 loss_value.backward()
@@ -594,8 +610,9 @@ class Attended:
         maps: ``M`` tensors ``(B, *h.shapes[k])``, each summing to one per sample: the
             attention maps the model pools its features with.
         solution: the :class:`~convex_attention.Solution` whose ``probs`` are ``maps``
-            (its ``violation`` is the maps' violation; for a method that needs duals its
-            ``method`` is ``"softmax"``: the maps are the per-level softmaxes).
+            (its ``violation`` is the maps' violation; for a method that needs duals with
+            shared duals its ``method`` is ``"softmax"``: the maps are the per-level softmaxes;
+            with amortised duals it is ``"learned_dual"``, the maps ``p(λ̂)``).
         aux_loss: 0-d tensor, the unweighted auxiliary loss to add to the task loss (the
             model weighs it): the consistency loss for methods that need duals, else 0.
     """

@@ -1075,9 +1075,6 @@ def test_ca_rev133_a_learned_dual_layer_refuses_vmap_as_solve_does(check_finite)
 
 # ---- ca_rev146 (strict xfail: review of 0ef415e)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev146: AmortisedDuals.features multiplies a -inf block message by a "
-                                       "temperature ratio: a learned temperature's gradient is NaN where a block "
-                                       "or a coarse cell is masked")
 @pytest.mark.parametrize("mask", ["fine block", "coarse cell"])
 def test_ca_rev146_amortised_duals_give_a_learned_temperature_a_finite_gradient_where_cells_are_masked(mask):
     """Run: 4×4 → 2×2 hierarchy, float64 scores 2·N(0, 1) batch 2, sample 0 with its top-left 2×2 block
@@ -1115,8 +1112,6 @@ def test_ca_rev146_amortised_duals_give_a_learned_temperature_a_finite_gradient_
     torch.testing.assert_close(grad, central, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev146: fit_amortised_duals' divergence error advises lowering lr when the "
-                                       "residual phase (residual_lr) diverged")
 def test_ca_rev146_a_fit_that_diverges_in_the_residual_phase_names_residual_lr():
     """Run: 4 → 2 hierarchy, 8 N(0, 1) training instances, fit_amortised_duals(steps=30, lr=1e-3,
     residual_lr=1e20): the linear path takes steps 1-20 (loss ~1e-8), the residual net steps 21-30, and the
@@ -1133,9 +1128,6 @@ def test_ca_rev146_a_fit_that_diverges_in_the_residual_phase_names_residual_lr()
     assert "residual_lr" in str(raised.value), str(raised.value)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev146: AmortisedDuals.predict enters torch.autocast(device_type='meta'), "
-                                       "which torch refuses: a learned_dual layer with amortised duals cannot trace "
-                                       "meta scores")
 @pytest.mark.parametrize("structure", ["hierarchy", "graph"])
 def test_ca_rev146_a_layer_with_amortised_duals_traces_meta_scores_as_with_shared_duals(structure):
     """docs/design.md §4: with check_finite=False meta scores are traced through the methods that are torch
