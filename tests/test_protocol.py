@@ -204,7 +204,7 @@ def test_masks_never_reach_training_or_checkpoint_selection(monkeypatch, tmp_pat
 
     monkeypatch.setattr("convex_attention.paper.experiment.train", fake_train)
     monkeypatch.setattr("convex_attention.paper.experiment._validity", lambda *a: [])
-    config = QUICK.override(image_size=32, width=4, n_train=8, n_val=6, n_dev=6, n_explain=1)
+    config = QUICK.override(image_size=32, width=4, n_train=8, n_val=6, n_dev=6, n_explain=1, n_sanity=1)
     with pytest.raises(Stop):
         run_experiment(config, str(tmp_path / "exp"), progress=False, log=lambda *a: None)
     train_set, val_set = seen["datasets"]
