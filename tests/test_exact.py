@@ -1315,3 +1315,63 @@ def test_ca_rev147_the_gradient_of_a_nearly_one_hot_block_holds_its_tolerance():
     q = math.exp(-30.0) / (1.0 + math.exp(-30.0))
     want = 1.3 * q * (1.0 - q) / 0.01
     torch.testing.assert_close(got, torch.tensor([[want, -want]], dtype=torch.float64), rtol=0, atol=1e-6 * want)
+
+
+# ---- ca_rev148 (strict xfail: review of 5a70ee6)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev148: _centred_message centres a star's edge on its own message alone: "
+                                       "a sibling's masked block leaves the huge cell chosen, rounding the rest")
+def test_ca_rev148_a_fine_score_under_a_cell_a_sibling_masks_moves_nothing():
+    """Run: a star of two 6-cell maps onto one of 3 (parents 0, 0, 1, 1, 2, 2), map 0 (S, 0, 0.2, −0.4, 0.1, 0),
+    map 1 (−∞, −∞, 0.3, 0.1, −0.2, 0.5), coarse (0, 0.3, −0.2), τ = 1, check_finite=False.  Map 1's block under
+    coarse cell 0 is wholly masked, so that cell and map 0's block under it get probability 0: S enters no
+    feasible point.  Expected: the solution at S = 0, coarse map (0, 0.532292, 0.467708).  Observed: float32
+    S = 1e7 gives (0, 0.417430, 0.582570), the two cells' order reversed; float64 S = 1e17 gives (0, 0.5, 0.5).
+    _centred_message (5a70ee6) takes the cell where the coarse scores plus *this* edge's message are largest:
+    map 1's −∞ message there is not seen, so map 0's message is centred on S, as before ca_rev147."""
+    par = torch.tensor([0, 0, 1, 1, 2, 2])
+    g = ca.Graph.from_edges([6, 6, 3], [(0, 2, par), (1, 2, par)])
+
+    def solved(dtype, big):
+        scores = [torch.tensor([[big, 0.0, 0.2, -0.4, 0.1, 0.0]], dtype=dtype),
+                  torch.tensor([[-math.inf, -math.inf, 0.3, 0.1, -0.2, 0.5]], dtype=dtype),
+                  torch.tensor([[0.0, 0.3, -0.2]], dtype=dtype)]
+        return [p.double() for p in ca.solve(scores, g, "exact", check_finite=False).probs]
+
+    want = solved(torch.float64, 0.0)
+    torch.testing.assert_close(want[2], torch.tensor([[0.0, 0.532292, 0.467708]], dtype=torch.float64),
+                               rtol=0, atol=1e-6)  # holds today
+    for got, ref in zip(solved(torch.float32, 1e7), want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    for got, ref in zip(solved(torch.float64, 1e17), want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev148: the offsets of a map's scores and messages are taken at a cell "
+                                       "masked two levels up (only the next map's scores are looked at)")
+@pytest.mark.parametrize("where", ["fine", "middle"])
+def test_ca_rev148_a_score_under_a_cell_masked_further_up_moves_nothing(where):
+    """Run: a chain 6 → 3 → 2 (parents 0, 0, 1, 1, 2, 2 and 0, 1, 1), fine (0.5, 0, 0.2, −0.4, 0.1, 0), middle
+    (0, 0.3, −0.2), top (−∞, 0.1), τ = 1, check_finite=False, with S added to fine cell 0 (or middle cell 0).
+    Top cell 0 is masked, so middle cell 0 and fine cells 0, 1 get probability 0: S enters no feasible point.
+    Expected: the solution at S = 0, middle map (0, 0.548979, 0.451021).  Observed: float32 S = 1e7 gives
+    (0, 0.377541, 0.622459) with S on the fine map, (0, 0.5, 0.5) with S on the middle map; float64 S = 1e17
+    (0, 0.5, 0.5) for both.  _centred_message (fine) and _less_leading_score (middle) pick their offset where the
+    middle scores plus the messages are largest, cell 0, blind to the −∞ above it: every other cell is rounded
+    to the spacing of S (ca_rev126 and ca_rev147 handled a mask one level up only)."""
+    h = ca.Hierarchy.from_parents([6, 3, 2], [[0, 0, 1, 1, 2, 2], [0, 1, 1]])
+    k = 0 if where == "fine" else 1
+
+    def solved(dtype, big):
+        scores = [torch.tensor([[0.5, 0.0, 0.2, -0.4, 0.1, 0.0]], dtype=dtype),
+                  torch.tensor([[0.0, 0.3, -0.2]], dtype=dtype), torch.tensor([[-math.inf, 0.1]], dtype=dtype)]
+        scores[k][0, 0] = scores[k][0, 0] + big
+        return [p.double() for p in ca.solve(scores, h, "exact", check_finite=False).probs]
+
+    want = solved(torch.float64, 0.0)
+    torch.testing.assert_close(want[1], torch.tensor([[0.0, 0.548979, 0.451021]], dtype=torch.float64),
+                               rtol=0, atol=1e-6)  # holds today
+    for got, ref in zip(solved(torch.float32, 1e7), want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+    for got, ref in zip(solved(torch.float64, 1e17), want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-12)

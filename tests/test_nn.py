@@ -1144,3 +1144,24 @@ def test_ca_rev146_a_layer_with_amortised_duals_traces_meta_scores_as_with_share
     got = layer.attend(scores)
     assert [tuple(p.shape) for p in got.maps] == [(2,) + s for s in h.shapes]
     assert got.aux_loss.shape == () and got.aux_loss.is_meta
+
+
+# ---- ca_rev148 (strict xfail: review of 5a70ee6)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev148: AmortisedDuals.predict calls torch.amp.is_autocast_available, "
+                                       "new in torch 2.4: AttributeError on torch 2.3, which setup.cfg accepts")
+def test_ca_rev148_amortised_duals_predict_on_a_torch_without_is_autocast_available(monkeypatch):
+    """setup.cfg and README: torch >= 2.3.  torch.amp.is_autocast_available came with pytorch PR #124938
+    (merged 2024-04-26, after 2.3.0's release: torch 2.4).  Run: the attribute removed, as on torch 2.3;
+    AmortisedDuals(4 → 2 hierarchy) on CPU scores.  Expected: the duals it gives with the attribute (CPU has
+    autocast, so the guard is the same there).  Observed: AttributeError "module 'torch.amp' has no attribute
+    'is_autocast_available'" from the autocast guard of 5a70ee6 (nn.py AmortisedDuals.predict)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    generator = torch.Generator().manual_seed(0)
+    scores = [torch.randn(3, 4, generator=generator), torch.randn(3, 2, generator=generator)]
+    module = ca.AmortisedDuals(h)
+    want = module(scores)
+    monkeypatch.delattr(torch.amp, "is_autocast_available")
+    monkeypatch.delattr(torch, "is_autocast_available", raising=False)
+    for got, ref in zip(module(scores), want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=0)
