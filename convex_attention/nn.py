@@ -434,10 +434,12 @@ class AmortisedDuals(_GraphBoundState):
         # never under the caller's autocast: its convolutions would run in bfloat16/float16 and the
         # duals would get that accuracy behind an output in the scores' dtype (the chain's exact
         # start went from violation 2e-7 to 6e-3 in a mixed-precision model: a review)
-        # (torch has no autocast on every device: meta scores, traced, had raised there: ca_rev146)
+        # (torch has no autocast on every device: meta scores, traced, had raised there: ca_rev146;
+        # is_autocast_available is torch >= 2.4's, and setup.cfg takes 2.3: ca_rev148)
         device_type = scores[0].device.type
-        with (torch.autocast(device_type=device_type, enabled=False) if torch.amp.is_autocast_available(device_type)
-              else contextlib.nullcontext()):
+        available = getattr(torch.amp, "is_autocast_available", None)
+        with (torch.autocast(device_type=device_type, enabled=False)
+              if available is None or available(device_type) else contextlib.nullcontext()):
             out = []
             for k, feat in enumerate(self.features(scores, temps)):
                 shape = feat.shape

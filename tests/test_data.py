@@ -2192,8 +2192,6 @@ def test_a_float_image_saved_again_at_another_scale_and_offset_is_found(tmp_path
 
 # ---- ca_rev148 (strict xfail: review of 5a70ee6)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev148: images_shared_with raises torch's RuntimeError for sets of other "
-                                       "channel counts (sketches of other lengths in torch.cdist)")
 def test_ca_rev148_sets_of_other_channel_counts_share_no_image(tmp_path):
     """Run: _write_folder's grey PNG set (1x16x16) and its 2-channel NPY set (2x16x16, seed 100), both scanned;
     grey.images_shared_with(two).  Expected: [] as at 0ef415e (no image of one set is an input of the other's

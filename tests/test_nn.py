@@ -1148,8 +1148,6 @@ def test_ca_rev146_a_layer_with_amortised_duals_traces_meta_scores_as_with_share
 
 # ---- ca_rev148 (strict xfail: review of 5a70ee6)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev148: AmortisedDuals.predict calls torch.amp.is_autocast_available, "
-                                       "new in torch 2.4: AttributeError on torch 2.3, which setup.cfg accepts")
 def test_ca_rev148_amortised_duals_predict_on_a_torch_without_is_autocast_available(monkeypatch):
     """setup.cfg and README: torch >= 2.3.  torch.amp.is_autocast_available came with pytorch PR #124938
     (merged 2024-04-26, after 2.3.0's release: torch 2.4).  Run: the attribute removed, as on torch 2.3;

@@ -268,7 +268,8 @@ class FolderDataset(Dataset):
         # every copy here (one entry per name: two copies of one training image were counted once, ca_rev128)
         found = {name: theirs[digest] for name, digest, _ in self._pixels if digest in theirs}
         rest = [(name, sketch) for name, _, sketch in self._pixels if name not in found]
-        if rest and other._pixels:
+        # (sets of other image shapes hold no picture in common: their sketches differ in length, ca_rev148)
+        if rest and other._pixels and self.image_shape == other.image_shape:
             mine = torch.from_numpy(np.stack([sketch for _, sketch in rest]))
             their_sketches = torch.from_numpy(np.stack([sketch for _, _, sketch in other._pixels]))
             for start in range(0, len(rest), 256):  # (a block of pairs at a time: memory stays bounded)
