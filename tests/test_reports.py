@@ -775,8 +775,6 @@ def test_ca_rev150_a_randomisation_map_nan_on_every_seed_is_named_in_the_nan_lis
     assert "c, test, exact, gradcam, 0, attention: spearman_abs" in listed, listed
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev150: the randomisation check ran on the 20 decisive images a split "
-                                       "has, yet the report says 'the first 32' and flags no FEWER")
 def test_ca_rev150_the_report_flags_a_randomisation_check_on_fewer_images_than_32():
     # _test_seed takes by_mask[primary][:n_sanity]: with 20 decisive images explained, 20 are checked, not 32
     from convex_attention.paper.experiment import QUICK
@@ -791,8 +789,6 @@ def test_ca_rev150_the_report_flags_a_randomisation_check_on_fewer_images_than_3
     assert "FEWER than the 32" in report
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev150: a mean dev AUC of 0.7996 is printed 0.800 beside 'NOT compared' "
-                                       "and the bar 'reaches 0.80'")
 def test_ca_rev150_a_model_not_compared_never_shows_a_dev_auc_that_reaches_the_bar():
     import re
 
@@ -808,8 +804,6 @@ def test_ca_rev150_a_model_not_compared_never_shows_a_dev_auc_that_reaches_the_b
     assert float(shown.group(1)) < MIN_COMPARED_AUC, shown.group(0)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev150: validity table prints '0.300 | <= 0.30 | FAIL' for 0.3004: the "
-                                       "rounded number beside the rule says PASS")
 def test_ca_rev150_the_validity_table_s_rounded_number_agrees_with_its_status():
     from convex_attention.paper.validity import CheckResult
 

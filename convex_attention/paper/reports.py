@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from .config import MAX_ATTENTION_LEVELS
-from .explain import MASKS, POSTHOC, dropped_values, format_ci
+from .explain import MASKS, POSTHOC, dropped_values, format_ci, primary_mask
 from .explain_metrics import METRIC_NAMES, pointing_tolerance_px
 from .protocol import JUDGED_SETTINGS, failed_checks, judged_settings, moved_by_id
 from .validity import MIN_COMPARED_AUC, REPORTED_ONLY
@@ -32,6 +32,21 @@ def cell(s: dict, metric: str, digits: int = 3) -> str:
     return format_ci(s.get(f"{metric}_mean", math.nan), s.get(f"{metric}_ci95", math.nan), digits)
 
 
+def digits_against(value: float, bar: float, digits: int = 3) -> int:
+    """The decimals (``digits`` at least, 12 at most) at which ``value``, printed, compares with
+    ``bar`` as it does itself: 0.3004 against a threshold of 0.30 is printed 0.3004, not 0.300,
+    beside a FAIL, and a dev AUC of 0.7996 not 0.800 beside 'NOT compared' (ca_rev150)."""
+    if value is None or bar is None or not (math.isfinite(value) and math.isfinite(bar)):
+        return digits
+    side = (value > bar) - (value < bar)
+    while digits < 12:
+        shown = float(f"{value:.{digits}f}")
+        if (shown > bar) - (shown < bar) == side:
+            return digits
+        digits += 1
+    return digits
+
+
 def nan_lines(summary: list[dict], keys, what: str, count: str = "seeds") -> list[str]:
     """The report's statement of values left out of ``summary``'s means because they were
     NaN: one bullet per group (``keys``) and metric whose mean is a number yet left some out
@@ -51,7 +66,8 @@ def validity_lines(results: list, heading: str) -> list[str]:
     lines = [f"### {heading}", "", "| check | number | passes if | status | note |", "|---|---|---|---|---|"]
     for r in results:
         rule = f"{'<=' if r.passes_below else '>='} {r.threshold:.2f}"
-        value = "–" if r.value is None or not math.isfinite(r.value) else f"{r.value:.3f}"
+        value = "–" if r.value is None or not math.isfinite(r.value) else \
+            f"{r.value:.{digits_against(r.value, r.threshold)}f}"
         note = r.note if r.ran else r.reason
         lines.append(f"| {r.name} ({r.title}) | {r.metric} {value} | {rule} | {r.status} | {note} |")
     return lines + [""]
@@ -291,9 +307,14 @@ def _validity_section(conditions, accuracy) -> list[str]:
     for c in conditions:
         models = sorted({m for (cond, m) in dev_auc if cond == c["condition"]})
         lines.append(f"- {c['condition']}: " + "; ".join(
-            f"{m} dev AUC {cell(dev_auc[(c['condition'], m)], 'dev_auc')} "
+            f"{m} dev AUC {cell(dev_auc[(c['condition'], m)], 'dev_auc', _auc_digits(dev_auc[(c['condition'], m)]))} "
             f"({'compared' if m in c['compared'] else 'NOT compared'})" for m in models))
     return lines
+
+
+def _auc_digits(summary: dict) -> int:
+    """The decimals at which a model's mean dev AUC, printed, compares with the bar it is held to."""
+    return digits_against(summary.get("dev_auc_mean", math.nan), MIN_COMPARED_AUC)
 
 
 def _selection_sentence(headline) -> str:
@@ -446,6 +467,13 @@ def test_report(config, variants, record, conditions, accuracy, explain_summary,
     short = sorted({f"{c['condition']} {t} {m}: {n}" for c in conditions for t, by_mask in c["n_explained"].items()
                     for m, n in by_mask.items() if n < config.n_explain})
     fewer = f" (fewer where a split has fewer: {'; '.join(short)})" if short else ""
+    # the randomisation check's images: the first n_sanity of the test split's primary mask, as many
+    # as it has (the report had said n_sanity where a split had fewer: ca_rev150)
+    checked = {c["condition"]: min(config.n_sanity, c["n_explained"]["test"][primary_mask(c["n_explained"]["test"])])
+               for c in conditions if "test" in c["n_explained"]}
+    sanity = min(checked.values(), default=config.n_sanity)
+    sanity_where = "" if len(set(checked.values())) <= 1 else \
+        f" ({'; '.join(f'{k}: {v}' for k, v in sorted(checked.items()))})"
     lines = ["# Experiment: test stage", "",
              f"Data {tc.data!r}, data seed {tc.data_seed}, {S}x{S}, {tc.n_train} training images, {tc.n_val} "
              f"label-only validation images (checkpoint selection by ROC AUC and the decision threshold: masks never "
@@ -470,9 +498,9 @@ def test_report(config, variants, record, conditions, accuracy, explain_summary,
              f"seeds left out); explanation metrics are per-seed means over images first.",
              f"Evaluation: each mask's explanation metrics use the first {config.n_explain} images of each test "
              f"split with that mask non-empty (lesion: label 1 and a lesion; decisive: the structure that decides "
-             f"the label, either label){fewer}; the randomisation check the first {config.n_sanity} images of the "
-             f"decisive mask (the lesion mask where the data mark none)"
-             f"{'' if config.n_sanity >= 32 else ' (FEWER than the 32 the protocol asks for)'}. "
+             f"the label, either label){fewer}; the randomisation check the first {sanity} images of the "
+             f"decisive mask (the lesion mask where the data mark none){sanity_where}"
+             f"{'' if sanity >= 32 else ' (FEWER than the 32 the protocol asks for)'}. "
              f"Balanced accuracy (bacc) at the threshold chosen on validation. Pixel protocol: coarse maps upsampled "
              f"by {variants.variant.upsampling} (the variant's upsampling); pooled protocol (resolution HxW): the "
              f"authors' (input attributions per-channel min-max, summed, softmax, sum-pooled to the grid; grid maps "
