@@ -761,8 +761,6 @@ def test_rev84_the_accuracy_summary_and_table_keep_every_level_s_map_statistics(
 
 
 # ---- ca_rev150 (strict xfail: review of 5a70ee6)
-@pytest.mark.xfail(strict=True, reason="ca_rev150: a randomisation group whose every seed is NaN shows – and the "
-                                       "report's NaN list says 'nothing'")
 def test_ca_rev150_a_randomisation_map_nan_on_every_seed_is_named_in_the_nan_list():
     # every one of 5 seeds x 4 images has a constant map at the 'attention' stage: the table shows – (as for a stage
     # that did not run) and the list promised "after the tables" said nothing was left out

@@ -391,15 +391,16 @@ def summary_cells(name: str, values, confidence: float = 0.95) -> dict:
     return {f"{name}_mean": mean, f"{name}_ci95": half, f"{name}_n_used": n_used, f"{name}_n_nan": n_nan}
 
 
-def dropped_values(summary: list[dict], keys, metrics, count: str = "n") -> list[str]:
+def dropped_values(summary: list[dict], keys, metrics, count: str = "n", all_nan: bool = False) -> list[str]:
     """One line per group of ``summary`` (rows of :func:`summary_cells` columns; ``keys``
     name the group) and metric whose mean is a number yet left NaN values out: ``"key,
     key: metric: 2 of 5 seeds left out"``, with ``count`` naming what was counted (e.g.
     ``"seeds"``).  Where a row also counts the images behind per-seed means
     (``{metric}_images_used`` and ``{metric}_images_nan``), images left out are named too.
-    A mean over no number is itself NaN (shown as "–"), so nothing is hidden there and it
-    is not listed (the plain CNN's attention statistics, say).  Empty when nothing was
-    left out."""
+    A mean over no number is itself NaN (shown as "–"), and is listed only with ``all_nan``
+    (``"metric: all 5 seeds NaN, no mean"``): in a table where "–" also marks what did not
+    run (the randomisation stages; ca_rev150), not where NaN is by design (the plain CNN's
+    attention statistics).  Empty when nothing was left out."""
     lines = []
     for s in summary:
         parts = []
@@ -411,6 +412,9 @@ def dropped_values(summary: list[dict], keys, metrics, count: str = "n") -> list
                 if f"{m}_images_nan" in s:
                     part += f" ({i_nan} of {i_nan + i_used} images NaN)"
                 parts.append(part)
+            elif all_nan and not n_used and n_nan:
+                parts.append(f"{m}: all {n_nan} {count} NaN, no mean"
+                             + (f" ({i_nan} of {i_nan + i_used} images NaN)" if f"{m}_images_nan" in s else ""))
         if parts:
             lines.append(", ".join(str(s.get(k, "")) for k in keys) + ": " + "; ".join(parts))
     return lines

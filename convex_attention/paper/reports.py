@@ -47,13 +47,13 @@ def digits_against(value: float, bar: float, digits: int = 3) -> int:
     return digits
 
 
-def nan_lines(summary: list[dict], keys, what: str, count: str = "seeds") -> list[str]:
+def nan_lines(summary: list[dict], keys, what: str, count: str = "seeds", all_nan: bool = False) -> list[str]:
     """The report's statement of values left out of ``summary``'s means because they were
     NaN: one bullet per group (``keys``) and metric whose mean is a number yet left some out
     (every metric with a ``{metric}_n_nan`` column; :func:`~.explain.dropped_values`), or
     one line saying none was; ``what`` names the table."""
     metrics = list(dict.fromkeys(k[:-len("_n_nan")] for s in summary for k in s if k.endswith("_n_nan")))
-    dropped = dropped_values(summary, keys, metrics, count)
+    dropped = dropped_values(summary, keys, metrics, count, all_nan)
     if not dropped:
         return [f"Left out as NaN ({what}): nothing; every mean shown is over all {count} (a mean over none is "
                 f"shown as –).", ""]
@@ -286,8 +286,9 @@ def _randomisation_lines(rand_summary) -> list[str]:
                          + " | ".join(cell(by_stage[n], f"spearman_{form}") if n in by_stage else "–" for n in names)
                          + " |")
         lines.append("")
+    # (all_nan: there "–" also marks a stage that did not run; a stage NaN on every seed is named: ca_rev150)
     return lines + nan_lines(rand_summary, ("condition", "test_set", "model", "method", "level", "stage"),
-                             "randomisation check")
+                             "randomisation check", all_nan=True)
 
 
 def _validity_section(conditions, accuracy) -> list[str]:
