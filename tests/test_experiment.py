@@ -1378,8 +1378,6 @@ def test_ca_rev137_an_experiment_runs_checkpoint_is_continued_or_explained_on_it
 
 
 # ---- ca_rev150 (strict xfail: review of 5a70ee6)
-@pytest.mark.xfail(strict=True, reason="ca_rev150: candidates are ranked by means over different method sets, so a "
-                                       "variant whose learned_dual fails the dev AUC bar ranks first")
 def test_ca_rev150_a_candidate_does_not_win_by_a_method_failing_the_dev_auc_bar():
     # the two variants differ in alpha only: softmax and exact are the same (shared) models; learned_dual trains in
     # variant 0 (AUC 0.9, ap 0.2) and fails in variant 1 (AUC 0.5): variant 1's mean over {softmax, exact} (0.61)
@@ -1398,8 +1396,6 @@ def test_ca_rev150_a_candidate_does_not_win_by_a_method_failing_the_dev_auc_bar(
     assert summary[0]["variant"] == 0, [(e["variant"], e["compared"], e["attention_ap_mean"]) for e in summary]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev150: check (c) calls the first of two methods tied on mean balanced "
-                                       "accuracy 'the attention method with the higher mean' and names only it")
 def test_ca_rev150_check_c_names_a_tie_for_the_best_attention_method():
     from convex_attention.paper.experiment import _uniform_check
 

@@ -12,10 +12,11 @@ their explanations are scored against the lesion masks.  The protocol
   the attention maps per level on the **development** split (with masks) under every
   candidate upsampling, against the lesion masks and, where the data mark it, the mask of
   the structure that decides the label (:func:`~convex_attention.paper.explain.primary_mask`).
-  It proposes the variant with the highest mean attention ``ap`` against that mask (pixel
-  protocol; mean over the *compared* methods, those whose mean dev AUC reaches
-  :data:`~convex_attention.paper.validity.MIN_COMPARED_AUC`, their levels and the seeds;
-  ties: higher balanced accuracy) in ``dev/proposed_variants.json``.  It also runs the
+  It proposes, among the variants whose methods are most often *compared* (those whose mean
+  dev AUC reaches :data:`~convex_attention.paper.validity.MIN_COMPARED_AUC`: a variant that
+  breaks a method ranks below one that keeps it), the one with the highest mean attention
+  ``ap`` against that mask (pixel protocol; mean over the compared methods, their levels
+  and the seeds; ties: higher balanced accuracy) in ``dev/proposed_variants.json``.  It also runs the
   validity checks on the development split: (a), (b) and (c′) (the proposed variant's
   ``softmax`` models, one per dev seed, lose dev AUC when their maps are shuffled); the
   accuracy gap to a plain CNN trained with the dev seeds, (c), is reported with its
@@ -287,11 +288,16 @@ def _uniform_check(attention: dict, plain: dict, where: str):
                        reason=f"balanced accuracy not finite (or missing) on {where} for {', '.join(bad)}: a model "
                               f"failed to train or its validation threshold is NaN, so (c) cannot be judged")
     means = {m: float(np.mean(list(v.values()))) for m, v in values.items()}
-    best = max(attention, key=lambda m: means[m])
+    best = max(attention, key=lambda m: means[m])  # (the first in the methods' order among tied ones)
+    # a tie is named: the paired interval is the first tied method's (it had been broken silently: ca_rev150)
+    tied = [m for m in attention if math.isclose(means[m], means[best], rel_tol=1e-12, abs_tol=1e-15)]
+    which = (f"{best}, the attention method with the higher mean" if len(tied) == 1 else
+             f"{' and '.join(tied)} tie at the higher mean; the paired gap is {best}'s, the first in the methods' "
+             f"order")
     result = check_uniform_attention(means[best], means[PLAIN_CNN])
     seeds = sorted(set(values[best]) & set(values[PLAIN_CNN]))
     gap, half = mean_ci([values[best][s] - values[PLAIN_CNN][s] for s in seeds])
-    return replace(result, ci95=half, note=f"{result.note} ({best}, the attention method with the higher mean); "
+    return replace(result, ci95=half, note=f"{result.note} ({which}); "
                                            f"per-seed gap {format_ci(gap, half)} (95 %, {len(seeds)} seeds, paired)")
 
 
@@ -516,7 +522,10 @@ def _rank_candidates(config: ExperimentConfig, variants: list[Variant], rows: li
     (:func:`compared_methods`), the seeds and the levels of the attention ap (NaN when no
     method is compared), the mean balanced accuracy of every method, and each method's
     dev AUC, ap and balanced accuracy over its seeds (``{method}_auc_mean`` ± ``_ci95``,
-    with ``_n_used`` / ``_n_nan``); best ap first (ties: higher balanced accuracy)."""
+    with ``_n_used`` / ``_n_nan``); best first: the most methods compared, then the best ap,
+    then the higher balanced accuracy.  (Ranked on ap alone, the means over different method
+    sets were compared: a variant whose learned_dual failed the dev AUC bar ranked first by
+    the other methods' ap, though worse in every method: ca_rev150.)"""
     summary = []
     for vi, variant in enumerate(variants):
         for u in config.candidates()["upsampling"]:
@@ -533,7 +542,8 @@ def _rank_candidates(config: ExperimentConfig, variants: list[Variant], rows: li
                 for metric, key in (("auc", "auc"), ("ap", "attention_ap"), ("bacc", "bacc")):
                     entry.update(summary_cells(f"{method}_{metric}", [r[key] for r in mine]))
             summary.append(entry)
-    summary.sort(key=lambda e: (-_finite(e["attention_ap_mean"]), -_finite(e["bacc_mean"])))
+    summary.sort(key=lambda e: (-len(e["compared"].split()), -_finite(e["attention_ap_mean"]),
+                                -_finite(e["bacc_mean"])))
     return summary
 
 
