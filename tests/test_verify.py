@@ -1194,3 +1194,24 @@ def test_a_numpy_float_tolerance_is_taken_as_its_value():
     assert out["primal"] == pytest.approx(1e-6) and out["duals"] == 2e-4 and type(out["primal"]) is float
     with pytest.raises(ValueError, match="positive finite"):
         verify_mod.check_tolerances({"primal": np.float64("nan")})
+
+
+# ---- ca_rev149 (strict xfail: review of 5a70ee6)
+@pytest.mark.xfail(strict=True, reason="ca_rev149: a reason's control characters (ESC, backspace, NUL) reach the "
+                                       "table and verify.csv raw: a solver's message can repaint or hide rows")
+def test_ca_rev149_a_reason_carries_no_control_character_into_the_table_or_the_csv(tmp_path):
+    """A solver's exception message is text the solver chose, and one_line folds whitespace
+    only: ``ESC[2K ESC[G`` (erase the line, back to its start) and ``ESC[8m`` (conceal what
+    follows) went raw into stdout's table and verify.csv, so on a terminal the row's ERROR, the
+    rows after it and the summary could be erased or hidden and a forged ``pass`` row shown
+    instead.  Measured: ``verify --dual-solver`` of a solver raising such a message exits 1 and
+    its stdout and verify.csv hold the bytes ESC [ 8 m, backspaces and a NUL."""
+    forged = "\x1b[2K\x1b[G  0  c  mine.primal_vs_cvxpy  1.00e-09  1.00e-06  pass\x1b[8m\x08\x00\x9b\u202e"
+    row = CheckResult(0, "c", "mine.run", math.nan, math.nan, False, "error", f"raised RuntimeError: {forged}")
+    path = tmp_path / "verify.csv"
+    write_csv([row], str(path))
+    with open(path, newline="", encoding="utf-8") as f:
+        written = f.read()
+    assert all(c.isprintable() for c in row.message), repr(row.message)
+    assert all(c.isprintable() for line in format_table([row]).splitlines() for c in line)
+    assert all(c.isprintable() for line in written.splitlines() for c in line), repr(written)
