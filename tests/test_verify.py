@@ -1197,8 +1197,6 @@ def test_a_numpy_float_tolerance_is_taken_as_its_value():
 
 
 # ---- ca_rev149 (strict xfail: review of 5a70ee6)
-@pytest.mark.xfail(strict=True, reason="ca_rev149: a reason's control characters (ESC, backspace, NUL) reach the "
-                                       "table and verify.csv raw: a solver's message can repaint or hide rows")
 def test_ca_rev149_a_reason_carries_no_control_character_into_the_table_or_the_csv(tmp_path):
     """A solver's exception message is text the solver chose, and one_line folds whitespace
     only: ``ESC[2K ESC[G`` (erase the line, back to its start) and ``ESC[8m`` (conceal what

@@ -532,6 +532,8 @@ def _run_verify(args, config: VerifyConfig, solver, backends, warm_up_failures=(
             results = list(warm_up_failures) + verify_instances(
                 random_instances(n, config.seed, quick=args.quick), dual_solver=solver,
                 progress=show_progress(args), backends=backends)
+            if solver is not None:  # stopped before the table and verify.csv are written, not after (ca_rev149)
+                solver.close()
             info(args, format_table(results, backend_skips(args.backends)))
             path = os.path.join(args.out, "verify.csv")
             try:

@@ -145,9 +145,11 @@ REASON_CHARS = 300
 
 
 def one_line(text: str, limit: int) -> str:
-    """``text`` with every run of whitespace (newlines included) one space, and at most
-    ``limit`` characters (``...`` where cut)."""
-    text = " ".join(str(text).split())
+    """``text`` with every run of whitespace (newlines included) one space, every other
+    character that does not print (terminal control sequences, NUL, bidirectional overrides)
+    as its escape (``\x1b``: a solver's message had erased a table row and hidden the lines
+    after it on a terminal, ca_rev149), and at most ``limit`` characters (``...`` where cut)."""
+    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in " ".join(str(text).split()))
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
