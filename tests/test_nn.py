@@ -1163,3 +1163,17 @@ def test_ca_rev148_amortised_duals_predict_on_a_torch_without_is_autocast_availa
     monkeypatch.delattr(torch, "is_autocast_available", raising=False)
     for got, ref in zip(module(scores), want):
         torch.testing.assert_close(got, ref, rtol=0, atol=0)
+
+
+# ---- ca_rev151 (strict xfail: review of 821b769)
+@pytest.mark.xfail(strict=True, reason="ca_rev151: without torch.amp.is_autocast_available (torch 2.3) the guard "
+                                       "enters torch.autocast on every device: meta scores raise again (ca_rev146)")
+def test_ca_rev151_amortised_duals_trace_meta_scores_on_a_torch_without_is_autocast_available(monkeypatch):
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    scores = [torch.empty((2,) + s, device="meta") for s in h.shapes]
+    layer = ca.ConsistentAttention(h, "learned_dual", duals="amortised", check_finite=False).to("meta")
+    assert [tuple(p.shape) for p in layer.attend(scores).maps] == [(2,) + s for s in h.shapes]  # holds today
+    monkeypatch.delattr(torch.amp, "is_autocast_available")  # as on torch 2.3, which setup.cfg accepts
+    monkeypatch.delattr(torch, "is_autocast_available", raising=False)
+    got = layer.attend(scores)  # RuntimeError from torch.autocast(device_type="meta", enabled=False)
+    assert [tuple(p.shape) for p in got.maps] == [(2,) + s for s in h.shapes]

@@ -814,3 +814,16 @@ def test_ca_rev143_the_pixel_map_check_does_not_pass_on_one_lesion_image_per_set
     assert not check_location_free(tr_img, labels, te_img, labels).ran  # the sibling check's rule
     b = check_pixel_map(tr_img, tr_mask, te_img, te_mask)
     assert not b.passed, (b.value, b.detail["n_lesion_images"])
+
+
+# ---- ca_rev151 (strict xfail: review of 821b769)
+@pytest.mark.xfail(strict=True, reason="ca_rev151: CheckResult.line() still prints 3 decimals: ap 0.300 beside "
+                                       "'passes if <= 0.30' and FAIL (the report's table got digits_against)")
+def test_ca_rev151_a_check_s_terminal_line_shows_a_value_on_its_side_of_the_bar():
+    from convex_attention.paper.validity import CheckResult
+
+    check = CheckResult("pixel_map", "t", "ap", 0.3004, 0.30)  # as ca_rev150's validity-table test
+    assert check.status == "FAIL"  # holds today
+    line = check.line()  # what `data check` and the dev stage's log print
+    value = float(line.split("ap ")[1].split()[0])
+    assert value > check.threshold, line
