@@ -177,6 +177,10 @@ def _masked_held_low(s: Tensor, t) -> Tensor:
     return torch.where(masked, low, s)
 
 
+# the device types torch 2.3 has autocast for (it lacks torch.amp.is_autocast_available)
+_AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "hpu", "xla", "ipu", "mps"})
+
+
 def _times_finite(x: Tensor, factor) -> Tensor:
     """``x · factor`` with ``x``'s non-finite entries (−∞: masked) kept as they are and passing
     ``factor`` no gradient: ``0·(−∞)`` in the product's backward was NaN."""
@@ -438,8 +442,10 @@ class AmortisedDuals(_GraphBoundState):
         # is_autocast_available is torch >= 2.4's, and setup.cfg takes 2.3: ca_rev148)
         device_type = scores[0].device.type
         available = getattr(torch.amp, "is_autocast_available", None)
-        with (torch.autocast(device_type=device_type, enabled=False)
-              if available is None or available(device_type) else contextlib.nullcontext()):
+        if available is None:  # (older torch: the devices it has autocast for; meta traced without: ca_rev151)
+            available = _AUTOCAST_DEVICES.__contains__
+        with (torch.autocast(device_type=device_type, enabled=False) if available(device_type)
+              else contextlib.nullcontext()):
             out = []
             for k, feat in enumerate(self.features(scores, temps)):
                 shape = feat.shape

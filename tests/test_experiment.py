@@ -1438,16 +1438,12 @@ def _ca_rev151_dev_where_more_compared_beats_higher_ap(monkeypatch, tmp_path):
     return dev
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev151: proposed_variants.json's note still says 'highest mean attention "
-                                       "ap' though the ranking now puts the most compared methods first")
 def test_ca_rev151_the_proposal_note_states_the_rule_that_chose_it(tmp_path, monkeypatch):
     _ca_rev151_dev_where_more_compared_beats_higher_ap(monkeypatch, tmp_path)
     note = read_json(tmp_path / "dev" / "proposed_variants.json")["note"]
     assert not note.startswith("Proposed by the dev stage: highest mean attention ap"), note
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev151: dev.md says the candidates are 'Ranked by the attention ap' above "
-                                       "a table whose first row has the lower ap (ranked by compared count first)")
 def test_ca_rev151_the_dev_report_states_the_ranking_its_table_shows(tmp_path, monkeypatch):
     _ca_rev151_dev_where_more_compared_beats_higher_ap(monkeypatch, tmp_path)
     report = read_text(tmp_path / "dev" / "dev.md")
@@ -1455,8 +1451,6 @@ def test_ca_rev151_the_dev_report_states_the_ranking_its_table_shows(tmp_path, m
     assert not ranked.startswith("Ranked by the attention ap"), ranked
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev151: _uniform_check says the paired gap is the first tied method's, "
-                                       "but max() takes a later one whose mean is larger by float noise")
 def test_ca_rev151_check_c_s_tie_note_names_the_method_whose_gap_it_reports():
     import numpy as np
 

@@ -1166,8 +1166,6 @@ def test_ca_rev148_amortised_duals_predict_on_a_torch_without_is_autocast_availa
 
 
 # ---- ca_rev151 (strict xfail: review of 821b769)
-@pytest.mark.xfail(strict=True, reason="ca_rev151: without torch.amp.is_autocast_available (torch 2.3) the guard "
-                                       "enters torch.autocast on every device: meta scores raise again (ca_rev146)")
 def test_ca_rev151_amortised_duals_trace_meta_scores_on_a_torch_without_is_autocast_available(monkeypatch):
     h = ca.Hierarchy.grid([(4, 4), (2, 2)])
     scores = [torch.empty((2,) + s, device="meta") for s in h.shapes]

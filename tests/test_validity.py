@@ -817,8 +817,6 @@ def test_ca_rev143_the_pixel_map_check_does_not_pass_on_one_lesion_image_per_set
 
 
 # ---- ca_rev151 (strict xfail: review of 821b769)
-@pytest.mark.xfail(strict=True, reason="ca_rev151: CheckResult.line() still prints 3 decimals: ap 0.300 beside "
-                                       "'passes if <= 0.30' and FAIL (the report's table got digits_against)")
 def test_ca_rev151_a_check_s_terminal_line_shows_a_value_on_its_side_of_the_bar():
     from convex_attention.paper.validity import CheckResult
 

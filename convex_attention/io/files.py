@@ -27,6 +27,7 @@ import math
 import os
 import re
 import stat
+import unicodedata
 import zlib
 from dataclasses import asdict, is_dataclass
 
@@ -144,13 +145,34 @@ def csv_field(v) -> str:
 REASON_CHARS = 300
 
 
+# the bidirectional controls, which reorder the text around them on a terminal
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _shown(c: str) -> str:
+    """``c`` as a message shows it: a control character (terminal sequences, NUL), a
+    surrogate, an unassigned or private code point, or a bidirectional control as its escape
+    (``\x1b``); anything else, the joiners of ordinary text included, as it is (ca_rev151)."""
+    if c in _BIDI_CONTROLS or unicodedata.category(c) in ("Cc", "Cs", "Cn", "Co"):
+        return ascii(c)[1:-1]
+    return c
+
+
 def one_line(text: str, limit: int) -> str:
-    """``text`` with every run of whitespace (newlines included) one space, every other
-    character that does not print (terminal control sequences, NUL, bidirectional overrides)
-    as its escape (``\x1b``: a solver's message had erased a table row and hidden the lines
-    after it on a terminal, ca_rev149), and at most ``limit`` characters (``...`` where cut)."""
-    text = "".join(c if c.isprintable() else ascii(c)[1:-1] for c in " ".join(str(text).split()))
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    """``text`` with every run of whitespace (newlines included) one space, every character
+    that would act on a terminal instead of printing as its escape (:func:`_shown`: a
+    solver's message had erased a table row and hidden the lines after it, ca_rev149), and at
+    most ``limit`` characters (``...`` where cut, never inside an escape: ca_rev151)."""
+    pieces = [_shown(c) for c in " ".join(str(text).split())]
+    if sum(len(p) for p in pieces) <= limit:
+        return "".join(pieces)
+    out, used = [], 0
+    for piece in pieces:
+        if used + len(piece) > limit - 3:
+            break
+        out.append(piece)
+        used += len(piece)
+    return "".join(out) + "..."
 
 
 def error_reason(err: BaseException) -> str:

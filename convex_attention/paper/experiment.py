@@ -291,6 +291,7 @@ def _uniform_check(attention: dict, plain: dict, where: str):
     best = max(attention, key=lambda m: means[m])  # (the first in the methods' order among tied ones)
     # a tie is named: the paired interval is the first tied method's (it had been broken silently: ca_rev150)
     tied = [m for m in attention if math.isclose(means[m], means[best], rel_tol=1e-12, abs_tol=1e-15)]
+    best = tied[0]  # (max took a later one larger by rounding alone, and the note named the first: ca_rev151)
     which = (f"{best}, the attention method with the higher mean" if len(tied) == 1 else
              f"{' and '.join(tied)} tie at the higher mean; the paired gap is {best}'s, the first in the methods' "
              f"order")
@@ -400,7 +401,8 @@ def run_dev(config: ExperimentConfig, folder: str, progress: bool = True, log=pr
                f"not measured: no method reached dev AUC >= {MIN_COMPARED_AUC:.2f}, so no candidate was compared and "
                f"the choice among the {len(summary)} candidates rests on no criterion")
     proposal = Variants(chosen, tuple(config.difficulties), config.held_out_mimic,
-                        note=f"Proposed by the dev stage: highest mean attention ap against the {mask} masks (pixel "
+                        note=f"Proposed by the dev stage: among the candidates with the most compared methods, the "
+                             f"highest mean attention ap against the {mask} masks (pixel "
                              f"protocol) on the dev split ({specs['dev'].n} images, data seed "
                              f"{config.train.data_seed}, difficulty {difficulty:g}; the first {len(indices[mask])} "
                              f"images with a {mask} mask), mean over the compared methods ({compared}: dev AUC >= "

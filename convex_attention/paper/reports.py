@@ -12,7 +12,7 @@ from .config import MAX_ATTENTION_LEVELS
 from .explain import MASKS, POSTHOC, dropped_values, format_ci, primary_mask
 from .explain_metrics import METRIC_NAMES, pointing_tolerance_px
 from .protocol import JUDGED_SETTINGS, failed_checks, judged_settings, moved_by_id
-from .validity import MIN_COMPARED_AUC, REPORTED_ONLY
+from .validity import MIN_COMPARED_AUC, REPORTED_ONLY, shown_against
 
 __all__ = ["dev_report", "test_report", "history_line", "judged_line", "cell", "validity_lines", "nan_lines",
            "ACCURACY", "ABLATION"]
@@ -30,21 +30,6 @@ ABLATION = ("delta_bacc_uniform", "delta_bacc_shuffled", "delta_auc_uniform", "d
 
 def cell(s: dict, metric: str, digits: int = 3) -> str:
     return format_ci(s.get(f"{metric}_mean", math.nan), s.get(f"{metric}_ci95", math.nan), digits)
-
-
-def digits_against(value: float, bar: float, digits: int = 3) -> int:
-    """The decimals (``digits`` at least, 12 at most) at which ``value``, printed, compares with
-    ``bar`` as it does itself: 0.3004 against a threshold of 0.30 is printed 0.3004, not 0.300,
-    beside a FAIL, and a dev AUC of 0.7996 not 0.800 beside 'NOT compared' (ca_rev150)."""
-    if value is None or bar is None or not (math.isfinite(value) and math.isfinite(bar)):
-        return digits
-    side = (value > bar) - (value < bar)
-    while digits < 12:
-        shown = float(f"{value:.{digits}f}")
-        if (shown > bar) - (shown < bar) == side:
-            return digits
-        digits += 1
-    return digits
 
 
 def nan_lines(summary: list[dict], keys, what: str, count: str = "seeds", all_nan: bool = False) -> list[str]:
@@ -66,8 +51,7 @@ def validity_lines(results: list, heading: str) -> list[str]:
     lines = [f"### {heading}", "", "| check | number | passes if | status | note |", "|---|---|---|---|---|"]
     for r in results:
         rule = f"{'<=' if r.passes_below else '>='} {r.threshold:.2f}"
-        value = "–" if r.value is None or not math.isfinite(r.value) else \
-            f"{r.value:.{digits_against(r.value, r.threshold)}f}"
+        value = "–" if r.value is None or not math.isfinite(r.value) else shown_against(r.value, r.threshold)
         note = r.note if r.ran else r.reason
         lines.append(f"| {r.name} ({r.title}) | {r.metric} {value} | {rule} | {r.status} | {note} |")
     return lines + [""]
@@ -97,8 +81,10 @@ def dev_report(config, specs, validity, summary, proposal, n_images: dict, plain
         "" if verdict == "accepted" else " The test stage refuses this variants file unless "
                                          "`--allow-rejected-benchmark` is given (and then says so in its report)."), ""]
     lines += ["## Candidates (best first)", "",
-              f"Ranked by the attention ap against the {mask} masks (pixel protocol), mean over the compared methods "
-              f"(dev AUC >= {MIN_COMPARED_AUC:.2f}), their levels and the seeds.", "",
+              f"Ranked by the number of compared methods (dev AUC >= {MIN_COMPARED_AUC:.2f}: a candidate that "
+              f"breaks a method ranks below one that keeps it), then by the attention ap against the {mask} masks "
+              f"(pixel protocol), mean over the compared methods, their levels and the seeds, then by balanced "
+              f"accuracy.", "",
               "| variant | compared | attention ap | balanced acc | "
               + " | ".join(f"{m} AUC | {m} ap | {m} bacc" for m in config.methods) + " |",
               "|" + "---|" * (4 + 3 * len(config.methods))]
@@ -308,14 +294,18 @@ def _validity_section(conditions, accuracy) -> list[str]:
     for c in conditions:
         models = sorted({m for (cond, m) in dev_auc if cond == c["condition"]})
         lines.append(f"- {c['condition']}: " + "; ".join(
-            f"{m} dev AUC {cell(dev_auc[(c['condition'], m)], 'dev_auc', _auc_digits(dev_auc[(c['condition'], m)]))} "
+            f"{m} dev AUC {_dev_auc_cell(dev_auc[(c['condition'], m)])} "
             f"({'compared' if m in c['compared'] else 'NOT compared'})" for m in models))
     return lines
 
 
-def _auc_digits(summary: dict) -> int:
-    """The decimals at which a model's mean dev AUC, printed, compares with the bar it is held to."""
-    return digits_against(summary.get("dev_auc_mean", math.nan), MIN_COMPARED_AUC)
+def _dev_auc_cell(summary: dict) -> str:
+    """A model's mean dev AUC, printed on its side of the bar it is held to (:func:`.validity.shown_against`),
+    ± its interval at 3 decimals."""
+    mean, half = summary.get("dev_auc_mean", math.nan), summary.get("dev_auc_ci95", math.nan)
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    return shown_against(mean, MIN_COMPARED_AUC) + ("" if half is None or not math.isfinite(half) else f" ± {half:.3f}")
 
 
 def _selection_sentence(headline) -> str:

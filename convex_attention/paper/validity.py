@@ -93,6 +93,22 @@ QUANTILES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.99
 #: Which side of its threshold each check passes on (True: at most).
 PASSES_BELOW = {name: name not in ("maps_drive_ranking", "uniform_attention") for name in THRESHOLDS}
 #: (c′) is judged over at least this many dev seeds.
+def shown_against(value: float, bar: float, digits: int = 3) -> str:
+    """``value`` printed so that the number read compares with ``bar`` as ``value`` does: at
+    ``digits`` decimals where that holds, else at more (0.3004 against a threshold of 0.30 as
+    0.3004, not 0.300 beside a FAIL; a dev AUC of 0.7996 as 0.7996 beside 'NOT compared':
+    ca_rev150), and in full (``repr``) where 12 do not tell (one float step below the bar:
+    ca_rev151)."""
+    if not (math.isfinite(value) and math.isfinite(bar)):
+        return f"{value:.{digits}f}"
+    side = (value > bar) - (value < bar)
+    for places in range(digits, 13):
+        shown = f"{value:.{places}f}"
+        if (float(shown) > bar) - (float(shown) < bar) == side:
+            return shown
+    return repr(float(value))
+
+
 MIN_RANKING_SEEDS = 5
 #: Check (b)'s least number of images with lesion pixels in each set (the floor (a) and (d)
 #: hold each label to).
@@ -139,7 +155,8 @@ class CheckResult:
         rule = f"{'<=' if self.passes_below else '>='} {self.threshold:.2f}"
         if not self.ran:
             return f"{self.name}: NOT RUN ({self.reason}) [{self.title}; passes if {self.metric} {rule}]"
-        value = "nan" if self.value is None or not math.isfinite(self.value) else f"{self.value:.3f}"
+        value = "nan" if self.value is None or not math.isfinite(self.value) else shown_against(self.value,
+                                                                                                  self.threshold)
         note = f"; {self.note}" if self.note else ""
         return f"{self.name}: {self.metric} {value} (passes if {rule}): {self.status} [{self.title}{note}]"
 
