@@ -90,7 +90,7 @@ def _free_seed(streams: list[tuple[range, str]], seed: int, draws) -> int | None
 
 def check_score_seed(checkpoint: str, seed: int, span: int = 1, state: dict | None = None,
                      flag: str = "--seed", images: int = 1, more=()) -> None:
-    """ValueError, naming a seed to use instead, when the images the generator draws for
+    """ValueError, naming a seed to use instead where one is found near it, when the images the generator draws for
     seeds ``seed .. seed + span - 1`` (``images`` of each), and ``more`` (``(offset, images)``
     pairs: a sweep's example at ``seed + 100``), are the checkpoint's own training or
     validation images."""
@@ -100,7 +100,8 @@ def check_score_seed(checkpoint: str, seed: int, span: int = 1, state: dict | No
     draws = [(offset, images) for offset in range(span)] + list(more)
     problem = _score_seed_problem(streams, [(seed + offset, n) for offset, n in draws])
     if problem:
-        uses = f" (a sweep draws seed {seed}, and seed {seed + 1} for its training instances)" if span > 1 else ""
+        uses = (f" (a sweep draws seed {seed}, seed {seed + 1} for its training instances"
+                + "".join(f" and seed {seed + offset} for its example" for offset, _ in more) + ")") if span > 1 else ""
         instead = _free_seed(streams, seed, draws)
         raise ValueError(f"{flag} {seed}: {problem}{uses}, and scores on images the model was trained or selected "
                          f"on say nothing of new images; " + (f"use {flag} {instead}" if instead is not None

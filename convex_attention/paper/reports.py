@@ -35,8 +35,9 @@ def cell(s: dict, metric: str, digits: int = 3) -> str:
 def nan_lines(summary: list[dict], keys, what: str, count: str = "seeds", all_nan: bool = False) -> list[str]:
     """The report's statement of values left out of ``summary``'s means because they were
     NaN: one bullet per group (``keys``) and metric whose mean is a number yet left some out
-    (every metric with a ``{metric}_n_nan`` column; :func:`~.explain.dropped_values`), or
-    one line saying none was; ``what`` names the table."""
+    (every metric with a ``{metric}_n_nan`` column; :func:`~.explain.dropped_values`), and
+    with ``all_nan`` every one NaN on all its seeds too ("all 5 seeds NaN, no mean"), or one
+    line saying none was; ``what`` names the table."""
     metrics = list(dict.fromkeys(k[:-len("_n_nan")] for s in summary for k in s if k.endswith("_n_nan")))
     dropped = dropped_values(summary, keys, metrics, count, all_nan)
     if not dropped:
