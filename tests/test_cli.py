@@ -229,7 +229,7 @@ def test_bench_refuses_a_model_sweep_it_could_not_run_honestly(tmp_path, capsys)
     own = checkpoint("own", data_seed=20_001)
     folder16 = checkpoint("folder16", data="folder", data_root=str(tmp_path), image_size=16, attention_blocks=(2, 3))
     for argv, words in ((["--checkpoint", own, "--sizes", "8", "--seed", "1"], "own training images"),
-                        (["--checkpoint", own, "--sizes", "8", "--seed", "0"], "seed 0, and seed 1 for its training"),
+                        (["--checkpoint", own, "--sizes", "8", "--seed", "0"], "seed 0, seed 1 for its training"),
                         (["--checkpoint", folder16, "--sizes", "8"], "32x32 images or more")):
         out = tmp_path / "out"
         assert run(["bench", "--generator", "model", "--levels", "2", *argv, "--out", str(out)]) == 2

@@ -1388,7 +1388,7 @@ def test_ca_rev76_dev_stage_refuses_variants_that_find_no_ledger(tmp_path, capsy
 
 _CA_REV117_DEV = ["experiment", "--stage", "dev", "--quick", "--image-size", "32", "--width", "4", "--n-train", "32",
                   "--n-val", "16", "--n-dev", "16", "--epochs", "1", "--methods", "softmax", "--n-explain", "2",
-                  "--validity-images", "20", "--batch-size", "8", "--no-progress", "--quiet"]
+                  "--n-sanity", "2", "--validity-images", "20", "--batch-size", "8", "--no-progress", "--quiet"]
 
 
 @pytest.mark.slow  # end to end or a boundary of a path a lighter test takes (fast suite < 1 min)
