@@ -1175,3 +1175,15 @@ def test_ca_rev151_amortised_duals_trace_meta_scores_on_a_torch_without_is_autoc
     monkeypatch.delattr(torch, "is_autocast_available", raising=False)
     got = layer.attend(scores)  # RuntimeError from torch.autocast(device_type="meta", enabled=False)
     assert [tuple(p.shape) for p in got.maps] == [(2,) + s for s in h.shapes]
+
+
+# ---- ca_rev153 (strict xfail: review of edb29d2)
+@pytest.mark.xfail(strict=True, reason="ca_rev153: _AUTOCAST_DEVICES, 'the device types torch 2.3 has autocast "
+                                       "for', lists mps, which torch 2.3's autocast refuses")
+def test_ca_rev153_the_autocast_fallback_lists_only_torch_2_3_s_autocast_devices():
+    from convex_attention import nn
+
+    # torch 2.3's torch.amp.autocast.__init__ knows cuda, cpu, xpu, ipu, hpu, xla and the privateuse1 backend, and
+    # raises RuntimeError("User specified an unsupported autocast device_type 'mps'") for any other (mps: torch 2.5)
+    torch_2_3 = {"cpu", "cuda", "xpu", "ipu", "hpu", "xla", torch._C._get_privateuse1_backend_name()}
+    assert nn._AUTOCAST_DEVICES <= torch_2_3, sorted(nn._AUTOCAST_DEVICES - torch_2_3)  # ['mps'] today

@@ -825,3 +825,16 @@ def test_ca_rev151_a_check_s_terminal_line_shows_a_value_on_its_side_of_the_bar(
     line = check.line()  # what `data check` and the dev stage's log print
     value = float(line.split("ap ")[1].split()[0])
     assert value > check.threshold, line
+
+
+# ---- ca_rev153 (strict xfail: review of edb29d2)
+@pytest.mark.xfail(strict=True, reason="ca_rev153: shown_against was inserted between MIN_RANKING_SEEDS and its "
+                                       "'#:' doc comment, which now sits above the function")
+def test_ca_rev153_min_ranking_seeds_keeps_its_doc_comment():
+    import inspect
+
+    from convex_attention.paper import validity
+
+    lines = inspect.getsource(validity).splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("MIN_RANKING_SEEDS ="))
+    assert lines[at - 1].startswith("#: (c′) is judged over"), lines[at - 3:at + 1]  # a blank line today
