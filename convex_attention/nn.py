@@ -177,8 +177,8 @@ def _masked_held_low(s: Tensor, t) -> Tensor:
     return torch.where(masked, low, s)
 
 
-# the device types torch 2.3 has autocast for (it lacks torch.amp.is_autocast_available)
-_AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "hpu", "xla", "ipu", "mps"})
+# the device types torch 2.3's autocast takes (it lacks torch.amp.is_autocast_available; mps came later: ca_rev153)
+_AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "hpu", "xla", "ipu"})
 
 
 def _times_finite(x: Tensor, factor) -> Tensor:

@@ -487,8 +487,6 @@ def test_ca_rev151_a_reason_keeps_the_joiners_of_ordinary_text():
 
 
 # ---- ca_rev153 (strict xfail: review of edb29d2)
-@pytest.mark.xfail(strict=True, reason="ca_rev153: one_line returns '...' (3 characters) for a limit below 3, "
-                                       "past the 'at most limit characters' its docstring promises")
 def test_ca_rev153_one_line_never_returns_more_than_its_limit():
     from convex_attention.io.files import one_line
 

@@ -1178,8 +1178,6 @@ def test_ca_rev151_amortised_duals_trace_meta_scores_on_a_torch_without_is_autoc
 
 
 # ---- ca_rev153 (strict xfail: review of edb29d2)
-@pytest.mark.xfail(strict=True, reason="ca_rev153: _AUTOCAST_DEVICES, 'the device types torch 2.3 has autocast "
-                                       "for', lists mps, which torch 2.3's autocast refuses")
 def test_ca_rev153_the_autocast_fallback_lists_only_torch_2_3_s_autocast_devices():
     from convex_attention import nn
 

@@ -835,8 +835,6 @@ def test_ca_rev151_a_dev_auc_one_ulp_below_the_bar_is_not_printed_as_the_bar():
 
 
 # ---- ca_rev153 (strict xfail: review of edb29d2)
-@pytest.mark.xfail(strict=True, reason="ca_rev153: the dev report's candidate table prints a method's dev AUC "
-                                       "of 0.7996 as 0.800 beside a 'compared' column that leaves it out")
 def test_ca_rev153_the_dev_candidate_table_shows_a_dev_auc_on_its_side_of_the_bar():
     from convex_attention.paper.validity import MIN_COMPARED_AUC
 

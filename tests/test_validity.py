@@ -828,8 +828,6 @@ def test_ca_rev151_a_check_s_terminal_line_shows_a_value_on_its_side_of_the_bar(
 
 
 # ---- ca_rev153 (strict xfail: review of edb29d2)
-@pytest.mark.xfail(strict=True, reason="ca_rev153: shown_against was inserted between MIN_RANKING_SEEDS and its "
-                                       "'#:' doc comment, which now sits above the function")
 def test_ca_rev153_min_ranking_seeds_keeps_its_doc_comment():
     import inspect
 

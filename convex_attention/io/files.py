@@ -166,6 +166,8 @@ def one_line(text: str, limit: int) -> str:
     pieces = [_shown(c) for c in " ".join(str(text).split())]
     if sum(len(p) for p in pieces) <= limit:
         return "".join(pieces)
+    if limit < 3:  # no room for the mark of a cut (ca_rev153)
+        return "..."[:max(0, limit)]
     out, used = [], 0
     for piece in pieces:
         if used + len(piece) > limit - 3:

@@ -91,7 +91,7 @@ def dev_report(config, specs, validity, summary, proposal, n_images: dict, plain
               "|" + "---|" * (4 + 3 * len(config.methods))]
     for e in summary:
         lines.append(f"| {e['label']} | {e['compared'] or 'none'} | {cell(e, 'attention_ap')} | {cell(e, 'bacc')} | "
-                     + " | ".join(f"{cell(e, f'{m}_auc')} | {cell(e, f'{m}_ap')} | {cell(e, f'{m}_bacc')}"
+                     + " | ".join(f"{_dev_auc_cell(e, f'{m}_auc')} | {cell(e, f'{m}_ap')} | {cell(e, f'{m}_bacc')}"
                                   for m in config.methods) + " |")
     # seeds, not runs: each seed's value is the mean over the compared methods, and one NaN run takes
     # its seed out (the report said "1 of 5 runs" for 1 of 5 seeds: a review)
@@ -300,10 +300,11 @@ def _validity_section(conditions, accuracy) -> list[str]:
     return lines
 
 
-def _dev_auc_cell(summary: dict) -> str:
-    """A model's mean dev AUC, printed on its side of the bar it is held to (:func:`.validity.shown_against`),
-    ± its interval at 3 decimals."""
-    mean, half = summary.get("dev_auc_mean", math.nan), summary.get("dev_auc_ci95", math.nan)
+def _dev_auc_cell(summary: dict, metric: str = "dev_auc") -> str:
+    """A model's mean dev AUC (``metric``), printed on its side of the bar it is held to
+    (:func:`.validity.shown_against`; the dev candidates' table too: ca_rev153), ± its interval
+    at 3 decimals."""
+    mean, half = summary.get(f"{metric}_mean", math.nan), summary.get(f"{metric}_ci95", math.nan)
     if mean is None or not math.isfinite(mean):
         return "–"
     return shown_against(mean, MIN_COMPARED_AUC) + ("" if half is None or not math.isfinite(half) else f" ± {half:.3f}")

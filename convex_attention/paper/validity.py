@@ -93,6 +93,14 @@ QUANTILES = (0.0, 0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 0.99
 #: Which side of its threshold each check passes on (True: at most).
 PASSES_BELOW = {name: name not in ("maps_drive_ranking", "uniform_attention") for name in THRESHOLDS}
 #: (c′) is judged over at least this many dev seeds.
+MIN_RANKING_SEEDS = 5
+#: Check (b)'s least number of images with lesion pixels in each set (the floor (a) and (d)
+#: hold each label to).
+MIN_LESION_IMAGES = 5
+#: A model is compared (its maps scored against the others') only if its mean dev AUC reaches this.
+MIN_COMPARED_AUC = 0.80
+
+
 def shown_against(value: float, bar: float, digits: int = 3) -> str:
     """``value`` printed so that the number read compares with ``bar`` as ``value`` does: at
     ``digits`` decimals where that holds, else at more (0.3004 against a threshold of 0.30 as
@@ -107,14 +115,6 @@ def shown_against(value: float, bar: float, digits: int = 3) -> str:
         if (float(shown) > bar) - (float(shown) < bar) == side:
             return shown
     return repr(float(value))
-
-
-MIN_RANKING_SEEDS = 5
-#: Check (b)'s least number of images with lesion pixels in each set (the floor (a) and (d)
-#: hold each label to).
-MIN_LESION_IMAGES = 5
-#: A model is compared (its maps scored against the others') only if its mean dev AUC reaches this.
-MIN_COMPARED_AUC = 0.80
 
 
 @dataclass
