@@ -1409,8 +1409,6 @@ def test_time_vs_exact_is_a_ratio_of_times_measured_in_one_run(tmp_path, monkeyp
 
 # ---- ca_rev154 (strict xfail: review of edb29d2)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev154: a method retried apart after the cell's other method was "
-                                       "committed from the failed group does not say it was timed apart")
 def test_ca_rev154_a_method_timed_apart_from_an_already_committed_method_says_so(tmp_path, monkeypatch):
     """exact and learned_dual timed interleaved; exact's row is committed, then learned_dual's accuracy fails
     once.  _measure_apart times learned_dual alone (measure_interleaved called with its cases only), beside no

@@ -353,8 +353,10 @@ def _measure_apart(config: SweepConfig, c: _Cell, fast: list[dict], writer: Resu
     done = writer.done()
     pending = [r for r in fast if row_key(r) not in done]
     methods = list(dict.fromkeys(r["method"] for r in pending))
+    # a method timed alone says so wherever the cell has another fast method, committed already or
+    # not (one pending method after another had committed had carried no note: ca_rev154)
     note = (f"timed apart from the cell's other methods (their interleaved run failed: {error_reason(group_error)})"
-            if len(methods) > 1 else "")
+            if len({r["method"] for r in fast}) > 1 else "")
     for m in methods:
         rows = [r for r in pending if r["method"] == m]
         try:
