@@ -920,3 +920,19 @@ def test_ca_rev135_score_explanations_refuses_maps_and_masks_of_different_batche
     for batch in (3, 1):
         with pytest.raises(ValueError):
             score_explanations({("attention", 0): torch.rand(batch, 4, 4)}, masks)
+
+
+# ---- ca_rev156 (strict xfail: review of c71ac64)
+@pytest.mark.xfail(strict=True, reason="ca_rev156: explanations() calls model.eval() and never restores the modes: "
+                                       "a model in training is left in eval mode")
+def test_ca_rev156_explanations_restore_every_module_s_training_mode():
+    from convex_attention.paper.explain import explanations
+
+    torch.manual_seed(0)
+    model = AttentionUNet(method="softmax", width=4, image_size=32, embed_channels=8).train()
+    frozen = model.blocks[0][1]
+    frozen.eval()  # a user's mixed modes: one batch norm frozen inside a model in training
+    modes = {name: m.training for name, m in model.named_modules()}
+    images = torch.randn(2, model.config.in_channels, 32, 32)
+    explanations(model, images, target="true", posthoc=False, labels=torch.tensor([1, 0]))
+    assert {name: m.training for name, m in model.named_modules()} == modes  # the baselines restore them too
