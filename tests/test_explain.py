@@ -923,8 +923,6 @@ def test_ca_rev135_score_explanations_refuses_maps_and_masks_of_different_batche
 
 
 # ---- ca_rev156 (strict xfail: review of c71ac64)
-@pytest.mark.xfail(strict=True, reason="ca_rev156: explanations() calls model.eval() and never restores the modes: "
-                                       "a model in training is left in eval mode")
 def test_ca_rev156_explanations_restore_every_module_s_training_mode():
     from convex_attention.paper.explain import explanations
 

@@ -165,21 +165,28 @@ def explanations(model, images: torch.Tensor, target: str = "true", posthoc: boo
         if given.shape != (len(images),) or not bool(((given == 0) | (given == 1)).all()):
             raise ValueError(f"labels are one 0 or 1 per image ({len(images)}), got {given.tolist()}")
         labels = given.to(device=images.device, dtype=torch.long)
+    # every module's own mode is put back after (a model in training had been left in eval mode,
+    # as the post-hoc methods' own wrapper never leaves it: ca_rev156)
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
-    with torch.no_grad():
-        out = model(images)
-    bad = non_finite_parts(out)
-    if bad:  # a map or a prediction that is not a number is never scored
-        raise NonFiniteOutput(f"the model's {', '.join(bad)} hold NaN or Inf: its explanations are not scored")
-    targets = labels if target == "true" else out.logits.argmax(1)
-    maps = {}
-    if getattr(model, "has_attention", True):
-        maps = {("attention", k): p.detach() for k, p in enumerate(out.maps)}
-    if posthoc:
-        for k in range(len(model.config.attention_blocks)):
-            maps[("gradcam", k)] = gradcam(model, images, targets, level=k)
-        for name, fn in BASELINES.items():
-            maps[(name, -1)] = fn(model, images.clone().requires_grad_(), targets)
+    try:
+        with torch.no_grad():
+            out = model(images)
+        bad = non_finite_parts(out)
+        if bad:  # a map or a prediction that is not a number is never scored
+            raise NonFiniteOutput(f"the model's {', '.join(bad)} hold NaN or Inf: its explanations are not scored")
+        targets = labels if target == "true" else out.logits.argmax(1)
+        maps = {}
+        if getattr(model, "has_attention", True):
+            maps = {("attention", k): p.detach() for k, p in enumerate(out.maps)}
+        if posthoc:
+            for k in range(len(model.config.attention_blocks)):
+                maps[("gradcam", k)] = gradcam(model, images, targets, level=k)
+            for name, fn in BASELINES.items():
+                maps[(name, -1)] = fn(model, images.clone().requires_grad_(), targets)
+    finally:
+        for module, training in modes:
+            module.training = training
     bad = [f"{method} (level {level})" for (method, level), m in maps.items()
            if not bool(torch.isfinite(m.detach()).all())]
     if bad:
