@@ -711,3 +711,27 @@ def test_ca_rev134_a_probe_whose_lock_file_was_replaced_before_its_flock_sees_th
         for fd in new_holder:
             os.close(fd)
     assert new_holder and said is False, "the file at the path is held by a live run"
+
+
+# ---- ca_rev155 (strict xfail: review of c71ac64)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev155: results_lock lets a second thread in beside the holder")
+def test_ca_rev155_a_second_thread_is_not_let_in_beside_the_holder(tmp_path):
+    """Re-entry is keyed by process (_HELD), not by thread: another thread enters at once, and when the first
+    leaves it removes the lock file while the second still writes, so another process enters too."""
+    import threading
+
+    said = []
+
+    def other():
+        try:
+            with results_lock(str(tmp_path), command="other"):
+                said.append("entered")
+        except ResultsLocked:
+            said.append("refused")
+
+    with results_lock(str(tmp_path)):
+        thread = threading.Thread(target=other, daemon=True)
+        thread.start()
+        thread.join(5)
+    assert said == ["refused"], said
