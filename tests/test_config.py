@@ -468,7 +468,9 @@ def test_solver_options_every_compared_method_does_not_take_are_refused_before_t
     assert dual_only.plain_cnn and dual_only.train.model.method != "dual"
     dual_only.validate()
     ModelConfig(method="exact", solver_options={"tol": 1e-7}).validate()  # checked when the model is built
-    with pytest.raises(ConfigError, match=r"takes no option\(s\) \['a', 1\]"):  # mixed keys named, no sort error
+    with pytest.raises(ConfigError, match=r"takes no option\(s\) \['a', 'b'\]"):  # every key named
+        QUICK.override(methods=("exact",), solver_options={"b": 3, "a": 2}).validate()
+    with pytest.raises(ConfigError, match=r"must have str keys .JSON's., got 1"):  # before any method reads it
         QUICK.override(methods=("exact",), solver_options={"a": 3, 1: 2}).validate()
 
 

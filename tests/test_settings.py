@@ -435,7 +435,6 @@ def test_minus_zero_is_zero_so_it_is_listed_twice_beside_zero():
 
 # ---- ca_rev155 (strict xfail: review of c71ac64)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev155: Mapping accepts NaN, which no strict JSON config.json can hold")
 def test_ca_rev155_a_mapping_holding_nan_is_refused_when_checked():
     """solver_options={"tol": nan} passes check_settings; writing the configuration (strict JSON) fails later."""
     with pytest.raises(ValueError):
@@ -447,7 +446,6 @@ class _Options:
     options: dict = setting({}, S.Mapping(), "solver options", flag="")
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev155: a Mapping's tuple value or int key changes in the plain round trip")
 @pytest.mark.parametrize("options", [{"sizes": (1, 2)}, {1: 2}])
 def test_ca_rev155_a_checked_mapping_reads_back_as_it_was_written(options):
     """to_plain keeps a tuple or an int key; through JSON they read back as a list and a string key."""
@@ -460,7 +458,6 @@ def test_ca_rev155_a_checked_mapping_reads_back_as_it_was_written(options):
     assert back == config, (back, config)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev155: Many(distinct) compares reprs, so np.str_('a') and 'a' pass")
 def test_ca_rev155_one_choice_in_two_spellings_is_listed_twice():
     """A name from a numpy array and the same name as a str are one method, measured twice."""
     np = pytest.importorskip("numpy")
@@ -468,7 +465,6 @@ def test_ca_rev155_one_choice_in_two_spellings_is_listed_twice():
         Many(Choice(("a", "b")), distinct=True).check((np.str_("a"), "a"))
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev155: Text accepts a NUL character, which no folder or path can hold")
 def test_ca_rev155_a_folder_name_holding_nul_is_refused_when_checked():
     """out='runs\\x00x' from a config file passes the check; os.makedirs then raises a bare ValueError."""
     with pytest.raises(ValueError):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -199,7 +200,9 @@ class Choice(Kind):
     def check(self, value):
         if value not in self.values:
             raise ValueError(f"must be {self.describe()}, got {value!r}")
-        return value
+        # the allowed value itself, not another spelling of it (np.str_('a') for 'a' had passed a
+        # list's distinct check beside 'a': ca_rev155)
+        return next(v for v in self.values if v == value)
 
     def parse(self, text: str):
         if self.optional and text == "none":
@@ -246,7 +249,9 @@ class Text(Kind):
     def check(self, value) -> str:
         if not isinstance(value, str) or not value:
             raise ValueError(f"must be {self.describe()}, got {value!r}")
-        return value
+        if any(c in value for c in "\x00\n\r"):  # no path holds NUL (makedirs raised), and a message is one line
+            raise ValueError(f"must be {self.describe()} without NUL or line breaks, got {value!r}")
+        return str(value)
 
     def parse(self, text: str) -> str:
         return self.check(text)
@@ -312,7 +317,8 @@ class Many(Kind):
 
 @dataclasses.dataclass(frozen=True)
 class Mapping(Kind):
-    """A dict of options passed on unchanged (not a command-line setting)."""
+    """A dict of options passed on (not a command-line setting), of plain JSON values: str keys,
+    finite numbers, strings, booleans, None, lists (a tuple is kept as a list) and dicts."""
 
     metavar = "DICT"
 
@@ -322,7 +328,29 @@ class Mapping(Kind):
     def check(self, value) -> dict:
         if not isinstance(value, dict):
             raise ValueError(f"must be a dict, got {value!r}")
+        return _plain_json(value, "")
+
+
+def _plain_json(value, where: str):
+    """``value`` as the strict JSON of a configuration file holds it and reads it back: str
+    keys, finite numbers, strings, booleans, None, lists (tuples as lists) and dicts of them;
+    ValueError naming the entry otherwise (a NaN had passed the check and failed only when the
+    configuration was written, and a tuple or an int key read back changed: ca_rev155)."""
+    if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise ValueError(f"must have str keys (JSON's), got {bad[0]!r}{' in ' + where if where else ''}")
+        return {k: _plain_json(v, f"{where}.{k}" if where else k) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if value is None or isinstance(value, (str, bool)):
         return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(float(value)):
+        return float(value)
+    raise ValueError(f"must hold plain JSON values (finite numbers, strings, lists, dicts), got {value!r}"
+                     f"{' at ' + where if where else ''}")
 
     def parse(self, text: str):
         raise ValueError("is not set on the command line")
