@@ -216,7 +216,7 @@ def test_a_lock_file_replaced_between_its_opening_and_its_locking_is_not_the_one
     mutation testing)."""
     calls = _replaced_before_the_first_lock(tmp_path, monkeypatch)
     with results_lock(str(tmp_path)) as path:
-        held = lock._HELD[os.path.realpath(path)]
+        held, _ = lock._HELD[os.path.realpath(path)]  # (its descriptor, its thread)
         assert len(calls) == 2  # it looped
         assert os.path.samestat(os.fstat(held), os.stat(path))  # the file locked is the one at the path
         assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
@@ -715,7 +715,6 @@ def test_ca_rev134_a_probe_whose_lock_file_was_replaced_before_its_flock_sees_th
 
 # ---- ca_rev155 (strict xfail: review of c71ac64)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev155: results_lock lets a second thread in beside the holder")
 def test_ca_rev155_a_second_thread_is_not_let_in_beside_the_holder(tmp_path):
     """Re-entry is keyed by process (_HELD), not by thread: another thread enters at once, and when the first
     leaves it removes the lock file while the second still writes, so another process enters too."""

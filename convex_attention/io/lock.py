@@ -23,7 +23,9 @@ LOCK_NAME = "results.lock"
 #: The fields of the owner record the lock writes: a file that lacks one is not this tool's.
 RECORD_FIELDS = ("pid", "host", "started", "command")
 _MAX_RECORD = 64 * 1024  # the record is a line of JSON: a larger file is not one
-_HELD: dict = {}  # realpath -> fd: held by this process, so re-entry (demo, nested) takes it again freely
+# realpath -> (fd, the holding thread): held by this process; re-entry from the holding thread (demo,
+# nested) takes it again freely, another thread of the process is another writer (ca_rev155)
+_HELD: dict = {}
 
 
 class ResultsLocked(RuntimeError):
@@ -141,9 +143,11 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
     an OS file lock (``flock``), which the system releases when its process dies, so a
     lock left by a dead process is free: it is taken over, and ``log`` names the dead
     owner.  A lock file whose recorded owner is a dead pid on this host is reported the
-    same way.  The lock is re-entrant within one process (``demo`` runs ``bench`` and
-    ``verify`` into one folder).  A ``results.lock`` that is not such a record (a link, a
-    folder, or a file with other content: the user's) is refused and left untouched.
+    same way.  The lock is re-entrant within the thread that holds it (``demo`` runs
+    ``bench`` and ``verify`` into one folder); another thread of the process is another writer,
+    refused or waited for (it had been let in beside the holder: ca_rev155).  A ``results.lock``
+    that is not such a record (a link, a folder, or a file with other content: the user's) is
+    refused and left untouched.
 
     Raises:
         ResultsLocked: another live process holds the folder and ``wait`` is False, the
@@ -152,9 +156,14 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
     """
     path = os.path.join(out_dir, LOCK_NAME)
     real = os.path.realpath(path)
-    if real in _HELD:  # the outer holder releases it
+    if real in _HELD and _HELD[real][1] == threading.get_ident():  # the outer holder releases it
         yield path
         return
+    while real in _HELD:  # held by another thread of this process: its flock would let this one in
+        if not wait:
+            raise ResultsLocked(f"results folder {out_dir} is being written by another thread of this process "
+                                f"(pid {os.getpid()}); wait for it (--wait) or choose another --out")
+        time.sleep(poll_s)
     waited = False
     while True:
         try:  # in the loop: a refused run that made the folder may have removed it again while this one waited
@@ -221,7 +230,7 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(owner).encode("utf-8"), 0)
         os.fsync(fd)
-        _HELD[real] = fd
+        _HELD[real] = (fd, threading.get_ident())
         yield path
     finally:
         _HELD.pop(real, None)
