@@ -1047,8 +1047,9 @@ def solve_cvxpylayers(scores: Sequence[Tensor], h: Graph, temps: Sequence[float]
                            for s in scores])
     if not all(bool(torch.isfinite(f).all()) for f in flat):  # (whatever the factor: CVXPY's refusal names none)
         raise ValueError("method 'cvxpylayers': the scores, centred per map" + (
-            f" and divided by the largest temperature ({factor:.3g})," if factor != 1.0 else ",")
-            + " overflow float64; the problem is too cold for any solver (method 'exact' or 'dual')")
+            f" and divided by the largest temperature ({factor:.3g}), overflow float64; the problem is too cold "
+            f"for any solver (method 'exact' or 'dual')" if factor != 1.0 else
+            ", overflow float64: they are beyond validation.score_limit (check_finite=False lets such scores in)"))
     # The certificate and any diagnosis read detached CPU copies (inputs may require grad).
     flat_cpu = [f.detach().cpu() for f in flat]
     # the backend's gradient is checked against the implicit gradient at the certified maps
