@@ -2101,6 +2101,26 @@ def test_ca_rev128_every_validation_copy_of_a_training_image_is_named(tmp_path):
         build_datasets("folder", root=str(root))
 
 
+def _assert_a_png_saved_as_npy_over_255_is_refused(root, train_seed: int, val_seed: int, image: int, label: int):
+    """Training image ``image`` (a PNG of _write_folder at ``train_seed``) saved again into the
+    validation folder as ``copy.npy``, its pixels / 255 in float32, with its mask and ``label``:
+    one input to the model (z-scored per image and channel), so build_datasets refuses it."""
+    from PIL import Image
+
+    _write_folder(str(root / "train"), seed=train_seed)
+    _write_folder(str(root / "val"), seed=val_seed)
+    pixels = np.asarray(Image.open(root / "train" / "images" / f"img{image}.png"), np.float32)
+    np.save(root / "val" / "images" / "copy.npy", pixels / np.float32(255.0))
+    Image.open(root / "train" / "masks" / f"img{image}.png").save(root / "val" / "masks" / "copy.png")
+    with open(root / "val" / "labels.csv", "a") as f:
+        f.write(f"copy.npy,{label}\n")
+    train, val = FolderDataset(str(root / "train")), FolderDataset(str(root / "val"))
+    # oracle: what the model is fed (image_label: z-scored per channel) is the same image, to float32 rounding
+    assert float((train.image_label(image)[0] - val.image_label(3)[0]).abs().max()) < 1e-6
+    with pytest.raises(ValueError, match="copy.npy"):
+        build_datasets("folder", root=str(root))
+
+
 # ---- ca_rev143 (strict xfail: review of ea9699c)
 
 def test_ca_rev143_a_training_image_saved_again_rescaled_is_refused_in_the_validation_set(tmp_path):
@@ -2109,21 +2129,7 @@ def test_ca_rev143_a_training_image_saved_again_rescaled_is_refused_in_the_valid
     img1's mask; build_datasets("folder", root).  Expected: ValueError naming copy.npy (the model's
     inputs are z-scored per image and channel, so the two files are one input).  Observed: accepted;
     images_shared_with digests the raw values, and the normalised tensors differ by 1.2e-7 at most."""
-    from PIL import Image
-
-    root = tmp_path / "r"
-    _write_folder(str(root / "train"))
-    _write_folder(str(root / "val"), seed=100)
-    pixels = np.asarray(Image.open(root / "train" / "images" / "img1.png"), np.float32)
-    np.save(root / "val" / "images" / "copy.npy", pixels / 255.0)
-    Image.open(root / "train" / "masks" / "img1.png").save(root / "val" / "masks" / "copy.png")
-    with open(root / "val" / "labels.csv", "a") as f:
-        f.write("copy.npy,1\n")
-    train, val = FolderDataset(str(root / "train")), FolderDataset(str(root / "val"))
-    # oracle: what the model is fed (image_label: z-scored per channel) is the same image, to float32 rounding
-    assert float((train.image_label(1)[0] - val.image_label(3)[0]).abs().max()) < 1e-6
-    with pytest.raises(ValueError, match="copy.npy"):
-        build_datasets("folder", root=str(root))
+    _assert_a_png_saved_as_npy_over_255_is_refused(tmp_path / "r", train_seed=0, val_seed=100, image=1, label=1)
 
 
 # ---- ca_rev145 (strict xfail: review of 0ef415e)
@@ -2155,21 +2161,7 @@ def test_ca_rev145_a_rescaled_copy_is_found_whatever_the_rounding_of_its_normali
     the two normalised images differ by 6.9e-8 at most, but one value is 0.5434999815 x 1e3 in one and
     0.5435000160 x 1e3 in the other, and np.rint sends them to 543 and 544 (about 0.3 % of 16x16 grey
     images do this, measured over seeds 0..2999: 119, 272, 492, ...)."""
-    from PIL import Image
-
-    root = tmp_path / "r"
-    _write_folder(str(root / "train"), seed=119)
-    _write_folder(str(root / "val"), seed=1000)
-    pixels = np.asarray(Image.open(root / "train" / "images" / "img0.png"), np.float32)
-    np.save(root / "val" / "images" / "copy.npy", pixels / np.float32(255.0))
-    Image.open(root / "train" / "masks" / "img0.png").save(root / "val" / "masks" / "copy.png")
-    with open(root / "val" / "labels.csv", "a") as f:
-        f.write("copy.npy,0\n")
-    train, val = FolderDataset(str(root / "train")), FolderDataset(str(root / "val"))
-    # oracle: what the model is fed is the same image, to float32 rounding
-    assert float((train.image_label(0)[0] - val.image_label(3)[0]).abs().max()) < 1e-6
-    with pytest.raises(ValueError, match="copy.npy"):
-        build_datasets("folder", root=str(root))
+    _assert_a_png_saved_as_npy_over_255_is_refused(tmp_path / "r", train_seed=119, val_seed=1000, image=0, label=0)
 
 
 def test_a_float_image_saved_again_at_another_scale_and_offset_is_found(tmp_path):

@@ -952,6 +952,16 @@ def test_run_experiment_refuses_a_variant_its_methods_cannot_take_before_any_wor
     assert str(path) in str(err.value) and not (outside_git / "exp").exists()
 
 
+def _fake_ablation() -> dict:
+    """The map ablation's columns of a fake evaluation: the AUC and balanced accuracy drops with
+    every level's maps shuffled or made uniform, and each level's alone."""
+    row = {}
+    for suffix, drop in (("", 0.2), ("_L0", 0.05), ("_L1", 0.15)):
+        row.update({f"delta_auc_shuffled{suffix}": -drop, f"delta_auc_uniform{suffix}": -drop / 10,
+                    f"delta_bacc_shuffled{suffix}": -drop, f"delta_bacc_uniform{suffix}": 0.0})
+    return row
+
+
 def _fake_dev_stage(monkeypatch, auc=None):
     """The dev stage with its training, evaluation, scoring and data replaced by fakes whose
     numbers are set here (a model is ``(method, seed, head)``): what it trains, on which
@@ -981,9 +991,7 @@ def _fake_dev_stage(monkeypatch, auc=None):
         method, seed, _ = model
         row = {"auc": auc[method], "bacc": bacc[method] + 0.02 * seed, "bacc_argmax": 0.5, "violation": 0.0}
         if ablation:
-            for suffix, drop in (("", 0.2), ("_L0", 0.05), ("_L1", 0.15)):
-                row.update({f"delta_auc_shuffled{suffix}": -drop, f"delta_auc_uniform{suffix}": -drop / 10,
-                            f"delta_bacc_shuffled{suffix}": -drop, f"delta_bacc_uniform{suffix}": 0.0})
+            row.update(_fake_ablation())
         return row
 
     def dev_ap(config, model, dataset, indices, upsamplings, device):
@@ -1418,9 +1426,7 @@ def _ca_rev151_dev_where_more_compared_beats_higher_ap(monkeypatch, tmp_path):
         auc = {"softmax": 0.9, "plain_cnn": 0.85}.get(method, 0.9 if head == "bounded" else 0.7)
         row = {"auc": auc, "bacc": 0.8 + 0.02 * seed, "bacc_argmax": 0.5, "violation": 0.0}
         if ablation:
-            for suffix, drop in (("", 0.2), ("_L0", 0.05), ("_L1", 0.15)):
-                row.update({f"delta_auc_shuffled{suffix}": -drop, f"delta_auc_uniform{suffix}": -drop / 10,
-                            f"delta_bacc_shuffled{suffix}": -drop, f"delta_bacc_uniform{suffix}": 0.0})
+            row.update(_fake_ablation())
         return row
 
     def dev_ap(config, model, dataset, indices, upsamplings, device):
