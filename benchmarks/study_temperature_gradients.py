@@ -44,7 +44,7 @@ import torch
 
 import convex_attention as ca
 from convex_attention import dual
-from convex_attention.bench.config import STRUCTURES, add_study_arguments, check_study_arguments
+from convex_attention.bench.config import STRUCTURES, add_study_arguments, check_study_arguments, run_study
 from convex_attention.bench.graph_targets import draw_instance
 from convex_attention.bench.timing import nan_max
 from convex_attention.cli import CommandParser
@@ -186,12 +186,7 @@ def main(argv=None) -> int:
         p.error(str(err))
     check_study_arguments(p, a, OUTPUTS)
     torch.set_num_threads(1)
-    made = None if os.path.exists(a.out) else a.out
-    os.makedirs(a.out, exist_ok=True)
-    try:
-        return _study(a, argv)
-    except Exception as err:  # noqa: BLE001  (one line, exit 1, as every command: ca_rev141)
-        return p.run_failed(err, made)
+    return run_study(p, a.out, lambda: _study(a, argv))
 
 
 def _study(a, argv) -> int:

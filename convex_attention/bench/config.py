@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import os
 from dataclasses import dataclass
 
 from ..io.files import check_fresh_out_dir
@@ -36,7 +37,7 @@ __all__ = ["SweepConfig", "VerifyConfig", "check_sweep", "check_values",
            "fit_instances", "capped_instances", "quick_sweep",
            "SCALE_MAX", "DTYPES", "GENERATOR_NAMES", "MAX_ELEMENTS", "MIN_FIT_INSTANCES", "METHOD_NAMES",
            "BACKEND_NAMES", "STRUCTURES", "STAR_ARMS", "STAR_FACTOR", "REGION_FACTOR", "check_structure",
-           "check_size_of_every_structure", "add_study_arguments", "check_study_arguments",
+           "check_size_of_every_structure", "add_study_arguments", "check_study_arguments", "run_study",
            "structure_maps", "structure_cells", "check_device", "CVX_BATCH", "DIFFCP_BATCH"]
 
 # Scores reach about 6 × scale (Gaussian tails, lesion peaks); 1e3 keeps every swept dtype,
@@ -133,6 +134,18 @@ def check_study_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
         check_fresh_out_dir(args.out, outputs, args.overwrite)
     except ValueError as err:
         parser.error(str(err))
+
+
+def run_study(parser, out: str, study) -> int:
+    """A study script's run of ``study()`` (its exit status) into ``out``, made here: a failure
+    after the checks is one line on stderr, exit 1, and an ``out`` this run made is removed
+    again if empty (``parser.run_failed``: a traceback had ended the study scripts, ca_rev141)."""
+    made = None if os.path.exists(out) else out
+    os.makedirs(out, exist_ok=True)
+    try:
+        return study()
+    except Exception as err:  # noqa: BLE001  (one line, exit 1, as every command)
+        return parser.run_failed(err, made)
 
 
 def check_size_of_every_structure(size: int) -> None:

@@ -49,7 +49,7 @@ __all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows"
            "check_start_over", "check_resume_config", "stored_config", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
            "CELL_KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "cell_key", "OUTPUTS", "GRID_SETTINGS",
            "RUN_SETTINGS", "MEASUREMENT_SETTINGS", "CVX_SETTINGS", "FIT_SETTINGS", "reads_setting", "run_reads_setting",
-           "records_history", "cvx_batch_setting", "cvx_samples",
+           "records_history", "cvx_batch_setting", "cvx_samples", "run_of",
            "PANDAS_DTYPES"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
@@ -194,8 +194,11 @@ def records_history(method: str) -> bool:
     return m is not None and m.options is not None and "record_history" in m.options
 
 
-def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+def run_of(record: dict) -> int | None:
+    """The run a bench row (its ``run`` column) or a ``runs`` entry records; None where it
+    records none (written before runs were numbered)."""
+    run = record.get("run")
+    return run if isinstance(run, int) and not isinstance(run, bool) else None
 
 
 def _signature(row: dict, leave_out=("checksum",)) -> str:
@@ -749,8 +752,8 @@ class ResultsWriter:
         self._started, self._load_start, self._committed = now_utc(), load_average(), 0
         # this run's number, which its rows record: past every earlier run's (a bench.json lost
         # with its runs record must not give this run the number of one whose rows are kept)
-        self.run = 1 + max([len(self.runs), *(r["run"] for r in self.runs if _is_count(r.get("run"))),
-                            *(r["run"] for r in self._rows.values() if r.get("run") is not None)])
+        self.run = 1 + max([len(self.runs), *(n for r in [*self.runs, *self._rows.values()]
+                                              if (n := run_of(r)) is not None)])
         # rewritten at once where bench.csv was written before its run column: bench.json, which a
         # resume rewrites whatever it commits, would list a column and checksums bench.csv lacks (ca_rev139)
         older = resume and lacks_added_columns(self.csv_path, BENCH_SCHEMA)
@@ -888,7 +891,7 @@ class ResultsWriter:
                 entry = {"run": run, "recovered": True, "started": None, "finished": None,
                          "load_average_start": None, "load_average_end": None, "torch_threads": None,
                          "cpu_count": None, "rows": 0}
-                runs = sorted([*runs, entry], key=lambda r: r["run"] if _is_count(r.get("run")) else 0)
+                runs = sorted([*runs, entry], key=lambda r: run_of(r) or 0)
             if entry is None or not isinstance(entry.get("rows"), int):
                 continue
             entry["rows"] += count

@@ -30,7 +30,7 @@ from ..methods import get_method
 from ..validation import dtype_name
 from .cases import make_case, shape_str
 from .config import CVX_BATCH, DIFFCP_BATCH
-from .results import cvx_samples
+from .results import cvx_samples, run_of
 from .timing import fastest, measure_interleaved, peak_memory_mb, time_ratio
 
 __all__ = ["core_benchmark", "plot_core_record", "amortised_targets", "format_targets", "AMORTISED_TARGETS",
@@ -283,7 +283,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
             times, broke, runs = exact.setdefault(cell_key(r), ({}, [], {}))
             if r.get("status") == "ok":
                 name = f"{r.get('method')} {r.get('backend', '')} {len(times)}"
-                times[name], runs[name] = _float(r.get("per_sample_ms")), _run_of(r)
+                times[name], runs[name] = _float(r.get("per_sample_ms")), run_of(r)
             elif r.get("status") != "skipped":
                 broke.append(str(r.get("method")))
     waiting: dict = {}  # group -> the cells of it not measured yet
@@ -330,7 +330,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
             # row's run (rows of one folder can be of several runs: --resume --methods exact; the
             # slower cvxpylayers rows, never measured again for their cost, may keep an earlier
             # run's number: ca_rev139)
-            if quickest.complete and runs.get(quickest.name) == _run_of(amortised[-1]):
+            if quickest.complete and runs.get(quickest.name) == run_of(amortised[-1]):
                 costs.append(time_ratio(amortised[-1].get("per_sample_ms"), quickest.time))
         worst = max(ratios) if ratios else float("nan")
         finite_costs = [c for c in costs if math.isfinite(c)]
@@ -348,13 +348,6 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
                     "time_vs_exact": statistics.median(finite_costs) if finite_costs else float("nan"),
                     "met": met})
     return out
-
-
-def _run_of(row: dict) -> int | None:
-    """The run that measured ``row`` (bench.csv's ``run``); None for a row written before
-    rows recorded it."""
-    run = row.get("run")
-    return run if isinstance(run, int) and not isinstance(run, bool) else None
 
 
 def format_targets(targets: list[dict]) -> str:

@@ -325,8 +325,8 @@ def train_config_from_args(args):
                 base = stored_train_config(args.resume, state)
             except ValueError as err:
                 raise UsageError(f"argument --resume: {err}") from None
-            if data_not_rebuilt(state):
-                raise UsageError(f"argument --resume: {args.resume}: {data_not_rebuilt(state)}")
+            if (why := data_not_rebuilt(state)) is not None:
+                raise UsageError(f"argument --resume: {args.resume}: {why}")
             trained_on = None if base is None else base.data_config()
             if base is None:  # a checkpoint saved outside training: its model, the other defaults
                 base = TrainConfig(model=ModelConfig.from_dict(state["config"]))
@@ -584,8 +584,8 @@ def _explain_models(specs) -> tuple[dict, TrainConfig, tuple]:
             config = stored_train_config(path, state)
         except (ValueError, TypeError) as err:
             raise UsageError(f"argument --checkpoints: {name}={path}: {err}") from None
-        if data_not_rebuilt(state):
-            raise UsageError(f"argument --checkpoints: {name}={path}: {data_not_rebuilt(state)}")
+        if (why := data_not_rebuilt(state)) is not None:
+            raise UsageError(f"argument --checkpoints: {name}={path}: {why}")
         if config is None:
             raise UsageError(f"argument --checkpoints: {name}={path}: the checkpoint stores no training "
                              f"configuration and no config.json lies beside it, so its data cannot be rebuilt")

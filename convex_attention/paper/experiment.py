@@ -288,10 +288,11 @@ def _uniform_check(attention: dict, plain: dict, where: str):
                        reason=f"balanced accuracy not finite (or missing) on {where} for {', '.join(bad)}: a model "
                               f"failed to train or its validation threshold is NaN, so (c) cannot be judged")
     means = {m: float(np.mean(list(v.values()))) for m, v in values.items()}
-    best = max(attention, key=lambda m: means[m])  # (the first in the methods' order among tied ones)
-    # a tie is named: the paired interval is the first tied method's (it had been broken silently: ca_rev150)
-    tied = [m for m in attention if math.isclose(means[m], means[best], rel_tol=1e-12, abs_tol=1e-15)]
-    best = tied[0]  # (max took a later one larger by rounding alone, and the note named the first: ca_rev151)
+    # a tie is named, and the paired interval is the first tied method's in the methods' order (it had been
+    # broken silently, ca_rev150, and max had taken a later one larger by rounding alone, ca_rev151)
+    top = max(means[m] for m in attention)
+    tied = [m for m in attention if math.isclose(means[m], top, rel_tol=1e-12, abs_tol=1e-15)]
+    best = tied[0]
     which = (f"{best}, the attention method with the higher mean" if len(tied) == 1 else
              f"{' and '.join(tied)} tie at the higher mean; the paired gap is {best}'s, the first in the methods' "
              f"order")

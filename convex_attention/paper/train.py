@@ -470,8 +470,8 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     config.validate()
     if config.resume and resume_state is None:
         resume_state = read_checkpoint(config.resume)
-    if resume_state is not None and datasets is None and data_not_rebuilt(resume_state):
-        raise ValueError(f"{config.resume}: {data_not_rebuilt(resume_state)}")
+    if resume_state is not None and datasets is None and (why := data_not_rebuilt(resume_state)) is not None:
+        raise ValueError(f"{config.resume}: {why}")
     if resume_state is not None and resume_state.get("data_split") is not None:
         # its checkpoints go on saying what it was trained on (else a resume with its splits handed
         # in wrote checkpoints that train --resume and explain accepted: ca_rev139)
