@@ -3103,3 +3103,12 @@ def test_speedup_rings_a_ratio_of_two_runs_times_and_counts_them_in_the_footer(f
     plots.plot_speedup(rows, "s2.png", log=pytest.fail)
     assert not [line for line in figs["s2"].axes[0].lines if line.get_marker() == "o" and line.get_markersize() == 11]
     assert "two runs" not in figs["s2:footer"]
+
+
+def test_a_structures_panel_title_counts_a_run_of_one_map_shape():
+    """A star's shapes (four 64x64 maps onto 16x16) had run into the next panel's title."""
+    from convex_attention.bench.plots.graphs import _runs_counted
+
+    assert _runs_counted("64x64+64x64+64x64+64x64+16x16") == "4×64x64+16x16"
+    assert _runs_counted("16x16+16x1+1x16") == "16x16+16x1+1x16"
+    assert _runs_counted("8x8+4x4+8x8") == "8x8+4x4+8x8"  # only consecutive maps of one shape

@@ -9,6 +9,7 @@ why; rows with unusable values are skipped and named.
 """
 from __future__ import annotations
 
+import itertools
 import math
 
 import matplotlib
@@ -69,6 +70,17 @@ def _ordered(structures) -> list[str]:
 
 
 # ----------------------------------------------------------------------------- Pareto per structure
+
+def _runs_counted(shapes: str) -> str:
+    """A row's ``shapes`` ("64x64+64x64+64x64+64x64+16x16") with each run of one map shape
+    counted ("4×64x64+16x16"): a star's title ran into the next panel's."""
+    parts = shapes.split("+")
+    out: list[str] = []
+    for part, run in itertools.groupby(parts):
+        n = len(list(run))
+        out.append(f"{n}×{part}" if n > 1 else part)
+    return "+".join(out)
+
 
 def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> str | None:
     """Time per sample (forward + backward) against held-out violation, one panel per structure,
@@ -137,7 +149,7 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
             quiet_minor_ticks(ax)
             ax.margins(x=0.15, y=0.15)
             ax.set_title(f"{STRUCTURE_TITLE.get(structure, plain(structure, 20))}\n"
-                         f"{plain(text_of(largest.row, 'shapes'), 48)}, "
+                         f"{plain(_runs_counted(text_of(largest.row, 'shapes')), 48)}, "
                          f"τ={plain(text_of(largest.row, 'temperature'), 12)}, "
                          f"{plain(text_of(largest.row, 'dtype'), 10)}"
                          + (f"\n({', '.join(refused)}: solves forests only)" if refused else "")
