@@ -19,6 +19,9 @@ method names.  A record holds the method's function and its facts:
                           construction
 ``given_maps``            maps whose probabilities are given (``solve(..., given=...)``) are
                           accepted
+``implied_masks``         with ``check_finite=False``, ``solve`` first masks the cells that
+                          pooling rules out (:func:`~convex_attention.dual.with_implied_masks`):
+                          the method's own arithmetic would see their scores
 ``func_transforms``       ``torch.func.grad``, ``jacrev`` and ``jvp`` differentiate it (plain torch
                           operations); the others refuse every torch.func transform with an
                           error that says so, and ``vmap`` is refused for every method
@@ -72,6 +75,7 @@ class Method:
     check_options: Callable | None = None
     structures: str = "chain"
     given_maps: bool = False
+    implied_masks: bool = False
     func_transforms: bool = False
 
     def __post_init__(self) -> None:
@@ -174,7 +178,7 @@ for _record in (
     Method("softmax", _softmax, "every map on its own (no consistency; the usual attention)",
            has_duals=False, tensor_temperature=True, structures="graph", func_transforms=True),
     Method("exact", _exact, "the closed form on a forest of maps; analytic backward",
-           exact=True, consistent=True, tensor_temperature=True, structures="forest"),
+           exact=True, consistent=True, tensor_temperature=True, structures="forest", implied_masks=True),
     Method("cvxpylayers", _cvxpylayers, "the CVXPY problem in a cvxpylayers layer (the slow reference)",
            options=None, exact=True, consistent=True, cpu_only=True, check_options=_check_cvxpylayers_options,
            structures="graph"),
@@ -184,7 +188,8 @@ for _record in (
            exact=True, consistent=True, tensor_temperature=True, check_options=_check_dual_options,
            structures="graph", given_maps=True),
     Method("learned_dual", _learned_dual, "the paper's reparameterisation p(λ) at given duals",
-           needs_duals=True, tensor_temperature=True, structures="graph", func_transforms=True),
+           needs_duals=True, tensor_temperature=True, structures="graph", implied_masks=True,
+           func_transforms=True),
 ):
     register_method(_record)
 

@@ -1326,8 +1326,6 @@ def test_ca_rev147_the_gradient_of_a_nearly_one_hot_block_holds_its_tolerance():
 
 # ---- ca_rev148 (strict xfail: review of 5a70ee6)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev148: _centred_message centres a star's edge on its own message alone: "
-                                       "a sibling's masked block leaves the huge cell chosen, rounding the rest")
 def test_ca_rev148_a_fine_score_under_a_cell_a_sibling_masks_moves_nothing():
     """Run: a star of two 6-cell maps onto one of 3 (parents 0, 0, 1, 1, 2, 2), map 0 (S, 0, 0.2, −0.4, 0.1, 0),
     map 1 (−∞, −∞, 0.3, 0.1, −0.2, 0.5), coarse (0, 0.3, −0.2), τ = 1, check_finite=False.  Map 1's block under
@@ -1351,8 +1349,6 @@ def test_ca_rev148_a_fine_score_under_a_cell_a_sibling_masks_moves_nothing():
     _a_huge_score_where_no_mass_is_moves_nothing(solved, want)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev148: the offsets of a map's scores and messages are taken at a cell "
-                                       "masked two levels up (only the next map's scores are looked at)")
 @pytest.mark.parametrize("where", ["fine", "middle"])
 def test_ca_rev148_a_score_under_a_cell_masked_further_up_moves_nothing(where):
     """Run: a chain 6 → 3 → 2 (parents 0, 0, 1, 1, 2, 2 and 0, 1, 1), fine (0.5, 0, 0.2, −0.4, 0.1, 0), middle

@@ -11,14 +11,15 @@ from convex_attention.methods import REGISTRY, Method, get_method, register_meth
 
 
 def test_built_in_records_state_what_each_method_can_do():
-    facts = {name: (m.needs_duals, m.has_duals, m.exact, m.consistent, m.tensor_temperature, m.cpu_only)
+    facts = {name: (m.needs_duals, m.has_duals, m.exact, m.consistent, m.tensor_temperature, m.cpu_only,
+                    m.implied_masks)
              for name, m in REGISTRY.items() if name in ca.METHODS}
     assert facts == {
-        "softmax": (False, False, False, False, True, False),
-        "exact": (False, True, True, True, True, False),
-        "cvxpylayers": (False, True, True, True, False, True),
-        "dual": (False, True, True, True, True, False),
-        "learned_dual": (True, True, False, False, True, False),
+        "softmax": (False, False, False, False, True, False, False),
+        "exact": (False, True, True, True, True, False, True),
+        "cvxpylayers": (False, True, True, True, False, True, False),
+        "dual": (False, True, True, True, True, False, False),
+        "learned_dual": (True, True, False, False, True, False, True),
     }
     assert all(m.differentiable for m in REGISTRY.values() if m.name in ca.METHODS)
     assert get_method("dual").check_options is not None and get_method("cvxpylayers").check_options is not None
@@ -93,6 +94,26 @@ def test_the_tensor_temperature_flag_decides_who_may_differentiate_through_it(cu
     register_method(dataclasses.replace(record, tensor_temperature=True))
     ca.solve(inst.scores, inst.h, "tree_copy", temperature=tau)
     assert all(isinstance(t, torch.Tensor) and t.requires_grad for t in calls[-1][0])
+
+
+def test_the_implied_masks_flag_decides_whether_a_method_sees_the_cells_pooling_rules_out():
+    """With check_finite=False, solve masks the cells that pooling rules out (a fine cell under a masked
+    coarse cell) before a method with ``implied_masks`` sees the scores; one without sees them as given."""
+    seen = []
+
+    def fn(scores, h, temps, duals, options):
+        seen.append([s.clone() for s in scores])
+        return ca.solve(scores, h, "exact", temperature=temps, check_finite=False).probs, None, {}
+
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    scores = [torch.tensor([[0.5, 0.1, 0.2, -0.3]]), torch.tensor([[-float("inf"), 0.4]])]
+    try:
+        for flag in (False, True):
+            register_method(Method("mask_probe", fn, "exact, as given", has_duals=False, implied_masks=flag))
+            ca.solve(scores, h, "mask_probe", check_finite=False)
+            assert torch.isneginf(seen[-1][0][0, :2]).all() == flag and torch.isfinite(seen[-1][0][0, 2:]).all()
+    finally:
+        del REGISTRY["mask_probe"]
 
 
 def test_the_registry_records_the_structures_each_method_solves():
