@@ -5,8 +5,8 @@ each with its line number (the line it starts on).  A file that cannot be a tabl
 UTF-8 text, a byte-order mark, NUL bytes, not CSV, a required column missing, a folder or
 named pipe of its name, a file that cannot be read) raises :class:`ResultsFormatError`
 naming the file and what is wrong; a row that is damaged (a field count other than the
-header's, the last line without its line end, a checksum that does not match) is left out
-and named in ``problems``.
+header's, the last line without its line end, a quoted value left open or followed by text,
+a checksum that does not match) is left out and named in ``problems``.
 :func:`read_rows` reads a table of a known :class:`Schema`: the header must be the
 schema's (the error says which columns differ; a file written before the schema's
 ``added`` columns existed is read with them empty) and every value is typed (a row with an
@@ -108,15 +108,12 @@ def read_table(path: str, required=(), checksum: bool | None = None) -> Table:
     name = os.path.basename(path)
     if not text.strip():
         return Table((), [], ["the file is empty"])
-    records = []
     try:
-        reader = csv.reader(io.StringIO(text, newline=""))
-        ended = 0  # a row is numbered by the line it starts on (a quoted value may span several)
-        for fields in reader:
-            records.append((ended + 1, fields))
-            ended = reader.line_num
+        records, malformed = _csv_records(text)
     except csv.Error as err:
         raise ResultsFormatError(f"{path}: not a readable CSV file ({err})") from None
+    if malformed and malformed[0] == 1:
+        raise ResultsFormatError(f"{path}: not a readable CSV file (the header's quoting is malformed)")
     header = tuple(h.strip() for h in records[0][1])
     repeated = sorted({c for c in header if header.count(c) > 1})
     if repeated:  # a row would keep only the last of its values (dict(zip(...)) below)
@@ -127,7 +124,8 @@ def read_table(path: str, required=(), checksum: bool | None = None) -> Table:
         raise ResultsFormatError(f"{path}: missing column(s) {', '.join(missing)} (not a {name} this toolkit "
                                  f"wrote?)")
     body = [(n, f) for n, f in records[1:] if f]  # blank lines carry nothing
-    problems = []
+    problems = [f"line {n} (a quoted value not closed, or text after its closing quote: cut off or edited)"
+                for n in malformed]
     if body and not text.endswith(("\n", "\r")):
         # every complete row ends with a line end; a last row without one was cut off mid-write
         problems.append(f"line {body[-1][0]} (no line end: cut off)")
@@ -145,6 +143,40 @@ def read_table(path: str, required=(), checksum: bool | None = None) -> Table:
         row["_line"] = line
         rows.append(row)
     return Table(header, rows, problems)
+
+
+def _csv_records(text: str) -> tuple[list, list]:
+    """``(records, malformed)``: the records of ``text`` as ``(line, fields)``, a record numbered
+    by the line it starts on (a quoted value may span several), and the lines of the records
+    whose quoting is malformed, which are left out.  csv's default reader takes a quote left
+    open at the end of the file (a write cut off after a line end inside a value) or text after
+    a closing quote as a value: without a checksum column such a row was read as whole
+    (ca_rev155).  Its strict mode refuses the whole file instead, so a file it refuses is read
+    again record by record, each record's own lines checked strictly."""
+    def numbered(strict: bool) -> list:
+        reader = csv.reader(io.StringIO(text, newline=""), strict=strict)
+        out, ended = [], 0
+        for fields in reader:
+            out.append((ended, reader.line_num, fields))
+            ended = reader.line_num
+        return out
+
+    try:
+        return [(start + 1, fields) for start, _, fields in numbered(strict=True)], []
+    except csv.Error:
+        pass
+    lines = io.StringIO(text, newline="").readlines()  # split as the reader counts lines
+    records, malformed = [], []
+    for start, end, fields in numbered(strict=False):
+        try:
+            whole = list(csv.reader(lines[start:end], strict=True)) == [fields]
+        except csv.Error:
+            whole = False
+        if whole:
+            records.append((start + 1, fields))
+        else:
+            malformed.append(start + 1)
+    return records, malformed
 
 
 def _header_difference(expected: tuple, got: tuple) -> str:
