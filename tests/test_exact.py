@@ -1372,3 +1372,38 @@ def test_ca_rev148_a_score_under_a_cell_masked_further_up_moves_nothing(where):
     torch.testing.assert_close(want[1], torch.tensor([[0.0, 0.548979, 0.451021]], dtype=torch.float64),
                                rtol=0, atol=1e-6)  # holds today
     _a_huge_score_where_no_mass_is_moves_nothing(solved, want)
+
+
+# ---- ca_rev157 (strict xfail: review of af55b57)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev157: solve's implied masks masked_fill an infeasible sample's coarse "
+                                       "scores: their gradient is 0, where docs/design.md §4 says NaN")
+@pytest.mark.parametrize("create_graph", [False, True])
+@pytest.mark.parametrize("structure", ["chain", "star"])
+def test_ca_rev157_an_infeasible_sample_gives_no_number_as_its_coarse_gradient(structure, create_graph):
+    """Run: check_finite=False, float64, τ = 1; a chain 4 → 2 (parents 0, 0, 1, 1) with fine scores
+    (−∞, −∞, −∞, −∞) in sample 0 and (0.1, 0.2, −∞, 0.3) in sample 1, coarse (0.3, −0.2), (0.5, 0.1); or a star of
+    two such 4-cell maps onto that coarse map, the second map's scores (0.4, −0.1, 0.2, 0.0) in both samples.
+    Sample 0 has no feasible point; loss = Σ (1, 2) ⊙ p_coarse over both samples (NaN: the gradient is read per
+    sample), torch.autograd.grad with create_graph False / True.
+    Expected (docs/design.md §4: "its maps come back NaN (never a number), and so do its violation and
+    gradients"): sample 0's gradient in the coarse scores NaN, as in the fine scores; sample 1's finite.
+    Observed: (0, 0) for sample 0's coarse scores (its fine ones NaN), on the chain and the star, first and
+    second order.  Before af55b57 it was (NaN, NaN): with_implied_masks now masks every coarse cell of that
+    sample (each of its blocks is wholly masked) by masked_fill, whose backward gives a filled cell 0, so the
+    exact backward's NaN never reaches those scores; an infeasible sample reads as one whose coarse scores
+    do not matter."""
+    inf = math.inf
+    fine = torch.tensor([[-inf] * 4, [0.1, 0.2, -inf, 0.3]], dtype=torch.float64, requires_grad=True)
+    coarse = torch.tensor([[0.3, -0.2], [0.5, 0.1]], dtype=torch.float64, requires_grad=True)
+    if structure == "chain":
+        h, scores = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]]), [fine, coarse]
+    else:
+        other = torch.tensor([[0.4, -0.1, 0.2, 0.0]] * 2, dtype=torch.float64, requires_grad=True)
+        h, scores = ca.Graph.star([(4,), (4,)], (2,)), [fine, other, coarse]
+    probs = ca.solve(scores, h, "exact", check_finite=False).probs
+    assert all(bool(p[0].isnan().all()) for p in probs)  # holds today: the sample's maps are NaN
+    loss = (probs[-1] * torch.tensor([1.0, 2.0], dtype=torch.float64)).sum()
+    g_fine, g_coarse = torch.autograd.grad(loss, [fine, coarse], create_graph=create_graph)
+    assert bool(g_fine[0].isnan().all()) and bool(torch.isfinite(g_coarse[1]).all())  # holds today
+    assert bool(g_coarse[0].isnan().all()), g_coarse[0]
