@@ -136,16 +136,18 @@ def with_implied_masks(scores: Sequence[Tensor], h: Graph) -> list[Tensor]:
         if not meta and counts is not None and bool((now == counts).all()):
             break
         counts = now
-    return [s.masked_fill(torch.isneginf(w), -math.inf) for s, w in zip(scores, work)]
+    return [s + _masked_as_minus_inf(w) for s, w in zip(scores, work)]
 
 
 def _spread_masks_once(maps: list, h: Graph, upward: Sequence[int]) -> list:
     """One pass of :func:`with_implied_masks`' two rules over ``maps`` (scores, -inf masked): up the
     edges ``upward`` (finest maps first), a coarse cell over a wholly masked block masked; then down,
-    the fine cells under a masked coarse cell masked (by adding -inf, so a score's gradient stays)."""
+    the fine cells under a masked coarse cell masked.  Both by adding -inf, so that a score's gradient
+    passes: a solution's gradient there is 0, but NaN for a sample with no feasible point, which a
+    masked_fill had turned into 0 (ca_rev157)."""
     for e in upward:
         a, b = h.edges[e]
-        maps[b] = maps[b].masked_fill(torch.isneginf(h.block_max(maps[a].detach(), e)), -math.inf)
+        maps[b] = maps[b] + _masked_as_minus_inf(h.block_max(maps[a].detach(), e))
     for e in reversed(upward):
         a, b = h.edges[e]
         maps[a] = h._combine(maps[a], _masked_as_minus_inf(maps[b]), e, torch.add)

@@ -814,26 +814,29 @@ class ConsistentAttention(nn.Module):
         parameter, which the module must not keep between passes)."""
         record = get_method(self.method)
         if record.needs_duals:  # validated once (through solve too, a learned temperature was read twice more)
-            scores, temps, duals = self._checked_pass(scores, temperature)
+            scores, temps, duals, sources = self._checked_pass(scores, temperature)
             probs, lam, info = record.function(scores, self.h, temps, duals, dict(self.options))
-            return Solution(probs, scores, self.h, temps, record.name, lam, info)
+            return Solution(probs, scores, self.h, temps, record.name, lam, info, sources=sources)
         temperature = self.temperature if temperature is None else temperature
         return solve(scores, self.h, self.method, temperature, check_finite=self.check_finite, **self.options)
 
-    def _checked_pass(self, scores: Sequence[Tensor], temperature) -> tuple[list, list, list]:
-        """``(scores, temps, duals)`` of one pass of a method that needs duals, each checked once:
-        the scores (with the masks pooling implies, where ``check_finite`` is off: as solve), the
+    def _checked_pass(self, scores: Sequence[Tensor], temperature) -> tuple[list, list, list, list]:
+        """``(scores, temps, duals, sources)`` of one pass of a method that needs duals, each checked
+        once: the scores (with the masks pooling implies, where ``check_finite`` is off: as solve), the
         temperatures (the module's, or ``temperature``) and the module's duals for these scores;
-        under torch.func.vmap the pass is refused, as solve refuses it (ca_rev133)."""
+        ``sources`` the scores as given where masks were added (a Solution watches them for in-place
+        changes, as solve's); under torch.func.vmap the pass is refused, as solve refuses it (ca_rev133)."""
         record = get_method(self.method)
         check_transforms(f"ConsistentAttention(method={record.name!r})", record.func_transforms)
         scores, peak_sum = check_scores_and_peaks(scores, self.h, check_finite=self.check_finite)
-        if not self.check_finite:  # as solve: p(λ) gives a cell that pooling rules out 0 (ca_rev126)
+        sources: list = []
+        if not self.check_finite and record.implied_masks:  # as solve: p(λ) gives such a cell 0 (ca_rev126)
+            sources = list(scores)
             scores = with_implied_masks(scores, self.h)
         temps = self._temperatures(temperature, scores[0].dtype)
         duals = check_duals(self._duals(scores, temps), self.h, scores[0].shape[0], compute_dtype(scores[0].dtype),
                             scores[0].device, check_finite=self.check_finite, score_peak_sum=peak_sum)
-        return scores, temps, duals
+        return scores, temps, duals, sources
 
     def consistency_loss(self, scores: Sequence[Tensor], detach_target: bool = False, temperature=None) -> Tensor:
         """The paper's loss at the module's duals (zeros if it has none)."""
@@ -872,13 +875,14 @@ class ConsistentAttention(nn.Module):
             solution = self(scores, temperature)
             aux = torch.zeros((), dtype=compute_dtype(solution.probs[0].dtype), device=solution.probs[0].device)
             return Attended(list(solution.probs), solution, aux)
-        scores, temps, duals = self._checked_pass(scores, temperature)
+        scores, temps, duals, sources = self._checked_pass(scores, temperature)
         work = compute_dtype(scores[0].dtype)
         if isinstance(self.learned_duals, AmortisedDuals):
             probs, lam, info = record.function(scores, self.h, temps, duals, dict(self.options))
-            solution = Solution(probs, scores, self.h, temps, record.name, lam, info)
+            solution = Solution(probs, scores, self.h, temps, record.name, lam, info, sources=sources)
         else:
-            solution = Solution([level_softmax(s, t) for s, t in zip(scores, temps)], scores, self.h, temps, "softmax")
+            solution = Solution([level_softmax(s, t) for s, t in zip(scores, temps)], scores, self.h, temps, "softmax",
+                                sources=sources)
         aux = consistency_loss_unchecked([s.to(work) for s in scores], duals, self.h, temps)
         return Attended(list(solution.probs), solution, aux)
 

@@ -101,7 +101,8 @@ class Solution:
     access (then cached), so a training loop that only reads ``probs`` pays nothing for
     them.  They are differentiable functions of the scores wherever the method is.  They
     (but ``violation``, which reads ``probs`` alone) read the inputs of the solve (scores,
-    temperatures, duals, given maps), which are not copied: reading one of them for the
+    temperatures, duals, given maps; with ``check_finite=False`` also the scores as given, before
+    the masks that pooling implies), which are not copied: reading one of them for the
     first time after an input was modified in place
     (an optimiser step on learned duals or on a temperature, ``scores.mul_``) raises
     :class:`StaleSolution` rather than describe another problem than the one solved; read
@@ -111,7 +112,8 @@ class Solution:
 
     def __init__(self, probs: list[Tensor], scores: list, h: Graph, temperature: list,
                  method: str, duals: list[Tensor] | Callable[[], list[Tensor]] | None = None,
-                 info: dict | None = None, given: Sequence[Tensor | None] | None = None):
+                 info: dict | None = None, given: Sequence[Tensor | None] | None = None,
+                 sources: Sequence[Tensor] = ()):
         self.probs = probs
         self.method = method
         self.temperature = temperature
@@ -121,7 +123,9 @@ class Solution:
         self._scores, self._h = scores, h
         self._duals = duals
         self._cache: dict = {}
-        self._watch(_tensors_in((scores, temperature, given, duals)))
+        # sources: the tensors ``scores`` were made from (the caller's, before solve masked the cells
+        # pooling rules out): changed in place, they make the solution stale too (ca_rev157)
+        self._watch(_tensors_in((scores, temperature, given, duals, list(sources))))
         self._stale_when_pickled = False
 
     def _watch(self, tensors: list[Tensor]) -> None:
@@ -319,13 +323,15 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     if record.needs_duals:
         duals = check_duals(duals, h, free.shape[0], compute_dtype(free.dtype), free.device,
                             check_finite=check_finite, score_peak_sum=peak_sum)
+    sources: list = []
     if not check_finite and record.implied_masks:
+        sources = [s for s in scores if s is not None]
         # p(λ) gives a cell that pooling rules out 0 (ca_rev126); exact's offsets are never taken at one (a
         # huge score there rounded every other cell: ca_rev148); the Solution holds the masked scores too
         # (its dual objective was the unmasked problem's, ca_rev128)
         scores = with_implied_masks(scores, h)
     probs, lam, info = record.function(scores, h, temps, duals, dict(options))
-    return Solution(probs, scores, h, temps, record.name, lam, info, given_list)
+    return Solution(probs, scores, h, temps, record.name, lam, info, given_list, sources=sources)
 
 
 def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temperature=1.0,

@@ -1376,8 +1376,6 @@ def test_ca_rev148_a_score_under_a_cell_masked_further_up_moves_nothing(where):
 
 # ---- ca_rev157 (strict xfail: review of af55b57)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev157: solve's implied masks masked_fill an infeasible sample's coarse "
-                                       "scores: their gradient is 0, where docs/design.md §4 says NaN")
 @pytest.mark.parametrize("create_graph", [False, True])
 @pytest.mark.parametrize("structure", ["chain", "star"])
 def test_ca_rev157_an_infeasible_sample_gives_no_number_as_its_coarse_gradient(structure, create_graph):
