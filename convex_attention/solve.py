@@ -91,8 +91,9 @@ class Solution:
             ``"learned_dual"``; ``"dual"``: ``iterations`` ``(B,)`` (sweeps per sample),
             ``converged`` ``(B,)``, ``violation`` ``(B,)``, ``gap`` ``(B,)`` (the relative
             duality gap it certifies, ``|g(λ) − f(p(λ))| / max(1, |f̄(p(λ))|)``, ``f̄`` the
-            objective of the scores centred per map),
-            ``newton_steps`` ``(B,)`` (Newton candidates taken) and, if asked, ``history``;
+            objective of the scores centred per map), ``returned_violation`` ``(B,)`` (of the
+            maps as returned, measured in float64), ``newton_steps`` ``(B,)`` (Newton
+            candidates taken) and, if asked, ``history``;
             ``"cvxpylayers"``: ``backend`` (its name), ``eps``, ``accept_tol`` and
             ``solver_options`` (the options as given).
         given: the maps whose probabilities were given (a tuple of map indices, empty when none).

@@ -893,6 +893,24 @@ def test_the_amortised_cost_divides_times_of_one_run_only():
     assert amortised_targets(older)[0]["time_vs_exact"] == pytest.approx(2.0)
 
 
+@pytest.mark.parametrize("apart", ["amortised", "exact"])
+def test_the_amortised_cost_divides_no_time_measured_apart(apart):
+    """A row timed on its own (its methods' interleaved run failed; results.TIMED_APART in its reason) was
+    not measured beside the other: no cost is formed from it, in a file with runs or without."""
+    from convex_attention.bench.results import TIMED_APART
+    from convex_attention.bench.targets import amortised_targets
+
+    note = f"{TIMED_APART} the cell's other methods (their interleaved run failed: RuntimeError: boom)"
+    rows = [{**learned_row("zero", 0.1), "run": 1}, {**learned_row("amortised", 0.0001), "run": 1},
+            {**learned_row("", 0.0), "method": "exact", "per_sample_ms": 0.5, "run": 1}]
+    rows[1 if apart == "amortised" else 2]["reason"] = note
+    assert math.isnan(amortised_targets(rows)[0]["time_vs_exact"])
+    older = [{k: v for k, v in r.items() if k != "run"} for r in rows]
+    assert math.isnan(amortised_targets(older)[0]["time_vs_exact"])
+    rows[1 if apart == "amortised" else 2]["reason"] = ""
+    assert amortised_targets(rows)[0]["time_vs_exact"] == pytest.approx(2.0)
+
+
 def test_a_negative_amortised_violation_fails_its_cell():
     """A violation is a largest absolute difference: a negative one is no measurement (λ = 0's
     already failed the cell; the amortised one had given a ratio of -5, judged met)."""

@@ -194,6 +194,16 @@ def records_history(method: str) -> bool:
     return m is not None and m.options is not None and "record_history" in m.options
 
 
+# the start of the note a row timed on its own carries in ``reason`` (after its methods' interleaved
+# run failed): its time was not measured side by side with the others', so no ratio is formed from it
+TIMED_APART = "timed apart from"
+
+
+def timed_apart(row: dict) -> bool:
+    """True for a row whose time was measured on its own (its ``reason`` notes :data:`TIMED_APART`)."""
+    return TIMED_APART in str(row.get("reason") or "")
+
+
 def run_of(record: dict) -> int | None:
     """The run a bench row (its ``run`` column) or a ``runs`` entry records; None where it
     records none (written before runs were numbered)."""

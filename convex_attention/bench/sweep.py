@@ -41,6 +41,7 @@ from .results import (
     CONVERGENCE_COLUMNS,
     DUAL_KINDS,
     KEY_FIELDS,
+    TIMED_APART,
     ResultsWriter,
     cvx_samples,
     records_history,
@@ -355,7 +356,7 @@ def _measure_apart(config: SweepConfig, c: _Cell, fast: list[dict], writer: Resu
     methods = list(dict.fromkeys(r["method"] for r in pending))
     # a method timed alone says so wherever the cell has another fast method, committed already or
     # not (one pending method after another had committed had carried no note: ca_rev154)
-    note = (f"timed apart from the cell's other methods (their interleaved run failed: {error_reason(group_error)})"
+    note = (f"{TIMED_APART} the cell's other methods (their interleaved run failed: {error_reason(group_error)})"
             if len({r["method"] for r in fast}) > 1 else "")
     for m in methods:
         rows = [r for r in pending if r["method"] == m]

@@ -30,7 +30,7 @@ from ..methods import get_method
 from ..validation import dtype_name
 from .cases import make_case, shape_str
 from .config import CVX_BATCH, DIFFCP_BATCH
-from .results import cvx_samples, run_of
+from .results import cvx_samples, run_of, timed_apart
 from .timing import fastest, measure_interleaved, peak_memory_mb, time_ratio
 
 __all__ = ["core_benchmark", "plot_core_record", "amortised_targets", "format_targets", "AMORTISED_TARGETS",
@@ -251,7 +251,9 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
     over the cells where every exact method gave a measured time (timing.fastest: a zero or
     failed time might have been the fastest), where the fastest was timed in the amortised
     row's run (the rows' ``run``; rows that record none, written before it existed, count as
-    one run); NaN where no cell qualifies.
+    one run) and neither row was timed apart from the cell's other methods (a time measured
+    on its own is no side-by-side ratio: ``bench.results.timed_apart``); NaN where no cell
+    qualifies.
 
     Returns a list of dicts: ``structure``, ``generator``, ``levels``, ``threshold``,
     ``cells`` (measured), ``failed_cells``, ``skipped_cells``, ``unmeasured_cells``,
@@ -283,7 +285,7 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
             times, broke, runs = exact.setdefault(cell_key(r), ({}, [], {}))
             if r.get("status") == "ok":
                 name = f"{r.get('method')} {r.get('backend', '')} {len(times)}"
-                times[name], runs[name] = _float(r.get("per_sample_ms")), run_of(r)
+                times[name], runs[name] = _float(r.get("per_sample_ms")), (run_of(r), timed_apart(r))
             elif r.get("status") != "skipped":
                 broke.append(str(r.get("method")))
     waiting: dict = {}  # group -> the cells of it not measured yet
@@ -329,8 +331,9 @@ def amortised_targets(rows: list[dict], unmeasured: Sequence[dict] = ()) -> list
             # a cost only against the fastest exact method known to be it, timed in the amortised
             # row's run (rows of one folder can be of several runs: --resume --methods exact; the
             # slower cvxpylayers rows, never measured again for their cost, may keep an earlier
-            # run's number: ca_rev139)
-            if quickest.complete and runs.get(quickest.name) == run_of(amortised[-1]):
+            # run's number: ca_rev139) and beside it (neither row timed apart: results.TIMED_APART)
+            beside = (run_of(amortised[-1]), timed_apart(amortised[-1]))
+            if quickest.complete and runs.get(quickest.name) == beside and not beside[1]:
                 costs.append(time_ratio(amortised[-1].get("per_sample_ms"), quickest.time))
         worst = max(ratios) if ratios else float("nan")
         finite_costs = [c for c in costs if math.isfinite(c)]
