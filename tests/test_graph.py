@@ -786,3 +786,88 @@ def test_ca_rev140_block_logsumexp_of_a_block_holding_inf_is_inf(given):
     g = ca.Graph([4, 2], [(0, 1)]) if given == "grid" else ca.Graph.from_edges([4, 2], [(0, 1, [0, 0, 1, 1])])
     x = torch.tensor([[float("inf"), 0.0, 1.0, 2.0]], dtype=torch.float64)
     torch.testing.assert_close(g.block_logsumexp(x, 0), torch.logsumexp(x.reshape(1, 2, 2), -1))
+
+
+# ---- ca_rev159 (strict xfail: review of d1ff286)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev159: list/NumPy parent maps follow the default device (meta: raw error)")
+@pytest.mark.parametrize("build", ["from_edges", "from_parents", "grid_regions"])
+def test_ca_rev159_parent_maps_given_as_lists_do_not_follow_the_default_device(build):
+    """graph.py keeps parent maps on the CPU 'whatever the default device' (_grid_parents, ca_rev98), and
+    design.md §4 lets parents be (nested) sequences of ints or NumPy arrays.  Run, inside
+    `with torch.device("meta")` (a model built for deferred initialisation; torch.set_default_device does
+    the same): Graph.from_edges([4, 2], [(0, 1, [0, 0, 1, 1])]), Hierarchy.from_parents([4, 2],
+    [np.array([0, 0, 1, 1])]), Graph.grid_regions([(4, 4), (2, 2)], [[0, 0, 1, 1]] * 4).  Expected: the
+    graphs built as on the CPU, parents(0) = [0, 0, 1, 1] (the ids are host data).  Observed: RuntimeError
+    'Tensor.item() cannot be called on meta tensors' from inside _as_parent_map (torch.as_tensor put the ids
+    on the default device); grid_regions says 'regions must be an integer tensor shaped like the finest grid,
+    got list', naming the wrong thing."""
+    with torch.device("meta"):
+        if build == "from_edges":
+            g = ca.Graph.from_edges([4, 2], [(0, 1, [0, 0, 1, 1])])
+        elif build == "from_parents":
+            g = ca.Hierarchy.from_parents([4, 2], [np.array([0, 0, 1, 1])])
+        else:
+            g = ca.Graph.grid_regions([(4, 4), (2, 2)], [[0, 0, 1, 1]] * 4)
+    assert g.parents(g.num_edges - 1).device.type == "cpu"
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev159: implied-edge check indexes CPU ids with a default-device arange")
+def test_ca_rev159_implied_edge_check_does_not_follow_the_default_device():
+    """Run: CPU parent tensors halves = [0, 0, 1, 1], swap = [1, 0]; 20 times, inside `with
+    torch.device("meta")`, Graph.from_edges([4, 2, 2], [(0, 1, halves), (1, 2, swap), (0, 2, halves)])
+    (edge 2 is not implied: the path composes to [1, 1, 0, 0]; on the CPU the graph is built, kind 'graph').
+    Expected: the graph built each time, kind 'graph'.  Observed: IndexError 'index 140703743024464 is out
+    of bounds for dimension 0 with size 2' in almost every try (49 or 50 of 50 per process), now and then
+    a graph: _check_not_implied's torch.arange(len(target)) is made on the default (meta) device, and
+    indexing the CPU parent map with it reads whatever memory lies there, so the implied-edge verdict
+    rests on garbage."""
+    halves, swap = torch.tensor([0, 0, 1, 1]), torch.tensor([1, 0])
+    kinds = []
+    for _ in range(20):
+        with torch.device("meta"):
+            try:
+                kinds.append(ca.Graph.from_edges([4, 2, 2], [(0, 1, halves), (1, 2, swap), (0, 2, halves)]).kind)
+            except IndexError as err:
+                kinds.append(f"IndexError: {err}")
+    assert kinds == ["graph"] * 20, kinds[:3]
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev159: a sparse or meta parent tensor fails deep in torch, unnamed")
+@pytest.mark.parametrize("form", ["sparse", "meta"])
+def test_ca_rev159_unreadable_parent_tensor_is_refused_naming_the_edge(form):
+    """design.md §4: a Graph is refused at construction 'with a message that names the map or edge' for a
+    parent map of the wrong length or dtype (scores and duals refuse a sparse layout or the meta device by
+    name: ca_rev79, ca_rev126).  Run: Graph.from_edges([3, 2], [(0, 1, t)]) with t = tensor([0, 1, 1])
+    .to_sparse() or tensor([0, 1, 1], device='meta').  Expected: the sparse map read (to_dense) or a
+    TypeError/ValueError naming 'edge 0'.  Observed: NotImplementedError "Could not run 'aten::min' with
+    arguments from the 'SparseCPU' backend" and NotImplementedError 'Cannot copy out of meta tensor; no
+    data!', raised from inside torch by _as_parent_map."""
+    par = torch.tensor([0, 1, 1])
+    par = par.to_sparse() if form == "sparse" else par.to("meta")
+    try:
+        g = ca.Graph.from_edges([3, 2], [(0, 1, par)])
+    except (TypeError, ValueError) as err:
+        assert "edge 0" in str(err)
+    else:
+        assert g.parents(0).tolist() == [0, 1, 1]
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev159: block_max's gradient at ties depends on how the edge was given")
+@pytest.mark.parametrize("given", ["grid", "parents"])
+def test_ca_rev159_block_max_gradient_at_ties_is_that_of_amax_on_equal_graphs(given):
+    """Graph([6, 2], [(0, 1)]) and Graph.from_edges([6, 2], [(0, 1, [0, 0, 0, 1, 1, 1])]) are one graph
+    (== and fingerprint agree) and block_max is 'differentiable'.  Run: x = [0, 0, 0, -inf, -inf, -inf]
+    (float64), block_max(x, 0).sum().backward().  Expected: torch.amax's gradient on both forms, 1/3 on
+    every cell (a tie shares the gradient evenly; each block's gradient sums to 1).  Observed: grid
+    [0.25, 0.25, 0.5, 0.25, 0.25, 0.5] (a chain of torch.maximum for factors <= 8, amax above: the answer
+    also depends on _CHAIN_LIMIT); parents [1/3, 1/3, 1/3, 0.25, 0.25, 0.25] (scatter_reduce's
+    include_self=True counts the -inf fill as one more tied maximum: the all -inf block passes 3/4)."""
+    g = ca.Graph([6, 2], [(0, 1)]) if given == "grid" else ca.Graph.from_edges([6, 2], [(0, 1, [0, 0, 0, 1, 1, 1])])
+    x = torch.tensor([[0.0, 0.0, 0.0, -float("inf"), -float("inf"), -float("inf")]], dtype=torch.float64,
+                     requires_grad=True)
+    g.block_max(x, 0).sum().backward()
+    y = x.detach().clone().requires_grad_()
+    y.reshape(1, 2, 3).amax(-1).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad)

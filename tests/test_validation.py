@@ -519,3 +519,38 @@ def test_ca_rev133_a_list_of_learned_temperatures_of_mixed_dtypes_is_read_at_onc
     monkeypatch.undo()
     assert len(reads) <= 1, reads
     assert [float(t.detach()) for t in got] == [float(t.detach()) for t in temps]
+
+
+# ---- ca_rev159 (strict xfail: review of d1ff286)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev159: mixed integer/half 0-d temperature tensors are read rounded")
+def test_ca_rev159_a_list_of_integer_and_half_temperature_tensors_is_read_exactly():
+    """check_temperatures: a sequence of 0-d real tensors (integer dtypes are accepted) is 'used as
+    float(value)'.  Run: check_temperatures([tensor(2049), tensor(0.5, dtype=float16)], 2) and
+    ([tensor(70000), tensor(0.5, dtype=float16)], 2).  Expected: [2049.0, 0.5] and [70000.0, 0.5]
+    (float() of each; both within temperature_range).  Observed: [2048.0, 0.5] (a silently other
+    temperature) and ValueError 'temperature of level 0 must be positive and finite, got inf':
+    tensor_values_read_at_once stacks them in torch.promote_types(int64, float16) = float16, which does not
+    hold every integer (int64 + bfloat16 reads 257 as 256; int64 + float32 reads 2**24 + 1 as 2**24)."""
+    got = V.check_temperatures([torch.tensor(2049), torch.tensor(0.5, dtype=torch.float16)], 2)
+    assert got == [2049.0, 0.5]
+    got = V.check_temperatures([torch.tensor(70000), torch.tensor(0.5, dtype=torch.float16)], 2)
+    assert got == [70000.0, 0.5]
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev159: a sparse given map fails inside torch, not named")
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_ca_rev159_sparse_given_map_is_refused_naming_it(check_finite):
+    """Scores and duals of a sparse layout are refused by name (check_scores, check_dense_floating:
+    ca_rev79).  Run: ca.solve([zeros(1, 4), None], Hierarchy.grid([4, 2]), 'dual', given={1: tensor([0.5,
+    0.5]).to_sparse()}, check_finite=...).  Expected: TypeError/ValueError naming given[1] (or the map read
+    as dense).  Observed: RuntimeError 'reshape is not implemented for sparse tensors' (check_given's value
+    check) and, with check_finite=False, RuntimeError 'expand is unsupported for Sparse tensors' from the
+    solver: check_given checks only is_floating_point, not the layout."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    try:
+        ca.solve([torch.zeros(1, 4), None], h, "dual", given={1: torch.tensor([0.5, 0.5]).to_sparse()},
+                 check_finite=check_finite)
+    except (TypeError, ValueError) as err:
+        assert "given[1]" in str(err)
