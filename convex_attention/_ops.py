@@ -141,11 +141,15 @@ def temperature_floats(temps) -> list[float]:
 
 def tensor_values_read_at_once(values) -> list:
     """``values`` (numbers and 0-d tensors) with each tensor read as a float, in one host read
-    where the tensors share a device, in their promoted dtype, which holds each one's value
-    exactly (MPS has no float64): one synchronisation on CUDA, not one per map (ca_rev131,
-    ca_rev133).  The numbers are left as given (for checks of their own)."""
+    where the tensors share a device and are all floating or all integer, in their promoted
+    dtype, which holds each one's value exactly (MPS has no float64): one synchronisation on
+    CUDA, not one per map (ca_rev131, ca_rev133).  The numbers are left as given (for checks of
+    their own)."""
     tensors = [t.detach().reshape(()) for t in values if isinstance(t, Tensor)]
-    if len({t.device for t in tensors}) == 1:
+    # integers beside floats promote to the float dtype, which need not hold them (int64 with float16
+    # read 2049 as 2048, 70000 as inf: ca_rev159): those are read one by one
+    mixed = len({t.dtype.is_floating_point for t in tensors}) > 1
+    if len({t.device for t in tensors}) == 1 and not mixed:
         common = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
         read = iter(torch.stack([t.to(common) for t in tensors]).tolist())
         return [float(next(read)) if isinstance(t, Tensor) else t for t in values]

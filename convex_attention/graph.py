@@ -122,7 +122,12 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
     expected = (f"{label} must be a 1-D integer tensor (or sequence of ints) of shape ({n_fine},), "
                 f"one {coarse} cell id in [0, {n_coarse}) per {fine} cell")
     if isinstance(par, Tensor):
+        if par.is_meta:  # (torch's own error, from deep inside: "Cannot copy out of meta tensor": ca_rev159)
+            raise TypeError(f"{label} is on the meta device, which holds no values: give the ids as host data "
+                            f"(a tensor on the CPU or another device, a NumPy array, a list)")
         par = par.detach().cpu()
+        if par.layout != torch.strided:  # a sparse tensor of ids is read as its dense values (ca_rev159)
+            par = par.to_dense()
         if par.dtype == torch.uint64 and par.numel() and int(par.numpy().max()) > torch.iinfo(torch.long).max:
             # (cast to int64 it read "got parent index -9223372036854775807", as numpy's did: review 47;
             # torch has no max of uint64, numpy has)
@@ -143,7 +148,7 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
             # warning that it is not writable (the graph copies it anyway)
             par = np.array(par)
         try:
-            par = torch.as_tensor(par)
+            par = torch.as_tensor(par, device="cpu")  # host data whatever the default device (ca_rev159)
         except (OverflowError, RuntimeError, TypeError, ValueError) as err:
             # torch cannot read a sequence of numpy uint64 ids (or of torch.uint64 0-d tensors), which
             # numpy reads as the uint64 array that is taken (review 50)
@@ -385,7 +390,7 @@ class Graph:
             target = flat_parents(e)
             # depth-first over (map, composed partition of a's cells onto it, path), without edge e
             seen: set[tuple[int, bytes]] = set()
-            todo: list[tuple[int, Tensor, list[int]]] = [(a, torch.arange(len(target)), [a])]
+            todo: list[tuple[int, Tensor, list[int]]] = [(a, torch.arange(len(target), device="cpu"), [a])]
             while todo:
                 node, along, path = todo.pop()
                 for f, y in out[node]:
@@ -569,7 +574,7 @@ class Graph:
         if num_regions is None:
             try:
                 counted = np.array(regions) if isinstance(regions, np.ndarray) else regions
-                ids = torch.as_tensor(counted)
+                ids = torch.as_tensor(counted, device="cpu")  # host data whatever the default device (ca_rev159)
                 # torch has no max for uint16/32/64 (they were refused); their ids are checked in range later
                 if ids.dtype in (torch.uint16, torch.uint32, torch.uint64):
                     num_regions = int(ids.cpu().numpy().max()) + 1 if ids.numel() else 0
@@ -980,11 +985,14 @@ class Graph:
         a = self.edges[e][0]
         lead = tuple(x.shape[: x.dim() - len(self.shapes[a])])
         cur = list(self.shapes[a])
+        # a maximum to differentiate is amax's, which shares a tie's gradient evenly: a chain of
+        # torch.maximum split it by halves (1/4, 1/4, 1/2), unlike the same graph given by parents (ca_rev159)
+        strided = reduction != "sum" and x.requires_grad and torch.is_grad_enabled()
         for d, f in enumerate(factors):
             if f == 1:
                 continue
             v = x.reshape(lead + tuple(cur[:d]) + (cur[d] // f, f, math.prod(cur[d + 1:])))
-            if f > _CHAIN_LIMIT:
+            if f > _CHAIN_LIMIT or strided:
                 y = v.sum(-2) if reduction == "sum" else v.amax(-2)
             else:
                 y = v.select(-2, 0)
@@ -1005,8 +1013,12 @@ class Graph:
         if reduction == "sum":
             out = flat.new_zeros(flat.shape[0], n_out).index_add(1, par, flat)
         else:
-            out = flat.new_full((flat.shape[0], n_out), -math.inf).scatter_reduce(
-                1, par.expand_as(flat), flat, reduce="amax", include_self=True)
+            # to differentiate, the start values are left out (every coarse cell has a child): NaN, which
+            # equals no maximum, so that the backward counts none as one more tie (a start of -inf took a
+            # quarter of a wholly -inf 3-cell block's gradient: ca_rev159); 1.7x slower, so only then
+            grad = x.requires_grad and torch.is_grad_enabled()
+            out = flat.new_full((flat.shape[0], n_out), math.nan if grad else -math.inf).scatter_reduce(
+                1, par.expand_as(flat), flat, reduce="amax", include_self=not grad)
         return out.reshape(tuple(lead) + self.shapes[b])
 
     @staticmethod

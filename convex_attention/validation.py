@@ -169,6 +169,7 @@ def check_given(given, h: Graph, batch: int, dtype: torch.dtype, device, check_f
         if not isinstance(q, Tensor) or not q.dtype.is_floating_point:
             raise TypeError(f"given[{k}] must be a floating tensor of probabilities, got "
                             f"{type(q).__name__ if not isinstance(q, Tensor) else q.dtype}")
+        check_dense_floating(q, f"given[{k}]")  # a sparse one failed inside torch (ca_rev159)
         q = per_sample(q, h.shapes[k], batch, f"given[{k}]", f"{unit} {k}")
         if q.dtype != dtype:
             raise TypeError(f"given[{k}] has dtype {q.dtype}, the scores {dtype}; use one dtype")

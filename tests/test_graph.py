@@ -791,7 +791,6 @@ def test_ca_rev140_block_logsumexp_of_a_block_holding_inf_is_inf(given):
 # ---- ca_rev159 (strict xfail: review of d1ff286)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev159: list/NumPy parent maps follow the default device (meta: raw error)")
 @pytest.mark.parametrize("build", ["from_edges", "from_parents", "grid_regions"])
 def test_ca_rev159_parent_maps_given_as_lists_do_not_follow_the_default_device(build):
     """graph.py keeps parent maps on the CPU 'whatever the default device' (_grid_parents, ca_rev98), and
@@ -813,7 +812,6 @@ def test_ca_rev159_parent_maps_given_as_lists_do_not_follow_the_default_device(b
     assert g.parents(g.num_edges - 1).device.type == "cpu"
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev159: implied-edge check indexes CPU ids with a default-device arange")
 def test_ca_rev159_implied_edge_check_does_not_follow_the_default_device():
     """Run: CPU parent tensors halves = [0, 0, 1, 1], swap = [1, 0]; 20 times, inside `with
     torch.device("meta")`, Graph.from_edges([4, 2, 2], [(0, 1, halves), (1, 2, swap), (0, 2, halves)])
@@ -834,7 +832,6 @@ def test_ca_rev159_implied_edge_check_does_not_follow_the_default_device():
     assert kinds == ["graph"] * 20, kinds[:3]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev159: a sparse or meta parent tensor fails deep in torch, unnamed")
 @pytest.mark.parametrize("form", ["sparse", "meta"])
 def test_ca_rev159_unreadable_parent_tensor_is_refused_naming_the_edge(form):
     """design.md §4: a Graph is refused at construction 'with a message that names the map or edge' for a
@@ -854,7 +851,6 @@ def test_ca_rev159_unreadable_parent_tensor_is_refused_naming_the_edge(form):
         assert g.parents(0).tolist() == [0, 1, 1]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev159: block_max's gradient at ties depends on how the edge was given")
 @pytest.mark.parametrize("given", ["grid", "parents"])
 def test_ca_rev159_block_max_gradient_at_ties_is_that_of_amax_on_equal_graphs(given):
     """Graph([6, 2], [(0, 1)]) and Graph.from_edges([6, 2], [(0, 1, [0, 0, 0, 1, 1, 1])]) are one graph

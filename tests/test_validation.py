@@ -524,7 +524,6 @@ def test_ca_rev133_a_list_of_learned_temperatures_of_mixed_dtypes_is_read_at_onc
 # ---- ca_rev159 (strict xfail: review of d1ff286)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev159: mixed integer/half 0-d temperature tensors are read rounded")
 def test_ca_rev159_a_list_of_integer_and_half_temperature_tensors_is_read_exactly():
     """check_temperatures: a sequence of 0-d real tensors (integer dtypes are accepted) is 'used as
     float(value)'.  Run: check_temperatures([tensor(2049), tensor(0.5, dtype=float16)], 2) and
@@ -539,7 +538,6 @@ def test_ca_rev159_a_list_of_integer_and_half_temperature_tensors_is_read_exactl
     assert got == [70000.0, 0.5]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev159: a sparse given map fails inside torch, not named")
 @pytest.mark.parametrize("check_finite", [True, False])
 def test_ca_rev159_sparse_given_map_is_refused_naming_it(check_finite):
     """Scores and duals of a sparse layout are refused by name (check_scores, check_dense_floating:
