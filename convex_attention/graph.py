@@ -884,7 +884,7 @@ class Graph:
         """``log Σ_{fine cells} exp(x)`` per coarse cell, stabilised by the block maxima; differentiable.
         A block whose every cell is ``-inf`` gives ``-inf`` (log 0), as ``torch.logsumexp`` does, and
         passes no gradient (log 0's derivative times the zero a caller gives it was NaN: ca_rev126)."""
-        m = _finite_or_zero(self.block_max(x, e).detach())
+        m = _finite_or_zero(self.block_max(x.detach(), e))
         sums = self.aggregate(torch.exp(self._combine(x, m, e, torch.sub)), e)
         empty = sums == 0
         return (m + torch.where(empty, torch.ones_like(sums), sums).log()).masked_fill(empty, -math.inf)

@@ -150,7 +150,7 @@ class LearnedDuals(_GraphBoundState):
 def _block_lse(h: Graph, x: Tensor, k: int, t) -> Tensor:
     """``t · blocklogsumexp_k(x / t)``, ``(B, *shapes[fine]) -> (B, *shapes[coarse])`` for edge
     ``k``; the block maxima are subtracted before dividing (finite at every accepted temperature)."""
-    raw = h.block_max(x, k).detach()
+    raw = h.block_max(x.detach(), k)  # (no gradient: the fast kernel)
     m = raw.clamp_min(torch.finfo(raw.dtype).min)  # a wholly masked block: -inf - (-inf) was NaN (ca_rev126)
     d = h._combine(x, m, k, torch.sub)
     # (a tensor t's gradient never forms d / t², which overflows at tiny temperatures: 0·inf was NaN;
