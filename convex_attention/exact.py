@@ -127,28 +127,26 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
     E = g.num_edges
     cond: list = [None] * E
     blocksum: list = [None] * E
-    message: list = [None] * E
     m: list = [None] * g.num_maps
+    peaks: list = [None] * E  # per edge, its block maxima and T log Σ: the message before its centring
+    dead, leaf_max = _dead_from_above(g, scores)
     for k in g.order:
         mk = scores[k]
         if g.in_edges[k]:
-            # a coarse map meets its messages less its own offset (a constant per map): rounded in
-            # with them, it moved float32 maps by 7e-3 at 1024 + 2^-12·δ and τ = 1e-3 (a review)
-            mk = _less_leading_score(mk, [message[c] for c in g.in_edges[k]])
-        for c in g.in_edges[k]:
-            mk = mk + message[c]
+            mk = _met_messages(mk, [peaks[e] for e in g.in_edges[k]], dead[k])[0]
         m[k] = mk
         e = g.coarsening(k)
         if e is None:
             continue
-        mmax = _finite_block_max(g, mk, e)
+        raw = leaf_max.pop(e) if e in leaf_max else g.block_max(mk, e)
+        mmax = raw.clamp_min(torch.finfo(raw.dtype).min)  # (not in place: over one-cell blocks raw may be mk)
         # (m − blockmax) ≤ 0 before the division: no overflow at any accepted T_k
         ex = g._combine(mk, mmax, e, torch.sub)
         if T[k] != 1.0:
             ex.div_(T[k])
         ex.exp_()
         s = g.aggregate(ex, e)
-        message[e] = _centred_message(mmax, T[k] * s.log(), scores[g.edges[e][1]])
+        peaks[e] = (mmax, T[k] * s.log())
         # a block's sum is >= 1 (its maximum contributes exp(0) = 1) unless every cell of it is
         # masked (-inf): then 0, and its coarse cell has probability 0, which the floor keeps
         # from turning into 0/0 in p_c = cond · p_b / blocksum and in the backward
@@ -165,48 +163,85 @@ def exact_forward(scores: Sequence[Tensor], g: Graph, temps: Sequence[float]):
     return probs, cond, blocksum
 
 
-def _less_leading_score(m: Tensor, messages: Sequence[Tensor]) -> Tensor:
-    """A coarse map's scores ``m`` less, per sample, their value at the cell where ``m`` plus its
-    incoming ``messages`` is largest (detached: a constant per map, which moves no solution).
-    Near that cell the subtraction is exact.  The map's own maximum was taken before: where it
-    lay on a cell whose block is masked (message −∞, probability 0), ``θ_j − max`` rounded every
-    other cell's score to the spacing of that maximum (float32 scores of 1e7 there: 0.378 for
-    0.549, the order of two cells reversed; ca_rev126)."""
-    total = m.detach()
-    for message in messages:
-        total = total + message.detach()
-    batch = m.shape[0]
-    leading = m.detach().reshape(batch, -1).gather(1, total.reshape(batch, -1).argmax(1, keepdim=True))
-    # (a map whose every cell is dead or masked is infeasible; its offset is left at 0)
-    leading = torch.where(torch.isfinite(leading), leading, torch.zeros_like(leading))
-    return m - leading.view((batch,) + (1,) * (m.dim() - 1))
+def _dead_from_above(g: Graph, scores: Sequence[Tensor]) -> tuple[list, dict]:
+    """``(dead, leaf_max)``: per map that has finer maps and a coarsening, its cells that hold no
+    mass because of the maps above it (boolean, shaped like ``scores[k]``; ``None`` elsewhere): a
+    cell under a masked (−∞) coarse cell, or under one that a sibling's wholly masked block rules
+    out, to the root.  A map's own masks and its finer maps' (a −∞ message) are seen by
+    :func:`_met_messages` itself; these it cannot see before the pass reaches the maps above (a
+    huge score under a cell masked two levels up rounded every other cell: ca_rev148).
+
+    Coarse maps alone are read: on a tree of two levels (a chain of two maps, a star) nothing is
+    computed; where no map above another has two finer maps, the masks of the maps above are
+    all there is to see.  Only where it has (siblings) are the siblings' sub-trees read, from the
+    coarse maps and the leaves' block maxima, which the pass then uses in turn (``leaf_max``:
+    ``{e: block maxima of the leaf's scores}`` per edge out of a leaf; else empty, and the pass
+    takes each leaf's maxima just before it reads the leaf again, while it is in cache)."""
+    dead: list = [None] * g.num_maps
+    middle = [k for k in range(g.num_maps) if g.in_edges[k] and g.coarsening(k) is not None]
+    if not middle:
+        return dead, {}
+    above = {g.edges[g.coarsening(k)][1] for k in middle}  # type: ignore[index]
+    siblings = any(len(g.in_edges[b]) > 1 for b in above)
+    leaf_max: dict = {}
+    down: list = [None] * g.num_maps  # finest first: a masked cell, and (siblings) one dead from below
+    if siblings:
+        leaf_max = {e: g.block_max(scores[c], e) for c in range(g.num_maps) if not g.in_edges[c]
+                    for e in g.out_edges[c]}
+    for k in g.order:
+        if not g.in_edges[k] or not (siblings or k in above):  # (a map's own masks are its own to see)
+            continue
+        d = torch.isneginf(scores[k].detach())
+        for below in g.in_edges[k] if siblings else ():
+            c = g.edges[below][0]
+            d = d | (torch.isneginf(leaf_max[below].detach()) if down[c] is None
+                     else g.block_max((~down[c]).to(scores[c].dtype), below) == 0)
+        down[k] = d
+    for k in reversed(g.order):  # coarsest first: a cell under a dead one
+        up = g.coarsening(k)
+        if up is None or k not in middle:
+            continue
+        b = g.edges[up][1]
+        src = down[b] if dead[b] is None else down[b] | dead[b]
+        dead[k] = g.broadcast(src, up)
+    return dead, leaf_max
 
 
-def _finite_block_max(g: Graph, m: Tensor, e: int) -> Tensor:
-    """The block maxima of ``m`` over edge ``e``, with a block whose every cell is masked (−∞)
-    given the dtype's lowest finite number instead: ``m − blockmax`` is then −∞ there (its
-    cells get probability 0), not −∞ − (−∞) = NaN."""
-    # not in place: over one-cell blocks the maxima may be a view of m itself
-    return g.block_max(m, e).clamp_min(torch.finfo(m.dtype).min)
+def _met_messages(score: Tensor, parts: Sequence[tuple], dead: Tensor | None) -> tuple[Tensor, list]:
+    """``m_b = θ_b + Σ_c A_c`` for a coarse map, from ``parts``: per incoming edge its block maxima
+    and ``T_c log Σ``, with one constant per map and per message taken out (which moves no
+    solution and is absent from the centred duals): at the live cell where ``θ_b`` plus every
+    message is largest (not ``dead``: :func:`_dead_from_above`), ``θ_b`` and each message's block
+    maximum are subtracted exactly, before the message meets the scores.
 
-
-def _centred_message(mmax: Tensor, log_sum: Tensor, coarse: Tensor) -> Tensor:
-    """The message ``A_c = blockmax + T_c log Σ`` of an edge, less, per sample, its block maximum
-    at the coarse cell where the coarse map's scores ``coarse`` plus the message are largest (a
-    constant per coarse map, which moves no solution and is absent from the centred duals).
-    The fine map's offset is removed by an exact subtraction before the message meets the
-    coarse scores: added in first, its rounding (ε·|offset|) was divided by the small sub-tree
+    Why: added in first, an offset's rounding (ε·|offset|) was divided by the small sub-tree
     temperatures and moved the maps (float32 scores 1024 + 2⁻¹²·δ at τ = 1e-3: 5e-3 off; a
-    review).  The largest block maximum was taken before: under a masked coarse cell (score
-    −∞, probability 0) it rounded every other block's to its spacing (float32 1e7 there: 0.378
-    for 0.549, two cells' order reversed; ca_rev147, the fine side of ca_rev126)."""
-    batch = mmax.shape[0]
-    peaks = mmax.detach().reshape(batch, -1)
-    total = (coarse.detach().reshape(batch, -1) + peaks + log_sum.detach().reshape(batch, -1))
+    review); taken at a cell that holds no mass (a masked coarse cell, a wholly masked block, a
+    sibling's wholly masked block, a mask further up) it rounded every other cell to the spacing
+    of a huge score there (float32 1e7: 0.378 for 0.549, two cells' order reversed; ca_rev126,
+    ca_rev147, ca_rev148).  Returns ``(m_b, messages)``: ``m_b`` shaped like ``score``, and the
+    centred messages, one per part."""
+    batch = score.shape[0]
+    total = score.detach().reshape(batch, -1)
+    for mmax, log_sum in parts:
+        total = total + mmax.detach().reshape(batch, -1) + log_sum.detach().reshape(batch, -1)
+    if dead is not None:
+        total = total.masked_fill(dead.reshape(batch, -1), -math.inf)
     at = total.argmax(1, keepdim=True)
-    # (a coarse map every cell of which is masked: infeasible; its largest block maximum, as before)
-    lead = torch.where(torch.isfinite(total.gather(1, at)), peaks.gather(1, at), peaks.amax(1, keepdim=True))
-    return (mmax - lead.view((batch,) + (1,) * (mmax.dim() - 1))).add_(log_sum)
+    # (a coarse map every cell of which holds no mass is infeasible: its offsets are its largest
+    # block maxima, and none for its scores, as before)
+    feasible = torch.isfinite(total.gather(1, at))
+    leading = score.detach().reshape(batch, -1).gather(1, at)
+    leading = torch.where(feasible & torch.isfinite(leading), leading, torch.zeros_like(leading))
+    shape = (batch,) + (1,) * (score.dim() - 1)
+    m = score - leading.view(shape)
+    messages = []
+    for mmax, log_sum in parts:
+        flat = mmax.detach().reshape(batch, -1)
+        lead = torch.where(feasible, flat.gather(1, at), flat.amax(1, keepdim=True))
+        messages.append((mmax - lead.view(shape)).add_(log_sum))
+        m = m + messages[-1]
+    return m, messages
 
 
 def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
@@ -557,15 +592,17 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
     T = subtree_temperatures(g, temps)
     r: list = [None] * g.num_maps
     A: list = [None] * g.num_edges
+    dead, leaf_max = _dead_from_above(g, [s.detach() for s in scores])
+    parts: list = [None] * g.num_edges
     for k in g.order:
         m = scores[k]
-        if g.in_edges[k]:  # as exact_forward: the coarse map's own offset leaves first
-            m = _less_leading_score(m, [A[c] for c in g.in_edges[k]])
-        for c in g.in_edges[k]:
-            m = m + A[c]
+        if g.in_edges[k]:  # as exact_forward
+            m, messages = _met_messages(m, [parts[c] for c in g.in_edges[k]], dead[k])
+            for c, message in zip(g.in_edges[k], messages):
+                A[c] = message
         e = g.coarsening(k)
         if e is not None:
-            raw = g.block_max(m.detach(), e)
+            raw = leaf_max.pop(e) if e in leaf_max else g.block_max(m.detach(), e)
             masked = torch.isneginf(raw)  # blocks whose every cell is masked
             mmax = raw.clamp_min(torch.finfo(raw.dtype).min)
             d = g._combine(m, mmax, e, torch.sub)
@@ -574,7 +611,7 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
             # the message is -inf there (its coarse cell gets probability 0), with no gradient
             log_sum = T[k] * g.aggregate(torch.exp(divide_by_temperature(d, T[k])), e).clamp_min(1.0).log()
             r[k] = g._combine(d, log_sum, e, torch.sub)  # m − A_c, as (m − blockmax) − T log Σ
-            A[e] = _centred_message(mmax, log_sum, scores[g.edges[e][1]]).masked_fill(masked, -math.inf)
+            parts[e] = (mmax, log_sum.masked_fill(masked, -math.inf))
         else:
             flat = m.flatten(1)
             d = flat - flat.detach().amax(1, keepdim=True)

@@ -21,7 +21,8 @@ method names.  A record holds the method's function and its facts:
                           accepted
 ``implied_masks``         with ``check_finite=False``, ``solve`` first masks the cells that
                           pooling rules out (:func:`~convex_attention.dual.with_implied_masks`):
-                          the method's own arithmetic would see their scores
+                          the method's own arithmetic would give them mass (``"exact"``
+                          finds them itself, at no pass over the fine maps)
 ``func_transforms``       ``torch.func.grad``, ``jacrev`` and ``jvp`` differentiate it (plain torch
                           operations); the others refuse every torch.func transform with an
                           error that says so, and ``vmap`` is refused for every method
@@ -178,7 +179,7 @@ for _record in (
     Method("softmax", _softmax, "every map on its own (no consistency; the usual attention)",
            has_duals=False, tensor_temperature=True, structures="graph", func_transforms=True),
     Method("exact", _exact, "the closed form on a forest of maps; analytic backward",
-           exact=True, consistent=True, tensor_temperature=True, structures="forest", implied_masks=True),
+           exact=True, consistent=True, tensor_temperature=True, structures="forest"),
     Method("cvxpylayers", _cvxpylayers, "the CVXPY problem in a cvxpylayers layer (the slow reference)",
            options=None, exact=True, consistent=True, cpu_only=True, check_options=_check_cvxpylayers_options,
            structures="graph"),

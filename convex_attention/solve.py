@@ -327,9 +327,8 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     sources: list = []
     if not check_finite and record.implied_masks:
         sources = [s for s in scores if s is not None]
-        # p(λ) gives a cell that pooling rules out 0 (ca_rev126); exact's offsets are never taken at one (a
-        # huge score there rounded every other cell: ca_rev148); the Solution holds the masked scores too
-        # (its dual objective was the unmasked problem's, ca_rev128)
+        # p(λ) gives a cell that pooling rules out 0 (ca_rev126); the Solution holds the masked scores
+        # too (its dual objective was the unmasked problem's, ca_rev128)
         scores = with_implied_masks(scores, h)
     probs, lam, info = record.function(scores, h, temps, duals, dict(options))
     return Solution(probs, scores, h, temps, record.name, lam, info, given_list, sources=sources)

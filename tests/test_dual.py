@@ -2460,7 +2460,7 @@ def test_rev93_score_gradients_are_not_refused_for_a_temperature_gradient_nobody
 def test_rev93_a_zero_temperature_gradient_is_not_refused_in_float64():
     """Fine map of 4 cells over 2 coarse cells, θ_0 = (1, 1, −1, −1), θ_1 = (−1, 1), τ = (1, 1), float64
     work, tol 1e-12: the duals (±1) exactly cancel the scores, every map is uniform, and ∂L/∂τ = (0, 0)
-    for any loss (exact returns exactly [0, 0]).  _check_temperature_gradient holds each map to
+    for any loss (exact returns [0, 0] to float64 rounding).  _check_temperature_gradient holds each map to
     max(|τ̄_k|, √tol·max|τ̄|) = 0, so the duals' float64 rounding 'moves it by about inf of itself' and the
     backward raises ImplicitSolveError, advising to solve in float64, which it already does."""
     h = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
@@ -2474,7 +2474,7 @@ def test_rev93_a_zero_temperature_gradient_is_not_refused_in_float64():
         sol = ca.solve(scores, h, method, temperature=tau, **options)
         return torch.autograd.grad(sum((p * w).sum() for p, w in zip(sol.probs, weights)), tau)[0]
 
-    assert tau_grad("exact").tolist() == [0.0, 0.0]
+    assert float(tau_grad("exact").abs().max()) <= 1e-15  # 0 to float64 rounding (offsets taken at a tie)
     got = tau_grad("dual", tol=1e-12)  # raises ImplicitSolveError today
     assert float(got.abs().max()) <= 1e-12, got
 

@@ -16,7 +16,7 @@ def test_built_in_records_state_what_each_method_can_do():
              for name, m in REGISTRY.items() if name in ca.METHODS}
     assert facts == {
         "softmax": (False, False, False, False, True, False, False),
-        "exact": (False, True, True, True, True, False, True),
+        "exact": (False, True, True, True, True, False, False),
         "cvxpylayers": (False, True, True, True, False, True, False),
         "dual": (False, True, True, True, True, False, False),
         "learned_dual": (True, True, False, False, True, False, True),
