@@ -2074,3 +2074,49 @@ def test_only_the_measured_maps_are_held_to_the_gradient_tolerance():
         step[:, j] = 1e-6
         want[:, j] = ((solution(scores + step) - solution(scores - step)) * weights).sum(1) / 2e-6
     assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max()), (got - want).abs().max()
+
+
+# ---- ca_rev161 (strict xfail: review of 72bd71c)
+@pytest.mark.xfail(strict=True, raises=ImplicitSolveError,
+                   reason="ca_rev161: a loss on Solution.objective is refused in float64 on any non-tree graph")
+def test_ca_rev161_a_loss_on_the_objective_is_differentiated_in_float64():
+    """Run: ``ca.Graph.axial((2, 3))``, one sample, N(0, 1) scores (seed 0), τ = 1, method 'dual' in float64 at
+    its default tol; ``torch.autograd.grad(sol.objective.sum(), scores)``.
+    Expected: the optimal value's gradient, ``p_k*`` for every map (the envelope theorem: the path through the
+    probabilities contributes exactly 0; float32 work returns p within 1.5e-8, float64 finite differences agree).
+    Observed: ImplicitSolveError 'could not resolve the gradient of sample(s) [0] to 1e-06 of itself in
+    torch.float64: a map far hotter than its neighbours ... bring the temperatures closer' on an ordinary instance
+    (every map's implicit gradient is 0, so the per-map rule holds rounding to itself); the same on every non-tree
+    family of tests/helpers (axial, grid-regions, mixed, mixed-two-resolutions, disconnected) and on a diamond,
+    while objective + 1e-6·(a linear loss) is accepted."""
+    h = ca.Graph.axial((2, 3))
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn((1,) + s, generator=g, dtype=torch.float64).requires_grad_(True) for s in h.shapes]
+    sol = ca.solve(scores, h, "dual", temperature=1.0)
+    got = torch.autograd.grad(sol.objective.sum(), scores)
+    for a, p in zip(got, sol.probs):
+        assert float((a - p.detach()).abs().max()) <= 1e-8
+
+
+@pytest.mark.xfail(strict=True, raises=ImplicitSolveError,
+                   reason="ca_rev161: a loss on Solution.dual_objective is refused on a diamond (redundant edges)")
+def test_ca_rev161_a_loss_on_the_dual_objective_is_differentiated_on_a_diamond():
+    """Run: the diamond 4×4 → 2×4 → 2×2 and 4×4 → 4×2 → 2×2 (two paths pool map 0 onto map 3 alike: redundant
+    constraints), one sample, N(0, 1) scores (generator seed 0, after an axial 2×3 draw), τ = 1, float64;
+    ``torch.autograd.grad(sol.dual_objective.sum(), scores)``.
+    Expected: ``p_k*`` per map: g(λ*) is the optimal value, unique though λ* is not, and ∂g/∂λ = 0 at λ* (on the
+    axial graph, without redundancy, the same loss matches float64 central differences to 1.6e-9 relative).
+    Observed: ImplicitSolveError 'could not solve the dual's Hessian system ... relative residual 6.4e-08 at best
+    ... after 1007 iterations ... raise the temperatures ... a loss on the duals needs them unique' (0.4 s): the
+    loss reaches the duals only through ∂g/∂λ, the returned duals' constraint residual, which is rounding outside
+    the Hessian's range; the caller used no dual, and the advice (raise the temperatures; differentiate the
+    probabilities only) does not apply to a field of the Solution."""
+    h = ca.Graph([(4, 4), (2, 4), (4, 2), (2, 2)], [(0, 1), (0, 2), (1, 3), (2, 3)])
+    g = torch.Generator().manual_seed(0)
+    for s in ca.Graph.axial((2, 3)).shapes:
+        torch.randn((1,) + s, generator=g, dtype=torch.float64)
+    scores = [torch.randn((1,) + s, generator=g, dtype=torch.float64).requires_grad_(True) for s in h.shapes]
+    sol = ca.solve(scores, h, "dual", temperature=1.0)
+    got = torch.autograd.grad(sol.dual_objective.sum(), scores)
+    for a, p in zip(got, sol.probs):
+        assert float((a - p.detach()).abs().max()) <= 1e-8

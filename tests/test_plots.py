@@ -3112,3 +3112,85 @@ def test_a_structures_panel_title_counts_a_run_of_one_map_shape():
     assert _runs_counted("64x64+64x64+64x64+64x64+16x16") == "4×64x64+16x16"
     assert _runs_counted("16x16+16x1+1x16") == "16x16+16x1+1x16"
     assert _runs_counted("8x8+4x4+8x8") == "8x8+4x4+8x8"  # only consecutive maps of one shape
+
+
+# ---- ca_rev162 (strict xfail: review of 72bd71c)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev162: chain convergence draws cells of two temperatures alike, unnamed")
+def test_ca_rev162_chain_convergence_tells_cells_of_another_temperature_apart(figs):
+    """Run: plot_convergence on two cells' histories alike in dims, size and levels, at
+    temperatures 0.5 and 2.0 (a sweep over --temperatures), one converging 10x per sweep, the
+    other 100x.
+    Expected: the two lines are told apart (style or legend) and the figure names the
+    temperature of each, as dual_convergence_per_structure does where its cells differ in it.
+    Observed: both lines have one colour and one dash, the legend reads only '8^2' and '2
+    levels', and no text of the figure or footer names a temperature: two different
+    convergence rates are shown as one unnamed setting."""
+    rows = [{"cell": c, "dims": 2, "size": 8, "levels": 2, "temperature": t, "iteration": i,
+             "violation_mean": 10.0 ** -(i * k), "violation_max": 10.0 ** -(i * k), "dual_gap_mean": 1e-3,
+             "dual_gap_max": 1e-3} for c, t, k in ((0, 0.5, 1), (1, 2.0, 2)) for i in range(4)]
+    plots.plot_convergence([{k: str(v) for k, v in r.items()} for r in rows], "c.png", log=pytest.fail)
+    fig = figs["c"]
+    a, b = fig.axes[0].lines[:2]
+    assert list(b.get_ydata()) == [1.0, 1e-2, 1e-4, 1e-6]  # the two cells' own values are drawn
+    told_apart = (a.get_color(), a.get_linestyle(), a.get_marker()) != (b.get_color(), b.get_linestyle(),
+                                                                         b.get_marker())
+    text = all_texts(fig) + figs["c:footer"]
+    assert told_apart and "0.5" in text and "2.0" in text
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev162: pareto_per_structure names neither the drawn cell's device nor B")
+def test_ca_rev162_pareto_per_structure_names_the_device_and_batch_of_each_panel(figs):
+    """Run: plot_pareto_per_structure on structure_rows() where the axial cells were measured on
+    the CPU and again on cuda (50x faster), batch 4.
+    Expected: each panel at one sweep cell says which device (in a sweep over several, as the
+    chain's trade-off figure does) and which batch its per-sample times are of (the trade-off
+    figure's titles give B=...).
+    Observed: the axial panel draws the CPU cell (the first of equal size) and no title, legend
+    or footer line says 'cpu', 'cuda' or the batch: a reader cannot tell which device's times
+    are drawn, and the cuda cell is left out unsaid."""
+    rows = structure_rows()
+    times = ("per_sample_ms", "total_ms", "total_ms_q1", "total_ms_q3", "fwd_ms", "fwd_ms_q1", "fwd_ms_q3",
+             "bwd_ms", "bwd_ms_q1", "bwd_ms_q3")
+    rows += [{**r, "device": "cuda", "cell": r["cell"] + 100,
+              **{c: r[c] / 50 for c in times if isinstance(r.get(c), float)}}
+             for r in rows if r.get("structure") == "axial"]
+    plots.plot_pareto_per_structure(rows, "p.png", log=lambda m: None)
+    axial = next(ax for ax in figs["p"].axes if ax.get_title().startswith("axial"))
+    text = axial.get_title() + "\n" + figs["p:footer"]
+    assert re.search(r"\bcpu\b", text) and re.search(r"B ?= ?4\b", text), text
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev162: time_vs_size never states the batch of its per-sample times")
+def test_ca_rev162_time_vs_size_states_the_batch_its_per_sample_times_were_timed_on(figs):
+    """Run: plot_time_vs_size on sweep_rows() (every cell at batch 4; cvxpylayers timed on 2).
+    Expected: per-sample times depend on the batch (their per-call overhead is shared by it),
+    so the figure states it, as the speed-up figure ('exact timed on B = 4 samples') and the
+    trade-off figure ('B=4') do, and as this figure does once the sweep has two batches.
+    Observed: with one batch no title, legend or footer names it: the footer says only that
+    cvxpylayers was timed on fewer samples than the batch, never what the batch is."""
+    plots.plot_time_vs_size(sweep_rows(), "t.png", log=pytest.fail)
+    text = all_texts(figs["t"]) + "\n" + figs["t:footer"]
+    assert re.search(r"B ?= ?4\b|batch(?: of)? 4\b", text), text
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev162: a bench.csv of damaged rows only is said to hold 'no rows'")
+def test_ca_rev162_a_bench_csv_of_damaged_rows_only_is_not_said_to_hold_no_rows(tmp_path, figs):
+    """Run: plot_results on a folder whose bench.csv holds two rows, both failing their
+    checksum (a value edited by hand).
+    Expected: the log names the two damaged rows and, if it adds why nothing is drawn, says
+    every row was damaged.
+    Observed: after 'left out 2 damaged row(s)' it says 'bench.csv: a header and no rows;
+    nothing to plot from it': the file has two rows, and the reason given for the figures
+    not drawn is false."""
+    folder = str(tmp_path / "r")
+    path = write_bench(folder, cell_rows()[:2])
+    with open(path) as f:
+        text = f.read()
+    with open(path, "w") as f:
+        f.write(text.replace(",softmax,", ",softmaz,").replace(",exact,", ",exakt,"))
+    logs: list = []
+    assert plots.plot_results(folder, str(tmp_path / "f"), log=logs.append) == []
+    assert any("2 damaged row(s)" in m for m in logs), logs
+    assert not any("a header and no rows" in m for m in logs), logs
