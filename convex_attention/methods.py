@@ -23,6 +23,10 @@ method names.  A record holds the method's function and its facts:
                           pooling rules out (:func:`~convex_attention.dual.with_implied_masks`):
                           the method's own arithmetic would give them mass (``"exact"``
                           finds them itself, at no pass over the fine maps)
+``second_order``          its backward is itself differentiable (``create_graph=True`` gives
+                          second derivatives); for an ``exact`` method without it, the
+                          Solution's ``objective`` and ``dual_objective`` take their first
+                          derivatives from the envelope theorem (``p``, ``H(p)``) at the solution
 ``func_transforms``       ``torch.func.grad``, ``jacrev`` and ``jvp`` differentiate it (plain torch
                           operations); the others refuse every torch.func transform with an
                           error that says so, and ``vmap`` is refused for every method
@@ -77,6 +81,7 @@ class Method:
     structures: str = "chain"
     given_maps: bool = False
     implied_masks: bool = False
+    second_order: bool = False
     func_transforms: bool = False
 
     def __post_init__(self) -> None:
@@ -177,12 +182,12 @@ def _cvxpylayers(scores, h, temps, duals, options):
 
 for _record in (
     Method("softmax", _softmax, "every map on its own (no consistency; the usual attention)",
-           has_duals=False, tensor_temperature=True, structures="graph", func_transforms=True),
+           has_duals=False, tensor_temperature=True, structures="graph", second_order=True, func_transforms=True),
     Method("exact", _exact, "the closed form on a forest of maps; analytic backward",
-           exact=True, consistent=True, tensor_temperature=True, structures="forest"),
+           exact=True, consistent=True, tensor_temperature=True, structures="forest", second_order=True),
     Method("cvxpylayers", _cvxpylayers, "the CVXPY problem in a cvxpylayers layer (the slow reference)",
            options=None, exact=True, consistent=True, cpu_only=True, check_options=_check_cvxpylayers_options,
-           structures="graph"),
+           structures="graph", second_order=True),
     Method("dual", _dual, "per-sample minimisation of the dual function to a tolerance; implicit backward",
            options=frozenset({"tol", "gap_tol", "max_iter", "strict", "record_history", "init", "newton",
                               "warm_start", "dtype"}),
@@ -190,7 +195,7 @@ for _record in (
            structures="graph", given_maps=True),
     Method("learned_dual", _learned_dual, "the paper's reparameterisation p(λ) at given duals",
            needs_duals=True, tensor_temperature=True, structures="graph", implied_masks=True,
-           func_transforms=True),
+           second_order=True, func_transforms=True),
 ):
     register_method(_record)
 

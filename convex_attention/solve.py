@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from . import metrics
-from ._ops import compute_dtype, guard_below_floor
+from ._ops import compute_dtype, guard_below_floor, upcast
 from .dual import consistency_loss_unchecked, with_implied_masks
 from .graph import Graph
 from .methods import METHODS, REGISTRY, get_method
@@ -193,7 +193,31 @@ class Solution:
 
     @property
     def objective(self) -> Tensor:
-        return self._cached("objective", lambda: metrics.objective(self._scores, self.probs, self.temperature))
+        return self._cached("objective", self._objective)
+
+    def _at_optimum(self) -> bool:
+        """Whether the fields take their first derivatives from the envelope theorem: the method's
+        result is the optimum (``exact`` in its record) and its backward is first order only, and no
+        map is given (then the optimal value moves with the given maps through the constraints too).
+        At the optimum ``∂f*/∂θ_k = p_k`` and ``∂f*/∂τ_k = H(p_k)``, and ``g(λ*)``'s derivative in
+        λ is 0: through the method's backward those are cancelling sums, which its accuracy check
+        refused in float64 on graphs that are not trees, and (through the duals) on redundant
+        constraints (ca_rev161)."""
+        record = REGISTRY.get(self.method)
+        return record is not None and record.exact and not record.second_order and not self.given
+
+    def _objective(self) -> Tensor:
+        if not self._at_optimum():
+            return metrics.objective(self._scores, self.probs, self.temperature)
+        fixed = [p.detach() for p in self.probs]
+        value = metrics.objective(self._scores, fixed, self.temperature)
+        # plus a term of value 0 whose path runs through the method's backward with a zero cotangent,
+        # so that create_graph=True is refused there as for any loss on the maps (never a silent 0)
+        for s, p, q in zip(self._scores, self.probs, fixed):
+            if s is not None:
+                offset = torch.where(torch.isfinite(s.detach()), s - s.detach(), 0.0)
+                value = value + (upcast(offset) * upcast(p - q)).flatten(1).sum(1)
+        return value
 
     @property
     def dual_objective(self) -> Tensor | None:
@@ -223,7 +247,11 @@ class Solution:
             temps[k] = guarded[len(scored) + i]
         duals = self.duals
         assert duals is not None  # dual_objective reads it only where there are duals
-        return metrics.dual_objective(scores, duals, self._h, temps, used)
+        if not self._at_optimum():
+            return metrics.dual_objective(scores, duals, self._h, temps, used)
+        value = metrics.dual_objective(scores, [d.detach() for d in duals], self._h, temps, used)
+        # as _objective: a zero-valued path through the duals' backward, zero cotangent included
+        return value + sum(upcast(d * 0).flatten(1).sum(1) for d in duals)
 
     def __repr__(self) -> str:
         B = self.probs[0].shape[0]

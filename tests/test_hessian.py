@@ -2076,9 +2076,28 @@ def test_only_the_measured_maps_are_held_to_the_gradient_tolerance():
     assert float((got - want).abs().max()) <= 1e-6 * float(want.abs().max()), (got - want).abs().max()
 
 
+# ---- ca_rev161 (review of 72bd71c)
+
+def test_the_objectives_of_dual_take_the_envelope_gradients_and_refuse_second_order():
+    """At dual's solution ∂f*/∂θ = p, ∂f*/∂τ = H(p), and g(λ*)'s are the same (Solution._at_optimum); a
+    second derivative is refused by the method's backward, as for any loss on its maps (never a silent 0)."""
+    h = ca.Graph.axial((2, 3))
+    g = torch.Generator().manual_seed(1)
+    scores = [torch.randn((2,) + s, generator=g, dtype=torch.float64).requires_grad_(True) for s in h.shapes]
+    tau = torch.tensor([0.5, 2.0, 1.0], dtype=torch.float64, requires_grad=True)
+    sol = ca.solve(scores, h, "dual", temperature=tau, tol=1e-10)
+    entropy = torch.stack([-(p * p.log()).flatten(1).sum(1) for p in sol.probs], 1).sum(0)
+    for field in ("objective", "dual_objective"):
+        *got, got_tau = torch.autograd.grad(getattr(sol, field).sum(), [*scores, tau], retain_graph=True)
+        for a, p in zip(got, sol.probs):
+            assert float((a - p.detach()).abs().max()) <= 1e-12, field
+        torch.testing.assert_close(got_tau, entropy.detach(), rtol=1e-12, atol=0)
+    sol = ca.solve(scores, h, "dual", temperature=tau)
+    with pytest.raises(NotImplementedError, match="second-order"):
+        torch.autograd.grad(sol.objective.sum(), scores, create_graph=True)
+
+
 # ---- ca_rev161 (strict xfail: review of 72bd71c)
-@pytest.mark.xfail(strict=True, raises=ImplicitSolveError,
-                   reason="ca_rev161: a loss on Solution.objective is refused in float64 on any non-tree graph")
 def test_ca_rev161_a_loss_on_the_objective_is_differentiated_in_float64():
     """Run: ``ca.Graph.axial((2, 3))``, one sample, N(0, 1) scores (seed 0), τ = 1, method 'dual' in float64 at
     its default tol; ``torch.autograd.grad(sol.objective.sum(), scores)``.
@@ -2098,8 +2117,6 @@ def test_ca_rev161_a_loss_on_the_objective_is_differentiated_in_float64():
         assert float((a - p.detach()).abs().max()) <= 1e-8
 
 
-@pytest.mark.xfail(strict=True, raises=ImplicitSolveError,
-                   reason="ca_rev161: a loss on Solution.dual_objective is refused on a diamond (redundant edges)")
 def test_ca_rev161_a_loss_on_the_dual_objective_is_differentiated_on_a_diamond():
     """Run: the diamond 4×4 → 2×4 → 2×2 and 4×4 → 4×2 → 2×2 (two paths pool map 0 onto map 3 alike: redundant
     constraints), one sample, N(0, 1) scores (generator seed 0, after an axial 2×3 draw), τ = 1, float64;

@@ -12,14 +12,14 @@ from convex_attention.methods import REGISTRY, Method, get_method, register_meth
 
 def test_built_in_records_state_what_each_method_can_do():
     facts = {name: (m.needs_duals, m.has_duals, m.exact, m.consistent, m.tensor_temperature, m.cpu_only,
-                    m.implied_masks)
+                    m.implied_masks, m.second_order)
              for name, m in REGISTRY.items() if name in ca.METHODS}
     assert facts == {
-        "softmax": (False, False, False, False, True, False, False),
-        "exact": (False, True, True, True, True, False, False),
-        "cvxpylayers": (False, True, True, True, False, True, False),
-        "dual": (False, True, True, True, True, False, False),
-        "learned_dual": (True, True, False, False, True, False, True),
+        "softmax": (False, False, False, False, True, False, False, True),
+        "exact": (False, True, True, True, True, False, False, True),
+        "cvxpylayers": (False, True, True, True, False, True, False, True),
+        "dual": (False, True, True, True, True, False, False, False),
+        "learned_dual": (True, True, False, False, True, False, True, True),
     }
     assert all(m.differentiable for m in REGISTRY.values() if m.name in ca.METHODS)
     assert get_method("dual").check_options is not None and get_method("cvxpylayers").check_options is not None
