@@ -1891,11 +1891,12 @@ def test_the_footer_notes_name_the_compute_dtype_and_the_series_timed_on_fewer_s
     assert plot_common.dtype_note(exact64) == "computed in float64"
     batch = rows[0]["batch"]
     assert all(r["timed_batch"] == batch for r in rows if r["method"] != "cvxpylayers")  # only cvxpylayers on fewer
-    assert plot_common.fewer_timed_note(points) == ("cvxpylayers timed on fewer samples than the batch "
-                                                    "(bench.csv's timed_batch)")
-    assert plot_common.fewer_timed_note([p for p in points if p.series.method != "cvxpylayers"]) == ""
+    assert plot_common.batch_note(points) == (f"per-sample times of batches of B = {batch}; cvxpylayers timed "
+                                              f"on fewer samples than the batch (bench.csv's timed_batch)")
+    assert plot_common.batch_note([p for p in points if p.series.method != "cvxpylayers"]) == (
+        f"per-sample times of batches of B = {batch}")
     blank = plot_common.ok_points([{**bench_row("exact"), "batch": ""}], "fig", numbers, pytest.fail)
-    assert plot_common.fewer_timed_note(blank) == ""  # no batch recorded: nothing to compare with
+    assert plot_common.batch_note(blank) == ""  # no batch recorded: nothing to say
 
 
 def test_a_spread_or_size_that_cannot_be_right_leaves_its_row_out():
@@ -3117,7 +3118,6 @@ def test_a_structures_panel_title_counts_a_run_of_one_map_shape():
 # ---- ca_rev162 (strict xfail: review of 72bd71c)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev162: chain convergence draws cells of two temperatures alike, unnamed")
 def test_ca_rev162_chain_convergence_tells_cells_of_another_temperature_apart(figs):
     """Run: plot_convergence on two cells' histories alike in dims, size and levels, at
     temperatures 0.5 and 2.0 (a sweep over --temperatures), one converging 10x per sweep, the
@@ -3140,7 +3140,6 @@ def test_ca_rev162_chain_convergence_tells_cells_of_another_temperature_apart(fi
     assert told_apart and "0.5" in text and "2.0" in text
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev162: pareto_per_structure names neither the drawn cell's device nor B")
 def test_ca_rev162_pareto_per_structure_names_the_device_and_batch_of_each_panel(figs):
     """Run: plot_pareto_per_structure on structure_rows() where the axial cells were measured on
     the CPU and again on cuda (50x faster), batch 4.
@@ -3162,7 +3161,6 @@ def test_ca_rev162_pareto_per_structure_names_the_device_and_batch_of_each_panel
     assert re.search(r"\bcpu\b", text) and re.search(r"B ?= ?4\b", text), text
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev162: time_vs_size never states the batch of its per-sample times")
 def test_ca_rev162_time_vs_size_states_the_batch_its_per_sample_times_were_timed_on(figs):
     """Run: plot_time_vs_size on sweep_rows() (every cell at batch 4; cvxpylayers timed on 2).
     Expected: per-sample times depend on the batch (their per-call overhead is shared by it),
@@ -3175,7 +3173,6 @@ def test_ca_rev162_time_vs_size_states_the_batch_its_per_sample_times_were_timed
     assert re.search(r"B ?= ?4\b|batch(?: of)? 4\b", text), text
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev162: a bench.csv of damaged rows only is said to hold 'no rows'")
 def test_ca_rev162_a_bench_csv_of_damaged_rows_only_is_not_said_to_hold_no_rows(tmp_path, figs):
     """Run: plot_results on a folder whose bench.csv holds two rows, both failing their
     checksum (a value edited by hand).

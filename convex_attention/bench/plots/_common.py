@@ -95,8 +95,9 @@ def read_results(path: str, required=(), log: Log | None = None) -> list[dict] |
 
     Returns None (and logs why) when the file cannot be used at all: unreadable, not UTF-8
     text (or with a byte-order mark or NUL bytes), empty, not CSV, or missing a
-    ``required`` column.  Damaged rows (a field count other than the header's, a last line
-    without its line end, a checksum that does not match) are logged by line and left out.
+    ``required`` column, or every row of it damaged.  Damaged rows (a field count other than
+    the header's, a last line without its line end, a checksum that does not match) are
+    logged by line and left out.
     Values stay strings: each figure validates the ones it uses.
     """
     log = log or warn
@@ -114,6 +115,9 @@ def read_results(path: str, required=(), log: Log | None = None) -> list[dict] |
         return None
     if table.problems:
         log(f"{name}: left out {len(table.problems)} damaged row(s): {listing(table.problems)}")
+        if not table.rows:  # (not "a header and no rows": it had rows, ca_rev162)
+            log(f"{name}: every row of it is damaged; nothing to plot from it")
+            return None
     return table.rows
 
 
@@ -527,17 +531,23 @@ def dtype_note(points) -> str:
     return text
 
 
-def fewer_timed_note(points) -> str:
-    """Which series of ``points`` were timed on fewer samples than their cell's batch
-    (``timed_batch`` < ``batch``: cvxpylayers on ``--cvx-batch``), for a figure's notes
-    ("" when none)."""
-    fewer = set()
+def batch_note(points) -> str:
+    """The batches the points' per-sample times are of (a time per sample depends on it: the
+    per-call overhead is shared by the batch; ca_rev162), and the series timed on fewer samples
+    than their cell's batch (``timed_batch`` < ``batch``: cvxpylayers on ``--cvx-batch``), for
+    a figure's notes ("" when no batch is recorded)."""
+    fewer, batches = set(), set()
     for p in points:
         tb, batch = p.v.get("timed_batch"), text_of(p.row, "batch")
-        if tb is not None and _is_number(batch) and tb < float(batch):
-            fewer.add(p.series.method)
-    return (f"{', '.join(sorted(fewer))} timed on fewer samples than the batch (bench.csv's timed_batch)"
-            if fewer else "")
+        if _is_number(batch):
+            batches.add(int(float(batch)))
+            if tb is not None and tb < float(batch):
+                fewer.add(p.series.method)
+    if not batches:
+        return ""
+    text = f"per-sample times of batches of B = {', '.join(map(str, sorted(batches)))}"
+    return text + (f"; {', '.join(sorted(fewer))} timed on fewer samples than the batch (bench.csv's timed_batch)"
+                   if fewer else "")
 
 
 def dims_title(dims: int) -> str:

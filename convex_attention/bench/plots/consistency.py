@@ -28,10 +28,10 @@ from ._common import (
     Log,
     Series,
     Skips,
+    batch_note,
     cell_key,
     compute_dtype_of,
     dtype_note,
-    fewer_timed_note,
     floor_below,
     lacks_columns,
     low_confidence,
@@ -208,8 +208,17 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
         return figures.save(fig, path, env, notes=notes)
 
 
+def _float_or_inf(text: str) -> float:
+    """A temperature's text as a number to sort by (inf for one that is not)."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.inf
+
+
 def _convergence_points(conv_rows, log: Log) -> list[tuple]:
-    """``(cell, dims, size, levels, iteration, violation_max, dual_gap_max)`` of every usable row."""
+    """``(cell, dims, size, levels, iteration, violation_max, dual_gap_max, temperature)`` of every
+    usable row (the temperature as its text, "" where the file has none)."""
     skips, pts = Skips("dual_convergence", "convergence.csv"), []
     for r in conv_rows:
         try:
@@ -220,7 +229,8 @@ def _convergence_points(conv_rows, log: Log) -> list[tuple]:
                         int(number(r, "iteration", nonneg=True, integer=True)),
                         # an empty gap: the reference was not certified (sweep._convergence_rows); the
                         # violation was measured all the same, and is drawn
-                        number(r, "violation_max", nonneg=True), number(r, "dual_gap_max", empty_ok=True)))
+                        number(r, "violation_max", nonneg=True), number(r, "dual_gap_max", empty_ok=True),
+                        plain(text_of(r, "temperature"), 12)))
         except BadValue as err:
             skips.add(r, str(err))
     skips.report(log)
@@ -229,15 +239,16 @@ def _convergence_points(conv_rows, log: Log) -> list[tuple]:
 
 def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()) -> str | None:
     """The per-sample dual solver (computed in float64): violation and dual gap against
-    sweep, one line per cell, coloured by grid size (a sequential scale: small to large) and
-    dashed by number of levels.  The gap is the batch's largest signed gap (``convergence.csv``'s
-    ``dual_gap_max``), drawn as its magnitude ``|max (g(λ) − f*)|``, as the axis says and as the
-    per-structure figure draws it: a batch whose every gap is below 0 (weak duality allows it
-    only by the reference's rounding) shows instead of hiding at the floor; a negative gap beside
-    larger ones is not seen in a maximum.  Values at or below the floor are drawn there.  Rows
-    with unusable values are skipped and named.  ``notes``: the dual rows of ``bench.csv`` that
-    have no history to draw (skipped, or failed: :func:`._common.not_drawn_notes`), for the
-    footer.  Returns None without data."""
+    sweep, one line per cell, coloured by grid size (a sequential scale: small to large),
+    dashed by number of levels and, where the cells differ in temperature, marked by it (two
+    temperatures had been one unnamed setting: ca_rev162).  The gap is the batch's largest
+    signed gap (``convergence.csv``'s ``dual_gap_max``), drawn as its magnitude
+    ``|max (g(λ) − f*)|``, as the axis says and as the per-structure figure draws it: a batch
+    whose every gap is below 0 (weak duality allows it only by the reference's rounding) shows
+    instead of hiding at the floor; a negative gap beside larger ones is not seen in a maximum.
+    Values at or below the floor are drawn there.  Rows with unusable values are skipped and
+    named.  ``notes``: the dual rows of ``bench.csv`` that have no history to draw (skipped, or
+    failed: :func:`._common.not_drawn_notes`), for the footer.  Returns None without data."""
     log = log or warn
     need = ("cell", "levels", "iteration", "violation_max", "dual_gap_max")
     if lacks_columns(conv_rows, need, "dual_convergence", "convergence.csv", log):
@@ -252,12 +263,15 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()
     cmap = plt.get_cmap("viridis")
     colors = {sz: cmap(0.85 * i / max(len(sizes) - 1, 1)) for i, sz in enumerate(sizes)}
     dashes = {L: ("-", "--", ":", "-.")[i % 4] for i, L in enumerate(level_counts)}
+    temperatures = sorted({p[7] for p in pts}, key=lambda t: (_float_or_inf(t), t))
+    markers = {t: (".", "o", "s", "^", "D", "v", "P", "X")[i % 8] if len(temperatures) > 1 else "."
+               for i, t in enumerate(temperatures)}
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(FULL_WIDTH, 2.8), layout="constrained")
         for cell in sorted({p[0] for p in pts}):
             rs = sorted((p for p in pts if p[0] == cell), key=lambda p: p[4])
-            style = {"color": colors[(rs[0][1], rs[0][2])], "ls": dashes[rs[0][3]], "lw": 1.0, "marker": ".",
-                     "ms": 3}
+            style = {"color": colors[(rs[0][1], rs[0][2])], "ls": dashes[rs[0][3]], "lw": 1.0,
+                     "marker": markers[rs[0][7]], "ms": 3, "mfc": "none" if markers[rs[0][7]] != "." else None}
             it = [p[4] for p in rs]
             axes[0].semilogy(it, [max(p[5], floor) for p in rs], **style)
             gapped = [p for p in rs if p[6] is not None]
@@ -273,8 +287,13 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()
         handles = [Line2D([], [], color=colors[sz], lw=1.5, label=(f"${sz[1]}^{sz[0]}$" if sz[0] else
                                                                    f"size {sz[1]}")) for sz in sizes]
         handles += [Line2D([], [], color="#444444", ls=dashes[L], lw=1.0, label=f"{L} levels") for L in level_counts]
+        if len(temperatures) > 1:
+            handles += [Line2D([], [], color="#444444", ls="none", marker=markers[t], ms=4,
+                               mfc="none" if markers[t] != "." else None, label=f"τ = {t or '?'}")
+                        for t in temperatures]
         fig.legend(handles=handles, loc="outside right center", frameon=False, fontsize=6.5,
-                   title="finest grid (colour)\nlevels (line)", title_fontsize=6.5)
+                   title="finest grid (colour)\nlevels (line)" + ("\ntemperature (marker)" if len(temperatures) > 1
+                                                                 else ""), title_fontsize=6.5)
         fig.suptitle(rf"Per-sample dual solver, float64: convergence (values $\leq {sci(floor)}$ drawn at "
                      rf"${sci(floor)}$)")
         no_gap = sorted({p[0] for p in pts if p[6] is None})
@@ -464,7 +483,7 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
         fig.suptitle("Speed vs consistency: time per sample and held-out violation (log-log)")
         drawn_points = [e[5] for by_series in chosen.values() for es in by_series.values() for e in es]
         notes = [dtype_note(points), "times per sample: each point its cell's median of forward + backward per "
-                 "repetition, its error bar the interquartile range", fewer_timed_note(drawn_points)]
+                 "repetition, its error bar the interquartile range", batch_note(drawn_points)]
         if untimed:
             notes.append(f"{untimed} ok row(s) carry no time (and no fitted row to share one): not drawn")
         others = sum(len(by_cell) - 1 for by_cell in cells.values())

@@ -24,11 +24,11 @@ from ._common import (
     BadValue,
     Log,
     Skips,
+    batch_note,
     cell_key,
     dtype_note,
     error_name,
     failed_note,
-    fewer_timed_note,
     floor_below,
     lacks_columns,
     low_confidence_handle,
@@ -130,6 +130,11 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
         return None
     if undrawn:  # a figure written without them: said here and in its footer
         log(f"pareto_per_structure: no panel for {', '.join(undrawn)}")
+    # a sweep over several devices: each panel says whose times it draws (the trade-off figure does);
+    # and the structures' other cells, not drawn, are counted in the footer (ca_rev162)
+    devices = {text_of(r, "device") for r in rows}
+    other_cells = len({(_structure(p.row), cell_key(p.row)) for p in points
+                       if _structure(p.row) in {pan[0] for pan in panels}}) - len(panels)
     style = styles_for({s for _, _, shown, _, _ in panels for s in shown})
     positive = [e[1] for _, _, shown, _, _ in panels for es in shown.values() for e in es if e[1] > 0]
     floor = floor_below(positive, default=1e-16)
@@ -152,6 +157,7 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
                          f"{plain(_runs_counted(text_of(largest.row, 'shapes')), 48)}, "
                          f"τ={plain(text_of(largest.row, 'temperature'), 12)}, "
                          f"{plain(text_of(largest.row, 'dtype'), 10)}"
+                         + (f", {plain(text_of(largest.row, 'device'), 12)}" if len(devices) > 1 else "")
                          + (f"\n({', '.join(refused)}: solves forests only)" if refused else "")
                          + (f"\nFAILED: {plain(', '.join(failed), 60)}" if failed else ""), fontsize=7)
             ax.grid(True, which="major", alpha=0.25)
@@ -170,10 +176,12 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
                  "forward + backward per sample, median of interleaved repetitions (error bar: the interquartile "
                  "range); learned_dual at λ = 0 takes the "
                  "fitted row's time (the same computation); per-sample λ* is not drawn (its time would exclude "
-                 "finding λ*)", fewer_timed_note(drawn_points),
+                 "finding λ*)", batch_note(drawn_points),
                  skipped_note(not_measured) + (" (at the cells drawn)" if not_measured else ""),
                  failed_here + (" (at the cells drawn)" if failed_here else ""),
-                 f"NOT DRAWN, no panel: {', '.join(undrawn)}" if undrawn else ""]
+                 f"NOT DRAWN, no panel: {', '.join(undrawn)}" if undrawn else "",
+                 f"one cell per structure, its largest with a timed dual row (the first of equal size): "
+                 f"{other_cells} other cell(s) of these structures not drawn" if other_cells > 0 else ""]
         return figures.save(fig, path, env, notes=notes)
 
 

@@ -35,11 +35,11 @@ from ._common import (
     Log,
     Point,
     Series,
+    batch_note,
     cell_key,
     compute_dtype_of,
     dims_title,
     dtype_note,
-    fewer_timed_note,
     fit_power_law,
     lacks_columns,
     low_confidence,
@@ -543,7 +543,7 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6,
                    handlelength=SETTING_HANDLE_LENGTH)
         fig.suptitle("Time per sample vs problem size (log-log; bars: interquartile range of each cell)")
-        notes = [dtype_note(points), fewer_timed_note(points),
+        notes = [dtype_note(points), batch_note(points),
                  f"each point one cell's median, its bar that cell's interquartile range (widest: {widest:.0%} of its "
                  f"median; bars narrower than a marker are hidden by it); low confidence: IQR > "
                  f"{LOW_CONFIDENCE_IQR:.0%} of the median or < {MIN_CONFIDENT_REPEATS} repetitions",
