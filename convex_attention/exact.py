@@ -219,8 +219,12 @@ def _met_messages(score: Tensor, parts: Sequence[tuple], dead: Tensor | None) ->
     review); taken at a cell that holds no mass (a masked coarse cell, a wholly masked block, a
     sibling's wholly masked block, a mask further up) it rounded every other cell to the spacing
     of a huge score there (float32 1e7: 0.378 for 0.549, two cells' order reversed; ca_rev126,
-    ca_rev147, ca_rev148).  Returns ``(m_b, messages)``: ``m_b`` shaped like ``score``, and the
-    centred messages, one per part."""
+    ca_rev147, ca_rev148).  The offsets are added together before any ``T_c log Σ``: at another
+    cell ``θ_b − θ_b(at)`` and a block maximum's ``mmax − mmax(at)`` may be large and cancel,
+    and ``T log Σ`` added to one first was rounded to their spacing (a block shift of 1024 that
+    its coarse cell cancels moved float32 maps 3.3e-3 at τ = 1e-3: ca_rev163).  Returns
+    ``(m_b, offsets)``: ``m_b`` shaped like ``score``, and per part its block maxima less their
+    offset (the centred message is that plus the part's ``T log Σ``)."""
     batch = score.shape[0]
     total = score.detach().reshape(batch, -1)
     for mmax, log_sum in parts:
@@ -235,13 +239,15 @@ def _met_messages(score: Tensor, parts: Sequence[tuple], dead: Tensor | None) ->
     leading = torch.where(feasible & torch.isfinite(leading), leading, torch.zeros_like(leading))
     shape = (batch,) + (1,) * (score.dim() - 1)
     m = score - leading.view(shape)
-    messages = []
-    for mmax, log_sum in parts:
+    offsets = []
+    for mmax, _ in parts:
         flat = mmax.detach().reshape(batch, -1)
         lead = torch.where(feasible, flat.gather(1, at), flat.amax(1, keepdim=True))
-        messages.append((mmax - lead.view(shape)).add_(log_sum))
-        m = m + messages[-1]
-    return m, messages
+        offsets.append(mmax - lead.view(shape))
+        m = m + offsets[-1]
+    for _, log_sum in parts:
+        m = m + log_sum
+    return m, offsets
 
 
 def tree_backward(g: Graph, probs: Sequence[Tensor], cond: Sequence[Tensor],
@@ -597,9 +603,9 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
     for k in g.order:
         m = scores[k]
         if g.in_edges[k]:  # as exact_forward
-            m, messages = _met_messages(m, [parts[c] for c in g.in_edges[k]], dead[k])
-            for c, message in zip(g.in_edges[k], messages):
-                A[c] = message
+            m, offsets = _met_messages(m, [parts[c] for c in g.in_edges[k]], dead[k])
+            for c, offset in zip(g.in_edges[k], offsets):
+                A[c] = offset + parts[c][1]
         e = g.coarsening(k)
         if e is not None:
             raw = leaf_max.pop(e) if e in leaf_max else g.block_max(m.detach(), e)

@@ -1409,8 +1409,6 @@ def test_ca_rev157_an_infeasible_sample_gives_no_number_as_its_coarse_gradient(s
 
 # ---- ca_rev163 (strict xfail: review of 720996d)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev163: a block shifted by 1024 against its coarse cell moves float32 maps "
-                                       "by 3e-3: _met_messages adds T log Σ to an uncancelled offset")
 def test_ca_rev163_a_block_shift_cancelled_by_its_coarse_cell_moves_nothing_in_float32():
     """Run: a chain 4 → 2 (blocks {0, 1}, {2, 3}), τ = 1e-3, float32 scores d0 = (0, 3, 1, 2)·2^-12,
     d1 = (0, 1)·2^-12, then fine block 1 shifted by +1024 and coarse cell 0 by +1024 (every value exact in
