@@ -98,11 +98,17 @@ class _GraphBoundState(nn.Module):
             held = destination[key]
             destination[key] = self._fingerprint_tensor(torch.device("cpu") if held.is_meta else held.device)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
+    def check_state(self, state_dict, prefix: str = "") -> None:
+        """ValueError, before anything is loaded, for a state (keys under ``prefix``) this module
+        must not take: here one learned on another graph; subclasses check what else it records."""
         key = prefix + "graph_fingerprint"
         if key in state_dict:
             check_graph_state(state_dict[key], self, prefix)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        self.check_state(state_dict, prefix)
+        key = prefix + "graph_fingerprint"
         if "graph_fingerprint" not in self._buffers:  # a module pickled whole before the buffer existed
             self._bind_graph()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -300,6 +306,7 @@ class AmortisedDuals(_GraphBoundState):
         self.hidden = _check_positive_int(hidden, "hidden")
         self.layers = _check_positive_int(layers, "layers", minimum=0)
         self.sweeps = _check_positive_int(sweeps, "sweeps", minimum=0)
+        self._bind_temperature()
         self.chain = isinstance(h, Hierarchy)
         convs, kernels = [], []
         if isinstance(h, Hierarchy):
@@ -412,6 +419,47 @@ class AmortisedDuals(_GraphBoundState):
             feats.append(torch.stack([centre(lam[e]), step], 1))
         return feats
 
+    def _temperature_tensor(self, device=None) -> Tensor:
+        return torch.tensor([float(t) for t in self.temperature], dtype=torch.float64, device=device)
+
+    def _bind_temperature(self) -> None:
+        # the temperatures the formula path's weights were set for, in the state: a state of a module built
+        # for others had loaded silently, its maps 1.23 from consistent where its own gave 5e-7 (ca_rev164)
+        self.register_buffer("built_temperature", self._temperature_tensor())
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        key = prefix + "built_temperature"
+        if key in destination:  # the module's own values, not the buffer's (a cast or to_empty changes it)
+            held = destination[key]
+            destination[key] = self._temperature_tensor(torch.device("cpu") if held.is_meta else held.device)
+
+    def check_state(self, state_dict, prefix: str = "") -> None:
+        """As :meth:`_GraphBoundState.check_state`, and a state built for other temperatures is
+        refused (its formula weights are set for them; ``ConsistentAttention`` refuses such a
+        module at construction, as it does here).  A state saved without them (before
+        2026-12-07) loads, unchecked."""
+        super().check_state(state_dict, prefix)
+        recorded = state_dict.get(prefix + "built_temperature")
+        if not isinstance(recorded, Tensor) or recorded.is_meta:
+            return
+        values = recorded.detach().cpu().double().flatten().tolist()
+        if len(values) != len(self.temperature) or not all(
+                math.isclose(a, float(b), rel_tol=TEMPERATURE_MATCH) for a, b in zip(values, self.temperature)):
+            raise ValueError(f"AmortisedDuals{f' {prefix[:-1]!r}' if prefix else ''}: the state to load was built "
+                             f"for temperatures {values}, this module's are {list(self.temperature)} (its formula "
+                             f"path is weighted for them); build the module with the state's temperatures; "
+                             f"nothing of it was loaded into this module")
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        if "built_temperature" not in self._buffers:  # a module pickled whole before the buffer existed
+            self._bind_temperature()
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        if prefix + "built_temperature" in missing_keys:  # a state saved before the temperatures were recorded
+            missing_keys.remove(prefix + "built_temperature")
+
     def forward(self, scores: Sequence[Tensor], temperature=None) -> list[Tensor]:
         """One dual per edge ``(B, *h.shapes[coarse(e)])``, mean-zero per sample, in the compute
         dtype of the scores.  ``temperature`` (optional) replaces the module's for this call,
@@ -420,7 +468,8 @@ class AmortisedDuals(_GraphBoundState):
         # the module's own temperatures too must lie in the range of the scores' compute dtype:
         # checked only at construction (in float64's), 1e-300 gave float32 scores NaN duals
         checked = check_temperatures(self.temperature if temperature is None else temperature, self.h.num_maps,
-                                     dtype=scores[0].dtype, allow_grad=True, unit=self.h._map_word)
+                                     dtype=scores[0].dtype, allow_grad=True, unit=self.h._map_word,
+                                     scores_device=scores[0].device)
         return self.predict(scores, None if temperature is None else checked)
 
     def predict(self, scores: Sequence[Tensor], temps=None) -> list[Tensor]:
@@ -535,6 +584,9 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
     if loss not in _FIT_LOSSES:
         raise ValueError(f"loss must be one of {', '.join(_FIT_LOSSES)}, got {loss!r}")
     h = module.h
+    if torch.is_inference_mode_enabled():  # (its tensors cannot be trained: torch's error came from backward)
+        raise RuntimeError("fit_amortised_duals trains the module, which torch.inference_mode() forbids: call it "
+                           "outside inference mode (under torch.no_grad() it trains as usual)")
     # training instances are data: no gradient reaches the model that made them (scores that
     # carried its graph crashed the second step after writing into it: a review)
     train = [s.detach() for s in check_scores(train_scores, h, name="train_scores")]
@@ -572,37 +624,40 @@ def fit_amortised_duals(module: AmortisedDuals, train_scores: Sequence[Tensor], 
     was_training = module.training
     module.train()
     trainable = {p: p.requires_grad for p in module.parameters()}
-    try:
-        for params, n, rate in phases:
-            # only this phase's parameters get gradients (no backward through the other part)
-            chosen = {id(p) for p in params}
-            for p in module.parameters():
-                p.requires_grad_(trainable[p] and id(p) in chosen)
-            opt = torch.optim.Adam(params, lr=rate)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm_cosine(n))
-            for _ in range(n):
-                opt.zero_grad()
-                loss_value = objective()
-                current = float(loss_value.detach())
-                history.append(current)
-                if not math.isfinite(current):
-                    if best[1] is not None:  # the weights of the last finite loss, not the diverged ones
-                        module.load_state_dict(best[1])
-                    # (the phase's own rate: a residual phase that diverged had been told to lower lr: ca_rev146)
-                    name = "lr" if params is linear else "residual_lr"
-                    raise FloatingPointError(f"fit_amortised_duals: the training loss became {current} at step "
-                                             f"{len(history)}; the module keeps the parameters of its lowest "
-                                             f"training loss so far; lower {name} ({rate}) or check the training "
-                                             f"scores")
-                if current < best[0]:
-                    best = (current, copy.deepcopy(module.state_dict()))
-                loss_value.backward()
-                opt.step()
-                sched.step()
-    finally:
-        for p, flag in trainable.items():
-            p.requires_grad_(flag)
-        module.train(was_training)
+    # trained whatever the caller's grad mode (under torch.no_grad(), an evaluation hook's, backward
+    # had failed with torch's "does not require grad": ca_rev164)
+    with torch.enable_grad():
+        try:
+            for params, n, rate in phases:
+                # only this phase's parameters get gradients (no backward through the other part)
+                chosen = {id(p) for p in params}
+                for p in module.parameters():
+                    p.requires_grad_(trainable[p] and id(p) in chosen)
+                opt = torch.optim.Adam(params, lr=rate)
+                sched = torch.optim.lr_scheduler.LambdaLR(opt, _warm_cosine(n))
+                for _ in range(n):
+                    opt.zero_grad()
+                    loss_value = objective()
+                    current = float(loss_value.detach())
+                    history.append(current)
+                    if not math.isfinite(current):
+                        if best[1] is not None:  # the weights of the last finite loss, not the diverged ones
+                            module.load_state_dict(best[1])
+                        # (the phase's own rate: a residual phase that diverged had been told to lower lr: ca_rev146)
+                        name = "lr" if params is linear else "residual_lr"
+                        raise FloatingPointError(f"fit_amortised_duals: the training loss became {current} at step "
+                                                 f"{len(history)}; the module keeps the parameters of its lowest "
+                                                 f"training loss so far; lower {name} ({rate}) or check the training "
+                                                 f"scores")
+                    if current < best[0]:
+                        best = (current, copy.deepcopy(module.state_dict()))
+                    loss_value.backward()
+                    opt.step()
+                    sched.step()
+        finally:
+            for p, flag in trainable.items():
+                p.requires_grad_(flag)
+            module.train(was_training)
     with torch.no_grad():
         final = float(objective())
     if best[1] is not None and not final <= best[0]:
@@ -786,9 +841,8 @@ class ConsistentAttention(nn.Module):
                               error_msgs) -> None:
         # the duals' graph checked before this module's own parameters (a learned temperature)
         # are loaded: PyTorch loads them first, and a refused state had set them (ca_rev98)
-        key = prefix + "learned_duals.graph_fingerprint"
-        if isinstance(self.learned_duals, _GraphBoundState) and key in state_dict:
-            check_graph_state(state_dict[key], self.learned_duals, prefix + "learned_duals.")
+        if isinstance(self.learned_duals, _GraphBoundState):
+            self.learned_duals.check_state(state_dict, prefix + "learned_duals.")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
 
@@ -800,13 +854,14 @@ class ConsistentAttention(nn.Module):
             return self.learned_duals.predict(scores, temps)
         return self.learned_duals()
 
-    def _temperatures(self, temperature, dtype: torch.dtype) -> list:
-        """The temperatures of one pass, validated once: the module's, or ``temperature``
-        (a tensor that requires grad is differentiated through by the methods that can)."""
+    def _temperatures(self, temperature, scores: Tensor) -> list:
+        """The temperatures of one pass, validated once for ``scores`` (any one map's): the module's,
+        or ``temperature`` (a tensor that requires grad is differentiated through by the methods
+        that can)."""
         record = get_method(self.method)
         return check_temperatures(self.temperature if temperature is None else temperature, self.h.num_maps,
-                                  dtype=dtype, allow_grad=record.tensor_temperature, method=record.name,
-                                  unit=self.h._map_word)
+                                  dtype=scores.dtype, allow_grad=record.tensor_temperature, method=record.name,
+                                  unit=self.h._map_word, scores_device=scores.device)
 
     def forward(self, scores: Sequence[Tensor], temperature=None) -> Solution:
         """The method's :class:`~convex_attention.Solution`; ``temperature`` (optional)
@@ -833,7 +888,7 @@ class ConsistentAttention(nn.Module):
         if not self.check_finite and record.implied_masks:  # as solve: p(λ) gives such a cell 0 (ca_rev126)
             sources = list(scores)
             scores = with_implied_masks(scores, self.h)
-        temps = self._temperatures(temperature, scores[0].dtype)
+        temps = self._temperatures(temperature, scores[0])
         duals = check_duals(self._duals(scores, temps), self.h, scores[0].shape[0], compute_dtype(scores[0].dtype),
                             scores[0].device, check_finite=self.check_finite, score_peak_sum=peak_sum)
         return scores, temps, duals, sources
@@ -846,7 +901,8 @@ class ConsistentAttention(nn.Module):
         temperature = self.temperature if temperature is None else temperature
         scores = check_scores(scores, self.h, check_finite=False)
         duals = self._duals(scores, check_temperatures(temperature, self.h.num_maps, dtype=scores[0].dtype,
-                                                       allow_grad=True, unit=self.h._map_word))
+                                                       allow_grad=True, unit=self.h._map_word,
+                                                       scores_device=scores[0].device))
         if duals is None:
             duals = [torch.zeros((1,) + self.h.shapes[b], device=scores[0].device) for _, b in self.h.edges]
         return consistency_loss(scores, duals, self.h, temperature, detach_target=detach_target,

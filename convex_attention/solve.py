@@ -325,7 +325,7 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
         raise ValueError(f"method {record.name!r} does not take given maps (given=...); use method {able}")
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite, given=given_maps)
     free = next(s for s in scores if s is not None)
-    temps = check_temperatures(temperature, h.num_maps, dtype=free.dtype,
+    temps = check_temperatures(temperature, h.num_maps, dtype=free.dtype, scores_device=free.device,
                                allow_grad=record.tensor_temperature, method=record.name, unit=h._map_word,
                                unused=given_maps)
     record.check_option_names(options)
@@ -386,7 +386,8 @@ def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite)
     if not check_finite:  # as solve: p(λ) gives a cell that pooling rules out 0 (ca_rev126)
         scores = with_implied_masks(scores, h)
-    temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype, allow_grad=True, unit=h._map_word)
+    temps = check_temperatures(temperature, h.num_maps, dtype=scores[0].dtype, allow_grad=True, unit=h._map_word,
+                               scores_device=scores[0].device)
     work = compute_dtype(scores[0].dtype)
     lam = check_duals(duals, h, scores[0].shape[0], work, scores[0].device, check_finite=check_finite,
                       score_peak_sum=peak_sum)

@@ -269,7 +269,8 @@ def is_grad_temperature(temperature) -> bool:
 
 def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None = None,
                        allow_grad: bool = False, method: str | None = None, unit: str = "level",
-                       unused: frozenset = frozenset(), grad_refusal: str | None = None) -> list:
+                       unused: frozenset = frozenset(), grad_refusal: str | None = None,
+                       scores_device: torch.device | None = None) -> list:
     """Validate temperatures: one per level (per map of a graph: ``unit="map"``), never one per sample.
 
     Accepted: a positive real number of any type (Python ``int``/``float``, numpy's
@@ -285,10 +286,15 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
     Returns a list of ``num_levels`` floats; but a tensor that requires grad (with grad
     mode on) gives 0-d tensors in the list (views of it, so gradients flow back) when
     ``allow_grad``, and a TypeError naming ``method`` otherwise (or saying ``grad_refusal``, for
-    an owner that is not a method).
+    an owner that is not a method).  A tensor on the meta device holds no value to check: see
+    :func:`_meta_temperatures` (``scores_device``: the scores' device, where known; a meta
+    temperature beside scores with values is refused).
     """
     temperature = _from_numpy(temperature, num_levels, unit)
     grad = is_grad_temperature(temperature)
+    meta = _meta_temperatures(temperature, num_levels, allow_grad, unit, scores_device)
+    if meta is not None:
+        return meta
     if isinstance(temperature, Tensor):
         if not (temperature.dtype.is_floating_point or temperature.dtype in _INT_DTYPES):
             raise TypeError(f"temperature must be a real tensor, got dtype {temperature.dtype}")
@@ -339,6 +345,36 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
                 promoted[id(t)] = _promoted(t, dtype)
         return [promoted[id(t)] if g else v for t, g, v in zip(temperature, grads, temps)]
     return _check_temperature_values(temperature, num_levels, dtype, unit, unused)
+
+
+def _meta_temperatures(temperature, num_levels: int, allow_grad: bool, unit: str,
+                       scores_device: torch.device | None) -> list | None:
+    """A temperature on the meta device (a model built under ``torch.device("meta")`` for deferred
+    initialisation, or moved there to trace shapes) holds no value to check or read: where
+    tensors are taken (``allow_grad``), views of it, as for a learned one; elsewhere a ValueError
+    naming the device (torch's own error, from a read deep inside, had said "Cannot copy out of
+    meta tensor": ca_rev164); the solvers read a placeholder for its values
+    (:func:`convex_attention._ops.temperature_floats`), which only shapes reach.  None for any
+    other temperature."""
+    tensors = ([temperature] if isinstance(temperature, Tensor) else
+               [t for t in temperature if isinstance(t, Tensor)]
+               if isinstance(temperature, Sequence) and not isinstance(temperature, (str, bytes)) else [])
+    if not any(t.is_meta for t in tensors):
+        return None
+    if scores_device is not None and scores_device.type != "meta":
+        raise ValueError(f"temperature is on the meta device, which holds no values, and the scores on "
+                         f"{scores_device}: move the temperature (the module) to the scores' device")
+    if not allow_grad:
+        raise ValueError("temperature is on the meta device, which holds no values to check: give floats, or a "
+                         "tensor with values")
+    if isinstance(temperature, Tensor):
+        if temperature.dim() > 1 or (temperature.dim() == 1 and temperature.shape[0] != num_levels):
+            raise ValueError(f"temperature tensor must have shape () or ({num_levels},) (one per {unit}), got "
+                             f"{tuple(temperature.shape)}")
+        return [temperature] * num_levels if temperature.dim() == 0 else [temperature[k] for k in range(num_levels)]
+    if len(temperature) != num_levels:
+        raise ValueError(f"expected {num_levels} temperatures (one per {unit}), got {len(temperature)}")
+    return list(temperature)
 
 
 def _promoted(temperature: Tensor, dtype: torch.dtype | None) -> Tensor:

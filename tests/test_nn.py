@@ -1187,9 +1187,26 @@ def test_ca_rev153_the_autocast_fallback_lists_only_torch_2_3_s_autocast_devices
     assert nn._AUTOCAST_DEVICES <= torch_2_3, sorted(nn._AUTOCAST_DEVICES - torch_2_3)  # ['mps'] today
 
 
-# ---- ca_rev164 (strict xfail: review of 6e5ff4b)
+# ---- ca_rev164 (review of 6e5ff4b)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev164: an AmortisedDuals state built for other temperatures loads silently")
+def test_a_meta_temperature_beside_scores_with_values_is_refused_and_inference_mode_fits_nothing():
+    """A meta temperature stands in for its values only where every score is meta too (the solvers read a
+    placeholder, which real scores would use silently); fit_amortised_duals under inference_mode says why."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    tau = torch.nn.Parameter(torch.tensor(1.0, device="meta"))
+    scores = [torch.randn((2,) + s) for s in h.shapes]
+    for method in ("softmax", "exact"):
+        with pytest.raises(ValueError, match="meta device.*scores on cpu"):
+            ca.solve(scores, h, method, temperature=tau)
+    with pytest.raises(ValueError, match="meta device"):
+        ca.ConsistentAttention(h, "learned_dual", temperature=tau)(scores)
+    module = ca.AmortisedDuals(h, [0.5, 2.0])
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="inference_mode"):
+        ca.fit_amortised_duals(module, [3 * torch.randn((8,) + s) for s in h.shapes], steps=2)
+
+
+# ---- ca_rev164 (review of 6e5ff4b; its strict xfails now pass)
+
 def test_ca_rev164_a_layer_refuses_or_survives_an_amortised_state_built_for_other_temperatures():
     """ConsistentAttention refuses AmortisedDuals built for other fixed temperatures (a ValueError: its formula
     path is weighted for its own), and a state learned on another graph is refused on load; the temperatures a
@@ -1210,7 +1227,6 @@ def test_ca_rev164_a_layer_refuses_or_survives_an_amortised_state_built_for_othe
     assert float(layer(scores).violation.mean()) <= 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev164: a learned temperature built under torch.device('meta') crashes")
 def test_ca_rev164_a_layer_with_a_learned_temperature_builds_under_the_meta_device():
     """PyTorch's deferred initialisation (the model built under torch.device("meta"), then to_empty) works for
     the layer with float temperatures and for its duals (ca_rev98/99).  Run: the same with a learned temperature,
@@ -1229,7 +1245,6 @@ def test_ca_rev164_a_layer_with_a_learned_temperature_builds_under_the_meta_devi
     assert layer.temperature.is_meta
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev164: a layer with a learned temperature cannot trace meta scores")
 @pytest.mark.parametrize("method", ["softmax", "exact", "learned_dual"])
 def test_ca_rev164_a_layer_with_a_learned_temperature_traces_meta_scores(method):
     """docs/design.md §4: with check_finite=False meta scores are traced through softmax, exact and learned_dual,
@@ -1246,7 +1261,6 @@ def test_ca_rev164_a_layer_with_a_learned_temperature_traces_meta_scores(method)
     assert [tuple(p.shape) for p in layer.attend(scores).maps] == [(2, 4, 4), (2, 2, 2)]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev164: fit_amortised_duals under torch.no_grad fails in backward")
 def test_ca_rev164_fit_amortised_duals_trains_or_says_why_under_no_grad():
     """fit_amortised_duals trains the module in place (its own optimiser and backward); ConsistentAttention judges
     its temperature whatever the grad mode.  Run: fit_amortised_duals(AmortisedDuals(4×4 → 2×2, τ = (0.5, 2)),
