@@ -1215,7 +1215,7 @@ def test_ca_rev149_a_reason_carries_no_control_character_into_the_table_or_the_c
     assert all(c.isprintable() for line in written.splitlines() for c in line), repr(written)
 
 
-# ---- ca_rev165 (strict xfail: review of 783c3ef)
+# ---- ca_rev165 (review of 783c3ef; its strict xfails now pass)
 def _ca_rev165_redundant_instance():
     """``verify --quick --seed 10``'s instance 9: a ``mixed`` graph whose constraints are redundant
     (its duals have a null direction beyond the per-edge constants), and that direction."""
@@ -1244,8 +1244,6 @@ def _ca_rev165_redundant_instance():
     return inst, split(direction)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev165: duals compared entrywise where redundant constraints make them "
-                                       "non-unique: the built-in solver fails verify --quick --seed 10")
 def test_ca_rev165_the_builtin_solver_fails_its_own_quick_verify_on_a_redundant_graph():
     """Run: ``verify_instances`` with the built-in solver on ``random_instances(10, seed=10, quick=True)[9]``
     (``mixed 4x4+2x2+2x2+3``, the instance ``convex-attention verify --quick --seed 10`` draws ninth; that
@@ -1260,8 +1258,6 @@ def test_ca_rev165_the_builtin_solver_fails_its_own_quick_verify_on_a_redundant_
     assert not bad, bad
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev165: a correct dual solution moved along the null space of redundant "
-                                       "constraints fails duals_vs_cvxpy/duals_vs_layer")
 def test_ca_rev165_optimal_duals_off_the_references_null_direction_fail():
     """Run: a solver returning the built-in solver's duals plus 0.5 × a null direction of this redundant
     graph's constraints (beyond the per-edge constants: every map's logits move by a constant only, so
