@@ -1469,3 +1469,66 @@ def test_ca_rev151_check_c_s_tie_note_names_the_method_whose_gap_it_reports():
     assert "tie at the higher mean" in result.note, result.note  # holds today
     # the note says the gap is that of "the first in the methods' order", softmax: it is exact's (0.3 each seed)
     assert "the paired gap is softmax's" in result.note, result.note
+
+
+# ---- ca_rev166 (strict xfail: review of d03eab2)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev166: --force over an absent OUT/test re-spends the test split and "
+                                       "the report says run 1's results are in run 2's folder")
+def test_ca_rev166_force_over_an_absent_test_folder_respends_the_split(tmp_path, monkeypatch):
+    """Run: a test run into exp1/test (data seed 1); its folder is then moved away by hand; the same
+    test stage with force=True into exp1/test.
+    Expected: refused (there is no earlier folder for --force to move aside, and data seed 1 is spent),
+    or, if it runs, the report does not say that run 1's results are in `exp1/test`.
+    Observed: it runs (the test split of data seed 1 is touched a second time) and the history line
+    lists run 1 with "results in `exp1/test`", the folder that now holds run 2's results."""
+    import shutil
+
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.experiment import run_test
+    from convex_attention.paper.protocol import TestFolderExists, VariantsError
+    from convex_attention.paper.reports import history_line
+
+    histories = []
+    monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: None)
+    monkeypatch.setattr(experiment, "_write_test", lambda config, *a: histories.append(a[-1]) or {"report": ""})
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    record = {"path": str(tmp_path / "configs" / "experiment_variants.json"), "sha256": "ab" * 32}
+    folder = str(tmp_path / "exp1" / "test")
+    variants = Variants(difficulties=(0.3,))
+    run_test(_tiny_config(data_seed=1), folder, variants, record, progress=False, log=lambda *a: None,
+             ledger_path=ledger)
+    shutil.move(folder, str(tmp_path / "elsewhere"))
+    try:
+        run_test(_tiny_config(data_seed=1), folder, variants, record, progress=False, log=lambda *a: None,
+                 ledger_path=ledger, force=True)
+    except (VariantsError, TestFolderExists):
+        return
+    line = history_line(histories[-1], "synthetic")
+    earlier = line.split("the earlier ones: ", 1)[1].split(". The protocol", 1)[0]
+    assert "results in `exp1/test`" not in earlier, line
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev166: the test stage spends its split, then crashes (ValueError) "
+                                       "when --validity-images/--n-dev gives the model-free map fewer than 4 images")
+def test_ca_rev166_a_small_validity_images_crashes_the_test_stage_after_spending_it(tmp_path, monkeypatch):
+    """Run: run_test (the test stage) with validity_images=3 (accepted by ExperimentConfig.validate and
+    the command's preflight; n_dev=3 does the same), training skipped.
+    Expected: refused before the data ledger records the run, or the model-free reference reported
+    as not run (as checks (a) and (b) are on so few images).
+    Observed: the ledger records the run (the test split is spent) and the folder is claimed, then
+    fit_model_free raises "ValueError: the model-free map needs at least 4 development images, got 3"
+    (a traceback from the command: cmd_experiment does not catch it)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.experiment import run_test
+
+    monkeypatch.setattr(experiment, "_test_seed", lambda *a, **k: None)  # no training: the stage's steps only
+    monkeypatch.setattr(experiment, "_write_test", lambda config, *a: {"report": ""})
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    record = {"path": str(tmp_path / "configs" / "experiment_variants.json"), "sha256": "ab" * 32}
+    try:
+        run_test(_tiny_config(data_seed=1, validity_images=3), str(tmp_path / "exp" / "test"),
+                 Variants(difficulties=(0.3,)), record, progress=False, log=lambda *a: None, ledger_path=ledger)
+    except ValueError as err:
+        assert not os.path.exists(ledger), f"the test split was spent, then the stage failed: {err}"
