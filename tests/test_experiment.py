@@ -1471,11 +1471,9 @@ def test_ca_rev151_check_c_s_tie_note_names_the_method_whose_gap_it_reports():
     assert "the paired gap is softmax's" in result.note, result.note
 
 
-# ---- ca_rev166 (strict xfail: review of d03eab2)
+# ---- ca_rev166 (review of d03eab2; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev166: --force over an absent OUT/test re-spends the test split and "
-                                       "the report says run 1's results are in run 2's folder")
 def test_ca_rev166_force_over_an_absent_test_folder_respends_the_split(tmp_path, monkeypatch):
     """Run: a test run into exp1/test (data seed 1); its folder is then moved away by hand; the same
     test stage with force=True into exp1/test.
@@ -1510,8 +1508,6 @@ def test_ca_rev166_force_over_an_absent_test_folder_respends_the_split(tmp_path,
     assert "results in `exp1/test`" not in earlier, line
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev166: the test stage spends its split, then crashes (ValueError) "
-                                       "when --validity-images/--n-dev gives the model-free map fewer than 4 images")
 def test_ca_rev166_a_small_validity_images_crashes_the_test_stage_after_spending_it(tmp_path, monkeypatch):
     """Run: run_test (the test stage) with validity_images=3 (accepted by ExperimentConfig.validate and
     the command's preflight; n_dev=3 does the same), training skipped.

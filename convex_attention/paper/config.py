@@ -655,9 +655,17 @@ def _default_train() -> TrainConfig:
     return TrainConfig(data_seed=0)
 
 
+#: The fewest development images the model-free reference map is chosen on (two halves of two).
+MODEL_FREE_MIN_IMAGES = 4
+
+
 def _check_experiment(cfg: ExperimentConfig) -> None:
     for name in ("n_dev", "n_test", "validity_images"):
         check_set_size(name, getattr(cfg, name), cfg.train.model.image_size)
+    for name in ("n_dev", "validity_images"):  # the test stage chooses it on min(n_dev, validity_images) images
+        if getattr(cfg, name) < MODEL_FREE_MIN_IMAGES:  # (it had raised after the test split was spent: ca_rev166)
+            raise ConfigError(name, f"{name} must be at least {MODEL_FREE_MIN_IMAGES}: the model-free reference map "
+                                    f"is chosen on that many development images, got {getattr(cfg, name)}")
     if cfg.n_sanity > cfg.n_explain:  # the check takes the first explained images (ca_rev144)
         raise ConfigError("n_sanity", f"n_sanity ({cfg.n_sanity}) must be at most n_explain ({cfg.n_explain}): the "
                                       f"randomisation check takes the first of the explained images")

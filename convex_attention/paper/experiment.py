@@ -636,7 +636,15 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
         started = time.strftime("%Y-%m-%d %H:%M:%S")
         record = record_test_run(config, variants_record, started, where, force)
         target = None
-        if check_test_folder(folder, force):  # --force over an earlier run: where its results will go
+        here = check_test_folder(folder, force)
+        if replaced and not here:
+            # --force replaces an earlier run's folder; with none to move aside it would only spend the split
+            # again, and the report would say the earlier results are where this run's now are (ca_rev166)
+            raise TestFolderExists(
+                f"--force moves an earlier test run's folder aside, but {folder} is not there: the data ledger records "
+                f"a test run into it (started {replaced[-1].get('started', '?')}), whose test split is spent; put its "
+                f"folder back to replace it, or test with an unspent --data-seed and report both runs")
+        if here:  # --force over an earlier run: where its results will go
             if os.path.ismount(folder):  # a rename cannot move it: refused before anything is recorded
                 raise TestFolderExists(f"{folder} is a mount point: --force cannot move its earlier results aside "
                                        f"(they are never deleted); choose another --out")

@@ -73,6 +73,7 @@ from .config import (
     DEFAULT_VARIANTS_PATH,
     MIMIC_SOURCES,
     MIMIC_TYPES,
+    MODEL_FREE_MIN_IMAGES,
     SYNTHETIC_GENERATORS,
     SYNTHETIC_SOURCES,
     ConfigError,
@@ -1164,8 +1165,9 @@ def fit_model_free(dataset, seed: int = 0, limit: int | None = None) -> dict:
     fitted candidate are those fitted on the first half."""
     images, _, masks, _ = collect(dataset, limit)
     half = len(images) // 2
-    if half < 2:
-        raise ValueError(f"the model-free map needs at least 4 development images, got {len(images)}")
+    if len(images) < MODEL_FREE_MIN_IMAGES:
+        raise ValueError(f"the model-free map needs at least {MODEL_FREE_MIN_IMAGES} development images, got "
+                         f"{len(images)}")
     # a choice of map, not a verdict: any lesion image in each half will do
     check = check_pixel_map(images[:half], masks[:half], images[half:], masks[half:], seed=seed, min_lesion_images=1)
     if not check.ran:
