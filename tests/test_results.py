@@ -1316,3 +1316,68 @@ def test_ca_rev139_a_resume_of_an_older_folder_that_commits_nothing_leaves_the_t
     stored = json.loads((tmp_path / "bench.json").read_text())
     assert tuple(stored["columns"]) == tuple(table.header)
     assert [r["checksum"] for r in stored["rows"]] == [r["checksum"] for r in table.rows]
+
+
+# ---- ca_rev167 (strict xfail: review of d03eab2)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev167: a bench.json row with a list row_id crashes --resume (TypeError)")
+def test_ca_rev167_a_bench_json_row_whose_row_id_is_not_text_does_not_crash_a_resume(tmp_path):
+    """Run: a folder with one committed row; bench.json edited by hand so that the row's row_id is
+    ["<its id>"] (a list); then a resume (ResultsWriter(resume=True), as `bench --resume` makes it).
+    Expected: bench.json is read as a record (docs/results_format.md: what cannot be read is reported, the
+    command fails in one line); a row it holds that cannot be matched is not held.  Observed: TypeError
+    "unhashable type: 'list'" from Counter(_signed_again(r) ...) in _earlier_runs: `bench --resume` into
+    that folder ends in a traceback (exit 1)."""
+    writer(tmp_path).commit(bench_row("exact"))
+    stored = json.loads((tmp_path / "bench.json").read_text())
+    stored["rows"][0]["row_id"] = [stored["rows"][0]["row_id"]]
+    (tmp_path / "bench.json").write_text(json.dumps(stored))
+    resumed = writer(tmp_path, resume=True)
+    assert [r["method"] for r in resumed.rows] == ["exact"]
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev167: a checkpoint_sha256 that is not text crashes the resume check")
+def test_ca_rev167_a_checkpoint_digest_that_is_not_text_is_refused_in_words(tmp_path):
+    """Run: a folder of rows measured with --generator model --checkpoint FILE; bench.json's
+    inputs.checkpoint_sha256 edited by hand to a number; check_resume_config with the same settings (what
+    `bench --resume` runs before any work).  Expected: ResumeMismatch (a ValueError the command prints as one
+    line, exit 2): the recorded digest is not the file's.  Observed: TypeError "'int' object is not
+    subscriptable" from inputs['checkpoint_sha256'][:12] in the message: a traceback."""
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"weights")
+    config = {"generator": "model", "checkpoint": str(checkpoint), "sizes": [4]}
+    R.ResultsWriter(str(tmp_path), config, "cpu", False, log=lambda m: None).commit(bench_row(generator="model"))
+    stored = json.loads((tmp_path / "bench.json").read_text())
+    assert isinstance(stored["inputs"]["checkpoint_sha256"], str)
+    stored["inputs"]["checkpoint_sha256"] = 12345
+    (tmp_path / "bench.json").write_text(json.dumps(stored))
+    with pytest.raises(R.ResumeMismatch):
+        R.check_resume_config(str(tmp_path), config)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev167: a resume re-signs rows of older text in bench.json, not bench.csv")
+def test_ca_rev167_a_resume_that_commits_nothing_keeps_bench_json_checksums_those_of_bench_csv(tmp_path):
+    """Run: a folder an earlier version wrote (scale as '2' in bench.csv, each row signed over that text, as in
+    ca_rev130), resumed by `bench --resume` with nothing left to measure (the sweep calls only set_extra).
+    Expected: bench.json's rows are 'the rows of bench.csv as objects' (docs/results_format.md), their checksums
+    bench.csv's, as ca_rev139 made them for a bench.csv without the run column.  Observed: _load re-signs the
+    kept rows over '2.0' but rewrites bench.csv only for dropped, renumbered or run-less rows; set_extra writes
+    bench.json with the new checksums beside bench.csv's old ones (e.g. '1abd62e8' for '4b3e0d41')."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="softmax"))
+    w.commit(bench_row(method="exact"))
+    _as_an_earlier_version_wrote(tmp_path, csv_text={"scale": "2"}, json_value={"scale": 2})
+    writer(tmp_path, resume=True).set_extra(targets=[])
+    table = read_table(str(tmp_path / "bench.csv"))
+    stored = json.loads((tmp_path / "bench.json").read_text())
+    assert [r["checksum"] for r in stored["rows"]] == [r["checksum"] for r in table.rows]
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev167: an empty bench.csv is said to hold 1 row of an earlier bench")
+def test_ca_rev167_an_empty_bench_csv_is_not_said_to_hold_a_row(tmp_path):
+    """Run: a folder whose bench.csv is an empty file (0 bytes), `bench` into it without --resume or
+    --overwrite (check_start_over).  Expected: whatever the decision, the message does not invent rows: the file
+    holds none.  Observed: existing_rows counts read_rows' problem 'bench.csv: the file is empty' as a row, and
+    the refusal says '... holds 1 row(s) of an earlier bench (0 finished) in bench.csv'."""
+    (tmp_path / "bench.csv").write_bytes(b"")
+    assert R.existing_rows(str(tmp_path))[0] == 0
