@@ -736,9 +736,8 @@ def test_ca_rev155_a_second_thread_is_not_let_in_beside_the_holder(tmp_path):
     assert said == ["refused"], said
 
 
-# ---- ca_rev167 (strict xfail: review of d03eab2)
+# ---- ca_rev167 (review of d03eab2; its strict xfail now passes)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev167: a child forked by the holder re-enters results_lock as its holder")
 def test_ca_rev167_a_forked_child_is_not_let_into_its_parents_results_lock(tmp_path):
     """Run: a process holds results_lock(OUT) and forks (multiprocessing's fork, a DataLoader worker); the child
     asks for results_lock(OUT) itself (wait=False).  Expected: ResultsLocked, as for any other process: one writer

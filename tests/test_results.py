@@ -1208,9 +1208,10 @@ def test_ca_rev131_rows_re_signed_by_a_stopped_resume_are_not_counted_as_new_row
         resumed.commit(bench_row(method="softmax", size=8, scale=2.0))
     again = writer(tmp_path, resume=True)
     assert len(again.rows) == 3
-    # the stopped run's row is its own (its run column says so; ca_rev139), in a record recovered for it
+    # the stopped run's row is its own (its run column says so; ca_rev139), in the record it wrote when it
+    # started: it rewrote both files at once, its rows signed again (ca_rev167), as a renumbering resume does
     assert [(r.get("run"), r.get("rows"), r.get("recovered", False)) for r in again.runs] == [(1, 2, False),
-                                                                                                (2, 1, True)]
+                                                                                                (2, 1, False)]
 
 
 # ---- ca_rev133 (strict xfail: review of f492f23)
@@ -1318,9 +1319,8 @@ def test_ca_rev139_a_resume_of_an_older_folder_that_commits_nothing_leaves_the_t
     assert [r["checksum"] for r in stored["rows"]] == [r["checksum"] for r in table.rows]
 
 
-# ---- ca_rev167 (strict xfail: review of d03eab2)
+# ---- ca_rev167 (review of d03eab2; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev167: a bench.json row with a list row_id crashes --resume (TypeError)")
 def test_ca_rev167_a_bench_json_row_whose_row_id_is_not_text_does_not_crash_a_resume(tmp_path):
     """Run: a folder with one committed row; bench.json edited by hand so that the row's row_id is
     ["<its id>"] (a list); then a resume (ResultsWriter(resume=True), as `bench --resume` makes it).
@@ -1336,7 +1336,6 @@ def test_ca_rev167_a_bench_json_row_whose_row_id_is_not_text_does_not_crash_a_re
     assert [r["method"] for r in resumed.rows] == ["exact"]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev167: a checkpoint_sha256 that is not text crashes the resume check")
 def test_ca_rev167_a_checkpoint_digest_that_is_not_text_is_refused_in_words(tmp_path):
     """Run: a folder of rows measured with --generator model --checkpoint FILE; bench.json's
     inputs.checkpoint_sha256 edited by hand to a number; check_resume_config with the same settings (what
@@ -1355,7 +1354,6 @@ def test_ca_rev167_a_checkpoint_digest_that_is_not_text_is_refused_in_words(tmp_
         R.check_resume_config(str(tmp_path), config)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev167: a resume re-signs rows of older text in bench.json, not bench.csv")
 def test_ca_rev167_a_resume_that_commits_nothing_keeps_bench_json_checksums_those_of_bench_csv(tmp_path):
     """Run: a folder an earlier version wrote (scale as '2' in bench.csv, each row signed over that text, as in
     ca_rev130), resumed by `bench --resume` with nothing left to measure (the sweep calls only set_extra).
@@ -1373,7 +1371,6 @@ def test_ca_rev167_a_resume_that_commits_nothing_keeps_bench_json_checksums_thos
     assert [r["checksum"] for r in stored["rows"]] == [r["checksum"] for r in table.rows]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev167: an empty bench.csv is said to hold 1 row of an earlier bench")
 def test_ca_rev167_an_empty_bench_csv_is_not_said_to_hold_a_row(tmp_path):
     """Run: a folder whose bench.csv is an empty file (0 bytes), `bench` into it without --resume or
     --overwrite (check_start_over).  Expected: whatever the decision, the message does not invent rows: the file

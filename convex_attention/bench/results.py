@@ -223,11 +223,13 @@ def _signed_again(row: dict) -> tuple:
     whatever text an earlier version wrote (a resume signs the rows it keeps again, and rows it re-signed and committed
     before a stop were counted as new: ca_rev131); a row whose values cannot be typed keeps its
     own checksum."""
+    # as text: a bench.json edited by hand may hold a list there, unhashable in the counts (ca_rev167)
+    row_id = _key_value(row.get("row_id"))
     try:  # (not the cell number either: a resume that renumbers cells rewrites it, ca_rev133)
         typed = {c: _as_column_type(c, row.get(c)) for c in COLUMNS if c not in ("checksum", "cell")}
     except ValueError:
-        return row.get("row_id"), row.get("checksum")
-    return row.get("row_id"), _signature(typed, leave_out=("checksum", "cell"))
+        return row_id, _key_value(row.get("checksum"))
+    return row_id, _signature(typed, leave_out=("checksum", "cell"))
 
 
 def _key_value(v) -> str:
@@ -482,7 +484,7 @@ def check_resume_config(out_dir: str, config) -> None:
         if now != inputs["checkpoint_sha256"]:
             raise ResumeMismatch(
                 f"--resume: the rows in {out_dir} were measured with --checkpoint {_show(stored['checkpoint'])} as "
-                f"it was then (SHA-256 {inputs['checkpoint_sha256'][:12]}…); the file "
+                f"it was then (SHA-256 {str(inputs['checkpoint_sha256'])[:12]}…); the file "
                 f"{'cannot be read' if now is None else f'has changed since ({now[:12]}…)'}: its instances would "
                 f"be another model's; restore it, pass --overwrite to start over, or choose another --out")
     default = asdict(SweepConfig())
@@ -584,7 +586,9 @@ def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
         except OSError as err:  # a folder of that name, a file that cannot be read
             return 0, 0, f"{csv_path}: cannot be read ({err.strerror or err})"
         finished = sum(r["status"] in FINISHED for r in rows)
-        return len(rows) + len(problems), finished, None
+        # (a problem of the file as a whole, "the file is empty", is no row: ca_rev167)
+        damaged = [p for p in problems if p.startswith("bench.csv line ")]
+        return len(rows) + len(damaged), finished, None
     if os.path.exists(json_path):
         try:
             with open(json_path, encoding="utf-8") as f:
@@ -742,6 +746,7 @@ class ResultsWriter:
         self._conv: dict[str, list[dict]] = {}
         self._cells: dict[tuple, int] = {}  # cell_key -> the cell's number in this folder
         self._renumbered = False  # loaded rows whose cell numbers collided were renumbered
+        self._resigned = False  # loaded rows signed again over this writer's text of their values
         self._redo: set = set()  # keys of loaded ok rows measured again (their convergence history is incomplete)
         # ((row_id, checksum), run) of the rows of bench.csv as read (resume)
         self._read_rows: list[tuple[tuple, int | None]] = []
@@ -767,8 +772,9 @@ class ResultsWriter:
         # rewritten at once where bench.csv was written before its run column: bench.json, which a
         # resume rewrites whatever it commits, would list a column and checksums bench.csv lacks (ca_rev139)
         older = resume and lacks_added_columns(self.csv_path, BENCH_SCHEMA)
-        if not resume or self.problems or self._renumbered or older:
-            # a fresh start, or rows were dropped: the files hold exactly the kept rows from now on
+        if not resume or self.problems or self._renumbered or self._resigned or older:
+            # a fresh start, or rows were dropped or signed again (bench.json, rewritten by any commit, would
+            # hold other checksums than bench.csv: ca_rev167): the files hold exactly the kept rows from now on
             self._flush(convergence=True)
 
     def _load(self) -> None:
@@ -786,7 +792,9 @@ class ResultsWriter:
             # signed again over the text this writer gives its values ("2" as "2.0", "nan" as ""):
             # kept under the checksum of their text as read, the rows a resume wrote back failed it
             # at the next read, and were measured again (ca_rev130); the read verified that one
-            self._store({**r, "checksum": _signature(r)})
+            signed = _signature(r)
+            self._resigned |= signed != r["checksum"]
+            self._store({**r, "checksum": signed})
         problems += copied
         self._read_rows = [(_signed_again(r), r.get("run")) for r in rows]  # bench.csv as read (as bench.json is)
         conv, conv_problems = read_rows(self.conv_path, CONVERGENCE_SCHEMA)

@@ -219,6 +219,7 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         time.sleep(poll_s)
     # every record names a dead owner here, this pid included: pids are reused (a container's
     # pid 1, another host), and this process's own re-entry was answered above
+    owner_pid = os.getpid()
     try:
         if previous and log:
             dead = previous.get("host") == socket.gethostname() and not _pid_alive(previous.get("pid"))
@@ -233,11 +234,14 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         _HELD[real] = (fd, threading.get_ident())
         yield path
     finally:
-        _HELD.pop(real, None)
-        with contextlib.suppress(OSError):  # before unlocking: a waiter re-checks that it locked the live file
-            if os.path.samestat(os.fstat(fd), os.lstat(path)):  # ours still, not a file put there since
-                os.remove(path)
-        os.close(fd)
+        # a forked child unwinding the parent's hold holds nothing: its copy of the descriptor was closed
+        # at the fork, and the lock file is the parent's (ca_rev167)
+        if os.getpid() == owner_pid:
+            _HELD.pop(real, None)
+            with contextlib.suppress(OSError):  # before unlocking: a waiter re-checks that it locked the live file
+                if os.path.samestat(os.fstat(fd), os.lstat(path)):  # ours still, not a file put there since
+                    os.remove(path)
+            os.close(fd)
 
 
 _FOLDER_GUARDS: dict = {}  # realpath -> threading.RLock: one thread of this process at a time
@@ -248,14 +252,18 @@ _GENERATION = [0]  # bumped in a forked child: holds from before the fork are th
 
 
 def _forget_folder_locks() -> None:
-    """In a forked child: the parent's threads, and so their holds, are not there.  The
+    """In a forked child: the parent's threads, and so their holds (``folder_lock``'s and
+    ``results_lock``'s), are not there.  The
     child's copies of their descriptors are closed (a flock belongs to the open file, which
     the child shares: kept, it held the folder until the child ended, and the child's own
     folder_lock waited on itself); closing a copy leaves the parent's lock as it is."""
     global _FOLDER_GUARDS_LOCK
-    for fd in _FOLDER_FDS.values():
+    for fd in [*_FOLDER_FDS.values(), *(held[0] for held in _HELD.values())]:
         with contextlib.suppress(OSError):
             os.close(fd)
+    # results_lock's holds too: the child's thread keeps the forking thread's id, and passed as its
+    # holder, a second writer into the folder (a DataLoader worker, multiprocessing's fork: ca_rev167)
+    _HELD.clear()
     _FOLDER_FDS.clear()
     _FOLDER_GUARDS.clear()
     _FOLDER_DEPTH.clear()
