@@ -1132,6 +1132,7 @@ def test_bench_summary_gives_each_methods_rows_by_status_and_the_median_violatio
     assert labels == ["chain: exact", "chain: cvxpylayers[moreau]", "chain: cvxpylayers[diffcp-scs]"]
 
 
+@pytest.mark.slow  # end to end or a boundary of a path lighter tests take (fast suite < 1 min)
 def test_verify_starts_the_users_solver_after_importing_what_it_runs_and_stops_it(tmp_path, monkeypatch):
     """docs/user_guide.md §2: everything the verification runs (each backend's packages
     included) is imported before the solver's code runs; the solver is given --timeout, the

@@ -776,6 +776,7 @@ def test_study_temperature_gradients_refuses_a_bad_option_before_making_out(tmp_
     assert stop.value.code == 2 and named in capsys.readouterr().err and not out.exists()
 
 
+@pytest.mark.slow  # end to end or a boundary of a path lighter tests take (fast suite < 1 min)
 def test_study_temperature_gradients_writes_a_row_per_map_and_refuses_to_replace_them(tmp_path, capsys):
     """One draw per family and set at 16², one sample: a CSV that pandas reads, one row per map with the four
     gradients and their errors (finite where the row is ok), the JSON with its command, and a second run into the

@@ -678,6 +678,7 @@ def test_dual_on_graphs_matches_reference(case, warm_start, batch):
     torch.testing.assert_close(gap, sol.info["gap"], atol=1e-12, rtol=0)
 
 
+@pytest.mark.slow  # end to end or a boundary of a path lighter tests take (fast suite < 1 min)
 def test_maps_returned_in_float32_meet_tol_after_rounding():
     """The solver stopped its float64 iterate at tol, and rounding the maps to float32 took
     them above it (mixed hard instance 78 of the graph benchmark at 64²: iterate 9.76e-7,
@@ -3107,6 +3108,7 @@ def test_rev102_the_dropped_records_warning_counts_the_other_passes_right():
 
 
 # ------------------------------------------------------------------------- ca_rev103 (strict xfail: review of f188796)
+@pytest.mark.slow  # end to end or a boundary of a path lighter tests take (fast suite < 1 min)
 def test_rev103_the_add_up_check_allows_autograd_s_rounding_of_a_sum_of_many_shares():
     """256 identical ordinary chains 4 → 2 (_two_chains_shared's maps 2 → 3, float32 scores) side by side, 512 maps,
     one 0-d float64 τ = 1 (requires grad) for all of them, float32 work, tol 1e-6.  'exact' gives 256 × 0.4768663 =

@@ -410,6 +410,7 @@ def test_a_parent_sequence_holding_a_bool_is_refused():
         ca.Graph.from_edges([4, 2], [(0, 1, [0, True, 1, 1])])
 
 
+@pytest.mark.slow  # end to end or a boundary of a path lighter tests take (fast suite < 1 min)
 def test_a_long_chain_of_maps_is_accepted():
     M = 1200
     g = ca.Graph([1] * M, [(k, k + 1) for k in range(M - 1)])

@@ -566,7 +566,7 @@ def test_ca_rev74_folder_lock_excludes_another_thread(tmp_path):
     with folder_lock(str(tmp_path)):
         thread = threading.Thread(target=other, daemon=True)
         thread.start()
-        inside = entered.wait(0.5)
+        inside = entered.wait(0.2)  # (a thread that did not wait enters at once)
     thread.join(5)
     assert not inside  # it waited for the holder
 

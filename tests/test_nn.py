@@ -1218,13 +1218,13 @@ def test_ca_rev164_a_layer_refuses_or_survives_an_amortised_state_built_for_othe
     generator = torch.Generator().manual_seed(0)
     scores = [3 * torch.randn((8,) + s, generator=generator) for s in h.shapes]
     layer = ca.ConsistentAttention(h, "learned_dual", temperature=[2.0, 0.5, 1.0], duals="amortised")
-    assert float(layer(scores).violation.mean()) < 1e-5  # holds today
+    assert float(layer(scores).violation.mean().detach()) < 1e-5  # its own state: consistent
     other = ca.ConsistentAttention(h, "learned_dual", temperature=[0.5, 2.0, 1.0], duals="amortised")
     try:
         layer.load_state_dict(other.state_dict())
     except ValueError:
         return
-    assert float(layer(scores).violation.mean()) <= 1e-3
+    assert float(layer(scores).violation.mean().detach()) <= 1e-3
 
 
 def test_ca_rev164_a_layer_with_a_learned_temperature_builds_under_the_meta_device():

@@ -1415,6 +1415,7 @@ def test_ca_rev117_a_second_dev_stage_into_one_folder_neither_replaces_nor_mixes
     assert sorted(os.listdir(out / "dev" / "runs")) == ["plain_cnn-seed1", "softmax-0-seed1"]
 
 
+@pytest.mark.slow  # end to end or a boundary of a path lighter tests take (fast suite < 1 min)
 def test_ca_rev117_train_overwrite_leaves_no_file_of_the_earlier_run(tmp_path, capsys):
     """Run: `train` (1 epoch) into OUT, then OUT/ddp_check.json as a 2-process torchrun run
     writes it (_Run.finish: world_size 2, identical true), then `train --overwrite --seed 3`

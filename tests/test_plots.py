@@ -776,6 +776,7 @@ def test_a_time_no_clock_can_measure_is_skipped_and_named(tmp_path, capsys, figs
     assert f"per_sample_ms={value:g} is not a measurable time" in err
 
 
+@pytest.mark.slow  # end to end or a boundary of a path lighter tests take (fast suite < 1 min)
 def test_a_figure_matplotlib_cannot_lay_out_is_named_not_written_and_its_warnings_do_not_leak(tmp_path, capsys,
                                                                                                figs):
     rows = sweep_rows()

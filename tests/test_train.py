@@ -196,6 +196,7 @@ def test_a_failed_run_closes_its_process_group_and_raises(tmp_path, where):
     assert said == ["injected failure; group open: False"] * 2
 
 
+@pytest.mark.slow  # end to end or a boundary of a path lighter tests take (fast suite < 1 min)
 def test_finish_frees_even_a_wrapper_held_by_a_cycle_before_the_group_is_destroyed(monkeypatch):
     # torch 2.13 frees DDP as soon as its last name goes; a wrapper that a reference cycle
     # holds must be gone too before destroy_process_group (see _Run.finish)
