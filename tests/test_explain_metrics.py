@@ -548,8 +548,6 @@ def test_ca_rev135_nearest_upsampling_assigns_each_pixel_the_cell_holding_its_ce
     assert torch.equal(to_common_form(m.flip(1), (7, 7), "nearest"), up.flip(1))  # mirroring commutes
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev135: block map at 4x4 pooled to 2x2 ties two 2-pixel cells (offsets "
-                                       "14+11 = 13+12): ap 0.883, the 2x2 block map's 0.898")
 def test_ca_rev135_the_pooled_block_map_reference_is_the_best_map_on_the_coarser_grid():
     from convex_attention.paper.explain import reference_maps, score_explanations
     from convex_attention.paper.explain_metrics import block_map
