@@ -4121,3 +4121,26 @@ def test_a_graph_solved_apart_whose_retry_has_no_sweeps_left_is_not_converged_an
         sol = ca.solve(scores, h, "dual", temperature=0.3, tol=1e-6, max_iter=2, strict=False)
     assert not bool(sol.info["converged"].any()) and int(sol.info["iterations"].max()) == 2
     assert bool(ca.solve(scores, h, "dual", temperature=0.3, tol=1e-6).info["converged"].all())  # with sweeps left
+
+
+# ---- ca_rev168 (strict xfail: review of 560040b..HEAD)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev168: with_implied_masks turns +inf over a wholly masked block into NaN")
+def test_ca_rev168_implied_mask_of_an_inf_coarse_cell_is_minus_inf():
+    """with_implied_masks' docstring: a coarse cell whose block of a finer map is wholly masked is masked
+    (-inf).  d1ff286 (ca_rev157) masks it by adding -inf instead of masked_fill.  Run, check_finite=False:
+    Graph([4, 2], [(0, 1)]), scores [[-inf, -inf, 1, 2]] and [[+inf, 0.5]] (float64);
+    with_implied_masks, then solve(..., 'learned_dual', duals=[zeros(1, 2)]) and consistency_loss.
+    Expected (as at 560040b): the coarse scores [-inf, 0.5], its map [0, 1], the loss 0.  Observed: the
+    coarse scores [nan, 0.5] (+inf + -inf), learned_dual's coarse map [nan, nan], the loss nan."""
+    g = ca.Graph([4, 2], [(0, 1)])
+    inf = math.inf
+    scores = [torch.tensor([[-inf, -inf, 1.0, 2.0]], dtype=torch.float64),
+              torch.tensor([[inf, 0.5]], dtype=torch.float64)]
+    duals = [torch.zeros(1, 2, dtype=torch.float64)]
+    masked = ca.dual.with_implied_masks(scores, g)
+    probs = ca.solve(scores, g, "learned_dual", duals=duals, check_finite=False).probs
+    loss = ca.consistency_loss(scores, duals, g, check_finite=False)
+    assert masked[1].tolist() == [[-inf, 0.5]]
+    assert probs[1].tolist() == [[0.0, 1.0]] and float(loss) == 0.0

@@ -868,3 +868,22 @@ def test_ca_rev159_block_max_gradient_at_ties_is_that_of_amax_on_equal_graphs(gi
     y = x.detach().clone().requires_grad_()
     y.reshape(1, 2, 3).amax(-1).sum().backward()
     torch.testing.assert_close(x.grad, y.grad)
+
+
+# ---- ca_rev168 (strict xfail: review of 560040b..HEAD)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev168: block_max on a 2-D grid splits a partial tie by halves, not as amax")
+def test_ca_rev168_block_max_gradient_at_a_partial_tie_on_a_2d_grid_is_that_of_amax():
+    """design.md §4 (98405f3): `block_max` differentiates as `torch.amax` does (a tie shares the gradient
+    evenly), however the edge was given.  Run: g = Graph([(2, 2), (1, 1)], [(0, 1)]), x = [[0, 0], [0, -1]]
+    (float64, one sample), g.block_max(x, 0).sum().backward().  Expected: amax over the block's 4 cells,
+    1/3 on each of the three tied cells.  Observed: [[0.25, 0.5], [0.25, 0]]: the strided path takes amax
+    one grid dimension at a time, so a tie is split by halves per dimension (the 1-D case of ca_rev159 is
+    fixed, its 2-D neighbour is not)."""
+    g = ca.Graph([(2, 2), (1, 1)], [(0, 1)])
+    x = torch.tensor([[[0.0, 0.0], [0.0, -1.0]]], dtype=torch.float64, requires_grad=True)
+    g.block_max(x, 0).sum().backward()
+    y = x.detach().clone().requires_grad_()
+    y.reshape(1, 4).amax(-1).sum().backward()
+    torch.testing.assert_close(x.grad, y.grad)

@@ -552,3 +552,21 @@ def test_ca_rev159_sparse_given_map_is_refused_naming_it(check_finite):
                  check_finite=check_finite)
     except (TypeError, ValueError) as err:
         assert "given[1]" in str(err)
+
+
+# ---- ca_rev168 (strict xfail: review of 560040b..HEAD)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev168: a float temperature beside a meta one skips the value checks")
+@pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan")])
+def test_ca_rev168_float_temperature_beside_a_meta_one_is_checked(bad):
+    """d158115 (validation._meta_temperatures): a meta temperature holds no value to check, so a list holding
+    one is returned as given, and its float entries, which do hold values, go unchecked.  Run: meta scores
+    (1, 4), (1, 2) on Graph([4, 2], [(0, 1)]), solve(..., 'exact', temperature=[tensor(1., device='meta'),
+    bad], check_finite=False), bad = -1.0, 0.0, nan.  Expected: ValueError 'temperature of map 1 must be
+    positive and finite', as temperature=-1.0 alone gives ('of map 0 ... got -1.0').  Observed: accepted,
+    meta maps of shape (1, 4) returned for all three."""
+    g = ca.Graph([4, 2], [(0, 1)])
+    scores = [torch.empty(1, 4, device="meta"), torch.empty(1, 2, device="meta")]
+    with pytest.raises(ValueError, match="positive"):
+        ca.solve(scores, g, "exact", temperature=[torch.tensor(1.0, device="meta"), bad], check_finite=False)
