@@ -136,7 +136,7 @@ def with_implied_masks(scores: Sequence[Tensor], h: Graph) -> list[Tensor]:
         if not meta and counts is not None and bool((now == counts).all()):
             break
         counts = now
-    return [s + _masked_as_minus_inf(w) for s, w in zip(scores, work)]
+    return [_masked(s, w) for s, w in zip(scores, work)]
 
 
 def _spread_masks_once(maps: list, h: Graph, upward: Sequence[int]) -> list:
@@ -147,11 +147,18 @@ def _spread_masks_once(maps: list, h: Graph, upward: Sequence[int]) -> list:
     masked_fill had turned into 0 (ca_rev157)."""
     for e in upward:
         a, b = h.edges[e]
-        maps[b] = maps[b] + _masked_as_minus_inf(h.block_max(maps[a].detach(), e))
+        maps[b] = _masked(maps[b], h.block_max(maps[a].detach(), e))
     for e in reversed(upward):
         a, b = h.edges[e]
-        maps[a] = h._combine(maps[a], _masked_as_minus_inf(maps[b]), e, torch.add)
+        maps[a] = _masked(maps[a], h.broadcast(maps[b].detach(), e))
     return maps
+
+
+def _masked(s: Tensor, by: Tensor) -> Tensor:
+    """``s`` with −∞ where ``by`` (shaped like it) is −∞, by adding −∞ so that the gradient passes
+    (ca_rev157); a +∞ score there is replaced instead (+∞ − ∞ was NaN: ca_rev168)."""
+    mask = _masked_as_minus_inf(by)
+    return torch.where(torch.isposinf(s.detach()) & torch.isneginf(mask), mask, s + mask)
 
 
 def _masked_as_minus_inf(x: Tensor) -> Tensor:

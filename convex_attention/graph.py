@@ -985,14 +985,17 @@ class Graph:
         a = self.edges[e][0]
         lead = tuple(x.shape[: x.dim() - len(self.shapes[a])])
         cur = list(self.shapes[a])
-        # a maximum to differentiate is amax's, which shares a tie's gradient evenly: a chain of
-        # torch.maximum split it by halves (1/4, 1/4, 1/2), unlike the same graph given by parents (ca_rev159)
-        strided = reduction != "sum" and x.requires_grad and torch.is_grad_enabled()
+        if reduction != "sum" and x.requires_grad and torch.is_grad_enabled():
+            # a maximum to differentiate is one amax over the whole block, which shares a tie's gradient
+            # evenly: a chain of torch.maximum split it by halves (1/4, 1/4, 1/2), unlike the same graph
+            # given by parents (ca_rev159), and so did an amax per dimension on a 2-D block (ca_rev168)
+            split = lead + tuple(n for size, f in zip(cur, factors) for n in (size // f, f))
+            return x.reshape(split).amax(tuple(len(lead) + 2 * d + 1 for d in range(len(factors))))
         for d, f in enumerate(factors):
             if f == 1:
                 continue
             v = x.reshape(lead + tuple(cur[:d]) + (cur[d] // f, f, math.prod(cur[d + 1:])))
-            if f > _CHAIN_LIMIT or strided:
+            if f > _CHAIN_LIMIT:
                 y = v.sum(-2) if reduction == "sum" else v.amax(-2)
             else:
                 y = v.select(-2, 0)

@@ -294,7 +294,14 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
     grad = is_grad_temperature(temperature)
     meta = _meta_temperatures(temperature, num_levels, allow_grad, unit, scores_device)
     if meta is not None:
-        return meta
+        if isinstance(temperature, Tensor):
+            return meta
+        # the others checked as ever, a placeholder in the meta ones' place (a float of -1 beside a meta
+        # tensor had been taken unchecked: ca_rev168)
+        is_meta = [isinstance(t, Tensor) and t.is_meta for t in meta]
+        checked = check_temperatures([1.0 if m else t for t, m in zip(meta, is_meta)], num_levels, dtype, allow_grad,
+                                     method, unit, unused, grad_refusal, scores_device)
+        return [t if m else c for t, c, m in zip(meta, checked, is_meta)]
     if isinstance(temperature, Tensor):
         if not (temperature.dtype.is_floating_point or temperature.dtype in _INT_DTYPES):
             raise TypeError(f"temperature must be a real tensor, got dtype {temperature.dtype}")

@@ -4123,10 +4123,9 @@ def test_a_graph_solved_apart_whose_retry_has_no_sweeps_left_is_not_converged_an
     assert bool(ca.solve(scores, h, "dual", temperature=0.3, tol=1e-6).info["converged"].all())  # with sweeps left
 
 
-# ---- ca_rev168 (strict xfail: review of 560040b..HEAD)
+# ---- ca_rev168 (review of 560040b..HEAD; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev168: with_implied_masks turns +inf over a wholly masked block into NaN")
 def test_ca_rev168_implied_mask_of_an_inf_coarse_cell_is_minus_inf():
     """with_implied_masks' docstring: a coarse cell whose block of a finer map is wholly masked is masked
     (-inf).  d1ff286 (ca_rev157) masks it by adding -inf instead of masked_fill.  Run, check_finite=False:

@@ -870,10 +870,9 @@ def test_ca_rev159_block_max_gradient_at_ties_is_that_of_amax_on_equal_graphs(gi
     torch.testing.assert_close(x.grad, y.grad)
 
 
-# ---- ca_rev168 (strict xfail: review of 560040b..HEAD)
+# ---- ca_rev168 (review of 560040b..HEAD; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev168: block_max on a 2-D grid splits a partial tie by halves, not as amax")
 def test_ca_rev168_block_max_gradient_at_a_partial_tie_on_a_2d_grid_is_that_of_amax():
     """design.md §4 (98405f3): `block_max` differentiates as `torch.amax` does (a tie shares the gradient
     evenly), however the edge was given.  Run: g = Graph([(2, 2), (1, 1)], [(0, 1)]), x = [[0, 0], [0, -1]]

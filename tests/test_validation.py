@@ -554,10 +554,9 @@ def test_ca_rev159_sparse_given_map_is_refused_naming_it(check_finite):
         assert "given[1]" in str(err)
 
 
-# ---- ca_rev168 (strict xfail: review of 560040b..HEAD)
+# ---- ca_rev168 (review of 560040b..HEAD; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev168: a float temperature beside a meta one skips the value checks")
 @pytest.mark.parametrize("bad", [-1.0, 0.0, float("nan")])
 def test_ca_rev168_float_temperature_beside_a_meta_one_is_checked(bad):
     """d158115 (validation._meta_temperatures): a meta temperature holds no value to check, so a list holding
