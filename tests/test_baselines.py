@@ -513,3 +513,32 @@ def test_rev85_linsat_a_temperature_list_is_used_or_refused_by_the_check():
         return
     torch.testing.assert_close(probs[0], linsat_solve([theta, None, None], h, given, temperature=0.5,
                                                       max_iter=20)[0])
+
+
+# ---- ca_rev169 (strict xfail: review of 31760bd)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev169: contradicting given maps: LinSATNet's unmet projection, silently")
+def test_ca_rev169_linsat_says_so_when_its_given_maps_contradict_each_other():
+    """Run: a 16-cell scored map held to given quadrants q1 = [0.1, 0.2, 0.3, 0.4] and given halves
+    q2 = [0.4, 0.6] (its quadrants pool onto [0.3, 0.7]: no map pools onto both), linsat_solve(max_iter=100).
+    Expected: refused (ValueError) or warned, as linsat_solve refuses given maps not summing to one for the
+    same cause (an infeasible E x = f, whose unmet projection LinSATNet returns with its warning off), and as
+    ca.solve does (ConvergenceError: "check the given maps").  Observed: no error and no warning; the
+    projection comes back beside the given maps with violation 0.19 per sample (0.1918, 0.1940)."""
+    import warnings
+
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h = ca.Graph.from_edges([16, 4, 2], [(0, 1, torch.arange(16) // 4), (0, 2, torch.arange(16) // 8)])
+    theta = torch.randn(2, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    given = {1: torch.tensor([[0.1, 0.2, 0.3, 0.4]], dtype=torch.float64),
+             2: torch.tensor([[0.4, 0.6]], dtype=torch.float64)}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            probs = linsat_solve([theta, None, None], h, given, max_iter=100)
+        except ValueError:
+            return  # refused: as expected
+    worst = float(ca.metrics.violation(probs, h).max())
+    assert caught, f"returned silently with violation {worst:.3g}"

@@ -1919,3 +1919,29 @@ def test_ca_rev142_a_forest_whose_dual_fails_in_the_speed_part_does_not_fail_sof
     target = next(t for t in out["targets"] if t["target"] == "exact / softmaxes, forward + backward (star)")
     assert status["softmax"] == "ok" and status["exact"] == "ok", (status, target)
     assert "failed: see speed.csv" not in target["detail"] and target["value"] is not None, target
+
+
+# ---- ca_rev169 (strict xfail: review of 31760bd)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev169: a baseline that raises ends the run; no target says it failed")
+def test_ca_rev169_a_baseline_that_raises_in_the_linsat_part_is_a_failed_baseline_not_the_run_s_end(tmp_path):
+    """Run: graph_benchmark(parts=("linsat",), size 16, linsat_iters (2,), batch 1, repeats 1) with a baseline
+    that refuses as linsat_solve documents refusing ("LinSATNet's projection of map 0 is not finite ...":
+    ValueError).  Expected: the run completes (as the speed part records a failing method as a row since
+    ca_rev141), graphs.json written, and the target 'baseline / dual time at the baseline's violation (given
+    maps, 2 iterations)' has no verdict with detail 'the baseline failed' (the branch _targets keeps for it;
+    a baseline returning NaN maps gets exactly that).  Observed: the ValueError escapes graph_benchmark,
+    graphs.json is not written, and the other parts' targets of the run are lost with it."""
+    def refuses(scores, h, given, temperature=1.0, max_iter=100):
+        raise ValueError("LinSATNet's projection of map 0 is not finite at temperature 1: its Sinkhorn iterations "
+                         "overflow")
+
+    config = GraphBenchmark(parts=("linsat",), size=16, linsat_iters=(2,), linsat_batch=1, linsat_repeats=1)
+    try:
+        out = gt.graph_benchmark(config, str(tmp_path), baseline=refuses, backends=[], log=lambda m: None)
+    except ValueError as err:
+        written = (tmp_path / "graphs.json").exists()
+        raise AssertionError(f"the run ended: {err}; graphs.json written: {written}") from err
+    (target,) = out["targets"]
+    assert target["met"] is None and "the baseline failed" in target["detail"], target
+    assert (tmp_path / "graphs.json").exists()
