@@ -42,8 +42,10 @@ import torch
 from torch import Tensor
 
 from convex_attention.cvx import aggregation_matrix
+from convex_attention.given_maps import agreeing_given
 from convex_attention.graph import Graph
 from convex_attention.validation import (
+    GIVEN_SUM_TOLERANCE,
     check_given,
     check_hierarchy,
     check_scores_and_peaks,
@@ -191,8 +193,27 @@ def _checked(scores, h: Graph, given, temperature, max_iter) -> tuple[int, Tenso
     tau = _checked_temperature(temperature, free, theta.dtype)
     # given maps of another floating dtype or device are taken in the scores' (as before the checks)
     given = {k: q.to(theta) if isinstance(q, Tensor) and q.dtype.is_floating_point else q for k, q in given.items()}
-    return (free, theta, check_given(given, h, theta.shape[0], theta.dtype, theta.device, positive=False), tau,
-            int(max_iter))
+    given_maps = check_given(given, h, theta.shape[0], theta.dtype, theta.device, positive=False)
+    _check_given_agree(h, given_maps, theta.shape[0], theta.dtype)
+    return free, theta, given_maps, tau, int(max_iter)
+
+
+def _check_given_agree(h: Graph, given_maps: list, batch: int, dtype: torch.dtype) -> None:
+    """ValueError where the given maps contradict each other beyond the rounding their sums are
+    allowed (:data:`~convex_attention.validation.GIVEN_SUM_TOLERANCE`): no map pools onto them
+    all, ``E x = f`` has no solution, and LinSATNet returned its unmet projection beside them
+    with its warning off (quadrants of 0.1, 0.2, 0.3, 0.4 and halves of 0.4, 0.6: violation
+    0.19, silently; ca_rev169), as ``ca.solve`` reports it (:func:`~convex_attention.given_maps.
+    agreeing_given`, the maps closest to them that agree, measures how far apart they are)."""
+    wide = [None if q is None else q.to(torch.float64).expand((batch,) + tuple(q.shape[1:])) for q in given_maps]
+    agreed = agreeing_given(h, wide)
+    if agreed is None:
+        return
+    apart = max(float((a - q).abs().max()) for a, q in zip(agreed, wide) if q is not None)
+    if apart > GIVEN_SUM_TOLERANCE.get(dtype, 1e-2):
+        raise ValueError(f"the given maps contradict each other: no map pools onto them all (they are {apart:.3g} "
+                         f"apart in a cell), so LinSATNet's projection cannot meet them; give maps that agree "
+                         f"where they hold the same cells")
 
 
 def _checked_temperature(temperature, free: int, dtype: torch.dtype) -> float | Tensor:

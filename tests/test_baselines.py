@@ -515,9 +515,8 @@ def test_rev85_linsat_a_temperature_list_is_used_or_refused_by_the_check():
                                                       max_iter=20)[0])
 
 
-# ---- ca_rev169 (strict xfail: review of 31760bd)
+# ---- ca_rev169 (review of 31760bd; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev169: contradicting given maps: LinSATNet's unmet projection, silently")
 def test_ca_rev169_linsat_says_so_when_its_given_maps_contradict_each_other():
     """Run: a 16-cell scored map held to given quadrants q1 = [0.1, 0.2, 0.3, 0.4] and given halves
     q2 = [0.4, 0.6] (its quadrants pool onto [0.3, 0.7]: no map pools onto both), linsat_solve(max_iter=100).

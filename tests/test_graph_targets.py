@@ -1921,9 +1921,8 @@ def test_ca_rev142_a_forest_whose_dual_fails_in_the_speed_part_does_not_fail_sof
     assert "failed: see speed.csv" not in target["detail"] and target["value"] is not None, target
 
 
-# ---- ca_rev169 (strict xfail: review of 31760bd)
+# ---- ca_rev169 (review of 31760bd; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev169: a baseline that raises ends the run; no target says it failed")
 def test_ca_rev169_a_baseline_that_raises_in_the_linsat_part_is_a_failed_baseline_not_the_run_s_end(tmp_path):
     """Run: graph_benchmark(parts=("linsat",), size 16, linsat_iters (2,), batch 1, repeats 1) with a baseline
     that refuses as linsat_solve documents refusing ("LinSATNet's projection of map 0 is not finite ...":

@@ -771,7 +771,7 @@ def _amortised(config: GraphBenchmark, log) -> list[dict]:
 # ----------------------------------------------------------------------------- given maps
 
 LINSAT_COLUMNS = ("solver", "parameter", "batch", "fwd_ms", "bwd_ms", "total_ms", "per_sample_ms", "violation",
-                  "max_abs_err", "gradient_error")
+                  "max_abs_err", "gradient_error", "reason")
 
 
 def _given_problem(config: GraphBenchmark, g: torch.Generator):
@@ -803,21 +803,36 @@ def _linsat(config: GraphBenchmark, baseline: Callable, log) -> list[dict]:
     for iters in config.linsat_iters:
         variants[f"linsat {iters}"] = ("linsat", iters, lambda s, n=iters: baseline(
             [s, None, None], h, given, temperature=1.0, max_iter=n))
-    leaf = theta.clone().requires_grad_()
-    cases = {name: (lambda fn=fn: (fn(leaf)[0] * weights).sum()) for name, (_, _, fn) in variants.items()}
-    timed = measure_interleaved(cases, repeats=config.linsat_repeats, warmup=1)
-    rows = []
-    for name, (solver, parameter, fn) in variants.items():
+    B = config.linsat_batch
+    accuracy: dict = {}  # name -> the row's accuracy columns, or the reason it failed
+    for name, (_, _, fn) in variants.items():
         xs = theta.clone().requires_grad_()
-        probs = fn(xs)
-        (grad,) = torch.autograd.grad((probs[0] * weights).sum(), xs)
+        try:
+            probs = fn(xs)
+            (grad,) = torch.autograd.grad((probs[0] * weights).sum(), xs)
+        except Exception as err:  # noqa: BLE001  (a failing solver is its row: it had ended the run, ca_rev169)
+            accuracy[name] = error_reason(err)
+            continue
+        accuracy[name] = {"violation": float(violation([p.detach() for p in probs], h).max()),
+                          "max_abs_err": float((probs[0].detach() - ref_p).abs().max()),
+                          "gradient_error": float((grad - ref_grad).norm() / ref_grad.norm())}
+    leaf = theta.clone().requires_grad_()
+    ran = [name for name in variants if isinstance(accuracy[name], dict)]
+    cases = {name: (lambda fn=variants[name][2]: (fn(leaf)[0] * weights).sum()) for name in ran}
+    timed = measure_interleaved(cases, repeats=config.linsat_repeats, warmup=1) if cases else {}
+    rows = []
+    for name, (solver, parameter, _) in variants.items():
+        found = accuracy[name]
+        if not isinstance(found, dict):
+            rows.append({"solver": solver, "parameter": parameter, "batch": B, "fwd_ms": math.nan, "bwd_ms": math.nan,
+                         "total_ms": math.nan, "per_sample_ms": math.nan, "violation": math.nan,
+                         "max_abs_err": math.nan, "gradient_error": math.nan, "reason": one_line(found, REASON_CHARS)})
+            log(f"given maps {solver} {parameter:g}: failed: {found}")
+            continue
         meas = timed[name]
-        B = config.linsat_batch
         rows.append({"solver": solver, "parameter": parameter, "batch": B, "fwd_ms": meas.fwd_median,
                      "bwd_ms": meas.bwd_median, "total_ms": meas.total_median, "per_sample_ms": meas.total_median / B,
-                     "violation": float(violation([p.detach() for p in probs], h).max()),
-                     "max_abs_err": float((probs[0].detach() - ref_p).abs().max()),
-                     "gradient_error": float((grad - ref_grad).norm() / ref_grad.norm())})
+                     **found, "reason": ""})
         r = rows[-1]
         log(f"given maps {solver} {parameter:g}: {r['per_sample_ms']:.3g} ms/sample, violation {r['violation']:.1e}, "
             f"|p - p*| {r['max_abs_err']:.1e}, gradient error {r['gradient_error']:.1e}")
@@ -1034,7 +1049,8 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
         name = f"baseline / dual time at the baseline's violation (given maps, {r['parameter']:g} iterations)"
         if not (isinstance(r["violation"], numbers.Real) and math.isfinite(r["violation"])):
             # the baseline failed: there is no violation for dual to reach (not dual's miss)
-            out.append(_target(name, None, ">=", 1.0, f"the baseline failed (violation {r['violation']})"))
+            why = r.get("reason") or f"violation {r['violation']}"
+            out.append(_target(name, None, ">=", 1.0, f"the baseline failed ({why})"))
             continue
         if not is_measured_time(r["per_sample_ms"]):  # no time to compare with: not dual's miss either
             out.append(_target(name, None, ">=", 1.0,
