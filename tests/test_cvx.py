@@ -2170,3 +2170,28 @@ def test_ca_rev145_an_option_the_batched_diffcp_call_refuses_is_refused_before_a
     h = ca.Hierarchy.grid([(4,), (2,)])
     with pytest.raises(TypeError, match=option):
         ca.get_method("cvxpylayers").check_options({"backend": "diffcp-clarabel", option: None}, h)
+
+
+# ---- ca_rev170 (review of 230b1fc: math.md corrected)
+
+def test_the_test_reference_keeps_one_simplex_constraint_per_component_as_the_layer_does(monkeypatch):
+    """docs/math.md §1 (corrected, ca_rev170: it had said the test reference keeps every simplex
+    constraint): the reference keeps one per connected component, as cvx.simplex_maps does, and its
+    certificate checks every map's sum.  Counted by recording the constraints cvxpy.Problem is given."""
+    import cvxpy as cp
+    from helpers import reference_solve
+
+    seen = []
+    original = cp.Problem
+
+    def recording(objective, constraints=None):
+        seen.append(list(constraints or []))
+        return original(objective, constraints)
+
+    monkeypatch.setattr(cp, "Problem", recording)
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn((1,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    reference_solve(h, scores, [1.0, 1.0])
+    simplex = [c for c in seen[0] if "Sum(" in str(c) and str(c).endswith("== 1.0")]
+    assert len(simplex) == len(h.components) == 1, [str(c) for c in seen[0]]
