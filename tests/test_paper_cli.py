@@ -1640,3 +1640,29 @@ def test_ca_rev139_train_into_an_experiment_models_folder_does_not_advise_a_resu
         code, _, followed = run(["train", "--resume", str(folder / "last.pt"), "--out", str(folder), "--epochs",
                                  "2", "--quiet"], capsys)
         assert code != 2, followed
+
+
+# ---- ca_rev171 (strict xfail: review of 230b1fc)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev171: a --checkpoints NAME with '|' or a newline breaks explain.md")
+@pytest.mark.parametrize("name", ["a|b", "a\nb"])
+def test_ca_rev171_explain_md_keeps_its_table_whatever_the_model_name(name, tmp_path, capsys):
+    """Run: convex-attention explain --checkpoints $'a|b=runs/t/best.pt' --n-images 1 --baseline-model none
+    --out OUT (and a name holding a newline). Expected: the name is refused before any work (exit 2), or
+    explain.md's table keeps one row per line with the header's number of cells. Observed: exit 0 and
+    markdown_table writes the name as it is: 'a|b' adds a cell to every row, a newline splits each row in two
+    (explain.csv is fine: pandas reads the quoted name back)."""
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt")
+    out = tmp_path / "o"
+    code, _, err = run(["explain", "--checkpoints", f"{name}={a}", "--n-images", "1", "--baseline-model", "none",
+                        "--pixel-only", "--out", str(out), "--quiet"], capsys)
+    if code == 2:
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        return
+    assert code == 0, err
+    lines = (out / "explain.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| model |"))
+    table = lines[start:]
+    cells = table[0].count("|")
+    broken = [line for line in table if line and (not line.startswith("|") or line.count("|") != cells)]
+    assert broken == [], broken[:3]
