@@ -187,9 +187,12 @@ def main(argv=None):
         if not args.no_speed:
             _speed(args.size, args.seed, args.families)
         _convergence(args.size, args.instances, args.seed, args.families, args.sets, args.backward, args.loss)
+    except KeyboardInterrupt:  # (a traceback had ended it: ca_rev171)
+        return parser.run_interrupted("what it printed so far is all it measured")
     finally:
         _restore()
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

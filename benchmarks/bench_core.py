@@ -44,7 +44,8 @@ def main(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS, metavar="NAME",
                         help=f"cvxpylayers backends to time, from {', '.join(BACKENDS)} (default: every installed one)")
-    parser.add_argument("--out", default="results/bench_core", help="folder for CSV, JSON and figures")
+    parser.add_argument("--out", default="results/bench_core",
+                        help="folder for CSV, JSON and figures (default: results/bench_core)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes (CI smoke run)")
     parser.add_argument("--plot-only", action="store_true",
                         help="measure nothing: redraw OUT/bench_core.png (and .pdf) from OUT/bench_core.json")
@@ -87,6 +88,7 @@ def main(argv=None):
     why = unavailable_backends_reason(args.backends or [])
     if why:
         parser.error(f"--backends: {why}; these can: {', '.join(available_backends()) or 'none'}")
+    made = parser.folders_to_make(args.out)  # before check_out_dir makes them
     try:
         check_device(args.device)
         check_no_earlier_outputs(args.out, OUTPUTS, args.overwrite)
@@ -110,9 +112,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         # the CSV may have been written before the JSON and the figure (a review): say which are there
         left = [name for name in OUTPUTS if os.path.exists(os.path.join(args.out, name))]
-        print("bench_core.py: interrupted; " + (f"{', '.join(left)} left in {args.out} (rerun with --overwrite)"
-                                               if left else "nothing was written"), file=sys.stderr)
-        return 130
+        # (a folder this run made and left empty is removed again: ca_rev171)
+        return parser.run_interrupted(f"{', '.join(left)} left in {args.out} (rerun with --overwrite)" if left
+                                      else "nothing was written", made)
     except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's: a review)
         return parser.run_failed(err)
 

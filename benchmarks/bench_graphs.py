@@ -52,7 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS, metavar="NAME",
                         help=f"cvxpylayers backends, from {', '.join(BACKENDS)} (default: moreau and "
                              f"diffcp-clarabel where installed; diffcp-scs takes minutes per instance here)")
-    parser.add_argument("--out", default="results/graphs", help="folder for the CSV and JSON files")
+    parser.add_argument("--out", default="results/graphs",
+                        help="folder for the CSV and JSON files (default: results/graphs)")
     parser.add_argument("--tiny", action="store_true",
                         help="tiny sizes (the smoke run): its targets are given no verdict, and graphs.json's config "
                              "says tiny")
@@ -68,6 +69,7 @@ def main(argv=None) -> int:
     # the tiny settings the parts asked for read (a part's own setting is refused without that part)
     tiny = {k: v for k, v in TINY.items() if reads_setting(k, given.get("parts", PARTS))}
     # every check before the folder is made: a refused run leaves nothing behind
+    made = parser.folders_to_make(args.out)  # before check_out_dir makes them
     try:
         config = GraphBenchmark(**({**tiny, **given} if args.tiny else given))
         if args.backends is not None:
@@ -103,10 +105,10 @@ def main(argv=None) -> int:
     except (ResultsLocked, RunRefused) as err:  # another run holds the folder, or left results there
         parser.error(str(err))
     except KeyboardInterrupt:
-        print("bench_graphs.py: interrupted; the parts that finished, if any, are in their CSV files; graphs.json "
-              "(the targets) was not written (--overwrite removed an earlier one when the run started); rerun (with "
-              "--overwrite if a part's file was written)", file=sys.stderr)
-        return 130
+        return parser.run_interrupted(
+            "the parts that finished, if any, are in their CSV files; graphs.json (the targets) was not written"
+            + (" (--overwrite removed an earlier one when the run started)" if args.overwrite else "")
+            + "; rerun (with --overwrite if a part's file was written)", made)
     except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's)
         return parser.run_failed(err)
     return 0

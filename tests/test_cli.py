@@ -1559,7 +1559,7 @@ def test_ca_rev138_verify_into_a_held_folder_is_refused_before_the_solvers_code_
     assert ran == [], ran
 
 
-# ---- ca_rev171 (strict xfail: review of 230b1fc)
+# ---- ca_rev171 (review of 230b1fc; its strict xfails now pass)
 
 class _ClosedStdout:
     """stdout whose reader is gone (`convex-attention ... | head -0`): every write is a broken pipe."""
@@ -1578,7 +1578,6 @@ class _ClosedStdout:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev171: a closed stdout ends verify and bench in a BrokenPipeError")
 @pytest.mark.parametrize("command", ["verify", "bench"])
 def test_ca_rev171_a_closed_stdout_is_no_traceback_and_keeps_the_results(command, tmp_path, capsys, monkeypatch):
     """Run: convex-attention verify --quick --n 1 --no-progress --out OUT | head -0 (stdout closed; and the

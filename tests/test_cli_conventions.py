@@ -963,13 +963,12 @@ def test_ca_rev144_explain_help_states_the_whole_range_of_its_numbers(option, ca
     assert re.search(r"from 1 to 100000|in \[1, 100000\]", " ".join(_help_of("explain", option).split()))
 
 
-# ---- ca_rev171 (strict xfail: review of 230b1fc)
+# ---- ca_rev171 (review of 230b1fc; its strict xfails now pass)
 
 def _ca_rev171_interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev171: Ctrl-C in the study scripts and ablate_newton.py is a traceback")
 @pytest.mark.parametrize("name, stub, argv", [
     ("study_certificate", "instance", ["--draws", "1", "--out", "OUT"]),
     ("study_temperature_gradients", "instance_rows", ["--draws", "1", "--out", "OUT"]),
@@ -999,7 +998,6 @@ def test_ca_rev171_ctrl_c_in_a_benchmark_script_is_one_line_exit_130(name, stub,
     assert code == 130 and len(err.splitlines()) == 1 and "interrupted" in err, (code, err)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev171: bench_core/bench_graphs interrupted before any write leave --out")
 @pytest.mark.parametrize("name, stub", [("bench_core", "core_benchmark"), ("bench_graphs", "graph_benchmark")])
 def test_ca_rev171_an_interrupted_script_that_wrote_nothing_leaves_no_empty_out(name, stub, tmp_path, capsys,
                                                                                 monkeypatch):
@@ -1019,7 +1017,6 @@ def test_ca_rev171_an_interrupted_script_that_wrote_nothing_leaves_no_empty_out(
     assert not new.exists(), sorted(p.name for p in new.rglob("*"))
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev171: bench_core.py and bench_graphs.py --help omit --out's default")
 @pytest.mark.parametrize("name, default", [("bench_core", "results/bench_core"), ("bench_graphs", "results/graphs")])
 def test_ca_rev171_benchmark_scripts_help_gives_the_default_out(name, default, capsys):
     """Run: python benchmarks/bench_core.py --help (and bench_graphs.py --help). Expected: '--out' says where
@@ -1034,7 +1031,6 @@ def test_ca_rev171_benchmark_scripts_help_gives_the_default_out(name, default, c
     assert default in option, option
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev171: --image-size help says 16 to 8192; the default data refuses < 32")
 @pytest.mark.parametrize("command", ["train", "experiment"])
 def test_ca_rev171_image_size_help_gives_the_range_the_default_data_accepts(command, tmp_path, capsys,
                                                                             monkeypatch):

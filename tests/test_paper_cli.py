@@ -1642,9 +1642,8 @@ def test_ca_rev139_train_into_an_experiment_models_folder_does_not_advise_a_resu
         assert code != 2, followed
 
 
-# ---- ca_rev171 (strict xfail: review of 230b1fc)
+# ---- ca_rev171 (review of 230b1fc; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev171: a --checkpoints NAME with '|' or a newline breaks explain.md")
 @pytest.mark.parametrize("name", ["a|b", "a\nb"])
 def test_ca_rev171_explain_md_keeps_its_table_whatever_the_model_name(name, tmp_path, capsys):
     """Run: convex-attention explain --checkpoints $'a|b=runs/t/best.pt' --n-images 1 --baseline-model none

@@ -138,12 +138,15 @@ def check_study_arguments(parser: argparse.ArgumentParser, args: argparse.Namesp
 
 def run_study(parser, out: str, study) -> int:
     """A study script's run of ``study()`` (its exit status) into ``out``, made here: a failure
-    after the checks is one line on stderr, exit 1, and an ``out`` this run made is removed
-    again if empty (``parser.run_failed``: a traceback had ended the study scripts, ca_rev141)."""
+    after the checks is one line on stderr, exit 1, Ctrl-C one line, exit 130, and an ``out``
+    this run made is removed again if empty (``parser.run_failed``, ``parser.run_interrupted``: a
+    traceback had ended the study scripts, ca_rev141, ca_rev171)."""
     made = None if os.path.exists(out) else out
     os.makedirs(out, exist_ok=True)
     try:
         return study()
+    except KeyboardInterrupt:  # (a traceback had ended them: ca_rev171)
+        return parser.run_interrupted(f"what the study wrote, if anything, is in {out}", [made] if made else [])
     except Exception as err:  # noqa: BLE001  (one line, exit 1, as every command)
         return parser.run_failed(err, made)
 

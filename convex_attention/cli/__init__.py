@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 
 from .. import __version__
@@ -46,6 +48,8 @@ def main(argv=None) -> int:
         print(f"convex-attention {command}: error: {missing}", file=sys.stderr)
         return 2
     state = Command()  # replaced by the command's own below
+    stdout = sys.stdout
+    sys.stdout = _DroppedOnceClosed(stdout)
     try:
         with sigterm_as_interruption() as state:
             status = handlers[args.command](args)
@@ -58,9 +62,48 @@ def main(argv=None) -> int:
         if not isinstance(err, KeyboardInterrupt) and not by_sigterm:
             raise  # only an interruption ends here
         return _interrupted(command, by_sigterm)
+    finally:
+        sys.stdout = stdout
     if state.sigterm_arrived:  # raised where Python swallowed it (an at-fork callback), and the command ran on
         return _interrupted(command, True)
     return status
+
+
+class _DroppedOnceClosed:
+    """The command's stdout, whose output is dropped once its reader has gone (``... | head -0``):
+    the command goes on and writes its files (a BrokenPipeError from the first line had ended
+    verify in a traceback before it wrote verify.csv: ca_rev171); everything else is the stream's."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._closed = False
+
+    def write(self, text: str) -> int:
+        if not self._closed:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._close()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._closed:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._close()
+
+    def _close(self) -> None:
+        self._closed = True
+        # the stream's own descriptor onto /dev/null: what it still buffers goes there at exit, not into
+        # "Exception ignored ... BrokenPipeError" on stderr
+        with contextlib.suppress(AttributeError, OSError, ValueError):
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def _interrupted(command: str, by_sigterm: bool) -> int:

@@ -78,6 +78,20 @@ class CommandParser(argparse.ArgumentParser):
                 os.rmdir(made)
         return 1
 
+    def run_interrupted(self, what: str, made: tuple | list = ()) -> int:
+        """A run stopped by Ctrl-C: one line on stderr, ``interrupted; <what>``, exit status 130
+        (three benchmark scripts had ended in a traceback: ca_rev171); ``made``, the folders the
+        run made (deepest first), are removed again where empty (never a file in them)."""
+        print(f"{self.prog}: interrupted; {what}", file=sys.stderr)
+        _remove_empty(list(made))
+        return 130
+
+    @staticmethod
+    def folders_to_make(out: str) -> list[str]:
+        """The folders of ``out`` (itself and its parents) that do not exist yet, for
+        :meth:`run_interrupted` and :meth:`run_failed` to remove again if the run leaves them empty."""
+        return _missing_folders(out)
+
     def format_help(self) -> str:
         text = super().format_help()
         if self.examples:

@@ -533,6 +533,9 @@ def _explain_specs(args) -> tuple[list, list | None]:
         name, sep, path = spec.partition("=")
         if not sep or not name or not path:
             raise UsageError(f"argument --checkpoints: takes NAME=PATH, got {spec!r}")
+        if "|" in name or not name.isprintable():  # a table cell of explain.md: '|' or a line break split it
+            raise UsageError(f"argument --checkpoints: a model name is a table cell of explain.md: no '|' and no "
+                             f"line breaks or other control characters, got {name!r}")
         if name in [n for n, _ in specs]:
             raise UsageError(f"argument --checkpoints: the name {name!r} is given twice; give every model its own "
                              f"name (e.g. {name}=A {name}-2=B)")

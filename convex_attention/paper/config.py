@@ -276,7 +276,8 @@ class ModelConfig:
     num_classes: int = setting(2, Int(low=2, high=100_000), "classes of the classifier", flag="")
     width: int = setting(32, Int(low=1, high=1024), "channels of the first block (32 in the paper)")
     image_size: int = setting(128, Int(low=16, high=8192),
-                              "image side in pixels, a multiple of 16 (the paper: 256 for BraTS)",
+                              "image side in pixels, a multiple of 16 (the paper: 256 for BraTS); the data sets "
+                              "their own floor: at least 32 for synthetic and synthetic-brightest",
                               cross=_check_image_size)
     attention_blocks: tuple = setting((3, 4), Many(Int(low=1, high=5), at_least=2,
                                                                  at_most=MAX_ATTENTION_LEVELS),
