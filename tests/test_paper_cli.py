@@ -1665,3 +1665,46 @@ def test_ca_rev171_explain_md_keeps_its_table_whatever_the_model_name(name, tmp_
     cells = table[0].count("|")
     broken = [line for line in table if line and (not line.startswith("|") or line.count("|") != cells)]
     assert broken == [], broken[:3]
+
+
+# ---- ca_rev173 (strict xfail: review of 2d837fc)
+
+def _ca_rev173_spoilt(tmp_path, spoil) -> str:
+    """``x/last.pt`` of a tiny model after one Adam step, its optimiser state dict spoilt by ``spoil``."""
+    path = _checkpoint_with_optimiser_state(tmp_path, lambda state: None)
+    state = torch.load(path, weights_only=True)
+    spoil(state["optimizer"])
+    torch.save(state, path)
+    return path
+
+
+def _ca_rev173_betas(optimizer):
+    for group in optimizer["param_groups"]:
+        group["betas"] = (5.0,)
+
+
+def _ca_rev173_scalar_moment(optimizer):
+    for entry in optimizer["state"].values():
+        entry["exp_avg"] = torch.tensor(1.0)
+
+
+def _ca_rev173_step(optimizer):
+    for entry in optimizer["state"].values():
+        entry["step"] = "x"
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev173: a damaged optimiser state passes the checks: a traceback later")
+@pytest.mark.parametrize("spoil", [_ca_rev173_betas, _ca_rev173_scalar_moment, _ca_rev173_step],
+                         ids=["betas", "scalar-moment", "step"])
+def test_ca_rev173_resume_refuses_a_damaged_optimiser_state_before_any_work(spoil, tmp_path, capsys, no_work):
+    """Run: convex-attention train --resume x/last.pt --out o, x/last.pt a checkpoint whose optimiser state has
+    betas (5.0,) in its param_groups, or an exp_avg that is a 0-d tensor, or a step 'x'.  Expected: exit 2, one
+    line naming --resume, before any work (as for moments of other shapes: rev34).  Observed: the checks
+    (read_checkpoint, check_optimizer_fits: a 0-d tensor is skipped as a scalar) pass and training starts; it
+    ends in a traceback, exit 1: 'ValueError: not enough values to unpack' (betas) or 'RuntimeError: output
+    with shape [] doesn't match the broadcast shape' (exp_avg) from Adam's first step, or 'ValueError: ... does
+    not fit this Adam optimiser (could not convert string to float: '<generator object ...>')' (step) raised
+    from the resume's load, uncaught."""
+    path = _ca_rev173_spoilt(tmp_path, spoil)
+    code, _, err = run(["train", "--resume", path, "--out", str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "--resume")

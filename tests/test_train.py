@@ -1213,3 +1213,80 @@ def test_ca_rev139_a_resume_with_datasets_keeps_the_checkpoints_data_split(tmp_p
     more = replace(config, out=str(tmp_path / "more"), epochs=2, resume=first["last"])
     again = train(more, datasets=(train_set, val_set))
     assert data_not_rebuilt(read_checkpoint(again["last"])) is not None
+
+
+# ---- ca_rev173 (strict xfail: review of 2d837fc)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev173: the library's resume takes other validation data without a word")
+def test_ca_rev173_library_resume_refuses_other_validation_data(tmp_path):
+    """Run: train(TrainConfig.build(out=OUT, epochs=1, **FAST)), then train(the same with epochs=2, n_val=12,
+    difficulty=0.9, resume=OUT/last.pt).  Expected: ValueError naming the data setting (as `train --resume
+    --n-val 12` is refused, and as check_resume refuses another seed on the library's path since ca_rev74: the
+    epochs' validation AUCs, which pick best.pt, would compare two validation sets).  Observed: the run goes on,
+    epoch 2 scored on 12 images of difficulty 0.9, epoch 1 on 8 of difficulty 0.5, best.pt chosen across both."""
+    out = str(tmp_path / "run")
+    train(TrainConfig.build(out=out, epochs=1, **FAST))
+    with pytest.raises(ValueError, match="n_val|difficulty"):
+        train(TrainConfig.build(out=out, epochs=2, resume=os.path.join(out, "last.pt"),
+                                **{**FAST, "n_val": 12, "difficulty": 0.9}))
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev173: undefined AUCs: a resumed run selects another best.pt")
+def test_ca_rev173_a_resumed_run_selects_the_best_epoch_of_an_uninterrupted_one_when_no_auc_is_defined(
+        tmp_path, monkeypatch):
+    """Run: validation AUCs NaN every epoch (a validation set of one class handed to train(), which checks only
+    its channels and size; scripted here).  train(epochs=2) into FULL; train(epochs=1) into PART, then
+    train(epochs=2, resume=PART/last.pt).  Expected: both select epoch 1 (the uninterrupted run keeps the first
+    epoch of undefined AUC: best -inf, never beaten by NaN).  Observed: the resumed run selects epoch 2 and writes
+    its best.pt: restore() leaves self.best None when no AUC is finite, so the next epoch counts as the first."""
+    _scripted_aucs(monkeypatch, [float("nan")] * 4)
+    full = train(TrainConfig.build(out=str(tmp_path / "full"), epochs=2, **FAST))
+    part = str(tmp_path / "part")
+    train(TrainConfig.build(out=part, epochs=1, **FAST))
+    resumed = train(TrainConfig.build(out=part, epochs=2, resume=os.path.join(part, "last.pt"), **FAST))
+    assert full["best_epoch"] == 1
+    assert resumed["best_epoch"] == 1
+    assert read_checkpoint(os.path.join(part, "best.pt"))["epoch"] == 1
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev173: metrics rows past the checkpoint's epoch are duplicated on resume")
+def test_ca_rev173_a_checkpoint_whose_metrics_run_past_its_epoch_does_not_duplicate_rows(tmp_path):
+    """Run: a 2-epoch run's last.pt with its epoch set to 1 (metrics rows of epochs 1 and 2 kept; a tampered or
+    damaged file), saved as OTHER/ck.pt; train(epochs=3, resume=OTHER/ck.pt, out=NEW).  Expected: refused
+    (ValueError: its metrics do not match its epoch), or a metrics.csv with each epoch once.  Observed: accepted
+    (read_checkpoint checks each row has an epoch, not that they are 1..epoch); NEW/metrics.csv holds epochs
+    1, 2, 2, 3 (`convex-attention train --resume OTHER/ck.pt --epochs 3 --out NEW`: the same, exit 0)."""
+    out = str(tmp_path / "run")
+    train(TrainConfig.build(out=out, epochs=2, **FAST))
+    state = torch.load(os.path.join(out, "last.pt"), weights_only=True)
+    state["epoch"] = 1
+    os.makedirs(tmp_path / "other")
+    ck = str(tmp_path / "other" / "ck.pt")
+    torch.save(state, ck)
+    new = str(tmp_path / "new")
+    try:
+        train(TrainConfig.build(out=new, epochs=3, resume=ck, **FAST))
+    except ValueError:
+        return
+    epochs = [int(r["epoch"]) for r in read(os.path.join(new, "metrics.csv"))]
+    assert len(epochs) == len(set(epochs)), epochs
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev173: a best_epoch that is a list is a TypeError traceback on resume")
+def test_ca_rev173_a_damaged_best_epoch_is_refused_in_one_line(tmp_path):
+    """Run: last.pt of a 1-epoch run with best_epoch set to [1] (a tampered file; read_checkpoint checks no
+    best_epoch); train(epochs=2, resume=it), as `convex-attention train --resume OUT/last.pt --epochs 2` does.
+    Expected: ValueError (one line: the checkpoint is damaged), or the selection found again from its metrics as
+    for a best_epoch of another epoch.  Observed: TypeError: unhashable type: 'list' from _Run.restore
+    (`self.best_epoch not in aucs`); the command prints a traceback, exit 1."""
+    out = str(tmp_path / "run")
+    train(TrainConfig.build(out=out, epochs=1, **FAST))
+    last = os.path.join(out, "last.pt")
+    state = torch.load(last, weights_only=True)
+    state["best_epoch"] = [1]
+    torch.save(state, last)
+    try:
+        train(TrainConfig.build(out=out, epochs=2, resume=last, **FAST))
+    except ValueError:
+        pass
