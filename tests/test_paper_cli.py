@@ -1667,7 +1667,7 @@ def test_ca_rev171_explain_md_keeps_its_table_whatever_the_model_name(name, tmp_
     assert broken == [], broken[:3]
 
 
-# ---- ca_rev173 (strict xfail: review of 2d837fc)
+# ---- ca_rev173 (review of 2d837fc; its strict xfails now pass)
 
 def _ca_rev173_spoilt(tmp_path, spoil) -> str:
     """``x/last.pt`` of a tiny model after one Adam step, its optimiser state dict spoilt by ``spoil``."""
@@ -1693,7 +1693,6 @@ def _ca_rev173_step(optimizer):
         entry["step"] = "x"
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev173: a damaged optimiser state passes the checks: a traceback later")
 @pytest.mark.parametrize("spoil", [_ca_rev173_betas, _ca_rev173_scalar_moment, _ca_rev173_step],
                          ids=["betas", "scalar-moment", "step"])
 def test_ca_rev173_resume_refuses_a_damaged_optimiser_state_before_any_work(spoil, tmp_path, capsys, no_work):

@@ -1215,10 +1215,9 @@ def test_ca_rev139_a_resume_with_datasets_keeps_the_checkpoints_data_split(tmp_p
     assert data_not_rebuilt(read_checkpoint(again["last"])) is not None
 
 
-# ---- ca_rev173 (strict xfail: review of 2d837fc)
+# ---- ca_rev173 (review of 2d837fc; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev173: the library's resume takes other validation data without a word")
 def test_ca_rev173_library_resume_refuses_other_validation_data(tmp_path):
     """Run: train(TrainConfig.build(out=OUT, epochs=1, **FAST)), then train(the same with epochs=2, n_val=12,
     difficulty=0.9, resume=OUT/last.pt).  Expected: ValueError naming the data setting (as `train --resume
@@ -1232,7 +1231,6 @@ def test_ca_rev173_library_resume_refuses_other_validation_data(tmp_path):
                                 **{**FAST, "n_val": 12, "difficulty": 0.9}))
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev173: undefined AUCs: a resumed run selects another best.pt")
 def test_ca_rev173_a_resumed_run_selects_the_best_epoch_of_an_uninterrupted_one_when_no_auc_is_defined(
         tmp_path, monkeypatch):
     """Run: validation AUCs NaN every epoch (a validation set of one class handed to train(), which checks only
@@ -1250,7 +1248,6 @@ def test_ca_rev173_a_resumed_run_selects_the_best_epoch_of_an_uninterrupted_one_
     assert read_checkpoint(os.path.join(part, "best.pt"))["epoch"] == 1
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev173: metrics rows past the checkpoint's epoch are duplicated on resume")
 def test_ca_rev173_a_checkpoint_whose_metrics_run_past_its_epoch_does_not_duplicate_rows(tmp_path):
     """Run: a 2-epoch run's last.pt with its epoch set to 1 (metrics rows of epochs 1 and 2 kept; a tampered or
     damaged file), saved as OTHER/ck.pt; train(epochs=3, resume=OTHER/ck.pt, out=NEW).  Expected: refused
@@ -1273,7 +1270,6 @@ def test_ca_rev173_a_checkpoint_whose_metrics_run_past_its_epoch_does_not_duplic
     assert len(epochs) == len(set(epochs)), epochs
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev173: a best_epoch that is a list is a TypeError traceback on resume")
 def test_ca_rev173_a_damaged_best_epoch_is_refused_in_one_line(tmp_path):
     """Run: last.pt of a 1-epoch run with best_epoch set to [1] (a tampered file; read_checkpoint checks no
     best_epoch); train(epochs=2, resume=it), as `convex-attention train --resume OUT/last.pt --epochs 2` does.

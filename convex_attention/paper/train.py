@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..io.files import atomic_csv, atomic_write_bytes, write_json
-from .config import ModelConfig, TrainConfig, check_device
+from .config import ConfigError, ModelConfig, TrainConfig, check_device
 from .data import datasets_of, labels_only
 from .models import (
     AttentionUNet,
@@ -428,6 +428,15 @@ def check_resume(config: TrainConfig, state: dict) -> int:
     if isinstance(seed, int) and seed != config.seed:  # the library's path too, not the command's alone
         diff.append(f"seed: checkpoint {seed!r} vs asked {config.seed!r} (the resumed run draws from the "
                     f"checkpoint's random state; its weights came from that seed)")
+    if isinstance(stored_train, dict):  # the data, as the command checks it (its epochs' validation scores pick
+        try:  # best.pt on one validation set: the library's path had taken another silently, ca_rev173)
+            trained_on = TrainConfig.from_dict(stored_train).data_config()
+        except (ConfigError, TypeError, ValueError):
+            trained_on = None  # a record this version cannot read: the command's own checks say so
+        if trained_on is not None:
+            asked = config.data_config()
+            diff += [f"{k}: checkpoint {trained_on.get(k)!r} vs asked {asked.get(k)!r} (its validation images)"
+                     for k in TrainConfig.data_differences(trained_on, asked)]
     if diff:
         raise ValueError(f"checkpoint {config.resume!r} was trained with other settings ({', '.join(diff)}); "
                          f"a resumed run keeps them: resume without changing these, or train a new model into "
@@ -606,6 +615,8 @@ class _Run:
             self.best_epoch = max(aucs, key=lambda e: (aucs[e], -e))
         if self.best_epoch in aucs:
             self.best = aucs[self.best_epoch]
+        elif self.best_epoch is not None:  # no finite AUC so far: the first epoch stays best, as uninterrupted
+            self.best = -math.inf  # (None let the next epoch take it: ca_rev173)
         self._restore_rng(state)
         if self.main and self.best_epoch is not None:
             self._reconcile_best(state)

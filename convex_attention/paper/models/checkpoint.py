@@ -123,6 +123,17 @@ def _optimizer_problem(entry) -> str | None:
             not isinstance(entry.get("param_groups"), list) or \
             not all(isinstance(g, dict) for g in entry["param_groups"]):
         return "optimizer is not an optimiser's state (a dict of 'state' and a list of 'param_groups')"
+    for group in entry["param_groups"]:  # Adam's: its first step had raised on them (ca_rev173)
+        betas = group.get("betas", (0.9, 0.999))
+        if not isinstance(betas, (list, tuple)) or len(betas) != 2 or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+            return f"optimizer's betas {betas!r} are not two numbers in [0, 1)"
+    for values in entry["state"].values():
+        step = values.get("step") if isinstance(values, dict) else None
+        if step is not None and not ((isinstance(step, (int, float)) and not isinstance(step, bool)) or (
+                isinstance(step, torch.Tensor) and step.dim() == 0 and not step.is_complex()
+                and step.dtype != torch.bool)):
+            return f"optimizer's step {step!r} is not a number"
     return None
 
 
@@ -162,6 +173,14 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
     epoch = state.get("epoch")
     if type(epoch) is not int or epoch < 0:
         problems.append(f"epoch {epoch!r} is not a non-negative integer")
+    else:
+        weights_dict = weights if isinstance(weights, dict) else {}
+        complex_ = [k for k, v in weights_dict.items() if isinstance(v, torch.Tensor) and v.is_complex()]
+        if complex_:  # (loaded into the float32 model, its imaginary part was dropped with a warning: ca_rev173)
+            problems.append(f"weight {complex_[0]!r} is complex")
+        best = state.get("best_epoch")
+        if best is not None and (type(best) is not int or not 0 <= best <= epoch):
+            problems.append(f"best_epoch {best!r} is not an epoch from 0 to {epoch}")  # (a traceback: ca_rev173)
     metrics = state.get("metrics", [])
     if not isinstance(metrics, list) or not all(isinstance(m, dict) for m in metrics):
         problems.append("metrics are not a list of rows")
@@ -169,6 +188,13 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
         wrong = [i for i, m in enumerate(metrics) if type(m.get("epoch")) is not int or m["epoch"] < 0]
         if wrong:
             problems.append(f"metrics row {wrong[0]} has no epoch (a non-negative integer)")
+        elif type(epoch) is int:
+            # one row per epoch trained, in order, none past the checkpoint's (a resume wrote rows past it
+            # again: epochs 1, 2, 2, 3, ca_rev173)
+            seen = [m["epoch"] for m in metrics]
+            if any(b <= a for a, b in zip(seen, seen[1:])) or (seen and seen[-1] > epoch):
+                problems.append(f"metrics rows of epochs {seen[:6]}{'…' if len(seen) > 6 else ''} are not one per "
+                                f"epoch in order up to the checkpoint's epoch {epoch}")
     if state.get("train_config") is not None and not isinstance(state["train_config"], dict):
         problems.append("train_config is not a dict")
     optimizer_problem = _optimizer_problem(state.get("optimizer"))
@@ -295,8 +321,10 @@ def check_optimizer_fits(path: str, state: dict, model) -> None:
             if type(number) is not int or not 0 <= number < len(shapes) or not isinstance(values, dict):
                 problem = f"a state of parameter {number!r}, which the model lacks"
                 break
+            # every state tensor but the step count is shaped like its parameter (a 0-d moment had passed
+            # as a scalar: ca_rev173)
             odd = [(name, tuple(v.shape)) for name, v in values.items()
-                   if isinstance(v, torch.Tensor) and v.dim() > 0 and tuple(v.shape) != shapes[number]]
+                   if isinstance(v, torch.Tensor) and name != "step" and tuple(v.shape) != shapes[number]]
             if odd:
                 problem = f"parameter {number}'s {odd[0][0]} has shape {odd[0][1]}, the parameter {shapes[number]}"
                 break
