@@ -569,3 +569,22 @@ def test_ca_rev168_float_temperature_beside_a_meta_one_is_checked(bad):
     scores = [torch.empty(1, 4, device="meta"), torch.empty(1, 2, device="meta")]
     with pytest.raises(ValueError, match="positive"):
         ca.solve(scores, g, "exact", temperature=[torch.tensor(1.0, device="meta"), bad], check_finite=False)
+
+
+# ---- ca_rev172 (strict xfail: review of d03eab2^..HEAD)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev172: a meta temperature in a list is never checked for shape or dtype")
+@pytest.mark.parametrize("bad", [torch.empty(5, device="meta"), torch.empty((), device="meta", dtype=torch.bool),
+                                 torch.empty((), device="meta", dtype=torch.complex64)])
+def test_ca_rev172_meta_temperature_in_a_list_is_checked_for_shape_and_dtype(bad):
+    """4f20be7 (ca_rev168) checks a list holding a meta temperature with a placeholder 1.0 in each meta entry's
+    place, so the checks that need no value (shape, dtype) are skipped for the meta entries themselves.  Run:
+    meta scores (1, 4), (1, 2) on Graph([4, 2], [(0, 1)]), solve(..., 'exact', temperature=[tensor(1., meta), bad],
+    check_finite=False), bad a meta tensor of shape (5,), or 0-d of dtype bool, complex64.  Expected: the error
+    the same list on CPU gives, ValueError/TypeError 'temperature[1] must be a number or a 0-d real tensor'.
+    Observed: shape (5,): torch's RuntimeError "shape '[]' is invalid for input of size 5" from deep inside (what
+    ca_rev164 replaced by a ValueError); bool and complex64: accepted, meta maps returned."""
+    g = ca.Graph([4, 2], [(0, 1)])
+    scores = [torch.empty(1, 4, device="meta"), torch.empty(1, 2, device="meta")]
+    with pytest.raises((ValueError, TypeError), match="0-d real tensor"):
+        ca.solve(scores, g, "exact", temperature=[torch.tensor(1.0, device="meta"), bad], check_finite=False)
