@@ -116,7 +116,7 @@ def main(argv=None):
         return parser.run_interrupted(f"{', '.join(left)} left in {args.out} (rerun with --overwrite)" if left
                                       else "nothing was written", made)
     except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's: a review)
-        return parser.run_failed(err)
+        return parser.run_failed(err, made)
 
 
 def _replot(parser, out: str):

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
             + (" (--overwrite removed an earlier one when the run started)" if args.overwrite else "")
             + "; rerun (with --overwrite if a part's file was written)", made)
     except Exception as err:  # noqa: BLE001  (a failed run is one line, as every command's)
-        return parser.run_failed(err)
+        return parser.run_failed(err, made)
     return 0
 
 

@@ -184,9 +184,9 @@ def main(argv=None) -> int:
         check_listed_once("--sets", a.sets, "set")  # (as every list option of the benchmarks: ca_rev141)
     except ValueError as err:
         p.error(str(err))
-    check_study_arguments(p, a, OUTPUTS)
+    made = check_study_arguments(p, a, OUTPUTS)
     torch.set_num_threads(1)
-    return run_study(p, a.out, lambda: _study(a, argv))
+    return run_study(p, a.out, lambda: _study(a, argv), made)
 
 
 def _study(a, argv) -> int:

@@ -381,6 +381,13 @@ def _meta_temperatures(temperature, num_levels: int, allow_grad: bool, unit: str
         return [temperature] * num_levels if temperature.dim() == 0 else [temperature[k] for k in range(num_levels)]
     if len(temperature) != num_levels:
         raise ValueError(f"expected {num_levels} temperatures (one per {unit}), got {len(temperature)}")
+    for k, t in enumerate(temperature):  # what needs no value is checked as for any tensor (ca_rev172)
+        if isinstance(t, Tensor) and t.is_meta:
+            if not (t.dtype.is_floating_point or t.dtype in _INT_DTYPES):
+                raise TypeError(f"temperature[{k}] must be a number or a 0-d real tensor, got dtype {t.dtype}")
+            if t.dim() != 0:
+                raise ValueError(f"temperature[{k}] must be a number or a 0-d real tensor (one temperature per "
+                                 f"{unit}), got a tensor of shape {tuple(t.shape)}")
     return list(temperature)
 
 

@@ -1601,9 +1601,8 @@ def test_ca_rev171_a_closed_stdout_is_no_traceback_and_keeps_the_results(command
     assert (out / ("verify.csv" if command == "verify" else "bench.csv")).is_file()
 
 
-# ---- ca_rev172 (strict xfail: review of d03eab2^..HEAD)
+# ---- ca_rev172 (review of d03eab2^..HEAD; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev172: a closed stdout (>&-, sys.stdout None) crashes every command")
 def test_ca_rev172_a_command_with_no_stdout_runs_and_keeps_its_results(tmp_path, capsys, monkeypatch):
     """Run: convex-attention verify --quick --n 1 --no-progress --out OUT >&- (fd 1 closed at start: Python sets
     sys.stdout to None; cron, daemons, `nohup ... >&-`). Expected: as before d17439c, the output is dropped (print

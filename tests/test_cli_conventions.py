@@ -1048,9 +1048,8 @@ def test_ca_rev171_image_size_help_gives_the_range_the_default_data_accepts(comm
     assert "32" in text, text
 
 
-# ---- ca_rev172 (strict xfail: review of d03eab2^..HEAD)
+# ---- ca_rev172 (review of d03eab2^..HEAD; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev172: a study script stopped by Ctrl-C leaves the empty --out it made")
 @pytest.mark.parametrize("name, stub", [("study_certificate", "instance"),
                                         ("study_temperature_gradients", "instance_rows")])
 def test_ca_rev172_an_interrupted_study_leaves_no_empty_out(name, stub, tmp_path, capsys, monkeypatch):
@@ -1081,7 +1080,6 @@ def _ca_rev172_fail(*args, **kwargs):
     raise RuntimeError("the run failed before it wrote anything")
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev172: bench_core/bench_graphs failing leave the empty --out they made")
 @pytest.mark.parametrize("name, stub", [("bench_core", "core_benchmark"), ("bench_graphs", "graph_benchmark")])
 def test_ca_rev172_a_failed_script_that_wrote_nothing_leaves_no_empty_out(name, stub, tmp_path, capsys, monkeypatch):
     """Run: python benchmarks/bench_core.py --tiny --out NEW/sub where the run raises before writing (a solver

@@ -571,9 +571,8 @@ def test_ca_rev168_float_temperature_beside_a_meta_one_is_checked(bad):
         ca.solve(scores, g, "exact", temperature=[torch.tensor(1.0, device="meta"), bad], check_finite=False)
 
 
-# ---- ca_rev172 (strict xfail: review of d03eab2^..HEAD)
+# ---- ca_rev172 (review of d03eab2^..HEAD; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev172: a meta temperature in a list is never checked for shape or dtype")
 @pytest.mark.parametrize("bad", [torch.empty(5, device="meta"), torch.empty((), device="meta", dtype=torch.bool),
                                  torch.empty((), device="meta", dtype=torch.complex64)])
 def test_ca_rev172_meta_temperature_in_a_list_is_checked_for_shape_and_dtype(bad):

@@ -125,28 +125,31 @@ def add_study_arguments(parser: argparse.ArgumentParser, outputs, draws: int) ->
                              f"folder is refused, exit 2)")
 
 
-def check_study_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace, outputs) -> None:
+def check_study_arguments(parser, args: argparse.Namespace, outputs) -> list[str]:
     """The shared options of :func:`add_study_arguments` checked before any work, each failure a
     usage error (exit 2): ``--size`` (:func:`check_size_of_every_structure`) and ``--out`` (no
-    earlier study's ``outputs`` there without ``--overwrite``, a folder that can be written)."""
+    earlier study's ``outputs`` there without ``--overwrite``, a folder that can be written,
+    made here).  Returns the folders of ``--out`` this made (for :func:`run_study`)."""
+    made = parser.folders_to_make(args.out)
     try:  # the families' own rule (a multiple of 16 was asked: 24 draws every family, a review)
         check_size_of_every_structure(args.size)
         check_fresh_out_dir(args.out, outputs, args.overwrite)
     except ValueError as err:
         parser.error(str(err))
+    return made
 
 
-def run_study(parser, out: str, study) -> int:
-    """A study script's run of ``study()`` (its exit status) into ``out``, made here: a failure
-    after the checks is one line on stderr, exit 1, Ctrl-C one line, exit 130, and an ``out``
-    this run made is removed again if empty (``parser.run_failed``, ``parser.run_interrupted``: a
-    traceback had ended the study scripts, ca_rev141, ca_rev171)."""
-    made = None if os.path.exists(out) else out
+def run_study(parser, out: str, study, made: list[str] | tuple = ()) -> int:
+    """A study script's run of ``study()`` (its exit status) into ``out``: a failure after the
+    checks is one line on stderr, exit 1, Ctrl-C one line, exit 130, and the folders ``made`` for
+    it (:func:`check_study_arguments`' return) are removed again if left empty
+    (``parser.run_failed``, ``parser.run_interrupted``: a traceback had ended the study scripts,
+    ca_rev141, ca_rev171; the folder, made by the checks, had never been seen as made: ca_rev172)."""
     os.makedirs(out, exist_ok=True)
     try:
         return study()
     except KeyboardInterrupt:  # (a traceback had ended them: ca_rev171)
-        return parser.run_interrupted(f"what the study wrote, if anything, is in {out}", [made] if made else [])
+        return parser.run_interrupted(f"what the study wrote, if anything, is in {out}", made)
     except Exception as err:  # noqa: BLE001  (one line, exit 1, as every command)
         return parser.run_failed(err, made)
 

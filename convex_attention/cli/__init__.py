@@ -49,7 +49,8 @@ def main(argv=None) -> int:
         return 2
     state = Command()  # replaced by the command's own below
     stdout = sys.stdout
-    sys.stdout = _DroppedOnceClosed(stdout)
+    if stdout is not None:  # (None: started with fd 1 closed, where print writes nothing: ca_rev172)
+        sys.stdout = _DroppedOnceClosed(stdout)
     try:
         with sigterm_as_interruption() as state:
             status = handlers[args.command](args)
