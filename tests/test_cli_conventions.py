@@ -998,6 +998,20 @@ def test_ca_rev171_ctrl_c_in_a_benchmark_script_is_one_line_exit_130(name, stub,
     assert code == 130 and len(err.splitlines()) == 1 and "interrupted" in err, (code, err)
 
 
+def _run_stopped_before_writing(name: str, stub: str, stop, tmp_path, monkeypatch, capsys) -> tuple:
+    """``benchmarks/NAME.py --tiny --out NEW/sub`` whose work (``stub``) is ``stop``: (exit code, stderr,
+    the paths left under NEW)."""
+    script = _ca_rev75_script(name)
+    monkeypatch.setattr(script, stub, stop)
+    new = tmp_path / "new"
+    try:
+        code = script.main(["--tiny", "--out", str(new / "sub")])
+    except SystemExit as ended:
+        code = ended.code
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) if new.exists() else []
+    return code, capsys.readouterr().err.strip(), [str(new)] + left if new.exists() else []
+
+
 @pytest.mark.parametrize("name, stub", [("bench_core", "core_benchmark"), ("bench_graphs", "graph_benchmark")])
 def test_ca_rev171_an_interrupted_script_that_wrote_nothing_leaves_no_empty_out(name, stub, tmp_path, capsys,
                                                                                 monkeypatch):
@@ -1005,16 +1019,9 @@ def test_ca_rev171_an_interrupted_script_that_wrote_nothing_leaves_no_empty_out(
     --out NEW/sub). Expected: exit 130, one line, and no folder left, as verify and bench remove the --out they
     made when a run stops before writing (cli._common.making_out), and as a refused run leaves none. Observed:
     exit 130, 'bench_core.py: interrupted; nothing was written', and the empty NEW/ and NEW/sub/ stay."""
-    script = _ca_rev75_script(name)
-    monkeypatch.setattr(script, stub, _ca_rev171_interrupt)
-    new = tmp_path / "new"
-    try:
-        code = script.main(["--tiny", "--out", str(new / "sub")])
-    except SystemExit as stop:
-        code = stop.code
-    err = capsys.readouterr().err.strip()
+    code, err, left = _run_stopped_before_writing(name, stub, _ca_rev171_interrupt, tmp_path, monkeypatch, capsys)
     assert code == 130 and len(err.splitlines()) == 1, (code, err)
-    assert not new.exists(), sorted(p.name for p in new.rglob("*"))
+    assert not left, left
 
 
 @pytest.mark.parametrize("name, default", [("bench_core", "results/bench_core"), ("bench_graphs", "results/graphs")])
@@ -1087,13 +1094,6 @@ def test_ca_rev172_a_failed_script_that_wrote_nothing_leaves_no_empty_out(name, 
     stopped by Ctrl-C leaves none since d17439c (the folders of parser.folders_to_make), and as run_failed and
     the study scripts (run_study: 'an out this run made is removed again if empty') promise. Observed: exit 1,
     one line, and the empty NEW/ and NEW/sub/ stay: both scripts call parser.run_failed(err) without `made`."""
-    script = _ca_rev75_script(name)
-    monkeypatch.setattr(script, stub, _ca_rev172_fail)
-    new = tmp_path / "new"
-    try:
-        code = script.main(["--tiny", "--out", str(new / "sub")])
-    except SystemExit as stop:
-        code = stop.code
-    err = capsys.readouterr().err.strip()
+    code, err, left = _run_stopped_before_writing(name, stub, _ca_rev172_fail, tmp_path, monkeypatch, capsys)
     assert code == 1 and len(err.splitlines()) == 1, (code, err)
-    assert not new.exists(), sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert not left, left
