@@ -135,11 +135,11 @@ def temperature_floats(temps) -> list[float]:
     """The temperatures' values as floats, detached: ``temps`` floats, 0-d tensors, or one
     ``(M,)`` tensor (the one home of this conversion, which five sites wrote out)."""
     # a meta temperature holds no value: 1.0 stands in, which only shapes reach (the checks refuse
-    # one beside scores with values: validation._meta_temperatures)
+    # one beside scores with values: validation._check_meta_allowed)
     if isinstance(temps, Tensor):
         return [1.0] * temps.numel() if temps.is_meta else [float(t) for t in temps.detach().reshape(-1).tolist()]
-    return [1.0 if isinstance(t, Tensor) and t.is_meta else float(t)
-            for t in tensor_values_read_at_once([1.0 if isinstance(t, Tensor) and t.is_meta else t for t in temps])]
+    return [float(t) for t in tensor_values_read_at_once([1.0 if isinstance(t, Tensor) and t.is_meta else t
+                                                          for t in temps])]
 
 
 def tensor_values_read_at_once(values) -> list:

@@ -286,22 +286,12 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
     Returns a list of ``num_levels`` floats; but a tensor that requires grad (with grad
     mode on) gives 0-d tensors in the list (views of it, so gradients flow back) when
     ``allow_grad``, and a TypeError naming ``method`` otherwise (or saying ``grad_refusal``, for
-    an owner that is not a method).  A tensor on the meta device holds no value to check: see
-    :func:`_meta_temperatures` (``scores_device``: the scores' device, where known; a meta
-    temperature beside scores with values is refused).
+    an owner that is not a method).  A tensor on the meta device holds no value to check: it is
+    returned as it is (:func:`_check_meta_allowed`; ``scores_device``: the scores' device, where
+    known: a meta temperature beside scores with values is refused).
     """
     temperature = _from_numpy(temperature, num_levels, unit)
     grad = is_grad_temperature(temperature)
-    meta = _meta_temperatures(temperature, num_levels, allow_grad, unit, scores_device)
-    if meta is not None:
-        if isinstance(temperature, Tensor):
-            return meta
-        # the others checked as ever, a placeholder in the meta ones' place (a float of -1 beside a meta
-        # tensor had been taken unchecked: ca_rev168)
-        is_meta = [isinstance(t, Tensor) and t.is_meta for t in meta]
-        checked = check_temperatures([1.0 if m else t for t, m in zip(meta, is_meta)], num_levels, dtype, allow_grad,
-                                     method, unit, unused, grad_refusal, scores_device)
-        return [t if m else c for t, c, m in zip(meta, checked, is_meta)]
     if isinstance(temperature, Tensor):
         if not (temperature.dtype.is_floating_point or temperature.dtype in _INT_DTYPES):
             raise TypeError(f"temperature must be a real tensor, got dtype {temperature.dtype}")
@@ -309,6 +299,9 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
             raise ValueError(
                 f"temperature tensor must have shape () (one for every {unit}) or ({num_levels},) (one per "
                 f"{unit}), got {tuple(temperature.shape)}; temperatures are per {unit}, never per sample")
+        if temperature.is_meta:  # no value to check or read: its views, as for a learned one
+            _check_meta_allowed(allow_grad, scores_device)
+            return [temperature] * num_levels if temperature.dim() == 0 else [temperature[k] for k in range(num_levels)]
         if grad and not allow_grad:
             if grad_refusal is not None:
                 raise TypeError(grad_refusal)
@@ -334,9 +327,15 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
             if t.dim() != 0:
                 raise ValueError(f"temperature[{k}] must be a number or a 0-d real tensor (one temperature per "
                                  f"{unit}), got a tensor of shape {tuple(t.shape)}")
-        values = tensor_values_read_at_once(temperature)
+        meta = [t.is_meta if isinstance(t, Tensor) else False for t in temperature]
+        if any(meta):
+            _check_meta_allowed(allow_grad, scores_device)
+        # a meta tensor's value checked as a placeholder, the others as ever (a float of -1 beside one had
+        # been taken unchecked: ca_rev168); the meta tensor itself is returned
+        values = tensor_values_read_at_once([1.0 if m else t for t, m in zip(temperature, meta)])
         temps = _check_temperature_values(values, num_levels, dtype, unit, unused)
-        grads = [is_grad_temperature(t) for t in temperature]
+        temps = [t if m else v for t, v, m in zip(temperature, temps, meta)]
+        grads = [is_grad_temperature(t) and not m for t, m in zip(temperature, meta)]
         if not any(grads):
             return temps
         if not allow_grad:
@@ -354,41 +353,19 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
     return _check_temperature_values(temperature, num_levels, dtype, unit, unused)
 
 
-def _meta_temperatures(temperature, num_levels: int, allow_grad: bool, unit: str,
-                       scores_device: torch.device | None) -> list | None:
-    """A temperature on the meta device (a model built under ``torch.device("meta")`` for deferred
-    initialisation, or moved there to trace shapes) holds no value to check or read: where
-    tensors are taken (``allow_grad``), views of it, as for a learned one; elsewhere a ValueError
-    naming the device (torch's own error, from a read deep inside, had said "Cannot copy out of
-    meta tensor": ca_rev164); the solvers read a placeholder for its values
-    (:func:`convex_attention._ops.temperature_floats`), which only shapes reach.  None for any
-    other temperature."""
-    tensors = ([temperature] if isinstance(temperature, Tensor) else
-               [t for t in temperature if isinstance(t, Tensor)]
-               if isinstance(temperature, Sequence) and not isinstance(temperature, (str, bytes)) else [])
-    if not any(t.is_meta for t in tensors):
-        return None
+def _check_meta_allowed(allow_grad: bool, scores_device: torch.device | None) -> None:
+    """ValueError where a temperature on the meta device (a model built under ``torch.device("meta")``
+    for deferred initialisation, or moved there to trace shapes) may not stand: beside scores that
+    hold values, or where floats are needed (``allow_grad`` False).  Elsewhere it holds no value to
+    check or read, and the solvers read a placeholder (:func:`convex_attention._ops.temperature_floats`),
+    which only shapes reach (torch's own error, from a read deep inside, had said "Cannot copy out
+    of meta tensor": ca_rev164)."""
     if scores_device is not None and scores_device.type != "meta":
         raise ValueError(f"temperature is on the meta device, which holds no values, and the scores on "
                          f"{scores_device}: move the temperature (the module) to the scores' device")
     if not allow_grad:
         raise ValueError("temperature is on the meta device, which holds no values to check: give floats, or a "
                          "tensor with values")
-    if isinstance(temperature, Tensor):
-        if temperature.dim() > 1 or (temperature.dim() == 1 and temperature.shape[0] != num_levels):
-            raise ValueError(f"temperature tensor must have shape () or ({num_levels},) (one per {unit}), got "
-                             f"{tuple(temperature.shape)}")
-        return [temperature] * num_levels if temperature.dim() == 0 else [temperature[k] for k in range(num_levels)]
-    if len(temperature) != num_levels:
-        raise ValueError(f"expected {num_levels} temperatures (one per {unit}), got {len(temperature)}")
-    for k, t in enumerate(temperature):  # what needs no value is checked as for any tensor (ca_rev172)
-        if isinstance(t, Tensor) and t.is_meta:
-            if not (t.dtype.is_floating_point or t.dtype in _INT_DTYPES):
-                raise TypeError(f"temperature[{k}] must be a number or a 0-d real tensor, got dtype {t.dtype}")
-            if t.dim() != 0:
-                raise ValueError(f"temperature[{k}] must be a number or a 0-d real tensor (one temperature per "
-                                 f"{unit}), got a tensor of shape {tuple(t.shape)}")
-    return list(temperature)
 
 
 def _promoted(temperature: Tensor, dtype: torch.dtype | None) -> Tensor:
