@@ -178,7 +178,7 @@ def _dead_from_above(g: Graph, scores: Sequence[Tensor]) -> tuple[list, dict]:
     ``{e: block maxima of the leaf's scores}`` per edge out of a leaf; else empty, and the pass
     takes each leaf's maxima just before it reads the leaf again, while it is in cache)."""
     dead: list = [None] * g.num_maps
-    middle = [k for k in range(g.num_maps) if g.in_edges[k] and g.coarsening(k) is not None]
+    middle = {k for k in range(g.num_maps) if g.in_edges[k] and g.coarsening(k) is not None}
     if not middle:
         return dead, {}
     above = {g.edges[g.coarsening(k)][1] for k in middle}  # type: ignore[index]

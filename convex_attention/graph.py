@@ -178,6 +178,12 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
     return par.contiguous()
 
 
+def _differentiated(x: Tensor) -> bool:
+    """Whether autograd will differentiate an operation on ``x`` now: the block maxima then take
+    the kernels whose ties share the gradient evenly, else the faster ones (ca_rev159)."""
+    return x.requires_grad and torch.is_grad_enabled()
+
+
 def _holds_bool(values: Sequence) -> bool:
     """Whether a (nested) sequence holds a bool anywhere: a grid-shaped nested list too (a review)."""
     # the element types first, in C: a list of plain ints (the common case) holds no bool, and
@@ -985,7 +991,7 @@ class Graph:
         a = self.edges[e][0]
         lead = tuple(x.shape[: x.dim() - len(self.shapes[a])])
         cur = list(self.shapes[a])
-        if reduction != "sum" and x.requires_grad and torch.is_grad_enabled():
+        if reduction != "sum" and _differentiated(x):
             # a maximum to differentiate is one amax over the whole block, which shares a tie's gradient
             # evenly: a chain of torch.maximum split it by halves (1/4, 1/4, 1/2), unlike the same graph
             # given by parents (ca_rev159), and so did an amax per dimension on a 2-D block (ca_rev168)
@@ -1019,7 +1025,7 @@ class Graph:
             # to differentiate, the start values are left out (every coarse cell has a child): NaN, which
             # equals no maximum, so that the backward counts none as one more tie (a start of -inf took a
             # quarter of a wholly -inf 3-cell block's gradient: ca_rev159); 1.7x slower, so only then
-            grad = x.requires_grad and torch.is_grad_enabled()
+            grad = _differentiated(x)
             out = flat.new_full((flat.shape[0], n_out), math.nan if grad else -math.inf).scatter_reduce(
                 1, par.expand_as(flat), flat, reduce="amax", include_self=not grad)
         return out.reshape(tuple(lead) + self.shapes[b])
