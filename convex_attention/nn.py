@@ -80,23 +80,33 @@ class _GraphBoundState(nn.Module):
         super().__init__()
         check_hierarchy(h)
         self.h = h
-        self._bind_graph()
+        # its own record now; a subclass binds its own once what they read is set (_bind_records)
+        self.register_buffer("graph_fingerprint", self._fingerprint_tensor())
+
+    def _records(self) -> dict:
+        """``{buffer name: fn(device) -> its tensor}``: what the state records of the module's own
+        making, always saved from the module (not the buffer, which ``to_empty`` leaves
+        uninitialised: its state was refused everywhere, ca_rev99), refused on load where it
+        differs (:meth:`check_state`), and not missed in a state saved before it existed.
+        Subclasses add theirs."""
+        return {"graph_fingerprint": self._fingerprint_tensor}
 
     def _fingerprint_tensor(self, device=None) -> Tensor:
         """The graph's fingerprint as the uint8 tensor the state carries."""
         return torch.tensor(list(self.h.fingerprint()), dtype=torch.uint8, device=device)
 
-    def _bind_graph(self) -> None:
-        self.register_buffer("graph_fingerprint", self._fingerprint_tensor())
+    def _bind_records(self) -> None:
+        """Register each record's buffer not registered yet (a module pickled whole before it existed)."""
+        for name, make in self._records().items():
+            if name not in self._buffers:
+                self.register_buffer(name, make())
 
     def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        key = prefix + "graph_fingerprint"
-        if key in destination:
-            # the graph's, not the buffer's bytes: to_empty (deferred initialisation on the meta device)
-            # leaves the buffer uninitialised, and its state was refused everywhere (ca_rev99)
-            held = destination[key]
-            destination[key] = self._fingerprint_tensor(torch.device("cpu") if held.is_meta else held.device)
+        for name, make in self._records().items():
+            if prefix + name in destination:
+                held = destination[prefix + name]
+                destination[prefix + name] = make(torch.device("cpu") if held.is_meta else held.device)
 
     def check_state(self, state_dict, prefix: str = "") -> None:
         """ValueError, before anything is loaded, for a state (keys under ``prefix``) this module
@@ -108,13 +118,12 @@ class _GraphBoundState(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:
         self.check_state(state_dict, prefix)
-        key = prefix + "graph_fingerprint"
-        if "graph_fingerprint" not in self._buffers:  # a module pickled whole before the buffer existed
-            self._bind_graph()
+        self._bind_records()
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                                       error_msgs)
-        if key in missing_keys:  # a state saved before the graph was recorded
-            missing_keys.remove(key)
+        for name in self._records():  # a state saved before the record existed
+            if prefix + name in missing_keys:
+                missing_keys.remove(prefix + name)
 
 
 def check_graph_state(recorded, module: _GraphBoundState, prefix: str = "") -> None:
@@ -306,7 +315,7 @@ class AmortisedDuals(_GraphBoundState):
         self.hidden = _check_positive_int(hidden, "hidden")
         self.layers = _check_positive_int(layers, "layers", minimum=0)
         self.sweeps = _check_positive_int(sweeps, "sweeps", minimum=0)
-        self._bind_temperature()
+        self._bind_records()  # (the temperatures' record, now that they are set)
         self.chain = isinstance(h, Hierarchy)
         convs, kernels = [], []
         if isinstance(h, Hierarchy):
@@ -419,20 +428,13 @@ class AmortisedDuals(_GraphBoundState):
             feats.append(torch.stack([centre(lam[e]), step], 1))
         return feats
 
+    def _records(self) -> dict:
+        # the temperatures the formula path's weights were set for: a state of a module built for others
+        # had loaded silently, its maps 1.23 from consistent where its own gave 5e-7 (ca_rev164)
+        return {**super()._records(), "built_temperature": self._temperature_tensor}
+
     def _temperature_tensor(self, device=None) -> Tensor:
         return torch.tensor([float(t) for t in self.temperature], dtype=torch.float64, device=device)
-
-    def _bind_temperature(self) -> None:
-        # the temperatures the formula path's weights were set for, in the state: a state of a module built
-        # for others had loaded silently, its maps 1.23 from consistent where its own gave 5e-7 (ca_rev164)
-        self.register_buffer("built_temperature", self._temperature_tensor())
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        key = prefix + "built_temperature"
-        if key in destination:  # the module's own values, not the buffer's (a cast or to_empty changes it)
-            held = destination[key]
-            destination[key] = self._temperature_tensor(torch.device("cpu") if held.is_meta else held.device)
 
     def check_state(self, state_dict, prefix: str = "") -> None:
         """As :meth:`_GraphBoundState.check_state`, and a state built for other temperatures is
@@ -450,15 +452,6 @@ class AmortisedDuals(_GraphBoundState):
                              f"for temperatures {values}, this module's are {list(self.temperature)} (its formula "
                              f"path is weighted for them); build the module with the state's temperatures; "
                              f"nothing of it was loaded into this module")
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs) -> None:
-        if "built_temperature" not in self._buffers:  # a module pickled whole before the buffer existed
-            self._bind_temperature()
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        if prefix + "built_temperature" in missing_keys:  # a state saved before the temperatures were recorded
-            missing_keys.remove(prefix + "built_temperature")
 
     def forward(self, scores: Sequence[Tensor], temperature=None) -> list[Tensor]:
         """One dual per edge ``(B, *h.shapes[coarse(e)])``, mean-zero per sample, in the compute
