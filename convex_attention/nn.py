@@ -31,13 +31,12 @@ from .dual import (
     dual_function,
     reparameterized_logits,
     spanning_forest_duals,
-    with_implied_masks,
 )
 from .exact import cumulative_temperatures
 from .graph import Graph
 from .hierarchy import Hierarchy
 from .methods import get_method
-from .solve import Solution, consistency_loss, solve
+from .solve import Solution, consistency_loss, scores_the_method_sees, solve
 from .validation import (
     check_duals,
     check_flag,
@@ -877,10 +876,7 @@ class ConsistentAttention(nn.Module):
         record = get_method(self.method)
         check_transforms(f"ConsistentAttention(method={record.name!r})", record.func_transforms)
         scores, peak_sum = check_scores_and_peaks(scores, self.h, check_finite=self.check_finite)
-        sources: list = []
-        if not self.check_finite and record.implied_masks:  # as solve: p(λ) gives such a cell 0 (ca_rev126)
-            sources = list(scores)
-            scores = with_implied_masks(scores, self.h)
+        scores, sources = scores_the_method_sees(scores, self.h, record, self.check_finite)  # as solve
         temps = self._temperatures(temperature, scores[0])
         duals = check_duals(self._duals(scores, temps), self.h, scores[0].shape[0], compute_dtype(scores[0].dtype),
                             scores[0].device, check_finite=self.check_finite, score_peak_sum=peak_sum)

@@ -352,14 +352,20 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     if record.needs_duals:
         duals = check_duals(duals, h, free.shape[0], compute_dtype(free.dtype), free.device,
                             check_finite=check_finite, score_peak_sum=peak_sum)
-    sources: list = []
-    if not check_finite and record.implied_masks:
-        sources = [s for s in scores if s is not None]
-        # p(λ) gives a cell that pooling rules out 0 (ca_rev126); the Solution holds the masked scores
-        # too (its dual objective was the unmasked problem's, ca_rev128)
-        scores = with_implied_masks(scores, h)
+    scores, sources = scores_the_method_sees(scores, h, record, check_finite)
     probs, lam, info = record.function(scores, h, temps, duals, dict(options))
     return Solution(probs, scores, h, temps, record.name, lam, info, given_list, sources=sources)
+
+
+def scores_the_method_sees(scores: list, h: Graph, record, check_finite: bool) -> tuple[list, list]:
+    """``(scores, sources)``: with ``check_finite`` off and a method whose record asks for it
+    (``implied_masks``), the scores with the cells that pooling rules out masked (p(λ) gives such
+    a cell 0: ca_rev126), and the scores as given, which the Solution watches for in-place changes
+    too (ca_rev157); else the scores, and no sources.  The Solution holds the masked scores (its
+    dual objective was the unmasked problem's, ca_rev128).  Solve's and the module's one rule."""
+    if check_finite or not record.implied_masks:
+        return scores, []
+    return with_implied_masks(scores, h), [s for s in scores if s is not None]
 
 
 def consistency_loss(scores: Sequence[Tensor], duals: Sequence[Tensor], h: Graph, temperature=1.0,
