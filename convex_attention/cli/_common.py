@@ -67,14 +67,14 @@ class CommandParser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.examples = tuple(examples)
 
-    def run_failed(self, err: BaseException, made: str | list | tuple | None = None) -> int:
+    def run_failed(self, err: BaseException, made: list | tuple = ()) -> int:
         """A run that failed after its checks: one line on stderr naming the error, exit status 1
-        (benchmark scripts had ended in a traceback: ca_rev141); ``made``, a folder the run made
-        (or the folders, deepest first: :meth:`folders_to_make`), is removed again if it is empty
-        (never a file in it)."""
+        (benchmark scripts had ended in a traceback: ca_rev141); ``made``, the folders the run
+        made (deepest first: :meth:`folders_to_make`), are removed again where empty (never a
+        file in them)."""
         message = " ".join(f"{type(err).__name__}: {err}".split())
         print(f"{self.prog}: error: the run failed: {message}", file=sys.stderr)
-        _remove_empty([made] if isinstance(made, str) else list(made or ()))
+        _remove_empty(list(made))
         return 1
 
     def run_interrupted(self, what: str, made: tuple | list = ()) -> int:
