@@ -170,14 +170,13 @@ def read_checkpoint(path: str, map_location="cpu") -> dict:
     if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                 for k, v in weights.items()):
         problems.append("no weights (a dict of tensors)")
+    elif complex_ := [k for k, v in weights.items() if v.is_complex()]:
+        # (loaded into the float32 model, its imaginary part was dropped with a warning: ca_rev173)
+        problems.append(f"weight {complex_[0]!r} is complex")
     epoch = state.get("epoch")
     if type(epoch) is not int or epoch < 0:
         problems.append(f"epoch {epoch!r} is not a non-negative integer")
     else:
-        weights_dict = weights if isinstance(weights, dict) else {}
-        complex_ = [k for k, v in weights_dict.items() if isinstance(v, torch.Tensor) and v.is_complex()]
-        if complex_:  # (loaded into the float32 model, its imaginary part was dropped with a warning: ca_rev173)
-            problems.append(f"weight {complex_[0]!r} is complex")
         best = state.get("best_epoch")
         if best is not None and (type(best) is not int or not 0 <= best <= epoch):
             problems.append(f"best_epoch {best!r} is not an epoch from 0 to {epoch}")  # (a traceback: ca_rev173)
