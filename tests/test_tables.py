@@ -5,7 +5,7 @@ import pytest
 from helpers import read_text
 
 from convex_attention.io.files import atomic_csv
-from convex_attention.io.tables import ResultsFormatError, Schema, read_rows, read_table
+from convex_attention.io.tables import ResultsFormatError, RowProblem, Schema, read_rows, read_table
 
 SCHEMA = Schema("toy", ("name", "n", "x", "checksum"), ints=frozenset({"n"}), floats=frozenset({"x"}))
 
@@ -22,14 +22,15 @@ def test_read_rows_types_values_and_checks_the_checksum(tmp_path):
     assert rows[0]["n"] == 1 and rows[0]["x"] == 1.9665132189317092e-07 and math.isnan(rows[1]["x"])
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (lambda t: t.replace("1.9665132189317092e-07", "1.9665132"), "checksum mismatch"),  # a value cut off
-    (lambda t: t.rsplit(",", 2)[0] + "\n", "(2 fields, the header has 4)"),  # the last line cut short
-    (lambda t: t.replace(",2,", ",two,"), "checksum mismatch"),  # edited
-    (lambda t: t + "c,3,1.0,deadbeef,extra\n", "(5 fields, the header has 4)"),
-    (lambda t: t.rstrip("\n"), "(no line end: cut off)"),
+@pytest.mark.parametrize("damage, reason, line", [
+    (lambda t: t.replace("1.9665132189317092e-07", "1.9665132"), "checksum mismatch", 2),  # a value cut off
+    (lambda t: t.rsplit(",", 2)[0] + "\n", "(2 fields, the header has 4)", 3),  # the last line cut short
+    (lambda t: t.replace(",2,", ",two,"), "checksum mismatch", 3),  # edited
+    (lambda t: t + "c,3,1.0,deadbeef,extra\n", "(5 fields, the header has 4)", 4),
+    (lambda t: t.rstrip("\n"), "(no line end: cut off)", 3),
+    (lambda t: t.replace(",2,", ',"2,'), "a quoted value not closed", 3),
 ])
-def test_read_rows_reports_and_leaves_out_damaged_rows(tmp_path, damage, reason):
+def test_read_rows_reports_and_leaves_out_damaged_rows(tmp_path, damage, reason, line):
     path = str(tmp_path / "toy.csv")
     write_toy(path, [{"name": "a", "n": 1, "x": 1.9665132189317092e-07}, {"name": "b", "n": 2, "x": 0.5}])
     text = read_text(path)
@@ -37,6 +38,9 @@ def test_read_rows_reports_and_leaves_out_damaged_rows(tmp_path, damage, reason)
         f.write(damage(text))
     rows, problems = read_rows(path, SCHEMA)
     assert len(problems) == 1 and reason in problems[0], problems
+    # a damaged row's problem says so, with its line (what bench's resume counts as a row)
+    assert isinstance(problems[0], RowProblem) and problems[0].line == line
+    assert problems[0].startswith(f"toy.csv line {line} (")
     assert all(r["x"] in (1.9665132189317092e-07, 0.5) for r in rows)  # never a misread value
 
 
@@ -45,6 +49,7 @@ def test_number_garbage_is_caught_even_with_a_matching_checksum(tmp_path):
     write_toy(path, [{"name": "a", "n": "two", "x": 1.0}])
     rows, problems = read_rows(path, SCHEMA)
     assert rows == [] and "not a number" in problems[0]
+    assert isinstance(problems[0], RowProblem) and problems[0].line == 2
 
 
 def test_read_rows_refuses_a_foreign_header(tmp_path):
@@ -235,7 +240,9 @@ def test_read_rows_of_a_dangling_link_is_no_rows_and_of_an_empty_file_says_so(tm
     os.symlink(tmp_path / "gone.csv", tmp_path / "dangling.csv")
     assert read_rows(str(tmp_path / "dangling.csv"), SCHEMA) == ([], [])
     (tmp_path / "toy.csv").write_text("\n")
-    assert read_rows(str(tmp_path / "toy.csv"), SCHEMA) == ([], ["toy.csv: the file is empty"])
+    rows, problems = read_rows(str(tmp_path / "toy.csv"), SCHEMA)
+    assert (rows, problems) == ([], ["toy.csv: the file is empty"])
+    assert not isinstance(problems[0], RowProblem)  # the file's problem, not a row's
 
 
 def test_a_field_too_large_for_the_csv_reader_is_one_format_error(tmp_path):

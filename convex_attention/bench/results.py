@@ -41,7 +41,7 @@ from ..io.files import (
     write_csv_row,
 )
 from ..io.settings import declared
-from ..io.tables import ResultsFormatError, Schema, lacks_added_columns, read_rows
+from ..io.tables import ResultsFormatError, RowProblem, Schema, lacks_added_columns, read_rows
 from ..methods import REGISTRY
 from .config import STRUCTURES, SweepConfig, device_identity, quick_sweep
 
@@ -587,7 +587,7 @@ def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
             return 0, 0, f"{csv_path}: cannot be read ({err.strerror or err})"
         finished = sum(r["status"] in FINISHED for r in rows)
         # (a problem of the file as a whole, "the file is empty", is no row: ca_rev167)
-        damaged = [p for p in problems if p.startswith("bench.csv line ")]
+        damaged = [p for p in problems if isinstance(p, RowProblem)]
         return len(rows) + len(damaged), finished, None
     if os.path.exists(json_path):
         try:

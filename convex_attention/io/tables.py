@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from .files import file_kind, row_checksum
 
-__all__ = ["Table", "Schema", "ResultsFormatError", "read_table", "read_rows", "lacks_added_columns"]
+__all__ = ["Table", "Schema", "RowProblem", "ResultsFormatError", "read_table", "read_rows", "lacks_added_columns"]
 
 
 class ResultsFormatError(ValueError):
@@ -46,11 +46,31 @@ class Schema:
     added: tuple = ()
 
 
+class RowProblem(str):
+    """Why one row of a table was left out, as text (``"line N (why)"``, or with
+    :func:`read_rows` ``"NAME line N (why)"``), with the row's first line number as ``line``:
+    what tells a damaged row from a problem of the file as a whole ("the file is empty")."""
+
+    line: int
+    _why: str
+
+    def __new__(cls, line: int, why: str, table: str = "") -> RowProblem:
+        self = super().__new__(cls, f"{table + ' ' if table else ''}line {line} ({why})")
+        self.line = line
+        self._why = why
+        return self
+
+    def named(self, table: str) -> RowProblem:
+        """The same problem, its text naming the table it is in."""
+        return RowProblem(self.line, self._why, table)
+
+
 @dataclass(frozen=True)
 class Table:
     """A table as read: ``header``, ``rows`` (dicts of strings, each with its line number
     under ``"_line"``: the line it starts on, where a quoted value spans several) and
-    ``problems`` (one per damaged row left out: ``"line N (why)"``)."""
+    ``problems`` (a :class:`RowProblem` per damaged row left out; a problem of the file as
+    a whole is plain text)."""
 
     header: tuple
     rows: list
@@ -124,20 +144,20 @@ def read_table(path: str, required=(), checksum: bool | None = None) -> Table:
         raise ResultsFormatError(f"{path}: missing column(s) {', '.join(missing)} (not a {name} this toolkit "
                                  f"wrote?)")
     body = [(n, f) for n, f in records[1:] if f]  # blank lines carry nothing
-    problems = [f"line {n} (a quoted value not closed, or text after its closing quote: cut off or edited)"
-                for n in malformed]
+    problems: list[str] = [RowProblem(n, "a quoted value not closed, or text after its closing quote: cut off or "
+                                        "edited") for n in malformed]
     if body and not text.endswith(("\n", "\r")):
         # every complete row ends with a line end; a last row without one was cut off mid-write
-        problems.append(f"line {body[-1][0]} (no line end: cut off)")
+        problems.append(RowProblem(body[-1][0], "no line end: cut off"))
         body = body[:-1]
     check = header.index("checksum") if "checksum" in header and checksum is not False else None
     rows = []
     for line, fields in body:
         if len(fields) != len(header):
-            problems.append(f"line {line} ({len(fields)} fields, the header has {len(header)})")
+            problems.append(RowProblem(line, f"{len(fields)} fields, the header has {len(header)}"))
             continue
         if check is not None and row_checksum([f for i, f in enumerate(fields) if i != check]) != fields[check]:
-            problems.append(f"line {line} (checksum mismatch: a value was cut off or edited)")
+            problems.append(RowProblem(line, "checksum mismatch: a value was cut off or edited"))
             continue
         row: dict = dict(zip(header, fields))
         row["_line"] = line
@@ -244,11 +264,11 @@ def read_rows(path: str, schema: Schema) -> tuple[list[dict], list[str]]:
                                  f"version: {_header_difference(schema.columns, table.header)}")
     name = os.path.basename(path)
     rows: list[dict] = []
-    problems = [f"{name} {p}" for p in table.problems]
+    problems = [p.named(name) if isinstance(p, RowProblem) else f"{name} {p}" for p in table.problems]
     for raw in table.rows:
         row, problem = _typed(schema, raw)
         if row is None:
-            problems.append(f"{name} line {raw['_line']} ({problem})")
+            problems.append(RowProblem(raw["_line"], problem or "", table=name))
         else:
             rows.append(row)
     return rows, problems
