@@ -399,7 +399,7 @@ def test_explain_refuses_duplicate_names_and_bad_specs(tmp_path, capsys, no_work
     a = tiny_checkpoint(tmp_path / "a" / "best.pt")
     b = tiny_checkpoint(tmp_path / "b" / "best.pt", method="exact")
     for specs, words in (([f"softmax={a}", f"softmax={b}"], "given twice"), ([a], "NAME=PATH"),
-                         ([f"={a}"], "NAME=PATH"), (["x="], "NAME=PATH")):
+                         ([f"={a}"], "NAME=PATH"), (["x="], "NAME=PATH"), ([f"none={a}"], "word for no model")):
         code, _, err = run(["explain", "--checkpoints", *specs, "--out", str(tmp_path / "o")], capsys)
         assert_usage_error(code, err, "--checkpoints", words)
 
@@ -408,7 +408,9 @@ def test_explain_refuses_duplicate_names_and_bad_specs(tmp_path, capsys, no_work
                                         (["--n-images", str(10 ** 15)], "from 1 to 100000"),
                                         (["--batch-size", str(2 ** 62)], "from 1 to 100000"),
                                         (["--batch-size", "0"], "--batch-size"), (["--device", "tpu"], "--device"),
-                                        (["--baseline-model", "plain"], "--baseline-model")])
+                                        (["--baseline-model", "plain"], "--baseline-model"),
+                                        (["--baseline-model", "none", "softmax"], "'none' (no model) stands alone"),
+                                        (["--baseline-model", "softmax", "softmax"], "named more than once")])
 def test_explain_usage_errors(argv, words, tmp_path, capsys, no_work):
     a = tiny_checkpoint(tmp_path / "a" / "best.pt")
     code, _, err = run(["explain", "--checkpoints", f"softmax={a}", *argv, "--out", str(tmp_path / "o")], capsys)

@@ -539,6 +539,9 @@ def _explain_specs(args) -> tuple[list, list | None]:
         if name in [n for n, _ in specs]:
             raise UsageError(f"argument --checkpoints: the name {name!r} is given twice; give every model its own "
                              f"name (e.g. {name}=A {name}-2=B)")
+        if name == "none":  # --baseline-model none would read as no model, not this one
+            raise UsageError("argument --checkpoints: 'none' is --baseline-model's word for no model; give this "
+                             "model another name")
         specs.append((name, path))
     names = [n for n, _ in specs]
     baseline = args.baseline_model
@@ -546,6 +549,13 @@ def _explain_specs(args) -> tuple[list, list | None]:
         return specs, list(names)  # every model, by every post-hoc method
     if baseline == ["none"]:
         return specs, None
+    if "none" in baseline:
+        raise UsageError(f"argument --baseline-model: 'none' (no model) stands alone, here beside "
+                         f"{', '.join(repr(b) for b in baseline if b != 'none')}; pass 'none' or model names")
+    repeated = sorted({b for b in baseline if baseline.count(b) > 1})
+    if repeated:
+        raise UsageError(f"argument --baseline-model: {', '.join(map(repr, repeated))} named more than once; name "
+                         f"each model once")
     for b in baseline:
         if b not in names:
             raise UsageError(f"argument --baseline-model: {b!r} is not among the --checkpoints names "
