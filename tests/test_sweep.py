@@ -1441,10 +1441,8 @@ def test_ca_rev154_a_method_timed_apart_from_an_already_committed_method_says_so
     assert "timed apart" in by["amortised"]["reason"], by["amortised"]["reason"]
 
 
-# ---- ca_rev175 (strict xfail: review of e455928)
+# ---- ca_rev175 (review of e455928; its strict xfail now passes)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev175: a resume naming learned_dual alone measures the folder's dual rows "
-                                       "again at its own dual_tol, unchecked, while bench.json keeps the stored one")
 def test_ca_rev175_a_resume_never_measures_dual_rows_at_a_dual_tol_bench_json_does_not_record(tmp_path, monkeypatch):
     """run_sweep(exact, dual; dual_tol 1e-6), then run_sweep(--resume, learned_dual alone; dual_tol 1e-2).  The
     second run measures the folder's dual row again (ca_rev133: the fast exact rows beside the amortised dual), at

@@ -49,7 +49,7 @@ __all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows"
            "check_start_over", "check_resume_config", "stored_config", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
            "CELL_KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "cell_key", "OUTPUTS", "GRID_SETTINGS",
            "RUN_SETTINGS", "MEASUREMENT_SETTINGS", "CVX_SETTINGS", "FIT_SETTINGS", "reads_setting", "run_reads_setting",
-           "records_history", "cvx_batch_setting", "cvx_samples", "run_of",
+           "has_backends", "fast_exact_methods", "records_history", "cvx_batch_setting", "cvx_samples", "run_of",
            "PANDAS_DTYPES"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
@@ -116,15 +116,33 @@ def cvx_samples(backend: str | None, cvx_batch: int, diffcp_batch: int) -> int:
     return diffcp_batch if cvx_batch_setting(backend) == "diffcp_batch" else cvx_batch
 
 
+def has_backends(method) -> bool:
+    """Methods whose solves go through a choice of backend (the cvxpylayers reference)."""
+    return bool(getattr(method, "backends", False)) or method.cpu_only
+
+
+def fast_exact_methods() -> list[str]:
+    """The exact methods the amortised dual's time is divided by (``time_vs_exact``;
+    cvxpylayers is never the fastest): a run of a method that needs duals measures the
+    folder's finished rows of these again, in each cell it measures, named or not, so that
+    the ratio is of one run (the sweep; ca_rev133)."""
+    return [name for name, method in REGISTRY.items() if method.exact and not has_backends(method)]
+
+
 def run_reads_setting(name: str, methods, structures=None, backends=None) -> bool:
     """Whether a run of ``methods`` (over ``structures`` and cvxpylayers ``backends``, where
     given) measures a row that reads the setting ``name`` (:func:`reads_setting` over the rows
-    each method gives: every λ kind of a method that needs duals; a chain setting by a run with
+    each method gives: every λ kind of a method that needs duals, and the rows of
+    :func:`fast_exact_methods` such a run measures beside them; a chain setting by a run with
     the chain; a batch setting by a run with a backend of its kind)."""
     if name in CHAIN_SETTINGS and structures is not None and "chain" not in structures:
         return False
     if name in BATCH_SETTINGS and backends is not None:
         return "cvxpylayers" in methods and any(cvx_batch_setting(b) in (None, name) for b in backends)
+    if any(REGISTRY[m].needs_duals for m in methods if m in REGISTRY):
+        # the fast exact rows are measured again beside the learned dual's (a resume of
+        # learned_dual alone measured the folder's dual rows at its own dual_tol: ca_rev175)
+        methods = [*methods, *fast_exact_methods()]
     for m in methods:
         method = REGISTRY.get(m)
         kinds = DUAL_KINDS if method is not None and method.needs_duals else ("",)

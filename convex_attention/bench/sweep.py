@@ -30,7 +30,7 @@ from ..graph import Graph
 from ..hierarchy import Hierarchy
 from ..io.files import REASON_CHARS, error_reason, one_line
 from ..io.lock import results_lock
-from ..methods import REGISTRY, get_method
+from ..methods import get_method
 from ..solve import solve
 from .cases import amortised_case, make_case, shape_str, timed_case
 from .config import MIN_FIT_INSTANCES, SweepConfig, check_sweep, environment_device, fit_instances
@@ -44,6 +44,8 @@ from .results import (
     TIMED_APART,
     ResultsWriter,
     cvx_samples,
+    fast_exact_methods,
+    has_backends,
     records_history,
     row_key,
 )
@@ -61,11 +63,6 @@ __all__ = ["SweepConfig", "run_sweep", "check_sweep", "COLUMNS", "CONVERGENCE_CO
 # between linearly and quadratically; two nearly equal sizes timed under load gave 12).
 MIN_SIZE_SPREAD = 2.0
 SLOPE_RANGE = (0.8, 2.5)
-
-
-def _has_backends(method) -> bool:
-    """Methods whose solves go through a choice of backend (the cvxpylayers reference)."""
-    return bool(getattr(method, "backends", False)) or method.cpu_only
 
 
 def resolve_backends(config: SweepConfig) -> list[str]:
@@ -180,7 +177,7 @@ def _cvx_estimate_s(rows: list[dict], n_cells: int, batch: int, calls: int, back
 
 def _is_reference(name) -> bool:
     try:
-        return _has_backends(get_method(name))
+        return has_backends(get_method(name))
     except ValueError:
         return False
 
@@ -203,7 +200,7 @@ def run_sweep(config: SweepConfig, out_dir: str, resume: bool = False, progress:
     restored afterwards).
     """
     check_sweep(config)
-    backends = resolve_backends(config) if any(_has_backends(get_method(m)) for m in config.methods) else []
+    backends = resolve_backends(config) if any(has_backends(get_method(m)) for m in config.methods) else []
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(config.threads)  # the declared count, recorded with the run (not the machine's default)
     try:
@@ -263,19 +260,12 @@ def _sweep(config: SweepConfig, out_dir: str, resume: bool, progress: bool, log,
 def _timed_against_each_other(row: dict) -> bool:
     """Whether ``row`` is of the amortised dual's time ratio: a learned-dual row, or a fast
     exact method's (the ratio's denominator; cvxpylayers is never the fastest)."""
-    method = get_method(row["method"])
-    return method.needs_duals or _fast_exact(method)
-
-
-def _fast_exact(method) -> bool:
-    """An exact method the amortised dual's time is divided by (cvxpylayers is never the fastest)."""
-    return method.exact and not _has_backends(method)
+    return get_method(row["method"]).needs_duals or row["method"] in fast_exact_methods()
 
 
 def _stored_fast_exact_rows(cell: dict, done: set) -> list[dict]:
     """The cell's rows of fast exact methods that the folder holds finished, whatever this run names."""
-    rows = [{**cell, "method": name, "backend": "", "dual_kind": ""} for name, method in REGISTRY.items()
-            if _fast_exact(method)]
+    rows = [{**cell, "method": name, "backend": "", "dual_kind": ""} for name in fast_exact_methods()]
     return [r for r in rows if row_key(r) in done]
 
 
@@ -284,7 +274,7 @@ def _wanted_rows(config: SweepConfig, cell: dict, backends: list[str]) -> list[d
     for m in config.methods:
         method = get_method(m)
         kinds = DUAL_KINDS if method.needs_duals else ("",)
-        for backend in (backends if _has_backends(method) else [""]):
+        for backend in (backends if has_backends(method) else [""]):
             for kind in kinds:
                 rows.append({**cell, "method": m, "backend": backend, "dual_kind": kind})
     return rows
@@ -331,14 +321,14 @@ def _run_cell(config: SweepConfig, cell: dict, index: int, todo: list[dict], wri
             writer.commit({**c.base, **r, "status": "skipped", "reason": one_line(str(err), REASON_CHARS)})
             unsolvable.append(r)
     todo = [r for r in todo if r not in unsolvable]
-    fast = [r for r in todo if not _has_backends(get_method(r["method"]))]
+    fast = [r for r in todo if not has_backends(get_method(r["method"]))]
     if fast:
         try:
             _measure_fast(config, c, fast, writer)
         except _CELL_FAILURES as err:  # out of memory, a solver's refusal
             _measure_apart(config, c, fast, writer, err)
     for r in todo:
-        if _has_backends(get_method(r["method"])):
+        if has_backends(get_method(r["method"])):
             try:
                 row = _reference_row(config, c, r, writer.rows)
             except _CELL_FAILURES as err:
@@ -606,7 +596,7 @@ def _global_warmup(config: SweepConfig, pending: list) -> float:
     seen = set()
     for _, cell, todo in pending:
         key = (cell["device"], cell["dtype"])
-        fast = [m for m in dict.fromkeys(r["method"] for r in todo) if not _has_backends(get_method(m))]
+        fast = [m for m in dict.fromkeys(r["method"] for r in todo) if not has_backends(get_method(m))]
         if key in seen or not fast:
             continue
         seen.add(key)
