@@ -230,6 +230,7 @@ class FolderDataset(Dataset):
                 raise ValueError(f"label of {name!r} is {label} ({where}); labels must be 0 .. {num_classes - 1} "
                                  f"for {num_classes} classes")
             self.items.append((path, label, name))
+        self._path_of = {name: path for path, _, name in self.items}  # names are unique (seen)
         self.mask_root = os.path.join(root, mask_dir) if mask_dir else None
         self.has_masks = bool(self.mask_root and os.path.isdir(self.mask_root))
         self.image_shape = None
@@ -288,8 +289,7 @@ class FolderDataset(Dataset):
         return mine.shape == theirs.shape and bool(((mine - theirs).abs() <= SAME_PICTURE_ATOL).all())
 
     def _normalised_image(self, name: str) -> torch.Tensor:
-        path = next(p for p, _, n in self.items if n == name)
-        return _normalised(self._load_image(path))
+        return _normalised(self._load_image(self._path_of[name]))
 
     def _mask_path(self, name: str) -> str:
         if name in self._mask_paths:
