@@ -555,6 +555,7 @@ def test_the_help_describes_resume_overwrite_and_the_verify_timeout():
     assert "earlier run's files" in train and "--resume OUT/last.pt" in train and "refused (exit 2)" in train
 
 
+@pytest.mark.slow  # end-to-end: bench runs (CI; the fast suite stays under a minute)
 def test_bench_resume_refuses_other_measurement_settings_and_numbers_new_cells_apart(tmp_path, capsys):
     """Before: `--sizes 8` then `--sizes 4 8 --factor 4 --resume` exited 0 with factor-2 and
     factor-4 rows side by side; and without --factor both cells were numbered 0."""
@@ -577,6 +578,7 @@ def test_bench_resume_refuses_other_measurement_settings_and_numbers_new_cells_a
     assert read_json(out / "bench.json")["config"]["sizes"] == [8, 4]
 
 
+@pytest.mark.slow  # end-to-end: bench runs (CI; the fast suite stays under a minute)
 def test_bench_resume_measures_again_a_dual_row_whose_history_was_damaged(tmp_path, capsys):
     """Before: a value cut off in convergence.csv dropped that history row on --resume (stderr
     said it is recomputed), but the dual row stayed finished: the history stayed one row
@@ -605,6 +607,7 @@ def test_bench_resume_measures_again_a_dual_row_whose_history_was_damaged(tmp_pa
     assert [r["rows"] for r in runs] == [2, 1], "the second run measured the dual row alone"
 
 
+@pytest.mark.slow  # end-to-end: bench runs (CI; the fast suite stays under a minute)
 def test_bench_example_is_an_instance_of_the_sweeps_seed_and_scale(tmp_path, monkeypatch):
     """Before: save_example was given neither the seed nor the scale (nor the training cap):
     example.npz was seed 0 at scale 1 whatever --seed and --scale said."""
@@ -629,6 +632,7 @@ def test_bench_example_is_an_instance_of_the_sweeps_seed_and_scale(tmp_path, mon
                      "fit_steps": 100, "amortised_steps": 150}]
 
 
+@pytest.mark.slow  # end-to-end: bench runs (CI; the fast suite stays under a minute)
 def test_bench_refuses_to_replace_an_earlier_benchs_example_or_convergence_rows(tmp_path, capsys):
     """Before: with no bench.csv/bench.json in the folder, bench replaced both without a word."""
     for name in ("example.npz", "convergence.csv"):
@@ -1429,6 +1433,7 @@ def test_ca_rev114_a_bench_that_cannot_write_its_rows_fails_in_one_line(tmp_path
 
 # ---- ca_rev116 (strict xfail: review of 8e6f256)
 
+@pytest.mark.slow  # end-to-end: bench runs (CI; the fast suite stays under a minute)
 @pytest.mark.skipif(not {"moreau", "diffcp-clarabel"} <= set(available_backends()),
                     reason="needs moreau and diffcp-clarabel")
 def test_ca_rev116_a_resume_with_other_backends_is_not_refused_both_ways(tmp_path, capsys, monkeypatch):

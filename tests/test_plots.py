@@ -2932,6 +2932,7 @@ def test_ca_rev118_a_skipped_row_with_an_unusable_size_loses_no_figure(tmp_path,
 # ---- ca_rev120 (strict xfail: review of f56c36b)
 
 
+@pytest.mark.slow  # end-to-end: two sweeps, then plot (CI; the fast suite stays under a minute)
 def test_ca_rev120_a_resumed_sweeps_own_example_is_drawn(tmp_path, figs, capsys):
     """Ran (in-process) `bench --methods exact learned_dual --fit-instances 4 --fit-steps 2
     --amortised-steps 2` (sizes 8, levels 2, batch 2, float64, cpu, 1 repeat) into R, then

@@ -204,6 +204,7 @@ def test_a_failing_method_becomes_error_rows_and_the_sweep_goes_on(tmp_path, mon
     assert all("out of memory" in r["reason"] for r in rows)
 
 
+@pytest.mark.slow  # end-to-end: a sweep (CI; the fast suite stays under a minute)
 def test_one_failing_method_does_not_fail_the_cell_s_other_methods(tmp_path, monkeypatch):
     """The fast methods are timed interleaved; when one fails (the dual's implicit backward,
     seen in a review), the others are timed apart and say so, and only it is an error row."""

@@ -1195,6 +1195,7 @@ def test_ca_rev130_a_config_json_nested_too_deep_beside_a_checkpoint_is_refused_
 
 # ---- ca_rev139 (strict xfail: review of 3de4598)
 
+@pytest.mark.slow  # end-to-end: training runs (CI; the fast suite stays under a minute)
 def test_ca_rev139_a_resume_with_datasets_keeps_the_checkpoints_data_split(tmp_path):
     """train(config, datasets=(t, v), data_split={...}) (as the experiment's _train_one), then train(config with
     resume=RUN/last.pt and 2 epochs, datasets=(t, v)) (the API's resume with the data handed again).  Expected:
@@ -1231,6 +1232,7 @@ def test_ca_rev173_library_resume_refuses_other_validation_data(tmp_path):
                                 **{**FAST, "n_val": 12, "difficulty": 0.9}))
 
 
+@pytest.mark.slow  # end-to-end: training runs (CI; the fast suite stays under a minute)
 def test_ca_rev173_a_resumed_run_selects_the_best_epoch_of_an_uninterrupted_one_when_no_auc_is_defined(
         tmp_path, monkeypatch):
     """Run: validation AUCs NaN every epoch (a validation set of one class handed to train(), which checks only
@@ -1248,6 +1250,7 @@ def test_ca_rev173_a_resumed_run_selects_the_best_epoch_of_an_uninterrupted_one_
     assert read_checkpoint(os.path.join(part, "best.pt"))["epoch"] == 1
 
 
+@pytest.mark.slow  # end-to-end: training runs (CI; the fast suite stays under a minute)
 def test_ca_rev173_a_checkpoint_whose_metrics_run_past_its_epoch_does_not_duplicate_rows(tmp_path):
     """Run: a 2-epoch run's last.pt with its epoch set to 1 (metrics rows of epochs 1 and 2 kept; a tampered or
     damaged file), saved as OTHER/ck.pt; train(epochs=3, resume=OTHER/ck.pt, out=NEW).  Expected: refused
