@@ -314,8 +314,8 @@ class AmortisedDuals(_GraphBoundState):
         self.hidden = _check_positive_int(hidden, "hidden")
         self.layers = _check_positive_int(layers, "layers", minimum=0)
         self.sweeps = _check_positive_int(sweeps, "sweeps", minimum=0)
-        self._bind_records()  # (the temperatures' record, now that they are set)
         self.chain = isinstance(h, Hierarchy)
+        self._bind_records()  # (the temperatures' and the sweeps' records, now that they are set)
         convs, kernels = [], []
         if isinstance(h, Hierarchy):
             L = h.num_levels
@@ -429,8 +429,16 @@ class AmortisedDuals(_GraphBoundState):
 
     def _records(self) -> dict:
         # the temperatures the formula path's weights were set for: a state of a module built for others
-        # had loaded silently, its maps 1.23 from consistent where its own gave 5e-7 (ca_rev164)
-        return {**super()._records(), "built_temperature": self._temperature_tensor}
+        # had loaded silently, its maps 1.23 from consistent where its own gave 5e-7 (ca_rev164); and,
+        # off a hierarchy, the sweeps its network's features were taken after (trained at 3, loaded
+        # at 0: violation 0.52 where the saved module gave 0.007, ca_rev176)
+        records = {**super()._records(), "built_temperature": self._temperature_tensor}
+        if not self.chain:
+            records["built_sweeps"] = self._sweeps_tensor
+        return records
+
+    def _sweeps_tensor(self, device=None) -> Tensor:
+        return torch.tensor(self.sweeps, dtype=torch.int64, device=device)
 
     def _temperature_tensor(self, device=None) -> Tensor:
         return torch.tensor([float(t) for t in self.temperature], dtype=torch.float64, device=device)
@@ -441,28 +449,41 @@ class AmortisedDuals(_GraphBoundState):
         module at construction, as it does here).  A state saved without them (before
         2026-12-07) loads, unchecked."""
         super().check_state(state_dict, prefix)
+        where = f"AmortisedDuals{f' {prefix[:-1]!r}' if prefix else ''}"
+        sweeps = state_dict.get(prefix + "built_sweeps")
+        if not self.chain and isinstance(sweeps, Tensor) and not sweeps.is_meta:
+            held = sweeps.detach().cpu().flatten().tolist()
+            if held != [self.sweeps]:
+                raise ValueError(f"{where}: the state to load was trained on the features of {held} sweeps, this "
+                                 f"module takes {self.sweeps} (its network reads them); build the module with "
+                                 f"sweeps={held[0] if len(held) == 1 else held}; nothing of it was loaded into "
+                                 f"this module")
         recorded = state_dict.get(prefix + "built_temperature")
         if not isinstance(recorded, Tensor) or recorded.is_meta:
             return
         values = recorded.detach().cpu().double().flatten().tolist()
         if len(values) != len(self.temperature) or not all(
                 math.isclose(a, float(b), rel_tol=TEMPERATURE_MATCH) for a, b in zip(values, self.temperature)):
-            raise ValueError(f"AmortisedDuals{f' {prefix[:-1]!r}' if prefix else ''}: the state to load was built "
-                             f"for temperatures {values}, this module's are {list(self.temperature)} (its formula "
-                             f"path is weighted for them); build the module with the state's temperatures; "
-                             f"nothing of it was loaded into this module")
+            raise ValueError(f"{where}: the state to load was built for temperatures {values}, this module's are "
+                             f"{list(self.temperature)} (its formula path is weighted for them); build the module "
+                             f"with the state's temperatures; nothing of it was loaded into this module")
 
-    def forward(self, scores: Sequence[Tensor], temperature=None) -> list[Tensor]:
+    def forward(self, scores: Sequence[Tensor], temperature=None, *, checked: bool = False) -> list[Tensor]:
         """One dual per edge ``(B, *h.shapes[coarse(e)])``, mean-zero per sample, in the compute
         dtype of the scores.  ``temperature`` (optional) replaces the module's for this call,
-        e.g. a learnable tensor shared with the attention layer."""
+        e.g. a learnable tensor shared with the attention layer.  ``checked=True``: the caller
+        validated ``scores`` and ``temperature`` (``M`` floats or 0-d tensors) already, as
+        :class:`ConsistentAttention` does once per pass (it calls the module, so that hooks on
+        it fire: ca_rev176); they are used as given."""
+        if checked:
+            return self.predict(scores, temperature)
         scores = check_scores(scores, self.h, check_finite=False)
         # the module's own temperatures too must lie in the range of the scores' compute dtype:
         # checked only at construction (in float64's), 1e-300 gave float32 scores NaN duals
-        checked = check_temperatures(self.temperature if temperature is None else temperature, self.h.num_maps,
-                                     dtype=scores[0].dtype, allow_grad=True, unit=self.h._map_word,
-                                     scores_device=scores[0].device)
-        return self.predict(scores, None if temperature is None else checked)
+        temps = check_temperatures(self.temperature if temperature is None else temperature, self.h.num_maps,
+                                   dtype=scores[0].dtype, allow_grad=True, unit=self.h._map_word,
+                                   scores_device=scores[0].device)
+        return self.predict(scores, None if temperature is None else temps)
 
     def predict(self, scores: Sequence[Tensor], temps=None) -> list[Tensor]:
         """:meth:`forward` without its checks, for callers that validated ``scores`` and the
@@ -471,6 +492,11 @@ class AmortisedDuals(_GraphBoundState):
         first = self.linear[0]
         assert isinstance(first, nn.Module) and isinstance(first.weight, Tensor)
         pdtype = first.weight.dtype  # not next(parameters()): a DataParallel replica lists none
+        if first.weight.device != scores[0].device:
+            # torch convolves CPU features with a meta weight into CPU duals of uninitialised
+            # memory (maps 1.5 from consistent, unrefused: ca_rev176)
+            raise ValueError(f"AmortisedDuals' parameters are on {first.weight.device}, the scores on "
+                             f"{scores[0].device}: move the module to the scores' device (module.to(...))")
         if torch.finfo(pdtype).bits < torch.finfo(work).bits:
             # the network would compute the duals at its own, lower precision (or range) and
             # hide it behind an output in the scores' dtype
@@ -826,6 +852,12 @@ class ConsistentAttention(nn.Module):
                 raise ValueError(f"duals={duals!r} is only used by methods that need duals, not {record.name!r}")
             return None
         if duals == "amortised":
+            if any(isinstance(t, Tensor) and t.is_meta for t in temps):
+                # its formula path is weighted for the temperatures it is built for, and a meta
+                # tensor holds none (torch's item() error had said so: ca_rev176)
+                raise ValueError("duals='amortised' builds an AmortisedDuals for the layer's temperatures, and a "
+                                 "temperature on the meta device holds no value: build the layer off the meta "
+                                 "device, or pass duals=ca.AmortisedDuals(h, temperature) built with the values")
             return AmortisedDuals(self.h, [float(t.detach()) if isinstance(t, Tensor) else t for t in temps])
         return LearnedDuals(self.h)
 
@@ -843,7 +875,7 @@ class ConsistentAttention(nn.Module):
         if self.learned_duals is None:
             return None
         if isinstance(self.learned_duals, AmortisedDuals):
-            return self.learned_duals.predict(scores, temps)
+            return self.learned_duals(scores, temps, checked=True)
         return self.learned_duals()
 
     def _temperatures(self, temperature, scores: Tensor) -> list:
@@ -932,7 +964,11 @@ class ConsistentAttention(nn.Module):
         return Attended(list(solution.probs), solution, aux)
 
     def extra_repr(self) -> str:
-        temperature = self.temperature if isinstance(self.temperature, list) else "tensor"
+        # a Parameter or tensor reads "tensor": its repr spans lines ("Parameter containing:\n...": ca_rev176)
+        if isinstance(self.temperature, list):
+            temperature = f"[{', '.join('tensor' if isinstance(t, Tensor) else repr(t) for t in self.temperature)}]"
+        else:
+            temperature = "tensor"
         return f"{self.h}, method={self.method!r}, temperature={temperature}"
 
 

@@ -1280,10 +1280,8 @@ def test_ca_rev164_fit_amortised_duals_trains_or_says_why_under_no_grad():
     assert len(history) == 3 and all(math.isfinite(x) for x in history)
 
 
-# ---- ca_rev176 (strict xfail: review of 1353f98)
+# ---- ca_rev176 (review of 1353f98; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev176: an AmortisedDuals state trained at one sweeps loads silently "
-                                       "into a module with other sweeps, its duals no longer the saved ones")
 def test_ca_rev176_an_amortised_state_loads_only_into_a_module_with_its_sweeps():
     """AmortisedDuals on a graph that is not a hierarchy computes its features with ``sweeps`` solver sweeps, and
     its linear path is trained on those features; the state records the graph and the temperatures the weights
@@ -1309,8 +1307,6 @@ def test_ca_rev176_an_amortised_state_loads_only_into_a_module_with_its_sweeps()
             torch.testing.assert_close(got, want)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev176: a learned_dual layer with a learned temperature and amortised "
-                                       "duals fails to build under torch.device('meta') with torch's item() error")
 def test_ca_rev176_a_layer_with_a_learned_temperature_and_amortised_duals_builds_under_the_meta_device():
     """docs/design.md §4: a learned temperature on the meta device (a model built under torch.device("meta"))
     holds no value to check: the layer is built (ca_rev164); so it is with shared duals.  Run: the same with
@@ -1330,8 +1326,6 @@ def test_ca_rev176_a_layer_with_a_learned_temperature_and_amortised_duals_builds
     assert layer.temperature.is_meta
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev176: ConsistentAttention computes its AmortisedDuals by .predict, "
-                                       "so hooks on the duals module never fire (LearnedDuals' do)")
 def test_ca_rev176_the_layer_calls_its_amortised_duals_as_a_module():
     """A model's forward hooks (and pre-hooks, wrappers that act in nn.Module.__call__) on a submodule fire when its
     parent uses it.  With shared duals, layer(scores) calls layer.learned_duals(), and a forward hook registered on
@@ -1349,8 +1343,6 @@ def test_ca_rev176_the_layer_calls_its_amortised_duals_as_a_module():
         assert calls == [1, 1], (kind, calls)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev176: the layer's repr spans lines and prints 'Parameter containing:' "
-                                       "where its temperature list holds a Parameter")
 def test_ca_rev176_the_layer_repr_is_one_line_with_a_parameter_in_its_temperature_list():
     """extra_repr prints "tensor" for a Parameter temperature (one line), and the list itself for a list.  Run:
     temperature=[nn.Parameter(tensor(1.)), 2.0].  Observed: "..., temperature=[Parameter containing:\\ntensor(1.,
@@ -1362,8 +1354,6 @@ def test_ca_rev176_the_layer_repr_is_one_line_with_a_parameter_in_its_temperatur
     assert "\n" not in text and "Parameter containing" not in text, text
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev176: AmortisedDuals with meta parameters beside scores with values give "
-                                       "duals of uninitialised memory, unrefused")
 def test_ca_rev176_amortised_duals_on_the_meta_device_refuse_scores_that_hold_values():
     """Duals or a temperature on the meta device beside scores with values are refused (LearnedDuals moved to
     meta: ValueError "duals[0] is on meta, scores on cpu"; a meta temperature: ca_rev164).  Run: AmortisedDuals
