@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How well the cvxpylayers layer's acceptance tests track the true error of its maps
+r"""How well the cvxpylayers layer's acceptance tests track the true error of its maps
 (docs/design.md §4, "certified by its primal residual and its duality gap ... and by its
 stationarity").
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""How well method dual's float32 temperature gradients, and the check that returns NaN for
+r"""How well method dual's float32 temperature gradients, and the check that returns NaN for
 those the float32 solution does not determine, track the float64 optimum's
 (docs/design.md §4, "temperature gradients").
 

@@ -1097,3 +1097,16 @@ def test_ca_rev172_a_failed_script_that_wrote_nothing_leaves_no_empty_out(name, 
     code, err, left = _run_stopped_before_writing(name, stub, _ca_rev172_fail, tmp_path, monkeypatch, capsys)
     assert code == 1 and len(err.splitlines()) == 1, (code, err)
     assert not left, left
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_a_scripts_example_commands_keep_their_line_continuations(script):
+    """A script's docstring is its --help; an example command broken over lines with a trailing
+    backslash in a plain docstring lost it (a backslash-newline joins the lines), and the help
+    showed one line with a run of spaces mid-command (study_certificate, study_temperature_gradients)."""
+    import ast
+
+    source = (ROOT / "benchmarks" / script).read_text(encoding="utf-8")
+    doc = ast.get_docstring(ast.parse(source), clean=False) or ""
+    joined = [line for line in doc.splitlines() if re.search(r"\S {3,}--", line)]
+    assert not joined, joined
