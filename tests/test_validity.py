@@ -836,3 +836,42 @@ def test_ca_rev153_min_ranking_seeds_keeps_its_doc_comment():
     lines = inspect.getsource(validity).splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("MIN_RANKING_SEEDS ="))
     assert lines[at - 1].startswith("#: (c′) is judged over"), lines[at - 3:at + 1]  # a blank line today
+
+
+# ---- ca_rev177 (strict xfail: review of b20d240)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev177: a rejected data check whose json cannot be written prints two "
+                                       "lines on stderr")
+def test_ca_rev177_a_rejected_data_check_that_cannot_write_its_json_fails_in_one_line(tmp_path, monkeypatch,
+                                                                                      capsys):
+    """Run: data check --quiet --out OUT with (b) failing and OUT/data_check.json unwritable (ENOSPC).
+    Expected: one line on stderr, exit 1 (ca_rev138's rule, tested there only for an accepted check).
+    Observed: two lines, 'data check: benchmark rejected (failed: pixel_map)' then 'data check: cannot
+    write ...' (cli/data.py: _data_check prints the rejection before it writes the json)."""
+    import errno
+
+    from convex_attention.io import files
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    _canned(monkeypatch, (0.52, 0.45))  # pixel_map fails
+    monkeypatch.setattr(files, "write_json", full)
+    code = run(["data", "check", "--quiet", "--out", str(tmp_path / "dc")])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev177: check (c') passes on bools read as AUC drops of 1.0")
+@pytest.mark.parametrize("drops", [[True] * 5, np.ones(5, bool)])
+def test_ca_rev177_the_ranking_check_does_not_pass_on_booleans(drops):
+    """Run: check_maps_drive_ranking([True] * 5) (a flag where each seed's AUC drop belongs).
+    Expected: refused (TypeError/ValueError, as a mapping or a drop outside [-1, 1] is) or not passed:
+    a bool is no difference of two AUCs (the generators and min_seeds refuse bools).  Observed: PASS,
+    value 1.0, ci95 0.0 (validity.py: float(d) reads True as 1.0; only mappings and |v| > 1 refused)."""
+    try:
+        result = check_maps_drive_ranking(drops)
+    except (TypeError, ValueError):
+        return
+    assert not result.passed, (result.value, result.ci95)
