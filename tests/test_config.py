@@ -201,8 +201,10 @@ def test_a_set_too_large_for_its_seed_block_is_refused(level, field):
     else:
         base.override(**{field: IMAGES_PER_SEED}).validate()
     from convex_attention.paper import config, protocol
+    from convex_attention.paper.data import synthetic
 
-    assert config.IMAGES_PER_SEED == protocol._KEY_STRIDE == IMAGES_PER_SEED  # one stride, as the generators use
+    # one stride, which the generators and the protocol's overlap checks import
+    assert config.IMAGES_PER_SEED == protocol.IMAGES_PER_SEED == synthetic.IMAGES_PER_SEED == IMAGES_PER_SEED
 
 
 def test_a_temperature_below_the_models_float32_range_is_a_config_error():

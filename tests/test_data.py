@@ -2198,10 +2198,11 @@ def test_ca_rev148_sets_of_other_channel_counts_share_no_image(tmp_path):
     assert two.images_shared_with(grey) == []
 
 
-# ---- ca_rev177 (strict xfail: review of b20d240)
+# ---- ca_rev177 (strict xfail, a documented limit: review of b20d240)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev177: two synthetic seeds in data check's --seed range draw the same "
-                                       "images (torch keeps 32 bits of the key)")
+@pytest.mark.xfail(strict=True, reason="ca_rev177, documented limit: two synthetic seeds in data check's --seed "
+                                       "range draw the same images (torch keeps 32 bits of the key); the keys "
+                                       "stay, or every committed run's data would be redrawn (docs/experiment.md)")
 def test_ca_rev177_two_seeds_of_the_seed_range_do_not_draw_the_same_images():
     """Run: SyntheticRimLesions(2, 32, seed=s) with s = 1_000_003^-1 mod 2**32 = 2021759595 (within
     data check's --seed range, 0 .. 2**32 - 1) against seed 0.  Expected: another seed, other images
@@ -2216,3 +2217,17 @@ def test_ca_rev177_two_seeds_of_the_seed_range_do_not_draw_the_same_images():
     assert SEED.parse(str(shifted)) == shifted  # a seed data check takes
     a, b = SyntheticRimLesions(2, 32, seed=shifted)[0], SyntheticRimLesions(2, 32, seed=0)[1]
     assert not torch.equal(a[0], b[0])
+
+
+def test_data_checks_two_sets_share_no_image_and_seeds_below_4294_never_meet():
+    """What docs/experiment.md promises beside ca_rev177's documented limit: data check's training
+    set (seed s) and held-out set (seed s + 10000) meet for no s and no size up to a seed's block,
+    by the generators' keys modulo 2**32; nor do the sets of two seeds below 4294."""
+    from convex_attention.paper.config import IMAGES_PER_SEED
+    from convex_attention.paper.protocol import keys_meet, seed_keys
+
+    n = IMAGES_PER_SEED
+    for s in (0, 1, 4293, 2021759595, 2 ** 32 - 10001):
+        assert not keys_meet(seed_keys(s, n), seed_keys(s + 10000, n)), s
+    assert not keys_meet(seed_keys(0, n), seed_keys(4293, n)) and keys_meet(seed_keys(0, n), seed_keys(4294, n))
+    assert keys_meet(seed_keys(0, 2), seed_keys(pow(IMAGES_PER_SEED, -1, 2 ** 32), 2))  # the documented limit

@@ -1070,8 +1070,9 @@ def test_force_refuses_other_variants_that_the_folders_own_log_records(outside_g
 
 
 def test_the_verdicts_dev_split_is_spent_at_the_size_the_dev_stage_drew():
+    from convex_attention.paper.config import IMAGES_PER_SEED as _KEY_STRIDE
     from convex_attention.paper.experiment import _judge_benchmark
-    from convex_attention.paper.protocol import _KEY_STRIDE, check_test_data
+    from convex_attention.paper.protocol import check_test_data
     from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking, check_uniform_attention
 
     # the dev stage as run_dev judges it: data seed 980, difficulty 0.3, 500 development images
@@ -1097,7 +1098,7 @@ def test_the_verdicts_dev_split_is_spent_at_the_size_the_dev_stage_drew():
 
 def test_the_dev_stage_refuses_splits_that_share_streams_with_a_recorded_test_split(monkeypatch, tmp_path):
     from convex_attention.paper import experiment
-    from convex_attention.paper.protocol import _KEY_STRIDE
+    from convex_attention.paper.config import IMAGES_PER_SEED as _KEY_STRIDE
 
     # oracle: the committed ledger records the test split of synthetic-brightest, data seed 1 (500
     # images at 0.3); a dev stage at data seed 781, difficulty 0.125 trains on its streams: training

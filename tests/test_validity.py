@@ -838,10 +838,8 @@ def test_ca_rev153_min_ranking_seeds_keeps_its_doc_comment():
     assert lines[at - 1].startswith("#: (c′) is judged over"), lines[at - 3:at + 1]  # a blank line today
 
 
-# ---- ca_rev177 (strict xfail: review of b20d240)
+# ---- ca_rev177 (review of b20d240; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev177: a rejected data check whose json cannot be written prints two "
-                                       "lines on stderr")
 def test_ca_rev177_a_rejected_data_check_that_cannot_write_its_json_fails_in_one_line(tmp_path, monkeypatch,
                                                                                       capsys):
     """Run: data check --quiet --out OUT with (b) failing and OUT/data_check.json unwritable (ENOSPC).
@@ -863,7 +861,6 @@ def test_ca_rev177_a_rejected_data_check_that_cannot_write_its_json_fails_in_one
     assert len(err.strip().splitlines()) == 1, err
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev177: check (c') passes on bools read as AUC drops of 1.0")
 @pytest.mark.parametrize("drops", [[True] * 5, np.ones(5, bool)])
 def test_ca_rev177_the_ranking_check_does_not_pass_on_booleans(drops):
     """Run: check_maps_drive_ranking([True] * 5) (a flag where each seed's AUC drop belongs).

@@ -88,7 +88,8 @@ def add_data_commands(sub) -> None:
                         "synthetic and synthetic-brightest, 16 for synthetic-blobs (default: 64)")
     c.add_argument("--seed", type=_seed, default=0,
                    help=f"the data's seed (held-out: seed + 10000; brats: the split); an integer from 0 to "
-                        f"{SEED.high} (default: 0)")
+                        f"{SEED.high}; two seeds' synthetic sets can share images (docs/experiment.md, "
+                        f"'Validity checks') (default: 0)")
     # the synthetic options default to None, so that one given for data they do not apply to is refused
     c.add_argument("--difficulty", type=finite_float, default=None,
                    help=f"synthetic difficulty in [0, 1] (default: {DIFFICULTY})")
@@ -261,14 +262,9 @@ def _data_check(args) -> int:
     deciding = [r for r in results if r.name not in REPORTED_ONLY]
     failed = [r.name for r in deciding if r.ran and not r.passed]
     missing = [r.name for r in deciding if not r.ran and r.name != "maps_drive_ranking"]
-    if ok:
-        info(args, "benchmark accepted so far: every check that can run without trained models holds; "
-                   "(c') maps_drive_ranking is judged by the experiment's dev stage")
-    else:
-        why = ([f"failed: {', '.join(failed)}"] if failed else []) + (
-            [f"did not run: {', '.join(missing)}"] if missing else [])
-        # a failed check's one line, on stderr, even with --quiet (as verify's)
-        print(f"data check: benchmark rejected ({'; '.join(why)})", file=sys.stderr)
+    why = ([f"failed: {', '.join(failed)}"] if failed else []) + (
+        [f"did not run: {', '.join(missing)}"] if missing else [])
+    rejected = None if ok else f"benchmark rejected ({'; '.join(why)})"
     if args.out is not None:
         import os
 
@@ -281,10 +277,17 @@ def _data_check(args) -> int:
             record["brats"] = {"data_root": args.data_root, **_brats_settings(args).brats_options()}
         try:
             write_json(path, {**record, "accepted": ok, "checks": [r.to_dict() for r in results]})
-        except OSError as err:  # a full disk, a folder removed meanwhile: one line, as verify's (ca_rev138)
-            print(f"data check: cannot write {path}: {err.strerror or err}", file=sys.stderr)
+        except OSError as err:  # a full disk, a folder removed meanwhile: one line, as verify's (ca_rev138),
+            # the verdict in it (written after the file, the two had been two lines: ca_rev177)
+            print(f"data check: cannot write {path}: {err.strerror or err}{f'; {rejected}' if rejected else ''}",
+                  file=sys.stderr)
             return 1
         info(args, f"data check: {path}")
+    if rejected:  # a failed check's one line, on stderr, even with --quiet (as verify's)
+        print(f"data check: {rejected}", file=sys.stderr)
+    else:
+        info(args, "benchmark accepted so far: every check that can run without trained models holds; "
+                   "(c') maps_drive_ranking is judged by the experiment's dev stage")
     return 0 if ok else 1
 
 

@@ -71,6 +71,7 @@ from ..methods import get_method
 from .config import (
     DATA_SEED_MAX,
     DEFAULT_VARIANTS_PATH,
+    IMAGES_PER_SEED,
     MIMIC_SOURCES,
     MIMIC_TYPES,
     MODEL_FREE_MIN_IMAGES,
@@ -116,7 +117,6 @@ _FIRST_SEED = 1_000_000  # above every generator seed the earlier scheme (data s
 LEDGER_FORMAT = "convex-attention-data-ledger/1"
 TEST_RUN_LOG = "test_runs.jsonl"
 MANIFEST = "test_stage.json"
-_KEY_STRIDE = 1_000_003  # the synthetic generators' image key: seed * stride + index
 # torch's CPU generator keeps a seed's low 32 bits: keys congruent modulo this draw the same
 # random stream (the keys reach 8e13; a review found a test split drawing the dev split's streams)
 _STREAMS = 2 ** 32
@@ -757,7 +757,7 @@ def image_keys(spec: SplitSpec) -> range:
 
 def seed_keys(seed: int, n: int) -> range:
     """The generator keys of the first ``n`` images a synthetic generator draws at ``seed``."""
-    return range(seed * _KEY_STRIDE, seed * _KEY_STRIDE + n)
+    return range(seed * IMAGES_PER_SEED, seed * IMAGES_PER_SEED + n)
 
 
 def keys_meet(a: range, b: range) -> bool:
@@ -780,8 +780,8 @@ def check_disjoint(specs: dict[str, SplitSpec]) -> None:
                 raise ValueError(f"splits {a.name!r} and {b.name!r} overlap (seeds {a.seed} and {b.seed}, "
                                  f"{a.n} and {b.n} images; their generator keys, or their keys modulo 2**32, which "
                                  f"torch's generator keeps, meet)")
-    if any(s.n >= _KEY_STRIDE for s in items):
-        raise ValueError(f"a split of {_KEY_STRIDE} images or more would reach the next seed's images")
+    if any(s.n >= IMAGES_PER_SEED for s in items):
+        raise ValueError(f"a split of {IMAGES_PER_SEED} images or more would reach the next seed's images")
 
 
 # ----------------------------------------------------------------------------- data seeds spent once

@@ -413,7 +413,8 @@ def check_maps_drive_ranking(drops, min_drop: float = THRESHOLDS["maps_drive_ran
     Not run (never passed) with fewer seeds or a value that is not finite.  TypeError for a
     mapping (its keys, the seeds, would be read as the drops: give its values) and ValueError
     for a drop outside [-1, 1] (a difference of two AUCs; a drop in per cent would pass) or
-    ``min_seeds`` below 2 (one seed has no interval)."""
+    ``min_seeds`` below 2 (one seed has no interval); TypeError for a bool among the drops
+    (``float(True)`` is 1.0)."""
     from scipy.stats import t
 
     title, metric = "the maps drive the ranking", "AUC drop when the maps are shuffled"
@@ -423,7 +424,10 @@ def check_maps_drive_ranking(drops, min_drop: float = THRESHOLDS["maps_drive_ran
                          f"got {min_seeds!r}")
     if isinstance(drops, Mapping):
         raise TypeError("drops is a sequence of AUC drops, one per dev seed; got a mapping (pass its values)")
-    values = [] if drops is None else [float(d) for d in drops]
+    drops = [] if drops is None else list(drops)
+    if any(isinstance(d, (bool, np.bool_)) for d in drops):  # float(True) is 1.0: a drop that passed (ca_rev177)
+        raise TypeError(f"an AUC drop is a difference of two AUCs, a number; got a bool among {drops}")
+    values = [float(d) for d in drops]
     if any(abs(v) > 1 for v in values if math.isfinite(v)):
         raise ValueError(f"an AUC drop is a difference of two AUCs, in [-1, 1]; got {values}")
     if len(values) < min_seeds or not all(math.isfinite(v) for v in values):
@@ -451,7 +455,9 @@ def check_uniform_attention(attention_bacc: float | None, uniform_bacc: float | 
                            reason="needs trained models: pass the attention and the uniform model's balanced "
                                   "accuracy (--attention-bacc, --uniform-bacc)")
     for name, v in (("attention_bacc", attention_bacc), ("uniform_bacc", uniform_bacc)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and 0.0 <= v <= 1.0):
+        # any real number (NumPy's float32 too), never a bool (True read as an accuracy of 1: ca_rev177)
+        if isinstance(v, (bool, np.bool_)) or not (isinstance(v, numbers.Real) and math.isfinite(v)
+                                                   and 0.0 <= v <= 1.0):
             raise ValueError(f"{name} must be a balanced accuracy in [0, 1], got {v!r}")
     return CheckResult("uniform_attention", title, metric, float(attention_bacc - uniform_bacc), min_gap,
                        passes_below=below, note=f"attention {attention_bacc:.3f}, uniform {uniform_bacc:.3f}",

@@ -124,7 +124,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from ..config import MIMIC_TYPES
+from ..config import IMAGES_PER_SEED, MIMIC_TYPES
 
 __all__ = ["SyntheticLesions", "SyntheticRimLesions", "SyntheticBrightestLesions", "render_image", "render_rim_image",
            "synthetic_dataset", "labels_only", "min_lesion_area", "GENERATORS", "MIMIC_TYPES", "LABEL_RULES",
@@ -236,7 +236,7 @@ def _finish(g: torch.Generator, img: Tensor, brain: Tensor, skull: Tensor, diffi
 def render_image(seed: int, index: int, image_size: int = 128, channels: int = 4, difficulty: float = 0.5,
                  lesion_fraction: float = 0.5) -> tuple[Tensor, int, Tensor]:
     """The ``index``-th image of the dataset with this ``seed``: ``(image, label, mask)``."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    g = torch.Generator().manual_seed(seed * IMAGES_PER_SEED + index)
     S = image_size
     label = int(torch.rand(1, generator=g) < lesion_fraction)
     xx, yy, img, brain, skull, _ = _head(g, S, channels)
@@ -433,7 +433,7 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
     if label_rule not in LABEL_RULES:
         raise ValueError(f"label_rule must be one of {LABEL_RULES}, got {label_rule!r}")
     brightest = label_rule == "brightest"
-    g = torch.Generator().manual_seed(seed * 1_000_003 + index)
+    g = torch.Generator().manual_seed(seed * IMAGES_PER_SEED + index)
     S = image_size
     label = int(torch.rand(1, generator=g) < lesion_fraction)
     xx, yy, img, brain, skull, (ax, ay, angle) = _head(g, S, channels)
