@@ -872,3 +872,15 @@ def test_ca_rev177_the_ranking_check_does_not_pass_on_booleans(drops):
     except (TypeError, ValueError):
         return
     assert not result.passed, (result.value, result.ci95)
+
+
+def test_the_uniform_attention_gap_takes_numpy_floats_and_refuses_bools():
+    """(c) reads any real balanced accuracy (NumPy's float32 had been refused as "not a balanced
+    accuracy") and never a bool (True had read as 1.0: ca_rev177)."""
+    from convex_attention.paper.validity import check_uniform_attention
+
+    result = check_uniform_attention(np.float32(0.75), np.float64(0.5))
+    assert result.ran and result.value == pytest.approx(0.25)
+    for bad in (True, np.bool_(False)):
+        with pytest.raises(ValueError, match="balanced accuracy"):
+            check_uniform_attention(bad, 0.5)
