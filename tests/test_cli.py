@@ -1625,3 +1625,20 @@ def test_ca_rev172_a_command_with_no_stdout_runs_and_keeps_its_results(tmp_path,
     except AttributeError as err:
         code = f"uncaught {err!r}"
     assert code == 0 and (out / "verify.csv").is_file(), code
+
+
+def test_verify_says_which_kinds_a_small_n_leaves_unchecked(tmp_path, monkeypatch, capsys):
+    """The instances cycle through the kinds: --n 6 draws the six chains and none of the graph
+    families, and exited 0 without a word while the help said "random graphs of every structure
+    family" (ca_rev178).  The run says which kinds it did not check; --n's help says how many
+    draws each."""
+    from convex_attention.bench import verify as V
+    from convex_attention.bench.config import VerifyConfig, declared
+
+    _stub_checks(monkeypatch)
+    assert run(["verify", "--n", "6", "--out", str(tmp_path / "six")]) == 0
+    said = capsys.readouterr().out
+    assert "not checked: star, axial, grid_regions, mixed" in said and f"--n {len(V.KINDS)} or more" in said
+    assert run(["verify", "--n", str(len(V.KINDS)), "--out", str(tmp_path / "all")]) == 0
+    assert "not checked" not in capsys.readouterr().out
+    assert len(V.KINDS) == 10 and "ten kinds" in declared(VerifyConfig)["n"].help

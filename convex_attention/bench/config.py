@@ -328,7 +328,9 @@ class VerifyConfig:
     :mod:`convex_attention.bench.isolation`; past ``timeout`` that process is stopped and
     the instance fails)."""
 
-    n: int = setting(24, Int(low=1, high=100_000), "number of random instances")
+    n: int = setting(24, Int(low=1, high=100_000),
+                     "number of random instances, cycling through the ten kinds (six chains, then star, axial, "
+                     "grid_regions, mixed): 10 or more draws each")
     seed: int = setting(0, SEED, "seed of the random instances")
     timeout: float = setting(60.0, Real(low=0.0, high=86_400.0, low_open=True),
                              "seconds one instance's call of --dual-solver may take (and its module to import); "

@@ -508,6 +508,7 @@ def _run_verify(args, config: VerifyConfig, solver, backends, warm_up_failures=(
     already holds it).  ``warm_up_failures``: the checks the warm-up before the solver
     started failed (:func:`_import_the_verifier`), reported first, as failures of the run."""
     from ..bench.verify import (
+        KINDS,
         QUICK_INSTANCES,
         all_passed,
         backend_skips,
@@ -544,6 +545,10 @@ def _run_verify(args, config: VerifyConfig, solver, backends, warm_up_failures=(
     except ResultsLocked as err:
         raise UsageError(str(err)) from err
     info(args, f"verify: {path}")
+    left_out = KINDS[n:]
+    if left_out:  # the instances cycle through the kinds: a small --n checks the first few only (ca_rev178)
+        info(args, f"verify: --n {n} drew {n} of the {len(KINDS)} kinds of instance; not checked: "
+                   f"{', '.join(left_out)} (--n {len(KINDS)} or more draws each)")
     if all_passed(results):
         return 0
     # the failed check's one line on stderr, even with --quiet (the table above, and verify.csv, name each check)
