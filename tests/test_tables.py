@@ -41,6 +41,11 @@ def test_read_rows_reports_and_leaves_out_damaged_rows(tmp_path, damage, reason,
     # a damaged row's problem says so, with its line (what bench's resume counts as a row)
     assert isinstance(problems[0], RowProblem) and problems[0].line == line
     assert problems[0].startswith(f"toy.csv line {line} (")
+    import copy
+    import pickle
+
+    for again in (copy.deepcopy(problems[0]), pickle.loads(pickle.dumps(problems[0]))):
+        assert again == problems[0] and isinstance(again, RowProblem) and again.line == line
     assert all(r["x"] in (1.9665132189317092e-07, 0.5) for r in rows)  # never a misread value
 
 

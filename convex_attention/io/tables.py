@@ -53,12 +53,15 @@ class RowProblem(str):
 
     line: int
     _why: str
+    _table: str
 
     def __new__(cls, line: int, why: str, table: str = "") -> RowProblem:
         self = super().__new__(cls, f"{table + ' ' if table else ''}line {line} ({why})")
-        self.line = line
-        self._why = why
+        self.line, self._why, self._table = line, why, table
         return self
+
+    def __getnewargs__(self) -> tuple:  # (copied and pickled as itself: str's would pass the text alone)
+        return self.line, self._why, self._table
 
     def named(self, table: str) -> RowProblem:
         """The same problem, its text naming the table it is in."""
