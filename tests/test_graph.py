@@ -886,3 +886,34 @@ def test_ca_rev168_block_max_gradient_at_a_partial_tie_on_a_2d_grid_is_that_of_a
     y = x.detach().clone().requires_grad_()
     y.reshape(1, 4).amax(-1).sum().backward()
     torch.testing.assert_close(x.grad, y.grad)
+
+
+# ---- ca_rev179 (strict xfail: review of e535a2e)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev179: a set given as a map's shape is taken in the set's iteration order "
+                                       "(graph._as_shape takes any iterable): {2, 16} builds a (16, 2) map")
+def test_ca_rev179_a_set_as_a_map_shape_is_refused_not_reordered():
+    """graph._as_shape accepts any iterable (``tuple(shape)``), so an unordered one is taken in
+    its iteration order: ``Graph([{2, 16}, (1, 1)], [(0, 1)])`` builds map 0 as ``(16, 2)``,
+    ``Graph.axial({2, 16})`` a (16, 2) map with rows (16, 1), and ``Hierarchy.grid`` the same:
+    an order the user never gave (a dict is read as its keys).  Expected: a TypeError naming
+    map 0, as for any shape that is not an int or a tuple of ints."""
+    with pytest.raises(TypeError, match=r"map 0"):
+        ca.Graph([{2, 16}, (1, 1)], [(0, 1)])
+    with pytest.raises(TypeError, match=r"map 0"):
+        ca.Graph.axial({2, 16})
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev179: Graph(shapes, [(a, b, None)]) builds a grid edge of contiguous "
+                                       "blocks where Graph.from_edges refuses parents None")
+def test_ca_rev179_an_edge_whose_parents_are_none_is_refused_not_made_a_grid_edge():
+    """An edge ``(fine, coarse, parents)`` is a parent-map edge (design.md §4); with ``parents``
+    None (a lookup that found nothing) ``Graph._check_edges`` takes it as the grid edge
+    ``(fine, coarse)``: ``Graph([6, 3], [(0, 1, None)])`` is accepted with the partition
+    [0, 0, 1, 1, 2, 2], one the user did not give, while ``Graph.from_edges`` refuses the same
+    edge ("give its parent map").  Expected: refused, naming edge 0."""
+    with pytest.raises(TypeError, match=r"edge 0"):
+        ca.Graph([6, 3], [(0, 1, None)])
+    with pytest.raises(TypeError, match=r"edge 0"):
+        ca.Graph.from_edges([6, 3], [(0, 1, None)])  # (already refused: the oracle)

@@ -322,3 +322,20 @@ def test_rev57_a_numpy_integer_constraint_index_is_taken():
     except ValueError as err:  # 'constraint index k must be in [0, 0], got np.int64(0)'
         got = err
     assert isinstance(got, torch.Tensor) and torch.equal(got, want), f"refused: {got}"
+
+
+# ---- ca_rev179 (strict xfail: review of e535a2e)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev179: Hierarchy(shapes, factors=...) reads each factor with int(): "
+                                       "a string, floats (2.9 -> 2) or a bool pass as the factors the shapes give")
+@pytest.mark.parametrize("shapes, factors", [([8, 4], "2"), ([8, 4], [(2.9,)]), ([(8, 8), (4, 4)], ["22"]),
+                                             ([(8, 8), (4, 4)], [(2.5, 2.0)]), ([8, 8], [True])])
+def test_ca_rev179_factors_that_are_not_tuples_of_ints_are_refused(shapes, factors):
+    """``hierarchy._check_factors`` converts with ``int(x)`` for ``x`` in each factor, so the
+    string "2" (iterated: ``factors="2"``), ``"22"``, ``(2.9,)`` (truncated to 2) and ``True``
+    (read as 1) are accepted as the factors the shapes imply, while ``[2.7]`` and ``["ab"]``
+    are refused with "factors must be a list of ... tuples of ints": malformed input taken for
+    a match.  Expected: TypeError for every one of them."""
+    with pytest.raises(TypeError, match=r"factors must be"):
+        ca.Hierarchy(shapes, factors=factors)
