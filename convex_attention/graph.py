@@ -31,7 +31,8 @@ import hashlib
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 
 import numpy as np
 import torch
@@ -91,7 +92,8 @@ def _as_shape(shape, owner: str, what: str = "shape", unit: str = "level") -> tu
     ``owner`` names the map in messages ("level 3", "map 3"); ``unit`` is its kind ("level", "map")."""
     if isinstance(shape, numbers.Integral) and not isinstance(shape, bool):
         shape = (shape,)
-    if isinstance(shape, (str, bytes, Tensor)) or shape is None:
+    # (a set or a mapping has no order of its own: {2, 16} had built a (16, 2) map, ca_rev179)
+    if isinstance(shape, (str, bytes, Tensor, AbstractSet, Mapping)) or shape is None:
         raise TypeError(f"{what} of {owner} must be an int or a tuple of ints, got {shape!r}")
     try:
         shape = tuple(shape)
@@ -302,6 +304,9 @@ class Graph:
             if a == b:
                 raise ValueError(f"{what} joins a map to itself: a directed cycle; an edge goes from a finer map "
                                  f"to a coarser one")
+            if len(edge) == 3 and edge[2] is None:  # (a grid edge is (fine, coarse): ca_rev179)
+                raise TypeError(f"{what}: its parent map is None; give the map, an integer tensor of shape "
+                                f"({sizes[a]},) with values in [0, {sizes[b]}), or (fine, coarse) for a grid edge")
             spec = edge[2] if len(edge) == 3 else None
             if spec is None:
                 if need_parents:

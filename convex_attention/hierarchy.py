@@ -23,6 +23,7 @@ import math
 import numbers
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -89,10 +90,17 @@ def _check_parents(sizes: list[int], parents) -> list[Tensor]:
 
 def _check_factors(factors, shapes, derived) -> None:
     """``factors`` given to the constructor must be the ones the grid shapes imply."""
-    try:
-        given = [tuple(int(x) for x in ((f,) if isinstance(f, numbers.Integral) else f)) for f in factors]
-    except (TypeError, ValueError):
-        raise TypeError(f"factors must be a list of {len(derived)} tuples of ints, got {factors!r}") from None
+    def whole(x) -> bool:  # (NumPy's bool is no Integral)
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+    def listing(x) -> bool:
+        return isinstance(x, (Sequence, np.ndarray)) and not isinstance(x, (str, bytes))
+
+    # each factor an int or a sequence of ints, read as given (int() had read "22" as (2, 2), 2.9 as 2
+    # and True as 1: ca_rev179)
+    if not listing(factors) or not all(whole(f) or (listing(f) and all(map(whole, f))) for f in factors):
+        raise TypeError(f"factors must be a list of {len(derived)} tuples of ints, got {factors!r}")
+    given = [(int(f),) if whole(f) else tuple(int(x) for x in f) for f in factors]
     if given != derived:
         raise ValueError(f"factors {given} do not match the shapes {shapes} (which give {derived}); "
                          f"leave factors out: they follow from the shapes")

@@ -888,11 +888,9 @@ def test_ca_rev168_block_max_gradient_at_a_partial_tie_on_a_2d_grid_is_that_of_a
     torch.testing.assert_close(x.grad, y.grad)
 
 
-# ---- ca_rev179 (strict xfail: review of e535a2e)
+# ---- ca_rev179 (review of e535a2e; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev179: a set given as a map's shape is taken in the set's iteration order "
-                                       "(graph._as_shape takes any iterable): {2, 16} builds a (16, 2) map")
 def test_ca_rev179_a_set_as_a_map_shape_is_refused_not_reordered():
     """graph._as_shape accepts any iterable (``tuple(shape)``), so an unordered one is taken in
     its iteration order: ``Graph([{2, 16}, (1, 1)], [(0, 1)])`` builds map 0 as ``(16, 2)``,
@@ -905,8 +903,6 @@ def test_ca_rev179_a_set_as_a_map_shape_is_refused_not_reordered():
         ca.Graph.axial({2, 16})
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev179: Graph(shapes, [(a, b, None)]) builds a grid edge of contiguous "
-                                       "blocks where Graph.from_edges refuses parents None")
 def test_ca_rev179_an_edge_whose_parents_are_none_is_refused_not_made_a_grid_edge():
     """An edge ``(fine, coarse, parents)`` is a parent-map edge (design.md §4); with ``parents``
     None (a lookup that found nothing) ``Graph._check_edges`` takes it as the grid edge

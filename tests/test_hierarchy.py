@@ -324,11 +324,9 @@ def test_rev57_a_numpy_integer_constraint_index_is_taken():
     assert isinstance(got, torch.Tensor) and torch.equal(got, want), f"refused: {got}"
 
 
-# ---- ca_rev179 (strict xfail: review of e535a2e)
+# ---- ca_rev179 (review of e535a2e; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev179: Hierarchy(shapes, factors=...) reads each factor with int(): "
-                                       "a string, floats (2.9 -> 2) or a bool pass as the factors the shapes give")
 @pytest.mark.parametrize("shapes, factors", [([8, 4], "2"), ([8, 4], [(2.9,)]), ([(8, 8), (4, 4)], ["22"]),
                                              ([(8, 8), (4, 4)], [(2.5, 2.0)]), ([8, 8], [True])])
 def test_ca_rev179_factors_that_are_not_tuples_of_ints_are_refused(shapes, factors):
