@@ -564,3 +564,20 @@ def test_ca_rev135_the_pooled_block_map_reference_is_the_best_map_on_the_coarser
     pooled = {r["level"]: r["ap"] for r in rows if r["resolution"] == "2x2"}
     assert pooled[1] == pytest.approx(best)
     assert pooled[0] == pytest.approx(best)  # the level-0 block map pooled to 2x2 is a 2x2 block map too
+
+
+# ---- ca_rev180 (strict xfail: review of 076687c)
+@pytest.mark.xfail(strict=True, reason="ca_rev180: to_common_form silently decimates a map finer than the image "
+                                       "(interpolation samples a few fine pixels): a map's whole mass can vanish")
+@pytest.mark.parametrize("upsampling", ["nearest", "bilinear"])
+def test_ca_rev180_a_map_finer_than_the_image_is_refused_or_keeps_its_mass(upsampling):
+    m = torch.zeros(32, 32, dtype=torch.float64)
+    m[0, 0] = 1.0  # the map's only mass, inside image pixel (0, 0) (4x4 fine pixels per image pixel)
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[0, 0] = True
+    try:
+        common = to_common_form(m, (8, 8), upsampling)
+    except ValueError:
+        return  # refused: a map finer than the image is not brought to it by sampling its pixels
+    assert common.sum() > 0  # now 0.0: every image pixel samples fine pixels other than (0, 0)
+    assert score_map(common, mask)["ap"] == 1.0  # now 1/64, the chance level of the all-zero map it became
