@@ -566,9 +566,7 @@ def test_ca_rev135_the_pooled_block_map_reference_is_the_best_map_on_the_coarser
     assert pooled[0] == pytest.approx(best)  # the level-0 block map pooled to 2x2 is a 2x2 block map too
 
 
-# ---- ca_rev180 (strict xfail: review of 076687c)
-@pytest.mark.xfail(strict=True, reason="ca_rev180: to_common_form silently decimates a map finer than the image "
-                                       "(interpolation samples a few fine pixels): a map's whole mass can vanish")
+# ---- ca_rev180 (review of 076687c; its strict xfail now passes)
 @pytest.mark.parametrize("upsampling", ["nearest", "bilinear"])
 def test_ca_rev180_a_map_finer_than_the_image_is_refused_or_keeps_its_mass(upsampling):
     m = torch.zeros(32, 32, dtype=torch.float64)

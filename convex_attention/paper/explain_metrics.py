@@ -95,7 +95,8 @@ def to_common_form(explanation: Tensor, size: tuple[int, int], upsampling: str =
 
     Input attributions are summed over channels in absolute value; coarser maps are
     upsampled (``upsampling``: ``"nearest"`` or ``"bilinear"``); negative values (GradCAM
-    before its ReLU) are clipped.
+    before its ReLU) are clipped.  A map finer than the image in either dimension is a
+    ValueError (interpolation would keep some of its cells and drop the rest).
     """
     _check_upsampling(upsampling)
     m = explanation.detach().to(torch.float64)
@@ -104,6 +105,9 @@ def to_common_form(explanation: Tensor, size: tuple[int, int], upsampling: str =
         m = m.abs().sum(0)
     if m.dim() != 2:
         raise ValueError(f"an explanation map must be (h, w) or (C, h, w), got {tuple(explanation.shape)}")
+    if m.shape[0] > size[0] or m.shape[1] > size[1]:  # interpolation would sample a few of its cells (ca_rev180)
+        raise ValueError(f"a {m.shape[0]}x{m.shape[1]} map is finer than the {size[0]}x{size[1]} image it is scored "
+                         f"on: upsampling samples some of its cells and drops the rest; pool it to the image first")
     return _upsample(m, size, upsampling).clamp(min=0)
 
 
