@@ -913,3 +913,27 @@ def test_ca_rev179_an_edge_whose_parents_are_none_is_refused_not_made_a_grid_edg
         ca.Graph([6, 3], [(0, 1, None)])
     with pytest.raises(TypeError, match=r"edge 0"):
         ca.Graph.from_edges([6, 3], [(0, 1, None)])  # (already refused: the oracle)
+
+
+# ---- ca_rev182 (strict xfail: review of f2fdd85)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev182: design.md §4 says 'A graph loaded with a map_location keeps its "
+                                       "parent maps on the CPU'; with map_location='meta' Graph.__setstate__ calls "
+                                       ".cpu() on meta parent maps and the load raises NotImplementedError")
+def test_ca_rev182_a_graph_loaded_with_map_location_meta_keeps_its_parent_maps_on_the_cpu():
+    """``torch.load(..., map_location="meta")`` (reading a saved model's shapes without its
+    values) of anything holding a graph with a parent-map edge (``Graph.from_edges``,
+    ``Hierarchy.from_parents``, a ``ConsistentAttention`` built on one) fails: the parent maps
+    are pickled as tensors, arrive as meta tensors, and ``Graph.__setstate__``'s ``p.cpu()``
+    raises "Cannot copy out of meta tensor; no data!".  Expected (design.md §4): the graph
+    loads, equal to the one saved, its parent maps on the CPU."""
+    import io
+
+    g = ca.Graph.from_edges([4, 2], [(0, 1, [0, 0, 1, 1])])
+    buf = io.BytesIO()
+    torch.save(g, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False, map_location="meta")
+    assert loaded.parents(0).device == torch.device("cpu")
+    assert loaded == g and torch.equal(loaded.parents(0), g.parents(0))
