@@ -769,13 +769,24 @@ class Graph:
         a model saved after running on a GPU loads where there is none (a review)."""
         state = dict(self.__dict__)
         state["_parents_on"] = {}
+        # the parent maps as host data (NumPy), which torch.load's map_location leaves alone: as
+        # tensors, map_location="meta" had made them meta tensors, holding none of their values,
+        # and the graph could not be loaded (ca_rev182)
+        state["_parents"] = [None if p is None else p.numpy() for p in self._parents]
         return state
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
-        # its parent maps on the CPU, as the graph keeps them, whatever map_location a load gave
-        # (torch.load(..., map_location="cuda") of a model holding it moved them)
-        self._parents = [None if p is None else p.cpu() for p in self._parents]
+        parents = []
+        for e, p in enumerate(self._parents):
+            if isinstance(p, Tensor) and p.is_meta:  # pickled as a tensor (before 2026-12-07), loaded onto meta
+                raise ValueError(f"edge {e}'s parent map was saved as a tensor, which this load put on the meta "
+                                 f"device, where it holds no values: load without map_location='meta' (the "
+                                 f"graph keeps its parent maps on the CPU)")
+            # on the CPU, as the graph keeps them, whatever map_location a load gave (torch.load(...,
+            # map_location="cuda") of a model holding it had moved them)
+            parents.append(None if p is None else torch.from_numpy(p) if isinstance(p, np.ndarray) else p.cpu())
+        self._parents = parents
         self._freeze()  # a graph pickled before its lists were frozen (plain lists) gets them frozen
 
     def _partitions(self) -> tuple:

@@ -915,12 +915,9 @@ def test_ca_rev179_an_edge_whose_parents_are_none_is_refused_not_made_a_grid_edg
         ca.Graph.from_edges([6, 3], [(0, 1, None)])  # (already refused: the oracle)
 
 
-# ---- ca_rev182 (strict xfail: review of f2fdd85)
+# ---- ca_rev182 (review of f2fdd85; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev182: design.md §4 says 'A graph loaded with a map_location keeps its "
-                                       "parent maps on the CPU'; with map_location='meta' Graph.__setstate__ calls "
-                                       ".cpu() on meta parent maps and the load raises NotImplementedError")
 def test_ca_rev182_a_graph_loaded_with_map_location_meta_keeps_its_parent_maps_on_the_cpu():
     """``torch.load(..., map_location="meta")`` (reading a saved model's shapes without its
     values) of anything holding a graph with a parent-map edge (``Graph.from_edges``,
@@ -937,3 +934,18 @@ def test_ca_rev182_a_graph_loaded_with_map_location_meta_keeps_its_parent_maps_o
     loaded = torch.load(buf, weights_only=False, map_location="meta")
     assert loaded.parents(0).device == torch.device("cpu")
     assert loaded == g and torch.equal(loaded.parents(0), g.parents(0))
+
+
+def test_a_graph_pickled_with_tensor_parent_maps_still_loads_and_on_meta_says_why_not():
+    """Graphs pickled before 2026-12-07 hold their parent maps as tensors: they load as before
+    (on the CPU, wherever map_location put them), and onto the meta device, where those tensors
+    hold no values, the load is refused in words (it had been torch's NotImplementedError)."""
+    g = ca.Graph.from_edges([6, 3], [(0, 1, torch.tensor([0, 0, 1, 1, 2, 2]))])
+    state = g.__getstate__()
+    old = {**state, "_parents": [torch.as_tensor(p) for p in state["_parents"]]}
+    again = ca.Graph.__new__(ca.Graph)
+    again.__setstate__(dict(old))
+    assert again == g and again.parents(0).device.type == "cpu"
+    meta = {**state, "_parents": [torch.as_tensor(p).to("meta") for p in state["_parents"]]}
+    with pytest.raises(ValueError, match="edge 0's parent map .* meta"):
+        ca.Graph.__new__(ca.Graph).__setstate__(meta)

@@ -204,12 +204,9 @@ def test_ca_rev115_a_map_with_nested_coarsenings_is_not_called_unnested():
             torch.testing.assert_close(p, q)
 
 
-# ---- ca_rev182 (strict xfail: review of f2fdd85)
+# ---- ca_rev182 (review of f2fdd85; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev182: design.md §4 is the public API ('These names are fixed'), and "
-                                       "the package exports METHODS, register_method and __version__ in __all__, "
-                                       "which design.md never names")
 def test_ca_rev182_every_exported_name_is_documented_in_design_md():
     """``convex_attention.__all__`` exports ``METHODS`` (the built-in method names),
     ``register_method`` (adds a method to the registry, which ``solve`` sees at once) and
