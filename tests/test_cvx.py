@@ -2195,3 +2195,38 @@ def test_the_test_reference_keeps_one_simplex_constraint_per_component_as_the_la
     reference_solve(h, scores, [1.0, 1.0])
     simplex = [c for c in seen[0] if "Sum(" in str(c) and str(c).endswith("== 1.0")]
     assert len(simplex) == len(h.components) == 1, [str(c) for c in seen[0]]
+
+
+# ---- ca_rev181 (strict xfail: review of 21b029e)
+
+@pytest.mark.xfail(strict=True, reason="ca_rev181: cvxpylayers is registered second_order=True, but a gradient built "
+                                       "with create_graph=True carries no second derivative: it is silently dropped")
+def test_ca_rev181_a_second_derivative_through_cvxpylayers_is_right_or_refused_not_silently_dropped():
+    """methods.py: ``second_order`` means 'its backward is itself differentiable (create_graph=True
+    gives second derivatives)', and the registry says so of cvxpylayers.  Its gradient built with
+    create_graph=True requires grad, yet differentiating it again gives no second-order term: on a
+    gradient penalty beside a first-order term (sum g² + <w, s>) the result is w alone, no error,
+    where exact's second-order term has entries of ~3e-3.  method 'dual' refuses this with
+    NotImplementedError (test_dual: 'refused, not a silent None'); cvxpylayers should refuse it
+    too, or give the second derivative."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    gen = torch.Generator().manual_seed(0)
+    base = [torch.randn(1, n, generator=gen, dtype=torch.float64) for n in (4, 2)]
+    weights = [torch.randn(1, n, generator=gen, dtype=torch.float64) for n in (4, 2)]
+
+    def second_order_term(method):
+        scores = [b.clone().requires_grad_() for b in base]
+        sol = ca.solve(scores, h, method, temperature=[1.0, 0.7])
+        loss = sum((p * p * w).sum() for p, w in zip(sol.probs, weights))
+        grads = torch.autograd.grad(loss, scores, create_graph=True)
+        penalty = sum((g * g).sum() for g in grads) + sum((s * w).sum() for s, w in zip(scores, weights))
+        return [g - w for g, w in zip(torch.autograd.grad(penalty, scores), weights)]
+
+    want = second_order_term("exact")
+    assert max(float(w.abs().max()) for w in want) > 1e-3
+    try:
+        got = second_order_term("cvxpylayers")
+    except NotImplementedError:
+        return  # refused, as method 'dual' refuses it
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-2 * float(b.abs().max()))
