@@ -346,6 +346,14 @@ class _PanicGuard(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
+        if torch.is_grad_enabled():
+            # create_graph=True: cvxpylayers' backward (diffcp's or moreau's derivative, NumPy and
+            # Rust) is not itself differentiated; its gradients came back unconnected to the scores,
+            # and a gradient penalty's second-order term was exactly 0, silently (ca_rev181)
+            raise NotImplementedError(
+                "second-order differentiation through method 'cvxpylayers' is not supported: the backend's "
+                "derivative is not itself differentiated (create_graph=True); on a forest of maps (a hierarchy, "
+                "a star) method 'exact' gives the same solution and supports second-order differentiation")
         saved = ctx.saved_tensors
         detached, outs = saved[:ctx.num_inputs], saved[ctx.num_inputs:]
         wanted = [i for i in range(ctx.num_inputs) if ctx.needs_input_grad[2 + i]]
@@ -355,8 +363,7 @@ class _PanicGuard(torch.autograd.Function):
             try:
                 with ctx.layer.lock:
                     got = torch.autograd.grad([o for o, _ in live], [detached[i] for i in wanted],
-                                              [g for _, g in live], allow_unused=True, retain_graph=True,
-                                              create_graph=torch.is_grad_enabled())
+                                              [g for _, g in live], allow_unused=True, retain_graph=True)
             except BaseException as err:  # noqa: B036  (a Rust panic is a BaseException)
                 if not is_solver_panic(err):
                     raise

@@ -187,7 +187,7 @@ for _record in (
            exact=True, consistent=True, tensor_temperature=True, structures="forest", second_order=True),
     Method("cvxpylayers", _cvxpylayers, "the CVXPY problem in a cvxpylayers layer (the slow reference)",
            options=None, exact=True, consistent=True, cpu_only=True, check_options=_check_cvxpylayers_options,
-           structures="graph", second_order=True),
+           structures="graph"),
     Method("dual", _dual, "per-sample minimisation of the dual function to a tolerance; implicit backward",
            options=frozenset({"tol", "gap_tol", "max_iter", "strict", "record_history", "init", "newton",
                               "warm_start", "dtype"}),

@@ -906,23 +906,22 @@ def test_called_under_no_grad_the_layer_computes_no_derivative(diffcp_calls):
     assert diffcp_calls == ["solve only"] and not probs[0].requires_grad
 
 
-def test_the_guarded_layer_s_second_order_is_the_layers_own():
-    """With create_graph=True the guard's gradients carry cvxpylayers' own graph (docs/design.md:
-    second order through cvxpylayers is the library's, as it is)."""
+def test_the_guarded_layer_refuses_second_order_where_the_layer_has_none():
+    """cvxpylayers' backward is not itself differentiated: with create_graph=True the raw layer's
+    gradients require grad yet reach no score (a second derivative came back None, or 0 beside a
+    first-order term: ca_rev181); the guarded layer refuses, as method 'dual' does."""
     inst = random_instance("1d-2lvl", batch=2, seed=5)
     layer = get_layer(inst.h, inst.temps)
     args = _clarabel_args()
-    second = []
-    for guarded in (True, False):
-        flat = [s.reshape(2, -1).clone().requires_grad_() for s in inst.scores]
-        probs = layer(flat, args)[0] if guarded else list(layer.layer(*flat, solver_args=args))[:2]
-        grads = torch.autograd.grad(sum((p * p).sum() for p in probs), flat, create_graph=True)
-        assert all(g.requires_grad for g in grads)
-        second.append(torch.autograd.grad(sum(g.sum() for g in grads), flat, allow_unused=True))
-    for a, b in zip(*second):
-        assert (a is None) == (b is None)
-        if a is not None:
-            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    flat = [s.reshape(2, -1).clone().requires_grad_() for s in inst.scores]
+    raw = list(layer.layer(*flat, solver_args=args))[:2]
+    grads = torch.autograd.grad(sum((p * p).sum() for p in raw), flat, create_graph=True)
+    assert torch.autograd.grad(sum(g.sum() for g in grads), flat, allow_unused=True) == (None, None)
+    guarded = layer(flat, args)[0]
+    with pytest.raises(NotImplementedError, match="second-order differentiation through method 'cvxpylayers'"):
+        torch.autograd.grad(sum((p * p).sum() for p in guarded), flat, create_graph=True)
+    grads = torch.autograd.grad(sum((p * p).sum() for p in guarded), flat)  # first order as before
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 def test_a_backend_without_status_labels_reports_unknown_rather_than_a_re_solve():
@@ -2197,10 +2196,8 @@ def test_the_test_reference_keeps_one_simplex_constraint_per_component_as_the_la
     assert len(simplex) == len(h.components) == 1, [str(c) for c in seen[0]]
 
 
-# ---- ca_rev181 (strict xfail: review of 21b029e)
+# ---- ca_rev181 (review of 21b029e; its strict xfail now passes)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev181: cvxpylayers is registered second_order=True, but a gradient built "
-                                       "with create_graph=True carries no second derivative: it is silently dropped")
 def test_ca_rev181_a_second_derivative_through_cvxpylayers_is_right_or_refused_not_silently_dropped():
     """methods.py: ``second_order`` means 'its backward is itself differentiable (create_graph=True
     gives second derivatives)', and the registry says so of cvxpylayers.  Its gradient built with

@@ -17,7 +17,7 @@ def test_built_in_records_state_what_each_method_can_do():
     assert facts == {
         "softmax": (False, False, False, False, True, False, False, True),
         "exact": (False, True, True, True, True, False, False, True),
-        "cvxpylayers": (False, True, True, True, False, True, False, True),
+        "cvxpylayers": (False, True, True, True, False, True, False, False),
         "dual": (False, True, True, True, True, False, False, False),
         "learned_dual": (True, True, False, False, True, False, True, True),
     }
