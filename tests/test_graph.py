@@ -949,3 +949,21 @@ def test_a_graph_pickled_with_tensor_parent_maps_still_loads_and_on_meta_says_wh
     meta = {**state, "_parents": [torch.as_tensor(p).to("meta") for p in state["_parents"]]}
     with pytest.raises(ValueError, match="edge 0's parent map .* meta"):
         ca.Graph.__new__(ca.Graph).__setstate__(meta)
+
+
+# ---- ca_rev183 (strict xfail: review of c2c898e)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev183: Graph.from_edges refuses (fine, coarse, None) advising '(fine, "
+                                       "coarse) for a grid edge', a form from_edges itself refuses")
+def test_ca_rev183_from_edges_refusing_none_parents_does_not_advise_a_grid_edge_it_refuses():
+    """Run: ``Graph.from_edges([6, 3], [(0, 1, None)])``.  Expected: a TypeError asking for the
+    parent map, as from_edges says for ``(0, 1)`` (it takes parent-map edges only).  Observed
+    (21b029e, graph.py ``_check_edges``: the None check precedes the ``need_parents`` one): "...;
+    give the map, an integer tensor ..., or (fine, coarse) for a grid edge", and following that
+    advice, ``from_edges([6, 3], [(0, 1)])``, is refused in turn ("give its parent map")."""
+    with pytest.raises(TypeError) as none_edge:
+        ca.Graph.from_edges([6, 3], [(0, 1, None)])
+    with pytest.raises(TypeError, match="give its parent map"):
+        ca.Graph.from_edges([6, 3], [(0, 1)])  # the advised form: refused by from_edges
+    assert "grid edge" not in str(none_edge.value)

@@ -1372,3 +1372,27 @@ def test_ca_rev176_amortised_duals_on_the_meta_device_refuse_scores_that_hold_va
         module(scores)
     with pytest.raises((ValueError, TypeError, RuntimeError), match="meta"):
         ca.ConsistentAttention(h, "learned_dual", duals=module).attend(scores)
+
+
+# ---- ca_rev183 (strict xfail: review of c2c898e)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev183: duals='amortised' with a fixed meta temperature advises passing "
+                                       "ca.AmortisedDuals(h, temperature); doing so raises torch's meta item() error")
+def test_ca_rev183_the_advice_of_the_meta_temperature_refusal_builds_the_layer():
+    """Run: ``ConsistentAttention(h, "learned_dual", temperature=t, duals="amortised")`` with ``t`` a
+    fixed (no grad) tensor on the meta device, which the layer takes with ``duals="shared"``.
+    Refused (4832503): "... build the layer off the meta device, or pass duals=ca.AmortisedDuals(h,
+    temperature) built with the values".  Following that advice, ``duals=ca.AmortisedDuals(h,
+    1.0)``: expected the layer built (as with a learned meta temperature) or a refusal in words;
+    observed torch's "Tensor.item() cannot be called on meta tensors" (nn.py ``_make_duals``: the
+    temperature comparison ``float(a)`` runs on the meta tensor, as both are ``_fixed``)."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    t = torch.tensor([1.0, 1.0], device="meta")
+    ca.ConsistentAttention(h, "learned_dual", temperature=t)  # a fixed meta temperature: taken
+    with pytest.raises(ValueError, match="AmortisedDuals"):
+        ca.ConsistentAttention(h, "learned_dual", temperature=t, duals="amortised")
+    try:
+        ca.ConsistentAttention(h, "learned_dual", temperature=t, duals=ca.AmortisedDuals(h, 1.0))
+    except ValueError as err:  # a refusal in words is a fix too
+        assert "meta" in str(err)

@@ -884,3 +884,23 @@ def test_the_uniform_attention_gap_takes_numpy_floats_and_refuses_bools():
     for bad in (True, np.bool_(False)):
         with pytest.raises(ValueError, match="balanced accuracy"):
             check_uniform_attention(bad, 0.5)
+
+
+# ---- ca_rev183 (strict xfail: review of c2c898e)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev183: check (c') refuses bools and NumPy bools, but a torch bool tensor "
+                                       "of drops (or 0-d NumPy bool arrays) passes the gate as drops of 1.0")
+def test_ca_rev183_maps_drive_ranking_refuses_boolean_tensors_as_auc_drops():
+    """Run: ``check_maps_drive_ranking(torch.tensor([True] * 5))`` and with ``[np.array(True)] * 5``.
+    Expected: the TypeError that ``[True] * 5`` and ``np.array([True] * 5)`` get since 02ec3b8 (its
+    docstring: "TypeError for a bool among the drops (float(True) is 1.0)").  Observed: both run
+    and pass, value 1.0 (validity.py ``check_maps_drive_ranking``: ``isinstance(d, (bool,
+    np.bool_))`` misses a 0-d bool tensor and a 0-d bool array, which ``float`` reads as 1.0)."""
+    import torch
+
+    with pytest.raises(TypeError, match="bool"):
+        check_maps_drive_ranking(np.array([True] * 5))  # refused: the oracle
+    for drops in (torch.tensor([True] * 5), [np.array(True)] * 5):
+        with pytest.raises(TypeError, match="bool"):
+            check_maps_drive_ranking(drops)
