@@ -305,8 +305,9 @@ class Graph:
                 raise ValueError(f"{what} joins a map to itself: a directed cycle; an edge goes from a finer map "
                                  f"to a coarser one")
             if len(edge) == 3 and edge[2] is None:  # (a grid edge is (fine, coarse): ca_rev179)
+                grid = "" if need_parents else ", or (fine, coarse) for a grid edge"  # (from_edges takes none)
                 raise TypeError(f"{what}: its parent map is None; give the map, an integer tensor of shape "
-                                f"({sizes[a]},) with values in [0, {sizes[b]}), or (fine, coarse) for a grid edge")
+                                f"({sizes[a]},) with values in [0, {sizes[b]}){grid}")
             spec = edge[2] if len(edge) == 3 else None
             if spec is None:
                 if need_parents:

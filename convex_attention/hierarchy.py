@@ -93,14 +93,21 @@ def _check_factors(factors, shapes, derived) -> None:
     def whole(x) -> bool:  # (NumPy's bool is no Integral)
         return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
-    def listing(x) -> bool:
-        return isinstance(x, (Sequence, np.ndarray)) and not isinstance(x, (str, bytes))
+    def listing(x):
+        """``x`` as a list where it is a sequence (an array or a tensor of at least one dimension
+        read by ``tolist``: its ints as ints, its bools and floats as such), else None."""
+        if isinstance(x, (np.ndarray, Tensor)):
+            return x.tolist() if x.ndim else None  # (a 0-d array is no sequence: NumPy's own error, ca_rev183)
+        return list(x) if isinstance(x, Sequence) and not isinstance(x, (str, bytes)) else None
 
     # each factor an int or a sequence of ints, read as given (int() had read "22" as (2, 2), 2.9 as 2
     # and True as 1: ca_rev179)
-    if not listing(factors) or not all(whole(f) or (listing(f) and all(map(whole, f))) for f in factors):
+    items = listing(factors)
+    if items is not None:
+        items = [f if whole(f) else listing(f) for f in items]
+    if items is None or not all(whole(f) or (f is not None and all(map(whole, f))) for f in items):
         raise TypeError(f"factors must be a list of {len(derived)} tuples of ints, got {factors!r}")
-    given = [(int(f),) if whole(f) else tuple(int(x) for x in f) for f in factors]
+    given = [(int(f),) if whole(f) else tuple(int(x) for x in f) for f in items]
     if given != derived:
         raise ValueError(f"factors {given} do not match the shapes {shapes} (which give {derived}); "
                          f"leave factors out: they follow from the shapes")

@@ -835,7 +835,10 @@ class ConsistentAttention(nn.Module):
                 raise ValueError(f"duals are only used by methods that need them, not {record.name!r}")
             if duals.h != self.h:
                 raise ValueError(f"duals were built for {duals.h}, the module for {self.h}")
-            if isinstance(duals, AmortisedDuals) and _fixed(temps) and _fixed(duals.temperature) and not all(
+            # (a meta temperature holds no value to compare: the layer is built, and refuses it beside
+            # scores with values; its float() had raised torch's item() error, ca_rev183)
+            if isinstance(duals, AmortisedDuals) and _fixed(temps) and _fixed(duals.temperature) and not any(
+                    isinstance(t, Tensor) and t.is_meta for t in (*temps, *duals.temperature)) and not all(
                     math.isclose(float(a), float(b), rel_tol=TEMPERATURE_MATCH)
                     for a, b in zip(temps, duals.temperature)):
                 # its formula path is weighted for its own temperatures, and the layer would give it

@@ -2219,10 +2219,11 @@ def test_ca_rev177_two_seeds_of_the_seed_range_do_not_draw_the_same_images():
     assert not torch.equal(a[0], b[0])
 
 
-def test_data_checks_two_sets_share_no_image_and_seeds_below_4294_never_meet():
+def test_data_checks_two_sets_share_no_image_and_training_sets_below_4294_never_meet():
     """What docs/experiment.md promises beside ca_rev177's documented limit: data check's training
     set (seed s) and held-out set (seed s + 10000) meet for no s and no size up to a seed's block,
-    by the generators' keys modulo 2**32; nor do the sets of two seeds below 4294."""
+    by the generators' keys modulo 2**32; nor do two runs' training sets where both seeds are below
+    4294 (their held-out sets can: ca_rev183)."""
     from convex_attention.paper.config import IMAGES_PER_SEED
     from convex_attention.paper.protocol import keys_meet, seed_keys
 
@@ -2233,12 +2234,9 @@ def test_data_checks_two_sets_share_no_image_and_seeds_below_4294_never_meet():
     assert keys_meet(seed_keys(0, 2), seed_keys(pow(IMAGES_PER_SEED, -1, 2 ** 32), 2))  # the documented limit
 
 
-# ---- ca_rev183 (strict xfail: review of c2c898e)
+# ---- ca_rev183 (review of c2c898e; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev183: docs/experiment.md says data check's seeds below 4294 never meet, "
-                                       "but --seed 0's held-out set (seed 10000) is --seed 1410's training set from "
-                                       "image 91178 on (n <= 1,000,003 allowed)")
 def test_ca_rev183_data_check_seeds_below_4294_never_meet_as_experiment_md_says():
     """docs/experiment.md (02ec3b8), on data check's two sets (seed s and s + 10000): "two seeds
     whose keys meet modulo 2**32 draw the same images (...; seeds below 4294 never meet)".  Run:

@@ -951,11 +951,9 @@ def test_a_graph_pickled_with_tensor_parent_maps_still_loads_and_on_meta_says_wh
         ca.Graph.__new__(ca.Graph).__setstate__(meta)
 
 
-# ---- ca_rev183 (strict xfail: review of c2c898e)
+# ---- ca_rev183 (review of c2c898e; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev183: Graph.from_edges refuses (fine, coarse, None) advising '(fine, "
-                                       "coarse) for a grid edge', a form from_edges itself refuses")
 def test_ca_rev183_from_edges_refusing_none_parents_does_not_advise_a_grid_edge_it_refuses():
     """Run: ``Graph.from_edges([6, 3], [(0, 1, None)])``.  Expected: a TypeError asking for the
     parent map, as from_edges says for ``(0, 1)`` (it takes parent-map edges only).  Observed

@@ -339,11 +339,9 @@ def test_ca_rev179_factors_that_are_not_tuples_of_ints_are_refused(shapes, facto
         ca.Hierarchy(shapes, factors=factors)
 
 
-# ---- ca_rev183 (strict xfail: review of c2c898e)
+# ---- ca_rev183 (review of c2c898e; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev183: Hierarchy(..., factors=[np.array(2)]) raises NumPy's 'iteration "
-                                       "over a 0-d array', not the constructor's 'factors must be ...' (it did before)")
 def test_ca_rev183_a_zero_dimensional_array_as_a_factor_is_refused_in_the_constructors_words():
     """Run: ``Hierarchy([8, 4], factors=[np.array(2)])``.  Expected: the TypeError "factors must be
     a list of 1 tuples of ints, got [array(2)]" (e455928 said so).  Observed (21b029e, hierarchy.py
@@ -356,8 +354,6 @@ def test_ca_rev183_a_zero_dimensional_array_as_a_factor_is_refused_in_the_constr
         ca.Hierarchy([8, 4], factors=[np.array(2)])
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev183: an integer tensor of factors (accepted before 21b029e) is now "
-                                       "refused, while the same factors as a NumPy array are accepted")
 def test_ca_rev183_integer_tensor_factors_are_read_as_numpy_arrays_of_them_are():
     """Run: ``Hierarchy([(4, 4), (2, 2)], factors=torch.tensor([[2, 2]]))``.  Expected: accepted, as
     it was at e455928 and as ``factors=np.array([[2, 2]])`` is today (the ints are read as given;

@@ -1374,11 +1374,9 @@ def test_ca_rev176_amortised_duals_on_the_meta_device_refuse_scores_that_hold_va
         ca.ConsistentAttention(h, "learned_dual", duals=module).attend(scores)
 
 
-# ---- ca_rev183 (strict xfail: review of c2c898e)
+# ---- ca_rev183 (review of c2c898e; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev183: duals='amortised' with a fixed meta temperature advises passing "
-                                       "ca.AmortisedDuals(h, temperature); doing so raises torch's meta item() error")
 def test_ca_rev183_the_advice_of_the_meta_temperature_refusal_builds_the_layer():
     """Run: ``ConsistentAttention(h, "learned_dual", temperature=t, duals="amortised")`` with ``t`` a
     fixed (no grad) tensor on the meta device, which the layer takes with ``duals="shared"``.

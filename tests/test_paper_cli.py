@@ -1711,11 +1711,9 @@ def test_ca_rev173_resume_refuses_a_damaged_optimiser_state_before_any_work(spoi
     assert_usage_error(code, err, "--resume")
 
 
-# ---- ca_rev183 (strict xfail: review of c2c898e)
+# ---- ca_rev183 (review of c2c898e; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev183: --baseline-model none none is refused as \"'none' stands alone, "
-                                       "here beside ; pass ...\": the message names nothing beside it")
 def test_ca_rev183_baseline_model_none_twice_is_not_refused_as_standing_beside_nothing():
     """Run: explain's ``_explain_specs`` with ``--checkpoints a=x.pt b=y.pt --baseline-model none
     none``.  Expected: read as no model (``none`` is all it names), or refused as named more than

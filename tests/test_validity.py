@@ -886,11 +886,9 @@ def test_the_uniform_attention_gap_takes_numpy_floats_and_refuses_bools():
             check_uniform_attention(bad, 0.5)
 
 
-# ---- ca_rev183 (strict xfail: review of c2c898e)
+# ---- ca_rev183 (review of c2c898e; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev183: check (c') refuses bools and NumPy bools, but a torch bool tensor "
-                                       "of drops (or 0-d NumPy bool arrays) passes the gate as drops of 1.0")
 def test_ca_rev183_maps_drive_ranking_refuses_boolean_tensors_as_auc_drops():
     """Run: ``check_maps_drive_ranking(torch.tensor([True] * 5))`` and with ``[np.array(True)] * 5``.
     Expected: the TypeError that ``[True] * 5`` and ``np.array([True] * 5)`` get since 02ec3b8 (its

@@ -549,13 +549,13 @@ def _explain_specs(args) -> tuple[list, list | None]:
         return specs, list(names)  # every model, by every post-hoc method
     if baseline == ["none"]:
         return specs, None
+    repeated = sorted({b for b in baseline if baseline.count(b) > 1})
+    if repeated:  # (first: 'none none' is a repeat, not 'none' beside nothing: ca_rev183)
+        raise UsageError(f"argument --baseline-model: {', '.join(map(repr, repeated))} named more than once; name "
+                         f"each model once")
     if "none" in baseline:
         raise UsageError(f"argument --baseline-model: 'none' (no model) stands alone, here beside "
                          f"{', '.join(repr(b) for b in baseline if b != 'none')}; pass 'none' or model names")
-    repeated = sorted({b for b in baseline if baseline.count(b) > 1})
-    if repeated:
-        raise UsageError(f"argument --baseline-model: {', '.join(map(repr, repeated))} named more than once; name "
-                         f"each model once")
     for b in baseline:
         if b not in names:
             raise UsageError(f"argument --baseline-model: {b!r} is not among the --checkpoints names "

@@ -425,7 +425,8 @@ def check_maps_drive_ranking(drops, min_drop: float = THRESHOLDS["maps_drive_ran
     if isinstance(drops, Mapping):
         raise TypeError("drops is a sequence of AUC drops, one per dev seed; got a mapping (pass its values)")
     drops = [] if drops is None else list(drops)
-    if any(isinstance(d, (bool, np.bool_)) for d in drops):  # float(True) is 1.0: a drop that passed (ca_rev177)
+    # float(True) is 1.0: a drop that passed (ca_rev177); a 0-d bool array or tensor too (ca_rev183)
+    if any(isinstance(d, (bool, np.bool_)) or str(getattr(d, "dtype", "")) in ("bool", "torch.bool") for d in drops):
         raise TypeError(f"an AUC drop is a difference of two AUCs, a number; got a bool among {drops}")
     values = [float(d) for d in drops]
     if any(abs(v) > 1 for v in values if math.isfinite(v)):
