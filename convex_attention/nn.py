@@ -967,9 +967,16 @@ class ConsistentAttention(nn.Module):
         return Attended(list(solution.probs), solution, aux)
 
     def extra_repr(self) -> str:
-        # a Parameter or tensor reads "tensor": its repr spans lines ("Parameter containing:\n...": ca_rev176)
+        # on one line: a Parameter's repr spans lines ("Parameter containing:\n...": ca_rev176)
+        def shown(t) -> str:
+            if isinstance(t, nn.Parameter):
+                return "Parameter"  # (learned: its value moves)
+            if isinstance(t, Tensor):
+                return f"tensor({t.item():g})" if t.numel() == 1 and not t.is_meta else "tensor"
+            return repr(t)
+
         if isinstance(self.temperature, list):
-            temperature = f"[{', '.join('tensor' if isinstance(t, Tensor) else repr(t) for t in self.temperature)}]"
+            temperature = f"[{', '.join(shown(t) for t in self.temperature)}]"
         else:
             temperature = "tensor"
         return f"{self.h}, method={self.method!r}, temperature={temperature}"
