@@ -1254,3 +1254,97 @@ def test_spending_through_a_ledger_that_is_a_link_writes_where_it_points(tmp_pat
     spend(str(link), {"stage": "test", "data": "synthetic-brightest", "data_seed": 3,
                       "splits": [{"seed": 3, "n": 10}]})
     assert link.is_symlink() and [r["data_seed"] for r in read_ledger(str(shared))] == [3]
+
+
+# ---- ca_rev184 (strict xfail: review of d302fba)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev184: check_test_data never checks the test stage's own conditions "
+                                       "against each other: difficulties 0.1 and 0.959 share random streams")
+def test_ca_rev184_two_test_conditions_never_share_random_streams():
+    """Run: check_test_data (what the preflight and run_test ask before spending) for a variants
+    file with difficulties 0.1 and 0.959 and n_test 50 000 (32x32: within every bound).
+    Expected: refused, as check_disjoint refuses these two splits (the test of two conditions
+    sharing seeds above wants conditions disjoint), or no two of its splits share a stream.
+    Observed: accepted; _splits checks each condition alone, so the stage runs with test image
+    45 589 + j of difficulty 0.1 drawn from the random stream of test image j of difficulty 0.959
+    (859 thousandths x 5 splits = 4295 seeds apart, 4295 x 1 000 003 = 45 589 mod 2**32); the
+    held-out test sets likewise."""
+    from convex_attention.paper.data.synthetic import render_rim_image
+    from convex_attention.paper.protocol import check_test_data, keys_meet, test_stage_specs
+
+    config = QUICK.override(data="synthetic", image_size=32, n_train=8, n_val=4, n_dev=4, n_test=50_000, data_seed=1)
+    variants = Variants(difficulties=(0.1, 0.959), held_out_mimic="mottled")
+    try:
+        check_test_data(config, variants, "/nonexistent/data_ledger.json", "results/test")
+    except (VariantsError, ValueError):
+        return  # refused: fine
+    specs = test_stage_specs(config.with_variants(variants))
+    low, high = specs["difficulty0.1/test"], specs["difficulty0.959/test"]
+    # oracle: keys 45 589 apart modulo 2**32, so torch draws one stream: 40 labels in a row agree
+    assert (high.seed * 1_000_003 - (low.seed * 1_000_003 + 45_589)) % 2 ** 32 == 0
+    types = ("inverted", "split")
+    assert all(render_rim_image(low.seed, 45_589 + j, 32, 4, 0.1, mimic_types=types)[1]
+               == render_rim_image(high.seed, j, 32, 4, 0.959, mimic_types=types)[1] for j in range(40))
+    meet = [(a, b) for a in specs for b in specs if a < b and keys_meet(image_keys(specs[a]), image_keys(specs[b]))]
+    assert not meet, f"accepted, though these splits of one test run share random streams: {meet}"
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev184: ledger_lock locks one ledger's folder, but the check reads every "
+                                       "ledger of the repository: two test stages both spend one data seed")
+def test_ca_rev184_two_test_stages_through_two_ledgers_of_one_repository_never_both_spend_a_seed(outside_git,
+                                                                                                 tmp_path,
+                                                                                                 monkeypatch):
+    """Run: two test stages started together on data seed 1, one through the committed
+    configs/experiment_variants.json, one through its committed copy configs/v2/ (each reads
+    every ledger of the repository, review 48); the window between check and spend widened.
+    Expected: one runs, the other is refused (its check sees the first's entry), as for two
+    runs through one ledger (ledger_lock's docstring: "two test stages started together neither
+    both take one data seed").
+    Observed: both start: each holds only the lock of its own ledger's folder, checks while the
+    other has not spent yet, and spends into its own ledger; both reports say "the first"."""
+    import threading
+    import time
+
+    from convex_attention.paper import experiment
+
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    repo = tmp_path / "repo"
+    path = _committed_repo(repo, variants)
+    copy = _copy_variants(path, repo / "configs" / "v2")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "a copy of the variants")
+    config = QUICK.override(data="synthetic-brightest", image_size=32, n_train=8, n_val=4, n_dev=4, n_test=4,
+                            data_seed=1, methods=("softmax",))
+    record = experiment.record_test_run
+
+    def slow_record(*a, **k):  # inside the check-and-spend block: a run started beside this one gets in
+        time.sleep(0.3)
+        return record(*a, **k)
+
+    started, refused = [], []
+
+    def train(*a, **k):
+        started.append(1)
+        raise RuntimeError("training started")
+
+    monkeypatch.setattr(experiment, "record_test_run", slow_record)
+    monkeypatch.setattr(experiment, "train", train)
+
+    def stage(variants_path, out):
+        try:
+            experiment.run_experiment(config, str(tmp_path / out), progress=False, log=lambda *a, **k: None,
+                                      stage="test", variants_path=str(variants_path), allow_rejected_benchmark=True)
+        except VariantsError:
+            refused.append(out)
+        except RuntimeError:
+            pass
+
+    threads = [threading.Thread(target=stage, args=(p, o)) for p, o in ((path, "a"), (copy, "b"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    spent = [r["data_seed"] for ledger in (path.parent, copy.parent)
+             for r in read_ledger(str(ledger / "data_ledger.json"))]
+    assert len(started) == 1 and len(refused) == 1, f"started {len(started)}, refused {refused}, ledgers {spent}"
