@@ -1530,7 +1530,7 @@ def test_ca_rev166_a_small_validity_images_crashes_the_test_stage_after_spending
         assert not os.path.exists(ledger), f"the test split was spent, then the stage failed: {err}"
 
 
-# ---- ca_rev184 (strict xfail: review of d302fba)
+# ---- ca_rev184 (review of d302fba; its strict xfails now pass)
 
 
 class _Started(Exception):
@@ -1558,8 +1558,6 @@ def _ca_rev184_pinned_test_stage(tmp_path, monkeypatch, config, stop: str):
     return raised, [r["data_seed"] for r in read_ledger(str(tmp_path / "data_ledger.json"))]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev184: n_test = IMAGES_PER_SEED passes ExperimentConfig.validate and "
-                                       "check_test_data, then check_disjoint refuses it after the seed is spent")
 def test_ca_rev184_a_split_of_images_per_seed_images_is_refused_after_the_test_split_is_spent(outside_git, tmp_path,
                                                                                               monkeypatch):
     """Run: the test stage with n_test = IMAGES_PER_SEED (1 000 003: _COUNT's upper bound, which
@@ -1576,8 +1574,6 @@ def test_ca_rev184_a_split_of_images_per_seed_images_is_refused_after_the_test_s
     assert isinstance(raised, _Started) or not spent, f"data seed(s) {spent} spent, then: {raised!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev184: the test stage checks its validation split's classes only "
-                                       "after spending the data seed; one drawn without a class wastes it")
 def test_ca_rev184_a_validation_split_without_a_class_is_found_after_the_test_split_is_spent(outside_git, tmp_path,
                                                                                               monkeypatch):
     """Run: the test stage at data seed 7 with 4 validation images (the dev stage checks its own

@@ -615,14 +615,15 @@ def test_the_verdicts_dev_seed_stays_spent_once_the_ledger_holds_runs(tmp_path):
 
 
 def test_a_split_reaching_the_next_seeds_images_is_refused():
-    """Image ``i`` of seed ``s`` is key ``s · 1000003 + i``: a split of 1000003 images or
-    more would reach the next seed's images (found by mutation testing: dropping that check,
-    or refusing only more than 1000003, survived)."""
+    """Image ``i`` of seed ``s`` is key ``s · 1000003 + i``: a split of more than 1000003
+    images would reach the next seed's images (found by mutation testing: dropping that check
+    survived).  Exactly 1000003 end one key before the next seed, as the configuration allows
+    (check_seed_block; refusing them here refused a test stage after its seed was spent:
+    ca_rev184)."""
     stride = 1_000_003
-    check_disjoint({"a": SplitSpec("a", 5, stride - 1, 0.5), "b": SplitSpec("b", 6, 3, 0.5)})
-    for n in (stride, stride + 1):
-        with pytest.raises(ValueError, match="next seed"):
-            check_disjoint({"a": SplitSpec("a", 5, n, 0.5)})
+    check_disjoint({"a": SplitSpec("a", 5, stride, 0.5), "b": SplitSpec("b", 6, 3, 0.5)})
+    with pytest.raises(ValueError, match="next seed"):
+        check_disjoint({"a": SplitSpec("a", 5, stride + 1, 0.5)})
 
 
 def test_a_recorded_split_is_spent_up_to_its_last_image_key_only():
@@ -1256,11 +1257,9 @@ def test_spending_through_a_ledger_that_is_a_link_writes_where_it_points(tmp_pat
     assert link.is_symlink() and [r["data_seed"] for r in read_ledger(str(shared))] == [3]
 
 
-# ---- ca_rev184 (strict xfail: review of d302fba)
+# ---- ca_rev184 (review of d302fba; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev184: check_test_data never checks the test stage's own conditions "
-                                       "against each other: difficulties 0.1 and 0.959 share random streams")
 def test_ca_rev184_two_test_conditions_never_share_random_streams():
     """Run: check_test_data (what the preflight and run_test ask before spending) for a variants
     file with difficulties 0.1 and 0.959 and n_test 50 000 (32x32: within every bound).
@@ -1290,8 +1289,6 @@ def test_ca_rev184_two_test_conditions_never_share_random_streams():
     assert not meet, f"accepted, though these splits of one test run share random streams: {meet}"
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev184: ledger_lock locks one ledger's folder, but the check reads every "
-                                       "ledger of the repository: two test stages both spend one data seed")
 def test_ca_rev184_two_test_stages_through_two_ledgers_of_one_repository_never_both_spend_a_seed(outside_git,
                                                                                                  tmp_path,
                                                                                                  monkeypatch):

@@ -630,6 +630,10 @@ def run_test(config: ExperimentConfig, folder: str, variants, variants_record: d
     device = _device(config)
     ledger = ledger_path or default_ledger_path(variants_record.get("path") or DEFAULT_VARIANTS_PATH)
     where = ledger_where(folder, ledger)
+    # every condition's validation split holds both classes (else best.pt would be picked on no
+    # criterion), checked before the seed is spent: after, a split without one wasted it (ca_rev184)
+    for difficulty in config.difficulties:
+        check_validation_classes(config.train, _splits(config, difficulty, ("val",))[1]["val"])
     with ledger_lock(ledger):  # checked and spent as one step: a run started beside this one waits
         replaced = check_test_data(config, variants, ledger, where, force,
                                    variants_sha256=variants_record.get("sha256"), folder_runs=runs_into(folder))
@@ -691,8 +695,7 @@ def _test_condition(config: ExperimentConfig, variant: Variant, difficulty: floa
     (:func:`_test_seed`), then the reported check (c) and (c′) on the test split."""
     cond = condition_name(difficulty)
     names = ("train", "val", "dev", "test") + (("test_heldout",) if config.held_out_mimic else ())
-    specs, sets = _splits(config, difficulty, names)
-    check_validation_classes(config.train, sets["val"])  # else best.pt would be picked on no criterion
+    specs, sets = _splits(config, difficulty, names)  # (the validation split's classes: checked by run_test)
     log(f"[test] {cond}: " + ", ".join(f"{k} {s.n} (seed {s.seed})" for k, s in specs.items()))
     validity = _validity(sets["train"], sets["test"], config)
     model_free = fit_model_free(sets["dev"], seed=config.train.data_seed, limit=config.validity_images)

@@ -780,8 +780,8 @@ def check_disjoint(specs: dict[str, SplitSpec]) -> None:
                 raise ValueError(f"splits {a.name!r} and {b.name!r} overlap (seeds {a.seed} and {b.seed}, "
                                  f"{a.n} and {b.n} images; their generator keys, or their keys modulo 2**32, which "
                                  f"torch's generator keeps, meet)")
-    if any(s.n >= IMAGES_PER_SEED for s in items):
-        raise ValueError(f"a split of {IMAGES_PER_SEED} images or more would reach the next seed's images")
+    if any(s.n > IMAGES_PER_SEED for s in items):  # (exactly this many end one key before the next seed: ca_rev184)
+        raise ValueError(f"a split of more than {IMAGES_PER_SEED} images would reach the next seed's images")
 
 
 # ----------------------------------------------------------------------------- data seeds spent once
@@ -954,8 +954,9 @@ def ledger_where(folder: str, ledger_path: str) -> str:
 def check_test_data(config, variants, ledger_path: str, where: str, force: bool = False,
                     variants_sha256: str | None = None, folder_runs: list | None = None) -> list[dict]:
     """Refuse (VariantsError) a test run whose splits (:func:`test_stage_specs` of
-    ``config`` with ``variants``) share an image with the dev stage behind the verdict or
-    with any run the data ledger at ``ledger_path`` records.  With ``force``, the earlier
+    ``config`` with ``variants``) share an image or a random stream with one another (two
+    conditions' splits too), with the dev stage behind the verdict or with any run the data
+    ledger at ``ledger_path`` records.  With ``force``, the earlier
     test runs recorded for the same folder ``where`` are allowed (a run replaced by
     ``--force``; its report says so), but only those of the same variants file
     (``variants_sha256``, where given): a variant changed after the test split was seen is
@@ -964,6 +965,11 @@ def check_test_data(config, variants, ledger_path: str, where: str, force: bool 
     a ledger beside another variants file does not hold.  Returns those replaced runs' ledger
     entries."""
     config = config.with_variants(variants)
+    try:  # the run's own splits, every condition against every other, before anything is spent (ca_rev184)
+        check_disjoint(test_stage_specs(config))
+    except ValueError as err:
+        raise VariantsError(f"the test stage's splits overlap one another: {err}; choose other difficulties or "
+                            f"sizes") from None
     spent = read_ledger(ledger_path)
     spent += runs_elsewhere(ledger_path, spent)  # what HEAD or another ledger of the repository records stays spent
     replaced = [r for r in spent if force and r.get("stage") == "test" and r.get("where") == where]
@@ -1071,10 +1077,17 @@ def ledger_lock(path: str):
     """Hold the data ledger at ``path`` for one run's check-and-spend (:func:`spend` takes
     it too): a lock on its folder (:func:`~convex_attention.io.lock.folder_lock`, created if
     absent), so two test stages started together neither both take one data seed nor lose
-    one of their entries (each read the ledger, then wrote it with its own run alone)."""
+    one of their entries (each read the ledger, then wrote it with its own run alone).  Inside
+    a git repository the repository's top folder is locked first: the check reads every ledger
+    of the repository (:func:`repository_ledgers`), and two runs through two ledgers of one
+    repository had both spent one data seed (ca_rev184)."""
     folder = os.path.dirname(os.path.realpath(path))
     os.makedirs(folder, exist_ok=True)
-    with folder_lock(folder):
+    root = _repository_root(path)
+    with contextlib.ExitStack() as held:
+        if root is not None:  # (always before the ledger's folder: one order, no deadlock)
+            held.enter_context(folder_lock(root))
+        held.enter_context(folder_lock(folder))
         yield
 
 
