@@ -4173,3 +4173,62 @@ def test_verify_random_instances_converge_within_the_sweeps_math_md_states():
         family = "mixed" if name.startswith("mixed") else "other"
         worst[family] = max(worst.get(family, 0), int(res["iterations"].max()))
     assert worst == {"other": 3, "mixed": 4}, worst
+
+
+# ---- ca_rev185 (strict xfail: review of 27e63b8)
+
+def _ca_rev185_rows_given_with_a_cell_below_float32() -> torch.Tensor:
+    """A given rows map of the 4 × 3 axial graph, strictly positive in float64 (as solve's check
+    finds it) but with a cell (1e-50) that rounds to 0 in float32."""
+    q = torch.tensor([[0.5, 0.5 - 1e-50, 1e-50, 1e-60]], dtype=torch.float64)
+    return q / q.sum()
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="ca_rev185: given maps positive in float64 but 0 in the "
+                   "float32 working dtype are refused by solve_dual's internal check, blaming given (not dtype)")
+def test_ca_rev185_float32_work_refuses_underflowing_given_maps_naming_the_dtype_option():
+    """float64 scores with dtype=torch.float32 and a given map holding a cell of 1e-50 (strictly
+    positive, as solve's own check accepts): the working dtype turns it into 0, which the solver
+    cannot take; the refusal says 'given[1] must be a tensor (B, *(4, 1)) of positive
+    probabilities', though the given map is one, and never names the option that caused it (the
+    scores' analogue, _check_scores_fit, names 'dual option dtype=torch.float32')."""
+    h = ca.Graph.axial((4, 3))
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn((2, 4, 3), generator=g, dtype=torch.float64), None,
+              torch.randn((2, 1, 3), generator=g, dtype=torch.float64)]
+    given = {1: _ca_rev185_rows_given_with_a_cell_below_float32().view(1, 4, 1)}
+    ca.solve([scores[0], None, scores[2]], h, "dual", given=given)  # float64 work: accepted, solved
+    with pytest.raises(ValueError) as err:
+        ca.solve(scores, h, "dual", given=given, dtype=torch.float32)
+    assert "dtype" in str(err.value), str(err.value)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="ca_rev185: on a disconnected graph, a given map that "
+                   "underflows in float32 work is refused only after other components were solved, by component index")
+def test_ca_rev185_underflowing_given_map_is_refused_before_any_component_is_solved():
+    """The same given map (1e-50 in a cell) on a graph of two components, a scored chain (maps 0, 1)
+    and an axial part (maps 2, 3, 4) with its rows (map 3) given: with dtype=torch.float32 the chain
+    is solved first (one sweep per sample, measured), then the refusal names 'given[1]', map 3's
+    number inside its component, not the user's map 3."""
+    from unittest import mock
+
+    import convex_attention.dual as dual_module
+
+    rows, cols = torch.arange(12) // 3, torch.arange(12) % 3
+    h = ca.Graph.from_edges([6, 3, 12, 4, 3], [(0, 1, torch.tensor([0, 1, 2, 0, 1, 2])), (2, 3, rows),
+                                               (2, 4, cols)])
+    g = torch.Generator().manual_seed(1)
+    scores = [None if k == 3 else torch.randn((2, n), generator=g, dtype=torch.float64) for k, n in enumerate(h.sizes)]
+    given = {3: _ca_rev185_rows_given_with_a_cell_below_float32()}
+    solved = []
+    real = dual_module.solve_dual
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        solved.append(out["iterations"].tolist())
+        return out
+
+    with mock.patch.object(dual_module, "solve_dual", spy), pytest.raises(ValueError) as err:
+        ca.solve(scores, h, "dual", given=given, dtype=torch.float32)
+    assert solved == [], f"components solved before the refusal: {solved}"
+    assert "given[3]" in str(err.value), str(err.value)
