@@ -4175,7 +4175,7 @@ def test_verify_random_instances_converge_within_the_sweeps_math_md_states():
     assert worst == {"other": 3, "mixed": 4}, worst
 
 
-# ---- ca_rev185 (strict xfail: review of 27e63b8)
+# ---- ca_rev185 (review of 27e63b8; its strict xfails now pass)
 
 def _ca_rev185_rows_given_with_a_cell_below_float32() -> torch.Tensor:
     """A given rows map of the 4 × 3 axial graph, strictly positive in float64 (as solve's check
@@ -4184,8 +4184,6 @@ def _ca_rev185_rows_given_with_a_cell_below_float32() -> torch.Tensor:
     return q / q.sum()
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="ca_rev185: given maps positive in float64 but 0 in the "
-                   "float32 working dtype are refused by solve_dual's internal check, blaming given (not dtype)")
 def test_ca_rev185_float32_work_refuses_underflowing_given_maps_naming_the_dtype_option():
     """float64 scores with dtype=torch.float32 and a given map holding a cell of 1e-50 (strictly
     positive, as solve's own check accepts): the working dtype turns it into 0, which the solver
@@ -4203,8 +4201,6 @@ def test_ca_rev185_float32_work_refuses_underflowing_given_maps_naming_the_dtype
     assert "dtype" in str(err.value), str(err.value)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="ca_rev185: on a disconnected graph, a given map that "
-                   "underflows in float32 work is refused only after other components were solved, by component index")
 def test_ca_rev185_underflowing_given_map_is_refused_before_any_component_is_solved():
     """The same given map (1e-50 in a cell) on a graph of two components, a scored chain (maps 0, 1)
     and an axial part (maps 2, 3, 4) with its rows (map 3) given: with dtype=torch.float32 the chain
