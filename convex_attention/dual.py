@@ -430,7 +430,7 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
         _check_given_structure(h, mask, options)
     parts = h.solved_apart()
     inputs = _work_inputs(scores, given, h, B, work)
-    if any(mask) and work != compute_dtype(dtype):
+    if any(mask):  # (a pass over the given maps, which solve_dual's own check per component repeats)
         _check_given_fit(inputs, mask, work)
     if options["init"] is not None:  # every part's starts, before any part is solved
         _check_init_fits(options["init"], _centred_scores(with_given_scores(*_split_given(inputs, mask)))[0],
