@@ -541,3 +541,60 @@ def test_ca_rev169_linsat_says_so_when_its_given_maps_contradict_each_other():
             return  # refused: as expected
     worst = float(ca.metrics.violation(probs, h).max())
     assert caught, f"returned silently with violation {worst:.3g}"
+
+
+# ---- ca_rev187 (strict xfail: review of 1ff174d)
+
+def _ca_rev187_linsat_outcome(h, given):
+    """linsat_solve(max_iter=100) on two samples of N(0, 1) scores: None where refused (ValueError), else the
+    warnings it raised and the worst violation of what it returned."""
+    import warnings
+
+    from convex_attention.baselines.linsat import linsat_solve
+
+    theta = torch.randn(2, h.sizes[0], generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            probs = linsat_solve([theta, None, None], h, given, max_iter=100)
+        except ValueError:
+            return None
+    return caught, float(ca.metrics.violation(probs, h).max())
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev187: given maps that only a map with a negative cell pools onto are "
+                                       "accepted by linsat_solve and its unmet projection returned silently")
+def test_ca_rev187_linsat_says_so_when_only_a_negative_map_pools_onto_its_given_maps():
+    """Run: a 3-cell scored map held to given q1 = [0.2, 0.8] (cells {0, 1}, {2}) and q2 = [0.5, 0.5] (cells {0},
+    {1, 2}): x0 = 0.5 but x0 + x1 = 0.2, so only x = [0.5, -0.3, 0.8] pools onto both; no probability map does.
+    _check_given_agree measures how far apart they are by a least-squares fit (agreeing_given), which that signed map
+    meets exactly: apart 0, accepted.  Expected: refused or warned, as for the quadrants and halves of ca_rev169 and
+    as ca.solve does (ConvergenceError, "check the given maps", stalled at violation 0.36).  Observed: no error, no
+    warning, violation 0.43 per sample."""
+    pytest.importorskip("LinSATNet")
+    h = ca.Graph.from_edges([3, 2, 2], [(0, 1, torch.tensor([0, 0, 1])), (0, 2, torch.tensor([0, 1, 1]))])
+    given = {1: torch.tensor([[0.2, 0.8]], dtype=torch.float64), 2: torch.tensor([[0.5, 0.5]], dtype=torch.float64)}
+    with pytest.raises(ca.ConvergenceError, match="check the given maps"):  # ca.solve reports it
+        ca.solve([torch.zeros(1, 3, dtype=torch.float64), None, None], h, "dual", given=given)
+    outcome = _ca_rev187_linsat_outcome(h, given)
+    assert outcome is None or outcome[0], f"returned silently with violation {outcome[1]:.3g}"
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev187: a zero block shared by two contradicting given maps makes "
+                                       "linsat_solve's agreement check NaN, and the contradiction is accepted")
+def test_ca_rev187_linsat_says_so_when_contradicting_given_maps_share_an_empty_block():
+    """Run: a 6-cell scored map held to two given maps of the same three blocks, q1 = [0, 0.3, 0.7] and
+    q2 = [0, 0.6, 0.4] (zero cells are accepted by linsat_solve): no map pools onto both.  The same maps with
+    0.1 in the first block ([0.1, 0.2, 0.7], [0.1, 0.5, 0.4]) are refused ("contradict each other").  With the empty
+    block agreeing_given scales it by target / mass = 0 / 0: NaN, so apart is NaN, `apart > tolerance` is False and
+    the check passes.  Expected: refused or warned.  Observed: no error, no warning, violation 0.59."""
+    pytest.importorskip("LinSATNet")
+    blocks = torch.tensor([0, 0, 1, 1, 2, 2])
+    h = ca.Graph.from_edges([6, 3, 3], [(0, 1, blocks), (0, 2, blocks)])
+    nonzero = {1: torch.tensor([[0.1, 0.2, 0.7]], dtype=torch.float64),
+               2: torch.tensor([[0.1, 0.5, 0.4]], dtype=torch.float64)}
+    assert _ca_rev187_linsat_outcome(h, nonzero) is None  # refused without the empty block
+    given = {1: torch.tensor([[0.0, 0.3, 0.7]], dtype=torch.float64),
+             2: torch.tensor([[0.0, 0.6, 0.4]], dtype=torch.float64)}
+    outcome = _ca_rev187_linsat_outcome(h, given)
+    assert outcome is None or outcome[0], f"returned silently with violation {outcome[1]:.3g}"
