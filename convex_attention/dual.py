@@ -431,7 +431,7 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
     parts = h.solved_apart()
     inputs = _work_inputs(scores, given, h, B, work)
     if any(mask):  # (a pass over the given maps, which solve_dual's own check per component repeats)
-        _check_given_fit(inputs, mask, work)
+        _check_given_fit(inputs, given, work)
     if options["init"] is not None:  # every part's starts, before any part is solved
         _check_init_fits(options["init"], _centred_scores(with_given_scores(*_split_given(inputs, mask)))[0],
                          work, h, floats, options["tol"], mask)
@@ -724,18 +724,21 @@ def _check_returned_maps(probs: Sequence[Tensor], h: Graph, tol: float, strict: 
     warnings.warn(msg, RuntimeWarning, stacklevel=4)
 
 
-def _check_given_fit(inputs: Sequence[Tensor], mask: Sequence[bool], work: torch.dtype) -> None:
+def _check_given_fit(inputs: Sequence[Tensor], given: Sequence, work: torch.dtype) -> None:
     """ValueError, before any work, naming the map, when a given map positive as given holds a
     cell the working ``dtype`` option rounds to 0 (a float64 map of a 1e-50 cell solved with
     ``dtype=torch.float32``): the solver takes positive probabilities only, and its own check,
     per component, had blamed the map under the component's number after other components were
     solved (ca_rev185)."""
-    for k, (x, given) in enumerate(zip(inputs, mask)):
-        if given and not bool((x > 0).all()):
-            name = dtype_name(work)
-            raise ValueError(f"dual option dtype=torch.{name}: given[{k}] holds probabilities that round to 0 in "
-                             f"that working dtype (below its smallest subnormal number), and the solver takes "
-                             f"positive probabilities only; use dtype=torch.float64 (the default)")
+    for k, (x, q) in enumerate(zip(inputs, given)):
+        if q is None or bool((x > 0).all()):
+            continue
+        if not bool((q > 0).all()):  # not positive as given (NaN, negative, 0: with check_finite=False)
+            raise ValueError(f"given[{k}] must hold positive probabilities")
+        name = dtype_name(work)
+        raise ValueError(f"dual option dtype=torch.{name}: given[{k}] holds probabilities that round to 0 in "
+                         f"that working dtype (below its smallest subnormal number), and the solver takes positive "
+                         f"probabilities only; use dtype=torch.float64 (the default)")
 
 
 def _check_scores_fit(scores: Sequence[Tensor], work: torch.dtype) -> None:

@@ -4228,3 +4228,16 @@ def test_ca_rev185_underflowing_given_map_is_refused_before_any_component_is_sol
         ca.solve(scores, h, "dual", given=given, dtype=torch.float32)
     assert solved == [], f"components solved before the refusal: {solved}"
     assert "given[3]" in str(err.value), str(err.value)
+
+
+def test_given_maps_not_positive_as_given_are_refused_as_such_with_check_finite_off():
+    """With check_finite=False solve leaves the given maps' values to the solver: NaN, negative
+    and zero cells are refused before any work, as not positive (the working-dtype check of
+    ca_rev185 had said they round to 0 there)."""
+    h = ca.Graph.axial((4, 3))
+    scores = [torch.randn((2, 4, 3), dtype=torch.float64), None, torch.randn((2, 1, 3), dtype=torch.float64)]
+    for bad in (float("nan"), -0.1, 0.0):
+        q = torch.full((1, 4, 1), 0.25, dtype=torch.float64)
+        q[0, 0, 0] = bad
+        with pytest.raises(ValueError, match=r"given\[1\] must hold positive probabilities"):
+            ca.solve(scores, h, "dual", given={1: q}, check_finite=False)
