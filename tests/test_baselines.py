@@ -543,7 +543,7 @@ def test_ca_rev169_linsat_says_so_when_its_given_maps_contradict_each_other():
     assert caught, f"returned silently with violation {worst:.3g}"
 
 
-# ---- ca_rev187 (strict xfail: review of 1ff174d)
+# ---- ca_rev187 (review of 1ff174d; its strict xfails now pass)
 
 def _ca_rev187_linsat_outcome(h, given):
     """linsat_solve(max_iter=100) on two samples of N(0, 1) scores: None where refused (ValueError), else the
@@ -562,8 +562,6 @@ def _ca_rev187_linsat_outcome(h, given):
     return caught, float(ca.metrics.violation(probs, h).max())
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev187: given maps that only a map with a negative cell pools onto are "
-                                       "accepted by linsat_solve and its unmet projection returned silently")
 def test_ca_rev187_linsat_says_so_when_only_a_negative_map_pools_onto_its_given_maps():
     """Run: a 3-cell scored map held to given q1 = [0.2, 0.8] (cells {0, 1}, {2}) and q2 = [0.5, 0.5] (cells {0},
     {1, 2}): x0 = 0.5 but x0 + x1 = 0.2, so only x = [0.5, -0.3, 0.8] pools onto both; no probability map does.
@@ -580,8 +578,6 @@ def test_ca_rev187_linsat_says_so_when_only_a_negative_map_pools_onto_its_given_
     assert outcome is None or outcome[0], f"returned silently with violation {outcome[1]:.3g}"
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev187: a zero block shared by two contradicting given maps makes "
-                                       "linsat_solve's agreement check NaN, and the contradiction is accepted")
 def test_ca_rev187_linsat_says_so_when_contradicting_given_maps_share_an_empty_block():
     """Run: a 6-cell scored map held to two given maps of the same three blocks, q1 = [0, 0.3, 0.7] and
     q2 = [0, 0.6, 0.4] (zero cells are accepted by linsat_solve): no map pools onto both.  The same maps with
