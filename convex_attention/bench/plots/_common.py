@@ -19,6 +19,7 @@ import math
 import os
 import re
 import warnings
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -455,6 +456,25 @@ def failed_note(rows) -> str:
     total = sum(counts.values())
     return (f"FAILED, not drawn: {total} row(s) (status error): "
             + listing([f"{n}× {what}" if n > 1 else what for what, n in counts.items()], limit=4))
+
+
+def borrows_its_time(p: Point) -> bool:
+    """A learned-dual kind with no time of its own (λ = 0, per-sample λ*): the fitted row's
+    computation, timed there, which a figure may borrow."""
+    return bool(getattr(p.record, "needs_duals", False)) and p.series.kind != TIMED_KIND
+
+
+def untimed_note(points, columns, what: str) -> str | None:
+    """The footer note on ``ok`` rows that hold no value (an empty field: not measured) in one of
+    ``columns`` and are not drawn, by series (``what``: what they lack, in words), apart from the
+    learned-dual kinds that borrow the fitted row's time (:func:`borrows_its_time`); None where
+    there are none.  Such a row had vanished from a figure without a word (ca_rev186)."""
+    missing = Counter(p.series.label for p in points
+                      if not borrows_its_time(p) and any(p.v.get(c) is None for c in columns))
+    if not missing:
+        return None
+    listed = ", ".join(f"{label} ({n})" if n > 1 else label for label, n in sorted(missing.items()))
+    return f"{sum(missing.values())} ok row(s) hold no {what} (an empty field: not measured), not drawn there: {listed}"
 
 
 def not_drawn_notes(rows) -> list[str]:

@@ -41,6 +41,7 @@ from ._common import (
     skipped_note,
     styles_for,
     text_of,
+    untimed_note,
     warn,
 )
 from .consistency import TRADEOFF_NUMBERS, draw_tradeoff_panel, timed_entries, tradeoff_legend
@@ -104,7 +105,7 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
         return None
     numbers = {**TRADEOFF_NUMBERS, "n_cells": {"positive": True, "integer": True}}
     points = ok_points(rows, "pareto_per_structure", numbers, log)
-    panels, not_measured, undrawn = [], [], []
+    panels, not_measured, undrawn, at_cells = [], [], [], []  # at_cells: the drawn cells' ok points
     for structure in structures:
         mine = [p for p in points if _structure(p.row) == structure]
         duals = [p for p in mine if p.series.method == "dual" and p.v["per_sample_ms"] is not None]
@@ -116,6 +117,7 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
             continue
         largest = max(duals, key=lambda p: p.v["n_cells"])
         cell = cell_key(largest.row)
+        at_cells += [p for p in mine if cell_key(p.row) == cell]
         entries, _ = timed_entries([p for p in mine if cell_key(p.row) == cell])
         # per-sample λ* borrowing the fitted row's time would exclude finding λ*: on the front unfairly
         shown = {s: es for s, es in entries.get(cell, {}).items() if not (s.kind == "per_sample" and es[0][2])}
@@ -180,6 +182,9 @@ def plot_pareto_per_structure(rows, path, env=None, log: Log | None = None) -> s
                  skipped_note(not_measured) + (" (at the cells drawn)" if not_measured else ""),
                  failed_here + (" (at the cells drawn)" if failed_here else ""),
                  f"NOT DRAWN, no panel: {', '.join(undrawn)}" if undrawn else "",
+                 # (an ok series of a drawn cell without a time had vanished from its panel unsaid: ca_rev186)
+                 (untimed_note(at_cells, ("per_sample_ms",), "time per sample") or "").replace(
+                     ", not drawn there", ", not drawn (at the cells drawn)"),
                  f"one cell per structure, its largest with a timed dual row (the first of equal size): "
                  f"{other_cells} other cell(s) of these structures not drawn" if other_cells > 0 else ""]
         return figures.save(fig, path, env, notes=notes)

@@ -36,6 +36,7 @@ from ._common import (
     Point,
     Series,
     batch_note,
+    borrows_its_time,
     cell_key,
     compute_dtype_of,
     dims_title,
@@ -56,6 +57,7 @@ from ._common import (
     spread_columns,
     styles_for,
     text_of,
+    untimed_note,
     warn,
 )
 
@@ -392,17 +394,17 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
 # ====================================================================== time against size
 
 
-def _timed_points(rows, log: Log) -> tuple[list[Point], int]:
-    """The ok rows with a time of their own (forward), and how many ok rows have none (they
-    are timed in another row: the learned dual's λ = 0 and per-sample λ* share the fitted
-    row's computation)."""
+def _timed_points(rows, log: Log) -> tuple[list[Point], list[Point]]:
+    """The ok rows with a time of their own (forward), and every ok row (the notes count those
+    without: the learned dual's λ = 0 and per-sample λ* share the fitted row's computation,
+    timed there; any other is a row whose time was not measured)."""
     numbers = {**SIZE_COLUMNS, "timed_batch": {"empty_ok": True, "positive": True, "integer": True},
                "repeats": {"empty_ok": True, "positive": True, "integer": True},
                "fwd_ms": {"empty_ok": True, "time_ms": True}, "bwd_ms": {"empty_ok": True, "time_ms": True},
                **spread_columns("fwd_ms"), **spread_columns("bwd_ms")}
     points = ok_points(rows, "time_vs_size", numbers, log)
     timed = [p for p in points if p.v["fwd_ms"] is not None and p.v["timed_batch"] is not None]
-    return timed, len(points) - len(timed)
+    return timed, points
 
 
 def _curve(points, col: str):
@@ -497,7 +499,7 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
     need = ("status", "method", "dims", "levels", "n_cells", "timed_batch", "fwd_ms", "bwd_ms")
     if lacks_columns(rows, need, "time_vs_size", "bench.csv", log):
         return None
-    points, untimed = _timed_points(rows, log)
+    points, every = _timed_points(rows, log)
     if not points:
         log("time_vs_size: no timed row; not written")
         return None
@@ -549,9 +551,11 @@ def plot_time_vs_size(rows, path, env=None, log: Log | None = None) -> str | Non
                  f"{LOW_CONFIDENCE_IQR:.0%} of the median or < {MIN_CONFIDENT_REPEATS} repetitions",
                  "no slope: the times follow no power law, or barely grow (overhead-bound), at these sizes"
                  if fitted == 0 else ""]
-        if untimed:
-            notes.append(f"{untimed} row(s) carry no time of their own (learned_dual λ = 0 and per-sample λ*: the "
+        borrowed = sum(borrows_its_time(p) for p in every if p.v["fwd_ms"] is None or p.v["timed_batch"] is None)
+        if borrowed:
+            notes.append(f"{borrowed} row(s) carry no time of their own (learned_dual λ = 0 and per-sample λ*: the "
                          f"fitted row's computation, timed there) and are not drawn")
+        notes.append(untimed_note(every, ("fwd_ms", "bwd_ms", "timed_batch"), "forward or backward time") or "")
         notes += not_drawn_notes(rows)
         return figures.save(fig, path, env, notes=notes)
 
@@ -642,9 +646,9 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
                "timed_batch": {"empty_ok": True, "positive": True, "integer": True},
                "repeats": {"empty_ok": True, "positive": True, "integer": True},
                "total_ms": {"empty_ok": True, "time_ms": True}, **spread_columns("total_ms")}
-    points = [p for p in ok_points(rows, "speedup_exact_vs_cvxpylayers", numbers, log)
-              if p.v["per_sample_ms"] is not None and p.v["timed_batch"] is not None
-              and p.series.method in (SPEEDUP_BASE, SPEEDUP_OVER)]
+    compared = [p for p in ok_points(rows, "speedup_exact_vs_cvxpylayers", numbers, log)
+                if p.series.method in (SPEEDUP_BASE, SPEEDUP_OVER)]
+    points = [p for p in compared if p.v["per_sample_ms"] is not None and p.v["timed_batch"] is not None]
     lines, batches = _speedup_lines(points)
     if not lines:
         log("speedup_exact_vs_cvxpylayers: no sweep cell with both exact and cvxpylayers measured; not written")
@@ -729,4 +733,5 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
         if across_runs:
             notes.append(f"{across_runs} ratio(s), ringed, divide times measured by two runs into the folder "
                          f"(bench.csv's run), under each run's own load")
+        notes.append(untimed_note(compared, ("per_sample_ms", "timed_batch"), "time per sample") or "")
         return figures.save(fig, path, env, notes=notes)
