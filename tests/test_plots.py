@@ -3352,8 +3352,6 @@ def test_ca_rev186_pareto_per_structure_says_where_a_series_of_its_cell_has_no_t
     assert logs or "softmax" in axial.get_title() + figs["p:footer"], (logs, figs["p:footer"])  # ... said?
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev186: the core figure reads quartiles it never checks: reversed ones "
-                                       "give a footer 'widest interquartile range: -30%'")
 def test_ca_rev186_core_benchmark_states_no_negative_interquartile_range(figs):
     """Run: plot_core_benchmark on softmax (total 1.0 ms, total_ms_q1 1.2, total_ms_q3 0.9:
     quartiles reversed, the median outside them) and exact (no quartiles).
@@ -3366,3 +3364,4 @@ def test_ca_rev186_core_benchmark_states_no_negative_interquartile_range(figs):
     plot_core_benchmark(rows, {"exact/softmax": 1.0}, "core.png")
     footer = " ".join(figs["core:footer"].split())
     assert not re.search(r"-\d+% of its median", footer), footer
+    assert "softmax: the median lies outside the quartiles the row records" in footer, footer

@@ -78,6 +78,7 @@ class _Bar:
     dtype: str
     repeats: int | None = None  # the timed repetitions, where the row records them
     device: str = ""    # where it ran, where the row records it
+    outside: bool = False  # its median lies outside the quartiles it records: no spread is read from them
 
 
 def _measured(row) -> bool:
@@ -135,7 +136,10 @@ def _core_bars(rows) -> tuple[dict, str]:
         batch = float(r["batch"])
         total = float(r["total_ms"]) if has_total else float(r["fwd_ms"]) + float(r["bwd_ms"])
         q1, q3 = r.get("total_ms_q1"), r.get("total_ms_q3")
-        spread = has_total and is_finite_value(q1) and is_finite_value(q3)
+        recorded = has_total and is_finite_value(q1) and is_finite_value(q3)
+        # a median outside its quartiles (a row edited by hand, another version's) gives no spread:
+        # reversed ones had given a bar no error bar and a footer of a -30 % range (ca_rev186)
+        spread = recorded and float(q1) <= total * (1 + 1e-9) and total <= float(q3) * (1 + 1e-9)
         backend = str(r.get("backend") or "")
         out.setdefault(str(r["shapes"]), []).append(_Bar(
             r["method"] + (f"\n({backend})" if backend else ""), r["method"], backend, 1e3 * total / batch,
@@ -143,7 +147,8 @@ def _core_bars(rows) -> tuple[dict, str]:
             1e3 * float(q3) / batch if spread else None,
             1e3 * float(r["bwd_ms"]) / batch if is_finite_value(r.get("bwd_ms")) else None,
             str(r["batch"]), str(r.get("dtype", "")),
-            int(float(r["repeats"])) if is_finite_value(r.get("repeats")) else None, str(r.get("device") or "")))
+            int(float(r["repeats"])) if is_finite_value(r.get("repeats")) else None, str(r.get("device") or ""),
+            recorded and not spread))
     stat = ("median of forward + backward per repetition" if has_total
             else "median forward + median backward")
     return out, stat
@@ -384,6 +389,10 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
                        + (f" or < {MIN_CONFIDENT_REPEATS} repetitions" if counted else
                           " (repetitions are not recorded)") if spreads
                        else "interquartile ranges not recorded")
+        outside = sorted({b.label.replace(chr(10), " ") for bars in panels.values() for b in bars if b.outside})
+        if outside:
+            spread_note += (f"; {', '.join(outside)}: the median lies outside the quartiles the row records (edited "
+                            f"by hand?), no spread drawn or counted")
         unplaced = sorted(set(failed) - set(panels))  # failed at shapes no panel draws
         skipped, failures = _core_not_drawn(rows)
         return figures.save(fig, path, env, notes=[
