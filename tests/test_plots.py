@@ -3218,8 +3218,6 @@ def _rev186_chain_folder(folder, rows, histories):
     atomic_csv(os.path.join(folder, "convergence.csv"), list(conv[0]), conv)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev186: the violation figure pools cells of two devices into one box "
-                                       "and names no device anywhere")
 def test_ca_rev186_violation_names_the_devices_of_the_cells_it_draws(figs):
     """Run: plot_violation on one cell measured on the CPU and one on cuda, alike otherwise, every
     cuda violation 100x the CPU's.

@@ -50,7 +50,7 @@ from ._common import (
 
 
 def _violation_points(rows, log: Log) -> list[tuple]:
-    """``(series, compute dtype, violation, cpu_only, shapes)`` of every ok row with a violation."""
+    """``(series, compute dtype, violation, cpu_only, shapes, device)`` of every ok row with a violation."""
     points, skips = [], Skips("violation")
     for p in ok_points(rows, "violation", {"violation_mean": {"nonneg": True}}, log):
         dtype = text_of(p.row, "dtype")
@@ -58,7 +58,7 @@ def _violation_points(rows, log: Log) -> list[tuple]:
             skips.add(p.row, f"dtype={plain(dtype, 20)!r} is not one of {', '.join(DTYPE_EPS)}")
             continue
         points.append((p.series, compute_dtype_of(p), p.v["violation_mean"], p.record.cpu_only,
-                       text_of(p.row, "shapes")))
+                       text_of(p.row, "shapes"), text_of(p.row, "device")))
     skips.report(log)
     return points
 
@@ -106,7 +106,7 @@ ROUNDING_LEVEL_VALUES = 2 ** 22
 def _rounding_levels(points, dtype: str, log: Log) -> list[float]:
     """:func:`rounding_level` at every grid cell of ``dtype``'s panel (within
     :data:`ROUNDING_LEVEL_MAX_CELLS`; a larger one is said to ``log``)."""
-    cells = {s for _, d, _, _, s in points if d == dtype}
+    cells = {s for _, d, _, _, s, _ in points if d == dtype}
     grids = [g for g in (_grid_shapes(c) for c in sorted(cells)) if g is not None]
     levels = []
     for g in grids:
@@ -146,9 +146,18 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
         log("violation: no ok row with a violation; not written")
         return None
     dtypes = sorted({d for _, d, *_ in points}, key=lambda d: -DTYPE_EPS[d])
-    by_dtype = {d: sorted({s for s, d2, *_ in points if d2 == d}, key=Series.order) for d in dtypes}
+    # a box per series and device where the rows hold several devices (one box had pooled a cpu and
+    # a cuda cell, its median neither's, and the figure named no device: ca_rev186)
+    devices = sorted({dev for *_, dev in points})
+    several = len(devices) > 1
+
+    def box(s: Series, dev: str) -> tuple:
+        return s, dev if several else ""
+
+    by_dtype = {d: sorted({box(s, dev) for s, d2, *_, dev in points if d2 == d}, key=lambda k: (k[0].order(), k[1]))
+                for d in dtypes}
     levels = {d: [v for v in _rounding_levels(points, d, log) if v > 0] for d in dtypes}
-    positive = [v for _, _, v, _, _ in points if v > 0] + [v for vs in levels.values() for v in vs]
+    positive = [v for _, _, v, *_ in points if v > 0] + [v for vs in levels.values() for v in vs]
     floor = floor_below(positive + [min(DTYPE_EPS[d] for d in dtypes)], default=math.nan)  # never empty
     rng = np.random.default_rng(0)
     any_zero = False
@@ -158,8 +167,8 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
                                  gridspec_kw={"width_ratios": [max(len(by_dtype[d]), 2) for d in dtypes]})
         for ax, d in zip(axes[0], dtypes):
             color = DTYPE_COLORS[d]
-            for i, s in enumerate(by_dtype[d]):
-                values = [v for s2, d2, v, _, _ in points if s2 == s and d2 == d]
+            for i, k in enumerate(by_dtype[d]):
+                values = [v for s2, d2, v, _, _, dev in points if box(s2, dev) == k and d2 == d]
                 shown = [max(v, floor) for v in values]
                 any_zero |= any(v == 0 for v in values)
                 ax.boxplot([shown], positions=[i], widths=0.55, showfliers=False, medianprops={"color": color},
@@ -175,11 +184,12 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
                         transform=ax.get_yaxis_transform(), ha="left", va="bottom", fontsize=6, color=color)
             if any_zero:
                 ax.axhline(floor, color="#999999", ls=":", lw=0.8)
-            ax.set_xticks(range(len(by_dtype[d])), [_tick_label(s) for s in by_dtype[d]], fontsize=5.6)
+            ax.set_xticks(range(len(by_dtype[d])), [_tick_label(s) + (f"\n{plain(dev, 12)}" if dev else "")
+                                                     for s, dev in by_dtype[d]], fontsize=5.6)
             ax.set_xlim(-0.6, len(by_dtype[d]) - 0.4)
             ax.set_title(f"computed in {d} (ε = ${sci(DTYPE_EPS[d])}$)")
             ax.grid(True, axis="y", which="major", alpha=0.25)
-        drawn = [max(v, floor) for _, _, v, _, _ in points] + [v for vs in levels.values() for v in vs]
+        drawn = [max(v, floor) for _, _, v, *_ in points] + [v for vs in levels.values() for v in vs]
         if max(drawn) <= min(drawn) * 1.001:  # one value (every point at the floor): give the axis a decade each way
             axes[0, 0].set_ylim(min(drawn) / 10, max(drawn) * 10)
         axes[0, 0].set_yscale("log")
@@ -198,8 +208,10 @@ def plot_violation(rows, path, env=None, log: Log | None = None) -> str | None:
             fig.legend(handles=handles, loc="outside lower center", ncol=1, frameon=False, fontsize=6.5)
         fig.suptitle("Consistency violation on held-out instances (one point per sweep cell), by compute dtype: "
                      "compare within a panel")
-        cpu_only = sorted({s.method for s, _, _, c, _ in points if c})
+        cpu_only = sorted({s.method for s, _, _, c, *_ in points if c})
         notes = [f"{', '.join(cpu_only)}: solves in float64 whatever the cell's dtype" if cpu_only else "",
+                 f"device(s): {'/'.join(plain(dev, 12) for dev in devices)}"
+                 + (" (a box per series and device)" if several else ""),
                  "cell dtype(s): " + "/".join(sorted({text_of(r, 'dtype') for r in rows if text_of(r, 'dtype')})),
                  "rounding level: random consistent maps (softmax of N(0, 4) scores and their block sums, extended "
                  "precision) rounded to the dtype and measured like the methods' outputs"
