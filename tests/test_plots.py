@@ -3199,7 +3199,7 @@ def test_ca_rev162_a_bench_csv_of_damaged_rows_only_is_not_said_to_hold_no_rows(
     assert not any("a header and no rows" in m for m in logs), logs
 
 
-# ---- ca_rev186 (strict xfail: review of f803aae)
+# ---- ca_rev186 (review of f803aae; its strict xfails now pass)
 
 
 def _rev186_chain_folder(folder, rows, histories):
@@ -3233,8 +3233,6 @@ def test_ca_rev186_violation_names_the_devices_of_the_cells_it_draws(figs):
     assert re.search(r"\bcuda\b", text) and re.search(r"\bcpu\b", text), text
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev186: dual_convergence draws the histories of cells differing only in "
-                                       "batch as identical, unlabelled lines")
 def test_ca_rev186_chain_convergence_tells_cells_of_another_batch_apart(tmp_path, figs):
     """Run: plot_results on a sweep over --batches 4 16 (one cell each, alike otherwise), the dual
     solver's history converging 10x per sweep at B = 4 and 100x at B = 16 (its violation_max is a
@@ -3256,8 +3254,6 @@ def test_ca_rev186_chain_convergence_tells_cells_of_another_batch_apart(tmp_path
     assert told_apart and re.search(r"B ?= ?16\b|batch(?: of)? 16\b", text), text
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev186: dual_convergence draws a history holding each sweep twice as one "
-                                       "zigzag line, unsaid")
 def test_ca_rev186_a_convergence_history_with_a_sweep_twice_is_not_drawn_unsaid(tmp_path, figs):
     """Run: plot_results on a folder whose dual row's history in convergence.csv holds iterations
     0-3 twice, with other values (two copies of one history: 'iterations other than 0 to n',

@@ -317,16 +317,41 @@ def unique_rows(rows) -> tuple[list[dict], list[str]]:
     return [r for r in rows if copies[row_key(r)] == 1], problems
 
 
+def history_problem(iterations) -> str | None:
+    """Why the rows of one history (their ``iterations``) are not a whole history, or None: a
+    history holds each sweep once, 0 to n (what ``--resume`` keeps, and a figure draws)."""
+    try:  # (typed rows hold ints; a figure's rows, their text)
+        its = sorted(i if isinstance(i, int) else int(str(i)) for i in iterations)
+    except ValueError:
+        return "an iteration that is not a whole number"
+    if its != list(range(len(its))):
+        return f"{len(its)} rows whose iterations are not 0 to {len(its) - 1}"
+    return None
+
+
 def committed_histories(conv_rows, bench_rows) -> tuple[list[dict], list[str]]:
     """The ``convergence.csv`` rows of a committed ``ok`` bench row (``bench_rows``, their
-    ``row_id``), and the problem that names the others: rows of a cell whose bench row was
-    never committed (a run killed between the two files' renames), which ``--resume`` drops
-    and a figure must not draw (ca_rev118)."""
-    ok_ids = {r.get("row_id") for r in bench_rows if r.get("status") == "ok"}
-    kept = [r for r in conv_rows if r.get("row_id") in ok_ids]
+    ``row_id``) whose history is whole (:func:`history_problem`), and the problems that name
+    the others: rows of a cell whose bench row was never committed (a run killed between the
+    two files' renames), which ``--resume`` drops and a figure must not draw (ca_rev118), and
+    a history that is not whole (a sweep held twice had been drawn as one zigzag line:
+    ca_rev186), which ``--resume`` measures again."""
+    ok = {r.get("row_id"): r for r in bench_rows if r.get("status") == "ok"}
+    kept = [r for r in conv_rows if r.get("row_id") in ok]
     orphans = len(conv_rows) - len(kept)
-    return kept, ([f"convergence.csv: {orphans} row(s) of a cell whose bench row was never committed are dropped"]
-                  if orphans else [])
+    problems = [f"convergence.csv: {orphans} row(s) of a cell whose bench row was never committed are dropped"] \
+        if orphans else []
+    by_id: dict = {}
+    for r in kept:
+        by_id.setdefault(r["row_id"], []).append(r)
+    broken = set()
+    for rid, history in by_id.items():
+        why = history_problem(r.get("iteration") for r in history)
+        if why is not None:
+            broken.add(rid)
+            problems.append(f"convergence.csv: the history of the {ok[rid].get('method')} row of cell "
+                            f"{ok[rid].get('cell')} is not whole ({why}) and is dropped")
+    return [r for r in kept if r["row_id"] not in broken], problems
 
 
 def row_key(row: dict) -> tuple:
@@ -843,8 +868,8 @@ class ResultsWriter:
             history = self._conv.get(row["row_id"], [])
             if not history:
                 why = "no rows"
-            elif sorted(r["iteration"] for r in history) != list(range(len(history))):
-                why = f"{len(history)} rows whose iterations are not 0 to {len(history) - 1}"
+            elif (broken := history_problem(r["iteration"] for r in history)) is not None:
+                why = broken
             elif lines[row["row_id"]] > len(history):
                 why = f"{lines[row['row_id']] - len(history)} of its rows cannot be read"
             else:

@@ -49,7 +49,7 @@ from ._common import (
     read_results,
     warn,
 )
-from .consistency import plot_convergence, plot_tradeoff, plot_violation
+from .consistency import plot_convergence, plot_tradeoff, plot_violation, with_bench_settings
 from .graphs import is_chain, plot_backward, plot_convergence_per_structure, plot_pareto_per_structure
 from .maps import plot_attention_maps
 from .speed import core_ratios, plot_core_benchmark, plot_speedup, plot_time_vs_size
@@ -231,7 +231,9 @@ def _draw(folder: str, out: str, log: Log) -> list[str]:
     # the chain figures' panels are keyed by dimensionality and levels: they draw the chains
     # only, and the structure figures every structure side by side
     chain_rows = [r for r in rows or [] if is_chain(r)]
-    chain_conv = [r for r in conv_rows or [] if is_chain(r)]
+    # each history with its bench row's settings (batch, dtype, device, ...), which convergence.csv does
+    # not record: two cells differing in one had been drawn alike (ca_rev186)
+    chain_conv = with_bench_settings([r for r in conv_rows or [] if is_chain(r)], rows or [])
     if rows and not chain_rows:
         log("bench.csv holds no chain: the chain figures (time_vs_size, violation, speedup_exact_vs_cvxpylayers, "
             "tradeoff) are not drawn; pareto_per_structure draws its structures")

@@ -21,6 +21,7 @@ from ._common import (
     DTYPE_COLORS,
     DTYPE_EPS,
     DUAL_KIND_LABEL,
+    SETTING_FIELDS,
     SIZE_COLUMNS,
     TIMED_KIND,
     VIOLATION_TEX,
@@ -42,6 +43,7 @@ from ._common import (
     ok_points,
     pareto_front,
     quiet_minor_ticks,
+    setting_of,
     spread_columns,
     styles_for,
     text_of,
@@ -229,8 +231,10 @@ def _float_or_inf(text: str) -> float:
 
 
 def _convergence_points(conv_rows, log: Log) -> list[tuple]:
-    """``(cell, dims, size, levels, iteration, violation_max, dual_gap_max, temperature)`` of every
-    usable row (the temperature as its text, "" where the file has none)."""
+    """``(cell, dims, size, levels, iteration, violation_max, dual_gap_max, setting)`` of every
+    usable row; ``setting``: its values of :data:`._common.SETTING_FIELDS` and its device, as
+    text ("" where the row has none: convergence.csv records the temperature, and
+    :func:`with_bench_settings` adds the others from the history's bench row)."""
     skips, pts = Skips("dual_convergence", "convergence.csv"), []
     for r in conv_rows:
         try:
@@ -242,18 +246,46 @@ def _convergence_points(conv_rows, log: Log) -> list[tuple]:
                         # an empty gap: the reference was not certified (sweep._convergence_rows); the
                         # violation was measured all the same, and is drawn
                         number(r, "violation_max", nonneg=True), number(r, "dual_gap_max", empty_ok=True),
-                        plain(text_of(r, "temperature"), 12)))
+                        (*setting_of(r), text_of(r, "device"))))
         except BadValue as err:
             skips.add(r, str(err))
     skips.report(log)
     return pts
 
 
+#: The bench row's settings a convergence history is drawn by (convergence.csv records the temperature).
+_HISTORY_SETTINGS = ("dtype", "batch", "generator", "scale", "seed", "device")
+
+
+def with_bench_settings(conv_rows, bench_rows) -> list[dict]:
+    """``conv_rows`` with the settings of each history's bench row (by ``row_id``), which
+    convergence.csv does not record, so that a figure tells cells of two batches (dtypes,
+    devices, ...) apart (ca_rev186); rows whose bench row is not found are left as they are."""
+    by_id = {r.get("row_id"): r for r in bench_rows if r.get("row_id")}
+    out = []
+    for c in conv_rows:
+        bench = by_id.get(c.get("row_id"))
+        out.append(c if bench is None else {**c, **{k: bench.get(k, "") for k in _HISTORY_SETTINGS}})
+    return out
+
+
+def _setting_labels(settings) -> dict:
+    """``{setting: legend label}`` naming the fields in which the settings differ (temperature
+    as τ, the batch as B, ...)."""
+    words = {"temperature": "τ = {}", "batch": "B = {}", "dtype": "{}", "generator": "{}", "scale": "scale {}",
+             "seed": "seed {}", "device": "{}"}
+    fields = (*SETTING_FIELDS, "device")
+    varying = [i for i in range(len(fields)) if len({t[i] for t in settings}) > 1]
+    return {t: ", ".join(words[fields[i]].format(plain(t[i], 12) or "?") for i in varying) for t in settings}
+
+
 def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()) -> str | None:
     """The per-sample dual solver (computed in float64): violation and dual gap against
     sweep, one line per cell, coloured by grid size (a sequential scale: small to large),
-    dashed by number of levels and, where the cells differ in temperature, marked by it (two
-    temperatures had been one unnamed setting: ca_rev162).  The gap is the batch's largest
+    dashed by number of levels and, where the cells differ in a setting (temperature, batch,
+    dtype, device, generator, scale or seed: :func:`with_bench_settings` reads them from each
+    history's bench row), marked by it and named in the legend (two temperatures had been one
+    unnamed setting, ca_rev162, and two batches, ca_rev186).  The gap is the batch's largest
     signed gap (``convergence.csv``'s ``dual_gap_max``), drawn as its magnitude
     ``|max (g(λ) − f*)|``, as the axis says and as the per-structure figure draws it: a batch
     whose every gap is below 0 (weak duality allows it only by the reference's rounding) shows
@@ -275,9 +307,10 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()
     cmap = plt.get_cmap("viridis")
     colors = {sz: cmap(0.85 * i / max(len(sizes) - 1, 1)) for i, sz in enumerate(sizes)}
     dashes = {L: ("-", "--", ":", "-.")[i % 4] for i, L in enumerate(level_counts)}
-    temperatures = sorted({p[7] for p in pts}, key=lambda t: (_float_or_inf(t), t))
-    markers = {t: (".", "o", "s", "^", "D", "v", "P", "X")[i % 8] if len(temperatures) > 1 else "."
-               for i, t in enumerate(temperatures)}
+    settings = sorted({p[7] for p in pts}, key=lambda t: tuple((_float_or_inf(v), v) for v in t))
+    markers = {t: (".", "o", "s", "^", "D", "v", "P", "X")[i % 8] if len(settings) > 1 else "."
+               for i, t in enumerate(settings)}
+    labels = _setting_labels(settings)
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(FULL_WIDTH, 2.8), layout="constrained")
         for cell in sorted({p[0] for p in pts}):
@@ -299,12 +332,12 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()
         handles = [Line2D([], [], color=colors[sz], lw=1.5, label=(f"${sz[1]}^{sz[0]}$" if sz[0] else
                                                                    f"size {sz[1]}")) for sz in sizes]
         handles += [Line2D([], [], color="#444444", ls=dashes[L], lw=1.0, label=f"{L} levels") for L in level_counts]
-        if len(temperatures) > 1:
+        if len(settings) > 1:
             handles += [Line2D([], [], color="#444444", ls="none", marker=markers[t], ms=4,
-                               mfc="none" if markers[t] != "." else None, label=f"τ = {t or '?'}")
-                        for t in temperatures]
+                               mfc="none" if markers[t] != "." else None, label=labels[t])
+                        for t in settings]
         fig.legend(handles=handles, loc="outside right center", frameon=False, fontsize=6.5,
-                   title="finest grid (colour)\nlevels (line)" + ("\ntemperature (marker)" if len(temperatures) > 1
+                   title="finest grid (colour)\nlevels (line)" + ("\nsetting (marker)" if len(settings) > 1
                                                                  else ""), title_fontsize=6.5)
         fig.suptitle(rf"Per-sample dual solver, float64: convergence (values $\leq {sci(floor)}$ drawn at "
                      rf"${sci(floor)}$)")
