@@ -493,3 +493,15 @@ def test_ca_rev153_one_line_never_returns_more_than_its_limit():
     for limit in (0, 1, 2):
         out = one_line("abcdef", limit)
         assert len(out) <= limit, (limit, out)  # '...' at each of them today
+
+
+# ---- ca_rev188 (strict xfail: review of 1ca0b7f)
+@pytest.mark.xfail(strict=True, reason="ca_rev188: json_safe and csv_field recurse forever on np.longdouble, "
+                                       "whose item() and tolist() return a longdouble")
+def test_ca_rev188_a_numpy_longdouble_is_written_not_recursed_on(tmp_path):
+    """A numpy scalar that Python's float cannot hold stays itself through .item() and .tolist(): both writers
+    call themselves on it again, until RecursionError (and write nothing)."""
+    value = np.longdouble(1.5)
+    assert files.csv_field(value) == "1.5"
+    files.write_json(str(tmp_path / "x.json"), {"x": value})
+    assert strict_load(str(tmp_path / "x.json")) == {"x": 1.5}
