@@ -495,9 +495,7 @@ def test_ca_rev153_one_line_never_returns_more_than_its_limit():
         assert len(out) <= limit, (limit, out)  # '...' at each of them today
 
 
-# ---- ca_rev188 (strict xfail: review of 1ca0b7f)
-@pytest.mark.xfail(strict=True, reason="ca_rev188: json_safe and csv_field recurse forever on np.longdouble, "
-                                       "whose item() and tolist() return a longdouble")
+# ---- ca_rev188 (review of 1ca0b7f; its strict xfails now pass)
 def test_ca_rev188_a_numpy_longdouble_is_written_not_recursed_on(tmp_path):
     """A numpy scalar that Python's float cannot hold stays itself through .item() and .tolist(): both writers
     call themselves on it again, until RecursionError (and write nothing)."""

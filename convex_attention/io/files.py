@@ -24,6 +24,7 @@ import io
 import itertools
 import json
 import math
+import numbers
 import os
 import re
 import stat
@@ -129,6 +130,11 @@ def clean_stale_tmp(folder: str, targets, target_patterns=()) -> list[str]:
     return removed
 
 
+def _numpy_float(v) -> bool:
+    """A NumPy floating scalar (float16 to longdouble), without importing NumPy."""
+    return isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral) and type(v).__module__ == "numpy"
+
+
 def csv_field(v) -> str:
     """One CSV field: floats round-trip exactly (``repr``), NaN and None are empty."""
     if v is None:
@@ -137,6 +143,8 @@ def csv_field(v) -> str:
         return str(v)
     if isinstance(v, float):  # numpy's float64 is one, and its repr is "np.float64(2.5)"
         return "" if math.isnan(v) else repr(float(v))
+    if _numpy_float(v):  # (a longdouble's item() is itself: it had recursed forever, ca_rev188)
+        return csv_field(float(v))
     if hasattr(v, "item") and callable(v.item):  # numpy / torch scalars
         return csv_field(v.item())
     return str(v)
@@ -250,6 +258,8 @@ def json_safe(obj):
             return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))
     if is_dataclass(obj) and not isinstance(obj, type):
         return json_safe(asdict(obj))
+    if _numpy_float(obj):  # (a longdouble's tolist() is itself: it had recursed forever, ca_rev188)
+        return json_safe(float(obj))
     if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars, tensors
         return json_safe(obj.tolist())
     if hasattr(obj, "item") and callable(obj.item):

@@ -92,11 +92,20 @@ class Kind:
 
 
 def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
+    # NumPy's integers too (np.int64(3) had been "not an integer": ca_rev188); never a bool
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _is_real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
+    return isinstance(x, numbers.Real) and not isinstance(x, bool)
+
+
+def _shown(value) -> str:
+    """``value`` as a refusal shows it: bounded (an integer of 5000 digits had raised Python's
+    conversion limit in the message itself: ca_rev188)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)).bit_length() > 128:
+        return f"an integer of about {int(abs(int(value)).bit_length() * math.log10(2)) + 1} digits"
+    return one_line(repr(value), 40)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,16 +126,17 @@ class Int(Kind):
 
     def check(self, value) -> int:
         if not _is_int(value):
-            raise ValueError(f"must be {self.describe()}, got {value!r}")
+            raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
+        value = int(value)
         if (self.low is not None and value < self.low) or (self.high is not None and value > self.high):
-            raise ValueError(f"must be {self.describe()}, got {value}")
-        return int(value)
+            raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
+        return value
 
     def parse(self, text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise ValueError(f"must be {self.describe()}, got {text!r}") from None
+            raise ValueError(f"must be {self.describe()}, got {one_line(repr(text), 40)}") from None
         return self.check(value)
 
 
@@ -155,10 +165,10 @@ class Real(Kind):
         except OverflowError:  # an integer beyond float's range (10**400 read from a JSON file)
             finite = False
         if not finite:
-            raise ValueError(f"must be {self.describe()}, got {one_line(repr(value), 40)}")
+            raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
         low_bad = self.low is not None and (value <= self.low if self.low_open else value < self.low)
         if low_bad or (self.high is not None and value > self.high):
-            raise ValueError(f"must be {self.describe()}, got {one_line(repr(value), 40)}")
+            raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
         return float(value) + 0.0  # -0.0 becomes 0.0: one value, one spelling (Many's distinct compares reprs)
 
     def parse(self, text: str) -> float:
@@ -330,6 +340,9 @@ class Mapping(Kind):
             raise ValueError(f"must be a dict, got {value!r}")
         return _plain_json(value, "")
 
+    def parse(self, text: str):  # (it had sat, unreachable, inside _plain_json: ca_rev188)
+        raise ValueError("is not set on the command line")
+
 
 def _plain_json(value, where: str):
     """``value`` as the strict JSON of a configuration file holds it and reads it back: str
@@ -351,9 +364,6 @@ def _plain_json(value, where: str):
         return float(value)
     raise ValueError(f"must hold plain JSON values (finite numbers, strings, lists, dicts), got {value!r}"
                      f"{' at ' + where if where else ''}")
-
-    def parse(self, text: str):
-        raise ValueError("is not set on the command line")
 
 
 SEED = Int(low=0, high=SEED_MAX)
