@@ -23,8 +23,9 @@ def test_measure_interleaved_times_forward_and_backward_separately():
     res = measure_interleaved({"heavy": heavy, "light": light}, repeats=6, warmup=1)
     assert len(res["heavy"].fwd_ms) == 6 and len(res["light"].bwd_ms) == 6
     assert all(t > 0 for t in res["heavy"].fwd_ms + res["heavy"].bwd_ms)
-    # interleaved: the order rotates, both run in every repetition
-    assert calls[2:6] == ["heavy", "light", "light", "heavy"]
+    # interleaved: the order rotates, both run in every repetition (after the warm-up's light, heavy first:
+    # the step from the warm-up counts, ca_rev189)
+    assert calls[2:6] == ["light", "heavy", "heavy", "light"]
     assert res["heavy"].total_median > 0
 
 
@@ -165,8 +166,8 @@ def test_warm_up_repetitions_are_run_but_neither_timed_nor_counted(monkeypatch):
         return forward
 
     res = measure_interleaved({"a": case("a"), "b": case("b")}, repeats=3, warmup=2)
-    assert calls == ["a", "b"] * 2 + ["a", "b", "b", "a", "a", "b"]
-    assert res["a"].fwd_ms == pytest.approx([5.0, 8.0, 9.0]) and res["b"].fwd_ms == pytest.approx([6.0, 7.0, 10.0])
+    assert calls == ["a", "b"] * 2 + ["b", "a", "a", "b", "b", "a"]  # (after the warm-up's b: b first, ca_rev189)
+    assert res["a"].fwd_ms == pytest.approx([6.0, 7.0, 10.0]) and res["b"].fwd_ms == pytest.approx([5.0, 8.0, 9.0])
     assert len(res["a"].bwd_ms) == len(res["b"].bwd_ms) == 3
 
 
@@ -426,7 +427,7 @@ def test_ca_rev71_a_bool_is_no_measured_time():
     assert timing.fastest({"a": True, "b": 2.0}).name == "b"
 
 
-# ---- ca_rev189 (strict xfail: review of 1ca0b7f)
+# ---- ca_rev189 (review of 1ca0b7f; its strict xfails now pass)
 
 def _ca_rev189_cases(clock, names, before, victim, log):
     """Cases of 1 ms each (fake clock); ``victim`` costs 1 ms more whenever it runs right after
@@ -442,9 +443,6 @@ def _ca_rev189_cases(clock, names, before, victim, log):
     return {n: case(n) for n in names}
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev189: _schedule does not count the step from the warm-up's last case "
-                                       "into the first timed repetition: of two cases at 10 repetitions, the first "
-                                       "follows the second in 6 of its 10 and its median pays what that one leaves")
 def test_ca_rev189_the_step_from_the_warm_up_into_the_first_repetition_is_counted(monkeypatch):
     """Two cases, 10 repetitions after a warm-up (the graph benchmark's amortised part times
     'amortised' and 'dual' so, at its default --repeats 10; a sweep cell of two fast methods at
@@ -459,9 +457,6 @@ def test_ca_rev189_the_step_from_the_warm_up_into_the_first_repetition_is_counte
     assert res["a"].fwd_median < 2.0
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev189: with 3 cases at 5 repetitions _schedule lets case 0 follow case 2 "
-                                       "and case 2 case 0 in 3 of their 5 (a majority; 2 is reachable), so what one "
-                                       "leaves behind is the other's median (the tests' bound ceil(r/2) admits it)")
 def test_ca_rev189_no_case_follows_the_same_case_in_most_of_an_odd_number_of_repetitions(monkeypatch):
     """Three cases at 5 repetitions (bench_core --tiny: softmax, exact, learned_dual; a sweep or
     graph-benchmark forest with three methods at --repeats 5, the --quick sweep's count), no
@@ -476,3 +471,22 @@ def test_ca_rev189_no_case_follows_the_same_case_in_most_of_an_odd_number_of_rep
         after = sum(1 for prev, cur in zip(log, log[1:]) if cur == victim and prev == before)
         assert after <= 2, f"{victim} follows {before} in {after} of its 5 repetitions ({log})"
         assert res[victim].fwd_median == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("n", [3, 4, 5, 7])
+@pytest.mark.parametrize("repeats", [5, 6, 9, 10, 30])
+@pytest.mark.parametrize("warmed", [False, True])
+def test_no_ordered_pair_takes_half_of_the_repetitions_where_a_plan_allows_it(n, repeats, warmed):
+    """At three cases or more the plan keeps every ordered pair (a case after itself included,
+    and the step from the warm-up's last case counted) below half of the repetitions, so that
+    no case's median pays what another leaves behind (ca_rev189: a greedy plan had let a pair
+    take 3 of 5)."""
+    from convex_attention.bench.timing import _schedule
+
+    orders = _schedule(n, repeats, n - 1 if warmed else None)
+    assert len(orders) == repeats and all(sorted(o) == list(range(n)) for o in orders)
+    seq = ([n - 1] if warmed else []) + [x for o in orders for x in o]
+    counts: dict = {}
+    for a, b in zip(seq, seq[1:]):
+        counts[(a, b)] = counts.get((a, b), 0) + 1
+    assert max(counts.values()) <= (repeats - 1) // 2, max(counts.items(), key=lambda kv: kv[1])
