@@ -379,17 +379,8 @@ def test_a_cost_one_case_leaves_to_the_next_is_not_its_median_at_any_number_of_r
     names = "abcd"[:n]
     # the pair the rotation places worst: the last case after the one before it
     before, victim = names[-2], names[-1]
-    last = []
-
-    def case(name):
-        def forward():
-            penalty = 0.001 if name == victim and last and last[-1] == before else 0.0
-            last.append(name)
-            clock.spend(0.001 + penalty, f"fwd {name}")
-            return _FakeLoss(clock, name, 0.0)
-        return forward
-
-    res = measure_interleaved({x: case(x) for x in names}, repeats=repeats, warmup=0)
+    last: list = []
+    res = measure_interleaved(_ca_rev189_cases(clock, names, before, victim, last), repeats=repeats, warmup=0)
     assert all(len(m.fwd_ms) == repeats for m in res.values())  # measured equally often
     after = sum(1 for prev, cur in zip(last, last[1:]) if cur == victim and prev == before)
     assert after <= repeats // 2, f"{victim} follows {before} in {after} of its {repeats} repetitions"
