@@ -243,3 +243,29 @@ def test_ca_rev126_the_dual_measures_refuse_duals_whose_shapes_only_broadcast():
         with pytest.raises(ValueError):
             got = measure()
             raise AssertionError(f"{name} gave {got.tolist()} for duals of shape {tuple(bad[0].shape)}")
+
+
+# ---- ca_rev190 (strict xfail: review of 406d517)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev190: metrics.stationarity raises AttributeError on a problem with "
+                                       "given maps (their scores are None), where objective/dual_objective take them")
+def test_ca_rev190_stationarity_takes_given_maps_or_refuses_them_by_name():
+    """Run: Graph.axial((4, 3)) with maps 1 and 2 given (the rows and columns of a random consistent
+    point), float64 scores on map 0, ``sol = ca.solve(scores, h, "dual", given=..., tol=1e-10)``; then
+    ``metrics.stationarity(scores, sol.probs, sol.duals, h, temps)`` with ``scores[1] = scores[2] = None``
+    (as solve takes them, and metrics.objective / dual_objective too).  Expected: about 0 (the maps are
+    the ones the duals imply at the optimum), or a ValueError saying given maps are not taken.
+    Observed: AttributeError: 'NoneType' object has no attribute 'to' (upcast of the None scores)."""
+    h = ca.Graph.axial((4, 3))
+    g = torch.Generator().manual_seed(0)
+    other = [torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    feasible = ca.solve(other, h, "dual", tol=1e-12).probs
+    scores = [torch.randn(2, 4, 3, generator=g, dtype=torch.float64), None, None]
+    temps = [0.7, 1.0, 1.0]
+    sol = ca.solve(scores, h, "dual", temperature=temps, given={1: feasible[1], 2: feasible[2]}, tol=1e-10)
+    try:
+        value = metrics.stationarity(scores, sol.probs, sol.duals, h, temps)
+    except ValueError:
+        return
+    assert float(value.max()) < 1e-8

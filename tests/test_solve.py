@@ -1612,3 +1612,57 @@ def test_ca_rev131_a_list_of_learned_temperatures_is_read_at_most_twice_per_call
     ca.solve(scores, h, method, temps, duals=duals, check_finite=False)
     monkeypatch.undo()
     assert len(reads) <= 2, reads
+
+
+# ---- ca_rev190 (strict xfail: review of 406d517)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev190: learned_dual solved under no_grad gives an objective whose gradient "
+                                       "holds the maps constant (0.16 off in the scores, None in the duals)")
+def test_ca_rev190_a_field_of_a_solve_run_without_grad_is_differentiated_rightly_or_not_at_all():
+    """Run: a (4,) -> (2,) hierarchy, float64 scores N(0, 1) batch 2 that require grad, learned duals N(0, 1)
+    that require grad; ``sol = ca.solve(...)`` under ``torch.no_grad()`` (an evaluation pass), then
+    ``sol.objective`` read with grad on.  Expected: the objective f(p(θ, λ)) either carries no gradient (the
+    maps were made without one: refused) or its gradient is that of the same solve run with grad.
+    Observed: it requires grad, and its gradient is the partial one with the maps held constant (``p``):
+    0.16 off in the scores, and None in the duals (the solve with grad: up to 0.39 there)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(2, 4, generator=g, dtype=torch.float64).requires_grad_(),
+              torch.randn(2, 2, generator=g, dtype=torch.float64).requires_grad_()]
+    duals = [torch.randn(2, 2, generator=g, dtype=torch.float64).requires_grad_()]
+    with torch.no_grad():
+        sol = ca.solve(scores, h, "learned_dual", duals=duals)
+    objective = sol.objective
+    if not objective.requires_grad:
+        return  # refused: a loss built from it raises rather than take a wrong gradient
+    got = torch.autograd.grad(objective.sum(), scores + duals, allow_unused=True)
+    want = torch.autograd.grad(ca.solve(scores, h, "learned_dual", duals=duals).objective.sum(), scores + duals)
+    for a, b in zip(got, want):
+        assert a is not None
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev190: scores changed in place through .data after the solve are not "
+                                       "seen: objective describes the new scores, no StaleSolution")
+@pytest.mark.parametrize("write", ["data_mul_", "data_assign"])
+def test_ca_rev190_scores_changed_through_data_make_the_solution_stale(write):
+    """Run: a (4,) -> (2,) hierarchy, float64 scores batch 2, ``sol = ca.solve(scores, h, "exact")``, then
+    ``scores[0].data.mul_(3)`` (or ``scores[0].data = other``: the ``.data`` writes of EMA / weight-swap code),
+    then ``sol.objective``.  Expected (design.md §4): StaleSolution, or the objective of the problem solved.
+    Observed: the objective of the changed scores (e.g. 3.87 for 2.02), silently (``.data`` has its own
+    version counter, which Solution._stale does not see)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(2, 4, generator=g, dtype=torch.float64), torch.randn(2, 2, generator=g, dtype=torch.float64)]
+    want = ca.solve([s.clone() for s in scores], h, "exact").objective
+    sol = ca.solve(scores, h, "exact")
+    if write == "data_mul_":
+        scores[0].data.mul_(3)
+    else:
+        scores[0].data = 3 * scores[0].detach().clone()
+    try:
+        got = sol.objective
+    except ca.StaleSolution:
+        return
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
