@@ -137,18 +137,26 @@ def dual_objective(scores: Sequence[Tensor | None], duals: Sequence[Tensor], h: 
                          None if given is None else [None if q is None else upcast(q) for q in given])
 
 
-def stationarity(scores: Sequence[Tensor], probs: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
+def stationarity(scores: Sequence[Tensor | None], probs: Sequence[Tensor], duals: Sequence[Tensor], h: Graph,
                  temps: Sequence[float]) -> Tensor:
     """``max_k max_i |p_k − p_k(λ)|`` per sample, ``(B,)``: how far the maps lie from the maps
     the duals imply, ``p_k(λ) = softmax(η_k(λ) / τ_k)``, the Lagrangian's stationarity
     condition.  Both are exact at the optimum; unlike the duality gap, which is quadratic in
     an error of the maps, this is of the size of the error (or of the duals' error over
-    ``τ``)."""
+    ``τ``).  A given map (scores None, as ``solve`` takes them) has no such condition: the
+    maximum is over the scored maps (it had raised AttributeError: ca_rev190)."""
     _graph_lengths("stationarity", h, duals, scores=scores, probs=probs, temps=temps)
     _same_shapes("stationarity", h.shapes, scores=scores, probs=probs)
+    free = next((s for s in scores if s is not None), None)
+    if free is None:
+        raise ValueError("stationarity: every map is given (its scores None): no scored map to measure")
     duals = _dual_shapes("stationarity", h, duals, scores)
-    implied = reparameterized_probs([upcast(s) for s in scores], [upcast(d) for d in duals], h, temps)
-    return torch.stack([(upcast(p) - q).abs().flatten(1).amax(1) for p, q in zip(probs, implied)]).amax(0)
+    # a given map's η_k(λ) is left at θ_k = 0: it changes no scored map's (each reads its own θ and duals)
+    filled = [upcast(s) if s is not None else upcast(free).new_zeros((free.shape[0], *h.shapes[k]))
+              for k, s in enumerate(scores)]
+    implied = reparameterized_probs(filled, [upcast(d) for d in duals], h, temps)
+    return torch.stack([(upcast(p) - q).abs().flatten(1).amax(1)
+                        for p, q, s in zip(probs, implied, scores) if s is not None]).amax(0)
 
 
 def primal_gap(optimal_value: Tensor, scores: Sequence[Tensor], probs: Sequence[Tensor],

@@ -71,6 +71,14 @@ def _tensors_in(obj) -> list[Tensor]:
     return []
 
 
+def _storage_of(t: Tensor):
+    """Where ``t``'s values live (None where it holds none to point at: meta, sparse)."""
+    try:
+        return t.untyped_storage().data_ptr(), t.storage_offset()
+    except (RuntimeError, NotImplementedError):
+        return None
+
+
 class Solution:
     """The result of :func:`solve`.
 
@@ -128,17 +136,21 @@ class Solution:
         # pooling rules out): changed in place, they make the solution stale too (ca_rev157)
         self._watch(_tensors_in((scores, temperature, given, duals, list(sources))))
         self._stale_when_pickled = False
+        # solved without grad (an evaluation pass): its maps carry no graph, so a field is computed
+        # without one too (read with grad on, its gradient had held the maps constant: ca_rev190)
+        self._solved_with_grad = torch.is_grad_enabled()
 
     def _watch(self, tensors: list[Tensor]) -> None:
         """Every tensor the lazy fields read, with its version now (in-place changes bump it);
         an inference tensor keeps no version, so a copy of it is kept to compare with (one made
         under ``torch.inference_mode()`` and changed in place after the solve gave the fields of
         another problem, silently: a review)."""
-        self._inputs = [(t, t._version) for t in tensors if not t.is_inference()]
+        # (the storage too: a ``.data = other`` assignment leaves the version as it was, ca_rev190)
+        self._inputs = [(t, t._version, _storage_of(t)) for t in tensors if not t.is_inference()]
         self._frozen = [(t, t.clone()) for t in tensors if t.is_inference()]
 
     def _stale(self) -> bool:
-        return (self._stale_when_pickled or any(t._version != v for t, v in self._inputs)
+        return (self._stale_when_pickled or any(t._version != v or _storage_of(t) != at for t, v, at in self._inputs)
                 or any(t.shape != c.shape or t.dtype != c.dtype  # resize_ too (allclose raised on it)
                        or not torch.allclose(t, c, rtol=0.0, atol=0.0, equal_nan=True) for t, c in self._frozen))
 
@@ -152,7 +164,7 @@ class Solution:
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
         state["_stale_when_pickled"] = self._stale()
-        state["_inputs"] = [t for t, _ in self._inputs] + [t for t, _ in self._frozen]
+        state["_inputs"] = [t for t, *_ in self._inputs] + [t for t, _ in self._frozen]
         del state["_frozen"]
         return state
 
@@ -174,7 +186,8 @@ class Solution:
         # from it no gradient for that term, silently (a review: a loss on the objective, the dual
         # objective and exact's duals got a gradient 0.83 off)
         entry = self._cache.get(name)
-        if entry is None or (torch.is_grad_enabled() and not entry[1]):
+        with_grad = torch.is_grad_enabled() and getattr(self, "_solved_with_grad", True)
+        if entry is None or (with_grad and not entry[1]):
             if reads_inputs:
                 if entry is not None and self._stale():
                     # read before an input changed in place (a log line before the optimiser step):
@@ -183,7 +196,9 @@ class Solution:
                     # describe another problem
                     return entry[0]
                 self._check_fresh(name)
-            entry = self._cache[name] = (fn(), torch.is_grad_enabled())
+            with torch.set_grad_enabled(with_grad):
+                # (a solve without grad: the value is final, recomputed under no grad mode again)
+                entry = self._cache[name] = (fn(), with_grad or not getattr(self, "_solved_with_grad", True))
         return entry[0]
 
     @property

@@ -245,11 +245,9 @@ def test_ca_rev126_the_dual_measures_refuse_duals_whose_shapes_only_broadcast():
             raise AssertionError(f"{name} gave {got.tolist()} for duals of shape {tuple(bad[0].shape)}")
 
 
-# ---- ca_rev190 (strict xfail: review of 406d517)
+# ---- ca_rev190 (review of 406d517; its strict xfails pass, one a documented limit)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev190: metrics.stationarity raises AttributeError on a problem with "
-                                       "given maps (their scores are None), where objective/dual_objective take them")
 def test_ca_rev190_stationarity_takes_given_maps_or_refuses_them_by_name():
     """Run: Graph.axial((4, 3)) with maps 1 and 2 given (the rows and columns of a random consistent
     point), float64 scores on map 0, ``sol = ca.solve(scores, h, "dual", given=..., tol=1e-10)``; then
