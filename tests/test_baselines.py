@@ -594,3 +594,28 @@ def test_ca_rev187_linsat_says_so_when_contradicting_given_maps_share_an_empty_b
              2: torch.tensor([[0.0, 0.6, 0.4]], dtype=torch.float64)}
     outcome = _ca_rev187_linsat_outcome(h, given)
     assert outcome is None or outcome[0], f"returned silently with violation {outcome[1]:.3g}"
+
+
+# ---- ca_rev192 (strict xfail: review of 43f3e12)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev192: the LinSATNet agreement check runs NNLS once per sample, not once "
+                                       "per distinct given sample as its docstring says (8x the cost at batch 8)")
+def test_ca_rev192_linsat_agreement_check_solves_once_per_distinct_given_sample(monkeypatch):
+    """Run: Graph.axial((8, 8)), the row and column sums of one map given per sample, all 16 samples alike (a
+    (16, ...) tensor), then the wrapper's checks (baselines.linsat._checked).  Expected (_check_given_agree's
+    docstring, 9ca752e: 'once per distinct given sample'): one NNLS.  Observed: 16, one per sample; at 128² with 8
+    samples the check takes 7.7 s of a 9.8 s linsat_solve (1.9 s at c2c898e)."""
+    import scipy.optimize
+
+    from convex_attention.baselines import linsat
+
+    calls = []
+    real = scipy.optimize.nnls
+    monkeypatch.setattr(scipy.optimize, "nnls", lambda *a, **k: calls.append(1) or real(*a, **k))
+    h = ca.Graph.axial((8, 8))
+    p = torch.softmax(torch.randn(1, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64), -1)
+    p = p.reshape(1, 8, 8)
+    given = {1: p.sum(2, keepdim=True).expand(16, 8, 1), 2: p.sum(1, keepdim=True).expand(16, 1, 8)}
+    linsat._checked([torch.randn(16, 8, 8, dtype=torch.float64), None, None], h, given, 1.0, 10)
+    assert len(calls) == 1, f"{len(calls)} NNLS solves for one distinct given sample"

@@ -1378,3 +1378,23 @@ def test_ca_rev167_an_empty_bench_csv_is_not_said_to_hold_a_row(tmp_path):
     the refusal says '... holds 1 row(s) of an earlier bench (0 finished) in bench.csv'."""
     (tmp_path / "bench.csv").write_bytes(b"")
     assert R.existing_rows(str(tmp_path))[0] == 0
+
+
+# ---- ca_rev192 (strict xfail: review of 43f3e12)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev192: resume reports a history whose iterations are not 0 to n twice, "
+                                       "the second time as 'no rows' (committed_histories drops it first)")
+def test_ca_rev192_resume_names_a_broken_history_once_and_by_its_own_reason(tmp_path):
+    """Run: a dual row committed with a 3-row history, line 3 of convergence.csv (iteration 1) deleted, then
+    ``ResultsWriter(resume=True)``.  Expected (as at c2c898e): one line saying the dual row of cell 0 has an
+    incomplete history '(2 rows whose iterations are not 0 to 1)'.  Observed: committed_histories (1ca0b7f) now
+    drops that history itself and says so, and _drop_incomplete_histories then finds no rows left and adds
+    '... has an incomplete history (no rows)': two lines for one history, the second's reason false."""
+    w = writer(tmp_path)
+    w.commit(bench_row(method="dual"), convergence=conv_rows(3))
+    _damage(tmp_path / "convergence.csv", 3, "delete")
+    logged: list = []
+    writer(tmp_path, resume=True, log=logged.append)
+    about = [m for m in logged if "cell 0" in m]
+    assert len(about) == 1 and "not 0 to 1" in about[0] and "no rows" not in about[0], logged

@@ -1666,3 +1666,26 @@ def test_ca_rev190_scores_changed_through_data_make_the_solution_stale(write):
     except ca.StaleSolution:
         return
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+# ---- ca_rev192 (strict xfail: review of 43f3e12)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev192: moving an input's values into shared memory (share_memory_, an "
+                                       "mp.Queue put) makes a Solution falsely stale: _stale compares data_ptr")
+def test_ca_rev192_an_input_moved_to_shared_memory_does_not_make_the_solution_stale():
+    """Run: a (4,) -> (2,) hierarchy, float64 scores batch 2, ``sol = ca.solve(scores, h, "exact")``, then
+    ``scores[0].share_memory_()`` (what ``model.share_memory()`` does, and what sending the tensor through a
+    torch.multiprocessing queue does to it), then ``sol.objective``.  Expected (design.md §4: StaleSolution only
+    when an input was modified): the objective, as at c2c898e; the values and the version are unchanged.
+    Observed: StaleSolution, since 43f3e12's Solution._stale compares untyped_storage().data_ptr(), which
+    share_memory_ moves (the storage object stays the same one)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(0)
+    scores = [torch.randn(2, 4, generator=g, dtype=torch.float64), torch.randn(2, 2, generator=g, dtype=torch.float64)]
+    want = ca.solve([s.clone() for s in scores], h, "exact").objective
+    sol = ca.solve(scores, h, "exact")
+    version = scores[0]._version
+    scores[0].share_memory_()
+    assert scores[0]._version == version and scores[0].is_shared()
+    torch.testing.assert_close(sol.objective, want, rtol=0, atol=0)
