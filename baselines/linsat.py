@@ -227,11 +227,13 @@ def _check_given_agree(h: Graph, free: int, given_maps: list, dtype: torch.dtype
     A, edges = _block_tuples(h, free)
     if len(edges) < 2:
         return  # one given map: met by any map of its block sums (each sums to one: checked)
-    targets = [given_maps[h.edges[e][1]] for e in edges]
+    targets = [given_maps[h.edges[e][1]].detach().to("cpu", torch.float64) for e in edges]
     samples = max(q.shape[0] for q in targets)
-    for i in range(samples):
-        f = np.concatenate([q[i if q.shape[0] > 1 else 0].detach().to("cpu", torch.float64).reshape(-1).numpy()
-                            for q in targets])
+    stacked = np.concatenate([q.reshape(q.shape[0], -1).expand(samples, -1).numpy() for q in targets], 1)
+    # each distinct sample once (per-sample maps that repeat a prior had cost one solve each: ca_rev192)
+    _, first = np.unique(stacked, axis=0, return_index=True)
+    for i in sorted(first):
+        f = stacked[i]
         y, _ = nnls(A, f, maxiter=50 * A.shape[1])
         apart = float(np.abs(A @ y - f).max())
         if not apart <= GIVEN_SUM_TOLERANCE.get(dtype, 1e-2):

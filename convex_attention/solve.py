@@ -72,10 +72,12 @@ def _tensors_in(obj) -> list[Tensor]:
 
 
 def _storage_of(t: Tensor):
-    """Where ``t``'s values live (None where it holds none to point at: meta, sparse)."""
+    """Which storage holds ``t``'s values, and where in it (None where it has none: meta, sparse):
+    the storage object itself, not its address, which ``share_memory_()`` moves with the values
+    (a Solution had turned stale: ca_rev192)."""
     try:
-        return t.untyped_storage().data_ptr(), t.storage_offset()
-    except (RuntimeError, NotImplementedError):
+        return t.untyped_storage()._cdata, t.storage_offset()
+    except (RuntimeError, NotImplementedError, AttributeError):
         return None
 
 

@@ -596,11 +596,9 @@ def test_ca_rev187_linsat_says_so_when_contradicting_given_maps_share_an_empty_b
     assert outcome is None or outcome[0], f"returned silently with violation {outcome[1]:.3g}"
 
 
-# ---- ca_rev192 (strict xfail: review of 43f3e12)
+# ---- ca_rev192 (review of 43f3e12; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev192: the LinSATNet agreement check runs NNLS once per sample, not once "
-                                       "per distinct given sample as its docstring says (8x the cost at batch 8)")
 def test_ca_rev192_linsat_agreement_check_solves_once_per_distinct_given_sample(monkeypatch):
     """Run: Graph.axial((8, 8)), the row and column sums of one map given per sample, all 16 samples alike (a
     (16, ...) tensor), then the wrapper's checks (baselines.linsat._checked).  Expected (_check_given_agree's

@@ -1380,11 +1380,9 @@ def test_ca_rev167_an_empty_bench_csv_is_not_said_to_hold_a_row(tmp_path):
     assert R.existing_rows(str(tmp_path))[0] == 0
 
 
-# ---- ca_rev192 (strict xfail: review of 43f3e12)
+# ---- ca_rev192 (review of 43f3e12; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev192: resume reports a history whose iterations are not 0 to n twice, "
-                                       "the second time as 'no rows' (committed_histories drops it first)")
 def test_ca_rev192_resume_names_a_broken_history_once_and_by_its_own_reason(tmp_path):
     """Run: a dual row committed with a 3-row history, line 3 of convergence.csv (iteration 1) deleted, then
     ``ResultsWriter(resume=True)``.  Expected (as at c2c898e): one line saying the dual row of cell 0 has an

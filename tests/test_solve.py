@@ -1668,11 +1668,9 @@ def test_ca_rev190_scores_changed_through_data_make_the_solution_stale(write):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-# ---- ca_rev192 (strict xfail: review of 43f3e12)
+# ---- ca_rev192 (review of 43f3e12; its strict xfails now pass)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev192: moving an input's values into shared memory (share_memory_, an "
-                                       "mp.Queue put) makes a Solution falsely stale: _stale compares data_ptr")
 def test_ca_rev192_an_input_moved_to_shared_memory_does_not_make_the_solution_stale():
     """Run: a (4,) -> (2,) hierarchy, float64 scores batch 2, ``sol = ca.solve(scores, h, "exact")``, then
     ``scores[0].share_memory_()`` (what ``model.share_memory()`` does, and what sending the tensor through a

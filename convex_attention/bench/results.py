@@ -329,18 +329,21 @@ def history_problem(iterations) -> str | None:
     return None
 
 
-def committed_histories(conv_rows, bench_rows) -> tuple[list[dict], list[str]]:
+def committed_histories(conv_rows, bench_rows, whole: bool = True) -> tuple[list[dict], list[str]]:
     """The ``convergence.csv`` rows of a committed ``ok`` bench row (``bench_rows``, their
     ``row_id``) whose history is whole (:func:`history_problem`), and the problems that name
     the others: rows of a cell whose bench row was never committed (a run killed between the
     two files' renames), which ``--resume`` drops and a figure must not draw (ca_rev118), and
     a history that is not whole (a sweep held twice had been drawn as one zigzag line:
-    ca_rev186), which ``--resume`` measures again."""
+    ca_rev186), which ``--resume`` measures again (``whole=False``: kept, for the resume's own
+    judgement, which names it once, by its own reason: ca_rev192)."""
     ok = {r.get("row_id"): r for r in bench_rows if r.get("status") == "ok"}
     kept = [r for r in conv_rows if r.get("row_id") in ok]
     orphans = len(conv_rows) - len(kept)
     problems = [f"convergence.csv: {orphans} row(s) of a cell whose bench row was never committed are dropped"] \
         if orphans else []
+    if not whole:
+        return kept, problems
     by_id: dict = {}
     for r in kept:
         by_id.setdefault(r["row_id"], []).append(r)
@@ -843,7 +846,7 @@ class ResultsWriter:
         conv, conv_problems = read_rows(self.conv_path, CONVERGENCE_SCHEMA)
         damaged = bool(conv_problems)
         ok_ids = {r["row_id"] for r in self._rows.values() if r["status"] == "ok"}
-        kept, orphaned = committed_histories(conv, self._rows.values())
+        kept, orphaned = committed_histories(conv, self._rows.values(), whole=False)
         for r in kept:
             self._conv.setdefault(r["row_id"], []).append(r)
         conv_problems += orphaned
