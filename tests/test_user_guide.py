@@ -58,3 +58,32 @@ def test_the_guides_test_stage_command_passes_a_fresh_data_seed():
     block = re.search(r"```sh\n(.*?)```", text[start:], flags=re.S).group(1)
     test_line = next(line for line in block.splitlines() if "--stage test" in line)
     assert "--data-seed" in test_line, test_line
+
+
+# ---- ca_rev191 (strict xfail: review of 406d517)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev191: after the solver raises, the next instance is served by the same "
+                                       "process, not the fresh one docs/user_guide.md §2 says")
+def test_ca_rev191_after_a_solver_raises_the_next_instance_gets_a_fresh_process(tmp_path):
+    """docs/user_guide.md §2: "an exception of any kind, ... or a return value of another type,
+    dtype (complex, integer) or shape fails that instance's checks with the reason (...), and the
+    next instance gets a fresh process".  Observed: IsolatedSolver keeps the child that raised (or
+    returned a wrong value) and hands it the next instance (`verify --dual-solver` alike: a solver
+    printing os.getpid() shows one pid for every instance after a raise)."""
+    import torch
+
+    import convex_attention as ca
+    from convex_attention.bench.isolation import IsolatedSolver, SolverFailed
+
+    solver_file = tmp_path / "solver.py"
+    solver_file.write_text("import os\n\n\ndef f(scores, h, temps):\n    raise RuntimeError(f'pid {os.getpid()}')\n")
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    scores = [torch.zeros(1, 4, 4, dtype=torch.float64), torch.zeros(1, 2, 2, dtype=torch.float64)]
+    pids = []
+    with IsolatedSolver(f"{solver_file}:f", timeout=60) as solver:
+        for _ in range(2):
+            with pytest.raises(SolverFailed, match=r"pid \d+") as err:
+                solver.solve(scores, h, [1.0, 1.0])
+            pids.append(re.search(r"pid (\d+)", str(err.value)).group(1))
+    assert pids[0] != pids[1], f"both instances ran in process {pids[0]}"
