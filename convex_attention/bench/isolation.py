@@ -17,10 +17,12 @@ which inherits no state of the verifier, in a session and process group of its o
   (:func:`returned_duals`: a list of one real floating tensor per edge, shaped like its
   coarse map) and sends the duals back, tagged with the instance's number;
 * a solver that raises, exits, crashes, hangs or is killed, or returns anything else, makes
-  :class:`SolverFailed` with the reason in one line; the child is stopped where it
-  misbehaved (with its process group) and a fresh one serves the next instance.  A message
-  the child sends unasked (before it is given an instance, or tagged with another one) is
-  never taken as an answer: the instance fails and the child is stopped.
+  :class:`SolverFailed` with the reason in one line; a child that exited, crashed or hung is
+  stopped where it misbehaved (with its process group) and a fresh one serves the next
+  instance, while one whose solver raised or returned something else serves it itself, as
+  after an answer (the solver's module state carries over, as in any loop that calls it).
+  A message the child sends unasked (before it is given an instance, or tagged with another
+  one) is never taken as an answer: the instance fails and the child is stopped.
 
 What the child sends is plain bytes: a JSON header and, for duals, an ``.npz`` archive of
 float64 arrays read with ``allow_pickle=False``.  Nothing the child sends is unpickled, so
