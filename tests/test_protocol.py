@@ -1345,3 +1345,14 @@ def test_ca_rev184_two_test_stages_through_two_ledgers_of_one_repository_never_b
     spent = [r["data_seed"] for ledger in (path.parent, copy.parent)
              for r in read_ledger(str(ledger / "data_ledger.json"))]
     assert len(started) == 1 and len(refused) == 1, f"started {len(started)}, refused {refused}, ledgers {spent}"
+
+
+def test_overlapping_splits_of_two_conditions_are_named_by_their_conditions():
+    """Two difficulties in one thousandth draw the same splits: the refusal names each split by
+    its condition ('difficulty0.3/train'), not 'train' and 'train' (a review's note)."""
+    from convex_attention.paper.protocol import check_test_data
+
+    config = QUICK.override(data="synthetic", image_size=32, n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    variants = Variants(difficulties=(0.3, 0.3001), held_out_mimic="mottled")
+    with pytest.raises(VariantsError, match=r"'difficulty0\.3/\w+' and 'difficulty0\.3001/\w+'"):
+        check_test_data(config, variants, "/nonexistent/data_ledger.json", "results/test")

@@ -773,14 +773,16 @@ def keys_meet(a: range, b: range) -> bool:
 def check_disjoint(specs: dict[str, SplitSpec]) -> None:
     """ValueError unless no two splits share an image key (so no image) or a random stream
     (keys congruent modulo 2**32)."""
-    items = sorted(specs.values(), key=lambda s: s.seed)
-    for i, a in enumerate(items):
-        for b in items[i + 1:]:
+    # named by their keys (the test stage's "difficulty0.3/train": two conditions' 'train' splits
+    # had both been called 'train')
+    items = sorted(specs.items(), key=lambda kv: kv[1].seed)
+    for i, (name_a, a) in enumerate(items):
+        for name_b, b in items[i + 1:]:
             if a.seed == b.seed or keys_meet(image_keys(a), image_keys(b)):
-                raise ValueError(f"splits {a.name!r} and {b.name!r} overlap (seeds {a.seed} and {b.seed}, "
+                raise ValueError(f"splits {name_a!r} and {name_b!r} overlap (seeds {a.seed} and {b.seed}, "
                                  f"{a.n} and {b.n} images; their generator keys, or their keys modulo 2**32, which "
                                  f"torch's generator keeps, meet)")
-    if any(s.n > IMAGES_PER_SEED for s in items):  # (exactly this many end one key before the next seed: ca_rev184)
+    if any(s.n > IMAGES_PER_SEED for _, s in items):  # (exactly this many end one key before the next seed: ca_rev184)
         raise ValueError(f"a split of more than {IMAGES_PER_SEED} images would reach the next seed's images")
 
 
