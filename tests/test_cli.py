@@ -1642,3 +1642,26 @@ def test_verify_says_which_kinds_a_small_n_leaves_unchecked(tmp_path, monkeypatc
     assert run(["verify", "--n", str(len(V.KINDS)), "--out", str(tmp_path / "all")]) == 0
     assert "not checked" not in capsys.readouterr().out
     assert len(V.KINDS) == 10 and "ten kinds" in declared(VerifyConfig)["n"].help
+
+
+# ---- ca_rev194 (strict xfail: review of 69a8df0)
+
+def _ca_rev194_interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev194: demo stopped before it wrote anything leaves the empty --out")
+def test_ca_rev194_an_interrupted_demo_that_wrote_nothing_leaves_no_empty_out(tmp_path, capsys, monkeypatch):
+    """Run: timeout -s INT 2 convex-attention demo --out NEW/sub (NEW absent), stopped in its first bench cell.
+    Expected: exit 130, one line, and no folder left, as bench and verify remove the --out they made when a
+    run stops before writing (cli._common.making_out: 'a run stopped before it wrote anything (Ctrl-C) leaves
+    no empty --out (verify's did: a review)'). Observed: exit 130, one line, and the empty NEW/ and NEW/sub/
+    stay: cmd_demo makes the folder with check_out(args.out), not making_out, and nothing removes it."""
+    from convex_attention.cli import bench as B
+
+    monkeypatch.setattr(B, "_run_bench", _ca_rev194_interrupt)
+    new = tmp_path / "new"
+    code = run(["demo", "--quiet", "--out", str(new / "sub")])
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and len(err.splitlines()) == 1, (code, err)
+    assert not new.exists(), sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))

@@ -1110,3 +1110,78 @@ def test_a_scripts_example_commands_keep_their_line_continuations(script):
     doc = ast.get_docstring(ast.parse(source), clean=False) or ""
     joined = [line for line in doc.splitlines() if re.search(r"\S {3,}--", line)]
     assert not joined, joined
+
+
+# ---- ca_rev194 (strict xfail: review of 69a8df0)
+
+def _ca_rev194_interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def _ca_rev194_fail(*args, **kwargs):
+    raise RuntimeError("the run failed before it wrote anything")
+
+
+def _ca_rev194_gpu_check(stop, tmp_path, monkeypatch) -> tuple:
+    """``benchmarks/gpu_check.py --out NEW/sub`` on a machine taken to have CUDA, whose work (``_check``)
+    is ``stop``: (exit code or what escaped main, the paths left under tmp_path)."""
+    import torch
+
+    script = _ca_rev75_script("gpu_check")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(script, "_check", stop)
+    try:
+        code = script.main(["--out", str(tmp_path / "new" / "sub")])
+    except SystemExit as ended:
+        code = ended.code
+    except KeyboardInterrupt:
+        code = "uncaught KeyboardInterrupt"
+    return code, sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev194: gpu_check.py lets Ctrl-C out of main as a traceback")
+def test_ca_rev194_gpu_check_ctrl_c_is_one_line_exit_130(tmp_path, capsys, monkeypatch):
+    """Run: timeout -s INT 5 python benchmarks/gpu_check.py --out OUT (on a CUDA machine). Expected, as
+    bench_core.py, bench_graphs.py, ablate_newton.py and the study scripts do since ca_rev171: one line on
+    stderr saying it was interrupted, exit 130. Observed: main() catches Exception only, so KeyboardInterrupt
+    propagates out of it: the interpreter's traceback."""
+    code, _ = _ca_rev194_gpu_check(_ca_rev194_interrupt, tmp_path, monkeypatch)
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and len(err.splitlines()) == 1 and "interrupted" in err, (code, err)
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev194: a failed gpu_check.py leaves the empty --out it made")
+def test_ca_rev194_a_failed_gpu_check_leaves_no_empty_out(tmp_path, capsys, monkeypatch):
+    """Run: python benchmarks/gpu_check.py --out NEW/sub (NEW absent) where the run raises before writing
+    gpu_check.json. Expected: exit 1, one line, and no folder left, as bench_core.py and bench_graphs.py do
+    since ca_rev172 (parser.folders_to_make passed to run_failed). Observed: exit 1, one line, and the empty
+    NEW/ and NEW/sub/ stay: check_out_dir makes them and main calls parser.run_failed(err) without `made`."""
+    code, left = _ca_rev194_gpu_check(_ca_rev194_fail, tmp_path, monkeypatch)
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, (code, err)
+    assert not left, left
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev194: profile_dual.py ends Ctrl-C and a failed run in a traceback")
+@pytest.mark.parametrize("stop, expected", [(_ca_rev194_interrupt, 130), (_ca_rev194_fail, 1)])
+def test_ca_rev194_profile_dual_fails_like_a_command(stop, expected, capsys, monkeypatch):
+    """Run: timeout -s INT 2 python benchmarks/profile_dual.py --size 64 --batches 64 (or a run whose solve
+    raises). Expected, as every other script that uses CommandParser: one line on stderr, exit 130
+    (parser.run_interrupted) or 1 (parser.run_failed). Observed: main() has no handler at all, so the
+    KeyboardInterrupt or the error propagates out of it as a traceback (and `main()` is not passed to
+    sys.exit, so its status is not the script's either)."""
+    import torch
+
+    script = _ca_rev75_script("profile_dual")
+    monkeypatch.setattr(script, "_forward_backward", stop)
+    before = torch.get_num_threads()
+    try:
+        code = script.main(["--size", "16", "--batches", "1", "--family", "axial"])
+    except SystemExit as ended:
+        code = ended.code
+    except (KeyboardInterrupt, RuntimeError) as err:
+        code = f"uncaught {type(err).__name__}"
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err.strip()
+    assert code == expected and len(err.splitlines()) == 1, (code, err)
