@@ -262,14 +262,18 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device", file=sys.stderr)
         return 2
+    made = parser.folders_to_make(args.out)  # before check_out_dir makes them (removed again if left empty)
     try:
         check_out_dir(args.out)
     except ValueError as err:
         parser.error(str(err))
     try:
         return _check(args)
+    except KeyboardInterrupt:  # one line, exit 130, as the other scripts (ca_rev194)
+        return parser.run_interrupted("nothing written" if not os.path.exists(os.path.join(args.out, "gpu_check.json"))
+                                      else f"{args.out}/gpu_check.json is an earlier run's", made)
     except Exception as err:  # noqa: BLE001  (one line, exit 1, as every command: ca_rev141)
-        return parser.run_failed(err)
+        return parser.run_failed(err, made)
 
 
 def _check(args) -> int:

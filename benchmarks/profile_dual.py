@@ -32,7 +32,7 @@ def _forward_backward(h, leaves, temps, weights, info: dict) -> None:
     info.update(sol.info)
 
 
-def main(argv=None):
+def main(argv=None) -> int:
     parser = CommandParser(prog="profile_dual.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="mixed", choices=STRUCTURES, help="structure family (default: mixed)")
@@ -53,6 +53,17 @@ def main(argv=None):
     except ValueError as err:
         parser.error(str(err))
     torch.set_num_threads(args.threads)
+    try:  # fails like a command: one line, exit 130 on Ctrl-C, 1 on a failed run (ca_rev194)
+        _profile(args)
+    except KeyboardInterrupt:
+        return parser.run_interrupted("the lines above are the batches it finished; nothing is written")
+    except Exception as err:  # noqa: BLE001
+        return parser.run_failed(err)
+    return 0
+
+
+def _profile(args) -> None:
+    """The timings (and profile) of :func:`main`'s checked options ``args``, printed."""
     for batch in args.batches:
         h, scores, temps = draw_instance(args.family, args.size, torch.Generator().manual_seed(args.seed),
                                          (-1.0, 1.0), batch)
@@ -78,4 +89,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1644,13 +1644,12 @@ def test_verify_says_which_kinds_a_small_n_leaves_unchecked(tmp_path, monkeypatc
     assert len(V.KINDS) == 10 and "ten kinds" in declared(VerifyConfig)["n"].help
 
 
-# ---- ca_rev194 (strict xfail: review of 69a8df0)
+# ---- ca_rev194 (review of 69a8df0; its strict xfails now pass)
 
 def _ca_rev194_interrupt(*args, **kwargs):
     raise KeyboardInterrupt
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev194: demo stopped before it wrote anything leaves the empty --out")
 def test_ca_rev194_an_interrupted_demo_that_wrote_nothing_leaves_no_empty_out(tmp_path, capsys, monkeypatch):
     """Run: timeout -s INT 2 convex-attention demo --out NEW/sub (NEW absent), stopped in its first bench cell.
     Expected: exit 130, one line, and no folder left, as bench and verify remove the --out they made when a

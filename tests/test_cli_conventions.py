@@ -1112,7 +1112,7 @@ def test_a_scripts_example_commands_keep_their_line_continuations(script):
     assert not joined, joined
 
 
-# ---- ca_rev194 (strict xfail: review of 69a8df0)
+# ---- ca_rev194 (review of 69a8df0; its strict xfails now pass)
 
 def _ca_rev194_interrupt(*args, **kwargs):
     raise KeyboardInterrupt
@@ -1139,7 +1139,6 @@ def _ca_rev194_gpu_check(stop, tmp_path, monkeypatch) -> tuple:
     return code, sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev194: gpu_check.py lets Ctrl-C out of main as a traceback")
 def test_ca_rev194_gpu_check_ctrl_c_is_one_line_exit_130(tmp_path, capsys, monkeypatch):
     """Run: timeout -s INT 5 python benchmarks/gpu_check.py --out OUT (on a CUDA machine). Expected, as
     bench_core.py, bench_graphs.py, ablate_newton.py and the study scripts do since ca_rev171: one line on
@@ -1150,7 +1149,6 @@ def test_ca_rev194_gpu_check_ctrl_c_is_one_line_exit_130(tmp_path, capsys, monke
     assert code == 130 and len(err.splitlines()) == 1 and "interrupted" in err, (code, err)
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev194: a failed gpu_check.py leaves the empty --out it made")
 def test_ca_rev194_a_failed_gpu_check_leaves_no_empty_out(tmp_path, capsys, monkeypatch):
     """Run: python benchmarks/gpu_check.py --out NEW/sub (NEW absent) where the run raises before writing
     gpu_check.json. Expected: exit 1, one line, and no folder left, as bench_core.py and bench_graphs.py do
@@ -1162,7 +1160,6 @@ def test_ca_rev194_a_failed_gpu_check_leaves_no_empty_out(tmp_path, capsys, monk
     assert not left, left
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev194: profile_dual.py ends Ctrl-C and a failed run in a traceback")
 @pytest.mark.parametrize("stop, expected", [(_ca_rev194_interrupt, 130), (_ca_rev194_fail, 1)])
 def test_ca_rev194_profile_dual_fails_like_a_command(stop, expected, capsys, monkeypatch):
     """Run: timeout -s INT 2 python benchmarks/profile_dual.py --size 64 --batches 64 (or a run whose solve

@@ -22,7 +22,6 @@ from ._common import (
     add_wait_option,
     check_files,
     check_no_earlier,
-    check_out,
     check_out_leaving_nothing,
     holding_out,
     info,
@@ -680,15 +679,17 @@ def cmd_demo(args) -> int:
     _check_start_over(bench_args, args.out, config, offer_resume=False)  # before check_out, which makes the folder
     _check_verify_out(verify_args)
     _check_figure_folder(os.path.join(args.out, "figures"), args.overwrite)
-    check_out(args.out)
     start = time.perf_counter()
-    info(args, f"demo: 3 steps into {args.out}/ (bench --quick, verify --quick, plot); expected: {DEMO_EXPECTED}")
 
     def step(number: int, what: str) -> None:
         info(args, f"demo: step {number}/3, {what} ({time.perf_counter() - start:.0f} s so far)")
     try:
-        with results_lock(args.out, command="demo", wait=getattr(args, "wait", False),
-                          log=lambda m: print(f"demo: {m}", file=sys.stderr)):
+        # the folders it makes removed again, if empty, when it stops before writing (Ctrl-C, a
+        # refusal under the lock), as bench's and verify's are (ca_rev194)
+        with making_out(args.out), results_lock(args.out, command="demo", wait=getattr(args, "wait", False),
+                                                log=lambda m: print(f"demo: {m}", file=sys.stderr)):
+            info(args, f"demo: 3 steps into {args.out}/ (bench --quick, verify --quick, plot); expected: "
+                       f"{DEMO_EXPECTED}")
             threads = f"{config.threads} torch thread" + ("s" if config.threads != 1 else "")
             step(1, f"bench --quick: {len(list(config.cells()))} sweep cells, {threads}")
             if _run_bench(config, bench_args, args.out, offer_resume=False):
