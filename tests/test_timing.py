@@ -481,3 +481,16 @@ def test_no_ordered_pair_takes_half_of_the_repetitions_where_a_plan_allows_it(n,
     for a, b in zip(seq, seq[1:]):
         counts[(a, b)] = counts.get((a, b), 0) + 1
     assert max(counts.values()) <= (repeats - 1) // 2, max(counts.items(), key=lambda kv: kv[1])
+
+
+def test_a_schedule_of_thousands_of_repetitions_is_planned_and_keeps_the_bound():
+    """The plan's search keeps a stack of its own: recursion, a level per repetition, had raised
+    RecursionError past about 990 repetitions (--repeats takes up to 100000)."""
+    from convex_attention.bench.timing import _schedule
+
+    orders = _schedule(3, 2000, 2)
+    seq = [2] + [x for o in orders for x in o]
+    counts: dict = {}
+    for a, b in zip(seq, seq[1:]):
+        counts[(a, b)] = counts.get((a, b), 0) + 1
+    assert len(orders) == 2000 and max(counts.values()) <= 999

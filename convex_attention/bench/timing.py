@@ -237,20 +237,28 @@ def _schedule(n: int, repeats: int, after: int | None = None) -> tuple[tuple[int
             places[x][i] += sign
         return fits and max(max(row) for row in pairs) <= -(-(len(out) + 1) // 2)
 
-    def search(previous: list[int]) -> bool:
-        if len(out) == repeats:
-            return True
-        for order in ranked(previous):
+    def search(first: list[int]) -> bool:
+        """Depth-first over the repetitions, one level each, on a stack of its own (recursion had
+        raised RecursionError past about 990 repetitions)."""
+        frames = [(first, iter(ranked(first)))]  # per level: the case before it, its untried orders
+        while len(out) < repeats:
+            previous, options = frames[-1]
+            order = next(options, None)
+            if order is None:  # every order of this level tried: take back the choice of the level above
+                frames.pop()
+                if not frames:
+                    return False
+                apply(frames[-1][0], list(out.pop()), -1)
+                continue
             budget[0] -= 1
             if budget[0] < 0:
                 return False
-            fits = apply(previous, order, +1)
-            out.append(tuple(order))
-            if fits and search([order[-1]]):
-                return True
-            out.pop()
-            apply(previous, order, -1)
-        return False
+            if apply(previous, order, +1):
+                out.append(tuple(order))
+                frames.append(([order[-1]], iter(ranked([order[-1]]))))
+            else:
+                apply(previous, order, -1)
+        return True
 
     def restart() -> None:
         for row in pairs + places:
@@ -259,8 +267,9 @@ def _schedule(n: int, repeats: int, after: int | None = None) -> tuple[tuple[int
         budget[0] = _SCHEDULE_NODES
 
     first = [] if after is None else [after]
-    for bound in ((repeats - 1) // 2, repeats // 2):  # in fewer than half (no median touched), else in half
-        cap = bound  # (read by apply)
+    # (past the node limit in repetitions alone no search can finish: the greedy plan at once)
+    for bound in ((repeats - 1) // 2, repeats // 2) if repeats <= _SCHEDULE_NODES else ():
+        cap = bound  # in fewer than half (no median touched), else in half (read by apply)
         restart()
         if search(first):
             return tuple(out)
