@@ -225,6 +225,13 @@ def _block_step(h: Graph, e: int, eta_a: Tensor, eta_b: Tensor, ta, tb) -> Tenso
 TEMPERATURE_MATCH = 1e-6
 
 
+def _temperatures_match(a, b) -> bool:
+    """Whether two lists of fixed temperatures (numbers or 0-d tensors) are the same, map by map,
+    to :data:`TEMPERATURE_MATCH`: what an AmortisedDuals' formula path is weighted for, checked
+    where a layer takes one and where a state is loaded into one."""
+    return len(a) == len(b) and all(math.isclose(float(x), float(y), rel_tol=TEMPERATURE_MATCH) for x, y in zip(a, b))
+
+
 def _fixed(temps) -> bool:
     """Whether ``temps`` (a list of floats or tensors, or a tensor) are fixed numbers: none is a
     tensor that requires grad (a learned temperature moves, and is passed at each call)."""
@@ -462,8 +469,7 @@ class AmortisedDuals(_GraphBoundState):
         if not isinstance(recorded, Tensor) or recorded.is_meta:
             return
         values = recorded.detach().cpu().double().flatten().tolist()
-        if len(values) != len(self.temperature) or not all(
-                math.isclose(a, float(b), rel_tol=TEMPERATURE_MATCH) for a, b in zip(values, self.temperature)):
+        if not _temperatures_match(values, self.temperature):
             raise ValueError(f"{where}: the state to load was built for temperatures {values}, this module's are "
                              f"{list(self.temperature)} (its formula path is weighted for them); build the module "
                              f"with the state's temperatures; nothing of it was loaded into this module")
@@ -838,9 +844,8 @@ class ConsistentAttention(nn.Module):
             # (a meta temperature holds no value to compare: the layer is built, and refuses it beside
             # scores with values; its float() had raised torch's item() error, ca_rev183)
             if isinstance(duals, AmortisedDuals) and _fixed(temps) and _fixed(duals.temperature) and not any(
-                    isinstance(t, Tensor) and t.is_meta for t in (*temps, *duals.temperature)) and not all(
-                    math.isclose(float(a), float(b), rel_tol=TEMPERATURE_MATCH)
-                    for a, b in zip(temps, duals.temperature)):
+                    isinstance(t, Tensor) and t.is_meta for t in (*temps, *duals.temperature)) and \
+                    not _temperatures_match(temps, duals.temperature):
                 # its formula path is weighted for its own temperatures, and the layer would give it
                 # the features of its own: violation 1.1 where the right module gives 6e-9 (a review)
                 raise ValueError(f"the AmortisedDuals were built for temperatures {list(duals.temperature)}, the "
