@@ -49,7 +49,8 @@ __all__ = ["BENCH_SCHEMA", "CONVERGENCE_SCHEMA", "ResultsWriter", "FinishedRows"
            "check_start_over", "check_resume_config", "stored_config", "COLUMNS", "CONVERGENCE_COLUMNS", "KEY_FIELDS",
            "CELL_KEY_FIELDS", "DUAL_KINDS", "STATUSES", "row_key", "row_id", "cell_key", "OUTPUTS", "GRID_SETTINGS",
            "RUN_SETTINGS", "MEASUREMENT_SETTINGS", "CVX_SETTINGS", "FIT_SETTINGS", "reads_setting", "run_reads_setting",
-           "has_backends", "fast_exact_methods", "records_history", "cvx_batch_setting", "cvx_samples", "run_of",
+           "has_backends", "fast_exact_methods", "whole_histories", "records_history", "cvx_batch_setting",
+           "cvx_samples", "run_of",
            "PANDAS_DTYPES"]
 
 DUAL_KINDS = ("zero", "fitted", "amortised", "per_sample")
@@ -329,32 +330,36 @@ def history_problem(iterations) -> str | None:
     return None
 
 
-def committed_histories(conv_rows, bench_rows, whole: bool = True) -> tuple[list[dict], list[str]]:
+def committed_histories(conv_rows, bench_rows) -> tuple[list[dict], list[str]]:
     """The ``convergence.csv`` rows of a committed ``ok`` bench row (``bench_rows``, their
-    ``row_id``) whose history is whole (:func:`history_problem`), and the problems that name
-    the others: rows of a cell whose bench row was never committed (a run killed between the
-    two files' renames), which ``--resume`` drops and a figure must not draw (ca_rev118), and
-    a history that is not whole (a sweep held twice had been drawn as one zigzag line:
-    ca_rev186), which ``--resume`` measures again (``whole=False``: kept, for the resume's own
-    judgement, which names it once, by its own reason: ca_rev192)."""
-    ok = {r.get("row_id"): r for r in bench_rows if r.get("status") == "ok"}
-    kept = [r for r in conv_rows if r.get("row_id") in ok]
+    ``row_id``), and the problem that names the others: rows of a cell whose bench row was
+    never committed (a run killed between the two files' renames), which ``--resume`` drops
+    and a figure must not draw (ca_rev118)."""
+    ok_ids = {r.get("row_id") for r in bench_rows if r.get("status") == "ok"}
+    kept = [r for r in conv_rows if r.get("row_id") in ok_ids]
     orphans = len(conv_rows) - len(kept)
-    problems = [f"convergence.csv: {orphans} row(s) of a cell whose bench row was never committed are dropped"] \
-        if orphans else []
-    if not whole:
-        return kept, problems
+    return kept, ([f"convergence.csv: {orphans} row(s) of a cell whose bench row was never committed are dropped"]
+                  if orphans else [])
+
+
+def whole_histories(conv_rows, bench_rows) -> tuple[list[dict], list[str]]:
+    """The ``convergence.csv`` rows whose history is whole (:func:`history_problem`), and the
+    problems that name the others, by their bench row (``bench_rows``): what a figure draws (a
+    sweep held twice had been drawn as one zigzag line: ca_rev186); ``--resume`` measures such
+    a row again, naming it once by its own judgement (:meth:`ResultsWriter._drop_incomplete_histories`)."""
+    rows = {r.get("row_id"): r for r in bench_rows}
     by_id: dict = {}
-    for r in kept:
-        by_id.setdefault(r["row_id"], []).append(r)
-    broken = set()
+    for r in conv_rows:
+        by_id.setdefault(r.get("row_id"), []).append(r)
+    broken, problems = set(), []
     for rid, history in by_id.items():
         why = history_problem(r.get("iteration") for r in history)
         if why is not None:
             broken.add(rid)
-            problems.append(f"convergence.csv: the history of the {ok[rid].get('method')} row of cell "
-                            f"{ok[rid].get('cell')} is not whole ({why}) and is dropped")
-    return [r for r in kept if r["row_id"] not in broken], problems
+            row = rows.get(rid, {})
+            problems.append(f"convergence.csv: the history of the {row.get('method')} row of cell {row.get('cell')} "
+                            f"is not whole ({why}) and is dropped")
+    return [r for r in conv_rows if r.get("row_id") not in broken], problems
 
 
 def row_key(row: dict) -> tuple:
@@ -846,7 +851,7 @@ class ResultsWriter:
         conv, conv_problems = read_rows(self.conv_path, CONVERGENCE_SCHEMA)
         damaged = bool(conv_problems)
         ok_ids = {r["row_id"] for r in self._rows.values() if r["status"] == "ok"}
-        kept, orphaned = committed_histories(conv, self._rows.values(), whole=False)
+        kept, orphaned = committed_histories(conv, self._rows.values())
         for r in kept:
             self._conv.setdefault(r["row_id"], []).append(r)
         conv_problems += orphaned

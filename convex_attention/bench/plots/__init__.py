@@ -35,7 +35,7 @@ import tempfile
 from ...io.figures import FigureLayoutError, layout_guard
 from ...io.files import write_json
 from ..examples import not_the_sweeps_example
-from ..results import committed_histories, unique_rows
+from ..results import committed_histories, unique_rows, whole_histories
 from ._common import (
     DTYPE_COLORS,
     DTYPE_EPS,
@@ -225,7 +225,8 @@ def _draw(folder: str, out: str, log: Log) -> list[str]:
             log(f"{problem} from the figures")
     if conv_rows and rows is not None and "row_id" in conv_rows[0]:
         conv_rows, orphaned = committed_histories(conv_rows, rows)
-        for problem in orphaned:
+        conv_rows, broken = whole_histories(conv_rows, rows)
+        for problem in orphaned + broken:
             log(f"{problem} from the figures")
         conv_rows = conv_rows or None
     # the chain figures' panels are keyed by dimensionality and levels: they draw the chains
