@@ -503,3 +503,48 @@ def test_ca_rev188_a_mapping_word_is_refused_as_a_value_error():
     for call in (S.Mapping().parse, S.Mapping().candidate):
         with pytest.raises(ValueError, match="not set on the command line"):
             call("{}")
+
+
+@pytest.mark.parametrize("kind, word", [(Int(low=0), "٣"), (Int(low=0), "3_000"), (Int(low=0), " 3"),
+                                        (Real(), "٣.5"), (Real(), "1_0.5"), (Real(), "0x10")])
+def test_a_number_word_is_plain_ascii_digits(kind, word):
+    """rev188's near-miss: int() and float() read Arabic-Indic digits, underscores and blanks,
+    so "٣" had been the integer 3."""
+    with pytest.raises(ValueError, match="must be"):
+        kind.parse(word)
+
+
+@pytest.mark.parametrize("word, value", [("+3", 3), ("-0", 0), ("007", 7)])
+def test_an_integer_word_may_carry_a_sign_and_leading_zeros(word, value):
+    assert Int().parse(word) == value
+
+
+@pytest.mark.parametrize("word, value", [("1e-300", 1e-300), (".5", 0.5), ("5.", 5.0), ("-2E+3", -2000.0),
+                                         ("0e-400", 0.0), ("0.000", 0.0), ("4.9e-324", 5e-324)])
+def test_a_real_word_reads_as_its_float(word, value):
+    assert Real().parse(word) == value
+
+
+@pytest.mark.parametrize("word", ["1e-400", "0.0001e-330", "-3e-999"])
+def test_a_real_word_too_small_for_a_float_is_refused_not_read_as_zero(word):
+    """rev188's near-miss: "1e-400" had read as 0.0, a tolerance set to something, silently none."""
+    with pytest.raises(ValueError, match="too small for a float"):
+        Real(low=0.0).parse(word)
+
+
+@pytest.mark.parametrize("word", ["nan", "inf", "-Infinity"])
+def test_a_real_word_that_is_not_finite_is_refused_as_such(word):
+    with pytest.raises(ValueError, match="must be a finite number, got"):
+        Real().parse(word)
+
+
+@pytest.mark.parametrize("text", ["cuda\x1b[8m", "a\tb", "run\x7f", "x\u2028y", "a\x85b"])
+def test_a_text_with_a_control_character_is_refused(text):
+    """rev188's near-miss: an escape sequence in a device name or path had been taken, and acts
+    on the terminal every message that names it is printed to."""
+    with pytest.raises(ValueError, match="without control characters"):
+        Text().check(text)
+
+
+def test_a_text_may_hold_any_printable_character():
+    assert Text().check("résumé/ünïcode ✓ run-1") == "résumé/ünïcode ✓ run-1"

@@ -33,6 +33,8 @@ import argparse
 import dataclasses
 import math
 import numbers
+import re
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -91,6 +93,11 @@ class Kind:
         return self.check(value)
 
 
+_INT_WORD = re.compile(r"[+-]?[0-9]+")
+_REAL_WORD = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|[+-]?(?i:nan|inf|infinity)")
+_NONZERO_DIGIT = re.compile(r"[1-9]")
+
+
 def _is_int(x) -> bool:
     # NumPy's integers too (np.int64(3) had been "not an integer": ca_rev188); never a bool
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
@@ -133,11 +140,11 @@ class Int(Kind):
         return value
 
     def parse(self, text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"must be {self.describe()}, got {one_line(repr(text), 40)}") from None
-        return self.check(value)
+        # ASCII digits only: int() also reads "٣" and "3_000", words a reader of the command
+        # line or of a results file's settings would not take for that number
+        if not _INT_WORD.fullmatch(text):
+            raise ValueError(f"must be {self.describe()}, got {one_line(repr(text), 40)}")
+        return self.check(int(text))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,10 +179,13 @@ class Real(Kind):
         return float(value) + 0.0  # -0.0 becomes 0.0: one value, one spelling (Many's distinct compares reprs)
 
     def parse(self, text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"must be {self.describe()}, got {text!r}") from None
+        if not _REAL_WORD.fullmatch(text):  # ASCII, no "_": as Int.parse; "nan"/"inf" fail below, by name
+            raise ValueError(f"must be {self.describe()}, got {one_line(repr(text), 40)}")
+        value = float(text)
+        if value == 0.0 and _NONZERO_DIGIT.search(text.lower().partition("e")[0]):
+            # "1e-400" reads as 0.0: a tolerance the user set to something, silently none
+            raise ValueError(f"must be {self.describe()}, got {one_line(repr(text), 40)}, "
+                             "which is too small for a float (it would read as 0)")
         return self.check(value)
 
 
@@ -259,8 +269,11 @@ class Text(Kind):
     def check(self, value) -> str:
         if not isinstance(value, str) or not value:
             raise ValueError(f"must be {self.describe()}, got {value!r}")
-        if any(c in value for c in "\x00\n\r"):  # no path holds NUL (makedirs raised), and a message is one line
-            raise ValueError(f"must be {self.describe()} without NUL or line breaks, got {value!r}")
+        # no path holds NUL (makedirs raised), a message is one line, and an escape sequence in a
+        # device name or path would act on the terminal that prints it back
+        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+            raise ValueError(f"must be {self.describe()} without control characters or line breaks, "
+                             f"got {value!r}")
         return str(value)
 
     def parse(self, text: str) -> str:
