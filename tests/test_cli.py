@@ -1664,3 +1664,45 @@ def test_ca_rev194_an_interrupted_demo_that_wrote_nothing_leaves_no_empty_out(tm
     err = capsys.readouterr().err.strip()
     assert code == 130 and len(err.splitlines()) == 1, (code, err)
     assert not new.exists(), sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+
+
+# ---- demo's plot step after the work (rev194's near-miss)
+
+def test_a_demo_whose_plot_step_is_refused_after_the_work_fails_with_exit_1_keeping_the_results(
+        tmp_path, monkeypatch, capsys):
+    """A refusal at the plot step comes after bench's and verify's minutes of work: a failed step
+    (exit 1, one line saying what was kept and how to draw the figures), not a usage error
+    (exit 2, as if nothing had run)."""
+    from convex_attention.cli import _common
+    from convex_attention.cli import bench as cli_bench
+
+    seen: list = []
+    _stub_demo_steps(monkeypatch, seen)
+
+    def refused(*args, **kwargs):
+        raise _common.UsageError("nothing to plot in OUT: every row failed")
+    monkeypatch.setattr(cli_bench, "_run_plot", refused)
+    out = tmp_path / "r"
+    code = run(["demo", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 1, (code, err)
+    assert len(err.splitlines()) == 1 and "every row failed" in err and f"convex-attention plot {out}" in err, err
+    assert [s[0] for s in seen] == ["bench", "verify"]
+
+
+def test_a_demo_whose_figure_folder_is_busy_after_the_work_fails_with_exit_1_naming_the_owner(
+        tmp_path, monkeypatch, capsys):
+    seen: list = []
+    _stub_demo_steps(monkeypatch, seen)
+    out = tmp_path / "r"
+    (out / "figures").mkdir(parents=True)
+    holder = hold_lock(out / "figures", 60)
+    try:
+        code = run(["demo", "--out", str(out), "--quiet"])
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1, (code, err)
+    assert f"in use by pid {holder.pid}" in err and "the bench and verify results" in err, err
+    assert [s[0] for s in seen] == ["bench", "verify"]

@@ -698,9 +698,18 @@ def cmd_demo(args) -> int:
             status = _run_verify(verify_args, verify_config, None, backends)
             step(3, "plot: every figure")
             figures = os.path.join(args.out, "figures")
-            with results_lock(figures, command="demo", wait=getattr(args, "wait", False),
-                              log=lambda m: print(f"demo: {m}", file=sys.stderr)):  # as plot holds it
-                _run_plot(plot_args, args.out, figures)
+            try:
+                with results_lock(figures, command="demo", wait=getattr(args, "wait", False),
+                                  log=lambda m: print(f"demo: {m}", file=sys.stderr)):  # as plot holds it
+                    _run_plot(plot_args, args.out, figures)
+            except (ResultsLocked, UsageError) as err:
+                # after the two steps' work a refusal is a failed step, not a usage error (exit 1),
+                # and the line says what was kept and how to draw the figures
+                message = " ".join(str(err).split())
+                print(f"convex-attention demo: the figures were not drawn ({message}); the bench and verify "
+                      f"results in {args.out} are kept: convex-attention plot {args.out} draws them",
+                      file=sys.stderr)
+                return 1
     except ResultsLocked as err:
         raise UsageError(str(err)) from err
     info(args, f"demo: done in {time.perf_counter() - start:.0f} s; figures in {os.path.join(args.out, 'figures')}/")
