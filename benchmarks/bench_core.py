@@ -103,12 +103,12 @@ def main(argv=None):
             try:  # again under the lock: with --wait, the run waited for may have written them meanwhile
                 check_no_earlier_outputs(args.out, OUTPUTS, args.overwrite)
             except ValueError as err:
-                parser.error(str(err))
+                parser.refuse(str(err), made)
             clean_stale_tmp(args.out, OUTPUTS)
             core_benchmark(device=args.device, out_dir=args.out, backends=args.backends, **sizes)
             return 0
     except ResultsLocked as err:
-        parser.error(str(err))
+        parser.refuse(str(err), made)
     except KeyboardInterrupt:
         # the CSV may have been written before the JSON and the figure (a review): say which are there
         left = [name for name in OUTPUTS if os.path.exists(os.path.join(args.out, name))]

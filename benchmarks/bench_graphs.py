@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         graph_benchmark(config, args.out, baseline=baseline, backends=args.backends, overwrite=args.overwrite,
                         wait=args.wait, command=command, tiny=args.tiny)
     except (ResultsLocked, RunRefused) as err:  # another run holds the folder, or left results there
-        parser.error(str(err))
+        parser.refuse(str(err), made)
     except KeyboardInterrupt:
         return parser.run_interrupted(
             "the parts that finished, if any, are in their CSV files; graphs.json (the targets) was not written"

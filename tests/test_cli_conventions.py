@@ -1182,3 +1182,48 @@ def test_ca_rev194_profile_dual_fails_like_a_command(stop, expected, capsys, mon
         torch.set_num_threads(before)
     err = capsys.readouterr().err.strip()
     assert code == expected and len(err.splitlines()) == 1, (code, err)
+
+
+# ---- a refusal under the folder's lock leaves no folder the run made (rev194's near-miss)
+
+def _locked(*args, **kwargs):
+    from convex_attention.io.lock import ResultsLocked
+
+    raise ResultsLocked("results folder OUT is in use by pid 1; wait for it to finish, pass --wait")
+
+
+@pytest.mark.parametrize("name, patched, argv", [
+    ("bench_core", "results_lock", ["--tiny"]),
+    ("bench_graphs", "graph_benchmark", ["--tiny", "--parts", "convergence"]),
+])
+def test_a_benchmark_refused_under_the_lock_removes_the_folder_it_made(name, patched, argv, tmp_path, capsys,
+                                                                      monkeypatch):
+    """Run: benchmarks/<name>.py --out NEW/sub where another run takes the folder between the checks
+    and the lock. Expected: exit 2, one line, and no NEW left (it had been: the refusal came after
+    check_out_dir made it, and only a failed or interrupted run removed it)."""
+    import torch
+
+    script = _ca_rev75_script(name)
+    monkeypatch.setattr(script, patched, _locked)
+    before = torch.get_num_threads()
+    try:
+        with pytest.raises(SystemExit) as stop:
+            script.main([*argv, "--out", str(tmp_path / "new" / "sub")])
+    finally:
+        torch.set_num_threads(before)
+    err = capsys.readouterr().err.strip()
+    assert stop.value.code == 2 and len(err.splitlines()) == 1 and "in use by pid 1" in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_refusal_after_the_run_made_its_folder_never_removes_a_folder_holding_a_file(tmp_path, capsys):
+    from convex_attention.cli._common import CommandParser
+
+    parser = CommandParser(prog="script")
+    made = parser.folders_to_make(str(tmp_path / "a" / "b"))
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "kept.txt").write_text("the user's\n")
+    with pytest.raises(SystemExit):
+        parser.refuse("refused", made)
+    assert sorted(os.listdir(tmp_path / "a")) == ["kept.txt"]
+    assert "script: error: refused" in capsys.readouterr().err

@@ -85,6 +85,14 @@ class CommandParser(argparse.ArgumentParser):
         _remove_empty(list(made))
         return 130
 
+    def refuse(self, message: str, made: list | tuple = ()):
+        """A refusal that comes after the run made its folders (under the folder's lock: another
+        run holds it, or left results there while this one waited): ``made`` are removed again
+        where empty, then the usage error, exit 2, as :meth:`error` (a refused run had left the
+        empty folder it made)."""
+        _remove_empty(list(made))
+        self.error(message)
+
     @staticmethod
     def folders_to_make(out: str) -> list[str]:
         """The folders of ``out`` (itself and its parents) that do not exist yet, for
