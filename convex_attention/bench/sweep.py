@@ -396,7 +396,8 @@ def _learned_duals(config: SweepConfig, c: _Cell, kinds: set) -> tuple[dict, obj
     """λ of each learned-dual kind and the amortised network (None unless asked for).
 
     ``fitted`` (the paper's shared λ) and ``amortised`` are trained on training instances;
-    ``fitted`` requires grad, as a learned parameter does in training.
+    ``fitted`` requires grad in every dtype, as a learned parameter does in training, so the
+    timed backward computes its gradient (half-precision cells had left it out: rev189).
     """
     fit_dtype = torch.float32 if _half(c.dtype) else c.dtype
     duals: dict = {}
@@ -409,9 +410,8 @@ def _learned_duals(config: SweepConfig, c: _Cell, kinds: set) -> tuple[dict, obj
     duals["zero"] = [torch.zeros_like(d) for d in fitted]
     duals["per_sample"] = c.reference64.duals
     duals = {k: [d.to(device=c.device, dtype=c.dtype) for d in v] for k, v in duals.items()}
-    if not _half(c.dtype):
-        for d in duals["fitted"]:
-            d.requires_grad_()
+    for d in duals["fitted"]:
+        d.requires_grad_()
     if "amortised" in kinds:
         amortiser = fit_amortiser(c.h, train, c.temps, config.amortised_steps, fit_dtype, c.device,
                                   seed=config.seed + 2)
