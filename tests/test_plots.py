@@ -643,11 +643,14 @@ def test_tradeoff_front_steps_at_epsilon_and_the_legend_says_only_what_is_drawn(
     tagged = {label for label in labels if label.endswith("[float64]")}
     assert tagged and all(label.startswith("cvxpylayers") for label in tagged)
     assert any("per-sample λ excludes finding λ" in label for label in labels)
-    assert "1 ok row(s) carry no time" in figs["to:footer"].replace("\n", " ")
+    # in the wording every figure's untimed rows take (_common.untimed_listing), naming the series
+    footer = " ".join(figs["to:footer"].split())
+    assert "1 ok row(s) hold no time per sample (nor a fitted row's to borrow)" in footer
+    assert "not drawn there: dual" in footer, footer
     plots.plot_tradeoff([r for r in rows if r["dual_kind"] != "per_sample"], "to.png", log=pytest.fail)
     labels = [t.get_text() for t in figs["to"].legends[0].get_texts()]
     (hollow,) = [label for label in labels if "fitted-λ row" in label]
-    assert "per-sample" not in hollow and "carry no time" not in figs["to:footer"]
+    assert "per-sample" not in hollow and "hold no time per sample" not in figs["to:footer"]
 
 
 def test_tradeoff_keeps_each_device_in_its_own_panel_and_names_it(figs):

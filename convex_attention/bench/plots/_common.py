@@ -469,8 +469,14 @@ def untimed_note(points, columns, what: str) -> str | None:
     ``columns`` and are not drawn, by series (``what``: what they lack, in words), apart from the
     learned-dual kinds that borrow the fitted row's time (:func:`borrows_its_time`); None where
     there are none.  Such a row had vanished from a figure without a word (ca_rev186)."""
-    missing = Counter(p.series.label for p in points
-                      if not borrows_its_time(p) and any(p.v.get(c) is None for c in columns))
+    return untimed_listing([p for p in points if not borrows_its_time(p) and any(p.v.get(c) is None for c in columns)],
+                           what)
+
+
+def untimed_listing(untimed, what: str) -> str | None:
+    """The footer note naming the ``untimed`` points, ok rows that are not drawn for want of
+    ``what`` (in words), by series; None where there are none (one wording for every figure)."""
+    missing = Counter(p.series.label for p in untimed)
     if not missing:
         return None
     listed = ", ".join(f"{label} ({n})" if n > 1 else label for label, n in sorted(missing.items()))

@@ -47,6 +47,7 @@ from ._common import (
     spread_columns,
     styles_for,
     text_of,
+    untimed_listing,
     warn,
 )
 
@@ -351,22 +352,22 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()
 # ====================================================================== speed against consistency
 
 
-def timed_entries(points) -> tuple[dict, int]:
+def timed_entries(points) -> tuple[dict, list]:
     """``{cell key: {series: [entry]}}`` of the points with a time (entry: time per sample,
     violation, time borrowed, IQR of the time per sample, low confidence, point), and the
-    number of points with no time at all.  A learned-dual kind without a time of its own
-    borrows the fitted row's of its cell (the same computation, timed once there)."""
+    points with no time at all (nor a fitted row's to borrow).  A learned-dual kind without a
+    time of its own borrows the fitted row's of its cell (the same computation, timed once there)."""
     timed = {(cell_key(p.row), p.series.method): p for p in points
              if p.series.kind == TIMED_KIND and p.v["per_sample_ms"] is not None}
     cells: dict = {}
-    untimed = 0
+    untimed: list = []
     for p in points:
         t, spread, source = p.v["per_sample_ms"], (None, None), p
         if t is None and p.record.needs_duals and (cell_key(p.row), p.series.method) in timed:
             source = timed[(cell_key(p.row), p.series.method)]
             t = source.v["per_sample_ms"]
         if t is None:
-            untimed += 1
+            untimed.append(p)
             continue
         tb = source.v.get("timed_batch")
         if tb and source.v.get("total_ms_q1") is not None and source.v.get("total_ms_q3") is not None:
@@ -384,9 +385,9 @@ TRADEOFF_NUMBERS = {"per_sample_ms": {"empty_ok": True, "time_ms": True}, "viola
                     "total_ms": {"empty_ok": True, "time_ms": True}, **spread_columns("total_ms")}
 
 
-def _tradeoff_cells(points) -> tuple[dict, int]:
+def _tradeoff_cells(points) -> tuple[dict, list]:
     """``{panel: {cell: {series: [entry]}}}`` (panel: dims, levels, cell dtype, device; entry:
-    :func:`timed_entries`), and the number of ok rows with no time at all."""
+    :func:`timed_entries`), and the ok rows with no time at all."""
     by_cell, untimed = timed_entries(points)
     cells: dict = {}
     for key, by_series in by_cell.items():
@@ -529,8 +530,7 @@ def plot_tradeoff(rows, path, env=None, log: Log | None = None) -> str | None:
         drawn_points = [e[5] for by_series in chosen.values() for es in by_series.values() for e in es]
         notes = [dtype_note(points), "times per sample: each point its cell's median of forward + backward per "
                  "repetition, its error bar the interquartile range", batch_note(drawn_points)]
-        if untimed:
-            notes.append(f"{untimed} ok row(s) carry no time (and no fitted row to share one): not drawn")
+        notes.append(untimed_listing(untimed, "time per sample (nor a fitted row's to borrow)") or "")
         others = sum(len(by_cell) - 1 for by_cell in cells.values())
         if others:
             notes.append(f"each panel draws one sweep cell (the most series measured, then the largest): {others} "
