@@ -1356,3 +1356,41 @@ def test_overlapping_splits_of_two_conditions_are_named_by_their_conditions():
     variants = Variants(difficulties=(0.3, 0.3001), held_out_mimic="mottled")
     with pytest.raises(VariantsError, match=r"'difficulty0\.3/\w+' and 'difficulty0\.3001/\w+'"):
         check_test_data(config, variants, "/nonexistent/data_ledger.json", "results/test")
+
+
+# ---- run records edited by hand (ca_rev196's fix)
+
+@pytest.mark.parametrize("field, value, words", [
+    ("variants_sha256", 12345, "'variants_sha256' must be a string or null, got 12345"),
+    ("run_id", ["a"], "'run_id' must be a string"),
+    ("methods", "softmax", "'methods' must be a list of strings"),
+    ("seeds", [0, True], "'seeds' must be a list of integers"),
+    ("data_seed", 1.0, "'data_seed' must be an integer"),
+    ("forced", 0, "'forced' must be true or false"),
+])
+def test_a_run_record_edited_by_hand_is_refused_when_read_naming_its_field(tmp_path, field, value, words):
+    """A record of test_runs.jsonl or of the data ledger whose field the reports read has the wrong
+    type is refused when it is read (before any work), naming the line or entry and the field."""
+    from convex_attention.paper.protocol import LEDGER_FORMAT, read_test_runs
+
+    good = {"stage": "test", "run_id": "a", "data": "synthetic", "data_seed": 1, "variants_sha256": None,
+            "results": "x/old", "folder": "x/old", "seeds": [0, 1], "methods": ["exact"], "forced": False}
+    assert read_test_runs(str(tmp_path)) == []
+    (tmp_path / "test_runs.jsonl").write_text(json.dumps(good) + "\n" + json.dumps({**good, field: value}) + "\n")
+    with pytest.raises(VariantsError, match=f"line 2: its {words}"):
+        read_test_runs(str(tmp_path))
+    entry = {**good, "where": "x/old", "splits": [{"name": "test", "seed": 5, "n": 4}]}
+    ledger = tmp_path / "ledger.json"
+    ledger.write_text(json.dumps({"format": LEDGER_FORMAT, "spent": [entry, {**entry, field: value}]}))
+    with pytest.raises(VariantsError, match=f"entry 1: its {words}"):
+        read_ledger(str(ledger))
+    ledger.write_text(json.dumps({"format": LEDGER_FORMAT, "spent": [entry]}))
+    assert read_ledger(str(ledger)) == [entry]
+
+
+def test_the_committed_run_records_are_read_as_they_are():
+    from convex_attention.paper.protocol import read_test_runs
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert len(read_test_runs(os.path.join(root, "docs", "results", "brightest-cprime-test-cpu"))) == 2
+    assert len(read_ledger(os.path.join(root, "configs", "data_ledger.json"))) >= 7

@@ -845,9 +845,7 @@ def test_ca_rev153_the_dev_candidate_table_shows_a_dev_auc_on_its_side_of_the_ba
     assert float(row["softmax AUC"].split()[0]) < MIN_COMPARED_AUC, row["softmax AUC"]  # '0.800 ± 0.020' today
 
 
-# ---- ca_rev196 (strict xfail: review of 14d15bc)
-@pytest.mark.xfail(strict=True, reason="ca_rev196: a model-free map that was never fitted is reported as 'None, chosen "
-                                       "on the dev split (cross-fitted dev AP nan)'")
+# ---- ca_rev196 (review of 14d15bc; its strict xfails now pass)
 def test_ca_rev196_a_model_free_map_that_was_not_fitted_is_not_reported_as_chosen_with_ap_nan():
     # fit_model_free returns {"name": None, "weights": None, "dev_ap": nan} when a half of the dev images has no
     # lesion image (likely at the allowed --n-dev / --validity-images 4); _validity_section formats it as a choice
@@ -860,8 +858,6 @@ def test_ca_rev196_a_model_free_map_that_was_not_fitted_is_not_reported_as_chose
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy: inf - inf in the std
-@pytest.mark.xfail(strict=True, reason="ca_rev196: an Inf value is counted as used, its mean shows as '–', and the NaN "
-                                       "list says every mean is over all seeds")
 def test_ca_rev196_a_value_that_is_not_finite_is_never_counted_as_a_number_used():
     from convex_attention.paper.explain import summary_cells
     from convex_attention.paper.reports import cell, nan_lines
@@ -870,13 +866,14 @@ def test_ca_rev196_a_value_that_is_not_finite_is_never_counted_as_a_number_used(
     s = {"condition": "c", "test_set": "test", "model": "exact",
          **summary_cells("score_range_L0", [1.0, math.inf, 2.0, 3.0, 4.0])}
     lines = nan_lines([s], ("condition", "test_set", "model"), "accuracy and map statistics")
-    assert cell(s, "score_range_L0") == "–"  # holds today: no mean shown
-    # yet the table's list says nothing was left out and 'every mean shown is over all seeds'
+    # the mean is over the four finite values (it had been inf, shown as '–', with the infinity counted as used)
+    assert cell(s, "score_range_L0") == "2.500 ± 2.054"
+    assert (s["score_range_L0_n_used"], s["score_range_L0_n_nan"]) == (4, 1)
+    # and the table's list names what was left out (it had said 'every mean shown is over all seeds')
     assert not lines[0].startswith("Left out as NaN (accuracy and map statistics): nothing"), (s, lines)
+    assert "c, test, exact: score_range_L0: 1 of 5 seeds left out" in "\n".join(lines), lines
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev196: a test_runs.jsonl record the preflight accepts crashes the report "
-                                       "(TypeError) after the test split is spent")
 def test_ca_rev196_a_hand_edited_run_log_record_never_crashes_the_report_after_the_work(tmp_path):
     import json
 

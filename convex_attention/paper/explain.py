@@ -366,15 +366,16 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_
 
 def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
     """Mean and the half-width of its ``confidence`` interval (Student t with ``n − 1``
-    degrees of freedom: ``t · std(ddof=1) / sqrt(n)``) of the non-NaN ``values`` (``n`` of
-    them: NaN values are left out, and :func:`summary_cells` counts them); NaN where
-    undefined (no value; one value for the half-width)."""
+    degrees of freedom: ``t · std(ddof=1) / sqrt(n)``) of the finite ``values`` (``n`` of
+    them: NaN and infinite values are left out, and :func:`summary_cells` counts them: an
+    infinity had been averaged into an infinite mean shown as "–" and counted as used:
+    ca_rev196); NaN where undefined (no value; one value for the half-width)."""
     from scipy.stats import t
 
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
     v = np.array([float(x) for x in values], dtype=float)
-    v = v[~np.isnan(v)]
+    v = v[np.isfinite(v)]
     if v.size == 0:
         return math.nan, math.nan
     if v.size == 1:
@@ -384,10 +385,10 @@ def mean_ci(values, confidence: float = 0.95) -> tuple[float, float]:
 
 
 def nan_counts(values) -> tuple[int, int]:
-    """``(n_used, n_nan)``: how many of ``values`` are numbers (what :func:`mean_ci` and
-    :func:`mean_se` average) and how many are NaN (what they leave out)."""
+    """``(n_used, n_nan)``: how many of ``values`` are finite numbers (what :func:`mean_ci` and
+    :func:`mean_se` average) and how many are not (NaN or infinite: what they leave out)."""
     v = np.array([float(x) for x in values], dtype=float)
-    n_nan = int(np.isnan(v).sum())
+    n_nan = int((~np.isfinite(v)).sum())
     return int(v.size) - n_nan, n_nan
 
 
@@ -395,7 +396,7 @@ def summary_cells(name: str, values, confidence: float = 0.95) -> dict:
     """One summarised quantity ``name`` of ``values`` (a sequence of floats):
     ``{name}_mean`` and ``{name}_ci95`` (:func:`mean_ci`, Student t with ``n_used − 1``
     degrees of freedom), ``{name}_n_used`` (the values averaged) and ``{name}_n_nan`` (the
-    NaN values left out), so that no summary drops a value without saying so."""
+    values left out: NaN, or infinite), so that no summary drops a value without saying so."""
     mean, half = mean_ci(values, confidence)
     n_used, n_nan = nan_counts(values)
     return {f"{name}_mean": mean, f"{name}_ci95": half, f"{name}_n_used": n_used, f"{name}_n_nan": n_nan}
@@ -431,10 +432,11 @@ def dropped_values(summary: list[dict], keys, metrics, count: str = "n", all_nan
 
 
 def mean_se(values) -> tuple[float, float]:
-    """Mean and standard error (``std(ddof=1) / sqrt(n)``) of the non-NaN ``values``; NaN
-    where undefined (no value; one value for the error)."""
+    """Mean and standard error (``std(ddof=1) / sqrt(n)``) of the finite ``values`` (NaN and
+    infinite ones left out, as :func:`mean_ci` does); NaN where undefined (no value; one
+    value for the error)."""
     v = np.array([float(x) for x in values], dtype=float)
-    v = v[~np.isnan(v)]
+    v = v[np.isfinite(v)]
     if v.size == 0:
         return math.nan, math.nan
     return float(v.mean()), (float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else math.nan)

@@ -896,6 +896,9 @@ def _ledger_entries(data, path: str) -> list[dict]:
                 for sp in splits):
             raise VariantsError(f"the data ledger {path}: entry {i} must hold 'splits', each with an integer 'seed' "
                                 f"and 'n'")
+        problem = run_record_problem(run)
+        if problem:
+            raise VariantsError(f"the data ledger {path}: entry {i}: {problem}")
     return data["spent"]
 
 
@@ -1106,11 +1109,46 @@ def spend(path: str, entry: dict) -> None:
         write_json(real, {"format": LEDGER_FORMAT, "note": note, "spent": [*runs, entry]})
 
 
+def _is_str(v) -> bool:
+    return isinstance(v, str)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+#: The fields of a run record (the ledger's, test_runs.jsonl's) that the reports and checks read,
+#: and what each must be where present: a record edited by hand is refused when it is read,
+#: before any work (a number for ``variants_sha256`` had ended the test stage in a TypeError
+#: after its models were trained and its seed spent: ca_rev196).
+RUN_RECORD_FIELDS: dict = {
+    "stage": (_is_str, "a string"), "run_id": (_is_str, "a string"), "started": (_is_str, "a string"),
+    "data": (_is_str, "a string"), "where": (_is_str, "a string"), "results": (_is_str, "a string"),
+    "folder": (_is_str, "a string"), "note": (_is_str, "a string"),
+    "variants_sha256": (lambda v: v is None or _is_str(v), "a string or null"),
+    "data_seed": (_is_int, "an integer"), "forced": (lambda v: isinstance(v, bool), "true or false"),
+    "seeds": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v), "a list of integers"),
+    "methods": (lambda v: isinstance(v, list) and all(_is_str(x) for x in v), "a list of strings"),
+    "variants": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "moved_aside": (lambda v: isinstance(v, dict), "an object"),
+}
+
+
+def run_record_problem(record: dict) -> str | None:
+    """What is wrong with a run record's fields (:data:`RUN_RECORD_FIELDS`), in words; None
+    where nothing is."""
+    for name, (ok, what) in RUN_RECORD_FIELDS.items():
+        if name in record and not ok(record[name]):
+            return f"its {name!r} must be {what}, got {json.dumps(record[name])[:40]}"
+    return None
+
+
 def read_test_runs(folder: str) -> list[dict]:
     """The test runs ``folder/test_runs.jsonl`` records (none when it does not exist): one
     strict-JSON object a line.  VariantsError, one line naming the file and the line, for
-    a file that is not UTF-8 text (a byte-order mark, NUL bytes, other bytes) or a line
-    that is not a JSON object (a run killed while appending leaves a cut line)."""
+    a file that is not UTF-8 text (a byte-order mark, NUL bytes, other bytes), a line
+    that is not a JSON object (a run killed while appending leaves a cut line) or one whose
+    fields are not what :data:`RUN_RECORD_FIELDS` says."""
     path = os.path.join(folder, TEST_RUN_LOG)
     if not os.path.exists(path):
         return []
@@ -1134,6 +1172,9 @@ def read_test_runs(folder: str) -> list[dict]:
             raise VariantsError(f"the test run log {path}, line {number}, is not strict JSON ({err}); {fix}") from None
         if not isinstance(record, dict):
             raise VariantsError(f"the test run log {path}, line {number}, is not a JSON object; {fix}")
+        problem = run_record_problem(record)
+        if problem:
+            raise VariantsError(f"the test run log {path}, line {number}: {problem}; {fix}")
         runs.append(record)
     return runs
 

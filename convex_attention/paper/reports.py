@@ -278,6 +278,18 @@ def _randomisation_lines(rand_summary) -> list[str]:
                              "randomisation check", all_nan=True)
 
 
+def _model_free_line(condition: str, mf: dict) -> str:
+    """The model-free reference map of ``condition`` (:func:`~.protocol.fit_model_free`'s record),
+    or why none was fitted (a dev half without a lesion image: it had been reported as "None,
+    chosen on the dev split (cross-fitted dev AP nan)": ca_rev196)."""
+    if mf.get("name") is None:
+        reason = " ".join(str((mf.get("check") or {}).get("reason") or "its check did not run").split())
+        return (f"Model-free reference map ({condition}): none was fitted ({reason}); the tables have no "
+                f"model-free row.")
+    return (f"Model-free reference map ({condition}): {mf['name']}, chosen on the dev split (cross-fitted dev AP "
+            f"{format_ci(mf['dev_ap'], math.nan)}), weights {[format(w, '.3g') for w in (mf['weights'] or [])]}.")
+
+
 def _validity_section(conditions, accuracy) -> list[str]:
     """The validity checks, the model-free map and the compared models, per condition."""
     lines = ["## Validity checks (first)", ""]
@@ -285,9 +297,7 @@ def _validity_section(conditions, accuracy) -> list[str]:
         lines += validity_lines(c["validity"], f"{c['condition']} (training vs test images; (c′): the softmax "
                                                 f"models' AUC drop with shuffled maps on the test split, reported "
                                                 f"here; the verdict was the dev stage's)")
-        mf = c["model_free"]
-        lines += [f"Model-free reference map ({c['condition']}): {mf['name']}, chosen on the dev split (cross-fitted "
-                  f"dev AP {mf['dev_ap']:.3f}), weights {[format(w, '.3g') for w in (mf['weights'] or [])]}.", ""]
+        lines += [_model_free_line(c["condition"], c["model_free"]), ""]
     lines += ["## Compared models", "",
               f"A model's maps are compared only if its mean dev AUC reaches {MIN_COMPARED_AUC:.2f}; the others are "
               f"reported below, and left out of the headline.", ""]
