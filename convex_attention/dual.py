@@ -588,7 +588,7 @@ def _work_inputs(scores: Sequence, given, h: Graph, batch: int, work: torch.dtyp
     pools of one map given to float64 work) the problem had no solution, and the solve stopped on
     its duality gap (0.04 to 7.6 at tol 1e-6: ca_rev111); given maps further apart are left to
     contradict each other, which the solve reports."""
-    inputs = [s.to(work) if q is None else normalised(q.expand((batch,) + h.shapes[k]).to(work))
+    inputs = [_scores_in(s, work) if q is None else normalised(q.expand((batch,) + h.shapes[k]).to(work))
               for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
     if given is None:
         return inputs
@@ -598,6 +598,18 @@ def _work_inputs(scores: Sequence, given, h: Graph, batch: int, work: torch.dtyp
     for k, f in agreement_factors(h, wide, floor=POLISH_TOL, allowed=allowed).items():
         inputs[k] = (inputs[k].reshape(batch, -1) * f.to(work)).reshape(inputs[k].shape)
     return inputs
+
+
+def _scores_in(scores: Tensor, work: torch.dtype) -> Tensor:
+    """``scores`` in the working dtype; where it is coarser than theirs, centred per sample first
+    (less their midpoint, held constant: no solution, dual or gradient changes), so that the cast
+    keeps the digits of their differences.  Cast first, float64 scores of 1e5 + N(0, 1) had lost
+    them to float32's rounding of 1e5 (maps 3.4e-4 off at τ = 1, 2e-8 about 0)."""
+    if torch.finfo(work).eps <= torch.finfo(scores.dtype).eps:
+        return scores.to(work)  # (bit for bit as before: the solver centres them in its own dtype)
+    mid, _ = _midpoint(scores.detach())
+    mid = torch.where(torch.isfinite(mid), mid, 0.0)  # (a non-finite score under check_finite=False: refused later)
+    return (scores - mid.view((-1,) + (1,) * (scores.dim() - 1))).to(work)
 
 
 def _split_given(inputs: Sequence[Tensor], mask: Sequence[bool]):
