@@ -4277,3 +4277,37 @@ def test_float64_work_passes_the_scores_on_as_they_are(monkeypatch):
     s = [torch.randn(2, 4, 4, dtype=torch.float64) + 1e5, torch.randn(2, 2, 2, dtype=torch.float64)]
     ca.solve(s, g, method="dual", temperature=1.0)
     assert all(torch.equal(a, b) for a, b in zip(seen[0], s))
+
+
+# ---- ca_rev195 (mutation review of 14d15bc)
+def test_ca_rev195_float32_solve_does_not_stop_at_the_violation_tol_before_the_gap_tol():
+    """Kills dual.py solve_dual (line ~1540) ``stopping = active & finite & (viol <= stop_tol) & (gap <= gap_tol)``
+    with the gap test dropped: in float32 work there is no confirmation at recomputed logits, so a sample whose
+    violation meets a loose tol (3e-2 at sweep 2) while its gap (3e-3) misses gap_tol=1e-6 stopped there and
+    was then reported not converged (ConvergenceError), instead of sweeping on until both are met."""
+    h = ca.Hierarchy.from_parents([8, 4, 2], [[0, 0, 1, 1, 2, 2, 3, 3], [0, 0, 1, 1]])
+    g = torch.Generator().manual_seed(0)
+    s = [torch.randn(2, n, generator=g, dtype=torch.float32) * 3 for n in (8, 4, 2)]
+    out = solve_dual(s, h, [0.5, 1.0, 2.0], tol=3e-2, gap_tol=1e-6, record_history=True)
+    v, gap = out["history"]["violation"], out["history"]["gap"]
+    # the case the test is about: a sweep before the last met tol but not gap_tol
+    assert bool(((v[1:-1] <= 3e-2) & (gap[1:-1] > 1e-6)).any())
+    assert bool(out["converged"].all())
+    assert float(out["gap"].max()) <= 1e-6 and float(out["violation"].max()) <= 3e-2
+
+
+def test_ca_rev195_block_step_at_overflowing_tau_times_eta_keeps_its_weights():
+    """Kills dual.py _sweep (line ~1159), the finite fallback of the block step with its weights swapped
+    (``message * (ta / (ta + tb)) - etas[b] * (tb / (ta + tb))``): where τ·η overflows float32 (τ = 1e18, 1.6e19,
+    centred scores ±3e19) that step is taken; swapped it is no longer the block minimiser and the solve stalled
+    at violation 0.89.  Right, it agrees with the closed form."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    temps = [1e18, 1.6e19]
+    s = [torch.tensor([[3.0e19, 2.9e19, -3.0e19, -2.9e19]]), torch.tensor([[0.0, 0.0]])]
+    want = ca.solve(s, h, "exact", temperature=temps).probs
+    assert float(want[0].min()) > 1e-3  # not one-hot: the block step matters
+    out = solve_dual(s, h, temps, tol=1e-6)
+    assert bool(out["converged"].all())
+    got = ca.solve(s, h, "dual", temperature=temps).probs
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=0)

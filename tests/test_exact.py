@@ -1434,3 +1434,34 @@ def test_ca_rev163_a_block_shift_cancelled_by_its_coarse_cell_moves_nothing_in_f
     got = ca.solve(shifted, h, "exact", temperature=1e-3).probs
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, atol=2e-5, rtol=0)
+
+
+# ---- ca_rev195 (mutation review of 14d15bc)
+def test_ca_rev195_second_order_ratio_limit_is_the_documented_one_and_refuses_beyond_it():
+    """Kills exact.py ``SECOND_ORDER_ROUNDING = 400.0`` -> ``100.0`` (line ~569), which moved the limit to 2.2e5
+    (float32) / 6.8e3 (float64) unnoticed: second_order_ratio_limit documents 1.1e5 for float32 scores and
+    3.4e3 in float64, and a second derivative at a sub-tree ratio of 5e3 in float64 must raise."""
+    from convex_attention.exact import second_order_ratio_limit
+
+    assert 1.0e5 < second_order_ratio_limit(torch.float32) < 1.2e5
+    assert 3.3e3 < second_order_ratio_limit(torch.float64) < 3.5e3
+    t1 = 0.2
+    t0 = t1 / (5e3 - 1.0)  # sub-tree ratio (t0 + t1) / t0 = 5e3
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    with pytest.raises(FloatingPointError, match="would lose its digits"):
+        _rev54_hvp(torch.float64, lambda a, b: ca.solve([a, b], h, "exact", temperature=[t0, t1]).probs)
+
+
+def test_ca_rev195_temperature_gradient_ignores_a_constant_added_to_the_log_probs():
+    """Kills exact.py temperature_gradient (line ~384) with the per-sample maximum no longer taken off ``log_p``
+    (``log_p = log_p.clamp_min(_log_floor(...))``): its docstring says ``log_probs`` are "log p_k up to one
+    constant per sample" and that the constant moves nothing; without the shift each float32 product θ̄·log p
+    at |log p| ~ 1024 is rounded to 1024·eps, and the rounding of Σ θ̄ is multiplied by 1024 (6e-5 off)."""
+    from convex_attention.exact import temperature_gradient
+
+    lp = torch.tensor([[-1.0, -0.5, -2.0]])  # exactly representable, as is lp + 1024
+    probs = [lp.exp()]
+    gbar = [torch.tensor([[0.3, 0.6, -0.9]])]  # sums to zero up to float32 rounding (6e-8)
+    want = temperature_gradient(probs, gbar, [lp])
+    got = temperature_gradient(probs, gbar, [lp + 1024.0])
+    torch.testing.assert_close(got, want, rtol=1e-7, atol=0)
