@@ -1731,3 +1731,28 @@ def test_ca_rev183_baseline_model_none_twice_is_not_refused_as_standing_beside_n
         assert "beside ;" not in str(err) and "more than once" in str(err), str(err)
     else:
         assert baseline is None and [n for n, _ in specs] == ["a", "b"]
+
+
+# ---- ca_rev197 (strict xfail: review of b98ce6f)
+
+
+def _ca_rev197_amsgrad(optimizer):
+    for group in optimizer["param_groups"]:
+        group["amsgrad"] = True
+
+
+@pytest.mark.xfail(strict=True, reason="ca_rev197: a checkpoint whose Adam groups say amsgrad ends train --resume "
+                                       "in a KeyError traceback")
+def test_ca_rev197_resume_of_a_checkpoint_whose_adam_says_amsgrad_fails_like_a_command(tmp_path, capsys):
+    """Run: convex-attention train --resume x/last.pt --n-train 16 --out o, x/last.pt a checkpoint after one Adam
+    step whose param_groups say amsgrad True (every check of read_checkpoint, check_optimizer_fits and
+    check_resume passes).  Expected: exit 2, one line naming --resume, before any work, or the run trained with
+    the Adam training builds (exit 0).  Observed: the data are built and training starts; Adam's first step
+    raises KeyError: 'max_exp_avg_sq' (the moment amsgrad needs is not in the state), a traceback, exit 1
+    (_Run.restore resets only lr and weight_decay of the loaded param_groups)."""
+    path = _ca_rev173_spoilt(tmp_path, _ca_rev197_amsgrad)
+    code, _, err = run(["train", "--resume", path, "--n-train", "16", "--batch-size", "8", "--no-progress",
+                        "--out", str(tmp_path / "o")], capsys)
+    assert code in (0, 2) and "Traceback" not in err, err
+    if code == 2:
+        assert_usage_error(code, err, "--resume")
