@@ -1733,7 +1733,7 @@ def test_ca_rev183_baseline_model_none_twice_is_not_refused_as_standing_beside_n
         assert baseline is None and [n for n, _ in specs] == ["a", "b"]
 
 
-# ---- ca_rev197 (strict xfail: review of b98ce6f)
+# ---- ca_rev197 (review of b98ce6f; its strict xfails now pass)
 
 
 def _ca_rev197_amsgrad(optimizer):
@@ -1741,8 +1741,6 @@ def _ca_rev197_amsgrad(optimizer):
         group["amsgrad"] = True
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev197: a checkpoint whose Adam groups say amsgrad ends train --resume "
-                                       "in a KeyError traceback")
 def test_ca_rev197_resume_of_a_checkpoint_whose_adam_says_amsgrad_fails_like_a_command(tmp_path, capsys):
     """Run: convex-attention train --resume x/last.pt --n-train 16 --out o, x/last.pt a checkpoint after one Adam
     step whose param_groups say amsgrad True (every check of read_checkpoint, check_optimizer_fits and

@@ -382,6 +382,38 @@ def _non_finite_optimizer_state(optimizer) -> str:
     return ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
 
 
+#: Adam's settings that decide what its state means and what its next step does, as training
+#: builds it; a checkpoint's must be these (lr and weight_decay are the resumed run's own to
+#: set).  Its other keys (foreach, fused, capturable, differentiable) choose an implementation
+#: and are training's own when it resumes (:meth:`_Run.restore`).
+ADAM_KEEPS = ("betas", "eps", "amsgrad", "maximize", "decoupled_weight_decay")
+
+
+def _training_adam(config: TrainConfig) -> dict:
+    """The settings of the Adam that :class:`_Run` builds (one parameter group's)."""
+    return dict(torch.optim.Adam([torch.zeros(1)], lr=config.lr, weight_decay=config.weight_decay).defaults)
+
+
+def _other_adam(optimizer, config: TrainConfig) -> str:
+    """The :data:`ADAM_KEEPS` settings of a checkpoint's optimiser state that are not
+    training's, named (``"maximize: checkpoint True vs training's False"``); empty where
+    there are none, where the state records none (older torch), or there is no state.  A
+    resume had taken them silently (gradient ascent under ``maximize``) or failed after the
+    work started (``amsgrad``: a KeyError from Adam's first step: ca_rev197)."""
+    groups = optimizer.get("param_groups") if isinstance(optimizer, dict) else None
+    ours = _training_adam(config)
+    diff = []
+    for group in groups if isinstance(groups, list) else ():
+        for key in ADAM_KEEPS:
+            if isinstance(group, dict) and key in group and key in ours:
+                theirs, mine = group[key], ours[key]
+                if key == "betas":
+                    theirs, mine = tuple(theirs), tuple(mine)  # (a list after a round trip through JSON)
+                if theirs != mine:
+                    diff.append(f"{key}: checkpoint {group[key]!r} vs training's {ours[key]!r}")
+    return ", ".join(dict.fromkeys(diff))
+
+
 def _rng_problem(rng) -> str:
     """What is wrong with a checkpoint's stored random states (:meth:`_Run._rng_state`), in
     words; empty when they are usable or absent (older checkpoints)."""
@@ -444,8 +476,14 @@ def check_resume(config: TrainConfig, state: dict) -> int:
     bad = _non_finite_optimizer_state(state.get("optimizer"))
     if bad:
         raise ValueError(f"checkpoint {config.resume!r} holds an optimiser state that is not all finite ({bad}): "
-                         f"the first update would make the weights NaN; resume from a checkpoint of an earlier "
-                         f"epoch, or train a new model into another --out")
+                         f"the next updates would not be finite, or would be none (an infinite second moment "
+                         f"freezes its weight); resume from a checkpoint of an earlier epoch, or train a new model "
+                         f"into another --out")
+    other = _other_adam(state.get("optimizer"), config)
+    if other:
+        raise ValueError(f"checkpoint {config.resume!r} holds the state of another optimiser than training's Adam "
+                         f"({other}): resumed, its moments would be read under settings training never used; "
+                         f"resume from a checkpoint this tool wrote, or train a new model into another --out")
     rng_problem = _rng_problem(state.get("rng"))
     if rng_problem:
         raise ValueError(f"checkpoint {config.resume!r} holds a damaged random state ({rng_problem}); resume from "
@@ -603,9 +641,12 @@ class _Run:
         config = self.config
         load_checkpoint(config.resume, self.model, self.optimizer, map_location=self.device, state=state)
         self.updated = True
-        for group in self.optimizer.param_groups:  # the learning rate asked now, not the checkpoint's
-            group["lr"] = config.lr
-            group["weight_decay"] = config.weight_decay
+        # the learning rate asked now, not the checkpoint's; the implementation's own keys (foreach,
+        # fused, capturable: an AssertionError on CPU) training's too (the settings of ADAM_KEEPS were
+        # checked to be training's by check_resume)
+        ours = _training_adam(config)
+        for group in self.optimizer.param_groups:
+            group.update({k: v for k, v in ours.items() if k not in ADAM_KEEPS})
         self.metrics = list(state.get("metrics", []))
         # the selection goes on where it stopped: best.pt holds the epoch of highest AUC so far
         aucs = {int(m["epoch"]): float(m["val_auc"]) for m in self.metrics
@@ -730,6 +771,12 @@ class _Run:
             bar.set_postfix(loss=f"{loss_sum / total:.3f}", acc=f"{correct / total:.3f}")
         bar.close()
         epoch_time = time.perf_counter() - t0
+        bad = _non_finite_optimizer_state(self.optimizer.state_dict())
+        if bad:  # a finite loss and finite gradients whose squares overflowed: from here on, those weights
+            # take no update, and the last.pt it would write is refused by --resume (ca_rev197)
+            raise TrainingDiverged(f"the optimiser's state became NaN or Inf at epoch {epoch} (method "
+                                   f"{config.method}; {bad}) while the loss stayed finite: gradients too large for "
+                                   f"Adam's second moment", True, config.lr)
         if self.main and config.recompute_bn:
             recompute_batchnorm(model, self.train_labels, config.batch_size, self.device)
         if self.world > 1:
