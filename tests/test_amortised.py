@@ -487,3 +487,41 @@ def test_ca_rev115_amortised_duals_refuse_a_learned_temperature_saying_what_to_d
         ca.AmortisedDuals(h, temperature=torch.nn.Parameter(torch.ones(2)))
     except TypeError as err:
         assert "AmortisedDuals" in str(err) and "this method" not in str(err), str(err)
+
+
+# ---- ca_rev198 (mutation review of 755d5f1)
+
+
+def test_ca_rev198_a_masked_cell_enters_graph_features_as_a_cell_far_below_the_rest():
+    """Kills nn.py's ``MASK_MARGIN = 64.0`` changed to 4.0 (every masked-cell test passed: they check
+    finiteness, not weight).  On a graph a masked cell enters the sweeps 64 temperatures below its
+    map's lowest score, weight at most e^-64 (docs: "the features stay those of the cells that
+    count"): the features and duals equal those with the cell at a finite score 1e4 below the rest
+    (at 4 temperatures they moved by 8e-4)."""
+    h = ca.Graph.from_edges([12, 4, 3], [(0, 1, torch.arange(12) // 3), (0, 2, torch.arange(12) % 3)])
+    g = torch.Generator().manual_seed(1)
+    scores = [2 * torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    masked, low = [s.clone() for s in scores], [s.clone() for s in scores]
+    masked[0][:, 0] = -math.inf
+    low[0][:, 0] = float(scores[0][:, 1:].min()) - 1e4
+    module = ca.AmortisedDuals(h, [2.0, 2.9, 1.9]).double()
+    with torch.no_grad():
+        for a, b in zip(module.features(masked) + module(masked), module.features(low) + module(low)):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_ca_rev198_hierarchy_features_are_centred_over_their_live_cells():
+    """Kills nn.py, ``_centre_live``: the mean over the finite entries changed to the mean over all
+    cells (``kept.mean(dims)``), untested because the untrained network's output is centred again
+    (the formula path is linear, the residual starts at zero).  With a wholly masked block, each
+    feature channel is 0 on the masked coarse cells and centred per sample on the others (the
+    class docstring: "each centred per sample"), which a trained residual reads."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    scores[0][0, :, 2:] = -math.inf  # sample 0: coarse cells (0, 1) and (1, 1) over wholly masked blocks
+    (feat,) = ca.AmortisedDuals(h).double().features(scores)
+    assert bool(torch.isfinite(feat).all())
+    assert bool((feat[0, :, :, 1] == 0).all())
+    torch.testing.assert_close(feat.sum((2, 3)), torch.zeros(2, feat.shape[1], dtype=torch.float64),
+                               rtol=0, atol=1e-12)

@@ -2137,3 +2137,36 @@ def test_ca_rev161_a_loss_on_the_dual_objective_is_differentiated_on_a_diamond()
     got = torch.autograd.grad(sol.dual_objective.sum(), scores)
     for a, p in zip(got, sol.probs):
         assert float((a - p.detach()).abs().max()) <= 1e-8
+
+
+# ---- ca_rev198 (mutation review of 755d5f1)
+
+
+def test_ca_rev198_a_stall_is_a_residual_that_did_not_halve_not_one_that_fell_less_than_fourfold():
+    """Kills hessian.py, solve_psd's ``stalled()``: ``recent[-1] > 0.5 * recent[0]`` changed to
+    ``0.25 * recent[0]``.  Block-Jacobi conjugate gradients on the mixed graph reduce the residual
+    2-4x over some 3 iterations on the way to 1e-12: that is progress, not a stall, so a solve
+    with ``stop_stalled`` still finishes (the mutant stopped two of the three samples after 3
+    iterations, unsolved)."""
+    inst = random_graph_instance("mixed", batch=3, seed=0, scale=3.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12)
+    hess = get_hessian(inst.h, "cpu")
+    rhs = hess.centre(torch.randn(3, hess.dim, dtype=torch.float64, generator=torch.Generator().manual_seed(0)))
+    _, relres, iterations, solved = solve_psd(hess, sol.probs, inst.temps, rhs, 1e-12, 500, dense_limit=0,
+                                              stop_stalled=True)
+    assert bool(solved.all()) and float(relres.max()) <= 1e-12 and int(iterations.min()) > STALL_ITERATIONS
+
+
+def test_ca_rev198_the_documented_rounding_floor_and_stall_are_the_code_s():
+    """Kills hessian.py's ``ROUNDING_UNITS = 16.0`` changed to 1.0 or 1e4 (no test reads the value:
+    the floor's test scales by the imported constant, and the solves that reach their floor stop
+    at 0.2-0.3 units, accepted at either), and ``STALL_ITERATIONS``: docs/math.md promises
+    ``16 · eps · (...)`` and a residual that "did not halve over the last 3 iterations"."""
+    import pathlib
+
+    from convex_attention.hessian import ROUNDING_UNITS
+
+    text = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "math.md").read_text(encoding="utf-8")
+    text = " ".join(text.split())
+    assert f"`{ROUNDING_UNITS:g} · eps · (‖ |A|ᵀ z ‖ + ‖r‖)`" in text
+    assert f"did not halve over the last {STALL_ITERATIONS} iterations" in text

@@ -1394,3 +1394,19 @@ def test_ca_rev183_the_advice_of_the_meta_temperature_refusal_builds_the_layer()
         ca.ConsistentAttention(h, "learned_dual", temperature=t, duals=ca.AmortisedDuals(h, 1.0))
     except ValueError as err:  # a refusal in words is a fix too
         assert "meta" in str(err)
+
+
+# ---- ca_rev198 (mutation review of 755d5f1)
+
+
+def test_ca_rev198_amortised_duals_built_a_tenth_of_a_percent_off_the_layer_s_temperature_are_refused():
+    """Kills nn.py's ``TEMPERATURE_MATCH = 1e-6`` loosened to 1e-2 (the tests compared temperatures
+    2x apart, or float32's rounding of one value): 1.001 is not the layer's 1.0, in the layer and on
+    load; float32's 0.1 still is 0.1."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    with pytest.raises(ValueError, match="built for temperatures"):
+        ca.ConsistentAttention(h, "learned_dual", temperature=1.0, duals=ca.AmortisedDuals(h, 1.001))
+    with pytest.raises(ValueError, match="built for temperatures"):
+        ca.AmortisedDuals(h, 1.0).load_state_dict(ca.AmortisedDuals(h, 1.001).state_dict())
+    ca.ConsistentAttention(h, "learned_dual", temperature=0.1,
+                           duals=ca.AmortisedDuals(h, float(torch.tensor(0.1, dtype=torch.float32))))
