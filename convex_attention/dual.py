@@ -429,7 +429,7 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
     if any(mask):
         _check_given_structure(h, mask, options)
     parts = h.solved_apart()
-    inputs = _work_inputs(scores, given, h, B, work)
+    inputs, shift = _work_inputs(scores, given, h, B, work)
     if any(mask):  # (a pass over the given maps, which solve_dual's own check per component repeats)
         _check_given_fit(inputs, given, work)
     if options["init"] is not None:  # every part's starts, before any part is solved
@@ -437,7 +437,7 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
                          work, h, floats, options["tol"], mask)
     if len(parts) == 1:
         maps_of_one, lam, info = _solve_checked(inputs, h, temps, options, mask, dtype, work)
-        return maps_of_one, [d.to(compute_dtype(dtype)) for d in lam], info
+        return maps_of_one, [d.to(compute_dtype(dtype)) for d in lam], _shifted_history(info, shift)
     # several components with constraints: each is solved as the problem of its own that it is
     # (docs/design.md §1).  Solved together, a component whose scores and temperatures were 1e16
     # times another's stalled it (one Newton system, one step length and one stopping test per
@@ -484,7 +484,18 @@ def _solve_dual_method(scores: Sequence[Tensor], h: Graph, temps: Sequence, opti
                         "objectives nearly cancel; raise gap_tol" + (", or max_iter (a retry had no sweeps left)"
                                                                      if spent else "")
                         + ", or solve the components as separate problems")
-    return probs, [d.to(compute_dtype(dtype)) for d in duals], info
+    return probs, [d.to(compute_dtype(dtype)) for d in duals], _shifted_history(info, shift)
+
+
+def _shifted_history(info: dict, shift: Tensor | None) -> dict:
+    """``info`` with its history's dual objective moved by ``shift`` ``(B,)``: what the scores'
+    centring before a cast to a coarser working dtype (:func:`_scores_in`) took off g (a map's
+    constant moves g by itself); the history had been g of the centred scores (ca_rev199)."""
+    if shift is not None and "history" in info:
+        history = info["history"]
+        info["history"] = {**history, "dual_objective": history["dual_objective"] + shift.to(
+            history["dual_objective"].dtype)}
+    return info
 
 
 # Times the parts of a disconnected graph are solved again, each held to its share of the whole
@@ -578,8 +589,10 @@ def _gap_and_scale(inputs: Sequence[Tensor], h: Graph, temps: Sequence[float], d
     return gap, (f - offset).abs().clamp_min(1.0)
 
 
-def _work_inputs(scores: Sequence, given, h: Graph, batch: int, work: torch.dtype) -> list[Tensor]:
-    """The inputs of :class:`DualSolveFunction` in the working dtype: the scores, and for a given
+def _work_inputs(scores: Sequence, given, h: Graph, batch: int,
+                 work: torch.dtype) -> tuple[list[Tensor], Tensor | None]:
+    """The inputs of :class:`DualSolveFunction` in the working dtype, and what centring the scores
+    before their cast took off g, ``(B,)`` (None where nothing: :func:`_scores_in`): the scores, and for a given
     map its probabilities, normalised (:func:`~convex_attention.given_maps.normalised`) and
     expanded to the batch; given maps that hold the same cells made to agree there
     (:func:`~convex_attention.given_maps.agreement_factors`, by factors that carry no gradient)
@@ -588,28 +601,37 @@ def _work_inputs(scores: Sequence, given, h: Graph, batch: int, work: torch.dtyp
     pools of one map given to float64 work) the problem had no solution, and the solve stopped on
     its duality gap (0.04 to 7.6 at tol 1e-6: ca_rev111); given maps further apart are left to
     contradict each other, which the solve reports."""
-    inputs = [_scores_in(s, work) if q is None else normalised(q.expand((batch,) + h.shapes[k]).to(work))
-              for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps))]
+    inputs, shift = [], None
+    for k, (s, q) in enumerate(zip(scores, given if given is not None else [None] * h.num_maps)):
+        if q is not None:
+            inputs.append(normalised(q.expand((batch,) + h.shapes[k]).to(work)))
+            continue
+        x, mid = _scores_in(s, work)
+        inputs.append(x)
+        if mid is not None:
+            shift = mid if shift is None else shift + mid
     if given is None:
-        return inputs
+        return inputs, shift
     wide = [None if q is None else normalised(x.detach().to(torch.float64)) for x, q in zip(inputs, given)]
     allowed = GIVEN_SUM_TOLERANCE.get(next(q for q in given if q is not None).dtype, 1e-2)
     # (apart by no more than POLISH_TOL, what no solve resolves, they are left bit for bit as given)
     for k, f in agreement_factors(h, wide, floor=POLISH_TOL, allowed=allowed).items():
         inputs[k] = (inputs[k].reshape(batch, -1) * f.to(work)).reshape(inputs[k].shape)
-    return inputs
+    return inputs, shift
 
 
-def _scores_in(scores: Tensor, work: torch.dtype) -> Tensor:
-    """``scores`` in the working dtype; where it is coarser than theirs, centred per sample first
-    (less their midpoint, held constant: no solution, dual or gradient changes), so that the cast
-    keeps the digits of their differences.  Cast first, float64 scores of 1e5 + N(0, 1) had lost
-    them to float32's rounding of 1e5 (maps 3.4e-4 off at τ = 1, 2e-8 about 0)."""
+def _scores_in(scores: Tensor, work: torch.dtype) -> tuple[Tensor, Tensor | None]:
+    """``scores`` in the working dtype, and the constant per sample taken off them, ``(B,)`` (None
+    where none): where the working dtype is coarser than theirs, they are centred per sample
+    first (less their midpoint, held constant: no solution, dual or gradient changes; g moves by
+    the constant, which :func:`_shifted_history` gives back), so that the cast keeps the digits
+    of their differences.  Cast first, float64 scores of 1e5 + N(0, 1) had lost them to float32's
+    rounding of 1e5 (maps 3.4e-4 off at τ = 1, 2e-8 about 0)."""
     if torch.finfo(work).eps <= torch.finfo(scores.dtype).eps:
-        return scores.to(work)  # (bit for bit as before: the solver centres them in its own dtype)
+        return scores.to(work), None  # (bit for bit as before: the solver centres them in its own dtype)
     mid, _ = _midpoint(scores.detach())
     mid = torch.where(torch.isfinite(mid), mid, 0.0)  # (a non-finite score under check_finite=False: refused later)
-    return (scores - mid.view((-1,) + (1,) * (scores.dim() - 1))).to(work)
+    return (scores - mid.view((-1,) + (1,) * (scores.dim() - 1))).to(work), mid
 
 
 def _split_given(inputs: Sequence[Tensor], mask: Sequence[bool]):

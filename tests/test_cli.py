@@ -1708,9 +1708,8 @@ def test_a_demo_whose_figure_folder_is_busy_after_the_work_fails_with_exit_1_nam
     assert [s[0] for s in seen] == ["bench", "verify"]
 
 
-# ---- ca_rev199 (strict xfail: review of fabf323)
+# ---- ca_rev199 (review of fabf323; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev199: demo's refused plot step leaves the empty figures/ its lock made")
 def test_ca_rev199_a_demo_whose_plot_step_is_refused_leaves_no_empty_figure_folder(tmp_path, monkeypatch, capsys):
     """Run: demo --out OUT where the plot step finds nothing to plot (exit 1 since 257985a). Expected:
     no empty OUT/figures, as `plot OUT` leaves none (holding_out); the figure folder's lock made it."""
@@ -1730,7 +1729,6 @@ def test_ca_rev199_a_demo_whose_plot_step_is_refused_leaves_no_empty_figure_fold
     assert not (out / "figures").exists(), sorted(p.name for p in (out / "figures").iterdir())
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev199: a figures/results.lock that is no lock is refused after demo's work")
 def test_ca_rev199_a_demo_refuses_a_figure_folder_lock_that_is_not_a_lock_before_any_work(tmp_path, monkeypatch,
                                                                                            capsys):
     """Run: demo --out OUT with OUT/figures/results.lock a folder (not the tool's lock: results_lock refuses it

@@ -4313,10 +4313,8 @@ def test_ca_rev195_block_step_at_overflowing_tau_times_eta_keeps_its_weights():
         torch.testing.assert_close(a, b, atol=2e-5, rtol=0)
 
 
-# ---- ca_rev199 (strict xfail: review of fabf323)
+# ---- ca_rev199 (review of fabf323; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev199: float32 work on centred float64 scores drops the offset from "
-                                       "info['history']['dual_objective']")
 def test_ca_rev199_float32_work_history_dual_objective_is_g_of_the_users_scores():
     """Run: solve(float64 scores of 3 + N(0, 1) and -1 + N(0, 1), dtype=torch.float32, record_history=True).
     Expected: the history's last dual objective is g of the user's scores, as Solution.dual_objective and

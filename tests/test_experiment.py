@@ -1595,9 +1595,8 @@ def test_ca_rev184_a_validation_split_without_a_class_is_found_after_the_test_sp
     assert isinstance(raised, _Started) or not spent, f"data seed(s) {spent} spent, then: {raised!r}"
 
 
-# ---- ca_rev199 (strict xfail: review of fabf323)
+# ---- ca_rev199 (review of fabf323; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev199: _seed_mean counts an infinity as left out yet averages it in")
 def test_ca_rev199_a_seed_mean_leaves_out_the_infinity_it_counts_as_left_out():
     """7624c06 made nan_counts count ±inf as left out and mean_ci/mean_se leave it out; _seed_mean takes its
     counts from nan_counts but its mean from np.nanmean, which keeps inf. Seen: (inf, 1 used, 1 left out),

@@ -550,9 +550,8 @@ def test_a_text_may_hold_any_printable_character():
     assert Text().check("résumé/ünïcode ✓ run-1") == "résumé/ünïcode ✓ run-1"
 
 
-# ---- ca_rev199 (strict xfail: review of fabf323)
+# ---- ca_rev199 (review of fabf323; its strict xfails now pass)
 
-@pytest.mark.xfail(strict=True, reason="ca_rev199: a 5000-digit integer word is refused in int()'s words, not Int's")
 def test_ca_rev199_an_integer_word_beyond_pythons_digit_limit_is_refused_as_the_kind_says():
     """Run: --seed 999…9 (5000 digits). Expected: "must be an integer >= 1, got '999…'", as before 8139cbc
     (int() raised inside its try). Got: "Exceeds the limit (4300 digits) for integer string conversion: …

@@ -603,10 +603,14 @@ def _check_figure_folder(out: str, overwrite: bool) -> None:
     before its minutes of work (any figure name, since which ones its results will draw is
     not known yet; ``plot`` itself refuses only the figures it draws)."""
     from ..bench.plots import MANIFEST, unrecorded_figures
+    from ..io.lock import foreign_lock
 
     if os.path.lexists(out) and not os.path.isdir(out):  # before demo's minutes of work, not at its plot step
         raise UsageError(f"{out} is a file, not a folder: the figures go there; move it, or choose another --out")
     check_files(out, _figure_folder_files())  # a folder of a figure's name: --overwrite cannot replace it
+    broken_lock = foreign_lock(out)  # a lock the plot step could never take, whatever runs (ca_rev199)
+    if broken_lock:
+        raise UsageError(broken_lock)
     foreign = [] if overwrite else unrecorded_figures(out)
     if foreign:
         shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
@@ -698,17 +702,16 @@ def cmd_demo(args) -> int:
             status = _run_verify(verify_args, verify_config, None, backends)
             step(3, "plot: every figure")
             figures = os.path.join(args.out, "figures")
-            try:
-                with results_lock(figures, command="demo", wait=getattr(args, "wait", False),
-                                  log=lambda m: print(f"demo: {m}", file=sys.stderr)):  # as plot holds it
+            try:  # as plot holds it: the figure folder's lock, the folder removed again if left empty
+                with holding_out(figures, "demo", args, outputs=_figure_folder_files()):
                     _run_plot(plot_args, args.out, figures)
-            except (ResultsLocked, UsageError) as err:
+            except UsageError as err:
                 # after the two steps' work a refusal is a failed step, not a usage error (exit 1),
                 # and the line says what was kept and how to draw the figures
                 message = " ".join(str(err).split())
                 print(f"convex-attention demo: the figures were not drawn ({message}); the bench and verify "
-                      f"results in {args.out} are kept: convex-attention plot {args.out} draws them",
-                      file=sys.stderr)
+                      f"results in {args.out} are kept: convex-attention plot {args.out} draws them once the cause "
+                      f"is dealt with", file=sys.stderr)
                 return 1
     except ResultsLocked as err:
         raise UsageError(str(err)) from err

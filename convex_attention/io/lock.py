@@ -93,6 +93,39 @@ def _try_lock(fd: int) -> bool:
         raise
 
 
+def _not_a_plain_file(out_dir: str) -> str:
+    return (f"results folder {out_dir} holds {LOCK_NAME} that is not a plain file (a link or a folder): it is not "
+            f"this tool's lock; remove it, or choose another --out")
+
+
+def _not_a_record(out_dir: str) -> str:
+    return (f"results folder {out_dir} holds a file {LOCK_NAME} that is not this tool's lock record (JSON naming "
+            f"{', '.join(RECORD_FIELDS)}): it is left untouched; rename or remove it, or choose another --out")
+
+
+def foreign_lock(out_dir: str) -> str | None:
+    """Why :func:`results_lock` would refuse ``out_dir`` whatever runs (its ``results.lock`` is a
+    link, a folder, or a file that is not this tool's record), in its words; None where there is
+    no such file or it is a lock record.  Read without taking the lock, so that a command checks
+    a folder it writes into only after minutes of work before that work (``demo``'s figure
+    folder: ca_rev199)."""
+    path = os.path.join(out_dir, LOCK_NAME)
+    if not os.path.lexists(path):
+        return None
+    if os.path.islink(path) or not os.path.isfile(path):
+        return _not_a_plain_file(out_dir)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None  # (what cannot be opened, results_lock names when it is taken)
+    try:
+        return _not_a_record(out_dir) if _record_in(fd) is None else None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def while_unheld(out_dir: str):
     """Whether no live run holds ``out_dir``'s existing ``results.lock`` (yielded), holding its
@@ -174,8 +207,7 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         # never through a link, never anything but a plain file: the lock is written (truncated,
         # then the owner record) and removed, and must not reach a file outside the folder
         if os.path.lexists(path) and (os.path.islink(path) or not os.path.isfile(path)):
-            raise ResultsLocked(f"results folder {out_dir} holds {LOCK_NAME} that is not a plain file (a link or a "
-                                f"folder): it is not this tool's lock; remove it, or choose another --out")
+            raise ResultsLocked(_not_a_plain_file(out_dir))
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as err:
@@ -205,9 +237,7 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
             if previous is not None:
                 break
             os.close(fd)  # never truncated, taken over or removed: it is not this tool's record
-            raise ResultsLocked(f"results folder {out_dir} holds a file {LOCK_NAME} that is not this tool's lock "
-                                f"record (JSON naming {', '.join(RECORD_FIELDS)}): it is left untouched; rename "
-                                f"or remove it, or choose another --out")
+            raise ResultsLocked(_not_a_record(out_dir))
         owner = _read_owner(path)
         os.close(fd)
         if not wait:

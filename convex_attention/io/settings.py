@@ -142,9 +142,14 @@ class Int(Kind):
     def parse(self, text: str) -> int:
         # ASCII digits only: int() also reads "٣" and "3_000", words a reader of the command
         # line or of a results file's settings would not take for that number
+        refused = ValueError(f"must be {self.describe()}, got {one_line(repr(text), 40)}")
         if not _INT_WORD.fullmatch(text):
-            raise ValueError(f"must be {self.describe()}, got {one_line(repr(text), 40)}")
-        return self.check(int(text))
+            raise refused
+        try:
+            value = int(text)
+        except ValueError:  # beyond Python's digit limit (4300): its message would advise sys.set_int_max_str_digits
+            raise refused from None
+        return self.check(value)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -877,7 +877,7 @@ def _grouped(rows: list[dict], keys: tuple) -> list[list[dict]]:
 
 def _seed_mean(rows: list[dict], metric: str) -> dict:
     """The group's keys (from its first row, minus the per-image ones), the mean of
-    ``metric`` over its images whose value is a number, and how many images it used and
+    ``metric`` over its images whose value is a finite number, and how many images it used and
     left out (``{metric}_n_used``, ``{metric}_n_nan``).
 
     In the randomisation check an image's Spearman correlation is NaN when the trained or
@@ -889,7 +889,7 @@ def _seed_mean(rows: list[dict], metric: str) -> dict:
     values = [r[metric] for r in rows]
     n_used, n_nan = nan_counts(values)
     keys = {k: v for k, v in rows[0].items() if k not in ("image", "spearman_abs", "spearman_signed")}
-    mean = float(np.nanmean(np.array(values, dtype=float))) if n_used else math.nan
+    mean = mean_ci(values)[0]  # over the finite values, those nan_counts counts as used (np.nanmean kept inf)
     return {**keys, metric: mean, f"{metric}_n_used": n_used, f"{metric}_n_nan": n_nan}
 
 
