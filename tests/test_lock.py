@@ -764,3 +764,35 @@ def test_ca_rev167_a_forked_child_is_not_let_into_its_parents_results_lock(tmp_p
     said = os.read(result_r, 16)
     os.close(result_r)
     assert said == b"refused", said
+
+
+def test_foreign_lock_names_what_results_lock_would_refuse_whatever_runs(tmp_path):
+    """io.lock.foreign_lock: a check before work of what results_lock refuses at the moment it is
+    taken (demo's figure folder, ca_rev199), in results_lock's own words; nothing for a lock record
+    or no lock at all."""
+    from convex_attention.io.lock import foreign_lock
+
+    cases = {"absent": None, "record": None, "empty": None, "folder": "not a plain file", "link": "not a plain file",
+             "other": "not this tool's lock record"}
+    for name, expected in cases.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        lock = folder / LOCK_NAME
+        if name == "record":
+            with results_lock(str(folder)):
+                assert foreign_lock(str(folder)) is None  # held by this process: a record, not foreign
+            lock.write_text('{"pid": 1, "host": "h", "started": 0, "command": "bench"}')
+        elif name == "empty":
+            lock.write_text("")
+        elif name == "folder":
+            lock.mkdir()
+        elif name == "link":
+            lock.symlink_to(tmp_path / "elsewhere")
+        elif name == "other":
+            lock.write_text("the user's notes\n")
+        got = foreign_lock(str(folder))
+        assert (got is None) if expected is None else (expected in got and str(folder) in got), (name, got)
+        if expected is not None:
+            with pytest.raises(ResultsLocked, match=expected):
+                with results_lock(str(folder)):
+                    pass
