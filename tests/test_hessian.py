@@ -2170,3 +2170,18 @@ def test_ca_rev198_the_documented_rounding_floor_and_stall_are_the_code_s():
     text = " ".join(text.split())
     assert f"`{ROUNDING_UNITS:g} · eps · (‖ |A|ᵀ z ‖ + ‖r‖)`" in text
     assert f"did not halve over the last {STALL_ITERATIONS} iterations" in text
+
+
+# ---- ca_rev200 (mutation review of 8fd2654)
+def test_ca_rev200_norm_neither_underflows_nor_overflows_at_the_ends_of_the_range():
+    """Kills the mutant that returns ``x.norm(dim=1)`` from ``hessian._norm`` unscaled (its ``risky`` rows not formed
+    again): 1e-25 entries in float32 (squares underflow: norm 0) and 3e19 (squares overflow: inf), 1e-170 in
+    float64; a row of an inf keeps inf, a zero row 0, NaN stays NaN, an ordinary row is untouched."""
+    from convex_attention.hessian import _norm
+
+    for dtype, s in ((torch.float32, 1e-25), (torch.float32, 3e19), (torch.float64, 1e-170), (torch.float64, 1e160)):
+        x = torch.tensor([[s, -s, 0.0], [3.0, 4.0, 0.0], [0.0, 0.0, 0.0], [math.inf, 1.0, 0.0]], dtype=dtype)
+        got = _norm(x)
+        assert math.isclose(float(got[0]), math.sqrt(2) * s, rel_tol=1e-6), (dtype, s, float(got[0]))
+        assert got[1:].tolist() == [5.0, 0.0, math.inf]
+        assert bool(torch.isnan(_norm(torch.tensor([[math.nan, s]], dtype=dtype)))[0])

@@ -1410,3 +1410,47 @@ def test_ca_rev198_amortised_duals_built_a_tenth_of_a_percent_off_the_layer_s_te
         ca.AmortisedDuals(h, 1.0).load_state_dict(ca.AmortisedDuals(h, 1.001).state_dict())
     ca.ConsistentAttention(h, "learned_dual", temperature=0.1,
                            duals=ca.AmortisedDuals(h, float(torch.tensor(0.1, dtype=torch.float32))))
+
+
+# ---- ca_rev200 (mutation review of 8fd2654)
+@pytest.mark.parametrize("method", ["exact", "dual", "softmax"])
+def test_ca_rev200_a_per_pass_temperature_reaches_a_method_without_duals(method):
+    """Kills the mutant that drops ``temperature`` in ``forward`` for methods without duals (``temperature =
+    self.temperature``): the pass ran at the module's temperatures, silently; ``attend`` goes through forward too."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    layer = ca.ConsistentAttention(h, method, temperature=[0.5, 1.0])
+    g = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+    want = ca.solve(scores, h, method, temperature=[2.0, 0.7]).probs
+    assert (want[0] - ca.solve(scores, h, method, temperature=[0.5, 1.0]).probs[0]).abs().max() > 1e-2
+    for got in (layer(scores, temperature=[2.0, 0.7]).probs, layer.attend(scores, temperature=[2.0, 0.7]).maps):
+        for a, b in zip(got, want):
+            torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
+
+
+def test_ca_rev200_a_state_saved_on_the_meta_device_carries_its_graph_and_is_refused_elsewhere():
+    """Kills the mutant that saves a meta module's records on the meta device (``make(held.device)`` for
+    ``make(cpu if held.is_meta ...)``): the state's graph_fingerprint held no values, so a module on another graph
+    of the same shapes took it unchecked.  Saved, it is the graph's 16 bytes on the CPU, refused by the other."""
+    rows, cols = _same_shapes_other_partition()
+    with torch.device("meta"):
+        deferred = ca.LearnedDuals(rows)
+    state = deferred.state_dict()
+    assert state["graph_fingerprint"].device.type == "cpu"
+    assert bytes(state["graph_fingerprint"].tolist()) == rows.fingerprint()
+    with pytest.raises(ValueError, match="another graph"):
+        ca.LearnedDuals(cols).load_state_dict(state)
+
+
+def test_ca_rev200_a_meta_graph_fingerprint_in_a_state_is_not_read():
+    """Kills the mutant that drops ``check_graph_state``'s early return for a meta tensor: a state of meta tensors
+    (a deferred-initialisation model's, ``assign=True``) holds no bytes to read, and reading them raised torch's
+    meta-tensor error where the load is documented to go on unchecked."""
+    from convex_attention.nn import check_graph_state
+
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    with torch.device("meta"):
+        target = ca.LearnedDuals(h)
+        state = {k: torch.empty_like(v, device="meta") for k, v in ca.LearnedDuals(h).state_dict().items()}
+    target.load_state_dict(state, assign=True)
+    check_graph_state(state["graph_fingerprint"], ca.LearnedDuals(h))
