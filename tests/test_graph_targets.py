@@ -1944,3 +1944,73 @@ def test_ca_rev169_a_baseline_that_raises_in_the_linsat_part_is_a_failed_baselin
     (target,) = out["targets"]
     assert target["met"] is None and "the baseline failed" in target["detail"], target
     assert (tmp_path / "graphs.json").exists()
+
+
+# ---- ca_rev201 (mutation review of e81e843)
+
+def test_ca_rev201_a_nan_violation_the_harness_measured_counts_above_tol_and_misses():
+    """Kills `not v <= tol` -> `v > tol` in _convergence_summary: a NaN measured violation was
+    counted as within tol and the convergence target (every sweep count within its limit) met."""
+    group = [{"draw": d, "sample": 0, "temperatures": "0.1 10", "pinned_ends": True, "sweeps": 3,
+              "converged": True, "violation": 1e-12, "returned_violation": 1e-12, "measured_violation": v}
+             for d, v in enumerate((1e-12, math.nan))]
+    s = gt._convergence_summary(group, "axial", "normal", "float64", 1e-10, 50)
+    assert s["measured_above_tol"] == 1 and math.isnan(s["worst_measured_violation"])
+    (target,) = gt._targets({"convergence_summary": [{**s, "instances": gt.TARGET_INSTANCES}]})
+    assert target["met"] is False
+
+
+def test_ca_rev201_a_lower_bound_exactly_on_the_floor_is_met_though_a_dual_tolerance_has_no_time():
+    """Kills `not ratio >= 1.0` -> `not ratio > 1.0` (linsat): the reaching tolerance that ran is
+    exactly as fast as the baseline, the other has no time; the ratio is at least 1.0: met."""
+    linsat = [{"solver": "linsat", "parameter": 10, "violation": 1e-3, "per_sample_ms": 5.0},
+              {"solver": "dual", "parameter": 1e-6, "violation": 1e-4, "per_sample_ms": 5.0},
+              {"solver": "dual", "parameter": 1e-8, "violation": 1e-5, "per_sample_ms": math.nan}]
+    (target,) = gt._targets({"linsat": linsat})
+    assert target["met"] is True and target["value"] == 1.0 and "at least this ratio" in target["detail"]
+
+
+def test_ca_rev201_an_error_exactly_on_the_gradient_target_gets_no_miss_notes():
+    """Kills `>` -> `>=` in _worst_beside_spread and in the ill-posed label: an error exactly at
+    the target is met, and neither the spread note nor 'ill-posed' explains a miss that is none."""
+    at = gt.GRADIENT_TARGET
+    rows = [{"family": "mixed", "setting": "normal", "draw": 0, "solver": s, "status": "ok", "error_vs_fd": at,
+             "fd_spread": 1e-6, "error_vs_dual": 0.0 if s == "dual" else at} for s in ("dual", "moreau")]
+    by = {t["target"]: t for t in gt._targets({"gradients": rows})}
+    fd, vs = by["implicit gradient vs finite differences (normal)"], by["implicit gradient vs moreau (normal)"]
+    assert fd["met"] is True and "spread" not in fd["detail"]
+    assert vs["met"] is True and not vs["detail"].startswith("ill-posed")
+
+
+def test_ca_rev201_a_measured_value_of_zero_is_printed_as_zero_not_as_not_measured():
+    """Kills `t["value"] is None` -> `not t["value"]` in format_graph_targets: an error of exactly 0
+    (a cvxpylayers gradient equal to the dual's) was printed as the dash of a value not measured."""
+    line = format_graph_targets([gt._target("implicit gradient vs moreau (normal)", 0.0, "<=", 1e-5)])
+    assert "—" not in line and line.split()[-2:] == ["1e-05", "met"] and " 0 " in line
+
+
+def test_ca_rev201_a_dual_that_failed_everywhere_still_says_the_cvxpylayers_comparison_is_not_measured():
+    """Kills `(dual or failed)` -> `dual`: where the implicit backward failed on every instance and
+    no backend was compared, the 'vs cvxpylayers' target must still be said (not measured), not left out."""
+    rows = [{"family": "mixed", "setting": "normal", "draw": 0, "solver": "dual", "status": "error",
+             "error_vs_fd": math.nan, "error_vs_dual": math.nan}]
+    by = {t["target"]: t for t in gt._targets({"gradients": rows})}
+    assert by["implicit gradient vs finite differences (normal)"]["met"] is False
+    vs = by["implicit gradient vs cvxpylayers (normal)"]
+    assert vs["met"] is None and vs["value"] is None and "not measured" in vs["detail"]
+
+
+def test_ca_rev201_the_given_maps_time_per_sample_is_forward_plus_backward(monkeypatch):
+    """Kills `meas.total_median / B` -> `meas.fwd_median / B` in _linsat: the baseline / dual ratio is of
+    forward+backward per sample (the statistic graphs.json names); timings stand in (fwd 1 ms, bwd 3 ms)."""
+    from convex_attention.bench.timing import Measurement
+
+    def baseline(scores, h, given, temperature=1.0, max_iter=100):
+        return gt._quiet_solve(scores, h, "dual", temperature=[temperature] * 3, given=given, tol=1e-6,
+                               strict=False).probs
+
+    monkeypatch.setattr(gt, "measure_interleaved", lambda cases, **kw: {
+        name: Measurement([1.0, 1.0, 1.0], [3.0, 3.0, 3.0]) for name in cases})
+    config = GraphBenchmark(parts=("linsat",), size=16, linsat_iters=(2,), linsat_batch=2, linsat_repeats=1)
+    rows = gt._linsat(config, baseline, log=lambda m: None)
+    assert rows and all(r["total_ms"] == 4.0 and r["per_sample_ms"] == 2.0 for r in rows), rows

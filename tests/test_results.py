@@ -1396,3 +1396,30 @@ def test_ca_rev192_resume_names_a_broken_history_once_and_by_its_own_reason(tmp_
     writer(tmp_path, resume=True, log=logged.append)
     about = [m for m in logged if "cell 0" in m]
     assert len(about) == 1 and "not 0 to 1" in about[0] and "no rows" not in about[0], logged
+
+
+# ---- ca_rev201 (mutation review of e81e843)
+
+def test_ca_rev201_a_timed_apart_note_appended_after_another_reason_is_still_read():
+    """Kills `TIMED_APART in reason` -> `reason.startswith(TIMED_APART)` in timed_apart: the sweep appends
+    the note after a row's own reason (the amortised dual's 'trained on ...'), and that row's cost must
+    still count as measured apart (targets.amortised_targets forms no ratio from it)."""
+    from convex_attention.bench.targets import amortised_targets
+
+    reason = (f"trained on 8 training instances; {R.TIMED_APART} the cell's other methods (their interleaved run "
+              f"failed: RuntimeError: boom)")
+    assert R.timed_apart({"reason": reason}) and not R.timed_apart({"reason": "trained on 8 training instances"})
+    common = {"method": "learned_dual", "backend": "", "status": "ok", "generator": "lesion", "scale": 1.0, "dims": 2,
+              "size": 8, "levels": 2, "batch": 8, "temperature": 1.0, "dtype": "float32", "device": "cpu", "seed": 0,
+              "run": 1, "per_sample_ms": 1.0}
+    rows = [{**common, "dual_kind": "zero", "violation_mean": 0.1},
+            {**common, "dual_kind": "amortised", "violation_mean": 0.0001, "reason": reason},
+            {**common, "method": "exact", "dual_kind": "", "violation_mean": 0.0, "per_sample_ms": 0.5}]
+    assert math.isnan(amortised_targets(rows)[0]["time_vs_exact"])
+
+
+def test_ca_rev201_a_run_recorded_as_a_bool_is_no_run():
+    """Kills dropping `not isinstance(run, bool)` in run_of: `true` in bench.json would be run 1
+    (True == 1), and an amortised cost would divide times of rows that name no run alike."""
+    assert R.run_of({"run": True}) is None and R.run_of({"run": False}) is None
+    assert R.run_of({"run": 1}) == 1 and R.run_of({"run": "1"}) is None and R.run_of({}) is None

@@ -997,3 +997,54 @@ def test_ca_rev141_bench_core_plot_only_does_not_write_into_a_folder_another_run
         proc.wait()
     err = capsys.readouterr().err
     assert code == 2 and not drawn and f"pid {proc.pid}" in err, (code, drawn, err)
+
+
+# ---- ca_rev201 (mutation review of e81e843)
+
+def test_ca_rev201_a_headline_exactly_on_its_floor_against_backends_that_ran_is_not_measured(monkeypatch):
+    """Kills `headline >= target` -> `headline > target`: `slow` gives exactly 1e4 (7.5e6 us per
+    sample over exact's 750) and `broken` failed, so 1e4 is only an upper bound; it must not print met."""
+    from convex_attention.bench.targets import CVX_RATIO
+
+    times = {**CORE_TIMES, ("cvxpylayers", "slow", 4): ([15000.0] * 3, [0.0] * 3)}
+    monkeypatch.setattr(sys.modules[__name__], "CORE_TIMES", times)
+    _stand_in_timing(monkeypatch, installed=("slow", "broken"))
+    lines = []
+    out = core_benchmark(log=lines.append, **CORE_KW)
+    assert out["backend_ratios"]["slow"] == 1e4 and math.isnan(out["ratios"][CVX_RATIO])
+    verdict = {k.split(" (")[0]: v for k, v in _verdicts(lines[0]).items()}[CVX_RATIO]
+    assert verdict == "NOT measured", lines[0]
+
+
+def test_ca_rev201_an_amortised_violation_of_zero_is_a_met_cell():
+    """Kills `a < 0` -> `a <= 0`: a perfect amortised dual (violation 0.0) gives ratio 0, met, not a
+    failed cell."""
+    from convex_attention.bench.targets import amortised_targets
+
+    (t,) = amortised_targets([learned_row("zero", 0.1), learned_row("amortised", 0.0)])
+    assert t["met"] is True and t["cells"] == 1 and t["failed_cells"] == 0 and t["worst_ratio"] == 0.0
+
+
+def test_ca_rev201_no_cost_where_both_rows_were_timed_apart():
+    """Kills `== beside and not beside[1]` -> `== beside`: with the amortised row and the exact
+    row both timed apart (one run), their (run, apart) pairs agree; still no side-by-side cost."""
+    from convex_attention.bench.results import TIMED_APART
+    from convex_attention.bench.targets import amortised_targets
+
+    note = f"{TIMED_APART} the cell's other methods (their interleaved run failed: RuntimeError: boom)"
+    rows = [{**learned_row("zero", 0.1), "run": 1}, {**learned_row("amortised", 0.0001), "run": 1, "reason": note},
+            {**learned_row("", 0.0), "method": "exact", "per_sample_ms": 0.5, "run": 1, "reason": note}]
+    assert math.isnan(amortised_targets(rows)[0]["time_vs_exact"])
+
+
+def test_ca_rev201_the_cost_is_the_median_over_three_cells_not_the_mean():
+    """Kills `statistics.median(finite_costs)` -> `statistics.mean(...)`: costs 1, 2 and 6 give 2
+    (the mean 3); the existing test's two cells cannot tell them apart."""
+    from convex_attention.bench.targets import amortised_targets
+
+    rows = []
+    for size, ms in ((8, 1.0), (16, 2.0), (32, 6.0)):
+        rows += [learned_row("zero", 0.1, size=size), learned_row("amortised", 0.0001, size=size, per_sample_ms=ms),
+                 {**learned_row("", 0.0, size=size), "method": "exact", "dual_kind": "", "per_sample_ms": 1.0}]
+    (t,) = amortised_targets(rows)
+    assert t["cells"] == 3 and t["time_vs_exact"] == pytest.approx(2.0)

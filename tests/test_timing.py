@@ -494,3 +494,29 @@ def test_a_schedule_of_thousands_of_repetitions_is_planned_and_keeps_the_bound()
     for a, b in zip(seq, seq[1:]):
         counts[(a, b)] = counts.get((a, b), 0) + 1
     assert len(orders) == 2000 and max(counts.values()) <= 999
+
+
+# ---- ca_rev201 (mutation review of e81e843)
+
+def test_ca_rev201_time_once_counts_the_backward_only_when_it_runs(monkeypatch):
+    """Kills `(b if backward else 0.0)` -> `0.0` in time_once: the sweep's budget check (sweep.py)
+    priced a warm-up by its forward alone (the existing test sleeps in the forward only)."""
+    timing, clock = _fake_timing(monkeypatch)
+    assert timing.time_once(_case(clock, "a", 0.002, 0.005)) == pytest.approx(0.007)
+    assert timing.time_once(_case(clock, "b", 0.002, 0.005), backward=False) == pytest.approx(0.002)
+    assert not any(isinstance(e, str) and e == "bwd b" for e in clock.log)
+
+
+@pytest.mark.parametrize("repeats", [5, 7, 9])
+@pytest.mark.parametrize("after", [0, 1, 2])
+def test_ca_rev201_every_prefix_keeps_the_bound_with_the_step_from_the_warm_up(repeats, after):
+    """Kills `<= -(-(len(out) + 1) // 2)` -> `<= repeats` in _schedule's apply: at three cases after a
+    warm-up (repeats 5, 7, 9) a pair then took 2 of the first 3 steps' repetitions (a budget that stops
+    there leaves it most of the median); the prefix test above runs without a warm-up only."""
+    orders = timing._schedule(3, repeats, after)
+    seq = [after] + [x for o in orders for x in o]
+    for r in range(1, repeats + 1):
+        counts: dict = {}
+        for a, b in zip(seq[:3 * r + 1], seq[1:3 * r + 1]):
+            counts[(a, b)] = counts.get((a, b), 0) + 1
+        assert max(counts.values()) <= -(-r // 2), (r, counts)
