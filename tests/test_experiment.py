@@ -666,8 +666,8 @@ def test_tiny_experiment_end_to_end(tmp_path):
     assert order == sorted(order)
     for words in ("first 2 images", "95 % confidence interval", "qiou_strict@0.95", "pointing_tol",
                   "2.0 px", "heldout_mottled", "Δ AUC shuffled", "Spearman, abs maps", "Spearman, signed maps",
-                  "decisive masks", "FEWER", "data seed 1", "Left out as NaN (randomisation check)",
-                  "Left out as NaN (explanation metrics)"):
+                  "decisive masks", "FEWER", "data seed 1", "Left out as NaN or infinite (randomisation check)",
+                  "Left out as NaN or infinite (explanation metrics)"):
         assert words in report, words
     saved = json.loads(read_text(os.path.join(folder, "experiment.json")))  # strict JSON
     assert saved["variants_file"]["sha256"] and saved["variants_file"]["file_commit"]

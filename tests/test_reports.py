@@ -97,9 +97,9 @@ def test_the_headline_says_which_seeds_its_paired_differences_left_out_as_nan():
             "seeds left out, the difference is over 3") in text
     assert "exact's best level" not in text  # it left none out
     entry["difference"]["seeds_nan"] = 0
-    assert "Left out as NaN (headline differences): nothing" in "\n".join(_headline_section([entry]))
+    assert "Left out as NaN or infinite (headline differences): nothing" in "\n".join(_headline_section([entry]))
     del entry["difference"]["seeds_nan"]  # an older results file: the count was not recorded
-    assert "Left out as NaN (headline differences): not recorded" in "\n".join(_headline_section([entry]))
+    assert "Left out as NaN or infinite (headline differences): not recorded" in "\n".join(_headline_section([entry]))
 
 
 def _rand_row(stage, n_used, n_nan, images_used, images_nan):
@@ -121,14 +121,15 @@ def test_the_report_lists_every_value_left_out_as_nan():
     assert "c, test, exact, gradcam, 0, classifier: spearman_abs: 1 of 5 seeds left out (10 of 20 images NaN)" in text
     assert "attention: spearman_abs" not in text
     clean = "\n".join(_randomisation_lines([_rand_row("attention", 5, 0, 20, 0)]))
-    assert "Left out as NaN (randomisation check): nothing" in clean
+    assert "Left out as NaN or infinite (randomisation check): nothing" in clean
     accuracy = [{"condition": "c", "test_set": "test", "model": "exact", "seeds": 5, "auc_mean": 0.9,
                  "auc_ci95": 0.1, "auc_n_used": 5, "auc_n_nan": 0, "bacc_mean": 0.8, "bacc_ci95": 0.1,
                  "bacc_n_used": 3, "bacc_n_nan": 2,
                  # no value at all (the plain CNN's map statistics): the mean is NaN, shown as –, nothing hidden
                  "violation_mean": math.nan, "violation_ci95": math.nan, "violation_n_used": 0, "violation_n_nan": 5}]
     lines = nan_lines(accuracy, ("condition", "test_set", "model"), "accuracy")
-    assert lines[0].startswith("Left out as NaN (accuracy): the means and intervals above are over the seeds")
+    assert lines[0].startswith("Left out as NaN or infinite (accuracy): the means and intervals above are over the "
+                               "seeds")
     assert lines[2] == "- c, test, exact: bacc: 2 of 5 seeds left out" and len(lines) == 4
 
 
@@ -529,11 +530,12 @@ def test_the_test_report_lists_the_values_each_table_left_out_and_the_splits_wit
     from convex_attention.paper.explain_metrics import pointing_tolerance_px
 
     report, config, variants = _test_report()
-    assert "- c, test, exact: auc: 1 of 5 seeds left out" in report.split("Left out as NaN (accuracy and map")[1]
+    assert "- c, test, exact: auc: 1 of 5 seeds left out" in report.split(
+        "Left out as NaN or infinite (accuracy and map")[1]
     assert "- c, test, exact, attention, 0, 8x8, nearest, lesion: ap: 1 of 5 seeds left out" in report.split(
-        "Left out as NaN (explanation metrics)")[1]
+        "Left out as NaN or infinite (explanation metrics)")[1]
     assert "- c, test, exact: delta_auc_uniform: 1 of 5 seeds left out" in report.split(
-        "Left out as NaN (map ablation)")[1]
+        "Left out as NaN or infinite (map ablation)")[1]
     assert "(fewer where a split has fewer: c test decisive: 3)" in report  # lesion has all 8
     assert f"use the first {config.n_explain} images of each test split" in report
     S = config.train.model.image_size
@@ -769,7 +771,7 @@ def test_ca_rev150_a_randomisation_map_nan_on_every_seed_is_named_in_the_nan_lis
     dead = {**_rand_row("attention", 0, 5, 0, 20), "stage_index": 1,
             **{f"spearman_{form}_{k}": math.nan for form in ("abs", "signed") for k in ("mean", "ci95")}}
     text = "\n".join(_randomisation_lines([_rand_row("classifier", 5, 0, 20, 0), dead]))
-    listed = text.split("Left out as NaN (randomisation check)")[1]
+    listed = text.split("Left out as NaN or infinite (randomisation check)")[1]
     assert "c, test, exact, gradcam, 0, attention: spearman_abs" in listed, listed
 
 
@@ -870,7 +872,7 @@ def test_ca_rev196_a_value_that_is_not_finite_is_never_counted_as_a_number_used(
     assert cell(s, "score_range_L0") == "2.500 ± 2.054"
     assert (s["score_range_L0_n_used"], s["score_range_L0_n_nan"]) == (4, 1)
     # and the table's list names what was left out (it had said 'every mean shown is over all seeds')
-    assert not lines[0].startswith("Left out as NaN (accuracy and map statistics): nothing"), (s, lines)
+    assert not lines[0].startswith("Left out as NaN or infinite (accuracy and map statistics): nothing"), (s, lines)
     assert "c, test, exact: score_range_L0: 1 of 5 seeds left out" in "\n".join(lines), lines
 
 

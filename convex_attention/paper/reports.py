@@ -32,6 +32,10 @@ def cell(s: dict, metric: str, digits: int = 3) -> str:
     return format_ci(s.get(f"{metric}_mean", math.nan), s.get(f"{metric}_ci95", math.nan), digits)
 
 
+#: The heading of the report's lists of values left out of a mean (NaN, or an infinity: ca_rev196).
+LEFT_OUT = "Left out as NaN or infinite"
+
+
 def nan_lines(summary: list[dict], keys, what: str, count: str = "seeds", all_nan: bool = False) -> list[str]:
     """The report's statement of values left out of ``summary``'s means because they were
     NaN: one bullet per group (``keys``) and metric whose mean is a number yet left some out
@@ -41,10 +45,10 @@ def nan_lines(summary: list[dict], keys, what: str, count: str = "seeds", all_na
     metrics = list(dict.fromkeys(k[:-len("_n_nan")] for s in summary for k in s if k.endswith("_n_nan")))
     dropped = dropped_values(summary, keys, metrics, count, all_nan)
     if not dropped:
-        return [f"Left out as NaN ({what}): nothing; every mean shown is over all {count} (a mean over none is "
+        return [f"{LEFT_OUT} ({what}): nothing; every mean shown is over all {count} (a mean over none is "
                 f"shown as –).", ""]
-    return ([f"Left out as NaN ({what}): the means and intervals above are over the {count} whose value is a number "
-             f"(Student t with one degree of freedom fewer than those {count}):", ""]
+    return ([f"{LEFT_OUT} ({what}): the means and intervals above are over the {count} whose value is a finite "
+             f"number (Student t with one degree of freedom fewer than those {count}):", ""]
             + [f"- {line}" for line in dropped] + [""])
 
 
@@ -389,16 +393,16 @@ def _headline_nan_lines(headline) -> list[str]:
              for what, d in ([("best attention map", h["difference"])] if h.get("difference") else [])
              + [(f"{model}'s best level", b) for model, b in (h.get("by_model") or {}).items()]]
     if any("seeds_nan" not in d for _, _, d in pairs):
-        return ["Left out as NaN (headline differences): not recorded (results written before the count existed).",
+        return [f"{LEFT_OUT} (headline differences): not recorded (results written before the count existed).",
                 ""]
     dropped = [f"- {h['condition']}, {h['test_set']}, {h['mask']}, {h['resolution']}, {what} against the best "
                f"post-hoc map: {d['seeds_nan']} of the {d['seeds']} paired seeds left out, the difference is over "
                f"{d['seeds'] - d['seeds_nan']}" for h, what, d in pairs if d.get("seeds_nan")]
     if not dropped:
-        return ["Left out as NaN (headline differences): nothing; every difference is over all the seeds both "
+        return [f"{LEFT_OUT} (headline differences): nothing; every difference is over all the seeds both "
                 "maps have.", ""]
-    return (["Left out as NaN (headline differences): a seed whose mean is NaN on either side is left out of the "
-             "paired difference (Student t with one degree of freedom fewer than the seeds used):", ""]
+    return ([f"{LEFT_OUT} (headline differences): a seed whose mean is not a finite number on either side is left "
+             "out of the paired difference (Student t with one degree of freedom fewer than the seeds used):", ""]
             + dropped + [""])
 
 
@@ -497,8 +501,8 @@ def test_report(config, variants, record, conditions, accuracy, explain_summary,
              f"Seeds: {list(config.seeds)} ({n_seeds}; the protocol asks for at least 5"
              f"{'' if n_seeds >= 5 else ': FEWER, this is not the full setting'}). Every number is the mean over "
              f"seeds ± the half-width of its 95 % confidence interval (Student t with n − 1 degrees of freedom, n "
-             f"the seeds whose value is a number: n = {n_seeds} except where a 'Left out as NaN' list below names "
-             f"seeds left out); explanation metrics are per-seed means over images first.",
+             f"the seeds whose value is a finite number: n = {n_seeds} except where a '{LEFT_OUT}' list below "
+             f"names seeds left out); explanation metrics are per-seed means over images first.",
              f"Evaluation: each mask's explanation metrics use the first {config.n_explain} images of each test "
              f"split with that mask non-empty (lesion: label 1 and a lesion; decisive: the structure that decides "
              f"the label, either label){fewer}; the randomisation check the first {sanity} images of the "
