@@ -965,3 +965,50 @@ def test_ca_rev183_from_edges_refusing_none_parents_does_not_advise_a_grid_edge_
     with pytest.raises(TypeError, match="give its parent map"):
         ca.Graph.from_edges([6, 3], [(0, 1)])  # the advised form: refused by from_edges
     assert "grid edge" not in str(none_edge.value)
+
+
+# ---- ca_rev202 (mutation review of af21a95)
+def test_ca_rev202_out_of_range_and_empty_cell_messages_name_the_first_offender():
+    """Kills ``int(bad[0])`` -> ``int(bad[-1])`` and ``int(empty[0])`` -> ``int(empty[-1])`` in _as_parent_map: with
+    two offenders, the message named the last one while saying "first"."""
+    with pytest.raises(ValueError, match=r"got parent index -1$"):
+        ca.Graph.from_edges([4, 2], [(0, 1, [0, -1, 5, 1])])
+    with pytest.raises(ValueError, match=r"leaves 2 cell\(s\) of map 1 empty \(first: cell 1\)"):
+        ca.Graph.from_edges([4, 4], [(0, 1, [0, 2, 0, 0])])
+
+
+def test_ca_rev202_an_edge_implied_past_a_map_with_a_differing_edge_to_its_coarse_map_is_refused():
+    """Kills ``continue`` -> ``break`` after a path reaching the coarse map with another partition in
+    _check_not_implied: map 1's own edge to map 2 (edge 1, listed first) composes differently, and stopping
+    there left the path 0 → 1 → 3 → 2 unexplored, so edge 4, which it implies, was accepted."""
+    edges = [(0, 1, [0, 1, 2, 3]), (1, 2, [0, 1, 0, 1]), (1, 3, [0, 0, 1, 1]), (3, 2, [1, 0]), (0, 2, [1, 1, 0, 0])]
+    assert ca.Graph.from_edges([4, 4, 2, 2], edges[:4]).kind == "graph"
+    with pytest.raises(ValueError, match=r"edge 4 \(map 0 → map 2\) is implied by the path map 0 → map 1 → map 3 "
+                                         r"→ map 2"):
+        ca.Graph.from_edges([4, 4, 2, 2], edges)
+
+
+def test_ca_rev202_order_takes_the_smallest_ready_map_first():
+    """Kills ``ready.pop(0)`` -> ``ready.pop()`` and dropping ``ready.sort()`` in _facts: two chains 0 → 1 and
+    2 → 3 gave the order [2, 3, 0, 1] (roots [3, 1], sweep [1, 0]) or [0, 2, 1, 3], not smallest index first."""
+    g = ca.Graph([(4,), (2,), (4,), (2,)], [(0, 1), (2, 3)])
+    assert g.order == [0, 1, 2, 3] and g.roots == [1, 3] and g.sweep_order == [0, 1]
+
+
+def test_ca_rev202_coarsening_is_none_for_a_map_with_two_coarsenings():
+    """Kills ``len(out_edges[k]) == 1`` -> ``>= 1`` in Graph.coarsening: map 0 of rows and columns has two
+    coarsenings, and the mutant named the first as its only one (exact's closed form walks it)."""
+    g = ca.Graph.axial((2, 3))
+    assert g.coarsening(0) is None and g.coarsening(1) is None and g.coarsening(2) is None
+    assert ca.Graph.star([(4,), (4,)], (2,)).coarsening(1) == 1
+
+
+def test_ca_rev202_not_forest_reason_says_which_of_two_nested_grid_coarsenings_is_coarser():
+    """Kills ``b % a`` -> ``a % b`` in _blocks_nest (the advice named the nesting backwards: "map 2's cells are
+    unions of map 1's" with map 1 the (1, 1) map) and dropping ``(f, e) not in nested`` from ``apart`` in
+    not_forest_reason (coarsenings that nest, the lower edge to the coarser map, read "not all nested")."""
+    g = ca.Graph([(4, 4), (1, 1), (2, 2)], [(0, 1), (0, 2)])
+    assert g.not_forest_reason() == (
+        "map 0 has 2 coarsenings (map 1 (edge 0), map 2 (edge 1)), which nest: map 1's cells are unions of map 2's, "
+        "so edge 0 (0 → 1) can be replaced by an edge 2 → 1 (its parents: map 1's cell of each cell of map 2), the "
+        "same constraints, which may make the graph a forest")

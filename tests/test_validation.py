@@ -587,3 +587,49 @@ def test_ca_rev172_meta_temperature_in_a_list_is_checked_for_shape_and_dtype(bad
     scores = [torch.empty(1, 4, device="meta"), torch.empty(1, 2, device="meta")]
     with pytest.raises((ValueError, TypeError), match="0-d real tensor"):
         ca.solve(scores, g, "exact", temperature=[torch.tensor(1.0, device="meta"), bad], check_finite=False)
+
+
+# ---- ca_rev202 (mutation review of af21a95)
+def test_ca_rev202_batch_and_dtype_are_compared_on_every_map_not_only_the_first_two():
+    """Kills ``for k, s in scored`` -> ``scored[:2]`` in check_scores_and_peaks: a third map's other batch size or
+    dtype was accepted (and failed later, inside a solver)."""
+    g = ca.Graph.star([(4,), (4,)], (2,))
+    with pytest.raises(ValueError, match=r"scores\[2\] has batch size 2, scores\[0\] has 3"):
+        V.check_scores([torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(2, 2)], g)
+    with pytest.raises(TypeError, match=r"scores\[2\] has dtype torch.float64, scores\[0\] has torch.float32"):
+        V.check_scores([torch.zeros(3, 4), torch.zeros(3, 4), torch.zeros(3, 2, dtype=torch.float64)], g)
+
+
+def test_ca_rev202_a_batch_mismatch_names_the_first_scored_map_when_map_0_is_given():
+    """Kills ``{name}[{first_k}]`` -> ``{name}[0]`` in check_scores_and_peaks: with map 0 given, the message
+    compared with scores[0], which is None."""
+    g = ca.Graph.star([(4,), (4,)], (2,))
+    with pytest.raises(ValueError, match=r"scores\[2\] has batch size 2, scores\[1\] has 3"):
+        V.check_scores_and_peaks([None, torch.zeros(3, 4), torch.zeros(2, 2)], g, given=frozenset({0}))
+
+
+def test_ca_rev202_a_per_sample_tensor_of_another_batch_size_is_refused_even_a_multiple():
+    """Kills ``x.shape[0] not in (1, batch)`` -> ``(1, batch, 2 * batch)`` in per_sample: duals and given maps
+    with twice the batch were accepted."""
+    with pytest.raises(ValueError, match=r"duals\[0\] must have shape \(2,\), \(1, \*\(2,\)\) or \(3, \*\(2,\)\)"):
+        V.check_duals([torch.zeros(6, 2)], H, 3, torch.float32, CPU)
+    with pytest.raises(ValueError, match=r"given\[1\] must have shape \(2,\).*got \(6, 2\)"):
+        V.check_given({1: torch.full((6, 2), 0.5, dtype=torch.float64)}, *_given_args())
+
+
+def test_ca_rev202_without_positivity_a_negative_given_probability_is_still_refused():
+    """Kills dropping the ``positive=False`` branch's refusal in check_given (LinSATNet's given maps): a negative
+    probability summing to one with the others was accepted; a zero stays accepted there."""
+    q = torch.tensor([1.5, -0.5], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"given\[1\] has a negative probability"):
+        V.check_given({1: q}, *_given_args(), positive=False)
+    zero = torch.tensor([1.0, 0.0], dtype=torch.float64)
+    assert V.check_given({1: zero}, *_given_args(), positive=False)[1].shape == (1, 2)
+
+
+def test_ca_rev202_the_temperature_of_an_unused_map_may_be_below_the_smallest_accepted():
+    """Kills dropping ``k not in unused`` from the lower range check of _check_temperature_values: a given map's
+    tiny (subnormal) temperature, which no solver reads, was refused as below the smallest accepted."""
+    assert V.check_temperatures([1.0, 1e-40], 2, torch.float32, unit="map", unused=frozenset({1})) == [1.0, 1e-40]
+    with pytest.raises(ValueError, match=r"temperature of map 1 is 1e-40, below the smallest accepted"):
+        V.check_temperatures([1.0, 1e-40], 2, torch.float32, unit="map")
