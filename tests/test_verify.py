@@ -1278,3 +1278,139 @@ def test_ca_rev165_optimal_duals_off_the_references_null_direction_fail():
         assert by_check[f"solver.{check}"].status == "pass", by_check[f"solver.{check}"]
     bad = [(r.check, r.status, r.error) for r in rows if r.status not in ("pass", "info")]
     assert not bad, bad
+
+
+# ---- ca_rev203 (mutation review of fd14d0e)
+def test_ca_rev203_the_reference_stationarity_gradient_and_backend_stationarity_rows_hold_their_tolerances():
+    """Mutants killed: the reference.stationarity row read ``tol["primal"]`` (10x looser than documented),
+    dual.gradient_vs_fd read ``tol["primal"]`` (the same default: a user's gradient tolerance ignored), and a
+    backend's stationarity row at ``10 * STATIONARITY_FACTOR * accept_tol``; none of the three reached a test
+    (test_each_row_is_held_to_its_documented_tolerance names neither tolerance nor that row)."""
+    assert verify_mod.TOLERANCES["reference_stationarity"] == pytest.approx(verify_mod.TOLERANCES["primal"] / 10)
+    results = verify_instances(_instances(), tolerances={"reference_stationarity": 2e-8, "gradient": 3e-6},
+                               progress=False, backends=ONE)
+    tol = {r.check: r.tol for r in results}
+    assert tol["reference.stationarity"] == 2e-8
+    assert tol["dual.gradient_vs_fd"] == tol["dual.temperature_gradient_vs_fd"] == 3e-6
+    accept = cvx.check_options({"backend": ONE[0]})["accept_tol"]
+    assert tol[f"cvxpylayers[{ONE[0]}].stationarity"] == pytest.approx(cvx.STATIONARITY_FACTOR * accept)
+
+
+def test_ca_rev203_the_stationarity_measure_keeps_a_nan_of_any_sample():
+    """Mutant killed: ``max(...)`` for ``nan_max(...)`` in verify._stationarity: Python's max drops a NaN
+    that follows a finite value, so NaN duals on the second sample of a backend or of the reference gave
+    the first sample's distance and the stationarity row passed."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)]
+    sol = ca.solve(scores, h, "exact")
+    duals = [d.reshape(2, -1).clone() for d in sol.duals]
+    assert verify_mod._stationarity(h, [1.0, 1.0], scores, sol.probs, duals) < 1e-12
+    duals[0][1] = math.nan
+    assert math.isnan(verify_mod._stationarity(h, [1.0, 1.0], scores, sol.probs, duals))
+
+
+def test_ca_rev203_a_backends_certificate_row_holds_its_worst_sample(monkeypatch):
+    """Mutant killed: ``certificate(...)[0]`` for ``.max()`` in verify._backend_certificate (the first sample
+    only).  The backend's duals moved off the optimum on sample 1 alone: its certificate row fails, with the
+    error of that sample."""
+    real = verify_mod.solve
+    moved = []
+
+    def second_sample_off(s, graph, method, **kwargs):
+        sol = real(s, graph, method, **kwargs)
+        if method != "cvxpylayers" or "backend" not in kwargs:
+            return sol
+        duals = [d.detach().clone() for d in sol.duals]
+        for d in duals:
+            d[1] += 1e-2 * torch.linspace(-1.0, 1.0, d[1].numel(), dtype=d.dtype).reshape(d[1].shape)
+        moved.append((sol.probs, duals))
+        return ca.Solution([p.detach() for p in sol.probs], list(s), graph, sol.temperature, method, duals)
+
+    monkeypatch.setattr(verify_mod, "solve", second_sample_off)
+    monkeypatch.setattr(verify_mod, "_check_gradients", lambda *args, **kwargs: None)  # not what is tested (time)
+    name, h, scores, temps = next(iter(_instances()))
+    results = verify_instances([(name, h, scores, temps)], dual_solver=_builtin_duals, progress=False, backends=ONE)
+    row = next(r for r in results if r.check == f"cvxpylayers[{ONE[0]}].certificate")
+    B = scores[0].shape[0]
+    probs, duals = moved[0]
+    flat = lambda xs: [x.detach().reshape(B, -1).double() for x in xs]  # noqa: E731
+    cert = cvx.certificate(h, temps, flat(scores), flat(probs), flat(duals))
+    assert float(cert[0]) <= row.tol < float(cert[1])
+    assert row.status == "fail" and row.error == pytest.approx(float(cert[1]), rel=1e-9)
+
+
+def test_ca_rev203_a_row_just_above_its_tolerance_fails_and_one_at_it_passes():
+    """Mutant killed: ``bool(err <= 10 * t)`` in _Rows.add (every check 10x looser than the tolerance its row
+    prints): no test had an error between the tolerance and ten times it."""
+    results = []
+    rows = verify_mod._Rows(results, 0, "c")
+    rows.add("x.at", 1e-6, 1e-6)
+    rows.add("x.above", 1.5e-6, 1e-6)
+    assert [r.status for r in results] == ["pass", "fail"] and not all_passed(results)
+
+
+@pytest.mark.parametrize("status", ["skipped", "error"])
+def test_ca_rev203_a_row_that_did_not_run_fails_the_verification_beside_rows_that_passed(status):
+    """Mutant killed: ``all_passed`` counting only rows not 'info' and not 'skipped': a skipped row beside
+    passed ones let the run pass (the existing test had a skipped row alone, which fails as 'no checks')."""
+    passed = CheckResult(0, "c", "x.ok", 1e-9, 1e-6, True)
+    assert all_passed([passed])
+    assert not all_passed([passed, CheckResult(0, "c", "x.y", math.nan, math.nan, False, status)])
+
+
+def test_ca_rev203_a_solver_that_fails_where_the_reference_fails_keeps_its_error_row(monkeypatch):
+    """Mutant killed: _run_checks dropping ``rows.broke(label, (), found)`` where the reference failed: the
+    solver's own error ('raised RuntimeError: ...') vanished and its checks read 'the CVXPY reference
+    failed' only."""
+    def broken(self, scores):
+        raise RuntimeError("no reference")
+
+    def crashing(scores, h, temps):
+        raise RuntimeError("the solver's own bug")
+
+    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "reference_solve", broken)
+    monkeypatch.setattr(verify_mod, "_check_gradients", lambda *args, **kwargs: None)
+    results = verify_instances(_instances(), dual_solver=crashing, progress=False, backends=[])
+    by = {r.check: r for r in results}
+    assert by["crashing.run"].status == "error" and "the solver's own bug" in by["crashing.run"].message
+    assert not all_passed(results)
+
+
+def test_ca_rev203_a_backends_dual_gap_row_is_relative_to_the_centred_optimum(monkeypatch):
+    """Mutant killed: dual_gap_vs_cvxpy not divided by max(1, |f̄*|) (the module docstring's measure): on
+    scores 5x an instance's, |f̄*| > 1, a backend's duals moved off the optimum give the row
+    (g(λ) − f*) / max(1, |f̄*|), computed here from the closed form."""
+    real = verify_mod.solve
+    handed = []
+
+    def moved(s, graph, method, **kwargs):
+        sol = real(s, graph, method, **kwargs)
+        if method != "cvxpylayers" or "backend" not in kwargs:
+            return sol
+        duals = [d.detach() + torch.linspace(-1.0, 1.0, d[0].numel(), dtype=d.dtype).reshape(d[0].shape)
+                 for d in sol.duals]
+        handed.append(duals)
+        return ca.Solution([p.detach() for p in sol.probs], list(s), graph, sol.temperature, method, duals)
+
+    monkeypatch.setattr(verify_mod, "solve", moved)
+    monkeypatch.setattr(verify_mod, "_check_gradients", lambda *args, **kwargs: None)
+    name, h, scores, temps = next(iter(_instances()))
+    scores = [5 * s for s in scores]
+    results = verify_instances([(name, h, scores, temps)], dual_solver=_builtin_duals, progress=False, backends=ONE)
+    row = next(r for r in results if r.check == f"cvxpylayers[{ONE[0]}].dual_gap_vs_cvxpy")
+    centred = [s - s.flatten(1).mean(1).view((-1,) + (1,) * (s.dim() - 1)) for s in scores]
+    f_star = ca.solve(centred, h, "exact", temperature=temps).objective
+    assert float(f_star.abs().min()) > 2
+    from convex_attention import metrics
+
+    gap = (metrics.dual_objective(centred, handed[0], h, temps) - f_star) / f_star.abs().clamp(min=1)
+    assert row.error == pytest.approx(float(gap.abs().max()), rel=1e-6) and row.status == "fail"
+
+
+def test_ca_rev203_comparing_duals_of_unequal_count_is_nan_not_an_error():
+    """Mutant killed: _dual_distance without its ``len(a) != len(b)`` test (zip truncated, then the null
+    space's shape raised RuntimeError): nothing to compare is NaN, a failed check (its docstring)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    d = torch.zeros(2, 2, dtype=torch.float64)
+    assert math.isnan(verify_mod._dual_distance([], [], h)) and math.isnan(verify_mod._dual_distance([d], [], h))
+    assert verify_mod._dual_distance([d + 1.0], [d], h) == pytest.approx(0.0, abs=1e-12)  # a constant per edge
