@@ -685,7 +685,9 @@ class CvxpyAttentionLayer:
             result = self._reference_values()
             cert = float(certificate(self.h, self.temps, flat, [torch.from_numpy(p)[None] for p in result[0]],
                                      [torch.from_numpy(d)[None] for d in result[1]])[0])
-            if best is None or cert < best_cert:  # NaN never replaces a finite certificate
+            # NaN never replaces a finite certificate, and a finite one always replaces NaN (cert <
+            # nan is False: a first attempt without a certificate had been kept over a certified retry)
+            if best is None or cert < best_cert or (math.isnan(best_cert) and not math.isnan(cert)):
                 best, best_cert = result, cert
             if result[-1] == cp.OPTIMAL:
                 break
@@ -1317,11 +1319,11 @@ def _raise_failure(layer: CvxpyAttentionLayer, flat, args, samples, accept_tol, 
     # loosening accept_tol is advice only where the refused maps are near an optimum: a residual
     # of 4.1 is no matter of accuracy, and no accept_tol the layer derives (at most
     # MAX_DERIVED_ACCEPT_TOL) would take it (a review found that advice given for it)
-    worst = max([float(certificate[i]) for i in samples] if certificate is not None else [math.inf]) if samples \
-        else math.inf
+    measures = [float(certificate[i]) for i in samples] if certificate is not None and samples else [math.inf]
     if distance is not None and samples:
-        worst = max(worst, max(float(distance[i]) for i in samples) / STATIONARITY_FACTOR)
-    near = worst <= MAX_DERIVED_ACCEPT_TOL  # (NaN is not near)
+        measures += [float(distance[i]) / STATIONARITY_FACTOR for i in samples]
+    # every one near, NaN never (Python's max drops a NaN after a finite value: ca_rev203)
+    near = all(m <= MAX_DERIVED_ACCEPT_TOL for m in measures)
     hints = ([f"raise max_iters (it was {max_iters})"] if max_iters is not None else []) + \
         ([f"loosen accept_tol if {accept_tol:.0e} is more accuracy than you need"] if near else []) + \
         ([other] if other else [])

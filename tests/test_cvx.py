@@ -2295,8 +2295,6 @@ def test_ca_rev203_the_stationarity_bound_is_stationarity_factor_times_accept_to
     assert bool((cert <= tol).all()) and accepted.tolist() == [True, False]
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev203: _raise_failure's worst certificate is Python's max, which "
-                                       "drops a NaN after a finite value: a NaN sample is advised a looser accept_tol")
 def test_ca_rev203_a_nan_sample_gets_no_looser_accept_tol_advice_whatever_its_place_in_the_batch(monkeypatch):
     """'NaN is not near' (_raise_failure): two refused samples, certificates 5·accept_tol and NaN.  With the
     NaN first no looser accept_tol is advised; with it second, max([5e-8, nan]) is 5e-8 and the message
@@ -2319,8 +2317,6 @@ def test_ca_rev203_a_nan_sample_gets_no_looser_accept_tol_advice_whatever_its_pl
         assert "accept_tol if" not in str(err.value), (order_, str(err.value))
 
 
-@pytest.mark.xfail(strict=True, reason="ca_rev203: reference_solve keeps a first attempt whose certificate is NaN "
-                                       "over a retry that is optimal and certified (cert < nan is False)")
 def test_ca_rev203_a_reference_retry_that_certifies_replaces_a_first_attempt_whose_certificate_is_nan(monkeypatch):
     """reference_solve: 'NaN never replaces a finite certificate', but a NaN first (an inaccurate exit,
     e.g. dual values None read as NaN) is never replaced either: the optimal retry (certificate ~1e-13)
