@@ -503,3 +503,80 @@ def test_ca_rev188_a_numpy_longdouble_is_written_not_recursed_on(tmp_path):
     assert files.csv_field(value) == "1.5"
     files.write_json(str(tmp_path / "x.json"), {"x": value})
     assert strict_load(str(tmp_path / "x.json")) == {"x": 1.5}
+
+
+# ---- ca_rev205 (mutation review of 5a01ce8)
+
+
+def test_ca_rev205_a_written_file_has_the_mode_the_umask_gives_a_new_file(tmp_path):
+    """Kills the temporary created with mode 0o600 instead of 0o666: every result file became readable by
+    its owner alone, whatever the umask (a collaborator could no longer read a shared results folder)."""
+    old = os.umask(0o022)
+    try:
+        files.atomic_write_text(str(tmp_path / "t.txt"), "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "t.txt").st_mode) == 0o644
+
+
+def test_ca_rev205_an_empty_target_pattern_removes_no_file(tmp_path):
+    """Kills ``if p`` dropped from clean_stale_tmp's patterns: an empty pattern let ``.<pid>-<n>.tmp``, any
+    file of that bare form, match and be removed (the targets' own empty names are filtered)."""
+    (tmp_path / ".1-2.tmp").write_text("the user's")
+    assert files.clean_stale_tmp(str(tmp_path), (), ("",)) == []
+    assert (tmp_path / ".1-2.tmp").read_text() == "the user's"
+
+
+class _One:
+    """An unknown scalar whose number is 1 (equal to True, not its JSON text) and whose hash sets its place."""
+
+    def __init__(self, h):
+        self.h = h
+
+    def __hash__(self):
+        return self.h
+
+    def item(self):
+        return 1
+
+
+def test_ca_rev205_a_set_of_members_equal_once_converted_gives_one_order_whatever_the_hash():
+    """Kills the JSON text dropped from the set's sort key: members equal once converted (True and 1) kept
+    the set's hash order, so one set gave two texts across processes."""
+    assert files.json_safe({True, _One(0)}) == files.json_safe({True, _One(2)}) == [1, True]
+    assert [type(v) for v in files.json_safe({True, _One(2)})] == [int, bool]
+
+
+def test_ca_rev205_an_infinite_float_is_written_as_inf_not_as_empty():
+    """Kills csv_field writing every non-finite float empty: only NaN (and None) is empty; an infinity
+    reads back as itself."""
+    assert files.csv_field(float("inf")) == "inf" and files.csv_field(-math.inf) == "-inf"
+    assert float(files.csv_field(np.float64("inf"))) == math.inf
+
+
+@pytest.mark.parametrize("char", ["\U000e0080", "\ue000", "\ud800"], ids=["unassigned", "private", "surrogate"])
+def test_ca_rev205_one_line_escapes_unassigned_private_and_surrogate_code_points(char):
+    """Kills each of "Cn", "Co" and "Cs" dropped from _shown's categories: such a code point is shown as its
+    escape (a lone surrogate cannot even be written as UTF-8)."""
+    out = files.one_line(f"a{char}b", 50)
+    assert out == "a" + ascii(char)[1:-1] + "b" and out.isascii()
+
+
+def test_ca_rev205_text_that_is_not_utf8_is_refused_and_the_old_file_kept(tmp_path):
+    """Kills atomic_write_text encoding with "surrogatepass": a lone surrogate was written as bytes that are
+    not UTF-8, a table the reader then refuses whole; the write must fail and leave the old file."""
+    path = tmp_path / "t.csv"
+    path.write_text("old\n")
+    with pytest.raises(UnicodeEncodeError):
+        files.atomic_write_text(str(path), "a\ud800\n")
+    assert path.read_text() == "old\n" and os.listdir(tmp_path) == ["t.csv"]
+
+
+def test_ca_rev205_check_fresh_out_dir_refuses_an_earlier_runs_outputs(tmp_path):
+    """Kills check_no_earlier_outputs dropped from check_fresh_out_dir: a script's earlier outputs were then
+    replaced without --overwrite."""
+    (tmp_path / "a.csv").write_text("mine")
+    with pytest.raises(ValueError, match="already holds a.csv"):
+        files.check_fresh_out_dir(str(tmp_path), ("a.csv",), overwrite=False)
+    files.check_fresh_out_dir(str(tmp_path), ("a.csv",), overwrite=True)
+    assert (tmp_path / "a.csv").read_text() == "mine"

@@ -796,3 +796,79 @@ def test_foreign_lock_names_what_results_lock_would_refuse_whatever_runs(tmp_pat
             with pytest.raises(ResultsLocked, match=expected):
                 with results_lock(str(folder)):
                     pass
+
+
+# ---- ca_rev205 (mutation review of 5a01ce8)
+
+
+def test_ca_rev205_a_stale_record_of_exactly_the_largest_size_is_taken_over(tmp_path):
+    """Kills ``len(data) > _MAX_RECORD`` turned into ``>=``: a record of exactly the largest size (a long
+    command line) is this tool's, taken over, not refused as the user's file."""
+    record = {"pid": 1, "host": "elsewhere", "started": 0.0, "command": ""}
+    record["command"] = "x" * (lock._MAX_RECORD - len(json.dumps(record)))
+    (tmp_path / LOCK_NAME).write_text(json.dumps(record))
+    assert os.path.getsize(tmp_path / LOCK_NAME) == lock._MAX_RECORD
+    logged = []
+    with results_lock(str(tmp_path), log=logged.append):
+        assert json.loads((tmp_path / LOCK_NAME).read_text())["pid"] == os.getpid()
+    assert any("took over" in m for m in logged), logged
+
+
+def test_ca_rev205_the_owner_record_is_synced_to_disk_before_the_run_goes_on(tmp_path, monkeypatch):
+    """Kills the fsync of the owner record dropped: after a crash the lock could hold an empty or partial
+    record, which a later run refuses as a file that is not this tool's lock."""
+    synced = []
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        synced.append((os.fstat(fd).st_ino, os.fstat(fd).st_size))
+        real_fsync(fd)
+
+    monkeypatch.setattr(lock.os, "fsync", fsync)
+    with results_lock(str(tmp_path)):
+        here = os.stat(tmp_path / LOCK_NAME)
+        assert (here.st_ino, here.st_size) in synced, synced
+
+
+def test_ca_rev205_the_lock_file_is_readable_by_those_a_refusal_names_it_to(tmp_path):
+    """Kills the lock created with mode 0o600 instead of 0o644: another user's run, refused, could not read
+    the owner record and named no owner."""
+    old = os.umask(0o022)
+    try:
+        with results_lock(str(tmp_path)):
+            mode = os.stat(tmp_path / LOCK_NAME).st_mode & 0o777
+    finally:
+        os.umask(old)
+    assert mode == 0o644
+
+
+def test_ca_rev205_foreign_lock_names_a_link_to_a_valid_record(tmp_path):
+    """Kills the islink test dropped from foreign_lock: a link to a file holding a lock record passed
+    isfile, was not opened (O_NOFOLLOW) and so was named no obstacle, though results_lock refuses it."""
+    elsewhere = tmp_path / "record.json"
+    elsewhere.write_text(json.dumps({"pid": 1, "host": "h", "started": 0.0, "command": "bench"}))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / LOCK_NAME).symlink_to(elsewhere)
+    assert "not a plain file" in (lock.foreign_lock(str(out)) or "")
+    with pytest.raises(ResultsLocked, match="not a plain file"):
+        with results_lock(str(out)):
+            pass
+    assert json.loads(elsewhere.read_text())["pid"] == 1
+
+
+def test_ca_rev205_a_deeply_nested_file_locked_by_another_is_refused_not_a_crash(tmp_path):
+    """Kills RecursionError dropped from _read_owner's errors: a results.lock of deeply nested JSON, locked
+    by another holder (a probe), crashed the refused run instead of naming an unknown owner."""
+    import fcntl
+
+    (tmp_path / LOCK_NAME).write_text("[" * 100_000)
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(ResultsLocked, match=r"in use by pid \? on host \?"):
+            with results_lock(str(tmp_path)):
+                pass
+    finally:
+        os.close(fd)
+    assert (tmp_path / LOCK_NAME).read_text() == "[" * 100_000

@@ -1423,3 +1423,33 @@ def test_ca_rev201_a_run_recorded_as_a_bool_is_no_run():
     (True == 1), and an amortised cost would divide times of rows that name no run alike."""
     assert R.run_of({"run": True}) is None and R.run_of({"run": False}) is None
     assert R.run_of({"run": 1}) == 1 and R.run_of({"run": "1"}) is None and R.run_of({}) is None
+
+
+# ---- ca_rev205 (mutation review of 5a01ce8)
+
+
+def test_ca_rev205_a_row_measured_again_after_an_incomplete_history_is_done_at_once(tmp_path):
+    """Kills ``self._redo.discard`` dropped from commit: the row committed again stayed outside done(), so a
+    later retry in the same run measured and timed it a second time."""
+    writer(tmp_path).commit(bench_row(method="dual"), convergence=conv_rows(3))
+    (tmp_path / "convergence.csv").write_text(",".join(CONVERGENCE_COLUMNS) + "\n")
+    again = writer(tmp_path, resume=True)
+    key = R.row_key(bench_row(method="dual"))
+    assert key not in again.done()
+    again.commit(bench_row(method="dual"), convergence=conv_rows(3))
+    assert key in again.done()
+
+
+def test_ca_rev205_a_run_numbers_itself_past_every_run_an_older_bench_json_records(tmp_path):
+    """Kills ``len(self.runs)`` dropped from the run's number: runs recorded without their number (an older
+    bench.json) and rows without a run gave the next run number 1, that of a recorded run."""
+    writer(tmp_path).commit(bench_row("exact"))
+    data = json.loads((tmp_path / "bench.json").read_text())
+    data["runs"] = [{k: v for k, v in r.items() if k != "run"} for r in data["runs"] * 2]
+    data["rows"] = [{k: v for k, v in r.items() if k != "run"} for r in data["rows"]]
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    older = [c for c in COLUMNS if c != "run"]
+    raw = read_table(str(tmp_path / "bench.csv")).rows[0]
+    fields = [raw[c] for c in older[:-1]]
+    (tmp_path / "bench.csv").write_text(",".join(older) + "\n" + ",".join([*fields, R.row_checksum(fields)]) + "\n")
+    assert writer(tmp_path, resume=True).run == 3

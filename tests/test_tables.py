@@ -408,3 +408,28 @@ def test_ca_rev155_a_row_whose_quoting_is_not_closed_is_not_read_as_whole(tmp_pa
     except ResultsFormatError:
         return
     assert [r["a"] for r in table.rows] == ["1"] and table.problems, (table.rows, table.problems)
+
+
+# ---- ca_rev205 (mutation review of 5a01ce8)
+
+
+def test_ca_rev205_header_names_are_read_without_the_spaces_around_them(tmp_path):
+    """Kills the strip of the header's names dropped: ``name, n`` had a column `` n``, and a required
+    column was said to be missing."""
+    path = tmp_path / "t.csv"
+    path.write_text("name , n\na,1\n")
+    assert read_table(str(path), required=("name", "n")).header == ("name", "n")
+
+
+def test_ca_rev205_a_file_lacking_one_of_two_added_columns_lacks_added_columns(tmp_path):
+    """Kills ``any`` turned into ``all`` and the header's strip dropped in lacks_added_columns: a header that
+    lacks one added column of two is an older file, and one that holds them (spaced) is not."""
+    from convex_attention.io.tables import lacks_added_columns
+
+    schema = Schema("toy", ("name", "a", "b"), ints=frozenset(), floats=frozenset(), checksum=False,
+                    added=("a", "b"))
+    path = tmp_path / "t.csv"
+    path.write_text("name,a\nx,1\n")
+    assert lacks_added_columns(str(path), schema)
+    path.write_text("name, a, b\nx,1,2\n")
+    assert not lacks_added_columns(str(path), schema)
