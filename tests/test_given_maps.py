@@ -153,3 +153,70 @@ def test_ca_rev113_given_reach_grows_4x_per_diamond_with_permuted_branches(monke
     entries = sum(len(d) + len(u) for d, u in zip(down, up))
     bound = h.num_maps * h.num_edges
     assert entries <= bound and len(calls) <= bound, (entries, len(calls), len(down[0]), bound)
+
+
+# ---- ca_rev204 (mutation review of 31dcde3)
+
+
+def _ca_rev204_factors_case():
+    """A scored 3-cell map pooled (identity) onto two given maps that disagree, (0.1, 0.4, 0.5) and (0.3, 0.4, 0.3),
+    in sample 0, and agree in sample 1: they are made to agree on the mean (0.2, 0.4, 0.4), factors (2, 1, 0.8) and
+    (2/3, 1, 4/3) apart by 1 at most (by 2/3 on the mean over the maps, by 0.4 on the mean over the cells)."""
+    h = ca.Graph.from_edges([3, 3, 3], [(0, 1, torch.tensor([0, 1, 2])), (0, 2, torch.tensor([0, 1, 2]))])
+    q1 = torch.tensor([[0.1, 0.4, 0.5], [0.2, 0.3, 0.5]], dtype=torch.float64)
+    q2 = torch.tensor([[0.3, 0.4, 0.3], [0.2, 0.3, 0.5]], dtype=torch.float64)
+    return h, [None, q1, q2]
+
+
+def test_ca_rev204_agreement_factors_by_hand_and_only_where_the_maps_are_apart():
+    """Kills given_maps.agreement_factors with ``torch.where`` flipped (the factors where the maps agree, ones where
+    they are apart), and the ``allowed`` bound dropped or measured by a mean (over the maps: 2/3; over the cells:
+    0.4) instead of the largest |factor − 1| (1): maps further apart than ``allowed`` = 0.8 are left as given."""
+    h, given = _ca_rev204_factors_case()
+    f = given_maps.agreement_factors(h, given, 0.0, float("inf"))
+    want = {1: torch.tensor([[2.0, 1.0, 0.8], [1, 1, 1]], dtype=torch.float64),
+            2: torch.tensor([[2 / 3, 1.0, 4 / 3], [1, 1, 1]], dtype=torch.float64)}
+    assert set(f) == {1, 2}
+    for k in (1, 2):
+        torch.testing.assert_close(f[k], want[k], rtol=0, atol=1e-12)
+    f = given_maps.agreement_factors(h, given, 0.0, 0.8)
+    assert all(bool((x == 1).all()) for x in f.values()), f
+
+
+def test_ca_rev204_agreement_factors_bounds_are_inclusive_above_and_exclusive_below():
+    """Kills ``apart <= allowed`` → ``<`` and ``apart > floor`` → ``>=`` in given_maps.agreement_factors, and the
+    ``floor`` bound dropped: maps apart by exactly ``allowed`` are made to agree, by exactly ``floor`` (or less) are
+    used as given (the docstring: "apart by more than floor and no more than allowed")."""
+    h, given = _ca_rev204_factors_case()
+    full = given_maps.agreement_factors(h, given, 0.0, float("inf"))
+    apart = float(torch.stack([(x - 1).abs().amax(1) for x in full.values()]).amax(0)[0])
+    at_allowed = given_maps.agreement_factors(h, given, 0.0, apart)
+    assert all(torch.equal(at_allowed[k], full[k]) for k in full)
+    for floor in (apart, 1.5 * apart):
+        below = given_maps.agreement_factors(h, given, floor, float("inf"))
+        assert all(bool((x == 1).all()) for x in below.values()), (floor, below)
+
+
+def test_ca_rev204_normalised_divides_each_sample_by_its_own_sum():
+    """Kills given_maps.normalised returning the map as given, or dividing by the batch's sum (times B): a (2, 2, 2)
+    batch of maps off by +5e-5 and −5e-5 comes back divided per sample, each summing to one."""
+    q = torch.tensor([[[0.1, 0.2], [0.3, 0.40005]], [[0.25, 0.25], [0.25, 0.24995]]], dtype=torch.float64)
+    got = given_maps.normalised(q)
+    torch.testing.assert_close(got, q / q.sum((1, 2), keepdim=True), rtol=0, atol=0)
+    torch.testing.assert_close(got.sum((1, 2)), torch.ones(2, dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_ca_rev204_given_reach_keeps_two_differently_pooling_paths_and_one_of_alike_ones():
+    """Kills given_maps.REACH_PATHS = 1 (the second of two differently pooling paths from a map to a given map
+    dropped) and given_reach's ``torch.equal`` de-duplication dropped (two alike paths kept twice): map 0 (4 cells)
+    pools through scored maps a and b onto the given map 3, by halves and by parity, or by halves twice."""
+    def diamond(parity):
+        second = torch.tensor([0, 1, 0, 1]) if parity else torch.tensor([0, 0, 1, 1])
+        ident = torch.tensor([0, 1])
+        return ca.Graph.from_edges([4, 2, 2, 2], [(0, 1, torch.tensor([0, 0, 1, 1])), (0, 2, second), (1, 3, ident),
+                                                  (2, 3, ident)])
+
+    down, _ = given_maps.given_reach(diamond(True), [False, False, False, True])
+    assert sorted(p.tolist() for t, p in down[0] if t == 3) == [[0, 0, 1, 1], [0, 1, 0, 1]]
+    down, _ = given_maps.given_reach(diamond(False), [False, False, False, True])
+    assert [p.tolist() for t, p in down[0] if t == 3] == [[0, 0, 1, 1]]

@@ -267,3 +267,39 @@ def test_ca_rev190_stationarity_takes_given_maps_or_refuses_them_by_name():
     except ValueError:
         return
     assert float(value.max()) < 1e-8
+
+
+# ---- ca_rev204 (mutation review of 31dcde3)
+
+
+def test_ca_rev204_stationarity_by_hand_is_the_largest_absolute_cell_gap_over_maps():
+    """Kills, in metrics.stationarity, the per-map reduction ``amax`` → ``sum`` over cells (0.5), the reduction over
+    maps ``amax`` → ``mean`` (0.2), and the dropped ``abs`` (0.1): at zero duals p_k(λ) = softmax(θ_k / τ_k), here
+    (0.5, 0.5) and (1,), so the maps (0.1, 0.6) and (1,) are 0.4 from it at most (a cell below its implied value)."""
+    h = ca.Hierarchy.grid([(2,), (1,)])
+    scores = [torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)]
+    probs = [torch.tensor([[0.1, 0.6]], dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)]
+    got = metrics.stationarity(scores, probs, [torch.zeros(1, 1, dtype=torch.float64)], h, [1.0, 2.0])
+    torch.testing.assert_close(got, torch.tensor([0.4], dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+def test_ca_rev204_primal_gap_is_optimal_value_minus_the_objective_and_positive_off_the_optimum():
+    """Kills the swapped sign of metrics.primal_gap (``f(p) − f*``): the uniform maps are feasible on a hierarchy and
+    not optimal for random scores, so ``f* − f(p)`` is positive, and equals it by definition."""
+    inst = random_instance("2d-3lvl-unequal", batch=3)
+    f_star = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps).objective
+    uniform = [torch.full_like(s, 1.0 / s[0].numel()) for s in inst.scores]
+    gap = metrics.primal_gap(f_star, inst.scores, uniform, inst.temps)
+    assert bool((gap > 1e-3).all()), gap
+    torch.testing.assert_close(gap, f_star - metrics.objective(inst.scores, uniform, inst.temps), rtol=0, atol=0)
+
+
+def test_ca_rev204_objective_clamps_a_negative_round_off_probability_inside_the_entropy():
+    """Kills metrics.objective without ``p.clamp(min=0)`` in the entropy: a probability of −1e-3 (solver round-off)
+    then entered ``p log p`` as −1e-3·log(tiny) = +0.708 through the floored logarithm.  By hand: θ = 0 leaves
+    ``τ H(p) = −τ (0 + 1.001 log 1.001)`` with τ = 1."""
+    theta = [torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64)]
+    probs = [torch.tensor([[-1e-3, 1.001]], dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)]
+    want = -1.001 * math.log(1.001)
+    torch.testing.assert_close(metrics.objective(theta, probs, [1.0, 1.0]), torch.tensor([want], dtype=torch.float64),
+                               rtol=0, atol=1e-15)

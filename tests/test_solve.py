@@ -1687,3 +1687,173 @@ def test_ca_rev192_an_input_moved_to_shared_memory_does_not_make_the_solution_st
     scores[0].share_memory_()
     assert scores[0]._version == version and scores[0].is_shared()
     torch.testing.assert_close(sol.objective, want, rtol=0, atol=0)
+
+
+# ---- ca_rev204 (mutation review of 31dcde3)
+
+
+def test_ca_rev204_objective_of_a_dual_solve_with_a_given_map_is_differentiated_in_the_given_map():
+    """Kills solve.Solution._at_optimum without ``and not self.given``: the envelope path (maps detached) then gave
+    the objective no gradient in the given map, silently 0, where its derivative is the constraint's multiplier.
+    Checked against a central difference along a direction that keeps the given map summing to one."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(4)
+    s0 = torch.randn(1, 4, generator=g, dtype=torch.float64)
+    q = torch.tensor([[0.3, 0.7]], dtype=torch.float64, requires_grad=True)
+
+    def f(given):
+        return ca.solve([s0, None], h, "dual", temperature=[0.7, 1.0], given={1: given}, tol=1e-12).objective
+
+    (grad,) = torch.autograd.grad(f(q).sum(), q)
+    d, eps = torch.tensor([[1.0, -1.0]], dtype=torch.float64), 1e-5
+    with torch.no_grad():
+        fd = (f(q + eps * d) - f(q - eps * d)) / (2 * eps)
+    assert abs(float(fd)) > 0.1
+    torch.testing.assert_close((grad * d).sum(), fd.sum(), rtol=1e-6, atol=1e-8)
+
+
+def test_ca_rev204_exact_objective_second_derivative_is_the_jacobian_of_its_maps():
+    """Kills solve.Solution._at_optimum without ``not record.second_order`` (the envelope path for ``"exact"``,
+    whose backward is second order): value and first derivative stay right, but the zero-valued offset term
+    doubles the Hessian (2·∂p/∂θ).  At the optimum ∂f*/∂θ₀ = p₀, so ∂²f*/∂θ₀² is the Jacobian of p₀ in θ₀."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(5)
+    s0 = torch.randn(1, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    s1 = torch.randn(1, 2, generator=g, dtype=torch.float64)
+    sol = ca.solve([s0, s1], h, "exact", temperature=[0.5, 1.0])
+    (grad,) = torch.autograd.grad(sol.objective.sum(), s0, create_graph=True)
+    torch.testing.assert_close(grad, sol.probs[0].detach(), rtol=1e-10, atol=1e-12)
+    hess = torch.stack([torch.autograd.grad(grad[0, i], s0, retain_graph=True)[0][0] for i in range(4)])
+    jac = torch.stack([torch.autograd.grad(sol.probs[0][0, i], s0, retain_graph=True)[0][0] for i in range(4)])
+    assert float(jac.abs().max()) > 0.01
+    torch.testing.assert_close(hess, jac, rtol=1e-8, atol=1e-10)
+
+
+def test_ca_rev204_dual_objective_with_create_graph_is_refused_not_a_silent_first_order_graph():
+    """Kills the removal of the zero-valued offset term in solve.Solution._objective: without it a loss on
+    ``"dual"``'s objective never reached the method's backward, and ``create_graph=True`` gave a gradient whose
+    own derivative silently lacks the maps' second-order term, where the docstring promises it is refused as for
+    any loss on the maps."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(6)
+    scores = [torch.randn(2, 4, generator=g, dtype=torch.float64).requires_grad_(),
+              torch.randn(2, 2, generator=g, dtype=torch.float64)]
+    sol = ca.solve(scores, h, "dual", tol=1e-10)
+    with pytest.raises(NotImplementedError, match="second-order differentiation through method 'dual'"):
+        torch.autograd.grad(sol.objective.sum(), scores[0], create_graph=True)
+
+
+def test_ca_rev204_dual_objective_gradient_is_its_maps_exactly_even_at_a_loose_tolerance():
+    """Kills ``fixed = list(self.probs)`` (maps not detached) in solve.Solution._objective: the envelope theorem
+    (∂f*/∂θ_k = p_k) holds bit for bit only with the maps held fixed; through the implicit backward the gradient
+    picks up the stationarity error of a solve stopped at ``tol=1e-3``."""
+    h = ca.Graph.axial((3, 3))
+    g = torch.Generator().manual_seed(7)
+    scores = [(3 * torch.randn(2, *s, generator=g, dtype=torch.float64)).requires_grad_() for s in h.shapes]
+    sol = ca.solve(scores, h, "dual", tol=1e-3, gap_tol=1e-3, newton=False, strict=False)
+    grads = torch.autograd.grad(sol.objective.sum(), scores)
+    for gr, p in zip(grads, sol.probs):
+        torch.testing.assert_close(gr, p.detach(), rtol=0, atol=1e-14)
+
+
+def test_ca_rev204_an_inference_input_changed_by_a_hair_is_still_stale():
+    """Kills a tolerance in solve.Solution._stale's comparison of inference inputs with their copies
+    (``allclose(rtol=0, atol=0)`` loosened): scores changed by 1e-6 in place under inference mode gave the
+    objective of the changed problem.  Refused, or the value of the problem solved, bit for bit."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    with torch.inference_mode():
+        scores = [torch.tensor([[0.5, -1.0, 2.0, 0.3]], dtype=torch.float64),
+                  torch.tensor([[0.1, -0.4]], dtype=torch.float64)]
+        want = ca.solve([s.clone() for s in scores], h, "exact", temperature=[0.5, 1.0]).objective
+        sol = ca.solve(scores, h, "exact", temperature=[0.5, 1.0])
+        scores[0].add_(1e-6)
+        try:
+            got = sol.objective
+        except ca.StaleSolution:
+            return
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_ca_rev204_a_tensor_in_a_lazy_duals_partials_keywords_is_watched():
+    """Kills solve._tensors_in reading only a ``functools.partial``'s positional arguments: a registered method
+    whose lazy duals read an option tensor by keyword gave, after that tensor changed in place, duals of another
+    problem instead of StaleSolution (design.md §4: the lazy fields read inputs that are not copied)."""
+    import functools
+
+    from convex_attention.methods import REGISTRY, Method, register_method
+
+    def lazy(*, lam):
+        return [lam * 1.0]
+
+    def fn(scores, h, temps, duals, options):
+        return [torch.softmax(s, -1) for s in scores], functools.partial(lazy, lam=options["knob"]), {}
+
+    register_method(Method("kw_lazy", fn, "lazy duals by keyword", options=frozenset({"knob"}), structures="graph"))
+    try:
+        h = ca.Hierarchy.grid([(4,), (2,)])
+        knob = torch.zeros(2, 2, dtype=torch.float64)
+        sol = ca.solve([torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)], h,
+                       "kw_lazy", knob=knob)
+        knob.add_(1.0)
+        with pytest.raises(ca.StaleSolution, match=r"Solution\.duals"):
+            _ = sol.duals
+    finally:
+        del REGISTRY["kw_lazy"]
+
+
+def test_ca_rev204_a_given_map_changed_in_place_makes_the_solution_stale():
+    """Kills solve.Solution.__init__ not watching ``given``: design.md §4 and Solution's docstring name the given
+    maps among the inputs whose in-place change makes a first read of a lazy field raise StaleSolution; unwatched,
+    ``q.mul_`` after the solve went unnoticed."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    s0 = torch.randn(1, 4, dtype=torch.float64)
+    q = torch.tensor([[0.3, 0.7]], dtype=torch.float64)
+    sol = ca.solve([s0, None], h, "dual", given={1: q})
+    q.mul_(1.0)
+    with pytest.raises(ca.StaleSolution, match=r"Solution\.dual_objective|Solution\.duals"):
+        _ = sol.dual_objective
+    with pytest.raises(ca.StaleSolution, match=r"Solution\.objective"):
+        _ = sol.objective
+
+
+def test_ca_rev204_a_learned_temperature_stepped_in_place_makes_the_solution_stale():
+    """Kills solve.Solution.__init__ not watching ``temperature``: after an optimiser step on a learned
+    temperature (design.md §4's own example), the first read of the objective described the problem at the new
+    temperature (the maps' entropy weighted by the stepped τ) instead of raising StaleSolution.  (``"exact"``'s lazy
+    duals hold the temperature too, so the mutant shows on ``"dual"``.)"""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(2, 4, dtype=torch.float64), torch.randn(2, 2, dtype=torch.float64)]
+    tau = torch.tensor([0.5, 1.0], dtype=torch.float64, requires_grad=True)
+    sol = ca.solve(scores, h, "dual", temperature=tau)
+    with torch.no_grad():
+        tau.mul_(2.0)
+    with pytest.raises(ca.StaleSolution, match=r"Solution\.objective"):
+        _ = sol.objective
+
+
+def test_ca_rev204_a_solution_pickled_with_bare_cached_values_reads_them_back():
+    """Kills the removal of solve.Solution.__setstate__'s conversion of a cache of bare values (Solutions pickled
+    before the cache recorded each value's grad mode): its objective came back as the first sample's entry only."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    sol = ca.solve([torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 2, dtype=torch.float64)], h, "exact")
+    objective = sol.objective
+    state = sol.__getstate__()
+    state["_cache"] = {k: v[0] for k, v in state["_cache"].items()}  # the older format
+    old = ca.Solution.__new__(ca.Solution)
+    old.__setstate__(state)
+    assert old.objective is objective
+
+
+def test_ca_rev204_consistency_loss_detach_target_stops_the_gradient_through_the_coarse_map():
+    """Kills solve.consistency_loss passing ``detach_target=False`` whatever it is given: on two levels the coarse
+    scores enter only b = p₁(λ), so with ``detach_target=True`` their gradient is zero (none), and without it not."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    g = torch.Generator().manual_seed(8)
+    scores = [torch.randn(2, 4, generator=g, dtype=torch.float64).requires_grad_(),
+              torch.randn(2, 2, generator=g, dtype=torch.float64).requires_grad_()]
+    duals = [torch.randn(2, 2, generator=g, dtype=torch.float64)]
+    (free,) = torch.autograd.grad(ca.consistency_loss(scores, duals, h), scores[1])
+    assert float(free.abs().max()) > 1e-3
+    (held,) = torch.autograd.grad(ca.consistency_loss(scores, duals, h, detach_target=True), scores[1],
+                                  allow_unused=True)
+    assert held is None or bool((held == 0).all()), held
