@@ -1608,3 +1608,52 @@ def test_ca_rev199_a_seed_mean_leaves_out_the_infinity_it_counts_as_left_out():
     got = _seed_mean(rows, "spearman_abs")
     assert (got["spearman_abs_n_used"], got["spearman_abs_n_nan"]) == (1, 1)
     assert got["spearman_abs"] == 0.5, got
+
+
+# ---- ca_rev206 (mutation review of 73c68db)
+
+
+def test_ca_rev206_the_folder_log_records_a_test_run_before_any_work(tmp_path, monkeypatch):
+    """Kills ``log_test_run`` moved after the work: a test run that dies in its first condition
+    has spent its split, and the folder's ``test_runs.jsonl`` says so (as the ledger does)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.experiment import run_test
+
+    def dies(*args, **kwargs):
+        raise RuntimeError("killed mid-run")
+
+    monkeypatch.setattr(experiment, "_test_condition", dies)
+    monkeypatch.setattr(experiment, "_write_test", lambda *a, **k: pytest.fail("the work finished"))
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    record = {"path": str(tmp_path / "configs" / "experiment_variants.json"), "sha256": "ab" * 32}
+    with pytest.raises(RuntimeError, match="killed mid-run"):
+        run_test(_tiny_config(data_seed=1), str(tmp_path / "exp" / "test"), Variants(difficulties=(0.3,)), record,
+                 progress=False, log=lambda *a: None, ledger_path=ledger)
+    (spent,) = read_ledger(ledger)  # oracle: the ledger spent the split before the work
+    (logged,) = read_test_runs(str(tmp_path / "exp"))
+    assert logged["run_id"] == spent["run_id"] and logged["folder"] == "exp/test"
+
+
+def test_ca_rev206_run_test_itself_refuses_force_over_other_variants_its_folder_log_records(tmp_path, monkeypatch):
+    """Kills ``run_test`` checking under its lock without the folder's own log
+    (``folder_runs=None``): called directly (or after the log grew since ``run_experiment``'s
+    check), ``--force`` over a run of another variants file that only ``test_runs.jsonl``
+    records is refused before the ledger, the move or any work."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.experiment import run_test
+
+    monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: None)
+    monkeypatch.setattr(experiment, "_write_test", lambda *a, **k: {"report": ""})
+    record = {"path": str(tmp_path / "configs" / "experiment_variants.json"), "sha256": "ab" * 32}
+    folder = str(tmp_path / "exp" / "test")
+    run_test(_tiny_config(data_seed=1), folder, Variants(difficulties=(0.3,)), record, progress=False,
+             log=lambda *a: None, ledger_path=str(tmp_path / "first" / "data_ledger.json"))
+    # oracle: the folder's log records the first run, with the first variants file's SHA-256
+    assert [r["variants_sha256"] for r in read_test_runs(str(tmp_path / "exp"))] == ["ab" * 32]
+    other = tmp_path / "second" / "data_ledger.json"  # a ledger that does not record it
+    monkeypatch.setattr(experiment, "_test_condition", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(VariantsError, match="same variants only"):
+        run_test(_tiny_config(data_seed=1), folder, Variants(difficulties=(0.3,)), {**record, "sha256": "cd" * 32},
+                 progress=False, log=lambda *a: None, ledger_path=str(other), force=True)
+    assert not other.exists() and not (tmp_path / "exp" / "test.run-1").exists()
+    assert len(read_test_runs(str(tmp_path / "exp"))) == 1

@@ -1394,3 +1394,184 @@ def test_the_committed_run_records_are_read_as_they_are():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     assert len(read_test_runs(os.path.join(root, "docs", "results", "brightest-cprime-test-cpu"))) == 2
     assert len(read_ledger(os.path.join(root, "configs", "data_ledger.json"))) >= 7
+
+
+# ---- ca_rev206 (mutation review of 73c68db)
+
+
+def _rev206_spent_test_run(ledger, sha):
+    """A test run into ``results/test`` on data seed 1, recorded in ``ledger`` with the
+    variants SHA-256 ``sha`` (left out where None): the config, the variants and the entry."""
+    from convex_attention.paper.protocol import ledger_entry
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    entry = ledger_entry(config.with_variants(variants), "results/test", "then",
+                         **({} if sha is None else {"variants_sha256": sha}))
+    spend(ledger, entry)
+    return config, variants, entry
+
+
+def test_ca_rev206_force_refuses_other_variants_that_only_the_ledger_records(tmp_path):
+    """Kills ``changed = [... for r in logged ...]`` (the ledger's replaced runs dropped from the
+    variants comparison): a folder whose log is gone must not let ``--force`` run another
+    variants file over a test split the ledger records as seen."""
+    from convex_attention.paper.protocol import check_test_data
+
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    config, variants, _ = _rev206_spent_test_run(ledger, "a" * 64)
+    with pytest.raises(VariantsError, match="--force replaces an interrupted test run of the same variants only"):
+        check_test_data(config, variants, ledger, "results/test", force=True, variants_sha256="b" * 64,
+                        folder_runs=None)
+
+
+def test_ca_rev206_force_replaces_a_recorded_run_that_names_no_variants_sha256(tmp_path):
+    """Kills ``not in (variants_sha256,)`` for ``not in (None, variants_sha256)``: a run
+    recorded without a variants SHA-256 (written before runs recorded it) is replaced by
+    ``--force`` like one of the same file, and returned as replaced."""
+    from convex_attention.paper.protocol import check_test_data
+
+    ledger = str(tmp_path / "configs" / "data_ledger.json")
+    config, variants, entry = _rev206_spent_test_run(ledger, None)
+    assert "variants_sha256" not in entry  # oracle: the record names no variants file
+    assert check_test_data(config, variants, ledger, "results/test", force=True, variants_sha256="b" * 64) == [entry]
+    with pytest.raises(VariantsError, match="reuse images"):  # and without --force it stays spent
+        check_test_data(config, variants, ledger, "results/test", variants_sha256="b" * 64)
+
+
+@pytest.mark.parametrize("how", ["deleted", "entry removed"])
+def test_ca_rev206_a_committed_ledger_of_another_name_still_spends_its_seed(outside_git, tmp_path, how):
+    """Kills ``runs_elsewhere`` without :func:`committed_ledger` (only the repository's
+    ``data_ledger.json`` files read at HEAD): a ledger given by path under another name
+    (``--ledger``), committed, then deleted or emptied in the checkout, still spends its seed."""
+    from convex_attention.paper.protocol import check_test_data, write_json
+
+    repo = tmp_path / "repo"
+    _committed_repo(repo, Variants(difficulties=(0.3,), held_out_mimic="mottled"))
+    ledger = str(repo / "configs" / "spent.json")
+    config, variants, _ = _rev206_spent_test_run(ledger, None)
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-qm", "a ledger of another name")
+    # oracle: HEAD holds the ledger that spent data seed 1, under a name no other ledger has
+    assert [r["data_seed"] for r in json.loads(_git(repo, "show", "HEAD:configs/spent.json").stdout)["spent"]] == [1]
+    if how == "deleted":
+        os.remove(ledger)
+    else:
+        write_json(ledger, {**json.loads(_git(repo, "show", "HEAD:configs/spent.json").stdout), "spent": []})
+    with pytest.raises(VariantsError, match="reuse images"):
+        check_test_data(config, variants, ledger, "results/other")
+
+
+def test_ca_rev206_the_ledger_lock_holds_its_folder_outside_git(outside_git):
+    """Kills :func:`ledger_lock` without the lock on the ledger's folder (only the repository's
+    top folder locked, and outside git nothing): another thread's ``spend`` waits while a
+    check-and-spend holds the ledger, so neither loses the other's entry."""
+    import threading
+
+    from convex_attention.paper.protocol import ledger_lock
+
+    ledger = str(outside_git / "configs" / "data_ledger.json")
+    entry = {"stage": "test", "where": "b", "splits": [{"name": "test", "seed": 5, "n": 1}]}
+    other = threading.Thread(target=spend, args=(ledger, entry))
+    with ledger_lock(ledger):
+        other.start()
+        other.join(timeout=0.3)
+        waited = other.is_alive()
+        mine = read_ledger(ledger)
+        spend(ledger, {**entry, "where": "a"})  # the holder spends (re-entry from its own thread)
+    other.join(timeout=10)
+    assert waited and mine == [], "another thread spent while the ledger was held"
+    assert [r["where"] for r in read_ledger(ledger)] == ["a", "b"]
+
+
+def test_ca_rev206_a_verdict_whose_validation_size_disagrees_with_its_n_val_is_refused():
+    """Kills the sizes-against-settings check restricted to ``train``: a verdict recording a
+    validation split of 1 image while its settings judged ``n_val`` 250 contradicts itself (it
+    would spend 1 of the 250 validation images it drew)."""
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking, check_uniform_attention
+
+    checks = [CheckResult("location_free", "t", "bacc", 0.52, 0.60), CheckResult("pixel_map", "t", "ap", 0.2, 0.30),
+              check_maps_drive_ranking(_DRIVES), check_uniform_attention(0.95, 0.80)]
+    settings = {"image_size": 64, "width": 8, "epochs": 8, "n_train": 1000, "n_val": 250}
+
+    def variants(val):
+        record = benchmark_record(checks, Variant(), 0.3, ("softmax",), (0, 1, 2, 3, 4), settings, data_seed=3,
+                                  sizes={"train": 1000, "val": val, "dev": 40})
+        return Variants(difficulties=(0.3,), benchmark=record).to_dict()
+
+    assert Variants.from_dict(variants(250)).benchmark["judged"]["sizes"]["val"] == 250  # oracle: consistent
+    with pytest.raises(VariantsError, match="sizes records val 1"):
+        Variants.from_dict(variants(1))
+
+
+def test_ca_rev206_a_neighbouring_folders_moved_runs_do_not_number_this_ones(tmp_path):
+    """Kills ``_aside_number`` matching any name that starts with the folder's (``test2.run-5``
+    counted as ``test``'s): only ``<folder>.run-<N>`` numbers the next move aside."""
+    from convex_attention.paper.protocol import aside_target
+
+    for name in ("test", "test2.run-5", "testing.run-7", "test.run-x"):
+        (tmp_path / name).mkdir()
+    assert aside_target(str(tmp_path / "test")) == str(tmp_path / "test.run-1")
+    (tmp_path / "test.run-2").mkdir()
+    assert aside_target(str(tmp_path / "test")) == str(tmp_path / "test.run-3")
+
+
+def test_ca_rev206_the_dev_stage_refuses_a_test_split_that_only_the_committed_ledger_records(outside_git, tmp_path,
+                                                                                            monkeypatch):
+    """Kills the dev stage reading only the checkout's ledger (``read_ledger`` for
+    ``_ledger_runs``): a ledger deleted in the checkout must not let the dev stage choose on
+    a test run's splits that HEAD records as spent."""
+    from convex_attention.paper import experiment
+    from convex_attention.paper.protocol import ledger_entry
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1,
+                            difficulties=(0.3,), methods=("softmax",))
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    repo = tmp_path / "repo"
+    path = _committed_repo(repo, variants, [ledger_entry(config.with_variants(variants), "results/test", "then")])
+    os.remove(default_ledger_path(str(path)))
+    # oracle: only HEAD records the test run on data seed 1 now
+    assert [r["data_seed"] for r in json.loads(_git(repo, "show", "HEAD:configs/data_ledger.json").stdout)["spent"]] \
+        == [1] and read_ledger(default_ledger_path(str(path))) == []
+    monkeypatch.setattr(experiment, "run_dev", lambda *a, **k: pytest.fail("the dev stage ran"))
+    with pytest.raises(VariantsError, match="reuse images"):
+        experiment.run_experiment(config, str(tmp_path / "out"), progress=False, log=lambda *a, **k: None,
+                                  stage="dev", variants_path=str(path))
+
+
+def test_ca_rev206_a_pinned_link_outside_the_repository_reads_the_ledger_beside_the_committed_file(outside_git,
+                                                                                                  tmp_path,
+                                                                                                  monkeypatch):
+    """Kills :func:`default_ledger_path` without ``realpath`` (the ledger beside the link): a
+    link outside the checkout to the committed variants file, accepted by its SHA-256 pin,
+    must still read the repository's ledger, which spent the data seed."""
+    from convex_attention.paper import experiment
+    from convex_attention.paper.protocol import ledger_entry
+
+    config = QUICK.override(data="synthetic-brightest", n_train=8, n_val=4, n_dev=4, n_test=4, data_seed=1)
+    variants = Variants(difficulties=(0.3,), held_out_mimic="mottled")
+    repo = tmp_path / "repo"
+    path = _committed_repo(repo, variants, [ledger_entry(config.with_variants(variants), "results/test", "then")])
+    (tmp_path / "elsewhere").mkdir()
+    link = tmp_path / "elsewhere" / "experiment_variants.json"
+    os.symlink(path, link)
+    monkeypatch.setattr(experiment, "run_test", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(VariantsError, match="reuse images"):
+        experiment.run_experiment(config, str(tmp_path / "elsewhere" / "out"), progress=False,
+                                  log=lambda *a, **k: None, stage="test", variants_path=str(link),
+                                  variants_sha256=variants_digest(str(path)), allow_rejected_benchmark=True)
+    assert not (tmp_path / "elsewhere" / "data_ledger.json").exists()
+
+
+def test_ca_rev206_the_variants_record_names_each_uncommitted_file(outside_git, tmp_path):
+    """Kills ``uncommitted_changes`` always empty: the earlier test's oracle matched the key's
+    own name ("uncommitted"), so it passed on an empty list; the record must name the file."""
+    from convex_attention.paper.protocol import verify_variants
+
+    repo = tmp_path / "repo"
+    (repo / "pkg").mkdir(parents=True)
+    (repo / "pkg" / "scoring.py").write_text("def score(x):\n    return x\n")
+    path = _committed_repo(repo, Variants(difficulties=(0.3,)))
+    assert verify_variants(str(path))["uncommitted_changes"] == []  # oracle: a clean tree names nothing
+    (repo / "pkg" / "scoring.py").write_text("def score(x):\n    return 2 * x\n")
+    assert verify_variants(str(path))["uncommitted_changes"] == ["pkg/scoring.py"]
