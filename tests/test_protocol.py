@@ -650,7 +650,7 @@ def test_a_data_ledger_that_is_not_one_is_refused(tmp_path):
     for text, words in (('{"format": "other", "spent": []}', "not a convex-attention-data-ledger/1 file"),
                         ('{"format": "convex-attention-data-ledger/1", "spent": {}}', "not a convex-attention"),
                         ('{"format": "convex-attention-data-ledger/1", "spent": [{"splits": [{"seed": "3", "n": 4}]}]}',
-                         "entry 0 must hold 'splits', each with an integer 'seed' and 'n'"),
+                         "entry 0 must hold 'splits', each with an integer 'seed' and a number of images 'n'"),
                         ('{"format": "convex-attention-data-ledger/1", "spent": [{"splits": [{"seed": 3}]}]}',
                          "entry 0 must hold"),
                         ('{"format": "convex-attention-data-ledger/1", "spent": [{"splits": [{"seed": 3, "n": NaN}]}]}',
@@ -1575,3 +1575,17 @@ def test_ca_rev206_the_variants_record_names_each_uncommitted_file(outside_git, 
     assert verify_variants(str(path))["uncommitted_changes"] == []  # oracle: a clean tree names nothing
     (repo / "pkg" / "scoring.py").write_text("def score(x):\n    return 2 * x\n")
     assert verify_variants(str(path))["uncommitted_changes"] == ["pkg/scoring.py"]
+
+
+@pytest.mark.parametrize("split", [{"name": "test", "seed": 5, "n": 0}, {"name": "test", "seed": 5, "n": -3},
+                                   {"name": "test", "seed": True, "n": 4}, {"name": "test", "seed": 5, "n": True}])
+def test_a_ledger_split_of_no_images_or_of_bools_is_refused(tmp_path, split):
+    """ca_rev206's near-miss: a hand-edited split of n <= 0 images overlapped nothing, so the entry spent
+    nothing; bools had read as integers."""
+    from convex_attention.paper.protocol import LEDGER_FORMAT
+
+    ledger = tmp_path / "ledger.json"
+    entry = {"stage": "test", "data": "synthetic", "data_seed": 1, "where": "x", "splits": [split]}
+    ledger.write_text(json.dumps({"format": LEDGER_FORMAT, "spent": [entry]}))
+    with pytest.raises(VariantsError, match="entry 0 must hold 'splits'.*at least 1"):
+        read_ledger(str(ledger))

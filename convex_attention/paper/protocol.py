@@ -891,11 +891,12 @@ def _ledger_entries(data, path: str) -> list[dict]:
                             f"a list 'spent')")
     for i, run in enumerate(data["spent"]):
         splits = run.get("splits") if isinstance(run, dict) else None
+        # (a split of n <= 0 images, or a bool, overlaps nothing: a hand-edited entry would spend nothing: ca_rev206)
         if not isinstance(splits, list) or not all(
-                isinstance(sp, dict) and isinstance(sp.get("seed"), int) and isinstance(sp.get("n"), int)
+                isinstance(sp, dict) and _is_int(sp.get("seed")) and _is_int(sp.get("n")) and sp["n"] >= 1
                 for sp in splits):
             raise VariantsError(f"the data ledger {path}: entry {i} must hold 'splits', each with an integer 'seed' "
-                                f"and 'n'")
+                                f"and a number of images 'n' of at least 1")
         problem = run_record_problem(run)
         if problem:
             raise VariantsError(f"the data ledger {path}: entry {i}: {problem}")
