@@ -125,3 +125,35 @@ def test_the_amortised_loss_is_the_linear_loss_plus_the_consistency_loss_of_the_
     expected = sum((p * w).sum() for p, w in zip(sol.probs, weights)) + ca.consistency_loss(
         scores, call["duals"], H, 0.5)
     assert torch.allclose(loss, expected)
+
+
+# ---- ca_rev208 (mutation review of 5041573)
+
+def test_ca_rev208_make_case_casts_given_scores_and_draws_weights_in_its_dtype(monkeypatch):
+    """Kills `dtype` dropped from make_case's copy of given scores, and from its loss's weights: float64 scores
+    given to a float32 case are timed in float32 (the sweep's reference rows and warm-up rely on it)."""
+    calls = _recording_solve(monkeypatch)
+    given = [torch.randn((2,) + s, dtype=torch.float64) for s in H.shapes]
+    last = {}
+    loss = make_case("softmax", H, 2, dtype=torch.float32, scores=given, last=last)()
+    loss.backward()
+    call = calls[0]
+    assert all(s.dtype == torch.float32 and s.is_leaf and s.requires_grad for s in call["scores"])
+    assert all(p.dtype == torch.float32 for p in last["solution"].probs)
+    half = make_case("softmax", H, 2, dtype=torch.bfloat16, scores=given)()
+    assert loss.dtype == torch.float32 and half.dtype == torch.bfloat16, "the loss's weights are in its dtype too"
+
+
+def test_ca_rev208_cvxpylayers_is_timed_without_its_gradient_check_unless_the_options_ask_for_it(monkeypatch):
+    """Kills the options' `check_gradient` overridden by the default (`{**options, "check_gradient": False}`): the
+    docstring of timed_case, "unless the options say otherwise"."""
+    import convex_attention.bench.cases as cases
+
+    calls = []
+    monkeypatch.setattr(cases, "solve", lambda *args, **kwargs: calls.append(kwargs) or ca.solve(
+        args[0], args[1], "softmax", temperature=kwargs["temperature"]))
+    scores = [torch.randn((1,) + s, dtype=torch.float64, requires_grad=True) for s in H.shapes]
+    weights = [torch.zeros_like(s) for s in scores]
+    timed_case("cvxpylayers", H, scores, weights, 1.0, None, {})()
+    timed_case("cvxpylayers", H, scores, weights, 1.0, None, {"check_gradient": True})()
+    assert [c["check_gradient"] for c in calls] == [False, True]

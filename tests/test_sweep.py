@@ -1477,3 +1477,94 @@ def test_ca_rev175_a_resume_never_measures_dual_rows_at_a_dual_tol_bench_json_do
     recorded = read_json(tmp_path / "bench.json")["config"]["dual_tol"]
     (dual,) = [r for r in rows if r["method"] == "dual"]
     assert all(tol == recorded for tol in measured_at), (dual["run"], measured_at, recorded)
+
+
+# ---- ca_rev208 (mutation review of 5041573)
+
+def test_ca_rev208_a_cells_scores_and_loss_weights_are_in_its_dtype_and_its_reference_in_float64():
+    """Kills `.to(device=device, dtype=dtype)` dropped from _prepare_cell's weights (a float32 cell's timed loss then
+    ran in float64 through type promotion) and from its scores."""
+    from convex_attention.bench import sweep
+
+    config = _tiny(methods=["softmax"], sizes=[4], dtypes=("float32",))
+    cell = next(iter(config.cells()))
+    c = sweep._prepare_cell(config, cell, 0)
+    assert all(s.dtype == torch.float64 for s in c.scores64)
+    assert all(s.dtype == torch.float32 and s.requires_grad for s in c.scores)
+    assert all(w.dtype == torch.float32 and w.shape == s.shape for w, s in zip(c.weights, c.scores))
+
+
+def test_ca_rev208_a_measured_reference_row_whose_reference_is_not_certified_says_so(tmp_path, monkeypatch):
+    """Kills the reference row's `"; " + _UNCERTIFIED` dropped from its reason: docs/results_format.md, the accuracy
+    columns are empty where the reference is not certified, and `reason` says so (as the fast methods' rows do)."""
+    from convex_attention.bench import sweep
+
+    real = sweep.reference_solution
+    monkeypatch.setattr(sweep, "reference_solution", lambda *a, **k: (real(*a, **k)[0], False))
+    (row,) = sweep.run_sweep(_cvx_config(), str(tmp_path), progress=False, log=lambda m: None)
+    assert row["status"] == "ok" and row["reason"].startswith("timed on ")
+    assert "did not certify" in row["reason"], row["reason"]
+    assert all(math.isnan(row[k]) for k in ("max_abs_err", "primal_gap", "dual_gap"))
+
+
+def test_ca_rev208_the_accuracy_columns_are_the_worst_sample_s():
+    """Kills `dual_gap` (and the other measures) reduced by the mean over samples instead of the max:
+    docs/results_format.md gives the worst sample of the cell."""
+    from convex_attention import metrics
+    from convex_attention.bench import sweep
+
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    scores = [s * torch.tensor([1.0, 4.0], dtype=torch.float64).view((2,) + (1,) * (s.dim() - 1))
+              for s in generate("gaussian", h, 2, seed=3)]
+    temps = [1.0] * h.num_maps
+    ref, certified = sweep.reference_solution(scores, h, temps)
+    sol = ca.solve(scores, h, "learned_dual", temperature=temps, duals=[torch.zeros((1, 2, 2), dtype=torch.float64)])
+    out = sweep._accuracy(sol, scores, h, temps, ref, certified)
+    per_sample = metrics.dual_gap(ref.objective, scores, [d.to(torch.float64) for d in sol.duals], h, temps)
+    assert certified and per_sample.shape == (2,) and float(per_sample.max()) > 1.5 * float(per_sample.mean())
+    assert out["dual_gap"] == pytest.approx(float(per_sample.max()))
+    err = metrics.max_abs_err([p.detach() for p in sol.probs], ref.probs)
+    assert out["max_abs_err"] == pytest.approx(float(err.max())) and float(err.max()) > float(err.mean())
+
+
+def test_ca_rev208_a_resume_of_learned_dual_alone_times_the_folders_exact_rows_again(tmp_path, monkeypatch):
+    """Kills `todo += _stored_fast_exact_rows(cell, done)` dropped: the folder's exact rows are timed again beside
+    the learned dual (ca_rev133), so time_vs_exact is 1 (both 100 ms), not left empty, and exact's row is the
+    second run's."""
+    from dataclasses import replace
+
+    from convex_attention.bench import sweep
+    from convex_attention.bench.timing import Measurement
+
+    run_ms = [1.0]
+    monkeypatch.setattr(sweep, "measure_interleaved",
+                        lambda cases, **kw: {n: Measurement([run_ms[0]] * 3, [0.0] * 3) for n in cases})
+    monkeypatch.setattr(sweep, "peak_memory_mb", lambda *args, **kwargs: 0.0)
+    config = SweepConfig(methods=["exact"], generator="gaussian", sizes=[4], levels=[2], batches=[2], repeats=3,
+                         warmup=1, fit_instances=4, fit_steps=1, amortised_steps=1)
+    sweep.run_sweep(config, str(tmp_path), progress=False, log=lambda m: None)
+    run_ms[0] = 100.0
+    rows = sweep.run_sweep(replace(config, methods=["learned_dual"]), str(tmp_path), resume=True, progress=False,
+                           log=lambda m: None)
+    (exact,) = [r for r in rows if r["method"] == "exact"]
+    assert exact["per_sample_ms"] == pytest.approx(100.0 / 2)
+    (target,) = read_json(tmp_path / "bench.json")["targets"]
+    assert target["time_vs_exact"] == pytest.approx(1.0)
+
+
+def test_ca_rev208_a_reference_row_solves_the_timed_batch_it_reports(tmp_path, monkeypatch):
+    """Kills `sub = [s[:batch] for s in c.scores64]` widened to every sample of the cell: the row said "timed on 2
+    of 4 samples" and divided by 2 while cvxpylayers solved all 4 (its per_sample_ms doubled)."""
+    from convex_attention.bench import sweep
+
+    built = []
+    real = sweep.make_case
+
+    def spy(method, h, batch, *args, scores=None, **kwargs):
+        built.append((batch, [tuple(s.shape) for s in scores]))
+        return real(method, h, batch, *args, scores=scores, **kwargs)
+
+    monkeypatch.setattr(sweep, "make_case", spy)
+    (row,) = sweep.run_sweep(_cvx_config(diffcp_batch=2), str(tmp_path), progress=False, log=lambda m: None)
+    assert row["status"] == "ok" and row["reason"].startswith("timed on 2 of 4 samples") and row["timed_batch"] == 2
+    assert [(batch, [s[0] for s in shapes]) for batch, shapes in built] == [(2, [2, 2])]
