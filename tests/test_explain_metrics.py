@@ -579,3 +579,53 @@ def test_ca_rev180_a_map_finer_than_the_image_is_refused_or_keeps_its_mass(upsam
         return  # refused: a map finer than the image is not brought to it by sampling its pixels
     assert common.sum() > 0  # now 0.0: every image pixel samples fine pixels other than (0, 0)
     assert score_map(common, mask)["ap"] == 1.0  # now 1/64, the chance level of the all-zero map it became
+
+
+# ---- ca_rev207 (mutation review of 0c62772)
+
+
+@pytest.mark.parametrize("shape", [(20, 8), (8, 20)])
+def test_ca_rev207_a_map_finer_than_the_image_in_one_dimension_only_is_refused(shape):
+    """Kills the refusal of a too-fine map asking *both* dimensions to be finer (``and`` for
+    ``or``): a 20 x 8 map on a 16 x 16 image would lose 4 of its rows to the interpolation."""
+    with pytest.raises(ValueError, match="finer than"):
+        to_common_form(torch.rand(shape), (16, 16))
+
+
+def test_ca_rev207_pointing_counts_only_the_exact_maximum():
+    """Kills the pointing game's top taken within a relative tolerance of the maximum: a
+    pixel one part in 1e12 below the top is not tied with it (brute force: the argmax)."""
+    from convex_attention.paper.explain_metrics import pointing_tolerance
+
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 0] = True
+    m = torch.zeros(4, 4, dtype=torch.float64)
+    m[0, 0], m[3, 3] = 1.0 - 1e-12, 1.0
+    assert pointing(m, mask) == float(mask.flatten()[int(m.flatten().argmax())]) == 0.0
+    assert pointing_tolerance(m, mask, tolerance=0.0) == 0.0
+
+
+def test_ca_rev207_mass_refuses_any_negative_value():
+    """Kills a negative-value refusal with a slack (``min() < -1e-9``): a map holding -1e-12
+    is signed, and its share of mass is no share."""
+    mask = torch.zeros(4, 4, dtype=torch.bool)
+    mask[0, 0] = True
+    m = torch.ones(4, 4, dtype=torch.float64)
+    m[1, 1] = -1e-12
+    with pytest.raises(ValueError, match="negative"):
+        mass(m, mask)
+
+
+def test_ca_rev207_the_default_tolerance_of_a_wide_image_scales_with_its_longer_side():
+    """Kills ``pointing_tolerance`` defaulting to the tolerance of the image's height alone:
+    at 16 x 48 the default is 15 * 48 / 240 = 3 px, so a top 3 px right of the mask is
+    within it (1 px, the height's, would miss).  Brute force: the Euclidean distance."""
+    from convex_attention.paper.explain_metrics import pointing_tolerance
+
+    mask = torch.zeros(16, 48, dtype=torch.bool)
+    mask[8, 10] = True
+    m = torch.zeros(16, 48, dtype=torch.float64)
+    m[8, 13] = 1.0  # distance 3
+    assert pointing_tolerance(m, mask) == 1.0 == pointing_tolerance(m, mask, tolerance=3.0)
+    m[8, 13], m[8, 14] = 0.0, 1.0  # distance 4
+    assert pointing_tolerance(m, mask) == 0.0

@@ -902,3 +902,231 @@ def test_ca_rev183_maps_drive_ranking_refuses_boolean_tensors_as_auc_drops():
     for drops in (torch.tensor([True] * 5), [np.array(True)] * 5):
         with pytest.raises(TypeError, match="bool"):
             check_maps_drive_ranking(drops)
+
+
+# ---- ca_rev207 (mutation review of 0c62772)
+
+
+def test_ca_rev207_balanced_accuracy_is_scikit_learns_on_unbalanced_classes():
+    """Kills ``_balanced_accuracy`` returning plain accuracy: the earlier test had 10 images
+    of each class, where the two agree.  Oracle: scikit-learn's ``balanced_accuracy_score``."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from convex_attention.paper.validity import _balanced_accuracy
+
+    rng = np.random.default_rng(207)
+    for n0, n1 in ((30, 7), (6, 40), (13, 14)):
+        truth = np.array([0] * n0 + [1] * n1)
+        predicted = rng.integers(0, 2, n0 + n1)
+        value, _ = _balanced_accuracy(truth, predicted)
+        assert value == pytest.approx(balanced_accuracy_score(truth, predicted), abs=1e-12)
+    truth, predicted = np.array([0] * 18 + [1] * 2), np.zeros(20, int)  # all "healthy": accuracy 0.9, chance
+    assert _balanced_accuracy(truth, predicted)[0] == pytest.approx(0.5)
+
+
+def test_ca_rev207_cross_fitting_pools_the_held_out_predictions_of_sets_of_unequal_size(monkeypatch):
+    """Kills (i) ``value`` taken from one direction only, (ii) ``value`` as the mean of the two
+    directions' balanced accuracies rather than that of the pooled predictions, (iii)
+    ``train_to_test`` and ``test_to_train`` swapped, (iv) ``training_fit`` pairing each set's
+    labels with the other set's predictions.  The fit is replaced by one that reads its
+    prediction off the feature; oracle: scikit-learn's ``balanced_accuracy_score``."""
+    from sklearn.metrics import balanced_accuracy_score as bacc
+
+    from convex_attention.paper import validity
+
+    monkeypatch.setattr(validity, "_fit_predict",
+                        lambda train_x, train_y, test_x: (test_x[:, 0].astype(int), train_x[:, 0].astype(int), 1.0))
+    y_a, p_a = np.array([0] * 12 + [1] * 8), np.array([0] * 12 + [1] * 2 + [0] * 6)  # A predicted poorly
+    y_b, p_b = np.array([0] * 5 + [1] * 25), np.array([0] * 4 + [1] * 26)  # B predicted well
+    fit = validity._cross_fitted_bacc(p_a[:, None].astype(float), y_a, p_b[:, None].astype(float), y_b)
+    assert fit["train_to_test"] == pytest.approx(bacc(y_b, p_b))
+    assert fit["test_to_train"] == pytest.approx(bacc(y_a, p_a))
+    assert fit["train_to_test"] != pytest.approx(fit["test_to_train"])
+    pooled = bacc(np.r_[y_b, y_a], np.r_[p_b, p_a])
+    assert fit["value"] == pytest.approx(pooled)
+    assert pooled != pytest.approx((bacc(y_b, p_b) + bacc(y_a, p_a)) / 2)  # the mutant (ii) would differ
+    assert fit["training_fit"] == pytest.approx((bacc(y_a, p_a) + bacc(y_b, p_b)) / 2)
+
+
+def test_ca_rev207_the_location_free_fit_is_standardised_and_chosen_by_balanced_accuracy(monkeypatch):
+    """Kills (i) the StandardScaler left out of the pipeline: a label carried by a feature at
+    a scale of 1e-4 is then out of reach of the L2 penalty, and the fit predicts one class;
+    (ii) the cross-validation scored by plain accuracy instead of balanced accuracy."""
+    from sklearn import model_selection
+
+    from convex_attention.paper.validity import _fit_predict
+
+    rng = np.random.default_rng(207)
+    y = np.arange(40) % 2
+    x = np.stack([1e-4 * (y + rng.normal(0, 0.1, 40)), rng.normal(0, 1.0, 40)], 1)
+    predicted, on_training, _ = _fit_predict(x, y, x)
+    assert (predicted == y).mean() >= 0.95 and (on_training == y).mean() >= 0.95
+
+    seen = {}
+    real = model_selection.GridSearchCV
+
+    def recording(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model_selection, "GridSearchCV", recording)
+    _fit_predict(x, y, x)
+    assert seen["scoring"] == "balanced_accuracy" and seen["cv"] == 5
+
+
+def test_ca_rev207_pixel_fits_give_weights_on_the_raw_channels():
+    """Kills ``_pixel_fits`` returning the standardised fit's coefficients (``coef_`` not
+    divided by the channels' spread, or multiplied by it): with the lesion in a channel of
+    spread 0.01 beside a pure-noise channel of spread 100, only weights on the raw channels
+    rank the lesion first.  Oracle: the AP of the weighted map against the mask."""
+    from sklearn.metrics import average_precision_score
+
+    from convex_attention.paper.validity import _pixel_fits
+
+    rng = np.random.default_rng(207)
+    masks = np.zeros((4, 12, 12), bool)
+    masks[:, 3:7, 4:8] = True
+    images = np.stack([1.0 + 0.01 * masks + rng.normal(0, 0.001, masks.shape),
+                       500.0 + rng.normal(0, 100.0, masks.shape)], 1)
+    for name, w in _pixel_fits(images, masks, 0, 10**6).items():
+        score = np.tensordot(w, images, axes=([0], [1]))
+        assert average_precision_score(masks.ravel(), score.ravel()) > 0.99, (name, w)
+
+
+def test_ca_rev207_pixel_fits_leave_out_the_background():
+    """Kills ``_pixel_fits`` fitting every pixel, the zero background too: inside the head the
+    lesion is darker than the tissue (weight < 0 on the channel), but counting the many
+    background zeros, darker than the lesion, the fit turns the sign and the map ranks the
+    lesion below the tissue."""
+    from convex_attention.paper.validity import _pixel_fits
+
+    masks = np.zeros((2, 40, 40), bool)
+    masks[:, 10:13, 10:13] = True
+    images = np.zeros((2, 1, 40, 40))
+    images[:, 0, 8:16, 8:16] = 2.0  # the head: tissue at 2, the lesion at 1, the background at 0
+    images[:, 0][masks] = 1.0
+    for name, w in _pixel_fits(images, masks, 0, 10**6).items():
+        assert w[0] < 0, (name, w)
+
+
+def _rev207_pixel_map(monkeypatch):
+    """Check (b) on 4-channel images of unequal sets whose fitted weights are replaced: the
+    class-weighted fit maps channel 2 (the lesion, noisy), the other fit its negation; the
+    lesion is exactly FLAIR + T2 - T1 (channels 0 + 3 - 1)."""
+    from convex_attention.paper import validity
+
+    weights = {"logistic_balanced": np.array([0.0, 0.0, 1.0, 0.0]), "logistic": np.array([0.0, 0.0, -1.0, 0.0])}
+    monkeypatch.setattr(validity, "_pixel_fits", lambda images, masks, seed, max_pixels: dict(weights))
+    rng = np.random.default_rng(207)
+
+    def make(n, lesion):
+        masks = np.zeros((n, 8, 8), bool)
+        for i in range(lesion):
+            r, c = rng.integers(0, 5, 2)
+            masks[i, r:r + 1 + i % 3, c:c + 2] = True
+        noise = rng.uniform(0.0, 3.0, (n, 8, 8))
+        images = np.stack([masks + noise, noise, masks + rng.normal(0, 0.6, (n, 8, 8)), np.zeros((n, 8, 8))], 1)
+        return images.astype(np.float32), masks
+
+    sets = make(9, 6), make(14, 11)
+    return check_pixel_map(*sets[0], *sets[1]), sets
+
+
+def test_ca_rev207_pixel_map_candidates_are_the_mean_ap_over_all_lesion_images(monkeypatch):
+    """Kills a candidate's AP taken as the median of the per-image APs (and the mean of each
+    set's mean): oracle, scikit-learn's ``average_precision_score`` per lesion image of both
+    sets, averaged over all of them."""
+    from sklearn.metrics import average_precision_score
+
+    b, sets = _rev207_pixel_map(monkeypatch)
+    for name, w in (("+channel2", np.eye(4)[2]), ("-channel0", -np.eye(4)[0])):
+        aps = [average_precision_score(m.ravel(), np.tensordot(w, img, axes=1).ravel())
+               for images, masks in sets for img, m in zip(images, masks) if m.any()]
+        assert len(aps) == 17 and b.detail["candidates"][name] == pytest.approx(np.mean(aps), abs=1e-9)
+        assert np.mean(aps) != pytest.approx(np.median(aps), abs=1e-3)
+
+
+def test_ca_rev207_pixel_map_pooled_ap_and_best_single_channel(monkeypatch):
+    """Kills (i) the pooled AP read off the plain fit's map (``maps[1]``) instead of the
+    class-weighted fit's (``maps[0]``); (ii) the best single channel taken over every
+    candidate (FLAIR + T2 - T1, here exact, too).  Oracle: scikit-learn's AP over all
+    pixels of each set, averaged over the two sets."""
+    from sklearn.metrics import average_precision_score
+
+    b, sets = _rev207_pixel_map(monkeypatch)
+    pooled = np.mean([average_precision_score(m.ravel(), img[:, 2].ravel()) for img, m in sets])
+    assert b.detail["pooled_ap"] == pytest.approx(pooled, abs=1e-9)
+    candidates = b.detail["candidates"]
+    assert b.detail["best"] == "flair+t2-t1" and b.value == pytest.approx(1.0)
+    single = max(v for k, v in candidates.items() if k.startswith(("+channel", "-channel")))
+    assert b.detail["best_single_channel_ap"] == pytest.approx(single) and single < 0.99
+
+
+def test_ca_rev207_ranking_check_is_the_mean_with_its_t_interval_and_takes_a_drop_of_one():
+    """Kills (i) the mean of the drops read as their median; (ii) a drop of exactly 1 (an AUC
+    of 1 falling to 0) refused as outside [-1, 1].  Oracle: scipy's t-interval."""
+    from scipy import stats
+
+    drops = [0.01, 0.02, 0.03, 0.04, 0.40]
+    c = check_maps_drive_ranking(drops)
+    low, high = stats.t.interval(0.95, len(drops) - 1, loc=np.mean(drops), scale=stats.sem(drops))
+    assert c.value == pytest.approx(np.mean(drops)) and c.ci95 == pytest.approx((high - low) / 2)
+    assert c.passed == (np.mean(drops) >= 0.05 and low > 0)
+    whole = check_maps_drive_ranking([1.0] * 5)
+    assert whole.ran and whole.value == 1.0 and whole.passed
+
+
+def test_ca_rev207_brain_mask_features_against_a_brute_force_oracle():
+    """Kills (i) the last non-empty row/column one past the mask; (ii) the row and column
+    extents swapped; (iii) the cells' area summed instead of its fraction.  On a non-square
+    raster, against loops over each image."""
+    rng = np.random.default_rng(207)
+    N, H, W, g = 3, 32, 48, 16
+    brain = np.zeros((N, H, W), bool)
+    for i in range(N):
+        r0, c0 = rng.integers(0, 10, 2)
+        brain[i, r0:r0 + 12 + i, c0:c0 + 20 + 3 * i] = True
+    brain[2] = False  # an empty mask: first = n, last = -1
+    features = brain_mask_features(brain, grid=g)
+    for i in range(N):
+        b = brain[i]
+        cells = [b[r * H // g:(r + 1) * H // g, c * W // g:(c + 1) * W // g].mean() for r in range(g) for c in range(g)]
+        rows, cols = np.flatnonzero(b.any(1)), np.flatnonzero(b.any(0))
+        first_last = lambda idx, n: [idx[0] / n, idx[-1] / n] if len(idx) else [1.0, -1.0 / n]  # noqa: E731
+        expected = cells + [b.mean()] + first_last(rows, H) + first_last(cols, W)
+        np.testing.assert_allclose(features[i], expected, atol=1e-12)
+
+
+def test_ca_rev207_collect_takes_at_most_limit_images():
+    """Kills ``collect`` ignoring ``limit`` (``data check --limit`` and ``run_checks(limit=)``
+    then check every image); brain masks follow the same images."""
+
+    class Items(list):
+        def brain_mask(self, i):
+            return np.full((4, 4), i % 2 == 0)
+
+    items = Items((np.full((2, 4, 4), i, np.float32), i % 2, np.zeros((4, 4), bool)) for i in range(7))
+    images, labels, masks, brain = collect(items, limit=3)
+    assert images.shape == (3, 2, 4, 4) and labels.tolist() == [0, 1, 0] and masks.shape == (3, 4, 4)
+    assert brain.shape == (3, 4, 4) and brain[:, 0, 0].tolist() == [True, False, True]
+    assert len(collect(items)[1]) == 7 and len(collect(items, limit=50)[1]) == 7
+
+
+def test_ca_rev207_pixel_fits_subsample_to_max_pixels(monkeypatch):
+    """Kills ``_pixel_fits`` ignoring ``max_pixels`` (the command's default 400 images of 48 x
+    48 hold 920k head pixels, above the 200k cap): each fit sees exactly ``max_pixels``
+    pixels, drawn by the seed."""
+    from sklearn.linear_model import LogisticRegression
+
+    from convex_attention.paper.validity import _pixel_fits
+
+    rows = []
+    real_fit = LogisticRegression.fit
+    monkeypatch.setattr(LogisticRegression, "fit", lambda self, x, y, *a, **k: (rows.append(len(x)),
+                                                                                 real_fit(self, x, y, *a, **k))[1])
+    rng = np.random.default_rng(207)
+    masks = rng.random((3, 10, 10)) < 0.3
+    images = (1.0 + masks[:, None] + rng.normal(0, 1.0, (3, 2, 10, 10))).astype(np.float32)
+    a, b = _pixel_fits(images, masks, 0, 120), _pixel_fits(images, masks, 1, 120)
+    assert rows == [120] * 4
+    assert not np.allclose(a["logistic"], b["logistic"])  # another seed, other pixels
