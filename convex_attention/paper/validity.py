@@ -315,11 +315,6 @@ def _average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
     return float((np.diff(tp, prepend=0) / tp[-1] * precision).sum())
 
 
-def _per_image_ap(scores: np.ndarray, masks: np.ndarray) -> float:
-    """Mean over images of the pixel average precision: ``scores`` (N, H, W), ``masks`` (N, H, W)."""
-    return float(np.mean([_average_precision(s.ravel(), m.ravel()) for s, m in zip(scores, masks)]))
-
-
 def _pixel_fits(images: np.ndarray, masks: np.ndarray, seed: int, max_pixels: int) -> dict[str, np.ndarray]:
     """Per-pixel logistic regressions of the lesion mask on the channels (class-weighted and
     not), over the head pixels of ``images`` (at most ``max_pixels``): ``{name: weights (C,)}``."""
