@@ -1673,6 +1673,15 @@ def test_a_demo_whose_plot_step_is_refused_after_the_work_fails_with_exit_1_keep
     """A refusal at the plot step comes after bench's and verify's minutes of work: a failed step
     (exit 1, one line saying what was kept and how to draw the figures), not a usage error
     (exit 2, as if nothing had run)."""
+    code, err, out, seen = _demo_with_a_refused_plot_step(tmp_path, monkeypatch, capsys)
+    assert code == 1, (code, err)
+    assert len(err.splitlines()) == 1 and "every row failed" in err and f"convex-attention plot {out}" in err, err
+    assert [s[0] for s in seen] == ["bench", "verify"]
+
+
+def _demo_with_a_refused_plot_step(tmp_path, monkeypatch, capsys) -> tuple:
+    """demo --out tmp_path/r, its bench and verify steps stubbed, its plot step refused ('nothing to plot'):
+    (exit code, stderr, OUT, the steps that ran)."""
     from convex_attention.cli import _common
     from convex_attention.cli import bench as cli_bench
 
@@ -1684,10 +1693,7 @@ def test_a_demo_whose_plot_step_is_refused_after_the_work_fails_with_exit_1_keep
     monkeypatch.setattr(cli_bench, "_run_plot", refused)
     out = tmp_path / "r"
     code = run(["demo", "--out", str(out), "--quiet"])
-    err = capsys.readouterr().err.strip()
-    assert code == 1, (code, err)
-    assert len(err.splitlines()) == 1 and "every row failed" in err and f"convex-attention plot {out}" in err, err
-    assert [s[0] for s in seen] == ["bench", "verify"]
+    return code, capsys.readouterr().err.strip(), out, seen
 
 
 def test_a_demo_whose_figure_folder_is_busy_after_the_work_fails_with_exit_1_naming_the_owner(
@@ -1713,18 +1719,7 @@ def test_a_demo_whose_figure_folder_is_busy_after_the_work_fails_with_exit_1_nam
 def test_ca_rev199_a_demo_whose_plot_step_is_refused_leaves_no_empty_figure_folder(tmp_path, monkeypatch, capsys):
     """Run: demo --out OUT where the plot step finds nothing to plot (exit 1 since 257985a). Expected:
     no empty OUT/figures, as `plot OUT` leaves none (holding_out); the figure folder's lock made it."""
-    from convex_attention.cli import _common
-    from convex_attention.cli import bench as cli_bench
-
-    seen: list = []
-    _stub_demo_steps(monkeypatch, seen)
-
-    def refused(*args, **kwargs):
-        raise _common.UsageError("nothing to plot in OUT: every row failed")
-    monkeypatch.setattr(cli_bench, "_run_plot", refused)
-    out = tmp_path / "r"
-    code = run(["demo", "--out", str(out), "--quiet"])
-    err = capsys.readouterr().err.strip()
+    code, err, out, _ = _demo_with_a_refused_plot_step(tmp_path, monkeypatch, capsys)
     assert code == 1, (code, err)
     assert not (out / "figures").exists(), sorted(p.name for p in (out / "figures").iterdir())
 

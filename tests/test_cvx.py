@@ -2322,6 +2322,14 @@ def test_ca_rev203_a_reference_retry_that_certifies_replaces_a_first_attempt_who
     e.g. dual values None read as NaN) is never replaced either: the optimal retry (certificate ~1e-13)
     is discarded and the NaN attempt, status 'optimal_inaccurate', returned; verify then fails the
     reference of a solvable instance."""
+    calls, status = _ca_rev203_first_attempt_inaccurate(monkeypatch, float("nan"))
+    assert len(calls) == 2 and calls[1] == "optimal"
+    assert status == "optimal"
+
+
+def _ca_rev203_first_attempt_inaccurate(monkeypatch, first_certificate: float) -> tuple[list, str]:
+    """reference_solve on a tiny instance whose first attempt is reported 'optimal_inaccurate' with
+    ``first_certificate``, the retries as Clarabel gives them: (the statuses seen, the status returned)."""
     inst = random_instance("1d-2lvl", batch=1, seed=0)
     layer = get_layer(inst.h, inst.temps)
     real_values, real_certificate = cvx.CvxpyAttentionLayer._reference_values, cvx.certificate
@@ -2334,13 +2342,11 @@ def test_ca_rev203_a_reference_retry_that_certifies_replaces_a_first_attempt_who
 
     def certificate(*args, **kwargs):
         cert = real_certificate(*args, **kwargs)
-        return torch.full_like(cert, float("nan")) if len(calls) == 1 else cert
+        return torch.full_like(cert, first_certificate) if len(calls) == 1 else cert
 
     monkeypatch.setattr(cvx.CvxpyAttentionLayer, "_reference_values", values)
     monkeypatch.setattr(cvx, "certificate", certificate)
-    probs, duals, value, status = layer.reference_solve([x[0] for x in flat_np(inst.scores)])
-    assert len(calls) == 2 and calls[1] == "optimal"
-    assert status == "optimal"
+    return calls, layer.reference_solve([x[0] for x in flat_np(inst.scores)])[-1]
 
 
 class _NanCotangent(torch.autograd.Function):
@@ -2407,21 +2413,5 @@ def test_ca_rev203_an_inaccurate_reference_solve_is_retried_and_the_better_certi
     an 'optimal_inaccurate' exit never made: the installed Clarabel solves test_verify's inaccurate instance
     at once, so nothing else reached them).  First attempt reported inaccurate with a worse certificate:
     retried, and the optimal retry returned."""
-    inst = random_instance("1d-2lvl", batch=1, seed=0)
-    layer = get_layer(inst.h, inst.temps)
-    real_values, real_certificate = cvx.CvxpyAttentionLayer._reference_values, cvx.certificate
-    calls = []
-
-    def values(self):
-        probs, duals, value, status = real_values(self)
-        calls.append(status)
-        return probs, duals, value, "optimal_inaccurate" if len(calls) == 1 else status
-
-    def certificate(*args, **kwargs):
-        cert = real_certificate(*args, **kwargs)
-        return torch.full_like(cert, 1e-6) if len(calls) == 1 else cert
-
-    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "_reference_values", values)
-    monkeypatch.setattr(cvx, "certificate", certificate)
-    status = layer.reference_solve([x[0] for x in flat_np(inst.scores)])[-1]
+    calls, status = _ca_rev203_first_attempt_inaccurate(monkeypatch, 1e-6)
     assert len(calls) == 2 and status == "optimal"
