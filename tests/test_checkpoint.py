@@ -692,3 +692,53 @@ def test_ca_rev173_complex_weights_are_refused(tmp_path):
     torch.save(state, path)
     with pytest.raises(ValueError):
         load_model(path)
+
+
+# ---- ca_rev209 (mutation review of ec87765)
+
+
+def _ca_rev209_trained(tmp_path):
+    """A checkpoint as training writes it at epoch 2 (a stepped Adam, two metric rows, best_epoch 1), read."""
+    model = AttentionUNet(method="exact", norm="group", **SMALL)
+    path = save_checkpoint(str(tmp_path / "m.pt"), model, _stepped(model), epoch=2,
+                           metrics=[{"epoch": 1}, {"epoch": 2}], extra={"best_epoch": 1})
+    return read_checkpoint(path)
+
+
+@pytest.mark.parametrize("damage,words", [
+    ({"best_epoch": -1}, "best_epoch -1 is not an epoch from 0 to 2"),
+    ({"best_epoch": True}, "best_epoch True is not an epoch"),
+    ({"metrics": [{"epoch": True}, {"epoch": 2}]}, "metrics row 0 has no epoch"),
+    ({"metrics": [{"epoch": 1}, {"epoch": 1}]}, r"metrics rows of epochs \[1, 1\] are not one per epoch"),
+    ("betas", r"optimizer's betas \(1.0, 0.999\) are not two numbers in \[0, 1\)"),
+    ("step", r"optimizer's step tensor\(True\) is not a number")], ids=[
+    "best_epoch-negative", "best_epoch-bool", "row-epoch-bool", "row-epoch-twice", "beta-one", "step-bool"])
+def test_ca_rev209_each_damaged_field_is_refused_on_reading(tmp_path, damage, words):
+    """Kills, one per case: best_epoch's range check without its lower bound (`not best <= epoch`); best_epoch's
+    and a row's epoch typed by isinstance (True an epoch); the rows' order check allowing a repeated epoch (`b < a`);
+    betas checked in [0, 1] (beta 1: Adam's bias correction divides by zero); a step's check admitting a bool
+    tensor (`step.dtype != torch.bool` dropped)."""
+    good = _ca_rev209_trained(tmp_path)
+    bad = {**good, **damage} if isinstance(damage, dict) else {**good, "optimizer": {
+        "state": good["optimizer"]["state"], "param_groups": [dict(g) for g in good["optimizer"]["param_groups"]]}}
+    if damage == "betas":
+        bad["optimizer"]["param_groups"][0]["betas"] = (1.0, 0.999)
+    elif damage == "step":
+        first = next(iter(good["optimizer"]["state"]))
+        bad["optimizer"]["state"] = {**good["optimizer"]["state"],
+                                     first: {**good["optimizer"]["state"][first], "step": torch.tensor(True)}}
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=f"damaged convex-attention checkpoint: {words}") as err:
+        read_checkpoint(str(tmp_path / "bad.pt"))
+    assert "\n" not in str(err.value)
+
+
+def test_ca_rev209_an_optimiser_state_keyed_by_text_is_refused_with_a_value_error(tmp_path):
+    """Kills check_optimizer_fits without `type(number) is not int`: a state keyed "0" (JSON's keys) then
+    compares text with a number (a raw TypeError) instead of the one-line refusal."""
+    good = _ca_rev209_trained(tmp_path)
+    state = {str(k): v for k, v in good["optimizer"]["state"].items()}
+    torch.save({**good, "optimizer": {**good["optimizer"], "state": state}}, tmp_path / "bad.pt")
+    model = AttentionUNet(method="exact", norm="group", **SMALL)
+    with pytest.raises(ValueError, match="does not fit the model's parameters \\(a state of parameter '0'"):
+        load_checkpoint(str(tmp_path / "bad.pt"), model, torch.optim.Adam(model.parameters()))

@@ -1384,3 +1384,74 @@ def test_a_resume_trains_with_the_implementation_training_builds_not_the_checkpo
     train(TrainConfig.build(out=out, epochs=2, resume=last, **FAST))
     groups = read_checkpoint(last)["optimizer"]["param_groups"]
     assert [g["capturable"] for g in groups] == [False] * len(groups) and read_checkpoint(last)["epoch"] == 2
+
+
+# ---- ca_rev209 (mutation review of ec87765)
+
+
+@pytest.mark.parametrize("setting,value", [("alpha", 1.0), ("solver_options", {"tol": 1e-7})])
+def test_ca_rev209_resume_refuses_another_alpha_or_solver_options(setting, value):
+    """Kills RESUME_KEEPS without "alpha" or without "solver_options": the resumed run would train (and select
+    best.pt) with settings its earlier epochs never used, and record only the new ones."""
+    from convex_attention.paper.train import check_resume
+
+    method = dict(method="dual")
+    stored = _resume_state(TrainConfig.build(**method, **FAST))
+    assert check_resume(TrainConfig.build(epochs=3, resume="last.pt", **method, **FAST), stored) == 2
+    with pytest.raises(ValueError, match=f"other settings \\({setting}: checkpoint"):
+        check_resume(TrainConfig.build(epochs=3, resume="last.pt", **method, **{setting: value}, **FAST), stored)
+
+
+@pytest.mark.parametrize("setting,value", [("betas", (0.5, 0.9)), ("decoupled_weight_decay", True)])
+def test_ca_rev209_resume_refuses_an_optimiser_state_of_other_betas_or_decoupled_decay(setting, value):
+    """Kills ADAM_KEEPS without "betas" (or without "decoupled_weight_decay"): _Run.restore would then reset the
+    setting to training's silently, reading the checkpoint's moments under betas they were not built with."""
+    from convex_attention.paper.train import _training_adam, check_resume
+
+    config = TrainConfig.build(epochs=3, resume="last.pt", **FAST)
+    group = {**_training_adam(config), "params": [0]}
+    if setting not in group:
+        pytest.skip(f"this torch's Adam has no {setting}")
+    assert check_resume(config, _resume_state(config, optimizer={"state": {}, "param_groups": [group]})) == 2
+    damaged = {"state": {}, "param_groups": [{**group, setting: value}]}
+    with pytest.raises(ValueError, match=f"another optimiser than training's Adam \\({setting}: checkpoint"):
+        check_resume(config, _resume_state(config, optimizer=damaged))
+
+
+@pytest.mark.slow  # end-to-end: tiny training runs, resumed (~1 s)
+def test_ca_rev209_a_stored_best_epoch_without_a_finite_auc_yields_to_the_finite_aucs_on_resume(tmp_path, monkeypatch):
+    """Kills restore's `if self.best_epoch not in aucs and aucs` weakened to `if self.best_epoch is None and aucs`:
+    a checkpoint naming as best an epoch of undefined AUC (epoch 2, NaN) while epoch 1 has 0.8 would leave the
+    selection at -inf, and the resumed epoch 3 (AUC 0.7) would take best.pt from the better epoch 1."""
+    _scripted_aucs(monkeypatch, [0.8, float("nan"), 0.7])
+    out = str(tmp_path / "run")
+    last = os.path.join(out, "last.pt")
+    assert train(TrainConfig.build(out=out, epochs=2, **FAST))["best_epoch"] == 1
+    state = torch.load(last, weights_only=True)
+    state["best_epoch"] = 2  # names the epoch whose AUC is undefined
+    torch.save(state, last)
+    result = train(TrainConfig.build(out=out, epochs=3, resume=last, **FAST))
+    assert result["best_epoch"] == read_checkpoint(last)["best_epoch"] == 1
+    assert read_checkpoint(os.path.join(out, "best.pt"))["epoch"] == 1
+
+
+class _DrawsFromTorchsGenerator(AttentionUNet):
+    """A model whose loss draws from torch's global generator (as dropout would)."""
+
+    def loss(self, out, labels):
+        return super().loss(out, labels) * (1 + 0.5 * torch.rand(()))
+
+
+@pytest.mark.slow  # end-to-end: tiny training runs, resumed (~1.5 s)
+def test_ca_rev209_a_resumed_run_restores_torchs_global_generator(tmp_path):
+    """Kills _restore_rng without `torch.set_rng_state(rng["torch"])`: a model drawing from torch's global
+    generator (dropout; here its loss) resumed with the state of a fresh build, not of an uninterrupted run."""
+    from convex_attention.paper.train import weights_digest
+
+    draws = _DrawsFromTorchsGenerator
+    whole = train(TrainConfig.build(out=str(tmp_path / "whole"), epochs=2, **FAST), model_class=draws)
+    out = str(tmp_path / "parts")
+    train(TrainConfig.build(out=out, epochs=1, **FAST), model_class=draws)
+    last = os.path.join(out, "last.pt")
+    resumed = train(TrainConfig.build(out=out, epochs=2, resume=last, **FAST), model_class=draws)
+    assert weights_digest(resumed["model"]) == weights_digest(whole["model"])
