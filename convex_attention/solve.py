@@ -188,7 +188,8 @@ class Solution:
         # from it no gradient for that term, silently (a review: a loss on the objective, the dual
         # objective and exact's duals got a gradient 0.83 off)
         entry = self._cache.get(name)
-        with_grad = torch.is_grad_enabled() and getattr(self, "_solved_with_grad", True)
+        solved_with_grad = getattr(self, "_solved_with_grad", True)  # (a Solution pickled before it was recorded)
+        with_grad = torch.is_grad_enabled() and solved_with_grad
         if entry is None or (with_grad and not entry[1]):
             if reads_inputs:
                 if entry is not None and self._stale():
@@ -200,7 +201,7 @@ class Solution:
                 self._check_fresh(name)
             with torch.set_grad_enabled(with_grad):
                 # (a solve without grad: the value is final, recomputed under no grad mode again)
-                entry = self._cache[name] = (fn(), with_grad or not getattr(self, "_solved_with_grad", True))
+                entry = self._cache[name] = (fn(), with_grad or not solved_with_grad)
         return entry[0]
 
     @property
