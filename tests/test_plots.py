@@ -1111,6 +1111,21 @@ def test_every_setting_has_its_own_line_style_and_a_shared_one_is_named():
     assert plot_common.setting_styles(settings[:3])[settings[2]][1] == "B = 4"  # numbered only when styles repeat
 
 
+def test_every_figure_names_a_setting_in_one_set_of_words():
+    """The speed figures' line styles and the convergence figure's markers name a setting
+    alike (they had two word tables: "τ = 0.5" in one, "temperature 0.5" in the other); a
+    field only the convergence figure reads (the device) is named there, and a missing value
+    reads "?"."""
+    fields = (*plot_common.SETTING_FIELDS, "device")
+    settings = [("float32", "4", "0.5", "lesion", "1.0", "0", "cpu"), ("float64", "4", "2.0", "lesion", "1.0", "0", ""),
+                ("float64", "4", "2.0", "lesion", "1.0", "0", "cuda")]
+    labels = plot_common.setting_labels(settings, fields)
+    assert labels[settings[0]] == "float32 cells, temperature 0.5, cpu"
+    assert labels[settings[1]] == "float64 cells, temperature 2.0, ?"
+    styles = plot_common.setting_styles([s[:-1] for s in settings])
+    assert styles[settings[0][:-1]][1] == "float32 cells, temperature 0.5"
+    assert plot_common.setting_labels(settings[1:2], fields) == {settings[1]: ""}  # one setting: nothing to tell apart
+
 def test_convergence_per_structure_labels_each_line_with_its_levels(figs):
     """A review found two lines labelled "side 16" (a 2- and a 3-level chain)."""
     rows = [{"cell": c, "structure": s, "dims": 2, "size": 16, "levels": levels, "temperature": 1.0, "iteration": i,

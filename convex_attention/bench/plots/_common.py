@@ -501,8 +501,19 @@ SETTING_LINESTYLES = ("-", "--", ":", "-.", (0, (5, 1.5, 1, 1.5, 1, 1.5)), (0, (
                       (0, (1, 4)))
 #: how long the legend's line handles are (in font sizes): long enough to show every pattern
 SETTING_HANDLE_LENGTH = 4.0
+# how a legend names each setting field (device: a field only convergence figures tell apart)
 _SETTING_WORDS = {"dtype": "{} cells", "batch": "B = {}", "temperature": "temperature {}", "generator": "{}",
-                  "scale": "scale {}", "seed": "seed {}"}
+                  "scale": "scale {}", "seed": "seed {}", "device": "{}"}
+
+
+def setting_labels(settings, fields=SETTING_FIELDS) -> dict:
+    """``{setting: label}``: each setting (a tuple of ``fields``' values) named by the fields
+    in which ``settings`` differ, in ``fields``' order (``"float32 cells, B = 4"``; "" when
+    none differs, "?" for a missing value)."""
+    settings = list(settings)
+    varying = [i for i in range(len(fields)) if len({s[i] for s in settings}) > 1]
+    return {s: ", ".join(_SETTING_WORDS[fields[i]].format(plain(s[i], 20) or "?") for i in varying)
+            for s in settings}
 
 
 def setting_of(row: dict) -> tuple:
@@ -517,11 +528,11 @@ def setting_styles(settings) -> dict:
     ``len(SETTING_LINESTYLES)`` settings the styles repeat, and each label says which earlier
     setting's style it shares (``"(style of 1)"``)."""
     ordered = sorted(set(settings), key=lambda s: tuple((0, float(v)) if _is_number(v) else (1, v) for v in s))
-    varying = [i for i in range(len(SETTING_FIELDS)) if len({s[i] for s in ordered}) > 1]
+    labels = setting_labels(ordered)
     n = len(SETTING_LINESTYLES)
     out = {}
     for j, s in enumerate(ordered):
-        label = ", ".join(_SETTING_WORDS[SETTING_FIELDS[i]].format(plain(s[i], 20)) for i in varying)
+        label = labels[s]
         if len(ordered) > n:  # styles repeat: number the settings, and name whose style one shares
             label = f"{j + 1} {label}" + (f" (style of {j % n + 1})" if j >= n else "")
         out[s] = (SETTING_LINESTYLES[j % n], label)

@@ -43,6 +43,7 @@ from ._common import (
     ok_points,
     pareto_front,
     quiet_minor_ticks,
+    setting_labels,
     setting_of,
     spread_columns,
     styles_for,
@@ -270,16 +271,6 @@ def with_bench_settings(conv_rows, bench_rows) -> list[dict]:
     return out
 
 
-def _setting_labels(settings) -> dict:
-    """``{setting: legend label}`` naming the fields in which the settings differ (temperature
-    as τ, the batch as B, ...)."""
-    words = {"temperature": "τ = {}", "batch": "B = {}", "dtype": "{}", "generator": "{}", "scale": "scale {}",
-             "seed": "seed {}", "device": "{}"}
-    fields = (*SETTING_FIELDS, "device")
-    varying = [i for i in range(len(fields)) if len({t[i] for t in settings}) > 1]
-    return {t: ", ".join(words[fields[i]].format(plain(t[i], 12) or "?") for i in varying) for t in settings}
-
-
 def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()) -> str | None:
     """The per-sample dual solver (computed in float64): violation and dual gap against
     sweep, one line per cell, coloured by grid size (a sequential scale: small to large),
@@ -311,7 +302,7 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()
     settings = sorted({p[7] for p in pts}, key=lambda t: tuple((_float_or_inf(v), v) for v in t))
     markers = {t: (".", "o", "s", "^", "D", "v", "P", "X")[i % 8] if len(settings) > 1 else "."
                for i, t in enumerate(settings)}
-    labels = _setting_labels(settings)
+    labels = setting_labels(settings, (*SETTING_FIELDS, "device"))
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(FULL_WIDTH, 2.8), layout="constrained")
         for cell in sorted({p[0] for p in pts}):
