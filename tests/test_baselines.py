@@ -618,3 +618,90 @@ def test_ca_rev192_linsat_agreement_check_solves_once_per_distinct_given_sample(
     given = {1: p.sum(2, keepdim=True).expand(16, 8, 1), 2: p.sum(1, keepdim=True).expand(16, 1, 8)}
     linsat._checked([torch.randn(16, 8, 8, dtype=torch.float64), None, None], h, given, 1.0, 10)
     assert len(calls) == 1, f"{len(calls)} NNLS solves for one distinct given sample"
+
+
+# ---- ca_rev211 (mutation review of ef12afd, baselines, examples, generators, structures, ops):
+#      tests that kill surviving mutants
+
+def test_ca_rev211_linsat_refuses_a_boolean_max_iter():
+    """max_iter=True is a bool, not an iteration count (True == 1 would run one Sinkhorn iteration)."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    with pytest.raises(ValueError, match="max_iter must be an integer"):
+        linsat_solve([theta, None, None], h, given, max_iter=True)
+
+
+def test_ca_rev211_linsat_checks_every_distinct_given_sample_not_only_the_first():
+    """Per-sample given maps: sample 0's quadrants [0.1, 0.2, 0.3, 0.4] pool onto its halves [0.3, 0.7], sample 1's
+    halves are [0.4, 0.6] (no map meets both): refused, naming sample 1."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h = ca.Graph.from_edges([16, 4, 2], [(0, 1, torch.arange(16) // 4), (0, 2, torch.arange(16) // 8)])
+    theta = torch.randn(2, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    given = {1: torch.tensor([[0.1, 0.2, 0.3, 0.4]] * 2, dtype=torch.float64),
+             2: torch.tensor([[0.3, 0.7], [0.4, 0.6]], dtype=torch.float64)}
+    with pytest.raises(ValueError, match="sample 1's given maps"):
+        linsat_solve([theta, None, None], h, given, max_iter=5)
+    agreeing = {1: given[1], 2: torch.tensor([[0.3, 0.7]] * 2, dtype=torch.float64)}
+    assert linsat_solve([theta, None, None], h, agreeing, max_iter=5)[0].shape == (2, 16)
+
+
+def test_ca_rev211_linsat_temperature_is_one_number_not_a_one_element_vector():
+    """The docstring: τ is a number or a 0-d tensor; a (1,) tensor is refused (ValueError), a bool is a TypeError that
+    names LinSATNet's τ."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    with pytest.raises(ValueError, match="0-d tensor, got a tensor of shape"):
+        linsat_solve([theta, None, None], h, given, temperature=torch.tensor([0.5], dtype=torch.float64))
+    with pytest.raises(TypeError, match="LinSATNet's τ of the scored map 0"):
+        linsat_solve([theta, None, None], h, given, temperature=True)
+
+
+def test_ca_rev211_linsat_accepts_given_maps_that_require_grad():
+    """Given maps that require grad (a prior produced by a network) are taken as data: the agreement check reads
+    them without failing on autograd (numpy of a tensor that requires grad), and the projection is finite."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    given = {k: q.clone().requires_grad_() for k, q in given.items()}
+    probs = linsat_solve([theta, None, None], h, given, max_iter=10)
+    assert torch.isfinite(probs[0]).all()
+
+
+def test_ca_rev211_integrated_gradients_take_32_steps_by_default():
+    """The default is 32 steps: equal to steps=32, and unlike 16 steps (not exact for sin at 120)."""
+    images = 40 * torch.linspace(-3, 3, 2 * 1 * 4 * 4, dtype=torch.float64).reshape(2, 1, 4, 4)
+    targets = torch.tensor([1, 0])
+    ig = BASELINES["integrated_gradients"]
+    default = ig(_SinAndSquare(), images, targets)
+    torch.testing.assert_close(default, ig(_SinAndSquare(), images, targets, steps=32))
+    assert not torch.allclose(default, ig(_SinAndSquare(), images, targets, steps=16))
+
+
+def test_ca_rev211_gradcam_of_one_image_keeps_its_batch_dimension_and_no_attribution_requires_grad():
+    """A batch of one gives (1, h, w), not (h, w); every baseline returns detached maps."""
+    model, images, targets = _attribution_model()
+    cam = gradcam(model, images[:1], targets[:1], 0)
+    assert cam.dim() == 3 and cam.shape[0] == 1 and not cam.requires_grad
+    for name, fn in BASELINES.items():
+        out = fn(model, images, targets)
+        assert not out.requires_grad and out.grad_fn is None, name
+
+
+def test_ca_rev211_linsat_default_max_iter_is_linsatnet_s_100():
+    """The default is LinSATNet's 100 Sinkhorn iterations: equal to max_iter=100, unlike 50 (scores 6·N(0, 1) at
+    τ = 0.1, where 50 iterations do not yet meet its stopping test)."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial(seed=3)
+    theta = 3 * theta
+    default = linsat_solve([theta, None, None], h, given, temperature=0.1)[0]
+    assert torch.equal(default, linsat_solve([theta, None, None], h, given, temperature=0.1, max_iter=100)[0])
+    assert not torch.allclose(default, linsat_solve([theta, None, None], h, given, temperature=0.1, max_iter=50)[0])

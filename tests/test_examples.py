@@ -250,3 +250,85 @@ def test_ca_rev130_settings_nested_too_deep_to_read_are_unreadable_settings_not_
     path = tmp_path / "example.npz"
     np.savez(path, levels=np.array(2), settings=np.array("[" * 10000 + "]" * 10000))
     assert examples.recorded_settings(str(path)) is None
+
+
+# ---- ca_rev211 (mutation review of ef12afd, baselines, examples, generators, structures, ops):
+#      tests that kill surviving mutants
+
+def test_ca_rev211_an_example_whose_scores_hold_nan_is_refused(tmp_path):
+    path = tmp_path / "example.npz"
+    write_example(path, scores1=np.array([[0.0, np.nan], [0.0, 0.0]]))
+    with pytest.raises(ValueError, match="'scores1' holds NaN or Inf"):
+        examples.load_example(str(path))
+
+
+def test_ca_rev211_a_folder_named_example_is_not_a_regular_file(tmp_path):
+    (tmp_path / "example.npz").mkdir()
+    with pytest.raises(ValueError, match="not a regular file"):
+        examples.load_example(str(tmp_path / "example.npz"))
+
+
+def test_ca_rev211_float32_scores_and_lambdas_are_read_back_in_float64(tmp_path):
+    path = tmp_path / "example.npz"
+    write_example(path, scores0=np.ones((4, 4), np.float32), scores1=np.ones((2, 2), np.float32),
+                  fitted_dual0=np.full((2, 2), 0.5, np.float32))
+    scores, _, kinds = examples.load_example(str(path))
+    assert [s.dtype for s in scores] == [np.float64, np.float64] and kinds["fitted"][0].dtype == np.float64
+
+
+def _ca_rev211_config(**changes):
+    config = dict(methods=["learned_dual"], generator="lesion", scale=1.0, seed=0, fit_instances=4,
+                  fit_max_values=None, fit_steps=3, amortised_steps=2)
+    config.update(changes)
+    return config
+
+
+def _ca_rev211_recorded(tmp_path, config):
+    import json
+
+    path = tmp_path / "example.npz"
+    recorded = examples._full_settings(examples.sweep_example_settings(config))
+    write_example(path, settings=np.array(json.dumps(recorded, sort_keys=True)))
+    return str(path)
+
+
+def test_ca_rev211_sweep_settings_use_the_lesion_generator_for_model_and_no_training_without_learned_dual():
+    settings = examples.sweep_example_settings(_ca_rev211_config(methods=["exact"], generator="model"))
+    assert settings["generator"] == "lesion" and settings["fit_steps"] == 0 and settings["amortised_steps"] == 0
+    learned = examples.sweep_example_settings(_ca_rev211_config())
+    assert learned["fit_steps"] == 3 and learned["amortised_steps"] == 2
+
+
+def test_ca_rev211_an_example_with_amortised_lambdas_only_is_checked_on_its_amortised_steps(tmp_path):
+    """An example holding amortised λ but no fitted λ (fit_steps 0) is another run's when the folder's amortised steps
+    differ."""
+    path = _ca_rev211_recorded(tmp_path, _ca_rev211_config(fit_steps=0, amortised_steps=2))
+    assert examples.not_the_sweeps_example(path, _ca_rev211_config(fit_steps=0, amortised_steps=2)) is None
+    why = examples.not_the_sweeps_example(path, _ca_rev211_config(fit_steps=0, amortised_steps=5))
+    assert why is not None and "amortised_steps" in why
+
+
+def test_ca_rev211_an_example_with_fitted_lambdas_is_checked_on_its_fit_max_values(tmp_path):
+    path = _ca_rev211_recorded(tmp_path, _ca_rev211_config(fit_max_values=1000))
+    assert examples.not_the_sweeps_example(path, _ca_rev211_config(fit_max_values=1000)) is None
+    why = examples.not_the_sweeps_example(path, _ca_rev211_config(fit_max_values=2000))
+    assert why is not None and "fit_max_values" in why
+
+
+def test_ca_rev211_the_example_instance_is_drawn_at_seed_plus_100_and_its_training_set_at_seed_plus_1(
+        tmp_path, monkeypatch):
+    """The docstring: the instance (seed + 100) is held out from the training instances (seed + 1)."""
+    import torch
+
+    seeds = []
+    real = examples.generate
+
+    def recording(name, h, batch, seed=0, scale=1.0):
+        seeds.append((batch, seed))
+        return real(name, h, batch, seed=seed, scale=scale)
+
+    monkeypatch.setattr(examples, "generate", recording)
+    monkeypatch.setattr(examples, "fit_shared_duals", lambda h, train, temps, steps, dtype: [
+        torch.zeros((1,) + s, dtype=dtype) for s in h.shapes[1:]])
+    examples.save_example(str(tmp_path), size=4, seed=7, fit_instances=3, fit_steps=1)
+    assert seeds == [(1, 107), (3, 8)]

@@ -184,3 +184,40 @@ def test_ca_rev129_generate_refuses_an_option_its_generator_does_not_read():
     h = ca.Hierarchy.grid([(8, 8), (4, 4)])
     with pytest.raises((TypeError, ValueError)):
         generate("lesion", h, 2, seed=0, nosie=0.0)
+
+
+# ---- ca_rev211 (mutation review of ef12afd, baselines, examples, generators, structures, ops):
+#      tests that kill surviving mutants
+
+def test_ca_rev211_a_blob_map_of_at_most_one_blob_has_one_bump():
+    from convex_attention.bench.generators import _blob_map
+
+    out = _blob_map((8, 8), 3, torch.Generator().manual_seed(0), max_blobs=1)
+    assert out.shape == (3, 8, 8) and 0 <= float(out.min()) and float(out.max()) <= 1.0
+
+
+def test_ca_rev211_noiseless_lesion_scores_are_scale_times_four_times_the_seeded_blobs():
+    """The docstring: scale · (4·blobs + noise); the blobs are the first draws of the seed's generator."""
+    from convex_attention.bench.generators import _blob_map, lesion_scores
+
+    h = ca.Hierarchy.grid([(8, 8), (4, 4)])
+    scores = lesion_scores(h, 2, seed=3, scale=1.5, noise=0.0)
+    blobs = _blob_map((8, 8), 2, torch.Generator().manual_seed(3))
+    torch.testing.assert_close(scores[0], 1.5 * 4.0 * blobs, rtol=1e-14, atol=0)
+
+
+def test_ca_rev211_lesion_scores_on_a_star_whose_arms_do_not_divide_each_other():
+    """Arms 4x4 and 6x6 pooled onto 2x2: 4 does not divide 6, so the smaller arm draws its own blobs; the scores are
+    finite and shaped like the maps."""
+    h = ca.Graph.star([(4, 4), (6, 6)], (2, 2))
+    scores = generate("lesion", h, 2, seed=1)
+    assert [tuple(s.shape) for s in scores] == [(2, 4, 4), (2, 6, 6), (2, 2, 2)]
+    assert all(torch.isfinite(s).all() for s in scores)
+
+
+def test_ca_rev211_random_parents_are_shuffled_not_the_coarse_cells_first():
+    from convex_attention.bench.generators import random_parents
+
+    g = torch.Generator().manual_seed(0)
+    firsts = [random_parents([16, 4], g)[0][:4] for _ in range(5)]
+    assert not all(torch.equal(f, torch.arange(4)) for f in firsts)

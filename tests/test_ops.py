@@ -152,3 +152,55 @@ def test_temperature_floats_reads_a_list_of_temperature_tensors_at_once(monkeypa
     temps = [torch.tensor(0.5), 2.0, torch.tensor(1.5, requires_grad=True)]
     assert _ops.temperature_floats(temps) == [0.5, 2.0, 1.5]
     assert reads == ["tolist"]
+
+
+# ---- ca_rev211 (mutation review of ef12afd, baselines, examples, generators, structures, ops):
+#      tests that kill surviving mutants
+
+def test_ca_rev211_less_max_takes_each_sample_s_own_maximum_off_and_passes_gradients_unchanged():
+    x = torch.tensor([[1.0, 3.0], [10.0, -2.0]], dtype=torch.float64, requires_grad=True)
+    out = _ops.less_max(x)
+    assert out.tolist() == [[-2.0, 0.0], [0.0, -12.0]]
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert grad.tolist() == [[1.0, 1.0], [1.0, 1.0]]  # the maximum is detached: a constant per sample
+
+
+def test_ca_rev211_level_softmax_below_temperature_1_cannot_overflow_float32():
+    x = torch.tensor([[3e38, 2.9e38, 0.0]], dtype=torch.float32)
+    p = _ops.level_softmax(x, 0.75)
+    assert torch.isfinite(p).all() and float(p[0, 0]) == 1.0
+
+
+def test_ca_rev211_gradient_tolerances_and_the_second_order_floor_are_the_documented_values():
+    assert _ops.gradient_rtol(torch.float64) == 1e-6 and _ops.gradient_rtol(torch.float32) == 1e-3
+    assert _ops.gradient_rtol(torch.float16) == 1e-3  # float32's for any other dtype
+    assert _ops.second_order_temperature_floor(torch.float32) == pytest.approx(5.4e-20, rel=1e-2)
+    assert _ops.second_order_temperature_floor(torch.float64) == pytest.approx(7.5e-155, rel=1e-2)
+
+
+def test_ca_rev211_overflowed_refuses_a_gradient_with_any_non_finite_entry():
+    assert _ops.overflowed("who", 1e-30, torch.float32, torch.tensor([1.0, 2.0])) is None
+    why = _ops.overflowed("who", 1e-30, torch.float32, torch.tensor([1.0, float("inf")]))
+    assert why is not None and why.startswith("who: a second derivative overflowed") and "float64" in why
+
+
+def test_ca_rev211_guard_below_floor_guards_when_the_coldest_temperature_is_below_the_floor():
+    x = torch.ones(2, requires_grad=True)
+    (kept,) = _ops.guard_below_floor([x], [1.0, 0.5], torch.float32, "who")
+    assert kept is x
+    (guarded,) = _ops.guard_below_floor([x], [1.0, 1e-30], torch.float32, "who")
+    assert guarded is not x and type(guarded.grad_fn).__name__ == "FirstOrderOnlyBackward"
+
+
+def test_ca_rev211_named_rows_are_the_callers_names():
+    assert _ops.named([0, 2]) == [0, 2]
+    assert _ops.named([0, 2], torch.tensor([5, 6, 7])) == [5, 7]
+
+
+def test_ca_rev211_an_int64_temperature_beside_a_float16_one_is_read_exactly():
+    values = _ops.tensor_values_read_at_once([torch.tensor(2049), torch.tensor(0.5, dtype=torch.float16), 3.0])
+    assert values == [2049.0, 0.5, 3.0]
+
+
+def test_ca_rev211_meta_temperatures_stand_in_as_ones():
+    assert _ops.temperature_floats(torch.empty(3, device="meta")) == [1.0, 1.0, 1.0]

@@ -152,3 +152,23 @@ def test_random_region_members_mostly_have_several_regions():
 def test_random_structure_refuses_an_unknown_family():
     with pytest.raises(ValueError, match="unknown structure"):
         random_structure("ring", torch.Generator().manual_seed(0))
+
+
+# ---- ca_rev211 (mutation review of ef12afd, baselines, examples, generators, structures, ops):
+#      tests that kill surviving mutants
+
+def test_ca_rev211_grid_cell_centres_are_half_a_cell_in():
+    from convex_attention.bench.structures import _cells
+
+    assert _cells((2, 3)).tolist() == [[0.5, 0.5], [0.5, 1.5], [0.5, 2.5], [1.5, 0.5], [1.5, 1.5], [1.5, 2.5]]
+
+
+def test_ca_rev211_random_stars_in_full_mode_have_two_to_four_arms_of_both_widths():
+    """Full-mode stars draw 2, 3 or 4 arms, each arm 2 or 3 times the centre's second side."""
+    arms, ratios = set(), set()
+    g = torch.Generator().manual_seed(0)
+    for _ in range(40):
+        h = random_structure("star", g)
+        arms.add(h.num_maps - 1)
+        ratios |= {s[1] // h.shapes[-1][1] for s in h.shapes[:-1]}
+    assert arms == {2, 3, 4} and ratios == {2, 3}
