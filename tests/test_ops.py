@@ -1,4 +1,6 @@
 """convex_attention._ops: the small tensor operations every solver shares."""
+import functools
+
 import pytest
 import torch
 
@@ -204,3 +206,17 @@ def test_ca_rev211_an_int64_temperature_beside_a_float16_one_is_read_exactly():
 
 def test_ca_rev211_meta_temperatures_stand_in_as_ones():
     assert _ops.temperature_floats(torch.empty(3, device="meta")) == [1.0, 1.0, 1.0]
+
+
+def test_a_second_derivative_that_overflows_along_another_path_is_refused_not_returned_as_inf():
+    """FirstOrderOnly judges a later derivative that reaches its input by a path it did not
+    guard (ca_rev211's open mutant O16: without it the second derivative below came back inf).
+    d²/dx² of c·x² is 2c, which float32 cannot hold for c = 3e38, while the first derivative
+    2c·x (6e28 at x = 1e-10) is finite."""
+    x = torch.tensor([1e-10], dtype=torch.float32, requires_grad=True)
+    refusal = functools.partial(_ops.overflowed, "who", 1e-30, torch.float32)
+    y = _ops.FirstOrderOnly.apply(x, refusal)
+    first, = torch.autograd.grad(((3e38 * y) * y).sum(), x, create_graph=True)
+    torch.testing.assert_close(first.detach(), torch.tensor([6e28]))
+    with pytest.raises(FloatingPointError, match="who: a second derivative overflowed"):
+        torch.autograd.grad(first.sum(), x)
