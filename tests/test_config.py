@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from convex_attention.paper.config import FULL, QUICK, ExperimentConfig, check_device
+from convex_attention.paper.config import FULL, QUICK, ExperimentConfig, check_device, resolved_device
 from convex_attention.paper.models import AttentionUNet, ConfigError, ModelConfig
 from convex_attention.paper.train import TrainConfig
 
@@ -129,6 +129,23 @@ def test_devices_are_checked(monkeypatch):
     with pytest.raises(ConfigError, match=r"device 'cuda:3': this machine has 1 CUDA device\(s\) \(cuda:0 to cuda:0\)"):
         check_device("cuda:3")
 
+
+
+def test_a_device_resolves_alike_for_training_the_experiment_and_explain(monkeypatch):
+    """One home for what "auto" means (training, the experiment and explain had each their own):
+    CUDA where the machine has it, else the CPU; a process of a distributed run takes its own GPU
+    for a CUDA device without an index, and an indexed device is kept."""
+    from convex_attention.paper import experiment, train
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolved_device("auto") == "cuda" and resolved_device("auto", 1) == "cuda:1"
+    assert resolved_device("cuda", 2) == "cuda:2" and resolved_device("cuda:0", 2) == "cuda:0"
+    assert resolved_device("cpu", 1) == "cpu" and resolved_device("mps") == "mps"
+    assert train._device(TrainConfig(device="auto"), 1) == torch.device("cuda:1")
+    assert experiment._device(QUICK.override(device="auto")) == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolved_device("auto") == "cpu" and resolved_device("auto", 1) == "cpu"
+    assert train._device(TrainConfig(device="auto"), 1) == torch.device("cpu")
 
 EXPERIMENT_BAD = [
     ("methods", (), "methods"), ("methods", ("softmax", "softmax"), "twice"), ("methods", ("nope",), "'nope' is not"),

@@ -1657,3 +1657,184 @@ def test_ca_rev206_run_test_itself_refuses_force_over_other_variants_its_folder_
                  progress=False, log=lambda *a: None, ledger_path=str(other), force=True)
     assert not other.exists() and not (tmp_path / "exp" / "test.run-1").exists()
     assert len(read_test_runs(str(tmp_path / "exp"))) == 1
+
+
+# ---- ca_rev210 (mutation review of ef12afd, explain and experiment): tests that kill surviving mutants
+def test_ca_rev210_the_headline_never_picks_a_map_whose_mean_ap_is_not_a_number():
+    """A map whose ap is NaN on every seed (first in the summary) loses to any map with a mean: with NaN as its
+    own key, max() had kept it, as no number compares greater than NaN."""
+    from convex_attention.paper.experiment import _headline, _summary
+
+    seed_means = []
+    for seed in range(3):
+        seed_means += [_group_mean("exact", "attention", 0, seed, math.nan),
+                       _group_mean("exact", "attention", 1, seed, 0.50 + 0.01 * seed),
+                       _group_mean("exact", "gradcam", 0, seed, math.nan),
+                       _group_mean("exact", "lrp", -1, seed, 0.40)]
+    summary = _summary(seed_means, ("condition", "test_set", "model", "method", "level", "resolution", "upsampling",
+                                    "mask"), ("ap",))
+    [h] = _headline(summary, seed_means, {"c": ["exact"]})
+    assert (h["attention"]["level"], h["posthoc"]["method"]) == (1, "lrp")
+    assert h["by_model"]["exact"]["level"] == 1
+    assert h["difference"]["ap_mean"] == pytest.approx(0.11) and h["difference"]["seeds_nan"] == 0
+
+
+def test_ca_rev210_the_chance_level_of_the_decisive_masks_is_their_own_pixel_share():
+    """The decisive masks' chance line is the share of the deciding structure (here 3 of 4 pixels), not that of
+    the lesion (1 of 4), which the dataset's items carry."""
+    from convex_attention.paper.experiment import _mask_share
+
+    class Data:
+        def __getitem__(self, i):
+            return torch.zeros(1, 2, 2), 1, torch.tensor([[True, False], [False, False]])
+
+        def decisive_mask(self, i):
+            return torch.tensor([[True, True], [True, False]])
+
+    assert _mask_share(Data(), [0, 1], "lesion") == pytest.approx(0.25)
+    assert _mask_share(Data(), [0, 1], "decisive") == pytest.approx(0.75)
+
+
+def test_ca_rev210_a_seed_mean_keeps_the_group_s_keys_and_names_no_image():
+    """A seed's mean over images keeps its group's keys (model, method, level, stage, seed) and drops the
+    per-image ones (the image index and both correlations), as its docstring says."""
+    from convex_attention.paper.experiment import _seed_mean
+
+    rows = [dict(condition="c", test_set="test", model="m", method="gradcam", level=0, stage_index=1, stage="head",
+                 seed=3, image=i, spearman_abs=v, spearman_signed=-v) for i, v in enumerate((0.2, 0.4))]
+    got = _seed_mean(rows, "spearman_abs")
+    assert set(got) == {"condition", "test_set", "model", "method", "level", "stage_index", "stage", "seed",
+                        "spearman_abs", "spearman_abs_n_used", "spearman_abs_n_nan"}
+    assert got["spearman_abs"] == pytest.approx(0.3) and got["seed"] == 3
+
+
+def test_ca_rev210_the_paired_difference_pairs_only_the_seeds_both_groups_have():
+    """A seed that one group lacks (a model not run with it) is left out of the pairing, not a KeyError."""
+    from convex_attention.paper.experiment import _paired_difference
+
+    seed_means = ([_group_mean("exact", "attention", 0, s, 0.5 + 0.1 * s) for s in range(3)]
+                  + [_group_mean("exact", "lrp", -1, s, 0.4) for s in range(2)])
+    mean, half, n, n_nan = _paired_difference(seed_means, seed_means[0], seed_means[-1])
+    assert (n, n_nan) == (2, 0) and mean == pytest.approx(0.15) and half == pytest.approx(mean_ci([0.1, 0.2])[1])
+
+
+def test_ca_rev210_the_test_stage_runs_the_post_hoc_methods_on_the_models_the_config_names():
+    """``baseline_model``: every model ("all", the plain CNN included), none (None) or the one named."""
+    from convex_attention.paper.experiment import _posthoc_models
+
+    assert _posthoc_models(_tiny_config(methods=("softmax", "exact"))) == ("softmax", "exact", "plain_cnn")
+    assert _posthoc_models(_tiny_config(methods=("softmax", "exact"), baseline_model=None)) == ()
+    assert _posthoc_models(_tiny_config(methods=("softmax", "exact"), baseline_model="exact")) == ("exact",)
+
+
+def test_ca_rev210_the_accuracy_columns_hold_no_map_statistic_of_a_level_the_model_lacks():
+    from convex_attention.paper.experiment import accuracy_columns
+
+    config = _tiny_config()
+    levels = len(config.train.model.attention_blocks)
+    assert levels < 3  # (MAX_ATTENTION_LEVELS): a level is absent
+    columns = accuracy_columns(config)
+    assert not [c for c in columns if c.endswith(tuple(f"_L{k}" for k in range(levels, 3)))]
+    assert all(f"{m}_L{k}" in columns for m in ("n_max_p", "entropy_ratio", "score_range") for k in range(levels))
+
+
+def test_ca_rev210_the_randomisation_check_runs_on_the_images_of_the_primary_mask(tmp_path, monkeypatch):
+    """Where the test split marks the deciding structure, the randomisation check takes its images from the
+    decisive list (the mask the maps are judged on: primary_mask), not from the lesion list."""
+    import convex_attention.paper.experiment as experiment
+
+    class Data:
+        def __getitem__(self, i):
+            return torch.zeros(1, 2, 2), i % 2, torch.ones(2, 2, dtype=torch.bool)
+
+    seen = []
+
+    def randomisation_check(model, images, target, seed, posthoc, labels):
+        seen.append(labels.tolist())
+        return [{"stage": "head", "stage_index": 0, "method": "attention", "level": 0, "position": p,
+                 "spearman_abs": 0.5, "spearman_signed": 0.5} for p in range(len(images))]
+
+    for name, fake in (("_train_one", lambda *a: {"model": "m", "threshold": 0.5, "best_epoch": 1,
+                                                   "epoch_time_s": 0.1, "train_time_s": 0.1, "val_auc": 0.9}),
+                       ("_evaluate", lambda *a, **k: {"auc": 0.9, "bacc": 0.8}),
+                       ("explain_models", lambda *a, **k: ([], [])), ("randomisation_check", randomisation_check)):
+        monkeypatch.setattr(experiment, name, fake)
+    config = _tiny_config(methods=("softmax",), seeds=(5, 6), plain_cnn=False, n_sanity=2)
+    gathered = experiment._TestResults()
+    (tmp_path / "rows").mkdir()
+    indices = {"test": {"lesion": [0, 2, 4], "decisive": [1, 3, 5]}}
+    experiment._test_seed(config, config.variants()[0], "c", 0.3, 6, {"train": None, "val": None, "dev": None},
+                          {"test": Data()}, indices, {"weights": [1.0]}, str(tmp_path), "cpu", gathered, False,
+                          lambda *a: None)
+    assert [r["image"] for r in gathered.randomisation] == [1, 3] and seen == [[1, 1]]  # the test split's indices
+    assert [(r["stage"], r["stage_index"]) for r in gathered.randomisation] == [("head", 0), ("head", 0)]
+
+
+def test_ca_rev210_the_violation_reported_is_the_mean_over_the_images(monkeypatch):
+    import convex_attention.paper.experiment as experiment
+
+    predicted = {"logits": None, "labels": None, "maps": [], "scores": [], "violation": torch.tensor([0.1, 0.3, 0.6])}
+    monkeypatch.setattr(experiment, "predict", lambda *a, **k: predicted)
+    monkeypatch.setattr(experiment, "classification", lambda *a: {"auc": 0.5})
+    monkeypatch.setattr(experiment, "map_statistics", lambda maps, scores: [])
+    row = experiment._evaluate(torch.nn.Identity(), None, 0.5, "cpu", ablation=False, seed=0)
+    assert row["violation"] == pytest.approx(1 / 3)  # (the largest, 0.6, is no mean)
+
+
+def test_ca_rev210_device_auto_takes_the_gpu_where_there_is_one(monkeypatch):
+    from convex_attention.paper.experiment import _device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert _device(_tiny_config(device="auto")) == "cuda" and _device(_tiny_config(device="cpu")) == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _device(_tiny_config(device="auto")) == "cpu"
+
+
+def test_ca_rev210_each_dev_row_averages_each_mask_s_own_ap(tmp_path, monkeypatch):
+    """``attention_ap_<mask>`` is the mean over levels of that mask's ap (the lesion's here 0.2, 0.4), and
+    ``attention_ap`` that of the mask the dev stage selects on (decisive: 0.7, 0.9)."""
+    import convex_attention.paper.experiment as experiment
+
+    aps = {"lesion": (0.2, 0.4), "decisive": (0.7, 0.9)}
+    monkeypatch.setattr(experiment, "_train_one", lambda *a: {"model": "m", "threshold": 0.5, "best_epoch": 1})
+    monkeypatch.setattr(experiment, "_evaluate", lambda *a, **k: {"auc": 0.9, "bacc": 0.8, "delta_auc_shuffled": 0})
+    monkeypatch.setattr(experiment, "_dev_ap", lambda config, model, dataset, indices, upsamplings, device: {
+        f"ap_{m}_{u}_L{k}": v for m, values in aps.items() for u in upsamplings for k, v in enumerate(values)})
+    config = _dev_config()
+    rows = experiment._dev_candidates(config, config.variants(), {"train": None, "val": None, "dev": None},
+                                      {"lesion": [0], "decisive": [1]}, "decisive", str(tmp_path), "cpu", False,
+                                      lambda *a: None)
+    assert rows and all(r["attention_ap_lesion"] == pytest.approx(0.3) for r in rows)
+    assert all(r["attention_ap_decisive"] == pytest.approx(0.8) == r["attention_ap"] for r in rows)
+    assert all((r["ap_lesion_L1"], r["ap_decisive_L0"]) == (0.4, 0.7) for r in rows)
+
+
+def test_ca_rev210_run_experiment_itself_refuses_a_dev_folder_that_holds_a_dev_stage(tmp_path, monkeypatch):
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.protocol import DevFolderExists
+
+    monkeypatch.setattr(experiment, "run_dev", lambda *a, **k: pytest.fail("the dev stage ran"))
+    (tmp_path / "out" / "dev").mkdir(parents=True)
+    (tmp_path / "out" / "dev" / "proposed_variants.json").write_text("{}")
+    with pytest.raises(DevFolderExists, match="proposed_variants.json"):
+        run_experiment(_tiny_config(), str(tmp_path / "out"), stage="dev", ledger_path=str(tmp_path / "ledger.json"))
+
+
+def test_ca_rev210_each_mask_s_ap_figure_draws_that_mask_s_chance_line(tmp_path, monkeypatch):
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.explain_metrics import METRIC_NAMES
+
+    drawn = {}
+    monkeypatch.setattr(experiment, "plot_metric_summary", lambda rows, path, chance, **k: drawn.update(
+        {os.path.basename(path): chance}))
+    monkeypatch.setattr(experiment, "test_report", lambda *a: "report")
+    config = _tiny_config(seeds=(0,))
+    gathered = experiment._TestResults(
+        runs=[{"condition": "c", "test_set": "test", "model": "softmax", "seed": 0}],
+        seed_means=[{**_group_mean("softmax", "attention", 0, 0, 0.5), "mask": mask,
+                     **{f"{m}_mean": 0.5 for m in METRIC_NAMES}} for mask in ("lesion", "decisive")],
+        conditions=[{"condition": "c", "compared": ["softmax"], "validity": []}],
+        chance={("c", "test", "lesion"): 0.1, ("c", "test", "decisive"): 0.6})
+    experiment._write_test(config, Variants(config.variants()[0], (0.3,)), {}, gathered, str(tmp_path), "cpu",
+                           lambda *a: None, {})
+    assert drawn == {"explain_ap_decisive.png": {("c", "test"): 0.6}, "explain_ap_lesion.png": {("c", "test"): 0.1}}

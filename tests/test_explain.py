@@ -934,3 +934,80 @@ def test_ca_rev156_explanations_restore_every_module_s_training_mode():
     images = torch.randn(2, model.config.in_channels, 32, 32)
     explanations(model, images, target="true", posthoc=False, labels=torch.tensor([1, 0]))
     assert {name: m.training for name, m in model.named_modules()} == modes  # the baselines restore them too
+
+
+# ---- ca_rev210 (mutation review of ef12afd, explain and experiment): tests that kill surviving mutants
+def test_ca_rev210_a_pooled_block_map_row_is_the_block_map_of_that_grid_not_the_finer_one_pooled():
+    """The finer block map sum-pooled ties two 2x2 cells again (offsets 15 + 10 and 13 + 12 of 256): ap 0.883;
+    the best map on the coarse grid breaks the tie: ap 0.898 (the docstring's example of block_map)."""
+    from convex_attention.paper.explain import score_explanations
+    from convex_attention.paper.explain_metrics import block_map, pooled_form, score_map, to_common_form
+
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[0, 0] = mask[2, 2] = mask[0, 4] = mask[0, 6] = True  # 2 px in each top quadrant, in 4x4 cells 0, 5 and 2, 3
+    mask[4:8, 0:4] = True
+    fine = block_map(mask, (4, 4))
+    rows = score_explanations({("block_map", 0): fine[None]}, mask[None], grids=[(4, 4), (2, 2)], pooled=True)
+    [row] = [r for r in rows if r["resolution"] == "2x2"]
+    best = score_map(to_common_form(block_map(mask, (2, 2)), (8, 8), "nearest"), mask)["ap"]
+    pooled = score_map(to_common_form(pooled_form(fine, (2, 2), normalise=False), (8, 8), "nearest"), mask)["ap"]
+    assert best == pytest.approx(0.8979, abs=1e-4) and pooled < best - 0.01
+    assert row["ap"] == pytest.approx(best)
+
+
+def test_ca_rev210_a_model_in_training_is_explained_in_eval_mode_and_its_batch_statistics_are_left_alone():
+    """The maps of a model left in training mode are those of its eval mode (batch norm on its running
+    statistics, not the batch's), and explaining it does not move those statistics."""
+    import copy
+
+    from convex_attention.paper.explain import explanations
+
+    torch.manual_seed(0)
+    model = AttentionUNet(method="softmax", width=4, image_size=32, embed_channels=8).train()
+    images = torch.randn(3, model.config.in_channels, 32, 32) * 3 + 1
+    reference = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        expected = reference(images).maps
+    maps = explanations(model, images, target="true", posthoc=False, labels=torch.tensor([1, 0, 1]))
+    for k, m in enumerate(expected):
+        assert torch.allclose(maps[("attention", k)], m, atol=1e-6)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+
+
+def test_ca_rev210_the_report_counts_the_images_scored_against_the_decisive_masks(tmp_path):
+    rows = [{"model": "exact", "method": "attention", "level": 0, "resolution": "pixel", "upsampling": "nearest",
+             "mask": mask, "image": i, **{m: 0.5 for m in METRIC_NAMES}}
+            for mask, images in (("lesion", (0, 1)), ("decisive", (0, 5, 6))) for i in images]
+    text = read_text(write_outputs(rows, [], str(tmp_path))["markdown"])
+    assert "on 2 lesion images and 3 images scored against their decisive masks" in text
+
+
+def test_ca_rev210_a_summary_point_without_an_interval_is_drawn_as_its_mean_alone():
+    """One seed: no half-width (NaN); the point's interval is the mean itself, never NaN bounds."""
+    from convex_attention.paper.explain import _summary_points
+
+    rows = [{"model": "exact", "method": "attention", "level": 0, "ap_mean": 0.4, "ap_ci95": float("nan")},
+            {"model": "exact", "method": "lrp", "level": -1, "ap_mean": 0.9, "ap_ci95": 0.3}]
+    points, skipped = _summary_points(rows, "ap")
+    assert skipped == 0
+    assert sorted(v["exact"] for v in points.values()) == [(0.4, 0.4, 0.4), pytest.approx((0.9, 0.6, 1.0))]
+
+
+def test_ca_rev210_the_input_attributions_explain_each_image_s_own_label_too(monkeypatch):
+    """_recording_gradcam leaves BASELINES out: here each input attribution records the targets it is given."""
+    from convex_attention.paper import explain
+
+    seen = {}
+    _recording_gradcam(monkeypatch, [])
+
+    def recorder(name):
+        def fake(model, images, targets):
+            seen[name] = targets.tolist()
+            return torch.zeros_like(images)
+        return fake
+
+    monkeypatch.setattr(explain, "BASELINES", {"deeplift": recorder("deeplift"), "lrp": recorder("lrp")})
+    torch.manual_seed(0)
+    model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
+    maps = explain.explanations(model, torch.randn(3, 4, 32, 32), target="true", labels=torch.tensor([0, 1, 0]))
+    assert seen == {"deeplift": [0, 1, 0], "lrp": [0, 1, 0]} and ("lrp", -1) in maps

@@ -622,10 +622,8 @@ def _earlier_explanation(args, names) -> list[str]:
 
 
 def cmd_explain(args) -> int:
-    import torch
-
     from ..io.environment import environment
-    from ..paper.config import SYNTHETIC_GENERATORS, check_device
+    from ..paper.config import SYNTHETIC_GENERATORS, check_device, resolved_device
     from ..paper.data import datasets_of
     from ..paper.data.synthetic import DECIDING_CHANNELS
     from ..paper.explain import (
@@ -642,8 +640,7 @@ def cmd_explain(args) -> int:
         device = check_device(args.device)
     except ConfigError as err:
         raise UsageError(f"argument --device: {err}") from None
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolved_device(device)
     specs, baseline = _explain_specs(args)
     check_out_leaving_nothing(args.out)
     _earlier_explanation(args, OUTPUT_FILES)

@@ -51,7 +51,7 @@ __all__ = ["ModelConfig", "TrainConfig", "ExperimentConfig", "Variant", "ConfigE
            "MIMIC_SOURCES", "MIMIC_TYPES", "NORMALISATIONS", "BRATS_SETTINGS", "THRESHOLDS", "UPSAMPLINGS", "STAGES",
            "DATA_SEED_MAX", "PLAIN_CNN", "DEFAULT_VARIANTS_PATH", "METHOD_NAMES", "variant_names", "check_device",
            "CVX_REFUSE_S_PER_1000", "MAX_SET_PIXELS", "MAX_BATCH_VALUES", "IMAGES_PER_SEED", "check_set_size",
-           "check_seed_block"]
+           "check_seed_block", "resolved_device"]
 
 # ----------------------------------------------------------------------------- the choices
 
@@ -196,6 +196,19 @@ def check_device(name) -> str:
     reason = device_unavailable(dev)
     if reason is not None:
         raise ConfigError("device", f"device {name!r}: {reason}; use cpu or auto")
+    return name
+
+
+def resolved_device(name: str, local_rank: int | None = None) -> str:
+    """The device a run given ``name`` (checked by :func:`check_device`) computes on: ``auto``
+    is CUDA where this machine has it, else the CPU; in a process of a distributed run
+    (``local_rank``) a CUDA device without an index is that process's own GPU, ``cuda:local_rank``."""
+    import torch
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if local_rank is not None and name == "cuda":
+        return f"cuda:{local_rank}"
     return name
 
 

@@ -81,6 +81,7 @@ from .config import (
     SYNTHETIC_GENERATORS,
     ExperimentConfig,
     Variant,
+    resolved_device,
 )
 from .data.synthetic import DECIDING_CHANNELS
 from .explain import (
@@ -209,10 +210,7 @@ def run_experiment(config: ExperimentConfig, out: str, progress: bool = True, lo
 
 
 def _device(config: ExperimentConfig) -> str:
-    dev = config.train.device
-    if dev == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return dev
+    return resolved_device(config.train.device)
 
 
 def _splits(config: ExperimentConfig, difficulty: float, names) -> tuple[dict, dict]:

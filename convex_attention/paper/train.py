@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..io.files import atomic_csv, atomic_write_bytes, write_json
-from .config import ConfigError, ModelConfig, TrainConfig, check_device
+from .config import ConfigError, ModelConfig, TrainConfig, check_device, resolved_device
 from .data import datasets_of, labels_only
 from .models import (
     AttentionUNet,
@@ -165,12 +165,7 @@ def _backend(config: TrainConfig) -> str:
 
 
 def _device(config: TrainConfig, local_rank: int) -> torch.device:
-    if config.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(config.device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device(f"cuda:{local_rank}")
-    return dev
+    return torch.device(resolved_device(config.device, local_rank))
 
 
 def classification_metrics(logits: torch.Tensor, target: torch.Tensor) -> dict:
