@@ -1737,3 +1737,22 @@ def test_ca_rev199_a_demo_refuses_a_figure_folder_lock_that_is_not_a_lock_before
     code = run(["demo", "--out", str(out), "--quiet"])
     err = capsys.readouterr().err.strip()
     assert (code, seen) == (2, []), (code, seen, err)
+
+
+# ---- ca_rev212 (mutation review of 3edf1f9, cli): tests that kill surviving mutants
+
+def test_ca_rev212_demo_counts_the_users_figures_beyond_the_four_it_names(tmp_path, monkeypatch, capsys):
+    """A figure folder holding more than four of the user's figure-named files: demo's refusal names
+    four and says how many more (before: only that the line names them)."""
+    from convex_attention.bench.plots import FIGURES
+
+    figures = tmp_path / "r" / "figures"
+    figures.mkdir(parents=True)
+    names = [name + ext for name in FIGURES for ext in (".png", ".pdf")][:6]
+    for name in names:
+        (figures / name).write_bytes(b"the user's")
+    seen: list = []
+    _stub_demo_steps(monkeypatch, seen)
+    assert run(["demo", "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    _one_line(capsys, "convex-attention demo: error:", " and 2 more, named like plot's figures", "--overwrite")
+    assert seen == [] and sorted(os.listdir(figures)) == sorted(names)

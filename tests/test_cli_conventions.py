@@ -1227,3 +1227,25 @@ def test_a_refusal_after_the_run_made_its_folder_never_removes_a_folder_holding_
         parser.refuse("refused", made)
     assert sorted(os.listdir(tmp_path / "a")) == ["kept.txt"]
     assert "script: error: refused" in capsys.readouterr().err
+
+
+# ---- ca_rev212 (mutation review of 3edf1f9, cli): tests that kill surviving mutants
+
+def test_ca_rev212_a_recursive_clean_follows_no_link_to_another_folder(tmp_path, capsys):
+    """holding_out(recursive=True) cleans --out's sub-folders, never a folder a link in it points to
+    (another folder's temporaries, and no lock taken there)."""
+    from convex_attention.cli import _common
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "runs.csv.123-1.tmp").write_text("another folder's temporary\n")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "sub" / "runs.csv.123-1.tmp").write_text("left by a killed run\n")
+    (out / "linked").symlink_to(outside, target_is_directory=True)
+    with _common.holding_out(str(out), "experiment", argparse.Namespace(wait=False), outputs=("runs.csv",),
+                             recursive=True):
+        pass
+    assert not (out / "sub" / "runs.csv.123-1.tmp").exists()  # a real sub-folder is cleaned
+    assert sorted(os.listdir(outside)) == ["runs.csv.123-1.tmp"]
+    assert "outside" not in capsys.readouterr().err

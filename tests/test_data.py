@@ -2258,3 +2258,55 @@ def test_ca_rev183_data_check_seeds_below_4294_never_meet_as_experiment_md_says(
     if meet:
         assert torch.equal(render_image(1410, 91_178, image_size=8)[0], render_image(10_000, 0, image_size=8)[0])
     assert not (promised and meet)
+
+
+# ---- ca_rev212 (mutation review of 3edf1f9, cli): tests that kill surviving mutants
+
+def test_ca_rev212_data_check_wait_reaches_the_out_folders_lock(tmp_path, capsys, monkeypatch):
+    """``data check --out DIR --wait`` asks the folder's lock to wait (without it: to refuse at once)."""
+    from helpers import run_cli
+
+    from convex_attention.io import lock
+
+    asked = []
+    real = lock.results_lock
+
+    def recording(folder, **kwargs):
+        asked.append(kwargs.get("wait"))
+        return real(folder, **kwargs)
+
+    monkeypatch.setattr(lock, "results_lock", recording)
+    _canned_checks(monkeypatch)
+    code, _, err = run_cli(["data", "check", "--quiet", "--out", str(tmp_path / "dc"), "--wait"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli(["data", "check", "--quiet", "--out", str(tmp_path / "dc2")], capsys)
+    assert code == 0, err
+    assert asked == [True, False]
+
+
+def test_ca_rev212_data_check_takes_mimic_rate_1_with_the_brightest_rule(tmp_path, capsys, monkeypatch):
+    """``--mimic-rate`` must be at least 1 with ``--data synthetic-brightest``: 1 itself is taken."""
+    from helpers import run_cli
+
+    _canned_checks(monkeypatch)
+    brightest = ["data", "check", "--quiet", "--data", "synthetic-brightest", "--mimic-rate"]
+    code, _, err = run_cli([*brightest, "1"], capsys)
+    assert code == 0, err
+    code, _, err = run_cli([*brightest, "0.99"], capsys)
+    assert code == 2 and "--mimic-rate must be at least 1" in err, err
+
+
+def test_ca_rev212_data_check_removes_the_temporary_a_killed_check_left(tmp_path, capsys, monkeypatch):
+    """Holding --out, data check removes the data_check.json.<pid>-<n>.tmp a killed check left (and names it),
+    and leaves a file of another name alone."""
+    from helpers import run_cli
+
+    out = tmp_path / "dc"
+    out.mkdir()
+    (out / "data_check.json.4242-0.tmp").write_text("")
+    (out / "notes.txt.4242-0.tmp").write_text("the user's")
+    _canned_checks(monkeypatch)
+    code, _, err = run_cli(["data", "check", "--quiet", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["data_check.json", "notes.txt.4242-0.tmp"]
+    assert "data check: removed data_check.json.4242-0.tmp" in err

@@ -1754,3 +1754,100 @@ def test_ca_rev197_resume_of_a_checkpoint_whose_adam_says_amsgrad_fails_like_a_c
     assert code in (0, 2) and "Traceback" not in err, err
     if code == 2:
         assert_usage_error(code, err, "--resume")
+
+
+# ---- ca_rev212 (mutation review of 3edf1f9, cli): tests that kill surviving mutants
+
+def test_ca_rev212_the_check_alone_refuses_an_earlier_run_without_overwrite_and_removes_nothing(tmp_path):
+    """check_run_folder(remove=False), train's check before any work (and a torchrun rank's other than 0):
+    an earlier run's folder without --overwrite or --resume is refused there, not only where rank 0 removes."""
+    from convex_attention.cli._common import UsageError
+    from convex_attention.cli.paper import check_run_folder
+    from convex_attention.paper.config import TrainConfig
+
+    out = tmp_path / "run"
+    _earlier_run(out)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(UsageError, match="holds an earlier run"):
+        check_run_folder(TrainConfig(out=str(out)), argparse.Namespace(resume=None, overwrite=False), remove=False)
+    check_run_folder(TrainConfig(out=str(out)), argparse.Namespace(resume=None, overwrite=True), remove=False)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_ca_rev212_train_refuses_a_run_file_name_that_is_a_folder_before_the_data_are_built(tmp_path, capsys,
+                                                                                           monkeypatch, no_work):
+    """The check of the run files' names comes before the data are built (minutes, for BraTS), not only
+    under the lock after them."""
+    import convex_attention.paper.train as train_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the data were built before --out was checked")
+
+    monkeypatch.setattr(train_module, "build_checked_datasets", refuse)
+    out = tmp_path / "run"
+    (out / "metrics.csv").mkdir(parents=True)
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out)], capsys)
+    assert_usage_error(code, err, "metrics.csv", "folder")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.csv"]
+
+
+def test_ca_rev212_the_check_alone_keeps_ddp_check_json_of_the_run_it_resumes(tmp_path):
+    """check_run_folder(remove=False) for ``--resume OUT/last.pt``: the weights' digests go only when the
+    resumed run starts (remove=True), not at the check before any work, which may still refuse the run."""
+    from convex_attention.cli.paper import check_run_folder
+    from convex_attention.paper.config import TrainConfig
+
+    out = tmp_path / "run"
+    _earlier_run(out)
+    (out / "ddp_check.json").write_text("{}")
+    args = argparse.Namespace(resume=str(out / "last.pt"), overwrite=False)
+    check_run_folder(TrainConfig(out=str(out)), args, remove=False)
+    assert (out / "ddp_check.json").exists()
+    check_run_folder(TrainConfig(out=str(out)), args, remove=True)
+    assert not (out / "ddp_check.json").exists() and (out / "last.pt").exists()
+
+
+def test_ca_rev212_explain_refuses_an_unknown_baseline_model_before_reading_a_checkpoint(tmp_path, capsys, no_work):
+    """``--baseline-model`` naming no ``--checkpoints`` model is refused from the names alone, before any
+    checkpoint is read (here one that is not there: its error would come first otherwise)."""
+    missing = tmp_path / "nothing" / "best.pt"
+    code, _, err = run(["explain", "--checkpoints", f"softmax={missing}", "--baseline-model", "plain", "--out",
+                        str(tmp_path / "o")], capsys)
+    assert_usage_error(code, err, "--baseline-model", "'plain' is not among the --checkpoints names")
+    assert not (tmp_path / "o").exists()
+
+
+def test_ca_rev212_explain_refuses_models_on_other_grids_before_any_work(tmp_path, capsys, no_work):
+    """The pooled protocol pools every model's maps at one set of grids: checkpoints attending on other
+    grids are refused before any work (--pixel-only takes them)."""
+    a = tiny_checkpoint(tmp_path / "a" / "best.pt", attention_blocks=(3, 4))
+    b = tiny_checkpoint(tmp_path / "b" / "best.pt", attention_blocks=(2, 3), method="exact")
+    argv = ["explain", "--checkpoints", f"softmax={a}", f"exact={b}", "--out", str(tmp_path / "o")]
+    code, _, err = run(argv, capsys)
+    assert_usage_error(code, err, "--checkpoints", "pooled protocol needs one set of attention grids")
+
+
+def test_ca_rev212_experiment_quick_starts_from_the_quick_preset(tmp_path):
+    """``experiment --quick`` is the QUICK preset (with the options given over it), not the full setting."""
+    from convex_attention.cli.paper import _subparser, experiment_config_from_args
+    from convex_attention.paper.config import FULL, QUICK
+
+    parser = _subparser("experiment")
+    quick = experiment_config_from_args(parser.parse_args(["--quick"]))
+    assert (quick.train.epochs, quick.grid) == (QUICK.train.epochs, QUICK.grid) and quick != FULL
+    full = experiment_config_from_args(parser.parse_args([]))
+    assert (full.train.epochs, full.grid) == (FULL.train.epochs, FULL.grid)
+
+
+@pytest.mark.parametrize("stage,report", [("dev", "dev.md"), ("test", "experiment.md")])
+def test_ca_rev212_experiment_names_its_stages_report(stage, report, tmp_path, capsys, monkeypatch):
+    """The last info line names the stage's report: OUT/dev/dev.md, or OUT/test/experiment.md."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.cli import paper as paper_cli
+
+    monkeypatch.setattr(paper_cli, "_experiment_preflight", lambda args, config: None)
+    monkeypatch.setattr(experiment, "run_experiment", lambda *args, **kwargs: {"report": "the report"})
+    out = tmp_path / "x"
+    code, printed, err = run(["experiment", "--quick", "--stage", stage, "--no-progress", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert printed.strip().splitlines()[-1] == f"experiment: {os.path.join(str(out), stage, report)}"

@@ -324,3 +324,27 @@ def test_terminated_ends_on_a_context_cycle():
     thread.start()
     thread.join(10)
     assert answers == [False]
+
+
+# ---- ca_rev212 (mutation review of 3edf1f9, cli): tests that kill surviving mutants
+
+def test_ca_rev212_terminated_follows_an_explicit_cause_without_a_context():
+    """``raise X from Terminated()`` outside a handler: Terminated is the __cause__, the __context__ is None."""
+    err = RuntimeError("raised from it")
+    err.__cause__ = Terminated()
+    assert err.__context__ is None and terminated(err)
+
+
+def test_ca_rev212_the_handler_in_another_process_restores_the_default_and_signals_itself(monkeypatch):
+    """A child that kept the handler (forked from a thread: the at-fork reset could not apply) dies of
+    SIGTERM as it would without the handler: no Terminated raised, no command marked as terminated."""
+    calls = []
+    monkeypatch.setattr(os, "kill", lambda pid, sig: calls.append(("kill", pid, sig)))
+    monkeypatch.setattr(signal, "signal", lambda sig, handler: calls.append(("signal", sig, handler)))
+    command = _signals.Command()
+    command.ending = True  # (a handler that took this for the command's process would start no redelivery)
+    monkeypatch.setattr(_signals, "_current", command)
+    monkeypatch.setattr(_signals, "_command_pid", os.getpid() + 1)
+    assert _signals._raise_terminated(signal.SIGTERM, None) is None
+    assert calls == [("signal", signal.SIGTERM, signal.SIG_DFL), ("kill", os.getpid(), signal.SIGTERM)]
+    assert not command.sigterm_arrived
