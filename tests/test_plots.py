@@ -3377,3 +3377,166 @@ def test_ca_rev186_core_benchmark_states_no_negative_interquartile_range(figs):
     footer = " ".join(figs["core:footer"].split())
     assert not re.search(r"-\d+% of its median", footer), footer
     assert "softmax: the median lies outside the quartiles the row records" in footer, footer
+
+
+# ---- ca_rev213 (mutation review of 6b21c6f, comparison figures): tests that kill surviving mutants;
+#      its strict xfail now passes
+
+def _ca_rev213_core_rows(*, exact_failed=False, cvx_failed=True):
+    """exact and two cvxpylayers backends at one shapes; the fast backend's row (and a second
+    exact row) failed where asked."""
+    rows = [core_row("exact", 0.2, shapes="4x4+2x2"),
+            core_row("cvxpylayers", 100.0, shapes="4x4+2x2", backend="slow", batch=2, dtype="float64")]
+    if cvx_failed:
+        rows.append({**core_row("cvxpylayers", 1.0, shapes="4x4+2x2", backend="fast", batch=2, dtype="float64"),
+                     "status": "error", "reason": "MemoryError: out of memory"})
+    if exact_failed:
+        rows.append({**core_row("exact", 0.1, shapes="4x4+2x2", dtype="float64"), "status": "error",
+                     "reason": "MemoryError: out of memory"})
+    return rows
+
+
+def test_ca_rev213_a_ratio_whose_numerator_lost_a_series_is_an_upper_bound_its_inverse_a_lower_one():
+    """A failed cvxpylayers backend might have been the fastest: cvxpylayers/exact can only be
+    smaller than the one drawn (≤), exact/cvxpylayers only larger (≥); never the other way round."""
+    rows = _ca_rev213_core_rows()
+    out = core_ratios(rows, ["cvxpylayers/exact", "exact/cvxpylayers"])
+    assert set(out) == {"cvxpylayers/exact ≤", "exact/cvxpylayers ≥"}, out
+    assert out["cvxpylayers/exact ≤"][0] == pytest.approx((100.0 / 2) / (0.2 / 4))
+
+
+def test_ca_rev213_no_ratio_not_even_a_bound_where_a_series_of_each_side_failed():
+    rows = _ca_rev213_core_rows(exact_failed=True)
+    assert core_ratios(rows, ["cvxpylayers/exact", "exact/cvxpylayers"]) == {}
+    assert core_ratios(_ca_rev213_core_rows(cvx_failed=False), ["cvxpylayers/exact"]) == \
+        {"cvxpylayers/exact": (pytest.approx(1000.0), "")}
+
+
+def test_ca_rev213_a_panel_title_calls_a_ratio_a_bound_only_where_a_series_failed_there():
+    for failed in (True, False):
+        rows = _ca_rev213_core_rows(cvx_failed=failed)
+        panels, _ = speed._core_bars(rows)
+        names, methods = speed._failed_series(rows)
+        title = speed._core_title("4x4+2x2", panels["4x4+2x2"], ["cvxpylayers/exact"], names.get("4x4+2x2", ()),
+                                  failed_methods=methods.get("4x4+2x2", ()))
+        assert ("cvxpylayers/exact ≤ 1e+03" in title) is failed, title
+        assert ("cvxpylayers/exact = 1e+03" in title) is not failed, title
+        assert ("(a bound: a series that failed might have been faster)" in title) is failed, title
+
+
+def test_ca_rev213_core_marks_a_bar_of_fewer_than_three_repetitions_and_not_one_of_exactly_three(figs):
+    rows = [core_row("softmax", 1.0, total_ms_q1=0.95, total_ms_q3=1.05, repeats=3),
+            core_row("exact", 1.5, total_ms_q1=1.45, total_ms_q3=1.55, repeats=2)]
+    plot_core_benchmark(rows, {}, "core.png")
+    ax = figs["core"].axes[0]
+    marks = [c for c in ax.collections if isinstance(c, matplotlib.collections.PathCollection)]
+    assert [list(o) for c in marks for o in c.get_offsets()] == [pytest.approx([1.0, 1e3 * 1.5 / 4])]
+
+
+def test_ca_rev213_speedup_divides_by_the_median_of_a_cells_exact_times_where_a_resume_measured_it_twice(figs):
+    rows = [r for r in cell_rows(backends=("moreau",)) if r["method"] in ("exact", "cvxpylayers")]
+    exact = next(r for r in rows if r["method"] == "exact")
+    rows.append({**exact, "per_sample_ms": 3 * exact["per_sample_ms"]})  # the same cell, timed again
+    cvx = next(r for r in rows if r["method"] == "cvxpylayers")
+    plots.plot_speedup(rows, "s.png", log=pytest.fail)
+    drawn = [y for line in figs["s"].axes[0].lines if line.get_marker() == plot_common.BACKEND_MARKERS[0]
+             for y in line.get_ydata()]
+    assert drawn == [pytest.approx(cvx["per_sample_ms"] / (2 * exact["per_sample_ms"]))]
+
+
+def test_ca_rev213_the_untimed_note_counts_rows_not_series():
+    row = {"method": "exact", "_line": 2}
+    series = plot_common.Series("exact")
+    untimed = [plot_common.Point(row, series, None, {}), plot_common.Point(row, series, None, {}),
+               plot_common.Point(row, plot_common.Series("softmax"), None, {})]
+    note = plot_common.untimed_listing(untimed, "time per sample")
+    assert note.startswith("3 ok row(s) hold no time per sample"), note
+    assert note.endswith("exact (2), softmax"), note
+
+
+def test_ca_rev213_tradeoff_draws_a_series_measured_thrice_in_its_cell_at_the_medians_with_the_widest_range(figs):
+    """A resume can measure a cell's series again: its point is the median time and the median
+    violation of the rows (not their mean, not the best), its bar from the lowest q1 to the highest q3."""
+    rows = [r for r in cell_rows(backends=()) if r["method"] in ("softmax", "exact")]
+    exact = next(r for r in rows if r["method"] == "exact")
+    t0, tb = exact["per_sample_ms"], exact["timed_batch"]
+    for factor, viol in ((2.0, 1e-7), (10.0, 1e-9)):
+        rows.append({**exact, "per_sample_ms": factor * t0, "total_ms": factor * exact["total_ms"],
+                     "total_ms_q1": factor * exact["total_ms_q1"], "total_ms_q3": factor * exact["total_ms_q3"],
+                     "violation_mean": viol})
+    plots.plot_tradeoff(rows, "t.png", log=pytest.fail)
+    ax = figs["t"].axes[0]
+    exact_bar = next(c for c in ax.containers if c.lines[0].get_color() == plot_common.METHOD_COLORS["exact"])
+    assert (exact_bar.lines[0].get_xdata()[0], exact_bar.lines[0].get_ydata()[0]) == \
+        (pytest.approx(2 * t0), pytest.approx(exact["violation_mean"]))
+    (lo, _), (hi, _) = exact_bar.lines[2][0].get_segments()[0]
+    assert (lo, hi) == (pytest.approx(exact["total_ms_q1"] / tb), pytest.approx(10 * exact["total_ms_q3"] / tb))
+
+
+def test_ca_rev213_tradeoff_draws_the_cell_with_the_most_series_and_counts_the_other_cells(figs):
+    rows = cell_rows(size=8, cell=0) + [r for r in cell_rows(size=16, cell=1) if r["method"] in ("softmax", "exact")]
+    rows += [r for r in cell_rows(size=4, cell=2) if r["method"] == "exact"]
+    plots.plot_tradeoff(rows, "t.png", log=pytest.fail)
+    assert figs["t"].axes[0].get_title().startswith("2-D, 2 levels: 8x8+4x4\n")
+    assert "2 other cell(s) (other sizes" in " ".join(figs["t:footer"].split())
+
+
+def test_ca_rev213_violation_draws_a_zero_below_the_cells_dtype_epsilon_even_with_no_rounding_level(figs):
+    """With no grid shapes (no rounding level) and every other violation far above ε, a violation
+    of exactly 0 is still drawn a decade below the dtype's ε, never among the measured values."""
+    rows = [bench_row(m) for m in ("softmax", "exact")]
+    for r, v in zip(rows, (1e-2, 0.0)):
+        r.update(shapes="", violation_mean=v)
+    plots.plot_violation(rows, "v.png", log=pytest.fail)
+    eps = DTYPE_EPS["float32"]
+    floor = [line.get_ydata()[0] for line in figs["v"].axes[0].lines if line.get_linestyle() == ":"]
+    assert floor == [pytest.approx(10.0 ** (np.floor(np.log10(eps)) - 1))]
+
+
+def test_ca_rev213_pareto_per_structure_counts_the_cells_it_does_not_draw_and_names_a_refusal(figs):
+    rows = [r for r in structure_rows() if r.get("structure")]  # two cells of each of two structures
+    plots.plot_pareto_per_structure(rows, "p.png", log=pytest.fail)
+    assert "2 other cell(s) of these structures not drawn" in " ".join(figs["p:footer"].split())
+    for ax in figs["p"].axes[:2]:  # exact's refusal named under each panel
+        assert ax.get_title().endswith("\n(exact: solves forests only)"), ax.get_title()
+
+
+def test_ca_rev213_backward_marks_only_the_point_of_fewer_than_three_repetitions_and_states_their_range(figs):
+    rows = [{**r, "repeats": 3} for r in backward_rows()]
+    rows[0]["repeats"], rows[-1]["repeats"] = 2, ""
+    plots.plot_backward(rows, "b.png", None, pytest.fail)
+    assert dotted_squares(figs["b"].axes[0]) == [(pytest.approx(rows[0]["bwd_per_sample_ms"]),
+                                                  pytest.approx(rows[0]["gradient_error"]))]
+    footer = " ".join(figs["b:footer"].split())
+    assert "median of 2–3 interleaved repetitions (1 point(s) without a recorded number)" in footer, footer
+
+
+def test_ca_rev213_attention_maps_state_each_residuals_l1_norm_on_one_scale_spanning_the_largest(tmp_path, figs):
+    from convex_attention.io.figures import sci
+
+    write_example(str(tmp_path))
+    plots.plot_attention_maps(str(tmp_path / "example.npz"), "maps.png", log=pytest.fail)
+    grid = [ax for ax in figs["maps"].axes if ax.images]
+    residuals = grid[2::3]  # 2 levels + 1 residual per method
+    assert residuals and all(ax.get_xlabel() == rf"$\|\cdot\|_1 = {sci(float(np.abs(ax.images[0].get_array()).sum()))}$"
+                             for ax in residuals)
+    assert np.abs(residuals[0].images[0].get_array()).max() < np.abs(residuals[0].images[0].get_array()).sum()
+    peak = max(float(np.abs(ax.images[0].get_array()).max()) for ax in residuals)  # one symmetric scale for all
+    assert {ax.images[0].get_clim() for ax in residuals} == {(-peak, peak)}
+
+
+def test_ca_rev213_backward_draws_an_exact_gradient_at_most_at_1e_17_however_large_the_other_errors(figs):
+    rows = backward_rows()
+    rows.append({**rows[3], "parameter": 16, "bwd_per_sample_ms": 6.4, "gradient_error": 0.0})
+    plots.plot_backward(rows, "b.png", None, pytest.fail)
+    assert min(figs["b"].axes[0].get_lines()[1].get_ydata()) == pytest.approx(1e-17)
+
+
+def test_ca_rev213_core_footer_states_the_repetition_criterion_whenever_a_bar_records_its_repetitions(figs):
+    rows = [core_row("softmax", 1.0, total_ms_q1=0.95, total_ms_q3=1.05, repeats=2),
+            core_row("exact", 1.5, total_ms_q1=1.45, total_ms_q3=1.55)]  # an older row: repeats not recorded
+    plot_core_benchmark(rows, {}, "core.png")
+    assert dotted_squares(figs["core"].axes[0])  # softmax marked: it rests on 2 repetitions
+    footer = " ".join(figs["core:footer"].split())
+    assert "repetitions are not recorded" not in footer and "or < 3 repetitions" in footer, footer
+    assert "(repetitions not recorded for exact)" in footer, footer  # the bar the criterion could not judge
