@@ -519,3 +519,86 @@ def test_the_randomisation_check_takes_no_more_images_than_are_explained():
     QUICK.override(n_sanity=8, n_explain=8).validate()
     with pytest.raises(ConfigError, match="n_sanity .10. must be at most n_explain .8."):
         QUICK.override(n_sanity=10, n_explain=8).validate()
+
+
+# ---- ca_rev214 (mutation review of 92b6949, settings and configurations): tests that kill surviving mutants;
+#      its strict xfail now passes
+
+def test_ca_rev214_training_defaults_are_the_ones_the_docs_state():
+    """docs/user_guide.md § 4: "the default 10 epochs of 2000 + 500 images"; docs/experiment.md's test
+    stage (no --batch-size given): "8 epochs of Adam (lr 2e-3, batch 32)"."""
+    config = TrainConfig()
+    assert (config.epochs, config.n_train, config.n_val, config.batch_size) == (10, 2000, 500, 32)
+
+
+def test_ca_rev214_cvxpylayers_is_refused_from_368_pixels_as_the_user_guide_says():
+    """docs/user_guide.md § 4: refused where solves take more than an hour per 1000 images: with the default
+    attention blocks above 352, the first size refused being 368."""
+    from convex_attention.paper.config import CVX_REFUSE_S_PER_1000
+
+    assert CVX_REFUSE_S_PER_1000 == 3600.0
+    ModelConfig(method="cvxpylayers", image_size=352).validate()
+    with pytest.raises(ConfigError, match="Use method 'exact'") as err:
+        ModelConfig(method="cvxpylayers", image_size=368).validate()
+    assert err.value.field == "method"
+
+
+def test_ca_rev214_brats_val_fraction_is_at_most_0_9():
+    TrainConfig(data="brats", val_fraction=0.9).validate()
+    for value in (0.95, 1.0):
+        with pytest.raises(ConfigError, match="val_fraction") as err:
+            TrainConfig(data="brats", val_fraction=value).validate()
+        assert err.value.field == "val_fraction"
+
+
+def test_ca_rev214_the_data_seed_is_the_brats_split_so_brats_takes_one():
+    """The data seed is also the BraTS split (GENERATOR_SETTINGS): refused for folder data, taken for brats."""
+    assert TrainConfig(data="brats", data_root="x", data_seed=3).validate().data_seed == 3
+    with pytest.raises(ConfigError, match="data_seed applies to the synthetic data and 'brats' only") as err:
+        TrainConfig(data="folder", data_root="x", data_seed=3).validate()
+    assert err.value.field == "data_seed"
+
+
+def test_ca_rev214_n_dev_and_validity_images_of_exactly_4_are_accepted():
+    """docs/experiment.md: "`--n-dev` and `--validity-images` are at least 4": 4 itself is taken, 3 refused."""
+    QUICK.override(n_dev=4, validity_images=4).validate()
+    for name in ("n_dev", "validity_images"):
+        with pytest.raises(ConfigError, match=f"{name} must be at least 4") as err:
+            QUICK.override(**{name: 3}).validate()
+        assert err.value.field == name
+
+
+def test_ca_rev214_experiment_defaults_are_the_ones_the_docs_state():
+    """docs/experiment.md: the brightest test run, given no --seeds/--n-test/--n-sanity, ran "5 seeds, 500 test
+    images per test set, 32 images per seed in the randomisation check: the full preset's values"; the committed
+    variants: "difficulties 0.3 and 0.6", held-out type `heldout_mottled`; docs/user_guide.md: `experiment
+    --quick` is the dev stage on one seed (check (c') needs 5 development seeds), `--stage test --quick` on two."""
+    config = ExperimentConfig()
+    assert (config.seeds, config.n_test, config.n_sanity) == ((0, 1, 2, 3, 4), 500, 32)
+    assert FULL.seeds == config.seeds and FULL.n_test == 500 and FULL.n_sanity == 32
+    assert config.dev_seeds == (0, 1, 2, 3, 4) and FULL.dev_seeds == config.dev_seeds
+    assert config.difficulties == (0.3, 0.6) and config.held_out_mimic == "mottled"
+    assert QUICK.dev_seeds == (0,) and QUICK.seeds == (0, 1)
+
+
+def test_ca_rev214_at_most_four_difficulties():
+    QUICK.override(difficulties=(0.1, 0.2, 0.3, 0.4)).validate()
+    with pytest.raises(ConfigError, match="difficulties must hold 1 to 4") as err:
+        QUICK.override(difficulties=(0.1, 0.2, 0.3, 0.4, 0.5)).validate()
+    assert err.value.field == "difficulties"
+
+
+def test_ca_rev214_a_data_seed_beyond_numpys_32_bits_is_refused_for_training():
+    TrainConfig(data_seed=2 ** 32 - 1).validate()
+    with pytest.raises(ConfigError, match="data_seed must be an integer from 0 to 4294967295") as err:
+        TrainConfig(data_seed=2 ** 32).validate()
+    assert err.value.field == "data_seed"
+
+
+@pytest.mark.parametrize("model", [[], "", 0, False])
+def test_ca_rev214_a_stored_model_that_is_not_a_dict_is_refused_even_when_empty(model):
+    """TrainConfig.from_dict refuses `"model": [1]` ("must be a dict") but reads `"model": []` (or "", 0, false)
+    as the default model: a damaged checkpoint or config.json silently becomes a default ModelConfig."""
+    with pytest.raises(ConfigError, match="the model configuration must be a dict") as err:
+        TrainConfig.from_dict({"model": model})
+    assert err.value.field == "model"

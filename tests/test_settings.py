@@ -558,3 +558,35 @@ def test_ca_rev199_an_integer_word_beyond_pythons_digit_limit_is_refused_as_the_
     use sys.set_int_max_str_digits()": the word passes _INT_WORD and int() now raises outside any try."""
     with pytest.raises(ValueError, match=r"^must be an integer >= 1, got '9"):
         Int(low=1).parse("9" * 5000)
+
+
+# ---- ca_rev214 (mutation review of 92b6949, settings and configurations): tests that kill surviving mutants
+
+def test_ca_rev214_a_dict_default_is_a_fresh_copy_in_every_configuration():
+    """setting({}, ...) copies the dict per instance: one configuration's solver options never leak into another's."""
+    first, second = _Options(), _Options()
+    assert first.options == {} and first.options is not second.options
+    first.options["tol"] = 1e-3
+    assert _Options().options == {} and second.options == {}
+
+
+@dataclass
+class _Maybe:
+    mimic: str | None = setting("a", Choice(("a", "b"), optional=True), "an optional choice")
+
+
+def test_ca_rev214_an_optional_choice_given_as_none_on_the_command_line_is_given():
+    """`--mimic none` sets the setting to None: given, not taken for "left at its default"."""
+    parser = argparse.ArgumentParser()
+    add_options(parser, _Maybe)
+    assert given_settings(parser.parse_args(["--mimic", "none"]), _Maybe) == {"mimic": None}
+    assert given_settings(parser.parse_args([]), _Maybe) == {}
+
+
+def test_ca_rev214_check_listed_once_refuses_a_single_value_listed_twice():
+    S.check_listed_once("--sets", ["a", "b"], "set")
+    S.check_listed_once("--sets", None, "set")
+    with pytest.raises(ValueError, match=r"^--sets lists a more than once; name each set once$"):
+        S.check_listed_once("--sets", ["a", "b", "a"], "set")
+    with pytest.raises(ValueError, match=r"^--sets lists a, b more than once"):
+        S.check_listed_once("--sets", ["a", "b", "a", "b", "a"], "set")

@@ -1568,3 +1568,39 @@ def test_ca_rev208_a_reference_row_solves_the_timed_batch_it_reports(tmp_path, m
     (row,) = sweep.run_sweep(_cvx_config(diffcp_batch=2), str(tmp_path), progress=False, log=lambda m: None)
     assert row["status"] == "ok" and row["reason"].startswith("timed on 2 of 4 samples") and row["timed_batch"] == 2
     assert [(batch, [s[0] for s in shapes]) for batch, shapes in built] == [(2, [2, 2])]
+
+
+# ---- ca_rev214 (mutation review of 92b6949, settings and configurations): tests that kill surviving mutants
+
+def test_ca_rev214_sweep_defaults_are_the_ones_the_docs_state():
+    """docs/benchmarks.md: "the size cap (`--cvx-max-cells 6000`)", "`--threads 1` is now the default",
+    "`--cvx-batch` samples, default 16", "`--diffcp-batch` samples, default 2", "`--quick` keeps diffcp at 1
+    sample"; docs/results_format.md: "`cvx_repeats`, 2 (1 under `--quick`)"."""
+    from convex_attention.bench.config import quick_sweep
+
+    config = SweepConfig()
+    assert (config.cvx_max_cells, config.threads, config.cvx_batch, config.diffcp_batch, config.cvx_repeats) == (
+        6000, 1, 16, 2, 2)
+    quick = quick_sweep()
+    assert (quick.diffcp_batch, quick.cvx_repeats, quick.cvx_batch) == (1, 1, 16)
+
+
+def test_ca_rev214_a_study_scripts_seed_defaults_to_the_7_its_help_states():
+    import argparse
+
+    from convex_attention.bench.config import add_study_arguments
+
+    parser = argparse.ArgumentParser()
+    add_study_arguments(parser, ["study.csv"], draws=3)
+    args = parser.parse_args(["--out", "x"])
+    seed_help = next(a.help for a in parser._actions if a.dest == "seed")
+    assert "(default 7)" in seed_help and args.seed == 7
+    assert args.size == 16 and "default 16" in next(a.help for a in parser._actions if a.dest == "size")
+    assert args.draws == 3 and args.overwrite is False
+
+
+def test_ca_rev214_a_temperature_is_checked_at_every_swept_number_of_levels():
+    """float32 takes temperatures summing to at most sqrt(max) ~ 1.8e19: 7e18 at 2 levels passes, at 3 does not."""
+    check_sweep(SweepConfig(sizes=(8,), levels=(2,), temperatures=(7e18,)))
+    with pytest.raises(ValueError, match="--temperature 7e\\+18 with 3 levels in float32"):
+        check_sweep(SweepConfig(sizes=(8,), levels=(2, 3), temperatures=(7e18,)))

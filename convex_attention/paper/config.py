@@ -491,7 +491,8 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError("train_config", f"a training configuration must be a dict, got {type(data).__name__}")
         data = dict(data)
-        model = data.pop("model", None) or {}
+        model = data.pop("model", None)
+        model = {} if model is None else model  # (an empty list or 0 had read as the default model: ca_rev214)
         if not isinstance(model, dict):
             raise ConfigError("model", f"the model configuration must be a dict, got {type(model).__name__}")
         data = {_ALIASES.get(k, k): v for k, v in data.items()}
