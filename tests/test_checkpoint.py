@@ -742,3 +742,36 @@ def test_ca_rev209_an_optimiser_state_keyed_by_text_is_refused_with_a_value_erro
     model = AttentionUNet(method="exact", norm="group", **SMALL)
     with pytest.raises(ValueError, match="does not fit the model's parameters \\(a state of parameter '0'"):
         load_checkpoint(str(tmp_path / "bad.pt"), model, torch.optim.Adam(model.parameters()))
+
+
+# ---- ca_rev215 (mutation review of 38d417d, reports, sanity, data and models): tests that kill surviving mutants
+
+
+def test_ca_rev215_a_best_epoch_after_the_checkpoints_epoch_is_refused(tmp_path):
+    """best_epoch must be an epoch from 0 to the checkpoint's epoch: 3 at epoch 2 is no epoch
+    it ran (mutant: the upper bound ``best <= epoch`` dropped)."""
+    good = _ca_rev209_trained(tmp_path)
+    torch.save({**good, "best_epoch": 3}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="damaged convex-attention checkpoint: best_epoch 3 is not an epoch from 0 "
+                                         "to 2"):
+        read_checkpoint(str(tmp_path / "bad.pt"))
+    torch.save({**good, "best_epoch": 2}, tmp_path / "last.pt")
+    assert read_checkpoint(str(tmp_path / "last.pt"))["best_epoch"] == 2  # the last epoch itself is one
+
+
+def test_ca_rev215_an_optimiser_state_listing_fewer_parameters_than_the_model_is_refused_before_resuming(tmp_path):
+    """``check_optimizer_fits`` (what ``--resume`` runs before building its optimiser) refuses
+    param_groups that list one parameter fewer than the model has, though every state it
+    holds fits (mutant: the count check dropped)."""
+    from convex_attention.paper.models import check_optimizer_fits
+
+    good = _ca_rev209_trained(tmp_path)
+    model = AttentionUNet(method="exact", norm="group", **SMALL)
+    n = len(list(model.parameters()))
+    groups = [dict(g) for g in good["optimizer"]["param_groups"]]
+    assert sorted(p for g in groups for p in g["params"]) == list(range(n))  # oracle: the good one lists all
+    check_optimizer_fits("m.pt", good, model)
+    groups[-1]["params"] = groups[-1]["params"][:-1]
+    bad = {**good, "optimizer": {"state": good["optimizer"]["state"], "param_groups": groups}}
+    with pytest.raises(ValueError, match=f"it lists {n - 1} parameters, the model has {n}"):
+        check_optimizer_fits("m.pt", bad, model)

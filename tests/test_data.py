@@ -2310,3 +2310,36 @@ def test_ca_rev212_data_check_removes_the_temporary_a_killed_check_left(tmp_path
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["data_check.json", "notes.txt.4242-0.tmp"]
     assert "data check: removed data_check.json.4242-0.tmp" in err
+
+
+# ---- ca_rev215 (mutation review of 38d417d, reports, sanity, data and models): tests that kill surviving mutants
+
+
+def test_ca_rev215_under_the_brightest_rule_the_label_is_whether_the_lesion_is_the_brightest_structure():
+    """The label follows the rule from the drawn amplitudes, and a lesion alone (mimic_rate 0,
+    drawn as a normal image) is the brightest: label 1 with its mask (the slow edge-case test's
+    check, fast at 32x32; mutant: the drawn label kept)."""
+    from convex_attention.paper.data.synthetic import render_rim_image
+
+    for i in range(3):
+        r = render_rim_image(1, i, image_size=32, mimic_rate=0.0, lesion_fraction=0.0, details=True,
+                             label_rule="brightest")
+        assert r["kinds"] == ["lesion"] and r["label"] == 1 and torch.equal(r["mask"], r["structure"] == 0)
+    for i in range(8):
+        r = render_rim_image(2, i, image_size=32, mimic_rate=2.0, details=True, label_rule="brightest")
+        brightest = max(range(len(r["kinds"])), key=r["amplitudes"].__getitem__)
+        assert r["label"] == int(r["kinds"][brightest] == "lesion"), (i, r["kinds"], r["amplitudes"])
+        assert bool(r["mask"].any()) == bool(r["label"])
+
+
+@pytest.mark.parametrize("kind", ["synthetic", "rim"])
+def test_ca_rev215_a_synthetic_dataset_has_no_image_past_its_last(kind):
+    """``ds[n]`` raises IndexError, so iterating a dataset of ``n`` images yields ``n`` of them
+    (the sequence protocol stops at IndexError; mutant: ``index <= self.n`` in SyntheticLesions)."""
+    from convex_attention.paper.data.synthetic import SyntheticLesions, SyntheticRimLesions
+
+    ds = SyntheticLesions(3, image_size=16, seed=0) if kind == "synthetic" else SyntheticRimLesions(3, 32, seed=0)
+    for index in (3, 4, -1):
+        with pytest.raises(IndexError):
+            ds[index]
+    assert len(list(ds)) == 3

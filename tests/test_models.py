@@ -499,3 +499,77 @@ def test_ca_rev145_the_seed_a_refused_sweep_is_told_to_use_is_accepted(tmp_path)
     suggested = int(re.search(r"use --seed (\d+)$", str(err.value)).group(1))
     assert suggested != refused, str(err.value)
     check_model_sweep(path, [8], [2], [2], 2, seed=suggested)
+
+
+# ---- ca_rev215 (mutation review of 38d417d, reports, sanity, data and models): tests that kill surviving mutants
+
+
+def test_ca_rev215_model_scores_refuse_an_infinite_score_not_only_a_nan(tmp_path, monkeypatch):
+    """One +Inf among a level's scores (no NaN anywhere) is refused like a NaN (mutant: only
+    ``isnan`` tested)."""
+    import types
+
+    import convex_attention.paper.model_scores as model_scores_module
+    from convex_attention.paper.models import NonFiniteOutput, load_model
+
+    torch.manual_seed(0)
+    path = save_checkpoint(str(tmp_path / "m.pt"), AttentionUNet(method="softmax", **SMALL))
+
+    class Overflowing:
+        def __init__(self, model):
+            self.model, self.config = model, model.config
+
+        def eval(self):
+            return self
+
+        def __call__(self, images):
+            scores = [s.clone() for s in self.model(images).scores]
+            scores[1][0, 0, 0] = float("inf")
+            return types.SimpleNamespace(scores=scores)
+
+    def overflowing_model(checkpoint, map_location="cpu"):
+        model, state = load_model(checkpoint, map_location)
+        return Overflowing(model), state
+
+    monkeypatch.setattr(model_scores_module, "load_model", overflowing_model)
+    with pytest.raises(NonFiniteOutput, match=r"level\(s\) \[1\]"):
+        model_scores_module.model_scores(ca.Hierarchy.grid([(8, 8), (4, 4)]), 2, seed=0, checkpoint=path)
+
+
+def test_ca_rev215_the_learned_temperature_is_bounded_by_e_to_the_seven_either_way():
+    """``temperatures()`` is ``τ_k · e^s`` with ``s`` clamped to ±7 (mutant: the clamp dropped)."""
+    import math
+
+    torch.manual_seed(0)
+    model = AttentionUNet(method="softmax", learn_temperature=True, **SMALL)
+    base = model.temperatures().detach().double()
+    for s, bound in ((50.0, 7.0), (-50.0, -7.0), (2.0, 2.0)):
+        with torch.no_grad():
+            model.log_temperature.fill_(s)
+        torch.testing.assert_close(model.temperatures().detach().double(), base * math.exp(bound), rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("level", [-1, 2])
+def test_ca_rev215_a_level_the_model_has_not_is_refused_the_input_code_minus_one_too(level):
+    """``attention_layer(-1)`` (the experiment's code for the input) is no level: ValueError,
+    not the last level's block by Python's negative indexing (mutant: ``0 <=`` dropped)."""
+    from convex_attention.paper.models.unet import attention_block
+
+    model = AttentionUNet(method="softmax", **SMALL)
+    with pytest.raises(ValueError, match="level must be an attention level of the model"):
+        attention_block(model.config, level)
+    with pytest.raises(ValueError, match="level must be an attention level of the model"):
+        model.attention_layer(level)
+
+
+def test_ca_rev215_each_block_sees_the_two_by_two_max_pooled_output_of_the_block_before():
+    """The encoder max-pools 2x2 between blocks (the paper's encoder; oracle: torch's
+    ``max_pool2d`` on the block outputs; mutant: average pooling)."""
+    torch.manual_seed(0)
+    model = AttentionUNet(method="softmax", **SMALL).eval()
+    images = torch.randn(2, 4, 32, 32)
+    with torch.no_grad():
+        feats = model.features(images)
+        for k in range(2, max(feats) + 1):
+            expected = model.blocks[k - 1](torch.nn.functional.max_pool2d(feats[k - 1], 2))
+            torch.testing.assert_close(feats[k], expected, rtol=0, atol=0)

@@ -895,3 +895,42 @@ def test_ca_rev196_a_hand_edited_run_log_record_never_crashes_the_report_after_t
     # run_test: runs_in_folder is log_test_run's every record, this run last; the ledger knows only this run
     line = history_line({"runs_in_folder": [*runs, this], "benchmark_runs": [this]}, "synthetic")
     assert "test run 2" in line, line
+
+
+# ---- ca_rev215 (mutation review of 38d417d, reports, sanity, data and models): tests that kill surviving mutants
+
+
+@pytest.mark.parametrize("attention,uniform,said", [(0.90, 0.70, "uniform_attention passed"),
+                                                    (0.70, 0.75, "uniform_attention FAILED"),
+                                                    (None, None, "uniform_attention did not run")])
+def test_ca_rev215_the_accepted_verdict_line_names_only_the_reported_only_check_with_its_status(attention, uniform,
+                                                                                               said):
+    """The accepted line lists (c) (validity.REPORTED_ONLY) as passed, FAILED or did not run, as
+    its record says, and none of the deciding checks in that list (mutants: 'passed'/'ran'
+    swapped, ``not in REPORTED_ONLY``)."""
+    from convex_attention.paper.protocol import Variant, Variants, benchmark_record
+    from convex_attention.paper.reports import verdict_line
+    from convex_attention.paper.validity import CheckResult, check_maps_drive_ranking
+
+    checks = [CheckResult("location_free", "t", "b", 0.5, 0.6), CheckResult("pixel_map", "t", "a", 0.2, 0.3),
+              check_maps_drive_ranking([0.1] * 5), check_uniform_attention(attention, uniform)]
+    record = benchmark_record(checks, Variant(), 0.3, ("softmax",), (0, 1, 2, 3, 4),
+                              {"image_size": 64, "width": 8, "epochs": 4, "n_train": 512})
+    assert record["accepted"]
+    line = verdict_line(Variants(benchmark=record))
+    assert f"(reported only, not deciding: {said})." in line, line
+    assert "location_free" not in line and "pixel_map" not in line and "maps_drive_ranking" not in line
+
+
+@pytest.mark.parametrize("counts, said", [
+    ([(0, 4)], "no row has candidates on both sides (no compared model), so no best is set against the other"),
+    ([(0, 4), (3, 3)], "both sides pick from as many maps, so the selection flatters both alike"),
+])
+def test_ca_rev215_a_row_with_candidates_on_one_side_only_does_not_decide_which_side_is_favoured(counts, said):
+    """A row with post-hoc candidates but no attention candidate (no compared model) selects
+    nothing against the other side (mutant: ``a > 0 or p > 0``)."""
+    from convex_attention.paper.reports import _selection_sentence
+
+    text = _selection_sentence([{"candidates": {"attention": a, "posthoc": p}} for a, p in counts])
+    assert said in text, text
+    assert "the post-hoc side picks" not in text

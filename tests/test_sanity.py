@@ -482,3 +482,42 @@ def test_ca_rev69_balanced_accuracy_of_nan_probabilities_is_not_a_number():
     except ValueError:
         return  # refusing them is a fix too
     assert math.isnan(bacc), bacc  # it gives 0.5: every NaN predicted as class 0
+
+
+# ---- ca_rev215 (mutation review of 38d417d, reports, sanity, data and models): tests that kill surviving mutants
+
+
+@pytest.mark.parametrize("threshold_log_odds", [None, math.nan, math.inf])
+def test_ca_rev215_a_threshold_on_log_odds_that_is_no_number_falls_back_to_the_probability_threshold(
+        threshold_log_odds):
+    """``classification`` reads ``threshold`` on p(class 1) where the log-odds threshold is
+    missing or not finite (older checkpoints), not a NaN balanced accuracy (mutant: the
+    ``isfinite`` test dropped).  By hand: p1 = sigmoid(2, -1, 1, -2) = .88, .27, .73, .12;
+    at 0.8 only the first image is predicted 1: recalls 1/2 (class 1) and 2/2 (class 0)."""
+    from convex_attention.paper.sanity import classification
+
+    logits = torch.tensor([[0.0, 2.0], [1.0, 0.0], [0.0, 1.0], [2.0, 0.0]])
+    out = classification(logits, torch.tensor([1, 0, 1, 0]), 0.8, threshold_log_odds)
+    assert out["bacc"] == pytest.approx(0.75)
+    assert out["bacc_argmax"] == pytest.approx(1.0) and out["auc"] == pytest.approx(1.0)
+
+
+def test_ca_rev215_the_cascade_reinitialises_the_batchnorm_statistics_of_a_trained_model():
+    """BatchNorm's running statistics are re-initialised with their stage (module docstring);
+    an untrained model's are already the fresh ones (0 and 1), so the model's are set apart
+    first (mutant: running statistics kept from the trained model)."""
+    from convex_attention.paper.sanity import cascading_copies, randomised_copy
+
+    model = _tiny("softmax")
+    running = [k for k in model.state_dict() if k.endswith(("running_mean", "running_var"))]
+    assert running  # the paper's norm is BatchNorm
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith(("running_mean", "running_var")):
+                buffer.fill_(7.0)
+    fresh = randomised_copy(model, seed=1).state_dict()
+    *_, (stage, last) = cascading_copies(model, seed=1)
+    state = last.state_dict()
+    for key in running:
+        assert torch.equal(state[key], fresh[key]) and not torch.equal(state[key], torch.full_like(state[key], 7.0)), \
+            (stage, key)
