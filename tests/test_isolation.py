@@ -922,3 +922,19 @@ def _state(pid: int) -> str:
     """The state letter of process ``pid`` (``Z``: ended, not reaped); FileNotFoundError once it is gone."""
     with open(f"/proc/{pid}/stat") as f:
         return f.read().rsplit(")", 1)[1].split()[0]
+
+
+# ---- ca_rev217 (hostile review of 1ff9b14; its strict xfails now pass)
+
+
+def test_ca_rev217_returned_duals_reads_a_real_tensor_with_the_negative_bit():
+    """Run: a solver that forms its duals as the imaginary part of a conjugated complex tensor
+    (``z.conj().imag``: a real float64 tensor of the right shape, a lazy negation view) returns them.
+    Expected: read as any real floating tensor (the values, negated), so a correct solver passes.
+    Observed: RuntimeError "Can't call numpy() on Tensor that has negative bit set": the instance
+    fails as "returned a value that raised RuntimeError ... when read"."""
+    values = torch.arange(8, dtype=torch.float64).reshape(2, 2, 2)
+    duals = torch.complex(torch.zeros_like(values), values).conj().imag
+    assert duals.dtype == torch.float64 and duals.is_neg()
+    got = returned_duals([duals], H, 2)
+    np.testing.assert_array_equal(got[0], -values.numpy())

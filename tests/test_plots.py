@@ -3540,3 +3540,39 @@ def test_ca_rev213_core_footer_states_the_repetition_criterion_whenever_a_bar_re
     footer = " ".join(figs["core:footer"].split())
     assert "repetitions are not recorded" not in footer and "or < 3 repetitions" in footer, footer
     assert "(repetitions not recorded for exact)" in footer, footer  # the bar the criterion could not judge
+
+
+# ---- ca_rev217 (hostile review of 1ff9b14; its strict xfails now pass)
+
+
+def test_ca_rev217_core_footer_says_repetitions_are_not_recorded_when_no_bar_of_two_panels_records_them(figs):
+    """Run: plot_core_benchmark with softmax and exact at two problem sizes (two panels), no row
+    recording ``repeats``.
+    Expected: the footer says "(repetitions are not recorded)" and states no "< 3 repetitions"
+    criterion (no bar could be judged by it), as with the same rows in one panel.
+    Observed: "low confidence: IQR > 50% of the median or < 3 repetitions (repetitions not recorded
+    for exact, softmax)": ``counted`` compares the number of distinct labels (2) with the number
+    of bars (4)."""
+    rows = [core_row(m, t, shapes=s, total_ms_q1=0.95 * t, total_ms_q3=1.05 * t)
+            for s in ("8x8+4x4", "16x16+8x8") for m, t in (("softmax", 1.0), ("exact", 1.5))]
+    plot_core_benchmark(rows, {}, "core.png")
+    footer = " ".join(figs["core:footer"].split())
+    assert "(repetitions are not recorded)" in footer and "< 3 repetitions" not in footer, footer
+
+
+def test_ca_rev217_convergence_says_which_settings_share_a_marker_past_eight(figs):
+    """Run: plot_convergence with nine cells, each at its own temperature (nine settings).
+    Expected: a setting drawn with an earlier one's marker says so in its legend entry, as the
+    line styles of setting_styles do ("(style of 1)").
+    Observed: temperatures 0.1 and 0.9 are both drawn with the "." marker, the legend lists
+    "temperature 0.1" and "temperature 0.9" beside the same symbol: the reader cannot tell which
+    line is which."""
+    rows = [{"cell": c, "dims": 2, "size": 8, "levels": 2, "temperature": round(0.1 * (c + 1), 1), "iteration": i,
+             "violation_max": 10.0 ** -i, "dual_gap_max": 10.0 ** -i} for c in range(9) for i in range(3)]
+    plots.plot_convergence(rows, "c.png", log=pytest.fail)
+    legend = figs["c"].legends[0]
+    entries = [(h.get_marker(), t.get_text()) for h, t in zip(legend.legend_handles, legend.get_texts())
+               if t.get_text().startswith("temperature")]
+    assert len(entries) == 9, entries
+    reused = [label for j, (m, label) in enumerate(entries) if m in [n for n, _ in entries[:j]]]
+    assert reused and all("marker of" in label for label in reused), entries  # 9 settings, 8 markers

@@ -163,7 +163,8 @@ def returned_duals(raw, h: Graph, batch: int) -> list[np.ndarray]:
             raise ValueError(f"duals[{e}] has dtype {d.dtype}; duals must be real floating tensors")
         if tuple(d.shape) != shape:
             raise ValueError(f"duals[{e}] has shape {tuple(d.shape)}, expected {shape}")
-        out.append(d.detach().to(device="cpu", dtype=torch.float64).numpy().copy())
+        # resolve_neg: a real tensor may carry torch's lazy negation (z.conj().imag), which numpy() refuses (ca_rev217)
+        out.append(d.detach().to(device="cpu", dtype=torch.float64).resolve_neg().numpy().copy())
     return out
 
 

@@ -300,9 +300,12 @@ def plot_convergence(conv_rows, path, env=None, log: Log | None = None, notes=()
     colors = {sz: cmap(0.85 * i / max(len(sizes) - 1, 1)) for i, sz in enumerate(sizes)}
     dashes = {L: ("-", "--", ":", "-.")[i % 4] for i, L in enumerate(level_counts)}
     settings = sorted({p[7] for p in pts}, key=lambda t: tuple((_float_or_inf(v), v) for v in t))
-    markers = {t: (".", "o", "s", "^", "D", "v", "P", "X")[i % 8] if len(settings) > 1 else "."
-               for i, t in enumerate(settings)}
+    symbols = (".", "o", "s", "^", "D", "v", "P", "X")
+    markers = {t: symbols[i % len(symbols)] if len(settings) > 1 else "." for i, t in enumerate(settings)}
     labels = setting_labels(settings, (*SETTING_FIELDS, "device"))
+    # past the symbols a marker repeats: the legend says whose it shares (ca_rev217), as setting_styles does
+    labels = {t: labels[t] + (f" (marker of {labels[settings[i % len(symbols)]]})" if i >= len(symbols) else "")
+              for i, t in enumerate(settings)}
     with plt.rc_context(STYLE):
         fig, axes = plt.subplots(1, 2, figsize=(FULL_WIDTH, 2.8), layout="constrained")
         for cell in sorted({p[0] for p in pts}):

@@ -385,9 +385,9 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
         spreads = [v for bars in panels.values() for v in map(_core_spread, bars) if v is not None]
         # the repetition criterion is stated wherever a bar records its repetitions (it marks those
         # bars); the bars without a count are named (the footer had said "not recorded" for all: ca_rev213)
-        uncounted = sorted({b.label.replace(chr(10), " ") for bars in panels.values() for b in bars
-                            if b.repeats is None})
-        counted = len(uncounted) < sum(map(len, panels.values()))
+        every_bar = [b for bars in panels.values() for b in bars]
+        uncounted = sorted({b.label.replace(chr(10), " ") for b in every_bar if b.repeats is None})
+        counted = any(b.repeats is not None for b in every_bar)  # (bars, not names: a name recurs per panel)
         criterion = (f" or < {MIN_CONFIDENT_REPEATS} repetitions" if counted else "") + (
             "" if not uncounted else f" (repetitions not recorded for {', '.join(uncounted)})" if counted
             else " (repetitions are not recorded)")
