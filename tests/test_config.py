@@ -595,10 +595,20 @@ def test_ca_rev214_a_data_seed_beyond_numpys_32_bits_is_refused_for_training():
     assert err.value.field == "data_seed"
 
 
-@pytest.mark.parametrize("model", [[], "", 0, False])
+@pytest.mark.parametrize("model", [[], "", 0, False, None])
 def test_ca_rev214_a_stored_model_that_is_not_a_dict_is_refused_even_when_empty(model):
     """TrainConfig.from_dict refuses `"model": [1]` ("must be a dict") but reads `"model": []` (or "", 0, false)
     as the default model: a damaged checkpoint or config.json silently becomes a default ModelConfig."""
     with pytest.raises(ConfigError, match="the model configuration must be a dict") as err:
         TrainConfig.from_dict({"model": model})
     assert err.value.field == "model"
+
+
+def test_a_model_field_given_twice_with_two_values_is_refused_and_alike_is_read():
+    """A stored training configuration may name a model field flat (older files) or under
+    "model"; where both name it with two values the flat one had silently won (ca_rev217)."""
+    with pytest.raises(ConfigError, match=r"width is given twice, as 16 and as model.width = 8") as err:
+        TrainConfig.from_dict({"model": {"width": 8}, "width": 16})
+    assert err.value.field == "width"
+    assert TrainConfig.from_dict({"model": {"width": 8}, "width": 8}).model.width == 8
+    assert TrainConfig.from_dict({"width": 16}).model.width == 16  # a flat file, as before

@@ -491,12 +491,17 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError("train_config", f"a training configuration must be a dict, got {type(data).__name__}")
         data = dict(data)
-        model = data.pop("model", None)
-        model = {} if model is None else model  # (an empty list or 0 had read as the default model: ca_rev214)
+        # a flat file has no "model"; a stored one that is not a dict (null, [], 0) is refused, never read as
+        # the default model (ca_rev214, ca_rev217)
+        model = data.pop("model") if "model" in data else {}
         if not isinstance(model, dict):
             raise ConfigError("model", f"the model configuration must be a dict, got {type(model).__name__}")
         data = {_ALIASES.get(k, k): v for k, v in data.items()}
-        model = {**model, **{k: data.pop(k) for k in list(data) if k in declared(ModelConfig)}}
+        flat = {k: data.pop(k) for k in list(data) if k in declared(ModelConfig)}
+        for k in sorted(set(flat) & set(model)):
+            if flat[k] != model[k]:  # (the flat value had silently won: ca_rev217)
+                raise ConfigError(k, f"{k} is given twice, as {flat[k]!r} and as model.{k} = {model[k]!r}")
+        model = {**model, **flat}
         config = cls(model=ModelConfig.from_dict(model), **from_plain(cls, data, "training configuration"))
         if config.data in SYNTHETIC_SOURCES and config.data_root is not None:
             # an older run could record a data root its synthetic source ignored (refused now):
