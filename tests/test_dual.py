@@ -2215,16 +2215,20 @@ def test_rev40_disconnected_float32_strict_solve_meeting_the_whole_gap_does_not_
     assert bool(sol.info["converged"].all())
 
 
+@pytest.mark.slow  # forty float32 solves (~1.2 s)
 @pytest.mark.xfail(strict=True, reason="the maps as returned are rounded to float32: axial, ordinary N(0,3²) scores "
                    "and τ in [0.1, 10], converged is kept at a gap of 1.1e-8 at the duals returned (float64), while "
                    "the gap at the returned maps, their rounding included, is 1.14e-7 > gap_tol 1e-7: a gap_tol at "
                    "float32's unit roundoff that float32 maps cannot carry (documented in design.md)")
 def test_rev40_float32_converged_solution_meets_gap_tol_on_ordinary_scores():
-    h = make_graph("axial", 2)
-    g = torch.Generator().manual_seed(2)
-    scores = [3 * torch.randn((4,) + s, generator=g, dtype=torch.float64)[:1] for s in h.shapes]
-    temps = (10 ** (2 * torch.rand(h.num_maps, generator=g, dtype=torch.float64) - 1)).tolist()
-    _assert_float32_converged_only_within_gap_tol(h, scores, temps, tol=1e-5, gap_tol=1e-7)
+    """Which draws show it depends on the CPU's rounding (seed 2 of 40 on an Intel Xeon, 1.14e-7;
+    seed 29 on an AMD EPYC, 1.45e-7, where seed 2 meets gap_tol): every draw of forty must."""
+    for seed in range(40):
+        h = make_graph("axial", seed)
+        g = torch.Generator().manual_seed(seed)
+        scores = [3 * torch.randn((4,) + s, generator=g, dtype=torch.float64)[:1] for s in h.shapes]
+        temps = (10 ** (2 * torch.rand(h.num_maps, generator=g, dtype=torch.float64) - 1)).tolist()
+        _assert_float32_converged_only_within_gap_tol(h, scores, temps, tol=1e-5, gap_tol=1e-7)
 
 
 def test_float32_work_judges_its_gap_in_float64_at_the_duals_returned():
