@@ -62,3 +62,14 @@ def test_the_spread_is_the_distance_to_the_difference_at_twice_the_step_from_six
     # the solver's own error in the loss (here 1e-12 at one point) shows in the spread: 8e-12 / 12h
     noisy = five_point_with_spread(lambda t: math.sin(1.0 + t) + (1e-12 if t == 1e-3 else 0.0), 1e-3)
     assert noisy[1] == pytest.approx(8e-12 / 12e-3, rel=1e-3)
+
+
+# ---- ca_rev216 (mutation review of 7358deb, benchmark scripts): tests that kill surviving mutants
+
+def test_ca_rev216_the_spread_is_a_distance_where_the_coarse_difference_is_the_larger():
+    """For -t⁵ at step 1/2 (dyadic, no rounding) the fine difference is 4h⁴ = 0.25 and the coarse one
+    (step 1) is 4: the spread is |0.25 - 4| = 3.75, never the signed -3.75."""
+    from convex_attention.bench.differences import five_point_with_spread
+
+    fine, spread = five_point_with_spread(lambda t: -(t**5), 0.5)
+    assert fine == 0.25 and spread == 3.75

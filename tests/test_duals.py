@@ -75,3 +75,47 @@ def test_ca_rev56_a_constant_per_edge_on_the_duals_moves_no_p_of_lambda_in_float
         loss = float(ca.consistency_loss([t.float() for t in theta], [passed], h, tau))
         assert err <= 1e-5, (c, err)
         assert abs(loss - ref_loss) <= 1e-5 * max(1.0, ref_loss), (c, loss, ref_loss)
+
+
+# ---- ca_rev216 (mutation review of 7358deb, benchmark scripts): tests that kill surviving mutants
+
+def _ca_rev216_problem():
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(1)
+    return h, [torch.randn((6,) + s, generator=g, dtype=torch.float64) for s in h.shapes], [1.0, 0.5]
+
+
+def test_ca_rev216_fitted_shared_duals_are_detached_and_fitted_at_the_documented_rate():
+    """The λ returned carry no graph of the fit (a learned_dual row's time would include its backward), and
+    the default rate is 0.05: one Adam step moves each λ entry by 0.05."""
+    h, train, temps = _ca_rev216_problem()
+    lam = fit_shared_duals(h, train, temps, steps=1, dtype=torch.float64)
+    assert all(not d.requires_grad and d.grad_fn is None for d in lam)
+    assert torch.equal(lam[0], fit_shared_duals(h, train, temps, steps=1, dtype=torch.float64, lr=0.05)[0])
+    assert torch.allclose(lam[0].abs(), torch.full_like(lam[0], 0.05))
+
+
+def test_ca_rev216_the_amortiser_is_drawn_from_its_seed_trained_for_its_steps_and_left_in_eval_mode(monkeypatch):
+    """fit_amortiser: the same seed gives the same network, another seed another; the global generator is not
+    advanced; steps > 0 trains it (steps = 0 does not); the module comes back in eval mode."""
+    from convex_attention.bench.duals import fit_amortiser
+
+    h, train, temps = _ca_rev216_problem()
+
+    def params(module):
+        return torch.cat([p.detach().flatten() for p in module.parameters()])
+
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = fit_amortiser(h, train, temps, steps=0, dtype=torch.float64, seed=3)
+    assert torch.equal(torch.rand(3), expected)  # the global generator untouched
+    assert not first.training
+    assert torch.equal(params(first), params(fit_amortiser(h, train, temps, steps=0, dtype=torch.float64, seed=3)))
+    assert not torch.equal(params(first), params(fit_amortiser(h, train, temps, steps=0, dtype=torch.float64, seed=4)))
+    from convex_attention.bench import duals
+
+    fits = []
+    monkeypatch.setattr(duals.nn, "fit_amortised_duals", lambda module, train, steps: fits.append(steps))
+    trained = fit_amortiser(h, train, temps, steps=2, dtype=torch.float64, seed=3)
+    assert fits == [2] and not trained.training

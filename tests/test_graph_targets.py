@@ -2014,3 +2014,421 @@ def test_ca_rev201_the_given_maps_time_per_sample_is_forward_plus_backward(monke
     config = GraphBenchmark(parts=("linsat",), size=16, linsat_iters=(2,), linsat_batch=2, linsat_repeats=1)
     rows = gt._linsat(config, baseline, log=lambda m: None)
     assert rows and all(r["total_ms"] == 4.0 and r["per_sample_ms"] == 2.0 for r in rows), rows
+
+
+# ---- ca_rev216 (mutation review of 7358deb, benchmark scripts): tests that kill surviving mutants
+
+def _ca_rev216_exit(script, argv) -> int:
+    try:
+        return script.main(argv)
+    except SystemExit as stop:
+        return stop.code
+
+
+def test_ca_rev216_bench_graphs_checks_the_device_of_the_default_backends_when_none_are_named(tmp_path, capsys,
+                                                                                              monkeypatch):
+    """Without --backends the speed part times the default backends: it is those whose device is checked."""
+    script = _script("bench_graphs")
+    checked = []
+
+    def refuse(config, backends):
+        checked.append(list(backends))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(script, "default_backends", lambda: ["moreau"])
+    monkeypatch.setattr(script, "check_cvx_device", refuse)
+    monkeypatch.setattr(script, "graph_benchmark", lambda *a, **kw: pytest.fail("work started"))
+    code = _ca_rev216_exit(script, ["--parts", "speed", "--out", str(tmp_path / "g")])
+    capsys.readouterr()
+    assert code == 2 and checked == [["moreau"]], (code, checked)
+
+
+def test_ca_rev216_bench_graphs_tiny_keeps_a_setting_given_beside_it(tmp_path, monkeypatch):
+    """--tiny --instances 3: the given setting wins over the tiny one (4), in the one run made."""
+    script = _script("bench_graphs")
+    configs = []
+    monkeypatch.setattr(script, "graph_benchmark", lambda config, *a, **kw: configs.append(config))
+    code = _ca_rev216_exit(script, ["--tiny", "--parts", "convergence", "--instances", "3", "--out", str(tmp_path)])
+    assert code == 0 and len(configs) == 1 and configs[0].instances == 3, (code, configs)
+    assert configs[0].size == script.TINY["size"]
+
+
+def test_ca_rev216_bench_graphs_a_run_refused_under_the_lock_exits_2_not_1(tmp_path, capsys, monkeypatch):
+    """graph_benchmark refusing the folder (RunRefused, an earlier run's results seen under the lock) is a
+    refusal: exit 2 in one line, not a failed run (exit 1)."""
+    script = _script("bench_graphs")
+
+    def refused(*a, **kw):
+        raise gt.RunRefused("--out holds convergence_instances.csv from an earlier run")
+
+    monkeypatch.setattr(script, "graph_benchmark", refused)
+    code = _ca_rev216_exit(script, ["--tiny", "--parts", "convergence", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "earlier run" in err and "Traceback" not in err, (code, err)
+
+
+def test_ca_rev216_bench_graphs_records_the_command_it_was_given(tmp_path, monkeypatch):
+    """main(argv): the command graphs.json records is the script with that argv (not the caller's sys.argv)."""
+    script = _script("bench_graphs")
+    commands = []
+    monkeypatch.setattr(script, "graph_benchmark", lambda *a, **kw: commands.append(kw["command"]))
+    monkeypatch.setattr(script.sys, "argv", ["pytest", "--elsewhere"])
+    argv = ["--tiny", "--parts", "convergence", "--out", str(tmp_path)]
+    assert _ca_rev216_exit(script, argv) == 0
+    assert commands == [" ".join(["benchmarks/bench_graphs.py", *argv])], commands
+
+
+def _ca_rev216_profile_run(monkeypatch, argv, durations):
+    """profile_dual.main(argv) with its solve stubbed and its clock advanced by ``durations`` (s) per timed
+    call (the two untimed calls first advance it by 100 s each): (code, stdout lines' calls, threads seen)."""
+    import types
+
+    script = _script("profile_dual")
+    clock, calls, threads = [0.0], [], []
+
+    def call(h, leaves, temps, weights, info):
+        calls.append(leaves[0].shape[0])
+        threads.append(torch.get_num_threads())
+        n = len(calls) % 8
+        clock[0] += 100.0 if n in (1, 2) else durations[(n - 3) % len(durations)]
+        info.update(iterations=torch.tensor([3.0]), newton_steps=torch.tensor([1.0]))
+
+    monkeypatch.setattr(script, "_forward_backward", call)
+    monkeypatch.setattr(script, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    before = torch.get_num_threads()
+    try:
+        code = script.main(argv)
+    finally:
+        torch.set_num_threads(before)
+    return code, calls, threads
+
+
+def test_ca_rev216_profile_dual_prints_the_median_per_sample_of_five_calls_after_two_untimed(capsys, monkeypatch):
+    """Batch 2, timed calls of 1, 2, 3, 4 and 10 s (the two untimed calls 100 s each): median 3 s / 2 samples =
+    1.5e+03 ms per sample (mean 4 s would be 2e+03), min 500, max 5e+03; 7 calls, at --threads 2."""
+    argv = ["--family", "axial", "--size", "16", "--batches", "2", "--threads", "2"]
+    code, calls, threads = _ca_rev216_profile_run(monkeypatch, argv, [1.0, 2.0, 3.0, 4.0, 10.0])
+    out = capsys.readouterr().out
+    assert code == 0 and calls == [2] * 7 and set(threads) == {2}, (code, calls, threads)
+    assert "batch 2: 1.5e+03 ms per sample (min 500, max 5e+03)" in out, out
+
+
+def test_ca_rev216_profile_dual_profiles_the_first_batch_size(capsys, monkeypatch):
+    """--batches 1 2 --profile: the profile follows batch 1's line, before batch 2's (one extra call, batch 1)."""
+    code, calls, _ = _ca_rev216_profile_run(monkeypatch, ["--family", "axial", "--size", "16", "--batches", "1", "2",
+                                                          "--profile"], [1.0])
+    out = capsys.readouterr().out
+    assert code == 0 and calls == [1] * 8 + [2] * 7, calls
+    assert out.index("batch 1:") < out.index("function calls") < out.index("batch 2:"), out
+
+
+def test_ca_rev216_study_certificate_refuses_a_backend_not_installed_before_any_work(tmp_path, capsys, monkeypatch):
+    """--backends naming one not installed here: exit 2 in one line, no folder, nothing studied."""
+    script = _script("study_certificate")
+    monkeypatch.setattr(script, "available_backends", lambda: ["moreau"])
+    monkeypatch.setattr(script, "_study", lambda *a: pytest.fail("work started"))
+    code = _ca_rev141_main(script, ["--draws", "1", "--backends", "diffcp-scs", "--out", str(tmp_path / "c")])
+    err = capsys.readouterr().err
+    assert code == 2 and "diffcp-scs" in err and not (tmp_path / "c").exists(), (code, err)
+
+
+def _ca_rev216_certificate_run(tmp_path, monkeypatch, results):
+    """study_certificate.main --draws 1 on one installed backend with instance, reference and study stubbed
+    (temperatures 0.5, 2, 1; study's rows from ``results`` in turn): (code, rows, record, threads seen)."""
+    from convex_attention.cvx import available_backends
+
+    installed = available_backends()
+    if not installed:
+        pytest.skip("no cvxpylayers backend installed")
+    script = _script("study_certificate")
+    h = ca.Hierarchy.grid([(2, 2), (1, 1)])
+    threads, loads = [], iter([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
+    monkeypatch.setattr(script, "instance", lambda family, size, g, log_tau: (h, None, [0.5, 2.0, 1.0]))
+    monkeypatch.setattr(script, "reference", lambda h, scores, temps: None)
+    monkeypatch.setattr(script, "load_average", lambda: next(loads))
+
+    def study(*args):
+        threads.append(torch.get_num_threads())
+        return dict(results[(len(threads) - 1) % len(results)])
+
+    monkeypatch.setattr(script, "study", study)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # (the study sets one thread itself)
+    try:
+        code = _ca_rev141_main(script, ["--draws", "1", "--backends", installed[0], "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(before)
+    return code, read_table(str(tmp_path / "certificate.csv")).rows, read_json(str(tmp_path / "certificate.json")), \
+        threads
+
+
+def test_ca_rev216_study_certificate_rows_summary_and_record(tmp_path, capsys, monkeypatch):
+    """Every row's tau_min/tau_max are the instance's least and largest temperature (0.5, 2); the summary's
+    stationarity/error ratio is stationarity over error (2e-9 / 1e-9 = 2, no NaN said); 'refused' counts the
+    rows the acceptance test refused (1 of 5 per set); the load average at the end is read at the end; and the
+    solves run on one torch thread."""
+    accepted = {"certificate": 1e-9, "accept_tol": 1e-8, "stationarity": 2e-9, "error": 1e-9, "accepted": True}
+    code, rows, record, threads = _ca_rev216_certificate_run(
+        tmp_path, monkeypatch, [accepted] * 4 + [{**accepted, "accepted": False}])
+    out = capsys.readouterr().out
+    assert code == 0 and rows and set(threads) == {1}, (code, threads)
+    assert {(float(r["tau_min"]), float(r["tau_max"])) for r in rows} == {(0.5, 2.0)}
+    lines = [line for line in out.splitlines() if "stationarity/error" in line]
+    assert len(lines) == 3 and all("stationarity/error 2-2  refused 1  [" in line for line in lines), out
+    assert "NaN" not in out
+    assert record["load_average_start"] == [1.0, 1.0, 1.0] and record["load_average_end"] == [2.0, 2.0, 2.0]
+
+
+def test_ca_rev216_study_certificate_gives_the_static_regularization_to_diffcp_clarabel_alone(monkeypatch):
+    """--static-regularization is Clarabel's: study() passes it to diffcp-clarabel and to no other backend."""
+    script = _script("study_certificate")
+    asked = []
+
+    def check_options(options):
+        asked.append(options)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(script.cvx, "check_options", check_options)
+    for backend in ("diffcp-clarabel", "moreau"):
+        with pytest.raises(RuntimeError, match="stop here"):
+            script.study(backend, None, [], [1.0], None, 1e-10)
+    assert asked == [{"backend": "diffcp-clarabel", "static_regularization_constant": 1e-10},
+                     {"backend": "moreau"}], asked
+
+
+def test_ca_rev216_study_certificate_study_records_the_acceptance_of_its_sample(monkeypatch):
+    """study(): the row's certificate, stationarity and accepted are the acceptance test's for the sample (a
+    refused one reads accepted False), and its error the largest over the maps."""
+    script = _script("study_certificate")
+    h = ca.Hierarchy.grid([(2, 2), (1, 1)])
+    probs = [torch.tensor([[0.1, 0.2, 0.3, 0.4]]), torch.tensor([[1.0]])]
+    ref = [torch.tensor([[0.1, 0.2, 0.3, 0.5]]), torch.tensor([[1.0]])]
+    monkeypatch.setattr(script.cvx, "check_options", lambda o: {"backend": o["backend"], "eps": 1e-9,
+                                                                "max_iters": 10, "extra": {}, "accept_tol": 1e-8})
+    monkeypatch.setattr(script.cvx, "get_layer", lambda h, temps, backend: lambda flat, args, derivative_mode: (
+        probs, [torch.zeros(1, 1)]))
+    monkeypatch.setattr(script.cvx, "_solver_args", lambda *a: {})
+    monkeypatch.setattr(script.cvx, "acceptance", lambda *a: (torch.tensor([1e-3]), torch.tensor([0.5]),
+                                                              torch.tensor([False])))
+    got = script.study("moreau", h, [torch.zeros(1, 2, 2), torch.zeros(1, 1, 1)], [1.0, 1.0], ref)
+    assert got["accepted"] is False and got["certificate"] == pytest.approx(1e-3) and got["stationarity"] == 0.5
+    assert got["error"] == pytest.approx(0.1) and got["accept_tol"] == 1e-8
+
+
+@pytest.mark.parametrize("argv", [["--scale", "100.5"], ["--tol", "0.5"], ["--sets", "hot", "hot"]])
+def test_ca_rev216_study_temperature_gradients_refuses_out_of_range_options_before_any_work(argv, tmp_path, capsys,
+                                                                                          monkeypatch):
+    """--scale above 100, --tol above 0.1, a set listed twice: exit 2, no folder, nothing studied."""
+    script = _script("study_temperature_gradients")
+    monkeypatch.setattr(script, "_study", lambda *a: pytest.fail("work started"))
+    code = _ca_rev141_main(script, [*argv, "--draws", "1", "--out", str(tmp_path / "t")])
+    capsys.readouterr()
+    assert code == 2 and not (tmp_path / "t").exists(), code
+
+
+def test_ca_rev216_study_temperature_gradients_rows_hold_each_map_to_its_held_size():
+    """rows_of: held = max(|g_k|, max_j |g_j|·√rtol, rtol·scored_size); float32_error is the unchecked float32
+    gradient's error over held (the checked one is NaN where refused); refused is the checked one's NaN; the
+    given map has no row."""
+    script = _script("study_temperature_gradients")
+    rtol = script.RTOL
+    got = {"reference": torch.tensor([1.0, 0.01, 2.0]), "float64_at_tol": torch.tensor([1.0, 0.011, 2.0]),
+           "float32": torch.tensor([math.nan, 0.02, 2.0]), "float32_unchecked": torch.tensor([1.5, 0.02, 2.0])}
+    base = {"set": "normal", "family": "axial", "draw": 0, "given_map": -1}
+    rows = script.rows_of(base, [0.5, 1.0, 2.0], got)
+    held = 2.0 * math.sqrt(rtol)
+    assert [r["map"] for r in rows] == [0, 1, 2] and [r["held"] for r in rows] == pytest.approx([1.0, held, 2.0])
+    assert rows[0]["float32_error"] == pytest.approx(0.5) and rows[0]["refused"] is True
+    assert rows[1]["float32_error"] == pytest.approx(0.01 / held) and rows[1]["refused"] is False
+    assert rows[1]["float64_error"] == pytest.approx(0.001 / held, rel=1e-5)
+    given = script.rows_of({**base, "given_map": 0}, [0.5, 1.0, 2.0], got, scored_size=200.0)
+    assert [r["map"] for r in given] == [1, 2] and given[0]["held"] == pytest.approx(200.0 * rtol)
+    failed = script.failed_rows({**base, "given_map": 1}, [0.5, 1.0, 2.0], ValueError("empty cell"))
+    assert [r["map"] for r in failed] == [0, 2] and failed[0]["status"] == "error: ValueError: empty cell"
+
+
+def test_ca_rev216_study_temperature_gradients_counts_a_nan_error_returned_unwarned():
+    """summary: a map returned (not refused) whose error is NaN was not shown within rtol: it is counted
+    unwarned; an error above rtol on a refused map counts as one of the refused 'more than rtol off'."""
+    script = _script("study_temperature_gradients")
+    row = {"set": "normal", "family": "axial", "draw": 0, "given_map": -1, "map": 0, "status": "ok", "tau": 1.0,
+           "float64_error": 0.0}
+    rows = [{**row, "refused": False, "float32_error": math.nan},
+            {**row, "map": 1, "refused": True, "float32_error": 2 * script.RTOL}]
+    text = script.summary(rows, "normal")
+    assert "refused   1 (1 of them more than" in text and "unwarned:   1" in text, text
+
+
+def test_ca_rev216_study_temperature_gradients_rounds_the_scores_to_float32_and_records_the_load(tmp_path, capsys,
+                                                                                                monkeypatch):
+    """Both works solve one problem: the scores handed to instance_rows are float32 values (in float64); the
+    record's load average at the end is read after the work."""
+    script = _script("study_temperature_gradients")
+    seen, loads = [], iter([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
+    monkeypatch.setattr(script, "load_average", lambda: next(loads))
+    monkeypatch.setattr(script, "instance_rows", lambda base, h, scores, *a: seen.append(scores) or [])
+    code = _ca_rev141_main(script, ["--draws", "1", "--sets", "normal", "--size", "16", "--out", str(tmp_path)])
+    capsys.readouterr()
+    assert code == 0 and seen
+    assert all(s.dtype == torch.float64 and torch.equal(s.float().double(), s) for scores in seen for s in scores)
+    assert any(not torch.equal(s, s.float().double()) for s in draw_instance("axial", 16,
+               torch.Generator().manual_seed(0), script.SETS["normal"], 16, scale=1.0)[1])  # (rounding is felt)
+    record = read_json(str(tmp_path / "temperature_gradients.json"))
+    assert record["load_average_end"] == [2.0, 2.0, 2.0]
+
+
+def test_ca_rev216_ablate_newton_switches_the_asked_safeguard_and_restores_every_limit(monkeypatch):
+    """_safeguard(False) turns the ablated safeguard off (fallback: limit 0; pseudo_inverse: the retry left
+    out), _safeguard(True) back to as shipped; _restore puts back every limit, the Newton systems' too."""
+    import convex_attention.dual as dual
+    import convex_attention.hessian as hessian
+
+    script = _script("ablate_newton")
+    for module, name in ((dual, "_REGULARISED_NEWTON"), (dual, "DENSE_LIMIT"), (hessian, "DENSE_FALLBACK_LIMIT"),
+                         (hessian, "RETRY_PRECONDITIONERS")):
+        monkeypatch.setattr(module, name, getattr(module, name))  # (put back after the test whatever happens)
+    shipped = (dual.DENSE_LIMIT, hessian.DENSE_FALLBACK_LIMIT, hessian.RETRY_PRECONDITIONERS)
+    assert shipped[1] > 0 and "pseudo_inverse" in shipped[2]
+    monkeypatch.setattr(script, "_ablation", "fallback")
+    script._safeguard(False)
+    assert hessian.DENSE_FALLBACK_LIMIT == 0
+    script._safeguard(True)
+    assert hessian.DENSE_FALLBACK_LIMIT == shipped[1]
+    monkeypatch.setattr(script, "_ablation", "pseudo_inverse")
+    script._safeguard(False)
+    assert "pseudo_inverse" not in hessian.RETRY_PRECONDITIONERS and hessian.RETRY_PRECONDITIONERS
+    dual.DENSE_LIMIT, hessian.DENSE_FALLBACK_LIMIT = 0, 0
+    script._restore()
+    assert (dual.DENSE_LIMIT, hessian.DENSE_FALLBACK_LIMIT, hessian.RETRY_PRECONDITIONERS) == shipped
+
+
+def test_ca_rev216_ablate_newton_speed_is_the_median_of_seven_alternating_rounds_after_an_untimed_one(capsys,
+                                                                                                     monkeypatch):
+    """_speed with the clock stubbed: round 0 (100 s per call) is untimed; 'on' calls of 1..6 and 100 ms per
+    sample give a median of 4 (the mean would be 17); 'off' 10..60 and 700 give 40; the order alternates per
+    round."""
+    import types
+
+    import convex_attention.dual as dual
+
+    script = _script("ablate_newton")
+    monkeypatch.setattr(dual, "_REGULARISED_NEWTON", dual._REGULARISED_NEWTON)
+    clock, order = [0.0], []
+    per_sample = {True: [100, 1, 2, 3, 4, 5, 6, 100], False: [100, 10, 20, 30, 40, 50, 60, 700]}
+
+    def forward_backward(h, scores, temps, weights):
+        on = dual._REGULARISED_NEWTON == script.LADDER
+        clock[0] += per_sample[on][sum(o == on for o in order)] * 16 / 1e3
+        order.append(on)
+        return types.SimpleNamespace(probs=[torch.zeros(1)]), [torch.zeros(1)]
+
+    monkeypatch.setattr(script, "_forward_backward", forward_backward)
+    monkeypatch.setattr(script, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    script._speed(16, 0, ["axial"])
+    out = capsys.readouterr().out
+    assert "median of 7: off 40, on 4; identical True" in out, out
+    assert order == [False, True, True, False] * 4
+
+
+def test_ca_rev216_ablate_newton_convergence_counts_misses_and_alternates_per_draw(capsys, monkeypatch):
+    """_convergence with the solver stubbed: 'off' misses both draws, 'on' neither; the order alternates per
+    draw (off first on even draws)."""
+    import convex_attention.dual as dual
+
+    script = _script("ablate_newton")
+    monkeypatch.setattr(dual, "_REGULARISED_NEWTON", dual._REGULARISED_NEWTON)
+    order = []
+
+    def solve_dual(scores, h, temps, **kw):
+        on = dual._REGULARISED_NEWTON == script.LADDER
+        order.append(on)
+        return {"iterations": torch.tensor([3 if on else 9]), "converged": torch.tensor([on])}
+
+    monkeypatch.setattr(dual, "solve_dual", solve_dual)
+    monkeypatch.setattr(script.gt, "convergence_instances",
+                        lambda seed, family, set_name, size, count: [(d, False, None, None, None) for d in range(2)])
+    script._convergence(16, 2, 0, ["axial"], ["normal"], backward=False)
+    out = capsys.readouterr().out
+    assert "sweeps median/worst off 9/9, on 3/3; misses off 2, on 0" in out, out
+    assert order == [False, True, True, False]
+
+
+def test_ca_rev216_ablate_newton_dense_limit_reaches_the_backward_and_is_restored(capsys, monkeypatch):
+    """--dense-limit 5: the backward's limit is 5 while the run lasts; after it (and after a failed run) the
+    shipped limits are back."""
+    import convex_attention.dual as dual
+
+    script = _script("ablate_newton")
+    monkeypatch.setattr(dual, "DENSE_LIMIT", dual.DENSE_LIMIT)
+    shipped, seen = dual.DENSE_LIMIT, []
+
+    def convergence(*a, **kw):
+        seen.append((script._backward_dense_limit, dual.DENSE_LIMIT))
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(script, "_convergence", convergence)
+    with pytest.raises(RuntimeError, match="boom"):
+        _ca_rev141_main(script, ["--dense-limit", "5", "--no-speed", "--size", "16", "--instances", "1"])
+    assert seen == [(5, 5)] and dual.DENSE_LIMIT == shipped and script._backward_dense_limit is None
+
+
+def _ca_rev216_gpu_check(tmp_path, monkeypatch, passed: bool):
+    """gpu_check._check with every check and timing stubbed (one check, ``passed``; exact 6 ms, softmax 2 ms,
+    learned_dual+loss 4 ms): (exit code, the record written)."""
+    import types
+
+    script = _script("gpu_check")
+    check = {"check": "exact cuda float64 vs cpu exact", "case": "2d", "error": 0.0, "tol": 1e-12, "passed": passed}
+    monkeypatch.setattr(script, "correctness", lambda device: [check])
+    monkeypatch.setattr(script, "graph_correctness", lambda device: [])
+    monkeypatch.setattr(script, "no_sync", lambda device: [])
+    monkeypatch.setattr(script, "environment", lambda device: {"device": "stub"})
+    monkeypatch.setattr(script, "speed", lambda device, repeats: [
+        {"shapes": "8x8+4x4", "batch": 2, "method": m, "fwd_ms": t / 2, "bwd_ms": t / 2, "total_ms": t,
+         "peak_mem_mb": 1.0} for m, t in (("softmax", 2.0), ("exact", 6.0), ("learned_dual+loss", 4.0))])
+    code = script._check(types.SimpleNamespace(out=str(tmp_path), repeats=1))
+    return code, read_json(str(tmp_path / "gpu_check.json"))
+
+
+@pytest.mark.parametrize("passed, expected", [(True, 0), (False, 1)])
+def test_ca_rev216_gpu_check_exits_1_on_a_failed_check_and_records_exact_over_each_baseline(
+        passed, expected, tmp_path, capsys, monkeypatch):
+    """A failed correctness check is exit 1 (not 0, not the usage error's 2), after the record is written; the
+    ratios are exact over softmax (6/2 = 3) and exact over learned_dual+loss (6/4 = 1.5)."""
+    code, record = _ca_rev216_gpu_check(tmp_path, monkeypatch, passed)
+    capsys.readouterr()
+    assert code == expected
+    assert record["ratios"] == {"8x8+4x4": {"exact/softmax": 3.0, "exact/learned_dual+loss": 1.5}}, record["ratios"]
+
+
+def test_ca_rev216_gpu_check_refuses_an_out_that_is_a_file_before_any_work(tmp_path, capsys, monkeypatch):
+    """--out naming a file (on a machine taken to have CUDA): exit 2 in one line, the file kept, no work."""
+    script = _script("gpu_check")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(script, "_check", lambda args: pytest.fail("work started"))
+    (tmp_path / "file").write_text("mine")
+    code = _ca_rev216_exit(script, ["--out", str(tmp_path / "file")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and (tmp_path / "file").read_text() == "mine", (code, err)
+
+
+def test_ca_rev216_gpu_check_without_cuda_is_exit_2_after_the_record_check(tmp_path, capsys, monkeypatch):
+    """No CUDA device: exit 2 (a usage matter, not a failed check); an earlier record is refused first."""
+    script = _script("gpu_check")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _ca_rev216_exit(script, ["--out", str(tmp_path / "a")]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    (tmp_path / "gpu_check.json").write_text("{}")
+    assert _ca_rev216_exit(script, ["--out", str(tmp_path)]) == 2
+    assert "already holds gpu_check.json" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("twice", [["--families", "axial", "axial"], ["--sets", "normal", "normal"]])
+def test_ca_rev216_ablate_newton_refuses_each_list_option_given_an_entry_twice(twice, capsys, monkeypatch):
+    """--families axial axial alone (and --sets normal normal alone): exit 2 before any work."""
+    script = _script("ablate_newton")
+    monkeypatch.setattr(script, "_convergence", lambda *a, **kw: pytest.fail("work started"))
+    monkeypatch.setattr(script, "_speed", lambda *a, **kw: pytest.fail("work started"))
+    code = _ca_rev141_main(script, ["--size", "16", "--instances", "1", *twice, "--no-speed"])
+    capsys.readouterr()
+    assert code == 2, code

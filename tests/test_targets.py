@@ -1048,3 +1048,88 @@ def test_ca_rev201_the_cost_is_the_median_over_three_cells_not_the_mean():
                  {**learned_row("", 0.0, size=size), "method": "exact", "dual_kind": "", "per_sample_ms": 1.0}]
     (t,) = amortised_targets(rows)
     assert t["cells"] == 3 and t["time_vs_exact"] == pytest.approx(2.0)
+
+
+# ---- ca_rev216 (mutation review of 7358deb, benchmark scripts): tests that kill surviving mutants
+
+def test_ca_rev216_bench_core_plot_only_refuses_overwrite_it_does_not_read(tmp_path, capsys, monkeypatch):
+    """--plot-only --overwrite: --overwrite is read only by a measurement; refused, exit 2, nothing drawn."""
+    script = _bench_core_script()
+    drawn = []
+    monkeypatch.setattr(script, "plot_core_record", lambda record, path: drawn.append(path) or path)
+    (tmp_path / "bench_core.json").write_text('{"rows": [], "ratios": {}}')
+    code = _ca_rev141_exit(script, ["--plot-only", "--overwrite", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and not drawn and "--overwrite" in err, (code, drawn, err)
+
+
+def test_ca_rev216_bench_core_plot_only_without_a_record_makes_no_folder(tmp_path, capsys):
+    """--plot-only on a folder that does not exist: refused, exit 2, before the lock that would make it."""
+    script = _bench_core_script()
+    out = tmp_path / "none"
+    code = _ca_rev141_exit(script, ["--plot-only", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and "no such file" in err and not out.exists(), (code, err, out.exists())
+
+
+def test_ca_rev216_bench_core_refuses_repeats_above_its_limit_before_any_work(tmp_path, capsys, monkeypatch):
+    """--repeats one above MAX_REPEATS (and --batch one above MAX_BATCH): exit 2, nothing measured, no folder."""
+    script = _bench_core_script()
+    monkeypatch.setattr(script, "core_benchmark", lambda **kw: pytest.fail("work started"))
+    for argv in (["--repeats", str(script.MAX_REPEATS + 1)], ["--batch", str(script.MAX_BATCH + 1)]):
+        code = _ca_rev141_exit(script, [*argv, "--out", str(tmp_path / "r")])
+        assert code == 2 and not (tmp_path / "r").exists(), (argv, code)
+    capsys.readouterr()
+
+
+def test_ca_rev216_bench_core_refuses_an_earlier_runs_files_before_the_lock(tmp_path, capsys, monkeypatch):
+    """A folder with an earlier bench_core.csv whose lock another run holds: refused for the earlier files
+    (exit 2, naming them), before the lock is asked for: no wait and no word of the holder."""
+    from test_lock import hold_lock
+
+    script = _bench_core_script()
+    monkeypatch.setattr(script, "core_benchmark", lambda **kw: pytest.fail("work started"))
+    (tmp_path / "bench_core.csv").write_text("earlier\n")
+    proc = hold_lock(tmp_path, 60)
+    try:
+        code = _ca_rev141_exit(script, ["--tiny", "--out", str(tmp_path)])
+    finally:
+        proc.kill()
+        proc.wait()
+    err = capsys.readouterr().err
+    assert code == 2 and "already holds bench_core.csv" in err and f"pid {proc.pid}" not in err, (code, err)
+    assert (tmp_path / "bench_core.csv").read_text() == "earlier\n"
+
+
+def test_ca_rev216_bench_core_removes_a_killed_writers_temporary_files_under_the_lock(tmp_path, monkeypatch):
+    """A bench_core.csv.<pid>-<n>.tmp left by a killed run is removed before the measurement; the user's
+    notes.txt is kept."""
+    script = _bench_core_script()
+    seen = []
+    monkeypatch.setattr(script, "core_benchmark", lambda **kw: seen.append(sorted(p.name for p in tmp_path.iterdir())))
+    (tmp_path / "bench_core.csv.123-4.tmp").write_text("half")
+    (tmp_path / "notes.txt").write_text("mine")
+    assert _ca_rev141_exit(script, ["--tiny", "--out", str(tmp_path)]) == 0
+    assert seen and "bench_core.csv.123-4.tmp" not in seen[0] and "notes.txt" in seen[0], seen
+
+
+def test_ca_rev216_bench_core_tiny_runs_the_sizes_its_refusal_names(tmp_path, capsys, monkeypatch):
+    """--tiny's refusal of --batch says "batch 4, 5 repeats": the tiny run is given exactly those, in one run."""
+    script = _bench_core_script()
+    given = []
+    monkeypatch.setattr(script, "core_benchmark", lambda **kw: given.append(kw))
+    assert _ca_rev141_exit(script, ["--tiny", "--batch", "4", "--out", str(tmp_path / "x")]) == 2
+    assert "batch 4, 5 repeats" in capsys.readouterr().err
+    assert _ca_rev141_exit(script, ["--tiny", "--out", str(tmp_path / "t")]) == 0
+    assert len(given) == 1 and given[0]["batch"] == 4 and given[0]["repeats"] == 5, given
+
+
+def test_ca_rev216_bench_core_plot_only_names_a_record_whose_rows_are_not_rows(tmp_path, capsys, monkeypatch):
+    """A bench_core.json whose rows are numbers: refused as holding no rows (exit 2), never handed to the figure."""
+    script = _bench_core_script()
+    drawn = []
+    monkeypatch.setattr(script, "plot_core_record", lambda record, path: drawn.append(path) or path)
+    (tmp_path / "bench_core.json").write_text('{"rows": [1, 2], "ratios": {}}')
+    code = _ca_rev141_exit(script, ["--plot-only", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and not drawn and "holds no rows and ratios" in err, (code, drawn, err)
