@@ -946,6 +946,18 @@ def _ca_rev141_exit(script, argv) -> int:
         return stop.code
 
 
+def _exit_while_another_run_holds(folder, script, argv) -> tuple[int, int]:
+    """``(exit status, holder's pid)`` of the script run on ``argv`` while another process holds ``folder``'s lock."""
+    from test_lock import hold_lock
+
+    proc = hold_lock(folder, 60)
+    try:
+        return _ca_rev141_exit(script, argv), proc.pid
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_ca_rev141_bench_core_refuses_a_backend_listed_twice(tmp_path, monkeypatch):
     """Run: bench_core.py --tiny --backends moreau moreau --out b.  Observed: exit 0, core_benchmark given
     ['moreau', 'moreau']: the backend timed twice, two rows in bench_core.csv and the figure, one entry in
@@ -983,20 +995,14 @@ def test_ca_rev141_bench_core_plot_only_does_not_write_into_a_folder_another_run
     """Run: a bench_core.py run writing into OUT (its results.lock held), then bench_core.py --plot-only --out OUT.
     Observed: exit 0, bench_core.png and .pdf written beside the live run's files (_replot takes no lock).
     Expected: refused in one line, exit 2, naming the holder (or waited for with --wait): one writer per folder."""
-    from test_lock import hold_lock
 
     script = _bench_core_script()
     drawn = []
     monkeypatch.setattr(script, "plot_core_record", lambda record, path: drawn.append(path) or path)
     (tmp_path / "bench_core.json").write_text('{"rows": [], "ratios": {}}')
-    proc = hold_lock(tmp_path, 60)
-    try:
-        code = _ca_rev141_exit(script, ["--plot-only", "--out", str(tmp_path)])
-    finally:
-        proc.kill()
-        proc.wait()
+    code, pid = _exit_while_another_run_holds(tmp_path, script, ["--plot-only", "--out", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and not drawn and f"pid {proc.pid}" in err, (code, drawn, err)
+    assert code == 2 and not drawn and f"pid {pid}" in err, (code, drawn, err)
 
 
 # ---- ca_rev201 (mutation review of e81e843)
@@ -1085,19 +1091,13 @@ def test_ca_rev216_bench_core_refuses_repeats_above_its_limit_before_any_work(tm
 def test_ca_rev216_bench_core_refuses_an_earlier_runs_files_before_the_lock(tmp_path, capsys, monkeypatch):
     """A folder with an earlier bench_core.csv whose lock another run holds: refused for the earlier files
     (exit 2, naming them), before the lock is asked for: no wait and no word of the holder."""
-    from test_lock import hold_lock
 
     script = _bench_core_script()
     monkeypatch.setattr(script, "core_benchmark", lambda **kw: pytest.fail("work started"))
     (tmp_path / "bench_core.csv").write_text("earlier\n")
-    proc = hold_lock(tmp_path, 60)
-    try:
-        code = _ca_rev141_exit(script, ["--tiny", "--out", str(tmp_path)])
-    finally:
-        proc.kill()
-        proc.wait()
+    code, pid = _exit_while_another_run_holds(tmp_path, script, ["--tiny", "--out", str(tmp_path)])
     err = capsys.readouterr().err
-    assert code == 2 and "already holds bench_core.csv" in err and f"pid {proc.pid}" not in err, (code, err)
+    assert code == 2 and "already holds bench_core.csv" in err and f"pid {pid}" not in err, (code, err)
     assert (tmp_path / "bench_core.csv").read_text() == "earlier\n"
 
 
