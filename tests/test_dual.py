@@ -4333,3 +4333,260 @@ def test_ca_rev199_float32_work_history_dual_objective_is_g_of_the_users_scores(
     assert torch.allclose(got.dual_objective, wide.dual_objective, atol=1e-5)  # the Solution's own: right
     last = got.info["history"]["dual_objective"][-1].double()
     assert torch.allclose(last, wide.info["history"]["dual_objective"][-1], atol=1e-4), (last, wide.dual_objective)
+
+
+# ---- ca_rev218 (mutation review of 00a44e2, the dual solver): tests that kill surviving mutants
+
+def _rev218_two_level_pair():
+    """Two samples on a 4 → 2 hierarchy: one exact block step solves each."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    s = [torch.tensor([[1.0, -1.0, 0.5, 2.0], [0.3, 0.1, -0.2, 0.4]], dtype=torch.float64),
+         torch.tensor([[0.0, 1.0], [0.5, -0.5]], dtype=torch.float64)]
+    return s, h
+
+
+def test_ca_rev218_an_infinite_dual_objective_mid_solve_is_never_converged(monkeypatch):
+    """g = +inf at a sweep whose maps are finite and solved makes the relative gap |inner| / inf = 0: the sample
+    must still end as failed (docs: NaN or Inf in g ends a sample as not converged), not converged on its violation
+    and that gap."""
+    import convex_attention.dual as dual_module
+
+    s, h = _rev218_two_level_pair()
+    real, calls = dual_module._objective, []
+
+    def poisoned(etas, temps, given=None):
+        g, pieces = real(etas, temps, given)
+        calls.append(1)
+        if len(calls) == 2:  # the first sweep's g, sample 1
+            g = g.clone()
+            g[1] = math.inf
+        return g, pieces
+
+    monkeypatch.setattr(dual_module, "_objective", poisoned)
+    with pytest.warns(RuntimeWarning):
+        res = solve_dual(s, h, [1.0, 1.0], tol=1e-8, strict=False)
+    assert res["converged"].tolist() == [True, False]
+
+
+def test_ca_rev218_a_sample_non_finite_at_the_start_takes_no_sweep(monkeypatch):
+    """A sample whose starting state is NaN ends there: not converged, 0 sweeps, its starting (zero) duals; the
+    other sample solves as it does alone."""
+    import convex_attention.dual as dual_module
+
+    s, h = _rev218_two_level_pair()
+    clean = solve_dual(s, h, [1.0, 1.0], tol=1e-10)
+    real, calls = dual_module._objective, []
+
+    def poisoned(etas, temps, given=None):
+        g, pieces = real(etas, temps, given)
+        calls.append(1)
+        if len(calls) == 1:  # the starting g, sample 1
+            g = g.clone()
+            g[1] = math.nan
+        return g, pieces
+
+    monkeypatch.setattr(dual_module, "_objective", poisoned)
+    with pytest.warns(RuntimeWarning):
+        res = solve_dual(s, h, [1.0, 1.0], tol=1e-10, strict=False)
+    assert res["converged"].tolist() == [True, False]
+    assert res["iterations"].tolist() == [int(clean["iterations"][0]), 0]
+    assert bool((res["duals"][0][1] == 0).all())
+
+
+def test_ca_rev218_a_confirmation_whose_gap_misses_gap_tol_does_not_stop_the_sample(monkeypatch):
+    """A float64 stop is confirmed at the recomputed logits on the violation AND the gap: a confirmation whose gap
+    misses gap_tol (forced once here) refuses the stop, and the sample goes on to one that meets both."""
+    import convex_attention.dual as dual_module
+
+    s, h = _rev218_two_level_pair()
+    real, calls = dual_module._evaluate, []
+
+    def poisoned(*args, **kwargs):
+        g, viol, gap, probs = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # the first confirmation (call 1 is the start)
+            gap = torch.full_like(gap, 1.0)
+        return g, viol, gap, probs
+
+    monkeypatch.setattr(dual_module, "_evaluate", poisoned)
+    res = solve_dual(s, h, [1.0, 1.0], tol=1e-8)
+    assert len(calls) >= 3
+    assert bool(res["converged"].all()) and float(res["gap"].max()) <= 1e-8
+
+
+def _rev218_rounded_window_instance(dtype=torch.float64):
+    """1d-3lvl (seed 0): its second sweep's violation (8.8e-3) lies between tol − margin and tol for maps returned
+    in float16 (margin 9.8e-4), with tol that violation plus half the margin."""
+    from convex_attention.dual import rounding_margin
+
+    inst = random_instance("1d-3lvl", batch=1, seed=0, dtype=dtype)
+    margin = rounding_margin(inst.h, torch.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        free = solve_dual(inst.scores, inst.h, inst.temps, tol=1e-12, gap_tol=1.0, record_history=True, max_iter=3,
+                          strict=False)
+    second = float(free["history"]["violation"][2, 0])
+    assert 2 * margin < second < float(free["history"]["violation"][1, 0]) - margin
+    return inst, second + margin / 2, margin
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ca_rev218_with_maps_rounded_the_iterate_stops_at_tol_less_the_rounding_margin(dtype):
+    """round_to: the iterate stops at tol − rounding_margin, so that the rounded maps meet tol. float32 work has no
+    confirmation at recomputed logits: its stopping test itself must use tol − margin."""
+    inst, tol, margin = _rev218_rounded_window_instance(dtype)
+    out = solve_dual(inst.scores, inst.h, inst.temps, tol=tol, gap_tol=1.0, round_to=torch.float16)
+    assert bool(out["converged"].all())
+    assert float(out["violation"].max()) <= tol - margin
+    assert int(out["iterations"][0]) >= 3  # the second sweep met tol but not tol − margin
+
+
+def test_ca_rev218_an_iterate_between_tol_less_margin_and_tol_is_not_converged():
+    """An iterate stopped by max_iter at a violation within tol but above tol − margin (maps returned in float16)
+    is not converged: a warning without strict, ConvergenceError with it."""
+    inst, tol, margin = _rev218_rounded_window_instance()
+    with pytest.warns(RuntimeWarning, match="float16"):
+        out = solve_dual(inst.scores, inst.h, inst.temps, tol=tol, gap_tol=1.0, round_to=torch.float16, max_iter=2,
+                         strict=False)
+    assert tol - margin < float(out["violation"][0]) <= tol
+    assert out["converged"].tolist() == [False]
+    with pytest.raises(ConvergenceError):
+        solve_dual(inst.scores, inst.h, inst.temps, tol=tol, gap_tol=1.0, round_to=torch.float16, max_iter=2)
+
+
+@pytest.mark.parametrize("graph", ["hierarchy", "axial"])
+def test_ca_rev218_the_reported_gap_and_violation_are_those_of_the_returned_duals_after_each_sweep(graph):
+    """Stopped after 1 … 5 sweeps (accelerated and Newton points taken), info's violation and gap are the ones
+    measured at the duals returned (recomputed independently here), not at the plain sweep's point."""
+    from convex_attention.dual import dual_gap_terms
+
+    inst = random_instance("2d-3lvl-unequal", batch=3, seed=1) if graph == "hierarchy" else \
+        random_graph_instance("axial", batch=3, seed=1)
+    centred, _ = _centred_scores(inst.scores)
+    offset = score_offset(centred)
+    for sweeps in range(1, 6):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = solve_dual(inst.scores, inst.h, inst.temps, tol=1e-14, max_iter=sweeps, strict=False)
+        g = dual_function(centred, out["duals"], inst.h, inst.temps)
+        probs, _ = dual_probs(centred, out["duals"], inst.h, inst.temps)
+        _, gap = dual_gap_terms(g, probs, out["duals"], inst.h, offset)
+        torch.testing.assert_close(out["gap"], gap, rtol=1e-6, atol=1e-13)
+        viol = torch.stack([(inst.h.aggregate(probs[a], e) - probs[b]).abs().flatten(1).sum(1)
+                            for e, (a, b) in enumerate(inst.h.edges)]).amax(0)
+        torch.testing.assert_close(out["violation"], viol, rtol=1e-6, atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["skewed", "small"])
+def test_ca_rev218_the_relative_gap_is_relative_to_the_objective_of_mean_centred_scores(kind):
+    """Hand-formed: gap = |g(λ) − f(p(λ))| / max(1, |f̄(p(λ))|), f̄ the entropy-regularised objective at the scores
+    less their mean per map (docs/math.md). Skewed: one cell at 60 puts a map's midpoint (the solver's centring) far
+    from its mean, a scale about 2x apart. Small: scores and temperatures of 1e-3, |f̄| far below the floor of 1."""
+    from convex_attention.dual import dual_gap_terms
+
+    h = ca.Hierarchy.grid([(8, 8), (4, 4), (2, 2)])
+    gen = torch.Generator().manual_seed(3)
+    s = [torch.randn((2,) + shape, generator=gen, dtype=torch.float64) for shape in h.shapes]
+    temps = [2.0, 1.0, 0.5]
+    if kind == "skewed":
+        s[0][:, 0, 0] = 60.0
+    else:
+        s, temps = [1e-3 * x for x in s], [1e-3 * t for t in temps]
+    for sweeps in (1, 2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            out = solve_dual(s, h, temps, tol=1e-14, max_iter=sweeps, strict=False)
+        g = dual_function(s, out["duals"], h, temps)
+        probs, _ = dual_probs(s, out["duals"], h, temps)
+
+        def f(scores, probs=probs):
+            return sum((x * p).flatten(1).sum(1) - t * (p * p.log()).flatten(1).sum(1)
+                       for x, p, t in zip(scores, probs, temps))
+        bar = f([x - x.flatten(1).mean(1).view(-1, 1, 1) for x in s])
+        want = (g - f(s)).abs() / bar.abs().clamp_min(1.0)
+        assert float(want.min()) > 1e-12  # not converged: the scale matters
+        torch.testing.assert_close(out["gap"], want, rtol=1e-5, atol=0)
+        # and dual_gap_terms's f is the primal objective f(p(λ)) itself
+        torch.testing.assert_close(dual_gap_terms(g, probs, out["duals"], h)[0], f(s), rtol=1e-12, atol=1e-12)
+
+
+def test_ca_rev218_a_retried_sample_reports_the_sweeps_of_both_passes():
+    """Components whose objectives cancel (_opposite_parts_instance): the first pass alone (gap_tol 1: no retry),
+    then with the retry held to its share of gap_tol. info's iterations count the sweeps of both passes, as its
+    history does."""
+    h, scores = _opposite_parts_instance()
+    first = ca.solve(scores, h, "dual", temperature=0.3, tol=1e-6, gap_tol=1.0, record_history=True)
+    both = ca.solve(scores, h, "dual", temperature=0.3, tol=1e-6, record_history=True)
+    assert bool(both.info["converged"].all())
+    n_first, n_both = int(first.info["iterations"][0]), int(both.info["iterations"][0])
+    assert len(both.info["history"]["violation"]) > len(first.info["history"]["violation"])  # a retry ran
+    assert n_both > n_first
+    assert n_both == len(both.info["history"]["violation"]) - 1
+
+
+def test_ca_rev218_the_history_ends_at_the_reported_violation_and_gap():
+    """record_history: (iterations + 1) rows, row 0 the start (λ = 0: gap 0); the last row of violation and of gap
+    is the reported one, and a sample that stopped early keeps its last values."""
+    inst = random_instance("2d-3lvl-unequal", batch=3, seed=2)
+    out = solve_dual(inst.scores, inst.h, inst.temps, tol=1e-10, record_history=True)
+    hist = out["history"]
+    assert len(hist["violation"]) == int(out["iterations"].max()) + 1
+    torch.testing.assert_close(hist["violation"][-1], out["violation"], rtol=0, atol=0)
+    torch.testing.assert_close(hist["gap"][-1], out["gap"], rtol=0, atol=0)
+    for b in range(3):
+        k = int(out["iterations"][b])
+        assert float(hist["gap"][k, b]) <= 1e-10 and float(hist["gap"][0, b]) == 0.0
+        assert bool((hist["gap"][k:, b] == hist["gap"][k, b]).all())
+
+
+def test_ca_rev218_a_disconnected_graph_is_converged_only_where_every_component_is():
+    """Two components: a single edge (solved by its one exact sweep) and a cycle of four maps (not solved in one
+    sweep at tol 1e-12; gap_tol 1, so that only the violation decides). With max_iter=1 the first converges and the
+    second does not: info's converged is False, and its violation the larger of the two."""
+    h = ca.Graph.from_edges([2, 2, 4, 2, 2, 4], [(0, 1, torch.arange(2)), (2, 3, torch.tensor([0, 0, 1, 1])),
+                                                 (2, 4, torch.tensor([0, 1, 0, 1])), (5, 3, torch.tensor([0, 1, 0, 1])),
+                                                 (5, 4, torch.tensor([0, 0, 1, 1]))])
+    gen = torch.Generator().manual_seed(0)
+    scores = [torch.randn((1, n), generator=gen, dtype=torch.float64) for n in h.sizes]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sol = ca.solve(scores, h, "dual", tol=1e-12, gap_tol=1.0, max_iter=1, strict=False, newton=False)
+    assert caught
+    assert sol.info["converged"].tolist() == [False]
+    assert float(sol.info["violation"][0]) > 1e-12
+    assert int(sol.info["iterations"][0]) == 1
+
+
+def test_ca_rev218_a_nan_gap_at_the_returned_float32_duals_is_not_converged(monkeypatch):
+    """float32 work: the gap at the duals returned is measured again in float64 (_gap_and_scale); a NaN there
+    (forced here) is never within gap_tol: ConvergenceError with strict, not converged without."""
+    import convex_attention.dual as dual_module
+
+    real = dual_module._gap_and_scale
+
+    def poisoned(*args, **kwargs):
+        gap, scale = real(*args, **kwargs)
+        return torch.full_like(gap, math.nan), scale
+
+    monkeypatch.setattr(dual_module, "_gap_and_scale", poisoned)
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    gen = torch.Generator().manual_seed(0)
+    s = [torch.randn((1,) + shape, generator=gen) for shape in h.shapes]
+    with pytest.raises(ConvergenceError, match="gap_tol"):
+        ca.solve(s, h, "dual", tol=1e-5, dtype=torch.float32)
+    with pytest.warns(RuntimeWarning, match="gap_tol"):
+        sol = ca.solve(s, h, "dual", tol=1e-5, strict=False, dtype=torch.float32)
+    assert sol.info["converged"].tolist() == [False]
+
+
+def test_ca_rev218_warm_start_auto_keeps_the_callers_init_on_a_forest():
+    """warm_start='auto' starts from the spanning forest's closed form only where no init is given: on a star (a
+    forest, not a chain) with init, the solve starts at init (history row 0 is g(init), above the optimum's)."""
+    inst = random_graph_instance("star", batch=2, seed=0)
+    gen = torch.Generator().manual_seed(5)
+    init = [0.5 * torch.randn((2,) + inst.h.shapes[b], generator=gen, dtype=torch.float64) for _, b in inst.h.edges]
+    out = solve_dual(inst.scores, inst.h, inst.temps, tol=1e-10, init=init, record_history=True)
+    g0 = out["history"]["dual_objective"][0]
+    torch.testing.assert_close(g0, dual_function(inst.scores, init, inst.h, inst.temps), rtol=1e-12, atol=1e-10)
+    assert bool((g0 > out["history"]["dual_objective"][-1] + 1e-6).all())
+    assert bool((out["iterations"] >= 1).all())
