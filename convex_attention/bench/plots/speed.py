@@ -388,9 +388,11 @@ def plot_core_benchmark(rows, ratios, path: str, env: dict | None = None) -> str
         every_bar = [b for bars in panels.values() for b in bars]
         uncounted = sorted({b.label.replace(chr(10), " ") for b in every_bar if b.repeats is None})
         counted = any(b.repeats is not None for b in every_bar)  # (bars, not names: a name recurs per panel)
-        criterion = (f" or < {MIN_CONFIDENT_REPEATS} repetitions" if counted else "") + (
-            "" if not uncounted else f" (repetitions not recorded for {', '.join(uncounted)})" if counted
-            else " (repetitions are not recorded)")
+        if not counted:
+            criterion = " (repetitions are not recorded)"
+        else:
+            criterion = f" or < {MIN_CONFIDENT_REPEATS} repetitions" + (
+                f" (repetitions not recorded for {', '.join(uncounted)})" if uncounted else "")
         spread_note = (f"widest interquartile range: {max(spreads):.0%} of its median; low confidence: IQR > "
                        f"{LOW_CONFIDENCE_IQR:.0%} of the median{criterion}" if spreads
                        else "interquartile ranges not recorded")
