@@ -1465,3 +1465,122 @@ def test_ca_rev195_temperature_gradient_ignores_a_constant_added_to_the_log_prob
     want = temperature_gradient(probs, gbar, [lp])
     got = temperature_gradient(probs, gbar, [lp + 1024.0])
     torch.testing.assert_close(got, want, rtol=1e-7, atol=0)
+
+
+# ---- ca_rev219 (mutation review of e02d6f0, the closed form): tests that kill surviving mutants
+def test_ca_rev219_second_order_ratio_is_the_product_along_the_path_to_the_root():
+    """Kills exact.py second_order_ratio with ``top[k] = T[parent]`` (each map's ratio to its coarsening only): its
+    docstring asks for ``T_root / T_k``, the product of the edge ratios (τ = (1e-4, 8.9e-3, 0.8), a review)."""
+    from convex_attention.exact import second_order_ratio
+
+    h = ca.Hierarchy.from_parents([4, 2, 1], [[0, 0, 1, 1], [0, 0]])
+    temps = [1e-4, 8.9e-3, 0.8]
+    assert math.isclose(second_order_ratio(h, temps), sum(temps) / temps[0], rel_tol=1e-12)
+
+
+def test_ca_rev219_the_ratio_refusal_names_the_scores_limit_beside_a_float64_temperature():
+    """Kills exact.py _too_wide with ``second_order_ratio_limit(grad.dtype)``: a float64 tensor temperature beside
+    float32 scores was told the float64 limit (3.4e+03), not the float32 one that was passed (1.1e+05)."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    tau = torch.tensor([1e-6, 1.0], dtype=torch.float64, requires_grad=True)
+    s = [torch.tensor([[0.3, -0.2, 0.5, 0.1]]), torch.tensor([[0.2, -0.1]])]
+    p = ca.solve(s, h, "exact", temperature=tau).probs
+    loss = (p[0] * torch.tensor([[1.0, -2.0, 0.5, 3.0]])).sum() + (p[1] * torch.tensor([[0.7, -0.4]])).sum()
+    g, = torch.autograd.grad(loss, tau, create_graph=True)
+    with pytest.raises(FloatingPointError, match=r"beyond 1\.1e\+05 for torch\.float32 scores"):
+        torch.autograd.grad(g.sum(), tau)
+
+
+def test_ca_rev219_temperature_gradient_from_the_probabilities_keeps_a_tiny_probability():
+    """Kills exact.py temperature_gradient with ``log p`` of the probabilities floored at ``eps`` for ``tiny``:
+    ``−Σ θ̄ · log p`` with log_probs None takes the log of each probability down to the dtype's smallest normal one."""
+    from convex_attention.exact import temperature_gradient
+
+    p = torch.tensor([[0.5, 0.5 - 1e-20, 1e-20]], dtype=torch.float64)
+    gbar = torch.tensor([[0.25, 0.5, -0.75]], dtype=torch.float64)
+    want = -(gbar * (p.log() - math.log(0.5))).sum()
+    got = temperature_gradient([p], [gbar])
+    torch.testing.assert_close(got, want.reshape(1), rtol=1e-12, atol=0)
+
+
+def test_ca_rev219_a_score_under_a_cell_masked_three_levels_up_moves_nothing():
+    """Kills exact.py _dead_from_above with ``src = down[b]`` (a coarsening's own dead cells not passed on): a chain
+    6 → 3 → 2 → 2 whose top cell 0 is masked holds no mass in middle cell 0 of map 1, two levels below it; a huge
+    score there must not round the others (ca_rev148, one level further up)."""
+    h = ca.Hierarchy.from_parents([6, 3, 2, 2], [[0, 0, 1, 1, 2, 2], [0, 1, 1], [0, 1]])
+
+    def solved(dtype, big):
+        scores = [torch.tensor([[0.5, 0.0, 0.2, -0.4, 0.1, 0.0]], dtype=dtype),
+                  torch.tensor([[big, 0.3, -0.2]], dtype=dtype), torch.tensor([[0.2, -0.1]], dtype=dtype),
+                  torch.tensor([[-math.inf, 0.1]], dtype=dtype)]
+        return [p.double() for p in ca.solve(scores, h, "exact", check_finite=False).probs]
+
+    want = solved(torch.float64, 0.0)
+    assert float(want[1][0, 0]) == 0.0 and float(want[1][0, 1]) > 0.1
+    _a_huge_score_where_no_mass_is_moves_nothing(solved, want)
+
+
+def test_ca_rev219_a_score_under_a_cell_a_sibling_sub_tree_masks_moves_nothing():
+    """Kills exact.py _dead_from_above with siblings taken as ``> 2`` finer maps, and with a sibling's dead block
+    tested ``== 1``: maps 0 (6) → 1 (3) → 2 (3) and 3 (6) → 4 (3) → 2, map 4's cell 0 masked, so coarse cell 0 and
+    map 1's cell 0 hold no mass; a huge score at map 1's cell 0 must not round the others (ca_rev148)."""
+    par, ident = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2])
+    g = ca.Graph.from_edges([6, 3, 3, 6, 3], [(0, 1, par), (1, 2, ident), (3, 4, par), (4, 2, ident)])
+
+    def solved(dtype, big):
+        scores = [torch.tensor([[0.5, 0.0, 0.2, -0.4, 0.1, 0.0]], dtype=dtype),
+                  torch.tensor([[big, 0.3, -0.2]], dtype=dtype), torch.tensor([[0.1, -0.3, 0.2]], dtype=dtype),
+                  torch.tensor([[0.4, 0.1, -0.2, 0.3, 0.0, 0.2]], dtype=dtype),
+                  torch.tensor([[-math.inf, 0.2, 0.1]], dtype=dtype)]
+        return [p.double() for p in ca.solve(scores, g, "exact", check_finite=False).probs]
+
+    want = solved(torch.float64, 0.0)
+    assert float(want[1][0, 0]) == 0.0 and float(want[1][0, 1]) > 0.1
+    _a_huge_score_where_no_mass_is_moves_nothing(solved, want)
+
+
+def test_ca_rev219_a_constant_added_to_a_middle_map_with_a_sibling_sub_tree_moves_nothing():
+    """Kills exact.py _dead_from_above with a middle sibling's dead block tested ``== 1`` (``== 0``: every cell of
+    the block dead): with no mask, every cell of maps 0 (6) → 1 (3) → 2 (3) ← 4 (3) ← 3 (6) was then taken for dead,
+    and map 1, centred on no cell, had its messages rounded to the spacing of a constant 2²³ added to its scores
+    (which moves nothing: one constant per map)."""
+    par, ident = torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 1, 2])
+    g = ca.Graph.from_edges([6, 3, 3, 6, 3], [(0, 1, par), (1, 2, ident), (3, 4, par), (4, 2, ident)])
+
+    def solved(dtype, shift):
+        scores = [torch.tensor([[0.5, 0.0, 0.2, -0.4, 0.1, 0.0]], dtype=dtype),
+                  torch.tensor([[shift, shift + 1.0, shift - 1.0]], dtype=dtype),
+                  torch.tensor([[0.1, -0.3, 0.2]], dtype=dtype),
+                  torch.tensor([[0.4, 0.1, -0.2, 0.3, 0.0, 0.2]], dtype=dtype),
+                  torch.tensor([[0.25, 0.2, 0.1]], dtype=dtype)]
+        return [p.double() for p in ca.solve(scores, g, "exact").probs]
+
+    want = solved(torch.float64, 0.0)
+    for got, ref in zip(solved(torch.float32, 2.0 ** 23), want):
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-6)
+
+
+def test_ca_rev219_a_second_derivative_of_exact_duals_that_overflows_below_the_floor_is_refused():
+    """Kills exact.py exact_duals without its guard_below_floor: at τ = (1e-300, 3e-300), below float64's floor,
+    a Hessian-vector product of the duals of tied scores (about 1/τ times the vector) overflows; docs/design.md §4:
+    a second derivative that overflows below the floor raises, it does not come back inf or NaN."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    s = [torch.zeros(1, 4, dtype=torch.float64, requires_grad=True),
+         torch.zeros(1, 2, dtype=torch.float64, requires_grad=True)]
+    d = exact_duals(s, h, [1e-300, 3e-300])[0]
+    g = torch.autograd.grad((d * torch.tensor([[1.0, -2.0]], dtype=torch.float64)).sum(), s, create_graph=True)
+    v = [torch.tensor([[1e10, 0.0, -1e10, 2e10]], dtype=torch.float64),
+         torch.tensor([[5e9, -1e10]], dtype=torch.float64)]
+    with pytest.raises(FloatingPointError, match="overflowed"):
+        torch.autograd.grad(sum((x * y).sum() for x, y in zip(g, v)), s)
+
+
+def test_ca_rev219_log_probs_of_a_huge_score_on_a_lone_map_at_a_tiny_temperature_are_finite():
+    """Kills exact.py _log_terms without a root's maximum taken off before dividing (``d = flat``): its docstring
+    promises every ``r_k`` finite for any accepted temperature; a lone map (a tree of one map, not centred by any
+    message) with scores (1e10, 1e10 − 1) at τ = 1e-300 overflowed to inf − inf (NaN), where log p = (0, −1/τ)."""
+    g = ca.Graph.from_edges([4, 2, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    s = [torch.tensor([[0.0, -1.0, 0.5, 0.0]], dtype=torch.float64), torch.tensor([[0.0, 1.0]], dtype=torch.float64),
+         torch.tensor([[1e10, 1e10 - 1.0]], dtype=torch.float64)]
+    lp = exact_log_probs(s, g, [1e-300, 1e-300, 1e-300])
+    torch.testing.assert_close(lp[2], torch.tensor([[0.0, -1e300]], dtype=torch.float64), rtol=1e-12, atol=0)
