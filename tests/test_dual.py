@@ -4345,6 +4345,20 @@ def _rev218_two_level_pair():
     return s, h
 
 
+def _poison_sample_one_objective(monkeypatch, dual_module, call: int, value: float) -> None:
+    """The dual objective the solver computes at its ``call``-th evaluation reads ``value`` for sample 1."""
+    real, calls = dual_module._objective, []
+
+    def poisoned(etas, temps, given=None):
+        g, pieces = real(etas, temps, given)
+        calls.append(1)
+        if len(calls) == call:
+            g = g.clone()
+            g[1] = value
+        return g, pieces
+
+    monkeypatch.setattr(dual_module, "_objective", poisoned)
+
 def test_ca_rev218_an_infinite_dual_objective_mid_solve_is_never_converged(monkeypatch):
     """g = +inf at a sweep whose maps are finite and solved makes the relative gap |inner| / inf = 0: the sample
     must still end as failed (docs: NaN or Inf in g ends a sample as not converged), not converged on its violation
@@ -4352,17 +4366,7 @@ def test_ca_rev218_an_infinite_dual_objective_mid_solve_is_never_converged(monke
     import convex_attention.dual as dual_module
 
     s, h = _rev218_two_level_pair()
-    real, calls = dual_module._objective, []
-
-    def poisoned(etas, temps, given=None):
-        g, pieces = real(etas, temps, given)
-        calls.append(1)
-        if len(calls) == 2:  # the first sweep's g, sample 1
-            g = g.clone()
-            g[1] = math.inf
-        return g, pieces
-
-    monkeypatch.setattr(dual_module, "_objective", poisoned)
+    _poison_sample_one_objective(monkeypatch, dual_module, call=2, value=math.inf)  # the first sweep's g
     with pytest.warns(RuntimeWarning):
         res = solve_dual(s, h, [1.0, 1.0], tol=1e-8, strict=False)
     assert res["converged"].tolist() == [True, False]
@@ -4375,17 +4379,7 @@ def test_ca_rev218_a_sample_non_finite_at_the_start_takes_no_sweep(monkeypatch):
 
     s, h = _rev218_two_level_pair()
     clean = solve_dual(s, h, [1.0, 1.0], tol=1e-10)
-    real, calls = dual_module._objective, []
-
-    def poisoned(etas, temps, given=None):
-        g, pieces = real(etas, temps, given)
-        calls.append(1)
-        if len(calls) == 1:  # the starting g, sample 1
-            g = g.clone()
-            g[1] = math.nan
-        return g, pieces
-
-    monkeypatch.setattr(dual_module, "_objective", poisoned)
+    _poison_sample_one_objective(monkeypatch, dual_module, call=1, value=math.nan)  # the starting g
     with pytest.warns(RuntimeWarning):
         res = solve_dual(s, h, [1.0, 1.0], tol=1e-10, strict=False)
     assert res["converged"].tolist() == [True, False]
