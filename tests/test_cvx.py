@@ -549,17 +549,25 @@ def test_the_certificate_sees_a_violated_edge_of_a_graph():
 Panic = type("PanicException", (BaseException,), {"__module__": "pyo3_runtime"})
 
 
-class _RaiseInBackward(torch.autograd.Function):
-    """The identity, whose backward raises the exception given to ``apply``."""
+class _OnBackward(torch.autograd.Function):
+    """The identity, whose backward passes on ``on_backward(incoming gradient)`` (``apply(x, on_backward)``):
+    what a backend's backward then returns, or raises."""
 
     @staticmethod
-    def forward(ctx, x, error):
-        ctx.error = error
+    def forward(ctx, x, on_backward):
+        ctx.on_backward = on_backward
         return x.clone()
 
     @staticmethod
     def backward(ctx, grad):
-        raise ctx.error
+        return ctx.on_backward(grad), None
+
+
+def _raise_in_backward(error: BaseException):
+    def raising(grad):
+        raise error
+
+    return raising
 
 
 def _raising(layer: CvxpyAttentionLayer, stage: str, error: BaseException):
@@ -570,7 +578,7 @@ def _raising(layer: CvxpyAttentionLayer, stage: str, error: BaseException):
         if stage == "forward":
             raise error
         out = real(*inputs, solver_args=solver_args)
-        return (_RaiseInBackward.apply(out[0], error),) + tuple(out[1:])
+        return (_OnBackward.apply(out[0], _raise_in_backward(error)),) + tuple(out[1:])
 
     return call
 
@@ -2349,21 +2357,6 @@ def _ca_rev203_first_attempt_inaccurate(monkeypatch, first_certificate: float) -
     return calls, layer.reference_solve([x[0] for x in flat_np(inst.scores)])[-1]
 
 
-class _NanCotangent(torch.autograd.Function):
-    """The identity, whose backward makes one sample's incoming gradient NaN (what the backend then receives)."""
-
-    @staticmethod
-    def forward(ctx, sample, x):
-        ctx.sample = sample
-        return x.clone()
-
-    @staticmethod
-    def backward(ctx, g):
-        g = g.clone()
-        g[ctx.sample] = float("nan")
-        return None, g
-
-
 @pytest.mark.parametrize("nan_sample", [0, 1])
 def test_ca_rev203_a_nan_backend_gradient_is_refused_on_a_sample_the_loss_reaches_or_not(nan_sample, monkeypatch):
     """Mutants killed: ``torch.nonzero(off > allowed)`` in _GradientCheck.judge (nan_sample 0, reached by the
@@ -2373,9 +2366,12 @@ def test_ca_rev203_a_nan_backend_gradient_is_refused_on_a_sample_the_loss_reache
     inst = random_instance("1d-2lvl", batch=2, seed=0)
     real = cvx.CvxpyAttentionLayer.__call__
 
+    def nan_on(grad):  # one sample's incoming gradient NaN: what the backend then receives
+        return grad.index_fill(0, torch.tensor([nan_sample]), float("nan"))
+
     def nan_backward(self, *args, **kwargs):
         probs, duals = real(self, *args, **kwargs)
-        return [_NanCotangent.apply(nan_sample, p) for p in probs], duals
+        return [_OnBackward.apply(p, nan_on) for p in probs], duals
 
     monkeypatch.setattr(cvx.CvxpyAttentionLayer, "__call__", nan_backward)
     scores = [s.clone().requires_grad_() for s in inst.scores]

@@ -1309,25 +1309,37 @@ def test_ca_rev203_the_stationarity_measure_keeps_a_nan_of_any_sample():
     assert math.isnan(verify_mod._stationarity(h, [1.0, 1.0], scores, sol.probs, duals))
 
 
+def _backend_duals_moved(monkeypatch, move) -> list:
+    """verify's cvxpylayers backend rows are given the duals ``move(duals)`` (detached) with the backend's own
+    maps, and its gradient checks are skipped (not what is tested; time): the list of ``(maps, moved duals)``
+    handed, one entry per backend solve."""
+    real = verify_mod.solve
+    handed = []
+
+    def moved(s, graph, method, **kwargs):
+        sol = real(s, graph, method, **kwargs)
+        if method != "cvxpylayers" or "backend" not in kwargs:
+            return sol
+        duals = move([d.detach() for d in sol.duals])
+        handed.append((sol.probs, duals))
+        return ca.Solution([p.detach() for p in sol.probs], list(s), graph, sol.temperature, method, duals)
+
+    monkeypatch.setattr(verify_mod, "solve", moved)
+    monkeypatch.setattr(verify_mod, "_check_gradients", lambda *args, **kwargs: None)
+    return handed
+
+
 def test_ca_rev203_a_backends_certificate_row_holds_its_worst_sample(monkeypatch):
     """Mutant killed: ``certificate(...)[0]`` for ``.max()`` in verify._backend_certificate (the first sample
     only).  The backend's duals moved off the optimum on sample 1 alone: its certificate row fails, with the
     error of that sample."""
-    real = verify_mod.solve
-    moved = []
-
-    def second_sample_off(s, graph, method, **kwargs):
-        sol = real(s, graph, method, **kwargs)
-        if method != "cvxpylayers" or "backend" not in kwargs:
-            return sol
-        duals = [d.detach().clone() for d in sol.duals]
+    def second_sample_off(duals):
+        duals = [d.clone() for d in duals]
         for d in duals:
             d[1] += 1e-2 * torch.linspace(-1.0, 1.0, d[1].numel(), dtype=d.dtype).reshape(d[1].shape)
-        moved.append((sol.probs, duals))
-        return ca.Solution([p.detach() for p in sol.probs], list(s), graph, sol.temperature, method, duals)
+        return duals
 
-    monkeypatch.setattr(verify_mod, "solve", second_sample_off)
-    monkeypatch.setattr(verify_mod, "_check_gradients", lambda *args, **kwargs: None)  # not what is tested (time)
+    moved = _backend_duals_moved(monkeypatch, second_sample_off)
     name, h, scores, temps = next(iter(_instances()))
     results = verify_instances([(name, h, scores, temps)], dual_solver=_builtin_duals, progress=False, backends=ONE)
     row = next(r for r in results if r.check == f"cvxpylayers[{ONE[0]}].certificate")
@@ -1380,20 +1392,8 @@ def test_ca_rev203_a_backends_dual_gap_row_is_relative_to_the_centred_optimum(mo
     """Mutant killed: dual_gap_vs_cvxpy not divided by max(1, |f̄*|) (the module docstring's measure): on
     scores 5x an instance's, |f̄*| > 1, a backend's duals moved off the optimum give the row
     (g(λ) − f*) / max(1, |f̄*|), computed here from the closed form."""
-    real = verify_mod.solve
-    handed = []
-
-    def moved(s, graph, method, **kwargs):
-        sol = real(s, graph, method, **kwargs)
-        if method != "cvxpylayers" or "backend" not in kwargs:
-            return sol
-        duals = [d.detach() + torch.linspace(-1.0, 1.0, d[0].numel(), dtype=d.dtype).reshape(d[0].shape)
-                 for d in sol.duals]
-        handed.append(duals)
-        return ca.Solution([p.detach() for p in sol.probs], list(s), graph, sol.temperature, method, duals)
-
-    monkeypatch.setattr(verify_mod, "solve", moved)
-    monkeypatch.setattr(verify_mod, "_check_gradients", lambda *args, **kwargs: None)
+    handed = _backend_duals_moved(monkeypatch, lambda duals: [
+        d + torch.linspace(-1.0, 1.0, d[0].numel(), dtype=d.dtype).reshape(d[0].shape) for d in duals])
     name, h, scores, temps = next(iter(_instances()))
     scores = [5 * s for s in scores]
     results = verify_instances([(name, h, scores, temps)], dual_solver=_builtin_duals, progress=False, backends=ONE)
@@ -1403,7 +1403,7 @@ def test_ca_rev203_a_backends_dual_gap_row_is_relative_to_the_centred_optimum(mo
     assert float(f_star.abs().min()) > 2
     from convex_attention import metrics
 
-    gap = (metrics.dual_objective(centred, handed[0], h, temps) - f_star) / f_star.abs().clamp(min=1)
+    gap = (metrics.dual_objective(centred, handed[0][1], h, temps) - f_star) / f_star.abs().clamp(min=1)
     assert row.error == pytest.approx(float(gap.abs().max()), rel=1e-6) and row.status == "fail"
 
 
