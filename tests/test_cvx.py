@@ -2303,21 +2303,31 @@ def test_ca_rev203_the_stationarity_bound_is_stationarity_factor_times_accept_to
     assert bool((cert <= tol).all()) and accepted.tolist() == [True, False]
 
 
+def _every_sample_refused(monkeypatch, multiples) -> list:
+    """cvx.acceptance refuses every sample, with certificates ``multiples(attempt)`` (a number, or one per sample)
+    times accept_tol at the ``attempt``-th call (from 1); the stationarity distances its own: the list of
+    attempts made."""
+    real = cvx.acceptance
+    attempts: list = []
+
+    def refused(h, temps, flat_scores, probs, duals, accept_tol):
+        cert, distance, _ = real(h, temps, flat_scores, probs, duals, accept_tol)
+        attempts.append(1)
+        cert = torch.as_tensor(multiples(len(attempts)), dtype=cert.dtype).expand_as(cert) * accept_tol
+        return cert, distance, torch.zeros(len(cert), dtype=torch.bool)
+
+    monkeypatch.setattr(cvx, "acceptance", refused)
+    return attempts
+
+
 def test_ca_rev203_a_nan_sample_gets_no_looser_accept_tol_advice_whatever_its_place_in_the_batch(monkeypatch):
     """'NaN is not near' (_raise_failure): two refused samples, certificates 5·accept_tol and NaN.  With the
     NaN first no looser accept_tol is advised; with it second, max([5e-8, nan]) is 5e-8 and the message
     advises 'Loosen accept_tol if 1e-08 is more accuracy than you need' for a NaN solution."""
     _needs("moreau")
     inst = random_instance("1d-2lvl", batch=2, seed=0)
-    real = cvx.acceptance
-    order = []
-
-    def refused(h, temps, flat_scores, probs, duals, accept_tol):
-        cert, distance, _ = real(h, temps, flat_scores, probs, duals, accept_tol)
-        cert = torch.tensor(order[-1], dtype=cert.dtype) * accept_tol
-        return cert, distance, torch.zeros(len(cert), dtype=torch.bool)
-
-    monkeypatch.setattr(cvx, "acceptance", refused)
+    order: list = []
+    _every_sample_refused(monkeypatch, lambda attempt: order[-1])
     for order_ in ([float("nan"), 5.0], [5.0, float("nan")]):
         order.append(order_)
         with pytest.raises(SolverFailure) as err:
@@ -2388,16 +2398,7 @@ def test_ca_rev203_a_failure_reports_the_first_attempts_refusal_not_the_last_ret
     2, 3, 4, 5 x accept_tol in turn; the failure names the first attempt's (2.00e-09), as documented."""
     _needs("diffcp-clarabel")
     inst = random_instance("1d-2lvl", batch=1, seed=0)
-    real = cvx.acceptance
-    attempts = []
-
-    def refused(h, temps, flat_scores, probs, duals, accept_tol):
-        cert, distance, _ = real(h, temps, flat_scores, probs, duals, accept_tol)
-        attempts.append(1)
-        cert = torch.full_like(cert, (1 + len(attempts)) * accept_tol)
-        return cert, distance, torch.zeros(len(cert), dtype=torch.bool)
-
-    monkeypatch.setattr(cvx, "acceptance", refused)
+    attempts = _every_sample_refused(monkeypatch, lambda attempt: 1.0 + attempt)
     with pytest.raises(SolverFailure) as err:
         solve_cvxpylayers(inst.scores, inst.h, inst.temps)
     assert len(attempts) == 1 + len(cvx.CLARABEL_RETRIES)
