@@ -156,7 +156,7 @@ def _add_verify(sub) -> None:
                         "own (a solver that raises, exits, crashes, hangs past --timeout or returns anything else "
                         "fails its checks, with the reason); its rows are named after the function (default: none, "
                         "the package's own dual solver; an empty value is a usage error)")
-    v.add_argument("--backends", nargs="+", default=None, metavar="B",
+    v.add_argument("--backends", nargs="+", default=None, metavar="NAME",
                    help=f"cvxpylayers backends to check, from {', '.join(BACKEND_NAMES)} (default: every installed "
                         f"one), each named once; one named here that is not installed is a usage error")
     v.add_argument("--out", default="results", help="results folder, for verify.csv (default: results)")

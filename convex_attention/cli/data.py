@@ -21,6 +21,7 @@ from ..paper.config import (
     MIMIC_TYPES,
     SYNTHETIC_GENERATORS,
     THRESHOLDS,
+    VALIDITY_IMAGES,
     TrainConfig,
     check_set_size,
 )
@@ -74,35 +75,37 @@ def add_data_commands(sub) -> None:
                     "OUT/data_check.json with --out (an earlier one only with --overwrite), holding OUT/results.lock "
                     "while it runs.")
     # --data, as in train and experiment: one name for the data source in every command
-    c.add_argument("--data", default="synthetic", choices=DATASETS,
+    c.add_argument("--data", default="synthetic", choices=DATASETS, metavar="NAME",
                    help="synthetic: rim lesions among mimics (the default benchmark); synthetic-blobs: the previous "
                         "generator; synthetic-brightest: one lesion per image, label 1 when it is the brightest "
                         "structure (--mimic-rate defaults to 5 there); brats: BraTS 2018 slices (--data-root) "
                         "(default: synthetic)")
-    c.add_argument("--n", type=int_in(MIN_IMAGES, MAX_IMAGES, "n"), default=400,
+    c.add_argument("--n", type=int_in(MIN_IMAGES, MAX_IMAGES, "n"), default=VALIDITY_IMAGES, metavar="N",
                    help=f"images in each of the training and held-out sets (brats: at most this many slices of each "
                         f"split, drawn at random); an integer from {MIN_IMAGES} to {MAX_IMAGES} (synthetic data: "
-                        f"at most {IMAGES_PER_SEED}) (default: 400)")
-    c.add_argument("--image-size", type=int_in(1, 8192, "image_size"), default=64,
+                        f"at most {IMAGES_PER_SEED}) (default: {VALIDITY_IMAGES})")
+    c.add_argument("--image-size", type=int_in(1, 8192, "image_size"), default=64, metavar="N",
                    help="image side (brats: the resize target); an integer from 1 to 8192, at least 32 for "
                         "synthetic and synthetic-brightest, 16 for synthetic-blobs (default: 64)")
-    c.add_argument("--seed", type=_seed, default=0,
+    c.add_argument("--seed", type=_seed, default=0, metavar="N",
                    help=f"the data's seed (held-out: seed + 10000; brats: the split); an integer from 0 to "
                         f"{SEED.high}; two seeds' synthetic sets can share images (docs/experiment.md, "
                         f"'Validity checks') (default: 0)")
     # the synthetic options default to None, so that one given for data they do not apply to is refused
-    c.add_argument("--difficulty", type=finite_float, default=None,
+    c.add_argument("--difficulty", type=finite_float, default=None, metavar="X",
                    help=f"synthetic difficulty in [0, 1] (default: {DIFFICULTY})")
-    c.add_argument("--mimic-rate", type=finite_float, default=None,
+    c.add_argument("--mimic-rate", type=finite_float, default=None, metavar="X",
                    help="synthetic: mimics per lesion image, in [0, 8] (default: 3; synthetic-brightest: 5)")
-    c.add_argument("--mimic-types", nargs="+", default=None, choices=MIMIC_TYPES,
-                   help="synthetic and synthetic-brightest: the mimic kinds drawn from (default: all of them)")
-    c.add_argument("--data-root", default=None, help="brats: the unpacked BraTS training folder (default: none)")
+    c.add_argument("--mimic-types", nargs="+", default=None, choices=MIMIC_TYPES, metavar="NAME",
+                   help=f"synthetic and synthetic-brightest: the mimic kinds drawn from, of {', '.join(MIMIC_TYPES)} "
+                        f"(default: all of them)")
+    c.add_argument("--data-root", default=None, metavar="TEXT",
+                   help="brats: the unpacked BraTS training folder (default: none)")
     add_options(c, TrainConfig, names=BRATS_SETTINGS)  # as train declares them
-    c.add_argument("--attention-bacc", type=finite_float, default=None,
+    c.add_argument("--attention-bacc", type=finite_float, default=None, metavar="X",
                    help="check (c): held-out balanced accuracy of the attention model, in [0, 1] (default: none, "
                         "(c) not run)")
-    c.add_argument("--uniform-bacc", type=finite_float, default=None,
+    c.add_argument("--uniform-bacc", type=finite_float, default=None, metavar="X",
                    help="check (c): held-out balanced accuracy of the same model pooling uniformly, in [0, 1] "
                         "(default: none)")
     c.add_argument("--out", default=None, help="folder for data_check.json (default: none, nothing is written)")

@@ -32,6 +32,8 @@ from ..io.settings import (
 from ..paper.config import (
     DATA_SOURCE_HELP,
     DEFAULT_VARIANTS_PATH,
+    EXPLAIN_BATCH_SIZE,
+    EXPLAINED_IMAGES,
     FULL,
     QUICK,
     SYNTHETIC_SOURCES,
@@ -170,7 +172,7 @@ def _add_train(sub) -> None:
     shown = {"out": f"{base.out} (with --resume: the checkpoint's folder)"}
     for cls, names in _options_of(TRAIN_OPTIONS):
         add_options(t, cls, base=base.model if cls is ModelConfig else base, names=names, shown=shown)
-    t.add_argument("--resume", default=None,
+    t.add_argument("--resume", default=None, metavar="FILE",
                    help="checkpoint to continue from (e.g. OUT/last.pt); its settings are the defaults; one older "
                         "than its folder's last finished epoch (e.g. OUT/best.pt) is refused there, as continuing it "
                         "would replace the later epochs: give it another --out (default: none, a new run)")
@@ -204,15 +206,15 @@ def _add_explain(sub) -> None:
     e.add_argument("--target", default="true", choices=["true", "predicted"],
                    help="class explained by the post-hoc methods: each image's true class (1, lesion: the "
                         "images explained hold a lesion) or the prediction (default: true)")
-    e.add_argument("--n-images", type=int_in(1, 100_000, "n_images"), default=64,
-                   help="the first N validation images with a lesion are explained, an integer from 1 to 100000 "
-                        "(default: 64)")
+    e.add_argument("--n-images", type=int_in(1, 100_000, "n_images"), default=EXPLAINED_IMAGES, metavar="N",
+                   help=f"the first N validation images with a lesion are explained; an integer from 1 to 100000 "
+                        f"(default: {EXPLAINED_IMAGES})")
     e.add_argument("--upsampling", default="nearest", choices=list(UPSAMPLINGS),
                    help="how the pixel protocol brings coarse maps to the image (default: nearest)")
     e.add_argument("--pixel-only", action="store_true", help="score under the pixel protocol only (not the pooled)")
-    e.add_argument("--batch-size", type=int_in(1, 100_000, "batch_size"), default=16,
-                   help="images per batch, an integer from 1 to 100000 (default: 16)")
-    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    e.add_argument("--batch-size", type=int_in(1, 100_000, "batch_size"), default=EXPLAIN_BATCH_SIZE, metavar="N",
+                   help=f"images per batch; an integer from 1 to 100000 (default: {EXPLAIN_BATCH_SIZE})")
+    e.add_argument("--device", default="cpu", metavar="TEXT", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
     e.add_argument("--out", default="results/explain", help="output folder (default: results/explain)")
     e.add_argument("--overwrite", action="store_true",
                    help="replace an earlier explanation's files in --out (explain.csv, explain_summary.csv, "
@@ -248,7 +250,7 @@ def _add_experiment(sub) -> None:
     x.add_argument("--stage", default="dev", choices=["dev", "test"],
                    help="dev: compare variants on the development split; test: the final run on the test split "
                         "(default: dev)")
-    x.add_argument("--variants", default=DEFAULT_VARIANTS_PATH,
+    x.add_argument("--variants", default=DEFAULT_VARIANTS_PATH, metavar="FILE",
                    help="the committed variants file the test stage reads; both stages read the data ledger beside "
                         "it (default: configs/experiment_variants.json of this checkout)")
     x.add_argument("--variants-sha256", default=None, metavar="HEX",

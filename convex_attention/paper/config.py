@@ -90,6 +90,13 @@ MIMIC_SOURCES = ("synthetic", "synthetic-brightest")
 MIMIC_TYPES = ("inverted", "split", "mottled")
 #: How the pixel protocol brings a coarse map to the image (:mod:`.explain_metrics`).
 UPSAMPLINGS = ("nearest", "bilinear")
+# Explanations by default: the first 64 lesion images, in batches of 16 (the experiment's
+# n_explain, the explain command's --n-images and --batch-size, explain_models' defaults)
+EXPLAINED_IMAGES = 64
+EXPLAIN_BATCH_SIZE = 16
+# Images per set the benchmark's validity checks get by default (the experiment's
+# validity_images, `data check --n`)
+VALIDITY_IMAGES = 400
 STAGES = ("dev", "test")
 #: The experiment's data seeds: each owns one block of generator seeds (:func:`.protocol.split_seed`).
 DATA_SEED_MAX = 999
@@ -741,7 +748,7 @@ class ExperimentConfig:
                              "attention methods (every one gets the same variant)")
     seeds: tuple = setting((0, 1, 2, 3, 4), Many(SEED, distinct=True), "training seeds (test stage)")
     train: TrainConfig = field(default_factory=_default_train)
-    n_explain: int = setting(64, Int(low=1, high=100_000),
+    n_explain: int = setting(EXPLAINED_IMAGES, Int(low=1, high=100_000),
                              "the first N lesion images of the test (dev) split are explained")
     target: str = setting("true", Choice(("true", "predicted")), "the class the post-hoc methods explain "
                           "(each image's own label, or the prediction)", flag="")
@@ -753,7 +760,7 @@ class ExperimentConfig:
     n_sanity: int = setting(32, Int(low=1, high=100_000),
                             "images per seed of the model-randomisation check (the first of the explained ones, "
                             "so at most n_explain; the protocol asks for at least 32)")
-    validity_images: int = setting(400, _COUNT, "images per set given to the benchmark's validity checks")
+    validity_images: int = setting(VALIDITY_IMAGES, _COUNT, "images per set given to the benchmark's validity checks")
     dev_seeds: tuple = setting((0, 1, 2, 3, 4), Many(SEED, distinct=True),
                                "training seeds of the dev stage (check (c') needs at least 5)")
     difficulties: tuple = setting((0.3, 0.6), Many(Real(low=0.0, high=1.0), at_most=4, distinct=True),

@@ -45,6 +45,7 @@ from ..baselines.attributions import BASELINES, gradcam
 from ..io import figures
 from ..io.figures import FULL_WIDTH, STYLE
 from ..io.files import atomic_csv, atomic_write_text
+from .config import EXPLAIN_BATCH_SIZE, EXPLAINED_IMAGES
 from .explain_metrics import (
     METRIC_NAMES,
     UPSAMPLINGS,
@@ -287,8 +288,8 @@ def check_pooled_grids(models: dict) -> None:
                          f"{grids_of(models[other])}, {first!r} on {grids}; explain them apart, or pass --pixel-only")
 
 
-def explain_models(models: dict, dataset: Dataset, n_images: int = 64, baseline_model="all",
-                   target: str = "true", batch_size: int = 16, device="cpu", progress: bool = True,
+def explain_models(models: dict, dataset: Dataset, n_images: int = EXPLAINED_IMAGES, baseline_model="all",
+                   target: str = "true", batch_size: int = EXPLAIN_BATCH_SIZE, device="cpu", progress: bool = True,
                    indices: list[int] | None = None, upsampling: str = "nearest", pooled: bool = False,
                    references: bool = False, model_free_weights=None, n_examples: int = 4,
                    decisive: list[int] | None = None):

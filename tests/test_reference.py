@@ -1,0 +1,121 @@
+"""docs/commands.md is the command's parser written out: every option, with the default its
+setting declares (convex_attention/cli/reference.py)."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from convex_attention.cli import build_parser
+from convex_attention.cli._common import CommandParser
+from convex_attention.cli.reference import command_reference
+from convex_attention.paper.config import FULL, QUICK
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_committed_reference_is_the_parsers():
+    """A changed default, option or help text leaves docs/commands.md stale until it is written
+    again; the docs then say one thing and the command does another."""
+    committed = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
+    assert committed == command_reference(), (
+        "docs/commands.md is stale: write it again with "
+        "`python -m convex_attention.cli.reference > docs/commands.md`")
+
+
+def _rows(text: str, command: str) -> dict[str, str]:
+    """{invocation: meaning} of one command's table in the reference."""
+    section = text.split(f"## `{command}`\n", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            invocation, meaning = line[3:].split("` | ", 1)
+            rows[invocation] = meaning.removesuffix(" |")
+    return rows
+
+
+def test_every_subcommand_and_every_option_has_its_row():
+    text = command_reference()
+    parser = build_parser()
+    (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    for name, sub in commands.choices.items():
+        assert f"## `convex-attention {name}`\n" in text
+        options = {o for a in sub._actions for o in a.option_strings if o not in ("-h", "--help")}
+        listed = " ".join(_rows(text, f"convex-attention {name}"))
+        missing = [o for o in options if f"{o} " not in f"{listed} " and f"{o}," not in listed]
+        assert not missing, (name, missing)
+    assert "## `convex-attention data check`\n" in text
+
+
+def test_the_experiments_defaults_and_its_quick_preset_are_stated():
+    """The defaults an earlier review found in no document (ca_rev214): n_explain, n_dev,
+    validity_images, the --quick n_sanity, the full alpha grid; read from the configurations."""
+    rows = _rows(command_reference(), "convex-attention experiment")
+    for option, name in (("--n-explain N", "n_explain"), ("--n-dev N", "n_dev"), ("--n-sanity N", "n_sanity"),
+                         ("--validity-images N", "validity_images")):
+        assert rows[option].endswith(f"(default: {getattr(FULL, name)} / --quick: {getattr(QUICK, name)})")
+    alphas = " ".join(str(a) for a in FULL.candidates()["alpha"])
+    assert f"(default: {alphas} / --quick:" in rows["--grid-alpha X [X ...]"]
+
+
+def test_the_benchs_defaults_are_stated():
+    from convex_attention.bench.config import SweepConfig
+
+    rows = _rows(command_reference(), "convex-attention bench")
+    config = SweepConfig()
+    for option, name in (("--repeats N", "repeats"), ("--warmup N", "warmup"), ("--budget X", "budget"),
+                         ("--fit-instances N", "fit_instances"), ("--fit-steps N", "fit_steps"),
+                         ("--amortised-steps N", "amortised_steps")):
+        assert rows[option].endswith(f"(default: {getattr(config, name)})"), option
+
+
+def test_one_number_is_the_default_of_the_explain_command_and_of_the_experiments_explanations():
+    """explain --n-images and the experiment's n_explain, data check --n and validity_images:
+    the same setting in two commands, declared once (paper.config)."""
+    from convex_attention.paper import config
+    from convex_attention.paper.explain import explain_models
+
+    text = command_reference()
+    assert _rows(text, "convex-attention explain")["--n-images N"].endswith(f"(default: {FULL.n_explain})")
+    assert _rows(text, "convex-attention data check")["--n N"].endswith(f"(default: {FULL.validity_images})")
+    assert FULL.n_explain == config.EXPLAINED_IMAGES == explain_models.__defaults__[0]
+    assert FULL.validity_images == config.VALIDITY_IMAGES
+
+
+def _toy_parser() -> CommandParser:
+    parser = CommandParser(prog="tool", description="First  line\nwrapped.\n\nSecond paragraph.")
+    parser.add_argument("--pick", choices=["a", "b"], default="a", help="one of them (default: %(default)s)")
+    parser.add_argument("--many", nargs="+", type=int, metavar="N", help="numbers; 95 %% of them | pipes")
+    parser.add_argument("--maybe", nargs="?", help="optional value")
+    parser.add_argument("--flag", action="store_true", help="a switch")
+    parser.add_argument("--hidden", help=argparse.SUPPRESS)
+    parser.add_argument("folder", help="where")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("go", help="runs", description="Goes.", examples=("tool go  # it goes",))
+    sub.add_parser("unlisted")
+    return parser
+
+
+def test_a_row_is_the_invocation_and_the_expanded_help():
+    text = command_reference(_toy_parser())
+    assert "## `tool`\n\nFirst line wrapped.\n\nSecond paragraph.\n" in text
+    rows = _rows(text, "tool")
+    assert rows == {"--pick {a,b}": "one of them (default: a)", "--many N [N ...]": "numbers; 95 % of them \\| pipes",
+                    "--maybe [MAYBE]": "optional value", "--flag": "a switch", "folder": "where", "go": "runs"}
+    assert "--hidden" not in text and "show this help message" not in text
+    assert "## `tool go`\n\nGoes.\n" in text and "```\ntool go  # it goes\n```" in text
+    assert "## `tool unlisted`" in text and "| `unlisted` |" not in text
+
+
+VALUE_WORDS = {"N", "X", "TEXT", "NAME", "OUT", "FILE", "HEX", "SPEC", "NAME=PATH", "on|off"}
+
+
+def test_metavars_name_the_kind_of_value_not_the_option():
+    """Hand-written options had argparse's default metavars (`--n-images N_IMAGES`, `--seed SEED`,
+    `--resume RESUME`) where the declared ones say N, X, TEXT or NAME."""
+    text = command_reference()
+    for command in text.split("\n## `")[1:]:
+        name = command.split("`", 1)[0]
+        for invocation in _rows(text, name):
+            value = invocation.partition(" ")[2].split(" [")[0]
+            words_ok = not value or value in VALUE_WORDS or (value.startswith("{") and value.endswith("}"))
+            assert words_ok, (name, invocation)
