@@ -98,8 +98,9 @@ def _invocation(action: argparse.Action) -> str:
 
 
 def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
-    """The help text as ``--help`` prints it (its ``%(default)s`` and ``%%`` expanded)."""
-    return parser._get_formatter()._expand_help(action) if action.help else ""
+    """The help text as ``--help`` prints it (its ``%(default)s`` and ``%%`` expanded), by a plain
+    formatter: never the parser's own, which may colour it for a terminal (Python 3.14)."""
+    return argparse.HelpFormatter(parser.prog)._expand_help(action) if action.help else ""
 
 
 def _paragraph(text: str) -> str:
