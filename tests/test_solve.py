@@ -1857,3 +1857,20 @@ def test_ca_rev204_consistency_loss_detach_target_stops_the_gradient_through_the
     (held,) = torch.autograd.grad(ca.consistency_loss(scores, duals, h, detach_target=True), scores[1],
                                   allow_unused=True)
     assert held is None or bool((held == 0).all()), held
+
+
+# ---- ca_rev221 (hostile review: the layer inside a user's model): what it found undocumented
+
+@pytest.mark.parametrize("method", ["softmax", "exact", "dual", "learned_dual", "cvxpylayers"])
+def test_an_empty_batch_is_refused_by_every_method_as_design_md_says(method):
+    """design.md §4: B ≥ 1, an empty batch a ValueError for every method (torch.softmax would
+    return empty maps); on a chain and on a graph with a map of two coarsenings."""
+    chain = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    two = ca.Graph.from_edges([4, 2, 2], [(0, 1, torch.tensor([0, 0, 1, 1])), (0, 2, torch.tensor([0, 1, 0, 1]))])
+    for h, shapes in ((chain, [(4, 4), (2, 2)]), (two, [(4,), (2,), (2,)])):
+        if method == "exact" and h is two:
+            continue  # refused for the structure first (a map of two coarsenings)
+        scores = [torch.zeros(0, *s) for s in shapes]
+        duals = {"duals": [torch.zeros(0, *h.shapes[e[1]]) for e in h.edges]} if method == "learned_dual" else {}
+        with pytest.raises(ValueError, match="^scores have batch size 0$"):
+            ca.solve(scores, h, method, **duals)
