@@ -1188,8 +1188,9 @@ def test_explain_defaults_are_the_ones_its_help_shows(tmp_path, capsys, monkeypa
     import re
 
     seen = _explain_reaching_the_work(tmp_path, capsys, monkeypatch, [])
+    # (the device shown, auto, is resolved before the work: test_explain_on_auto_uses_cuda_where_there_is_one)
     for option, kwarg in (("--target", "target"), ("--n-images", "n_images"), ("--batch-size", "batch_size"),
-                          ("--upsampling", "upsampling"), ("--device", "device")):
+                          ("--upsampling", "upsampling")):
         (action,) = [a for a in _subparsers()["explain"]._actions if option in a.option_strings]
         shown = re.search(r"\(default: ([^)]*)\)", action.help).group(1)
         assert str(seen[kwarg]) == shown, (option, seen[kwarg], shown)
@@ -1204,9 +1205,12 @@ def test_explain_baseline_model_names_the_models_the_post_hoc_methods_explain(ar
 
 
 @pytest.mark.parametrize("available,device", [(True, "cuda"), (False, "cpu")])
-def test_explain_on_auto_uses_cuda_where_there_is_one(available, device, tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("argv", [["--device", "auto"], []])
+def test_explain_on_auto_uses_cuda_where_there_is_one(available, device, argv, tmp_path, capsys, monkeypatch):
+    """auto is explain's default, as train's and the experiment's (it had been the CPU, so a model
+    trained on a GPU was explained on the CPU unless --device said otherwise)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
-    assert _explain_reaching_the_work(tmp_path, capsys, monkeypatch, ["--device", "auto"])["device"] == device
+    assert _explain_reaching_the_work(tmp_path, capsys, monkeypatch, argv)["device"] == device
 
 
 def test_train_into_a_file_is_refused_by_every_torchrun_rank_before_the_data_are_built(tmp_path, capsys, monkeypatch,

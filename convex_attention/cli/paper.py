@@ -214,7 +214,10 @@ def _add_explain(sub) -> None:
     e.add_argument("--pixel-only", action="store_true", help="score under the pixel protocol only (not the pooled)")
     e.add_argument("--batch-size", type=int_in(1, 100_000, "batch_size"), default=EXPLAIN_BATCH_SIZE, metavar="N",
                    help=f"images per batch; an integer from 1 to 100000 (default: {EXPLAIN_BATCH_SIZE})")
-    e.add_argument("--device", default="cpu", metavar="TEXT", help="cpu, cuda, cuda:N, mps or auto (default: cpu)")
+    # the device train and the experiment default to (the experiment explains on it too)
+    e.add_argument("--device", default=TrainConfig.device, metavar="TEXT",
+                   help=f"auto (CUDA where there is one, else the CPU, as train), cpu, cuda, cuda:N or mps "
+                        f"(default: {TrainConfig.device})")
     e.add_argument("--out", default="results/explain", help="output folder (default: results/explain)")
     e.add_argument("--overwrite", action="store_true",
                    help="replace an earlier explanation's files in --out (explain.csv, explain_summary.csv, "
