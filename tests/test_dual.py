@@ -12,6 +12,7 @@ from helpers import (
     FOREST_CASES,
     GRAPH_CASES,
     NONTREE_CASES,
+    REFERENCE_ATOL,
     Instance,
     benchmark_instance,
     flat_np,
@@ -50,10 +51,10 @@ def test_dual_matches_reference(case, batch):
     sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-11, max_iter=20000)
     ref_p, ref_d, ref_v = reference_solve(inst.h, inst.scores, inst.temps)
     for got, want in zip(flat_np(sol.probs), ref_p):
-        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got, want, atol=REFERENCE_ATOL["probs"], rtol=0)
     for got, want in zip(flat_np(sol.duals), ref_d):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(sol.dual_objective.numpy(), ref_v, atol=1e-8, rtol=0)
+        np.testing.assert_allclose(got, want, atol=REFERENCE_ATOL["duals"], rtol=0)
+    np.testing.assert_allclose(sol.dual_objective.numpy(), ref_v, atol=REFERENCE_ATOL["objective"], rtol=0)
     assert (sol.violation <= 1e-11).all()
     assert sol.info["converged"].all() and (sol.info["iterations"] >= 1).all()
 
@@ -658,7 +659,7 @@ GRAPH_RUNS = [(case, "auto") for case in GRAPH_CASES] + [(case, False) for case 
 @pytest.mark.parametrize("batch", [1, 3])
 def test_dual_on_graphs_matches_reference(case, warm_start, batch):
     """Every family (chain as a graph, stars, trees, axial, grid + cutting regions, mixed,
-    disconnected) against the independent CVXPY reference, float64, to 1e-7; by default forests
+    disconnected) against the independent CVXPY reference, float64, to REFERENCE_ATOL; by default forests
     start at their closed form, cold (``warm_start=False``) they are solved by the sweeps alone."""
     inst = random_graph_instance(case, batch=batch, seed=10 + batch)
     sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-12, warm_start=warm_start)
@@ -666,10 +667,10 @@ def test_dual_on_graphs_matches_reference(case, warm_start, batch):
         assert (sol.info["iterations"] >= 1).all()
     ref_p, ref_d, ref_v = reference_solve(inst.h, inst.scores, inst.temps)
     for got, want in zip(flat_np(sol.probs), ref_p):
-        np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
+        np.testing.assert_allclose(got, want, atol=REFERENCE_ATOL["probs"], rtol=0)
     for got, want in zip(flat_np(sol.duals), ref_d):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(sol.dual_objective.numpy(), ref_v, atol=1e-8, rtol=0)
+        np.testing.assert_allclose(got, want, atol=REFERENCE_ATOL["duals"], rtol=0)
+    np.testing.assert_allclose(sol.dual_objective.numpy(), ref_v, atol=REFERENCE_ATOL["objective"], rtol=0)
     assert (sol.violation <= 1e-12).all() and (sol.info["gap"] <= 1e-12).all() and sol.info["converged"].all()
     # the certificate the solver reports is the relative gap |g(λ) − f(p(λ))| / max(1, |f̄|), f̄ the
     # objective of the scores centred per map

@@ -7,6 +7,7 @@ from helpers import (
     ALL_CASES,
     FOREST_CASES,
     NONTREE_CASES,
+    REFERENCE_ATOL,
     flat_np,
     make_graph,
     random_feasible_point,
@@ -37,10 +38,10 @@ def test_exact_matches_reference(case, batch):
     sol = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
     ref_p, ref_d, ref_v = reference_solve(inst.h, inst.scores, inst.temps)
     for got, want in zip(flat_np(sol.probs), ref_p):
-        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(got, want, atol=REFERENCE_ATOL["probs"], rtol=0)
     for got, want in zip(flat_np(sol.duals), ref_d):
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(sol.objective.numpy(), ref_v, atol=1e-7, rtol=1e-9)
+        np.testing.assert_allclose(got, want, atol=REFERENCE_ATOL["duals"], rtol=0)
+    np.testing.assert_allclose(sol.objective.numpy(), ref_v, atol=REFERENCE_ATOL["objective"], rtol=0)
     # strong duality at the optimum: f(p*) = g(λ*)
     np.testing.assert_allclose(sol.dual_objective.numpy(), sol.objective.numpy(), atol=1e-10, rtol=1e-12)
     assert sol.violation.max() < 1e-12
@@ -378,10 +379,10 @@ def test_exact_on_forests_matches_reference(case, batch):
     sol = ca.solve(inst.scores, inst.h, "exact", temperature=inst.temps)
     ref_p, ref_d, ref_v = reference_solve(inst.h, inst.scores, inst.temps)
     for got, want in zip(flat_np(sol.probs), ref_p):
-        np.testing.assert_allclose(got, want, atol=1e-7, rtol=0)
+        np.testing.assert_allclose(got, want, atol=REFERENCE_ATOL["probs"], rtol=0)
     for got, want in zip(flat_np(sol.duals), ref_d):
-        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(sol.objective.numpy(), ref_v, atol=1e-7, rtol=1e-9)
+        np.testing.assert_allclose(got, want, atol=REFERENCE_ATOL["duals"], rtol=0)
+    np.testing.assert_allclose(sol.objective.numpy(), ref_v, atol=REFERENCE_ATOL["objective"], rtol=0)
     np.testing.assert_allclose(sol.dual_objective.numpy(), sol.objective.numpy(), atol=1e-10, rtol=1e-12)
     assert sol.violation.max() < 1e-12
 
