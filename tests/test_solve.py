@@ -1874,3 +1874,25 @@ def test_an_empty_batch_is_refused_by_every_method_as_design_md_says(method):
         duals = {"duals": [torch.zeros(0, *h.shapes[e[1]]) for e in h.edges]} if method == "learned_dual" else {}
         with pytest.raises(ValueError, match="^scores have batch size 0$"):
             ca.solve(scores, h, method, **duals)
+
+
+def test_a_wholly_masked_block_leaves_other_samples_losses_finite_except_through_dual_objective():
+    """design.md §4: where a block is wholly masked no finite dual exists; a loss that leaves the
+    sample out has finite gradients through probs, objective and duals, and NaN ones in that
+    sample's scores through dual_objective (torch.logsumexp's own behaviour on a masked row)."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    g = torch.Generator().manual_seed(0)
+    base = [torch.randn((2, 4, 4), generator=g, dtype=torch.float64), torch.randn((2, 2, 2), generator=g,
+                                                                                  dtype=torch.float64)]
+    base[0][1, :2, :2] = -math.inf
+    for read in ("probs", "objective", "duals", "dual_objective"):
+        scores = [s.clone().requires_grad_() for s in base]
+        sol = ca.solve(scores, h, "exact", temperature=[0.7, 1.3], check_finite=False)
+        value = getattr(sol, read)
+        loss = value[0] if read in ("objective", "dual_objective") else sum((v[0] ** 2).sum() for v in value)
+        grads = torch.autograd.grad(loss, scores)
+        assert all(bool(torch.isfinite(x[0]).all()) for x in grads), read  # the sample the loss reads
+        finite = all(bool(torch.isfinite(x[1]).all()) for x in grads)
+        assert finite == (read != "dual_objective"), read
+        if read != "dual_objective":
+            assert all(bool((x[1] == 0).all()) for x in grads), read
