@@ -13,7 +13,8 @@ method names.  A record holds the method's function and its facts:
 ``exact``                 the result is the optimum of the problem (to a tolerance)
 ``consistent``            the result satisfies ``P_k p_k = p_{k+1}`` (to a tolerance)
 ``tensor_temperature``    a temperature tensor that requires grad is differentiated through
-``cpu_only``              solves on the CPU in float64 whatever the input's device
+``cpu_only``              solves in float64 on the CPU, whatever the input's device, unless a
+                          backend built for CUDA is installed (cvxpylayers: cvx.solve_device)
 ``check_options``         ``fn(options, h)`` that validates option values before any work
                           (``None``: only the names are checked); the modules call it at
                           construction
