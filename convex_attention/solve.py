@@ -108,9 +108,11 @@ class Solution:
             ``solver_options`` (the options as given).
         given: the maps whose probabilities were given (a tuple of map indices, empty when none).
 
-    ``duals``, ``violation``, ``objective`` and ``dual_objective`` are computed on first
-    access (then cached), so a training loop that only reads ``probs`` pays nothing for
-    them.  They are differentiable functions of the scores wherever the method is.  They
+    ``violation``, ``objective`` and ``dual_objective``, and the ``duals`` of ``exact`` and
+    ``learned_dual``, are computed on first access (then cached), so a training loop that
+    only reads ``probs`` pays nothing for them (``dual`` and ``cvxpylayers`` return their
+    solver's duals with the maps, readable whatever happens to the inputs later).  They are
+    differentiable functions of the scores wherever the method is.  Those computed on access
     (but ``violation``, which reads ``probs`` alone) read the inputs of the solve (scores,
     temperatures, duals, given maps; with ``check_finite=False`` also the scores as given, before
     the masks that pooling implies), which are not copied: reading one of them for the

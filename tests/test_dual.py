@@ -4639,3 +4639,17 @@ def test_ca_rev222_implicit_gradient_in_scores_and_temperatures_matches_the_dens
             assert err <= 1e-10, (case, seed, k, err)
         err = float(np.abs(got[-1].numpy() - want_tau).max()) / max(1.0, float(np.abs(want_tau).max()))
         assert err <= 1e-10, (case, seed, "tau", err)
+
+
+# ---- ca_rev226 (design.md §4 truth audit, part 2): the polish's and the ledger's constants design.md quotes
+
+
+def test_ca_rev226_the_polish_and_the_shared_temperature_ledger_use_the_documented_numbers():
+    """design.md §4: the float32 duals are polished by a float64 solve_dual "to ``POLISH_TOL`` = 1e-12", which
+    "stops at ``POLISH_TOL`` or after ``POLISH_MAX_ITER`` = 100 sweeps"; a shared temperature's records of passes
+    that never reach the solve's node "go once 16 later passes have recorded"."""
+    import convex_attention.dual as dual_module
+
+    assert dual_module.POLISH_TOL == 1e-12
+    assert dual_module.POLISH_MAX_ITER == 100
+    assert dual_module._PASSES_KEPT == 16

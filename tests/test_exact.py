@@ -1585,3 +1585,23 @@ def test_ca_rev219_log_probs_of_a_huge_score_on_a_lone_map_at_a_tiny_temperature
          torch.tensor([[1e10, 1e10 - 1.0]], dtype=torch.float64)]
     lp = exact_log_probs(s, g, [1e-300, 1e-300, 1e-300])
     torch.testing.assert_close(lp[2], torch.tensor([[0.0, -1e300]], dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+# ---- ca_rev226 (design.md §4 truth audit, part 2): the second-order constants design.md quotes
+
+
+def test_ca_rev226_the_second_order_floor_and_ratio_limits_are_the_documented_numbers():
+    """design.md §4 (Second order): second derivatives pass through 1/τ², which the dtype cannot hold below
+    ``exact.second_order_temperature_floor`` (5.4e-20 in float32, 7.5e-155 in float64); C is taken as
+    ``exact.SECOND_ORDER_ROUNDING`` = 400, and ``exact.second_order_ratio_limit`` is √(GRADIENT_RTOL/(C·eps₆₄)):
+    1.1e5 for float32 scores, 3.4e3 for float64 ones (half precision computes in float32: its limit is float32's)."""
+    from convex_attention import exact
+
+    assert exact.SECOND_ORDER_ROUNDING == 400
+    assert f"{exact.second_order_temperature_floor(torch.float32):.1e}" == "5.4e-20"
+    assert f"{exact.second_order_temperature_floor(torch.float64):.1e}" == "7.5e-155"
+    assert f"{exact.second_order_ratio_limit(torch.float32):.1e}" == "1.1e+05"
+    assert f"{exact.second_order_ratio_limit(torch.float64):.1e}" == "3.4e+03"
+    assert exact.second_order_ratio_limit(torch.float16) == exact.second_order_ratio_limit(torch.float32)
+    eps = torch.finfo(torch.float64).eps
+    assert math.isclose(exact.second_order_ratio_limit(torch.float64), math.sqrt(1e-6 / (400 * eps)), rel_tol=1e-12)

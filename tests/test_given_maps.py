@@ -220,3 +220,12 @@ def test_ca_rev204_given_reach_keeps_two_differently_pooling_paths_and_one_of_al
     assert sorted(p.tolist() for t, p in down[0] if t == 3) == [[0, 0, 1, 1], [0, 1, 0, 1]]
     down, _ = given_maps.given_reach(diamond(False), [False, False, False, True])
     assert [p.tolist() for t, p in down[0] if t == 3] == [[0, 0, 1, 1]]
+
+
+# ---- ca_rev226 (design.md §4 truth audit, part 2): the paths kept per map and given map
+
+
+def test_ca_rev226_the_reach_keeps_the_documented_number_of_paths():
+    """design.md §4: the reach "keeps at most ``given_maps.REACH_PATHS`` = 2 such paths per map and given map"
+    (ca_rev198's test kills 1; this pins the documented number itself)."""
+    assert given_maps.REACH_PATHS == 2

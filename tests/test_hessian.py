@@ -2201,3 +2201,17 @@ def test_ca_rev200_norm_neither_underflows_nor_overflows_at_the_ends_of_the_rang
         assert math.isclose(float(got[0]), math.sqrt(2) * s, rel_tol=1e-6), (dtype, s, float(got[0]))
         assert got[1:].tolist() == [5.0, 0.0, math.inf]
         assert bool(torch.isnan(_norm(torch.tensor([[math.nan, s]], dtype=dtype)))[0])
+
+
+# ---- ca_rev226 (design.md §4 truth audit, part 2): the refinement's constants design.md quotes
+
+
+def test_ca_rev226_a_correction_is_asked_for_the_documented_share_of_its_own_residual():
+    """design.md §4: a measured sample gets at least one correction, asked for what brings the whole residual to
+    ``rtol`` "and at least ``hessian.CORRECTION_RTOL`` of its own: 1e-3 in float64, 1e-2 in float32"; a float32
+    system solved in float64 is held to float64's tolerances (``GRADIENT_RTOL`` 1e-6)."""
+    from convex_attention import hessian
+    from convex_attention._ops import GRADIENT_RTOL
+
+    assert hessian.CORRECTION_RTOL == {torch.float64: 1e-3, torch.float32: 1e-2}
+    assert GRADIENT_RTOL[torch.float64] == 1e-6

@@ -1454,3 +1454,34 @@ def test_ca_rev200_a_meta_graph_fingerprint_in_a_state_is_not_read():
         state = {k: torch.empty_like(v, device="meta") for k, v in ca.LearnedDuals(h).state_dict().items()}
     target.load_state_dict(state, assign=True)
     check_graph_state(state["graph_fingerprint"], ca.LearnedDuals(h))
+
+
+# ---- ca_rev226 (design.md §4 truth audit, part 2): the modules' recorded state and their refusals
+
+
+def test_ca_rev226_the_duals_modules_record_the_documented_buffers():
+    """design.md §4 (modules): LearnedDuals and AmortisedDuals keep their graph's fingerprint "a uint8 buffer
+    ``graph_fingerprint``" (16 byte values); AmortisedDuals records its temperatures in "a float64 buffer
+    ``built_temperature``" and, on a graph that is not a hierarchy, its sweeps in "an int64 buffer
+    ``built_sweeps``"; ``sweeps`` defaults to 3."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2), (1, 1)])
+    g = ca.Graph.axial((4, 4))
+    for module in (ca.LearnedDuals(h), ca.AmortisedDuals(h), ca.AmortisedDuals(g)):
+        fingerprint = dict(module.named_buffers())["graph_fingerprint"]
+        assert fingerprint.dtype == torch.uint8 and tuple(fingerprint.shape) == (16,)
+    for module in (ca.AmortisedDuals(h, [2.0, 0.5, 1.0]), ca.AmortisedDuals(g, [2.0, 0.5, 1.0])):
+        built = dict(module.named_buffers())["built_temperature"]
+        assert built.dtype == torch.float64 and built.tolist() == [2.0, 0.5, 1.0]
+    sweeps = dict(ca.AmortisedDuals(g).named_buffers())["built_sweeps"]
+    assert sweeps.dtype == torch.int64 and int(sweeps) == 3
+    assert "built_sweeps" not in dict(ca.AmortisedDuals(h).named_buffers())
+
+
+def test_ca_rev226_amortised_duals_on_another_device_than_the_scores_are_a_value_error():
+    """design.md §4: AmortisedDuals' "parameters must be on the scores' device (a ValueError: torch convolves
+    CPU features with a meta weight into duals of uninitialised memory)" (ca_rev176's test accepts three types)."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    generator = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((2,) + s, generator=generator) for s in h.shapes]
+    with pytest.raises(ValueError, match="AmortisedDuals' parameters are on meta, the scores on cpu"):
+        ca.AmortisedDuals(h).to("meta")(scores)

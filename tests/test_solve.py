@@ -1896,3 +1896,29 @@ def test_a_wholly_masked_block_leaves_other_samples_losses_finite_except_through
         assert finite == (read != "dual_objective"), read
         if read != "dual_objective":
             assert all(bool((x[1] == 0).all()) for x in grads), read
+
+
+# ---- ca_rev226 (design.md §4 truth audit, part 2): which fields are lazy
+
+
+def test_ca_rev226_the_duals_a_solver_returns_stay_readable_after_an_input_changes_in_place():
+    """design.md §4 (the Solution): ``duals`` is computed when first read, and refused after an in-place change of
+    an input, where it is lazy (``exact``, ``learned_dual``); ``dual`` returns its solver's duals with the maps
+    (the solution of the problem solved), which stay readable and unchanged after the change, while its
+    ``objective`` and ``dual_objective`` (which read the inputs) raise StaleSolution."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    generator = torch.Generator().manual_seed(0)
+    scores = [torch.randn((3,) + s, generator=generator, dtype=torch.float64) for s in h.shapes]
+    sol = ca.solve(scores, h, "dual")
+    before = [d.clone() for d in sol.duals]
+    scores[0].mul_(3)
+    for got, want in zip(sol.duals, before):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    for field in ("objective", "dual_objective"):
+        with pytest.raises(ca.StaleSolution, match=rf"Solution\.{field}"):
+            getattr(sol, field)
+    other = [torch.randn((3,) + s, generator=generator, dtype=torch.float64) for s in h.shapes]
+    lazy = ca.solve(other, h, "exact")
+    other[0].mul_(3)
+    with pytest.raises(ca.StaleSolution, match=r"Solution\.duals"):
+        _ = lazy.duals

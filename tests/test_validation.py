@@ -633,3 +633,13 @@ def test_ca_rev202_the_temperature_of_an_unused_map_may_be_below_the_smallest_ac
     assert V.check_temperatures([1.0, 1e-40], 2, torch.float32, unit="map", unused=frozenset({1})) == [1.0, 1e-40]
     with pytest.raises(ValueError, match=r"temperature of map 1 is 1e-40, below the smallest accepted"):
         V.check_temperatures([1.0, 1e-40], 2, torch.float32, unit="map")
+
+
+# ---- ca_rev226 (design.md §4 truth audit, part 2): the given maps' agreement bound design.md quotes
+
+
+def test_ca_rev226_given_maps_are_made_to_agree_within_the_documented_sum_tolerance():
+    """design.md §4: given maps apart by no more than a given map's sum may be off are made to agree
+    ("``validation.GIVEN_SUM_TOLERANCE``: 1e-6 in float64, 1e-4 in float32")."""
+    assert V.GIVEN_SUM_TOLERANCE[torch.float64] == 1e-6
+    assert V.GIVEN_SUM_TOLERANCE[torch.float32] == 1e-4
