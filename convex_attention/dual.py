@@ -763,16 +763,25 @@ def _check_given_fit(inputs: Sequence[Tensor], given: Sequence, work: torch.dtyp
     cell the working ``dtype`` option rounds to 0 (a float64 map of a 1e-50 cell solved with
     ``dtype=torch.float32``): the solver takes positive probabilities only, and its own check,
     per component, had blamed the map under the component's number after other components were
-    solved (ca_rev185)."""
+    solved (ca_rev185).  A map that is infinite, or whose sum overflows, is told as such (with
+    check_finite=False both had been blamed on the working dtype, float64 included: ca_rev225)."""
     for k, (x, q) in enumerate(zip(inputs, given)):
         if q is None or bool((x > 0).all()):
             continue
         if not bool((q > 0).all()):  # not positive as given (NaN, negative, 0: with check_finite=False)
             raise ValueError(f"given[{k}] must hold positive probabilities")
+        if not bool(torch.isfinite(q).all()):
+            raise ValueError(f"given[{k}] must hold finite probabilities")
         name = dtype_name(work)
+        if not bool(torch.isfinite(q.to(work).flatten(q.dim() - (x.dim() - 1)).sum(-1)).all()):
+            raise ValueError(f"given[{k}]'s sum overflows the working dtype ({name}): divide the map by a constant "
+                             f"(each map is divided by its sum anyway)")
+        advice = ("use dtype=torch.float64 (the default)" if work != torch.float64 else
+                  "its smallest cells fall below float64's smallest subnormal number once divided by the map's "
+                  "sum: raise them")
         raise ValueError(f"dual option dtype=torch.{name}: given[{k}] holds probabilities that round to 0 in "
                          f"that working dtype (below its smallest subnormal number), and the solver takes positive "
-                         f"probabilities only; use dtype=torch.float64 (the default)")
+                         f"probabilities only; {advice}")
 
 
 def _check_scores_fit(scores: Sequence[Tensor], work: torch.dtype) -> None:

@@ -4653,3 +4653,48 @@ def test_ca_rev226_the_polish_and_the_shared_temperature_ledger_use_the_document
     assert dual_module.POLISH_TOL == 1e-12
     assert dual_module.POLISH_MAX_ITER == 100
     assert dual_module._PASSES_KEPT == 16
+
+
+# ---- ca_rev225 (design.md §4 truth audit, part 1): given sums unchecked without check_finite; parts' info
+
+def test_ca_rev225_without_check_finite_a_given_map_off_its_sum_is_taken_and_returned_normalised():
+    """design.md §4 `given`: sums that are not one are refused "unless check_finite=False", and each
+    given map is divided by its sum before the solve; the solution returns that q_k / Σ q_k."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(2, 4, dtype=torch.float64), None]
+    q = torch.tensor([0.33, 0.77], dtype=torch.float64)  # sums to 1.1
+    with pytest.raises(ValueError, match=r"given\[1\] must sum to one per sample \(to 1e-06 in float64\)"):
+        ca.solve(scores, h, "dual", given={1: q})
+    sol = ca.solve(scores, h, "dual", given={1: q}, check_finite=False)
+    assert sol.given == (1,)
+    assert torch.equal(sol.probs[1], given_maps.normalised(q[None]).expand(2, 2))
+    assert float(ca.metrics.violation(sol.probs, h).max()) <= 1e-6
+
+
+def test_ca_rev225_a_graph_solved_apart_reports_the_worst_part_s_newton_steps_and_returned_violation():
+    """design.md §4 `dual`: on a graph of several parts `info` gives per sample "the most
+    `iterations` and `newton_steps`, the largest `violation` and `returned_violation`" (the test
+    above pins iterations and violation only)."""
+    inst = random_graph_instance("disconnected", batch=3, seed=4, scale=3.0)
+    sol = ca.solve(inst.scores, inst.h, "dual", temperature=inst.temps, tol=1e-10)
+    infos = [alone.info for _, _, alone in _part_solutions(inst, tol=1e-10, warm_start=False)]
+    assert torch.equal(sol.info["newton_steps"], torch.maximum(*[i["newton_steps"] for i in infos]))
+    assert torch.equal(sol.info["returned_violation"], torch.maximum(*[i["returned_violation"] for i in infos]))
+
+
+@pytest.mark.parametrize("q, dtype, words", [
+    ([math.inf, 1.0], None, r"^given\[1\] must hold finite probabilities$"),
+    ([1e308, 1e308], None, r"^given\[1\]'s sum overflows the working dtype \(float64\): divide the map by a constant"),
+    ([5e-324, 1e10], None, r"round to 0 in that working dtype .*; its smallest cells fall below float64's smallest "
+                           r"subnormal number once divided by the map's sum: raise them$"),
+    ([1e-50, 1.0], torch.float32, r"dual option dtype=torch.float32: .*; use dtype=torch.float64 \(the default\)$"),
+])
+def test_ca_rev225_a_given_map_that_cannot_be_normalised_is_told_why_with_check_finite_off(q, dtype, words):
+    """With check_finite=False an infinite given cell and a sum that overflows had been refused as
+    "probabilities that round to 0 in that working dtype ... use dtype=torch.float64 (the default)",
+    in float64 work too, where that advice is no advice (ca_rev225)."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    options = {} if dtype is None else {"dtype": dtype}
+    with pytest.raises(ValueError, match=words):
+        ca.solve([torch.zeros(1, 4, dtype=torch.float64), None], h, "dual",
+                 given={1: torch.tensor([q], dtype=torch.float64)}, check_finite=False, **options)

@@ -364,3 +364,19 @@ def test_ca_rev183_integer_tensor_factors_are_read_as_numpy_arrays_of_them_are()
 
     assert ca.Hierarchy([(4, 4), (2, 2)], factors=np.array([[2, 2]])).factors == [(2, 2)]
     assert ca.Hierarchy([(4, 4), (2, 2)], factors=torch.tensor([[2, 2]])).factors == [(2, 2)]
+
+
+# ---- ca_rev225 (design.md §4 truth audit, part 1): Graph's constructors are refused on Hierarchy
+
+@pytest.mark.parametrize("name, args", [
+    ("from_edges", ([4, 2], [(0, 1, [0, 0, 1, 1])])),
+    ("star", ([(4, 4)] * 2, (2, 2))),
+    ("axial", ((4, 4),)),
+    ("grid_regions", ([(4, 4), (2, 2)], torch.zeros(4, 4, dtype=torch.long))),
+])
+def test_ca_rev225_graph_constructors_are_refused_on_hierarchy_naming_graph_s(name, args):
+    """design.md §4: "`Hierarchy.from_edges`, `.star`, `.axial` and `.grid_regions` are refused (a
+    `Hierarchy` is a chain): they are `Graph`'s" (the test above lets from_edges succeed)."""
+    with pytest.raises(TypeError, match=rf"Hierarchy\.{name}: .*use Graph\.{name}\("):
+        getattr(ca.Hierarchy, name)(*args)
+    assert isinstance(getattr(ca.Graph, name)(*args), ca.Graph)

@@ -1922,3 +1922,18 @@ def test_ca_rev226_the_duals_a_solver_returns_stay_readable_after_an_input_chang
     other[0].mul_(3)
     with pytest.raises(ca.StaleSolution, match=r"Solution\.duals"):
         _ = lazy.duals
+
+
+# ---- ca_rev225 (design.md §4 truth audit, part 1): an empty given dict is no map for every method
+
+@pytest.mark.parametrize("method", ["cvxpylayers", "learned_dual"])
+def test_ca_rev225_an_empty_given_dict_gives_no_map_to_the_other_methods_too(method):
+    """design.md §4 `given`: "an empty dict gives no map: every method takes it, as None"; the test
+    above covers softmax, exact and dual only."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    scores = [torch.randn(1, 4, dtype=torch.float64), torch.randn(1, 2, dtype=torch.float64)]
+    duals = [torch.randn(2, dtype=torch.float64)] if method == "learned_dual" else None
+    plain = ca.solve(scores, h, method, duals=duals)
+    empty = ca.solve(scores, h, method, duals=duals, given={})
+    assert empty.given == ()
+    assert all(torch.equal(a, b) for a, b in zip(plain.probs, empty.probs)), method
