@@ -2215,3 +2215,21 @@ def test_ca_rev226_a_correction_is_asked_for_the_documented_share_of_its_own_res
 
     assert hessian.CORRECTION_RTOL == {torch.float64: 1e-3, torch.float32: 1e-2}
     assert GRADIENT_RTOL[torch.float64] == 1e-6
+
+
+# ---- ca_rev228 (math.md / performance.md audit): the backward's constants math.md §7.4-7.5 states
+
+
+def test_ca_rev228_the_backward_s_constants_are_those_math_md_states():
+    """math.md §7.5: the backward factorises "up to ``D = 2048`` (``DENSE_FALLBACK_LIMIT``; the Newton steps keep
+    ``DENSE_LIMIT``)", 1024; the rounding floor is "``16 · eps · ...``" (``ROUNDING_UNITS``) and a stall is "the
+    residual did not halve over the last 3 iterations" (``STALL_ITERATIONS``); the Cholesky ridge is "``1e-12 ·
+    scale``"; the solve's default relative residual is 1e-10 in float64 and 1e-5 in float32."""
+    import inspect
+
+    from convex_attention import hessian
+
+    assert (hessian.DENSE_LIMIT, hessian.DENSE_FALLBACK_LIMIT) == (1024, 2048)
+    assert (hessian.ROUNDING_UNITS, hessian.STALL_ITERATIONS) == (16.0, 3)
+    assert inspect.signature(hessian.DualHessian.factor).parameters["ridge"].default == 1e-12
+    assert "rtol = 1e-10 if dtype == torch.float64 else 1e-5" in inspect.getsource(hessian._implicit_vjp)
