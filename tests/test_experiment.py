@@ -1838,3 +1838,22 @@ def test_ca_rev210_each_mask_s_ap_figure_draws_that_mask_s_chance_line(tmp_path,
     experiment._write_test(config, Variants(config.variants()[0], (0.3,)), {}, gathered, str(tmp_path), "cpu",
                            lambda *a: None, {})
     assert drawn == {"explain_ap_decisive.png": {("c", "test"): 0.6}, "explain_ap_lesion.png": {("c", "test"): 0.1}}
+
+
+# ---- ca_rev227 (results_format.md audit): pandas and dev_runs.csv's boolean variant column
+
+
+def test_ca_rev227_committed_dev_runs_learn_temperature_needs_a_boolean_dtype():
+    """dev_runs.csv holds the plain CNN's rows with their variant columns empty (results_format.md), so plain
+    pd.read_csv gives learn_temperature as object (Python bools beside float NaN); dtype "boolean" reads it as
+    the nullable booleans it is, <NA> in the plain CNN's rows."""
+    pd = pytest.importorskip("pandas")
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "results" / "brightest-cprime-dev-cpu" / "dev_runs.csv"
+    plain = pd.read_csv(path)
+    assert plain["learn_temperature"].dtype == object
+    typed = pd.read_csv(path, dtype={"learn_temperature": "boolean"})
+    assert typed["learn_temperature"].dtype == "boolean"
+    assert typed.loc[typed["method"] == "plain_cnn", "learn_temperature"].isna().all()
+    assert typed.loc[typed["method"] != "plain_cnn", "learn_temperature"].notna().all()

@@ -2432,3 +2432,31 @@ def test_ca_rev216_ablate_newton_refuses_each_list_option_given_an_entry_twice(t
     code = _ca_rev141_main(script, ["--size", "16", "--instances", "1", *twice, "--no-speed"])
     capsys.readouterr()
     assert code == 2, code
+
+
+# ---- ca_rev227 (results_format.md audit): every column of the graph benchmark's CSVs is named in its bullet
+
+
+@pytest.mark.parametrize("name, columns", [
+    ("convergence_instances.csv", gt.CONVERGENCE_COLUMNS), ("gradients.csv", gt.GRADIENT_COLUMNS),
+    ("speed.csv", gt.SPEED_COLUMNS), ("backward.csv", gt.BACKWARD_COLUMNS),
+    ("amortised.csv", gt.AMORTISED_COLUMNS), ("linsat.csv", gt.LINSAT_COLUMNS),
+])
+def test_ca_rev227_every_column_of_the_graph_csvs_is_documented(name, columns):
+    """docs/results_format.md, "The graph benchmark's files": each part's bullet names every column its CSV has
+    (speed.csv's timing columns as "the timing columns of bench.csv with their quartiles", linsat.csv's as "the
+    times"), and names no column of another table's that its file lacks."""
+    import re
+    from pathlib import Path
+
+    from convex_attention.bench.results import COLUMNS as BENCH_COLUMNS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "results_format.md").read_text(encoding="utf-8")
+    section = text.split("## The graph benchmark's files", 1)[1].split("\n## ", 1)[0]
+    bullets = {m.group(1): b for b in re.split(r"\n\* ", section)[1:] if (m := re.match(r"`([a-z_]+\.csv)`", b))}
+    named = set(re.findall(r"`([^`]+)`", bullets[name]))
+    implicit = {"speed.csv": {c for c in BENCH_COLUMNS if c.startswith(("fwd_ms", "bwd_ms", "total_ms"))},
+                "linsat.csv": {"fwd_ms", "bwd_ms", "total_ms"}}.get(name, set())
+    assert [c for c in columns if c not in named | implicit] == []
+    if name == "speed.csv":
+        assert "the timing columns of `bench.csv` with their quartiles" in " ".join(bullets[name].split())

@@ -1453,3 +1453,51 @@ def test_ca_rev205_a_run_numbers_itself_past_every_run_an_older_bench_json_recor
     fields = [raw[c] for c in older[:-1]]
     (tmp_path / "bench.csv").write_text(",".join(older) + "\n" + ",".join([*fields, R.row_checksum(fields)]) + "\n")
     assert writer(tmp_path, resume=True).run == 3
+
+
+# ---- ca_rev227 (results_format.md audit): column order, the JSON rows' dtypes, the committed JSON files
+
+
+@pytest.mark.parametrize("heading, columns", [
+    ("## `bench.csv`", COLUMNS),
+    ("## `convergence.csv`", CONVERGENCE_COLUMNS),
+    ("## `verify.csv`", VERIFY_COLUMNS),
+])
+def test_ca_rev227_the_documented_columns_are_in_the_written_order(heading, columns):
+    """The tables of docs/results_format.md list the columns in the order the header has them (the test above
+    compares them as sets: a swapped pair went unnoticed)."""
+    assert list(dict.fromkeys(_documented_columns(heading))) == list(columns)
+
+
+def test_ca_rev227_bench_json_rows_take_the_csv_dtypes(tmp_path):
+    """results_format.md gives pandas' reading of bench.json's rows; a numeric column that is null in every row
+    (estimate_s in a sweep without cvxpylayers) comes back as object there.  PANDAS_DTYPES types those rows as
+    it types bench.csv: every numeric column numeric."""
+    pd = pytest.importorskip("pandas")
+    w = writer(tmp_path)
+    w.commit(bench_row(value=float("nan")))
+    w.commit(bench_row(method="softmax", value=0.3))
+    frame = pd.DataFrame(pd.read_json(str(tmp_path / "bench.json"), typ="series")["rows"])
+    assert list(frame.columns) == list(COLUMNS)
+    typed = frame.astype(R.PANDAS_DTYPES["bench.csv"])
+    numeric = [c for c, t in R.PANDAS_DTYPES["bench.csv"].items() if t != "string"]
+    assert [c for c in numeric if not pd.api.types.is_numeric_dtype(typed[c].dtype)] == []
+    assert typed["estimate_s"].isna().all() and typed["size"].dtype == "Int64"
+
+
+def test_ca_rev227_every_committed_json_file_is_strict_json():
+    """results_format.md, *Strict JSON*: NaN and ±Inf are written as null, so json.loads with a parse_constant
+    that refuses them reads every JSON file, the committed ones under docs/results/ included (and each line of a
+    .jsonl)."""
+    root = Path(__file__).resolve().parents[1] / "docs" / "results"
+
+    def refuse(name):
+        raise ValueError(f"non-strict constant {name}")
+
+    paths = sorted(p for p in root.rglob("*") if p.suffix in (".json", ".jsonl") and p.is_file())
+    assert paths, "no committed JSON file found"
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        for chunk in (text.splitlines() if path.suffix == ".jsonl" else [text]):
+            if chunk.strip():
+                json.loads(chunk, parse_constant=refuse)

@@ -1133,3 +1133,24 @@ def test_ca_rev216_bench_core_plot_only_names_a_record_whose_rows_are_not_rows(t
     code = _ca_rev141_exit(script, ["--plot-only", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and not drawn and "holds no rows and ratios" in err, (code, drawn, err)
+
+
+# ---- ca_rev227 (results_format.md audit): bench_core.csv's columns as documented, in order
+
+
+def test_ca_rev227_bench_core_csv_columns_are_the_documented_ones_in_order():
+    """docs/results_format.md lists bench_core.csv's columns: method, backend, status, reason, shapes, batch,
+    dtype, device, repeats, the timing columns of bench.csv (ms), per_sample_us and peak_mem_mb."""
+    import re
+    from pathlib import Path
+
+    from convex_attention.bench.results import COLUMNS as BENCH_COLUMNS
+    from convex_attention.bench.targets import CORE_COLUMNS
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "results_format.md").read_text(encoding="utf-8")
+    para = " ".join(text.split("`bench_core.csv` has one row per measured case.", 1)[1].split("\n\n", 1)[0].split())
+    assert "the timing columns of `bench.csv` (ms)" in para
+    named = [t for t in re.findall(r"`([^`]+)`", para) if t in CORE_COLUMNS]
+    timing = [c for c in BENCH_COLUMNS if c.startswith(("fwd_ms", "bwd_ms", "total_ms"))]
+    k = named.index("repeats") + 1
+    assert named[:k] + timing + named[k:] == list(CORE_COLUMNS)

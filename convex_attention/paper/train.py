@@ -17,7 +17,8 @@ ROC curve), next to the balanced accuracy of the argmax.
 ``metrics.csv`` columns: ``epoch``, ``train_loss``, ``train_acc``, ``val_loss``,
 ``val_acc``, ``val_balanced_acc`` (argmax), ``val_violation`` (mean attention violation),
 ``epoch_time_s``, ``lr``, ``val_auc``, ``val_threshold`` (on p(class 1)),
-``val_balanced_acc_at_threshold``.
+``val_threshold_log_odds`` (the same on the log-odds), ``val_balanced_acc_at_threshold``
+(:data:`METRIC_COLUMNS`).
 
 Configuration: :class:`TrainConfig` holds the :class:`ModelConfig` (``config.model``) and
 is stored whole in every checkpoint, so ``--resume CKPT`` needs no other flag.
