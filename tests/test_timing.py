@@ -520,3 +520,40 @@ def test_ca_rev201_every_prefix_keeps_the_bound_with_the_step_from_the_warm_up(r
         for a, b in zip(seq[:3 * r + 1], seq[1:3 * r + 1]):
             counts[(a, b)] = counts.get((a, b), 0) + 1
         assert max(counts.values()) <= -(-r // 2), (r, counts)
+
+
+# ---- ca_rev229 (benchmarks.md audit, part 1): the quartiles of two timings
+
+def test_ca_rev229_the_quartiles_of_two_timings_span_half_their_range():
+    """bench.csv stores q1/q3 beside each median; cvxpylayers rows rest on 2 timed calls, whose
+    inclusive quartiles sit a quarter of the way in from each: the stored IQR is half the gap
+    between the two calls (docs/benchmarks.md's moreau-batch spread had read it as the gap)."""
+    assert timing.quartiles([]) == pytest.approx((math.nan,) * 3, nan_ok=True)
+    assert timing.quartiles([3.0]) == (3.0, 3.0, 3.0)
+    q1, med, q3 = timing.quartiles([10.0, 14.0])
+    assert (q1, med, q3) == pytest.approx((11.0, 12.0, 13.0))
+    assert q3 - q1 == pytest.approx((14.0 - 10.0) / 2)
+    assert timing.quartiles([4.0, 1.0, 3.0, 2.0]) == pytest.approx((1.75, 2.5, 3.25))
+
+
+def test_ca_rev229_the_moreau_batch_runs_two_calls_differ_by_twice_their_stored_iqr():
+    """The committed moreau-batch sweeps (docs/results/bench-cpu-2d-moreau-batches/batch{2,4,8,16}):
+    moreau's rows have 2 timed calls each, so the calls' gap over the median is twice the stored
+    IQR share: at most 17 % (IQR 8.2 %) below 64², and 34 % (IQR 17 %) at 64²."""
+    import csv
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "docs" / "results" / "bench-cpu-2d-moreau-batches"
+    gap = {False: 0.0, True: 0.0}
+    for b in (2, 4, 8, 16):
+        with open(root / f"batch{b}" / "bench.csv", newline="", encoding="utf-8") as f:
+            for r in csv.DictReader(f):
+                if r["method"] != "cvxpylayers":
+                    continue
+                assert float(r["repeats"]) == 2 and int(float(r["timed_batch"])) == min(b, 16)
+                med, q1, q3 = (float(r[k]) for k in ("total_ms", "total_ms_q1", "total_ms_q3"))
+                a, c = med - (q3 - q1), med + (q3 - q1)  # the two calls, from q1 = a + (c - a) / 4
+                assert timing.quartiles([a, c]) == pytest.approx((q1, med, q3), rel=1e-9)
+                big = r["shapes"].startswith("64x64")
+                gap[big] = max(gap[big], (c - a) / med)
+    assert 0.16 < gap[False] < 0.17 and 0.33 < gap[True] < 0.34
