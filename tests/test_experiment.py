@@ -1857,3 +1857,49 @@ def test_ca_rev227_committed_dev_runs_learn_temperature_needs_a_boolean_dtype():
     assert typed["learn_temperature"].dtype == "boolean"
     assert typed.loc[typed["method"] == "plain_cnn", "learn_temperature"].isna().all()
     assert typed.loc[typed["method"] != "plain_cnn", "learn_temperature"].notna().all()
+
+
+# ---- ca_rev231 (experiment.md audit): the headline recomputed from the committed brightest run
+
+
+def test_ca_rev231_the_committed_headline_picks_among_every_compared_models_24_post_hoc_maps():
+    """experiment.md's headline: on the test split, decisive mask, pixel protocol, each consistent-attention
+    model's best level against the best post-hoc map of every compared model (5 methods, GradCAM at 2 levels, on
+    4 models, the plain CNN included: 24 maps), paired by seed. _headline on the committed explain_summary.csv
+    and explain_per_seed.csv gives the doc's numbers; dropping the plain CNN from the compared models moves the
+    lesion mask's best map (DeepLIFT on the plain CNN) off it."""
+    pd = pytest.importorskip("pandas")
+    from pathlib import Path
+
+    from convex_attention.paper.experiment import _headline
+
+    folder = Path(__file__).resolve().parents[1] / "docs" / "results" / "brightest-cprime-test-cpu"
+    summary = pd.read_csv(folder / "explain_summary.csv").to_dict("records")
+    seed_means = pd.read_csv(folder / "explain_per_seed.csv").to_dict("records")
+    everyone = {"difficulty0.3": ["softmax", "learned_dual", "exact", "plain_cnn"]}
+
+    def entry(compared, mask, test_set="test"):
+        [h] = [h for h in _headline(summary, seed_means, compared)
+               if (h["test_set"], h["mask"], h["resolution"]) == (test_set, mask, "pixel")]
+        return h
+
+    h = entry(everyone, "decisive")
+    assert h["candidates"]["posthoc"] == 24 and h["candidates"]["attention"] == 6
+    assert (h["posthoc"]["model"], h["posthoc"]["method"]) == ("exact", "integrated_gradients")
+    assert h["posthoc"]["ap_mean"] == pytest.approx(0.600, abs=5e-4)
+    assert set(h["by_model"]) == {"softmax", "learned_dual", "exact"}  # the plain CNN has no attention
+    for model, (diff, half) in {"exact": (-0.297, 0.139), "learned_dual": (-0.281, 0.054),
+                                "softmax": (-0.290, 0.122)}.items():
+        got = h["by_model"][model]
+        assert got["level"] == 1 and got["seeds"] == 5
+        assert (got["difference_mean"], got["difference_ci95"]) == (pytest.approx(diff, abs=5e-4),
+                                                                    pytest.approx(half, abs=5e-4))
+    lesion = entry(everyone, "lesion")
+    assert (lesion["posthoc"]["model"], lesion["posthoc"]["method"]) == ("plain_cnn", "deeplift")
+    assert lesion["by_model"]["exact"]["difference_mean"] == pytest.approx(-0.473, abs=5e-4)
+    assert lesion["by_model"]["learned_dual"]["difference_ci95"] == pytest.approx(0.085, abs=5e-4)
+    held = entry(everyone, "decisive", "heldout_mottled")
+    assert held["by_model"]["exact"]["difference_mean"] == pytest.approx(-0.264, abs=5e-4)
+    assert held["by_model"]["learned_dual"]["difference_mean"] == pytest.approx(-0.265, abs=5e-4)
+    without_plain = entry({"difficulty0.3": ["softmax", "learned_dual", "exact"]}, "lesion")
+    assert without_plain["candidates"]["posthoc"] == 18 and without_plain["posthoc"]["model"] != "plain_cnn"
