@@ -934,3 +934,17 @@ def test_ca_rev215_a_row_with_candidates_on_one_side_only_does_not_decide_which_
     text = _selection_sentence([{"candidates": {"attention": a, "posthoc": p}} for a, p in counts])
     assert said in text, text
     assert "the post-hoc side picks" not in text
+
+
+def test_the_accuracy_differences_section_marks_a_paired_interval_that_excludes_0():
+    from convex_attention.paper.reports import _accuracy_differences_section
+
+    rows = [{"condition": "c", "test_set": "heldout", "metric": "auc", "model": "exact", "minus": "learned_dual",
+             "difference_mean": 0.053, "difference_ci95": 0.022, "seeds": 5, "seeds_nan": 0},
+            {"condition": "c", "test_set": "test", "metric": "auc", "model": "exact", "minus": "softmax",
+             "difference_mean": 0.002, "difference_ci95": 0.027, "seeds": 4, "seeds_nan": 1}]
+    lines = _accuracy_differences_section(rows)
+    assert "## Accuracy differences, paired by seed (test splits)" in lines
+    assert "| c | heldout | auc | exact − learned_dual | 0.053 ± 0.022 | 5 | **yes** |" in lines
+    assert "| c | test | auc | exact − softmax | 0.002 ± 0.027 | 4 (1 NaN) | no |" in lines
+    assert _accuracy_differences_section([]) == []

@@ -75,10 +75,10 @@ RUN_FILES = ("best.pt", "last.pt", "metrics.csv", "config.json", "ddp_check.json
 #: What an experiment writes, in its folder and the stages' (and the runs' RUN_FILES): the temporaries
 #: a killed experiment left of them are removed when the next one starts (EXPERIMENT_NAMED too).
 EXPERIMENT_FILES = RUN_FILES + (
-    "ablation_summary.csv", "accuracy_summary.csv", "dev.json", "dev.md", "dev_levels.csv", "dev_runs.csv",
-    "dev_summary.csv", "experiment.json", "experiment.md", "experiment_config.json", "explain_per_seed.csv",
-    "explain_summary.csv", "proposed_variants.json", "randomisation.csv", "randomisation_summary.csv", "runs.csv",
-    "test_stage.json")
+    "ablation_summary.csv", "accuracy_differences.csv", "accuracy_summary.csv", "dev.json", "dev.md",
+    "dev_levels.csv", "dev_runs.csv", "dev_summary.csv", "experiment.json", "experiment.md",
+    "experiment_config.json", "explain_per_seed.csv", "explain_summary.csv", "proposed_variants.json",
+    "randomisation.csv", "randomisation_summary.csv", "runs.csv", "test_stage.json")
 #: The experiment's files named per condition (explain rows, example and AP figures), as patterns.
 EXPERIMENT_NAMED = (r"explain-[A-Za-z0-9_.-]+\.csv", r"explain_examples_[A-Za-z0-9_.-]+\.(?:png|pdf)",
                     r"explain_ap_[A-Za-z0-9_.-]+\.(?:png|pdf)")  # (a condition holds a '.': difficulty0.3)

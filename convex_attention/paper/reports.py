@@ -424,6 +424,26 @@ def _accuracy_section(accuracy) -> list[str]:
     return lines
 
 
+def _accuracy_differences_section(differences) -> list[str]:
+    """Every pair of models' AUC and balanced-accuracy difference, paired by seed: two models'
+    own intervals can overlap where the paired one excludes 0."""
+    if not differences:
+        return []
+    lines = ["", "## Accuracy differences, paired by seed (test splits)", "",
+             "Every pair of models, the later in runs.csv's order minus the earlier, mean over the seeds both "
+             "have ± the half-width of its 95 % confidence interval; 'excludes 0' marks a difference this run "
+             "shows, either way. Read these, not the overlap of two models' own intervals.", "",
+             "| condition | test set | metric | difference | mean ± 95 % CI | seeds | excludes 0 |",
+             "|---|---|---|---|---|---|---|"]
+    for d in differences:
+        mean, half = d["difference_mean"], d["difference_ci95"]
+        shown = math.isfinite(mean) and math.isfinite(half) and abs(mean) > half
+        seeds = f"{d['seeds']}" + (f" ({d['seeds_nan']} NaN)" if d["seeds_nan"] else "")
+        lines.append(f"| {d['condition']} | {d['test_set']} | {d['metric']} | {d['model']} − {d['minus']} | "
+                     f"{format_ci(mean, half)} | {seeds} | {'**yes**' if shown else 'no'} |")
+    return lines
+
+
 def _explanation_section(explain_summary) -> list[str]:
     """Every explanation metric per condition, test set, mask and protocol."""
     lines = ["", "## Explanation metrics", ""]
@@ -465,7 +485,7 @@ def _ablation_section(ablation) -> list[str]:
 
 
 def test_report(config, variants, record, conditions, accuracy, explain_summary, ablation, rand_summary, headline,
-                device, history: dict | None = None) -> str:
+                device, history: dict | None = None, accuracy_differences: list | None = None) -> str:
     """``experiment.md``: validity and verdict first, then attention against post-hoc maps
     per mask and level, accuracy, every explanation metric and the sanity checks."""
     tc = config.train
@@ -521,6 +541,7 @@ def test_report(config, variants, record, conditions, accuracy, explain_summary,
     lines += [""] + _ap_per_level_lines(explain_summary, conditions)
     lines += _accuracy_section(accuracy)
     lines += [""] + nan_lines(accuracy, ("condition", "test_set", "model"), "accuracy and map statistics")
+    lines += _accuracy_differences_section(accuracy_differences or [])
     lines += _explanation_section(explain_summary)
     lines += nan_lines(explain_summary, ("condition", "test_set", "model", "method", "level", "resolution",
                                          "upsampling", "mask"), "explanation metrics")
@@ -528,6 +549,7 @@ def test_report(config, variants, record, conditions, accuracy, explain_summary,
     lines += [""] + nan_lines(ablation, ("condition", "test_set", "model"), "map ablation")
     lines += [""] + _randomisation_lines(rand_summary)
     lines += ["Files: runs.csv (one row per condition, test set, model and seed), accuracy_summary.csv, "
+              "accuracy_differences.csv (every pair of models, paired by seed), "
               "ablation_summary.csv, explain_per_seed.csv, explain_summary.csv (a row per map and mask), "
               "randomisation.csv, randomisation_summary.csv, rows/ (every image's scores), experiment.json, "
               "explain_examples_*.png (one colour scale for all maps), explain_ap_<mask>.png (AP of every map with "
