@@ -432,7 +432,8 @@ def _accuracy_differences_section(differences) -> list[str]:
     lines = ["", "## Accuracy differences, paired by seed (test splits)", "",
              "Every pair of models, the later in runs.csv's order minus the earlier, mean over the seeds both "
              "have ± the half-width of its 95 % confidence interval; 'excludes 0' marks a difference this run "
-             "shows, either way. Read these, not the overlap of two models' own intervals.", "",
+             "shows, either way. Read these, not the overlap of two models' own intervals. The intervals are "
+             "not corrected for the number of pairs: among many, one may exclude 0 by chance.", "",
              "| condition | test set | metric | difference | mean ± 95 % CI | seeds | excludes 0 |",
              "|---|---|---|---|---|---|---|"]
     for d in differences:
