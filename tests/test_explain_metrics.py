@@ -629,3 +629,22 @@ def test_ca_rev207_the_default_tolerance_of_a_wide_image_scales_with_its_longer_
     assert pointing_tolerance(m, mask) == 1.0 == pointing_tolerance(m, mask, tolerance=3.0)
     m[8, 13], m[8, 14] = 0.0, 1.0  # distance 4
     assert pointing_tolerance(m, mask) == 0.0
+
+
+# ---- ca_rev232 (design.md §1-3, §5, §6 audit): q-IoU's top share with ties
+
+def test_ca_rev232_qiou_of_a_nearest_upsampled_coarse_map_takes_the_whole_tied_top_cell():
+    """design.md §6 reads ``qiou@0.9`` as the IoU of the top 10 % of pixels with the mask; the code takes every pixel
+    at or above the ⌈10 %⌉-th largest value (ties included).  A 2 x 2 map upsampled by nearest neighbour to 8 x 8:
+    its best cell is 16 pixels (25 %), all tied, so the top set is that cell.  By hand: a mask of 8 pixels inside it
+    scores 8 / 16 = 0.5 (7 pixels, 10 %, could score at most 7 / 8)."""
+    coarse = torch.tensor([[[0.1, 0.2], [0.3, 0.4]]], dtype=torch.float64)
+    m = to_common_form(coarse, (8, 8))
+    mask = torch.zeros(8, 8, dtype=torch.bool)
+    mask[4:, 4:6] = True
+    top = m >= m.max()
+    assert int(top.sum()) == 16
+    want = float((top & mask).sum()) / float((top | mask).sum())
+    assert want == 0.5
+    for q in (0.9, 0.95, 0.975):
+        assert math.isclose(quantile_iou(m, mask, q), want, rel_tol=0, abs_tol=1e-15)

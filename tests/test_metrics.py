@@ -303,3 +303,30 @@ def test_ca_rev204_objective_clamps_a_negative_round_off_probability_inside_the_
     want = -1.001 * math.log(1.001)
     torch.testing.assert_close(metrics.objective(theta, probs, [1.0, 1.0]), torch.tensor([want], dtype=torch.float64),
                                rtol=0, atol=1e-15)
+
+
+# ---- ca_rev232 (design.md §1-3, §5, §6 audit): the dual gap by hand
+
+def test_ca_rev232_dual_gap_is_g_of_the_duals_minus_the_optimal_value_by_hand():
+    """design.md §6: ``dual_gap`` is ``g(λ) − f*``.  Chain 4 → 2 (blocks {0, 1}, {2, 3}), τ = (0.5, 2), one sample.
+    By hand (§2, §3): η_0 = θ_0 − P_0ᵀλ, η_1 = θ_1 + λ, g = Σ_k τ_k logsumexp(η_k / τ_k);
+    A(j) = τ_0 logsumexp over block j of θ_0 / τ_0, f* = T_1 logsumexp((θ_1 + A) / T_1), T_1 = τ_0 + τ_1."""
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    t0, t1, lam, tau = [0.3, -1.2, 0.8, 0.1], [0.5, -0.4], [0.7, -0.2], (0.5, 2.0)
+
+    def lse(xs):
+        top = max(xs)
+        return top + math.log(sum(math.exp(x - top) for x in xs))
+
+    eta0 = [t0[i] - lam[i // 2] for i in range(4)]
+    eta1 = [t1[j] + lam[j] for j in range(2)]
+    g = tau[0] * lse([x / tau[0] for x in eta0]) + tau[1] * lse([x / tau[1] for x in eta1])
+    big_a = [tau[0] * lse([t0[2 * j] / tau[0], t0[2 * j + 1] / tau[0]]) for j in range(2)]
+    f_star = sum(tau) * lse([(t1[j] + big_a[j]) / sum(tau) for j in range(2)])
+    scores = [torch.tensor([t0], dtype=torch.float64), torch.tensor([t1], dtype=torch.float64)]
+    f_lib = ca.solve(scores, h, "exact", temperature=list(tau)).objective
+    torch.testing.assert_close(f_lib, torch.tensor([f_star], dtype=torch.float64), rtol=0, atol=1e-14)
+    got = metrics.dual_gap(torch.tensor([f_star], dtype=torch.float64), scores,
+                           [torch.tensor([lam], dtype=torch.float64)], h, list(tau))
+    assert g - f_star > 1e-3  # these duals are not optimal
+    torch.testing.assert_close(got, torch.tensor([g - f_star], dtype=torch.float64), rtol=0, atol=1e-14)

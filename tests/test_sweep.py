@@ -1604,3 +1604,18 @@ def test_ca_rev214_a_temperature_is_checked_at_every_swept_number_of_levels():
     check_sweep(SweepConfig(sizes=(8,), levels=(2,), temperatures=(7e18,)))
     with pytest.raises(ValueError, match="--temperature 7e\\+18 with 3 levels in float32"):
         check_sweep(SweepConfig(sizes=(8,), levels=(2, 3), temperatures=(7e18,)))
+
+
+# ---- ca_rev232 (design.md §1-3, §5, §6 audit): the timing columns by hand
+
+def test_ca_rev232_per_sample_ms_is_the_median_total_over_the_timed_batch_by_hand():
+    """design.md §6: ``fwd_ms``, ``bwd_ms``, ``total_ms`` are medians (``total_ms`` of the per-repetition sums) with
+    their quartiles, and ``per_sample_ms`` is ``total_ms`` over the timed batch.  By hand: forward (1, 4, 2), backward
+    (5, 1, 3): sums (6, 5, 5), medians 2, 3, 5; at batch 4, 5 / 4 = 1.25 ms."""
+    from convex_attention.bench.sweep import _timing_fields
+    from convex_attention.bench.timing import Measurement
+
+    got = _timing_fields(Measurement(fwd_ms=[1.0, 4.0, 2.0], bwd_ms=[5.0, 1.0, 3.0]), 4)
+    assert (got["fwd_ms"], got["bwd_ms"], got["total_ms"]) == (2.0, 3.0, 5.0)
+    assert got["per_sample_ms"] == 1.25 and got["timed_batch"] == 4 and got["repeats"] == 3
+    assert got["total_ms_q1"] <= got["total_ms"] <= got["total_ms_q3"] and got["fwd_ms_q1"] <= 2.0 <= got["fwd_ms_q3"]
