@@ -12,6 +12,7 @@ Python versions.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 from . import build_parser
@@ -58,7 +59,7 @@ def _section(name: str, parser: argparse.ArgumentParser) -> str:
             and not isinstance(action, (argparse._SubParsersAction, argparse._HelpAction))]
     if rows:
         lines += ["| argument | meaning |", "|---|---|"]
-        lines += [f"| `{_invocation(action)}` | {_cell(_help(parser, action))} |" for action in rows]
+        lines += [f"| `{_unsplit(_invocation(action))}` | {_cell(_help(parser, action))} |" for action in rows]
         lines.append("")
     commands = [(sub_name, choice.help) for action in parser._actions
                 if isinstance(action, argparse._SubParsersAction) for sub_name, choice in _listed(action)]
@@ -105,12 +106,24 @@ def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 
 def _paragraph(text: str) -> str:
     """A description as one paragraph per blank-line-separated block (``--help`` rewraps it)."""
-    return "\n\n".join(" ".join(block.split()) for block in text.split("\n\n"))
+    return "\n\n".join(_prose(" ".join(block.split())) for block in text.split("\n\n"))
 
 
 def _cell(text: str) -> str:
     """``text`` on one line, safe inside a Markdown table cell."""
-    return " ".join(text.split()).replace("|", "\\|")
+    return _unsplit(_prose(" ".join(text.split())))
+
+
+def _unsplit(text: str) -> str:
+    """A pipe splits a Markdown table row even inside a code span (``on|off``): escaped
+    (ca_rev233)."""
+    return text.replace("|", "\\|")
+
+
+def _prose(text: str) -> str:
+    """Help text as Markdown shows it: ``<backend>`` would be read as an HTML tag, and dropped
+    (ca_rev233); a ``<`` that opens no tag (``<= 0.60``) is left as it is."""
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
 
 
 if __name__ == "__main__":  # pragma: no cover - the writer of docs/commands.md
