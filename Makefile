@@ -56,7 +56,8 @@ test-fast: $(STAMP)     ## everything but the slow end-to-end runs
 # torch picks its CPU kernels by the CPU (AVX-512, AVX2, ...), and each rounds its own way: a test
 # whose outcome is that rounding passes here and fails on a machine of another make. The solvers'
 # tests run again on the portable kernels, which round like none of the vectorised ones.
-NUMERICAL_TESTS = tests/test_dual.py tests/test_hessian.py tests/test_exact.py tests/test_cvx.py
+NUMERICAL_TESTS = tests/test_dual.py tests/test_hessian.py tests/test_exact.py tests/test_cvx.py \
+                  tests/test_given_maps.py tests/test_graph.py tests/test_duals.py tests/test_solve.py
 test-kernels: $(STAMP)  ## the solvers' tests again on torch's portable CPU kernels (CI runs it after test)
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q $(NUMERICAL_TESTS)
 
