@@ -3,6 +3,7 @@ setting declares (convex_attention/cli/reference.py)."""
 from __future__ import annotations
 
 import argparse
+import functools
 from pathlib import Path
 
 from convex_attention.cli import build_parser
@@ -13,11 +14,17 @@ from convex_attention.paper.config import FULL, QUICK
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@functools.cache
+def _reference() -> str:
+    """The command's reference, built once for the file (each build builds the whole parser)."""
+    return command_reference()
+
+
 def test_the_committed_reference_is_the_parsers():
     """A changed default, option or help text leaves docs/commands.md stale until it is written
     again; the docs then say one thing and the command does another."""
     committed = (ROOT / "docs" / "commands.md").read_text(encoding="utf-8")
-    assert committed == command_reference(), (
+    assert committed == _reference(), (
         "docs/commands.md is stale: write it again with "
         "`python -m convex_attention.cli.reference > docs/commands.md`")
 
@@ -34,7 +41,7 @@ def _rows(text: str, command: str) -> dict[str, str]:
 
 
 def test_every_subcommand_and_every_option_has_its_row():
-    text = command_reference()
+    text = _reference()
     parser = build_parser()
     (commands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     for name, sub in commands.choices.items():
@@ -49,7 +56,7 @@ def test_every_subcommand_and_every_option_has_its_row():
 def test_the_experiments_defaults_and_its_quick_preset_are_stated():
     """The defaults an earlier review found in no document (ca_rev214): n_explain, n_dev,
     validity_images, the --quick n_sanity, the full alpha grid; read from the configurations."""
-    rows = _rows(command_reference(), "convex-attention experiment")
+    rows = _rows(_reference(), "convex-attention experiment")
     for option, name in (("--n-explain N", "n_explain"), ("--n-dev N", "n_dev"), ("--n-sanity N", "n_sanity"),
                          ("--validity-images N", "validity_images")):
         assert rows[option].endswith(f"(default: {getattr(FULL, name)} / --quick: {getattr(QUICK, name)})")
@@ -60,7 +67,7 @@ def test_the_experiments_defaults_and_its_quick_preset_are_stated():
 def test_the_benchs_defaults_are_stated():
     from convex_attention.bench.config import SweepConfig
 
-    rows = _rows(command_reference(), "convex-attention bench")
+    rows = _rows(_reference(), "convex-attention bench")
     config = SweepConfig()
     for option, name in (("--repeats N", "repeats"), ("--warmup N", "warmup"), ("--budget X", "budget"),
                          ("--fit-instances N", "fit_instances"), ("--fit-steps N", "fit_steps"),
@@ -74,7 +81,7 @@ def test_one_number_is_the_default_of_the_explain_command_and_of_the_experiments
     from convex_attention.paper import config
     from convex_attention.paper.explain import explain_models
 
-    text = command_reference()
+    text = _reference()
     assert _rows(text, "convex-attention explain")["--n-images N"].endswith(f"(default: {FULL.n_explain})")
     assert _rows(text, "convex-attention data check")["--n N"].endswith(f"(default: {FULL.validity_images})")
     assert FULL.n_explain == config.EXPLAINED_IMAGES == explain_models.__defaults__[0]
@@ -112,7 +119,7 @@ VALUE_WORDS = {"N", "X", "TEXT", "NAME", "OUT", "FILE", "HEX", "SPEC", "NAME=PAT
 def test_metavars_name_the_kind_of_value_not_the_option():
     """Hand-written options had argparse's default metavars (`--n-images N_IMAGES`, `--seed SEED`,
     `--resume RESUME`) where the declared ones say N, X, TEXT or NAME."""
-    text = command_reference()
+    text = _reference()
     for command in text.split("\n## `")[1:]:
         name = command.split("`", 1)[0]
         for invocation in _rows(text, name):
@@ -133,7 +140,7 @@ def _gfm_cells(row: str) -> int:
 
 
 def test_every_table_row_renders_as_two_cells():
-    text = command_reference()
+    text = _reference()
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("|---")]
     broken = [row for row in rows if _gfm_cells(row) != 2]
     assert not broken, broken
@@ -142,6 +149,6 @@ def test_every_table_row_renders_as_two_cells():
 def test_no_help_text_reads_as_a_raw_html_tag():
     import re
 
-    text = re.sub(r"```.*?```", "", command_reference(), flags=re.S)  # code blocks
+    text = re.sub(r"```.*?```", "", _reference(), flags=re.S)  # code blocks
     text = re.sub(r"`[^`\n]*`", "", text)  # code spans
     assert not re.findall(r"<[A-Za-z][A-Za-z0-9_-]*>", text)
