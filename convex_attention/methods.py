@@ -31,6 +31,10 @@ method names.  A record holds the method's function and its facts:
 ``func_transforms``       ``torch.func.grad``, ``jacrev`` and ``jvp`` differentiate it (plain torch
                           operations); the others refuse every torch.func transform with an
                           error that says so, and ``vmap`` is refused for every method
+``shape_tracing``         its forward is torch operations on the scores alone, so with
+                          ``check_finite=False`` it runs on meta tensors (shapes without
+                          values); ``solve`` refuses meta scores for the others, which read
+                          the values (they iterate on them), before any work
 ``structures``            the most general structure the method solves, one of
                           :data:`~convex_attention.graph.KINDS`: ``"chain"`` (a hierarchy),
                           ``"forest"`` (every map has at most one coarsening) or ``"graph"``
@@ -84,6 +88,7 @@ class Method:
     implied_masks: bool = False
     second_order: bool = False
     func_transforms: bool = False
+    shape_tracing: bool = False
 
     def __post_init__(self) -> None:
         if self.structures not in KINDS:
@@ -183,9 +188,11 @@ def _cvxpylayers(scores, h, temps, duals, options):
 
 for _record in (
     Method("softmax", _softmax, "every map on its own (no consistency; the usual attention)",
-           has_duals=False, tensor_temperature=True, structures="graph", second_order=True, func_transforms=True),
+           has_duals=False, tensor_temperature=True, structures="graph", second_order=True, func_transforms=True,
+           shape_tracing=True),
     Method("exact", _exact, "the closed form on a forest of maps; analytic backward",
-           exact=True, consistent=True, tensor_temperature=True, structures="forest", second_order=True),
+           exact=True, consistent=True, tensor_temperature=True, structures="forest", second_order=True,
+           shape_tracing=True),
     Method("cvxpylayers", _cvxpylayers, "the CVXPY problem in a cvxpylayers layer (the slow reference)",
            options=None, exact=True, consistent=True, cpu_only=True, check_options=_check_cvxpylayers_options,
            structures="graph"),
@@ -196,7 +203,7 @@ for _record in (
            structures="graph", given_maps=True),
     Method("learned_dual", _learned_dual, "the paper's reparameterisation p(λ) at given duals",
            needs_duals=True, tensor_temperature=True, structures="graph", implied_masks=True,
-           second_order=True, func_transforms=True),
+           second_order=True, func_transforms=True, shape_tracing=True),
 ):
     register_method(_record)
 

@@ -345,6 +345,10 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
         raise ValueError(f"method {record.name!r} does not take given maps (given=...); use method {able}")
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite, given=given_maps)
     free = next(s for s in scores if s is not None)
+    if free.is_meta and not record.shape_tracing:  # (torch's own error came from deep inside: ca_rev225)
+        tracers = " or ".join(repr(m.name) for m in REGISTRY.values() if m.shape_tracing)
+        raise ValueError(f"method {record.name!r} solves numerically on the scores' values, and meta tensors hold "
+                         f"none; trace shapes with method {tracers}")
     temps = check_temperatures(temperature, h.num_maps, dtype=free.dtype, scores_device=free.device,
                                allow_grad=record.tensor_temperature, method=record.name, unit=h._map_word,
                                unused=given_maps)

@@ -1937,3 +1937,24 @@ def test_ca_rev225_an_empty_given_dict_gives_no_map_to_the_other_methods_too(met
     empty = ca.solve(scores, h, method, duals=duals, given={})
     assert empty.given == ()
     assert all(torch.equal(a, b) for a, b in zip(plain.probs, empty.probs)), method
+
+
+@pytest.mark.parametrize("method", ca.METHODS)
+def test_meta_scores_with_the_checks_off_are_traced_or_refused_by_the_methods_record(method):
+    """design.md §4: check_finite=False traces shapes through the torch-operation methods (the
+    record's shape_tracing); dual and cvxpylayers, which solve on the values, refuse meta scores
+    naming those (they had failed with torch's "Tensor.item() cannot be called on meta tensors")."""
+    from convex_attention.methods import get_method
+
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+    scores = [torch.zeros(2, 4, 4, device="meta"), torch.zeros(2, 2, 2, device="meta")]
+    duals = {"duals": [torch.zeros(2, 2, 2, device="meta")]} if get_method(method).needs_duals else {}
+    if get_method(method).shape_tracing:
+        sol = ca.solve(scores, h, method, check_finite=False, **duals)
+        assert [tuple(p.shape) for p in sol.probs] == [(2, 4, 4), (2, 2, 2)] and sol.probs[0].is_meta
+    else:
+        with pytest.raises(ValueError, match=rf"^method '{method}' solves numerically on the scores' values, and "
+                                             r"meta tensors hold none; trace shapes with method 'softmax' or 'exact' "
+                                             r"or 'learned_dual'$"):
+            ca.solve(scores, h, method, check_finite=False, **duals)
+    assert {m for m in ca.METHODS if get_method(m).shape_tracing} == {"softmax", "exact", "learned_dual"}
