@@ -33,8 +33,8 @@ method names.  A record holds the method's function and its facts:
                           error that says so, and ``vmap`` is refused for every method
 ``shape_tracing``         its forward is torch operations on the scores alone, so with
                           ``check_finite=False`` it runs on meta tensors (shapes without
-                          values); ``solve`` refuses meta scores for the others, which read
-                          the values (they iterate on them), before any work
+                          values); ``solve`` refuses meta scores for the others, which solve
+                          numerically on the values, before any work
 ``structures``            the most general structure the method solves, one of
                           :data:`~convex_attention.graph.KINDS`: ``"chain"`` (a hierarchy),
                           ``"forest"`` (every map has at most one coarsening) or ``"graph"``

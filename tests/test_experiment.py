@@ -1948,3 +1948,14 @@ def test_accuracy_differences_pair_only_the_seeds_both_models_have_and_count_nan
     assert (auc["model"], auc["minus"], auc["metric"]) == ("b", "a", "auc")
     assert auc["seeds"] == 2 and math.isclose(auc["difference_mean"], -0.25)  # seed 2: a only
     assert bacc["seeds"] == 2 and bacc["seeds_nan"] == 1 and math.isclose(bacc["difference_mean"], -0.2)
+
+
+def test_accuracy_differences_read_an_empty_value_as_nan():
+    """A runs.csv read back holds an empty AUC where a test set had one class: NaN, counted, not
+    a crash."""
+    from convex_attention.paper.experiment import _accuracy_differences
+
+    runs = [{"condition": "c", "test_set": "t", "model": m, "seed": s, "auc": v, "bacc": "0.5"}
+            for m, s, v in (("a", 0, "0.8"), ("a", 1, ""), ("b", 0, "0.6"), ("b", 1, "0.7"))]
+    auc = _accuracy_differences(runs)[0]
+    assert (auc["seeds"], auc["seeds_nan"]) == (2, 1) and math.isclose(auc["difference_mean"], -0.2)

@@ -921,6 +921,12 @@ ACCURACY_DIFFERENCE_COLUMNS = ("condition", "test_set", "metric", "model", "minu
                                "difference_ci95", "seeds", "seeds_nan")
 
 
+def _number(value) -> float:
+    """A runs.csv value as a float: NaN for an empty one (AUC of a test set with one class, as
+    a CSV read back holds it)."""
+    return math.nan if value is None or value == "" else float(value)
+
+
 def _accuracy_differences(runs: list[dict]) -> list[dict]:
     """Per condition and test set, every pair of models (in ``runs.csv``'s order: the attention
     methods, then the plain CNN; the later minus the earlier) and each metric of
@@ -935,8 +941,8 @@ def _accuracy_differences(runs: list[dict]) -> list[dict]:
         for i, earlier in enumerate(models):
             for later in models[i + 1:]:
                 for metric in PAIRED_ACCURACY:
-                    x = {r["seed"]: float(r[metric]) for r in rows if r["model"] == later}
-                    y = {r["seed"]: float(r[metric]) for r in rows if r["model"] == earlier}
+                    x = {r["seed"]: _number(r[metric]) for r in rows if r["model"] == later}
+                    y = {r["seed"]: _number(r[metric]) for r in rows if r["model"] == earlier}
                     mean, half, n, n_nan = _seed_paired(x, y)
                     out.append(dict(zip(ACCURACY_DIFFERENCE_COLUMNS,
                                         (cond, tset, metric, later, earlier, mean, half, n, n_nan))))
