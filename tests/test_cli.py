@@ -1502,7 +1502,7 @@ def test_ca_rev121_the_top_level_resume_example_continues_the_sweep_above_it(tmp
     resume = next(words for words in lines if "--resume" in words and "results/big" in words)
     out = str(tmp_path / "big")
     budget = first[first.index("--budget") + 1]
-    assert run(["bench", "--methods", "exact", "cvxpylayers", "--cvx-backends", "diffcp-clarabel", "--sizes", "4",
+    assert run(["bench", "--methods", "cvxpylayers", "--cvx-backends", "diffcp-clarabel", "--sizes", "4",
                 "--levels", "2", "--batch", "2", "--budget", budget, "--out", out, "--quiet"]) == 0
     started: list = []
     monkeypatch.setattr(cli_bench, "_run_bench", lambda *args, **kwargs: started.append(args) or 0)
@@ -1756,3 +1756,33 @@ def test_ca_rev212_demo_counts_the_users_figures_beyond_the_four_it_names(tmp_pa
     assert run(["demo", "--out", str(tmp_path / "r"), "--quiet"]) == 2
     _one_line(capsys, "convex-attention demo: error:", " and 2 more, named like plot's figures", "--overwrite")
     assert seen == [] and sorted(os.listdir(figures)) == sorted(names)
+
+
+# ---- ca_rev234 (help-text truth audit): --repeats and --warmup do not reach the cvxpylayers rows
+
+
+@pytest.mark.slow  # a sweep, if of one cell (about 2 s, the first cvxpylayers solve)
+def test_ca_rev234_cvxpylayers_rows_are_timed_cvx_repeats_times_whatever_repeats_says(tmp_path, capsys):
+    """`bench --repeats` says "timed repetitions per method and cell"; a cvxpylayers row is timed
+    SweepConfig.cvx_repeats times (2; --quick: 1), after one untimed solve, and records that."""
+    from convex_attention.bench.config import SweepConfig
+
+    out = str(tmp_path / "r")
+    assert run(["bench", "--methods", "cvxpylayers", "--cvx-backends", "diffcp-clarabel", "--sizes", "4",
+                "--levels", "2", "--batch", "1", "--dims", "2", "--repeats", "7", "--warmup", "1", "--device", "cpu",
+                "--quiet", "--out", out]) == 0
+    rows = {r["method"]: r for r in read(os.path.join(out, "bench.csv"))}
+    assert rows["cvxpylayers"]["status"] == "ok", rows["cvxpylayers"]["reason"]
+    assert rows["cvxpylayers"]["repeats"] == str(SweepConfig().cvx_repeats) == "2"
+
+
+def test_ca_rev234_verify_refuses_mpax_even_where_it_is_installed(monkeypatch, capsys):
+    """`verify --backends` lists mpax among its choices and names "not installed" as the refusal;
+    mpax is refused on every machine (no exponential cones), installed or not."""
+    from convex_attention import cvx
+
+    monkeypatch.setattr(cvx, "_installed", lambda module: True)
+    assert cvx.backend_unavailable_reason("mpax") is not None
+    assert run(["verify", "--backends", "mpax", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "LPs and QPs only" in err and "not installed" not in err, err

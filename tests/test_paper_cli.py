@@ -1855,3 +1855,17 @@ def test_ca_rev212_experiment_names_its_stages_report(stage, report, tmp_path, c
     code, printed, err = run(["experiment", "--quick", "--stage", stage, "--no-progress", "--out", str(out)], capsys)
     assert code == 0, err
     assert printed.strip().splitlines()[-1] == f"experiment: {os.path.join(str(out), stage, report)}"
+
+
+# ---- ca_rev234 (help-text truth audit): experiment --data-seed's range
+
+
+def test_ca_rev234_experiment_data_seed_above_999_is_refused_before_any_work(tmp_path, capsys):
+    """`experiment --data-seed` is declared from 0 to 4294967295 (train's range), but the
+    experiment's data seeds own one block of generator seeds each: above DATA_SEED_MAX (999) exit 2."""
+    from convex_attention.paper.config import DATA_SEED_MAX
+
+    out = tmp_path / "x"
+    code, _, err = run(["experiment", "--quick", "--data-seed", str(DATA_SEED_MAX + 1), "--out", str(out)], capsys)
+    assert code == 2 and f"from 0 to {DATA_SEED_MAX}" in err and "argument --data-seed" in err, err
+    assert DATA_SEED_MAX == 999 and not out.exists()

@@ -590,3 +590,18 @@ def test_ca_rev214_check_listed_once_refuses_a_single_value_listed_twice():
         S.check_listed_once("--sets", ["a", "b", "a"], "set")
     with pytest.raises(ValueError, match=r"^--sets lists a, b more than once"):
         S.check_listed_once("--sets", ["a", "b", "a", "b", "a"], "set")
+
+
+@dataclass
+class _Seeded:
+    seed: int = setting(0, Int(low=0, high=2 ** 32 - 1), "a seed")
+
+
+def test_a_commands_narrower_number_range_is_the_one_its_help_shows_and_the_declaration_still_parses():
+    """add_options(listed={name: Int(...)}): a command that takes fewer numbers than the setting
+    (experiment --data-seed, 0 to 999; ca_rev234) shows its own range; the declared one parses."""
+    parser = argparse.ArgumentParser()
+    add_options(parser, _Seeded, listed={"seed": Int(low=0, high=999)})
+    (action,) = [a for a in parser._actions if a.dest == "seed"]
+    assert "an integer from 0 to 999 (default: 0)" in action.help and "4294967295" not in action.help
+    assert parser.parse_args(["--seed", "5000"]).seed == 5000  # the command's own check refuses it, with its reason

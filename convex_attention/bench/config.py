@@ -268,9 +268,13 @@ class SweepConfig:
     checkpoint: str | None = setting(None, Text(optional=True, what="a checkpoint path"),
                                      "model checkpoint for --generator model")
     factor: int = setting(2, Int(low=2, high=64), "pooling factor per dimension between levels")
-    repeats: int = setting(10, Int(low=1, high=100_000), "timed repetitions per method and cell")
+    repeats: int = setting(10, Int(low=1, high=100_000),
+                           "timed repetitions per method and cell (a cvxpylayers cell is timed cvx_repeats times "
+                           "after one untimed solve, whatever --repeats and --warmup say: bench.json's config "
+                           "records it)")
     warmup: int = setting(3, Int(low=1, high=100_000),
-                          "untimed repetitions per cell (after one global warm-up before the first cell)")
+                          "untimed repetitions per cell (after one global warm-up before the first cell; not for "
+                          "cvxpylayers cells)")
     threads: int = setting(1, Int(low=1, high=1024),
                            "torch threads the sweep computes with, recorded in bench.json and on every figure; one "
                            "thread keeps the timings comparable on a shared machine, where threads wait on each "
@@ -281,7 +285,7 @@ class SweepConfig:
                             "with the estimate or that solve's time")
     cvx_max_cells: int = setting(6000, Int(low=1, high=1 << 30), "cap on problem size (total cells) for cvxpylayers")
     cvx_batch: int = setting(CVX_BATCH, Int(low=1, high=100_000),
-                             "samples timed per cell of a batched cvxpylayers backend (moreau, cuclarabel, mpax), "
+                             "samples timed per cell of a batched cvxpylayers backend (moreau, cuclarabel), "
                              "at most the cell's batch: moreau is cheapest per sample in calls of about 16 "
                              "(docs/benchmarks.md)")
     diffcp_batch: int = setting(DIFFCP_BATCH, Int(low=1, high=100_000),
@@ -330,7 +334,7 @@ class VerifyConfig:
 
     n: int = setting(24, Int(low=1, high=100_000),
                      "number of random instances, cycling through the ten kinds (six chains, then star, axial, "
-                     "grid_regions, mixed): 10 or more draws each")
+                     "grid_regions, mixed): --n 10 or more draws every kind")
     seed: int = setting(0, SEED, "seed of the random instances")
     timeout: float = setting(60.0, Real(low=0.0, high=86_400.0, low_open=True),
                              "seconds one instance's call of --dual-solver may take (and its module to import); "

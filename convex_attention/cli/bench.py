@@ -158,7 +158,8 @@ def _add_verify(sub) -> None:
                         "the package's own dual solver; an empty value is a usage error)")
     v.add_argument("--backends", nargs="+", default=None, metavar="NAME",
                    help=f"cvxpylayers backends to check, from {', '.join(BACKEND_NAMES)} (default: every installed "
-                        f"one), each named once; one named here that is not installed is a usage error")
+                        f"one), each named once; one named here that cannot run here is a usage error (not "
+                        f"installed; cuclarabel without a GPU; mpax always: it solves no exponential cones)")
     v.add_argument("--out", default="results", help="results folder, for verify.csv (default: results)")
     v.add_argument("--overwrite", action="store_true",
                    help="replace the verify.csv an earlier run left in OUT; without it such a folder is refused "

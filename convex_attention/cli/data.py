@@ -85,8 +85,8 @@ def add_data_commands(sub) -> None:
                         f"split, drawn at random); an integer from {MIN_IMAGES} to {MAX_IMAGES} (synthetic data: "
                         f"at most {IMAGES_PER_SEED}) (default: {VALIDITY_IMAGES})")
     c.add_argument("--image-size", type=int_in(1, 8192, "image_size"), default=64, metavar="N",
-                   help="image side (brats: the resize target); an integer from 1 to 8192, at least 32 for "
-                        "synthetic and synthetic-brightest, 16 for synthetic-blobs (default: 64)")
+                   help="image side (brats: the resize target); an integer from 16 to 8192, at least 32 for "
+                        "synthetic and synthetic-brightest (default: 64)")
     c.add_argument("--seed", type=_seed, default=0, metavar="N",
                    help=f"the data's seed (held-out: seed + 10000; brats: the split); an integer from 0 to "
                         f"{SEED.high}; two seeds' synthetic sets can share images (docs/experiment.md, "
@@ -95,7 +95,8 @@ def add_data_commands(sub) -> None:
     c.add_argument("--difficulty", type=finite_float, default=None, metavar="X",
                    help=f"synthetic difficulty in [0, 1] (default: {DIFFICULTY})")
     c.add_argument("--mimic-rate", type=finite_float, default=None, metavar="X",
-                   help="synthetic: mimics per lesion image, in [0, 8] (default: 3; synthetic-brightest: 5)")
+                   help="synthetic: mimics per lesion image, in [0, 8] (synthetic-brightest: [1, 8]) (default: 3; "
+                        "synthetic-brightest: 5)")
     c.add_argument("--mimic-types", nargs="+", default=None, choices=MIMIC_TYPES, metavar="NAME",
                    help=f"synthetic and synthetic-brightest: the mimic kinds drawn from, of {', '.join(MIMIC_TYPES)} "
                         f"(default: all of them)")

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 from ..io.settings import (
     ConfigError,
+    Int,
     add_grid_options,
     add_options,
     declared,
@@ -30,6 +31,7 @@ from ..io.settings import (
     variant_settings,
 )
 from ..paper.config import (
+    DATA_SEED_MAX,
     DATA_SOURCE_HELP,
     DEFAULT_VARIANTS_PATH,
     EXPLAIN_BATCH_SIZE,
@@ -90,7 +92,7 @@ _EXPERIMENT_HELPS = {"data": "; ".join(f"{k}: {DATA_SOURCE_HELP[k]}" for k in SY
                      # train's texts speak of its --resume and of BraTS, which experiment has not
                      "epochs": "epochs each model is trained for",
                      "data_seed": "seed of the synthetic images of the dev stage's splits (the test stage needs one "
-                                  "that no recorded run used)"}
+                                  "that no recorded run used; each owns one block of generator seeds)"}
 # what the test stage takes from the variants file, never from the command line
 _FIXED_BY_VARIANTS = ("difficulties", "held_out_mimic")
 
@@ -134,7 +136,7 @@ def _given(args, table) -> dict:
 SUBCOMMAND_EXAMPLES = {
     "train": (
         "convex-attention train --method exact --epochs 10 --out runs/exact     # the attention CNN, exact maps",
-        "convex-attention train --method learned_dual --alpha 0.1 --out runs/ld   # the paper's consistency loss",
+        "convex-attention train --method learned_dual --alpha 0.1 --out runs/ld   # the paper's loss, weighted 0.1",
         "convex-attention train --resume runs/exact/last.pt --epochs 20 --out runs/exact  # continue a run",
         "torchrun --nproc_per_node 2 -m convex_attention.cli train --method exact --out runs/exact2  # two processes",
     ),
@@ -273,7 +275,7 @@ def _add_experiment(sub) -> None:
             return config if cls is ExperimentConfig else config.train if cls is TrainConfig else config.train.model
         shown = {n: f"{show_value(getattr(of(FULL), n))} / --quick: {show_value(getattr(of(QUICK), n))}" for n in names}
         add_options(x, cls, base=of(FULL), names=names, shown=shown, helps=_EXPERIMENT_HELPS,
-                    listed={"data": SYNTHETIC_SOURCES})
+                    listed={"data": SYNTHETIC_SOURCES, "data_seed": Int(low=0, high=DATA_SEED_MAX)})
     settings = _variant_settings()
     full, quick = FULL.candidates(), QUICK.candidates()
     add_grid_options(x, settings, full, "dev stage", shown={

@@ -533,7 +533,8 @@ def add_options(parser: argparse.ArgumentParser, cls, base=None, names=None, sho
     with its type, range, choices and help; the default is ``base``'s value (or the
     declaration's), shown in the help once.  ``shown``: ``{name: text}`` replacing a
     default's display.  ``helps`` and ``listed``: ``{name: text}`` and ``{name: values}``
-    replacing the declared help and the choices it lists, for a command that accepts
+    replacing the declared help and the choices it lists (for a number, ``values`` is a
+    narrower :class:`Int` or :class:`Real`, whose range it shows), for a command that accepts
     fewer values than the setting (the values are still checked against the declaration,
     and the command's own check refuses the rest with its reason).  Settings declared
     with ``flag=""`` are left out."""
@@ -572,6 +573,8 @@ def _choices_text(kind: Kind, listed=None) -> str:
     if isinstance(inner, Choice):
         values = tuple(listed) if listed is not None else inner.listed
         return f"; one of {', '.join(values)}" + (" or none" if inner.optional else "")
+    if isinstance(listed, (Int, Real)):  # a command's narrower range (add_options)
+        inner = listed
     if isinstance(inner, (Int, Real)) and (inner.low is not None or inner.high is not None):
         return f"; {each}{inner.describe()}"
     return ""
