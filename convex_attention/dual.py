@@ -776,12 +776,13 @@ def _check_given_fit(inputs: Sequence[Tensor], given: Sequence, work: torch.dtyp
         if not bool(torch.isfinite(q.to(work).flatten(q.dim() - (x.dim() - 1)).sum(-1)).all()):
             raise ValueError(f"given[{k}]'s sum overflows the working dtype ({name}): divide the map by a constant "
                              f"(each map is divided by its sum anyway)")
-        advice = ("use dtype=torch.float64 (the default)" if work != torch.float64 else
-                  "its smallest cells fall below float64's smallest subnormal number once divided by the map's "
-                  "sum: raise them")
+        if work == torch.float64:  # the default working dtype: no option to blame
+            raise ValueError(f"given[{k}] holds cells that round to 0 in float64 once divided by the map's sum "
+                             f"(below its smallest subnormal number), and the solver takes positive probabilities "
+                             f"only: raise them")
         raise ValueError(f"dual option dtype=torch.{name}: given[{k}] holds probabilities that round to 0 in "
                          f"that working dtype (below its smallest subnormal number), and the solver takes positive "
-                         f"probabilities only; {advice}")
+                         f"probabilities only; use dtype=torch.float64 (the default)")
 
 
 def _check_scores_fit(scores: Sequence[Tensor], work: torch.dtype) -> None:

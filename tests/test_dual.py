@@ -4687,8 +4687,8 @@ def test_ca_rev225_a_graph_solved_apart_reports_the_worst_part_s_newton_steps_an
 @pytest.mark.parametrize("q, dtype, words", [
     ([math.inf, 1.0], None, r"^given\[1\] must hold finite probabilities$"),
     ([1e308, 1e308], None, r"^given\[1\]'s sum overflows the working dtype \(float64\): divide the map by a constant"),
-    ([5e-324, 1e10], None, r"round to 0 in that working dtype .*; its smallest cells fall below float64's smallest "
-                           r"subnormal number once divided by the map's sum: raise them$"),
+    ([5e-324, 1e10], None, r"^given\[1\] holds cells that round to 0 in float64 once divided by the map's sum "
+                           r"\(below its smallest subnormal number\), .*: raise them$"),
     ([1e-50, 1.0], torch.float32, r"dual option dtype=torch.float32: .*; use dtype=torch.float64 \(the default\)$"),
 ])
 def test_ca_rev225_a_given_map_that_cannot_be_normalised_is_told_why_with_check_finite_off(q, dtype, words):
