@@ -4779,3 +4779,16 @@ def test_ca_rev228_the_gap_is_the_duals_inner_product_with_the_residuals_at_any_
     f = sum((s * q).flatten(1).sum(1) - t * (q * q.log()).flatten(1).sum(1) for s, q, t in zip(scores, p, taus))
     inner = sum((lam[e] * (p[b] - g.aggregate(p[a], e))).flatten(1).sum(1) for e, (a, b) in enumerate(g.edges))
     assert float((dual_function(scores, lam, g, taus) - f - inner).abs().max()) < 1e-12
+
+
+# ---- ca_rev235 (mutation review of the 42nd session's code): the overflow check sums in the working dtype
+
+
+def test_ca_rev235_a_given_sum_that_overflows_only_the_float32_work_is_told_as_an_overflow():
+    """[3e38, 3e38, 1e-50, 1] is finite, positive and sums finitely in float64, but its sum overflows
+    float32: with dtype=torch.float32 the sum in the working dtype is what overflows (summed as given, in
+    float64, the map had been blamed for a cell that rounds to 0)."""
+    h = ca.Hierarchy.grid([(8,), (4,)])
+    with pytest.raises(ValueError, match=r"^given\[1\]'s sum overflows the working dtype \(float32\)"):
+        ca.solve([torch.zeros(1, 8, dtype=torch.float64), None], h, "dual", dtype=torch.float32,
+                 given={1: torch.tensor([[3e38, 3e38, 1e-50, 1.0]], dtype=torch.float64)}, check_finite=False)

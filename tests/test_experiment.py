@@ -1959,3 +1959,47 @@ def test_accuracy_differences_read_an_empty_value_as_nan():
             for m, s, v in (("a", 0, "0.8"), ("a", 1, ""), ("b", 0, "0.6"), ("b", 1, "0.7"))]
     auc = _accuracy_differences(runs)[0]
     assert (auc["seeds"], auc["seeds_nan"]) == (2, 1) and math.isclose(auc["difference_mean"], -0.2)
+
+
+# ---- ca_rev235 (mutation review of the 42nd session's code): accuracy differences, None values and _write_test
+
+
+def test_ca_rev235_accuracy_differences_read_a_missing_value_as_nan():
+    """A run gathered in memory may hold None for an AUC it could not compute: NaN, counted, not a
+    TypeError."""
+    from convex_attention.paper.experiment import _accuracy_differences, _number
+
+    assert math.isnan(_number(None)) and math.isnan(_number("")) and _number("0.25") == 0.25
+    runs = [{"condition": "c", "test_set": "t", "model": m, "seed": s, "auc": v, "bacc": 0.5}
+            for m, s, v in (("a", 0, 0.8), ("a", 1, None), ("b", 0, 0.6), ("b", 1, 0.7))]
+    auc = _accuracy_differences(runs)[0]
+    assert (auc["seeds"], auc["seeds_nan"]) == (2, 1) and math.isclose(auc["difference_mean"], -0.2)
+
+
+def test_ca_rev235_write_test_writes_reports_and_saves_the_accuracy_differences(tmp_path, monkeypatch):
+    """_write_test writes accuracy_differences.csv, hands the same rows to test_report and saves them in
+    experiment.json (the slow end-to-end test checks this too; this one runs in the quick suite)."""
+    import convex_attention.paper.experiment as experiment
+    from convex_attention.paper.explain_metrics import METRIC_NAMES
+
+    reported = []
+    monkeypatch.setattr(experiment, "plot_metric_summary", lambda *a, **k: None)
+    monkeypatch.setattr(experiment, "test_report", lambda *a: reported.append(a[-1]) or "report")
+    config = _tiny_config(seeds=(0, 1))
+    gathered = experiment._TestResults(
+        runs=[{"condition": "c", "test_set": "test", "model": m, "seed": s, "auc": auc, "bacc": 0.5}
+              for m, s, auc in (("softmax", 0, 0.9), ("softmax", 1, 0.8), ("plain_cnn", 0, 0.7),
+                                ("plain_cnn", 1, 0.7))],
+        seed_means=[{**_group_mean("softmax", "attention", 0, 0, 0.5), "mask": "lesion",
+                     **{f"{m}_mean": 0.5 for m in METRIC_NAMES}}],
+        conditions=[{"condition": "c", "compared": ["softmax"], "validity": []}],
+        chance={("c", "test", "lesion"): 0.1})
+    experiment._write_test(config, Variants(config.variants()[0], (0.3,)), {}, gathered, str(tmp_path), "cpu",
+                           lambda *a: None, {})
+    rows = read_csv_rows(os.path.join(str(tmp_path), "accuracy_differences.csv"))
+    assert [(r["metric"], r["model"], r["minus"], r["seeds"]) for r in rows] == [
+        ("auc", "plain_cnn", "softmax", "2"), ("bacc", "plain_cnn", "softmax", "2")]
+    assert math.isclose(float(rows[0]["difference_mean"]), -0.15)
+    saved = read_json(os.path.join(str(tmp_path), "experiment.json"))["accuracy_differences"]
+    assert [d["metric"] for d in saved] == ["auc", "bacc"] and math.isclose(saved[0]["difference_mean"], -0.15)
+    assert reported == [saved]

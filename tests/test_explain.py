@@ -1011,3 +1011,19 @@ def test_ca_rev210_the_input_attributions_explain_each_image_s_own_label_too(mon
     model = AttentionUNet(method="exact", width=4, image_size=32, embed_channels=8)
     maps = explain.explanations(model, torch.randn(3, 4, 32, 32), target="true", labels=torch.tensor([0, 1, 0]))
     assert seen == {"deeplift": [0, 1, 0], "lrp": [0, 1, 0]} and ("lrp", -1) in maps
+
+
+# ---- ca_rev235 (mutation review of the 42nd session's code): explain_models' defaults are the shared constants
+
+
+def test_ca_rev235_explain_models_defaults_are_the_experiments_and_the_commands():
+    """explain_models, the experiment's n_explain and the explain command's --n-images and --batch-size
+    default to the same EXPLAINED_IMAGES and EXPLAIN_BATCH_SIZE (paper.config)."""
+    import inspect
+
+    from convex_attention.paper.config import EXPLAIN_BATCH_SIZE, EXPLAINED_IMAGES
+    from convex_attention.paper.explain import explain_models
+
+    parameters = inspect.signature(explain_models).parameters
+    assert parameters["n_images"].default == EXPLAINED_IMAGES == ExperimentConfig().n_explain
+    assert parameters["batch_size"].default == EXPLAIN_BATCH_SIZE

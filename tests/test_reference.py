@@ -152,3 +152,16 @@ def test_no_help_text_reads_as_a_raw_html_tag():
     text = re.sub(r"```.*?```", "", _reference(), flags=re.S)  # code blocks
     text = re.sub(r"`[^`\n]*`", "", text)  # code spans
     assert not re.findall(r"<[A-Za-z][A-Za-z0-9_-]*>", text)
+
+
+# ---- ca_rev235 (mutation review of the 42nd session's code): a tuple metavar is typed as separate words
+
+
+def test_ca_rev235_a_tuple_metavar_is_shown_as_the_words_typed():
+    import argparse
+
+    from convex_attention.cli.reference import _invocation
+
+    parser = argparse.ArgumentParser()
+    action = parser.add_argument("--pair", nargs=2, metavar=("LOW", "HIGH"))
+    assert _invocation(action) == "--pair LOW HIGH"

@@ -948,3 +948,36 @@ def test_the_accuracy_differences_section_marks_a_paired_interval_that_excludes_
     assert "| c | heldout | auc | exact − learned_dual | 0.053 ± 0.022 | 5 | **yes** |" in lines
     assert "| c | test | auc | exact − softmax | 0.002 ± 0.027 | 4 (1 NaN) | no |" in lines
     assert _accuracy_differences_section([]) == []
+
+
+# ---- ca_rev235 (mutation review of the 42nd session's code): the accuracy differences' "excludes 0" and place
+
+
+def _ca_rev235_difference(mean, half):
+    return {"condition": "c", "test_set": "test", "metric": "auc", "model": "b", "minus": "a",
+            "difference_mean": mean, "difference_ci95": half, "seeds": 5, "seeds_nan": 0}
+
+
+@pytest.mark.parametrize("mean, half, shown", [(-0.053, 0.022, "**yes**"), (0.053, 0.022, "**yes**"),
+                                               (0.25, 0.25, "no"), (-0.25, 0.25, "no")])
+def test_ca_rev235_excludes_0_either_way_and_only_strictly(mean, half, shown):
+    """A difference below 0 whose interval excludes 0 is marked as one above it is (the learned dual's AUC
+    below exact's: ca_rev231); an interval whose end is 0 exactly does not exclude it."""
+    from convex_attention.paper.reports import _accuracy_differences_section
+
+    row = _accuracy_differences_section([_ca_rev235_difference(mean, half)])[-1]
+    assert row.endswith(f"| 5 | {shown} |"), row
+
+
+def test_ca_rev235_the_test_report_shows_the_accuracy_differences_after_the_accuracy():
+    from convex_attention.paper.experiment import QUICK
+    from convex_attention.paper.protocol import Variant, Variants
+    from convex_attention.paper.reports import test_report
+
+    conditions, accuracy, explain, ablation, rand, headline = _test_report_inputs()
+    report = test_report(QUICK.override(seeds=(0, 1, 2, 3, 4)), Variants(Variant()), {"path": "v.json", "sha256": "x"},
+                         conditions, accuracy, explain, ablation, rand, headline, "cpu", {},
+                         [_ca_rev235_difference(-0.053, 0.022)])
+    order = [report.index(h) for h in ("## Accuracy", "## Accuracy differences, paired by seed",
+                                       "| c | test | auc | b − a |", "## Explanation metrics")]
+    assert order == sorted(order)
