@@ -61,6 +61,7 @@ one variant).  The reports are written by :mod:`.reports`.
 """
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
@@ -935,17 +936,15 @@ def _accuracy_differences(runs: list[dict]) -> list[dict]:
     overlapping intervals had hidden a difference whose paired interval excludes 0 (the learned
     dual 0.053 ± 0.022 AUC below exact on an unseen mimic type: ca_rev231)."""
     out = []
-    for cond, tset in dict.fromkeys((r["condition"], r["test_set"]) for r in runs):
-        rows = [r for r in runs if (r["condition"], r["test_set"]) == (cond, tset)]
-        models = list(dict.fromkeys(r["model"] for r in rows))
-        for i, earlier in enumerate(models):
-            for later in models[i + 1:]:
-                for metric in PAIRED_ACCURACY:
-                    x = {r["seed"]: _number(r[metric]) for r in rows if r["model"] == later}
-                    y = {r["seed"]: _number(r[metric]) for r in rows if r["model"] == earlier}
-                    mean, half, n, n_nan = _seed_paired(x, y)
-                    out.append(dict(zip(ACCURACY_DIFFERENCE_COLUMNS,
-                                        (cond, tset, metric, later, earlier, mean, half, n, n_nan))))
+    for group in _grouped(runs, ("condition", "test_set")):
+        cond, tset = group[0]["condition"], group[0]["test_set"]
+        rows_of = {model[0]["model"]: model for model in _grouped(group, ("model",))}  # in runs.csv's order
+        for earlier, later in itertools.combinations(rows_of, 2):
+            for metric in PAIRED_ACCURACY:
+                x, y = ({r["seed"]: _number(r[metric]) for r in rows_of[m]} for m in (later, earlier))
+                mean, half, n, n_nan = _seed_paired(x, y)
+                out.append(dict(zip(ACCURACY_DIFFERENCE_COLUMNS,
+                                    (cond, tset, metric, later, earlier, mean, half, n, n_nan))))
     return out
 
 
