@@ -1497,7 +1497,7 @@ def test_ca_rev121_the_top_level_resume_example_continues_the_sweep_above_it(tmp
     from convex_attention.cli import bench as cli_bench
     from convex_attention.cli.bench import EXAMPLES
 
-    lines = [line.split("#")[0].split() for line in EXAMPLES.replace("\\\n", " ").splitlines()]
+    lines = [line.split("#")[0].split() for line in "\n".join(EXAMPLES).replace("\\\n", " ").splitlines()]
     first = next(words for words in lines if "--budget" in words and "results/big" in words)
     resume = next(words for words in lines if "--resume" in words and "results/big" in words)
     out = str(tmp_path / "big")

@@ -272,7 +272,8 @@ def _example_argv(line: str) -> list[str]:
 def _top_level_examples() -> list[str]:
     from convex_attention.cli.bench import EXAMPLES
 
-    return [line.strip() for line in EXAMPLES.replace("\\\n", " ").splitlines() if "convex-attention" in line]
+    return [line.strip() for line in "\n".join(EXAMPLES).replace("\\\n", " ").splitlines()
+            if "convex-attention" in line]
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Consistent multi-level attention: benchmark the exact closed form, the cvxpylayers "
                     "reference and the dual decomposition; verify dual solutions; plot comparisons; "
                     "train and explain the paper's attention CNN.",
-        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        examples=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True

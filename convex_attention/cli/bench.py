@@ -31,21 +31,21 @@ from ._common import (
 
 __all__ = ["add_bench_commands", "BENCH_HANDLERS", "EXAMPLES"]
 
-EXAMPLES = """
-examples:
-  convex-attention demo                             # quick bench + verify + figures into results/
-  convex-attention bench --quick --out results      # a small sweep (timed in docs/benchmarks.md)
-  convex-attention bench --sizes 32 64 128 --levels 2 3 4 --batch 16 64 --dims 2 3 \\
-                         --dtype float32 float64 --out results/big --budget 120
-  convex-attention bench --sizes 32 64 128 --levels 2 3 4 --batch 16 64 --dims 2 3 \\
-                         --dtype float32 float64 --out results/big --budget 120 --resume
-                                                    # continue it: the same options, plus --resume
-  convex-attention bench --quick --out results --overwrite  # discard the rows of an earlier run, start over
-  convex-attention bench --structure star axial grid_regions mixed --sizes 16 32 64 --out results/graphs
-  convex-attention verify --n 30 --seed 1           # exits 1 if any check fails
-  convex-attention verify --dual-solver path/to/solver.py:solve_duals --timeout 30  # yours: user guide §2
-  convex-attention plot results                     # figures into results/figures/
-"""
+#: The top command's examples, at the end of its --help (CommandParser's examples).
+EXAMPLES = (
+    "convex-attention demo                             # quick bench + verify + figures into results/",
+    "convex-attention bench --quick --out results      # a small sweep (timed in docs/benchmarks.md)",
+    "convex-attention bench --sizes 32 64 128 --levels 2 3 4 --batch 16 64 --dims 2 3 \\",
+    "                       --dtype float32 float64 --out results/big --budget 120",
+    "convex-attention bench --sizes 32 64 128 --levels 2 3 4 --batch 16 64 --dims 2 3 \\",
+    "                       --dtype float32 float64 --out results/big --budget 120 --resume",
+    "                                                  # continue it: the same options, plus --resume",
+    "convex-attention bench --quick --out results --overwrite  # discard the rows of an earlier run, start over",
+    "convex-attention bench --structure star axial grid_regions mixed --sizes 16 32 64 --out results/graphs",
+    "convex-attention verify --n 30 --seed 1           # exits 1 if any check fails",
+    "convex-attention verify --dual-solver path/to/solver.py:solve_duals --timeout 30  # yours: user guide §2",
+    "convex-attention plot results                     # figures into results/figures/",
+)
 
 
 #: Each subcommand's examples, at the end of its --help (tests/test_cli_conventions.py parses them,

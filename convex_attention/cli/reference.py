@@ -67,10 +67,7 @@ def _section(name: str, parser: argparse.ArgumentParser) -> str:
         lines += ["| command | what it does |", "|---|---|"]
         lines += [f"| `{sub_name}` | {_cell(text or '')} |" for sub_name, text in commands]
         lines.append("")
-    examples = getattr(parser, "examples", ()) or ()
-    if parser.epilog and not examples:  # the top command lists its examples as its epilog
-        examples = tuple(line[2:] if line.startswith("  ") else line
-                         for line in parser.epilog.splitlines() if line.strip() and line.strip() != "examples:")
+    examples = getattr(parser, "examples", ())  # (CommandParser's; a plain parser has none)
     if examples:
         lines += ["Examples:", "", "```", *examples, "```", ""]
     return "\n".join(lines)
