@@ -93,6 +93,8 @@ def check_scores_and_peaks(scores, h: Graph, check_finite: bool = True, name: st
         raise ValueError(f"{name} have batch size 0")
     if not check_finite:
         return out, None
+    # (the methods named are methods.Method.shape_tracing's, which this module sits below: a test
+    # in tests/test_solve.py holds the two together)
     if first.is_meta:  # (torch's own error was "Cannot copy out of meta tensor; no data!": ca_rev126)
         raise ValueError(f"{name} are on the meta device: they hold no values, so they cannot be checked; to trace "
                          f"shapes pass check_finite=False (methods that are torch operations: softmax, exact, "

@@ -1958,3 +1958,17 @@ def test_meta_scores_with_the_checks_off_are_traced_or_refused_by_the_methods_re
                                              r"or 'learned_dual'$"):
             ca.solve(scores, h, method, check_finite=False, **duals)
     assert {m for m in ca.METHODS if get_method(m).shape_tracing} == {"softmax", "exact", "learned_dual"}
+
+
+def test_the_meta_refusal_with_the_checks_on_names_the_registrys_shape_tracing_methods():
+    """validation's message (below the registry, so written out there) and the registry's
+    shape_tracing flag are one fact in two places: they must name the same methods."""
+    import re
+
+    from convex_attention.methods import get_method
+
+    h = ca.Hierarchy.grid([(4,), (2,)])
+    with pytest.raises(ValueError, match="meta device") as err:
+        ca.solve([torch.zeros(1, 4, device="meta"), torch.zeros(1, 2, device="meta")], h, "softmax")
+    named = re.search(r"torch operations: ([a-z_, ]+)\)", str(err.value)).group(1).split(", ")
+    assert set(named) == {m for m in ca.METHODS if get_method(m).shape_tracing}
