@@ -208,9 +208,10 @@ def _add_explain(sub) -> None:
     e.add_argument("--target", default="true", choices=["true", "predicted"],
                    help="class explained by the post-hoc methods: each image's true class (1, lesion: the "
                         "images explained hold a lesion) or the prediction (default: true)")
-    e.add_argument("--n-images", type=int_in(1, 100_000, "n_images"), default=EXPLAINED_IMAGES, metavar="N",
-                   help=f"the first N validation images with a lesion are explained; an integer from 1 to 100000 "
-                        f"(default: {EXPLAINED_IMAGES})")
+    explained = declared(ExperimentConfig)["n_explain"].kind  # the experiment's setting of the same images
+    e.add_argument("--n-images", type=int_in(explained.low, explained.high, "n_images"), default=EXPLAINED_IMAGES,
+                   metavar="N", help=f"the first N validation images with a lesion are explained; "
+                                     f"{explained.describe()} (default: {EXPLAINED_IMAGES})")
     e.add_argument("--upsampling", default="nearest", choices=list(UPSAMPLINGS),
                    help="how the pixel protocol brings coarse maps to the image (default: nearest)")
     e.add_argument("--pixel-only", action="store_true", help="score under the pixel protocol only (not the pooled)")
