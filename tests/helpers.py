@@ -163,12 +163,12 @@ def _polish(theta, mats, edges, temps, lam, p_start, given=None):
             lo, hi = offsets[e], offsets[e + 1]
             H[lo:hi, lo:hi] += 1.0 / (hi - lo)
         step = -np.linalg.lstsq(H, grad, rcond=None)[0]
-        t = 1.0
+        t, now = 1.0, residual(probs)
         while t > 1e-6:
             g_new, p_new = state(x + t * step)
             # near the optimum g's decrease (~ residual²) is below its own rounding: there the
             # residual, g's gradient, decides
-            if g_new <= g or residual(p_new) < residual(probs):
+            if g_new <= g or residual(p_new) < now:
                 break
             t /= 2
         if t <= 1e-6:
