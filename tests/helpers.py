@@ -115,6 +115,18 @@ POLISHED = 1e-12
 REFERENCE_ATOL = {"probs": 1e-10, "duals": 1e-9, "objective": 1e-11}
 
 
+def dual_incidence(sizes, edges, mats) -> tuple[list[np.ndarray], np.ndarray]:
+    """``(A, offsets)``: the dense ``A_k`` with ``η_k = θ_k + A_k λ`` (``λ`` the edges' duals
+    stacked, edge ``e`` at ``offsets[e]:offsets[e + 1]``; ``+I`` on its coarse map, ``−P_eᵀ`` on
+    its fine one), written out from docs/design.md §2 for the numpy references."""
+    offsets = np.cumsum([0] + [m.shape[0] for m in mats])
+    A = [np.zeros((n, offsets[-1])) for n in sizes]
+    for e, (a, b) in enumerate(edges):
+        A[b][:, offsets[e]:offsets[e + 1]] += np.eye(sizes[b])
+        A[a][:, offsets[e]:offsets[e + 1]] -= mats[e].T
+    return A, offsets
+
+
 def _polish(theta, mats, edges, temps, lam, p_start, given=None):
     """Newton's method on the dual, in numpy, from the CVXPY duals ``lam``: Clarabel's solution
     is certified to ~1e-10 in objective, which bounds the probabilities only to ~1e-5 (the
@@ -129,12 +141,7 @@ def _polish(theta, mats, edges, temps, lam, p_start, given=None):
     ``theta[k]`` zeros)."""
     given = given or {}
     M = len(theta)
-    sizes = [t.shape[0] for t in theta]
-    offsets = np.cumsum([0] + [mats[e].shape[0] for e in range(len(edges))])
-    A = [np.zeros((sizes[k], offsets[-1])) for k in range(M)]  # η_k = θ_k + A_k λ
-    for e, (a, b) in enumerate(edges):
-        A[b][:, offsets[e]:offsets[e + 1]] += np.eye(sizes[b])
-        A[a][:, offsets[e]:offsets[e + 1]] -= mats[e].T
+    A, offsets = dual_incidence([t.shape[0] for t in theta], edges, mats)
     x = np.concatenate(lam)
 
     def state(x):

@@ -4599,14 +4599,9 @@ def _ca_rev222_dense_vjp(h, probs, temps, weights):
     (written out here from docs/design.md §2, not from hessian.py): ``J_k = (diag p_k − p_k p_kᵀ) / τ_k``,
     ``η_k = θ_k + A_k λ``, ``H = Σ A_kᵀ J_k A_k``, ``μ = −H⁺ Σ A_kᵀ J_k w_k``, ``θ̄_k = J_k (w_k + A_k μ)``,
     and ``τ̄_k = −Σ θ̄_k log p_k`` (a change of τ_k acts on the optimum as ``dθ_k = −log p_k dτ_k``)."""
-    from helpers import aggregation_matrix
+    from helpers import aggregation_matrix, dual_incidence
 
-    mats = [aggregation_matrix(h, e) for e in range(h.num_edges)]
-    offsets = np.cumsum([0] + [m.shape[0] for m in mats])
-    A = [np.zeros((n, offsets[-1])) for n in h.sizes]
-    for e, (a, b) in enumerate(h.edges):
-        A[b][:, offsets[e]:offsets[e + 1]] += np.eye(h.sizes[b])
-        A[a][:, offsets[e]:offsets[e + 1]] -= mats[e].T
+    A, _ = dual_incidence(h.sizes, h.edges, [aggregation_matrix(h, e) for e in range(h.num_edges)])
     P, W = flat_np(probs), flat_np(weights)
     scores_bar, tau_bar = [np.zeros_like(p) for p in P], np.zeros(len(P))
     for i in range(P[0].shape[0]):
