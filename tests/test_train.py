@@ -1455,3 +1455,25 @@ def test_ca_rev209_a_resumed_run_restores_torchs_global_generator(tmp_path):
     last = os.path.join(out, "last.pt")
     resumed = train(TrainConfig.build(out=out, epochs=2, resume=last, **FAST), model_class=draws)
     assert weights_digest(resumed["model"]) == weights_digest(whole["model"])
+
+
+def test_the_three_lists_of_metrics_columns_name_metric_columns_in_order():
+    """metrics.csv's columns are listed in three places besides METRIC_COLUMNS: the module's docstring,
+    docs/user_guide.md (§ 4) and docs/results_format.md ("train"). Each names every column once, in the
+    file's order, and no other."""
+    import re
+    from pathlib import Path
+
+    import convex_attention.paper.train as train_module
+
+    docs = Path(__file__).resolve().parents[1] / "docs"
+    guide = (docs / "user_guide.md").read_text(encoding="utf-8")
+    formats = (docs / "results_format.md").read_text(encoding="utf-8")
+    lists = {
+        "train's docstring": train_module.__doc__.split("``metrics.csv`` columns:", 1)[1].split("(:data:", 1)[0],
+        "user_guide.md": guide.split("`metrics.csv` has per epoch:", 1)[1].split("BatchNorm", 1)[0],
+        "results_format.md": formats.split("`metrics.csv`, one row per epoch:", 1)[1].split("(`paper.train.", 1)[0],
+    }
+    for where, text in lists.items():
+        named = tuple(re.findall(r"`+([a-z_0-9]+)`+", text))
+        assert named == METRIC_COLUMNS, where
