@@ -141,7 +141,8 @@ def _convergence(size: int, instances: int, seed: int, families, sets, backward:
                      if backward else ""), flush=True)
 
 
-def main(argv=None):
+def build_parser() -> CommandParser:
+    """The command line of ``ablate_newton.py`` (docs/benchmark_scripts.md is written from it)."""
     parser = CommandParser(prog="ablate_newton.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", type=int_in(16, 4096, "size"), default=64,
@@ -168,6 +169,11 @@ def main(argv=None):
                              f"{hessian.DENSE_LIMIT} for the Newton systems and {hessian.DENSE_FALLBACK_LIMIT} for "
                              f"the backward; 0 forces that path on small instances; the speed part's backward keeps "
                              f"the shipped limit)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.size < 16 or args.size % 16 or args.instances < 1 or (args.dense_limit is not None
                                                                    and args.dense_limit < 0):

@@ -34,7 +34,8 @@ MAX_BATCH, MAX_REPEATS = 1 << 20, 100_000  # as bench's own limits: beyond them 
 OUTPUTS = ("bench_core.csv", "bench_core.json", "bench_core.png", "bench_core.pdf")
 
 
-def main(argv=None):
+def build_parser() -> CommandParser:
+    """The command line of ``bench_core.py`` (docs/benchmark_scripts.md is written from it)."""
     parser = CommandParser(prog="bench_core.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=positive_int, default=None, help=f"samples per batch, 1 to {MAX_BATCH} "
@@ -54,6 +55,11 @@ def main(argv=None):
                              "exit 2)")
     parser.add_argument("--wait", action="store_true",
                         help="wait for another run writing into --out to finish (without it: exit 2)")
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.plot_only:
         # it measures nothing: an option only a measurement reads would be taken and ignored (ca_rev141)

@@ -42,10 +42,8 @@ TINY = dict(size=16, grad_size=16, instances=4, batch=2, grad_draws=1, speed_bat
             diffcp_batch=1, cvx_repeats=1, amortised_steps=2, linsat_iters=(2,), linsat_batch=1, linsat_repeats=1)
 
 
-def main(argv=None) -> int:
-    """Exit 0 when the run finished (a missed target is a result, printed and recorded, not a
-    failure), 2 for a usage error or a folder in use, 1 when the run failed, 130 on Ctrl-C;
-    every error is one line on stderr."""
+def build_parser() -> CommandParser:
+    """The command line of ``bench_graphs.py`` (docs/benchmark_scripts.md is written from it)."""
     parser = CommandParser(prog="bench_graphs.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     add_options(parser, GraphBenchmark)
@@ -64,6 +62,14 @@ def main(argv=None) -> int:
     parser.add_argument("--wait", action="store_true",
                         help="wait for another run writing into --out to finish (without it such a folder is "
                              "refused, exit 2)")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Exit 0 when the run finished (a missed target is a result, printed and recorded, not a
+    failure), 2 for a usage error or a folder in use, 1 when the run failed, 130 on Ctrl-C;
+    every error is one line on stderr."""
+    parser = build_parser()
     args = parser.parse_args(argv)
     given = given_settings(args, GraphBenchmark)
     # the tiny settings the parts asked for read (a part's own setting is refused without that part)

@@ -245,7 +245,8 @@ def speed(device, repeats: int) -> list[dict]:
     return rows
 
 
-def main(argv=None) -> int:
+def build_parser() -> CommandParser:
+    """The command line of ``gpu_check.py`` (docs/benchmark_scripts.md is written from it)."""
     parser = CommandParser(prog="gpu_check.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/gpu", help="folder for gpu_check.json (default results/gpu)")
@@ -253,6 +254,11 @@ def main(argv=None) -> int:
                         help="timed repetitions, from 1 to 100000 (default 50)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the gpu_check.json an earlier run left in --out (without it: exit 2)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     # every check before the minutes of work: the record must be writable at the end
     try:

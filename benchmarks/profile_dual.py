@@ -32,7 +32,8 @@ def _forward_backward(h, leaves, temps, weights, info: dict) -> None:
     info.update(sol.info)
 
 
-def main(argv=None) -> int:
+def build_parser() -> CommandParser:
+    """The command line of ``profile_dual.py`` (docs/benchmark_scripts.md is written from it)."""
     parser = CommandParser(prog="profile_dual.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="mixed", choices=STRUCTURES, help="structure family (default: mixed)")
@@ -45,6 +46,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=3,
                         help=f"seed of the instance, from 0 to {SEED_MAX} (default: 3)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one call")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.size < 16 or args.size % 16 or min(args.batches) < 1 or args.threads < 1:
         parser.error("--size must be a positive multiple of 16; --batches and --threads at least 1")

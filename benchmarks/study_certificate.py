@@ -93,7 +93,8 @@ def _ratio_range(ratios) -> str:
     return text + (f" ({len(ratios) - len(finite)} NaN)" if len(finite) < len(ratios) else "")
 
 
-def main(argv=None) -> int:
+def build_parser() -> CommandParser:
+    """The command line of ``study_certificate.py`` (docs/benchmark_scripts.md is written from it)."""
     p = CommandParser(prog="study_certificate.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(p, OUTPUTS, draws=4)
@@ -103,6 +104,11 @@ def main(argv=None) -> int:
                    help="Clarabel's static_regularization_constant for diffcp-clarabel (default: Clarabel's own, "
                         "1e-8; the layer retries a refused batch with cvx.CLARABEL_RETRIES, which one attempt "
                         "here does not)")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     # before any work (a review: --draws 0 wrote empty files and exited 0, and an earlier study
     # was replaced silently)

@@ -160,7 +160,8 @@ def summary(rows: list[dict], set_name: str) -> str:
                       + f": {r['float32_error']:.3g}" for r in silent))
 
 
-def main(argv=None) -> int:
+def build_parser() -> CommandParser:
+    """The command line of ``study_temperature_gradients.py`` (docs/benchmark_scripts.md is written from it)."""
     p = CommandParser(prog="study_temperature_gradients.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(p, OUTPUTS, draws=12)
@@ -175,6 +176,11 @@ def main(argv=None) -> int:
                         + f" (default {' '.join(DEFAULT_SETS)})")
     p.add_argument("--given", action="store_true",
                    help="give each map in turn (the float64 optimum's, rounded to float32) and score the others")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
     a = p.parse_args(argv)
     if not a.scale <= 100:
         p.error(f"--scale must be a number in (0, 100]; got {a.scale}")

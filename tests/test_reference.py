@@ -165,3 +165,64 @@ def test_ca_rev235_a_tuple_metavar_is_shown_as_the_words_typed():
     parser = argparse.ArgumentParser()
     action = parser.add_argument("--pair", nargs=2, metavar=("LOW", "HIGH"))
     assert _invocation(action) == "--pair LOW HIGH"
+
+
+# ---- the benchmark scripts' reference (docs/benchmark_scripts.md, benchmarks/reference.py)
+
+
+@functools.cache
+def _scripts_writer():
+    """benchmarks/reference.py as a module (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_scripts_writer", ROOT / "benchmarks" / "reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@functools.cache
+def _scripts_reference() -> str:
+    return _scripts_writer().benchmark_scripts_reference()
+
+
+def test_the_committed_benchmark_scripts_reference_is_the_scripts_parsers():
+    committed = (ROOT / "docs" / "benchmark_scripts.md").read_text(encoding="utf-8")
+    assert committed == _scripts_reference(), (
+        "docs/benchmark_scripts.md is stale: write it again with "
+        "`python benchmarks/reference.py > docs/benchmark_scripts.md`")
+
+
+def test_every_benchmark_script_is_listed_or_said_to_have_no_parser_of_its_own():
+    writer = _scripts_writer()
+    present = {path.stem for path in (ROOT / "benchmarks").glob("*.py")}
+    assert present == set(writer.SCRIPTS) | set(writer.NOT_LISTED)
+    assert not set(writer.SCRIPTS) & set(writer.NOT_LISTED)
+
+
+def test_every_option_of_every_benchmark_script_has_its_row():
+    text, writer = _scripts_reference(), _scripts_writer()
+    for name in writer.SCRIPTS:
+        command = f"python benchmarks/{name}.py"
+        parser = writer.load_script(name).build_parser()
+        options = {o for a in parser._actions for o in a.option_strings if o not in ("-h", "--help")}
+        listed = " ".join(_rows(text, command))
+        assert options and [o for o in options if f"{o} " not in f"{listed} " and f"{o}," not in listed] == []
+
+
+def test_a_scripts_usage_lines_are_code_its_numbered_list_one_item_a_line_and_a_required_option_says_so():
+    """A script's description (RawDescriptionHelpFormatter) keeps its indented usage lines as they are and
+    its numbered list as a list; ``--help`` shows a required option as such only in its usage line."""
+    from convex_attention.cli.reference import scripts_reference
+
+    description = ("What it does.\n\n    python benchmarks/x.py --out A   # a comment\n"
+                   "    python benchmarks/x.py \\\n        --tiny\n\n"
+                   "1. First: see :func:`convex_attention.solve`\n   and more.\n2. Second.\n\nLast words.\n")
+    parser = CommandParser(prog="x.py", description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="a folder")
+    parser.add_argument("--n", type=int, default=3, help="how many (default 3)")
+    text = scripts_reference("# Scripts\n", [("python benchmarks/x.py", parser)])
+    assert ("```\npython benchmarks/x.py --out A   # a comment\npython benchmarks/x.py \\\n    --tiny\n```"
+            in text)
+    assert "\n1. First: see `convex_attention.solve` and more.\n2. Second.\n\nLast words.\n" in text
+    assert "| `--out OUT` | a folder (required) |" in text and "| `--n N` | how many (default 3) |" in text

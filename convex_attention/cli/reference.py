@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 
 from . import build_parser
 
@@ -36,10 +37,14 @@ def command_reference(parser: argparse.ArgumentParser | None = None) -> str:
     by default): one section per subcommand (nested ones, ``data check``, included), in the
     order ``--help`` lists them."""
     parser = parser if parser is not None else build_parser()
-    sections = [HEADER]
-    for name, command in _commands(parser, parser.prog):
-        sections.append(_section(name, command))
-    return "\n".join(sections)
+    return "\n".join([HEADER, *(_section(name, command) for name, command in _commands(parser, parser.prog))])
+
+
+def scripts_reference(header: str, scripts: list[tuple[str, argparse.ArgumentParser]]) -> str:
+    """The Markdown text of a reference to stand-alone scripts (docs/benchmark_scripts.md):
+    ``header``, then one section per ``(how it is run, its parser)``, as :func:`command_reference`
+    writes a subcommand's."""
+    return "\n".join([header, *(_section(name, parser) for name, parser in scripts)])
 
 
 def _commands(parser: argparse.ArgumentParser, name: str):
@@ -59,7 +64,8 @@ def _section(name: str, parser: argparse.ArgumentParser) -> str:
             and not isinstance(action, (argparse._SubParsersAction, argparse._HelpAction))]
     if rows:
         lines += ["| argument | meaning |", "|---|---|"]
-        lines += [f"| `{_unsplit(_invocation(action))}` | {_cell(_help(parser, action))} |" for action in rows]
+        lines += [f"| `{_unsplit(_invocation(action))}` | {_cell(_help(parser, action))}{_required(action)} |"
+                  for action in rows]
         lines.append("")
     commands = [(sub_name, choice.help) for action in parser._actions
                 if isinstance(action, argparse._SubParsersAction) for sub_name, choice in _listed(action)]
@@ -95,6 +101,11 @@ def _invocation(action: argparse.Action) -> str:
     return f"{names} {value}"
 
 
+def _required(action: argparse.Action) -> str:
+    """An option that must be given says so (``--help`` shows it only in the usage line)."""
+    return " (required)" if action.required and action.option_strings else ""
+
+
 def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
     """The help text as ``--help`` prints it (its ``%(default)s`` and ``%%`` expanded), by a plain
     formatter: never the parser's own, which may colour it for a terminal (Python 3.14)."""
@@ -102,8 +113,29 @@ def _help(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
 
 
 def _paragraph(text: str) -> str:
-    """A description as one paragraph per blank-line-separated block (``--help`` rewraps it)."""
-    return "\n\n".join(_prose(" ".join(block.split())) for block in text.split("\n\n"))
+    """A description as one paragraph per blank-line-separated block (``--help`` rewraps it),
+    except a block whose every line is indented (a script's usage lines, which its
+    ``RawDescriptionHelpFormatter`` prints as they are): that one is a code block."""
+    return "\n\n".join(_code(block) if _indented(block) else _list_or_prose(block)
+                       for block in text.strip("\n").split("\n\n"))
+
+
+def _list_or_prose(block: str) -> str:
+    """A numbered list (``1. ...`` lines, each item's continuation indented) one item per line;
+    any other block one line."""
+    if not re.match(r"\s*\d+\. ", block):
+        return _prose(" ".join(block.split()))
+    items = re.split(r"\n(?=\s*\d+\. )", block)
+    return "\n".join(_prose(" ".join(item.split())) for item in items)
+
+
+def _indented(block: str) -> bool:
+    lines = [line for line in block.split("\n") if line.strip()]
+    return bool(lines) and all(line.startswith("    ") for line in lines)
+
+
+def _code(block: str) -> str:
+    return "\n".join(["```", *textwrap.dedent(block).strip("\n").split("\n"), "```"])
 
 
 def _cell(text: str) -> str:
@@ -120,6 +152,7 @@ def _unsplit(text: str) -> str:
 def _prose(text: str) -> str:
     """Help text as Markdown shows it: ``<backend>`` would be read as an HTML tag, and dropped
     (ca_rev233); a ``<`` that opens no tag (``<= 0.60``) is left as it is."""
+    text = re.sub(r":(?:func|class|data|mod|meth|attr):`", "`", text)  # a docstring's roles: the name alone
     return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", text)
 
 
