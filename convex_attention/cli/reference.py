@@ -3,7 +3,9 @@ its default, as ``--help`` shows it) and examples, rendered from the parser itse
 the documentation states each default where the setting declares it and nowhere else.
 
 ``python -m convex_attention.cli.reference > docs/commands.md`` writes it again after a setting
-or a help text changed; tests/test_reference.py fails while the committed file differs.
+or a help text changed; tests/test_reference.py fails while the committed file differs. The
+same renderer writes docs/benchmark_scripts.md from the scripts' parsers
+(:func:`scripts_reference`, called by benchmarks/reference.py: the package imports no script).
 
 The text comes from the parser's actions (option names, metavars, help), not from argparse's
 formatted ``--help``, whose wrapping follows the terminal and whose layout changes between
