@@ -145,11 +145,11 @@ def build_parser() -> CommandParser:
     """The command line of ``ablate_newton.py`` (docs/benchmark_scripts.md is written from it)."""
     parser = CommandParser(prog="ablate_newton.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", type=int_in(16, 4096, "size"), default=64,
+    parser.add_argument("--size", metavar="N", type=int_in(16, 4096, "size"), default=64,
                         help="side of the finest maps, a multiple of 16 from 16 to 4096 (default: 64)")
-    parser.add_argument("--instances", type=int_in(1, 100_000, "instances"), default=100,
+    parser.add_argument("--instances", metavar="N", type=int_in(1, 100_000, "instances"), default=100,
                         help="instances per family and set, from 1 to 100000 (default: 100)")
-    parser.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=0,
+    parser.add_argument("--seed", metavar="N", type=int_in(0, SEED_MAX, "seed"), default=0,
                         help=f"the graph benchmark's seed, from 0 to {SEED_MAX} (default: 0)")
     parser.add_argument("--ablate", choices=ABLATIONS, default=ABLATIONS[0],
                         help="the safeguard switched off in the 'off' runs (default: %(default)s)")
@@ -163,7 +163,7 @@ def build_parser() -> CommandParser:
                         help="the loss whose --backward is counted: random weights on the maps, -log of each map's "
                              "least probable cell, or random weights on the duals alone (default: %(default)s)")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed part's instances")
-    parser.add_argument("--dense-limit", type=int_in(0, 2 ** 31 - 1, "dense_limit"), default=None,
+    parser.add_argument("--dense-limit", metavar="N", type=int_in(0, 2 ** 31 - 1, "dense_limit"), default=None,
                         help="stacked-dual entries above which the Newton systems, and those of the --backward "
                              f"count, are solved by conjugate gradients, in both runs (default: the shipped limits, "
                              f"{hessian.DENSE_LIMIT} for the Newton systems and {hessian.DENSE_FALLBACK_LIMIT} for "

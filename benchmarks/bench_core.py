@@ -38,11 +38,11 @@ def build_parser() -> CommandParser:
     """The command line of ``bench_core.py`` (docs/benchmark_scripts.md is written from it)."""
     parser = CommandParser(prog="bench_core.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=positive_int, default=None, help=f"samples per batch, 1 to {MAX_BATCH} "
-                                                                            f"(default 64)")
-    parser.add_argument("--repeats", type=positive_int, default=None,
+    parser.add_argument("--batch", metavar="N", type=positive_int, default=None,
+                        help=f"samples per batch, 1 to {MAX_BATCH} (default 64)")
+    parser.add_argument("--repeats", metavar="N", type=positive_int, default=None,
                         help=f"timed repetitions per method (interleaved), 1 to {MAX_REPEATS} (default 100)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--device", metavar="TEXT", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--backends", nargs="+", default=None, choices=BACKENDS, metavar="NAME",
                         help=f"cvxpylayers backends to time, from {', '.join(BACKENDS)} (default: every installed one)")
     parser.add_argument("--out", default="results/bench_core",

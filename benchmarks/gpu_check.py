@@ -250,7 +250,7 @@ def build_parser() -> CommandParser:
     parser = CommandParser(prog="gpu_check.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="results/gpu", help="folder for gpu_check.json (default results/gpu)")
-    parser.add_argument("--repeats", type=int_in(1, 100_000, "repeats"), default=50,
+    parser.add_argument("--repeats", metavar="N", type=int_in(1, 100_000, "repeats"), default=50,
                         help="timed repetitions, from 1 to 100000 (default 50)")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the gpu_check.json an earlier run left in --out (without it: exit 2)")

@@ -37,13 +37,13 @@ def build_parser() -> CommandParser:
     parser = CommandParser(prog="profile_dual.py", description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="mixed", choices=STRUCTURES, help="structure family (default: mixed)")
-    parser.add_argument("--size", type=int_in(16, 4096, "size"), default=64,
+    parser.add_argument("--size", metavar="N", type=int_in(16, 4096, "size"), default=64,
                         help="side of the finest maps, a multiple of 16 from 16 to 4096 (default: 64)")
-    parser.add_argument("--batches", type=int_in(1, 1 << 16, "batches"), nargs="+", default=[8],
+    parser.add_argument("--batches", metavar="N", type=int_in(1, 1 << 16, "batches"), nargs="+", default=[8],
                         help="batch sizes, from 1 to 65536 (default: 8)")
-    parser.add_argument("--threads", type=int_in(1, 1024, "threads"), default=1,
+    parser.add_argument("--threads", metavar="N", type=int_in(1, 1024, "threads"), default=1,
                         help="torch threads, from 1 to 1024 (default: 1)")
-    parser.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=3,
+    parser.add_argument("--seed", metavar="N", type=int_in(0, SEED_MAX, "seed"), default=3,
                         help=f"seed of the instance, from 0 to {SEED_MAX} (default: 3)")
     parser.add_argument("--profile", action="store_true", help="also print a cProfile of one call")
     return parser

@@ -100,7 +100,7 @@ def build_parser() -> CommandParser:
     add_study_arguments(p, OUTPUTS, draws=4)
     p.add_argument("--backends", nargs="+", default=["diffcp-clarabel", "moreau"], choices=BACKENDS, metavar="NAME",
                    help=f"from {', '.join(BACKENDS)} (default diffcp-clarabel moreau)")
-    p.add_argument("--static-regularization", type=positive_float, default=None,
+    p.add_argument("--static-regularization", metavar="X", type=positive_float, default=None,
                    help="Clarabel's static_regularization_constant for diffcp-clarabel (default: Clarabel's own, "
                         "1e-8; the layer retries a refused batch with cvx.CLARABEL_RETRIES, which one attempt "
                         "here does not)")

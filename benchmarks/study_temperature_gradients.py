@@ -165,11 +165,11 @@ def build_parser() -> CommandParser:
     p = CommandParser(prog="study_temperature_gradients.py", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_study_arguments(p, OUTPUTS, draws=12)
-    p.add_argument("--batch", type=int_in(1, 4096, "batch"), default=16,
+    p.add_argument("--batch", metavar="N", type=int_in(1, 4096, "batch"), default=16,
                    help="samples per draw, from 1 to 4096 (default 16)")
-    p.add_argument("--scale", type=positive_float, default=1.0,
+    p.add_argument("--scale", metavar="X", type=positive_float, default=1.0,
                    help="the scores' standard deviation, in (0, 100] (default 1)")
-    p.add_argument("--tol", type=positive_float, default=1e-6,
+    p.add_argument("--tol", metavar="X", type=positive_float, default=1e-6,
                    help="method dual's tol in float32 and in the float64 solve beside it, in (0, 0.1] (default 1e-6)")
     p.add_argument("--sets", nargs="+", choices=tuple(SETS), default=list(DEFAULT_SETS),
                    help="temperature sets, log10 τ uniform in: " + ", ".join(f"{k} {list(v)}" for k, v in SETS.items())

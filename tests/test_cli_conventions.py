@@ -716,7 +716,7 @@ def test_ca_rev75_study_certificate_seed_has_help(capsys):
     with pytest.raises(SystemExit):
         script.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    said = text.split("options:", 1)[1].split("--seed SEED", 1)[1].split("--overwrite", 1)[0]
+    said = text.split("options:", 1)[1].split("--seed N", 1)[1].split("--overwrite", 1)[0]
     assert said.strip() and "7" in said, f"--seed's help: {said!r}"
 
 

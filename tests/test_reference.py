@@ -6,6 +6,8 @@ import argparse
 import functools
 from pathlib import Path
 
+import pytest
+
 from convex_attention.cli import build_parser
 from convex_attention.cli._common import CommandParser
 from convex_attention.cli.reference import command_reference
@@ -116,10 +118,11 @@ def test_a_row_is_the_invocation_and_the_expanded_help():
 VALUE_WORDS = {"N", "X", "TEXT", "NAME", "OUT", "FILE", "HEX", "SPEC", "NAME=PATH", "on|off"}
 
 
-def test_metavars_name_the_kind_of_value_not_the_option():
+@pytest.mark.parametrize("reference", ["commands.md", "benchmark_scripts.md"])
+def test_metavars_name_the_kind_of_value_not_the_option(reference):
     """Hand-written options had argparse's default metavars (`--n-images N_IMAGES`, `--seed SEED`,
-    `--resume RESUME`) where the declared ones say N, X, TEXT or NAME."""
-    text = _reference()
+    `--resume RESUME`) where the declared ones say N, X, TEXT or NAME; the benchmark scripts' too."""
+    text = _reference() if reference == "commands.md" else _scripts_reference()
     for command in text.split("\n## `")[1:]:
         name = command.split("`", 1)[0]
         for invocation in _rows(text, name):

@@ -114,11 +114,11 @@ def add_study_arguments(parser: argparse.ArgumentParser, outputs, draws: int) ->
     ``--out`` (the folder of ``outputs``), ``--draws`` per family and set, ``--size`` (checked
     by :func:`check_size_of_every_structure`), ``--seed`` and ``--overwrite``."""
     parser.add_argument("--out", required=True, help=f"folder for {' and '.join(outputs)}")
-    parser.add_argument("--draws", type=int_in(1, 100_000, "draws"), default=draws,
+    parser.add_argument("--draws", metavar="N", type=int_in(1, 100_000, "draws"), default=draws,
                         help=f"draws per family and set, from 1 to 100000 (default {draws})")
-    parser.add_argument("--size", type=int_in(1, 4096, "size"), default=16,
+    parser.add_argument("--size", metavar="N", type=int_in(1, 4096, "size"), default=16,
                         help="map side, one every family draws (a multiple of 8 from 16 to 4096; default 16)")
-    parser.add_argument("--seed", type=int_in(0, SEED_MAX, "seed"), default=7,
+    parser.add_argument("--seed", metavar="N", type=int_in(0, SEED_MAX, "seed"), default=7,
                         help=f"seed of the draws, from 0 to {SEED_MAX} (default 7)")
     parser.add_argument("--overwrite", action="store_true",
                         help=f"replace the {' and '.join(outputs)} of an earlier study in --out (without it such a "
