@@ -270,6 +270,15 @@ def is_solver_panic(err: BaseException) -> bool:
     return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
 
 
+def solver_interrupted(err: BaseException) -> bool:
+    """Whether ``err`` is diffcp's error for an SCS solve that Ctrl-C stopped.  SCS handles SIGINT
+    itself while it solves (Python's handler never runs), returns the status 'interrupted', and
+    diffcp raises that as a ``SolverError``: the layer raises ``KeyboardInterrupt`` instead, as
+    Ctrl-C anywhere else does (it had been a failed solve, recorded as an error row of ``bench``,
+    which went on with the sweep: ca_rev236)."""
+    return type(err).__name__ == "SolverError" and str(err).rstrip().endswith("status interrupted")
+
+
 def _message_line(err: BaseException) -> str:
     """The first line of an exception's message (its type's name when it has none): a panic's,
     or a solver error's, quoted in a one-line failure."""
@@ -606,6 +615,8 @@ class CvxpyAttentionLayer:
                 with torch.no_grad():
                     out = run(flat_scores)
         except BaseException as err:  # noqa: B036  (a Rust panic is a BaseException: see is_solver_panic)
+            if solver_interrupted(err):
+                raise KeyboardInterrupt(f"cvxpylayers[{self.backend.name}]: {_message_line(err)}") from err
             if not is_solver_panic(err):
                 raise
             raise self.panic_failure(err, "forward") from err

@@ -1250,3 +1250,21 @@ def test_ca_rev212_a_recursive_clean_follows_no_link_to_another_folder(tmp_path,
     assert not (out / "sub" / "runs.csv.123-1.tmp").exists()  # a real sub-folder is cleaned
     assert sorted(os.listdir(outside)) == ["runs.csv.123-1.tmp"]
     assert "outside" not in capsys.readouterr().err
+
+
+# ---- ca_rev236 (new-user walkthrough)
+
+
+@pytest.mark.parametrize("argv, command", [(["bench", "--quikc"], "bench"), (["verify", "--n", "3", "extra"], "verify"),
+                                           (["data", "check", "--bogus", "x"], "data check")])
+def test_ca_rev236_an_unknown_argument_is_told_by_the_subcommand_with_its_help(argv, command, capsys):
+    """argparse told a misspelt option of a subcommand as the top command's ("convex-attention: error:
+    unrecognized arguments: --quikc (see convex-attention --help)"), whose --help lists no option of bench."""
+    from convex_attention import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    rest = " ".join(a for a in argv if a not in command.split() and a not in ("--n", "3"))
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (f"convex-attention {command}: error: unrecognized arguments: {rest} "
+                                       f"(see convex-attention {command} --help)\n")

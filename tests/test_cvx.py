@@ -2412,3 +2412,25 @@ def test_ca_rev203_an_inaccurate_reference_solve_is_retried_and_the_better_certi
     retried, and the optimal retry returned."""
     calls, status = _ca_rev203_first_attempt_inaccurate(monkeypatch, 1e-6)
     assert len(calls) == 2 and status == "optimal"
+
+
+# ---- ca_rev236 (new-user walkthrough)
+@pytest.mark.parametrize("grad", [False, True])
+def test_ca_rev236_an_scs_solve_stopped_by_ctrl_c_is_an_interrupt_not_a_failure(grad, monkeypatch):
+    """SCS handles SIGINT itself while it solves and returns the status 'interrupted', which diffcp
+    raises as a SolverError: Ctrl-C during `bench`'s diffcp-scs cells became an error row ("the solver
+    raised 'Solver scs returned status interrupted'") and the sweep went on.  It is a KeyboardInterrupt."""
+    _needs("diffcp-scs")
+    import diffcp
+
+    def interrupted(*args, **kwargs):
+        raise diffcp.cone_program.SolverError("Solver scs returned status interrupted")
+
+    monkeypatch.setattr(diffcp, "solve_and_derivative_batch", interrupted)
+    monkeypatch.setattr(diffcp, "solve_only_batch", interrupted)
+    inst = random_instance("2d-2lvl", batch=2, seed=3)
+    scores = [s.clone().requires_grad_(grad) for s in inst.scores]
+    with pytest.raises(KeyboardInterrupt, match="status interrupted"):
+        ca.solve(scores, inst.h, "cvxpylayers", temperature=inst.temps, backend="diffcp-scs")
+    assert cvx.solver_interrupted(diffcp.cone_program.SolverError("Solver scs returned status interrupted"))
+    assert not cvx.solver_interrupted(diffcp.cone_program.SolverError("Solver scs returned status infeasible"))

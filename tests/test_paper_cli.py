@@ -567,7 +567,7 @@ def test_an_allocation_failure_inside_a_run_is_one_line_exit_1(tmp_path, capsys,
 
 
 @pytest.mark.parametrize("command, words, absent", [
-    ("train", "OUT/last.pt holds the last finished epoch, if one finished (train --resume OUT/last.pt", None),
+    ("train", "interrupted before an epoch finished: there is no ", "--resume"),
     ("experiment", "the stage did not finish and its results are incomplete", "--resume"),
     ("explain", "interrupted", "--resume"),
 ])
@@ -1869,3 +1869,41 @@ def test_ca_rev234_experiment_data_seed_above_999_is_refused_before_any_work(tmp
     code, _, err = run(["experiment", "--quick", "--data-seed", str(DATA_SEED_MAX + 1), "--out", str(out)], capsys)
     assert code == 2 and f"from 0 to {DATA_SEED_MAX}" in err and "argument --data-seed" in err, err
     assert DATA_SEED_MAX == 999 and not out.exists()
+
+
+# ---- ca_rev236 (new-user walkthrough)
+def test_ca_rev236_a_run_stopped_in_its_first_epoch_is_not_offered_a_resume(tmp_path, capsys, no_work):
+    """Ctrl-C in the first epoch leaves config.json alone; rerunning the command was told to "pass --resume
+    OUT/last.pt", which was then refused ("checkpoint ... does not exist").  Only --overwrite is offered."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out)], capsys)
+    assert_usage_error(code, err, "--out", "finished no epoch", "--overwrite")
+    assert "pass --resume" not in err, err
+    assert (out / "config.json").read_text() == "{}"
+
+
+def test_ca_rev236_an_interrupted_train_names_its_folder_and_whether_an_epoch_finished(tmp_path, capsys, monkeypatch):
+    """The interrupt line said "OUT/last.pt holds the last finished epoch, if one finished", with the word OUT,
+    and advised --resume where no epoch had finished (which --resume then refused: no such file)."""
+    import convex_attention.paper.train as train_module
+
+    out = tmp_path / "run"
+
+    def one_epoch_then_ctrl_c(config, **kwargs):
+        torch.save({"epoch": 1}, os.path.join(config.out, "last.pt"))
+        raise KeyboardInterrupt
+
+    def ctrl_c_at_once(config, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", ctrl_c_at_once)
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out)], capsys)
+    last = os.path.join(str(out), "last.pt")
+    assert code == 130 and err.strip() == (f"convex-attention train: interrupted before an epoch finished: there is "
+                                           f"no {last} to resume (train --overwrite --out {out} starts over)")
+    monkeypatch.setattr(train_module, "train", one_epoch_then_ctrl_c)
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out), "--overwrite"], capsys)
+    assert code == 130 and err.strip() == (f"convex-attention train: interrupted; {last} holds the last finished "
+                                           f"epoch (train --resume {last} continues from it)")

@@ -981,3 +981,15 @@ def test_ca_rev235_the_test_report_shows_the_accuracy_differences_after_the_accu
     order = [report.index(h) for h in ("## Accuracy", "## Accuracy differences, paired by seed",
                                        "| c | test | auc | b − a |", "## Explanation metrics")]
     assert order == sorted(order)
+
+
+# ---- ca_rev236 (new-user walkthrough)
+def test_ca_rev236_a_rejected_dev_stage_does_not_close_by_advising_to_commit_its_proposal():
+    """`experiment --quick` (REJECTED by design: check (c') needs 5 dev seeds) printed its report, whose last line
+    said to copy proposed_variants.json to configs/experiment_variants.json and commit it: the committed variants
+    replaced by a smoke test's.  Only an accepted benchmark's report closes with that advice."""
+    rejected, *_ = _dev_report(False)
+    accepted, *_ = _dev_report(True)
+    assert "commit it, then run `--stage test`" in accepted.strip().splitlines()[-1]
+    last = rejected.strip().splitlines()[-1]
+    assert "commit it" not in last and "rejected on the development split: not a variants file to commit" in last

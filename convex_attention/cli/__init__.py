@@ -62,11 +62,11 @@ def main(argv=None) -> int:
         by_sigterm = terminated(err) or state.sigterm_arrived  # an error after SIGTERM: children dying of it
         if not isinstance(err, KeyboardInterrupt) and not by_sigterm:
             raise  # only an interruption ends here
-        return _interrupted(command, by_sigterm)
+        return _interrupted(command, by_sigterm, args)
     finally:
         sys.stdout = stdout
     if state.sigterm_arrived:  # raised where Python swallowed it (an at-fork callback), and the command ran on
-        return _interrupted(command, True)
+        return _interrupted(command, True, args)
     return status
 
 
@@ -107,9 +107,16 @@ class _DroppedOnceClosed:
         return getattr(self._stream, name)
 
 
-def _interrupted(command: str, by_sigterm: bool) -> int:
+def _interrupted(command: str, by_sigterm: bool, args: argparse.Namespace) -> int:
     """One line saying what an interrupted command kept; exit 130 (Ctrl-C) or 143 (SIGTERM)."""
     message = INTERRUPTED.get(command, "interrupted")
+    folder = getattr(args, "run_folder", None)  # train's --out as resolved (cmd_train records it)
+    if command == "train" and folder is not None:
+        last = os.path.join(folder, "last.pt")
+        message = (f"interrupted; {last} holds the last finished epoch (train --resume {last} continues from it)"
+                   if os.path.isfile(last) else
+                   f"interrupted before an epoch finished: there is no {last} to resume (train --overwrite --out "
+                   f"{folder} starts over)")
     if by_sigterm:
         message = "terminated (SIGTERM)" + message.removeprefix("interrupted")
     print(f"convex-attention {command}: {message}", file=sys.stderr)
@@ -122,6 +129,7 @@ INTERRUPTED = {
     "demo": "interrupted; the bench rows finished so far are kept (convex-attention bench --quick --out OUT "
             "--resume measures the rest); the other steps start over",
     "verify": "interrupted; no check result was written (verify.csv is written when every instance is done)",
+    # (train names its folder and whether an epoch finished, once its --out is resolved: _interrupted)
     "train": "interrupted; OUT/last.pt holds the last finished epoch, if one finished (train --resume "
              "OUT/last.pt continues from it)",
     "experiment": "interrupted; the stage did not finish and its results are incomplete (rerun the stage; a test "

@@ -118,6 +118,21 @@ class CommandParser(argparse.ArgumentParser):
                            f"reads it as the end of the options); give another value")
         return parsed, rest
 
+    def parse_args(self, args=None, namespace=None):
+        parsed, rest = self.parse_known_args(args, namespace)
+        if rest:  # told by the subcommand that was asked for, with its --help (argparse's own names the top command)
+            self._chosen(parsed).error(f"unrecognized arguments: {' '.join(rest)}")
+        return parsed
+
+    def _chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
+        """The parser of the deepest subcommand ``parsed`` names (``data check``'s), or this one."""
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                chosen = action.choices.get(getattr(parsed, action.dest, None))
+                if chosen is not None:
+                    return chosen._chosen(parsed) if isinstance(chosen, CommandParser) else chosen
+        return self
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 

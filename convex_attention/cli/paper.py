@@ -418,6 +418,11 @@ def check_run_folder(config, args, remove: bool = True) -> None:
             raise UsageError(f"argument --out: {config.out} holds an earlier run ({', '.join(found)}) of a model "
                              f"trained on splits its settings do not rebuild, which train cannot continue; pass "
                              f"--overwrite to replace it and start over, or choose another --out")
+        if not os.path.isfile(last):  # stopped in its first epoch: nothing to resume (--resume then says
+            # "checkpoint ... does not exist", the next step a newcomer takes after Ctrl-C: ca_rev236)
+            raise UsageError(f"argument --out: {config.out} holds an earlier run ({', '.join(found)}) that finished "
+                             f"no epoch (there is no {last} to resume); pass --overwrite to start over (or choose "
+                             f"another --out)")
         raise UsageError(f"argument --out: {config.out} holds an earlier run ({', '.join(found)}); pass --resume "
                          f"{last} to continue it, or --overwrite to replace it and start over (or choose another "
                          f"--out)")
@@ -498,6 +503,7 @@ def cmd_train(args) -> int:
     from ..paper.train import TrainingDiverged, _distributed, build_checked_datasets, train
 
     config, state = train_config_from_args(args)
+    args.run_folder = config.out  # what an interruption names (cli._interrupted): the folder, not "OUT"
     _refuse_a_file(config.out)
     check_files(config.out, RUN_FILES)  # a folder of a run file's name: no run could write it (--overwrite either)
     check_run_folder(config, args, remove=False)

@@ -112,9 +112,15 @@ def dev_report(config, specs, validity, summary, proposal, n_images: dict, plain
         lines.append(f"| {e['method']} | {e['level']} | " + " | ".join(cell(e, f"ap_{m}") for m in masks) + " | "
                      + cell(e, "delta_auc_shuffled") + " | " + cell(e, "delta_auc_uniform") + " |")
     lines += [""] + nan_lines(levels, ("method", "level"), "the proposed variant per level")
-    lines += ["", f"Proposed: {proposal.variant.label()}. Review `proposed_variants.json`, copy it to "
-                  f"`configs/experiment_variants.json`, commit it, then run `--stage test` with a data seed that no "
-                  f"recorded run used (`--data-seed`).", ""]
+    if verdict == "accepted":
+        closing = (f"Proposed: {proposal.variant.label()}. Review `proposed_variants.json`, copy it to "
+                   f"`configs/experiment_variants.json`, commit it, then run `--stage test` with a data seed that no "
+                   f"recorded run used (`--data-seed`).")
+    else:  # a --quick run is always here (check (c') needs 5 dev seeds): its proposal is no file to commit
+        closing = (f"Proposed: {proposal.variant.label()}, by a benchmark {verdict} on the development split: not a "
+                   f"variants file to commit in place of `configs/experiment_variants.json` (the test stage refuses "
+                   f"it unless `--allow-rejected-benchmark`).")
+    lines += ["", closing, ""]
     return "\n".join(lines)
 
 
