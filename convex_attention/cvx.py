@@ -270,6 +270,10 @@ def is_solver_panic(err: BaseException) -> bool:
     return kind.__name__ == "PanicException" and kind.__module__ == "pyo3_runtime"
 
 
+#: SCS's status value for a solve that SIGINT stopped (its own handler catches it while it solves)
+SCS_INTERRUPTED = -5
+
+
 def solver_interrupted(err: BaseException) -> bool:
     """Whether ``err`` is diffcp's error for an SCS solve that Ctrl-C stopped.  SCS handles SIGINT
     itself while it solves (Python's handler never runs), returns the status 'interrupted', and
@@ -741,7 +745,10 @@ class CvxpyAttentionLayer:
         try:
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message="Solution may be inaccurate")
-                self.problem.solve(solver=cp.SCS if method == "SCS" else cp.CLARABEL, **args)
+                if method == "SCS":
+                    self._solve_scs(args)
+                else:
+                    self.problem.solve(solver=cp.CLARABEL, **args)
         except cp.error.SolverError as err:
             return f"solver error: {err}"
         except BaseException as err:  # noqa: B036  (Clarabel is Rust: a panic is a BaseException)
@@ -749,6 +756,19 @@ class CvxpyAttentionLayer:
                 raise
             return f"solver panicked: {_message_line(err)}"
         return str(self.problem.status)
+
+    def _solve_scs(self, options: dict) -> None:
+        """``problem.solve(solver=SCS)`` in its steps, so that the solver's own status is seen: SCS
+        handles Ctrl-C itself while it solves, and cvxpy reports that status (-5, "interrupted") as a
+        solver error like any other; here it is Ctrl-C (a diagnosis re-solve had turned it into a
+        failed sample, and ``bench`` swept on: ca_rev238)."""
+        import cvxpy as cp
+
+        data, chain, inverse = self.problem.get_problem_data(cp.SCS)
+        raw = chain.solve_via_data(self.problem, data, solver_opts=options)
+        if raw.get("info", {}).get("status_val") == SCS_INTERRUPTED:
+            raise KeyboardInterrupt("SCS: interrupted")
+        self.problem.unpack_results(raw, chain, inverse)
 
 
 def get_layer(h: Graph, temps: Sequence[float], backend: str = DEFAULT_BACKEND) -> CvxpyAttentionLayer:

@@ -1268,3 +1268,22 @@ def test_ca_rev236_an_unknown_argument_is_told_by_the_subcommand_with_its_help(a
     assert stop.value.code == 2
     assert capsys.readouterr().err == (f"convex-attention {command}: error: unrecognized arguments: {rest} "
                                        f"(see convex-attention {command} --help)\n")
+
+
+# ---- ca_rev238 (hostile review of the 43rd session's changes)
+
+
+@pytest.mark.parametrize("argv, command, rest", [(["--quick", "bench"], "", "--quick"),
+                                                 (["--bogus", "bench", "--quikc"], "", "--bogus"),
+                                                 (["data", "--bogus", "check"], " data", "--bogus"),
+                                                 (["bench", "--quikc"], " bench", "--quikc")])
+def test_ca_rev238_an_unknown_argument_is_told_by_the_command_it_was_given_to(argv, command, rest, capsys):
+    """An option before the subcommand was told as the subcommand's: `convex-attention --quick bench` said
+    "convex-attention bench: error: unrecognized arguments: --quick", an option bench --help lists."""
+    from convex_attention import cli
+
+    with pytest.raises(SystemExit) as stop:
+        cli.main(argv)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == (f"convex-attention{command}: error: unrecognized arguments: {rest} "
+                                       f"(see convex-attention{command} --help)\n")

@@ -995,6 +995,8 @@ def test_a_samples_diagnosis_re_solves_it_with_the_runs_solver_and_options(monke
     layer = get_layer(inst.h, inst.temps, backend)
     calls = []
     monkeypatch.setattr(layer.problem, "solve", lambda **kwargs: calls.append(kwargs))
+    # SCS's re-solve runs problem.solve's steps (to see its own status: ca_rev238)
+    monkeypatch.setattr(layer, "_solve_scs", lambda options: calls.append({"solver": cp.SCS, **options}))
     layer.diagnose([s[0].reshape(-1).numpy() for s in inst.scores], options)
     (call,) = calls
     assert call.pop("solver") == getattr(cp, solver)
@@ -2434,3 +2436,36 @@ def test_ca_rev236_an_scs_solve_stopped_by_ctrl_c_is_an_interrupt_not_a_failure(
         ca.solve(scores, inst.h, "cvxpylayers", temperature=inst.temps, backend="diffcp-scs")
     assert cvx.solver_interrupted(diffcp.cone_program.SolverError("Solver scs returned status interrupted"))
     assert not cvx.solver_interrupted(diffcp.cone_program.SolverError("Solver scs returned status infeasible"))
+
+
+# ---- ca_rev238 (hostile review of the 43rd session's changes)
+def test_ca_rev238_a_diagnosis_re_solve_that_ctrl_c_stopped_is_an_interrupt_and_others_are_scs_own(monkeypatch):
+    """A failed diffcp-scs sample is re-solved by CVXPY with SCS to name its status; SCS handles Ctrl-C itself
+    there too, and CVXPY reports its 'interrupted' (-5) as "Solver 'SCS' failed", which became a failed sample's
+    'solver error' (bench swept on).  The re-solve passes the options to SCS and reads its status as
+    problem.solve would."""
+    _needs("diffcp-scs")
+    import scs
+
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    layer = get_layer(inst.h, inst.temps, "diffcp-scs")
+    sample = [s[0].reshape(-1).numpy() for s in inst.scores]
+    seen: list = []
+    original = scs.solve
+
+    def spy(data, cone, **kwargs):
+        seen.append(kwargs)
+        return original(data, cone, **kwargs)
+
+    monkeypatch.setattr(scs, "solve", spy)
+    assert layer.diagnose(sample, {"solve_method": "SCS", "eps": 1e-6}) == "optimal"
+    assert seen and seen[-1]["eps_abs"] == seen[-1]["eps_rel"] == 1e-6
+
+    def stopped(data, cone, **kwargs):
+        result = original(data, cone, **kwargs)
+        result["info"]["status_val"], result["info"]["status"] = cvx.SCS_INTERRUPTED, "interrupted"
+        return result
+
+    monkeypatch.setattr(scs, "solve", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        layer.diagnose(sample, {"solve_method": "SCS"})

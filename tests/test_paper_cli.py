@@ -1907,3 +1907,58 @@ def test_ca_rev236_an_interrupted_train_names_its_folder_and_whether_an_epoch_fi
     code, _, err = run(["train", *_SMALL_RUN, "--out", str(out), "--overwrite"], capsys)
     assert code == 130 and err.strip() == (f"convex-attention train: interrupted; {last} holds the last finished "
                                            f"epoch (train --resume {last} continues from it)")
+
+
+# ---- ca_rev238 (hostile review of the 43rd session's changes)
+def test_ca_rev238_ctrl_c_before_training_starts_names_no_last_pt_of_the_run_being_replaced(tmp_path, capsys,
+                                                                                               monkeypatch):
+    """`train --overwrite` into a finished run's folder, stopped while its data were built (before the earlier run's
+    files were removed): the line said "OUT/last.pt holds the last finished epoch (train --resume ...)", the
+    replaced run's.  Nothing of this run was written, and the earlier run's files are all there."""
+    import convex_attention.paper.train as train_module
+
+    out = tmp_path / "run"
+    before = _earlier_run(out)
+
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "build_checked_datasets", ctrl_c)
+    code, _, err = run(["train", *_SMALL_RUN, "--out", str(out), "--overwrite"], capsys)
+    assert code == 130 and err.strip() == ("convex-attention train: interrupted before training started; nothing "
+                                           "of this run was written")
+    assert {p.name: p.read_text() for p in out.iterdir()} == before
+
+
+def test_ca_rev238_a_resume_into_another_folder_stopped_in_its_first_epoch_goes_on_by_the_same_command(
+        tmp_path, capsys, monkeypatch):
+    """`train --resume A/last.pt --out B` stopped before an epoch finished left B/config.json: the line told
+    `--overwrite --out B` (which throws the resume away, and --overwrite with --resume is refused), and the same
+    command was refused ("finished no epoch ... pass --overwrite"): no way on but deleting the file by hand.  The
+    line names A/last.pt, and the same command continues, rewriting config.json; a folder with more than a
+    configuration is still refused, naming another --out."""
+    import convex_attention.paper.train as train_module
+
+    resume = tiny_checkpoint(tmp_path / "a" / "last.pt", epoch=1, epochs=3)
+    out = tmp_path / "b"
+    argv = ["train", "--resume", str(resume), "--out", str(out), "--no-progress"]
+
+    def first_epoch_stopped(config, **kwargs):
+        os.makedirs(config.out, exist_ok=True)
+        with open(os.path.join(config.out, "config.json"), "w") as f:
+            f.write("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "train", first_epoch_stopped)
+    code, _, err = run(argv, capsys)
+    assert code == 130 and err.strip() == (f"convex-attention train: interrupted before an epoch finished: {resume} "
+                                           f"is unchanged (train --resume {resume} --out {out} continues from it)")
+    started = []
+    monkeypatch.setattr(train_module, "train", lambda config, **kwargs: started.append(config.out) or
+                        {"metrics": [], "best_epoch": None})
+    code, _, err = run(argv, capsys)
+    assert code == 0 and started == [str(out)], err
+    (out / "ddp_check.json").write_text("{}")
+    code, _, err = run(argv, capsys)
+    assert_usage_error(code, err, "--out", "finished no epoch", "choose another --out")
+    assert "pass --overwrite" not in err and started == [str(out)]

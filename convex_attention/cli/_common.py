@@ -108,6 +108,7 @@ class CommandParser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         printable_streams()  # the command's entry: before --help or an error can print
         parsed, rest = super().parse_known_args(args, namespace)
+        self._left = list(rest)  # this parser's unknown arguments, then its subcommand's (parse_args tells them)
         for action in self._actions:
             # argparse drops a value of "--" (``--out=--``) and stores an empty list for an
             # option that takes one value or more: refuse it here, before a command joins it as a
@@ -120,18 +121,23 @@ class CommandParser(argparse.ArgumentParser):
 
     def parse_args(self, args=None, namespace=None):
         parsed, rest = self.parse_known_args(args, namespace)
-        if rest:  # told by the subcommand that was asked for, with its --help (argparse's own names the top command)
-            self._chosen(parsed).error(f"unrecognized arguments: {' '.join(rest)}")
+        if rest:  # told by the command that took them, with its --help (argparse's own names the top command)
+            parser = self
+            while True:
+                sub = parser._chosen(parsed)
+                below = sub._left if isinstance(sub, CommandParser) else []
+                own = parser._left[:len(parser._left) - len(below)]
+                if own or not isinstance(sub, CommandParser):  # (before a subcommand: `--quick bench`, ca_rev238)
+                    parser.error(f"unrecognized arguments: {' '.join(own)}")
+                parser = sub
         return parsed
 
-    def _chosen(self, parsed: argparse.Namespace) -> argparse.ArgumentParser:
-        """The parser of the deepest subcommand ``parsed`` names (``data check``'s), or this one."""
+    def _chosen(self, parsed: argparse.Namespace):
+        """The parser of the subcommand ``parsed`` names (``data``'s for ``data check``), or None."""
         for action in self._actions:
             if isinstance(action, argparse._SubParsersAction):
-                chosen = action.choices.get(getattr(parsed, action.dest, None))
-                if chosen is not None:
-                    return chosen._chosen(parsed) if isinstance(chosen, CommandParser) else chosen
-        return self
+                return action.choices.get(getattr(parsed, action.dest, None))
+        return None
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

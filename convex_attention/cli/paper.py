@@ -410,6 +410,11 @@ def check_run_folder(config, args, remove: bool = True) -> None:
         return
     if not found:
         return
+    if args.resume and found == ["config.json"]:
+        # the configuration of a run that finished no epoch (interrupted in its first), which the resumed run
+        # rewrites: refusing it left `train --resume R --out F` stopped early no way on (--overwrite and --resume
+        # exclude each other: ca_rev238)
+        return
     if args.overwrite and not remove:
         return
     if not args.overwrite:
@@ -420,9 +425,10 @@ def check_run_folder(config, args, remove: bool = True) -> None:
                              f"--overwrite to replace it and start over, or choose another --out")
         if not os.path.isfile(last):  # stopped in its first epoch: nothing to resume (--resume then says
             # "checkpoint ... does not exist", the next step a newcomer takes after Ctrl-C: ca_rev236)
+            way_on = ("choose another --out for the resumed run (--overwrite and --resume exclude each other)"
+                      if args.resume else "pass --overwrite to start over (or choose another --out)")
             raise UsageError(f"argument --out: {config.out} holds an earlier run ({', '.join(found)}) that finished "
-                             f"no epoch (there is no {last} to resume); pass --overwrite to start over (or choose "
-                             f"another --out)")
+                             f"no epoch (there is no {last} to resume); {way_on}")
         raise UsageError(f"argument --out: {config.out} holds an earlier run ({', '.join(found)}); pass --resume "
                          f"{last} to continue it, or --overwrite to replace it and start over (or choose another "
                          f"--out)")
@@ -503,7 +509,6 @@ def cmd_train(args) -> int:
     from ..paper.train import TrainingDiverged, _distributed, build_checked_datasets, train
 
     config, state = train_config_from_args(args)
-    args.run_folder = config.out  # what an interruption names (cli._interrupted): the folder, not "OUT"
     _refuse_a_file(config.out)
     check_files(config.out, RUN_FILES)  # a folder of a run file's name: no run could write it (--overwrite either)
     check_run_folder(config, args, remove=False)
@@ -521,6 +526,9 @@ def cmd_train(args) -> int:
         check_out(config.out)
         check_files(config.out, RUN_FILES)  # again, under the lock
         check_run_folder(config, args, remove=rank == 0)
+        # what an interruption from here on names (cli._interrupted): this run's folder, not "OUT"; before
+        # here the folder may still hold the run being replaced (--overwrite) or waited for (--wait): ca_rev238
+        args.run_folder = config.out
         try:
             result = train(config, datasets=datasets, log=lambda *m, **_: info(args, *m), resume_state=state)
         except TrainingDiverged as err:  # what diverged; --lr named only where a smaller one can help

@@ -117,7 +117,8 @@ def dev_report(config, specs, validity, summary, proposal, n_images: dict, plain
                    f"`configs/experiment_variants.json`, commit it, then run `--stage test` with a data seed that no "
                    f"recorded run used (`--data-seed`).")
     else:  # a --quick run is always here (check (c') needs 5 dev seeds): its proposal is no file to commit
-        closing = (f"Proposed: {proposal.variant.label()}, by a benchmark {verdict} on the development split: not a "
+        judged = "whose verdict was not recorded" if verdict == "not recorded" else verdict
+        closing = (f"Proposed: {proposal.variant.label()}, by a benchmark {judged} on the development split: not a "
                    f"variants file to commit in place of `configs/experiment_variants.json` (the test stage refuses "
                    f"it unless `--allow-rejected-benchmark`).")
     lines += ["", closing, ""]
