@@ -9,7 +9,7 @@ from torch import Tensor
 
 __all__ = ["sample_dims", "centre", "less_max", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature",
            "GRADIENT_RTOL", "gradient_rtol", "second_order_temperature_floor", "overflowed", "SecondOrderGuard",
-           "FirstOrderOnly", "guard_below_floor", "temperature_floats", "tensor_values_read_at_once"]
+           "FirstOrderOnly", "guard_below_floor", "temperature_floats", "tensor_values_read_at_once", "host_list"]
 
 
 def sample_dims(x: Tensor) -> tuple[int, ...]:
@@ -140,6 +140,16 @@ def temperature_floats(temps) -> list[float]:
         return [1.0] * temps.numel() if temps.is_meta else [float(t) for t in temps.detach().reshape(-1).tolist()]
     return [float(t) for t in tensor_values_read_at_once([1.0 if isinstance(t, Tensor) and t.is_meta else t
                                                           for t in temps])]
+
+
+def host_list(t: Tensor):
+    """``t.tolist()``, also for a tensor that ``torch.func`` wraps (``grad``, ``jvp``), whose
+    ``.tolist()`` raises "Cannot access data pointer" on torch 2.3 to 2.7.1 at least (measured on
+    2.3.1, 2.6.0 and 2.7.1; 2.13.0 reads it: ca_rev237); such a tensor (0-d or 1-d: the values the
+    checks read) is read element by element there, any other in one read."""
+    if t.dim() <= 1 and torch._C._functorch.is_functorch_wrapped_tensor(t):
+        return t.item() if t.dim() == 0 else [v.item() for v in t]
+    return t.tolist()
 
 
 def tensor_values_read_at_once(values) -> list:

@@ -191,10 +191,6 @@ def _masked_held_low(s: Tensor, t) -> Tensor:
     return torch.where(masked, low, s)
 
 
-# the device types torch 2.3's autocast takes (it lacks torch.amp.is_autocast_available; mps came later: ca_rev153)
-_AUTOCAST_DEVICES = frozenset({"cpu", "cuda", "xpu", "hpu", "xla", "ipu"})
-
-
 def _times_finite(x: Tensor, factor) -> Tensor:
     """``x · factor`` with ``x``'s non-finite entries (−∞: masked) kept as they are and passing
     ``factor`` no gradient: ``0·(−∞)`` in the product's backward was NaN."""
@@ -511,13 +507,9 @@ class AmortisedDuals(_GraphBoundState):
         # never under the caller's autocast: its convolutions would run in bfloat16/float16 and the
         # duals would get that accuracy behind an output in the scores' dtype (the chain's exact
         # start went from violation 2e-7 to 6e-3 in a mixed-precision model: a review)
-        # (torch has no autocast on every device: meta scores, traced, had raised there: ca_rev146;
-        # is_autocast_available is torch >= 2.4's, and setup.cfg takes 2.3: ca_rev148)
+        # (torch has no autocast on every device: meta scores, traced, had raised there: ca_rev146)
         device_type = scores[0].device.type
-        available = getattr(torch.amp, "is_autocast_available", None)
-        if available is None:  # (older torch: the devices it has autocast for; meta traced without: ca_rev151)
-            available = _AUTOCAST_DEVICES.__contains__
-        with (torch.autocast(device_type=device_type, enabled=False) if available(device_type)
+        with (torch.autocast(device_type=device_type, enabled=False) if torch.amp.is_autocast_available(device_type)
               else contextlib.nullcontext()):
             out = []
             for k, feat in enumerate(self.features(scores, temps)):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ._ops import compute_dtype, tensor_values_read_at_once
+from ._ops import compute_dtype, host_list, tensor_values_read_at_once
 from .graph import Graph
 
 #: The dtypes scores may have: half precision is computed in float32.
@@ -212,7 +212,7 @@ def score_peaks(scores: Sequence[Tensor]) -> list[float]:
     for s in scores:
         low, high = torch.aminmax(s.detach())
         peaks.append(torch.maximum(high, -low).to(torch.float64))
-    return torch.stack(peaks).tolist()
+    return host_list(torch.stack(peaks))
 
 
 def temperature_range(dtype: torch.dtype | None = None) -> tuple[float, float]:
@@ -309,7 +309,7 @@ def check_temperatures(temperature, num_levels: int, dtype: torch.dtype | None =
                 raise TypeError(grad_refusal)
             _refuse_grad_temperature(method, "a float or a tensor that does not require grad "
                                              "(temperature.detach())")
-        values = temperature.detach().cpu().tolist()
+        values = host_list(temperature.detach().cpu())
         temps = _check_temperature_values(values if isinstance(values, list) else float(values), num_levels, dtype,
                                           unit, unused)
         if not grad:

@@ -1146,47 +1146,6 @@ def test_ca_rev146_a_layer_with_amortised_duals_traces_meta_scores_as_with_share
     assert got.aux_loss.shape == () and got.aux_loss.is_meta
 
 
-# ---- ca_rev148 (strict xfail: review of 5a70ee6)
-
-def test_ca_rev148_amortised_duals_predict_on_a_torch_without_is_autocast_available(monkeypatch):
-    """setup.cfg and README: torch >= 2.3.  torch.amp.is_autocast_available came with pytorch PR #124938
-    (merged 2024-04-26, after 2.3.0's release: torch 2.4).  Run: the attribute removed, as on torch 2.3;
-    AmortisedDuals(4 → 2 hierarchy) on CPU scores.  Expected: the duals it gives with the attribute (CPU has
-    autocast, so the guard is the same there).  Observed: AttributeError "module 'torch.amp' has no attribute
-    'is_autocast_available'" from the autocast guard of 5a70ee6 (nn.py AmortisedDuals.predict)."""
-    h = ca.Hierarchy.grid([(4,), (2,)])
-    generator = torch.Generator().manual_seed(0)
-    scores = [torch.randn(3, 4, generator=generator), torch.randn(3, 2, generator=generator)]
-    module = ca.AmortisedDuals(h)
-    want = module(scores)
-    monkeypatch.delattr(torch.amp, "is_autocast_available")
-    monkeypatch.delattr(torch, "is_autocast_available", raising=False)
-    for got, ref in zip(module(scores), want):
-        torch.testing.assert_close(got, ref, rtol=0, atol=0)
-
-
-# ---- ca_rev151 (strict xfail: review of 821b769)
-def test_ca_rev151_amortised_duals_trace_meta_scores_on_a_torch_without_is_autocast_available(monkeypatch):
-    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
-    scores = [torch.empty((2,) + s, device="meta") for s in h.shapes]
-    layer = ca.ConsistentAttention(h, "learned_dual", duals="amortised", check_finite=False).to("meta")
-    assert [tuple(p.shape) for p in layer.attend(scores).maps] == [(2,) + s for s in h.shapes]  # holds today
-    monkeypatch.delattr(torch.amp, "is_autocast_available")  # as on torch 2.3, which setup.cfg accepts
-    monkeypatch.delattr(torch, "is_autocast_available", raising=False)
-    got = layer.attend(scores)  # RuntimeError from torch.autocast(device_type="meta", enabled=False)
-    assert [tuple(p.shape) for p in got.maps] == [(2,) + s for s in h.shapes]
-
-
-# ---- ca_rev153 (strict xfail: review of edb29d2)
-def test_ca_rev153_the_autocast_fallback_lists_only_torch_2_3_s_autocast_devices():
-    from convex_attention import nn
-
-    # torch 2.3's torch.amp.autocast.__init__ knows cuda, cpu, xpu, ipu, hpu, xla and the privateuse1 backend, and
-    # raises RuntimeError("User specified an unsupported autocast device_type 'mps'") for any other (mps: torch 2.5)
-    torch_2_3 = {"cpu", "cuda", "xpu", "ipu", "hpu", "xla", torch._C._get_privateuse1_backend_name()}
-    assert nn._AUTOCAST_DEVICES <= torch_2_3, sorted(nn._AUTOCAST_DEVICES - torch_2_3)  # ['mps'] today
-
-
 # ---- ca_rev164 (review of 6e5ff4b)
 
 def test_a_meta_temperature_beside_scores_with_values_is_refused_and_inference_mode_fits_nothing():

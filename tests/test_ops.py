@@ -220,3 +220,21 @@ def test_a_second_derivative_that_overflows_along_another_path_is_refused_not_re
     torch.testing.assert_close(first.detach(), torch.tensor([6e28]))
     with pytest.raises(FloatingPointError, match="who: a second derivative overflowed"):
         torch.autograd.grad(first.sum(), x)
+
+
+# ---- ca_rev237 (the torch floor): values read from a tensor torch.func wraps
+def test_host_list_reads_the_values_of_a_tensor_torch_func_wraps_and_of_any_other():
+    """validation reads scores' peaks and temperatures with host_list: on torch 2.3 to 2.7.1 (measured)
+    ``.tolist()`` of a tensor wrapped by torch.func.grad raised "Cannot access data pointer"."""
+    from convex_attention._ops import host_list
+
+    seen = []
+
+    def loss(x):
+        assert torch._C._functorch.is_functorch_wrapped_tensor(x)  # the branch under test
+        seen.append((host_list(x), host_list(x[0])))
+        return (x * x).sum()
+
+    torch.func.grad(loss)(torch.tensor([1.5, -2.0], dtype=torch.float64))
+    assert seen == [([1.5, -2.0], 1.5)]
+    assert host_list(torch.tensor([[1.0, 2.0]])) == [[1.0, 2.0]] and host_list(torch.tensor(3.0)) == 3.0
