@@ -1962,3 +1962,28 @@ def test_ca_rev238_a_resume_into_another_folder_stopped_in_its_first_epoch_goes_
     code, _, err = run(argv, capsys)
     assert_usage_error(code, err, "--out", "finished no epoch", "choose another --out")
     assert "pass --overwrite" not in err and started == [str(out)]
+
+
+# ---- ca_rev239 (installed-package probe)
+def test_ca_rev239_an_installed_package_without_configs_says_so_in_both_stages(tmp_path, capsys, monkeypatch):
+    """From a wheel, the default --variants (configs/experiment_variants.json beside the package) is not there.
+    The test stage said "write it from the dev stage's proposed_variants.json and commit it", of a file in
+    site-packages; the dev stage found no data ledger there and ran, checking its splits against no recorded
+    test run, silently (a checkout refuses a spent data seed).  Now: one usage line naming --variants and
+    --variants-sha256; a warning line before the dev stage's work."""
+    import convex_attention.cli.paper as paper_cli
+    import convex_attention.paper.experiment as experiment
+
+    missing = str(tmp_path / "site-packages" / "configs" / "experiment_variants.json")
+    monkeypatch.setattr(paper_cli, "DEFAULT_VARIANTS_PATH", missing)
+    out = tmp_path / "e"
+    code, _, err = run(["experiment", "--quick", "--stage", "test", "--data-seed", "5", "--out", str(out)], capsys)
+    assert_usage_error(code, err, "--variants", missing, "installed package", "--variants-sha256")
+    assert len(err.strip().splitlines()) == 1 and "commit it before" not in err and not out.exists()
+    started = []
+    monkeypatch.setattr(experiment, "run_experiment", lambda *a, **k: started.append(k["stage"]) or {"report": ""})
+    code, _, err = run(["experiment", "--quick", "--no-progress", "--out", str(out)], capsys)
+    assert code == 0 and started == ["dev"], err
+    (line,) = err.strip().splitlines()
+    assert line.startswith("convex-attention experiment: warning: ") and "installed package" in line, line
+    assert "no recorded test run" in line, line

@@ -258,7 +258,8 @@ def _add_experiment(sub) -> None:
                         "(default: dev)")
     x.add_argument("--variants", default=DEFAULT_VARIANTS_PATH, metavar="FILE",
                    help="the committed variants file the test stage reads; both stages read the data ledger beside "
-                        "it (default: configs/experiment_variants.json of this checkout)")
+                        "it (default: configs/experiment_variants.json of this checkout; an installed package has "
+                        "none: give yours)")
     x.add_argument("--variants-sha256", default=None, metavar="HEX",
                    help="test stage without a git checkout (e.g. a copy of the working tree on another machine): the "
                         "SHA-256 of the committed variants file, which the file must match (default: none, git "
@@ -759,6 +760,10 @@ def _experiment_preflight(args, config) -> None:
         verify_variants,
     )
 
+    # an installed package (a wheel) has no configs/ beside it: the default names a file that is not there
+    no_checkout = (f"the default variants file {args.variants} (configs/ of a source checkout) is not there, as in "
+                   f"an installed package" if args.variants == DEFAULT_VARIANTS_PATH
+                   and not os.path.isfile(args.variants) else None)
     if args.stage != "test":
         if args.force:
             raise UsageError("argument --force: only the test stage replaces its results with it; a dev stage "
@@ -777,12 +782,19 @@ def _experiment_preflight(args, config) -> None:
             except VariantsError as err:
                 raise UsageError(f"argument --variants: {err}; the dev stage reads the data ledger beside the "
                                  f"variants file (the test splits spent so far): give the committed one") from None
+        elif no_checkout:  # (ca_rev239: the dev stage ran, silently checked against no recorded test run)
+            print(f"convex-attention experiment: warning: {no_checkout}, nor is its data ledger: the dev stage "
+                  f"checks its splits against no recorded test run (--variants a checkout's variants file does)",
+                  file=sys.stderr)
         check_out(args.out)
         try:
             check_dev_folder(os.path.join(args.out, "dev"))
         except DevFolderExists as err:
             raise UsageError(f"argument --out: {err}") from None
         return
+    if no_checkout:  # (ca_rev239: told to write the file into site-packages and commit it there)
+        raise UsageError(f"argument --variants: {no_checkout}; give --variants FILE, your committed variants file "
+                         f"(outside a git checkout with --variants-sha256 HEX)")
     try:
         variants = read_variants(args.variants).validate(config.methods, where=args.variants)
         verified = verify_variants(args.variants, args.variants_sha256)
