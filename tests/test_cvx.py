@@ -1135,11 +1135,8 @@ def test_moreau_outputs_do_not_require_grad_when_no_input_does():
     assert not any(p.requires_grad for p in sol.probs) and not any(d.requires_grad for d in sol.duals)
 
 
-def test_an_explicit_scs_eps_abs_reaches_scs_or_is_refused(monkeypatch):
-    """Before: diffcp replaces eps_abs/eps_rel by eps whenever eps is passed, and the layer
-    always passes eps: a caller's eps_abs never reaches SCS (while the failure diagnosis
-    honours it, so its status is of another solve)."""
-    _needs("diffcp-scs")
+def _spy_on_scs(monkeypatch) -> list:
+    """The keyword options of every ``scs.solve`` call from here on (the solve itself runs)."""
     import scs
 
     seen: list = []
@@ -1150,6 +1147,15 @@ def test_an_explicit_scs_eps_abs_reaches_scs_or_is_refused(monkeypatch):
         return original(data, cone, **kwargs)
 
     monkeypatch.setattr(scs, "solve", spy)
+    return seen
+
+
+def test_an_explicit_scs_eps_abs_reaches_scs_or_is_refused(monkeypatch):
+    """Before: diffcp replaces eps_abs/eps_rel by eps whenever eps is passed, and the layer
+    always passes eps: a caller's eps_abs never reaches SCS (while the failure diagnosis
+    honours it, so its status is of another solve)."""
+    _needs("diffcp-scs")
+    seen = _spy_on_scs(monkeypatch)
     inst = random_instance("1d-2lvl", batch=1, seed=0)
     try:
         ca.solve(inst.scores, inst.h, "cvxpylayers", temperature=inst.temps, backend="diffcp-scs", eps_abs=1e-3,
@@ -2450,14 +2456,8 @@ def test_ca_rev238_a_diagnosis_re_solve_that_ctrl_c_stopped_is_an_interrupt_and_
     inst = random_instance("1d-2lvl", batch=1, seed=0)
     layer = get_layer(inst.h, inst.temps, "diffcp-scs")
     sample = [s[0].reshape(-1).numpy() for s in inst.scores]
-    seen: list = []
     original = scs.solve
-
-    def spy(data, cone, **kwargs):
-        seen.append(kwargs)
-        return original(data, cone, **kwargs)
-
-    monkeypatch.setattr(scs, "solve", spy)
+    seen = _spy_on_scs(monkeypatch)
     assert layer.diagnose(sample, {"solve_method": "SCS", "eps": 1e-6}) == "optimal"
     assert seen and seen[-1]["eps_abs"] == seen[-1]["eps_rel"] == 1e-6
 
