@@ -26,7 +26,7 @@ else
   TORCH_REQUIREMENT = $(TORCH)
 endif
 
-.PHONY: demo test test-fast test-kernels test-floor check bench clean
+.PHONY: demo test test-fast test-kernels test-floor test-ceiling check bench clean
 
 $(STAMP): setup.cfg pyproject.toml
 	@echo "make: 1/3 creating $(VENV) with $(PYTHON)"
@@ -61,14 +61,19 @@ NUMERICAL_TESTS = tests/test_dual.py tests/test_hessian.py tests/test_exact.py t
 test-kernels: $(STAMP)  ## the solvers' tests again on torch's portable CPU kernels (CI runs it after test)
 	ATEN_CPU_CAPABILITY=default $(BIN)/python -m pytest -q $(NUMERICAL_TESTS)
 
-# setup.cfg accepts torch from 2.7 (TORCH_FLOOR's minor release): the fast suite runs on it in a .venv of its
-# own, so that the floor is a tested claim (2.3-2.6, once accepted, gave wrong gradients and errors: ca_rev237)
+# setup.cfg accepts torch from 2.7 (TORCH_FLOOR's minor release) to 2.14 (TORCH_CEILING's): the fast suite
+# runs on each in a .venv of its own, so that both ends are tested claims (2.3-2.6, once accepted, gave wrong
+# gradients and errors: ca_rev237; 2.14.1 differentiates clamp_min otherwise than 2.13: ca_rev240)
 TORCH_FLOOR = 2.7.1
+TORCH_CEILING = 2.14.1
 test-floor:             ## the fast suite again on the oldest torch setup.cfg accepts, in .venv-floor (CI runs it)
 	$(MAKE) test-fast VENV=.venv-floor TORCH=torch==$(TORCH_FLOOR)
+
+test-ceiling:           ## the fast suite again on the newest torch setup.cfg accepts, in .venv-ceiling (CI runs it)
+	$(MAKE) test-fast VENV=.venv-ceiling TORCH=torch==$(TORCH_CEILING)
 
 bench: $(STAMP)         ## the core speed targets at full size
 	$(BIN)/python benchmarks/bench_core.py --out results/bench_core $(ARGS)
 
 clean:                  ## the environment and caches; results/ is kept (it may hold runs of yours)
-	rm -rf $(VENV) .venv-floor .pytest_cache .hypothesis *.egg-info
+	rm -rf $(VENV) .venv-floor .venv-ceiling .pytest_cache .hypothesis *.egg-info

@@ -170,7 +170,10 @@ def _block_lse(h: Graph, x: Tensor, k: int, t) -> Tensor:
     # (a tensor t's gradient never forms d / t², which overflows at tiny temperatures: 0·inf was NaN;
     # the sums floored at 1, which only a wholly masked block's are below: its message is -inf, no NaN
     # in the gradient)
-    lse = m + t * h.aggregate(torch.exp(divide_by_temperature(d, t)), k).clamp_min(1.0).log()
+    # (floored by where, not clamp_min: torch 2.14.1 and 2.15 pass clamp_min no gradient at its bound:
+    # a block whose other cells underflow sums to exactly 1, and the finest scores' gradient was 0)
+    sums = h.aggregate(torch.exp(divide_by_temperature(d, t)), k)
+    lse = m + t * torch.where(sums < 1.0, 1.0, sums).log()
     return lse.masked_fill(torch.isneginf(raw), -math.inf)
 
 

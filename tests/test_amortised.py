@@ -525,3 +525,14 @@ def test_ca_rev198_hierarchy_features_are_centred_over_their_live_cells():
     assert bool((feat[0, :, :, 1] == 0).all())
     torch.testing.assert_close(feat.sum((2, 3)), torch.zeros(2, feat.shape[1], dtype=torch.float64),
                                rtol=0, atol=1e-12)
+
+
+# ---- ca_rev240 (torch 2.14.1 and 2.15: clamp_min passes no gradient at its bound)
+@pytest.mark.parametrize("structure", ["chain", "axial"])
+def test_ca_rev240_block_sums_floored_at_one_keep_their_gradient_whatever_clamp_min_passes(structure, monkeypatch):
+    """On torch 2.14.1 and 2.15 the finest scores' gradient of AmortisedDuals was 0 (finite differences: 0.203 at
+    τ = 1e-3) where a block's other cells underflow: its sum, exactly 1, was floored by clamp_min."""
+    from helpers import clamp_min_without_gradient_at_its_bound
+
+    clamp_min_without_gradient_at_its_bound(monkeypatch)
+    test_amortised_temperature_gradient_is_right_at_tiny_accepted_temperatures(structure, torch.float64, 1e-160)

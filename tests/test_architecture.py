@@ -442,19 +442,23 @@ def test_ca_rev122_setup_cfg_says_the_torch_floor_it_requires():
     assert stated is None or stated.group(1) == floor, (stated.group(0), floor)
 
 
-def test_ca_rev237_the_torch_floor_ci_tests_is_the_one_setup_cfg_and_readme_state():
+def test_ca_rev237_the_torch_range_ci_tests_is_the_one_setup_cfg_and_readme_state():
     """setup.cfg accepted torch 2.3 and README said "PyTorch 2.3–2.13", but only 2.13 was ever run: on 2.3.1
-    261 fast tests failed (wrong gradients, errors), on 2.6.0 9.  make test-floor (CI) runs the fast suite on
-    TORCH_FLOOR; its minor release is setup.cfg's floor, and README's range starts there and ends below
-    setup.cfg's cap."""
+    261 fast tests failed (wrong gradients, errors), on 2.6.0 9; on 2.14.1 (then outside the cap) 21 (ca_rev240).
+    make test-floor and make test-ceiling (CI) run the fast suite on TORCH_FLOOR and TORCH_CEILING: their minor
+    releases are setup.cfg's floor and the last below its cap, and README's range is theirs."""
     import re
 
     cfg = (ROOT / "setup.cfg").read_text(encoding="utf-8")
     floor, cap = re.search(r"^\s*torch>=([0-9.]+),<([0-9.]+)", cfg, flags=re.M).groups()
-    tested = re.search(r"^TORCH_FLOOR\s*=\s*([0-9.]+)$", (ROOT / "Makefile").read_text(), flags=re.M).group(1)
+    makefile = (ROOT / "Makefile").read_text()
+    tested = re.search(r"^TORCH_FLOOR\s*=\s*([0-9.]+)$", makefile, flags=re.M).group(1)
+    newest = re.search(r"^TORCH_CEILING\s*=\s*([0-9.]+)$", makefile, flags=re.M).group(1)
     assert tested.split(".")[:2] == floor.split(".")[:2], (tested, floor)
-    assert "make test-floor" in (ROOT / ".ci" / "run").read_text()
     major, minor = cap.split(".")[:2]
+    assert newest.split(".")[:2] == [major, str(int(minor) - 1)], (newest, cap)
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test-floor" in ci and "make test-ceiling" in ci
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     assert f"PyTorch {floor}–{major}.{int(minor) - 1} " in readme and f"`torch>={floor},<{cap}`" in readme
 

@@ -1605,3 +1605,14 @@ def test_ca_rev226_the_second_order_floor_and_ratio_limits_are_the_documented_nu
     assert exact.second_order_ratio_limit(torch.float16) == exact.second_order_ratio_limit(torch.float32)
     eps = torch.finfo(torch.float64).eps
     assert math.isclose(exact.second_order_ratio_limit(torch.float64), math.sqrt(1e-6 / (400 * eps)), rel_tol=1e-12)
+
+
+# ---- ca_rev240 (torch 2.14.1 and 2.15: clamp_min passes no gradient at its bound)
+@pytest.mark.parametrize("case", ["2d-3lvl-unequal", "tree"])
+def test_ca_rev240_second_order_block_sums_keep_their_gradient_whatever_clamp_min_passes(case, monkeypatch):
+    """exact's create_graph path floors its block sums at 1: on torch 2.14.1 and 2.15 a sum of exactly 1 lost its
+    gradient through clamp_min, and the Hessian-vector products were wrong."""
+    from helpers import clamp_min_without_gradient_at_its_bound
+
+    clamp_min_without_gradient_at_its_bound(monkeypatch)
+    test_hessian_vector_products_match_finite_differences_of_the_gradient(case)
