@@ -110,11 +110,12 @@ class CommandParser(argparse.ArgumentParser):
         parsed, rest = super().parse_known_args(args, namespace)
         self._left = list(rest)  # this parser's unknown arguments, then its subcommand's (parse_args tells them)
         for action in self._actions:
-            # argparse drops a value of "--" (``--out=--``) and stores an empty list for an
-            # option that takes one value or more: refuse it here, before a command joins it as a
-            # path or takes "no backends" for the user's choice (``verify --backends=--``)
+            # argparse before 3.13 drops a value of "--" (``--out=--``) and stores an empty list for
+            # an option that takes one value or more; 3.13 keeps it ("--" or ["--"]): refuse it here,
+            # before a command joins it as a path or takes "no backends" for the user's choice
+            # (``verify --backends=--``)
             if (action.nargs in (None, "+") and action.option_strings
-                    and getattr(parsed, action.dest, None) == []):
+                    and getattr(parsed, action.dest, None) in ([], "--", ["--"])):
                 self.error(f"argument {'/'.join(action.option_strings)}: expected a value, got '--' (argparse "
                            f"reads it as the end of the options); give another value")
         return parsed, rest
