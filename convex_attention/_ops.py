@@ -9,7 +9,8 @@ from torch import Tensor
 
 __all__ = ["sample_dims", "centre", "less_max", "compute_dtype", "upcast", "level_softmax", "divide_by_temperature",
            "GRADIENT_RTOL", "gradient_rtol", "second_order_temperature_floor", "overflowed", "SecondOrderGuard",
-           "FirstOrderOnly", "guard_below_floor", "temperature_floats", "tensor_values_read_at_once", "host_list"]
+           "FirstOrderOnly", "guard_below_floor", "temperature_floats", "tensor_values_read_at_once", "host_list",
+           "log_at_least_one"]
 
 
 def sample_dims(x: Tensor) -> tuple[int, ...]:
@@ -140,6 +141,15 @@ def temperature_floats(temps) -> list[float]:
         return [1.0] * temps.numel() if temps.is_meta else [float(t) for t in temps.detach().reshape(-1).tolist()]
     return [float(t) for t in tensor_values_read_at_once([1.0 if isinstance(t, Tensor) and t.is_meta else t
                                                           for t in temps])]
+
+
+def log_at_least_one(sums: Tensor) -> Tensor:
+    """``log(max(sums, 1))``, with the gradient of ``log(sums)`` where a sum is exactly 1.  A block's
+    sum of ``exp((x − blockmax) / t)`` is at least 1 (its maximum's term) unless the block is wholly
+    masked; the floor keeps such a block's log finite.  Floored by ``where``, not ``clamp_min``:
+    from torch 2.14.1 ``clamp_min`` passes no gradient at its bound, and a block whose other cells
+    underflow sums to exactly 1, so its scores' gradient came back 0 (ca_rev240)."""
+    return torch.where(sums < 1.0, 1.0, sums).log()
 
 
 def host_list(t: Tensor):

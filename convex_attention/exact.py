@@ -60,6 +60,7 @@ from ._ops import (
     gradient_rtol,
     guard_below_floor,
     less_max,
+    log_at_least_one,
     sample_dims,
     second_order_temperature_floor,
     temperature_floats,
@@ -615,10 +616,7 @@ def _log_terms(scores: Sequence[Tensor], g: Graph, temps):
             # the sums floored at 1, as in exact_forward: r stays -inf on a masked block's cells
             # (not -inf - (-inf) = NaN, which made the create_graph backward NaN: a review), and
             # the message is -inf there (its coarse cell gets probability 0), with no gradient
-            # (where, not clamp_min, which from torch 2.14.1 passes no gradient at its bound: a sum
-            # of exactly 1, the other cells underflowed, lost its gradient; nn._block_lse)
-            sums = g.aggregate(torch.exp(divide_by_temperature(d, T[k])), e)
-            log_sum = T[k] * torch.where(sums < 1.0, 1.0, sums).log()
+            log_sum = T[k] * log_at_least_one(g.aggregate(torch.exp(divide_by_temperature(d, T[k])), e))
             r[k] = g._combine(d, log_sum, e, torch.sub)  # m − A_c, as (m − blockmax) − T log Σ
             parts[e] = (mmax, log_sum.masked_fill(masked, -math.inf))
         else:

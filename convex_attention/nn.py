@@ -24,7 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._ops import centre, compute_dtype, divide_by_temperature, less_max, level_softmax, sample_dims
+from ._ops import (
+    centre,
+    compute_dtype,
+    divide_by_temperature,
+    less_max,
+    level_softmax,
+    log_at_least_one,
+    sample_dims,
+)
 from .dual import (
     check_dual_options,
     consistency_loss_unchecked,
@@ -170,10 +178,7 @@ def _block_lse(h: Graph, x: Tensor, k: int, t) -> Tensor:
     # (a tensor t's gradient never forms d / t², which overflows at tiny temperatures: 0·inf was NaN;
     # the sums floored at 1, which only a wholly masked block's are below: its message is -inf, no NaN
     # in the gradient)
-    # (floored by where, not clamp_min: torch 2.14.1 and 2.15 pass clamp_min no gradient at its bound:
-    # a block whose other cells underflow sums to exactly 1, and the finest scores' gradient was 0)
-    sums = h.aggregate(torch.exp(divide_by_temperature(d, t)), k)
-    lse = m + t * torch.where(sums < 1.0, 1.0, sums).log()
+    lse = m + t * log_at_least_one(h.aggregate(torch.exp(divide_by_temperature(d, t)), k))
     return lse.masked_fill(torch.isneginf(raw), -math.inf)
 
 
