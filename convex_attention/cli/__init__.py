@@ -17,7 +17,7 @@ from ._common import CommandParser, UsageError, missing_extra
 from ._signals import Command, Terminated, sigterm_as_interruption, terminated
 from .bench import BENCH_HANDLERS, EXAMPLES, add_bench_commands
 from .data import DATA_HANDLERS, add_data_commands
-from .paper import EXPERIMENT_HANDLERS, add_experiment_commands
+from .paper import EXPERIMENT_HANDLERS, add_experiment_commands, train_interrupted
 
 __all__ = ["main", "build_parser", "UsageError", "CommandParser", "Terminated"]
 
@@ -109,18 +109,7 @@ class _DroppedOnceClosed:
 
 def _interrupted(command: str, by_sigterm: bool, args: argparse.Namespace) -> int:
     """One line saying what an interrupted command kept; exit 130 (Ctrl-C) or 143 (SIGTERM)."""
-    message = INTERRUPTED.get(command, "interrupted")
-    folder = getattr(args, "run_folder", None)  # train's --out as resolved, once training starts (cmd_train)
-    if command == "train" and folder is not None:
-        last = os.path.join(folder, "last.pt")
-        if os.path.isfile(last):
-            message = f"interrupted; {last} holds the last finished epoch (train --resume {last} continues from it)"
-        elif args.resume:  # resumed into another folder: the checkpoint it continued is the way on (ca_rev238)
-            message = (f"interrupted before an epoch finished: {args.resume} is unchanged (train --resume "
-                       f"{args.resume} --out {folder} continues from it)")
-        else:
-            message = (f"interrupted before an epoch finished: there is no {last} to resume (train --overwrite "
-                       f"--out {folder} starts over)")
+    message = (train_interrupted(args) if command == "train" else None) or INTERRUPTED.get(command, "interrupted")
     if by_sigterm:
         message = "terminated (SIGTERM)" + message.removeprefix("interrupted")
     print(f"convex-attention {command}: {message}", file=sys.stderr)
@@ -133,7 +122,7 @@ INTERRUPTED = {
     "demo": "interrupted; the bench rows finished so far are kept (convex-attention bench --quick --out OUT "
             "--resume measures the rest); the other steps start over",
     "verify": "interrupted; no check result was written (verify.csv is written when every instance is done)",
-    # (once training starts, train names its folder and whether an epoch finished: _interrupted)
+    # (once training starts, train names its folder and whether an epoch finished: paper.train_interrupted)
     "train": "interrupted before training started; nothing of this run was written",
     "experiment": "interrupted; the stage did not finish and its results are incomplete (rerun the stage; a test "
                   "stage that started needs --force)",

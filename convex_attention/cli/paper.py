@@ -59,7 +59,7 @@ from ._common import (
 )
 
 __all__ = ["add_experiment_commands", "EXPERIMENT_HANDLERS", "TRAIN_OPTIONS", "EXPERIMENT_OPTIONS", "RUN_FILES",
-           "check_run_folder", "check_resume_folder"]
+           "check_run_folder", "check_resume_folder", "train_interrupted"]
 
 # The settings each command offers, as (configuration class, names): the names default to
 # every setting the class declares for the command line (flag not "").
@@ -506,6 +506,22 @@ def _refuse_a_file(out: str) -> None:
         check_out(out)  # its message, and nothing made
 
 
+def train_interrupted(args) -> str | None:
+    """What an interrupted ``train`` kept, once training started (:func:`cmd_train` records the
+    run's folder as ``args.run_folder`` then); None before, where nothing of the run was written."""
+    folder = getattr(args, "run_folder", None)
+    if folder is None:
+        return None
+    last = os.path.join(folder, "last.pt")
+    if os.path.isfile(last):
+        return f"interrupted; {last} holds the last finished epoch (train --resume {last} continues from it)"
+    if args.resume:  # resumed into another folder: the checkpoint it continued is the way on (ca_rev238)
+        return (f"interrupted before an epoch finished: {args.resume} is unchanged (train --resume {args.resume} "
+                f"--out {folder} continues from it)")
+    return (f"interrupted before an epoch finished: there is no {last} to resume (train --overwrite --out {folder} "
+            f"starts over)")
+
+
 def cmd_train(args) -> int:
     from ..paper.train import TrainingDiverged, _distributed, build_checked_datasets, train
 
@@ -527,7 +543,7 @@ def cmd_train(args) -> int:
         check_out(config.out)
         check_files(config.out, RUN_FILES)  # again, under the lock
         check_run_folder(config, args, remove=rank == 0)
-        # what an interruption from here on names (cli._interrupted): this run's folder, not "OUT"; before
+        # what an interruption from here on names (train_interrupted): this run's folder, not "OUT"; before
         # here the folder may still hold the run being replaced (--overwrite) or waited for (--wait): ca_rev238
         args.run_folder = config.out
         try:
