@@ -551,3 +551,16 @@ def clamp_min_without_gradient_at_its_bound(monkeypatch) -> None:
         return out
 
     monkeypatch.setattr(torch.Tensor, "clamp_min", clamp_min)
+
+
+def benchmark_script(name: str):
+    """``benchmarks/NAME.py`` as a fresh module, imported by its path (benchmarks/ is not a
+    package); its ``main`` is not run."""
+    import importlib.util
+    import pathlib
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"benchmark_script_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

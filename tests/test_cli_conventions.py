@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+from helpers import benchmark_script
 
 from convex_attention import __version__, cli
 from convex_attention.cli._common import COMMAND_EXTRAS, EXTRA_MODULES
@@ -649,16 +650,6 @@ def test_an_interrupted_verify_leaves_no_empty_out(tmp_path, monkeypatch, capsys
 # ------------------------------------------------- review ca_rev75: the benchmarks' scripts
 
 
-def _ca_rev75_script(name):
-    import importlib.util
-
-    path = ROOT / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"ca_rev75_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 _HUGE_SEED = "99999999999999999999999"
 
 
@@ -669,7 +660,7 @@ _HUGE_SEED = "99999999999999999999999"
 def test_ca_rev75_benchmark_scripts_refuse_a_seed_torch_cannot_take(name, argv, capsys):
     import torch
 
-    script = _ca_rev75_script(name)
+    script = benchmark_script(name)
     before = torch.get_num_threads()
     try:
         with pytest.raises(SystemExit) as stop:
@@ -682,7 +673,7 @@ def test_ca_rev75_benchmark_scripts_refuse_a_seed_torch_cannot_take(name, argv, 
 def test_ca_rev75_study_certificate_refuses_a_huge_seed_before_making_out(tmp_path, capsys):
     import torch
 
-    script = _ca_rev75_script("study_certificate")
+    script = benchmark_script("study_certificate")
     before = torch.get_num_threads()
     out = tmp_path / "o"
     try:
@@ -696,7 +687,7 @@ def test_ca_rev75_study_certificate_refuses_a_huge_seed_before_making_out(tmp_pa
 def test_ca_rev75_study_certificate_refuses_a_nan_regularization(tmp_path, capsys, monkeypatch):
     import torch
 
-    script = _ca_rev75_script("study_certificate")
+    script = benchmark_script("study_certificate")
 
     def drawn(*args, **kwargs):
         raise AssertionError("the study started with --static-regularization nan")
@@ -713,7 +704,7 @@ def test_ca_rev75_study_certificate_refuses_a_nan_regularization(tmp_path, capsy
 
 
 def test_ca_rev75_study_certificate_seed_has_help(capsys):
-    script = _ca_rev75_script("study_certificate")
+    script = benchmark_script("study_certificate")
     with pytest.raises(SystemExit):
         script.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -729,7 +720,7 @@ def test_ca_rev76_study_certificate_refuses_a_huge_size_before_making_out(tmp_pa
     ValueError traceback (above hierarchy.MAX_CELLS)."""
     import torch
 
-    script = _ca_rev75_script("study_certificate")
+    script = benchmark_script("study_certificate")
     before = torch.get_num_threads()
     out = tmp_path / "o"
     try:
@@ -747,7 +738,7 @@ def test_the_benchmark_scripts_bound_every_numeric_option(script, argv, capsys):
     ("every numeric option has a range").  Run in this process (a subprocess spent 1.2 s importing torch)."""
     import torch
 
-    module = _ca_rev75_script(script.removesuffix(".py"))
+    module = benchmark_script(script.removesuffix(".py"))
     before = torch.get_num_threads()
     try:
         with pytest.raises(SystemExit) as stop:
@@ -767,7 +758,7 @@ def test_the_benchmark_scripts_bound_every_numeric_option(script, argv, capsys):
 def test_study_temperature_gradients_refuses_a_bad_option_before_making_out(tmp_path, capsys, argv, named):
     import torch
 
-    script = _ca_rev75_script("study_temperature_gradients")
+    script = benchmark_script("study_temperature_gradients")
     before = torch.get_num_threads()
     out = tmp_path / "o"
     try:
@@ -786,7 +777,7 @@ def test_study_temperature_gradients_writes_a_row_per_map_and_refuses_to_replace
     import pandas as pd
     import torch
 
-    script = _ca_rev75_script("study_temperature_gradients")
+    script = benchmark_script("study_temperature_gradients")
     before = torch.get_num_threads()
     out = tmp_path / "o"
     try:
@@ -816,7 +807,7 @@ def test_study_temperature_gradients_gives_each_map_in_turn(tmp_path):
     import pandas as pd
     import torch
 
-    script = _ca_rev75_script("study_temperature_gradients")
+    script = benchmark_script("study_temperature_gradients")
     before = torch.get_num_threads()
     out = tmp_path / "o"
     try:
@@ -887,7 +878,7 @@ def test_ca_rev141_study_temperature_gradients_summary_keeps_a_nan_worst(column,
     float32 one returned unchecked).  Observed: 'float64 at tol worst 1e-07' and 'worst returned 1e-06': Python's
     max keeps a NaN only where it comes first (study_certificate and gpu_check use nan_max since rev65; this
     script does not); the float64 NaN is counted nowhere else in the line.  Expected: the worst is NaN."""
-    script = _ca_rev75_script("study_temperature_gradients")
+    script = benchmark_script("study_temperature_gradients")
     base = {"set": "normal", "family": "chain", "draw": 0, "given_map": -1, "status": "ok", "tau": 1.0,
             "refused": False, "float32_error": 1e-6, "float64_error": 1e-7}
     rows = [{**base, "map": 0}, {**base, "map": 1, column: float("nan")}]
@@ -917,7 +908,7 @@ def test_ca_rev141_a_benchmark_script_that_fails_mid_run_says_so_in_one_line(nam
 
     if name == "study_certificate" and "diffcp-clarabel" not in available_backends():
         pytest.skip("diffcp-clarabel not installed")
-    script = _ca_rev75_script(name)
+    script = benchmark_script(name)
     monkeypatch.setattr(script, stub, _ca_rev141_boom)
     if name == "gpu_check":  # its own refusal (no CUDA device) comes first
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -985,7 +976,7 @@ def test_ca_rev171_ctrl_c_in_a_benchmark_script_is_one_line_exit_130(name, stub,
     (exit 130 only from the interpreter), and the study scripts leave the empty --out they made."""
     import torch
 
-    script = _ca_rev75_script(name)
+    script = benchmark_script(name)
     monkeypatch.setattr(script, stub, _ca_rev171_interrupt)
     before = torch.get_num_threads()
     try:
@@ -1003,7 +994,7 @@ def test_ca_rev171_ctrl_c_in_a_benchmark_script_is_one_line_exit_130(name, stub,
 def _run_stopped_before_writing(name: str, stub: str, stop, tmp_path, monkeypatch, capsys) -> tuple:
     """``benchmarks/NAME.py --tiny --out NEW/sub`` whose work (``stub``) is ``stop``: (exit code, stderr,
     the paths left under NEW)."""
-    script = _ca_rev75_script(name)
+    script = benchmark_script(name)
     monkeypatch.setattr(script, stub, stop)
     new = tmp_path / "new"
     try:
@@ -1032,7 +1023,7 @@ def test_ca_rev171_benchmark_scripts_help_gives_the_default_out(name, default, c
     the files go when it is left out (README: every --help gives every default; gpu_check.py's says 'default
     results/gpu'). Observed: '--out OUT  folder for CSV, JSON and figures' / 'folder for the CSV and JSON
     files': a run without --out writes into results/bench_core (results/graphs), which the help never names."""
-    script = _ca_rev75_script(name)
+    script = benchmark_script(name)
     with pytest.raises(SystemExit):
         script.main(["--help"])
     text = " ".join(capsys.readouterr().out.split())
@@ -1070,7 +1061,7 @@ def test_ca_rev172_an_interrupted_study_leaves_no_empty_out(name, stub, tmp_path
     `made` is always None and nothing is removed (a failed study, run_failed, leaves it the same way)."""
     import torch
 
-    script = _ca_rev75_script(name)
+    script = benchmark_script(name)
     monkeypatch.setattr(script, stub, _ca_rev171_interrupt)
     new = tmp_path / "new"
     before = torch.get_num_threads()
@@ -1129,7 +1120,7 @@ def _ca_rev194_gpu_check(stop, tmp_path, monkeypatch) -> tuple:
     is ``stop``: (exit code or what escaped main, the paths left under tmp_path)."""
     import torch
 
-    script = _ca_rev75_script("gpu_check")
+    script = benchmark_script("gpu_check")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(script, "_check", stop)
     try:
@@ -1171,7 +1162,7 @@ def test_ca_rev194_profile_dual_fails_like_a_command(stop, expected, capsys, mon
     sys.exit, so its status is not the script's either)."""
     import torch
 
-    script = _ca_rev75_script("profile_dual")
+    script = benchmark_script("profile_dual")
     monkeypatch.setattr(script, "_forward_backward", stop)
     before = torch.get_num_threads()
     try:
@@ -1205,7 +1196,7 @@ def test_a_benchmark_refused_under_the_lock_removes_the_folder_it_made(name, pat
     check_out_dir made it, and only a failed or interrupted run removed it)."""
     import torch
 
-    script = _ca_rev75_script(name)
+    script = benchmark_script(name)
     monkeypatch.setattr(script, patched, _locked)
     before = torch.get_num_threads()
     try:

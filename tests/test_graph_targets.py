@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from helpers import read_json
+from helpers import benchmark_script, read_json
 
 import convex_attention as ca
 from convex_attention.bench import graph_targets as gt
@@ -590,7 +590,7 @@ def test_speed_rows_name_the_device_each_method_ran_on(monkeypatch):
 
 @pytest.mark.slow  # the GPU check's graph section, run on the CPU so that the script cannot rot unseen
 def test_the_gpu_checks_graph_section_runs_and_passes_on_the_cpu():
-    checks = _script("gpu_check").graph_correctness("cpu", size=16, batch=2)
+    checks = benchmark_script("gpu_check").graph_correctness("cpu", size=16, batch=2)
     assert len(checks) >= 19 and all(c["passed"] for c in checks), [c for c in checks if not c["passed"]]
 
 
@@ -603,7 +603,7 @@ def test_every_setting_is_checked_when_the_configuration_is_made():
 
 @pytest.mark.slow  # two benchmark runs (~0.4 s)
 def test_a_folder_with_an_earlier_runs_results_is_refused_before_any_work(tmp_path, capsys):
-    script = _script("bench_graphs")
+    script = benchmark_script("bench_graphs")
     (tmp_path / "amortised.csv").write_text("earlier results\n")
     with pytest.raises(SystemExit) as stop:
         script.main(["--parts", "amortised", "--size", "16", "--out", str(tmp_path)])
@@ -617,20 +617,9 @@ def test_a_folder_with_an_earlier_runs_results_is_refused_before_any_work(tmp_pa
     assert (tmp_path / "amortised.csv").read_text().startswith("family,")
 
 
-def _script(name):
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.slow  # runs the profile script (~0.3 s)
 def test_the_profile_script_times_each_batch_and_refuses_a_bad_size(capsys):
-    script = _script("profile_dual")
+    script = benchmark_script("profile_dual")
     before = torch.get_num_threads()
     try:
         script.main(["--family", "axial", "--size", "16", "--batches", "1", "2", "--profile"])
@@ -648,7 +637,7 @@ def test_the_profile_script_times_each_batch_and_refuses_a_bad_size(capsys):
 def test_the_newton_ablation_compares_both_solvers_and_restores_the_shipped_one(capsys, monkeypatch):
     import convex_attention.dual as dual
 
-    script = _script("ablate_newton")
+    script = benchmark_script("ablate_newton")
     before = torch.get_num_threads()
     shipped = dual._REGULARISED_NEWTON
     calls = []
@@ -677,7 +666,7 @@ def test_the_fallback_ablation_switches_the_dense_fallback_alone_and_restores_it
     import convex_attention.dual as dual
     import convex_attention.hessian as hessian
 
-    script = _script("ablate_newton")
+    script = benchmark_script("ablate_newton")
     before = torch.get_num_threads()
     shipped = (dual._REGULARISED_NEWTON, dual.DENSE_LIMIT, hessian.DENSE_FALLBACK_LIMIT)
     calls = []
@@ -707,7 +696,7 @@ def test_the_fallback_ablation_switches_the_dense_fallback_alone_and_restores_it
 def test_the_pseudo_inverse_ablation_switches_the_backward_retry_alone_and_restores_it(capsys, monkeypatch):
     import convex_attention.hessian as hessian
 
-    script = _script("ablate_newton")
+    script = benchmark_script("ablate_newton")
     before = torch.get_num_threads()
     shipped = (hessian.DENSE_FALLBACK_LIMIT, hessian.RETRY_PRECONDITIONERS)
     calls = []
@@ -774,7 +763,7 @@ def test_bench_graphs_fails_like_a_command(tmp_path, capsys, monkeypatch):
     block, tracebacks for a locked folder and Ctrl-C, and empty folders)."""
     from test_lock import hold_lock
 
-    script = _script("bench_graphs")
+    script = benchmark_script("bench_graphs")
 
     def run(*argv):
         try:
@@ -814,7 +803,7 @@ def test_bench_graphs_fails_like_a_command(tmp_path, capsys, monkeypatch):
 def test_gpu_check_refuses_bad_options_and_an_earlier_record_before_any_work(tmp_path, capsys):
     """--repeats 0 failed only after every check had run; gpu_check.json was replaced without
     a word (and written non-atomically, NaN allowed: now write_json)."""
-    script = _script("gpu_check")
+    script = benchmark_script("gpu_check")
     (tmp_path / "gpu_check.json").write_text("{}")
     for argv in (["--repeats", "0", "--out", str(tmp_path / "a")], ["--out", str(tmp_path)]):
         with pytest.raises(SystemExit) as stop:
@@ -1361,7 +1350,7 @@ def test_rev30_a_convergence_pass_is_measured_not_reported(monkeypatch):
 def test_rev30_an_output_name_that_is_a_folder_is_refused_before_any_work(tmp_path, capsys):
     (tmp_path / "graphs.json").mkdir()
     try:
-        code = _script("bench_graphs").main(["--parts", "convergence", "--size", "16", "--instances", "1",
+        code = benchmark_script("bench_graphs").main(["--parts", "convergence", "--size", "16", "--instances", "1",
                                              "--overwrite", "--out", str(tmp_path)])
     except SystemExit as stop:
         code = stop.code
@@ -1385,7 +1374,7 @@ def test_rev30_a_tiny_run_gives_no_verdict_and_says_it_was_one(tmp_path, capsys,
     """--tiny's smoke sizes printed 'met' as a real run does; the tiny settings the speed part
     alone reads are not passed to a run without it (they would be refused)."""
     monkeypatch.setattr(gt, "default_backends", lambda: [])  # the implicit gradient alone: seconds
-    code = _script("bench_graphs").main(["--tiny", "--parts", "gradients", "--out", str(tmp_path)])
+    code = benchmark_script("bench_graphs").main(["--tiny", "--parts", "gradients", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     record = read_json(tmp_path / "graphs.json")
     assert code == 0 and record["config"]["tiny"] is True and record["config"]["cvx_batch"] is None
@@ -1415,7 +1404,7 @@ def test_rev30_an_overwrite_run_removes_the_earlier_files_it_names_and_keeps_the
 def test_rev65_gpu_check_relative_error_is_nan_when_a_later_map_is_nan():
     """graph_correctness judges the device by _max_rel(device, cpu) <= tol; a NaN in any map
     must fail it (the package's own nan_max rule), wherever the map comes in the list."""
-    script = _script("gpu_check")
+    script = benchmark_script("gpu_check")
     ref = [torch.ones(2, 3, dtype=torch.float64), torch.ones(2, 2, dtype=torch.float64)]
     dev = [ref[0].clone(), torch.full((2, 2), math.nan, dtype=torch.float64)]
     assert math.isnan(script._max_rel(dev[::-1], ref[::-1]))  # a NaN first is kept ...
@@ -1424,7 +1413,7 @@ def test_rev65_gpu_check_relative_error_is_nan_when_a_later_map_is_nan():
 
 
 def test_rev65_study_certificate_refuses_bad_options_before_any_work(tmp_path, capsys):
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     before = torch.get_num_threads()
     for argv in (["--draws", "0"], ["--draws", "-3"], ["--size", "0", "--draws", "0"]):
         out = tmp_path / "out"
@@ -1439,7 +1428,7 @@ def test_rev65_study_certificate_refuses_bad_options_before_any_work(tmp_path, c
 
 
 def test_rev65_study_certificate_does_not_replace_an_earlier_study_without_a_flag(tmp_path, monkeypatch, capsys):
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     monkeypatch.setattr(script, "reference", lambda h, scores, temps: None)
     monkeypatch.setattr(script, "study", lambda *a, **k: {"certificate": 1e-9, "accept_tol": 1e-8,
                                                           "stationarity": 1e-9, "error": 1e-9, "accepted": True})
@@ -1458,7 +1447,7 @@ def test_rev65_study_certificate_does_not_replace_an_earlier_study_without_a_fla
 def test_rev65_study_certificate_error_is_nan_when_a_later_map_is_nan(monkeypatch):
     from convex_attention import cvx
 
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     h, scores, temps = script.instance("chain", 16, torch.Generator().manual_seed(0), (-1.0, 1.0))
     ref = script.reference(h, scores, temps)
 
@@ -1478,7 +1467,7 @@ def test_rev66_gpu_check_exact_record_fails_on_a_nan_gradient(monkeypatch):
     is max(_max_rel(values), _max_rel(gradient)): Python's max(0.0, nan) is 0.0, a pass."""
     import types
 
-    script = _script("gpu_check")
+    script = benchmark_script("gpu_check")
     exact_calls = []
 
     def fake(scores, h, method, temps, weights, **options):
@@ -1502,7 +1491,7 @@ def test_rev66_study_certificate_accepts_every_size_its_families_draw(tmp_path, 
     """3f9e9f8 refuses --size unless a multiple of 16 ('the families' coarsest maps'); the
     families' own rule (bench.config.check_structure) is a multiple of 8, at least 16, and
     instance('mixed', 24, ...) etc. draw and solve."""
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     monkeypatch.setattr(script, "reference", lambda h, scores, temps: None)
     monkeypatch.setattr(script, "study", lambda *a, **k: {"certificate": 1e-9, "accept_tol": 1e-8,
                                                           "stationarity": 1e-9, "error": 1e-9, "accepted": True})
@@ -1522,7 +1511,7 @@ def test_ca_rev68_study_certificate_size_error_states_its_own_rule(tmp_path, cap
     family's message: --size 10 is refused with '--structure star ... a multiple of 4' (a flag
     study_certificate does not have, and a rule 12 meets, which is then refused by grid_regions).  The
     command's own rule, as its --help says, is a multiple of 8, at least 16."""
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     with pytest.raises(SystemExit) as stop:
         script.main(["--size", "10", "--draws", "1", "--backends", "diffcp-clarabel", "--out", str(tmp_path / "s")])
     err = capsys.readouterr().err
@@ -1612,7 +1601,7 @@ def _ca_rev114_main(script, argv, capsys) -> tuple:
 
 def _ca_rev114_script_that_measures_nothing() -> tuple:
     """bench_graphs.py whose graph_benchmark records the backends it was handed instead of running."""
-    script = _script("bench_graphs")
+    script = benchmark_script("bench_graphs")
     handed: list = []
     script.graph_benchmark = lambda config, out, **kwargs: handed.append(kwargs["backends"])
     return script, handed
@@ -1693,7 +1682,7 @@ def test_ca_rev121_bench_graphs_refuses_the_linsat_part_it_cannot_run(tmp_path, 
     whose only target reads 'not measured'. Here LinSATNet is hidden (sys.modules entry None, which
     importlib.util.find_spec reads as not installed) and graph_benchmark is stubbed."""
     monkeypatch.setitem(__import__("sys").modules, "LinSATNet", None)
-    script = _script("bench_graphs")
+    script = benchmark_script("bench_graphs")
     handed: list = []
     script.graph_benchmark = lambda config, out, **kwargs: handed.append(kwargs["baseline"])
     try:
@@ -1718,7 +1707,7 @@ def test_ca_rev122_bench_graphs_says_why_of_every_backend_it_refuses(tmp_path, c
     backends' reasons are read here (skipped where cuclarabel is installed); graph_benchmark is stubbed."""
     from convex_attention import cvx
 
-    script = _script("bench_graphs")
+    script = benchmark_script("bench_graphs")
     reasons = {name: cvx.backend_unavailable_reason(name) for name in ("mpax", "cuclarabel")}
     if reasons["cuclarabel"] is None or "pip install" not in reasons["cuclarabel"]:
         pytest.skip("cuclarabel is installed here")
@@ -1741,7 +1730,7 @@ def test_ca_rev129_study_certificate_records_an_instance_whose_reference_fails_a
     outside the loop's try, so every row of the 87 s before is lost and a traceback ends the run.  Expected: the
     instance is an error row per backend ('a failed solve is a row'), as study_temperature_gradients.py makes
     one of a reference that raises.  Here the reference raises on the first instance; the solves are stubbed."""
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     calls = []
 
     def reference(h, scores, temps):
@@ -1794,7 +1783,7 @@ def test_ca_rev141_study_certificate_refuses_a_backend_listed_twice(tmp_path, mo
     installed = available_backends()
     if not installed:
         pytest.skip("no cvxpylayers backend installed")
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     monkeypatch.setattr(script, "reference", lambda h, scores, temps: None)
     monkeypatch.setattr(script, "study", lambda *a, **k: {"certificate": 1e-9, "accept_tol": 1e-8,
                                                           "stationarity": 1e-9, "error": 1e-9, "accepted": True})
@@ -1818,7 +1807,7 @@ def test_ca_rev141_study_certificate_summary_does_not_hide_a_nan_stationarity(tm
     installed = available_backends()
     if not installed:
         pytest.skip("no cvxpylayers backend installed")
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     calls = []
 
     def study(*args, **kwargs):
@@ -1870,7 +1859,7 @@ def test_ca_rev141_the_ablation_and_profile_scripts_refuse_an_entry_listed_twice
     (as bench_graphs.py's distinct --parts), or each run once."""
     import warnings
 
-    script = _script(name)
+    script = benchmark_script(name)
     seen = []
     if name == "ablate_newton":
         monkeypatch.setattr(script, "_convergence", lambda size, instances, seed, families, sets, *rest:
@@ -2028,7 +2017,7 @@ def _ca_rev216_exit(script, argv) -> int:
 def test_ca_rev216_bench_graphs_checks_the_device_of_the_default_backends_when_none_are_named(tmp_path, capsys,
                                                                                               monkeypatch):
     """Without --backends the speed part times the default backends: it is those whose device is checked."""
-    script = _script("bench_graphs")
+    script = benchmark_script("bench_graphs")
     checked = []
 
     def refuse(config, backends):
@@ -2045,7 +2034,7 @@ def test_ca_rev216_bench_graphs_checks_the_device_of_the_default_backends_when_n
 
 def test_ca_rev216_bench_graphs_tiny_keeps_a_setting_given_beside_it(tmp_path, monkeypatch):
     """--tiny --instances 3: the given setting wins over the tiny one (4), in the one run made."""
-    script = _script("bench_graphs")
+    script = benchmark_script("bench_graphs")
     configs = []
     monkeypatch.setattr(script, "graph_benchmark", lambda config, *a, **kw: configs.append(config))
     code = _ca_rev216_exit(script, ["--tiny", "--parts", "convergence", "--instances", "3", "--out", str(tmp_path)])
@@ -2056,7 +2045,7 @@ def test_ca_rev216_bench_graphs_tiny_keeps_a_setting_given_beside_it(tmp_path, m
 def test_ca_rev216_bench_graphs_a_run_refused_under_the_lock_exits_2_not_1(tmp_path, capsys, monkeypatch):
     """graph_benchmark refusing the folder (RunRefused, an earlier run's results seen under the lock) is a
     refusal: exit 2 in one line, not a failed run (exit 1)."""
-    script = _script("bench_graphs")
+    script = benchmark_script("bench_graphs")
 
     def refused(*a, **kw):
         raise gt.RunRefused("--out holds convergence_instances.csv from an earlier run")
@@ -2069,7 +2058,7 @@ def test_ca_rev216_bench_graphs_a_run_refused_under_the_lock_exits_2_not_1(tmp_p
 
 def test_ca_rev216_bench_graphs_records_the_command_it_was_given(tmp_path, monkeypatch):
     """main(argv): the command graphs.json records is the script with that argv (not the caller's sys.argv)."""
-    script = _script("bench_graphs")
+    script = benchmark_script("bench_graphs")
     commands = []
     monkeypatch.setattr(script, "graph_benchmark", lambda *a, **kw: commands.append(kw["command"]))
     monkeypatch.setattr(script.sys, "argv", ["pytest", "--elsewhere"])
@@ -2083,7 +2072,7 @@ def _ca_rev216_profile_run(monkeypatch, argv, durations):
     call (the two untimed calls first advance it by 100 s each): (code, stdout lines' calls, threads seen)."""
     import types
 
-    script = _script("profile_dual")
+    script = benchmark_script("profile_dual")
     clock, calls, threads = [0.0], [], []
 
     def call(h, leaves, temps, weights, info):
@@ -2124,7 +2113,7 @@ def test_ca_rev216_profile_dual_profiles_the_first_batch_size(capsys, monkeypatc
 
 def test_ca_rev216_study_certificate_refuses_a_backend_not_installed_before_any_work(tmp_path, capsys, monkeypatch):
     """--backends naming one not installed here: exit 2 in one line, no folder, nothing studied."""
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     monkeypatch.setattr(script, "available_backends", lambda: ["moreau"])
     monkeypatch.setattr(script, "_study", lambda *a: pytest.fail("work started"))
     code = _ca_rev141_main(script, ["--draws", "1", "--backends", "diffcp-scs", "--out", str(tmp_path / "c")])
@@ -2140,7 +2129,7 @@ def _ca_rev216_certificate_run(tmp_path, monkeypatch, results):
     installed = available_backends()
     if not installed:
         pytest.skip("no cvxpylayers backend installed")
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     h = ca.Hierarchy.grid([(2, 2), (1, 1)])
     threads, loads = [], iter([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
     monkeypatch.setattr(script, "instance", lambda family, size, g, log_tau: (h, None, [0.5, 2.0, 1.0]))
@@ -2181,7 +2170,7 @@ def test_ca_rev216_study_certificate_rows_summary_and_record(tmp_path, capsys, m
 
 def test_ca_rev216_study_certificate_gives_the_static_regularization_to_diffcp_clarabel_alone(monkeypatch):
     """--static-regularization is Clarabel's: study() passes it to diffcp-clarabel and to no other backend."""
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     asked = []
 
     def check_options(options):
@@ -2199,7 +2188,7 @@ def test_ca_rev216_study_certificate_gives_the_static_regularization_to_diffcp_c
 def test_ca_rev216_study_certificate_study_records_the_acceptance_of_its_sample(monkeypatch):
     """study(): the row's certificate, stationarity and accepted are the acceptance test's for the sample (a
     refused one reads accepted False), and its error the largest over the maps."""
-    script = _script("study_certificate")
+    script = benchmark_script("study_certificate")
     h = ca.Hierarchy.grid([(2, 2), (1, 1)])
     probs = [torch.tensor([[0.1, 0.2, 0.3, 0.4]]), torch.tensor([[1.0]])]
     ref = [torch.tensor([[0.1, 0.2, 0.3, 0.5]]), torch.tensor([[1.0]])]
@@ -2219,7 +2208,7 @@ def test_ca_rev216_study_certificate_study_records_the_acceptance_of_its_sample(
 def test_ca_rev216_study_temperature_gradients_refuses_out_of_range_options_before_any_work(argv, tmp_path, capsys,
                                                                                           monkeypatch):
     """--scale above 100, --tol above 0.1, a set listed twice: exit 2, no folder, nothing studied."""
-    script = _script("study_temperature_gradients")
+    script = benchmark_script("study_temperature_gradients")
     monkeypatch.setattr(script, "_study", lambda *a: pytest.fail("work started"))
     code = _ca_rev141_main(script, [*argv, "--draws", "1", "--out", str(tmp_path / "t")])
     capsys.readouterr()
@@ -2230,7 +2219,7 @@ def test_ca_rev216_study_temperature_gradients_rows_hold_each_map_to_its_held_si
     """rows_of: held = max(|g_k|, max_j |g_j|·√rtol, rtol·scored_size); float32_error is the unchecked float32
     gradient's error over held (the checked one is NaN where refused); refused is the checked one's NaN; the
     given map has no row."""
-    script = _script("study_temperature_gradients")
+    script = benchmark_script("study_temperature_gradients")
     rtol = script.RTOL
     got = {"reference": torch.tensor([1.0, 0.01, 2.0]), "float64_at_tol": torch.tensor([1.0, 0.011, 2.0]),
            "float32": torch.tensor([math.nan, 0.02, 2.0]), "float32_unchecked": torch.tensor([1.5, 0.02, 2.0])}
@@ -2250,7 +2239,7 @@ def test_ca_rev216_study_temperature_gradients_rows_hold_each_map_to_its_held_si
 def test_ca_rev216_study_temperature_gradients_counts_a_nan_error_returned_unwarned():
     """summary: a map returned (not refused) whose error is NaN was not shown within rtol: it is counted
     unwarned; an error above rtol on a refused map counts as one of the refused 'more than rtol off'."""
-    script = _script("study_temperature_gradients")
+    script = benchmark_script("study_temperature_gradients")
     row = {"set": "normal", "family": "axial", "draw": 0, "given_map": -1, "map": 0, "status": "ok", "tau": 1.0,
            "float64_error": 0.0}
     rows = [{**row, "refused": False, "float32_error": math.nan},
@@ -2263,7 +2252,7 @@ def test_ca_rev216_study_temperature_gradients_rounds_the_scores_to_float32_and_
                                                                                                 monkeypatch):
     """Both works solve one problem: the scores handed to instance_rows are float32 values (in float64); the
     record's load average at the end is read after the work."""
-    script = _script("study_temperature_gradients")
+    script = benchmark_script("study_temperature_gradients")
     seen, loads = [], iter([[1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
     monkeypatch.setattr(script, "load_average", lambda: next(loads))
     monkeypatch.setattr(script, "instance_rows", lambda base, h, scores, *a: seen.append(scores) or [])
@@ -2283,7 +2272,7 @@ def test_ca_rev216_ablate_newton_switches_the_asked_safeguard_and_restores_every
     import convex_attention.dual as dual
     import convex_attention.hessian as hessian
 
-    script = _script("ablate_newton")
+    script = benchmark_script("ablate_newton")
     for module, name in ((dual, "_REGULARISED_NEWTON"), (dual, "DENSE_LIMIT"), (hessian, "DENSE_FALLBACK_LIMIT"),
                          (hessian, "RETRY_PRECONDITIONERS")):
         monkeypatch.setattr(module, name, getattr(module, name))  # (put back after the test whatever happens)
@@ -2311,7 +2300,7 @@ def test_ca_rev216_ablate_newton_speed_is_the_median_of_seven_alternating_rounds
 
     import convex_attention.dual as dual
 
-    script = _script("ablate_newton")
+    script = benchmark_script("ablate_newton")
     monkeypatch.setattr(dual, "_REGULARISED_NEWTON", dual._REGULARISED_NEWTON)
     clock, order = [0.0], []
     per_sample = {True: [100, 1, 2, 3, 4, 5, 6, 100], False: [100, 10, 20, 30, 40, 50, 60, 700]}
@@ -2335,7 +2324,7 @@ def test_ca_rev216_ablate_newton_convergence_counts_misses_and_alternates_per_dr
     draw (off first on even draws)."""
     import convex_attention.dual as dual
 
-    script = _script("ablate_newton")
+    script = benchmark_script("ablate_newton")
     monkeypatch.setattr(dual, "_REGULARISED_NEWTON", dual._REGULARISED_NEWTON)
     order = []
 
@@ -2358,7 +2347,7 @@ def test_ca_rev216_ablate_newton_dense_limit_reaches_the_backward_and_is_restore
     shipped limits are back."""
     import convex_attention.dual as dual
 
-    script = _script("ablate_newton")
+    script = benchmark_script("ablate_newton")
     monkeypatch.setattr(dual, "DENSE_LIMIT", dual.DENSE_LIMIT)
     shipped, seen = dual.DENSE_LIMIT, []
 
@@ -2377,7 +2366,7 @@ def _ca_rev216_gpu_check(tmp_path, monkeypatch, passed: bool):
     learned_dual+loss 4 ms): (exit code, the record written)."""
     import types
 
-    script = _script("gpu_check")
+    script = benchmark_script("gpu_check")
     check = {"check": "exact cuda float64 vs cpu exact", "case": "2d", "error": 0.0, "tol": 1e-12, "passed": passed}
     monkeypatch.setattr(script, "correctness", lambda device: [check])
     monkeypatch.setattr(script, "graph_correctness", lambda device: [])
@@ -2403,7 +2392,7 @@ def test_ca_rev216_gpu_check_exits_1_on_a_failed_check_and_records_exact_over_ea
 
 def test_ca_rev216_gpu_check_refuses_an_out_that_is_a_file_before_any_work(tmp_path, capsys, monkeypatch):
     """--out naming a file (on a machine taken to have CUDA): exit 2 in one line, the file kept, no work."""
-    script = _script("gpu_check")
+    script = benchmark_script("gpu_check")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(script, "_check", lambda args: pytest.fail("work started"))
     (tmp_path / "file").write_text("mine")
@@ -2414,7 +2403,7 @@ def test_ca_rev216_gpu_check_refuses_an_out_that_is_a_file_before_any_work(tmp_p
 
 def test_ca_rev216_gpu_check_without_cuda_is_exit_2_after_the_record_check(tmp_path, capsys, monkeypatch):
     """No CUDA device: exit 2 (a usage matter, not a failed check); an earlier record is refused first."""
-    script = _script("gpu_check")
+    script = benchmark_script("gpu_check")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert _ca_rev216_exit(script, ["--out", str(tmp_path / "a")]) == 2
     assert "no CUDA device" in capsys.readouterr().err
@@ -2426,7 +2415,7 @@ def test_ca_rev216_gpu_check_without_cuda_is_exit_2_after_the_record_check(tmp_p
 @pytest.mark.parametrize("twice", [["--families", "axial", "axial"], ["--sets", "normal", "normal"]])
 def test_ca_rev216_ablate_newton_refuses_each_list_option_given_an_entry_twice(twice, capsys, monkeypatch):
     """--families axial axial alone (and --sets normal normal alone): exit 2 before any work."""
-    script = _script("ablate_newton")
+    script = benchmark_script("ablate_newton")
     monkeypatch.setattr(script, "_convergence", lambda *a, **kw: pytest.fail("work started"))
     monkeypatch.setattr(script, "_speed", lambda *a, **kw: pytest.fail("work started"))
     code = _ca_rev141_main(script, ["--size", "16", "--instances", "1", *twice, "--no-speed"])

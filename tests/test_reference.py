@@ -7,6 +7,7 @@ import functools
 from pathlib import Path
 
 import pytest
+from helpers import benchmark_script
 
 from convex_attention.cli import build_parser
 from convex_attention.cli._common import CommandParser
@@ -175,13 +176,8 @@ def test_ca_rev235_a_tuple_metavar_is_shown_as_the_words_typed():
 
 @functools.cache
 def _scripts_writer():
-    """benchmarks/reference.py as a module (benchmarks/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("benchmark_scripts_writer", ROOT / "benchmarks" / "reference.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """benchmarks/reference.py as a module, loaded once for the file."""
+    return benchmark_script("reference")
 
 
 @functools.cache

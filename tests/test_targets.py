@@ -4,7 +4,7 @@ import math
 import sys
 
 import pytest
-from helpers import read_json
+from helpers import benchmark_script, read_json
 
 from convex_attention.bench.targets import core_benchmark
 
@@ -90,23 +90,12 @@ def test_amortised_targets_hold_the_axial_family_to_one_percent_and_chains_as_be
     assert "structure axial (3 maps)" in format_targets(list(by.values()))
 
 
-def _bench_core_script():
-    import importlib.util
-    import pathlib
-
-    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "bench_core.py"
-    spec = importlib.util.spec_from_file_location("bench_core", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_bench_core_refuses_before_any_work_in_one_line(tmp_path, capsys, monkeypatch):
     """A review found: no lock, an earlier run's files replaced without a word, unbounded
     --batch, --tiny ignoring --batch, and tracebacks from --plot-only on a crafted record."""
     from test_lock import hold_lock
 
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     monkeypatch.setattr(script, "core_benchmark", lambda **kw: pytest.fail("work started"))
 
     def refused(*argv):
@@ -144,7 +133,7 @@ def test_bench_core_waiting_for_a_run_refuses_the_results_that_run_wrote(tmp_pat
     wrote its files, and this one replaced them without --overwrite (found by a review)."""
     import contextlib
 
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     monkeypatch.setattr(script, "core_benchmark", lambda **kw: pytest.fail("work started"))
     out = tmp_path / "core"
 
@@ -766,7 +755,7 @@ def test_rev46_a_core_run_on_a_gpu_gives_its_cross_device_speed_up_no_verdict(mo
 
 
 def test_rev65_bench_core_tiny_refuses_a_batch_given_at_its_default_value(tmp_path, capsys, monkeypatch):
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     ran = {}
     monkeypatch.setattr(script, "core_benchmark", lambda **kw: ran.update(kw) or {})
     for argv in (["--tiny", "--batch", "64"], ["--tiny", "--repeats", "100"]):
@@ -780,7 +769,7 @@ def test_rev65_bench_core_tiny_refuses_a_batch_given_at_its_default_value(tmp_pa
 
 
 def test_rev65_bench_core_a_failed_run_is_one_line_and_exit_1(tmp_path, capsys, monkeypatch):
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
 
     def fails(**kw):
         raise RuntimeError("the softmax case failed\nsecond line")
@@ -800,7 +789,7 @@ def test_rev66_bench_core_interrupt_does_not_claim_nothing_was_written(tmp_path,
     """3f9e9f8: a KeyboardInterrupt anywhere in core_benchmark prints 'interrupted; nothing was
     written', but core_benchmark writes bench_core.csv, then .json, then the figure: interrupted
     after the CSV, the folder holds it (and the next run is refused without --overwrite)."""
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     out = tmp_path / "a"
 
     def interrupted_after_the_csv(**kw):
@@ -867,7 +856,7 @@ def test_ca_rev124_bench_core_says_why_of_every_backend_it_refuses(tmp_path, cap
     reason = cvx.backend_unavailable_reason("mpax")
     if reason is None:
         pytest.skip("mpax can run here")
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     script.core_benchmark = lambda **kwargs: None
     try:
         code = script.main(["--backends", "mpax", "--tiny", "--out", str(tmp_path / "b")])
@@ -967,7 +956,7 @@ def test_ca_rev141_bench_core_refuses_a_backend_listed_twice(tmp_path, monkeypat
     installed = available_backends()
     if not installed:
         pytest.skip("no cvxpylayers backend installed")
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     given = []
     monkeypatch.setattr(script, "core_benchmark", lambda **kw: given.append(list(kw["backends"])))
     code = _ca_rev141_exit(script, ["--tiny", "--backends", installed[0], installed[0], "--out", str(tmp_path / "b")])
@@ -979,7 +968,7 @@ def test_ca_rev141_bench_core_plot_only_refuses_the_options_it_does_not_read(tmp
     cuda (on a machine without CUDA).  Observed: exit 0 each time, the figure redrawn, the option unread and
     unchecked.  Expected: refused in one line, exit 2, before drawing (as bench_graphs refuses a setting no part
     reads, ca_rev114)."""
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     drawn = []
     monkeypatch.setattr(script, "plot_core_record", lambda record, path: drawn.append(path) or path)
     (tmp_path / "bench_core.json").write_text('{"rows": [], "ratios": {}}')
@@ -996,7 +985,7 @@ def test_ca_rev141_bench_core_plot_only_does_not_write_into_a_folder_another_run
     Observed: exit 0, bench_core.png and .pdf written beside the live run's files (_replot takes no lock).
     Expected: refused in one line, exit 2, naming the holder (or waited for with --wait): one writer per folder."""
 
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     drawn = []
     monkeypatch.setattr(script, "plot_core_record", lambda record, path: drawn.append(path) or path)
     (tmp_path / "bench_core.json").write_text('{"rows": [], "ratios": {}}')
@@ -1060,7 +1049,7 @@ def test_ca_rev201_the_cost_is_the_median_over_three_cells_not_the_mean():
 
 def test_ca_rev216_bench_core_plot_only_refuses_overwrite_it_does_not_read(tmp_path, capsys, monkeypatch):
     """--plot-only --overwrite: --overwrite is read only by a measurement; refused, exit 2, nothing drawn."""
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     drawn = []
     monkeypatch.setattr(script, "plot_core_record", lambda record, path: drawn.append(path) or path)
     (tmp_path / "bench_core.json").write_text('{"rows": [], "ratios": {}}')
@@ -1071,7 +1060,7 @@ def test_ca_rev216_bench_core_plot_only_refuses_overwrite_it_does_not_read(tmp_p
 
 def test_ca_rev216_bench_core_plot_only_without_a_record_makes_no_folder(tmp_path, capsys):
     """--plot-only on a folder that does not exist: refused, exit 2, before the lock that would make it."""
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     out = tmp_path / "none"
     code = _ca_rev141_exit(script, ["--plot-only", "--out", str(out)])
     err = capsys.readouterr().err
@@ -1080,7 +1069,7 @@ def test_ca_rev216_bench_core_plot_only_without_a_record_makes_no_folder(tmp_pat
 
 def test_ca_rev216_bench_core_refuses_repeats_above_its_limit_before_any_work(tmp_path, capsys, monkeypatch):
     """--repeats one above MAX_REPEATS (and --batch one above MAX_BATCH): exit 2, nothing measured, no folder."""
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     monkeypatch.setattr(script, "core_benchmark", lambda **kw: pytest.fail("work started"))
     for argv in (["--repeats", str(script.MAX_REPEATS + 1)], ["--batch", str(script.MAX_BATCH + 1)]):
         code = _ca_rev141_exit(script, [*argv, "--out", str(tmp_path / "r")])
@@ -1092,7 +1081,7 @@ def test_ca_rev216_bench_core_refuses_an_earlier_runs_files_before_the_lock(tmp_
     """A folder with an earlier bench_core.csv whose lock another run holds: refused for the earlier files
     (exit 2, naming them), before the lock is asked for: no wait and no word of the holder."""
 
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     monkeypatch.setattr(script, "core_benchmark", lambda **kw: pytest.fail("work started"))
     (tmp_path / "bench_core.csv").write_text("earlier\n")
     code, pid = _exit_while_another_run_holds(tmp_path, script, ["--tiny", "--out", str(tmp_path)])
@@ -1104,7 +1093,7 @@ def test_ca_rev216_bench_core_refuses_an_earlier_runs_files_before_the_lock(tmp_
 def test_ca_rev216_bench_core_removes_a_killed_writers_temporary_files_under_the_lock(tmp_path, monkeypatch):
     """A bench_core.csv.<pid>-<n>.tmp left by a killed run is removed before the measurement; the user's
     notes.txt is kept."""
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     seen = []
     monkeypatch.setattr(script, "core_benchmark", lambda **kw: seen.append(sorted(p.name for p in tmp_path.iterdir())))
     (tmp_path / "bench_core.csv.123-4.tmp").write_text("half")
@@ -1115,7 +1104,7 @@ def test_ca_rev216_bench_core_removes_a_killed_writers_temporary_files_under_the
 
 def test_ca_rev216_bench_core_tiny_runs_the_sizes_its_refusal_names(tmp_path, capsys, monkeypatch):
     """--tiny's refusal of --batch says "batch 4, 5 repeats": the tiny run is given exactly those, in one run."""
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     given = []
     monkeypatch.setattr(script, "core_benchmark", lambda **kw: given.append(kw))
     assert _ca_rev141_exit(script, ["--tiny", "--batch", "4", "--out", str(tmp_path / "x")]) == 2
@@ -1126,7 +1115,7 @@ def test_ca_rev216_bench_core_tiny_runs_the_sizes_its_refusal_names(tmp_path, ca
 
 def test_ca_rev216_bench_core_plot_only_names_a_record_whose_rows_are_not_rows(tmp_path, capsys, monkeypatch):
     """A bench_core.json whose rows are numbers: refused as holding no rows (exit 2), never handed to the figure."""
-    script = _bench_core_script()
+    script = benchmark_script("bench_core")
     drawn = []
     monkeypatch.setattr(script, "plot_core_record", lambda record, path: drawn.append(path) or path)
     (tmp_path / "bench_core.json").write_text('{"rows": [1, 2], "ratios": {}}')
