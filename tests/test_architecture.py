@@ -461,6 +461,10 @@ def test_ca_rev237_the_torch_range_ci_tests_is_the_one_setup_cfg_and_readme_stat
     assert "make test-floor" in ci and "make test-ceiling" in ci
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     assert f"PyTorch {floor}–{major}.{int(minor) - 1} " in readme and f"`torch>={floor},<{cap}`" in readme
+    # the ceiling also runs on the newest Python tested (3.13 changed argparse: ca_rev241), which CI names
+    python = re.search(r"^PYTHON_CEILING\s*\?=\s*python([0-9.]+)$", makefile, flags=re.M).group(1)
+    assert re.search(r"^make test-ceiling PYTHON_CEILING=", ci, flags=re.M) and f"pyenv latest {python}" in ci
+    assert f"on Python {python} " in readme and f"also on {python}." in readme
 
 
 # ---- ca_rev124 (strict xfail: review of 4e56f86)

@@ -573,6 +573,8 @@ def test_ca_rev74_folder_lock_excludes_another_thread(tmp_path):
 
 # ----------------------------------------------------------------------------- review ca_rev76
 
+# forking a multi-threaded process is the case tested (Python 3.12+ warns of it)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_ca_rev76_a_forked_child_takes_folder_lock_once_the_parent_released_it(tmp_path):
     """_forget_folder_locks clears the holds in a forked child but leaves open the fd whose
     flock another thread of the parent took: that fd, the child's copy, keeps the lock after
@@ -616,6 +618,8 @@ def test_ca_rev76_a_forked_child_takes_folder_lock_once_the_parent_released_it(t
 
 # ----------------------------------------------------------------------------- review ca_rev78
 
+# forking a multi-threaded process is the case tested (Python 3.12+ warns of it)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_ca_rev78_a_fork_while_a_thread_waits_for_the_flock_does_not_keep_the_folder_locked(tmp_path):
     """folder_lock records its descriptor in _FOLDER_FDS only after flock returns; a thread
     waiting in flock (another process holds the folder) has it open, unrecorded.  A fork
@@ -738,6 +742,8 @@ def test_ca_rev155_a_second_thread_is_not_let_in_beside_the_holder(tmp_path):
 
 # ---- ca_rev167 (review of d03eab2; its strict xfail now passes)
 
+# forking a multi-threaded process is the case tested (Python 3.12+ warns of it)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_ca_rev167_a_forked_child_is_not_let_into_its_parents_results_lock(tmp_path):
     """Run: a process holds results_lock(OUT) and forks (multiprocessing's fork, a DataLoader worker); the child
     asks for results_lock(OUT) itself (wait=False).  Expected: ResultsLocked, as for any other process: one writer

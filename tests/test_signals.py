@@ -112,6 +112,8 @@ def test_terminated_reads_the_context_chain():
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+# forking a multi-threaded process is the case tested (Python 3.12+ warns of it)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_a_forked_child_does_not_keep_the_handler():
     """A DataLoader worker forked while the command runs: SIGTERM ends it as it would have
     (a review saw workers raise Terminated in their loop, and tracebacks)."""
