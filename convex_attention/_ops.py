@@ -174,7 +174,9 @@ def tensor_values_read_at_once(values) -> list:
     mixed = len({t.dtype.is_floating_point for t in tensors}) > 1
     if len({t.device for t in tensors}) == 1 and not mixed:
         common = functools.reduce(torch.promote_types, [t.dtype for t in tensors])
-        read = iter(torch.stack([t.to(common) for t in tensors]).tolist())
+        # (host_list: under a torch.func transform on torch 2.7.1 the stack is a wrapped tensor, and
+        # .tolist() raised "Cannot access data pointer" for a list of 0-d temperatures: ca_rev242)
+        read = iter(host_list(torch.stack([t.to(common) for t in tensors])))
         return [float(next(read)) if isinstance(t, Tensor) else t for t in values]
     return [float(t.detach()) if isinstance(t, Tensor) else t for t in values]
 

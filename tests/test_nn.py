@@ -1444,3 +1444,34 @@ def test_ca_rev226_amortised_duals_on_another_device_than_the_scores_are_a_value
     scores = [2 * torch.randn((2,) + s, generator=generator) for s in h.shapes]
     with pytest.raises(ValueError, match="AmortisedDuals' parameters are on meta, the scores on cpu"):
         ca.AmortisedDuals(h).to("meta")(scores)
+
+
+# ---- ca_rev242 (torch.func on torch 2.7)
+@pytest.mark.parametrize("case", ["softmax-parameter-in-a-list", "learned_dual-amortised-on-a-graph"])
+def test_functional_call_and_torch_func_grad_differentiate_the_layer_as_autograd_does(case):
+    """torch.func.functional_call + grad over a ConsistentAttention's parameters (its learned
+    temperature, its duals' network) must give autograd's gradient.  On torch 2.7.1 both cases
+    raised "Cannot access data pointer": validation read a list of 0-d temperatures (a Parameter
+    in a list; the per-map temperatures AmortisedDuals reads on a graph) by .tolist() of a wrapped
+    tensor (passes trivially on the torch versions that read such a tensor)."""
+    if case == "softmax-parameter-in-a-list":
+        h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+        layer = ca.ConsistentAttention(h, "softmax", temperature=[torch.nn.Parameter(torch.tensor(0.6)), 1.1])
+    else:
+        h = ca.Graph.axial((4, 3))
+        temperature = torch.nn.Parameter(torch.tensor([0.5, 0.9, 1.3]))
+        layer = ca.ConsistentAttention(h, "learned_dual", temperature=temperature, duals="amortised")
+    layer = layer.double()
+    generator = torch.Generator().manual_seed(0)
+    scores = [2 * torch.randn((2,) + s, generator=generator, dtype=torch.float64) for s in h.shapes]
+    weights = torch.randn(scores[0].shape, generator=generator, dtype=torch.float64)
+    params = {name: p.detach() + 0.1 for name, p in layer.named_parameters()}
+
+    def loss(ps):
+        return (torch.func.functional_call(layer, ps, (scores,)).probs[0] * weights).sum()
+
+    leaves = {name: p.clone().requires_grad_() for name, p in params.items()}
+    want = torch.autograd.grad(loss(leaves), list(leaves.values()), allow_unused=True)
+    got = torch.func.grad(loss)(params)
+    for (name, p), w in zip(params.items(), want):
+        torch.testing.assert_close(got[name], torch.zeros_like(p) if w is None else w, rtol=1e-10, atol=1e-12)

@@ -238,3 +238,19 @@ def test_host_list_reads_the_values_of_a_tensor_torch_func_wraps_and_of_any_othe
     torch.func.grad(loss)(torch.tensor([1.5, -2.0], dtype=torch.float64))
     assert seen == [([1.5, -2.0], 1.5)]
     assert host_list(torch.tensor([[1.0, 2.0]])) == [[1.0, 2.0]] and host_list(torch.tensor(3.0)) == 3.0
+
+
+# ---- ca_rev242 (torch.func on torch 2.7)
+def test_tensor_values_read_at_once_reads_0d_tensors_under_a_torch_func_transform():
+    """Under torch.func.grad on torch 2.7.1 (measured) every tensor an operation makes is wrapped,
+    so the one stacked read of a list of 0-d temperatures raised "Cannot access data pointer"
+    (validation reads such a list with it: solve, consistency_loss and the layers crashed under
+    grad, jacrev, jvp and vjp).  Passes trivially from the torch versions that read it."""
+    seen = []
+
+    def loss(x):
+        seen.append(_ops.tensor_values_read_at_once([x[0], 2.5, torch.tensor(0.25, dtype=torch.float64)]))
+        return (x * x).sum()
+
+    torch.func.grad(loss)(torch.tensor([1.5, -2.0], dtype=torch.float64))
+    assert seen == [[1.5, 2.5, 0.25]]

@@ -1972,3 +1972,32 @@ def test_the_meta_refusal_with_the_checks_on_names_the_registrys_shape_tracing_m
         ca.solve([torch.zeros(1, 4, device="meta"), torch.zeros(1, 2, device="meta")], h, "softmax")
     named = re.search(r"torch operations: ([a-z_, ]+)\)", str(err.value)).group(1).split(", ")
     assert set(named) == {m for m in ca.METHODS if get_method(m).shape_tracing}
+
+
+# ---- ca_rev242 (torch.func on torch 2.7)
+@pytest.mark.parametrize("method", ["softmax", "learned_dual", "consistency_loss"])
+def test_torch_func_works_with_a_list_of_0d_tensor_temperatures(method):
+    """docs/design.md §4 (torch.func): grad and jvp work for softmax, learned_dual and consistency_loss
+    at every accepted temperature, a list of 0-d tensors included; on torch 2.7.1 its validation read
+    the list with .tolist() of a wrapped tensor and raised "Cannot access data pointer" (passes
+    trivially on the torch versions that read such a tensor).  Both must be autograd's."""
+    inst = random_graph_instance("axial", batch=2)
+    h = inst.h
+    g = torch.Generator().manual_seed(4)
+    lam = [torch.randn((2,) + h.shapes[b], generator=g, dtype=torch.float64) for _, b in h.edges]
+    w = torch.randn(inst.scores[0].shape, generator=g, dtype=torch.float64)
+    taus = [torch.tensor(t, dtype=torch.float64) for t in inst.temps]
+
+    def out(x, t0):
+        temps = [t0] + taus[1:]
+        if method == "consistency_loss":
+            return ca.consistency_loss([x] + inst.scores[1:], lam, h, temperature=temps)
+        kw = {"duals": lam} if method == "learned_dual" else {}
+        return (ca.solve([x] + inst.scores[1:], h, method, temperature=temps, **kw).probs[0] * w).sum()
+
+    x, t0 = inst.scores[0].clone().requires_grad_(), taus[0].clone().requires_grad_()
+    want_x, want_t = torch.autograd.grad(out(x, t0), (x, t0))
+    torch.testing.assert_close(torch.func.grad(out)(inst.scores[0], taus[0]), want_x, rtol=1e-10, atol=1e-12)
+    direction = torch.tensor(0.5, dtype=torch.float64)
+    _, tangent = torch.func.jvp(lambda t: out(inst.scores[0], t), (taus[0],), (direction,))
+    torch.testing.assert_close(tangent, 0.5 * want_t, rtol=1e-10, atol=1e-12)
