@@ -8,8 +8,10 @@ from convex_attention.io.environment import cpu_name, environment
 
 def test_the_record_names_versions_processor_threads_and_device_and_is_json(odd_threads):
     env = environment("cpu")
-    for key in ("python", "torch", "numpy", "platform", "processor", "cpu_count", "torch_threads", "device"):
+    for key in ("python", "torch", "numpy", "platform", "processor", "cpu_count", "cpu_capability", "torch_threads",
+                "device"):
         assert key in env, key
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert env["torch"] == torch.__version__ and env["torch_threads"] == odd_threads
     assert env["device"] == "cpu" and "gpu" not in env
     assert json.loads(json.dumps(env)) == env

@@ -1045,6 +1045,25 @@ def test_rev34_a_resume_keeps_the_environment_the_earlier_rows_were_measured_in(
     assert "The Earlier CPU 9000" in (tmp_path / "bench.json").read_text()  # refused before anything is written
 
 
+def test_a_resume_keeps_the_cpu_kernels_the_earlier_rows_were_timed_with(tmp_path):
+    """One processor name covers CPUs with and without AVX-512, and ATEN_CPU_CAPABILITY picks other
+    kernels on one CPU: a folder timed on AVX512 kernels is not resumed on DEFAULT ones; a file written
+    before the key was recorded is resumed as before."""
+    import torch
+
+    sweep_writer(tmp_path).commit(bench_row())
+    data = strict_load(str(tmp_path / "bench.json"))
+    assert data["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    older = {k: v for k, v in data["environment"].items() if k != "cpu_capability"}
+    (tmp_path / "bench.json").write_text(json.dumps({**data, "environment": older}))
+    sweep_writer(tmp_path, resume=True)
+    data = strict_load(str(tmp_path / "bench.json"))
+    data["environment"] = {**data["environment"], "cpu_capability": "NO_SUCH_KERNELS"}
+    (tmp_path / "bench.json").write_text(json.dumps(data))
+    with pytest.raises(R.ResumeMismatch, match='measured with cpu_capability "NO_SUCH_KERNELS", this machine has'):
+        sweep_writer(tmp_path, resume=True)
+
+
 # ----------------------------------------------------------------------------- review 42
 
 def test_rev42_a_resume_that_lists_another_device_first_still_compares_the_gpu_of_the_kept_rows(tmp_path,

@@ -427,7 +427,8 @@ def _bench_json(out_dir: str) -> dict:
 #: What a resume must find unchanged in bench.json's ``environment`` (where both record it):
 #: the machine and the versions the rows were timed with.  Not the threads (a setting, checked
 #: as one), the platform string (a kernel update changes it) or the device (a grid column).
-RESUME_ENVIRONMENT = ("processor", "cpu_count", "gpu", "python", "torch", "numpy", "cuda", *SOLVER_PACKAGES)
+RESUME_ENVIRONMENT = ("processor", "cpu_count", "cpu_capability", "gpu", "python", "torch", "numpy", "cuda",
+                      *SOLVER_PACKAGES)
 
 
 def _file_sha256(path: str) -> str | None:

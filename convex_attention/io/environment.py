@@ -23,9 +23,13 @@ SOLVER_PACKAGES = ("cvxpy", "cvxpylayers", "diffcp", "clarabel", "scs", "moreau"
 
 
 def environment(device="cpu") -> dict:
-    """Versions, CPU, threads and device: stored with every result file."""
+    """Versions, CPU, threads and device: stored with every result file.  ``cpu_capability`` is
+    the vector kernels torch runs on the CPU (``AVX512``, ``AVX2``, ``DEFAULT``: the CPU's best,
+    or ``ATEN_CPU_CAPABILITY``'s): one processor name ("AMD EPYC") covers CPUs with and without
+    AVX-512, whose kernels time and round differently (make test-kernels)."""
     env = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
            "platform": platform.platform(), "processor": cpu_name(), "cpu_count": os.cpu_count(),
+           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
            "torch_threads": torch.get_num_threads(), "device": str(device)}
     for package in SOLVER_PACKAGES:
         try:
