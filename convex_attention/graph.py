@@ -43,6 +43,14 @@ __all__ = ["Graph", "MAX_CELLS", "KINDS"]
 # Above this block factor a single strided reduction beats a chain of slice combinations.
 _CHAIN_LIMIT = 8
 
+# Graph._expand_last copies by nearest-exact upsampling up to this factor (beyond it no faster),
+# and rows up to this many fine cells: its source index floor((i + 1/2) * fl(1/f)), formed in
+# float32, is exact while i * 2**-23 stays below 1/(2f), that is up to about 2**22 cells.
+_UPSAMPLE_FACTOR_LIMIT = 4
+_UPSAMPLE_WIDTH_LIMIT = 2 ** 16
+# (not bfloat16: its upsampling goes through float32 and gives a NaN other bits than the input's)
+_UPSAMPLE_DTYPES = (torch.float16, torch.float32, torch.float64)
+
 # The most cells one map may have: 2**36 ≈ 6.9e10, a float32 map of 275 GB, beyond any
 # single accelerator's memory.  Checked on the sizes alone, before anything is allocated.
 MAX_CELLS = 2 ** 36
@@ -53,6 +61,17 @@ IMPLIED_CHECK_STATES = 20_000
 
 # The structure kinds, from the most special to the most general (each includes the ones before).
 KINDS = ("chain", "forest", "graph")
+
+
+def _upsamples(y: Tensor, f: int) -> bool:
+    """Whether :meth:`Graph._expand_last` copies ``y`` by upsampling: on the CPU (elsewhere
+    repeat_interleave is not the cost), for a floating ``y`` whose last dimension times ``f`` is
+    within the limits above, outside autograd (repeat_interleave's backward sums the ``f``
+    gradients in its own order) and torch.func (a wrapped tensor keeps torch's own path)."""
+    return (y.device.type == "cpu" and y.dtype in _UPSAMPLE_DTYPES and 1 < f <= _UPSAMPLE_FACTOR_LIMIT
+            and y.dim() > 0 and y.shape[-1] * f <= _UPSAMPLE_WIDTH_LIMIT
+            and not (y.requires_grad and torch.is_grad_enabled())
+            and not torch._C._functorch.is_functorch_wrapped_tensor(y))
 
 
 def _finite_or_zero(m: Tensor) -> Tensor:
@@ -1049,8 +1068,17 @@ class Graph:
 
     @staticmethod
     def _expand_last(y: Tensor, f: int) -> Tensor:
+        """Each value of ``y``'s last dimension ``f`` times (``repeat_interleave``).  Where
+        :func:`_upsamples` allows, by torch's nearest-exact upsampling, which gives the same
+        values (a copy) faster: its loop runs along the row, repeat_interleave's over runs of
+        ``f`` (by 2, 3, 4: 2.0, 1.6 and 1.3x faster for a (64, 32, ·) float32 map, one thread; by
+        8 no faster).  exact's forward and backward make four such copies on a 2-D grid chain."""
         if f == 1:
             return y
+        if _upsamples(y, f):
+            n = y.shape[-1]
+            out = torch.nn.functional.interpolate(y.reshape(-1, 1, n), scale_factor=f, mode="nearest-exact")
+            return out.view(tuple(y.shape[:-1]) + (n * f,))
         return y.repeat_interleave(f, dim=-1)
 
     def _grid_broadcast(self, y: Tensor, e: int, lead: tuple[int, ...]) -> Tensor:

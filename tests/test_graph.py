@@ -1012,3 +1012,65 @@ def test_ca_rev202_not_forest_reason_says_which_of_two_nested_grid_coarsenings_i
         "map 0 has 2 coarsenings (map 1 (edge 0), map 2 (edge 1)), which nest: map 1's cells are unions of map 2's, "
         "so edge 0 (0 → 1) can be replaced by an edge 2 → 1 (its parents: map 1's cell of each cell of map 2), the "
         "same constraints, which may make the graph a forest")
+
+
+# ---- the last dimension's copy by nearest-exact upsampling (Graph._expand_last)
+
+def test_the_upsampled_copy_of_every_row_up_to_its_width_limit_is_repeat_interleave():
+    """Graph._expand_last copies by torch's nearest-exact upsampling, whose source index is
+    formed in float32: fl(1/f) depends on f alone, so one row at the widest width it is used
+    for (graph._UPSAMPLE_WIDTH_LIMIT cells) checks every index of every narrower row.  Exact
+    integers as values: a wrong index shows as a wrong value."""
+    from convex_attention import graph as graph_module
+
+    for f in range(2, graph_module._UPSAMPLE_FACTOR_LIMIT + 1):
+        n = graph_module._UPSAMPLE_WIDTH_LIMIT // f
+        y = torch.arange(n, dtype=torch.float64)
+        assert graph_module._upsamples(y, f)
+        assert torch.equal(ca.Graph._expand_last(y, f), y.repeat_interleave(f))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_the_upsampled_copy_keeps_every_value_shape_and_leading_dimension(dtype):
+    """Every dtype it copies, leading dimensions (none, an empty batch, a strided input),
+    infinities and NaN: the values repeat_interleave gives, bit for bit (bfloat16's upsampling
+    changed a NaN's bits, so bfloat16 keeps repeat_interleave)."""
+    from convex_attention import graph as graph_module
+
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(3, 4, 10, generator=g, dtype=torch.float64) * 1e3
+    base[0, 0, :3] = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    for y in (base.to(dtype), base.to(dtype)[:, :, ::2], base.to(dtype).transpose(0, 1), base.to(dtype)[0, 0],
+              base.to(dtype)[:0]):
+        for f in (2, 3, 4):
+            assert graph_module._upsamples(y, f)
+            got, want = ca.Graph._expand_last(y, f), y.repeat_interleave(f, dim=-1)
+            assert got.shape == want.shape and got.dtype == want.dtype
+            assert torch.equal(got.view(bits), want.view(bits))  # NaN too
+
+
+def test_the_copy_stays_repeat_interleave_where_autograd_or_torch_func_follow_it():
+    """A y that autograd records keeps repeat_interleave (its backward sums the f gradients in
+    its own order), and so does a factor beyond the limit or an integer map: same values and
+    gradients either way."""
+    from convex_attention import graph as graph_module
+
+    y = torch.randn(2, 5, dtype=torch.float64, requires_grad=True)
+    assert not graph_module._upsamples(y, 2) and graph_module._upsamples(y.detach(), 2)
+    with torch.no_grad():
+        assert graph_module._upsamples(y, 2)
+    assert not graph_module._upsamples(y.detach(), graph_module._UPSAMPLE_FACTOR_LIMIT + 1)
+    assert not graph_module._upsamples(torch.arange(4), 2)
+    assert not graph_module._upsamples(torch.zeros(4, dtype=torch.bfloat16), 2)
+    weights = torch.randn(2, 10, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((ca.Graph._expand_last(y, 2) * weights).sum(), y)
+    torch.testing.assert_close(grad, weights.view(2, 5, 2).sum(-1), rtol=0, atol=0)
+    seen = []
+
+    def spy(v):
+        seen.append(graph_module._upsamples(v, 2))
+        return ca.Graph._expand_last(v, 2).sum()
+
+    torch.func.grad(spy)(y.detach())
+    assert seen == [False]
