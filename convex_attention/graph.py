@@ -44,8 +44,9 @@ __all__ = ["Graph", "MAX_CELLS", "KINDS"]
 _CHAIN_LIMIT = 8
 
 # Graph._expand_last copies by nearest-exact upsampling up to this factor (beyond it no faster),
-# and rows up to this many fine cells: its source index floor((i + 1/2) * fl(1/f)), formed in
-# float32, is exact while i * 2**-23 stays below 1/(2f), that is up to about 2**22 cells.
+# and rows up to this many fine cells: its source index floor((i + 1/2) * fl(1/f)) is formed in
+# float32, whose rounding, about (i/f) * 2**-23, must stay below 1/(2f), the distance of
+# (i + 1/2)/f from an integer: exact for i below 2**22 at any f (the limit keeps 64x inside).
 _UPSAMPLE_FACTOR_LIMIT = 4
 _UPSAMPLE_WIDTH_LIMIT = 2 ** 16
 # (not bfloat16: its upsampling goes through float32 and gives a NaN other bits than the input's)
