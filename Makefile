@@ -63,14 +63,16 @@ test-kernels: $(STAMP)  ## the solvers' tests again on torch's portable CPU kern
 
 # setup.cfg accepts torch from 2.7 (TORCH_FLOOR's minor release) to 2.15 (TORCH_CEILING's): the fast suite
 # runs on each in a .venv of its own, so that both ends are tested claims (2.3-2.6, once accepted, gave wrong
-# gradients and errors: ca_rev237; 2.14.1 differentiates clamp_min otherwise than 2.13: ca_rev240). The
-# floor runs on $(PYTHON), setup.cfg's oldest Python; the ceiling on PYTHON_CEILING, the newest Python
-# tested (3.13 changed argparse's "--": ca_rev241).
+# gradients and errors: ca_rev237; 2.14.1 differentiates clamp_min otherwise than 2.13: ca_rev240). Each
+# runs on a Python of its own, so that with `make test` (3.11, setup.cfg's oldest) every Python from
+# 3.11 to 3.13 runs the suite once: the floor on PYTHON_FLOOR, the ceiling on PYTHON_CEILING, the newest
+# (3.13 changed argparse's "--": ca_rev241).
 TORCH_FLOOR = 2.7.1
 TORCH_CEILING = 2.15.0
+PYTHON_FLOOR ?= python3.12
 PYTHON_CEILING ?= python3.13
-test-floor:             ## the fast suite again on the oldest torch setup.cfg accepts, in .venv-floor (CI runs it)
-	$(MAKE) test-fast VENV=.venv-floor TORCH=torch==$(TORCH_FLOOR)
+test-floor:             ## the fast suite again on the oldest torch setup.cfg accepts and Python 3.12, in .venv-floor
+	$(MAKE) test-fast VENV=.venv-floor TORCH=torch==$(TORCH_FLOOR) PYTHON=$(PYTHON_FLOOR)
 
 # PIP_CONSTRAINT: this venv must hold exactly TORCH_CEILING, which a pip constraint file of the machine's
 # would refuse (the project's machines cap torch at 2.14.1, the newest release on their disk).

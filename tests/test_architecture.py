@@ -461,10 +461,16 @@ def test_ca_rev237_the_torch_range_ci_tests_is_the_one_setup_cfg_and_readme_stat
     assert "make test-floor" in ci and "make test-ceiling" in ci
     readme = " ".join((ROOT / "README.md").read_text(encoding="utf-8").split())
     assert f"PyTorch {floor}–{major}.{int(minor) - 1} " in readme and f"`torch>={floor},<{cap}`" in readme
-    # the ceiling also runs on the newest Python tested (3.13 changed argparse: ca_rev241), which CI names
-    python = re.search(r"^PYTHON_CEILING\s*\?=\s*python([0-9.]+)$", makefile, flags=re.M).group(1)
-    assert re.search(r"^make test-ceiling PYTHON_CEILING=", ci, flags=re.M) and f"pyenv latest {python}" in ci
-    assert f"on Python {python} " in readme and f"also on {python}." in readme
+    # the floor and the ceiling run on the Pythons after setup.cfg's oldest, which make test runs (3.13 changed
+    # argparse: ca_rev241): every Python from python_requires to the newest tested runs the suite, CI names them
+    oldest = re.search(r"^python_requires\s*=\s*>=\s*3\.([0-9]+)$", cfg, flags=re.M).group(1)
+    pythons = [re.search(rf"^PYTHON_{end}\s*\?=\s*python3\.([0-9]+)$", makefile, flags=re.M).group(1)
+               for end in ("FLOOR", "CEILING")]
+    assert [int(oldest) + 1, int(oldest) + 2] == [int(p) for p in pythons], (oldest, pythons)
+    for end, minor in zip(("FLOOR", "CEILING"), pythons):
+        assert re.search(rf'^make test-{end.lower()} PYTHON_{end}="\$\(python_version 3\.{minor}\)"$', ci, flags=re.M)
+    assert f"part also on 3.{pythons[0]} and 3.{pythons[1]} in CI" in readme
+    assert f"{tested} with Python 3.{pythons[0]} and on {newest} with Python 3.{pythons[1]}" in readme
 
 
 # ---- ca_rev124 (strict xfail: review of 4e56f86)
