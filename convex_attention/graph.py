@@ -49,8 +49,9 @@ _CHAIN_LIMIT = 8
 # (i + 1/2)/f from an integer: exact for i below 2**22 at any f (the limit keeps 64x inside).
 _UPSAMPLE_FACTOR_LIMIT = 4
 _UPSAMPLE_WIDTH_LIMIT = 2 ** 16
-# (not bfloat16: its upsampling goes through float32 and gives a NaN other bits than the input's)
-_UPSAMPLE_DTYPES = (torch.float16, torch.float32, torch.float64)
+# (not bfloat16: its upsampling goes through float32 and gives a NaN other bits than the input's; nor
+# float16, whose upsampling quiets a signalling NaN, 0x7c01 -> 0x7e01, on every kernel: ca_rev243)
+_UPSAMPLE_DTYPES = (torch.float32, torch.float64)
 
 # The most cells one map may have: 2**36 ≈ 6.9e10, a float32 map of 275 GB, beyond any
 # single accelerator's memory.  Checked on the sizes alone, before anything is allocated.
@@ -68,10 +69,13 @@ def _upsamples(y: Tensor, f: int) -> bool:
     """Whether :meth:`Graph._expand_last` copies ``y`` by upsampling: on the CPU (elsewhere
     repeat_interleave is not the cost), for a floating ``y`` whose last dimension times ``f`` is
     within the limits above, outside autograd (repeat_interleave's backward sums the ``f``
-    gradients in its own order) and torch.func (a wrapped tensor keeps torch's own path)."""
+    gradients in its own order) and torch.func (a wrapped tensor keeps torch's own path), and not
+    where torch.compile traces it (its tracer cannot follow the torch.func check: ``fullgraph=True``
+    failed on every grid kernel) or on an empty last dimension (``reshape(-1, 1, 0)``): ca_rev243."""
     return (y.device.type == "cpu" and y.dtype in _UPSAMPLE_DTYPES and 1 < f <= _UPSAMPLE_FACTOR_LIMIT
-            and y.dim() > 0 and y.shape[-1] * f <= _UPSAMPLE_WIDTH_LIMIT
+            and y.dim() > 0 and 0 < y.shape[-1] * f <= _UPSAMPLE_WIDTH_LIMIT
             and not (y.requires_grad and torch.is_grad_enabled())
+            and not torch.compiler.is_compiling()
             and not torch._C._functorch.is_functorch_wrapped_tensor(y))
 
 

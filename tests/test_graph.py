@@ -1030,11 +1030,11 @@ def test_the_upsampled_copy_of_every_row_up_to_its_width_limit_is_repeat_interle
         assert torch.equal(ca.Graph._expand_last(y, f), y.repeat_interleave(f))
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_the_upsampled_copy_keeps_every_value_shape_and_leading_dimension(dtype):
     """Every dtype it copies, leading dimensions (none, an empty batch, a strided input),
-    infinities and NaN: the values repeat_interleave gives, bit for bit (bfloat16's upsampling
-    changed a NaN's bits, so bfloat16 keeps repeat_interleave)."""
+    infinities and NaN: the values repeat_interleave gives, bit for bit (bfloat16's and float16's
+    upsampling changed a NaN's bits, so they keep repeat_interleave: ca_rev243)."""
     from convex_attention import graph as graph_module
 
     bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[dtype.itemsize]
@@ -1074,3 +1074,48 @@ def test_the_copy_stays_repeat_interleave_where_autograd_or_torch_func_follow_it
 
     torch.func.grad(spy)(y.detach())
     assert seen == [False]
+
+
+# ---- ca_rev243 (review of the upsampled copy, cpu_capability, the ceiling)
+
+def test_ca_rev243_a_float16_signalling_nan_keeps_its_bits_through_broadcast():
+    """float16's upsampling quiets a signalling NaN (0x7c01 -> 0x7e01, 0xfc02 -> 0xfe02, on the
+    AVX512, AVX2 and DEFAULT kernels and torch 2.7.1 to 2.15.0); repeat_interleave keeps every
+    bit, as the copy claims to.  float16 keeps repeat_interleave."""
+    from convex_attention import graph as graph_module
+
+    bits = torch.arange(-2 ** 15, 2 ** 15, dtype=torch.int32).to(torch.int16).reshape(-1, 128)
+    y = bits.view(torch.float16)
+    assert not graph_module._upsamples(y, 2)
+    for f in (2, 3, 4):
+        assert torch.equal(ca.Graph._expand_last(y, f).view(torch.int16), bits.repeat_interleave(f, dim=-1))
+    g = ca.Hierarchy.grid([(12,), (4,)])
+    y = torch.tensor([[0x7C01, 0x3C00, -0x3FE, 0x0001]], dtype=torch.int16)
+    assert torch.equal(g.broadcast(y.view(torch.float16), 0).view(torch.int16), y.repeat_interleave(3, dim=-1))
+
+
+def test_ca_rev243_graph_kernels_compile_in_one_graph():
+    """torch.compile(fullgraph=True) of a grid's broadcast, combine_broadcast and block_softmax
+    worked before the upsampled copy and then failed ("Attempted to call function marked as
+    skipped": its tracer cannot follow the check for a torch.func-wrapped tensor)."""
+    import warnings
+
+    import torch._dynamo
+
+    h = ca.Hierarchy.grid([(8, 12), (4, 4)])
+    gen = torch.Generator().manual_seed(0)
+    fine, coarse = torch.randn(2, 8, 12, generator=gen), torch.randn(2, 4, 4, generator=gen)
+    torch._dynamo.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch's own warnings while it traces
+        for fn in (lambda: h.broadcast(coarse, 0), lambda: h.combine_broadcast(fine, coarse, 0, torch.add),
+                   lambda: h.block_softmax(fine, 0)[0]):
+            assert torch.equal(torch.compile(fn, fullgraph=True, backend="eager")(), fn())
+    torch._dynamo.reset()
+
+
+def test_ca_rev243_an_empty_last_dimension_is_copied_as_repeat_interleave_copies_it():
+    """reshape(-1, 1, 0) of the upsampled copy is ambiguous (RuntimeError); repeat_interleave
+    gives the empty result."""
+    for y in (torch.empty(3, 0), torch.empty(0), torch.empty(2, 0, 0)):
+        assert ca.Graph._expand_last(y, 2).shape == y.repeat_interleave(2, dim=-1).shape
