@@ -286,3 +286,16 @@ def test_ca_rev118_a_run_record_of_the_wrong_type_is_no_traceback():
     runs = [{"torch_threads": [1], "load_average_start": [1.0, 1.0, 1.0], "load_average_end": [1.0, 1.0, 1.0]}]
     line = figures.env_line({"torch": "2.13.0", "processor": "cpu", "torch_threads": 1, "runs": runs})
     assert "torch 2.13.0" in line
+
+
+# ---- ca_rev243 (review of the upsampled copy, cpu_capability, the ceiling)
+
+def test_the_footer_names_the_cpu_kernels_a_cpu_run_was_timed_on():
+    """One processor name ("AMD EPYC") covers CPUs with and without AVX-512: the committed
+    bench_core figures timed on AVX512 and on AVX2 kernels had read the same.  A GPU run's footer
+    names its GPU instead, and an older file, which records no kernels, names none."""
+    env = {"torch": "2.13.0", "processor": "AMD EPYC", "torch_threads": 1, "cpu_capability": "AVX2"}
+    assert "AMD EPYC · AVX2 kernels · 1 torch thread" in figures.env_line(env)
+    assert "kernels" not in figures.env_line({**env, "gpu": "NVIDIA H100"})
+    assert "kernels" not in figures.env_line({k: v for k, v in env.items() if k != "cpu_capability"})
+    assert "$" not in figures.env_line({**env, "cpu_capability": "$x$"}).replace(r"\$", "")

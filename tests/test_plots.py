@@ -3576,3 +3576,11 @@ def test_ca_rev217_convergence_says_which_settings_share_a_marker_past_eight(fig
     assert len(entries) == 9, entries
     reused = [label for j, (m, label) in enumerate(entries) if m in [n for n, _ in entries[:j]]]
     assert reused and all("marker of" in label for label in reused), entries  # 9 settings, 8 markers
+
+
+# ---- ratios in titles (the committed bench_core figure of a run that measured exact/softmax 3.004)
+
+def test_a_ratio_near_its_target_is_drawn_with_the_digits_that_decide_it():
+    """bench_core's panel drew exact/softmax 3.004 as "= 3" while the run's verdict on ≤ 3 was NOT met."""
+    assert speed.ratio_text(3.004) == "3.004" and speed.ratio_text(0.4531) == "0.4531"
+    assert speed.ratio_text(2.0) == "2" and speed.ratio_text(2260.38) == "2.26e+03"

@@ -1056,8 +1056,14 @@ def test_a_resume_keeps_the_cpu_kernels_the_earlier_rows_were_timed_with(tmp_pat
     assert data["environment"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     older = {k: v for k, v in data["environment"].items() if k != "cpu_capability"}
     (tmp_path / "bench.json").write_text(json.dumps({**data, "environment": older}))
-    sweep_writer(tmp_path, resume=True)
+    resumed = sweep_writer(tmp_path, resume=True)
+    # the kept rows' kernels are unknown: the folder's environment, which speaks for them, names none (ca_rev243)
+    assert "cpu_capability" not in resumed.env
+    resumed.commit(bench_row(size=8))
+    assert "cpu_capability" not in strict_load(str(tmp_path / "bench.json"))["environment"]
+    sweep_writer(tmp_path, resume=True).commit(bench_row(size=16))  # still none, whatever is added
     data = strict_load(str(tmp_path / "bench.json"))
+    assert "cpu_capability" not in data["environment"]
     data["environment"] = {**data["environment"], "cpu_capability": "NO_SUCH_KERNELS"}
     (tmp_path / "bench.json").write_text(json.dumps(data))
     with pytest.raises(R.ResumeMismatch, match='measured with cpu_capability "NO_SUCH_KERNELS", this machine has'):

@@ -132,7 +132,7 @@ def _load_text(runs) -> str:
 
 
 def env_line(env: dict | None, notes=()) -> str:
-    """The footer: where the numbers were measured (torch, processor, threads, GPU), the
+    """The footer: where the numbers were measured (torch, processor, CPU kernels, threads, GPU), the
     machine's load at the start and end of the run (``env["runs"]``, from
     :func:`convex_attention.io.environment.run_record`; "not recorded" for older files), and
     on a second line the figure's own caveats (``notes``: dtype, repetitions, ...).  Each
@@ -148,7 +148,11 @@ def env_line(env: dict | None, notes=()) -> str:
         per_run = {t if isinstance(t, int) and not isinstance(t, bool) else "?" for t in recorded if t is not None}
         if per_run:  # the runs' own record: the threads they ran with
             threads = "/".join(str(t) for t in sorted(per_run, key=str))
-        parts = [f"torch {plain(env.get('torch', '?'), 40)}", plain(env.get("processor", "") or "", 80),
+        # the CPU kernels torch ran (AVX512, AVX2, ...): one processor name covers CPUs with and without
+        # AVX-512 (ca_rev243); a GPU's timings are the GPU's, and files before 2026-12-07 have none
+        kernels = env.get("cpu_capability")
+        kernels = f"{plain(kernels, 20)} kernels" if kernels and not env.get("gpu") else ""
+        parts = [f"torch {plain(env.get('torch', '?'), 40)}", plain(env.get("processor", "") or "", 80), kernels,
                  plain(_plural(threads, "torch thread"), 60) if threads is not None else "torch threads not recorded",
                  plain(env.get("gpu", "") or "", 80), _load_text(runs)]
         first = " · ".join(str(p) for p in parts if p)
