@@ -71,13 +71,27 @@ TORCH_FLOOR = 2.7.1
 TORCH_CEILING = 2.15.0
 PYTHON_FLOOR ?= python3.12
 PYTHON_CEILING ?= python3.13
+# $(call test_pinned,VENV,TORCH VERSION,PYTHON): the fast suite in VENV, built if need be, after checking that
+# it holds that torch on that Python: its stamp follows setup.cfg only, so a VENV built for another TORCH_FLOOR
+# or PYTHON_FLOOR would be reused, and its pass claimed for versions it never ran (ca_rev243)
+define test_pinned
+	$(MAKE) $(1)/.installed VENV=$(1) TORCH=torch==$(2) PYTHON=$(3)
+	@test "$$($(1)/bin/python --version)" = "$$($(3) --version)" || \
+	    { echo "make: $(1) holds $$($(1)/bin/python --version), not $(3)'s: rm -r $(1) and run again" >&2; exit 1; }
+	@$(1)/bin/python -c "import sys, torch; v = torch.__version__.split('+')[0]; \
+	    sys.exit(None if v == '$(2)' else 'make: $(1) holds torch ' + v + ', not $(2): rm -r $(1) and run again')"
+	$(MAKE) test-fast VENV=$(1) TORCH=torch==$(2) PYTHON=$(3)
+endef
+
 test-floor:             ## the fast suite again on the oldest torch setup.cfg accepts and Python 3.12, in .venv-floor
-	$(MAKE) test-fast VENV=.venv-floor TORCH=torch==$(TORCH_FLOOR) PYTHON=$(PYTHON_FLOOR)
+	$(call test_pinned,.venv-floor,$(TORCH_FLOOR),$(PYTHON_FLOOR))
 
 # PIP_CONSTRAINT: this venv must hold exactly TORCH_CEILING, which a pip constraint file of the machine's
-# would refuse (the project's machines cap torch at 2.14.1, the newest release on their disk).
+# would refuse (the project's machines cap torch at 2.14.1, the newest release on their disk); it also sets
+# aside any constraint of yours, for this venv only.
+test-ceiling: export PIP_CONSTRAINT = /dev/null
 test-ceiling:           ## the fast suite again on the newest torch setup.cfg accepts and Python 3.13, in .venv-ceiling
-	PIP_CONSTRAINT=/dev/null $(MAKE) test-fast VENV=.venv-ceiling TORCH=torch==$(TORCH_CEILING) PYTHON=$(PYTHON_CEILING)
+	$(call test_pinned,.venv-ceiling,$(TORCH_CEILING),$(PYTHON_CEILING))
 
 bench: $(STAMP)         ## the core speed targets at full size
 	$(BIN)/python benchmarks/bench_core.py --out results/bench_core $(ARGS)
