@@ -815,11 +815,12 @@ class ResultsWriter:
             # check_start_over refused rows without a readable configuration
             self.config = _grown_config(_with_legacy_batch(stored_config(out_dir)), self.config)
         self.env = environment(device_env)
-        earlier = _bench_json(out_dir).get("environment") if resume and self._rows else None
-        if resume and self._rows and not (isinstance(earlier, dict) and "cpu_capability" in earlier):
-            # kept rows measured before result files recorded torch's CPU kernels: theirs are unknown, and the
-            # folder's environment, which speaks for every row, must not name this run's (ca_rev243)
-            del self.env["cpu_capability"]
+        if resume and self._rows:
+            earlier = _bench_json(out_dir).get("environment")
+            if not (isinstance(earlier, dict) and "cpu_capability" in earlier):
+                # kept rows measured before result files recorded torch's CPU kernels: theirs are unknown, and
+                # the folder's environment, which speaks for every row, must not name this run's (ca_rev243)
+                del self.env["cpu_capability"]
         self.inputs = run_inputs(config)
         self._started, self._load_start, self._committed = now_utc(), load_average(), 0
         # this run's number, which its rows record: past every earlier run's (a bench.json lost
