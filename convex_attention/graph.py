@@ -1045,9 +1045,14 @@ class Graph:
             if f > _CHAIN_LIMIT:
                 y = v.sum(-2) if reduction == "sum" else v.amax(-2)
             else:
-                y = v.select(-2, 0)
-                for r in range(1, f):
-                    y = combine(y, v.select(-2, r))
+                # the slices by unbind, not one select each: differentiated (a block sum's gradient), its
+                # backward is one stack of the slices' gradients, where each select's filled a zero tensor
+                # of the whole map and copied its slice in (285 against 489 µs forward and backward for a
+                # (64, 64, 64) map by (2, 2), one thread); the same slices, summed in the same order
+                parts = v.unbind(-2)
+                y = parts[0]
+                for part in parts[1:]:
+                    y = combine(y, part)
             cur[d] //= f
             x = y.reshape(lead + tuple(cur))
         # one-cell blocks everywhere (an identity edge) left x itself: a new tensor, as on other

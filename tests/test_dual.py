@@ -4787,3 +4787,47 @@ def test_ca_rev235_a_given_sum_that_overflows_only_the_float32_work_is_told_as_a
     with pytest.raises(ValueError, match=r"^given\[1\]'s sum overflows the working dtype \(float32\)"):
         ca.solve([torch.zeros(1, 8, dtype=torch.float64), None], h, "dual", dtype=torch.float32,
                  given={1: torch.tensor([[3e38, 3e38, 1e-50, 1.0]], dtype=torch.float64)}, check_finite=False)
+
+
+# ---- shared duals in the reparameterisation (one map's P_eᵀλ, added negated)
+
+@pytest.mark.parametrize("structure", ["grid", "parents", "axial"])
+def test_shared_duals_give_the_block_views_values_and_gradients(structure):
+    """reparameterized_logits forms a dual shared by the batch (batch dimension 1) as one map's
+    P_eᵀλ added negated, so that autograd sums its gradient over the batch alone: the same
+    logits, bit for bit, and the scores' gradients, as the block view subtracting λ (float64;
+    λ's gradient summed in another order, to rounding)."""
+    from convex_attention.dual import reparameterized_logits
+
+    h = {"grid": ca.Hierarchy.grid([(8, 6), (4, 3), (2, 1)]),
+         "parents": ca.Graph.from_edges([6, 3], [(0, 1, torch.tensor([2, 0, 1, 1, 0, 2]))]),
+         "axial": ca.Graph.axial((4, 6))}[structure]
+    g = torch.Generator().manual_seed(5)
+    scores = [torch.randn((5,) + s, generator=g, dtype=torch.float64, requires_grad=True) for s in h.shapes]
+    duals = [torch.randn((1,) + h.shapes[b], generator=g, dtype=torch.float64, requires_grad=True)
+             for _, b in h.edges]
+    weights = [torch.randn((5,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
+
+    def block_view(scores, duals):
+        etas = []
+        for k in range(h.num_maps):
+            eta = scores[k]
+            for e in h.in_edges[k]:
+                eta = eta + duals[e]
+            for e in h.out_edges[k]:
+                eta = h.combine_broadcast(eta, duals[e], e, torch.sub)
+            etas.append(eta)
+        return etas
+
+    got, want = reparameterized_logits(scores, duals, h), block_view(scores, duals)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    grads = [torch.autograd.grad(sum((x * w).sum() for x, w in zip(etas, weights)), scores + duals)
+             for etas in (got, want)]
+    for a, b in zip(grads[0][:h.num_maps], grads[1][:h.num_maps]):
+        assert torch.equal(a, b)
+    for a, b in zip(grads[0][h.num_maps:], grads[1][h.num_maps:]):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-13)
+    # per-sample duals (the amortised ones) keep the block view
+    per_sample = [d.detach().expand((5,) + tuple(d.shape[1:])).clone() for d in duals]
+    assert all(torch.equal(a, b) for a, b in zip(reparameterized_logits(scores, per_sample, h),
+                                                  block_view(scores, per_sample)))

@@ -1119,3 +1119,29 @@ def test_ca_rev243_an_empty_last_dimension_is_copied_as_repeat_interleave_copies
     gives the empty result."""
     for y in (torch.empty(3, 0), torch.empty(0), torch.empty(2, 0, 0)):
         assert ca.Graph._expand_last(y, 2).shape == y.repeat_interleave(2, dim=-1).shape
+
+
+def test_a_differentiated_block_sum_takes_its_slices_by_unbind():
+    """A grid's block sums under autograd (consistency_loss's P_e p_a, exact's second-order path)
+    take their slices by unbind, whose backward is one stack of the gradients: one select per
+    slice had filled a zero tensor of the whole map for each (the learned dual's loss spent 8 % of
+    its step there).  The same sums and gradients as the select chain."""
+    h = ca.Hierarchy.grid([(8, 6), (4, 3)])
+    x = torch.randn(3, 8, 6, dtype=torch.float64, requires_grad=True)
+    y = h.aggregate(x, 0)
+    nodes, seen = [y.grad_fn], set()
+    while nodes:
+        node = nodes.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        nodes.extend(n for n, _ in node.next_functions)
+    names = {type(n).__name__ for n in seen}
+    assert "UnbindBackward0" in names and not any(n.startswith("SelectBackward") for n in names), names
+    v = x.detach().reshape(3, 4, 2, 6)
+    rows = v.select(-2, 0) + v.select(-2, 1)
+    w = rows.reshape(3, 4, 3, 2, 1)
+    assert torch.equal(y.detach(), (w.select(-2, 0) + w.select(-2, 1)).reshape(3, 4, 3))
+    weights = torch.randn(3, 4, 3, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((y * weights).sum(), x)
+    assert torch.equal(grad, weights.repeat_interleave(2, -1).repeat_interleave(2, -2))
