@@ -760,18 +760,21 @@ def test_maps_that_miss_tol_as_returned_are_never_called_converged():
         # machine's rounding): a sample whose maps measure above its iterate is solved again with
         # tol at the iterate's violation; it stops at the same iterate (every earlier one was
         # above 1e-6), whose maps then miss tol, and is not called converged
-        above = torch.nonzero(returned > sol.info["violation"].double()).flatten().tolist()
-        if not above or exercised:  # once is enough
-            continue
-        i = above[0]
-        tol = float(sol.info["violation"][i])
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            # the sample alone: at its tol the others of the batch sweep to max_iter (5 s)
-            again = ca.solve([x[i:i + 1] for x in scores], h, "dual", strict=False, tol=tol, **options)
-        assert float(again.info["violation"][0]) <= tol < float(again.info["returned_violation"][0])
-        assert not bool(again.info["converged"][0])
-        exercised += 1
+        for i in torch.nonzero(returned > sol.info["violation"].double()).flatten().tolist():
+            if exercised:  # once is enough
+                break
+            tol = float(sol.info["violation"][i])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                # the sample alone: at its tol the others of the batch sweep to max_iter (5 s)
+                again = ca.solve([x[i:i + 1] for x in scores], h, "dual", strict=False, tol=tol, **options)
+            iterate, maps = float(again.info["violation"][0]), float(again.info["returned_violation"][0])
+            assert not (bool(again.info["converged"][0]) and maps > tol)  # whatever the trajectory
+            # the case, where the solve stops at that same iterate (another torch's rounding can take it to
+            # another, whose maps meet tol: torch 2.7.1 on seed 0's first candidate, 6.7e-7 below 7.3e-7)
+            if iterate <= tol < maps:
+                assert not bool(again.info["converged"][0])
+                exercised += 1
     assert exercised  # the check is exercised, not vacuous (on 12 samples, each about even odds)
     half = [torch.randn((2,) + s, generator=torch.Generator().manual_seed(0)).half() for s in h.shapes]
     with pytest.raises(ConvergenceError, match="maps returned in float16 miss tol=1e-06"):
