@@ -803,8 +803,11 @@ def _on_the_first_call_only(tmp_path, code: str) -> str:
 def test_a_child_that_ends_after_its_answer_is_replaced_for_the_next_instance(tmp_path):
     """The solver answers and ends its process from a thread a moment later: no instance was
     asked of it, and a fresh one serves the next."""
-    body = (_on_the_first_call_only(tmp_path, "import threading\nthreading.Timer(0.2, os._exit, (0,)).start()")
-            + "return ca.solve(scores, h, 'exact', temperature=temps).duals")
+    # the timer starts once the answer is computed: started before, it ended a child whose first solve took
+    # longer than 0.2 s (Python 3.13 and torch 2.15 in a loaded run) before it answered
+    body = ("duals = ca.solve(scores, h, 'exact', temperature=temps).duals\n"
+            + _on_the_first_call_only(tmp_path, "import threading\nthreading.Timer(0.2, os._exit, (0,)).start()")
+            + "return duals")
     with IsolatedSolver(_solver(tmp_path, body), timeout=60) as solver:
         solver.solve(SCORES, H, TEMPS)
         first = solver._process
