@@ -225,6 +225,8 @@ def test_redeliveries_racing_the_commands_end_leave_nothing_behind(monkeypatch):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+# forking a multi-threaded process is the case tested (Python 3.12+ warns of it)
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded, use of fork:DeprecationWarning")
 def test_a_forked_child_that_kept_the_handler_dies_of_sigterm():
     """A child forked where the reset could not apply (from another thread) still runs the
     handler: SIGTERM ends it as it would without the handler, not with Terminated."""

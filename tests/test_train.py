@@ -1477,3 +1477,48 @@ def test_the_three_lists_of_metrics_columns_name_metric_columns_in_order():
     for where, text in lists.items():
         named = tuple(re.findall(r"`+([a-z_0-9]+)`+", text))
         assert named == METRIC_COLUMNS, where
+
+
+# ---- ca_rev245 (DDP on torch 2.7.1)
+
+_BACKEND_OUTLIVES_THE_GROUP = """
+import os, socket
+import torch.distributed as dist
+import convex_attention.paper.train as T
+
+def threads():
+    return len(os.listdir("/proc/self/task"))
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1")
+before = threads()
+T._init_process_group("gloo")
+dist.broadcast_object_list([1], src=0)  # as _agree_on_the_resume
+destroy, at_destroy = dist.destroy_process_group, []
+def counting_destroy(*args, **kwargs):
+    destroy(*args, **kwargs)
+    at_destroy.append(threads() > before)
+dist.destroy_process_group = counting_destroy
+T._destroy_process_group()
+print(f"threads left by destroy_process_group: {at_destroy}; at the end: {threads() > before}; "
+      f"open: {dist.is_initialized()}")
+"""
+
+
+@pytest.mark.slow  # a process group in a subprocess (2-4 s)
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="counts the process's threads through /proc")
+def test_the_group_s_backend_joins_its_threads_after_destroy_process_group():
+    """torch 2.7.1 frees a ProcessGroup with the GIL held: destroy_process_group joined Gloo's
+    workers there, and rank 0 of a resume whose data failed hung forever, a worker still freeing
+    broadcast_object_list's tensors waiting for the GIL (ca_rev245: 5 runs of 13 of
+    test_a_resume_whose_data_fail_after_the_ranks_agreed_closes_its_process_group).  The backend,
+    held past the group, is freed by its own Python object, without the GIL: its threads are
+    still alive when destroy_process_group returns (not with dist.destroy_process_group alone),
+    gone when _destroy_process_group does."""
+    proc = subprocess.run([sys.executable, "-c", _BACKEND_OUTLIVES_THE_GROUP], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == ("threads left by destroy_process_group: [True]; at the end: False; "
+                                            "open: False")

@@ -160,6 +160,33 @@ def _init_process_group(backend: str) -> None:
     dist.init_process_group(backend=backend)
 
 
+def _destroy_process_group() -> None:
+    """``dist.destroy_process_group``, its backends (Gloo's, NCCL's) freed after it and
+    without the GIL.
+
+    The backend's destructor joins its worker threads, and a worker may still be dropping
+    a finished collective whose tensors have Python objects (``broadcast_object_list``'s,
+    when the data fail right after :func:`_agree_on_the_resume`): it needs the GIL to free
+    them.  torch 2.13 and 2.15 bind ``ProcessGroup`` with a holder that releases the GIL in
+    its destructor; torch 2.7.1 does not (its ``ProcessGroupGloo`` and ``ProcessGroupNCCL``
+    bindings do), so there ``destroy_process_group`` freed the group, and with it the
+    backend, holding the GIL: rank 0 hung forever in ``ProcessGroupGloo::~ProcessGroupGloo``
+    joining a worker stuck in ``gil_scoped_acquire`` (ca_rev245, seen in 5 runs of 13 of
+    tests/test_train.py::test_a_resume_whose_data_fail_after_the_ranks_agreed_closes_its_process_group).
+    Held here past the group, each backend's last owner is its own Python object, whose
+    binding releases the GIL on every torch this package accepts."""
+    group = dist.group.WORLD
+    backends = []
+    for device in getattr(group, "_device_types", ()):  # private API: where absent, as before
+        try:
+            backends.append(group._get_backend(device))
+        except RuntimeError:  # no backend for that device
+            pass
+    del group
+    dist.destroy_process_group()
+    backends.clear()  # the threads are joined here, the GIL released
+
+
 def _backend(config: TrainConfig) -> str:
     """The process group's backend: NCCL where the run trains on CUDA, else Gloo."""
     return "nccl" if (torch.cuda.is_available() and config.device != "cpu") else "gloo"
@@ -534,7 +561,7 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
             check_data(config, *datasets)
     except BaseException:
         if agreeing and dist.is_initialized():
-            dist.destroy_process_group()  # started by _agree_on_the_resume: closed as _Run.close_group would
+            _destroy_process_group()  # started by _agree_on_the_resume: closed as _Run.close_group would
         raise
     run = _Run(config, CheckedData(*datasets), model_class, log, data_split)
     try:
@@ -580,7 +607,7 @@ def _agree_on_the_resume(config: TrainConfig, resume_state: dict, start_epoch: i
             resume_state = read_checkpoint(config.resume)
             start_epoch = check_resume(config, resume_state)
     except BaseException:
-        dist.destroy_process_group()  # a failed rank closes its group, as _Run.close_group
+        _destroy_process_group()  # a failed rank closes its group, as _Run.close_group
         raise
     return config, resume_state, start_epoch, datasets
 
@@ -826,7 +853,8 @@ class _Run:
         # group's destructor then joins Gloo's worker threads with the GIL held, and a worker
         # still dropping a finished collective (the barrier holds the all-gather's tensors,
         # whose Python objects need the GIL) waits for it forever. Freed last by the group's
-        # own Python object, the destructor runs without the GIL.
+        # own Python object (its backend's, on torch 2.7.1: _destroy_process_group), the
+        # destructor runs without the GIL.
         self.close_group()
 
     def close_group(self) -> None:
@@ -839,7 +867,7 @@ class _Run:
             self.net = self.model
             if wrapper() is not None:  # held by a reference cycle (torch 2.13 frees it at once)
                 gc.collect()
-        dist.destroy_process_group()
+        _destroy_process_group()
 
 
 def _extra(config: TrainConfig, row: dict, best_epoch, rng: dict | None = None, data_split: dict | None = None) -> dict:
