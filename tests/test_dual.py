@@ -4798,8 +4798,10 @@ def test_ca_rev235_a_given_sum_that_overflows_only_the_float32_work_is_told_as_a
 def test_shared_duals_give_the_block_views_values_and_gradients(structure):
     """reparameterized_logits forms a dual shared by the batch (batch dimension 1) as one map's
     P_eᵀλ added negated, so that autograd sums its gradient over the batch alone: the same
-    logits, bit for bit, and the scores' gradients, as the block view subtracting λ (float64;
+    logits, bit for bit, and the scores' gradients, as η formed with dense P_eᵀ matrices (float64;
     λ's gradient summed in another order, to rounding)."""
+    from helpers import aggregation_matrix
+
     from convex_attention.dual import reparameterized_logits
 
     h = {"grid": ca.Hierarchy.grid([(8, 6), (4, 3), (2, 1)]),
@@ -4811,15 +4813,19 @@ def test_shared_duals_give_the_block_views_values_and_gradients(structure):
              for _, b in h.edges]
     weights = [torch.randn((5,) + s, generator=g, dtype=torch.float64) for s in h.shapes]
 
+    dense = [torch.from_numpy(aggregation_matrix(h, e)) for e in range(h.num_edges)]
+
     def block_view(scores, duals):
+        """η_k = θ_k + Σ_{e into k} λ_e − Σ_{e out of k} P_eᵀλ_e, P_eᵀ a dense 0/1 matrix: each of its sums
+        holds one λ and zeros, so exact, as the broadcast's copy is."""
         etas = []
         for k in range(h.num_maps):
-            eta = scores[k]
+            eta = scores[k].flatten(1)
             for e in h.in_edges[k]:
-                eta = eta + duals[e]
+                eta = eta + duals[e].flatten(1)
             for e in h.out_edges[k]:
-                eta = h.combine_broadcast(eta, duals[e], e, torch.sub)
-            etas.append(eta)
+                eta = eta - duals[e].flatten(1) @ dense[e]
+            etas.append(eta.reshape(scores[k].shape))
         return etas
 
     got, want = reparameterized_logits(scores, duals, h), block_view(scores, duals)
