@@ -809,14 +809,16 @@ class ResultsWriter:
             log(f"removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}: {', '.join(stale)}")
         self.runs: list[dict] = []  # the earlier runs into this folder (resume): their load and threads
         self.config = asdict(config) if is_dataclass(config) else dict(config or {})
+        recorded: dict = {}  # bench.json being resumed, read once: its runs and its environment
         if resume:
             self._load()
-            self.runs = self._earlier_runs()
+            recorded = _bench_json(out_dir)
+            self.runs = self._earlier_runs(recorded)
             # check_start_over refused rows without a readable configuration
             self.config = _grown_config(_with_legacy_batch(stored_config(out_dir)), self.config)
         self.env = environment(device_env)
         if resume and self._rows:
-            earlier = _bench_json(out_dir).get("environment")
+            earlier = recorded.get("environment")
             if not (isinstance(earlier, dict) and "cpu_capability" in earlier):
                 # kept rows measured before result files recorded torch's CPU kernels: theirs are unknown, and
                 # the folder's environment, which speaks for every row, must not name this run's (ca_rev243)
@@ -933,9 +935,10 @@ class ResultsWriter:
         self._cells[key] = number
         return number
 
-    def _earlier_runs(self) -> list[dict]:
-        """The ``runs`` record of the bench.json being resumed (empty for an older or
-        unreadable file: the figures then say the load of those rows was not recorded).
+    def _earlier_runs(self, recorded: dict) -> list[dict]:
+        """The ``runs`` record of the bench.json being resumed (``recorded``, as
+        :func:`_bench_json` reads it: empty for an older or unreadable file, and the figures
+        then say the load of those rows was not recorded).
 
         A run killed between the renames of bench.csv and bench.json committed rows that
         bench.json's record does not count (it holds the rows of the commit before): they
@@ -943,12 +946,7 @@ class ResultsWriter:
         counts cover the folder's rows; a run killed on its first commit has no record, and
         gets one (``recovered``: its rows counted, its times and load not recorded: ca_rev139).
         Rows that record no run (written before the column) are added to the last run."""
-        try:
-            with open(self.json_path, encoding="utf-8") as f:
-                data = json.load(f)
-            runs, stored_rows = data.get("runs", []), data.get("rows")
-        except (OSError, ValueError, RecursionError, AttributeError):
-            return []
+        runs, stored_rows = recorded.get("runs", []), recorded.get("rows")
         runs = [dict(r) for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
         if not isinstance(stored_rows, list):
             return runs
