@@ -1963,9 +1963,37 @@ def test_graph_parts_are_a_list_of_names_or_not_said():
 
 
 def test_each_backend_has_its_own_colour_and_marker():
-    series = [plot_common.Series("cvxpylayers", "", f"b{i}") for i in range(len(plot_common.BACKEND_MARKERS))]
+    """Every backend cvx knows, and as many unknown ones (a results file of another version)
+    as there are spare styles."""
+    from convex_attention import cvx
+
+    assert set(plot_common.BACKEND_STYLES) == set(cvx.BACKENDS)
+    names = [*cvx.BACKENDS] + [f"other-{i}" for i in range(len(plot_common.SPARE_BACKEND_STYLES))]
+    series = [plot_common.Series("cvxpylayers", "", b) for b in names]
     styles = plot_common.styles_for(series)
     assert len({styles[s][0] for s in series}) == len({styles[s][1] for s in series}) == len(series)
+    methods = {plot_common.Series(m) for m in plot_common.METHOD_MARKERS if m != "cvxpylayers"}
+    kinds = {plot_common.Series("learned_dual", k) for k in plot_common.KIND_MARKERS}
+    others = plot_common.styles_for(methods | kinds).values()
+    assert not {c for c, _ in others} & {styles[s][0] for s in series}  # no method's or kind's colour
+    assert not set(speed.NOT_MEASURED_MARKERS) & {styles[s][1] for s in series}  # nor a not-measured shape
+
+
+def test_a_backends_style_does_not_depend_on_the_other_backends_of_the_figure():
+    """Colours had been given in turn to the backends present: moreau's changed with the run."""
+    from convex_attention import cvx
+
+    alone = {b: plot_common.styles_for({plot_common.Series("cvxpylayers", "", b)}) for b in cvx.BACKENDS}
+    everything = plot_common.styles_for({plot_common.Series("cvxpylayers", "", b) for b in cvx.BACKENDS})
+    for b in cvx.BACKENDS:
+        series = plot_common.Series("cvxpylayers", "", b)
+        assert alone[b][series] == everything[series] == plot_common.BACKEND_STYLES[b], b
+    with_core = plot_common.styles_for({plot_common.Series("cvxpylayers", "", "moreau"), plot_common.Series("exact")})
+    assert with_core[plot_common.Series("cvxpylayers", "", "moreau")] == plot_common.BACKEND_STYLES["moreau"]
+    # an unknown name: a spare style, the same with or without the known backends beside it
+    unknown = plot_common.Series("cvxpylayers", "", "other")
+    assert plot_common.styles_for({unknown})[unknown] == plot_common.styles_for({unknown} | set(everything))[unknown] \
+        == plot_common.SPARE_BACKEND_STYLES[0]
 
 
 def test_the_rounding_level_of_each_dtype_is_its_machine_epsilon():
@@ -3439,7 +3467,7 @@ def test_ca_rev213_speedup_divides_by_the_median_of_a_cells_exact_times_where_a_
     rows.append({**exact, "per_sample_ms": 3 * exact["per_sample_ms"]})  # the same cell, timed again
     cvx = next(r for r in rows if r["method"] == "cvxpylayers")
     plots.plot_speedup(rows, "s.png", log=pytest.fail)
-    drawn = [y for line in figs["s"].axes[0].lines if line.get_marker() == plot_common.BACKEND_MARKERS[0]
+    drawn = [y for line in figs["s"].axes[0].lines if line.get_marker() == plot_common.BACKEND_STYLES["moreau"][1]
              for y in line.get_ydata()]
     assert drawn == [pytest.approx(cvx["per_sample_ms"] / (2 * exact["per_sample_ms"]))]
 

@@ -39,9 +39,14 @@ DUAL_KIND_LABEL = {"zero": "λ = 0", "fitted": "fitted λ", "amortised": "amorti
                    "per_sample": "per-sample λ*"}
 KIND_COLORS = {"zero": "#f4a582", "fitted": "#d62728", "amortised": "#e377c2", "per_sample": "#8c564b"}
 KIND_MARKERS = {"zero": "v", "fitted": "^", "amortised": "<", "per_sample": ">"}
-# cvxpylayers backends: colours told apart at a glance (not shades of one hue), each with its marker
-BACKEND_COLORS = ("#9467bd", "#17becf", "#8c6d31", "#e7298a", "#3f007d")
-BACKEND_MARKERS = ("P", "X", "*", "h", "p")
+# cvxpylayers backends: colours told apart at a glance (not shades of one hue), each with its
+# marker, and each backend's its own, so that a backend looks the same in every figure whatever
+# else a run measured (they had been given in turn to the backends present: moreau's colour was
+# another with diffcp-scs in the run than without it).  A backend this version does not know (a
+# results file of another version) takes the spare styles in turn, in name order.
+BACKEND_STYLES = {"diffcp-clarabel": ("#9467bd", "P"), "moreau": ("#17becf", "X"), "diffcp-scs": ("#8c6d31", "*"),
+                  "cuclarabel": ("#e7298a", "h"), "mpax": ("#3f007d", "p")}
+SPARE_BACKEND_STYLES = (("#bcbd22", "8"), ("#ff7f0e", "H"))
 # The dual kind whose row carries the timing that the other kinds share (they evaluate the
 # same computation at other λ; the sweep times it once).
 TIMED_KIND = "fitted"
@@ -230,16 +235,26 @@ def series_of(row: dict) -> tuple[Series, object]:
     return Series(name, kind, token_of(row, "backend")), record
 
 
+def backend_style(backend: str, present) -> tuple[str, str]:
+    """A cvxpylayers backend's colour and marker (:data:`BACKEND_STYLES`); a backend it does
+    not name takes a spare style, in turn among the unnamed backends of ``present`` (every
+    backend the figure draws)."""
+    if backend in BACKEND_STYLES:
+        return BACKEND_STYLES[backend]
+    unknown = sorted({b for b in present if b not in BACKEND_STYLES} | {backend})
+    return SPARE_BACKEND_STYLES[unknown.index(backend) % len(SPARE_BACKEND_STYLES)]
+
+
 def styles_for(series) -> dict:
-    """colour and marker per series; backends take the shades of their method in turn."""
-    out, backends = {}, sorted({s.backend for s in series if s.backend})
+    """colour and marker per series: a learned dual's by its kind, a backend's its own
+    (:func:`backend_style`), any other method's its own."""
+    out, backends = {}, {s.backend for s in series if s.backend}
     for s in series:
         if s.kind:
             out[s] = (KIND_COLORS.get(s.kind, METHOD_COLORS.get(s.method, "#333333")),
                       KIND_MARKERS.get(s.kind, "v"))
         elif s.backend:
-            i = backends.index(s.backend)
-            out[s] = (BACKEND_COLORS[i % len(BACKEND_COLORS)], BACKEND_MARKERS[i % len(BACKEND_MARKERS)])
+            out[s] = backend_style(s.backend, backends)
         else:
             out[s] = (METHOD_COLORS.get(s.method, "#333333"), METHOD_MARKERS.get(s.method, "o"))
     return out

@@ -22,7 +22,6 @@ from ...io import figures
 from ...io.figures import FULL_WIDTH, STYLE, plain
 from ..timing import is_measured_time
 from ._common import (
-    BACKEND_COLORS,
     LOW_CONFIDENCE_IQR,
     METHOD_COLORS,
     MIN_CONFIDENT_REPEATS,
@@ -35,6 +34,7 @@ from ._common import (
     Log,
     Point,
     Series,
+    backend_style,
     batch_note,
     borrows_its_time,
     cell_key,
@@ -253,7 +253,7 @@ def _core_title(shapes: str, bars, names, failed=(), show_device: bool = False, 
 def _bar_color(b: _Bar, backends: list) -> str:
     """The method's colour; a cvxpylayers backend's own (as in every figure of the sweep)."""
     if b.backend:
-        return BACKEND_COLORS[backends.index(b.backend) % len(BACKEND_COLORS)]
+        return backend_style(b.backend, backends)[0]
     return METHOD_COLORS.get(b.method, "#333333")
 
 
@@ -618,12 +618,12 @@ def _speedup_lines(points) -> tuple[dict, dict]:
 
 
 # a ratio of two runs' times: a black ring around its point, which no backend's marker and no
-# other mark is (diffcp-scs's is a filled X; low confidence a dotted square); the legend and the
+# other mark is (moreau's is a filled X; low confidence a dotted square); the legend and the
 # footer say what it means
 _ACROSS_RUNS_MARK = {"marker": "o", "ms": 11, "mfc": "none", "mec": "#111111", "mew": 1.0, "ls": "none", "zorder": 7}
 
 # how a cell not measured is marked along the bottom edge: a hollow marker in the backend's colour, its
-# shape the reason (the legend names each); shapes no backend uses (BACKEND_MARKERS)
+# shape the reason (the legend names each); shapes no backend uses (BACKEND_STYLES, SPARE_BACKEND_STYLES)
 NOT_MEASURED_MARKERS = ("v", "o", "s", "D", "^", "<", ">")
 SHAPE_NAMES = {"v": "triangle", "o": "circle", "s": "square", "D": "diamond", "^": "triangle up", "<": "triangle left",
                ">": "triangle right"}
