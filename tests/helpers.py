@@ -95,6 +95,23 @@ def random_instance(case: str, batch: int = 4, seed: int = 0, dtype=torch.float6
     return Instance(h, scores, temps)
 
 
+def softmax_gradient_reference(theta, tau: float, weights) -> list[float]:
+    """``∂⟨w, softmax(θ / τ)⟩ / ∂θ = q ⊙ (w − ⟨q, w⟩) / τ`` for one block, in 60-digit decimal
+    arithmetic from the given floats: far below either dtype's rounding, also where the block
+    is nearly one-hot and the two terms cancel in floating point."""
+    from decimal import Decimal, localcontext
+
+    with localcontext() as ctx:
+        ctx.prec = 60
+        th, t, w = [Decimal(float(v)) for v in theta], Decimal(float(tau)), [Decimal(float(v)) for v in weights]
+        top = max(th)
+        e = [((v - top) / t).exp() for v in th]
+        total = sum(e)
+        q = [v / total for v in e]
+        mean = sum(qi * wi for qi, wi in zip(q, w))
+        return [float(qi * (wi - mean) / t) for qi, wi in zip(q, w)]
+
+
 def aggregation_matrix(h: ca.Graph, k: int) -> np.ndarray:
     """``P_k`` of edge ``k = (a -> b)`` as a dense ``(n_b, n_a)`` 0/1 matrix (a hierarchy: ``(n_{k+1}, n_k)``)."""
     a, b = h.edges[k]
