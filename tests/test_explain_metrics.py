@@ -648,3 +648,94 @@ def test_ca_rev232_qiou_of_a_nearest_upsampled_coarse_map_takes_the_whole_tied_t
     assert want == 0.5
     for q in (0.9, 0.95, 0.975):
         assert math.isclose(quantile_iou(m, mask, q), want, rel_tol=0, abs_tol=1e-15)
+
+
+# ---- ca_rev246 (hostile review of explain_metrics / validity statistics)
+
+def test_ca_rev246_mass_of_a_finite_map_whose_sum_overflows_is_still_its_share():
+    """Two pixels of 1e308 sum to Inf in float64: mass read 0.0 (half inside) and NaN (all inside)."""
+    m = torch.tensor([[1e308, 1e308], [0.0, 0.0]], dtype=torch.float64)
+    half = torch.tensor([[True, False], [False, False]])
+    assert mass(m, half) == pytest.approx(0.5)
+    assert mass(m, torch.tensor([[True, True], [False, False]])) == pytest.approx(1.0)
+    assert mass(m * 1e-4, half) == pytest.approx(0.5)  # the same map, scaled to a finite sum
+    assert score_map(m, half)["mass"] == pytest.approx(0.5)
+
+
+def test_ca_rev246_the_block_map_counts_the_pixels_the_metrics_read_as_lesion():
+    """The metrics read a mask as bool; the block map summed its values, so a soft mask ranked a cell of one
+    full pixel above a cell of two pixels at 0.2 (ap 0.333 where the best map scores 41/96 = 0.427)."""
+    from convex_attention.paper.explain_metrics import block_map
+
+    soft = torch.zeros(4, 4)
+    soft[0, 0], soft[0, 2], soft[0, 3], soft[2, 0] = 1.0, 0.2, 0.2, 0.2
+    for mask in (soft, soft * 255, -soft):
+        best = block_map(mask, (2, 2))
+        assert torch.equal(best, block_map(mask != 0, (2, 2)))
+        assert average_precision(to_common_form(best, (4, 4)), mask) == pytest.approx(41 / 96)
+
+
+def test_ca_rev246_pointing_tolerance_against_a_brute_force_euclidean_distance():
+    from convex_attention.paper.explain_metrics import pointing_tolerance
+
+    rng = np.random.default_rng(246)
+    for case in range(60):
+        H, W = (int(s) for s in rng.integers(1, 9, 2)) if case % 3 else (int(rng.integers(8, 20)), 48)
+        mask = rng.random((H, W)) < rng.choice([0.05, 0.3])
+        mask.flat[rng.integers(H * W)] = True
+        m = rng.integers(0, 3, (H, W)).astype(np.float64)  # ties for the top
+        lesion = np.argwhere(mask)
+        top = np.argwhere(m == m.max())
+        distance = [min(math.hypot(r - a, c - b) for a, b in lesion) for r, c in top]
+        for tol in (None, 0.0, 1.0, math.sqrt(2), math.sqrt(5), 2.9):
+            radius = 15 * max(H, W) / 240 if tol is None else tol
+            expected = np.mean([d <= radius for d in distance])
+            assert pointing_tolerance(torch.tensor(m), torch.tensor(mask), tol) == pytest.approx(expected, abs=1e-12)
+
+
+def test_ca_rev246_qiou_variants_and_pointing_against_brute_force_oracles():
+    """q-IoU: the k = ceil((1 - q) N) largest values (q read as the decimal it is written as) with ties to
+    the k-th; strict: above numpy's linear quantile, here computed by hand; pointing: the top's mask share."""
+    from fractions import Fraction
+
+    from convex_attention.paper.explain_metrics import quantile_iou_strict
+
+    rng = np.random.default_rng(2461)
+    for case in range(150):
+        H, W = (int(s) for s in rng.integers(1, 9, 2))
+        m = rng.integers(0, 3, (H, W)).astype(np.float64) if case % 2 else np.round(rng.normal(size=(H, W)), 1)
+        mask = rng.random((H, W)) < rng.choice([0.1, 0.5, 1.0])
+        mask.flat[rng.integers(H * W)] = True
+        v, t, n = m.ravel(), mask.ravel(), m.size
+        tm, tmask = torch.tensor(m, dtype=[torch.float64, torch.float32][case % 2]), torch.tensor(mask)
+        for q in (0.0, 0.3, 0.9, 0.95, 0.975):
+            k = max(1, math.ceil((1 - Fraction(str(q))) * n))
+            top = v >= sorted(v, reverse=True)[k - 1]
+            assert quantile_iou(tm, tmask, q) == pytest.approx((top & t).sum() / (top | t).sum(), abs=1e-12)
+            s, pos = sorted(v), Fraction(str(q)) * (n - 1)
+            lo = math.floor(pos)
+            threshold = Fraction(s[lo]) + (Fraction(s[min(lo + 1, n - 1)]) - Fraction(s[lo])) * (pos - lo)
+            strict = np.array([Fraction(x) > threshold for x in v])
+            assert quantile_iou_strict(tm, tmask, q) == pytest.approx((strict & t).sum() / (strict | t).sum(),
+                                                                      abs=1e-12)
+        assert pointing(tm, tmask) == pytest.approx(t[v == v.max()].mean(), abs=1e-12)
+
+
+def test_ca_rev246_a_grid_map_scores_as_on_the_grid_against_the_mask_pooled_with_cell_weights():
+    """The pooled protocol's claim: the nearest-upsampled grid map's pixel ap is the grid map's ap with each
+    cell weighted by its lesion and non-lesion pixel counts (scikit-learn's sample_weight)."""
+    from sklearn.metrics import average_precision_score
+
+    rng = np.random.default_rng(2462)
+    for _ in range(25):
+        gh, gw, fh, fw = (int(s) for s in rng.integers(1, 5, 4))
+        mask = rng.random((gh * fh, gw * fw)) < rng.choice([0.1, 0.5])
+        mask.flat[rng.integers(mask.size)] = True
+        grid = rng.integers(0, 3, (gh, gw)).astype(np.float64)
+        lesion = mask.reshape(gh, fh, gw, fw).sum((1, 3)).ravel()
+        weights = np.r_[lesion, fh * fw - lesion]
+        keep = weights > 0
+        expected = average_precision_score(np.r_[np.ones(lesion.size), np.zeros(lesion.size)][keep],
+                                           np.r_[grid.ravel(), grid.ravel()][keep], sample_weight=weights[keep])
+        got = average_precision(to_common_form(torch.tensor(grid), mask.shape), torch.tensor(mask))
+        assert got == pytest.approx(expected, abs=1e-12)

@@ -174,8 +174,10 @@ def block_map(mask: Tensor, grid: tuple[int, int]) -> Tensor:
     ``mass`` reads these values, so it differs from that of the plain counts by at most the
     offsets; ``qiou@q`` and ``pointing`` do not: they count the pixels tied with a threshold
     (or the top), so breaking a tie can move whole cells in or out (two cells of 2 lesion
-    pixels on a 2×2 grid: ``qiou@0.9`` 0.500 tied, 0.333 ranked)."""
-    counts = _sum_pool(mask.detach().to(torch.float64), tuple(grid))
+    pixels on a 2×2 grid: ``qiou@0.9`` 0.500 tied, 0.333 ranked).  A lesion pixel is a non-zero
+    one of ``mask``, as the metrics read it (a soft or 0/255 mask is counted, not summed)."""
+    # the metrics read a mask as bool: summing a soft mask's values ranked its cells otherwise (ca_rev246)
+    counts = _sum_pool((mask.detach() != 0).to(torch.float64), tuple(grid))
     n = counts.numel()
     offset = (n - 1 - torch.arange(n, dtype=torch.float64)).reshape(counts.shape) / n ** 2
     return counts + torch.where(counts > 0, offset, torch.zeros_like(offset))
@@ -311,7 +313,11 @@ def mass(m: Tensor, mask: Tensor) -> float:
     _check_non_negative(values)
     if not truth.any():
         return math.nan
-    total = values.sum()
+    with np.errstate(over="ignore"):
+        total = values.sum()
+    if not math.isfinite(total):  # finite values whose sum overflows (ca_rev246): their share is scale-free
+        values = values / values.max()
+        total = values.sum()
     return float(values[truth].sum() / total) if total > 0 else 0.0
 
 
