@@ -739,3 +739,18 @@ def test_ca_rev246_a_grid_map_scores_as_on_the_grid_against_the_mask_pooled_with
                                            np.r_[grid.ravel(), grid.ravel()][keep], sample_weight=weights[keep])
         got = average_precision(to_common_form(torch.tensor(grid), mask.shape), torch.tensor(mask))
         assert got == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_mask_holding_nan_is_refused_by_every_metric_and_the_block_map():
+    """A NaN pixel is neither lesion nor background: ``!= 0`` had counted it as lesion (ca_rev246's risk)."""
+    from convex_attention.paper.explain_metrics import block_map
+
+    mask = torch.zeros(4, 4)
+    mask[0, 0], mask[3, 3] = 1.0, math.nan
+    m = torch.rand(4, 4, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="mask holds 1 NaN"):
+        score_map(m, mask)
+    with pytest.raises(ValueError, match="mask holds 1 NaN"):
+        block_map(mask, (2, 2))
+    mask[3, 3] = 0.0  # the same mask without it is scored
+    assert score_map(m, mask)["pointing"] in (0.0, 1.0)

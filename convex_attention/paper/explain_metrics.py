@@ -39,7 +39,8 @@ Metrics, per image:
   (:func:`pointing_tolerance_px`: ``15 · max(H, W) / 240`` px, e.g. 8 px at 128 x 128);
 * ``mass``: the share of the map's mass inside the mask (0 for an all-zero map).
 
-A map holding NaN or Inf is refused (ValueError): it ranks no pixels, and a metric of it
+A mask's lesion pixels are its non-zero ones; a mask holding NaN is refused (ValueError), as
+a pixel that is neither.  A map holding NaN or Inf is refused (ValueError): it ranks no pixels, and a metric of it
 would read as a number.  An image whose mask is empty has no defined score: every metric
 of it is NaN (the callers explain only images with a non-empty mask).
 
@@ -177,7 +178,7 @@ def block_map(mask: Tensor, grid: tuple[int, int]) -> Tensor:
     pixels on a 2×2 grid: ``qiou@0.9`` 0.500 tied, 0.333 ranked).  A lesion pixel is a non-zero
     one of ``mask``, as the metrics read it (a soft or 0/255 mask is counted, not summed)."""
     # the metrics read a mask as bool: summing a soft mask's values ranked its cells otherwise (ca_rev246)
-    counts = _sum_pool((mask.detach() != 0).to(torch.float64), tuple(grid))
+    counts = _sum_pool(_lesion(mask).to(torch.float64), tuple(grid))
     n = counts.numel()
     offset = (n - 1 - torch.arange(n, dtype=torch.float64)).reshape(counts.shape) / n ** 2
     return counts + torch.where(counts > 0, offset, torch.zeros_like(offset))
@@ -190,6 +191,16 @@ def _check_finite(m: Tensor) -> None:
                          f"it ranks no pixels, so it is not scored")
 
 
+def _lesion(mask: Tensor) -> Tensor:
+    """The mask's lesion pixels: its non-zero ones.  A NaN is neither lesion nor background
+    (``!= 0`` would count it as lesion), so a mask holding one is refused."""
+    mask = mask.detach()
+    if mask.is_floating_point() and bool(torch.isnan(mask).any()):
+        raise ValueError(f"the mask holds {int(torch.isnan(mask).sum())} NaN value(s) of {mask.numel()}: "
+                         f"a pixel that is neither lesion nor background, so nothing is scored against it")
+    return mask != 0
+
+
 def _check(m: Tensor, mask: Tensor) -> tuple[np.ndarray, np.ndarray]:
     """``(values, truth)``: the map and the mask flattened, after checking that their shapes
     agree and that the map is finite (a NaN would otherwise sort as a value, and a score of
@@ -198,7 +209,7 @@ def _check(m: Tensor, mask: Tensor) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError(f"map {tuple(m.shape)} and mask {tuple(mask.shape)} differ in shape")
     _check_finite(m)
     values = m.detach().cpu().to(torch.float64).numpy().ravel()  # float64: a float16 sum overflows at 65504
-    return values, mask.detach().cpu().numpy().astype(bool).ravel()
+    return values, _lesion(mask).cpu().numpy().ravel()
 
 
 def average_precision(m: Tensor, mask: Tensor) -> float:
