@@ -1,6 +1,7 @@
 import math
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -557,3 +558,103 @@ def test_ca_rev229_the_moreau_batch_runs_two_calls_differ_by_twice_their_stored_
                 big = r["shapes"].startswith("64x64")
                 gap[big] = max(gap[big], (c - a) / med)
     assert 0.16 < gap[False] < 0.17 and 0.33 < gap[True] < 0.34
+
+
+# ---- ca_rev247 (hostile review of bench.timing)
+
+def test_ca_rev247_an_integer_too_large_for_a_float_is_no_measured_time():
+    """JSON reads a time of 401 digits as an int, and float() of it raises OverflowError:
+    is_measured_time raised it, so `bench_core.py --plot-only` on such a record ended in a
+    traceback instead of naming the row as failed; fastest and time_ratio raised it too."""
+    huge = 10**400
+    assert not timing.is_measured_time(huge) and not timing.is_measured_time(-huge)
+    assert timing.fastest({"a": huge, "b": 2.0}) == ("b", 2.0, False)
+    assert math.isnan(timing.time_ratio(huge, 1.0)) and math.isnan(timing.time_ratio(1.0, huge))
+    assert timing.is_measured_time(10**300) and timing.time_ratio(10**300, 10**299) == pytest.approx(10.0)
+
+
+def test_ca_rev247_a_series_that_failed_is_never_the_fastest_even_with_a_time():
+    """fastest's rule: a series in ``failed`` failed, whatever ``times`` holds for it; it had
+    been named the fastest when it also had the smallest time.  ``failed`` may be an iterator."""
+    assert timing.fastest({"a": 1.0, "b": 2.0}, ["a"]) == ("b", 2.0, False)
+    none = timing.fastest({"a": 1.0}, iter(["a"]))
+    assert none.name is None and math.isnan(none.time) and not none.complete
+    assert timing.fastest({"a": 1.0, "b": 2.0}, iter([])) == ("a", 1.0, True)
+    assert timing.fastest({"b": 1.0, "a": 1.0}).name == "b"  # a tie: the first given, deterministically
+
+
+def test_ca_rev247_ratios_of_times_with_negative_infinite_or_textual_times():
+    for a, b in ((-1.0, 1.0), (1.0, -2.0), (math.inf, 1.0), (1.0, math.inf), (-math.inf, 1.0), (True, 1.0),
+                 ("", 1.0), ("x", 1.0), (1.0, "nan")):
+        assert math.isnan(timing.time_ratio(a, b)), (a, b)
+    assert timing.time_ratio("3", 2) == 1.5 and timing.time_ratio(1e-300, 1e-300) == 1.0
+
+
+def test_ca_rev247_each_timed_call_is_stored_in_order_and_paired_with_its_own_backward(monkeypatch):
+    """Fake clock: every call of every case spends a forward and a backward time of its own
+    (warm-up calls 1 s each, which must appear nowhere).  Each case's fwd_ms and bwd_ms are its
+    timed calls' own times in call order, the total of a repetition is its forward plus its own
+    backward, and the medians and quartiles are numpy's of those lists; the calls follow
+    _schedule's plan after the warm-up's last case."""
+    import numpy as np
+
+    timing, clock = _fake_timing(monkeypatch)
+    names, warmup, repeats = ["a", "b", "c", "d"], 2, 7
+    calls: list = []
+    spent: dict = {n: [] for n in names}
+
+    def case(name, index):
+        def forward():
+            calls.append(name)
+            k = len(calls)
+            warm = k <= warmup * len(names)
+            fwd, bwd = (1.0, 1.0) if warm else (0.001 * (k % 5 + 1 + index), 0.001 * (7 * k % 11 + 1))
+            if not warm:
+                spent[name].append((1e3 * fwd, 1e3 * bwd))
+            clock.spend(fwd, f"fwd {name}")
+            return _FakeLoss(clock, name, bwd)
+        return forward
+
+    res = measure_interleaved({n: case(n, i) for i, n in enumerate(names)}, repeats=repeats, warmup=warmup)
+    plan = timing._schedule(len(names), repeats, len(names) - 1)
+    assert calls[warmup * len(names):] == [names[i] for order in plan for i in order]
+    for n in names:
+        m, fwd, bwd = res[n], [f for f, _ in spent[n]], [b for _, b in spent[n]]
+        assert m.fwd_ms == pytest.approx(fwd, abs=1e-9) and m.bwd_ms == pytest.approx(bwd, abs=1e-9)
+        assert m.total_ms == pytest.approx([f + b for f, b in spent[n]], abs=1e-9)
+        assert max(m.total_ms) < 1000.0  # no warm-up second in any timing
+        s = m.summary()
+        for key, samples in (("fwd_ms", fwd), ("bwd_ms", bwd), ("total_ms", m.total_ms)):
+            expected = np.percentile(samples, [25, 50, 75])
+            assert (s[f"{key}_q1"], s[key], s[f"{key}_q3"]) == pytest.approx(tuple(expected), abs=1e-9), (n, key)
+        assert m.total_median == pytest.approx(float(np.median([f + b for f, b in spent[n]])), abs=1e-9)
+
+
+def test_ca_rev247_every_plan_runs_each_case_once_per_repetition_within_its_pair_bounds():
+    """Brute force over 3 to 8 cases, 1 to 16 repetitions, with and without the warm-up's step:
+    every repetition runs each case once; at every prefix of k repetitions no ordered pair (a case
+    after itself included, steps between repetitions counted) occurs more than ceil(k / 2) times;
+    from 5 repetitions on, in fewer than half of them (docs/results_format.md, timing rules)."""
+    for n in range(3, 9):
+        for repeats in range(1, 17):
+            for after in (None, n - 1):
+                orders = timing._schedule(n, repeats, after)
+                assert len(orders) == repeats and all(sorted(o) == list(range(n)) for o in orders)
+                counts: dict = {}
+                previous = [] if after is None else [after]
+                for k, order in enumerate(orders, 1):
+                    chain = previous + list(order)
+                    for pair in zip(chain, chain[1:]):
+                        counts[pair] = counts.get(pair, 0) + 1
+                    previous = [order[-1]]
+                    assert max(counts.values()) <= -(-k // 2), (n, repeats, after, k)
+                if repeats >= 5:
+                    assert 2 * max(counts.values()) < repeats, (n, repeats, after, counts)
+
+
+def test_a_numpy_bool_is_no_measured_time_and_no_cases_is_refused_before_any_work():
+    """ca_rev247's risks: ``np.True_`` read as a 1 ms time; an empty case dict divided by zero in the planner."""
+    assert not timing.is_measured_time(np.True_) and not timing.is_measured_time(np.bool_(False))
+    assert timing.is_measured_time(np.float32(1.5)) and timing.is_measured_time(np.int64(2))
+    with pytest.raises(ValueError, match="no cases"):
+        timing.measure_interleaved({}, repeats=3, warmup=1)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 __all__ = ["Measurement", "measure_interleaved", "peak_memory_mb", "synchronize", "quartiles", "nan_max",
@@ -71,12 +72,14 @@ class Measurement:
 def is_measured_time(t) -> bool:
     """Whether ``t`` is a time a measurement gave: a positive finite number.  Zero (the timer
     resolved nothing), a negative time, NaN, ±inf and anything that is no number (``None``,
-    ``""``, a bool, bytes) are failed measurements."""
-    if isinstance(t, (bool, bytes, bytearray)):  # float(True) is 1.0, float(b"2") 2.0: no time either
+    ``""``, a bool, bytes) are failed measurements, as is an integer too large for a float
+    (``10**400``, which JSON reads as an int: ``float`` raises OverflowError; ca_rev247)."""
+    # float(True) is 1.0 (NumPy's bool too), float(b"2") 2.0: no time either
+    if isinstance(t, (bool, np.bool_, bytes, bytearray)):
         return False
     try:
         t = float(t)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return False
     return math.isfinite(t) and t > 0
 
@@ -97,9 +100,12 @@ def fastest(times: Mapping[str, object], failed: Iterable[str] = ()) -> Fastest:
     """The fastest of ``times`` (series → time).  A series in ``failed`` (it raised) or whose
     time is no measured time (:func:`is_measured_time`) failed.  The one rule every verdict and
     figure that names a fastest series follows (the core targets, the graph targets, the
-    speed figure's ratios): a failed series is never the fastest, and never forgotten."""
-    timed = {name: float(t) for name, t in times.items() if is_measured_time(t)}  # type: ignore[arg-type]
-    complete = len(timed) == len(times) and not any(True for _ in failed)
+    speed figure's ratios): a failed series is never the fastest, and never forgotten (one in
+    ``failed`` with a time in ``times`` too had been named the fastest: ca_rev247)."""
+    failed = set(failed)
+    timed = {name: float(t) for name, t in times.items()  # type: ignore[arg-type]
+             if is_measured_time(t) and name not in failed}
+    complete = len(timed) == len(times) and not failed
     if not timed:
         return Fastest(None, math.nan, complete)
     name = min(timed, key=timed.__getitem__)
@@ -302,6 +308,8 @@ def measure_interleaved(cases: dict[str, ForwardFn], device="cpu", repeats: int 
         name -> :class:`Measurement` with every repetition's milliseconds.
     """
     names = list(cases)
+    if not names:  # no order to plan (the planner divided by the count: ca_rev247's risk)
+        raise ValueError("measure_interleaved: no cases to time")
     for _ in range(warmup):
         for name in names:
             _once(cases[name], device, backward)
