@@ -941,3 +941,90 @@ def test_ca_rev217_returned_duals_reads_a_real_tensor_with_the_negative_bit():
     assert duals.dtype == torch.float64 and duals.is_neg()
     got = returned_duals([duals], H, 2)
     np.testing.assert_array_equal(got[0], -values.numpy())
+
+
+# ---- ca_rev248 (hostile review of bench.isolation)
+
+
+def _compressed_archive(values: int) -> bytes:
+    """An archive of one compressed member ``d0.npy`` declaring ``values`` float64 zeros (a few
+    hundred bytes for 80 MB: what a solver writing to its pipe itself could send)."""
+    import zipfile
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f8", "fortran_order": False, "shape": (values,)})
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_BZIP2) as archive:
+        with archive.open("d0.npy", "w", force_zip64=True) as member:
+            member.write(head.getvalue())
+            for _ in range(values // (1 << 20)):
+                member.write(bytes(8 << 20))
+            member.write(bytes(8 * (values % (1 << 20))))
+    return buf.getvalue()
+
+
+def test_ca_rev248_a_compressed_archive_is_refused_before_it_is_inflated():
+    """Run: the child's answer is an archive whose member is compressed: bzip2 of 10**7 float64
+    zeros (80 MB, a few hundred bytes sent), and np.savez_compressed of right duals.
+    Expected: refused without inflating it, as no child of this module compresses.
+    Observed: numpy inflated every declared byte after the deadline, outside the size limit:
+    1.4 kB declaring 1.6 GB took the verifier 10.8 s at --timeout 1 and 3.2 GB of memory."""
+    import tracemalloc
+
+    bomb = _compressed_archive(10 ** 7)
+    assert len(bomb) < 4096
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="compressed"):
+            _read_duals(bomb, [(2, 2, 2)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak  # 80 MB when inflated
+    buf = io.BytesIO()
+    np.savez_compressed(buf, d0=np.zeros((2, 2, 2)))
+    with pytest.raises(ValueError, match="compressed"):
+        _read_duals(buf.getvalue(), [(2, 2, 2)])
+    _read_duals(_unpack(_pack({"status": "ok"}, [np.zeros((2, 2, 2))]))[1], [(2, 2, 2)])  # stored: read
+
+
+@pytest.mark.slow  # a Python process of its own
+def test_ca_rev248_a_solver_that_sends_a_compressed_answer_itself_fails_and_is_stopped(tmp_path):
+    """Run: the solver writes a well-formed answer tagged with its instance to its pipe, the
+    archive a bzip2 member declaring 10**7 float64 values, and sleeps.
+    Expected: the instance fails at once, the child stopped, nothing inflated in the verifier.
+    Observed: the verifier inflated all of it (see the test above) before the shape check."""
+    bomb = tmp_path / "bomb.zip"
+    bomb.write_bytes(_compressed_archive(10 ** 7))
+    body = textwrap.dedent(f"""\
+        from convex_attention.bench.isolation import _pack
+        from multiprocessing.connection import Connection
+        number = sys._getframe(1).f_locals.get("number")
+        Connection(int(sys.argv[2]), readable=False).send_bytes(
+            _pack({{"status": "duals", "instance": number}}) + open({str(bomb)!r}, "rb").read())
+        time.sleep(600)""")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
+        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+        assert isinstance(err, SolverFailed), err
+        assert re.search(r"sent unreadable duals \(.*compressed.*\); it was stopped", str(err)), err
+        assert solver._process is None
+
+
+def test_ca_rev248_a_deadline_without_end_waits_instead_of_overflowing():
+    """Run: IsolatedSolver(spec, timeout=float("inf")) (the API accepts any positive number; the
+    CLI caps --timeout at a day): its waits get the deadline inf.
+    Expected: a wait that never runs late.  Observed: select() raised OverflowError ("cannot
+    convert float infinity to integer"; 1e9 s: "timeout is too large") out of start(), a
+    traceback, and the child it had started was left running."""
+    import selectors
+
+    from convex_attention.bench.isolation import _wait_for
+
+    read, write = os.pipe()
+    try:
+        os.write(write, b"x")
+        for deadline in (float("inf"), time.monotonic() + 1e9, time.monotonic() + 1e300):
+            _wait_for(read, selectors.EVENT_READ, deadline)  # ready: returns
+    finally:
+        os.close(read)
+        os.close(write)

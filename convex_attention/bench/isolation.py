@@ -24,7 +24,7 @@ which inherits no state of the verifier, in a session and process group of its o
   A message the child sends unasked (before it is given an instance, or tagged with another
   one) is never taken as an answer: the instance fails and the child is stopped.
 
-What the child sends is plain bytes: a JSON header and, for duals, an ``.npz`` archive of
+What the child sends is plain bytes: a JSON header and, for duals, a stored ``.npz`` archive of
 float64 arrays read with ``allow_pickle=False``.  Nothing the child sends is unpickled, so
 it cannot run code in the verifier, and the verifier computes every check itself from the
 duals: the child never reports a check's outcome.  The child ignores Ctrl-C (the verifier
@@ -61,6 +61,7 @@ import subprocess
 import sys
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 
@@ -82,6 +83,7 @@ _LENGTH, _LONG_LENGTH = struct.Struct("!i"), struct.Struct("!Q")
 _CHUNK = 1 << 20  # bytes read or written at a time
 _PARENT_POLL_S = 0.5  # how often the child looks whether the verifier's process is still there
 _SMALL_MESSAGE = 1 << 20  # bytes a message without duals may take; a child that sends more is stopped
+_LONGEST_WAIT_S = 3600.0  # the longest single wait handed to select() (an infinite deadline overflowed it)
 
 
 class SolverFailed(Exception):
@@ -203,7 +205,12 @@ def import_the_reader() -> None:
 
 def _read_duals(body: bytes, shapes: Sequence[tuple]) -> list[np.ndarray]:
     """The duals of a message body: exactly ``len(shapes)`` float64 arrays of those shapes
-    (checked again here: the child's own check runs in the child's process)."""
+    (checked again here: the child's own check runs in the child's process).  Only stored
+    (uncompressed) members are read: what is read is then at most ``body`` itself, where a
+    compressed member of 1.4 kB declaring 1.6 GB was inflated after the deadline (ca_rev248)."""
+    with zipfile.ZipFile(io.BytesIO(body)) as archive:
+        if any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist()):
+            raise ValueError("the child sent a compressed archive; duals are sent stored, not compressed")
     with np.load(io.BytesIO(body), allow_pickle=False) as archive:
         names = sorted(archive.files)
         if names != sorted(f"d{i}" for i in range(len(shapes))):
@@ -292,7 +299,7 @@ def _wait_for(fd: int, event: int, deadline: float) -> None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise _Late
-            if selector.select(remaining):
+            if selector.select(min(remaining, _LONGEST_WAIT_S)):
                 return
 
 
