@@ -1028,3 +1028,22 @@ def test_ca_rev248_a_deadline_without_end_waits_instead_of_overflowing():
     finally:
         os.close(read)
         os.close(write)
+
+
+@pytest.mark.slow  # a Python process
+@pytest.mark.parametrize("tag", ["float(number)", "bool(number)"])
+def test_an_answer_tagged_with_a_number_that_is_not_the_int_sent_is_not_taken(tmp_path, tag):
+    """ca_rev248's note: ``1.0`` and ``true`` equal the tag 1; the solver's own exact duals, forged under
+    such a tag (``false`` for the first instance, number 0), are refused all the same."""
+    body = textwrap.dedent(f"""\
+        import numpy as np
+        from convex_attention.bench.isolation import _pack
+        from multiprocessing.connection import Connection
+        number = sys._getframe(1).f_locals.get("number", 0)
+        duals = [d.double().numpy() for d in ca.solve(scores, h, 'exact', temperature=temps).duals]
+        Connection(int(sys.argv[2]), readable=False).send_bytes(_pack({{"status": "duals", "instance": {tag}}},
+                                                                      duals))
+        time.sleep(600)""")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
+        failed = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+    assert isinstance(failed, SolverFailed) and "not its answer to this instance (unasked)" in str(failed), failed

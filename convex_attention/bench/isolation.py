@@ -539,7 +539,8 @@ class IsolatedSolver:
             raise SolverFailed(f"{why} before it was given the instance") from None
         values = sum(math.prod(shape) for shape in shapes)
         header, body = self._receive(deadline, late, _SMALL_MESSAGE + 8 * values + 4096 * len(shapes))
-        if header.get("instance") != number:
+        tag = header.get("instance")
+        if type(tag) is not int or tag != number:  # true and 1.0 equal 1: a tag is the int sent, nothing like it
             raise SolverFailed(self._stop("its process sent a message that is not its answer to this instance "
                                           "(unasked); it was stopped"))
         if header["status"] == "error":
