@@ -2343,3 +2343,182 @@ def test_ca_rev215_a_synthetic_dataset_has_no_image_past_its_last(kind):
         with pytest.raises(IndexError):
             ds[index]
     assert len(list(ds)) == 3
+
+
+# ---- ca_rev249 (hostile review of paper.data.brats)
+
+_CA_REV249_LPS = np.array([[-1.0, 0, 0, 23], [0, -1.0, 0, 19], [0, 0, 1.0, 0], [0, 0, 0, 1]])  # BraTS: L, P, S
+
+
+def _ca_rev249_save(path, array, affine=_CA_REV249_LPS, slope=None, inter=None):
+    """Save ``array`` as NIfTI; with ``slope``/``inter``, as an uncompressed .nii whose header holds them
+    (written byte by byte: nibabel would choose its own scaling for an in-memory array)."""
+    import nibabel as nib
+
+    if slope is None:
+        nib.save(nib.Nifti1Image(array, affine), path)
+        return
+    header = nib.Nifti1Header()
+    header.set_data_shape(array.shape)
+    header.set_data_dtype(array.dtype)
+    header.set_qform(affine, code=1)
+    header.set_sform(affine, code=1)
+    header["scl_slope"], header["scl_inter"], header["vox_offset"] = slope, inter, 352
+    with open(path, "wb") as f:
+        f.write(header.binaryblock + b"\0" * 4 + np.asarray(array).tobytes(order="F"))
+    assert (nib.load(path).dataobj.slope, nib.load(path).dataobj.inter) == (slope, inter)
+
+
+def _ca_rev249_patient(root, pid, shape=(24, 20, 8), seg_affine=_CA_REV249_LPS, seed=0):
+    """A patient as BraTS stores it (L, P, S): int16 modalities scaled by their header (2 x raw + 10,
+    the background raw -5 so 0 once scaled), a whole-tumour label set (1, 2, 4).  Returns the folder and
+    the scaled volumes and the segmentation, canonical (LR, AP, SI)."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, pid)
+    os.makedirs(folder)
+    brain = np.zeros(shape, bool)
+    brain[2:22, 2:18, :] = True
+    vols = {}
+    for m in ("flair", "t1", "t1ce", "t2"):
+        raw = np.where(brain, rng.integers(20, 90, shape), -5).astype(np.int16)
+        _ca_rev249_save(os.path.join(folder, f"{pid}_{m}.nii"), raw, slope=2.0, inter=10.0)
+        vols[m] = raw.astype(np.float64) * 2 + 10
+    seg = np.zeros(shape, np.uint8)
+    seg[3:9, 4:12, 1] = 1  # left of the middle: 48 px
+    seg[14:21, 5:15, 2] = 2  # right of it: 70 px
+    seg[10:15, 6:11, 3] = 4  # columns 10..14: centre 12, not left of W / 2 = 12: the tumour image is [10, 24)
+    seg[12:14, 6:11, 4] = 4  # 10 px: not more than min_tumour_area (10), dropped
+    seg[0:24, 3:6, 5] = 1  # every column: no healthy side, dropped
+    seg[20:24, 3:9, 6] = 2  # touching the right edge: 24 px
+    _ca_rev249_save(os.path.join(folder, f"{pid}_seg.nii.gz"), seg, seg_affine)
+    return folder, vols, seg
+
+
+def _ca_rev249_brute_force(vols, seg, area):
+    """The module docstring, step by step, in numpy: z-score over the non-zero voxels, slices with more than
+    ``area`` tumour pixels, the left-right split, zero-padding to a square (no resize at that size)."""
+    z_scored = []
+    for m in ("flair", "t1", "t1ce", "t2"):
+        v, brain = vols[m], vols[m] != 0
+        z_scored.append(np.where(brain, (v - v[brain].mean()) / v[brain].std(), 0.0))
+    z_scored = np.stack(z_scored)
+    images, labels, masks, slices = [], [], [], []
+    for z in range(seg.shape[2]):
+        tumour = seg[:, :, z].T > 0
+        if tumour.sum() <= area:
+            continue
+        H, W = tumour.shape
+        cols = [c for c in range(W) if tumour[:, c].any()]
+        c0, c1 = cols[0], cols[-1]
+        keep = [c <= c1 for c in range(W)] if (c0 + c1) / 2 < W / 2 else [c >= c0 for c in range(W)]
+        if all(keep):
+            continue
+        piece = z_scored[:, :, :, z].transpose(0, 2, 1)
+        side = max(H, W)
+        top, left = (side - H) // 2, (side - W) // 2
+        for label, columns, mask in ((1, keep, tumour), (0, [not k for k in keep], np.zeros_like(tumour))):
+            image = np.zeros((4, side, side))
+            padded = np.zeros((side, side), bool)
+            for c in range(W):
+                if columns[c]:
+                    image[:, top:top + H, left + c] = piece[:, :, c]
+            padded[top:top + H, left:left + W] = mask
+            images.append(image), labels.append(label), masks.append(padded), slices.append(z)
+    return np.array(images), labels, np.array(masks), slices
+
+
+def test_ca_rev249_preprocessing_matches_a_brute_force_reading_of_the_docstring(tmp_path):
+    """Scaled int16 volumes (scl_slope 2, scl_inter 10: read raw, the background -5 would be brain), stored
+    L, P, S, non-square slices (padded), tumours left, right, astride and at the edge, a too-small one
+    and one spanning every column, labels 1, 2 and 4 as the whole tumour."""
+    folder, vols, seg = _ca_rev249_patient(str(tmp_path / "b"), "Brats18_X_1")
+    out = preprocess_patient(folder, "Brats18_X_1", min_tumour_area=10, image_size=24)
+    images, labels, masks, slices = _ca_rev249_brute_force(vols, seg, 10)
+    assert out["slices"].tolist() == slices == [1, 1, 2, 2, 3, 3, 6, 6]
+    assert out["labels"].tolist() == labels
+    assert np.array_equal(out["masks"], masks)
+    assert np.allclose(out["images"], images, atol=1e-5)
+
+
+def test_ca_rev249_a_modality_without_its_segmentation_is_an_error_naming_it(tmp_path):
+    """Before: only segmentations were looked for, so a patient whose seg file was missing (or misnamed, as
+    BraTS 2020's case 355) was left out without a word, and the split changed with it."""
+    root = str(tmp_path / "b")
+    _ca_rev249_patient(root, "Brats18_X_1")
+    folder, _, _ = _ca_rev249_patient(root, "Brats18_X_2", seed=1)
+    os.remove(os.path.join(folder, "Brats18_X_2_seg.nii.gz"))
+    with pytest.raises(ValueError, match=r"patient 'Brats18_X_2': missing seg volume '.*Brats18_X_2_seg\.nii\.gz' "
+                                         r"\(or \.nii\) beside its flair, t1, t1ce, t2; restore it") as err:
+        find_patients(root)
+    assert "\n" not in str(err.value)
+    for name in os.listdir(folder):  # no modality left either: no patient, and nothing to say
+        os.remove(os.path.join(folder, name))
+    assert list(find_patients(root)) == ["Brats18_X_1"]
+
+
+@pytest.mark.parametrize("how", ["shifted", "2 mm", "rounded"])
+def test_ca_rev249_a_segmentation_on_another_grid_is_refused(tmp_path, how):
+    """Before: only the axes' order and direction and the shape were compared, so a segmentation shifted by
+    5 voxels (or on a 2 mm grid) was read voxel by voxel against the images: its lesion elsewhere.  A header
+    rounded by another tool (1e-4 mm) is still one grid."""
+    affine = _CA_REV249_LPS.copy()
+    if how == "shifted":
+        affine[0, 3] += 5
+    elif how == "2 mm":
+        affine[:3, :3] *= 2
+    else:
+        affine[:3, 3] += 1e-4
+    folder, _, _ = _ca_rev249_patient(str(tmp_path / "b"), "P", seg_affine=affine)
+    if how == "rounded":
+        assert preprocess_patient(folder, "P", min_tumour_area=10, image_size=24)["labels"].size == 8
+        return
+    with pytest.raises(ValueError, match=r"patient 'P': '.*P_seg\.nii\.gz' lies on another grid than "
+                                         r"'.*P_flair\.nii' .*re-export them") as err:
+        preprocess_patient(folder, "P", min_tumour_area=10, image_size=24)
+    assert "\n" not in str(err.value)
+
+
+def test_ca_rev249_a_header_declaring_a_huge_volume_is_refused_before_its_voxels_are_read(tmp_path, monkeypatch):
+    """Before: a 1.4 kB .nii.gz declaring 2000**3 int16 voxels was read (51 s, 15.5 GB) before nibabel found
+    it short.  Here reading voxels raises, so only a refusal from the header passes."""
+    import gzip
+
+    import nibabel as nib
+
+    folder, _, _ = _ca_rev249_patient(str(tmp_path / "b"), "P")
+    header = nib.Nifti1Header()
+    header.set_data_shape((2000, 2000, 2000))
+    header.set_data_dtype(np.int16)
+    header.set_sform(_CA_REV249_LPS, code=1)
+    os.remove(os.path.join(folder, "P_t2.nii"))
+    with gzip.open(os.path.join(folder, "P_t2.nii.gz"), "wb") as f:
+        f.write(header.binaryblock + b"\0" * 1004)
+    real = nib.Nifti1Image.get_fdata
+
+    def read(image, *args, **kwargs):
+        assert image.shape[0] != 2000, "the huge volume's voxels were read"
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(nib.Nifti1Image, "get_fdata", read)
+    with pytest.raises(ValueError, match=r"patient 'P': '.*P_t2\.nii\.gz' declares \(2000, 2000, 2000\) voxels, "
+                                         r"more than"):
+        preprocess_patient(folder, "P", min_tumour_area=10, image_size=24)
+
+
+@pytest.mark.parametrize("value, shown", [(255, "255"), (0.5, "0.5"), (-1, "-1"), (5, "5")])
+def test_a_segmentation_value_that_is_no_brats_label_is_refused_naming_the_file(tmp_path, value, shown):
+    """ca_rev249's risk: any value above 0 read as lesion, so an image saved under the segmentation's name (or a
+    resampled one) was accepted; labels 0 to 4 (4 in 2018, 3 since 2023) are read as before."""
+    import nibabel as nib
+
+    from convex_attention.paper.data.brats import load_patient
+
+    folder, _, seg = _ca_rev249_patient(str(tmp_path), "P1")
+    path = os.path.join(folder, "P1_seg.nii.gz")
+    relabelled = np.where(seg == 4, 3, seg).astype(np.float32)  # BraTS 2023's labels
+    nib.save(nib.Nifti1Image(relabelled, _CA_REV249_LPS), path)
+    assert load_patient(folder, "P1")[1].sum() == (seg > 0).sum()
+    relabelled[0, 0, 0] = value
+    nib.save(nib.Nifti1Image(relabelled, _CA_REV249_LPS), path)
+    with pytest.raises(ValueError, match=rf"P1_seg\.nii\.gz' holds 1 value\(s\) that are no BraTS label \({shown};"):
+        load_patient(folder, "P1")

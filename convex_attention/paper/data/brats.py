@@ -59,8 +59,11 @@ a damaged cache entry is preprocessed again (or, in a cache folder that cannot b
 reported in one line naming the fix).
 
 Errors name the file or patient and the fix: an empty or missing root, a missing or
-unreadable modality, volumes of one patient that differ in shape or axes, NaN voxels, a
-patient id found twice, and a cache folder that cannot be written.
+unreadable modality, a modality without its segmentation, volumes of one patient that differ
+in shape or axes or lie on other grids (NIfTI affines placing a voxel more than half a voxel
+apart), a header declaring more than ``MAX_VOXELS`` voxels, NaN voxels, a segmentation value
+that is no label of ``SEG_LABELS``, a patient id found twice, and a cache folder that cannot
+be written.
 """
 from __future__ import annotations
 
@@ -81,30 +84,45 @@ __all__ = ["BraTSSlices", "find_patients", "split_patients", "load_patient", "sp
            "preprocess_patient", "MODALITIES", "NORMALISATIONS"]
 
 MODALITIES = ("flair", "t1", "t1ce", "t2")
-CACHE_VERSION = 3  # 3: keyed by the source folder, checked against its files
+#: A segmentation's labels: background, then the tumour's classes (4 in BraTS 2018, 3 since 2023, for the
+#: enhancing tumour); every one above 0 is lesion (the whole tumour).
+SEG_LABELS = (0, 1, 2, 3, 4)
+CACHE_VERSION = 4  # 3: keyed by the source folder, checked against its files; 4: grids checked (ca_rev249)
 _AXES = ("LR", "AP", "SI")  # canonical order: left-right, anterior-posterior, inferior-superior
 _FIX_ROOT = ("point root (--data-root) at the unpacked BraTS training folder, the one holding the patient "
              "folders (e.g. MICCAI_BraTS_2018_Data_Training with HGG/ and LGG/)")
 
 
 def find_patients(root: str) -> dict[str, str]:
-    """``{patient_id: folder}`` for every ``<patient>_seg.nii[.gz]`` under ``root``, sorted by id."""
+    """``{patient_id: folder}`` for every ``<patient>_seg.nii[.gz]`` under ``root``, sorted by id.
+    A ``<patient>_{flair,t1,t1ce,t2}.nii[.gz]`` without its segmentation beside it is an error
+    naming the missing file (such a patient had been left out without a word: ca_rev249)."""
     if not os.path.exists(root):
         raise ValueError(f"BraTS root {root!r} does not exist; {_FIX_ROOT}")
     if not os.path.isdir(root):
         raise ValueError(f"BraTS root {root!r} is a file, not a folder; {_FIX_ROOT}")
     found: dict[str, str] = {}
+    volumes: dict[tuple[str, str], list[str]] = {}  # (patient, folder): the modalities found there
     # the root escaped: a folder named "BraTS [copy]" is a path, not a pattern
-    for seg in sorted(glob.glob(os.path.join(glob.escape(root), "**", "*_seg.nii*"), recursive=True)):
-        name = os.path.basename(seg)
-        if not name.endswith(("_seg.nii", "_seg.nii.gz")):
+    for path in sorted(glob.glob(os.path.join(glob.escape(root), "**", "*_*.nii*"), recursive=True)):
+        name, folder = os.path.basename(path), os.path.dirname(path)
+        kind = next((k for k in ("seg",) + MODALITIES if name.endswith((f"_{k}.nii", f"_{k}.nii.gz"))), None)
+        if kind is None:
             continue
-        pid = name[: name.rindex("_seg.nii")]
-        folder = os.path.dirname(seg)
+        pid = name[: name.rindex(f"_{kind}.nii")]
+        if kind != "seg":
+            volumes.setdefault((pid, folder), []).append(kind)
+            continue
         if pid in found and found[pid] != folder:
             raise ValueError(f"patient {pid!r} appears twice: in {found[pid]!r} and {folder!r}; "
                              f"remove one copy")
         found[pid] = folder
+    for (pid, folder), kinds in sorted(volumes.items()):
+        if found.get(pid) != folder:
+            raise ValueError(f"patient {pid!r}: missing seg volume {_candidates(folder, pid, 'seg')[0]!r} (or .nii) "
+                             f"beside its {', '.join(sorted(set(kinds)))}; restore it, or remove the patient's folder "
+                             f"{folder!r} (data without segmentations, such as BraTS's validation set, is no training "
+                             f"data: {_FIX_ROOT})")
     if not found:
         raise ValueError(f"empty dataset: no <patient>/<patient>_seg.nii[.gz] under {root!r}; {_FIX_ROOT}")
     return dict(sorted(found.items()))
@@ -163,8 +181,18 @@ def _source_signature(folder: str, patient: str) -> dict:
     return {"source": os.path.realpath(folder), "files": files}
 
 
-def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple, str]:
-    """``(volume permuted to (LR, AP, SI), its orientation, path)``: the orientation is the
+#: The most voxels a volume may hold (512**3; BraTS's are 240 x 240 x 155, 8.9 million): read from
+#: the header before the voxels, since a gzip file of a few kB can declare gigabytes of zeros (a
+#: 1.4 kB file declaring 2000**3 int16 voxels took 51 s and 15.5 GB before an error: ca_rev249).
+MAX_VOXELS = 512 ** 3
+
+
+class _Refused(Exception):
+    """A volume refused from its header, before its voxels are read."""
+
+
+def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple, str, np.ndarray]:
+    """``(volume permuted to (LR, AP, SI), its orientation, path, affine)``: the orientation is the
     original axes of (LR, AP, SI) and the affine's axis codes, which carry each axis's direction
     too (compared by the axes alone, a segmentation stored mirrored was accepted unflipped, its
     lesion on the healthy side: ca_rev125)."""
@@ -177,8 +205,16 @@ def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple, st
                          f"or remove the patient's folder {folder!r}")
     try:
         image = nib.load(path)
+        shape = tuple(int(n) for n in image.shape)
+        if len(shape) != 3:
+            raise _Refused(f"{path!r} has shape {shape}, expected a 3-D volume")
+        if np.prod(shape, dtype=np.float64) > MAX_VOXELS:
+            raise _Refused(f"{path!r} declares {shape} voxels, more than the {MAX_VOXELS} a volume may hold "
+                           f"(BraTS volumes are 240 x 240 x 155); re-extract the file")
         complex_voxels = np.iscomplexobj(np.empty(0, dtype=image.get_data_dtype()))
         data = None if complex_voxels else np.asarray(image.get_fdata(dtype=np.float32))
+    except _Refused as err:
+        raise ValueError(f"patient {patient!r}: {err}") from None
     except Exception as err:  # nibabel raises many kinds on a damaged file
         raise ValueError(f"patient {patient!r}: cannot read {path!r} ({type(err).__name__}: {err}); "
                          f"re-extract the file") from None
@@ -190,14 +226,23 @@ def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple, st
     if not np.isfinite(data).all():
         raise ValueError(f"patient {patient!r}: {path!r} holds NaN or Inf voxels; re-extract the file")
     axes = _orientation(image.affine, path)
-    return np.transpose(data, axes), (axes, tuple(nib.aff2axcodes(image.affine))), path
+    return np.transpose(data, axes), (axes, tuple(nib.aff2axcodes(image.affine))), path, np.asarray(image.affine)
+
+
+def _grid_offset(affine: np.ndarray, other: np.ndarray, shape: tuple) -> float:
+    """How far apart (mm) the two affines put one voxel of an array of (stored) ``shape``: the
+    largest distance over the grid's corners."""
+    corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
+                        for k in (0, shape[2] - 1)])
+    return float(np.linalg.norm((corners @ (np.asarray(affine, float) - np.asarray(other, float)).T)[:, :3],
+                                axis=1).max())
 
 
 def load_patient(folder: str, patient: str) -> tuple[np.ndarray, np.ndarray]:
     """``(volumes (4, LR, AP, SI) float32 in MODALITIES order, seg (LR, AP, SI) bool)``."""
     loaded = {name: _volume(folder, patient, name) for name in MODALITIES + ("seg",)}
-    shapes = {name: v.shape for name, (v, _, _) in loaded.items()}
-    axes = {name: a for name, (_, a, _) in loaded.items()}
+    shapes = {name: v.shape for name, (v, _, _, _) in loaded.items()}
+    axes = {name: a for name, (_, a, _, _) in loaded.items()}
     if len(set(axes.values())) > 1:
         raise ValueError(f"patient {patient!r}: the files' NIfTI affines orient the axes differently (axes and "
                          f"directions: {', '.join(f'{n} {a[1]}' for n, a in axes.items())}); re-export them on one "
@@ -207,8 +252,32 @@ def load_patient(folder: str, patient: str) -> tuple[np.ndarray, np.ndarray]:
                          f"({', '.join(f'{n} {s}' for n, s in shapes.items())}); every modality and the "
                          f"segmentation must share one grid: re-extract them, or remove the patient's folder "
                          f"{folder!r}")
+    # one grid: the same axes and shape were not enough (a segmentation shifted by 5 voxels, or on a
+    # 2 mm grid, was read voxel by voxel against the images, its lesion elsewhere: ca_rev249); half a
+    # voxel's tolerance, for the rounding of headers written by other tools
+    volume, (order, _), first_path, first = loaded[MODALITIES[0]]
+    stored = [0, 0, 0]
+    for canonical, axis in enumerate(order):
+        stored[axis] = volume.shape[canonical]
+    spacing = float(np.linalg.norm(np.asarray(first, float)[:3, :3], axis=0).min())
+    for name in MODALITIES[1:] + ("seg",):
+        _, _, path, affine = loaded[name]
+        offset = _grid_offset(first, affine, tuple(stored))
+        if not offset <= spacing / 2:
+            raise ValueError(f"patient {patient!r}: {path!r} lies on another grid than {first_path!r} (their "
+                             f"NIfTI affines place one voxel up to {offset:.3g} mm apart, more than half a voxel); "
+                             f"every modality and the segmentation must share one grid: re-export them, or remove "
+                             f"the patient's folder {folder!r}")
+    seg, _, seg_path, _ = loaded["seg"]
+    # BraTS's labels (4 in 2018, 3 in 2023, for the enhancing tumour): an image saved under the
+    # segmentation's name, or a resampled one, read as lesion wherever it was above 0 (ca_rev249's risk)
+    strange = np.setdiff1d(np.unique(seg), SEG_LABELS)
+    if strange.size:
+        raise ValueError(f"patient {patient!r}: {seg_path!r} holds {strange.size} value(s) that are no BraTS label "
+                         f"({', '.join(f'{v:g}' for v in strange[:3])}{', ...' if strange.size > 3 else ''}; labels "
+                         f"are {', '.join(map(str, SEG_LABELS))}); re-extract the segmentation")
     vols = np.stack([loaded[m][0] for m in MODALITIES]).astype(np.float32)
-    return vols, loaded["seg"][0] > 0
+    return vols, seg > 0
 
 
 def _normalise(volume: np.ndarray) -> np.ndarray:
