@@ -299,3 +299,22 @@ def test_the_footer_names_the_cpu_kernels_a_cpu_run_was_timed_on():
     assert "kernels" not in figures.env_line({**env, "gpu": "NVIDIA H100"})
     assert "kernels" not in figures.env_line({k: v for k, v in env.items() if k != "cpu_capability"})
     assert "$" not in figures.env_line({**env, "cpu_capability": "$x$"}).replace(r"\$", "")
+
+
+# ---- ca_rev250 (hand-edited files probe)
+
+
+@pytest.mark.parametrize("load", [10 ** 400, float("inf"), float("nan"), -3, True, "2.5", [1.0]])
+def test_ca_rev250_footer_draws_no_impossible_load_average(load):
+    """A load average bench.json cannot hold (1 and 400 zeros: OverflowError, reported as an axis
+    overflow of every figure; inf, -3, true drawn as 'inf', '-3.00', '1.00') reads '?'."""
+    env = {"torch": "2", "processor": "AMD", "runs": [{"load_average_start": [load], "load_average_end": [0.5]}]}
+    assert "load average (1 min) ? at start, 0.50 at end" in figures.env_line(env)
+
+
+@pytest.mark.parametrize("count", [True, 0, -2, 1.5, 10 ** 400])
+def test_ca_rev250_footer_names_no_impossible_cpu_or_thread_count(count):
+    env = {"torch": "2", "torch_threads": count, "runs": [{"cpu_count": count, "load_average_start": [1.0]}]}
+    line = figures.env_line(env)
+    assert "CPUs" not in line and "? torch threads" in line
+    assert "2 CPUs" in figures.env_line({"torch": "2", "runs": [{"cpu_count": 2}]})

@@ -3612,3 +3612,46 @@ def test_a_ratio_near_its_target_is_drawn_with_the_digits_that_decide_it():
     """bench_core's panel drew exact/softmax 3.004 as "= 3" while the run's verdict on ≤ 3 was NOT met."""
     assert speed.ratio_text(3.004) == "3.004" and speed.ratio_text(0.4531) == "0.4531"
     assert speed.ratio_text(2.0) == "2" and speed.ratio_text(2260.38) == "2.26e+03"
+
+
+# ---- ca_rev250 (hand-edited files probe)
+
+
+def test_ca_rev250_a_row_whose_key_is_no_number_is_left_out_not_a_traceback():
+    """bench.csv with its checksum recomputed after temperature was edited to 'abc': plot raised
+    ValueError out of unique_rows (a traceback, exit 1); the row is left out and named."""
+    good = {"method": "exact", "backend": "", "dual_kind": "", "structure": "chain", "generator": "lesion",
+            "scale": "1.0", "dims": "2", "size": "8", "levels": "2", "batch": "2", "temperature": "1.0",
+            "dtype": "float32", "device": "cpu", "seed": "0", "_line": 2}
+    said = []
+    kept = plots._keyed_rows([good, {**good, "method": "dual", "temperature": "abc", "_line": 3},
+                              {**good, "method": "softmax", "size": "1.5", "_line": 4}], said.append)
+    assert kept == [good]
+    assert len(said) == 1 and "left out 2 row(s)" in said[0] and "line 3 (column temperature holds 'abc'" in said[0]
+
+
+def test_ca_rev250_a_record_linked_to_a_device_is_not_read(tmp_path):
+    """bench.json/graphs.json a link to /dev/zero: json.load read it without end (MemoryError)."""
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    (tmp_path / "bench.json").symlink_to("/dev/zero")
+    said = []
+    assert plot_common.load_record(str(tmp_path), said.append, "bench.json") is None
+    assert said == ["bench.json: not readable JSON (not a regular file); its figures carry no environment line"]
+
+
+@pytest.mark.parametrize("batch", [True, float("inf"), -4, 0, 4.5, 10 ** 400, [4], "x"])
+def test_ca_rev250_core_ratio_refuses_a_batch_that_is_no_positive_integer(batch):
+    """bench_core.json's batch edited: true, 1e999, -4 and 4.5 gave exact/softmax 8, 0, -2 and 1.8
+    (the figure's title against a target of <= 3), 1 and 400 zeros an OverflowError."""
+    rows = [core_row("softmax", 1.0), core_row("exact", 2.0, batch=batch)]
+    with pytest.raises(ValueError, match="batch .* is not a positive integer"):
+        core_ratios(rows, ["exact/softmax"])
+    assert core_ratios([core_row("softmax", 1.0), core_row("exact", 2.0, batch="4")],
+                       ["exact/softmax"])["exact/softmax"][0] == pytest.approx(2.0)
+
+
+def test_ca_rev250_core_quartiles_beyond_float_are_no_spread():
+    rows = [core_row("softmax", 1.0), core_row("exact", 2.0, total_ms_q1=10 ** 400, total_ms_q3=3.0,
+                                               repeats=10 ** 400)]
+    assert core_ratios(rows, ["exact/softmax"])["exact/softmax"][0] == pytest.approx(2.0)

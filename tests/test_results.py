@@ -1526,3 +1526,14 @@ def test_ca_rev227_every_committed_json_file_is_strict_json():
         for chunk in (text.splitlines() if path.suffix == ".jsonl" else [text]):
             if chunk.strip():
                 json.loads(chunk, parse_constant=refuse)
+
+
+# ---- ca_rev250 (hand-edited files probe)
+
+
+def test_ca_rev250_bench_json_linked_to_a_device_is_not_read(tmp_path):
+    """bench.json a link to /dev/zero: stored_config/stored_targets read it without end."""
+    if not os.path.exists("/dev/zero"):
+        pytest.skip("no /dev/zero")
+    (tmp_path / "bench.json").symlink_to("/dev/zero")
+    assert R.stored_config(str(tmp_path)) is None and R.stored_targets(str(tmp_path)) == []

@@ -416,8 +416,11 @@ def stored_targets(out_dir: str) -> list[dict]:
 
 def _bench_json(out_dir: str) -> dict:
     """``out_dir/bench.json`` as read; ``{}`` where there is none or it cannot be read."""
+    path = os.path.join(out_dir, "bench.json")
+    if not os.path.isfile(path):  # none, or a link to /dev/zero or a pipe: never read (ca_rev250)
+        return {}
     try:
-        with open(os.path.join(out_dir, "bench.json"), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except (OSError, ValueError, RecursionError):
         return {}

@@ -99,6 +99,11 @@ def _plural(n, word: str) -> str:
     return f"{n} {word}" if str(n) == "1" else f"{n} {word}s"
 
 
+def _count(x) -> bool:
+    """Whether ``x``, read from a file, is a count of CPUs or threads: an int in [1, 2**31), not a bool."""
+    return isinstance(x, int) and not isinstance(x, bool) and 0 < x < 2 ** 31
+
+
 def _load_text(runs) -> str:
     """The load average (1 min) at the start and end of each recorded run; of more than
     :data:`LISTED_RUNS` runs, the range at the start and at the end (the highest load is
@@ -107,14 +112,22 @@ def _load_text(runs) -> str:
     if not runs:  # none recorded, or none readable
         return "load average not recorded"
 
-    def value(x):
-        return float(x[0]) if isinstance(x, list) and x and isinstance(x[0], (int, float)) else None
+    def value(x):  # a load average: a finite number >= 0 (not a bool, nor an int beyond float: ca_rev250)
+        v = x[0] if isinstance(x, list) and x else None
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return None
+        try:
+            v = float(v)
+        except OverflowError:  # 10**400 read from JSON: it raised through every figure
+            return None
+        return v if math.isfinite(v) and v >= 0 else None
 
     def one(x):
         v = value(x)
         return "?" if v is None else f"{v:.2f}"
 
-    cpus = next((r.get("cpu_count") for r in runs if r.get("cpu_count")), None)
+    # (text is shown bounded, as before; a number only where it is a count: not true, 0 or -2, ca_rev250)
+    cpus = next((c for c in (r.get("cpu_count") for r in runs) if _count(c) or (isinstance(c, str) and c)), None)
     where = f", {plain(cpus, 12)} CPUs" if cpus else ""
     if len(runs) == 1:
         return (f"load average (1 min) {one(runs[0].get('load_average_start'))} at start, "
@@ -145,7 +158,9 @@ def env_line(env: dict | None, notes=()) -> str:
         runs = env.get("runs")
         recorded = [r.get("torch_threads") for r in runs if isinstance(r, dict)] if isinstance(runs, list) else []
         # (a count that is not an integer, e.g. a list in a hand-edited file, shown as '?': ca_rev118)
-        per_run = {t if isinstance(t, int) and not isinstance(t, bool) else "?" for t in recorded if t is not None}
+        per_run = {t if _count(t) else "?" for t in recorded if t is not None}
+        if threads is not None and not _count(threads):
+            threads = "?"  # (True had read '1 torch thread', 0 or -2 as such: ca_rev250)
         if per_run:  # the runs' own record: the threads they ran with
             threads = "/".join(str(t) for t in sorted(per_run, key=str))
         # the CPU kernels torch ran (AVX512, AVX2, ...): one processor name covers CPUs with and without

@@ -35,7 +35,7 @@ import tempfile
 from ...io.figures import FigureLayoutError, layout_guard
 from ...io.files import write_json
 from ..examples import not_the_sweeps_example
-from ..results import committed_histories, unique_rows, whole_histories
+from ..results import committed_histories, row_key, unique_rows, whole_histories
 from ._common import (
     DTYPE_COLORS,
     DTYPE_EPS,
@@ -44,6 +44,7 @@ from ._common import (
     PlotWarning,
     env_of,
     graph_parts,
+    listing,
     load_record,
     not_drawn_notes,
     read_results,
@@ -220,6 +221,7 @@ def _draw(folder: str, out: str, log: Log) -> list[str]:
     # the rows bench --resume would keep: a key held twice, and histories of rows never committed, are
     # not drawn (two copies were drawn at a median neither held; orphans as histories: ca_rev118)
     if rows:
+        rows = _keyed_rows(rows, log)
         rows, copied = unique_rows(rows)
         for problem in copied:
             log(f"{problem} from the figures")
@@ -305,6 +307,23 @@ def _backward_source(folder: str, log: Log) -> tuple[bool, dict | None]:
             f"without backward): not drawn under that run's environment; left as it is")
         return False, None
     return True, env_of(record, "graphs.json", log)
+
+
+def _keyed_rows(rows: list[dict], log) -> list[dict]:
+    """The bench.csv rows whose key (:func:`~..results.row_key`) can be read; the others (a
+    key column edited to text a number column cannot hold: a traceback out of ``unique_rows``,
+    ca_rev250) left out and named."""
+    kept, bad = [], []
+    for r in rows:
+        try:
+            row_key(r)
+        except ValueError as err:
+            bad.append(f"line {r.get('_line', '?')} ({str(err).removeprefix('bench row: ')})")
+            continue
+        kept.append(r)
+    if bad:
+        log(f"bench.csv: left out {len(bad)} row(s) whose key cannot be read: {listing(bad)}")
+    return kept
 
 
 def _digest(path: str) -> dict:

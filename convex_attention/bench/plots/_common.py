@@ -624,6 +624,9 @@ def load_record(folder: str, log: Log, name: str) -> dict | None:
     path = os.path.join(folder, name)
     if not os.path.exists(path):
         return None
+    if not os.path.isfile(path):  # a folder, or a link to /dev/zero or a pipe: read, it never ends (ca_rev250)
+        log(f"{name}: not readable JSON (not a regular file); its figures carry no environment line")
+        return None
     bad_tokens = []
 
     def constant(token):  # NaN, Infinity, -Infinity

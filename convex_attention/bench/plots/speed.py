@@ -133,7 +133,7 @@ def _core_bars(rows) -> tuple[dict, str]:
     has_total = _uses_total(rows)
     rows = [r for r in rows if _measured(r) and not _untimed(r, has_total)]
     for r in rows:
-        batch = float(r["batch"])
+        batch = _core_batch(r)
         total = float(r["total_ms"]) if has_total else float(r["fwd_ms"]) + float(r["bwd_ms"])
         q1, q3 = r.get("total_ms_q1"), r.get("total_ms_q3")
         recorded = has_total and is_finite_value(q1) and is_finite_value(q3)
@@ -154,10 +154,24 @@ def _core_bars(rows) -> tuple[dict, str]:
     return out, stat
 
 
+def _core_batch(row) -> int:
+    """The batch of a measured core-benchmark row: a positive integer, else ValueError (the
+    record is not drawn).  Read as a float, a hand-edited ``true``, ``1e999``, ``-4`` or ``4.5``
+    divided the times per sample by 1, inf, -4 or 4.5: the ratios of the figure's titles, 4x,
+    0, negative (ca_rev250); ``1`` and 400 zeros raised OverflowError."""
+    batch = row.get("batch")
+    if isinstance(batch, str) and batch.strip().isdigit():  # (a string of digits, as a CSV holds it)
+        batch = int(batch)
+    if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= 2 ** 53:
+        raise ValueError(f"the {plain(row.get('method'), 30)} row's batch {plain(repr(batch), 30)} is not a "
+                         f"positive integer (at most 2**53)")
+    return int(batch)
+
+
 def is_finite_value(v) -> bool:
     try:
         return v is not None and v != "" and math.isfinite(float(v))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # (an int beyond float: 1 and 400 zeros, ca_rev250)
         return False
 
 
