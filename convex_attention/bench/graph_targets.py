@@ -32,7 +32,10 @@ that was measured and is NaN or infinite is a miss, ``False``, never "not measur
   family without a closed form, and on the forests (a star of 4 maps of side ``size`` into
   side ``size``/4, and a 2-level chain) ``dual`` against ``exact`` and ``exact`` against the
   maps' softmaxes.  The issue sets the cvxpylayers ratio and the star's at 64² (:data:`TARGET_SIDE`):
-  at another side they are measured and given no verdict (``None``).  -> ``speed.csv``
+  at another side they are measured and given no verdict (``None``), as is the cvxpylayers
+  ratio where ``dual`` and cvxpylayers ran on different kinds of processor (``--device``
+  beside ``--cvx-device``: two processors compared, not ``dual`` with the strongest
+  alternative on one).  -> ``speed.csv``
 * ``backward``: the implicit backward (forward to tol 1e-4 … 1e-10) against unrolling
   plain sweeps with autograd (1 … 128 sweeps): time and the gradient's relative error
   against the implicit gradient at tol 1e-13, ``repeats`` timed repetitions; a family whose
@@ -888,6 +891,28 @@ def _at_target_side(target: dict, side: int | None) -> dict:
     return {**target, "met": None, "detail": "; ".join(filter(None, [note, target["detail"]]))}
 
 
+def _device_kind(device) -> str:
+    """The kind of processor a row's ``device`` names (``cuda:0`` -> ``cuda``; older rows
+    without one ran on the CPU)."""
+    return str(device or "cpu").split(":")[0]
+
+
+def _across_processors(target: dict, dual_device, cvx_devices) -> dict:
+    """``target`` (the cvxpylayers ratio), given no verdict where ``dual`` and a cvxpylayers
+    backend ran on different kinds of processor (``--device cuda`` beside ``--cvx-device cpu``):
+    the ratio then compares two processors, not ``dual`` with the strongest alternative on one
+    (a backend's CUDA build might be faster, or slower: docs/benchmarks.md, speed on a GPU),
+    as the core targets give no verdict to exact on another device than cvxpylayers
+    (ca_rev251: a GPU ``dual`` against moreau on the CPU read met).  Its value stays; a target
+    without a value keeps its verdict."""
+    others = sorted({_device_kind(d) for d in cvx_devices} - {_device_kind(dual_device)})
+    if not others or target["value"] is None:
+        return target
+    note = (f"no verdict: dual ran on {dual_device}, cvxpylayers on {', '.join(others)}: a ratio across "
+            f"processors, not against the fastest backend on dual's")
+    return {**target, "met": None, "detail": "; ".join(filter(None, [note, target["detail"]]))}
+
+
 def _targets(results: dict, side: int | None = None) -> list[dict]:
     """Every target of ``results`` (a run's parts), judged.  ``side``: the run's ``size``;
     the speed targets the issue sets at 64² give no verdict at another side."""
@@ -981,28 +1006,30 @@ def _targets(results: dict, side: int | None = None) -> list[dict]:
         cvx = {b: r for b, r in ran.items() if is_measured_time(r["per_sample_ms"])}
         failed += [b for b in ran if b not in cvx]
         ratios = "; ".join(f"{b}: {time_ratio(cvx[b]['per_sample_ms'], dual['per_sample_ms']):.3g}x" for b in cvx)
+        # every cvxpylayers row of the family, failed ones included (each says where it would have solved)
+        cvx_devices = [r.get("device") for r in speed if r["family"] == family and r.get("method") == "cvxpylayers"]
         if quickest.name and not quickest.complete:  # the fastest backend cannot be named: one failed here
             # ... but the ratio against the backends that ran bounds it from above: below the
             # target, the miss is certain whatever the failed one would have measured (as is a
             # bound that is no number: a zero or NaN time of dual is a miss)
             bound = time_ratio(quickest.time, dual["per_sample_ms"])
             certain = not (math.isfinite(bound) and bound >= 1e3)
-            out.append(_at_target_side(_target(
+            out.append(_across_processors(_at_target_side(_target(
                 f"cvxpylayers (fastest) / dual per sample ({family})", bound if certain else None, ">=", 1e3,
                 ("at most the ratio to the backends that ran" if certain else "not measured")
                 + f": {', '.join(failed)} failed on this family; {ratios}"
                 + "".join(f"; {b} at eps {r['eps']:g} accepted at {r['accept_tol']:g}" for b, r in cvx.items()
-                          if isinstance(r.get("eps"), float)), missed=certain), side))
+                          if isinstance(r.get("eps"), float)), missed=certain), side), dual.get("device"), cvx_devices))
         elif quickest.name:
             best = cvx[quickest.name]
-            out.append(_at_target_side(_target(
+            out.append(_across_processors(_at_target_side(_target(
                 f"cvxpylayers[{quickest.name}] (fastest) / dual per sample ({family})",
                 time_ratio(quickest.time, dual["per_sample_ms"]), ">=", 1e3,
                 ratios + f"; dual on {dual.get('device', 'cpu')} (batch {dual['batch']}), "
                 f"cvxpylayers[{quickest.name}] on {best.get('device', 'cpu')} (batch {best['batch']}"
                 + (f", eps {best['eps']:g} accepted at {best['accept_tol']:g}"
                    if isinstance(best.get("eps"), float) else "") + ")"),
-                side))
+                side), dual.get("device"), cvx_devices))
         else:
             out.append(_target(f"cvxpylayers (fastest) / dual per sample ({family})", None, ">=", 1e3,
                                "no backend ran" + (f" (failed: {', '.join(failed)})" if failed else "")))
