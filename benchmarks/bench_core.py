@@ -71,7 +71,8 @@ def main(argv=None):
                          f"{'it' if len(unread) == 1 else 'them'} out")
         record = os.path.join(args.out, "bench_core.json")
         if not os.path.isfile(record):  # (before the lock, which would make the folder)
-            parser.error(f"--plot-only: {record} is not a bench_core.json (no such file)")
+            why = "not a regular file" if os.path.exists(record) else "no such file"  # (a link to /dev/zero)
+            parser.error(f"--plot-only: {record} is not a bench_core.json ({why})")
         try:  # the figure is written beside the files of the run that may hold the folder: one writer
             with results_lock(args.out, command="bench_core --plot-only", wait=args.wait,
                               log=lambda m: print(f"bench_core.py: {m}", file=sys.stderr)):

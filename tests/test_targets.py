@@ -126,6 +126,11 @@ def test_bench_core_refuses_before_any_work_in_one_line(tmp_path, capsys, monkey
         (tmp_path / "c").mkdir(exist_ok=True)
         (tmp_path / "c" / "bench_core.json").write_text(record)
         assert "--plot-only" in refused("--plot-only", "--out", str(tmp_path / "c"))
+    # a record that is no regular file is named so (it had said "no such file" of a link to /dev/zero: ca_rev250)
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "bench_core.json").symlink_to("/dev/zero")
+    assert "(not a regular file)" in refused("--plot-only", "--out", str(tmp_path / "d"))
+    assert "(no such file)" in refused("--plot-only", "--out", str(tmp_path / "e"))
 
 
 def test_bench_core_waiting_for_a_run_refuses_the_results_that_run_wrote(tmp_path, capsys, monkeypatch):
