@@ -8,6 +8,7 @@ from convex_attention.paper.config import ExperimentConfig
 from convex_attention.paper.data import SyntheticLesions
 from convex_attention.paper.explain import (
     explain_models,
+    explanations,
     lesion_indices,
     summarise,
     write_outputs,
@@ -1027,3 +1028,119 @@ def test_ca_rev235_explain_models_defaults_are_the_experiments_and_the_commands(
     parameters = inspect.signature(explain_models).parameters
     assert parameters["n_images"].default == EXPLAINED_IMAGES == ExperimentConfig().n_explain
     assert parameters["batch_size"].default == EXPLAIN_BATCH_SIZE
+
+
+# ---- ca_rev252 (hostile review of paper.explain / paper.sanity)
+
+def _ca_rev252_model(norm="batch"):
+    """A tiny model whose BatchNorm statistics are not the fresh ones (so eval and training
+    modes differ) and whose logits are not all near 0 (so the maps are not all zero)."""
+    torch.manual_seed(0)
+    model = AttentionUNet(method="softmax", width=4, image_size=32, embed_channels=8, norm=norm).eval()
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0.0, 0.3)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+        model.classifier.weight.mul_(50.0)
+    torch.manual_seed(2)
+    return model, torch.rand(4, model.config.in_channels, 32, 32), torch.tensor([1, 0, 0, 1])
+
+
+def _ca_rev252_hand_gradcam(model, images, targets, level):
+    """GradCAM by hand: the block's last ReLU hooked, the gradient of each image's target logit
+    (pre-softmax), channel weights = the spatial mean of the gradients, ReLU of the weighted sum."""
+    store = {}
+    hook = model.attention_layer(level).register_forward_hook(lambda module, i, o: store.setdefault("a", o))
+    try:
+        logits = model(images).logits
+    finally:
+        hook.remove()
+    (grad,) = torch.autograd.grad(logits[torch.arange(len(images)), targets].sum(), store["a"])
+    return torch.relu((grad.mean((2, 3), keepdim=True) * store["a"]).sum(1)).detach()
+
+
+def test_ca_rev252_gradcam_is_a_hand_gradcam_of_each_images_own_label_and_of_the_prediction():
+    """Every level's GradCAM map is the hand GradCAM of the true label (``target="true"``) or of
+    the argmax (``"predicted"``), at the level's grid, with the model in eval mode (mutants: the
+    other class explained, the model left in training mode, the level's block off by one)."""
+    model, images, labels = _ca_rev252_model()
+    model.train()
+    maps = explanations(model, images, "true", True, labels)
+    assert model.training  # the caller's mode is restored
+    model.eval()
+    predicted = explanations(model, images, "predicted", True)
+    prediction = model(images).logits.argmax(1)
+    assert not torch.equal(prediction, labels)  # the two targets differ somewhere
+    nonzero = 0
+    for level, grid in enumerate(model.hierarchy.shapes):
+        for got, targets in ((maps, labels), (predicted, prediction)):
+            want = _ca_rev252_hand_gradcam(model, images, targets, level)
+            assert tuple(got[("gradcam", level)].shape) == (4, *grid)
+            torch.testing.assert_close(got[("gradcam", level)], want, rtol=1e-5, atol=1e-7)
+            nonzero += int(bool((want > 0).any()))
+    assert nonzero >= 2  # not an all-zero comparison
+
+
+def test_ca_rev252_input_attributions_are_complete_and_match_captum_free_oracles():
+    """Integrated Gradients against the all-zero baseline sums to f(x) − f(0) of the explained
+    logit and matches a 64-point midpoint Riemann sum; Input×Gradient is x · ∂f/∂x (mutants: a
+    non-zero baseline, the other class, a sign)."""
+    model, images, labels = _ca_rev252_model()
+    maps = explanations(model, images, "true", True, labels)
+    pick = torch.arange(len(images))
+    with torch.no_grad():
+        delta = model(images).logits[pick, labels] - model(torch.zeros_like(images)).logits[pick, labels]
+    ig = maps[("integrated_gradients", -1)]
+    torch.testing.assert_close(ig.flatten(1).sum(1), delta, rtol=0.1, atol=1e-6)  # 32 Gauss-Legendre points
+    alphas = (torch.arange(64) + 0.5) / 64
+    path = torch.cat([a * images for a in alphas]).requires_grad_()
+    (grad,) = torch.autograd.grad(model(path).logits[torch.arange(len(path)), labels.repeat(64)].sum(), path)
+    riemann = images * grad.view(64, *images.shape).mean(0)
+    # (a ReLU network's path gradient is piecewise constant: the two quadratures differ locally)
+    torch.testing.assert_close(ig, riemann, rtol=0.0, atol=0.05 * float(riemann.abs().max()))
+    assert float(torch.corrcoef(torch.stack([ig.flatten(), riemann.flatten()]))[0, 1]) > 0.999
+    x = images.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(model(x).logits[pick, labels].sum(), x)
+    torch.testing.assert_close(maps[("input_x_gradient", -1)], images * grad)
+
+
+def test_ca_rev252_an_image_alone_or_in_a_shuffled_batch_gets_the_same_maps():
+    """No map depends on the other images of the batch or on its order (BatchNorm in eval mode,
+    the model given in training mode; mutants: training mode kept, maps read at the wrong
+    position)."""
+    model, images, labels = _ca_rev252_model()
+    model.train()
+    maps = explanations(model, images, "true", True, labels)
+    order = torch.tensor([2, 0, 3, 1])
+    shuffled = explanations(model, images[order], "true", True, labels[order])
+    alone = explanations(model, images[1:2], "true", True, labels[1:2])
+    for key, m in maps.items():
+        scale = float(m.abs().max()) + 1e-30
+        assert float((shuffled[key] - m[order]).abs().max()) <= 1e-5 * scale, key
+        assert float((alone[key][0] - m[1]).abs().max()) <= 1e-5 * scale, key
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    for level, p in enumerate(out.maps):
+        torch.testing.assert_close(maps[("attention", level)], p)
+
+
+def test_ca_rev252_lrp_is_left_out_for_a_groupnorm_model_and_said():
+    """captum's LRP has no rule for GroupNorm: with ``norm="group"`` its relevance reached ~7e13 (logits
+    ~ -23) and an image's map moved by up to 7.6 % of its maximum between the image alone and in a batch of
+    4 (float32 rounding amplified; float64 agreed to 1e-15): no explanation of the model.  lrp refuses
+    such a model; explanations leaves LRP out of its maps and explain_models says so; a BatchNorm model
+    keeps it."""
+    from convex_attention.baselines.attributions import lrp, lrp_refusal
+    from convex_attention.paper.explain import explanations
+
+    model, images, labels = _ca_rev252_model(norm="group")
+    assert "GroupNorm" in lrp_refusal(model)
+    with pytest.raises(ValueError, match="LRP: captum's LRP has no rule for GroupNorm"):
+        lrp(model, images, labels)
+    maps = explanations(model, images, labels=labels)
+    assert ("lrp", -1) not in maps and ("deeplift", -1) in maps and ("gradcam", 0) in maps
+    batch_model = _ca_rev252_model(norm="batch")[0]
+    assert lrp_refusal(batch_model) is None and ("lrp", -1) in explanations(batch_model, images, labels=labels)

@@ -521,3 +521,68 @@ def test_ca_rev215_the_cascade_reinitialises_the_batchnorm_statistics_of_a_train
     for key in running:
         assert torch.equal(state[key], fresh[key]) and not torch.equal(state[key], torch.full_like(state[key], 7.0)), \
             (stage, key)
+
+
+# ---- ca_rev252 (hostile review of paper.explain / paper.sanity)
+
+def test_ca_rev252_rank_correlation_is_scipys_spearman_ties_included_and_nan_for_a_constant_map():
+    """Against scipy.stats.spearmanr on many small maps with ties (mutants: ranks without tie
+    averaging, Pearson of the values, a constant map read as 0 or 1)."""
+    from scipy.stats import spearmanr
+
+    from convex_attention.paper.sanity import rank_correlation
+
+    rng = np.random.default_rng(252)
+    for _ in range(100):
+        a = rng.integers(0, 4, (5, 6)).astype(float)
+        b = rng.normal(size=(5, 6)) if rng.random() < 0.5 else rng.integers(0, 3, (5, 6)).astype(float)
+        want = float(spearmanr(a.ravel(), b.ravel()).statistic)
+        got = rank_correlation(a, b)
+        assert (math.isnan(got) and math.isnan(want)) or got == pytest.approx(want, abs=1e-12)
+    assert math.isnan(rank_correlation(np.zeros((4, 4)), rng.normal(size=(4, 4))))
+    assert math.isnan(rank_correlation(rng.normal(size=(4, 4)), np.full((4, 4), 3.0)))
+
+
+def test_ca_rev252_each_cascade_stage_reinitialises_its_layers_only_and_leaves_the_model_alone():
+    """Stage by stage, exactly the stage's parameters and buffers change (top first: classifier,
+    heads, then blocks 4 .. 1), to the values of a fresh model of the seed; the last copy is that
+    fresh model; the trained model is untouched, and the same seed gives the same rows
+    (mutants: a stage's prefix wrong, the model's own state mutated, the seed ignored)."""
+    from convex_attention.paper.sanity import cascading_copies, randomisation_check, randomised_copy
+
+    model = _tiny("softmax")
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0.0, 0.3)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+        model.classifier.weight.mul_(50.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = randomised_copy(model, seed=4).state_dict()
+    previous = before
+    seen = []
+    for stage, copy_ in cascading_copies(model, seed=4):
+        state = {k: v.clone() for k, v in copy_.state_dict().items()}
+        changed = {k.split(".")[0] + ("." + k.split(".")[1] if k.startswith("blocks.") else "")
+                   for k in state if not torch.equal(state[k], previous[k])}
+        seen.append((stage, sorted(changed)))
+        previous = state
+    assert seen == [("classifier", ["classifier"]), ("attention", ["heads"]), ("block4", ["blocks.3"]),
+                    ("block3", ["blocks.2"]), ("block2", ["blocks.1"]), ("block1", ["blocks.0"])]
+    assert all(torch.equal(previous[k], fresh[k]) for k in fresh)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    torch.manual_seed(1)
+    images, labels = torch.rand(2, model.config.in_channels, 32, 32), torch.tensor([1, 0])
+    first = randomisation_check(model, images, seed=4, posthoc=False, labels=labels)
+    again = randomisation_check(model, images, seed=4, posthoc=False, labels=labels)
+    other = randomisation_check(model, images, seed=5, posthoc=False, labels=labels)
+    key = [(r["stage"], r["level"], r["position"]) for r in first]
+    assert key == [(r["stage"], r["level"], r["position"]) for r in again]
+    values = np.array([r["spearman_abs"] for r in first])
+    assert np.isfinite(values).all()
+    np.testing.assert_array_equal(values, [r["spearman_abs"] for r in again])
+    assert not np.array_equal(values, [r["spearman_abs"] for r in other])
+    # the classifier alone re-initialised leaves the attention maps as they were: ρ = 1
+    assert all(r["spearman_abs"] == pytest.approx(1.0) for r in first if r["stage"] == "classifier")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections import defaultdict
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..baselines.attributions import BASELINES, gradcam
+from ..baselines.attributions import BASELINES, gradcam, lrp_refusal
 from ..io import figures
 from ..io.figures import FULL_WIDTH, STYLE
 from ..io.files import atomic_csv, atomic_write_text
@@ -184,6 +185,8 @@ def explanations(model, images: torch.Tensor, target: str = "true", posthoc: boo
             for k in range(len(model.config.attention_blocks)):
                 maps[("gradcam", k)] = gradcam(model, images, targets, level=k)
             for name, fn in BASELINES.items():
+                if name == "lrp" and lrp_refusal(model):  # left out, and said by explain_models
+                    continue
                 maps[(name, -1)] = fn(model, images.clone().requires_grad_(), targets)
     finally:
         for module, training in modes:
@@ -317,6 +320,9 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = EXPLAINED_IMA
         raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLINGS)}, got {upsampling!r}")
     check_explained(models, baseline_model)
     posthoc = _posthoc_models(models, baseline_model)
+    unruled = {name: lrp_refusal(models[name]) for name in sorted(posthoc) if lrp_refusal(models[name])}
+    if unruled:  # their LRP rows are left out (explanations), never scored
+        warnings.warn(f"LRP left out for {', '.join(unruled)}: {next(iter(unruled.values()))}", stacklevel=2)
     if indices is None:
         indices = lesion_indices(dataset, n_images)
     wanted = {"lesion": set(indices), "decisive": set(decisive or ())}
