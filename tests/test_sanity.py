@@ -586,3 +586,21 @@ def test_ca_rev252_each_cascade_stage_reinitialises_its_layers_only_and_leaves_t
     # the classifier alone re-initialised leaves the attention maps as they were: ρ = 1
     assert all(r["spearman_abs"] == pytest.approx(1.0) for r in first if r["stage"] == "classifier")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_a_randomised_copy_draws_from_the_cpu_generator_alone_and_puts_it_back(monkeypatch):
+    """ca_rev252's note: torch.manual_seed reseeds every GPU's generator too, which fork_rng(devices=[])
+    does not restore; the copy's weights are those torch.manual_seed(seed) gave."""
+    from convex_attention.paper.models import AttentionUNet
+    from convex_attention.paper.sanity import randomised_copy
+
+    model = AttentionUNet(method="softmax", width=4, image_size=32, embed_channels=8)
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    before = torch.random.get_rng_state()
+    fresh = randomised_copy(model, seed=3)
+    assert reseeded == [] and torch.equal(torch.random.get_rng_state(), before)
+    torch.manual_seed(3)
+    want = type(model)(config=model.config)
+    for (name, got), (_, ref) in zip(fresh.state_dict().items(), want.state_dict().items()):
+        assert torch.equal(got, ref), name

@@ -221,8 +221,10 @@ def randomised_copy(model, seed: int = 0):
     BatchNorm statistic re-initialised; the global RNG state is left as it was), in
     evaluation mode, on the model's device."""
     device = next(model.parameters()).device
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with torch.random.fork_rng(devices=[]):  # the CPU's state, the one the fresh model draws from
+        # the CPU's generator only: torch.manual_seed also reseeds every GPU's, which fork_rng(devices=[])
+        # does not put back (ca_rev252's note); the weights drawn are the same
+        torch.random.default_generator.manual_seed(seed)
         fresh = type(model)(config=model.config)
     return fresh.to(device).eval()
 
