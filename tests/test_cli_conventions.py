@@ -1305,3 +1305,26 @@ def test_ca_rev241_a_value_of_two_dashes_kept_as_python_3_13_keeps_it_is_refused
         parser.parse_args(["--out=--"])
     assert stop.value.code == 2
     assert "argument --out: expected a value, got '--'" in capsys.readouterr().err
+
+
+# ---- ca_rev253 (crash and resume probe)
+
+def test_ca_rev253_ctrl_c_while_the_options_are_checked_is_one_line_exit_130(tmp_path, monkeypatch,
+                                                                            capsys):
+    """Run: timeout -s INT 1 convex-attention bench --methods exact --out F (checking --methods imports torch, about
+    1.3 s). Expected: one line on stderr, exit 130, as once the command runs. Observed: parse_args ran outside
+    main's handling: an 80- to 120-line traceback ending in KeyboardInterrupt, killed by SIGINT (exit -2)."""
+    import convex_attention.cli as cli
+    from convex_attention.cli._common import CommandParser
+
+    def interrupted(self, args=None, namespace=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(CommandParser, "parse_args", interrupted)
+    try:
+        code = cli.main(["bench", "--methods", "exact", "--out", str(tmp_path / "new")])
+    except KeyboardInterrupt:
+        code = "uncaught KeyboardInterrupt"
+    err = capsys.readouterr().err.strip()
+    assert code == 130 and len(err.splitlines()) == 1 and "interrupted" in err, (code, err)
+    assert not (tmp_path / "new").exists()

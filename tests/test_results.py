@@ -1537,3 +1537,34 @@ def test_ca_rev250_bench_json_linked_to_a_device_is_not_read(tmp_path):
         pytest.skip("no /dev/zero")
     (tmp_path / "bench.json").symlink_to("/dev/zero")
     assert R.stored_config(str(tmp_path)) is None and R.stored_targets(str(tmp_path)) == []
+
+
+# ---- ca_rev253 (crash and resume probe)
+
+def test_ca_rev253_a_resume_with_nothing_to_measure_keeps_warmup_s(tmp_path):
+    """Run: bench --out F (finishes), then the same bench --resume --out F (nothing left: no warm-up runs).
+    Expected: bench.json keeps the warm-up time it recorded. Observed: warmup_s vanished from bench.json
+    (the resume's writer started with no extras and rewrote the file)."""
+    w = sweep_writer(tmp_path)
+    w.commit(bench_row())
+    w.set_extra(warmup_s=0.25)
+    w2 = sweep_writer(tmp_path, resume=True)
+    w2.set_extra(targets=[], cvx_backends=[])  # what the sweep's end writes
+    assert strict_load(str(tmp_path / "bench.json")).get("warmup_s") == 0.25
+
+
+def test_ca_rev253_a_resume_refuses_a_read_only_result_file(tmp_path):
+    """Run: chmod a-w F/bench.csv; bench ... --resume --out F (the grid grown). Expected: refused (exit 2) naming
+    the file, as a dangling link is. Observed: the first commit renamed a writable (0644) bench.csv over it."""
+    w = sweep_writer(tmp_path)
+    w.commit(bench_row())
+    csv_path = tmp_path / "bench.csv"
+    before = csv_path.read_bytes()
+    csv_path.chmod(0o444)
+    try:
+        with pytest.raises(R.FinishedRows, match="bench.csv read-only"):
+            R.check_start_over(str(tmp_path), True, False)
+        R.check_start_over(str(tmp_path), False, True)  # --overwrite is the consent to replace it
+        assert csv_path.read_bytes() == before and not csv_path.stat().st_mode & 0o222
+    finally:
+        csv_path.chmod(0o644)

@@ -683,7 +683,8 @@ def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None, *
     FinishedRows, whatever the options, when a file the sweep writes (bench.csv, bench.json,
     convergence.csv, example.npz) exists as something other than a regular file (a folder,
     a named pipe); FinishedRows, without ``overwrite``, when one of them is a symbolic link
-    to a missing file; ValueError when it is asked to both resume and overwrite."""
+    to a missing file, or a file without write permission; ValueError when it is asked to both
+    resume and overwrite."""
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: --resume keeps the finished rows, "
                          "--overwrite discards them; pass one")
@@ -698,6 +699,11 @@ def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None, *
     if dangling:  # the user's link: a write would replace it (a review found it replaced silently)
         raise FinishedRows(f"{out_dir} holds {' and '.join(dangling)} as a symbolic link to a missing file, which "
                            f"this bench would replace; pass --overwrite to replace it, or choose another --out")
+    read_only = [name for name in (*OUTPUTS, EXAMPLE) if _read_only(os.path.join(out_dir, name))]
+    if read_only:  # made read-only by the user: a commit renamed a writable copy over it (ca_rev253)
+        raise FinishedRows(f"{out_dir} holds {' and '.join(read_only)} read-only (no write permission), which this "
+                           f"bench would replace; make it writable (chmod u+w), pass --overwrite to replace it, or "
+                           f"choose another --out")
     if resume:
         if config is not None:
             check_resume_config(out_dir, config)
@@ -718,6 +724,15 @@ def check_start_over(out_dir: str, resume: bool, overwrite: bool, config=None, *
         raise FinishedRows(f"{out_dir} holds {' and '.join(earlier)} of an earlier bench (and no row in bench.csv), "
                            f"which a new bench would replace; pass --overwrite to replace them and start over, or "
                            f"choose another --out")
+
+
+def _read_only(path: str) -> bool:
+    """Whether ``path`` is a file nobody may write (no write bit in its mode: root's writes
+    are allowed, so its mode is read rather than :func:`os.access`)."""
+    try:
+        return os.path.isfile(path) and not os.stat(path).st_mode & 0o222
+    except OSError:
+        return False
 
 
 def _runs_now(row: dict) -> bool:
@@ -819,6 +834,10 @@ class ResultsWriter:
             self.runs = self._earlier_runs(recorded)
             # check_start_over refused rows without a readable configuration
             self.config = _grown_config(_with_legacy_batch(stored_config(out_dir)), self.config)
+            warmup = recorded.get("warmup_s")  # the earlier run's, until this run warms up (a resume that
+            # measured nothing dropped it from bench.json: ca_rev253)
+            if isinstance(warmup, (int, float)) and not isinstance(warmup, bool) and math.isfinite(warmup):
+                self.extra["warmup_s"] = warmup
         self.env = environment(device_env)
         if resume and self._rows:
             earlier = recorded.get("environment")

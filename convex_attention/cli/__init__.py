@@ -40,7 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:  # checking an option's value imports torch (a second or more): Ctrl-C there is no traceback (ca_rev253)
+        args = parser.parse_args(argv)
+    except KeyboardInterrupt:
+        print("convex-attention: interrupted before the command started; nothing was written", file=sys.stderr)
+        return 130
     handlers = {**BENCH_HANDLERS, **EXPERIMENT_HANDLERS, **DATA_HANDLERS}
     command = args.command + (f" {args.data_command}" if args.command == "data" else "")
     missing = missing_extra(command)  # at the door: before any option is checked or any work starts
