@@ -2522,3 +2522,47 @@ def test_a_segmentation_value_that_is_no_brats_label_is_refused_naming_the_file(
     nib.save(nib.Nifti1Image(relabelled, _CA_REV249_LPS), path)
     with pytest.raises(ValueError, match=rf"P1_seg\.nii\.gz' holds 1 value\(s\) that are no BraTS label \({shown};"):
         load_patient(folder, "P1")
+
+
+# ---- ca_rev254 (hostile review of the session's diff)
+
+def test_ca_rev254_a_grid_within_half_a_voxel_along_each_axis_is_one_grid(tmp_path):
+    """The grid check compared a distance in mm with half the smallest spacing: on a 1 x 1 x 5 mm grid a segmentation
+    1 mm off along the 5 mm axis (0.2 voxel: every voxel still reads its own) was refused as 'more than half a
+    voxel'.  Half a voxel is now along each of the grid's own axes; 0.6 voxel is still refused."""
+    import nibabel as nib
+
+    from convex_attention.paper.data.brats import load_patient
+
+    folder = str(tmp_path / "P")
+    os.makedirs(folder)
+    thick = np.diag([1.0, 1.0, 5.0, 1.0])
+    shape, rng = (8, 6, 4), np.random.default_rng(0)
+    for m in ("flair", "t1", "t1ce", "t2"):
+        nib.save(nib.Nifti1Image(rng.random(shape).astype(np.float32), thick), os.path.join(folder, f"P_{m}.nii.gz"))
+    seg = np.zeros(shape, np.float32)
+    seg[2:4, 2:4, 1] = 2
+    for shift, accepted in ((1.0, True), (3.0, False)):
+        moved = thick.copy()
+        moved[2, 3] = shift
+        nib.save(nib.Nifti1Image(seg, moved), os.path.join(folder, "P_seg.nii.gz"))
+        if accepted:
+            assert load_patient(folder, "P")[1].sum() == 4
+        else:
+            with pytest.raises(ValueError, match=r"3 mm apart, 0\.6 voxel along an axis, more than half a voxel"):
+                load_patient(folder, "P")
+
+
+def test_ca_rev254_a_value_near_a_label_is_named_as_it_is_not_as_the_label(tmp_path):
+    """A float32 segmentation holding 2.0000002 was refused as holding '2', which the same message lists as a
+    label."""
+    import nibabel as nib
+
+    from convex_attention.paper.data.brats import load_patient
+
+    folder, _, seg = _ca_rev249_patient(str(tmp_path), "P1")
+    near = seg.astype(np.float32)
+    near[near == 2] = np.nextafter(np.float32(2), np.float32(3))
+    nib.save(nib.Nifti1Image(near, _CA_REV249_LPS), os.path.join(folder, "P1_seg.nii.gz"))
+    with pytest.raises(ValueError, match=r"holds 1 value\(s\) that are no BraTS label \(2\.00000024; labels"):
+        load_patient(folder, "P1")

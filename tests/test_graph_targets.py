@@ -2535,3 +2535,15 @@ def test_ca_rev251_verdicts_at_their_thresholds_and_single_failures():
         return [t["met"] for t in gt._targets({"amortised": [row]})]
 
     assert amortised(0.01) == [True] and amortised(0.0100001) == [False] and amortised(math.nan) == [False]
+
+
+# ---- ca_rev254 (hostile review of the session's diff)
+
+def test_ca_rev254_a_ratio_across_processors_names_an_unrecorded_device_as_the_cpu():
+    """A dual row without a device (older files: the CPU) against cvxpylayers on cuda: the note said 'dual ran on
+    None'.  Rows recording cuda and cuda:0, or None and cpu, are one kind of processor and keep their verdict."""
+    target = {"value": 5000.0, "met": True, "detail": ""}
+    judged = gt._across_processors(target, None, ["cuda:0"])
+    assert judged["met"] is None and judged["detail"].startswith("no verdict: dual ran on cpu, cvxpylayers on cuda")
+    for dual, cvx in (("cuda", ["cuda:0"]), ("cuda:0", ["cuda", "cuda:1"]), (None, ["cpu"]), ("cpu", [None, ""])):
+        assert gt._across_processors(target, dual, cvx) is target

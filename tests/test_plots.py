@@ -3655,3 +3655,34 @@ def test_ca_rev250_core_quartiles_beyond_float_are_no_spread():
     rows = [core_row("softmax", 1.0), core_row("exact", 2.0, total_ms_q1=10 ** 400, total_ms_q3=3.0,
                                                repeats=10 ** 400)]
     assert core_ratios(rows, ["exact/softmax"])["exact/softmax"][0] == pytest.approx(2.0)
+
+
+# ---- ca_rev254 (hostile review of the session's diff)
+
+@pytest.mark.parametrize("batch", [4.0, np.float64(4.0), np.int64(4), " 4 "])
+def test_ca_rev254_core_ratio_reads_a_whole_batch_however_stored(batch):
+    """A batch of 4.0 (a whole number another writer stored as a float, as pandas does beside a NaN) refused the
+    whole record; ca_rev250 meant to refuse true, -4 and 4.5."""
+    rows = [core_row("softmax", 1.0), core_row("exact", 2.0, batch=batch)]
+    assert core_ratios(rows, ["exact/softmax"])["exact/softmax"][0] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("batch", ["²", "４.0", "4.5", float("nan")])
+def test_ca_rev254_core_ratio_names_a_batch_of_other_digits_as_no_positive_integer(batch):
+    """'²' passed str.isdigit() and int() raised its own message ('invalid literal for int()')."""
+    rows = [core_row("softmax", 1.0), core_row("exact", 2.0, batch=batch)]
+    with pytest.raises(ValueError, match="batch .* is not a positive integer"):
+        core_ratios(rows, ["exact/softmax"])
+
+
+@pytest.mark.slow  # draws every figure of a results folder (~0.7 s)
+def test_ca_rev254_plot_itself_leaves_out_a_row_whose_key_is_no_number(tmp_path, capsys, figs):
+    """ca_rev250's test called _keyed_rows alone: with plot's call to it removed, the suite still passed while
+    plot raised a traceback out of unique_rows.  Through the command: the row is named, the rest drawn."""
+    rows = sweep_rows()
+    rows[3] = {**rows[3], "temperature": "abc"}  # (the checksum written over the edited row: it holds)
+    write_bench(str(tmp_path), rows)
+    code, err = plot_cli(tmp_path, capsys)
+    assert code == 0, err
+    assert "bench.csv: left out 1 row(s) whose key cannot be read: line 5 (column temperature holds 'abc'" in err
+    assert os.path.exists(tmp_path / "figures" / "time_vs_size.png")

@@ -908,7 +908,7 @@ def _across_processors(target: dict, dual_device, cvx_devices) -> dict:
     others = sorted({_device_kind(d) for d in cvx_devices} - {_device_kind(dual_device)})
     if not others or target["value"] is None:
         return target
-    note = (f"no verdict: dual ran on {dual_device}, cvxpylayers on {', '.join(others)}: a ratio across "
+    note = (f"no verdict: dual ran on {dual_device or 'cpu'}, cvxpylayers on {', '.join(others)}: a ratio across "
             f"processors, not against the fastest backend on dual's")
     return {**target, "met": None, "detail": "; ".join(filter(None, [note, target["detail"]]))}
 

@@ -160,8 +160,10 @@ def _core_batch(row) -> int:
     divided the times per sample by 1, inf, -4 or 4.5: the ratios of the figure's titles, 4x,
     0, negative (ca_rev250); ``1`` and 400 zeros raised OverflowError."""
     batch = row.get("batch")
-    if isinstance(batch, str) and batch.strip().isdigit():  # (a string of digits, as a CSV holds it)
-        batch = int(batch)
+    if isinstance(batch, str) and batch.strip().isascii() and batch.strip().isdigit():  # (digits, as a CSV holds)
+        batch = int(batch)  # (not "²", which isdigit() takes and int() refuses with its own message: ca_rev254)
+    if isinstance(batch, (float, np.floating)) and math.isfinite(batch) and float(batch).is_integer():
+        batch = int(batch)  # 64.0: a whole number another writer stored as a float (ca_rev254)
     if isinstance(batch, bool) or not isinstance(batch, (int, np.integer)) or not 1 <= batch <= 2 ** 53:
         raise ValueError(f"the {plain(row.get('method'), 30)} row's batch {plain(repr(batch), 30)} is not a "
                          f"positive integer (at most 2**53)")

@@ -229,13 +229,18 @@ def _volume(folder: str, patient: str, name: str) -> tuple[np.ndarray, tuple, st
     return np.transpose(data, axes), (axes, tuple(nib.aff2axcodes(image.affine))), path, np.asarray(image.affine)
 
 
-def _grid_offset(affine: np.ndarray, other: np.ndarray, shape: tuple) -> float:
-    """How far apart (mm) the two affines put one voxel of an array of (stored) ``shape``: the
-    largest distance over the grid's corners."""
+def _grid_offset(affine: np.ndarray, other: np.ndarray, shape: tuple) -> tuple[float, float]:
+    """How far apart the two affines put one voxel of an array of (stored) ``shape``, over the
+    grid's corners: ``(mm, voxels)``, the largest distance in mm and the largest shift along one
+    of ``affine``'s own axes in its voxels (a shift of 1 mm along a 5 mm axis is 0.2 voxel)."""
     corners = np.array([[i, j, k, 1.0] for i in (0, shape[0] - 1) for j in (0, shape[1] - 1)
                         for k in (0, shape[2] - 1)])
-    return float(np.linalg.norm((corners @ (np.asarray(affine, float) - np.asarray(other, float)).T)[:, :3],
-                                axis=1).max())
+    moved = (corners @ (np.asarray(other, float) - np.asarray(affine, float)).T)[:, :3]
+    try:
+        voxels = float(np.abs(np.linalg.solve(np.asarray(affine, float)[:3, :3], moved.T)).max())
+    except np.linalg.LinAlgError:  # (a singular affine places no grid)
+        voxels = np.inf
+    return float(np.linalg.norm(moved, axis=1).max()), voxels
 
 
 def load_patient(folder: str, patient: str) -> tuple[np.ndarray, np.ndarray]:
@@ -259,13 +264,15 @@ def load_patient(folder: str, patient: str) -> tuple[np.ndarray, np.ndarray]:
     stored = [0, 0, 0]
     for canonical, axis in enumerate(order):
         stored[axis] = volume.shape[canonical]
-    spacing = float(np.linalg.norm(np.asarray(first, float)[:3, :3], axis=0).min())
     for name in MODALITIES[1:] + ("seg",):
         _, _, path, affine = loaded[name]
-        offset = _grid_offset(first, affine, tuple(stored))
-        if not offset <= spacing / 2:
+        # in voxels along each axis: the smallest spacing in mm had refused a 1 mm shift along a 5 mm axis,
+        # 0.2 voxel, as "more than half a voxel" (ca_rev254)
+        offset, voxels = _grid_offset(first, affine, tuple(stored))
+        if not voxels <= 0.5:
             raise ValueError(f"patient {patient!r}: {path!r} lies on another grid than {first_path!r} (their "
-                             f"NIfTI affines place one voxel up to {offset:.3g} mm apart, more than half a voxel); "
+                             f"NIfTI affines place one voxel up to {offset:.3g} mm apart, {voxels:.3g} voxel along "
+                             f"an axis, more than half a voxel); "
                              f"every modality and the segmentation must share one grid: re-export them, or remove "
                              f"the patient's folder {folder!r}")
     seg, _, seg_path, _ = loaded["seg"]
@@ -274,7 +281,7 @@ def load_patient(folder: str, patient: str) -> tuple[np.ndarray, np.ndarray]:
     strange = np.setdiff1d(np.unique(seg), SEG_LABELS)
     if strange.size:
         raise ValueError(f"patient {patient!r}: {seg_path!r} holds {strange.size} value(s) that are no BraTS label "
-                         f"({', '.join(f'{v:g}' for v in strange[:3])}{', ...' if strange.size > 3 else ''}; labels "
+                         f"({', '.join(f'{v:.9g}' for v in strange[:3])}{', ...' if strange.size > 3 else ''}; labels "
                          f"are {', '.join(map(str, SEG_LABELS))}); re-extract the segmentation")
     vols = np.stack([loaded[m][0] for m in MODALITIES]).astype(np.float32)
     return vols, seg > 0
