@@ -95,6 +95,20 @@ def random_instance(case: str, batch: int = 4, seed: int = 0, dtype=torch.float6
     return Instance(h, scores, temps)
 
 
+def trained_looking(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with BatchNorm statistics that are not the fresh ones (so eval and training modes
+    differ) and classifier weights × 50 (so its logits are not all near 0, nor its maps all zero);
+    the global RNG draws them: seed it first."""
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():
+            if name.endswith("running_mean"):
+                buffer.normal_(0.0, 0.3)
+            elif name.endswith("running_var"):
+                buffer.uniform_(0.5, 2.0)
+        model.classifier.weight.mul_(50.0)
+    return model
+
+
 def softmax_gradient_reference(theta, tau: float, weights) -> list[float]:
     """``∂⟨w, softmax(θ / τ)⟩ / ∂θ = q ⊙ (w − ⟨q, w⟩) / τ`` for one block, in 60-digit decimal
     arithmetic from the given floats: far below either dtype's rounding, also where the block

@@ -2,7 +2,7 @@ import os
 
 import pytest
 import torch
-from helpers import read_csv_rows, read_text
+from helpers import read_csv_rows, read_text, trained_looking
 
 from convex_attention.paper.config import ExperimentConfig
 from convex_attention.paper.data import SyntheticLesions
@@ -1037,13 +1037,7 @@ def _ca_rev252_model(norm="batch"):
     modes differ) and whose logits are not all near 0 (so the maps are not all zero)."""
     torch.manual_seed(0)
     model = AttentionUNet(method="softmax", width=4, image_size=32, embed_channels=8, norm=norm).eval()
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_mean"):
-                buffer.normal_(0.0, 0.3)
-            elif name.endswith("running_var"):
-                buffer.uniform_(0.5, 2.0)
-        model.classifier.weight.mul_(50.0)
+    trained_looking(model)
     torch.manual_seed(2)
     return model, torch.rand(4, model.config.in_channels, 32, 32), torch.tensor([1, 0, 0, 1])
 

@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import trained_looking
 
 from convex_attention.paper.models import AttentionUNet
 from convex_attention.paper.protocol import (
@@ -551,13 +552,7 @@ def test_ca_rev252_each_cascade_stage_reinitialises_its_layers_only_and_leaves_t
     from convex_attention.paper.sanity import cascading_copies, randomisation_check, randomised_copy
 
     model = _tiny("softmax")
-    with torch.no_grad():
-        for name, buffer in model.named_buffers():
-            if name.endswith("running_mean"):
-                buffer.normal_(0.0, 0.3)
-            elif name.endswith("running_var"):
-                buffer.uniform_(0.5, 2.0)
-        model.classifier.weight.mul_(50.0)
+    trained_looking(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fresh = randomised_copy(model, seed=4).state_dict()
     previous = before
