@@ -1522,3 +1522,53 @@ def test_the_group_s_backend_joins_its_threads_after_destroy_process_group():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.splitlines()[-1] == ("threads left by destroy_process_group: [True]; at the end: False; "
                                             "open: False")
+
+
+# ---- ca_rev255 (training crash and resume probe)
+
+
+def _ca_rev255_checkpoint(path, seed=5, rows=(0.5, 0.6), **fields):
+    """A checkpoint as training writes it, with one metrics row per epoch (AUCs ``rows``)."""
+    from helpers import TINY
+
+    from convex_attention.paper.models import save_checkpoint
+
+    config = TrainConfig.build(**{**TINY, "epochs": 4, "seed": seed, "out": os.path.dirname(path), **fields})
+    model = AttentionUNet(config=config.model)
+    metrics = [{"epoch": i + 1, "val_auc": auc} for i, auc in enumerate(rows)]
+    return save_checkpoint(str(path), model, torch.optim.Adam(model.parameters()), epoch=len(rows), metrics=metrics,
+                           extra={"train_config": config.to_dict()})
+
+
+@pytest.mark.parametrize("theirs", [{"width": 8}, {"seed": 9}])
+def test_ca_rev255_resume_refuses_a_folder_whose_best_pt_is_another_runs(tmp_path, theirs):
+    """A last.pt of another run (another width, another seed) put into a run's folder and resumed
+    there.  Observed: it went on without a word, and its next best epoch replaced the folder's
+    best.pt (with its metrics.csv and config.json), although a best.pt that is not a checkpoint of
+    this run is documented as never touched."""
+    from argparse import Namespace
+
+    from convex_attention.cli._common import UsageError
+    from convex_attention.cli.paper import check_resume_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    _ca_rev255_checkpoint(out / "best.pt", rows=(0.9,))
+    _ca_rev255_checkpoint(out / "last.pt", rows=(0.4, 0.5), **theirs)
+    state = read_checkpoint(str(out / "last.pt"))
+    config = TrainConfig.build(out=str(out), epochs=4, resume=str(out / "last.pt"))
+    with pytest.raises(UsageError, match=f"best.pt that is not of the run .*{next(iter(theirs))}"):
+        check_resume_folder(config, Namespace(resume=str(out / "last.pt")), state)
+
+
+def test_ca_rev255_resume_accepts_the_runs_own_best_pt(tmp_path):
+    from argparse import Namespace
+
+    from convex_attention.cli.paper import check_resume_folder
+
+    out = tmp_path / "run"
+    out.mkdir()
+    _ca_rev255_checkpoint(out / "best.pt", rows=(0.5, 0.6))
+    _ca_rev255_checkpoint(out / "last.pt", rows=(0.5, 0.6, 0.4))
+    config = TrainConfig.build(out=str(out), epochs=4, resume=str(out / "last.pt"))
+    check_resume_folder(config, Namespace(resume=str(out / "last.pt")), read_checkpoint(str(out / "last.pt")))

@@ -477,6 +477,36 @@ def _finished_epochs(out: str, resumed: str) -> tuple[int, str] | None:
     return max(found, key=lambda f: (f[0], f[1] == "last.pt")) if found else None  # last.pt named on a tie
 
 
+def _foreign_best(out: str, resumed: str, state: dict) -> str | None:
+    """What shows that ``out/best.pt`` is not a checkpoint of the run resumed from ``state``
+    (another run's: another model configuration or seed, or other rows for the same epochs; or no
+    checkpoint at all), or None where it is (its epochs' rows are the resumed checkpoint's, row for
+    row, as :meth:`~convex_attention.paper.train._Run._reconcile_best` tells one run), nothing tells
+    them apart, it is absent, or it is the checkpoint resumed."""
+    from ..paper.models import read_checkpoint
+
+    best = os.path.join(out, "best.pt")
+    if not os.path.isfile(best) or os.path.samefile(best, resumed):
+        return None
+    try:
+        here = read_checkpoint(best)
+    except ValueError as err:
+        return f"not a checkpoint: {err}"
+    theirs, mine = here.get("metrics", []), state.get("metrics", [])
+    shared = min(len(theirs), len(mine))
+    if shared > 0 and [repr(r) for r in theirs[:shared]] == [repr(r) for r in mine[:shared]]:
+        return None
+    a, b = here.get("config") or {}, state.get("config") or {}
+    diff = [f"{k}: best.pt {a.get(k)!r} vs checkpoint {b.get(k)!r}" for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k)]
+    ta, tb = here.get("train_config"), state.get("train_config")
+    if isinstance(ta, dict) and isinstance(tb, dict) and ta.get("seed") != tb.get("seed"):
+        diff.append(f"seed: best.pt {ta.get('seed')!r} vs checkpoint {tb.get('seed')!r}")
+    if diff:
+        return ", ".join(diff[:4])
+    return "its epochs' metrics are not the checkpoint's" if shared > 0 else None  # no history: nothing to tell
+
+
 def check_resume_folder(config, args, state) -> None:
     """UsageError when ``--resume`` continues a run inside its own folder from a checkpoint
     older than the folder's last finished epoch (e.g. ``OUT/best.pt``): the run would
@@ -486,6 +516,11 @@ def check_resume_folder(config, args, state) -> None:
     out, resumed = os.path.abspath(config.out), os.path.abspath(args.resume)
     if os.path.dirname(resumed) != out:
         return  # another folder: check_run_folder refuses one that holds a run
+    foreign = _foreign_best(out, resumed, state)
+    if foreign:  # its next best epoch would replace it without a word (ca_rev255)
+        raise UsageError(f"argument --resume: {config.out} holds a best.pt that is not of the run of {args.resume} "
+                         f"({foreign}); resuming there would replace it: move it away, or pass --out "
+                         f"ANOTHER_FOLDER to continue this checkpoint there")
     latest = _finished_epochs(out, resumed)
     done = int(state["epoch"])
     if latest is None or latest[0] <= done:
