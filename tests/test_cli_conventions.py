@@ -1328,3 +1328,31 @@ def test_ca_rev253_ctrl_c_while_the_options_are_checked_is_one_line_exit_130(tmp
     err = capsys.readouterr().err.strip()
     assert code == 130 and len(err.splitlines()) == 1 and "interrupted" in err, (code, err)
     assert not (tmp_path / "new").exists()
+
+
+# ---- ca_rev256 (options validation probe)
+
+def test_ca_rev256_check_out_dir_refuses_a_control_character_before_making_anything(tmp_path):
+    """check_out_dir is every command's --out check: a line break or an escape sequence is refused by name, and
+    no folder is made (it had made and written 'a\\nb')."""
+    from convex_attention.io.files import check_out_dir
+
+    for name in ("a\nb", "\x1b[31mred", "tab\there"):
+        with pytest.raises(ValueError, match="control character"):
+            check_out_dir(str(tmp_path / "new" / name))
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("command", [["experiment", "--quick"], ["bench", "--quick"], ["verify", "--quick"]])
+def test_ca_rev256_out_with_a_line_break_is_a_usage_error_before_any_work(command, tmp_path, capsys):
+    """Run: convex-attention experiment --quick --out $'x/a\\nb'. Expected: one line on stderr, exit 2, nothing
+    made. Observed: experiment made x/a\\nb/dev, then ended in a ConfigError traceback (exit 1); bench, verify and
+    demo made the folder and wrote their results into it."""
+    out = tmp_path / "new" / "a\nb"
+    try:
+        code = cli.main([*command, "--out", str(out)])
+    except SystemExit as stop:
+        code = stop.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "control character" in err, (code, err)
+    assert not (tmp_path / "new").exists()

@@ -36,7 +36,7 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json"
            "csv_field", "row_checksum", "temporary_name", "temporary_file", "atomic_file", "clean_stale_tmp",
            "check_out_dir", "check_fresh_out_dir", "as_json",
            "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason",
-           "REASON_CHARS", "write_csv_row"]
+           "REASON_CHARS", "write_csv_row", "breaks_lines"]
 
 _TMP_COUNTER = itertools.count()
 
@@ -155,6 +155,14 @@ REASON_CHARS = 300
 
 # the bidirectional controls, which reorder the text around them on a terminal
 _BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def breaks_lines(text: str) -> bool:
+    """Whether ``text`` holds a control character (NUL, an escape sequence's ESC) or a line
+    break: no path holds NUL, a message is one line, and an escape sequence in a name or path
+    would act on the terminal that prints it back.  The one rule for paths and names given
+    (settings.Text, :func:`check_out_dir`)."""
+    return any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
 
 
 def _shown(c: str) -> str:
@@ -338,6 +346,12 @@ def check_fresh_out_dir(out_dir: str, names, overwrite: bool) -> None:
 
 def check_out_dir(out_dir: str) -> None:
     """Raise ValueError (naming the fix) unless ``out_dir`` is, or can be made, a writable folder."""
+    if breaks_lines(out_dir):
+        # before anything is made: a folder named with a line break or an escape sequence had been
+        # made and written by bench, verify, demo and the scripts, and experiment refused it with a
+        # traceback after its dev folder was made (ca_rev256)
+        raise ValueError(f"--out {out_dir!r} holds a line break or another control character; "
+                         "choose a folder name without them")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder path")
     try:

@@ -34,11 +34,10 @@ import dataclasses
 import math
 import numbers
 import re
-import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .files import one_line
+from .files import breaks_lines, one_line
 
 __all__ = ["ConfigError", "Kind", "Int", "Real", "Choice", "Flag", "Text", "Many", "Mapping", "Setting", "setting",
            "declared", "normalise_settings", "check_settings", "to_plain", "from_plain", "add_options",
@@ -274,9 +273,7 @@ class Text(Kind):
     def check(self, value) -> str:
         if not isinstance(value, str) or not value:
             raise ValueError(f"must be {self.describe()}, got {value!r}")
-        # no path holds NUL (makedirs raised), a message is one line, and an escape sequence in a
-        # device name or path would act on the terminal that prints it back
-        if any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in value):
+        if breaks_lines(value):  # (makedirs raised on NUL)
             raise ValueError(f"must be {self.describe()} without control characters or line breaks, "
                              f"got {value!r}")
         return str(value)
