@@ -580,3 +580,15 @@ def test_ca_rev205_check_fresh_out_dir_refuses_an_earlier_runs_outputs(tmp_path)
         files.check_fresh_out_dir(str(tmp_path), ("a.csv",), overwrite=False)
     files.check_fresh_out_dir(str(tmp_path), ("a.csv",), overwrite=True)
     assert (tmp_path / "a.csv").read_text() == "mine"
+
+
+def test_check_out_dir_removes_the_folders_it_made_when_the_out_folder_cannot_be_made(tmp_path):
+    """ca_rev256: a name too long for the system left the parent folders made on the way; a folder
+    that was there before, and one holding a file, stay."""
+    from convex_attention.io.files import check_out_dir
+
+    (tmp_path / "mine").mkdir()
+    too_long = tmp_path / "mine" / "a" / "b" / ("c" * 5000)
+    with pytest.raises(ValueError, match="is not a writable folder"):
+        check_out_dir(str(too_long))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and not any((tmp_path / "mine").iterdir())

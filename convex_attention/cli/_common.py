@@ -14,7 +14,14 @@ import importlib.util
 import os
 import sys
 
-from ..io.files import check_no_earlier_outputs, check_out_dir, check_output_files, clean_stale_tmp
+from ..io.files import (
+    check_no_earlier_outputs,
+    check_out_dir,
+    check_output_files,
+    clean_stale_tmp,
+    missing_folders,
+    remove_empty_folders,
+)
 
 __all__ = ["CommandParser", "UsageError", "add_output_options", "show_progress", "info", "check_out",
            "check_files", "printable_streams", "check_out_leaving_nothing", "add_wait_option", "holding_out",
@@ -74,7 +81,7 @@ class CommandParser(argparse.ArgumentParser):
         file in them)."""
         message = " ".join(f"{type(err).__name__}: {err}".split())
         print(f"{self.prog}: error: the run failed: {message}", file=sys.stderr)
-        _remove_empty(list(made))
+        remove_empty_folders(list(made))
         return 1
 
     def run_interrupted(self, what: str, made: tuple | list = ()) -> int:
@@ -82,7 +89,7 @@ class CommandParser(argparse.ArgumentParser):
         (three benchmark scripts had ended in a traceback: ca_rev171); ``made``, the folders the
         run made (deepest first), are removed again where empty (never a file in them)."""
         print(f"{self.prog}: interrupted; {what}", file=sys.stderr)
-        _remove_empty(list(made))
+        remove_empty_folders(list(made))
         return 130
 
     def refuse(self, message: str, made: list | tuple = ()):
@@ -90,14 +97,14 @@ class CommandParser(argparse.ArgumentParser):
         run holds it, or left results there while this one waited): ``made`` are removed again
         where empty, then the usage error, exit 2, as :meth:`error` (a refused run had left the
         empty folder it made)."""
-        _remove_empty(list(made))
+        remove_empty_folders(list(made))
         self.error(message)
 
     @staticmethod
     def folders_to_make(out: str) -> list[str]:
         """The folders of ``out`` (itself and its parents) that do not exist yet, for
         :meth:`run_interrupted` and :meth:`run_failed` to remove again if the run leaves them empty."""
-        return _missing_folders(out)
+        return missing_folders(out)
 
     def format_help(self) -> str:
         text = super().format_help()
@@ -193,34 +200,17 @@ def check_no_earlier(out: str, names, overwrite: bool) -> list[str]:
         raise UsageError(f"argument {err}") from None
 
 
-def _missing_folders(out: str) -> list[str]:
-    """The folders of ``out``'s path that do not exist yet, the deepest first (what making
-    ``out`` would create)."""
-    made: list[str] = []
-    path = os.path.abspath(out)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        made.append(path)
-        path = os.path.dirname(path)
-    return made
-
-
-def _remove_empty(folders: list[str]) -> None:
-    for folder in folders:
-        with contextlib.suppress(OSError):  # only an empty folder is removed
-            os.rmdir(folder)
-
-
 @contextlib.contextmanager
 def making_out(out: str):
     """``check_out(out)`` for the body, with the folders it made removed again, if empty, when
     the body fails: a run stopped before it wrote anything (Ctrl-C) leaves no empty ``--out``
     (verify's did: a review)."""
-    made = _missing_folders(out)
+    made = missing_folders(out)
     try:
         check_out(out)
         yield
     except BaseException:
-        _remove_empty(made)
+        remove_empty_folders(made)
         raise
 
 
@@ -228,9 +218,9 @@ def check_out_leaving_nothing(out: str) -> None:
     """``check_out`` (UsageError unless ``--out`` is, or can be made, a writable folder), with
     the folders it made removed again: a run that a later check refuses leaves no empty
     ``--out`` behind; ``check_out`` makes the folder once every check has passed."""
-    made = _missing_folders(out)
+    made = missing_folders(out)
     check_out(out)
-    _remove_empty(made)
+    remove_empty_folders(made)
 
 
 def add_wait_option(parser: argparse.ArgumentParser) -> None:

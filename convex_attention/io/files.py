@@ -36,7 +36,8 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json"
            "csv_field", "row_checksum", "temporary_name", "temporary_file", "atomic_file", "clean_stale_tmp",
            "check_out_dir", "check_fresh_out_dir", "as_json",
            "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason",
-           "REASON_CHARS", "write_csv_row", "breaks_lines"]
+           "REASON_CHARS", "write_csv_row", "breaks_lines",
+           "missing_folders", "remove_empty_folders"]
 
 _TMP_COUNTER = itertools.count()
 
@@ -344,6 +345,24 @@ def check_fresh_out_dir(out_dir: str, names, overwrite: bool) -> None:
     check_out_dir(out_dir)
 
 
+def missing_folders(out: str) -> list[str]:
+    """The folders of ``out``'s path that do not exist yet, the deepest first (what making
+    ``out`` would create)."""
+    made: list[str] = []
+    path = os.path.abspath(out)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        made.append(path)
+        path = os.path.dirname(path)
+    return made
+
+
+def remove_empty_folders(folders: list[str]) -> None:
+    """Remove each of ``folders`` that is empty, in order (the deepest first); the others stay."""
+    for folder in folders:
+        with contextlib.suppress(OSError):  # only an empty folder is removed
+            os.rmdir(folder)
+
+
 def check_out_dir(out_dir: str) -> None:
     """Raise ValueError (naming the fix) unless ``out_dir`` is, or can be made, a writable folder."""
     if breaks_lines(out_dir):
@@ -354,10 +373,14 @@ def check_out_dir(out_dir: str) -> None:
                          "choose a folder name without them")
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise ValueError(f"--out {out_dir} is a file, not a folder; choose a folder path")
+    made = missing_folders(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
         with temporary_file(os.path.join(out_dir, ".write-probe")):
             pass  # made and removed again
     except OSError as err:
+        # the folders made on the way go again (a name too long for the system had left its parents:
+        # ca_rev256)
+        remove_empty_folders(made)
         raise ValueError(f"--out {out_dir} is not a writable folder ({err.strerror or err}); "
                          f"choose a folder you can write to") from err
