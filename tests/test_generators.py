@@ -221,3 +221,45 @@ def test_ca_rev211_random_parents_are_shuffled_not_the_coarse_cells_first():
     g = torch.Generator().manual_seed(0)
     firsts = [random_parents([16, 4], g)[0][:4] for _ in range(5)]
     assert not all(torch.equal(f, torch.arange(4)) for f in firsts)
+
+
+# ---- ca_rev258 (hostile review of the instance generators)
+
+def test_ca_rev258_generators_leave_the_global_random_stream_alone():
+    """Every generator draws from a generator of its own: the user's global stream is neither consumed nor
+    reseeded (gaussian, lesion on a grid, a graph and an irregular chain; random_parents; the families)."""
+    from convex_attention.bench.generators import random_parents
+    from convex_attention.bench.structures import random_structure, structure_graph
+
+    torch.manual_seed(12345)
+    before = torch.random.get_rng_state()
+    irregular = ca.Hierarchy.from_parents([6, 2], random_parents([6, 2], torch.Generator().manual_seed(1)))
+    for h in (ca.Hierarchy.grid([(8, 8), (4, 4)]), structure_graph("mixed", 16, seed=3), irregular):
+        for name in ("gaussian", "lesion"):
+            generate(name, h, 2, seed=5)
+    g = torch.Generator().manual_seed(0)
+    for family in ("chain", "star", "axial", "grid_regions", "mixed"):
+        random_structure(family, g)
+    assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_ca_rev258_gaussian_scores_have_the_documented_spread_and_seeds_give_their_own_draws():
+    h = ca.Hierarchy.grid([(16, 16), (8, 8)])
+    s = torch.cat([x.flatten() for x in generate("gaussian", h, 64, seed=1, scale=3.0)])
+    assert abs(float(s.mean())) < 0.05 and abs(float(s.std()) - 3.0) < 0.05 and s.dtype == torch.float64
+    first = [generate("gaussian", h, 1, seed=k)[0] for k in range(20)]
+    assert all(not torch.equal(a, b) for i, a in enumerate(first) for b in first[i + 1:])
+
+
+def test_ca_rev258_random_parents_at_the_extremes_and_refusing_sizes_that_grow():
+    """n_coarse = n_fine is a permutation (every block a singleton), n_coarse = 1 one block; sizes that grow, a 0
+    or a non-integer are refused with a ValueError (a torch 'negative dimension' or 'from >= to' error before)."""
+    from convex_attention.bench.generators import random_parents
+
+    g = torch.Generator().manual_seed(0)
+    (same,) = random_parents([7, 7], g)
+    assert sorted(same.tolist()) == list(range(7))
+    assert random_parents([7, 1], g)[0].tolist() == [0] * 7
+    for bad in ([3, 5], [5, 0], [0, 0], [4.0, 2], [True, 1], [12, 5, 6]):
+        with pytest.raises(ValueError, match="sizes must be positive integers"):
+            random_parents(bad, g)

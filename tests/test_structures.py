@@ -172,3 +172,49 @@ def test_ca_rev211_random_stars_in_full_mode_have_two_to_four_arms_of_both_width
         arms.add(h.num_maps - 1)
         ratios |= {s[1] // h.shapes[-1][1] for s in h.shapes[:-1]}
     assert arms == {2, 3, 4} and ratios == {2, 3}
+
+
+# ---- ca_rev258 (hostile review of the instance generators)
+
+def _ca_rev258_cells_form_a_cycle(fine_to_a: torch.Tensor, fine_to_b: torch.Tensor) -> bool:
+    """Whether the cells of two coarsenings of one map, joined where they share a fine cell, form a cycle
+    (otherwise the constraints are a tree at the level of cells, nested or not)."""
+    pairs = set(zip(fine_to_a.tolist(), fine_to_b.tolist()))
+    root: dict = {}
+
+    def find(x):
+        while root.setdefault(x, x) != x:
+            x = root[x]
+        return x
+
+    for a, b in pairs:
+        ra, rb = find(("a", a)), find(("b", b))
+        if ra == rb:
+            return True
+        root[ra] = rb
+    return False
+
+
+@pytest.mark.parametrize("structure", ["grid_regions", "mixed"])
+def test_ca_rev258_benchmark_regions_are_never_a_tree_of_cells_with_the_grid(structure):
+    """The non-tree families at the benchmark's sizes: for every seed the grid cells and the regions of the
+    finest map form a cycle through shared cells (the review measured 0 trees in 160 2-D draws, sides 16-64;
+    mixed's Y alone is a tree with them in 7 of 40 draws at side 16, none at 32 and 64), and every edge is a
+    partition without an empty coarse cell."""
+    for seed in range(8):
+        h = structure_graph(structure, 16, seed=seed)
+        for e in range(h.num_edges):
+            counts = torch.bincount(h.parents(e), minlength=h.sizes[h.edges[e][1]])
+            assert (counts > 0).all() and len(counts) == h.sizes[h.edges[e][1]]
+        grid_edge, region_edge = h.out_edges[0]
+        assert _ca_rev258_cells_form_a_cycle(h.parents(grid_edge), h.parents(region_edge)), seed
+
+
+def test_ca_rev258_axial_margins_are_rows_and_columns_and_the_star_shares_its_centre():
+    h = structure_graph("axial", 6)
+    rows, columns = (h.parents(e).reshape(6, 6) for e in (0, 1))
+    assert h.shapes == [(6, 6), (6, 1), (1, 6)]
+    assert (rows == torch.arange(6)[:, None]).all() and (columns == torch.arange(6)[None, :]).all()
+    star = structure_graph("star", 8)
+    assert star.edges == [(k, 4) for k in range(4)] and star.shapes[4] == (2, 2)
+    assert all(torch.equal(star.parents(0), star.parents(e)) for e in range(4))

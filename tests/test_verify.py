@@ -1414,3 +1414,25 @@ def test_ca_rev203_comparing_duals_of_unequal_count_is_nan_not_an_error():
     d = torch.zeros(2, 2, dtype=torch.float64)
     assert math.isnan(verify_mod._dual_distance([], [], h)) and math.isnan(verify_mod._dual_distance([d], [], h))
     assert verify_mod._dual_distance([d + 1.0], [d], h) == pytest.approx(0.0, abs=1e-12)  # a constant per edge
+
+
+# ---- ca_rev258 (hostile review of the instance generators)
+
+def test_ca_rev258_instances_beyond_the_thousandth_do_not_reuse_the_next_seeds_scores(monkeypatch):
+    """Observed: scores drawn with seed * 1000 + i, so instance 1000 + j of --seed s had the scores of instance j
+    of --seed s + 1 (536 of 1000 instances of --seed 0 --n 2000 against --seed 1 --n 1000 identical).  Expected:
+    the first 1000 instances of a seed unchanged, none beyond them keyed like another seed's (torch keeps 32 bits
+    of a seed, so keys are compared modulo 2**32)."""
+    seeds: list = []
+
+    def recorded(name, h, batch, seed=0, scale=1.0):
+        seeds.append(seed % 2 ** 32)
+        return [torch.zeros((batch,) + s, dtype=torch.float64) for s in h.shapes]
+
+    monkeypatch.setattr(verify_mod, "generate", recorded)
+    list(random_instances(1020, seed=0, quick=True))
+    zero = list(seeds)
+    seeds.clear()
+    list(random_instances(20, seed=1, quick=True))
+    assert zero[:1000] == list(range(1000)) and seeds == list(range(1000, 1020))
+    assert not set(zero) & set(seeds) and len(set(zero)) == len(zero)

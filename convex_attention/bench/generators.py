@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 from torch import Tensor
@@ -138,7 +139,13 @@ def generate(name: str, h: Hierarchy, batch: int, seed: int = 0, scale: float = 
 
 def random_parents(sizes, generator: torch.Generator) -> list[Tensor]:
     """A random nested partition: ``L-1`` parent maps for level sizes ``sizes`` (finest first),
-    each coarse cell receiving at least one child (for irregular test and verification cases)."""
+    each coarse cell receiving at least one child (for irregular test and verification cases).
+    ValueError unless the sizes are positive integers that never grow (a torch error, "negative
+    dimension", before, ca_rev258)."""
+    sizes = list(sizes)
+    if any(isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1 for n in sizes) or \
+            any(c > f for f, c in zip(sizes[:-1], sizes[1:])):
+        raise ValueError(f"sizes must be positive integers, finest first, none larger than the one before, got {sizes}")
     parents = []
     for n_fine, n_coarse in zip(sizes[:-1], sizes[1:]):
         par = torch.cat([torch.arange(n_coarse),
