@@ -1589,3 +1589,37 @@ def test_a_ledger_split_of_no_images_or_of_bools_is_refused(tmp_path, split):
     ledger.write_text(json.dumps({"format": LEDGER_FORMAT, "spent": [entry]}))
     with pytest.raises(VariantsError, match="entry 0 must hold 'splits'.*at least 1"):
         read_ledger(str(ledger))
+
+
+# ---- ca_rev257 (cross-version reproducibility probe)
+
+# The first two images (image, label, mask bytes) of the committed synthetic-brightest test run's splits
+# (data seed 1, difficulty 0.3, 64², held-out type mottled; configs/data_ledger.json), found the same bit for bit on
+# torch 2.7.1, 2.13.0 and 2.15.0 (numpy 2.4.6 / 2.5.5) by the review: a torch whose generator stream or kernels
+# change the synthetic images fails here, before a ledger's recorded split silently names other images.
+_CA_REV257_SPLIT_DIGESTS = {
+    "train": (1091590, "a5ac760f9096089e2c4247166d9aba1215f4d74659fd9971b74315f3bddab52a"),
+    "test": (1091593, "d83d9dbf2d1cd910828573e6fb763738d8374a6b1fd91f6ceb563876271bdd53"),
+    "test_heldout": (1091594, "858e3b249134bafce987ea9cfeaa6e10cdd3e1b3114d112374f906e3c196735f"),
+}
+
+
+def test_ca_rev257_the_committed_test_splits_images_are_pinned_bit_for_bit():
+    import hashlib
+
+    import numpy as np
+
+    from convex_attention.paper import protocol as P
+
+    sizes = {name: 2 for name in _CA_REV257_SPLIT_DIGESTS}
+    specs = P.split_specs("synthetic-brightest", 1, sizes, 0.3, held_out_mimic="mottled")
+    for name, (seed, digest) in _CA_REV257_SPLIT_DIGESTS.items():
+        assert specs[name].seed == seed
+        ds = P.build_split(specs[name], "synthetic-brightest", 64, 4, in_memory=False)
+        h = hashlib.sha256()
+        for i in range(2):
+            image, label, mask = ds[i]
+            h.update(image.numpy().tobytes())
+            h.update(np.int64(label).tobytes())
+            h.update(mask.numpy().tobytes())
+        assert h.hexdigest() == digest, f"{name}: the synthetic images changed (torch {torch.__version__})"
