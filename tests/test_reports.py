@@ -993,3 +993,52 @@ def test_ca_rev236_a_rejected_dev_stage_does_not_close_by_advising_to_commit_its
     assert "commit it, then run `--stage test`" in accepted.strip().splitlines()[-1]
     last = rejected.strip().splitlines()[-1]
     assert "commit it" not in last and "rejected on the development split: not a variants file to commit" in last
+
+
+# ---- ca_rev260 (hostile review of the report statistics)
+def test_ca_rev260_a_reference_map_the_same_on_every_seed_is_shown_without_a_zero_width_interval():
+    """The reference maps depend on no training seed: the committed report printed their AP over 5 identical
+    seeds as "0.907 ± 0.000" (explain_summary.csv ap_ci95 0 or 1.5e-16), a certainty no 64 images give."""
+    from convex_attention.paper.reports import SEEDLESS_NOTE, _headline_section
+
+    h = {**_test_report_inputs()[-1][0],
+         "block_map": {"model": "reference", "method": "block_map", "level": 0, "ap_mean": 0.907, "ap_ci95": 0.0},
+         "model_free": {"model": "reference", "method": "model_free", "level": -1, "ap_mean": 0.447,
+                        "ap_ci95": 1.5e-16}}
+    text = "\n".join(_headline_section([h]))
+    row = _table(text, "| condition | test set | mask | resolution | best attention |")[0]
+    assert (row["ap#3"], row["ap#4"]) == ("0.907", "0.447") and SEEDLESS_NOTE in text
+    assert row["ap"] == "0.610 ± 0.020"  # a trained model's map keeps its interval
+
+
+def test_ca_rev260_the_explanation_tables_show_a_reference_map_without_an_interval_and_say_why():
+    from convex_attention.paper.explain_metrics import METRIC_NAMES
+    from convex_attention.paper.reports import SEEDLESS_NOTE, _explanation_section
+
+    base = {"condition": "c", "test_set": "test", "mask": "lesion", "resolution": "pixel", "upsampling": "nearest",
+            **{f"{m}_mean": 0.5 for m in METRIC_NAMES}, **{f"{m}_ci95": 0.0 for m in METRIC_NAMES}}
+    rows = [{**base, "model": "reference", "method": "block_map", "level": 0},
+            {**base, "model": "exact", "method": "attention", "level": 0}]
+    text = "\n".join(_explanation_section(rows))
+    assert "| reference | block_map | 0 | pixel | nearest | " + " | ".join(["0.500"] * len(METRIC_NAMES)) in text
+    assert "| exact | attention | 0 | pixel | nearest | 0.500 ± 0.000" in text and SEEDLESS_NOTE in text
+
+
+@pytest.mark.parametrize("x, y", [({0: 0.3, 1: 0.5}, {0: 0.1, 1: 0.2}),
+                                  ({0: 0.3, 1: 0.5, 2: math.nan, 3: 0.1, 4: math.inf}, {0: 0.1, 1: 0.2, 2: 0.0,
+                                                                                        3: 0.4, 4: 0.1, 9: 0.5})])
+def test_ca_rev260_the_paired_difference_is_scipy_s_paired_t_interval_over_the_finite_shared_seeds(x, y):
+    """Oracle: scipy's t interval of the per-seed differences (n − 1 dof), over the seeds both hold whose difference
+    is finite; the seed only one side has is not paired, the NaN and infinite ones counted."""
+    import numpy as np
+    from scipy import stats
+
+    from convex_attention.paper.experiment import _seed_paired
+
+    shared = sorted(set(x) & set(y))
+    d = np.array([x[s] - y[s] for s in shared])
+    d = d[np.isfinite(d)]
+    lo, hi = stats.t.interval(0.95, d.size - 1, loc=d.mean(), scale=stats.sem(d))
+    mean, half, n, n_nan = _seed_paired(x, y)
+    assert (n, n_nan) == (len(shared), len(shared) - d.size)
+    assert mean == pytest.approx(d.mean(), abs=1e-12) and half == pytest.approx((hi - lo) / 2, rel=1e-9)

@@ -32,6 +32,21 @@ def cell(s: dict, metric: str, digits: int = 3) -> str:
     return format_ci(s.get(f"{metric}_mean", math.nan), s.get(f"{metric}_ci95", math.nan), digits)
 
 
+#: The model of the reference maps (the block map, the model-free map): they depend on no training seed, so
+#: their number is the same on every seed and its "interval" over the seeds 0 wide, which had been printed as
+#: "0.907 ± 0.000", a certainty no 64 images give (ca_rev260); shown without one, and said so.
+SEEDLESS = "reference"
+SEEDLESS_NOTE = ("The reference maps (block map, model-free map) depend on no trained model: their number is the "
+                 "same on every seed, so it is shown without an interval (over the seeds it would be 0 wide, and "
+                 "it says nothing of how it would vary over other images).")
+
+
+def seedless_cell(s: dict, metric: str, digits: int = 3) -> str:
+    """:func:`cell`, without the half-width for a reference map (:data:`SEEDLESS`)."""
+    return (format_ci(s.get(f"{metric}_mean", math.nan), math.nan, digits) if s.get("model") == SEEDLESS
+            else cell(s, metric, digits))
+
+
 #: The heading of the report's lists of values left out of a mean (NaN, or an infinity: ca_rev196).
 LEFT_OUT = "Left out as NaN or infinite"
 
@@ -376,9 +391,12 @@ def _headline_section(headline) -> list[str]:
                 cells.append(cell({"x_mean": b["ap_mean"], "x_ci95": b["ap_ci95"]}, "x") if b else "–")
                 continue
             cells += ([f"{b['model']} {b['method']} {level_tag(b['level'])}",
-                       cell({"x_mean": b["ap_mean"], "x_ci95": b["ap_ci95"]}, "x")] if b else ["–", "–"])
+                       seedless_cell({"model": b["model"], "x_mean": b["ap_mean"], "x_ci95": b["ap_ci95"]}, "x")]
+                      if b else ["–", "–"])
         lines.append(f"| {h['condition']} | {h['test_set']} | {h['mask']} | {h['resolution']} | "
                      + " | ".join(cells) + " |")
+    lines += ["", SEEDLESS_NOTE] if any(h.get(k) and h[k]["model"] == SEEDLESS for h in headline
+                                         for k in ("block_map", "model_free")) else []
     lines += ["", "Each compared model's best attention level against the best post-hoc map above (difference "
                   "paired by seed; an interval above 0: attention ahead, below 0: post-hoc ahead):", "",
               "| condition | test set | mask | resolution | model | level | attention ap | best post-hoc | "
@@ -469,8 +487,10 @@ def _explanation_section(explain_summary) -> list[str]:
                       "|" + "---|" * (5 + len(METRIC_NAMES))]
             for s in rows:
                 lines.append(f"| {s['model']} | {s['method']} | {level_name(s['level'])} | {s['resolution']} | "
-                             f"{s['upsampling']} | " + " | ".join(cell(s, m) for m in METRIC_NAMES) + " |")
+                             f"{s['upsampling']} | " + " | ".join(seedless_cell(s, m) for m in METRIC_NAMES) + " |")
             lines.append("")
+            if any(s["model"] == SEEDLESS for s in rows):
+                lines += [SEEDLESS_NOTE, ""]
     return lines
 
 
