@@ -592,3 +592,17 @@ def test_check_out_dir_removes_the_folders_it_made_when_the_out_folder_cannot_be
     with pytest.raises(ValueError, match="is not a writable folder"):
         check_out_dir(str(too_long))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"] and not any((tmp_path / "mine").iterdir())
+
+
+# ---- ca_rev259 (hostile review of the late diff)
+
+def test_ca_rev259_check_out_dir_removes_the_folders_it_made_through_a_parent_step(tmp_path):
+    """--out new/../CCC...: makedirs makes new/ on the way, but missing_folders normalised the '..' away and
+    never listed it, so a refused --out left new/ behind (and the CLI's folders_to_make with it)."""
+    from convex_attention.io.files import check_out_dir, missing_folders
+
+    out = str(tmp_path / "new" / ".." / ("c" * 5000))
+    with pytest.raises(ValueError, match="is not a writable folder"):
+        check_out_dir(out)
+    assert list(tmp_path.iterdir()) == []
+    assert missing_folders(str(tmp_path / "x" / "y") + os.sep) == [str(tmp_path / "x" / "y"), str(tmp_path / "x")]

@@ -186,7 +186,9 @@ def _score_seed(seed: int, i: int) -> int:
     instances every run so far drew), a key of ``(seed, i)`` of its own beyond them.  ``seed * 1000 + i``
     alone gave instance 1000 + j of seed s the scores of instance j of seed s + 1 (536 of 1000
     instances of ``--seed 0 --n 2000`` and ``--seed 1 --n 1000`` had identical scores, ca_rev258), and
-    torch keeps 32 bits of a seed."""
+    torch keeps 32 bits of a seed: where ``seed * 1000 + i >= 2**32`` (``--seed`` 4294967 from instance
+    296, every larger seed throughout) the scores differ from those before ca_rev258, whose wrapped keys
+    repeated a smaller seed's (ca_rev259)."""
     if 0 <= i < 1000 and 0 <= seed * 1000 + i < 2 ** 32:
         return seed * 1000 + i
     return int(np.random.SeedSequence([seed % 2 ** 64, i, 258]).generate_state(1)[0])

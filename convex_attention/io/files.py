@@ -347,11 +347,13 @@ def check_fresh_out_dir(out_dir: str, names, overwrite: bool) -> None:
 
 def missing_folders(out: str) -> list[str]:
     """The folders of ``out``'s path that do not exist yet, the deepest first (what making
-    ``out`` would create)."""
+    ``out`` would create).  The path is not normalised: ``new/../x`` makes ``new`` on the way,
+    which ``abspath`` dropped from the list (ca_rev259); a ``..`` or ``.`` step is no folder made."""
     made: list[str] = []
-    path = os.path.abspath(out)
+    path = os.path.join(os.getcwd(), out)
     while not os.path.exists(path) and os.path.dirname(path) != path:
-        made.append(path)
+        if os.path.basename(path) not in ("", os.curdir, os.pardir):
+            made.append(path)
         path = os.path.dirname(path)
     return made
 
