@@ -481,9 +481,10 @@ def _foreign_best(out: str, resumed: str, state: dict) -> str | None:
     """What shows that ``out/best.pt`` is not a checkpoint of the run resumed from ``state``
     (another run's: another model configuration or seed, or other rows for the same epochs; or no
     checkpoint at all), or None where it is (its epochs' rows are the resumed checkpoint's, row for
-    row, as :meth:`~convex_attention.paper.train._Run._reconcile_best` tells one run), nothing tells
-    them apart, it is absent, or it is the checkpoint resumed."""
+    row: :func:`~convex_attention.paper.train.same_history`), nothing tells them apart, it is
+    absent, or it is the checkpoint resumed."""
     from ..paper.models import read_checkpoint
+    from ..paper.train import same_history
 
     best = os.path.join(out, "best.pt")
     if not os.path.isfile(best) or os.path.samefile(best, resumed):
@@ -492,9 +493,8 @@ def _foreign_best(out: str, resumed: str, state: dict) -> str | None:
         here = read_checkpoint(best)
     except ValueError as err:
         return f"not a checkpoint: {err}"
-    theirs, mine = here.get("metrics", []), state.get("metrics", [])
-    shared = min(len(theirs), len(mine))
-    if shared > 0 and [repr(r) for r in theirs[:shared]] == [repr(r) for r in mine[:shared]]:
+    same = same_history(here.get("metrics", []), state.get("metrics", []))
+    if same:
         return None
     a, b = here.get("config") or {}, state.get("config") or {}
     diff = [f"{k}: best.pt {a.get(k)!r} vs checkpoint {b.get(k)!r}" for k in sorted(set(a) | set(b))
@@ -504,7 +504,7 @@ def _foreign_best(out: str, resumed: str, state: dict) -> str | None:
         diff.append(f"seed: best.pt {ta.get('seed')!r} vs checkpoint {tb.get('seed')!r}")
     if diff:
         return ", ".join(diff[:4])
-    return "its epochs' metrics are not the checkpoint's" if shared > 0 else None  # no history: nothing to tell
+    return "its epochs' metrics are not the checkpoint's" if same is False else None  # no history: nothing to tell
 
 
 def check_resume_folder(config, args, state) -> None:

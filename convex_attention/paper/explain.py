@@ -320,7 +320,7 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = EXPLAINED_IMA
         raise ValueError(f"upsampling must be one of {', '.join(UPSAMPLINGS)}, got {upsampling!r}")
     check_explained(models, baseline_model)
     posthoc = _posthoc_models(models, baseline_model)
-    unruled = {name: lrp_refusal(models[name]) for name in sorted(posthoc) if lrp_refusal(models[name])}
+    unruled = {name: why for name in sorted(posthoc) if (why := lrp_refusal(models[name]))}
     if unruled:  # their LRP rows are left out (explanations), never scored
         warnings.warn(f"LRP left out for {', '.join(unruled)}: {next(iter(unruled.values()))}", stacklevel=2)
     if indices is None:

@@ -60,7 +60,7 @@ from .models import (
 
 __all__ = ["TrainConfig", "train", "evaluate", "augment", "classification_metrics", "check_device",
            "recompute_batchnorm", "stored_train_config", "data_not_rebuilt", "build_checked_datasets", "check_data",
-           "check_resume",
+           "check_resume", "same_history",
            "check_validation_classes", "ValidationClassesError", "CheckedData",
            "TrainingDiverged", "diagnose_divergence", "METRIC_COLUMNS"]
 
@@ -72,6 +72,17 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "va
 
 def _strict_constant(token: str):
     raise ValueError(f"{token} is not a number in strict JSON")
+
+
+def same_history(theirs, mine) -> bool | None:
+    """Whether two checkpoints' metrics histories (their ``metrics`` rows) agree row for row
+    over the epochs both hold, as two checkpoints of one run do; None where they share no
+    epoch (nothing tells).  The one test of "the same run" for a ``best.pt`` beside a resumed
+    checkpoint (:meth:`_Run._reconcile_best`, the command's refusal of another run's)."""
+    shared = min(len(theirs), len(mine))
+    if shared == 0:
+        return None
+    return [repr(r) for r in theirs[:shared]] == [repr(r) for r in mine[:shared]]
 
 
 def stored_train_config(path: str, state: dict) -> TrainConfig | None:
@@ -727,9 +738,7 @@ class _Run:
         try:
             here = read_checkpoint(self.best_path)
             epoch = int(here["epoch"])
-            theirs, mine = here["metrics"], state.get("metrics", [])
-            shared = min(len(theirs), len(mine))  # one run: the same history of epochs, row for row
-            same_run = shared > 0 and [repr(r) for r in theirs[:shared]] == [repr(r) for r in mine[:shared]]
+            same_run = same_history(here["metrics"], state.get("metrics", [])) is True
         except (OSError, ValueError, KeyError, TypeError):
             return  # not a checkpoint of a training run: the user's file, left alone
         if not same_run or (epoch == self.best_epoch and epoch <= int(state["epoch"])):
