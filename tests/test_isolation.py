@@ -459,6 +459,26 @@ def test_a_message_sent_unasked_is_never_taken_as_an_answer(tmp_path, late, mess
             np.testing.assert_array_equal(got[0], _exact_duals(scores, H, TEMPS)[0].numpy())
 
 
+def _a_forged_answer_is_refused(tmp_path, sent: str, pattern: str, setup: str = "") -> None:
+    """The solver writes ``sent`` (an expression of ``_pack``, ``np``, the instance's ``number``,
+    the solve's arguments and what the one-line ``setup`` defines) to its pipe itself, past the
+    child's checks, and sleeps: the instance fails with a message matching ``pattern``, and the
+    child is stopped."""
+    body = textwrap.dedent(f"""\
+        import numpy as np
+        from convex_attention.bench.isolation import _pack
+        from multiprocessing.connection import Connection
+        number = sys._getframe(1).f_locals.get("number")
+        {setup}
+        Connection(int(sys.argv[2]), readable=False).send_bytes({sent})
+        time.sleep(600)  # the forged message is all it sends""")
+    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
+        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
+        assert isinstance(err, SolverFailed), err
+        assert re.search(pattern, str(err)), err
+        assert solver._process is None
+
+
 @pytest.mark.parametrize("arrays, message", slow_beyond(keep=0, cases=[  # the fast suite: the direct test above
     ("[np.zeros((2, 2, 2), dtype=np.complex128)]", r"duals\[0\] of dtype complex128"),
     ("[np.zeros((2, 2, 2))] * 2", r"arrays \['d0', 'd1'\], not 1 duals"),
@@ -469,19 +489,8 @@ def test_forged_duals_that_are_not_one_float64_array_per_edge_are_refused_and_th
     complex arrays, or one more array than the edges (found by mutation testing: without
     the verifier's dtype check, or with a names check that let extra arrays through, they
     came back as the instance's duals)."""
-    body = textwrap.dedent(f"""\
-        import numpy as np
-        from convex_attention.bench.isolation import _pack
-        from multiprocessing.connection import Connection
-        number = sys._getframe(1).f_locals.get("number")
-        Connection(int(sys.argv[2]), readable=False).send_bytes(_pack({{"status": "duals", "instance": number}},
-                                                                      {arrays}))
-        time.sleep(600)  # the forged message is all it sends""")
-    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
-        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
-        assert isinstance(err, SolverFailed), err
-        assert re.search(r"sent unreadable duals \(.*" + message + r".*\); it was stopped", str(err)), err
-        assert solver._process is None
+    _a_forged_answer_is_refused(tmp_path, f'_pack({{"status": "duals", "instance": number}}, {arrays})',
+                                r"sent unreadable duals \(.*" + message + r".*\); it was stopped")
 
 
 @pytest.mark.slow  # a child process; the reading itself is checked fast above
@@ -489,18 +498,9 @@ def test_an_answer_that_is_a_damaged_archive_stops_the_child(tmp_path):
     """Before: a body with the zip signature and nothing readable raised BadZipFile, which the
     reader did not catch: the instance failed, but the same child served the next one (an
     adversarial review)."""
-    body = textwrap.dedent("""\
-        from convex_attention.bench.isolation import _pack
-        from multiprocessing.connection import Connection
-        number = sys._getframe(1).f_locals.get("number")
-        Connection(int(sys.argv[2]), readable=False).send_bytes(
-            _pack({"status": "duals", "instance": number}) + b"PK\\x03\\x04 not an archive")
-        time.sleep(600)""")
-    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
-        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
-        assert isinstance(err, SolverFailed), err
-        assert re.search(r"sent unreadable duals \(raised BadZipFile.*\); it was stopped", str(err)), err
-        assert solver._process is None
+    _a_forged_answer_is_refused(tmp_path,
+                                '_pack({"status": "duals", "instance": number}) + b"PK\\x03\\x04 not an archive"',
+                                r"sent unreadable duals \(raised BadZipFile.*\); it was stopped")
 
 
 @pytest.mark.slow  # 2.5 s; the timeout's path is in the fast suite through the tests above
@@ -996,18 +996,9 @@ def test_ca_rev248_a_solver_that_sends_a_compressed_answer_itself_fails_and_is_s
     Observed: the verifier inflated all of it (see the test above) before the shape check."""
     bomb = tmp_path / "bomb.zip"
     bomb.write_bytes(_compressed_archive(10 ** 7))
-    body = textwrap.dedent(f"""\
-        from convex_attention.bench.isolation import _pack
-        from multiprocessing.connection import Connection
-        number = sys._getframe(1).f_locals.get("number")
-        Connection(int(sys.argv[2]), readable=False).send_bytes(
-            _pack({{"status": "duals", "instance": number}}) + open({str(bomb)!r}, "rb").read())
-        time.sleep(600)""")
-    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
-        err = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
-        assert isinstance(err, SolverFailed), err
-        assert re.search(r"sent unreadable duals \(.*compressed.*\); it was stopped", str(err)), err
-        assert solver._process is None
+    _a_forged_answer_is_refused(tmp_path,
+                                f'_pack({{"status": "duals", "instance": number}}) + open({str(bomb)!r}, "rb").read()',
+                                r"sent unreadable duals \(.*compressed.*\); it was stopped")
 
 
 def test_ca_rev248_a_deadline_without_end_waits_instead_of_overflowing():
@@ -1035,15 +1026,7 @@ def test_ca_rev248_a_deadline_without_end_waits_instead_of_overflowing():
 def test_an_answer_tagged_with_a_number_that_is_not_the_int_sent_is_not_taken(tmp_path, tag):
     """ca_rev248's note: ``1.0`` and ``true`` equal the tag 1; the solver's own exact duals, forged under
     such a tag (``false`` for the first instance, number 0), are refused all the same."""
-    body = textwrap.dedent(f"""\
-        import numpy as np
-        from convex_attention.bench.isolation import _pack
-        from multiprocessing.connection import Connection
-        number = sys._getframe(1).f_locals.get("number", 0)
-        duals = [d.double().numpy() for d in ca.solve(scores, h, 'exact', temperature=temps).duals]
-        Connection(int(sys.argv[2]), readable=False).send_bytes(_pack({{"status": "duals", "instance": {tag}}},
-                                                                      duals))
-        time.sleep(600)""")
-    with IsolatedSolver(_solver(tmp_path, body), timeout=30) as solver:
-        failed = _returns_within(solver, lambda: solver.solve(SCORES, H, TEMPS))
-    assert isinstance(failed, SolverFailed) and "not its answer to this instance (unasked)" in str(failed), failed
+    _a_forged_answer_is_refused(tmp_path, f'_pack({{"status": "duals", "instance": {tag}}}, duals)',
+                                r"not its answer to this instance \(unasked\)",
+                                setup="duals = [d.double().numpy() for d in ca.solve(scores, h, 'exact', "
+                                      "temperature=temps).duals]")
