@@ -83,6 +83,9 @@ define test_pinned
 	$(MAKE) test-fast VENV=$(1) TORCH=torch==$(2) PYTHON=$(3)
 endef
 
+# PIP_NO_CACHE_DIR: the pinned torch releases are CUDA builds on PyPI (about 3 GB of wheels, 6 GB installed
+# each); pip's cache would keep a second copy of every wheel, which filled a CI machine's disk (stop 63).
+test-floor test-ceiling: export PIP_NO_CACHE_DIR = 1
 test-floor:             ## the fast suite again on the oldest torch setup.cfg accepts and Python 3.12, in .venv-floor
 	$(call test_pinned,.venv-floor,$(TORCH_FLOOR),$(PYTHON_FLOOR))
 
