@@ -1356,3 +1356,40 @@ def test_ca_rev256_out_with_a_line_break_is_a_usage_error_before_any_work(comman
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "control character" in err, (code, err)
     assert not (tmp_path / "new").exists()
+
+
+# ---------------------------------------------------------------------------- no abbreviations
+
+SCRIPTS_WITH_PARSERS = ("bench_core", "bench_graphs", "ablate_newton", "profile_dual", "study_certificate",
+                        "study_temperature_gradients", "gpu_check")
+
+
+def _long_options(parser: argparse.ArgumentParser) -> list[str]:
+    return [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+
+
+def _parsers():
+    yield "convex-attention", cli.build_parser()
+    yield from COMMANDS.items()
+    for name in SCRIPTS_WITH_PARSERS:
+        yield f"{name}.py", benchmark_script(name).build_parser()
+
+
+@pytest.mark.parametrize("name, parser", list(_parsers()), ids=lambda v: v if isinstance(v, str) else "")
+def test_an_abbreviated_option_is_refused_not_read_as_the_option(name, parser, capsys):
+    """argparse's default read ``bench --over`` as ``--overwrite`` (replacing results) and
+    ``experiment --seed 3`` as ``--seeds 3``; every parser refuses an option it does not have."""
+    options = _long_options(parser)
+    required = [a for a in parser._actions if a.required]
+    assert options and parser.allow_abbrev is False
+    if required:  # argparse names a missing required argument before an unknown option
+        return
+    for option in options:
+        prefix = option[:-1]
+        if prefix in options or len(prefix) < 3:
+            continue
+        with pytest.raises(SystemExit) as stop:
+            parser.parse_args([prefix])
+        err = capsys.readouterr().err.strip()
+        assert stop.value.code == 2 and len(err.splitlines()) == 1, (prefix, err)
+        assert f"unrecognized arguments: {prefix}" in err, (prefix, err)

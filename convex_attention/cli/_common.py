@@ -68,9 +68,12 @@ class CommandParser(argparse.ArgumentParser):
     """argparse, failing like a command: one line on stderr (no usage block), exit 2; its
     output (``--help`` included) prints on any stdout (:func:`printable_streams`).
     ``examples``: command lines (a ``# comment`` after each), shown as they are at the end
-    of ``--help`` (the description is wrapped; they are not)."""
+    of ``--help`` (the description is wrapped; they are not). Options are never abbreviated:
+    argparse would read ``--over`` as ``--overwrite`` and ``experiment --seed 3`` as ``--seeds 3``, and
+    an option added later would change what an abbreviation in a user's script means."""
 
     def __init__(self, *args, examples=(), **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.examples = tuple(examples)
 
