@@ -66,6 +66,14 @@ def _check_positive_int(value, name: str, minimum: int = 1) -> int:
     return int(value)
 
 
+def _refuse_scripting(module: nn.Module):
+    """``__prepare_scriptable__``: torch.jit.script calls it on each module it scripts (a model's
+    submodules too), before compiling any; its errors from inside were torch's, naming no module
+    ("keyword-arg expansion is not supported", "Unknown type annotation: 'Tensor'": ca_rev262)."""
+    raise TypeError(f"{type(module).__name__} cannot be scripted with torch.jit.script (TorchScript cannot compile its "
+                    f"Python forward); use torch.compile, or torch.jit.trace a model that returns tensors")
+
+
 class _GraphBoundState(nn.Module):
     """A module whose parameters belong to its graph ``self.h``: its state carries the graph's
     :meth:`Graph.fingerprint` (the buffer ``graph_fingerprint``, its 16 bytes as a uint8 tensor,
@@ -89,6 +97,8 @@ class _GraphBoundState(nn.Module):
         self.h = h
         # its own record now; a subclass binds its own once what they read is set (_bind_records)
         self.register_buffer("graph_fingerprint", self._fingerprint_tensor())
+
+    __prepare_scriptable__ = _refuse_scripting
 
     def _records(self) -> dict:
         """``{buffer name: fn(device) -> its tensor}``: what the state records of the module's own
@@ -809,6 +819,8 @@ class ConsistentAttention(nn.Module):
         self.options = options
         self.learned_duals = self._make_duals(record, duals, temps)
 
+    __prepare_scriptable__ = _refuse_scripting
+
     @property
     def temperature(self) -> Tensor | list:
         """The module's temperatures: its registered Parameter, a list with its registered
@@ -1024,22 +1036,35 @@ class ScoreHead(nn.Module):
         self.embed = conv(in_channels, embed_channels, kernel_size=1)
         self.relu = nn.ReLU()  # a module, so that attribution methods (DeepLIFT, LRP) see it
         self.score = conv(embed_channels, 1, kernel_size=1)
-        if scale == "learned":
-            self.log_gain = nn.Parameter(torch.zeros(()))
+        self.log_gain: nn.Parameter | None
+        self.register_parameter("log_gain", nn.Parameter(torch.zeros(())) if scale == "learned" else None)
+
+    def __setstate__(self, state) -> None:
+        super().__setstate__(state)
+        self._parameters.setdefault("log_gain", None)  # a bounded head pickled whole before ca_rev262 had none
 
     def gain(self) -> Tensor | float:
         """The factor after the L2 normalisation: ``exp(log_gain)``, or 1 for the bounded head."""
-        return self.log_gain.exp() if self.scale == "learned" else 1.0
+        return self.log_gain.exp() if self.log_gain is not None else 1.0
 
     def forward(self, features: Tensor) -> Tensor:
+        if torch.jit.is_scripting():  # (TorchScript: a model holding the head scripts, ca_rev262)
+            if features.dim() != self.ndim + 2:
+                raise ValueError("features must be a (B, C, *spatial) tensor with as many spatial dimensions as "
+                                 "this score head's ndim")
+        else:
+            self._check_features(features)
+        x = F.normalize(self.embed(features), dim=1)
+        if self.log_gain is not None:  # (scale "learned"; None, and in no state, for "bounded")
+            x = x * self.log_gain.exp()
+        return self.score(self.relu(x)).squeeze(1)
+
+    @torch.jit.unused
+    def _check_features(self, features) -> None:
         if not isinstance(features, Tensor) or features.dim() != self.ndim + 2:
             got = tuple(getattr(features, "shape", ())) or type(features).__name__
             raise ValueError(f"features must be a (B, C, *spatial) tensor with {self.ndim} spatial dimension(s) "
                              f"for this score head, got {got}")
-        x = F.normalize(self.embed(features), dim=1)
-        if self.scale == "learned":
-            x = x * self.log_gain.exp()
-        return self.score(self.relu(x)).squeeze(1)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale!r}"

@@ -1475,3 +1475,47 @@ def test_functional_call_and_torch_func_grad_differentiate_the_layer_as_autograd
     got = torch.func.grad(loss)(params)
     for (name, p), w in zip(params.items(), want):
         torch.testing.assert_close(got[name], torch.zeros_like(p) if w is None else w, rtol=1e-10, atol=1e-12)
+
+
+# ---- ca_rev262 (hostile review of nn.py)
+
+@pytest.mark.parametrize("scale", ["bounded", "learned"])
+def test_ca_rev262_a_model_holding_a_score_head_scripts_and_gives_its_scores(scale):
+    """torch.jit.script of a model with a ScoreHead (the head is plain convolutions) failed inside
+    torch ("hasattr's first argument must be an object"); scripted, it must give the head's scores,
+    refuse features of the wrong rank, and keep its state (no log_gain in a bounded head's)."""
+    torch.manual_seed(0)
+    head = ca.ScoreHead(4, 3, scale=scale)
+    if scale == "learned":
+        with torch.no_grad():
+            head.log_gain.fill_(0.7)
+    features = torch.randn(2, 4, 5, 6)
+    scripted = torch.jit.script(head)
+    torch.testing.assert_close(scripted(features), head(features), rtol=0, atol=0)
+    with pytest.raises(Exception, match="spatial dimension"):
+        scripted(torch.randn(2, 4, 5))
+    with pytest.raises(ValueError, match="2 spatial dimension"):
+        head(torch.randn(2, 4, 5))
+    assert ("log_gain" in head.state_dict()) == (scale == "learned")
+    assert [n for n, _ in head.named_parameters()][0] == ("log_gain" if scale == "learned" else "embed.weight")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: ca.LearnedDuals(H), lambda: ca.AmortisedDuals(H),
+    lambda: ca.ConsistentAttention(H, "exact"), lambda: ca.ConsistentAttention(H, "learned_dual", duals="amortised")])
+def test_ca_rev262_scripting_a_layer_or_its_duals_is_refused_naming_the_module(make):
+    """torch.jit.script of these modules (or of a model holding one) raised torch's "keyword-arg
+    expansion is not supported" or "Unknown type annotation: 'Tensor'", naming none of them."""
+    module = make()
+
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = module
+
+    for target in (module, Model()):
+        with pytest.raises(TypeError, match=f"{type(module).__name__} cannot be scripted with torch.jit.script"):
+            torch.jit.script(target)
+    scores = [torch.randn((2,) + s) for s in H.shapes]
+    if isinstance(module, ca.ConsistentAttention):  # the module is as it was
+        torch.testing.assert_close(module(scores).probs[0], copy.deepcopy(module)(scores).probs[0])
