@@ -2566,3 +2566,77 @@ def test_ca_rev254_a_value_near_a_label_is_named_as_it_is_not_as_the_label(tmp_p
     nib.save(nib.Nifti1Image(near, _CA_REV249_LPS), os.path.join(folder, "P1_seg.nii.gz"))
     with pytest.raises(ValueError, match=r"holds 1 value\(s\) that are no BraTS label \(2\.00000024; labels"):
         load_patient(folder, "P1")
+
+
+# ---- ca_rev261 (hostile review of paper/data/folder.py and synthetic.py)
+
+
+def test_ca_rev261_a_palette_mask_s_transparent_index_is_background(tmp_path):
+    """A palette mask whose transparent index (tRNS) is not 0, as an editor exports a transparent background, was
+    read by its indices alone: every background pixel was a lesion (64 of 64, not the 4 marked)."""
+    from PIL import Image
+
+    os.makedirs(tmp_path / "images")
+    os.makedirs(tmp_path / "masks")
+    Image.fromarray((np.random.default_rng(0).random((8, 8)) * 255).astype(np.uint8)).save(tmp_path / "images/a.png")
+    indices = np.ones((8, 8), np.uint8)  # index 1: the transparent background
+    indices[2:4, 2:4] = 2  # index 2: the lesion
+    mask = Image.fromarray(indices, mode="P")
+    mask.putpalette([0, 0, 0] * 2 + [255, 0, 0] + [0] * 759)
+    mask.save(tmp_path / "masks/a.png", transparency=1)
+    (tmp_path / "labels.csv").write_text("filename,label\na.png,1\n")
+    assert FolderDataset(str(tmp_path))[0][2].nonzero().tolist() == [[2, 2], [2, 3], [3, 2], [3, 3]]
+
+
+def test_ca_rev261_a_label_file_that_cannot_be_opened_is_refused_in_one_line(tmp_path):
+    """labels.csv a folder (or unreadable) ended in an IsADirectoryError traceback, not the data's one-line error."""
+    os.makedirs(tmp_path / "labels.csv")
+    with pytest.raises(ValueError, match=r"labels\.csv' cannot be read \(Is a directory\)"):
+        FolderDataset(str(tmp_path))
+
+
+def test_ca_rev261_an_npy_header_declaring_more_than_memory_is_refused_in_one_line(tmp_path):
+    """A 200-byte .npy whose header declares (3e7, 3e7) float64 (6.4 PiB) ended in a MemoryError traceback."""
+    header = b"{'descr': '<f8', 'fortran_order': False, 'shape': (30000000, 30000000), }"
+    header += b" " * (63 - (10 + len(header)) % 64) + b"\n"
+
+    def write(path):
+        Path(path).write_bytes(b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + bytes(64))
+
+    root = _one_image_folder(tmp_path, "a.npy", write)
+    with pytest.raises(ValueError, match=r"a\.npy' cannot be read as a \.npy array: its header declares more data"):
+        FolderDataset(root)
+
+
+def test_ca_rev261_an_image_is_not_given_the_mask_of_another_listed_image_of_its_stem(tmp_path):
+    """Images a.png and a.npy with masks/a.png alone: a.npy's mask was looked up by its stem and found a.png's, the
+    mask of another image (here marking a lesion where a.npy has none): it is now missing, and refused."""
+    rng = np.random.default_rng(0)
+    os.makedirs(tmp_path / "images")
+    os.makedirs(tmp_path / "masks")
+    _write_mask(str(tmp_path / "images/a.png"), (rng.random((8, 8)) * 255).astype(np.uint8))
+    np.save(tmp_path / "images/a.npy", rng.random((8, 8)))
+    lesion = np.zeros((8, 8), np.uint8)
+    lesion[1:3, 1:3] = 255
+    _write_mask(str(tmp_path / "masks/a.png"), lesion)
+    (tmp_path / "labels.csv").write_text("filename,label\na.png,1\na.npy,1\n")
+    with pytest.raises(ValueError, match=r"mask file for 'a\.npy' is missing"):
+        FolderDataset(str(tmp_path))
+    np.save(tmp_path / "masks/a.npy", np.zeros((8, 8), bool))  # its own mask: found, and read
+    ds = FolderDataset(str(tmp_path))
+    assert int(ds[0][2].sum()) == 4 and not ds[1][2].any()
+
+
+def test_ca_rev261_the_lesion_rim_and_dropped_structures_are_stated_as_measured():
+    """The module said no core pixel lay on a lesion's outline from 56² on, and no structure was dropped from 48² on
+    (render_rim_image: without a difficulty): image 37 of seed 7 at 56², difficulty 1, has one; and image 248 of seed 7
+    at 56², difficulty 0, drops a structure.  The docstrings now give the rates measured."""
+    from convex_attention.paper.data import synthetic
+
+    r = synthetic.render_rim_image(7, 37, 56, 4, 1.0, 0.5, 3.0, details=True)
+    structure, compartment = r["structure"].numpy(), r["compartment"].numpy()
+    assert (compartment[_boundary(structure == r["kinds"].index("lesion"))] == 1).sum() == 1
+    assert synthetic.render_rim_image(7, 248, 56, 4, 0.0, 0.5, 3.0, details=True)["dropped"] == 1
+    doc = " ".join(synthetic.__doc__.split())
+    assert "one lesion in 500" in doc and "12 in 1000 at 56²" in doc
+    assert "48² and 56² at difficulty 0" in " ".join(synthetic.render_rim_image.__doc__.split())

@@ -4,8 +4,9 @@ Layout::
 
     root/labels.csv        filename,label            (one row per image)
     root/images/<filename> PNG (grey or RGB) or NPY ((H, W) or (C, H, W))
-    root/masks/<filename>  optional; same name (or stem) as the image, non-zero = lesion
-                           (a PNG mask's alpha channel is no value: transparent pixels are background);
+    root/masks/<filename>  optional; same name (or stem, unless another listed image has that name) as
+                           the image, non-zero = lesion (a PNG mask's alpha channel is no value:
+                           transparent pixels, by alpha or a transparent index or colour, are background);
                            an image labelled 0 (the normal class) has an empty mask
 
 A palette PNG image is read by its colours (RGB; RGBA where it has transparency; one grey
@@ -70,6 +71,9 @@ def _read_array(path: str, palette_as_colours: bool = True) -> np.ndarray:
         except (OSError, EOFError) as err:
             raise ValueError(f"{path!r} cannot be read as a .npy array ({err}); save it again with numpy.save") \
                 from None
+        except MemoryError as err:  # a header declaring more than memory holds (was a traceback: ca_rev261)
+            raise ValueError(f"{path!r} cannot be read as a .npy array: its header declares more data than memory "
+                             f"holds ({err}); save it again with numpy.save, or downsample the image") from None
         if not isinstance(arr, np.ndarray) or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool) \
                 or np.iscomplexobj(arr):
             raise ValueError(f"{path!r} holds {getattr(arr, 'dtype', type(arr))} data, not real numbers; save a "
@@ -96,9 +100,16 @@ def _read_array(path: str, palette_as_colours: bool = True) -> np.ndarray:
                 both = np.asarray(im, dtype=np.float32)
                 arr = np.where(both[..., -1:] > 0, both[..., :-1], 0.0)
                 arr = arr[..., 0] if arr.shape[-1] == 1 else arr
+            elif not palette_as_colours and im.mode in ("P", "L", "RGB") and "transparency" in im.info:
+                # a transparent index or colour (tRNS) is background too: a palette mask whose
+                # transparent index is not 0 had made every background pixel a lesion (ca_rev261)
+                values = np.asarray(im, dtype=np.float32)
+                opaque = np.asarray(im.convert("RGBA"))[..., 3] > 0
+                arr = np.where(opaque[..., None] if values.ndim == 3 else opaque, values, 0.0)
             else:
                 arr = np.asarray(im, dtype=np.float32)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+            MemoryError) as err:  # (MemoryError: an image too large to decode was a traceback, ca_rev261)
         # (DecompressionBombError, an image over Pillow's pixel limit, is no OSError: it was a traceback)
         raise ValueError(f"{path!r} is not a readable PNG image ({err}); convert it to PNG or NPY") from None
     if arr.ndim == 3:
@@ -195,7 +206,12 @@ class FolderDataset(Dataset):
         if not os.path.exists(csv_path):
             raise ValueError(f"label file {csv_path!r} does not exist (columns: filename,label)")
         try:
-            with open(csv_path, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
+            f = open(csv_path, newline="", encoding="utf-8-sig")
+        except OSError as err:  # a folder of that name, no permission: was a traceback (ca_rev261)
+            raise ValueError(f"label file {csv_path!r} cannot be read ({err.strerror or err}); it must be a "
+                             f"readable CSV file (columns: filename,label)") from None
+        try:
+            with f:  # utf-8-sig: a spreadsheet's byte-order mark
                 reader = csv.DictReader(f)
                 missing = {"filename", "label"} - set(reader.fieldnames or [])
                 if missing:
@@ -297,6 +313,8 @@ class FolderDataset(Dataset):
         assert self.mask_root is not None
         stem = os.path.splitext(name)[0]
         for candidate in (name, stem + ".png", stem + ".npy"):
+            if candidate != name and candidate in self._path_of:
+                continue  # the mask of the listed image of that name (a.npy had been given a.png's: ca_rev261)
             path = os.path.join(self.mask_root, candidate)
             if os.path.isfile(path):
                 self._mask_paths[name] = path

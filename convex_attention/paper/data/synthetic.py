@@ -34,7 +34,9 @@ necessary and a model-free map cannot localise the lesions.
 
   - ``lesion``: by depth: a necrotic core enclosed by an enhancing rim (the radiological
     hallmark of a high-grade glioma).  The rim is one pixel thick at least from 56² on
-    (no core pixel on a lesion's outline in 170 lesions at 56² and 64², difficulty 0 and 1);
+    in all but about one lesion in 500 (a core pixel on a lesion's outline: none in 966
+    lesions at 56² and 64², difficulty 0 and 0.5; one pixel in one of 483 lesions at each
+    size at difficulty 1, seed 7, images 37 at 56² and 266 at 64²: ca_rev261);
     below, the smallest lesions' rims are thinner than a pixel in places and their core
     touches the tissue, as an inverted mimic's does (at 48² and difficulty 1, 2 of 25 rim
     lesions and 6 of 60 brightest ones; at 32², about half).  Keeping the lesion's core share
@@ -59,8 +61,10 @@ necessary and a model-free map cannot localise the lesions.
   disc (radius ``1 + sum_k a_k cos(k theta + phi_k)``, k = 2..4, ``a_k <= 0.08``); the
   area is exact (the ``area`` pixels of lowest normalised radius).  Structures neither
   overlap nor touch; a structure that finds no room inside the brain is dropped,
-  whatever its kind (``dropped`` in ``render``; none at S >= 48 with the defaults, a few
-  per hundred images at S = 32).
+  whatever its kind (``dropped`` in ``render``; none at S >= 48 with the defaults, in 8 to
+  11 images of 100 at S = 32 (25 and 33 of 300, seeds 0 and 7); at difficulty 0, whose
+  structures are larger, 7 structures in 500 images at 48², 12 in 1000 at 56² and 2 in
+  1000 at 64², seed 7: ca_rev261).
 
 Knobs: ``difficulty`` in [0, 1] (amplitude ``1 - 0.55 d``, noise ``0.03 + 0.12 d``,
 sizes closer to the minimum), ``mimic_rate`` in [0, 8] (mimics per lesion image; default
@@ -419,7 +423,8 @@ def render_rim_image(seed: int, index: int, image_size: int = 128, channels: int
     ``compartment`` ((S, S) int8: 0 tissue, 1 core signature, 2 rim signature),
     ``structure`` ((S, S) int16: the structure's number, -1 for tissue), ``kinds``
     (each structure's kind: ``"lesion"`` or a mimic type), ``areas`` (pixels),
-    ``dropped`` (structures that found no room; 0 in practice from S = 48 on) and
+    ``dropped`` (structures that found no room; 0 in practice from S = 48 on at difficulty
+    0.5 or more, about one per 100 images at 48² and 56² at difficulty 0) and
     ``decisive`` ((S, S) bool): the structure that decides the label (under the presence
     rule the lesion, in lesion images only; under the brightest rule the brightest
     structure, in every image: the lesion when the label is 1, a mimic when it is 0).
