@@ -329,12 +329,17 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     Raises:
         TypeError / ValueError: malformed input (shapes, map count, dtype, NaN/Inf,
             temperatures, unknown method or option, missing duals), or a method that cannot
-            solve the structure.
+            solve the structure; TypeError too for a method that iterates on the values
+            (``"dual"``, ``"cvxpylayers"``) under ``torch.jit.trace``.
         convex_attention.dual.ConvergenceError: ``"dual"`` missed ``tol`` (``strict``).
         convex_attention.cvx.SolverFailure: ``"cvxpylayers"`` failed or was inaccurate.
     """
     record = get_method(method)
     check_transforms(f"solve(method={record.name!r})", record.func_transforms)
+    if torch.jit.is_tracing() and not record.shape_tracing:  # (torch's error came from inside the solver)
+        raise TypeError(f"method {record.name!r} cannot be recorded by torch.jit.trace: it iterates on the scores' "
+                        f"values, so a trace would replay one input's solve; trace a model with method "
+                        f"{_shape_tracers()}, or use torch.compile")
     record.check_structure(check_hierarchy(h))
     # keys checked first: the scores' check relies on them
     given_maps = frozenset() if given is None else given_indices(given, h)
@@ -346,9 +351,8 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     scores, peak_sum = check_scores_and_peaks(scores, h, check_finite=check_finite, given=given_maps)
     free = next(s for s in scores if s is not None)
     if free.is_meta and not record.shape_tracing:  # (torch's own error came from deep inside: ca_rev225)
-        tracers = " or ".join(repr(m.name) for m in REGISTRY.values() if m.shape_tracing)
         raise ValueError(f"method {record.name!r} solves numerically on the scores' values, and meta tensors hold "
-                         f"none; trace shapes with method {tracers}")
+                         f"none; trace shapes with method {_shape_tracers()}")
     temps = check_temperatures(temperature, h.num_maps, dtype=free.dtype, scores_device=free.device,
                                allow_grad=record.tensor_temperature, method=record.name, unit=h._map_word,
                                unused=given_maps)
@@ -379,6 +383,11 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
     scores, sources = scores_the_method_sees(scores, h, record, check_finite)
     probs, lam, info = record.function(scores, h, temps, duals, dict(options))
     return Solution(probs, scores, h, temps, record.name, lam, info, given_list, sources=sources)
+
+
+def _shape_tracers() -> str:
+    """The methods whose forward is torch operations on the scores alone (meta tensors, jit.trace)."""
+    return " or ".join(repr(m.name) for m in REGISTRY.values() if m.shape_tracing)
 
 
 def scores_the_method_sees(scores: list, h: Graph, record, check_finite: bool) -> tuple[list, list]:

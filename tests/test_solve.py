@@ -2001,3 +2001,27 @@ def test_torch_func_works_with_a_list_of_0d_tensor_temperatures(method):
     direction = torch.tensor(0.5, dtype=torch.float64)
     _, tangent = torch.func.jvp(lambda t: out(inst.scores[0], t), (taus[0],), (direction,))
     torch.testing.assert_close(tangent, 0.5 * want_t, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method", ["dual", "cvxpylayers"])
+def test_jit_trace_of_a_method_that_iterates_on_the_values_is_refused_naming_those_it_records(method):
+    """torch.jit.trace of a model solving with 'dual' failed inside torch ("INTERNAL ASSERT FAILED ... aten::full"),
+    with 'cvxpylayers' in the trace's own check: both iterate on the values, so a trace would replay one input's
+    solve (a review). Refused before any work; a method it records traces, and its trace solves new inputs."""
+    h = ca.Hierarchy.grid([(4, 4), (2, 2)])
+
+    class Model(torch.nn.Module):
+        def __init__(self, method):
+            super().__init__()
+            self.method = method
+
+        def forward(self, fine, coarse):
+            return ca.solve([fine, coarse], h, method=self.method, temperature=[1.0, 0.5]).probs[0]
+
+    example = (torch.randn(2, 4, 4), torch.randn(2, 2, 2))
+    with pytest.raises(TypeError, match=f"method '{method}' cannot be recorded by torch.jit.trace") as refused:
+        torch.jit.trace(Model(method), example)
+    assert "with method 'softmax' or 'exact' or 'learned_dual'" in str(refused.value)
+    traced = torch.jit.trace(Model("exact"), example, check_trace=False)
+    other = (torch.randn(3, 4, 4), 3 * torch.randn(3, 2, 2))
+    torch.testing.assert_close(traced(*other), Model("exact")(*other))
