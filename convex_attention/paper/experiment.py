@@ -89,6 +89,7 @@ from .explain import (
     EXPLAIN_COLUMNS,
     MASKS,
     POSTHOC,
+    REFERENCE_MODEL,
     explain_models,
     explained_indices,
     explanations,
@@ -962,7 +963,7 @@ def _headline(explain_summary: list[dict], seed_means: list[dict], compared: dic
     for cond, tset, mask, res in keys:
         group = [s for s in explain_summary
                  if (s["condition"], s["test_set"], s["mask"], s["resolution"]) == (cond, tset, mask, res)]
-        ok = set(compared.get(cond, ())) | {"reference"}
+        ok = set(compared.get(cond, ())) | {REFERENCE_MODEL}
         entry: dict = {"condition": cond, "test_set": tset, "mask": mask, "resolution": res}
         chosen = {}
         for kind, pick in (("attention", lambda s: s["method"] == "attention"),

@@ -58,7 +58,8 @@ from .explain_metrics import (
 )
 from .models import NonFiniteOutput, non_finite_parts
 
-__all__ = ["MASKS", "TARGETS", "has_decisive_masks", "decisive_indices", "explained_indices", "primary_mask",
+__all__ = ["MASKS", "REFERENCE_MODEL", "TARGETS", "has_decisive_masks", "decisive_indices", "explained_indices",
+           "primary_mask",
            "lesion_indices", "check_explained", "explain_models", "explanations", "score_explanations",
            "reference_maps", "grids_of", "summarise",
            "write_outputs", "mean_ci", "mean_se", "nan_counts", "summary_cells", "dropped_values",
@@ -68,6 +69,9 @@ __all__ = ["MASKS", "TARGETS", "has_decisive_masks", "decisive_indices", "explai
 GROUP_KEYS = ("model", "method", "level", "resolution", "upsampling", "mask")
 #: The masks a map is scored against: the lesion (lesion images), and the structure that
 #: decides the label (every image whose data say which structure decides).
+#: The model of the reference rows (block maps of the mask, the model-free map): maps no trained model
+#: made (reports show them without an interval over seeds).
+REFERENCE_MODEL = "reference"
 MASKS = ("lesion", "decisive")
 #: What the post-hoc methods explain: each image's own label, or the model's prediction.
 TARGETS = ("true", "predicted")
@@ -353,7 +357,7 @@ def explain_models(models: dict, dataset: Dataset, n_images: int = EXPLAINED_IMA
                 continue
             sources = list(model_maps)
             if references:
-                sources.append(("reference", reference_maps(images, kind_masks, grids, model_free_weights)))
+                sources.append((REFERENCE_MODEL, reference_maps(images, kind_masks, grids, model_free_weights)))
             for name, maps in sources:
                 subset = {key: m[keep] for key, m in maps.items()}
                 for r in score_explanations(subset, kind_masks[keep], grids, upsampling, pooled):
@@ -589,7 +593,7 @@ def plot_examples(examples, path: str, env=None, max_rows: int = 4, max_maps: in
 
 #: Colours of the models in the metric figures (others take the cycle's), and the references'.
 _MODEL_COLOURS = {"softmax": "#7f7f7f", "learned_dual": "#d62728", "exact": "#1f77b4", "dual": "#2ca02c",
-                  "cvxpylayers": "#8c6d31", "plain_cnn": "#9467bd", "reference": "#000000"}
+                  "cvxpylayers": "#8c6d31", "plain_cnn": "#9467bd", REFERENCE_MODEL: "#000000"}
 _KIND_ORDER = ("attention", "post-hoc", "reference")
 #: Metrics bounded to [0, 1]: their intervals are clipped to it, and drawn on it.
 _UNIT_METRICS = ("ap", "qiou", "pointing", "mass")
@@ -675,9 +679,9 @@ def _draw_summary_panel(ax, points: dict, models: list, chance: float | None) ->
     for row, item in enumerate(items):
         y = len(items) - 1 - row
         for model, (mean, lo, hi) in points[item].items():
-            at = y + (0.0 if model == "reference" else -dodge.get(model, 0.0))
+            at = y + (0.0 if model == REFERENCE_MODEL else -dodge.get(model, 0.0))
             ax.errorbar([mean], [at], xerr=[[mean - lo], [hi - mean]], color=_model_colour(model, models),
-                        marker="D" if model == "reference" else "o", ms=3.2, lw=0.8, capsize=1.2, ls="none")
+                        marker="D" if model == REFERENCE_MODEL else "o", ms=3.2, lw=0.8, capsize=1.2, ls="none")
         if row and item[0] != items[row - 1][0]:  # between kinds
             ax.axhline(y + 0.5, color="#999999", lw=0.5)
     for kind in sorted({i[0] for i in items}):  # each kind named beside its rows
@@ -717,7 +721,7 @@ def plot_metric_summary(summary: list[dict], path: str, metric: str = "ap", reso
     drawn = {key: v for key, v in drawn.items() if v[0]}
     if not drawn:
         raise ValueError(f"no finite {metric!r} at resolution {resolution!r} to plot")
-    models = sorted({m for pts, _ in drawn.values() for by in pts.values() for m in by if m != "reference"},
+    models = sorted({m for pts, _ in drawn.values() for by in pts.values() for m in by if m != REFERENCE_MODEL},
                     key=lambda m: (list(_MODEL_COLOURS).index(m) if m in _MODEL_COLOURS else 99, m))
     tallest = max(len(pts) for pts, _ in drawn.values())
     ncols = min(2, len(drawn))

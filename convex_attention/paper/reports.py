@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 
 from .config import MAX_ATTENTION_LEVELS
-from .explain import MASKS, POSTHOC, dropped_values, format_ci, primary_mask
+from .explain import MASKS, POSTHOC, REFERENCE_MODEL, dropped_values, format_ci, primary_mask
 from .explain_metrics import METRIC_NAMES, pointing_tolerance_px
 from .protocol import JUDGED_SETTINGS, failed_checks, judged_settings, moved_by_id
 from .validity import MIN_COMPARED_AUC, REPORTED_ONLY, shown_against
@@ -35,7 +35,7 @@ def cell(s: dict, metric: str, digits: int = 3) -> str:
 #: The model of the reference maps (the block map, the model-free map): they depend on no training seed, so
 #: their number is the same on every seed and its "interval" over the seeds 0 wide, which had been printed as
 #: "0.907 ± 0.000", a certainty no 64 images give (ca_rev260); shown without one, and said so.
-SEEDLESS = "reference"
+SEEDLESS = REFERENCE_MODEL
 SEEDLESS_NOTE = ("The reference maps (block map, model-free map) depend on no trained model: their number is the "
                  "same on every seed, so it is shown without an interval (over the seeds it would be 0 wide, and "
                  "it says nothing of how it would vary over other images).")
