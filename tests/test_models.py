@@ -573,3 +573,42 @@ def test_ca_rev215_each_block_sees_the_two_by_two_max_pooled_output_of_the_block
         for k in range(2, max(feats) + 1):
             expected = model.blocks[k - 1](torch.nn.functional.max_pool2d(feats[k - 1], 2))
             torch.testing.assert_close(feats[k], expected, rtol=0, atol=0)
+
+
+# ---- ca_rev264 (hostile review of the paper's models)
+
+def test_ca_rev264_a_batchnorm_over_a_one_by_one_map_never_sees_a_batch_of_one_image():
+    """16x16 images with the bottleneck in use end the encoder in a BatchNorm over a 1x1 map,
+    which fails in train mode on a batch of one image: `train --image-size 16 --attention-blocks
+    4 5 --n-train 9 --batch-size 4` trained its epoch, then ended in torch's traceback in the
+    BatchNorm recompute (its last batch: one image).  The recompute leaves that image out there
+    (elsewhere it is unchanged: the committed runs' statistics), and a batch size of one is refused."""
+    from torch.optim.swa_utils import update_bn
+
+    from convex_attention.paper.config import ConfigError, TrainConfig
+    from convex_attention.paper.models import PlainCNN
+    from convex_attention.paper.train import recompute_batchnorm
+
+    small = dict(data="synthetic-blobs", image_size=16, width=4, embed_channels=8)
+    for blocks, bottleneck in (((4, 5), False), ((3, 4), True)):
+        for field, kw in (("batch_size", dict(batch_size=1)), ("n_train", dict(n_train=1))):
+            with pytest.raises(ConfigError, match=field):
+                TrainConfig.build(attention_blocks=blocks, bottleneck_in_classifier=bottleneck, **small,
+                                  **kw).validate()
+            TrainConfig.build(attention_blocks=blocks, bottleneck_in_classifier=bottleneck, norm="group", **small,
+                              **kw).validate()  # no batch statistics
+    TrainConfig.build(attention_blocks=(3, 4), **small, batch_size=1).validate()  # the last map is 2x2
+    torch.manual_seed(0)
+    images = [(torch.randn(4, 16, 16), 0) for _ in range(9)]
+    for cls in (AttentionUNet, PlainCNN):
+        model = cls(attention_blocks=(4, 5), **{k: v for k, v in small.items() if k != "data"})
+        assert recompute_batchnorm(model, images, 4, "cpu")
+        assert all(bool(torch.isfinite(b).all()) for b in model.buffers())
+    # where no map is 1x1 the recompute is torch's over every image, the last one alone too
+    model, twin = (AttentionUNet(method="exact", **SMALL) for _ in range(2))
+    twin.load_state_dict(model.state_dict())
+    images = [(torch.randn(4, 32, 32), 0) for _ in range(9)]
+    recompute_batchnorm(model, images, 4, "cpu")
+    update_bn(torch.utils.data.DataLoader([x for x, _ in images], batch_size=4), twin)
+    for a, b in zip(model.buffers(), twin.buffers()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -170,9 +170,24 @@ def check_set_size(field: str, n: int, image_size: int, flag: str | None = None,
                                  f"never be allocated); use fewer images or a smaller image size")
 
 
+def batchnorm_of_one_value(model: ModelConfig) -> bool:
+    """Whether the model's encoder ends in a BatchNorm over a 1×1 map (16×16 images with the
+    bottleneck, block 5, in use): in train mode it fails on a batch of one image ("expected
+    more than 1 value per channel"), so training and the BatchNorm recompute must never pass it one."""
+    last = max(list(model.attention_blocks) + ([5] if model.bottleneck_in_classifier else []))
+    return model.norm == "batch" and model.image_size // 2 ** (last - 1) == 1
+
+
 def _check_train_sizes(cfg) -> None:
-    """The training and validation sets, and one batch's activations, fit in memory."""
+    """The training and validation sets, and one batch's activations, fit in memory; a batch
+    of one image never meets a BatchNorm over a 1×1 map (ca_rev264)."""
     side = cfg.model.image_size
+    single = "batch_size" if cfg.batch_size == 1 else "n_train" if cfg.n_train == 1 and \
+        cfg.data in SYNTHETIC_SOURCES else None
+    if single is not None and batchnorm_of_one_value(cfg.model):
+        raise ConfigError(single, f"{single} 1 trains on batches of one image, and the model's BatchNorm after block "
+                                  f"5 sees a 1x1 map there: one value per channel, which BatchNorm cannot normalise; "
+                                  f"use a larger {single}, norm group, or a larger image size")
     for name in ("n_train", "n_val"):
         check_set_size(name, getattr(cfg, name), side)
     values = cfg.batch_size * cfg.model.width * side ** 2

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from ..io.files import atomic_csv, atomic_write_bytes, write_json
-from .config import ConfigError, ModelConfig, TrainConfig, check_device, resolved_device
+from .config import ConfigError, ModelConfig, TrainConfig, batchnorm_of_one_value, check_device, resolved_device
 from .data import datasets_of, labels_only
 from .models import (
     AttentionUNet,
@@ -283,7 +283,13 @@ def recompute_batchnorm(model: torch.nn.Module, dataset: Dataset, batch_size: in
         return False
     from torch.optim.swa_utils import update_bn
 
-    loader = DataLoader(labels_only(dataset), batch_size=batch_size, shuffle=False)
+    images = labels_only(dataset)
+    # a last batch of one image fails in a BatchNorm over a 1x1 map (16x16 images with the bottleneck): left
+    # out there, where it had ended the run in torch's traceback after the epoch's training (ca_rev264)
+    config = getattr(model, "config", None)
+    single = isinstance(config, ModelConfig) and batchnorm_of_one_value(config) and len(images) > batch_size
+    loader = DataLoader(images, batch_size=batch_size, shuffle=False,
+                        drop_last=single and len(images) % batch_size == 1)
     with torch.no_grad():
         update_bn(loader, model, device=device)
     return True

@@ -22,9 +22,9 @@ that lets a map sharpen); ``learn_temperature`` adds one learnable log-temperatu
 ``s`` shared by the levels, so that level ``k`` attends at ``τ_k · e^s`` (``τ_k`` from
 ``temperature``; ``s`` starts at 0 and is bounded to ``[-7, 7]``), passed to the layer as
 a tensor temperature that the methods which differentiate through it (softmax, exact,
-learned_dual) learn with the model; ``duals`` is the dual source of the methods that
-need duals (``"shared"``: the paper's learned λ, or ``"amortised"``: λ predicted per
-sample from the scores).  Checkpoints saved before these fields existed load with the
+dual, learned_dual: the registry's ``tensor_temperature``) learn with the model; ``duals``
+is the dual source of the methods that need duals (``"shared"``: the paper's learned λ, or
+``"amortised"``: λ predicted per sample from the scores).  Checkpoints saved before these fields existed load with the
 defaults (bounded head, fixed temperature, shared duals), which is what they were.
 
 The method (``ModelConfig.method``) is a name of the method registry
