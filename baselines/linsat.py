@@ -42,9 +42,11 @@ import torch
 from torch import Tensor
 
 from convex_attention.cvx import aggregation_matrix
+from convex_attention.given_maps import normalised
 from convex_attention.graph import Graph
 from convex_attention.validation import (
     GIVEN_SUM_TOLERANCE,
+    check_flag,
     check_given,
     check_hierarchy,
     check_scores_and_peaks,
@@ -119,7 +121,11 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
         scores: ``M`` entries, the scored map's ``(B, *h.shapes[k])``, None for the given maps.
         given: ``{k: q_k}``, ``q_k`` shaped ``(1 or B, *h.shapes[k])`` (taken in the scores' dtype and
             device), non-negative, summing to one (checked as :func:`convex_attention.solve` does, but
-            for a zero cell, which LinSATNet fixes to zero: it has no duals to diverge).
+            for a zero cell, which LinSATNet holds near zero: it has no duals to diverge; it adds
+            1e-7 to every right-hand side where one is 0, so such a block keeps about 1e-7); each is
+            divided by its sum per sample, as ``dual`` does (sums off within the tolerance had been
+            LinSATNet's right-hand side as they were: a scored map summing to 1 + 9e-5 and a
+            violation floor of the data's, not the solver's, in float32: ca_rev263).
             With batch 1 (a prior shared by the batch) one LinSATNet call projects the whole
             batch; otherwise one call per sample.
         temperature: ``τ`` of the scored map (LinSATNet's ``tau``), a positive finite number or a
@@ -128,13 +134,16 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
         max_iter: LinSATNet's Sinkhorn iterations, at least 1 (it also stops, for the whole call, once every
             constraint of every sample holds to 1e-3 in log space: a hard-coded test, so its
             violation does not go much below 1e-3 of a cell's mass however many iterations).
+        no_warning: LinSATNet's own flag, True or False (its warning on an unmet constraint, off
+            by default); anything else is refused (TypeError: the string "False" had switched it off,
+            ca_rev263).
 
     Returns:
         ``M`` tensors ``(B, *h.shapes[k])``: the projection (differentiable by LinSATNet's
-        unrolled iterations) and the given maps broadcast to the batch.
+        unrolled iterations) and the given maps, each divided by its sum, broadcast to the batch.
     """
     linsat_layer, init_constraints = _layer()
-    free, theta, given_maps, tau, max_iter = _checked(scores, h, given, temperature, max_iter)
+    free, theta, given_maps, tau, max_iter = _checked(scores, h, given, temperature, max_iter, no_warning)
     B = theta.shape[0]
     E, edges = _sparse_constraints(h, free, theta.dtype, theta.device)
     targets = [given_maps[h.edges[e][1]].reshape(given_maps[h.edges[e][1]].shape[0], -1) for e in edges]
@@ -172,16 +181,20 @@ def linsat_solve(scores: Sequence[Tensor | None], h: Graph, given: dict, tempera
     return probs
 
 
-def _checked(scores, h: Graph, given, temperature, max_iter) -> tuple[int, Tensor, list, float | Tensor, int]:
-    """The scored map, its scores, the given maps (one entry per map, ``(1 or B, *shape)``),
-    ``τ`` (a float, or a 0-d tensor to differentiate through) and ``max_iter`` (an int), checked
-    before LinSATNet runs as :func:`convex_attention.solve` checks its inputs: a given map of no
-    map, scores that do not fit the graph, given maps of another batch, negative or not summing
-    to one (an infeasible ``E x = f``, whose unmet projection LinSATNet returns with its warning
-    off), a temperature that is not one positive finite number, and fewer than one iteration
-    (LinSATNet's unprojected start) are refused (ValueError or TypeError).  A given map's zero
-    cell is accepted: LinSATNet has no duals, and fixes the cells inside it to zero."""
+def _checked(scores, h: Graph, given, temperature, max_iter,
+             no_warning: bool = True) -> tuple[int, Tensor, list, float | Tensor, int]:
+    """The scored map, its scores, the given maps (one entry per map, ``(1 or B, *shape)``, each
+    divided by its sum per sample, as ``dual`` uses them), ``τ`` (a float, or a 0-d tensor to
+    differentiate through) and ``max_iter`` (an int), checked before LinSATNet runs as
+    :func:`convex_attention.solve` checks its inputs: a given map of no map, scores that do not
+    fit the graph, given maps of another batch, negative or not summing to one (an infeasible
+    ``E x = f``, whose unmet projection LinSATNet returns with its warning off), a temperature
+    that is not one positive finite number, fewer than one iteration (LinSATNet's unprojected
+    start) and a ``no_warning`` that is not a bool are refused (ValueError or TypeError).  A
+    given map's zero cell is accepted: LinSATNet has no duals, and holds the cells inside it near
+    zero (about 1e-7 in all: it adds that to its right-hand side where one is 0)."""
     check_hierarchy(h)
+    check_flag(no_warning, "no_warning")
     if isinstance(max_iter, (bool, np.bool_)) or not isinstance(max_iter, numbers.Integral) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer of at least 1 (LinSATNet's Sinkhorn iterations), got "
                          f"{max_iter!r}")
@@ -193,6 +206,7 @@ def _checked(scores, h: Graph, given, temperature, max_iter) -> tuple[int, Tenso
     # given maps of another floating dtype or device are taken in the scores' (as before the checks)
     given = {k: q.to(theta) if isinstance(q, Tensor) and q.dtype.is_floating_point else q for k, q in given.items()}
     given_maps = check_given(given, h, theta.shape[0], theta.dtype, theta.device, positive=False)
+    given_maps = [None if q is None else normalised(q) for q in given_maps]  # (E x = f as dual's problem)
     _check_given_agree(h, free, given_maps, theta.dtype)
     return free, theta, given_maps, tau, int(max_iter)
 

@@ -305,7 +305,9 @@ def solve(scores: Sequence[Tensor | None], h: Graph, method: str = "exact", temp
         check_finite: reject NaN/Inf scores and scores beyond ``validation.score_limit``,
             and ``given`` maps that are not finite, strictly positive and summing to one
             (reads the values once; on CUDA one host synchronisation; turn off in a
-            training hot path: ``given``'s shape, dtype and device are checked still).
+            training hot path: ``given``'s shape, dtype and device are checked still, and
+            ``"dual"`` still reads the given maps' values to refuse a zero, negative, NaN or
+            infinite cell, docs/design.md §4).
         given: maps whose probabilities are given rather than scored (a prior over regions,
             a segmentation): ``{k: q_k}`` with ``q_k`` shaped ``h.shapes[k]``, ``(1, …)`` or
             ``(B, …)``, strictly positive, summing to one per sample; ``scores[k]`` is then

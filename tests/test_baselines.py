@@ -705,3 +705,36 @@ def test_ca_rev211_linsat_default_max_iter_is_linsatnet_s_100():
     default = linsat_solve([theta, None, None], h, given, temperature=0.1)[0]
     assert torch.equal(default, linsat_solve([theta, None, None], h, given, temperature=0.1, max_iter=100)[0])
     assert not torch.allclose(default, linsat_solve([theta, None, None], h, given, temperature=0.1, max_iter=50)[0])
+
+
+# ---- ca_rev263 (hostile review of given_maps.py and baselines/linsat.py)
+
+def test_ca_rev263_linsat_divides_each_given_map_by_its_sum_as_dual_does():
+    """Float32 given maps whose sums are off by ±9e-5 (within the 1e-4 accepted) had been LinSATNet's right-hand
+    side as they were: its scored map summed to 1 + 9e-5 and its violation had the data's floor, where `dual`
+    divides each map by its sum. Now its projection is the one of the maps divided by their sums, and the given
+    maps come back divided, as `dual` returns them."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    theta = theta.float()
+    off = {1: (given[1] * (1 + 9e-5)).float(), 2: (given[2] * (1 - 9e-5)).float()}
+    exact = {k: q / q.sum() for k, q in off.items()}
+    probs = linsat_solve([theta, None, None], h, off, max_iter=200)
+    torch.testing.assert_close(probs[0], linsat_solve([theta, None, None], h, exact, max_iter=200)[0],
+                               atol=1e-6, rtol=0)
+    dual = ca.solve([theta, None, None], h, "dual", given=off, tol=1e-5)
+    for k in (1, 2):
+        torch.testing.assert_close(probs[k], dual.probs[k], atol=1e-7, rtol=0)
+
+
+@pytest.mark.parametrize("flag", ["False", None, 0])
+def test_ca_rev263_linsat_refuses_a_no_warning_that_is_not_a_bool(flag):
+    """no_warning was read as a truth value: the string "False" switched LinSATNet's warning off."""
+    pytest.importorskip("LinSATNet")
+    from convex_attention.baselines.linsat import linsat_solve
+
+    h, theta, given = _given_axial()
+    with pytest.raises(TypeError, match="no_warning must be True or False"):
+        linsat_solve([theta, None, None], h, given, max_iter=1, no_warning=flag)
