@@ -218,3 +218,46 @@ def test_ca_rev258_axial_margins_are_rows_and_columns_and_the_star_shares_its_ce
     star = structure_graph("star", 8)
     assert star.edges == [(k, 4) for k in range(4)] and star.shapes[4] == (2, 2)
     assert all(torch.equal(star.parents(0), star.parents(e)) for e in range(4))
+
+
+# ---- ca_rev265 (hostile review of the bench generators)
+
+def _ca_rev265_tree_of_cells(h) -> bool:
+    """Whether the cells of a graph of maps form no cycle: every map's cells merged where they have the same
+    coarse cells along its edges, each joined to those coarse cells (a forest of cells: a closed form applies)."""
+    root: dict = {}
+
+    def find(x):
+        while root.setdefault(x, x) != x:
+            x = root[x]
+        return x
+
+    for k, out in enumerate(h.out_edges):
+        for cells in set(zip(*[h.parents(e).tolist() for e in out])):
+            for e, c in zip(out, cells):
+                a, b = find((k, cells)), find((h.edges[e][1], c))
+                if a == b:
+                    return False
+                root[a] = b
+    return True
+
+
+def test_ca_rev265_grid_regions_in_1d_is_refused_its_regions_are_intervals_a_tree_of_cells_with_the_grid():
+    """1-D grid_regions was accepted (bench --structure grid_regions --dims 1): 200 of 200 draws at sides 16, 64
+    and 256 were trees of cells, and 27 of 200 at side 16 had the grid's blocks for regions."""
+    with pytest.raises(ValueError, match="grid_regions .* needs --dims 2 or 3"):
+        check_structure("grid_regions", 16, dims=1)
+    with pytest.raises(ValueError, match="needs --dims 2 or 3"):
+        structure_graph("grid_regions", 64, dims=1)
+    check_structure("mixed", 16, dims=1)  # (X's twisted regions and Y close cycles on a line too)
+    assert not _ca_rev265_tree_of_cells(structure_graph("mixed", 16, dims=1, seed=3))
+    for dims in (2, 3):
+        assert not _ca_rev265_tree_of_cells(structure_graph("grid_regions", 16, dims=dims, seed=3))
+
+
+def test_ca_rev265_random_mixed_members_are_never_trees_of_cells():
+    """random_structure's docstring had mixed a tree of cells in 1 and 4 of 600 draws: with Y's cells counted,
+    none of 600 in either mode (X alone with the grid and the regions: 0 and 1)."""
+    for quick in (False, True):
+        g = torch.Generator().manual_seed(0)
+        assert not any(_ca_rev265_tree_of_cells(random_structure("mixed", g, quick)) for _ in range(150))

@@ -103,6 +103,11 @@ def check_structure(structure: str, size: int, dims: int, levels: int = 2, facto
     elif structure == "axial":
         if dims < 2:
             raise ValueError("--structure axial pools a map onto each of its axes: it needs --dims 2 or 3")
+    elif structure == "grid_regions" and dims < 2:  # (accepted before ca_rev265)
+        # two partitions of a line into intervals never form a cycle: every 1-D draw was a tree of
+        # cells, and a quarter of them at side 16 had the grid blocks for regions
+        raise ValueError("--structure grid_regions draws regions that cut across the grid: in 1-D they are "
+                         "intervals, a tree of cells with the grid's blocks; it needs --dims 2 or 3")
     elif size % REGION_FACTOR != 0 or size < 2 * REGION_FACTOR:
         raise ValueError(f"--structure {structure} has a shared grid of side size / {REGION_FACTOR} (and as many "
                          f"regions): each size must be a multiple of {REGION_FACTOR}, at least {2 * REGION_FACTOR}; "

@@ -20,8 +20,10 @@ family              maps and edges                                              
 
 Regions are the Voronoi cells of random centres (seeded); at the benchmark's sizes they cut
 across the grid (checked by a review: 2-D sides 16-64 × 60 seeds, never nested in the grid nor
-the grid in them).  In ``mixed`` a cell of X lies in the region of the Y cell that holds it, except the cells
-with every coordinate odd, which take the region of the next Y cell along the diagonal: X's
+the grid in them).  ``grid_regions`` needs 2 or 3 dimensions: on a line the regions are intervals,
+a tree of cells with the grid's blocks in every draw (:func:`check_structure`, ca_rev265).  In
+``mixed`` a cell of X lies in the region of the Y cell that holds it, except the cells with every
+coordinate odd, which take the region of the next Y cell along the diagonal: X's
 regions are then not Y's pooled back, and the two maps meet only through the grid and the
 regions.  ``chain`` and ``star`` are forests (the closed form applies); the others are not.
 
@@ -112,10 +114,10 @@ def random_structure(structure: str, generator: torch.Generator, quick: bool = F
     coarsen them, or are a single region (a review counted 5 in 600 draws), and in quick mode
     ``mixed``'s 2 × 2 map Y is the grid itself.  More often, cell by cell, the grid and the
     regions link without a cycle (ca_rev258: ``grid_regions`` 135 of 600 draws, 347 of 600 in
-    quick mode; ``mixed`` 1 and 4): such a draw is a tree at the level of cells, though not of
-    maps, so ``exact`` refuses it and ``dual`` solves it (median 4 sweeps on those against 3 on
-    the rest, over 200 draws).  They are kept on purpose: their redundant constraints and these
-    trees are cases a solver must handle too."""
+    quick mode; ``mixed`` never: its map Y closes a cycle, 0 of 600 in either mode, ca_rev265):
+    such a draw is a tree at the level of cells, though not of maps, so ``exact`` refuses it and
+    ``dual`` solves it (median 4 sweeps on those against 3 on the rest, over 200 draws).  They are
+    kept on purpose: their redundant constraints and these trees are cases a solver must handle too."""
     def pick(options):
         return options[int(torch.randint(len(options), (1,), generator=generator))]
 
