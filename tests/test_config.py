@@ -612,3 +612,20 @@ def test_a_model_field_given_twice_with_two_values_is_refused_and_alike_is_read(
     assert err.value.field == "width"
     assert TrainConfig.from_dict({"model": {"width": 8}, "width": 8}).model.width == 8
     assert TrainConfig.from_dict({"width": 16}).model.width == 16  # a flat file, as before
+
+
+# ---- ca_rev266 (hostile review of settings and config)
+
+def test_ca_rev266_difficulties_in_one_thousandth_are_refused_before_any_work():
+    """The dev stage accepted difficulties the variants file it proposes refuses (Variants.validate: each
+    condition's images are keyed by the difficulty's thousandths): it trained, then wrote a file no test stage reads."""
+    from convex_attention.paper.protocol import Variants, VariantsError
+
+    for ds in ((0.3, 0.3004), (0.0, 0.0004), (0.6, 0.3, 0.5996)):
+        config = QUICK.override(difficulties=ds)
+        with pytest.raises(VariantsError, match="thousandths"):
+            Variants(config.base_variant(), ds, config.held_out_mimic).validate(config.methods)
+        with pytest.raises(ConfigError, match="thousandths") as err:
+            config.validate()
+        assert err.value.field == "difficulties"
+    assert QUICK.override(difficulties=(0.3, 0.301)).validate().difficulties == (0.3, 0.301)

@@ -1623,3 +1623,28 @@ def test_ca_rev257_the_committed_test_splits_images_are_pinned_bit_for_bit():
             h.update(np.int64(label).tobytes())
             h.update(mask.numpy().tobytes())
         assert h.hexdigest() == digest, f"{name}: the synthetic images changed (torch {torch.__version__})"
+
+
+# ---- ca_rev266 (hostile review of settings and config)
+
+@pytest.mark.parametrize("where", ["difficulties", "judged", "value", "threshold", "ci95", "settings"])
+def test_ca_rev266_a_huge_integer_in_the_variants_file_is_a_variants_error(tmp_path, where):
+    """A 400-digit integer (strict JSON reads it) where the file holds a number raised OverflowError from
+    math.isfinite: a traceback from `experiment --stage test`, not the usage error naming the file."""
+    data = read_json(DEFAULT_VARIANTS_PATH)
+    big = "BIG"
+    bench = data["benchmark"]
+    if where == "difficulties":
+        data["difficulties"] = [big]
+    elif where == "judged":
+        bench["judged"]["difficulty"] = big
+    elif where == "settings":
+        bench["judged"]["settings"]["epochs"] = big
+    elif where == "ci95":
+        bench["checks"]["maps_drive_ranking"]["ci95"] = big
+    else:
+        bench["checks"]["pixel_map"][where] = big
+    path = tmp_path / "variants.json"
+    path.write_text(json.dumps(data).replace('"BIG"', "1" + "0" * 400), encoding="utf-8")
+    with pytest.raises(VariantsError):
+        read_variants(str(path))

@@ -605,3 +605,19 @@ def test_a_commands_narrower_number_range_is_the_one_its_help_shows_and_the_decl
     (action,) = [a for a in parser._actions if a.dest == "seed"]
     assert "an integer from 0 to 999 (default: 0)" in action.help and "4294967295" not in action.help
     assert parser.parse_args(["--seed", "5000"]).seed == 5000  # the command's own check refuses it, with its reason
+
+
+# ---- ca_rev266 (hostile review of settings and config)
+
+@pytest.mark.parametrize("kind, value", [
+    (S.Choice(("a", "b")), 10 ** 5000), (S.Flag(), 10 ** 5000), (S.Text(), 10 ** 5000), (S.Mapping(), 10 ** 5000),
+    (S.Many(S.Int(low=1, high=5)), [10 ** 5000]), (S.Many(S.Int(), at_most=2), [1, 2, 10 ** 5000]),
+    (S.Many(S.Real()), 10 ** 5000), (S.Mapping(), {10 ** 5000: 1})], ids=lambda x: type(x).__name__)
+def test_ca_rev266_every_kind_refuses_a_huge_integer_in_a_short_line(kind, value):
+    """Int and Real showed such a value bounded (ca_rev188); the other kinds' refusals held its repr, which raised
+    Python's own conversion-limit error (advising sys.set_int_max_str_digits) instead of naming the setting."""
+    with pytest.raises(ValueError) as err:
+        kind.check(value)
+    message = str(err.value)
+    assert "set_int_max_str_digits" not in message and "\n" not in message and len(message) < 300
+    assert message.startswith("must")

@@ -106,12 +106,15 @@ def _is_real(x) -> bool:
     return isinstance(x, numbers.Real) and not isinstance(x, bool)
 
 
-def _shown(value) -> str:
+def _shown(value, limit: int = 40) -> str:
     """``value`` as a refusal shows it: bounded (an integer of 5000 digits had raised Python's
     conversion limit in the message itself: ca_rev188)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool) and abs(int(value)).bit_length() > 128:
         return f"an integer of about {int(abs(int(value)).bit_length() * math.log10(2)) + 1} digits"
-    return one_line(repr(value), 40)
+    try:
+        return one_line(repr(value), limit)
+    except ValueError:  # a list holding such an integer: its repr raises Python's conversion limit (ca_rev266)
+        return f"a {type(value).__name__} holding an integer too long to show"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +226,7 @@ class Choice(Kind):
 
     def check(self, value):
         if value not in self.values:
-            raise ValueError(f"must be {self.describe()}, got {value!r}")
+            raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
         # the allowed value itself, not another spelling of it (np.str_('a') for 'a' had passed a
         # list's distinct check beside 'a': ca_rev155)
         return next(v for v in self.values if v == value)
@@ -247,7 +250,7 @@ class Flag(Kind):
 
     def check(self, value) -> bool:
         if not isinstance(value, bool):
-            raise ValueError(f"must be True or False, got {value!r}")
+            raise ValueError(f"must be True or False, got {_shown(value)}")
         return value
 
     def parse(self, text: str) -> bool:
@@ -272,7 +275,7 @@ class Text(Kind):
 
     def check(self, value) -> str:
         if not isinstance(value, str) or not value:
-            raise ValueError(f"must be {self.describe()}, got {value!r}")
+            raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
         if breaks_lines(value):  # (makedirs raised on NUL)
             raise ValueError(f"must be {self.describe()} without control characters or line breaks, "
                              f"got {value!r}")
@@ -315,16 +318,16 @@ class Many(Kind):
     def check(self, value) -> tuple:
         value = self.normalise(value)
         if isinstance(value, (str, bytes, dict)) or not isinstance(value, Iterable):
-            raise ValueError(f"must be a list of {self.describe()}, got {value!r}")
+            raise ValueError(f"must be a list of {self.describe()}, got {_shown(value)}")
         values = tuple(value)
         if len(values) < self.at_least or (self.at_most is not None and len(values) > self.at_most):
-            raise ValueError(f"must hold {self.describe()}, got {list(values)!r}")
+            raise ValueError(f"must hold {self.describe()}, got {_shown(list(values), 200)}")
         out = []
         for v in values:
             try:
                 out.append(self.item.check(v))
             except ValueError:
-                raise ValueError(f"must hold values that are each {self.item.describe()}; {v!r} is not") from None
+                raise ValueError(f"must hold values that are each {self.item.describe()}; {_shown(v)} is not") from None
         if self.distinct and len(set(map(repr, out))) != len(out):
             twice = [v for i, v in enumerate(out) if repr(v) in map(repr, out[:i])]
             raise ValueError(f"must hold distinct values, got {list(out)!r} ({twice[0]!r} is listed twice)")
@@ -352,7 +355,7 @@ class Mapping(Kind):
 
     def check(self, value) -> dict:
         if not isinstance(value, dict):
-            raise ValueError(f"must be a dict, got {value!r}")
+            raise ValueError(f"must be a dict, got {_shown(value)}")
         return _plain_json(value, "")
 
     def parse(self, text: str):  # (it had sat, unreachable, inside _plain_json: ca_rev188)
@@ -367,7 +370,7 @@ def _plain_json(value, where: str):
     if isinstance(value, dict):
         bad = [k for k in value if not isinstance(k, str)]
         if bad:
-            raise ValueError(f"must have str keys (JSON's), got {bad[0]!r}{' in ' + where if where else ''}")
+            raise ValueError(f"must have str keys (JSON's), got {_shown(bad[0])}{' in ' + where if where else ''}")
         return {k: _plain_json(v, f"{where}.{k}" if where else k) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain_json(v, f"{where}[{i}]") for i, v in enumerate(value)]

@@ -701,6 +701,13 @@ def _default_train() -> TrainConfig:
 MODEL_FREE_MIN_IMAGES = 4
 
 
+def difficulty_key(difficulty) -> int:
+    """A difficulty in thousandths: each condition's images are keyed by it (the split seeds), so
+    two difficulties in one thousandth draw the same images, and the dev stage, the variants file
+    and the seeds all refuse or key them by this one rule."""
+    return round(float(difficulty) * 1000)
+
+
 def _check_experiment(cfg: ExperimentConfig) -> None:
     for name in ("n_dev", "n_test", "validity_images"):
         check_set_size(name, getattr(cfg, name), cfg.train.model.image_size)
@@ -708,6 +715,15 @@ def _check_experiment(cfg: ExperimentConfig) -> None:
         if getattr(cfg, name) < MODEL_FREE_MIN_IMAGES:  # (it had raised after the test split was spent: ca_rev166)
             raise ConfigError(name, f"{name} must be at least {MODEL_FREE_MIN_IMAGES}: the model-free reference map "
                                     f"is chosen on that many development images, got {getattr(cfg, name)}")
+    # each difficulty's images are keyed by its thousandths (protocol.split_seed), and the variants file the dev
+    # stage proposes refuses two in one thousandth (Variants.validate): (0.3, 0.3004) had been accepted, trained on,
+    # and proposed in a file the test stage refuses (ca_rev266)
+    thousandths = [difficulty_key(d) for d in cfg.difficulties]
+    twice = [d for i, d in enumerate(cfg.difficulties) if thousandths[i] in thousandths[:i]]
+    if twice:
+        raise ConfigError("difficulties", f"difficulties must be distinct in their thousandths (each condition's "
+                                          f"images are keyed by them), got {list(cfg.difficulties)} ({twice[0]!r} "
+                                          f"shares its thousandth with an earlier one)")
     if cfg.n_sanity > cfg.n_explain:  # the check takes the first explained images (ca_rev144)
         raise ConfigError("n_sanity", f"n_sanity ({cfg.n_sanity}) must be at most n_explain ({cfg.n_explain}): the "
                                       f"randomisation check takes the first of the explained images")
@@ -779,8 +795,8 @@ class ExperimentConfig:
     dev_seeds: tuple = setting((0, 1, 2, 3, 4), Many(SEED, distinct=True),
                                "training seeds of the dev stage (check (c') needs at least 5)")
     difficulties: tuple = setting((0.3, 0.6), Many(Real(low=0.0, high=1.0), at_most=4, distinct=True),
-                                  "dev stage: the difficulties (the first is the development one; the test stage "
-                                  "reads them from the variants file)")
+                                  "dev stage: the difficulties, distinct in their thousandths (the first is the "
+                                  "development one; the test stage reads them from the variants file)")
     held_out_mimic: str | None = setting("mottled", Choice(MIMIC_TYPES, optional=True),
                                          "dev stage: the mimic type kept out of training and development (the test "
                                          "stage reads it from the variants file)")

@@ -79,6 +79,7 @@ from .config import (
     SYNTHETIC_SOURCES,
     ConfigError,
     Variant,
+    difficulty_key,
     variant_names,
 )
 from .data import InMemory
@@ -216,9 +217,8 @@ class Variants:
     def validate(self, methods=("softmax", "learned_dual", "exact"), where: str = "variants") -> Variants:
         """Every field, and the variant for every one of ``methods`` (VariantsError)."""
         ds = self.difficulties
-        if not isinstance(ds, tuple) or not 1 <= len(ds) <= 4 or not all(
-                isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and 0 <= d <= 1
-                for d in ds) or len({round(d * 1000) for d in ds}) != len(ds):
+        if not isinstance(ds, tuple) or not 1 <= len(ds) <= 4 or not all(_real(d) and 0 <= d <= 1 for d in ds) \
+                or len({difficulty_key(d) for d in ds}) != len(ds):
             raise VariantsError(f"{where}: difficulties must be 1 to 4 numbers in [0, 1], distinct in their "
                                 f"thousandths (each condition's images are keyed by them: two in one thousandth would "
                                 f"be the same images; the protocol checks the conclusion at two), got "
@@ -326,7 +326,10 @@ def failed_checks(checks: dict) -> list[str]:
 
 
 def _real(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    try:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    except OverflowError:  # an integer beyond float's range (400 digits in the file): a traceback (ca_rev266)
+        return False
 
 
 def _check_benchmark_record(record, variant: Variant, difficulties: tuple, where: str,
@@ -688,7 +691,7 @@ def split_seed(data: str, data_seed: int, difficulty: float, split: str) -> int:
         raise ValueError(f"no seed stream for data {data!r}; the synthetic sources are {', '.join(_SOURCE_STREAM)}")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; the splits are {', '.join(SPLITS)}")
-    thousandths = round(float(difficulty) * 1000)
+    thousandths = difficulty_key(difficulty)
     if not 0 <= thousandths <= 1000:
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty!r}")
     stream = (_SOURCE_STREAM[data] * 1001 + thousandths) * len(SPLITS) + SPLITS.index(split)
