@@ -1130,3 +1130,47 @@ def test_ca_rev207_pixel_fits_subsample_to_max_pixels(monkeypatch):
     a, b = _pixel_fits(images, masks, 0, 120), _pixel_fits(images, masks, 1, 120)
     assert rows == [120] * 4
     assert not np.allclose(a["logistic"], b["logistic"])  # another seed, other pixels
+
+
+# ---- ca_rev267 (hostile review of paper/validity.py)
+
+def _ca_rev267_drops(lower: float, mean: float = 0.06) -> list[float]:
+    """Five drops of mean ``mean`` whose 95 % t-interval's lower end is ``lower``."""
+    from scipy.stats import t
+
+    base = np.array([-1.0, -0.5, 0.0, 0.5, 1.0])
+    unit = t.ppf(0.975, 4) * base.std(ddof=1) / math.sqrt(5)
+    return list(mean + (mean - lower) / unit * base)
+
+
+def test_ca_rev267_ranking_interval_lower_end_shown_on_its_side_of_zero():
+    """(c′) passes only when its interval's lower end is above 0: the note printed that end at
+    3 decimals, 'interval [0.000, 0.120] must exclude 0' beside PASS (lower end 1e-4) and
+    beside FAIL alike."""
+    passed = check_maps_drive_ranking(_ca_rev267_drops(1e-4))
+    assert passed.status == "PASS" and "interval [0.000," not in passed.note
+    assert float(passed.note.split("interval [")[1].split(",")[0]) > 0
+    failed = check_maps_drive_ranking(_ca_rev267_drops(-1e-4))
+    assert failed.status == "FAIL" and float(failed.note.split("interval [")[1].split(",")[0]) < 0
+
+
+def test_ca_rev267_rule_names_the_interval_the_status_reads():
+    """A mean drop of 0.06 with an interval reaching below 0 FAILs: its line (and the reports'
+    table, which print the same rule) had said 'passes if >= 0.05' alone beside that FAIL."""
+    from convex_attention.paper.reports import validity_lines
+
+    r = check_maps_drive_ranking(_ca_rev267_drops(-0.01))
+    assert r.value >= 0.05 and r.status == "FAIL"
+    assert "(passes if >= 0.05, 95 % interval above 0): FAIL" in r.line()
+    assert "| >= 0.05, 95 % interval above 0 | FAIL |" in "\n".join(validity_lines([r], "checks"))
+    below = CheckResult("location_free", "t", "m", 0.5, 0.60)
+    assert below.rule == "<= 0.60" and "(passes if <= 0.60): PASS" in below.line()
+
+
+def test_ca_rev267_negative_half_width_passes_nothing():
+    """A half-width below 0 made ``value - ci95 > 0`` hold for any mean above the bar: a (c′)
+    whose recorded interval was negative passed, and a variants file saying so was recomputed
+    as consistent."""
+    r = CheckResult("maps_drive_ranking", "t", "m", 0.06, 0.05, passes_below=False, ci95=-0.5)
+    assert not r.passed
+    assert CheckResult("maps_drive_ranking", "t", "m", 0.06, 0.05, passes_below=False, ci95=0.0).passed

@@ -70,7 +70,7 @@ def nan_lines(summary: list[dict], keys, what: str, count: str = "seeds", all_na
 def validity_lines(results: list, heading: str) -> list[str]:
     lines = [f"### {heading}", "", "| check | number | passes if | status | note |", "|---|---|---|---|---|"]
     for r in results:
-        rule = f"{'<=' if r.passes_below else '>='} {r.threshold:.2f}"
+        rule = r.rule
         value = "–" if r.value is None or not math.isfinite(r.value) else shown_against(r.value, r.threshold)
         note = r.note if r.ran else r.reason
         lines.append(f"| {r.name} ({r.title}) | {r.metric} {value} | {rule} | {r.status} | {note} |")

@@ -142,9 +142,17 @@ class CheckResult:
             return False
         if self.passes_below:
             return self.value <= self.threshold
-        if self.ci95 is not None and not (math.isfinite(self.ci95) and self.value - self.ci95 > 0):
+        # a half-width is never negative: one below 0 had made any interval 'exclude 0' (ca_rev267)
+        if self.ci95 is not None and not (math.isfinite(self.ci95) and self.ci95 >= 0 and self.value - self.ci95 > 0):
             return False
         return self.value >= self.threshold
+
+    @property
+    def rule(self) -> str:
+        """What passes: ``<= threshold``, or ``>= threshold`` and, with a ``ci95``, the interval
+        above 0 (a mean above the bar beside FAIL had read '>= 0.05' alone: ca_rev267)."""
+        rule = f"{'<=' if self.passes_below else '>='} {self.threshold:.2f}"
+        return rule + (", 95 % interval above 0" if not self.passes_below and self.ci95 is not None else "")
 
     @property
     def status(self) -> str:
@@ -152,7 +160,7 @@ class CheckResult:
 
     def line(self) -> str:
         """One line for a terminal: ``name: metric value (passes if <= threshold): STATUS [title; note]``."""
-        rule = f"{'<=' if self.passes_below else '>='} {self.threshold:.2f}"
+        rule = self.rule
         if not self.ran:
             return f"{self.name}: NOT RUN ({self.reason}) [{self.title}; passes if {self.metric} {rule}]"
         value = "nan" if self.value is None or not math.isfinite(self.value) else shown_against(self.value,
@@ -434,7 +442,8 @@ def check_maps_drive_ranking(drops, min_drop: float = THRESHOLDS["maps_drive_ran
     mean = float(np.mean(values))
     half = float(t.ppf(0.975, len(values) - 1) * np.std(values, ddof=1) / math.sqrt(len(values)))
     return CheckResult("maps_drive_ranking", title, metric, mean, min_drop, passes_below=below, ci95=half,
-                       note=f"+- {half:.3f} (95 %, {len(values)} seeds): interval [{mean - half:.3f}, "
+                       # the lower end on its side of 0, which it must pass ([0.000, ...] beside PASS: ca_rev267)
+                       note=f"+- {half:.3f} (95 %, {len(values)} seeds): interval [{shown_against(mean - half, 0.0)}, "
                             f"{mean + half:.3f}] must exclude 0; per seed {', '.join(f'{v:.3f}' for v in values)}",
                        detail={"drops": values})
 
