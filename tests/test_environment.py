@@ -147,3 +147,49 @@ def test_a_run_record_takes_the_end_load_and_time_at_its_end(monkeypatch):
     assert record["started"] == "2026-01-01T00:00:00+00:00" and record["finished"] == "2026-01-02T03:04:05+00:00"
     assert record["load_average_start"] == [0.5, 0.25, 0.125] and record["load_average_end"] == [3.0, 2.0, 1.0]
     assert record["cpu_count"] == os.cpu_count() and record["rows"] == 2
+
+
+# ---- ca_rev269 (hostile review of io/tables.py and io/environment.py)
+
+
+def test_ca_rev269_a_processor_without_a_model_name_is_named_by_its_identity(monkeypatch):
+    """/proc/cpuinfo on ARM has no ``model name``: every ARM machine was ``platform.processor()``'s
+    ``aarch64``, one processor to the --resume check (a Neoverse N1 and a V1's timings in one folder)."""
+    import io
+    import platform
+
+    from convex_attention.io import environment as module
+
+    monkeypatch.setattr(platform, "processor", lambda: "aarch64")
+    names = []
+    for part in ("0xd0c", "0xd40"):
+        info = (f"processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd\nCPU implementer\t: 0x41\n"
+                f"CPU architecture: 8\nCPU variant\t: 0x1\nCPU part\t: {part}\nCPU revision\t: 1\n\n"
+                f"processor\t: 1\nCPU implementer\t: 0x41\nCPU part\t: 0xd05\n")
+        monkeypatch.setattr(module, "open", lambda *a, info=info, **k: io.StringIO(info), raising=False)
+        names.append(cpu_name())
+    assert names == ["ARM implementer 0x41 part 0xd0c variant 0x1 revision 1",
+                     "ARM implementer 0x41 part 0xd40 variant 0x1 revision 1"]
+    power = "processor\t: 0\ncpu\t\t: POWER9 (raw), altivec supported\nclock\t\t: 2166.000000MHz\n"
+    monkeypatch.setattr(module, "open", lambda *a, **k: io.StringIO(power), raising=False)
+    assert cpu_name() == "POWER9 (raw), altivec supported"
+
+
+def test_ca_rev269_a_mac_is_named_by_its_brand_string_not_its_architecture(monkeypatch):
+    """platform.processor() on macOS is ``arm`` (or ``i386``) for every Mac."""
+    import platform
+    import subprocess
+    import types
+
+    from convex_attention.io import environment as module
+
+    def refused(*args, **kwargs):
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(module, "open", refused, raising=False)
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(platform, "processor", lambda: "arm")
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: types.SimpleNamespace(stdout="Apple M2 Pro\n"))
+    assert cpu_name() == "Apple M2 Pro"
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: types.SimpleNamespace(stdout=""))
+    assert cpu_name() == "arm"

@@ -433,3 +433,39 @@ def test_ca_rev205_a_file_lacking_one_of_two_added_columns_lacks_added_columns(t
     assert lacks_added_columns(str(path), schema)
     path.write_text("name, a, b\nx,1,2\n")
     assert not lacks_added_columns(str(path), schema)
+
+
+# ---- ca_rev269 (hostile review of io/tables.py and io/environment.py)
+
+
+def test_ca_rev269_blank_lines_before_the_header_carry_nothing(tmp_path):
+    """A blank first line (an editor's, a concatenation's) had been taken for the header: every row, the
+    header's line included, was reported damaged and --resume measured them all again.  pandas reads such a
+    file whole; so does the reader now, with the same line numbers."""
+    from convex_attention.io.tables import lacks_added_columns
+
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": 1, "x": 0.5}, {"name": "b", "n": 2, "x": 1.5}])
+    text = read_text(path)
+    with open(path, "w", newline="") as f:
+        f.write("\n\r\n" + text)
+    rows, problems = read_rows(path, SCHEMA)
+    assert problems == [] and [(r["name"], r["n"], r["x"]) for r in rows] == [("a", 1, 0.5), ("b", 2, 1.5)]
+    assert [r["_line"] for r in read_table(path).rows] == [4, 5]
+    older = Schema("toy", SCHEMA.columns, ints=SCHEMA.ints, floats=SCHEMA.floats, added=("x",))
+    assert not lacks_added_columns(path, older)
+    with open(path, "w", newline="") as f:  # the header's quoting still checked where it now starts
+        f.write('\n"name,n\n')
+    with pytest.raises(ResultsFormatError, match="header's quoting is malformed"):
+        read_table(path)
+
+
+@pytest.mark.parametrize("column, value", [("n", "1_000"), ("x", "1_0.5"), ("n", "\u0665"), ("x", "\u0661.5")])
+def test_ca_rev269_a_number_no_writer_writes_and_pandas_refuses_is_left_out(tmp_path, column, value):
+    """int() and float() read digit separators and other scripts' digits; pandas, with the tables' dtypes,
+    refuses the whole file.  A row edited so (its checksum signed again) is left out and named."""
+    path = str(tmp_path / "toy.csv")
+    write_toy(path, [{"name": "a", "n": 1, "x": 0.5}, {"name": "b", "n": 2, "x": 1.5, column: value}])
+    rows, problems = read_rows(path, SCHEMA)
+    assert [r["name"] for r in rows] == ["a"]
+    assert len(problems) == 1 and f"column {column} holds {value!r}, not a number" in problems[0], problems

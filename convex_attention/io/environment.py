@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 from importlib import metadata
 
 import numpy
@@ -64,14 +65,38 @@ def device_unavailable(device: torch.device) -> str | None:
 
 
 def cpu_name() -> str:
-    """The processor's model name (``/proc/cpuinfo`` on Linux, else ``platform``)."""
+    """The processor's model name: ``/proc/cpuinfo``'s ``model name`` on Linux; where it has
+    none, its processor's identity there (ARM's implementer, part, variant and revision; the
+    ``cpu`` of POWER, the ``uarch`` of RISC-V, the ``cpu model`` of MIPS); on macOS sysctl's
+    ``machdep.cpu.brand_string``; else ``platform``.  ``platform.processor()`` is the
+    architecture there (``aarch64``, ``arm``): every ARM machine had one name, and a
+    ``--resume`` mixed their timings (ca_rev269)."""
+    fields: dict = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                key, colon, value = line.partition(":")
+                if colon:
+                    fields.setdefault(key.strip(), value.strip())  # the first processor's
     except OSError:
         pass
+    if fields.get("model name"):
+        return fields["model name"]
+    if fields.get("CPU implementer") and fields.get("CPU part"):
+        ids = [f"{key.split()[1]} {fields[key]}" for key in ("CPU implementer", "CPU part", "CPU variant",
+                                                             "CPU revision") if fields.get(key)]
+        return "ARM " + " ".join(ids)  # e.g. "ARM implementer 0x41 part 0xd0c variant 0x3 revision 1"
+    for key in ("cpu", "uarch", "cpu model"):
+        if fields.get(key):
+            return fields[key]
+    if platform.system() == "Darwin":
+        try:
+            brand = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
+                                   timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            brand = ""
+        if brand:
+            return brand
     return platform.processor() or "unknown"
 
 

@@ -1,9 +1,10 @@
 """The one reader of results tables: CSV files that this toolkit wrote.
 
 :func:`read_table` reads a table as it is on disk: its header and its rows as strings,
-each with its line number (the line it starts on).  A file that cannot be a table (not
-UTF-8 text, a byte-order mark, NUL bytes, not CSV, a required column missing, a folder or
-named pipe of its name, a file that cannot be read) raises :class:`ResultsFormatError`
+each with its line number (the line it starts on); blank lines, before the header too,
+carry nothing.  A file that cannot be a table (not UTF-8 text, a byte-order mark, NUL
+bytes, not CSV, a required column missing, a folder or named pipe of its name, a file that
+cannot be read) raises :class:`ResultsFormatError`
 naming the file and what is wrong; a row that is damaged (a field count other than the
 header's, the last line without its line end, a quoted value left open or followed by text,
 a checksum that does not match) is left out and named in ``problems``.
@@ -135,7 +136,12 @@ def read_table(path: str, required=(), checksum: bool | None = None) -> Table:
         records, malformed = _csv_records(text)
     except csv.Error as err:
         raise ResultsFormatError(f"{path}: not a readable CSV file ({err})") from None
-    if malformed and malformed[0] == 1:
+    # blank lines before the header carry nothing, as between rows (and as pandas reads them): the first
+    # blank record had been taken for the header, and every row, the header's line included, was reported
+    # damaged, which --resume dropped and measured again (ca_rev269)
+    first = next((i for i, (_, fields) in enumerate(records) if fields), len(records))
+    records = records[first:]
+    if malformed and (not records or malformed[0] < records[0][0]):
         raise ResultsFormatError(f"{path}: not a readable CSV file (the header's quoting is malformed)")
     header = tuple(h.strip() for h in records[0][1])
     repeated = sorted({c for c in header if header.count(c) > 1})
@@ -226,6 +232,10 @@ def _typed(schema: Schema, raw: dict) -> tuple[dict | None, str | None]:
     for c in schema.columns:
         v = raw[c]
         try:
+            if (c in schema.ints or c in schema.floats) and (not v.isascii() or "_" in v):
+                # Python's int and float read "1_000" and other scripts' digits; no writer writes them, and
+                # pandas refuses them, the whole file with its dtypes (ca_rev269)
+                raise ValueError(v)
             if c in schema.ints:
                 row[c] = None if v == "" else int(v)
             elif c in schema.floats:
@@ -286,7 +296,8 @@ def lacks_added_columns(path: str, schema: Schema) -> bool:
         return False
     try:
         with open(path, encoding="utf-8", newline="") as f:
-            header = next(csv.reader([f.readline()]), [])
+            # the first line that is not blank, as read_table takes it (ca_rev269)
+            header = next(csv.reader([next((line for line in f if line.strip("\r\n")), "")]), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return False
     return any(c not in (h.strip() for h in header) for c in schema.added)
