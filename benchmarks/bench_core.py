@@ -16,7 +16,6 @@ folder's lock, and refuses the options only a measurement reads. A list option n
 backend once.
 """
 import argparse
-import json
 import os
 import sys
 
@@ -26,7 +25,7 @@ from convex_attention.bench.config import check_device
 from convex_attention.bench.targets import core_benchmark, plot_core_record
 from convex_attention.cli import CommandParser
 from convex_attention.cvx import BACKENDS, available_backends, unavailable_backends_reason
-from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, clean_stale_tmp
+from convex_attention.io.files import check_no_earlier_outputs, check_out_dir, clean_stale_tmp, read_json
 from convex_attention.io.lock import ResultsLocked, results_lock
 from convex_attention.io.settings import check_listed_once, positive_int
 
@@ -129,8 +128,7 @@ def main(argv=None):
 def _replot(parser, out: str):
     path = os.path.join(out, "bench_core.json")
     try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
+        record = read_json(path)  # strict: NaN or Infinity in it was edited in by hand
         rows, ratios = record["rows"], record["ratios"]
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as err:
         parser.error(f"--plot-only: {path} is not a bench_core.json ({' '.join(str(err).split())})")

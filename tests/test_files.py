@@ -606,3 +606,16 @@ def test_ca_rev259_check_out_dir_removes_the_folders_it_made_through_a_parent_st
         check_out_dir(out)
     assert list(tmp_path.iterdir()) == []
     assert missing_folders(str(tmp_path / "x" / "y") + os.sep) == [str(tmp_path / "x" / "y"), str(tmp_path / "x")]
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_read_json_refuses_what_no_writer_of_the_package_writes(tmp_path, token):
+    """Every file the package writes is strict JSON; one reader had been written per module (two
+    `_strict_constant`s) and four read NaN as a number (bench.json's environment, the figures'
+    manifest, bench_core's record, the sweep's progress count)."""
+    path = tmp_path / "r.json"
+    files.write_json(str(path), {"x": [1.5, None, float("nan")]})
+    assert files.read_json(str(path)) == {"x": [1.5, None, None]}
+    path.write_text('{"x": [1.5, ' + token + ']}')
+    with pytest.raises(ValueError, match=f"{token} is not a number in strict JSON"):
+        files.read_json(str(path))

@@ -131,6 +131,10 @@ def test_bench_core_refuses_before_any_work_in_one_line(tmp_path, capsys, monkey
     (tmp_path / "d" / "bench_core.json").symlink_to("/dev/zero")
     assert "(not a regular file)" in refused("--plot-only", "--out", str(tmp_path / "d"))
     assert "(no such file)" in refused("--plot-only", "--out", str(tmp_path / "e"))
+    # NaN is no strict JSON, which the script writes: a record holding it was edited by hand, and had been drawn
+    (tmp_path / "f").mkdir()
+    (tmp_path / "f" / "bench_core.json").write_text(zero_batch.replace('"total_ms": 2', '"total_ms": NaN'))
+    assert "NaN is not a number in strict JSON" in refused("--plot-only", "--out", str(tmp_path / "f"))
 
 
 def test_bench_core_waiting_for_a_run_refuses_the_results_that_run_wrote(tmp_path, capsys, monkeypatch):

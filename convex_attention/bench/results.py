@@ -37,6 +37,7 @@ from ..io.files import (
     csv_field,
     json_safe,
     one_line,
+    read_json,
     row_checksum,
     write_csv_row,
 )
@@ -420,8 +421,7 @@ def _bench_json(out_dir: str) -> dict:
     if not os.path.isfile(path):  # none, or a link to /dev/zero or a pipe: never read (ca_rev250)
         return {}
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path)  # (strict: a hand-written NaN is no environment to compare)
     except (OSError, ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
@@ -646,8 +646,7 @@ def existing_rows(out_dir: str) -> tuple[int, int, str | None]:
         return len(rows) + len(damaged), finished, None
     if os.path.exists(json_path):
         try:
-            with open(json_path, encoding="utf-8") as f:
-                rows = json.load(f).get("rows")
+            rows = read_json(json_path).get("rows")
         except (OSError, ValueError, RecursionError, AttributeError) as err:
             return 0, 0, f"{json_path}: not readable JSON ({' '.join(str(err).split())[:200]})"
         if not isinstance(rows, list):

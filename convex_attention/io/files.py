@@ -332,6 +332,20 @@ def check_output_files(out_dir: str, names) -> None:
                              f"be read or replaced; move it away, or choose another --out")
 
 
+def strict_constant(token: str):
+    """``parse_constant`` of ``json.load``: NaN, Infinity and -Infinity are no strict JSON, which
+    every file the package writes is (:func:`to_json_text`); a file holding one was edited by
+    hand, and is refused (ValueError) rather than read as numbers no writer records."""
+    raise ValueError(f"{token} is not a number in strict JSON")
+
+
+def read_json(path: str):
+    """The strict JSON of the file at ``path`` (:func:`strict_constant`): OSError,
+    UnicodeDecodeError, ValueError (not JSON, or NaN/Infinity in it) or RecursionError."""
+    with open(path, encoding="utf-8") as f:
+        return json.load(f, parse_constant=strict_constant)
+
+
 def write_json(path: str, obj, indent: int | None = 1) -> None:
     """Write ``obj`` as strict JSON (NaN/Inf as ``null``), atomically."""
     atomic_write_text(path, to_json_text(obj, indent))

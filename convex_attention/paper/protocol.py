@@ -65,7 +65,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 
-from ..io.files import as_json, write_json
+from ..io.files import as_json, strict_constant, write_json
 from ..io.lock import folder_lock
 from ..methods import get_method
 from .config import (
@@ -457,10 +457,6 @@ def check_benchmark_verdict(variants: Variants, allow_rejected: bool = False, wh
                         f"test the claim and would spend the test split; fix the benchmark and {fix}")
 
 
-def _strict_constant(token: str):
-    raise ValueError(f"{token} is not a number in strict JSON")
-
-
 def read_variants(path: str) -> Variants:
     """The checked :class:`Variants` of the file at ``path`` (strict JSON; VariantsError)."""
     if not os.path.isfile(path):
@@ -468,7 +464,7 @@ def read_variants(path: str) -> Variants:
                             f"proposed_variants.json and commit it before the test stage")
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f, parse_constant=_strict_constant)
+            data = json.load(f, parse_constant=strict_constant)
     except (OSError, ValueError, RecursionError) as err:
         raise VariantsError(f"the variants file {path} is not readable strict JSON ({err})") from None
     return Variants.from_dict(data, where=path)
@@ -666,7 +662,7 @@ def read_manifest(folder: str) -> dict | None:
     """The test stage's manifest in ``folder`` (``None`` when absent or unreadable)."""
     try:
         with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
-            data = json.load(f, parse_constant=_strict_constant)
+            data = json.load(f, parse_constant=strict_constant)
     except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
@@ -807,7 +803,7 @@ def read_ledger(path: str) -> list[dict]:
         return []
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f, parse_constant=_strict_constant)
+            data = json.load(f, parse_constant=strict_constant)
     except (OSError, ValueError, RecursionError) as err:
         raise VariantsError(f"the data ledger {path} is not readable strict JSON ({err})") from None
     return _ledger_entries(data, path)
@@ -841,7 +837,7 @@ def _committed_entries(root: str, rel: str) -> list[dict]:
     if shown.returncode != 0:
         return []
     try:
-        data = json.loads(shown.stdout, parse_constant=_strict_constant)
+        data = json.loads(shown.stdout, parse_constant=strict_constant)
     except (ValueError, RecursionError) as err:
         raise VariantsError(f"the data ledger committed at HEAD:{rel} is not readable strict JSON ({err})") from None
     return _ledger_entries(data, f"HEAD:{rel}")
@@ -1171,7 +1167,7 @@ def read_test_runs(folder: str) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line, parse_constant=_strict_constant)
+            record = json.loads(line, parse_constant=strict_constant)
         except (ValueError, RecursionError) as err:
             raise VariantsError(f"the test run log {path}, line {number}, is not strict JSON ({err}); {fix}") from None
         if not isinstance(record, dict):

@@ -46,7 +46,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..io.files import atomic_csv, atomic_write_bytes, write_json
+from ..io.files import atomic_csv, atomic_write_bytes, strict_constant, write_json
 from .config import ConfigError, ModelConfig, TrainConfig, batchnorm_of_one_value, check_device, resolved_device
 from .data import datasets_of, labels_only
 from .models import (
@@ -68,10 +68,6 @@ METRIC_COLUMNS = ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "va
                   "epoch_time_s", "lr", "val_auc", "val_threshold", "val_threshold_log_odds",
                   "val_balanced_acc_at_threshold")
 
-
-
-def _strict_constant(token: str):
-    raise ValueError(f"{token} is not a number in strict JSON")
 
 
 def same_history(theirs, mine) -> bool | None:
@@ -96,7 +92,7 @@ def stored_train_config(path: str, state: dict) -> TrainConfig | None:
         return None
     try:
         with open(cfg_path, encoding="utf-8") as f:
-            data = json.load(f, parse_constant=_strict_constant)  # config.json is written strict: NaN never
+            data = json.load(f, parse_constant=strict_constant)  # config.json is written strict: NaN never
     except (OSError, ValueError, RecursionError) as err:  # (nested too deep: a traceback before, ca_rev130)
         raise ValueError(f"{cfg_path!r} beside the checkpoint is not readable JSON ({type(err).__name__}: "
                          f"{str(err)[:200]})") from None

@@ -26,14 +26,13 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import json
 import os
 import re
 import shutil
 import tempfile
 
 from ...io.figures import FigureLayoutError, layout_guard
-from ...io.files import write_json
+from ...io.files import read_json, write_json
 from ..examples import not_the_sweeps_example
 from ..results import committed_histories, row_key, unique_rows, whole_histories
 from ._common import (
@@ -344,8 +343,7 @@ def _read_manifest(out: str) -> dict | None:
     if os.path.islink(path) or not os.path.isfile(path):
         return None
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(path)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(data, dict) or data.get("written_by") != _MANIFEST_TAG or not isinstance(
