@@ -189,7 +189,7 @@ def _as_parent_map(par, label: str, n_fine: int, n_coarse: int, fine: str, coars
         par = par.reshape(-1)
     if par.dim() != 1 or par.numel() != n_fine:
         raise ValueError(f"{expected}; got shape {tuple(par.shape)}")
-    if par.dtype.is_floating_point or par.dtype.is_complex or par.dtype == torch.bool:
+    if not _integer_dtype(par):  # (a quantized or bits tensor was torch's own error from .to: ca_rev268)
         raise TypeError(f"{label} must hold integers, got dtype {par.dtype}")
     par = par.to(torch.long, copy=True)  # the graph's own: a later write to the caller's array changes nothing
     lo, hi = int(par.min()), int(par.max())
@@ -258,10 +258,15 @@ def _map_index(value, num_maps: int, e: int, end: str) -> int:
     return int(value)
 
 
+# torch's integer dtypes (not bool, nor the quantized qint8 … and bits8 … ones, which hold no plain ids)
+_INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
+                   torch.uint64)
+
+
 def _integer_dtype(array: Tensor | np.ndarray) -> bool:
-    """Whether a tensor or numpy array holds integers (bool is not one)."""
+    """Whether a tensor or numpy array holds integers (bool is not one, nor a quantized or bits dtype)."""
     if isinstance(array, Tensor):
-        return not array.dtype.is_floating_point and not array.dtype.is_complex and array.dtype != torch.bool
+        return array.dtype in _INTEGER_DTYPES and not array.is_quantized
     return array.dtype.kind in ("i", "u")
 
 
@@ -354,7 +359,7 @@ class Graph:
             par, factor = parents[e], factors[e]
             return par if par is not None else cls._grid_parents(shapes[pairs[e][0]], factor)  # type: ignore[arg-type]
 
-        cls._check_not_implied(M, pairs, flat_parents)
+        cls._check_not_implied(M, pairs, flat_parents, [f is not None for f in factors])
         return pairs, factors, parents
 
     @staticmethod
@@ -386,7 +391,8 @@ class Graph:
                     todo.append(iter(out[nxt]))
 
     @staticmethod
-    def _check_not_implied(M: int, pairs: list[tuple[int, int]], flat_parents: Callable[[int], Tensor]) -> None:
+    def _check_not_implied(M: int, pairs: list[tuple[int, int]], flat_parents: Callable[[int], Tensor],
+                           grid: Sequence[bool] = ()) -> None:
         """ValueError where an edge ``a → c`` is the composition of the partitions along some
         path ``a → … → c`` of the other edges (it adds no constraint), naming that path.  An
         edge whose partition differs from every path's is a constraint of its own: kept.  Every
@@ -395,13 +401,23 @@ class Graph:
         that compose differently can be exponentially many (a chain of diamonds of
         relabellings: 2**D): after :data:`IMPLIED_CHECK_STATES` (map, partition) states in all
         the check stops with a RuntimeWarning, and the edges it did not decide are kept (an
-        implied edge is a redundant constraint, which ``dual`` solves)."""
+        implied edge is a redundant constraint, which ``dual`` solves).  ``grid[e]``: edge ``e`` is a
+        grid edge; one with a path of grid edges beside it is implied (blocks of blocks are the blocks
+        of the product factors), decided without building a parent map (a 1024**3 grid's took 40 GB
+        to refuse: ca_rev268)."""
         out: list[list[tuple[int, int]]] = [[] for _ in range(M)]
         into: list[list[int]] = [[] for _ in range(M)]
         for f, (x, y) in enumerate(pairs):
             out[x].append((f, y))
             into[y].append(x)
         budget = IMPLIED_CHECK_STATES
+
+        def implied(e: int, path: list[int]) -> None:
+            a, c = pairs[e]
+            route = " → ".join(f"map {k}" for k in path)
+            raise ValueError(f"edge {e} (map {a} → map {c}) is implied by the path {route}: consistency along the "
+                             f"path already makes map {c} the same coarsening of map {a}; drop edge {e}")
+
         for e, (a, c) in enumerate(pairs):
             # the maps on some path a → … → c: reachable from a and reaching c (c's ancestors)
             reaches_c = {c}
@@ -423,6 +439,20 @@ class Graph:
                         stack.append(y)
             if not found:
                 continue
+            if e < len(grid) and grid[e]:
+                came = {a: a}  # a path a → … → c of grid edges but e, breadth first
+                stack = [a]
+                while stack and c not in came:
+                    x = stack.pop(0)
+                    for f, y in out[x]:
+                        if f != e and grid[f] and y in reaches_c and y not in came:
+                            came[y] = x
+                            stack.append(y)
+                if c in came:
+                    path = [c]
+                    while path[-1] != a:
+                        path.append(came[path[-1]])
+                    implied(e, path[::-1])
             target = flat_parents(e)
             # depth-first over (map, composed partition of a's cells onto it, path), without edge e
             seen: set[tuple[int, bytes]] = set()
@@ -435,10 +465,7 @@ class Graph:
                     composed = flat_parents(f)[along]
                     if y == c:
                         if bool(torch.equal(composed, target)):
-                            route = " → ".join(f"map {k}" for k in path + [c])
-                            raise ValueError(f"edge {e} (map {a} → map {c}) is implied by the path {route}: "
-                                             f"consistency along the path already makes map {c} the same "
-                                             f"coarsening of map {a}; drop edge {e}")
+                            implied(e, path + [c])
                         continue
                     key = (y, composed.numpy().tobytes())
                     if key not in seen:

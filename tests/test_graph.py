@@ -1145,3 +1145,27 @@ def test_a_differentiated_block_sum_takes_its_slices_by_unbind():
     weights = torch.randn(3, 4, 3, dtype=torch.float64)
     (grad,) = torch.autograd.grad((y * weights).sum(), x)
     assert torch.equal(grad, weights.repeat_interleave(2, -1).repeat_interleave(2, -2))
+
+
+# ---- ca_rev268 (hostile review of hierarchy.py and graph validation)
+
+def test_ca_rev268_a_grid_edge_implied_by_grid_edges_is_refused_without_building_parent_maps(monkeypatch):
+    """A grid edge a → c beside a path of grid edges a → … → c is implied (blocks of blocks are the
+    blocks of the product factors): it was refused only after building every edge's parent map, a
+    1024**3 grid's 8 GiB each (40 GB of memory and 85 s to refuse it)."""
+    def no_maps(*args, **kwargs):
+        raise AssertionError("a parent map was built")
+
+    monkeypatch.setattr(ca.Graph, "_grid_parents", staticmethod(no_maps))
+    shapes = [(1024, 1024, 1024), (512, 512, 512), (8, 8, 8), (1, 1, 1)]
+    with pytest.raises(ValueError, match=r"edge 3 \(map 0 → map 3\) is implied by the path map 0 → map 1 → "
+                                         r"map 2 → map 3: .*drop edge 3"):
+        ca.Graph(shapes, [(0, 1), (1, 2), (2, 3), (0, 3)])
+    with pytest.raises(ValueError, match=r"edge 0 \(map 0 → map 2\) is implied by the path map 0 → map 1 → map 2"):
+        ca.Graph(shapes[:3], [(0, 2), (0, 1), (1, 2)])
+    monkeypatch.undo()
+    # a grid edge beside a path that is not all grid edges: compared on the parent maps, as before
+    with pytest.raises(ValueError, match=r"edge 2 \(map 0 → map 2\) is implied by the path map 0 → map 1 → map 2"):
+        ca.Graph([(4, 4), (2, 2), (1, 2)], [(0, 1), (1, 2, [0, 1, 0, 1]), (0, 2)])
+    kept = ca.Graph([(4, 4), (2, 2), (1, 2)], [(0, 1), (1, 2, [1, 0, 1, 0]), (0, 2)])
+    assert kept.kind == "graph"

@@ -380,3 +380,26 @@ def test_ca_rev225_graph_constructors_are_refused_on_hierarchy_naming_graph_s(na
     with pytest.raises(TypeError, match=rf"Hierarchy\.{name}: .*use Graph\.{name}\("):
         getattr(ca.Hierarchy, name)(*args)
     assert isinstance(getattr(ca.Graph, name)(*args), ca.Graph)
+
+
+# ---- ca_rev268 (hostile review of hierarchy.py and graph validation)
+
+def _ca_rev268_quantized(dtype):
+    import warnings
+    with warnings.catch_warnings():  # (torch deprecates its quantized tensors)
+        warnings.simplefilter("ignore")
+        return torch.quantize_per_tensor(torch.tensor([0.0, 1.0, 1.0]), 1.0, 0, dtype)
+
+
+@pytest.mark.parametrize("make", [lambda: _ca_rev268_quantized(torch.qint8), lambda: _ca_rev268_quantized(torch.quint8),
+                                  lambda: torch.tensor([0, 1, 1], dtype=torch.uint8).view(torch.bits8)],
+                         ids=["qint8", "quint8", "bits8"])
+def test_ca_rev268_quantized_and_bits_parent_maps_are_refused_naming_them(make):
+    """A quantized or bits tensor holds no plain ids: it was torch's own RuntimeError ("Creation of quantized
+    tensor requires quantized dtype") or NotImplementedError ("copy_" not implemented for 'Bits8') from the
+    copy to int64, naming neither the argument nor the dtype."""
+    par = make()
+    with pytest.raises(TypeError, match=rf"parents\[0\] must hold integers, got dtype {par.dtype}"):
+        ca.Hierarchy.from_parents([3, 2], [par])
+    with pytest.raises(TypeError, match=rf"edge 0 .*: parents must hold integers, got dtype {par.dtype}"):
+        ca.Graph.from_edges([3, 2], [(0, 1, par)])
