@@ -357,3 +357,44 @@ def test_ca_rev212_the_handler_in_another_process_restores_the_default_and_signa
     assert _signals._raise_terminated(signal.SIGTERM, None) is None
     assert calls == [("signal", signal.SIGTERM, signal.SIG_DFL), ("kill", os.getpid(), signal.SIGTERM)]
     assert not command.sigterm_arrived
+
+
+# ---- ca_rev271 (hostile review of the signal handling)
+def test_ca_rev271_ctrl_c_during_the_option_checks_is_raised_after_them(monkeypatch, capsys):
+    """Ctrl-C inside an option's check (which imports torch) was raised inside that import: now it
+    waits for the checks to end, then the command stops, exit 130, nothing run."""
+    finished = []
+
+    def check(text):  # Ctrl-C at a moment inside the check, as inside torch's import
+        os.kill(os.getpid(), signal.SIGINT)  # Python's handler runs at one of the next instructions
+        for _ in range(1000):
+            pass
+        finished.append(text)
+        return text
+
+    real = cli.build_parser
+
+    def parser_with_the_check():
+        parser = real()
+        sub = next(a for a in parser._actions if a.dest == "command")
+        sub.choices["bench"].add_argument("--ca-rev271", type=check)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", parser_with_the_check)
+    monkeypatch.setitem(cli.BENCH_HANDLERS, "bench", lambda args: pytest.fail("the command ran"))
+    assert cli.main(["bench", "--ca-rev271", "x"]) == 130
+    assert finished == ["x"]  # the check ended: the interruption was not raised inside it
+    assert capsys.readouterr().err.strip() == ("convex-attention: interrupted before the command started; "
+                                               "nothing was written")
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_ca_rev271_a_usage_error_after_ctrl_c_in_the_checks_is_still_the_usage_error(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        with _signals.sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+            raise SystemExit(2)
+    assert exit_.value.code == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

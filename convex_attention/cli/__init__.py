@@ -14,7 +14,7 @@ import sys
 
 from .. import __version__
 from ._common import CommandParser, UsageError, missing_extra
-from ._signals import Command, Terminated, sigterm_as_interruption, terminated
+from ._signals import Command, Terminated, sigint_deferred, sigterm_as_interruption, terminated
 from .bench import BENCH_HANDLERS, EXAMPLES, add_bench_commands
 from .data import DATA_HANDLERS, add_data_commands
 from .paper import EXPERIMENT_HANDLERS, add_experiment_commands, train_interrupted
@@ -41,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     try:  # checking an option's value imports torch (a second or more): Ctrl-C there is no traceback (ca_rev253)
-        args = parser.parse_args(argv)
+        with sigint_deferred():  # ... and is raised after that import, never inside it (ca_rev271)
+            args = parser.parse_args(argv)
     except KeyboardInterrupt:
         print("convex-attention: interrupted before the command started; nothing was written", file=sys.stderr)
         return 130

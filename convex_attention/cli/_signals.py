@@ -28,7 +28,7 @@ import os
 import signal
 import threading
 
-__all__ = ["Terminated", "Command", "sigterm_as_interruption", "terminated", "REDELIVERY_S"]
+__all__ = ["Terminated", "Command", "sigterm_as_interruption", "terminated", "REDELIVERY_S", "sigint_deferred"]
 
 #: Seconds between deliveries of a SIGTERM the command did not act on (one raised where
 #: Python swallows exceptions); an unwinding command finishes its clean-up well within it.
@@ -131,6 +131,30 @@ def sigterm_as_interruption():
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # runs a pending handler first: it returns
             if sigchld is not None and command.sigterm_arrived:
                 signal.signal(signal.SIGCHLD, sigchld)
+
+
+@contextlib.contextmanager
+def sigint_deferred():
+    """Ctrl-C (SIGINT) inside the ``with`` block is held until the block ends, then raised there
+    as ``KeyboardInterrupt``: for the option checks, which import torch.  Raised inside that import
+    (its C++ initialisation, a ``dataclass``'s ``exec``), it had ended the process as SIGINT kills
+    it (status -2) or in "terminate called ... what(): KeyboardInterrupt" (abort) after the line
+    saying nothing was written, 1 run in about 30 with Ctrl-C at a random moment of the import
+    (ca_rev271).  A block that ends in another exception (a usage error, ``--help``) ends as it
+    does; the handler before is restored.  Left alone where SIGINT's handler is not Python's
+    default, or off the main thread."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    arrived: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: arrived.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if arrived:
+        raise KeyboardInterrupt
 
 
 def terminated(err: BaseException | None) -> bool:
