@@ -718,6 +718,11 @@ def test_progress_shows_bars_and_epoch_lines_and_no_progress_is_silent(tmp_path,
     out, err = capsys.readouterr()
     if progress:
         assert "epoch 1/1" in err and "] epoch 1: loss" in out
+        # the line names each number: the balanced accuracy at the threshold had read as the threshold (ca_rev272)
+        row = read(str(tmp_path / "run" / "metrics.csv"))[0]
+        assert (f"bal.acc {float(row['val_balanced_acc']):.3f} argmax, "
+                f"{float(row['val_balanced_acc_at_threshold']):.3f} at threshold "
+                f"{float(row['val_threshold']):.3f} ") in out
     else:
         assert out == "" and err == ""
 

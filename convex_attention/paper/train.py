@@ -844,8 +844,10 @@ class _Run:
         save_checkpoint(self.last_path, self.model, self.optimizer, epoch, self.metrics,
                         extra=_extra(config, row, self.best_epoch, rng, self.data_split))
         self.log(f"[{config.method}] epoch {epoch}: loss {row['train_loss']:.4f} acc {row['train_acc']:.3f} | "
-                 f"val auc {auc:.3f} bal.acc {row['val_balanced_acc']:.3f} (at threshold "
-                 f"{row['val_balanced_acc_at_threshold']:.3f}) violation {row['val_violation']:.2e} "
+                 # (the second number is a balanced accuracy, not the threshold: ca_rev272 read it as one)
+                 f"val auc {auc:.3f} bal.acc {row['val_balanced_acc']:.3f} argmax, "
+                 f"{row['val_balanced_acc_at_threshold']:.3f} at threshold {row['val_threshold']:.3f} "
+                 f"violation {row['val_violation']:.2e} "
                  f"({row['epoch_time_s']:.1f} s)")
 
     def finish(self) -> None:
