@@ -619,3 +619,35 @@ def test_read_json_refuses_what_no_writer_of_the_package_writes(tmp_path, token)
     path.write_text('{"x": [1.5, ' + token + ']}')
     with pytest.raises(ValueError, match=f"{token} is not a number in strict JSON"):
         files.read_json(str(path))
+
+
+# ---- ca_rev273 (hostile review: children, locks and repeated signals)
+def test_ca_rev273_an_interruption_as_the_temporary_file_is_made_leaves_no_temporary(tmp_path, monkeypatch):
+    """Ctrl-C raised as os.open returns (Python runs a signal's handler there), before the descriptor was
+    kept, left the empty temporary file (a random Ctrl-C to bench left example.npz.<pid>-<n>.tmp); a file
+    already of a temporary's name (not this run's) is still left alone."""
+    real_open, opened = os.open, []
+
+    def open_then_interrupted(name, flags, mode=0o777, **kwargs):
+        fd = real_open(name, flags, mode, **kwargs)
+        if str(name).endswith(".tmp"):
+            opened.append(fd)
+            raise KeyboardInterrupt
+        return fd
+
+    target = tmp_path / "out.json"
+    taken = files.temporary_name(str(target))  # the next name: someone's file, to be skipped and kept
+    prefix, number = taken[:-len(".tmp")].rsplit("-", 1)
+    put_there = f"{prefix}-{int(number) + 1}.tmp"
+    with open(put_there, "w") as f:
+        f.write("")
+    monkeypatch.setattr(os, "open", open_then_interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            files.atomic_write_text(str(target), "{}")
+    finally:
+        monkeypatch.setattr(os, "open", real_open)
+        for fd in opened:
+            os.close(fd)
+    assert len(opened) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [os.path.basename(put_there)]

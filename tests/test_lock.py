@@ -878,3 +878,39 @@ def test_ca_rev205_a_deeply_nested_file_locked_by_another_is_refused_not_a_crash
     finally:
         os.close(fd)
     assert (tmp_path / LOCK_NAME).read_text() == "[" * 100_000
+
+
+# ---- ca_rev273 (hostile review: children, locks and repeated signals)
+@pytest.mark.parametrize("moment", ["_try_lock", "_record_in"])
+def test_ca_rev273_an_interruption_while_the_lock_is_taken_leaves_no_empty_lock_file(tmp_path, monkeypatch, moment):
+    """Ctrl-C (or SIGTERM) between the creation of results.lock and the hold's try/finally (here raised by
+    the first call of the step named, deterministically) left the empty file this run made, and with it the
+    folder it made, which holding_out's making_out could then not remove."""
+    from convex_attention.cli._common import making_out
+
+    real = getattr(lock, moment)
+    calls = []
+
+    def interrupted_once(fd):
+        calls.append(fd)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return real(fd)
+
+    monkeypatch.setattr(lock, moment, interrupted_once)
+    out = tmp_path / "new" / "out"
+    with pytest.raises(KeyboardInterrupt):
+        with making_out(str(out)), results_lock(str(out)):
+            pass
+    assert not (tmp_path / "new").exists()  # neither the lock file nor the folders the run made
+    monkeypatch.setattr(lock, moment, real)
+    # a dead owner's record is another run's file: an interruption leaves it as it was
+    out.mkdir(parents=True)
+    record = json.dumps({"pid": 2 ** 22 + 1, "host": socket.gethostname(), "started": 0, "command": "bench"})
+    (out / LOCK_NAME).write_text(record)
+    calls.clear()
+    monkeypatch.setattr(lock, moment, interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        with results_lock(str(out)):
+            pass
+    assert (out / LOCK_NAME).read_text() == record

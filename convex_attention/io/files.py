@@ -61,26 +61,42 @@ def temporary_file(path: str):
     one put there to redirect the write) is left alone and the next name is taken.  Removed
     again on leaving unless it was renamed."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-    for _ in range(_TEMPORARY_TRIES):
-        tmp = temporary_name(os.path.abspath(path))
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:
-            continue
-    else:
-        raise FileExistsError(errno.EEXIST, f"no free temporary name beside it after {_TEMPORARY_TRIES} tries", path)
-    mine = os.fstat(fd)
+    # named before it is made: Ctrl-C (or SIGTERM) raised as os.open returns, before its descriptor is
+    # kept, had left the empty file behind (a review's random Ctrl-C to bench left example.npz's: ca_rev273)
+    tmp, mine = None, None
     try:
+        for _ in range(_TEMPORARY_TRIES):
+            name = temporary_name(os.path.abspath(path))
+            if os.path.lexists(name):  # a leftover, or one put there: not this run's to remove
+                continue
+            tmp = name
+            try:
+                fd = os.open(tmp, flags, 0o666)
+                break
+            except FileExistsError:
+                tmp = None
+                continue
+        else:
+            raise FileExistsError(errno.EEXIST, f"no free temporary name beside it after {_TEMPORARY_TRIES} tries",
+                                  path)
+        try:
+            mine = os.fstat(fd)
+        except BaseException:
+            os.close(fd)
+            raise
         with os.fdopen(fd, "wb") as f:
             yield tmp, f
     finally:
         # removed only while it is still this file (renamed, the name may be another writer's
         # by now), and never in place of the error that brought us here (a disk error may have
-        # left the folder read-only)
+        # left the folder read-only); one made but not yet looked at is this run's while it is an
+        # empty plain file
         with contextlib.suppress(OSError):
-            if os.path.samestat(os.lstat(tmp), mine):
-                os.remove(tmp)
+            if tmp is not None:
+                found = os.lstat(tmp)
+                if os.path.samestat(found, mine) if mine is not None else \
+                        stat.S_ISREG(found.st_mode) and found.st_size == 0:
+                    os.remove(tmp)
 
 
 @contextlib.contextmanager

@@ -93,6 +93,29 @@ def _try_lock(fd: int) -> bool:
         raise
 
 
+def _closed(fd: int) -> int:
+    """Close ``fd``; -1, for the caller's variable (so that :func:`_let_go` never closes a number
+    reused since)."""
+    os.close(fd)
+    return -1
+
+
+def _let_go(fd: int, path: str) -> None:
+    """Close ``fd`` (the lock file ``path`` opened by a run that stops before it holds it: an error
+    or an interruption), removing the file where it is still the one at ``path``, empty (no run has
+    written its record into it: this one made it) and not locked by another process: left, it
+    kept the folder the run made (ca_rev273).  A record, or a file another run holds, is left."""
+    if fd < 0:
+        return
+    try:
+        with contextlib.suppress(OSError):
+            if _try_lock(fd) and os.path.samestat(os.fstat(fd), os.lstat(path)) and _record_in(fd) == {}:
+                os.remove(path)
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+
+
 def _not_a_plain_file(out_dir: str) -> str:
     return (f"results folder {out_dir} holds {LOCK_NAME} that is not a plain file (a link or a folder): it is not "
             f"this tool's lock; remove it, or choose another --out")
@@ -198,6 +221,7 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
                                 f"(pid {os.getpid()}); wait for it (--wait) or choose another --out")
         time.sleep(poll_s)
     waited = False
+    owner_pid = os.getpid()  # (before the loop: nothing may run between its break and the hold's try)
     while True:
         try:  # in the loop: a refused run that made the folder may have removed it again while this one waited
             os.makedirs(out_dir, exist_ok=True)
@@ -213,33 +237,36 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         except OSError as err:
             raise ResultsLocked(f"results folder {out_dir}: its lock {LOCK_NAME} cannot be opened "
                                 f"({err.strerror or err}); choose another --out") from None
-        try:
-            locked = _try_lock(fd)
-        except OSError as err:  # not another holder: this file system takes no lock (ENOLCK, EOPNOTSUPP)
-            os.close(fd)
-            raise ResultsLocked(f"results folder {out_dir}: its lock {LOCK_NAME} cannot be taken on this file system "
-                                f"({err.strerror or err}); choose an --out on a file system with file locks (a "
-                                f"local disk)") from None
-        if locked:
-            try:  # the file may have been unlinked by a releasing owner: lock the one at `path`
-                same = os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path))
-            except OSError:
-                same = False
-            if not same:
-                os.close(fd)
-                continue
+        try:  # until the hold's own try below: an interruption here (Ctrl-C, SIGTERM) must not leave the empty
+            # lock file this run made (nor, so, the folder it made: ca_rev273)
             try:
-                previous = _record_in(fd)
-            except OSError as err:  # an I/O error reading it: never leave the file locked by this process
-                os.close(fd)
-                raise ResultsLocked(f"results folder {out_dir}: its lock {LOCK_NAME} cannot be read "
-                                    f"({err.strerror or err}); choose another --out") from None
-            if previous is not None:
-                break
-            os.close(fd)  # never truncated, taken over or removed: it is not this tool's record
-            raise ResultsLocked(_not_a_record(out_dir))
-        owner = _read_owner(path)
-        os.close(fd)
+                locked = _try_lock(fd)
+            except OSError as err:  # not another holder: this file system takes no lock (ENOLCK, EOPNOTSUPP)
+                raise ResultsLocked(f"results folder {out_dir}: its lock {LOCK_NAME} cannot be taken on this file "
+                                    f"system ({err.strerror or err}); choose an --out on a file system with file "
+                                    f"locks (a local disk)") from None
+            if locked:
+                try:  # the file may have been unlinked by a releasing owner: lock the one at `path`
+                    same = os.path.exists(path) and os.path.samestat(os.fstat(fd), os.stat(path))
+                except OSError:
+                    same = False
+                if not same:
+                    fd = _closed(fd)
+                    continue
+                try:
+                    previous = _record_in(fd)
+                except OSError as err:  # an I/O error reading it: never leave the file locked by this process
+                    raise ResultsLocked(f"results folder {out_dir}: its lock {LOCK_NAME} cannot be read "
+                                        f"({err.strerror or err}); choose another --out") from None
+                if previous is not None:
+                    break
+                # never truncated, taken over or removed: it is not this tool's record
+                raise ResultsLocked(_not_a_record(out_dir))
+            owner = _read_owner(path)
+            fd = _closed(fd)
+        except BaseException:
+            _let_go(fd, path)
+            raise
         if not wait:
             raise ResultsLocked(f"results folder {out_dir} is in use by {_describe(owner)}; wait for it to "
                                 f"finish, pass --wait, or choose another --out")
@@ -249,7 +276,6 @@ def results_lock(out_dir: str, command: str = "bench", wait: bool = False, log=N
         time.sleep(poll_s)
     # every record names a dead owner here, this pid included: pids are reused (a container's
     # pid 1, another host), and this process's own re-entry was answered above
-    owner_pid = os.getpid()
     try:
         if previous and log:
             dead = previous.get("host") == socket.gethostname() and not _pid_alive(previous.get("pid"))
