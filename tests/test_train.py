@@ -1,3 +1,4 @@
+import contextlib
 import csv
 import json
 import math
@@ -1577,3 +1578,68 @@ def test_ca_rev255_resume_accepts_the_runs_own_best_pt(tmp_path):
     _ca_rev255_checkpoint(out / "last.pt", rows=(0.5, 0.6, 0.4))
     config = TrainConfig.build(out=str(out), epochs=4, resume=str(out / "last.pt"))
     check_resume_folder(config, Namespace(resume=str(out / "last.pt")), read_checkpoint(str(out / "last.pt")))
+
+
+def test_watch_launcher_sends_sigterm_once_its_parent_is_gone(monkeypatch):
+    """A rank ends with its launcher: torchrun killed outright passes no signal on, and its ranks had
+    trained on to their last epoch, holding --out's lock (a review)."""
+    import signal
+
+    import convex_attention.paper.train as T
+
+    sent = []
+    monkeypatch.setattr(T.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(T, "LAUNCHER_POLL_S", 0.01)
+    monkeypatch.setattr(T, "_watched_parents", set())
+    gone = os.getppid() + 1_000_000  # not this process's parent: the launcher is gone
+    thread = T.watch_launcher(gone)
+    thread.join(10)
+    assert not thread.is_alive() and sent == [(os.getpid(), signal.SIGTERM)]
+    assert T.watch_launcher(gone) is None  # one watch per parent
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            continue
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="finds the ranks through /proc")
+def test_the_ranks_stop_when_torchrun_is_killed_outright(tmp_path):
+    """SIGKILL to torchrun reaches none of its ranks: they trained on to the last of 400 epochs, holding the lock
+    (a review); each now stops as on SIGTERM once its launcher is gone, last.pt kept."""
+    import time
+
+    out = str(tmp_path / "ddp-killed")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
+           "convex_attention.cli", "train", "--method", "softmax", "--image-size", "32", "--width", "4",
+           "--n-train", "16", "--n-val", "8", "--epochs", "400", "--batch-size", "8", "--device", "cpu",
+           "--out", out, "--no-progress"]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not os.path.exists(os.path.join(out, "last.pt")):
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run ended or never trained"
+            time.sleep(0.2)
+        assert len(_processes_naming(out)) == 3  # torchrun and its two ranks
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        while _processes_naming(out) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = _processes_naming(out)
+        assert left == [], f"ranks still running: {left}"
+    finally:
+        launcher.kill()
+        for pid in _processes_naming(out):
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
+    assert len(read(os.path.join(out, "metrics.csv"))) < 400 and os.path.exists(os.path.join(out, "last.pt"))

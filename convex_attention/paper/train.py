@@ -25,7 +25,8 @@ is stored whole in every checkpoint, so ``--resume CKPT`` needs no other flag.
 
 Multi-machine: the same code runs under ``torchrun`` with DistributedDataParallel (gloo on
 CPU, nccl on GPU), a DistributedSampler, and logging and checkpoints on rank 0 only.  At
-the end every rank hashes its weights; rank 0 writes ``ddp_check.json``.
+the end every rank hashes its weights; rank 0 writes ``ddp_check.json``.  A rank whose
+launcher is gone (killed outright) stops as on SIGTERM (:func:`watch_launcher`).
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 import weakref
 from dataclasses import replace
@@ -148,6 +151,33 @@ def weights_digest(model: torch.nn.Module, buffers: bool = True) -> str:
 def _distributed() -> tuple[int, int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     return world, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+#: Seconds between a rank's checks that its launcher is still its parent (:func:`watch_launcher`).
+LAUNCHER_POLL_S = 0.5
+_watched_parents: set[int] = set()
+
+
+def watch_launcher(parent: int | None = None) -> threading.Thread | None:
+    """A daemon thread that sends this process SIGTERM once ``parent`` (by default its parent
+    now: torchrun, which started the rank) is no longer its parent.  A launcher killed outright
+    (SIGKILL, the OOM killer) passes no signal on: its ranks had trained on to their last epoch,
+    holding ``--out``'s lock (a review: 378 epochs after the kill, ca_rev273).  The command takes
+    that SIGTERM as any other (``last.pt`` kept, exit 143); called from Python, torch's default
+    ends the process.  One watch per parent (None where it runs already)."""
+    parent = os.getppid() if parent is None else parent
+    if parent in _watched_parents:
+        return None
+    _watched_parents.add(parent)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(LAUNCHER_POLL_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="watch-launcher", daemon=True)
+    thread.start()
+    return thread
 
 
 def _init_process_group(backend: str) -> None:
@@ -633,6 +663,8 @@ class _Run:
         self.data_split = data_split
         self.log = log if log is not None else (print if config.progress else (lambda *a, **k: None))
         self.world, self.rank, local_rank = _distributed()
+        if self.world > 1:  # a rank ends with its launcher (torchrun), killed or not
+            watch_launcher()
         if self.world > 1 and not dist.is_initialized():
             _init_process_group(_backend(config))
         try:
