@@ -318,3 +318,15 @@ def test_ca_rev250_footer_names_no_impossible_cpu_or_thread_count(count):
     line = figures.env_line(env)
     assert "CPUs" not in line and "? torch threads" in line
     assert "2 CPUs" in figures.env_line({"torch": "2", "runs": [{"cpu_count": 2}]})
+
+
+# ---- ca_rev274 (hostile review of the figures)
+
+def test_ca_rev274_runs_of_several_thread_counts_read_as_counts_not_a_fraction():
+    """Two runs into one folder, with 1 and with 2 torch threads: the footer read '1/2 torch threads' (half a
+    thread); 10 sorted before 2 as text."""
+    runs = [{"torch_threads": t, "load_average_start": [1.0], "load_average_end": [1.0]} for t in (10, 2, 1)]
+    line = figures.env_line({"torch": "2.13.0", "processor": "AMD", "torch_threads": 2, "runs": runs})
+    assert "1 or 2 or 10 torch threads (the runs differ)" in line and "/" not in line
+    one = figures.env_line({"torch": "2.13.0", "processor": "AMD", "runs": runs[2:]})
+    assert "· 1 torch thread ·" in one and "differ" not in one

@@ -3686,3 +3686,47 @@ def test_ca_rev254_plot_itself_leaves_out_a_row_whose_key_is_no_number(tmp_path,
     assert code == 0, err
     assert "bench.csv: left out 1 row(s) whose key cannot be read: line 5 (column temperature holds 'abc'" in err
     assert os.path.exists(tmp_path / "figures" / "time_vs_size.png")
+
+
+# ---- ca_rev274 (hostile review of the figures)
+
+def _tick_texts(fig):
+    """The texts of the labelled y ticks (major and minor) inside the view of ``fig``'s axes, once drawn."""
+    FigureCanvasAgg(fig).draw()  # the spy closed the figure: a canvas of its own
+    texts = []
+    for ax in fig.axes:
+        lo, hi = sorted(ax.get_ylim())
+        texts += [t.label1.get_text() for t in ax.yaxis.get_major_ticks() + ax.yaxis.get_minor_ticks()
+                  if lo <= t.get_loc() <= hi and t.label1.get_text()]
+    return texts
+
+
+def test_ca_rev274_a_log_axis_within_a_decade_still_carries_numbers(figs):
+    """One row (or times within a decade): the log axis spans no power of ten, and its 2 and 5 ticks were
+    unlabelled: the figure showed a point and no value to read it by."""
+    row = bench_row("exact", violation=3.2e-8)  # (its cell's float32 rounding level: about 2.3e-8)
+    for col, ms in (("fwd_ms", 0.12), ("bwd_ms", 0.16), ("total_ms", 0.28)):  # batch 4: 0.03-0.07 ms a sample
+        row[col], row[col + "_q1"], row[col + "_q3"] = ms, 0.95 * ms, 1.05 * ms
+    row["per_sample_ms"] = 0.07
+    plots.plot_time_vs_size([row], "t.png", log=pytest.fail)
+    plots.plot_violation([row], "v.png", log=pytest.fail)
+    plots.plot_tradeoff([row], "o.png", log=pytest.fail)
+    for name in ("t", "v", "o"):
+        assert _tick_texts(figs[name]), name
+
+
+def test_ca_rev274_speedup_footer_names_each_backends_batch_and_no_fraction(figs):
+    """cvxpylayers timed on 1 sample (diffcp) and on 8 (moreau), as bench --quick does: the footer read
+    'cvxpylayers on 1/8 of them', an eighth of the batch, and named no backend with either."""
+    rows = []
+    for row in cell_rows(backends=("diffcp-clarabel", "moreau")):
+        if row["backend"] == "moreau":
+            row = {**row, "timed_batch": 4}
+        elif row["backend"]:
+            row = {**row, "timed_batch": 1}
+        rows.append(row)
+    plots.plot_speedup(rows, "s.png", log=pytest.fail)
+    footer = figs["s:footer"].replace("\n", " ")
+    assert "exact timed on B = 4 samples" in footer
+    assert "cvxpylayers on 1 (diffcp-clarabel) or 4 (moreau) of them" in footer
+    assert "1/4" not in footer

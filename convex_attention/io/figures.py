@@ -162,13 +162,16 @@ def env_line(env: dict | None, notes=()) -> str:
         if threads is not None and not _count(threads):
             threads = "?"  # (True had read '1 torch thread', 0 or -2 as such: ca_rev250)
         if per_run:  # the runs' own record: the threads they ran with
-            threads = "/".join(str(t) for t in sorted(per_run, key=str))
+            # runs of several counts: "1 or 2 ... (the runs differ)", never "1/2" (half a thread: ca_rev274)
+            threads = " or ".join(str(t) for t in sorted(per_run, key=lambda t: (t == "?", str(t).zfill(10))))
+        several = len(per_run) > 1
         # the CPU kernels torch ran (AVX512, AVX2, ...): one processor name covers CPUs with and without
         # AVX-512 (ca_rev243); a GPU's timings are the GPU's, and files before 2026-12-07 have none
         kernels = env.get("cpu_capability")
         kernels = f"{plain(kernels, 20)} kernels" if kernels and not env.get("gpu") else ""
         parts = [f"torch {plain(env.get('torch', '?'), 40)}", plain(env.get("processor", "") or "", 80), kernels,
-                 plain(_plural(threads, "torch thread"), 60) if threads is not None else "torch threads not recorded",
+                 plain(_plural(threads, "torch thread") + (" (the runs differ)" if several else ""), 80)
+                 if threads is not None else "torch threads not recorded",
                  plain(env.get("gpu", "") or "", 80), _load_text(runs)]
         first = " · ".join(str(p) for p in parts if p)
     elif notes:

@@ -337,14 +337,17 @@ def pareto_front(pts, resolution: float = 0.0) -> list[tuple]:
 
 
 def quiet_minor_ticks(ax) -> None:
-    """Minor log ticks at 2 and 5 only, unlabelled: labels collide on short ranges, and
-    every tick costs drawing time."""
-    from matplotlib.ticker import LogLocator, NullFormatter
+    """Minor log ticks at 2 and 5 only, unlabelled where the axis spans a decade or more:
+    labels collide on short ranges, and every tick costs drawing time.  On an axis spanning
+    less (one cell, or values within a decade) they are labelled (2 only above 0.4 of a
+    decade), or it would carry no number at all: a figure of one row showed ticks and no
+    value (ca_rev274)."""
+    from matplotlib.ticker import LogFormatterSciNotation, LogLocator
 
     for axis in (ax.xaxis, ax.yaxis):
         if axis.get_scale() == "log":
             axis.set_minor_locator(LogLocator(base=10.0, subs=(2.0, 5.0)))
-            axis.set_minor_formatter(NullFormatter())
+            axis.set_minor_formatter(LogFormatterSciNotation(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
 
 
 def low_confidence(v: dict, col: str) -> bool:

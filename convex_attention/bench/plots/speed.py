@@ -612,7 +612,7 @@ def _speedup_lines(points) -> tuple[dict, dict]:
     :func:`._common.setting_of`, so cells of another dtype, batch or device are never one
     line; across runs: the two times were measured by different runs into the folder, as
     bench.csv's ``run`` says, a resume having measured one again), and the timed batches
-    ``{method: {batch}}``."""
+    ``{exact: {batch}, cvxpylayers: {(batch, backend)}}``."""
     base: dict = {}
     for p in points:
         if p.series.method == SPEEDUP_BASE:
@@ -628,7 +628,7 @@ def _speedup_lines(points) -> tuple[dict, dict]:
         across = {text_of(b.row, "run") for b in ref} != {text_of(p.row, "run")}
         lines.setdefault((_panel_of(p), p.series, setting_of(p.row)), []).append(
             (int(p.v["n_cells"]), ratio, unsure, across))
-        batches[SPEEDUP_OVER].add(int(p.v["timed_batch"]))
+        batches[SPEEDUP_OVER].add((int(p.v["timed_batch"]), p.series.backend))
         batches[SPEEDUP_BASE].update(int(b.v["timed_batch"]) for b in ref)
     return lines, batches
 
@@ -757,8 +757,13 @@ def plot_speedup(rows, path, env=None, log: Log | None = None) -> str | None:
         fig.legend(handles=handles, loc="outside lower center", ncol=2, frameon=False, fontsize=6.5,
                    handlelength=SETTING_HANDLE_LENGTH)
         fig.suptitle("Speed-up of exact over cvxpylayers (forward + backward, per sample, same sweep cell)")
-        exact_b = "/".join(str(b) for b in sorted(batches[SPEEDUP_BASE]))
-        cvx_b = "/".join(str(b) for b in sorted(batches[SPEEDUP_OVER]))
+        # batches as counts, never 1/8 (read as a fraction), each cvxpylayers one with its backends (ca_rev274)
+        exact_b = " or ".join(str(b) for b in sorted(batches[SPEEDUP_BASE]))
+        by_batch: dict = {}
+        for b, backend in sorted(batches[SPEEDUP_OVER]):
+            by_batch.setdefault(b, []).append(plain(backend, 30) or "?")
+        cvx_b = " or ".join(f"{b} ({', '.join(names)})" if len(by_batch) > 1 else str(b)
+                            for b, names in by_batch.items())
         # the dtypes of the exact times the drawn ratios divide by (cells without cvxpylayers draw none)
         paired = {cell_key(p.row) for p in points if p.series.method == SPEEDUP_OVER}
         base_dtypes = "/".join(sorted({text_of(p.row, "dtype") for p in points
