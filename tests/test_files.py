@@ -651,3 +651,39 @@ def test_ca_rev273_an_interruption_as_the_temporary_file_is_made_leaves_no_tempo
             os.close(fd)
     assert len(opened) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == [os.path.basename(put_there)]
+
+
+# ---- ca_rev275 (hostile review of the session's diff)
+@pytest.mark.parametrize("put", ["link", "written"])
+def test_ca_rev275_an_interrupted_temporary_is_removed_only_while_it_is_an_empty_plain_file(tmp_path, monkeypatch,
+                                                                                          put):
+    """The temporary a Ctrl-C interrupted before it was looked at (fstat) is removed only while it is an empty
+    plain file: something else at its name by then (a link, a file with content) is not this run's. The guard
+    had no test (dropped, the suite stayed green)."""
+    real_open, opened = os.open, []
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("theirs")
+
+    def open_then_replaced_then_interrupted(name, flags, mode=0o777, **kwargs):
+        fd = real_open(name, flags, mode, **kwargs)
+        if str(name).endswith(".tmp"):
+            opened.append((fd, str(name)))
+            os.remove(name)
+            if put == "link":
+                os.symlink(elsewhere, name)
+            else:
+                with open(name, "w") as f:
+                    f.write("theirs")
+            raise KeyboardInterrupt
+        return fd
+
+    monkeypatch.setattr(os, "open", open_then_replaced_then_interrupted)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            files.atomic_write_text(str(tmp_path / "out.json"), "{}")
+    finally:
+        monkeypatch.setattr(os, "open", real_open)
+        for fd, _ in opened:
+            os.close(fd)
+    assert len(opened) == 1 and os.path.lexists(opened[0][1])
+    assert elsewhere.read_text() == "theirs"

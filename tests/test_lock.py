@@ -914,3 +914,27 @@ def test_ca_rev273_an_interruption_while_the_lock_is_taken_leaves_no_empty_lock_
         with results_lock(str(out)):
             pass
     assert (out / LOCK_NAME).read_text() == record
+
+
+# ---- ca_rev275 (hostile review of the session's diff)
+def test_ca_rev275_let_go_leaves_an_empty_lock_another_holds_or_one_put_there_since(tmp_path):
+    """_let_go removes the empty lock file only while no other run holds it (a run between its flock and its
+    record) and while it is still the file this run opened (not one made at that name since): either removed,
+    two runs would write into one folder. Both guards had no test (each could be dropped with the suite green)."""
+    import fcntl
+
+    path = str(tmp_path / LOCK_NAME)
+    holder = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)  # another run's open file: its flock excludes ours
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock._let_go(os.open(path, os.O_RDWR), path)
+        assert os.path.exists(path) and os.path.samestat(os.stat(path), os.fstat(holder))
+    finally:
+        os.close(holder)
+    mine = os.open(path, os.O_RDWR)
+    os.remove(path)
+    with open(path, "w"):  # an empty file made at the name since (another run's, about to be locked)
+        pass
+    made = os.stat(path)
+    lock._let_go(mine, path)
+    assert os.path.exists(path) and os.path.samestat(os.stat(path), made)

@@ -1519,3 +1519,18 @@ def test_ca_rev262_scripting_a_layer_or_its_duals_is_refused_naming_the_module(m
     scores = [torch.randn((2,) + s) for s in H.shapes]
     if isinstance(module, ca.ConsistentAttention):  # the module is as it was
         torch.testing.assert_close(module(scores).probs[0], copy.deepcopy(module)(scores).probs[0])
+
+
+# ---- ca_rev275 (hostile review of the session's diff)
+
+def test_ca_rev275_a_bounded_score_head_pickled_before_log_gain_was_registered_still_runs():
+    """A bounded ScoreHead saved whole before ca_rev262 holds no log_gain entry (it is registered as None now);
+    __setstate__ supplies it: without it, forward and gain raised AttributeError. No test covered it (the
+    line could be dropped with the suite green)."""
+    head = ca.ScoreHead(in_channels=3, embed_channels=4)
+    old = copy.deepcopy(head)
+    del old._parameters["log_gain"]  # what an object pickled before the registration holds
+    features = torch.randn(2, 3, 5, 5)
+    restored = copy.deepcopy(old)  # (pickled and unpickled: __setstate__)
+    assert torch.equal(restored(features), head(features)) and restored.gain() == 1.0
+    assert set(restored.state_dict()) == set(head.state_dict())

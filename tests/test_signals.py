@@ -398,3 +398,24 @@ def test_ca_rev271_a_usage_error_after_ctrl_c_in_the_checks_is_still_the_usage_e
             raise SystemExit(2)
     assert exit_.value.code == 2
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ---- ca_rev275 (hostile review of the session's diff)
+
+def test_ca_rev275_a_second_ctrl_c_interrupts_a_block_that_does_not_end():
+    """sigint_deferred held every Ctrl-C until parse_args returned: one that never returned (a hung import)
+    could not be interrupted from the keyboard at all. The first is held; a second is raised where the block is."""
+    reached = []
+    with pytest.raises(KeyboardInterrupt):
+        with _signals.sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):
+                pass
+            reached.append("held")
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:  # "hung": only the second Ctrl-C ends it
+                pass
+            reached.append("not interrupted")
+    assert reached == ["held"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

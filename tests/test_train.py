@@ -1643,3 +1643,29 @@ def test_the_ranks_stop_when_torchrun_is_killed_outright(tmp_path):
             with contextlib.suppress(OSError):
                 os.kill(pid, 9)
     assert len(read(os.path.join(out, "metrics.csv"))) < 400 and os.path.exists(os.path.join(out, "last.pt"))
+
+
+# ---- ca_rev275 (hostile review of the session's diff)
+
+@pytest.mark.parametrize("run_id, watched", [(None, False), ("", False), ("a-run", True)])
+def test_ca_rev275_only_a_torchrun_rank_watches_its_parent(monkeypatch, run_id, watched):
+    """Ranks started by hand (env://, WORLD_SIZE set, nohup'd by a script that then ends) were sent SIGTERM once
+    that script ended (they had trained to their last epoch before): only torchrun's ranks, which it names its run
+    in (TORCHELASTIC_RUN_ID), end with their parent."""
+    import convex_attention.paper.train as T
+
+    class _Stop(Exception):
+        pass
+
+    watches = []
+    monkeypatch.setattr(T, "_distributed", lambda: (2, 0, 0))
+    monkeypatch.setattr(T, "watch_launcher", lambda *a: watches.append(a))
+    monkeypatch.setattr(T, "_init_process_group", lambda backend: (_ for _ in ()).throw(_Stop()))
+    monkeypatch.setattr(T.dist, "is_initialized", lambda: False)
+    if run_id is None:
+        monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
+    else:
+        monkeypatch.setenv("TORCHELASTIC_RUN_ID", run_id)
+    with pytest.raises(_Stop):
+        T._Run(None, None, None, log=lambda *a, **k: None)
+    assert bool(watches) is watched

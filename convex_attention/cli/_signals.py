@@ -141,14 +141,21 @@ def sigint_deferred():
     it (status -2) or in "terminate called ... what(): KeyboardInterrupt" (abort) after the line
     saying nothing was written, 1 run in about 30 with Ctrl-C at a random moment of the import
     (ca_rev271).  A block that ends in another exception (a usage error, ``--help``) ends as it
-    does; the handler before is restored.  Left alone where SIGINT's handler is not Python's
-    default, or off the main thread."""
+    does; the handler before is restored.  A second Ctrl-C before the block ends is raised at once:
+    a block that never ends (an import hung on a network file system) had held every Ctrl-C for
+    good (ca_rev275).  Left alone where SIGINT's handler is not Python's default, or off the main thread."""
     if threading.current_thread() is not threading.main_thread() or \
             signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         yield
         return
     arrived: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: arrived.append(signum))
+
+    def held(signum, frame) -> None:
+        if arrived:  # the user presses again: the block has not ended, and is interrupted where it is
+            raise KeyboardInterrupt
+        arrived.append(signum)
+
+    previous = signal.signal(signal.SIGINT, held)
     try:
         yield
     finally:

@@ -170,12 +170,17 @@ def check_set_size(field: str, n: int, image_size: int, flag: str | None = None,
                                  f"never be allocated); use fewer images or a smaller image size")
 
 
+def deepest_block(model: ModelConfig) -> int:
+    """The deepest encoder block the model uses (its attention blocks, and the bottleneck, 5, where the
+    classifier reads it): the encoder (models.unet.build_encoder) ends there."""
+    return max(list(model.attention_blocks) + ([5] if model.bottleneck_in_classifier else []))
+
+
 def batchnorm_of_one_value(model: ModelConfig) -> bool:
     """Whether the model's encoder ends in a BatchNorm over a 1×1 map (16×16 images with the
     bottleneck, block 5, in use): in train mode it fails on a batch of one image ("expected
     more than 1 value per channel"), so training and the BatchNorm recompute must never pass it one."""
-    last = max(list(model.attention_blocks) + ([5] if model.bottleneck_in_classifier else []))
-    return model.norm == "batch" and model.image_size // 2 ** (last - 1) == 1
+    return model.norm == "batch" and model.image_size // 2 ** (deepest_block(model) - 1) == 1
 
 
 def _check_train_sizes(cfg) -> None:

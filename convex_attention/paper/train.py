@@ -26,7 +26,7 @@ is stored whole in every checkpoint, so ``--resume CKPT`` needs no other flag.
 Multi-machine: the same code runs under ``torchrun`` with DistributedDataParallel (gloo on
 CPU, nccl on GPU), a DistributedSampler, and logging and checkpoints on rank 0 only.  At
 the end every rank hashes its weights; rank 0 writes ``ddp_check.json``.  A rank whose
-launcher is gone (killed outright) stops as on SIGTERM (:func:`watch_launcher`).
+torchrun is gone (killed outright) stops as on SIGTERM (:func:`watch_launcher`).
 """
 from __future__ import annotations
 
@@ -663,7 +663,9 @@ class _Run:
         self.data_split = data_split
         self.log = log if log is not None else (print if config.progress else (lambda *a, **k: None))
         self.world, self.rank, local_rank = _distributed()
-        if self.world > 1:  # a rank ends with its launcher (torchrun), killed or not
+        # a rank ends with its launcher, torchrun (which names its run in every rank's environment), killed or not;
+        # a rank started by hand or by another launcher (env://, nohup) is left to run when its parent ends
+        if self.world > 1 and os.environ.get("TORCHELASTIC_RUN_ID"):
             watch_launcher()
         if self.world > 1 and not dist.is_initialized():
             _init_process_group(_backend(config))

@@ -53,7 +53,7 @@ from ...hierarchy import Hierarchy
 from ...methods import get_method
 from ...nn import ConsistentAttention, ScoreHead
 from ...solve import Solution
-from ..config import DUAL_SOURCES, HEADS, NORMS, ConfigError, ModelConfig
+from ..config import DUAL_SOURCES, HEADS, NORMS, ConfigError, ModelConfig, deepest_block
 
 __all__ = ["AttentionUNet", "AttentionOutput", "ModelConfig", "ConfigError", "NORMS", "HEADS", "DUAL_SOURCES",
            "LOG_TEMPERATURE_BOUND", "NonFiniteOutput", "non_finite_parts"]
@@ -103,8 +103,7 @@ def build_encoder(cfg: ModelConfig) -> tuple[list[int], int, nn.ModuleList, nn.M
     """The encoder of ``cfg``: ``(channels, last_block, blocks, pools)``, where ``channels[k-1]``
     is block ``k``'s width (blocks 1..4 and the bottleneck) and ``last_block`` the deepest block
     used.  Shared by the attention model and the plain CNN, so the two trunks are identical."""
-    used = list(cfg.attention_blocks) + ([5] if cfg.bottleneck_in_classifier else [])
-    last_block = max(used)
+    last_block = deepest_block(cfg)  # (the one rule, which config's BatchNorm check reads too)
     channels = [cfg.width * 2 ** i for i in range(5)]
     blocks, cin = nn.ModuleList(), cfg.in_channels
     for k in range(last_block):
