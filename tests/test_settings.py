@@ -621,3 +621,17 @@ def test_ca_rev266_every_kind_refuses_a_huge_integer_in_a_short_line(kind, value
     message = str(err.value)
     assert "set_int_max_str_digits" not in message and "\n" not in message and len(message) < 300
     assert message.startswith("must")
+
+
+def test_a_distinct_list_of_huge_integers_and_a_long_text_are_refused_in_a_short_line():
+    """The distinct check of Many compared its values' reprs, and its refusal printed them: two equal integers of
+    5000 digits raised Python's digit-limit error instead of naming the setting; a Text with a control character
+    printed itself whole (a review of the session's diff, after ca_rev266)."""
+    huge = 10 ** 5000
+    with pytest.raises(ValueError, match="must hold distinct values") as err:
+        Many(Int(), distinct=True).check([huge, huge])
+    assert "set_int_max_str_digits" not in str(err.value) and len(str(err.value)) < 400
+    assert Many(Int(), distinct=True).check([huge, huge + 1]) == (huge, huge + 1)
+    with pytest.raises(ValueError, match="without control characters") as err:
+        Text().check("x" * 10_000 + "\n")
+    assert len(str(err.value)) < 400

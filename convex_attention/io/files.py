@@ -37,7 +37,7 @@ __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_csv", "write_json"
            "check_out_dir", "check_fresh_out_dir", "as_json",
            "check_no_earlier_outputs", "check_output_files", "one_line", "error_reason",
            "REASON_CHARS", "write_csv_row", "breaks_lines",
-           "missing_folders", "remove_empty_folders"]
+           "missing_folders", "remove_empty_folders", "strict_constant", "read_json"]
 
 _TMP_COUNTER = itertools.count()
 

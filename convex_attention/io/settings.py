@@ -117,6 +117,15 @@ def _shown(value, limit: int = 40) -> str:
         return f"a {type(value).__name__} holding an integer too long to show"
 
 
+def _identity(value):
+    """What a distinct list compares: the value's repr (np.str_('a') and 'a' are two spellings of
+    one value, ca_rev155), an integer's value (an integer of 5000 digits has no repr within
+    Python's digit limit: a refusal had raised it instead of naming the setting, ca_rev275)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return ("integer", int(value))
+    return repr(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Int(Kind):
     """An integer in ``[low, high]`` (either end may be open-ended)."""
@@ -278,7 +287,7 @@ class Text(Kind):
             raise ValueError(f"must be {self.describe()}, got {_shown(value)}")
         if breaks_lines(value):  # (makedirs raised on NUL)
             raise ValueError(f"must be {self.describe()} without control characters or line breaks, "
-                             f"got {value!r}")
+                             f"got {_shown(value, 200)}")
         return str(value)
 
     def parse(self, text: str) -> str:
@@ -328,9 +337,10 @@ class Many(Kind):
                 out.append(self.item.check(v))
             except ValueError:
                 raise ValueError(f"must hold values that are each {self.item.describe()}; {_shown(v)} is not") from None
-        if self.distinct and len(set(map(repr, out))) != len(out):
-            twice = [v for i, v in enumerate(out) if repr(v) in map(repr, out[:i])]
-            raise ValueError(f"must hold distinct values, got {list(out)!r} ({twice[0]!r} is listed twice)")
+        if self.distinct and len(set(map(_identity, out))) != len(out):
+            twice = [v for i, v in enumerate(out) if _identity(v) in map(_identity, out[:i])]
+            raise ValueError(f"must hold distinct values, got {_shown(list(out), 200)} ({_shown(twice[0])} is "
+                             f"listed twice)")
         return tuple(out)
 
     def parse(self, text: str):
