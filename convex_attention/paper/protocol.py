@@ -65,7 +65,7 @@ import subprocess
 import uuid
 from dataclasses import dataclass, field
 
-from ..io.files import as_json, strict_constant, write_json
+from ..io.files import as_json, read_json, strict_constant, write_json
 from ..io.lock import folder_lock
 from ..methods import get_method
 from .config import (
@@ -463,8 +463,7 @@ def read_variants(path: str) -> Variants:
         raise VariantsError(f"the variants file {path} does not exist; write it from the dev stage's "
                             f"proposed_variants.json and commit it before the test stage")
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f, parse_constant=strict_constant)
+        data = read_json(path)
     except (OSError, ValueError, RecursionError) as err:
         raise VariantsError(f"the variants file {path} is not readable strict JSON ({err})") from None
     return Variants.from_dict(data, where=path)
@@ -661,8 +660,7 @@ def claim_test_folder(folder: str, force: bool = False, record: dict | None = No
 def read_manifest(folder: str) -> dict | None:
     """The test stage's manifest in ``folder`` (``None`` when absent or unreadable)."""
     try:
-        with open(os.path.join(folder, MANIFEST), encoding="utf-8") as f:
-            data = json.load(f, parse_constant=strict_constant)
+        data = read_json(os.path.join(folder, MANIFEST))
     except (OSError, ValueError, RecursionError):
         return None
     return data if isinstance(data, dict) else None
@@ -802,8 +800,7 @@ def read_ledger(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f, parse_constant=strict_constant)
+        data = read_json(path)
     except (OSError, ValueError, RecursionError) as err:
         raise VariantsError(f"the data ledger {path} is not readable strict JSON ({err})") from None
     return _ledger_entries(data, path)

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
 import math
 import os
 import random
@@ -49,7 +48,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from ..io.files import atomic_csv, atomic_write_bytes, strict_constant, write_json
+from ..io.files import atomic_csv, atomic_write_bytes, read_json, write_json
 from .config import ConfigError, ModelConfig, TrainConfig, batchnorm_of_one_value, check_device, resolved_device
 from .data import datasets_of, labels_only
 from .models import (
@@ -94,8 +93,7 @@ def stored_train_config(path: str, state: dict) -> TrainConfig | None:
     if not os.path.exists(cfg_path):
         return None
     try:
-        with open(cfg_path, encoding="utf-8") as f:
-            data = json.load(f, parse_constant=strict_constant)  # config.json is written strict: NaN never
+        data = read_json(cfg_path)  # config.json is written strict: NaN never
     except (OSError, ValueError, RecursionError) as err:  # (nested too deep: a traceback before, ca_rev130)
         raise ValueError(f"{cfg_path!r} beside the checkpoint is not readable JSON ({type(err).__name__}: "
                          f"{str(err)[:200]})") from None
