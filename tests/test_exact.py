@@ -1658,3 +1658,64 @@ def test_ca_rev240_second_order_block_sums_keep_their_gradient_whatever_clamp_mi
 
     clamp_min_without_gradient_at_its_bound(monkeypatch)
     test_hessian_vector_products_match_finite_differences_of_the_gradient(case)
+
+
+# ---- ca_rev276 (mutation testing of exact.py)
+
+
+def test_ca_rev276_a_lone_map_at_a_tiny_temperature_is_one_hot_not_nan():
+    """Kills exact.py exact_forward with a root's maximum not taken off before the division
+    (``torch.softmax(flat.div(T[r]))``): a root without finer maps is not centred by any message, and float32 scores
+    (100, 99) at τ = 1e-37 overflowed to (inf, inf), a NaN softmax.  Oracle: at a vanishing temperature a lone map is
+    the one-hot of its largest score, and the chain beside it the hard tree argmax (cell 0 + coarse 1: 0.5 + 1)."""
+    g = ca.Graph.from_edges([4, 2, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    s = [torch.tensor([[0.0, -1.0, 0.5, 0.0]]), torch.tensor([[0.0, 1.0]]), torch.tensor([[100.0, 99.0]])]
+    probs = exact_attention(s, g, [1e-37, 1e-37, 1e-37])
+    torch.testing.assert_close(probs[2], torch.tensor([[1.0, 0.0]]), rtol=0, atol=0)
+    torch.testing.assert_close(probs[0], torch.tensor([[0.0, 0.0, 1.0, 0.0]]), rtol=0, atol=0)
+    torch.testing.assert_close(probs[1], torch.tensor([[0.0, 1.0]]), rtol=0, atol=0)
+
+
+def test_ca_rev276_float32_temperature_gradient_holds_its_tolerance_against_finite_differences():
+    """Kills exact.py ExactAttentionFunction.backward forming a float32 input's temperature gradient from the float32
+    score gradients it already has (``tau_scores = gscores``) instead of the float64 tree VJP of the same upward pass
+    (ca_rev105/106): a chain 4 → 2 at τ = (2.5e-4, 89), loss Σ w ⊙ p_fine.  Oracle: five-point central differences
+    of the float64 closed form in each τ_k (step 1e-4 τ_k); float32's GRADIENT_RTOL (1e-3) of the largest entry.
+    Measured: 2.5e-8 off as it is, 4.4e-3 with the mutant."""
+    h = ca.Graph.from_edges([4, 2], [(0, 1, torch.tensor([0, 0, 1, 1]))])
+    taus = [2.5e-4, 89.0]
+    s32 = [torch.tensor([[-0.002, 0.0027, -0.009, 0.0163]]), torch.tensor([[-8.7, 2.3]])]
+    w = torch.tensor([[0.38, -1.54, -1.42, 0.45]], dtype=torch.float64)
+
+    def loss(t):
+        return float((exact_attention([x.double() for x in s32], h, t)[0] * w).sum())
+
+    want = []
+    for k in range(2):
+        step = 1e-4 * taus[k]
+        at = [[t + j * step if i == k else t for i, t in enumerate(taus)] for j in (-2, -1, 1, 2)]
+        want.append((loss(at[0]) - 8 * loss(at[1]) + 8 * loss(at[2]) - loss(at[3])) / (12 * step))
+    want = torch.tensor(want, dtype=torch.float64)
+    tau = torch.tensor(taus, dtype=torch.float64, requires_grad=True)
+    got = torch.autograd.grad((exact_attention(s32, h, tau)[0].double() * w).sum(), tau)[0]
+    assert float((got - want).abs().max()) <= 1e-3 * float(want.abs().max()), (got, want)
+
+
+def test_ca_rev276_exact_duals_refuse_a_second_derivative_in_a_tensor_temperature_beyond_the_ratio_limit():
+    """Kills exact.py exact_duals leaving a tensor temperature unguarded (``temps`` not replaced by the guarded
+    tensors of ``_guard_wide_ratio``): a chain 4 → 2 at τ = (1e-4, 1), sub-tree ratio 1e4 beyond float64's 3.4e3;
+    the first derivative in τ_0 is given (oracle: float64 central differences of the duals), a second derivative in
+    τ_0 raises (docs/design.md §4) where the mutant returned a number."""
+    h = ca.Hierarchy.from_parents([4, 2], [[0, 0, 1, 1]])
+    s = [torch.tensor([[0.3, -0.2, 0.1, 0.5]], dtype=torch.float64), torch.tensor([[0.2, -0.4]], dtype=torch.float64)]
+    w = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+    t0 = torch.tensor(1e-4, dtype=torch.float64, requires_grad=True)
+    first, = torch.autograd.grad((exact_duals(s, h, [t0, 1.0])[0] * w).sum(), t0, create_graph=True)
+    step = 1e-9
+
+    def value(t):
+        return float((exact_duals(s, h, [t, 1.0])[0] * w).sum())
+
+    assert math.isclose(float(first.detach()), (value(1e-4 + step) - value(1e-4 - step)) / (2 * step), rel_tol=1e-5)
+    with pytest.raises(FloatingPointError, match="sub-tree ratio is 1e\\+04, beyond 3.4e\\+03"):
+        torch.autograd.grad(first, t0)
