@@ -2469,3 +2469,104 @@ def test_ca_rev238_a_diagnosis_re_solve_that_ctrl_c_stopped_is_an_interrupt_and_
     monkeypatch.setattr(scs, "solve", stopped)
     with pytest.raises(KeyboardInterrupt):
         layer.diagnose(sample, {"solve_method": "SCS"})
+
+
+# ---- ca_rev278 (mutation testing of cvx.py's certificate)
+
+def test_ca_rev278_a_nan_certificate_is_refused_whatever_the_stationarity(monkeypatch):
+    """Kills `(cert <= accept_tol)` -> `~(cert > accept_tol)` in acceptance: NaN probabilities make
+    the stationarity NaN too, which alone refused them (the NaN test above); a NaN certificate beside
+    a finite stationarity had been accepted."""
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    monkeypatch.setattr(cvx, "certificate", lambda *args: torch.full((1,), float("nan"), dtype=torch.float64))
+    with pytest.raises(SolverFailure, match="sample 0: primal residual or duality gap nan > accept_tol"):
+        solve_cvxpylayers(inst.scores, inst.h, inst.temps, accept_tol=1e-3)
+
+
+def test_ca_rev278_a_nan_stationarity_is_refused_beside_a_finite_certificate(monkeypatch):
+    """Kills `(distance <= F * accept_tol)` -> `~(distance > F * accept_tol)` in acceptance: a
+    stationarity distance of NaN (maps its duals cannot imply) with a certificate that passes."""
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    monkeypatch.setattr(cvx, "stationarity", lambda *args: torch.full((1,), float("nan"), dtype=torch.float64))
+    with pytest.raises(SolverFailure, match="sample 0: its maps lie nan from the maps its duals imply"):
+        solve_cvxpylayers(inst.scores, inst.h, inst.temps, accept_tol=1e-3)
+
+
+def test_ca_rev278_structures_of_equal_sizes_and_edges_get_their_own_layers():
+    """Kills the layer cache keyed by the maps' sizes and edges (not the graph): two irregular
+    hierarchies of the same sizes whose parents differ share no layer, and each is solved as
+    itself (against the closed form `exact`)."""
+    from helpers import make_hierarchy
+
+    h0, h1 = (make_hierarchy("irregular-2lvl", seed) for seed in (0, 1))
+    assert h0.sizes == h1.sizes and h0.edges == h1.edges and h0 != h1
+    temps = [0.7, 1.3]
+    g = torch.Generator().manual_seed(7)
+    scores = [2 * torch.randn((2,) + s, generator=g, dtype=torch.float64) for s in h0.shapes]
+    for h in (h0, h1):
+        got = solve_cvxpylayers(scores, h, temps)[0]
+        want = ca.solve(scores, h, "exact", temperature=temps).probs
+        assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-6
+    assert get_layer(h0, temps) is not get_layer(h1, temps)
+
+
+def test_ca_rev278_temperatures_that_differ_anywhere_get_their_own_layers():
+    """Kills a layer cache keyed by temperatures rounded (to 3 decimals): a layer cached for one
+    temperature served a nearby other one, whose maps are 1e-4 off (against `exact`); a last-bit
+    difference too builds the layer of its own temperature."""
+    inst = random_instance("1d-2lvl", batch=2, seed=3)
+    for temps in ([1.0, 1.0], [1.0, 1.0004]):
+        got = solve_cvxpylayers(inst.scores, inst.h, temps)[0]
+        want = ca.solve(inst.scores, inst.h, "exact", temperature=temps).probs
+        assert max(float((a - b).abs().max()) for a, b in zip(got, want)) < 1e-7
+    t = float(np.nextafter(0.5, 1.0))
+    assert get_layer(inst.h, [1.0, t]).temps == (1.0, t) and get_layer(inst.h, [1.0, 0.5]).temps == (1.0, 0.5)
+
+
+def test_ca_rev278_a_partly_refused_first_attempt_is_the_refusal_reported(monkeypatch):
+    """Kills `not accepted.all()` -> `not accepted.any()` where the first refusal is kept: a first
+    attempt that refuses one sample of two is the refusal the failure reports (its sample's
+    distance 1.0), not the first retry's (0.5), whatever the retries find."""
+    _needs("diffcp-clarabel")
+    inst = random_instance("1d-2lvl", batch=2, seed=0)
+    calls = []
+
+    def distance(scores, probs, duals, h, temps):
+        calls.append(probs[0].shape[0])
+        return torch.tensor([0.0, 1.0]) if len(calls) == 1 else torch.full((probs[0].shape[0],), 0.5)
+
+    monkeypatch.setattr(cvx, "stationarity", distance)
+    with pytest.raises(SolverFailure, match="sample 1: its maps lie 1.00e[+]00 from") as err:
+        solve_cvxpylayers(inst.scores, inst.h, inst.temps)
+    assert "sample 0" not in str(err.value) and calls == [2] + [1] * len(cvx.CLARABEL_RETRIES)
+
+
+@pytest.mark.parametrize("eps", [1e-12, 1e-7])
+def test_ca_rev278_every_clarabel_tolerance_is_eps(eps, monkeypatch):
+    """Kills Clarabel's `tol_gap_rel` set to a constant (1e-8) instead of `eps`: Clarabel stops at
+    the first gap tolerance met, so one loose tolerance loosens the solve, which the certificate and
+    the retries then hid from every other test.  Each of the four reaches the solver as eps."""
+    seen = []
+    real = cvx.CvxpyAttentionLayer.__call__
+
+    def spy(self, flat_scores, solver_args, derivative_mode=None):
+        seen.append(dict(solver_args))
+        return real(self, flat_scores, solver_args, derivative_mode)
+
+    monkeypatch.setattr(cvx.CvxpyAttentionLayer, "__call__", spy)
+    inst = random_instance("1d-2lvl", batch=1, seed=0)
+    solve_cvxpylayers(inst.scores, inst.h, inst.temps, eps=eps, accept_tol=1e-3)
+    assert {k: seen[0][k] for k in ("tol_gap_abs", "tol_gap_rel", "tol_feas", "tol_ktratio")} == dict.fromkeys(
+        ("tol_gap_abs", "tol_gap_rel", "tol_feas", "tol_ktratio"), eps)
+
+
+def test_ca_rev278_a_samples_reported_status_is_its_own():
+    """Kills `last_status[i]` -> `last_status[0]` in sample_status: a backend's per-sample status
+    labels (Moreau's) name each failing sample's own status, not the batch's first."""
+    inst = random_instance("1d-2lvl", batch=2, seed=0)
+    layer = get_layer(inst.h, inst.temps)
+    layer.last_status = ["Solved", "MaxIterations"]
+    try:
+        assert [layer.sample_status(i, [], {}) for i in (0, 1)] == ["Solved", "MaxIterations"]
+    finally:
+        layer.last_status = None
