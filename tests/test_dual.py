@@ -4840,3 +4840,129 @@ def test_shared_duals_give_the_block_views_values_and_gradients(structure):
     per_sample = [d.detach().expand((5,) + tuple(d.shape[1:])).clone() for d in duals]
     assert all(torch.equal(a, b) for a, b in zip(reparameterized_logits(scores, per_sample, h),
                                                   block_view(scores, per_sample)))
+
+
+# ---- ca_rev277 (mutation testing of dual's certificate)
+
+def test_ca_rev277_a_violation_equal_to_tol_stops_the_sample():
+    """The stopping test is ``violation <= tol`` (inclusive, as the final verdict): float32 work (no
+    confirmation at recomputed logits), tol set to the first sweep's own violation exactly, stops after that
+    sweep, converged.  Kills ``viol <= stop_tol`` → ``viol < stop_tol`` in the loop's stopping test (the sample
+    swept on)."""
+    scores, h, temps = _three_level(batch=1)
+    scores = [s.float() for s in scores]
+    with pytest.warns(RuntimeWarning):
+        first = solve_dual(scores, h, temps, tol=1e-12, gap_tol=1.0, max_iter=1, strict=False, record_history=True)
+    v0, v1 = first["history"]["violation"][:, 0].tolist()
+    assert v1 < v0 and v1 > 0
+    res = solve_dual(scores, h, temps, tol=v1, gap_tol=1.0, max_iter=5)
+    assert res["iterations"].tolist() == [1] and res["converged"].tolist() == [True]
+    assert res["violation"].tolist() == [v1]
+
+
+def test_ca_rev277_a_nan_gap_mid_solve_is_a_failure(monkeypatch):
+    """A relative gap that is NaN at a sweep whose g, violation and duals are finite ends that sample there as
+    failed ("NaN is never converged"): not swept on, and said to be NaN/Inf.  Kills dropping
+    ``isfinite(gap)`` from the loop's finiteness test (the sample swept on and converged at the next sweep)."""
+    import convex_attention.dual as dual_module
+
+    s, h = _rev218_two_level_pair()
+    real, calls = dual_module.dual_gap_terms, []
+
+    def poisoned(*args, **kwargs):
+        f, gap = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:  # the first sweep's gap of sample 1
+            gap = gap.clone()
+            gap[1] = math.nan
+        return f, gap
+
+    monkeypatch.setattr(dual_module, "dual_gap_terms", poisoned)
+    with pytest.raises(ConvergenceError, match=r"sample\(s\) \[1\]: the solver state became NaN/Inf"):
+        solve_dual(s, h, [1.0, 1.0], tol=1e-10)
+    calls.clear()
+    with pytest.warns(RuntimeWarning, match="became NaN/Inf"):
+        res = solve_dual(s, h, [1.0, 1.0], tol=1e-10, strict=False)
+    assert res["converged"].tolist() == [True, False]
+    assert res["iterations"].tolist() == [1, 1]
+    assert math.isnan(float(res["gap"][1]))
+
+
+def test_ca_rev277_an_infinite_g_at_the_confirmation_refuses_the_stop(monkeypatch):
+    """The confirmation at the recomputed logits requires a finite g: +inf there makes the relative gap
+    |inner| / inf = 0, which the gap test alone passes.  Forced once (sample 1's first confirmation), the stop is
+    refused and the sample goes on to a finite confirmation (one more sweep), its reported gap finite.  Kills
+    dropping ``isfinite(g)`` from ``_confirm_as_returned``'s test (the sample stopped at g = inf, gap 0)."""
+    import convex_attention.dual as dual_module
+
+    s, h = _rev218_two_level_pair()
+    clean = solve_dual(s, h, [1.0, 1.0], tol=1e-10)
+    assert clean["iterations"].tolist() == [1, 1]
+    _poison_sample_one_objective(monkeypatch, dual_module, call=3, value=math.inf)  # the first confirmation's g
+    res = solve_dual(s, h, [1.0, 1.0], tol=1e-10)
+    assert res["converged"].tolist() == [True, True]
+    assert res["iterations"].tolist() == [1, 2]
+    assert bool(torch.isfinite(res["gap"]).all()) and float(res["gap"][1]) > 0
+
+
+def _rev277_one_edge_maps(excess: float):
+    """A 2 → 1 edge whose float64 L1 residual is ``excess`` exactly: ``p_a = (0.5, 0.5 − excess)``, ``p_b = 1``
+    (the check measures the residual, not the sums)."""
+    h = ca.Hierarchy.from_parents([2, 1], [[0, 0]])
+    return h, [torch.tensor([[0.5, 0.5 - excess]], dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)]
+
+
+def test_ca_rev277_returned_maps_above_tol_by_less_than_the_recompute_allowance_are_refused_when_rounded():
+    """``_check_returned_maps``: maps whose violation (by hand, in float64) exceeds tol by 1e-15 miss it where
+    something was rounded (``rounded=True``: no allowance), and meet it where nothing was (tol plus
+    RECOMPUTE_ROUNDING units of float64, 3.6e-15 here).  Kills giving the allowance to rounded solves too."""
+    from convex_attention.dual import RECOMPUTE_ROUNDING, _check_returned_maps, rounding_margin
+
+    excess = 2.0 ** -20
+    h, probs = _rev277_one_edge_maps(excess)
+    tol = excess - 1e-15
+    assert 1e-15 < RECOMPUTE_ROUNDING * rounding_margin(h, torch.float64) < 1e-14
+    info = {"converged": torch.tensor([True]), "violation": torch.tensor([tol], dtype=torch.float64)}
+    _check_returned_maps(probs, h, tol, True, torch.float64, info, rounded=False)
+    assert info["converged"].tolist() == [True] and info["returned_violation"].tolist() == [excess]
+    with pytest.raises(ConvergenceError, match=r"miss tol=.*measured in float64, is up to 9\.537e-07"):
+        _check_returned_maps(probs, h, tol, True, torch.float32, dict(info), rounded=True)
+    with pytest.warns(RuntimeWarning, match="miss tol"):
+        _check_returned_maps(probs, h, tol, False, torch.float32, info, rounded=True)
+    assert info["converged"].tolist() == [False]
+
+
+def test_ca_rev277_nan_returned_maps_are_never_converged():
+    """``_check_returned_maps``: maps returned NaN (their violation NaN) are not converged, whatever the
+    iterate said ("NaN is never converged"): ConvergenceError with strict, else a warning and converged False.
+    Kills ``~(returned <= allowed)`` → ``returned > allowed`` (False for NaN: the maps passed)."""
+    from convex_attention.dual import _check_returned_maps
+
+    h, probs = _rev277_one_edge_maps(0.0)
+    probs[0][0, 1] = math.nan
+    info = {"converged": torch.tensor([True]), "violation": torch.tensor([0.0], dtype=torch.float64)}
+    for rounded in (True, False):
+        with pytest.raises(ConvergenceError, match="miss tol"):
+            _check_returned_maps(probs, h, 1e-6, True, torch.float64, dict(info), rounded=rounded)
+    with pytest.warns(RuntimeWarning, match="miss tol"):
+        _check_returned_maps(probs, h, 1e-6, False, torch.float64, info)
+    assert info["converged"].tolist() == [False] and math.isnan(float(info["returned_violation"][0]))
+
+
+def test_ca_rev277_maps_rounded_to_the_scores_dtype_blame_that_rounding():
+    """float16 scores solved in float64 work: the iterate is exact (uniform scores, zero duals), but 30000
+    uniform float16 cells of 1/30000 (subnormal there) each round by 1.4e-8, so the returned maps miss tol
+    by 4.3e-4 (by hand).  Something was rounded: the message blames the rounding to the scores' dtype, not a
+    recomputation to report.  Kills ``rounded`` ignoring maps returned in a narrower dtype than the work's."""
+    n = 30000
+    h = ca.Hierarchy.from_parents([n, 2], [[0] * (n // 2) + [1] * (n // 2)])
+    scores = [torch.zeros(1, n, dtype=torch.float16), torch.zeros(1, 2, dtype=torch.float16)]
+    cell = float(torch.tensor(1.0 / n, dtype=torch.float16).double())
+    by_hand = 2 * abs(n // 2 * cell - 0.5)
+    assert 4e-4 < by_hand < 5e-4
+    with pytest.warns(RuntimeWarning, match=r"miss tol=0\.0002 .*\(rounding in the working dtype or to the scores' "
+                                            r"dtype\)") as caught:
+        sol = ca.solve(scores, h, "dual", temperature=1.0, tol=2e-4, strict=False)
+    assert not any("please report it" in str(w.message) for w in caught)
+    assert sol.info["converged"].tolist() == [False]
+    assert float(sol.info["returned_violation"][0]) == pytest.approx(by_hand, rel=1e-12)
