@@ -118,9 +118,10 @@ def _shown(value, limit: int = 40) -> str:
 
 
 def _identity(value):
-    """What a distinct list compares: the value's repr (np.str_('a') and 'a' are two spellings of
-    one value, ca_rev155), an integer's value (an integer of 5000 digits has no repr within
-    Python's digit limit: a refusal had raised it instead of naming the setting, ca_rev275)."""
+    """What a distinct list compares: the value's repr (each kind returns its canonical value, so
+    that two spellings of one value repr alike: ca_rev155), or an integer's value (an integer of
+    5000 digits has no repr within Python's digit limit: a refusal had raised it instead of
+    naming the setting, ca_rev275)."""
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         return ("integer", int(value))
     return repr(value)
