@@ -161,8 +161,8 @@ def watch_launcher(parent: int | None = None) -> threading.Thread | None:
     now: torchrun, which started the rank) is no longer its parent.  A launcher killed outright
     (SIGKILL, the OOM killer) passes no signal on: its ranks had trained on to their last epoch,
     holding ``--out``'s lock (a review: 378 epochs after the kill, ca_rev273).  The command takes
-    that SIGTERM as any other (``last.pt`` kept, exit 143); called from Python, torch's default
-    ends the process.  One watch per parent (None where it runs already)."""
+    that SIGTERM as any other (``last.pt`` kept, exit 143); called from Python, SIGTERM's default
+    action ends the process.  One watch per parent (None where it runs already)."""
     parent = os.getppid() if parent is None else parent
     if parent in _watched_parents:
         return None
