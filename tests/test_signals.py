@@ -360,6 +360,28 @@ def test_ca_rev212_the_handler_in_another_process_restores_the_default_and_signa
 
 
 # ---- ca_rev271 (hostile review of the signal handling)
+@pytest.fixture
+def python_sigint():
+    """SIGINT with Python's own handler during the test: a suite started in the background (``&`` in a
+    script, nohup, as a CI runner may start it) inherits SIGINT ignored, which Python then keeps, and
+    sigint_deferred leaves such a process alone (the three tests below had failed so, in a CI run)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_sigint_deferred_leaves_an_ignored_sigint_ignored():
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _signals.sigint_deferred():
+            os.kill(os.getpid(), signal.SIGINT)  # ignored: nothing held, nothing raised after
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.usefixtures("python_sigint")
 def test_ca_rev271_ctrl_c_during_the_option_checks_is_raised_after_them(monkeypatch, capsys):
     """Ctrl-C inside an option's check (which imports torch) was raised inside that import: now it
     waits for the checks to end, then the command stops, exit 130, nothing run."""
@@ -389,6 +411,7 @@ def test_ca_rev271_ctrl_c_during_the_option_checks_is_raised_after_them(monkeypa
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 
 
+@pytest.mark.usefixtures("python_sigint")
 def test_ca_rev271_a_usage_error_after_ctrl_c_in_the_checks_is_still_the_usage_error(capsys):
     with pytest.raises(SystemExit) as exit_:
         with _signals.sigint_deferred():
@@ -402,6 +425,7 @@ def test_ca_rev271_a_usage_error_after_ctrl_c_in_the_checks_is_still_the_usage_e
 
 # ---- ca_rev275 (hostile review of the session's diff)
 
+@pytest.mark.usefixtures("python_sigint")
 def test_ca_rev275_a_second_ctrl_c_interrupts_a_block_that_does_not_end():
     """sigint_deferred held every Ctrl-C until parse_args returned: one that never returned (a hung import)
     could not be interrupted from the keyboard at all. The first is held; a second is raised where the block is."""
