@@ -362,9 +362,11 @@ def test_ca_rev212_the_handler_in_another_process_restores_the_default_and_signa
 # ---- ca_rev271 (hostile review of the signal handling)
 @pytest.fixture
 def python_sigint():
-    """SIGINT with Python's own handler during the test: a suite started in the background (``&`` in a
-    script, nohup, as a CI runner may start it) inherits SIGINT ignored, which Python then keeps, and
-    sigint_deferred leaves such a process alone (the three tests below had failed so, in a CI run)."""
+    """SIGINT with Python's own handler during the test: a suite started as an asynchronous command of
+    a non-interactive shell (``cmd &`` in a script, as this session's last CI run was) inherits SIGINT
+    ignored, which Python keeps (no test leaks it: every test's SIGINT handler was checked before and
+    after, over the whole suite), and sigint_deferred rightly leaves such a process alone: the three
+    tests below had failed so."""
     before = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, before)
