@@ -2005,7 +2005,7 @@ def test_torch_func_works_with_a_list_of_0d_tensor_temperatures(method):
 
 @pytest.mark.parametrize("method", ["dual", "cvxpylayers"])
 @pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # (the input checks become constants: expected)
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace")  # (a DeprecationWarning on 2.13, a FutureWarning on 2.15)
 def test_jit_trace_of_a_method_that_iterates_on_the_values_is_refused_naming_those_it_records(method):
     """torch.jit.trace of a model solving with 'dual' failed inside torch ("INTERNAL ASSERT FAILED ... aten::full"),
     with 'cvxpylayers' in the trace's own check: both iterate on the values, so a trace would replay one input's
