@@ -32,18 +32,17 @@ def cell(s: dict, metric: str, digits: int = 3) -> str:
     return format_ci(s.get(f"{metric}_mean", math.nan), s.get(f"{metric}_ci95", math.nan), digits)
 
 
-#: The model of the reference maps (the block map, the model-free map): they depend on no training seed, so
-#: their number is the same on every seed and its "interval" over the seeds 0 wide, which had been printed as
-#: "0.907 ± 0.000", a certainty no 64 images give (ca_rev260); shown without one, and said so.
-SEEDLESS = REFERENCE_MODEL
+#: The reference maps (model REFERENCE_MODEL: the block map, the model-free map) depend on no training seed,
+#: so their number is the same on every seed and its "interval" over the seeds 0 wide, which had been printed
+#: as "0.907 ± 0.000", a certainty no 64 images give (ca_rev260); shown without one, and said so.
 SEEDLESS_NOTE = ("The reference maps (block map, model-free map) depend on no trained model: their number is the "
                  "same on every seed, so it is shown without an interval (over the seeds it would be 0 wide, and "
                  "it says nothing of how it would vary over other images).")
 
 
 def seedless_cell(s: dict, metric: str, digits: int = 3) -> str:
-    """:func:`cell`, without the half-width for a reference map (:data:`SEEDLESS`)."""
-    return (format_ci(s.get(f"{metric}_mean", math.nan), math.nan, digits) if s.get("model") == SEEDLESS
+    """:func:`cell`, without the half-width for a reference map (:data:`SEEDLESS_NOTE`)."""
+    return (format_ci(s.get(f"{metric}_mean", math.nan), math.nan, digits) if s.get("model") == REFERENCE_MODEL
             else cell(s, metric, digits))
 
 
@@ -395,7 +394,7 @@ def _headline_section(headline) -> list[str]:
                       if b else ["–", "–"])
         lines.append(f"| {h['condition']} | {h['test_set']} | {h['mask']} | {h['resolution']} | "
                      + " | ".join(cells) + " |")
-    lines += ["", SEEDLESS_NOTE] if any(h.get(k) and h[k]["model"] == SEEDLESS for h in headline
+    lines += ["", SEEDLESS_NOTE] if any(h.get(k) and h[k]["model"] == REFERENCE_MODEL for h in headline
                                          for k in ("block_map", "model_free")) else []
     lines += ["", "Each compared model's best attention level against the best post-hoc map above (difference "
                   "paired by seed; an interval above 0: attention ahead, below 0: post-hoc ahead):", "",
@@ -489,7 +488,7 @@ def _explanation_section(explain_summary) -> list[str]:
                 lines.append(f"| {s['model']} | {s['method']} | {level_name(s['level'])} | {s['resolution']} | "
                              f"{s['upsampling']} | " + " | ".join(seedless_cell(s, m) for m in METRIC_NAMES) + " |")
             lines.append("")
-            if any(s["model"] == SEEDLESS for s in rows):
+            if any(s["model"] == REFERENCE_MODEL for s in rows):
                 lines += [SEEDLESS_NOTE, ""]
     return lines
 

@@ -24,8 +24,9 @@ that lets a map sharpen); ``learn_temperature`` adds one learnable log-temperatu
 a tensor temperature that the methods which differentiate through it (softmax, exact,
 dual, learned_dual: the registry's ``tensor_temperature``) learn with the model; ``duals``
 is the dual source of the methods that need duals (``"shared"``: the paper's learned λ, or
-``"amortised"``: λ predicted per sample from the scores).  Checkpoints saved before these fields existed load with the
-defaults (bounded head, fixed temperature, shared duals), which is what they were.
+``"amortised"``: λ predicted per sample from the scores).  Checkpoints saved before these
+fields existed load with the defaults (bounded head, fixed temperature, shared duals), which
+is what they were.
 
 The method (``ModelConfig.method``) is a name of the method registry
 (:mod:`convex_attention.methods`).  The layer's ``attend`` returns the maps the
