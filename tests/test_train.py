@@ -1669,3 +1669,35 @@ def test_ca_rev275_only_a_torchrun_rank_watches_its_parent(monkeypatch, run_id, 
     with pytest.raises(_Stop):
         T._Run(None, None, None, log=lambda *a, **k: None)
     assert bool(watches) is watched
+
+
+# ---- the 47th session (a batch of one image per rank)
+
+@pytest.mark.parametrize("world, n_train, refused", [(2, 2, True), (3, 2, True), (1, 1, True), (2, 3, False)])
+def test_no_rank_trains_on_batches_of_one_image_before_a_batchnorm_over_a_one_by_one_map(
+        monkeypatch, tmp_path, world, n_train, refused):
+    """16x16 images with the bottleneck in use end the encoder in a BatchNorm over a 1x1 map.  The configuration
+    refuses n_train 1 and batch_size 1, but under torchrun n_train images, no more than batch_size x world of them,
+    are one batch of ceil(n_train / world) per rank: 2 images over 2 ranks were one image per rank, and every rank
+    ended in torch's BatchNorm traceback.  Refused before any work, naming n_train, where that batch is one image
+    (handed-in data too: one image and one rank); norm group trains."""
+    import convex_attention.paper.train as T
+    from convex_attention.paper.config import ConfigError, TrainConfig
+
+    class _Built(Exception):
+        pass
+
+    monkeypatch.setattr(T, "_distributed", lambda: (world, 0, 0))
+    monkeypatch.setattr(T, "_Run", lambda *a, **k: (_ for _ in ()).throw(_Built()))
+    small = dict(data="synthetic-blobs", image_size=16, width=4, embed_channels=8, attention_blocks=(4, 5),
+                 batch_size=4, n_val=4, epochs=1, out=str(tmp_path / "run"))
+    config = TrainConfig.build(**small, n_train=max(n_train, 2))
+    images = [(torch.randn(3, 16, 16), k % 2) for k in range(n_train)]
+    val = [(torch.randn(3, 16, 16), k % 2) for k in range(4)]
+    datasets = T.CheckedData(images, val)
+    with pytest.raises(ConfigError if refused else _Built) as err:
+        T.train(config, datasets=datasets)
+    if refused:
+        assert err.value.field == "n_train" and f"{n_train} training image(s) over {world} rank(s)" in str(err.value)
+    with pytest.raises(_Built):
+        T.train(TrainConfig.build(**small, n_train=max(n_train, 2), norm="group"), datasets=datasets)

@@ -600,6 +600,7 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
             datasets = build_checked_datasets(config)
         elif not isinstance(datasets, CheckedData):
             check_data(config, *datasets)
+        _check_no_batch_of_one(config, len(datasets[0]), _distributed()[0])
     except BaseException:
         if agreeing and dist.is_initialized():
             _destroy_process_group()  # started by _agree_on_the_resume: closed as _Run.close_group would
@@ -619,6 +620,21 @@ def train(config: TrainConfig, datasets: tuple[Dataset, Dataset] | None = None, 
     run.finish()
     return {"metrics": run.metrics, "best": run.best_path, "last": run.last_path, "best_epoch": run.best_epoch,
             "model": run.model}
+
+
+def _check_no_batch_of_one(config: TrainConfig, n_train: int, world: int) -> None:
+    """No rank trains on a batch of one image where the model's BatchNorm sees a 1×1 map
+    (:func:`~convex_attention.paper.config.batchnorm_of_one_value`).  The configuration refuses
+    ``n_train`` 1 and ``batch_size`` 1; here the training set is known, and so is the world size:
+    ``n_train`` images over ``world`` ranks, with no more than ``batch_size × world`` of them, are
+    one batch of ``ceil(n_train / world)`` images per rank (the DistributedSampler pads, nothing is
+    dropped), one image where ``n_train ≤ world``: every rank had ended in torch's BatchNorm
+    traceback in its first step."""
+    if batchnorm_of_one_value(config.model) and n_train <= world:
+        raise ConfigError("n_train", f"{n_train} training image(s) over {world} rank(s) give each rank batches of "
+                                     f"one image, and the model's BatchNorm after block 5 sees a 1x1 map there: one "
+                                     f"value per channel, which BatchNorm cannot normalise; use more than {world} "
+                                     f"training image(s), norm group, or a larger image size")
 
 
 def _agree_on_the_resume(config: TrainConfig, resume_state: dict, start_epoch: int, datasets):
